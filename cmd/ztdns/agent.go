@@ -1,0 +1,98 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/ztdns/ztdns/pkg/agent"
+	"github.com/ztdns/ztdns/pkg/control"
+	"github.com/ztdns/ztdns/pkg/resolvconf"
+	"github.com/ztdns/ztdns/pkg/source/configdir"
+)
+
+// The resolver's default addresses: link-local on an interface the agent owns.
+var defaultListen = []netip.AddrPort{
+	netip.MustParseAddrPort("169.254.20.53:53"),
+	netip.MustParseAddrPort("[fd00:7a74:646e::53]:53"),
+}
+
+func runAgent(args []string) error {
+	fs := flag.NewFlagSet("agent", flag.ContinueOnError)
+	configDir := fs.String("config-dir", "", "read Services, ServiceEntries, Namespaces, Pods and EndpointSlices from the YAML manifests in `DIR` and watch it (standalone mode)")
+	listen := &addrPortList{addrs: defaultListen, defaultPort: 53}
+	fs.Var(listen, "listen", "resolver `ADDR`ess(es), UDP and TCP on each; repeatable or comma-separated")
+	upstream := &addrPortList{defaultPort: 53}
+	fs.Var(upstream, "upstream", "nameserver `ADDR`(s) for names the table does not know, when the pod's own is unknown; repeatable (default: the nameservers in --resolv-conf)")
+	resolvConf := fs.String("resolv-conf", "/etc/resolv.conf", "the node's resolv.conf: default upstreams and search domains")
+	domain := fs.String("cluster-domain", "cluster.local", "the cluster's DNS domain")
+	ttl := fs.Duration("ttl", 30*time.Second, "TTL of local answers")
+	fwdTimeout := fs.Duration("forward-timeout", 2*time.Second, "bound on one forwarded query across all upstreams")
+	cacheSize := fs.Int("cache-size", 10000, "entries in the cache of upstream answers (0 disables it)")
+	autopath := fs.Bool("autopath", false, "answer search-list expansions of unknown names in one round trip (see README)")
+	metrics := fs.String("metrics", "", "serve /metrics, /healthz and /readyz on `ADDR` (e.g. :15053); empty disables")
+	capture := fs.Bool("capture", true, "capture marked pods' DNS with eBPF; false only serves on --listen")
+	socket := fs.String("socket", control.DefaultSocket, "control socket `PATH` for ztdns table, pods, capture and the CNI plugin")
+	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	logFormat := fs.String("log-format", "text", "text or json")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	log, err := newLogger(*logLevel, *logFormat)
+	if err != nil {
+		return err
+	}
+	if *configDir == "" {
+		return errors.New("--config-dir is required (the Kubernetes source is not built yet)")
+	}
+	if *capture {
+		return errors.New("--capture is not built yet: run with --capture=false")
+	}
+	node, err := resolvconf.ReadFile(*resolvConf)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	upstreams := upstream.addrs
+	if len(upstreams) == 0 {
+		for _, ns := range node.Nameservers {
+			upstreams = append(upstreams, netip.AddrPortFrom(ns, 53))
+		}
+	}
+	if len(upstreams) == 0 {
+		return fmt.Errorf("no upstream: give --upstream or list a nameserver in %s", *resolvConf)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	return agent.Run(ctx, agent.Config{
+		Source:         configdir.New(*configDir, configdir.WithLogger(log)),
+		Listen:         listen.addrs,
+		Upstreams:      upstreams,
+		ClusterDomain:  *domain,
+		TTL:            *ttl,
+		ForwardTimeout: *fwdTimeout,
+		CacheSize:      cacheSizeFlag(*cacheSize),
+		Autopath:       *autopath,
+		NodeSearch:     node.Search,
+		MetricsAddr:    *metrics,
+		Socket:         *socket,
+		Logger:         log,
+	})
+}
+
+// cacheSizeFlag maps --cache-size (0 disables) onto agent.Config.CacheSize
+// (0 is the default, negative disables).
+func cacheSizeFlag(n int) int {
+	if n <= 0 {
+		return -1
+	}
+	return n
+}

@@ -1,0 +1,70 @@
+package main
+
+import (
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"strings"
+)
+
+// addrPortList is a repeatable, comma-separated flag of addresses; a bare IP
+// gets defaultPort.
+type addrPortList struct {
+	addrs       []netip.AddrPort
+	defaultPort uint16
+	set         bool
+}
+
+func (l *addrPortList) String() string {
+	var s []string
+	for _, a := range l.addrs {
+		s = append(s, a.String())
+	}
+	return strings.Join(s, ",")
+}
+
+func (l *addrPortList) Set(v string) error {
+	if !l.set { // the first use replaces the default
+		l.addrs, l.set = nil, true
+	}
+	for _, part := range strings.Split(v, ",") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue
+		}
+		a, err := parseAddrPort(part, l.defaultPort)
+		if err != nil {
+			return err
+		}
+		l.addrs = append(l.addrs, a)
+	}
+	return nil
+}
+
+func parseAddrPort(s string, defaultPort uint16) (netip.AddrPort, error) {
+	if ap, err := netip.ParseAddrPort(s); err == nil {
+		return ap, nil
+	}
+	a, err := netip.ParseAddr(strings.Trim(s, "[]"))
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("%q is not an address or address:port", s)
+	}
+	return netip.AddrPortFrom(a.Unmap(), defaultPort), nil
+}
+
+// newLogger builds the process logger from --log-level and --log-format.
+func newLogger(level, format string) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
+	}
+	opts := &slog.HandlerOptions{Level: l}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format %q: want text or json", format)
+}

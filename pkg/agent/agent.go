@@ -1,0 +1,240 @@
+// Package agent wires ztdns together: a source of Services and
+// ServiceEntries feeds the name table and the pod registry, the resolver
+// serves from them, and the control socket and metrics endpoint let
+// operators look inside.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"runtime"
+	"runtime/debug"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ztdns/ztdns/pkg/control"
+	"github.com/ztdns/ztdns/pkg/model"
+	"github.com/ztdns/ztdns/pkg/podcache"
+	"github.com/ztdns/ztdns/pkg/resolver"
+	"github.com/ztdns/ztdns/pkg/resolver/forward"
+	"github.com/ztdns/ztdns/pkg/resolver/table"
+	"github.com/ztdns/ztdns/pkg/source"
+)
+
+// Config is everything `ztdns agent` is told on its command line.
+type Config struct {
+	// Source of Services, ServiceEntries, Namespaces and Pods.
+	Source source.Source
+	// Listen are the resolver's addresses (UDP and TCP on each).
+	Listen []netip.AddrPort
+	// Upstreams get the misses when the pod's own nameserver is not known.
+	Upstreams     []netip.AddrPort
+	ClusterDomain string
+	TTL           time.Duration
+	// ForwardTimeout bounds one forwarded query.
+	ForwardTimeout time.Duration
+	// CacheSize bounds the cache of upstream answers (entries): 0 means the
+	// default, a negative size disables the cache.
+	CacheSize int
+	Autopath  bool
+	// NodeSearch are the node's search domains (autopath only).
+	NodeSearch []string
+	// MetricsAddr serves /metrics, /healthz and /readyz; empty disables.
+	MetricsAddr string
+	// Socket is the control socket's path.
+	Socket string
+	// SocketsPerAddr is how many SO_REUSEPORT UDP sockets each address gets
+	// (default: one per CPU).
+	SocketsPerAddr int
+	Logger         *slog.Logger
+	// Registry receives the metrics (default: a fresh registry).
+	Registry *prometheus.Registry
+}
+
+// Agent is a running ztdns agent.
+type Agent struct {
+	cfg    Config
+	log    *slog.Logger
+	pods   *podcache.Cache
+	fwd    *forward.Forwarder
+	server *resolver.Server
+	reg    *prometheus.Registry
+
+	ready       atomic.Bool
+	sourceError atomic.Pointer[string]
+	mu          sync.Mutex
+	warnings    []string // from the last table build
+}
+
+// Run starts the agent and blocks until ctx is done or a part fails.
+func Run(ctx context.Context, cfg Config) error {
+	a, err := newAgent(cfg)
+	if err != nil {
+		return err
+	}
+	return a.run(ctx)
+}
+
+func newAgent(cfg Config) (*Agent, error) {
+	if cfg.Source == nil {
+		return nil, errors.New("no source: give --config-dir or --kubeconfig")
+	}
+	if len(cfg.Listen) == 0 {
+		return nil, errors.New("no --listen address")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.ClusterDomain == "" {
+		cfg.ClusterDomain = table.DefaultDomain
+	}
+	if cfg.TTL <= 0 {
+		cfg.TTL = table.DefaultTTL * time.Second
+	}
+	if cfg.SocketsPerAddr <= 0 {
+		cfg.SocketsPerAddr = runtime.GOMAXPROCS(0)
+	}
+	if cfg.Registry == nil {
+		cfg.Registry = prometheus.NewRegistry()
+	}
+	a := &Agent{cfg: cfg, log: cfg.Logger, reg: cfg.Registry, pods: podcache.New(cfg.ClusterDomain)}
+	fwdOpts := []forward.Option{forward.WithLogger(cfg.Logger)}
+	if cfg.CacheSize != 0 {
+		fwdOpts = append(fwdOpts, forward.WithCacheSize(max(cfg.CacheSize, 0)))
+	}
+	if cfg.ForwardTimeout > 0 {
+		fwdOpts = append(fwdOpts, forward.WithTimeout(cfg.ForwardTimeout))
+	}
+	a.fwd = forward.New(fwdOpts...)
+	a.server = resolver.New(resolver.Options{
+		Pods:       a.pods,
+		Forwarder:  a.fwd,
+		Upstreams:  a.upstreamsFor,
+		Autopath:   cfg.Autopath,
+		NodeSearch: cfg.NodeSearch,
+		Logger:     cfg.Logger,
+	})
+	if err := a.registerMetrics(); err != nil {
+		return nil, err
+	}
+	return a, nil
+}
+
+func (a *Agent) run(ctx context.Context) error {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var wg sync.WaitGroup
+	fail := func(part string) func(error) {
+		return func(err error) {
+			if err != nil {
+				cancel(fmt.Errorf("%s: %w", part, err))
+			}
+		}
+	}
+	spawn := func(part string, f func() error) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			fail(part)(f())
+		}()
+	}
+
+	if err := a.listen(spawn); err != nil {
+		a.server.Close()
+		return err
+	}
+	ctl, err := control.Listen(a.cfg.Socket)
+	if err != nil {
+		a.server.Close()
+		return err
+	}
+	spawn("control socket", func() error { return control.Serve(ctx, ctl, a.controlHandler()) })
+	if a.cfg.MetricsAddr != "" {
+		ln, err := net.Listen("tcp", a.cfg.MetricsAddr)
+		if err != nil {
+			a.server.Close()
+			return fmt.Errorf("metrics listener: %w", err)
+		}
+		spawn("metrics", func() error { return control.Serve(ctx, ln, a.httpHandler()) })
+	}
+	spawn("source", func() error {
+		err := a.cfg.Source.Run(ctx, a.apply)
+		if err == nil && ctx.Err() == nil {
+			err = errors.New("stopped")
+		}
+		return err
+	})
+	a.log.Info("agent started", "listen", a.cfg.Listen, "upstreams", a.cfg.Upstreams, "domain", a.cfg.ClusterDomain,
+		"autopath", a.cfg.Autopath, "socket", a.cfg.Socket, "metrics", a.cfg.MetricsAddr)
+
+	<-ctx.Done()
+	a.ready.Store(false)
+	err = context.Cause(ctx)
+	a.server.Close()
+	a.fwd.Close()
+	wg.Wait()
+	if errors.Is(err, context.Canceled) {
+		a.log.Info("agent stopped")
+		return nil
+	}
+	return err
+}
+
+// listen opens the resolver's sockets: SocketsPerAddr UDP sockets and one TCP
+// listener on every address.
+func (a *Agent) listen(spawn func(string, func() error)) error {
+	for _, addr := range a.cfg.Listen {
+		for range a.cfg.SocketsPerAddr {
+			c, err := resolver.ListenUDP(addr)
+			if err != nil {
+				return fmt.Errorf("listening on udp %s: %w", addr, err)
+			}
+			spawn("udp "+addr.String(), func() error { return a.server.ServeUDP(c) })
+		}
+		ln, err := resolver.ListenTCP(addr)
+		if err != nil {
+			return fmt.Errorf("listening on tcp %s: %w", addr, err)
+		}
+		spawn("tcp "+addr.String(), func() error { return a.server.ServeTCP(ln) })
+	}
+	return nil
+}
+
+// apply takes a snapshot from the source: a new table for the resolver and
+// the source's pods for the registry.
+func (a *Agent) apply(s *model.Snapshot) {
+	start := time.Now()
+	tbl, warnings := table.Build(s, table.Options{Domain: a.cfg.ClusterDomain, TTL: uint32(a.cfg.TTL / time.Second)})
+	a.server.SetTable(tbl)
+	a.pods.SetSourcePods(s.Pods)
+	took := time.Since(start)
+	metricTableBuild.Observe(took.Seconds())
+	metricTableNames.Set(float64(tbl.Len()))
+	msgs := make([]string, 0, len(warnings))
+	for _, w := range warnings {
+		a.log.Warn("left out of the name table", "err", w)
+		msgs = append(msgs, w.Error())
+	}
+	a.mu.Lock()
+	a.warnings = msgs
+	a.mu.Unlock()
+	a.log.Info("name table updated", "names", tbl.Len(), "services", len(s.Services), "serviceEntries", len(s.ServiceEntries),
+		"pods", len(s.Pods), "took", took)
+	if !a.ready.Swap(true) {
+		// The first build replaces a lot of transient parsing garbage; hand
+		// it back to the OS now rather than whenever the scavenger gets to it.
+		debug.FreeOSMemory()
+	}
+}
+
+// upstreamsFor is the resolver's UpstreamFunc.
+func (a *Agent) upstreamsFor(client, local netip.AddrPort) []netip.AddrPort {
+	return a.cfg.Upstreams
+}

@@ -1,0 +1,87 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/ztdns/ztdns/pkg/control"
+	"github.com/ztdns/ztdns/pkg/source"
+)
+
+// httpHandler serves /metrics, /healthz (the process is up) and /readyz
+// (the first table is built and being served).
+func (a *Agent) httpHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if err := a.readiness(); err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+	return mux
+}
+
+// readiness is nil once the agent serves its first table.
+func (a *Agent) readiness() error {
+	if !a.ready.Load() {
+		return errors.New("waiting for the first full sync of the source")
+	}
+	return nil
+}
+
+// controlHandler serves the control socket.
+func (a *Agent) controlHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/table", func(w http.ResponseWriter, r *http.Request) {
+		control.WriteJSON(w, http.StatusOK, a.server.Table().Rows(r.URL.Query().Get("namespace")))
+	})
+	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, _ *http.Request) {
+		control.WriteJSON(w, http.StatusOK, a.status())
+	})
+	return mux
+}
+
+// Status is what `ztdns status` prints.
+type Status struct {
+	Ready     bool     `json:"ready"`
+	NotReady  string   `json:"notReady,omitempty"`
+	Names     int      `json:"names"`
+	Pods      int      `json:"pods"`
+	Listen    []string `json:"listen"`
+	Upstreams []string `json:"upstreams"`
+	// Warnings are objects left out of the name table.
+	Warnings []string `json:"warnings,omitempty"`
+	// SourceErrors are inputs the source could not read; their previous
+	// good state is still served.
+	SourceErrors []string `json:"sourceErrors,omitempty"`
+}
+
+func (a *Agent) status() Status {
+	st := Status{Ready: a.ready.Load(), Names: a.server.Table().Len(), Pods: len(a.pods.List())}
+	if err := a.readiness(); err != nil {
+		st.NotReady = err.Error()
+	}
+	for _, l := range a.cfg.Listen {
+		st.Listen = append(st.Listen, l.String())
+	}
+	for _, u := range a.cfg.Upstreams {
+		st.Upstreams = append(st.Upstreams, u.String())
+	}
+	a.mu.Lock()
+	st.Warnings = a.warnings
+	a.mu.Unlock()
+	if er, ok := a.cfg.Source.(source.ErrorReporter); ok {
+		for _, err := range er.Errors() {
+			st.SourceErrors = append(st.SourceErrors, err.Error())
+		}
+	}
+	return st
+}

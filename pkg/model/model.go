@@ -1,0 +1,167 @@
+// Package model holds the stripped-down objects that ztdns keeps from Kubernetes
+// and Istio: only the fields DNS answers and capture decisions need. Sources (a
+// directory of manifests, a Kubernetes watch) convert API objects into these
+// before storing them, so the agent's memory does not grow with fields it never
+// reads (CoreDNS does the same with its object.Pod).
+package model
+
+import (
+	"net/netip"
+	"time"
+)
+
+// Port is a named service port, as used for SRV records.
+type Port struct {
+	Name     string
+	Protocol string // "TCP", "UDP" or "SCTP" (upper case, as in the API)
+	Port     uint16
+}
+
+// Service is the part of a v1 Service that DNS needs.
+type Service struct {
+	Namespace string
+	Name      string
+	// ClusterIPs holds the service's virtual IPs in ipFamilies order. Empty for
+	// headless and ExternalName services.
+	ClusterIPs []netip.Addr
+	// Headless is true for clusterIP: None; answers come from EndpointSlices.
+	Headless bool
+	// ExternalName is set for type ExternalName; answers are a CNAME to it.
+	ExternalName string
+	// PublishNotReady mirrors spec.publishNotReadyAddresses.
+	PublishNotReady bool
+	Ports           []Port
+}
+
+// Key returns "namespace/name".
+func (s *Service) Key() string { return s.Namespace + "/" + s.Name }
+
+// Endpoint is one endpoint of an EndpointSlice.
+type Endpoint struct {
+	Addresses []netip.Addr
+	Hostname  string
+	// Ready is conditions.ready, with nil counted as ready (the API's rule).
+	Ready bool
+}
+
+// EndpointSlice is the part of a discovery.k8s.io/v1 EndpointSlice DNS needs.
+type EndpointSlice struct {
+	Namespace string
+	Name      string
+	// ServiceName is the kubernetes.io/service-name label.
+	ServiceName string
+	Endpoints   []Endpoint
+	Ports       []Port
+}
+
+// Resolution values of a ServiceEntry (spec.resolution).
+const (
+	ResolutionNone          = "NONE"
+	ResolutionStatic        = "STATIC"
+	ResolutionDNS           = "DNS"
+	ResolutionDNSRoundRobin = "DNS_ROUND_ROBIN"
+)
+
+// HostAddress is an address istiod assigned to one host (status.addresses).
+type HostAddress struct {
+	Host    string
+	Address netip.Addr
+}
+
+// ServiceEntry is the part of a networking.istio.io ServiceEntry DNS needs.
+type ServiceEntry struct {
+	Namespace string
+	Name      string
+	// Created is metadata.creationTimestamp. It orders the VIP allocator so an
+	// older ServiceEntry keeps its address when a newer one collides with it.
+	Created time.Time
+	// Hosts are lower-cased, without a trailing dot; may start with "*.".
+	Hosts []string
+	// Addresses are spec.addresses that are single IPs.
+	Addresses []netip.Addr
+	// CIDRs are spec.addresses that are ranges: routing configuration, not
+	// DNS answers, but they still mean the entry has addresses and gets no
+	// VIP.
+	CIDRs []netip.Prefix
+	// StatusAddresses are status.addresses, written by istiod's allocator.
+	StatusAddresses []HostAddress
+	Resolution      string
+	// ExportTo is spec.exportTo as written; empty means exported everywhere.
+	ExportTo []string
+	// AutoAllocate is false when the label
+	// networking.istio.io/enable-autoallocate-ip is "false".
+	AutoAllocate bool
+	Ports        []Port
+}
+
+// Key returns "namespace/name".
+func (s *ServiceEntry) Key() string { return s.Namespace + "/" + s.Name }
+
+// Namespace is a v1 Namespace's name and labels.
+type Namespace struct {
+	Name   string
+	Labels map[string]string
+}
+
+// DNS policies of a pod (spec.dnsPolicy).
+const (
+	DNSClusterFirst            = "ClusterFirst"
+	DNSClusterFirstWithHostNet = "ClusterFirstWithHostNet"
+	DNSDefault                 = "Default"
+	DNSNone                    = "None"
+)
+
+// Pod is the part of a v1 Pod that identifies a DNS client and decides
+// whether its DNS is captured.
+type Pod struct {
+	Namespace string
+	Name      string
+	UID       string
+	NodeName  string
+	// IPs are status.podIPs (or status.podIP).
+	IPs         []netip.Addr
+	HostNetwork bool
+	// Labels and Annotations keep only the keys ztdns reads (see capture.go).
+	Labels      map[string]string
+	Annotations map[string]string
+	// HasSidecar is true when the pod runs an istio-proxy container.
+	HasSidecar bool
+	DNSPolicy  string
+	// DNSSearches and DNSNameservers are spec.dnsConfig's.
+	DNSSearches    []string
+	DNSNameservers []netip.Addr
+}
+
+// Key returns "namespace/name".
+func (p *Pod) Key() string { return p.Namespace + "/" + p.Name }
+
+// SearchList returns the DNS search domains kubelet writes into the pod's
+// resolv.conf for the given cluster domain, or nil when the policy leaves it
+// to the node (Default) and the pod adds none.
+func (p *Pod) SearchList(clusterDomain string) []string {
+	var search []string
+	switch p.DNSPolicy {
+	case DNSNone, DNSDefault:
+	case DNSClusterFirstWithHostNet:
+		search = clusterSearch(p.Namespace, clusterDomain)
+	default: // ClusterFirst, also for empty (the API default)
+		if !p.HostNetwork {
+			search = clusterSearch(p.Namespace, clusterDomain)
+		}
+	}
+	return append(search, p.DNSSearches...)
+}
+
+func clusterSearch(ns, domain string) []string {
+	return []string{ns + ".svc." + domain, "svc." + domain, domain}
+}
+
+// Snapshot is everything a source knows at one moment. The name table is
+// built from a Snapshot and the pod registry is fed its Pods.
+type Snapshot struct {
+	Namespaces     []Namespace
+	Services       []Service
+	EndpointSlices []EndpointSlice
+	ServiceEntries []ServiceEntry
+	Pods           []Pod
+}

@@ -1,0 +1,215 @@
+// Package podcache is the node's pod registry: which pod owns a source IP,
+// which network namespace it lives in, and whether its DNS is captured.
+//
+// Two feeds fill it. The source (a Kubernetes watch of this node's pods, or
+// Pod manifests in --config-dir) says who a pod is; the runtime (CNI ADD/DEL
+// events and `ztdns capture add`) says where it lives, by container ID and
+// network-namespace cookie, often before the source has seen the pod. Records
+// of the same pod (namespace/name) are merged.
+//
+// Readers are on the resolver's hot path: they load an immutable index with
+// one atomic read and take no lock. Writers rebuild the index, which is cheap
+// at node scale (a few hundred pods).
+package podcache
+
+import (
+	"fmt"
+	"maps"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"github.com/ztdns/ztdns/pkg/model"
+)
+
+// Attachment is what the runtime reports about a pod's sandbox.
+type Attachment struct {
+	// ContainerID is the CNI container ID; empty for pods marked by hand.
+	ContainerID string `json:"containerID,omitempty"`
+	Namespace   string `json:"namespace"`
+	Name        string `json:"name"`
+	UID         string `json:"uid,omitempty"`
+	NetnsPath   string `json:"netnsPath,omitempty"`
+	NetnsCookie uint64 `json:"netnsCookie"`
+	// IPs are the pod's addresses as the runtime configured them.
+	IPs []netip.Addr `json:"ips"`
+	// Captured says whether the pod's netns is marked for DNS capture.
+	Captured bool `json:"captured"`
+}
+
+// Key identifies an attachment: its container ID, or its netns cookie for
+// pods marked by hand.
+func (a *Attachment) Key() string {
+	if a.ContainerID != "" {
+		return a.ContainerID
+	}
+	return fmt.Sprintf("netns-cookie:%d", a.NetnsCookie)
+}
+
+// Pod is the merged view of one pod. It is immutable: never modify a Pod
+// returned by the cache.
+type Pod struct {
+	Namespace string
+	Name      string
+	UID       string
+	IPs       []netip.Addr
+	// Search is the DNS search list kubelet gives the pod.
+	Search []string
+	// Spec is the pod as the source reported it; nil when only the runtime
+	// knows it so far.
+	Spec *model.Pod
+	// Attachment is the runtime's record; nil when the pod has none on this
+	// node (yet).
+	Attachment *Attachment
+}
+
+// Key returns "namespace/name".
+func (p *Pod) Key() string { return p.Namespace + "/" + p.Name }
+
+type index struct {
+	byIP     map[netip.Addr]*Pod
+	byCookie map[uint64]*Pod
+	all      []*Pod // sorted by key
+}
+
+// Cache is the registry. Create it with New.
+type Cache struct {
+	domain string
+
+	mu          sync.Mutex // serialises writers
+	fromSource  map[string]model.Pod
+	attachments map[string]Attachment
+
+	view atomic.Pointer[index]
+}
+
+// New returns an empty cache for the given cluster domain (used to derive
+// pods' search lists).
+func New(clusterDomain string) *Cache {
+	c := &Cache{domain: clusterDomain, fromSource: map[string]model.Pod{}, attachments: map[string]Attachment{}}
+	c.view.Store(&index{})
+	return c
+}
+
+// Lookup returns the pod that owns ip, or nil. Safe on the hot path.
+func (c *Cache) Lookup(ip netip.Addr) *Pod {
+	return c.view.Load().byIP[ip.Unmap()]
+}
+
+// ByCookie returns the pod living in the network namespace with that cookie.
+func (c *Cache) ByCookie(cookie uint64) *Pod {
+	return c.view.Load().byCookie[cookie]
+}
+
+// Get returns the pod namespace/name, or nil.
+func (c *Cache) Get(namespace, name string) *Pod {
+	all := c.view.Load().all
+	i, ok := slices.BinarySearchFunc(all, namespace+"/"+name, func(p *Pod, k string) int {
+		return strings.Compare(p.Key(), k)
+	})
+	if !ok {
+		return nil
+	}
+	return all[i]
+}
+
+// List returns every pod, sorted by namespace/name.
+func (c *Cache) List() []*Pod { return c.view.Load().all }
+
+// Attachments returns the runtime records, keyed by Attachment.Key.
+func (c *Cache) Attachments() map[string]Attachment {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return maps.Clone(c.attachments)
+}
+
+// SetSourcePods replaces everything the source said with pods.
+func (c *Cache) SetSourcePods(pods []model.Pod) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.fromSource = make(map[string]model.Pod, len(pods))
+	for _, p := range pods {
+		c.fromSource[p.Key()] = p
+	}
+	c.rebuild()
+}
+
+// Attach records (or replaces) a runtime attachment.
+func (c *Cache) Attach(a Attachment) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	a.IPs = slices.Clone(a.IPs)
+	c.attachments[a.Key()] = a
+	c.rebuild()
+}
+
+// Detach forgets the attachment with that key and returns it.
+func (c *Cache) Detach(key string) (Attachment, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	a, ok := c.attachments[key]
+	if ok {
+		delete(c.attachments, key)
+		c.rebuild()
+	}
+	return a, ok
+}
+
+// rebuild makes a new index from both feeds. Callers hold mu.
+func (c *Cache) rebuild() {
+	pods := map[string]*Pod{}
+	for k, sp := range c.fromSource {
+		spec := sp
+		pods[k] = &Pod{Namespace: sp.Namespace, Name: sp.Name, UID: sp.UID, IPs: sp.IPs, Spec: &spec}
+	}
+	// Attachments in a stable order, so two of one pod (a sandbox restart
+	// before the old DEL) resolve the same way on every rebuild.
+	for _, key := range slices.Sorted(maps.Keys(c.attachments)) {
+		a := c.attachments[key]
+		k := a.Namespace + "/" + a.Name
+		p := pods[k]
+		if p == nil {
+			p = &Pod{Namespace: a.Namespace, Name: a.Name, UID: a.UID}
+			pods[k] = p
+		}
+		p.Attachment = &a
+		if len(a.IPs) > 0 { // the runtime knows the live sandbox's IPs first
+			p.IPs = a.IPs
+		}
+		if p.UID == "" {
+			p.UID = a.UID
+		}
+	}
+	idx := &index{byIP: map[netip.Addr]*Pod{}, byCookie: map[uint64]*Pod{}}
+	for _, p := range pods {
+		if p.Spec != nil {
+			p.Search = p.Spec.SearchList(c.domain)
+		} else {
+			p.Search = (&model.Pod{Namespace: p.Namespace}).SearchList(c.domain)
+		}
+		idx.all = append(idx.all, p)
+	}
+	slices.SortFunc(idx.all, func(a, b *Pod) int { return strings.Compare(a.Key(), b.Key()) })
+	// Attached pods own their IPs over source-only ones: an IP reused by a
+	// new pod before the old pod object is gone must point at the new one.
+	for _, p := range idx.all {
+		if p.Attachment == nil {
+			for _, ip := range p.IPs {
+				idx.byIP[ip] = p
+			}
+		}
+	}
+	for _, p := range idx.all {
+		if p.Attachment != nil {
+			for _, ip := range p.IPs {
+				idx.byIP[ip] = p
+			}
+			if p.Attachment.NetnsCookie != 0 {
+				idx.byCookie[p.Attachment.NetnsCookie] = p
+			}
+		}
+	}
+	c.view.Store(idx)
+}

@@ -1,0 +1,113 @@
+package podcache
+
+import (
+	"net/netip"
+	"slices"
+	"sync"
+	"testing"
+
+	"github.com/ztdns/ztdns/pkg/model"
+)
+
+var (
+	ip2 = netip.MustParseAddr("10.0.0.2")
+	ip3 = netip.MustParseAddr("10.0.0.3")
+)
+
+func TestSourceOnly(t *testing.T) {
+	c := New("cluster.local")
+	c.SetSourcePods([]model.Pod{{Namespace: "default", Name: "curl", IPs: []netip.Addr{ip2}}})
+	p := c.Lookup(ip2)
+	if p == nil || p.Key() != "default/curl" {
+		t.Fatalf("Lookup(%v) = %+v", ip2, p)
+	}
+	want := []string{"default.svc.cluster.local", "svc.cluster.local", "cluster.local"}
+	if !slices.Equal(p.Search, want) {
+		t.Errorf("search = %v, want %v", p.Search, want)
+	}
+	if c.Lookup(netip.MustParseAddr("::ffff:10.0.0.2")) != p {
+		t.Error("a v4-mapped source address should find the same pod")
+	}
+}
+
+func TestAttachmentMergesWithSource(t *testing.T) {
+	c := New("cluster.local")
+	c.Attach(Attachment{ContainerID: "c1", Namespace: "default", Name: "curl", NetnsCookie: 42, IPs: []netip.Addr{ip3}, Captured: true})
+	if p := c.ByCookie(42); p == nil || p.Spec != nil || p.Search[0] != "default.svc.cluster.local" {
+		t.Fatalf("runtime-only pod = %+v", p)
+	}
+	c.SetSourcePods([]model.Pod{{Namespace: "default", Name: "curl", UID: "u1", IPs: []netip.Addr{ip2},
+		DNSSearches: []string{"corp.example"}}})
+	p := c.Lookup(ip3)
+	if p == nil || p.Spec == nil || p.Attachment == nil || p.UID != "u1" {
+		t.Fatalf("merged pod = %+v", p)
+	}
+	if c.Lookup(ip2) != nil {
+		t.Error("the runtime's IPs replace the source's stale ones")
+	}
+	if p.Search[len(p.Search)-1] != "corp.example" {
+		t.Errorf("search = %v, want dnsConfig searches appended", p.Search)
+	}
+	if a, ok := c.Detach("c1"); !ok || a.NetnsCookie != 42 {
+		t.Fatalf("Detach = %+v, %v", a, ok)
+	}
+	if c.ByCookie(42) != nil || c.Lookup(ip2) == nil {
+		t.Error("after Detach the pod should be source-only again")
+	}
+}
+
+func TestIPReusedByNewPod(t *testing.T) {
+	c := New("cluster.local")
+	c.SetSourcePods([]model.Pod{{Namespace: "a", Name: "old", IPs: []netip.Addr{ip2}}})
+	c.Attach(Attachment{ContainerID: "new", Namespace: "b", Name: "new", IPs: []netip.Addr{ip2}})
+	if p := c.Lookup(ip2); p == nil || p.Key() != "b/new" {
+		t.Fatalf("Lookup = %+v, want the attached pod b/new", p)
+	}
+	if c.Get("a", "old") == nil || c.Get("b", "new") == nil || c.Get("c", "x") != nil {
+		t.Error("Get by key")
+	}
+}
+
+// Readers never block on writers: run with -race.
+func TestConcurrentReadWrite(t *testing.T) {
+	c := New("cluster.local")
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+				if p := c.Lookup(ip2); p != nil && p.Name == "" {
+					t.Error("torn pod")
+				}
+			}
+		}
+	}()
+	for i := range 1000 {
+		c.Attach(Attachment{ContainerID: "c", Namespace: "n", Name: "p", NetnsCookie: uint64(i), IPs: []netip.Addr{ip2}})
+	}
+	close(stop)
+	wg.Wait()
+}
+
+func BenchmarkLookup(b *testing.B) {
+	c := New("cluster.local")
+	var pods []model.Pod
+	for i := range 250 {
+		pods = append(pods, model.Pod{Namespace: "n", Name: string(rune('a'+i%26)) + string(rune(i)), IPs: []netip.Addr{netip.AddrFrom4([4]byte{10, 0, 1, byte(i)})}})
+	}
+	c.SetSourcePods(pods)
+	ip := netip.AddrFrom4([4]byte{10, 0, 1, 7})
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if c.Lookup(ip) == nil {
+				b.Fatal("miss")
+			}
+		}
+	})
+}

@@ -1,0 +1,211 @@
+package forward
+
+import (
+	"encoding/binary"
+	"net/netip"
+	"slices"
+	"sync"
+	"time"
+)
+
+// Key flag bits: the parts of a query that change what an upstream answers
+// without showing in the question.
+const (
+	keyEDNS = 1 << iota
+	keyDO
+	keyCD
+)
+
+// upstreamKeyLen is one upstream in a cache key: 16-byte address, 2-byte port.
+const upstreamKeyLen = 18
+
+// appendKey appends the cache key of a query to dst: flags, qtype, qclass,
+// the lower-cased wire name, then the upstream set sorted and deduplicated,
+// so that two pods with different nameservers never share an entry and the
+// order in which a pod lists them does not matter. Zones of link-local IPv6
+// upstreams are not part of the key.
+func appendKey(dst []byte, msg []byte, r request, upstreams []netip.AddrPort) []byte {
+	var flags byte
+	if r.edns {
+		flags |= keyEDNS
+	}
+	if r.do {
+		flags |= keyDO
+	}
+	if r.hdr.flags&flagCD != 0 {
+		flags |= keyCD
+	}
+	dst = append(dst, flags)
+	dst = binary.BigEndian.AppendUint16(dst, r.q.qtype)
+	dst = binary.BigEndian.AppendUint16(dst, r.q.qclass)
+	for _, c := range msg[headerLen:r.q.nameEnd] {
+		dst = append(dst, lowerASCII(c))
+	}
+	start := len(dst)
+	for _, u := range upstreams {
+		a := u.Addr().Unmap().As16()
+		dst = append(dst, a[:]...)
+		dst = binary.BigEndian.AppendUint16(dst, u.Port())
+	}
+	return sortUpstreamChunks(dst, start)
+}
+
+// sortUpstreamChunks sorts the 18-byte chunks in dst[start:] and drops
+// duplicates, in place: an insertion sort, as pods list at most a few
+// nameservers and this runs on every cache lookup.
+func sortUpstreamChunks(dst []byte, start int) []byte {
+	n := (len(dst) - start) / upstreamKeyLen
+	chunk := func(i int) []byte {
+		o := start + i*upstreamKeyLen
+		return dst[o : o+upstreamKeyLen]
+	}
+	var tmp [upstreamKeyLen]byte
+	for i := 1; i < n; i++ {
+		for j := i; j > 0 && string(chunk(j)) < string(chunk(j-1)); j-- {
+			copy(tmp[:], chunk(j))
+			copy(chunk(j), chunk(j-1))
+			copy(chunk(j-1), tmp[:])
+		}
+	}
+	out := start
+	for i := range n {
+		if i > 0 && string(chunk(i)) == string(dst[out-upstreamKeyLen:out]) {
+			continue
+		}
+		copy(dst[out:], chunk(i))
+		out += upstreamKeyLen
+	}
+	return dst[:out]
+}
+
+// entry is one cached reply. msg and ttlOffsets never change once stored,
+// so a hit may read them after the cache lock is released.
+type entry struct {
+	key        string
+	msg        []byte
+	ttlOffsets []uint16
+	stored     time.Time
+	expires    time.Time
+	prev, next *entry
+}
+
+// cache is a fixed-size LRU of upstream replies.
+type cache struct {
+	mu      sync.Mutex
+	max     int
+	entries map[string]*entry
+	// head.next is the most recently used entry, head.prev the least.
+	head entry
+}
+
+func newCache(maxEntries int) *cache {
+	c := &cache{max: maxEntries, entries: make(map[string]*entry, min(maxEntries, 1024))}
+	c.head.next, c.head.prev = &c.head, &c.head
+	return c
+}
+
+// get returns the live entry for key, or nil. An expired entry is dropped.
+func (c *cache) get(key []byte, now time.Time) *entry {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e := c.entries[string(key)]
+	if e == nil {
+		return nil
+	}
+	if !now.Before(e.expires) {
+		c.remove(e)
+		return nil
+	}
+	c.unlink(e)
+	c.pushFront(e)
+	return e
+}
+
+// put stores e, replacing any entry with the same key and evicting the least
+// recently used entry when full.
+func (c *cache) put(e *entry) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if old := c.entries[e.key]; old != nil {
+		c.remove(old)
+	}
+	for len(c.entries) >= c.max && c.head.prev != &c.head {
+		c.remove(c.head.prev)
+		cacheEvictions.Inc()
+	}
+	c.entries[e.key] = e
+	c.pushFront(e)
+}
+
+func (c *cache) len() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.entries)
+}
+
+func (c *cache) remove(e *entry) {
+	c.unlink(e)
+	delete(c.entries, e.key)
+}
+
+func (c *cache) unlink(e *entry) {
+	e.prev.next, e.next.prev = e.next, e.prev
+	e.prev, e.next = nil, nil
+}
+
+func (c *cache) pushFront(e *entry) {
+	e.prev, e.next = &c.head, c.head.next
+	c.head.next.prev = e
+	c.head.next = e
+}
+
+// cacheLifetime says how long a reply may be served from the cache, and
+// whether it may be cached at all: RFC 2308 for negative answers (only with
+// an SOA), the smallest answer TTL for positive ones, never for truncated or
+// failed replies. maxTTL caps the result.
+func cacheLifetime(s replyScan, maxTTL time.Duration) (time.Duration, bool) {
+	if s.hdr.opcode() != opcodeQuery || s.hdr.flags&flagQR == 0 || s.hdr.flags&flagTC != 0 || s.hdr.qdcount != 1 {
+		return 0, false
+	}
+	var ttl uint32
+	switch rc := s.hdr.rcode(); {
+	case rc == rcodeSuccess && s.hdr.ancount > 0:
+		ttl = s.minAnswerTTL
+	case rc == rcodeSuccess || rc == rcodeNXDomain:
+		// NODATA or NXDOMAIN, possibly after a CNAME chain whose TTLs also bound it.
+		if !s.soa {
+			return 0, false
+		}
+		ttl = s.negTTL
+		if s.hdr.ancount > 0 {
+			ttl = min(ttl, s.minAnswerTTL)
+		}
+	default:
+		return 0, false
+	}
+	d := min(time.Duration(ttl)*time.Second, maxTTL)
+	return d, d > 0
+}
+
+// newEntry prepares a reply for the cache: it copies msg and keeps the TTL
+// offsets so a hit can age the copy without parsing it.
+func newEntry(key string, msg []byte, s replyScan, now time.Time, lifetime time.Duration) *entry {
+	return &entry{
+		key:        key,
+		msg:        slices.Clone(msg),
+		ttlOffsets: slices.Clip(s.ttlOffsets),
+		stored:     now,
+		expires:    now.Add(lifetime),
+	}
+}
+
+// ageTTLs lowers every TTL at offsets by elapsed seconds, stopping at zero.
+func ageTTLs(msg []byte, offsets []uint16, elapsed uint32) {
+	if elapsed == 0 {
+		return
+	}
+	for _, o := range offsets {
+		ttl := readTTL(msg, int(o))
+		binary.BigEndian.PutUint32(msg[o:], ttl-min(ttl, elapsed))
+	}
+}

@@ -1,0 +1,305 @@
+package forward
+
+import (
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+// step is one query in a cache scenario: advance the clock, ask, and check
+// whether the upstream was contacted and the TTLs the client sees.
+type step struct {
+	advance      time.Duration
+	name         string // default www.example.com.
+	opts         []func(*dns.Msg)
+	wantUpstream bool
+	wantTTL      uint32 // of every non-OPT record; 0 skips the check
+}
+
+func TestCache(t *testing.T) {
+	t.Parallel()
+	cases := []struct {
+		name    string
+		handler handlerFunc
+		opts    []Option
+		steps   []step
+	}{
+		{"positive answer: hit, TTL ages, expires", answerA(300, "198.51.100.1"), nil, []step{
+			{wantUpstream: true, wantTTL: 300},
+			{wantUpstream: false, wantTTL: 300},
+			{advance: 100 * time.Second, wantTTL: 200},
+			{advance: 199*time.Second + 999*time.Millisecond, wantTTL: 1},
+			{advance: time.Millisecond, wantUpstream: true, wantTTL: 300},
+		}},
+		{"lifetime is the smallest answer TTL", func(u *testUpstream, w dns.ResponseWriter, req *dns.Msg) {
+			m := new(dns.Msg)
+			m.SetReply(req)
+			for i, ttl := range []uint32{300, 60, 120} {
+				m.Answer = append(m.Answer, &dns.A{Hdr: dns.RR_Header{Name: req.Question[0].Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: ttl}, A: net.IPv4(198, 51, 100, byte(i))})
+			}
+			_ = w.WriteMsg(m)
+		}, nil, []step{
+			{wantUpstream: true},
+			{advance: 59 * time.Second},
+			{advance: time.Second, wantUpstream: true},
+		}},
+		{"TTL capped by WithMaxTTL", answerA(86400, "198.51.100.1"), []Option{WithMaxTTL(time.Hour)}, []step{
+			{wantUpstream: true},
+			{advance: time.Hour - time.Second},
+			{advance: time.Second, wantUpstream: true},
+		}},
+		{"zero TTL is not cached", answerA(0, "198.51.100.1"), nil, []step{
+			{wantUpstream: true},
+			{wantUpstream: true},
+		}},
+		{"NXDOMAIN lives for SOA MINIMUM when smaller", answerNegative(dns.RcodeNameError, 3600, 30), nil, []step{
+			{wantUpstream: true},
+			{advance: 29 * time.Second},
+			{advance: time.Second, wantUpstream: true},
+		}},
+		{"NODATA lives for SOA TTL when smaller", answerNegative(dns.RcodeSuccess, 10, 600), nil, []step{
+			{wantUpstream: true, wantTTL: 10},
+			{advance: 4 * time.Second, wantTTL: 6},
+			{advance: 6 * time.Second, wantUpstream: true},
+		}},
+		{"NXDOMAIN without SOA is not cached", answerNegative(dns.RcodeNameError, 0, 0), nil, []step{
+			{wantUpstream: true},
+			{wantUpstream: true},
+		}},
+		{"SERVFAIL is not cached", answerRcode(dns.RcodeServerFailure), nil, []step{
+			{wantUpstream: true},
+			{wantUpstream: true},
+		}},
+		{"REFUSED is not cached", answerRcode(dns.RcodeRefused), nil, []step{
+			{wantUpstream: true},
+			{wantUpstream: true},
+		}},
+		{"name case does not matter", answerA(60, "198.51.100.1"), nil, []step{
+			{name: "www.example.com.", wantUpstream: true},
+			{name: "WWW.EXAMPLE.COM."},
+			{name: "wWw.ExAmPlE.cOm."},
+		}},
+		{"EDNS, DO and CD are part of the key", answerA(60, "198.51.100.1"), nil, []step{
+			{wantUpstream: true},
+			{opts: []func(*dns.Msg){withEDNS(false)}, wantUpstream: true},
+			{opts: []func(*dns.Msg){withEDNS(true)}, wantUpstream: true},
+			{opts: []func(*dns.Msg){withEDNS(true), withCD}, wantUpstream: true},
+			{opts: []func(*dns.Msg){withCD}, wantUpstream: true},
+			{},
+			{opts: []func(*dns.Msg){withEDNS(false)}},
+			{opts: []func(*dns.Msg){withEDNS(true)}},
+			{opts: []func(*dns.Msg){withEDNS(true), withCD}},
+			{opts: []func(*dns.Msg){withCD}},
+		}},
+		{"qtype is part of the key", answerA(60, "198.51.100.1"), nil, []step{
+			{wantUpstream: true},
+			{opts: []func(*dns.Msg){func(m *dns.Msg) { m.Question[0].Qtype = dns.TypeAAAA }}, wantUpstream: true},
+			{},
+		}},
+		{"least recently used entry is evicted", answerA(60, "198.51.100.1"), []Option{WithCacheSize(2)}, []step{
+			{name: "a.example.", wantUpstream: true},
+			{name: "b.example.", wantUpstream: true},
+			{name: "a.example."},
+			{name: "c.example.", wantUpstream: true}, // evicts b
+			{name: "a.example."},
+			{name: "c.example."},
+			{name: "b.example.", wantUpstream: true},
+		}},
+		{"cache size 0 disables caching", answerA(60, "198.51.100.1"), []Option{WithCacheSize(0)}, []step{
+			{wantUpstream: true},
+			{wantUpstream: true},
+		}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			up := startUpstream(t, tc.handler)
+			clock := newFakeClock()
+			f := newForwarder(t, append([]Option{WithNow(clock.Now)}, tc.opts...)...)
+			for i, s := range tc.steps {
+				clock.Advance(s.advance)
+				name := s.name
+				if name == "" {
+					name = "www.example.com."
+				}
+				id := uint16(1000 + i)
+				before := up.queries.Load()
+				m := forward(t, f, query(t, name, dns.TypeA, append(s.opts, withID(id))...), false, up.addr)
+				if asked := up.queries.Load() > before; asked != s.wantUpstream {
+					t.Errorf("step %d (%s): upstream contacted = %v, want %v", i, name, asked, s.wantUpstream)
+				}
+				if m.Id != id || len(m.Question) != 1 || m.Question[0].Name != name {
+					t.Errorf("step %d: ID %d question %v, want ID %d and the client's question %q", i, m.Id, m.Question, id, name)
+				}
+				if s.wantTTL != 0 {
+					for _, rr := range append(append(m.Answer, m.Ns...), m.Extra...) {
+						if rr.Header().Rrtype != dns.TypeOPT && rr.Header().Ttl != s.wantTTL {
+							t.Errorf("step %d: %s has TTL %d, want %d", i, rr.Header().Name, rr.Header().Ttl, s.wantTTL)
+						}
+					}
+				}
+			}
+		})
+	}
+}
+
+func TestCacheIsPerUpstreamSet(t *testing.T) {
+	t.Parallel()
+	a := startUpstream(t, answerA(60, "198.51.100.1"))
+	b := startUpstream(t, answerA(60, "198.51.100.2"))
+	f := newForwarder(t)
+	ask := func(ups ...netip.AddrPort) string {
+		t.Helper()
+		return firstA(forward(t, f, query(t, "www.example.com.", dns.TypeA), false, ups...))
+	}
+	if got := ask(a.addr); got != "198.51.100.1" {
+		t.Errorf("via A: %s, want 198.51.100.1", got)
+	}
+	if got := ask(b.addr); got != "198.51.100.2" {
+		t.Errorf("via B: %s, want B's own answer 198.51.100.2, not A's cached one", got)
+	}
+	if a.queries.Load() != 1 || b.queries.Load() != 1 {
+		t.Errorf("queries A=%d B=%d, want 1 each", a.queries.Load(), b.queries.Load())
+	}
+	// {A, B} is a third set; listed in either order, with a repeat, it is the same set.
+	ask(a.addr, b.addr)
+	total := a.queries.Load() + b.queries.Load()
+	ask(b.addr, a.addr)
+	ask(b.addr, a.addr, b.addr)
+	if got := a.queries.Load() + b.queries.Load(); got != total {
+		t.Errorf("set {B, A} went upstream again (%d queries, want %d)", got, total)
+	}
+}
+
+func TestCacheKeyUpstreamOrderAndDuplicates(t *testing.T) {
+	t.Parallel()
+	req := query(t, "www.example.com.", dns.TypeA)
+	r, err := parseRequest(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ups := func(ss ...string) []netip.AddrPort {
+		var out []netip.AddrPort
+		for _, s := range ss {
+			out = append(out, netip.MustParseAddrPort(s))
+		}
+		return out
+	}
+	key := func(u []netip.AddrPort) string { return string(appendKey(nil, req, r, u)) }
+	cases := []struct {
+		name string
+		a, b []netip.AddrPort
+		same bool
+	}{
+		{"order does not matter", ups("127.0.0.1:53", "127.0.0.2:53", "[::1]:53"), ups("[::1]:53", "127.0.0.2:53", "127.0.0.1:53"), true},
+		{"duplicates do not matter", ups("127.0.0.1:53", "127.0.0.1:53"), ups("127.0.0.1:53"), true},
+		{"mapped IPv4 is IPv4", ups("[::ffff:127.0.0.1]:53"), ups("127.0.0.1:53"), true},
+		{"port matters", ups("127.0.0.1:53"), ups("127.0.0.1:5353"), false},
+		{"address matters", ups("127.0.0.1:53"), ups("127.0.0.2:53"), false},
+		{"subset differs", ups("127.0.0.1:53"), ups("127.0.0.1:53", "127.0.0.2:53"), false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			if same := key(tc.a) == key(tc.b); same != tc.same {
+				t.Errorf("keys equal = %v, want %v", same, tc.same)
+			}
+		})
+	}
+}
+
+func TestCacheLifetime(t *testing.T) {
+	t.Parallel()
+	reply := func(rcode int, answerTTLs []uint32, soa *dns.SOA, tweak func(*dns.Msg)) replyScan {
+		t.Helper()
+		m := new(dns.Msg)
+		m.SetQuestion("www.example.com.", dns.TypeA)
+		m.Response, m.Rcode = true, rcode
+		for i, ttl := range answerTTLs {
+			m.Answer = append(m.Answer, &dns.A{Hdr: dns.RR_Header{Name: "www.example.com.", Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: ttl}, A: net.IPv4(198, 51, 100, byte(i))})
+		}
+		if soa != nil {
+			m.Ns = append(m.Ns, soa)
+		}
+		m.SetEdns0(1232, true)
+		if tweak != nil {
+			tweak(m)
+		}
+		b, err := m.Pack()
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, err := scanReply(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	cases := []struct {
+		name   string
+		scan   replyScan
+		want   time.Duration
+		wantOK bool
+	}{
+		{"positive: min answer TTL", reply(dns.RcodeSuccess, []uint32{300, 20, 40}, nil, nil), 20 * time.Second, true},
+		{"positive with SOA in authority: answer TTL", reply(dns.RcodeSuccess, []uint32{300}, testSOA(5, 5), nil), 300 * time.Second, true},
+		{"positive capped", reply(dns.RcodeSuccess, []uint32{7200}, nil, nil), time.Hour, true},
+		{"TTL with top bit set counts as zero", reply(dns.RcodeSuccess, []uint32{1 << 31}, nil, nil), 0, false},
+		{"NXDOMAIN: SOA minimum", reply(dns.RcodeNameError, nil, testSOA(600, 60), nil), 60 * time.Second, true},
+		{"NXDOMAIN: SOA TTL", reply(dns.RcodeNameError, nil, testSOA(15, 60), nil), 15 * time.Second, true},
+		{"NXDOMAIN after CNAME: CNAME TTL bounds it", reply(dns.RcodeNameError, []uint32{5}, testSOA(600, 60), nil), 5 * time.Second, true},
+		{"NODATA: SOA", reply(dns.RcodeSuccess, nil, testSOA(600, 45), nil), 45 * time.Second, true},
+		{"NODATA without SOA", reply(dns.RcodeSuccess, nil, nil, nil), 0, false},
+		{"NXDOMAIN without SOA", reply(dns.RcodeNameError, nil, nil, nil), 0, false},
+		{"SERVFAIL", reply(dns.RcodeServerFailure, nil, testSOA(600, 60), nil), 0, false},
+		{"REFUSED", reply(dns.RcodeRefused, []uint32{60}, nil, nil), 0, false},
+		{"truncated", reply(dns.RcodeSuccess, []uint32{60}, nil, func(m *dns.Msg) { m.Truncated = true }), 0, false},
+		{"NOTIFY", reply(dns.RcodeSuccess, []uint32{60}, nil, func(m *dns.Msg) { m.Opcode = dns.OpcodeNotify }), 0, false},
+		{"not a response", reply(dns.RcodeSuccess, []uint32{60}, nil, func(m *dns.Msg) { m.Response = false }), 0, false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			got, ok := cacheLifetime(tc.scan, time.Hour)
+			if got != tc.want || ok != tc.wantOK {
+				t.Errorf("cacheLifetime = %v, %v; want %v, %v", got, ok, tc.want, tc.wantOK)
+			}
+		})
+	}
+}
+
+func BenchmarkForwardCacheHit(b *testing.B) {
+	up := startUpstream(b, answerA(3600, "198.51.100.1", "198.51.100.2"))
+	f := newForwarder(b)
+	ups := []netip.AddrPort{up.addr, deadUpstream(b)}
+	req := query(b, "www.example.com.", dns.TypeA, withEDNS(false))
+	forward(b, f, req, false, ups...) // fill the cache
+	ctx := b.Context()
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		if _, err := f.Forward(ctx, req, false, ups); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.StopTimer()
+	if n := up.queries.Load(); n != 1 {
+		b.Errorf("upstream got %d queries during the benchmark, want only the first", n)
+	}
+}
+
+func BenchmarkForwardMissUDP(b *testing.B) {
+	up := startUpstream(b, answerA(3600, "198.51.100.1"))
+	f := newForwarder(b, WithCacheSize(0))
+	ups := []netip.AddrPort{up.addr}
+	req := query(b, "www.example.com.", dns.TypeA)
+	ctx := b.Context()
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := f.Forward(ctx, req, false, ups); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(up.queries.Load())/float64(b.N), "upstream/op")
+}

@@ -1,0 +1,354 @@
+// Package forward sends the queries the resolver cannot answer itself to
+// upstream nameservers, relays their replies byte for byte (only the ID and
+// the question's case are the client's), and caches them for their TTL.
+package forward
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"slices"
+	"sync"
+	"time"
+)
+
+// servfailUDPSize is the UDP payload size advertised in our own SERVFAIL
+// replies to EDNS clients (the DNS flag day 2020 value).
+const servfailUDPSize = 1232
+
+// edeNoReachableAuthority is the Extended DNS Error (RFC 8914) attached to a
+// SERVFAIL when no upstream answered.
+const (
+	optionEDE               = 15
+	edeNoReachableAuthority = 22
+)
+
+// Forwarder relays queries to upstream nameservers and caches the replies.
+// It is safe for concurrent use.
+type Forwarder struct {
+	timeout   time.Duration
+	cacheSize int
+	maxTTL    time.Duration
+	now       func() time.Time
+	log       *slog.Logger
+
+	cache *cache // nil when caching is disabled
+
+	// base ends when the Forwarder closes, stopping every upstream exchange.
+	base context.Context
+	stop context.CancelFunc
+
+	mu      sync.Mutex
+	closed  bool
+	wg      sync.WaitGroup     // every goroutine the Forwarder started
+	flights map[string]*flight // identical queries in flight, by flight key
+}
+
+// flight is one upstream exchange shared by identical concurrent queries.
+type flight struct {
+	done  chan struct{}
+	reply []byte // the upstream's reply with our ID, or nil if none came
+}
+
+// New returns a Forwarder; Close it to stop its upstream exchanges.
+func New(opts ...Option) *Forwarder {
+	f := &Forwarder{
+		timeout:   DefaultTimeout,
+		cacheSize: DefaultCacheSize,
+		maxTTL:    DefaultMaxTTL,
+		now:       time.Now,
+		log:       slog.Default(),
+		flights:   make(map[string]*flight),
+	}
+	for _, o := range opts {
+		o(f)
+	}
+	if f.cacheSize > 0 {
+		f.cache = newCache(f.cacheSize)
+	}
+	f.base, f.stop = context.WithCancel(context.Background())
+	return f
+}
+
+// Close stops all upstream exchanges and waits for them to end. Queries
+// forwarded afterwards get SERVFAIL.
+func (f *Forwarder) Close() error {
+	f.mu.Lock()
+	f.closed = true
+	f.mu.Unlock()
+	f.stop()
+	f.wg.Wait()
+	return nil
+}
+
+// Forward answers req, a complete client query with exactly one question, by
+// asking upstreams in parallel over the client's protocol (tcp). The reply is
+// the first good upstream reply (NOERROR or NXDOMAIN), else any reply that
+// came, else a SERVFAIL built from req, with req's ID and question bytes.
+// Standard queries are answered from the cache when possible; other opcodes
+// are always forwarded. The error is only for a req that cannot be parsed.
+func (f *Forwarder) Forward(ctx context.Context, req []byte, tcp bool, upstreams []netip.AddrPort) ([]byte, error) {
+	r, err := parseRequest(req)
+	if err != nil {
+		return nil, fmt.Errorf("parse request: %w", err)
+	}
+	if r.hdr.opcode() != opcodeQuery {
+		ctx, cancel := context.WithTimeout(ctx, f.timeout)
+		defer cancel()
+		defer context.AfterFunc(f.base, cancel)()
+		return f.finish(req, r, f.resolve(ctx, req, r, tcp, upstreams)), nil
+	}
+
+	var keyBuf [512]byte
+	key := appendKey(keyBuf[:0], req, r, upstreams)
+	if f.cache != nil {
+		now := f.now()
+		if e := f.cache.get(key, now); e != nil {
+			cacheHits.Inc()
+			return fromCache(req, r, e, now), nil
+		}
+		cacheMisses.Inc()
+	}
+
+	// Identical queries share one exchange, which runs on its own context so
+	// that a waiter giving up does not cancel it for the others.
+	proto := byte('u')
+	if tcp {
+		proto = 't'
+	}
+	fl := f.joinFlight(append(key, proto), req, r, tcp, upstreams)
+	if fl == nil {
+		return servfail(req, r), nil
+	}
+	select {
+	case <-fl.done:
+		return f.finish(req, r, fl.reply), nil
+	case <-ctx.Done():
+		return servfail(req, r), nil
+	}
+}
+
+// joinFlight returns the flight for flightKey, starting it if there is none.
+// It returns nil once the Forwarder is closed.
+func (f *Forwarder) joinFlight(flightKey []byte, req []byte, r request, tcp bool, upstreams []netip.AddrPort) *flight {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return nil
+	}
+	if fl := f.flights[string(flightKey)]; fl != nil {
+		coalesced.Inc()
+		return fl
+	}
+	fk := string(flightKey)
+	fl := &flight{done: make(chan struct{})}
+	f.flights[fk] = fl
+	req = slices.Clone(req) // the caller may reuse its buffer once it returns
+	upstreams = slices.Clone(upstreams)
+	f.wg.Go(func() {
+		ctx, cancel := context.WithTimeout(f.base, f.timeout)
+		defer cancel()
+		fl.reply = f.resolve(ctx, req, r, tcp, upstreams)
+		if fl.reply != nil {
+			f.store(fk[:len(fk)-1], fl.reply)
+		}
+		f.mu.Lock()
+		delete(f.flights, fk)
+		f.mu.Unlock()
+		close(fl.done)
+	})
+	return fl
+}
+
+// store caches reply under key if its rcode and TTLs allow.
+func (f *Forwarder) store(key string, reply []byte) {
+	if f.cache == nil {
+		return
+	}
+	s, err := scanReply(reply)
+	if err != nil {
+		f.log.Debug("upstream reply not cached", "error", err)
+		return
+	}
+	lifetime, ok := cacheLifetime(s, f.maxTTL)
+	if !ok {
+		return
+	}
+	f.cache.put(newEntry(key, reply, s, f.now(), lifetime))
+}
+
+// attempt is the outcome of asking one upstream.
+type attempt struct {
+	reply []byte
+	good  bool
+}
+
+// resolve asks every upstream at once and returns the first good reply, else
+// the first reply of any kind, else nil. Losing exchanges are canceled; they
+// end on their own and are not waited for.
+func (f *Forwarder) resolve(ctx context.Context, req []byte, r request, tcp bool, upstreams []netip.AddrPort) []byte {
+	upstreams = distinctUpstreams(upstreams)
+	if len(upstreams) == 0 {
+		f.log.Debug("no upstream to forward to")
+		return nil
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	query := slices.Clone(req)
+	var id [2]byte
+	_, _ = rand.Read(id[:]) // never fails (crypto/rand since Go 1.24)
+	copy(query, id[:])
+
+	results := make(chan attempt, len(upstreams)) // buffered: losers never block
+	started := 0
+	for _, u := range upstreams {
+		if !f.goTracked(func() { results <- f.ask(ctx, u, query, r.q, tcp) }) {
+			break
+		}
+		started++
+	}
+	var fallback []byte
+	for range started {
+		a := <-results
+		if a.good {
+			return a.reply
+		}
+		if fallback == nil {
+			fallback = a.reply
+		}
+	}
+	return fallback
+}
+
+// ask runs one exchange and records its outcome.
+func (f *Forwarder) ask(ctx context.Context, upstream netip.AddrPort, query []byte, q question, tcp bool) attempt {
+	proto := "udp"
+	if tcp {
+		proto = "tcp"
+	}
+	start := time.Now()
+	reply, err := exchange(ctx, upstream, query, q, tcp)
+	if err != nil {
+		result := resultError
+		switch {
+		case errors.Is(err, context.DeadlineExceeded), errors.Is(err, os.ErrDeadlineExceeded):
+			result = resultTimeout
+		case errors.Is(err, context.Canceled):
+			result = resultCanceled
+		}
+		upstreamQueries.WithLabelValues(result).Inc()
+		if result != resultCanceled {
+			f.log.Debug("upstream exchange failed", "upstream", upstream, "proto", proto, "result", result, "error", err)
+		}
+		return attempt{}
+	}
+	upstreamDuration.WithLabelValues(proto).Observe(time.Since(start).Seconds())
+	rh, _ := readHeader(reply) // matches() checked the length
+	good := rh.rcode() == rcodeSuccess || rh.rcode() == rcodeNXDomain
+	if good {
+		upstreamQueries.WithLabelValues(resultOK).Inc()
+	} else {
+		upstreamQueries.WithLabelValues(resultServfail).Inc()
+		f.log.Debug("upstream answered with an error", "upstream", upstream, "proto", proto, "rcode", rh.rcode())
+	}
+	return attempt{reply: reply, good: good}
+}
+
+// goTracked runs fn in a goroutine Close waits for, unless already closed.
+func (f *Forwarder) goTracked(fn func()) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return false
+	}
+	f.wg.Go(fn)
+	return true
+}
+
+// distinctUpstreams drops invalid and repeated upstreams (IPv4-mapped IPv6
+// counts as IPv4) and keeps at most maxUpstreams.
+func distinctUpstreams(upstreams []netip.AddrPort) []netip.AddrPort {
+	out := make([]netip.AddrPort, 0, min(len(upstreams), maxUpstreams))
+	for _, u := range upstreams {
+		if !u.IsValid() || u.Port() == 0 {
+			continue
+		}
+		u = netip.AddrPortFrom(u.Addr().Unmap(), u.Port())
+		if slices.Contains(out, u) {
+			continue
+		}
+		if out = append(out, u); len(out) == maxUpstreams {
+			break
+		}
+	}
+	return out
+}
+
+// finish turns an upstream reply into the client's: a copy with the client's
+// ID, RD bit and question bytes (the reply's question has the same length,
+// see matches). A nil reply becomes SERVFAIL.
+func (f *Forwarder) finish(req []byte, r request, reply []byte) []byte {
+	if reply == nil {
+		return servfail(req, r)
+	}
+	return personalise(slices.Clone(reply), req, r)
+}
+
+// fromCache copies a cached reply, ages its TTLs by the time spent in the
+// cache and gives it the client's ID and question.
+func fromCache(req []byte, r request, e *entry, now time.Time) []byte {
+	out := slices.Clone(e.msg)
+	ageTTLs(out, e.ttlOffsets, uint32(now.Sub(e.stored)/time.Second))
+	return personalise(out, req, r)
+}
+
+// personalise writes the client's ID, RD bit and question into out.
+func personalise(out, req []byte, r request) []byte {
+	copy(out[0:2], req[0:2])
+	flags := binary.BigEndian.Uint16(out[2:])&^flagRD | r.hdr.flags&flagRD
+	binary.BigEndian.PutUint16(out[2:], flags)
+	if binary.BigEndian.Uint16(out[4:]) == 1 && len(out) >= r.q.end {
+		copy(out[headerLen:r.q.end], req[headerLen:r.q.end])
+	}
+	return out
+}
+
+// servfail builds a SERVFAIL for req: its ID, opcode, RD and CD bits, its
+// question, and for an EDNS client an OPT record with DO copied and the
+// Extended DNS Error "No Reachable Authority".
+func servfail(req []byte, r request) []byte {
+	out := make([]byte, 0, r.q.end+11+6)
+	out = append(out, req[0:2]...)
+	flags := uint16(flagQR|flagRA|rcodeServFail) | r.hdr.flags&(0xF<<11|flagRD|flagCD)
+	out = binary.BigEndian.AppendUint16(out, flags)
+	var arcount uint16
+	if r.edns {
+		arcount = 1
+	}
+	out = binary.BigEndian.AppendUint16(out, 1)
+	out = binary.BigEndian.AppendUint16(out, 0)
+	out = binary.BigEndian.AppendUint16(out, 0)
+	out = binary.BigEndian.AppendUint16(out, arcount)
+	out = append(out, req[headerLen:r.q.end]...)
+	if r.edns {
+		var optFlags uint32
+		if r.do {
+			optFlags = doBit
+		}
+		out = append(out, 0) // root owner name
+		out = binary.BigEndian.AppendUint16(out, typeOPT)
+		out = binary.BigEndian.AppendUint16(out, servfailUDPSize)
+		out = binary.BigEndian.AppendUint32(out, optFlags) // extended rcode 0, version 0
+		out = binary.BigEndian.AppendUint16(out, 6)        // rdata: one option
+		out = binary.BigEndian.AppendUint16(out, optionEDE)
+		out = binary.BigEndian.AppendUint16(out, 2)
+		out = binary.BigEndian.AppendUint16(out, edeNoReachableAuthority)
+	}
+	return out
+}

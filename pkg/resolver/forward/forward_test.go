@@ -1,0 +1,640 @@
+package forward
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"net"
+	"net/netip"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+)
+
+var protocols = []struct {
+	name string
+	tcp  bool
+}{{"udp", false}, {"tcp", true}}
+
+// rawReply answers with build(req) packed by the test itself and written as
+// raw bytes, and remembers those bytes and the protocol they went out on.
+func rawReply(tb testing.TB, build func(req *dns.Msg) *dns.Msg, sent *atomic.Pointer[[]byte], proto *atomic.Value) handlerFunc {
+	return func(u *testUpstream, w dns.ResponseWriter, req *dns.Msg) {
+		b, err := build(req).Pack()
+		if err != nil {
+			tb.Errorf("pack upstream reply: %v", err)
+			return
+		}
+		sent.Store(&b)
+		proto.Store(w.LocalAddr().Network())
+		_, _ = w.Write(b)
+	}
+}
+
+func TestRelayKeepsUpstreamBytes(t *testing.T) {
+	t.Parallel()
+	lowerQuestion := func(req *dns.Msg) *dns.Msg {
+		m := new(dns.Msg)
+		m.SetReply(req)
+		// Echo the question lower-cased, so the test sees the client's case restored.
+		m.Question[0].Name = "www.example.com."
+		return m
+	}
+	cases := []struct {
+		name  string
+		build func(req *dns.Msg) *dns.Msg
+	}{
+		{"nxdomain with SOA, flags, EDNS and EDE, uncompressed", func(req *dns.Msg) *dns.Msg {
+			m := lowerQuestion(req)
+			m.Rcode = dns.RcodeNameError
+			m.Authoritative, m.RecursionAvailable, m.AuthenticatedData = true, true, true
+			m.Ns = []dns.RR{testSOA(3600, 300)}
+			o := &dns.OPT{Hdr: dns.RR_Header{Name: ".", Rrtype: dns.TypeOPT}}
+			o.SetUDPSize(4096)
+			o.SetDo()
+			o.Option = []dns.EDNS0{
+				&dns.EDNS0_NSID{Code: dns.EDNS0NSID, Nsid: "7570737472656170"},
+				&dns.EDNS0_EDE{InfoCode: dns.ExtendedErrorCodeNSECMissing, ExtraText: "upstream says so"},
+			}
+			m.Extra = []dns.RR{o}
+			return m
+		}},
+		{"noerror with CNAME chain, compressed", func(req *dns.Msg) *dns.Msg {
+			m := lowerQuestion(req)
+			m.Compress = true
+			m.RecursionAvailable = true
+			m.Answer = []dns.RR{
+				&dns.CNAME{Hdr: dns.RR_Header{Name: "www.example.com.", Rrtype: dns.TypeCNAME, Class: dns.ClassINET, Ttl: 60}, Target: "cdn.example.com."},
+				&dns.A{Hdr: dns.RR_Header{Name: "cdn.example.com.", Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 20}, A: net.ParseIP("198.51.100.1")},
+				&dns.A{Hdr: dns.RR_Header{Name: "cdn.example.com.", Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 20}, A: net.ParseIP("198.51.100.2")},
+			}
+			return m
+		}},
+		{"servfail with EDNS", func(req *dns.Msg) *dns.Msg {
+			m := lowerQuestion(req)
+			m.Rcode = dns.RcodeServerFailure
+			m.SetEdns0(1232, false)
+			return m
+		}},
+		{"refused without a question", func(req *dns.Msg) *dns.Msg {
+			m := new(dns.Msg)
+			m.SetRcode(req, dns.RcodeRefused)
+			m.Question = nil
+			return m
+		}},
+	}
+	for _, tc := range cases {
+		for _, p := range protocols {
+			t.Run(tc.name+"/"+p.name, func(t *testing.T) {
+				t.Parallel()
+				var sent atomic.Pointer[[]byte]
+				var proto atomic.Value
+				up := startUpstream(t, rawReply(t, tc.build, &sent, &proto))
+				f := newForwarder(t, WithCacheSize(0))
+				req := query(t, "WwW.ExAmple.COM.", dns.TypeA, withEDNS(true), withID(0x1234))
+
+				got, err := f.Forward(context.Background(), req, p.tcp, []netip.AddrPort{up.addr})
+				if err != nil {
+					t.Fatalf("Forward: %v", err)
+				}
+				if proto.Load() != p.name {
+					t.Errorf("upstream asked over %v, want %s", proto.Load(), p.name)
+				}
+				want := slices.Clone(*sent.Load())
+				copy(want, req[:2]) // the client's ID
+				if binary.BigEndian.Uint16(want[4:]) == 1 {
+					copy(want[headerLen:], req[headerLen:len("WwW.ExAmple.COM.")+1+4+headerLen])
+				}
+				if !bytes.Equal(got, want) {
+					t.Errorf("reply differs from the upstream's bytes\n got % x\nwant % x", got, want)
+				}
+				m := unpack(t, got)
+				if m.Id != 0x1234 {
+					t.Errorf("ID = %#x, want 0x1234", m.Id)
+				}
+				if len(m.Question) == 1 && m.Question[0].Name != "WwW.ExAmple.COM." {
+					t.Errorf("question = %q, want the client's case", m.Question[0].Name)
+				}
+			})
+		}
+	}
+}
+
+func TestTruncatedUDPReplyIsRelayed(t *testing.T) {
+	t.Parallel()
+	up := startUpstream(t, func(u *testUpstream, w dns.ResponseWriter, req *dns.Msg) {
+		if w.LocalAddr().Network() == "udp" {
+			m := new(dns.Msg)
+			m.SetReply(req)
+			m.Truncated = true
+			_ = w.WriteMsg(m)
+			return
+		}
+		answerA(300, "198.51.100.1", "198.51.100.2", "198.51.100.3")(u, w, req)
+	})
+	f := newForwarder(t)
+	req := query(t, "big.example.com.", dns.TypeA)
+
+	for range 2 { // twice: a truncated reply must not be cached
+		m := forward(t, f, req, false, up.addr)
+		if !m.Truncated || len(m.Answer) != 0 {
+			t.Fatalf("UDP reply: TC=%v with %d answers, want the upstream's truncated reply", m.Truncated, len(m.Answer))
+		}
+	}
+	if n := up.queries.Load(); n != 2 {
+		t.Errorf("upstream got %d queries, want 2 (TC replies are not cached)", n)
+	}
+	m := forward(t, f, req, true, up.addr)
+	if m.Truncated || len(m.Answer) != 3 {
+		t.Errorf("TCP reply: TC=%v with %d answers, want the whole answer", m.Truncated, len(m.Answer))
+	}
+}
+
+func TestUpstreamSelection(t *testing.T) {
+	t.Parallel()
+	type upstreamKind func(t *testing.T) netip.AddrPort
+	serving := func(h handlerFunc) upstreamKind {
+		return func(t *testing.T) netip.AddrPort { return startUpstream(t, h).addr }
+	}
+	dead := func(t *testing.T) netip.AddrPort { return deadUpstream(t) }
+	silent := func(t *testing.T) netip.AddrPort { return silentUpstream(t).addr }
+
+	cases := []struct {
+		name      string
+		upstreams []upstreamKind
+		wantRcode int
+		wantA     string
+		// maxElapsed bounds how long Forward may take: a good answer must
+		// not wait for dead or silent upstreams (the timeout is 3s).
+		maxElapsed time.Duration
+	}{
+		{"dead then good", []upstreamKind{dead, serving(answerA(60, "198.51.100.1"))}, dns.RcodeSuccess, "198.51.100.1", 1500 * time.Millisecond},
+		{"silent then good", []upstreamKind{silent, serving(answerA(60, "198.51.100.1"))}, dns.RcodeSuccess, "198.51.100.1", 1500 * time.Millisecond},
+		{"slow and fast: fast wins", []upstreamKind{
+			serving(delayed(time.Second, answerA(60, "198.51.100.1"))),
+			serving(answerA(60, "198.51.100.2")),
+		}, dns.RcodeSuccess, "198.51.100.2", 900 * time.Millisecond},
+		{"fast servfail loses to slower good", []upstreamKind{
+			serving(answerRcode(dns.RcodeServerFailure)),
+			serving(delayed(200*time.Millisecond, answerA(60, "198.51.100.3"))),
+		}, dns.RcodeSuccess, "198.51.100.3", 1500 * time.Millisecond},
+		{"nxdomain is a good answer", []upstreamKind{
+			serving(answerNegative(dns.RcodeNameError, 60, 60)),
+			serving(delayed(time.Second, answerA(60, "198.51.100.1"))),
+		}, dns.RcodeNameError, "", 900 * time.Millisecond},
+		{"only refused: relayed", []upstreamKind{dead, serving(answerRcode(dns.RcodeRefused))}, dns.RcodeRefused, "", 1500 * time.Millisecond},
+		{"all dead: servfail at once", []upstreamKind{dead, dead}, dns.RcodeServerFailure, "", 1500 * time.Millisecond},
+	}
+	for _, tc := range cases {
+		for _, p := range protocols {
+			t.Run(tc.name+"/"+p.name, func(t *testing.T) {
+				t.Parallel()
+				var ups []netip.AddrPort
+				for _, k := range tc.upstreams {
+					ups = append(ups, k(t))
+				}
+				f := newForwarder(t, WithTimeout(3*time.Second), WithCacheSize(0))
+				start := time.Now()
+				m := forward(t, f, query(t, "www.example.com.", dns.TypeA), p.tcp, ups...)
+				elapsed := time.Since(start)
+				if m.Rcode != tc.wantRcode {
+					t.Errorf("rcode = %s, want %s", dns.RcodeToString[m.Rcode], dns.RcodeToString[tc.wantRcode])
+				}
+				if got := firstA(m); got != tc.wantA {
+					t.Errorf("answer = %q, want %q", got, tc.wantA)
+				}
+				if elapsed > tc.maxElapsed {
+					t.Errorf("took %v, want at most %v", elapsed, tc.maxElapsed)
+				}
+			})
+		}
+	}
+}
+
+func TestNoUpstreamAnswersServfailWithinBound(t *testing.T) {
+	t.Parallel()
+	const timeout = 300 * time.Millisecond
+	for _, p := range protocols {
+		for _, edns := range []bool{false, true} {
+			name := p.name + "/plain"
+			if edns {
+				name = p.name + "/edns"
+			}
+			t.Run(name, func(t *testing.T) {
+				t.Parallel()
+				ups := []netip.AddrPort{deadUpstream(t), silentUpstream(t).addr, silentUpstream(t).addr}
+				f := newForwarder(t, WithTimeout(timeout))
+				var opts []func(*dns.Msg)
+				if edns {
+					opts = append(opts, withEDNS(true))
+				}
+				req := query(t, "Down.Example.COM.", dns.TypeAAAA, append(opts, withCD, withID(0x4242))...)
+
+				start := time.Now()
+				m := forward(t, f, req, p.tcp, ups...)
+				elapsed := time.Since(start)
+
+				if elapsed < timeout-50*time.Millisecond || elapsed > timeout+time.Second {
+					t.Errorf("SERVFAIL after %v, want about the %v bound", elapsed, timeout)
+				}
+				if m.Rcode != dns.RcodeServerFailure || !m.Response || m.Id != 0x4242 || !m.CheckingDisabled || !m.RecursionDesired {
+					t.Errorf("reply header = %+v, want a SERVFAIL response with the query's ID, RD and CD", m.MsgHdr)
+				}
+				if len(m.Question) != 1 || m.Question[0].Name != "Down.Example.COM." || m.Question[0].Qtype != dns.TypeAAAA {
+					t.Errorf("question = %v, want the client's", m.Question)
+				}
+				opt := m.IsEdns0()
+				if (opt != nil) != edns {
+					t.Fatalf("reply has OPT = %v, want %v", opt != nil, edns)
+				}
+				if edns {
+					if !opt.Do() {
+						t.Error("DO bit not copied into the SERVFAIL's OPT")
+					}
+					if len(opt.Option) != 1 || opt.Option[0].(*dns.EDNS0_EDE).InfoCode != dns.ExtendedErrorCodeNoReachableAuthority {
+						t.Errorf("OPT options = %v, want EDE No Reachable Authority", opt.Option)
+					}
+				}
+			})
+		}
+	}
+}
+
+func TestNoUpstreamsServfail(t *testing.T) {
+	t.Parallel()
+	f := newForwarder(t)
+	m := forward(t, f, query(t, "www.example.com.", dns.TypeA), false)
+	if m.Rcode != dns.RcodeServerFailure {
+		t.Errorf("rcode = %s, want SERVFAIL", dns.RcodeToString[m.Rcode])
+	}
+}
+
+func TestStrayUDPPacketsIgnored(t *testing.T) {
+	t.Parallel()
+	spoofer, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("listen: %v", err)
+	}
+	t.Cleanup(func() { spoofer.Close() })
+
+	up := rawUDPUpstream(t, func(pc net.PacketConn, from net.Addr, q []byte) {
+		req := new(dns.Msg)
+		if err := req.Unpack(q); err != nil {
+			t.Errorf("upstream got a bad query: %v", err)
+			return
+		}
+		reply := func(addr string, tweak func(*dns.Msg)) []byte {
+			m := new(dns.Msg)
+			m.SetReply(req)
+			m.Answer = []dns.RR{&dns.A{Hdr: dns.RR_Header{Name: req.Question[0].Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60}, A: net.ParseIP(addr)}}
+			tweak(m)
+			b, err := m.Pack()
+			if err != nil {
+				t.Errorf("pack: %v", err)
+			}
+			return b
+		}
+		send := func(c net.PacketConn, b []byte) {
+			if _, err := c.WriteTo(b, from); err != nil {
+				t.Errorf("send: %v", err)
+			}
+		}
+		// A perfect answer from the wrong address, then wrong answers from
+		// the right one, then the real answer.
+		send(spoofer, reply("203.0.113.1", func(*dns.Msg) {}))
+		send(pc, reply("203.0.113.2", func(m *dns.Msg) { m.Id++ }))
+		send(pc, reply("203.0.113.3", func(m *dns.Msg) { m.Question[0].Name = "other.example.com." }))
+		send(pc, reply("203.0.113.4", func(m *dns.Msg) { m.Question[0].Qtype = dns.TypeAAAA }))
+		send(pc, reply("203.0.113.5", func(m *dns.Msg) { m.Response = false }))
+		send(pc, reply("203.0.113.6", func(m *dns.Msg) { m.Opcode = dns.OpcodeNotify }))
+		send(pc, []byte{1, 2, 3})
+		send(pc, reply("198.51.100.9", func(*dns.Msg) {}))
+	})
+	f := newForwarder(t, WithTimeout(2*time.Second))
+	m := forward(t, f, query(t, "www.example.com.", dns.TypeA), false, up)
+	if got := firstA(m); got != "198.51.100.9" {
+		t.Errorf("answer = %q, want the upstream's real answer 198.51.100.9", got)
+	}
+}
+
+func TestUpstreamQueryIDIsRandom(t *testing.T) {
+	t.Parallel()
+	var mu sync.Mutex
+	ids := map[uint16]bool{}
+	up := startUpstream(t, func(u *testUpstream, w dns.ResponseWriter, req *dns.Msg) {
+		mu.Lock()
+		ids[req.Id] = true
+		mu.Unlock()
+		answerA(60, "198.51.100.1")(u, w, req)
+	})
+	f := newForwarder(t, WithCacheSize(0))
+	for range 20 {
+		forward(t, f, query(t, "www.example.com.", dns.TypeA, withID(7)), false, up.addr)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if ids[7] || len(ids) < 15 {
+		t.Errorf("upstream saw IDs %v, want fresh random IDs, not the client's 7", ids)
+	}
+}
+
+func TestTCPFraming(t *testing.T) {
+	t.Parallel()
+	// frame answers q with one A record, length-prefixed.
+	frame := func(t *testing.T, q []byte) []byte {
+		req := new(dns.Msg)
+		if err := req.Unpack(q); err != nil {
+			t.Errorf("upstream got a bad query: %v", err)
+			return nil
+		}
+		m := new(dns.Msg)
+		m.SetReply(req)
+		m.Answer = []dns.RR{&dns.A{Hdr: dns.RR_Header{Name: req.Question[0].Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60}, A: net.ParseIP("198.51.100.8")}}
+		b, err := m.Pack()
+		if err != nil {
+			t.Errorf("pack: %v", err)
+		}
+		return append(binary.BigEndian.AppendUint16(nil, uint16(len(b))), b...)
+	}
+	cases := []struct {
+		name  string
+		serve func(t *testing.T, c net.Conn, frame []byte)
+		wantA string
+	}{
+		{"reply dribbled a byte at a time", func(t *testing.T, c net.Conn, frame []byte) {
+			for i := range frame {
+				if _, err := c.Write(frame[i : i+1]); err != nil {
+					t.Errorf("write: %v", err)
+					return
+				}
+				if i%16 == 0 {
+					time.Sleep(time.Millisecond)
+				}
+			}
+		}, "198.51.100.8"},
+		{"frame cut short", func(t *testing.T, c net.Conn, frame []byte) {
+			_, _ = c.Write(frame[:len(frame)-3])
+		}, ""},
+		{"length shorter than a header", func(t *testing.T, c net.Conn, frame []byte) {
+			_, _ = c.Write([]byte{0, 5, 1, 2, 3, 4, 5})
+		}, ""},
+		{"reply to another ID", func(t *testing.T, c net.Conn, frame []byte) {
+			frame[2] ^= 0xFF
+			_, _ = c.Write(frame)
+		}, ""},
+		{"closed without a reply", func(t *testing.T, c net.Conn, frame []byte) {}, ""},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			up := rawTCPUpstream(t, func(c net.Conn) {
+				q, err := readTCPQuery(c)
+				if err != nil {
+					t.Errorf("read query: %v", err)
+					return
+				}
+				tc.serve(t, c, frame(t, q))
+			})
+			f := newForwarder(t, WithTimeout(2*time.Second))
+			start := time.Now()
+			m := forward(t, f, query(t, "www.example.com.", dns.TypeA), true, up)
+			wantRcode := dns.RcodeSuccess
+			if tc.wantA == "" {
+				wantRcode = dns.RcodeServerFailure
+			}
+			if m.Rcode != wantRcode || firstA(m) != tc.wantA {
+				t.Errorf("reply %s %q, want %s %q", dns.RcodeToString[m.Rcode], firstA(m), dns.RcodeToString[wantRcode], tc.wantA)
+			}
+			if d := time.Since(start); d > time.Second {
+				t.Errorf("took %v: a broken TCP reply must fail at once, not at the timeout", d)
+			}
+		})
+	}
+}
+
+func TestNonQueryOpcodesForwardedNotCached(t *testing.T) {
+	t.Parallel()
+	for _, op := range []int{dns.OpcodeNotify, dns.OpcodeUpdate} {
+		for _, p := range protocols {
+			t.Run(dns.OpcodeToString[op]+"/"+p.name, func(t *testing.T) {
+				t.Parallel()
+				up := startUpstream(t, func(u *testUpstream, w dns.ResponseWriter, req *dns.Msg) {
+					m := new(dns.Msg)
+					m.SetReply(req) // keeps the opcode
+					m.Authoritative = true
+					_ = w.WriteMsg(m)
+				})
+				f := newForwarder(t)
+				// A cached standard answer for the same name must not answer the opcode.
+				forward(t, f, query(t, "example.com.", dns.TypeSOA), p.tcp, up.addr)
+				for i := range 2 {
+					m := forward(t, f, query(t, "example.com.", dns.TypeSOA, withOpcode(op)), p.tcp, up.addr)
+					if m.Opcode != op || m.Rcode != dns.RcodeSuccess || !m.Authoritative {
+						t.Errorf("reply %d: opcode %s rcode %s AA=%v, want the upstream's %s NOERROR AA",
+							i, dns.OpcodeToString[m.Opcode], dns.RcodeToString[m.Rcode], m.Authoritative, dns.OpcodeToString[op])
+					}
+				}
+				if n := up.queries.Load(); n != 3 {
+					t.Errorf("upstream got %d queries, want 3 (one QUERY, two %s)", n, dns.OpcodeToString[op])
+				}
+			})
+		}
+	}
+}
+
+func TestConcurrentIdenticalQueriesShareOneExchange(t *testing.T) {
+	t.Parallel()
+	up := startUpstream(t, delayed(300*time.Millisecond, answerA(60, "198.51.100.1")))
+	f := newForwarder(t)
+	const callers = 20
+	var wg sync.WaitGroup
+	for i := range callers {
+		wg.Go(func() {
+			name := "www.example.com."
+			if i%2 == 1 {
+				name = "WWW.Example.Com."
+			}
+			m := forward(t, f, query(t, name, dns.TypeA, withID(uint16(i))), false, up.addr)
+			if m.Id != uint16(i) || m.Question[0].Name != name || firstA(m) != "198.51.100.1" {
+				t.Errorf("caller %d got ID %d question %q answer %q", i, m.Id, m.Question[0].Name, firstA(m))
+			}
+		})
+	}
+	wg.Wait()
+	if n := up.queries.Load(); n != 1 {
+		t.Errorf("upstream got %d queries, want 1", n)
+	}
+}
+
+func TestManyConcurrentCallers(t *testing.T) {
+	t.Parallel()
+	up := startUpstream(t, func(u *testUpstream, w dns.ResponseWriter, req *dns.Msg) {
+		answerA(1, "198.51.100."+req.Question[0].Name[1:2])(u, w, req)
+	})
+	f := newForwarder(t, WithCacheSize(4)) // small, to churn evictions
+	var wg sync.WaitGroup
+	for i := range 200 {
+		wg.Go(func() {
+			d := byte('0' + i%8)
+			name := "h" + string(d) + ".example.com."
+			m := forward(t, f, query(t, name, dns.TypeA, withID(uint16(i))), i%3 == 0, up.addr)
+			if m.Id != uint16(i) || firstA(m) != "198.51.100."+string(d) {
+				t.Errorf("query %d for %s: ID %d answer %q", i, name, m.Id, firstA(m))
+			}
+		})
+	}
+	wg.Wait()
+}
+
+func TestCloseStopsExchanges(t *testing.T) {
+	t.Parallel()
+	up := silentUpstream(t)
+	f := New(WithTimeout(10 * time.Second))
+	done := make(chan *dns.Msg)
+	go func() {
+		b, err := f.Forward(context.Background(), query(t, "www.example.com.", dns.TypeA), false, []netip.AddrPort{up.addr})
+		if err != nil {
+			t.Errorf("Forward: %v", err)
+		}
+		m := new(dns.Msg)
+		_ = m.Unpack(b)
+		done <- m
+	}()
+	time.Sleep(100 * time.Millisecond)
+	closed := make(chan error)
+	go func() { closed <- f.Close() }()
+	select {
+	case m := <-done:
+		if m.Rcode != dns.RcodeServerFailure {
+			t.Errorf("rcode = %s, want SERVFAIL", dns.RcodeToString[m.Rcode])
+		}
+	case <-time.After(3 * time.Second):
+		t.Fatal("Forward still waiting 3s after Close")
+	}
+	if err := <-closed; err != nil {
+		t.Errorf("Close: %v", err)
+	}
+	m := forward(t, f, query(t, "www.example.com.", dns.TypeA), false, up.addr)
+	if m.Rcode != dns.RcodeServerFailure {
+		t.Errorf("after Close: rcode = %s, want SERVFAIL", dns.RcodeToString[m.Rcode])
+	}
+}
+
+func TestCallerContextEndsWait(t *testing.T) {
+	t.Parallel()
+	up := silentUpstream(t)
+	f := newForwarder(t, WithTimeout(10*time.Second))
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	b, err := f.Forward(ctx, query(t, "www.example.com.", dns.TypeA), false, []netip.AddrPort{up.addr})
+	if err != nil {
+		t.Fatalf("Forward: %v", err)
+	}
+	if m := unpack(t, b); m.Rcode != dns.RcodeServerFailure {
+		t.Errorf("rcode = %s, want SERVFAIL", dns.RcodeToString[m.Rcode])
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("took %v after the caller's 100ms context ended", d)
+	}
+}
+
+func TestForwardRejectsUnparsableRequests(t *testing.T) {
+	t.Parallel()
+	good := query(t, "www.example.com.", dns.TypeA, withEDNS(false))
+	twoQuestions := func() []byte {
+		m := new(dns.Msg)
+		m.Question = []dns.Question{{Name: "a.", Qtype: dns.TypeA, Qclass: dns.ClassINET}, {Name: "b.", Qtype: dns.TypeA, Qclass: dns.ClassINET}}
+		b, _ := m.Pack()
+		return b
+	}()
+	pointerQuestion := append(slices.Clone(good[:headerLen]), 0xC0, 0x00, 0, 1, 0, 1)
+	cases := []struct {
+		name string
+		req  []byte
+	}{
+		{"empty", nil},
+		{"short header", good[:11]},
+		{"no question", good[:headerLen]},
+		{"two questions", twoQuestions},
+		{"question cut short", good[:headerLen+5]},
+		{"pointer in question", pointerQuestion},
+		{"OPT cut short", good[:len(good)-2]},
+	}
+	f := newForwarder(t)
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			if _, err := f.Forward(context.Background(), tc.req, false, nil); err == nil {
+				t.Error("Forward accepted an unparsable request")
+			}
+		})
+	}
+}
+
+func TestMetrics(t *testing.T) {
+	// Not parallel: it reads package-level counters, which other tests
+	// running at the same time would move. Subtests of parallel tests only
+	// start after this returns.
+	up := startUpstream(t, answerA(60, "198.51.100.1"))
+	dead := deadUpstream(t)
+	clock := newFakeClock()
+	f := newForwarder(t, WithNow(clock.Now), WithTimeout(time.Second))
+
+	before := func() map[string]float64 {
+		return map[string]float64{
+			"ok":     counterValue(t, upstreamQueries.WithLabelValues(resultOK)),
+			"error":  counterValue(t, upstreamQueries.WithLabelValues(resultError)),
+			"hits":   counterValue(t, cacheHits),
+			"misses": counterValue(t, cacheMisses),
+		}
+	}
+	b := before()
+	// One at a time: with both upstreams in one query the dead one's refusal
+	// might be counted as an error or as canceled, depending on timing.
+	forward(t, f, query(t, "www.example.com.", dns.TypeA), false, dead)
+	forward(t, f, query(t, "www.example.com.", dns.TypeA), false, up.addr)
+	forward(t, f, query(t, "www.example.com.", dns.TypeA), false, up.addr)
+	a := before()
+	// Two misses and a hit: the SERVFAIL for the dead upstream is not cached.
+	want := map[string]float64{"ok": 1, "error": 1, "hits": 1, "misses": 2}
+	for k, w := range want {
+		if got := a[k] - b[k]; got != w {
+			t.Errorf("%s moved by %v, want %v", k, got, w)
+		}
+	}
+	// An upstream that loses the race is stopped at once, not left to the timeout.
+	silent := silentUpstream(t)
+	canceledBefore := counterValue(t, upstreamQueries.WithLabelValues(resultCanceled))
+	f2 := newForwarder(t, WithTimeout(10*time.Second))
+	forward(t, f2, query(t, "www.example.com.", dns.TypeA), false, silent.addr, up.addr)
+	deadline := time.Now().Add(2 * time.Second)
+	for counterValue(t, upstreamQueries.WithLabelValues(resultCanceled)) == canceledBefore {
+		if time.Now().After(deadline) {
+			t.Fatal("the silent upstream's exchange was not canceled within 2s of the answer")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+
+	var h dto.Metric
+	if err := upstreamDuration.WithLabelValues("udp").(prometheus.Histogram).Write(&h); err != nil {
+		t.Fatalf("read histogram: %v", err)
+	}
+	if h.GetHistogram().GetSampleCount() == 0 {
+		t.Error("upstream latency histogram has no samples")
+	}
+}
+
+func counterValue(tb testing.TB, c prometheus.Counter) float64 {
+	tb.Helper()
+	var m dto.Metric
+	if err := c.Write(&m); err != nil {
+		tb.Fatalf("read counter: %v", err)
+	}
+	return m.GetCounter().GetValue()
+}

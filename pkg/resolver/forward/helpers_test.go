@@ -1,0 +1,369 @@
+package forward
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+// TestMain fails the run if any goroutine of this package or of miekg/dns
+// outlives the tests.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if code == 0 {
+		if leaked := leakedGoroutines(5 * time.Second); leaked != "" {
+			os.Stderr.WriteString("FAIL: goroutines leaked:\n\n" + leaked + "\n")
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+// leakedGoroutines waits up to wait for goroutines running our code or the
+// test servers' to end, and returns the stacks of those that did not.
+func leakedGoroutines(wait time.Duration) string {
+	deadline := time.Now().Add(wait)
+	for {
+		buf := make([]byte, 1<<20)
+		buf = buf[:runtime.Stack(buf, true)]
+		var leaked []string
+		for g := range strings.SplitSeq(string(buf), "\n\n") {
+			if strings.Contains(g, "leakedGoroutines") {
+				continue // this one
+			}
+			if strings.Contains(g, "ztdns/pkg/resolver/forward") || strings.Contains(g, "github.com/miekg/dns") {
+				leaked = append(leaked, g)
+			}
+		}
+		if len(leaked) == 0 {
+			return ""
+		}
+		if time.Now().After(deadline) {
+			return strings.Join(leaked, "\n\n")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// testUpstream is a DNS server on a loopback port, UDP and TCP, run by
+// miekg/dns with a handler the test chooses. It counts the queries it gets.
+type testUpstream struct {
+	addr    netip.AddrPort
+	queries atomic.Int64
+	// stop is closed before the servers shut down, so that handlers that
+	// sleep or hang return.
+	stop chan struct{}
+}
+
+// handlerFunc answers one query; a handler that writes nothing stays silent.
+type handlerFunc func(u *testUpstream, w dns.ResponseWriter, req *dns.Msg)
+
+func startUpstream(tb testing.TB, h handlerFunc) *testUpstream {
+	tb.Helper()
+	pc, ln := listenPair(tb)
+	u := &testUpstream{
+		addr: netip.MustParseAddrPort(pc.LocalAddr().String()),
+		stop: make(chan struct{}),
+	}
+	handler := dns.HandlerFunc(func(w dns.ResponseWriter, req *dns.Msg) {
+		u.queries.Add(1)
+		h(u, w, req)
+	})
+	acceptAll := func(dns.Header) dns.MsgAcceptAction { return dns.MsgAccept }
+	servers := []*dns.Server{
+		{PacketConn: pc, Handler: handler, MsgAcceptFunc: acceptAll},
+		{Listener: ln, Handler: handler, MsgAcceptFunc: acceptAll},
+	}
+	var wg sync.WaitGroup
+	for _, s := range servers {
+		started := make(chan struct{})
+		s.NotifyStartedFunc = func() { close(started) }
+		wg.Go(func() { _ = s.ActivateAndServe() })
+		<-started
+	}
+	tb.Cleanup(func() {
+		close(u.stop)
+		for _, s := range servers {
+			if err := s.Shutdown(); err != nil {
+				tb.Errorf("shut down test upstream %s: %v", u.addr, err)
+			}
+		}
+		wg.Wait()
+	})
+	return u
+}
+
+// listenPair opens UDP and TCP sockets on the same free loopback port.
+func listenPair(tb testing.TB) (net.PacketConn, net.Listener) {
+	tb.Helper()
+	for range 20 {
+		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			tb.Fatalf("listen udp: %v", err)
+		}
+		ln, err := net.Listen("tcp", pc.LocalAddr().String())
+		if err == nil {
+			return pc, ln
+		}
+		pc.Close()
+	}
+	tb.Fatal("no loopback port free for both UDP and TCP")
+	return nil, nil
+}
+
+// deadUpstream returns a loopback address where nothing listens, UDP or TCP:
+// queries to it are refused at once.
+func deadUpstream(tb testing.TB) netip.AddrPort {
+	tb.Helper()
+	pc, ln := listenPair(tb)
+	addr := netip.MustParseAddrPort(pc.LocalAddr().String())
+	pc.Close()
+	ln.Close()
+	return addr
+}
+
+// silentUpstream returns a loopback address that takes queries, UDP and
+// TCP, and never answers.
+func silentUpstream(tb testing.TB) *testUpstream {
+	tb.Helper()
+	return startUpstream(tb, func(u *testUpstream, w dns.ResponseWriter, req *dns.Msg) {
+		if w.LocalAddr().Network() == "tcp" {
+			<-u.stop // keep the connection open and quiet
+		}
+	})
+}
+
+// answerA answers every A query with one record per address, TTL ttl.
+func answerA(ttl uint32, addrs ...string) handlerFunc {
+	return func(u *testUpstream, w dns.ResponseWriter, req *dns.Msg) {
+		m := new(dns.Msg)
+		m.SetReply(req)
+		m.RecursionAvailable = true
+		for _, a := range addrs {
+			m.Answer = append(m.Answer, &dns.A{
+				Hdr: dns.RR_Header{Name: req.Question[0].Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: ttl},
+				A:   net.ParseIP(a),
+			})
+		}
+		if o := req.IsEdns0(); o != nil {
+			m.SetEdns0(1232, o.Do())
+		}
+		_ = w.WriteMsg(m)
+	}
+}
+
+// answerRcode answers every query with rcode and nothing else.
+func answerRcode(rcode int) handlerFunc {
+	return func(u *testUpstream, w dns.ResponseWriter, req *dns.Msg) {
+		m := new(dns.Msg)
+		m.SetRcode(req, rcode)
+		_ = w.WriteMsg(m)
+	}
+}
+
+// answerNegative answers with rcode and, if soaTTL > 0, an SOA in authority.
+func answerNegative(rcode int, soaTTL, minimum uint32) handlerFunc {
+	return func(u *testUpstream, w dns.ResponseWriter, req *dns.Msg) {
+		m := new(dns.Msg)
+		m.SetRcode(req, rcode)
+		if soaTTL > 0 {
+			m.Ns = append(m.Ns, testSOA(soaTTL, minimum))
+		}
+		_ = w.WriteMsg(m)
+	}
+}
+
+func testSOA(ttl, minimum uint32) *dns.SOA {
+	return &dns.SOA{
+		Hdr:     dns.RR_Header{Name: "example.com.", Rrtype: dns.TypeSOA, Class: dns.ClassINET, Ttl: ttl},
+		Ns:      "ns1.example.com.",
+		Mbox:    "hostmaster.example.com.",
+		Serial:  2024010101,
+		Refresh: 7200,
+		Retry:   3600,
+		Expire:  1209600,
+		Minttl:  minimum,
+	}
+}
+
+// delayed runs h after d, or not at all if the upstream stops first.
+func delayed(d time.Duration, h handlerFunc) handlerFunc {
+	return func(u *testUpstream, w dns.ResponseWriter, req *dns.Msg) {
+		select {
+		case <-time.After(d):
+			h(u, w, req)
+		case <-u.stop:
+		}
+	}
+}
+
+// query packs a client query. opts tweak the message before packing.
+func query(tb testing.TB, name string, qtype uint16, opts ...func(*dns.Msg)) []byte {
+	tb.Helper()
+	m := new(dns.Msg)
+	m.SetQuestion(name, qtype)
+	m.Id = 0xBEEF
+	for _, o := range opts {
+		o(m)
+	}
+	b, err := m.Pack()
+	if err != nil {
+		tb.Fatalf("pack query: %v", err)
+	}
+	return b
+}
+
+func withEDNS(do bool) func(*dns.Msg) {
+	return func(m *dns.Msg) { m.SetEdns0(1232, do) }
+}
+
+func withCD(m *dns.Msg) { m.CheckingDisabled = true }
+
+func withID(id uint16) func(*dns.Msg) { return func(m *dns.Msg) { m.Id = id } }
+
+func withOpcode(op int) func(*dns.Msg) { return func(m *dns.Msg) { m.Opcode = op } }
+
+// unpack parses a reply, failing the test if it is not a valid message.
+func unpack(tb testing.TB, b []byte) *dns.Msg {
+	tb.Helper()
+	m := new(dns.Msg)
+	if err := m.Unpack(b); err != nil {
+		tb.Fatalf("unpack reply: %v\n% x", err, b)
+	}
+	return m
+}
+
+// forward calls f.Forward and fails the test on error.
+func forward(tb testing.TB, f *Forwarder, req []byte, tcp bool, ups ...netip.AddrPort) *dns.Msg {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	b, err := f.Forward(ctx, req, tcp, ups)
+	if err != nil {
+		tb.Fatalf("Forward: %v", err)
+	}
+	return unpack(tb, b)
+}
+
+func newForwarder(tb testing.TB, opts ...Option) *Forwarder {
+	tb.Helper()
+	f := New(opts...)
+	tb.Cleanup(func() {
+		if err := f.Close(); err != nil {
+			tb.Errorf("close forwarder: %v", err)
+		}
+	})
+	return f
+}
+
+// fakeClock is a settable clock for cache tests.
+type fakeClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func newFakeClock() *fakeClock {
+	return &fakeClock{t: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)}
+}
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *fakeClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.t = c.t.Add(d)
+}
+
+// firstA returns the address of the first A record in m, or "".
+func firstA(m *dns.Msg) string {
+	for _, rr := range m.Answer {
+		if a, ok := rr.(*dns.A); ok {
+			return a.A.String()
+		}
+	}
+	return ""
+}
+
+// rawUDPUpstream is a hand-driven UDP upstream for tests that need to send
+// exactly chosen packets: serve gets each query and the address to answer.
+func rawUDPUpstream(tb testing.TB, serve func(pc net.PacketConn, from net.Addr, q []byte)) netip.AddrPort {
+	tb.Helper()
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatalf("listen udp: %v", err)
+	}
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		buf := make([]byte, 65535)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				if !errors.Is(err, net.ErrClosed) {
+					tb.Errorf("raw upstream read: %v", err)
+				}
+				return
+			}
+			serve(pc, from, append([]byte(nil), buf[:n]...))
+		}
+	})
+	tb.Cleanup(func() {
+		pc.Close()
+		wg.Wait()
+	})
+	return netip.MustParseAddrPort(pc.LocalAddr().String())
+}
+
+// rawTCPUpstream accepts TCP connections and hands each to serve.
+func rawTCPUpstream(tb testing.TB, serve func(c net.Conn)) netip.AddrPort {
+	tb.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatalf("listen tcp: %v", err)
+	}
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Go(func() {
+				defer c.Close()
+				_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+				serve(c)
+			})
+		}
+	})
+	tb.Cleanup(func() {
+		ln.Close()
+		wg.Wait()
+	})
+	return netip.MustParseAddrPort(ln.Addr().String())
+}
+
+// readTCPQuery reads one length-prefixed DNS message from c.
+func readTCPQuery(c net.Conn) ([]byte, error) {
+	var l [2]byte
+	if _, err := io.ReadFull(c, l[:]); err != nil {
+		return nil, err
+	}
+	b := make([]byte, binary.BigEndian.Uint16(l[:]))
+	_, err := io.ReadFull(c, b)
+	return b, err
+}

@@ -1,0 +1,64 @@
+package forward
+
+import (
+	"log/slog"
+	"time"
+)
+
+const (
+	// DefaultTimeout bounds one forwarded query, all upstreams and retries included.
+	DefaultTimeout = 2 * time.Second
+	// DefaultCacheSize is the number of replies the cache keeps.
+	DefaultCacheSize = 10000
+	// DefaultMaxTTL caps how long any reply stays cached, whatever its TTL.
+	DefaultMaxTTL = time.Hour
+	// maxUpstreams bounds how many upstreams one query is sent to in parallel
+	// (resolv.conf allows three); the rest of a longer list is ignored.
+	maxUpstreams = 8
+)
+
+// Option configures a Forwarder.
+type Option func(*Forwarder)
+
+// WithTimeout bounds each forwarded query in total. Non-positive values keep
+// the default.
+func WithTimeout(d time.Duration) Option {
+	return func(f *Forwarder) {
+		if d > 0 {
+			f.timeout = d
+		}
+	}
+}
+
+// WithCacheSize sets how many replies the cache holds; 0 or less disables it.
+func WithCacheSize(n int) Option {
+	return func(f *Forwarder) { f.cacheSize = n }
+}
+
+// WithMaxTTL caps how long a reply stays cached. Non-positive values keep the
+// default.
+func WithMaxTTL(d time.Duration) Option {
+	return func(f *Forwarder) {
+		if d > 0 {
+			f.maxTTL = d
+		}
+	}
+}
+
+// WithNow replaces the clock the cache ages entries by (tests inject one).
+func WithNow(now func() time.Time) Option {
+	return func(f *Forwarder) {
+		if now != nil {
+			f.now = now
+		}
+	}
+}
+
+// WithLogger sets where upstream failures are logged (at debug level).
+func WithLogger(l *slog.Logger) Option {
+	return func(f *Forwarder) {
+		if l != nil {
+			f.log = l
+		}
+	}
+}

@@ -1,0 +1,113 @@
+package resolver
+
+import (
+	"context"
+	"encoding/binary"
+	"net/netip"
+	"testing"
+
+	"github.com/miekg/dns"
+
+	"github.com/ztdns/ztdns/pkg/model"
+	"github.com/ztdns/ztdns/pkg/resolver/table"
+)
+
+func fuzzServer(tb testing.TB) *Server {
+	s := New(Options{}) // no forwarder: misses get SERVFAIL without a network
+	tbl, _ := table.Build(&model.Snapshot{
+		Services: []model.Service{
+			{Namespace: "default", Name: "web", ClusterIPs: []netip.Addr{netip.MustParseAddr("10.96.0.1")}, Ports: []model.Port{{Name: "http", Protocol: "TCP", Port: 80}}},
+			{Namespace: "default", Name: "ext", ExternalName: "web.default.svc.cluster.local"},
+		},
+		ServiceEntries: []model.ServiceEntry{
+			{Namespace: "default", Name: "a", Hosts: []string{"address.internal", "*.wild.example"}, Addresses: []netip.Addr{netip.MustParseAddr("198.51.100.1")}, AutoAllocate: true},
+			{Namespace: "default", Name: "b", Hosts: []string{"auto.internal"}, Resolution: "DNS", AutoAllocate: true},
+		},
+	}, table.Options{})
+	s.SetTable(tbl)
+	tb.Cleanup(func() { s.Close() })
+	return s
+}
+
+func query(name string, qtype uint16, edns bool) []byte {
+	m := new(dns.Msg)
+	m.SetQuestion(name, qtype)
+	if edns {
+		m.SetEdns0(4096, true)
+	}
+	b, _ := m.Pack()
+	return b
+}
+
+// FuzzAnswer feeds arbitrary packets to both paths of the request handler:
+// they must never panic, and a reply must carry the query's ID, be a
+// response, and parse.
+func FuzzAnswer(f *testing.F) {
+	for _, q := range [][]byte{
+		query("address.internal.", dns.TypeA, false),
+		query("AUTO.internal.", dns.TypeAAAA, true),
+		query("x.wild.example.", dns.TypeANY, true),
+		query("ext.default.svc.cluster.local.", dns.TypeA, false),
+		query("address.internal.default.svc.cluster.local.", dns.TypeA, true),
+		query("_http._tcp.web.default.svc.cluster.local.", dns.TypeSRV, false),
+		query("1.0.96.10.in-addr.arpa.", dns.TypePTR, false),
+		query("unknown.example.", dns.TypeA, false),
+		{0, 1, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0},
+		{0xc0},
+	} {
+		f.Add(q, false)
+		f.Add(q, true)
+	}
+	s := fuzzServer(f)
+	f.Fuzz(func(t *testing.T, pkt []byte, tcp bool) {
+		src := netip.MustParseAddrPort("127.0.0.2:5000")
+		reply, slow := s.answerFast(pkt, src, tcp, nil, new(nameBuf))
+		if slow {
+			reply = s.answerSlow(context.Background(), pkt, src, netip.AddrPort{}, tcp)
+		}
+		if reply == nil {
+			return
+		}
+		if len(pkt) < 2 || binary.BigEndian.Uint16(reply) != binary.BigEndian.Uint16(pkt) {
+			t.Fatalf("reply ID differs from the query's: %x for %x", reply, pkt)
+		}
+		m := new(dns.Msg)
+		if err := m.Unpack(reply); err != nil {
+			t.Fatalf("reply does not parse: %v\nquery %x\nreply %x", err, pkt, reply)
+		}
+		if !m.Response {
+			t.Fatalf("reply without QR: %x", reply)
+		}
+		if !tcp && len(reply) > 4096 {
+			t.Fatalf("UDP reply of %d bytes", len(reply))
+		}
+	})
+}
+
+func TestFastPathAllocatesNothing(t *testing.T) {
+	s := fuzzServer(t)
+	q := query("address.internal.", dns.TypeA, true)
+	out := make([]byte, 0, 512)
+	name := new(nameBuf)
+	src := netip.MustParseAddrPort("127.0.0.2:5000")
+	allocs := testing.AllocsPerRun(1000, func() {
+		if _, slow := s.answerFast(q, src, false, out, name); slow {
+			t.Fatal("took the slow path")
+		}
+	})
+	if allocs != 0 {
+		t.Errorf("fast path allocates %.1f times per query, want 0", allocs)
+	}
+}
+
+func BenchmarkFastPath(b *testing.B) {
+	s := fuzzServer(b)
+	q := query("address.internal.", dns.TypeA, true)
+	out := make([]byte, 0, 512)
+	name := new(nameBuf)
+	src := netip.MustParseAddrPort("127.0.0.2:5000")
+	b.ReportAllocs()
+	for b.Loop() {
+		s.answerFast(q, src, false, out, name)
+	}
+}

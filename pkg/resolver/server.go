@@ -1,0 +1,320 @@
+// Package resolver is ztdns's DNS server: it answers a pod's query from the
+// name table as seen from the pod's namespace, and forwards everything else
+// to the nameserver the pod addressed.
+//
+// Answering a known name is the hot path and allocates nothing: the query is
+// parsed in place, the table lookup is a map read on an immutable table, and
+// the reply is the client's own header and question followed by answer bytes
+// prepared when the table was built. UDP is read and written in batches
+// (recvmmsg/sendmmsg). Everything else (forwarding, CNAME chains, autopath,
+// errors that need a full message) takes the slow path, built on miekg/dns,
+// in its own goroutine so a slow upstream never stalls a socket.
+package resolver
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unsafe"
+
+	"github.com/ztdns/ztdns/pkg/podcache"
+	"github.com/ztdns/ztdns/pkg/resolver/table"
+)
+
+// Forwarder asks upstream nameservers (package forward).
+type Forwarder interface {
+	// Forward returns the reply to relay for req, with req's ID.
+	Forward(ctx context.Context, req []byte, tcp bool, upstreams []netip.AddrPort) ([]byte, error)
+}
+
+// Pods finds the pod behind a source address (package podcache).
+type Pods interface {
+	Lookup(ip netip.Addr) *podcache.Pod
+}
+
+// UpstreamFunc picks where a miss goes: the nameserver the pod addressed when
+// capture knows it, the configured upstreams otherwise. local is the resolver
+// address the query arrived on.
+type UpstreamFunc func(client, local netip.AddrPort) []netip.AddrPort
+
+// Defaults.
+const (
+	DefaultMaxInflight    = 4096
+	DefaultTCPIdleTimeout = 10 * time.Second
+	DefaultTCPMaxConns    = 1024
+	// slowPathTimeout bounds a query that takes the slow path; the forwarder
+	// has its own, shorter bound per upstream exchange.
+	slowPathTimeout = 5 * time.Second
+)
+
+// Options configure a Server.
+type Options struct {
+	Pods      Pods
+	Forwarder Forwarder
+	Upstreams UpstreamFunc
+	// Autopath answers a search-list expansion of an unknown name in one
+	// round trip (CoreDNS's autopath). Off by default: see the README.
+	Autopath bool
+	// NodeSearch are the node's own search domains, which kubelet appends to
+	// a ClusterFirst pod's search list; autopath needs them.
+	NodeSearch []string
+	Logger     *slog.Logger
+	// MaxInflight bounds queries on the slow path at once; beyond it a query
+	// gets SERVFAIL at once instead of queueing without bound.
+	MaxInflight    int
+	TCPIdleTimeout time.Duration
+	TCPMaxConns    int
+}
+
+// Server serves DNS on any number of UDP sockets and TCP listeners.
+type Server struct {
+	opts     Options
+	log      *slog.Logger
+	table    atomic.Pointer[table.Table]
+	inflight chan struct{}
+	tcpConns chan struct{}
+
+	ctx    context.Context // cancelled by Close: ends slow-path work
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu      sync.Mutex
+	closers []func() error
+	closed  bool
+}
+
+// New returns a server answering from an empty table until SetTable.
+func New(opts Options) *Server {
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.MaxInflight <= 0 {
+		opts.MaxInflight = DefaultMaxInflight
+	}
+	if opts.TCPIdleTimeout <= 0 {
+		opts.TCPIdleTimeout = DefaultTCPIdleTimeout
+	}
+	if opts.TCPMaxConns <= 0 {
+		opts.TCPMaxConns = DefaultTCPMaxConns
+	}
+	if opts.Pods == nil {
+		opts.Pods = noPods{}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &Server{
+		opts:     opts,
+		log:      opts.Logger,
+		inflight: make(chan struct{}, opts.MaxInflight),
+		tcpConns: make(chan struct{}, opts.TCPMaxConns),
+		ctx:      ctx,
+		cancel:   cancel,
+	}
+	s.table.Store(&table.Table{})
+	return s
+}
+
+type noPods struct{}
+
+func (noPods) Lookup(netip.Addr) *podcache.Pod { return nil }
+
+// SetTable swaps in a new table; queries already running finish on the old.
+func (s *Server) SetTable(t *table.Table) { s.table.Store(t) }
+
+// Table returns the table queries currently see.
+func (s *Server) Table() *table.Table { return s.table.Load() }
+
+// ServeUDP answers queries on conn until Close. local is the address conn is
+// bound to, handed to the UpstreamFunc.
+func (s *Server) ServeUDP(conn *net.UDPConn) error {
+	if !s.track(conn.Close) {
+		return net.ErrClosed
+	}
+	local := addrPortOf(conn.LocalAddr())
+	err := s.serveUDPBatches(conn, local)
+	if s.isClosed() {
+		return nil
+	}
+	return err
+}
+
+// ServeTCP answers queries on connections accepted from ln until Close.
+func (s *Server) ServeTCP(ln *net.TCPListener) error {
+	if !s.track(ln.Close) {
+		return net.ErrClosed
+	}
+	local := addrPortOf(ln.Addr())
+	for {
+		c, err := ln.AcceptTCP()
+		if err != nil {
+			if s.isClosed() {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			return err
+		}
+		select {
+		case s.tcpConns <- struct{}{}:
+		default:
+			metricTCPRejected.Inc()
+			c.Close() // over the connection bound: the client retries
+			continue
+		}
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			defer func() { <-s.tcpConns }()
+			s.serveTCPConn(c, local)
+		}()
+	}
+}
+
+// Close stops every socket, cancels slow-path work and waits for it.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	s.closed = true
+	closers := s.closers
+	s.closers = nil
+	s.mu.Unlock()
+	var errs []error
+	for _, c := range closers {
+		if err := c(); err != nil && !errors.Is(err, net.ErrClosed) {
+			errs = append(errs, err)
+		}
+	}
+	s.cancel()
+	s.wg.Wait()
+	return errors.Join(errs...)
+}
+
+func (s *Server) track(closer func() error) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	s.closers = append(s.closers, closer)
+	return true
+}
+
+func (s *Server) isClosed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closed
+}
+
+// nameBuf holds a query name in presentation form. The hot path gets one
+// from its caller (one per socket or connection): a name handed to the
+// table as a string would otherwise make a stack buffer escape to the heap.
+type nameBuf = [maxNameLen + 1]byte
+
+// answerFast tries to answer msg from the table. It returns the reply
+// (appended to out), nil with slow=false for a packet to drop, or slow=true
+// when the query needs the slow path.
+func (s *Server) answerFast(msg []byte, src netip.AddrPort, tcp bool, out []byte, name *nameBuf) (reply []byte, slow bool) {
+	var r request
+	switch parse(msg, &r, name) {
+	case verdictDrop:
+		metricQueries.drop.Inc()
+		return nil, false
+	case verdictFormErr:
+		metricQueries.formerr.Inc()
+		return appendErrorReply(out, msg, &r, rcodeFormErr), false
+	case verdictOther:
+		return nil, true
+	}
+	if r.ednsVersion != 0 || !r.plain || (r.qclass != classINET && r.qclass != classANY) {
+		return nil, true
+	}
+	var ns string
+	if p := s.opts.Pods.Lookup(src.Addr()); p != nil {
+		ns = p.Namespace
+	}
+	// The name bytes do not change during the lookup and Resolve keeps no
+	// reference to them: no need to copy them into a string.
+	res := s.table.Load().Resolve(unsafe.String(&r.name[0], len(r.name)), ns)
+	e := res.Entry
+	if e == nil || res.Alias != "" || (e.Alias != "" && r.qtype != typeCNAME) {
+		return nil, true
+	}
+	if r.qtype == typeAXFR || r.qtype == typeIXFR {
+		metricQueries.refused.Inc()
+		return appendErrorReply(out, msg, &r, rcodeRefused), false
+	}
+	answer, count := e.Answer(r.qtype)
+	var ar uint16
+	if r.edns {
+		ar = 1
+	}
+	out = appendHeader(out, &r, 0, true, 1, uint16(count), ar)
+	out = append(out, msg[headerLen:r.qend]...)
+	out = append(out, answer...)
+	if r.edns {
+		out = appendOPT(out, &r, 0)
+	}
+	if !tcp && len(out) > r.udpLimit() {
+		out = truncate(out[:0], msg, &r)
+	}
+	metricQueries.local.Inc()
+	return out, false
+}
+
+// truncate writes an empty reply with TC set: the client retries over TCP.
+func truncate(out []byte, msg []byte, r *request) []byte {
+	var ar uint16
+	if r.edns {
+		ar = 1
+	}
+	out = appendHeader(out, r, 0, true, 1, 0, ar)
+	out[2] |= flagTC >> 8
+	out = append(out, msg[headerLen:r.qend]...)
+	if r.edns {
+		out = appendOPT(out, r, 0)
+	}
+	metricTruncated.Inc()
+	return out
+}
+
+// slow runs a query that needs more than a table copy (forwarding, CNAME
+// chains, autopath) in its own goroutine. done is called exactly once, with
+// the reply or with nil when there is nothing to send. At most MaxInflight
+// queries run at once; over the bound the client gets SERVFAIL at once.
+func (s *Server) slow(msg []byte, src, local netip.AddrPort, tcp bool, done func(reply []byte)) {
+	select {
+	case s.inflight <- struct{}{}:
+	default:
+		metricQueries.overload.Inc()
+		var r request
+		if parse(msg, &r, new(nameBuf)) == verdictDrop {
+			done(nil)
+			return
+		}
+		done(appendErrorReply(nil, msg, &r, rcodeServFail))
+		return
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		defer func() { <-s.inflight }()
+		ctx, cancel := context.WithTimeout(s.ctx, slowPathTimeout)
+		defer cancel()
+		done(s.answerSlow(ctx, msg, src, local, tcp))
+	}()
+}
+
+func addrPortOf(a net.Addr) netip.AddrPort {
+	switch a := a.(type) {
+	case *net.UDPAddr:
+		return a.AddrPort()
+	case *net.TCPAddr:
+		return a.AddrPort()
+	}
+	return netip.AddrPort{}
+}

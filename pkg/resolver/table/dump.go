@@ -1,0 +1,84 @@
+package table
+
+import (
+	"cmp"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+// Row is one record set as an operator sees it in `ztdns table`.
+type Row struct {
+	Name   string   `json:"name"`
+	Type   string   `json:"type"`
+	Values []string `json:"values"`
+	// Origin is "ServiceEntry ns/name" or "Service ns/name".
+	Origin string `json:"origin"`
+	// AddrSource says where addresses came from: clusterIP, endpoints, spec,
+	// status or allocated.
+	AddrSource string `json:"addrSource,omitempty"`
+}
+
+// Rows lists every name a pod in namespace ns can resolve, with what it
+// resolves to and where that came from. Names the namespace cannot see are
+// left out. The empty namespace lists what an unknown client sees.
+func (t *Table) Rows(ns string) []Row {
+	var rows []Row
+	for _, m := range []map[string][]*Entry{t.names, t.wildcards} {
+		for _, entries := range m {
+			if e := t.pick(entries, ns); e != nil {
+				rows = append(rows, e.rows()...)
+			}
+		}
+	}
+	// Names first, reverse-lookup names (PTR) after them.
+	slices.SortFunc(rows, func(a, b Row) int {
+		return cmp.Or(cmp.Compare(isReverse(a.Name), isReverse(b.Name)), cmp.Compare(a.Name, b.Name), cmp.Compare(a.Type, b.Type))
+	})
+	return rows
+}
+
+func (e *Entry) rows() []Row {
+	row := func(typ string, values []string, src string) Row {
+		return Row{Name: e.Name, Type: typ, Values: values, Origin: e.Origin.String(), AddrSource: src}
+	}
+	var rows []Row
+	var v4, v6 []string
+	for _, a := range e.Addrs {
+		if a.Is4() {
+			v4 = append(v4, a.String())
+		} else {
+			v6 = append(v6, a.String())
+		}
+	}
+	if len(v4) > 0 {
+		rows = append(rows, row("A", v4, e.AddrSource))
+	}
+	if len(v6) > 0 {
+		rows = append(rows, row("AAAA", v6, e.AddrSource))
+	}
+	if e.Alias != "" {
+		rows = append(rows, row("CNAME", []string{e.Alias}, ""))
+	}
+	if len(e.SRV) > 0 {
+		var vals []string
+		for _, s := range e.SRV {
+			vals = append(vals, strings.Join([]string{"0", "100", strconv.Itoa(int(s.Port)), s.Target}, " "))
+		}
+		rows = append(rows, row("SRV", vals, ""))
+	}
+	if e.PTR != "" {
+		rows = append(rows, row("PTR", []string{e.PTR}, ""))
+	}
+	if len(rows) == 0 { // a headless Service with no ready endpoint: known, empty
+		rows = append(rows, row("-", nil, e.AddrSource))
+	}
+	return rows
+}
+
+func isReverse(name string) int {
+	if strings.HasSuffix(name, ".in-addr.arpa.") || strings.HasSuffix(name, ".ip6.arpa.") {
+		return 1
+	}
+	return 0
+}

@@ -1,0 +1,267 @@
+// Package table is ztdns's name table: every name a pod can resolve locally,
+// built from Services and ServiceEntries and seen through the asking pod's
+// namespace.
+//
+// A Table is immutable once built. A change in the cluster builds a new one
+// that the server swaps in atomically, so a query sees the table before or
+// after an update, never half of it, and the query path takes no lock. Answers
+// are prepared as DNS wire data when the table is built, so answering a known
+// name is a copy.
+package table
+
+import (
+	"net/netip"
+	"strings"
+	"time"
+)
+
+// Kinds of objects a name comes from.
+const (
+	KindService      = "Service"
+	KindServiceEntry = "ServiceEntry"
+)
+
+// Where an address came from, for operators reading `ztdns table`.
+const (
+	FromClusterIP = "clusterIP"
+	FromEndpoints = "endpoints"
+	FromSpec      = "spec"      // ServiceEntry spec.addresses
+	FromStatus    = "status"    // ServiceEntry status.addresses (istiod's allocator)
+	FromAllocated = "allocated" // ztdns's fallback allocator
+)
+
+// Origin names the object an entry was made from.
+type Origin struct {
+	Kind      string
+	Namespace string
+	Name      string
+}
+
+func (o Origin) String() string { return o.Kind + " " + o.Namespace + "/" + o.Name }
+
+// SRV is one service record.
+type SRV struct {
+	Port   uint16
+	Target string // fqdn
+}
+
+// Entry is what one object says about one name.
+type Entry struct {
+	// Name is the canonical owner name: lower case, fully qualified.
+	Name   string
+	Origin Origin
+	// AddrSource says where Addrs came from (one of the From* constants).
+	AddrSource string
+	// Addrs are the A and AAAA answers.
+	Addrs []netip.Addr
+	// Alias is the CNAME target of an ExternalName Service (fqdn), or "".
+	Alias string
+	SRV   []SRV
+	// PTR is the target of a reverse-lookup name, or "".
+	PTR string
+
+	// exportTo is nil when the entry is visible from every namespace;
+	// otherwise the namespaces that see it ("~" in Istio yields an empty,
+	// non-nil list: nobody).
+	exportTo []string
+	created  time.Time
+	rank     int // kindRank of Origin.Kind: lower wins a tie
+	answers  answers
+}
+
+// VisibleFrom reports whether a pod in namespace ns sees the entry. The
+// empty namespace is an asker that is not a known pod: it sees only what is
+// exported everywhere.
+func (e *Entry) VisibleFrom(ns string) bool {
+	if e.exportTo == nil {
+		return true
+	}
+	for _, n := range e.exportTo {
+		if n == ns {
+			return ns != ""
+		}
+	}
+	return false
+}
+
+// Options shape a table.
+type Options struct {
+	// Domain is the cluster domain, e.g. "cluster.local".
+	Domain string
+	// TTL of every local answer, in seconds.
+	TTL uint32
+}
+
+// Defaults for Options.
+const (
+	DefaultDomain = "cluster.local"
+	DefaultTTL    = 30
+)
+
+// Table maps names to entries. The zero value is an empty table.
+type Table struct {
+	domain    string // "cluster.local." (lower case, trailing dot)
+	svcDomain string // ".svc.cluster.local."
+	names     map[string][]*Entry
+	// wildcards holds "*.example.com" entries under "example.com.".
+	wildcards map[string][]*Entry
+	ttl       uint32
+}
+
+// Domain returns the cluster domain as a fully qualified name.
+func (t *Table) Domain() string { return t.domain }
+
+// TTL returns the TTL of local answers, in seconds.
+func (t *Table) TTL() uint32 { return t.ttl }
+
+// Len returns the number of distinct names (exact and wildcard).
+func (t *Table) Len() int { return len(t.names) + len(t.wildcards) }
+
+// Result is the outcome of resolving a query name in a namespace.
+type Result struct {
+	// Entry holds the records. nil means the name is unknown here: forward.
+	Entry *Entry
+	// Alias, when set, is the name the query is a search-list expansion of:
+	// the reply is a CNAME from the query name to Alias, then Alias's records.
+	Alias string
+}
+
+// Resolve finds what a pod in namespace ns gets for qname (lower case, fully
+// qualified). In order: the exact name; a Kubernetes short form ("svc" from
+// the pod's own namespace, "svc.ns", "svc.ns.svc"); a wildcard ServiceEntry;
+// and finally a search-list expansion ("<known>.<ns>.svc.<domain>",
+// "<known>.svc.<domain>", "<known>.<domain>").
+func (t *Table) Resolve(qname, ns string) Result {
+	if e := t.pick(t.names[qname], ns); e != nil {
+		return Result{Entry: e}
+	}
+	if e := t.shortForm(qname, ns); e != nil {
+		return Result{Entry: e}
+	}
+	if e := t.wildcard(qname, ns); e != nil {
+		return Result{Entry: e}
+	}
+	if base := t.expansionBase(qname, ns); base != "" {
+		return Result{Entry: t.find(base, ns), Alias: base}
+	}
+	return Result{}
+}
+
+// SearchBase returns the name qname was expanded from when it looks like a
+// search-list expansion for a pod in ns (see bases), or "" otherwise. The base
+// need not be known: the server's autopath uses it to resolve unknown names
+// in one round trip.
+func (t *Table) SearchBase(qname, ns string) string {
+	b, n := t.bases(qname, ns)
+	if n == 0 {
+		return ""
+	}
+	return b[0]
+}
+
+// Find resolves a fully qualified name exactly or through a wildcard, without
+// short forms or search expansions: the lookup for CNAME targets.
+func (t *Table) Find(name, ns string) *Entry { return t.find(name, ns) }
+
+func (t *Table) find(name, ns string) *Entry {
+	if e := t.pick(t.names[name], ns); e != nil {
+		return e
+	}
+	return t.wildcard(name, ns)
+}
+
+// pick chooses among the entries for one name: one from the asker's own
+// namespace first (Istio's rule when a host is defined in several), else the
+// first visible in build order (ServiceEntry before Service, older first).
+func (t *Table) pick(entries []*Entry, ns string) *Entry {
+	var first *Entry
+	for _, e := range entries {
+		if !e.VisibleFrom(ns) {
+			continue
+		}
+		if ns != "" && e.Origin.Namespace == ns {
+			return e
+		}
+		if first == nil {
+			first = e
+		}
+	}
+	return first
+}
+
+// shortForm maps the names a pod may use for a Service to the full name. The
+// candidate is assembled in a stack buffer so a miss costs no allocation.
+func (t *Table) shortForm(qname, ns string) *Entry {
+	var buf [256]byte
+	dots := strings.Count(qname, ".")
+	var b []byte
+	switch {
+	case dots == 1 && ns != "": // "svc." from a pod in ns
+		b = append(append(append(buf[:0], qname...), ns...), t.svcDomain...)
+	case dots == 2: // "svc.ns."
+		b = append(append(buf[:0], qname[:len(qname)-1]...), t.svcDomain...)
+	case dots == 3 && strings.HasSuffix(qname, ".svc."): // "svc.ns.svc."
+		b = append(append(buf[:0], qname...), t.domain...)
+	default:
+		return nil
+	}
+	if len(b) > len(buf) {
+		return nil
+	}
+	return t.pick(t.names[string(b)], ns)
+}
+
+// wildcard finds the most specific "*.suffix" entry covering qname.
+func (t *Table) wildcard(qname, ns string) *Entry {
+	if len(t.wildcards) == 0 {
+		return nil
+	}
+	for i := strings.IndexByte(qname, '.'); i >= 0 && i+1 < len(qname); {
+		suffix := qname[i+1:]
+		if e := t.pick(t.wildcards[suffix], ns); e != nil {
+			return e
+		}
+		j := strings.IndexByte(suffix, '.')
+		if j < 0 {
+			break
+		}
+		i += j + 1
+	}
+	return nil
+}
+
+// expansionBase returns the known name that qname is a search expansion of.
+func (t *Table) expansionBase(qname, ns string) string {
+	b, n := t.bases(qname, ns)
+	for _, base := range b[:n] {
+		if t.find(base, ns) != nil {
+			return base
+		}
+	}
+	return ""
+}
+
+// bases strips the suffixes kubelet's search list appends, longest first:
+// ".<ns>.svc.<domain>", ".svc.<domain>", ".<domain>". Each base keeps its
+// trailing dot and is a substring of qname, so nothing is allocated.
+func (t *Table) bases(qname, ns string) (b [3]string, n int) {
+	if t.domain == "" {
+		return b, 0
+	}
+	if strings.HasSuffix(qname, t.svcDomain) {
+		rest := qname[:len(qname)-len(t.svcDomain)+1] // "<base>.<ns>."
+		if k := len(rest) - len(ns) - 1; ns != "" && k > 1 && rest[k-1] == '.' && rest[k:len(rest)-1] == ns {
+			b[n] = rest[:k]
+			n++
+		}
+		if len(rest) > 1 {
+			b[n] = rest
+			n++
+		}
+	}
+	if len(qname) > len(t.domain)+1 && strings.HasSuffix(qname, t.domain) && qname[len(qname)-len(t.domain)-1] == '.' {
+		b[n] = qname[:len(qname)-len(t.domain)]
+		n++
+	}
+	return b, n
+}

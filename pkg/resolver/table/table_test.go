@@ -1,0 +1,312 @@
+package table
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+
+	"github.com/ztdns/ztdns/pkg/model"
+)
+
+var t0 = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+
+func addrs(s ...string) []netip.Addr {
+	var out []netip.Addr
+	for _, a := range s {
+		out = append(out, netip.MustParseAddr(a))
+	}
+	return out
+}
+
+func fixture() *model.Snapshot {
+	return &model.Snapshot{
+		Services: []model.Service{
+			{Namespace: "default", Name: "web", ClusterIPs: addrs("10.96.0.10", "fd00:10:96::a"),
+				Ports: []model.Port{{Name: "http", Protocol: "TCP", Port: 80}, {Protocol: "TCP", Port: 81}}},
+			{Namespace: "other", Name: "web", ClusterIPs: addrs("10.96.1.10")},
+			{Namespace: "default", Name: "db", Headless: true},
+			{Namespace: "default", Name: "ext", ExternalName: "Example.COM"},
+			{Namespace: "external-1", Name: "tcp-echo", ClusterIPs: addrs("10.96.2.1")},
+		},
+		EndpointSlices: []model.EndpointSlice{{
+			Namespace: "default", Name: "db-abc", ServiceName: "db",
+			Ports: []model.Port{{Name: "pg", Protocol: "TCP", Port: 5432}},
+			Endpoints: []model.Endpoint{
+				{Addresses: addrs("10.1.0.1"), Hostname: "db-0", Ready: true},
+				{Addresses: addrs("10.1.0.2"), Ready: true},
+				{Addresses: addrs("10.1.0.3"), Hostname: "db-2", Ready: false},
+			},
+		}},
+		ServiceEntries: []model.ServiceEntry{
+			{Namespace: "default", Name: "external-address", Created: t0, Hosts: []string{"address.internal"},
+				Addresses: addrs("198.51.100.1"), Resolution: "STATIC", AutoAllocate: true},
+			{Namespace: "default", Name: "external-auto", Created: t0, Hosts: []string{"auto.internal"}, Resolution: "DNS", AutoAllocate: true},
+			{Namespace: "default", Name: "optout", Created: t0, Hosts: []string{"optout.internal"}, Resolution: "DNS", AutoAllocate: false},
+			{Namespace: "default", Name: "none", Created: t0, Hosts: []string{"none.internal"}, Resolution: "NONE", AutoAllocate: true},
+			{Namespace: "default", Name: "wild", Created: t0, Hosts: []string{"*.example.org", "*.deep.example.org"},
+				Addresses: addrs("203.0.113.7"), Resolution: "STATIC", AutoAllocate: true},
+			{Namespace: "default", Name: "deeper", Created: t0, Hosts: []string{"*.x.deep.example.org"},
+				Addresses: addrs("203.0.113.8"), Resolution: "STATIC", AutoAllocate: true},
+			{Namespace: "default", Name: "wild-noaddr", Created: t0, Hosts: []string{"*.noaddr.test"}, Resolution: "DNS", AutoAllocate: true},
+			{Namespace: "default", Name: "external-svc-1", Created: t0, Hosts: []string{"tcp-echo.external-1.svc.cluster.local"}, Resolution: "DNS", AutoAllocate: true},
+			{Namespace: "default", Name: "external-svc-2", Created: t0, Hosts: []string{"tcp-echo.external-2.svc.cluster.local"}, Resolution: "DNS", AutoAllocate: true},
+			{Namespace: "team-a", Name: "private", Created: t0, Hosts: []string{"private.internal"}, ExportTo: []string{"."},
+				Addresses: addrs("198.51.100.20"), AutoAllocate: true},
+			{Namespace: "team-a", Name: "listed", Created: t0, Hosts: []string{"listed.internal"}, ExportTo: []string{"team-b", "."},
+				Resolution: "DNS", AutoAllocate: true},
+			{Namespace: "team-a", Name: "hidden", Created: t0, Hosts: []string{"hidden.internal"}, ExportTo: []string{"~"},
+				Addresses: addrs("198.51.100.21"), AutoAllocate: true},
+			{Namespace: "default", Name: "cidr", Created: t0, Hosts: []string{"cidr.internal"}, CIDRs: []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24")},
+				Resolution: "STATIC", AutoAllocate: true},
+			{Namespace: "team-a", Name: "status", Created: t0, Hosts: []string{"status.internal"}, Resolution: "DNS", AutoAllocate: true,
+				StatusAddresses: []model.HostAddress{{Host: "status.internal", Address: netip.MustParseAddr("240.240.0.1")}}},
+		},
+	}
+}
+
+func build(t *testing.T) *Table {
+	t.Helper()
+	tbl, warnings := Build(fixture(), Options{})
+	if len(warnings) > 0 {
+		t.Fatalf("warnings: %v", warnings)
+	}
+	return tbl
+}
+
+// answerOf returns the sorted text of the records answered for qtype.
+func answerOf(t *testing.T, e *Entry, qtype uint16) []string {
+	t.Helper()
+	wire, n := e.Answer(qtype)
+	// Put a question in front so the 0xC00C owners resolve.
+	m := new(dns.Msg)
+	m.SetQuestion("q.test.", qtype)
+	head, err := m.Pack()
+	if err != nil {
+		t.Fatal(err)
+	}
+	head[7] = byte(n) // ANCOUNT
+	if err := m.Unpack(append(head, wire...)); err != nil {
+		t.Fatalf("prepared answer does not parse: %v", err)
+	}
+	var out []string
+	for _, rr := range m.Answer {
+		out = append(out, strings.TrimPrefix(rr.String(), rr.Header().String()))
+	}
+	slices.Sort(out)
+	return out
+}
+
+func TestResolve(t *testing.T) {
+	tbl := build(t)
+	cases := []struct {
+		name, qname, ns string
+		qtype           uint16
+		want            []string // nil with wantMiss means forwarded
+		wantMiss        bool
+		wantAlias       string
+		wantOrigin      string
+	}{
+		{name: "service fqdn", qname: "web.default.svc.cluster.local.", ns: "default", qtype: dns.TypeA, want: []string{"10.96.0.10"}, wantOrigin: "Service default/web"},
+		{name: "service aaaa by family", qname: "web.default.svc.cluster.local.", ns: "default", qtype: dns.TypeAAAA, want: []string{"fd00:10:96::a"}},
+		{name: "short name own namespace", qname: "web.", ns: "default", qtype: dns.TypeA, want: []string{"10.96.0.10"}},
+		{name: "short name other namespace's own", qname: "web.", ns: "other", qtype: dns.TypeA, want: []string{"10.96.1.10"}},
+		{name: "short name unknown asker", qname: "web.", ns: "", qtype: dns.TypeA, wantMiss: true},
+		{name: "svc.ns", qname: "web.other.", ns: "default", qtype: dns.TypeA, want: []string{"10.96.1.10"}},
+		{name: "svc.ns unknown asker", qname: "web.other.", ns: "", qtype: dns.TypeA, want: []string{"10.96.1.10"}},
+		{name: "svc.ns.svc", qname: "web.other.svc.", ns: "default", qtype: dns.TypeA, want: []string{"10.96.1.10"}},
+		{name: "nodata for known name", qname: "web.other.svc.cluster.local.", ns: "default", qtype: dns.TypeAAAA, want: []string{}},
+		{name: "headless ready only", qname: "db.default.svc.cluster.local.", ns: "default", qtype: dns.TypeA, want: []string{"10.1.0.1", "10.1.0.2"}},
+		{name: "headless hostname", qname: "db-0.db.default.svc.cluster.local.", ns: "default", qtype: dns.TypeA, want: []string{"10.1.0.1"}},
+		{name: "headless dashed", qname: "10-1-0-2.db.default.svc.cluster.local.", ns: "default", qtype: dns.TypeA, want: []string{"10.1.0.2"}},
+		{name: "headless not ready hostname", qname: "db-2.db.default.svc.cluster.local.", ns: "default", qtype: dns.TypeA, wantMiss: true},
+		{name: "headless srv", qname: "_pg._tcp.db.default.svc.cluster.local.", ns: "default", qtype: dns.TypeSRV,
+			want: []string{"0 100 5432 10-1-0-2.db.default.svc.cluster.local.", "0 100 5432 db-0.db.default.svc.cluster.local."}},
+		{name: "clusterip srv named port only", qname: "_http._tcp.web.default.svc.cluster.local.", ns: "other", qtype: dns.TypeSRV,
+			want: []string{"0 100 80 web.default.svc.cluster.local."}},
+		{name: "externalname cname", qname: "ext.default.svc.cluster.local.", ns: "default", qtype: dns.TypeCNAME, want: []string{"example.com."}},
+		{name: "ptr clusterip", qname: "10.0.96.10.in-addr.arpa.", ns: "default", qtype: dns.TypePTR, want: []string{"web.default.svc.cluster.local."}},
+		{name: "ptr se address", qname: "1.100.51.198.in-addr.arpa.", ns: "default", qtype: dns.TypePTR, want: []string{"address.internal."}},
+		{name: "se spec address", qname: "address.internal.", ns: "default", qtype: dns.TypeA, want: []string{"198.51.100.1"}, wantOrigin: "ServiceEntry default/external-address"},
+		{name: "se opted out forwarded", qname: "optout.internal.", ns: "default", qtype: dns.TypeA, wantMiss: true},
+		{name: "se resolution none forwarded", qname: "none.internal.", ns: "default", qtype: dns.TypeA, wantMiss: true},
+		{name: "se with only a cidr forwarded, no vip", qname: "cidr.internal.", ns: "default", qtype: dns.TypeA, wantMiss: true},
+		{name: "se status address wins", qname: "status.internal.", ns: "x", qtype: dns.TypeA, want: []string{"240.240.0.1"}},
+		{name: "se over service same name", qname: "tcp-echo.external-1.svc.cluster.local.", ns: "default", qtype: dns.TypeA, wantOrigin: "ServiceEntry default/external-svc-1"},
+		{name: "wildcard", qname: "a.example.org.", ns: "default", qtype: dns.TypeA, want: []string{"203.0.113.7"}},
+		{name: "wildcard most specific", qname: "a.x.deep.example.org.", ns: "default", qtype: dns.TypeA, want: []string{"203.0.113.8"}},
+		{name: "wildcard apex not covered", qname: "example.org.", ns: "default", qtype: dns.TypeA, wantMiss: true},
+		{name: "wildcard without address forwarded", qname: "a.noaddr.test.", ns: "default", qtype: dns.TypeA, wantMiss: true},
+		{name: "exportTo dot own ns", qname: "private.internal.", ns: "team-a", qtype: dns.TypeA, want: []string{"198.51.100.20"}},
+		{name: "exportTo dot other ns", qname: "private.internal.", ns: "team-b", qtype: dns.TypeA, wantMiss: true},
+		{name: "exportTo dot unknown asker", qname: "private.internal.", ns: "", qtype: dns.TypeA, wantMiss: true},
+		{name: "exportTo list member", qname: "listed.internal.", ns: "team-b", qtype: dns.TypeA},
+		{name: "exportTo list non member", qname: "listed.internal.", ns: "team-c", qtype: dns.TypeA, wantMiss: true},
+		{name: "exportTo tilde", qname: "hidden.internal.", ns: "team-a", qtype: dns.TypeA, wantMiss: true},
+		{name: "ptr hidden by exportTo", qname: "20.100.51.198.in-addr.arpa.", ns: "team-b", qtype: dns.TypePTR, wantMiss: true},
+		{name: "expansion ns.svc", qname: "address.internal.default.svc.cluster.local.", ns: "default", qtype: dns.TypeA,
+			want: []string{"198.51.100.1"}, wantAlias: "address.internal."},
+		{name: "expansion svc", qname: "address.internal.svc.cluster.local.", ns: "default", qtype: dns.TypeA,
+			want: []string{"198.51.100.1"}, wantAlias: "address.internal."},
+		{name: "expansion domain", qname: "address.internal.cluster.local.", ns: "", qtype: dns.TypeA,
+			want: []string{"198.51.100.1"}, wantAlias: "address.internal."},
+		{name: "expansion of service fqdn", qname: "web.default.svc.cluster.local.default.svc.cluster.local.", ns: "default", qtype: dns.TypeA,
+			want: []string{"10.96.0.10"}, wantAlias: "web.default.svc.cluster.local."},
+		{name: "expansion of invisible name", qname: "private.internal.team-b.svc.cluster.local.", ns: "team-b", qtype: dns.TypeA, wantMiss: true},
+		{name: "unknown", qname: "nope.example.net.", ns: "default", qtype: dns.TypeA, wantMiss: true},
+		{name: "unknown under cluster domain", qname: "nope.default.svc.cluster.local.", ns: "default", qtype: dns.TypeA, wantMiss: true},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			r := tbl.Resolve(tc.qname, tc.ns)
+			if tc.wantMiss {
+				if r.Entry != nil {
+					t.Fatalf("Resolve(%q, %q) = %s %v, want a miss", tc.qname, tc.ns, r.Entry.Name, r.Entry.Addrs)
+				}
+				return
+			}
+			if r.Entry == nil {
+				t.Fatalf("Resolve(%q, %q) missed", tc.qname, tc.ns)
+			}
+			if r.Alias != tc.wantAlias {
+				t.Errorf("alias = %q, want %q", r.Alias, tc.wantAlias)
+			}
+			if tc.wantOrigin != "" && r.Entry.Origin.String() != tc.wantOrigin {
+				t.Errorf("origin = %s, want %s", r.Entry.Origin, tc.wantOrigin)
+			}
+			if tc.want != nil {
+				got := answerOf(t, r.Entry, tc.qtype)
+				if !slices.Equal(got, tc.want) && !(len(got) == 0 && len(tc.want) == 0) {
+					t.Errorf("answers = %q, want %q", got, tc.want)
+				}
+			}
+		})
+	}
+}
+
+func TestSeedVIPs(t *testing.T) {
+	tbl := build(t)
+	auto := tbl.Resolve("auto.internal.", "default").Entry
+	e1 := tbl.Resolve("tcp-echo.external-1.svc.cluster.local.", "default").Entry
+	e2 := tbl.Resolve("tcp-echo.external-2.svc.cluster.local.", "default").Entry
+	for _, e := range []*Entry{auto, e1, e2} {
+		if e == nil || e.AddrSource != FromAllocated || len(e.Addrs) != 2 {
+			t.Fatalf("want an allocated v4+v6 VIP pair, got %+v", e)
+		}
+		if !strings.HasPrefix(e.Addrs[0].String(), "240.240.") || !strings.HasPrefix(e.Addrs[1].String(), "2001:2::") {
+			t.Errorf("%s: VIPs %v not in 240.240.0.0/16 and 2001:2::/48", e.Name, e.Addrs)
+		}
+		if e.Addrs[0] == netip.MustParseAddr("240.240.0.1") {
+			t.Errorf("%s: got istiod's status address of another host", e.Name)
+		}
+	}
+	if e1.Addrs[0] == e2.Addrs[0] {
+		t.Errorf("tcp-echo ServiceEntries share VIP %v", e1.Addrs[0])
+	}
+	// The PTR of a VIP names its host.
+	ptr := tbl.Resolve(reverseName(auto.Addrs[0]), "default").Entry
+	if ptr == nil || ptr.PTR != "auto.internal." {
+		t.Errorf("PTR of %v = %+v, want auto.internal.", auto.Addrs[0], ptr)
+	}
+}
+
+func TestSameHostSeveralServiceEntries(t *testing.T) {
+	snap := &model.Snapshot{ServiceEntries: []model.ServiceEntry{
+		{Namespace: "a", Name: "one", Created: t0, Hosts: []string{"db.example"}, Resolution: "DNS", AutoAllocate: true, ExportTo: []string{"."}},
+		{Namespace: "b", Name: "two", Created: t0.Add(time.Hour), Hosts: []string{"db.example"}, Resolution: "DNS", AutoAllocate: true, ExportTo: []string{"."}},
+	}}
+	tbl, _ := Build(snap, Options{})
+	a := tbl.Resolve("db.example.", "a").Entry
+	b := tbl.Resolve("db.example.", "b").Entry
+	if a == nil || b == nil {
+		t.Fatal("each namespace should see its own ServiceEntry")
+	}
+	if a.Origin.Namespace != "a" || b.Origin.Namespace != "b" {
+		t.Errorf("own-namespace ServiceEntry should win: a got %s, b got %s", a.Origin, b.Origin)
+	}
+	if a.Addrs[0] != b.Addrs[0] {
+		t.Errorf("one host, two VIPs: %v vs %v", a.Addrs, b.Addrs)
+	}
+}
+
+func TestRows(t *testing.T) {
+	tbl := build(t)
+	rows := tbl.Rows("team-b")
+	var names []string
+	for _, r := range rows {
+		names = append(names, r.Name)
+	}
+	if !slices.Contains(names, "listed.internal.") {
+		t.Errorf("team-b should see listed.internal: %v", names)
+	}
+	for _, leak := range []string{"private.internal.", "hidden.internal."} {
+		if slices.Contains(names, leak) {
+			t.Errorf("%s leaked into the table for team-b", leak)
+		}
+	}
+	var auto *Row
+	for i := range rows {
+		if rows[i].Name == "auto.internal." && rows[i].Type == "A" {
+			auto = &rows[i]
+		}
+	}
+	if auto == nil || auto.Origin != "ServiceEntry default/external-auto" || auto.AddrSource != FromAllocated {
+		t.Errorf("auto.internal row = %+v", auto)
+	}
+}
+
+func TestBuildWarnsAndKeepsRest(t *testing.T) {
+	snap := &model.Snapshot{ServiceEntries: []model.ServiceEntry{
+		{Namespace: "a", Name: "bad", Hosts: []string{"bad host!"}, Addresses: addrs("198.51.100.9"), AutoAllocate: true},
+		{Namespace: "a", Name: "good", Hosts: []string{"good.example"}, Addresses: addrs("198.51.100.10"), AutoAllocate: true},
+	}}
+	tbl, warnings := Build(snap, Options{})
+	if len(warnings) != 1 || !strings.Contains(warnings[0].Error(), "bad host!") {
+		t.Errorf("warnings = %v, want one naming the bad host", warnings)
+	}
+	if tbl.Resolve("good.example.", "a").Entry == nil {
+		t.Error("the good ServiceEntry was dropped with the bad one")
+	}
+}
+
+func TestCustomDomainAndTTL(t *testing.T) {
+	tbl, _ := Build(&model.Snapshot{Services: []model.Service{{Namespace: "n", Name: "s", ClusterIPs: addrs("10.0.0.1")}}},
+		Options{Domain: "Corp.Example", TTL: 7})
+	e := tbl.Resolve("s.n.svc.corp.example.", "n").Entry
+	if e == nil {
+		t.Fatal("service under custom domain not found")
+	}
+	wire, _ := e.Answer(dns.TypeA)
+	if ttl := uint32(wire[6])<<24 | uint32(wire[7])<<16 | uint32(wire[8])<<8 | uint32(wire[9]); ttl != 7 {
+		t.Errorf("TTL = %d, want 7", ttl)
+	}
+}
+
+func BenchmarkResolveHit(b *testing.B) {
+	snap := &model.Snapshot{}
+	for i := range 10000 {
+		snap.Services = append(snap.Services, model.Service{Namespace: "ns", Name: fmt.Sprintf("svc%d", i),
+			ClusterIPs: []netip.Addr{netip.AddrFrom4([4]byte{10, 96, byte(i >> 8), byte(i)})}})
+	}
+	tbl, _ := Build(snap, Options{})
+	b.ReportAllocs()
+	for b.Loop() {
+		if tbl.Resolve("svc1234.ns.svc.cluster.local.", "ns").Entry == nil {
+			b.Fatal("miss")
+		}
+	}
+}
+
+func BenchmarkResolveMiss(b *testing.B) {
+	tbl, _ := Build(fixture(), Options{})
+	b.ReportAllocs()
+	for b.Loop() {
+		if tbl.Resolve("www.example.com.default.svc.cluster.local.", "default").Entry != nil {
+			b.Fatal("hit")
+		}
+	}
+}

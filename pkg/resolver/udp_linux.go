@@ -1,0 +1,195 @@
+//go:build linux
+
+package resolver
+
+import (
+	"encoding/binary"
+	"errors"
+	"net"
+	"net/netip"
+	"syscall"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// batchSize is how many datagrams one recvmmsg/sendmmsg moves. Under load it
+// divides the syscalls per query by up to this much; at low load a batch
+// holds one datagram and costs what recvfrom would.
+const batchSize = 32
+
+// maxUDPQuery is the largest query we read; a longer one is truncated by the
+// kernel (MSG_TRUNC) and dropped. Queries are tiny; 4096 is generous.
+const maxUDPQuery = 4096
+
+// mmsghdr is struct mmsghdr from <sys/socket.h>.
+type mmsghdr struct {
+	hdr unix.Msghdr
+	len uint32
+	_   [4]byte
+}
+
+// sockaddrLen fits a sockaddr_in6, and so a sockaddr_in.
+const sockaddrLen = unix.SizeofSockaddrInet6
+
+// udpBatch holds the buffers of one socket's read/answer/write cycle. It is
+// allocated once per socket: the loop itself allocates nothing.
+type udpBatch struct {
+	in      [batchSize]mmsghdr
+	inIov   [batchSize]unix.Iovec
+	inName  [batchSize][sockaddrLen]byte
+	inBuf   [batchSize][maxUDPQuery]byte
+	out     [batchSize]mmsghdr
+	outIov  [batchSize]unix.Iovec
+	outName [batchSize][sockaddrLen]byte
+	outBuf  [batchSize][]byte
+	name    nameBuf
+}
+
+func newUDPBatch() *udpBatch {
+	b := &udpBatch{}
+	for i := range batchSize {
+		b.inIov[i].Base = &b.inBuf[i][0]
+		b.inIov[i].SetLen(maxUDPQuery)
+		b.in[i].hdr.Iov = &b.inIov[i]
+		b.in[i].hdr.SetIovlen(1)
+		b.in[i].hdr.Name = &b.inName[i][0]
+		b.outBuf[i] = make([]byte, 0, 4096+512)
+		b.out[i].hdr.Iov = &b.outIov[i]
+		b.out[i].hdr.SetIovlen(1)
+		b.out[i].hdr.Name = &b.outName[i][0]
+	}
+	return b
+}
+
+// serveUDPBatches is the UDP loop: read a batch, answer what the table can,
+// hand the rest to the slow path, write the answers in one batch.
+func (s *Server) serveUDPBatches(conn *net.UDPConn, local netip.AddrPort) error {
+	rc, err := conn.SyscallConn()
+	if err != nil {
+		return err
+	}
+	b := newUDPBatch()
+	for {
+		n, err := b.read(rc)
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) || s.isClosed() {
+				return nil
+			}
+			return err
+		}
+		queued := 0
+		for i := range n {
+			msg := b.inBuf[i][:b.in[i].len]
+			if b.in[i].hdr.Flags&unix.MSG_TRUNC != 0 {
+				metricQueries.drop.Inc()
+				continue
+			}
+			src, ok := parseSockaddr(b.inName[i][:b.in[i].hdr.Namelen])
+			if !ok {
+				continue
+			}
+			reply, slow := s.answerFast(msg, src, false, b.outBuf[queued][:0], &b.name)
+			if slow {
+				s.slowUDP(conn, append([]byte(nil), msg...), src, local)
+				continue
+			}
+			if reply == nil {
+				continue
+			}
+			b.outBuf[queued] = reply
+			b.outIov[queued].Base = &reply[0]
+			b.outIov[queued].SetLen(len(reply))
+			b.outName[queued] = b.inName[i]
+			b.out[queued].hdr.Namelen = b.in[i].hdr.Namelen
+			queued++
+		}
+		if err := b.write(rc, queued); err != nil {
+			s.log.Debug("writing UDP replies failed", "err", err)
+		}
+	}
+}
+
+// slowUDP runs the slow path and writes its reply from the same socket.
+func (s *Server) slowUDP(conn *net.UDPConn, msg []byte, src, local netip.AddrPort) {
+	s.slow(msg, src, local, false, func(reply []byte) {
+		if reply == nil {
+			return
+		}
+		if _, err := conn.WriteToUDPAddrPort(reply, src); err != nil {
+			s.log.Debug("writing UDP reply failed", "client", src, "err", err)
+		}
+	})
+}
+
+// read fills the batch with at least one datagram, waiting in the Go
+// netpoller (not in the kernel) while the socket is empty.
+func (b *udpBatch) read(rc syscall.RawConn) (int, error) {
+	for i := range batchSize {
+		b.in[i].hdr.Namelen = sockaddrLen
+		b.in[i].hdr.Flags = 0
+	}
+	var n int
+	var errno syscall.Errno
+	err := rc.Read(func(fd uintptr) bool {
+		r, _, e := unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&b.in[0])), batchSize, unix.MSG_DONTWAIT, 0, 0)
+		n, errno = int(r), e
+		return errno != unix.EAGAIN && errno != unix.EINTR
+	})
+	if err != nil {
+		return 0, err
+	}
+	if errno != 0 {
+		return 0, errno
+	}
+	return n, nil
+}
+
+// write sends the first n queued replies, retrying the rest when sendmmsg
+// sends only part of the batch.
+func (b *udpBatch) write(rc syscall.RawConn, n int) error {
+	var firstErr error
+	for sent := 0; sent < n; {
+		var r int
+		var errno syscall.Errno
+		err := rc.Write(func(fd uintptr) bool {
+			x, _, e := unix.Syscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&b.out[sent])), uintptr(n-sent), unix.MSG_DONTWAIT, 0, 0)
+			r, errno = int(x), e
+			return errno != unix.EAGAIN && errno != unix.EINTR
+		})
+		if err != nil {
+			return err
+		}
+		if errno != 0 {
+			// One bad destination (a client that vanished) must not cost
+			// the rest of the batch: skip it and go on.
+			if firstErr == nil {
+				firstErr = errno
+			}
+			sent++
+			continue
+		}
+		sent += r
+	}
+	return firstErr
+}
+
+// parseSockaddr reads a sockaddr_in or sockaddr_in6 as the kernel wrote it.
+func parseSockaddr(b []byte) (netip.AddrPort, bool) {
+	if len(b) < 2 {
+		return netip.AddrPort{}, false
+	}
+	switch binary.NativeEndian.Uint16(b) {
+	case unix.AF_INET:
+		if len(b) < unix.SizeofSockaddrInet4 {
+			return netip.AddrPort{}, false
+		}
+		return netip.AddrPortFrom(netip.AddrFrom4([4]byte(b[4:8])), binary.BigEndian.Uint16(b[2:])), true
+	case unix.AF_INET6:
+		if len(b) < unix.SizeofSockaddrInet6 {
+			return netip.AddrPort{}, false
+		}
+		return netip.AddrPortFrom(netip.AddrFrom16([16]byte(b[8:24])).Unmap(), binary.BigEndian.Uint16(b[2:])), true
+	}
+	return netip.AddrPort{}, false
+}

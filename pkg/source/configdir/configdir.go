@@ -1,0 +1,205 @@
+// Package configdir is ztdns's standalone source: it reads Namespaces,
+// Services, EndpointSlices, Pods and Istio ServiceEntries from a directory of
+// YAML manifests (`ztdns agent --config-dir DIR`) and follows changes to it.
+//
+// Every *.yaml and *.yml file directly in the directory is read; a file may
+// hold several documents and `kind: List` objects. Objects are reduced to
+// pkg/model form as they are read, so memory holds only what DNS needs.
+//
+// A file with any problem (bad YAML, a missing name, an address that is not
+// an IP, an object another file already defines) is reported with its path
+// and line, through the log and Errors, and keeps serving what it served
+// before the edit: nothing is lost while someone is halfway through editing.
+//
+// The directory is watched with inotify (fsnotify) and scanned again after
+// any event in it, which covers editors that write a new file and rename it
+// over the old one, and ConfigMap volumes, whose files are symlinks through a
+// ..data link that kubelet swaps. Where inotify is not available the
+// directory is polled.
+package configdir
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/ztdns/ztdns/pkg/model"
+	"github.com/ztdns/ztdns/pkg/source"
+)
+
+const (
+	// DefaultDebounce is how long the directory must be quiet after an event
+	// before it is scanned: long enough to see a save's write-and-rename as
+	// one change, short enough that nobody waits for it.
+	DefaultDebounce = 50 * time.Millisecond
+	// DefaultPollInterval is how often the directory is checked when inotify
+	// is not available.
+	DefaultPollInterval = time.Second
+	// maxDebounceRounds bounds how long a steady stream of events (a slow
+	// copy) can hold back a scan, in debounce periods.
+	maxDebounceRounds = 10
+)
+
+// Source serves the manifests in one directory. It implements source.Source.
+type Source struct {
+	dir          string
+	log          *slog.Logger
+	debounce     time.Duration
+	pollInterval time.Duration // 0: inotify, falling back to polling
+	// startNotify starts an inotify watch; a field so a test can make it fail.
+	startNotify func(dir string, log *slog.Logger) (watcher, error)
+
+	mu   sync.Mutex
+	errs []error
+}
+
+var _ source.Source = (*Source)(nil)
+
+// Option configures a Source.
+type Option func(*Source)
+
+// WithLogger sets the logger (default slog.Default()).
+func WithLogger(l *slog.Logger) Option { return func(s *Source) { s.log = l } }
+
+// WithDebounce sets how long the directory must be quiet before a scan
+// (default DefaultDebounce).
+func WithDebounce(d time.Duration) Option { return func(s *Source) { s.debounce = d } }
+
+// WithPolling checks the directory every interval instead of using inotify,
+// for file systems that do not deliver inotify events (some network and
+// FUSE mounts).
+func WithPolling(interval time.Duration) Option {
+	return func(s *Source) { s.pollInterval = interval }
+}
+
+// New returns a source for the manifests in dir. Nothing is read until Run.
+func New(dir string, opts ...Option) *Source {
+	s := &Source{dir: dir, log: slog.Default(), debounce: DefaultDebounce, startNotify: startNotify}
+	for _, o := range opts {
+		o(s)
+	}
+	s.log = s.log.With("source", "configdir", "dir", dir)
+	return s
+}
+
+// Errors returns the problems in the directory as of the last scan, each a
+// *FileError, for health endpoints and metrics. It is safe to call at any
+// time, also while Run is running.
+func (s *Source) Errors() []error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.errs)
+}
+
+// Run reads the directory, delivers the first snapshot (even when some files
+// are broken), then watches the directory and delivers a new snapshot after
+// every change to what it serves, until ctx is done. It returns an error when
+// the directory does not exist or cannot be read any more. Run must not be
+// called again before it returns.
+//
+// Snapshots share the objects' inner slices and maps with the source and with
+// each other: receivers must treat them as read-only.
+func (s *Source) Run(ctx context.Context, deliver func(*model.Snapshot)) error {
+	fi, err := os.Stat(s.dir)
+	if err != nil {
+		return fmt.Errorf("config dir: %w", err)
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("config dir %s is not a directory", s.dir)
+	}
+	// Watch before the first scan, so that no change after it is missed.
+	w := s.startWatching()
+	defer w.close()
+
+	st := newState(s.dir, parser{log: s.log})
+	if _, err := st.scan(); err != nil {
+		return err
+	}
+	s.record(st)
+	snap := st.snapshot()
+	s.log.Info("manifests loaded", counts(snap)...)
+	deliver(snap)
+	return s.follow(ctx, w, st, deliver)
+}
+
+func (s *Source) startWatching() watcher {
+	if s.pollInterval > 0 {
+		return startPolling(s.dir, s.pollInterval)
+	}
+	w, err := s.startNotify(s.dir, s.log)
+	if err != nil {
+		s.log.Warn("cannot watch the config dir with inotify; polling it instead",
+			"interval", DefaultPollInterval, "error", err)
+		return startPolling(s.dir, DefaultPollInterval)
+	}
+	return w
+}
+
+// follow scans the directory after each burst of events.
+func (s *Source) follow(ctx context.Context, w watcher, st *state, deliver func(*model.Snapshot)) error {
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	defer timer.Stop()
+	var due <-chan time.Time
+	var burstStart time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-w.changes():
+			now := time.Now()
+			if due == nil {
+				burstStart = now
+			}
+			latest := burstStart.Add(maxDebounceRounds * s.debounce)
+			timer.Reset(max(min(s.debounce, latest.Sub(now)), 0))
+			due = timer.C
+		case <-due:
+			due = nil
+			changed, err := st.scan()
+			if err != nil {
+				return err
+			}
+			w.rearm()
+			s.record(st)
+			if changed {
+				snap := st.snapshot()
+				s.log.Info("manifests changed", counts(snap)...)
+				deliver(snap)
+			}
+		}
+	}
+}
+
+// record publishes the state's problems and logs those that are new.
+func (s *Source) record(st *state) {
+	errs := st.errors()
+	s.mu.Lock()
+	old := s.errs
+	s.errs = errs
+	s.mu.Unlock()
+
+	seen := make(map[string]bool, len(old))
+	for _, err := range old {
+		seen[err.Error()] = true
+	}
+	for _, err := range errs {
+		if !seen[err.Error()] {
+			s.log.Error("manifest problem; the file keeps serving its last good objects", "error", err)
+		}
+	}
+	if len(old) > 0 && len(errs) == 0 {
+		s.log.Info("all manifest problems are fixed")
+	}
+}
+
+func counts(s *model.Snapshot) []any {
+	return []any{
+		"namespaces", len(s.Namespaces), "services", len(s.Services),
+		"endpointSlices", len(s.EndpointSlices), "serviceEntries", len(s.ServiceEntries), "pods", len(s.Pods),
+	}
+}

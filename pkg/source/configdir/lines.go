@@ -1,0 +1,222 @@
+package configdir
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+
+	yamlv2 "go.yaml.in/yaml/v2"
+	yamlv3 "go.yaml.in/yaml/v3"
+)
+
+// Finding the file line of a problem: documents keep the line they start
+// on, and lines inside a document come from the YAML parsers.
+
+// document is one YAML document of a file.
+type document struct {
+	data []byte
+	line int // the file line the document's first byte is on
+}
+
+// splitDocuments splits a multi-document YAML file at its "---" lines. YAML
+// forbids a "---" at the start of a line inside any content (block scalars
+// included), so splitting on lines is exact, and it lets every document keep
+// its starting line for error messages. The marker stays at the start of the
+// document it opens, which the YAML parsers accept.
+func splitDocuments(data []byte) []document {
+	var docs []document
+	start, startLine, line := 0, 1, 1
+	for off := 0; off < len(data); line++ {
+		next := len(data)
+		if i := bytes.IndexByte(data[off:], '\n'); i >= 0 {
+			next = off + i + 1
+		}
+		if off > start && isDocumentStart(data[off:next]) {
+			docs = append(docs, document{data: data[start:off], line: startLine})
+			start, startLine = off, line
+		}
+		off = next
+	}
+	return append(docs, document{data: data[start:], line: startLine})
+}
+
+func isDocumentStart(line []byte) bool {
+	rest, ok := bytes.CutPrefix(line, []byte("---"))
+	return ok && (len(rest) == 0 || rest[0] == ' ' || rest[0] == '\t' || rest[0] == '\r' || rest[0] == '\n')
+}
+
+// firstContentLine is the file line of the first line of doc that is not
+// blank, a comment or a bare "---": where the object starts.
+func firstContentLine(doc document) int {
+	data := doc.data
+	for n := 0; len(data) > 0; n++ {
+		line := data
+		if i := bytes.IndexByte(data, '\n'); i >= 0 {
+			line, data = data[:i], data[i+1:]
+		} else {
+			data = nil
+		}
+		text := strings.TrimSpace(string(line))
+		if text == "" || text == "---" || text[0] == '#' || text[0] == '%' {
+			continue
+		}
+		return doc.line + n
+	}
+	return doc.line
+}
+
+// syntaxErrors turns a YAML error into file errors. go-yaml reports "yaml:
+// line N: msg" for syntax errors and a TypeError with one "line N: msg" per
+// problem for repeated keys; N counts from the document's first line.
+func syntaxErrors(path string, doc document, err error) []error {
+	var typeErr *yamlv2.TypeError
+	msgs := []string{strings.TrimPrefix(err.Error(), "yaml: ")}
+	if errors.As(err, &typeErr) {
+		msgs = typeErr.Errors
+	}
+	errs := make([]error, 0, len(msgs))
+	for _, msg := range msgs {
+		line := firstContentLine(doc)
+		if n, rest, ok := cutLineNumber(msg); ok {
+			if isParserProblem(rest) {
+				n++ // go-yaml numbers these from 0, scanner errors from 1
+			}
+			// libyaml puts the end of the stream on a line of its own, past
+			// the last line of the document.
+			line, msg = doc.line+min(n, lineCount(doc.data))-1, rest
+		}
+		errs = append(errs, &FileError{Path: path, Line: line, Err: fmt.Errorf("invalid YAML: %s", msg)})
+	}
+	return errs
+}
+
+// lineCount is the number of lines in data, a last line without a newline
+// included.
+func lineCount(data []byte) int {
+	n := bytes.Count(data, []byte("\n"))
+	if len(data) > 0 && data[len(data)-1] != '\n' {
+		n++
+	}
+	return max(n, 1)
+}
+
+// isParserProblem reports whether msg is one of libyaml's parser errors
+// (rather than a scanner error), listed in go-yaml v2's parserc.go.
+func isParserProblem(msg string) bool {
+	for _, p := range []string{
+		"did not find expected <", // <document start>, <stream-start>
+		"did not find expected key",
+		"did not find expected node content",
+		"did not find expected '-' indicator",
+		"did not find expected ',' or ",
+		"found duplicate %",
+		"found incompatible YAML document",
+		"found undefined tag handle",
+	} {
+		if strings.HasPrefix(msg, p) {
+			return true
+		}
+	}
+	return false
+}
+
+// cutLineNumber splits "line N: rest".
+func cutLineNumber(msg string) (int, string, bool) {
+	rest, ok := strings.CutPrefix(msg, "line ")
+	if !ok {
+		return 0, msg, false
+	}
+	num, rest, ok := strings.Cut(rest, ": ")
+	n, err := strconv.Atoi(num)
+	if !ok || err != nil || n < 1 {
+		return 0, msg, false
+	}
+	return n, rest, true
+}
+
+// locator finds lines inside a document. It parses the document a second
+// time (with yaml.v3, which keeps positions) only when a line inside it is
+// needed: for List items and for errors, never on the common path.
+type locator struct {
+	doc    document
+	root   *yamlv3.Node
+	parsed bool
+}
+
+func (l *locator) node(at []int) *yamlv3.Node {
+	if !l.parsed {
+		l.parsed = true
+		var n yamlv3.Node
+		if yamlv3.Unmarshal(l.doc.data, &n) == nil && n.Kind == yamlv3.DocumentNode && len(n.Content) == 1 {
+			l.root = n.Content[0]
+		}
+	}
+	n := l.root
+	for _, i := range at {
+		items := mappingValue(n, "items")
+		if items == nil || items.Kind != yamlv3.SequenceNode || i >= len(items.Content) {
+			return nil
+		}
+		n = items.Content[i]
+	}
+	return n
+}
+
+// objectLine is the file line where the object at starts.
+func (l *locator) objectLine(at []int) int {
+	if len(at) > 0 {
+		if n := l.node(at); n != nil {
+			return l.doc.line + n.Line - 1
+		}
+	}
+	return firstContentLine(l.doc)
+}
+
+// valueLine is the file line of the first value inside the object at that
+// msg quotes (the converters quote the value they reject, as in `address
+// "1.2.3" is not an IP address`), or the object's line.
+func (l *locator) valueLine(at []int, msg string) int {
+	if n := findQuotedValue(l.node(at), msg); n != nil {
+		return l.doc.line + n.Line - 1
+	}
+	return l.objectLine(at)
+}
+
+func findQuotedValue(n *yamlv3.Node, msg string) *yamlv3.Node {
+	if n == nil {
+		return nil
+	}
+	switch n.Kind {
+	case yamlv3.ScalarNode:
+		if n.Value != "" && strings.Contains(msg, strconv.Quote(n.Value)) {
+			return n
+		}
+	case yamlv3.MappingNode:
+		for i := 1; i < len(n.Content); i += 2 { // values only, not keys
+			if found := findQuotedValue(n.Content[i], msg); found != nil {
+				return found
+			}
+		}
+	case yamlv3.SequenceNode:
+		for _, c := range n.Content {
+			if found := findQuotedValue(c, msg); found != nil {
+				return found
+			}
+		}
+	}
+	return nil
+}
+
+func mappingValue(n *yamlv3.Node, key string) *yamlv3.Node {
+	if n == nil || n.Kind != yamlv3.MappingNode {
+		return nil
+	}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		if n.Content[i].Value == key {
+			return n.Content[i+1]
+		}
+	}
+	return nil
+}

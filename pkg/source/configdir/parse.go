@@ -1,0 +1,362 @@
+package configdir
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"reflect"
+	"slices"
+	"strings"
+
+	"google.golang.org/protobuf/encoding/protojson"
+	networkingv1alpha3api "istio.io/api/networking/v1alpha3"
+	networkingv1 "istio.io/client-go/pkg/apis/networking/v1"
+	networkingv1alpha3 "istio.io/client-go/pkg/apis/networking/v1alpha3"
+	networkingv1beta1 "istio.io/client-go/pkg/apis/networking/v1beta1"
+	corev1 "k8s.io/api/core/v1"
+	sigsjson "sigs.k8s.io/json"
+	"sigs.k8s.io/yaml"
+
+	"github.com/ztdns/ztdns/pkg/model"
+)
+
+// manifests is what one file contributes: its objects reduced to the model,
+// and where each object was defined, for duplicate checks.
+type manifests struct {
+	namespaces     []model.Namespace
+	services       []model.Service
+	endpointSlices []model.EndpointSlice
+	serviceEntries []model.ServiceEntry
+	pods           []model.Pod
+	placed         []placedObject
+}
+
+func (m *manifests) len() int {
+	if m == nil {
+		return 0
+	}
+	return len(m.placed)
+}
+
+// sameObjects reports whether a and b serve the same objects; where they were
+// written (lines) does not matter.
+func sameObjects(a, b *manifests) bool {
+	if a.len() == 0 || b.len() == 0 {
+		return a.len() == b.len()
+	}
+	return reflect.DeepEqual(a.namespaces, b.namespaces) &&
+		reflect.DeepEqual(a.services, b.services) &&
+		reflect.DeepEqual(a.endpointSlices, b.endpointSlices) &&
+		reflect.DeepEqual(a.serviceEntries, b.serviceEntries) &&
+		reflect.DeepEqual(a.pods, b.pods)
+}
+
+// objectID identifies an object the way the API server does: two objects
+// with the same ID in the directory are a mistake.
+type objectID struct {
+	kind      string // lower case, as in the converters' messages
+	namespace string // empty for cluster-scoped kinds
+	name      string
+}
+
+func (id objectID) String() string {
+	if id.namespace == "" {
+		return id.kind + " " + id.name
+	}
+	return id.kind + " " + id.namespace + "/" + id.name
+}
+
+type placedObject struct {
+	id   objectID
+	line int
+}
+
+// parser turns the bytes of one file into manifests.
+type parser struct {
+	log *slog.Logger
+}
+
+// parseFile reduces every object in data, read from path, to its model form.
+// It returns all problems it finds as *FileError; a file with problems must
+// not be served, so its manifests are then nil.
+func (p parser) parseFile(path string, data []byte) (*manifests, []error) {
+	m := &manifests{}
+	var errs []error
+	for _, doc := range splitDocuments(data) {
+		errs = append(errs, p.parseDocument(path, doc, m)...)
+	}
+	errs = append(errs, duplicatesWithin(path, m.placed)...)
+	if len(errs) > 0 {
+		return nil, errs
+	}
+	return m, nil
+}
+
+func (p parser) parseDocument(path string, doc document, m *manifests) []error {
+	// sigs.k8s.io/yaml is what kubectl uses, so values mean what they mean to
+	// kubectl (YAML 1.1 booleans included); strict rejects repeated keys.
+	raw, err := yaml.YAMLToJSONStrict(doc.data)
+	if err != nil {
+		return syntaxErrors(path, doc, err)
+	}
+	if bytes.Equal(raw, []byte("null")) {
+		return nil // empty or comment-only document
+	}
+	return p.parseObject(path, raw, &locator{doc: doc}, nil, m)
+}
+
+// header is what every object is first decoded into, to pick its type.
+type header struct {
+	APIVersion string `json:"apiVersion"`
+	Kind       string `json:"kind"`
+	Metadata   struct {
+		Name      string `json:"name"`
+		Namespace string `json:"namespace"`
+	} `json:"metadata"`
+	Items []json.RawMessage `json:"items"` // kind: List only
+}
+
+// parseObject decodes one object; at is its position in nested Lists' items
+// (nil for a document's top-level object).
+func (p parser) parseObject(path string, raw []byte, loc *locator, at []int, m *manifests) []error {
+	fail := func(err error) []error {
+		return []error{&FileError{Path: path, Line: loc.objectLine(at), Err: err}}
+	}
+	if raw[0] != '{' {
+		what := "document"
+		if len(at) > 0 {
+			what = fmt.Sprintf("List item %d", at[len(at)-1])
+		}
+		return fail(fmt.Errorf("%s is not an object but %s", what, jsonKind(raw)))
+	}
+	var h header
+	if err := sigsjson.UnmarshalCaseSensitivePreserveInts(raw, &h); err != nil {
+		return fail(fmt.Errorf("reading apiVersion, kind and metadata: %w", err))
+	}
+	switch {
+	case h.Kind == "":
+		return fail(errors.New("missing kind"))
+	case h.APIVersion == "":
+		return fail(fmt.Errorf("%s: missing apiVersion", h.Kind))
+	case h.Kind == "List":
+		var errs []error
+		for i, item := range h.Items {
+			errs = append(errs, p.parseObject(path, item, loc, append(slices.Clip(at), i), m)...)
+		}
+		return errs
+	}
+	k, ok := kindNamed(h.Kind)
+	group, version := splitAPIVersion(h.APIVersion)
+	if !ok || group != k.group {
+		// Deployments and the like carry nothing DNS answers from; a kind of
+		// the same name from another API group is another resource.
+		p.log.Debug("ignoring object of a kind ztdns does not read",
+			"path", path, "apiVersion", h.APIVersion, "kind", h.Kind, "name", h.Metadata.Name)
+		return nil
+	}
+	if !slices.Contains(k.versions, version) {
+		return fail(fmt.Errorf("%s: unsupported apiVersion %q (want %s)", h.Kind, h.APIVersion, k.apiVersions()))
+	}
+	if h.Metadata.Name == "" {
+		return fail(fmt.Errorf("%s: missing metadata.name", h.Kind))
+	}
+	id := objectID{kind: k.id, name: h.Metadata.Name}
+	if k.namespaced {
+		id.namespace = h.Metadata.Namespace
+		if id.namespace == "" {
+			id.namespace = "default"
+		}
+	}
+	res := k.decode(raw, version, m)
+	if res.decodeErr != nil {
+		return fail(fmt.Errorf("%s: %w", id, res.decodeErr))
+	}
+	if res.convertErr != nil {
+		// The converters name the object; point each problem at its value.
+		var errs []error
+		for _, err := range splitJoined(res.convertErr) {
+			errs = append(errs, &FileError{Path: path, Line: loc.valueLine(at, err.Error()), Err: err})
+		}
+		return errs
+	}
+	line := loc.objectLine(at)
+	if len(res.unknownFields) > 0 {
+		// Not an error (newer API versions add fields), but a misspelt field
+		// silently changes the answer, so say so.
+		p.log.Warn("manifest has fields ztdns does not know; they are ignored",
+			"at", fmt.Sprintf("%s:%d", path, line), "object", id.String(), "fields", errors.Join(res.unknownFields...).Error())
+	}
+	m.placed = append(m.placed, placedObject{id: id, line: line})
+	return nil
+}
+
+// kind is one object kind ztdns reads.
+type kind struct {
+	id         string
+	group      string
+	versions   []string
+	namespaced bool
+	// decode decodes raw into the API type of version and appends its model
+	// form to m.
+	decode func(raw []byte, version string, m *manifests) decodeResult
+}
+
+type decodeResult struct {
+	decodeErr     error   // raw does not fit the API type
+	convertErr    error   // the converter rejected a value
+	unknownFields []error // fields the API type does not have
+}
+
+func (k kind) apiVersions() string {
+	var out []string
+	for _, v := range k.versions {
+		if k.group != "" {
+			v = k.group + "/" + v
+		}
+		out = append(out, v)
+	}
+	return strings.Join(out, ", ")
+}
+
+func kindNamed(name string) (kind, bool) {
+	switch name {
+	case "Namespace":
+		return kind{id: "namespace", versions: []string{"v1"}, decode: decodeNamespace}, true
+	case "Service":
+		return kind{id: "service", versions: []string{"v1"}, namespaced: true, decode: decodeService}, true
+	case "Pod":
+		return kind{id: "pod", versions: []string{"v1"}, namespaced: true, decode: decodePod}, true
+	case "EndpointSlice":
+		return kind{id: "endpointslice", group: "discovery.k8s.io", versions: []string{"v1"}, namespaced: true, decode: decodeEndpointSlice}, true
+	case "ServiceEntry":
+		return kind{id: "serviceentry", group: "networking.istio.io", versions: []string{"v1", "v1beta1", "v1alpha3"}, namespaced: true, decode: decodeServiceEntry}, true
+	}
+	return kind{}, false
+}
+
+func splitAPIVersion(apiVersion string) (group, version string) {
+	if g, v, ok := strings.Cut(apiVersion, "/"); ok {
+		return g, v
+	}
+	return "", apiVersion
+}
+
+// decodeAs decodes raw into a new T the way the API server would (field names
+// case-sensitive), converts it and appends the result to *into. The API object
+// is dropped here: only the model form stays in memory.
+func decodeAs[T, M any](raw []byte, convert func(*T) (M, error), into *[]M) decodeResult {
+	obj := new(T)
+	unknown, err := sigsjson.UnmarshalStrict(raw, obj, sigsjson.DisallowUnknownFields)
+	if err != nil {
+		return decodeResult{decodeErr: err}
+	}
+	out, err := convert(obj)
+	if err != nil {
+		return decodeResult{convertErr: err}
+	}
+	*into = append(*into, out)
+	return decodeResult{unknownFields: unknown}
+}
+
+func decodeNamespace(raw []byte, _ string, m *manifests) decodeResult {
+	return decodeAs(raw, func(n *corev1.Namespace) (model.Namespace, error) { return model.FromNamespace(n), nil }, &m.namespaces)
+}
+
+func decodeService(raw []byte, _ string, m *manifests) decodeResult {
+	return decodeAs(raw, model.FromService, &m.services)
+}
+
+func decodePod(raw []byte, _ string, m *manifests) decodeResult {
+	return decodeAs(raw, model.FromPod, &m.pods)
+}
+
+func decodeEndpointSlice(raw []byte, _ string, m *manifests) decodeResult {
+	return decodeAs(raw, model.FromEndpointSlice, &m.endpointSlices)
+}
+
+func decodeServiceEntry(raw []byte, version string, m *manifests) decodeResult {
+	var res decodeResult
+	switch version {
+	case "v1":
+		res = decodeAs(raw, func(se *networkingv1.ServiceEntry) (model.ServiceEntry, error) {
+			return model.FromServiceEntry(&se.ObjectMeta, &se.Spec, &se.Status)
+		}, &m.serviceEntries)
+	case "v1beta1":
+		res = decodeAs(raw, func(se *networkingv1beta1.ServiceEntry) (model.ServiceEntry, error) {
+			return model.FromServiceEntry(&se.ObjectMeta, &se.Spec, &se.Status)
+		}, &m.serviceEntries)
+	case "v1alpha3":
+		res = decodeAs(raw, func(se *networkingv1alpha3.ServiceEntry) (model.ServiceEntry, error) {
+			return model.FromServiceEntry(&se.ObjectMeta, &se.Spec, &se.Status)
+		}, &m.serviceEntries)
+	default:
+		return decodeResult{decodeErr: fmt.Errorf("no decoder for version %q", version)}
+	}
+	if res.decodeErr == nil && res.convertErr == nil {
+		if err := unknownSpecFields(raw); err != nil {
+			res.unknownFields = append(res.unknownFields, err)
+		}
+	}
+	return res
+}
+
+// unknownSpecFields reports spec fields of a ServiceEntry that the Istio
+// types do not have. Istio's generated UnmarshalJSON skips them silently, and
+// a misspelt "addresses" turns a fixed address into an auto-allocated VIP;
+// protojson with its default options rejects them, so it is asked only to
+// find them.
+func unknownSpecFields(raw []byte) error {
+	var probe struct {
+		Spec json.RawMessage `json:"spec"`
+	}
+	if json.Unmarshal(raw, &probe) != nil || len(probe.Spec) == 0 {
+		return nil
+	}
+	err := protojson.Unmarshal(probe.Spec, &networkingv1alpha3api.ServiceEntry{})
+	if err == nil {
+		return nil
+	}
+	msg := err.Error()
+	if _, field, ok := strings.Cut(msg, "unknown field "); ok {
+		return fmt.Errorf("unknown field \"spec.%s", strings.TrimPrefix(field, "\""))
+	}
+	return fmt.Errorf("spec: %s", msg)
+}
+
+func duplicatesWithin(path string, objs []placedObject) []error {
+	first := make(map[objectID]int, len(objs))
+	var errs []error
+	for _, o := range objs {
+		if line, ok := first[o.id]; ok {
+			errs = append(errs, &FileError{Path: path, Line: o.line, Err: fmt.Errorf("%s is defined twice (first at line %d)", o.id, line)})
+			continue
+		}
+		first[o.id] = o.line
+	}
+	return errs
+}
+
+func jsonKind(raw []byte) string {
+	switch raw[0] {
+	case '[':
+		return "a list"
+	case '"':
+		return "a string"
+	case 't', 'f':
+		return "a boolean"
+	case 'n':
+		return "null"
+	default:
+		return "a number"
+	}
+}
+
+// splitJoined undoes errors.Join, so that each problem gets its own line.
+func splitJoined(err error) []error {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		return j.Unwrap()
+	}
+	return []error{err}
+}

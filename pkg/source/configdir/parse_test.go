@@ -1,0 +1,420 @@
+package configdir
+
+import (
+	"fmt"
+	"net/netip"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ztdns/ztdns/pkg/model"
+)
+
+func addrs(s ...string) []netip.Addr {
+	var out []netip.Addr
+	for _, a := range s {
+		out = append(out, netip.MustParseAddr(a))
+	}
+	return out
+}
+
+func TestKindsAndVersions(t *testing.T) {
+	created := time.Date(2026, 3, 4, 5, 6, 7, 0, time.UTC)
+	serviceEntry := func(apiVersion string) string {
+		return `apiVersion: ` + apiVersion + `
+kind: ServiceEntry
+metadata:
+  name: ext
+  namespace: shop
+  creationTimestamp: "2026-03-04T05:06:07Z"
+  labels:
+    networking.istio.io/enable-autoallocate-ip: "false"
+spec:
+  hosts: [API.Example.com., "*.wild.example"]
+  addresses: [198.51.100.7, "2001:db8::7", 203.0.113.0/24]
+  exportTo: [".", other]
+  resolution: STATIC
+  ports:
+  - {name: https, number: 443, protocol: https}
+status:
+  addresses:
+  - {host: api.example.com, value: 240.240.0.9}
+`
+	}
+	wantServiceEntry := model.ServiceEntry{
+		Namespace: "shop", Name: "ext", Created: created,
+		Hosts:           []string{"api.example.com", "*.wild.example"},
+		Addresses:       addrs("198.51.100.7", "2001:db8::7"),
+		CIDRs:           []netip.Prefix{netip.MustParsePrefix("203.0.113.0/24")},
+		StatusAddresses: []model.HostAddress{{Host: "api.example.com", Address: netip.MustParseAddr("240.240.0.9")}},
+		Resolution:      model.ResolutionStatic,
+		ExportTo:        []string{".", "other"},
+		AutoAllocate:    false,
+		Ports:           []model.Port{{Name: "https", Protocol: "HTTPS", Port: 443}},
+	}
+	tests := []struct {
+		name string
+		yaml string
+		want model.Snapshot
+	}{
+		{
+			name: "v1 Namespace keeps only the dataplane label",
+			yaml: `apiVersion: v1
+kind: Namespace
+metadata:
+  name: shop
+  labels: {istio.io/dataplane-mode: ambient, team: a}
+`,
+			want: model.Snapshot{Namespaces: []model.Namespace{{Name: "shop", Labels: map[string]string{"istio.io/dataplane-mode": "ambient"}}}},
+		},
+		{
+			name: "v1 Service dual-stack with named ports",
+			yaml: `apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  clusterIP: 10.96.0.10
+  clusterIPs: [10.96.0.10, "2001:db8::10"]
+  ipFamilies: [IPv4, IPv6]
+  ports:
+  - {name: http, port: 80}
+  - {name: dns, port: 53, protocol: UDP}
+`,
+			want: model.Snapshot{Services: []model.Service{{
+				Namespace: "shop", Name: "web", ClusterIPs: addrs("10.96.0.10", "2001:db8::10"),
+				Ports: []model.Port{{Name: "http", Protocol: "TCP", Port: 80}, {Name: "dns", Protocol: "UDP", Port: 53}},
+			}}},
+		},
+		{
+			name: "v1 headless Service without namespace lands in default",
+			yaml: `apiVersion: v1
+kind: Service
+metadata: {name: db}
+spec: {clusterIP: None, publishNotReadyAddresses: true}
+`,
+			want: model.Snapshot{Services: []model.Service{{Namespace: "default", Name: "db", Headless: true, PublishNotReady: true}}},
+		},
+		{
+			name: "v1 ExternalName Service",
+			yaml: `apiVersion: v1
+kind: Service
+metadata: {name: docs, namespace: shop}
+spec: {type: ExternalName, externalName: Docs.Example.COM.}
+`,
+			want: model.Snapshot{Services: []model.Service{{Namespace: "shop", Name: "docs", ExternalName: "docs.example.com"}}},
+		},
+		{
+			name: "discovery.k8s.io/v1 EndpointSlice",
+			yaml: `apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: db-abc
+  namespace: shop
+  labels: {kubernetes.io/service-name: db}
+addressType: IPv4
+endpoints:
+- addresses: [10.244.0.5]
+  hostname: DB-0
+- addresses: [10.244.0.6]
+  conditions: {ready: false}
+ports:
+- {name: pg, port: 5432}
+`,
+			want: model.Snapshot{EndpointSlices: []model.EndpointSlice{{
+				Namespace: "shop", Name: "db-abc", ServiceName: "db",
+				Endpoints: []model.Endpoint{
+					{Addresses: addrs("10.244.0.5"), Hostname: "db-0", Ready: true},
+					{Addresses: addrs("10.244.0.6"), Ready: false},
+				},
+				Ports: []model.Port{{Name: "pg", Protocol: "TCP", Port: 5432}},
+			}}},
+		},
+		{
+			name: "v1 Pod",
+			yaml: `apiVersion: v1
+kind: Pod
+metadata:
+  name: curl
+  namespace: shop
+  uid: 0d5c6c1e-1111-2222-3333-444455556666
+  labels: {istio.io/dataplane-mode: ambient, app: curl}
+  annotations: {ambient.istio.io/dns-capture: "false", other: x}
+spec:
+  nodeName: node-1
+  dnsPolicy: None
+  dnsConfig:
+    nameservers: [203.0.113.53]
+    searches: [corp.example]
+  containers:
+  - {name: curl, image: curl}
+  - {name: istio-proxy, image: proxy}
+status:
+  podIP: 127.0.0.2
+  podIPs: [{ip: 127.0.0.2}, {ip: "2001:db8::2"}]
+`,
+			want: model.Snapshot{Pods: []model.Pod{{
+				Namespace: "shop", Name: "curl", UID: "0d5c6c1e-1111-2222-3333-444455556666", NodeName: "node-1",
+				IPs:            addrs("127.0.0.2", "2001:db8::2"),
+				Labels:         map[string]string{"istio.io/dataplane-mode": "ambient"},
+				Annotations:    map[string]string{"ambient.istio.io/dns-capture": "false"},
+				HasSidecar:     true,
+				DNSPolicy:      "None",
+				DNSSearches:    []string{"corp.example"},
+				DNSNameservers: addrs("203.0.113.53"),
+			}}},
+		},
+		{
+			name: "networking.istio.io/v1 ServiceEntry",
+			yaml: serviceEntry("networking.istio.io/v1"),
+			want: model.Snapshot{ServiceEntries: []model.ServiceEntry{wantServiceEntry}},
+		},
+		{
+			name: "networking.istio.io/v1beta1 ServiceEntry",
+			yaml: serviceEntry("networking.istio.io/v1beta1"),
+			want: model.Snapshot{ServiceEntries: []model.ServiceEntry{wantServiceEntry}},
+		},
+		{
+			name: "networking.istio.io/v1alpha3 ServiceEntry",
+			yaml: serviceEntry("networking.istio.io/v1alpha3"),
+			want: model.Snapshot{ServiceEntries: []model.ServiceEntry{wantServiceEntry}},
+		},
+		{
+			name: "ServiceEntry with resolution DNS and no addresses",
+			yaml: `apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: external-auto}
+spec:
+  hosts: [auto.internal]
+  resolution: DNS
+`,
+			want: model.Snapshot{ServiceEntries: []model.ServiceEntry{{
+				Namespace: "default", Name: "external-auto", Hosts: []string{"auto.internal"},
+				Resolution: model.ResolutionDNS, AutoAllocate: true,
+			}}},
+		},
+		{
+			name: "other kinds and other API groups are ignored",
+			yaml: `apiVersion: apps/v1
+kind: Deployment
+metadata: {name: curl}
+---
+apiVersion: serving.knative.dev/v1
+kind: Service
+metadata: {name: hello}
+`,
+			want: model.Snapshot{},
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, got, errs := loadFiles(t, map[string]string{"m.yaml": tc.yaml})
+			if len(errs) > 0 {
+				t.Fatalf("errors: %v", errs)
+			}
+			// metav1.Time decodes into the local zone; compare instants.
+			for i, se := range got.ServiceEntries {
+				if i < len(tc.want.ServiceEntries) && se.Created.Equal(tc.want.ServiceEntries[i].Created) {
+					got.ServiceEntries[i].Created = tc.want.ServiceEntries[i].Created
+				}
+			}
+			if !reflect.DeepEqual(*got, tc.want) {
+				t.Errorf("snapshot\n got %+v\nwant %+v", *got, tc.want)
+			}
+		})
+	}
+}
+
+func TestMultiDocumentAndList(t *testing.T) {
+	tests := []struct {
+		name string
+		yaml string
+		want []string
+	}{
+		{
+			name: "documents, empty documents and comments",
+			yaml: `---
+# leading marker and a comment
+apiVersion: v1
+kind: Namespace
+metadata: {name: a}
+---
+---
+# only a comment
+--- # a marker with a comment
+apiVersion: v1
+kind: Service
+metadata: {name: s, namespace: a}
+spec: {clusterIP: 10.96.0.1}
+...
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: p, namespace: a}
+`,
+			want: []string{"namespace a", "service a/s", "pod a/p"},
+		},
+		{
+			name: "CRLF line ends",
+			yaml: "apiVersion: v1\r\nkind: Namespace\r\nmetadata: {name: a}\r\n---\r\napiVersion: v1\r\nkind: Namespace\r\nmetadata: {name: b}\r\n",
+			want: []string{"namespace a", "namespace b"},
+		},
+		{
+			name: "a block scalar holding a dashed line is not split",
+			yaml: `apiVersion: v1
+kind: Pod
+metadata:
+  name: p
+  annotations:
+    note: |
+      ---- not a marker
+      --- neither, it is indented
+`,
+			want: []string{"pod default/p"},
+		},
+		{
+			name: "List with items of several kinds",
+			yaml: `apiVersion: v1
+kind: List
+items:
+- apiVersion: v1
+  kind: Service
+  metadata: {name: s, namespace: a}
+  spec: {clusterIP: 10.96.0.1}
+- apiVersion: apps/v1
+  kind: Deployment
+  metadata: {name: d}
+- apiVersion: networking.istio.io/v1beta1
+  kind: ServiceEntry
+  metadata: {name: se, namespace: a}
+  spec: {hosts: [x.example], addresses: [198.51.100.1]}
+- apiVersion: v1
+  kind: List
+  items:
+  - apiVersion: v1
+    kind: Namespace
+    metadata: {name: nested}
+`,
+			want: []string{"namespace nested", "service a/s", "serviceentry a/se"},
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, got, errs := loadFiles(t, map[string]string{"m.yaml": tc.yaml})
+			if len(errs) > 0 {
+				t.Fatalf("errors: %v", errs)
+			}
+			if g := names(got); !reflect.DeepEqual(g, tc.want) {
+				t.Errorf("objects %q, want %q", g, tc.want)
+			}
+		})
+	}
+}
+
+func TestWhichFilesAreRead(t *testing.T) {
+	ns := func(name string) string {
+		return "apiVersion: v1\nkind: Namespace\nmetadata: {name: " + name + "}\n"
+	}
+	dir := t.TempDir()
+	writeFiles(t, dir, map[string]string{
+		"a.yaml":          ns("from-yaml"),
+		"b.yml":           ns("from-yml"),
+		".hidden.yaml":    ns("hidden"),
+		".a.yaml.swp":     ns("vim-swap"),
+		"a.yaml~":         ns("backup"),
+		"#a.yaml#":        ns("emacs-autosave"),
+		"notes.txt":       ns("text"),
+		"a.json":          `{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "json"}}`,
+		"4913":            ns("vim-probe"),
+		"a.yaml.kate-swp": ns("kate"),
+	})
+	writeFiles(t, dir+"/nested", map[string]string{"c.yaml": ns("nested")})
+	log, _ := testLogger(t)
+	got, errs := load(t, dir, WithLogger(log))
+	if len(errs) > 0 {
+		t.Fatalf("errors: %v", errs)
+	}
+	want := []string{"namespace from-yaml", "namespace from-yml"}
+	if g := names(got); !reflect.DeepEqual(g, want) {
+		t.Errorf("objects %q, want %q", g, want)
+	}
+}
+
+func TestIgnoredKindsAreLoggedOnce(t *testing.T) {
+	dir := t.TempDir()
+	writeFiles(t, dir, map[string]string{"m.yaml": `apiVersion: apps/v1
+kind: Deployment
+metadata: {name: curl}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: settings}
+`})
+	log, logs := testLogger(t)
+	load(t, dir, WithLogger(log))
+	out := logs.String()
+	for _, want := range []string{"kind=Deployment name=curl", "kind=ConfigMap name=settings"} {
+		if n := strings.Count(out, want); n != 1 {
+			t.Errorf("log mentions %q %d times, want once:\n%s", want, n, out)
+		}
+	}
+}
+
+func TestUnknownFieldsAreWarnings(t *testing.T) {
+	dir := t.TempDir()
+	writeFiles(t, dir, map[string]string{"m.yaml": `apiVersion: v1
+kind: Namespace
+metadata: {name: a}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: typo}
+spec:
+  hosts: [typo.example]
+  adresses: [198.51.100.1]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: typo}
+spec: {clusterIp: 10.96.0.1}
+`})
+	log, logs := testLogger(t)
+	got, errs := load(t, dir, WithLogger(log))
+	if len(errs) > 0 {
+		t.Fatalf("unknown fields must not be errors: %v", errs)
+	}
+	if want := []string{"namespace a", "service default/typo", "serviceentry default/typo"}; !reflect.DeepEqual(names(got), want) {
+		t.Errorf("objects %q, want %q", names(got), want)
+	}
+	out := logs.String()
+	for _, want := range []string{
+		`at=` + dir + `/m.yaml:5 object="serviceentry default/typo" fields="unknown field \"spec.adresses\""`,
+		`at=` + dir + `/m.yaml:12 object="service default/typo" fields="unknown field \"spec.clusterIp\""`,
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("log lacks %s:\n%s", want, out)
+		}
+	}
+}
+
+func TestSplitDocumentsKeepsLines(t *testing.T) {
+	data := "a: 1\n---\nb: 2\n\n--- # c\nc: 3\n---"
+	got := splitDocuments([]byte(data))
+	want := []document{
+		{data: []byte("a: 1\n"), line: 1},
+		{data: []byte("---\nb: 2\n\n"), line: 2},
+		{data: []byte("--- # c\nc: 3\n"), line: 5},
+		{data: []byte("---"), line: 7},
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("splitDocuments(%q)\n got %s\nwant %s", data, fmtDocs(got), fmtDocs(want))
+	}
+}
+
+func fmtDocs(docs []document) string {
+	var b strings.Builder
+	for _, d := range docs {
+		fmt.Fprintf(&b, "{line %d: %q} ", d.line, d.data)
+	}
+	return b.String()
+}

@@ -1,0 +1,190 @@
+package configdir
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+)
+
+// watcher tells the scan loop that the directory may have changed. It does
+// not say what changed: the loop scans the whole directory, which is the only
+// way to follow ConfigMap volumes, where the files themselves never change
+// and a symlink next to them does.
+type watcher interface {
+	// changes receives a value after changes. Bursts coalesce into one value.
+	changes() <-chan struct{}
+	// rearm makes sure the directory now at the path is the one watched, after
+	// it was replaced (renamed away, a new one moved in).
+	rearm()
+	close()
+}
+
+// signal records a change without ever blocking the sender.
+func signal(ch chan<- struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
+}
+
+// notifyWatcher watches the directory with inotify.
+type notifyWatcher struct {
+	dir     string
+	log     *slog.Logger
+	fw      *fsnotify.Watcher
+	watched fileID // the directory the watch is on
+	ch      chan struct{}
+	done    chan struct{}
+}
+
+func startNotify(dir string, log *slog.Logger) (watcher, error) {
+	fw, err := fsnotify.NewWatcher()
+	if err != nil {
+		return nil, err
+	}
+	w := &notifyWatcher{dir: dir, log: log, fw: fw, ch: make(chan struct{}, 1), done: make(chan struct{})}
+	if err := w.add(); err != nil {
+		fw.Close()
+		return nil, err
+	}
+	go w.run()
+	return w, nil
+}
+
+func (w *notifyWatcher) add() error {
+	id, err := identify(w.dir)
+	if err != nil {
+		return err
+	}
+	if err := w.fw.Add(w.dir); err != nil {
+		return fmt.Errorf("watching %s: %w", w.dir, err)
+	}
+	w.watched = id
+	return nil
+}
+
+func (w *notifyWatcher) run() {
+	defer close(w.done)
+	for {
+		select {
+		case ev, ok := <-w.fw.Events:
+			if !ok {
+				return
+			}
+			if ev.Op == fsnotify.Chmod {
+				continue // permission or timestamp change: content is the same
+			}
+			signal(w.ch)
+		case err, ok := <-w.fw.Errors:
+			if !ok {
+				return
+			}
+			// An overflowed queue lost events; scanning again catches up.
+			if !errors.Is(err, fsnotify.ErrEventOverflow) {
+				w.log.Warn("watching the config dir", "error", err)
+			}
+			signal(w.ch)
+		}
+	}
+}
+
+func (w *notifyWatcher) changes() <-chan struct{} { return w.ch }
+
+func (w *notifyWatcher) rearm() {
+	id, err := identify(w.dir)
+	if err != nil || id == w.watched {
+		return
+	}
+	_ = w.fw.Remove(w.dir) // gone already when inotify saw the old one move
+	if err := w.add(); err != nil {
+		w.log.Warn("the config dir was replaced and cannot be watched again", "error", err)
+		return
+	}
+	w.log.Info("the config dir was replaced; watching the new one")
+	signal(w.ch) // changes between the last scan and the new watch
+}
+
+func (w *notifyWatcher) close() {
+	w.fw.Close()
+	<-w.done
+}
+
+// pollWatcher checks the directory's files' sizes, times and inodes at an
+// interval.
+type pollWatcher struct {
+	dir  string
+	ch   chan struct{}
+	stop chan struct{}
+	done chan struct{}
+}
+
+func startPolling(dir string, interval time.Duration) *pollWatcher {
+	w := &pollWatcher{dir: dir, ch: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
+	last := fingerprint(dir)
+	go func() {
+		defer close(w.done)
+		t := time.NewTicker(interval)
+		defer t.Stop()
+		for {
+			select {
+			case <-w.stop:
+				return
+			case <-t.C:
+				if fp := fingerprint(dir); fp != last {
+					last = fp
+					signal(w.ch)
+				}
+			}
+		}
+	}()
+	return w
+}
+
+func (w *pollWatcher) changes() <-chan struct{} { return w.ch }
+func (w *pollWatcher) rearm()                   {} // polling goes by path
+func (w *pollWatcher) close()                   { close(w.stop); <-w.done }
+
+// fingerprint summarises what a scan of dir would read, following symlinks;
+// it changes when a file is added, removed, rewritten or replaced.
+func fingerprint(dir string) string {
+	names, err := listManifests(dir)
+	if err != nil {
+		return "error: " + err.Error()
+	}
+	var b strings.Builder
+	for _, name := range names {
+		fi, err := os.Stat(filepath.Join(dir, name))
+		if err != nil {
+			fmt.Fprintf(&b, "%s error %v\n", name, err)
+			continue
+		}
+		id := idOf(fi)
+		fmt.Fprintf(&b, "%s %d %d %d %d\n", name, fi.Size(), fi.ModTime().UnixNano(), id.dev, id.ino)
+	}
+	return b.String()
+}
+
+// fileID tells apart two files, or two directories, at the same path.
+type fileID struct{ dev, ino uint64 }
+
+func identify(path string) (fileID, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return fileID{}, err
+	}
+	return idOf(fi), nil
+}
+
+func idOf(fi os.FileInfo) fileID {
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		return fileID{dev: uint64(st.Dev), ino: st.Ino}
+	}
+	return fileID{}
+}

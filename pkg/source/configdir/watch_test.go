@@ -1,0 +1,323 @@
+package configdir
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ztdns/ztdns/pkg/model"
+)
+
+func namespaceYAML(names ...string) string {
+	var docs []string
+	for _, n := range names {
+		docs = append(docs, "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: "+n+"\n")
+	}
+	return strings.Join(docs, "---\n")
+}
+
+func writeFile(tb testing.TB, path, content string) {
+	tb.Helper()
+	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+		tb.Fatal(err)
+	}
+}
+
+// replaceFile writes content the way editors and `kubectl cp`-style tools
+// do: into a temporary file next to path, then renamed over it.
+func replaceFile(tb testing.TB, path, content string) {
+	tb.Helper()
+	tmp := filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".tmp")
+	writeFile(tb, tmp, content)
+	if err := os.Rename(tmp, path); err != nil {
+		tb.Fatal(err)
+	}
+}
+
+// watchModes runs a test with inotify and with polling.
+func watchModes(t *testing.T, test func(t *testing.T, opts ...Option)) {
+	t.Run("inotify", func(t *testing.T) { test(t) })
+	t.Run("polling", func(t *testing.T) { test(t, WithPolling(20*time.Millisecond)) })
+}
+
+func TestWatchFileChanges(t *testing.T) {
+	watchModes(t, func(t *testing.T, opts ...Option) {
+		dir := t.TempDir()
+		writeFiles(t, dir, map[string]string{"a.yaml": namespaceYAML("a")})
+		r := startSource(t, dir, opts...)
+		if got := names(r.latest()); strings.Join(got, ",") != "namespace a" {
+			t.Fatalf("first snapshot %q", got)
+		}
+		steps := []struct {
+			name   string
+			change func(t *testing.T)
+			want   []string
+		}{
+			{"create", func(t *testing.T) { writeFile(t, filepath.Join(dir, "b.yaml"), namespaceYAML("b")) },
+				[]string{"namespace a", "namespace b"}},
+			{"modify in place", func(t *testing.T) { writeFile(t, filepath.Join(dir, "b.yaml"), namespaceYAML("b", "b2")) },
+				[]string{"namespace a", "namespace b", "namespace b2"}},
+			{"rename over", func(t *testing.T) { replaceFile(t, filepath.Join(dir, "a.yaml"), namespaceYAML("a3")) },
+				[]string{"namespace a3", "namespace b", "namespace b2"}},
+			{"rename a file in from elsewhere", func(t *testing.T) {
+				outside := filepath.Join(t.TempDir(), "c.yaml")
+				writeFile(t, outside, namespaceYAML("c"))
+				if err := os.Rename(outside, filepath.Join(dir, "c.yaml")); err != nil {
+					t.Fatal(err)
+				}
+			}, []string{"namespace a3", "namespace b", "namespace b2", "namespace c"}},
+			{"delete", func(t *testing.T) {
+				if err := os.Remove(filepath.Join(dir, "b.yaml")); err != nil {
+					t.Fatal(err)
+				}
+			}, []string{"namespace a3", "namespace c"}},
+			{"rename to a name that is not read", func(t *testing.T) {
+				if err := os.Rename(filepath.Join(dir, "c.yaml"), filepath.Join(dir, "c.yaml.disabled")); err != nil {
+					t.Fatal(err)
+				}
+			}, []string{"namespace a3"}},
+		}
+		for _, step := range steps {
+			before := r.deliveries()
+			step.change(t)
+			r.waitFor(t, step.name+": "+strings.Join(step.want, ","), hasNames(step.want...))
+			if n := r.deliveries() - before; n != 1 {
+				t.Errorf("%s: %d deliveries, want 1", step.name, n)
+			}
+		}
+		r.waitForErrors(t)
+	})
+}
+
+// TestWatchConfigMapVolume follows the layout kubelet gives a ConfigMap
+// volume: the files are symlinks through ..data, which points at a
+// timestamped directory; an update writes a new directory and renames a new
+// ..data symlink over the old one.
+func TestWatchConfigMapVolume(t *testing.T) {
+	watchModes(t, func(t *testing.T, opts ...Option) {
+		dir := t.TempDir()
+		publish := func(version string, files map[string]string) {
+			t.Helper()
+			data := "..2026_01_01_00_00_00." + version
+			writeFiles(t, filepath.Join(dir, data), files)
+			if err := os.Symlink(data, filepath.Join(dir, "..data_tmp")); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Rename(filepath.Join(dir, "..data_tmp"), filepath.Join(dir, "..data")); err != nil {
+				t.Fatal(err)
+			}
+			for name := range files {
+				link := filepath.Join(dir, name)
+				if _, err := os.Lstat(link); err == nil {
+					continue
+				}
+				if err := os.Symlink(filepath.Join("..data", name), link); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		publish("1", map[string]string{"ns.yaml": namespaceYAML("v1")})
+		r := startSource(t, dir, opts...)
+		if got := names(r.latest()); strings.Join(got, ",") != "namespace v1" {
+			t.Fatalf("first snapshot %q", got)
+		}
+
+		publish("2", map[string]string{"ns.yaml": namespaceYAML("v2")})
+		if err := os.RemoveAll(filepath.Join(dir, "..2026_01_01_00_00_00.1")); err != nil {
+			t.Fatal(err)
+		}
+		r.waitFor(t, "the second version", hasNames("namespace v2"))
+
+		// A broken update keeps what the last good one served.
+		publish("3", map[string]string{"ns.yaml": "apiVersion: v1\nkind: Namespace\nmetadata: {name: [\n"})
+		r.waitForErrors(t, filepath.Join(dir, "ns.yaml")+":3: invalid YAML: did not find expected node content")
+		if got := names(r.latest()); strings.Join(got, ",") != "namespace v2" {
+			t.Errorf("after a broken update: %q, want the v2 objects", got)
+		}
+		publish("4", map[string]string{"ns.yaml": namespaceYAML("v4")})
+		r.waitFor(t, "the fourth version", hasNames("namespace v4"))
+		r.waitForErrors(t)
+	})
+}
+
+func TestBrokenEditKeepsPreviousObjects(t *testing.T) {
+	dir := t.TempDir()
+	a, b := filepath.Join(dir, "a.yaml"), filepath.Join(dir, "b.yaml")
+	writeFiles(t, dir, map[string]string{
+		"a.yaml": namespaceYAML("a1", "a2"),
+		"b.yaml": namespaceYAML("b"),
+	})
+	r := startSource(t, dir)
+
+	// An invalid address in a.yaml: a keeps both objects it served.
+	writeFile(t, a, namespaceYAML("a1", "a2")+`---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: x}
+spec:
+  hosts: [x.example]
+  addresses:
+  - 1.2.3
+`)
+	r.waitForErrors(t, a+`:17: serviceentry default/x: address "1.2.3" is not an IP address or CIDR`)
+	// Other files' changes still apply meanwhile.
+	writeFile(t, b, namespaceYAML("b", "b2"))
+	r.waitFor(t, "b's change", hasNames("namespace a1", "namespace a2", "namespace b", "namespace b2"))
+	if got := r.src.Errors(); len(got) != 1 {
+		t.Errorf("errors %v, want a.yaml's one", got)
+	}
+
+	// Fixed: the new content replaces the old.
+	writeFile(t, a, namespaceYAML("a1"))
+	r.waitFor(t, "the fix", hasNames("namespace a1", "namespace b", "namespace b2"))
+	r.waitForErrors(t)
+}
+
+func TestDuplicateResolvesWhenTheOwnerLetsGo(t *testing.T) {
+	dir := t.TempDir()
+	a, b := filepath.Join(dir, "a.yaml"), filepath.Join(dir, "b.yaml")
+	writeFiles(t, dir, map[string]string{"a.yaml": namespaceYAML("shared", "a")})
+	r := startSource(t, dir)
+
+	// b.yaml claims an object a.yaml serves: b is broken from the start.
+	writeFile(t, b, namespaceYAML("b", "shared"))
+	r.waitForErrors(t, b+":6: namespace shared is already defined at "+a+":1")
+	if got := names(r.latest()); strings.Join(got, ",") != "namespace shared,namespace a" {
+		t.Errorf("objects %q, want only a.yaml's", got)
+	}
+	// a.yaml lets go of it: b.yaml, unchanged, now applies.
+	writeFile(t, a, namespaceYAML("a"))
+	r.waitFor(t, "b.yaml applied", hasNames("namespace a", "namespace b", "namespace shared"))
+	r.waitForErrors(t)
+}
+
+func TestDirectoryReplaced(t *testing.T) {
+	parent := t.TempDir()
+	dir, next := filepath.Join(parent, "manifests"), filepath.Join(parent, "next")
+	writeFiles(t, dir, map[string]string{"a.yaml": namespaceYAML("old")})
+	writeFiles(t, next, map[string]string{"a.yaml": namespaceYAML("new")})
+	r := startSource(t, dir)
+
+	// Swap the directories atomically, as a deploy script would.
+	if err := unix.Renameat2(unix.AT_FDCWD, next, unix.AT_FDCWD, dir, unix.RENAME_EXCHANGE); err != nil {
+		t.Fatalf("renameat2(RENAME_EXCHANGE): %v", err)
+	}
+	r.waitFor(t, "the new directory's objects", hasNames("namespace new"))
+	// The watch must follow the new directory, not the old one.
+	writeFile(t, filepath.Join(dir, "b.yaml"), namespaceYAML("later"))
+	r.waitFor(t, "a change in the new directory", hasNames("namespace new", "namespace later"))
+}
+
+func TestDirectoryRemovedEndsRun(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "manifests")
+	writeFiles(t, dir, map[string]string{"a.yaml": namespaceYAML("a")})
+	log, _ := testLogger(t)
+	done := make(chan error, 1)
+	first := make(chan struct{})
+	go func() {
+		done <- New(dir, WithLogger(log)).Run(t.Context(), func(*model.Snapshot) { close(first) })
+	}()
+	<-first
+	if err := os.RemoveAll(dir); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "no such file or directory") {
+			t.Errorf("Run = %v, want an error about the missing directory", err)
+		}
+	case <-time.After(waitTimeout):
+		t.Fatal("Run still running after its directory was removed")
+	}
+}
+
+func TestFirstSnapshotDespiteBrokenFiles(t *testing.T) {
+	dir := t.TempDir()
+	writeFiles(t, dir, map[string]string{
+		"good.yaml":   namespaceYAML("good"),
+		"broken.yaml": "kind: [",
+	})
+	r := startSource(t, dir)
+	if got := names(r.latest()); strings.Join(got, ",") != "namespace good" {
+		t.Errorf("first snapshot %q, want the good file's objects", got)
+	}
+	if errs := r.src.Errors(); len(errs) != 1 || !strings.HasPrefix(errs[0].Error(), filepath.Join(dir, "broken.yaml")+":1: invalid YAML") {
+		t.Errorf("errors %v, want broken.yaml's", errs)
+	}
+}
+
+// TestScanReportsOnlyRealChanges checks the scan result directly: a rewrite
+// that changes nothing served (a comment, the order of keys) must not cause
+// a delivery.
+func TestScanReportsOnlyRealChanges(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "a.yaml")
+	writeFile(t, path, namespaceYAML("a"))
+	log, _ := testLogger(t)
+	st := newState(dir, parser{log: log})
+	steps := []struct {
+		name    string
+		content string
+		changed bool
+	}{
+		{"first scan", namespaceYAML("a"), true},
+		{"nothing written", namespaceYAML("a"), false},
+		{"comment added", "# hello\n" + namespaceYAML("a"), false},
+		{"keys reordered", "kind: Namespace\nmetadata: {name: a}\napiVersion: v1\n", false},
+		{"an ignored kind added", namespaceYAML("a") + "---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n", false},
+		{"broken", "kind: [", false},
+		{"fixed as before", namespaceYAML("a"), false},
+		{"real change", namespaceYAML("b"), true},
+		{"emptied", "", true},
+	}
+	for _, step := range steps {
+		writeFile(t, path, step.content)
+		changed, err := st.scan()
+		if err != nil {
+			t.Fatalf("%s: %v", step.name, err)
+		}
+		if changed != step.changed {
+			t.Errorf("%s: changed = %v, want %v", step.name, changed, step.changed)
+		}
+	}
+}
+
+func TestRunStopsWithContext(t *testing.T) {
+	dir := t.TempDir()
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	log, _ := testLogger(t)
+	go func() { done <- New(dir, WithLogger(log)).Run(ctx, func(*model.Snapshot) { cancel() }) }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("Run = %v, want nil after cancel", err)
+		}
+	case <-time.After(waitTimeout):
+		t.Fatal("Run did not return after its context ended")
+	}
+}
+
+func TestFallsBackToPolling(t *testing.T) {
+	dir := t.TempDir()
+	writeFiles(t, dir, map[string]string{"a.yaml": namespaceYAML("a")})
+	log, logs := testLogger(t)
+	s := New(dir, WithLogger(log))
+	s.startNotify = func(string, *slog.Logger) (watcher, error) {
+		return nil, errors.New("inotify_init1: too many open files")
+	}
+	r := &running{src: s}
+	r.start(t)
+	if !strings.Contains(logs.String(), `level=WARN msg="cannot watch the config dir with inotify; polling it instead" source=configdir dir=`+dir+` interval=1s error="inotify_init1: too many open files"`) {
+		t.Errorf("the fallback is not logged:\n%s", logs.String())
+	}
+	writeFile(t, filepath.Join(dir, "a.yaml"), namespaceYAML("a", "b"))
+	r.waitFor(t, "the change, found by polling", hasNames("namespace a", "namespace b"))
+}

@@ -1,0 +1,28 @@
+// Package source defines where the agent learns about Services,
+// ServiceEntries, Namespaces and Pods: a directory of manifests (configdir) or
+// a Kubernetes API server (kube). Both hand the agent complete snapshots, so
+// the name table is always built from one consistent view.
+package source
+
+import (
+	"context"
+
+	"github.com/ztdns/ztdns/pkg/model"
+)
+
+// Source delivers the current state of the world.
+type Source interface {
+	// Run calls deliver with a complete snapshot once the source has its first
+	// consistent view, and again after every change, until ctx is done. Calls
+	// to deliver are sequential. Run returns nil when ctx ends, or an error
+	// that makes the source unusable (bad flags, a directory that vanished).
+	// Errors in individual objects are logged and the last good state kept.
+	Run(ctx context.Context, deliver func(*model.Snapshot)) error
+}
+
+// ErrorReporter is implemented by sources that keep serving past broken
+// input (a manifest with a syntax error, say) and can list what is broken,
+// for `ztdns status` and /readyz.
+type ErrorReporter interface {
+	Errors() []error
+}

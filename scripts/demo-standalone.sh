@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# The standalone demo: Istio's "DNS Proxying" walkthrough against a ztdns agent
+# that serves examples/ from a directory, no Kubernetes, no root, no eBPF.
+# Queries come "from the curl pod" by binding 127.0.0.2, the IP its manifest
+# claims. Unknown names go to a local unbound started here, never to the
+# machine's own nameserver.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=${BIN:-bin/ztdns}
+PORT=${PORT:-5353}
+UPSTREAM_PORT=${UPSTREAM_PORT:-5399}
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; }
+ask() { step "dig -b 127.0.0.2 $*"; dig -p "$PORT" @127.0.0.1 -b 127.0.0.2 +noall +answer +comments "$@" | grep -E 'status:|IN' || true; }
+
+# An upstream that knows one name and answers NXDOMAIN for the rest.
+cat >"$work/unbound.conf" <<CONF
+server:
+  interface: 127.0.0.1@$UPSTREAM_PORT
+  port: $UPSTREAM_PORT
+  username: ""
+  chroot: ""
+  directory: "$work"
+  pidfile: ""
+  use-syslog: no
+  do-daemonize: no
+  local-zone: "." static
+  local-data: "example.com. 60 IN A 203.0.113.10"
+CONF
+unbound -c "$work/unbound.conf" >"$work/unbound.log" 2>&1 &
+pids+=($!)
+
+mkdir "$work/manifests"
+cp examples/*.yaml "$work/manifests/"
+"$BIN" agent --capture=false --config-dir "$work/manifests" --listen "127.0.0.1:$PORT" \
+  --upstream "127.0.0.1:$UPSTREAM_PORT" --socket "$work/ztdns.sock" --log-level warn &
+pids+=($!)
+for _ in $(seq 50); do "$BIN" table --socket "$work/ztdns.sock" >/dev/null 2>&1 && break; sleep 0.1; done
+
+echo "ztdns serves examples/ on 127.0.0.1:$PORT; the curl pod is 127.0.0.2."
+ask address.internal
+ask auto.internal
+ask tcp-echo.external-1.svc.cluster.local
+ask tcp-echo.external-2.svc.cluster.local
+step "ztdns table --namespace default | grep -E 'NAME|tcp-echo|auto'"
+"$BIN" table --socket "$work/ztdns.sock" --namespace default | grep -E 'NAME|tcp-echo|auto' | grep -v arpa
+step "cp examples/optout/external-auto.yaml manifests/   # label enable-autoallocate-ip: \"false\""
+cp examples/optout/external-auto.yaml "$work/manifests/external-auto.yaml"
+sleep 0.5
+ask auto.internal
+ask example.com
+echo
+echo "Done: address.internal from spec.addresses, auto.internal and the two tcp-echo hosts"
+echo "from distinct 240.240.x.y VIPs, and auto.internal forwarded once it opted out."
