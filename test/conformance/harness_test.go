@@ -247,4 +247,3 @@ func (r *running) sendRaw(t *testing.T, pkt []byte, wait time.Duration) []byte {
 	}
 	return buf[:n]
 }
-
