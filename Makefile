@@ -12,7 +12,7 @@ TEST_TIMEOUT ?= 25m
 # Extra flags for `go test`, e.g. TEST_FLAGS='-run Seed -v'.
 TEST_FLAGS ?=
 
-.PHONY: build generate test demo bench clean
+.PHONY: build generate test demo demo-standalone bench clean
 
 build:
 	$(GO) build -trimpath -o $(BIN) ./cmd/ztdns
@@ -26,6 +26,9 @@ test:
 
 demo: build
 	./scripts/demo.sh
+
+demo-standalone: build
+	./scripts/demo-standalone.sh
 
 bench: build
 	./scripts/bench.sh
