@@ -11,10 +11,12 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"runtime"
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -67,10 +69,14 @@ type Agent struct {
 	server *resolver.Server
 	reg    *prometheus.Registry
 
-	ready       atomic.Bool
-	sourceError atomic.Pointer[string]
-	mu          sync.Mutex
-	warnings    []string // from the last table build
+	ready      atomic.Bool
+	firstTable chan struct{} // closed when the first table is served
+	handedOver atomic.Bool
+	mu         sync.Mutex
+	warnings   []string // from the last table build
+	// The resolver's sockets, kept to hand them to a successor.
+	udp []*net.UDPConn
+	tcp []*net.TCPListener
 }
 
 // Run starts the agent and blocks until ctx is done or a part fails.
@@ -104,7 +110,7 @@ func newAgent(cfg Config) (*Agent, error) {
 	if cfg.Registry == nil {
 		cfg.Registry = prometheus.NewRegistry()
 	}
-	a := &Agent{cfg: cfg, log: cfg.Logger, reg: cfg.Registry, pods: podcache.New(cfg.ClusterDomain)}
+	a := &Agent{cfg: cfg, log: cfg.Logger, reg: cfg.Registry, pods: podcache.New(cfg.ClusterDomain), firstTable: make(chan struct{})}
 	fwdOpts := []forward.Option{forward.WithLogger(cfg.Logger)}
 	if cfg.CacheSize != 0 {
 		fwdOpts = append(fwdOpts, forward.WithCacheSize(max(cfg.CacheSize, 0)))
@@ -146,23 +152,11 @@ func (a *Agent) run(ctx context.Context) error {
 		}()
 	}
 
-	if err := a.listen(spawn); err != nil {
-		a.server.Close()
-		return err
-	}
-	ctl, err := control.Listen(a.cfg.Socket)
+	// Take over a running agent's sockets, if there is one, before binding:
+	// a restart then loses no query (see handoff.go).
+	in, err := takeOver(a.cfg.Socket)
 	if err != nil {
-		a.server.Close()
-		return err
-	}
-	spawn("control socket", func() error { return control.Serve(ctx, ctl, a.controlHandler()) })
-	if a.cfg.MetricsAddr != "" {
-		ln, err := net.Listen("tcp", a.cfg.MetricsAddr)
-		if err != nil {
-			a.server.Close()
-			return fmt.Errorf("metrics listener: %w", err)
-		}
-		spawn("metrics", func() error { return control.Serve(ctx, ln, a.httpHandler()) })
+		a.log.Warn("could not take over the running agent's sockets; binding fresh ones", "err", err)
 	}
 	spawn("source", func() error {
 		err := a.cfg.Source.Run(ctx, a.apply)
@@ -171,6 +165,74 @@ func (a *Agent) run(ctx context.Context) error {
 		}
 		return err
 	})
+	if in != nil {
+		// The predecessor keeps serving until this agent has a table: a
+		// fresh agent would forward every name until its first sync.
+		select {
+		case <-a.firstTable:
+		case <-time.After(handoffSyncWait):
+			a.log.Warn("no table yet; taking over anyway", "waited", handoffSyncWait)
+		case <-ctx.Done():
+		}
+	}
+	if err := a.listen(spawn, in); err != nil {
+		if in != nil {
+			in.closeSockets()
+			in.conn.Close()
+		}
+		a.server.Close()
+		return err
+	}
+	if in != nil {
+		if err := in.release(); err != nil {
+			a.log.Warn("the previous agent did not confirm the handoff", "err", err)
+		} else {
+			a.log.Info("took over the resolver's sockets from the previous agent")
+		}
+	}
+	ctl, err := control.Listen(a.cfg.Socket)
+	if err != nil {
+		a.server.Close()
+		return err
+	}
+	ctlCtx, stopControl := context.WithCancel(ctx)
+	spawn("control socket", func() error {
+		err := control.Serve(ctlCtx, ctl, a.controlHandler())
+		if a.handedOver.Load() {
+			return nil // the successor owns the socket path now
+		}
+		return err
+	})
+	hs, err := listenHandoff(a.cfg.Socket)
+	if err != nil {
+		stopControl()
+		ctl.Close()
+		a.server.Close()
+		return err
+	}
+	go func() { <-ctx.Done(); hs.Close() }()
+	spawn("handoff", func() error {
+		err := offerSockets(hs, a.handoffSockets, func() {
+			a.log.Info("handing the resolver's sockets to a new agent; this one stops serving")
+			a.handedOver.Store(true)
+			a.ready.Store(false)
+			ctl.Close()   // before "released": the successor binds the path next
+			stopControl() // and clients still connected move on to it
+			a.server.Drain()
+		})
+		if ctx.Err() != nil || a.handedOver.Load() {
+			return nil
+		}
+		return err
+	})
+	if a.cfg.MetricsAddr != "" {
+		ln, err := net.Listen("tcp", a.cfg.MetricsAddr)
+		if err != nil {
+			a.server.Close()
+			return fmt.Errorf("metrics listener: %w", err)
+		}
+		spawn("metrics", func() error { return control.Serve(ctx, ln, a.httpHandler()) })
+	}
 	a.log.Info("agent started", "listen", a.cfg.Listen, "upstreams", a.cfg.Upstreams, "domain", a.cfg.ClusterDomain,
 		"autopath", a.cfg.Autopath, "socket", a.cfg.Socket, "metrics", a.cfg.MetricsAddr)
 
@@ -187,24 +249,77 @@ func (a *Agent) run(ctx context.Context) error {
 	return err
 }
 
-// listen opens the resolver's sockets: SocketsPerAddr UDP sockets and one TCP
-// listener on every address.
-func (a *Agent) listen(spawn func(string, func() error)) error {
+// listen opens the resolver's sockets, SocketsPerAddr UDP sockets and one
+// TCP listener on every address, reusing those a predecessor handed over.
+func (a *Agent) listen(spawn func(string, func() error), in *inherited) error {
+	if in == nil {
+		in = &inherited{}
+	}
 	for _, addr := range a.cfg.Listen {
-		for range a.cfg.SocketsPerAddr {
+		udp := in.udp[addr]
+		delete(in.udp, addr)
+		for len(udp) < a.cfg.SocketsPerAddr {
 			c, err := resolver.ListenUDP(addr)
 			if err != nil {
 				return fmt.Errorf("listening on udp %s: %w", addr, err)
 			}
+			udp = append(udp, c)
+		}
+		for _, c := range udp {
+			a.udp = append(a.udp, c)
 			spawn("udp "+addr.String(), func() error { return a.server.ServeUDP(c) })
 		}
-		ln, err := resolver.ListenTCP(addr)
-		if err != nil {
-			return fmt.Errorf("listening on tcp %s: %w", addr, err)
+		ln := in.tcp[addr]
+		delete(in.tcp, addr)
+		if ln == nil {
+			var err error
+			if ln, err = resolver.ListenTCP(addr); err != nil {
+				return fmt.Errorf("listening on tcp %s: %w", addr, err)
+			}
 		}
+		a.tcp = append(a.tcp, ln)
 		spawn("tcp "+addr.String(), func() error { return a.server.ServeTCP(ln) })
 	}
+	in.closeSockets() // addresses this agent no longer listens on
 	return nil
+}
+
+// handoffSockets lists this agent's sockets for a successor.
+func (a *Agent) handoffSockets() ([]socketDesc, []*os.File, error) {
+	var descs []socketDesc
+	var files []*os.File
+	add := func(network string, c syscall.Conn, addr net.Addr) error {
+		f, err := fileOf(c)
+		if err != nil {
+			return err
+		}
+		descs = append(descs, socketDesc{Network: network, Addr: addrPortString(addr)})
+		files = append(files, f)
+		return nil
+	}
+	for _, c := range a.udp {
+		if err := add("udp", c, c.LocalAddr()); err != nil {
+			closeAll(files)
+			return nil, nil, err
+		}
+	}
+	for _, l := range a.tcp {
+		if err := add("tcp", l, l.Addr()); err != nil {
+			closeAll(files)
+			return nil, nil, err
+		}
+	}
+	return descs, files, nil
+}
+
+func addrPortString(a net.Addr) string {
+	switch a := a.(type) {
+	case *net.UDPAddr:
+		return a.AddrPort().String()
+	case *net.TCPAddr:
+		return a.AddrPort().String()
+	}
+	return a.String()
 }
 
 // apply takes a snapshot from the source: a new table for the resolver and
@@ -228,6 +343,7 @@ func (a *Agent) apply(s *model.Snapshot) {
 	a.log.Info("name table updated", "names", tbl.Len(), "services", len(s.Services), "serviceEntries", len(s.ServiceEntries),
 		"pods", len(s.Pods), "took", took)
 	if !a.ready.Swap(true) {
+		close(a.firstTable)
 		// The first build replaces a lot of transient parsing garbage; hand
 		// it back to the OS now rather than whenever the scavenger gets to it.
 		debug.FreeOSMemory()

@@ -31,6 +31,9 @@ func (a *Agent) httpHandler() http.Handler {
 
 // readiness is nil once the agent serves its first table.
 func (a *Agent) readiness() error {
+	if a.handedOver.Load() {
+		return errors.New("handed the resolver over to a newer agent")
+	}
 	if !a.ready.Load() {
 		return errors.New("waiting for the first full sync of the source")
 	}

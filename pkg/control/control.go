@@ -88,6 +88,9 @@ func NewClient(path string, timeout time.Duration) *Client {
 	return &Client{http: &http.Client{
 		Timeout: timeout,
 		Transport: &http.Transport{
+			// One connection per request: a kept-alive connection would
+			// outlive an agent that handed its socket path to a successor.
+			DisableKeepAlives: true,
 			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 				var d net.Dialer
 				return d.DialContext(ctx, "unix", path)

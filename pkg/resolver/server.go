@@ -83,9 +83,12 @@ type Server struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	mu      sync.Mutex
-	closers []func() error
-	closed  bool
+	mu       sync.Mutex
+	closers  []func() error
+	wakers   []func() // interrupt a blocked read or accept
+	tcp      map[*net.TCPConn]struct{}
+	closed   bool
+	draining bool
 }
 
 // New returns a server answering from an empty table until SetTable.
@@ -111,6 +114,7 @@ func New(opts Options) *Server {
 		log:      opts.Logger,
 		inflight: make(chan struct{}, opts.MaxInflight),
 		tcpConns: make(chan struct{}, opts.TCPMaxConns),
+		tcp:      map[*net.TCPConn]struct{}{},
 		ctx:      ctx,
 		cancel:   cancel,
 	}
@@ -131,12 +135,12 @@ func (s *Server) Table() *table.Table { return s.table.Load() }
 // ServeUDP answers queries on conn until Close. local is the address conn is
 // bound to, handed to the UpstreamFunc.
 func (s *Server) ServeUDP(conn *net.UDPConn) error {
-	if !s.track(conn.Close) {
+	if !s.track(conn.Close, func() { conn.SetReadDeadline(time.Now()) }) {
 		return net.ErrClosed
 	}
 	local := addrPortOf(conn.LocalAddr())
 	err := s.serveUDPBatches(conn, local)
-	if s.isClosed() {
+	if s.stopping() {
 		return nil
 	}
 	return err
@@ -144,14 +148,14 @@ func (s *Server) ServeUDP(conn *net.UDPConn) error {
 
 // ServeTCP answers queries on connections accepted from ln until Close.
 func (s *Server) ServeTCP(ln *net.TCPListener) error {
-	if !s.track(ln.Close) {
+	if !s.track(ln.Close, func() { ln.SetDeadline(time.Now()) }) {
 		return net.ErrClosed
 	}
 	local := addrPortOf(ln.Addr())
 	for {
 		c, err := ln.AcceptTCP()
 		if err != nil {
-			if s.isClosed() {
+			if s.stopping() {
 				return nil
 			}
 			var ne net.Error
@@ -167,13 +171,54 @@ func (s *Server) ServeTCP(ln *net.TCPListener) error {
 			c.Close() // over the connection bound: the client retries
 			continue
 		}
+		if !s.trackConn(c) {
+			c.Close()
+			<-s.tcpConns
+			continue
+		}
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
 			defer func() { <-s.tcpConns }()
+			defer s.untrackConn(c)
 			s.serveTCPConn(c, local)
 		}()
 	}
+}
+
+// Drain stops reading new queries without closing the sockets, and waits
+// for the queries in flight to be answered. It is how an agent hands its
+// sockets to its successor: the successor holds duplicates of the same
+// sockets and keeps reading, so no datagram queued in a socket is lost.
+// Close afterwards releases this process's copies.
+func (s *Server) Drain() {
+	s.mu.Lock()
+	s.draining = true
+	wakers := s.wakers
+	for c := range s.tcp { // idle connections end now; busy ones after their answers
+		wakers = append(wakers, func() { c.SetReadDeadline(time.Now()) })
+	}
+	s.mu.Unlock()
+	for _, wake := range wakers {
+		wake()
+	}
+	s.wg.Wait()
+}
+
+func (s *Server) trackConn(c *net.TCPConn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed || s.draining {
+		return false
+	}
+	s.tcp[c] = struct{}{}
+	return true
+}
+
+func (s *Server) untrackConn(c *net.TCPConn) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.tcp, c)
 }
 
 // Close stops every socket, cancels slow-path work and waits for it.
@@ -194,20 +239,23 @@ func (s *Server) Close() error {
 	return errors.Join(errs...)
 }
 
-func (s *Server) track(closer func() error) bool {
+func (s *Server) track(closer func() error, wake func()) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closed {
+	if s.closed || s.draining {
 		return false
 	}
 	s.closers = append(s.closers, closer)
+	s.wakers = append(s.wakers, wake)
 	return true
 }
 
-func (s *Server) isClosed() bool {
+// stopping reports whether the server is closing or draining: a read or
+// accept error is then the expected way out of a loop.
+func (s *Server) stopping() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.closed
+	return s.closed || s.draining
 }
 
 // nameBuf holds a query name in presentation form. The hot path gets one

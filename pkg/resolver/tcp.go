@@ -47,6 +47,9 @@ func (s *Server) serveTCPConn(c *net.TCPConn, local netip.AddrPort) {
 	out := make([]byte, 0, 4096)
 	name := new(nameBuf)
 	for {
+		if s.stopping() {
+			return
+		}
 		c.SetReadDeadline(time.Now().Add(s.opts.TCPIdleTimeout))
 		if _, err := io.ReadFull(c, lenBuf[:1]); err != nil {
 			return // idle, closed, or the server is stopping

@@ -73,7 +73,7 @@ func (s *Server) serveUDPBatches(conn *net.UDPConn, local netip.AddrPort) error 
 	for {
 		n, err := b.read(rc)
 		if err != nil {
-			if errors.Is(err, net.ErrClosed) || s.isClosed() {
+			if errors.Is(err, net.ErrClosed) || s.stopping() {
 				return nil
 			}
 			return err

@@ -1,0 +1,268 @@
+package agent
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// A restart must not lose a query. Binding fresh sockets cannot promise
+// that: datagrams queued in the old agent's socket die with it, and there is
+// a moment when nobody is bound. So the new agent asks the old one for its
+// listening sockets over a unix socket next to the control socket
+// (SCM_RIGHTS), serves on duplicates of the very same sockets, and only then
+// tells the old agent to stop reading. The kernel queue never goes away.
+//
+// The exchange, one line each way:
+//
+//	new → old: "sockets"
+//	old → new: JSON list of {network, addr}, with the file descriptors attached
+//	new → old: "serving"           (new reads from the sockets now)
+//	old → new: "released"          (old stopped reading, closed its control socket)
+//
+// The old agent then stays up, idle and not ready, until it is told to stop:
+// in a DaemonSet rolling update (maxSurge) the old pod is deleted once the new
+// one is ready, and an old agent that exited by itself would be restarted by
+// the kubelet and take the sockets back.
+
+const (
+	handoffTimeout = 10 * time.Second
+	// handoffSyncWait bounds how long a successor waits for its first table
+	// before it takes over anyway (the source may be unreachable).
+	handoffSyncWait = 30 * time.Second
+	// maxHandoffFDs bounds the descriptors one message carries.
+	maxHandoffFDs = 256
+)
+
+// handoffPath is where an agent offers its sockets to its successor.
+func handoffPath(controlSocket string) string { return controlSocket + ".handoff" }
+
+// socketDesc describes one handed-over descriptor.
+type socketDesc struct {
+	Network string `json:"network"` // "udp" or "tcp"
+	Addr    string `json:"addr"`
+}
+
+// inherited holds what an old agent handed over.
+type inherited struct {
+	udp  map[netip.AddrPort][]*net.UDPConn
+	tcp  map[netip.AddrPort]*net.TCPListener
+	conn *net.UnixConn
+	r    *bufio.Reader
+}
+
+// takeOver asks a running agent for its sockets. It returns nil and no error
+// when no agent answers.
+func takeOver(controlSocket string) (*inherited, error) {
+	c, err := net.DialTimeout("unix", handoffPath(controlSocket), time.Second)
+	if err != nil {
+		return nil, nil // nobody to take over from
+	}
+	conn := c.(*net.UnixConn)
+	conn.SetDeadline(time.Now().Add(handoffTimeout))
+	if _, err := conn.Write([]byte("sockets\n")); err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("handoff: %w", err)
+	}
+	buf := make([]byte, 64<<10)
+	oob := make([]byte, unix.CmsgSpace(maxHandoffFDs*4))
+	n, oobn, _, _, err := conn.ReadMsgUnix(buf, oob)
+	if err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("handoff: reading sockets: %w", err)
+	}
+	files, err := parseRights(oob[:oobn])
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	var descs []socketDesc
+	if err := json.Unmarshal(buf[:n], &descs); err != nil || len(descs) != len(files) {
+		closeAll(files)
+		conn.Close()
+		return nil, fmt.Errorf("handoff: %d descriptions for %d sockets: %v", len(descs), len(files), err)
+	}
+	in := &inherited{udp: map[netip.AddrPort][]*net.UDPConn{}, tcp: map[netip.AddrPort]*net.TCPListener{}, conn: conn, r: bufio.NewReader(conn)}
+	for i, d := range descs {
+		addr, err := netip.ParseAddrPort(d.Addr)
+		if err == nil {
+			err = in.adopt(d.Network, addr, files[i])
+		}
+		files[i].Close() // adopt duplicated it
+		if err != nil {
+			in.closeSockets()
+			conn.Close()
+			return nil, fmt.Errorf("handoff: socket %s %s: %w", d.Network, d.Addr, err)
+		}
+	}
+	return in, nil
+}
+
+func (in *inherited) adopt(network string, addr netip.AddrPort, f *os.File) error {
+	switch network {
+	case "udp":
+		pc, err := net.FilePacketConn(f)
+		if err != nil {
+			return err
+		}
+		uc, ok := pc.(*net.UDPConn)
+		if !ok {
+			pc.Close()
+			return errors.New("not a UDP socket")
+		}
+		in.udp[addr] = append(in.udp[addr], uc)
+	case "tcp":
+		ln, err := net.FileListener(f)
+		if err != nil {
+			return err
+		}
+		tl, ok := ln.(*net.TCPListener)
+		if !ok {
+			ln.Close()
+			return errors.New("not a TCP listener")
+		}
+		in.tcp[addr] = tl
+	default:
+		return fmt.Errorf("unknown network %q", network)
+	}
+	return nil
+}
+
+// release tells the old agent we serve now and waits until it has stopped
+// reading and let go of the control socket.
+func (in *inherited) release() error {
+	defer in.conn.Close()
+	if _, err := in.conn.Write([]byte("serving\n")); err != nil {
+		return fmt.Errorf("handoff: %w", err)
+	}
+	line, err := in.r.ReadString('\n')
+	if err != nil || line != "released\n" {
+		return fmt.Errorf("handoff: old agent did not release: %q %v", line, err)
+	}
+	return nil
+}
+
+// closeSockets closes whatever was adopted but not used.
+func (in *inherited) closeSockets() {
+	for _, cs := range in.udp {
+		for _, c := range cs {
+			c.Close()
+		}
+	}
+	for _, l := range in.tcp {
+		l.Close()
+	}
+}
+
+// offerSockets serves one successor on ln: it sends the sockets and, once the
+// successor serves, calls stop (which drains this agent) and confirms. It
+// returns after a completed handoff, or when ln is closed.
+func offerSockets(ln *net.UnixListener, sockets func() ([]socketDesc, []*os.File, error), stop func()) error {
+	for {
+		c, err := ln.AcceptUnix()
+		if err != nil {
+			return err
+		}
+		done, err := offerOnce(c, sockets, stop)
+		c.Close()
+		if done {
+			return err
+		}
+	}
+}
+
+// offerOnce runs one exchange; done is true once this agent has stopped.
+func offerOnce(c *net.UnixConn, sockets func() ([]socketDesc, []*os.File, error), stop func()) (done bool, err error) {
+	c.SetDeadline(time.Now().Add(handoffTimeout))
+	r := bufio.NewReader(c)
+	if line, err := r.ReadString('\n'); err != nil || line != "sockets\n" {
+		return false, nil // not a successor: ignore
+	}
+	descs, files, err := sockets()
+	if err != nil {
+		return false, err
+	}
+	defer closeAll(files)
+	payload, err := json.Marshal(descs)
+	if err != nil {
+		return false, err
+	}
+	fds := make([]int, len(files))
+	for i, f := range files {
+		fds[i] = int(f.Fd())
+	}
+	if _, _, err := c.WriteMsgUnix(payload, unix.UnixRights(fds...), nil); err != nil {
+		return false, fmt.Errorf("handoff: sending sockets: %w", err)
+	}
+	// Until the successor says it serves, this agent keeps serving: a
+	// successor that dies half-way costs nothing.
+	c.SetDeadline(time.Now().Add(handoffTimeout))
+	if line, err := r.ReadString('\n'); err != nil || line != "serving\n" {
+		return false, nil
+	}
+	stop()
+	_, err = c.Write([]byte("released\n"))
+	return true, err
+}
+
+// parseRights extracts the descriptors of an SCM_RIGHTS message.
+func parseRights(oob []byte) ([]*os.File, error) {
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	if err != nil {
+		return nil, fmt.Errorf("handoff: %w", err)
+	}
+	var files []*os.File
+	for _, m := range msgs {
+		fds, err := unix.ParseUnixRights(&m)
+		if err != nil {
+			continue
+		}
+		for _, fd := range fds {
+			files = append(files, os.NewFile(uintptr(fd), "inherited"))
+		}
+	}
+	return files, nil
+}
+
+func closeAll(files []*os.File) {
+	for _, f := range files {
+		f.Close()
+	}
+}
+
+// listenHandoff opens the handoff socket, replacing a stale one.
+func listenHandoff(controlSocket string) (*net.UnixListener, error) {
+	path := handoffPath(controlSocket)
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	}
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		return nil, fmt.Errorf("handoff socket: %w", err)
+	}
+	ln.SetUnlinkOnClose(false) // a successor may already have replaced it
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	return ln, nil
+}
+
+// fileOf duplicates a socket's descriptor for handing over.
+func fileOf(c syscall.Conn) (*os.File, error) {
+	switch c := c.(type) {
+	case *net.UDPConn:
+		return c.File()
+	case *net.TCPListener:
+		return c.File()
+	}
+	return nil, errors.New("unsupported socket type")
+}

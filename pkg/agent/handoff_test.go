@@ -1,0 +1,140 @@
+package agent
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+
+	"github.com/ztdns/ztdns/internal/dnstest"
+	"github.com/ztdns/ztdns/pkg/control"
+	"github.com/ztdns/ztdns/pkg/source/configdir"
+)
+
+const manifest = `apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: external-address}
+spec:
+  hosts: [address.internal]
+  addresses: [198.51.100.1]
+`
+
+type testAgent struct {
+	cancel context.CancelFunc
+	done   chan error
+}
+
+func startTestAgent(t *testing.T, dir, socket string, listen netip.AddrPort, upstream netip.AddrPort) *testAgent {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	ta := &testAgent{cancel: cancel, done: make(chan error, 1)}
+	go func() {
+		ta.done <- Run(ctx, Config{
+			Source:    configdir.New(dir, configdir.WithLogger(log)),
+			Listen:    []netip.AddrPort{listen},
+			Upstreams: []netip.AddrPort{upstream},
+			Socket:    socket,
+			Logger:    log,
+		})
+	}()
+	t.Cleanup(ta.stop)
+	waitReady(t, socket)
+	return ta
+}
+
+func (ta *testAgent) stop() {
+	ta.cancel()
+	<-ta.done
+	ta.done <- nil // a second stop returns at once
+}
+
+func waitReady(t *testing.T, socket string) {
+	t.Helper()
+	c := control.NewClient(socket, time.Second)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var st Status
+		err := c.Do(context.Background(), "GET", "/v1/status", nil, &st)
+		if err == nil && st.Ready {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("agent not ready within 10s: %v %+v", err, st)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestRestartLosesNoQuery replaces a running agent with a new one while a
+// client keeps asking, the way a DaemonSet rolling update with maxSurge
+// does: the new agent takes over the sockets, then the old one is stopped.
+// Every query must be answered.
+func TestRestartLosesNoQuery(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "se.yaml"), []byte(manifest), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	socket := filepath.Join(t.TempDir(), "ztdns.sock")
+	up := dnstest.Start(t, "127.0.0.1:0", dnstest.Zone{})
+	listen := freeAddr(t)
+	old := startTestAgent(t, dir, socket, listen, up.Addr)
+
+	var sent, lost atomic.Int64
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for range 4 { // four clients, each waiting for its answer before the next query
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c := &dns.Client{Net: "udp", Timeout: time.Second}
+			m := new(dns.Msg)
+			m.SetQuestion("address.internal.", dns.TypeA)
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				sent.Add(1)
+				if r, _, err := c.Exchange(m, listen.String()); err != nil || len(r.Answer) != 1 {
+					lost.Add(1)
+				}
+			}
+		}()
+	}
+	time.Sleep(300 * time.Millisecond)
+	startTestAgent(t, dir, socket, listen, up.Addr) // takes over
+	time.Sleep(200 * time.Millisecond)
+	old.stop()
+	time.Sleep(300 * time.Millisecond)
+	close(stop)
+	wg.Wait()
+	t.Logf("restart under load: %d queries sent, %d lost", sent.Load(), lost.Load())
+	if sent.Load() < 100 {
+		t.Fatalf("only %d queries sent: the load loop did not run", sent.Load())
+	}
+	if lost.Load() != 0 {
+		t.Errorf("%d of %d queries lost across the restart", lost.Load(), sent.Load())
+	}
+	// The control socket belongs to the new agent now.
+	waitReady(t, socket)
+}
+
+func freeAddr(t *testing.T) netip.AddrPort {
+	t.Helper()
+	pc, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	return pc.LocalAddr().(*net.UDPAddr).AddrPort()
+}
