@@ -1,0 +1,626 @@
+//go:build ignore
+
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * ztdns: bring the DNS traffic of marked pods to the node resolver.
+ *
+ * cgroup sock_addr programs, attached once at a cgroup v2 directory:
+ *  - connect4/6 (UDP and TCP) and sendmsg4/6 (unconnected UDP) of a marked
+ *    pod rewrite a destination on port 53 to the resolver address of the
+ *    slot that destination holds in the pod's nameservers (learning it into
+ *    a slot when new, for the resolver to forward to), and record it on the
+ *    socket;
+ *  - recvmsg4/6 (UDP replies) and getpeername4/6 (connected sockets) rewrite
+ *    a source / peer that is a resolver slot address back to what that
+ *    socket addressed through the slot, so the stub resolver accepts the
+ *    reply as coming from the server it asked.
+ *
+ * The map layouts are in ztdns.h.
+ */
+#include <stdbool.h>
+
+#include <linux/bpf.h>
+#include <linux/in.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "ztdns.h"
+
+/* errno values returned by map helpers; errno.h is not available here. */
+#define ZTDNS_EEXIST 17
+
+/* A cgroup sock_addr program returns 1 to let the syscall proceed (with the
+ * address as the program left it). recvmsg and getpeername programs must
+ * return 1. ztdns never blocks a syscall. */
+#define ZTDNS_ALLOW 1
+
+#define DNS_PORT 53
+
+char _license[] SEC("license") = "Dual BSD/GPL";
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, ZTDNS_MAX_PODS);
+	/* An update replaces the element instead of copying over it, so the
+	 * agent re-marking a pod never tears what a program reads. */
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct pod_key);
+	__type(value, struct pod_info);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} pods SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, ZTDNS_MAX_NAMESERVERS);
+	/* Same reason: a slot given to another server is replaced whole,
+	 * never half-overwritten while another CPU or the resolver reads it. */
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct nameserver_key);
+	__type(value, struct nameserver);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} nameservers SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct redirect_config);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} config SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	/* The agent mmaps this map to store the heartbeat atomically. */
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct agent_heartbeat);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} heartbeat SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct node_counters);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} counters SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	/* Required for socket storage: one element per socket, allocated
+	 * on the socket's first redirect and freed with the socket. */
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct socket_destinations);
+	/* Pinned so that replies to queries sent before an agent restart
+	 * are still restored by the programs that replace these. */
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sockets SEC(".maps");
+
+/* Atomic because a program can be preempted by another run of itself on the
+ * same CPU (PREEMPT kernels), and pod_info is shared by all CPUs. */
+#define COUNT(ptr, field)                                  \
+	do {                                               \
+		if (ptr)                                   \
+			__sync_fetch_and_add(&(ptr)->field, 1); \
+	} while (0)
+
+static __always_inline __u32 *words(const struct endpoint *ep)
+{
+	return (__u32 *)ep->addr;
+}
+
+/* ::ffff:a.b.c.d, how an AF_INET6 socket (musl with any IPv6 nameserver)
+ * addresses an IPv4 host. */
+static __always_inline bool is_v4_mapped(__u32 w0, __u32 w1, __u32 w2)
+{
+	return w0 == 0 && w1 == 0 && w2 == bpf_htonl(0x0000ffff);
+}
+
+static __always_inline void set_v4(struct endpoint *ep, __u32 ip4, __u16 port)
+{
+	__u32 *w = words(ep);
+
+	w[0] = ip4;
+	w[1] = 0;
+	w[2] = 0;
+	w[3] = 0;
+	ep->port = port;
+	ep->family = ZTDNS_AF_INET;
+	ep->pad = 0;
+}
+
+static __always_inline void set_v6(struct endpoint *ep, __u32 w0, __u32 w1,
+				   __u32 w2, __u32 w3, __u16 port)
+{
+	__u32 *w = words(ep);
+
+	w[0] = w0;
+	w[1] = w1;
+	w[2] = w2;
+	w[3] = w3;
+	ep->port = port;
+	ep->family = ZTDNS_AF_INET6;
+	ep->pad = 0;
+}
+
+static __always_inline bool same_addr(const struct endpoint *a,
+				      const struct endpoint *b)
+{
+	const __u32 *x = words(a), *y = words(b);
+
+	return a->family == b->family && x[0] == y[0] && x[1] == y[1] &&
+	       x[2] == y[2] && x[3] == y[3];
+}
+
+static __always_inline bool same_endpoint(const struct endpoint *a,
+					  const struct endpoint *b)
+{
+	return same_addr(a, b) && a->port == b->port;
+}
+
+static __always_inline struct redirect_config *get_config(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&config, &zero);
+}
+
+static __always_inline struct node_counters *get_counters(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&counters, &zero);
+}
+
+static __always_inline struct pod_info *marked_pod(struct bpf_sock_addr *ctx,
+						   __u64 *cookie)
+{
+	struct pod_key key = {};
+
+	key.netns_cookie = bpf_get_netns_cookie(ctx);
+	*cookie = key.netns_cookie;
+	return bpf_map_lookup_elem(&pods, &key);
+}
+
+/* Fail open: redirect only while the agent proves it is alive. A heartbeat
+ * that was never written (0) or is older than stale_after_ns means the
+ * resolver may be gone, and a redirect would blackhole the pod's DNS. */
+static __always_inline bool heartbeat_fresh(const struct redirect_config *cfg,
+					    __u64 now)
+{
+	__u32 zero = 0;
+	struct agent_heartbeat *hb;
+	__u64 beat;
+
+	hb = bpf_map_lookup_elem(&heartbeat, &zero);
+	if (!hb)
+		return false;
+	/* One 64-bit load, paired with the agent's atomic store. */
+	beat = *(volatile __u64 *)&hb->mono_ns;
+	if (beat == 0)
+		return false;
+	/* The agent read the clock just before this CPU did. */
+	if (now <= beat)
+		return true;
+	return now - beat <= cfg->stale_after_ns;
+}
+
+/* A query addressed to a resolver address (a pod that lists it in its
+ * resolv.conf, or a second pass) is already where it should go. */
+static __always_inline bool is_resolver(const struct redirect_config *cfg,
+					const struct endpoint *dst)
+{
+	for (int i = 0; i < ZTDNS_SLOTS; i++) {
+		if (same_addr(&cfg->resolver4[i], dst) ||
+		    same_addr(&cfg->resolver6[i], dst))
+			return true;
+	}
+	return false;
+}
+
+/* Returns the slot that holds dst for this network namespace, learning dst
+ * into a free or idle slot when it is new; -1 when every slot is busy with
+ * another destination or the map refused.
+ *
+ * Not every connect to port 53 is a query: Go's resolver sorts its answers
+ * (RFC 6724) by connecting a UDP socket to each answer address on port 53,
+ * and glibc does the same for getaddrinfo(host, "53"); nothing is sent.
+ * Such a destination takes a free slot, but never one that carried a query
+ * in the last ZTDNS_SLOT_IDLE_NS: overwriting a busy slot would make the
+ * resolver forward the queries in flight through it to the wrong server, and
+ * a burst of such connects would keep evicting the pod's real nameserver. A
+ * destination that finds every slot busy is left alone (not redirected).
+ *
+ * Concurrent first queries of one pod (glibc's A and AAAA, musl's parallel
+ * sends) race for slots: BPF_NOEXIST lets exactly one insert into a free
+ * slot win, the loser scans again. A replaced idle slot is scanned again
+ * too, in case another CPU replaced it at the same time. Every round that
+ * does not return turns a free or idle slot into a busy one, so
+ * 2 * ZTDNS_SLOTS + 1 rounds always end with dst found or every slot busy. */
+static __always_inline int learn_slot(__u64 cookie, const struct endpoint *dst,
+				      __u64 now, struct node_counters *cnt)
+{
+	struct nameserver_key key = {};
+	struct nameserver fresh = {};
+
+	key.netns_cookie = cookie;
+	fresh.server = *dst;
+	fresh.last_used_ns = now;
+
+	for (int round = 0; round < 2 * ZTDNS_SLOTS + 1; round++) {
+		int free_slot = -1, idle_slot = -1;
+		__u64 idle_since = now;
+
+		for (__u32 i = 0; i < ZTDNS_SLOTS; i++) {
+			struct nameserver *ns;
+
+			key.slot = i;
+			ns = bpf_map_lookup_elem(&nameservers, &key);
+			if (!ns) {
+				if (free_slot < 0)
+					free_slot = i;
+				continue;
+			}
+			if (same_endpoint(&ns->server, dst)) {
+				ns->last_used_ns = now;
+				return i;
+			}
+			/* last_used_ns may be a hair ahead of now when
+			 * another CPU wrote it: not idle then. */
+			if (ns->last_used_ns < idle_since &&
+			    now - ns->last_used_ns > ZTDNS_SLOT_IDLE_NS) {
+				idle_slot = i;
+				idle_since = ns->last_used_ns;
+			}
+		}
+
+		if (free_slot >= 0) {
+			key.slot = free_slot;
+			long err = bpf_map_update_elem(&nameservers, &key, &fresh, BPF_NOEXIST);
+			if (err == 0) {
+				COUNT(cnt, nameserver_learned);
+				return free_slot;
+			}
+			if (err != -ZTDNS_EEXIST) {
+				/* Map full (E2BIG) or out of memory. */
+				COUNT(cnt, nameserver_failed);
+				return -1;
+			}
+			continue;
+		}
+		if (idle_slot >= 0) {
+			key.slot = idle_slot;
+			if (bpf_map_update_elem(&nameservers, &key, &fresh, BPF_EXIST) != 0) {
+				COUNT(cnt, nameserver_failed);
+				return -1;
+			}
+			COUNT(cnt, nameserver_replaced);
+			continue;
+		}
+		break;
+	}
+	COUNT(cnt, skipped_slots_full);
+	return -1;
+}
+
+/* Records, on the socket itself, that it addressed dst through slot idx.
+ * recvmsg and getpeername restore from this record only: exactly what this
+ * socket sent to, whatever the pod's slots hold by the time the reply comes,
+ * and nothing for a socket ztdns did not redirect (a pod that queries a
+ * resolver address directly sees it unchanged). */
+static __always_inline bool remember_destination(struct bpf_sock_addr *ctx,
+						 __u32 idx,
+						 const struct endpoint *dst)
+{
+	struct socket_destinations *sd;
+
+	sd = bpf_sk_storage_get(&sockets, ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!sd)
+		return false;
+	barrier_var(idx);
+	if (idx >= ZTDNS_SLOTS)
+		return false;
+	sd->sent_to[idx] = *dst;
+	return true;
+}
+
+/* The decision shared by connect and sendmsg: returns the resolver endpoint
+ * that dst (the destination the application gave, IPv4-mapped addresses
+ * already turned into IPv4) must be rewritten to, or NULL to leave the
+ * socket alone. */
+static __always_inline const struct endpoint *
+pick_resolver(struct bpf_sock_addr *ctx, const struct endpoint *dst)
+{
+	const struct endpoint *resolvers;
+	struct pod_info *pod;
+	struct node_counters *cnt;
+	struct redirect_config *cfg;
+	__u64 cookie, now;
+	__u32 idx;
+	int slot;
+
+	pod = marked_pod(ctx, &cookie);
+	if (!pod)
+		return NULL;
+
+	cfg = get_config();
+	if (!cfg)
+		return NULL;
+	cnt = get_counters();
+
+	if (pod->flags & ZTDNS_POD_PAUSED) {
+		COUNT(cnt, skipped_paused);
+		return NULL;
+	}
+	if (is_resolver(cfg, dst))
+		return NULL;
+
+	resolvers = dst->family == ZTDNS_AF_INET ? cfg->resolver4 : cfg->resolver6;
+	if (resolvers[0].family == 0) {
+		/* The agent listens on no address of this family. */
+		COUNT(cnt, skipped_no_resolver);
+		return NULL;
+	}
+
+	now = bpf_ktime_get_ns();
+	if (!heartbeat_fresh(cfg, now)) {
+		COUNT(cnt, skipped_stale);
+		COUNT(pod, skipped_stale);
+		return NULL;
+	}
+
+	slot = learn_slot(cookie, dst, now, cnt);
+	if (slot < 0)
+		return NULL;
+	idx = slot;
+	/* learn_slot returns 0..ZTDNS_SLOTS-1, and clang knows it and drops
+	 * the check below; the verifier does not, and must see the bound
+	 * before the index is used on the map value. */
+	barrier_var(idx);
+	if (idx >= ZTDNS_SLOTS)
+		return NULL;
+	if (resolvers[idx].family == 0) {
+		COUNT(cnt, skipped_no_resolver);
+		return NULL;
+	}
+	if (!remember_destination(ctx, idx, dst)) {
+		/* Without it the reply could not be restored, and the client
+		 * would drop it: better not redirect at all. */
+		COUNT(cnt, socket_storage_failed);
+		return NULL;
+	}
+
+	COUNT(cnt, redirected);
+	COUNT(pod, redirected);
+	return &resolvers[idx];
+}
+
+/* connect covers TCP and connected UDP (glibc, Go, dig); sendmsg covers
+ * unconnected UDP (musl). Other protocols on port 53 are not DNS. */
+static __always_inline bool is_dns_transport(struct bpf_sock_addr *ctx)
+{
+	return ctx->protocol == IPPROTO_UDP || ctx->protocol == IPPROTO_TCP;
+}
+
+static __always_inline int redirect4(struct bpf_sock_addr *ctx)
+{
+	const struct endpoint *res;
+	struct endpoint dst;
+
+	/* Cheapest test first: nearly every connect is not DNS. */
+	if (ctx->user_port != bpf_htons(DNS_PORT))
+		return ZTDNS_ALLOW;
+	if (!is_dns_transport(ctx))
+		return ZTDNS_ALLOW;
+
+	/* Also reached by AF_INET6 sockets sending to ::ffff:a.b.c.d: the
+	 * kernel hands those to the IPv4 path with an IPv4 address. */
+	set_v4(&dst, ctx->user_ip4, DNS_PORT);
+	res = pick_resolver(ctx, &dst);
+	if (res) {
+		ctx->user_ip4 = words(res)[0];
+		ctx->user_port = bpf_htons(res->port);
+	}
+	return ZTDNS_ALLOW;
+}
+
+static __always_inline int redirect6(struct bpf_sock_addr *ctx)
+{
+	const struct endpoint *res;
+	struct endpoint dst;
+	__u32 w0, w1, w2, w3;
+
+	if (ctx->user_port != bpf_htons(DNS_PORT))
+		return ZTDNS_ALLOW;
+	if (!is_dns_transport(ctx))
+		return ZTDNS_ALLOW;
+
+	w0 = ctx->user_ip6[0];
+	w1 = ctx->user_ip6[1];
+	w2 = ctx->user_ip6[2];
+	w3 = ctx->user_ip6[3];
+
+	if (is_v4_mapped(w0, w1, w2)) {
+		/* Stored as IPv4 so that an AF_INET and an AF_INET6 socket
+		 * of one pod addressing one nameserver share its slot; the
+		 * redirect stays v4-mapped, as the socket requires. */
+		set_v4(&dst, w3, DNS_PORT);
+		res = pick_resolver(ctx, &dst);
+		if (res) {
+			ctx->user_ip6[0] = 0;
+			ctx->user_ip6[1] = 0;
+			ctx->user_ip6[2] = bpf_htonl(0x0000ffff);
+			ctx->user_ip6[3] = words(res)[0];
+			ctx->user_port = bpf_htons(res->port);
+		}
+		return ZTDNS_ALLOW;
+	}
+
+	set_v6(&dst, w0, w1, w2, w3, DNS_PORT);
+	res = pick_resolver(ctx, &dst);
+	if (res) {
+		const __u32 *w = words(res);
+
+		ctx->user_ip6[0] = w[0];
+		ctx->user_ip6[1] = w[1];
+		ctx->user_ip6[2] = w[2];
+		ctx->user_ip6[3] = w[3];
+		ctx->user_port = bpf_htons(res->port);
+	}
+	return ZTDNS_ALLOW;
+}
+
+/* Returns what this socket originally addressed through the resolver
+ * endpoint src (IPv4 or IPv6, per its family), or NULL when src is not a
+ * resolver address or ztdns did not redirect this socket there. Restoring
+ * looks neither at the heartbeat nor at the pods map: replies to queries
+ * sent before the agent died, or before the pod was unmarked, are still in
+ * flight. */
+static __always_inline const struct endpoint *
+original_destination(struct bpf_sock_addr *ctx, const struct endpoint *src)
+{
+	const struct endpoint *resolvers, *orig;
+	struct socket_destinations *sd;
+	struct redirect_config *cfg;
+	struct pod_info *pod;
+	__u64 cookie;
+	__u32 idx;
+	int slot = -1;
+
+	if (!is_dns_transport(ctx))
+		return NULL;
+
+	/* Match the resolver addresses first: they are in an array map, a
+	 * cheap lookup, and most replies any socket receives are not from
+	 * the resolver. */
+	cfg = get_config();
+	if (!cfg)
+		return NULL;
+	resolvers = src->family == ZTDNS_AF_INET ? cfg->resolver4 : cfg->resolver6;
+	for (int i = 0; i < ZTDNS_SLOTS; i++) {
+		if (resolvers[i].family != 0 && same_endpoint(&resolvers[i], src)) {
+			slot = i;
+			break;
+		}
+	}
+	if (slot < 0)
+		return NULL;
+
+	sd = bpf_sk_storage_get(&sockets, ctx->sk, 0, 0);
+	if (!sd)
+		return NULL;
+	idx = slot;
+	barrier_var(idx);
+	if (idx >= ZTDNS_SLOTS)
+		return NULL;
+	orig = &sd->sent_to[idx];
+	if (orig->family != src->family)
+		return NULL;
+
+	COUNT(get_counters(), restored);
+	pod = marked_pod(ctx, &cookie);
+	COUNT(pod, restored);
+	return orig;
+}
+
+static __always_inline int restore4(struct bpf_sock_addr *ctx)
+{
+	const struct endpoint *orig;
+	struct endpoint src;
+
+	set_v4(&src, ctx->user_ip4, bpf_ntohs(ctx->user_port));
+	orig = original_destination(ctx, &src);
+	if (orig) {
+		ctx->user_ip4 = words(orig)[0];
+		ctx->user_port = bpf_htons(orig->port);
+	}
+	return ZTDNS_ALLOW;
+}
+
+static __always_inline int restore6(struct bpf_sock_addr *ctx)
+{
+	const struct endpoint *orig;
+	struct endpoint src;
+	__u32 w0, w1, w2, w3;
+	__u16 port = bpf_ntohs(ctx->user_port);
+
+	w0 = ctx->user_ip6[0];
+	w1 = ctx->user_ip6[1];
+	w2 = ctx->user_ip6[2];
+	w3 = ctx->user_ip6[3];
+
+	if (is_v4_mapped(w0, w1, w2)) {
+		/* An IPv4 reply on an AF_INET6 socket: match it against the
+		 * IPv4 resolvers and restore it v4-mapped. */
+		set_v4(&src, w3, port);
+		orig = original_destination(ctx, &src);
+		if (orig) {
+			ctx->user_ip6[3] = words(orig)[0];
+			ctx->user_port = bpf_htons(orig->port);
+		}
+		return ZTDNS_ALLOW;
+	}
+
+	set_v6(&src, w0, w1, w2, w3, port);
+	orig = original_destination(ctx, &src);
+	if (orig) {
+		const __u32 *w = words(orig);
+
+		ctx->user_ip6[0] = w[0];
+		ctx->user_ip6[1] = w[1];
+		ctx->user_ip6[2] = w[2];
+		ctx->user_ip6[3] = w[3];
+		ctx->user_port = bpf_htons(orig->port);
+	}
+	return ZTDNS_ALLOW;
+}
+
+SEC("cgroup/connect4")
+int ztdns_connect4(struct bpf_sock_addr *ctx)
+{
+	return redirect4(ctx);
+}
+
+SEC("cgroup/sendmsg4")
+int ztdns_sendmsg4(struct bpf_sock_addr *ctx)
+{
+	return redirect4(ctx);
+}
+
+SEC("cgroup/recvmsg4")
+int ztdns_recvmsg4(struct bpf_sock_addr *ctx)
+{
+	return restore4(ctx);
+}
+
+SEC("cgroup/getpeername4")
+int ztdns_getpeername4(struct bpf_sock_addr *ctx)
+{
+	return restore4(ctx);
+}
+
+SEC("cgroup/connect6")
+int ztdns_connect6(struct bpf_sock_addr *ctx)
+{
+	return redirect6(ctx);
+}
+
+SEC("cgroup/sendmsg6")
+int ztdns_sendmsg6(struct bpf_sock_addr *ctx)
+{
+	return redirect6(ctx);
+}
+
+SEC("cgroup/recvmsg6")
+int ztdns_recvmsg6(struct bpf_sock_addr *ctx)
+{
+	return restore6(ctx);
+}
+
+SEC("cgroup/getpeername6")
+int ztdns_getpeername6(struct bpf_sock_addr *ctx)
+{
+	return restore6(ctx);
+}

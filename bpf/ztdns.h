@@ -1,0 +1,139 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * ztdns.h: the layout of every map the ztdns programs share with the agent.
+ *
+ * This header is the single definition: pkg/redirect uses the Go types that
+ * bpf2go generates from it (-type ...), never hand-written copies. Every map
+ * carries BTF, so `bpftool map dump pinned /sys/fs/bpf/ztdns/<map>` prints
+ * these field names.
+ *
+ * Byte order: addresses are stored as the bytes on the wire (network order),
+ * ports in host order, so that bpftool shows 53 rather than 13568.
+ */
+#ifndef ZTDNS_H
+#define ZTDNS_H
+
+#include <linux/types.h>
+
+/* resolv.conf holds at most three nameservers (MAXNS in glibc and musl), so
+ * a pod addresses at most three distinct nameservers and the resolver listens
+ * on three addresses per family. */
+#define ZTDNS_SLOTS 3
+
+/* Address families as the kernel numbers them (AF_INET, AF_INET6); the libc
+ * headers that define them cannot be included in a BPF program. */
+#define ZTDNS_AF_INET 2
+#define ZTDNS_AF_INET6 10
+
+/* Sizes of the hash maps. Both are BPF_F_NO_PREALLOC, so memory is only
+ * used for pods that are actually marked. */
+#define ZTDNS_MAX_PODS 16384
+#define ZTDNS_MAX_NAMESERVERS (ZTDNS_MAX_PODS * ZTDNS_SLOTS)
+
+/* pod_info.flags */
+/* The pod stays known (IPs, counters, nameservers) but its queries are not
+ * redirected, e.g. while the agent drains it. */
+#define ZTDNS_POD_PAUSED (1U << 0)
+
+/* An IPv4 or IPv6 socket address.
+ * The programs compare and copy addr as four 32-bit words, hence aligned(4). */
+struct endpoint {
+	/* IPv4: the 4 address bytes followed by 12 zero bytes (an IPv4-mapped
+	 * IPv6 address is stored this way too); IPv6: all 16 bytes. */
+	__u8 addr[16];
+	__u16 port;	/* host byte order */
+	__u8 family;	/* ZTDNS_AF_INET, ZTDNS_AF_INET6, or 0 for "unset" */
+	__u8 pad;	/* always zero */
+} __attribute__((aligned(4)));
+
+/* pods (hash): key of a marked pod. Only sockets whose network namespace
+ * cookie (bpf_get_netns_cookie, SO_NETNS_COOKIE) is a key in this map are
+ * ever rewritten; the host netns and unmarked pods are never touched. */
+struct pod_key {
+	__u64 netns_cookie;
+};
+
+/* pods (hash): value, written by the agent (Mark), counters updated by the
+ * programs with atomic adds. The agent keeps the counters when it re-marks. */
+struct pod_info {
+	__u32 flags;		/* ZTDNS_POD_* */
+	__u8 ipv4[4];		/* pod IPv4 address, zero if none */
+	__u8 ipv6[16];		/* pod IPv6 address, zero if none */
+	__u64 redirected;	/* queries sent to the resolver instead */
+	__u64 restored;		/* replies whose source was set back */
+	__u64 skipped_stale;	/* queries left alone: agent heartbeat stale */
+};
+
+/* nameservers (hash, BPF_F_NO_PREALLOC): key. Slot 0..ZTDNS_SLOTS-1 of one
+ * pod network namespace. */
+struct nameserver_key {
+	__u64 netns_cookie;
+	__u32 slot;
+	__u32 pad;		/* always zero: part of the hash key */
+};
+
+/* nameservers: value. The ORIGINAL destination the pod addressed, learned by
+ * connect/sendmsg. A query redirected through slot i arrives at the resolver
+ * on resolver4[i] or resolver6[i] (struct redirect_config), and the
+ * resolver forwards a miss to nameservers[{cookie of the pod IP, i}]. */
+struct nameserver {
+	struct endpoint server;
+	__u32 pad;		/* always zero */
+	/* bpf_ktime_get_ns of the last query through this slot. A slot idle
+	 * for ZTDNS_SLOT_IDLE_NS may be given to another destination; a busy
+	 * one never is, so the resolver forwards what is in flight right. */
+	__u64 last_used_ns;
+};
+
+/* Long enough that no reply or forwarded query of the slot's previous
+ * server can still be in flight (stub resolvers give up after 5 s). */
+#define ZTDNS_SLOT_IDLE_NS (30ULL * 1000 * 1000 * 1000)
+
+/* sockets (socket storage, one value per redirected socket): what the
+ * socket addressed through each slot. recvmsg and getpeername restore from
+ * here, so a reply is set back to exactly what its socket sent to (musl
+ * sends to several nameservers from one socket), and only on sockets ztdns
+ * redirected. Freed with the socket. */
+struct socket_destinations {
+	struct endpoint sent_to[ZTDNS_SLOTS];	/* family 0: slot unused */
+};
+
+/* config (array, 1 entry): written by the agent at start. */
+struct redirect_config {
+	/* Where slot i is redirected: resolver4[i] for IPv4 and IPv4-mapped
+	 * destinations (written as ::ffff:a.b.c.d in the IPv6 hooks),
+	 * resolver6[i] for IPv6 destinations. A family whose resolver4[0] /
+	 * resolver6[0] is unset (family 0) is not redirected. */
+	struct endpoint resolver4[ZTDNS_SLOTS];
+	struct endpoint resolver6[ZTDNS_SLOTS];
+	/* Redirect only while the heartbeat is at most this old (fail open). */
+	__u64 stale_after_ns;
+};
+
+/* heartbeat (array, 1 entry, BPF_F_MMAPABLE): the agent's liveness.
+ * Kept apart from config and mmapped by the agent, which stores it with one
+ * aligned 64-bit atomic store; the programs read it with one 64-bit load.
+ * A map update through the bpf() syscall would memcpy the value in place,
+ * which may tear against a concurrent reader. */
+struct agent_heartbeat {
+	/* CLOCK_MONOTONIC in ns, the clock bpf_ktime_get_ns reads; 0 = never
+	 * written, which counts as stale. */
+	__u64 mono_ns;
+};
+
+/* counters (per-CPU array, 1 entry): node-wide totals; the agent sums the
+ * CPUs. */
+struct node_counters {
+	__u64 redirected;	/* destinations rewritten to a resolver */
+	__u64 restored;		/* reply sources / peers set back */
+	__u64 skipped_stale;	/* left alone: heartbeat stale or never written */
+	__u64 skipped_paused;	/* left alone: pod has ZTDNS_POD_PAUSED */
+	__u64 skipped_no_resolver; /* left alone: no resolver for that family */
+	__u64 skipped_slots_full; /* left alone: every slot busy with another server */
+	__u64 nameserver_learned; /* a new destination took a free slot */
+	__u64 nameserver_replaced; /* a new destination took an idle slot */
+	__u64 nameserver_failed; /* the nameservers map refused an update */
+	__u64 socket_storage_failed; /* left alone: no socket storage */
+};
+
+#endif /* ZTDNS_H */

@@ -1,0 +1,104 @@
+//go:build linux
+
+package testenv
+
+import (
+	"bufio"
+	"errors"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Cgroup is a child cgroup v2 made by the test. Programs are attached here,
+// never to the machine's root cgroup, and only processes started into it
+// (Netns.Command with this cgroup) are affected.
+type Cgroup struct {
+	Path string
+	dir  *os.File
+}
+
+// FD is the cgroup directory's descriptor, for SysProcAttr.CgroupFD.
+func (c *Cgroup) FD() int { return int(c.dir.Fd()) }
+
+// Cgroup2Root returns the first cgroup2 mount in /proc/mounts
+// (/sys/fs/cgroup/unified on these hybrid machines).
+func Cgroup2Root(tb testing.TB) string {
+	tb.Helper()
+	f, err := os.Open("/proc/mounts")
+	if err != nil {
+		tb.Fatalf("testenv: %v", err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) >= 3 && fields[2] == "cgroup2" {
+			return fields[1]
+		}
+	}
+	Unavailable(tb, "needs a cgroup2 mount (none in /proc/mounts)")
+	return ""
+}
+
+// NewCgroup creates a cgroup under the cgroup2 root. At cleanup every
+// process still in it is killed and it is removed.
+func NewCgroup(tb testing.TB) *Cgroup {
+	tb.Helper()
+	RequireRoot(tb)
+	path := filepath.Join(Cgroup2Root(tb), UniqueName("ztdns-test-"))
+	if err := os.Mkdir(path, 0o755); err != nil {
+		tb.Fatalf("testenv: create cgroup: %v", err)
+	}
+	dir, err := os.Open(path)
+	if err != nil {
+		os.Remove(path)
+		tb.Fatalf("testenv: open cgroup: %v", err)
+	}
+	c := &Cgroup{Path: path, dir: dir}
+	tb.Cleanup(func() {
+		dir.Close()
+		if err := removeCgroup(path); err != nil {
+			tb.Errorf("cleanup: cgroup %s: %v", path, err)
+		}
+	})
+	return c
+}
+
+// Remove kills the processes in the cgroup and removes it before cleanup,
+// e.g. to leave a link attached to it defunct.
+func (c *Cgroup) Remove() error { return removeCgroup(c.Path) }
+
+// removeCgroup kills what is left in the cgroup and removes it; rmdir
+// succeeds only once the last process is gone.
+func removeCgroup(path string) error {
+	// cgroup.kill (Linux 5.14) SIGKILLs the whole subtree at once.
+	if err := os.WriteFile(filepath.Join(path, "cgroup.kill"), []byte("1"), 0); err != nil {
+		killProcs(path)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		err := os.Remove(path)
+		if err == nil || errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		if !errors.Is(err, syscall.EBUSY) || time.Now().After(deadline) {
+			return err
+		}
+		killProcs(path)
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func killProcs(path string) {
+	b, _ := os.ReadFile(filepath.Join(path, "cgroup.procs"))
+	for _, f := range strings.Fields(string(b)) {
+		if pid, err := strconv.Atoi(f); err == nil {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
+}

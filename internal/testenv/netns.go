@@ -1,0 +1,175 @@
+//go:build linux
+
+package testenv
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+)
+
+// Netns is a named network namespace (/run/netns/NAME) made by the test.
+type Netns struct {
+	Name string
+}
+
+// Path is the bind mount of the namespace, for setns and NetnsCookie.
+func (n *Netns) Path() string { return filepath.Join("/run/netns", n.Name) }
+
+// NewNetns creates a named network namespace with loopback up, deleted at
+// cleanup.
+func NewNetns(tb testing.TB, name string) *Netns {
+	tb.Helper()
+	RequireRoot(tb)
+	LookPath(tb, "ip")
+	run(tb, "ip", "netns", "add", name)
+	tb.Cleanup(func() { runCleanup(tb, "ip", "netns", "delete", name) })
+	run(tb, "ip", "-n", name, "link", "set", "lo", "up")
+	return &Netns{Name: name}
+}
+
+// Do runs fn on an OS thread switched into the namespace; sockets fn opens
+// stay in it.
+func (n *Netns) Do(fn func() error) error {
+	return ns.WithNetNSPath(n.Path(), func(ns.NetNS) error { return fn() })
+}
+
+// Command prepares name+args to run inside the namespace with `ip netns
+// exec`, which also bind-mounts /etc/netns/NAME/* (the pod's resolv.conf)
+// over /etc. With a cgroup, the process is created directly inside it
+// (clone3 CLONE_INTO_CGROUP), so every socket it opens is subject to the
+// programs attached there. ctx ends the process.
+func (n *Netns) Command(ctx context.Context, cg *Cgroup, name string, args ...string) *exec.Cmd {
+	cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", n.Name, name}, args...)...)
+	if cg != nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: cg.FD()}
+	}
+	cmd.WaitDelay = 2 * time.Second
+	return cmd
+}
+
+// Output runs a command like Command with a timeout and returns its
+// combined output and error.
+func (n *Netns) Output(tb testing.TB, cg *Cgroup, timeout time.Duration, name string, args ...string) (string, error) {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(tb.Context(), timeout)
+	defer cancel()
+	out, err := n.Command(ctx, cg, name, args...).CombinedOutput()
+	return string(out), err
+}
+
+// Node is the "node" network namespace: the host side of every pod veth,
+// the resolver and the test DNS servers live here. Forwarding is left off,
+// and it has no route off the machine, so an unredirected query dies here.
+type Node struct {
+	Netns
+
+	mu   sync.Mutex
+	pods int
+}
+
+// NewNode creates a node namespace. Commands run in it see an empty
+// resolv.conf: nothing in a test may query the machine's own nameserver.
+func NewNode(tb testing.TB) *Node {
+	tb.Helper()
+	RequireRoot(tb)
+	name := UniqueName("ztdns-") + "-node"
+	writeResolvConf(tb, name, PodConfig{})
+	return &Node{Netns: *NewNetns(tb, name)}
+}
+
+// PodConfig describes a fake pod.
+type PodConfig struct {
+	// Nameservers become `nameserver` lines of the pod's resolv.conf; the
+	// file is written even when empty, so no client in the pod ever sees
+	// the machine's own resolv.conf.
+	Nameservers []string
+	// Options become an `options` line, e.g. "timeout:1", "attempts:1".
+	Options []string
+}
+
+// Pod is a network namespace wired to the node with a veth pair.
+type Pod struct {
+	Netns
+	Node     *Node
+	HostVeth string     // the veth end in the node namespace
+	IPv4     netip.Addr // 10.253.N.2/24, default route via 10.253.N.1
+	IPv6     netip.Addr // 2001:db8:N::2/64, default route via 2001:db8:N::1
+}
+
+// AddPod creates a pod namespace with a veth to the node, addresses,
+// default routes via the node, and /etc/netns/NAME/resolv.conf.
+func (n *Node) AddPod(tb testing.TB, cfg PodConfig) *Pod {
+	tb.Helper()
+	n.mu.Lock()
+	n.pods++
+	idx := n.pods
+	n.mu.Unlock()
+	if idx > 250 {
+		tb.Fatal("testenv: at most 250 pods per node")
+	}
+
+	name := fmt.Sprintf("%s-pod%d", strings.TrimSuffix(n.Name, "-node"), idx)
+	writeResolvConf(tb, name, cfg)
+	pod := NewNetns(tb, name)
+
+	p := &Pod{
+		Netns:    *pod,
+		Node:     n,
+		HostVeth: fmt.Sprintf("veth%d", idx),
+		IPv4:     netip.AddrFrom4([4]byte{10, 253, byte(idx), 2}),
+		IPv6:     netip.MustParseAddr(fmt.Sprintf("2001:db8:%x::2", idx)),
+	}
+	gw4 := fmt.Sprintf("10.253.%d.1", idx)
+	gw6 := fmt.Sprintf("2001:db8:%x::1", idx)
+
+	// The veth is created in the node namespace with its peer directly in
+	// the pod: nothing touches the machine's own namespace.
+	run(tb, "ip", "-n", n.Name, "link", "add", p.HostVeth, "type", "veth", "peer", "name", "eth0", "netns", pod.Name)
+	run(tb, "ip", "-n", n.Name, "addr", "add", gw4+"/24", "dev", p.HostVeth)
+	run(tb, "ip", "-n", n.Name, "addr", "add", gw6+"/64", "dev", p.HostVeth, "nodad")
+	run(tb, "ip", "-n", n.Name, "link", "set", p.HostVeth, "up")
+
+	run(tb, "ip", "-n", pod.Name, "addr", "add", p.IPv4.String()+"/24", "dev", "eth0")
+	run(tb, "ip", "-n", pod.Name, "addr", "add", p.IPv6.String()+"/64", "dev", "eth0", "nodad")
+	run(tb, "ip", "-n", pod.Name, "link", "set", "eth0", "up")
+	run(tb, "ip", "-n", pod.Name, "route", "add", "default", "via", gw4)
+	run(tb, "ip", "-n", pod.Name, "-6", "route", "add", "default", "via", gw6)
+	return p
+}
+
+func writeResolvConf(tb testing.TB, name string, cfg PodConfig) {
+	tb.Helper()
+	dir := filepath.Join("/etc/netns", name)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		tb.Fatalf("testenv: %v", err)
+	}
+	tb.Cleanup(func() {
+		if err := os.RemoveAll(dir); err != nil {
+			tb.Errorf("cleanup: %v", err)
+		}
+		// Leave /etc/netns only if another test still uses it.
+		_ = os.Remove(filepath.Dir(dir))
+	})
+	var b strings.Builder
+	b.WriteString("# written by internal/testenv\n")
+	for _, ns := range cfg.Nameservers {
+		fmt.Fprintf(&b, "nameserver %s\n", ns)
+	}
+	if len(cfg.Options) > 0 {
+		fmt.Fprintf(&b, "options %s\n", strings.Join(cfg.Options, " "))
+	}
+	if err := os.WriteFile(filepath.Join(dir, "resolv.conf"), []byte(b.String()), 0o644); err != nil {
+		tb.Fatalf("testenv: %v", err)
+	}
+}

@@ -1,0 +1,339 @@
+//go:build linux
+
+// Attaching to a cgroup, and why it is done this way.
+//
+// The programs are attached with bpf_link (BPF_LINK_CREATE, Linux 5.7), not
+// with the older BPF_PROG_ATTACH:
+//   - A link lives as long as something holds it: a file descriptor or a pin
+//     on bpffs. ztdns pins one link per hook under <bpffs>/links, so capture
+//     outlives the agent process; removing the pin (and closing every fd)
+//     detaches the program.
+//   - BPF_LINK_UPDATE (link.Update) swaps the program of a link in one step:
+//     there is no moment during an agent upgrade where a hook runs no program
+//     or two.
+//   - A link whose cgroup was removed is "defunct": it still exists, but
+//     updating it fails with ENOLINK. It is unpinned and a new one created.
+//   - Links created with BPF_LINK_CREATE on a cgroup always allow other
+//     programs on the same hook (BPF_F_ALLOW_MULTI semantics), so ztdns
+//     coexists with Cilium's socket LB or anything else attached there, and
+//     BPF_LINK_DETACH (Linux 5.9) detaches exactly one link, never someone
+//     else's program.
+//
+// Before updating or detaching a link found at one of its pin paths, ztdns
+// checks that the link runs a program whose name starts with "ztdns_"; a
+// foreign program found there is left alone and reported.
+
+package redirect
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
+)
+
+func pinPath(bpffs, name string) string { return filepath.Join(bpffs, name) }
+
+func linkPinPath(bpffs, name string) string { return filepath.Join(bpffs, linksDir, name) }
+
+// cgroupID returns the id the kernel reports for a cgroup in link info: the
+// inode number of its cgroupfs directory.
+func cgroupID(path string) (uint64, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return 0, fmt.Errorf("stat cgroup %s: %w", path, err)
+	}
+	return st.Ino, nil
+}
+
+// attachAll attaches every hook's program to the configured cgroup.
+func (r *Redirector) attachAll() error {
+	cgID, err := cgroupID(r.cfg.CgroupPath)
+	if err != nil {
+		return err
+	}
+	// Refuse before touching anything, rather than half way through.
+	for _, h := range hooks {
+		if err := checkPinnedLink(linkPinPath(r.cfg.BPFFS, h.name)); err != nil {
+			return err
+		}
+	}
+	for _, h := range hooks {
+		l, err := r.attach(h, cgID)
+		if err != nil {
+			return fmt.Errorf("attach %s to %s: %w", h.name, r.cfg.CgroupPath, err)
+		}
+		r.links = append(r.links, attachedLink{hook: h, link: l})
+	}
+	return nil
+}
+
+// attach updates the pinned link of hook h to the newly loaded program, or
+// creates and pins a link when there is none (or only a defunct one, or one
+// on another cgroup).
+func (r *Redirector) attach(h hook, cgID uint64) (link.Link, error) {
+	prog := h.program(&r.objs.ztdnsPrograms)
+	pin := linkPinPath(r.cfg.BPFFS, h.name)
+
+	l, err := link.LoadPinnedLink(pin, nil)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		// First start.
+	case err != nil:
+		return nil, fmt.Errorf("open pinned link %s: %w", pin, err)
+	default:
+		updated, err := r.updatePinned(l, h, pin, prog, cgID)
+		if err != nil || updated {
+			if err != nil {
+				l.Close()
+				return nil, err
+			}
+			return l, nil
+		}
+		l.Close()
+	}
+
+	cg, err := os.Open(r.cfg.CgroupPath)
+	if err != nil {
+		return nil, fmt.Errorf("open cgroup: %w", err)
+	}
+	defer cg.Close()
+	nl, err := link.AttachRawLink(link.RawLinkOptions{
+		Target:  int(cg.Fd()),
+		Program: prog,
+		Attach:  h.attach,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("create bpf_link (cgroup links need Linux 5.7+): %w", err)
+	}
+	if err := nl.Pin(pin); err != nil {
+		return nil, errors.Join(fmt.Errorf("pin link: %w", err), nl.Close())
+	}
+	// Reopen through the pin: that yields the cgroup link type, whose Info
+	// reports the cgroup (a raw link's does not).
+	typed, err := link.LoadPinnedLink(pin, nil)
+	if err != nil {
+		return nil, errors.Join(fmt.Errorf("reopen pinned link: %w", err), nl.Close())
+	}
+	if err := nl.Close(); err != nil {
+		return nil, errors.Join(fmt.Errorf("close link: %w", err), typed.Close())
+	}
+	r.log.Info("attached", "program", h.name, "cgroup", r.cfg.CgroupPath, "pin", pin)
+	return typed, nil
+}
+
+// updatePinned swaps prog into the pinned link l. It reports false when the
+// link is defunct or attached to a different cgroup: the link has then been
+// unpinned and the caller creates a new one.
+func (r *Redirector) updatePinned(l link.Link, h hook, pin string, prog *ebpf.Program, cgID uint64) (bool, error) {
+	info, err := ownedLinkInfo(l)
+	if err != nil {
+		return false, fmt.Errorf("pinned link %s: %w", pin, err)
+	}
+	linkCg := uint64(0)
+	if cg := info.Cgroup(); cg != nil {
+		linkCg = cg.CgroupId
+	}
+
+	switch {
+	case linkCg == 0:
+		// Defunct: its cgroup is gone.
+	case linkCg != cgID:
+		// Configured for another cgroup now: stop capturing there.
+		if err := l.Detach(); err != nil {
+			return false, fmt.Errorf("detach link %s from its previous cgroup: %w", pin, err)
+		}
+		r.log.Info("detached from previous cgroup", "program", h.name, "cgroup_id", linkCg)
+	default:
+		err := l.Update(prog)
+		if err == nil {
+			r.log.Info("updated", "program", h.name, "link_id", info.ID)
+			return true, nil
+		}
+		if !errors.Is(err, unix.ENOLINK) {
+			return false, fmt.Errorf("update link %s: %w", pin, err)
+		}
+	}
+	if err := l.Unpin(); err != nil {
+		return false, fmt.Errorf("unpin link %s: %w", pin, err)
+	}
+	r.log.Info("unpinned stale link", "program", h.name, "pin", pin)
+	return false, nil
+}
+
+// checkPinnedLink fails if pin holds a link that is not ztdns's.
+func checkPinnedLink(pin string) error {
+	l, err := link.LoadPinnedLink(pin, nil)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("open pinned link %s: %w", pin, err)
+	}
+	defer l.Close()
+	if _, err := ownedLinkInfo(l); err != nil {
+		return fmt.Errorf("pinned link %s: %w", pin, err)
+	}
+	return nil
+}
+
+// ownedLinkInfo returns l's info if l is a cgroup link running a ztdns
+// program, and an error naming what it found otherwise.
+func ownedLinkInfo(l link.Link) (*link.Info, error) {
+	info, err := l.Info()
+	if err != nil {
+		return nil, fmt.Errorf("link info: %w", err)
+	}
+	if info.Type != link.CgroupType {
+		return nil, fmt.Errorf("link %d is a link of type %d, not a ztdns cgroup link: refusing to touch it", info.ID, info.Type)
+	}
+	name, err := programName(info.Program)
+	if err != nil {
+		return nil, err
+	}
+	if !strings.HasPrefix(name, programPrefix) {
+		return nil, fmt.Errorf("link %d runs program %q, not a ztdns program: refusing to touch it", info.ID, name)
+	}
+	return info, nil
+}
+
+func programName(id ebpf.ProgramID) (string, error) {
+	p, err := ebpf.NewProgramFromID(id)
+	if err != nil {
+		return "", fmt.Errorf("open program %d: %w", id, err)
+	}
+	defer p.Close()
+	pi, err := p.Info()
+	if err != nil {
+		return "", fmt.Errorf("program %d info: %w", id, err)
+	}
+	return pi.Name, nil
+}
+
+// Link describes one attached hook.
+type Link struct {
+	Program   string          // C function name, e.g. "ztdns_connect4"
+	LinkID    link.ID         // stays the same across agent restarts
+	ProgramID ebpf.ProgramID  // changes with every Load
+	Attach    ebpf.AttachType // the cgroup hook
+	CgroupID  uint64          // 0 when the link is defunct
+}
+
+// Links reports the links this Redirector holds.
+func (r *Redirector) Links() ([]Link, error) {
+	out := make([]Link, 0, len(r.links))
+	for _, al := range r.links {
+		info, err := al.link.Info()
+		if err != nil {
+			return nil, fmt.Errorf("link %s: %w", al.hook.name, err)
+		}
+		l := Link{Program: al.hook.name, LinkID: info.ID, ProgramID: info.Program, Attach: al.hook.attach}
+		if cg := info.Cgroup(); cg != nil {
+			l.CgroupID = cg.CgroupId
+		}
+		out = append(out, l)
+	}
+	return out, nil
+}
+
+// Uninstall detaches and removes what Load created: the ztdns links pinned
+// under bpffs, any other link still attaching a ztdns program to cgroupPath
+// (one held open by a running agent), the map pins, and the pin directories
+// if that leaves them empty. Pins and programs ztdns did not create are left
+// alone. Empty bpffs or cgroupPath mean the defaults of Config.
+func Uninstall(bpffs, cgroupPath string) error {
+	cfg, err := Config{BPFFS: bpffs, CgroupPath: cgroupPath}.withDefaults()
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, h := range hooks {
+		errs = append(errs, removePinnedLink(linkPinPath(cfg.BPFFS, h.name)))
+	}
+	errs = append(errs, detachCgroupLinks(cfg.CgroupPath))
+	for _, name := range []string{ztdnsMapPods, ztdnsMapNameservers, ztdnsMapSockets, ztdnsMapConfig, ztdnsMapHeartbeat, ztdnsMapCounters} {
+		errs = append(errs, removeMapPin(pinPath(cfg.BPFFS, name)))
+	}
+	for _, dir := range []string{filepath.Join(cfg.BPFFS, linksDir), cfg.BPFFS} {
+		if err := os.Remove(dir); err != nil && !errors.Is(err, os.ErrNotExist) && !errors.Is(err, unix.ENOTEMPTY) {
+			errs = append(errs, fmt.Errorf("remove %s: %w", dir, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func removePinnedLink(pin string) error {
+	l, err := link.LoadPinnedLink(pin, nil)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("open pinned link %s: %w", pin, err)
+	}
+	defer l.Close()
+	if _, err := ownedLinkInfo(l); err != nil {
+		return fmt.Errorf("pinned link %s: %w", pin, err)
+	}
+	// Detach first: another process (a running agent) may hold the link
+	// open, and unpinning alone would leave the program attached until it
+	// exits. Defunct links have nothing to detach.
+	if err := l.Detach(); err != nil && !errors.Is(err, unix.ENOLINK) {
+		return fmt.Errorf("detach %s: %w", pin, err)
+	}
+	if err := l.Unpin(); err != nil {
+		return fmt.Errorf("unpin %s: %w", pin, err)
+	}
+	return nil
+}
+
+// detachCgroupLinks detaches every link that attaches a ztdns program to
+// cgroupPath, pinned or not.
+func detachCgroupLinks(cgroupPath string) error {
+	cgID, err := cgroupID(cgroupPath)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	var errs []error
+	it := new(link.Iterator)
+	defer it.Close()
+	for it.Next() {
+		l := it.Take()
+		info, err := l.Info()
+		if err == nil && info.Type == link.CgroupType && info.Cgroup() != nil && info.Cgroup().CgroupId == cgID {
+			if _, err := ownedLinkInfo(l); err == nil {
+				if err := l.Detach(); err != nil {
+					errs = append(errs, fmt.Errorf("detach link %d: %w", info.ID, err))
+				}
+			}
+		}
+		l.Close()
+	}
+	if err := it.Err(); err != nil {
+		errs = append(errs, fmt.Errorf("list links: %w", err))
+	}
+	return errors.Join(errs...)
+}
+
+// removeMapPin removes pin if it is a BPF map (ztdns pins only maps there).
+func removeMapPin(pin string) error {
+	m, err := ebpf.LoadPinnedMap(pin, nil)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("open pinned map %s: %w", pin, err)
+	}
+	m.Close()
+	if err := os.Remove(pin); err != nil {
+		return fmt.Errorf("remove %s: %w", pin, err)
+	}
+	return nil
+}

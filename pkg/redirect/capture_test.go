@@ -1,0 +1,299 @@
+//go:build linux
+
+package redirect
+
+import (
+	"context"
+	"net/netip"
+	"os/exec"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ztdns/ztdns/internal/testenv"
+)
+
+// TestRealClientsResolveThroughRedirect runs the stub resolvers pods really
+// use inside a marked pod whose nameservers exist nowhere: each must get the
+// test server's answer, the server must see the query arrive on the slot
+// address of the nameserver the client addressed, and the slot must have
+// learned that nameserver (what the resolver forwards a miss to).
+func TestRealClientsResolveThroughRedirect(t *testing.T) {
+	t.Parallel()
+	e := newCaptureEnv(t, envOptions{})
+	musl := testenv.BuildMuslGetaddrinfo(t)
+
+	type client func(ctx context.Context, p *testenv.Pod, name string) *exec.Cmd
+	run := func(bin string, args ...string) client {
+		return func(ctx context.Context, p *testenv.Pod, name string) *exec.Cmd {
+			return p.Command(ctx, e.cg, bin, append(args, name)...)
+		}
+	}
+	dig := func(args ...string) client {
+		return run("dig", append([]string{"+short", "+time=3", "+tries=1"}, args...)...)
+	}
+
+	tests := []struct {
+		name        string
+		nameservers []string // resolv.conf of the pod
+		client      client
+		wantOut     []netip.Addr // answers the client must print
+		wantNet     string       // transport every query must use
+		wantServers []string     // nameservers the queries were meant for, each at least once
+		wantRestore bool         // the client reads the reply's source: restored > 0
+	}{{
+		name:        "glibc getent hosts",
+		nameservers: []string{nowhere4},
+		client:      run("getent", "hosts"),
+		wantOut:     []netip.Addr{marker6},
+		wantNet:     "udp",
+		wantServers: []string{nowhere4 + ":53"},
+		wantRestore: true,
+	}, {
+		name:        "glibc getent ahosts",
+		nameservers: []string{nowhere4},
+		client:      run("getent", "ahosts"),
+		wantOut:     []netip.Addr{marker4, marker6},
+		wantNet:     "udp",
+		wantServers: []string{nowhere4 + ":53"},
+		wantRestore: true,
+	}, {
+		// musl sends to both nameservers in parallel from one unconnected
+		// socket and takes the first reply whose source it sent to.
+		name:        "musl getaddrinfo two IPv4 nameservers",
+		nameservers: []string{nowhere4, nowhere4b},
+		client:      run(musl),
+		wantOut:     []netip.Addr{marker4, marker6},
+		wantNet:     "udp",
+		wantServers: []string{nowhere4 + ":53", nowhere4b + ":53"},
+		wantRestore: true,
+	}, {
+		// With an IPv6 nameserver musl uses one AF_INET6 socket and sends
+		// to the IPv4 one as ::ffff:203.0.113.53.
+		name:        "musl getaddrinfo IPv6 and v4-mapped nameservers",
+		nameservers: []string{nowhere6, nowhere4},
+		client:      run(musl),
+		wantOut:     []netip.Addr{marker4, marker6},
+		wantNet:     "udp",
+		wantServers: []string{"[" + nowhere6 + "]:53", nowhere4 + ":53"},
+		wantRestore: true,
+	}, {
+		name:        "Go resolver PreferGo",
+		nameservers: []string{nowhere4},
+		client: func(ctx context.Context, p *testenv.Pod, name string) *exec.Cmd {
+			return p.GoLookup(ctx, e.cg, name)
+		},
+		wantOut:     []netip.Addr{marker4, marker6},
+		wantNet:     "udp",
+		wantServers: []string{nowhere4 + ":53"},
+	}, {
+		name:        "dig UDP",
+		nameservers: []string{nowhere4},
+		client:      dig(),
+		wantOut:     []netip.Addr{marker4},
+		wantNet:     "udp",
+		wantServers: []string{nowhere4 + ":53"},
+		wantRestore: true,
+	}, {
+		name:        "dig TCP",
+		nameservers: []string{nowhere4},
+		client:      dig("+tcp"),
+		wantOut:     []netip.Addr{marker4},
+		wantNet:     "tcp",
+		wantServers: []string{nowhere4 + ":53"},
+	}, {
+		name:        "dig @IPv6 nameserver",
+		nameservers: []string{nowhere4},
+		client:      dig("@"+nowhere6, "AAAA"),
+		wantOut:     []netip.Addr{marker6},
+		wantNet:     "udp",
+		wantServers: []string{"[" + nowhere6 + "]:53"},
+		wantRestore: true,
+	}, {
+		name:        "dig TCP @IPv6 nameserver",
+		nameservers: []string{nowhere4},
+		client:      dig("+tcp", "@"+nowhere6, "AAAA"),
+		wantOut:     []netip.Addr{marker6},
+		wantNet:     "tcp",
+		wantServers: []string{"[" + nowhere6 + "]:53"},
+	}}
+
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			pod, cookie := e.markedPod(t, 0, tt.nameservers...)
+			name := uniqueName("client")
+
+			ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+			defer cancel()
+			out, err := tt.client(ctx, pod, name).CombinedOutput()
+			if err != nil {
+				t.Fatalf("client failed: %v\n%s", err, out)
+			}
+			got := parseAddrs(string(out))
+			for _, want := range tt.wantOut {
+				if !slices.Contains(got, want) {
+					t.Errorf("client printed %q, want it to contain %s", out, want)
+				}
+			}
+
+			queries := e.queriesNamed(name)
+			if len(queries) == 0 {
+				t.Fatalf("the resolver saw no query for %s", name)
+			}
+			seen := map[string]bool{}
+			for _, q := range queries {
+				if q.Remote.Addr() != pod.IPv4 && q.Remote.Addr() != pod.IPv6 {
+					t.Errorf("query %+v is not from the pod (%s, %s)", q, pod.IPv4, pod.IPv6)
+				}
+				if q.Net != tt.wantNet {
+					t.Errorf("query %+v arrived over %s, want %s", q, q.Net, tt.wantNet)
+				}
+				slot := e.slotOf(q.Local)
+				if slot < 0 {
+					t.Fatalf("query %+v arrived on %s, not a resolver address", q, q.Local)
+				}
+				ns, ok := e.r.Nameserver(cookie, slot)
+				if !ok {
+					t.Fatalf("query arrived on slot %d (%s), but the slot learned no nameserver", slot, q.Local)
+				}
+				if ns.Addr().Is4() != q.Local.Addr().Is4() {
+					t.Errorf("slot %d holds %s, but the query arrived on %s: families differ", slot, ns, q.Local)
+				}
+				seen[ns.String()] = true
+			}
+			for _, want := range tt.wantServers {
+				if !seen[want] {
+					t.Errorf("queries were meant for %v, want %s among them", keys(seen), want)
+				}
+			}
+			for ns := range seen {
+				if !slices.Contains(tt.wantServers, ns) {
+					t.Errorf("a query was meant for %s, want only %v", ns, tt.wantServers)
+				}
+			}
+
+			c := e.podCounters(t, cookie)
+			if c.Redirected == 0 {
+				t.Errorf("pod counters %+v: nothing redirected", c)
+			}
+			if tt.wantRestore && c.Restored == 0 {
+				t.Errorf("pod counters %+v: no reply restored", c)
+			}
+		})
+	}
+}
+
+// TestOthersAreLeftAlone checks that only sockets of marked pods in the
+// attached cgroup, on port 53, to a nameserver, are redirected.
+func TestOthersAreLeftAlone(t *testing.T) {
+	t.Parallel()
+	e := newCaptureEnv(t, envOptions{})
+
+	tests := []struct {
+		name string
+		// run returns the dig output and error for a query of name.
+		run        func(t *testing.T, name string) (string, error)
+		wantAnswer bool // the query is answered (by the resolver, asked directly)
+	}{{
+		name: "unmarked pod",
+		run: func(t *testing.T, name string) (string, error) {
+			p := e.pod(t, nowhere4)
+			return dig(t, &p.Netns, e.cg, name)
+		},
+	}, {
+		name: "node namespace",
+		run: func(t *testing.T, name string) (string, error) {
+			return dig(t, &e.node.Netns, e.cg, "@"+nowhere4, name)
+		},
+	}, {
+		name: "paused pod",
+		run: func(t *testing.T, name string) (string, error) {
+			p, _ := e.markedPod(t, PodPaused, nowhere4)
+			return dig(t, &p.Netns, e.cg, name)
+		},
+	}, {
+		name: "marked pod outside the cgroup",
+		run: func(t *testing.T, name string) (string, error) {
+			p, _ := e.markedPod(t, 0, nowhere4)
+			return dig(t, &p.Netns, nil, name)
+		},
+	}, {
+		name: "marked pod on another port",
+		run: func(t *testing.T, name string) (string, error) {
+			p, _ := e.markedPod(t, 0, nowhere4)
+			return dig(t, &p.Netns, e.cg, "-p", "5353", name)
+		},
+	}, {
+		// The pod learned 2 nameservers, so slot 1 is in use; a query sent
+		// straight to slot 1's resolver address must neither be
+		// redirected nor have its reply's source rewritten (dig drops a
+		// reply from an address it did not ask).
+		name: "marked pod asking a resolver address directly",
+		run: func(t *testing.T, name string) (string, error) {
+			p, cookie := e.markedPod(t, 0, nowhere4)
+			for _, ns := range []string{nowhere4, nowhere4b} {
+				if out, err := dig(t, &p.Netns, e.cg, "@"+ns, uniqueName("learn")); err != nil {
+					t.Fatalf("dig @%s: %v\n%s", ns, err, out)
+				}
+			}
+			if ns, ok := e.r.Nameserver(cookie, 1); !ok || ns.String() != nowhere4b+":53" {
+				t.Fatalf("slot 1 holds %s, %v; want %s:53", ns, ok, nowhere4b)
+			}
+			before := e.podCounters(t, cookie)
+			out, err := dig(t, &p.Netns, e.cg, "@"+e.cfg.Resolver4[1].Addr().String(), name)
+			if after := e.podCounters(t, cookie); after != before {
+				t.Errorf("pod counters changed from %+v to %+v", before, after)
+			}
+			return out, err
+		},
+		wantAnswer: true,
+	}}
+
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			name := uniqueName("alone")
+			before := e.counters(t).Redirected
+			out, err := tt.run(t, name)
+			queries := e.queriesNamed(name)
+
+			if tt.wantAnswer {
+				if err != nil || !slices.Contains(parseAddrs(out), marker4) {
+					t.Fatalf("dig: %v, printed %q; want %s", err, out, marker4)
+				}
+				if len(queries) != 1 || queries[0].Local != e.cfg.Resolver4[1] {
+					t.Errorf("resolver saw %+v, want one query on %s", queries, e.cfg.Resolver4[1])
+				}
+			} else {
+				if err == nil {
+					t.Errorf("dig succeeded (%q), want it to fail: the nameserver exists nowhere", out)
+				}
+				if len(queries) != 0 {
+					t.Errorf("the resolver saw %+v, want nothing", queries)
+				}
+				if after := e.counters(t).Redirected; after != before {
+					t.Errorf("redirected counter went from %d to %d, want unchanged", before, after)
+				}
+			}
+		})
+	}
+}
+
+func parseAddrs(out string) []netip.Addr {
+	var addrs []netip.Addr
+	for _, f := range strings.Fields(out) {
+		if a, err := netip.ParseAddr(f); err == nil {
+			addrs = append(addrs, a)
+		}
+	}
+	return addrs
+}
+
+func keys(m map[string]bool) []string {
+	var out []string
+	for k := range m {
+		out = append(out, k)
+	}
+	slices.Sort(out)
+	return out
+}

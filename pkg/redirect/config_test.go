@@ -1,0 +1,157 @@
+//go:build linux
+
+package redirect
+
+import (
+	"encoding/binary"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+
+	"github.com/ztdns/ztdns/internal/testenv"
+)
+
+func TestConfigValidate(t *testing.T) {
+	ap := netip.MustParseAddrPort
+	r4, r6 := DefaultResolver4(), DefaultResolver6()
+	with4 := func(i int, a netip.AddrPort) [Slots]netip.AddrPort { r := r4; r[i] = a; return r }
+	with6 := func(i int, a netip.AddrPort) [Slots]netip.AddrPort { r := r6; r[i] = a; return r }
+
+	tests := []struct {
+		name    string
+		cfg     Config
+		wantErr string // "" for valid
+	}{
+		{name: "defaults", cfg: Config{Resolver4: r4, Resolver6: r6}},
+		{name: "IPv4 only", cfg: Config{Resolver4: r4}},
+		{name: "IPv6 only", cfg: Config{Resolver6: r6}},
+		{name: "no resolver", cfg: Config{}, wantErr: "no resolver address"},
+		{name: "missing slot", cfg: Config{Resolver4: with4(2, netip.AddrPort{})}, wantErr: "slot 2 is missing"},
+		{name: "IPv6 in IPv4 list", cfg: Config{Resolver4: with4(0, ap("[fd00::1]:53"))}, wantErr: "not a plain IPv4"},
+		{name: "v4-mapped in IPv6 list", cfg: Config{Resolver6: with6(1, ap("[::ffff:10.0.0.1]:53"))}, wantErr: "not a plain IPv6"},
+		{name: "zone", cfg: Config{Resolver6: with6(0, ap("[fe80::1%eth0]:53"))}, wantErr: "not a plain IPv6"},
+		{name: "no port", cfg: Config{Resolver4: with4(1, ap("169.254.20.99:0"))}, wantErr: "has no port"},
+		{name: "duplicate", cfg: Config{Resolver4: with4(1, r4[0])}, wantErr: "used by two slots"},
+		{name: "negative staleness", cfg: Config{Resolver4: r4, StaleAfter: -1}, wantErr: "negative"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := tt.cfg.validate()
+			switch {
+			case tt.wantErr == "" && err != nil:
+				t.Errorf("validate() = %v, want nil", err)
+			case tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)):
+				t.Errorf("validate() = %v, want an error containing %q", err, tt.wantErr)
+			}
+		})
+	}
+}
+
+func mkdirAll(tb testing.TB, dir string) string {
+	tb.Helper()
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		tb.Fatal(err)
+	}
+	return dir
+}
+
+func TestParseCgroup2Mounts(t *testing.T) {
+	tests := []struct {
+		name   string
+		mounts string
+		want   []string
+	}{{
+		name: "hybrid",
+		mounts: "tmpfs /sys/fs/cgroup tmpfs rw 0 0\n" +
+			"cgroup /sys/fs/cgroup/cpu cgroup rw,cpu 0 0\n" +
+			"cgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\n",
+		want: []string{"/sys/fs/cgroup/unified"},
+	}, {
+		name:   "unified",
+		mounts: "cgroup2 /sys/fs/cgroup cgroup2 rw,nsdelegate 0 0\n",
+		want:   []string{"/sys/fs/cgroup"},
+	}, {
+		name:   "escaped path",
+		mounts: `none /run/my\040cgroup cgroup2 rw 0 0` + "\n",
+		want:   []string{"/run/my cgroup"},
+	}, {
+		name:   "none",
+		mounts: "proc /proc proc rw 0 0\n",
+		want:   nil,
+	}}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := parseCgroup2Mounts(strings.NewReader(tt.mounts))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(got, tt.want) {
+				t.Errorf("got %q, want %q", got, tt.want)
+			}
+		})
+	}
+}
+
+// TestLoadChecksFirst: Load names what is wrong before loading anything,
+// and mounts bpffs where none is mounted.
+func TestLoadChecksFirst(t *testing.T) {
+	t.Parallel()
+	testenv.RequireRoot(t)
+
+	t.Run("cgroup is not cgroup v2", func(t *testing.T) {
+		_, err := Load(Config{BPFFS: filepath.Join(testenv.NewBPFFS(t), "ztdns"), CgroupPath: t.TempDir(), Resolver4: DefaultResolver4()})
+		if err == nil || !strings.Contains(err.Error(), "is not a cgroup v2 directory") {
+			t.Errorf("Load: %v, want it to name the cgroup", err)
+		}
+	})
+
+	t.Run("bpffs missing is mounted", func(t *testing.T) {
+		root := filepath.Join(t.TempDir(), "bpf")
+		t.Cleanup(func() {
+			if err := unix.Unmount(root, unix.MNT_DETACH); err != nil {
+				t.Errorf("unmount %s: %v", root, err)
+			}
+		})
+		cg := testenv.NewCgroup(t)
+		mustLoad(t, Config{BPFFS: filepath.Join(root, "ztdns"), CgroupPath: cg.Path, Resolver4: DefaultResolver4(), Logger: testLogger(t)})
+		var st unix.Statfs_t
+		if err := unix.Statfs(root, &st); err != nil || st.Type != unix.BPF_FS_MAGIC {
+			t.Errorf("statfs %s: type %#x, %v; want bpffs mounted", root, st.Type, err)
+		}
+	})
+
+	t.Run("incompatible pinned map is replaced", func(t *testing.T) {
+		bpffs := filepath.Join(testenv.NewBPFFS(t), "ztdns")
+		old, err := ebpf.NewMapWithOptions(&ebpf.MapSpec{
+			Name: ztdnsMapPods, Type: ebpf.Hash, KeySize: 8, ValueSize: 4, MaxEntries: 1, Pinning: ebpf.PinByName,
+		}, ebpf.MapOptions{PinPath: mkdirAll(t, bpffs)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		old.Close()
+		cg := testenv.NewCgroup(t)
+		r := mustLoad(t, Config{BPFFS: bpffs, CgroupPath: cg.Path, Resolver4: DefaultResolver4(), Logger: testLogger(t)})
+		if got, want := r.objs.Pods.ValueSize(), uint32(binary.Size(ztdnsPodInfo{})); got != want {
+			t.Errorf("pods value size %d, want %d", got, want)
+		}
+	})
+
+	t.Run("default cgroup is the cgroup2 root", func(t *testing.T) {
+		cfg, err := Config{}.withDefaults()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := testenv.Cgroup2Root(t); cfg.CgroupPath != want {
+			t.Errorf("default cgroup %s, want %s", cfg.CgroupPath, want)
+		}
+		if cfg.BPFFS != DefaultBPFFS || cfg.StaleAfter != DefaultStaleAfter {
+			t.Errorf("defaults %+v", cfg)
+		}
+	})
+}

@@ -1,0 +1,229 @@
+//go:build linux
+
+package redirect
+
+import (
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ztdns/ztdns/internal/testenv"
+)
+
+func TestMain(m *testing.M) {
+	testenv.RunHelper() // Go-resolver client runs of this binary
+	os.Exit(m.Run())
+}
+
+// What the test DNS server answers for every name: an answer with these
+// can only have come through the redirect, because the pods' nameservers
+// exist nowhere.
+var (
+	marker4 = netip.MustParseAddr("198.51.100.1")
+	marker6 = netip.MustParseAddr("2001:db8:ffff::1")
+)
+
+// Nameservers that exist nowhere: a query to them that is not redirected
+// dies in the node namespace, which has no route for them.
+const (
+	nowhere4  = "203.0.113.53"
+	nowhere4b = "198.51.100.53"
+	nowhere6  = "2001:db8::53"
+)
+
+func testLogger(tb testing.TB) *slog.Logger {
+	return slog.New(slog.NewTextHandler(tb.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+// captureEnv is the topology of TESTING.md with the programs attached to a
+// test cgroup and a test DNS server standing in for the resolver on every
+// slot address in the node namespace.
+type captureEnv struct {
+	node *testenv.Node
+	cg   *testenv.Cgroup
+	cfg  Config
+	r    *Redirector
+	dns  *testenv.DNSServer
+}
+
+type envOptions struct {
+	staleAfter time.Duration // 0: DefaultStaleAfter
+	manualBeat bool          // no background heartbeat
+	answer     testenv.Answerer
+}
+
+func newCaptureEnv(tb testing.TB, opts envOptions) *captureEnv {
+	tb.Helper()
+	testenv.RequireRoot(tb)
+	for _, bin := range []string{"ip", "dig", "getent"} {
+		testenv.LookPath(tb, bin)
+	}
+
+	node := testenv.NewNode(tb)
+	if err := node.Do(func() error {
+		_, err := EnsureInterface(testLogger(tb), DefaultInterface, DefaultInterfaceAddrs())
+		return err
+	}); err != nil {
+		tb.Fatalf("resolver interface: %v", err)
+	}
+	if opts.answer == nil {
+		opts.answer = testenv.Marker(marker4, marker6)
+	}
+	e := &captureEnv{node: node}
+	e.dns = testenv.StartDNSServer(tb, &node.Netns, resolverAddrs(), opts.answer)
+	e.cg = testenv.NewCgroup(tb)
+	e.cfg = Config{
+		BPFFS:      filepath.Join(testenv.NewBPFFS(tb), "ztdns"),
+		CgroupPath: e.cg.Path,
+		Resolver4:  DefaultResolver4(),
+		Resolver6:  DefaultResolver6(),
+		StaleAfter: opts.staleAfter,
+		Logger:     testLogger(tb),
+	}
+	e.r = mustLoad(tb, e.cfg)
+	if !opts.manualBeat {
+		keepBeating(tb, e.r)
+	}
+	return e
+}
+
+func resolverAddrs() []netip.AddrPort {
+	r4, r6 := DefaultResolver4(), DefaultResolver6()
+	return append(r4[:], r6[:]...)
+}
+
+// mustLoad loads and closes the Redirector at cleanup.
+func mustLoad(tb testing.TB, cfg Config) *Redirector {
+	tb.Helper()
+	r, err := Load(cfg)
+	if err != nil {
+		tb.Fatalf("Load: %v", err)
+	}
+	tb.Cleanup(func() {
+		if err := r.Close(); err != nil {
+			tb.Errorf("Close: %v", err)
+		}
+	})
+	return r
+}
+
+// keepBeating writes the heartbeat every 100 ms until cleanup, the way the
+// agent does every second.
+func keepBeating(tb testing.TB, r *Redirector) {
+	tb.Helper()
+	beat(tb, r)
+	done := make(chan struct{})
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		tick := time.NewTicker(100 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-tick.C:
+				if err := r.Heartbeat(); err != nil {
+					tb.Errorf("Heartbeat: %v", err)
+					return
+				}
+			}
+		}
+	}()
+	tb.Cleanup(func() { close(done); <-stopped })
+}
+
+func beat(tb testing.TB, r *Redirector) {
+	tb.Helper()
+	if err := r.Heartbeat(); err != nil {
+		tb.Fatalf("Heartbeat: %v", err)
+	}
+}
+
+// pod adds an unmarked pod whose resolv.conf lists nameservers.
+func (e *captureEnv) pod(tb testing.TB, nameservers ...string) *testenv.Pod {
+	tb.Helper()
+	return e.node.AddPod(tb, testenv.PodConfig{Nameservers: nameservers})
+}
+
+// markedPod adds a pod and marks its network namespace the way the agent
+// does: cookie and IPs read from the namespace.
+func (e *captureEnv) markedPod(tb testing.TB, flags PodFlags, nameservers ...string) (*testenv.Pod, uint64) {
+	tb.Helper()
+	p := e.pod(tb, nameservers...)
+	cookie, err := NetnsCookie(p.Path())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	info, err := PodInfoFromNetns(p.Path())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	info.Flags = flags
+	if err := e.r.Mark(cookie, info); err != nil {
+		tb.Fatal(err)
+	}
+	return p, cookie
+}
+
+// slotOf returns the slot whose resolver address a query arrived on.
+func (e *captureEnv) slotOf(local netip.AddrPort) int {
+	if i := slices.Index(e.cfg.Resolver4[:], local); i >= 0 {
+		return i
+	}
+	return slices.Index(e.cfg.Resolver6[:], local)
+}
+
+// queriesNamed returns the queries the resolver received for name.
+func (e *captureEnv) queriesNamed(name string) []testenv.Query {
+	var out []testenv.Query
+	for _, q := range e.dns.Queries() {
+		if q.Name == strings.ToLower(name)+"." {
+			out = append(out, q)
+		}
+	}
+	return out
+}
+
+func (e *captureEnv) podCounters(tb testing.TB, cookie uint64) PodCounters {
+	tb.Helper()
+	pods, err := e.r.Pods()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	for _, p := range pods {
+		if p.NetnsCookie == cookie {
+			return p.Counters
+		}
+	}
+	tb.Fatalf("netns cookie %d is not marked", cookie)
+	return PodCounters{}
+}
+
+func (e *captureEnv) counters(tb testing.TB) Counters {
+	tb.Helper()
+	c, err := e.r.Counters()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return c
+}
+
+// dig runs dig in the netns, inside the test cgroup when cg is set, with
+// one short try so that a query that is not redirected fails fast.
+func dig(tb testing.TB, ns *testenv.Netns, cg *testenv.Cgroup, args ...string) (string, error) {
+	tb.Helper()
+	args = append([]string{"+short", "+time=2", "+tries=1"}, args...)
+	return ns.Output(tb, cg, 10*time.Second, "dig", args...)
+}
+
+// uniqueName returns a fresh query name, so each check finds its own
+// queries in the server's log.
+func uniqueName(label string) string {
+	return testenv.UniqueName(label+"-") + ".ztdns.test"
+}

@@ -1,0 +1,185 @@
+//go:build linux
+
+package redirect
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// ifaceAlias marks an interface as created by ztdns (IFLA_IFALIAS, shown by
+// `ip link`): EnsureInterface and RemoveInterface touch no other.
+const ifaceAlias = "ztdns resolver addresses"
+
+// DefaultInterfaceAddrs returns the default resolver addresses as host
+// prefixes, ready for EnsureInterface.
+func DefaultInterfaceAddrs() []netip.Prefix {
+	var out []netip.Prefix
+	for _, ap := range DefaultResolver4() {
+		out = append(out, netip.PrefixFrom(ap.Addr(), 32))
+	}
+	for _, ap := range DefaultResolver6() {
+		out = append(out, netip.PrefixFrom(ap.Addr(), 128))
+	}
+	return out
+}
+
+// interfaceKinds are tried in order. Any of them gives addresses the kernel
+// delivers locally, reachable from the node itself and from pods routing to
+// the node. dummy is made for this; kernels without it (these machines)
+// still have bridge (a bridge without ports forwards nothing) and ifb
+// (which drops whatever is routed to it).
+var interfaceKinds = []func(netlink.LinkAttrs) netlink.Link{
+	func(a netlink.LinkAttrs) netlink.Link { return &netlink.Dummy{LinkAttrs: a} },
+	func(a netlink.LinkAttrs) netlink.Link { return &netlink.Bridge{LinkAttrs: a} },
+	func(a netlink.LinkAttrs) netlink.Link { return &netlink.Ifb{LinkAttrs: a} },
+}
+
+// EnsureInterface makes sure the interface name exists in the current
+// network namespace, was created by ztdns, is up, and carries exactly addrs
+// (IPv6 ones without duplicate address detection, so they are usable at
+// once). It returns the device kind used ("dummy", "bridge", "ifb").
+func EnsureInterface(log *slog.Logger, name string, addrs []netip.Prefix) (string, error) {
+	if log == nil {
+		log = slog.Default()
+	}
+	l, err := netlink.LinkByName(name)
+	var notFound netlink.LinkNotFoundError
+	switch {
+	case errors.As(err, &notFound):
+		l, err = createInterface(name)
+		if err != nil {
+			return "", err
+		}
+		log.Info("created resolver interface", "name", name, "kind", l.Type())
+	case err != nil:
+		return "", fmt.Errorf("look up interface %s: %w", name, err)
+	case l.Attrs().Alias != ifaceAlias:
+		return "", fmt.Errorf("interface %s exists and was not created by ztdns", name)
+	}
+
+	if err := netlink.LinkSetUp(l); err != nil {
+		return "", fmt.Errorf("set %s up: %w", name, err)
+	}
+	if err := syncAddrs(l, addrs); err != nil {
+		return "", fmt.Errorf("interface %s: %w", name, err)
+	}
+	if err := waitLocal(addrs); err != nil {
+		return "", fmt.Errorf("interface %s: %w", name, err)
+	}
+	return l.Type(), nil
+}
+
+// waitLocal returns once the kernel delivers every address locally. Even
+// with NODAD, an IPv6 address gets its local route from addrconf's work
+// queue a moment after it was added: a socket connected before that routes
+// its packets out of the interface instead, and they are lost.
+func waitLocal(addrs []netip.Prefix) error {
+	deadline := time.Now().Add(3 * time.Second)
+	for _, p := range addrs {
+		for {
+			routes, err := netlink.RouteGet(p.Addr().AsSlice())
+			if err == nil && len(routes) > 0 && routes[0].Type == unix.RTN_LOCAL {
+				break
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("%s is not delivered locally yet (route lookup: %v, %v)", p.Addr(), routes, err)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	return nil
+}
+
+func createInterface(name string) (netlink.Link, error) {
+	var errs []error
+	for _, kind := range interfaceKinds {
+		l := kind(netlink.LinkAttrs{Name: name})
+		err := netlink.LinkAdd(l)
+		if errors.Is(err, unix.EOPNOTSUPP) {
+			// "Unknown device type": driver not built.
+			errs = append(errs, fmt.Errorf("%s: %w", l.Type(), err))
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("create %s interface %s: %w", l.Type(), name, err)
+		}
+		created, err := netlink.LinkByName(name)
+		if err == nil {
+			err = netlink.LinkSetAlias(created, ifaceAlias)
+		}
+		if err != nil {
+			return nil, errors.Join(fmt.Errorf("set up interface %s: %w", name, err), netlink.LinkDel(l))
+		}
+		return created, nil
+	}
+	return nil, fmt.Errorf("no device type for interface %s: %w", name, errors.Join(errs...))
+}
+
+// syncAddrs adds the missing addrs and removes other global addresses.
+func syncAddrs(l netlink.Link, addrs []netip.Prefix) error {
+	have, err := netlink.AddrList(l, netlink.FAMILY_ALL)
+	if err != nil {
+		return fmt.Errorf("list addresses: %w", err)
+	}
+	want := map[netip.Prefix]bool{}
+	for _, p := range addrs {
+		want[p] = true
+	}
+	present := map[netip.Prefix]bool{}
+	for _, a := range have {
+		ip, _ := netip.AddrFromSlice(a.IP)
+		ones, _ := a.Mask.Size()
+		p := netip.PrefixFrom(ip.Unmap(), ones)
+		if ip.IsLinkLocalUnicast() && ip.Is6() {
+			continue // the kernel's own fe80:: address
+		}
+		if want[p] {
+			present[p] = true
+			continue
+		}
+		if err := netlink.AddrDel(l, &a); err != nil {
+			return fmt.Errorf("remove %s: %w", p, err)
+		}
+	}
+	for _, p := range addrs {
+		if present[p] {
+			continue
+		}
+		a := &netlink.Addr{IPNet: &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}}
+		if p.Addr().Is6() {
+			a.Flags = unix.IFA_F_NODAD
+		}
+		if err := netlink.AddrReplace(l, a); err != nil {
+			return fmt.Errorf("add %s: %w", p, err)
+		}
+	}
+	return nil
+}
+
+// RemoveInterface deletes the interface if ztdns created it. A missing
+// interface is not an error.
+func RemoveInterface(name string) error {
+	l, err := netlink.LinkByName(name)
+	var notFound netlink.LinkNotFoundError
+	if errors.As(err, &notFound) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("look up interface %s: %w", name, err)
+	}
+	if l.Attrs().Alias != ifaceAlias {
+		return fmt.Errorf("interface %s was not created by ztdns: leaving it", name)
+	}
+	if err := netlink.LinkDel(l); err != nil {
+		return fmt.Errorf("delete interface %s: %w", name, err)
+	}
+	return nil
+}

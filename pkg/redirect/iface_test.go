@@ -1,0 +1,196 @@
+//go:build linux
+
+package redirect
+
+import (
+	"net"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/ztdns/ztdns/internal/testenv"
+)
+
+// TestEnsureInterface creates the resolver interface in a node namespace
+// and proves every address is locally delivered: reachable from the node
+// itself and from a pod through its default route.
+func TestEnsureInterface(t *testing.T) {
+	t.Parallel()
+	node := testenv.NewNode(t)
+	pod := node.AddPod(t, testenv.PodConfig{})
+	want := DefaultInterfaceAddrs()
+
+	var kind string
+	inNode(t, node, func() error {
+		var err error
+		kind, err = EnsureInterface(testLogger(t), DefaultInterface, want)
+		return err
+	})
+	t.Logf("resolver interface kind: %s", kind)
+	if !slices.Contains([]string{"dummy", "bridge", "ifb"}, kind) {
+		t.Errorf("kind %q, want dummy, bridge or ifb", kind)
+	}
+	if got := interfaceAddrs(t, node, DefaultInterface); !slices.Equal(got, sortedPrefixes(want)) {
+		t.Errorf("addresses %v, want %v", got, sortedPrefixes(want))
+	}
+
+	t.Run("idempotent and converging", func(t *testing.T) {
+		// A second run keeps the interface and drops addresses not asked
+		// for.
+		inNode(t, node, func() error {
+			l, err := netlink.LinkByName(DefaultInterface)
+			if err != nil {
+				return err
+			}
+			return netlink.AddrAdd(l, &netlink.Addr{IPNet: &net.IPNet{IP: net.ParseIP("169.254.99.1"), Mask: net.CIDRMask(32, 32)}})
+		})
+		inNode(t, node, func() error {
+			again, err := EnsureInterface(testLogger(t), DefaultInterface, want)
+			if err == nil && again != kind {
+				t.Errorf("second run kind %q, want %q", again, kind)
+			}
+			return err
+		})
+		if got := interfaceAddrs(t, node, DefaultInterface); !slices.Equal(got, sortedPrefixes(want)) {
+			t.Errorf("addresses %v, want %v", got, sortedPrefixes(want))
+		}
+	})
+
+	for _, p := range want {
+		addr := netip.AddrPortFrom(p.Addr(), 5353)
+		t.Run("reachable "+addr.String(), func(t *testing.T) {
+			startUDPEcho(t, &node.Netns, addr)
+			for _, from := range []*testenv.Netns{&node.Netns, &pod.Netns} {
+				if err := udpRoundTrip(from, addr); err != nil {
+					t.Errorf("from %s: %v", from.Name, err)
+				}
+			}
+		})
+	}
+
+	t.Run("foreign interface is left alone", func(t *testing.T) {
+		inNode(t, node, func() error {
+			return netlink.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "notours0"}})
+		})
+		inNode(t, node, func() error {
+			if _, err := EnsureInterface(testLogger(t), "notours0", want); err == nil || !strings.Contains(err.Error(), "not created by ztdns") {
+				t.Errorf("EnsureInterface on a foreign interface: %v", err)
+			}
+			if err := RemoveInterface("notours0"); err == nil {
+				t.Error("RemoveInterface removed a foreign interface")
+			}
+			_, err := netlink.LinkByName("notours0")
+			return err
+		})
+	})
+
+	t.Run("remove", func(t *testing.T) {
+		inNode(t, node, func() error {
+			if err := RemoveInterface(DefaultInterface); err != nil {
+				return err
+			}
+			if _, err := netlink.LinkByName(DefaultInterface); err == nil {
+				t.Error("interface still exists")
+			}
+			return RemoveInterface(DefaultInterface) // gone: no error
+		})
+	})
+}
+
+func inNode(tb testing.TB, node *testenv.Node, fn func() error) {
+	tb.Helper()
+	if err := node.Do(fn); err != nil {
+		tb.Fatal(err)
+	}
+}
+
+func interfaceAddrs(tb testing.TB, node *testenv.Node, name string) []netip.Prefix {
+	tb.Helper()
+	var out []netip.Prefix
+	inNode(tb, node, func() error {
+		l, err := netlink.LinkByName(name)
+		if err != nil {
+			return err
+		}
+		addrs, err := netlink.AddrList(l, netlink.FAMILY_ALL)
+		if err != nil {
+			return err
+		}
+		for _, a := range addrs {
+			ip, _ := netip.AddrFromSlice(a.IP)
+			ip = ip.Unmap()
+			if ip.IsLinkLocalUnicast() && ip.Is6() {
+				continue
+			}
+			ones, _ := a.Mask.Size()
+			out = append(out, netip.PrefixFrom(ip, ones))
+		}
+		return nil
+	})
+	return sortedPrefixes(out)
+}
+
+func sortedPrefixes(ps []netip.Prefix) []netip.Prefix {
+	out := slices.Clone(ps)
+	slices.SortFunc(out, func(a, b netip.Prefix) int { return a.Addr().Compare(b.Addr()) })
+	return out
+}
+
+// startUDPEcho answers every datagram on addr with itself until cleanup.
+func startUDPEcho(tb testing.TB, ns *testenv.Netns, addr netip.AddrPort) {
+	tb.Helper()
+	var pc net.PacketConn
+	if err := ns.Do(func() error {
+		var err error
+		pc, err = net.ListenPacket("udp", addr.String())
+		return err
+	}); err != nil {
+		tb.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		buf := make([]byte, 512)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			_, _ = pc.WriteTo(buf[:n], from)
+		}
+	}()
+	tb.Cleanup(func() { pc.Close(); <-done })
+}
+
+// udpRoundTrip sends a datagram to addr from inside ns and waits for the
+// echo.
+func udpRoundTrip(ns *testenv.Netns, addr netip.AddrPort) error {
+	var c net.Conn
+	if err := ns.Do(func() error {
+		var err error
+		c, err = net.Dial("udp", addr.String())
+		return err
+	}); err != nil {
+		return err
+	}
+	defer c.Close()
+	if err := c.SetDeadline(time.Now().Add(2 * time.Second)); err != nil {
+		return err
+	}
+	if _, err := c.Write([]byte("ping")); err != nil {
+		return err
+	}
+	buf := make([]byte, 16)
+	n, err := c.Read(buf)
+	if err != nil {
+		return err
+	}
+	if string(buf[:n]) != "ping" {
+		return &net.AddrError{Err: "unexpected echo " + string(buf[:n]), Addr: addr.String()}
+	}
+	return nil
+}

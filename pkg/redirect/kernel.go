@@ -1,0 +1,173 @@
+//go:build linux
+
+package redirect
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/features"
+	"golang.org/x/sys/unix"
+)
+
+// hook is one cgroup sock_addr attach point and the program ztdns runs there.
+type hook struct {
+	name    string // pin name under <bpffs>/links, and the C function name
+	attach  ebpf.AttachType
+	since   string // first Linux release with this attach type
+	program func(*ztdnsPrograms) *ebpf.Program
+}
+
+// hooks lists every attach point, in attach order: the restoring hooks go
+// first so that no redirected query's reply arrives before its source can be
+// set back.
+var hooks = []hook{
+	{ztdnsProgZtdnsRecvmsg4, ebpf.AttachCGroupUDP4Recvmsg, "5.2", func(p *ztdnsPrograms) *ebpf.Program { return p.ZtdnsRecvmsg4 }},
+	{ztdnsProgZtdnsRecvmsg6, ebpf.AttachCGroupUDP6Recvmsg, "5.2", func(p *ztdnsPrograms) *ebpf.Program { return p.ZtdnsRecvmsg6 }},
+	{ztdnsProgZtdnsGetpeername4, ebpf.AttachCgroupInet4GetPeername, "5.8", func(p *ztdnsPrograms) *ebpf.Program { return p.ZtdnsGetpeername4 }},
+	{ztdnsProgZtdnsGetpeername6, ebpf.AttachCgroupInet6GetPeername, "5.8", func(p *ztdnsPrograms) *ebpf.Program { return p.ZtdnsGetpeername6 }},
+	{ztdnsProgZtdnsConnect4, ebpf.AttachCGroupInet4Connect, "4.17", func(p *ztdnsPrograms) *ebpf.Program { return p.ZtdnsConnect4 }},
+	{ztdnsProgZtdnsConnect6, ebpf.AttachCGroupInet6Connect, "4.17", func(p *ztdnsPrograms) *ebpf.Program { return p.ZtdnsConnect6 }},
+	{ztdnsProgZtdnsSendmsg4, ebpf.AttachCGroupUDP4Sendmsg, "4.18", func(p *ztdnsPrograms) *ebpf.Program { return p.ZtdnsSendmsg4 }},
+	{ztdnsProgZtdnsSendmsg6, ebpf.AttachCGroupUDP6Sendmsg, "4.18", func(p *ztdnsPrograms) *ebpf.Program { return p.ZtdnsSendmsg6 }},
+}
+
+// Cgroup2Mounts returns the mount points of cgroup2 filesystems listed in
+// /proc/mounts, in the order mounted. On hybrid systems that is
+// /sys/fs/cgroup/unified, on unified ones /sys/fs/cgroup.
+func Cgroup2Mounts() ([]string, error) {
+	f, err := os.Open("/proc/mounts")
+	if err != nil {
+		return nil, fmt.Errorf("read mounts: %w", err)
+	}
+	defer f.Close()
+	return parseCgroup2Mounts(f)
+}
+
+func parseCgroup2Mounts(r io.Reader) ([]string, error) {
+	var mounts []string
+	sc := bufio.NewScanner(r)
+	for sc.Scan() {
+		// device mountpoint fstype options dump pass
+		fields := strings.Fields(sc.Text())
+		if len(fields) >= 3 && fields[2] == "cgroup2" {
+			mounts = append(mounts, unescapeMountPath(fields[1]))
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("read mounts: %w", err)
+	}
+	return mounts, nil
+}
+
+// unescapeMountPath undoes the octal escapes /proc/mounts uses for space,
+// tab, newline and backslash.
+func unescapeMountPath(s string) string {
+	r := strings.NewReplacer(`\040`, " ", `\011`, "\t", `\012`, "\n", `\134`, `\`)
+	return r.Replace(s)
+}
+
+// checkCgroup makes sure path is a directory of a cgroup v2 hierarchy; the
+// sock_addr hooks exist only there.
+func checkCgroup(path string) error {
+	var st unix.Statfs_t
+	if err := unix.Statfs(path, &st); err != nil {
+		return fmt.Errorf("cgroup %s is not usable: %w", path, err)
+	}
+	if st.Type != unix.CGROUP2_SUPER_MAGIC {
+		return fmt.Errorf("%s is not a cgroup v2 directory (mounted cgroup2: see /proc/mounts)", path)
+	}
+	return nil
+}
+
+// ensureBPFFS makes pinDir a directory on a bpf filesystem. When the
+// nearest existing ancestor of pinDir is not on bpffs (these machines boot
+// with /sys/fs/bpf empty), it mounts bpffs at pinDir's parent, the way
+// Cilium's agent mounts /sys/fs/bpf.
+func ensureBPFFS(log *slog.Logger, pinDir string) error {
+	existing := pinDir
+	for {
+		if _, err := os.Stat(existing); err == nil {
+			break
+		}
+		parent := filepath.Dir(existing)
+		if parent == existing {
+			break
+		}
+		existing = parent
+	}
+
+	var st unix.Statfs_t
+	if err := unix.Statfs(existing, &st); err != nil {
+		return fmt.Errorf("bpffs: statfs %s: %w", existing, err)
+	}
+	if st.Type != unix.BPF_FS_MAGIC {
+		root := filepath.Dir(pinDir)
+		if err := os.MkdirAll(root, 0o755); err != nil {
+			return fmt.Errorf("bpffs: create mount point: %w", err)
+		}
+		// What `mount -t bpf bpf ROOT` does; Cilium mounts /sys/fs/bpf so.
+		if err := unix.Mount("bpf", root, "bpf", 0, ""); err != nil {
+			return fmt.Errorf("no bpf filesystem at %s and mounting one failed: %w", root, err)
+		}
+		log.Info("mounted bpffs", "path", root)
+	}
+	if err := os.MkdirAll(filepath.Join(pinDir, linksDir), 0o700); err != nil {
+		return fmt.Errorf("bpffs: create pin directory: %w", err)
+	}
+	return nil
+}
+
+// checkKernel probes, before anything is loaded, every kernel feature the
+// programs need, so that a missing one is reported by name instead of as a
+// verifier log.
+func checkKernel() error {
+	if err := features.HaveProgramType(ebpf.CGroupSockAddr); err != nil {
+		return fmt.Errorf("kernel lacks cgroup sock_addr programs (Linux 4.17+): %w", err)
+	}
+	for _, h := range hooks {
+		if err := probeAttachType(h.attach); err != nil {
+			return fmt.Errorf("kernel lacks the cgroup/%s hook (Linux %s+): %w", strings.TrimPrefix(h.name, "ztdns_"), h.since, err)
+		}
+	}
+	if err := features.HaveProgramHelper(ebpf.CGroupSockAddr, asm.FnGetNetnsCookie); err != nil {
+		return fmt.Errorf("kernel lacks bpf_get_netns_cookie in cgroup sock_addr programs (Linux 5.8+): %w", err)
+	}
+	if err := features.HaveMapType(ebpf.SkStorage); err != nil {
+		return fmt.Errorf("kernel lacks socket storage maps (Linux 5.2+): %w", err)
+	}
+	if err := features.HaveProgramHelper(ebpf.CGroupSockAddr, asm.FnSkStorageGet); err != nil {
+		return fmt.Errorf("kernel lacks bpf_sk_storage_get in cgroup sock_addr programs (Linux 5.3+): %w", err)
+	}
+	return nil
+}
+
+// probeAttachType loads the smallest valid program for one attach type: the
+// kernel rejects an expected_attach_type it does not know with EINVAL.
+func probeAttachType(at ebpf.AttachType) error {
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Name:       "ztdns_probe",
+		Type:       ebpf.CGroupSockAddr,
+		AttachType: at,
+		License:    "Dual BSD/GPL",
+		Instructions: asm.Instructions{
+			asm.Mov.Imm(asm.R0, 1),
+			asm.Return(),
+		},
+	})
+	if errors.Is(err, unix.EINVAL) {
+		return fmt.Errorf("%w: %w", ebpf.ErrNotSupported, err)
+	}
+	if err != nil {
+		return err
+	}
+	return prog.Close()
+}

@@ -1,0 +1,434 @@
+//go:build linux
+
+package redirect
+
+import (
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/link"
+	"github.com/miekg/dns"
+
+	"github.com/ztdns/ztdns/internal/testenv"
+)
+
+// TestFailOpenWhenHeartbeatStale: without a fresh heartbeat the pod's
+// queries go to its own nameserver (here: nowhere, so dig fails), and
+// replies to queries redirected while it was fresh are still restored.
+func TestFailOpenWhenHeartbeatStale(t *testing.T) {
+	t.Parallel()
+	const staleAfter = 500 * time.Millisecond
+	slow := testenv.UniqueName("slow-")
+	marker := testenv.Marker(marker4, marker6)
+	e := newCaptureEnv(t, envOptions{
+		staleAfter: staleAfter,
+		manualBeat: true,
+		// Answers slow names only after the heartbeat has gone stale.
+		answer: func(q dns.Question, local netip.AddrPort) []dns.RR {
+			if strings.HasPrefix(q.Name, slow) {
+				time.Sleep(3 * staleAfter)
+			}
+			return marker(q, local)
+		},
+	})
+	pod, cookie := e.markedPod(t, 0, nowhere4)
+
+	expect := func(t *testing.T, wantAnswer bool) {
+		t.Helper()
+		name := uniqueName("beat")
+		out, err := dig(t, &pod.Netns, e.cg, name)
+		answered := err == nil && slices.Contains(parseAddrs(out), marker4)
+		if answered != wantAnswer {
+			t.Fatalf("dig: %v, printed %q; want answered=%v", err, out, wantAnswer)
+		}
+		if got := len(e.queriesNamed(name)) > 0; got != wantAnswer {
+			t.Fatalf("resolver saw the query: %v, want %v", got, wantAnswer)
+		}
+	}
+	skipped := func() uint64 { return e.counters(t).SkippedStale }
+
+	t.Run("never written", func(t *testing.T) {
+		before := skipped()
+		expect(t, false)
+		if skipped() == before {
+			t.Error("skipped_stale did not count the query")
+		}
+	})
+	t.Run("fresh", func(t *testing.T) {
+		beat(t, e.r)
+		expect(t, true)
+	})
+	t.Run("stale", func(t *testing.T) {
+		beat(t, e.r)
+		time.Sleep(2 * staleAfter)
+		before, podBefore := skipped(), e.podCounters(t, cookie).SkippedStale
+		expect(t, false)
+		if skipped() == before || e.podCounters(t, cookie).SkippedStale == podBefore {
+			t.Error("skipped_stale did not count the query")
+		}
+	})
+	t.Run("fresh again", func(t *testing.T) {
+		beat(t, e.r)
+		expect(t, true)
+	})
+	t.Run("reply in flight when it goes stale", func(t *testing.T) {
+		beat(t, e.r)
+		out, err := dig(t, &pod.Netns, e.cg, "+time=5", slow+".ztdns.test")
+		if err != nil || !slices.Contains(parseAddrs(out), marker4) {
+			t.Fatalf("dig: %v, printed %q; want %s restored after the heartbeat went stale", err, out, marker4)
+		}
+	})
+}
+
+// TestRestartKeepsMarksAndLinks: closing the Redirector leaves capture
+// running from the pins; the next Load keeps the marks, the learned
+// nameservers and the counters, and swaps its programs into the same links.
+func TestRestartKeepsMarksAndLinks(t *testing.T) {
+	t.Parallel()
+	e := newCaptureEnv(t, envOptions{manualBeat: true})
+	pod, cookie := e.markedPod(t, 0, nowhere4)
+	resolves := func(t *testing.T) {
+		t.Helper()
+		if out, err := dig(t, &pod.Netns, e.cg, uniqueName("restart")); err != nil || !slices.Contains(parseAddrs(out), marker4) {
+			t.Fatalf("dig: %v, printed %q; want %s", err, out, marker4)
+		}
+	}
+
+	beat(t, e.r)
+	resolves(t)
+	before, err := e.r.Pods()
+	if err != nil {
+		t.Fatal(err)
+	}
+	linksBefore, err := e.r.Links()
+	if err != nil {
+		t.Fatal(err)
+	}
+	beat(t, e.r)
+	if err := e.r.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	// No agent now, but the heartbeat is still fresh: the pinned links and
+	// maps keep capturing.
+	resolves(t)
+
+	r2 := mustLoad(t, e.cfg)
+	linksAfter, err := r2.Links()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(linksAfter) != len(hooks) {
+		t.Fatalf("got %d links, want %d", len(linksAfter), len(hooks))
+	}
+	for i, after := range linksAfter {
+		prev := linksBefore[i]
+		if after.Program != prev.Program || after.LinkID != prev.LinkID {
+			t.Errorf("%s: link %d after restart, want the same link %d updated", after.Program, after.LinkID, prev.LinkID)
+		}
+		if after.ProgramID == prev.ProgramID {
+			t.Errorf("%s: program %d still attached, want the newly loaded one", after.Program, after.ProgramID)
+		}
+	}
+
+	after, err := r2.Pods()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(after) != 1 || after[0].NetnsCookie != cookie || after[0].PodInfo != before[0].PodInfo ||
+		after[0].Nameservers[0].Addr != before[0].Nameservers[0].Addr {
+		t.Fatalf("pods after restart %+v, want %+v", after, before)
+	}
+	if after[0].Counters.Redirected <= before[0].Counters.Redirected {
+		t.Errorf("redirected counter %d after restart, want it kept and grown past %d", after[0].Counters.Redirected, before[0].Counters.Redirected)
+	}
+
+	beat(t, r2)
+	resolves(t)
+}
+
+// TestReattachToNewCgroup: a pinned link whose cgroup is gone (defunct) or
+// that is attached to a cgroup no longer configured is replaced by a new
+// link on the configured cgroup.
+func TestReattachToNewCgroup(t *testing.T) {
+	t.Parallel()
+	testenv.RequireRoot(t)
+	tests := []struct {
+		name          string
+		removeFirstCg bool
+	}{
+		{name: "defunct link", removeFirstCg: true},
+		{name: "link on another cgroup", removeFirstCg: false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newCaptureEnv(t, envOptions{manualBeat: true})
+			old, err := e.r.Links()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := e.r.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if tt.removeFirstCg {
+				if err := e.cg.Remove(); err != nil {
+					t.Fatal(err)
+				}
+			}
+
+			cg2 := testenv.NewCgroup(t)
+			cfg := e.cfg
+			cfg.CgroupPath = cg2.Path
+			r2 := mustLoad(t, cfg)
+			keepBeating(t, r2)
+			e.r = r2
+
+			id2, err := cgroupID(cg2.Path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			links, err := r2.Links()
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i, l := range links {
+				if l.CgroupID != id2 {
+					t.Errorf("%s attached to cgroup %d, want %d", l.Program, l.CgroupID, id2)
+				}
+				if l.LinkID == old[i].LinkID {
+					t.Errorf("%s still uses link %d, want a new link", l.Program, l.LinkID)
+				}
+			}
+			if !tt.removeFirstCg {
+				for _, h := range hooks {
+					if ids := attachedPrograms(t, e.cg.Path, h.attach); len(ids) != 0 {
+						t.Errorf("%s: programs %v still attached to the previous cgroup", h.name, ids)
+					}
+				}
+			}
+
+			pod, _ := e.markedPod(t, 0, nowhere4)
+			if out, err := dig(t, &pod.Netns, cg2, uniqueName("moved")); err != nil || !slices.Contains(parseAddrs(out), marker4) {
+				t.Fatalf("dig in the new cgroup: %v, printed %q; want %s", err, out, marker4)
+			}
+		})
+	}
+}
+
+// TestForeignLinksAreNeverTouched: a link pinned where ztdns pins its own,
+// but running someone else's program, makes Load and Uninstall fail
+// without detaching it.
+func TestForeignLinksAreNeverTouched(t *testing.T) {
+	t.Parallel()
+	testenv.RequireRoot(t)
+	cg := testenv.NewCgroup(t)
+	bpffs := filepath.Join(testenv.NewBPFFS(t), "ztdns")
+	pin := linkPinPath(bpffs, ztdnsProgZtdnsConnect4)
+	if err := os.MkdirAll(filepath.Dir(pin), 0o700); err != nil {
+		t.Fatal(err)
+	}
+
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Name:         "other_connect4",
+		Type:         ebpf.CGroupSockAddr,
+		AttachType:   ebpf.AttachCGroupInet4Connect,
+		License:      "MIT",
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 1), asm.Return()},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer prog.Close()
+	foreign, err := link.AttachCgroup(link.CgroupOptions{Path: cg.Path, Attach: ebpf.AttachCGroupInet4Connect, Program: prog})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer foreign.Close()
+	if err := foreign.Pin(pin); err != nil {
+		t.Fatal(err)
+	}
+	info, err := prog.Info()
+	if err != nil {
+		t.Fatal(err)
+	}
+	foreignID, _ := info.ID()
+
+	_, err = Load(Config{BPFFS: bpffs, CgroupPath: cg.Path, Resolver4: DefaultResolver4(), Logger: testLogger(t)})
+	if err == nil || !strings.Contains(err.Error(), "not a ztdns program") {
+		t.Errorf("Load: %v, want a refusal naming the foreign program", err)
+	}
+	if err := Uninstall(bpffs, cg.Path); err == nil || !strings.Contains(err.Error(), "not a ztdns program") {
+		t.Errorf("Uninstall: %v, want a refusal naming the foreign program", err)
+	}
+
+	if _, err := os.Stat(pin); err != nil {
+		t.Errorf("foreign pin: %v, want it left in place", err)
+	}
+	for _, h := range hooks {
+		ids := attachedPrograms(t, cg.Path, h.attach)
+		want := []ebpf.ProgramID(nil)
+		if h.attach == ebpf.AttachCGroupInet4Connect {
+			want = []ebpf.ProgramID{foreignID}
+		}
+		if !slices.Equal(ids, want) {
+			t.Errorf("%s: attached programs %v, want %v", h.name, ids, want)
+		}
+	}
+}
+
+// TestUninstallLeavesNothing: Uninstall detaches the programs even while an
+// agent still holds its links, and removes every pin and directory it
+// made.
+func TestUninstallLeavesNothing(t *testing.T) {
+	t.Parallel()
+	e := newCaptureEnv(t, envOptions{})
+	pod, _ := e.markedPod(t, 0, nowhere4)
+	if out, err := dig(t, &pod.Netns, e.cg, uniqueName("before")); err != nil {
+		t.Fatalf("dig before Uninstall: %v\n%s", err, out)
+	}
+
+	if err := Uninstall(e.cfg.BPFFS, e.cfg.CgroupPath); err != nil {
+		t.Fatalf("Uninstall: %v", err)
+	}
+	if _, err := os.Stat(e.cfg.BPFFS); !os.IsNotExist(err) {
+		entries, _ := os.ReadDir(e.cfg.BPFFS)
+		t.Errorf("pin directory: %v, entries %v; want it removed", err, entries)
+	}
+	for _, h := range hooks {
+		if ids := attachedPrograms(t, e.cfg.CgroupPath, h.attach); len(ids) != 0 {
+			t.Errorf("%s: programs %v still attached", h.name, ids)
+		}
+	}
+	name := uniqueName("after")
+	if out, err := dig(t, &pod.Netns, e.cg, name); err == nil {
+		t.Errorf("dig after Uninstall answered %q, want no redirect", out)
+	}
+	if q := e.queriesNamed(name); len(q) != 0 {
+		t.Errorf("resolver saw %+v after Uninstall", q)
+	}
+	if err := Uninstall(e.cfg.BPFFS, e.cfg.CgroupPath); err != nil {
+		t.Errorf("second Uninstall: %v, want nothing left to do", err)
+	}
+}
+
+// TestBPFToolShowsFieldNames: the maps carry BTF, so an operator's bpftool
+// dump names every field.
+func TestBPFToolShowsFieldNames(t *testing.T) {
+	t.Parallel()
+	bpftool := testenv.LookPath(t, "bpftool")
+	e := newCaptureEnv(t, envOptions{})
+	pod, cookie := e.markedPod(t, 0, nowhere4)
+	if out, err := dig(t, &pod.Netns, e.cg, uniqueName("bpftool")); err != nil {
+		t.Fatalf("dig: %v\n%s", err, out)
+	}
+
+	tests := []struct {
+		pin  string
+		want []string
+	}{
+		{ztdnsMapPods, []string{`"netns_cookie": ` + strconv.FormatUint(cookie, 10), `"flags"`, `"ipv4"`, `"ipv6"`, `"redirected"`, `"restored"`, `"skipped_stale"`}},
+		{ztdnsMapNameservers, []string{`"netns_cookie"`, `"slot"`, `"server"`, `"addr"`, `"port": 53`, `"family": 2`, `"last_used_ns"`}},
+		{ztdnsMapConfig, []string{`"resolver4"`, `"resolver6"`, `"stale_after_ns"`}},
+		{ztdnsMapHeartbeat, []string{`"mono_ns"`}},
+		{ztdnsMapCounters, []string{`"redirected"`, `"restored"`, `"skipped_stale"`}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.pin, func(t *testing.T) {
+			out, err := exec.Command(bpftool, "map", "dump", "pinned", pinPath(e.cfg.BPFFS, tt.pin)).CombinedOutput()
+			if err != nil {
+				t.Fatalf("bpftool: %v\n%s", err, out)
+			}
+			for _, want := range tt.want {
+				if !strings.Contains(string(out), want) {
+					t.Errorf("bpftool output lacks %s:\n%s", want, out)
+				}
+			}
+		})
+	}
+}
+
+// TestMarkUnmark: Mark records what Pods reports and keeps counters and
+// learned nameservers when re-marking; Unmark forgets both.
+func TestMarkUnmark(t *testing.T) {
+	t.Parallel()
+	e := newCaptureEnv(t, envOptions{})
+	pod, cookie := e.markedPod(t, 0, nowhere4)
+	if out, err := dig(t, &pod.Netns, e.cg, uniqueName("mark")); err != nil {
+		t.Fatalf("dig: %v\n%s", err, out)
+	}
+
+	info := PodInfo{IPv4: netip.MustParseAddr("10.9.8.7"), IPv6: netip.MustParseAddr("fd00::7"), Flags: PodPaused}
+	if err := e.r.Mark(cookie, info); err != nil {
+		t.Fatal(err)
+	}
+	pods, err := e.r.Pods()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(pods) != 1 {
+		t.Fatalf("Pods() = %+v, want one pod", pods)
+	}
+	got := pods[0]
+	if got.NetnsCookie != cookie || got.PodInfo != info {
+		t.Errorf("Pods()[0] = %+v, want cookie %d and %+v", got, cookie, info)
+	}
+	if got.Counters.Redirected == 0 {
+		t.Errorf("counters %+v after re-marking, want the earlier query kept", got.Counters)
+	}
+	if ns := got.Nameservers[0].Addr; ns.String() != nowhere4+":53" {
+		t.Errorf("slot 0 = %s, want %s:53 kept", ns, nowhere4)
+	}
+
+	if err := e.r.Unmark(cookie); err != nil {
+		t.Fatal(err)
+	}
+	if pods, err := e.r.Pods(); err != nil || len(pods) != 0 {
+		t.Errorf("Pods() after Unmark = %+v, %v; want none", pods, err)
+	}
+	for slot := range Slots {
+		if ns, ok := e.r.Nameserver(cookie, slot); ok {
+			t.Errorf("slot %d still holds %s after Unmark", slot, ns)
+		}
+	}
+	if err := e.r.Unmark(cookie); err != nil {
+		t.Errorf("second Unmark: %v, want no error", err)
+	}
+
+	for _, bad := range []PodInfo{
+		{IPv4: netip.MustParseAddr("fd00::1")},
+		{IPv6: netip.MustParseAddr("10.0.0.1")},
+		{IPv6: netip.MustParseAddr("::ffff:10.0.0.1")},
+	} {
+		if err := e.r.Mark(cookie, bad); err == nil {
+			t.Errorf("Mark(%+v) succeeded, want an error", bad)
+		}
+	}
+}
+
+// attachedPrograms lists the programs attached to a cgroup for one hook.
+func attachedPrograms(tb testing.TB, cgroupPath string, at ebpf.AttachType) []ebpf.ProgramID {
+	tb.Helper()
+	cg, err := os.Open(cgroupPath)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer cg.Close()
+	res, err := link.QueryPrograms(link.QueryOptions{Target: int(cg.Fd()), Attach: at})
+	if err != nil {
+		tb.Fatalf("query %s: %v", cgroupPath, err)
+	}
+	var ids []ebpf.ProgramID
+	for _, p := range res.Programs {
+		ids = append(ids, p.ID)
+	}
+	return ids
+}

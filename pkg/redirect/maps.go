@@ -1,0 +1,265 @@
+//go:build linux
+
+package redirect
+
+import (
+	"cmp"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"time"
+
+	"github.com/cilium/ebpf"
+)
+
+// Address families as stored in struct endpoint (ZTDNS_AF_INET/6).
+const (
+	afInet  = 2
+	afInet6 = 10
+)
+
+// PodFlags is pod_info.flags.
+type PodFlags uint32
+
+// PodPaused keeps a pod known (IPs, counters, nameservers) but stops
+// redirecting its queries (ZTDNS_POD_PAUSED in bpf/ztdns.h).
+const PodPaused PodFlags = 1 << 0
+
+// PodInfo is what the agent records about a marked pod.
+type PodInfo struct {
+	IPv4  netip.Addr // zero if the pod has none
+	IPv6  netip.Addr // zero if the pod has none
+	Flags PodFlags
+}
+
+// PodCounters are a pod's share of the counters.
+type PodCounters struct {
+	Redirected   uint64
+	Restored     uint64
+	SkippedStale uint64
+}
+
+// MarkedPod is one entry of the pods map with what the programs learned.
+type MarkedPod struct {
+	NetnsCookie uint64
+	PodInfo
+	Counters PodCounters
+	// Nameservers[i] is what the pod addressed through slot i; its Addr
+	// is the zero AddrPort when the slot is free.
+	Nameservers [Slots]LearnedNameserver
+}
+
+// LearnedNameserver is a destination the programs learned for a slot.
+type LearnedNameserver struct {
+	Addr netip.AddrPort
+	// Idle is how long ago a query last went through the slot; after 30 s
+	// (ZTDNS_SLOT_IDLE_NS) the slot may be given to another destination.
+	Idle time.Duration
+}
+
+// Counters are the node-wide counters, summed over CPUs.
+type Counters struct {
+	Redirected          uint64 // destinations rewritten to a resolver
+	Restored            uint64 // reply sources / peers set back
+	SkippedStale        uint64 // not redirected: heartbeat stale or never written
+	SkippedPaused       uint64 // not redirected: pod paused
+	SkippedNoResolver   uint64 // not redirected: no resolver of that family
+	SkippedSlotsFull    uint64 // not redirected: every slot busy with another server
+	NameserverLearned   uint64 // a destination took a free slot
+	NameserverReplaced  uint64 // a destination took an idle slot
+	NameserverFailed    uint64 // the nameservers map refused an update
+	SocketStorageFailed uint64 // not redirected: no socket storage to restore from
+}
+
+func endpointFrom(ap netip.AddrPort) ztdnsEndpoint {
+	var ep ztdnsEndpoint
+	if !ap.IsValid() {
+		return ep
+	}
+	a := ap.Addr().Unmap()
+	if a.Is4() {
+		b := a.As4()
+		copy(ep.Addr[:], b[:])
+		ep.Family = afInet
+	} else {
+		ep.Addr = a.As16()
+		ep.Family = afInet6
+	}
+	ep.Port = ap.Port()
+	return ep
+}
+
+func (ep ztdnsEndpoint) addrPort() (netip.AddrPort, bool) {
+	switch ep.Family {
+	case afInet:
+		return netip.AddrPortFrom(netip.AddrFrom4([4]byte(ep.Addr[:4])), ep.Port), true
+	case afInet6:
+		return netip.AddrPortFrom(netip.AddrFrom16(ep.Addr), ep.Port), true
+	}
+	return netip.AddrPort{}, false
+}
+
+// writeConfig stores the resolver addresses and the staleness bound. It
+// writes only when they changed: an array map update copies in place, and
+// rewriting identical bytes is the only way a restart cannot be seen
+// half-written by programs running meanwhile.
+func (r *Redirector) writeConfig() error {
+	var want ztdnsRedirectConfig
+	for i := range Slots {
+		want.Resolver4[i] = endpointFrom(r.cfg.Resolver4[i])
+		want.Resolver6[i] = endpointFrom(r.cfg.Resolver6[i])
+	}
+	want.StaleAfterNs = uint64(r.cfg.StaleAfter.Nanoseconds())
+
+	var have ztdnsRedirectConfig
+	if err := r.objs.Config.Lookup(uint32(0), &have); err != nil {
+		return fmt.Errorf("read config map: %w", err)
+	}
+	if have == want {
+		return nil
+	}
+	if err := r.objs.Config.Update(uint32(0), &want, ebpf.UpdateExist); err != nil {
+		return fmt.Errorf("write config map: %w", err)
+	}
+	return nil
+}
+
+// Mark makes the programs redirect the DNS queries of the network namespace
+// with this cookie (see NetnsCookie). Marking a marked pod updates its info
+// and keeps its counters and learned nameservers.
+func (r *Redirector) Mark(cookie uint64, pod PodInfo) error {
+	if pod.IPv4.IsValid() && !pod.IPv4.Is4() {
+		return fmt.Errorf("mark: %s is not an IPv4 address", pod.IPv4)
+	}
+	if pod.IPv6.IsValid() && (!pod.IPv6.Is6() || pod.IPv6.Is4In6()) {
+		return fmt.Errorf("mark: %s is not an IPv6 address", pod.IPv6)
+	}
+	key := ztdnsPodKey{NetnsCookie: cookie}
+	var val ztdnsPodInfo
+	err := r.objs.Pods.Lookup(&key, &val)
+	if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("mark: read pod: %w", err)
+	}
+	val.Flags = uint32(pod.Flags)
+	val.Ipv4, val.Ipv6 = [4]byte{}, [16]byte{}
+	if pod.IPv4.IsValid() {
+		val.Ipv4 = pod.IPv4.As4()
+	}
+	if pod.IPv6.IsValid() {
+		val.Ipv6 = pod.IPv6.As16()
+	}
+	if err := r.objs.Pods.Update(&key, &val, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("mark netns cookie %d: %w", cookie, err)
+	}
+	return nil
+}
+
+// Unmark stops redirecting the network namespace and forgets the
+// nameservers learned for it. Unmarking an unmarked cookie is not an error.
+func (r *Redirector) Unmark(cookie uint64) error {
+	var errs []error
+	if err := r.objs.Pods.Delete(&ztdnsPodKey{NetnsCookie: cookie}); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		errs = append(errs, fmt.Errorf("unmark netns cookie %d: %w", cookie, err))
+	}
+	for slot := range Slots {
+		key := ztdnsNameserverKey{NetnsCookie: cookie, Slot: uint32(slot)}
+		if err := r.objs.Nameservers.Delete(&key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			errs = append(errs, fmt.Errorf("unmark netns cookie %d: forget slot %d: %w", cookie, slot, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Nameserver returns the nameserver the pod with this netns cookie addressed
+// through slot, i.e. where a query it sent to resolver address slot was
+// meant to go.
+func (r *Redirector) Nameserver(cookie uint64, slot int) (netip.AddrPort, bool) {
+	ns, err := r.nameserver(cookie, slot)
+	if err != nil {
+		return netip.AddrPort{}, false
+	}
+	return ns.Server.addrPort()
+}
+
+func (r *Redirector) nameserver(cookie uint64, slot int) (ztdnsNameserver, error) {
+	var ns ztdnsNameserver
+	if slot < 0 || slot >= Slots {
+		return ns, fmt.Errorf("slot %d out of range", slot)
+	}
+	key := ztdnsNameserverKey{NetnsCookie: cookie, Slot: uint32(slot)}
+	return ns, r.objs.Nameservers.Lookup(&key, &ns)
+}
+
+// Pods lists the marked pods, ordered by netns cookie.
+func (r *Redirector) Pods() ([]MarkedPod, error) {
+	var (
+		key  ztdnsPodKey
+		val  ztdnsPodInfo
+		pods []MarkedPod
+	)
+	now, err := monotonicNow()
+	if err != nil {
+		return nil, err
+	}
+	it := r.objs.Pods.Iterate()
+	for it.Next(&key, &val) {
+		p := MarkedPod{
+			NetnsCookie: key.NetnsCookie,
+			PodInfo:     PodInfo{Flags: PodFlags(val.Flags)},
+			Counters: PodCounters{
+				Redirected:   val.Redirected,
+				Restored:     val.Restored,
+				SkippedStale: val.SkippedStale,
+			},
+		}
+		if val.Ipv4 != ([4]byte{}) {
+			p.IPv4 = netip.AddrFrom4(val.Ipv4)
+		}
+		if val.Ipv6 != ([16]byte{}) {
+			p.IPv6 = netip.AddrFrom16(val.Ipv6)
+		}
+		for slot := range Slots {
+			ns, err := r.nameserver(key.NetnsCookie, slot)
+			if errors.Is(err, ebpf.ErrKeyNotExist) {
+				continue
+			}
+			if err != nil {
+				return nil, fmt.Errorf("read nameserver: %w", err)
+			}
+			learned := &p.Nameservers[slot]
+			learned.Addr, _ = ns.Server.addrPort()
+			if now > ns.LastUsedNs {
+				learned.Idle = time.Duration(now - ns.LastUsedNs)
+			}
+		}
+		pods = append(pods, p)
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("list pods: %w", err)
+	}
+	slices.SortFunc(pods, func(a, b MarkedPod) int { return cmp.Compare(a.NetnsCookie, b.NetnsCookie) })
+	return pods, nil
+}
+
+// Counters returns the node-wide counters summed over all CPUs.
+func (r *Redirector) Counters() (Counters, error) {
+	var perCPU []ztdnsNodeCounters
+	if err := r.objs.Counters.Lookup(uint32(0), &perCPU); err != nil {
+		return Counters{}, fmt.Errorf("read counters: %w", err)
+	}
+	var c Counters
+	for _, v := range perCPU {
+		c.Redirected += v.Redirected
+		c.Restored += v.Restored
+		c.SkippedStale += v.SkippedStale
+		c.SkippedPaused += v.SkippedPaused
+		c.SkippedNoResolver += v.SkippedNoResolver
+		c.SkippedSlotsFull += v.SkippedSlotsFull
+		c.NameserverLearned += v.NameserverLearned
+		c.NameserverReplaced += v.NameserverReplaced
+		c.NameserverFailed += v.NameserverFailed
+		c.SocketStorageFailed += v.SocketStorageFailed
+	}
+	return c, nil
+}

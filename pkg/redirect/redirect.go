@@ -1,0 +1,323 @@
+//go:build linux
+
+// Package redirect loads the ztdns eBPF programs (bpf/ztdns.c), attaches
+// them to a cgroup v2 directory, and owns their pinned maps: which pod
+// network namespaces are marked, which nameservers those pods addressed, the
+// resolver's addresses, the agent's heartbeat and the counters.
+//
+// Everything lives under one bpffs directory (default /sys/fs/bpf/ztdns):
+// maps by name, links under links/. Close leaves the pins, so capture keeps
+// working while the agent restarts; the next Load reopens them, keeps the
+// marks and swaps in its programs. Uninstall removes them.
+package redirect
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unsafe"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
+)
+
+// Slots is how many nameservers a pod can address (MAXNS in glibc and musl)
+// and how many resolver addresses per family the agent listens on.
+const Slots = 3
+
+// The generated config has exactly Slots resolvers per family (ZTDNS_SLOTS).
+var _ [Slots]ztdnsEndpoint = ztdnsRedirectConfig{}.Resolver4
+
+const (
+	// DefaultBPFFS is where maps and links are pinned.
+	DefaultBPFFS = "/sys/fs/bpf/ztdns"
+	// DefaultStaleAfter is how old the heartbeat may get before the
+	// programs stop redirecting (fail open).
+	DefaultStaleAfter = 3 * time.Second
+	// DefaultInterface is the interface EnsureInterface creates.
+	DefaultInterface = "ztdns0"
+
+	// linksDir holds one pinned bpf_link per hook.
+	linksDir = "links"
+	// programPrefix marks programs ztdns created: only links running such a
+	// program are ever updated or detached.
+	programPrefix = "ztdns_"
+)
+
+// DefaultResolver4 returns the link-local IPv4 resolver addresses, one per
+// slot.
+func DefaultResolver4() [Slots]netip.AddrPort {
+	return [Slots]netip.AddrPort{
+		netip.MustParseAddrPort("169.254.20.53:53"),
+		netip.MustParseAddrPort("169.254.20.54:53"),
+		netip.MustParseAddrPort("169.254.20.55:53"),
+	}
+}
+
+// DefaultResolver6 returns the IPv6 resolver addresses, one per slot, from
+// the ULA prefix fd00:7a74:646e::/48 ("ztdn").
+func DefaultResolver6() [Slots]netip.AddrPort {
+	return [Slots]netip.AddrPort{
+		netip.MustParseAddrPort("[fd00:7a74:646e::53]:53"),
+		netip.MustParseAddrPort("[fd00:7a74:646e::54]:53"),
+		netip.MustParseAddrPort("[fd00:7a74:646e::55]:53"),
+	}
+}
+
+// Config says where to attach and where the resolver listens.
+type Config struct {
+	// BPFFS is the pin directory (default DefaultBPFFS). When it is not on
+	// a bpf filesystem, one is mounted at its parent directory.
+	BPFFS string
+	// CgroupPath is the cgroup v2 directory to attach to (default: the
+	// first cgroup2 mount in /proc/mounts, i.e. the whole node).
+	CgroupPath string
+	// Resolver4 and Resolver6 are the resolver's addresses: a query to the
+	// nameserver in slot i goes to Resolver4[i] (IPv4 and IPv4-mapped
+	// nameservers) or Resolver6[i] (IPv6 nameservers). A family left all
+	// zero is not redirected; at least one family must be set.
+	Resolver4 [Slots]netip.AddrPort
+	Resolver6 [Slots]netip.AddrPort
+	// StaleAfter bounds the heartbeat's age (default DefaultStaleAfter).
+	StaleAfter time.Duration
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+}
+
+// withDefaults fills the zero fields.
+func (c Config) withDefaults() (Config, error) {
+	if c.BPFFS == "" {
+		c.BPFFS = DefaultBPFFS
+	}
+	if c.StaleAfter == 0 {
+		c.StaleAfter = DefaultStaleAfter
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.CgroupPath == "" {
+		mounts, err := Cgroup2Mounts()
+		if err != nil {
+			return c, err
+		}
+		if len(mounts) == 0 {
+			return c, errors.New("no cgroup2 filesystem is mounted (none in /proc/mounts), and ztdns attaches to cgroup v2")
+		}
+		c.CgroupPath = mounts[0]
+	}
+	return c, nil
+}
+
+func (c Config) validate() error {
+	if c.StaleAfter < 0 {
+		return fmt.Errorf("stale-after %s is negative", c.StaleAfter)
+	}
+	if err := validateResolvers("IPv4", c.Resolver4, netip.Addr.Is4); err != nil {
+		return err
+	}
+	is6 := func(a netip.Addr) bool { return a.Is6() && !a.Is4In6() }
+	if err := validateResolvers("IPv6", c.Resolver6, is6); err != nil {
+		return err
+	}
+	if c.Resolver4 == ([Slots]netip.AddrPort{}) && c.Resolver6 == ([Slots]netip.AddrPort{}) {
+		return errors.New("no resolver address configured")
+	}
+	return nil
+}
+
+// validateResolvers accepts all-zero (family off) or Slots distinct
+// addresses of the family with a port.
+func validateResolvers(family string, rs [Slots]netip.AddrPort, ok func(netip.Addr) bool) error {
+	if rs == ([Slots]netip.AddrPort{}) {
+		return nil
+	}
+	seen := map[netip.Addr]bool{}
+	for i, r := range rs {
+		switch {
+		case !r.IsValid():
+			return fmt.Errorf("%s resolver for slot %d is missing: set all %d or none", family, i, Slots)
+		case !ok(r.Addr()) || r.Addr().Zone() != "":
+			return fmt.Errorf("%s resolver for slot %d: %s is not a plain %s address", family, i, r, family)
+		case r.Port() == 0:
+			return fmt.Errorf("%s resolver for slot %d: %s has no port", family, i, r)
+		case seen[r.Addr()]:
+			return fmt.Errorf("%s resolver for slot %d: %s is used by two slots", family, i, r.Addr())
+		}
+		seen[r.Addr()] = true
+	}
+	return nil
+}
+
+// Redirector holds the loaded programs, their links and maps.
+type Redirector struct {
+	cfg   Config
+	log   *slog.Logger
+	objs  ztdnsObjects
+	links []attachedLink
+
+	mu        sync.Mutex // guards closed and the heartbeat mapping against Close
+	closed    bool
+	heartbeat []byte  // mmap of the heartbeat map
+	beat      *uint64 // &heartbeat[0]
+}
+
+type attachedLink struct {
+	hook hook
+	link link.Link
+}
+
+// Load checks the kernel, loads the programs, reopens or creates the pinned
+// maps, writes the resolver addresses, and attaches the programs to
+// cfg.CgroupPath, replacing the programs of links a previous run pinned.
+// Until the first Heartbeat (or after StaleAfter without one) the programs
+// redirect nothing.
+func Load(cfg Config) (*Redirector, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	if err := checkCgroup(cfg.CgroupPath); err != nil {
+		return nil, err
+	}
+	if err := checkKernel(); err != nil {
+		return nil, err
+	}
+	if err := ensureBPFFS(cfg.Logger, cfg.BPFFS); err != nil {
+		return nil, err
+	}
+
+	r := &Redirector{cfg: cfg, log: cfg.Logger}
+	if err := r.loadObjects(); err != nil {
+		return nil, err
+	}
+	if err := r.setup(); err != nil {
+		return nil, errors.Join(err, r.Close())
+	}
+	return r, nil
+}
+
+func (r *Redirector) setup() error {
+	if err := r.writeConfig(); err != nil {
+		return err
+	}
+	if err := r.mapHeartbeat(); err != nil {
+		return err
+	}
+	return r.attachAll()
+}
+
+// loadObjects loads programs and maps, reusing pinned maps. A pinned map
+// whose layout no longer matches (an upgrade changed ztdns.h) is replaced:
+// marks in it are lost and the agent's reconcile writes them again.
+func (r *Redirector) loadObjects() error {
+	spec, err := loadZtdns()
+	if err != nil {
+		return err
+	}
+	opts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: r.cfg.BPFFS}}
+	err = spec.LoadAndAssign(&r.objs, opts)
+	if errors.Is(err, ebpf.ErrMapIncompatible) {
+		if rerr := r.removeIncompatiblePins(spec); rerr != nil {
+			return errors.Join(err, rerr)
+		}
+		err = spec.LoadAndAssign(&r.objs, opts)
+	}
+	if err != nil {
+		return fmt.Errorf("load ztdns programs: %w", err)
+	}
+	return nil
+}
+
+func (r *Redirector) removeIncompatiblePins(spec *ebpf.CollectionSpec) error {
+	for name, ms := range spec.Maps {
+		pin := pinPath(r.cfg.BPFFS, name)
+		m, err := ebpf.LoadPinnedMap(pin, nil)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("open pinned map %s: %w", pin, err)
+		}
+		incompatible := ms.Compatible(m) != nil
+		m.Close()
+		if incompatible {
+			r.log.Warn("replacing pinned map with an incompatible layout", "pin", pin)
+			if err := os.Remove(pin); err != nil {
+				return fmt.Errorf("remove incompatible map pin: %w", err)
+			}
+		}
+	}
+	return nil
+}
+
+// mapHeartbeat mmaps the heartbeat map so Heartbeat can store it with one
+// atomic 64-bit write; see struct agent_heartbeat in bpf/ztdns.h.
+func (r *Redirector) mapHeartbeat() error {
+	mem, err := unix.Mmap(r.objs.Heartbeat.FD(), 0, os.Getpagesize(), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		return fmt.Errorf("mmap heartbeat map: %w", err)
+	}
+	r.heartbeat = mem
+	r.beat = (*uint64)(unsafe.Pointer(&mem[unsafe.Offsetof(ztdnsAgentHeartbeat{}.MonoNs)]))
+	return nil
+}
+
+// Heartbeat tells the programs the resolver is alive: they redirect only
+// while the last heartbeat is younger than Config.StaleAfter. The agent
+// calls it every second while its resolver serves.
+func (r *Redirector) Heartbeat() error {
+	now, err := monotonicNow()
+	if err != nil {
+		return err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return errors.New("heartbeat: redirector is closed")
+	}
+	atomic.StoreUint64(r.beat, now)
+	return nil
+}
+
+// monotonicNow reads CLOCK_MONOTONIC in ns, the clock bpf_ktime_get_ns
+// reads. (A time namespace would offset it for this process only; the agent
+// runs in the node's.)
+func monotonicNow() (uint64, error) {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+		return 0, fmt.Errorf("read monotonic clock: %w", err)
+	}
+	return uint64(ts.Nano()), nil
+}
+
+// Close releases the programs, maps and links held by this process. The
+// pins stay: the programs keep running and the marks stay until the next
+// Load or Uninstall.
+func (r *Redirector) Close() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return nil
+	}
+	r.closed = true
+	var errs []error
+	if r.heartbeat != nil {
+		errs = append(errs, unix.Munmap(r.heartbeat))
+		r.heartbeat, r.beat = nil, nil
+	}
+	for _, l := range r.links {
+		errs = append(errs, l.link.Close())
+	}
+	r.links = nil
+	errs = append(errs, r.objs.Close())
+	return errors.Join(errs...)
+}
