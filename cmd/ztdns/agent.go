@@ -13,6 +13,7 @@ import (
 
 	"github.com/ztdns/ztdns/pkg/agent"
 	"github.com/ztdns/ztdns/pkg/control"
+	"github.com/ztdns/ztdns/pkg/redirect"
 	"github.com/ztdns/ztdns/pkg/resolvconf"
 	"github.com/ztdns/ztdns/pkg/source/configdir"
 )
@@ -38,6 +39,11 @@ func runAgent(args []string) error {
 	autopath := fs.Bool("autopath", false, "answer search-list expansions of unknown names in one round trip (see README)")
 	metrics := fs.String("metrics", "", "serve /metrics, /healthz and /readyz on `ADDR` (e.g. :15053); empty disables")
 	capture := fs.Bool("capture", true, "capture marked pods' DNS with eBPF; false only serves on --listen")
+	cgroup := fs.String("cgroup", "", "cgroup v2 `DIR` the capture programs attach to (default: the cgroup2 root, every pod on the node)")
+	bpffs := fs.String("bpffs", redirect.DefaultBPFFS, "`DIR` on a bpf filesystem where maps and links are pinned")
+	iface := fs.String("interface", redirect.DefaultInterface, "interface that carries the resolver's addresses")
+	stale := fs.Duration("heartbeat-stale", redirect.DefaultStaleAfter, "stop redirecting (fail open) when the agent has been silent this long")
+	stateDir := fs.String("state-dir", "", "`DIR` keeping the record of captured pods across restarts (default: the --socket directory)")
 	socket := fs.String("socket", control.DefaultSocket, "control socket `PATH` for ztdns table, pods, capture and the CNI plugin")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	logFormat := fs.String("log-format", "text", "text or json")
@@ -54,9 +60,6 @@ func runAgent(args []string) error {
 	if *configDir == "" {
 		return errors.New("--config-dir is required (the Kubernetes source is not built yet)")
 	}
-	if *capture {
-		return errors.New("--capture is not built yet: run with --capture=false")
-	}
 	node, err := resolvconf.ReadFile(*resolvConf)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
@@ -70,9 +73,14 @@ func runAgent(args []string) error {
 	if len(upstreams) == 0 {
 		return fmt.Errorf("no upstream: give --upstream or list a nameserver in %s", *resolvConf)
 	}
+	var captureCfg *agent.CaptureConfig
+	if *capture {
+		captureCfg = &agent.CaptureConfig{BPFFS: *bpffs, Cgroup: *cgroup, Interface: *iface, StaleAfter: *stale, StateDir: *stateDir}
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	return agent.Run(ctx, agent.Config{
+		Capture:        captureCfg,
 		Source:         configdir.New(*configDir, configdir.WithLogger(log)),
 		Listen:         listen.addrs,
 		Upstreams:      upstreams,

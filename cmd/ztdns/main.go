@@ -19,8 +19,11 @@ type command struct {
 }
 
 var commands = map[string]command{
-	"agent": {"run the node agent: resolver, capture and control socket", runAgent},
-	"table": {"print what a pod in a namespace can resolve locally", runTable},
+	"agent":     {"run the node agent: resolver, capture and control socket", runAgent},
+	"table":     {"print what a pod in a namespace can resolve locally", runTable},
+	"pods":      {"list the pods the agent knows, with their capture state and counters", runPods},
+	"capture":   {"add|del: capture a network namespace's DNS by hand (VMs, tests)", runCapture},
+	"uninstall": {"remove the programs, pins and interface the agent installed", runUninstall},
 }
 
 func main() {
@@ -51,7 +54,7 @@ func usage() {
 	var b strings.Builder
 	b.WriteString("ztdns: DNS proxying for Istio ambient pods, captured with eBPF.\n\nUsage: ztdns <command> [flags]\n\nCommands:\n")
 	for _, n := range names {
-		fmt.Fprintf(&b, "  %-8s %s\n", n, commands[n].summary)
+		fmt.Fprintf(&b, "  %-10s %s\n", n, commands[n].summary)
 	}
 	b.WriteString("\nRun 'ztdns <command> -h' for a command's flags.\n")
 	fmt.Fprint(os.Stderr, b.String())

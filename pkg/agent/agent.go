@@ -14,6 +14,7 @@ import (
 	"os"
 	"runtime"
 	"runtime/debug"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -24,6 +25,7 @@ import (
 	"github.com/ztdns/ztdns/pkg/control"
 	"github.com/ztdns/ztdns/pkg/model"
 	"github.com/ztdns/ztdns/pkg/podcache"
+	"github.com/ztdns/ztdns/pkg/redirect"
 	"github.com/ztdns/ztdns/pkg/resolver"
 	"github.com/ztdns/ztdns/pkg/resolver/forward"
 	"github.com/ztdns/ztdns/pkg/resolver/table"
@@ -52,6 +54,8 @@ type Config struct {
 	MetricsAddr string
 	// Socket is the control socket's path.
 	Socket string
+	// Capture turns on DNS capture with eBPF; nil only serves on Listen.
+	Capture *CaptureConfig
 	// SocketsPerAddr is how many SO_REUSEPORT UDP sockets each address gets
 	// (default: one per CPU).
 	SocketsPerAddr int
@@ -77,6 +81,11 @@ type Agent struct {
 	// The resolver's sockets, kept to hand them to a successor.
 	udp []*net.UDPConn
 	tcp []*net.TCPListener
+	// addrs is cfg.Listen plus, with capture, every slot address.
+	addrs          []netip.AddrPort
+	slot4, slot6   [redirect.Slots]netip.AddrPort
+	capture        *capture
+	stopHeartbeats chan struct{}
 }
 
 // Run starts the agent and blocks until ctx is done or a part fails.
@@ -110,7 +119,19 @@ func newAgent(cfg Config) (*Agent, error) {
 	if cfg.Registry == nil {
 		cfg.Registry = prometheus.NewRegistry()
 	}
-	a := &Agent{cfg: cfg, log: cfg.Logger, reg: cfg.Registry, pods: podcache.New(cfg.ClusterDomain), firstTable: make(chan struct{})}
+	a := &Agent{cfg: cfg, log: cfg.Logger, reg: cfg.Registry, pods: podcache.New(cfg.ClusterDomain), firstTable: make(chan struct{}),
+		addrs: slices.Clone(cfg.Listen), stopHeartbeats: make(chan struct{})}
+	if cfg.Capture != nil {
+		var err error
+		if a.slot4, a.slot6, err = resolverSlots(cfg.Listen); err != nil {
+			return nil, err
+		}
+		for _, s := range append(a.slot4[:], a.slot6[:]...) {
+			if s.IsValid() && !slices.Contains(a.addrs, s) {
+				a.addrs = append(a.addrs, s)
+			}
+		}
+	}
 	fwdOpts := []forward.Option{forward.WithLogger(cfg.Logger)}
 	if cfg.CacheSize != 0 {
 		fwdOpts = append(fwdOpts, forward.WithCacheSize(max(cfg.CacheSize, 0)))
@@ -158,6 +179,20 @@ func (a *Agent) run(ctx context.Context) error {
 	if err != nil {
 		a.log.Warn("could not take over the running agent's sockets; binding fresh ones", "err", err)
 	}
+	if a.cfg.Capture != nil {
+		// Load (or take over) the programs: link.Update swaps them in place,
+		// so capture never pauses across a restart.
+		if a.capture, err = newCapture(*a.cfg.Capture, a.log, a.pods, a.cfg.Socket, a.slot4, a.slot6); err != nil {
+			if in != nil {
+				in.closeSockets()
+				in.conn.Close()
+			}
+			a.server.Close()
+			return fmt.Errorf("capture: %w", err)
+		}
+		go a.capture.beat(a.stopHeartbeats)
+		defer func() { a.capture.close(!a.handedOver.Load()) }()
+	}
 	spawn("source", func() error {
 		err := a.cfg.Source.Run(ctx, a.apply)
 		if err == nil && ctx.Err() == nil {
@@ -190,6 +225,12 @@ func (a *Agent) run(ctx context.Context) error {
 			a.log.Info("took over the resolver's sockets from the previous agent")
 		}
 	}
+	if a.capture != nil {
+		// After the handoff: the predecessor has written its last record.
+		if err := a.capture.restore(); err != nil {
+			a.log.Error("reconciling marked pods failed", "err", err)
+		}
+	}
 	ctl, err := control.Listen(a.cfg.Socket)
 	if err != nil {
 		a.server.Close()
@@ -216,8 +257,9 @@ func (a *Agent) run(ctx context.Context) error {
 			a.log.Info("handing the resolver's sockets to a new agent; this one stops serving")
 			a.handedOver.Store(true)
 			a.ready.Store(false)
-			ctl.Close()   // before "released": the successor binds the path next
-			stopControl() // and clients still connected move on to it
+			ctl.Close()             // before "released": the successor binds the path next
+			stopControl()           // and clients still connected move on to it
+			close(a.stopHeartbeats) // the successor beats now
 			a.server.Drain()
 		})
 		if ctx.Err() != nil || a.handedOver.Load() {
@@ -233,7 +275,7 @@ func (a *Agent) run(ctx context.Context) error {
 		}
 		spawn("metrics", func() error { return control.Serve(ctx, ln, a.httpHandler()) })
 	}
-	a.log.Info("agent started", "listen", a.cfg.Listen, "upstreams", a.cfg.Upstreams, "domain", a.cfg.ClusterDomain,
+	a.log.Info("agent started", "listen", a.addrs, "capture", a.capture != nil, "upstreams", a.cfg.Upstreams, "domain", a.cfg.ClusterDomain,
 		"autopath", a.cfg.Autopath, "socket", a.cfg.Socket, "metrics", a.cfg.MetricsAddr)
 
 	<-ctx.Done()
@@ -255,7 +297,7 @@ func (a *Agent) listen(spawn func(string, func() error), in *inherited) error {
 	if in == nil {
 		in = &inherited{}
 	}
-	for _, addr := range a.cfg.Listen {
+	for _, addr := range a.addrs {
 		udp := in.udp[addr]
 		delete(in.udp, addr)
 		for len(udp) < a.cfg.SocketsPerAddr {
@@ -350,7 +392,13 @@ func (a *Agent) apply(s *model.Snapshot) {
 	}
 }
 
-// upstreamsFor is the resolver's UpstreamFunc.
+// upstreamsFor is the resolver's UpstreamFunc: the nameserver the pod
+// addressed when capture learned it, the configured upstreams otherwise.
 func (a *Agent) upstreamsFor(client, local netip.AddrPort) []netip.AddrPort {
+	if a.capture != nil {
+		if ns, ok := a.capture.upstream(client, local); ok {
+			return []netip.AddrPort{ns}
+		}
+	}
 	return a.cfg.Upstreams
 }

@@ -49,6 +49,7 @@ func (a *Agent) controlHandler() http.Handler {
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, _ *http.Request) {
 		control.WriteJSON(w, http.StatusOK, a.status())
 	})
+	a.registerCaptureHandlers(mux)
 	return mux
 }
 

@@ -288,6 +288,18 @@ func (r *Redirector) Heartbeat() error {
 	return nil
 }
 
+// StopHeartbeat makes the heartbeat stale at once: the programs stop
+// redirecting and pods reach their own nameservers directly. An agent that
+// stops without a successor calls it rather than leaving pods to time out
+// against a resolver that is gone until the heartbeat ages out.
+func (r *Redirector) StopHeartbeat() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.closed {
+		atomic.StoreUint64(r.beat, 0)
+	}
+}
+
 // monotonicNow reads CLOCK_MONOTONIC in ns, the clock bpf_ktime_get_ns
 // reads. (A time namespace would offset it for this process only; the agent
 // runs in the node's.)

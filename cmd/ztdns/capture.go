@@ -1,0 +1,101 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/ztdns/ztdns/pkg/agent"
+	"github.com/ztdns/ztdns/pkg/control"
+	"github.com/ztdns/ztdns/pkg/redirect"
+)
+
+// runCapture: ztdns capture add|del --netns PATH.
+func runCapture(args []string) error {
+	if len(args) == 0 || (args[0] != "add" && args[0] != "del") {
+		return errors.New("usage: ztdns capture add|del --netns PATH [--namespace NS] [--name NAME]")
+	}
+	verb := args[0]
+	fs := flag.NewFlagSet("capture "+verb, flag.ContinueOnError)
+	netns := fs.String("netns", "", "the network namespace's `PATH`, e.g. /run/netns/pod1")
+	ns := fs.String("namespace", "default", "the pod's namespace: which names it sees")
+	name := fs.String("name", "", "the pod's name (default: the netns path)")
+	socket := fs.String("socket", control.DefaultSocket, "the agent's control socket `PATH`")
+	if err := fs.Parse(args[1:]); err != nil {
+		return err
+	}
+	if *netns == "" {
+		return errors.New("--netns is required")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c := control.NewClient(*socket, 10*time.Second)
+	req := agent.CaptureRequest{Netns: *netns, Namespace: *ns, Name: *name}
+	if verb == "del" {
+		return c.Do(ctx, "DELETE", agent.PathCapture, req, nil)
+	}
+	var row agent.PodRow
+	if err := c.Do(ctx, "POST", agent.PathCapture, req, &row); err != nil {
+		return err
+	}
+	fmt.Printf("captured %s/%s (netns cookie %d, %s)\n", row.Namespace, row.Name, row.NetnsCookie, strings.Join(row.IPs, ", "))
+	return nil
+}
+
+// runPods: ztdns pods.
+func runPods(args []string) error {
+	fs := flag.NewFlagSet("pods", flag.ContinueOnError)
+	socket := fs.String("socket", control.DefaultSocket, "the agent's control socket `PATH`")
+	output := fs.String("o", "table", "output format: table or json")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var rows []agent.PodRow
+	if err := control.NewClient(*socket, 10*time.Second).Do(ctx, "GET", agent.PathPods, nil, &rows); err != nil {
+		return err
+	}
+	switch *output {
+	case "json":
+		enc := json.NewEncoder(os.Stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(rows)
+	case "table":
+		w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(w, "NAMESPACE\tNAME\tIPS\tNETNS COOKIE\tCAPTURED\tMARKED\tREDIRECTED\tRESTORED\tNAMESERVERS")
+		for _, r := range rows {
+			fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%v\t%v\t%d\t%d\t%s\n", r.Namespace, r.Name, strings.Join(r.IPs, ","), r.NetnsCookie,
+				r.Captured, r.Marked, r.Redirected, r.Restored, strings.Join(r.Nameservers, ","))
+		}
+		return w.Flush()
+	}
+	return fmt.Errorf("-o %q: want table or json", *output)
+}
+
+// runUninstall removes what the agent installed on the node.
+func runUninstall(args []string) error {
+	fs := flag.NewFlagSet("uninstall", flag.ContinueOnError)
+	bpffs := fs.String("bpffs", redirect.DefaultBPFFS, "`DIR` where the agent pinned maps and links")
+	cgroup := fs.String("cgroup", "", "cgroup v2 `DIR` the programs were attached to (default: the cgroup2 root)")
+	iface := fs.String("interface", redirect.DefaultInterface, "the resolver's interface")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *cgroup == "" {
+		mounts, err := redirect.Cgroup2Mounts()
+		if err != nil {
+			return err
+		}
+		if len(mounts) > 0 {
+			*cgroup = mounts[0]
+		}
+	}
+	return errors.Join(redirect.Uninstall(*bpffs, *cgroup), redirect.RemoveInterface(*iface))
+}
