@@ -23,6 +23,7 @@ var commands = map[string]command{
 	"table":     {"print what a pod in a namespace can resolve locally", runTable},
 	"pods":      {"list the pods the agent knows, with their capture state and counters", runPods},
 	"capture":   {"add|del: capture a network namespace's DNS by hand (VMs, tests)", runCapture},
+	"status":    {"print the agent's status: ready, what it serves, inputs it could not read", runStatus},
 	"uninstall": {"remove the programs, pins and interface the agent installed", runUninstall},
 }
 

@@ -60,6 +60,7 @@ type Status struct {
 	Names     int      `json:"names"`
 	Pods      int      `json:"pods"`
 	Listen    []string `json:"listen"`
+	Capture   bool     `json:"capture"`
 	Upstreams []string `json:"upstreams"`
 	// Warnings are objects left out of the name table.
 	Warnings []string `json:"warnings,omitempty"`
@@ -73,7 +74,8 @@ func (a *Agent) status() Status {
 	if err := a.readiness(); err != nil {
 		st.NotReady = err.Error()
 	}
-	for _, l := range a.cfg.Listen {
+	st.Capture = a.capture != nil
+	for _, l := range a.addrs {
 		st.Listen = append(st.Listen, l.String())
 	}
 	for _, u := range a.cfg.Upstreams {

@@ -24,7 +24,7 @@ var (
 
 func (a *Agent) registerMetrics() error {
 	cs := []prometheus.Collector{
-		metricTableBuild, metricTableNames,
+		metricTableBuild, metricTableNames, captureCollector{a},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	}
 	cs = append(cs, resolver.Collectors()...)
@@ -35,4 +35,43 @@ func (a *Agent) registerMetrics() error {
 		}
 	}
 	return nil
+}
+
+// captureCollector exports the programs' per-CPU counters, summed, at scrape
+// time: reading a map is cheap and keeps the programs free of any export work.
+type captureCollector struct {
+	a *Agent
+}
+
+var captureDesc = prometheus.NewDesc("ztdns_capture_events_total",
+	"Events counted by the capture programs: redirected queries, restored replies, and why a port-53 packet of a marked pod was left alone.",
+	[]string{"event"}, nil)
+
+var capturePodsDesc = prometheus.NewDesc("ztdns_capture_marked_pods",
+	"Network namespaces marked for capture in the pods map.", nil, nil)
+
+func (c captureCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- captureDesc
+	ch <- capturePodsDesc
+}
+
+func (c captureCollector) Collect(ch chan<- prometheus.Metric) {
+	cp := c.a.capture
+	if cp == nil {
+		return
+	}
+	if n, err := cp.r.Counters(); err == nil {
+		for event, v := range map[string]uint64{
+			"redirected": n.Redirected, "restored": n.Restored, "skipped_stale": n.SkippedStale,
+			"skipped_paused": n.SkippedPaused, "skipped_no_resolver": n.SkippedNoResolver,
+			"skipped_slots_full": n.SkippedSlotsFull, "nameserver_learned": n.NameserverLearned,
+			"nameserver_replaced": n.NameserverReplaced, "nameserver_failed": n.NameserverFailed,
+			"socket_storage_failed": n.SocketStorageFailed,
+		} {
+			ch <- prometheus.MustNewConstMetric(captureDesc, prometheus.CounterValue, float64(v), event)
+		}
+	}
+	if pods, err := cp.r.Pods(); err == nil {
+		ch <- prometheus.MustNewConstMetric(capturePodsDesc, prometheus.GaugeValue, float64(len(pods)))
+	}
 }
