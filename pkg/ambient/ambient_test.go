@@ -1,0 +1,112 @@
+package ambient
+
+import (
+	"testing"
+
+	"github.com/ztdns/ztdns/pkg/model"
+)
+
+func TestDecide(t *testing.T) {
+	t.Parallel()
+	const (
+		mode = model.LabelDataplaneMode
+		gw   = model.LabelGatewayManaged
+		dns  = model.AnnotationDNSCapture
+	)
+	ambientNS := &model.Namespace{Name: "shop", Labels: map[string]string{mode: "ambient"}}
+	plainNS := &model.Namespace{Name: "shop"}
+	noneNS := &model.Namespace{Name: "shop", Labels: map[string]string{mode: "none"}}
+	pod := func(labels, annotations map[string]string) *model.Pod {
+		return &model.Pod{Namespace: "shop", Name: "web", Labels: labels, Annotations: annotations}
+	}
+	l := func(kv ...string) map[string]string {
+		m := map[string]string{}
+		for i := 0; i < len(kv); i += 2 {
+			m[kv[i]] = kv[i+1]
+		}
+		return m
+	}
+
+	tests := []struct {
+		name       string
+		pod        *model.Pod
+		ns         *model.Namespace
+		defaultOn  bool
+		wantCap    bool
+		wantReason string
+	}{
+		// Enrollment.
+		{"namespace ambient", pod(nil, nil), ambientNS, true, true, ReasonAmbient},
+		{"pod ambient in plain namespace", pod(l(mode, "ambient"), nil), plainNS, true, true, ReasonAmbient},
+		{"pod ambient in namespace labelled none", pod(l(mode, "ambient"), nil), noneNS, true, true, ReasonAmbient},
+		{"pod ambient, namespace unknown", pod(l(mode, "ambient"), nil), nil, true, true, ReasonAmbient},
+		{"neither labelled", pod(nil, nil), plainNS, true, false, ReasonNotAmbient},
+		{"namespace labelled none", pod(nil, nil), noneNS, true, false, ReasonNotAmbient},
+		{"namespace label with another value", pod(nil, nil), &model.Namespace{Labels: l(mode, "Ambient")}, true, false, ReasonNotAmbient},
+		{"pod label with another value in ambient namespace", pod(l(mode, "sidecar"), nil), ambientNS, true, true, ReasonAmbient},
+		{"pod label with another value in plain namespace", pod(l(mode, "sidecar"), nil), plainNS, true, false, ReasonNotAmbient},
+		{"nothing known", nil, nil, true, false, ReasonNotAmbient},
+
+		// Opt-outs that no label or annotation overrides.
+		{"pod none in ambient namespace", pod(l(mode, "none"), nil), ambientNS, true, false, ReasonDataplaneNone},
+		{"pod none with annotation true", pod(l(mode, "none"), l(dns, "true")), ambientNS, true, false, ReasonDataplaneNone},
+		{"host network", &model.Pod{HostNetwork: true, Labels: l(mode, "ambient")}, ambientNS, true, false, ReasonHostNetwork},
+		{"host network with annotation true", &model.Pod{HostNetwork: true, Annotations: l(dns, "true")}, ambientNS, true, false, ReasonHostNetwork},
+		{"sidecar", &model.Pod{HasSidecar: true}, ambientNS, true, false, ReasonSidecar},
+		{"sidecar with pod label ambient", &model.Pod{HasSidecar: true, Labels: l(mode, "ambient")}, plainNS, true, false, ReasonSidecar},
+		{"host network wins over sidecar", &model.Pod{HostNetwork: true, HasSidecar: true}, ambientNS, true, false, ReasonHostNetwork},
+		{"waypoint", pod(l(gw, "istio.io-mesh-controller"), nil), ambientNS, true, false, ReasonGateway},
+		{"gateway", pod(l(gw, "istio.io-gateway-controller"), nil), ambientNS, true, false, ReasonGateway},
+		{"managed label with empty value", pod(l(gw, ""), nil), ambientNS, true, false, ReasonGateway},
+		{"waypoint labelled ambient with annotation true", pod(l(gw, "istio.io-mesh-controller", mode, "ambient"), l(dns, "true")), ambientNS, true, false, ReasonGateway},
+		{"waypoint as Istio labels it", pod(l(gw, "istio.io-mesh-controller", mode, "none"), nil), ambientNS, true, false, ReasonGateway},
+
+		// The annotation, for enrolled pods.
+		{"annotation false", pod(nil, l(dns, "false")), ambientNS, true, false, ReasonAnnotationOff},
+		{"annotation false, default off", pod(nil, l(dns, "false")), ambientNS, false, false, ReasonAnnotationOff},
+		{"annotation true, default off", pod(nil, l(dns, "true")), ambientNS, false, true, ReasonAnnotationOn},
+		{"annotation true, default on", pod(nil, l(dns, "true")), ambientNS, true, true, ReasonAnnotationOn},
+		{"annotation true on pod-labelled pod, default off", pod(l(mode, "ambient"), l(dns, "true")), plainNS, false, true, ReasonAnnotationOn},
+		{"annotation parsed like Istio: 0", pod(nil, l(dns, "0")), ambientNS, true, false, ReasonAnnotationOff},
+		{"annotation parsed like Istio: TRUE", pod(nil, l(dns, "TRUE")), ambientNS, false, true, ReasonAnnotationOn},
+		{"annotation unparsable: default on", pod(nil, l(dns, "yes")), ambientNS, true, true, ReasonAmbient},
+		{"annotation unparsable: default off", pod(nil, l(dns, "no")), ambientNS, false, false, ReasonDefaultOff},
+		{"annotation empty", pod(nil, l(dns, "")), ambientNS, true, true, ReasonAmbient},
+
+		// The annotation never enrolls a pod.
+		{"annotation true outside the mesh", pod(nil, l(dns, "true")), plainNS, true, false, ReasonNotAmbient},
+		{"annotation true outside the mesh, default off", pod(nil, l(dns, "true")), plainNS, false, false, ReasonNotAmbient},
+
+		// The default.
+		{"default off", pod(nil, nil), ambientNS, false, false, ReasonDefaultOff},
+		{"pod unknown, namespace ambient", nil, ambientNS, true, true, ReasonAmbient},
+		{"pod unknown, namespace ambient, default off", nil, ambientNS, false, false, ReasonDefaultOff},
+		{"pod unknown, namespace plain", nil, plainNS, true, false, ReasonNotAmbient},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			gotCap, gotReason := Decide(tt.pod, tt.ns, tt.defaultOn)
+			if gotCap != tt.wantCap || gotReason != tt.wantReason {
+				t.Errorf("Decide = (%t, %q), want (%t, %q)", gotCap, gotReason, tt.wantCap, tt.wantReason)
+			}
+		})
+	}
+}
+
+// TestDecideReasonsAreDistinct guards the promise that a reason names one
+// rule: two rules sharing a string would merge their metric series.
+func TestDecideReasonsAreDistinct(t *testing.T) {
+	t.Parallel()
+	reasons := []string{
+		ReasonAmbient, ReasonAnnotationOn, ReasonAnnotationOff, ReasonDefaultOff, ReasonNotAmbient,
+		ReasonDataplaneNone, ReasonHostNetwork, ReasonSidecar, ReasonGateway,
+	}
+	seen := map[string]bool{}
+	for _, r := range reasons {
+		if seen[r] || r == "" {
+			t.Errorf("reason %q is empty or used twice", r)
+		}
+		seen[r] = true
+	}
+}

@@ -1,0 +1,275 @@
+package cni
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+)
+
+// A conflist is edited in place, byte by byte: only the bytes of the ztdns
+// entry (and the separator before it) are written or removed, so every other
+// byte of the file — other plugins' fields, key order, formatting, a trailing
+// newline — stays as the primary plugin wrote it, and uninstalling after
+// installing gives back the original file exactly.
+
+// span is a byte range [start, end) of a file.
+type span struct{ start, end int }
+
+// pluginList locates the "plugins" array of a conflist.
+type pluginList struct {
+	open    int    // just after '['
+	close   int    // at ']'
+	entries []span // each entry's object, without surrounding whitespace
+	types   []string
+}
+
+// parsePluginList finds the plugins array of the conflist in data and the
+// byte range and "type" of each entry.
+func parsePluginList(data []byte) (*pluginList, error) {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
+		return nil, errors.New("not a JSON object")
+	}
+	var list *pluginList
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return nil, err
+		}
+		if key, _ := tok.(string); key != "plugins" {
+			var skip json.RawMessage
+			if err := dec.Decode(&skip); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		if list != nil {
+			return nil, errors.New(`"plugins" appears twice`)
+		}
+		if list, err = parseEntries(dec, data); err != nil {
+			return nil, fmt.Errorf("plugins: %w", err)
+		}
+	}
+	if _, err := dec.Token(); err != nil { // the closing '}'
+		return nil, err
+	}
+	if list == nil {
+		return nil, errors.New(`no "plugins" list`)
+	}
+	return list, nil
+}
+
+func parseEntries(dec *json.Decoder, data []byte) (*pluginList, error) {
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('[') {
+		return nil, errors.New("not a JSON array")
+	}
+	list := &pluginList{open: int(dec.InputOffset())}
+	for dec.More() {
+		var raw json.RawMessage
+		if err := dec.Decode(&raw); err != nil {
+			return nil, err
+		}
+		end := int(dec.InputOffset())
+		s := span{end - len(raw), end}
+		if s.start < 0 || !bytes.Equal(data[s.start:s.end], raw) {
+			return nil, errors.New("cannot locate an entry in the file") // never expected: refuse rather than corrupt
+		}
+		var entry struct {
+			Type string `json:"type"`
+		}
+		if err := json.Unmarshal(raw, &entry); err != nil {
+			return nil, fmt.Errorf("entry %d: %w", len(list.entries), err)
+		}
+		list.entries = append(list.entries, s)
+		list.types = append(list.types, entry.Type)
+	}
+	if _, err := dec.Token(); err != nil { // ']'
+		return nil, err
+	}
+	list.close = int(dec.InputOffset()) - 1
+	return list, nil
+}
+
+// index returns the position of the first entry of type typ, or -1.
+func (l *pluginList) index(typ string) int {
+	for i, t := range l.types {
+		if t == typ {
+			return i
+		}
+	}
+	return -1
+}
+
+// upsertEntry returns data with entry as the entry of its type: an existing
+// one is replaced where it stands (so two installers that each want to be
+// last never move each other around forever), a missing one is appended as
+// the last plugin. It reports whether anything changed: an entry equal to
+// entry, formatting aside, is left as it is.
+func upsertEntry(data, entry []byte, typ string) ([]byte, bool, error) {
+	list, err := parsePluginList(data)
+	if err != nil {
+		return nil, false, err
+	}
+	if i := list.index(typ); i >= 0 {
+		old := list.entries[i]
+		if jsonEqual(data[old.start:old.end], entry) {
+			return data, false, nil
+		}
+		rendered, err := renderEntry(entry, data, old, lineIndent(data, old.start))
+		if err != nil {
+			return nil, false, err
+		}
+		return splice(data, old, rendered), true, nil
+	}
+
+	n := len(list.entries)
+	if n == 0 {
+		rendered, err := renderEntry(entry, data, span{}, "")
+		if err != nil {
+			return nil, false, err
+		}
+		return splice(data, span{list.open, list.close}, rendered), true, nil
+	}
+	// Separate the new entry from the last one the way the last is
+	// separated from the one before it (or from the '[').
+	last := list.entries[n-1]
+	sep := "," + string(data[list.open:list.entries[0].start])
+	if n >= 2 {
+		sep = string(data[list.entries[n-2].end:last.start])
+	}
+	rendered, err := renderEntry(entry, data, last, afterLastNewline(sep))
+	if err != nil {
+		return nil, false, err
+	}
+	return splice(data, span{last.end, last.end}, append([]byte(sep), rendered...)), true, nil
+}
+
+// removeEntries returns data without any entry of type typ, and whether
+// there was one. The separator that came with an entry goes with it.
+func removeEntries(data []byte, typ string) ([]byte, bool, error) {
+	removed := false
+	for {
+		list, err := parsePluginList(data)
+		if err != nil {
+			return nil, false, err
+		}
+		i := list.index(typ)
+		if i < 0 {
+			return data, removed, nil
+		}
+		var cut span
+		switch {
+		case i > 0: // from the end of the previous entry
+			cut = span{list.entries[i-1].end, list.entries[i].end}
+		case len(list.entries) > 1: // up to the start of the next one
+			cut = span{list.entries[0].start, list.entries[1].start}
+		default:
+			cut = span{list.open, list.close}
+		}
+		data = splice(data, cut, nil)
+		removed = true
+	}
+}
+
+// renderEntry formats entry to sit at indentation prefix, in the style of
+// the sample entry at s in data: indented with the same unit when the
+// sample spans lines, compact when it does not (or when there is none).
+func renderEntry(entry, data []byte, sample span, prefix string) ([]byte, error) {
+	var buf bytes.Buffer
+	unit := indentUnit(data[sample.start:sample.end], prefix)
+	var err error
+	if unit == "" {
+		err = json.Compact(&buf, entry)
+	} else {
+		err = json.Indent(&buf, entry, prefix, unit)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("plugin entry: %w", err)
+	}
+	return buf.Bytes(), nil
+}
+
+// indentUnit guesses one level of indentation from an entry's second line,
+// which is indented one level deeper than prefix. "" means compact.
+func indentUnit(entry []byte, prefix string) string {
+	_, rest, ok := bytes.Cut(entry, []byte("\n"))
+	if !ok {
+		return ""
+	}
+	ws := rest[:len(rest)-len(bytes.TrimLeft(rest, " \t"))]
+	if unit, ok := strings.CutPrefix(string(ws), prefix); ok && unit != "" {
+		return unit
+	}
+	return "  "
+}
+
+// lineIndent returns the whitespace between the start of the line holding
+// offset and offset.
+func lineIndent(data []byte, offset int) string {
+	lineStart := bytes.LastIndexByte(data[:offset], '\n') + 1
+	return afterLastNewline(string(data[lineStart:offset]))
+}
+
+func afterLastNewline(s string) string {
+	if i := strings.LastIndexByte(s, '\n'); i >= 0 {
+		s = s[i+1:]
+	}
+	if strings.Trim(s, " \t") != "" {
+		return ""
+	}
+	return s
+}
+
+// splice returns data with s replaced by repl.
+func splice(data []byte, s span, repl []byte) []byte {
+	out := make([]byte, 0, len(data)-(s.end-s.start)+len(repl))
+	out = append(out, data[:s.start]...)
+	out = append(out, repl...)
+	return append(out, data[s.end:]...)
+}
+
+// jsonEqual reports whether a and b hold the same JSON value, key order
+// and formatting aside.
+func jsonEqual(a, b []byte) bool {
+	var va, vb any
+	if json.Unmarshal(a, &va) != nil || json.Unmarshal(b, &vb) != nil {
+		return false
+	}
+	ca, _ := json.Marshal(va)
+	cb, _ := json.Marshal(vb)
+	return bytes.Equal(ca, cb)
+}
+
+// confToConflist wraps a single-plugin network config (a .conf file) into a
+// conflist with the same name and version whose plugins are the original
+// config, verbatim but for indentation, followed by entry. Runtimes
+// read the same network from it (libcni's ConfListFromConf does the same).
+func confToConflist(conf, entry []byte) ([]byte, error) {
+	var head struct {
+		CNIVersion string `json:"cniVersion,omitempty"`
+		Name       string `json:"name,omitempty"`
+	}
+	if err := json.Unmarshal(conf, &head); err != nil {
+		return nil, err
+	}
+	var b bytes.Buffer
+	b.WriteString("{\n")
+	for _, kv := range [][2]string{{"cniVersion", head.CNIVersion}, {"name", head.Name}} {
+		if kv[1] != "" {
+			v, _ := json.Marshal(kv[1])
+			fmt.Fprintf(&b, "  %q: %s,\n", kv[0], v)
+		}
+	}
+	b.WriteString("  \"plugins\": [\n    ")
+	if err := json.Indent(&b, bytes.TrimSpace(conf), "    ", "  "); err != nil {
+		return nil, err
+	}
+	b.WriteString(",\n    ")
+	if err := json.Indent(&b, entry, "    ", "  "); err != nil {
+		return nil, err
+	}
+	b.WriteString("\n  ]\n}\n")
+	return b.Bytes(), nil
+}

@@ -1,0 +1,367 @@
+package cni
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/containernetworking/cni/libcni"
+)
+
+// InstallConfig says where the node's container runtime looks for CNI
+// plugins and configuration, and what to put there.
+type InstallConfig struct {
+	// BinDir is the runtime's CNI bin dir (e.g. /opt/cni/bin, mounted from
+	// the host). The plugin is installed there as "ztdns".
+	BinDir string
+	// ConfDir is the runtime's CNI conf dir (e.g. /etc/cni/net.d).
+	ConfDir string
+	// Binary is the executable to install, normally the agent's own
+	// (os.Executable()): the ztdns binary is also the plugin.
+	Binary string
+	// PluginConf is the plugin's conflist entry, a JSON object with "type":
+	// "ztdns" (see Config.Entry). Install only.
+	PluginConf json.RawMessage
+	// Logger reports what changed; nil discards.
+	Logger *slog.Logger
+}
+
+// ErrNoNetworkConfig means ConfDir holds no valid network configuration yet:
+// the primary network plugin writes one when it starts, and ztdns can only
+// chain after it. Install fails with it; WaitAndInstall waits.
+var ErrNoNetworkConfig = errors.New("no CNI network configuration yet")
+
+// confExtensions are the files a runtime (containerd, CRI-O) loads from the
+// conf dir, as libcni.ConfFiles matches them.
+var confExtensions = []string{".conf", ".conflist", ".json"}
+
+// Install copies Binary to BinDir/ztdns and adds PluginConf as the last
+// plugin of the primary network configuration in ConfDir — the file a
+// runtime uses: the first, in lexical order, of the valid .conf, .conflist
+// and .json files, as kubelet, containerd and istio-cni choose it. A
+// single-plugin .conf (or .json) is turned into a .conflist holding the
+// original plugin followed by ztdns, with the same name and cniVersion, and
+// the original file is removed (istio-cni does the same).
+//
+// The binary goes in first and the entry second, so a runtime never finds the
+// entry without the plugin. Both are written to a temporary file renamed
+// into place, so a runtime never reads half a file. Install is idempotent:
+// when the binary and the entry are already there, nothing is written, not
+// even a timestamp. An existing ztdns entry that differs is replaced where
+// it stands; only the entry's bytes change.
+//
+// With no network configuration in ConfDir, Install returns an error
+// wrapping ErrNoNetworkConfig and changes nothing, not even the binary.
+func Install(cfg InstallConfig) error {
+	log := cfg.logger()
+	if err := cfg.validate(); err != nil {
+		return err
+	}
+	if len(cfg.PluginConf) == 0 {
+		return errors.New("cni install: PluginConf is empty")
+	}
+	var entry struct {
+		Type string `json:"type"`
+	}
+	if err := json.Unmarshal(cfg.PluginConf, &entry); err != nil {
+		return fmt.Errorf("cni install: PluginConf is not a JSON object: %w", err)
+	}
+	if entry.Type != PluginType {
+		return fmt.Errorf("cni install: PluginConf has type %q, want %q", entry.Type, PluginType)
+	}
+
+	primary, err := primaryConfFile(cfg.ConfDir)
+	if err != nil {
+		return fmt.Errorf("cni install: %w", err)
+	}
+
+	changed, err := installBinary(cfg.Binary, filepath.Join(cfg.BinDir, PluginType))
+	if err != nil {
+		return fmt.Errorf("cni install: %w", err)
+	}
+	if changed {
+		log.Info("installed the CNI plugin binary", "path", filepath.Join(cfg.BinDir, PluginType))
+	}
+
+	path, changed, err := insertEntry(primary, cfg.PluginConf)
+	if err != nil {
+		return fmt.Errorf("cni install: %s: %w", primary, err)
+	}
+	if changed {
+		log.Info("added ztdns to the primary CNI network configuration", "file", path)
+	} else {
+		log.Debug("ztdns is already in the primary CNI network configuration", "file", path)
+	}
+	return nil
+}
+
+// WaitAndInstall calls Install, and while ConfDir has no network
+// configuration, again every interval (istio-cni waits the same way: on a
+// new node the primary plugin's agent may start after ztdns's). It returns
+// Install's first other error, or ctx's when it ends first.
+func WaitAndInstall(ctx context.Context, cfg InstallConfig, interval time.Duration) error {
+	logged := false
+	for {
+		err := Install(cfg)
+		if !errors.Is(err, ErrNoNetworkConfig) {
+			return err
+		}
+		if !logged {
+			cfg.logger().Info("waiting for the primary network plugin to write its configuration", "dir", cfg.ConfDir)
+			logged = true
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w (%w)", ctx.Err(), err)
+		case <-time.After(interval):
+		}
+	}
+}
+
+// Uninstall removes every ztdns entry from the conflists in ConfDir, then
+// BinDir/ztdns. The rest of each file stays byte for byte as it was; a .conf
+// that Install turned into a .conflist stays a (now equivalent) .conflist.
+// Removing what is not there is not an error, so Uninstall is idempotent.
+// Files in ConfDir that are not valid JSON conflists are left alone.
+func Uninstall(cfg InstallConfig) error {
+	log := cfg.logger()
+	if err := cfg.validate(); err != nil {
+		return err
+	}
+	files, err := libcni.ConfFiles(cfg.ConfDir, []string{".conflist"})
+	if err != nil {
+		return fmt.Errorf("cni uninstall: %w", err)
+	}
+	var errs []error
+	for _, path := range files {
+		changed, err := removeEntryFromFile(path)
+		switch {
+		case err != nil:
+			errs = append(errs, fmt.Errorf("cni uninstall: %s: %w", path, err))
+		case changed:
+			log.Info("removed ztdns from a CNI network configuration", "file", path)
+		}
+	}
+	bin := filepath.Join(cfg.BinDir, PluginType)
+	if err := os.Remove(bin); err == nil {
+		log.Info("removed the CNI plugin binary", "path", bin)
+	} else if !errors.Is(err, os.ErrNotExist) {
+		errs = append(errs, fmt.Errorf("cni uninstall: %w", err))
+	}
+	return errors.Join(errs...)
+}
+
+func (cfg *InstallConfig) validate() error {
+	switch {
+	case cfg.BinDir == "":
+		return errors.New("cni: BinDir is empty")
+	case cfg.ConfDir == "":
+		return errors.New("cni: ConfDir is empty")
+	}
+	return nil
+}
+
+func (cfg *InstallConfig) logger() *slog.Logger {
+	if cfg.Logger == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return cfg.Logger
+}
+
+// primaryConfFile returns the network configuration file a runtime would
+// use: the first valid one in lexical order.
+func primaryConfFile(dir string) (string, error) {
+	files, err := libcni.ConfFiles(dir, confExtensions)
+	if err != nil {
+		return "", err
+	}
+	sort.Strings(files)
+	var skipped []string
+	for _, f := range files {
+		if err := validNetworkConfig(f); err != nil {
+			skipped = append(skipped, fmt.Sprintf("%s (%v)", filepath.Base(f), err))
+			continue
+		}
+		return f, nil
+	}
+	msg := fmt.Sprintf("%s holds no network configuration: the primary network plugin writes one when it starts, and ztdns chains after it", dir)
+	if len(skipped) > 0 {
+		msg += "; skipped " + strings.Join(skipped, ", ")
+	}
+	return "", fmt.Errorf("%w: %s", ErrNoNetworkConfig, msg)
+}
+
+// validNetworkConfig applies a runtime's test: a conflist that libcni loads
+// with at least one plugin, or a single-plugin config with a type.
+func validNetworkConfig(path string) error {
+	if strings.HasSuffix(path, ".conflist") {
+		list, err := libcni.ConfListFromFile(path)
+		if err != nil {
+			return err
+		}
+		if len(list.Plugins) == 0 {
+			return errors.New("no plugins")
+		}
+		return nil
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	_, err = libcni.NetworkPluginConfFromBytes(data)
+	return err
+}
+
+// insertEntry puts entry into the network configuration at path and returns
+// the path of the conflist that now holds it and whether anything was
+// written.
+func insertEntry(path string, entry []byte) (string, bool, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return "", false, err
+	}
+	info, err := os.Stat(path)
+	if err != nil {
+		return "", false, err
+	}
+	if strings.HasSuffix(path, ".conflist") {
+		updated, changed, err := upsertEntry(data, entry, PluginType)
+		if err != nil || !changed {
+			return path, false, err
+		}
+		return path, true, writeFileAtomic(path, updated, info.Mode().Perm())
+	}
+
+	list := strings.TrimSuffix(path, filepath.Ext(path)) + ".conflist"
+	if _, err := os.Stat(list); err == nil {
+		return "", false, fmt.Errorf("cannot turn it into %s, which exists", filepath.Base(list))
+	}
+	converted, err := confToConflist(data, entry)
+	if err != nil {
+		return "", false, err
+	}
+	if err := writeFileAtomic(list, converted, info.Mode().Perm()); err != nil {
+		return "", false, err
+	}
+	if err := os.Remove(path); err != nil {
+		return "", false, fmt.Errorf("remove the converted original: %w", err)
+	}
+	return list, true, nil
+}
+
+// removeEntryFromFile removes the ztdns entries of the conflist at path.
+func removeEntryFromFile(path string) (bool, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return false, err
+	}
+	if !bytes.Contains(data, []byte(PluginType)) {
+		return false, nil // not ours to parse, or to judge
+	}
+	updated, changed, err := removeEntries(data, PluginType)
+	if err != nil || !changed {
+		return false, err
+	}
+	info, err := os.Stat(path)
+	if err != nil {
+		return false, err
+	}
+	return true, writeFileAtomic(path, updated, info.Mode().Perm())
+}
+
+// installBinary copies src to dst unless dst already has its content, and
+// reports whether it wrote.
+func installBinary(src, dst string) (bool, error) {
+	if src == "" {
+		return false, errors.New("Binary is empty")
+	}
+	same, err := sameContent(src, dst)
+	if err != nil || same {
+		return false, err
+	}
+	in, err := os.Open(src)
+	if err != nil {
+		return false, err
+	}
+	defer in.Close()
+	f, err := os.CreateTemp(filepath.Dir(dst), "."+filepath.Base(dst)+".*.tmp")
+	if err != nil {
+		return false, err
+	}
+	tmp := f.Name()
+	defer os.Remove(tmp) // fails harmlessly once renamed
+	_, err = io.Copy(f, in)
+	if err == nil {
+		err = f.Chmod(0o755)
+	}
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return false, fmt.Errorf("copy %s: %w", src, err)
+	}
+	// Renaming over a binary a runtime is executing is safe: the running
+	// process keeps the old inode.
+	if err := os.Rename(tmp, dst); err != nil {
+		return false, err
+	}
+	return true, nil
+}
+
+// sameContent reports whether the files at a and b hold the same bytes; a
+// missing b is a difference, a missing a an error.
+func sameContent(a, b string) (bool, error) {
+	fa, err := os.Open(a)
+	if err != nil {
+		return false, err
+	}
+	defer fa.Close()
+	fb, err := os.Open(b)
+	if errors.Is(err, os.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	defer fb.Close()
+	sa, err := fa.Stat()
+	if err != nil {
+		return false, err
+	}
+	sb, err := fb.Stat()
+	if err != nil {
+		return false, err
+	}
+	if sa.Size() != sb.Size() || sb.Mode().Perm()&0o111 == 0 {
+		return false, nil
+	}
+	bufA, bufB := make([]byte, 1<<16), make([]byte, 1<<16)
+	for {
+		na, errA := io.ReadFull(fa, bufA)
+		nb, errB := io.ReadFull(fb, bufB)
+		if na != nb || !bytes.Equal(bufA[:na], bufB[:nb]) {
+			return false, nil
+		}
+		if errA == io.EOF || errA == io.ErrUnexpectedEOF {
+			return errB == io.EOF || errB == io.ErrUnexpectedEOF, nil
+		}
+		if errA != nil {
+			return false, errA
+		}
+		if errB != nil {
+			return false, errB
+		}
+	}
+}

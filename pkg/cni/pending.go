@@ -1,0 +1,183 @@
+package cni
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"github.com/containernetworking/cni/pkg/utils"
+)
+
+// The pending directory holds the events the agent missed, one file per
+// container, written by the plugin and replayed by the agent when it starts:
+//
+//	<PendingDir>/del/<containerID>.json   a DelRequest: unmark and forget the pod
+//	<PendingDir>/add/<containerID>.json   an AddRequest the agent never saw
+//	                                      (onAgentUnreachable "allow")
+//
+// A file is written to a temporary name and renamed, so a reader sees whole
+// requests only. A DEL removes the container's pending ADD, and a successful
+// ADD its pending DEL, so replaying never resurrects a deleted pod nor
+// deletes a live one.
+const (
+	pendingDelDir = "del"
+	pendingAddDir = "add"
+)
+
+// PendingDeletes returns the DELs recorded in dir (a plugin's PendingDir)
+// while the agent was unreachable, in container ID order. The agent unmarks
+// and forgets each, then calls ForgetPendingDelete. A missing dir has none.
+// A record that cannot be read still yields its container ID, from the
+// file name, which is all a DEL needs.
+func PendingDeletes(dir string) ([]DelRequest, error) {
+	var out []DelRequest
+	err := readPending(dir, pendingDelDir, func(id string, data []byte) error {
+		req := DelRequest{ContainerID: id}
+		var rec DelRequest
+		if json.Unmarshal(data, &rec) == nil && rec.ContainerID == id {
+			req = rec
+		}
+		out = append(out, req)
+		return nil
+	})
+	return out, err
+}
+
+// ForgetPendingDelete removes the recorded DEL of containerID; forgetting
+// one that is not recorded is not an error.
+func ForgetPendingDelete(dir, containerID string) error {
+	return forgetPending(dir, pendingDelDir, containerID)
+}
+
+// PendingAdds returns the ADDs recorded in dir while the agent was
+// unreachable (the pods started uncaptured under onAgentUnreachable
+// "allow"), in container ID order. The agent decides each as if it had
+// arrived over the socket, once it has checked the netns still exists and
+// still has the recorded cookie, then calls ForgetPendingAdd. Records that
+// cannot be decoded are reported in the error and left out; the others are
+// returned with it.
+func PendingAdds(dir string) ([]AddRequest, error) {
+	var out []AddRequest
+	err := readPending(dir, pendingAddDir, func(id string, data []byte) error {
+		var req AddRequest
+		if err := json.Unmarshal(data, &req); err != nil {
+			return err
+		}
+		if req.ContainerID != id {
+			return fmt.Errorf("records container %q", req.ContainerID)
+		}
+		out = append(out, req)
+		return nil
+	})
+	return out, err
+}
+
+// ForgetPendingAdd removes the recorded ADD of containerID; forgetting one
+// that is not recorded is not an error.
+func ForgetPendingAdd(dir, containerID string) error {
+	return forgetPending(dir, pendingAddDir, containerID)
+}
+
+// recordPending writes v as the pending event of kind for containerID.
+func recordPending(dir, kind, containerID string, v any) error {
+	path, err := pendingPath(dir, kind, containerID)
+	if err != nil {
+		return err
+	}
+	data, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
+		return fmt.Errorf("record pending %s: %w", kind, err)
+	}
+	if err := writeFileAtomic(path, append(data, '\n'), 0o640); err != nil {
+		return fmt.Errorf("record pending %s: %w", kind, err)
+	}
+	return nil
+}
+
+func forgetPending(dir, kind, containerID string) error {
+	path, err := pendingPath(dir, kind, containerID)
+	if err != nil {
+		return err
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("forget pending %s: %w", kind, err)
+	}
+	return nil
+}
+
+// pendingPath refuses container IDs that are not valid CNI container IDs:
+// they become file names.
+func pendingPath(dir, kind, containerID string) (string, error) {
+	if err := utils.ValidateContainerID(containerID); err != nil {
+		return "", fmt.Errorf("pending %s: container ID %q: %w", kind, containerID, err)
+	}
+	return filepath.Join(dir, kind, containerID+".json"), nil
+}
+
+// readPending calls fn for each record of kind, in file name order, and
+// joins the errors of the records it could not read.
+func readPending(dir, kind string, fn func(containerID string, data []byte) error) error {
+	entries, err := os.ReadDir(filepath.Join(dir, kind))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("pending %s: %w", kind, err)
+	}
+	sort.Slice(entries, func(i, j int) bool { return entries[i].Name() < entries[j].Name() })
+	var errs []error
+	for _, e := range entries {
+		id, ok := strings.CutSuffix(e.Name(), ".json")
+		if !ok || e.IsDir() || utils.ValidateContainerID(id) != nil {
+			continue // a temporary file, or not ours
+		}
+		path := filepath.Join(dir, kind, e.Name())
+		data, err := os.ReadFile(path)
+		if errors.Is(err, os.ErrNotExist) {
+			continue // forgotten meanwhile
+		}
+		if err == nil {
+			err = fn(id, data)
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("pending %s %s: %w", kind, path, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// writeFileAtomic writes data to path through a temporary file in the same
+// directory, so readers see the old content or the new, never a part. The
+// temporary name starts with a dot and ends in ".tmp": neither the pending
+// readers nor a container runtime loading a CNI conf dir pick it up.
+func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*.tmp")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	defer os.Remove(tmp) // fails harmlessly once renamed
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Chmod(perm); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}

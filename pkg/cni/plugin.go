@@ -1,0 +1,262 @@
+//go:build linux
+
+package cni
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"runtime/debug"
+
+	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/cni/pkg/types"
+	"github.com/containernetworking/cni/pkg/version"
+
+	"github.com/ztdns/ztdns/pkg/control"
+	"github.com/ztdns/ztdns/pkg/redirect"
+)
+
+// About is what the plugin prints on stderr when run without CNI_COMMAND.
+const About = "CNI plugin ztdns: chained after the primary plugin, hands each pod to the ztdns node agent (DNS capture for Istio ambient)"
+
+// PluginMain runs the binary as the CNI plugin: the runtime set CNI_COMMAND,
+// the network config is on stdin, and the result or error goes to stdout. It
+// exits the process on error, as skel does.
+func PluginMain() {
+	p := &plugin{stdout: os.Stdout, stderr: os.Stderr}
+	skel.PluginMainFuncs(skel.CNIFuncs{
+		Add:    recovered("ADD", p.add),
+		Del:    recovered("DEL", p.del),
+		Check:  recovered("CHECK", p.check),
+		Status: recovered("STATUS", p.status),
+	}, version.All, About)
+}
+
+// plugin carries where the CNI result and the default log go, so tests can
+// run the commands in-process.
+type plugin struct {
+	stdout io.Writer // the CNI result, and nothing else
+	stderr io.Writer // the log, unless the config names a file
+}
+
+// recovered turns a panic in fn into a CNI error instead of a crash with a
+// stack trace on stdout, where the runtime expects JSON.
+func recovered(cmd string, fn func(*skel.CmdArgs) error) func(*skel.CmdArgs) error {
+	return func(args *skel.CmdArgs) (err error) {
+		defer func() {
+			if r := recover(); r != nil {
+				stack := debug.Stack()
+				if len(stack) > 4096 {
+					stack = stack[:4096]
+				}
+				err = types.NewError(types.ErrInternal, fmt.Sprintf("ztdns %s: internal error: %v", cmd, r), string(stack))
+			}
+		}()
+		return fn(args)
+	}
+}
+
+// add hands the pod to the agent, then passes prevResult through. Everything
+// is validated before the agent is contacted, so the agent sees a complete
+// request or none.
+func (p *plugin) add(args *skel.CmdArgs) error {
+	conf, prev, err := parseConfig(args.StdinData)
+	if err != nil {
+		return err
+	}
+	if prev == nil {
+		return types.NewError(types.ErrInvalidNetworkConfig,
+			"ztdns must be called as a chained plugin, after the primary network plugin: no prevResult", "")
+	}
+	pod, err := parsePodArgs(args.Args)
+	if err != nil {
+		return err
+	}
+	cookie, err := redirect.NetnsCookie(args.Netns)
+	if err != nil {
+		return types.NewError(types.ErrInvalidNetNS, fmt.Sprintf("ztdns: CNI_NETNS %q is not a usable network namespace", args.Netns), err.Error())
+	}
+	req := AddRequest{
+		ContainerID:  args.ContainerID,
+		Netns:        args.Netns,
+		IfName:       args.IfName,
+		PodNamespace: pod.namespace,
+		PodName:      pod.name,
+		PodUID:       pod.uid,
+		IPs:          podIPs(prev),
+		NetnsCookie:  cookie,
+	}
+	// Render the result before the agent acts on the pod, so a result
+	// that cannot be printed fails the ADD with nothing marked.
+	var result bytes.Buffer
+	if err := printResult(&result, conf); err != nil {
+		return err
+	}
+
+	log, closeLog := p.logger(conf)
+	defer closeLog()
+	log = log.With("cmd", "ADD", "container", req.ContainerID, "pod", req.PodNamespace+"/"+req.PodName)
+
+	var resp AddResponse
+	err = p.call(conf, AddPath, req, &resp)
+	switch {
+	case err == nil:
+		log.Info("pod handed to the agent", "captured", resp.Captured, "reason", resp.Reason, "cookie", cookie, "ips", req.IPs)
+		// The agent now knows the container: a DEL recorded for an earlier
+		// life of this ID must not be replayed over it.
+		if err := ForgetPendingDelete(conf.PendingDir, req.ContainerID); err != nil {
+			log.Warn("could not forget a stale pending DEL", "error", err)
+		}
+	case errors.Is(err, errAgentUnreachable) && conf.OnAgentUnreachable == PolicyAllow:
+		log.Warn("ztdns agent unreachable: the pod starts WITHOUT DNS capture until the agent is back and reconciles it (onAgentUnreachable: allow)",
+			"socket", conf.SocketPath, "error", err)
+		if err := recordPending(conf.PendingDir, pendingAddDir, req.ContainerID, req); err != nil {
+			log.Error("could not record the ADD for the agent; its reconcile still finds the pod from its pod source", "error", err)
+		}
+	case errors.Is(err, errAgentUnreachable):
+		log.Error("ztdns agent unreachable: failing the ADD (onAgentUnreachable: fail)", "socket", conf.SocketPath, "error", err)
+		return types.NewError(types.ErrTryAgainLater,
+			fmt.Sprintf("ztdns agent unreachable at %s; the pod is refused until it answers (onAgentUnreachable: fail)", conf.SocketPath), err.Error())
+	default:
+		log.Error("the agent refused the pod", "error", err)
+		return types.NewError(types.ErrInternal, "ztdns agent refused the pod", err.Error())
+	}
+	_, err = p.stdout.Write(result.Bytes())
+	return err
+}
+
+// del tells the agent to unmark and forget the pod. It never fails: when
+// the agent cannot take the DEL, it is recorded for the agent to replay; and
+// a config the plugin cannot use is logged, not returned, because the
+// runtime runs DEL in reverse order and a failing ztdns would keep the
+// primary plugin from releasing the pod's veth and address. (With such a
+// config ADD failed before contacting the agent, so there is nothing to
+// undo.)
+func (p *plugin) del(args *skel.CmdArgs) error {
+	conf, _, err := parseConfig(args.StdinData)
+	if err != nil {
+		slog.New(slog.NewTextHandler(p.stderr, nil)).Error("DEL with an unusable network config: nothing to tell the agent",
+			"plugin", PluginType, "container", args.ContainerID, "error", err)
+		return nil
+	}
+	log, closeLog := p.logger(conf)
+	defer closeLog()
+	log = log.With("cmd", "DEL", "container", args.ContainerID)
+
+	// The pod is gone: an ADD the agent never saw must not be replayed.
+	if err := ForgetPendingAdd(conf.PendingDir, args.ContainerID); err != nil {
+		log.Warn("could not forget a pending ADD", "error", err)
+	}
+	req := DelRequest{ContainerID: args.ContainerID, Netns: args.Netns}
+	err = p.call(conf, DelPath, req, nil)
+	if err == nil {
+		log.Debug("pod removed from the agent")
+		// An earlier attempt of this DEL may have been recorded.
+		if err := ForgetPendingDelete(conf.PendingDir, req.ContainerID); err != nil {
+			log.Warn("could not forget a pending DEL", "error", err)
+		}
+		return nil
+	}
+	log.Warn("the agent could not take the DEL; recording it for the agent to replay", "socket", conf.SocketPath, "error", err)
+	if rerr := recordPending(conf.PendingDir, pendingDelDir, req.ContainerID, req); rerr != nil {
+		// Failing the DEL would leave the pod stuck in teardown for a
+		// stale mark on a namespace that is going away; the agent's
+		// reconcile drops marks of pods its source no longer has.
+		log.Error("could not record the DEL either; the agent's reconcile will drop the stale mark", "error", rerr)
+	}
+	return nil
+}
+
+// check verifies what the plugin itself relies on: a valid config, a
+// prevResult, the pod's identity in CNI_ARGS and a network namespace it can
+// read a cookie from. It does not ask the agent: a failed CHECK makes the
+// runtime tear the pod down and recreate it, and an agent restart or a
+// changed label is no reason to kill pods. Capture drift is the agent's
+// reconcile's job.
+func (p *plugin) check(args *skel.CmdArgs) error {
+	_, prev, err := parseConfig(args.StdinData)
+	if err != nil {
+		return err
+	}
+	if prev == nil {
+		return types.NewError(types.ErrInvalidNetworkConfig,
+			"ztdns must be called as a chained plugin, after the primary network plugin: no prevResult", "")
+	}
+	if _, err := parsePodArgs(args.Args); err != nil {
+		return err
+	}
+	if _, err := redirect.NetnsCookie(args.Netns); err != nil {
+		return types.NewError(types.ErrInvalidNetNS, fmt.Sprintf("ztdns: CNI_NETNS %q is not a usable network namespace", args.Netns), err.Error())
+	}
+	return nil
+}
+
+// status reports whether the plugin can take ADDs (CNI 1.1 STATUS). Under
+// "allow" it always can. Under "fail" it can only while the agent listens,
+// and saying so lets the runtime hold pods back instead of failing them.
+func (p *plugin) status(args *skel.CmdArgs) error {
+	conf, _, err := parseConfig(args.StdinData)
+	if err != nil {
+		return err
+	}
+	if conf.OnAgentUnreachable != PolicyFail {
+		return nil
+	}
+	c, err := net.DialTimeout("unix", conf.SocketPath, conf.timeout)
+	if err != nil {
+		return types.NewError(types.ErrPluginNotAvailable,
+			fmt.Sprintf("ztdns agent unreachable at %s (onAgentUnreachable: fail)", conf.SocketPath), err.Error())
+	}
+	c.Close()
+	return nil
+}
+
+// errAgentUnreachable marks errors where no agent answered: no socket,
+// nobody listening, or no reply within the timeout.
+var errAgentUnreachable = errors.New("agent unreachable")
+
+// call POSTs in to the agent at path and decodes the reply into out.
+func (p *plugin) call(conf *netConf, path string, in, out any) error {
+	ctx, cancel := context.WithTimeout(context.Background(), conf.timeout)
+	defer cancel()
+	err := control.NewClient(conf.SocketPath, conf.timeout).Do(ctx, http.MethodPost, path, in, out)
+	// The HTTP client reports transport failures (dial, timeout, reset) as
+	// *url.Error; an answer with an error status is the agent's verdict.
+	if ue := (*url.Error)(nil); errors.As(err, &ue) {
+		return fmt.Errorf("%w: %w", errAgentUnreachable, err)
+	}
+	return err
+}
+
+// logger returns the plugin's log for conf and a function that closes it.
+func (p *plugin) logger(conf *netConf) (*slog.Logger, func()) {
+	opts := &slog.HandlerOptions{Level: conf.logLevel}
+	if conf.LogFile == "" {
+		return slog.New(slog.NewTextHandler(p.stderr, opts)).With("plugin", PluginType), func() {}
+	}
+	f, err := os.OpenFile(conf.LogFile, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
+	if err != nil {
+		log := slog.New(slog.NewTextHandler(p.stderr, opts)).With("plugin", PluginType)
+		log.Warn("cannot open logFile, logging to stderr", "error", err)
+		return log, func() {}
+	}
+	return slog.New(slog.NewTextHandler(f, opts)).With("plugin", PluginType), func() { f.Close() }
+}
+
+// printResult writes prevResult to w unchanged: parsed in the config's CNI
+// version (the spec's rule, which version.ParsePrevResult applies) and
+// printed back in it, as a chained plugin that changes nothing must.
+func printResult(w io.Writer, conf *netConf) error {
+	res, err := conf.PrevResult.GetAsVersion(conf.CNIVersion)
+	if err != nil {
+		return types.NewError(types.ErrIncompatibleCNIVersion, "ztdns: convert prevResult to "+conf.CNIVersion, err.Error())
+	}
+	return res.PrintTo(w)
+}

@@ -1,0 +1,600 @@
+//go:build linux
+
+package cni
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"reflect"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/cni/pkg/types"
+	"github.com/containernetworking/cni/pkg/version"
+
+	"github.com/ztdns/ztdns/internal/testenv"
+	"github.com/ztdns/ztdns/pkg/control"
+	"github.com/ztdns/ztdns/pkg/redirect"
+)
+
+// fakeAgent stands in for the node agent at the protocol level: a real HTTP
+// server on a real unix socket (pkg/control's listener), recording what the
+// plugin sends and answering as told.
+type fakeAgent struct {
+	socket string
+
+	mu   sync.Mutex
+	adds []AddRequest
+	dels []DelRequest
+	// reply answers an ADD; nil answers 200 {Captured: true, Reason: "ambient"}.
+	reply func(AddRequest) (int, any)
+	// delay holds every answer back, to play a hung agent.
+	delay time.Duration
+	// failDel answers every DEL with a 500.
+	failDel bool
+}
+
+func startFakeAgent(tb testing.TB, socket string, configure func(*fakeAgent)) *fakeAgent {
+	tb.Helper()
+	a := &fakeAgent{socket: socket}
+	if configure != nil {
+		configure(a)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST "+AddPath, func(w http.ResponseWriter, r *http.Request) {
+		var req AddRequest
+		if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+			control.WriteError(w, http.StatusBadRequest, err)
+			return
+		}
+		time.Sleep(a.delay)
+		a.mu.Lock()
+		a.adds = append(a.adds, req)
+		reply := a.reply
+		a.mu.Unlock()
+		code, body := http.StatusOK, any(AddResponse{Captured: true, Reason: "ambient"})
+		if reply != nil {
+			code, body = reply(req)
+		}
+		control.WriteJSON(w, code, body)
+	})
+	mux.HandleFunc("POST "+DelPath, func(w http.ResponseWriter, r *http.Request) {
+		var req DelRequest
+		if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+			control.WriteError(w, http.StatusBadRequest, err)
+			return
+		}
+		time.Sleep(a.delay)
+		a.mu.Lock()
+		a.dels = append(a.dels, req)
+		a.mu.Unlock()
+		if a.failDel {
+			control.WriteError(w, http.StatusInternalServerError, errors.New("map update failed"))
+			return
+		}
+		w.WriteHeader(http.StatusOK)
+	})
+	ln, err := control.Listen(socket)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- control.Serve(ctx, ln, mux) }()
+	tb.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			tb.Errorf("fake agent: %v", err)
+		}
+	})
+	return a
+}
+
+func (a *fakeAgent) requests() ([]AddRequest, []DelRequest) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return slices.Clone(a.adds), slices.Clone(a.dels)
+}
+
+// pluginEnv runs the plugin's commands in-process against a pod network
+// namespace made for the test, with the agent's socket and the pending
+// directory in a fresh directory.
+type pluginEnv struct {
+	netns   *testenv.Netns
+	dir     string // holds the socket and the pending directory
+	socket  string
+	pending string
+	stdout  bytes.Buffer
+	stderr  bytes.Buffer
+}
+
+func newPluginEnv(tb testing.TB) *pluginEnv {
+	tb.Helper()
+	netns := testenv.NewNetns(tb, testenv.UniqueName("ztcni-"))
+	// Not t.TempDir: a unix socket path must fit in 108 bytes.
+	dir, err := os.MkdirTemp("", "ztcni-")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { os.RemoveAll(dir) })
+	return &pluginEnv{
+		netns:   netns,
+		dir:     dir,
+		socket:  filepath.Join(dir, "ztdns.sock"),
+		pending: filepath.Join(dir, "pending"),
+	}
+}
+
+// args returns the CmdArgs a runtime would pass for the pod, with the
+// network config in version ver, prevResult from a bridge plugin, and
+// fields added to the ztdns entry.
+func (e *pluginEnv) args(tb testing.TB, ver string, fields map[string]any) *skel.CmdArgs {
+	tb.Helper()
+	f := map[string]any{"socketPath": e.socket, "timeout": "2s"}
+	for k, v := range fields {
+		f[k] = v
+	}
+	return &skel.CmdArgs{
+		ContainerID: "c0ffee-" + strings.ReplaceAll(ver, ".", ""),
+		Netns:       e.netns.Path(),
+		IfName:      "eth0",
+		Args:        "IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=web-0;K8S_POD_INFRA_CONTAINER_ID=c0ffee;K8S_POD_UID=6f1c-uid",
+		Path:        "/opt/cni/bin",
+		StdinData:   netConfJSON(tb, ver, prevResultJSON(ver, e.netns.Path()), f),
+	}
+}
+
+func (e *pluginEnv) plugin() *plugin { return &plugin{stdout: &e.stdout, stderr: &e.stderr} }
+
+func (e *pluginEnv) cookie(tb testing.TB) uint64 {
+	tb.Helper()
+	c, err := redirect.NetnsCookie(e.netns.Path())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return c
+}
+
+// requireCNIError checks that err is a CNI error with code whose message
+// contains want.
+func requireCNIError(tb testing.TB, err error, code uint, want string) {
+	tb.Helper()
+	var cniErr *types.Error
+	if !errors.As(err, &cniErr) {
+		tb.Fatalf("error = %v (%T), want a CNI error with code %d", err, err, code)
+	}
+	if cniErr.Code != code || !strings.Contains(cniErr.Error(), want) {
+		tb.Fatalf("error = code %d %q, want code %d containing %q", cniErr.Code, cniErr.Error(), code, want)
+	}
+}
+
+// requirePrevResult checks that out is the prevResult in stdin, unchanged:
+// both parse, in version ver, to the same result.
+func requirePrevResult(tb testing.TB, ver string, stdin, out []byte) {
+	tb.Helper()
+	var conf struct {
+		PrevResult json.RawMessage `json:"prevResult"`
+	}
+	if err := json.Unmarshal(stdin, &conf); err != nil {
+		tb.Fatal(err)
+	}
+	want, err := version.NewResult(ver, conf.PrevResult)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	got, err := version.NewResult(ver, out)
+	if err != nil {
+		tb.Fatalf("output is not a %s result: %v\n%s", ver, err, out)
+	}
+	wantJSON, _ := json.Marshal(want)
+	gotJSON, _ := json.Marshal(got)
+	if !bytes.Equal(gotJSON, wantJSON) {
+		tb.Fatalf("result changed:\ngot  %s\nwant %s", gotJSON, wantJSON)
+	}
+}
+
+func TestAddHandsThePodToTheAgent(t *testing.T) {
+	t.Parallel()
+	for _, ver := range specVersions {
+		t.Run(ver, func(t *testing.T) {
+			t.Parallel()
+			e := newPluginEnv(t)
+			agent := startFakeAgent(t, e.socket, nil)
+			args := e.args(t, ver, nil)
+			if err := e.plugin().add(args); err != nil {
+				t.Fatalf("ADD: %v\nlog: %s", err, e.stderr.String())
+			}
+			requirePrevResult(t, ver, args.StdinData, e.stdout.Bytes())
+
+			want := AddRequest{
+				ContainerID:  args.ContainerID,
+				Netns:        e.netns.Path(),
+				IfName:       "eth0",
+				PodNamespace: "shop",
+				PodName:      "web-0",
+				PodUID:       "6f1c-uid",
+				IPs:          []netip.Addr{netip.MustParseAddr("10.88.0.5"), netip.MustParseAddr("2001:db8:88::5")},
+				NetnsCookie:  e.cookie(t),
+			}
+			adds, dels := agent.requests()
+			if !reflect.DeepEqual(adds, []AddRequest{want}) || len(dels) != 0 {
+				t.Errorf("agent got adds %+v dels %+v, want one add %+v", adds, dels, want)
+			}
+			if !strings.Contains(e.stderr.String(), "captured=true reason=ambient") {
+				t.Errorf("log does not record the decision: %s", e.stderr.String())
+			}
+		})
+	}
+}
+
+func TestAddIsIdempotent(t *testing.T) {
+	t.Parallel()
+	e := newPluginEnv(t)
+	agent := startFakeAgent(t, e.socket, nil)
+	args := e.args(t, "1.0.0", nil)
+	var outs []string
+	for range 2 {
+		e.stdout.Reset()
+		if err := e.plugin().add(args); err != nil {
+			t.Fatal(err)
+		}
+		outs = append(outs, e.stdout.String())
+	}
+	adds, _ := agent.requests()
+	if len(adds) != 2 || !reflect.DeepEqual(adds[0], adds[1]) || outs[0] != outs[1] {
+		t.Errorf("two ADDs differ: requests %+v, outputs %q", adds, outs)
+	}
+}
+
+func TestAddPassesThroughWhenNotCaptured(t *testing.T) {
+	t.Parallel()
+	e := newPluginEnv(t)
+	startFakeAgent(t, e.socket, func(a *fakeAgent) {
+		a.reply = func(AddRequest) (int, any) { return http.StatusOK, AddResponse{Captured: false, Reason: "not-ambient"} }
+	})
+	args := e.args(t, "1.0.0", nil)
+	if err := e.plugin().add(args); err != nil {
+		t.Fatal(err)
+	}
+	requirePrevResult(t, "1.0.0", args.StdinData, e.stdout.Bytes())
+}
+
+func TestAddWhenTheAgentRefuses(t *testing.T) {
+	t.Parallel()
+	e := newPluginEnv(t)
+	startFakeAgent(t, e.socket, func(a *fakeAgent) {
+		a.reply = func(AddRequest) (int, any) {
+			return http.StatusInternalServerError, map[string]string{"error": "pods map is full"}
+		}
+	})
+	// Even under "allow": an agent that answers has decided.
+	err := e.plugin().add(e.args(t, "1.0.0", map[string]any{"onAgentUnreachable": "allow"}))
+	requireCNIError(t, err, types.ErrInternal, "ztdns agent refused the pod; pods map is full")
+	if e.stdout.Len() != 0 {
+		t.Errorf("stdout = %q, want nothing", e.stdout.String())
+	}
+}
+
+func TestAddWhenTheAgentIsUnreachable(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name   string
+		policy string
+		agent  string // "none": no socket; "stale": a socket nobody serves; "hung": an agent that never answers in time
+	}{
+		{"fail, no socket", PolicyFail, "none"},
+		{"fail, stale socket", PolicyFail, "stale"},
+		{"fail, hung agent", PolicyFail, "hung"},
+		{"allow, no socket", PolicyAllow, "none"},
+		{"allow, stale socket", PolicyAllow, "stale"},
+		{"allow, hung agent", PolicyAllow, "hung"},
+		{"default, no socket", "", "none"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			e := newPluginEnv(t)
+			switch tt.agent {
+			case "stale":
+				ln, err := control.Listen(e.socket)
+				if err != nil {
+					t.Fatal(err)
+				}
+				ln.(interface{ SetUnlinkOnClose(bool) }).SetUnlinkOnClose(false)
+				ln.Close()
+			case "hung":
+				startFakeAgent(t, e.socket, func(a *fakeAgent) { a.delay = time.Second })
+			}
+			fields := map[string]any{"timeout": "200ms"}
+			if tt.policy != "" {
+				fields["onAgentUnreachable"] = tt.policy
+			}
+			args := e.args(t, "1.0.0", fields)
+			start := time.Now()
+			err := e.plugin().add(args)
+			if took := time.Since(start); took > 2*time.Second {
+				t.Errorf("ADD took %s with a 200ms timeout", took)
+			}
+
+			if tt.policy == PolicyFail {
+				requireCNIError(t, err, types.ErrTryAgainLater, "ztdns agent unreachable at "+e.socket)
+				if e.stdout.Len() != 0 {
+					t.Errorf("stdout = %q, want nothing", e.stdout.String())
+				}
+				if pending, _ := PendingAdds(e.pending); len(pending) != 0 {
+					t.Errorf("a refused pod was recorded: %+v", pending)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("ADD = %v, want the pod to start uncaptured", err)
+			}
+			requirePrevResult(t, "1.0.0", args.StdinData, e.stdout.Bytes())
+			if !strings.Contains(e.stderr.String(), "level=WARN") || !strings.Contains(e.stderr.String(), "WITHOUT DNS capture") {
+				t.Errorf("no loud warning in the log: %s", e.stderr.String())
+			}
+			pending, err := PendingAdds(e.pending)
+			if err != nil || len(pending) != 1 || pending[0].ContainerID != args.ContainerID || pending[0].NetnsCookie != e.cookie(t) {
+				t.Errorf("pending ADDs = %+v, %v; want the pod's request", pending, err)
+			}
+		})
+	}
+}
+
+// TestAddBadInput: every input error is a CNI error with its code, the
+// agent hears nothing, and nothing is printed as a result.
+func TestAddBadInput(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name   string
+		modify func(e *pluginEnv, a *skel.CmdArgs)
+		code   uint
+		want   string
+	}{
+		{"malformed config", func(_ *pluginEnv, a *skel.CmdArgs) { a.StdinData = []byte(`{"cniVersion":`) }, types.ErrDecodingFailure, "parse network config"},
+		{"bad policy", func(e *pluginEnv, a *skel.CmdArgs) {
+			a.StdinData = netConfJSON(t, "1.0.0", prevResultJSON("1.0.0", ""), map[string]any{"socketPath": e.socket, "onAgentUnreachable": "maybe"})
+		}, types.ErrInvalidNetworkConfig, `onAgentUnreachable "maybe"`},
+		{"no prevResult", func(e *pluginEnv, a *skel.CmdArgs) {
+			a.StdinData = netConfJSON(t, "1.0.0", nil, map[string]any{"socketPath": e.socket})
+		}, types.ErrInvalidNetworkConfig, "must be called as a chained plugin"},
+		{"no CNI_ARGS", func(_ *pluginEnv, a *skel.CmdArgs) { a.Args = "" }, types.ErrInvalidEnvironmentVariables, "lacks [K8S_POD_NAMESPACE K8S_POD_NAME]"},
+		{"no pod name", func(_ *pluginEnv, a *skel.CmdArgs) { a.Args = "IgnoreUnknown=1;K8S_POD_NAMESPACE=shop" }, types.ErrInvalidEnvironmentVariables, "lacks [K8S_POD_NAME]"},
+		{"netns does not exist", func(e *pluginEnv, a *skel.CmdArgs) { a.Netns = filepath.Join(e.dir, "no-such-netns") }, types.ErrInvalidNetNS, "is not a usable network namespace"},
+		{"netns is a plain file", func(e *pluginEnv, a *skel.CmdArgs) {
+			a.Netns = filepath.Join(e.dir, "plain")
+			os.WriteFile(a.Netns, nil, 0o600)
+		}, types.ErrInvalidNetNS, "is not a usable network namespace"},
+		{"netns empty", func(_ *pluginEnv, a *skel.CmdArgs) { a.Netns = "" }, types.ErrInvalidNetNS, `CNI_NETNS ""`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			e := newPluginEnv(t)
+			agent := startFakeAgent(t, e.socket, nil)
+			args := e.args(t, "1.0.0", nil)
+			tt.modify(e, args)
+			err := e.plugin().add(args)
+			requireCNIError(t, err, tt.code, tt.want)
+			if adds, dels := agent.requests(); len(adds)+len(dels) != 0 {
+				t.Errorf("the agent was contacted: %+v %+v", adds, dels)
+			}
+			if e.stdout.Len() != 0 {
+				t.Errorf("stdout = %q, want nothing", e.stdout.String())
+			}
+		})
+	}
+}
+
+func TestDel(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name        string
+		agent       string // "up", "down" or "failing"
+		netns       bool   // whether CNI_NETNS is still passed
+		wantPending bool
+	}{
+		{"agent up", "up", true, false},
+		{"agent up, netns gone", "up", false, false},
+		{"agent down", "down", true, true},
+		{"agent down, netns gone", "down", false, true},
+		{"agent failing", "failing", true, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			e := newPluginEnv(t)
+			var agent *fakeAgent
+			if tt.agent != "down" {
+				agent = startFakeAgent(t, e.socket, func(a *fakeAgent) { a.failDel = tt.agent == "failing" })
+			}
+			args := e.args(t, "1.0.0", nil)
+			if !tt.netns {
+				args.Netns = ""
+			}
+			// An ADD the agent never saw: a DEL makes replaying it pointless.
+			if err := recordPending(e.pending, pendingAddDir, args.ContainerID, AddRequest{ContainerID: args.ContainerID}); err != nil {
+				t.Fatal(err)
+			}
+			// An earlier attempt of this DEL that the agent missed: a DEL the
+			// agent takes makes replaying it pointless.
+			if err := recordPending(e.pending, pendingDelDir, args.ContainerID, DelRequest{ContainerID: args.ContainerID}); err != nil {
+				t.Fatal(err)
+			}
+
+			for range 2 { // DEL is idempotent
+				if err := e.plugin().del(args); err != nil {
+					t.Fatalf("DEL = %v", err)
+				}
+			}
+			if e.stdout.Len() != 0 {
+				t.Errorf("stdout = %q, want nothing", e.stdout.String())
+			}
+			want := DelRequest{ContainerID: args.ContainerID, Netns: args.Netns}
+			if agent != nil {
+				if _, dels := agent.requests(); !reflect.DeepEqual(dels, []DelRequest{want, want}) {
+					t.Errorf("agent got %+v, want %+v twice", dels, want)
+				}
+			}
+			pending, err := PendingDeletes(e.pending)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tt.wantPending && !reflect.DeepEqual(pending, []DelRequest{want}) || !tt.wantPending && len(pending) != 0 {
+				t.Errorf("pending DELs = %+v, want %+v recorded: %t", pending, want, tt.wantPending)
+			}
+			if adds, _ := PendingAdds(e.pending); len(adds) != 0 {
+				t.Errorf("pending ADD survived the DEL: %+v", adds)
+			}
+		})
+	}
+}
+
+func TestDelWithAnUnusableConfig(t *testing.T) {
+	t.Parallel()
+	e := newPluginEnv(t)
+	agent := startFakeAgent(t, e.socket, nil)
+	args := e.args(t, "1.0.0", map[string]any{"onAgentUnreachable": "sometimes"})
+	if err := e.plugin().del(args); err != nil {
+		t.Errorf("DEL = %v, want success so the primary plugin's DEL runs", err)
+	}
+	if !strings.Contains(e.stderr.String(), `onAgentUnreachable \"sometimes\"`) {
+		t.Errorf("the config error is not logged: %s", e.stderr.String())
+	}
+	if adds, dels := agent.requests(); len(adds)+len(dels) != 0 {
+		t.Errorf("the agent was contacted: %+v %+v", adds, dels)
+	}
+}
+
+func TestAddForgetsAStalePendingDelete(t *testing.T) {
+	t.Parallel()
+	e := newPluginEnv(t)
+	startFakeAgent(t, e.socket, nil)
+	args := e.args(t, "1.0.0", nil)
+	if err := recordPending(e.pending, pendingDelDir, args.ContainerID, DelRequest{ContainerID: args.ContainerID}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.plugin().add(args); err != nil {
+		t.Fatal(err)
+	}
+	if pending, _ := PendingDeletes(e.pending); len(pending) != 0 {
+		t.Errorf("pending DEL would unmark the live pod: %+v", pending)
+	}
+}
+
+func TestCheck(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name   string
+		modify func(e *pluginEnv, a *skel.CmdArgs)
+		code   uint // 0: success
+		want   string
+	}{
+		{"healthy", func(*pluginEnv, *skel.CmdArgs) {}, 0, ""},
+		{"no prevResult", func(e *pluginEnv, a *skel.CmdArgs) {
+			a.StdinData = netConfJSON(t, "1.0.0", nil, map[string]any{"socketPath": e.socket})
+		}, types.ErrInvalidNetworkConfig, "must be called as a chained plugin"},
+		{"netns gone", func(e *pluginEnv, a *skel.CmdArgs) { a.Netns = filepath.Join(e.dir, "gone") }, types.ErrInvalidNetNS, "not a usable network namespace"},
+		{"no CNI_ARGS", func(_ *pluginEnv, a *skel.CmdArgs) { a.Args = "" }, types.ErrInvalidEnvironmentVariables, "lacks"},
+		{"bad config", func(_ *pluginEnv, a *skel.CmdArgs) { a.StdinData = []byte("{") }, types.ErrDecodingFailure, "parse network config"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			e := newPluginEnv(t)
+			agent := startFakeAgent(t, e.socket, nil)
+			args := e.args(t, "1.0.0", nil)
+			tt.modify(e, args)
+			err := e.plugin().check(args)
+			if tt.code == 0 {
+				if err != nil {
+					t.Fatalf("CHECK = %v", err)
+				}
+			} else {
+				requireCNIError(t, err, tt.code, tt.want)
+			}
+			if adds, dels := agent.requests(); len(adds)+len(dels) != 0 {
+				t.Errorf("CHECK contacted the agent: %+v %+v", adds, dels)
+			}
+		})
+	}
+}
+
+func TestStatus(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name   string
+		policy string
+		agent  bool
+		code   uint // 0: ready
+	}{
+		{"allow, agent down", PolicyAllow, false, 0},
+		{"allow, agent up", PolicyAllow, true, 0},
+		{"fail, agent up", PolicyFail, true, 0},
+		{"fail, agent down", PolicyFail, false, types.ErrPluginNotAvailable},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			e := newPluginEnv(t)
+			if tt.agent {
+				startFakeAgent(t, e.socket, nil)
+			}
+			args := e.args(t, "1.1.0", map[string]any{"onAgentUnreachable": tt.policy})
+			err := e.plugin().status(args)
+			if tt.code == 0 {
+				if err != nil {
+					t.Errorf("STATUS = %v, want ready", err)
+				}
+				return
+			}
+			requireCNIError(t, err, tt.code, "ztdns agent unreachable")
+		})
+	}
+}
+
+func TestLogFile(t *testing.T) {
+	t.Parallel()
+	e := newPluginEnv(t)
+	startFakeAgent(t, e.socket, nil)
+	logFile := filepath.Join(e.dir, "cni.log")
+	args := e.args(t, "1.0.0", map[string]any{"logFile": logFile, "logLevel": "debug"})
+	if err := e.plugin().add(args); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.plugin().del(args); err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(logFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"cmd=ADD", "pod=shop/web-0", "cmd=DEL", "pod removed from the agent"} {
+		if !strings.Contains(string(data), want) {
+			t.Errorf("log file lacks %q:\n%s", want, data)
+		}
+	}
+	if e.stderr.Len() != 0 {
+		t.Errorf("stderr = %q, want the log in the file only", e.stderr.String())
+	}
+}
+
+func TestRecoveredTurnsAPanicIntoACNIError(t *testing.T) {
+	t.Parallel()
+	fn := recovered("ADD", func(*skel.CmdArgs) error { panic("boom") })
+	err := fn(&skel.CmdArgs{})
+	requireCNIError(t, err, types.ErrInternal, "ztdns ADD: internal error: boom")
+	if !strings.Contains(err.(*types.Error).Details, "plugin_test.go") {
+		t.Errorf("details lack the stack: %q", err.(*types.Error).Details)
+	}
+}
