@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/ztdns/ztdns/pkg/agent"
+	"github.com/ztdns/ztdns/pkg/cni"
 	"github.com/ztdns/ztdns/pkg/control"
 	"github.com/ztdns/ztdns/pkg/redirect"
 	"github.com/ztdns/ztdns/pkg/resolvconf"
@@ -43,6 +44,12 @@ func runAgent(args []string) error {
 	bpffs := fs.String("bpffs", redirect.DefaultBPFFS, "`DIR` on a bpf filesystem where maps and links are pinned")
 	iface := fs.String("interface", redirect.DefaultInterface, "interface that carries the resolver's addresses")
 	stale := fs.Duration("heartbeat-stale", redirect.DefaultStaleAfter, "stop redirecting (fail open) when the agent has been silent this long")
+	dnsCaptureDefault := fs.Bool("dns-capture-default", true, "capture every ambient pod's DNS (values.cni.ambient.dnsCapture); when false only pods annotated ambient.istio.io/dns-capture: \"true\"")
+	nodeName := fs.String("node-name", os.Getenv("NODE_NAME"), "this node's name: the pods the agent watches and adopts (default $NODE_NAME)")
+	cniInstall := fs.Bool("cni-install", false, "install the chained CNI plugin into --cni-conf-dir and keep it there")
+	cniBinDir := fs.String("cni-bin-dir", "/opt/cni/bin", "the container runtime's CNI plugin `DIR`")
+	cniConfDir := fs.String("cni-conf-dir", "/etc/cni/net.d", "the container runtime's CNI configuration `DIR`")
+	cniPolicy := fs.String("cni-on-agent-unreachable", cni.DefaultOnAgentUnreachable, "what the plugin does when the agent cannot be reached: allow (start the pod uncaptured) or fail")
 	stateDir := fs.String("state-dir", "", "`DIR` keeping the record of captured pods across restarts (default: the --socket directory)")
 	socket := fs.String("socket", control.DefaultSocket, "control socket `PATH` for ztdns table, pods, capture and the CNI plugin")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
@@ -73,6 +80,10 @@ func runAgent(args []string) error {
 	if len(upstreams) == 0 {
 		return fmt.Errorf("no upstream: give --upstream or list a nameserver in %s", *resolvConf)
 	}
+	var cniCfg *agent.CNIConfig
+	if *cniInstall {
+		cniCfg = &agent.CNIConfig{BinDir: *cniBinDir, ConfDir: *cniConfDir, Plugin: cni.Config{SocketPath: *socket, OnAgentUnreachable: *cniPolicy}}
+	}
 	var captureCfg *agent.CaptureConfig
 	if *capture {
 		captureCfg = &agent.CaptureConfig{BPFFS: *bpffs, Cgroup: *cgroup, Interface: *iface, StaleAfter: *stale, StateDir: *stateDir}
@@ -80,19 +91,22 @@ func runAgent(args []string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	return agent.Run(ctx, agent.Config{
-		Capture:        captureCfg,
-		Source:         configdir.New(*configDir, configdir.WithLogger(log)),
-		Listen:         listen.addrs,
-		Upstreams:      upstreams,
-		ClusterDomain:  *domain,
-		TTL:            *ttl,
-		ForwardTimeout: *fwdTimeout,
-		CacheSize:      cacheSizeFlag(*cacheSize),
-		Autopath:       *autopath,
-		NodeSearch:     node.Search,
-		MetricsAddr:    *metrics,
-		Socket:         *socket,
-		Logger:         log,
+		Capture:           captureCfg,
+		DNSCaptureDefault: *dnsCaptureDefault,
+		NodeName:          *nodeName,
+		CNI:               cniCfg,
+		Source:            configdir.New(*configDir, configdir.WithLogger(log)),
+		Listen:            listen.addrs,
+		Upstreams:         upstreams,
+		ClusterDomain:     *domain,
+		TTL:               *ttl,
+		ForwardTimeout:    *fwdTimeout,
+		CacheSize:         cacheSizeFlag(*cacheSize),
+		Autopath:          *autopath,
+		NodeSearch:        node.Search,
+		MetricsAddr:       *metrics,
+		Socket:            *socket,
+		Logger:            log,
 	})
 }
 

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/ztdns/ztdns/pkg/agent"
+	"github.com/ztdns/ztdns/pkg/cni"
 	"github.com/ztdns/ztdns/pkg/control"
 	"github.com/ztdns/ztdns/pkg/redirect"
 )
@@ -85,8 +86,14 @@ func runUninstall(args []string) error {
 	bpffs := fs.String("bpffs", redirect.DefaultBPFFS, "`DIR` where the agent pinned maps and links")
 	cgroup := fs.String("cgroup", "", "cgroup v2 `DIR` the programs were attached to (default: the cgroup2 root)")
 	iface := fs.String("interface", redirect.DefaultInterface, "the resolver's interface")
+	cniBinDir := fs.String("cni-bin-dir", "", "also remove the CNI plugin from this `DIR` (with --cni-conf-dir)")
+	cniConfDir := fs.String("cni-conf-dir", "", "also remove the plugin's entry from the CNI configuration in this `DIR`")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	var cniErr error
+	if *cniConfDir != "" {
+		cniErr = cni.Uninstall(cni.InstallConfig{BinDir: *cniBinDir, ConfDir: *cniConfDir})
 	}
 	if *cgroup == "" {
 		mounts, err := redirect.Cgroup2Mounts()
@@ -97,5 +104,5 @@ func runUninstall(args []string) error {
 			*cgroup = mounts[0]
 		}
 	}
-	return errors.Join(redirect.Uninstall(*bpffs, *cgroup), redirect.RemoveInterface(*iface))
+	return errors.Join(cniErr, redirect.Uninstall(*bpffs, *cgroup), redirect.RemoveInterface(*iface))
 }

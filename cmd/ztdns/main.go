@@ -10,6 +10,8 @@ import (
 	"os"
 	"sort"
 	"strings"
+
+	"github.com/ztdns/ztdns/pkg/cni"
 )
 
 // command is one subcommand.
@@ -28,6 +30,11 @@ var commands = map[string]command{
 }
 
 func main() {
+	// The container runtime runs this same binary as the chained CNI plugin.
+	if _, ok := os.LookupEnv("CNI_COMMAND"); ok {
+		cni.PluginMain()
+		return
+	}
 	if len(os.Args) < 2 || os.Args[1] == "-h" || os.Args[1] == "--help" || os.Args[1] == "help" {
 		usage()
 		os.Exit(2)

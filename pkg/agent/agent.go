@@ -56,6 +56,15 @@ type Config struct {
 	Socket string
 	// Capture turns on DNS capture with eBPF; nil only serves on Listen.
 	Capture *CaptureConfig
+	// DNSCaptureDefault is the node-wide switch for ambient pods
+	// (values.cni.ambient.dnsCapture): with it off, only pods annotated
+	// ambient.istio.io/dns-capture: "true" are captured.
+	DNSCaptureDefault bool
+	// NodeName scopes the pods this agent adopts from /proc; empty in
+	// standalone mode.
+	NodeName string
+	// CNI installs the chained plugin into the node's CNI configuration.
+	CNI *CNIConfig
 	// SocketsPerAddr is how many SO_REUSEPORT UDP sockets each address gets
 	// (default: one per CPU).
 	SocketsPerAddr int
@@ -86,6 +95,12 @@ type Agent struct {
 	slot4, slot6   [redirect.Slots]netip.AddrPort
 	capture        *capture
 	stopHeartbeats chan struct{}
+	// hostCookie is the node's own netns cookie: never marked.
+	hostCookie uint64
+	namespaces atomic.Pointer[map[string]*model.Namespace]
+	decideMu   sync.Mutex // serialises redecide
+	adoptKey   string     // the pods the last /proc scan looked for
+	adoptedAt  time.Time
 }
 
 // Run starts the agent and blocks until ctx is done or a part fails.
@@ -191,6 +206,9 @@ func (a *Agent) run(ctx context.Context) error {
 			return fmt.Errorf("capture: %w", err)
 		}
 		go a.capture.beat(a.stopHeartbeats)
+		if a.hostCookie, err = redirect.NetnsCookie("/proc/self/ns/net"); err != nil {
+			return fmt.Errorf("capture: %w", err)
+		}
 		defer func() { a.capture.close(!a.handedOver.Load()) }()
 	}
 	spawn("source", func() error {
@@ -230,6 +248,11 @@ func (a *Agent) run(ctx context.Context) error {
 		if err := a.capture.restore(); err != nil {
 			a.log.Error("reconciling marked pods failed", "err", err)
 		}
+		a.replayPending()
+		a.redecide()
+	}
+	if a.cfg.CNI != nil {
+		spawn("cni install", func() error { return a.installCNI(ctx) })
 	}
 	ctl, err := control.Listen(a.cfg.Socket)
 	if err != nil {
@@ -370,7 +393,9 @@ func (a *Agent) apply(s *model.Snapshot) {
 	start := time.Now()
 	tbl, warnings := table.Build(s, table.Options{Domain: a.cfg.ClusterDomain, TTL: uint32(a.cfg.TTL / time.Second)})
 	a.server.SetTable(tbl)
+	a.setNamespaces(s.Namespaces)
 	a.pods.SetSourcePods(s.Pods)
+	a.redecide() // labels and annotations may have changed
 	took := time.Since(start)
 	metricTableBuild.Observe(took.Seconds())
 	metricTableNames.Set(float64(tbl.Len()))

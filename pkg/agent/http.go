@@ -50,6 +50,7 @@ func (a *Agent) controlHandler() http.Handler {
 		control.WriteJSON(w, http.StatusOK, a.status())
 	})
 	a.registerCaptureHandlers(mux)
+	a.registerCNIHandlers(mux)
 	return mux
 }
 

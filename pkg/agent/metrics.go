@@ -15,6 +15,12 @@ var (
 		Help:    "Time to build the name table from a snapshot and swap it in.",
 		Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
 	})
+	// metricCNIEvents counts the CNI plugin's events by outcome: the capture
+	// decision's reason for ADD, ok for DEL, or error.
+	metricCNIEvents = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "ztdns_cni_events_total",
+		Help: "CNI events from the chained plugin by command (add, del) and outcome (the decision's reason, ok, error).",
+	}, []string{"command", "outcome"})
 	// metricTableNames is the number of names in the current table.
 	metricTableNames = prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "ztdns_table_names",
@@ -24,7 +30,7 @@ var (
 
 func (a *Agent) registerMetrics() error {
 	cs := []prometheus.Collector{
-		metricTableBuild, metricTableNames, captureCollector{a},
+		metricTableBuild, metricTableNames, metricCNIEvents, captureCollector{a},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	}
 	cs = append(cs, resolver.Collectors()...)

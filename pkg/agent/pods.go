@@ -39,6 +39,7 @@ type PodRow struct {
 	IPs         []string `json:"ips"`
 	// Captured is the decision; Marked says whether the pods map holds it.
 	Captured    bool     `json:"captured"`
+	Reason      string   `json:"reason,omitempty"`
 	Marked      bool     `json:"marked"`
 	Redirected  uint64   `json:"redirected"`
 	Restored    uint64   `json:"restored"`
@@ -117,7 +118,8 @@ func (a *Agent) captureNetns(req CaptureRequest) (PodRow, error) {
 	if p := a.pods.ByCookie(cookie); p != nil && p.Attachment != nil && p.Attachment.ContainerID == "" {
 		a.capture.forget(p.Attachment.Key())
 	}
-	att := podcache.Attachment{Namespace: req.Namespace, Name: req.Name, NetnsPath: req.Netns, NetnsCookie: cookie, IPs: ips, Captured: true}
+	att := podcache.Attachment{Namespace: req.Namespace, Name: req.Name, NetnsPath: req.Netns, NetnsCookie: cookie, IPs: ips,
+		Captured: true, Reason: reasonByHand}
 	if err := a.capture.apply(att); err != nil {
 		return PodRow{}, err
 	}
@@ -169,7 +171,8 @@ func (a *Agent) podRows() ([]PodRow, error) {
 			row.IPs = append(row.IPs, ip.String())
 		}
 		if att := p.Attachment; att != nil {
-			row.ContainerID, row.NetnsCookie, row.NetnsPath, row.Captured = att.ContainerID, att.NetnsCookie, att.NetnsPath, att.Captured
+			row.ContainerID, row.NetnsCookie, row.NetnsPath = att.ContainerID, att.NetnsCookie, att.NetnsPath
+			row.Captured, row.Reason = att.Captured, att.Reason
 			if m, ok := marks[att.NetnsCookie]; ok {
 				row.Marked, row.Redirected, row.Restored = true, m.Counters.Redirected, m.Counters.Restored
 				row.Nameservers = nameserverStrings(m)

@@ -35,8 +35,10 @@ type Attachment struct {
 	NetnsCookie uint64 `json:"netnsCookie"`
 	// IPs are the pod's addresses as the runtime configured them.
 	IPs []netip.Addr `json:"ips"`
-	// Captured says whether the pod's netns is marked for DNS capture.
-	Captured bool `json:"captured"`
+	// Captured says whether the pod's netns is marked for DNS capture, and
+	// Reason why (or why not).
+	Captured bool   `json:"captured"`
+	Reason   string `json:"reason,omitempty"`
 }
 
 // Key identifies an attachment: its container ID, or its netns cookie for
