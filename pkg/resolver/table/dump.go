@@ -24,7 +24,7 @@ type Row struct {
 // left out. The empty namespace lists what an unknown client sees.
 func (t *Table) Rows(ns string) []Row {
 	var rows []Row
-	for _, m := range []map[string][]*Entry{t.names, t.wildcards} {
+	for _, m := range append(t.shards[:], t.wildcards) {
 		for _, entries := range m {
 			if e := t.pick(entries, ns); e != nil {
 				rows = append(rows, e.rows()...)

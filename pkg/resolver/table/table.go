@@ -10,9 +10,11 @@
 package table
 
 import (
+	"hash/maphash"
 	"net/netip"
 	"strings"
 	"time"
+	"unsafe"
 )
 
 // Kinds of objects a name comes from.
@@ -99,13 +101,32 @@ const (
 )
 
 // Table maps names to entries. The zero value is an empty table.
+//
+// Names are spread over shards by a hash so that a new table can share every
+// shard of the last one but those holding a changed name (see Builder).
 type Table struct {
 	domain    string // "cluster.local." (lower case, trailing dot)
 	svcDomain string // ".svc.cluster.local."
-	names     map[string][]*Entry
+	shards    [numShards]map[string][]*Entry
 	// wildcards holds "*.example.com" entries under "example.com.".
 	wildcards map[string][]*Entry
 	ttl       uint32
+	size      int
+}
+
+// numShards trades the cost of copying a shard on a change (a 1/256th of
+// the names) against the per-table array of shard maps.
+const numShards = 256
+
+var shardSeed = maphash.MakeSeed()
+
+func shardOf(name string) uint32 {
+	return uint32(maphash.String(shardSeed, name) % numShards)
+}
+
+// lookup returns the entries of an exact name.
+func (t *Table) lookup(name string) []*Entry {
+	return t.shards[shardOf(name)][name]
 }
 
 // Domain returns the cluster domain as a fully qualified name.
@@ -115,7 +136,7 @@ func (t *Table) Domain() string { return t.domain }
 func (t *Table) TTL() uint32 { return t.ttl }
 
 // Len returns the number of distinct names (exact and wildcard).
-func (t *Table) Len() int { return len(t.names) + len(t.wildcards) }
+func (t *Table) Len() int { return t.size }
 
 // Result is the outcome of resolving a query name in a namespace.
 type Result struct {
@@ -132,7 +153,7 @@ type Result struct {
 // and finally a search-list expansion ("<known>.<ns>.svc.<domain>",
 // "<known>.svc.<domain>", "<known>.<domain>").
 func (t *Table) Resolve(qname, ns string) Result {
-	if e := t.pick(t.names[qname], ns); e != nil {
+	if e := t.pick(t.lookup(qname), ns); e != nil {
 		return Result{Entry: e}
 	}
 	if e := t.shortForm(qname, ns); e != nil {
@@ -164,7 +185,7 @@ func (t *Table) SearchBase(qname, ns string) string {
 func (t *Table) Find(name, ns string) *Entry { return t.find(name, ns) }
 
 func (t *Table) find(name, ns string) *Entry {
-	if e := t.pick(t.names[name], ns); e != nil {
+	if e := t.pick(t.lookup(name), ns); e != nil {
 		return e
 	}
 	return t.wildcard(name, ns)
@@ -208,7 +229,7 @@ func (t *Table) shortForm(qname, ns string) *Entry {
 	if len(b) > len(buf) {
 		return nil
 	}
-	return t.pick(t.names[string(b)], ns)
+	return t.pick(t.lookup(unsafe.String(&b[0], len(b))), ns) // b lives on this frame; lookup keeps nothing
 }
 
 // wildcard finds the most specific "*.suffix" entry covering qname.

@@ -1,0 +1,122 @@
+package table
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"net/netip"
+	"reflect"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/ztdns/ztdns/pkg/model"
+)
+
+// The incremental builder must produce exactly the table a fresh build
+// would, whatever sequence of changes it saw.
+func TestIncrementalMatchesFresh(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	s := fixture()
+	bld := NewBuilder(Options{})
+	namespaces := []string{"", "default", "team-a", "team-b", "other"}
+	for step := range 300 {
+		s = mutate(rng, s, step)
+		inc, incWarn := bld.Build(s)
+		fresh, freshWarn := Build(s, Options{})
+		if len(incWarn) != len(freshWarn) {
+			t.Fatalf("step %d: %d warnings incrementally, %d fresh", step, len(incWarn), len(freshWarn))
+		}
+		if inc.Len() != fresh.Len() {
+			t.Fatalf("step %d: %d names incrementally, %d fresh", step, inc.Len(), fresh.Len())
+		}
+		for _, ns := range namespaces {
+			if a, b := inc.Rows(ns), fresh.Rows(ns); !reflect.DeepEqual(a, b) {
+				t.Fatalf("step %d, namespace %q: incremental table differs from a fresh build\n inc %v\nfresh %v", step, ns, a, b)
+			}
+		}
+	}
+}
+
+// Tables handed out earlier never change when the builder moves on.
+func TestOldTablesStayPut(t *testing.T) {
+	s := fixture()
+	bld := NewBuilder(Options{})
+	first, _ := bld.Build(s)
+	before := first.Rows("default")
+	next := *s
+	next.ServiceEntries = slices.Clone(s.ServiceEntries)
+	next.ServiceEntries[0].Addresses = addrs("203.0.113.200")
+	next.Services = s.Services[1:]
+	second, _ := bld.Build(&next)
+	if !reflect.DeepEqual(first.Rows("default"), before) {
+		t.Fatal("building a new table changed an old one")
+	}
+	if e := second.Resolve("address.internal.", "default").Entry; e == nil || e.Addrs[0] != netip.MustParseAddr("203.0.113.200") {
+		t.Fatalf("new table did not take the change: %+v", e)
+	}
+}
+
+// mutate returns a copy of s with one random change.
+func mutate(rng *rand.Rand, s *model.Snapshot, step int) *model.Snapshot {
+	n := *s
+	n.Services = slices.Clone(s.Services)
+	n.ServiceEntries = slices.Clone(s.ServiceEntries)
+	n.EndpointSlices = slices.Clone(s.EndpointSlices)
+	ns := []string{"default", "team-a", "team-b"}[rng.IntN(3)]
+	switch rng.IntN(9) {
+	case 0: // add a Service
+		n.Services = append(n.Services, model.Service{Namespace: ns, Name: fmt.Sprintf("s%d", step),
+			ClusterIPs: []netip.Addr{netip.AddrFrom4([4]byte{10, 97, byte(step >> 8), byte(step)})},
+			Ports:      []model.Port{{Name: "p", Protocol: "TCP", Port: uint16(step)}}})
+	case 1: // remove one
+		if len(n.Services) > 0 {
+			i := rng.IntN(len(n.Services))
+			n.Services = slices.Delete(n.Services, i, i+1)
+		}
+	case 2: // change a ClusterIP
+		if len(n.Services) > 0 {
+			i := rng.IntN(len(n.Services))
+			n.Services[i].ClusterIPs = []netip.Addr{netip.AddrFrom4([4]byte{10, 98, byte(step >> 8), byte(step)})}
+			n.Services[i].Headless, n.Services[i].ExternalName = false, ""
+		}
+	case 3: // add a ServiceEntry, sometimes reusing a host
+		host := fmt.Sprintf("h%d.example", rng.IntN(20))
+		se := model.ServiceEntry{Namespace: ns, Name: fmt.Sprintf("se%d", step), Created: t0.Add(time.Duration(rng.IntN(100)) * time.Second),
+			Hosts: []string{host}, Resolution: "DNS", AutoAllocate: rng.IntN(4) != 0}
+		switch rng.IntN(4) {
+		case 0:
+			se.Addresses = []netip.Addr{netip.AddrFrom4([4]byte{198, 51, 100, byte(step)})}
+		case 1:
+			se.ExportTo = []string{"."}
+		case 2:
+			se.StatusAddresses = []model.HostAddress{{Host: host, Address: netip.AddrFrom4([4]byte{240, 240, 9, byte(step%250 + 1)})}}
+		}
+		n.ServiceEntries = append(n.ServiceEntries, se)
+	case 4: // remove one
+		if len(n.ServiceEntries) > 0 {
+			i := rng.IntN(len(n.ServiceEntries))
+			n.ServiceEntries = slices.Delete(n.ServiceEntries, i, i+1)
+		}
+	case 5: // opt one out or in
+		if len(n.ServiceEntries) > 0 {
+			i := rng.IntN(len(n.ServiceEntries))
+			n.ServiceEntries[i].AutoAllocate = !n.ServiceEntries[i].AutoAllocate
+		}
+	case 6: // flip an endpoint's readiness
+		if len(n.EndpointSlices) > 0 {
+			i := rng.IntN(len(n.EndpointSlices))
+			eps := slices.Clone(n.EndpointSlices[i].Endpoints)
+			if len(eps) > 0 {
+				j := rng.IntN(len(eps))
+				eps[j].Ready = !eps[j].Ready
+			}
+			n.EndpointSlices[i].Endpoints = eps
+		}
+	case 7: // add a wildcard
+		n.ServiceEntries = append(n.ServiceEntries, model.ServiceEntry{Namespace: ns, Name: fmt.Sprintf("w%d", step),
+			Hosts: []string{fmt.Sprintf("*.w%d.example", rng.IntN(5))}, Addresses: []netip.Addr{netip.AddrFrom4([4]byte{203, 0, 113, byte(step)})}, AutoAllocate: true})
+	case 8: // a headless Service for the slice
+		n.Services = append(n.Services, model.Service{Namespace: "default", Name: "db", Headless: true, PublishNotReady: rng.IntN(2) == 0})
+	}
+	return &n
+}
