@@ -16,7 +16,10 @@ import (
 	"github.com/ztdns/ztdns/pkg/control"
 	"github.com/ztdns/ztdns/pkg/redirect"
 	"github.com/ztdns/ztdns/pkg/resolvconf"
+	"github.com/ztdns/ztdns/pkg/source"
 	"github.com/ztdns/ztdns/pkg/source/configdir"
+	"github.com/ztdns/ztdns/pkg/source/kube"
+	"k8s.io/klog/v2"
 )
 
 // The resolver's default addresses: link-local on an interface the agent owns.
@@ -27,6 +30,7 @@ var defaultListen = []netip.AddrPort{
 
 func runAgent(args []string) error {
 	fs := flag.NewFlagSet("agent", flag.ContinueOnError)
+	kubeconfig := fs.String("kubeconfig", "", "watch the Kubernetes API server with this kubeconfig `PATH` (in-cluster config when empty and running in a pod)")
 	configDir := fs.String("config-dir", "", "read Services, ServiceEntries, Namespaces, Pods and EndpointSlices from the YAML manifests in `DIR` and watch it (standalone mode)")
 	listen := &addrPortList{addrs: defaultListen, defaultPort: 53}
 	fs.Var(listen, "listen", "resolver `ADDR`ess(es), UDP and TCP on each; repeatable or comma-separated")
@@ -64,8 +68,20 @@ func runAgent(args []string) error {
 	if err != nil {
 		return err
 	}
-	if *configDir == "" {
-		return errors.New("--config-dir is required (the Kubernetes source is not built yet)")
+	var src source.Source
+	switch {
+	case *configDir != "" && *kubeconfig != "":
+		return errors.New("give --config-dir or --kubeconfig, not both")
+	case *configDir != "":
+		src = configdir.New(*configDir, configdir.WithLogger(log))
+	default:
+		rc, err := kube.RESTConfig(*kubeconfig)
+		if err != nil {
+			return fmt.Errorf("no source: give --config-dir, or --kubeconfig, or run in a pod: %w", err)
+		}
+		// client-go logs through klog: route it into the same structured log.
+		klog.SetSlogLogger(log)
+		src = kube.New(rc, kube.WithLogger(log), kube.WithNodeName(*nodeName))
 	}
 	node, err := resolvconf.ReadFile(*resolvConf)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -95,7 +111,7 @@ func runAgent(args []string) error {
 		DNSCaptureDefault: *dnsCaptureDefault,
 		NodeName:          *nodeName,
 		CNI:               cniCfg,
-		Source:            configdir.New(*configDir, configdir.WithLogger(log)),
+		Source:            src,
 		Listen:            listen.addrs,
 		Upstreams:         upstreams,
 		ClusterDomain:     *domain,

@@ -81,6 +81,8 @@ type Agent struct {
 	fwd    *forward.Forwarder
 	server *resolver.Server
 	reg    *prometheus.Registry
+	// builder turns snapshots into tables incrementally; only apply uses it.
+	builder *table.Builder
 
 	ready      atomic.Bool
 	firstTable chan struct{} // closed when the first table is served
@@ -135,7 +137,8 @@ func newAgent(cfg Config) (*Agent, error) {
 		cfg.Registry = prometheus.NewRegistry()
 	}
 	a := &Agent{cfg: cfg, log: cfg.Logger, reg: cfg.Registry, pods: podcache.New(cfg.ClusterDomain), firstTable: make(chan struct{}),
-		addrs: slices.Clone(cfg.Listen), stopHeartbeats: make(chan struct{})}
+		builder: table.NewBuilder(table.Options{Domain: cfg.ClusterDomain, TTL: uint32(cfg.TTL / time.Second)}),
+		addrs:   slices.Clone(cfg.Listen), stopHeartbeats: make(chan struct{})}
 	if cfg.Capture != nil {
 		var err error
 		if a.slot4, a.slot6, err = resolverSlots(cfg.Listen); err != nil {
@@ -391,7 +394,7 @@ func addrPortString(a net.Addr) string {
 // the source's pods for the registry.
 func (a *Agent) apply(s *model.Snapshot) {
 	start := time.Now()
-	tbl, warnings := table.Build(s, table.Options{Domain: a.cfg.ClusterDomain, TTL: uint32(a.cfg.TTL / time.Second)})
+	tbl, warnings := a.builder.Build(s)
 	a.server.SetTable(tbl)
 	a.setNamespaces(s.Namespaces)
 	a.pods.SetSourcePods(s.Pods)

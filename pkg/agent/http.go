@@ -37,6 +37,11 @@ func (a *Agent) readiness() error {
 	if !a.ready.Load() {
 		return errors.New("waiting for the first full sync of the source")
 	}
+	if h, ok := a.cfg.Source.(source.HealthReporter); ok {
+		if err := h.Healthy(); err != nil {
+			return fmt.Errorf("serving the last table; the source is failing: %w", err)
+		}
+	}
 	return nil
 }
 
@@ -71,9 +76,11 @@ type Status struct {
 }
 
 func (a *Agent) status() Status {
-	st := Status{Ready: a.ready.Load(), Names: a.server.Table().Len(), Pods: len(a.pods.List())}
+	st := Status{Names: a.server.Table().Len(), Pods: len(a.pods.List())}
 	if err := a.readiness(); err != nil {
 		st.NotReady = err.Error()
+	} else {
+		st.Ready = true
 	}
 	st.Capture = a.capture != nil
 	for _, l := range a.addrs {

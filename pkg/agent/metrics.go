@@ -34,6 +34,9 @@ func (a *Agent) registerMetrics() error {
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	}
 	cs = append(cs, resolver.Collectors()...)
+	if mc, ok := a.cfg.Source.(interface{ Collectors() []prometheus.Collector }); ok {
+		cs = append(cs, mc.Collectors()...)
+	}
 	cs = append(cs, forward.Collectors()...)
 	for _, c := range cs {
 		if err := a.reg.Register(c); err != nil {

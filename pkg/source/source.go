@@ -26,3 +26,11 @@ type Source interface {
 type ErrorReporter interface {
 	Errors() []error
 }
+
+// HealthReporter is implemented by sources that can lose their connection
+// (a Kubernetes API server): Healthy is nil while the source keeps up, and
+// says what is failing otherwise. The agent keeps serving the last table and
+// reports the error in /readyz.
+type HealthReporter interface {
+	Healthy() error
+}

@@ -1,0 +1,129 @@
+package kube
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+	"time"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+)
+
+// errNotSynced is the health of a source before its first snapshot.
+var errNotSynced = errors.New("kubernetes source: waiting for the first full sync")
+
+// failure is one watch that is currently failing.
+type failure struct {
+	since time.Time
+	err   error // the latest error
+}
+
+// health follows whether the source's list and watch calls are succeeding.
+// client-go's reflectors retry on their own, with backoff, and tell nobody:
+// a watch that cannot reconnect (connection refused) backs off and retries
+// without ever reaching the informer's watch error handler. So every list
+// and watch call reports its outcome here, and a resource counts as failing
+// from its first error until its next successful call.
+type health struct {
+	log     *slog.Logger
+	metrics *metrics
+
+	mu      sync.Mutex
+	synced  bool
+	failing map[string]failure // by resource
+}
+
+func newHealth(log *slog.Logger, m *metrics) *health {
+	return &health{log: log, metrics: m, failing: make(map[string]failure)}
+}
+
+// observe records the outcome of a list or watch call for resource, made
+// with ctx. Calls whose ctx has ended are ignored: they belong to a watch
+// that was stopped on purpose (see forget), and checking under the lock
+// keeps a late call from marking a stopped watch failing.
+func (h *health) observe(ctx context.Context, resource string, err error) {
+	if expected(err) {
+		return
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if ctx.Err() != nil {
+		return
+	}
+	f, wasFailing := h.failing[resource]
+	switch {
+	case err == nil && wasFailing:
+		delete(h.failing, resource)
+		h.metrics.watchFailing.WithLabelValues(resource).Set(0)
+		h.log.Info("watch recovered", "resource", resource, "failedFor", time.Since(f.since).Round(time.Millisecond))
+	case err != nil && !wasFailing:
+		h.failing[resource] = failure{since: time.Now(), err: err}
+		h.metrics.watchFailing.WithLabelValues(resource).Set(1)
+		h.log.Warn("watch failing; serving the last state while client-go retries", "resource", resource, "error", err)
+	case err != nil:
+		f.err = err
+		h.failing[resource] = f
+	}
+}
+
+// forget drops resource, which is no longer watched; the contexts of its
+// calls must have ended before.
+func (h *health) forget(resource string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	delete(h.failing, resource)
+	h.metrics.watchFailing.WithLabelValues(resource).Set(0)
+}
+
+// setSynced records that the first snapshot was delivered.
+func (h *health) setSynced() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.synced = true
+}
+
+// errors lists the failing resources, in name order.
+func (h *health) errors() []error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	names := make([]string, 0, len(h.failing))
+	for name := range h.failing {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	errs := make([]error, 0, len(names))
+	for _, name := range names {
+		f := h.failing[name]
+		errs = append(errs, fmt.Errorf("watch of %s failing since %s: %w", name, f.since.UTC().Format(time.RFC3339), f.err))
+	}
+	return errs
+}
+
+// err is nil when the source is synced and nothing is failing.
+func (h *health) err() error {
+	errs := h.errors()
+	h.mu.Lock()
+	synced := h.synced
+	h.mu.Unlock()
+	if !synced {
+		errs = append([]error{errNotSynced}, errs...)
+	}
+	return errors.Join(errs...)
+}
+
+// expected reports whether err is part of the normal list/watch protocol
+// rather than a failure: our own cancellation, or a resourceVersion that has
+// been compacted away, after which the reflector lists again.
+func expected(err error) bool {
+	return errors.Is(err, context.Canceled) || apierrors.IsResourceExpired(err) || apierrors.IsGone(err)
+}
+
+// setUnsynced records that the source stopped.
+func (h *health) setUnsynced() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.synced = false
+}

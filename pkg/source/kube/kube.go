@@ -1,0 +1,260 @@
+// Package kube is ztdns's Kubernetes source: it watches an API server with
+// client-go informers and hands the agent complete snapshots of Namespaces,
+// Services, EndpointSlices, ServiceEntries (networking.istio.io/v1, through
+// istio.io/client-go) and the Pods of one node.
+//
+// Each informer converts objects to their pkg/model form as they arrive (its
+// transform), so the informer caches hold only what DNS and the capture
+// decision read, never full API objects. An object that cannot be converted
+// is logged with its namespace and name and left out; the rest is served.
+//
+// The first snapshot is delivered once every informer has listed its
+// resource; after that, changes are coalesced (a short quiet period, bounded
+// so that a steady stream of changes still delivers regularly) and every
+// snapshot is complete, so the name table built from it never shows half of
+// a change.
+//
+// The ServiceEntry CRD may be missing: the source then runs without
+// ServiceEntries, asks the discovery API every few seconds, and starts
+// watching them once the CRD is there. A deleted CRD is noticed through the
+// watch and polling starts again.
+//
+// When the API server is unreachable client-go retries with backoff; the
+// source delivers nothing new, so the agent keeps serving the last table, and
+// Healthy reports the failing watches until they recover.
+package kube
+
+import (
+	"context"
+	"log/slog"
+	"slices"
+	"sync"
+	"time"
+
+	"k8s.io/client-go/rest"
+
+	"github.com/ztdns/ztdns/pkg/model"
+	"github.com/ztdns/ztdns/pkg/source"
+)
+
+const (
+	// DefaultDebounce is how long the informers must be quiet after a change
+	// before a snapshot is built: long enough to take a burst of events (a
+	// Service and its EndpointSlice, a `kubectl apply` of many objects) as
+	// one change, short next to the 100 ms budget for a change to show.
+	DefaultDebounce = 5 * time.Millisecond
+	// DefaultMaxDelay bounds how long a steady stream of changes can hold
+	// back a snapshot: the first change of a burst is delivered within this
+	// time plus the time to build the snapshot.
+	DefaultMaxDelay = 50 * time.Millisecond
+	// DefaultCRDPollInterval is how often the discovery API is asked whether
+	// the ServiceEntry CRD has appeared, while it is missing.
+	DefaultCRDPollInterval = 5 * time.Second
+	// syncCheckInterval is how often the informers are checked for their
+	// first sync (a cheap check; client-go has no notification for it).
+	syncCheckInterval = 10 * time.Millisecond
+)
+
+// Source watches one Kubernetes API server. It implements source.Source and
+// source.ErrorReporter.
+type Source struct {
+	cfg             *rest.Config
+	log             *slog.Logger
+	nodeName        string
+	debounce        time.Duration
+	maxDelay        time.Duration
+	crdPollInterval time.Duration
+	metrics         *metrics
+	health          *health
+
+	mu      sync.Mutex
+	objErrs []error // objects left out of the last snapshot
+}
+
+var (
+	_ source.Source        = (*Source)(nil)
+	_ source.ErrorReporter = (*Source)(nil)
+)
+
+// Option configures a Source.
+type Option func(*Source)
+
+// WithLogger sets the logger (default slog.Default()).
+func WithLogger(l *slog.Logger) Option { return func(s *Source) { s.log = l } }
+
+// WithNodeName limits the Pods watched to those scheduled on node (field
+// selector spec.nodeName), as the agent on that node needs. Without it, or
+// with an empty name, all Pods are watched (standalone runs and tests).
+func WithNodeName(node string) Option { return func(s *Source) { s.nodeName = node } }
+
+// WithDebounce sets how long the informers must be quiet after a change
+// before a snapshot is built (default DefaultDebounce).
+func WithDebounce(d time.Duration) Option { return func(s *Source) { s.debounce = d } }
+
+// WithMaxDelay bounds how long a steady stream of changes can hold back a
+// snapshot (default DefaultMaxDelay).
+func WithMaxDelay(d time.Duration) Option { return func(s *Source) { s.maxDelay = d } }
+
+// WithCRDPollInterval sets how often discovery is asked whether the
+// ServiceEntry CRD has appeared (default DefaultCRDPollInterval).
+func WithCRDPollInterval(d time.Duration) Option { return func(s *Source) { s.crdPollInterval = d } }
+
+// New returns a source that watches the API server cfg points at. Nothing
+// is contacted until Run. See RESTConfig for --kubeconfig and in-cluster
+// configuration.
+func New(cfg *rest.Config, opts ...Option) *Source {
+	s := &Source{
+		cfg:             cfg,
+		log:             slog.Default(),
+		debounce:        DefaultDebounce,
+		maxDelay:        DefaultMaxDelay,
+		crdPollInterval: DefaultCRDPollInterval,
+		metrics:         newMetrics(),
+	}
+	for _, o := range opts {
+		o(s)
+	}
+	s.log = s.log.With("source", "kube")
+	if s.nodeName != "" {
+		s.log = s.log.With("node", s.nodeName)
+	}
+	s.maxDelay = max(s.maxDelay, s.debounce)
+	s.health = newHealth(s.log, s.metrics)
+	return s
+}
+
+// Healthy returns nil while the source is in step with the API server: the
+// first snapshot has been delivered and every list and watch call is
+// succeeding. Otherwise it says what is wrong (not synced yet, which watches
+// fail and since when); the last snapshot stays in force meanwhile. Safe to
+// call at any time, for /readyz and status.
+func (s *Source) Healthy() error { return s.health.err() }
+
+// Errors lists the objects left out of the last snapshot because they cannot
+// be converted, then the watches that are currently failing.
+func (s *Source) Errors() []error {
+	s.mu.Lock()
+	errs := slices.Clone(s.objErrs)
+	s.mu.Unlock()
+	return append(errs, s.health.errors()...)
+}
+
+// Run starts the informers, delivers the first snapshot once every one of
+// them has synced, then a new snapshot after every change, until ctx is
+// done. It returns nil when ctx ends, and an error only when the clients
+// cannot be built from the configuration: an unreachable API server is
+// waited for, not an error. Run must not be called again before it returns.
+//
+// Snapshots share their slices, and the objects' inner slices and maps, with
+// the source and with each other: receivers must treat them as read-only.
+func (s *Source) Run(ctx context.Context, deliver func(*model.Snapshot)) error {
+	c, err := newClients(s.cfg)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer func() {
+		cancel()
+		wg.Wait()
+	}()
+
+	r := newRun(s, c)
+	for _, k := range []kind{kindNamespaces, kindServices, kindEndpointSlices, kindPods} {
+		inf, err := r.newInformer(k)
+		if err != nil {
+			return err
+		}
+		wg.Go(func() { inf.RunWithContext(ctx) })
+	}
+	// Whether ServiceEntries exist must be known before the first snapshot:
+	// a table without them would make every ServiceEntry host unknown for a
+	// while after each restart.
+	served, ok := r.awaitDiscovery(ctx)
+	if !ok {
+		return nil
+	}
+	if served {
+		if err := r.startServiceEntries(ctx, &wg, false); err != nil {
+			return err
+		}
+	} else {
+		s.log.Info("ServiceEntry CRD not installed; running without ServiceEntries until it appears",
+			"groupVersion", serviceEntryGroupVersion, "pollInterval", s.crdPollInterval)
+	}
+	crdChanges := make(chan bool)
+	wg.Go(func() { r.followServiceEntryAPI(ctx, served, s.crdPollInterval, r.recheck, crdChanges) })
+	defer s.health.setUnsynced()
+	return r.follow(ctx, &wg, crdChanges, deliver)
+}
+
+// follow delivers the first snapshot once every informer has synced, then a
+// snapshot after each burst of changes, and starts and stops the
+// ServiceEntry informer as the CRD comes and goes.
+func (r *run) follow(ctx context.Context, wg *sync.WaitGroup, crdChanges <-chan bool, deliver func(*model.Snapshot)) error {
+	syncCheck := time.NewTicker(syncCheckInterval)
+	defer syncCheck.Stop()
+	synced := false
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	defer timer.Stop()
+	var due <-chan time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-syncCheck.C:
+			if !r.hasSynced() {
+				continue
+			}
+			syncCheck.Stop()
+			synced = true
+			snap, _ := r.snapshot()
+			r.log.Info("cluster synced", counts(snap)...)
+			r.deliver(snap, time.Time{}, deliver)
+			r.health.setSynced()
+		case <-r.notify:
+			since := r.pendingSince()
+			if !synced || since.IsZero() {
+				continue // the first snapshot will have it, or the last one had it
+			}
+			timer.Reset(max(min(r.src.debounce, time.Until(since.Add(r.src.maxDelay))), 0))
+			due = timer.C
+		case <-due:
+			due = nil
+			snap, since := r.snapshot()
+			r.deliver(snap, since, deliver)
+		case served := <-crdChanges:
+			if served {
+				if err := r.startServiceEntries(ctx, wg, synced); err != nil {
+					return err
+				}
+			} else {
+				r.stopServiceEntries()
+			}
+		}
+	}
+}
+
+// deliver hands snap, which holds the changes pending since since (zero for
+// the first snapshot), to the receiver and records it.
+func (r *run) deliver(snap *model.Snapshot, since time.Time, deliver func(*model.Snapshot)) {
+	errs := r.objectErrors()
+	r.src.mu.Lock()
+	r.src.objErrs = errs
+	r.src.mu.Unlock()
+	r.src.metrics.leftOut.Set(float64(len(errs)))
+	deliver(snap)
+	r.src.metrics.snapshots.Inc()
+	if !since.IsZero() {
+		r.src.metrics.delay.Observe(time.Since(since).Seconds())
+	}
+	r.src.log.Debug("snapshot delivered", counts(snap)...)
+}
+
+func counts(s *model.Snapshot) []any {
+	return []any{
+		"namespaces", len(s.Namespaces), "services", len(s.Services),
+		"endpointSlices", len(s.EndpointSlices), "serviceEntries", len(s.ServiceEntries), "pods", len(s.Pods),
+	}
+}

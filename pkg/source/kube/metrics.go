@@ -1,0 +1,44 @@
+package kube
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// metrics belong to one Source (not to the package), so that several sources
+// in one process, as in the two-node tests, do not overwrite each other.
+type metrics struct {
+	// watchFailing is 1 while list or watch calls for a resource fail.
+	watchFailing *prometheus.GaugeVec
+	// snapshots counts snapshots delivered.
+	snapshots prometheus.Counter
+	// delay is the time from the first change of a burst until the receiver
+	// has taken the snapshot with it.
+	delay prometheus.Histogram
+	// leftOut is the number of objects that could not be converted.
+	leftOut prometheus.Gauge
+}
+
+func newMetrics() *metrics {
+	return &metrics{
+		watchFailing: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "ztdns_kube_watch_failing",
+			Help: "1 while list or watch calls to the API server fail for the resource; the last state is served meanwhile.",
+		}, []string{"resource"}),
+		snapshots: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "ztdns_kube_snapshots_total",
+			Help: "Snapshots of the cluster delivered to the name table.",
+		}),
+		delay: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "ztdns_kube_snapshot_delay_seconds",
+			Help:    "Time from the first change an informer saw until the receiver took the snapshot with it (debounce, snapshot, and the agent's table build).",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2, 12),
+		}),
+		leftOut: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "ztdns_kube_objects_left_out",
+			Help: "Objects in the cluster that cannot be converted and are left out of the name table.",
+		}),
+	}
+}
+
+// Collectors returns the source's metrics, for the agent to register.
+func (s *Source) Collectors() []prometheus.Collector {
+	return []prometheus.Collector{s.metrics.watchFailing, s.metrics.snapshots, s.metrics.delay, s.metrics.leftOut}
+}
