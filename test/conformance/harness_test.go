@@ -1,7 +1,6 @@
 package conformance
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -10,16 +9,15 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/miekg/dns"
 
+	"github.com/ztdns/ztdns/internal/agenttest"
 	"github.com/ztdns/ztdns/internal/dnstest"
 	"github.com/ztdns/ztdns/pkg/agent"
-	"github.com/ztdns/ztdns/pkg/control"
 	"github.com/ztdns/ztdns/pkg/source/configdir"
 )
 
@@ -34,8 +32,10 @@ var (
 
 // running is an agent serving a manifest directory.
 type running struct {
-	addr   netip.AddrPort
-	dir    string
+	*agenttest.Agent
+	addr netip.AddrPort
+	dir  string
+	// socket is the agent's control socket.
 	socket string
 }
 
@@ -53,104 +53,37 @@ func startAgent(t *testing.T, o agentOpts, manifestDirs ...string) *running {
 	for _, src := range manifestDirs {
 		copyDir(t, src, dir)
 	}
-	r := &running{addr: freePort(t), dir: dir, socket: filepath.Join(t.TempDir(), "ztdns.sock")}
-	ctx, cancel := context.WithCancel(context.Background())
 	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	done := make(chan error, 1)
-	go func() {
-		done <- agent.Run(ctx, agent.Config{
-			Source:         configdir.New(dir, configdir.WithLogger(log), configdir.WithDebounce(10*time.Millisecond)),
-			Listen:         []netip.AddrPort{r.addr},
-			Upstreams:      o.upstreams,
-			ForwardTimeout: o.timeout,
-			Autopath:       o.autopath,
-			Socket:         r.socket,
-			Logger:         log,
-		})
-	}()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("agent: %v", err)
-		}
+	a := agenttest.Start(t, agent.Config{
+		Source:         configdir.New(dir, configdir.WithLogger(log), configdir.WithDebounce(10*time.Millisecond)),
+		Upstreams:      o.upstreams,
+		ForwardTimeout: o.timeout,
+		Autopath:       o.autopath,
+		Logger:         log,
 	})
-	r.waitReady(t)
-	return r
-}
-
-func (r *running) waitReady(t *testing.T) {
-	t.Helper()
-	c := control.NewClient(r.socket, time.Second)
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		var st agent.Status
-		err := c.Do(context.Background(), "GET", "/v1/status", nil, &st)
-		if err == nil && st.Ready {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("agent not ready after 10s: %v %+v", err, st)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	return &running{Agent: a, addr: a.Addr, dir: dir, socket: a.Socket}
 }
 
 // query sends one question from the given source address over proto ("udp"
 // or "tcp") and returns the reply.
 func (r *running) query(t *testing.T, proto string, from netip.Addr, qname string, qtype uint16, edns bool) *dns.Msg {
 	t.Helper()
-	m := new(dns.Msg)
-	m.SetQuestion(qname, qtype)
-	if edns {
-		m.SetEdns0(1232, false)
-	}
-	return r.exchange(t, proto, from, m)
+	return r.Query(t, proto, from, qname, qtype, edns)
 }
 
 func (r *running) exchange(t *testing.T, proto string, from netip.Addr, m *dns.Msg) *dns.Msg {
 	t.Helper()
-	var local net.Addr = &net.UDPAddr{IP: from.AsSlice()}
-	if proto == "tcp" {
-		local = &net.TCPAddr{IP: from.AsSlice()}
-	}
-	c := &dns.Client{Net: proto, Timeout: 5 * time.Second, Dialer: &net.Dialer{LocalAddr: local, Timeout: 5 * time.Second}}
-	resp, _, err := c.Exchange(m, r.addr.String())
-	if err != nil {
-		t.Fatalf("%s query %s %s from %s: %v", proto, m.Question[0].Name, dns.TypeToString[m.Question[0].Qtype], from, err)
-	}
-	return resp
+	return r.Exchange(t, proto, from, m)
 }
 
-// rrText renders records without TTL and class, sorted: "name TYPE rdata".
-func rrText(rrs []dns.RR) []string {
-	out := make([]string, 0, len(rrs))
-	for _, rr := range rrs {
-		h := rr.Header()
-		rdata := strings.TrimPrefix(rr.String(), h.String())
-		out = append(out, h.Name+" "+dns.TypeToString[h.Rrtype]+" "+rdata)
-	}
-	slices.Sort(out)
-	return out
-}
+var (
+	rrText   = agenttest.RRText
+	freePort = agenttest.FreePort
+)
 
-func freePort(t *testing.T) netip.AddrPort {
+func eventually(t *testing.T, within time.Duration, f func() error) {
 	t.Helper()
-	for range 50 {
-		pc, err := net.ListenPacket("udp4", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		addr := pc.LocalAddr().(*net.UDPAddr).AddrPort()
-		ln, err := net.Listen("tcp4", addr.String())
-		pc.Close()
-		if err != nil {
-			continue
-		}
-		ln.Close()
-		return addr
-	}
-	t.Fatal("no free loopback port")
-	return netip.AddrPort{}
+	agenttest.Eventually(t, within, f)
 }
 
 func copyDir(t *testing.T, src, dst string) {
@@ -180,22 +113,6 @@ func writeFile(t *testing.T, path string, b []byte) {
 	}
 	if err := os.Rename(tmp, path); err != nil {
 		t.Fatal(err)
-	}
-}
-
-// eventually retries f until it returns nil or the deadline passes.
-func eventually(t *testing.T, within time.Duration, f func() error) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("not within %v: %v", within, err)
-		}
-		time.Sleep(20 * time.Millisecond)
 	}
 }
 
