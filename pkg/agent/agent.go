@@ -90,13 +90,13 @@ type Agent struct {
 	mu         sync.Mutex
 	warnings   []string // from the last table build
 	// The resolver's sockets, kept to hand them to a successor.
-	udp []*net.UDPConn
-	tcp []*net.TCPListener
+	udp     []*net.UDPConn
+	tcp     []*net.TCPListener
+	metrics *net.TCPListener
 	// addrs is cfg.Listen plus, with capture, every slot address.
-	addrs          []netip.AddrPort
-	slot4, slot6   [redirect.Slots]netip.AddrPort
-	capture        *capture
-	stopHeartbeats chan struct{}
+	addrs        []netip.AddrPort
+	slot4, slot6 [redirect.Slots]netip.AddrPort
+	capture      *capture
 	// hostCookie is the node's own netns cookie: never marked.
 	hostCookie uint64
 	namespaces atomic.Pointer[map[string]*model.Namespace]
@@ -138,7 +138,7 @@ func newAgent(cfg Config) (*Agent, error) {
 	}
 	a := &Agent{cfg: cfg, log: cfg.Logger, reg: cfg.Registry, pods: podcache.New(cfg.ClusterDomain), firstTable: make(chan struct{}),
 		builder: table.NewBuilder(table.Options{Domain: cfg.ClusterDomain, TTL: uint32(cfg.TTL / time.Second)}),
-		addrs:   slices.Clone(cfg.Listen), stopHeartbeats: make(chan struct{})}
+		addrs:   slices.Clone(cfg.Listen)}
 	if cfg.Capture != nil {
 		var err error
 		if a.slot4, a.slot6, err = resolverSlots(cfg.Listen); err != nil {
@@ -208,11 +208,17 @@ func (a *Agent) run(ctx context.Context) error {
 			a.server.Close()
 			return fmt.Errorf("capture: %w", err)
 		}
-		go a.capture.beat(a.stopHeartbeats)
+		defer a.capture.close()
+		if in == nil {
+			// Nobody serves yet (a first start, or the last agent died
+			// with its heartbeat still fresh): pods use their own
+			// nameservers until this agent serves its first table.
+			a.capture.r.StopHeartbeat()
+		}
 		if a.hostCookie, err = redirect.NetnsCookie("/proc/self/ns/net"); err != nil {
+			a.server.Close()
 			return fmt.Errorf("capture: %w", err)
 		}
-		defer func() { a.capture.close(!a.handedOver.Load()) }()
 	}
 	spawn("source", func() error {
 		err := a.cfg.Source.Run(ctx, a.apply)
@@ -231,6 +237,25 @@ func (a *Agent) run(ctx context.Context) error {
 		case <-ctx.Done():
 		}
 	}
+	metricsCtx, stopMetrics := context.WithCancel(ctx)
+	defer stopMetrics()
+	if a.cfg.MetricsAddr != "" {
+		if err := a.listenMetrics(in); err != nil {
+			if in != nil {
+				in.closeSockets()
+				in.conn.Close()
+			}
+			a.server.Close()
+			return err
+		}
+		spawn("metrics", func() error {
+			err := control.Serve(metricsCtx, a.metrics, a.httpHandler())
+			if a.handedOver.Load() {
+				return nil
+			}
+			return err
+		})
+	}
 	if err := a.listen(spawn, in); err != nil {
 		if in != nil {
 			in.closeSockets()
@@ -245,6 +270,15 @@ func (a *Agent) run(ctx context.Context) error {
 		} else {
 			a.log.Info("took over the resolver's sockets from the previous agent")
 		}
+	}
+	if a.capture != nil {
+		go func() {
+			select {
+			case <-a.firstTable:
+				a.capture.startBeating()
+			case <-ctx.Done():
+			}
+		}()
 	}
 	if a.capture != nil {
 		// After the handoff: the predecessor has written its last record.
@@ -283,9 +317,12 @@ func (a *Agent) run(ctx context.Context) error {
 			a.log.Info("handing the resolver's sockets to a new agent; this one stops serving")
 			a.handedOver.Store(true)
 			a.ready.Store(false)
-			ctl.Close()             // before "released": the successor binds the path next
-			stopControl()           // and clients still connected move on to it
-			close(a.stopHeartbeats) // the successor beats now
+			ctl.Close()   // before "released": the successor binds the path next
+			stopControl() // and clients still connected move on to it
+			stopMetrics() // the successor answers probes and scrapes on the same socket
+			if a.capture != nil {
+				a.capture.stopBeating(false) // the successor beats now
+			}
 			a.server.Drain()
 		})
 		if ctx.Err() != nil || a.handedOver.Load() {
@@ -293,20 +330,19 @@ func (a *Agent) run(ctx context.Context) error {
 		}
 		return err
 	})
-	if a.cfg.MetricsAddr != "" {
-		ln, err := net.Listen("tcp", a.cfg.MetricsAddr)
-		if err != nil {
-			a.server.Close()
-			return fmt.Errorf("metrics listener: %w", err)
-		}
-		spawn("metrics", func() error { return control.Serve(ctx, ln, a.httpHandler()) })
-	}
+
 	a.log.Info("agent started", "listen", a.addrs, "capture", a.capture != nil, "upstreams", a.cfg.Upstreams, "domain", a.cfg.ClusterDomain,
 		"autopath", a.cfg.Autopath, "socket", a.cfg.Socket, "metrics", a.cfg.MetricsAddr)
 
 	<-ctx.Done()
 	a.ready.Store(false)
 	err = context.Cause(ctx)
+	if a.capture != nil && !a.handedOver.Load() {
+		// Stopping with no successor: fail open first, then keep answering
+		// what was already sent here before the sockets close.
+		a.capture.stopBeating(true)
+		time.Sleep(stopGrace)
+	}
 	a.server.Close()
 	a.fwd.Close()
 	wg.Wait()
@@ -352,6 +388,20 @@ func (a *Agent) listen(spawn func(string, func() error), in *inherited) error {
 	return nil
 }
 
+// listenMetrics opens the HTTP listener, or adopts the predecessor's.
+func (a *Agent) listenMetrics(in *inherited) error {
+	if in != nil && in.metrics != nil {
+		a.metrics, in.metrics = in.metrics, nil
+		return nil
+	}
+	ln, err := net.Listen("tcp", a.cfg.MetricsAddr)
+	if err != nil {
+		return fmt.Errorf("metrics listener: %w", err)
+	}
+	a.metrics = ln.(*net.TCPListener)
+	return nil
+}
+
 // handoffSockets lists this agent's sockets for a successor.
 func (a *Agent) handoffSockets() ([]socketDesc, []*os.File, error) {
 	var descs []socketDesc
@@ -373,6 +423,12 @@ func (a *Agent) handoffSockets() ([]socketDesc, []*os.File, error) {
 	}
 	for _, l := range a.tcp {
 		if err := add("tcp", l, l.Addr()); err != nil {
+			closeAll(files)
+			return nil, nil, err
+		}
+	}
+	if a.metrics != nil {
+		if err := add("metrics", a.metrics, a.metrics.Addr()); err != nil {
 			closeAll(files)
 			return nil, nil, err
 		}

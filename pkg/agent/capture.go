@@ -38,6 +38,11 @@ type CaptureConfig struct {
 // default staleness bound, so one late beat never fails pods open.
 const heartbeatEvery = time.Second
 
+// stopGrace is how long an agent that stops without a successor keeps
+// answering after it failed pods open: queries redirected just before are
+// already on their way to its sockets.
+const stopGrace = 200 * time.Millisecond
+
 // stateFile is the name of the attachments record in StateDir.
 const stateFile = "attachments.json"
 
@@ -54,6 +59,10 @@ type capture struct {
 	resolvers map[netip.Addr]bool
 
 	mu sync.Mutex // serialises marking and the state file
+
+	beatOnce, stopOnce sync.Once
+	stopBeat           chan struct{}
+	beating            sync.WaitGroup
 }
 
 // resolverSlots derives the per-slot resolver addresses from the first IPv4
@@ -98,7 +107,7 @@ func newCapture(cfg CaptureConfig, log *slog.Logger, pods *podcache.Cache, socke
 	if cfg.Interface == "" {
 		cfg.Interface = redirect.DefaultInterface
 	}
-	c := &capture{cfg: cfg, log: log, pods: pods, slots: map[netip.AddrPort]int{}, resolvers: map[netip.Addr]bool{}}
+	c := &capture{cfg: cfg, log: log, pods: pods, slots: map[netip.AddrPort]int{}, resolvers: map[netip.Addr]bool{}, stopBeat: make(chan struct{})}
 	var prefixes []netip.Prefix
 	for i := range redirect.Slots {
 		for _, ap := range []netip.AddrPort{r4[i], r6[i]} {
@@ -120,26 +129,44 @@ func newCapture(cfg CaptureConfig, log *slog.Logger, pods *podcache.Cache, socke
 	if err != nil {
 		return nil, err
 	}
-	if err := c.r.Heartbeat(); err != nil {
-		c.r.Close()
-		return nil, err
-	}
 	return c, nil
 }
 
-// beat writes the heartbeat until stop is closed.
-func (c *capture) beat(stop <-chan struct{}) {
-	t := time.NewTicker(heartbeatEvery)
-	defer t.Stop()
-	for {
-		select {
-		case <-stop:
-			return
-		case <-t.C:
-			if err := c.r.Heartbeat(); err != nil {
-				c.log.Error("heartbeat failed: pods fail open once it is stale", "err", err)
-			}
+// startBeating turns capture on: it writes the heartbeat now and every
+// heartbeatEvery until stopBeating. Only an agent that serves a table may
+// call it, or pods would be sent to a resolver that cannot answer them.
+func (c *capture) startBeating() {
+	c.beatOnce.Do(func() {
+		if err := c.r.Heartbeat(); err != nil {
+			c.log.Error("heartbeat failed: pods keep their own nameservers", "err", err)
 		}
+		c.beating.Add(1)
+		go func() {
+			defer c.beating.Done()
+			t := time.NewTicker(heartbeatEvery)
+			defer t.Stop()
+			for {
+				select {
+				case <-c.stopBeat:
+					return
+				case <-t.C:
+					if err := c.r.Heartbeat(); err != nil {
+						c.log.Error("heartbeat failed: pods fail open once it is stale", "err", err)
+					}
+				}
+			}
+		}()
+	})
+}
+
+// stopBeating stops writing the heartbeat. With failOpen it also makes the
+// heartbeat stale at once, so pods reach their own nameservers now rather
+// than after StaleAfter; a handoff leaves it fresh for the successor.
+func (c *capture) stopBeating(failOpen bool) {
+	c.stopOnce.Do(func() { close(c.stopBeat) })
+	c.beating.Wait() // no beat can land after the stale mark below
+	if failOpen {
+		c.r.StopHeartbeat()
 	}
 }
 
@@ -299,12 +326,7 @@ func (c *capture) save() error {
 	return os.Rename(tmp, c.statePath())
 }
 
-// close releases this process's hold on the programs; the pins stay. With
-// failOpen the heartbeat is made stale first, so pods reach their own
-// nameservers at once instead of after StaleAfter.
-func (c *capture) close(failOpen bool) error {
-	if failOpen {
-		c.r.StopHeartbeat()
-	}
+// close releases this process's hold on the programs; the pins stay.
+func (c *capture) close() error {
 	return c.r.Close()
 }

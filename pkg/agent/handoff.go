@@ -47,16 +47,21 @@ func handoffPath(controlSocket string) string { return controlSocket + ".handoff
 
 // socketDesc describes one handed-over descriptor.
 type socketDesc struct {
-	Network string `json:"network"` // "udp" or "tcp"
+	Network string `json:"network"` // "udp", "tcp", or "metrics" (the HTTP listener)
 	Addr    string `json:"addr"`
 }
 
 // inherited holds what an old agent handed over.
 type inherited struct {
-	udp  map[netip.AddrPort][]*net.UDPConn
-	tcp  map[netip.AddrPort]*net.TCPListener
-	conn *net.UnixConn
-	r    *bufio.Reader
+	udp map[netip.AddrPort][]*net.UDPConn
+	tcp map[netip.AddrPort]*net.TCPListener
+	// metrics is the /metrics, /healthz, /readyz listener: in a DaemonSet
+	// rolling update both pods live in the node's network namespace, and a
+	// successor binding the port afresh would fail while its predecessor
+	// holds it.
+	metrics *net.TCPListener
+	conn    *net.UnixConn
+	r       *bufio.Reader
 }
 
 // takeOver asks a running agent for its sockets. It returns nil and no error
@@ -119,7 +124,7 @@ func (in *inherited) adopt(network string, addr netip.AddrPort, f *os.File) erro
 			return errors.New("not a UDP socket")
 		}
 		in.udp[addr] = append(in.udp[addr], uc)
-	case "tcp":
+	case "tcp", "metrics":
 		ln, err := net.FileListener(f)
 		if err != nil {
 			return err
@@ -129,7 +134,11 @@ func (in *inherited) adopt(network string, addr netip.AddrPort, f *os.File) erro
 			ln.Close()
 			return errors.New("not a TCP listener")
 		}
-		in.tcp[addr] = tl
+		if network == "metrics" {
+			in.metrics = tl
+		} else {
+			in.tcp[addr] = tl
+		}
 	default:
 		return fmt.Errorf("unknown network %q", network)
 	}
@@ -159,6 +168,9 @@ func (in *inherited) closeSockets() {
 	}
 	for _, l := range in.tcp {
 		l.Close()
+	}
+	if in.metrics != nil {
+		in.metrics.Close()
 	}
 }
 

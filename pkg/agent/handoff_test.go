@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -32,18 +33,19 @@ type testAgent struct {
 	done   chan error
 }
 
-func startTestAgent(t *testing.T, dir, socket string, listen netip.AddrPort, upstream netip.AddrPort) *testAgent {
+func startTestAgent(t *testing.T, dir, socket string, listen netip.AddrPort, upstream netip.AddrPort, metrics string) *testAgent {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	ta := &testAgent{cancel: cancel, done: make(chan error, 1)}
 	go func() {
 		ta.done <- Run(ctx, Config{
-			Source:    configdir.New(dir, configdir.WithLogger(log)),
-			Listen:    []netip.AddrPort{listen},
-			Upstreams: []netip.AddrPort{upstream},
-			Socket:    socket,
-			Logger:    log,
+			Source:      configdir.New(dir, configdir.WithLogger(log)),
+			Listen:      []netip.AddrPort{listen},
+			Upstreams:   []netip.AddrPort{upstream},
+			Socket:      socket,
+			MetricsAddr: metrics,
+			Logger:      log,
 		})
 	}()
 	t.Cleanup(ta.stop)
@@ -86,7 +88,8 @@ func TestRestartLosesNoQuery(t *testing.T) {
 	socket := filepath.Join(t.TempDir(), "ztdns.sock")
 	up := dnstest.Start(t, "127.0.0.1:0", dnstest.Zone{})
 	listen := freeAddr(t)
-	old := startTestAgent(t, dir, socket, listen, up.Addr)
+	metrics := freeAddr(t).String() // in a DaemonSet both pods share the node's port
+	old := startTestAgent(t, dir, socket, listen, up.Addr, metrics)
 
 	var sent, lost atomic.Int64
 	stop := make(chan struct{})
@@ -112,7 +115,7 @@ func TestRestartLosesNoQuery(t *testing.T) {
 		}()
 	}
 	time.Sleep(300 * time.Millisecond)
-	startTestAgent(t, dir, socket, listen, up.Addr) // takes over
+	startTestAgent(t, dir, socket, listen, up.Addr, metrics) // takes over
 	time.Sleep(200 * time.Millisecond)
 	old.stop()
 	time.Sleep(300 * time.Millisecond)
@@ -125,8 +128,16 @@ func TestRestartLosesNoQuery(t *testing.T) {
 	if lost.Load() != 0 {
 		t.Errorf("%d of %d queries lost across the restart", lost.Load(), sent.Load())
 	}
-	// The control socket belongs to the new agent now.
+	// The control socket and the probe port belong to the new agent now.
 	waitReady(t, socket)
+	resp, err := http.Get("http://" + metrics + "/readyz")
+	if err != nil {
+		t.Fatalf("probe port after the restart: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("/readyz after the restart: %s", resp.Status)
+	}
 }
 
 func freeAddr(t *testing.T) netip.AddrPort {

@@ -24,6 +24,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/rlimit"
 	"golang.org/x/sys/unix"
 )
 
@@ -178,6 +179,11 @@ type attachedLink struct {
 // Until the first Heartbeat (or after StaleAfter without one) the programs
 // redirect nothing.
 func Load(cfg Config) (*Redirector, error) {
+	// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; later ones
+	// to the cgroup, where this is a no-op.
+	if err := rlimit.RemoveMemlock(); err != nil {
+		return nil, fmt.Errorf("raising the memlock limit for BPF maps: %w", err)
+	}
 	cfg, err := cfg.withDefaults()
 	if err != nil {
 		return nil, err
