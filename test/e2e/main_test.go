@@ -1,0 +1,115 @@
+//go:build linux
+
+// Package e2e proves DNS capture end to end with the real ztdns binary: it
+// is built once per test binary, runs as `ztdns agent` in a node network
+// namespace exactly as a user starts it, and pods made of network namespaces
+// are marked with `ztdns capture add`. Real clients (glibc, musl, Go, dig)
+// resolve from inside those pods; the tests kill, stop and restart the
+// agent under load and read the pinned maps with bpftool.
+//
+// Run as root: CI=true go test ./test/e2e/ (without root or a needed tool
+// the tests skip, or fail under CI=true).
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sync"
+	"syscall"
+	"testing"
+
+	"github.com/ztdns/ztdns/internal/testenv"
+)
+
+// helperEnv turns the test binary into one of this package's clients (see
+// runHelper); testenv has its own for the Go resolver client.
+const helperEnv = "ZTDNS_E2E_HELPER"
+
+func TestMain(m *testing.M) {
+	if h := os.Getenv(helperEnv); h != "" {
+		os.Exit(runHelper(h, os.Args[1:]))
+	}
+	testenv.RunHelper()
+	go spawner.run()
+	code := m.Run()
+	if built.dir != "" {
+		os.RemoveAll(built.dir)
+	}
+	os.Exit(code)
+}
+
+// runHelper runs the client named by helperEnv inside a pod.
+func runHelper(name string, args []string) int {
+	switch name {
+	case "dnsloop":
+		return dnsLoop(args)
+	}
+	fmt.Fprintf(os.Stderr, "unknown %s=%q\n", helperEnv, name)
+	return 2
+}
+
+// built is the ztdns binary, compiled on first use.
+var built struct {
+	once sync.Once
+	dir  string
+	bin  string
+	err  error
+}
+
+// ztdnsBinary builds ./cmd/ztdns once per test binary into a temporary
+// directory (removed by TestMain) and returns its path.
+func ztdnsBinary(tb testing.TB) string {
+	tb.Helper()
+	built.once.Do(func() {
+		gobin, err := exec.LookPath("go")
+		if err != nil {
+			gobin = filepath.Join(runtime.GOROOT(), "bin", "go")
+		}
+		if built.dir, built.err = os.MkdirTemp("", "ztdns-e2e-bin-"); built.err != nil {
+			return
+		}
+		built.bin = filepath.Join(built.dir, "ztdns")
+		out, err := exec.Command(gobin, "build", "-o", built.bin, "github.com/ztdns/ztdns/cmd/ztdns").CombinedOutput()
+		if err != nil {
+			built.err = fmt.Errorf("go build ./cmd/ztdns: %w\n%s", err, out)
+		}
+	})
+	if built.err != nil {
+		tb.Fatal(built.err)
+	}
+	return built.bin
+}
+
+// spawner starts the agents from one OS thread that lives as long as the
+// test binary, so that their parent-death signal (SIGKILL) fires when the
+// test binary dies, e.g. on a -timeout panic that runs no cleanup, and
+// not when some other Go thread happens to exit.
+var spawner = processSpawner{requests: make(chan spawnRequest)}
+
+type processSpawner struct{ requests chan spawnRequest }
+
+type spawnRequest struct {
+	cmd  *exec.Cmd
+	done chan error
+}
+
+func (s processSpawner) run() {
+	runtime.LockOSThread() // never unlocked: the thread must outlive every child
+	for req := range s.requests {
+		req.done <- req.cmd.Start()
+	}
+}
+
+// start starts cmd with SIGKILL as its parent-death signal.
+func (s processSpawner) start(cmd *exec.Cmd) error {
+	if cmd.SysProcAttr == nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{}
+	}
+	cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
+	done := make(chan error, 1)
+	s.requests <- spawnRequest{cmd: cmd, done: done}
+	return <-done
+}
