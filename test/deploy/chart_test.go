@@ -1,0 +1,747 @@
+//go:build linux
+
+package deploy
+
+import (
+	"maps"
+	"slices"
+	"strings"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/ztdns/ztdns/pkg/source/kube"
+)
+
+const (
+	metricsPort = 15053
+	// socketDir must be the same path in the container and on the host: the
+	// agent writes the socket's path into the CNI configuration, and the
+	// plugin runs on the host.
+	socketDir = "/var/run/ztdns"
+	// targetRSS is the agent's memory target with 20,000 names; the memory
+	// limit must leave room above it.
+	targetRSS = 40 << 20
+)
+
+// defaultArgs is the agent's command line with the chart's default values,
+// flag by flag as the lead specified it for a cluster.
+func defaultArgs() argList {
+	return argList{
+		"agent",
+		"--kubeconfig=",
+		"--node-name=$(NODE_NAME)",
+		"--listen=169.254.20.53:53,[fd00:7a74:646e::53]:53",
+		"--cluster-domain=cluster.local",
+		"--metrics=:15053",
+		"--socket=/var/run/ztdns/ztdns.sock",
+		"--bpffs=/sys/fs/bpf/ztdns",
+		"--capture=true",
+		"--dns-capture-default=true",
+		"--cni-install=true",
+		"--cni-bin-dir=/host/opt/cni/bin",
+		"--cni-conf-dir=/host/etc/cni/net.d",
+		"--log-level=info",
+	}
+}
+
+// argList is a command line whose flags are "--name=value".
+type argList []string
+
+// with returns a copy where the flag of each "--name=value" is replaced, or
+// appended when absent.
+func (a argList) with(flags ...string) argList {
+	out := slices.Clone(a)
+	for _, f := range flags {
+		name, _, _ := strings.Cut(f, "=")
+		i := slices.IndexFunc(out, func(s string) bool { return strings.HasPrefix(s, name+"=") })
+		if i < 0 {
+			out = append(out, f)
+		} else {
+			out[i] = f
+		}
+	}
+	return out
+}
+
+// without returns a copy without the named flags.
+func (a argList) without(names ...string) argList {
+	return slices.DeleteFunc(slices.Clone(a), func(s string) bool {
+		name, _, _ := strings.Cut(s, "=")
+		return slices.Contains(names, name)
+	})
+}
+
+// mount is one volume mount of the agent container and the host path behind it.
+type mount struct {
+	volume      string
+	hostPath    string
+	propagation corev1.MountPropagationMode // "" for none
+	readOnly    bool
+}
+
+var (
+	socketMount = mount{volume: "socket-dir", hostPath: socketDir}
+	bpffsMount  = mount{volume: "bpffs", hostPath: "/sys/fs/bpf", propagation: corev1.MountPropagationHostToContainer}
+	// Over the container's own cgroup mount: the agent attaches at the
+	// first cgroup2 mount in /proc/mounts, which must be the node's root.
+	cgroupMount = mount{volume: "cgroup", hostPath: "/sys/fs/cgroup", readOnly: true}
+	netnsMount  = mount{volume: "netns-dir", hostPath: "/var/run/netns", propagation: corev1.MountPropagationHostToContainer, readOnly: true}
+	cniBinMount = mount{volume: "cni-bin-dir", hostPath: "/opt/cni/bin"}
+	cniConfMnt  = mount{volume: "cni-conf-dir", hostPath: "/etc/cni/net.d"}
+)
+
+// captureCaps are the capabilities of a container that loads, attaches or
+// removes the capture path (deploy/README.md says why each is needed).
+var captureCaps = []string{"BPF", "NET_ADMIN", "PERFMON", "SYS_ADMIN", "SYS_PTRACE", "SYS_RESOURCE"}
+
+// podWant is what the agent's pod template must hold.
+type podWant struct {
+	args argList
+	// caps are the capabilities added to the agent container, sorted.
+	caps    []string
+	hostPID bool
+	// initContainers by name; mount-bpffs is the one privileged container.
+	initContainers []string
+	// mounts of the agent container by mount path.
+	mounts map[string]mount
+	// apparmorUnconfined: the capture path reads other processes'
+	// /proc/PID/ns/net, which container AppArmor profiles forbid.
+	apparmorUnconfined bool
+}
+
+func defaultPod() podWant {
+	return podWant{
+		args:           defaultArgs(),
+		caps:           sorted(append(slices.Clone(captureCaps), "NET_BIND_SERVICE")),
+		hostPID:        true,
+		initContainers: []string{"mount-bpffs"},
+		mounts: map[string]mount{
+			socketDir:             socketMount,
+			"/sys/fs/bpf":         bpffsMount,
+			"/sys/fs/cgroup":      cgroupMount,
+			"/var/run/netns":      netnsMount,
+			"/host/opt/cni/bin":   cniBinMount,
+			"/host/etc/cni/net.d": cniConfMnt,
+		},
+		apparmorUnconfined: true,
+	}
+}
+
+// change returns a copy of want changed by f.
+func (w podWant) change(f func(*podWant)) podWant {
+	w.mounts = maps.Clone(w.mounts)
+	f(&w)
+	return w
+}
+
+func sorted(s []string) []string {
+	s = slices.Clone(s)
+	slices.Sort(s)
+	return s
+}
+
+var defaultKinds = []string{
+	"ServiceAccount/ztdns", "ClusterRole/ztdns", "ClusterRoleBinding/ztdns",
+	"Service/ztdns-metrics", "DaemonSet/ztdns",
+}
+
+// TestChartAgent renders the chart in agent mode with its defaults and with
+// the variants an operator sets, and checks the whole pod every time.
+func TestChartAgent(t *testing.T) {
+	tests := []struct {
+		name  string
+		sets  []string
+		kinds []string
+		pod   podWant
+	}{
+		{
+			name:  "defaults",
+			kinds: defaultKinds,
+			pod:   defaultPod(),
+		},
+		{
+			name:  "global DNS capture switch off",
+			sets:  []string{"cni.ambient.dnsCapture=false"},
+			kinds: defaultKinds,
+			pod: defaultPod().change(func(w *podWant) {
+				w.args = w.args.with("--dns-capture-default=false")
+			}),
+		},
+		{
+			name:  "capture disabled: only serving, with no privileges but the port",
+			sets:  []string{"capture.enabled=false"},
+			kinds: defaultKinds,
+			pod: podWant{
+				args: defaultArgs().with("--capture=false"),
+				caps: []string{"NET_BIND_SERVICE"},
+				mounts: map[string]mount{
+					socketDir:             socketMount,
+					"/host/opt/cni/bin":   cniBinMount,
+					"/host/etc/cni/net.d": cniConfMnt,
+				},
+			},
+		},
+		{
+			name:  "CNI install off",
+			sets:  []string{"cni.install=false"},
+			kinds: defaultKinds,
+			pod: defaultPod().change(func(w *podWant) {
+				w.args = w.args.with("--cni-install=false").without("--cni-bin-dir", "--cni-conf-dir")
+				delete(w.mounts, "/host/opt/cni/bin")
+				delete(w.mounts, "/host/etc/cni/net.d")
+			}),
+		},
+		{
+			name:  "bpffs mounted at boot: no privileged container",
+			sets:  []string{"bpf.mountFS=false"},
+			kinds: defaultKinds,
+			pod: defaultPod().change(func(w *podWant) {
+				w.initContainers = nil
+			}),
+		},
+		{
+			name: "ServiceMonitor on",
+			sets: []string{"metrics.serviceMonitor.enabled=true"},
+			kinds: []string{
+				"ServiceAccount/ztdns", "ClusterRole/ztdns", "ClusterRoleBinding/ztdns",
+				"Service/ztdns-metrics", "DaemonSet/ztdns", "ServiceMonitor/ztdns",
+			},
+			pod: defaultPod(),
+		},
+		{
+			name: "resolver, domain, upstreams, log level and extra flags",
+			sets: []string{
+				"resolver.listen={169.254.20.53:53}",
+				"clusterDomain=corp.example",
+				"upstreams={203.0.113.53,198.51.100.53:5353}",
+				"logLevel=debug",
+				"extraArgs={--autopath,--ttl=10s}",
+			},
+			kinds: defaultKinds,
+			pod: defaultPod().change(func(w *podWant) {
+				w.args = w.args.with(
+					"--listen=169.254.20.53:53",
+					"--cluster-domain=corp.example",
+					"--log-level=debug",
+					"--upstream=203.0.113.53,198.51.100.53:5353",
+					"--autopath",
+					"--ttl=10s",
+				)
+			}),
+		},
+		{
+			name: "ResourceQuota for system-node-critical outside kube-system",
+			sets: []string{"resourceQuota.enabled=true"},
+			kinds: []string{
+				"ResourceQuota/ztdns-critical-pods", "ServiceAccount/ztdns", "ClusterRole/ztdns",
+				"ClusterRoleBinding/ztdns", "Service/ztdns-metrics", "DaemonSet/ztdns",
+			},
+			pod: defaultPod(),
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := renderChart(t, tt.sets...)
+			if !slices.Equal(c.kinds, tt.kinds) {
+				t.Fatalf("rendered objects:\n got %q\nwant %q", c.kinds, tt.kinds)
+			}
+			checkAgentDaemonSet(t, c, tt.pod)
+		})
+	}
+}
+
+// checkAgentDaemonSet checks every part of the agent's DaemonSet that
+// matters to a node: placement, rollout, privileges, mounts, flags, probes
+// and resources.
+func checkAgentDaemonSet(t *testing.T, c *chart, want podWant) {
+	t.Helper()
+	ds := c.daemonSet
+	if ds == nil {
+		t.Fatal("no DaemonSet rendered")
+	}
+	if ds.Namespace != namespace {
+		t.Errorf("DaemonSet namespace %q, want %q", ds.Namespace, namespace)
+	}
+
+	// A rolling update overlaps the old and the new agent on each node, so
+	// the old one can hand over its DNS sockets.
+	st := ds.Spec.UpdateStrategy
+	if st.Type != "RollingUpdate" || st.RollingUpdate == nil {
+		t.Fatalf("update strategy %+v, want RollingUpdate", st)
+	}
+	if got := st.RollingUpdate.MaxSurge; got == nil || *got != intstr.FromInt32(1) {
+		t.Errorf("maxSurge %v, want 1", got)
+	}
+	if got := st.RollingUpdate.MaxUnavailable; got == nil || *got != intstr.FromInt32(0) {
+		t.Errorf("maxUnavailable %v, want 0", got)
+	}
+
+	pod := ds.Spec.Template.Spec
+	if !pod.HostNetwork {
+		t.Error("hostNetwork is false: the resolver and the capture hooks live in the node's network namespace")
+	}
+	if pod.DNSPolicy != corev1.DNSDefault {
+		t.Errorf("dnsPolicy %q, want Default: the node's resolvers, not the cluster DNS ztdns stands in front of", pod.DNSPolicy)
+	}
+	if pod.HostPID != want.hostPID {
+		t.Errorf("hostPID %v, want %v", pod.HostPID, want.hostPID)
+	}
+	if pod.PriorityClassName != "system-node-critical" {
+		t.Errorf("priorityClassName %q, want system-node-critical", pod.PriorityClassName)
+	}
+	if c.serviceAccount == nil || pod.ServiceAccountName != c.serviceAccount.Name {
+		t.Errorf("serviceAccountName %q is not the rendered ServiceAccount", pod.ServiceAccountName)
+	}
+	if want := []corev1.Toleration{{Operator: corev1.TolerationOpExists}}; !slices.Equal(pod.Tolerations, want) {
+		t.Errorf("tolerations %+v, want %+v (every taint, so every node gets node DNS)", pod.Tolerations, want)
+	}
+	if want := map[string]string{"kubernetes.io/os": "linux"}; !maps.Equal(pod.NodeSelector, want) {
+		t.Errorf("nodeSelector %v, want %v", pod.NodeSelector, want)
+	}
+	if got := pod.TerminationGracePeriodSeconds; got == nil || *got < 5 || *got > 30 {
+		t.Errorf("terminationGracePeriodSeconds %v, want 5..30: long enough for in-flight forwards, short for node drains", got)
+	}
+
+	checkInitContainers(t, pod, want.initContainers)
+	if len(pod.Containers) != 1 {
+		t.Fatalf("%d containers, want the agent alone", len(pod.Containers))
+	}
+	agent := pod.Containers[0]
+	if !slices.Equal(agent.Command, []string{"ztdns"}) {
+		t.Errorf("command %q, want [ztdns]", agent.Command)
+	}
+	if !slices.Equal(agent.Args, []string(want.args)) {
+		t.Errorf("agent args:\n got %q\nwant %q", agent.Args, []string(want.args))
+	}
+	if len(agent.Ports) != 0 {
+		t.Errorf("the agent declares ports %+v: in a hostNetwork pod they become hostPorts, and the scheduler keeps the surge pod of a rolling update off the node", agent.Ports)
+	}
+	checkEnv(t, agent)
+	checkSecurity(t, agent, want)
+	checkMounts(t, pod, agent.VolumeMounts, want.mounts)
+	checkProbes(t, agent)
+	checkResources(t, agent)
+}
+
+func checkInitContainers(t *testing.T, pod corev1.PodSpec, want []string) {
+	t.Helper()
+	var names []string
+	for _, c := range pod.InitContainers {
+		names = append(names, c.Name)
+	}
+	if !slices.Equal(names, want) {
+		t.Fatalf("init containers %q, want %q", names, want)
+	}
+	for _, c := range pod.InitContainers {
+		// mount-bpffs is the only privileged container, because a mount
+		// propagates back to the host (Bidirectional) only from one.
+		sc := c.SecurityContext
+		if sc == nil || sc.Privileged == nil || !*sc.Privileged {
+			t.Errorf("init container %s is not privileged: the API server rejects its Bidirectional mount", c.Name)
+		}
+		want := []corev1.VolumeMount{{Name: "bpffs", MountPath: "/sys/fs/bpf", MountPropagation: ptr(corev1.MountPropagationBidirectional)}}
+		if !slices.EqualFunc(c.VolumeMounts, want, mountEqual) {
+			t.Errorf("init container %s mounts %+v, want only the host's /sys/fs/bpf, Bidirectional", c.Name, c.VolumeMounts)
+		}
+	}
+}
+
+func checkEnv(t *testing.T, agent corev1.Container) {
+	t.Helper()
+	env := map[string]string{}
+	for _, e := range agent.Env {
+		switch {
+		case e.ValueFrom != nil && e.ValueFrom.FieldRef != nil:
+			env[e.Name] = "field:" + e.ValueFrom.FieldRef.FieldPath
+		case e.ValueFrom != nil && e.ValueFrom.ResourceFieldRef != nil:
+			env[e.Name] = "resource:" + e.ValueFrom.ResourceFieldRef.Resource
+		default:
+			env[e.Name] = e.Value
+		}
+	}
+	want := map[string]string{
+		"NODE_NAME":  "field:spec.nodeName", // --node-name=$(NODE_NAME)
+		"HOST_IP":    "field:status.hostIP",
+		"GOMEMLIMIT": "resource:limits.memory",
+	}
+	if !maps.Equal(env, want) {
+		t.Errorf("env %v, want %v", env, want)
+	}
+}
+
+func checkSecurity(t *testing.T, agent corev1.Container, want podWant) {
+	t.Helper()
+	sc := agent.SecurityContext
+	if sc == nil || sc.Capabilities == nil {
+		t.Fatal("the agent has no securityContext with capabilities")
+	}
+	if sc.Privileged == nil || *sc.Privileged {
+		t.Error("the agent must set privileged: false; it runs with the capabilities it needs")
+	}
+	if sc.RunAsUser == nil || *sc.RunAsUser != 0 {
+		t.Errorf("runAsUser %v, want 0: the host directories it writes are root's", sc.RunAsUser)
+	}
+	if sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem {
+		t.Error("readOnlyRootFilesystem is not true: the agent writes only to its host mounts")
+	}
+	if got := caps(sc.Capabilities.Drop); !slices.Equal(got, []string{"ALL"}) {
+		t.Errorf("drops %q, want [ALL]", got)
+	}
+	if got := sorted(caps(sc.Capabilities.Add)); !slices.Equal(got, want.caps) {
+		t.Errorf("adds capabilities %q, want %q", got, want.caps)
+	}
+	unconfined := sc.AppArmorProfile != nil && sc.AppArmorProfile.Type == corev1.AppArmorProfileTypeUnconfined
+	if unconfined != want.apparmorUnconfined {
+		t.Errorf("AppArmor profile %+v, want unconfined %v", sc.AppArmorProfile, want.apparmorUnconfined)
+	}
+}
+
+func caps(cs []corev1.Capability) []string {
+	var out []string
+	for _, c := range cs {
+		out = append(out, string(c))
+	}
+	return out
+}
+
+// checkMounts checks the agent's mounts one by one against the host paths
+// of the pod's volumes.
+func checkMounts(t *testing.T, pod corev1.PodSpec, mounts []corev1.VolumeMount, want map[string]mount) {
+	t.Helper()
+	volumes := map[string]corev1.Volume{}
+	for _, v := range pod.Volumes {
+		volumes[v.Name] = v
+	}
+	got := map[string]mount{}
+	for _, m := range mounts {
+		v, ok := volumes[m.Name]
+		if !ok || v.HostPath == nil {
+			t.Errorf("mount %s uses volume %q, which is no hostPath volume of the pod", m.MountPath, m.Name)
+			continue
+		}
+		var prop corev1.MountPropagationMode
+		if m.MountPropagation != nil {
+			prop = *m.MountPropagation
+		}
+		got[m.MountPath] = mount{volume: m.Name, hostPath: v.HostPath.Path, propagation: prop, readOnly: m.ReadOnly}
+	}
+	if !maps.Equal(got, want) {
+		t.Errorf("agent mounts:\n got %+v\nwant %+v", got, want)
+	}
+	// Init containers use the same volumes; no volume is left unused.
+	used := map[string]bool{}
+	for _, c := range slices.Concat(pod.InitContainers, pod.Containers) {
+		for _, m := range c.VolumeMounts {
+			used[m.Name] = true
+		}
+	}
+	for name := range volumes {
+		if !used[name] {
+			t.Errorf("volume %s is mounted by no container", name)
+		}
+	}
+}
+
+func checkProbes(t *testing.T, agent corev1.Container) {
+	t.Helper()
+	for _, p := range []struct {
+		name  string
+		probe *corev1.Probe
+		path  string
+	}{
+		{"startup", agent.StartupProbe, "/healthz"},
+		{"liveness", agent.LivenessProbe, "/healthz"},
+		{"readiness", agent.ReadinessProbe, "/readyz"},
+	} {
+		if p.probe == nil || p.probe.HTTPGet == nil {
+			t.Errorf("no %s probe over HTTP", p.name)
+			continue
+		}
+		g := p.probe.HTTPGet
+		if g.Path != p.path || g.Port != intstr.FromInt32(metricsPort) {
+			t.Errorf("%s probe GET %s on port %s, want %s on %d", p.name, g.Path, g.Port.String(), p.path, metricsPort)
+		}
+	}
+}
+
+func checkResources(t *testing.T, agent corev1.Container) {
+	t.Helper()
+	r := agent.Resources
+	limit, ok := r.Limits[corev1.ResourceMemory]
+	if !ok {
+		t.Fatal("no memory limit")
+	}
+	request := r.Requests[corev1.ResourceMemory]
+	if limit.Cmp(*resource.NewQuantity(2*targetRSS, resource.BinarySI)) < 0 {
+		t.Errorf("memory limit %s leaves no headroom over the %d MiB target", limit.String(), targetRSS>>20)
+	}
+	if request.Cmp(*resource.NewQuantity(targetRSS, resource.BinarySI)) < 0 || request.Cmp(limit) > 0 {
+		t.Errorf("memory request %s, want between the %d MiB target and the limit %s", request.String(), targetRSS>>20, limit.String())
+	}
+	if _, ok := r.Requests[corev1.ResourceCPU]; !ok {
+		t.Error("no CPU request")
+	}
+	if cpu, ok := r.Limits[corev1.ResourceCPU]; ok {
+		t.Errorf("CPU limit %s: throttling a resolver shows as DNS latency", cpu.String())
+	}
+}
+
+// TestChartRBAC checks that the agent's ClusterRole grants exactly what its
+// Kubernetes source uses, read-only, and is bound to the pod's account.
+func TestChartRBAC(t *testing.T) {
+	c := renderChart(t)
+	if c.clusterRole == nil || c.clusterRoleBinding == nil || c.serviceAccount == nil {
+		t.Fatalf("RBAC objects missing: %q", c.kinds)
+	}
+	readOnly := []string{"get", "list", "watch"}
+	granted := map[string][]string{} // "group/resource" → verbs
+	for _, r := range c.clusterRole.Rules {
+		if len(r.ResourceNames) != 0 || len(r.NonResourceURLs) != 0 {
+			t.Errorf("rule %+v: want plain resource rules", r)
+		}
+		for _, v := range r.Verbs {
+			if !slices.Contains(readOnly, v) {
+				t.Errorf("rule %+v grants %q: the agent only reads", r, v)
+			}
+		}
+		for _, g := range r.APIGroups {
+			for _, res := range r.Resources {
+				granted[g+"/"+res] = sorted(append(granted[g+"/"+res], r.Verbs...))
+			}
+		}
+	}
+	needed := map[string][]string{}
+	for _, r := range kube.PolicyRules() {
+		for _, g := range r.APIGroups {
+			for _, res := range r.Resources {
+				needed[g+"/"+res] = sorted(append(needed[g+"/"+res], r.Verbs...))
+			}
+		}
+	}
+	if !maps.EqualFunc(granted, needed, slices.Equal) {
+		t.Errorf("the ClusterRole grants\n %v\nbut the agent's source (pkg/source/kube.PolicyRules) uses\n %v", granted, needed)
+	}
+
+	b := c.clusterRoleBinding
+	wantRef := rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: c.clusterRole.Name}
+	if b.RoleRef != wantRef {
+		t.Errorf("binding refers to %+v, want %+v", b.RoleRef, wantRef)
+	}
+	wantSubjects := []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: c.serviceAccount.Name, Namespace: namespace}}
+	if !slices.Equal(b.Subjects, wantSubjects) {
+		t.Errorf("binding subjects %+v, want %+v", b.Subjects, wantSubjects)
+	}
+	if c.serviceAccount.Namespace != namespace {
+		t.Errorf("ServiceAccount in %q, want %q", c.serviceAccount.Namespace, namespace)
+	}
+}
+
+// TestChartMetrics checks the metrics Service and the ServiceMonitor that
+// scrapes it: headless, selecting the agent's pods, port named and targeted
+// by number (the pods declare no port).
+func TestChartMetrics(t *testing.T) {
+	c := renderChart(t, "metrics.serviceMonitor.enabled=true", "metrics.serviceMonitor.labels.release=prometheus")
+	svc := c.service
+	if svc == nil || c.daemonSet == nil || c.serviceMonitor == nil {
+		t.Fatalf("missing objects: %q", c.kinds)
+	}
+	if svc.Spec.ClusterIP != corev1.ClusterIPNone {
+		t.Errorf("metrics Service clusterIP %q, want None (one endpoint per node)", svc.Spec.ClusterIP)
+	}
+	podLabels := c.daemonSet.Spec.Template.Labels
+	if !isSubset(svc.Spec.Selector, podLabels) || len(svc.Spec.Selector) == 0 {
+		t.Errorf("Service selector %v does not select the agent's pods %v", svc.Spec.Selector, podLabels)
+	}
+	wantPorts := []corev1.ServicePort{{Name: "http-metrics", Port: metricsPort, TargetPort: intstr.FromInt32(metricsPort), Protocol: corev1.ProtocolTCP}}
+	if !slices.Equal(svc.Spec.Ports, wantPorts) {
+		t.Errorf("Service ports %+v, want %+v", svc.Spec.Ports, wantPorts)
+	}
+
+	sm := c.serviceMonitor
+	if got := lookup(sm, "apiVersion"); got != "monitoring.coreos.com/v1" {
+		t.Errorf("ServiceMonitor apiVersion %v", got)
+	}
+	if got := lookup(sm, "metadata", "labels", "release"); got != "prometheus" {
+		t.Errorf("ServiceMonitor label release=%v, want the value's prometheus", got)
+	}
+	if got := lookup(sm, "metadata", "namespace"); got != namespace {
+		t.Errorf("ServiceMonitor namespace %v, want %s", got, namespace)
+	}
+	selector, _ := lookup(sm, "spec", "selector", "matchLabels").(map[string]any)
+	if len(selector) == 0 {
+		t.Fatal("ServiceMonitor selects nothing")
+	}
+	for k, v := range selector {
+		if svc.Labels[k] != v {
+			t.Errorf("ServiceMonitor selects %s=%v, which the Service lacks (labels %v)", k, v, svc.Labels)
+		}
+	}
+	if got := lookup(sm, "spec", "namespaceSelector", "matchNames"); !slices.Equal(toStrings(got), []string{namespace}) {
+		t.Errorf("ServiceMonitor namespaces %v, want [%s]", got, namespace)
+	}
+	endpoints, _ := lookup(sm, "spec", "endpoints").([]any)
+	if len(endpoints) != 1 {
+		t.Fatalf("ServiceMonitor endpoints %v, want one", endpoints)
+	}
+	ep, _ := endpoints[0].(map[string]any)
+	if ep["port"] != "http-metrics" || ep["path"] != "/metrics" {
+		t.Errorf("ServiceMonitor endpoint %v, want port http-metrics, path /metrics", ep)
+	}
+}
+
+// TestChartCleanupMode checks the DaemonSet that removes ztdns from every
+// node before an uninstall: all old agents go first, then `ztdns uninstall`
+// runs with the privileges and mounts it needs, and the pod idles.
+func TestChartCleanupMode(t *testing.T) {
+	c := renderChart(t, "mode=cleanup")
+	want := []string{"ServiceAccount/ztdns", "ClusterRole/ztdns", "ClusterRoleBinding/ztdns", "DaemonSet/ztdns"}
+	if !slices.Equal(c.kinds, want) {
+		t.Fatalf("rendered objects %q, want %q", c.kinds, want)
+	}
+	ds := c.daemonSet
+	ru := ds.Spec.UpdateStrategy.RollingUpdate
+	if ru == nil || ru.MaxSurge == nil || *ru.MaxSurge != intstr.FromInt32(0) ||
+		ru.MaxUnavailable == nil || *ru.MaxUnavailable != intstr.FromString("100%") {
+		t.Errorf("cleanup rollout %+v, want maxSurge 0 and maxUnavailable 100%%: no agent may run beside the cleanup", ru)
+	}
+	pod := ds.Spec.Template.Spec
+	if !pod.HostNetwork {
+		t.Error("cleanup needs the host network namespace to delete ztdns0")
+	}
+	if len(pod.InitContainers) != 1 || pod.InitContainers[0].Name != "uninstall" {
+		t.Fatalf("init containers %+v, want uninstall alone", pod.InitContainers)
+	}
+	u := pod.InitContainers[0]
+	script := strings.Join(u.Command, " ")
+	for _, part := range []string{
+		"ztdns uninstall", "--bpffs=/sys/fs/bpf/ztdns",
+		"--cni-bin-dir=/host/opt/cni/bin", "--cni-conf-dir=/host/etc/cni/net.d",
+		"find " + socketDir + " -mindepth 1 -delete",
+	} {
+		if !strings.Contains(script, part) {
+			t.Errorf("uninstall command %q lacks %q", script, part)
+		}
+	}
+	sc := u.SecurityContext
+	if sc == nil || sc.Privileged == nil || *sc.Privileged || sc.Capabilities == nil {
+		t.Fatalf("uninstall security context %+v, want unprivileged with capabilities", sc)
+	}
+	if got := sorted(caps(sc.Capabilities.Add)); !slices.Equal(got, captureCaps) {
+		t.Errorf("uninstall capabilities %q, want %q", got, captureCaps)
+	}
+	checkMounts(t, pod, u.VolumeMounts, map[string]mount{
+		socketDir:             socketMount,
+		"/sys/fs/bpf":         bpffsMount,
+		"/sys/fs/cgroup":      cgroupMount,
+		"/host/opt/cni/bin":   cniBinMount,
+		"/host/etc/cni/net.d": cniConfMnt,
+	})
+	if len(pod.Containers) != 1 || !slices.Equal(pod.Containers[0].Command, []string{"sleep", "infinity"}) {
+		t.Errorf("containers %+v, want one idling", pod.Containers)
+	}
+	if idle := pod.Containers[0].SecurityContext; idle == nil || idle.Capabilities == nil || len(idle.Capabilities.Add) != 0 {
+		t.Errorf("the idle container has privileges: %+v", idle)
+	}
+}
+
+// TestChartRejectsBadValues checks that values.schema.json stops mistakes
+// before they reach a node.
+func TestChartRejectsBadValues(t *testing.T) {
+	tests := []struct {
+		name string
+		set  string
+		path string // what helm's message must name
+	}{
+		{"unknown log level", "logLevel=verbose", "/logLevel"},
+		{"unknown mode", "mode=remove", "/mode"},
+		{"no surge: the handoff needs old and new to overlap", "updateStrategy.maxSurge=0", "/updateStrategy/maxSurge"},
+		{"relative CNI bin dir", "cni.binDir=opt/cni/bin", "/cni/binDir"},
+		{"port out of range", "metrics.port=70000", "/metrics/port"},
+		{"no resolver address", "resolver.listen=null", "/resolver"},
+		{"misspelt value", "capture.enable=false", "/capture"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := tryHelm(t, "template", release, chartDir, "--set", tt.set)
+			if err == nil {
+				t.Fatalf("helm template --set %s succeeded; want the schema to reject it", tt.set)
+			}
+			if !strings.Contains(err.Error(), tt.path) {
+				t.Errorf("helm's error does not name %s:\n%v", tt.path, err)
+			}
+		})
+	}
+}
+
+// TestChartLint runs `helm lint --strict` on the chart with its defaults and
+// with every variant the other tests render.
+func TestChartLint(t *testing.T) {
+	tests := []struct {
+		name string
+		sets []string
+	}{
+		{"defaults", nil},
+		{"capture disabled", []string{"capture.enabled=false"}},
+		{"DNS capture switch off", []string{"cni.ambient.dnsCapture=false"}},
+		{"ServiceMonitor on", []string{"metrics.serviceMonitor.enabled=true"}},
+		{"cleanup mode", []string{"mode=cleanup"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			args := append([]string{"lint", "--strict", chartDir, "--namespace", namespace}, setArgs(tt.sets)...)
+			out := runHelm(t, args...)
+			if !strings.Contains(string(out), "0 chart(s) failed") {
+				t.Errorf("helm lint:\n%s", out)
+			}
+		})
+	}
+}
+
+func ptr[T any](v T) *T { return &v }
+
+func mountEqual(a, b corev1.VolumeMount) bool {
+	pa, pb := corev1.MountPropagationMode(""), corev1.MountPropagationMode("")
+	if a.MountPropagation != nil {
+		pa = *a.MountPropagation
+	}
+	if b.MountPropagation != nil {
+		pb = *b.MountPropagation
+	}
+	return a.Name == b.Name && a.MountPath == b.MountPath && a.ReadOnly == b.ReadOnly && pa == pb
+}
+
+func isSubset(small, big map[string]string) bool {
+	for k, v := range small {
+		if big[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+// lookup walks nested maps of a generic object.
+func lookup(obj map[string]any, path ...string) any {
+	var cur any = obj
+	for _, p := range path {
+		m, ok := cur.(map[string]any)
+		if !ok {
+			return nil
+		}
+		cur = m[p]
+	}
+	return cur
+}
+
+func toStrings(v any) []string {
+	list, _ := v.([]any)
+	var out []string
+	for _, x := range list {
+		s, _ := x.(string)
+		out = append(out, s)
+	}
+	return out
+}
