@@ -272,6 +272,13 @@ func (a *Agent) run(ctx context.Context) error {
 		}
 	}
 	if a.capture != nil {
+		// After the handoff: the predecessor has written its last record.
+		if err := a.capture.restore(); err != nil {
+			a.log.Error("reconciling marked pods failed", "err", err)
+		}
+		a.replayPending()
+		a.redecide()
+		// Capture on, once the marks are right and a table is served.
 		go func() {
 			select {
 			case <-a.firstTable:
@@ -279,14 +286,6 @@ func (a *Agent) run(ctx context.Context) error {
 			case <-ctx.Done():
 			}
 		}()
-	}
-	if a.capture != nil {
-		// After the handoff: the predecessor has written its last record.
-		if err := a.capture.restore(); err != nil {
-			a.log.Error("reconciling marked pods failed", "err", err)
-		}
-		a.replayPending()
-		a.redecide()
 	}
 	if a.cfg.CNI != nil {
 		spawn("cni install", func() error { return a.installCNI(ctx) })

@@ -141,7 +141,9 @@ func (a *Agent) decide(att podcache.Attachment) (bool, string) {
 // unmarking those whose decision changed: how a namespace label or a pod
 // annotation added at run time takes effect, without a restart.
 func (a *Agent) redecide() {
-	if a.capture == nil {
+	// Before the source's first snapshot every namespace looks unlabelled:
+	// deciding then would unmark every restored pod until it arrives.
+	if a.capture == nil || a.namespaces.Load() == nil {
 		return
 	}
 	a.decideMu.Lock()

@@ -23,8 +23,8 @@ import (
 
 // The tests here run without an agent: they prove the runtime-facing half
 // (installation, the chain, the policy when the agent is down, the pending
-// records, bad input). The tests that need the agent's side are listed at
-// the end of this file.
+// records, bad input). The tests with a real agent on the node are in
+// capture_test.go (config-dir source) and kube_test.go (a real API server).
 
 // requireCNIError checks that err is the CNI error a plugin printed, with
 // code, and that its message contains want.
@@ -280,27 +280,3 @@ func addRequestsEqual(a, b cni.AddRequest) bool {
 		a.PodNamespace == b.PodNamespace && a.PodName == b.PodName && a.PodUID == b.PodUID &&
 		slices.Equal(a.IPs, b.IPs) && a.NetnsCookie == b.NetnsCookie
 }
-
-// TODO(agent side of issue 4): the tests below need the agent's CNI
-// endpoints (cni.AddPath, cni.DelPath), its registry and its reconcile.
-// Start the agent inside r.Node with --socket r.Socket and capture on a
-// test cgroup (testenv.NewCgroup), create pods with r.NewPod (give them a
-// nameserver that exists nowhere, PodOptions.Nameservers), run r.Add, and
-// query from inside the pod with p.Command(ctx, cg, ...):
-//
-//   - TestAddMarksAndResolves: ADD of a pod in an ambient namespace marks
-//     it (its cookie is in the pods map, `ztdns pods` lists it with the IPs
-//     of the result) and a real client in the pod resolves a Service name
-//     through the capture path.
-//   - TestDelUnmarksAndForgets: DEL removes the mark and the registry
-//     entry, also with p.rt.NetNS = "" (netns gone); a second DEL is fine.
-//   - TestOptOutAnnotation: ADD of a pod annotated
-//     ambient.istio.io/dns-capture=false leaves it unmarked (AddResponse
-//     reason "annotation-off"), and its query reaches its own nameserver.
-//   - TestNamespaceLabelAtRuntime: labelling the namespace
-//     istio.io/dataplane-mode=ambient marks an already running pod within a
-//     second; unlabelling unmarks it.
-//   - TestAgentRestartReconciles: marks survive an agent restart; a pod
-//     added while the agent was down (PolicyAllow, cni.PendingAdds) is
-//     marked when it returns, and a pending DEL (cni.PendingDeletes) is
-//     applied and forgotten.

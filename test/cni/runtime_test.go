@@ -5,7 +5,12 @@
 // with host-local IPAM) with the real ztdns binary chained after them, on
 // network namespaces the test creates. Everything runs inside a "node"
 // network namespace of its own (TESTING.md: the bridge plugin turns on IP
-// forwarding where it runs).
+// forwarding where it runs). Most tests also run the real `ztdns agent`
+// there, with capture on a test cgroup, and ask real DNS clients inside the
+// pods who answers them.
+//
+// Run as root: CI=true go test ./test/cni/ (without root or a needed tool
+// the tests skip, or fail under CI=true).
 package cnie2e
 
 import (

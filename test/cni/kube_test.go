@@ -1,0 +1,188 @@
+//go:build linux
+
+package cnie2e
+
+import (
+	"context"
+	"io"
+	"net"
+	"net/url"
+	"sync"
+	"testing"
+	"time"
+
+	networkingv1alpha3 "istio.io/api/networking/v1alpha3"
+	istionetworkingv1 "istio.io/client-go/pkg/apis/networking/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/ztdns/ztdns/internal/kubetest"
+	"github.com/ztdns/ztdns/internal/testenv"
+	"github.com/ztdns/ztdns/pkg/ambient"
+	"github.com/ztdns/ztdns/pkg/model"
+)
+
+// kubeNode is the node name the Kubernetes test's agent runs for.
+const kubeNode = "cni-node"
+
+// kubeLabelDeadline is how soon a namespace label written to the API
+// server must mark a running pod: the watch event's trip adds to the
+// agent's own second.
+const kubeLabelDeadline = 2 * time.Second
+
+// TestKubeNamespaceLabelledAtRunTime runs the agent against a real API
+// server (--kubeconfig, --node-name) instead of --config-dir. A pod of a
+// namespace that is not ambient is created through the API on this node,
+// added through CNI (not captured), given its IP in status as a kubelet
+// would; then the namespace is labelled istio.io/dataplane-mode=ambient
+// through the API, and the running pod is captured within two seconds.
+// Finally the agent is restarted, and the pod keeps its mark: the same
+// entry of the pods map, counters included.
+func TestKubeNamespaceLabelledAtRunTime(t *testing.T) {
+	t.Parallel()
+	env := kubetest.Start(t)
+	ctx := context.Background()
+	n := newCapturingNode(t, NodeOptions{SourceArgs: []string{"--kubeconfig", env.Kubeconfig, "--node-name", kubeNode}})
+	// The API server listens on the machine's loopback; the agent lives in
+	// the node namespace, which has a loopback of its own.
+	apiserver, err := url.Parse(env.Config.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	forwardTCP(t, &n.Node.Netns, apiserver.Host)
+
+	const nsName, podName = "orders", "orders-0"
+	kc := env.Client()
+	if _, err := kc.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: nsName}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	se := &istionetworkingv1.ServiceEntry{ObjectMeta: metav1.ObjectMeta{Name: "external-address", Namespace: "default"}}
+	se.Spec.Hosts, se.Spec.Addresses = []string{addressHost}, []string{addressVIP.String()}
+	se.Spec.Ports = []*networkingv1alpha3.ServicePort{{Name: "http", Number: 80, Protocol: "HTTP"}}
+	if _, err := env.IstioClient().NetworkingV1().ServiceEntries("default").Create(ctx, se, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	pods := kc.CoreV1().Pods(nsName)
+	pod, err := pods.Create(ctx, &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: podName, Namespace: nsName},
+		Spec:       corev1.PodSpec{NodeName: kubeNode, Containers: []corev1.Container{{Name: "app", Image: "example"}}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	first := n.startAgent(t)
+	n.waitSourceHas(t, nsName, podName)
+	p := n.NewPod(t, PodOptions{Namespace: nsName, Name: podName, UID: string(pod.UID), Nameservers: []string{ownNameserver}})
+	res, err := n.Add(t, p)
+	if err != nil {
+		t.Fatalf("ADD: %v", err)
+	}
+	ips := requireBridgeResult(t, n.Runtime, p, res, false)
+	pod.Status = corev1.PodStatus{Phase: corev1.PodRunning, PodIP: ips[0].String(), PodIPs: []corev1.PodIP{{IP: ips[0].String()}}}
+	if _, err := pods.UpdateStatus(ctx, pod, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	n.requireRow(t, p, ips, false, ambient.ReasonNotAmbient)
+	n.requireNotCaptured(t, p)
+
+	ns, err := kc.CoreV1().Namespaces().Get(ctx, nsName, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns.Labels = map[string]string{model.LabelDataplaneMode: ambient.DataplaneModeAmbient}
+	if _, err := kc.CoreV1().Namespaces().Update(ctx, ns, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	took := n.waitMarked(t, p, true, kubeLabelDeadline)
+	t.Logf("the running pod was marked %v after the namespace label was written to the API server", took.Round(time.Millisecond))
+	n.requireCaptured(t, p)
+	before := n.requireRow(t, p, ips, true, ambient.ReasonAmbient)
+	first.Stop(t, 10*time.Second)
+	n.startAgent(t)
+	after := n.requireRow(t, p, ips, true, ambient.ReasonAmbient)
+	if after.Redirected < before.Redirected {
+		t.Errorf("across the restart the pod's counters went from %d to %d redirected queries: its mark was removed and made again",
+			before.Redirected, after.Redirected)
+	}
+	n.requireCaptured(t, p)
+}
+
+// forwardTCP listens on addr inside netns and forwards each connection to
+// the same address in the test's own namespace, until cleanup.
+func forwardTCP(t *testing.T, netns *testenv.Netns, addr string) {
+	t.Helper()
+	var ln net.Listener
+	err := netns.Do(func() error {
+		var err error
+		ln, err = net.Listen("tcp", addr)
+		return err
+	})
+	if err != nil {
+		t.Fatalf("listen on %s in %s: %v", addr, netns.Name, err)
+	}
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		conns []net.Conn
+	)
+	track := func(c net.Conn) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		if conns == nil {
+			c.Close() // closing down
+			return false
+		}
+		conns = append(conns, c)
+		return true
+	}
+	conns = []net.Conn{}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			in, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			if !track(in) {
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				out, err := net.DialTimeout("tcp", addr, 5*time.Second)
+				if err != nil || !track(out) {
+					in.Close()
+					return
+				}
+				pipe(in, out)
+			}()
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		conns = nil
+		mu.Unlock()
+		wg.Wait()
+	})
+}
+
+// pipe copies both ways until either side ends, then closes both.
+func pipe(a, b net.Conn) {
+	done := make(chan struct{}, 2)
+	cp := func(dst, src net.Conn) {
+		_, _ = io.Copy(dst, src) // ends when either side goes away
+		done <- struct{}{}
+	}
+	go cp(a, b)
+	go cp(b, a)
+	<-done
+	a.Close()
+	b.Close()
+	<-done
+}
