@@ -3,8 +3,11 @@ package resolver
 import (
 	"context"
 	"encoding/binary"
+	"net"
 	"net/netip"
+	"runtime"
 	"testing"
+	"time"
 
 	"github.com/miekg/dns"
 
@@ -109,5 +112,45 @@ func BenchmarkFastPath(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		s.answerFast(q, src, false, out, name)
+	}
+}
+
+// TestUDPLoopAllocatesNothing runs real queries through a real socket: the
+// batch loop and the fast path together must not allocate per query.
+func TestUDPLoopAllocatesNothing(t *testing.T) {
+	s := fuzzServer(t)
+	conn, err := ListenUDP(netip.MustParseAddrPort("127.0.0.1:0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.ServeUDP(conn)
+	client, err := net.DialUDP("udp4", nil, conn.LocalAddr().(*net.UDPAddr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	q := query("address.internal.", dns.TypeA, true)
+	buf := make([]byte, 1500)
+	ask := func() {
+		if _, err := client.Write(q); err != nil {
+			t.Fatal(err)
+		}
+		client.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := client.Read(buf); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for range 100 { // warm up: first batches size the buffers
+		ask()
+	}
+	const n = 2000
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	for range n {
+		ask()
+	}
+	runtime.ReadMemStats(&after)
+	if per := float64(after.Mallocs-before.Mallocs) / n; per > 0.05 {
+		t.Errorf("%.2f allocations per query through the UDP loop, want 0", per)
 	}
 }

@@ -44,6 +44,16 @@ type udpBatch struct {
 	outName [batchSize][sockaddrLen]byte
 	outBuf  [batchSize][]byte
 	name    nameBuf
+
+	// The syscall closures and their results, made once: a closure made per
+	// call escapes to the heap, and an allocation per batch feeds the GC.
+	// They use RawSyscall6: the calls never block (MSG_DONTWAIT; the
+	// netpoller does the waiting), and the non-raw form wakes the runtime's
+	// sysmon thread on every call, which at a few thousand queries a second
+	// cost more CPU than the queries (golang/go#18236).
+	readFn, writeFn  func(fd uintptr) bool
+	ioN, ioFrom, ioTo int
+	ioErr             syscall.Errno
 }
 
 func newUDPBatch() *udpBatch {
@@ -58,6 +68,16 @@ func newUDPBatch() *udpBatch {
 		b.out[i].hdr.Iov = &b.outIov[i]
 		b.out[i].hdr.SetIovlen(1)
 		b.out[i].hdr.Name = &b.outName[i][0]
+	}
+	b.readFn = func(fd uintptr) bool {
+		r, _, e := unix.RawSyscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&b.in[0])), batchSize, unix.MSG_DONTWAIT, 0, 0)
+		b.ioN, b.ioErr = int(r), e
+		return e != unix.EAGAIN && e != unix.EINTR
+	}
+	b.writeFn = func(fd uintptr) bool {
+		r, _, e := unix.RawSyscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&b.out[b.ioFrom])), uintptr(b.ioTo-b.ioFrom), unix.MSG_DONTWAIT, 0, 0)
+		b.ioN, b.ioErr = int(r), e
+		return e != unix.EAGAIN && e != unix.EINTR
 	}
 	return b
 }
@@ -129,13 +149,8 @@ func (b *udpBatch) read(rc syscall.RawConn) (int, error) {
 		b.in[i].hdr.Namelen = sockaddrLen
 		b.in[i].hdr.Flags = 0
 	}
-	var n int
-	var errno syscall.Errno
-	err := rc.Read(func(fd uintptr) bool {
-		r, _, e := unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&b.in[0])), batchSize, unix.MSG_DONTWAIT, 0, 0)
-		n, errno = int(r), e
-		return errno != unix.EAGAIN && errno != unix.EINTR
-	})
+	err := rc.Read(b.readFn)
+	n, errno := b.ioN, b.ioErr
 	if err != nil {
 		return 0, err
 	}
@@ -150,13 +165,9 @@ func (b *udpBatch) read(rc syscall.RawConn) (int, error) {
 func (b *udpBatch) write(rc syscall.RawConn, n int) error {
 	var firstErr error
 	for sent := 0; sent < n; {
-		var r int
-		var errno syscall.Errno
-		err := rc.Write(func(fd uintptr) bool {
-			x, _, e := unix.Syscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&b.out[sent])), uintptr(n-sent), unix.MSG_DONTWAIT, 0, 0)
-			r, errno = int(x), e
-			return errno != unix.EAGAIN && errno != unix.EINTR
-		})
+		b.ioFrom, b.ioTo = sent, n
+		err := rc.Write(b.writeFn)
+		r, errno := b.ioN, b.ioErr
 		if err != nil {
 			return err
 		}
