@@ -288,15 +288,14 @@ func (s *Server) answerFast(msg []byte, src netip.AddrPort, tcp bool, out []byte
 	// The name bytes do not change during the lookup and Resolve keeps no
 	// reference to them: no need to copy them into a string.
 	res := s.table.Load().Resolve(unsafe.String(&r.name[0], len(r.name)), ns)
-	e := res.Entry
-	if e == nil || res.Alias != "" || (e.Alias != "" && r.qtype != typeCNAME) {
+	if res.Entry == nil || res.Alias != "" || res.Chases(r.qtype) {
 		return nil, true
 	}
 	if r.qtype == typeAXFR || r.qtype == typeIXFR {
 		metricQueries.refused.Inc()
 		return appendErrorReply(out, msg, &r, rcodeRefused), false
 	}
-	answer, count := e.Answer(r.qtype)
+	answer, count := res.Answer(r.qtype)
 	var ar uint16
 	if r.edns {
 		ar = 1

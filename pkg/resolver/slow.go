@@ -78,24 +78,25 @@ func (s *Server) answerSlow(ctx context.Context, msg []byte, src, local netip.Ad
 		reply.Answer = append(reply.Answer, cname(owner, alias, tbl.TTL()))
 		owner = alias
 	}
-	s.chase(ctx, reply, res.Entry, owner, &r, tbl, ns, src, local, tcp)
+	s.chase(ctx, reply, res, owner, &r, tbl, ns, src, local, tcp)
 	metricQueries.local.Inc()
 	return s.pack(reply, msg, &r, tcp)
 }
 
-// chase appends e's records for the question type, following an
-// ExternalName alias through the table and, for a name the table does not
+// chase appends the records res answers for the question type, following
+// an ExternalName alias through the table and, for a name the table does not
 // know, upstream.
-func (s *Server) chase(ctx context.Context, reply *dns.Msg, e *table.Entry, owner string, r *request, tbl *table.Table, ns string, src, local netip.AddrPort, tcp bool) {
+func (s *Server) chase(ctx context.Context, reply *dns.Msg, res table.Result, owner string, r *request, tbl *table.Table, ns string, src, local netip.AddrPort, tcp bool) {
 	for range maxChain {
-		if e.Alias == "" || r.qtype == typeCNAME {
-			reply.Answer = append(reply.Answer, entryRRs(e, owner, r.qtype, tbl.TTL())...)
+		if !res.Chases(r.qtype) {
+			reply.Answer = append(reply.Answer, res.Records(owner, r.qtype, tbl.TTL())...)
 			return
 		}
-		reply.Answer = append(reply.Answer, cname(owner, e.Alias, tbl.TTL()))
-		owner = e.Alias
-		if next := tbl.Find(e.Alias, ns); next != nil {
-			e = next
+		alias := res.Entry.Alias
+		reply.Answer = append(reply.Answer, cname(owner, alias, tbl.TTL()))
+		owner = alias
+		if next := tbl.Find(alias, ns); next != nil {
+			res = table.Result{Entry: next}
 			continue
 		}
 		// The target lives outside: resolve it so clients that do not chase
@@ -141,7 +142,7 @@ func (s *Server) autopath(ctx context.Context, msg []byte, r *request, pod *podc
 			if e := tbl.Find(strings.ToLower(cand), pod.Namespace); e != nil {
 				reply := replyTo(req, r)
 				reply.Answer = append(reply.Answer, cname(owner, cand, tbl.TTL()))
-				s.chase(ctx, reply, e, cand, r, tbl, pod.Namespace, src, local, tcp)
+				s.chase(ctx, reply, table.Result{Entry: e}, cand, r, tbl, pod.Namespace, src, local, tcp)
 				metricQueries.autopath.Inc()
 				return s.pack(reply, msg, r, tcp)
 			}
@@ -258,33 +259,4 @@ func (s *Server) pack(reply *dns.Msg, msg []byte, r *request, tcp bool) []byte {
 
 func cname(owner, target string, ttl uint32) dns.RR {
 	return &dns.CNAME{Hdr: dns.RR_Header{Name: owner, Rrtype: dns.TypeCNAME, Class: dns.ClassINET, Ttl: ttl}, Target: target}
-}
-
-// entryRRs renders e's records of type qtype under owner.
-func entryRRs(e *table.Entry, owner string, qtype uint16, ttl uint32) []dns.RR {
-	hdr := func(t uint16) dns.RR_Header {
-		return dns.RR_Header{Name: owner, Rrtype: t, Class: dns.ClassINET, Ttl: ttl}
-	}
-	any := qtype == dns.TypeANY
-	var out []dns.RR
-	for _, a := range e.Addrs {
-		switch {
-		case a.Is4() && (any || qtype == dns.TypeA):
-			out = append(out, &dns.A{Hdr: hdr(dns.TypeA), A: a.AsSlice()})
-		case a.Is6() && (any || qtype == dns.TypeAAAA):
-			out = append(out, &dns.AAAA{Hdr: hdr(dns.TypeAAAA), AAAA: a.AsSlice()})
-		}
-	}
-	if e.Alias != "" && (any || qtype == dns.TypeCNAME) {
-		out = append(out, cname(owner, e.Alias, ttl))
-	}
-	if any || qtype == dns.TypeSRV {
-		for _, srv := range e.SRV {
-			out = append(out, &dns.SRV{Hdr: hdr(dns.TypeSRV), Priority: 0, Weight: 100, Port: srv.Port, Target: srv.Target})
-		}
-	}
-	if e.PTR != "" && (any || qtype == dns.TypePTR) {
-		out = append(out, &dns.PTR{Hdr: hdr(dns.TypePTR), Ptr: e.PTR})
-	}
-	return out
 }

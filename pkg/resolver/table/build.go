@@ -2,6 +2,7 @@ package table
 
 import (
 	"maps"
+	"net/netip"
 	"slices"
 
 	"github.com/miekg/dns"
@@ -11,11 +12,15 @@ import (
 
 // Builder makes tables from snapshots, incrementally: it remembers what every
 // object contributed to the last table, rebuilds only the objects that
-// changed, and copies only the shards of the table whose names changed. A
-// snapshot that differs from the last one in one object costs about as much
-// as that object, not as the whole cluster (the bound: an update at
-// 10,000 objects visible within 100 ms). A Builder is not safe for concurrent
-// use; the tables it returns are.
+// changed, and copies only the shards of the table whose keys changed; the
+// rest are shared with the last table, which never changes. A snapshot that
+// differs from the last one in one object costs about as much as that object,
+// not as the whole cluster (the bound: an update at 10,000 objects
+// visible within 100 ms).
+//
+// The builder keeps pointers into the snapshots it is given, so a source
+// must not change a snapshot after delivering it. A Builder is not safe for
+// concurrent use; the tables it returns are.
 type Builder struct {
 	n      names
 	domain string
@@ -26,26 +31,22 @@ type Builder struct {
 	resolved map[string]hostAddrs
 	// gen counts builds; an object whose state was not touched by this
 	// build's generation is gone from the snapshot.
-	gen uint64
-	// contrib holds every entry of every object by name: the source of a
-	// name's entry list when one of its objects changes.
-	contrib map[string][]*Entry
-	wild    map[string][]*Entry
-	last    *Table
+	gen  uint64
+	last *Table
 }
 
 // objKey names an object without building a "namespace/name" string.
 type objKey struct{ ns, name string }
 
 type serviceState struct {
-	svc    model.Service
-	slices []model.EndpointSlice
+	svc    *model.Service
+	slices []*model.EndpointSlice
 	set    entrySet
 	gen    uint64
 }
 
 type seState struct {
-	se model.ServiceEntry
+	se *model.ServiceEntry
 	// resolved[i] is what se.Hosts[i] resolved to when built (zero when
 	// the host has no VIP).
 	resolved []hostAddrs
@@ -67,8 +68,7 @@ func NewBuilder(opts Options) *Builder {
 		domain:   domain,
 		services: map[objKey]*serviceState{},
 		ses:      map[objKey]*seState{},
-		contrib:  map[string][]*Entry{},
-		wild:     map[string][]*Entry{},
+		last:     &Table{},
 	}
 }
 
@@ -77,15 +77,65 @@ func Build(s *model.Snapshot, opts Options) (*Table, []error) {
 	return NewBuilder(opts).Build(s)
 }
 
+// changes collects, for one build, which entries leave and join each key.
+type changes struct {
+	names map[string]*delta
+	wild  map[string]*delta
+	addrs map[netip.Addr]*delta
+}
+
+type delta struct{ drop, add []*Entry }
+
+func deltaOf[K comparable](m map[K]*delta, k K) *delta {
+	d := m[k]
+	if d == nil {
+		d = &delta{}
+		m[k] = d
+	}
+	return d
+}
+
+func (c *changes) put(entries []*Entry) {
+	for _, e := range entries {
+		if isWildcard(e.Name) {
+			d := deltaOf(c.wild, e.Name[2:])
+			d.add = append(d.add, e)
+			continue
+		}
+		d := deltaOf(c.names, e.Name)
+		d.add = append(d.add, e)
+		for _, a := range e.Addrs {
+			d := deltaOf(c.addrs, a)
+			d.add = append(d.add, e)
+		}
+	}
+}
+
+func (c *changes) drop(entries []*Entry) {
+	for _, e := range entries {
+		if isWildcard(e.Name) {
+			d := deltaOf(c.wild, e.Name[2:])
+			d.drop = append(d.drop, e)
+			continue
+		}
+		d := deltaOf(c.names, e.Name)
+		d.drop = append(d.drop, e)
+		for _, a := range e.Addrs {
+			d := deltaOf(c.addrs, a)
+			d.drop = append(d.drop, e)
+		}
+	}
+}
+
 // Build returns the table for s. Problems with single objects (a host that
 // is not a valid DNS name, say) come back as warnings and leave that object
 // out; everything else is built.
 func (b *Builder) Build(s *model.Snapshot) (*Table, []error) {
-	dirty := map[string]bool{} // names whose entry lists changed
+	c := &changes{names: map[string]*delta{}, wild: map[string]*delta{}, addrs: map[netip.Addr]*delta{}}
 	b.gen++
-	b.buildServices(s, dirty)
-	b.buildServiceEntries(s, dirty)
-	t := b.assemble(dirty)
+	b.buildServices(s, c)
+	b.buildServiceEntries(s, c)
+	t := b.assemble(c)
 	b.last = t
 	var warnings []error
 	for _, st := range b.services {
@@ -97,7 +147,7 @@ func (b *Builder) Build(s *model.Snapshot) (*Table, []error) {
 	return t, warnings
 }
 
-func (b *Builder) buildServices(s *model.Snapshot, dirty map[string]bool) {
+func (b *Builder) buildServices(s *model.Snapshot, c *changes) {
 	eps := map[objKey][]*model.EndpointSlice{}
 	for i := range s.EndpointSlices {
 		es := &s.EndpointSlices[i]
@@ -112,36 +162,34 @@ func (b *Builder) buildServices(s *model.Snapshot, dirty map[string]bool) {
 			mine = eps[key]
 		}
 		st := b.services[key]
-		if st != nil && equalService(&st.svc, svc) && equalSlices(st.slices, mine) {
-			st.gen = b.gen
+		if st != nil && equalService(st.svc, svc) && equalSlices(st.slices, mine) {
+			// Point at the new snapshot, so the old one can be collected.
+			st.svc, st.slices, st.gen = svc, mine, b.gen
 			continue
 		}
 		if st != nil {
-			b.drop(st.set.entries, dirty)
+			c.drop(st.set.entries)
 		}
-		st = &serviceState{svc: *svc, set: serviceEntries(b.n, svc, mine), gen: b.gen}
-		for _, es := range mine {
-			st.slices = append(st.slices, *es)
-		}
+		st = &serviceState{svc: svc, slices: mine, set: serviceEntries(b.n, svc, mine), gen: b.gen}
 		b.services[key] = st
-		b.put(st.set.entries, dirty)
+		c.put(st.set.entries)
 	}
 	for key, st := range b.services {
 		if st.gen != b.gen {
-			b.drop(st.set.entries, dirty)
+			c.drop(st.set.entries)
 			delete(b.services, key)
 		}
 	}
 }
 
-func (b *Builder) buildServiceEntries(s *model.Snapshot, dirty map[string]bool) {
+func (b *Builder) buildServiceEntries(s *model.Snapshot, c *changes) {
 	// VIPs are decided over all ServiceEntries at once; that is only needed
 	// again when one of them changed.
 	changed := b.resolved == nil || len(s.ServiceEntries) != len(b.ses)
 	for i := 0; i < len(s.ServiceEntries) && !changed; i++ {
 		se := &s.ServiceEntries[i]
 		st := b.ses[objKey{se.Namespace, se.Name}]
-		changed = st == nil || !equalServiceEntry(&st.se, se)
+		changed = st == nil || !equalServiceEntry(st.se, se)
 	}
 	if changed {
 		b.resolved = resolveHosts(s.ServiceEntries)
@@ -152,23 +200,23 @@ func (b *Builder) buildServiceEntries(s *model.Snapshot, dirty map[string]bool) 
 		st := b.ses[key]
 		// Its hosts' VIPs are part of what it answers: one that moved (a
 		// collision freed by a deletion, istiod's status arriving) rebuilds it.
-		if st != nil && equalServiceEntry(&st.se, se) && b.sameResolved(se.Hosts, st.resolved) {
-			st.gen = b.gen
+		if st != nil && equalServiceEntry(st.se, se) && b.sameResolved(se.Hosts, st.resolved) {
+			st.se, st.gen = se, b.gen
 			continue
 		}
 		if st != nil {
-			b.drop(st.set.entries, dirty)
+			c.drop(st.set.entries)
 		}
-		st = &seState{se: *se, set: serviceEntryEntries(b.n, se, b.resolved), gen: b.gen}
+		st = &seState{se: se, set: serviceEntryEntries(b.n, se, b.resolved), gen: b.gen}
 		for _, h := range se.Hosts {
 			st.resolved = append(st.resolved, b.resolved[h])
 		}
 		b.ses[key] = st
-		b.put(st.set.entries, dirty)
+		c.put(st.set.entries)
 	}
 	for key, st := range b.ses {
 		if st.gen != b.gen {
-			b.drop(st.set.entries, dirty)
+			c.drop(st.set.entries)
 			delete(b.ses, key)
 		}
 	}
@@ -186,79 +234,71 @@ func (b *Builder) sameResolved(hosts []string, was []hostAddrs) bool {
 	return true
 }
 
-// bucket returns the map an entry's name lives in, and its key there.
-func (b *Builder) bucket(e *Entry) (map[string][]*Entry, string) {
-	if len(e.Name) > 2 && e.Name[0] == '*' && e.Name[1] == '.' {
-		return b.wild, e.Name[2:]
-	}
-	return b.contrib, e.Name
-}
-
-func (b *Builder) put(entries []*Entry, dirty map[string]bool) {
-	for _, e := range entries {
-		m, k := b.bucket(e)
-		m[k] = append(m[k], e)
-		dirty[e.Name] = true
-	}
-}
-
-func (b *Builder) drop(entries []*Entry, dirty map[string]bool) {
-	for _, e := range entries {
-		m, k := b.bucket(e)
-		rest := slices.DeleteFunc(m[k], func(x *Entry) bool { return x == e })
-		if len(rest) == 0 {
-			delete(m, k)
-		} else {
-			m[k] = rest
-		}
-		dirty[e.Name] = true
-	}
-}
-
 // assemble makes the next table: the last one's shards, with fresh copies of
-// the shards that hold a dirty name.
-func (b *Builder) assemble(dirty map[string]bool) *Table {
-	t := &Table{domain: b.domain, svcDomain: b.n.svcDomain, ttl: b.n.ttl}
-	if b.last != nil {
-		t.shards = b.last.shards
-		t.wildcards = b.last.wildcards
-	}
+// the shards that hold a changed key.
+func (b *Builder) assemble(c *changes) *Table {
+	last := b.last
+	t := &Table{domain: b.domain, svcDomain: b.n.svcDomain, ttl: b.n.ttl,
+		names: last.names, reverse: last.reverse, wildcards: last.wildcards, size: last.size}
 	copied := map[uint32]bool{}
-	wildDirty := false
-	for name := range dirty {
-		if len(name) > 2 && name[0] == '*' && name[1] == '.' {
-			wildDirty = true
-			continue
-		}
+	for name, d := range c.names {
 		i := shardOf(name)
 		if !copied[i] {
 			copied[i] = true
-			t.shards[i] = maps.Clone(t.shards[i])
-			if t.shards[i] == nil {
-				t.shards[i] = map[string][]*Entry{}
-			}
+			t.names[i] = cloneShard(t.names[i])
 		}
-		entries := b.contrib[name]
-		if len(entries) == 0 {
-			delete(t.shards[i], name)
-			continue
-		}
-		// A fresh, sorted slice: the table never shares one the builder
-		// will change.
-		list := slices.Clone(entries)
-		slices.SortStableFunc(list, compareEntries)
-		t.shards[i][name] = list
+		t.size += apply(t.names[i], name, d)
 	}
-	if wildDirty {
-		t.wildcards = make(map[string][]*Entry, len(b.wild))
-		for k, entries := range b.wild {
-			list := slices.Clone(entries)
-			slices.SortStableFunc(list, compareEntries)
-			t.wildcards[k] = list
+	clear(copied)
+	for a, d := range c.addrs {
+		i := shardOfAddr(a)
+		if !copied[i] {
+			copied[i] = true
+			t.reverse[i] = cloneShard(t.reverse[i])
+		}
+		apply(t.reverse[i], a, d)
+	}
+	if len(c.wild) > 0 {
+		t.wildcards = cloneShard(t.wildcards)
+		for k, d := range c.wild {
+			t.size += apply(t.wildcards, k, d)
 		}
 	}
-	t.size = len(b.contrib) + len(b.wild)
 	return t
+}
+
+func cloneShard[K comparable](m map[K][]*Entry) map[K][]*Entry {
+	if m == nil {
+		return map[K][]*Entry{}
+	}
+	return maps.Clone(m)
+}
+
+// apply replaces m[k] with a fresh, sorted list (the old one belongs to
+// older tables) and returns how the number of keys changed.
+func apply[K comparable](m map[K][]*Entry, k K, d *delta) int {
+	old, had := m[k]
+	list := make([]*Entry, 0, len(old)+len(d.add))
+	for _, e := range slices.Concat(old, d.add) {
+		// An entry can be added and dropped in one build (an object twice
+		// in a snapshot: the last one wins).
+		if !slices.Contains(d.drop, e) {
+			list = append(list, e)
+		}
+	}
+	if len(list) == 0 {
+		delete(m, k)
+		if had {
+			return -1
+		}
+		return 0
+	}
+	slices.SortStableFunc(list, compareEntries)
+	m[k] = list
+	if had {
+		return 0
+	}
+	return 1
 }
 
 func equalService(a, b *model.Service) bool {
@@ -266,9 +306,9 @@ func equalService(a, b *model.Service) bool {
 		a.PublishNotReady == b.PublishNotReady && slices.Equal(a.ClusterIPs, b.ClusterIPs) && slices.Equal(a.Ports, b.Ports)
 }
 
-func equalSlices(a []model.EndpointSlice, b []*model.EndpointSlice) bool {
-	return len(a) == len(b) && !slices.ContainsFunc(a, func(x model.EndpointSlice) bool {
-		return !slices.ContainsFunc(b, func(y *model.EndpointSlice) bool { return equalSlice(&x, y) })
+func equalSlices(a, b []*model.EndpointSlice) bool {
+	return len(a) == len(b) && !slices.ContainsFunc(a, func(x *model.EndpointSlice) bool {
+		return !slices.ContainsFunc(b, func(y *model.EndpointSlice) bool { return equalSlice(x, y) })
 	})
 }
 

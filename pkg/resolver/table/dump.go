@@ -24,10 +24,17 @@ type Row struct {
 // left out. The empty namespace lists what an unknown client sees.
 func (t *Table) Rows(ns string) []Row {
 	var rows []Row
-	for _, m := range append(t.shards[:], t.wildcards) {
+	for _, m := range append(t.names[:], t.wildcards) {
 		for _, entries := range m {
 			if e := t.pick(entries, ns); e != nil {
 				rows = append(rows, e.rows()...)
+			}
+		}
+	}
+	for _, m := range t.reverse {
+		for a, entries := range m {
+			if e := t.pick(entries, ns); e != nil {
+				rows = append(rows, Row{Name: reverseName(a), Type: "PTR", Values: []string{e.Name}, Origin: e.src.origin.String()})
 			}
 		}
 	}
@@ -38,9 +45,17 @@ func (t *Table) Rows(ns string) []Row {
 	return rows
 }
 
+func isReverse(name string) int {
+	if strings.HasSuffix(name, inAddrArpa) || strings.HasSuffix(name, ip6Arpa) {
+		return 1
+	}
+	return 0
+}
+
 func (e *Entry) rows() []Row {
-	row := func(typ string, values []string, src string) Row {
-		return Row{Name: e.Name, Type: typ, Values: values, Origin: e.Origin.String(), AddrSource: src}
+	origin := e.src.origin.String()
+	row := func(name, typ string, values []string, src string) Row {
+		return Row{Name: name, Type: typ, Values: values, Origin: origin, AddrSource: src}
 	}
 	var rows []Row
 	var v4, v6 []string
@@ -52,33 +67,23 @@ func (e *Entry) rows() []Row {
 		}
 	}
 	if len(v4) > 0 {
-		rows = append(rows, row("A", v4, e.AddrSource))
+		rows = append(rows, row(e.Name, "A", v4, e.AddrSource))
 	}
 	if len(v6) > 0 {
-		rows = append(rows, row("AAAA", v6, e.AddrSource))
+		rows = append(rows, row(e.Name, "AAAA", v6, e.AddrSource))
 	}
 	if e.Alias != "" {
-		rows = append(rows, row("CNAME", []string{e.Alias}, ""))
+		rows = append(rows, row(e.Name, "CNAME", []string{e.Alias}, ""))
 	}
-	if len(e.SRV) > 0 {
+	for _, set := range e.srv {
 		var vals []string
-		for _, s := range e.SRV {
+		for _, s := range set.records {
 			vals = append(vals, strings.Join([]string{"0", "100", strconv.Itoa(int(s.Port)), s.Target}, " "))
 		}
-		rows = append(rows, row("SRV", vals, ""))
+		rows = append(rows, row(set.prefix+e.Name, "SRV", vals, ""))
 	}
-	if e.PTR != "" {
-		rows = append(rows, row("PTR", []string{e.PTR}, ""))
-	}
-	if len(rows) == 0 { // a headless Service with no ready endpoint: known, empty
-		rows = append(rows, row("-", nil, e.AddrSource))
+	if len(v4)+len(v6) == 0 && e.Alias == "" { // a headless Service with no ready endpoint: known, empty
+		rows = append(rows, row(e.Name, "-", nil, e.AddrSource))
 	}
 	return rows
-}
-
-func isReverse(name string) int {
-	if strings.HasSuffix(name, ".in-addr.arpa.") || strings.HasSuffix(name, ".ip6.arpa.") {
-		return 1
-	}
-	return 0
 }

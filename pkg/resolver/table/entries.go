@@ -42,31 +42,24 @@ func (s *entrySet) add(n names, e *Entry) {
 	s.entries = append(s.entries, e)
 }
 
-// addPTRs makes the reverse names of e's addresses point at e.Name.
-func (s *entrySet) addPTRs(n names, e *Entry) {
-	for _, a := range e.Addrs {
-		s.add(n, &Entry{Name: reverseName(a), Origin: e.Origin, PTR: e.Name, exportTo: e.exportTo, created: e.created, rank: e.rank})
-	}
-}
-
 // serviceEntries is what a Service (with its EndpointSlices, for a headless
 // one) puts in the table.
 func serviceEntries(n names, svc *model.Service, eps []*model.EndpointSlice) entrySet {
 	var out entrySet
-	origin := Origin{Kind: KindService, Namespace: svc.Namespace, Name: svc.Name}
+	src := &source{origin: Origin{Kind: KindService, Namespace: svc.Namespace, Name: svc.Name}, rank: rankService}
 	fqdn := svc.Name + "." + svc.Namespace + n.svcDomain
 	if !validName(fqdn) {
-		out.warn("%s: %q is not a valid DNS name", origin, fqdn)
+		out.warn("%s: %q is not a valid DNS name", src.origin, fqdn)
 		return out
 	}
-	e := &Entry{Name: fqdn, Origin: origin, rank: rankService}
+	e := &Entry{Name: fqdn, src: src}
 	var srvPorts []model.Port
-	var targets []SRV // SRV targets: the service, or each endpoint of a headless one
+	var targets []string // SRV targets: the service, or each endpoint of a headless one
 	switch {
 	case svc.ExternalName != "":
 		alias := dns.CanonicalName(svc.ExternalName)
 		if !validName(alias) {
-			out.warn("%s: externalName %q is not a valid DNS name", origin, svc.ExternalName)
+			out.warn("%s: externalName %q is not a valid DNS name", src.origin, svc.ExternalName)
 			return out
 		}
 		e.Alias = alias
@@ -93,13 +86,11 @@ func serviceEntries(n names, svc *model.Service, eps []*model.EndpointSlice) ent
 				}
 				epName := label + "." + fqdn
 				if !validName(epName) {
-					out.warn("%s: endpoint name %q is not a valid DNS name", origin, epName)
+					out.warn("%s: endpoint name %q is not a valid DNS name", src.origin, epName)
 					continue
 				}
-				epEntry := &Entry{Name: epName, Origin: origin, AddrSource: FromEndpoints, Addrs: ep.Addresses, rank: rankService}
-				out.add(n, epEntry)
-				out.addPTRs(n, epEntry)
-				targets = append(targets, SRV{Target: epName})
+				out.add(n, &Entry{Name: epName, src: src, AddrSource: FromEndpoints, Addrs: ep.Addresses})
+				targets = append(targets, epName)
 			}
 		}
 		slices.SortFunc(e.Addrs, func(x, y netip.Addr) int { return x.Compare(y) })
@@ -107,37 +98,37 @@ func serviceEntries(n names, svc *model.Service, eps []*model.EndpointSlice) ent
 		e.AddrSource = FromClusterIP
 		e.Addrs = svc.ClusterIPs
 		srvPorts = svc.Ports
-		targets = []SRV{{Target: fqdn}}
-		out.addPTRs(n, e)
+		targets = []string{fqdn}
 	}
+	e.srv = srvSets(srvPorts, targets)
 	out.add(n, e)
-	addSRV(n, &out, origin, fqdn, srvPorts, targets)
+	return out
+}
+
+// srvSets makes the SRV answers of _port._proto.<name> for every named
+// port: one record per target.
+func srvSets(ports []model.Port, targets []string) []srvSet {
+	var out []srvSet
+	for _, p := range ports {
+		if p.Name == "" {
+			continue
+		}
+		prefix := "_" + strings.ToLower(p.Name) + "._" + strings.ToLower(p.Protocol) + "."
+		if slices.ContainsFunc(out, func(s srvSet) bool { return s.prefix == prefix }) || !validName(prefix) {
+			continue
+		}
+		set := srvSet{prefix: prefix}
+		for _, t := range targets {
+			set.records = append(set.records, SRV{Port: p.Port, Target: t})
+		}
+		out = append(out, set)
+	}
 	return out
 }
 
 // dashed is an address as a DNS label: 10-0-0-1, 2001-db8--1.
 func dashed(a netip.Addr) string {
 	return strings.NewReplacer(".", "-", ":", "-").Replace(a.String())
-}
-
-// addSRV adds _port._proto.<fqdn> for every named port.
-func addSRV(n names, out *entrySet, origin Origin, fqdn string, ports []model.Port, targets []SRV) {
-	done := map[string]bool{}
-	for _, p := range ports {
-		if p.Name == "" {
-			continue
-		}
-		name := "_" + strings.ToLower(p.Name) + "._" + strings.ToLower(p.Protocol) + "." + fqdn
-		if done[name] || !validName(name) {
-			continue
-		}
-		done[name] = true
-		e := &Entry{Name: name, Origin: origin, rank: rankService}
-		for _, t := range targets {
-			e.SRV = append(e.SRV, SRV{Port: p.Port, Target: t.Target})
-		}
-		out.add(n, e)
-	}
 }
 
 // hostAddrs is where an auto-allocating host's addresses come from.
@@ -204,15 +195,15 @@ func resolveHosts(ses []model.ServiceEntry) map[string]hostAddrs {
 // addresses of its auto-allocating hosts.
 func serviceEntryEntries(n names, se *model.ServiceEntry, resolved map[string]hostAddrs) entrySet {
 	var out entrySet
-	origin := Origin{Kind: KindServiceEntry, Namespace: se.Namespace, Name: se.Name}
-	exportTo := exportSet(se.Namespace, se.ExportTo)
+	src := &source{origin: Origin{Kind: KindServiceEntry, Namespace: se.Namespace, Name: se.Name},
+		exportTo: exportSet(se.Namespace, se.ExportTo), created: se.Created, rank: rankServiceEntry}
 	for _, h := range se.Hosts {
 		name := dns.CanonicalName(h)
 		if !validName(strings.TrimPrefix(name, "*.")) {
-			out.warn("%s: host %q is not a valid DNS name", origin, h)
+			out.warn("%s: host %q is not a valid DNS name", src.origin, h)
 			continue
 		}
-		e := &Entry{Name: name, Origin: origin, exportTo: exportTo, created: se.Created, rank: rankServiceEntry}
+		e := &Entry{Name: name, src: src}
 		switch {
 		case len(se.Addresses) > 0:
 			e.AddrSource, e.Addrs = FromSpec, se.Addresses
@@ -223,15 +214,12 @@ func serviceEntryEntries(n names, se *model.ServiceEntry, resolved map[string]ho
 		default:
 			r, ok := resolved[h]
 			if !ok {
-				out.warn("%s: no VIP left for host %q", origin, h)
+				out.warn("%s: no VIP left for host %q", src.origin, h)
 				continue
 			}
 			e.AddrSource, e.Addrs = r.source, r.addrs
 		}
 		out.add(n, e)
-		if !strings.HasPrefix(name, "*.") {
-			out.addPTRs(n, e)
-		}
 	}
 	return out
 }
@@ -265,11 +253,16 @@ func exportSet(own string, exportTo []string) []string {
 	return slices.Compact(out)
 }
 
-// compareEntries orders the entries of one name: rank, then age, then key.
+// compareEntries orders the entries of one key: rank, then age, then
+// object, then name (one object's entries sharing an address).
 func compareEntries(a, c *Entry) int {
-	return cmp.Or(cmp.Compare(a.rank, c.rank), a.created.Compare(c.created),
-		cmp.Compare(a.Origin.Namespace, c.Origin.Namespace), cmp.Compare(a.Origin.Name, c.Origin.Name))
+	return cmp.Or(cmp.Compare(a.src.rank, c.src.rank), a.src.created.Compare(c.src.created),
+		cmp.Compare(a.src.origin.Namespace, c.src.origin.Namespace), cmp.Compare(a.src.origin.Name, c.src.origin.Name),
+		cmp.Compare(a.Name, c.Name))
 }
+
+// isWildcard reports whether an entry's name is "*.suffix".
+func isWildcard(name string) bool { return len(name) > 2 && name[0] == '*' && name[1] == '.' }
 
 // validName accepts a fully qualified name of LDH-ish labels (underscores
 // allowed for SRV), 1 to 63 bytes each, 254 in all.

@@ -7,6 +7,13 @@
 // after an update, never half of it, and the query path takes no lock. Answers
 // are prepared as DNS wire data when the table is built, so answering a known
 // name is a copy.
+//
+// Memory matters (a node agent with 10,000 Services and 10,000 ServiceEntry
+// hosts must stay small), so a name holds only what a query needs: SRV
+// records live in the entry of the Service they describe, reverse lookups go
+// through an index of addresses instead of an entry per PTR name, and what
+// every entry of one object shares (where it came from, who sees it) is kept
+// once per object.
 package table
 
 import (
@@ -47,38 +54,52 @@ type SRV struct {
 	Target string // fqdn
 }
 
-// Entry is what one object says about one name.
-type Entry struct {
-	// Name is the canonical owner name: lower case, fully qualified.
-	Name   string
-	Origin Origin
-	// AddrSource says where Addrs came from (one of the From* constants).
-	AddrSource string
-	// Addrs are the A and AAAA answers.
-	Addrs []netip.Addr
-	// Alias is the CNAME target of an ExternalName Service (fqdn), or "".
-	Alias string
-	SRV   []SRV
-	// PTR is the target of a reverse-lookup name, or "".
-	PTR string
-
-	// exportTo is nil when the entry is visible from every namespace;
+// source is what every entry made from one object shares.
+type source struct {
+	origin Origin
+	// exportTo is nil when the object is visible from every namespace;
 	// otherwise the namespaces that see it ("~" in Istio yields an empty,
 	// non-nil list: nobody).
 	exportTo []string
 	created  time.Time
-	rank     int // kindRank of Origin.Kind: lower wins a tie
-	answers  answers
+	rank     int // lower wins when objects claim the same name
 }
+
+// Entry is what one object says about one name.
+type Entry struct {
+	// Name is the canonical owner name: lower case, fully qualified.
+	Name string
+	src  *source
+	// AddrSource says where Addrs came from (one of the From* constants).
+	AddrSource string
+	// Addrs are the A and AAAA answers, and the addresses whose reverse
+	// names point back here.
+	Addrs []netip.Addr
+	// Alias is the CNAME target of an ExternalName Service (fqdn), or "".
+	Alias string
+	// srv are the SRV record sets of the name's named ports.
+	srv     []srvSet
+	answers answers
+}
+
+// srvSet is the answer to _port._proto.<entry name>.
+type srvSet struct {
+	prefix  string // "_http._tcp."
+	records []SRV
+	span    span
+}
+
+// Origin returns the object the entry was made from.
+func (e *Entry) Origin() Origin { return e.src.origin }
 
 // VisibleFrom reports whether a pod in namespace ns sees the entry. The
 // empty namespace is an asker that is not a known pod: it sees only what is
 // exported everywhere.
 func (e *Entry) VisibleFrom(ns string) bool {
-	if e.exportTo == nil {
+	if e.src.exportTo == nil {
 		return true
 	}
-	for _, n := range e.exportTo {
+	for _, n := range e.src.exportTo {
 		if n == ns {
 			return ns != ""
 		}
@@ -100,14 +121,18 @@ const (
 	DefaultTTL    = 30
 )
 
-// Table maps names to entries. The zero value is an empty table.
+// Table maps names and addresses to entries. The zero value is an empty
+// table.
 //
-// Names are spread over shards by a hash so that a new table can share every
-// shard of the last one but those holding a changed name (see Builder).
+// Names and addresses are spread over shards by a hash so that a new table
+// can share every shard of the last one but those holding a changed key (see
+// Builder).
 type Table struct {
 	domain    string // "cluster.local." (lower case, trailing dot)
 	svcDomain string // ".svc.cluster.local."
-	shards    [numShards]map[string][]*Entry
+	names     [numShards]map[string][]*Entry
+	// reverse finds the entries that hold an address, for PTR queries.
+	reverse [numShards]map[netip.Addr][]*Entry
 	// wildcards holds "*.example.com" entries under "example.com.".
 	wildcards map[string][]*Entry
 	ttl       uint32
@@ -115,7 +140,7 @@ type Table struct {
 }
 
 // numShards trades the cost of copying a shard on a change (a 1/256th of
-// the names) against the per-table array of shard maps.
+// the keys) against the per-table array of shard maps.
 const numShards = 256
 
 var shardSeed = maphash.MakeSeed()
@@ -124,9 +149,13 @@ func shardOf(name string) uint32 {
 	return uint32(maphash.String(shardSeed, name) % numShards)
 }
 
+func shardOfAddr(a netip.Addr) uint32 {
+	return uint32(maphash.Comparable(shardSeed, a) % numShards)
+}
+
 // lookup returns the entries of an exact name.
 func (t *Table) lookup(name string) []*Entry {
-	return t.shards[shardOf(name)][name]
+	return t.names[shardOf(name)][name]
 }
 
 // Domain returns the cluster domain as a fully qualified name.
@@ -135,7 +164,8 @@ func (t *Table) Domain() string { return t.domain }
 // TTL returns the TTL of local answers, in seconds.
 func (t *Table) TTL() uint32 { return t.ttl }
 
-// Len returns the number of distinct names (exact and wildcard).
+// Len returns the number of distinct names (exact and wildcard; reverse and
+// SRV names not counted).
 func (t *Table) Len() int { return t.size }
 
 // Result is the outcome of resolving a query name in a namespace.
@@ -145,16 +175,30 @@ type Result struct {
 	// Alias, when set, is the name the query is a search-list expansion of:
 	// the reply is a CNAME from the query name to Alias, then Alias's records.
 	Alias string
+	// srv is set when the name was an SRV name of Entry; reverse when it
+	// was the reverse name of one of its addresses.
+	srv     *srvSet
+	reverse bool
 }
 
 // Resolve finds what a pod in namespace ns gets for qname (lower case, fully
-// qualified). In order: the exact name; a Kubernetes short form ("svc" from
-// the pod's own namespace, "svc.ns", "svc.ns.svc"); a wildcard ServiceEntry;
-// and finally a search-list expansion ("<known>.<ns>.svc.<domain>",
+// qualified). In order: the exact name; a reverse name (PTR); an SRV name of
+// a Service; a Kubernetes short form ("svc" from the pod's own namespace,
+// "svc.ns", "svc.ns.svc"); a wildcard ServiceEntry; and finally a
+// search-list expansion ("<known>.<ns>.svc.<domain>",
 // "<known>.svc.<domain>", "<known>.<domain>").
 func (t *Table) Resolve(qname, ns string) Result {
 	if e := t.pick(t.lookup(qname), ns); e != nil {
 		return Result{Entry: e}
+	}
+	if a, ok := parseReverse(qname); ok {
+		if e := t.pick(t.reverse[shardOfAddr(a)][a], ns); e != nil {
+			return Result{Entry: e, reverse: true}
+		}
+		return Result{}
+	}
+	if r, ok := t.srvName(qname, ns); ok {
+		return r
 	}
 	if e := t.shortForm(qname, ns); e != nil {
 		return Result{Entry: e}
@@ -166,6 +210,33 @@ func (t *Table) Resolve(qname, ns string) Result {
 		return Result{Entry: t.find(base, ns), Alias: base}
 	}
 	return Result{}
+}
+
+// srvName resolves "_port._proto.<name>" to name's SRV set. A Service name
+// without such a port is still a known name: NODATA, not a miss.
+func (t *Table) srvName(qname, ns string) (Result, bool) {
+	if len(qname) == 0 || qname[0] != '_' {
+		return Result{}, false
+	}
+	i := strings.IndexByte(qname, '.')
+	if i < 0 || i+1 >= len(qname) || qname[i+1] != '_' {
+		return Result{}, false
+	}
+	j := strings.IndexByte(qname[i+1:], '.')
+	if j < 0 {
+		return Result{}, false
+	}
+	cut := i + 1 + j + 1
+	e := t.pick(t.lookup(qname[cut:]), ns)
+	if e == nil {
+		return Result{}, false
+	}
+	for k := range e.srv {
+		if e.srv[k].prefix == qname[:cut] {
+			return Result{Entry: e, srv: &e.srv[k]}, true
+		}
+	}
+	return Result{}, false
 }
 
 // SearchBase returns the name qname was expanded from when it looks like a
@@ -191,7 +262,7 @@ func (t *Table) find(name, ns string) *Entry {
 	return t.wildcard(name, ns)
 }
 
-// pick chooses among the entries for one name: one from the asker's own
+// pick chooses among the entries for one key: one from the asker's own
 // namespace first (Istio's rule when a host is defined in several), else the
 // first visible in build order (ServiceEntry before Service, older first).
 func (t *Table) pick(entries []*Entry, ns string) *Entry {
@@ -200,7 +271,7 @@ func (t *Table) pick(entries []*Entry, ns string) *Entry {
 		if !e.VisibleFrom(ns) {
 			continue
 		}
-		if ns != "" && e.Origin.Namespace == ns {
+		if ns != "" && e.src.origin.Namespace == ns {
 			return e
 		}
 		if first == nil {

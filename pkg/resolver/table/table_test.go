@@ -79,9 +79,9 @@ func build(t *testing.T) *Table {
 }
 
 // answerOf returns the sorted text of the records answered for qtype.
-func answerOf(t *testing.T, e *Entry, qtype uint16) []string {
+func answerOf(t *testing.T, r Result, qtype uint16) []string {
 	t.Helper()
-	wire, n := e.Answer(qtype)
+	wire, n := r.Answer(qtype)
 	// Put a question in front so the 0xC00C owners resolve.
 	m := new(dns.Msg)
 	m.SetQuestion("q.test.", qtype)
@@ -175,11 +175,11 @@ func TestResolve(t *testing.T) {
 			if r.Alias != tc.wantAlias {
 				t.Errorf("alias = %q, want %q", r.Alias, tc.wantAlias)
 			}
-			if tc.wantOrigin != "" && r.Entry.Origin.String() != tc.wantOrigin {
-				t.Errorf("origin = %s, want %s", r.Entry.Origin, tc.wantOrigin)
+			if tc.wantOrigin != "" && r.Entry.Origin().String() != tc.wantOrigin {
+				t.Errorf("origin = %s, want %s", r.Entry.Origin(), tc.wantOrigin)
 			}
 			if tc.want != nil {
-				got := answerOf(t, r.Entry, tc.qtype)
+				got := answerOf(t, r, tc.qtype)
 				if !slices.Equal(got, tc.want) && !(len(got) == 0 && len(tc.want) == 0) {
 					t.Errorf("answers = %q, want %q", got, tc.want)
 				}
@@ -208,9 +208,9 @@ func TestSeedVIPs(t *testing.T) {
 		t.Errorf("tcp-echo ServiceEntries share VIP %v", e1.Addrs[0])
 	}
 	// The PTR of a VIP names its host.
-	ptr := tbl.Resolve(reverseName(auto.Addrs[0]), "default").Entry
-	if ptr == nil || ptr.PTR != "auto.internal." {
-		t.Errorf("PTR of %v = %+v, want auto.internal.", auto.Addrs[0], ptr)
+	ptr := tbl.Resolve(reverseName(auto.Addrs[0]), "default")
+	if got := answerOf(t, ptr, dns.TypePTR); !slices.Equal(got, []string{"auto.internal."}) {
+		t.Errorf("PTR of %v = %q, want auto.internal.", auto.Addrs[0], got)
 	}
 }
 
@@ -225,8 +225,8 @@ func TestSameHostSeveralServiceEntries(t *testing.T) {
 	if a == nil || b == nil {
 		t.Fatal("each namespace should see its own ServiceEntry")
 	}
-	if a.Origin.Namespace != "a" || b.Origin.Namespace != "b" {
-		t.Errorf("own-namespace ServiceEntry should win: a got %s, b got %s", a.Origin, b.Origin)
+	if a.Origin().Namespace != "a" || b.Origin().Namespace != "b" {
+		t.Errorf("own-namespace ServiceEntry should win: a got %s, b got %s", a.Origin(), b.Origin())
 	}
 	if a.Addrs[0] != b.Addrs[0] {
 		t.Errorf("one host, two VIPs: %v vs %v", a.Addrs, b.Addrs)
@@ -280,7 +280,7 @@ func TestCustomDomainAndTTL(t *testing.T) {
 	if e == nil {
 		t.Fatal("service under custom domain not found")
 	}
-	wire, _ := e.Answer(dns.TypeA)
+	wire, _ := Result{Entry: e}.Answer(dns.TypeA)
 	if ttl := uint32(wire[6])<<24 | uint32(wire[7])<<16 | uint32(wire[8])<<8 | uint32(wire[9]); ttl != 7 {
 		t.Errorf("TTL = %d, want 7", ttl)
 	}
@@ -309,4 +309,31 @@ func BenchmarkResolveMiss(b *testing.B) {
 			b.Fatal("hit")
 		}
 	}
+}
+
+func TestParseReverse(t *testing.T) {
+	for _, a := range []string{"10.96.0.1", "0.0.0.0", "255.255.255.255", "2001:db8::1", "fd00:7a74:646e::53"} {
+		addr := netip.MustParseAddr(a)
+		got, ok := parseReverse(reverseName(addr))
+		if !ok || got != addr {
+			t.Errorf("parseReverse(%s) = %v, %v; want %v", reverseName(addr), got, ok, addr)
+		}
+	}
+	for _, bad := range []string{"0.96.10.in-addr.arpa.", "1.0.96.10.in-addr.arpa", "256.0.96.10.in-addr.arpa.", "01.0.96.10.in-addr.arpa.",
+		"a.0.96.10.in-addr.arpa.", "1.1.0.96.10.in-addr.arpa.", "1.ip6.arpa.", "in-addr.arpa.", ".in-addr.arpa.",
+		"g.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa."} {
+		if a, ok := parseReverse(bad); ok {
+			t.Errorf("parseReverse(%q) = %v, want no address", bad, a)
+		}
+	}
+}
+
+func FuzzParseReverse(f *testing.F) {
+	f.Add("1.0.96.10.in-addr.arpa.")
+	f.Add(reverseName(netip.MustParseAddr("2001:db8::1")))
+	f.Fuzz(func(t *testing.T, name string) {
+		if a, ok := parseReverse(name); ok && reverseName(a) != name {
+			t.Fatalf("parseReverse(%q) = %v, whose reverse name is %q", name, a, reverseName(a))
+		}
+	})
 }
