@@ -51,7 +51,7 @@ type udpBatch struct {
 	// netpoller does the waiting), and the non-raw form wakes the runtime's
 	// sysmon thread on every call, which at a few thousand queries a second
 	// cost more CPU than the queries (golang/go#18236).
-	readFn, writeFn  func(fd uintptr) bool
+	readFn, writeFn   func(fd uintptr) bool
 	ioN, ioFrom, ioTo int
 	ioErr             syscall.Errno
 }
