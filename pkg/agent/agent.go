@@ -175,21 +175,7 @@ func newAgent(cfg Config) (*Agent, error) {
 func (a *Agent) run(ctx context.Context) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	var wg sync.WaitGroup
-	fail := func(part string) func(error) {
-		return func(err error) {
-			if err != nil {
-				cancel(fmt.Errorf("%s: %w", part, err))
-			}
-		}
-	}
-	spawn := func(part string, f func() error) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			fail(part)(f())
-		}()
-	}
+	g := &group{cancel: cancel}
 
 	// Take over a running agent's sockets, if there is one, before binding:
 	// a restart then loses no query (see handoff.go).
@@ -197,30 +183,22 @@ func (a *Agent) run(ctx context.Context) error {
 	if err != nil {
 		a.log.Warn("could not take over the running agent's sockets; binding fresh ones", "err", err)
 	}
+	// abort undoes a start that failed half-way.
+	abort := func(err error) error {
+		in.abandon()
+		cancel(err)
+		a.server.Close()
+		a.fwd.Close()
+		g.wait()
+		return err
+	}
 	if a.cfg.Capture != nil {
-		// Load (or take over) the programs: link.Update swaps them in place,
-		// so capture never pauses across a restart.
-		if a.capture, err = newCapture(*a.cfg.Capture, a.log, a.pods, a.cfg.Socket, a.slot4, a.slot6); err != nil {
-			if in != nil {
-				in.closeSockets()
-				in.conn.Close()
-			}
-			a.server.Close()
-			return fmt.Errorf("capture: %w", err)
+		if err := a.startCapture(in != nil); err != nil {
+			return abort(fmt.Errorf("capture: %w", err))
 		}
 		defer a.capture.close()
-		if in == nil {
-			// Nobody serves yet (a first start, or the last agent died
-			// with its heartbeat still fresh): pods use their own
-			// nameservers until this agent serves its first table.
-			a.capture.r.StopHeartbeat()
-		}
-		if a.hostCookie, err = redirect.NetnsCookie("/proc/self/ns/net"); err != nil {
-			a.server.Close()
-			return fmt.Errorf("capture: %w", err)
-		}
 	}
-	spawn("source", func() error {
+	g.spawn("source", func() error {
 		err := a.cfg.Source.Run(ctx, a.apply)
 		if err == nil && ctx.Err() == nil {
 			err = errors.New("stopped")
@@ -241,28 +219,12 @@ func (a *Agent) run(ctx context.Context) error {
 	defer stopMetrics()
 	if a.cfg.MetricsAddr != "" {
 		if err := a.listenMetrics(in); err != nil {
-			if in != nil {
-				in.closeSockets()
-				in.conn.Close()
-			}
-			a.server.Close()
-			return err
+			return abort(err)
 		}
-		spawn("metrics", func() error {
-			err := control.Serve(metricsCtx, a.metrics, a.httpHandler())
-			if a.handedOver.Load() {
-				return nil
-			}
-			return err
-		})
+		g.spawn("metrics", a.unlessHandedOver(func() error { return control.Serve(metricsCtx, a.metrics, a.httpHandler()) }))
 	}
-	if err := a.listen(spawn, in); err != nil {
-		if in != nil {
-			in.closeSockets()
-			in.conn.Close()
-		}
-		a.server.Close()
-		return err
+	if err := a.listen(g.spawn, in); err != nil {
+		return abort(err)
 	}
 	if in != nil {
 		if err := in.release(); err != nil {
@@ -272,46 +234,25 @@ func (a *Agent) run(ctx context.Context) error {
 		}
 	}
 	if a.capture != nil {
-		// After the handoff: the predecessor has written its last record.
-		if err := a.capture.restore(); err != nil {
-			a.log.Error("reconciling marked pods failed", "err", err)
-		}
-		a.replayPending()
-		a.redecide()
-		// Capture on, once the marks are right and a table is served.
-		go func() {
-			select {
-			case <-a.firstTable:
-				a.capture.startBeating()
-			case <-ctx.Done():
-			}
-		}()
+		a.reconcileCapture(ctx)
 	}
 	if a.cfg.CNI != nil {
-		spawn("cni install", func() error { return a.installCNI(ctx) })
+		g.spawn("cni install", func() error { return a.installCNI(ctx) })
 	}
 	ctl, err := control.Listen(a.cfg.Socket)
 	if err != nil {
-		a.server.Close()
-		return err
+		return abort(err)
 	}
 	ctlCtx, stopControl := context.WithCancel(ctx)
-	spawn("control socket", func() error {
-		err := control.Serve(ctlCtx, ctl, a.controlHandler())
-		if a.handedOver.Load() {
-			return nil // the successor owns the socket path now
-		}
-		return err
-	})
+	defer stopControl()
+	g.spawn("control socket", a.unlessHandedOver(func() error { return control.Serve(ctlCtx, ctl, a.controlHandler()) }))
 	hs, err := listenHandoff(a.cfg.Socket)
 	if err != nil {
-		stopControl()
 		ctl.Close()
-		a.server.Close()
-		return err
+		return abort(err)
 	}
 	go func() { <-ctx.Done(); hs.Close() }()
-	spawn("handoff", func() error {
+	g.spawn("handoff", func() error {
 		err := offerSockets(hs, a.handoffSockets, func() {
 			a.log.Info("handing the resolver's sockets to a new agent; this one stops serving")
 			a.handedOver.Store(true)
@@ -344,12 +285,81 @@ func (a *Agent) run(ctx context.Context) error {
 	}
 	a.server.Close()
 	a.fwd.Close()
-	wg.Wait()
+	g.wait()
 	if errors.Is(err, context.Canceled) {
 		a.log.Info("agent stopped")
 		return nil
 	}
 	return err
+}
+
+// group runs the agent's parts; the first to fail stops the agent.
+type group struct {
+	wg     sync.WaitGroup
+	cancel context.CancelCauseFunc
+}
+
+func (g *group) spawn(part string, f func() error) {
+	g.wg.Add(1)
+	go func() {
+		defer g.wg.Done()
+		if err := f(); err != nil {
+			g.cancel(fmt.Errorf("%s: %w", part, err))
+		}
+	}()
+}
+
+func (g *group) wait() { g.wg.Wait() }
+
+// unlessHandedOver wraps a server whose socket the successor took: its end
+// is then no failure.
+func (a *Agent) unlessHandedOver(serve func() error) func() error {
+	return func() error {
+		err := serve()
+		if a.handedOver.Load() {
+			return nil
+		}
+		return err
+	}
+}
+
+// startCapture loads (or takes over) the programs: link.Update swaps them in
+// place, so capture never pauses across a restart. Without a predecessor
+// nobody serves yet (a first start, or the last agent died with its
+// heartbeat still fresh): pods then use their own nameservers until this
+// agent serves its first table.
+func (a *Agent) startCapture(predecessor bool) error {
+	c, err := newCapture(*a.cfg.Capture, a.log, a.pods, a.cfg.Socket, a.slot4, a.slot6)
+	if err != nil {
+		return err
+	}
+	if !predecessor {
+		c.r.StopHeartbeat()
+	}
+	if a.hostCookie, err = redirect.NetnsCookie("/proc/self/ns/net"); err != nil {
+		c.close()
+		return err
+	}
+	a.capture = c
+	return nil
+}
+
+// reconcileCapture makes the marks right once this agent serves (and, after
+// a handoff, its predecessor has written its last record), then turns capture
+// on as soon as a table is served.
+func (a *Agent) reconcileCapture(ctx context.Context) {
+	if err := a.capture.restore(); err != nil {
+		a.log.Error("reconciling marked pods failed", "err", err)
+	}
+	a.replayPending()
+	a.redecide()
+	go func() {
+		select {
+		case <-a.firstTable:
+			a.capture.startBeating()
+		case <-ctx.Done():
+		}
+	}()
 }
 
 // listen opens the resolver's sockets, SocketsPerAddr UDP sockets and one

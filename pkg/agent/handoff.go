@@ -159,6 +159,16 @@ func (in *inherited) release() error {
 	return nil
 }
 
+// abandon gives up a takeover half-way: the predecessor keeps serving.
+// A nil inherited is fine.
+func (in *inherited) abandon() {
+	if in == nil {
+		return
+	}
+	in.closeSockets()
+	in.conn.Close()
+}
+
 // closeSockets closes whatever was adopted but not used.
 func (in *inherited) closeSockets() {
 	for _, cs := range in.udp {
