@@ -1,10 +1,13 @@
 // Package dnstest runs small authoritative DNS servers for tests: the
-// upstreams ztdns forwards to. They listen only where a test tells them
-// (loopback, or sockets opened inside a test's network namespace), so no test
-// ever asks the machine's own nameserver.
+// upstreams ztdns forwards to, the nameservers pods name, stand-ins for the
+// resolver. They listen only where a test tells them (loopback, or sockets
+// opened inside a test's network namespace), so no test ever asks the
+// machine's own nameserver, and they record every question they get.
 package dnstest
 
 import (
+	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"strings"
@@ -14,165 +17,203 @@ import (
 	"github.com/miekg/dns"
 )
 
-// Zone is what a server knows: records by lower-case owner name. Names not
-// in it get NXDOMAIN with the zone's SOA, as a real authoritative server
-// answers, so negative answers can be cached.
-type Zone map[string][]dns.RR
-
-// RRs parses records in zone-file syntax, failing the test on a typo.
-func RRs(tb testing.TB, lines ...string) []dns.RR {
-	tb.Helper()
-	var out []dns.RR
-	for _, l := range lines {
-		rr, err := dns.NewRR(l)
-		if err != nil {
-			tb.Fatalf("bad test record %q: %v", l, err)
-		}
-		out = append(out, rr)
-	}
-	return out
+// Responder makes the reply to a query that arrived on local.
+type Responder interface {
+	Reply(req *dns.Msg, local netip.AddrPort) *dns.Msg
 }
 
-// ZoneOf builds a Zone from records in zone-file syntax.
-func ZoneOf(tb testing.TB, lines ...string) Zone {
-	tb.Helper()
-	z := Zone{}
-	for _, rr := range RRs(tb, lines...) {
-		name := strings.ToLower(rr.Header().Name)
-		z[name] = append(z[name], rr)
-	}
-	return z
+// Query is one question a Server received.
+type Query struct {
+	Net    string         // "udp" or "tcp"
+	Local  netip.AddrPort // the address it arrived on
+	Remote netip.AddrPort // who sent it (IPv4 unmapped)
+	Name   string         // fully qualified, lower case
+	Type   uint16         // dns.TypeA, ...
 }
-
-// SOA is the authority record negative answers carry (minimum 60 s).
-var SOA = func() dns.RR {
-	rr, _ := dns.NewRR("test. 300 IN SOA ns.test. hostmaster.test. 1 3600 600 86400 60")
-	return rr
-}()
 
 // Server is a running test server.
 type Server struct {
-	// Addr is where it listens (UDP and TCP).
+	// Addr is where it listens (UDP and TCP); with several addresses, the
+	// first.
 	Addr netip.AddrPort
+	// Addrs are all the addresses it listens on, in the order given.
+	Addrs []netip.AddrPort
 
-	zone    Zone
-	handler dns.HandlerFunc
-	mu      sync.Mutex
-	queries map[string]int
-	servers []*dns.Server
+	responder Responder
+	mu        sync.Mutex
+	queries   []Query
 }
 
-// Option changes a server.
-type Option func(*Server)
+// sockets are what a server listens on for one address.
+type sockets struct {
+	udp net.PacketConn
+	tcp net.Listener
+}
 
-// WithHandler replaces the zone lookup with h (after counting the query).
-func WithHandler(h dns.HandlerFunc) Option { return func(s *Server) { s.handler = h } }
+// Option changes how a server starts.
+type Option func(*options)
 
-// Start serves zone on addr ("127.0.0.1:0" picks a port; UDP and TCP share
+type options struct {
+	open func(listen func() error) error
+}
+
+// OpenWith opens the server's sockets inside open, e.g. a network
+// namespace's Do (testenv.Netns.StartDNSServer uses it), so that they
+// belong to that namespace.
+func OpenWith(open func(listen func() error) error) Option {
+	return func(o *options) { o.open = open }
+}
+
+// Start serves r on addr ("127.0.0.1:0" picks a port; UDP and TCP share
 // it) until the test ends.
-func Start(tb testing.TB, addr string, zone Zone, opts ...Option) *Server {
+func Start(tb testing.TB, addr string, r Responder, opts ...Option) *Server {
 	tb.Helper()
+	o := newOptions(opts)
 	for range 20 { // the TCP port may be taken even when UDP's was free
-		pc, err := net.ListenPacket("udp", addr)
+		var socks sockets
+		err := o.open(func() (err error) {
+			socks, err = listen(addr)
+			return err
+		})
+		if errors.Is(err, errTCPPortTaken) && strings.HasSuffix(addr, ":0") {
+			continue
+		}
 		if err != nil {
 			tb.Fatalf("dnstest: %v", err)
 		}
-		ln, err := net.Listen("tcp", pc.LocalAddr().String())
-		if err != nil {
-			pc.Close()
-			continue
-		}
-		return StartOn(tb, pc, ln, zone, opts...)
+		return serveOn(tb, []sockets{socks}, r)
 	}
 	tb.Fatalf("dnstest: no free port on %s", addr)
 	return nil
 }
 
-// StartOn serves zone on sockets the test opened itself, for instance inside
-// a network namespace. ln may be nil for a UDP-only server.
-func StartOn(tb testing.TB, pc net.PacketConn, ln net.Listener, zone Zone, opts ...Option) *Server {
+// StartAt serves r on every address, UDP and TCP, until the test ends.
+// Each address has its own sockets, so the server knows which address a
+// query arrived on and replies from it.
+func StartAt(tb testing.TB, addrs []netip.AddrPort, r Responder, opts ...Option) *Server {
 	tb.Helper()
-	s := &Server{zone: zone, queries: map[string]int{}}
-	s.Addr = pc.LocalAddr().(*net.UDPAddr).AddrPort()
-	for _, o := range opts {
-		o(s)
+	o := newOptions(opts)
+	var all []sockets
+	err := o.open(func() error {
+		for _, a := range addrs {
+			socks, err := listen(a.String())
+			if err != nil {
+				return err
+			}
+			all = append(all, socks)
+		}
+		return nil
+	})
+	if err != nil {
+		for _, socks := range all {
+			socks.udp.Close()
+			socks.tcp.Close()
+		}
+		tb.Fatalf("dnstest: %v", err)
 	}
+	return serveOn(tb, all, r)
+}
+
+var errTCPPortTaken = errors.New("TCP port taken")
+
+// listen opens UDP on addr, then TCP on the port UDP got.
+func listen(addr string) (sockets, error) {
+	pc, err := net.ListenPacket("udp", addr)
+	if err != nil {
+		return sockets{}, err
+	}
+	ln, err := net.Listen("tcp", pc.LocalAddr().String())
+	if err != nil {
+		pc.Close()
+		return sockets{}, fmt.Errorf("%w: %w", errTCPPortTaken, err)
+	}
+	return sockets{udp: pc, tcp: ln}, nil
+}
+
+func newOptions(opts []Option) options {
+	o := options{open: func(listen func() error) error { return listen() }}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	return o
+}
+
+// serveOn serves r on socks until the test ends, then closes them.
+func serveOn(tb testing.TB, socks []sockets, r Responder) *Server {
+	tb.Helper()
+	if len(socks) == 0 {
+		tb.Fatal("dnstest: no sockets to serve on")
+	}
+	s := &Server{responder: r}
+	var servers []*dns.Server
+	for _, sk := range socks {
+		local := sk.udp.LocalAddr().(*net.UDPAddr).AddrPort()
+		local = netip.AddrPortFrom(local.Addr().Unmap(), local.Port())
+		s.Addrs = append(s.Addrs, local)
+		h := s.handler(local)
+		servers = append(servers,
+			&dns.Server{PacketConn: sk.udp, Handler: h},
+			&dns.Server{Listener: sk.tcp, Handler: h})
+	}
+	s.Addr = s.Addrs[0]
 	var wg sync.WaitGroup
-	start := func(srv *dns.Server) {
+	for _, srv := range servers {
 		started := make(chan struct{})
 		srv.NotifyStartedFunc = func() { close(started) }
-		srv.Handler = dns.HandlerFunc(s.serve)
-		s.servers = append(s.servers, srv)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			srv.ActivateAndServe()
+			_ = srv.ActivateAndServe() // returns when shut down
 		}()
 		<-started
 	}
-	start(&dns.Server{PacketConn: pc})
-	if ln != nil {
-		start(&dns.Server{Listener: ln})
-	}
 	tb.Cleanup(func() {
-		for _, srv := range s.servers {
-			srv.Shutdown()
+		for _, srv := range servers {
+			_ = srv.Shutdown()
 		}
 		wg.Wait()
 	})
 	return s
 }
 
-// Queries returns how many queries for name (any case, with or without the
-// trailing dot) the server has seen.
-func (s *Server) Queries(name string) int {
+func (s *Server) handler(local netip.AddrPort) dns.Handler {
+	return dns.HandlerFunc(func(w dns.ResponseWriter, req *dns.Msg) {
+		remote, _ := netip.ParseAddrPort(w.RemoteAddr().String())
+		s.mu.Lock()
+		for _, q := range req.Question {
+			s.queries = append(s.queries, Query{
+				Net:    w.LocalAddr().Network(),
+				Local:  local,
+				Remote: netip.AddrPortFrom(remote.Addr().Unmap(), remote.Port()),
+				Name:   dns.CanonicalName(q.Name),
+				Type:   q.Qtype,
+			})
+		}
+		s.mu.Unlock()
+		_ = w.WriteMsg(s.responder.Reply(req, local))
+	})
+}
+
+// Received returns every question received so far, in order.
+func (s *Server) Received() []Query {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.queries[dns.CanonicalName(name)]
+	return append([]Query(nil), s.queries...)
 }
 
-func (s *Server) serve(w dns.ResponseWriter, req *dns.Msg) {
-	if len(req.Question) > 0 {
-		s.mu.Lock()
-		s.queries[dns.CanonicalName(req.Question[0].Name)]++
-		s.mu.Unlock()
-	}
-	if s.handler != nil {
-		s.handler(w, req)
-		return
-	}
-	w.WriteMsg(s.Answer(req))
-}
-
-// Answer is the zone's reply to req: the records of the asked type, NODATA
-// for a known name without them, NXDOMAIN otherwise.
-func (s *Server) Answer(req *dns.Msg) *dns.Msg {
-	m := new(dns.Msg)
-	m.SetReply(req)
-	m.Authoritative = true
-	if opt := req.IsEdns0(); opt != nil {
-		m.SetEdns0(opt.UDPSize(), opt.Do())
-	}
-	if len(req.Question) != 1 {
-		m.Rcode = dns.RcodeFormatError
-		return m
-	}
-	q := req.Question[0]
-	rrs, ok := s.zone[strings.ToLower(q.Name)]
-	if !ok {
-		m.Rcode = dns.RcodeNameError
-		m.Ns = []dns.RR{SOA}
-		return m
-	}
-	for _, rr := range rrs {
-		if rr.Header().Rrtype == q.Qtype || q.Qtype == dns.TypeANY {
-			c := dns.Copy(rr)
-			c.Header().Name = q.Name
-			m.Answer = append(m.Answer, c)
+// ReceivedFor returns the questions received so far for name (any case,
+// with or without the trailing dot).
+func (s *Server) ReceivedFor(name string) []Query {
+	name = dns.CanonicalName(name)
+	var out []Query
+	for _, q := range s.Received() {
+		if q.Name == name {
+			out = append(out, q)
 		}
 	}
-	if len(m.Answer) == 0 {
-		m.Ns = []dns.RR{SOA}
-	}
-	return m
+	return out
 }
+
+// Queries returns how many questions for name (any case, with or without
+// the trailing dot) the server has received.
+func (s *Server) Queries(name string) int { return len(s.ReceivedFor(name)) }

@@ -35,18 +35,17 @@ type Agent struct {
 }
 
 // StartAgent runs bin with args (the subcommand first, e.g. "agent",
-// "--config-dir", dir, ...) in node's network namespace. It uses nsenter
-// --net rather than `ip netns exec`, which would remount /sys and so hide
-// the cgroup2 and bpf mounts the agent needs. The process gets SIGKILL if
-// the test binary dies without running its cleanup (e.g. a -timeout panic).
+// "--config-dir", dir, ...) in node's network namespace, with Nsenter so
+// that it sees the cgroup2 and bpf mounts. The process gets SIGKILL if the
+// test binary dies without running its cleanup (e.g. a -timeout panic).
 func StartAgent(tb testing.TB, node *Node, bin string, args ...string) *Agent {
 	tb.Helper()
 	RequireRoot(tb)
-	nsenter := LookPath(tb, "nsenter")
+	LookPath(tb, "nsenter")
 	a := &Agent{
 		Bin:  bin,
 		Args: args,
-		cmd:  exec.Command(nsenter, append([]string{"--net=" + node.Path(), bin}, args...)...),
+		cmd:  node.Nsenter(context.Background(), bin, args...),
 		log:  &processLog{},
 		done: make(chan struct{}),
 	}

@@ -6,10 +6,13 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 )
@@ -76,4 +79,33 @@ func BuildMuslGetaddrinfo(tb testing.TB) string {
 		tb.Fatalf("musl-gcc: %v\n%s", err, out)
 	}
 	return bin
+}
+
+// Client prepares a stub resolver's command that looks up name from inside
+// the pod and, with a cgroup, inside the cgroup.
+type Client func(ctx context.Context, p *Pod, cg *Cgroup, name string) *exec.Cmd
+
+// CommandClient is a Client that runs bin with args and then the name
+// (getent, dig, BuildMuslGetaddrinfo's binary).
+func CommandClient(bin string, args ...string) Client {
+	return func(ctx context.Context, p *Pod, cg *Cgroup, name string) *exec.Cmd {
+		return p.Command(ctx, cg, bin, slices.Concat(args, []string{name})...)
+	}
+}
+
+// GoClient is a Client that runs Go's own resolver (see GoLookup).
+func GoClient(ctx context.Context, p *Pod, cg *Cgroup, name string) *exec.Cmd {
+	return p.GoLookup(ctx, cg, name)
+}
+
+// ParseAddrs returns every IP address among the whitespace-separated words
+// a client printed, in order, each once.
+func ParseAddrs(out string) []netip.Addr {
+	var addrs []netip.Addr
+	for _, w := range strings.Fields(out) {
+		if a, err := netip.ParseAddr(w); err == nil && !slices.Contains(addrs, a) {
+			addrs = append(addrs, a)
+		}
+	}
+	return addrs
 }

@@ -58,6 +58,14 @@ func (n *Netns) Command(ctx context.Context, cg *Cgroup, name string, args ...st
 	return cmd
 }
 
+// Nsenter prepares name+args to run inside the namespace with nsenter
+// --net. Unlike Command's `ip netns exec`, it does not remount /sys, so the
+// process sees the machine's cgroup2 and bpf mounts, as `ztdns agent` and
+// `ztdns uninstall` must. ctx ends the process.
+func (n *Netns) Nsenter(ctx context.Context, name string, args ...string) *exec.Cmd {
+	return exec.CommandContext(ctx, "nsenter", append([]string{"--net=" + n.Path(), name}, args...)...)
+}
+
 // Output runs a command like Command with a timeout and returns its
 // combined output and error.
 func (n *Netns) Output(tb testing.TB, cg *Cgroup, timeout time.Duration, name string, args ...string) (string, error) {
@@ -84,7 +92,7 @@ func NewNode(tb testing.TB) *Node {
 	tb.Helper()
 	RequireRoot(tb)
 	name := UniqueName("ztdns-") + "-node"
-	writeResolvConf(tb, name, PodConfig{})
+	WriteResolvConf(tb, name, PodConfig{})
 	return &Node{Netns: *NewNetns(tb, name)}
 }
 
@@ -120,7 +128,7 @@ func (n *Node) AddPod(tb testing.TB, cfg PodConfig) *Pod {
 	}
 
 	name := fmt.Sprintf("%s-pod%d", strings.TrimSuffix(n.Name, "-node"), idx)
-	writeResolvConf(tb, name, cfg)
+	WriteResolvConf(tb, name, cfg)
 	pod := NewNetns(tb, name)
 
 	p := &Pod{
@@ -148,7 +156,10 @@ func (n *Node) AddPod(tb testing.TB, cfg PodConfig) *Pod {
 	return p
 }
 
-func writeResolvConf(tb testing.TB, name string, cfg PodConfig) {
+// WriteResolvConf writes /etc/netns/NAME/resolv.conf, which `ip netns
+// exec NAME` (Command) binds over /etc/resolv.conf, with cfg's nameservers
+// and options; it is removed at cleanup.
+func WriteResolvConf(tb testing.TB, name string, cfg PodConfig) {
 	tb.Helper()
 	dir := filepath.Join("/etc/netns", name)
 	if err := os.MkdirAll(dir, 0o755); err != nil {

@@ -5,9 +5,7 @@ package redirect
 import (
 	"context"
 	"net/netip"
-	"os/exec"
 	"slices"
-	"strings"
 	"testing"
 	"time"
 
@@ -24,20 +22,14 @@ func TestRealClientsResolveThroughRedirect(t *testing.T) {
 	e := newCaptureEnv(t, envOptions{})
 	musl := testenv.BuildMuslGetaddrinfo(t)
 
-	type client func(ctx context.Context, p *testenv.Pod, name string) *exec.Cmd
-	run := func(bin string, args ...string) client {
-		return func(ctx context.Context, p *testenv.Pod, name string) *exec.Cmd {
-			return p.Command(ctx, e.cg, bin, append(args, name)...)
-		}
-	}
-	dig := func(args ...string) client {
-		return run("dig", append([]string{"+short", "+time=3", "+tries=1"}, args...)...)
+	dig := func(args ...string) testenv.Client {
+		return testenv.CommandClient("dig", append([]string{"+short", "+time=3", "+tries=1"}, args...)...)
 	}
 
 	tests := []struct {
 		name        string
 		nameservers []string // resolv.conf of the pod
-		client      client
+		client      testenv.Client
 		wantOut     []netip.Addr // answers the client must print
 		wantNet     string       // transport every query must use
 		wantServers []string     // nameservers the queries were meant for, each at least once
@@ -45,7 +37,7 @@ func TestRealClientsResolveThroughRedirect(t *testing.T) {
 	}{{
 		name:        "glibc getent hosts",
 		nameservers: []string{nowhere4},
-		client:      run("getent", "hosts"),
+		client:      testenv.CommandClient("getent", "hosts"),
 		wantOut:     []netip.Addr{marker6},
 		wantNet:     "udp",
 		wantServers: []string{nowhere4 + ":53"},
@@ -53,7 +45,7 @@ func TestRealClientsResolveThroughRedirect(t *testing.T) {
 	}, {
 		name:        "glibc getent ahosts",
 		nameservers: []string{nowhere4},
-		client:      run("getent", "ahosts"),
+		client:      testenv.CommandClient("getent", "ahosts"),
 		wantOut:     []netip.Addr{marker4, marker6},
 		wantNet:     "udp",
 		wantServers: []string{nowhere4 + ":53"},
@@ -63,7 +55,7 @@ func TestRealClientsResolveThroughRedirect(t *testing.T) {
 		// socket and takes the first reply whose source it sent to.
 		name:        "musl getaddrinfo two IPv4 nameservers",
 		nameservers: []string{nowhere4, nowhere4b},
-		client:      run(musl),
+		client:      testenv.CommandClient(musl),
 		wantOut:     []netip.Addr{marker4, marker6},
 		wantNet:     "udp",
 		wantServers: []string{nowhere4 + ":53", nowhere4b + ":53"},
@@ -73,7 +65,7 @@ func TestRealClientsResolveThroughRedirect(t *testing.T) {
 		// to the IPv4 one as ::ffff:203.0.113.53.
 		name:        "musl getaddrinfo IPv6 and v4-mapped nameservers",
 		nameservers: []string{nowhere6, nowhere4},
-		client:      run(musl),
+		client:      testenv.CommandClient(musl),
 		wantOut:     []netip.Addr{marker4, marker6},
 		wantNet:     "udp",
 		wantServers: []string{"[" + nowhere6 + "]:53", nowhere4 + ":53"},
@@ -81,9 +73,7 @@ func TestRealClientsResolveThroughRedirect(t *testing.T) {
 	}, {
 		name:        "Go resolver PreferGo",
 		nameservers: []string{nowhere4},
-		client: func(ctx context.Context, p *testenv.Pod, name string) *exec.Cmd {
-			return p.GoLookup(ctx, e.cg, name)
-		},
+		client:      testenv.GoClient,
 		wantOut:     []netip.Addr{marker4, marker6},
 		wantNet:     "udp",
 		wantServers: []string{nowhere4 + ":53"},
@@ -126,18 +116,18 @@ func TestRealClientsResolveThroughRedirect(t *testing.T) {
 
 			ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
 			defer cancel()
-			out, err := tt.client(ctx, pod, name).CombinedOutput()
+			out, err := tt.client(ctx, pod, e.cg, name).CombinedOutput()
 			if err != nil {
 				t.Fatalf("client failed: %v\n%s", err, out)
 			}
-			got := parseAddrs(string(out))
+			got := testenv.ParseAddrs(string(out))
 			for _, want := range tt.wantOut {
 				if !slices.Contains(got, want) {
 					t.Errorf("client printed %q, want it to contain %s", out, want)
 				}
 			}
 
-			queries := e.queriesNamed(name)
+			queries := e.dns.ReceivedFor(name)
 			if len(queries) == 0 {
 				t.Fatalf("the resolver saw no query for %s", name)
 			}
@@ -255,10 +245,10 @@ func TestOthersAreLeftAlone(t *testing.T) {
 			name := uniqueName("alone")
 			before := e.counters(t).Redirected
 			out, err := tt.run(t, name)
-			queries := e.queriesNamed(name)
+			queries := e.dns.ReceivedFor(name)
 
 			if tt.wantAnswer {
-				if err != nil || !slices.Contains(parseAddrs(out), marker4) {
+				if err != nil || !slices.Contains(testenv.ParseAddrs(out), marker4) {
 					t.Fatalf("dig: %v, printed %q; want %s", err, out, marker4)
 				}
 				if len(queries) != 1 || queries[0].Local != e.cfg.Resolver4[1] {
@@ -277,16 +267,6 @@ func TestOthersAreLeftAlone(t *testing.T) {
 			}
 		})
 	}
-}
-
-func parseAddrs(out string) []netip.Addr {
-	var addrs []netip.Addr
-	for _, f := range strings.Fields(out) {
-		if a, err := netip.ParseAddr(f); err == nil {
-			addrs = append(addrs, a)
-		}
-	}
-	return addrs
 }
 
 func keys(m map[string]bool) []string {

@@ -8,10 +8,10 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strings"
 	"testing"
 	"time"
 
+	"github.com/ztdns/ztdns/internal/dnstest"
 	"github.com/ztdns/ztdns/internal/testenv"
 )
 
@@ -48,13 +48,13 @@ type captureEnv struct {
 	cg   *testenv.Cgroup
 	cfg  Config
 	r    *Redirector
-	dns  *testenv.DNSServer
+	dns  *dnstest.Server
 }
 
 type envOptions struct {
 	staleAfter time.Duration // 0: DefaultStaleAfter
 	manualBeat bool          // no background heartbeat
-	answer     testenv.Answerer
+	answer     dnstest.Answerer
 }
 
 func newCaptureEnv(tb testing.TB, opts envOptions) *captureEnv {
@@ -72,10 +72,10 @@ func newCaptureEnv(tb testing.TB, opts envOptions) *captureEnv {
 		tb.Fatalf("resolver interface: %v", err)
 	}
 	if opts.answer == nil {
-		opts.answer = testenv.Marker(marker4, marker6)
+		opts.answer = dnstest.Marker(marker4, marker6)
 	}
 	e := &captureEnv{node: node}
-	e.dns = testenv.StartDNSServer(tb, &node.Netns, resolverAddrs(), opts.answer)
+	e.dns = node.StartDNSServer(tb, resolverAddrs(), opts.answer)
 	e.cg = testenv.NewCgroup(tb)
 	e.cfg = Config{
 		BPFFS:      filepath.Join(testenv.NewBPFFS(tb), "ztdns"),
@@ -177,17 +177,6 @@ func (e *captureEnv) slotOf(local netip.AddrPort) int {
 		return i
 	}
 	return slices.Index(e.cfg.Resolver6[:], local)
-}
-
-// queriesNamed returns the queries the resolver received for name.
-func (e *captureEnv) queriesNamed(name string) []testenv.Query {
-	var out []testenv.Query
-	for _, q := range e.dns.Queries() {
-		if q.Name == strings.ToLower(name)+"." {
-			out = append(out, q)
-		}
-	}
-	return out
 }
 
 func (e *captureEnv) podCounters(tb testing.TB, cookie uint64) PodCounters {

@@ -18,6 +18,7 @@ import (
 	"github.com/cilium/ebpf/link"
 	"github.com/miekg/dns"
 
+	"github.com/ztdns/ztdns/internal/dnstest"
 	"github.com/ztdns/ztdns/internal/testenv"
 )
 
@@ -28,7 +29,7 @@ func TestFailOpenWhenHeartbeatStale(t *testing.T) {
 	t.Parallel()
 	const staleAfter = 500 * time.Millisecond
 	slow := testenv.UniqueName("slow-")
-	marker := testenv.Marker(marker4, marker6)
+	marker := dnstest.Marker(marker4, marker6)
 	e := newCaptureEnv(t, envOptions{
 		staleAfter: staleAfter,
 		manualBeat: true,
@@ -46,11 +47,11 @@ func TestFailOpenWhenHeartbeatStale(t *testing.T) {
 		t.Helper()
 		name := uniqueName("beat")
 		out, err := dig(t, &pod.Netns, e.cg, name)
-		answered := err == nil && slices.Contains(parseAddrs(out), marker4)
+		answered := err == nil && slices.Contains(testenv.ParseAddrs(out), marker4)
 		if answered != wantAnswer {
 			t.Fatalf("dig: %v, printed %q; want answered=%v", err, out, wantAnswer)
 		}
-		if got := len(e.queriesNamed(name)) > 0; got != wantAnswer {
+		if got := len(e.dns.ReceivedFor(name)) > 0; got != wantAnswer {
 			t.Fatalf("resolver saw the query: %v, want %v", got, wantAnswer)
 		}
 	}
@@ -83,7 +84,7 @@ func TestFailOpenWhenHeartbeatStale(t *testing.T) {
 	t.Run("reply in flight when it goes stale", func(t *testing.T) {
 		beat(t, e.r)
 		out, err := dig(t, &pod.Netns, e.cg, "+time=5", slow+".ztdns.test")
-		if err != nil || !slices.Contains(parseAddrs(out), marker4) {
+		if err != nil || !slices.Contains(testenv.ParseAddrs(out), marker4) {
 			t.Fatalf("dig: %v, printed %q; want %s restored after the heartbeat went stale", err, out, marker4)
 		}
 	})
@@ -98,7 +99,7 @@ func TestRestartKeepsMarksAndLinks(t *testing.T) {
 	pod, cookie := e.markedPod(t, 0, nowhere4)
 	resolves := func(t *testing.T) {
 		t.Helper()
-		if out, err := dig(t, &pod.Netns, e.cg, uniqueName("restart")); err != nil || !slices.Contains(parseAddrs(out), marker4) {
+		if out, err := dig(t, &pod.Netns, e.cg, uniqueName("restart")); err != nil || !slices.Contains(testenv.ParseAddrs(out), marker4) {
 			t.Fatalf("dig: %v, printed %q; want %s", err, out, marker4)
 		}
 	}
@@ -217,7 +218,7 @@ func TestReattachToNewCgroup(t *testing.T) {
 			}
 
 			pod, _ := e.markedPod(t, 0, nowhere4)
-			if out, err := dig(t, &pod.Netns, cg2, uniqueName("moved")); err != nil || !slices.Contains(parseAddrs(out), marker4) {
+			if out, err := dig(t, &pod.Netns, cg2, uniqueName("moved")); err != nil || !slices.Contains(testenv.ParseAddrs(out), marker4) {
 				t.Fatalf("dig in the new cgroup: %v, printed %q; want %s", err, out, marker4)
 			}
 		})
@@ -312,7 +313,7 @@ func TestUninstallLeavesNothing(t *testing.T) {
 	if out, err := dig(t, &pod.Netns, e.cg, name); err == nil {
 		t.Errorf("dig after Uninstall answered %q, want no redirect", out)
 	}
-	if q := e.queriesNamed(name); len(q) != 0 {
+	if q := e.dns.ReceivedFor(name); len(q) != 0 {
 		t.Errorf("resolver saw %+v after Uninstall", q)
 	}
 	if err := Uninstall(e.cfg.BPFFS, e.cfg.CgroupPath); err != nil {

@@ -19,6 +19,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/containernetworking/cni/pkg/invoke"
 
+	"github.com/ztdns/ztdns/internal/dnstest"
 	"github.com/ztdns/ztdns/internal/testenv"
 	"github.com/ztdns/ztdns/pkg/agent"
 )
@@ -130,7 +131,7 @@ type capturingNode struct {
 	resolvConf string
 	sourceArgs []string
 	// own is the pods' own nameserver, on ownNameserver in the node.
-	own *testenv.DNSServer
+	own *dnstest.Server
 }
 
 // newCapturingNode sets up the runtime, the cgroup, bpffs, manifests and
@@ -167,18 +168,14 @@ func newCapturingNode(t *testing.T, opts NodeOptions) *capturingNode {
 		t.Fatal(err)
 	}
 
-	own := netip.MustParseAddr(ownNameserver)
-	runCmd(t, "ip", "-n", r.Node.Name, "addr", "add", netip.PrefixFrom(own, 32).String(), "dev", "lo")
-	n.own = testenv.StartDNSServer(t, &r.Node.Netns, []netip.AddrPort{netip.AddrPortFrom(own, 53)},
-		testenv.Marker(ownMarker4, ownMarker6))
+	n.own = r.Node.ServeNameserver(t, netip.MustParseAddr(ownNameserver), dnstest.Marker(ownMarker4, ownMarker6))
 
 	// Registered before any agent starts, so it runs after they are
 	// killed: a test that failed half-way leaves nothing attached.
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 		defer cancel()
-		out, err := exec.CommandContext(ctx, "nsenter", "--net="+r.Node.Path(), n.bin,
-			"uninstall", "--bpffs", n.bpffs, "--cgroup", n.cg.Path).CombinedOutput()
+		out, err := r.Node.Nsenter(ctx, n.bin, "uninstall", "--bpffs", n.bpffs, "--cgroup", n.cg.Path).CombinedOutput()
 		if err != nil {
 			t.Errorf("cleanup: ztdns uninstall: %v\n%s", err, out)
 		}
@@ -437,13 +434,6 @@ func (n *capturingNode) waitSourceHas(t *testing.T, namespace, name string) {
 			t.Fatalf("the agent's source does not list the pod %s/%s after 10s", namespace, name)
 		}
 		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-func runCmd(t *testing.T, name string, args ...string) {
-	t.Helper()
-	if out, err := exec.Command(name, args...).CombinedOutput(); err != nil {
-		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
 	}
 }
 

@@ -49,7 +49,7 @@ func TestAddCapturesAndResolves(t *testing.T) {
 
 	// ztdns answered from its table: the pod's own nameserver was never
 	// asked, by the pod or on its behalf.
-	for _, q := range n.own.Queries() {
+	for _, q := range n.own.Received() {
 		t.Errorf("the pod's own nameserver was asked %s by %s", q.Name, q.Remote)
 	}
 	row := rowsOf(n.podRows(t), p)[0]

@@ -19,11 +19,9 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -210,7 +208,7 @@ type Pod struct {
 func (r *Runtime) NewPod(tb testing.TB, opts PodOptions) *Pod {
 	tb.Helper()
 	name := testenv.UniqueName("ztcni-")
-	writeResolvConf(tb, name, opts.Nameservers, opts.ResolvOptions)
+	testenv.WriteResolvConf(tb, name, testenv.PodConfig{Nameservers: opts.Nameservers, Options: opts.ResolvOptions})
 	p := &Pod{
 		Netns:       testenv.NewNetns(tb, name),
 		Namespace:   opts.Namespace,
@@ -317,30 +315,4 @@ func containerID(tb testing.TB) string {
 		tb.Fatal(err)
 	}
 	return hex.EncodeToString(b[:])
-}
-
-// writeResolvConf writes /etc/netns/NAME/resolv.conf, removed at cleanup.
-func writeResolvConf(tb testing.TB, name string, nameservers, options []string) {
-	tb.Helper()
-	dir := filepath.Join("/etc/netns", name)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() {
-		if err := os.RemoveAll(dir); err != nil {
-			tb.Errorf("cleanup: %v", err)
-		}
-		_ = os.Remove(filepath.Dir(dir)) // only if no other test uses it
-	})
-	var b strings.Builder
-	b.WriteString("# written by test/cni\n")
-	for _, ns := range nameservers {
-		fmt.Fprintf(&b, "nameserver %s\n", ns)
-	}
-	if len(options) > 0 {
-		fmt.Fprintf(&b, "options %s\n", strings.Join(options, " "))
-	}
-	if err := os.WriteFile(filepath.Join(dir, "resolv.conf"), []byte(b.String()), 0o644); err != nil {
-		tb.Fatal(err)
-	}
 }

@@ -6,7 +6,6 @@ import (
 	"context"
 	"encoding/json"
 	"net/netip"
-	"os/exec"
 	"slices"
 	"strings"
 	"testing"
@@ -29,14 +28,8 @@ func TestClientsResolveThroughCapture(t *testing.T) {
 	c.startReadyAgent(t)
 	hosts := c.serviceEntryHosts(t)
 
-	type command func(ctx context.Context, p *testenv.Pod, host string) *exec.Cmd
-	run := func(bin string, args ...string) command {
-		return func(ctx context.Context, p *testenv.Pod, host string) *exec.Cmd {
-			return p.Command(ctx, c.cg, bin, append(args, host)...)
-		}
-	}
-	dig := func(args ...string) command {
-		return run("dig", append([]string{"+short", "+time=2", "+tries=1"}, args...)...)
+	dig := func(args ...string) testenv.Client {
+		return testenv.CommandClient("dig", append([]string{"+short", "+time=2", "+tries=1"}, args...)...)
 	}
 	// What a client prints for a host with addresses v4 and v6 (v6 may be
 	// absent: NODATA).
@@ -58,20 +51,19 @@ func TestClientsResolveThroughCapture(t *testing.T) {
 	clients := []struct {
 		name        string
 		nameservers []string // the pod's resolv.conf
-		command     command
+		command     testenv.Client
 		prints      func(v4, v6 netip.Addr) []netip.Addr
 	}{
-		{name: "glibc getent hosts", nameservers: []string{nowhere4}, command: run("getent", "hosts"), prints: ipv6First},
-		{name: "glibc getent ahosts", nameservers: []string{nowhere4}, command: run("getent", "ahosts"), prints: both},
+		{name: "glibc getent hosts", nameservers: []string{nowhere4}, command: testenv.CommandClient("getent", "hosts"), prints: ipv6First},
+		{name: "glibc getent ahosts", nameservers: []string{nowhere4}, command: testenv.CommandClient("getent", "ahosts"), prints: both},
 		// musl sends every query to both nameservers at once from one
 		// unconnected socket and drops replies from addresses it did not
 		// send to.
-		{name: "musl getaddrinfo two IPv4 nameservers", nameservers: []string{nowhere4, nowhere4b}, command: run(musl), prints: both},
+		{name: "musl getaddrinfo two IPv4 nameservers", nameservers: []string{nowhere4, nowhere4b}, command: testenv.CommandClient(musl), prints: both},
 		// With an IPv6 nameserver musl uses one AF_INET6 socket and reaches
 		// the IPv4 one as ::ffff:203.0.113.53.
-		{name: "musl getaddrinfo IPv6 and v4-mapped nameservers", nameservers: []string{nowhere6, nowhere4}, command: run(musl), prints: both},
-		{name: "Go resolver PreferGo", nameservers: []string{nowhere4}, prints: both,
-			command: func(ctx context.Context, p *testenv.Pod, host string) *exec.Cmd { return p.GoLookup(ctx, c.cg, host) }},
+		{name: "musl getaddrinfo IPv6 and v4-mapped nameservers", nameservers: []string{nowhere6, nowhere4}, command: testenv.CommandClient(musl), prints: both},
+		{name: "Go resolver PreferGo", nameservers: []string{nowhere4}, command: testenv.GoClient, prints: both},
 		{name: "dig UDP", nameservers: []string{nowhere4}, command: dig(), prints: ipv4Only},
 		{name: "dig TCP", nameservers: []string{nowhere4}, command: dig("+tcp"), prints: ipv4Only},
 		{name: "dig @IPv6 nameserver", nameservers: []string{nowhere4}, command: dig("@" + nowhere6), prints: ipv4Only},
@@ -85,11 +77,11 @@ func TestClientsResolveThroughCapture(t *testing.T) {
 				t.Run(h.name, func(t *testing.T) {
 					ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
 					defer cancel()
-					out, err := cl.command(ctx, p, h.name).CombinedOutput()
+					out, err := cl.command(ctx, p, c.cg, h.name).CombinedOutput()
 					if err != nil {
 						t.Fatalf("%v\n%s", err, out)
 					}
-					got, want := parseAddrs(string(out)), cl.prints(h.v4, h.v6)
+					got, want := testenv.ParseAddrs(string(out)), cl.prints(h.v4, h.v6)
 					slices.SortFunc(got, netip.Addr.Compare)
 					slices.SortFunc(want, netip.Addr.Compare)
 					if !slices.Equal(got, want) {
@@ -130,7 +122,7 @@ func TestUnmarkedPodIsNotRedirected(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			out, err := c.inPod(t, unmarked, 10*time.Second, tc.cmd[0], tc.cmd[1:]...)
-			if err == nil && len(parseAddrs(out)) > 0 {
+			if err == nil && len(testenv.ParseAddrs(out)) > 0 {
 				t.Errorf("%s resolved in an unmarked pod whose nameserver exists nowhere: %q", strings.Join(tc.cmd, " "), out)
 			}
 		})
@@ -145,7 +137,7 @@ func TestUnmarkedPodIsNotRedirected(t *testing.T) {
 		if !slices.Equal(got, []netip.Addr{ownMarker}) {
 			t.Errorf("dig %s = %v, want %s from the pod's own nameserver, not ztdns's %s", addressHost, got, ownMarker, addressVIP)
 		}
-		if askers := own.askersOf(addressHost); !slices.Contains(askers, direct.IPv4) {
+		if askers := askersOf(own, addressHost); !slices.Contains(askers, direct.IPv4) {
 			t.Errorf("the pod's nameserver was asked by %v, want the pod itself (%s)", askers, direct.IPv4)
 		}
 	})

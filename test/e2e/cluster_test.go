@@ -3,23 +3,17 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
-	"net"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
-	"github.com/miekg/dns"
 	"golang.org/x/sys/unix"
 
 	"github.com/ztdns/ztdns/internal/dnstest"
@@ -82,7 +76,7 @@ type cluster struct {
 	stateDir   string // --state-dir
 	resolvConf string // --resolv-conf: names only agentUpstream
 	// upstream is the agent's --upstream server, answering upstreamMarker.
-	upstream *nameserver
+	upstream *dnstest.Server
 }
 
 func newCluster(t *testing.T) *cluster {
@@ -139,81 +133,32 @@ func writeFile(t *testing.T, path, content string) {
 	}
 }
 
-// nameserver is a test DNS server on a node address, standing in for a
-// pod's own nameserver or the agent's upstream. It answers every A
-// question for markedNames with its marker address (TTL 300, so a cache
-// that mixed up nameservers would show) and remembers who asked.
-type nameserver struct {
-	marker netip.Addr
-	mu     sync.Mutex
-	srv    *dnstest.Server
-	askers map[string][]netip.Addr // fully qualified name → source addresses
-}
-
-// serve puts addr on the node's loopback and runs a nameserver there, on
-// UDP and TCP port 53.
-func (c *cluster) serve(t *testing.T, addr string, marker netip.Addr) *nameserver {
+// serve puts addr on the node's loopback and runs a test nameserver there,
+// on UDP and TCP port 53, standing in for a pod's own nameserver or the
+// agent's upstream. It answers every A question for markedNames with
+// marker (TTL 300, so a cache that mixed up nameservers would show) and
+// records who asked.
+func (c *cluster) serve(t *testing.T, addr string, marker netip.Addr) *dnstest.Server {
 	t.Helper()
-	ip := netip.MustParseAddr(addr)
-	run(t, "ip", "-n", c.node.Name, "addr", "add", netip.PrefixFrom(ip, ip.BitLen()).String(), "dev", "lo")
 	var lines []string
 	for _, name := range markedNames {
 		lines = append(lines, fmt.Sprintf("%s. 300 IN A %s", name, marker))
 	}
-	zone := dnstest.ZoneOf(t, lines...)
-	hostPort := net.JoinHostPort(addr, "53")
-	var pc net.PacketConn
-	var ln net.Listener
-	err := c.node.Do(func() error {
-		var err error
-		if pc, err = net.ListenPacket("udp", hostPort); err != nil {
-			return err
-		}
-		ln, err = net.Listen("tcp", hostPort)
-		return err
-	})
-	if err != nil {
-		if pc != nil {
-			pc.Close()
-		}
-		t.Fatalf("test nameserver on %s: %v", hostPort, err)
-	}
-	ns := &nameserver{marker: marker, askers: map[string][]netip.Addr{}}
-	srv := dnstest.StartOn(t, pc, ln, zone, dnstest.WithHandler(ns.serveDNS))
-	ns.mu.Lock()
-	ns.srv = srv
-	ns.mu.Unlock()
-	return ns
+	return c.node.ServeNameserver(t, netip.MustParseAddr(addr), dnstest.ZoneOf(t, lines...))
 }
 
-func (n *nameserver) serveDNS(w dns.ResponseWriter, req *dns.Msg) {
-	from, _ := netip.ParseAddrPort(w.RemoteAddr().String())
-	n.mu.Lock()
-	for _, q := range req.Question {
-		name := dns.CanonicalName(q.Name)
-		n.askers[name] = append(n.askers[name], from.Addr().Unmap())
+// askersOf returns the source addresses of the queries srv received for
+// name.
+func askersOf(srv *dnstest.Server, name string) []netip.Addr {
+	var askers []netip.Addr
+	for _, q := range srv.ReceivedFor(name) {
+		askers = append(askers, q.Remote.Addr())
 	}
-	srv := n.srv
-	n.mu.Unlock()
-	_ = w.WriteMsg(srv.Answer(req))
-}
-
-// askersOf returns the source addresses of the queries for name.
-func (n *nameserver) askersOf(name string) []netip.Addr {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	return slices.Clone(n.askers[dns.Fqdn(strings.ToLower(name))])
+	return askers
 }
 
 // markedNames are the names the node's test nameservers answer.
 var markedNames = []string{addressHost, autoHost, whoHost}
-
-func run(t *testing.T, name string, args ...string) {
-	t.Helper()
-	if out, err := exec.Command(name, args...).CombinedOutput(); err != nil {
-		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
-	}
-}
 
 // agentArgs is the agent's command line, as a user would type it.
 func (c *cluster) agentArgs() []string {
@@ -228,121 +173,35 @@ func (c *cluster) agentArgs() []string {
 	}
 }
 
-// agent is a running `ztdns agent` process.
-type agent struct {
-	cmd  *exec.Cmd
-	log  *lineLog
-	done chan struct{} // closed when it exited; err is set then
-	err  error
-}
-
 // startAgent starts an agent in the node namespace; it is killed at
 // cleanup if still running, and its log is printed if the test failed.
-func (c *cluster) startAgent(t *testing.T) *agent {
+func (c *cluster) startAgent(t *testing.T) *testenv.Agent {
 	t.Helper()
-	args := append([]string{"--net=" + c.node.Path(), c.bin}, c.agentArgs()...)
-	a := &agent{cmd: exec.Command("nsenter", args...), log: &lineLog{}, done: make(chan struct{})}
-	a.cmd.Stdout, a.cmd.Stderr = a.log, a.log
-	if err := spawner.start(a.cmd); err != nil {
-		t.Fatalf("start agent: %v", err)
-	}
-	go func() {
-		a.err = a.cmd.Wait()
-		close(a.done)
-	}()
-	t.Cleanup(func() {
-		if a.running() {
-			_ = a.cmd.Process.Kill()
-			<-a.done
-		}
-		if t.Failed() {
-			t.Logf("log of the agent with pid %d (%v):\n%s", a.cmd.Process.Pid, a.err, a.log)
-		}
-	})
-	return a
-}
-
-func (a *agent) running() bool {
-	select {
-	case <-a.done:
-		return false
-	default:
-		return true
-	}
-}
-
-// signal sends sig and returns when it was sent.
-func (a *agent) signal(t *testing.T, sig syscall.Signal) time.Time {
-	t.Helper()
-	at := time.Now()
-	if err := a.cmd.Process.Signal(sig); err != nil {
-		t.Fatalf("signal %v: %v", sig, err)
-	}
-	return at
-}
-
-// wait waits for the agent to exit and returns its exit error.
-func (a *agent) wait(t *testing.T, within time.Duration) error {
-	t.Helper()
-	select {
-	case <-a.done:
-		return a.err
-	case <-time.After(within):
-		t.Fatalf("agent still running %v later; log:\n%s", within, a.log)
-		return nil
-	}
-}
-
-// waitLog waits until the agent logged a line containing s.
-func (a *agent) waitLog(t *testing.T, s string, within time.Duration) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !a.log.contains(s) {
-		if !a.running() {
-			t.Fatalf("agent exited (%v) before logging %q; log:\n%s", a.err, s, a.log)
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("agent did not log %q within %v; log:\n%s", s, within, a.log)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	return testenv.StartAgent(t, c.node, c.bin, c.agentArgs()...)
 }
 
 // startReadyAgent starts an agent and waits until it serves its table.
-func (c *cluster) startReadyAgent(t *testing.T) *agent {
+func (c *cluster) startReadyAgent(t *testing.T) *testenv.Agent {
 	t.Helper()
 	a := c.startAgent(t)
 	c.waitReady(t, a)
 	return a
 }
 
-// waitReady polls `ztdns status` until the agent reports ready.
-func (c *cluster) waitReady(t *testing.T, a *agent) {
+// waitReady waits until `ztdns status` reports the agent ready.
+func (c *cluster) waitReady(t *testing.T, a *testenv.Agent) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		out, err := c.ztdnsOutput("status", "--socket", c.socket)
-		var st struct {
-			Ready   bool `json:"ready"`
-			Capture bool `json:"capture"`
-		}
-		if err == nil && json.Unmarshal([]byte(out), &st) == nil && st.Ready {
-			if !st.Capture {
-				t.Fatalf("agent is ready without capture: %s", out)
-			}
-			return
-		}
-		if !a.running() {
-			if a.log.contains("kernel lacks") {
-				testenv.Unavailable(t, "the agent cannot load its programs on this kernel:\n%s", a.log)
-			}
-			t.Fatalf("agent exited: %v; log:\n%s", a.err, a.log)
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("agent not ready after 20s: %v %s; log:\n%s", err, out, a.log)
-		}
-		time.Sleep(20 * time.Millisecond)
+	a.WaitReady(t, c.socket, 20*time.Second)
+}
+
+// signal sends sig to the agent and returns when it was sent.
+func signal(t *testing.T, a *testenv.Agent, sig syscall.Signal) time.Time {
+	t.Helper()
+	at := time.Now()
+	if err := a.Signal(sig); err != nil {
+		t.Fatalf("signal %v: %v", sig, err)
 	}
+	return at
 }
 
 // ztdnsOutput runs an operator command from the test's own namespace (the
@@ -369,7 +228,7 @@ func (c *cluster) ztdns(t *testing.T, args ...string) string {
 func (c *cluster) nodeZtdns(args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, "nsenter", append([]string{"--net=" + c.node.Path(), c.bin}, args...)...).CombinedOutput()
+	out, err := c.node.Nsenter(ctx, c.bin, args...).CombinedOutput()
 	return string(out), err
 }
 
@@ -416,27 +275,11 @@ func (c *cluster) dig(t *testing.T, p *testenv.Pod, args ...string) ([]netip.Add
 	if err != nil {
 		return nil, fmt.Errorf("dig %s: %w\n%s", strings.Join(args, " "), err, out)
 	}
-	addrs := parseAddrs(out)
+	addrs := testenv.ParseAddrs(out)
 	if len(addrs) == 0 {
 		return nil, fmt.Errorf("dig %s printed no address: %q", strings.Join(args, " "), out)
 	}
 	return addrs, nil
-}
-
-// parseAddrs returns every IP address among the whitespace-separated words
-// of out, in order, without duplicates.
-func parseAddrs(out string) []netip.Addr {
-	var addrs []netip.Addr
-	seen := map[netip.Addr]bool{}
-	for _, w := range strings.Fields(out) {
-		a, err := netip.ParseAddr(w)
-		if err != nil || seen[a] {
-			continue
-		}
-		seen[a] = true
-		addrs = append(addrs, a)
-	}
-	return addrs
 }
 
 // netnsCookie reads the pod's network namespace cookie the way the kernel
@@ -458,30 +301,6 @@ func netnsCookie(t *testing.T, p *testenv.Pod) uint64 {
 		t.Fatalf("netns cookie of %s: %v", p.Name, err)
 	}
 	return cookie
-}
-
-// lineLog collects a process's output.
-type lineLog struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *lineLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *lineLog) contains(s string) bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return bytes.Contains(l.buf.Bytes(), []byte(s))
-}
-
-func (l *lineLog) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
 }
 
 // output runs a command in the test's own namespace and returns its

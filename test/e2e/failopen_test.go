@@ -61,8 +61,8 @@ func TestFailOpen(t *testing.T) {
 
 			l := c.startLoop(t, p, tc.every, 500*time.Millisecond, tc.within+3*time.Second)
 			time.Sleep(time.Second)
-			stoppedAt := a.signal(t, tc.signal)
-			err := a.wait(t, 10*time.Second)
+			stoppedAt := signal(t, a, tc.signal)
+			err := a.Wait(t, 10*time.Second)
 			if tc.signal == syscall.SIGTERM && err != nil {
 				t.Errorf("agent exited with %v after SIGTERM, want success", err)
 			}
@@ -106,7 +106,7 @@ func TestFailOpen(t *testing.T) {
 					}
 				}
 			}
-			if askers := own.askersOf(addressHost); !slices.Contains(askers, p.IPv4) {
+			if askers := askersOf(own, addressHost); !slices.Contains(askers, p.IPv4) {
 				t.Errorf("the pod's nameserver was asked by %v, want the pod itself (%s)", askers, p.IPv4)
 			}
 		})

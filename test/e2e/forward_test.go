@@ -7,6 +7,7 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/ztdns/ztdns/internal/dnstest"
 	"github.com/ztdns/ztdns/internal/testenv"
 )
 
@@ -20,9 +21,13 @@ import (
 func TestMissGoesToPodNameserver(t *testing.T) {
 	t.Parallel()
 	c := newCluster(t)
-	servers := map[string]*nameserver{
-		podNameserver1: c.serve(t, podNameserver1, netip.MustParseAddr("203.0.113.1")),
-		podNameserver2: c.serve(t, podNameserver2, netip.MustParseAddr("203.0.113.2")),
+	markers := map[string]netip.Addr{
+		podNameserver1: netip.MustParseAddr("203.0.113.1"),
+		podNameserver2: netip.MustParseAddr("203.0.113.2"),
+	}
+	servers := map[string]*dnstest.Server{
+		podNameserver1: c.serve(t, podNameserver1, markers[podNameserver1]),
+		podNameserver2: c.serve(t, podNameserver2, markers[podNameserver2]),
 	}
 	c.startReadyAgent(t)
 	pods := map[string]*testenv.Pod{
@@ -35,7 +40,7 @@ func TestMissGoesToPodNameserver(t *testing.T) {
 	for round := range 2 {
 		for _, ns := range []string{podNameserver1, podNameserver2} {
 			for _, proto := range []string{"+notcp", "+tcp"} {
-				p, want := pods[ns], servers[ns].marker
+				p, want := pods[ns], markers[ns]
 				got, err := c.dig(t, p, proto, whoHost)
 				if err != nil {
 					t.Fatalf("round %d, pod with nameserver %s: %v", round, ns, err)
@@ -49,7 +54,7 @@ func TestMissGoesToPodNameserver(t *testing.T) {
 	}
 
 	for ns, srv := range servers {
-		askers := srv.askersOf(whoHost)
+		askers := askersOf(srv, whoHost)
 		if len(askers) == 0 {
 			t.Errorf("nameserver %s was never asked for %s", ns, whoHost)
 		}
@@ -59,7 +64,7 @@ func TestMissGoesToPodNameserver(t *testing.T) {
 			}
 		}
 	}
-	if askers := c.upstream.askersOf(whoHost); len(askers) > 0 {
+	if askers := askersOf(c.upstream, whoHost); len(askers) > 0 {
 		t.Errorf("the agent's --upstream %s was asked for %s by %v; misses must go to the pod's nameserver", agentUpstream, whoHost, askers)
 	}
 }

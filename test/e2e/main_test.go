@@ -18,7 +18,6 @@ import (
 	"path/filepath"
 	"runtime"
 	"sync"
-	"syscall"
 	"testing"
 
 	"github.com/ztdns/ztdns/internal/testenv"
@@ -33,7 +32,6 @@ func TestMain(m *testing.M) {
 		os.Exit(runHelper(h, os.Args[1:]))
 	}
 	testenv.RunHelper()
-	go spawner.run()
 	code := m.Run()
 	if built.dir != "" {
 		os.RemoveAll(built.dir)
@@ -81,35 +79,4 @@ func ztdnsBinary(tb testing.TB) string {
 		tb.Fatal(built.err)
 	}
 	return built.bin
-}
-
-// spawner starts the agents from one OS thread that lives as long as the
-// test binary, so that their parent-death signal (SIGKILL) fires when the
-// test binary dies, e.g. on a -timeout panic that runs no cleanup, and
-// not when some other Go thread happens to exit.
-var spawner = processSpawner{requests: make(chan spawnRequest)}
-
-type processSpawner struct{ requests chan spawnRequest }
-
-type spawnRequest struct {
-	cmd  *exec.Cmd
-	done chan error
-}
-
-func (s processSpawner) run() {
-	runtime.LockOSThread() // never unlocked: the thread must outlive every child
-	for req := range s.requests {
-		req.done <- req.cmd.Start()
-	}
-}
-
-// start starts cmd with SIGKILL as its parent-death signal.
-func (s processSpawner) start(cmd *exec.Cmd) error {
-	if cmd.SysProcAttr == nil {
-		cmd.SysProcAttr = &syscall.SysProcAttr{}
-	}
-	cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
-	done := make(chan error, 1)
-	s.requests <- spawnRequest{cmd: cmd, done: done}
-	return <-done
 }

@@ -121,8 +121,8 @@ func TestUninstall(t *testing.T) {
 			}
 
 			if tc.stopFirst {
-				a.signal(t, syscall.SIGTERM)
-				if err := a.wait(t, 10*time.Second); err != nil {
+				signal(t, a, syscall.SIGTERM)
+				if err := a.Wait(t, 10*time.Second); err != nil {
 					t.Errorf("agent exited with %v after SIGTERM", err)
 				}
 			}
@@ -130,8 +130,8 @@ func TestUninstall(t *testing.T) {
 				t.Fatalf("ztdns uninstall: %v\n%s", err, out)
 			}
 			if !tc.stopFirst {
-				a.signal(t, syscall.SIGTERM)
-				if err := a.wait(t, 10*time.Second); err != nil {
+				signal(t, a, syscall.SIGTERM)
+				if err := a.Wait(t, 10*time.Second); err != nil {
 					t.Errorf("agent exited with %v after SIGTERM", err)
 				}
 			}

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ztdns/ztdns/internal/dnstest"
 	"github.com/ztdns/ztdns/internal/testenv"
 )
 
@@ -39,9 +40,9 @@ const steadyPod = "steady"
 // told from ztdns's (addressVIP).
 type restartEnv struct {
 	*cluster
-	agent *agent
+	agent *testenv.Agent
 	pod   *testenv.Pod
-	own   *nameserver
+	own   *dnstest.Server
 }
 
 func newRestartEnv(t *testing.T) *restartEnv {
@@ -63,10 +64,10 @@ func newRestartEnv(t *testing.T) *restartEnv {
 // NXDOMAIN, which clients cache.
 func (e *restartEnv) checkNotForwarded(t *testing.T) {
 	t.Helper()
-	for _, a := range e.own.askersOf(addressHost) {
+	for _, a := range askersOf(e.own, addressHost) {
 		if a != e.pod.IPv4 && a != e.pod.IPv6 {
 			t.Errorf("the pod's nameserver was asked for %s by %s, not by the pod: ztdns forwarded a name of its own table (asked by %v)",
-				addressHost, a, e.own.askersOf(addressHost))
+				addressHost, a, askersOf(e.own, addressHost))
 			return
 		}
 	}
@@ -84,9 +85,9 @@ func TestRestartLosesNoQuery(t *testing.T) {
 	l := c.startLoop(t, p, lossEvery, restartQueryTimeout, restartLoopFor)
 	time.Sleep(restartLoopStart)
 	second := c.startAgent(t)
-	second.waitLog(t, "took over the resolver's sockets from the previous agent", 30*time.Second)
-	first.signal(t, syscall.SIGTERM)
-	if err := first.wait(t, 10*time.Second); err != nil {
+	second.WaitLog(t, "took over the resolver's sockets from the previous agent", 30*time.Second)
+	signal(t, first, syscall.SIGTERM)
+	if err := first.Wait(t, 10*time.Second); err != nil {
 		t.Errorf("first agent exited with %v after SIGTERM, want success", err)
 	}
 	restartedAt := time.Now()
@@ -133,8 +134,8 @@ func TestHardRestart(t *testing.T) {
 
 	l := c.startLoop(t, p, lossEvery, restartQueryTimeout, restartLoopFor)
 	time.Sleep(restartLoopStart)
-	killedAt := first.signal(t, syscall.SIGKILL)
-	first.wait(t, 10*time.Second)
+	killedAt := signal(t, first, syscall.SIGKILL)
+	first.Wait(t, 10*time.Second)
 	second := c.startAgent(t)
 	c.waitReady(t, second)
 	readyAt := time.Now()
