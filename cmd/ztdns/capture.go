@@ -1,15 +1,10 @@
 package main
 
 import (
-	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
-	"os"
 	"strings"
-	"text/tabwriter"
-	"time"
 
 	"github.com/ztdns/ztdns/pkg/agent"
 	"github.com/ztdns/ztdns/pkg/cni"
@@ -34,15 +29,12 @@ func runCapture(args []string) error {
 	if *netns == "" {
 		return errors.New("--netns is required")
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	c := control.NewClient(*socket, 10*time.Second)
 	req := agent.CaptureRequest{Netns: *netns, Namespace: *ns, Name: *name}
 	if verb == "del" {
-		return c.Do(ctx, "DELETE", agent.PathCapture, req, nil)
+		return call(*socket, "DELETE", agent.PathCapture, req, nil)
 	}
 	var row agent.PodRow
-	if err := c.Do(ctx, "POST", agent.PathCapture, req, &row); err != nil {
+	if err := call(*socket, "POST", agent.PathCapture, req, &row); err != nil {
 		return err
 	}
 	fmt.Printf("captured %s/%s (netns cookie %d, %s)\n", row.Namespace, row.Name, row.NetnsCookie, strings.Join(row.IPs, ", "))
@@ -57,27 +49,14 @@ func runPods(args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
 	var rows []agent.PodRow
-	if err := control.NewClient(*socket, 10*time.Second).Do(ctx, "GET", agent.PathPods, nil, &rows); err != nil {
+	if err := call(*socket, "GET", agent.PathPods, nil, &rows); err != nil {
 		return err
 	}
-	switch *output {
-	case "json":
-		enc := json.NewEncoder(os.Stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(rows)
-	case "table":
-		w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(w, "NAMESPACE\tNAME\tIPS\tNETNS COOKIE\tCAPTURED\tMARKED\tREDIRECTED\tRESTORED\tNAMESERVERS")
-		for _, r := range rows {
-			fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%v\t%v\t%d\t%d\t%s\n", r.Namespace, r.Name, strings.Join(r.IPs, ","), r.NetnsCookie,
-				r.Captured, r.Marked, r.Redirected, r.Restored, strings.Join(r.Nameservers, ","))
-		}
-		return w.Flush()
-	}
-	return fmt.Errorf("-o %q: want table or json", *output)
+	return render(*output, rows, "NAMESPACE\tNAME\tIPS\tNETNS COOKIE\tCAPTURED\tREASON\tMARKED\tREDIRECTED\tRESTORED\tNAMESERVERS", func(r agent.PodRow) string {
+		return fmt.Sprintf("%s\t%s\t%s\t%d\t%v\t%s\t%v\t%d\t%d\t%s", r.Namespace, r.Name, strings.Join(r.IPs, ","), r.NetnsCookie,
+			r.Captured, r.Reason, r.Marked, r.Redirected, r.Restored, strings.Join(r.Nameservers, ","))
+	})
 }
 
 // runUninstall removes what the agent installed on the node.

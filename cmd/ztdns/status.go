@@ -1,11 +1,9 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"flag"
 	"os"
-	"time"
 
 	"github.com/ztdns/ztdns/pkg/agent"
 	"github.com/ztdns/ztdns/pkg/control"
@@ -19,10 +17,8 @@ func runStatus(args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
 	var st agent.Status
-	if err := control.NewClient(*socket, 10*time.Second).Do(ctx, "GET", "/v1/status", nil, &st); err != nil {
+	if err := call(*socket, "GET", "/v1/status", nil, &st); err != nil {
 		return err
 	}
 	enc := json.NewEncoder(os.Stdout)
