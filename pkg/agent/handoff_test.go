@@ -4,10 +4,12 @@ import (
 	"context"
 	"log/slog"
 	"net"
+	"io"
 	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -137,6 +139,17 @@ func TestRestartLosesNoQuery(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		t.Errorf("/readyz after the restart: %s", resp.Status)
+	}
+	resp, err = http.Get("http://" + metrics + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, m := range []string{`ztdns_resolver_queries_total{outcome="local"}`, "ztdns_table_names", "ztdns_forward_cache_hits_total", "go_goroutines"} {
+		if !strings.Contains(string(body), m) {
+			t.Errorf("/metrics lacks %s", m)
+		}
 	}
 }
 
