@@ -264,7 +264,12 @@ static __always_inline int learn_slot(__u64 cookie, const struct endpoint *dst,
 				continue;
 			}
 			if (same_endpoint(&ns->server, dst)) {
-				ns->last_used_ns = now;
+				/* Refresh the slot's age at most once per
+				 * ZTDNS_SLOT_TOUCH_NS: a write per query would
+				 * bounce the value's cache line between CPUs,
+				 * and idleness is judged in tens of seconds. */
+				if (now > ns->last_used_ns + ZTDNS_SLOT_TOUCH_NS)
+					ns->last_used_ns = now;
 				return i;
 			}
 			/* last_used_ns may be a hair ahead of now when

@@ -88,6 +88,9 @@ struct nameserver {
 /* Long enough that no reply or forwarded query of the slot's previous
  * server can still be in flight (stub resolvers give up after 5 s). */
 #define ZTDNS_SLOT_IDLE_NS (30ULL * 1000 * 1000 * 1000)
+/* How stale a busy slot's last_used_ns may get before a query refreshes it;
+ * far below ZTDNS_SLOT_IDLE_NS, so a busy slot never looks idle. */
+#define ZTDNS_SLOT_TOUCH_NS (1000ULL * 1000 * 1000)
 
 /* sockets (socket storage, one value per redirected socket): what the
  * socket addressed through each slot. recvmsg and getpeername restore from
