@@ -121,7 +121,7 @@ type Pod struct {
 	// IPs are status.podIPs (or status.podIP).
 	IPs         []netip.Addr
 	HostNetwork bool
-	// Labels and Annotations keep only the keys ztdns reads (see capture.go).
+	// Labels and Annotations keep only the keys ztdns reads (see kube.go).
 	Labels      map[string]string
 	Annotations map[string]string
 	// HasSidecar is true when the pod runs an istio-proxy container.

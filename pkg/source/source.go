@@ -17,6 +17,9 @@ type Source interface {
 	// to deliver are sequential. Run returns nil when ctx ends, or an error
 	// that makes the source unusable (bad flags, a directory that vanished).
 	// Errors in individual objects are logged and the last good state kept.
+	//
+	// A delivered snapshot is never changed afterwards: the agent keeps
+	// pointers into it (a later snapshot may share its unchanged parts).
 	Run(ctx context.Context, deliver func(*model.Snapshot)) error
 }
 
