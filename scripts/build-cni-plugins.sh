@@ -24,24 +24,14 @@ set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(dirname "$here")"
+tool="build-cni-plugins"
+# shellcheck source=scripts/lib/cache.sh
+source "$here/lib/cache.sh"
+
 module="github.com/containernetworking/plugins"
 plugins=(bridge host-local loopback)
 packages=(plugins/main/bridge plugins/ipam/host-local plugins/main/loopback)
-
-# tmp_dir is the directory being built, removed if the build does not finish.
-tmp_dir=""
-trap '[[ -z "$tmp_dir" ]] || rm -rf "$tmp_dir"' EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM HUP
-
-log() { printf 'build-cni-plugins: %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
-
-# The version go.mod requires, parsed without the go command so that a cached
-# run stays fast and offline.
-version="$(awk -v m="$module" '($1 == "require" && $2 == m) { print $3; exit } ($1 == m && $2 ~ /^v/) { print $2; exit }' "$repo/go.mod")"
-[[ -n "$version" ]] || die "$repo/go.mod does not require $module"
-cache_root="${ZTDNS_CACHE:-${HOME:?HOME or ZTDNS_CACHE must be set}/.cache/ztdns}"
+version="$(required_version "$repo/go.mod" "$module")"
 bin_dir="$cache_root/cni/$version"
 
 # is_complete succeeds when every plugin is in bin_dir.
@@ -52,59 +42,19 @@ is_complete() {
 	done
 }
 
-mode="build"
-case "${1:-}" in
-"") ;;
---check) mode="check" ;;
--h | --help)
-	sed -n '2,/^set -euo/{/^#/s/^# \{0,1\}//p}' "${BASH_SOURCE[0]}"
-	exit 0
-	;;
-*) die "unknown argument $1 (want --check or nothing)" ;;
-esac
+cache_main "$bin_dir" "$cache_root/cni/.lock" "${BASH_SOURCE[0]}" "$@"
 
-if is_complete; then
-	printf '%s\n' "$bin_dir"
-	exit 0
-fi
-if [[ "$mode" == "check" ]]; then
-	printf '%s\n' "$bin_dir"
-	exit 3
-fi
-
-command -v go >/dev/null || die "the go command is not on PATH"
-mkdir -p "$cache_root/cni"
-exec 9>"$cache_root/cni/.lock"
-log "waiting for the build lock $cache_root/cni/.lock"
-flock 9
-# Another run may have finished the build while this one waited.
-if is_complete; then
-	log "built by a concurrent run: $bin_dir"
-	printf '%s\n' "$bin_dir"
-	exit 0
-fi
-
-tmp_dir="$(mktemp -d "$cache_root/cni/.$version.tmp.XXXXXX")"
+tmp_path="$(mktemp -d "$cache_root/cni/.$version.tmp.XXXXXX")"
 targets=()
 for p in "${packages[@]}"; do
 	targets+=("$module/$p@$version")
 done
 log "building ${plugins[*]} $version from the Go module proxy"
 start=$SECONDS
-# Outside any module (cd /, GOWORK=off), `go install pkg@version` builds the
-# released module with its own go.mod and go.sum, as its authors test it.
-# -modcacherw keeps the shared module cache removable without chmod.
-(
-	cd /
-	GOWORK=off GOFLAGS="-modcacherw" CGO_ENABLED=0 GOBIN="$tmp_dir" \
-		go install -trimpath -ldflags "-s -w" "${targets[@]}"
-)
+go_outside env CGO_ENABLED=0 GOBIN="$tmp_path" go install -trimpath -ldflags "-s -w" "${targets[@]}"
 for p in "${plugins[@]}"; do
-	[[ -x "$tmp_dir/$p" ]] || die "go install did not produce $p"
+	[[ -x "$tmp_path/$p" ]] || die "go install did not produce $p"
 done
-chmod 0755 "$tmp_dir"
-rm -rf "$bin_dir" # an incomplete directory from an older layout
-mv -T "$tmp_dir" "$bin_dir"
-tmp_dir=""
+install_tmp_dir "$bin_dir"
 log "built in $((SECONDS - start))s: $bin_dir"
 printf '%s\n' "$bin_dir"

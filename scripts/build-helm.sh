@@ -28,54 +28,15 @@ set -euo pipefail
 
 version="v3.22.0"
 module="helm.sh/helm/v3"
-
-# tmp_dir is the directory being built, removed if the build does not finish.
-tmp_dir=""
-trap '[[ -z "$tmp_dir" ]] || rm -rf "$tmp_dir"' EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM HUP
-
-log() { printf 'build-helm: %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
-
-cache_root="${ZTDNS_CACHE:-${HOME:?HOME or ZTDNS_CACHE must be set}/.cache/ztdns}"
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+tool="build-helm"
+# shellcheck source=scripts/lib/cache.sh
+source "$here/lib/cache.sh"
 bin_dir="$cache_root/helm/$version"
 
-mode="build"
-case "${1:-}" in
-"") ;;
---check) mode="check" ;;
--h | --help)
-	sed -n '2,/^set -euo/{/^#/s/^# \{0,1\}//p}' "${BASH_SOURCE[0]}"
-	exit 0
-	;;
-*) die "unknown argument $1 (want --check or nothing)" ;;
-esac
+is_complete() { [[ -x "$bin_dir/helm" ]]; }
 
-if [[ -x "$bin_dir/helm" ]]; then
-	printf '%s\n' "$bin_dir"
-	exit 0
-fi
-if [[ "$mode" == "check" ]]; then
-	printf '%s\n' "$bin_dir"
-	exit 3
-fi
-
-command -v go >/dev/null || die "the go command is not on PATH"
-mkdir -p "$cache_root/helm"
-exec 9>"$cache_root/helm/.lock"
-log "waiting for the build lock $cache_root/helm/.lock"
-flock 9
-# Another run may have finished the build while this one waited.
-if [[ -x "$bin_dir/helm" ]]; then
-	log "built by a concurrent run: $bin_dir"
-	printf '%s\n' "$bin_dir"
-	exit 0
-fi
-
-# GOWORK=off and cd /: outside any module, so the released go.mod decides.
-# -modcacherw keeps the shared module cache removable without chmod.
-go_outside() { (cd / && GOWORK=off GOFLAGS="-modcacherw" "$@"); }
+cache_main "$bin_dir" "$cache_root/helm/.lock" "${BASH_SOURCE[0]}" "$@"
 
 log "fetching $module@$version from the Go module proxy"
 gomod="$(go_outside go mod download -json "$module@$version" |
@@ -87,7 +48,7 @@ client_go="$(awk '($1 == "k8s.io/client-go" && $2 ~ /^v0\./) { print $2; exit }'
 kube_minor="${client_go#v0.}"
 kube_minor="${kube_minor%%.*}"
 
-tmp_dir="$(mktemp -d "$cache_root/helm/.$version.tmp.XXXXXX")"
+tmp_path="$(mktemp -d "$cache_root/helm/.$version.tmp.XXXXXX")"
 ldflags="-s -w"
 ldflags+=" -X $module/internal/version.version=$version"
 ldflags+=" -X $module/internal/version.metadata="
@@ -97,14 +58,11 @@ for pkg in pkg/chartutil pkg/lint/rules; do
 done
 log "building helm $version (Kubernetes 1.$kube_minor capabilities) from the Go module proxy"
 start=$SECONDS
-go_outside env CGO_ENABLED=0 GOBIN="$tmp_dir" \
+go_outside env CGO_ENABLED=0 GOBIN="$tmp_path" \
 	go install -trimpath -ldflags "$ldflags" "$module/cmd/helm@$version"
-[[ -x "$tmp_dir/helm" ]] || die "go install did not produce helm"
-reported="$("$tmp_dir/helm" version --template '{{ .Version }}')"
+[[ -x "$tmp_path/helm" ]] || die "go install did not produce helm"
+reported="$("$tmp_path/helm" version --template '{{ .Version }}')"
 [[ "$reported" == "$version" ]] || die "the built helm reports version $reported, want $version"
-chmod 0755 "$tmp_dir"
-rm -rf "$bin_dir" # an incomplete directory from an older layout
-mv -T "$tmp_dir" "$bin_dir"
-tmp_dir=""
+install_tmp_dir "$bin_dir"
 log "built in $((SECONDS - start))s: $bin_dir"
 printf '%s\n' "$bin_dir"

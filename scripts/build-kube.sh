@@ -25,28 +25,12 @@ set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 testenv="$here/kube-testenv"
-
-# tmp_file is the binary being built, removed if the build does not finish.
-tmp_file=""
-trap '[[ -z "$tmp_file" ]] || rm -f "$tmp_file"' EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM HUP
-
-log() { printf 'build-kube: %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
-
-# required_version MODFILE MODULE prints the version MODFILE requires of MODULE,
-# parsed without the go command so that a cached run stays fast and offline.
-required_version() {
-	local v
-	v="$(awk -v m="$2" '($1 == "require" && $2 == m) { print $3; exit } ($1 == m && $2 ~ /^v/) { print $2; exit }' "$1")"
-	[[ -n "$v" ]] || die "$1 does not require $2"
-	printf '%s\n' "$v"
-}
+tool="build-kube"
+# shellcheck source=scripts/lib/cache.sh
+source "$here/lib/cache.sh"
 
 kube_version="$(required_version "$testenv/apiserver/go.mod" k8s.io/kubernetes)"
 etcd_version="$(required_version "$testenv/etcd/go.mod" go.etcd.io/etcd/server/v3)"
-cache_root="${ZTDNS_CACHE:-${HOME:?HOME or ZTDNS_CACHE must be set}/.cache/ztdns}"
 bin_dir="$cache_root/kube/${kube_version}-etcd-${etcd_version}"
 
 # inputs_sum DIR prints one checksum over the files that decide what DIR builds.
@@ -73,7 +57,7 @@ build() {
 		log "$name is up to date in $bin_dir"
 		return
 	fi
-	tmp_file="$bin_dir/.$name.tmp.$$"
+	tmp_path="$bin_dir/.$name.tmp.$$"
 	rm -f "$bin_dir/.$name.inputs"
 	log "building $name ($pkg) in ${wrapper#"$(dirname "$here")/"}"
 	local start=$SECONDS
@@ -83,39 +67,17 @@ build() {
 		# -mod=readonly: the committed go.sum must be complete; -modcacherw keeps
 		# the shared module cache removable without chmod. GOCACHE: see build_cache.
 		GOWORK=off GOFLAGS="-mod=readonly -modcacherw" CGO_ENABLED=0 GOCACHE="$build_cache" \
-			go build -trimpath -buildvcs=false -ldflags "-s -w $ldflags" -o "$tmp_file" "$pkg"
+			go build -trimpath -buildvcs=false -ldflags "-s -w $ldflags" -o "$tmp_path" "$pkg"
 	)
-	mv -f "$tmp_file" "$bin_dir/$name"
-	tmp_file=""
+	mv -f "$tmp_path" "$bin_dir/$name"
+	tmp_path=""
 	inputs_sum "$wrapper" >"$bin_dir/.$name.inputs"
 	log "built $name in $((SECONDS - start))s"
 }
 
-mode="build"
-case "${1:-}" in
-"") ;;
---check) mode="check" ;;
--h | --help)
-	sed -n '2,/^set -euo/{/^#/s/^# \{0,1\}//p}' "${BASH_SOURCE[0]}"
-	exit 0
-	;;
-*) die "unknown argument $1 (want --check or nothing)" ;;
-esac
+is_complete() { is_current kube-apiserver "$testenv/apiserver" && is_current etcd "$testenv/etcd"; }
 
-if is_current kube-apiserver "$testenv/apiserver" && is_current etcd "$testenv/etcd"; then
-	printf '%s\n' "$bin_dir"
-	exit 0
-fi
-if [[ "$mode" == "check" ]]; then
-	printf '%s\n' "$bin_dir"
-	exit 3
-fi
-
-command -v go >/dev/null || die "the go command is not on PATH"
-mkdir -p "$bin_dir"
-exec 9>"$bin_dir/.lock"
-log "waiting for the build lock $bin_dir/.lock"
-flock 9
+cache_main "$bin_dir" "$bin_dir/.lock" "${BASH_SOURCE[0]}" "$@"
 log "building into $bin_dir (kube-apiserver takes about 12 minutes on 2 cores)"
 
 # The compiled packages of kube-apiserver take about 3 GB and no other build
