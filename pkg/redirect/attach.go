@@ -168,6 +168,12 @@ func (r *Redirector) updatePinned(l link.Link, h hook, pin string, prog *ebpf.Pr
 
 // checkPinnedLink fails if pin holds a link that is not ztdns's.
 func checkPinnedLink(pin string) error {
+	return withOwnedPinnedLink(pin, func(link.Link) error { return nil })
+}
+
+// withOwnedPinnedLink calls f with the link pinned at pin, if there is one
+// and it runs a ztdns program; a link of anyone else's is an error.
+func withOwnedPinnedLink(pin string, f func(link.Link) error) error {
 	l, err := link.LoadPinnedLink(pin, nil)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil
@@ -179,7 +185,7 @@ func checkPinnedLink(pin string) error {
 	if _, err := ownedLinkInfo(l); err != nil {
 		return fmt.Errorf("pinned link %s: %w", pin, err)
 	}
-	return nil
+	return f(l)
 }
 
 // ownedLinkInfo returns l's info if l is a cgroup link running a ztdns
@@ -268,27 +274,18 @@ func Uninstall(bpffs, cgroupPath string) error {
 }
 
 func removePinnedLink(pin string) error {
-	l, err := link.LoadPinnedLink(pin, nil)
-	if errors.Is(err, os.ErrNotExist) {
+	return withOwnedPinnedLink(pin, func(l link.Link) error {
+		// Detach first: another process (a running agent) may hold the
+		// link open, and unpinning alone would leave the program attached
+		// until it exits. Defunct links have nothing to detach.
+		if err := l.Detach(); err != nil && !errors.Is(err, unix.ENOLINK) {
+			return fmt.Errorf("detach %s: %w", pin, err)
+		}
+		if err := l.Unpin(); err != nil {
+			return fmt.Errorf("unpin %s: %w", pin, err)
+		}
 		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("open pinned link %s: %w", pin, err)
-	}
-	defer l.Close()
-	if _, err := ownedLinkInfo(l); err != nil {
-		return fmt.Errorf("pinned link %s: %w", pin, err)
-	}
-	// Detach first: another process (a running agent) may hold the link
-	// open, and unpinning alone would leave the program attached until it
-	// exits. Defunct links have nothing to detach.
-	if err := l.Detach(); err != nil && !errors.Is(err, unix.ENOLINK) {
-		return fmt.Errorf("detach %s: %w", pin, err)
-	}
-	if err := l.Unpin(); err != nil {
-		return fmt.Errorf("unpin %s: %w", pin, err)
-	}
-	return nil
+	})
 }
 
 // detachCgroupLinks detaches every link that attaches a ztdns program to
