@@ -15,30 +15,16 @@ import (
 
 	"github.com/miekg/dns"
 
+	"github.com/ztdns/ztdns/internal/testenv"
 	"github.com/ztdns/ztdns/pkg/agent"
 	"github.com/ztdns/ztdns/pkg/control"
 	"github.com/ztdns/ztdns/pkg/resolver/table"
 )
 
-// needBinary finds a command the test cannot do without. Outside CI a
-// missing one skips with the reason; in CI (CI=true) it fails, because CI
-// installs everything.
-func needBinary(t *testing.T, name string) string {
-	t.Helper()
-	p, err := exec.LookPath(name)
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("%s is required in CI: %v", name, err)
-		}
-		t.Skipf("%s not installed (apt-get install the package .ci/run installs)", name)
-	}
-	return p
-}
-
 // dig runs the real dig from a pod's address and returns its +short output.
 func (r *running) dig(t *testing.T, from netip.Addr, args ...string) []string {
 	t.Helper()
-	digPath := needBinary(t, "dig")
+	digPath := testenv.LookPath(t, "dig")
 	full := append([]string{"-p", fmt.Sprint(r.addr.Port()), "@" + r.addr.Addr().String(), "-b", from.String(),
 		"+short", "+tries=1", "+time=3"}, args...)
 	out, err := exec.Command(digPath, full...).CombinedOutput()
