@@ -2,9 +2,9 @@ package agent
 
 import (
 	"context"
+	"io"
 	"log/slog"
 	"net"
-	"io"
 	"net/http"
 	"net/netip"
 	"os"
