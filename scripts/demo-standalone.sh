@@ -7,6 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-bin/ztdns}
+# shellcheck source=scripts/lib/unbound.sh
+source scripts/lib/unbound.sh
 PORT=${PORT:-5353}
 UPSTREAM_PORT=${UPSTREAM_PORT:-5399}
 
@@ -23,19 +25,7 @@ step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; }
 ask() { step "dig -b 127.0.0.2 $*"; dig -p "$PORT" @127.0.0.1 -b 127.0.0.2 +noall +answer +comments "$@" | grep -E 'status:|IN' || true; }
 
 # An upstream that knows one name and answers NXDOMAIN for the rest.
-cat >"$work/unbound.conf" <<CONF
-server:
-  interface: 127.0.0.1@$UPSTREAM_PORT
-  port: $UPSTREAM_PORT
-  username: ""
-  chroot: ""
-  directory: "$work"
-  pidfile: ""
-  use-syslog: no
-  do-daemonize: no
-  local-zone: "." static
-  local-data: "example.com. 60 IN A 203.0.113.10"
-CONF
+write_unbound_conf "$work/unbound.conf" "$work" 127.0.0.1 "$UPSTREAM_PORT"
 unbound -c "$work/unbound.conf" >"$work/unbound.log" 2>&1 &
 pids+=($!)
 

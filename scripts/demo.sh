@@ -14,6 +14,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=$(realpath "${BIN:-bin/ztdns}")
+# shellcheck source=scripts/lib/unbound.sh
+source scripts/lib/unbound.sh
 
 [ "$(id -u)" = 0 ] || { echo "make demo needs root (network namespaces, cgroups, eBPF); try: sudo make demo" >&2; exit 1; }
 for cmd in ip nsenter dig getent curl unbound; do
@@ -35,7 +37,7 @@ cleanup() {
   [ -n "${agent_pid:-}" ] && kill "$agent_pid" 2>/dev/null && wait "$agent_pid" 2>/dev/null
   [ -n "${unbound_pid:-}" ] && kill "$unbound_pid" 2>/dev/null && wait "$unbound_pid" 2>/dev/null
   if [ -d "$CG" ]; then
-    for p in $(cat "$CG/cgroup.procs" 2>/dev/null); do kill -9 "$p" 2>/dev/null; done
+    while read -r p; do kill -9 "$p" 2>/dev/null; done <"$CG/cgroup.procs"
   fi
   nsenter --net="/run/netns/$NODE" "$BIN" uninstall --bpffs "$work/bpffs/ztdns" --cgroup "$CG" >/dev/null 2>&1
   for ns in "$CURL" "$OTHER" "$NODE"; do ip netns del "$ns" 2>/dev/null; rm -rf "/etc/netns/$ns"; done
@@ -93,21 +95,8 @@ for pod in "$CURL" "$OTHER"; do
   n=$((n + 1))
 done
 
-cat >"$work/unbound.conf" <<CONF
-server:
-  interface: 10.96.0.10
-  port: 53
-  access-control: 10.0.0.0/8 allow
-  access-control: 169.254.0.0/16 allow
-  username: ""
-  chroot: ""
-  directory: "$work"
-  pidfile: ""
-  use-syslog: no
-  do-daemonize: no
-  local-zone: "." static
-  local-data: "example.com. 60 IN A 203.0.113.10"
-CONF
+write_unbound_conf "$work/unbound.conf" "$work" 10.96.0.10 53 \
+  "access-control: 10.0.0.0/8 allow" "access-control: 169.254.0.0/16 allow"
 ip netns exec "$NODE" unbound -c "$work/unbound.conf" >"$work/unbound.log" 2>&1 &
 unbound_pid=$!
 
