@@ -23,10 +23,8 @@ import (
 )
 
 // The resolver's default addresses: link-local on an interface the agent owns.
-var defaultListen = []netip.AddrPort{
-	netip.MustParseAddrPort("169.254.20.53:53"),
-	netip.MustParseAddrPort("[fd00:7a74:646e::53]:53"),
-}
+// Slot 0 of each family: the agent adds the slots after them itself.
+var defaultListen = []netip.AddrPort{redirect.DefaultResolver4()[0], redirect.DefaultResolver6()[0]}
 
 func runAgent(args []string) error {
 	fs := flag.NewFlagSet("agent", flag.ContinueOnError)

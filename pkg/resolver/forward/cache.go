@@ -137,12 +137,6 @@ func (c *cache) put(e *entry) {
 	c.pushFront(e)
 }
 
-func (c *cache) len() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return len(c.entries)
-}
-
 func (c *cache) remove(e *entry) {
 	c.unlink(e)
 	delete(c.entries, e.key)

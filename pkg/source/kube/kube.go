@@ -87,14 +87,6 @@ func WithLogger(l *slog.Logger) Option { return func(s *Source) { s.log = l } }
 // with an empty name, all Pods are watched (standalone runs and tests).
 func WithNodeName(node string) Option { return func(s *Source) { s.nodeName = node } }
 
-// WithDebounce sets how long the informers must be quiet after a change
-// before a snapshot is built (default DefaultDebounce).
-func WithDebounce(d time.Duration) Option { return func(s *Source) { s.debounce = d } }
-
-// WithMaxDelay bounds how long a steady stream of changes can hold back a
-// snapshot (default DefaultMaxDelay).
-func WithMaxDelay(d time.Duration) Option { return func(s *Source) { s.maxDelay = d } }
-
 // WithCRDPollInterval sets how often discovery is asked whether the
 // ServiceEntry CRD has appeared (default DefaultCRDPollInterval).
 func WithCRDPollInterval(d time.Duration) Option { return func(s *Source) { s.crdPollInterval = d } }
