@@ -295,14 +295,14 @@ func (s *Server) answerFast(msg []byte, src netip.AddrPort, tcp bool, out []byte
 		metricQueries.refused.Inc()
 		return appendErrorReply(out, msg, &r, rcodeRefused), false
 	}
-	answer, count := res.Answer(r.qtype)
 	var ar uint16
 	if r.edns {
 		ar = 1
 	}
-	out = appendHeader(out, &r, 0, true, 1, uint16(count), ar)
+	hdr := len(out)
+	out = appendHeader(out, &r, 0, true, 1, 0, ar)
 	out = append(out, msg[headerLen:r.qend]...)
-	out = append(out, answer...)
+	out = res.AppendAnswer(out, hdr, r.qtype, r.id) // sets the counts; the SOA when NODATA
 	if r.edns {
 		out = appendOPT(out, &r, 0)
 	}

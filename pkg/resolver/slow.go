@@ -85,11 +85,18 @@ func (s *Server) answerSlow(ctx context.Context, msg []byte, src, local netip.Ad
 
 // chase appends the records res answers for the question type, following
 // an ExternalName alias through the table and, for a name the table does not
-// know, upstream.
+// know, upstream. The reply stays authoritative, as CoreDNS's is: ztdns owns
+// the name asked, the CNAME's owner. When the last name has no records of
+// the type, the authority section gets its zone's SOA (RFC 2308 2.2): the
+// table's for a local name, the upstream's for one resolved there.
 func (s *Server) chase(ctx context.Context, reply *dns.Msg, res table.Result, owner string, r *request, tbl *table.Table, ns string, src, local netip.AddrPort, tcp bool) {
 	for range maxChain {
 		if !res.Chases(r.qtype) {
-			reply.Answer = append(reply.Answer, res.Records(owner, r.qtype, tbl.TTL())...)
+			rrs := res.Records(owner, r.qtype, tbl.TTL(), r.id)
+			if len(rrs) == 0 {
+				reply.Ns = append(reply.Ns, tbl.SOA(owner))
+			}
+			reply.Answer = append(reply.Answer, rrs...)
 			return
 		}
 		alias := res.Entry.Alias
@@ -101,9 +108,12 @@ func (s *Server) chase(ctx context.Context, reply *dns.Msg, res table.Result, ow
 		}
 		// The target lives outside: resolve it so clients that do not chase
 		// CNAMEs themselves (glibc's stub among them) get addresses.
-		reply.Authoritative = false
-		if up, err := s.lookupUpstream(ctx, owner, r, src, local, tcp); err == nil && up.Rcode == dns.RcodeSuccess {
+		up, err := s.lookupUpstream(ctx, owner, r, src, local, tcp)
+		if err == nil && (up.Rcode == dns.RcodeSuccess || up.Rcode == dns.RcodeNameError) {
 			reply.Answer = append(reply.Answer, up.Answer...)
+			if len(up.Answer) == 0 {
+				reply.Ns = append(reply.Ns, up.Ns...)
+			}
 		}
 		return
 	}

@@ -60,7 +60,7 @@ func TestAnswers(t *testing.T) {
 		{name: "headless: publishNotReadyAddresses", from: fromDefault, qname: "db-all.default.svc.cluster.local.", qtype: dns.TypeA,
 			answer: []string{"db-all.default.svc.cluster.local. A 10.244.2.5", "db-all.default.svc.cluster.local. A 10.244.2.6"}, aa: true},
 		{name: "ExternalName: CNAME, target resolved upstream", from: fromDefault, qname: "docs.default.svc.cluster.local.", qtype: dns.TypeA,
-			answer: []string{"docs.default.svc.cluster.local. CNAME docs.example.com.", "docs.example.com. A 203.0.113.20"}, forwarded: true},
+			answer: []string{"docs.default.svc.cluster.local. CNAME docs.example.com.", "docs.example.com. A 203.0.113.20"}, aa: true, forwarded: true},
 		{name: "ExternalName: CNAME query", from: fromTeamA, qname: "docs.default.svc.cluster.local.", qtype: dns.TypeCNAME,
 			answer: []string{"docs.default.svc.cluster.local. CNAME docs.example.com."}, aa: true},
 		{name: "ExternalName to a local service", from: fromDefault, qname: "local-alias.default.svc.cluster.local.", qtype: dns.TypeA,
@@ -111,9 +111,10 @@ func TestAnswers(t *testing.T) {
 			answer: []string{"address.internal. A 198.51.100.1", "address.internal.svc.cluster.local. CNAME address.internal."}, aa: true},
 		{name: "expansion <domain>", from: fromDefault, qname: "address.internal.cluster.local.", qtype: dns.TypeA,
 			answer: []string{"address.internal. A 198.51.100.1", "address.internal.cluster.local. CNAME address.internal."}, aa: true},
-		{name: "expansion of a service name (ndots:5)", from: fromDefault, qname: "web.team-a.svc.cluster.local.default.svc.cluster.local.", qtype: dns.TypeA,
-			answer: []string{"web.team-a.svc.cluster.local. A 10.96.1.20",
-				"web.team-a.svc.cluster.local.default.svc.cluster.local. CNAME web.team-a.svc.cluster.local."}, aa: true},
+		{name: "no alias for a service name under a search domain (ndots:5)", from: fromDefault, qname: "web.team-a.svc.cluster.local.default.svc.cluster.local.", qtype: dns.TypeA,
+			rcode: dns.RcodeNameError},
+		{name: "expansion of svc.ns under the own namespace", from: fromDefault, qname: "web.team-a.default.svc.cluster.local.", qtype: dns.TypeA,
+			answer: []string{"web.team-a. A 10.96.1.20", "web.team-a.default.svc.cluster.local. CNAME web.team-a."}, aa: true},
 		{name: "expansion of an invisible name: forwarded", from: fromTeamB, qname: "private.internal.team-b.svc.cluster.local.", qtype: dns.TypeA,
 			rcode: dns.RcodeNameError},
 		// 7. NODATA, case, authority.
@@ -161,6 +162,9 @@ func TestAnswers(t *testing.T) {
 					if !tc.forwarded && rr.Header().Ttl != 30 {
 						t.Errorf("local answer TTL = %d, want the default 30", rr.Header().Ttl)
 					}
+				}
+				if !tc.forwarded && len(resp.Answer) == 0 {
+					checkNegativeSOA(t, resp, "")
 				}
 			})
 		}

@@ -119,16 +119,22 @@ func writeFile(t *testing.T, path string, b []byte) {
 // upstream starts the test's upstream nameserver on loopback.
 func upstream(t *testing.T) *dnstest.Server {
 	t.Helper()
-	var big []string
+	var records []string
 	for i := range 40 {
-		big = append(big, fmt.Sprintf("big.example.com. 60 IN TXT \"%s-%d\"", strings.Repeat("x", 60), i))
+		records = append(records, fmt.Sprintf("big.example.com. 60 IN TXT \"%s-%d\"", strings.Repeat("x", 60), i))
 	}
-	zone := dnstest.ZoneOf(t, append(big,
+	return startUpstream(t, append(records,
 		"example.com. 120 IN A 203.0.113.10",
 		"example.com. 120 IN MX 10 mail.example.com.",
 		"docs.example.com. 120 IN A 203.0.113.20",
 	)...)
-	return dnstest.Start(t, "127.0.0.1:0", zone)
+}
+
+// startUpstream starts an upstream nameserver on loopback serving records
+// (zone-file lines); other names get NXDOMAIN with an SOA.
+func startUpstream(t *testing.T, records ...string) *dnstest.Server {
+	t.Helper()
+	return dnstest.Start(t, "127.0.0.1:0", dnstest.ZoneOf(t, records...))
 }
 
 type testWriter struct{ t *testing.T }

@@ -32,47 +32,75 @@ const (
 	numTypes
 )
 
-// Answer returns the prepared answer section for qtype and its record count.
-// ANY gets every record of the name (RFC 8482 allows less; all is still
-// small here). A type the name does not have yields no records: NODATA.
-func (r Result) Answer(qtype uint16) (wire []byte, count int) {
+// AppendAnswer appends the answer to qtype to out, a reply whose header
+// starts at out[hdr] and whose question (the name at offset 12 of the
+// reply, which every prepared owner points at) is written, and sets the
+// header's record counts. A name without records of the type is NODATA: the
+// zone's SOA goes in the authority section, so that caches in front of the
+// client can keep the negative answer (RFC 2308 3). ANY gets every record
+// of the name (RFC 8482 allows less; all is still small here). rot rotates a
+// set of several addresses, so that clients do not all pick the same first
+// one (kube-dns's loadbalance and Istio's proxy shuffle them too): the
+// query's ID gives each query its own order without a shared counter.
+func (r Result) AppendAnswer(out []byte, hdr int, qtype uint16, rot uint16) []byte {
 	e := r.Entry
-	var s span
+	count := 0
+	add := func(s span) {
+		out = append(out, e.answers.wire[s.off:s.end]...)
+		count += int(s.count)
+	}
 	switch {
 	case r.srv != nil:
-		if qtype != dns.TypeSRV && qtype != dns.TypeANY {
-			return nil, 0
+		if qtype == dns.TypeSRV || qtype == dns.TypeANY {
+			add(r.srv.span)
 		}
-		s = r.srv.span
-	case r.reverse:
-		if qtype != dns.TypePTR && qtype != dns.TypeANY {
-			return nil, 0
+	case r.owners != nil:
+		if qtype == dns.TypePTR || qtype == dns.TypeANY {
+			for _, e = range r.owners {
+				add(e.answers.spans[idxPTR])
+			}
 		}
-		s = e.answers.spans[idxPTR]
 	case qtype == dns.TypeANY:
-		s = span{off: e.answers.spans[idxA].off, end: e.answers.spans[idxCNAME].end,
-			count: e.answers.spans[idxA].count + e.answers.spans[idxAAAA].count + e.answers.spans[idxCNAME].count}
+		add(span{off: e.answers.spans[idxA].off, end: e.answers.spans[idxCNAME].end,
+			count: e.answers.spans[idxA].count + e.answers.spans[idxAAAA].count + e.answers.spans[idxCNAME].count})
 	case qtype == dns.TypeA:
-		s = e.answers.spans[idxA]
+		out = e.answers.appendRotated(out, idxA, rot)
+		count = int(e.answers.spans[idxA].count)
 	case qtype == dns.TypeAAAA:
-		s = e.answers.spans[idxAAAA]
+		out = e.answers.appendRotated(out, idxAAAA, rot)
+		count = int(e.answers.spans[idxAAAA].count)
 	case qtype == dns.TypeCNAME:
-		s = e.answers.spans[idxCNAME]
-	default:
-		return nil, 0
+		add(e.answers.spans[idxCNAME])
 	}
-	return e.answers.wire[s.off:s.end], int(s.count)
+	binary.BigEndian.PutUint16(out[hdr+6:], uint16(count))
+	if count == 0 && r.t != nil {
+		out = r.t.appendSOA(out, int(r.zone))
+		binary.BigEndian.PutUint16(out[hdr+8:], 1)
+	}
+	return out
+}
+
+// appendRotated appends the address records of set idx (all of one size,
+// their owner being a pointer) starting with the rot-th.
+func (a *answers) appendRotated(out []byte, idx int, rot uint16) []byte {
+	s := a.spans[idx]
+	rrs := a.wire[s.off:s.end]
+	if s.count < 2 {
+		return append(out, rrs...)
+	}
+	cut := int(rot%s.count) * (len(rrs) / int(s.count))
+	return append(append(out, rrs[cut:]...), rrs[:cut]...)
 }
 
 // Chases reports whether answering qtype means following the entry's
 // ExternalName alias (the CNAME alone answers only CNAME queries).
 func (r Result) Chases(qtype uint16) bool {
-	return r.Entry.Alias != "" && r.srv == nil && !r.reverse && qtype != dns.TypeCNAME
+	return r.Entry.Alias != "" && r.srv == nil && r.owners == nil && qtype != dns.TypeCNAME
 }
 
-// Records renders the records Answer would give, owned by owner, for the
-// replies that cannot be a plain copy (CNAME chains).
-func (r Result) Records(owner string, qtype uint16, ttl uint32) []dns.RR {
+// Records renders the records AppendAnswer would give, owned by owner, for
+// the replies that cannot be a plain copy (CNAME chains).
+func (r Result) Records(owner string, qtype uint16, ttl uint32, rot uint16) []dns.RR {
 	e := r.Entry
 	hdr := func(t uint16) dns.RR_Header {
 		return dns.RR_Header{Name: owner, Rrtype: t, Class: dns.ClassINET, Ttl: ttl}
@@ -86,19 +114,23 @@ func (r Result) Records(owner string, qtype uint16, ttl uint32) []dns.RR {
 				out = append(out, &dns.SRV{Hdr: hdr(dns.TypeSRV), Priority: 0, Weight: 100, Port: s.Port, Target: s.Target})
 			}
 		}
-	case r.reverse:
+	case r.owners != nil:
 		if qtype == dns.TypePTR || anyType {
-			out = append(out, &dns.PTR{Hdr: hdr(dns.TypePTR), Ptr: e.Name})
+			for _, o := range r.owners {
+				out = append(out, &dns.PTR{Hdr: hdr(dns.TypePTR), Ptr: o.Name})
+			}
 		}
 	default:
+		var v4, v6 []dns.RR
 		for _, a := range e.Addrs {
 			switch {
 			case a.Is4() && (anyType || qtype == dns.TypeA):
-				out = append(out, &dns.A{Hdr: hdr(dns.TypeA), A: a.AsSlice()})
+				v4 = append(v4, &dns.A{Hdr: hdr(dns.TypeA), A: a.AsSlice()})
 			case a.Is6() && (anyType || qtype == dns.TypeAAAA):
-				out = append(out, &dns.AAAA{Hdr: hdr(dns.TypeAAAA), AAAA: a.AsSlice()})
+				v6 = append(v6, &dns.AAAA{Hdr: hdr(dns.TypeAAAA), AAAA: a.AsSlice()})
 			}
 		}
+		out = append(rotate(v4, rot), rotate(v6, rot)...)
 		if e.Alias != "" && (anyType || qtype == dns.TypeCNAME) {
 			out = append(out, &dns.CNAME{Hdr: hdr(dns.TypeCNAME), Target: e.Alias})
 		}
@@ -106,8 +138,18 @@ func (r Result) Records(owner string, qtype uint16, ttl uint32) []dns.RR {
 	return out
 }
 
-// prepare lays out the entry's records as wire data.
-func (e *Entry) prepare(ttl uint32) {
+// rotate starts rrs at its rot-th record, as appendRotated does.
+func rotate(rrs []dns.RR, rot uint16) []dns.RR {
+	if len(rrs) < 2 {
+		return rrs
+	}
+	cut := int(rot) % len(rrs)
+	return append(rrs[cut:], rrs[:cut]...)
+}
+
+// prepare lays out the entry's records as wire data. ptr says whether the
+// entry is what its addresses' reverse names point at.
+func (e *Entry) prepare(ttl uint32, ptr bool) {
 	var w []byte
 	mark := func(start int, count int) span {
 		return span{off: uint32(start), end: uint32(len(w)), count: uint16(count)}
@@ -137,7 +179,7 @@ func (e *Entry) prepare(ttl uint32) {
 	}
 	e.answers.spans[idxCNAME] = mark(start, n)
 	start, n = len(w), 0
-	if len(e.Addrs) > 0 && !isWildcard(e.Name) {
+	if ptr && len(e.Addrs) > 0 {
 		w = appendRR(w, dns.TypePTR, ttl, appendName(nil, e.Name))
 		n++
 	}
@@ -153,6 +195,69 @@ func (e *Entry) prepare(ttl uint32) {
 		e.srv[i].span = mark(start, len(e.srv[i].records))
 	}
 	e.answers.wire = w[:len(w):len(w)]
+}
+
+// ownsPTR reports whether the entry's addresses' reverse names point at it.
+func (e *Entry) ownsPTR() bool { return e.answers.spans[idxPTR].count > 0 }
+
+// isEndpoint reports whether the entry is a headless Service's endpoint
+// name (the Service's own name answers the same addresses but owns no PTR).
+func (e *Entry) isEndpoint() bool { return e.AddrSource == FromEndpoints && e.ownsPTR() }
+
+// The SOA of a zone the table answers in, as CoreDNS's kubernetes plugin
+// writes it: "ns.dns.<zone> hostmaster.<zone> serial 7200 1800 86400 ttl".
+const (
+	soaRefresh = 7200
+	soaRetry   = 1800
+	soaExpire  = 86400
+	// soaMaxTTL caps the SOA record's own TTL (CoreDNS's 300).
+	soaMaxTTL = 300
+)
+
+// appendSOA appends the SOA record of the zone that starts zone bytes into
+// the question name: the owner and the zone in both names are compression
+// pointers into the question (a presentation-form offset is the wire
+// offset of the same label).
+func (t *Table) appendSOA(out []byte, zone int) []byte {
+	ptr := uint16(0xc000 | (12 + zone))
+	out = binary.BigEndian.AppendUint16(out, ptr)
+	out = binary.BigEndian.AppendUint16(out, dns.TypeSOA)
+	out = binary.BigEndian.AppendUint16(out, dns.ClassINET)
+	out = binary.BigEndian.AppendUint32(out, min(t.ttl, soaMaxTTL))
+	out = binary.BigEndian.AppendUint16(out, 9+13+20)
+	out = append(out, 2, 'n', 's', 3, 'd', 'n', 's')
+	out = binary.BigEndian.AppendUint16(out, ptr)
+	out = append(out, 10, 'h', 'o', 's', 't', 'm', 'a', 's', 't', 'e', 'r')
+	out = binary.BigEndian.AppendUint16(out, ptr)
+	for _, v := range [...]uint32{t.serial, soaRefresh, soaRetry, soaExpire, t.ttl} {
+		out = binary.BigEndian.AppendUint32(out, v)
+	}
+	return out
+}
+
+// SOA returns the SOA record for the authority section of a negative answer
+// about name (a name this table answers, spelled as the client spelled it).
+func (t *Table) SOA(name string) dns.RR {
+	name = dns.Fqdn(name)
+	zone := name[t.zoneStart(strings.ToLower(name)):]
+	return &dns.SOA{
+		Hdr: dns.RR_Header{Name: zone, Rrtype: dns.TypeSOA, Class: dns.ClassINET, Ttl: min(t.ttl, soaMaxTTL)},
+		Ns:  "ns.dns." + zone, Mbox: "hostmaster." + zone,
+		Serial: t.serial, Refresh: soaRefresh, Retry: soaRetry, Expire: soaExpire, Minttl: t.ttl,
+	}
+}
+
+// zoneStart returns where the zone of a local name begins in it: the cluster
+// domain for names in it, in-addr.arpa or ip6.arpa for reverse names (the
+// zones kube-dns serves), and otherwise the name itself, which ztdns alone
+// answers for (a ServiceEntry host, a short form).
+func (t *Table) zoneStart(name string) int {
+	for _, zone := range [...]string{t.domain, inAddrArpa[1:], ip6Arpa[1:]} {
+		if inZone(name, zone) {
+			return len(name) - len(zone)
+		}
+	}
+	return 0
 }
 
 func appendRR(w []byte, rrtype uint16, ttl uint32, rdata []byte) []byte {

@@ -4,6 +4,7 @@ import (
 	"maps"
 	"net/netip"
 	"slices"
+	"time"
 
 	"github.com/miekg/dns"
 
@@ -104,7 +105,7 @@ func (c *changes) put(entries []*Entry) {
 		}
 		d := deltaOf(c.names, e.Name)
 		d.add = append(d.add, e)
-		for _, a := range e.Addrs {
+		for _, a := range ptrAddrs(e) {
 			d := deltaOf(c.addrs, a)
 			d.add = append(d.add, e)
 		}
@@ -120,11 +121,19 @@ func (c *changes) drop(entries []*Entry) {
 		}
 		d := deltaOf(c.names, e.Name)
 		d.drop = append(d.drop, e)
-		for _, a := range e.Addrs {
+		for _, a := range ptrAddrs(e) {
 			d := deltaOf(c.addrs, a)
 			d.drop = append(d.drop, e)
 		}
 	}
+}
+
+// ptrAddrs are the addresses whose reverse names point at e.
+func ptrAddrs(e *Entry) []netip.Addr {
+	if !e.ownsPTR() {
+		return nil
+	}
+	return e.Addrs
 }
 
 // Build returns the table for s. Problems with single objects (a host that
@@ -238,7 +247,7 @@ func (b *Builder) sameResolved(hosts []string, was []hostAddrs) bool {
 // the shards that hold a changed key.
 func (b *Builder) assemble(c *changes) *Table {
 	last := b.last
-	t := &Table{domain: b.domain, svcDomain: b.n.svcDomain, ttl: b.n.ttl,
+	t := &Table{domain: b.domain, svcDomain: b.n.svcDomain, ttl: b.n.ttl, serial: uint32(time.Now().Unix()),
 		names: last.names, reverse: last.reverse, wildcards: last.wildcards, size: last.size}
 	copied := map[uint32]bool{}
 	for name, d := range c.names {
@@ -247,7 +256,7 @@ func (b *Builder) assemble(c *changes) *Table {
 			copied[i] = true
 			t.names[i] = cloneShard(t.names[i])
 		}
-		t.size += apply(t.names[i], name, d)
+		t.size += apply(t.names[i], name, d, compareEntries)
 	}
 	clear(copied)
 	for a, d := range c.addrs {
@@ -256,12 +265,12 @@ func (b *Builder) assemble(c *changes) *Table {
 			copied[i] = true
 			t.reverse[i] = cloneShard(t.reverse[i])
 		}
-		apply(t.reverse[i], a, d)
+		apply(t.reverse[i], a, d, compareOwners)
 	}
 	if len(c.wild) > 0 {
 		t.wildcards = cloneShard(t.wildcards)
 		for k, d := range c.wild {
-			t.size += apply(t.wildcards, k, d)
+			t.size += apply(t.wildcards, k, d, compareEntries)
 		}
 	}
 	return t
@@ -276,7 +285,7 @@ func cloneShard[K comparable](m map[K][]*Entry) map[K][]*Entry {
 
 // apply replaces m[k] with a fresh, sorted list (the old one belongs to
 // older tables) and returns how the number of keys changed.
-func apply[K comparable](m map[K][]*Entry, k K, d *delta) int {
+func apply[K comparable](m map[K][]*Entry, k K, d *delta, compare func(a, b *Entry) int) int {
 	old, had := m[k]
 	list := make([]*Entry, 0, len(old)+len(d.add))
 	for _, e := range slices.Concat(old, d.add) {
@@ -293,7 +302,7 @@ func apply[K comparable](m map[K][]*Entry, k K, d *delta) int {
 		}
 		return 0
 	}
-	slices.SortStableFunc(list, compareEntries)
+	slices.SortStableFunc(list, compare)
 	m[k] = list
 	if had {
 		return 0

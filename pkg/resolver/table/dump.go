@@ -33,9 +33,15 @@ func (t *Table) Rows(ns string) []Row {
 	}
 	for _, m := range t.reverse {
 		for a, entries := range m {
-			if e := t.pick(entries, ns); e != nil {
-				rows = append(rows, Row{Name: reverseName(a), Type: "PTR", Values: []string{e.Name}, Origin: e.src.origin.String()})
+			owners := t.ptrOwners(entries, ns)
+			if owners == nil {
+				continue
 			}
+			var names []string
+			for _, e := range owners {
+				names = append(names, e.Name)
+			}
+			rows = append(rows, Row{Name: reverseName(a), Type: "PTR", Values: names, Origin: owners[0].src.origin.String()})
 		}
 	}
 	// Names first, reverse-lookup names (PTR) after them.
@@ -81,9 +87,6 @@ func (e *Entry) rows() []Row {
 			vals = append(vals, strings.Join([]string{"0", "100", strconv.Itoa(int(s.Port)), s.Target}, " "))
 		}
 		rows = append(rows, row(set.prefix+e.Name, "SRV", vals, ""))
-	}
-	if len(v4)+len(v6) == 0 && e.Alias == "" { // a headless Service with no ready endpoint: known, empty
-		rows = append(rows, row(e.Name, "-", nil, e.AddrSource))
 	}
 	return rows
 }

@@ -3,6 +3,7 @@ package table
 import (
 	"cmp"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -36,9 +37,10 @@ func (s *entrySet) warn(format string, args ...any) {
 	s.warnings = append(s.warnings, fmt.Errorf(format, args...))
 }
 
-// add prepares e's answers and keeps it.
-func (s *entrySet) add(n names, e *Entry) {
-	e.prepare(n.ttl)
+// add prepares e's answers and keeps it. ptr says whether e's addresses
+// point back to it (reverse lookups).
+func (s *entrySet) add(n names, e *Entry, ptr bool) {
+	e.prepare(n.ttl, ptr)
 	s.entries = append(s.entries, e)
 }
 
@@ -53,8 +55,6 @@ func serviceEntries(n names, svc *model.Service, eps []*model.EndpointSlice) ent
 		return out
 	}
 	e := &Entry{Name: fqdn, src: src}
-	var srvPorts []model.Port
-	var targets []string // SRV targets: the service, or each endpoint of a headless one
 	switch {
 	case svc.ExternalName != "":
 		alias := dns.CanonicalName(svc.ExternalName)
@@ -63,72 +63,155 @@ func serviceEntries(n names, svc *model.Service, eps []*model.EndpointSlice) ent
 			return out
 		}
 		e.Alias = alias
+		out.add(n, e, false)
 	case svc.Headless:
-		e.AddrSource = FromEndpoints
-		seen := map[netip.Addr]bool{}
-		for _, es := range eps {
-			srvPorts = append(srvPorts, es.Ports...)
-			for _, ep := range es.Endpoints {
-				if (!ep.Ready && !svc.PublishNotReady) || len(ep.Addresses) == 0 {
-					continue
-				}
-				for _, a := range ep.Addresses {
-					if !seen[a] {
-						seen[a] = true
-						e.Addrs = append(e.Addrs, a)
-					}
-				}
-				// Each endpoint is reachable by name: its hostname, or its
-				// dashed IP as kube-dns names it; SRV records point there.
-				label := ep.Hostname
-				if label == "" {
-					label = dashed(ep.Addresses[0])
-				}
-				epName := label + "." + fqdn
-				if !validName(epName) {
-					out.warn("%s: endpoint name %q is not a valid DNS name", src.origin, epName)
-					continue
-				}
-				out.add(n, &Entry{Name: epName, src: src, AddrSource: FromEndpoints, Addrs: ep.Addresses})
-				targets = append(targets, epName)
-			}
-		}
-		slices.SortFunc(e.Addrs, func(x, y netip.Addr) int { return x.Compare(y) })
+		headlessEntries(n, &out, e, svc, eps)
 	default:
 		e.AddrSource = FromClusterIP
-		e.Addrs = svc.ClusterIPs
-		srvPorts = svc.Ports
-		targets = []string{fqdn}
-	}
-	e.srv = srvSets(srvPorts, targets)
-	out.add(n, e)
-	return out
-}
-
-// srvSets makes the SRV answers of _port._proto.<name> for every named
-// port: one record per target.
-func srvSets(ports []model.Port, targets []string) []srvSet {
-	var out []srvSet
-	for _, p := range ports {
-		if p.Name == "" {
-			continue
+		e.Addrs = uniqueAddrs(svc.ClusterIPs)
+		var srv srvRecords
+		for _, p := range svc.Ports {
+			srv.add(p, fqdn)
 		}
-		prefix := "_" + strings.ToLower(p.Name) + "._" + strings.ToLower(p.Protocol) + "."
-		if slices.ContainsFunc(out, func(s srvSet) bool { return s.prefix == prefix }) || !validName(prefix) {
-			continue
-		}
-		set := srvSet{prefix: prefix}
-		for _, t := range targets {
-			set.records = append(set.records, SRV{Port: p.Port, Target: t})
-		}
-		out = append(out, set)
+		e.srv = srv.sets()
+		out.add(n, e, true)
 	}
 	return out
 }
 
-// dashed is an address as a DNS label: 10-0-0-1, 2001-db8--1.
+// headlessEntries adds a headless Service's records (specification 2.4): the
+// Service's name answers every ready endpoint address; each endpoint has a
+// name of its own (its hostname, else its dashed address, one per address as
+// kube-dns names them) that holds all of its addresses, whichever slices
+// list them (a dual-stack pod's hostname is in an IPv4 and an IPv6 slice),
+// and that its addresses' PTR records name; SRV records point at those
+// names, with each slice's own port numbers. Without a ready endpoint the
+// name does not exist (NXDOMAIN): it is left to the cluster's nameserver.
+func headlessEntries(n names, out *entrySet, e *Entry, svc *model.Service, eps []*model.EndpointSlice) {
+	e.AddrSource = FromEndpoints
+	byName := map[string]*Entry{} // nil for a name that is not valid
+	var srv srvRecords
+	seen := map[netip.Addr]bool{}
+	endpoint := func(label string) *Entry {
+		name := label + "." + e.Name
+		ee, seen := byName[name]
+		if !seen {
+			if validName(name) {
+				ee = &Entry{Name: name, src: e.src, AddrSource: FromEndpoints}
+			} else {
+				out.warn("%s: endpoint name %q is not a valid DNS name", e.src.origin, name)
+			}
+			byName[name] = ee
+		}
+		return ee
+	}
+	for _, es := range eps {
+		for _, ep := range es.Endpoints {
+			if !ep.Ready && !svc.PublishNotReady {
+				continue
+			}
+			for _, a := range ep.Addresses {
+				if !seen[a] {
+					seen[a] = true
+					e.Addrs = append(e.Addrs, a)
+				}
+				label := ep.Hostname
+				if label == "" {
+					label = dashed(a)
+				}
+				ee := endpoint(label)
+				if ee == nil {
+					continue
+				}
+				ee.Addrs = appendUnique(ee.Addrs, a)
+				for _, p := range es.Ports {
+					srv.add(p, ee.Name)
+				}
+			}
+		}
+	}
+	if len(e.Addrs) == 0 {
+		return
+	}
+	for _, name := range slices.Sorted(maps.Keys(byName)) {
+		if ee := byName[name]; ee != nil {
+			slices.SortFunc(ee.Addrs, netip.Addr.Compare)
+			out.add(n, ee, true)
+		}
+	}
+	slices.SortFunc(e.Addrs, netip.Addr.Compare)
+	e.srv = srv.sets()
+	out.add(n, e, false) // its addresses' PTRs name the endpoints
+}
+
+// srvRecords collects the SRV records of one name, deduplicated (RFC 2181
+// 5: a record set holds no record twice).
+type srvRecords map[string][]SRV
+
+// add records that port p (when named) is served at target.
+func (r *srvRecords) add(p model.Port, target string) {
+	if p.Name == "" {
+		return
+	}
+	prefix := "_" + strings.ToLower(p.Name) + "._" + strings.ToLower(p.Protocol) + "."
+	if !validName(prefix) {
+		return
+	}
+	if *r == nil {
+		*r = srvRecords{}
+	}
+	rec := SRV{Port: p.Port, Target: target}
+	if !slices.Contains((*r)[prefix], rec) {
+		(*r)[prefix] = append((*r)[prefix], rec)
+	}
+}
+
+// sets returns the record sets in a stable order.
+func (r srvRecords) sets() []srvSet {
+	if len(r) == 0 {
+		return nil
+	}
+	out := make([]srvSet, 0, len(r))
+	for prefix, recs := range r {
+		slices.SortFunc(recs, func(a, b SRV) int { return cmp.Or(cmp.Compare(a.Target, b.Target), cmp.Compare(a.Port, b.Port)) })
+		out = append(out, srvSet{prefix: prefix, records: recs})
+	}
+	slices.SortFunc(out, func(a, b srvSet) int { return cmp.Compare(a.prefix, b.prefix) })
+	return out
+}
+
+// appendUnique appends a unless list holds it already.
+func appendUnique(list []netip.Addr, a netip.Addr) []netip.Addr {
+	if slices.Contains(list, a) {
+		return list
+	}
+	return append(list, a)
+}
+
+// uniqueAddrs returns addrs without repeats, in their order; addrs itself
+// when it has none (the usual case: nothing is copied).
+func uniqueAddrs(addrs []netip.Addr) []netip.Addr {
+	for i := 1; i < len(addrs); i++ {
+		if slices.Contains(addrs[:i], addrs[i]) {
+			var out []netip.Addr
+			for _, a := range addrs {
+				out = appendUnique(out, a)
+			}
+			return out
+		}
+	}
+	return addrs
+}
+
+// dashed is an address as a DNS label, as kube-dns names an endpoint
+// without a hostname: 10-0-0-1, 2001-db8--1, and 2001-db8--0 for 2001:db8::
+// (a label cannot end with a dash).
 func dashed(a netip.Addr) string {
-	return strings.NewReplacer(".", "-", ":", "-").Replace(a.String())
+	s := strings.NewReplacer(".", "-", ":", "-").Replace(a.String())
+	if strings.HasSuffix(s, "-") {
+		s += "0"
+	}
+	return s
 }
 
 // hostAddrs is where an auto-allocating host's addresses come from.
@@ -206,7 +289,7 @@ func serviceEntryEntries(n names, se *model.ServiceEntry, resolved map[string]ho
 		e := &Entry{Name: name, src: src}
 		switch {
 		case len(se.Addresses) > 0:
-			e.AddrSource, e.Addrs = FromSpec, se.Addresses
+			e.AddrSource, e.Addrs = FromSpec, uniqueAddrs(se.Addresses)
 		case len(se.CIDRs) > 0:
 			continue // ranges route traffic but answer no query: forwarded
 		case !autoAllocates(se) || strings.HasPrefix(h, "*"):
@@ -219,7 +302,7 @@ func serviceEntryEntries(n names, se *model.ServiceEntry, resolved map[string]ho
 			}
 			e.AddrSource, e.Addrs = r.source, r.addrs
 		}
-		out.add(n, e)
+		out.add(n, e, !isWildcard(name))
 	}
 	return out
 }
@@ -259,6 +342,19 @@ func compareEntries(a, c *Entry) int {
 	return cmp.Or(cmp.Compare(a.src.rank, c.src.rank), a.src.created.Compare(c.src.created),
 		cmp.Compare(a.src.origin.Namespace, c.src.origin.Namespace), cmp.Compare(a.src.origin.Name, c.src.origin.Name),
 		cmp.Compare(a.Name, c.Name))
+}
+
+// compareOwners orders the entries that hold one address: endpoint names
+// first (see Table.ptrOwners), then as compareEntries.
+func compareOwners(a, c *Entry) int {
+	return cmp.Or(-cmp.Compare(boolInt(a.isEndpoint()), boolInt(c.isEndpoint())), compareEntries(a, c))
+}
+
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // isWildcard reports whether an entry's name is "*.suffix".

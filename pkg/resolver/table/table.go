@@ -136,7 +136,10 @@ type Table struct {
 	// wildcards holds "*.example.com" entries under "example.com.".
 	wildcards map[string][]*Entry
 	ttl       uint32
-	size      int
+	// serial is the SOA serial: when the table was built (Unix seconds), as
+	// CoreDNS's kubernetes plugin counts it.
+	serial uint32
+	size   int
 }
 
 // numShards trades the cost of copying a shard on a change (a 1/256th of
@@ -175,25 +178,36 @@ type Result struct {
 	// Alias, when set, is the name the query is a search-list expansion of:
 	// the reply is a CNAME from the query name to Alias, then Alias's records.
 	Alias string
-	// srv is set when the name was an SRV name of Entry; reverse when it
-	// was the reverse name of one of its addresses.
-	srv     *srvSet
-	reverse bool
+	// srv is set when the name was an SRV name of Entry; owners when it was
+	// a reverse name: the entries its PTR records name (Entry is the first).
+	srv    *srvSet
+	owners []*Entry
+	t      *Table
+	// zone is where the zone of the query name starts in it, for the SOA of
+	// a negative answer.
+	zone uint8
 }
 
 // Resolve finds what a pod in namespace ns gets for qname (lower case, fully
 // qualified). In order: the exact name; a reverse name (PTR); an SRV name of
 // a Service; a Kubernetes short form ("svc" from the pod's own namespace,
 // "svc.ns", "svc.ns.svc"); a wildcard ServiceEntry; and finally a
-// search-list expansion ("<known>.<ns>.svc.<domain>",
-// "<known>.svc.<domain>", "<known>.<domain>").
+// search-list expansion (see expansion).
 func (t *Table) Resolve(qname, ns string) Result {
+	r := t.resolve(qname, ns)
+	if r.Entry != nil {
+		r.t, r.zone = t, uint8(t.zoneStart(qname))
+	}
+	return r
+}
+
+func (t *Table) resolve(qname, ns string) Result {
 	if e := t.pick(t.lookup(qname), ns); e != nil {
 		return Result{Entry: e}
 	}
 	if a, ok := parseReverse(qname); ok {
-		if e := t.pick(t.reverse[shardOfAddr(a)][a], ns); e != nil {
-			return Result{Entry: e, reverse: true}
+		if owners := t.ptrOwners(t.reverse[shardOfAddr(a)][a], ns); owners != nil {
+			return Result{Entry: owners[0], owners: owners}
 		}
 		return Result{}
 	}
@@ -206,10 +220,30 @@ func (t *Table) Resolve(qname, ns string) Result {
 	if e := t.wildcard(qname, ns); e != nil {
 		return Result{Entry: e}
 	}
-	if base := t.expansionBase(qname, ns); base != "" {
-		return Result{Entry: t.find(base, ns), Alias: base}
+	if base, e := t.expansion(qname, ns); e != nil {
+		return Result{Entry: e, Alias: base}
 	}
 	return Result{}
+}
+
+// ptrOwners chooses the names an address's PTR records give, from the
+// entries that hold it (endpoints first, see compareOwners): the names of
+// every endpoint with that address, as kube-dns answers (an endpoint's
+// hostname record is more specific than its Service, and a pod behind two
+// headless Services has a name in each); otherwise the one owner pick
+// chooses. The result is a part of entries: nothing is allocated.
+func (t *Table) ptrOwners(entries []*Entry, ns string) []*Entry {
+	n := 0
+	for n < len(entries) && entries[n].isEndpoint() {
+		n++
+	}
+	if n > 0 {
+		return entries[:n]
+	}
+	if i := t.pickIndex(entries, ns); i >= 0 {
+		return entries[i : i+1]
+	}
+	return nil
 }
 
 // srvName resolves "_port._proto.<name>" to name's SRV set. A Service name
@@ -244,7 +278,7 @@ func (t *Table) srvName(qname, ns string) (Result, bool) {
 // need not be known: the server's autopath uses it to resolve unknown names
 // in one round trip.
 func (t *Table) SearchBase(qname, ns string) string {
-	b, n := t.bases(qname, ns)
+	b, n, _ := t.bases(qname, ns)
 	if n == 0 {
 		return ""
 	}
@@ -266,16 +300,24 @@ func (t *Table) find(name, ns string) *Entry {
 // namespace first (Istio's rule when a host is defined in several), else the
 // first visible in build order (ServiceEntry before Service, older first).
 func (t *Table) pick(entries []*Entry, ns string) *Entry {
-	var first *Entry
-	for _, e := range entries {
+	if i := t.pickIndex(entries, ns); i >= 0 {
+		return entries[i]
+	}
+	return nil
+}
+
+// pickIndex is pick's choice as an index into entries, -1 for none.
+func (t *Table) pickIndex(entries []*Entry, ns string) int {
+	first := -1
+	for i, e := range entries {
 		if !e.VisibleFrom(ns) {
 			continue
 		}
 		if ns != "" && e.src.origin.Namespace == ns {
-			return e
+			return i
 		}
-		if first == nil {
-			first = e
+		if first < 0 {
+			first = i
 		}
 	}
 	return first
@@ -322,29 +364,54 @@ func (t *Table) wildcard(qname, ns string) *Entry {
 	return nil
 }
 
-// expansionBase returns the known name that qname is a search expansion of.
-func (t *Table) expansionBase(qname, ns string) string {
-	b, n := t.bases(qname, ns)
-	for _, base := range b[:n] {
-		if t.find(base, ns) != nil {
-			return base
+// expansion finds the name qname is a search-list expansion of, and its
+// entry, as Istio's proxy answers them: a known name outside the cluster
+// domain (a ServiceEntry host, exact or under a wildcard) under any of the
+// three suffixes kubelet's search list appends, and a Service's short form
+// "svc.ns" or "svc.ns.svc" under the first one, the pod's own namespace's
+// (productpage.ns1.ns1.svc.cluster.local is productpage.ns1). A name inside
+// the cluster domain is never expanded: no Kubernetes name has the shape
+// "<cluster name>.<search domain>", and kube-dns denies it.
+func (t *Table) expansion(qname, ns string) (string, *Entry) {
+	b, n, own := t.bases(qname, ns)
+	for i, base := range b[:n] {
+		if t.inDomain(base) {
+			continue
+		}
+		if e := t.find(base, ns); e != nil {
+			return base, e
+		}
+		if i == 0 && own && strings.Count(base, ".") >= 2 {
+			if e := t.shortForm(base, ns); e != nil {
+				return base, e
+			}
 		}
 	}
-	return ""
+	return "", nil
+}
+
+// inDomain reports whether name is the cluster domain or below it.
+func (t *Table) inDomain(name string) bool { return inZone(name, t.domain) }
+
+// inZone reports whether name is zone or below it (both fully qualified).
+func inZone(name, zone string) bool {
+	return zone != "" && strings.HasSuffix(name, zone) && (len(name) == len(zone) || name[len(name)-len(zone)-1] == '.')
 }
 
 // bases strips the suffixes kubelet's search list appends, longest first:
-// ".<ns>.svc.<domain>", ".svc.<domain>", ".<domain>". Each base keeps its
-// trailing dot and is a substring of qname, so nothing is allocated.
-func (t *Table) bases(qname, ns string) (b [3]string, n int) {
+// ".<ns>.svc.<domain>" (own reports that b[0] is this one),
+// ".svc.<domain>", ".<domain>". Each base keeps its trailing dot and is a
+// substring of qname, so nothing is allocated.
+func (t *Table) bases(qname, ns string) (b [3]string, n int, own bool) {
 	if t.domain == "" {
-		return b, 0
+		return b, 0, false
 	}
 	if strings.HasSuffix(qname, t.svcDomain) {
 		rest := qname[:len(qname)-len(t.svcDomain)+1] // "<base>.<ns>."
 		if k := len(rest) - len(ns) - 1; ns != "" && k > 1 && rest[k-1] == '.' && rest[k:len(rest)-1] == ns {
 			b[n] = rest[:k]
 			n++
+			own = true
 		}
 		if len(rest) > 1 {
 			b[n] = rest
@@ -355,5 +422,5 @@ func (t *Table) bases(qname, ns string) (b [3]string, n int) {
 		b[n] = qname[:len(qname)-len(t.domain)]
 		n++
 	}
-	return b, n
+	return b, n, own
 }

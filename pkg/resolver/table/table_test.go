@@ -78,23 +78,28 @@ func build(t *testing.T) *Table {
 	return tbl
 }
 
-// answerOf returns the sorted text of the records answered for qtype.
-func answerOf(t *testing.T, r Result, qtype uint16) []string {
+// replyOf is the reply the fast path makes of r: a header and the
+// question, then AppendAnswer.
+func replyOf(t *testing.T, r Result, qname string, qtype uint16) *dns.Msg {
 	t.Helper()
-	wire, n := r.Answer(qtype)
-	// Put a question in front so the 0xC00C owners resolve.
 	m := new(dns.Msg)
-	m.SetQuestion("q.test.", qtype)
+	m.SetQuestion(qname, qtype)
 	head, err := m.Pack()
 	if err != nil {
 		t.Fatal(err)
 	}
-	head[7] = byte(n) // ANCOUNT
-	if err := m.Unpack(append(head, wire...)); err != nil {
+	wire := r.AppendAnswer(head, 0, qtype, 0)
+	if err := m.Unpack(wire); err != nil {
 		t.Fatalf("prepared answer does not parse: %v", err)
 	}
+	return m
+}
+
+// answerOf returns the sorted rdata of the records answered for qtype.
+func answerOf(t *testing.T, r Result, qname string, qtype uint16) []string {
+	t.Helper()
 	var out []string
-	for _, rr := range m.Answer {
+	for _, rr := range replyOf(t, r, qname, qtype).Answer {
 		out = append(out, strings.TrimPrefix(rr.String(), rr.Header().String()))
 	}
 	slices.Sort(out)
@@ -154,8 +159,17 @@ func TestResolve(t *testing.T) {
 			want: []string{"198.51.100.1"}, wantAlias: "address.internal."},
 		{name: "expansion domain", qname: "address.internal.cluster.local.", ns: "", qtype: dns.TypeA,
 			want: []string{"198.51.100.1"}, wantAlias: "address.internal."},
-		{name: "expansion of service fqdn", qname: "web.default.svc.cluster.local.default.svc.cluster.local.", ns: "default", qtype: dns.TypeA,
-			want: []string{"10.96.0.10"}, wantAlias: "web.default.svc.cluster.local."},
+		{name: "no expansion of a service fqdn", qname: "web.default.svc.cluster.local.default.svc.cluster.local.", ns: "default", qtype: dns.TypeA, wantMiss: true},
+		{name: "no expansion of another namespace's fqdn", qname: "web.other.svc.cluster.local.default.svc.cluster.local.", ns: "default", qtype: dns.TypeA, wantMiss: true},
+		{name: "no expansion of a ServiceEntry host in the cluster domain", qname: "tcp-echo.external-1.svc.cluster.local.default.svc.cluster.local.", ns: "default", qtype: dns.TypeA, wantMiss: true},
+		{name: "expansion svc.ns under own namespace", qname: "web.other.default.svc.cluster.local.", ns: "default", qtype: dns.TypeA,
+			want: []string{"10.96.1.10"}, wantAlias: "web.other."},
+		{name: "expansion svc.ns.svc under own namespace", qname: "web.other.svc.default.svc.cluster.local.", ns: "default", qtype: dns.TypeA,
+			want: []string{"10.96.1.10"}, wantAlias: "web.other.svc."},
+		{name: "no short-form expansion under svc.domain", qname: "web.other.svc.cluster.local.cluster.local.", ns: "default", qtype: dns.TypeA, wantMiss: true},
+		{name: "no short-form expansion under domain", qname: "web.other.cluster.local.", ns: "default", qtype: dns.TypeA, wantMiss: true},
+		{name: "wildcard expansion", qname: "a.example.org.default.svc.cluster.local.", ns: "default", qtype: dns.TypeA,
+			want: []string{"203.0.113.7"}, wantAlias: "a.example.org."},
 		{name: "expansion of invisible name", qname: "private.internal.team-b.svc.cluster.local.", ns: "team-b", qtype: dns.TypeA, wantMiss: true},
 		{name: "unknown", qname: "nope.example.net.", ns: "default", qtype: dns.TypeA, wantMiss: true},
 		{name: "unknown under cluster domain", qname: "nope.default.svc.cluster.local.", ns: "default", qtype: dns.TypeA, wantMiss: true},
@@ -179,7 +193,7 @@ func TestResolve(t *testing.T) {
 				t.Errorf("origin = %s, want %s", r.Entry.Origin(), tc.wantOrigin)
 			}
 			if tc.want != nil {
-				got := answerOf(t, r, tc.qtype)
+				got := answerOf(t, r, tc.qname, tc.qtype)
 				if !slices.Equal(got, tc.want) && !(len(got) == 0 && len(tc.want) == 0) {
 					t.Errorf("answers = %q, want %q", got, tc.want)
 				}
@@ -209,7 +223,7 @@ func TestSeedVIPs(t *testing.T) {
 	}
 	// The PTR of a VIP names its host.
 	ptr := tbl.Resolve(reverseName(auto.Addrs[0]), "default")
-	if got := answerOf(t, ptr, dns.TypePTR); !slices.Equal(got, []string{"auto.internal."}) {
+	if got := answerOf(t, ptr, reverseName(auto.Addrs[0]), dns.TypePTR); !slices.Equal(got, []string{"auto.internal."}) {
 		t.Errorf("PTR of %v = %q, want auto.internal.", auto.Addrs[0], got)
 	}
 }
@@ -280,9 +294,8 @@ func TestCustomDomainAndTTL(t *testing.T) {
 	if e == nil {
 		t.Fatal("service under custom domain not found")
 	}
-	wire, _ := Result{Entry: e}.Answer(dns.TypeA)
-	if ttl := uint32(wire[6])<<24 | uint32(wire[7])<<16 | uint32(wire[8])<<8 | uint32(wire[9]); ttl != 7 {
-		t.Errorf("TTL = %d, want 7", ttl)
+	if a := replyOf(t, Result{Entry: e}, "s.n.svc.corp.example.", dns.TypeA).Answer; len(a) != 1 || a[0].Header().Ttl != 7 {
+		t.Errorf("answer %v, want one record with TTL 7", a)
 	}
 }
 
