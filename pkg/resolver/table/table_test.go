@@ -350,3 +350,109 @@ func FuzzParseReverse(f *testing.F) {
 		}
 	})
 }
+
+// TestEndpointRecords: a headless Service's endpoint names hold every
+// address, the PTRs of those addresses name the endpoints (in every
+// headless Service that has them), SRV records appear once with each
+// slice's port, and a Service without a ready endpoint is not answered.
+func TestEndpointRecords(t *testing.T) {
+	ready := func(host string, a ...string) model.Endpoint {
+		return model.Endpoint{Hostname: host, Addresses: addrs(a...), Ready: true}
+	}
+	web := []model.Port{{Name: "web", Protocol: "TCP", Port: 80}}
+	snap := &model.Snapshot{
+		Services: []model.Service{
+			{Namespace: "default", Name: "nginx", Headless: true},
+			{Namespace: "default", Name: "nginx-all", Headless: true},
+			{Namespace: "default", Name: "empty", Headless: true},
+		},
+		EndpointSlices: []model.EndpointSlice{
+			{Namespace: "default", Name: "v4", ServiceName: "nginx", Ports: web,
+				Endpoints: []model.Endpoint{ready("web-0", "10.0.0.10"), ready("web-1", "10.0.0.11")}},
+			{Namespace: "default", Name: "v6", ServiceName: "nginx", Ports: []model.Port{{Name: "web", Protocol: "TCP", Port: 8080}},
+				Endpoints: []model.Endpoint{ready("web-0", "fd00::10"), ready("web-1", "fd00::11")}},
+			{Namespace: "default", Name: "again", ServiceName: "nginx", Ports: web,
+				Endpoints: []model.Endpoint{ready("web-0", "10.0.0.10")}},
+			{Namespace: "default", Name: "all", ServiceName: "nginx-all", Endpoints: []model.Endpoint{ready("", "10.0.0.10")}},
+			{Namespace: "default", Name: "empty", ServiceName: "empty", Endpoints: []model.Endpoint{{Addresses: addrs("10.0.0.99")}}},
+		},
+	}
+	tbl, warnings := Build(snap, Options{})
+	if len(warnings) > 0 {
+		t.Fatal(warnings)
+	}
+	ask := func(qname string, qtype uint16) []string {
+		t.Helper()
+		r := tbl.Resolve(qname, "default")
+		if r.Entry == nil {
+			return nil
+		}
+		return answerOf(t, r, qname, qtype)
+	}
+	const svc = ".nginx.default.svc.cluster.local."
+	for _, tc := range []struct {
+		qname string
+		qtype uint16
+		want  []string
+	}{
+		{"web-0" + svc, dns.TypeA, []string{"10.0.0.10"}},
+		{"web-0" + svc, dns.TypeAAAA, []string{"fd00::10"}},
+		{"_web._tcp.nginx.default.svc.cluster.local.", dns.TypeSRV, []string{
+			"0 100 80 web-0" + svc, "0 100 80 web-1" + svc, "0 100 8080 web-0" + svc, "0 100 8080 web-1" + svc}},
+		{reverseName(netip.MustParseAddr("10.0.0.11")), dns.TypePTR, []string{"web-1" + svc}},
+		{reverseName(netip.MustParseAddr("fd00::10")), dns.TypePTR, []string{"web-0" + svc}},
+		{reverseName(netip.MustParseAddr("10.0.0.10")), dns.TypePTR, []string{"10-0-0-10.nginx-all.default.svc.cluster.local.", "web-0" + svc}},
+		{"empty.default.svc.cluster.local.", dns.TypeA, nil},
+	} {
+		if got := ask(tc.qname, tc.qtype); !slices.Equal(got, tc.want) {
+			t.Errorf("%s %s = %q, want %q", tc.qname, dns.TypeToString[tc.qtype], got, tc.want)
+		}
+	}
+}
+
+// TestNegativeAnswerSOA: NODATA carries the SOA of the name's zone, its
+// owner and names compressed into the question.
+func TestNegativeAnswerSOA(t *testing.T) {
+	tbl := build(t)
+	for qname, zone := range map[string]string{
+		"Web.Default.svc.cluster.local.": "cluster.local.",
+		"10.0.96.10.in-addr.arpa.":       "in-addr.arpa.",
+		"address.internal.":              "address.internal.",
+		"web.":                           "web.",
+	} {
+		r := tbl.Resolve(strings.ToLower(qname), "default")
+		m := replyOf(t, r, qname, dns.TypeTXT)
+		if len(m.Answer) != 0 || len(m.Ns) != 1 {
+			t.Fatalf("%s TXT: %v", qname, m)
+		}
+		soa, ok := m.Ns[0].(*dns.SOA)
+		if !ok || !strings.EqualFold(soa.Hdr.Name, zone) || !strings.EqualFold(soa.Ns, "ns.dns."+zone) ||
+			!strings.EqualFold(soa.Mbox, "hostmaster."+zone) || soa.Minttl != DefaultTTL || soa.Hdr.Ttl != DefaultTTL {
+			t.Errorf("%s TXT: authority %v, want the SOA of %s", qname, m.Ns, zone)
+		}
+		if want := tbl.SOA(qname).String(); want != soa.String() {
+			t.Errorf("slow path SOA %s, fast path %s", want, soa)
+		}
+	}
+}
+
+// TestAddressesRotate: the query's ID picks the first of several addresses.
+func TestAddressesRotate(t *testing.T) {
+	tbl, _ := Build(&model.Snapshot{ServiceEntries: []model.ServiceEntry{{Namespace: "a", Name: "x", Hosts: []string{"x.example"},
+		Addresses: addrs("198.51.100.1", "198.51.100.2", "198.51.100.3")}}}, Options{})
+	r := tbl.Resolve("x.example.", "a")
+	m := new(dns.Msg)
+	m.SetQuestion("x.example.", dns.TypeA)
+	head, _ := m.Pack()
+	for rot, first := range []string{"198.51.100.1", "198.51.100.2", "198.51.100.3", "198.51.100.1"} {
+		if err := m.Unpack(r.AppendAnswer(slices.Clone(head), 0, dns.TypeA, uint16(rot))); err != nil {
+			t.Fatal(err)
+		}
+		if len(m.Answer) != 3 || m.Answer[0].(*dns.A).A.String() != first {
+			t.Errorf("rot %d: %v, want 3 records from %s", rot, m.Answer, first)
+		}
+		if got := r.Records("x.example.", dns.TypeA, 30, uint16(rot)); got[0].(*dns.A).A.String() != first {
+			t.Errorf("rot %d: slow path starts with %v, want %s", rot, got[0], first)
+		}
+	}
+}

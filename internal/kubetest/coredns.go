@@ -1,0 +1,91 @@
+package kubetest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+// corednsScript builds and caches CoreDNS.
+const corednsScript = "scripts/build-coredns.sh"
+
+// corednsBuildBudget is the test time a cold build of CoreDNS needs (about
+// 2 minutes on 2 cores), with a margin.
+const corednsBuildBudget = 6 * time.Minute
+
+// ClusterDomain is the cluster domain CoreDNS serves (the agent's default).
+const ClusterDomain = "cluster.local"
+
+// CoreDNSTTL is the TTL CoreDNS answers with: the agent's default, so that
+// answers compare record for record.
+const CoreDNSTTL = 30
+
+// StartCoreDNS runs CoreDNS, whose kubernetes plugin is the reference
+// implementation of the Kubernetes DNS specification, against the Env's API
+// server, as a cluster's kube-dns: it serves the cluster domain and the
+// reverse zones (pods disabled, TTL CoreDNSTTL) and forwards every other
+// name to upstream. It returns once CoreDNS answers from a synced view, on
+// a free loopback port (UDP and TCP), and stops it when the test ends.
+//
+// The binary comes from scripts/build-coredns.sh; when it is missing it is
+// built first if the test's deadline leaves time, otherwise the test fails
+// under CI=true and is skipped outside CI.
+func (e *Env) StartCoreDNS(upstream netip.AddrPort) netip.AddrPort {
+	e.tb.Helper()
+	dir, err := cachedBuild(e.tb, corednsScript, "coredns", "about 2 minutes", corednsBuildBudget)
+	if errors.Is(err, errNotBuilt) && os.Getenv("CI") != "true" {
+		e.tb.Skipf("kubetest: %v", err)
+	}
+	if err != nil {
+		e.tb.Fatalf("kubetest: %v", err)
+	}
+	ports, err := freePorts(1)
+	if err != nil {
+		e.tb.Fatalf("kubetest: %v", err)
+	}
+	addr := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(ports[0]))
+	corefile := filepath.Join(e.dir, "Corefile")
+	config := fmt.Sprintf(`.:%d {
+	bind 127.0.0.1
+	errors
+	kubernetes %s in-addr.arpa ip6.arpa {
+		kubeconfig %s
+		pods disabled
+		ttl %d
+	}
+	forward . %s
+}
+`, addr.Port(), ClusterDomain, e.Kubeconfig, CoreDNSTTL, upstream)
+	if err := os.WriteFile(corefile, []byte(config), 0o644); err != nil {
+		e.tb.Fatalf("kubetest: write Corefile: %v", err)
+	}
+	p, err := startProcess("coredns", filepath.Join(dir, "coredns"), []string{"-conf", corefile}, filepath.Join(e.dir, "coredns.log"))
+	if err != nil {
+		e.tb.Fatalf("kubetest: %v", err)
+	}
+	e.tb.Cleanup(func() {
+		if err := p.kill(); err != nil {
+			e.tb.Errorf("kubetest: stop coredns: %v", err)
+		}
+	})
+	// Synced: the API server's own Service answers (before that, names in
+	// the zone get SERVFAIL).
+	client := &dns.Client{Timeout: time.Second}
+	q := new(dns.Msg)
+	q.SetQuestion("kubernetes.default.svc."+ClusterDomain+".", dns.TypeA)
+	err = waitReady(p, func(context.Context) bool {
+		resp, _, err := client.Exchange(q, addr.String())
+		return err == nil && resp.Rcode == dns.RcodeSuccess && len(resp.Answer) > 0
+	})
+	if err != nil {
+		e.tb.Fatalf("kubetest: %v", err)
+	}
+	e.tb.Logf("kubetest: coredns serving on %s", addr)
+	return addr
+}
