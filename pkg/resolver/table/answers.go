@@ -44,37 +44,39 @@ const (
 // query's ID gives each query its own order without a shared counter.
 func (r Result) AppendAnswer(out []byte, hdr int, qtype uint16, rot uint16) []byte {
 	e := r.Entry
-	count := 0
-	add := func(s span) {
-		out = append(out, e.answers.wire[s.off:s.end]...)
-		count += int(s.count)
-	}
+	var s span
 	switch {
 	case r.srv != nil:
 		if qtype == dns.TypeSRV || qtype == dns.TypeANY {
-			add(r.srv.span)
+			s = r.srv.span
 		}
 	case r.owners != nil:
 		if qtype == dns.TypePTR || qtype == dns.TypeANY {
-			for _, e = range r.owners {
-				add(e.answers.spans[idxPTR])
+			for _, o := range r.owners[1:] { // the first is e, appended below
+				ptr := o.answers.spans[idxPTR]
+				out = append(out, o.answers.wire[ptr.off:ptr.end]...)
+				s.count += ptr.count
 			}
+			ptr := e.answers.spans[idxPTR]
+			s.off, s.end, s.count = ptr.off, ptr.end, s.count+ptr.count
 		}
 	case qtype == dns.TypeANY:
-		add(span{off: e.answers.spans[idxA].off, end: e.answers.spans[idxCNAME].end,
-			count: e.answers.spans[idxA].count + e.answers.spans[idxAAAA].count + e.answers.spans[idxCNAME].count})
-	case qtype == dns.TypeA:
-		out = e.answers.appendRotated(out, idxA, rot)
-		count = int(e.answers.spans[idxA].count)
-	case qtype == dns.TypeAAAA:
-		out = e.answers.appendRotated(out, idxAAAA, rot)
-		count = int(e.answers.spans[idxAAAA].count)
+		s = span{off: e.answers.spans[idxA].off, end: e.answers.spans[idxCNAME].end,
+			count: e.answers.spans[idxA].count + e.answers.spans[idxAAAA].count + e.answers.spans[idxCNAME].count}
+	case qtype == dns.TypeA, qtype == dns.TypeAAAA:
+		idx := idxA
+		if qtype == dns.TypeAAAA {
+			idx = idxAAAA
+		}
+		out = e.answers.appendRotated(out, idx, rot)
+		s.count = e.answers.spans[idx].count
 	case qtype == dns.TypeCNAME:
-		add(e.answers.spans[idxCNAME])
+		s = e.answers.spans[idxCNAME]
 	}
-	binary.BigEndian.PutUint16(out[hdr+6:], uint16(count))
-	if count == 0 && r.t != nil {
-		out = r.t.appendSOA(out, int(r.zone))
+	out = append(out, e.answers.wire[s.off:s.end]...)
+	binary.BigEndian.PutUint16(out[hdr+6:], s.count)
+	if s.count == 0 && r.t != nil {
+		out = r.t.appendSOA(out, r.t.zoneStart(r.qname))
 		binary.BigEndian.PutUint16(out[hdr+8:], 1)
 	}
 	return out
@@ -252,10 +254,13 @@ func (t *Table) SOA(name string) dns.RR {
 // zones kube-dns serves), and otherwise the name itself, which ztdns alone
 // answers for (a ServiceEntry host, a short form).
 func (t *Table) zoneStart(name string) int {
-	for _, zone := range [...]string{t.domain, inAddrArpa[1:], ip6Arpa[1:]} {
-		if inZone(name, zone) {
-			return len(name) - len(zone)
-		}
+	switch {
+	case inZone(name, t.domain):
+		return len(name) - len(t.domain)
+	case strings.HasSuffix(name, inAddrArpa):
+		return len(name) - len(inAddrArpa) + 1
+	case strings.HasSuffix(name, ip6Arpa):
+		return len(name) - len(ip6Arpa) + 1
 	}
 	return 0
 }

@@ -182,48 +182,43 @@ type Result struct {
 	// a reverse name: the entries its PTR records name (Entry is the first).
 	srv    *srvSet
 	owners []*Entry
-	t      *Table
-	// zone is where the zone of the query name starts in it, for the SOA of
-	// a negative answer.
-	zone uint8
+	// t and qname make the SOA of a negative answer.
+	t     *Table
+	qname string
 }
 
 // Resolve finds what a pod in namespace ns gets for qname (lower case, fully
 // qualified). In order: the exact name; a reverse name (PTR); an SRV name of
 // a Service; a Kubernetes short form ("svc" from the pod's own namespace,
 // "svc.ns", "svc.ns.svc"); a wildcard ServiceEntry; and finally a
-// search-list expansion (see expansion).
-func (t *Table) Resolve(qname, ns string) Result {
-	r := t.resolve(qname, ns)
-	if r.Entry != nil {
-		r.t, r.zone = t, uint8(t.zoneStart(qname))
-	}
+// search-list expansion (see expansion). qname must stay unchanged while the
+// result is used.
+func (t *Table) Resolve(qname, ns string) (r Result) {
+	t.resolve(&r, qname, ns)
+	r.t, r.qname = t, qname
 	return r
 }
 
-func (t *Table) resolve(qname, ns string) Result {
-	if e := t.pick(t.lookup(qname), ns); e != nil {
-		return Result{Entry: e}
+func (t *Table) resolve(r *Result, qname, ns string) {
+	if r.Entry = t.pick(t.lookup(qname), ns); r.Entry != nil {
+		return
 	}
 	if a, ok := parseReverse(qname); ok {
-		if owners := t.ptrOwners(t.reverse[shardOfAddr(a)][a], ns); owners != nil {
-			return Result{Entry: owners[0], owners: owners}
+		if r.owners = t.ptrOwners(t.reverse[shardOfAddr(a)][a], ns); r.owners != nil {
+			r.Entry = r.owners[0]
 		}
-		return Result{}
+		return
 	}
-	if r, ok := t.srvName(qname, ns); ok {
-		return r
+	if t.srvName(r, qname, ns) {
+		return
 	}
-	if e := t.shortForm(qname, ns); e != nil {
-		return Result{Entry: e}
+	if r.Entry = t.shortForm(qname, ns); r.Entry != nil {
+		return
 	}
-	if e := t.wildcard(qname, ns); e != nil {
-		return Result{Entry: e}
+	if r.Entry = t.wildcard(qname, ns); r.Entry != nil {
+		return
 	}
-	if base, e := t.expansion(qname, ns); e != nil {
-		return Result{Entry: e, Alias: base}
-	}
-	return Result{}
+	r.Alias, r.Entry = t.expansion(qname, ns)
 }
 
 // ptrOwners chooses the names an address's PTR records give, from the
@@ -246,31 +241,32 @@ func (t *Table) ptrOwners(entries []*Entry, ns string) []*Entry {
 	return nil
 }
 
-// srvName resolves "_port._proto.<name>" to name's SRV set. A Service name
-// without such a port is still a known name: NODATA, not a miss.
-func (t *Table) srvName(qname, ns string) (Result, bool) {
+// srvName resolves "_port._proto.<name>" to name's SRV set. A port the
+// Service does not have is no name here: forwarded.
+func (t *Table) srvName(r *Result, qname, ns string) bool {
 	if len(qname) == 0 || qname[0] != '_' {
-		return Result{}, false
+		return false
 	}
 	i := strings.IndexByte(qname, '.')
 	if i < 0 || i+1 >= len(qname) || qname[i+1] != '_' {
-		return Result{}, false
+		return false
 	}
 	j := strings.IndexByte(qname[i+1:], '.')
 	if j < 0 {
-		return Result{}, false
+		return false
 	}
 	cut := i + 1 + j + 1
 	e := t.pick(t.lookup(qname[cut:]), ns)
 	if e == nil {
-		return Result{}, false
+		return false
 	}
 	for k := range e.srv {
 		if e.srv[k].prefix == qname[:cut] {
-			return Result{Entry: e, srv: &e.srv[k]}, true
+			r.Entry, r.srv = e, &e.srv[k]
+			return true
 		}
 	}
-	return Result{}, false
+	return false
 }
 
 // SearchBase returns the name qname was expanded from when it looks like a
