@@ -144,40 +144,46 @@ func headlessEntries(n names, out *entrySet, e *Entry, svc *model.Service, eps [
 	out.add(n, e, false) // its addresses' PTRs name the endpoints
 }
 
-// srvRecords collects the SRV records of one name, deduplicated (RFC 2181
-// 5: a record set holds no record twice).
-type srvRecords map[string][]SRV
+// srvRecords collects the SRV record sets of one name, deduplicated (RFC
+// 2181 5: a record set holds no record twice). Names have few ports: a
+// slice searched in order costs less than a map.
+type srvRecords []srvSet
 
 // add records that port p (when named) is served at target.
 func (r *srvRecords) add(p model.Port, target string) {
 	if p.Name == "" {
 		return
 	}
-	prefix := "_" + strings.ToLower(p.Name) + "._" + strings.ToLower(p.Protocol) + "."
-	if !validName(prefix) {
-		return
-	}
-	if *r == nil {
-		*r = srvRecords{}
-	}
 	rec := SRV{Port: p.Port, Target: target}
-	if !slices.Contains((*r)[prefix], rec) {
-		(*r)[prefix] = append((*r)[prefix], rec)
+	for i := range *r {
+		if set := &(*r)[i]; isPrefixOf(set.prefix, p) {
+			if !slices.Contains(set.records, rec) {
+				set.records = append(set.records, rec)
+			}
+			return
+		}
 	}
+	prefix := "_" + strings.ToLower(p.Name) + "._" + strings.ToLower(p.Protocol) + "."
+	if validName(prefix) {
+		*r = append(*r, srvSet{prefix: prefix, records: []SRV{rec}})
+	}
+}
+
+// isPrefixOf reports whether prefix is "_<name>._<protocol>." of p, without
+// building that string.
+func isPrefixOf(prefix string, p model.Port) bool {
+	n := len(p.Name)
+	return len(prefix) == n+len(p.Protocol)+4 && prefix[0] == '_' && strings.EqualFold(prefix[1:1+n], p.Name) &&
+		prefix[1+n:3+n] == "._" && strings.EqualFold(prefix[3+n:len(prefix)-1], p.Protocol)
 }
 
 // sets returns the record sets in a stable order.
 func (r srvRecords) sets() []srvSet {
-	if len(r) == 0 {
-		return nil
+	for _, set := range r {
+		slices.SortFunc(set.records, func(a, b SRV) int { return cmp.Or(cmp.Compare(a.Target, b.Target), cmp.Compare(a.Port, b.Port)) })
 	}
-	out := make([]srvSet, 0, len(r))
-	for prefix, recs := range r {
-		slices.SortFunc(recs, func(a, b SRV) int { return cmp.Or(cmp.Compare(a.Target, b.Target), cmp.Compare(a.Port, b.Port)) })
-		out = append(out, srvSet{prefix: prefix, records: recs})
-	}
-	slices.SortFunc(out, func(a, b srvSet) int { return cmp.Compare(a.prefix, b.prefix) })
-	return out
+	slices.SortFunc(r, func(a, b srvSet) int { return cmp.Compare(a.prefix, b.prefix) })
+	return r
 }
 
 // appendUnique appends a unless list holds it already.
