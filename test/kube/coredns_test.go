@@ -118,11 +118,12 @@ func (g *generator) cluster() {
 	g.ask("_https._tcp.kubernetes.default.svc.cluster.local", dns.TypeSRV)
 }
 
-func (g *generator) ports(slice bool) []corev1.ServicePort {
+func (g *generator) ports() []corev1.ServicePort {
 	var out []corev1.ServicePort
-	for i := range 1 + g.rng.IntN(3) {
+	n := 1 + g.rng.IntN(3)
+	for i := range n {
 		p := corev1.ServicePort{Port: int32(80 + i), Protocol: []corev1.Protocol{corev1.ProtocolTCP, corev1.ProtocolUDP}[g.rng.IntN(2)]}
-		if i > 0 || g.rng.IntN(3) > 0 { // a lone port may be unnamed
+		if n > 1 || g.rng.IntN(3) > 0 { // a lone port may be unnamed
 			p.Name = fmt.Sprintf("p%d", i)
 		}
 		out = append(out, p)
@@ -152,7 +153,7 @@ func (g *generator) askPorts(fqdn string, ports []corev1.ServicePort) {
 // EndpointSlice (whose names and PTRs are CoreDNS extensions ztdns
 // forwards).
 func (g *generator) clusterIP(ns, name string, dual bool) {
-	spec := corev1.ServiceSpec{Ports: g.ports(false)}
+	spec := corev1.ServiceSpec{Ports: g.ports()}
 	if dual {
 		spec.IPFamilyPolicy = ptr.To(corev1.IPFamilyPolicyRequireDualStack)
 	}
@@ -175,7 +176,7 @@ func (g *generator) clusterIP(ns, name string, dual bool) {
 // over the same pods.
 func (g *generator) headless(ns, name string, dual bool) {
 	publish := g.rng.IntN(4) == 0
-	ports := g.ports(true)
+	ports := g.ports()
 	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns}, Spec: corev1.ServiceSpec{
 		ClusterIP: corev1.ClusterIPNone, Ports: ports, PublishNotReadyAddresses: publish}}
 	if dual {
