@@ -76,3 +76,13 @@ func (z Zone) Reply(req *dns.Msg, _ netip.AddrPort) *dns.Msg {
 	}
 	return m
 }
+
+// Reverse returns the in-addr.arpa or ip6.arpa name of an address, which
+// must parse.
+func Reverse(addr string) string {
+	name, err := dns.ReverseAddr(addr)
+	if err != nil {
+		panic(err)
+	}
+	return name
+}

@@ -7,6 +7,8 @@ import (
 	"testing"
 
 	"github.com/miekg/dns"
+
+	"github.com/ztdns/ztdns/internal/dnstest"
 )
 
 // specCase is one rule of the Kubernetes DNS-Based Service Discovery
@@ -50,7 +52,7 @@ func TestSpecification(t *testing.T) {
 		web1       = "web-1.nginx.default.svc.cluster.local."
 		cluster    = "cluster.local."
 	)
-	web0v6 := reverse("2001:db8:244:1::10")
+	web0v6 := dnstest.Reverse("2001:db8:244:1::10")
 	cases := []specCase{
 		{section: "2.1", rule: "comparisons are case-insensitive", qname: "KUBERNETES.Default.SVC.Cluster.Local.", qtype: dns.TypeA,
 			answer: []string{"KUBERNETES.Default.SVC.Cluster.Local. A 10.3.0.1"}},
@@ -80,8 +82,8 @@ func TestSpecification(t *testing.T) {
 			rcode: dns.RcodeNameError, forwarded: true},
 		{section: "2.3.3", rule: "PTR record of an IPv4 ClusterIP", qname: "1.0.3.10.in-addr.arpa.", qtype: dns.TypePTR,
 			answer: []string{"1.0.3.10.in-addr.arpa. PTR " + kubernetes}},
-		{section: "2.3.3", rule: "PTR record of an IPv6 ClusterIP", qname: reverse("2001:db8:3::30"), qtype: dns.TypePTR,
-			answer: []string{reverse("2001:db8:3::30") + " PTR " + dual}},
+		{section: "2.3.3", rule: "PTR record of an IPv6 ClusterIP", qname: dnstest.Reverse("2001:db8:3::30"), qtype: dns.TypePTR,
+			answer: []string{dnstest.Reverse("2001:db8:3::30") + " PTR " + dual}},
 		{section: "2.3.3", rule: "no A record at a reverse name: NODATA with the reverse zone's SOA", qname: "1.0.3.10.in-addr.arpa.", qtype: dns.TypeA,
 			answer: []string{}, zone: "in-addr.arpa."},
 
@@ -206,13 +208,4 @@ func checkNegativeSOA(t *testing.T, resp *dns.Msg, zone string) {
 		soa.Refresh != 7200 || soa.Retry != 1800 || soa.Expire != 86400 || soa.Serial == 0 {
 		t.Errorf("SOA %v, want CoreDNS's: ns.dns.<zone> hostmaster.<zone> <serial> 7200 1800 86400 30", soa)
 	}
-}
-
-// reverse is the reverse name of an address.
-func reverse(addr string) string {
-	name, err := dns.ReverseAddr(addr)
-	if err != nil {
-		panic(err)
-	}
-	return name
 }

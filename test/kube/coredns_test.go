@@ -90,7 +90,7 @@ func (g *generator) ask(name string, types ...uint16) {
 	}
 }
 
-func (g *generator) askPTR(addr string) { g.ask(reverse(addr), dns.TypePTR) }
+func (g *generator) askPTR(addr string) { g.ask(dnstest.Reverse(addr), dns.TypePTR) }
 
 // pod hands out a new pod address: IPv4 and IPv6.
 func (g *generator) pod() (v4, v6 string) {
@@ -261,14 +261,6 @@ func (g *generator) externalName(ns, name, target string) {
 	g.service(&corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
 		Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeExternalName, ExternalName: target}})
 	g.ask(name+"."+ns+".svc.cluster.local.", dns.TypeA, dns.TypeAAAA, dns.TypeCNAME)
-}
-
-func reverse(addr string) string {
-	name, err := dns.ReverseAddr(addr)
-	if err != nil {
-		panic(err)
-	}
-	return name
 }
 
 func ask(t *testing.T, server netip.AddrPort, q dns.Question) *dns.Msg {
