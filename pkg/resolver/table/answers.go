@@ -42,7 +42,7 @@ const (
 // set of several addresses, so that clients do not all pick the same first
 // one (kube-dns's loadbalance and Istio's proxy shuffle them too): the
 // query's ID gives each query its own order without a shared counter.
-func (r Result) AppendAnswer(out []byte, hdr int, qtype uint16, rot uint16) []byte {
+func (r *Result) AppendAnswer(out []byte, hdr int, qtype uint16, rot uint16) []byte {
 	e := r.Entry
 	var s span
 	switch {
@@ -96,13 +96,13 @@ func (a *answers) appendRotated(out []byte, idx int, rot uint16) []byte {
 
 // Chases reports whether answering qtype means following the entry's
 // ExternalName alias (the CNAME alone answers only CNAME queries).
-func (r Result) Chases(qtype uint16) bool {
+func (r *Result) Chases(qtype uint16) bool {
 	return r.Entry.Alias != "" && r.srv == nil && r.owners == nil && qtype != dns.TypeCNAME
 }
 
 // Records renders the records AppendAnswer would give, owned by owner, for
 // the replies that cannot be a plain copy (CNAME chains).
-func (r Result) Records(owner string, qtype uint16, ttl uint32, rot uint16) []dns.RR {
+func (r *Result) Records(owner string, qtype uint16, ttl uint32, rot uint16) []dns.RR {
 	e := r.Entry
 	hdr := func(t uint16) dns.RR_Header {
 		return dns.RR_Header{Name: owner, Rrtype: t, Class: dns.ClassINET, Ttl: ttl}
