@@ -54,6 +54,8 @@ func FuzzAnswer(f *testing.F) {
 		query("address.internal.default.svc.cluster.local.", dns.TypeA, true),
 		query("_http._tcp.web.default.svc.cluster.local.", dns.TypeSRV, false),
 		query("1.0.96.10.in-addr.arpa.", dns.TypePTR, false),
+		query("Web.Default.svc.cluster.local.", dns.TypeTXT, true), // NODATA: an SOA compressed into the question
+		query("1.0.96.10.in-addr.arpa.", dns.TypeA, false),
 		query("unknown.example.", dns.TypeA, false),
 		{0, 1, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0},
 		{0xc0},
