@@ -22,9 +22,13 @@ import (
 	"k8s.io/klog/v2"
 )
 
-// The resolver's default addresses: link-local on an interface the agent owns.
-// Slot 0 of each family: the agent adds the slots after them itself.
-var defaultListen = []netip.AddrPort{redirect.DefaultResolver4()[0], redirect.DefaultResolver6()[0]}
+// The resolver's default addresses: link-local on an interface the agent owns,
+// port 53 for whoever asks them directly. Slot 0 of each family: with
+// capture, the agent adds the slots on --capture-port itself.
+var defaultListen = []netip.AddrPort{
+	netip.AddrPortFrom(redirect.DefaultResolver4()[0].Addr(), 53),
+	netip.AddrPortFrom(redirect.DefaultResolver6()[0].Addr(), 53),
+}
 
 func runAgent(args []string) error {
 	fs := flag.NewFlagSet("agent", flag.ContinueOnError)
@@ -45,6 +49,7 @@ func runAgent(args []string) error {
 	cgroup := fs.String("cgroup", "", "cgroup v2 `DIR` the capture programs attach to (default: the cgroup2 root, every pod on the node)")
 	bpffs := fs.String("bpffs", redirect.DefaultBPFFS, "`DIR` on a bpf filesystem where maps and links are pinned")
 	iface := fs.String("interface", redirect.DefaultInterface, "interface that carries the resolver's addresses")
+	capturePort := fs.Uint("capture-port", redirect.DefaultPort, "`PORT` of the resolver's slot addresses, where captured queries go; not 53, so that istio-cni's in-pod DNS rules never take them (see README)")
 	stale := fs.Duration("heartbeat-stale", redirect.DefaultStaleAfter, "stop redirecting (fail open) when the agent has been silent this long")
 	dnsCaptureDefault := fs.Bool("dns-capture-default", true, "capture every ambient pod's DNS (values.cni.ambient.dnsCapture); when false only pods annotated ambient.istio.io/dns-capture: \"true\"")
 	nodeName := fs.String("node-name", os.Getenv("NODE_NAME"), "this node's name: the pods the agent watches and adopts (default $NODE_NAME)")
@@ -100,7 +105,10 @@ func runAgent(args []string) error {
 	}
 	var captureCfg *agent.CaptureConfig
 	if *capture {
-		captureCfg = &agent.CaptureConfig{BPFFS: *bpffs, Cgroup: *cgroup, Interface: *iface, StaleAfter: *stale, StateDir: *stateDir}
+		if *capturePort == 0 || *capturePort > 65535 {
+			return fmt.Errorf("--capture-port %d: want 1-65535", *capturePort)
+		}
+		captureCfg = &agent.CaptureConfig{BPFFS: *bpffs, Cgroup: *cgroup, Interface: *iface, StaleAfter: *stale, StateDir: *stateDir, Port: uint16(*capturePort)}
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

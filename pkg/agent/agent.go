@@ -141,7 +141,11 @@ func newAgent(cfg Config) (*Agent, error) {
 		addrs:   slices.Clone(cfg.Listen)}
 	if cfg.Capture != nil {
 		var err error
-		if a.slot4, a.slot6, err = resolverSlots(cfg.Listen); err != nil {
+		port := cfg.Capture.Port
+		if port == 0 {
+			port = redirect.DefaultPort
+		}
+		if a.slot4, a.slot6, err = resolverSlots(cfg.Listen, port); err != nil {
 			return nil, err
 		}
 		for _, s := range append(a.slot4[:], a.slot6[:]...) {
