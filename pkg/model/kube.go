@@ -119,7 +119,8 @@ func FromServiceEntry(meta *metav1.ObjectMeta, spec *networkingv1alpha3.ServiceE
 		Created:      meta.CreationTimestamp.Time,
 		Resolution:   spec.GetResolution().String(),
 		ExportTo:     append([]string(nil), spec.GetExportTo()...),
-		AutoAllocate: meta.Labels[LabelEnableAutoallocate] != "false",
+		AutoAllocate:     !strings.EqualFold(meta.Labels[LabelEnableAutoallocate], "false"),
+		HasSpecAddresses: len(spec.GetAddresses()) > 0,
 	}
 	var errs []error
 	for _, h := range spec.GetHosts() {
