@@ -114,11 +114,11 @@ func FromEndpointSlice(s *discoveryv1.EndpointSlice) (EndpointSlice, error) {
 // and v1alpha3 share the spec and status types).
 func FromServiceEntry(meta *metav1.ObjectMeta, spec *networkingv1alpha3.ServiceEntry, status *networkingv1alpha3.ServiceEntryStatus) (ServiceEntry, error) {
 	out := ServiceEntry{
-		Namespace:    namespaceOf(meta),
-		Name:         meta.Name,
-		Created:      meta.CreationTimestamp.Time,
-		Resolution:   spec.GetResolution().String(),
-		ExportTo:     append([]string(nil), spec.GetExportTo()...),
+		Namespace:        namespaceOf(meta),
+		Name:             meta.Name,
+		Created:          meta.CreationTimestamp.Time,
+		Resolution:       spec.GetResolution().String(),
+		ExportTo:         append([]string(nil), spec.GetExportTo()...),
 		AutoAllocate:     !strings.EqualFold(meta.Labels[LabelEnableAutoallocate], "false"),
 		HasSpecAddresses: len(spec.GetAddresses()) > 0,
 	}

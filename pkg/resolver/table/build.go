@@ -72,9 +72,9 @@ func NewBuilder(opts Options) *Builder {
 		n:         names{svcDomain: ".svc." + domain, ttl: opts.TTL},
 		domain:    domain,
 		vipSource: opts.VIPSource,
-		services: map[objKey]*serviceState{},
-		ses:      map[objKey]*seState{},
-		last:     &Table{},
+		services:  map[objKey]*serviceState{},
+		ses:       map[objKey]*seState{},
+		last:      &Table{},
 	}
 }
 
