@@ -58,7 +58,7 @@ type Config struct {
 	Capture *CaptureConfig
 	// DNSCaptureDefault is the node-wide switch for ambient pods
 	// (values.cni.ambient.dnsCapture): with it off, only pods annotated
-	// ambient.istio.io/dns-capture: "true" are captured.
+	// ztdns.io/dns-capture: "true" are captured.
 	DNSCaptureDefault bool
 	// NodeName scopes the pods this agent adopts from /proc; empty in
 	// standalone mode.
