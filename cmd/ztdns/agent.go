@@ -16,6 +16,7 @@ import (
 	"github.com/ztdns/ztdns/pkg/control"
 	"github.com/ztdns/ztdns/pkg/redirect"
 	"github.com/ztdns/ztdns/pkg/resolvconf"
+	"github.com/ztdns/ztdns/pkg/resolver/vip"
 	"github.com/ztdns/ztdns/pkg/source"
 	"github.com/ztdns/ztdns/pkg/source/configdir"
 	"github.com/ztdns/ztdns/pkg/source/kube"
@@ -43,6 +44,8 @@ func runAgent(args []string) error {
 	ttl := fs.Duration("ttl", 30*time.Second, "TTL of local answers")
 	fwdTimeout := fs.Duration("forward-timeout", 2*time.Second, "bound on one forwarded query across all upstreams")
 	cacheSize := fs.Int("cache-size", 10000, "entries in the cache of upstream answers (0 disables it)")
+	vipSource := fs.String("vip-source", string(vip.SourceAuto), "where auto-allocated ServiceEntry VIPs come from: auto (istiod's status.addresses when istiod allocates, else ztdns's allocator), istiod (status.addresses only) or ztdns (its own allocator only); see README")
+	istioNamespace := fs.String("istio-namespace", "istio-system", "istiod's `NAMESPACE`, where --vip-source=auto looks for its VIP allocator")
 	autopath := fs.Bool("autopath", false, "answer search-list expansions of unknown names in one round trip (see README)")
 	metrics := fs.String("metrics", "", "serve /metrics, /healthz and /readyz on `ADDR` (e.g. :15053); empty disables")
 	capture := fs.Bool("capture", true, "capture marked pods' DNS with eBPF; false only serves on --listen")
@@ -71,6 +74,10 @@ func runAgent(args []string) error {
 	if err != nil {
 		return err
 	}
+	vips, err := vip.ParseSource(*vipSource)
+	if err != nil {
+		return fmt.Errorf("--vip-source: %w", err)
+	}
 	var src source.Source
 	switch {
 	case *configDir != "" && *kubeconfig != "":
@@ -84,7 +91,7 @@ func runAgent(args []string) error {
 		}
 		// client-go logs through klog: route it into the same structured log.
 		klog.SetSlogLogger(log)
-		src = kube.New(rc, kube.WithLogger(log), kube.WithNodeName(*nodeName))
+		src = kube.New(rc, kube.WithLogger(log), kube.WithNodeName(*nodeName), kube.WithIstioNamespace(*istioNamespace))
 	}
 	node, err := resolvconf.ReadFile(*resolvConf)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -125,6 +132,7 @@ func runAgent(args []string) error {
 		ForwardTimeout:    *fwdTimeout,
 		CacheSize:         cacheSizeFlag(*cacheSize),
 		Autopath:          *autopath,
+		VIPSource:         vips,
 		NodeSearch:        node.Search,
 		MetricsAddr:       *metrics,
 		Socket:            *socket,

@@ -29,6 +29,7 @@ import (
 	"github.com/ztdns/ztdns/pkg/resolver"
 	"github.com/ztdns/ztdns/pkg/resolver/forward"
 	"github.com/ztdns/ztdns/pkg/resolver/table"
+	"github.com/ztdns/ztdns/pkg/resolver/vip"
 	"github.com/ztdns/ztdns/pkg/source"
 )
 
@@ -48,6 +49,8 @@ type Config struct {
 	// default, a negative size disables the cache.
 	CacheSize int
 	Autopath  bool
+	// VIPSource says where auto-allocated VIPs come from (default auto).
+	VIPSource vip.Source
 	// NodeSearch are the node's search domains (autopath only).
 	NodeSearch []string
 	// MetricsAddr serves /metrics, /healthz and /readyz; empty disables.
@@ -97,6 +100,7 @@ type Agent struct {
 	addrs        []netip.AddrPort
 	slot4, slot6 [redirect.Slots]netip.AddrPort
 	capture      *capture
+	istioRules   istioRules // istio-cni's DNS rules in captured pods
 	// hostCookie is the node's own netns cookie: never marked.
 	hostCookie uint64
 	namespaces atomic.Pointer[map[string]*model.Namespace]
@@ -137,7 +141,7 @@ func newAgent(cfg Config) (*Agent, error) {
 		cfg.Registry = prometheus.NewRegistry()
 	}
 	a := &Agent{cfg: cfg, log: cfg.Logger, reg: cfg.Registry, pods: podcache.New(cfg.ClusterDomain), firstTable: make(chan struct{}),
-		builder: table.NewBuilder(table.Options{Domain: cfg.ClusterDomain, TTL: uint32(cfg.TTL / time.Second)}),
+		builder: table.NewBuilder(table.Options{Domain: cfg.ClusterDomain, TTL: uint32(cfg.TTL / time.Second), VIPSource: cfg.VIPSource}),
 		addrs:   slices.Clone(cfg.Listen)}
 	if cfg.Capture != nil {
 		var err error
