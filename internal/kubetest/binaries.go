@@ -21,8 +21,8 @@ const buildScript = "scripts/build-kube.sh"
 // on a 2-core machine (about 12 minutes), with a margin.
 const coldBuildBudget = 20 * time.Minute
 
-// errNotBuilt says the binaries are missing and were not built.
-var errNotBuilt = errors.New("kube-apiserver and etcd are not built")
+// errNotBuilt says cached binaries are missing and were not built.
+var errNotBuilt = errors.New("not built")
 
 // binaries are the server executables an Env runs.
 type binaries struct {
@@ -49,13 +49,29 @@ func requireBinaries(tb testing.TB) binaries {
 // scripts/build-kube.sh when they are missing or stale.
 func findBinaries(tb testing.TB) (binaries, error) {
 	tb.Helper()
-	root, err := repoRoot()
+	dir, err := cachedBuild(tb, buildScript, "kube-apiserver and etcd", "about 12 minutes", coldBuildBudget)
 	if err != nil {
 		return binaries{}, err
 	}
-	script := filepath.Join(root, buildScript)
+	return binaries{
+		apiserver: filepath.Join(dir, "kube-apiserver"),
+		etcd:      filepath.Join(dir, "etcd"),
+	}, nil
+}
 
-	check := exec.Command("bash", script, "--check")
+// cachedBuild returns the directory a scripts/build-*.sh script (relative
+// to the repo root) caches its binaries in, running the build first when
+// they are missing or stale and the test's deadline leaves budget for it;
+// otherwise the error wraps errNotBuilt.
+func cachedBuild(tb testing.TB, script, what, takes string, budget time.Duration) (string, error) {
+	tb.Helper()
+	root, err := repoRoot()
+	if err != nil {
+		return "", err
+	}
+	path := filepath.Join(root, script)
+
+	check := exec.Command("bash", path, "--check")
 	var checkErr bytes.Buffer
 	check.Stderr = &checkErr
 	out, err := check.Output()
@@ -64,36 +80,32 @@ func findBinaries(tb testing.TB) (binaries, error) {
 	case err == nil:
 		// Cached and current.
 	case errors.As(err, &exitErr) && exitErr.ExitCode() == 3:
-		if err := buildBinaries(tb, script); err != nil {
-			return binaries{}, err
+		if err := buildBinaries(tb, path, script, what, takes, budget); err != nil {
+			return "", err
 		}
 	default:
-		return binaries{}, fmt.Errorf("%s --check: %w: %s", buildScript, err, checkErr.String())
+		return "", fmt.Errorf("%s --check: %w: %s", script, err, checkErr.String())
 	}
-	dir := strings.TrimSpace(string(out))
-	return binaries{
-		apiserver: filepath.Join(dir, "kube-apiserver"),
-		etcd:      filepath.Join(dir, "etcd"),
-	}, nil
+	return strings.TrimSpace(string(out)), nil
 }
 
-// buildBinaries runs the build script, streaming its progress to the test log.
-func buildBinaries(tb testing.TB, script string) error {
+// buildBinaries runs a build script, streaming its progress to the test log.
+func buildBinaries(tb testing.TB, path, script, what, takes string, budget time.Duration) error {
 	tb.Helper()
 	if d, ok := tb.(interface{ Deadline() (time.Time, bool) }); ok {
-		if deadline, ok := d.Deadline(); ok && time.Until(deadline) < coldBuildBudget {
-			return fmt.Errorf("%w, and a cold build (~12 min) would outlive this test's deadline: "+
-				"run %s first, or go test with -timeout 30m", errNotBuilt, buildScript)
+		if deadline, ok := d.Deadline(); ok && time.Until(deadline) < budget {
+			return fmt.Errorf("%w: %s, and a cold build (%s) would outlive this test's deadline: "+
+				"run %s first, or go test with -timeout 30m", errNotBuilt, what, takes, script)
 		}
 	}
-	tb.Logf("kube-apiserver and etcd are not in the cache: running %s, a cold build takes about 12 minutes", buildScript)
-	cmd := exec.Command("bash", script)
+	tb.Logf("%s not in the cache: running %s, a cold build takes %s", what, script, takes)
+	cmd := exec.Command("bash", path)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
-		return fmt.Errorf("%s: %w", buildScript, err)
+		return fmt.Errorf("%s: %w", script, err)
 	}
 	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("%s: %w", buildScript, err)
+		return fmt.Errorf("%s: %w", script, err)
 	}
 	var last []string // the build's last lines, for the error message
 	lines := bufio.NewScanner(stderr)
@@ -105,7 +117,7 @@ func buildBinaries(tb testing.TB, script string) error {
 		}
 	}
 	if err := cmd.Wait(); err != nil {
-		return fmt.Errorf("%s: %w:\n%s", buildScript, err, strings.Join(last, "\n"))
+		return fmt.Errorf("%s: %w:\n%s", script, err, strings.Join(last, "\n"))
 	}
 	return nil
 }
