@@ -43,10 +43,10 @@ type Istiod struct {
 	// HTTP is its debug and readiness endpoint, e.g. http://127.0.0.1:PORT.
 	HTTP string
 
-	env  *Env
-	bin  string
-	dir  string
-	args []string
+	env     *Env
+	bin     string
+	dir     string
+	args    []string
 	environ []string
 
 	mu   sync.Mutex
