@@ -150,19 +150,7 @@ func (i *Istiod) Start() {
 		i.env.tb.Fatalf("kubetest: %v", err)
 	}
 	i.proc = p
-	client := &http.Client{Timeout: time.Second}
-	err = waitReady(p, func(ctx context.Context) bool {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, i.HTTP+"/ready", nil)
-		if err != nil {
-			return false
-		}
-		resp, err := client.Do(req)
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK
-	})
+	err = waitReady(p, func(ctx context.Context) bool { return httpOK(ctx, i.HTTP+"/ready") })
 	if err != nil {
 		i.env.tb.Fatalf("kubetest: istiod: %v", err)
 	}

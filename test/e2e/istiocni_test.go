@@ -9,8 +9,8 @@ import (
 	"maps"
 	"net/netip"
 	"regexp"
-	"strconv"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -47,33 +47,7 @@ func TestBesideIstioCNIDNSRules(t *testing.T) {
 	a := testenv.StartAgent(t, c.node, c.bin, append(c.agentArgs(), "--metrics", metricsAddr)...)
 	c.waitReady(t, a)
 
-	dig := func(args ...string) testenv.Client {
-		return testenv.CommandClient("dig", append([]string{"+short", "+time=2", "+tries=1"}, args...)...)
-	}
-	// What a client prints for a host with addresses v4 and v6 (v6 may be
-	// invalid: NODATA).
-	ipv4Only := func(v4, _ netip.Addr) []netip.Addr { return []netip.Addr{v4} }
-	both := func(v4, v6 netip.Addr) []netip.Addr {
-		if v6.IsValid() {
-			return []netip.Addr{v4, v6}
-		}
-		return []netip.Addr{v4}
-	}
-	clients := []struct {
-		name        string
-		nameservers []string
-		command     testenv.Client
-		prints      func(v4, v6 netip.Addr) []netip.Addr
-	}{
-		{name: "glibc getent ahosts", nameservers: []string{nowhere4}, command: testenv.CommandClient("getent", "ahosts"), prints: both},
-		{name: "musl getaddrinfo two IPv4 nameservers", nameservers: []string{nowhere4, nowhere4b}, command: testenv.CommandClient(musl), prints: both},
-		{name: "musl getaddrinfo IPv6 and v4-mapped nameservers", nameservers: []string{nowhere6, nowhere4}, command: testenv.CommandClient(musl), prints: both},
-		{name: "Go resolver PreferGo", nameservers: []string{nowhere4}, command: testenv.GoClient, prints: both},
-		{name: "dig UDP", nameservers: []string{nowhere4}, command: dig(), prints: ipv4Only},
-		{name: "dig TCP", nameservers: []string{nowhere4}, command: dig("+tcp"), prints: ipv4Only},
-		{name: "dig @IPv6 nameserver", nameservers: []string{nowhere4}, command: dig("@" + nowhere6), prints: ipv4Only},
-		{name: "dig TCP @IPv6 nameserver", nameservers: []string{nowhere4}, command: dig("+tcp", "@"+nowhere6), prints: ipv4Only},
-	}
+	clients := realClients(musl)
 	backends := map[string]string{ // istio-cni backend → what ztdns pods calls it
 		testenv.IstioIptables:       "iptables-nft",
 		testenv.IstioIptablesLegacy: "iptables-legacy",
