@@ -92,6 +92,7 @@ type Agent struct {
 	handedOver atomic.Bool
 	mu         sync.Mutex
 	warnings   []string // from the last table build
+	vipsFrom   string   // where the last table's VIPs came from
 	// The resolver's sockets, kept to hand them to a successor.
 	udp     []*net.UDPConn
 	tcp     []*net.TCPListener
@@ -139,6 +140,9 @@ func newAgent(cfg Config) (*Agent, error) {
 	}
 	if cfg.Registry == nil {
 		cfg.Registry = prometheus.NewRegistry()
+	}
+	if cfg.VIPSource == "" {
+		cfg.VIPSource = vip.SourceAuto
 	}
 	a := &Agent{cfg: cfg, log: cfg.Logger, reg: cfg.Registry, pods: podcache.New(cfg.ClusterDomain), firstTable: make(chan struct{}),
 		builder: table.NewBuilder(table.Options{Domain: cfg.ClusterDomain, TTL: uint32(cfg.TTL / time.Second), VIPSource: cfg.VIPSource}),
@@ -482,6 +486,10 @@ func (a *Agent) apply(s *model.Snapshot) {
 	}
 	a.mu.Lock()
 	a.warnings = msgs
+	a.vipsFrom = "ztdns's allocator"
+	if a.builder.VIPsFromStatus() {
+		a.vipsFrom = "istiod's status.addresses"
+	}
 	a.mu.Unlock()
 	a.log.Info("name table updated", "names", tbl.Len(), "services", len(s.Services), "serviceEntries", len(s.ServiceEntries),
 		"pods", len(s.Pods), "took", took)

@@ -69,6 +69,8 @@ type Status struct {
 	Listen    []string `json:"listen"`
 	Capture   bool     `json:"capture"`
 	Upstreams []string `json:"upstreams"`
+	// VIPs says where ServiceEntry VIPs come from now (--vip-source).
+	VIPs string `json:"vips,omitempty"`
 	// Warnings are objects left out of the name table, and captured pods
 	// that istio-cni's DNS rules claim too.
 	Warnings []string `json:"warnings,omitempty"`
@@ -93,6 +95,9 @@ func (a *Agent) status() Status {
 	}
 	a.mu.Lock()
 	st.Warnings = a.warnings
+	if a.vipsFrom != "" {
+		st.VIPs = string(a.cfg.VIPSource) + ": " + a.vipsFrom
+	}
 	a.mu.Unlock()
 	if pods := a.doublyCaptured(); len(pods) > 0 {
 		st.Warnings = append(slices.Clone(st.Warnings), doubleCaptureWarning(pods))

@@ -109,6 +109,11 @@ func TestIstiodVIPs(t *testing.T) {
 	}
 	t.Run("every shape answers istiod's status", func(t *testing.T) {
 		checkAll(t, status)
+		for name, n := range nodes {
+			if st, err := n.Status(); err != nil || st.VIPs != "auto: istiod's status.addresses" {
+				t.Errorf("node %s: ztdns status says VIPs %q (%v)", name, st.VIPs, err)
+			}
+		}
 		c.checkRegistry(t, istiod, shapes, status)
 	})
 

@@ -230,6 +230,10 @@ func (b *Builder) buildServiceEntries(s *model.Snapshot, c *changes) {
 	}
 }
 
+// VIPsFromStatus reports whether the last build took VIPs from istiod's
+// status.addresses (true) or from vip.Allocate.
+func (b *Builder) VIPsFromStatus() bool { return b.fromStatus }
+
 func (b *Builder) sameResolved(se *model.ServiceEntry, was []hostAddrs) bool {
 	if len(se.Hosts) != len(was) {
 		return false
