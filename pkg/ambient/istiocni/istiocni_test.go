@@ -19,22 +19,40 @@ func TestInspect(t *testing.T) {
 	tests := []struct {
 		backend string
 		want    Finding
+		// flushV4 empties the IPv4 nat chain afterwards, so only the IPv6
+		// rules (another layout of the REDIRECT target) are left.
+		flushV4 string
 	}{
-		{testenv.IstioIptables, Finding{BackendIptablesNft}},
-		{testenv.IstioIptablesLegacy, Finding{BackendIptablesLegacy}},
-		{testenv.IstioNftables, Finding{BackendNftables}},
+		{testenv.IstioIptables, Finding{BackendIptablesNft}, "iptables-nft"},
+		{testenv.IstioIptablesLegacy, Finding{BackendIptablesLegacy}, "iptables-legacy"},
+		{testenv.IstioNftables, Finding{BackendNftables}, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.backend, func(t *testing.T) {
 			n := testenv.NewNetns(t, testenv.UniqueName("ztdns-istiocni-"))
 			testenv.InstallIstioDNSRules(t, n, tt.backend)
-			got, err := Inspect(n.Path())
-			if err != nil {
-				t.Fatal(err)
+			inspect := func(what string, want Finding) {
+				got, err := Inspect(n.Path())
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !slices.Equal(got, want) {
+					t.Errorf("%s: Inspect = %v, want %v", what, got, want)
+				}
 			}
-			if !slices.Equal(got, tt.want) {
-				t.Errorf("Inspect = %v, want %v", got, tt.want)
+			inspect("IPv4 and IPv6 rules", tt.want)
+			if tt.flushV4 == "" {
+				return
 			}
+			flush := func(bin string) {
+				if out, err := exec.Command("nsenter", "--net="+n.Path(), bin, "-t", "nat", "-F", "ISTIO_OUTPUT").CombinedOutput(); err != nil {
+					t.Fatalf("%s -F: %v\n%s", bin, err, out)
+				}
+			}
+			flush(tt.flushV4)
+			inspect("IPv6 rules only", tt.want)
+			flush(strings.Replace(tt.flushV4, "iptables", "ip6tables", 1))
+			inspect("no rules left", nil)
 		})
 	}
 }
