@@ -1,8 +1,8 @@
 // Package kube runs ztdns agents against a real kube-apiserver and etcd on
 // loopback (internal/kubetest) and checks, after every API write, the DNS
 // answers the running agent gives: the DNS Proxying walkthrough through the
-// API, istiod's status.addresses, exportTo, an API server restart, and two
-// nodes that must agree on every VIP.
+// API, exportTo, an API server restart, two nodes that must agree on every
+// VIP, and, beside a real istiod, exactly istiod's VIPs.
 package kube
 
 import (
