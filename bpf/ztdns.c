@@ -6,10 +6,14 @@
  *
  * cgroup sock_addr programs, attached once at a cgroup v2 directory:
  *  - connect4/6 (UDP and TCP) and sendmsg4/6 (unconnected UDP) of a marked
- *    pod rewrite a destination on port 53 to the resolver address of the
+ *    pod rewrite a destination on port 53 to the resolver endpoint of the
  *    slot that destination holds in the pod's nameservers (learning it into
  *    a slot when new, for the resolver to forward to), and record it on the
- *    socket;
+ *    socket. The resolver endpoints listen on a port other than 53 by
+ *    default: these hooks run before the pod's netfilter rules, and a
+ *    rewritten query must not match istio-cni's in-pod DNS capture (nat
+ *    OUTPUT, destination port 53, REDIRECT to ztunnel's 15053), or ztunnel
+ *    would answer a pod ztdns captured;
  *  - recvmsg4/6 (UDP replies) and getpeername4/6 (connected sockets) rewrite
  *    a source / peer that is a resolver slot address back to what that
  *    socket addressed through the slot, so the stub resolver accepts the
@@ -19,8 +23,8 @@
  */
 #include <stdbool.h>
 
-#include <linux/bpf.h>
-#include <linux/in.h>
+/* Every header below is in the repository (bpf/include): see its README. */
+#include "ztdns_uapi.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 
@@ -207,14 +211,18 @@ static __always_inline bool heartbeat_fresh(const struct redirect_config *cfg,
 	return now - beat <= cfg->stale_after_ns;
 }
 
-/* A query addressed to a resolver address (a pod that lists it in its
- * resolv.conf, or a second pass) is already where it should go. */
+/* A query addressed to a resolver endpoint itself is already where it should
+ * go. Address and port both count: the resolver's slots listen on a port
+ * other than 53 (so that istio-cni's in-pod rules, which match destination
+ * port 53, never see a redirected query), and a pod that lists the
+ * resolver's address in its resolv.conf sends to port 53 of it, which is
+ * redirected like any other nameserver. */
 static __always_inline bool is_resolver(const struct redirect_config *cfg,
 					const struct endpoint *dst)
 {
 	for (int i = 0; i < ZTDNS_SLOTS; i++) {
-		if (same_addr(&cfg->resolver4[i], dst) ||
-		    same_addr(&cfg->resolver6[i], dst))
+		if (same_endpoint(&cfg->resolver4[i], dst) ||
+		    same_endpoint(&cfg->resolver6[i], dst))
 			return true;
 	}
 	return false;

@@ -13,7 +13,7 @@
 #ifndef ZTDNS_H
 #define ZTDNS_H
 
-#include <linux/types.h>
+#include "ztdns_uapi.h"
 
 /* resolv.conf holds at most three nameservers (MAXNS in glibc and musl), so
  * a pod addresses at most three distinct nameservers and the resolver listens

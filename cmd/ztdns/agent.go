@@ -16,15 +16,20 @@ import (
 	"github.com/ztdns/ztdns/pkg/control"
 	"github.com/ztdns/ztdns/pkg/redirect"
 	"github.com/ztdns/ztdns/pkg/resolvconf"
+	"github.com/ztdns/ztdns/pkg/resolver/vip"
 	"github.com/ztdns/ztdns/pkg/source"
 	"github.com/ztdns/ztdns/pkg/source/configdir"
 	"github.com/ztdns/ztdns/pkg/source/kube"
 	"k8s.io/klog/v2"
 )
 
-// The resolver's default addresses: link-local on an interface the agent owns.
-// Slot 0 of each family: the agent adds the slots after them itself.
-var defaultListen = []netip.AddrPort{redirect.DefaultResolver4()[0], redirect.DefaultResolver6()[0]}
+// The resolver's default addresses: link-local on an interface the agent owns,
+// port 53 for whoever asks them directly. Slot 0 of each family: with
+// capture, the agent adds the slots on --capture-port itself.
+var defaultListen = []netip.AddrPort{
+	netip.AddrPortFrom(redirect.DefaultResolver4()[0].Addr(), 53),
+	netip.AddrPortFrom(redirect.DefaultResolver6()[0].Addr(), 53),
+}
 
 func runAgent(args []string) error {
 	fs := flag.NewFlagSet("agent", flag.ContinueOnError)
@@ -39,14 +44,17 @@ func runAgent(args []string) error {
 	ttl := fs.Duration("ttl", 30*time.Second, "TTL of local answers")
 	fwdTimeout := fs.Duration("forward-timeout", 2*time.Second, "bound on one forwarded query across all upstreams")
 	cacheSize := fs.Int("cache-size", 10000, "entries in the cache of upstream answers (0 disables it)")
+	vipSource := fs.String("vip-source", string(vip.SourceAuto), "where auto-allocated ServiceEntry VIPs come from: auto (istiod's status.addresses when istiod allocates, else ztdns's allocator), istiod (status.addresses only) or ztdns (its own allocator only); see README")
+	istioNamespace := fs.String("istio-namespace", "istio-system", "istiod's `NAMESPACE`, where --vip-source=auto looks for its VIP allocator")
 	autopath := fs.Bool("autopath", false, "answer search-list expansions of unknown names in one round trip (see README)")
 	metrics := fs.String("metrics", "", "serve /metrics, /healthz and /readyz on `ADDR` (e.g. :15053); empty disables")
 	capture := fs.Bool("capture", true, "capture marked pods' DNS with eBPF; false only serves on --listen")
 	cgroup := fs.String("cgroup", "", "cgroup v2 `DIR` the capture programs attach to (default: the cgroup2 root, every pod on the node)")
 	bpffs := fs.String("bpffs", redirect.DefaultBPFFS, "`DIR` on a bpf filesystem where maps and links are pinned")
 	iface := fs.String("interface", redirect.DefaultInterface, "interface that carries the resolver's addresses")
+	capturePort := fs.Uint("capture-port", redirect.DefaultPort, "`PORT` of the resolver's slot addresses, where captured queries go; not 53, so that istio-cni's in-pod DNS rules never take them (see README)")
 	stale := fs.Duration("heartbeat-stale", redirect.DefaultStaleAfter, "stop redirecting (fail open) when the agent has been silent this long")
-	dnsCaptureDefault := fs.Bool("dns-capture-default", true, "capture every ambient pod's DNS (values.cni.ambient.dnsCapture); when false only pods annotated ambient.istio.io/dns-capture: \"true\"")
+	dnsCaptureDefault := fs.Bool("dns-capture-default", true, "capture every ambient pod's DNS (values.cni.ambient.dnsCapture); when false only pods annotated ztdns.io/dns-capture: \"true\" (see README)")
 	nodeName := fs.String("node-name", os.Getenv("NODE_NAME"), "this node's name: the pods the agent watches and adopts (default $NODE_NAME)")
 	cniInstall := fs.Bool("cni-install", false, "install the chained CNI plugin into --cni-conf-dir and keep it there")
 	cniBinDir := fs.String("cni-bin-dir", "/opt/cni/bin", "the container runtime's CNI plugin `DIR`")
@@ -66,6 +74,10 @@ func runAgent(args []string) error {
 	if err != nil {
 		return err
 	}
+	vips, err := vip.ParseSource(*vipSource)
+	if err != nil {
+		return fmt.Errorf("--vip-source: %w", err)
+	}
 	var src source.Source
 	switch {
 	case *configDir != "" && *kubeconfig != "":
@@ -79,7 +91,7 @@ func runAgent(args []string) error {
 		}
 		// client-go logs through klog: route it into the same structured log.
 		klog.SetSlogLogger(log)
-		src = kube.New(rc, kube.WithLogger(log), kube.WithNodeName(*nodeName))
+		src = kube.New(rc, kube.WithLogger(log), kube.WithNodeName(*nodeName), kube.WithIstioNamespace(*istioNamespace))
 	}
 	node, err := resolvconf.ReadFile(*resolvConf)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -100,7 +112,10 @@ func runAgent(args []string) error {
 	}
 	var captureCfg *agent.CaptureConfig
 	if *capture {
-		captureCfg = &agent.CaptureConfig{BPFFS: *bpffs, Cgroup: *cgroup, Interface: *iface, StaleAfter: *stale, StateDir: *stateDir}
+		if *capturePort == 0 || *capturePort > 65535 {
+			return fmt.Errorf("--capture-port %d: want 1-65535", *capturePort)
+		}
+		captureCfg = &agent.CaptureConfig{BPFFS: *bpffs, Cgroup: *cgroup, Interface: *iface, StaleAfter: *stale, StateDir: *stateDir, Port: uint16(*capturePort)}
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -117,6 +132,7 @@ func runAgent(args []string) error {
 		ForwardTimeout:    *fwdTimeout,
 		CacheSize:         cacheSizeFlag(*cacheSize),
 		Autopath:          *autopath,
+		VIPSource:         vips,
 		NodeSearch:        node.Search,
 		MetricsAddr:       *metrics,
 		Socket:            *socket,

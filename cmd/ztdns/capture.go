@@ -53,9 +53,13 @@ func runPods(args []string) error {
 	if err := call(*socket, "GET", agent.PathPods, nil, &rows); err != nil {
 		return err
 	}
-	return render(*output, rows, "NAMESPACE\tNAME\tIPS\tNETNS COOKIE\tCAPTURED\tREASON\tMARKED\tREDIRECTED\tRESTORED\tNAMESERVERS", func(r agent.PodRow) string {
-		return fmt.Sprintf("%s\t%s\t%s\t%d\t%v\t%s\t%v\t%d\t%d\t%s", r.Namespace, r.Name, strings.Join(r.IPs, ","), r.NetnsCookie,
-			r.Captured, r.Reason, r.Marked, r.Redirected, r.Restored, strings.Join(r.Nameservers, ","))
+	return render(*output, rows, "NAMESPACE\tNAME\tIPS\tNETNS COOKIE\tCAPTURED\tREASON\tMARKED\tREDIRECTED\tRESTORED\tNAMESERVERS\tISTIO DNS RULES", func(r agent.PodRow) string {
+		istio := "-"
+		if r.IstioDNSRules != "" {
+			istio = r.IstioDNSRules + " (ztdns answers)"
+		}
+		return fmt.Sprintf("%s\t%s\t%s\t%d\t%v\t%s\t%v\t%d\t%d\t%s\t%s", r.Namespace, r.Name, strings.Join(r.IPs, ","), r.NetnsCookie,
+			r.Captured, r.Reason, r.Marked, r.Redirected, r.Restored, strings.Join(r.Nameservers, ","), istio)
 	})
 }
 

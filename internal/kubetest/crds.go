@@ -53,42 +53,71 @@ func (e *Env) InstallCRDs() {
 }
 
 func (e *Env) installCRDs(ctx context.Context) error {
-	crd, err := readIstioCRD(serviceEntryCRD)
+	dir, err := moduleDir(istioAPIModule)
 	if err != nil {
 		return err
+	}
+	crds, err := readCRDs(filepath.Join(dir, istioCRDFile), func(crd *unstructured.Unstructured) bool { return crd.GetName() == serviceEntryCRD })
+	if err != nil {
+		return err
+	}
+	if len(crds) == 0 {
+		return fmt.Errorf("no CRD %s in %s", serviceEntryCRD, istioCRDFile)
 	}
 	client, err := dynamic.NewForConfig(e.Config)
 	if err != nil {
 		return fmt.Errorf("dynamic client: %w", err)
 	}
+	return createCRD(ctx, client, crds[0])
+}
+
+// createCRD creates crd (an existing one is fine) and waits until it is
+// Established and its resource is served.
+func createCRD(ctx context.Context, client dynamic.Interface, crd *unstructured.Unstructured) error {
 	crds := client.Resource(crdResource)
+	name := crd.GetName()
 	if _, err := crds.Create(ctx, crd, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
-		return fmt.Errorf("create CRD %s: %w", serviceEntryCRD, err)
+		return fmt.Errorf("create CRD %s: %w", name, err)
 	}
 
 	ctx, cancel := context.WithTimeout(ctx, crdTimeout)
 	defer cancel()
-	err = wait.PollUntilContextCancel(ctx, 100*time.Millisecond, true, func(ctx context.Context) (bool, error) {
-		got, err := crds.Get(ctx, serviceEntryCRD, metav1.GetOptions{})
+	var served schema.GroupVersionResource
+	err := wait.PollUntilContextCancel(ctx, 100*time.Millisecond, true, func(ctx context.Context) (bool, error) {
+		got, err := crds.Get(ctx, name, metav1.GetOptions{})
 		if err != nil {
 			return false, nil // transient; the deadline reports it
 		}
+		served = servedResource(got)
 		return crdEstablished(got), nil
 	})
 	if err != nil {
-		return fmt.Errorf("CRD %s not Established within %v: %w", serviceEntryCRD, crdTimeout, err)
+		return fmt.Errorf("CRD %s not Established within %v: %w", name, crdTimeout, err)
 	}
 	// Established means the handler is installed; also see one List succeed so
 	// the first write of a test never races the handler.
-	serviceEntries := client.Resource(schema.GroupVersionResource{Group: "networking.istio.io", Version: "v1", Resource: "serviceentries"})
 	err = wait.PollUntilContextCancel(ctx, 100*time.Millisecond, true, func(ctx context.Context) (bool, error) {
-		_, err := serviceEntries.List(ctx, metav1.ListOptions{Limit: 1})
+		_, err := client.Resource(served).List(ctx, metav1.ListOptions{Limit: 1})
 		return err == nil, nil
 	})
 	if err != nil {
-		return fmt.Errorf("ServiceEntries not served within %v of creating the CRD: %w", crdTimeout, err)
+		return fmt.Errorf("%s not served within %v of creating the CRD: %w", served.Resource, crdTimeout, err)
 	}
 	return nil
+}
+
+// servedResource is the resource of a CRD at its storage version.
+func servedResource(crd *unstructured.Unstructured) schema.GroupVersionResource {
+	group, _, _ := unstructured.NestedString(crd.Object, "spec", "group")
+	plural, _, _ := unstructured.NestedString(crd.Object, "spec", "names", "plural")
+	versions, _, _ := unstructured.NestedSlice(crd.Object, "spec", "versions")
+	gvr := schema.GroupVersionResource{Group: group, Resource: plural}
+	for _, v := range versions {
+		if m, ok := v.(map[string]any); ok && m["storage"] == true {
+			gvr.Version, _ = m["name"].(string)
+		}
+	}
+	return gvr
 }
 
 // crdEstablished reports whether a CRD's Established condition is True.
@@ -103,33 +132,27 @@ func crdEstablished(crd *unstructured.Unstructured) bool {
 	return false
 }
 
-// readIstioCRD returns the CRD called name from istio.io/api's generated CRD
-// file. The file is read from the module cache at test time, at the version
-// the main module requires, rather than copied into the repo: a copy could
-// drift from the types istio.io/client-go compiles into the tests.
-func readIstioCRD(name string) (*unstructured.Unstructured, error) {
-	dir, err := moduleDir(istioAPIModule)
-	if err != nil {
-		return nil, err
-	}
-	path := filepath.Join(dir, istioCRDFile)
+// readCRDs returns the CustomResourceDefinitions in the YAML file at path
+// that keep accepts.
+func readCRDs(path string, keep func(*unstructured.Unstructured) bool) ([]*unstructured.Unstructured, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("open Istio CRDs: %w", err)
 	}
 	defer f.Close()
 	docs := yaml.NewYAMLToJSONDecoder(f)
+	var out []*unstructured.Unstructured
 	for {
 		var obj map[string]any
 		if err := docs.Decode(&obj); err != nil {
 			if errors.Is(err, io.EOF) {
-				return nil, fmt.Errorf("no CRD %s in %s", name, path)
+				return out, nil
 			}
 			return nil, fmt.Errorf("parse %s: %w", path, err)
 		}
 		crd := &unstructured.Unstructured{Object: obj}
-		if crd.GetKind() == "CustomResourceDefinition" && crd.GetName() == name {
-			return crd, nil
+		if crd.GetKind() == "CustomResourceDefinition" && keep(crd) {
+			out = append(out, crd)
 		}
 	}
 }
@@ -142,8 +165,15 @@ func moduleDir(module string) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	return moduleDirIn(root, module)
+}
+
+// moduleDirIn is moduleDir for the module whose go.mod is in dir (the main
+// module, or a wrapper module under scripts/kube-testenv).
+func moduleDirIn(dir, module string) (string, error) {
 	cmd := exec.Command("go", "mod", "download", "-json", module)
-	cmd.Dir = root
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "GOWORK=off")
 	out, err := cmd.Output()
 	if err != nil {
 		var exitErr *exec.ExitError

@@ -293,19 +293,23 @@ func (e *Env) cleanup() {
 
 // waitEtcd waits until etcd reports itself healthy.
 func waitEtcd(p *process, clientURL string) error {
-	client := &http.Client{Timeout: time.Second}
-	return waitReady(p, func(ctx context.Context) bool {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, clientURL+"/health", nil)
-		if err != nil {
-			return false
-		}
-		resp, err := client.Do(req)
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK
-	})
+	return waitReady(p, func(ctx context.Context) bool { return httpOK(ctx, clientURL+"/health") })
+}
+
+// httpOK reports whether a GET of url answers 200 within a second.
+func httpOK(ctx context.Context, url string) bool {
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return false
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return false
+	}
+	resp.Body.Close()
+	return resp.StatusCode == http.StatusOK
 }
 
 // waitAPIServer waits until /readyz passes and the "default" Namespace, which

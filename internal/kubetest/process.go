@@ -25,7 +25,8 @@ type process struct {
 }
 
 // startProcess runs bin with args in a new process group, appending its
-// stdout and stderr to logPath.
+// stdout and stderr to logPath; configure, if any, adjusts the command
+// (environment, working directory) before it starts.
 //
 // The child also gets SIGKILL when the thread that started it exits
 // (Pdeathsig), which is what cleans up when the test binary dies without
@@ -33,7 +34,7 @@ type process struct {
 // starting OS thread, not the process, so the start and the wait happen on a
 // goroutine locked to its thread for the child's whole life: no other
 // goroutine can end that thread early.
-func startProcess(name, bin string, args []string, logPath string) (*process, error) {
+func startProcess(name, bin string, args []string, logPath string, configure ...func(*exec.Cmd)) (*process, error) {
 	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("open %s log: %w", name, err)
@@ -42,6 +43,9 @@ func startProcess(name, bin string, args []string, logPath string) (*process, er
 	cmd.Stdout = logFile
 	cmd.Stderr = logFile
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	for _, c := range configure {
+		c(cmd)
+	}
 
 	p := &process{name: name, cmd: cmd, logPath: logPath, done: make(chan struct{})}
 	started := make(chan error, 1)

@@ -29,6 +29,7 @@ import (
 	"github.com/ztdns/ztdns/pkg/resolver"
 	"github.com/ztdns/ztdns/pkg/resolver/forward"
 	"github.com/ztdns/ztdns/pkg/resolver/table"
+	"github.com/ztdns/ztdns/pkg/resolver/vip"
 	"github.com/ztdns/ztdns/pkg/source"
 )
 
@@ -48,6 +49,8 @@ type Config struct {
 	// default, a negative size disables the cache.
 	CacheSize int
 	Autopath  bool
+	// VIPSource says where auto-allocated VIPs come from (default auto).
+	VIPSource vip.Source
 	// NodeSearch are the node's search domains (autopath only).
 	NodeSearch []string
 	// MetricsAddr serves /metrics, /healthz and /readyz; empty disables.
@@ -58,7 +61,7 @@ type Config struct {
 	Capture *CaptureConfig
 	// DNSCaptureDefault is the node-wide switch for ambient pods
 	// (values.cni.ambient.dnsCapture): with it off, only pods annotated
-	// ambient.istio.io/dns-capture: "true" are captured.
+	// ztdns.io/dns-capture: "true" are captured.
 	DNSCaptureDefault bool
 	// NodeName scopes the pods this agent adopts from /proc; empty in
 	// standalone mode.
@@ -89,6 +92,7 @@ type Agent struct {
 	handedOver atomic.Bool
 	mu         sync.Mutex
 	warnings   []string // from the last table build
+	vipsFrom   string   // where the last table's VIPs came from
 	// The resolver's sockets, kept to hand them to a successor.
 	udp     []*net.UDPConn
 	tcp     []*net.TCPListener
@@ -97,6 +101,7 @@ type Agent struct {
 	addrs        []netip.AddrPort
 	slot4, slot6 [redirect.Slots]netip.AddrPort
 	capture      *capture
+	istioRules   istioRules // istio-cni's DNS rules in captured pods
 	// hostCookie is the node's own netns cookie: never marked.
 	hostCookie uint64
 	namespaces atomic.Pointer[map[string]*model.Namespace]
@@ -136,12 +141,19 @@ func newAgent(cfg Config) (*Agent, error) {
 	if cfg.Registry == nil {
 		cfg.Registry = prometheus.NewRegistry()
 	}
+	if cfg.VIPSource == "" {
+		cfg.VIPSource = vip.SourceAuto
+	}
 	a := &Agent{cfg: cfg, log: cfg.Logger, reg: cfg.Registry, pods: podcache.New(cfg.ClusterDomain), firstTable: make(chan struct{}),
-		builder: table.NewBuilder(table.Options{Domain: cfg.ClusterDomain, TTL: uint32(cfg.TTL / time.Second)}),
+		builder: table.NewBuilder(table.Options{Domain: cfg.ClusterDomain, TTL: uint32(cfg.TTL / time.Second), VIPSource: cfg.VIPSource}),
 		addrs:   slices.Clone(cfg.Listen)}
 	if cfg.Capture != nil {
 		var err error
-		if a.slot4, a.slot6, err = resolverSlots(cfg.Listen); err != nil {
+		port := cfg.Capture.Port
+		if port == 0 {
+			port = redirect.DefaultPort
+		}
+		if a.slot4, a.slot6, err = resolverSlots(cfg.Listen, port); err != nil {
 			return nil, err
 		}
 		for _, s := range append(a.slot4[:], a.slot6[:]...) {
@@ -474,6 +486,10 @@ func (a *Agent) apply(s *model.Snapshot) {
 	}
 	a.mu.Lock()
 	a.warnings = msgs
+	a.vipsFrom = "ztdns's allocator"
+	if a.builder.VIPsFromStatus() {
+		a.vipsFrom = "istiod's status.addresses"
+	}
 	a.mu.Unlock()
 	a.log.Info("name table updated", "names", tbl.Len(), "services", len(s.Services), "serviceEntries", len(s.ServiceEntries),
 		"pods", len(s.Pods), "took", took)

@@ -32,6 +32,10 @@ type CaptureConfig struct {
 	// StateDir keeps the record of marked pods across restarts (default: the
 	// control socket's directory).
 	StateDir string
+	// Port is where redirected queries go on the slot addresses
+	// (redirect.DefaultPort). Anything but 53 keeps them clear of
+	// istio-cni's in-pod DNS rules, which match destination port 53.
+	Port uint16
 }
 
 // heartbeatEvery is how often the agent proves it is alive; a third of the
@@ -65,18 +69,18 @@ type capture struct {
 	beating            sync.WaitGroup
 }
 
-// resolverSlots derives the per-slot resolver addresses from the first IPv4
-// and the first IPv6 listen address: slot i is that address plus i.
-func resolverSlots(listen []netip.AddrPort) (r4, r6 [redirect.Slots]netip.AddrPort, err error) {
+// resolverSlots derives the per-slot resolver endpoints from the first IPv4
+// and the first IPv6 listen address: slot i is that address plus i, on port.
+func resolverSlots(listen []netip.AddrPort, port uint16) (r4, r6 [redirect.Slots]netip.AddrPort, err error) {
 	var have4, have6 bool
 	for _, l := range listen {
 		switch {
 		case l.Addr().Is4() && !have4:
 			have4 = true
-			r4, err = consecutive(l)
+			r4, err = consecutive(l.Addr(), port)
 		case l.Addr().Is6() && !have6:
 			have6 = true
-			r6, err = consecutive(l)
+			r6, err = consecutive(l.Addr(), port)
 		}
 		if err != nil {
 			return r4, r6, err
@@ -88,13 +92,13 @@ func resolverSlots(listen []netip.AddrPort) (r4, r6 [redirect.Slots]netip.AddrPo
 	return r4, r6, nil
 }
 
-func consecutive(base netip.AddrPort) (out [redirect.Slots]netip.AddrPort, err error) {
-	a := base.Addr()
+func consecutive(base netip.Addr, port uint16) (out [redirect.Slots]netip.AddrPort, err error) {
+	a := base
 	for i := range out {
 		if !a.IsValid() {
 			return out, fmt.Errorf("resolver address %s: the %d addresses after it must exist too (one per nameserver slot)", base, redirect.Slots-1)
 		}
-		out[i] = netip.AddrPortFrom(a, base.Port())
+		out[i] = netip.AddrPortFrom(a, port)
 		a = a.Next()
 	}
 	return out, nil

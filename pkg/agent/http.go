@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
@@ -68,7 +69,10 @@ type Status struct {
 	Listen    []string `json:"listen"`
 	Capture   bool     `json:"capture"`
 	Upstreams []string `json:"upstreams"`
-	// Warnings are objects left out of the name table.
+	// VIPs says where ServiceEntry VIPs come from now (--vip-source).
+	VIPs string `json:"vips,omitempty"`
+	// Warnings are objects left out of the name table, and captured pods
+	// that istio-cni's DNS rules claim too.
 	Warnings []string `json:"warnings,omitempty"`
 	// SourceErrors are inputs the source could not read; their previous
 	// good state is still served.
@@ -91,7 +95,13 @@ func (a *Agent) status() Status {
 	}
 	a.mu.Lock()
 	st.Warnings = a.warnings
+	if a.vipsFrom != "" {
+		st.VIPs = string(a.cfg.VIPSource) + ": " + a.vipsFrom
+	}
 	a.mu.Unlock()
+	if pods := a.doublyCaptured(); len(pods) > 0 {
+		st.Warnings = append(slices.Clone(st.Warnings), doubleCaptureWarning(pods))
+	}
 	if er, ok := a.cfg.Source.(source.ErrorReporter); ok {
 		for _, err := range er.Errors() {
 			st.SourceErrors = append(st.SourceErrors, err.Error())

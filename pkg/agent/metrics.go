@@ -62,6 +62,7 @@ var capturePodsDesc = prometheus.NewDesc("ztdns_capture_marked_pods",
 func (c captureCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- captureDesc
 	ch <- capturePodsDesc
+	ch <- doubleCaptureDesc
 }
 
 func (c captureCollector) Collect(ch chan<- prometheus.Metric) {
@@ -83,4 +84,5 @@ func (c captureCollector) Collect(ch chan<- prometheus.Metric) {
 	if pods, err := cp.r.Pods(); err == nil {
 		ch <- prometheus.MustNewConstMetric(capturePodsDesc, prometheus.GaugeValue, float64(len(pods)))
 	}
+	ch <- prometheus.MustNewConstMetric(doubleCaptureDesc, prometheus.GaugeValue, float64(len(c.a.doublyCaptured())))
 }

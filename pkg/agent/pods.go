@@ -44,6 +44,10 @@ type PodRow struct {
 	Redirected  uint64   `json:"redirected"`
 	Restored    uint64   `json:"restored"`
 	Nameservers []string `json:"nameservers,omitempty"`
+	// IstioDNSRules names the backends (nftables, iptables-nft,
+	// iptables-legacy) holding istio-cni's DNS capture rules in a captured
+	// pod: Istio's DNS capture is on for it too (ztdns still answers it).
+	IstioDNSRules string `json:"istioDNSRules,omitempty"`
 }
 
 func (a *Agent) registerCaptureHandlers(mux *http.ServeMux) {
@@ -173,6 +177,7 @@ func (a *Agent) podRows() ([]PodRow, error) {
 		if att := p.Attachment; att != nil {
 			row.ContainerID, row.NetnsCookie, row.NetnsPath = att.ContainerID, att.NetnsCookie, att.NetnsPath
 			row.Captured, row.Reason = att.Captured, att.Reason
+			row.IstioDNSRules = a.istioRules.look(*att).String()
 			if m, ok := marks[att.NetnsCookie]; ok {
 				row.Marked, row.Redirected, row.Restored = true, m.Counters.Redirected, m.Counters.Restored
 				row.Nameservers = nameserverStrings(m)

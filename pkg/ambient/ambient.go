@@ -14,14 +14,24 @@
 // even when someone removed the dataplane-mode=none label Istio's templates
 // put on them.
 //
-// For an enrolled pod, the annotation ambient.istio.io/dns-capture overrides
-// the node-wide default (cni.ambient.dnsCapture) in both directions, parsed as
-// Istio parses it (strconv.ParseBool; any other value is ignored). It never
-// enrolls a pod by itself: like Istio's per-pod override, it applies only to
-// pods that are in the ambient mesh, so annotating a pod outside the mesh
-// changes nothing. A user who wants the DNS of a pod captured puts the pod in
-// the mesh; sending the DNS of a pod the mesh does not know to the mesh's
-// name table would answer with VIPs that only ztunnel can route.
+// For an enrolled pod, two annotations override the node-wide default
+// (--dns-capture-default), parsed as Istio parses its own (strconv.ParseBool;
+// any other value is ignored):
+//
+//   - ztdns.io/dns-capture, ztdns's own, in both directions: "true" captures
+//     the pod when the default is off, "false" leaves it alone;
+//   - ambient.istio.io/dns-capture, istio-cni's switch for Istio's own DNS
+//     capture, only as an opt-out: "false" says the pod's DNS must not be
+//     proxied, and ztdns leaves it alone too. Its "true" is not read:
+//     istio-cni takes it as "capture this pod's DNS in ztunnel" even when
+//     Istio's global switch is off, so it cannot double as ztdns's opt-in.
+//
+// ztdns's annotation wins when both are set. Neither enrolls a pod by
+// itself: like Istio's per-pod override, they apply only to pods that are in
+// the ambient mesh, so annotating a pod outside the mesh changes nothing. A
+// user who wants the DNS of a pod captured puts the pod in the mesh; sending
+// the DNS of a pod the mesh does not know to the mesh's name table would
+// answer with VIPs that only ztunnel can route.
 package ambient
 
 import (
@@ -43,10 +53,13 @@ const (
 const (
 	// ReasonAmbient: enrolled, and capture is on by default.
 	ReasonAmbient = "ambient"
-	// ReasonAnnotationOn: enrolled, and ambient.istio.io/dns-capture is true.
+	// ReasonAnnotationOn: enrolled, and ztdns.io/dns-capture is true.
 	ReasonAnnotationOn = "annotation-on"
-	// ReasonAnnotationOff: enrolled, but ambient.istio.io/dns-capture is false.
+	// ReasonAnnotationOff: enrolled, but ztdns.io/dns-capture is false.
 	ReasonAnnotationOff = "annotation-off"
+	// ReasonIstioAnnotationOff: enrolled, but ambient.istio.io/dns-capture
+	// is false (and ztdns's own annotation is not set).
+	ReasonIstioAnnotationOff = "istio-annotation-off"
 	// ReasonDefaultOff: enrolled, but capture is off node-wide and the pod
 	// does not opt in.
 	ReasonDefaultOff = "default-off"
@@ -75,7 +88,7 @@ const (
 //
 // The rules apply in order and the first that settles the question gives
 // the reason: host network, sidecar, gateway, dataplane-mode=none,
-// enrollment, the annotation, the default.
+// enrollment, ztdns's annotation, Istio's annotation's opt-out, the default.
 func Decide(pod *model.Pod, ns *model.Namespace, dnsCaptureDefault bool) (capture bool, reason string) {
 	var podLabels, podAnnotations, nsLabels map[string]string
 	if pod != nil {
@@ -104,16 +117,28 @@ func Decide(pod *model.Pod, ns *model.Namespace, dnsCaptureDefault bool) (captur
 		}
 	}
 
-	if v, ok := podAnnotations[model.AnnotationDNSCapture]; ok {
-		if on, err := strconv.ParseBool(v); err == nil {
-			if on {
-				return true, ReasonAnnotationOn
-			}
-			return false, ReasonAnnotationOff
+	if on, ok := boolAnnotation(podAnnotations, model.AnnotationDNSCapture); ok {
+		if on {
+			return true, ReasonAnnotationOn
 		}
+		return false, ReasonAnnotationOff
+	}
+	if on, ok := boolAnnotation(podAnnotations, model.AnnotationIstioDNSCapture); ok && !on {
+		return false, ReasonIstioAnnotationOff
 	}
 	if dnsCaptureDefault {
 		return true, ReasonAmbient
 	}
 	return false, ReasonDefaultOff
+}
+
+// boolAnnotation reads a boolean annotation as Istio does: a value
+// strconv.ParseBool does not take counts as absent.
+func boolAnnotation(annotations map[string]string, key string) (on, ok bool) {
+	v, present := annotations[key]
+	if !present {
+		return false, false
+	}
+	on, err := strconv.ParseBool(v)
+	return on, err == nil
 }

@@ -12,6 +12,7 @@ func TestDecide(t *testing.T) {
 		mode = model.LabelDataplaneMode
 		gw   = model.LabelGatewayManaged
 		dns  = model.AnnotationDNSCapture
+		idns = model.AnnotationIstioDNSCapture
 	)
 	ambientNS := &model.Namespace{Name: "shop", Labels: map[string]string{mode: "ambient"}}
 	plainNS := &model.Namespace{Name: "shop"}
@@ -73,6 +74,15 @@ func TestDecide(t *testing.T) {
 		{"annotation unparsable: default off", pod(nil, l(dns, "no")), ambientNS, false, false, ReasonDefaultOff},
 		{"annotation empty", pod(nil, l(dns, "")), ambientNS, true, true, ReasonAmbient},
 
+		// Istio's annotation: an opt-out only, and ztdns's own wins.
+		{"istio annotation false", pod(nil, l(idns, "false")), ambientNS, true, false, ReasonIstioAnnotationOff},
+		{"istio annotation true, default off: not an opt-in", pod(nil, l(idns, "true")), ambientNS, false, false, ReasonDefaultOff},
+		{"istio annotation true, default on", pod(nil, l(idns, "true")), ambientNS, true, true, ReasonAmbient},
+		{"istio annotation unparsable", pod(nil, l(idns, "nope")), ambientNS, true, true, ReasonAmbient},
+		{"istio false, ztdns true", pod(nil, l(idns, "false", dns, "true")), ambientNS, true, true, ReasonAnnotationOn},
+		{"istio true, ztdns false", pod(nil, l(idns, "true", dns, "false")), ambientNS, true, false, ReasonAnnotationOff},
+		{"istio false outside the mesh", pod(nil, l(idns, "false")), plainNS, true, false, ReasonNotAmbient},
+
 		// The annotation never enrolls a pod.
 		{"annotation true outside the mesh", pod(nil, l(dns, "true")), plainNS, true, false, ReasonNotAmbient},
 		{"annotation true outside the mesh, default off", pod(nil, l(dns, "true")), plainNS, false, false, ReasonNotAmbient},
@@ -100,7 +110,7 @@ func TestDecideReasonsAreDistinct(t *testing.T) {
 	t.Parallel()
 	reasons := []string{
 		ReasonAmbient, ReasonAnnotationOn, ReasonAnnotationOff, ReasonDefaultOff, ReasonNotAmbient,
-		ReasonDataplaneNone, ReasonHostNetwork, ReasonSidecar, ReasonGateway,
+		ReasonDataplaneNone, ReasonHostNetwork, ReasonSidecar, ReasonGateway, ReasonIstioAnnotationOff,
 	}
 	seen := map[string]bool{}
 	for _, r := range reasons {

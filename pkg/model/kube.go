@@ -17,7 +17,11 @@ const (
 	LabelDataplaneMode      = "istio.io/dataplane-mode"
 	LabelGatewayManaged     = "gateway.istio.io/managed"
 	LabelEnableAutoallocate = "networking.istio.io/enable-autoallocate-ip"
-	AnnotationDNSCapture    = "ambient.istio.io/dns-capture"
+	// AnnotationDNSCapture is ztdns's own per-pod switch, "true" or "false".
+	AnnotationDNSCapture = "ztdns.io/dns-capture"
+	// AnnotationIstioDNSCapture is istio-cni's per-pod switch for Istio's
+	// own DNS capture; ztdns honours only its "false" (see pkg/ambient).
+	AnnotationIstioDNSCapture = "ambient.istio.io/dns-capture"
 	// LabelServiceName links an EndpointSlice to its Service.
 	LabelServiceName = "kubernetes.io/service-name"
 	// SidecarContainer is the name of Istio's injected proxy container.
@@ -25,7 +29,7 @@ const (
 )
 
 var keptPodLabels = []string{LabelDataplaneMode, LabelGatewayManaged}
-var keptPodAnnotations = []string{AnnotationDNSCapture}
+var keptPodAnnotations = []string{AnnotationDNSCapture, AnnotationIstioDNSCapture}
 
 // FromService reduces a v1 Service.
 func FromService(s *corev1.Service) (Service, error) {
@@ -114,12 +118,13 @@ func FromEndpointSlice(s *discoveryv1.EndpointSlice) (EndpointSlice, error) {
 // and v1alpha3 share the spec and status types).
 func FromServiceEntry(meta *metav1.ObjectMeta, spec *networkingv1alpha3.ServiceEntry, status *networkingv1alpha3.ServiceEntryStatus) (ServiceEntry, error) {
 	out := ServiceEntry{
-		Namespace:    namespaceOf(meta),
-		Name:         meta.Name,
-		Created:      meta.CreationTimestamp.Time,
-		Resolution:   spec.GetResolution().String(),
-		ExportTo:     append([]string(nil), spec.GetExportTo()...),
-		AutoAllocate: meta.Labels[LabelEnableAutoallocate] != "false",
+		Namespace:        namespaceOf(meta),
+		Name:             meta.Name,
+		Created:          meta.CreationTimestamp.Time,
+		Resolution:       spec.GetResolution().String(),
+		ExportTo:         append([]string(nil), spec.GetExportTo()...),
+		AutoAllocate:     !strings.EqualFold(meta.Labels[LabelEnableAutoallocate], "false"),
+		HasSpecAddresses: len(spec.GetAddresses()) > 0,
 	}
 	var errs []error
 	for _, h := range spec.GetHosts() {

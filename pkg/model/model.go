@@ -60,6 +60,7 @@ const (
 	ResolutionStatic        = "STATIC"
 	ResolutionDNS           = "DNS"
 	ResolutionDNSRoundRobin = "DNS_ROUND_ROBIN"
+	ResolutionDynamicDNS    = "DYNAMIC_DNS"
 )
 
 // HostAddress is an address istiod assigned to one host (status.addresses).
@@ -83,13 +84,17 @@ type ServiceEntry struct {
 	// DNS answers, but they still mean the entry has addresses and gets no
 	// VIP.
 	CIDRs []netip.Prefix
+	// HasSpecAddresses is true when spec.addresses lists anything, even
+	// values that parse as neither: istiod allocates no VIP then.
+	HasSpecAddresses bool
 	// StatusAddresses are status.addresses, written by istiod's allocator.
 	StatusAddresses []HostAddress
 	Resolution      string
 	// ExportTo is spec.exportTo as written; empty means exported everywhere.
 	ExportTo []string
 	// AutoAllocate is false when the label
-	// networking.istio.io/enable-autoallocate-ip is "false".
+	// networking.istio.io/enable-autoallocate-ip is "false" (any case, as
+	// istiod compares it).
 	AutoAllocate bool
 	Ports        []Port
 }
@@ -164,4 +169,8 @@ type Snapshot struct {
 	EndpointSlices []EndpointSlice
 	ServiceEntries []ServiceEntry
 	Pods           []Pod
+	// IstiodAllocates is true when the source sees istiod's VIP allocator
+	// (its leader lock): VIPs then come from status.addresses only, also
+	// for entries istiod has not written yet (see vip.Source).
+	IstiodAllocates bool
 }

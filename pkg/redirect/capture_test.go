@@ -6,6 +6,7 @@ import (
 	"context"
 	"net/netip"
 	"slices"
+	"strconv"
 	"testing"
 	"time"
 
@@ -99,6 +100,16 @@ func TestRealClientsResolveThroughRedirect(t *testing.T) {
 		wantOut:     []netip.Addr{marker6},
 		wantNet:     "udp",
 		wantServers: []string{"[" + nowhere6 + "]:53"},
+		wantRestore: true,
+	}, {
+		// The resolver's address on port 53 is a nameserver like any
+		// other: redirected to a slot endpoint, reply restored.
+		name:        "dig @the resolver's address, port 53",
+		nameservers: []string{nowhere4},
+		client:      dig("@" + DefaultResolver4()[1].Addr().String()),
+		wantOut:     []netip.Addr{marker4},
+		wantNet:     "udp",
+		wantServers: []string{DefaultResolver4()[1].Addr().String() + ":53"},
 		wantRestore: true,
 	}, {
 		name:        "dig TCP @IPv6 nameserver",
@@ -216,10 +227,10 @@ func TestOthersAreLeftAlone(t *testing.T) {
 		},
 	}, {
 		// The pod learned 2 nameservers, so slot 1 is in use; a query sent
-		// straight to slot 1's resolver address must neither be
+		// straight to slot 1's resolver endpoint must neither be
 		// redirected nor have its reply's source rewritten (dig drops a
 		// reply from an address it did not ask).
-		name: "marked pod asking a resolver address directly",
+		name: "marked pod asking a resolver endpoint directly",
 		run: func(t *testing.T, name string) (string, error) {
 			p, cookie := e.markedPod(t, 0, nowhere4)
 			for _, ns := range []string{nowhere4, nowhere4b} {
@@ -231,7 +242,8 @@ func TestOthersAreLeftAlone(t *testing.T) {
 				t.Fatalf("slot 1 holds %s, %v; want %s:53", ns, ok, nowhere4b)
 			}
 			before := e.podCounters(t, cookie)
-			out, err := dig(t, &p.Netns, e.cg, "@"+e.cfg.Resolver4[1].Addr().String(), name)
+			res := e.cfg.Resolver4[1]
+			out, err := dig(t, &p.Netns, e.cg, "@"+res.Addr().String(), "-p", strconv.Itoa(int(res.Port())), name)
 			if after := e.podCounters(t, cookie); after != before {
 				t.Errorf("pod counters changed from %+v to %+v", before, after)
 			}

@@ -7,4 +7,6 @@ package redirect
 //
 // -target bpfel: the programs use no architecture-specific kernel layouts,
 // so one little-endian object serves amd64 and arm64 alike.
-//go:generate go tool bpf2go -tags linux -target bpfel -type pod_key -type pod_info -type nameserver_key -type nameserver -type endpoint -type socket_destinations -type redirect_config -type agent_heartbeat -type node_counters ztdns ../../bpf/ztdns.c -- -I../../bpf -I/usr/include/x86_64-linux-gnu -Wall -Werror
+// -nostdlibinc: every header comes from bpf/ and bpf/include/ (clang's own
+// stdbool.h aside), so any host generates the same bytes with the same clang.
+//go:generate go tool bpf2go -tags linux -target bpfel -type pod_key -type pod_info -type nameserver_key -type nameserver -type endpoint -type socket_destinations -type redirect_config -type agent_heartbeat -type node_counters ztdns ../../bpf/ztdns.c -- -nostdlibinc -I../../bpf -I../../bpf/include -Wall -Werror

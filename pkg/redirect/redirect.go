@@ -51,23 +51,31 @@ const (
 	programPrefix = "ztdns_"
 )
 
-// DefaultResolver4 returns the link-local IPv4 resolver addresses, one per
+// DefaultPort is the port the resolver's slot addresses listen on, and so
+// where redirected queries go. It is not 53 on purpose: the programs run
+// before the pod's netfilter rules, and istio-cni's in-pod DNS capture (nat
+// OUTPUT, destination port 53, REDIRECT to ztunnel's port 15053) would
+// otherwise take a query ztdns redirected to ztunnel. Replies are restored
+// to the original nameserver and port 53 either way.
+const DefaultPort = 10053
+
+// DefaultResolver4 returns the link-local IPv4 resolver endpoints, one per
 // slot.
 func DefaultResolver4() [Slots]netip.AddrPort {
 	return [Slots]netip.AddrPort{
-		netip.MustParseAddrPort("169.254.20.53:53"),
-		netip.MustParseAddrPort("169.254.20.54:53"),
-		netip.MustParseAddrPort("169.254.20.55:53"),
+		netip.AddrPortFrom(netip.MustParseAddr("169.254.20.53"), DefaultPort),
+		netip.AddrPortFrom(netip.MustParseAddr("169.254.20.54"), DefaultPort),
+		netip.AddrPortFrom(netip.MustParseAddr("169.254.20.55"), DefaultPort),
 	}
 }
 
-// DefaultResolver6 returns the IPv6 resolver addresses, one per slot, from
+// DefaultResolver6 returns the IPv6 resolver endpoints, one per slot, from
 // the ULA prefix fd00:7a74:646e::/48 ("ztdn").
 func DefaultResolver6() [Slots]netip.AddrPort {
 	return [Slots]netip.AddrPort{
-		netip.MustParseAddrPort("[fd00:7a74:646e::53]:53"),
-		netip.MustParseAddrPort("[fd00:7a74:646e::54]:53"),
-		netip.MustParseAddrPort("[fd00:7a74:646e::55]:53"),
+		netip.AddrPortFrom(netip.MustParseAddr("fd00:7a74:646e::53"), DefaultPort),
+		netip.AddrPortFrom(netip.MustParseAddr("fd00:7a74:646e::54"), DefaultPort),
+		netip.AddrPortFrom(netip.MustParseAddr("fd00:7a74:646e::55"), DefaultPort),
 	}
 }
 

@@ -120,7 +120,7 @@ func TestDelUncapturesAndForgets(t *testing.T) {
 }
 
 // TestOptOutLeavesPodUncaptured: in an ambient namespace, ADD of a pod the
-// source knows with ambient.istio.io/dns-capture: "false", or labelled
+// source knows with ztdns.io/dns-capture: "false", or labelled
 // istio.io/dataplane-mode=none, leaves it unmarked and resolving through
 // its own nameserver; a pod without either, in the same namespace, is
 // captured (so the others prove something).
@@ -169,7 +169,7 @@ func TestOptOutLeavesPodUncaptured(t *testing.T) {
 // TestDecisionFollowsRunTimeChanges: a running pod in a namespace that is
 // not ambient is marked when the namespace is labelled
 // istio.io/dataplane-mode=ambient, unmarked when the pod is annotated
-// ambient.istio.io/dns-capture: "false", marked again when the annotation
+// ztdns.io/dns-capture: "false", marked again when the annotation
 // goes, and unmarked when the label goes; each within a second, with no
 // restart and no CNI event.
 func TestDecisionFollowsRunTimeChanges(t *testing.T) {

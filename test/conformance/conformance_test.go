@@ -75,8 +75,6 @@ func TestAnswers(t *testing.T) {
 			answer: []string{"20.0.96.10.in-addr.arpa. PTR web.default.svc.cluster.local."}, aa: true},
 		{name: "PTR of a ServiceEntry address", from: fromTeamB, qname: "1.100.51.198.in-addr.arpa.", qtype: dns.TypePTR,
 			answer: []string{"1.100.51.198.in-addr.arpa. PTR address.internal."}, aa: true},
-		{name: "PTR of an istiod VIP", from: fromTeamA, qname: "1.0.240.240.in-addr.arpa.", qtype: dns.TypePTR,
-			answer: []string{"1.0.240.240.in-addr.arpa. PTR status.internal."}, aa: true},
 		// 3. ServiceEntry addresses and VIPs.
 		{name: "spec address v4", from: fromDefault, qname: "address.internal.", qtype: dns.TypeA,
 			answer: []string{"address.internal. A 198.51.100.1"}, aa: true},
@@ -84,8 +82,6 @@ func TestAnswers(t *testing.T) {
 			answer: []string{"address.internal. AAAA 2001:db8::1"}, aa: true},
 		{name: "auto-allocated VIP v4", from: fromDefault, qname: "auto.internal.", qtype: dns.TypeA, prefix: []string{"240.240."}, aa: true},
 		{name: "auto-allocated VIP v6", from: fromTeamB, qname: "auto.internal.", qtype: dns.TypeAAAA, prefix: []string{"2001:2::"}, aa: true},
-		{name: "istiod status address wins", from: fromTeamB, qname: "status.internal.", qtype: dns.TypeA,
-			answer: []string{"status.internal. A 240.240.0.1"}, aa: true},
 		{name: "opted out: forwarded", from: fromDefault, qname: "optout.internal.", qtype: dns.TypeA, rcode: dns.RcodeNameError},
 		{name: "resolution NONE: forwarded", from: fromDefault, qname: "none.internal.", qtype: dns.TypeA, rcode: dns.RcodeNameError},
 		{name: "CIDR address: forwarded, no VIP", from: fromDefault, qname: "range.internal.", qtype: dns.TypeA, rcode: dns.RcodeNameError},
@@ -171,9 +167,10 @@ func TestAnswers(t *testing.T) {
 	}
 }
 
-// The same host named by ServiceEntries in two namespaces gets one VIP, and
-// each namespace sees its own entry.
-func TestOneHostOneVIP(t *testing.T) {
+// The same host named by ServiceEntries in two namespaces gets a VIP per
+// entry, as istiod allocates them, and each namespace is answered its own
+// entry's; a VIP's PTR names its host.
+func TestOneHostTwoServiceEntries(t *testing.T) {
 	up := upstream(t)
 	r := startAgent(t, agentOpts{upstreams: []netip.AddrPort{up.Addr}}, manifests)
 	for _, proto := range protocols {
@@ -182,8 +179,8 @@ func TestOneHostOneVIP(t *testing.T) {
 		if len(a.Answer) != 1 || len(b.Answer) != 1 {
 			t.Fatalf("%s: want one VIP each, got %v and %v", proto, a.Answer, b.Answer)
 		}
-		if a.Answer[0].String() != b.Answer[0].String() {
-			t.Errorf("%s: one host, two VIPs: %v vs %v", proto, a.Answer[0], b.Answer[0])
+		if a.Answer[0].String() == b.Answer[0].String() {
+			t.Errorf("%s: two ServiceEntries share a VIP: %v", proto, a.Answer[0])
 		}
 	}
 	// The VIP's PTR names the host.
@@ -192,6 +189,30 @@ func TestOneHostOneVIP(t *testing.T) {
 	ptr := r.query(t, "udp", fromDefault, rev, dns.TypePTR, false)
 	if got := rrText(ptr.Answer); !slices.Equal(got, []string{rev + " PTR auto.internal."}) {
 		t.Errorf("PTR of VIP %v = %q", vip, got)
+	}
+}
+
+// TestIstiodStatus: once a ServiceEntry carries istiod's status.addresses,
+// istiod allocates in this cluster (--vip-source=auto): its VIPs answer,
+// with their PTRs, and a host it has not allocated is forwarded rather than
+// answered with a VIP ztunnel would not route.
+func TestIstiodStatus(t *testing.T) {
+	up := upstream(t)
+	r := startAgent(t, agentOpts{upstreams: []netip.AddrPort{up.Addr}}, manifests, "testdata/istiod")
+	for _, proto := range protocols {
+		if got := rrText(r.query(t, proto, fromTeamB, "status.internal.", dns.TypeA, false).Answer); !slices.Equal(got, []string{"status.internal. A 240.240.0.1"}) {
+			t.Errorf("%s: status.internal = %q, want istiod's 240.240.0.1", proto, got)
+		}
+		if got := rrText(r.query(t, proto, fromTeamB, "status.internal.", dns.TypeAAAA, false).Answer); !slices.Equal(got, []string{"status.internal. AAAA 2001:2::f0f0:1"}) {
+			t.Errorf("%s: status.internal AAAA = %q, want istiod's 2001:2::f0f0:1", proto, got)
+		}
+		if resp := r.query(t, proto, fromDefault, "auto.internal.", dns.TypeA, false); resp.Rcode != dns.RcodeNameError {
+			t.Errorf("%s: auto.internal = %s %v, want NXDOMAIN from the upstream: istiod wrote no VIP for it", proto, dns.RcodeToString[resp.Rcode], resp.Answer)
+		}
+	}
+	ptr := r.query(t, "udp", fromTeamA, "1.0.240.240.in-addr.arpa.", dns.TypePTR, false)
+	if got := rrText(ptr.Answer); !slices.Equal(got, []string{"1.0.240.240.in-addr.arpa. PTR status.internal."}) {
+		t.Errorf("PTR of istiod's VIP = %q", got)
 	}
 }
 

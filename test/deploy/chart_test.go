@@ -3,6 +3,7 @@
 package deploy
 
 import (
+	"fmt"
 	"maps"
 	"slices"
 	"strings"
@@ -498,10 +499,10 @@ func TestChartRBAC(t *testing.T) {
 		t.Fatalf("RBAC objects missing: %q", c.kinds)
 	}
 	readOnly := []string{"get", "list", "watch"}
-	granted := map[string][]string{} // "group/resource" → verbs
+	granted := map[string][]string{} // "group/resource[names]" → verbs
 	for _, r := range c.clusterRole.Rules {
-		if len(r.ResourceNames) != 0 || len(r.NonResourceURLs) != 0 {
-			t.Errorf("rule %+v: want plain resource rules", r)
+		if len(r.NonResourceURLs) != 0 {
+			t.Errorf("rule %+v: want resource rules", r)
 		}
 		for _, v := range r.Verbs {
 			if !slices.Contains(readOnly, v) {
@@ -510,7 +511,8 @@ func TestChartRBAC(t *testing.T) {
 		}
 		for _, g := range r.APIGroups {
 			for _, res := range r.Resources {
-				granted[g+"/"+res] = sorted(append(granted[g+"/"+res], r.Verbs...))
+				k := fmt.Sprintf("%s/%s%v", g, res, r.ResourceNames)
+				granted[k] = sorted(append(granted[k], r.Verbs...))
 			}
 		}
 	}
@@ -518,7 +520,8 @@ func TestChartRBAC(t *testing.T) {
 	for _, r := range kube.PolicyRules() {
 		for _, g := range r.APIGroups {
 			for _, res := range r.Resources {
-				needed[g+"/"+res] = sorted(append(needed[g+"/"+res], r.Verbs...))
+				k := fmt.Sprintf("%s/%s%v", g, res, r.ResourceNames)
+				needed[k] = sorted(append(needed[k], r.Verbs...))
 			}
 		}
 	}

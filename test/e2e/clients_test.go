@@ -28,47 +28,7 @@ func TestClientsResolveThroughCapture(t *testing.T) {
 	c.startReadyAgent(t)
 	hosts := c.serviceEntryHosts(t)
 
-	dig := func(args ...string) testenv.Client {
-		return testenv.CommandClient("dig", append([]string{"+short", "+time=2", "+tries=1"}, args...)...)
-	}
-	// What a client prints for a host with addresses v4 and v6 (v6 may be
-	// absent: NODATA).
-	ipv4Only := func(v4, _ netip.Addr) []netip.Addr { return []netip.Addr{v4} }
-	both := func(v4, v6 netip.Addr) []netip.Addr {
-		if v6.IsValid() {
-			return []netip.Addr{v4, v6}
-		}
-		return []netip.Addr{v4}
-	}
-	// getent hosts asks for AAAA first and falls back to A on NODATA.
-	ipv6First := func(v4, v6 netip.Addr) []netip.Addr {
-		if v6.IsValid() {
-			return []netip.Addr{v6}
-		}
-		return []netip.Addr{v4}
-	}
-
-	clients := []struct {
-		name        string
-		nameservers []string // the pod's resolv.conf
-		command     testenv.Client
-		prints      func(v4, v6 netip.Addr) []netip.Addr
-	}{
-		{name: "glibc getent hosts", nameservers: []string{nowhere4}, command: testenv.CommandClient("getent", "hosts"), prints: ipv6First},
-		{name: "glibc getent ahosts", nameservers: []string{nowhere4}, command: testenv.CommandClient("getent", "ahosts"), prints: both},
-		// musl sends every query to both nameservers at once from one
-		// unconnected socket and drops replies from addresses it did not
-		// send to.
-		{name: "musl getaddrinfo two IPv4 nameservers", nameservers: []string{nowhere4, nowhere4b}, command: testenv.CommandClient(musl), prints: both},
-		// With an IPv6 nameserver musl uses one AF_INET6 socket and reaches
-		// the IPv4 one as ::ffff:203.0.113.53.
-		{name: "musl getaddrinfo IPv6 and v4-mapped nameservers", nameservers: []string{nowhere6, nowhere4}, command: testenv.CommandClient(musl), prints: both},
-		{name: "Go resolver PreferGo", nameservers: []string{nowhere4}, command: testenv.GoClient, prints: both},
-		{name: "dig UDP", nameservers: []string{nowhere4}, command: dig(), prints: ipv4Only},
-		{name: "dig TCP", nameservers: []string{nowhere4}, command: dig("+tcp"), prints: ipv4Only},
-		{name: "dig @IPv6 nameserver", nameservers: []string{nowhere4}, command: dig("@" + nowhere6), prints: ipv4Only},
-		{name: "dig TCP @IPv6 nameserver", nameservers: []string{nowhere4}, command: dig("+tcp", "@"+nowhere6), prints: ipv4Only},
-	}
+	clients := realClients(musl)
 	for _, cl := range clients {
 		t.Run(cl.name, func(t *testing.T) {
 			t.Parallel()
@@ -190,4 +150,60 @@ func (c *cluster) serviceEntryHosts(t *testing.T) []serviceEntryHost {
 // podName turns a subtest name into a pod name.
 func podName(s string) string {
 	return strings.NewReplacer(" ", "-", "@", "at-").Replace(strings.ToLower(s))
+}
+
+// digClient is `dig +short` with one try of two seconds, and args.
+func digClient(args ...string) testenv.Client {
+	return testenv.CommandClient("dig", append([]string{"+short", "+time=2", "+tries=1"}, args...)...)
+}
+
+// printsFunc says what a client prints for a host with addresses v4 and v6
+// (v6 may be invalid: NODATA).
+type printsFunc func(v4, v6 netip.Addr) []netip.Addr
+
+func ipv4Only(v4, _ netip.Addr) []netip.Addr { return []netip.Addr{v4} }
+
+func both(v4, v6 netip.Addr) []netip.Addr {
+	if v6.IsValid() {
+		return []netip.Addr{v4, v6}
+	}
+	return []netip.Addr{v4}
+}
+
+// ipv6First: getent hosts asks for AAAA first and falls back to A on NODATA.
+func ipv6First(v4, v6 netip.Addr) []netip.Addr {
+	if v6.IsValid() {
+		return []netip.Addr{v6}
+	}
+	return []netip.Addr{v4}
+}
+
+// clientCase is a stub resolver pods really use, run in a pod whose
+// resolv.conf names nameservers.
+type clientCase struct {
+	name        string
+	nameservers []string
+	command     testenv.Client
+	prints      printsFunc
+}
+
+// realClients are glibc, musl (built at musl), Go and dig, over UDP and
+// TCP, to IPv4 and IPv6 nameservers; the nameservers exist nowhere.
+func realClients(musl string) []clientCase {
+	return []clientCase{
+		{name: "glibc getent hosts", nameservers: []string{nowhere4}, command: testenv.CommandClient("getent", "hosts"), prints: ipv6First},
+		{name: "glibc getent ahosts", nameservers: []string{nowhere4}, command: testenv.CommandClient("getent", "ahosts"), prints: both},
+		// musl sends every query to both nameservers at once from one
+		// unconnected socket and drops replies from addresses it did not
+		// send to.
+		{name: "musl getaddrinfo two IPv4 nameservers", nameservers: []string{nowhere4, nowhere4b}, command: testenv.CommandClient(musl), prints: both},
+		// With an IPv6 nameserver musl uses one AF_INET6 socket and reaches
+		// the IPv4 one as ::ffff:203.0.113.53.
+		{name: "musl getaddrinfo IPv6 and v4-mapped nameservers", nameservers: []string{nowhere6, nowhere4}, command: testenv.CommandClient(musl), prints: both},
+		{name: "Go resolver PreferGo", nameservers: []string{nowhere4}, command: testenv.GoClient, prints: both},
+		{name: "dig UDP", nameservers: []string{nowhere4}, command: digClient(), prints: ipv4Only},
+		{name: "dig TCP", nameservers: []string{nowhere4}, command: digClient("+tcp"), prints: ipv4Only},
+		{name: "dig @IPv6 nameserver", nameservers: []string{nowhere4}, command: digClient("@" + nowhere6), prints: ipv4Only},
+		{name: "dig TCP @IPv6 nameserver", nameservers: []string{nowhere4}, command: digClient("+tcp", "@"+nowhere6), prints: ipv4Only},
+	}
 }

@@ -195,6 +195,8 @@ type podRow struct {
 	Redirected  uint64   `json:"redirected"`
 	Restored    uint64   `json:"restored"`
 	Nameservers []string `json:"nameservers"`
+	// IstioDNSRules: istio-cni's DNS rules found in the pod.
+	IstioDNSRules string `json:"istioDNSRules"`
 }
 
 // pods returns `ztdns pods -o json`.

@@ -1,8 +1,8 @@
 // Package kube runs ztdns agents against a real kube-apiserver and etcd on
 // loopback (internal/kubetest) and checks, after every API write, the DNS
 // answers the running agent gives: the DNS Proxying walkthrough through the
-// API, istiod's status.addresses, exportTo, an API server restart, and two
-// nodes that must agree on every VIP.
+// API, exportTo, an API server restart, two nodes that must agree on every
+// VIP, and, beside a real istiod, exactly istiod's VIPs.
 package kube
 
 import (
@@ -165,14 +165,29 @@ func TestSeedWalkthroughThroughTheAPI(t *testing.T) {
 		hosts: []string{"auto.internal"}, ports: httpPort(), resolution: networkingv1alpha3.ServiceEntry_DNS})
 	allocated := expectVIP(t, a, curlIP, "auto.internal")
 
-	// istiod's IP auto-allocation controller writes status.addresses; its
-	// VIP wins over ztdns's own.
+	// Two TCP services on one port, two VIPs (ztdns's own allocator: no
+	// istiod allocates here yet).
+	c.serviceEntry(t, "default", "external-svc-1", nil, seSpec{
+		hosts: []string{"tcp-echo.external-1.svc.cluster.local"}, ports: tcpPort("external-svc-1"), resolution: networkingv1alpha3.ServiceEntry_DNS})
+	c.serviceEntry(t, "default", "external-svc-2", nil, seSpec{
+		hosts: []string{"tcp-echo.external-2.svc.cluster.local"}, ports: tcpPort("external-svc-2"), resolution: networkingv1alpha3.ServiceEntry_DNS})
+	e1 := expectVIP(t, a, curlIP, "tcp-echo.external-1.svc.cluster.local")
+	e2 := expectVIP(t, a, curlIP, "tcp-echo.external-2.svc.cluster.local")
+	if e1 == e2 {
+		t.Errorf("both tcp-echo ServiceEntries got %s", e1)
+	}
+
+	// istiod's IP auto-allocation controller writes status.addresses (here
+	// by hand; TestIstiodVIPs runs the real one). From then on istiod
+	// allocates, and only its VIPs are answered: the tcp-echo hosts, which
+	// it has not written, are forwarded until it does.
 	auto.Status.Addresses = []*networkingv1alpha3.ServiceEntryAddress{{Host: "auto.internal", Value: "240.240.0.1"}}
 	auto, err := c.env.IstioClient().NetworkingV1().ServiceEntries("default").UpdateStatus(c.ctx, auto, metav1.UpdateOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	expect(t, a, curlIP, "auto.internal", dns.TypeA, "240.240.0.1")
+	expect(t, a, curlIP, "tcp-echo.external-1.svc.cluster.local", dns.TypeA, "NXDOMAIN")
 	t.Logf("auto.internal: ztdns allocated %s, then istiod's status said 240.240.0.1", allocated)
 
 	// The opt-out label: no VIP, so the name is forwarded and the upstream
@@ -184,17 +199,6 @@ func TestSeedWalkthroughThroughTheAPI(t *testing.T) {
 	expect(t, a, curlIP, "auto.internal", dns.TypeA, "NXDOMAIN")
 	if up.Queries("auto.internal.") == 0 {
 		t.Error("the opted-out name was not forwarded")
-	}
-
-	// Two TCP services on one port, two VIPs.
-	c.serviceEntry(t, "default", "external-svc-1", nil, seSpec{
-		hosts: []string{"tcp-echo.external-1.svc.cluster.local"}, ports: tcpPort("external-svc-1"), resolution: networkingv1alpha3.ServiceEntry_DNS})
-	c.serviceEntry(t, "default", "external-svc-2", nil, seSpec{
-		hosts: []string{"tcp-echo.external-2.svc.cluster.local"}, ports: tcpPort("external-svc-2"), resolution: networkingv1alpha3.ServiceEntry_DNS})
-	e1 := expectVIP(t, a, curlIP, "tcp-echo.external-1.svc.cluster.local")
-	e2 := expectVIP(t, a, curlIP, "tcp-echo.external-2.svc.cluster.local")
-	if e1 == e2 {
-		t.Errorf("both tcp-echo ServiceEntries got %s", e1)
 	}
 }
 
@@ -264,8 +268,9 @@ func TestAPIServerRestart(t *testing.T) {
 	})
 }
 
-// TestTwoNodesOneAnswer: two agents watching one API server give every
-// auto-allocated host the same VIP, although one saw the objects arrive one
+// TestTwoNodesOneAnswer: without istiod, two agents watching one API
+// server give every auto-allocated host the same VIP from ztdns's own
+// allocator, although one saw the objects arrive one
 // by one and the other listed them all at once; adding a ServiceEntry moves
 // no existing host.
 func TestTwoNodesOneAnswer(t *testing.T) {

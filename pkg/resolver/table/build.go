@@ -9,6 +9,7 @@ import (
 	"github.com/miekg/dns"
 
 	"github.com/ztdns/ztdns/pkg/model"
+	"github.com/ztdns/ztdns/pkg/resolver/vip"
 )
 
 // Builder makes tables from snapshots, incrementally: it remembers what every
@@ -28,8 +29,12 @@ type Builder struct {
 
 	services map[objKey]*serviceState
 	ses      map[objKey]*seState
+	// vipSource and fromStatus say where VIPs come from (fromStatus: as
+	// decided for the last build).
+	vipSource  vip.Source
+	fromStatus bool
 	// resolved are the auto-allocating hosts' addresses of the last build.
-	resolved map[string]hostAddrs
+	resolved map[vip.Key]hostAddrs
 	// gen counts builds; an object whose state was not touched by this
 	// build's generation is gone from the snapshot.
 	gen  uint64
@@ -65,11 +70,12 @@ func NewBuilder(opts Options) *Builder {
 	}
 	domain := dns.CanonicalName(opts.Domain)
 	return &Builder{
-		n:        names{svcDomain: ".svc." + domain, ttl: opts.TTL},
-		domain:   domain,
-		services: map[objKey]*serviceState{},
-		ses:      map[objKey]*seState{},
-		last:     &Table{},
+		n:         names{svcDomain: ".svc." + domain, ttl: opts.TTL},
+		domain:    domain,
+		vipSource: opts.VIPSource,
+		services:  map[objKey]*serviceState{},
+		ses:       map[objKey]*seState{},
+		last:      &Table{},
 	}
 }
 
@@ -194,14 +200,16 @@ func (b *Builder) buildServices(s *model.Snapshot, c *changes) {
 func (b *Builder) buildServiceEntries(s *model.Snapshot, c *changes) {
 	// VIPs are decided over all ServiceEntries at once; that is only needed
 	// again when one of them changed.
-	changed := b.resolved == nil || len(s.ServiceEntries) != len(b.ses)
+	fromStatus := b.vipSource.FromStatus(istiodAllocates(s))
+	changed := b.resolved == nil || len(s.ServiceEntries) != len(b.ses) || fromStatus != b.fromStatus
 	for i := 0; i < len(s.ServiceEntries) && !changed; i++ {
 		se := &s.ServiceEntries[i]
 		st := b.ses[objKey{se.Namespace, se.Name}]
 		changed = st == nil || !equalServiceEntry(st.se, se)
 	}
 	if changed {
-		b.resolved = resolveHosts(s.ServiceEntries)
+		b.fromStatus = fromStatus
+		b.resolved = resolveHosts(s.ServiceEntries, fromStatus)
 	}
 	for i := range s.ServiceEntries {
 		se := &s.ServiceEntries[i]
@@ -209,16 +217,16 @@ func (b *Builder) buildServiceEntries(s *model.Snapshot, c *changes) {
 		st := b.ses[key]
 		// Its hosts' VIPs are part of what it answers: one that moved (a
 		// collision freed by a deletion, istiod's status arriving) rebuilds it.
-		if st != nil && equalServiceEntry(st.se, se) && b.sameResolved(se.Hosts, st.resolved) {
+		if st != nil && equalServiceEntry(st.se, se) && b.sameResolved(se, st.resolved) {
 			st.se, st.gen = se, b.gen
 			continue
 		}
 		if st != nil {
 			c.drop(st.set.entries)
 		}
-		st = &seState{se: se, set: serviceEntryEntries(b.n, se, b.resolved), gen: b.gen}
+		st = &seState{se: se, set: serviceEntryEntries(b.n, se, b.resolved, b.fromStatus), gen: b.gen}
 		for _, h := range se.Hosts {
-			st.resolved = append(st.resolved, b.resolved[h])
+			st.resolved = append(st.resolved, b.resolved[vip.Key{Owner: se.Key(), Host: h}])
 		}
 		b.ses[key] = st
 		c.put(st.set.entries)
@@ -231,12 +239,16 @@ func (b *Builder) buildServiceEntries(s *model.Snapshot, c *changes) {
 	}
 }
 
-func (b *Builder) sameResolved(hosts []string, was []hostAddrs) bool {
-	if len(hosts) != len(was) {
+// VIPsFromStatus reports whether the last build took VIPs from istiod's
+// status.addresses (true) or from vip.Allocate.
+func (b *Builder) VIPsFromStatus() bool { return b.fromStatus }
+
+func (b *Builder) sameResolved(se *model.ServiceEntry, was []hostAddrs) bool {
+	if len(se.Hosts) != len(was) {
 		return false
 	}
-	for i, h := range hosts {
-		if !b.resolved[h].equal(was[i]) {
+	for i, h := range se.Hosts {
+		if !b.resolved[vip.Key{Owner: se.Key(), Host: h}].equal(was[i]) {
 			return false
 		}
 	}
@@ -330,7 +342,7 @@ func equalSlice(a, b *model.EndpointSlice) bool {
 
 func equalServiceEntry(a, b *model.ServiceEntry) bool {
 	return a.Namespace == b.Namespace && a.Name == b.Name && a.Created.Equal(b.Created) && a.Resolution == b.Resolution &&
-		a.AutoAllocate == b.AutoAllocate && slices.Equal(a.Hosts, b.Hosts) && slices.Equal(a.Addresses, b.Addresses) &&
+		a.AutoAllocate == b.AutoAllocate && a.HasSpecAddresses == b.HasSpecAddresses && slices.Equal(a.Hosts, b.Hosts) && slices.Equal(a.Addresses, b.Addresses) &&
 		slices.Equal(a.CIDRs, b.CIDRs) && slices.Equal(a.StatusAddresses, b.StatusAddresses) &&
 		slices.Equal(a.ExportTo, b.ExportTo) && slices.Equal(a.Ports, b.Ports)
 }

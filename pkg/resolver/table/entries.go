@@ -230,59 +230,55 @@ func (h hostAddrs) equal(o hostAddrs) bool {
 	return h.source == o.source && slices.Equal(h.addrs, o.addrs)
 }
 
-// resolveHosts decides the VIP of every host that auto-allocates, from all
-// ServiceEntries at once: istiod's status.addresses (the oldest entry's)
-// win, the allocator fills in the rest around them.
-func resolveHosts(ses []model.ServiceEntry) map[string]hostAddrs {
-	order := make([]*model.ServiceEntry, 0, len(ses))
-	for i := range ses {
-		if autoAllocates(&ses[i]) {
-			order = append(order, &ses[i])
-		}
-	}
-	slices.SortFunc(order, func(a, c *model.ServiceEntry) int {
-		return cmp.Or(a.Created.Compare(c.Created), cmp.Compare(a.Namespace, c.Namespace), cmp.Compare(a.Name, c.Name))
-	})
-	out := map[string]hostAddrs{}
-	var taken []netip.Addr
+// resolveHosts decides the VIP of every host that auto-allocates (istiod's
+// rules: vip.Eligible, vip.HostEligible), per ServiceEntry and host as istiod
+// allocates them. fromStatus: from each entry's own status.addresses only,
+// so a host istiod has not allocated yet has none (it is forwarded until
+// istiod writes it); otherwise from vip.Allocate, status ignored.
+func resolveHosts(ses []model.ServiceEntry, fromStatus bool) map[vip.Key]hostAddrs {
+	out := map[vip.Key]hostAddrs{}
 	var claims []vip.Claim
-	for _, se := range order {
-		for _, ha := range se.StatusAddresses {
-			taken = append(taken, ha.Address)
+	for i := range ses {
+		se := &ses[i]
+		if !vip.Eligible(se) {
+			continue
 		}
 		for _, h := range se.Hosts {
-			if strings.HasPrefix(h, "*") {
+			if !vip.HostEligible(se, h) {
 				continue
 			}
-			if _, ok := out[h]; !ok {
-				var addrs []netip.Addr
-				for _, ha := range se.StatusAddresses {
-					if ha.Host == h {
-						addrs = append(addrs, ha.Address)
-					}
-				}
-				if len(addrs) > 0 {
-					out[h] = hostAddrs{source: FromStatus, addrs: addrs}
+			if !fromStatus {
+				claims = append(claims, vip.Claim{Host: h, Owner: se.Key(), Created: se.Created})
+				continue
+			}
+			var addrs []netip.Addr
+			for _, ha := range se.StatusAddresses {
+				if ha.Host == h && !slices.Contains(addrs, ha.Address) {
+					addrs = append(addrs, ha.Address)
 				}
 			}
-			claims = append(claims, vip.Claim{Host: h, Owner: se.Key(), Created: se.Created})
+			if len(addrs) > 0 {
+				slices.SortFunc(addrs, netip.Addr.Compare)
+				out[vip.Key{Owner: se.Key(), Host: h}] = hostAddrs{source: FromStatus, addrs: addrs}
+			}
 		}
 	}
-	unallocated := claims[:0:0]
-	for _, c := range claims {
-		if _, ok := out[c.Host]; !ok {
-			unallocated = append(unallocated, c)
-		}
-	}
-	for h, p := range vip.Allocate(unallocated, taken) {
-		out[h] = hostAddrs{source: FromAllocated, addrs: []netip.Addr{p.V4, p.V6}}
+	for k, p := range vip.Allocate(claims) {
+		out[k] = hostAddrs{source: FromAllocated, addrs: []netip.Addr{p.V4, p.V6}}
 	}
 	return out
 }
 
+// istiodAllocates reports whether istiod's allocator is at work: the source
+// saw its leader lock, or some ServiceEntry carries status.addresses (the
+// only sign in standalone mode).
+func istiodAllocates(s *model.Snapshot) bool {
+	return s.IstiodAllocates || slices.ContainsFunc(s.ServiceEntries, func(se model.ServiceEntry) bool { return len(se.StatusAddresses) > 0 })
+}
+
 // serviceEntryEntries is what a ServiceEntry puts in the table, given the
-// addresses of its auto-allocating hosts.
-func serviceEntryEntries(n names, se *model.ServiceEntry, resolved map[string]hostAddrs) entrySet {
+// addresses of its auto-allocating hosts (fromStatus: as resolveHosts).
+func serviceEntryEntries(n names, se *model.ServiceEntry, resolved map[vip.Key]hostAddrs, fromStatus bool) entrySet {
 	var out entrySet
 	src := &source{origin: Origin{Kind: KindServiceEntry, Namespace: se.Namespace, Name: se.Name},
 		exportTo: exportSet(se.Namespace, se.ExportTo), created: se.Created, rank: rankServiceEntry}
@@ -296,14 +292,18 @@ func serviceEntryEntries(n names, se *model.ServiceEntry, resolved map[string]ho
 		switch {
 		case len(se.Addresses) > 0:
 			e.AddrSource, e.Addrs = FromSpec, uniqueAddrs(se.Addresses)
-		case len(se.CIDRs) > 0:
+		case se.HasSpecAddresses || len(se.CIDRs) > 0:
 			continue // ranges route traffic but answer no query: forwarded
-		case !autoAllocates(se) || strings.HasPrefix(h, "*"):
+		case !vip.Eligible(se) || !vip.HostEligible(se, h):
 			continue // nothing to answer: the name is forwarded
 		default:
-			r, ok := resolved[h]
+			r, ok := resolved[vip.Key{Owner: se.Key(), Host: h}]
 			if !ok {
-				out.warn("%s: no VIP left for host %q", src.origin, h)
+				// With istiod allocating, a host it has not written yet
+				// is forwarded (what kube-dns answers) until it does.
+				if !fromStatus {
+					out.warn("%s: no VIP left for host %q", src.origin, h)
+				}
 				continue
 			}
 			e.AddrSource, e.Addrs = r.source, r.addrs
@@ -311,13 +311,6 @@ func serviceEntryEntries(n names, se *model.ServiceEntry, resolved map[string]ho
 		out.add(n, e, !isWildcard(name))
 	}
 	return out
-}
-
-// autoAllocates reports whether a ServiceEntry's hosts get VIPs: no
-// addresses of any kind, resolution other than NONE (a VIP would hide the
-// address the app asked for), and not opted out by label.
-func autoAllocates(se *model.ServiceEntry) bool {
-	return len(se.Addresses) == 0 && len(se.CIDRs) == 0 && se.AutoAllocate && se.Resolution != model.ResolutionNone
 }
 
 // exportSet turns spec.exportTo into the namespaces that see an entry; nil

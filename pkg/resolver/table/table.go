@@ -22,6 +22,8 @@ import (
 	"strings"
 	"time"
 	"unsafe"
+
+	"github.com/ztdns/ztdns/pkg/resolver/vip"
 )
 
 // Kinds of objects a name comes from.
@@ -113,6 +115,8 @@ type Options struct {
 	Domain string
 	// TTL of every local answer, in seconds.
 	TTL uint32
+	// VIPSource says where auto-allocated VIPs come from (default auto).
+	VIPSource vip.Source
 }
 
 // Defaults for Options.

@@ -63,8 +63,6 @@ func fixture() *model.Snapshot {
 				Addresses: addrs("198.51.100.21"), AutoAllocate: true},
 			{Namespace: "default", Name: "cidr", Created: t0, Hosts: []string{"cidr.internal"}, CIDRs: []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24")},
 				Resolution: "STATIC", AutoAllocate: true},
-			{Namespace: "team-a", Name: "status", Created: t0, Hosts: []string{"status.internal"}, Resolution: "DNS", AutoAllocate: true,
-				StatusAddresses: []model.HostAddress{{Host: "status.internal", Address: netip.MustParseAddr("240.240.0.1")}}},
 		},
 	}
 }
@@ -140,7 +138,6 @@ func TestResolve(t *testing.T) {
 		{name: "se opted out forwarded", qname: "optout.internal.", ns: "default", qtype: dns.TypeA, wantMiss: true},
 		{name: "se resolution none forwarded", qname: "none.internal.", ns: "default", qtype: dns.TypeA, wantMiss: true},
 		{name: "se with only a cidr forwarded, no vip", qname: "cidr.internal.", ns: "default", qtype: dns.TypeA, wantMiss: true},
-		{name: "se status address wins", qname: "status.internal.", ns: "x", qtype: dns.TypeA, want: []string{"240.240.0.1"}},
 		{name: "se over service same name", qname: "tcp-echo.external-1.svc.cluster.local.", ns: "default", qtype: dns.TypeA, wantOrigin: "ServiceEntry default/external-svc-1"},
 		{name: "wildcard", qname: "a.example.org.", ns: "default", qtype: dns.TypeA, want: []string{"203.0.113.7"}},
 		{name: "wildcard most specific", qname: "a.x.deep.example.org.", ns: "default", qtype: dns.TypeA, want: []string{"203.0.113.8"}},
@@ -214,9 +211,6 @@ func TestSeedVIPs(t *testing.T) {
 		if !strings.HasPrefix(e.Addrs[0].String(), "240.240.") || !strings.HasPrefix(e.Addrs[1].String(), "2001:2::") {
 			t.Errorf("%s: VIPs %v not in 240.240.0.0/16 and 2001:2::/48", e.Name, e.Addrs)
 		}
-		if e.Addrs[0] == netip.MustParseAddr("240.240.0.1") {
-			t.Errorf("%s: got istiod's status address of another host", e.Name)
-		}
 	}
 	if e1.Addrs[0] == e2.Addrs[0] {
 		t.Errorf("tcp-echo ServiceEntries share VIP %v", e1.Addrs[0])
@@ -242,8 +236,9 @@ func TestSameHostSeveralServiceEntries(t *testing.T) {
 	if a.Origin().Namespace != "a" || b.Origin().Namespace != "b" {
 		t.Errorf("own-namespace ServiceEntry should win: a got %s, b got %s", a.Origin(), b.Origin())
 	}
-	if a.Addrs[0] != b.Addrs[0] {
-		t.Errorf("one host, two VIPs: %v vs %v", a.Addrs, b.Addrs)
+	// As istiod allocates: a VIP per ServiceEntry, not per host.
+	if a.Addrs[0] == b.Addrs[0] {
+		t.Errorf("two ServiceEntries share the VIP %v", a.Addrs[0])
 	}
 }
 

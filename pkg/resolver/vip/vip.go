@@ -1,33 +1,90 @@
-// Package vip allocates the virtual IPs that ServiceEntry hosts without
-// addresses answer with, the way istiod's allocator does when it has not (yet)
-// written them into status.addresses.
+// Package vip decides which ServiceEntry hosts answer with an auto-allocated
+// virtual IP, with istiod's rules, and allocates those VIPs when istiod does
+// not.
 //
-// Every node computes the allocation on its own, so it must not depend on the
-// order in which a node happened to see the objects: hosts are placed in a
-// fixed order (oldest ServiceEntry first, then by key) at a slot derived from a
-// hash of the host name, probing linearly on a collision. Because newer
-// ServiceEntries are placed after older ones, creating a ServiceEntry never
-// moves an existing host; only deleting one can let a host that once collided
-// move back to its own slot.
+// istiod (PILOT_ENABLE_IP_AUTOALLOCATE, on by default since Istio 1.25)
+// writes one IPv4 and one IPv6 address per host into each ServiceEntry's
+// status.addresses, sequentially from 240.240.0.1 and 2001:2::1 in the order
+// it sees the entries (pilot/pkg/controllers/ipallocate). ztunnel routes only
+// those, so wherever istiod allocates they are the only right answer (Source
+// istiod, or auto when istiod is seen allocating). Allocate is for meshes
+// where istiod does not: it gives every node the same VIPs without talking
+// to other nodes.
 package vip
 
 import (
 	"cmp"
+	"fmt"
 	"hash/fnv"
 	"net/netip"
 	"slices"
+	"strings"
 	"time"
+
+	"github.com/ztdns/ztdns/pkg/model"
 )
 
-// The ranges istiod allocates from: the class E 240.240.0.0/16 and the
-// benchmarking 2001:2::/48 (RFC 5180), neither routable outside the node.
+// Source says where the VIPs of auto-allocating hosts come from.
+type Source string
+
+const (
+	// SourceAuto uses istiod's status.addresses when istiod allocates
+	// (the Kubernetes source sees its allocator's leader lock, or any
+	// ServiceEntry carries status.addresses), and Allocate otherwise.
+	SourceAuto Source = "auto"
+	// SourceZtdns always uses Allocate and ignores status.addresses.
+	SourceZtdns Source = "ztdns"
+	// SourceIstiod answers only what istiod wrote into status.addresses.
+	SourceIstiod Source = "istiod"
+)
+
+// ParseSource parses a --vip-source value.
+func ParseSource(s string) (Source, error) {
+	switch src := Source(s); src {
+	case SourceAuto, SourceZtdns, SourceIstiod:
+		return src, nil
+	case "":
+		return SourceAuto, nil
+	}
+	return "", fmt.Errorf("VIP source %q: want auto, ztdns or istiod", s)
+}
+
+// FromStatus reports whether VIPs come from status.addresses: with source
+// istiod, or auto when istiod allocates.
+func (s Source) FromStatus(istiodAllocates bool) bool {
+	return s == SourceIstiod || (s != SourceZtdns && istiodAllocates)
+}
+
+// The ranges istiod allocates from (PILOT_IP_AUTOALLOCATE_IPV4_PREFIX and
+// _IPV6_PREFIX): the class E 240.240.0.0/16 and the benchmarking 2001:2::/48
+// (RFC 5180), neither routable outside the node.
 var (
 	PrefixV4 = netip.MustParsePrefix("240.240.0.0/16")
 	PrefixV6 = netip.MustParsePrefix("2001:2::/48")
 )
 
-// slots is the number of addresses handed out: every third octet, and fourth
-// octets 1..254 so no VIP ends in .0 or .255.
+// Eligible reports whether istiod gives se's hosts VIPs
+// (ShouldV2AutoAllocateIP): resolution other than NONE (a VIP would hide the
+// address the app asked for), no spec.addresses of any kind, and not opted
+// out with the label networking.istio.io/enable-autoallocate-ip: "false".
+// istiod also serves status.addresses only while this holds: an entry that
+// opts out keeps stale status until istiod clears it, and it must not
+// answer with them meanwhile.
+func Eligible(se *model.ServiceEntry) bool {
+	hasAddresses := se.HasSpecAddresses || len(se.Addresses) > 0 || len(se.CIDRs) > 0
+	return se.AutoAllocate && se.Resolution != model.ResolutionNone && !hasAddresses
+}
+
+// HostEligible reports whether a host of an Eligible entry gets a VIP:
+// every plain host, and a wildcard (*.example.com) only with resolution
+// DYNAMIC_DNS, where ztunnel resolves the name the app asked for when it
+// connects (istiod's keepHost).
+func HostEligible(se *model.ServiceEntry, host string) bool {
+	return !strings.HasPrefix(host, "*") || se.Resolution == model.ResolutionDynamicDNS
+}
+
+// slots is the number of addresses Allocate hands out: every third octet, and
+// fourth octets 1..254 so no VIP ends in .0 or .255.
 const slots = 256 * 254
 
 // Claim asks for a VIP for Host on behalf of the ServiceEntry Owner
@@ -38,30 +95,40 @@ type Claim struct {
 	Created time.Time
 }
 
+// Key names what a VIP belongs to: one host of one ServiceEntry. As in
+// istiod, two ServiceEntries naming one host get a VIP each.
+type Key struct {
+	Owner, Host string
+}
+
 // Pair is the IPv4 and IPv6 VIP of one host.
 type Pair struct {
 	V4, V6 netip.Addr
 }
 
-// Allocate assigns one Pair per distinct host in claims. Addresses in taken
-// (VIPs istiod already wrote into some status) are never handed out again.
-// The result depends only on the set of claims, not on their order.
-func Allocate(claims []Claim, taken []netip.Addr) map[string]Pair {
+// Allocate assigns one Pair per distinct (Owner, Host) in claims. The result
+// depends only on the set of claims, not on their order: claims are placed
+// oldest ServiceEntry first (then by owner and host) at a slot derived from
+// a hash of the host name, probing linearly on a collision. Newer entries
+// are placed after older ones, so creating a ServiceEntry never moves an
+// existing VIP; deleting one can let a host that once collided move back to
+// its own slot.
+//
+// istiod instead allocates sequentially in the order its informer delivers
+// the entries, which a node cannot reproduce on its own: where istiod
+// allocates, use its status.addresses (Source).
+func Allocate(claims []Claim) map[Key]Pair {
 	ordered := slices.Clone(claims)
 	slices.SortFunc(ordered, func(a, b Claim) int {
 		return cmp.Or(a.Created.Compare(b.Created), cmp.Compare(a.Owner, b.Owner), cmp.Compare(a.Host, b.Host))
 	})
 
-	used := make(map[uint32]bool, len(claims)+len(taken))
-	for _, a := range taken {
-		if s, ok := slotOf(a); ok {
-			used[s] = true
-		}
-	}
-	out := make(map[string]Pair, len(claims))
+	used := make(map[uint32]bool, len(claims))
+	out := make(map[Key]Pair, len(claims))
 	for _, c := range ordered {
-		if _, done := out[c.Host]; done {
-			continue // the same host named by a younger ServiceEntry shares the VIP
+		k := Key{Owner: c.Owner, Host: c.Host}
+		if _, done := out[k]; done {
+			continue // a host listed twice in one entry gets one VIP
 		}
 		if len(used) >= slots {
 			break // exhausted: the remaining hosts get no VIP and are forwarded
@@ -71,7 +138,7 @@ func Allocate(claims []Claim, taken []netip.Addr) map[string]Pair {
 			s = (s + 1) % slots
 		}
 		used[s] = true
-		out[c.Host] = pairOf(s)
+		out[k] = pairOf(s)
 	}
 	return out
 }
@@ -92,26 +159,4 @@ func pairOf(s uint32) Pair {
 		V4: netip.AddrFrom4([4]byte{240, 240, third, fourth}),
 		V6: netip.AddrFrom16(v6),
 	}
-}
-
-// slotOf is the inverse of pairOf for addresses inside the ranges.
-func slotOf(a netip.Addr) (uint32, bool) {
-	var third, fourth byte
-	switch {
-	case a.Is4() && PrefixV4.Contains(a):
-		b := a.As4()
-		third, fourth = b[2], b[3]
-	case a.Is6() && PrefixV6.Contains(a):
-		b := a.As16()
-		if b[12] != 0xf0 || b[13] != 0xf0 || slices.ContainsFunc(b[6:12], func(x byte) bool { return x != 0 }) {
-			return 0, false
-		}
-		third, fourth = b[14], b[15]
-	default:
-		return 0, false
-	}
-	if fourth == 0 || fourth == 255 {
-		return 0, false
-	}
-	return uint32(third)*254 + uint32(fourth-1), true
 }

@@ -6,6 +6,8 @@ import (
 	"net/netip"
 	"testing"
 	"time"
+
+	"github.com/ztdns/ztdns/pkg/model"
 )
 
 var t0 = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
@@ -14,38 +16,42 @@ func claim(host string, ageSeconds int) Claim {
 	return Claim{Host: host, Owner: "ns/" + host, Created: t0.Add(time.Duration(ageSeconds) * time.Second)}
 }
 
+func keyOf(c Claim) Key { return Key{Owner: c.Owner, Host: c.Host} }
+
 func TestAllocateRangesAndShape(t *testing.T) {
-	got := Allocate([]Claim{claim("auto.internal", 0), claim("tcp-echo.external-1.svc.cluster.local", 1)}, nil)
+	got := Allocate([]Claim{claim("auto.internal", 0), claim("tcp-echo.external-1.svc.cluster.local", 1)})
 	if len(got) != 2 {
 		t.Fatalf("got %d VIPs, want 2: %v", len(got), got)
 	}
 	seen := map[netip.Addr]bool{}
-	for host, p := range got {
+	for k, p := range got {
 		if !PrefixV4.Contains(p.V4) || !PrefixV6.Contains(p.V6) {
-			t.Errorf("%s: %v outside %v/%v", host, p, PrefixV4, PrefixV6)
+			t.Errorf("%v: %v outside %v/%v", k, p, PrefixV4, PrefixV6)
 		}
 		if b := p.V4.As4(); b[3] == 0 || b[3] == 255 {
-			t.Errorf("%s: VIP %v ends in .0 or .255", host, p.V4)
+			t.Errorf("%v: VIP %v ends in .0 or .255", k, p.V4)
 		}
 		if seen[p.V4] || seen[p.V6] {
-			t.Errorf("%s: VIP %v reused", host, p)
+			t.Errorf("%v: VIP %v reused", k, p)
 		}
 		seen[p.V4], seen[p.V6] = true, true
-		if s4, ok := slotOf(p.V4); !ok {
-			t.Errorf("slotOf(%v) failed", p.V4)
-		} else if s6, ok := slotOf(p.V6); !ok || s6 != s4 {
-			t.Errorf("slotOf(%v) = %d,%v; want %d (same slot as v4)", p.V6, s6, ok, s4)
-		}
 	}
 }
 
-func TestAllocateSameHostOneVIP(t *testing.T) {
-	got := Allocate([]Claim{
-		{Host: "db.example", Owner: "a/se1", Created: t0},
-		{Host: "db.example", Owner: "b/se2", Created: t0.Add(time.Hour)},
-	}, nil)
-	if len(got) != 1 {
-		t.Fatalf("two ServiceEntries naming one host got %d VIPs", len(got))
+// As istiod does, two ServiceEntries naming one host get a VIP each, and a
+// host listed twice in one entry gets one.
+func TestAllocatePerServiceEntry(t *testing.T) {
+	se1 := Claim{Host: "db.example", Owner: "a/se1", Created: t0}
+	se2 := Claim{Host: "db.example", Owner: "b/se2", Created: t0.Add(time.Hour)}
+	got := Allocate([]Claim{se1, se2, se2})
+	if len(got) != 2 {
+		t.Fatalf("got %d VIPs, want one per ServiceEntry: %v", len(got), got)
+	}
+	if got[keyOf(se1)] == got[keyOf(se2)] {
+		t.Errorf("both ServiceEntries got %v", got[keyOf(se1)])
+	}
+	if got[keyOf(se1)] != pairOf(home("db.example")) {
+		t.Errorf("the older entry %v did not get the host's own slot", got[keyOf(se1)])
 	}
 }
 
@@ -57,14 +63,14 @@ func TestAllocateOrderIndependent(t *testing.T) {
 		// Identical timestamps for many entries make the tie-breakers matter.
 		claims = append(claims, claim(fmt.Sprintf("h%d.example", i), i%7))
 	}
-	want := Allocate(claims, nil)
+	want := Allocate(claims)
 	for round := range 5 {
 		shuffled := append([]Claim(nil), claims...)
 		rand.Shuffle(len(shuffled), func(i, j int) { shuffled[i], shuffled[j] = shuffled[j], shuffled[i] })
-		got := Allocate(shuffled, nil)
-		for h, p := range want {
-			if got[h] != p {
-				t.Fatalf("round %d: %s got %v, want %v", round, h, got[h], p)
+		got := Allocate(shuffled)
+		for k, p := range want {
+			if got[k] != p {
+				t.Fatalf("round %d: %v got %v, want %v", round, k, got[k], p)
 			}
 		}
 	}
@@ -77,30 +83,21 @@ func TestAllocateAddingNeverMovesExisting(t *testing.T) {
 	for i := range 20000 { // dense enough that collisions are certain
 		claims = append(claims, claim(fmt.Sprintf("svc-%d.example", i), i))
 	}
-	before := Allocate(claims[:19000], nil)
-	after := Allocate(claims, nil)
+	before := Allocate(claims[:19000])
+	after := Allocate(claims)
 	collided := 0
 	for _, c := range claims[19000:] {
-		if home(c.Host) != mustSlot(t, after[c.Host].V4) {
+		if pairOf(home(c.Host)) != after[keyOf(c)] {
 			collided++
 		}
 	}
 	if collided == 0 {
 		t.Fatal("test needs at least one collision among the added hosts")
 	}
-	for h, p := range before {
-		if after[h] != p {
-			t.Fatalf("%s moved from %v to %v when newer entries were added", h, p, after[h])
+	for k, p := range before {
+		if after[k] != p {
+			t.Fatalf("%v moved from %v to %v when newer entries were added", k, p, after[k])
 		}
-	}
-}
-
-func TestAllocateSkipsTaken(t *testing.T) {
-	c := claim("auto.internal", 0)
-	first := Allocate([]Claim{c}, nil)["auto.internal"]
-	got := Allocate([]Claim{c}, []netip.Addr{first.V4})["auto.internal"]
-	if got == first {
-		t.Fatalf("allocator handed out %v although istiod already assigned it", first.V4)
 	}
 }
 
@@ -109,27 +106,67 @@ func TestAllocateExhaustion(t *testing.T) {
 	for i := range slots + 10 {
 		claims = append(claims, claim(fmt.Sprintf("h%d", i), 0))
 	}
-	got := Allocate(claims, nil)
+	got := Allocate(claims)
 	if len(got) != slots {
 		t.Fatalf("allocated %d VIPs, want all %d slots and no more", len(got), slots)
 	}
 }
 
-func TestSlotOfRejectsForeign(t *testing.T) {
-	for _, s := range []string{"10.0.0.1", "240.240.1.0", "240.240.1.255", "2001:2::1", "2001:3::f0f0:101", "2001:2:0:1::f0f0:101"} {
-		if _, ok := slotOf(netip.MustParseAddr(s)); ok {
-			t.Errorf("slotOf(%s) accepted an address the allocator never produces", s)
-		}
+// TestEligible pins istiod's rules (ShouldV2AutoAllocateIP and keepHost in
+// pilot/pkg/controllers/ipallocate).
+func TestEligible(t *testing.T) {
+	base := model.ServiceEntry{Namespace: "ns", Name: "se", AutoAllocate: true, Resolution: model.ResolutionDNS}
+	with := func(f func(*model.ServiceEntry)) *model.ServiceEntry { se := base; f(&se); return &se }
+	tests := []struct {
+		name        string
+		se          *model.ServiceEntry
+		eligible    bool
+		plain, wild bool // HostEligible for "a.example" and "*.example"
+	}{
+		{"DNS", with(func(*model.ServiceEntry) {}), true, true, false},
+		{"STATIC", with(func(se *model.ServiceEntry) { se.Resolution = model.ResolutionStatic }), true, true, false},
+		{"DNS_ROUND_ROBIN", with(func(se *model.ServiceEntry) { se.Resolution = model.ResolutionDNSRoundRobin }), true, true, false},
+		{"DYNAMIC_DNS", with(func(se *model.ServiceEntry) { se.Resolution = model.ResolutionDynamicDNS }), true, true, true},
+		{"NONE", with(func(se *model.ServiceEntry) { se.Resolution = model.ResolutionNone }), false, true, false},
+		{"opted out", with(func(se *model.ServiceEntry) { se.AutoAllocate = false }), false, true, false},
+		{"spec.addresses", with(func(se *model.ServiceEntry) { se.HasSpecAddresses = true }), false, true, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := Eligible(tt.se); got != tt.eligible {
+				t.Errorf("Eligible = %v, want %v", got, tt.eligible)
+			}
+			if got := HostEligible(tt.se, "a.example"); got != tt.plain {
+				t.Errorf("HostEligible(a.example) = %v, want %v", got, tt.plain)
+			}
+			if got := HostEligible(tt.se, "*.example"); got != tt.wild {
+				t.Errorf("HostEligible(*.example) = %v, want %v", got, tt.wild)
+			}
+		})
 	}
 }
 
-func mustSlot(t *testing.T, a netip.Addr) uint32 {
-	t.Helper()
-	s, ok := slotOf(a)
-	if !ok {
-		t.Fatalf("slotOf(%v) failed", a)
+func TestParseSource(t *testing.T) {
+	for in, want := range map[string]Source{"": SourceAuto, "auto": SourceAuto, "ztdns": SourceZtdns, "istiod": SourceIstiod} {
+		if got, err := ParseSource(in); err != nil || got != want {
+			t.Errorf("ParseSource(%q) = %q, %v; want %q", in, got, err, want)
+		}
 	}
-	return s
+	if _, err := ParseSource("Istiod"); err == nil {
+		t.Error(`ParseSource("Istiod") accepted a value the flag does not document`)
+	}
+	for _, tt := range []struct {
+		src             Source
+		istiodAllocates bool
+		want            bool
+	}{
+		{SourceAuto, false, false}, {SourceAuto, true, true},
+		{SourceZtdns, true, false}, {SourceIstiod, false, true},
+	} {
+		if got := tt.src.FromStatus(tt.istiodAllocates); got != tt.want {
+			t.Errorf("%s.FromStatus(%v) = %v, want %v", tt.src, tt.istiodAllocates, got, tt.want)
+		}
+	}
 }
 
 func BenchmarkAllocate10k(b *testing.B) {
@@ -139,6 +176,6 @@ func BenchmarkAllocate10k(b *testing.B) {
 	}
 	b.ReportAllocs()
 	for b.Loop() {
-		Allocate(claims, nil)
+		Allocate(claims)
 	}
 }

@@ -21,7 +21,7 @@ func wantExamples(optOut bool) model.Snapshot {
 		{Namespace: "default", Name: "external-auto", Hosts: []string{"auto.internal"},
 			Resolution: model.ResolutionDNS, AutoAllocate: !optOut, Ports: http80},
 		{Namespace: "default", Name: "external-address", Hosts: []string{"address.internal"},
-			Addresses: addrs("198.51.100.1"), Resolution: model.ResolutionNone, AutoAllocate: true, Ports: http80},
+			Addresses: addrs("198.51.100.1"), HasSpecAddresses: true, Resolution: model.ResolutionNone, AutoAllocate: true, Ports: http80},
 		{Namespace: "default", Name: "external-svc-1", Hosts: []string{"tcp-echo.external-1.svc.cluster.local"},
 			Resolution: model.ResolutionDNS, AutoAllocate: true,
 			Ports: []model.Port{{Name: "external-svc-1", Protocol: "TCP", Port: 9000}}},

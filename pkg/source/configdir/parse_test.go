@@ -44,14 +44,15 @@ status:
 	}
 	wantServiceEntry := model.ServiceEntry{
 		Namespace: "shop", Name: "ext", Created: created,
-		Hosts:           []string{"api.example.com", "*.wild.example"},
-		Addresses:       addrs("198.51.100.7", "2001:db8::7"),
-		CIDRs:           []netip.Prefix{netip.MustParsePrefix("203.0.113.0/24")},
-		StatusAddresses: []model.HostAddress{{Host: "api.example.com", Address: netip.MustParseAddr("240.240.0.9")}},
-		Resolution:      model.ResolutionStatic,
-		ExportTo:        []string{".", "other"},
-		AutoAllocate:    false,
-		Ports:           []model.Port{{Name: "https", Protocol: "HTTPS", Port: 443}},
+		Hosts:            []string{"api.example.com", "*.wild.example"},
+		Addresses:        addrs("198.51.100.7", "2001:db8::7"),
+		CIDRs:            []netip.Prefix{netip.MustParsePrefix("203.0.113.0/24")},
+		HasSpecAddresses: true,
+		StatusAddresses:  []model.HostAddress{{Host: "api.example.com", Address: netip.MustParseAddr("240.240.0.9")}},
+		Resolution:       model.ResolutionStatic,
+		ExportTo:         []string{".", "other"},
+		AutoAllocate:     false,
+		Ports:            []model.Port{{Name: "https", Protocol: "HTTPS", Port: 443}},
 	}
 	tests := []struct {
 		name string

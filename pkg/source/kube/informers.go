@@ -60,6 +60,8 @@ func (r *run) listWatchFor(k kind) listWatch {
 				return lw.watch(ctx, o)
 			},
 		}
+	case kindIstiodAllocator:
+		return r.allocatorLockListWatch()
 	}
 	panic(fmt.Sprintf("kube: no list/watch for kind %d", k))
 }
@@ -85,6 +87,8 @@ func (r *run) transformFor(k kind) (cache.TransformFunc, func(oldObj, newObj any
 		return transformTo(k.String(), r.log, convertServiceEntry), sameModel[model.ServiceEntry]
 	case kindPods:
 		return transformTo(k.String(), r.log, convertPod), sameModel[model.Pod]
+	case kindIstiodAllocator:
+		return transformTo(k.String(), r.log, convertAllocatorLock), sameModel[allocatorLock]
 	}
 	panic(fmt.Sprintf("kube: no transform for kind %d", k))
 }

@@ -64,6 +64,7 @@ type Source struct {
 	debounce        time.Duration
 	maxDelay        time.Duration
 	crdPollInterval time.Duration
+	istioNamespace  string
 	metrics         *metrics
 	health          *health
 
@@ -101,6 +102,7 @@ func New(cfg *rest.Config, opts ...Option) *Source {
 		debounce:        DefaultDebounce,
 		maxDelay:        DefaultMaxDelay,
 		crdPollInterval: DefaultCRDPollInterval,
+		istioNamespace:  DefaultIstioNamespace,
 		metrics:         newMetrics(),
 	}
 	for _, o := range opts {
@@ -152,7 +154,11 @@ func (s *Source) Run(ctx context.Context, deliver func(*model.Snapshot)) error {
 	}()
 
 	r := newRun(s, c)
-	for _, k := range []kind{kindNamespaces, kindServices, kindEndpointSlices, kindPods} {
+	kinds := []kind{kindNamespaces, kindServices, kindEndpointSlices, kindPods}
+	if s.istioNamespace != "" {
+		kinds = append(kinds, kindIstiodAllocator)
+	}
+	for _, k := range kinds {
 		inf, err := r.newInformer(k)
 		if err != nil {
 			return err

@@ -15,6 +15,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -348,13 +349,14 @@ func testServiceEntries(t *testing.T, kube kubernetes.Interface, istio istioclie
 			}
 			want := &model.ServiceEntry{
 				Namespace: ns, Name: "static", Created: got.Created,
-				Hosts:        []string{"address.internal"},
-				Addresses:    []netip.Addr{netip.MustParseAddr("198.51.100.1")},
-				CIDRs:        []netip.Prefix{netip.MustParsePrefix("198.51.100.128/25")},
-				Resolution:   model.ResolutionStatic,
-				ExportTo:     []string{"."},
-				AutoAllocate: true,
-				Ports:        []model.Port{{Name: "http", Protocol: "HTTP", Port: 80}},
+				Hosts:            []string{"address.internal"},
+				Addresses:        []netip.Addr{netip.MustParseAddr("198.51.100.1")},
+				CIDRs:            []netip.Prefix{netip.MustParsePrefix("198.51.100.128/25")},
+				HasSpecAddresses: true,
+				Resolution:       model.ResolutionStatic,
+				ExportTo:         []string{"."},
+				AutoAllocate:     true,
+				Ports:            []model.Port{{Name: "http", Protocol: "HTTP", Port: 80}},
 			}
 			return expect("serviceentry static", getStatic, want)(s)
 		},
@@ -573,6 +575,39 @@ func testLeastPrivilege(t *testing.T, env *kubetest.Env) {
 		return nil
 	})
 	rec.waitHealth(t, "healthy with only PolicyRules", func(err error) bool { return err == nil })
+
+	// istiod's VIP allocator lock, readable by name only: the snapshot
+	// says istiod allocates once it exists, and no other ConfigMap is
+	// readable.
+	createNamespace(t, kube, DefaultIstioNamespace)
+	for _, name := range []string{"other", IstiodAllocatorLock} {
+		if _, err := kube.CoreV1().ConfigMaps(DefaultIstioNamespace).Create(ctx, &corev1.ConfigMap{
+			ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{}); err != nil {
+			t.Fatalf("create ConfigMap %s: %v", name, err)
+		}
+	}
+	rec.waitFor(t, "istiod's allocator lock", func(s *model.Snapshot) error {
+		if !s.IstiodAllocates {
+			return fmt.Errorf("IstiodAllocates is false with %s present", IstiodAllocatorLock)
+		}
+		return nil
+	})
+	sa, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sa.CoreV1().ConfigMaps(DefaultIstioNamespace).List(ctx, metav1.ListOptions{}); !apierrors.IsForbidden(err) {
+		t.Errorf("listing every ConfigMap as the ServiceAccount: %v, want forbidden", err)
+	}
+	if err := kube.CoreV1().ConfigMaps(DefaultIstioNamespace).Delete(ctx, IstiodAllocatorLock, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	rec.waitFor(t, "the lock gone", func(s *model.Snapshot) error {
+		if s.IstiodAllocates {
+			return fmt.Errorf("IstiodAllocates is still true")
+		}
+		return nil
+	})
 }
 
 func createNamespace(tb testing.TB, kube kubernetes.Interface, name string) string {

@@ -20,11 +20,12 @@ const (
 	kindEndpointSlices
 	kindServiceEntries
 	kindPods
+	kindIstiodAllocator // istiod's VIP allocator lock (istiod.go)
 	numKinds
 )
 
 // kindNames are the resources' plural names, as in logs and metrics.
-var kindNames = [numKinds]string{"namespaces", "services", "endpointslices", "serviceentries", "pods"}
+var kindNames = [numKinds]string{"namespaces", "services", "endpointslices", "serviceentries", "pods", "istiod-allocator"}
 
 func (k kind) String() string { return kindNames[k] }
 

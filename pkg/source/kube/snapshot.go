@@ -66,6 +66,10 @@ func (r *run) snapshot() (*model.Snapshot, time.Time) {
 			r.last.ServiceEntries, r.errs[k] = collect[model.ServiceEntry](objs)
 		case kindPods:
 			r.last.Pods, r.errs[k] = collect[model.Pod](objs)
+		case kindIstiodAllocator:
+			var locks []allocatorLock
+			locks, r.errs[k] = collect[allocatorLock](objs)
+			r.last.IstiodAllocates = len(locks) > 0
 		}
 	}
 	snap := r.last

@@ -1,0 +1,137 @@
+//go:build linux
+
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"maps"
+	"net/netip"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ztdns/ztdns/internal/dnstest"
+	"github.com/ztdns/ztdns/internal/testenv"
+	"github.com/ztdns/ztdns/pkg/agent"
+)
+
+// What the stand-in ztunnel answers for every name, so a test can tell who
+// answered.
+var (
+	ztunnelMarker4 = netip.MustParseAddr("203.0.113.15")
+	ztunnelMarker6 = netip.MustParseAddr("2001:db8::15")
+)
+
+// TestBesideIstioCNIDNSRules gives pods exactly the DNS capture rules
+// istio-cni installs in an ambient pod (with each of its backends) and a
+// stand-in for ztunnel's DNS proxy on 127.0.0.1:15053 and [::1]:15053 in
+// the pod, and runs each real client over UDP and TCP:
+//   - in a pod ztdns captures, ztdns answers, whatever the rules say: its
+//     redirect goes to --capture-port, which they do not match, and ztunnel
+//     is never asked; `ztdns pods`, `ztdns status` and the metrics say that
+//     Istio's capture is on for the pod too;
+//   - in a pod ztdns does not capture, Istio's behaviour is untouched:
+//     ztunnel answers.
+func TestBesideIstioCNIDNSRules(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t)
+	testenv.LookPath(t, "getent")
+	testenv.LookPath(t, "curl")
+	musl := testenv.BuildMuslGetaddrinfo(t)
+	const metricsAddr = "127.0.0.1:19153" // inside the node namespace, which is the test's own
+	a := testenv.StartAgent(t, c.node, c.bin, append(c.agentArgs(), "--metrics", metricsAddr)...)
+	c.waitReady(t, a)
+
+	clients := realClients(musl)
+	backends := map[string]string{ // istio-cni backend → what ztdns pods calls it
+		testenv.IstioIptables:       "iptables-nft",
+		testenv.IstioIptablesLegacy: "iptables-legacy",
+		testenv.IstioNftables:       "nftables",
+	}
+	for _, backend := range slices.Sorted(maps.Keys(backends)) {
+		for _, captured := range []bool{true, false} {
+			t.Run(fmt.Sprintf("%s/captured=%v", backend, captured), func(t *testing.T) {
+				for _, cl := range clients {
+					t.Run(cl.name, func(t *testing.T) {
+						p := c.pod(t, cl.nameservers...)
+						testenv.InstallIstioDNSRules(t, &p.Netns, backend)
+						ztunnel := p.StartDNSServer(t, []netip.AddrPort{
+							netip.MustParseAddrPort("127.0.0.1:15053"), netip.MustParseAddrPort("[::1]:15053"),
+						}, dnstest.Marker(ztunnelMarker4, ztunnelMarker6))
+						want := cl.prints(ztunnelMarker4, ztunnelMarker6)
+						if captured {
+							name := podName(backend + "-" + cl.name)
+							c.capture(t, p, name)
+							want = cl.prints(addressVIP, netip.Addr{})
+						}
+						ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+						defer cancel()
+						out, err := cl.command(ctx, p, c.cg, addressHost).CombinedOutput()
+						if err != nil {
+							t.Fatalf("%v\n%s", err, out)
+						}
+						got := testenv.ParseAddrs(string(out))
+						slices.SortFunc(got, netip.Addr.Compare)
+						slices.SortFunc(want, netip.Addr.Compare)
+						if !slices.Equal(got, want) {
+							t.Errorf("printed %q: addresses %v, want %v (captured by ztdns: %v)", out, got, want, captured)
+						}
+						if asked := ztunnel.Queries(addressHost + "."); captured && asked > 0 {
+							t.Errorf("ztunnel's DNS proxy was asked %d times for a pod ztdns captured", asked)
+						} else if !captured && asked == 0 {
+							t.Errorf("ztunnel's DNS proxy was never asked: istio-cni's rules did not take the query")
+						}
+						if captured {
+							c.checkDoublyCaptured(t, backends[backend], podName(backend+"-"+cl.name), metricsAddr)
+						}
+					})
+				}
+			})
+		}
+	}
+}
+
+var doublyCapturedMetric = regexp.MustCompile(`(?m)^ztdns_capture_istio_dns_rules_pods (\d+)$`)
+
+// checkDoublyCaptured checks that ztdns pods, ztdns status and the metrics
+// say that the captured pod p carries istio-cni's DNS rules (backend).
+func (c *cluster) checkDoublyCaptured(t *testing.T, backend, name, metricsAddr string) {
+	t.Helper()
+	pod := "default/" + name
+	if row := c.podRow(t, name); row.IstioDNSRules != backend {
+		t.Errorf("ztdns pods: istioDNSRules = %q, want %q", row.IstioDNSRules, backend)
+	}
+	st := c.status(t)
+	if !slices.ContainsFunc(st.Warnings, func(w string) bool {
+		return strings.Contains(w, "istio-cni's DNS capture rules") && strings.Contains(w, pod+" ("+backend+")")
+	}) {
+		t.Errorf("ztdns status does not warn about %s: %q", pod, st.Warnings)
+	}
+	out, err := c.node.Output(t, nil, 10*time.Second, "curl", "-sf", "http://"+metricsAddr+"/metrics")
+	if err != nil {
+		t.Fatalf("curl /metrics: %v\n%s", err, out)
+	}
+	m := doublyCapturedMetric.FindStringSubmatch(out)
+	if m == nil {
+		t.Fatal("/metrics has no ztdns_capture_istio_dns_rules_pods")
+	}
+	if n, _ := strconv.Atoi(m[1]); n < 1 {
+		t.Errorf("/metrics: ztdns_capture_istio_dns_rules_pods = %d, want at least 1", n)
+	}
+}
+
+// status returns `ztdns status`.
+func (c *cluster) status(t *testing.T) agent.Status {
+	t.Helper()
+	var st agent.Status
+	out := c.ztdns(t, "status", "--socket", c.socket)
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		t.Fatalf("ztdns status: %v\n%s", err, out)
+	}
+	return st
+}

@@ -1,0 +1,301 @@
+package kube
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+	networkingv1alpha3 "istio.io/api/networking/v1alpha3"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/ztdns/ztdns/internal/agenttest"
+	"github.com/ztdns/ztdns/internal/dnstest"
+	"github.com/ztdns/ztdns/internal/kubetest"
+)
+
+// seShape is one ServiceEntry the istiod test creates, and what istiod is
+// expected to do with it.
+type seShape struct {
+	name   string
+	labels map[string]string
+	spec   seSpec
+	// queries maps each host to the name asked for it (a name under a
+	// wildcard host).
+	queries map[string]string
+	// allocated: istiod writes a VIP per host into status.addresses.
+	allocated bool
+	// answer, when set, is what every query answers instead (spec.addresses).
+	answer []string
+}
+
+// istiodShapes are the ServiceEntry shapes whose VIPs istiod decides
+// (pilot/pkg/controllers/ipallocate).
+func istiodShapes() []seShape {
+	dnsRes, static, dynamic, none := networkingv1alpha3.ServiceEntry_DNS, networkingv1alpha3.ServiceEntry_STATIC,
+		networkingv1alpha3.ServiceEntry_DYNAMIC_DNS, networkingv1alpha3.ServiceEntry_NONE
+	return []seShape{
+		{name: "dns", spec: seSpec{hosts: []string{"dns.example"}, resolution: dnsRes, ports: httpPort()},
+			queries: map[string]string{"dns.example": "dns.example"}, allocated: true},
+		{name: "static", spec: seSpec{hosts: []string{"static.example"}, resolution: static, ports: httpPort()},
+			queries: map[string]string{"static.example": "static.example"}, allocated: true},
+		{name: "two-hosts", spec: seSpec{hosts: []string{"one.example", "two.example"}, resolution: dnsRes, ports: httpPort()},
+			queries: map[string]string{"one.example": "one.example", "two.example": "two.example"}, allocated: true},
+		{name: "dynamic-wildcard", spec: seSpec{hosts: []string{"*.dyn.example"}, resolution: dynamic, ports: httpPort()},
+			queries: map[string]string{"*.dyn.example": "api.dyn.example"}, allocated: true},
+		{name: "static-wildcard", spec: seSpec{hosts: []string{"*.static-wild.example"}, resolution: static, ports: httpPort()},
+			queries: map[string]string{"*.static-wild.example": "api.static-wild.example"}},
+		{name: "dns-wildcard", spec: seSpec{hosts: []string{"*.dns-wild.example"}, resolution: dnsRes, ports: httpPort()},
+			queries: map[string]string{"*.dns-wild.example": "api.dns-wild.example"}},
+		{name: "none", spec: seSpec{hosts: []string{"none.example"}, resolution: none, ports: httpPort()},
+			queries: map[string]string{"none.example": "none.example"}},
+		{name: "reserved", spec: seSpec{hosts: []string{"reserved.example"}, addresses: []string{"198.51.100.7"}, resolution: static, ports: httpPort()},
+			queries: map[string]string{"reserved.example": "reserved.example"}, answer: []string{"198.51.100.7"}},
+		{name: "opted-out", labels: map[string]string{"networking.istio.io/enable-autoallocate-ip": "false"},
+			spec:    seSpec{hosts: []string{"optout.example"}, resolution: dnsRes, ports: httpPort()},
+			queries: map[string]string{"optout.example": "optout.example"}},
+		// One host named by two ServiceEntries: istiod gives each its own
+		// VIP; the older entry answers.
+		{name: "shared-older", spec: seSpec{hosts: []string{"shared.example"}, resolution: dnsRes, ports: httpPort()},
+			queries: map[string]string{"shared.example": "shared.example"}, allocated: true},
+		{name: "shared-newer", spec: seSpec{hosts: []string{"shared.example"}, resolution: dnsRes, ports: tcpPort("tcp")},
+			allocated: true},
+	}
+}
+
+// TestIstiodVIPs runs a real istiod against the API server and two agents
+// (two nodes) with the default --vip-source=auto, and checks that for every
+// ServiceEntry shape both answer exactly what istiod wrote into
+// status.addresses (and what its registry says), that hosts istiod gives no
+// VIP are forwarded, and that this holds across an opt-out toggled both
+// ways, while istiod is down, and across its restart.
+func TestIstiodVIPs(t *testing.T) {
+	c := newCluster(t)
+	istiod := c.env.StartIstiod()
+	up := dnstest.Start(t, "127.0.0.1:0", dnstest.Zone{})
+	nodeA := startAgent(t, c, up.Addr) // sees every write as an event
+
+	shapes := istiodShapes()
+	for _, s := range shapes {
+		c.serviceEntry(t, "default", s.name, s.labels, s.spec)
+		if s.name == "shared-older" {
+			time.Sleep(1100 * time.Millisecond) // creationTimestamp has second resolution
+		}
+	}
+	status := c.waitStatus(t, shapes)
+	nodeB := startAgent(t, c, up.Addr) // lists everything at once
+	nodes := map[string]*agenttest.Agent{"A": nodeA, "B": nodeB}
+
+	checkAll := func(t *testing.T, status map[string]map[string][]string) {
+		t.Helper()
+		for _, s := range shapes {
+			for host, q := range s.queries {
+				want4, want6 := []string{"NXDOMAIN"}, []string{"NXDOMAIN"}
+				switch {
+				case s.answer != nil:
+					want4, want6 = s.answer, nil
+				case len(status[s.name][host]) > 0:
+					want4, want6 = family(status[s.name][host], true), family(status[s.name][host], false)
+				}
+				for _, n := range nodes {
+					expect(t, n, curlIP, q, dns.TypeA, want4...)
+					expect(t, n, curlIP, q, dns.TypeAAAA, want6...)
+				}
+			}
+		}
+	}
+	t.Run("every shape answers istiod's status", func(t *testing.T) {
+		checkAll(t, status)
+		for name, n := range nodes {
+			if st, err := n.Status(); err != nil || st.VIPs != "auto: istiod's status.addresses" {
+				t.Errorf("node %s: ztdns status says VIPs %q (%v)", name, st.VIPs, err)
+			}
+		}
+		c.checkRegistry(t, istiod, shapes, status)
+	})
+
+	t.Run("opt-out label toggled both ways", func(t *testing.T) {
+		se, err := c.env.IstioClient().NetworkingV1().ServiceEntries("default").Get(c.ctx, "dns", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		se.Labels = map[string]string{"networking.istio.io/enable-autoallocate-ip": "false"}
+		if se, err = c.env.IstioClient().NetworkingV1().ServiceEntries("default").Update(c.ctx, se, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		for _, n := range nodes {
+			expect(t, n, curlIP, "dns.example", dns.TypeA, "NXDOMAIN")
+		}
+		c.waitStatusGone(t, "dns") // istiod clears what it wrote
+		se, err = c.env.IstioClient().NetworkingV1().ServiceEntries("default").Get(c.ctx, "dns", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		se.Labels = nil
+		if _, err := c.env.IstioClient().NetworkingV1().ServiceEntries("default").Update(c.ctx, se, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		// This istiod leaves status.addresses empty after opting back in
+		// (its JSON patch tests for null and finds []); a later one may
+		// allocate again. Either way the agents answer what it wrote.
+		i := slices.IndexFunc(shapes, func(s seShape) bool { return s.name == "dns" })
+		if !c.statusWithin(t, "dns", 5*time.Second) {
+			t.Logf("istiod did not allocate dns.example again after the opt-out was lifted: it must be forwarded")
+			shapes[i].allocated = false
+		}
+		status = c.waitStatus(t, shapes)
+		t.Logf("dns.example: status %v", status["dns"]["dns.example"])
+		checkAll(t, status)
+	})
+
+	t.Run("istiod down, then restarted", func(t *testing.T) {
+		istiod.Stop()
+		c.serviceEntry(t, "default", "while-down", nil, seSpec{hosts: []string{"later.example"},
+			resolution: networkingv1alpha3.ServiceEntry_DNS, ports: httpPort()})
+		// No VIP istiod did not write: the new host is forwarded, and every
+		// other answer stays.
+		for _, n := range nodes {
+			expect(t, n, curlIP, "later.example", dns.TypeA, "NXDOMAIN")
+		}
+		checkAll(t, status)
+		if up.Queries("later.example.") == 0 {
+			t.Error("later.example was answered locally, not forwarded")
+		}
+
+		istiod.Start()
+		all := append(shapes, seShape{name: "while-down", queries: map[string]string{"later.example": "later.example"}, allocated: true})
+		after := c.waitStatus(t, all)
+		for _, s := range shapes {
+			for host := range s.queries {
+				if !slices.Equal(after[s.name][host], status[s.name][host]) {
+					t.Errorf("%s: istiod's restart moved %s from %v to %v", s.name, host, status[s.name][host], after[s.name][host])
+				}
+			}
+		}
+		shapes = all
+		checkAll(t, after)
+		c.checkRegistry(t, istiod, shapes, after)
+	})
+}
+
+// family keeps the IPv4 (v4) or IPv6 addresses of addrs, sorted.
+func family(addrs []string, v4 bool) []string {
+	var out []string
+	for _, a := range addrs {
+		if netip.MustParseAddr(a).Is4() == v4 {
+			out = append(out, a)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// waitStatus waits until istiod has written status.addresses for every
+// host of every allocated shape (an IPv4 and an IPv6 VIP each, in its
+// ranges), and returns them: ServiceEntry name → host → addresses.
+func (c *cluster) waitStatus(t *testing.T, shapes []seShape) map[string]map[string][]string {
+	t.Helper()
+	out := map[string]map[string][]string{}
+	agenttest.Eventually(t, 20*time.Second, func() error {
+		for _, s := range shapes {
+			se, err := c.env.IstioClient().NetworkingV1().ServiceEntries("default").Get(context.Background(), s.name, metav1.GetOptions{})
+			if err != nil {
+				return err
+			}
+			byHost := map[string][]string{}
+			for _, a := range se.Status.GetAddresses() {
+				byHost[a.GetHost()] = append(byHost[a.GetHost()], a.GetValue())
+			}
+			if !s.allocated {
+				if len(byHost) > 0 {
+					return fmt.Errorf("%s: istiod allocated %v, expected nothing", s.name, byHost)
+				}
+				continue
+			}
+			for _, h := range se.Spec.Hosts {
+				got := byHost[h]
+				if len(family(got, true)) != 1 || len(family(got, false)) != 1 {
+					return fmt.Errorf("%s: status for %s is %v, want one IPv4 and one IPv6 VIP", s.name, h, got)
+				}
+				for _, a := range got {
+					if ip := netip.MustParseAddr(a); !kubetestVIPs4.Contains(ip) && !kubetestVIPs6.Contains(ip) {
+						return fmt.Errorf("%s: %s is outside istiod's ranges", s.name, a)
+					}
+				}
+			}
+			out[s.name] = byHost
+		}
+		return nil
+	})
+	return out
+}
+
+var (
+	kubetestVIPs4 = netip.MustParsePrefix("240.240.0.0/16")
+	kubetestVIPs6 = netip.MustParsePrefix("2001:2::/48")
+)
+
+// statusWithin reports whether a ServiceEntry gets status.addresses within d.
+func (c *cluster) statusWithin(t *testing.T, name string, d time.Duration) bool {
+	t.Helper()
+	for end := time.Now().Add(d); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
+		se, err := c.env.IstioClient().NetworkingV1().ServiceEntries("default").Get(context.Background(), name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(se.Status.GetAddresses()) > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// waitStatusGone waits until istiod has cleared a ServiceEntry's status.
+func (c *cluster) waitStatusGone(t *testing.T, name string) {
+	t.Helper()
+	agenttest.Eventually(t, 20*time.Second, func() error {
+		se, err := c.env.IstioClient().NetworkingV1().ServiceEntries("default").Get(context.Background(), name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		if n := len(se.Status.GetAddresses()); n > 0 {
+			return fmt.Errorf("%s still has %d status addresses", name, n)
+		}
+		return nil
+	})
+}
+
+// checkRegistry compares istiod's own registry (/debug/registryz) with the
+// status it wrote: every allocated host's service carries those VIPs.
+func (c *cluster) checkRegistry(t *testing.T, istiod *kubetest.Istiod, shapes []seShape, status map[string]map[string][]string) {
+	t.Helper()
+	agenttest.Eventually(t, 10*time.Second, func() error {
+		reg, err := istiod.Registry(context.Background())
+		if err != nil {
+			return err
+		}
+		for _, s := range shapes {
+			if !s.allocated {
+				continue
+			}
+			for host, addrs := range status[s.name] {
+				i := slices.IndexFunc(reg, func(r kubetest.RegistryService) bool {
+					return r.Hostname == host && r.Attributes.Namespace == "default" && r.Attributes.ObjectName == s.name
+				})
+				if i < 0 {
+					return fmt.Errorf("registryz has no service %s of ServiceEntry %s", host, s.name)
+				}
+				got := []string{reg[i].AutoAllocatedIPv4Address, reg[i].AutoAllocatedIPv6Address}
+				slices.Sort(got)
+				want := slices.Sorted(slices.Values(addrs))
+				if !slices.Equal(got, want) {
+					return fmt.Errorf("registryz: %s of %s has %v, status says %v", host, s.name, got, want)
+				}
+			}
+		}
+		return nil
+	})
+}
