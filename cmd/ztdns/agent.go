@@ -8,6 +8,8 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"os/user"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -54,6 +56,7 @@ func runAgent(args []string) error {
 	cniPolicy := fs.String("cni-on-agent-unreachable", cni.DefaultOnAgentUnreachable, "what the plugin does when the agent cannot be reached: allow (start the pod uncaptured) or fail")
 	stateDir := fs.String("state-dir", "", "`DIR` keeping the record of captured pods across restarts (default: the --socket directory)")
 	socket := fs.String("socket", control.DefaultSocket, "control socket `PATH` for ztdns table, pods, capture and the CNI plugin")
+	socketGroup := fs.String("socket-group", "", "`GROUP` (name or gid) whose members may also connect to --socket, to read only (status, table, pods); default: root only")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	logFormat := fs.String("log-format", "text", "text or json")
 	if err := fs.Parse(args); err != nil {
@@ -63,6 +66,10 @@ func runAgent(args []string) error {
 		return fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
 	log, err := newLogger(*logLevel, *logFormat)
+	if err != nil {
+		return err
+	}
+	gid, err := groupID(*socketGroup)
 	if err != nil {
 		return err
 	}
@@ -120,6 +127,7 @@ func runAgent(args []string) error {
 		NodeSearch:        node.Search,
 		MetricsAddr:       *metrics,
 		Socket:            *socket,
+		SocketGroup:       gid,
 		Logger:            log,
 	})
 }
@@ -131,4 +139,26 @@ func cacheSizeFlag(n int) int {
 		return -1
 	}
 	return n
+}
+
+// groupID resolves --socket-group to a gid; empty is 0 (root only). Group 0
+// is refused: its members are not root, and the socket is root's.
+func groupID(group string) (int, error) {
+	if group == "" {
+		return 0, nil
+	}
+	gid, err := strconv.Atoi(group)
+	if err != nil {
+		g, lerr := user.LookupGroup(group)
+		if lerr != nil {
+			return 0, fmt.Errorf("--socket-group %q: %w", group, lerr)
+		}
+		if gid, err = strconv.Atoi(g.Gid); err != nil {
+			return 0, fmt.Errorf("--socket-group %q: gid %q: %w", group, g.Gid, err)
+		}
+	}
+	if gid <= 0 {
+		return 0, fmt.Errorf("--socket-group %q: give a dedicated group, not root's (its members are not root)", group)
+	}
+	return gid, nil
 }

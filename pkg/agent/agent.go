@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
@@ -54,6 +55,9 @@ type Config struct {
 	MetricsAddr string
 	// Socket is the control socket's path.
 	Socket string
+	// SocketGroup is a gid whose members may connect to the control socket
+	// and read (status, table, pods); 0: root only.
+	SocketGroup int
 	// Capture turns on DNS capture with eBPF; nil only serves on Listen.
 	Capture *CaptureConfig
 	// DNSCaptureDefault is the node-wide switch for ambient pods
@@ -88,7 +92,9 @@ type Agent struct {
 	firstTable chan struct{} // closed when the first table is served
 	handedOver atomic.Bool
 	mu         sync.Mutex
-	warnings   []string // from the last table build
+	warnings   []string // from the last table build, at most control.MaxStoredWarnings
+	// warningsOmitted counts the last build's warnings beyond those kept.
+	warningsOmitted int
 	// The resolver's sockets, kept to hand them to a successor.
 	udp     []*net.UDPConn
 	tcp     []*net.TCPListener
@@ -97,12 +103,13 @@ type Agent struct {
 	addrs        []netip.AddrPort
 	slot4, slot6 [redirect.Slots]netip.AddrPort
 	capture      *capture
-	// hostCookie is the node's own netns cookie: never marked.
-	hostCookie uint64
-	namespaces atomic.Pointer[map[string]*model.Namespace]
-	decideMu   sync.Mutex // serialises redecide
-	adoptKey   string     // the pods the last /proc scan looked for
-	adoptedAt  time.Time
+	// hostCookies are the node's own netns cookies (the agent's and PID
+	// 1's): never marked.
+	hostCookies []uint64
+	namespaces  atomic.Pointer[map[string]*model.Namespace]
+	decideMu    sync.Mutex // serialises redecide
+	adoptKey    string     // the pods the last /proc scan looked for
+	adoptedAt   time.Time
 }
 
 // Run starts the agent and blocks until ctx is done or a part fails.
@@ -138,7 +145,7 @@ func newAgent(cfg Config) (*Agent, error) {
 	}
 	a := &Agent{cfg: cfg, log: cfg.Logger, reg: cfg.Registry, pods: podcache.New(cfg.ClusterDomain), firstTable: make(chan struct{}),
 		builder: table.NewBuilder(table.Options{Domain: cfg.ClusterDomain, TTL: uint32(cfg.TTL / time.Second)}),
-		addrs:   slices.Clone(cfg.Listen)}
+		addrs:   slices.Clone(cfg.Listen), hostCookies: nodeCookies()}
 	if cfg.Capture != nil {
 		var err error
 		if a.slot4, a.slot6, err = resolverSlots(cfg.Listen); err != nil {
@@ -177,9 +184,17 @@ func (a *Agent) run(ctx context.Context) error {
 	defer cancel(nil)
 	g := &group{cancel: cancel}
 
+	// The socket directory is checked before anything in it is trusted: the
+	// hand-off socket a predecessor offers lives there too.
+	access := control.Access{Group: a.cfg.SocketGroup, Logger: a.log}
+	if err := control.PrepareDir(a.cfg.Socket, access); err != nil {
+		a.server.Close()
+		a.fwd.Close()
+		return err
+	}
 	// Take over a running agent's sockets, if there is one, before binding:
 	// a restart then loses no query (see handoff.go).
-	in, err := takeOver(a.cfg.Socket)
+	in, err := takeOver(a.cfg.Socket, a.log)
 	if err != nil {
 		a.log.Warn("could not take over the running agent's sockets; binding fresh ones", "err", err)
 	}
@@ -189,7 +204,7 @@ func (a *Agent) run(ctx context.Context) error {
 		cancel(err)
 		a.server.Close()
 		a.fwd.Close()
-		g.wait()
+		g.waitStopped(a.log)
 		return err
 	}
 	if a.cfg.Capture != nil {
@@ -239,13 +254,15 @@ func (a *Agent) run(ctx context.Context) error {
 	if a.cfg.CNI != nil {
 		g.spawn("cni install", func() error { return a.installCNI(ctx) })
 	}
-	ctl, err := control.Listen(a.cfg.Socket)
+	ctl, err := control.Listen(a.cfg.Socket, access)
 	if err != nil {
 		return abort(err)
 	}
 	ctlCtx, stopControl := context.WithCancel(ctx)
 	defer stopControl()
-	g.spawn("control socket", a.unlessHandedOver(func() error { return control.Serve(ctlCtx, ctl, a.controlHandler()) }))
+	g.spawn("control socket", a.unlessHandedOver(func() error {
+		return control.Serve(ctlCtx, ctl, control.NewHandler(controlAPI{a}, a.log))
+	}))
 	hs, err := listenHandoff(a.cfg.Socket)
 	if err != nil {
 		ctl.Close()
@@ -253,7 +270,7 @@ func (a *Agent) run(ctx context.Context) error {
 	}
 	go func() { <-ctx.Done(); hs.Close() }()
 	g.spawn("handoff", func() error {
-		err := offerSockets(hs, a.handoffSockets, func() {
+		err := offerSockets(hs, a.log, a.handoffSockets, func() {
 			a.log.Info("handing the resolver's sockets to a new agent; this one stops serving")
 			a.handedOver.Store(true)
 			a.ready.Store(false)
@@ -285,7 +302,7 @@ func (a *Agent) run(ctx context.Context) error {
 	}
 	a.server.Close()
 	a.fwd.Close()
-	g.wait()
+	g.waitStopped(a.log)
 	if errors.Is(err, context.Canceled) {
 		a.log.Info("agent stopped")
 		return nil
@@ -293,23 +310,56 @@ func (a *Agent) run(ctx context.Context) error {
 	return err
 }
 
+// stopTimeout bounds how long a stopping agent waits for its parts: a
+// source stuck in a read (a manifest on a hung file system) must not keep
+// the agent from exiting, and the kubelet's SIGKILL would come anyway.
+const stopTimeout = 3 * time.Second
+
 // group runs the agent's parts; the first to fail stops the agent.
 type group struct {
-	wg     sync.WaitGroup
-	cancel context.CancelCauseFunc
+	wg      sync.WaitGroup
+	cancel  context.CancelCauseFunc
+	mu      sync.Mutex
+	running map[string]int // parts still running, by name
 }
 
 func (g *group) spawn(part string, f func() error) {
 	g.wg.Add(1)
+	g.mu.Lock()
+	if g.running == nil {
+		g.running = map[string]int{}
+	}
+	g.running[part]++
+	g.mu.Unlock()
 	go func() {
 		defer g.wg.Done()
+		defer func() {
+			g.mu.Lock()
+			if g.running[part]--; g.running[part] == 0 {
+				delete(g.running, part)
+			}
+			g.mu.Unlock()
+		}()
 		if err := f(); err != nil {
 			g.cancel(fmt.Errorf("%s: %w", part, err))
 		}
 	}()
 }
 
-func (g *group) wait() { g.wg.Wait() }
+// waitStopped waits up to stopTimeout for every part to return, and names
+// those that did not: the agent then exits without them.
+func (g *group) waitStopped(log *slog.Logger) {
+	done := make(chan struct{})
+	go func() { g.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(stopTimeout):
+		g.mu.Lock()
+		parts := slices.Sorted(maps.Keys(g.running))
+		g.mu.Unlock()
+		log.Warn("parts of the agent did not stop in time; exiting without them", "parts", parts, "waited", stopTimeout)
+	}
+}
 
 // unlessHandedOver wraps a server whose socket the successor took: its end
 // is then no failure.
@@ -336,9 +386,9 @@ func (a *Agent) startCapture(predecessor bool) error {
 	if !predecessor {
 		c.r.StopHeartbeat()
 	}
-	if a.hostCookie, err = redirect.NetnsCookie("/proc/self/ns/net"); err != nil {
+	if len(a.hostCookies) == 0 {
 		c.close()
-		return err
+		return errors.New("cannot read the node's own network namespace cookie (SO_NETNS_COOKIE)")
 	}
 	a.capture = c
 	return nil
@@ -467,13 +517,20 @@ func (a *Agent) apply(s *model.Snapshot) {
 	took := time.Since(start)
 	metricTableBuild.Observe(took.Seconds())
 	metricTableNames.Set(float64(tbl.Len()))
-	msgs := make([]string, 0, len(warnings))
-	for _, w := range warnings {
+	metricTableWarnings.Set(float64(len(warnings)))
+	// A directory of broken objects must not make the agent keep (or log)
+	// an unbounded list: the first ones say what is wrong.
+	kept := warnings[:min(len(warnings), control.MaxStoredWarnings)]
+	msgs := make([]string, 0, len(kept))
+	for _, w := range kept {
 		a.log.Warn("left out of the name table", "err", w)
 		msgs = append(msgs, w.Error())
 	}
+	if omitted := len(warnings) - len(kept); omitted > 0 {
+		a.log.Warn("more objects left out of the name table; not listing them", "more", omitted)
+	}
 	a.mu.Lock()
-	a.warnings = msgs
+	a.warnings, a.warningsOmitted = msgs, len(warnings)-len(kept)
 	a.mu.Unlock()
 	a.log.Info("name table updated", "names", tbl.Len(), "services", len(s.Services), "serviceEntries", len(s.ServiceEntries),
 		"pods", len(s.Pods), "took", took)
