@@ -32,6 +32,9 @@ func runAgent(args []string) error {
 	fs := flag.NewFlagSet("agent", flag.ContinueOnError)
 	kubeconfig := fs.String("kubeconfig", "", "watch the Kubernetes API server with this kubeconfig `PATH` (in-cluster config when empty and running in a pod)")
 	configDir := fs.String("config-dir", "", "read Services, ServiceEntries, Namespaces, Pods and EndpointSlices from the YAML manifests in `DIR` and watch it (standalone mode)")
+	configMaxFileBytes := fs.Int64("config-max-file-bytes", configdir.DefaultMaxFileBytes, "--config-dir: skip a file larger than this many `BYTES`")
+	configMaxObjectsPerFile := fs.Int("config-max-objects-per-file", configdir.DefaultMaxObjectsPerFile, "--config-dir: refuse a file with more objects than `N`")
+	configMaxObjects := fs.Int("config-max-objects", configdir.DefaultMaxObjects, "--config-dir: serve at most `N` objects from the whole directory")
 	listen := &addrPortList{addrs: defaultListen, defaultPort: 53}
 	fs.Var(listen, "listen", "resolver `ADDR`ess(es), UDP and TCP on each; repeatable or comma-separated")
 	upstream := &addrPortList{defaultPort: 53}
@@ -78,7 +81,8 @@ func runAgent(args []string) error {
 	case *configDir != "" && *kubeconfig != "":
 		return errors.New("give --config-dir or --kubeconfig, not both")
 	case *configDir != "":
-		src = configdir.New(*configDir, configdir.WithLogger(log))
+		src = configdir.New(*configDir, configdir.WithLogger(log), configdir.WithLimits(configdir.Limits{
+			FileBytes: *configMaxFileBytes, ObjectsPerFile: *configMaxObjectsPerFile, Objects: *configMaxObjects}))
 	default:
 		rc, err := kube.RESTConfig(*kubeconfig)
 		if err != nil {

@@ -123,13 +123,6 @@ func parseConfig(stdin []byte) (*netConf, *current.Result, error) {
 		if prev, err = current.NewResultFromResult(conf.PrevResult); err != nil {
 			return nil, nil, types.NewError(types.ErrDecodingFailure, "ztdns: convert prevResult to CNI "+current.ImplementedSpecVersion, err.Error())
 		}
-		// The library takes an entry without an address, and would print it
-		// back as "<nil>", which no runtime parses.
-		for i, ip := range prev.IPs {
-			if ip == nil || ip.Address.IP == nil {
-				return nil, nil, types.NewError(types.ErrDecodingFailure, "ztdns: parse prevResult", fmt.Sprintf("ips[%d] has no address", i))
-			}
-		}
 	}
 
 	if err := conf.applyDefaults(); err != nil {

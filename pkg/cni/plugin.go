@@ -251,10 +251,23 @@ func (p *plugin) logger(conf *netConf) (*slog.Logger, func()) {
 // printResult writes prevResult to w unchanged: parsed in the config's CNI
 // version (the spec's rule, which version.ParsePrevResult applies) and
 // printed back in it, as a chained plugin that changes nothing must.
+//
+// The library parses entries it cannot print back (an IP or a route without
+// an address comes out as "<nil>"), so the output is parsed again before it
+// is written: a prevResult the runtime could not read fails here, with the
+// reason, rather than in the runtime.
 func printResult(w io.Writer, conf *netConf) error {
 	res, err := conf.PrevResult.GetAsVersion(conf.CNIVersion)
 	if err != nil {
 		return types.NewError(types.ErrIncompatibleCNIVersion, "ztdns: convert prevResult to "+conf.CNIVersion, err.Error())
 	}
-	return res.PrintTo(w)
+	var out bytes.Buffer
+	if err := res.PrintTo(&out); err != nil {
+		return err
+	}
+	if _, err := version.NewResult(conf.CNIVersion, out.Bytes()); err != nil {
+		return types.NewError(types.ErrDecodingFailure, "ztdns: prevResult does not print as a valid result", err.Error())
+	}
+	_, err = w.Write(out.Bytes())
+	return err
 }
