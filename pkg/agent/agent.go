@@ -16,6 +16,7 @@ import (
 	"runtime"
 	"runtime/debug"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -453,12 +454,30 @@ func (a *Agent) listenMetrics(in *inherited) error {
 		a.metrics, in.metrics = in.metrics, nil
 		return nil
 	}
-	ln, err := net.Listen("tcp", a.cfg.MetricsAddr)
+	addr := metricsListenAddr(a.cfg.MetricsAddr)
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return fmt.Errorf("metrics listener: %w", err)
 	}
+	if host, _, _ := net.SplitHostPort(addr); host == "" || net.ParseIP(host).IsUnspecified() {
+		a.log.Warn("metrics, health and readiness are served on every interface of the node; give --metrics the node's IP or 127.0.0.1", "metrics", addr)
+	}
 	a.metrics = ln.(*net.TCPListener)
 	return nil
+}
+
+// metricsListenAddr accepts an IPv6 address without brackets before the
+// port, as the chart's "$(HOST_IP):15053" gives on an IPv6 node.
+func metricsListenAddr(s string) string {
+	if _, _, err := net.SplitHostPort(s); err == nil {
+		return s
+	}
+	if i := strings.LastIndexByte(s, ':'); i > 0 {
+		if ip, err := netip.ParseAddr(s[:i]); err == nil && ip.Is6() {
+			return net.JoinHostPort(ip.String(), s[i+1:])
+		}
+	}
+	return s
 }
 
 // handoffSockets lists this agent's sockets for a successor.
