@@ -67,7 +67,8 @@ func FuzzRequest(f *testing.F) {
 		} else {
 			reqBody = bytes.NewReader(body)
 		}
-		r := httptest.NewRequestWithContext(context.WithValue(context.Background(), peerKey{}, Peer{UID: 0}), route.Method, target, reqBody)
+		root := &peerConn{peer: Peer{UID: 0}}
+		r := httptest.NewRequestWithContext(context.WithValue(context.Background(), connKey{}, root), route.Method, target, reqBody)
 		w := httptest.NewRecorder()
 		h.ServeHTTP(w, r)
 		switch w.Code {

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -143,7 +144,7 @@ func checkOwned(path string, stickyOK bool) error {
 // stale one left by an agent that died and refusing to steal one a live
 // agent still serves. Every connection's peer is checked (SO_PEERCRED)
 // before it is served, refused callers are logged and counted, and at most
-// MaxConns connections are served at once.
+// MaxConns connections are open at once (see guardedListener).
 func Listen(path string, access Access) (net.Listener, error) {
 	if err := PrepareDir(path, access); err != nil {
 		return nil, err
@@ -168,7 +169,7 @@ func Listen(path string, access Access) (net.Listener, error) {
 		ln.Close()
 		return nil, fmt.Errorf("control socket permissions: %w", err)
 	}
-	return &guardedListener{UnixListener: ln, access: access, slots: make(chan struct{}, MaxConns), closed: make(chan struct{})}, nil
+	return newGuardedListener(ln, access), nil
 }
 
 // Peer is the process at the other end of a unix socket, as the kernel
@@ -197,40 +198,40 @@ func PeerOf(c *net.UnixConn) (Peer, error) {
 	return Peer{PID: cred.Pid, UID: cred.Uid, GID: cred.Gid}, nil
 }
 
-type peerKey struct{}
-
-// PeerFrom returns the caller of a request served by Serve on a listener
-// from Listen.
-func PeerFrom(ctx context.Context) (Peer, bool) {
-	p, ok := ctx.Value(peerKey{}).(Peer)
-	return p, ok
-}
-
 // guardedListener hands out only connections of allowed peers, at most
-// cap(slots) at a time.
+// MaxConns at a time. At the bound, a new connection takes the place of the
+// oldest one that is not being answered (a request still being sent, or a
+// kept-alive idle connection): callers that send nothing cannot keep those
+// that do waiting. When every connection is being answered, Accept waits for
+// one to end.
 type guardedListener struct {
 	*net.UnixListener
-	access    Access
-	slots     chan struct{}
-	closeOnce sync.Once
-	closed    chan struct{}
+	access Access
+
+	mu     sync.Mutex
+	ended  *sync.Cond  // signalled when a connection ends
+	conns  []*peerConn // open connections, oldest first
+	closed bool
+}
+
+func newGuardedListener(ln *net.UnixListener, access Access) *guardedListener {
+	l := &guardedListener{UnixListener: ln, access: access}
+	l.ended = sync.NewCond(&l.mu)
+	return l
 }
 
 func (l *guardedListener) Close() error {
-	l.closeOnce.Do(func() { close(l.closed) })
+	l.mu.Lock()
+	l.closed = true
+	l.ended.Broadcast()
+	l.mu.Unlock()
 	return l.UnixListener.Close()
 }
 
 func (l *guardedListener) Accept() (net.Conn, error) {
 	for {
-		select { // waits while MaxConns are served
-		case l.slots <- struct{}{}:
-		case <-l.closed:
-			return nil, net.ErrClosed
-		}
 		c, err := l.AcceptUnix()
 		if err != nil {
-			<-l.slots
 			return nil, err
 		}
 		peer, err := PeerOf(c)
@@ -238,24 +239,85 @@ func (l *guardedListener) Accept() (net.Conn, error) {
 			metricRefused.Inc()
 			l.access.log().Warn("control socket: refused a caller that is not root", "uid", peer.UID, "gid", peer.GID, "pid", peer.PID, "err", err)
 			c.Close()
-			<-l.slots
 			continue
 		}
-		return &peerConn{UnixConn: c, peer: peer, release: func() { <-l.slots }}, nil
+		pc := &peerConn{UnixConn: c, peer: peer, l: l}
+		if !l.admit(pc) {
+			c.Close()
+			return nil, net.ErrClosed
+		}
+		return pc, nil
 	}
 }
 
-// peerConn is an accepted connection with its caller; closing it frees its
-// slot.
+// admit makes room for pc and records it; false when the listener closed.
+func (l *guardedListener) admit(pc *peerConn) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for len(l.conns) >= MaxConns && !l.closed {
+		i := slices.IndexFunc(l.conns, func(c *peerConn) bool { return !c.answering.Load() })
+		if i < 0 {
+			l.ended.Wait()
+			continue
+		}
+		victim := l.conns[i]
+		l.conns = slices.Delete(l.conns, i, i+1)
+		victim.UnixConn.Close() // the server's read fails, and it lets go of it
+		metricEvicted.Inc()
+		l.access.log().Debug("control socket: closed a connection that sent no whole request, to make room", "pid", victim.peer.PID)
+	}
+	if l.closed {
+		return false
+	}
+	l.conns = append(l.conns, pc)
+	metricConns.Set(float64(len(l.conns)))
+	return true
+}
+
+func (l *guardedListener) forget(pc *peerConn) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if i := slices.Index(l.conns, pc); i >= 0 {
+		l.conns = slices.Delete(l.conns, i, i+1)
+	}
+	metricConns.Set(float64(len(l.conns)))
+	l.ended.Broadcast()
+}
+
+// peerConn is an accepted connection with its caller.
 type peerConn struct {
 	*net.UnixConn
-	peer    Peer
-	once    sync.Once
-	release func()
+	peer Peer
+	l    *guardedListener
+	// answering is set while a handler serves a request on it.
+	answering atomic.Bool
+	once      sync.Once
 }
 
 func (c *peerConn) Close() error {
 	err := c.UnixConn.Close()
-	c.once.Do(c.release)
+	c.once.Do(func() { c.l.forget(c) })
 	return err
+}
+
+type connKey struct{}
+
+// PeerFrom returns the caller of a request served by Serve on a listener
+// from Listen.
+func PeerFrom(ctx context.Context) (Peer, bool) {
+	if pc, ok := ctx.Value(connKey{}).(*peerConn); ok {
+		return pc.peer, true
+	}
+	return Peer{}, false
+}
+
+// answering marks the request's connection as being answered until the
+// returned function is called: it is not closed to make room meanwhile.
+func answering(ctx context.Context) (done func()) {
+	pc, ok := ctx.Value(connKey{}).(*peerConn)
+	if !ok {
+		return func() {}
+	}
+	pc.answering.Store(true)
+	return func() { pc.answering.Store(false) }
 }

@@ -16,7 +16,20 @@ var (
 	})
 )
 
+var (
+	// metricConns is the number of open connections.
+	metricConns = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "ztdns_control_connections",
+		Help: "Open connections to the control socket (at most 32).",
+	})
+	// metricEvicted counts connections closed to make room for a new one.
+	metricEvicted = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "ztdns_control_evicted_connections_total",
+		Help: "Connections to the control socket that had sent no whole request, closed to make room for a new one at the bound.",
+	})
+)
+
 // Collectors returns the control socket's metrics for registration.
 func Collectors() []prometheus.Collector {
-	return []prometheus.Collector{metricRequests, metricRefused}
+	return []prometheus.Collector{metricRequests, metricRefused, metricConns, metricEvicted}
 }

@@ -27,8 +27,9 @@ const (
 	// writeTimeout bounds the time from the end of the request to the end of
 	// the answer.
 	writeTimeout = 30 * time.Second
-	// MaxConns bounds the connections served at once; more wait in the
-	// kernel's backlog until one ends (at most ReadTimeout for a slow one).
+	// MaxConns bounds the connections open at once. A new one takes the
+	// place of the oldest that is not being answered; when all are, it waits
+	// in the kernel's backlog for one to end.
 	MaxConns = 32
 )
 
@@ -128,6 +129,7 @@ type handler struct {
 
 func (h *handler) handle(mux *http.ServeMux, route Route, serve func(*http.Request) (any, error)) {
 	mux.HandleFunc(route.Pattern(), func(w http.ResponseWriter, r *http.Request) {
+		defer answering(r.Context())()
 		peer, ok := PeerFrom(r.Context())
 		if route.Mutates && (!ok || peer.UID != 0) {
 			// A socket-group member: it may look, not steer.
@@ -211,7 +213,7 @@ func Serve(ctx context.Context, ln net.Listener, h http.Handler) error {
 		MaxHeaderBytes:    maxHeaderBytes,
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
 			if pc, ok := c.(*peerConn); ok {
-				return context.WithValue(ctx, peerKey{}, pc.peer)
+				return context.WithValue(ctx, connKey{}, pc)
 			}
 			return ctx
 		},
