@@ -11,7 +11,9 @@
 //     the agent creates it 0700 (0750 with a socket group);
 //   - the socket is 0600 (0660 with a socket group), and every connection's
 //     peer is checked with SO_PEERCRED: uid 0, or the socket group's gid,
-//     which may only read (GET routes);
+//     which may only read (GET routes). (An agent run without root, as in
+//     the standalone demo, also admits its own user, and owns its
+//     directory.)
 //   - requests are bounded in size (MaxRequestBytes), in time (a request
 //     must arrive within ReadTimeout) and in number (MaxConns connections
 //     at once), and every field is validated before the agent sees it.

@@ -41,9 +41,11 @@ func (a Access) log() *slog.Logger {
 	return a.Logger
 }
 
-// allowed reports whether a peer may connect.
+// allowed reports whether a peer may connect: root, the agent's own user
+// (the same as root but for an agent run without root, as in the
+// standalone demo), or a member of the group.
 func (a Access) allowed(p Peer) bool {
-	return p.UID == 0 || (a.Group > 0 && p.GID == uint32(a.Group))
+	return p.UID == 0 || p.UID == uint32(os.Geteuid()) || (a.Group > 0 && p.GID == uint32(a.Group))
 }
 
 // OwnFiles are the names the agent keeps in its socket directory besides
@@ -109,7 +111,7 @@ func PrepareDir(socket string, access Access) error {
 			}
 		}
 	}
-	if err := os.Chown(real, 0, access.Group); err != nil {
+	if err := chgrp(real, access.Group); err != nil {
 		return fmt.Errorf("control socket directory: %w", err)
 	}
 	if err := os.Chmod(real, dirMode); err != nil {
@@ -118,9 +120,17 @@ func PrepareDir(socket string, access Access) error {
 	return nil
 }
 
-// checkOwned refuses a directory root does not own, or that others can
-// write in (sticky allows it for a directory above the socket's: nobody can
-// then move root's entries).
+// chgrp gives path to the socket group, if there is one.
+func chgrp(path string, group int) error {
+	if group <= 0 {
+		return nil
+	}
+	return os.Chown(path, -1, group)
+}
+
+// checkOwned refuses a directory that neither root nor the agent's own user
+// owns, or that others can write in (sticky allows it for a directory above
+// the socket's: nobody can then move root's entries).
 func checkOwned(path string, stickyOK bool) error {
 	fi, err := os.Stat(path)
 	if err != nil {
@@ -130,7 +140,7 @@ func checkOwned(path string, stickyOK bool) error {
 	if !ok {
 		return fmt.Errorf("%s: no owner", path)
 	}
-	if st.Uid != 0 {
+	if st.Uid != 0 && st.Uid != uint32(os.Geteuid()) {
 		return fmt.Errorf("%s belongs to uid %d, not root: refusing to listen where another user can plant a socket", path, st.Uid)
 	}
 	sticky := fi.Mode()&os.ModeSticky != 0
@@ -161,7 +171,7 @@ func Listen(path string, access Access) (net.Listener, error) {
 		return nil, fmt.Errorf("control socket: %w", err)
 	}
 	_, sockMode := access.modes()
-	err = os.Chown(path, 0, access.Group)
+	err = chgrp(path, access.Group)
 	if err == nil {
 		err = os.Chmod(path, sockMode)
 	}
