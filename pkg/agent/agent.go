@@ -205,7 +205,7 @@ func (a *Agent) run(ctx context.Context) error {
 		cancel(err)
 		a.server.Close()
 		a.fwd.Close()
-		g.waitStopped(a.log)
+		g.waitStopped(a.log, a.stopTimeout())
 		return err
 	}
 	if a.cfg.Capture != nil {
@@ -303,7 +303,7 @@ func (a *Agent) run(ctx context.Context) error {
 	}
 	a.server.Close()
 	a.fwd.Close()
-	g.waitStopped(a.log)
+	g.waitStopped(a.log, a.stopTimeout())
 	if errors.Is(err, context.Canceled) {
 		a.log.Info("agent stopped")
 		return nil
@@ -313,8 +313,13 @@ func (a *Agent) run(ctx context.Context) error {
 
 // stopTimeout bounds how long a stopping agent waits for its parts: a
 // source stuck in a read (a manifest on a hung file system) must not keep
-// the agent from exiting, and the kubelet's SIGKILL would come anyway.
+// the agent from exiting, and the kubelet's SIGKILL would come anyway. A
+// forward in flight gets its whole --forward-timeout, when that is longer.
 const stopTimeout = 3 * time.Second
+
+func (a *Agent) stopTimeout() time.Duration {
+	return max(stopTimeout, a.cfg.ForwardTimeout+time.Second)
+}
 
 // group runs the agent's parts; the first to fail stops the agent.
 type group struct {
@@ -347,18 +352,18 @@ func (g *group) spawn(part string, f func() error) {
 	}()
 }
 
-// waitStopped waits up to stopTimeout for every part to return, and names
-// those that did not: the agent then exits without them.
-func (g *group) waitStopped(log *slog.Logger) {
+// waitStopped waits up to within for every part to return, and names those
+// that did not: the agent then exits without them.
+func (g *group) waitStopped(log *slog.Logger, within time.Duration) {
 	done := make(chan struct{})
 	go func() { g.wg.Wait(); close(done) }()
 	select {
 	case <-done:
-	case <-time.After(stopTimeout):
+	case <-time.After(within):
 		g.mu.Lock()
 		parts := slices.Sorted(maps.Keys(g.running))
 		g.mu.Unlock()
-		log.Warn("parts of the agent did not stop in time; exiting without them", "parts", parts, "waited", stopTimeout)
+		log.Warn("parts of the agent did not stop in time; exiting without them", "parts", parts, "waited", within)
 	}
 }
 
