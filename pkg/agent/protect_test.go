@@ -16,7 +16,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -203,7 +202,7 @@ func TestHandoffRefusesSuccessorNotRoot(t *testing.T) {
 	}
 	os.Chmod(handoffPath(socket), 0o666) // the mistake
 	var asked, stopped atomic.Bool
-	var log syncBuffer
+	var log testenv.Log
 	done := make(chan error, 1)
 	go func() {
 		done <- offerSockets(ln, slog.New(slog.NewTextHandler(&log, nil)), func() ([]socketDesc, []*os.File, error) {
@@ -239,7 +238,7 @@ func (stuckSource) Run(context.Context, func(*model.Snapshot)) error { select {}
 func TestStopsWhateverTheSourceDoes(t *testing.T) {
 	testenv.RequireRoot(t)
 	socket := filepath.Join(t.TempDir(), "run", "ztdns.sock")
-	var log syncBuffer
+	var log testenv.Log
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
@@ -271,21 +270,4 @@ func TestStopsWhateverTheSourceDoes(t *testing.T) {
 	if !strings.Contains(log.String(), "did not stop in time") || !strings.Contains(log.String(), "source") {
 		t.Errorf("the log does not name the part left behind:\n%s", log.String())
 	}
-}
-
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }

@@ -4,11 +4,9 @@ package control_test
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -73,7 +71,7 @@ func (r *recorder) CNIAdd(control.CNIAddRequest) (control.CNIAddResponse, error)
 type server struct {
 	socket string
 	api    *recorder
-	log    *lockedWriter
+	log    *testenv.Log
 }
 
 // serve listens on a socket in a new directory under /tmp (a unix socket
@@ -87,7 +85,7 @@ func serve(t *testing.T, access control.Access) *server {
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	chmod(t, dir, 0o755) // MkdirTemp's 0700 would keep every other user out
-	s := &server{socket: filepath.Join(dir, "run", "ztdns.sock"), api: &recorder{}, log: &lockedWriter{}}
+	s := &server{socket: filepath.Join(dir, "run", "ztdns.sock"), api: &recorder{}, log: &testenv.Log{}}
 	access.Logger = slog.New(slog.NewTextHandler(s.log, nil))
 	ln, err := control.Listen(s.socket, access)
 	if err != nil {
@@ -103,23 +101,6 @@ func serve(t *testing.T, access control.Access) *server {
 		}
 	})
 	return s
-}
-
-type lockedWriter struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *lockedWriter) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *lockedWriter) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
 }
 
 func mode(t *testing.T, path string) (os.FileMode, uint32, uint32) {
@@ -282,28 +263,9 @@ func TestSocketGroupMayOnlyRead(t *testing.T) {
 // request with more IPs than MaxPodIPs is a 400.
 func TestOversizedRequest(t *testing.T) {
 	s := serve(t, control.Access{})
-	c := dial(t, s.socket)
-	head := fmt.Sprintf("POST %s HTTP/1.1\r\nHost: ztdns\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n", control.RouteCNIAdd.Path, 110<<20)
-	if _, err := io.WriteString(c, head); err != nil {
-		t.Fatal(err)
-	}
-	// Keep sending until the server stops reading; it must answer first.
-	sent := make(chan int64, 1)
-	go func() {
-		n, _ := io.Copy(c, io.LimitReader(zeros{}, 110<<20))
-		sent <- n
-	}()
-	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
-	if err != nil {
-		t.Fatalf("no answer to a 110 MB request: %v", err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusRequestEntityTooLarge {
-		t.Errorf("status %s, want 413", resp.Status)
-	}
-	c.Close()
-	if n := <-sent; n >= 110<<20 {
-		t.Errorf("the server read all %d bytes", n)
+	status, sent := testenv.OversizedRequest(t, s.socket, control.RouteCNIAdd, 110<<20)
+	if status != http.StatusRequestEntityTooLarge || sent >= 110<<20 {
+		t.Errorf("a request of 110 MB: status %d after %d bytes, want 413 before the end", status, sent)
 	}
 
 	ips := make([]string, control.MaxPodIPs+1)
@@ -311,8 +273,7 @@ func TestOversizedRequest(t *testing.T) {
 		ips[i] = fmt.Sprintf("%q", fmt.Sprintf("10.0.0.%d", i+1))
 	}
 	body := `{"ContainerID":"c","Netns":"/run/netns/p","PodNamespace":"ns","PodName":"p","NetnsCookie":7,"IPs":[` + strings.Join(ips, ",") + `]}`
-	code := post(t, s.socket, control.RouteCNIAdd, body)
-	if code != http.StatusBadRequest {
+	if code := post(t, s.socket, control.RouteCNIAdd, body); code != http.StatusBadRequest {
 		t.Errorf("an ADD with %d IPs: %d, want 400", len(ips), code)
 	}
 	if calls := s.api.seen(); len(calls) != 0 {
@@ -320,24 +281,14 @@ func TestOversizedRequest(t *testing.T) {
 	}
 }
 
-type zeros struct{}
-
-func (zeros) Read(p []byte) (int, error) { clear(p); return len(p), nil }
-
 // TestSlowRequests opens many more connections than MaxConns, each sending
 // half a request and then nothing: the server holds at most MaxConns of
-// them, drops each within ReadTimeout, and answers a whole request sent
-// after them at once, in the place of the oldest.
+// them, drops each (to make room, or after ReadTimeout), and answers a
+// whole request sent after them at once, in the place of the oldest.
 func TestSlowRequests(t *testing.T) {
 	s := serve(t, control.Access{})
 	const slow = 2000
-	conns := make([]net.Conn, slow)
-	for i := range conns {
-		conns[i] = dial(t, s.socket)
-		if _, err := io.WriteString(conns[i], "POST "+control.RouteCNIAdd.Path+" HTTP/1.1\r\nHost: ztdns\r\nContent-Le"); err != nil {
-			t.Fatal(err)
-		}
-	}
+	conns := testenv.HalfSentRequests(t, s.socket, control.RouteCNIAdd, slow)
 	start := time.Now()
 	st, err := control.NewClient(s.socket, 5*time.Second).Status(context.Background())
 	if err != nil || !st.Ready {
@@ -347,17 +298,7 @@ func TestSlowRequests(t *testing.T) {
 	if open := value(t, "ztdns_control_connections"); open > control.MaxConns {
 		t.Errorf("%v connections open, more than %d", open, control.MaxConns)
 	}
-	// Every half-sent connection ends: closed to make room, or dropped after
-	// ReadTimeout once accepted.
-	deadline := time.Now().Add(control.ReadTimeout + 10*time.Second)
-	for i, c := range conns {
-		c.SetReadDeadline(deadline)
-		// The server closes a connection with unread bytes: a reset.
-		if _, err := io.ReadAll(c); err != nil && !errors.Is(err, syscall.ECONNRESET) {
-			t.Fatalf("half-sent request %d still open after %v: %v", i, time.Since(start), err)
-		}
-		c.Close()
-	}
+	testenv.RequireClosedByPeer(t, conns, control.ReadTimeout+10*time.Second)
 	if calls := s.api.seen(); len(calls) != 1 {
 		t.Errorf("the agent was called %q, want the status alone", calls)
 	}

@@ -3,11 +3,7 @@
 package e2e
 
 import (
-	"bufio"
-	"errors"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
 	"net/netip"
 	"os"
@@ -81,20 +77,8 @@ func TestControlSocketTrustsNoOne(t *testing.T) {
 
 	t.Run("110 MB request", func(t *testing.T) {
 		before := vmHWM(t, a.Pid())
-		conn, err := net.Dial("unix", c.socket)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer conn.Close()
-		fmt.Fprintf(conn, "POST %s HTTP/1.1\r\nHost: ztdns\r\nContent-Length: %d\r\n\r\n", control.RouteCNIAdd.Path, 110<<20)
-		go io.Copy(conn, io.LimitReader(zeroReader{}, 110<<20))
-		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
-		if err != nil {
-			t.Fatalf("no answer: %v", err)
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusRequestEntityTooLarge {
-			t.Errorf("status %s, want 413", resp.Status)
+		if status, sent := testenv.OversizedRequest(t, c.socket, control.RouteCNIAdd, 110<<20); status != http.StatusRequestEntityTooLarge || sent >= 110<<20 {
+			t.Errorf("a request of 110 MB: status %d after %d bytes, want 413 before the end", status, sent)
 		}
 		if grew := vmHWM(t, a.Pid()) - before; grew > 32<<20 {
 			t.Errorf("the agent's peak RSS grew by %d MB on a 110 MB request", grew>>20)
@@ -103,33 +87,14 @@ func TestControlSocketTrustsNoOne(t *testing.T) {
 
 	t.Run("2000 half-sent requests", func(t *testing.T) {
 		fds := openFDs(t, a.Pid())
-		var conns []net.Conn
-		t.Cleanup(func() {
-			for _, c := range conns {
-				c.Close()
-			}
-		})
-		for range 2000 {
-			conn, err := net.Dial("unix", c.socket)
-			if err != nil {
-				t.Fatal(err)
-			}
-			conns = append(conns, conn)
-			io.WriteString(conn, "POST "+control.RouteCNIAdd.Path+" HTTP/1.1\r\nHost: ztdns\r\nContent-Len")
-		}
+		conns := testenv.HalfSentRequests(t, c.socket, control.RouteCNIAdd, 2000)
 		if out, err := c.ztdnsOutput("status", "--socket", c.socket); err != nil || !strings.Contains(out, `"ready": true`) {
 			t.Errorf("ztdns status behind 2000 half-sent requests: %v\n%s", err, out)
 		}
 		if held := openFDs(t, a.Pid()) - fds; held > control.MaxConns+8 {
 			t.Errorf("the agent holds %d more descriptors, want at most about %d", held, control.MaxConns)
 		}
-		deadline := time.Now().Add(control.ReadTimeout + 10*time.Second)
-		for i, conn := range conns {
-			conn.SetReadDeadline(deadline)
-			if _, err := io.ReadAll(conn); err != nil && !errors.Is(err, syscall.ECONNRESET) {
-				t.Fatalf("half-sent request %d still open: %v", i, err)
-			}
-		}
+		testenv.RequireClosedByPeer(t, conns, control.ReadTimeout+10*time.Second)
 	})
 	if !a.Running() {
 		t.Fatalf("the agent died:\n%s", a.Log())
@@ -210,10 +175,6 @@ spec:
 	}
 	t.Logf("stopped %v after SIGTERM", time.Since(start))
 }
-
-type zeroReader struct{}
-
-func (zeroReader) Read(p []byte) (int, error) { clear(p); return len(p), nil }
 
 // vmHWM is a process's peak resident set size in bytes.
 func vmHWM(t *testing.T, pid int) int {
