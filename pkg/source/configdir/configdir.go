@@ -64,7 +64,7 @@ type Limits struct {
 const (
 	DefaultMaxFileBytes      = 8 << 20
 	DefaultMaxObjectsPerFile = 25_000
-	DefaultMaxObjects        = 100_000
+	DefaultMaxObjects        = 50_000
 )
 
 // Bounds on the problems kept for Errors (and so for `ztdns status`): the

@@ -395,6 +395,27 @@ func TestObjectLimits(t *testing.T) {
 	}
 }
 
+// TestLargeDocumentRefused: a document over maxDocumentBytes (a big kind:
+// List) is refused before it is converted; the same objects as separate
+// documents are served.
+func TestLargeDocumentRefused(t *testing.T) {
+	var list, docs strings.Builder
+	list.WriteString("apiVersion: v1\nkind: List\nitems:\n")
+	for i := 0; list.Len() <= maxDocumentBytes; i++ {
+		fmt.Fprintf(&list, "- {apiVersion: v1, kind: Namespace, metadata: {name: list-%d}, spec: {finalizers: [kubernetes]}}\n", i)
+		fmt.Fprintf(&docs, "apiVersion: v1\nkind: Namespace\nmetadata: {name: doc-%d}\n---\n", i)
+	}
+	dir, got, errs := loadFiles(t, map[string]string{"list.yaml": list.String(), "docs.yaml": docs.String()})
+	want := []string{fmt.Sprintf("%s:1: a document of %d bytes, more than %d: write its objects as separate documents (---)",
+		filepath.Join(dir, "list.yaml"), list.Len(), maxDocumentBytes)}
+	if g := errorStrings(errs); !reflect.DeepEqual(g, want) {
+		t.Errorf("errors %q, want %q", g, want)
+	}
+	if len(got.Namespaces) == 0 || !strings.HasPrefix(got.Namespaces[0].Name, "doc-") {
+		t.Errorf("the separate documents were not served: %d namespaces", len(got.Namespaces))
+	}
+}
+
 // TestProblemsAreBounded: a file with thousands of broken objects keeps
 // maxProblemsPerFile problems, the last of which counts the rest, and the
 // directory keeps at most maxProblems.

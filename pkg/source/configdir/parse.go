@@ -92,6 +92,14 @@ func (p parser) parseFile(path string, data []byte) (*manifests, []error) {
 	m := &manifests{}
 	var errs []error
 	for _, doc := range splitDocuments(data) {
+		if len(doc.data) > maxDocumentBytes {
+			// Converting a document costs tens of times its size at once
+			// (an 8 MiB kind: List peaked at 380 MB): separate documents
+			// are converted one at a time.
+			errs = append(errs, &FileError{Path: path, Line: doc.line, Err: fmt.Errorf(
+				"a document of %d bytes, more than %d: write its objects as separate documents (---)", len(doc.data), maxDocumentBytes)})
+			continue
+		}
 		errs = append(errs, p.parseDocument(path, doc, m)...)
 		if m.len() > p.limits.ObjectsPerFile || m.tooMany {
 			errs = append(errs, &FileError{Path: path, Line: doc.line, Err: fmt.Errorf(
@@ -108,6 +116,10 @@ func (p parser) parseFile(path string, data []byte) (*manifests, []error) {
 	}
 	return m, nil
 }
+
+// maxDocumentBytes bounds one YAML document (a kind: List of about 9,000
+// ServiceEntries).
+const maxDocumentBytes = 2 << 20
 
 // maxUnknownFieldWarnings bounds the log lines about unknown fields per file.
 const maxUnknownFieldWarnings = 20
