@@ -12,10 +12,11 @@ BIN       := bin/ztdns
 TEST_TIMEOUT ?= 25m
 # Extra flags for `go test`, e.g. TEST_FLAGS='-run Seed -v'.
 TEST_FLAGS ?=
-# Time per fuzz target, and extra `go test` flags for fuzzing (e.g.
-# FUZZFLAGS='-parallel 1' on a shared machine).
+# Time per fuzz target, extra `go test` flags for fuzzing (e.g.
+# FUZZFLAGS='-parallel 1' on a shared machine), and which targets (a regexp).
 FUZZTIME ?= 10m
 FUZZFLAGS ?=
+FUZZ ?= .
 
 .PHONY: build generate test demo demo-standalone bench fuzz clean
 
@@ -39,7 +40,7 @@ bench: build
 	./scripts/bench.sh
 
 fuzz:
-	GO=$(GO) FUZZTIME=$(FUZZTIME) FUZZFLAGS='$(FUZZFLAGS)' ./scripts/fuzz.sh
+	GO=$(GO) FUZZTIME=$(FUZZTIME) FUZZFLAGS='$(FUZZFLAGS)' FUZZ='$(FUZZ)' ./scripts/fuzz.sh
 
 clean:
 	rm -rf bin

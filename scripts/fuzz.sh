@@ -8,18 +8,20 @@
 #
 #   FUZZTIME=10m    time per target
 #   FUZZFLAGS=      more `go test` flags, e.g. "-parallel 1" on a shared machine
+#   FUZZ=           only the targets whose name matches this regexp
 set -euo pipefail
 cd "$(dirname "$0")/.."
 GO=${GO:-go}
 FUZZTIME=${FUZZTIME:-10m}
 FUZZFLAGS=${FUZZFLAGS:-}
+FUZZ=${FUZZ:-.}
 
 # Targets are found in the sources: every `func FuzzX(` of a _test.go file.
 mapfile -t targets < <(grep -rlE --include='*_test.go' '^func Fuzz[A-Za-z0-9_]*\(' . | sort | while read -r f; do
   for name in $(grep -oE '^func Fuzz[A-Za-z0-9_]*\(' "$f" | sed -E 's/^func (Fuzz[A-Za-z0-9_]*)\(/\1/'); do
     echo "./$(dirname "${f#./}") $name"
   done
-done)
+done | awk -v re="$FUZZ" '$2 ~ re')
 if [ "${#targets[@]}" -eq 0 ]; then
   echo "no fuzz targets found" >&2
   exit 1
