@@ -4,6 +4,7 @@
 #   make test      every test (as root: the data-path tests load BPF programs)
 #   make demo      the DNS Proxying walkthrough, live (as root)
 #   make bench     ztdns vs. its peers, side by side, as ratios
+#   make fuzz      every fuzz target for FUZZTIME each (default 10m)
 
 GO        ?= go
 BIN       := bin/ztdns
@@ -11,8 +12,13 @@ BIN       := bin/ztdns
 TEST_TIMEOUT ?= 25m
 # Extra flags for `go test`, e.g. TEST_FLAGS='-run Seed -v'.
 TEST_FLAGS ?=
+# Time per fuzz target, extra `go test` flags for fuzzing (e.g.
+# FUZZFLAGS='-parallel 1' on a shared machine), and which targets (a regexp).
+FUZZTIME ?= 10m
+FUZZFLAGS ?=
+FUZZ ?= .
 
-.PHONY: build generate test demo demo-standalone bench clean
+.PHONY: build generate test demo demo-standalone bench fuzz clean
 
 build:
 	$(GO) build -trimpath -o $(BIN) ./cmd/ztdns
@@ -32,6 +38,9 @@ demo-standalone: build
 
 bench: build
 	./scripts/bench.sh
+
+fuzz:
+	GO=$(GO) FUZZTIME=$(FUZZTIME) FUZZFLAGS='$(FUZZFLAGS)' FUZZ='$(FUZZ)' ./scripts/fuzz.sh
 
 clean:
 	rm -rf bin

@@ -8,6 +8,8 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"os/user"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -35,6 +37,9 @@ func runAgent(args []string) error {
 	fs := flag.NewFlagSet("agent", flag.ContinueOnError)
 	kubeconfig := fs.String("kubeconfig", "", "watch the Kubernetes API server with this kubeconfig `PATH` (in-cluster config when empty and running in a pod)")
 	configDir := fs.String("config-dir", "", "read Services, ServiceEntries, Namespaces, Pods and EndpointSlices from the YAML manifests in `DIR` and watch it (standalone mode)")
+	configMaxFileBytes := fs.Int64("config-max-file-bytes", configdir.DefaultMaxFileBytes, "--config-dir: skip a file larger than this many `BYTES`")
+	configMaxObjectsPerFile := fs.Int("config-max-objects-per-file", configdir.DefaultMaxObjectsPerFile, "--config-dir: refuse a file with more objects than `N`")
+	configMaxObjects := fs.Int("config-max-objects", configdir.DefaultMaxObjects, "--config-dir: serve at most `N` objects from the whole directory")
 	listen := &addrPortList{addrs: defaultListen, defaultPort: 53}
 	fs.Var(listen, "listen", "resolver `ADDR`ess(es), UDP and TCP on each; repeatable or comma-separated")
 	upstream := &addrPortList{defaultPort: 53}
@@ -47,7 +52,7 @@ func runAgent(args []string) error {
 	vipSource := fs.String("vip-source", string(vip.SourceAuto), "where auto-allocated ServiceEntry VIPs come from: auto (istiod's status.addresses when istiod allocates, else ztdns's allocator), istiod (status.addresses only) or ztdns (its own allocator only); see README")
 	istioNamespace := fs.String("istio-namespace", "istio-system", "istiod's `NAMESPACE`, where --vip-source=auto looks for its VIP allocator")
 	autopath := fs.Bool("autopath", false, "answer search-list expansions of unknown names in one round trip (see README)")
-	metrics := fs.String("metrics", "", "serve /metrics, /healthz and /readyz on `ADDR` (e.g. :15053); empty disables")
+	metrics := fs.String("metrics", "", "serve /metrics, /healthz and /readyz on `ADDR`: the node's IP or 127.0.0.1 with a port, e.g. 127.0.0.1:15053 (an IPv6 address may go without brackets); empty disables")
 	capture := fs.Bool("capture", true, "capture marked pods' DNS with eBPF; false only serves on --listen")
 	cgroup := fs.String("cgroup", "", "cgroup v2 `DIR` the capture programs attach to (default: the cgroup2 root, every pod on the node)")
 	bpffs := fs.String("bpffs", redirect.DefaultBPFFS, "`DIR` on a bpf filesystem where maps and links are pinned")
@@ -62,6 +67,7 @@ func runAgent(args []string) error {
 	cniPolicy := fs.String("cni-on-agent-unreachable", cni.DefaultOnAgentUnreachable, "what the plugin does when the agent cannot be reached: allow (start the pod uncaptured) or fail")
 	stateDir := fs.String("state-dir", "", "`DIR` keeping the record of captured pods across restarts (default: the --socket directory)")
 	socket := fs.String("socket", control.DefaultSocket, "control socket `PATH` for ztdns table, pods, capture and the CNI plugin")
+	socketGroup := fs.String("socket-group", "", "`GROUP` (name or gid) whose members may also connect to --socket, to read only (status, table, pods); default: root only")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	logFormat := fs.String("log-format", "text", "text or json")
 	if err := fs.Parse(args); err != nil {
@@ -78,12 +84,17 @@ func runAgent(args []string) error {
 	if err != nil {
 		return fmt.Errorf("--vip-source: %w", err)
 	}
+	gid, err := groupID(*socketGroup)
+	if err != nil {
+		return err
+	}
 	var src source.Source
 	switch {
 	case *configDir != "" && *kubeconfig != "":
 		return errors.New("give --config-dir or --kubeconfig, not both")
 	case *configDir != "":
-		src = configdir.New(*configDir, configdir.WithLogger(log))
+		src = configdir.New(*configDir, configdir.WithLogger(log), configdir.WithLimits(configdir.Limits{
+			FileBytes: *configMaxFileBytes, ObjectsPerFile: *configMaxObjectsPerFile, Objects: *configMaxObjects}))
 	default:
 		rc, err := kube.RESTConfig(*kubeconfig)
 		if err != nil {
@@ -136,6 +147,7 @@ func runAgent(args []string) error {
 		NodeSearch:        node.Search,
 		MetricsAddr:       *metrics,
 		Socket:            *socket,
+		SocketGroup:       gid,
 		Logger:            log,
 	})
 }
@@ -147,4 +159,26 @@ func cacheSizeFlag(n int) int {
 		return -1
 	}
 	return n
+}
+
+// groupID resolves --socket-group to a gid; empty is 0 (root only). Group 0
+// is refused: its members are not root, and the socket is root's.
+func groupID(group string) (int, error) {
+	if group == "" {
+		return 0, nil
+	}
+	gid, err := strconv.Atoi(group)
+	if err != nil {
+		g, lerr := user.LookupGroup(group)
+		if lerr != nil {
+			return 0, fmt.Errorf("--socket-group %q: %w", group, lerr)
+		}
+		if gid, err = strconv.Atoi(g.Gid); err != nil {
+			return 0, fmt.Errorf("--socket-group %q: gid %q: %w", group, g.Gid, err)
+		}
+	}
+	if gid <= 0 {
+		return 0, fmt.Errorf("--socket-group %q: give a dedicated group, not root's (its members are not root)", group)
+	}
+	return gid, nil
 }

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"strings"
 
-	"github.com/ztdns/ztdns/pkg/agent"
 	"github.com/ztdns/ztdns/pkg/cni"
 	"github.com/ztdns/ztdns/pkg/control"
 	"github.com/ztdns/ztdns/pkg/redirect"
@@ -29,12 +28,15 @@ func runCapture(args []string) error {
 	if *netns == "" {
 		return errors.New("--netns is required")
 	}
-	req := agent.CaptureRequest{Netns: *netns, Namespace: *ns, Name: *name}
+	req := control.CaptureRequest{Netns: *netns, Namespace: *ns, Name: *name}
+	ctx, cancel := callContext()
+	defer cancel()
+	c := client(*socket)
 	if verb == "del" {
-		return call(*socket, "DELETE", agent.PathCapture, req, nil)
+		return c.CaptureDel(ctx, req)
 	}
-	var row agent.PodRow
-	if err := call(*socket, "POST", agent.PathCapture, req, &row); err != nil {
+	row, err := c.CaptureAdd(ctx, req)
+	if err != nil {
 		return err
 	}
 	fmt.Printf("captured %s/%s (netns cookie %d, %s)\n", row.Namespace, row.Name, row.NetnsCookie, strings.Join(row.IPs, ", "))
@@ -49,11 +51,13 @@ func runPods(args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	var rows []agent.PodRow
-	if err := call(*socket, "GET", agent.PathPods, nil, &rows); err != nil {
+	ctx, cancel := callContext()
+	defer cancel()
+	rows, err := client(*socket).Pods(ctx)
+	if err != nil {
 		return err
 	}
-	return render(*output, rows, "NAMESPACE\tNAME\tIPS\tNETNS COOKIE\tCAPTURED\tREASON\tMARKED\tREDIRECTED\tRESTORED\tNAMESERVERS\tISTIO DNS RULES", func(r agent.PodRow) string {
+	return render(*output, rows, "NAMESPACE\tNAME\tIPS\tNETNS COOKIE\tCAPTURED\tREASON\tMARKED\tREDIRECTED\tRESTORED\tNAMESERVERS\tISTIO DNS RULES", func(r control.PodRow) string {
 		istio := "-"
 		if r.IstioDNSRules != "" {
 			istio = r.IstioDNSRules + " (ztdns answers)"

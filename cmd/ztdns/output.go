@@ -14,11 +14,12 @@ import (
 // requestTimeout bounds one call to the agent's control socket.
 const requestTimeout = 10 * time.Second
 
-// call sends one request to the agent's control socket.
-func call(socket, method, path string, in, out any) error {
-	ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
-	defer cancel()
-	return control.NewClient(socket, requestTimeout).Do(ctx, method, path, in, out)
+// client returns a client of the agent's control socket.
+func client(socket string) *control.Client { return control.NewClient(socket, requestTimeout) }
+
+// callContext bounds one call to the agent.
+func callContext() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), requestTimeout)
 }
 
 // render prints rows as indented JSON, or as a table with header (columns

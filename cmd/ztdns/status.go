@@ -5,7 +5,6 @@ import (
 	"flag"
 	"os"
 
-	"github.com/ztdns/ztdns/pkg/agent"
 	"github.com/ztdns/ztdns/pkg/control"
 )
 
@@ -17,8 +16,10 @@ func runStatus(args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	var st agent.Status
-	if err := call(*socket, "GET", "/v1/status", nil, &st); err != nil {
+	ctx, cancel := callContext()
+	defer cancel()
+	st, err := client(*socket).Status(ctx)
+	if err != nil {
 		return err
 	}
 	enc := json.NewEncoder(os.Stdout)

@@ -2,11 +2,9 @@ package main
 
 import (
 	"flag"
-	"net/url"
 	"strings"
 
 	"github.com/ztdns/ztdns/pkg/control"
-	"github.com/ztdns/ztdns/pkg/resolver/table"
 )
 
 func runTable(args []string) error {
@@ -18,11 +16,13 @@ func runTable(args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	var rows []table.Row
-	if err := call(*socket, "GET", "/v1/table?namespace="+url.QueryEscape(*ns), nil, &rows); err != nil {
+	ctx, cancel := callContext()
+	defer cancel()
+	rows, err := client(*socket).Table(ctx, *ns)
+	if err != nil {
 		return err
 	}
-	return render(*output, rows, "NAME\tTYPE\tVALUES\tFROM\tADDRESSES", func(r table.Row) string {
+	return render(*output, rows, "NAME\tTYPE\tVALUES\tFROM\tADDRESSES", func(r control.TableRow) string {
 		return strings.Join([]string{r.Name, r.Type, strings.Join(r.Values, ","), r.Origin, r.AddrSource}, "\t")
 	})
 }

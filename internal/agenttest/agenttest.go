@@ -73,10 +73,8 @@ func Start(tb testing.TB, cfg agent.Config) *Agent {
 }
 
 // Status asks the agent for its status.
-func (a *Agent) Status() (agent.Status, error) {
-	var st agent.Status
-	err := control.NewClient(a.Socket, 2*time.Second).Do(context.Background(), "GET", "/v1/status", nil, &st)
-	return st, err
+func (a *Agent) Status() (control.Status, error) {
+	return control.NewClient(a.Socket, 2*time.Second).Status(context.Background())
 }
 
 // Query asks one question from the source address from, over proto ("udp"

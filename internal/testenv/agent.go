@@ -29,7 +29,7 @@ type Agent struct {
 	Args []string
 
 	cmd  *exec.Cmd
-	log  *processLog
+	log  *Log
 	done chan struct{} // closed when it exited; err is set then
 	err  error
 }
@@ -46,7 +46,7 @@ func StartAgent(tb testing.TB, node *Node, bin string, args ...string) *Agent {
 		Bin:  bin,
 		Args: args,
 		cmd:  node.Nsenter(context.Background(), bin, args...),
-		log:  &processLog{},
+		log:  &Log{},
 		done: make(chan struct{}),
 	}
 	a.cmd.Stdout, a.cmd.Stderr = a.log, a.log
@@ -120,14 +120,14 @@ func (a *Agent) Kill() {
 func (a *Agent) Log() string { return a.log.String() }
 
 // LogContains reports whether the agent printed s.
-func (a *Agent) LogContains(s string) bool { return a.log.contains(s) }
+func (a *Agent) LogContains(s string) bool { return a.log.Contains(s) }
 
 // WaitLog waits until the agent printed s; the test fails if it exits or
 // does not print it within the time.
 func (a *Agent) WaitLog(tb testing.TB, s string, within time.Duration) {
 	tb.Helper()
 	deadline := time.Now().Add(within)
-	for !a.log.contains(s) {
+	for !a.log.Contains(s) {
 		if !a.Running() {
 			tb.Fatalf("testenv: agent exited (%v) before printing %q; log:\n%s", a.err, s, a.log)
 		}
@@ -158,7 +158,7 @@ func (a *Agent) WaitReady(tb testing.TB, socket string, within time.Duration) {
 			return
 		}
 		if !a.Running() {
-			if a.log.contains("kernel lacks") {
+			if a.log.Contains("kernel lacks") {
 				Unavailable(tb, "the agent cannot load its programs on this kernel:\n%s", a.log)
 			}
 			tb.Fatalf("testenv: agent exited: %v; log:\n%s", a.err, a.log)
@@ -183,25 +183,26 @@ func (a *Agent) status(socket string) ([]byte, error) {
 	return out, nil
 }
 
-// processLog collects a process's output.
-type processLog struct {
+// Log collects what a process or a logger writes, safe for concurrent use.
+type Log struct {
 	mu  sync.Mutex
 	buf bytes.Buffer
 }
 
-func (l *processLog) Write(p []byte) (int, error) {
+func (l *Log) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.buf.Write(p)
 }
 
-func (l *processLog) contains(s string) bool {
+// Contains reports whether s was written.
+func (l *Log) Contains(s string) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return bytes.Contains(l.buf.Bytes(), []byte(s))
 }
 
-func (l *processLog) String() string {
+func (l *Log) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.buf.String()

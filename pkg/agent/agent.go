@@ -9,12 +9,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
 	"runtime"
 	"runtime/debug"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -57,6 +59,9 @@ type Config struct {
 	MetricsAddr string
 	// Socket is the control socket's path.
 	Socket string
+	// SocketGroup is a gid whose members may connect to the control socket
+	// and read (status, table, pods); 0: root only.
+	SocketGroup int
 	// Capture turns on DNS capture with eBPF; nil only serves on Listen.
 	Capture *CaptureConfig
 	// DNSCaptureDefault is the node-wide switch for ambient pods
@@ -91,8 +96,10 @@ type Agent struct {
 	firstTable chan struct{} // closed when the first table is served
 	handedOver atomic.Bool
 	mu         sync.Mutex
-	warnings   []string // from the last table build
-	vipsFrom   string   // where the last table's VIPs came from
+	warnings   []string // from the last table build, at most control.MaxStoredWarnings
+	// warningsOmitted counts the last build's warnings beyond those kept.
+	warningsOmitted int
+	vipsFrom        string // where the last table's VIPs came from
 	// The resolver's sockets, kept to hand them to a successor.
 	udp     []*net.UDPConn
 	tcp     []*net.TCPListener
@@ -102,12 +109,13 @@ type Agent struct {
 	slot4, slot6 [redirect.Slots]netip.AddrPort
 	capture      *capture
 	istioRules   istioRules // istio-cni's DNS rules in captured pods
-	// hostCookie is the node's own netns cookie: never marked.
-	hostCookie uint64
-	namespaces atomic.Pointer[map[string]*model.Namespace]
-	decideMu   sync.Mutex // serialises redecide
-	adoptKey   string     // the pods the last /proc scan looked for
-	adoptedAt  time.Time
+	// hostCookies are the node's own netns cookies (the agent's and PID
+	// 1's): never marked.
+	hostCookies []uint64
+	namespaces  atomic.Pointer[map[string]*model.Namespace]
+	decideMu    sync.Mutex // serialises redecide
+	adoptKey    string     // the pods the last /proc scan looked for
+	adoptedAt   time.Time
 }
 
 // Run starts the agent and blocks until ctx is done or a part fails.
@@ -146,7 +154,7 @@ func newAgent(cfg Config) (*Agent, error) {
 	}
 	a := &Agent{cfg: cfg, log: cfg.Logger, reg: cfg.Registry, pods: podcache.New(cfg.ClusterDomain), firstTable: make(chan struct{}),
 		builder: table.NewBuilder(table.Options{Domain: cfg.ClusterDomain, TTL: uint32(cfg.TTL / time.Second), VIPSource: cfg.VIPSource}),
-		addrs:   slices.Clone(cfg.Listen)}
+		addrs:   slices.Clone(cfg.Listen), hostCookies: nodeCookies()}
 	if cfg.Capture != nil {
 		var err error
 		port := cfg.Capture.Port
@@ -189,9 +197,17 @@ func (a *Agent) run(ctx context.Context) error {
 	defer cancel(nil)
 	g := &group{cancel: cancel}
 
+	// The socket directory is checked before anything in it is trusted: the
+	// hand-off socket a predecessor offers lives there too.
+	access := control.Access{Group: a.cfg.SocketGroup, Logger: a.log}
+	if err := control.PrepareDir(a.cfg.Socket, access); err != nil {
+		a.server.Close()
+		a.fwd.Close()
+		return err
+	}
 	// Take over a running agent's sockets, if there is one, before binding:
 	// a restart then loses no query (see handoff.go).
-	in, err := takeOver(a.cfg.Socket)
+	in, err := takeOver(a.cfg.Socket, a.log)
 	if err != nil {
 		a.log.Warn("could not take over the running agent's sockets; binding fresh ones", "err", err)
 	}
@@ -201,7 +217,7 @@ func (a *Agent) run(ctx context.Context) error {
 		cancel(err)
 		a.server.Close()
 		a.fwd.Close()
-		g.wait()
+		g.waitStopped(a.log, a.stopTimeout())
 		return err
 	}
 	if a.cfg.Capture != nil {
@@ -251,13 +267,15 @@ func (a *Agent) run(ctx context.Context) error {
 	if a.cfg.CNI != nil {
 		g.spawn("cni install", func() error { return a.installCNI(ctx) })
 	}
-	ctl, err := control.Listen(a.cfg.Socket)
+	ctl, err := control.Listen(a.cfg.Socket, access)
 	if err != nil {
 		return abort(err)
 	}
 	ctlCtx, stopControl := context.WithCancel(ctx)
 	defer stopControl()
-	g.spawn("control socket", a.unlessHandedOver(func() error { return control.Serve(ctlCtx, ctl, a.controlHandler()) }))
+	g.spawn("control socket", a.unlessHandedOver(func() error {
+		return control.Serve(ctlCtx, ctl, control.NewHandler(controlAPI{a}, a.log))
+	}))
 	hs, err := listenHandoff(a.cfg.Socket)
 	if err != nil {
 		ctl.Close()
@@ -265,7 +283,7 @@ func (a *Agent) run(ctx context.Context) error {
 	}
 	go func() { <-ctx.Done(); hs.Close() }()
 	g.spawn("handoff", func() error {
-		err := offerSockets(hs, a.handoffSockets, func() {
+		err := offerSockets(hs, a.log, a.handoffSockets, func() {
 			a.log.Info("handing the resolver's sockets to a new agent; this one stops serving")
 			a.handedOver.Store(true)
 			a.ready.Store(false)
@@ -297,7 +315,7 @@ func (a *Agent) run(ctx context.Context) error {
 	}
 	a.server.Close()
 	a.fwd.Close()
-	g.wait()
+	g.waitStopped(a.log, a.stopTimeout())
 	if errors.Is(err, context.Canceled) {
 		a.log.Info("agent stopped")
 		return nil
@@ -305,23 +323,61 @@ func (a *Agent) run(ctx context.Context) error {
 	return err
 }
 
+// stopTimeout bounds how long a stopping agent waits for its parts: a
+// source stuck in a read (a manifest on a hung file system) must not keep
+// the agent from exiting, and the kubelet's SIGKILL would come anyway. A
+// forward in flight gets its whole --forward-timeout, when that is longer.
+const stopTimeout = 3 * time.Second
+
+func (a *Agent) stopTimeout() time.Duration {
+	return max(stopTimeout, a.cfg.ForwardTimeout+time.Second)
+}
+
 // group runs the agent's parts; the first to fail stops the agent.
 type group struct {
-	wg     sync.WaitGroup
-	cancel context.CancelCauseFunc
+	wg      sync.WaitGroup
+	cancel  context.CancelCauseFunc
+	mu      sync.Mutex
+	running map[string]int // parts still running, by name
 }
 
 func (g *group) spawn(part string, f func() error) {
 	g.wg.Add(1)
+	g.mu.Lock()
+	if g.running == nil {
+		g.running = map[string]int{}
+	}
+	g.running[part]++
+	g.mu.Unlock()
 	go func() {
 		defer g.wg.Done()
+		defer func() {
+			g.mu.Lock()
+			if g.running[part]--; g.running[part] == 0 {
+				delete(g.running, part)
+			}
+			g.mu.Unlock()
+		}()
 		if err := f(); err != nil {
 			g.cancel(fmt.Errorf("%s: %w", part, err))
 		}
 	}()
 }
 
-func (g *group) wait() { g.wg.Wait() }
+// waitStopped waits up to within for every part to return, and names those
+// that did not: the agent then exits without them.
+func (g *group) waitStopped(log *slog.Logger, within time.Duration) {
+	done := make(chan struct{})
+	go func() { g.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(within):
+		g.mu.Lock()
+		parts := slices.Sorted(maps.Keys(g.running))
+		g.mu.Unlock()
+		log.Warn("parts of the agent did not stop in time; exiting without them", "parts", parts, "waited", within)
+	}
+}
 
 // unlessHandedOver wraps a server whose socket the successor took: its end
 // is then no failure.
@@ -348,9 +404,9 @@ func (a *Agent) startCapture(predecessor bool) error {
 	if !predecessor {
 		c.r.StopHeartbeat()
 	}
-	if a.hostCookie, err = redirect.NetnsCookie("/proc/self/ns/net"); err != nil {
+	if len(a.hostCookies) == 0 {
 		c.close()
-		return err
+		return errors.New("cannot read the node's own network namespace cookie (SO_NETNS_COOKIE)")
 	}
 	a.capture = c
 	return nil
@@ -415,12 +471,30 @@ func (a *Agent) listenMetrics(in *inherited) error {
 		a.metrics, in.metrics = in.metrics, nil
 		return nil
 	}
-	ln, err := net.Listen("tcp", a.cfg.MetricsAddr)
+	addr := metricsListenAddr(a.cfg.MetricsAddr)
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return fmt.Errorf("metrics listener: %w", err)
 	}
+	if host, _, _ := net.SplitHostPort(addr); host == "" || net.ParseIP(host).IsUnspecified() {
+		a.log.Warn("metrics, health and readiness are served on every interface of the node; give --metrics the node's IP or 127.0.0.1", "metrics", addr)
+	}
 	a.metrics = ln.(*net.TCPListener)
 	return nil
+}
+
+// metricsListenAddr accepts an IPv6 address without brackets before the
+// port, as the chart's "$(HOST_IP):15053" gives on an IPv6 node.
+func metricsListenAddr(s string) string {
+	if _, _, err := net.SplitHostPort(s); err == nil {
+		return s
+	}
+	if i := strings.LastIndexByte(s, ':'); i > 0 {
+		if ip, err := netip.ParseAddr(s[:i]); err == nil && ip.Is6() {
+			return net.JoinHostPort(ip.String(), s[i+1:])
+		}
+	}
+	return s
 }
 
 // handoffSockets lists this agent's sockets for a successor.
@@ -479,13 +553,20 @@ func (a *Agent) apply(s *model.Snapshot) {
 	took := time.Since(start)
 	metricTableBuild.Observe(took.Seconds())
 	metricTableNames.Set(float64(tbl.Len()))
-	msgs := make([]string, 0, len(warnings))
-	for _, w := range warnings {
+	metricTableWarnings.Set(float64(len(warnings)))
+	// A directory of broken objects must not make the agent keep (or log)
+	// an unbounded list: the first ones say what is wrong.
+	kept := warnings[:min(len(warnings), control.MaxStoredWarnings)]
+	msgs := make([]string, 0, len(kept))
+	for _, w := range kept {
 		a.log.Warn("left out of the name table", "err", w)
 		msgs = append(msgs, w.Error())
 	}
+	if omitted := len(warnings) - len(kept); omitted > 0 {
+		a.log.Warn("more objects left out of the name table; not listing them", "more", omitted)
+	}
 	a.mu.Lock()
-	a.warnings = msgs
+	a.warnings, a.warningsOmitted = msgs, len(warnings)-len(kept)
 	a.vipsFrom = "ztdns's allocator"
 	if a.builder.VIPsFromStatus() {
 		a.vipsFrom = "istiod's status.addresses"

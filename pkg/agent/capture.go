@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ztdns/ztdns/pkg/podcache"
@@ -50,6 +51,10 @@ const stopGrace = 200 * time.Millisecond
 // stateFile is the name of the attachments record in StateDir.
 const stateFile = "attachments.json"
 
+// stateRetryEvery is how often a record that could not be written is tried
+// again.
+const stateRetryEvery = 5 * time.Second
+
 // capture owns the eBPF side: the redirector, the pods it marks, and the
 // record that lets a restarted agent know who they are.
 type capture struct {
@@ -63,6 +68,13 @@ type capture struct {
 	resolvers map[netip.Addr]bool
 
 	mu sync.Mutex // serialises marking and the state file
+	// retry writes the record again after a failed write; nil when the
+	// record on disk is current. Guarded by mu, like closed.
+	retry  *time.Timer
+	closed bool
+	// saveErr is the last failed write's error while the record is not
+	// current, for status.
+	saveErr atomic.Pointer[error]
 
 	beatOnce, stopOnce sync.Once
 	stopBeat           chan struct{}
@@ -193,7 +205,8 @@ func (c *capture) upstream(client, local netip.AddrPort) (netip.AddrPort, bool) 
 }
 
 // apply records an attachment and marks or unmarks its netns to match
-// a.Captured.
+// a.Captured. Only marking can fail it: the record on disk is bookkeeping
+// (see saveOrRetry).
 func (c *capture) apply(a podcache.Attachment) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -201,7 +214,8 @@ func (c *capture) apply(a podcache.Attachment) error {
 		return err
 	}
 	c.pods.Attach(a)
-	return c.save()
+	c.saveOrRetry()
+	return nil
 }
 
 // forget unmarks and forgets the attachment with that key.
@@ -213,7 +227,59 @@ func (c *capture) forget(key string) (podcache.Attachment, bool, error) {
 		return a, false, nil
 	}
 	err := c.r.Unmark(a.NetnsCookie)
-	return a, true, errors.Join(err, c.save())
+	c.saveOrRetry()
+	return a, true, err
+}
+
+// saveOrRetry writes the record of attachments. A write that fails never
+// fails the pod it was written for (the mark is what captures it, and a
+// restarted agent rebuilds lost records from the source and the runtime):
+// it is logged, counted in ztdns_state_write_failures_total, shown by
+// `ztdns status`, and tried again every stateRetryEvery until it works.
+// Callers hold mu.
+func (c *capture) saveOrRetry() {
+	err := c.save()
+	if err == nil {
+		if c.retry != nil {
+			c.retry.Stop()
+			c.retry = nil
+			c.saveErr.Store(nil)
+			c.log.Info("the record of captured pods is written again", "path", c.statePath())
+		}
+		return
+	}
+	metricStateWriteFailures.Inc()
+	if c.retry == nil {
+		c.log.Error("cannot write the record of captured pods; pods are captured all the same, and the write is retried",
+			"path", c.statePath(), "every", stateRetryEvery, "err", err)
+	} else {
+		c.log.Debug("the record of captured pods still cannot be written", "err", err)
+	}
+	c.saveErr.Store(&err)
+	if c.closed {
+		return
+	}
+	if c.retry == nil {
+		c.retry = time.AfterFunc(stateRetryEvery, c.retrySave)
+	} else {
+		c.retry.Reset(stateRetryEvery)
+	}
+}
+
+func (c *capture) retrySave() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.retry != nil && !c.closed {
+		c.saveOrRetry()
+	}
+}
+
+// unsaved returns why the record on disk is not current, or nil.
+func (c *capture) unsaved() error {
+	if p := c.saveErr.Load(); p != nil {
+		return *p
+	}
+	return nil
 }
 
 func (c *capture) setMark(a podcache.Attachment) error {
@@ -256,7 +322,9 @@ func (c *capture) restore() error {
 		}
 		c.pods.Attach(a)
 	}
-	return errors.Join(c.reconcileLocked(), c.save())
+	err = c.reconcileLocked()
+	c.saveOrRetry()
+	return err
 }
 
 // reconcileLocked makes the pods map match the attachments. Callers hold mu.
@@ -332,5 +400,11 @@ func (c *capture) save() error {
 
 // close releases this process's hold on the programs; the pins stay.
 func (c *capture) close() error {
+	c.mu.Lock()
+	c.closed = true
+	if c.retry != nil {
+		c.retry.Stop()
+	}
+	c.mu.Unlock()
 	return c.r.Close()
 }

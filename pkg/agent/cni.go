@@ -2,13 +2,12 @@ package agent
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"time"
 
@@ -41,45 +40,36 @@ type CNIConfig struct {
 // without our entry (primary plugins regenerate their conflist).
 const cniInstallInterval = 5 * time.Second
 
-func (a *Agent) registerCNIHandlers(mux *http.ServeMux) {
-	// Registered with capture off too: the plugin must get an answer, and a
-	// 404 would fail every pod on the node.
-	mux.HandleFunc("POST "+cni.AddPath, func(w http.ResponseWriter, r *http.Request) {
-		var req cni.AddRequest
-		if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
-			control.WriteError(w, http.StatusBadRequest, fmt.Errorf("bad CNI ADD: %w", err))
-			return
-		}
-		resp, err := a.cniAdd(req)
-		if err != nil {
-			metricCNIEvents.WithLabelValues("add", "error").Inc()
-			control.WriteError(w, http.StatusInternalServerError, err)
-			return
-		}
+// cniAdd records a new sandbox, decides whether its DNS is captured and
+// marks it. A repeated ADD changes nothing. What the request says is checked
+// first (verifyAdd): it must match the network namespace it names.
+func (a *Agent) cniAdd(req control.CNIAddRequest) (control.CNIAddResponse, error) {
+	resp, err := a.addSandbox(req)
+	switch {
+	case err == nil:
 		metricCNIEvents.WithLabelValues("add", resp.Reason).Inc()
-		control.WriteJSON(w, http.StatusOK, resp)
-	})
-	mux.HandleFunc("POST "+cni.DelPath, func(w http.ResponseWriter, r *http.Request) {
-		var req cni.DelRequest
-		if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
-			control.WriteError(w, http.StatusBadRequest, fmt.Errorf("bad CNI DEL: %w", err))
-			return
-		}
-		if err := a.cniDel(req); err != nil {
-			metricCNIEvents.WithLabelValues("del", "error").Inc()
-			control.WriteError(w, http.StatusInternalServerError, err)
-			return
-		}
-		metricCNIEvents.WithLabelValues("del", "ok").Inc()
-		control.WriteJSON(w, http.StatusOK, struct{}{})
-	})
+	case control.StatusOf(err) == http.StatusForbidden:
+		metricCNIEvents.WithLabelValues("add", "refused").Inc()
+		a.log.Warn("refused a CNI ADD", "pod", req.PodNamespace+"/"+req.PodName, "container", req.ContainerID, "netns", req.Netns, "err", err)
+	default:
+		metricCNIEvents.WithLabelValues("add", "error").Inc()
+	}
+	return resp, err
 }
 
-// cniAdd records a new sandbox, decides whether its DNS is captured and
-// marks it. A repeated ADD changes nothing.
-func (a *Agent) cniAdd(req cni.AddRequest) (cni.AddResponse, error) {
-	if req.ContainerID == "" || req.NetnsCookie == 0 || req.PodNamespace == "" || req.PodName == "" {
-		return cni.AddResponse{}, errors.New("CNI ADD without container ID, netns cookie, pod namespace or name")
+func (a *Agent) addSandbox(req control.CNIAddRequest) (control.CNIAddResponse, error) {
+	if err := req.Validate(); err != nil { // a replayed record did not pass the API
+		return control.CNIAddResponse{}, control.Invalid(err)
+	}
+	if err := a.verifyAdd(req); err != nil {
+		if a.capture == nil {
+			// Nothing to honour, so no reason to fail the pod; but an
+			// unverified claim is not recorded either (an agent without
+			// capture may lack the privilege to look into namespaces).
+			a.log.Debug("not recording a CNI ADD the agent cannot verify", "pod", req.PodNamespace+"/"+req.PodName, "err", err)
+			return control.CNIAddResponse{Captured: false, Reason: reasonCaptureOff}, nil
+		}
+		return control.CNIAddResponse{}, err
 	}
 	att := podcache.Attachment{
 		ContainerID: req.ContainerID, Namespace: req.PodNamespace, Name: req.PodName, UID: req.PodUID,
@@ -88,30 +78,37 @@ func (a *Agent) cniAdd(req cni.AddRequest) (cni.AddResponse, error) {
 	att.Captured, att.Reason = a.decide(att)
 	if a.capture == nil {
 		a.pods.Attach(att) // still tells the resolver who is asking
-		return cni.AddResponse{Captured: false, Reason: att.Reason}, nil
+		return control.CNIAddResponse{Captured: false, Reason: att.Reason}, nil
 	}
 	if err := a.capture.apply(att); err != nil {
-		return cni.AddResponse{}, fmt.Errorf("marking %s/%s: %w", req.PodNamespace, req.PodName, err)
+		return control.CNIAddResponse{}, fmt.Errorf("marking %s/%s: %w", req.PodNamespace, req.PodName, err)
 	}
 	a.log.Info("CNI ADD", "pod", req.PodNamespace+"/"+req.PodName, "container", req.ContainerID,
 		"netnsCookie", req.NetnsCookie, "ips", req.IPs, "captured", att.Captured, "reason", att.Reason)
-	return cni.AddResponse{Captured: att.Captured, Reason: att.Reason}, nil
+	return control.CNIAddResponse{Captured: att.Captured, Reason: att.Reason}, nil
 }
 
 // cniDel forgets a sandbox and unmarks it. Unknown containers are fine.
-func (a *Agent) cniDel(req cni.DelRequest) error {
-	if req.ContainerID == "" {
-		return errors.New("CNI DEL without container ID")
+func (a *Agent) cniDel(req control.CNIDelRequest) error {
+	if err := req.Validate(); err != nil {
+		metricCNIEvents.WithLabelValues("del", "error").Inc()
+		return control.Invalid(err)
 	}
 	if a.capture == nil {
 		a.pods.Detach(req.ContainerID)
+		metricCNIEvents.WithLabelValues("del", "ok").Inc()
 		return nil
 	}
 	att, ok, err := a.capture.forget(req.ContainerID)
 	if ok {
 		a.log.Info("CNI DEL", "pod", att.Namespace+"/"+att.Name, "container", req.ContainerID)
 	}
-	return err
+	if err != nil {
+		metricCNIEvents.WithLabelValues("del", "error").Inc()
+		return err
+	}
+	metricCNIEvents.WithLabelValues("del", "ok").Inc()
+	return nil
 }
 
 // decide applies Istio's ambient rules to a CNI attachment, with what the
@@ -123,7 +120,7 @@ func (a *Agent) decide(att podcache.Attachment) (bool, string) {
 		return true, reasonByHand
 	case a.capture == nil:
 		return false, reasonCaptureOff
-	case att.NetnsCookie == a.hostCookie:
+	case slices.Contains(a.hostCookies, att.NetnsCookie):
 		return false, reasonHostNetns
 	}
 	var spec *model.Pod
@@ -184,11 +181,13 @@ func (a *Agent) replayPending() {
 		a.log.Error("reading pending CNI adds", "dir", dir, "err", err)
 	}
 	for _, ad := range adds {
-		if cookie, err := redirect.NetnsCookie(ad.Netns); err != nil || cookie != ad.NetnsCookie {
-			a.log.Info("pod recorded while the agent was away is gone", "pod", ad.PodNamespace+"/"+ad.PodName)
-		} else if _, err := a.cniAdd(ad); err != nil {
+		// Checked like an ADD from the plugin: a pod that is gone, or whose
+		// namespace is now another one, is refused and forgotten.
+		if _, err := a.cniAdd(ad); err != nil && control.StatusOf(err) == http.StatusInternalServerError {
 			a.log.Error("replaying a CNI ADD failed", "pod", ad.PodNamespace+"/"+ad.PodName, "err", err)
 			continue
+		} else if err != nil {
+			a.log.Info("not replaying a CNI ADD recorded while the agent was away", "pod", ad.PodNamespace+"/"+ad.PodName, "err", err)
 		}
 		cni.ForgetPendingAdd(dir, ad.ContainerID)
 	}
@@ -262,7 +261,7 @@ func (a *Agent) adoptRunningPods() {
 		return
 	}
 	a.adoptKey, a.adoptedAt = key, time.Now()
-	found := netnsByIP(a.hostCookie)
+	found := netnsByIP(a.hostCookies)
 	for _, p := range want {
 		for _, ip := range p.IPs {
 			n, ok := found[ip]
@@ -292,13 +291,13 @@ type foundNetns struct {
 
 // netnsByIP maps the addresses of every network namespace a process on the
 // node lives in (but the node's own) to that namespace.
-func netnsByIP(hostCookie uint64) map[netip.Addr]foundNetns {
+func netnsByIP(hostCookies []uint64) map[netip.Addr]foundNetns {
 	out := map[netip.Addr]foundNetns{}
 	seen := map[uint64]bool{}
 	procs, _ := filepath.Glob("/proc/[0-9]*/ns/net")
 	for _, path := range procs {
 		cookie, err := redirect.NetnsCookie(path)
-		if err != nil || cookie == hostCookie || seen[cookie] {
+		if err != nil || slices.Contains(hostCookies, cookie) || seen[cookie] {
 			continue
 		}
 		seen[cookie] = true

@@ -66,8 +66,7 @@ func waitReady(t *testing.T, socket string) {
 	c := control.NewClient(socket, time.Second)
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		var st Status
-		err := c.Do(context.Background(), "GET", "/v1/status", nil, &st)
+		st, err := c.Status(context.Background())
 		if err == nil && st.Ready {
 			return
 		}

@@ -4,6 +4,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/ztdns/ztdns/pkg/control"
 	"github.com/ztdns/ztdns/pkg/resolver"
 	"github.com/ztdns/ztdns/pkg/resolver/forward"
 )
@@ -16,11 +17,23 @@ var (
 		Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
 	})
 	// metricCNIEvents counts the CNI plugin's events by outcome: the capture
-	// decision's reason for ADD, ok for DEL, or error.
+	// decision's reason for ADD, ok for DEL, refused (claims that do not
+	// match the network namespace) or error.
 	metricCNIEvents = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "ztdns_cni_events_total",
-		Help: "CNI events from the chained plugin by command (add, del) and outcome (the decision's reason, ok, error).",
+		Help: "CNI events from the chained plugin by command (add, del) and outcome (the decision's reason, ok, refused, error).",
 	}, []string{"command", "outcome"})
+	// metricTableWarnings is the number of objects the last build left out.
+	metricTableWarnings = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "ztdns_table_warnings",
+		Help: "Objects the last name-table build left out (ztdns status lists the first of them).",
+	})
+	// metricStateWriteFailures counts failed writes of the record of
+	// captured pods; each is retried, and no pod fails for it.
+	metricStateWriteFailures = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "ztdns_state_write_failures_total",
+		Help: "Failed writes of the record of captured pods (--state-dir); retried every few seconds, pods are captured all the same.",
+	})
 	// metricTableNames is the number of names in the current table.
 	metricTableNames = prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "ztdns_table_names",
@@ -30,10 +43,11 @@ var (
 
 func (a *Agent) registerMetrics() error {
 	cs := []prometheus.Collector{
-		metricTableBuild, metricTableNames, metricCNIEvents, captureCollector{a},
+		metricTableBuild, metricTableNames, metricTableWarnings, metricCNIEvents, metricStateWriteFailures, captureCollector{a},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	}
 	cs = append(cs, resolver.Collectors()...)
+	cs = append(cs, control.Collectors()...)
 	if mc, ok := a.cfg.Source.(interface{ Collectors() []prometheus.Collector }); ok {
 		cs = append(cs, mc.Collectors()...)
 	}

@@ -70,6 +70,10 @@ type Pod struct {
 // Key returns "namespace/name".
 func (p *Pod) Key() string { return p.Namespace + "/" + p.Name }
 
+// hostNetwork reports whether the source says the pod is on the host's
+// network.
+func (p *Pod) hostNetwork() bool { return p.Spec != nil && p.Spec.HostNetwork }
+
 type index struct {
 	byIP     map[netip.Addr]*Pod
 	byCookie map[uint64]*Pod
@@ -196,8 +200,11 @@ func (c *Cache) rebuild() {
 	slices.SortFunc(idx.all, func(a, b *Pod) int { return strings.Compare(a.Key(), b.Key()) })
 	// Attached pods own their IPs over source-only ones: an IP reused by a
 	// new pod before the old pod object is gone must point at the new one.
+	// Pods on the host's network are never indexed by IP: they share the
+	// node's addresses, so a query from the node's IP is nobody's in
+	// particular and gets the view of a client outside every namespace.
 	for _, p := range idx.all {
-		if p.Attachment == nil {
+		if p.Attachment == nil && !p.hostNetwork() {
 			for _, ip := range p.IPs {
 				idx.byIP[ip] = p
 			}
@@ -205,8 +212,10 @@ func (c *Cache) rebuild() {
 	}
 	for _, p := range idx.all {
 		if p.Attachment != nil {
-			for _, ip := range p.IPs {
-				idx.byIP[ip] = p
+			if !p.hostNetwork() {
+				for _, ip := range p.IPs {
+					idx.byIP[ip] = p
+				}
 			}
 			if p.Attachment.NetnsCookie != 0 {
 				idx.byCookie[p.Attachment.NetnsCookie] = p

@@ -37,7 +37,7 @@ func defaultArgs() argList {
 		"--node-name=$(NODE_NAME)",
 		"--listen=169.254.20.53:53,[fd00:7a74:646e::53]:53",
 		"--cluster-domain=cluster.local",
-		"--metrics=:15053",
+		"--metrics=$(HOST_IP):15053", // the node's IP, never every interface
 		"--socket=/var/run/ztdns/ztdns.sock",
 		"--bpffs=/sys/fs/bpf/ztdns",
 		"--capture=true",
@@ -112,6 +112,11 @@ type podWant struct {
 	// apparmorUnconfined: the capture path reads other processes'
 	// /proc/PID/ns/net, which container AppArmor profiles forbid.
 	apparmorUnconfined bool
+	// probeHost is where the kubelet probes the agent: "" (the pod's IP,
+	// which is the node's) or 127.0.0.1 with metrics on loopback.
+	probeHost string
+	// noScrapeAnnotations: no prometheus.io/scrape and friends on the pod.
+	noScrapeAnnotations bool
 }
 
 func defaultPod() podWant {
@@ -202,6 +207,18 @@ func TestChartAgent(t *testing.T) {
 			kinds: defaultKinds,
 			pod: defaultPod().change(func(w *podWant) {
 				w.initContainers = nil
+			}),
+		},
+		{
+			name: "metrics on loopback: probed there, nothing to scrape",
+			sets: []string{"metrics.bind=loopback"},
+			kinds: []string{
+				"ServiceAccount/ztdns", "ClusterRole/ztdns", "ClusterRoleBinding/ztdns", "DaemonSet/ztdns",
+			},
+			pod: defaultPod().change(func(w *podWant) {
+				w.args = w.args.with("--metrics=127.0.0.1:15053")
+				w.probeHost = "127.0.0.1"
+				w.noScrapeAnnotations = true
 			}),
 		},
 		{
@@ -324,8 +341,12 @@ func checkAgentDaemonSet(t *testing.T, c *chart, want podWant) {
 	checkEnv(t, agent)
 	checkSecurity(t, agent, want)
 	checkMounts(t, pod, agent.VolumeMounts, want.mounts)
-	checkProbes(t, agent)
+	checkProbes(t, agent, want.probeHost)
 	checkResources(t, agent)
+	annotations := ds.Spec.Template.Annotations
+	if got := annotations["prometheus.io/scrape"] == "true"; got == want.noScrapeAnnotations {
+		t.Errorf("pod annotations %v: scrape annotation %v, want %v", annotations, got, !want.noScrapeAnnotations)
+	}
 }
 
 func checkInitContainers(t *testing.T, pod corev1.PodSpec, want []string) {
@@ -447,7 +468,7 @@ func checkMounts(t *testing.T, pod corev1.PodSpec, mounts []corev1.VolumeMount, 
 	}
 }
 
-func checkProbes(t *testing.T, agent corev1.Container) {
+func checkProbes(t *testing.T, agent corev1.Container, host string) {
 	t.Helper()
 	for _, p := range []struct {
 		name  string
@@ -463,8 +484,8 @@ func checkProbes(t *testing.T, agent corev1.Container) {
 			continue
 		}
 		g := p.probe.HTTPGet
-		if g.Path != p.path || g.Port != intstr.FromInt32(metricsPort) {
-			t.Errorf("%s probe GET %s on port %s, want %s on %d", p.name, g.Path, g.Port.String(), p.path, metricsPort)
+		if g.Path != p.path || g.Port != intstr.FromInt32(metricsPort) || g.Host != host {
+			t.Errorf("%s probe GET %s on host %q port %s, want %s on host %q port %d", p.name, g.Path, g.Host, g.Port.String(), p.path, host, metricsPort)
 		}
 	}
 }
@@ -664,6 +685,8 @@ func TestChartRejectsBadValues(t *testing.T) {
 		{"no surge: the handoff needs old and new to overlap", "updateStrategy.maxSurge=0", "/updateStrategy/maxSurge"},
 		{"relative CNI bin dir", "cni.binDir=opt/cni/bin", "/cni/binDir"},
 		{"port out of range", "metrics.port=70000", "/metrics/port"},
+		{"metrics on every interface", "metrics.bind=all", "/metrics/bind"},
+		{"a ServiceMonitor for metrics on loopback", "metrics.bind=loopback,metrics.serviceMonitor.enabled=true", "nothing off the node can scrape loopback"},
 		{"no resolver address", "resolver.listen=null", "/resolver"},
 		{"misspelt value", "capture.enable=false", "/capture"},
 	}
