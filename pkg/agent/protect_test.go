@@ -251,6 +251,11 @@ func TestStopsWhateverTheSourceDoes(t *testing.T) {
 		if _, err := c.Status(context.Background()); err == nil {
 			break
 		}
+		select {
+		case err := <-done:
+			t.Fatalf("the agent stopped before it served: %v\n%s", err, log.String())
+		default:
+		}
 		if time.Now().After(deadline) {
 			t.Fatalf("the agent's control socket never answered:\n%s", log.String())
 		}
