@@ -8,6 +8,13 @@
 
 GO        ?= go
 BIN       := bin/ztdns
+# What `ztdns version`, `ztdns status` and ztdns_build_info report: the
+# release tag (or commit) and the full commit hash, when this is a git
+# checkout; otherwise the binary says what Go recorded (see pkg/version).
+VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null)
+REVISION ?= $(shell git rev-parse HEAD 2>/dev/null)
+LDFLAGS  := -X github.com/ztdns/ztdns/pkg/version.version=$(VERSION) \
+            -X github.com/ztdns/ztdns/pkg/version.revision=$(REVISION)
 # The tests, including the end-to-end ones that build helpers, get this long.
 TEST_TIMEOUT ?= 25m
 # Extra flags for `go test`, e.g. TEST_FLAGS='-run Seed -v'.
@@ -21,7 +28,7 @@ FUZZ ?= .
 .PHONY: build generate test demo demo-standalone bench fuzz clean
 
 build:
-	$(GO) build -trimpath -o $(BIN) ./cmd/ztdns
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/ztdns
 
 generate:
 	$(GO) generate ./pkg/redirect/

@@ -1,9 +1,7 @@
 package main
 
 import (
-	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"net/netip"
 	"os"
@@ -13,6 +11,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/spf13/cobra"
 	"github.com/ztdns/ztdns/pkg/agent"
 	"github.com/ztdns/ztdns/pkg/cni"
 	"github.com/ztdns/ztdns/pkg/control"
@@ -33,8 +32,20 @@ var defaultListen = []netip.AddrPort{
 	netip.AddrPortFrom(redirect.DefaultResolver6()[0].Addr(), 53),
 }
 
-func runAgent(args []string) error {
-	fs := flag.NewFlagSet("agent", flag.ContinueOnError)
+func newAgentCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "agent",
+		Short: "Run the node agent: resolver, capture and control socket",
+		Long: `Run the node agent: the resolver, the eBPF capture of marked pods' DNS, the
+CNI plugin's installer, and the control socket the other commands use. Names
+come from the Kubernetes API server (--kubeconfig, or in-cluster) or from a
+directory of YAML manifests (--config-dir).`,
+		Example: `  # standalone, no capture: serve ./examples on 127.0.0.1:5353
+  ztdns agent --capture=false --config-dir ./examples --listen 127.0.0.1:5353 \
+              --upstream 203.0.113.53 --socket /tmp/ztdns/ztdns.sock`,
+		Args: cobra.NoArgs,
+	}
+	fs := cmd.Flags()
 	kubeconfig := fs.String("kubeconfig", "", "watch the Kubernetes API server with this kubeconfig `PATH` (in-cluster config when empty and running in a pod)")
 	configDir := fs.String("config-dir", "", "read Services, ServiceEntries, Namespaces, Pods and EndpointSlices from the YAML manifests in `DIR` and watch it (standalone mode)")
 	configMaxFileBytes := fs.Int64("config-max-file-bytes", configdir.DefaultMaxFileBytes, "--config-dir: skip a file larger than this many `BYTES`")
@@ -70,86 +81,83 @@ func runAgent(args []string) error {
 	socketGroup := fs.String("socket-group", "", "`GROUP` (name or gid) whose members may also connect to --socket, to read only (status, table, pods); default: root only")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	logFormat := fs.String("log-format", "text", "text or json")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected arguments %q", fs.Args())
-	}
-	log, err := newLogger(*logLevel, *logFormat)
-	if err != nil {
-		return err
-	}
-	vips, err := vip.ParseSource(*vipSource)
-	if err != nil {
-		return fmt.Errorf("--vip-source: %w", err)
-	}
-	gid, err := groupID(*socketGroup)
-	if err != nil {
-		return err
-	}
-	var src source.Source
-	switch {
-	case *configDir != "" && *kubeconfig != "":
-		return errors.New("give --config-dir or --kubeconfig, not both")
-	case *configDir != "":
-		src = configdir.New(*configDir, configdir.WithLogger(log), configdir.WithLimits(configdir.Limits{
-			FileBytes: *configMaxFileBytes, ObjectsPerFile: *configMaxObjectsPerFile, Objects: *configMaxObjects}))
-	default:
-		rc, err := kube.RESTConfig(*kubeconfig)
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		log, err := newLogger(*logLevel, *logFormat)
 		if err != nil {
-			return fmt.Errorf("no source: give --config-dir, or --kubeconfig, or run in a pod: %w", err)
+			return usageError{err}
 		}
-		// client-go logs through klog: route it into the same structured log.
-		klog.SetSlogLogger(log)
-		src = kube.New(rc, kube.WithLogger(log), kube.WithNodeName(*nodeName), kube.WithIstioNamespace(*istioNamespace))
-	}
-	node, err := resolvconf.ReadFile(*resolvConf)
-	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		return err
-	}
-	upstreams := upstream.addrs
-	if len(upstreams) == 0 {
-		for _, ns := range node.Nameservers {
-			upstreams = append(upstreams, netip.AddrPortFrom(ns, 53))
+		vips, err := vip.ParseSource(*vipSource)
+		if err != nil {
+			return usagef("--vip-source: %w", err)
 		}
-	}
-	if len(upstreams) == 0 {
-		return fmt.Errorf("no upstream: give --upstream or list a nameserver in %s", *resolvConf)
-	}
-	var cniCfg *agent.CNIConfig
-	if *cniInstall {
-		cniCfg = &agent.CNIConfig{BinDir: *cniBinDir, ConfDir: *cniConfDir, Plugin: cni.Config{SocketPath: *socket, OnAgentUnreachable: *cniPolicy}}
-	}
-	var captureCfg *agent.CaptureConfig
-	if *capture {
-		if *capturePort == 0 || *capturePort > 65535 {
-			return fmt.Errorf("--capture-port %d: want 1-65535", *capturePort)
+		gid, err := groupID(*socketGroup)
+		if err != nil {
+			return err
 		}
-		captureCfg = &agent.CaptureConfig{BPFFS: *bpffs, Cgroup: *cgroup, Interface: *iface, StaleAfter: *stale, StateDir: *stateDir, Port: uint16(*capturePort)}
+		var src source.Source
+		switch {
+		case *configDir != "" && *kubeconfig != "":
+			return usagef("give --config-dir or --kubeconfig, not both")
+		case *configDir != "":
+			src = configdir.New(*configDir, configdir.WithLogger(log), configdir.WithLimits(configdir.Limits{
+				FileBytes: *configMaxFileBytes, ObjectsPerFile: *configMaxObjectsPerFile, Objects: *configMaxObjects}))
+		default:
+			rc, err := kube.RESTConfig(*kubeconfig)
+			if err != nil {
+				return fmt.Errorf("no source: give --config-dir, or --kubeconfig, or run in a pod: %w", err)
+			}
+			// client-go logs through klog: route it into the same structured log.
+			klog.SetSlogLogger(log)
+			src = kube.New(rc, kube.WithLogger(log), kube.WithNodeName(*nodeName), kube.WithIstioNamespace(*istioNamespace))
+		}
+		node, err := resolvconf.ReadFile(*resolvConf)
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+		upstreams := upstream.addrs
+		if len(upstreams) == 0 {
+			for _, ns := range node.Nameservers {
+				upstreams = append(upstreams, netip.AddrPortFrom(ns, 53))
+			}
+		}
+		if len(upstreams) == 0 {
+			return fmt.Errorf("no upstream: give --upstream or list a nameserver in %s", *resolvConf)
+		}
+		var cniCfg *agent.CNIConfig
+		if *cniInstall {
+			cniCfg = &agent.CNIConfig{BinDir: *cniBinDir, ConfDir: *cniConfDir, Plugin: cni.Config{SocketPath: *socket, OnAgentUnreachable: *cniPolicy}}
+		}
+		var captureCfg *agent.CaptureConfig
+		if *capture {
+			if *capturePort == 0 || *capturePort > 65535 {
+				return usagef("--capture-port %d: want 1-65535", *capturePort)
+			}
+			captureCfg = &agent.CaptureConfig{BPFFS: *bpffs, Cgroup: *cgroup, Interface: *iface, StaleAfter: *stale, StateDir: *stateDir, Port: uint16(*capturePort)}
+		}
+		ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		return agent.Run(ctx, agent.Config{
+			Capture:           captureCfg,
+			DNSCaptureDefault: *dnsCaptureDefault,
+			NodeName:          *nodeName,
+			CNI:               cniCfg,
+			Source:            src,
+			Listen:            listen.addrs,
+			Upstreams:         upstreams,
+			ClusterDomain:     *domain,
+			TTL:               *ttl,
+			ForwardTimeout:    *fwdTimeout,
+			CacheSize:         cacheSizeFlag(*cacheSize),
+			Autopath:          *autopath,
+			VIPSource:         vips,
+			NodeSearch:        node.Search,
+			MetricsAddr:       *metrics,
+			Socket:            *socket,
+			SocketGroup:       gid,
+			Logger:            log,
+		})
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	return agent.Run(ctx, agent.Config{
-		Capture:           captureCfg,
-		DNSCaptureDefault: *dnsCaptureDefault,
-		NodeName:          *nodeName,
-		CNI:               cniCfg,
-		Source:            src,
-		Listen:            listen.addrs,
-		Upstreams:         upstreams,
-		ClusterDomain:     *domain,
-		TTL:               *ttl,
-		ForwardTimeout:    *fwdTimeout,
-		CacheSize:         cacheSizeFlag(*cacheSize),
-		Autopath:          *autopath,
-		VIPSource:         vips,
-		NodeSearch:        node.Search,
-		MetricsAddr:       *metrics,
-		Socket:            *socket,
-		SocketGroup:       gid,
-		Logger:            log,
-	})
+	return cmd
 }
 
 // cacheSizeFlag maps --cache-size (0 disables) onto agent.Config.CacheSize

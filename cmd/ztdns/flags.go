@@ -5,7 +5,11 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 )
 
 // addrPortList is a repeatable, comma-separated flag of addresses; a bare IP
@@ -23,6 +27,9 @@ func (l *addrPortList) String() string {
 	}
 	return strings.Join(s, ",")
 }
+
+// Type names the value in --help.
+func (l *addrPortList) Type() string { return "addrs" }
 
 func (l *addrPortList) Set(v string) error {
 	if !l.set { // the first use replaces the default
@@ -67,4 +74,56 @@ func newLogger(level, format string) (*slog.Logger, error) {
 		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
 	}
 	return nil, fmt.Errorf("--log-format %q: want text or json", format)
+}
+
+// oneDashLongFlags rewrites the single-dash long flags of Go's flag package
+// ("-socket PATH", "-config-dir=DIR"), which earlier releases took and
+// scripts and manifests may still pass, into their GNU spelling ("--socket")
+// for the command args run. A dash and several letters that name no long
+// flag are left to pflag: a shorthand with its value attached ("-ojson").
+// The one-letter long flags of old ("--o json") become the shorthands they
+// now are. Flag values are never rewritten, nor is anything after "--".
+func oneDashLongFlags(root *cobra.Command, args []string) []string {
+	cmd, _, err := root.Find(args)
+	if err != nil {
+		return args // Execute reports it
+	}
+	cmd.InitDefaultHelpFlag()
+	flags := pflag.NewFlagSet(cmd.Name(), pflag.ContinueOnError)
+	flags.AddFlagSet(cmd.Flags())
+	flags.AddFlagSet(cmd.InheritedFlags())
+	out := slices.Clone(args)
+	for i := 0; i < len(out); i++ {
+		a := out[i]
+		if a == "--" {
+			break
+		}
+		if len(a) < 2 || a[0] != '-' {
+			continue
+		}
+		dashes := 1
+		if a[1] == '-' {
+			dashes = 2
+		}
+		name, _, inline := strings.Cut(a[dashes:], "=")
+		var f *pflag.Flag
+		switch {
+		case dashes == 2:
+			if f = flags.Lookup(name); f == nil && len(name) == 1 {
+				if f = flags.ShorthandLookup(name); f != nil {
+					out[i] = a[1:] // --o json → -o json
+				}
+			}
+		case len(name) == 1:
+			f = flags.ShorthandLookup(name)
+		default:
+			if f = flags.Lookup(name); f != nil {
+				out[i] = "-" + a // -socket → --socket
+			}
+		}
+		if f != nil && !inline && f.NoOptDefVal == "" {
+			i++ // the next argument is this flag's value
+		}
+	}
+	return out
 }

@@ -138,7 +138,7 @@ func (a *Agent) WaitLog(tb testing.TB, s string, within time.Duration) {
 	}
 }
 
-// WaitReady polls `ztdns status --socket socket` until the agent reports
+// WaitReady polls `ztdns status --socket socket -o json` until the agent reports
 // ready with capture on. An agent that exits because the kernel lacks a
 // feature makes the test unavailable (a failure under CI=true); any other
 // exit, or no readiness within the time, fails it.
@@ -174,7 +174,7 @@ func (a *Agent) status(socket string) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	var stderr bytes.Buffer
-	cmd := exec.CommandContext(ctx, a.Bin, "status", "--socket", socket)
+	cmd := exec.CommandContext(ctx, a.Bin, "status", "--socket", socket, "-o", "json")
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
 	if err != nil {

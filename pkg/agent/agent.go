@@ -33,6 +33,7 @@ import (
 	"github.com/ztdns/ztdns/pkg/resolver/table"
 	"github.com/ztdns/ztdns/pkg/resolver/vip"
 	"github.com/ztdns/ztdns/pkg/source"
+	"github.com/ztdns/ztdns/pkg/version"
 )
 
 // Config is everything `ztdns agent` is told on its command line.
@@ -302,7 +303,8 @@ func (a *Agent) run(ctx context.Context) error {
 	})
 
 	a.log.Info("agent started", "listen", a.addrs, "capture", a.capture != nil, "upstreams", a.cfg.Upstreams, "domain", a.cfg.ClusterDomain,
-		"autopath", a.cfg.Autopath, "socket", a.cfg.Socket, "metrics", a.cfg.MetricsAddr)
+		"autopath", a.cfg.Autopath, "socket", a.cfg.Socket, "metrics", a.cfg.MetricsAddr,
+		"version", version.Get().Version, "revision", version.Get().Revision)
 
 	<-ctx.Done()
 	a.ready.Store(false)

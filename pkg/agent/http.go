@@ -10,6 +10,7 @@ import (
 
 	"github.com/ztdns/ztdns/pkg/control"
 	"github.com/ztdns/ztdns/pkg/source"
+	"github.com/ztdns/ztdns/pkg/version"
 )
 
 // httpHandler serves /metrics, /healthz (the process is up) and /readyz
@@ -48,6 +49,7 @@ func (a *Agent) readiness() error {
 
 func (a *Agent) status() control.Status {
 	st := control.Status{Names: a.server.Table().Len(), Pods: len(a.pods.List())}
+	st.Build = version.Get()
 	if err := a.readiness(); err != nil {
 		st.NotReady = err.Error()
 	} else {

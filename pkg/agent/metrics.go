@@ -7,6 +7,7 @@ import (
 	"github.com/ztdns/ztdns/pkg/control"
 	"github.com/ztdns/ztdns/pkg/resolver"
 	"github.com/ztdns/ztdns/pkg/resolver/forward"
+	"github.com/ztdns/ztdns/pkg/version"
 )
 
 var (
@@ -52,6 +53,7 @@ func (a *Agent) registerMetrics() error {
 		cs = append(cs, mc.Collectors()...)
 	}
 	cs = append(cs, forward.Collectors()...)
+	cs = append(cs, version.Collector())
 	for _, c := range cs {
 		if err := a.reg.Register(c); err != nil {
 			return err

@@ -12,6 +12,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/ztdns/ztdns/pkg/resolver/table"
+	"github.com/ztdns/ztdns/pkg/version"
 )
 
 // Status is what `ztdns status` prints (GET RouteStatus).
@@ -37,6 +38,9 @@ type Status struct {
 	// written: the agent keeps retrying, and a restart now would rebuild
 	// its marks from the source and the runtime instead.
 	StateUnsaved string `json:"stateUnsaved,omitempty"`
+	// Build is the agent's version: what `ztdns version` and the
+	// ztdns_build_info metric of the same binary say.
+	Build version.Info `json:"build"`
 }
 
 // MaxStoredWarnings bounds the table warnings an agent keeps for Status; a

@@ -133,7 +133,7 @@ func subcommandFlags(t *testing.T, bin, cmd string) map[string]bool {
 		t.Fatalf("ztdns %s -h: %v\n%s", cmd, err, out.String())
 	}
 	flags := map[string]bool{}
-	for _, m := range regexp.MustCompile(`(?m)^\s+-([a-z0-9][a-z0-9-]*)`).FindAllStringSubmatch(out.String(), -1) {
+	for _, m := range regexp.MustCompile(`(?m)^\s+(?:-[a-z0-9], )?--?([a-z0-9][a-z0-9-]*)`).FindAllStringSubmatch(out.String(), -1) {
 		flags[m[1]] = true
 	}
 	if len(flags) == 0 {

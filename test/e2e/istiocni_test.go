@@ -129,7 +129,7 @@ func (c *cluster) checkDoublyCaptured(t *testing.T, backend, name, metricsAddr s
 func (c *cluster) status(t *testing.T) control.Status {
 	t.Helper()
 	var st control.Status
-	out := c.ztdns(t, "status", "--socket", c.socket)
+	out := c.ztdns(t, "status", "--socket", c.socket, "-o", "json")
 	if err := json.Unmarshal([]byte(out), &st); err != nil {
 		t.Fatalf("ztdns status: %v\n%s", err, out)
 	}

@@ -88,7 +88,7 @@ func TestControlSocketTrustsNoOne(t *testing.T) {
 	t.Run("2000 half-sent requests", func(t *testing.T) {
 		fds := openFDs(t, a.Pid())
 		conns := testenv.HalfSentRequests(t, c.socket, control.RouteCNIAdd, 2000)
-		if out, err := c.ztdnsOutput("status", "--socket", c.socket); err != nil || !strings.Contains(out, `"ready": true`) {
+		if out, err := c.ztdnsOutput("status", "--socket", c.socket, "-o", "json"); err != nil || !strings.Contains(out, `"ready": true`) {
 			t.Errorf("ztdns status behind 2000 half-sent requests: %v\n%s", err, out)
 		}
 		if held := openFDs(t, a.Pid()) - fds; held > control.MaxConns+8 {
