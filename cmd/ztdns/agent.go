@@ -16,6 +16,9 @@ import (
 	"github.com/ztdns/ztdns/pkg/control"
 	"github.com/ztdns/ztdns/pkg/redirect"
 	"github.com/ztdns/ztdns/pkg/resolvconf"
+	"github.com/ztdns/ztdns/pkg/resolver"
+	"github.com/ztdns/ztdns/pkg/resolver/forward"
+	"github.com/ztdns/ztdns/pkg/resolver/quota"
 	"github.com/ztdns/ztdns/pkg/source"
 	"github.com/ztdns/ztdns/pkg/source/configdir"
 	"github.com/ztdns/ztdns/pkg/source/kube"
@@ -39,6 +42,17 @@ func runAgent(args []string) error {
 	ttl := fs.Duration("ttl", 30*time.Second, "TTL of local answers")
 	fwdTimeout := fs.Duration("forward-timeout", 2*time.Second, "bound on one forwarded query across all upstreams")
 	cacheSize := fs.Int("cache-size", 10000, "entries in the cache of upstream answers (0 disables it)")
+	cacheBytes := &byteSize{n: forward.DefaultCacheBytes}
+	fs.Var(cacheBytes, "cache-bytes", "bytes the cache of upstream answers may hold, e.g. 4Mi")
+	podQPS := fs.Float64("pod-qps", resolver.DefaultPodQPS, "queries a second one pod (or one address that is no known pod) may send; over it, UDP queries are dropped and TCP ones REFUSED (0: no limit)")
+	podBurst := fs.Int("pod-qps-burst", resolver.DefaultPodBurst, "queries one pod may send at once above --pod-qps")
+	podForwarding := fs.Int("pod-max-forwarding", resolver.DefaultPodForwarding, "forwarded queries one pod may have in flight; more get SERVFAIL at once (0: no limit)")
+	podTCP := fs.Int("pod-max-tcp", resolver.DefaultPodTCPConns, "TCP connections one pod may have open; more are closed at once (0: no limit)")
+	maxForwarding := fs.Int("max-forwarding", resolver.DefaultMaxInflight, "forwarded queries in flight from all pods together; more get SERVFAIL at once")
+	maxTCP := fs.Int("max-tcp", resolver.DefaultTCPMaxConns, "open TCP connections from all pods together")
+	tcpIdle := fs.Duration("tcp-idle-timeout", resolver.DefaultTCPIdleTimeout, "close a TCP connection idle this long (a tenth of it with half of --max-tcp open, a hundredth with three quarters)")
+	inflightBytes := &byteSize{n: resolver.DefaultInflightBytes}
+	fs.Var(inflightBytes, "inflight-bytes", "bytes of upstream replies held at once, read or waiting to be written, e.g. 8Mi; a reply that does not fit gets SERVFAIL")
 	autopath := fs.Bool("autopath", false, "answer search-list expansions of unknown names in one round trip (see README)")
 	metrics := fs.String("metrics", "", "serve /metrics, /healthz and /readyz on `ADDR` (e.g. :15053); empty disables")
 	capture := fs.Bool("capture", true, "capture marked pods' DNS with eBPF; false only serves on --listen")
@@ -121,7 +135,28 @@ func runAgent(args []string) error {
 		MetricsAddr:       *metrics,
 		Socket:            *socket,
 		Logger:            log,
+
+		CacheBytes: cacheBytes.n,
+		Limits: quota.Limits{
+			QPS:        limitFlag(*podQPS),
+			Burst:      *podBurst,
+			Forwarding: limitFlag(*podForwarding),
+			TCPConns:   limitFlag(*podTCP),
+		},
+		MaxForwarding:  *maxForwarding,
+		TCPMaxConns:    *maxTCP,
+		TCPIdleTimeout: *tcpIdle,
+		InflightBytes:  inflightBytes.n,
 	})
+}
+
+// limitFlag maps a per-pod bound's flag (0 disables it) onto quota.Limits
+// as agent.Config takes them (0 is the default, negative disables).
+func limitFlag[T int | float64](n T) T {
+	if n <= 0 {
+		return -1
+	}
+	return n
 }
 
 // cacheSizeFlag maps --cache-size (0 disables) onto agent.Config.CacheSize

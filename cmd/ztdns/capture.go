@@ -53,9 +53,13 @@ func runPods(args []string) error {
 	if err := call(*socket, "GET", agent.PathPods, nil, &rows); err != nil {
 		return err
 	}
-	return render(*output, rows, "NAMESPACE\tNAME\tIPS\tNETNS COOKIE\tCAPTURED\tREASON\tMARKED\tREDIRECTED\tRESTORED\tNAMESERVERS", func(r agent.PodRow) string {
-		return fmt.Sprintf("%s\t%s\t%s\t%d\t%v\t%s\t%v\t%d\t%d\t%s", r.Namespace, r.Name, strings.Join(r.IPs, ","), r.NetnsCookie,
-			r.Captured, r.Reason, r.Marked, r.Redirected, r.Restored, strings.Join(r.Nameservers, ","))
+	// LIMITED counts what the pod's resolver limits refused: queries over
+	// its rate, forwarded queries over its share, TCP connections over its
+	// share (-o json names them).
+	return render(*output, rows, "NAMESPACE\tNAME\tIPS\tNETNS COOKIE\tCAPTURED\tREASON\tMARKED\tREDIRECTED\tRESTORED\tNAMESERVERS\tLIMITED RATE/FWD/TCP", func(r agent.PodRow) string {
+		u := r.Resolver
+		return fmt.Sprintf("%s\t%s\t%s\t%d\t%v\t%s\t%v\t%d\t%d\t%s\t%d/%d/%d", r.Namespace, r.Name, strings.Join(r.IPs, ","), r.NetnsCookie,
+			r.Captured, r.Reason, r.Marked, r.Redirected, r.Restored, strings.Join(r.Nameservers, ","), u.RateLimited, u.ForwardRefused, u.TCPRefused)
 	})
 }
 

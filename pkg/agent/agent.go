@@ -5,6 +5,7 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -28,6 +29,7 @@ import (
 	"github.com/ztdns/ztdns/pkg/redirect"
 	"github.com/ztdns/ztdns/pkg/resolver"
 	"github.com/ztdns/ztdns/pkg/resolver/forward"
+	"github.com/ztdns/ztdns/pkg/resolver/quota"
 	"github.com/ztdns/ztdns/pkg/resolver/table"
 	"github.com/ztdns/ztdns/pkg/source"
 )
@@ -71,6 +73,26 @@ type Config struct {
 	Logger         *slog.Logger
 	// Registry receives the metrics (default: a fresh registry).
 	Registry *prometheus.Registry
+
+	// Bounds on what pods may take of the resolver; README "Limits and
+	// protections".
+
+	// CacheBytes bounds the bytes the cache of upstream answers holds (0:
+	// the default).
+	CacheBytes int64
+	// Limits bound each source of queries: a pod, or an address that is no
+	// known pod. A zero field takes the default, a negative one disables it
+	// (resolver.Options.Limits).
+	Limits quota.Limits
+	// MaxForwarding bounds forwarded queries in flight from all sources,
+	// TCPMaxConns open TCP connections, TCPIdleTimeout how long one may be
+	// idle (shorter under pressure); 0 takes the default.
+	MaxForwarding  int
+	TCPMaxConns    int
+	TCPIdleTimeout time.Duration
+	// InflightBytes bounds the bytes of upstream replies held at once, read
+	// or waiting to be written (0: the default).
+	InflightBytes int64
 }
 
 // Agent is a running ztdns agent.
@@ -131,7 +153,9 @@ func newAgent(cfg Config) (*Agent, error) {
 		cfg.TTL = table.DefaultTTL * time.Second
 	}
 	if cfg.SocketsPerAddr <= 0 {
-		cfg.SocketsPerAddr = runtime.GOMAXPROCS(0)
+		// Each socket keeps its batch buffers (udpBatch, ~280 KiB): a few
+		// are plenty for a node's DNS, whatever the node's size.
+		cfg.SocketsPerAddr = min(runtime.GOMAXPROCS(0), maxSocketsPerAddr)
 	}
 	if cfg.Registry == nil {
 		cfg.Registry = prometheus.NewRegistry()
@@ -157,6 +181,8 @@ func newAgent(cfg Config) (*Agent, error) {
 	if cfg.ForwardTimeout > 0 {
 		fwdOpts = append(fwdOpts, forward.WithTimeout(cfg.ForwardTimeout))
 	}
+	budget := quota.NewBudget(cmp.Or(cfg.InflightBytes, resolver.DefaultInflightBytes))
+	fwdOpts = append(fwdOpts, forward.WithCacheBytes(cfg.CacheBytes), forward.WithBudget(budget))
 	a.fwd = forward.New(fwdOpts...)
 	a.server = resolver.New(resolver.Options{
 		Pods:       a.pods,
@@ -165,6 +191,12 @@ func newAgent(cfg Config) (*Agent, error) {
 		Autopath:   cfg.Autopath,
 		NodeSearch: cfg.NodeSearch,
 		Logger:     cfg.Logger,
+
+		Limits:         cfg.Limits,
+		MaxInflight:    cfg.MaxForwarding,
+		TCPMaxConns:    cfg.TCPMaxConns,
+		TCPIdleTimeout: cfg.TCPIdleTimeout,
+		Budget:         budget,
 	})
 	if err := a.registerMetrics(); err != nil {
 		return nil, err
@@ -198,6 +230,7 @@ func (a *Agent) run(ctx context.Context) error {
 		}
 		defer a.capture.close()
 	}
+	g.spawn("memory", func() error { returnMemoryAfterBursts(ctx, a.log); return nil })
 	g.spawn("source", func() error {
 		err := a.cfg.Source.Run(ctx, a.apply)
 		if err == nil && ctx.Err() == nil {

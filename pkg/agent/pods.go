@@ -10,6 +10,7 @@ import (
 	"github.com/ztdns/ztdns/pkg/control"
 	"github.com/ztdns/ztdns/pkg/podcache"
 	"github.com/ztdns/ztdns/pkg/redirect"
+	"github.com/ztdns/ztdns/pkg/resolver/quota"
 )
 
 // Control-socket paths for capture by hand and the pod list.
@@ -44,6 +45,9 @@ type PodRow struct {
 	Redirected  uint64   `json:"redirected"`
 	Restored    uint64   `json:"restored"`
 	Nameservers []string `json:"nameservers,omitempty"`
+	// Resolver is what the pod holds of the resolver and was refused by its
+	// per-pod limits.
+	Resolver quota.Usage `json:"resolver"`
 }
 
 func (a *Agent) registerCaptureHandlers(mux *http.ServeMux) {
@@ -166,7 +170,7 @@ func (a *Agent) podRows() ([]PodRow, error) {
 	}
 	var rows []PodRow
 	for _, p := range a.pods.List() {
-		row := PodRow{Namespace: p.Namespace, Name: p.Name}
+		row := PodRow{Namespace: p.Namespace, Name: p.Name, Resolver: a.server.PodUsage(p)}
 		for _, ip := range p.IPs {
 			row.IPs = append(row.IPs, ip.String())
 		}
