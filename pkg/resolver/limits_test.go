@@ -73,15 +73,8 @@ func startLimitsServer(t *testing.T, opts Options, flooderUp, victimUp netip.Add
 	}}, table.Options{})
 	s.SetTable(tbl)
 
-	udp, err := ListenUDP(netip.MustParseAddrPort("127.0.0.1:0"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	udp, tcp := listenPair(t)
 	addr := addrPortOf(udp.LocalAddr())
-	tcp, err := ListenTCP(addr)
-	if err != nil {
-		t.Fatal(err)
-	}
 	go s.ServeUDP(udp)
 	go s.ServeTCP(tcp)
 	t.Cleanup(func() {
@@ -89,6 +82,23 @@ func startLimitsServer(t *testing.T, opts Options, flooderUp, victimUp netip.Add
 		fwd.Close()
 	})
 	return &limitsServer{Server: s, addr: addr, pods: pods, fwd: fwd}
+}
+
+// listenPair opens UDP and TCP on one free loopback port.
+func listenPair(t *testing.T) (*net.UDPConn, *net.TCPListener) {
+	t.Helper()
+	for range 20 { // the TCP port may be taken when the UDP one was free
+		udp, err := ListenUDP(netip.MustParseAddrPort("127.0.0.1:0"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if tcp, err := ListenTCP(addrPortOf(udp.LocalAddr())); err == nil {
+			return udp, tcp
+		}
+		udp.Close()
+	}
+	t.Fatal("no loopback port free for both UDP and TCP")
+	return nil, nil
 }
 
 // usage is what the resolver counts for the pod at ip.
@@ -546,20 +556,6 @@ func pipelineTCP(t *testing.T, c net.Conn, queries [][]byte, window int) []*dns.
 	return replies
 }
 
-// bigTXT answers every TXT question with size bytes of TXT data (TTL 300).
-func bigTXT(size int) dnstest.Answerer {
-	return func(q dns.Question, _ netip.AddrPort) []dns.RR {
-		if q.Qtype != dns.TypeTXT {
-			return nil
-		}
-		var txt []string
-		for n := 0; n < size; n += 250 {
-			txt = append(txt, strings.Repeat("x", min(250, size-n)))
-		}
-		return []dns.RR{&dns.TXT{Hdr: dns.RR_Header{Name: q.Name, Rrtype: dns.TypeTXT, Class: dns.ClassINET, Ttl: 300}, Txt: txt}}
-	}
-}
-
 // txtBytes is the TXT data in r's answer.
 func txtBytes(r *dns.Msg) int {
 	n := 0
@@ -586,7 +582,7 @@ func uniqueTXTQueries(t *testing.T, n int) [][]byte {
 // holds more than its bytes.
 func TestLargeAnswersKeepTheCacheWithinItsBytes(t *testing.T) {
 	const cacheBytes, answer, names = 1 << 20, 16 << 10, 2000
-	up := dnstest.Start(t, "127.0.0.1:0", bigTXT(answer)).Addr
+	up := dnstest.Start(t, "127.0.0.1:0", dnstest.LargeTXT(answer)).Addr
 	ls := startLimitsServer(t, Options{Limits: quota.Limits{QPS: -1}}, up, up, forward.WithCacheBytes(cacheBytes))
 	c, err := (&net.Dialer{LocalAddr: &net.TCPAddr{IP: flooderIP.AsSlice()}}).Dial("tcp4", ls.addr.String())
 	if err != nil {
@@ -618,7 +614,7 @@ func TestLargeAnswersKeepTheCacheWithinItsBytes(t *testing.T) {
 // SERVFAIL, the others come in full.
 func TestInflightBytesAreBounded(t *testing.T) {
 	const budget, answer, names = 64 << 10, 16 << 10, 400
-	up := dnstest.Start(t, "127.0.0.1:0", bigTXT(answer)).Addr
+	up := dnstest.Start(t, "127.0.0.1:0", dnstest.LargeTXT(answer)).Addr
 	b := quota.NewBudget(budget)
 	ls := startLimitsServer(t, Options{Limits: quota.Limits{QPS: -1}, Budget: b}, up, up, forward.WithCacheSize(0))
 	c, err := (&net.Dialer{LocalAddr: &net.TCPAddr{IP: flooderIP.AsSlice()}}).Dial("tcp4", ls.addr.String())
@@ -630,7 +626,7 @@ func TestInflightBytesAreBounded(t *testing.T) {
 	for _, r := range pipelineTCP(t, c, uniqueTXTQueries(t, names), 64) {
 		rcodes[r.Rcode]++
 		if r.Rcode == dns.RcodeSuccess && txtBytes(r) != answer {
-			t.Errorf("reply for %s: %d bytes of TXT, want all %d", r.Question[0].Name, txtBytes(r), answer)
+			t.Fatalf("reply for %s: %d bytes of TXT, want all %d", r.Question[0].Name, txtBytes(r), answer)
 		}
 	}
 	if rcodes[dns.RcodeSuccess] == 0 || rcodes[dns.RcodeServerFailure] == 0 || rcodes[dns.RcodeSuccess]+rcodes[dns.RcodeServerFailure] != names {
