@@ -32,6 +32,7 @@ demo-standalone: build
 
 bench: build
 	./scripts/bench.sh
+	ZTDNS_BIN=$(CURDIR)/$(BIN) $(GO) test -run '^$$' -bench Flood -benchtime 1x -timeout 30m ./test/bench/
 
 clean:
 	rm -rf bin

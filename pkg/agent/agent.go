@@ -68,7 +68,7 @@ type Config struct {
 	// CNI installs the chained plugin into the node's CNI configuration.
 	CNI *CNIConfig
 	// SocketsPerAddr is how many SO_REUSEPORT UDP sockets each address gets
-	// (default: one per CPU).
+	// (default: one per CPU, at most two).
 	SocketsPerAddr int
 	Logger         *slog.Logger
 	// Registry receives the metrics (default: a fresh registry).
@@ -153,8 +153,8 @@ func newAgent(cfg Config) (*Agent, error) {
 		cfg.TTL = table.DefaultTTL * time.Second
 	}
 	if cfg.SocketsPerAddr <= 0 {
-		// Each socket keeps its batch buffers (udpBatch, ~280 KiB): a few
-		// are plenty for a node's DNS, whatever the node's size.
+		// A few are plenty for a node's DNS, whatever the node's size,
+		// and each costs memory (see maxSocketsPerAddr).
 		cfg.SocketsPerAddr = min(runtime.GOMAXPROCS(0), maxSocketsPerAddr)
 	}
 	if cfg.Registry == nil {
@@ -197,6 +197,7 @@ func newAgent(cfg Config) (*Agent, error) {
 		TCPMaxConns:    cfg.TCPMaxConns,
 		TCPIdleTimeout: cfg.TCPIdleTimeout,
 		Budget:         budget,
+		KernelRate:     true,
 	})
 	if err := a.registerMetrics(); err != nil {
 		return nil, err

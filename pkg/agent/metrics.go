@@ -34,6 +34,7 @@ func (a *Agent) registerMetrics() error {
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	}
 	cs = append(cs, resolver.Collectors()...)
+	cs = append(cs, a.server.Collector())
 	if mc, ok := a.cfg.Source.(interface{ Collectors() []prometheus.Collector }); ok {
 		cs = append(cs, mc.Collectors()...)
 	}

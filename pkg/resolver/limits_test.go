@@ -81,7 +81,11 @@ func startLimitsServer(t *testing.T, opts Options, flooderUp, victimUp netip.Add
 		s.Close()
 		fwd.Close()
 	})
-	return &limitsServer{Server: s, addr: addr, pods: pods, fwd: fwd}
+	ls := &limitsServer{Server: s, addr: addr, pods: pods, fwd: fwd}
+	// One answer, from an address of its own, says the server reads: its
+	// socket has its filter (KernelRate) before the test sends anything.
+	ls.ask(t, netip.MustParseAddr("127.0.0.1"), "udp", tableName)
+	return ls
 }
 
 // listenPair opens UDP and TCP on one free loopback port.

@@ -37,10 +37,11 @@ var listenConfig = net.ListenConfig{
 }
 
 // udpReceiveBuffer is each UDP socket's receive buffer (SO_RCVBUF; the
-// kernel doubles it for its bookkeeping). The default 208 KiB holds about
-// 200 queries: at a pod's full speed (~100,000 a second), a reader that
-// waits 2 ms for a CPU loses queries of every pod, not only the flooder's.
-// This holds ten times as many; the kernel charges it to the agent's
+// kernel doubles it for its bookkeeping, so a socket holds up to 2 MiB of
+// queued datagrams, about 2,500 queries). The default (208 KiB, about 250)
+// lasts a few milliseconds against a node's pods at their rates when the
+// reader waits for a CPU; what a pod sends over its rate never gets here
+// (kernelrate_linux.go). The kernel charges the buffer to the agent's
 // memory cgroup only while queries wait in it.
 const udpReceiveBuffer = 1 << 20
 

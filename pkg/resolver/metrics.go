@@ -57,6 +57,27 @@ var metricTCPRejected = struct{ source, total prometheus.Counter }{
 	total:  metricTCPRejectedVec.WithLabelValues("total"),
 }
 
+// kernelDropsDesc describes the UDP queries the kernel dropped over their
+// source's rate.
+var kernelDropsDesc = prometheus.NewDesc("ztdns_resolver_kernel_rate_limited_total",
+	"UDP queries over their source's rate, dropped in the kernel before the resolver saw them (counted per source address: "+
+		"an address forgotten after 4,096 others takes its count with it).",
+	nil, nil)
+
+// Collector is the server's own metrics, read at scrape time: the queries
+// the kernel dropped over their source's rate.
+func (s *Server) Collector() prometheus.Collector { return kernelDrops{s} }
+
+type kernelDrops struct{ s *Server }
+
+func (c kernelDrops) Describe(ch chan<- *prometheus.Desc) { ch <- kernelDropsDesc }
+
+func (c kernelDrops) Collect(ch chan<- prometheus.Metric) {
+	if c.s.kernel != nil {
+		ch <- prometheus.MustNewConstMetric(kernelDropsDesc, prometheus.CounterValue, float64(c.s.kernel.totalDrops()))
+	}
+}
+
 // Collectors returns the package's metrics for registration.
 func Collectors() []prometheus.Collector {
 	return []prometheus.Collector{metricQueriesVec, metricTruncated, metricTCPRejectedVec, metricTCPConns, metricForwarding}

@@ -98,6 +98,10 @@ type Options struct {
 	Budget *quota.Budget
 	// Now is the clock of the rate limits (tests inject one).
 	Now func() time.Time
+	// KernelRate applies the rate limit to UDP in the kernel too, before
+	// queries take room in a socket's queue (kernelrate_linux.go). It needs
+	// CAP_BPF; without it, the resolver alone drops queries over the rate.
+	KernelRate bool
 }
 
 // Server serves DNS on any number of UDP sockets and TCP listeners.
@@ -107,6 +111,7 @@ type Server struct {
 	table   atomic.Pointer[table.Table]
 	rate    quota.Rate
 	unknown *quota.Table
+	kernel  *kernelRate // nil: the rate is applied here only
 	epoch   time.Time // the rate limits' clock counts from here
 	// forwarding counts forwarded queries in flight; tcpOpen open TCP
 	// connections; tcpLevel the idle-timeout level they set (tcp.go).
@@ -163,6 +168,12 @@ func New(opts Options) *Server {
 		cancel:  cancel,
 	}
 	s.table.Store(&table.Table{})
+	if opts.KernelRate && s.rate != (quota.Rate{}) {
+		var err error
+		if s.kernel, err = newKernelRate(s.rate); err != nil {
+			s.log.Info("cannot apply the query rate in the kernel; the resolver drops queries over it itself", "err", err)
+		}
+	}
 	return s
 }
 
@@ -191,8 +202,16 @@ func (s *Server) sourceOf(ip netip.Addr, now int64) (*podcache.Pod, *quota.Sourc
 }
 
 // PodUsage is what the pod holds of the resolver and was refused, for
-// `ztdns pods`.
-func (s *Server) PodUsage(p *podcache.Pod) quota.Usage { return p.Quota.Usage() }
+// `ztdns pods`. Queries the kernel dropped count as rate-limited.
+func (s *Server) PodUsage(p *podcache.Pod) quota.Usage {
+	u := p.Quota.Usage()
+	if s.kernel != nil {
+		for _, ip := range p.IPs {
+			u.RateLimited += s.kernel.drops(ip)
+		}
+	}
+	return u
+}
 
 type noPods struct{}
 
@@ -209,6 +228,11 @@ func (s *Server) Table() *table.Table { return s.table.Load() }
 func (s *Server) ServeUDP(conn *net.UDPConn) error {
 	if !s.track(conn.Close, func() { conn.SetReadDeadline(time.Now()) }) {
 		return net.ErrClosed
+	}
+	if s.kernel != nil {
+		if err := s.kernel.attach(conn); err != nil {
+			s.log.Warn("cannot filter a UDP socket in the kernel", "addr", conn.LocalAddr(), "err", err)
+		}
 	}
 	local := addrPortOf(conn.LocalAddr())
 	err := s.serveUDPBatches(conn, local)
@@ -293,6 +317,9 @@ func (s *Server) Close() error {
 	}
 	s.cancel()
 	s.wg.Wait()
+	if s.kernel != nil {
+		errs = append(errs, s.kernel.Close())
+	}
 	return errors.Join(errs...)
 }
 

@@ -43,6 +43,11 @@ func NewRate(qps float64, burst int) Rate {
 	return Rate{interval: interval, tolerance: interval * int64(max(burst, 1)-1)}
 }
 
+// Params are the rate in nanoseconds: the interval between queries at the
+// sustained rate (0: unlimited), and how far ahead of now the schedule may
+// run (the burst).
+func (r Rate) Params() (interval, tolerance int64) { return r.interval, r.tolerance }
+
 // Source is the state of one source. The zero value is ready to use.
 type Source struct {
 	// tat is the theoretical arrival time of the next query at the
