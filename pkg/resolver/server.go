@@ -112,7 +112,7 @@ type Server struct {
 	rate    quota.Rate
 	unknown *quota.Table
 	kernel  *kernelRate // nil: the rate is applied here only
-	epoch   time.Time // the rate limits' clock counts from here
+	epoch   time.Time   // the rate limits' clock counts from here
 	// forwarding counts forwarded queries in flight; tcpOpen open TCP
 	// connections; tcpLevel the idle-timeout level they set (tcp.go).
 	forwarding atomic.Int32
