@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -641,3 +642,59 @@ func TestInflightBytesAreBounded(t *testing.T) {
 	}
 	eventually(t, "every byte given back", func() bool { return b.Used() == 0 })
 }
+
+// TestMemoryPerConnectionAndForward measures what an idle TCP connection
+// and a forwarded query waiting for its upstream cost, the two terms of the
+// README's memory bound that scale with --max-tcp and --max-forwarding,
+// and checks them against the figures the bound uses.
+func TestMemoryPerConnectionAndForward(t *testing.T) {
+	const n = 500
+	silent := startSilentUpstream(t)
+	ls := startLimitsServer(t, Options{Limits: quota.Limits{QPS: -1, TCPConns: -1, Forwarding: -1}, TCPMaxConns: 2 * n, MaxInflight: 2 * n,
+		TCPIdleTimeout: time.Hour}, silent.addr, silent.addr)
+	held := func() int64 {
+		var m runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&m)
+		return int64(m.HeapInuse + m.StackInuse)
+	}
+
+	before := held()
+	for range n {
+		c, err := net.Dial("tcp4", ls.addr.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+	}
+	eventually(t, "every connection served", func() bool { return ls.tcpOpen.Load() == n })
+	// The test's own end of each connection is in the figure too.
+	perConn := (held() - before) / n
+	t.Logf("%d bytes per idle TCP connection, both ends", perConn)
+	if perConn > tcpConnBound {
+		t.Errorf("%d bytes per idle TCP connection, over the %d the memory bound uses", perConn, tcpConnBound)
+	}
+
+	f := startUDPFlood(t, flooderIP, ls.addr)
+	var queries [][]byte
+	for i := range n {
+		queries = append(queries, packQuery(t, fmt.Sprintf("n%d.flood.example.", i), dns.TypeA))
+	}
+	before = held()
+	for i := 0; i < n; i += 100 { // in batches the silent upstream's socket holds
+		f.send(t, queries[i:i+100], 100, 0)
+		eventually(t, "the batch forwarded", func() bool { return silent.received.Load() == int64(i+100) })
+	}
+	perForward := (held() - before) / n
+	t.Logf("%d bytes per forwarded query waiting for its upstream", perForward)
+	if perForward > forwardBound {
+		t.Errorf("%d bytes per forwarded query waiting, over the %d the memory bound uses", perForward, forwardBound)
+	}
+}
+
+// What the README's memory bound counts per idle TCP connection and per
+// forwarded query in flight.
+const (
+	tcpConnBound = 16 << 10
+	forwardBound = 16 << 10
+)

@@ -131,15 +131,22 @@ func (f *Forwarder) Forward(ctx context.Context, req []byte, tcp bool, upstreams
 		cacheMisses.Inc()
 	}
 
-	// Identical queries share one exchange, which runs on its own context so
-	// that a waiter giving up does not cancel it for the others.
+	// Identical queries share one exchange. The query that starts it runs
+	// it in its own goroutine (a goroutine per query in flight is most of
+	// what one costs); the others wait for it, each until its own context
+	// ends, so one giving up does not cancel the exchange for the rest.
 	proto := byte('u')
 	if tcp {
 		proto = 't'
 	}
-	fl := f.joinFlight(append(key, proto), req, r, tcp, upstreams)
-	if fl == nil {
+	flightKey := string(append(key, proto))
+	fl, leader := f.joinFlight(flightKey)
+	switch {
+	case fl == nil:
 		return servfail(req, r), nil
+	case leader:
+		f.fly(ctx, fl, flightKey, req, r, tcp, upstreams)
+		return f.finish(req, r, fl.reply), nil
 	}
 	select {
 	case <-fl.done:
@@ -149,38 +156,43 @@ func (f *Forwarder) Forward(ctx context.Context, req []byte, tcp bool, upstreams
 	}
 }
 
-// joinFlight returns the flight for flightKey, starting it if there is none.
-// It returns nil once the Forwarder is closed.
-func (f *Forwarder) joinFlight(flightKey []byte, req []byte, r request, tcp bool, upstreams []netip.AddrPort) *flight {
+// joinFlight returns the flight for flightKey, and whether the caller
+// starts it (then it must call fly). It returns nil once the Forwarder is
+// closed.
+func (f *Forwarder) joinFlight(flightKey string) (fl *flight, leader bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.closed {
-		return nil
+		return nil, false
 	}
-	if fl := f.flights[string(flightKey)]; fl != nil {
+	if fl := f.flights[flightKey]; fl != nil {
 		coalesced.Inc()
-		return fl
+		return fl, false
 	}
-	fk := string(flightKey)
-	fl := &flight{done: make(chan struct{})}
-	f.flights[fk] = fl
-	req = slices.Clone(req) // the caller may reuse its buffer once it returns
-	upstreams = slices.Clone(upstreams)
-	f.wg.Go(func() {
-		ctx, cancel := context.WithTimeout(f.base, f.timeout)
-		defer cancel()
-		fl.reply = f.resolve(ctx, req, r, tcp, upstreams)
-		if fl.reply != nil {
-			f.store(fk[:len(fk)-1], fl.reply)
-		}
-		f.mu.Lock()
-		delete(f.flights, fk)
-		f.mu.Unlock()
-		close(fl.done)
-		// The waiters copy the reply as they wake; it leaves the budget now.
-		f.budget.Give(len(fl.reply))
-	})
-	return fl
+	fl = &flight{done: make(chan struct{})}
+	f.flights[flightKey] = fl
+	f.wg.Add(1) // Close waits for the exchange
+	return fl, true
+}
+
+// fly runs the exchange of a flight the caller started, bounded by the
+// timeout, the caller's context and Close, caches the reply and hands it to
+// the flight's waiters.
+func (f *Forwarder) fly(ctx context.Context, fl *flight, flightKey string, req []byte, r request, tcp bool, upstreams []netip.AddrPort) {
+	defer f.wg.Done()
+	ctx, cancel := context.WithTimeout(ctx, f.timeout)
+	defer cancel()
+	defer context.AfterFunc(f.base, cancel)()
+	fl.reply = f.resolve(ctx, req, r, tcp, upstreams)
+	if fl.reply != nil {
+		f.store(flightKey[:len(flightKey)-1], fl.reply)
+	}
+	f.mu.Lock()
+	delete(f.flights, flightKey)
+	f.mu.Unlock()
+	close(fl.done)
+	// The waiters copy the reply as they wake; it leaves the budget now.
+	f.budget.Give(len(fl.reply))
 }
 
 // store caches reply under key if its rcode and TTLs allow.
