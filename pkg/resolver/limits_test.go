@@ -648,6 +648,9 @@ func TestInflightBytesAreBounded(t *testing.T) {
 // README's memory bound that scale with --max-tcp and --max-forwarding,
 // and checks them against the figures the bound uses.
 func TestMemoryPerConnectionAndForward(t *testing.T) {
+	if raceEnabled {
+		t.Skip("the race detector makes memory cost more than it does")
+	}
 	const n = 500
 	silent := startSilentUpstream(t)
 	ls := startLimitsServer(t, Options{Limits: quota.Limits{QPS: -1, TCPConns: -1, Forwarding: -1}, TCPMaxConns: 2 * n, MaxInflight: 2 * n,

@@ -646,6 +646,9 @@ func counterValue(tb testing.TB, c prometheus.Counter) float64 {
 // be 64 KiB: a buffer of that size per query in flight was how a flood of
 // unique names took hundreds of MB).
 func TestWaitingExchangesHoldNoReplyBuffer(t *testing.T) {
+	if raceEnabled {
+		t.Skip("the race detector makes memory cost more than it does")
+	}
 	const waiting = 1000
 	var received atomic.Int64
 	silent := rawUDPUpstream(t, func(net.PacketConn, net.Addr, []byte) { received.Add(1) })
