@@ -201,6 +201,13 @@ func (s *Server) sourceOf(ip netip.Addr, now int64) (*podcache.Pod, *quota.Sourc
 	return nil, s.unknown.Get(ip, now)
 }
 
+// rateHere reports whether the resolver applies the query rate itself: over
+// TCP, and over UDP unless the kernel does (kernelRate), per source
+// address, before the query reaches a socket.
+func (s *Server) rateHere(tcp bool) bool {
+	return s.rate != (quota.Rate{}) && (tcp || s.kernel == nil)
+}
+
 // PodUsage is what the pod holds of the resolver and was refused, for
 // `ztdns pods`. Queries the kernel dropped count as rate-limited.
 func (s *Server) PodUsage(p *podcache.Pod) quota.Usage {
@@ -350,19 +357,28 @@ type nameBuf = [maxNameLen + 1]byte
 // answerFast tries to answer msg from the table. It returns the reply
 // (appended to out), nil with slow=false for a packet to drop, or slow=true
 // when the query needs the slow path. now is the server's clock (read once
-// per batch of datagrams): every packet counts against its source's rate.
+// per batch of datagrams).
 func (s *Server) answerFast(msg []byte, src netip.AddrPort, tcp bool, out []byte, name *nameBuf, now int64) (reply []byte, slow bool) {
-	pod, source := s.sourceOf(src.Addr(), now)
-	var r request
-	if !source.Allow(now, s.rate) {
-		metricQueries.rateLimited.Inc()
-		// Over UDP the query is dropped: the cheapest answer, and a client
-		// that waits for its timeout slows down. Over TCP the connection is
-		// real and waiting on it costs the client a slot: say REFUSED.
-		if !tcp || parse(msg, &r, name) == verdictDrop {
-			return nil, false
+	var (
+		r   request
+		pod *podcache.Pod
+	)
+	if s.rateHere(tcp) {
+		var source *quota.Source
+		pod, source = s.sourceOf(src.Addr(), now)
+		if !source.Allow(now, s.rate) {
+			metricQueries.rateLimited.Inc()
+			// Over UDP the query is dropped: the cheapest answer, and a
+			// client that waits for its timeout slows down. Over TCP the
+			// connection is real and waiting on it costs the client a
+			// slot: say REFUSED.
+			if !tcp || parse(msg, &r, name) == verdictDrop {
+				return nil, false
+			}
+			return appendErrorReply(out, msg, &r, rcodeRefused), false
 		}
-		return appendErrorReply(out, msg, &r, rcodeRefused), false
+	} else {
+		pod = s.opts.Pods.Lookup(src.Addr())
 	}
 	switch parse(msg, &r, name) {
 	case verdictDrop:

@@ -167,9 +167,11 @@ func (s *Server) serveTCPConn(tc *tcpConn, local netip.AddrPort) {
 		}
 		writeMu.Lock()
 		defer writeMu.Unlock()
-		frame := binary.BigEndian.AppendUint16(make([]byte, 0, 2+len(reply)), uint16(len(reply)))
+		var length [2]byte
+		binary.BigEndian.PutUint16(length[:], uint16(len(reply)))
 		c.SetWriteDeadline(time.Now().Add(tcpReadTimeout))
-		if _, err := c.Write(append(frame, reply...)); err != nil {
+		frame := net.Buffers{length[:], reply} // one writev, no copy of the reply
+		if _, err := frame.WriteTo(c); err != nil {
 			c.Close()
 		}
 	}

@@ -212,12 +212,13 @@ func cacheLifetime(s replyScan, maxTTL time.Duration) (time.Duration, bool) {
 	return d, d > 0
 }
 
-// newEntry prepares a reply for the cache: it copies msg and keeps the TTL
-// offsets so a hit can age the copy without parsing it.
+// newEntry prepares a reply for the cache: it keeps msg, which nobody may
+// change any more (a hit copies it), and the TTL offsets, so a hit can age
+// its copy without parsing it.
 func newEntry(key string, msg []byte, s replyScan, now time.Time, lifetime time.Duration) *entry {
 	return &entry{
 		key:        key,
-		msg:        slices.Clone(msg),
+		msg:        msg,
 		ttlOffsets: slices.Clip(s.ttlOffsets),
 		stored:     now,
 		expires:    now.Add(lifetime),

@@ -195,7 +195,9 @@ func (f *Forwarder) fly(ctx context.Context, fl *flight, flightKey string, req [
 	f.budget.Give(len(fl.reply))
 }
 
-// store caches reply under key if its rcode and TTLs allow.
+// store caches reply under key if its rcode and TTLs allow. The cache
+// keeps reply itself: a flight's reply is never changed (its waiters copy
+// it).
 func (f *Forwarder) store(key string, reply []byte) {
 	if f.cache == nil {
 		return
