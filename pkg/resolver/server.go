@@ -268,7 +268,10 @@ func (s *Server) ServeTCP(ln *net.TCPListener) error {
 			return err
 		}
 		if !s.admitConn(c, local) {
-			c.Close() // over a connection bound: the client retries
+			// Over a connection bound: reset at once (no FIN exchange, no
+			// TIME_WAIT kept for it); the client retries.
+			c.SetLinger(0)
+			c.Close()
 			continue
 		}
 	}

@@ -45,7 +45,8 @@ import (
 // where it ended (target: near the baseline within a minute), the flood's
 // own rate, and
 // the datagrams the node's kernel dropped because a socket's buffer was
-// full (of every pod: the agent never saw them).
+// full (of every pod: the agent never saw them), and the agent's CPU during
+// the flood (100% is one core).
 //
 //	go test -run '^$' -bench Flood -benchtime 1x ./test/bench/ -args -flood-for 20s
 func BenchmarkFlood(b *testing.B) {
@@ -132,13 +133,13 @@ func runFlood(b *testing.B, flood testenv.FloodConfig, ns dnstest.Responder) {
 			Every: 50 * time.Millisecond, Timeout: 2 * time.Second, For: *flagFloodFor})
 	}
 	udpProbe, tcpProbe := probe(false), probe(true)
-	dropsBefore := udpReceiveErrors(b, node)
+	dropsBefore, cpuBefore := udpReceiveErrors(b, node), cpuOf(b, agent.Pid())
 	udp, tcp := udpProbe.Wait(b), tcpProbe.Wait(b)
 	var load testenv.FloodResult
 	if f != nil {
 		load = f.Wait(b)
 	}
-	drops := udpReceiveErrors(b, node) - dropsBefore
+	drops, cpu := udpReceiveErrors(b, node)-dropsBefore, cpuOf(b, agent.Pid())-cpuBefore
 	peak := rssOf(b, agent.Pid(), "VmHWM")
 
 	// Back near the baseline: the agent's anonymous memory (what it
@@ -175,7 +176,22 @@ func runFlood(b *testing.B, flood testenv.FloodConfig, ns dnstest.Responder) {
 	b.ReportMetric(float64(returned), "returned-s")
 	b.ReportMetric(float64(load.Sent)/flood.For.Seconds(), "flood-q/s")
 	b.ReportMetric(float64(drops), "udp-overflows")
+	b.ReportMetric(100*cpu.Seconds()/flood.For.Seconds(), "agent-cpu-%")
 	b.ReportMetric(0, "ns/op")
+}
+
+// cpuOf is the CPU time (user and system) process pid has used.
+func cpuOf(b *testing.B, pid int) time.Duration {
+	b.Helper()
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	// Fields after the command name, which ends with the last ')'.
+	fields := strings.Fields(string(data[strings.LastIndexByte(string(data), ')')+1:]))
+	utime, _ := strconv.ParseInt(fields[11], 10, 64)
+	stime, _ := strconv.ParseInt(fields[12], 10, 64)
+	return time.Duration(utime+stime) * time.Second / 100 // USER_HZ
 }
 
 // udpReceiveErrors is how many datagrams the node's kernel dropped because
