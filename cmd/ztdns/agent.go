@@ -45,7 +45,7 @@ func runAgent(args []string) error {
 	cacheBytes := &byteSize{n: forward.DefaultCacheBytes}
 	fs.Var(cacheBytes, "cache-bytes", "bytes the cache of upstream answers may hold, e.g. 4Mi")
 	podQPS := fs.Float64("pod-qps", resolver.DefaultPodQPS, "queries a second one pod (or one address that is no known pod) may send; over it, UDP queries are dropped and TCP ones REFUSED (0: no limit)")
-	podBurst := fs.Int("pod-qps-burst", resolver.DefaultPodBurst, "queries one pod may send at once above --pod-qps")
+	podBurst := fs.Int("pod-qps-burst", 0, "queries one pod may send at once above --pod-qps (default: twice --pod-qps)")
 	podForwarding := fs.Int("pod-max-forwarding", resolver.DefaultPodForwarding, "forwarded queries one pod may have in flight; more get SERVFAIL at once (0: no limit)")
 	podTCP := fs.Int("pod-max-tcp", resolver.DefaultPodTCPConns, "TCP connections one pod may have open; more are closed at once (0: no limit)")
 	maxForwarding := fs.Int("max-forwarding", resolver.DefaultMaxInflight, "forwarded queries in flight from all pods together; more get SERVFAIL at once")

@@ -49,9 +49,9 @@ const (
 	DefaultMaxInflight    = 1024
 	DefaultTCPIdleTimeout = 10 * time.Second
 	DefaultTCPMaxConns    = 1024
-	// DefaultPodQPS and DefaultPodBurst are one source's query rate.
-	DefaultPodQPS   = 2000
-	DefaultPodBurst = 4000
+	// DefaultPodQPS is one source's query rate; its burst is twice that
+	// unless set.
+	DefaultPodQPS = 2000
 	// DefaultPodForwarding bounds one source's forwarded queries in flight.
 	DefaultPodForwarding = 128
 	// DefaultPodTCPConns bounds one source's open TCP connections.
@@ -153,7 +153,7 @@ func New(opts Options) *Server {
 	}
 	l := &opts.Limits
 	l.QPS = orDefault(l.QPS, DefaultPodQPS)
-	l.Burst = orDefault(l.Burst, DefaultPodBurst)
+	l.Burst = orDefault(l.Burst, int(2*l.QPS))
 	l.Forwarding = orDefault(l.Forwarding, DefaultPodForwarding)
 	l.TCPConns = orDefault(l.TCPConns, DefaultPodTCPConns)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -195,10 +195,11 @@ func (s *Server) clock() int64 { return int64(s.opts.Now().Sub(s.epoch)) }
 // sourceOf finds who is asking: the pod that owns ip, if any, and the quota
 // the query counts against (the pod's, or ip's entry among unknown sources).
 func (s *Server) sourceOf(ip netip.Addr, now int64) (*podcache.Pod, *quota.Source) {
-	if p := s.opts.Pods.Lookup(ip); p != nil && p.Quota != nil {
+	p := s.opts.Pods.Lookup(ip)
+	if p != nil && p.Quota != nil {
 		return p, p.Quota
 	}
-	return nil, s.unknown.Get(ip, now)
+	return p, s.unknown.Get(ip, now)
 }
 
 // rateHere reports whether the resolver applies the query rate itself: over

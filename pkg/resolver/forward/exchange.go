@@ -105,7 +105,12 @@ func exchangeTCP(ctx context.Context, upstream netip.AddrPort, query []byte, q q
 	if err != nil {
 		return nil, ctxErrOr(ctx, fmt.Errorf("dial tcp %s: %w", upstream, err))
 	}
+	// A connection per query, closed by us: with a normal close each would
+	// keep a local port in TIME_WAIT for a minute, and a pod asking over
+	// TCP at its rate would use up the ports to its upstream (connect then
+	// spends its time looking for a free one, for every pod). Reset it.
 	defer conn.Close()
+	defer conn.(*net.TCPConn).SetLinger(0)
 	defer interruptOnDone(ctx, conn)()
 
 	frame := make([]byte, 2+len(query))
