@@ -8,7 +8,6 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -19,6 +18,8 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+
+	"github.com/ztdns/ztdns/internal/dnstest"
 )
 
 // floodConfigEnv carries a FloodConfig, as JSON, to the flood helper.
@@ -281,22 +282,34 @@ func (l *floodLoad) udp() {
 	}
 }
 
+// dial opens a TCP connection to the server and counts it, or counts the
+// failure and waits Pause.
+func (l *floodLoad) dial() (net.Conn, bool) {
+	c, err := net.Dial("tcp", l.cfg.Server)
+	if err != nil {
+		l.count(nil, err, 0, false)
+		time.Sleep(l.cfg.Pause)
+		return nil, false
+	}
+	l.mu.Lock()
+	l.res.Opened++
+	l.mu.Unlock()
+	return c, true
+}
+
 func (l *floodLoad) tcp() {
 	for time.Now().Before(l.end) {
-		c, err := net.Dial("tcp", l.cfg.Server)
-		if err != nil {
-			l.count(nil, err, 0, false)
-			time.Sleep(l.cfg.Pause)
+		c, ok := l.dial()
+		if !ok {
 			continue
 		}
-		l.opened()
 		c.SetDeadline(l.end)
 		window := make(chan struct{}, l.cfg.Window)
 		done := make(chan struct{})
 		go func() {
 			defer close(done)
 			for {
-				reply, err := readFrame(c)
+				reply, err := dnstest.ReadTCP(c)
 				if err != nil {
 					return
 				}
@@ -311,7 +324,7 @@ func (l *floodLoad) tcp() {
 			case <-done:
 				break send
 			}
-			if writeFrame(c, l.query()) != nil {
+			if dnstest.WriteTCP(c, l.query()) != nil {
 				break
 			}
 		}
@@ -325,27 +338,18 @@ func (l *floodLoad) tcp() {
 
 func (l *floodLoad) tcpIdle() {
 	for time.Now().Before(l.end) {
-		c, err := net.Dial("tcp", l.cfg.Server)
-		if err != nil {
-			l.count(nil, err, 0, false)
-			time.Sleep(l.cfg.Pause)
+		c, ok := l.dial()
+		if !ok {
 			continue
 		}
-		l.opened()
 		c.SetReadDeadline(l.end)
-		_, err = c.Read(make([]byte, 1))
+		_, err := c.Read(make([]byte, 1))
 		c.Close()
 		if !isTimeout(err) {
 			l.closed()
 			time.Sleep(l.cfg.Pause)
 		}
 	}
-}
-
-func (l *floodLoad) opened() {
-	l.mu.Lock()
-	l.res.Opened++
-	l.mu.Unlock()
 }
 
 func (l *floodLoad) closed() {
@@ -383,10 +387,10 @@ func (l *floodLoad) exchange(q []byte) ([]byte, error) {
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(l.cfg.Timeout))
 	if l.cfg.TCP {
-		if err := writeFrame(c, q); err != nil {
+		if err := dnstest.WriteTCP(c, q); err != nil {
 			return nil, err
 		}
-		return readFrame(c)
+		return dnstest.ReadTCP(c)
 	}
 	if _, err := c.Write(q); err != nil {
 		return nil, err
@@ -401,19 +405,4 @@ func (l *floodLoad) exchange(q []byte) ([]byte, error) {
 			return buf[:n], nil
 		}
 	}
-}
-
-func writeFrame(c net.Conn, msg []byte) error {
-	_, err := c.Write(append(binary.BigEndian.AppendUint16(make([]byte, 0, 2+len(msg)), uint16(len(msg))), msg...))
-	return err
-}
-
-func readFrame(c net.Conn) ([]byte, error) {
-	var l [2]byte
-	if _, err := io.ReadFull(c, l[:]); err != nil {
-		return nil, err
-	}
-	b := make([]byte, binary.BigEndian.Uint16(l[:]))
-	_, err := io.ReadFull(c, b)
-	return b, err
 }

@@ -1,7 +1,6 @@
 package resolver
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -434,7 +433,7 @@ func TestIdleTimeoutShortensUnderPressure(t *testing.T) {
 // exchangeTCP writes one framed query and reads one framed reply.
 func exchangeTCP(t *testing.T, c net.Conn, q []byte) *dns.Msg {
 	t.Helper()
-	if _, err := c.Write(append(binary.BigEndian.AppendUint16(nil, uint16(len(q))), q...)); err != nil {
+	if err := dnstest.WriteTCP(c, q); err != nil {
 		t.Fatal(err)
 	}
 	r, err := readTCPReply(c)
@@ -445,34 +444,12 @@ func exchangeTCP(t *testing.T, c net.Conn, q []byte) *dns.Msg {
 }
 
 func readTCPReply(c net.Conn) (*dns.Msg, error) {
-	var l [2]byte
-	if _, err := io.ReadFull(c, l[:]); err != nil {
-		return nil, err
-	}
-	b := make([]byte, binary.BigEndian.Uint16(l[:]))
-	if _, err := io.ReadFull(c, b); err != nil {
+	b, err := dnstest.ReadTCP(c)
+	if err != nil {
 		return nil, err
 	}
 	m := new(dns.Msg)
 	return m, m.Unpack(b)
-}
-
-// fakeClock is a clock the test moves.
-type fakeClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
 }
 
 // TestRateLimitPerSource: a source over its rate has its UDP queries dropped
@@ -481,8 +458,9 @@ func (c *fakeClock) Advance(d time.Duration) {
 // the metric. The clock is the test's, so the counts are exact.
 func TestRateLimitPerSource(t *testing.T) {
 	const qps, burst = 10, 20
-	clock := &fakeClock{now: time.Unix(1e9, 0)}
-	ls := startLimitsServer(t, Options{Limits: quota.Limits{QPS: qps, Burst: burst}, Now: clock.Now}, liveUpstream(t), liveUpstream(t))
+	var clock atomic.Int64 // the test's: ns since 1970
+	now := func() time.Time { return time.Unix(0, clock.Load()) }
+	ls := startLimitsServer(t, Options{Limits: quota.Limits{QPS: qps, Burst: burst}, Now: now}, liveUpstream(t), liveUpstream(t))
 	before := testutil.ToFloat64(metricQueries.rateLimited)
 
 	f := startUDPFlood(t, flooderIP, ls.addr)
@@ -498,7 +476,7 @@ func TestRateLimitPerSource(t *testing.T) {
 		n, _ := f.answered()
 		return n == burst && ls.usage(flooderIP).RateLimited == 10
 	})
-	clock.Advance(time.Second)
+	clock.Add(int64(time.Second))
 	send(qps + 5)
 	eventually(t, "a second's worth answered and the rest dropped", func() bool {
 		n, _ := f.answered()
@@ -547,7 +525,7 @@ func pipelineTCP(t *testing.T, c net.Conn, queries [][]byte, window int) []*dns.
 	go func() {
 		for _, q := range queries {
 			slots <- struct{}{}
-			if _, err := c.Write(append(binary.BigEndian.AppendUint16(nil, uint16(len(q))), q...)); err != nil {
+			if dnstest.WriteTCP(c, q) != nil {
 				return
 			}
 		}

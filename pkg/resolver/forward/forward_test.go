@@ -17,6 +17,8 @@ import (
 	"github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
+
+	"github.com/ztdns/ztdns/internal/dnstest"
 )
 
 var protocols = []struct {
@@ -396,7 +398,7 @@ func TestTCPFraming(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			up := rawTCPUpstream(t, func(c net.Conn) {
-				q, err := readTCPQuery(c)
+				q, err := dnstest.ReadTCP(c)
 				if err != nil {
 					t.Errorf("read query: %v", err)
 					return
