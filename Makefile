@@ -45,6 +45,7 @@ demo-standalone: build
 
 bench: build
 	./scripts/bench.sh
+	ZTDNS_BIN=$(CURDIR)/$(BIN) $(GO) test -run '^$$' -bench Flood -benchtime 1x -timeout 30m ./test/bench/
 
 fuzz:
 	GO=$(GO) FUZZTIME=$(FUZZTIME) FUZZFLAGS='$(FUZZFLAGS)' FUZZ='$(FUZZ)' ./scripts/fuzz.sh

@@ -29,6 +29,7 @@ import (
 	"syscall"
 
 	"github.com/ztdns/ztdns/pkg/agent"
+	"github.com/ztdns/ztdns/pkg/resolver/quota"
 	"github.com/ztdns/ztdns/pkg/source/configdir"
 )
 
@@ -75,6 +76,7 @@ func run(configDir, listen, upstream, socket, out string) error {
 			Upstreams: []netip.AddrPort{ua},
 			Socket:    socket,
 			Logger:    log,
+			Limits:    quota.Limits{QPS: -1}, // dnsperf is one source at full speed
 		})
 	}()
 

@@ -17,6 +17,9 @@ import (
 	"github.com/ztdns/ztdns/pkg/control"
 	"github.com/ztdns/ztdns/pkg/redirect"
 	"github.com/ztdns/ztdns/pkg/resolvconf"
+	"github.com/ztdns/ztdns/pkg/resolver"
+	"github.com/ztdns/ztdns/pkg/resolver/forward"
+	"github.com/ztdns/ztdns/pkg/resolver/quota"
 	"github.com/ztdns/ztdns/pkg/resolver/vip"
 	"github.com/ztdns/ztdns/pkg/source"
 	"github.com/ztdns/ztdns/pkg/source/configdir"
@@ -62,6 +65,17 @@ directory of YAML manifests (--config-dir).`,
 	cacheSize := fs.Int("cache-size", 10000, "entries in the cache of upstream answers (0 disables it)")
 	vipSource := fs.String("vip-source", string(vip.SourceAuto), "where auto-allocated ServiceEntry VIPs come from: auto (istiod's status.addresses when istiod allocates, else ztdns's allocator), istiod (status.addresses only) or ztdns (its own allocator only); see README")
 	istioNamespace := fs.String("istio-namespace", "istio-system", "istiod's `NAMESPACE`, where --vip-source=auto looks for its VIP allocator")
+	cacheBytes := &byteSize{n: forward.DefaultCacheBytes}
+	fs.Var(cacheBytes, "cache-bytes", "bytes the cache of upstream answers may hold, e.g. 4Mi")
+	podQPS := fs.Float64("pod-qps", resolver.DefaultPodQPS, "queries a second one pod (or one address that is no known pod) may send; over it, UDP queries are dropped and TCP ones REFUSED (0: no limit)")
+	podBurst := fs.Int("pod-qps-burst", 0, "queries one pod may send at once above --pod-qps (default: twice --pod-qps)")
+	podForwarding := fs.Int("pod-max-forwarding", resolver.DefaultPodForwarding, "forwarded queries one pod may have in flight; more get SERVFAIL at once (0: no limit)")
+	podTCP := fs.Int("pod-max-tcp", resolver.DefaultPodTCPConns, "TCP connections one pod may have open; more are closed at once (0: no limit)")
+	maxForwarding := fs.Int("max-forwarding", resolver.DefaultMaxInflight, "forwarded queries in flight from all pods together; more get SERVFAIL at once")
+	maxTCP := fs.Int("max-tcp", resolver.DefaultTCPMaxConns, "open TCP connections from all pods together")
+	tcpIdle := fs.Duration("tcp-idle-timeout", resolver.DefaultTCPIdleTimeout, "close a TCP connection idle this long (a tenth of it with half of --max-tcp open, a hundredth with three quarters)")
+	inflightBytes := &byteSize{n: resolver.DefaultInflightBytes}
+	fs.Var(inflightBytes, "inflight-bytes", "bytes of upstream replies held at once, read or waiting to be written, e.g. 8Mi; a reply that does not fit gets SERVFAIL")
 	autopath := fs.Bool("autopath", false, "answer search-list expansions of unknown names in one round trip (see README)")
 	metrics := fs.String("metrics", "", "serve /metrics, /healthz and /readyz on `ADDR`: the node's IP or 127.0.0.1 with a port, e.g. 127.0.0.1:15053 (an IPv6 address may go without brackets); empty disables")
 	capture := fs.Bool("capture", true, "capture marked pods' DNS with eBPF; false only serves on --listen")
@@ -155,9 +169,29 @@ directory of YAML manifests (--config-dir).`,
 			Socket:            *socket,
 			SocketGroup:       gid,
 			Logger:            log,
+			CacheBytes:        cacheBytes.n,
+			Limits: quota.Limits{
+				QPS:        limitFlag(*podQPS),
+				Burst:      *podBurst,
+				Forwarding: limitFlag(*podForwarding),
+				TCPConns:   limitFlag(*podTCP),
+			},
+			MaxForwarding:  *maxForwarding,
+			TCPMaxConns:    *maxTCP,
+			TCPIdleTimeout: *tcpIdle,
+			InflightBytes:  inflightBytes.n,
 		})
 	}
 	return cmd
+}
+
+// limitFlag maps a per-pod bound's flag (0 disables it) onto quota.Limits
+// as agent.Config takes them (0 is the default, negative disables).
+func limitFlag[T int | float64](n T) T {
+	if n <= 0 {
+		return -1
+	}
+	return n
 }
 
 // cacheSizeFlag maps --cache-size (0 disables) onto agent.Config.CacheSize

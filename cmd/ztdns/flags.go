@@ -10,6 +10,8 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
+
+	"k8s.io/apimachinery/pkg/api/resource"
 )
 
 // addrPortList is a repeatable, comma-separated flag of addresses; a bare IP
@@ -58,6 +60,29 @@ func parseAddrPort(s string, defaultPort uint16) (netip.AddrPort, error) {
 		return netip.AddrPort{}, fmt.Errorf("%q is not an address or address:port", s)
 	}
 	return netip.AddrPortFrom(a.Unmap(), defaultPort), nil
+}
+
+// byteSize is a flag of bytes in Kubernetes quantity form: 4Mi, 512Ki,
+// 1048576.
+type byteSize struct{ n int64 }
+
+func (b *byteSize) String() string {
+	if b == nil {
+		return ""
+	}
+	return resource.NewQuantity(b.n, resource.BinarySI).String()
+}
+
+// Type names the value in --help.
+func (b *byteSize) Type() string { return "bytes" }
+
+func (b *byteSize) Set(v string) error {
+	q, err := resource.ParseQuantity(v)
+	if err != nil || q.Sign() <= 0 {
+		return fmt.Errorf("%q is not a positive size in bytes (e.g. 4Mi)", v)
+	}
+	b.n = q.Value()
+	return nil
 }
 
 // newLogger builds the process logger from --log-level and --log-format.

@@ -24,8 +24,8 @@ const (
 )
 
 // RunHelper makes the test binary act as a client when GoLookup or
-// ControlCallAsUser started it; call it first in TestMain. It returns when
-// the binary runs as tests.
+// ControlCallAsUser or StartFlood started it; call it first in TestMain. It
+// returns when the binary runs as tests.
 func RunHelper() {
 	switch os.Getenv(helperEnv) {
 	case "":
@@ -34,6 +34,8 @@ func RunHelper() {
 		os.Exit(goLookup(os.Getenv(helperNameEnv)))
 	case "control-call":
 		os.Exit(controlCall())
+	case "flood":
+		os.Exit(flood())
 	default:
 		fmt.Fprintf(os.Stderr, "unknown %s=%q\n", helperEnv, os.Getenv(helperEnv))
 		os.Exit(2)

@@ -5,6 +5,7 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -30,6 +31,7 @@ import (
 	"github.com/ztdns/ztdns/pkg/redirect"
 	"github.com/ztdns/ztdns/pkg/resolver"
 	"github.com/ztdns/ztdns/pkg/resolver/forward"
+	"github.com/ztdns/ztdns/pkg/resolver/quota"
 	"github.com/ztdns/ztdns/pkg/resolver/table"
 	"github.com/ztdns/ztdns/pkg/resolver/vip"
 	"github.com/ztdns/ztdns/pkg/source"
@@ -75,11 +77,31 @@ type Config struct {
 	// CNI installs the chained plugin into the node's CNI configuration.
 	CNI *CNIConfig
 	// SocketsPerAddr is how many SO_REUSEPORT UDP sockets each address gets
-	// (default: one per CPU).
+	// (default: one per CPU, at most two).
 	SocketsPerAddr int
 	Logger         *slog.Logger
 	// Registry receives the metrics (default: a fresh registry).
 	Registry *prometheus.Registry
+
+	// Bounds on what pods may take of the resolver; README "Limits and
+	// protections".
+
+	// CacheBytes bounds the bytes the cache of upstream answers holds (0:
+	// the default).
+	CacheBytes int64
+	// Limits bound each source of queries: a pod, or an address that is no
+	// known pod. A zero field takes the default, a negative one disables it
+	// (resolver.Options.Limits).
+	Limits quota.Limits
+	// MaxForwarding bounds forwarded queries in flight from all sources,
+	// TCPMaxConns open TCP connections, TCPIdleTimeout how long one may be
+	// idle (shorter under pressure); 0 takes the default.
+	MaxForwarding  int
+	TCPMaxConns    int
+	TCPIdleTimeout time.Duration
+	// InflightBytes bounds the bytes of upstream replies held at once, read
+	// or waiting to be written (0: the default).
+	InflightBytes int64
 }
 
 // Agent is a running ztdns agent.
@@ -145,7 +167,9 @@ func newAgent(cfg Config) (*Agent, error) {
 		cfg.TTL = table.DefaultTTL * time.Second
 	}
 	if cfg.SocketsPerAddr <= 0 {
-		cfg.SocketsPerAddr = runtime.GOMAXPROCS(0)
+		// A few are plenty for a node's DNS, whatever the node's size,
+		// and each costs memory (see maxSocketsPerAddr).
+		cfg.SocketsPerAddr = min(runtime.GOMAXPROCS(0), maxSocketsPerAddr)
 	}
 	if cfg.Registry == nil {
 		cfg.Registry = prometheus.NewRegistry()
@@ -178,6 +202,8 @@ func newAgent(cfg Config) (*Agent, error) {
 	if cfg.ForwardTimeout > 0 {
 		fwdOpts = append(fwdOpts, forward.WithTimeout(cfg.ForwardTimeout))
 	}
+	budget := quota.NewBudget(cmp.Or(cfg.InflightBytes, resolver.DefaultInflightBytes))
+	fwdOpts = append(fwdOpts, forward.WithCacheBytes(cfg.CacheBytes), forward.WithBudget(budget))
 	a.fwd = forward.New(fwdOpts...)
 	a.server = resolver.New(resolver.Options{
 		Pods:       a.pods,
@@ -186,6 +212,13 @@ func newAgent(cfg Config) (*Agent, error) {
 		Autopath:   cfg.Autopath,
 		NodeSearch: cfg.NodeSearch,
 		Logger:     cfg.Logger,
+
+		Limits:         cfg.Limits,
+		MaxInflight:    cfg.MaxForwarding,
+		TCPMaxConns:    cfg.TCPMaxConns,
+		TCPIdleTimeout: cfg.TCPIdleTimeout,
+		Budget:         budget,
+		KernelRate:     true,
 	})
 	if err := a.registerMetrics(); err != nil {
 		return nil, err
@@ -227,6 +260,7 @@ func (a *Agent) run(ctx context.Context) error {
 		}
 		defer a.capture.close()
 	}
+	g.spawn("memory", func() error { returnMemoryAfterBursts(ctx, a.log); return nil })
 	g.spawn("source", func() error {
 		err := a.cfg.Source.Run(ctx, a.apply)
 		if err == nil && ctx.Err() == nil {

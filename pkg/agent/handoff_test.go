@@ -19,6 +19,7 @@ import (
 
 	"github.com/ztdns/ztdns/internal/dnstest"
 	"github.com/ztdns/ztdns/pkg/control"
+	"github.com/ztdns/ztdns/pkg/resolver/quota"
 	"github.com/ztdns/ztdns/pkg/source/configdir"
 )
 
@@ -48,6 +49,9 @@ func startTestAgent(t *testing.T, dir, socket string, listen netip.AddrPort, ups
 			Socket:      socket,
 			MetricsAddr: metrics,
 			Logger:      log,
+			// The load below is four clients on one address as fast as
+			// they can: no per-source rate limit.
+			Limits: quota.Limits{QPS: -1},
 		})
 	}()
 	t.Cleanup(ta.stop)

@@ -49,6 +49,7 @@ func (a *Agent) registerMetrics() error {
 	}
 	cs = append(cs, resolver.Collectors()...)
 	cs = append(cs, control.Collectors()...)
+	cs = append(cs, a.server.Collector())
 	if mc, ok := a.cfg.Source.(interface{ Collectors() []prometheus.Collector }); ok {
 		cs = append(cs, mc.Collectors()...)
 	}

@@ -106,7 +106,7 @@ func (a *Agent) podRows() ([]control.PodRow, error) {
 	}
 	var rows []control.PodRow
 	for _, p := range a.pods.List() {
-		row := control.PodRow{Namespace: p.Namespace, Name: p.Name}
+		row := control.PodRow{Namespace: p.Namespace, Name: p.Name, Resolver: a.server.PodUsage(p)}
 		for _, ip := range p.IPs {
 			row.IPs = append(row.IPs, ip.String())
 		}

@@ -11,6 +11,7 @@ import (
 	"github.com/containernetworking/cni/pkg/utils"
 	"k8s.io/apimachinery/pkg/util/validation"
 
+	"github.com/ztdns/ztdns/pkg/resolver/quota"
 	"github.com/ztdns/ztdns/pkg/resolver/table"
 	"github.com/ztdns/ztdns/pkg/version"
 )
@@ -69,6 +70,9 @@ type PodRow struct {
 	// iptables-legacy) holding istio-cni's DNS capture rules in a captured
 	// pod: Istio's DNS capture is on for it too (ztdns still answers it).
 	IstioDNSRules string `json:"istioDNSRules,omitempty"`
+	// Resolver is what the pod holds of the resolver and was refused by its
+	// per-pod limits.
+	Resolver quota.Usage `json:"resolver"`
 }
 
 // CaptureRequest marks (POST RouteCapture) or unmarks (DELETE RouteCapture)

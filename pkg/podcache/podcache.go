@@ -22,6 +22,7 @@ import (
 	"sync/atomic"
 
 	"github.com/ztdns/ztdns/pkg/model"
+	"github.com/ztdns/ztdns/pkg/resolver/quota"
 )
 
 // Attachment is what the runtime reports about a pod's sandbox.
@@ -65,6 +66,9 @@ type Pod struct {
 	// Attachment is the runtime's record; nil when the pod has none on this
 	// node (yet).
 	Attachment *Attachment
+	// Quota is what the pod may take of the resolver and was refused. The
+	// same Source stays with the pod (by namespace/name) across rebuilds.
+	Quota *quota.Source
 }
 
 // Key returns "namespace/name".
@@ -87,6 +91,7 @@ type Cache struct {
 	mu          sync.Mutex // serialises writers
 	fromSource  map[string]model.Pod
 	attachments map[string]Attachment
+	quotas      map[string]*quota.Source // by pod key
 
 	view atomic.Pointer[index]
 }
@@ -94,7 +99,7 @@ type Cache struct {
 // New returns an empty cache for the given cluster domain (used to derive
 // pods' search lists).
 func New(clusterDomain string) *Cache {
-	c := &Cache{domain: clusterDomain, fromSource: map[string]model.Pod{}, attachments: map[string]Attachment{}}
+	c := &Cache{domain: clusterDomain, fromSource: map[string]model.Pod{}, attachments: map[string]Attachment{}, quotas: map[string]*quota.Source{}}
 	c.view.Store(&index{})
 	return c
 }
@@ -189,7 +194,12 @@ func (c *Cache) rebuild() {
 		}
 	}
 	idx := &index{byIP: map[netip.Addr]*Pod{}, byCookie: map[uint64]*Pod{}}
-	for _, p := range pods {
+	quotas := make(map[string]*quota.Source, len(pods))
+	for k, p := range pods {
+		if p.Quota = c.quotas[k]; p.Quota == nil {
+			p.Quota = new(quota.Source)
+		}
+		quotas[k] = p.Quota
 		if p.Spec != nil {
 			p.Search = p.Spec.SearchList(c.domain)
 		} else {
@@ -222,5 +232,6 @@ func (c *Cache) rebuild() {
 			}
 		}
 	}
+	c.quotas = quotas
 	c.view.Store(idx)
 }

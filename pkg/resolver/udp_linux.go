@@ -99,6 +99,7 @@ func (s *Server) serveUDPBatches(conn *net.UDPConn, local netip.AddrPort) error 
 			return err
 		}
 		queued := 0
+		now := s.clock() // one clock read per batch for the rate limits
 		for i := range n {
 			msg := b.inBuf[i][:b.in[i].len]
 			if b.in[i].hdr.Flags&unix.MSG_TRUNC != 0 {
@@ -109,7 +110,7 @@ func (s *Server) serveUDPBatches(conn *net.UDPConn, local netip.AddrPort) error 
 			if !ok {
 				continue
 			}
-			reply, slow := s.answerFast(msg, src, false, b.outBuf[queued][:0], &b.name)
+			reply, slow := s.answerFast(msg, src, false, b.outBuf[queued][:0], &b.name, now)
 			if slow {
 				s.slowUDP(conn, append([]byte(nil), msg...), src, local)
 				continue

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -385,10 +386,13 @@ func checkEnv(t *testing.T, agent corev1.Container) {
 			env[e.Name] = e.Value
 		}
 	}
+	// GOMEMLIMIT is 80% of the memory limit: the rest is for what the Go
+	// runtime does not count (the binary's pages, socket buffers, maps).
+	limit := agent.Resources.Limits[corev1.ResourceMemory]
 	want := map[string]string{
 		"NODE_NAME":  "field:spec.nodeName", // --node-name=$(NODE_NAME)
 		"HOST_IP":    "field:status.hostIP",
-		"GOMEMLIMIT": "resource:limits.memory",
+		"GOMEMLIMIT": strconv.FormatInt(limit.Value()*4/5, 10),
 	}
 	if !maps.Equal(env, want) {
 		t.Errorf("env %v, want %v", env, want)

@@ -15,6 +15,8 @@ import (
 	"slices"
 	"sync"
 	"time"
+
+	"github.com/ztdns/ztdns/pkg/resolver/quota"
 )
 
 // servfailUDPSize is the UDP payload size advertised in our own SERVFAIL
@@ -31,11 +33,13 @@ const (
 // Forwarder relays queries to upstream nameservers and caches the replies.
 // It is safe for concurrent use.
 type Forwarder struct {
-	timeout   time.Duration
-	cacheSize int
-	maxTTL    time.Duration
-	now       func() time.Time
-	log       *slog.Logger
+	timeout    time.Duration
+	cacheSize  int
+	cacheBytes int64
+	maxTTL     time.Duration
+	budget     *quota.Budget // nil: unbounded
+	now        func() time.Time
+	log        *slog.Logger
 
 	cache *cache // nil when caching is disabled
 
@@ -58,21 +62,31 @@ type flight struct {
 // New returns a Forwarder; Close it to stop its upstream exchanges.
 func New(opts ...Option) *Forwarder {
 	f := &Forwarder{
-		timeout:   DefaultTimeout,
-		cacheSize: DefaultCacheSize,
-		maxTTL:    DefaultMaxTTL,
-		now:       time.Now,
-		log:       slog.Default(),
-		flights:   make(map[string]*flight),
+		timeout:    DefaultTimeout,
+		cacheSize:  DefaultCacheSize,
+		cacheBytes: DefaultCacheBytes,
+		maxTTL:     DefaultMaxTTL,
+		now:        time.Now,
+		log:        slog.Default(),
+		flights:    make(map[string]*flight),
 	}
 	for _, o := range opts {
 		o(f)
 	}
 	if f.cacheSize > 0 {
-		f.cache = newCache(f.cacheSize)
+		f.cache = newCache(f.cacheSize, f.cacheBytes)
 	}
 	f.base, f.stop = context.WithCancel(context.Background())
 	return f
+}
+
+// CacheUsage returns the number of replies the cache holds and the bytes
+// they take, as its byte bound counts them.
+func (f *Forwarder) CacheUsage() (entries int, bytes int64) {
+	if f.cache == nil {
+		return 0, 0
+	}
+	return f.cache.usage()
 }
 
 // Close stops all upstream exchanges and waits for them to end. Queries
@@ -101,7 +115,9 @@ func (f *Forwarder) Forward(ctx context.Context, req []byte, tcp bool, upstreams
 		ctx, cancel := context.WithTimeout(ctx, f.timeout)
 		defer cancel()
 		defer context.AfterFunc(f.base, cancel)()
-		return f.finish(req, r, f.resolve(ctx, req, r, tcp, upstreams)), nil
+		reply := f.resolve(ctx, req, r, tcp, upstreams)
+		defer f.budget.Give(len(reply))
+		return f.finish(req, r, reply), nil
 	}
 
 	var keyBuf [512]byte
@@ -115,15 +131,22 @@ func (f *Forwarder) Forward(ctx context.Context, req []byte, tcp bool, upstreams
 		cacheMisses.Inc()
 	}
 
-	// Identical queries share one exchange, which runs on its own context so
-	// that a waiter giving up does not cancel it for the others.
+	// Identical queries share one exchange. The query that starts it runs
+	// it in its own goroutine (a goroutine per query in flight is most of
+	// what one costs); the others wait for it, each until its own context
+	// ends, so one giving up does not cancel the exchange for the rest.
 	proto := byte('u')
 	if tcp {
 		proto = 't'
 	}
-	fl := f.joinFlight(append(key, proto), req, r, tcp, upstreams)
-	if fl == nil {
+	flightKey := string(append(key, proto))
+	fl, leader := f.joinFlight(flightKey)
+	switch {
+	case fl == nil:
 		return servfail(req, r), nil
+	case leader:
+		f.fly(ctx, fl, flightKey, req, r, tcp, upstreams)
+		return f.finish(req, r, fl.reply), nil
 	}
 	select {
 	case <-fl.done:
@@ -133,39 +156,48 @@ func (f *Forwarder) Forward(ctx context.Context, req []byte, tcp bool, upstreams
 	}
 }
 
-// joinFlight returns the flight for flightKey, starting it if there is none.
-// It returns nil once the Forwarder is closed.
-func (f *Forwarder) joinFlight(flightKey []byte, req []byte, r request, tcp bool, upstreams []netip.AddrPort) *flight {
+// joinFlight returns the flight for flightKey, and whether the caller
+// starts it (then it must call fly). It returns nil once the Forwarder is
+// closed.
+func (f *Forwarder) joinFlight(flightKey string) (fl *flight, leader bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.closed {
-		return nil
+		return nil, false
 	}
-	if fl := f.flights[string(flightKey)]; fl != nil {
+	if fl := f.flights[flightKey]; fl != nil {
 		coalesced.Inc()
-		return fl
+		return fl, false
 	}
-	fk := string(flightKey)
-	fl := &flight{done: make(chan struct{})}
-	f.flights[fk] = fl
-	req = slices.Clone(req) // the caller may reuse its buffer once it returns
-	upstreams = slices.Clone(upstreams)
-	f.wg.Go(func() {
-		ctx, cancel := context.WithTimeout(f.base, f.timeout)
-		defer cancel()
-		fl.reply = f.resolve(ctx, req, r, tcp, upstreams)
-		if fl.reply != nil {
-			f.store(fk[:len(fk)-1], fl.reply)
-		}
-		f.mu.Lock()
-		delete(f.flights, fk)
-		f.mu.Unlock()
-		close(fl.done)
-	})
-	return fl
+	fl = &flight{done: make(chan struct{})}
+	f.flights[flightKey] = fl
+	f.wg.Add(1) // Close waits for the exchange
+	return fl, true
 }
 
-// store caches reply under key if its rcode and TTLs allow.
+// fly runs the exchange of a flight the caller started, bounded by the
+// timeout, the caller's context and Close, caches the reply and hands it to
+// the flight's waiters.
+func (f *Forwarder) fly(ctx context.Context, fl *flight, flightKey string, req []byte, r request, tcp bool, upstreams []netip.AddrPort) {
+	defer f.wg.Done()
+	ctx, cancel := context.WithTimeout(ctx, f.timeout)
+	defer cancel()
+	defer context.AfterFunc(f.base, cancel)()
+	fl.reply = f.resolve(ctx, req, r, tcp, upstreams)
+	if fl.reply != nil {
+		f.store(flightKey[:len(flightKey)-1], fl.reply)
+	}
+	f.mu.Lock()
+	delete(f.flights, flightKey)
+	f.mu.Unlock()
+	close(fl.done)
+	// The waiters copy the reply as they wake; it leaves the budget now.
+	f.budget.Give(len(fl.reply))
+}
+
+// store caches reply under key if its rcode and TTLs allow. The cache
+// keeps reply itself: a flight's reply is never changed (its waiters copy
+// it).
 func (f *Forwarder) store(key string, reply []byte) {
 	if f.cache == nil {
 		return
@@ -190,25 +222,39 @@ type attempt struct {
 
 // resolve asks every upstream at once and returns the first good reply, else
 // the first reply of any kind, else nil. Losing exchanges are canceled; they
-// end on their own and are not waited for.
+// end on their own and are not waited for. The reply's bytes are taken from
+// the budget: the caller gives them back when done with it.
 func (f *Forwarder) resolve(ctx context.Context, req []byte, r request, tcp bool, upstreams []netip.AddrPort) []byte {
 	upstreams = distinctUpstreams(upstreams)
 	if len(upstreams) == 0 {
 		f.log.Debug("no upstream to forward to")
 		return nil
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-
 	query := slices.Clone(req)
 	var id [2]byte
 	_, _ = rand.Read(id[:]) // never fails (crypto/rand since Go 1.24)
 	copy(query, id[:])
+	if len(upstreams) == 1 { // the usual case with capture: no race to run
+		return f.ask(ctx, upstreams[0], query, r.q, tcp).reply
+	}
 
-	results := make(chan attempt, len(upstreams)) // buffered: losers never block
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	// Exchanges that finish after resolve returned give their reply's bytes
+	// back themselves.
+	results, returned := make(chan attempt), make(chan struct{})
+	defer close(returned)
 	started := 0
 	for _, u := range upstreams {
-		if !f.goTracked(func() { results <- f.ask(ctx, u, query, r.q, tcp) }) {
+		ok := f.goTracked(func() {
+			a := f.ask(ctx, u, query, r.q, tcp)
+			select {
+			case results <- a:
+			case <-returned:
+				f.budget.Give(len(a.reply))
+			}
+		})
+		if !ok {
 			break
 		}
 		started++
@@ -217,10 +263,13 @@ func (f *Forwarder) resolve(ctx context.Context, req []byte, r request, tcp bool
 	for range started {
 		a := <-results
 		if a.good {
+			f.budget.Give(len(fallback))
 			return a.reply
 		}
 		if fallback == nil {
 			fallback = a.reply
+		} else {
+			f.budget.Give(len(a.reply))
 		}
 	}
 	return fallback
@@ -233,7 +282,7 @@ func (f *Forwarder) ask(ctx context.Context, upstream netip.AddrPort, query []by
 		proto = "tcp"
 	}
 	start := time.Now()
-	reply, err := exchange(ctx, upstream, query, q, tcp)
+	reply, err := exchange(ctx, upstream, query, q, tcp, f.budget)
 	if err != nil {
 		result := resultError
 		switch {
@@ -241,6 +290,8 @@ func (f *Forwarder) ask(ctx context.Context, upstream netip.AddrPort, query []by
 			result = resultTimeout
 		case errors.Is(err, context.Canceled):
 			result = resultCanceled
+		case errors.Is(err, errNoMemory):
+			result = resultNoMemory
 		}
 		upstreamQueries.WithLabelValues(result).Inc()
 		if result != resultCanceled {

@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"fmt"
 	"net"
 	"net/netip"
+	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -15,6 +17,8 @@ import (
 	"github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
+
+	"github.com/ztdns/ztdns/internal/dnstest"
 )
 
 var protocols = []struct {
@@ -394,7 +398,7 @@ func TestTCPFraming(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			up := rawTCPUpstream(t, func(c net.Conn) {
-				q, err := readTCPQuery(c)
+				q, err := dnstest.ReadTCP(c)
 				if err != nil {
 					t.Errorf("read query: %v", err)
 					return
@@ -637,4 +641,45 @@ func counterValue(tb testing.TB, c prometheus.Counter) float64 {
 		tb.Fatalf("read counter: %v", err)
 	}
 	return m.GetCounter().GetValue()
+}
+
+// TestWaitingExchangesHoldNoReplyBuffer: queries waiting for a silent
+// upstream hold no buffer for the reply they have not got (a UDP reply may
+// be 64 KiB: a buffer of that size per query in flight was how a flood of
+// unique names took hundreds of MB).
+func TestWaitingExchangesHoldNoReplyBuffer(t *testing.T) {
+	if raceEnabled {
+		t.Skip("the race detector makes memory cost more than it does")
+	}
+	const waiting = 1000
+	var received atomic.Int64
+	silent := rawUDPUpstream(t, func(net.PacketConn, net.Addr, []byte) { received.Add(1) })
+	f := newForwarder(t, WithTimeout(time.Minute))
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	for batch := range waiting / 100 { // in batches the silent upstream's socket can hold
+		for i := range 100 {
+			wg.Go(func() {
+				q := query(t, fmt.Sprintf("n%d-%d.example.", batch, i), dns.TypeA)
+				_, _ = f.Forward(ctx, q, false, []netip.AddrPort{silent})
+			})
+		}
+		for received.Load() < int64(batch+1)*100 {
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	cancel()
+	wg.Wait()
+	heap := (int64(after.HeapInuse) - int64(before.HeapInuse)) / waiting
+	stacks := (int64(after.StackInuse) - int64(before.StackInuse)) / waiting
+	perQuery := heap + stacks
+	t.Logf("%d bytes per forwarded query waiting for its upstream: %d of heap, %d of stacks (the caller's goroutine included)", perQuery, heap, stacks)
+	if perQuery > 32<<10 {
+		t.Errorf("%d bytes per query waiting for an upstream, want well under the 64 KiB a reply buffer takes", perQuery)
+	}
 }

@@ -4,11 +4,12 @@ import "github.com/prometheus/client_golang/prometheus"
 
 // Results of one upstream attempt, the values of the "result" label.
 const (
-	resultOK       = "ok"       // NOERROR or NXDOMAIN
-	resultServfail = "servfail" // any other rcode: SERVFAIL, REFUSED, NOTIMP, …
-	resultTimeout  = "timeout"  // no valid reply within the bound
-	resultError    = "error"    // socket error, e.g. connection refused
-	resultCanceled = "canceled" // stopped because another upstream answered first
+	resultOK       = "ok"        // NOERROR or NXDOMAIN
+	resultServfail = "servfail"  // any other rcode: SERVFAIL, REFUSED, NOTIMP, …
+	resultTimeout  = "timeout"   // no valid reply within the bound
+	resultError    = "error"     // socket error, e.g. connection refused
+	resultCanceled = "canceled"  // stopped because another upstream answered first
+	resultNoMemory = "no_memory" // the reply did not fit the budget of replies in flight
 )
 
 var (
@@ -17,7 +18,7 @@ var (
 		Namespace: "ztdns",
 		Subsystem: "forward",
 		Name:      "upstream_queries_total",
-		Help:      "Queries sent to upstream nameservers, by result (ok, servfail, timeout, error, canceled).",
+		Help:      "Queries sent to upstream nameservers, by result (ok, servfail, timeout, error, canceled, no_memory).",
 	}, []string{"result"})
 
 	// upstreamDuration measures how long upstreams take to send a valid reply.
@@ -53,6 +54,28 @@ var (
 		Help:      "Cache entries evicted because the cache was full.",
 	})
 
+	// cacheBytes and cacheEntries are what the caches hold now.
+	cacheBytes = prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: "ztdns",
+		Subsystem: "forward",
+		Name:      "cache_bytes",
+		Help:      "Bytes the cache of upstream answers holds (replies, keys and bookkeeping), bounded by --cache-bytes.",
+	})
+	cacheEntries = prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: "ztdns",
+		Subsystem: "forward",
+		Name:      "cache_entries",
+		Help:      "Replies the cache of upstream answers holds, bounded by --cache-size.",
+	})
+
+	// cacheTooLarge counts replies not cached because of their size alone.
+	cacheTooLarge = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "ztdns",
+		Subsystem: "forward",
+		Name:      "cache_too_large_total",
+		Help:      "Replies not cached because one would take more than a quarter of --cache-bytes.",
+	})
+
 	// coalesced counts queries that waited for an identical one already upstream.
 	coalesced = prometheus.NewCounter(prometheus.CounterOpts{
 		Namespace: "ztdns",
@@ -64,5 +87,5 @@ var (
 
 // Collectors returns the package's metrics, for the agent to register.
 func Collectors() []prometheus.Collector {
-	return []prometheus.Collector{upstreamQueries, upstreamDuration, cacheHits, cacheMisses, cacheEvictions, coalesced}
+	return []prometheus.Collector{upstreamQueries, upstreamDuration, cacheHits, cacheMisses, cacheEvictions, cacheBytes, cacheEntries, cacheTooLarge, coalesced}
 }
