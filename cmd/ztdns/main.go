@@ -27,6 +27,10 @@ var commands = map[string]command{
 	"capture":   {"add|del: capture a network namespace's DNS by hand (VMs, tests)", runCapture},
 	"status":    {"print the agent's status: ready, what it serves, inputs it could not read", runStatus},
 	"uninstall": {"remove the programs, pins and interface the agent installed", runUninstall},
+	// What the Helm chart's containers run (node.go).
+	"mount-bpffs":  {"mount a bpf filesystem where none is (the chart's opt-in init container)", runMountBPFFS},
+	"remove-state": {"empty the agent's state directory (the chart's cleanup mode)", runRemoveState},
+	"idle":         {"wait for SIGTERM (the chart's cleanup mode, once the node is clean)", runIdle},
 }
 
 func main() {
