@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io/fs"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -72,14 +73,20 @@ func (p ProcNamespaces) Scan() (ScanResult, error) {
 	if root == "" {
 		root = "/proc"
 	}
-	paths, err := filepath.Glob(filepath.Join(root, "[0-9]*", "ns", "net"))
+	// Each PID's ns/net is opened by name: listing a process's ns
+	// directory would need read access to it (mode 0511, owned by the
+	// process's user), which root without CAP_DAC_READ_SEARCH lacks.
+	entries, err := os.ReadDir(root)
 	if err != nil {
 		return ScanResult{}, err
 	}
 	var res ScanResult
 	seen := map[uint64]bool{}
-	for _, path := range paths {
-		n, err := inspect(path)
+	for _, e := range entries {
+		if _, err := strconv.ParseUint(e.Name(), 10, 32); err != nil {
+			continue
+		}
+		n, err := inspect(filepath.Join(root, e.Name(), "ns", "net"))
 		switch {
 		case errors.Is(err, fs.ErrPermission):
 			res.Denied++
