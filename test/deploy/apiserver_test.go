@@ -83,6 +83,8 @@ func TestChartOnAPIServer(t *testing.T) {
 		}
 	})
 
+	t.Run("finds the agent on a pod's node", func(t *testing.T) { checkDebugLookup(t, admin, c) })
+
 	cfg := rest.CopyConfig(env.Config)
 	cfg.Impersonate = rest.ImpersonationConfig{
 		UserName: fmt.Sprintf("system:serviceaccount:%s:%s", namespace, c.serviceAccount.Name),
