@@ -101,7 +101,7 @@ var (
 	cgroupMount = mount{volume: "cgroup", hostPath: "/sys/fs/cgroup", readOnly: true}
 	netnsMount  = mount{volume: "netns-dir", hostPath: "/var/run/netns", propagation: corev1.MountPropagationHostToContainer, readOnly: true}
 	// The node's /proc, read-only, instead of hostPID.
-	procMount = mount{volume: "host-proc", hostPath: "/proc", readOnly: true}
+	procMount   = mount{volume: "host-proc", hostPath: "/proc", readOnly: true}
 	cniBinMount = mount{volume: "cni-bin-dir", hostPath: "/opt/cni/bin"}
 	cniConfMnt  = mount{volume: "cni-conf-dir", hostPath: "/etc/cni/net.d"}
 )
@@ -136,7 +136,7 @@ type podWant struct {
 
 func defaultPod() podWant {
 	return podWant{
-		args:           defaultArgs(),
+		args: defaultArgs(),
 		caps: sorted(append(slices.Clone(captureCaps), "NET_BIND_SERVICE")),
 		mounts: map[string]mount{
 			socketDir:             socketMount,

@@ -62,14 +62,9 @@ const nowhere = "203.0.113.53"
 // captured. Without each of those capabilities, or without the node's /proc,
 // it is not: every capability the chart adds is needed.
 func TestAgentRunsWithTheChartsPrivileges(t *testing.T) {
-	testenv.RequireRoot(t)
-	for _, tool := range []string{"unshare", "setpriv", "mount", "dig"} {
-		testenv.LookPath(t, tool)
-	}
-	c := renderChart(t)
-	agent := c.daemonSet.Spec.Template.Spec.Containers[0]
+	testenv.LookPath(t, "dig")
+	agent, procMountPath := chartAgent(t)
 	chartCaps := sorted(caps(agent.SecurityContext.Capabilities.Add))
-	procMountPath := hostPathMount(t, c.daemonSet.Spec.Template.Spec, agent, "/proc")
 	bin := buildZtdns(t)
 
 	t.Run("with them", func(t *testing.T) {
@@ -93,9 +88,9 @@ func TestAgentRunsWithTheChartsPrivileges(t *testing.T) {
 
 	// What the agent says without each one, where it is known.
 	why := map[string]string{
-		"NET_ADMIN":        "resolver interface",                 // netlink: ztdns0 and its addresses
-		"NET_BIND_SERVICE": "bind: permission denied",            // port 53
-		"SYS_ADMIN":        "operation not permitted",            // bpf(2) (and setns)
+		"NET_ADMIN":        "resolver interface",                  // netlink: ztdns0 and its addresses
+		"NET_BIND_SERVICE": "bind: permission denied",             // port 53
+		"SYS_ADMIN":        "operation not permitted",             // bpf(2) (and setns)
 		"SYS_PTRACE":       "namespaces of some processes cannot", // the pod's /proc/PID/ns/net
 	}
 	for _, drop := range chartCaps {
@@ -117,6 +112,20 @@ func TestAgentRunsWithTheChartsPrivileges(t *testing.T) {
 			t.Errorf("the agent adopted the pod with its own /proc alone: the PID namespace is no real one\nlog:\n%s", r.agent.Log())
 		}
 	})
+}
+
+// chartAgent renders the chart with its defaults and returns the agent
+// container and where it mounts the node's /proc, after checking that
+// runAsTheChart can run it here.
+func chartAgent(t *testing.T) (corev1.Container, string) {
+	t.Helper()
+	testenv.RequireRoot(t)
+	for _, tool := range []string{"unshare", "setpriv", "mount", "ip"} {
+		testenv.LookPath(t, tool)
+	}
+	c := renderChart(t)
+	agent := c.daemonSet.Spec.Template.Spec.Containers[0]
+	return agent, hostPathMount(t, c.daemonSet.Spec.Template.Spec, agent, "/proc")
 }
 
 // chartRun is one agent started by runAsTheChart, and its surroundings.

@@ -28,17 +28,11 @@ import (
 // manager flushing an interface it does not know), and when the process
 // stops. The kubelet restarts the agent after failureThreshold failures.
 func TestLivenessProbeFollowsTheResolver(t *testing.T) {
-	testenv.RequireRoot(t)
-	for _, tool := range []string{"unshare", "setpriv", "mount", "ip"} {
-		testenv.LookPath(t, tool)
-	}
-	c := renderChart(t)
-	agent := c.daemonSet.Spec.Template.Spec.Containers[0]
+	agent, procMountPath := chartAgent(t)
 	probe := agent.LivenessProbe
 	if probe == nil || probe.HTTPGet == nil {
 		t.Fatalf("liveness probe %+v, want an HTTP GET", probe)
 	}
-	procMountPath := hostPathMount(t, c.daemonSet.Spec.Template.Spec, agent, "/proc")
 	r := runAsTheChart(t, buildZtdns(t), agent, procMountPath, sorted(caps(agent.SecurityContext.Capabilities.Add)), true)
 	r.agent.WaitReady(t, r.socket, 30*time.Second)
 
