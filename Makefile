@@ -5,6 +5,8 @@
 #   make demo      the DNS Proxying walkthrough, live (as root)
 #   make bench     ztdns vs. its peers, side by side, as ratios
 #   make fuzz      every fuzz target for FUZZTIME each (default 10m)
+#   make image     the container image for amd64 and arm64, as an OCI layout
+#                  in bin/image (and bin/image.tar); IMAGE_TAG names it
 
 GO        ?= go
 BIN       := bin/ztdns
@@ -24,8 +26,10 @@ TEST_FLAGS ?=
 FUZZTIME ?= 10m
 FUZZFLAGS ?=
 FUZZ ?= .
+# The image's tag (default: the chart's appVersion).
+IMAGE_TAG ?=
 
-.PHONY: build generate test demo demo-standalone bench fuzz clean
+.PHONY: build generate test demo demo-standalone bench fuzz image clean
 
 build:
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/ztdns
@@ -49,6 +53,9 @@ bench: build
 
 fuzz:
 	GO=$(GO) FUZZTIME=$(FUZZTIME) FUZZFLAGS='$(FUZZFLAGS)' FUZZ='$(FUZZ)' ./scripts/fuzz.sh
+
+image:
+	$(GO) run ./deploy/image -o bin/image $(if $(IMAGE_TAG),-tag $(IMAGE_TAG))
 
 clean:
 	rm -rf bin

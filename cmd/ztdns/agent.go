@@ -81,6 +81,8 @@ directory of YAML manifests (--config-dir).`,
 	capture := fs.Bool("capture", true, "capture marked pods' DNS with eBPF; false only serves on --listen")
 	cgroup := fs.String("cgroup", "", "cgroup v2 `DIR` the capture programs attach to (default: the cgroup2 root, every pod on the node)")
 	bpffs := fs.String("bpffs", redirect.DefaultBPFFS, "`DIR` on a bpf filesystem where maps and links are pinned")
+	mountBPFFS := fs.Bool("mount-bpffs", true, "mount a bpf filesystem at the parent of --bpffs when it is on none; false fails instead (in a container, where a mount of its own would vanish with it, and the pins with it)")
+	procRoot := fs.String("proc-root", "/proc", "the node's proc filesystem `DIR`, where running pods' network namespaces are found: the node's /proc mounted into the agent's container (e.g. /host/proc) when it runs without hostPID")
 	iface := fs.String("interface", redirect.DefaultInterface, "interface that carries the resolver's addresses")
 	capturePort := fs.Uint("capture-port", redirect.DefaultPort, "`PORT` of the resolver's slot addresses, where captured queries go; not 53, so that istio-cni's in-pod DNS rules never take them (see README)")
 	stale := fs.Duration("heartbeat-stale", redirect.DefaultStaleAfter, "stop redirecting (fail open) when the agent has been silent this long")
@@ -146,7 +148,7 @@ directory of YAML manifests (--config-dir).`,
 			if *capturePort == 0 || *capturePort > 65535 {
 				return usagef("--capture-port %d: want 1-65535", *capturePort)
 			}
-			captureCfg = &agent.CaptureConfig{BPFFS: *bpffs, Cgroup: *cgroup, Interface: *iface, StaleAfter: *stale, StateDir: *stateDir, Port: uint16(*capturePort)}
+			captureCfg = &agent.CaptureConfig{BPFFS: *bpffs, RequireBPFFS: !*mountBPFFS, Cgroup: *cgroup, Interface: *iface, StaleAfter: *stale, StateDir: *stateDir, Port: uint16(*capturePort)}
 		}
 		ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 		defer stop()
@@ -154,6 +156,7 @@ directory of YAML manifests (--config-dir).`,
 			Capture:           captureCfg,
 			DNSCaptureDefault: *dnsCaptureDefault,
 			NodeName:          *nodeName,
+			ProcRoot:          *procRoot,
 			CNI:               cniCfg,
 			Source:            src,
 			Listen:            listen.addrs,

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -40,12 +41,22 @@ type Agent struct {
 // test binary dies without running its cleanup (e.g. a -timeout panic).
 func StartAgent(tb testing.TB, node *Node, bin string, args ...string) *Agent {
 	tb.Helper()
+	return StartAgentIn(tb, node, nil, bin, args...)
+}
+
+// StartAgentIn is StartAgent behind a wrapper command line, e.g. unshare
+// and setpriv to run the agent as a container runtime would: the wrapper
+// gets bin and args after its own arguments and must exec them (Pid is then
+// the wrapper's).
+func StartAgentIn(tb testing.TB, node *Node, wrapper []string, bin string, args ...string) *Agent {
+	tb.Helper()
 	RequireRoot(tb)
 	LookPath(tb, "nsenter")
+	line := append(slices.Clone(wrapper), bin)
 	a := &Agent{
 		Bin:  bin,
 		Args: args,
-		cmd:  node.Nsenter(context.Background(), bin, args...),
+		cmd:  node.Nsenter(context.Background(), line[0], append(line[1:], args...)...),
 		log:  &Log{},
 		done: make(chan struct{}),
 	}

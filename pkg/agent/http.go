@@ -13,12 +13,17 @@ import (
 	"github.com/ztdns/ztdns/pkg/version"
 )
 
-// httpHandler serves /metrics, /healthz (the process is up) and /readyz
-// (the first table is built and being served).
+// httpHandler serves /metrics, /healthz (the resolver answers on every
+// address, see resolverAnswers) and /readyz (the first table is built and
+// being served).
 func (a *Agent) httpHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{}))
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		if err := a.resolverAnswers(r.Context()); err != nil {
+			http.Error(w, "the resolver does not answer: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
 		fmt.Fprintln(w, "ok")
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
@@ -72,7 +77,7 @@ func (a *Agent) status() control.Status {
 		st.Warnings = append(slices.Clone(st.Warnings), doubleCaptureWarning(pods))
 	}
 	if a.capture != nil {
-		if err := a.capture.unsaved(); err != nil {
+		if err := a.capture.ctl.Unsaved(); err != nil {
 			st.StateUnsaved = err.Error()
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/ztdns/ztdns/pkg/capture"
 	"github.com/ztdns/ztdns/pkg/control"
 	"github.com/ztdns/ztdns/pkg/resolver"
 	"github.com/ztdns/ztdns/pkg/resolver/forward"
@@ -29,12 +30,6 @@ var (
 		Name: "ztdns_table_warnings",
 		Help: "Objects the last name-table build left out (ztdns status lists the first of them).",
 	})
-	// metricStateWriteFailures counts failed writes of the record of
-	// captured pods; each is retried, and no pod fails for it.
-	metricStateWriteFailures = prometheus.NewCounter(prometheus.CounterOpts{
-		Name: "ztdns_state_write_failures_total",
-		Help: "Failed writes of the record of captured pods (--state-dir); retried every few seconds, pods are captured all the same.",
-	})
 	// metricTableNames is the number of names in the current table.
 	metricTableNames = prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "ztdns_table_names",
@@ -44,12 +39,13 @@ var (
 
 func (a *Agent) registerMetrics() error {
 	cs := []prometheus.Collector{
-		metricTableBuild, metricTableNames, metricTableWarnings, metricCNIEvents, metricStateWriteFailures, captureCollector{a},
+		metricTableBuild, metricTableNames, metricTableWarnings, metricCNIEvents, captureCollector{a},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	}
 	cs = append(cs, resolver.Collectors()...)
 	cs = append(cs, control.Collectors()...)
 	cs = append(cs, a.server.Collector())
+	cs = append(cs, capture.Collectors()...)
 	if mc, ok := a.cfg.Source.(interface{ Collectors() []prometheus.Collector }); ok {
 		cs = append(cs, mc.Collectors()...)
 	}
