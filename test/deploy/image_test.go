@@ -155,7 +155,8 @@ func checkImage(t *testing.T, img v1.Image, arch string) {
 	// The image's root alone: nothing but the binary is needed to run it.
 	testenv.RequireRoot(t)
 	rootfs := t.TempDir()
-	for name, f := range files {
+	for _, name := range names { // sorted: a directory before what it holds
+		f := files[name]
 		path := filepath.Join(rootfs, name)
 		if strings.HasSuffix(name, "/") {
 			if err := os.MkdirAll(path, 0o755); err != nil {
