@@ -11,6 +11,16 @@ BIN       := bin/ztdns
 TEST_TIMEOUT ?= 25m
 # Extra flags for `go test`, e.g. TEST_FLAGS='-run Seed -v'.
 TEST_FLAGS ?=
+# make bench: BENCH picks benchmarks of test/bench (a -bench pattern:
+# Resolver, Capture, Footprint, Scale, or e.g. Resolver/load=max),
+# BENCH_COUNT the rounds, BENCH_FLAGS their settings (e.g. '-duration 10s
+# -rates max,1000'; go test -args -h lists them). The raw results stay in
+# BENCH_OUT for benchstat.
+BENCH         ?= .
+BENCH_COUNT   ?= 1
+BENCH_FLAGS   ?=
+BENCH_OUT     ?= bin/bench.txt
+BENCH_TIMEOUT ?= 4h
 
 .PHONY: build generate test demo demo-standalone bench clean
 
@@ -30,8 +40,13 @@ demo: build
 demo-standalone: build
 	./scripts/demo-standalone.sh
 
-bench: build
-	./scripts/bench.sh
+bench: SHELL := /bin/bash
+bench:
+	@mkdir -p $(dir $(BENCH_OUT))
+	set -o pipefail; $(GO) test -run '^$$' -bench '$(BENCH)' -benchtime 1x -count $(BENCH_COUNT) \
+		-timeout $(BENCH_TIMEOUT) ./test/bench/ -args $(BENCH_FLAGS) | tee $(BENCH_OUT)
+	@echo
+	$(GO) run ./bench/report $(BENCH_OUT)
 
 clean:
 	rm -rf bin
