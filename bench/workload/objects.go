@@ -31,8 +31,13 @@ func APIObjects(s *model.Snapshot) *Objects {
 	for i := range s.Services {
 		o.Services = append(o.Services, apiService(&s.Services[i]))
 	}
+	headless := map[string]bool{}
+	for _, svc := range s.Services {
+		headless[svc.Key()] = svc.Headless
+	}
 	for i := range s.EndpointSlices {
-		o.EndpointSlices = append(o.EndpointSlices, apiEndpointSlice(&s.EndpointSlices[i]))
+		es := &s.EndpointSlices[i]
+		o.EndpointSlices = append(o.EndpointSlices, apiEndpointSlice(es, headless[es.Namespace+"/"+es.ServiceName]))
 	}
 	for i := range s.ServiceEntries {
 		o.ServiceEntries = append(o.ServiceEntries, apiServiceEntry(&s.ServiceEntries[i]))
@@ -74,7 +79,9 @@ func apiService(s *model.Service) *corev1.Service {
 	return svc
 }
 
-func apiEndpointSlice(es *model.EndpointSlice) *discoveryv1.EndpointSlice {
+// apiEndpointSlice labels the slice as the EndpointSlice controller does,
+// service.kubernetes.io/headless included (kube-proxy leaves those out).
+func apiEndpointSlice(es *model.EndpointSlice, headless bool) *discoveryv1.EndpointSlice {
 	out := &discoveryv1.EndpointSlice{
 		TypeMeta: metav1.TypeMeta{APIVersion: "discovery.k8s.io/v1", Kind: "EndpointSlice"},
 		ObjectMeta: metav1.ObjectMeta{Name: es.Name, Namespace: es.Namespace, Labels: map[string]string{
@@ -82,6 +89,9 @@ func apiEndpointSlice(es *model.EndpointSlice) *discoveryv1.EndpointSlice {
 			discoveryv1.LabelManagedBy:   "endpointslice-controller.k8s.io",
 		}},
 		AddressType: discoveryv1.AddressTypeIPv4,
+	}
+	if headless {
+		out.Labels[corev1.IsHeadlessService] = ""
 	}
 	for _, ep := range es.Endpoints {
 		e := discoveryv1.Endpoint{Conditions: discoveryv1.EndpointConditions{Ready: &ep.Ready}}
