@@ -13,10 +13,13 @@ TEST_TIMEOUT ?= 25m
 TEST_FLAGS ?=
 # make bench: BENCH picks benchmarks of test/bench (a -bench pattern:
 # Resolver, Capture, Footprint, Scale, or e.g. Resolver/load=max),
-# BENCH_COUNT the rounds, BENCH_FLAGS their settings (e.g. '-duration 10s
-# -rates max,1000'; go test -args -h lists them). The raw results stay in
-# BENCH_OUT for benchstat.
+# BENCH_ROUNDS the rounds of the comparisons (servers side by side, in
+# turning order), BENCH_COUNT repeats of each measurement in a row,
+# BENCH_FLAGS their settings (e.g. '-duration 10s -rates max,1000'; go test
+# ./test/bench/ -args -h lists them). The raw results stay in BENCH_OUT for
+# benchstat.
 BENCH         ?= .
+BENCH_ROUNDS  ?= 1
 BENCH_COUNT   ?= 1
 BENCH_FLAGS   ?=
 BENCH_OUT     ?= bin/bench.txt
@@ -44,7 +47,7 @@ bench: SHELL := /bin/bash
 bench:
 	@mkdir -p $(dir $(BENCH_OUT))
 	set -o pipefail; $(GO) test -run '^$$' -bench '$(BENCH)' -benchtime 1x -count $(BENCH_COUNT) \
-		-timeout $(BENCH_TIMEOUT) ./test/bench/ -args $(BENCH_FLAGS) | tee $(BENCH_OUT)
+		-timeout $(BENCH_TIMEOUT) ./test/bench/ -args -rounds $(BENCH_ROUNDS) $(BENCH_FLAGS) | tee $(BENCH_OUT)
 	@echo
 	$(GO) run ./bench/report $(BENCH_OUT)
 

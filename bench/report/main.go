@@ -4,11 +4,12 @@
 // The last part of a benchmark's name is its column (server=ztdns,
 // server=unbound; way=redirect, way=direct), the rest its table
 // (Resolver/load=max); the last column is the base the others are divided
-// by. Every metric is a row. With several rounds (-count), a cell is the
-// median with its 95% confidence interval, as benchstat computes it
-// (golang.org/x/perf/benchmath), and a ratio is the median of the ratios of
-// the rounds, taken in order: a server is compared with its peer in the
-// same round.
+// by. Every metric is a row. With several rounds (a round=N part, or
+// -count), a cell is the median with its 95% confidence interval, as
+// benchstat computes it (golang.org/x/perf/benchmath), and a ratio is the
+// median of the ratios of the rounds: a server is compared with its peer in
+// the same round (with -count, the Nth run of one with the Nth of the
+// other).
 //
 // Usage: go run ./bench/report [FILE...]   (standard input without FILE)
 package main
@@ -67,7 +68,22 @@ type table struct {
 	key     string // the column's key: server
 	columns []string
 	units   []string
-	values  map[string]map[string][]float64 // column → unit → one value a round
+	values  map[string]map[string][]sample // column → unit → one a round
+}
+
+// sample is one round's value.
+type sample struct {
+	round string // the round=N part; empty with -count
+	v     float64
+}
+
+// floats returns the values of samples.
+func floats(ss []sample) []float64 {
+	out := make([]float64, len(ss))
+	for i, s := range ss {
+		out[i] = s.v
+	}
+	return out
 }
 
 func (rs *results) read(in io.Reader, name string) error {
@@ -77,7 +93,7 @@ func (rs *results) read(in io.Reader, name string) error {
 		if !ok {
 			continue // a syntax error or unit metadata: not ours to judge
 		}
-		bench, parts := splitName(res.Name)
+		bench, parts, round := splitName(res.Name)
 		group, key, column := strings.Join(parts[:max(len(parts)-1, 0)], "/"), "", ""
 		if len(parts) > 0 {
 			key, column, _ = strings.Cut(parts[len(parts)-1], "=")
@@ -88,7 +104,7 @@ func (rs *results) read(in io.Reader, name string) error {
 		t := rs.table(bench, group, key)
 		if !slices.Contains(t.columns, column) {
 			t.columns = append(t.columns, column)
-			t.values[column] = map[string][]float64{}
+			t.values[column] = map[string][]sample{}
 		}
 		for _, v := range res.Values {
 			unit, val := v.Unit, v.Value
@@ -101,23 +117,29 @@ func (rs *results) read(in io.Reader, name string) error {
 			if !slices.Contains(t.units, unit) {
 				t.units = append(t.units, unit)
 			}
-			t.values[column][unit] = append(t.values[column][unit], val)
+			t.values[column][unit] = append(t.values[column][unit], sample{round, val})
 		}
 	}
 	return r.Err()
 }
 
 // splitName returns a result's name without "Benchmark" and GOMAXPROCS,
-// and its parts after the first.
-func splitName(n benchfmt.Name) (string, []string) {
+// its parts after the first but the round, and the round.
+func splitName(n benchfmt.Name) (string, []string, string) {
 	base, parts := n.Parts()
 	var out []string
+	round := ""
 	for _, p := range parts {
-		if p[0] == '/' {
-			out = append(out, string(p[1:]))
+		if p[0] != '/' {
+			continue
 		}
+		if r, ok := strings.CutPrefix(string(p[1:]), "round="); ok {
+			round = r
+			continue
+		}
+		out = append(out, string(p[1:]))
 	}
-	return strings.TrimPrefix(string(base), "Benchmark"), out
+	return strings.TrimPrefix(string(base), "Benchmark"), out, round
 }
 
 func (rs *results) table(bench, group, key string) *table {
@@ -130,7 +152,7 @@ func (rs *results) table(bench, group, key string) *table {
 			return t
 		}
 	}
-	t := &table{name: name, bench: bench, group: group, key: key, values: map[string]map[string][]float64{}}
+	t := &table{name: name, bench: bench, group: group, key: key, values: map[string]map[string][]sample{}}
 	rs.tables = append(rs.tables, t)
 	return t
 }
@@ -149,7 +171,8 @@ func (rs *results) print(w io.Writer) {
 var unitOrder = []string{
 	"qps", "cpu-us/query", "wakeups/query", "preempted/query",
 	"client-cpu-us/query", "softirq-cpu-us/query", "all-cpu-us/query", "lost-%",
-	"objects", "ready-s", "list-MB", "watch-B/change", "watch-idle-B/s",
+	"objects", "ready-s", "list-MB", "list-services-MB", "list-endpointslices-MB",
+	"list-headless-endpointslices-MB", "list-serviceentries-MB", "watch-B/change", "watch-idle-B/s",
 	"rss-MB", "peak-rss-MB", "empty-rss-MB", "rss-B/object", "heap-B/object",
 	"anon-MB", "file-MB", "heap-MB", "idle-cpu-%", "idle-wakeups/s",
 	"change-p50-ms", "change-p90-ms", "api-write-p50-ms",
@@ -165,7 +188,7 @@ func (t *table) print(w io.Writer) {
 	}
 	title := strings.ReplaceAll(t.name, "/", " ")
 	if rounds > 1 {
-		title += fmt.Sprintf(" (median of %d rounds ±95%% CI; ratios: median of the rounds' ratios)", rounds)
+		title += fmt.Sprintf(" (median of %d rounds, ±95%% confidence interval from 6; ratios: median of the rounds' ratios)", rounds)
 	}
 	fmt.Fprintln(w, title)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
@@ -218,43 +241,53 @@ func orValue(c string) string {
 	return c
 }
 
+// summary is benchstat's summary of values: the median and its 95%
+// confidence interval.
+func summary(vs []float64) benchmath.Summary {
+	return benchmath.AssumeNothing.Summary(benchmath.NewSample(vs, &benchmath.DefaultThresholds), 0.95)
+}
+
 // cell is one value, or the summary of several rounds.
-func cell(vs []float64) string {
-	switch len(vs) {
+func cell(ss []sample) string {
+	switch len(ss) {
 	case 0:
 		return ""
 	case 1:
-		return number(vs[0])
+		return number(ss[0].v)
 	}
-	s := benchmath.AssumeNothing.Summary(benchmath.NewSample(vs, &benchmath.DefaultThresholds), 0.95)
-	return number(s.Center) + " ±" + s.PctRangeString()
+	s := summary(floats(ss))
+	if r := s.PctRangeString(); r != "∞" { // fewer than 6 rounds have no 95% interval
+		return number(s.Center) + " ±" + r
+	}
+	return number(s.Center)
 }
 
-// ratio is a/b: the median of the rounds' ratios when both have the same
-// rounds, else the ratio of the medians.
-func ratio(a, b []float64) (float64, bool) {
+// ratio is a/b: the median of the ratios of a's and b's values in the same
+// round (by round=N, else in order), or, when the rounds do not match, the
+// ratio of the medians.
+func ratio(a, b []sample) (float64, bool) {
 	if len(a) == 0 || len(b) == 0 {
 		return 0, false
 	}
-	median := func(vs []float64) float64 {
-		return benchmath.AssumeNothing.Summary(benchmath.NewSample(vs, &benchmath.DefaultThresholds), 0.95).Center
-	}
-	if len(a) != len(b) {
-		if m := median(b); m != 0 {
-			return median(a) / m, true
-		}
-		return 0, false
-	}
 	var rs []float64
-	for i := range a {
-		if b[i] != 0 {
-			rs = append(rs, a[i]/b[i])
+	if len(a) == len(b) {
+		for i := range a {
+			if a[i].round != b[i].round {
+				rs = nil
+				break
+			}
+			if b[i].v != 0 {
+				rs = append(rs, a[i].v/b[i].v)
+			}
 		}
 	}
 	if len(rs) == 0 {
+		if m := summary(floats(b)).Center; m != 0 {
+			return summary(floats(a)).Center / m, true
+		}
 		return 0, false
 	}
-	return median(rs), true
+	return summary(rs).Center, true
 }
 
 // number prints a value with about three significant digits, and

@@ -59,6 +59,31 @@ func TestTables(t *testing.T) {
 	}
 }
 
+// TestRoundsPairUp: with round=N parts, each round's values are divided
+// by the same round's base, whatever order the rounds came in.
+func TestRoundsPairUp(t *testing.T) {
+	const in = `BenchmarkCapture/load=max/round=1/way=redirect-2  1  100 qps
+BenchmarkCapture/load=max/round=1/way=direct-2    1  100 qps
+BenchmarkCapture/load=max/round=2/way=direct-2    1  200 qps
+BenchmarkCapture/load=max/round=2/way=redirect-2  1  190 qps
+BenchmarkCapture/load=max/round=3/way=redirect-2  1  50 qps
+BenchmarkCapture/load=max/round=3/way=direct-2    1  60 qps
+`
+	var rs results
+	if err := rs.read(strings.NewReader(in), "rounds"); err != nil {
+		t.Fatal(err)
+	}
+	if len(rs.tables) != 1 || rs.tables[0].name != "Capture/load=max" {
+		t.Fatalf("tables %+v, want one, Capture/load=max", rs.tables)
+	}
+	tbl := rs.tables[0]
+	// The rounds' ratios are 1, 0.95 and 0.83: their median is 0.95; the
+	// ratio of the medians would be 1.
+	if r, ok := ratio(tbl.values["redirect"]["qps"], tbl.values["direct"]["qps"]); !ok || r != 0.95 {
+		t.Errorf("ratio %v (%v), want 0.95", r, ok)
+	}
+}
+
 func TestNumber(t *testing.T) {
 	for v, want := range map[float64]string{
 		139523: "139,523", -1234: "-1,234", 250: "250", 17.34: "17.3", 6.604: "6.60", 0: "0.00", 0.0213: "0.0213",

@@ -3,8 +3,6 @@ package main
 import (
 	"fmt"
 	"strings"
-
-	"golang.org/x/perf/benchmath"
 )
 
 // target is a figure ztdns is held to: the ratio of a column to the
@@ -49,9 +47,8 @@ func verdicts(t *table, unit string, ratios map[string]float64) string {
 		}
 		var each []string
 		for _, c := range t.columns {
-			if vs := t.values[c][unit]; len(vs) > 0 {
-				s := benchmath.AssumeNothing.Summary(benchmath.NewSample(vs, &benchmath.DefaultThresholds), 0.95)
-				v := metOrNot(g.met(s.Center))
+			if ss := t.values[c][unit]; len(ss) > 0 {
+				v := metOrNot(g.met(summary(floats(ss)).Center))
 				if len(t.columns) > 1 {
 					v = orValue(c) + " " + v
 				}

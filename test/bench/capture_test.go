@@ -36,10 +36,6 @@ const (
 	wayDirect = "direct"
 )
 
-// captureRound counts BenchmarkCapture's rounds (-count), which take the
-// ways in turning order.
-var captureRound int
-
 // BenchmarkCapture (root): the same dnsperf load from inside a pod network
 // namespace to the agent in the node namespace, three ways (wayRedirect,
 // wayIptables, wayDirect), dnsperf always in the cgroup the programs are
@@ -49,10 +45,7 @@ var captureRound int
 // redirect with the kernel's BPF run-time statistics on (they add two clock
 // reads per run) for each program's time per query.
 //
-//	go test -run '^$' -bench Capture -benchtime 1x -count 6 ./test/bench/
-//
-// Rounds take the ways in an order that turns every round (rotated, then
-// reversed), so a load that drifts on the shared machine favours none.
+//	go test -run '^$' -bench Capture -benchtime 1x ./test/bench/ -args -rounds 6
 func BenchmarkCapture(b *testing.B) {
 	testenv.RequireRoot(b)
 	for _, bin := range []string{"dnsperf", "dig", "iptables", "ip"} {
@@ -75,37 +68,23 @@ func BenchmarkCapture(b *testing.B) {
 	}
 	checkWays(b, n, ways, files.Names)
 
-	order := turn(ways, captureRound)
-	captureRound++
 	for _, rate := range loads(b, *flagCaptureRate) {
-		for _, w := range order {
-			b.Run(loadName(rate)+"/way="+w.name, func(b *testing.B) {
-				l := dnsperfLoad{server: w.target, port: 53, queries: files.Queries, rate: rate, duration: *flagDuration}
-				var t tally
-				for b.Loop() {
-					t.add(measureLoad(b, agent.pid(), l, inPod(w.pod, n.cg), *flagWarmup))
-				}
-				t.report(b)
-			})
+		for r := range *flagRounds {
+			for _, w := range turn(ways, r) {
+				b.Run(loadName(rate)+roundName(r)+"/way="+w.name, func(b *testing.B) {
+					l := dnsperfLoad{server: w.target, port: 53, queries: files.Queries, rate: rate, duration: *flagDuration}
+					var t tally
+					for b.Loop() {
+						t.add(measureLoad(b, agent.pid(), l, inPod(w.pod, n.cg), *flagWarmup))
+					}
+					t.report(b)
+				})
+			}
 		}
 	}
 	b.Run("bpf/way="+wayRedirect, func(b *testing.B) {
 		benchBPFStats(b, n, ways[0], files.Queries)
 	})
-}
-
-// turn returns the ways in round r's order: rotated by r/2, and reversed
-// in odd rounds, so that over each pair of rounds every way has the same
-// mean position.
-func turn(ways []captureWay, r int) []captureWay {
-	out := make([]captureWay, len(ways))
-	for i := range ways {
-		out[i] = ways[(i+r/2)%len(ways)]
-	}
-	if r%2 == 1 {
-		slices.Reverse(out)
-	}
-	return out
 }
 
 // checkWays: every way answers a sample of names with the same addresses,

@@ -90,9 +90,7 @@ func loadObjects(tb testing.TB, env *kubetest.Env, o *workload.Objects) {
 			return err
 		})
 	}
-	if err := parallel(ctx, loadWorkers, jobs, func(done int) {
-		tb.Logf("loading: %d of %d writes in %v", done, len(jobs), time.Since(began).Round(time.Second))
-	}); err != nil {
+	if err := parallel(ctx, loadWorkers, jobs); err != nil {
 		tb.Fatalf("load the cluster: %v", err)
 	}
 	tb.Logf("created %d Namespaces, %d Services, %d EndpointSlices and %d ServiceEntries in %v",
@@ -163,14 +161,12 @@ func storeServices(ctx context.Context, env *kubetest.Env, services []*corev1.Se
 	return nil
 }
 
-// parallel runs jobs with workers goroutines and returns the first error;
-// progress is told every tenth of the jobs.
-func parallel(ctx context.Context, workers int, jobs []func(context.Context) error, progress func(done int)) error {
+// parallel runs jobs with workers goroutines and returns the first error.
+func parallel(ctx context.Context, workers int, jobs []func(context.Context) error) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	var next, done atomic.Int64
+	var next atomic.Int64
 	var wg sync.WaitGroup
-	step := int64(max(len(jobs)/10, 1))
 	for range workers {
 		wg.Go(func() {
 			for {
@@ -181,9 +177,6 @@ func parallel(ctx context.Context, workers int, jobs []func(context.Context) err
 				if err := jobs[i](ctx); err != nil {
 					cancel(err)
 					return
-				}
-				if d := done.Add(1); d%step == 0 && d < int64(len(jobs)) {
-					progress(int(d))
 				}
 			}
 		})

@@ -9,8 +9,13 @@
 //	go test -run '^$' -bench Resolver -benchtime 1x ./test/bench/ -args -duration 10s
 //
 // One iteration is one whole measurement (a dnsperf run, an idle period, a
-// set of probes), so run with -benchtime 1x, and -count N for N rounds
-// (bench/report and benchstat summarise them). The benchmarks:
+// set of probes), so run with -benchtime 1x. The comparisons take -rounds
+// N: round=1..N in their names, each measuring every server (or way) once,
+// in an order that turns from round to round, so that a load drifting on
+// the shared machine favours none, and a ratio pairs measurements taken
+// side by side (-count N would repeat each measurement N times in a row).
+// bench/report, and benchstat -col /server -ignore /round, summarise them.
+// The benchmarks:
 //
 //   - Resolver: ztdns vs. unbound on loopback, at full speed and at fixed
 //     rates: qps, server CPU per answered query, wake-ups, RSS.
@@ -23,6 +28,15 @@
 //     ServiceEntries and 300,000 endpoints: memory per object, a change
 //     reaching the served table, list-and-watch bytes.
 //
+// Helpers for benchmarks in this package: generate writes a cluster
+// (manifests, unbound zone, dnsperf queries) once per test binary;
+// startAgent and startUnbound start servers on loopback and wait for them;
+// newCaptureNode is a node namespace with capture on, its pods and marks;
+// startCluster is a real API server loaded with a cluster; runDnsperf and
+// measureLoad run a load and read what the server spent on it (sampleProc:
+// CPU, wake-ups and memory from /proc); tally reports the runs per answered
+// query.
+//
 // What a benchmark needs and does not find (root, dnsperf, unbound, the
 // cached kube-apiserver) skips it with the reason, and fails it when
 // CI=true, as in the tests. TestSmoke runs one tiny scenario in `make test`
@@ -32,6 +46,7 @@ package bench
 import (
 	"flag"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -47,6 +62,7 @@ var (
 	flagWarmup      = flag.Duration("warmup", 2*time.Second, "unmeasured dnsperf load before each measured one")
 	flagRates       = flag.String("rates", "max,10000,1000", "Resolver: dnsperf loads, comma-separated queries/s (max: as fast as answers come)")
 	flagCaptureRate = flag.String("capture-rates", "max,10000", "Capture: dnsperf loads, as -rates")
+	flagRounds      = flag.Int("rounds", 1, "Resolver, Capture: rounds, each measuring every server or way once, in turning order")
 	flagClients     = flag.Int("clients", 8, "dnsperf -c: source sockets")
 	flagOutstanding = flag.Int("outstanding", 200, "dnsperf -q: queries in flight")
 	flagIdle        = flag.Duration("idle", 30*time.Second, "Footprint: how long an idle agent's CPU is measured")
@@ -86,6 +102,28 @@ func loads(tb testing.TB, list string) []int {
 			tb.Fatalf("bad rate %q in %q: want max or a positive number", f, list)
 		}
 		out = append(out, n)
+	}
+	return out
+}
+
+// roundName is the round part of a benchmark name, when there are rounds.
+func roundName(r int) string {
+	if *flagRounds <= 1 {
+		return ""
+	}
+	return "/round=" + strconv.Itoa(r+1)
+}
+
+// turn returns s in round r's order: rotated by r/2, and reversed in odd
+// rounds, so that over each pair of rounds every element has the same mean
+// position (ztdns, unbound; unbound, ztdns; ...).
+func turn[T any](s []T, r int) []T {
+	out := make([]T, len(s))
+	for i := range s {
+		out[i] = s[(i+r/2)%len(s)]
+	}
+	if r%2 == 1 {
+		slices.Reverse(out)
 	}
 	return out
 }

@@ -21,7 +21,7 @@ var resolverCluster = workload.Config{Services: 10_000, Entries: 10_000, Queries
 // zone, one after the other, on loopback, for each -rates load: answered
 // qps, server CPU and wake-ups per answered query, RSS.
 //
-//	go test -run '^$' -bench Resolver -benchtime 1x -count 3 ./test/bench/
+//	go test -run '^$' -bench Resolver -benchtime 1x ./test/bench/ -args -rounds 3
 func BenchmarkResolver(b *testing.B) {
 	benchResolver(b, resolverCluster, loads(b, *flagRates), *flagDuration)
 }
@@ -43,22 +43,26 @@ func benchResolver(b *testing.B, c workload.Config, rates []int, d time.Duration
 	b.Logf("ztdns (pid %d) on %s, unbound (pid %d) on %s; %d Services, %d ServiceEntries, %d names queried",
 		ztdns.pid(), ztdns.addr, unbound.pid(), unbound.addr, c.Services, c.Entries, len(files.Names))
 
+	type server struct {
+		name string
+		srv  *dnsServer
+	}
+	servers := []server{{"ztdns", ztdns}, {"unbound", unbound}}
 	for _, rate := range rates {
-		for _, s := range []struct {
-			name string
-			srv  *dnsServer
-		}{{"ztdns", ztdns}, {"unbound", unbound}} {
-			b.Run(loadName(rate)+"/server="+s.name, func(b *testing.B) {
-				l := dnsperfLoad{server: s.srv.addr.Addr().String(), port: int(s.srv.addr.Port()), queries: files.Queries, rate: rate, duration: d}
-				var t tally
-				for b.Loop() {
-					warmUp(b, l, local, *flagWarmup)
-					stop := startProfile(b, s.srv, d)
-					t.add(measureLoad(b, s.srv.pid(), l, local, 0))
-					stop()
-				}
-				t.report(b)
-			})
+		for r := range *flagRounds {
+			for _, s := range turn(servers, r) {
+				b.Run(loadName(rate)+roundName(r)+"/server="+s.name, func(b *testing.B) {
+					l := dnsperfLoad{server: s.srv.addr.Addr().String(), port: int(s.srv.addr.Port()), queries: files.Queries, rate: rate, duration: d}
+					var t tally
+					for b.Loop() {
+						warmUp(b, l, local, *flagWarmup)
+						stop := startProfile(b, s.srv, d)
+						t.add(measureLoad(b, s.srv.pid(), l, local, 0))
+						stop()
+					}
+					t.report(b)
+				})
+			}
 		}
 	}
 }

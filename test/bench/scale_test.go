@@ -13,8 +13,14 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+	istioclient "istio.io/client-go/pkg/clientset/versioned"
+	istioinformers "istio.io/client-go/pkg/informers/externalversions"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/cache"
 
 	"github.com/ztdns/ztdns/bench/workload"
 	"github.com/ztdns/ztdns/internal/kubetest"
@@ -91,6 +97,8 @@ func BenchmarkScale(b *testing.B) {
 		time.Sleep(10 * time.Second)
 		idleRate := float64(fwd.Received()-idleFrom) / time.Since(idleAt).Seconds()
 
+		kinds := listSizes(b, env)
+
 		p := &prober{env: env, agent: agent, cluster: c}
 		watchFrom := fwd.Received()
 		for i := range *flagProbes {
@@ -109,12 +117,70 @@ func BenchmarkScale(b *testing.B) {
 		b.ReportMetric(float64(emptyMem.rss)/mib, "empty-rss-MB")
 		b.ReportMetric(float64(mem.rss-emptyMem.rss)/float64(objects), "rss-B/object")
 		b.ReportMetric((heap-emptyHeap)/float64(objects), "heap-B/object")
+		for _, k := range kinds {
+			b.ReportMetric(float64(k.bytes)/mib, "list-"+k.name+"-MB")
+		}
 		p.report(b)
 		b.Logf("%d objects (%d names): ready in %v after %.1f MB from the API server; RSS %.1f MB (empty %.1f), heap %.1f MB (empty %.1f); watch %.0f B/change, %.0f B/s idle",
 			objects, tbl.Len(), ready.Round(time.Millisecond), float64(listed)/mib, float64(mem.rss)/mib, float64(emptyMem.rss)/mib,
 			heap/mib, emptyHeap/mib, perChange, idleRate)
 		agent.proc.Kill()
 	}
+}
+
+// kindSize is what listing one kind costs.
+type kindSize struct {
+	name  string
+	bytes int64
+}
+
+// listSizes watches each kind a node's agent may watch with client-go's
+// shared informers, as the agent does (protobuf for built-in kinds, JSON
+// for ServiceEntries), each through its own forwarder, and counts the bytes
+// received until the informer has synced: what each watch costs a node at
+// start, and what watching only headless Services' EndpointSlices would.
+func listSizes(tb testing.TB, env *kubetest.Env) []kindSize {
+	tb.Helper()
+	headless := func(o *metav1.ListOptions) { o.LabelSelector = corev1.IsHeadlessService }
+	kinds := []struct {
+		name     string
+		informer func(c *rest.Config) (start func(stop <-chan struct{}), synced cache.InformerSynced)
+	}{
+		{"services", func(c *rest.Config) (func(<-chan struct{}), cache.InformerSynced) {
+			f := informers.NewSharedInformerFactory(kubernetes.NewForConfigOrDie(c), 0)
+			return f.Start, f.Core().V1().Services().Informer().HasSynced
+		}},
+		{"endpointslices", func(c *rest.Config) (func(<-chan struct{}), cache.InformerSynced) {
+			f := informers.NewSharedInformerFactory(kubernetes.NewForConfigOrDie(c), 0)
+			return f.Start, f.Discovery().V1().EndpointSlices().Informer().HasSynced
+		}},
+		{"headless-endpointslices", func(c *rest.Config) (func(<-chan struct{}), cache.InformerSynced) {
+			f := informers.NewSharedInformerFactoryWithOptions(kubernetes.NewForConfigOrDie(c), 0, informers.WithTweakListOptions(headless))
+			return f.Start, f.Discovery().V1().EndpointSlices().Informer().HasSynced
+		}},
+		{"serviceentries", func(c *rest.Config) (func(<-chan struct{}), cache.InformerSynced) {
+			f := istioinformers.NewSharedInformerFactory(istioclient.NewForConfigOrDie(c), 0)
+			return f.Start, f.Networking().V1().ServiceEntries().Informer().HasSynced
+		}},
+	}
+	var out []kindSize
+	for _, k := range kinds {
+		fwd := testenv.ForwardTCP(tb, nil, "127.0.0.1:0", strings.TrimPrefix(env.Config.Host, "https://"))
+		cfg := rest.CopyConfig(env.Config)
+		cfg.Host = "https://" + fwd.Addr
+		cfg.ContentType = "application/vnd.kubernetes.protobuf"
+		cfg.AcceptContentTypes = "application/vnd.kubernetes.protobuf,application/json"
+		start, synced := k.informer(cfg)
+		stop := make(chan struct{})
+		start(stop)
+		ok := cache.WaitForCacheSync(tb.Context().Done(), synced)
+		close(stop)
+		if !ok {
+			tb.Fatalf("the %s informer did not sync", k.name)
+		}
+		out = append(out, kindSize{k.name, fwd.Received()})
+	}
+	return out
 }
 
 // prober makes changes in the API server and times them until the agent

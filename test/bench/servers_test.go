@@ -44,30 +44,27 @@ type dnsServer struct {
 
 func (s *dnsServer) pid() int { return s.proc.Pid() }
 
-// agentFlags are the flags of a `ztdns agent` that serves on loopback
-// without capture: addr, the control socket and /metrics, an empty
-// resolv.conf (no search domain or nameserver from the machine), upstream.
-func agentFlags(tb testing.TB, addr, metrics, upstream netip.AddrPort) []string {
+// startAgent starts the ztdns binary on a free loopback port with capture
+// off, source (--config-dir DIR or --kubeconfig PATH) and upstream, an empty
+// resolv.conf (no search domain or nameserver from the machine), its
+// control socket and /metrics, and waits until it reports ready with at
+// least names names in its table.
+func startAgent(tb testing.TB, upstream netip.AddrPort, names int, source ...string) *dnsServer {
 	tb.Helper()
 	dir := tb.TempDir()
-	resolv := filepath.Join(dir, "resolv.conf")
+	resolv, socket := filepath.Join(dir, "resolv.conf"), filepath.Join(dir, "ztdns.sock")
 	if err := os.WriteFile(resolv, nil, 0o644); err != nil {
 		tb.Fatal(err)
 	}
-	return []string{"agent", "--capture=false", "--listen", addr.String(), "--upstream", upstream.String(),
-		"--resolv-conf", resolv, "--socket", filepath.Join(dir, "ztdns.sock"),
-		"--metrics", metrics.String(), "--log-level", "warn"}
-}
-
-// startAgent starts the ztdns binary on a free loopback port with source
-// (--config-dir DIR or --kubeconfig PATH) and upstream, and waits until it
-// reports ready with at least names names in its table.
-func startAgent(tb testing.TB, upstream netip.AddrPort, names int, source ...string) *dnsServer {
-	tb.Helper()
 	addr, metrics := agenttest.FreePort(tb), agenttest.FreePort(tb)
-	args := append(agentFlags(tb, addr, metrics, upstream), source...)
-	s := &dnsServer{proc: testenv.StartLocal(tb, ztdnsBinary(tb), args...), addr: addr, metrics: metrics}
-	s.ctl = &agenttest.Agent{Addr: addr, Socket: args[slices.Index(args, "--socket")+1]}
+	args := append([]string{"agent", "--capture=false", "--listen", addr.String(), "--upstream", upstream.String(),
+		"--resolv-conf", resolv, "--socket", socket, "--metrics", metrics.String(), "--log-level", "warn"}, source...)
+	s := &dnsServer{
+		proc:    testenv.StartLocal(tb, ztdnsBinary(tb), args...),
+		addr:    addr,
+		ctl:     &agenttest.Agent{Addr: addr, Socket: socket},
+		metrics: metrics,
+	}
 	s.waitLoaded(tb, names)
 	return s
 }
