@@ -8,6 +8,7 @@ import (
 
 	"github.com/ztdns/ztdns/bench/workload"
 	"github.com/ztdns/ztdns/internal/kubetest"
+	"github.com/ztdns/ztdns/internal/testenv"
 	"github.com/ztdns/ztdns/pkg/resolver/table"
 )
 
@@ -95,6 +96,9 @@ func (f *footprint) report(b *testing.B) {
 // until it serves all of it, lets it settle, and watches it idle.
 func measureFootprint(b *testing.B, mode string, capture bool, cluster *workload.Config) footprint {
 	b.Helper()
+	if capture {
+		testenv.RequireRoot(b) // before loading a cluster for nothing
+	}
 	var source []string
 	var env *kubetest.Env
 	names := 0
