@@ -70,8 +70,8 @@ type Pod struct {
 	// same Source stays with the pod (by namespace/name) across rebuilds.
 	Quota *quota.Source
 	// NamespaceSlot is the resolver's memo of the counter the pod's
-	// queries count in, plus one (0: not looked up yet): the one field a
-	// reader may set, so that the hot path finds it without a map lookup.
+	// queries count in (0: not looked up yet): the one field a reader may
+	// set, so that the hot path finds it without a map lookup.
 	NamespaceSlot atomic.Int32
 }
 

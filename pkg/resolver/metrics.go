@@ -96,8 +96,8 @@ func Collectors() []prometheus.Collector {
 
 // Labels of ztdns_dns_requests_total. Every label takes a value from a
 // fixed list, so the series are bounded whatever clients ask: query types
-// outside typeCodes count as "other" (CoreDNS's list, plus SVCB and HTTPS),
-// rcodes outside the six of RFC 1035 and BADVERS as "other".
+// outside typeCodes count as "other" (CoreDNS keeps a list of the same
+// kind), rcodes outside the six of RFC 1035 and BADVERS as "other".
 var (
 	typeCodes  = [...]uint16{1, 2, 5, 6, 12, 15, 16, 28, 33, 35, 43, 48, 64, 65, 251, 252, 255}
 	typeLabels = [...]string{"A", "NS", "CNAME", "SOA", "PTR", "MX", "TXT", "AAAA", "SRV", "NAPTR", "DS", "DNSKEY", "SVCB", "HTTPS", "IXFR", "AXFR", "ANY", "other"}
@@ -220,9 +220,16 @@ func (nc *namespaceCounts) slotOf(pod *podcache.Pod) int32 {
 	if pod == nil {
 		return slotUnknown
 	}
-	if s := pod.NamespaceSlot.Load(); s != 0 {
-		return s - 1 // stored plus one: zero means not looked up yet
+	s := pod.NamespaceSlot.Load()
+	if s == slotUnknown { // no pod has it: the pod has not looked its slot up yet
+		s = nc.assign(pod)
 	}
+	return s
+}
+
+// assign finds or makes the slot of pod's namespace, and has the pod
+// remember it.
+func (nc *namespaceCounts) assign(pod *podcache.Pod) int32 {
 	nc.mu.Lock()
 	s, ok := nc.slots[pod.Namespace]
 	if !ok {
@@ -234,7 +241,7 @@ func (nc *namespaceCounts) slotOf(pod *podcache.Pod) int32 {
 		}
 	}
 	nc.mu.Unlock()
-	pod.NamespaceSlot.Store(s + 1)
+	pod.NamespaceSlot.Store(s)
 	return s
 }
 
@@ -242,44 +249,45 @@ func (nc *namespaceCounts) slotOf(pod *podcache.Pod) int32 {
 // adds them to the shared atomic counters once per batch (flush) rather
 // than once per query.
 type batchCounts struct {
-	requests   [nCells]uint32
-	namespaces []uint32 // by slot
-	touched    []int32  // request cells not zero
-	touchedNS  []int32  // namespace slots not zero
-	// answered counts the batch's fast-path answers by source, for the
-	// duration histogram.
+	// answered counts the batch's answers by source, for the duration
+	// histogram and ztdns_resolver_queries_total.
 	answered [nSources]uint64
+	// The counts by request cell and by namespace slot, and which of them
+	// are not zero (each listed once).
+	requests             [nCells]uint32
+	namespaces           []uint32 // by slot
+	touched, touchedNS   []int32
+	nTouched, nTouchedNS int
 }
 
 func (s *Server) newBatchCounts() *batchCounts {
+	slots := len(s.metrics.namespaces.counts) // fixed when the server was made
 	return &batchCounts{
-		namespaces: make([]uint32, len(s.metrics.namespaces.counts)),
-		touched:    make([]int32, 0, nCells),
-		touchedNS:  make([]int32, 0, len(s.metrics.namespaces.counts)),
+		namespaces: make([]uint32, slots),
+		touched:    make([]int32, nCells),
+		touchedNS:  make([]int32, slots),
 	}
 }
 
-// countAnswer counts one answered query: on b when the caller batches,
-// else at once.
-func (s *Server) countAnswer(b *batchCounts, cell int, slot int32) {
-	m := &s.metrics
-	if b == nil {
-		m.requests[cell].Add(1)
-		m.namespaces.counts[slot].Add(1)
-		return
-	}
+// add counts one answer.
+func (b *batchCounts) add(cell int, slot int32, from source) {
+	b.answered[from]++
 	if b.requests[cell] == 0 {
-		b.touched = append(b.touched, int32(cell))
+		b.touched[b.nTouched] = int32(cell)
+		b.nTouched++
 	}
 	b.requests[cell]++
-	if int(slot) < len(b.namespaces) { // a slot made after b was: count at once
-		if b.namespaces[slot] == 0 {
-			b.touchedNS = append(b.touchedNS, slot)
-		}
-		b.namespaces[slot]++
-	} else {
-		m.namespaces.counts[slot].Add(1)
+	if b.namespaces[slot] == 0 {
+		b.touchedNS[b.nTouchedNS] = slot
+		b.nTouchedNS++
 	}
+	b.namespaces[slot]++
+}
+
+// countAnswer counts one answered query at once.
+func (s *Server) countAnswer(cell int, slot int32) {
+	s.metrics.requests[cell].Add(1)
+	s.metrics.namespaces.counts[slot].Add(1)
 }
 
 // observeLocal times one answer of the fast path that is not batched (TCP).
@@ -295,16 +303,19 @@ func (s *Server) observeLocal(reply []byte, took int64) {
 // d once per answer in it.
 func (s *Server) flush(b *batchCounts, d int64) {
 	m := &s.metrics
-	for _, c := range b.touched {
+	for _, c := range b.touched[:b.nTouched] {
 		m.requests[c].Add(uint64(b.requests[c]))
 		b.requests[c] = 0
 	}
-	b.touched = b.touched[:0]
-	for _, slot := range b.touchedNS {
+	b.nTouched = 0
+	for _, slot := range b.touchedNS[:b.nTouchedNS] {
 		m.namespaces.counts[slot].Add(uint64(b.namespaces[slot]))
 		b.namespaces[slot] = 0
 	}
-	b.touchedNS = b.touchedNS[:0]
+	b.nTouchedNS = 0
+	if n := b.answered[sourceTable]; n > 0 {
+		metricQueries.local.Add(float64(n))
+	}
 	for src, n := range b.answered {
 		if n > 0 {
 			m.durations[src].observe(d, n)
@@ -315,7 +326,7 @@ func (s *Server) flush(b *batchCounts, d int64) {
 
 var (
 	requestsDesc = prometheus.NewDesc("ztdns_dns_requests_total",
-		"DNS queries answered, by query type (type: CoreDNS's list plus SVCB and HTTPS, else \"other\"), protocol (proto), "+
+		"DNS queries answered, by query type (type: the common types, else \"other\"), protocol (proto), "+
 			"rcode, and where the answer came from (source: table, cache, upstream, or none for an error ztdns gave itself: "+
 			"FORMERR, BADVERS, REFUSED, SERVFAIL over a limit). Queries dropped unanswered are in ztdns_resolver_queries_total.",
 		[]string{"type", "proto", "rcode", "source"}, nil)

@@ -447,7 +447,6 @@ func (s *Server) answerFast(msg []byte, src netip.AddrPort, tcp bool, out []byte
 	if !tcp && len(out) > r.udpLimit() {
 		out = truncate(out[:hdr], msg, &r)
 	}
-	metricQueries.local.Inc()
 	return s.answered(sc, out, hdr, &r, tcp, pod, src, now), false
 }
 
@@ -459,9 +458,19 @@ func (s *Server) answered(sc *scratch, out []byte, hdr int, r *request, tcp bool
 	if rcode != 0 {
 		from = sourceNone
 	}
-	s.countAnswer(sc.batch, requestCell(r.qtype, rcode, tcp, from), s.metrics.namespaces.slotOf(pod))
-	if sc.batch != nil {
-		sc.batch.answered[from]++
+	cell, slot := requestCell(r.qtype, rcode, tcp, from), int32(slotUnknown)
+	if pod != nil { // namespaceCounts.slotOf, spelt out: this one is inlined
+		if slot = pod.NamespaceSlot.Load(); slot == slotUnknown {
+			slot = s.metrics.namespaces.assign(pod)
+		}
+	}
+	if b := sc.batch; b != nil {
+		b.add(cell, slot, from) // flush adds them up, local answers included
+	} else {
+		s.countAnswer(cell, slot)
+		if from == sourceTable {
+			metricQueries.local.Inc()
+		}
 	}
 	if s.opts.AccessLog.Sampled() {
 		s.logAccess(r, src, tcp, pod, rcode, from, netip.AddrPort{}, s.clock()-now)

@@ -67,7 +67,7 @@ func (q *slowQuery) finish(reply []byte) {
 		q.pod = s.opts.Pods.Lookup(q.src.Addr())
 	}
 	cell := requestCell(q.r.qtype, rcode, q.tcp, q.from)
-	s.countAnswer(nil, cell, s.metrics.namespaces.slotOf(q.pod))
+	s.countAnswer(cell, s.metrics.namespaces.slotOf(q.pod))
 	took := s.clock() - q.start
 	s.metrics.durations[q.from].observe(took, 1)
 	if s.opts.AccessLog.Sampled() {
