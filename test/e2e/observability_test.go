@@ -93,7 +93,7 @@ func TestObservability(t *testing.T) {
 	}
 
 	wantValues := map[string]float64{
-		`ztdns_dns_requests_total{proto="udp",rcode="NOERROR",source="table",type="A"}`:  6,
+		`ztdns_dns_requests_total{proto="udp",rcode="NOERROR",source="table",type="A"}`:    6,
 		`ztdns_dns_requests_total{proto="udp",rcode="NOERROR",source="upstream",type="A"}`: 1,
 		`ztdns_dns_requests_total{proto="udp",rcode="NOERROR",source="cache",type="A"}`:    1,
 		`ztdns_dns_namespace_requests_total{namespace="default"}`:                          8,
