@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
-	"net"
 	"net/netip"
 	"slices"
 	"strings"
@@ -57,17 +56,12 @@ func runAccessLog(t *testing.T, l *accesslog.Log) {
 }
 
 // exchange sends m from the source address over proto and returns the
-// reply.
+// reply, failing the test when none comes.
 func (ms *metricsServer) exchange(t *testing.T, from netip.Addr, proto string, m *dns.Msg) *dns.Msg {
 	t.Helper()
-	var local net.Addr = &net.UDPAddr{IP: from.AsSlice()}
-	if proto == "tcp" {
-		local = &net.TCPAddr{IP: from.AsSlice()}
-	}
-	c := &dns.Client{Net: proto, Timeout: 5 * time.Second, Dialer: &net.Dialer{LocalAddr: local, Timeout: 5 * time.Second}}
-	r, _, err := c.Exchange(m, ms.addr.String())
+	r, err := ms.tryExchange(from, proto, m)
 	if err != nil {
-		t.Fatalf("%s query %v from %s: %v", proto, m.Question, from, err)
+		t.Fatal(err)
 	}
 	return r
 }
@@ -224,16 +218,8 @@ func TestAccessLogLines(t *testing.T) {
 // sum by the value of label.
 func histogramCounts(t *testing.T, c prometheus.Collector, name, label string) (map[string]uint64, map[string]float64) {
 	t.Helper()
-	reg := prometheus.NewPedanticRegistry()
-	if err := reg.Register(c); err != nil {
-		t.Fatal(err)
-	}
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
 	counts, sums := map[string]uint64{}, map[string]float64{}
-	for _, mf := range mfs {
+	for _, mf := range gather(t, c) {
 		if mf.GetName() != name {
 			continue
 		}
@@ -243,6 +229,20 @@ func histogramCounts(t *testing.T, c prometheus.Collector, name, label string) (
 		}
 	}
 	return counts, sums
+}
+
+// gather collects c through a registry that checks what it collects.
+func gather(t *testing.T, c prometheus.Collector) []*dto.MetricFamily {
+	t.Helper()
+	reg := prometheus.NewPedanticRegistry()
+	if err := reg.Register(c); err != nil {
+		t.Fatal(err)
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return mfs
 }
 
 func labelValue(m *dto.Metric, name string) string {
@@ -257,16 +257,8 @@ func labelValue(m *dto.Metric, name string) string {
 // series, spelled name{label="value",...} with the labels sorted.
 func scrape(t *testing.T, c prometheus.Collector, names ...string) map[string]float64 {
 	t.Helper()
-	reg := prometheus.NewPedanticRegistry()
-	if err := reg.Register(c); err != nil {
-		t.Fatal(err)
-	}
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
 	out := map[string]float64{}
-	for _, mf := range mfs {
+	for _, mf := range gather(t, c) {
 		if !slices.Contains(names, mf.GetName()) {
 			continue
 		}
