@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"io"
 	"net/netip"
 	"os"
 	"os/signal"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/ztdns/ztdns/pkg/accesslog"
 	"github.com/ztdns/ztdns/pkg/agent"
 	"github.com/ztdns/ztdns/pkg/cni"
 	"github.com/ztdns/ztdns/pkg/control"
@@ -97,11 +99,26 @@ directory of YAML manifests (--config-dir).`,
 	socketGroup := fs.String("socket-group", "", "`GROUP` (name or gid) whose members may also connect to --socket, to read only (status, table, pods); default: root only")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	logFormat := fs.String("log-format", "text", "text or json")
+	accessLog := fs.String("access-log", "", "write one line per query (--log-format) to `DEST`: stderr or a file's path; off when empty (ztdns log on|off switches it at run time, to DEST or stderr)")
+	accessLogSample := fs.Int("access-log-sample", 1, "with --access-log: one query in `N` gets a line")
+	maxNamespaces := fs.Int("metrics-max-namespaces", resolver.DefaultMaxNamespaceSeries, "namespaces with a series of their own in ztdns_dns_namespace_requests_total; the rest count as _other")
+	maxUpstreams := fs.Int("metrics-max-upstreams", forward.DefaultMaxUpstreamSeries, "upstreams with series of their own in ztdns_forward_upstream_*; the rest count as other")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		log, err := newLogger(*logLevel, *logFormat)
 		if err != nil {
 			return usageError{err}
 		}
+		if *accessLogSample < 1 || *accessLogSample > accesslog.MaxSample {
+			return usagef("--access-log-sample %d: want 1 to %d", *accessLogSample, accesslog.MaxSample)
+		}
+		if *maxNamespaces < 1 || *maxUpstreams < 1 {
+			return usagef("--metrics-max-namespaces and --metrics-max-upstreams: want at least 1")
+		}
+		al, closeAccessLog, err := openAccessLog(*accessLog, *accessLogSample, *logFormat)
+		if err != nil {
+			return err
+		}
+		defer closeAccessLog()
 		vips, err := vip.ParseSource(*vipSource)
 		if err != nil {
 			return usagef("--vip-source: %w", err)
@@ -183,9 +200,39 @@ directory of YAML manifests (--config-dir).`,
 			TCPMaxConns:    *maxTCP,
 			TCPIdleTimeout: *tcpIdle,
 			InflightBytes:  inflightBytes.n,
+
+			AccessLog:          al,
+			MaxNamespaceSeries: *maxNamespaces,
+			MaxUpstreamSeries:  *maxUpstreams,
 		})
 	}
 	return cmd
+}
+
+// openAccessLog makes the agent's access log: on at once, writing to dest,
+// when dest is given; else off, writing to stderr when `ztdns log on`
+// turns it on.
+func openAccessLog(dest string, sample int, format string) (*accesslog.Log, func(), error) {
+	w, name, closeFile := io.Writer(os.Stderr), "stderr", func() {}
+	if dest != "" && dest != "stderr" {
+		f, err := os.OpenFile(dest, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
+		if err != nil {
+			return nil, nil, fmt.Errorf("--access-log: %w", err)
+		}
+		w, name, closeFile = f, dest, func() { f.Close() }
+	}
+	l, err := accesslog.New(w, name, format, 0)
+	if err != nil {
+		closeFile()
+		return nil, nil, usageError{err}
+	}
+	if dest != "" {
+		if err := l.Set(true, sample); err != nil {
+			closeFile()
+			return nil, nil, usageError{err}
+		}
+	}
+	return l, closeFile, nil
 }
 
 // limitFlag maps a per-pod bound's flag (0 disables it) onto quota.Limits

@@ -25,6 +25,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/ztdns/ztdns/pkg/accesslog"
 	"github.com/ztdns/ztdns/pkg/capture"
 	"github.com/ztdns/ztdns/pkg/control"
 	"github.com/ztdns/ztdns/pkg/model"
@@ -108,6 +109,14 @@ type Config struct {
 	// InflightBytes bounds the bytes of upstream replies held at once, read
 	// or waiting to be written (0: the default).
 	InflightBytes int64
+
+	// AccessLog gets one line per sampled query while on (`ztdns log
+	// on|off`); nil: an access log to stderr, off.
+	AccessLog *accesslog.Log
+	// MaxNamespaceSeries and MaxUpstreamSeries bound the namespaces and the
+	// upstreams with metrics series of their own (0: the defaults).
+	MaxNamespaceSeries int
+	MaxUpstreamSeries  int
 }
 
 // Agent is a running ztdns agent.
@@ -182,6 +191,12 @@ func newAgent(cfg Config) (*Agent, error) {
 	if cfg.ProcRoot == "" {
 		cfg.ProcRoot = "/proc"
 	}
+	if cfg.AccessLog == nil {
+		var err error
+		if cfg.AccessLog, err = accesslog.New(os.Stderr, "stderr", "text", 0); err != nil {
+			return nil, err
+		}
+	}
 	a := &Agent{cfg: cfg, log: cfg.Logger, reg: cfg.Registry, pods: podcache.New(cfg.ClusterDomain), firstTable: make(chan struct{}),
 		builder: table.NewBuilder(table.Options{Domain: cfg.ClusterDomain, TTL: uint32(cfg.TTL / time.Second), VIPSource: cfg.VIPSource}),
 		addrs:   slices.Clone(cfg.Listen), hostCookies: nodeCookies(cfg.ProcRoot)}
@@ -208,7 +223,7 @@ func newAgent(cfg Config) (*Agent, error) {
 		fwdOpts = append(fwdOpts, forward.WithTimeout(cfg.ForwardTimeout))
 	}
 	budget := quota.NewBudget(cmp.Or(cfg.InflightBytes, resolver.DefaultInflightBytes))
-	fwdOpts = append(fwdOpts, forward.WithCacheBytes(cfg.CacheBytes), forward.WithBudget(budget))
+	fwdOpts = append(fwdOpts, forward.WithCacheBytes(cfg.CacheBytes), forward.WithBudget(budget), forward.WithMaxUpstreamSeries(cfg.MaxUpstreamSeries))
 	a.fwd = forward.New(fwdOpts...)
 	a.server = resolver.New(resolver.Options{
 		Pods:       a.pods,
@@ -224,6 +239,9 @@ func newAgent(cfg Config) (*Agent, error) {
 		TCPIdleTimeout: cfg.TCPIdleTimeout,
 		Budget:         budget,
 		KernelRate:     true,
+
+		AccessLog:          cfg.AccessLog,
+		MaxNamespaceSeries: cfg.MaxNamespaceSeries,
 	})
 	if err := a.registerMetrics(); err != nil {
 		return nil, err
@@ -266,6 +284,7 @@ func (a *Agent) run(ctx context.Context) error {
 		defer a.capture.close()
 	}
 	g.spawn("memory", func() error { returnMemoryAfterBursts(ctx, a.log); return nil })
+	g.spawn("access log", func() error { a.cfg.AccessLog.Run(ctx); return nil })
 	g.spawn("source", func() error {
 		err := a.cfg.Source.Run(ctx, a.apply)
 		if err == nil && ctx.Err() == nil {

@@ -36,6 +36,12 @@ func (a *Agent) httpHandler() http.Handler {
 	return mux
 }
 
+func (a *Agent) accessLogStatus() control.AccessLog {
+	l := a.cfg.AccessLog
+	on, sample := l.Settings()
+	return control.AccessLog{On: on, Sample: sample, Destination: l.Destination(), Dropped: l.Dropped()}
+}
+
 // readiness is nil once the agent serves its first table.
 func (a *Agent) readiness() error {
 	if a.handedOver.Load() {
@@ -55,6 +61,7 @@ func (a *Agent) readiness() error {
 func (a *Agent) status() control.Status {
 	st := control.Status{Names: a.server.Table().Len(), Pods: len(a.pods.List())}
 	st.Build = version.Get()
+	st.AccessLog = a.accessLogStatus()
 	if err := a.readiness(); err != nil {
 		st.NotReady = err.Error()
 	} else {

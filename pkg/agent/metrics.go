@@ -50,6 +50,8 @@ func (a *Agent) registerMetrics() error {
 		cs = append(cs, mc.Collectors()...)
 	}
 	cs = append(cs, forward.Collectors()...)
+	cs = append(cs, a.fwd.Collectors()...)
+	cs = append(cs, a.cfg.AccessLog.Collector(), memoryLimit{})
 	cs = append(cs, version.Collector())
 	for _, c := range cs {
 		if err := a.reg.Register(c); err != nil {
@@ -72,10 +74,24 @@ var captureDesc = prometheus.NewDesc("ztdns_capture_events_total",
 var capturePodsDesc = prometheus.NewDesc("ztdns_capture_marked_pods",
 	"Network namespaces marked for capture in the pods map.", nil, nil)
 
+var failOpenDesc = prometheus.NewDesc("ztdns_capture_fail_open",
+	"1 while the capture programs let marked pods' queries go to their own nameservers because the agent's heartbeat is stale "+
+		"(starting, stopping, or stuck), else 0.", nil, nil)
+
+var mapEntriesDesc = prometheus.NewDesc("ztdns_capture_map_entries",
+	"Entries of the BPF maps pods fill (pods: one per marked pod; nameservers: one per nameserver a pod addressed); "+
+		"a full map captures no more.", []string{"map"}, nil)
+
+var mapCapacityDesc = prometheus.NewDesc("ztdns_capture_map_capacity",
+	"Entries the BPF maps pods fill can hold.", []string{"map"}, nil)
+
 func (c captureCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- captureDesc
 	ch <- capturePodsDesc
 	ch <- doubleCaptureDesc
+	ch <- failOpenDesc
+	ch <- mapEntriesDesc
+	ch <- mapCapacityDesc
 }
 
 func (c captureCollector) Collect(ch chan<- prometheus.Metric) {
@@ -98,4 +114,20 @@ func (c captureCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(capturePodsDesc, prometheus.GaugeValue, float64(len(pods)))
 	}
 	ch <- prometheus.MustNewConstMetric(doubleCaptureDesc, prometheus.GaugeValue, float64(len(c.a.doublyCaptured())))
+	if open, err := cp.r.FailingOpen(); err == nil {
+		ch <- prometheus.MustNewConstMetric(failOpenDesc, prometheus.GaugeValue, boolValue(open))
+	}
+	if uses, err := cp.r.MapUses(); err == nil {
+		for _, u := range uses {
+			ch <- prometheus.MustNewConstMetric(mapEntriesDesc, prometheus.GaugeValue, float64(u.Entries), u.Name)
+			ch <- prometheus.MustNewConstMetric(mapCapacityDesc, prometheus.GaugeValue, float64(u.Capacity), u.Name)
+		}
+	}
+}
+
+func boolValue(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
 }

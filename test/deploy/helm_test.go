@@ -156,6 +156,10 @@ type chart struct {
 	resourceQuota      *corev1.ResourceQuota
 	// serviceMonitor has no Go type in this module: a generic object.
 	serviceMonitor map[string]any
+	// dashboard is the Grafana dashboard's ConfigMap; prometheusRule, like
+	// serviceMonitor, a generic object.
+	dashboard      *corev1.ConfigMap
+	prometheusRule map[string]any
 }
 
 // renderChart runs `helm template` on the chart with the given --set values,
@@ -208,6 +212,10 @@ func parseChart(tb testing.TB, stream []byte) *chart {
 			target = &c.resourceQuota
 		case "ServiceMonitor":
 			target = &c.serviceMonitor
+		case "ConfigMap":
+			target = &c.dashboard
+		case "PrometheusRule":
+			target = &c.prometheusRule
 		default:
 			tb.Fatalf("the chart rendered an unexpected %s %q", meta.Kind, meta.Metadata.Name)
 		}
