@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/ztdns/ztdns/internal/agenttest"
+	"github.com/ztdns/ztdns/internal/testenv"
 	"github.com/ztdns/ztdns/pkg/agent"
 	"github.com/ztdns/ztdns/pkg/source/configdir"
 )
@@ -25,8 +26,8 @@ func TestHealthzAsksTheResolver(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "ns.yaml"), []byte("apiVersion: v1\nkind: Namespace\nmetadata: {name: default}\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	metrics := agenttest.FreePort(t)
-	agenttest.Start(t, agent.Config{Source: configdir.New(dir), MetricsAddr: metrics.String(), Upstreams: []netip.AddrPort{agenttest.FreePort(t)}})
+	metrics := testenv.FreePort(t)
+	agenttest.Start(t, agent.Config{Source: configdir.New(dir), MetricsAddr: metrics.String(), Upstreams: []netip.AddrPort{testenv.FreePort(t)}})
 	c := &http.Client{Timeout: 5 * time.Second}
 	resp, err := c.Get("http://" + metrics.String() + "/healthz")
 	if err != nil {

@@ -157,7 +157,7 @@ var pprofLine = regexp.MustCompile(`pprof on (http://\S+/debug/pprof/)`)
 func startAgentprof(tb testing.TB, manifests string, upstream netip.AddrPort) *dnsServer {
 	tb.Helper()
 	bin := testenv.Build(tb, "github.com/ztdns/ztdns/bench/agentprof")
-	addr := agenttest.FreePort(tb)
+	addr := testenv.FreePort(tb)
 	sock := filepath.Join(tb.TempDir(), "ztdns.sock")
 	s := &dnsServer{
 		proc: testenv.StartLocal(tb, bin, "-config-dir", manifests, "-listen", addr.String(), "-upstream", upstream.String(), "-socket", sock),

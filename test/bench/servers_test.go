@@ -56,7 +56,7 @@ func startAgent(tb testing.TB, upstream netip.AddrPort, names int, source ...str
 	if err := os.WriteFile(resolv, nil, 0o644); err != nil {
 		tb.Fatal(err)
 	}
-	addr, metrics := agenttest.FreePort(tb), agenttest.FreePort(tb)
+	addr, metrics := testenv.FreePort(tb), testenv.FreePort(tb)
 	args := append([]string{"agent", "--capture=false", "--listen", addr.String(), "--upstream", upstream.String(),
 		"--resolv-conf", resolv, "--socket", socket, "--metrics", metrics.String(), "--log-level", "warn",
 		"--pod-qps", "0"}, source...) // --pod-qps 0: dnsperf is one source at full speed
@@ -139,7 +139,7 @@ func startUnbound(tb testing.TB, zone string, names ...string) *dnsServer {
 	tb.Helper()
 	bin := testenv.LookPath(tb, "unbound")
 	dir := tb.TempDir()
-	addr := agenttest.FreePort(tb)
+	addr := testenv.FreePort(tb)
 	conf := filepath.Join(dir, "unbound.conf")
 	err := os.WriteFile(conf, fmt.Appendf(nil, `server:
   interface: %s

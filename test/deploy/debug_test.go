@@ -17,6 +17,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/ztdns/ztdns/internal/agenttest"
+	"github.com/ztdns/ztdns/internal/testenv"
 	"github.com/ztdns/ztdns/pkg/agent"
 	"github.com/ztdns/ztdns/pkg/control"
 	"github.com/ztdns/ztdns/pkg/source/configdir"
@@ -121,7 +122,7 @@ func TestDebugCommandInTheContainer(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "objects.yaml"), []byte(manifests), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	a := agenttest.Start(t, agent.Config{Source: configdir.New(dir), Upstreams: []netip.AddrPort{agenttest.FreePort(t)}})
+	a := agenttest.Start(t, agent.Config{Source: configdir.New(dir), Upstreams: []netip.AddrPort{testenv.FreePort(t)}})
 	run := exec.Command(buildZtdns(t), append(cmd.inContainer[1:], "--socket", a.Socket)...)
 	out, err := run.CombinedOutput()
 	if err != nil {
