@@ -3,6 +3,7 @@
 package bench
 
 import (
+	"slices"
 	"testing"
 	"time"
 
@@ -48,6 +49,11 @@ func benchResolver(b *testing.B, c workload.Config, rates []int, d time.Duration
 		srv  *dnsServer
 	}
 	servers := []server{{"ztdns", ztdns}, {"unbound", unbound}}
+	if *flagBeside != "" {
+		beside := startAgentBin(b, *flagBeside, unbound.addr, 1, "--config-dir", files.Manifests)
+		waitAnswers(b, beside, files.Names[0], files.Names[len(files.Names)-1])
+		servers = slices.Insert(servers, 1, server{"ztdns-beside", beside})
+	}
 	for _, rate := range rates {
 		for r := range *flagRounds {
 			for _, s := range turn(servers, r) {
