@@ -152,7 +152,7 @@ func (s *Server) answerUDP(conn *net.UDPConn, rc syscall.RawConn, local netip.Ad
 	if err := b.write(rc, queued); err != nil {
 		s.log.Debug("writing UDP replies failed", "err", err)
 	}
-	if queued > 0 {
+	if queued > 0 && !s.opts.NoRequestMetrics {
 		// Every answer of the batch waited for the whole batch: one
 		// clock read times them all.
 		s.flush(b.sc.batch, s.clock()-now)
