@@ -80,13 +80,17 @@ func (s *Server) newUDPBatch(conn *net.UDPConn, rc syscall.RawConn, local netip.
 			return true
 		}
 		s.answerUDP(conn, rc, local, b, n)
-		// A batch that is not full emptied the socket: wait for the
-		// netpoller, which reports every datagram queued since it last
-		// reported one (edge-triggered), without an empty read first (at
-		// modest rates, a system call saved per query). A full batch may
-		// have left datagrams whose arrival was reported already: end the
-		// RawConn.Read (the next one reads before it waits).
-		return n == batchSize
+		// After a lone datagram the socket is most likely empty (the read
+		// took what it held): wait in the netpoller, which reports every
+		// datagram queued since it last reported one (edge-triggered),
+		// without an empty read first. At modest rates that saves a
+		// system call per query. After several, queries come faster than
+		// they are answered and the next is likely there: read again at
+		// once rather than through the scheduler. That also covers a full
+		// batch, which may have left datagrams whose arrival was reported
+		// already. Ending the RawConn.Read does it: the next one reads
+		// before it waits.
+		return n > 1
 	}
 	b.writeFn = func(fd uintptr) bool {
 		r, _, e := unix.RawSyscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&b.out[b.ioFrom])), uintptr(b.ioTo-b.ioFrom), unix.MSG_DONTWAIT, 0, 0)
