@@ -18,7 +18,10 @@
 // The benchmarks:
 //
 //   - Resolver: ztdns vs. unbound on loopback, at full speed and at fixed
-//     rates: qps, server CPU per answered query, wake-ups, RSS.
+//     rates: qps, server CPU per answered query, wake-ups, RSS (-beside
+//     adds another build of ztdns, to compare a change).
+//   - Metrics: the agent with its metrics on (scraped) vs. off, at full
+//     speed: what counting every query costs.
 //   - Capture (root): dnsperf in a pod through the eBPF redirect vs. straight
 //     to the resolver vs. an iptables DNAT in the pod.
 //   - Footprint: RSS, heap and idle CPU of an agent with an empty table and
