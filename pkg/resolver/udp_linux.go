@@ -53,7 +53,8 @@ type udpBatch struct {
 	// cost more CPU than the queries (golang/go#18236).
 	serveFn, writeFn  func(fd uintptr) bool
 	ioN, ioFrom, ioTo int
-	ioErr             syscall.Errno
+	ioErr             syscall.Errno // of the last write
+	readErr           syscall.Errno // what ended the serving RawConn.Read
 }
 
 func (s *Server) newUDPBatch(conn *net.UDPConn, rc syscall.RawConn, local netip.AddrPort) *udpBatch {
@@ -76,7 +77,7 @@ func (s *Server) newUDPBatch(conn *net.UDPConn, rc syscall.RawConn, local netip.
 		case unix.EAGAIN, unix.EINTR:
 			return false // wait in the netpoller
 		default:
-			b.ioErr = e
+			b.readErr = e
 			return true
 		}
 		s.answerUDP(conn, rc, local, b, n)
@@ -110,10 +111,10 @@ func (s *Server) serveUDPBatches(conn *net.UDPConn, local netip.AddrPort) error 
 	}
 	b := s.newUDPBatch(conn, rc, local)
 	for {
-		b.ioErr = 0
+		b.readErr = 0
 		err := rc.Read(b.serveFn)
-		if err == nil && b.ioErr != 0 {
-			err = b.ioErr
+		if err == nil && b.readErr != 0 {
+			err = b.readErr
 		}
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) || s.stopping() {
