@@ -4,101 +4,193 @@ import (
 	"cmp"
 	"log/slog"
 	"reflect"
+	"slices"
 	"strings"
+	"sync"
 
-	istionetworkingv1 "istio.io/client-go/pkg/apis/networking/v1"
-	corev1 "k8s.io/api/core/v1"
-	discoveryv1 "k8s.io/api/discovery/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/tools/cache"
-
-	"github.com/ztdns/ztdns/pkg/model"
+	"github.com/ztdns/ztdns/pkg/model/kubeapi"
 )
 
-// stored is what an informer's cache holds in place of the API object: the
-// model form of the object (or why it could not be converted) and the three
-// metadata fields client-go itself reads, the key (namespace and name) and the
-// resourceVersion. Everything else of the API object is garbage as soon as
-// the informer's transform has run.
+// objKey names an object: its namespace (empty for cluster-scoped kinds)
+// and name, both shared with the object's own strings.
+type objKey struct{ namespace, name string }
+
+func (k objKey) compare(o objKey) int {
+	return cmp.Or(strings.Compare(k.namespace, o.namespace), strings.Compare(k.name, o.name))
+}
+
+// stored is what the source keeps of one API object: its model form, or why
+// it could not be converted. Such objects stay, so that a later update can
+// fix them, but out of snapshots.
 type stored[T any] struct {
-	namespace       string
-	name            string
-	resourceVersion string
-	obj             T
-	// err is why the object could not be converted; such objects stay in the
-	// cache, so that a later update can fix them, but out of snapshots.
+	obj T
 	err error
 }
 
-// GetObjectMeta lets client-go's key functions and stores read the identity
-// of a stored object: meta.Accessor accepts any ObjectMetaAccessor. The
-// ObjectMeta is made on demand so that the cache does not keep one per object.
-func (s *stored[T]) GetObjectMeta() metav1.Object {
-	return &metav1.ObjectMeta{Namespace: s.namespace, Name: s.name, ResourceVersion: s.resourceVersion}
-}
-
-// compare orders stored objects by namespace, then name, so snapshots
-// list objects in the same order on every node and in every run.
-func (s *stored[T]) compare(o *stored[T]) int {
-	return cmp.Or(strings.Compare(s.namespace, o.namespace), strings.Compare(s.name, o.name))
-}
-
-// transformTo returns an informer transform that converts API objects of
-// type A with convert and stores the result. Conversion failures are logged
-// with the object's namespace and name and kept in the stored object.
-//
-// The transform must be idempotent: client-go passes objects that already
-// went through it back in when it replaces the cache after a (watch-)list.
-// Anything that is not an A (a stored object, a deletion tombstone) passes
-// through unchanged.
-func transformTo[A metav1.Object, T any](kind string, log *slog.Logger, convert func(A) (T, error)) cache.TransformFunc {
-	return func(obj any) (any, error) {
-		api, ok := obj.(A)
-		if !ok {
-			return obj, nil
-		}
-		m, err := convert(api)
-		if err != nil {
-			log.Warn("object left out: it cannot be converted", "kind", kind,
-				"namespace", api.GetNamespace(), "name", api.GetName(), "error", err)
-		}
-		return &stored[T]{
-			namespace:       api.GetNamespace(),
-			name:            api.GetName(),
-			resourceVersion: api.GetResourceVersion(),
-			obj:             m,
-			err:             err,
-		}, nil
-	}
-}
-
-// sameModel reports whether an informer update changed nothing ztdns reads
-// (an annotation, a managed field, a status condition): both sides are
-// stored objects with equal model forms and conversion results.
-func sameModel[T any](oldObj, newObj any) bool {
-	o, ok1 := oldObj.(*stored[T])
-	n, ok2 := newObj.(*stored[T])
-	if !ok1 || !ok2 {
+// same reports whether two stored forms are equal: an update that changed
+// nothing ztdns reads (an annotation, a managed field, a status condition)
+// changes nothing here.
+func (s *stored[T]) same(o *stored[T]) bool {
+	if (s.err == nil) != (o.err == nil) || (s.err != nil && s.err.Error() != o.err.Error()) {
 		return false
 	}
-	if (o.err == nil) != (n.err == nil) || (o.err != nil && o.err.Error() != n.err.Error()) {
+	return reflect.DeepEqual(s.obj, o.obj)
+}
+
+// store holds one watched resource's objects in their model form. It is
+// the store of a client-go Reflector, which lists and watches the resource
+// and calls it with each object it decodes (package kubeapi's); the API
+// object is garbage as soon as it is converted. There is no informer: no
+// queue, no second cache, no per-object key string.
+type store[T any] struct {
+	kind    kind
+	log     *slog.Logger
+	convert func(kubeapi.Object) (T, error)
+	// changed is told of every change that matters to a snapshot.
+	changed func(kind)
+
+	mu     sync.Mutex
+	objs   map[objKey]*stored[T]
+	synced bool // the first list (or the initial events of a watch) is in
+}
+
+func newStore[T any](k kind, log *slog.Logger, convert func(kubeapi.Object) (T, error), changed func(kind)) *store[T] {
+	return &store[T]{kind: k, log: log, convert: convert, changed: changed, objs: map[objKey]*stored[T]{}}
+}
+
+// modelOf converts the kubeapi objects that reduce to T.
+func modelOf[T any](o kubeapi.Object) (T, error) {
+	return o.(interface{ Model() (T, error) }).Model()
+}
+
+// reduce converts an object the reflector hands over; ok is false for
+// anything else (it never hands over anything else).
+func (s *store[T]) reduce(obj any) (key objKey, st *stored[T], ok bool) {
+	o, ok := obj.(kubeapi.Object)
+	if !ok {
+		return key, nil, false
+	}
+	m := o.Meta()
+	key = objKey{m.Namespace, m.Name}
+	v, err := s.convert(o)
+	if err != nil {
+		s.log.Warn("object left out: it cannot be converted", "kind", s.kind.String(),
+			"namespace", m.Namespace, "name", m.Name, "error", err)
+	}
+	return key, &stored[T]{obj: v, err: err}, true
+}
+
+// Add and Update store an object the watch reported.
+func (s *store[T]) Add(obj any) error { return s.Update(obj) }
+
+func (s *store[T]) Update(obj any) error {
+	key, st, ok := s.reduce(obj)
+	if !ok {
+		return nil
+	}
+	s.mu.Lock()
+	old := s.objs[key]
+	s.objs[key] = st
+	synced := s.synced
+	s.mu.Unlock()
+	if synced && (old == nil || !old.same(st)) {
+		s.changed(s.kind)
+	}
+	return nil
+}
+
+// Delete forgets an object the watch reported deleted.
+func (s *store[T]) Delete(obj any) error {
+	o, ok := obj.(kubeapi.Object)
+	if !ok {
+		return nil
+	}
+	m := o.Meta()
+	key := objKey{m.Namespace, m.Name}
+	s.mu.Lock()
+	_, had := s.objs[key]
+	delete(s.objs, key)
+	synced := s.synced
+	s.mu.Unlock()
+	if synced && had {
+		s.changed(s.kind)
+	}
+	return nil
+}
+
+// Replace takes a complete list: the first one, or a relist after the
+// watch could not resume.
+func (s *store[T]) Replace(list []any, _ string) error {
+	objs := make(map[objKey]*stored[T], len(list))
+	for _, obj := range list {
+		if key, st, ok := s.reduce(obj); ok {
+			objs[key] = st
+		}
+	}
+	s.mu.Lock()
+	old, first := s.objs, !s.synced
+	s.objs, s.synced = objs, true
+	s.mu.Unlock()
+	if first || !sameObjects(old, objs) {
+		s.changed(s.kind)
+	}
+	return nil
+}
+
+// Resync is for stores that replay their content; this one has no one to
+// replay it to.
+func (s *store[T]) Resync() error { return nil }
+
+// hasSynced reports whether the first complete list is in.
+func (s *store[T]) hasSynced() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.synced
+}
+
+func sameObjects[T any](a, b map[objKey]*stored[T]) bool {
+	if len(a) != len(b) {
 		return false
 	}
-	return reflect.DeepEqual(o.obj, n.obj)
+	for k, x := range a {
+		if y, ok := b[k]; !ok || !x.same(y) {
+			return false
+		}
+	}
+	return true
 }
 
-func convertService(s *corev1.Service) (model.Service, error) { return model.FromService(s) }
-
-func convertEndpointSlice(s *discoveryv1.EndpointSlice) (model.EndpointSlice, error) {
-	return model.FromEndpointSlice(s)
-}
-
-func convertNamespace(n *corev1.Namespace) (model.Namespace, error) {
-	return model.FromNamespace(n), nil
-}
-
-func convertPod(p *corev1.Pod) (model.Pod, error) { return model.FromPod(p) }
-
-func convertServiceEntry(se *istionetworkingv1.ServiceEntry) (model.ServiceEntry, error) {
-	return model.FromServiceEntry(&se.ObjectMeta, &se.Spec, &se.Status)
+// collect returns the model objects of s, or of nothing when s is nil or
+// has not synced, sorted by namespace and name so that snapshots list
+// objects in the same order on every node and in every run, and the
+// conversion errors of those left out, in the same order.
+func collect[T any](s *store[T]) ([]T, []error) {
+	if s == nil {
+		return nil, nil
+	}
+	type item struct {
+		key objKey
+		st  *stored[T]
+	}
+	s.mu.Lock()
+	if !s.synced {
+		s.mu.Unlock()
+		return nil, nil
+	}
+	items := make([]item, 0, len(s.objs))
+	for k, st := range s.objs {
+		items = append(items, item{k, st})
+	}
+	s.mu.Unlock()
+	slices.SortFunc(items, func(a, b item) int { return a.key.compare(b.key) })
+	out := make([]T, 0, len(items))
+	var errs []error
+	for _, it := range items {
+		if it.st.err != nil {
+			errs = append(errs, it.st.err)
+			continue
+		}
+		out = append(out, it.st.obj)
+	}
+	return out, errs
 }
