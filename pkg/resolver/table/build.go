@@ -1,6 +1,7 @@
 package table
 
 import (
+	"cmp"
 	"maps"
 	"net/netip"
 	"slices"
@@ -20,6 +21,11 @@ import (
 // not as the whole cluster (the bound: an update at 10,000 objects
 // visible within 100 ms).
 //
+// What it keeps between builds is the state of each object (which entries
+// it made, and the source they share) and, for its capacity, the list of
+// entries that came and went in the last build; nothing else outlives a
+// build.
+//
 // The builder keeps pointers into the snapshots it is given, so a source
 // must not change a snapshot after delivering it. A Builder is not safe for
 // concurrent use; the tables it returns are.
@@ -33,31 +39,46 @@ type Builder struct {
 	// decided for the last build).
 	vipSource  vip.Source
 	fromStatus bool
-	// resolved are the auto-allocating hosts' addresses of the last build.
-	resolved map[vip.Key]hostAddrs
 	// gen counts builds; an object whose state was not touched by this
 	// build's generation is gone from the snapshot.
-	gen  uint64
+	gen  uint32
 	last *Table
+	// warnings are the objects' warnings, for those that have any.
+	warnings map[objKey][]error
+	// added and dropped are this build's changes: the entries of new and
+	// changed objects, and those of the last table that go. Kept between
+	// builds for their capacity.
+	added, dropped []*Entry
+	// discarded are entries added and dropped within one build (an object
+	// twice in a snapshot: the last one wins). Nearly always empty.
+	discarded map[*Entry]bool
 }
 
 // objKey names an object without building a "namespace/name" string.
 type objKey struct{ ns, name string }
 
+// The state of an object: what it was last built from, and what that made.
+// gen is the last build that saw the object; built the one that made its
+// entries.
 type serviceState struct {
-	svc    *model.Service
-	slices []*model.EndpointSlice
-	set    entrySet
-	gen    uint64
+	source  // what its entries share
+	svc     *model.Service
+	slices  []*model.EndpointSlice
+	entries []*Entry
+	gen     uint32
+	built   uint32
 }
 
 type seState struct {
-	se *model.ServiceEntry
+	source // what its entries share
+	ext    seSource
+	se     *model.ServiceEntry
 	// resolved[i] is what se.Hosts[i] resolved to when built (zero when
-	// the host has no VIP).
+	// the host has no VIP); nil when no host has one.
 	resolved []hostAddrs
-	set      entrySet
-	gen      uint64
+	entries  []*Entry
+	gen      uint32
+	built    uint32
 }
 
 // NewBuilder returns a builder with the given options.
@@ -70,12 +91,14 @@ func NewBuilder(opts Options) *Builder {
 	}
 	domain := dns.CanonicalName(opts.Domain)
 	return &Builder{
-		n:         names{svcDomain: ".svc." + domain, ttl: opts.TTL},
+		n:         names{svcDomain: ".svc." + domain, ttl: opts.TTL, prefixes: map[string]string{}},
 		domain:    domain,
 		vipSource: opts.VIPSource,
 		services:  map[objKey]*serviceState{},
 		ses:       map[objKey]*seState{},
 		last:      &Table{},
+		discarded: map[*Entry]bool{},
+		warnings:  map[objKey][]error{},
 	}
 }
 
@@ -84,53 +107,18 @@ func Build(s *model.Snapshot, opts Options) (*Table, []error) {
 	return NewBuilder(opts).Build(s)
 }
 
-// changes collects, for one build, which entries leave and join each key.
-type changes struct {
-	names map[string]*delta
-	wild  map[string]*delta
-	addrs map[netip.Addr]*delta
-}
+// put records that entries join the table.
+func (b *Builder) put(entries []*Entry) { b.added = append(b.added, entries...) }
 
-type delta struct{ drop, add []*Entry }
-
-func deltaOf[K comparable](m map[K]*delta, k K) *delta {
-	d := m[k]
-	if d == nil {
-		d = &delta{}
-		m[k] = d
+// drop records that the entries an object's state made in build built
+// leave the table.
+func (b *Builder) drop(entries []*Entry, built uint32) {
+	if built != b.gen {
+		b.dropped = append(b.dropped, entries...)
+		return
 	}
-	return d
-}
-
-func (c *changes) put(entries []*Entry) {
-	for _, e := range entries {
-		if isWildcard(e.Name) {
-			d := deltaOf(c.wild, e.Name[2:])
-			d.add = append(d.add, e)
-			continue
-		}
-		d := deltaOf(c.names, e.Name)
-		d.add = append(d.add, e)
-		for _, a := range ptrAddrs(e) {
-			d := deltaOf(c.addrs, a)
-			d.add = append(d.add, e)
-		}
-	}
-}
-
-func (c *changes) drop(entries []*Entry) {
-	for _, e := range entries {
-		if isWildcard(e.Name) {
-			d := deltaOf(c.wild, e.Name[2:])
-			d.drop = append(d.drop, e)
-			continue
-		}
-		d := deltaOf(c.names, e.Name)
-		d.drop = append(d.drop, e)
-		for _, a := range ptrAddrs(e) {
-			d := deltaOf(c.addrs, a)
-			d.drop = append(d.drop, e)
-		}
+	for _, e := range entries { // added in this build: they never reach a table
+		b.discarded[e] = true
 	}
 }
 
@@ -146,23 +134,38 @@ func ptrAddrs(e *Entry) []netip.Addr {
 // is not a valid DNS name, say) come back as warnings and leave that object
 // out; everything else is built.
 func (b *Builder) Build(s *model.Snapshot) (*Table, []error) {
-	c := &changes{names: map[string]*delta{}, wild: map[string]*delta{}, addrs: map[netip.Addr]*delta{}}
 	b.gen++
-	b.buildServices(s, c)
-	b.buildServiceEntries(s, c)
-	t := b.assemble(c)
+	b.buildServices(s)
+	b.buildServiceEntries(s)
+	t := b.assemble()
 	b.last = t
+	clear(b.added)
+	clear(b.dropped)
+	b.added, b.dropped = b.added[:0], b.dropped[:0]
+	clear(b.discarded)
 	var warnings []error
-	for _, st := range b.services {
-		warnings = append(warnings, st.set.warnings...)
-	}
-	for _, st := range b.ses {
-		warnings = append(warnings, st.set.warnings...)
+	for _, w := range b.warnings {
+		warnings = append(warnings, w...)
 	}
 	return t, warnings
 }
 
-func (b *Builder) buildServices(s *model.Snapshot, c *changes) {
+// made records what an object's entries are and returns them.
+func (b *Builder) made(key objKey, set entrySet) []*Entry {
+	if len(set.warnings) > 0 {
+		b.warnings[key] = set.warnings
+	}
+	b.put(set.entries)
+	return set.entries
+}
+
+// forget drops what the state of the object key made.
+func (b *Builder) forget(key objKey, entries []*Entry, built uint32) {
+	b.drop(entries, built)
+	delete(b.warnings, key)
+}
+
+func (b *Builder) buildServices(s *model.Snapshot) {
 	eps := map[objKey][]*model.EndpointSlice{}
 	for i := range s.EndpointSlices {
 		es := &s.EndpointSlices[i]
@@ -183,57 +186,61 @@ func (b *Builder) buildServices(s *model.Snapshot, c *changes) {
 			continue
 		}
 		if st != nil {
-			c.drop(st.set.entries)
+			b.forget(key, st.entries, st.built)
 		}
-		st = &serviceState{svc: svc, slices: mine, set: serviceEntries(b.n, svc, mine), gen: b.gen}
+		st = &serviceState{source: serviceSource(b.n, svc), svc: svc, slices: mine, gen: b.gen, built: b.gen}
+		st.entries = b.made(key, serviceEntries(b.n, &st.source, svc, mine))
 		b.services[key] = st
-		c.put(st.set.entries)
 	}
 	for key, st := range b.services {
 		if st.gen != b.gen {
-			c.drop(st.set.entries)
+			b.forget(key, st.entries, st.built)
 			delete(b.services, key)
 		}
 	}
 }
 
-func (b *Builder) buildServiceEntries(s *model.Snapshot, c *changes) {
+func (b *Builder) buildServiceEntries(s *model.Snapshot) {
 	// VIPs are decided over all ServiceEntries at once; that is only needed
-	// again when one of them changed.
+	// when one of them changed (or where VIPs come from did).
 	fromStatus := b.vipSource.FromStatus(istiodAllocates(s))
-	changed := b.resolved == nil || len(s.ServiceEntries) != len(b.ses) || fromStatus != b.fromStatus
+	changed := b.gen == 1 || len(s.ServiceEntries) != len(b.ses) || fromStatus != b.fromStatus
 	for i := 0; i < len(s.ServiceEntries) && !changed; i++ {
 		se := &s.ServiceEntries[i]
 		st := b.ses[objKey{se.Namespace, se.Name}]
 		changed = st == nil || !equalServiceEntry(st.se, se)
 	}
-	if changed {
-		b.fromStatus = fromStatus
-		b.resolved = resolveHosts(s.ServiceEntries, fromStatus)
+	if !changed {
+		for i := range s.ServiceEntries {
+			se := &s.ServiceEntries[i]
+			st := b.ses[objKey{se.Namespace, se.Name}]
+			st.se, st.gen = se, b.gen // point at the new snapshot
+		}
+		return
 	}
+	b.fromStatus = fromStatus
+	resolved := resolveHosts(s.ServiceEntries, fromStatus)
 	for i := range s.ServiceEntries {
 		se := &s.ServiceEntries[i]
 		key := objKey{se.Namespace, se.Name}
 		st := b.ses[key]
 		// Its hosts' VIPs are part of what it answers: one that moved (a
 		// collision freed by a deletion, istiod's status arriving) rebuilds it.
-		if st != nil && equalServiceEntry(st.se, se) && b.sameResolved(se, st.resolved) {
+		if st != nil && equalServiceEntry(st.se, se) && sameResolved(resolved, se, st.resolved) {
 			st.se, st.gen = se, b.gen
 			continue
 		}
 		if st != nil {
-			c.drop(st.set.entries)
+			b.forget(key, st.entries, st.built)
 		}
-		st = &seState{se: se, set: serviceEntryEntries(b.n, se, b.resolved, b.fromStatus), gen: b.gen}
-		for _, h := range se.Hosts {
-			st.resolved = append(st.resolved, b.resolved[vip.Key{Owner: se.Key(), Host: h}])
-		}
+		st = &seState{se: se, resolved: resolvedOf(resolved, se), gen: b.gen, built: b.gen}
+		st.source = serviceEntrySource(b.n, se, &st.ext)
+		st.entries = b.made(key, serviceEntryEntries(&st.source, se, resolved, b.fromStatus))
 		b.ses[key] = st
-		c.put(st.set.entries)
 	}
 	for key, st := range b.ses {
 		if st.gen != b.gen {
-			c.drop(st.set.entries)
+			b.forget(key, st.entries, st.built)
 			delete(b.ses, key)
 		}
 	}
@@ -243,12 +250,32 @@ func (b *Builder) buildServiceEntries(s *model.Snapshot, c *changes) {
 // status.addresses (true) or from vip.Allocate.
 func (b *Builder) VIPsFromStatus() bool { return b.fromStatus }
 
-func (b *Builder) sameResolved(se *model.ServiceEntry, was []hostAddrs) bool {
-	if len(se.Hosts) != len(was) {
+// resolvedOf is what se's hosts resolved to, nil when none has a VIP.
+func resolvedOf(resolved map[vip.Key]hostAddrs, se *model.ServiceEntry) []hostAddrs {
+	var out []hostAddrs
+	for i, h := range se.Hosts {
+		r, ok := resolved[vip.Key{Owner: se.Key(), Host: h}]
+		if !ok {
+			continue
+		}
+		if out == nil {
+			out = make([]hostAddrs, len(se.Hosts))
+		}
+		out[i] = r
+	}
+	return out
+}
+
+func sameResolved(resolved map[vip.Key]hostAddrs, se *model.ServiceEntry, was []hostAddrs) bool {
+	if was != nil && len(se.Hosts) != len(was) {
 		return false
 	}
 	for i, h := range se.Hosts {
-		if !b.resolved[vip.Key{Owner: se.Key(), Host: h}].equal(was[i]) {
+		var w hostAddrs
+		if was != nil {
+			w = was[i]
+		}
+		if !resolved[vip.Key{Owner: se.Key(), Host: h}].equal(w) {
 			return false
 		}
 	}
@@ -256,70 +283,115 @@ func (b *Builder) sameResolved(se *model.ServiceEntry, was []hostAddrs) bool {
 }
 
 // assemble makes the next table: the last one's shards, with fresh copies of
-// the shards that hold a changed key.
-func (b *Builder) assemble(c *changes) *Table {
+// the shards that hold a changed key, the entries that go taken out and
+// those that come put in.
+func (b *Builder) assemble() *Table {
 	last := b.last
 	t := &Table{domain: b.domain, svcDomain: b.n.svcDomain, ttl: b.n.ttl, serial: uint32(time.Now().Unix()),
 		names: last.names, reverse: last.reverse, wildcards: last.wildcards, size: last.size}
-	copied := map[uint32]bool{}
-	for name, d := range c.names {
-		i := shardOf(name)
-		if !copied[i] {
-			copied[i] = true
-			t.names[i] = cloneShard(t.names[i])
+	var names, addrs [numShards]bool // copied
+	wildcards := false
+	name := func(e *Entry) (*shard[string], string) {
+		if isWildcard(e.Name) {
+			if !wildcards {
+				wildcards = true
+				t.wildcards = t.wildcards.clone()
+			}
+			return &t.wildcards, e.Name[2:]
 		}
-		t.size += apply(t.names[i], name, d, compareEntries)
-	}
-	clear(copied)
-	for a, d := range c.addrs {
-		i := shardOfAddr(a)
-		if !copied[i] {
-			copied[i] = true
-			t.reverse[i] = cloneShard(t.reverse[i])
+		i := shardOf(e.Name)
+		if !names[i] {
+			names[i] = true
+			t.names[i] = t.names[i].clone()
 		}
-		apply(t.reverse[i], a, d, compareOwners)
+		return &t.names[i], e.Name
 	}
-	if len(c.wild) > 0 {
-		t.wildcards = cloneShard(t.wildcards)
-		for k, d := range c.wild {
-			t.size += apply(t.wildcards, k, d, compareEntries)
+	addr := func(a netip.Addr) (*shard[addrKey], addrKey) {
+		k := keyOf(a)
+		i := shardOfAddr(k)
+		if !addrs[i] {
+			addrs[i] = true
+			t.reverse[i] = t.reverse[i].clone()
+		}
+		return &t.reverse[i], k
+	}
+	for _, e := range b.dropped {
+		sh, k := name(e)
+		t.size += sh.remove(k, e)
+		for _, a := range ptrAddrs(e) {
+			sh, k := addr(a)
+			sh.remove(k, e)
+		}
+	}
+	for _, e := range b.added {
+		if b.discarded[e] {
+			continue
+		}
+		sh, k := name(e)
+		t.size += sh.insert(k, e, compareEntries)
+		for _, a := range ptrAddrs(e) {
+			sh, k := addr(a)
+			sh.insert(k, e, compareOwners)
 		}
 	}
 	return t
 }
 
-func cloneShard[K comparable](m map[K][]*Entry) map[K][]*Entry {
-	if m == nil {
-		return map[K][]*Entry{}
+// clone returns a copy of s to change: the last table keeps s.
+func (s shard[K]) clone() shard[K] {
+	c := shard[K]{one: maps.Clone(s.one), many: maps.Clone(s.many)}
+	if c.one == nil {
+		c.one = map[K]*Entry{}
 	}
-	return maps.Clone(m)
+	return c
 }
 
-// apply replaces m[k] with a fresh, sorted list (the old one belongs to
-// older tables) and returns how the number of keys changed.
-func apply[K comparable](m map[K][]*Entry, k K, d *delta, compare func(a, b *Entry) int) int {
-	old, had := m[k]
-	list := make([]*Entry, 0, len(old)+len(d.add))
-	for _, e := range slices.Concat(old, d.add) {
-		// An entry can be added and dropped in one build (an object twice
-		// in a snapshot: the last one wins).
-		if !slices.Contains(d.drop, e) {
-			list = append(list, e)
-		}
+// insert adds e to k's entries, in order, and returns how the number of
+// keys changed. Lists are made anew: the old ones belong to older tables.
+func (s *shard[K]) insert(k K, e *Entry, compare func(a, b *Entry) int) int {
+	first, had := s.one[k]
+	if !had {
+		s.one[k] = e
+		return 1
 	}
-	if len(list) == 0 {
-		delete(m, k)
-		if had {
+	old := s.many[k]
+	if old == nil {
+		old = []*Entry{first}
+	}
+	// After the entries it ties with, as a stable sort would put it.
+	i, _ := slices.BinarySearchFunc(old, e, func(x, e *Entry) int { return cmp.Or(compare(x, e), -1) })
+	list := slices.Insert(slices.Clip(old), i, e)
+	if s.many == nil {
+		s.many = map[K][]*Entry{}
+	}
+	s.many[k], s.one[k] = list, list[0]
+	return 0
+}
+
+// remove takes e out of k's entries and returns how the number of keys
+// changed.
+func (s *shard[K]) remove(k K, e *Entry) int {
+	old, several := s.many[k]
+	if !several {
+		if s.one[k] == e {
+			delete(s.one, k)
 			return -1
 		}
 		return 0
 	}
-	slices.SortStableFunc(list, compare)
-	m[k] = list
-	if had {
-		return 0
+	list := make([]*Entry, 0, len(old)-1)
+	for _, x := range old {
+		if x != e {
+			list = append(list, x)
+		}
 	}
-	return 1
+	if len(list) == 1 {
+		delete(s.many, k)
+	} else {
+		s.many[k] = list
+	}
+	s.one[k] = list[0]
+	return 0
 }
 
 func equalService(a, b *model.Service) bool {
