@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"unique"
 
 	"github.com/ztdns/ztdns/pkg/model"
 )
@@ -58,7 +59,7 @@ func (s *Service) Model() (model.Service, error) {
 		}
 	}
 	for _, p := range s.Spec.Ports {
-		out.Ports = append(out.Ports, model.Port{Name: p.Name, Protocol: protocolOf(p.Protocol), Port: uint16(p.Port)})
+		out.Ports = append(out.Ports, model.Port{Name: intern(p.Name), Protocol: protocolOf(p.Protocol), Port: uint16(p.Port)})
 	}
 	return out, nil
 }
@@ -72,7 +73,7 @@ func (s *EndpointSlice) Model() (model.EndpointSlice, error) {
 		ServiceName: deref(s.Labels.ServiceName),
 	}
 	for _, p := range s.Ports {
-		port := model.Port{Name: deref(p.Name), Protocol: protocolTCP}
+		port := model.Port{Name: intern(deref(p.Name)), Protocol: protocolTCP}
 		if p.Protocol != nil {
 			port.Protocol = protocolOf(*p.Protocol)
 		}
@@ -116,9 +117,11 @@ func (se *ServiceEntry) Model() (model.ServiceEntry, error) {
 		HasSpecAddresses: len(spec.Addresses) > 0,
 	}
 	var errs []error
-	if out.Resolution == "" {
+	if i := slices.Index(resolutions, out.Resolution); i >= 0 {
+		out.Resolution = resolutions[i] // the constant, not the decoded copy
+	} else if out.Resolution == "" {
 		out.Resolution = model.ResolutionNone
-	} else if !slices.Contains(resolutions, out.Resolution) {
+	} else {
 		errs = append(errs, fmt.Errorf("serviceentry %s: resolution %q is none of %s", out.Key(), out.Resolution, strings.Join(resolutions, ", ")))
 	}
 	for _, h := range spec.Hosts {
@@ -165,7 +168,7 @@ func (se *ServiceEntry) Model() (model.ServiceEntry, error) {
 		})
 	}
 	for _, p := range spec.Ports {
-		out.Ports = append(out.Ports, model.Port{Name: p.Name, Protocol: strings.ToUpper(p.Protocol), Port: uint16(p.Number)})
+		out.Ports = append(out.Ports, model.Port{Name: intern(p.Name), Protocol: intern(strings.ToUpper(p.Protocol)), Port: uint16(p.Number)})
 	}
 	return out, errors.Join(errs...)
 }
@@ -229,14 +232,24 @@ func namespaceOf(m *ObjectMeta) string {
 	if m.Namespace == "" {
 		return namespaceDefault
 	}
-	return m.Namespace
+	return intern(m.Namespace)
 }
 
 func protocolOf(p string) string {
 	if p == "" {
 		return protocolTCP
 	}
-	return p
+	return intern(p)
+}
+
+// intern returns the one copy of s that every object holding it shares:
+// namespaces, protocols and port names repeat over thousands of objects,
+// and each decoded copy would be an allocation of its own.
+func intern(s string) string {
+	if s == "" {
+		return ""
+	}
+	return unique.Make(s).Value()
 }
 
 func deref(s *string) string {

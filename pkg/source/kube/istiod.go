@@ -29,7 +29,7 @@ const DefaultIstioNamespace = "istio-system"
 func WithIstioNamespace(ns string) Option { return func(s *Source) { s.istioNamespace = ns } }
 
 // allocatorLock is what the source keeps of the lock: that it exists.
-type allocatorLock struct{}
+type allocatorLock struct{ namespace, name string }
 
 // tolerateForbidden wraps the lock's list and watch (by name: RBAC grants
 // exactly that name, see PolicyRules). Without that permission (a chart

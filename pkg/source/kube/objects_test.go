@@ -29,7 +29,7 @@ func service(ns, name, rv string, clusterIP string) *kubeapi.Service {
 // them.
 func TestStore(t *testing.T) {
 	var c changeCounter
-	st := newStore(kindServices, testLogger(), modelOf[model.Service], c.changed)
+	st := newStore(kindServices, testLogger(), modelOf[model.Service], serviceKeyOf, c.changed)
 	web := model.Service{Namespace: "shop", Name: "web", ClusterIPs: []netip.Addr{netip.MustParseAddr("10.96.0.10")}}
 	names := func() []string {
 		got, _ := collect(st)
@@ -95,42 +95,73 @@ func TestStore(t *testing.T) {
 	}
 }
 
-func TestSame(t *testing.T) {
-	base := &stored[model.Namespace]{obj: model.Namespace{Name: "shop", Labels: map[string]string{model.LabelDataplaneMode: "ambient"}}}
-	tests := []struct {
-		name string
-		o    *stored[model.Namespace]
-		want bool
-	}{
-		{name: "equal", o: &stored[model.Namespace]{obj: model.Namespace{Name: "shop", Labels: map[string]string{model.LabelDataplaneMode: "ambient"}}}, want: true},
-		{name: "a kept label changed", o: &stored[model.Namespace]{obj: model.Namespace{Name: "shop", Labels: map[string]string{model.LabelDataplaneMode: "none"}}}},
-		{name: "conversion started failing", o: &stored[model.Namespace]{obj: base.obj, err: fmt.Errorf("bad")}},
+func serviceKeyOf(s *model.Service) objKey { return objKey{s.Namespace, s.Name} }
+
+// TestStoreKeepsOneCopy checks that the store keeps an object once: in
+// the slice of the last snapshot, until it changes.
+func TestStoreKeepsOneCopy(t *testing.T) {
+	st := newStore(kindServices, testLogger(), modelOf[model.Service], serviceKeyOf, func(kind) {})
+	if err := st.Replace([]any{service("a", "y", "1", "10.96.0.2"), service("a", "x", "1", "10.96.0.1")}, "1"); err != nil {
+		t.Fatal(err)
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			if got := base.same(tt.o); got != tt.want {
-				t.Errorf("same = %v, want %v", got, tt.want)
-			}
-		})
+	snap, _ := collect(st)
+	x, y := objKey{"a", "x"}, objKey{"a", "y"}
+	inSnapshot := func(snap []model.Service, key objKey) bool {
+		st.mu.Lock()
+		defer st.mu.Unlock()
+		p := st.get(key)
+		return p != nil && (p == &snap[0] || p == &snap[1])
+	}
+	if !inSnapshot(snap, x) || !inSnapshot(snap, y) {
+		t.Fatal("after collect, the store's objects are not those of the snapshot")
+	}
+	if err := st.Update(service("a", "x", "2", "10.96.0.1")); err != nil { // nothing ztdns reads changed
+		t.Fatal(err)
+	}
+	if err := st.Update(service("a", "y", "2", "10.96.0.3")); err != nil {
+		t.Fatal(err)
+	}
+	if !inSnapshot(snap, x) || inSnapshot(snap, y) {
+		t.Errorf("after updates: x in the snapshot %v (want true, it did not change), y %v (want false)", inSnapshot(snap, x), inSnapshot(snap, y))
+	}
+	next, _ := collect(st)
+	if got := snap[1].ClusterIPs[0]; got != netip.MustParseAddr("10.96.0.2") {
+		t.Errorf("the delivered snapshot changed: y is at %v", got)
+	}
+	if got := next[1].ClusterIPs[0]; got != netip.MustParseAddr("10.96.0.3") || !inSnapshot(next, x) || !inSnapshot(next, y) {
+		t.Errorf("the next snapshot has y at %v and holds the store's objects: %v", got, inSnapshot(next, x) && inSnapshot(next, y))
+	}
+	if again, _ := collect(st); &again[0] != &next[0] {
+		t.Error("a snapshot without changes copied the objects")
 	}
 }
 
 // BenchmarkCollect is the cost of rebuilding one kind's part of a snapshot
-// at 10,000 objects, which every change of that kind pays.
+// at 10,000 objects after one of them changed, which every change of that
+// kind pays.
 func BenchmarkCollect(b *testing.B) {
-	st := newStore(kindServiceEntries, testLogger(), modelOf[model.ServiceEntry], func(kind) {})
-	var list []any
-	for i := range 10_000 {
+	st := newStore(kindServiceEntries, testLogger(), modelOf[model.ServiceEntry],
+		func(s *model.ServiceEntry) objKey { return objKey{s.Namespace, s.Name} }, func(kind) {})
+	newSE := func(i int, host string) *kubeapi.ServiceEntry {
 		se := &kubeapi.ServiceEntry{}
 		se.Namespace, se.Name = fmt.Sprintf("ns-%d", i%50), fmt.Sprintf("se-%d", i)
-		se.Spec.Hosts, se.Spec.Resolution = []string{se.Name + ".example.com"}, model.ResolutionDNS
-		list = append(list, se)
+		se.Spec.Hosts, se.Spec.Resolution = []string{host}, model.ResolutionDNS
+		return se
+	}
+	var list []any
+	for i := range 10_000 {
+		list = append(list, newSE(i, fmt.Sprintf("se-%d.example.com", i)))
 	}
 	if err := st.Replace(list, "1"); err != nil {
 		b.Fatal(err)
 	}
 	b.ReportAllocs()
+	i := 0
 	for b.Loop() {
+		i++
+		if err := st.Update(newSE(7, fmt.Sprintf("v%d.example.com", i))); err != nil {
+			b.Fatal(err)
+		}
 		if got, _ := collect(st); len(got) != len(list) || !strings.HasPrefix(got[0].Name, "se-") {
 			b.Fatalf("collected %d", len(got))
 		}

@@ -80,17 +80,20 @@ func (r *run) endpointFor(k kind) endpoint {
 func (r *run) newStore(k kind) objectStore {
 	switch k {
 	case kindNamespaces:
-		return newStore(k, r.log, modelOf[model.Namespace], r.changed)
+		return newStore(k, r.log, modelOf[model.Namespace], func(n *model.Namespace) objKey { return objKey{name: n.Name} }, r.changed)
 	case kindServices:
-		return newStore(k, r.log, modelOf[model.Service], r.changed)
+		return newStore(k, r.log, modelOf[model.Service], func(s *model.Service) objKey { return objKey{s.Namespace, s.Name} }, r.changed)
 	case kindEndpointSlices, kindOtherEndpointSlices:
-		return newStore(k, r.log, modelOf[model.EndpointSlice], r.changed)
+		return newStore(k, r.log, modelOf[model.EndpointSlice], func(s *model.EndpointSlice) objKey { return objKey{s.Namespace, s.Name} }, r.changed)
 	case kindServiceEntries:
-		return newStore(k, r.log, modelOf[model.ServiceEntry], r.changed)
+		return newStore(k, r.log, modelOf[model.ServiceEntry], func(s *model.ServiceEntry) objKey { return objKey{s.Namespace, s.Name} }, r.changed)
 	case kindPods:
-		return newStore(k, r.log, modelOf[model.Pod], r.changed)
+		return newStore(k, r.log, modelOf[model.Pod], func(p *model.Pod) objKey { return objKey{p.Namespace, p.Name} }, r.changed)
 	case kindIstiodAllocator:
-		return newStore(k, r.log, func(kubeapi.Object) (allocatorLock, error) { return allocatorLock{}, nil }, r.changed)
+		return newStore(k, r.log, func(o kubeapi.Object) (allocatorLock, error) {
+			return allocatorLock{o.Meta().Namespace, o.Meta().Name}, nil
+		},
+			func(l *allocatorLock) objKey { return objKey{l.namespace, l.name} }, r.changed)
 	}
 	panic(fmt.Sprintf("kube: no store for kind %d", k))
 }
