@@ -2,6 +2,8 @@ package table
 
 import (
 	"cmp"
+	"hash/maphash"
+	"iter"
 	"maps"
 	"net/netip"
 	"slices"
@@ -33,8 +35,8 @@ type Builder struct {
 	n      names
 	domain string
 
-	services map[objKey]*serviceState
-	ses      map[objKey]*seState
+	services states[*serviceState]
+	ses      states[*seState]
 	// vipSource and fromStatus say where VIPs come from (fromStatus: as
 	// decided for the last build).
 	vipSource  vip.Source
@@ -56,6 +58,74 @@ type Builder struct {
 
 // objKey names an object without building a "namespace/name" string.
 type objKey struct{ ns, name string }
+
+func (s *source) objKey() objKey { return objKey{s.namespace, s.name} }
+
+// states maps objects to their states by a hash of their key: a slot takes
+// 16 bytes where one keyed by objKey takes 40. The rare key whose hash
+// another key has already goes to clash, keyed in full.
+type states[S interface {
+	comparable
+	objKey() objKey
+}] struct {
+	byHash map[uint64]S
+	clash  map[objKey]S
+	hash   func(objKey) uint64
+}
+
+var stateSeed = maphash.MakeSeed()
+
+func hashKey(k objKey) uint64 { return maphash.Comparable(stateSeed, k) }
+
+func newStates[S interface {
+	comparable
+	objKey() objKey
+}]() states[S] {
+	return states[S]{byHash: map[uint64]S{}, clash: map[objKey]S{}, hash: hashKey}
+}
+
+func (m states[S]) get(k objKey) S {
+	if s, ok := m.byHash[m.hash(k)]; ok && s.objKey() == k {
+		return s
+	}
+	return m.clash[k]
+}
+
+func (m states[S]) put(k objKey, s S) {
+	h := m.hash(k)
+	if cur, ok := m.byHash[h]; ok && cur.objKey() != k {
+		m.clash[k] = s
+		return
+	}
+	m.byHash[h] = s
+	delete(m.clash, k) // in case it moved here when its hash was free
+}
+
+func (m states[S]) delete(k objKey) {
+	h := m.hash(k)
+	if cur, ok := m.byHash[h]; ok && cur.objKey() == k {
+		delete(m.byHash, h)
+	}
+	delete(m.clash, k)
+}
+
+func (m states[S]) len() int { return len(m.byHash) + len(m.clash) }
+
+// all yields every state with its key; deleting while iterating is safe.
+func (m states[S]) all() iter.Seq2[objKey, S] {
+	return func(yield func(objKey, S) bool) {
+		for _, s := range m.byHash {
+			if !yield(s.objKey(), s) {
+				return
+			}
+		}
+		for k, s := range m.clash {
+			if !yield(k, s) {
+				return
+			}
+		}
+	}
+}
 
 // The state of an object: what it was last built from, and what that made.
 // gen is the last build that saw the object; built the one that made its
@@ -94,8 +164,8 @@ func NewBuilder(opts Options) *Builder {
 		n:         names{svcDomain: ".svc." + domain, ttl: opts.TTL, prefixes: map[string]string{}},
 		domain:    domain,
 		vipSource: opts.VIPSource,
-		services:  map[objKey]*serviceState{},
-		ses:       map[objKey]*seState{},
+		services:  newStates[*serviceState](),
+		ses:       newStates[*seState](),
 		last:      &Table{},
 		discarded: map[*Entry]bool{},
 		warnings:  map[objKey][]error{},
@@ -179,7 +249,7 @@ func (b *Builder) buildServices(s *model.Snapshot) {
 		if svc.Headless { // only a headless Service answers from its endpoints
 			mine = eps[key]
 		}
-		st := b.services[key]
+		st := b.services.get(key)
 		if st != nil && equalService(st.svc, svc) && equalSlices(st.slices, mine) {
 			// Point at the new snapshot, so the old one can be collected.
 			st.svc, st.slices, st.gen = svc, mine, b.gen
@@ -190,12 +260,12 @@ func (b *Builder) buildServices(s *model.Snapshot) {
 		}
 		st = &serviceState{source: serviceSource(b.n, svc), svc: svc, slices: mine, gen: b.gen, built: b.gen}
 		st.entries = b.made(key, serviceEntries(b.n, &st.source, svc, mine))
-		b.services[key] = st
+		b.services.put(key, st)
 	}
-	for key, st := range b.services {
+	for key, st := range b.services.all() {
 		if st.gen != b.gen {
 			b.forget(key, st.entries, st.built)
-			delete(b.services, key)
+			b.services.delete(key)
 		}
 	}
 }
@@ -204,16 +274,16 @@ func (b *Builder) buildServiceEntries(s *model.Snapshot) {
 	// VIPs are decided over all ServiceEntries at once; that is only needed
 	// when one of them changed (or where VIPs come from did).
 	fromStatus := b.vipSource.FromStatus(istiodAllocates(s))
-	changed := b.gen == 1 || len(s.ServiceEntries) != len(b.ses) || fromStatus != b.fromStatus
+	changed := b.gen == 1 || len(s.ServiceEntries) != b.ses.len() || fromStatus != b.fromStatus
 	for i := 0; i < len(s.ServiceEntries) && !changed; i++ {
 		se := &s.ServiceEntries[i]
-		st := b.ses[objKey{se.Namespace, se.Name}]
+		st := b.ses.get(objKey{se.Namespace, se.Name})
 		changed = st == nil || !equalServiceEntry(st.se, se)
 	}
 	if !changed {
 		for i := range s.ServiceEntries {
 			se := &s.ServiceEntries[i]
-			st := b.ses[objKey{se.Namespace, se.Name}]
+			st := b.ses.get(objKey{se.Namespace, se.Name})
 			st.se, st.gen = se, b.gen // point at the new snapshot
 		}
 		return
@@ -223,7 +293,7 @@ func (b *Builder) buildServiceEntries(s *model.Snapshot) {
 	for i := range s.ServiceEntries {
 		se := &s.ServiceEntries[i]
 		key := objKey{se.Namespace, se.Name}
-		st := b.ses[key]
+		st := b.ses.get(key)
 		// Its hosts' VIPs are part of what it answers: one that moved (a
 		// collision freed by a deletion, istiod's status arriving) rebuilds it.
 		if st != nil && equalServiceEntry(st.se, se) && sameResolved(resolved, se, st.resolved) {
@@ -236,12 +306,12 @@ func (b *Builder) buildServiceEntries(s *model.Snapshot) {
 		st = &seState{se: se, resolved: resolvedOf(resolved, se), gen: b.gen, built: b.gen}
 		st.source = serviceEntrySource(b.n, se, &st.ext)
 		st.entries = b.made(key, serviceEntryEntries(&st.source, se, resolved, b.fromStatus))
-		b.ses[key] = st
+		b.ses.put(key, st)
 	}
-	for key, st := range b.ses {
+	for key, st := range b.ses.all() {
 		if st.gen != b.gen {
 			b.forget(key, st.entries, st.built)
-			delete(b.ses, key)
+			b.ses.delete(key)
 		}
 	}
 }

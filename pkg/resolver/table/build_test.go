@@ -120,3 +120,42 @@ func mutate(rng *rand.Rand, s *model.Snapshot, step int) *model.Snapshot {
 	}
 	return &n
 }
+
+// TestStatesClash runs the builder's state index with every key hashing
+// alike, as two keys rarely do: it must still find, replace and forget each
+// state by its own key.
+func TestStatesClash(t *testing.T) {
+	m := newStates[*serviceState]()
+	m.hash = func(objKey) uint64 { return 1 }
+	st := func(ns, name string) *serviceState { return &serviceState{source: source{namespace: ns, name: name}} }
+	a, b, c := st("n", "a"), st("n", "b"), st("n", "c")
+	for _, s := range []*serviceState{a, b, c} {
+		m.put(s.objKey(), s)
+	}
+	b2 := st("n", "b")
+	m.put(b2.objKey(), b2)
+	if m.get(a.objKey()) != a || m.get(b.objKey()) != b2 || m.get(c.objKey()) != c || m.len() != 3 {
+		t.Fatalf("get after puts: %p %p %p, len %d", m.get(a.objKey()), m.get(b.objKey()), m.get(c.objKey()), m.len())
+	}
+	m.delete(a.objKey()) // the one in byHash
+	if m.get(a.objKey()) != nil || m.get(b.objKey()) != b2 || m.get(c.objKey()) != c || m.len() != 2 {
+		t.Fatalf("after deleting a: %p %p %p, len %d", m.get(a.objKey()), m.get(b.objKey()), m.get(c.objKey()), m.len())
+	}
+	m.put(c.objKey(), c) // moves into the free hash slot
+	var keys []string
+	for k, s := range m.all() {
+		if s.objKey() != k {
+			t.Errorf("all yields %v for %v", s.objKey(), k)
+		}
+		keys = append(keys, k.name)
+	}
+	slices.Sort(keys)
+	if !slices.Equal(keys, []string{"b", "c"}) || m.len() != 2 {
+		t.Errorf("all = %v, len %d; want [b c]", keys, m.len())
+	}
+	m.delete(b.objKey())
+	m.delete(c.objKey())
+	if m.len() != 0 || m.get(c.objKey()) != nil {
+		t.Errorf("len %d after deleting all", m.len())
+	}
+}
