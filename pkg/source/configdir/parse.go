@@ -92,7 +92,18 @@ func (p parser) parseFile(path string, data []byte) (*manifests, []error) {
 	if len(errs) > 0 {
 		return nil, errs
 	}
+	// Kept until the file changes: without the room append left for more.
+	m.namespaces, m.services, m.endpointSlices = compact(m.namespaces), compact(m.services), compact(m.endpointSlices)
+	m.serviceEntries, m.pods, m.placed = compact(m.serviceEntries), compact(m.pods), compact(m.placed)
 	return m, nil
+}
+
+// compact returns s without spare capacity.
+func compact[T any](s []T) []T {
+	if cap(s) == len(s) {
+		return s
+	}
+	return append(make([]T, 0, len(s)), s...)
 }
 
 func (p parser) parseDocument(path string, doc document, m *manifests) []error {
