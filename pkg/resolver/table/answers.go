@@ -31,10 +31,14 @@ func (r *Result) AppendAnswer(out []byte, hdr int, qtype uint16, rot uint16) []b
 	switch {
 	case r.srv != nil:
 		if qtype == dns.TypeSRV || qtype == dns.TypeANY {
+			if r.srv.records == nil {
+				out = appendSRV(out, ttl, SRV{Port: r.srv.port, Target: e.Name})
+				n = 1
+			}
 			for _, s := range r.srv.records {
 				out = appendSRV(out, ttl, s)
+				n++
 			}
-			n = uint16(len(r.srv.records))
 		}
 	case r.owners.one != nil:
 		if qtype == dns.TypePTR || qtype == dns.TypeANY {
@@ -142,7 +146,7 @@ func (r *Result) Records(owner string, qtype uint16, ttl uint32, rot uint16) []d
 	switch {
 	case r.srv != nil:
 		if qtype == dns.TypeSRV || anyType {
-			for _, s := range r.srv.records {
+			for _, s := range r.srv.recordsOf(e) {
 				out = append(out, &dns.SRV{Hdr: hdr(dns.TypeSRV), Priority: 0, Weight: 100, Port: s.Port, Target: s.Target})
 			}
 		}

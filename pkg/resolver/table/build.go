@@ -131,12 +131,21 @@ func (m states[S]) all() iter.Seq2[objKey, S] {
 // gen is the last build that saw the object; built the one that made its
 // entries.
 type serviceState struct {
-	source  // what its entries share
-	svc     *model.Service
-	slices  []*model.EndpointSlice
+	source // what its entries share
+	svc    *model.Service
+	// slices are a headless Service's EndpointSlices; nil for others.
+	slices  *[]*model.EndpointSlice
 	entries []*Entry
 	gen     uint32
 	built   uint32
+}
+
+// endpointSlices are a headless Service's EndpointSlices.
+func (st *serviceState) endpointSlices() []*model.EndpointSlice {
+	if st.slices == nil {
+		return nil
+	}
+	return *st.slices
 }
 
 type seState struct {
@@ -209,15 +218,27 @@ func (b *Builder) Build(s *model.Snapshot) (*Table, []error) {
 	b.buildServiceEntries(s)
 	t := b.assemble()
 	b.last = t
-	clear(b.added)
-	clear(b.dropped)
-	b.added, b.dropped = b.added[:0], b.dropped[:0]
+	b.added, b.dropped = reuse(b.added), reuse(b.dropped)
 	clear(b.discarded)
 	var warnings []error
 	for _, w := range b.warnings {
 		warnings = append(warnings, w...)
 	}
 	return t, warnings
+}
+
+// keptEntries bounds the capacity of a list of changed entries kept for the
+// next build: enough for a burst of changes, not the first build's every
+// entry.
+const keptEntries = 1024
+
+// reuse empties a list of entries for the next build.
+func reuse(list []*Entry) []*Entry {
+	if cap(list) > keptEntries {
+		return nil
+	}
+	clear(list)
+	return list[:0]
 }
 
 // made records what an object's entries are and returns them.
@@ -249,16 +270,20 @@ func (b *Builder) buildServices(s *model.Snapshot) {
 		if svc.Headless { // only a headless Service answers from its endpoints
 			mine = eps[key]
 		}
+		var slices *[]*model.EndpointSlice
+		if mine != nil {
+			slices = &mine
+		}
 		st := b.services.get(key)
-		if st != nil && equalService(st.svc, svc) && equalSlices(st.slices, mine) {
+		if st != nil && equalService(st.svc, svc) && equalSlices(st.endpointSlices(), mine) {
 			// Point at the new snapshot, so the old one can be collected.
-			st.svc, st.slices, st.gen = svc, mine, b.gen
+			st.svc, st.slices, st.gen = svc, slices, b.gen
 			continue
 		}
 		if st != nil {
 			b.forget(key, st.entries, st.built)
 		}
-		st = &serviceState{source: serviceSource(b.n, svc), svc: svc, slices: mine, gen: b.gen, built: b.gen}
+		st = &serviceState{source: serviceSource(b.n, svc), svc: svc, slices: slices, gen: b.gen, built: b.gen}
 		st.entries = b.made(key, serviceEntries(b.n, &st.source, svc, mine))
 		b.services.put(key, st)
 	}

@@ -85,7 +85,7 @@ func (e *Entry) rows() []Row {
 	}
 	for _, set := range e.srv {
 		var vals []string
-		for _, s := range set.records {
+		for _, s := range set.recordsOf(e) {
 			vals = append(vals, strings.Join([]string{"0", "100", strconv.Itoa(int(s.Port)), s.Target}, " "))
 		}
 		rows = append(rows, row(set.prefix+e.Name, "SRV", vals, ""))

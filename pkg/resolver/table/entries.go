@@ -117,7 +117,7 @@ func serviceEntries(n names, src *source, svc *model.Service, eps []*model.Endpo
 		for _, p := range svc.Ports {
 			srv.add(n, p, fqdn)
 		}
-		e.srv = srv.sets()
+		e.srv = srv.sets(fqdn)
 		out.add(e, true)
 	}
 	return out
@@ -184,7 +184,7 @@ func headlessEntries(n names, out *entrySet, e *Entry, svc *model.Service, eps [
 		}
 	}
 	slices.SortFunc(e.Addrs, netip.Addr.Compare)
-	e.srv = srv.sets()
+	e.srv = srv.sets(e.Name)
 	out.add(e, false) // its addresses' PTRs name the endpoints
 }
 
@@ -227,13 +227,19 @@ func isPrefixOf(prefix string, p model.Port) bool {
 		prefix[1+n:3+n] == "._" && strings.EqualFold(prefix[3+n:len(prefix)-1], p.Protocol)
 }
 
-// sets returns the record sets in a stable order.
-func (r srvRecords) sets() []srvSet {
-	for _, set := range r {
+// sets returns the record sets of the entry called owner, in a stable
+// order; a set of one record pointing at owner keeps only its port.
+func (r srvRecords) sets(owner string) []srvSet {
+	for i := range r {
+		set := &r[i]
+		if len(set.records) == 1 && set.records[0].Target == owner {
+			set.port, set.records = set.records[0].Port, nil
+			continue
+		}
 		slices.SortFunc(set.records, func(a, b SRV) int { return cmp.Or(cmp.Compare(a.Target, b.Target), cmp.Compare(a.Port, b.Port)) })
 	}
 	slices.SortFunc(r, func(a, b srvSet) int { return cmp.Compare(a.prefix, b.prefix) })
-	return r
+	return slices.Clip(r)
 }
 
 // appendUnique appends a unless list holds it already.

@@ -125,8 +125,19 @@ func (e *Entry) AddrSource() string { return addrSources[e.addrSource] }
 
 // srvSet is the answer to _port._proto.<entry name>.
 type srvSet struct {
-	prefix  string // "_http._tcp."
+	prefix string // "_http._tcp."
+	// records are the set's records; nil when it is one record that points
+	// at the entry's own name (a Service's port, the usual case), on port.
 	records []SRV
+	port    uint16
+}
+
+// recordsOf returns the set's records, e being the entry that holds it.
+func (s *srvSet) recordsOf(e *Entry) []SRV {
+	if s.records == nil {
+		return []SRV{{Port: s.port, Target: e.Name}}
+	}
+	return s.records
 }
 
 // Origin returns the object the entry was made from.
