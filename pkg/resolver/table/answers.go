@@ -78,10 +78,13 @@ func (r *Result) AppendAnswer(out []byte, hdr int, qtype uint16, rot uint16) []b
 // appendAddrs appends the A or AAAA records of addrs (of one family),
 // starting with the rot-th and wrapping around.
 func appendAddrs(out []byte, addrs []netip.Addr, ttl uint32, rot uint16) []byte {
-	if len(addrs) == 0 {
+	if len(addrs) < 2 { // the usual case: no rotation, no division
+		for _, a := range addrs {
+			out = appendAddr(out, ttl, a)
+		}
 		return out
 	}
-	cut := int(rot) % len(addrs)
+	cut := uint32(rot) % uint32(len(addrs))
 	for _, a := range addrs[cut:] {
 		out = appendAddr(out, ttl, a)
 	}

@@ -354,8 +354,8 @@ func (t *Table) ptrOwners(entries bucket, ns string) bucket {
 	if n == 1 {
 		return bucket{one: entries.at(0)}
 	}
-	if i := t.pickIndex(entries, ns); i >= 0 {
-		return bucket{one: entries.at(i)}
+	if e := t.pick(entries, ns); e != nil {
+		return bucket{one: e}
 	}
 	return bucket{}
 }
@@ -415,22 +415,23 @@ func (t *Table) find(name, ns string) *Entry {
 // namespace first (Istio's rule when a host is defined in several), else the
 // first visible in build order (ServiceEntry before Service, older first).
 func (t *Table) pick(entries bucket, ns string) *Entry {
-	if i := t.pickIndex(entries, ns); i >= 0 {
-		return entries.at(i)
+	if entries.many == nil { // one entry, or none: the usual case
+		if entries.one != nil && entries.one.VisibleFrom(ns) {
+			return entries.one
+		}
+		return nil
+	}
+	if i := pickIndex(entries.many, ns); i >= 0 {
+		return entries.many[i]
 	}
 	return nil
 }
 
-// pickIndex is pick's choice as an index into entries, -1 for none.
-func (t *Table) pickIndex(entries bucket, ns string) int {
-	if entries.many == nil { // one entry, or none
-		if entries.one == nil || !entries.one.VisibleFrom(ns) {
-			return -1
-		}
-		return 0
-	}
+// pickIndex is pick's choice among several entries, as an index, -1 for
+// none.
+func pickIndex(entries []*Entry, ns string) int {
 	first := -1
-	for i, e := range entries.many {
+	for i, e := range entries {
 		if !e.VisibleFrom(ns) {
 			continue
 		}
