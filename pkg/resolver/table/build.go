@@ -140,6 +140,16 @@ type serviceState struct {
 	built   uint32
 }
 
+// slicesRef is what serviceState.slices holds for slices.
+func slicesRef(slices []*model.EndpointSlice) *[]*model.EndpointSlice {
+	if slices == nil {
+		return nil
+	}
+	p := new([]*model.EndpointSlice) // only here: a moved parameter is allocated on entry
+	*p = slices
+	return p
+}
+
 // endpointSlices are a headless Service's EndpointSlices.
 func (st *serviceState) endpointSlices() []*model.EndpointSlice {
 	if st.slices == nil {
@@ -270,20 +280,16 @@ func (b *Builder) buildServices(s *model.Snapshot) {
 		if svc.Headless { // only a headless Service answers from its endpoints
 			mine = eps[key]
 		}
-		var slices *[]*model.EndpointSlice
-		if mine != nil {
-			slices = &mine
-		}
 		st := b.services.get(key)
 		if st != nil && equalService(st.svc, svc) && equalSlices(st.endpointSlices(), mine) {
 			// Point at the new snapshot, so the old one can be collected.
-			st.svc, st.slices, st.gen = svc, slices, b.gen
+			st.svc, st.slices, st.gen = svc, slicesRef(mine), b.gen
 			continue
 		}
 		if st != nil {
 			b.forget(key, st.entries, st.built)
 		}
-		st = &serviceState{source: serviceSource(b.n, svc), svc: svc, slices: slices, gen: b.gen, built: b.gen}
+		st = &serviceState{source: serviceSource(b.n, svc), svc: svc, slices: slicesRef(mine), gen: b.gen, built: b.gen}
 		st.entries = b.made(key, serviceEntries(b.n, &st.source, svc, mine))
 		b.services.put(key, st)
 	}
