@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"net/url"
 	"slices"
 	"strings"
 	"sync"
@@ -21,25 +22,36 @@ import (
 // requestLog records the requests a client makes.
 type requestLog struct {
 	mu   sync.Mutex
-	reqs []string // path?labelSelector
+	reqs []*url.URL
 }
 
 func (l *requestLog) wrap(rt http.RoundTripper) http.RoundTripper {
 	return roundTripFunc(func(r *http.Request) (*http.Response, error) {
+		u := *r.URL
 		l.mu.Lock()
-		l.reqs = append(l.reqs, r.URL.Path+"?"+r.URL.Query().Get("labelSelector"))
+		l.reqs = append(l.reqs, &u)
 		l.mu.Unlock()
 		return rt.RoundTrip(r)
 	})
 }
 
-func (l *requestLog) matching(prefix string) []string {
+// matching returns the requests for path, as "path?labelSelector".
+func (l *requestLog) matching(path string) []string {
+	var out []string
+	for _, u := range l.to(path) {
+		out = append(out, u.Path+"?"+u.Query().Get("labelSelector"))
+	}
+	return out
+}
+
+// to returns the requests for path.
+func (l *requestLog) to(path string) []*url.URL {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	var out []string
-	for _, r := range l.reqs {
-		if strings.HasPrefix(r, prefix) {
-			out = append(out, r)
+	var out []*url.URL
+	for _, u := range l.reqs {
+		if u.Path == path {
+			out = append(out, u)
 		}
 	}
 	return out
