@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"sync"
 	"unique"
 
 	"github.com/ztdns/ztdns/pkg/model"
@@ -61,6 +62,7 @@ func (s *Service) Model() (model.Service, error) {
 	for _, p := range s.Spec.Ports {
 		out.Ports = append(out.Ports, model.Port{Name: intern(p.Name), Protocol: protocolOf(p.Protocol), Port: uint16(p.Port)})
 	}
+	out.Ports = sharedPorts(out.Ports)
 	return out, nil
 }
 
@@ -82,6 +84,7 @@ func (s *EndpointSlice) Model() (model.EndpointSlice, error) {
 		}
 		out.Ports = append(out.Ports, port)
 	}
+	out.Ports = sharedPorts(out.Ports)
 	if s.AddressType == addressTypeFQDN {
 		return out, nil
 	}
@@ -170,6 +173,7 @@ func (se *ServiceEntry) Model() (model.ServiceEntry, error) {
 	for _, p := range spec.Ports {
 		out.Ports = append(out.Ports, model.Port{Name: intern(p.Name), Protocol: intern(strings.ToUpper(p.Protocol)), Port: uint16(p.Number)})
 	}
+	out.Ports = sharedPorts(out.Ports)
 	return out, errors.Join(errs...)
 }
 
@@ -257,6 +261,34 @@ func deref(s *string) string {
 		return ""
 	}
 	return *s
+}
+
+// maxPortSets bounds portSets: ports alike across many objects are few.
+const maxPortSets = 4096
+
+// portSets holds one list for each single port seen, which every object
+// with just that port shares (most Services have one, and most of those
+// "http", 80): objects never change once reduced, and a list of one port
+// is an allocation per object otherwise.
+var portSets = struct {
+	sync.Mutex
+	m map[model.Port][]model.Port
+}{m: map[model.Port][]model.Port{}}
+
+// sharedPorts returns the shared list equal to ports, when there is one.
+func sharedPorts(ports []model.Port) []model.Port {
+	if len(ports) != 1 {
+		return ports
+	}
+	portSets.Lock()
+	defer portSets.Unlock()
+	if shared, ok := portSets.m[ports[0]]; ok {
+		return shared
+	}
+	if len(portSets.m) < maxPortSets {
+		portSets.m[ports[0]] = slices.Clip(ports)
+	}
+	return ports
 }
 
 // kv is a label or annotation: its key and value, nil when absent.
