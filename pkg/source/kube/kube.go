@@ -16,7 +16,7 @@
 // slices it does not manage (mirrored from Endpoints, or written by hand)
 // are watched whatever their Service.
 //
-// The first snapshot is delivered once every informer has listed its
+// The first snapshot is delivered once every watch has listed its
 // resource; after that, changes are coalesced (a short quiet period, bounded
 // so that a steady stream of changes still delivers regularly) and every
 // snapshot is complete, so the name table built from it never shows half of
@@ -46,7 +46,7 @@ import (
 )
 
 const (
-	// DefaultDebounce is how long the informers must be quiet after a change
+	// DefaultDebounce is how long the watches must be quiet after a change
 	// before a snapshot is built: long enough to take a burst of events (a
 	// Service and its EndpointSlice, a `kubectl apply` of many objects) as
 	// one change, short next to the 100 ms budget for a change to show.
@@ -58,7 +58,7 @@ const (
 	// DefaultCRDPollInterval is how often the discovery API is asked whether
 	// the ServiceEntry CRD has appeared, while it is missing.
 	DefaultCRDPollInterval = 5 * time.Second
-	// syncCheckInterval is how often the informers are checked for their
+	// syncCheckInterval is how often the stores are checked for their
 	// first sync (a cheap check; client-go has no notification for it).
 	syncCheckInterval = 10 * time.Millisecond
 )
@@ -141,7 +141,7 @@ func (s *Source) Errors() []error {
 	return append(errs, s.health.errors()...)
 }
 
-// Run starts the informers, delivers the first snapshot once every one of
+// Run starts the watches, delivers the first snapshot once every one of
 // them has synced, then a new snapshot after every change, until ctx is
 // done. It returns nil when ctx ends, and an error only when the clients
 // cannot be built from the configuration: an unreachable API server is
@@ -188,9 +188,9 @@ func (s *Source) Run(ctx context.Context, deliver func(*model.Snapshot)) error {
 	return r.follow(ctx, &wg, crdChanges, deliver)
 }
 
-// follow delivers the first snapshot once every informer has synced, then a
+// follow delivers the first snapshot once every watch has synced, then a
 // snapshot after each burst of changes, and starts and stops the
-// ServiceEntry informer as the CRD comes and goes.
+// ServiceEntry watch as the CRD comes and goes.
 func (r *run) follow(ctx context.Context, wg *sync.WaitGroup, crdChanges <-chan bool, deliver func(*model.Snapshot)) error {
 	syncCheck := time.NewTicker(syncCheckInterval)
 	defer syncCheck.Stop()

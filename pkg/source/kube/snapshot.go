@@ -6,8 +6,8 @@ import (
 	"github.com/ztdns/ztdns/pkg/model"
 )
 
-// changed marks k changed and wakes the delivery loop. Called by informers'
-// event handlers.
+// changed marks k changed and wakes the delivery loop. Called by the
+// stores as the watches report changes.
 func (r *run) changed(k kind) {
 	r.mu.Lock()
 	if r.since.IsZero() {
