@@ -1,22 +1,28 @@
 package main
 
 import (
-	"context"
 	"errors"
-	"flag"
 	"fmt"
+	"io"
 	"net/netip"
 	"os"
 	"os/signal"
+	"os/user"
 	"runtime/debug"
+	"strconv"
 	"syscall"
 	"time"
 
+	"github.com/spf13/cobra"
+	"github.com/ztdns/ztdns/pkg/accesslog"
 	"github.com/ztdns/ztdns/pkg/agent"
 	"github.com/ztdns/ztdns/pkg/cni"
 	"github.com/ztdns/ztdns/pkg/control"
 	"github.com/ztdns/ztdns/pkg/redirect"
 	"github.com/ztdns/ztdns/pkg/resolvconf"
+	"github.com/ztdns/ztdns/pkg/resolver"
+	"github.com/ztdns/ztdns/pkg/resolver/forward"
+	"github.com/ztdns/ztdns/pkg/resolver/quota"
 	"github.com/ztdns/ztdns/pkg/resolver/vip"
 	"github.com/ztdns/ztdns/pkg/source"
 	"github.com/ztdns/ztdns/pkg/source/configdir"
@@ -41,13 +47,25 @@ var defaultListen = []netip.AddrPort{
 // memory limit) still applies.
 const defaultGCPercent = 50
 
-func runAgent(args []string) error {
-	if _, set := os.LookupEnv("GOGC"); !set {
-		debug.SetGCPercent(defaultGCPercent)
+func newAgentCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "agent",
+		Short: "Run the node agent: resolver, capture and control socket",
+		Long: `Run the node agent: the resolver, the eBPF capture of marked pods' DNS, the
+CNI plugin's installer, and the control socket the other commands use. Names
+come from the Kubernetes API server (--kubeconfig, or in-cluster) or from a
+directory of YAML manifests (--config-dir).`,
+		Example: `  # standalone, no capture: serve ./examples on 127.0.0.1:5353
+  ztdns agent --capture=false --config-dir ./examples --listen 127.0.0.1:5353 \
+              --upstream 203.0.113.53 --socket /tmp/ztdns/ztdns.sock`,
+		Args: cobra.NoArgs,
 	}
-	fs := flag.NewFlagSet("agent", flag.ContinueOnError)
+	fs := cmd.Flags()
 	kubeconfig := fs.String("kubeconfig", "", "watch the Kubernetes API server with this kubeconfig `PATH` (in-cluster config when empty and running in a pod)")
 	configDir := fs.String("config-dir", "", "read Services, ServiceEntries, Namespaces, Pods and EndpointSlices from the YAML manifests in `DIR` and watch it (standalone mode)")
+	configMaxFileBytes := fs.Int64("config-max-file-bytes", configdir.DefaultMaxFileBytes, "--config-dir: skip a file larger than this many `BYTES`")
+	configMaxObjectsPerFile := fs.Int("config-max-objects-per-file", configdir.DefaultMaxObjectsPerFile, "--config-dir: refuse a file with more objects than `N`")
+	configMaxObjects := fs.Int("config-max-objects", configdir.DefaultMaxObjects, "--config-dir: serve at most `N` objects from the whole directory")
 	listen := &addrPortList{addrs: defaultListen, defaultPort: 53}
 	fs.Var(listen, "listen", "resolver `ADDR`ess(es), UDP and TCP on each; repeatable or comma-separated")
 	upstream := &addrPortList{defaultPort: 53}
@@ -59,11 +77,24 @@ func runAgent(args []string) error {
 	cacheSize := fs.Int("cache-size", 10000, "entries in the cache of upstream answers (0 disables it)")
 	vipSource := fs.String("vip-source", string(vip.SourceAuto), "where auto-allocated ServiceEntry VIPs come from: auto (istiod's status.addresses when istiod allocates, else ztdns's allocator), istiod (status.addresses only) or ztdns (its own allocator only); see README")
 	istioNamespace := fs.String("istio-namespace", "istio-system", "istiod's `NAMESPACE`, where --vip-source=auto looks for its VIP allocator")
+	cacheBytes := &byteSize{n: forward.DefaultCacheBytes}
+	fs.Var(cacheBytes, "cache-bytes", "bytes the cache of upstream answers may hold, e.g. 4Mi")
+	podQPS := fs.Float64("pod-qps", resolver.DefaultPodQPS, "queries a second one pod (or one address that is no known pod) may send; over it, UDP queries are dropped and TCP ones REFUSED (0: no limit)")
+	podBurst := fs.Int("pod-qps-burst", 0, "queries one pod may send at once above --pod-qps (default: twice --pod-qps)")
+	podForwarding := fs.Int("pod-max-forwarding", resolver.DefaultPodForwarding, "forwarded queries one pod may have in flight; more get SERVFAIL at once (0: no limit)")
+	podTCP := fs.Int("pod-max-tcp", resolver.DefaultPodTCPConns, "TCP connections one pod may have open; more are closed at once (0: no limit)")
+	maxForwarding := fs.Int("max-forwarding", resolver.DefaultMaxInflight, "forwarded queries in flight from all pods together; more get SERVFAIL at once")
+	maxTCP := fs.Int("max-tcp", resolver.DefaultTCPMaxConns, "open TCP connections from all pods together")
+	tcpIdle := fs.Duration("tcp-idle-timeout", resolver.DefaultTCPIdleTimeout, "close a TCP connection idle this long (a tenth of it with half of --max-tcp open, a hundredth with three quarters)")
+	inflightBytes := &byteSize{n: resolver.DefaultInflightBytes}
+	fs.Var(inflightBytes, "inflight-bytes", "bytes of upstream replies held at once, read or waiting to be written, e.g. 8Mi; a reply that does not fit gets SERVFAIL")
 	autopath := fs.Bool("autopath", false, "answer search-list expansions of unknown names in one round trip (see README)")
-	metrics := fs.String("metrics", "", "serve /metrics, /healthz and /readyz on `ADDR` (e.g. :15053); empty disables")
+	metrics := fs.String("metrics", "", "serve /metrics, /healthz and /readyz on `ADDR`: the node's IP or 127.0.0.1 with a port, e.g. 127.0.0.1:15053 (an IPv6 address may go without brackets); empty disables")
 	capture := fs.Bool("capture", true, "capture marked pods' DNS with eBPF; false only serves on --listen")
 	cgroup := fs.String("cgroup", "", "cgroup v2 `DIR` the capture programs attach to (default: the cgroup2 root, every pod on the node)")
 	bpffs := fs.String("bpffs", redirect.DefaultBPFFS, "`DIR` on a bpf filesystem where maps and links are pinned")
+	mountBPFFS := fs.Bool("mount-bpffs", true, "mount a bpf filesystem at the parent of --bpffs when it is on none; false fails instead (in a container, where a mount of its own would vanish with it, and the pins with it)")
+	procRoot := fs.String("proc-root", "/proc", "the node's proc filesystem `DIR`, where running pods' network namespaces are found: the node's /proc mounted into the agent's container (e.g. /host/proc) when it runs without hostPID")
 	iface := fs.String("interface", redirect.DefaultInterface, "interface that carries the resolver's addresses")
 	capturePort := fs.Uint("capture-port", redirect.DefaultPort, "`PORT` of the resolver's slot addresses, where captured queries go; not 53, so that istio-cni's in-pod DNS rules never take them (see README)")
 	stale := fs.Duration("heartbeat-stale", redirect.DefaultStaleAfter, "stop redirecting (fail open) when the agent has been silent this long")
@@ -75,82 +106,155 @@ func runAgent(args []string) error {
 	cniPolicy := fs.String("cni-on-agent-unreachable", cni.DefaultOnAgentUnreachable, "what the plugin does when the agent cannot be reached: allow (start the pod uncaptured) or fail")
 	stateDir := fs.String("state-dir", "", "`DIR` keeping the record of captured pods across restarts (default: the --socket directory)")
 	socket := fs.String("socket", control.DefaultSocket, "control socket `PATH` for ztdns table, pods, capture and the CNI plugin")
+	socketGroup := fs.String("socket-group", "", "`GROUP` (name or gid) whose members may also connect to --socket, to read only (status, table, pods); default: root only")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	logFormat := fs.String("log-format", "text", "text or json")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected arguments %q", fs.Args())
-	}
-	log, err := newLogger(*logLevel, *logFormat)
-	if err != nil {
-		return err
-	}
-	vips, err := vip.ParseSource(*vipSource)
-	if err != nil {
-		return fmt.Errorf("--vip-source: %w", err)
-	}
-	var src source.Source
-	switch {
-	case *configDir != "" && *kubeconfig != "":
-		return errors.New("give --config-dir or --kubeconfig, not both")
-	case *configDir != "":
-		src = configdir.New(*configDir, configdir.WithLogger(log))
-	default:
-		rc, err := kube.RESTConfig(*kubeconfig)
+	accessLog := fs.String("access-log", "", "write one line per query (--log-format) to `DEST`: stderr or a file's path; off when empty (ztdns log on|off switches it at run time, to DEST or stderr)")
+	accessLogSample := fs.Int("access-log-sample", 1, "with --access-log: one query in `N` gets a line")
+	maxNamespaces := fs.Int("metrics-max-namespaces", resolver.DefaultMaxNamespaceSeries, "namespaces with a series of their own in ztdns_dns_namespace_requests_total; the rest count as _other")
+	maxUpstreams := fs.Int("metrics-max-upstreams", forward.DefaultMaxUpstreamSeries, "upstreams with series of their own in ztdns_forward_upstream_*; the rest count as other")
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		if _, set := os.LookupEnv("GOGC"); !set {
+			debug.SetGCPercent(defaultGCPercent)
+		}
+		log, err := newLogger(*logLevel, *logFormat)
 		if err != nil {
-			return fmt.Errorf("no source: give --config-dir, or --kubeconfig, or run in a pod: %w", err)
+			return usageError{err}
 		}
-		// client-go logs through klog: route it into the same structured log.
-		klog.SetSlogLogger(log)
-		src = kube.New(rc, kube.WithLogger(log), kube.WithNodeName(*nodeName), kube.WithIstioNamespace(*istioNamespace))
+		if *accessLogSample < 1 || *accessLogSample > accesslog.MaxSample {
+			return usagef("--access-log-sample %d: want 1 to %d", *accessLogSample, accesslog.MaxSample)
+		}
+		if *maxNamespaces < 1 || *maxUpstreams < 1 {
+			return usagef("--metrics-max-namespaces and --metrics-max-upstreams: want at least 1")
+		}
+		al, closeAccessLog, err := openAccessLog(*accessLog, *accessLogSample, *logFormat)
+		if err != nil {
+			return err
+		}
+		defer closeAccessLog()
+		vips, err := vip.ParseSource(*vipSource)
+		if err != nil {
+			return usagef("--vip-source: %w", err)
+		}
+		gid, err := groupID(*socketGroup)
+		if err != nil {
+			return err
+		}
+		var src source.Source
+		switch {
+		case *configDir != "" && *kubeconfig != "":
+			return usagef("give --config-dir or --kubeconfig, not both")
+		case *configDir != "":
+			src = configdir.New(*configDir, configdir.WithLogger(log), configdir.WithLimits(configdir.Limits{
+				FileBytes: *configMaxFileBytes, ObjectsPerFile: *configMaxObjectsPerFile, Objects: *configMaxObjects}))
+		default:
+			rc, err := kube.RESTConfig(*kubeconfig)
+			if err != nil {
+				return fmt.Errorf("no source: give --config-dir, or --kubeconfig, or run in a pod: %w", err)
+			}
+			// client-go logs through klog: route it into the same structured log.
+			klog.SetSlogLogger(log)
+			src = kube.New(rc, kube.WithLogger(log), kube.WithNodeName(*nodeName), kube.WithIstioNamespace(*istioNamespace))
+		}
+		node, err := resolvconf.ReadFile(*resolvConf)
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+		upstreams := upstream.addrs
+		if len(upstreams) == 0 {
+			for _, ns := range node.Nameservers {
+				upstreams = append(upstreams, netip.AddrPortFrom(ns, 53))
+			}
+		}
+		if len(upstreams) == 0 {
+			return fmt.Errorf("no upstream: give --upstream or list a nameserver in %s", *resolvConf)
+		}
+		var cniCfg *agent.CNIConfig
+		if *cniInstall {
+			cniCfg = &agent.CNIConfig{BinDir: *cniBinDir, ConfDir: *cniConfDir, Plugin: cni.Config{SocketPath: *socket, OnAgentUnreachable: *cniPolicy}}
+		}
+		var captureCfg *agent.CaptureConfig
+		if *capture {
+			if *capturePort == 0 || *capturePort > 65535 {
+				return usagef("--capture-port %d: want 1-65535", *capturePort)
+			}
+			captureCfg = &agent.CaptureConfig{BPFFS: *bpffs, RequireBPFFS: !*mountBPFFS, Cgroup: *cgroup, Interface: *iface, StaleAfter: *stale, StateDir: *stateDir, Port: uint16(*capturePort)}
+		}
+		ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		return agent.Run(ctx, agent.Config{
+			Capture:           captureCfg,
+			DNSCaptureDefault: *dnsCaptureDefault,
+			NodeName:          *nodeName,
+			ProcRoot:          *procRoot,
+			CNI:               cniCfg,
+			Source:            src,
+			Listen:            listen.addrs,
+			Upstreams:         upstreams,
+			ClusterDomain:     *domain,
+			TTL:               *ttl,
+			ForwardTimeout:    *fwdTimeout,
+			CacheSize:         cacheSizeFlag(*cacheSize),
+			Autopath:          *autopath,
+			VIPSource:         vips,
+			NodeSearch:        node.Search,
+			MetricsAddr:       *metrics,
+			Socket:            *socket,
+			SocketGroup:       gid,
+			Logger:            log,
+			CacheBytes:        cacheBytes.n,
+			Limits: quota.Limits{
+				QPS:        limitFlag(*podQPS),
+				Burst:      *podBurst,
+				Forwarding: limitFlag(*podForwarding),
+				TCPConns:   limitFlag(*podTCP),
+			},
+			MaxForwarding:  *maxForwarding,
+			TCPMaxConns:    *maxTCP,
+			TCPIdleTimeout: *tcpIdle,
+			InflightBytes:  inflightBytes.n,
+
+			AccessLog:          al,
+			MaxNamespaceSeries: *maxNamespaces,
+			MaxUpstreamSeries:  *maxUpstreams,
+		})
 	}
-	node, err := resolvconf.ReadFile(*resolvConf)
-	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		return err
+	return cmd
+}
+
+// openAccessLog makes the agent's access log: on at once, writing to dest,
+// when dest is given; else off, writing to stderr when `ztdns log on`
+// turns it on.
+func openAccessLog(dest string, sample int, format string) (*accesslog.Log, func(), error) {
+	w, name, closeFile := io.Writer(os.Stderr), "stderr", func() {}
+	if dest != "" && dest != "stderr" {
+		f, err := os.OpenFile(dest, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
+		if err != nil {
+			return nil, nil, fmt.Errorf("--access-log: %w", err)
+		}
+		w, name, closeFile = f, dest, func() { f.Close() }
 	}
-	upstreams := upstream.addrs
-	if len(upstreams) == 0 {
-		for _, ns := range node.Nameservers {
-			upstreams = append(upstreams, netip.AddrPortFrom(ns, 53))
+	l, err := accesslog.New(w, name, format, 0)
+	if err != nil {
+		closeFile()
+		return nil, nil, usageError{err}
+	}
+	if dest != "" {
+		if err := l.Set(true, sample); err != nil {
+			closeFile()
+			return nil, nil, usageError{err}
 		}
 	}
-	if len(upstreams) == 0 {
-		return fmt.Errorf("no upstream: give --upstream or list a nameserver in %s", *resolvConf)
+	return l, closeFile, nil
+}
+
+// limitFlag maps a per-pod bound's flag (0 disables it) onto quota.Limits
+// as agent.Config takes them (0 is the default, negative disables).
+func limitFlag[T int | float64](n T) T {
+	if n <= 0 {
+		return -1
 	}
-	var cniCfg *agent.CNIConfig
-	if *cniInstall {
-		cniCfg = &agent.CNIConfig{BinDir: *cniBinDir, ConfDir: *cniConfDir, Plugin: cni.Config{SocketPath: *socket, OnAgentUnreachable: *cniPolicy}}
-	}
-	var captureCfg *agent.CaptureConfig
-	if *capture {
-		if *capturePort == 0 || *capturePort > 65535 {
-			return fmt.Errorf("--capture-port %d: want 1-65535", *capturePort)
-		}
-		captureCfg = &agent.CaptureConfig{BPFFS: *bpffs, Cgroup: *cgroup, Interface: *iface, StaleAfter: *stale, StateDir: *stateDir, Port: uint16(*capturePort)}
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	return agent.Run(ctx, agent.Config{
-		Capture:           captureCfg,
-		DNSCaptureDefault: *dnsCaptureDefault,
-		NodeName:          *nodeName,
-		CNI:               cniCfg,
-		Source:            src,
-		Listen:            listen.addrs,
-		Upstreams:         upstreams,
-		ClusterDomain:     *domain,
-		TTL:               *ttl,
-		ForwardTimeout:    *fwdTimeout,
-		CacheSize:         cacheSizeFlag(*cacheSize),
-		Autopath:          *autopath,
-		VIPSource:         vips,
-		NodeSearch:        node.Search,
-		MetricsAddr:       *metrics,
-		Socket:            *socket,
-		Logger:            log,
-	})
+	return n
 }
 
 // cacheSizeFlag maps --cache-size (0 disables) onto agent.Config.CacheSize
@@ -160,4 +264,26 @@ func cacheSizeFlag(n int) int {
 		return -1
 	}
 	return n
+}
+
+// groupID resolves --socket-group to a gid; empty is 0 (root only). Group 0
+// is refused: its members are not root, and the socket is root's.
+func groupID(group string) (int, error) {
+	if group == "" {
+		return 0, nil
+	}
+	gid, err := strconv.Atoi(group)
+	if err != nil {
+		g, lerr := user.LookupGroup(group)
+		if lerr != nil {
+			return 0, fmt.Errorf("--socket-group %q: %w", group, lerr)
+		}
+		if gid, err = strconv.Atoi(g.Gid); err != nil {
+			return 0, fmt.Errorf("--socket-group %q: gid %q: %w", group, g.Gid, err)
+		}
+	}
+	if gid <= 0 {
+		return 0, fmt.Errorf("--socket-group %q: give a dedicated group, not root's (its members are not root)", group)
+	}
+	return gid, nil
 }

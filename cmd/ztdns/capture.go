@@ -2,90 +2,133 @@ package main
 
 import (
 	"errors"
-	"flag"
 	"fmt"
 	"strings"
 
-	"github.com/ztdns/ztdns/pkg/agent"
+	"github.com/spf13/cobra"
+
 	"github.com/ztdns/ztdns/pkg/cni"
 	"github.com/ztdns/ztdns/pkg/control"
 	"github.com/ztdns/ztdns/pkg/redirect"
 )
 
-// runCapture: ztdns capture add|del --netns PATH.
-func runCapture(args []string) error {
-	if len(args) == 0 || (args[0] != "add" && args[0] != "del") {
-		return errors.New("usage: ztdns capture add|del --netns PATH [--namespace NS] [--name NAME]")
+// newCaptureCmd: ztdns capture add|del --netns PATH.
+func newCaptureCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "capture add|del --netns PATH",
+		Short: "Capture a network namespace's DNS by hand (VMs, tests): add or del",
+		Long: `Capture a network namespace's DNS by hand, without a CNI plugin: for a VM, a
+test, or a process in a namespace of its own. The agent opens the namespace
+itself; what it finds there (cookie, addresses) is what it records.`,
+		Example: `  ztdns capture add --netns /run/netns/pod1 -n default --name pod1
+  ztdns capture del --netns /run/netns/pod1`,
+		// Runnable only to turn "capture" alone, or an unknown verb, into a
+		// usage error instead of a help page and success.
+		RunE: func(_ *cobra.Command, args []string) error {
+			if len(args) == 0 {
+				return usagef("give add or del")
+			}
+			return usagef("unknown command %q: give add or del", args[0])
+		},
 	}
-	verb := args[0]
-	fs := flag.NewFlagSet("capture "+verb, flag.ContinueOnError)
-	netns := fs.String("netns", "", "the network namespace's `PATH`, e.g. /run/netns/pod1")
-	ns := fs.String("namespace", "default", "the pod's namespace: which names it sees")
-	name := fs.String("name", "", "the pod's name (default: the netns path)")
-	socket := fs.String("socket", control.DefaultSocket, "the agent's control socket `PATH`")
-	if err := fs.Parse(args[1:]); err != nil {
-		return err
-	}
-	if *netns == "" {
-		return errors.New("--netns is required")
-	}
-	req := agent.CaptureRequest{Netns: *netns, Namespace: *ns, Name: *name}
-	if verb == "del" {
-		return call(*socket, "DELETE", agent.PathCapture, req, nil)
-	}
-	var row agent.PodRow
-	if err := call(*socket, "POST", agent.PathCapture, req, &row); err != nil {
-		return err
-	}
-	fmt.Printf("captured %s/%s (netns cookie %d, %s)\n", row.Namespace, row.Name, row.NetnsCookie, strings.Join(row.IPs, ", "))
-	return nil
+	cmd.AddCommand(newCaptureVerbCmd("add", "Mark a network namespace: its DNS goes to the agent"),
+		newCaptureVerbCmd("del", "Unmark a network namespace captured by hand"))
+	return cmd
 }
 
-// runPods: ztdns pods.
-func runPods(args []string) error {
-	fs := flag.NewFlagSet("pods", flag.ContinueOnError)
-	socket := fs.String("socket", control.DefaultSocket, "the agent's control socket `PATH`")
-	output := fs.String("o", "table", "output format: table or json")
-	if err := fs.Parse(args); err != nil {
-		return err
+func newCaptureVerbCmd(verb, short string) *cobra.Command {
+	cmd := &cobra.Command{Use: verb + " --netns PATH", Short: short, Args: cobra.NoArgs}
+	netns := cmd.Flags().String("netns", "", "the network namespace's `PATH`, e.g. /run/netns/pod1 (required)")
+	ns := cmd.Flags().StringP("namespace", "n", "default", "the pod's namespace `NS`: which names it sees")
+	name := cmd.Flags().String("name", "", "the pod's `NAME` (default: the netns path)")
+	socket := socketFlag(cmd)
+	if err := cmd.MarkFlagRequired("netns"); err != nil {
+		panic(err) // the flag was added just above
 	}
-	var rows []agent.PodRow
-	if err := call(*socket, "GET", agent.PathPods, nil, &rows); err != nil {
-		return err
-	}
-	return render(*output, rows, "NAMESPACE\tNAME\tIPS\tNETNS COOKIE\tCAPTURED\tREASON\tMARKED\tREDIRECTED\tRESTORED\tNAMESERVERS\tISTIO DNS RULES", func(r agent.PodRow) string {
-		istio := "-"
-		if r.IstioDNSRules != "" {
-			istio = r.IstioDNSRules + " (ztdns answers)"
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		req := control.CaptureRequest{Netns: *netns, Namespace: *ns, Name: *name}
+		ctx, cancel := callContext(cmd)
+		defer cancel()
+		c := client(*socket)
+		if verb == "del" {
+			return c.CaptureDel(ctx, req)
 		}
-		return fmt.Sprintf("%s\t%s\t%s\t%d\t%v\t%s\t%v\t%d\t%d\t%s\t%s", r.Namespace, r.Name, strings.Join(r.IPs, ","), r.NetnsCookie,
-			r.Captured, r.Reason, r.Marked, r.Redirected, r.Restored, strings.Join(r.Nameservers, ","), istio)
-	})
-}
-
-// runUninstall removes what the agent installed on the node.
-func runUninstall(args []string) error {
-	fs := flag.NewFlagSet("uninstall", flag.ContinueOnError)
-	bpffs := fs.String("bpffs", redirect.DefaultBPFFS, "`DIR` where the agent pinned maps and links")
-	cgroup := fs.String("cgroup", "", "cgroup v2 `DIR` the programs were attached to (default: the cgroup2 root)")
-	iface := fs.String("interface", redirect.DefaultInterface, "the resolver's interface")
-	cniBinDir := fs.String("cni-bin-dir", "", "also remove the CNI plugin from this `DIR` (with --cni-conf-dir)")
-	cniConfDir := fs.String("cni-conf-dir", "", "also remove the plugin's entry from the CNI configuration in this `DIR`")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	var cniErr error
-	if *cniConfDir != "" {
-		cniErr = cni.Uninstall(cni.InstallConfig{BinDir: *cniBinDir, ConfDir: *cniConfDir})
-	}
-	if *cgroup == "" {
-		mounts, err := redirect.Cgroup2Mounts()
+		row, err := c.CaptureAdd(ctx, req)
 		if err != nil {
 			return err
 		}
-		if len(mounts) > 0 {
-			*cgroup = mounts[0]
-		}
+		fmt.Fprintf(cmd.OutOrStdout(), "captured %s/%s (netns cookie %d, %s)\n", row.Namespace, row.Name, row.NetnsCookie, strings.Join(row.IPs, ", "))
+		return nil
 	}
-	return errors.Join(cniErr, redirect.Uninstall(*bpffs, *cgroup), redirect.RemoveInterface(*iface))
+	return cmd
+}
+
+func newPodsCmd() *cobra.Command {
+	return readCommand(&cobra.Command{
+		Use:   "pods",
+		Short: "List the pods the agent knows, with their capture state and counters",
+		Example: `  ztdns pods
+  ztdns pods -o wide    # also the container ID and the netns path`,
+	}, (*control.Client).Pods, listPrinter(podColumns))
+}
+
+var podColumns = []column[control.PodRow]{
+	{header: "NAMESPACE", value: func(r control.PodRow, _ bool) string { return r.Namespace }},
+	{header: "NAME", value: func(r control.PodRow, _ bool) string { return r.Name }},
+	{header: "IPS", value: func(r control.PodRow, _ bool) string { return strings.Join(r.IPs, ",") }},
+	{header: "NETNS COOKIE", value: func(r control.PodRow, _ bool) string { return fmt.Sprint(r.NetnsCookie) }},
+	{header: "CAPTURED", value: func(r control.PodRow, _ bool) string { return fmt.Sprint(r.Captured) }},
+	{header: "REASON", value: func(r control.PodRow, _ bool) string { return r.Reason }},
+	{header: "MARKED", value: func(r control.PodRow, _ bool) string { return fmt.Sprint(r.Marked) }},
+	{header: "REDIRECTED", value: func(r control.PodRow, _ bool) string { return fmt.Sprint(r.Redirected) }},
+	{header: "RESTORED", value: func(r control.PodRow, _ bool) string { return fmt.Sprint(r.Restored) }},
+	{header: "NAMESERVERS", value: func(r control.PodRow, _ bool) string { return strings.Join(r.Nameservers, ",") }},
+	{header: "ISTIO DNS RULES", value: func(r control.PodRow, _ bool) string {
+		if r.IstioDNSRules == "" {
+			return "-"
+		}
+		return r.IstioDNSRules + " (ztdns answers)"
+	}},
+	// LIMITED counts what the pod's resolver limits refused: queries over
+	// its rate, forwarded queries over its share, TCP connections over its
+	// share (-o json names them).
+	{header: "LIMITED RATE/FWD/TCP", value: func(r control.PodRow, _ bool) string {
+		u := r.Resolver
+		return fmt.Sprintf("%d/%d/%d", u.RateLimited, u.ForwardRefused, u.TCPRefused)
+	}},
+	{header: "CONTAINER ID", wide: true, value: func(r control.PodRow, _ bool) string { return r.ContainerID }},
+	{header: "NETNS PATH", wide: true, value: func(r control.PodRow, _ bool) string { return r.NetnsPath }},
+}
+
+func newUninstallCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "uninstall",
+		Short: "Remove the programs, pins and interface the agent installed",
+		Long: `Remove what the agent installed on the node: its eBPF programs and pins, the
+resolver's interface, and, with --cni-conf-dir, the CNI plugin. Pods get their
+own nameservers back at once.`,
+		Args: cobra.NoArgs,
+	}
+	bpffs := cmd.Flags().String("bpffs", redirect.DefaultBPFFS, "`DIR` where the agent pinned maps and links")
+	cgroup := cmd.Flags().String("cgroup", "", "cgroup v2 `DIR` the programs were attached to (default: the cgroup2 root)")
+	iface := cmd.Flags().String("interface", redirect.DefaultInterface, "the resolver's interface `NAME`")
+	cniBinDir := cmd.Flags().String("cni-bin-dir", "", "also remove the CNI plugin from this `DIR` (with --cni-conf-dir)")
+	cniConfDir := cmd.Flags().String("cni-conf-dir", "", "also remove the plugin's entry from the CNI configuration in this `DIR`")
+	cmd.RunE = func(*cobra.Command, []string) error {
+		var cniErr error
+		if *cniConfDir != "" {
+			cniErr = cni.Uninstall(cni.InstallConfig{BinDir: *cniBinDir, ConfDir: *cniConfDir})
+		}
+		if *cgroup == "" {
+			mounts, err := redirect.Cgroup2Mounts()
+			if err != nil {
+				return err
+			}
+			if len(mounts) > 0 {
+				*cgroup = mounts[0]
+			}
+		}
+		return errors.Join(cniErr, redirect.Uninstall(*bpffs, *cgroup), redirect.RemoveInterface(*iface))
+	}
+	return cmd
 }

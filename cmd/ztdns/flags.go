@@ -5,7 +5,13 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"k8s.io/apimachinery/pkg/api/resource"
 )
 
 // addrPortList is a repeatable, comma-separated flag of addresses; a bare IP
@@ -23,6 +29,9 @@ func (l *addrPortList) String() string {
 	}
 	return strings.Join(s, ",")
 }
+
+// Type names the value in --help.
+func (l *addrPortList) Type() string { return "addrs" }
 
 func (l *addrPortList) Set(v string) error {
 	if !l.set { // the first use replaces the default
@@ -53,6 +62,29 @@ func parseAddrPort(s string, defaultPort uint16) (netip.AddrPort, error) {
 	return netip.AddrPortFrom(a.Unmap(), defaultPort), nil
 }
 
+// byteSize is a flag of bytes in Kubernetes quantity form: 4Mi, 512Ki,
+// 1048576.
+type byteSize struct{ n int64 }
+
+func (b *byteSize) String() string {
+	if b == nil {
+		return ""
+	}
+	return resource.NewQuantity(b.n, resource.BinarySI).String()
+}
+
+// Type names the value in --help.
+func (b *byteSize) Type() string { return "bytes" }
+
+func (b *byteSize) Set(v string) error {
+	q, err := resource.ParseQuantity(v)
+	if err != nil || q.Sign() <= 0 {
+		return fmt.Errorf("%q is not a positive size in bytes (e.g. 4Mi)", v)
+	}
+	b.n = q.Value()
+	return nil
+}
+
 // newLogger builds the process logger from --log-level and --log-format.
 func newLogger(level, format string) (*slog.Logger, error) {
 	var l slog.Level
@@ -67,4 +99,56 @@ func newLogger(level, format string) (*slog.Logger, error) {
 		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
 	}
 	return nil, fmt.Errorf("--log-format %q: want text or json", format)
+}
+
+// oneDashLongFlags rewrites the single-dash long flags of Go's flag package
+// ("-socket PATH", "-config-dir=DIR"), which earlier releases took and
+// scripts and manifests may still pass, into their GNU spelling ("--socket")
+// for the command args run. A dash and several letters that name no long
+// flag are left to pflag: a shorthand with its value attached ("-ojson").
+// The one-letter long flags of old ("--o json") become the shorthands they
+// now are. Flag values are never rewritten, nor is anything after "--".
+func oneDashLongFlags(root *cobra.Command, args []string) []string {
+	cmd, _, err := root.Find(args)
+	if err != nil {
+		return args // Execute reports it
+	}
+	cmd.InitDefaultHelpFlag()
+	flags := pflag.NewFlagSet(cmd.Name(), pflag.ContinueOnError)
+	flags.AddFlagSet(cmd.Flags())
+	flags.AddFlagSet(cmd.InheritedFlags())
+	out := slices.Clone(args)
+	for i := 0; i < len(out); i++ {
+		a := out[i]
+		if a == "--" {
+			break
+		}
+		if len(a) < 2 || a[0] != '-' {
+			continue
+		}
+		dashes := 1
+		if a[1] == '-' {
+			dashes = 2
+		}
+		name, _, inline := strings.Cut(a[dashes:], "=")
+		var f *pflag.Flag
+		switch {
+		case dashes == 2:
+			if f = flags.Lookup(name); f == nil && len(name) == 1 {
+				if f = flags.ShorthandLookup(name); f != nil {
+					out[i] = a[1:] // --o json → -o json
+				}
+			}
+		case len(name) == 1:
+			f = flags.ShorthandLookup(name)
+		default:
+			if f = flags.Lookup(name); f != nil {
+				out[i] = "-" + a // -socket → --socket
+			}
+		}
+		if f != nil && !inline && f.NoOptDefVal == "" {
+			i++ // the next argument is this flag's value
+		}
+	}
+	return out
 }

@@ -4,66 +4,145 @@
 package main
 
 import (
+	"context"
 	"errors"
-	"flag"
 	"fmt"
+	"io"
 	"os"
-	"sort"
-	"strings"
+
+	"github.com/spf13/cobra"
 
 	"github.com/ztdns/ztdns/pkg/cni"
 )
 
-// command is one subcommand.
-type command struct {
-	summary string
-	run     func(args []string) error
-}
+// Exit statuses, as kubectl and most GNU tools use them.
+const (
+	exitOK      = 0
+	exitFailure = 1 // the command ran and failed (the agent said no, a file was missing)
+	exitUsage   = 2 // the command line was wrong: nothing was done
+)
 
-var commands = map[string]command{
-	"agent":     {"run the node agent: resolver, capture and control socket", runAgent},
-	"table":     {"print what a pod in a namespace can resolve locally", runTable},
-	"pods":      {"list the pods the agent knows, with their capture state and counters", runPods},
-	"capture":   {"add|del: capture a network namespace's DNS by hand (VMs, tests)", runCapture},
-	"status":    {"print the agent's status: ready, what it serves, inputs it could not read", runStatus},
-	"uninstall": {"remove the programs, pins and interface the agent installed", runUninstall},
-}
+// exitStatusHelp ends every command's --help.
+const exitStatusHelp = `
+Exit status: 0 success, 1 failure, 2 usage error (unknown command or flag, bad value).
+`
 
 func main() {
-	// The container runtime runs this same binary as the chained CNI plugin.
+	// The container runtime runs this same binary as the chained CNI plugin;
+	// that path comes first and builds nothing else.
 	if _, ok := os.LookupEnv("CNI_COMMAND"); ok {
 		cni.PluginMain()
 		return
 	}
-	if len(os.Args) < 2 || os.Args[1] == "-h" || os.Args[1] == "--help" || os.Args[1] == "help" {
-		usage()
-		os.Exit(2)
-	}
-	cmd, ok := commands[os.Args[1]]
-	if !ok {
-		fmt.Fprintf(os.Stderr, "ztdns: unknown command %q\n\n", os.Args[1])
-		usage()
-		os.Exit(2)
-	}
-	if err := cmd.run(os.Args[2:]); errors.Is(err, flag.ErrHelp) {
-		os.Exit(0)
-	} else if err != nil {
-		fmt.Fprintf(os.Stderr, "ztdns %s: %v\n", os.Args[1], err)
-		os.Exit(1)
-	}
+	os.Exit(run(context.Background(), os.Args[1:], os.Stdout, os.Stderr))
 }
 
-func usage() {
-	var names []string
-	for n := range commands {
-		names = append(names, n)
+// run executes one command line (without the program name) and returns the
+// process's exit status. Errors go to stderr as one line naming the command,
+// plus, for usage errors, where to find the usage.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	root := newRoot()
+	root.SetArgs(oneDashLongFlags(root, args))
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	cmd, err := root.ExecuteContextC(ctx)
+	if err == nil {
+		return exitOK
 	}
-	sort.Strings(names)
-	var b strings.Builder
-	b.WriteString("ztdns: DNS proxying for Istio ambient pods, captured with eBPF.\n\nUsage: ztdns <command> [flags]\n\nCommands:\n")
-	for _, n := range names {
-		fmt.Fprintf(&b, "  %-10s %s\n", n, commands[n].summary)
+	if cmd == nil {
+		cmd = root
 	}
-	b.WriteString("\nRun 'ztdns <command> -h' for a command's flags.\n")
-	fmt.Fprint(os.Stderr, b.String())
+	fmt.Fprintf(stderr, "%s: %v\n", cmd.CommandPath(), err)
+	if errors.As(err, new(failure)) {
+		return exitFailure
+	}
+	fmt.Fprintf(stderr, "Run '%s --help' for usage.\n", cmd.CommandPath())
+	return exitUsage
+}
+
+// newRoot builds the command tree.
+func newRoot() *cobra.Command {
+	root := &cobra.Command{
+		Use:   "ztdns",
+		Short: "DNS proxying for Istio ambient pods, captured with eBPF",
+		Long: `ztdns answers the DNS queries of Istio ambient pods on their node: a resolver
+that knows the cluster's Services and ServiceEntries as each pod's namespace
+sees them, and eBPF programs that send the pods' port-53 traffic to it.
+
+Flags take GNU spellings (--socket PATH, --socket=PATH, -n NS, -o json); the
+single-dash long spellings of earlier releases (-socket PATH) still work.`,
+		// run prints errors itself, with the exit status they map to, and
+		// no usage dump after an error that has nothing to do with usage.
+		SilenceErrors: true,
+		SilenceUsage:  true,
+	}
+	// Add to cobra's usage rather than replace its template: a template
+	// would link text/template, whose reflection keeps every exported method
+	// of every type in the binary (tens of megabytes).
+	usage := root.UsageFunc()
+	root.SetUsageFunc(func(c *cobra.Command) error {
+		if err := usage(c); err != nil {
+			return err
+		}
+		_, err := fmt.Fprint(c.OutOrStderr(), exitStatusHelp)
+		return err
+	})
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return err }) // usage (exit 2)
+	root.AddCommand(newAgentCmd(), newTableCmd(), newPodsCmd(), newStatusCmd(), newCaptureCmd(), newUninstallCmd(), newVersionCmd(), newLogCmd(),
+		// What the Helm chart's containers run (node.go).
+		newMountBPFFSCmd(), newRemoveStateCmd(), newIdleCmd())
+	// Make the tree whole now (cobra adds these when it executes), so that
+	// every command's run errors are marked below.
+	root.InitDefaultHelpCmd()
+	root.InitDefaultCompletionCmd()
+	for _, c := range root.Commands() {
+		if c.Name() == "help" { // `help bogus`: a usage error, not a help page and success
+			show := c.Run
+			c.RunE = func(c *cobra.Command, args []string) error {
+				if _, _, err := c.Root().Find(args); err != nil {
+					return usageError{err}
+				}
+				show(c, args)
+				return nil
+			}
+		}
+	}
+	markFailures(root)
+	return root
+}
+
+// failure is the error of a command that ran and failed: exit status 1.
+// Whatever else Execute returns (an unknown command or flag, a missing or
+// malformed value, a usageError from a command) is a usage error: 2.
+type failure struct{ err error }
+
+func (f failure) Error() string { return f.err.Error() }
+func (f failure) Unwrap() error { return f.err }
+
+// usageError is what a command returns when its own checks find the command
+// line wrong (two flags that exclude each other, a value out of range).
+type usageError struct{ err error }
+
+func (u usageError) Error() string { return u.err.Error() }
+func (u usageError) Unwrap() error { return u.err }
+
+func usagef(format string, args ...any) error {
+	return usageError{fmt.Errorf(format, args...)}
+}
+
+// markFailures wraps the RunE of c and its subcommands so that their errors,
+// unless they are usage errors, are failures.
+func markFailures(c *cobra.Command) {
+	if runE := c.RunE; runE != nil {
+		c.RunE = func(cmd *cobra.Command, args []string) error {
+			err := runE(cmd, args)
+			if err == nil || errors.As(err, new(usageError)) {
+				return err
+			}
+			return failure{err}
+		}
+	}
+	for _, sub := range c.Commands() {
+		markFailures(sub)
+	}
 }

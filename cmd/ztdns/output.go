@@ -4,9 +4,14 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"os"
+	"io"
+	"slices"
+	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/spf13/cobra"
+	"sigs.k8s.io/yaml"
 
 	"github.com/ztdns/ztdns/pkg/control"
 )
@@ -14,28 +19,153 @@ import (
 // requestTimeout bounds one call to the agent's control socket.
 const requestTimeout = 10 * time.Second
 
-// call sends one request to the agent's control socket.
-func call(socket, method, path string, in, out any) error {
-	ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
-	defer cancel()
-	return control.NewClient(socket, requestTimeout).Do(ctx, method, path, in, out)
+// client returns a client of the agent's control socket.
+func client(socket string) *control.Client { return control.NewClient(socket, requestTimeout) }
+
+// callContext bounds one call to the agent.
+func callContext(cmd *cobra.Command) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(cmd.Context(), requestTimeout)
 }
 
-// render prints rows as indented JSON, or as a table with header (columns
-// separated by tabs) and one line per row.
-func render[T any](format string, rows []T, header string, line func(T) string) error {
-	switch format {
-	case "json":
-		enc := json.NewEncoder(os.Stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(rows)
-	case "table":
-		w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(w, header)
-		for _, r := range rows {
-			fmt.Fprintln(w, line(r))
+// readCommand completes cmd as a command that reads the agent's state: it
+// takes --socket and -o, asks the agent with get (a method expression of
+// control.Client fits) and prints what it got with show in the format
+// asked for.
+func readCommand[T any](cmd *cobra.Command, get func(*control.Client, context.Context) (T, error),
+	show func(w io.Writer, format string, v T) error) *cobra.Command {
+	socket := socketFlag(cmd)
+	output := outputFlag(cmd, outputTable, readFormats...)
+	cmd.Args = cobra.NoArgs
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		ctx, cancel := callContext(cmd)
+		defer cancel()
+		v, err := get(client(*socket), ctx)
+		if err != nil {
+			return err
 		}
-		return w.Flush()
+		return show(cmd.OutOrStdout(), output.value, v)
 	}
-	return fmt.Errorf("-o %q: want table or json", format)
+	return cmd
+}
+
+// socketFlag adds --socket, the agent's control socket, to a command that
+// talks to the agent.
+func socketFlag(cmd *cobra.Command) *string {
+	return cmd.Flags().String("socket", control.DefaultSocket, "the agent's control socket `PATH`")
+}
+
+// The output formats of -o, as kubectl names them.
+const (
+	outputTable = "table" // columns for people
+	outputWide  = "wide"  // the same with every column and value
+	outputJSON  = "json"
+	outputYAML  = "yaml"
+)
+
+// choice is a flag whose value is one of a few words; anything else is a
+// usage error when the command line is parsed.
+type choice struct {
+	value   string
+	allowed []string
+}
+
+func (c *choice) String() string { return c.value }
+func (c *choice) Type() string   { return "string" }
+
+func (c *choice) Set(v string) error {
+	if !slices.Contains(c.allowed, v) {
+		return fmt.Errorf("want %s", orList(c.allowed))
+	}
+	c.value = v
+	return nil
+}
+
+// outputFlag adds -o/--output to a command, with the formats it takes and
+// their shell completion. The value is def until the flag is given; def ""
+// stands for the command's own plain form.
+func outputFlag(cmd *cobra.Command, def string, formats ...string) *choice {
+	c := &choice{value: def, allowed: formats}
+	cmd.Flags().VarP(c, "output", "o", "`FORMAT` of the output: "+orList(formats))
+	if err := cmd.RegisterFlagCompletionFunc("output", cobra.FixedCompletions(formats, cobra.ShellCompDirectiveNoFileComp)); err != nil {
+		panic(err) // the flag was added just above
+	}
+	return c
+}
+
+// readFormats are the formats of the commands that read the agent's state.
+var readFormats = []string{outputTable, outputWide, outputJSON, outputYAML}
+
+// printOutput writes v as JSON or YAML (its JSON form, so the fields are
+// named alike), or hands a tab-separated writer to table for the table and
+// wide formats.
+func printOutput(w io.Writer, format string, v any, table func(w io.Writer, wide bool)) error {
+	switch format {
+	case outputJSON:
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		return enc.Encode(v)
+	case outputYAML:
+		b, err := yaml.Marshal(v)
+		if err != nil {
+			return err
+		}
+		_, err = w.Write(b)
+		return err
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	table(tw, format == outputWide)
+	return tw.Flush()
+}
+
+// column is one column of a list; a wide column shows only with -o wide.
+type column[T any] struct {
+	header string
+	wide   bool
+	value  func(row T, wide bool) string
+}
+
+// listPrinter prints rows in the format -o asked for: a list (empty, not
+// null, when there are no rows) or a table of cols.
+func listPrinter[T any](cols []column[T]) func(w io.Writer, format string, rows []T) error {
+	return func(w io.Writer, format string, rows []T) error {
+		return printList(w, format, rows, cols)
+	}
+}
+
+func printList[T any](w io.Writer, format string, rows []T, cols []column[T]) error {
+	if rows == nil {
+		rows = []T{}
+	}
+	return printOutput(w, format, rows, func(w io.Writer, wide bool) {
+		cols := slices.DeleteFunc(slices.Clone(cols), func(c column[T]) bool { return c.wide && !wide })
+		cells := make([]string, len(cols))
+		for i, c := range cols {
+			cells[i] = c.header
+		}
+		fmt.Fprintln(w, strings.Join(cells, "\t"))
+		for _, r := range rows {
+			for i, c := range cols {
+				cells[i] = c.value(r, wide)
+			}
+			fmt.Fprintln(w, strings.Join(cells, "\t"))
+		}
+	})
+}
+
+// shortList joins values with commas; in a table (not wide) it shows the
+// first few and how many more there are, as kubectl shows endpoints.
+func shortList(values []string, wide bool) string {
+	const shown = 3
+	if wide || len(values) <= shown+1 {
+		return strings.Join(values, ",")
+	}
+	return fmt.Sprintf("%s + %d more...", strings.Join(values[:shown], ","), len(values)-shown)
+}
+
+// orList spells words as "a, b or c".
+func orList(words []string) string {
+	if len(words) < 2 {
+		return strings.Join(words, "")
+	}
+	return strings.Join(words[:len(words)-1], ", ") + " or " + words[len(words)-1]
 }

@@ -1,27 +1,83 @@
 package main
 
 import (
-	"encoding/json"
-	"flag"
-	"os"
+	"fmt"
+	"io"
+	"strings"
 
-	"github.com/ztdns/ztdns/pkg/agent"
+	"github.com/spf13/cobra"
+
 	"github.com/ztdns/ztdns/pkg/control"
 )
 
-// runStatus prints the agent's status: ready or why not, what it serves,
-// and inputs it could not read.
-func runStatus(args []string) error {
-	fs := flag.NewFlagSet("status", flag.ContinueOnError)
-	socket := fs.String("socket", control.DefaultSocket, "the agent's control socket `PATH`")
-	if err := fs.Parse(args); err != nil {
-		return err
+func newStatusCmd() *cobra.Command {
+	return readCommand(&cobra.Command{
+		Use:   "status",
+		Short: "Print the agent's status: ready, version, what it serves, inputs it could not read",
+		Example: `  ztdns status
+  ztdns status -o json | jq .ready`,
+	}, (*control.Client).Status, func(w io.Writer, format string, st control.Status) error {
+		return printOutput(w, format, st, func(w io.Writer, wide bool) { statusTable(w, st, wide) })
+	})
+}
+
+// statusShownWarnings is how many table warnings `ztdns status` shows
+// without -o wide.
+const statusShownWarnings = 5
+
+// statusTable writes st as "Field:<tab>value" lines; a list continues on
+// lines of its own in the value column.
+func statusTable(w io.Writer, st control.Status, wide bool) {
+	line := func(field, value string) { fmt.Fprintf(w, "%s:\t%s\n", field, value) }
+	list := func(field string, values []string) {
+		for i, v := range values {
+			if i == 0 {
+				line(field, v)
+			} else {
+				fmt.Fprintf(w, "\t%s\n", v)
+			}
+		}
 	}
-	var st agent.Status
-	if err := call(*socket, "GET", "/v1/status", nil, &st); err != nil {
-		return err
+	if st.Ready {
+		line("Ready", "yes")
+	} else {
+		line("Ready", "no: "+st.NotReady)
 	}
-	enc := json.NewEncoder(os.Stdout)
-	enc.SetIndent("", "  ")
-	return enc.Encode(st)
+	line("Version", st.Build.Version)
+	if wide {
+		line("Revision", st.Build.Revision)
+		line("Go", st.Build.GoVersion)
+	}
+	line("Names", fmt.Sprint(st.Names))
+	line("Pods", fmt.Sprint(st.Pods))
+	line("Capture", onOff(st.Capture))
+	line("Listen", strings.Join(st.Listen, ", "))
+	line("Upstreams", strings.Join(st.Upstreams, ", "))
+	if st.VIPs != "" {
+		line("VIPs", st.VIPs)
+	}
+	line("Access log", accessLogText(st.AccessLog))
+	list("Source errors", st.SourceErrors)
+	if st.StateUnsaved != "" {
+		line("State unsaved", st.StateUnsaved)
+	}
+	warnings, more := st.Warnings, st.WarningsOmitted
+	if !wide && len(warnings) > statusShownWarnings {
+		warnings, more = warnings[:statusShownWarnings], more+len(warnings)-statusShownWarnings
+	}
+	list("Warnings", warnings)
+	if more > 0 {
+		if !wide && len(st.Warnings) > statusShownWarnings {
+			fmt.Fprintf(w, "\t... and %d more (-o wide shows the %d the agent keeps)\n", more, len(st.Warnings))
+		} else {
+			fmt.Fprintf(w, "\t... and %d more, not kept by the agent\n", more)
+		}
+	}
+}
+
+func onOff(b bool) string {
+	if b {
+		return "on"
+	}
+	return "off"
 }

@@ -1,28 +1,34 @@
 package main
 
 import (
-	"flag"
-	"net/url"
-	"strings"
+	"context"
+
+	"github.com/spf13/cobra"
 
 	"github.com/ztdns/ztdns/pkg/control"
-	"github.com/ztdns/ztdns/pkg/resolver/table"
 )
 
-func runTable(args []string) error {
-	fs := flag.NewFlagSet("table", flag.ContinueOnError)
-	ns := fs.String("namespace", "", "show the view of a pod in `NS` (default: a client that is not a known pod)")
-	fs.StringVar(ns, "n", "", "shorthand for --namespace")
-	socket := fs.String("socket", control.DefaultSocket, "the agent's control socket `PATH`")
-	output := fs.String("o", "table", "output format: table or json")
-	if err := fs.Parse(args); err != nil {
-		return err
+func newTableCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "table",
+		Short: "Print what a pod in a namespace can resolve locally",
+		Long: `Print every name the agent answers itself for a pod in a namespace: Services,
+ServiceEntry hosts, their VIPs, SRV and PTR records, and where each came from.
+Names the namespace cannot see (exportTo) are left out.`,
+		Example: `  ztdns table -n default
+  ztdns table -n default -o wide    # every value, not the first few
+  ztdns table -o yaml               # the view of a client that is no known pod`,
 	}
-	var rows []table.Row
-	if err := call(*socket, "GET", "/v1/table?namespace="+url.QueryEscape(*ns), nil, &rows); err != nil {
-		return err
-	}
-	return render(*output, rows, "NAME\tTYPE\tVALUES\tFROM\tADDRESSES", func(r table.Row) string {
-		return strings.Join([]string{r.Name, r.Type, strings.Join(r.Values, ","), r.Origin, r.AddrSource}, "\t")
-	})
+	ns := cmd.Flags().StringP("namespace", "n", "", "show the view of a pod in `NS` (default: a client that is not a known pod)")
+	return readCommand(cmd, func(c *control.Client, ctx context.Context) ([]control.TableRow, error) {
+		return c.Table(ctx, *ns)
+	}, listPrinter(tableColumns))
+}
+
+var tableColumns = []column[control.TableRow]{
+	{header: "NAME", value: func(r control.TableRow, _ bool) string { return r.Name }},
+	{header: "TYPE", value: func(r control.TableRow, _ bool) string { return r.Type }},
+	{header: "VALUES", value: func(r control.TableRow, wide bool) string { return shortList(r.Values, wide) }},
+	{header: "FROM", value: func(r control.TableRow, _ bool) string { return r.Origin }},
+	{header: "ADDRESSES", value: func(r control.TableRow, _ bool) string { return r.AddrSource }},
 }

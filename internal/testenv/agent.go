@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -19,9 +20,9 @@ import (
 )
 
 // Agent is a `ztdns agent` process (the real binary) running in a node
-// namespace, as a user starts it there. Its output is kept for the test; it
-// is killed at cleanup if still running, and its log is printed if the test
-// failed.
+// namespace, as a user starts it there (or a process StartLocal started).
+// Its output is kept for the test; it is killed at cleanup if still
+// running, and its log is printed if the test failed.
 type Agent struct {
 	// Bin is the ztdns binary and Args what followed it on the command
 	// line ("agent", flags...).
@@ -29,7 +30,7 @@ type Agent struct {
 	Args []string
 
 	cmd  *exec.Cmd
-	log  *processLog
+	log  *Log
 	done chan struct{} // closed when it exited; err is set then
 	err  error
 }
@@ -40,18 +41,41 @@ type Agent struct {
 // test binary dies without running its cleanup (e.g. a -timeout panic).
 func StartAgent(tb testing.TB, node *Node, bin string, args ...string) *Agent {
 	tb.Helper()
+	return StartAgentIn(tb, node, nil, bin, args...)
+}
+
+// StartAgentIn is StartAgent behind a wrapper command line, e.g. unshare
+// and setpriv to run the agent as a container runtime would: the wrapper
+// gets bin and args after its own arguments and must exec them (Pid is then
+// the wrapper's).
+func StartAgentIn(tb testing.TB, node *Node, wrapper []string, bin string, args ...string) *Agent {
+	tb.Helper()
 	RequireRoot(tb)
 	LookPath(tb, "nsenter")
+	line := append(slices.Clone(wrapper), bin)
+	return startAgent(tb, node.Nsenter(context.Background(), line[0], append(line[1:], args...)...), bin, args)
+}
+
+// StartLocal runs bin with args in the test's own network namespace, with
+// the same care as StartAgent: an agent that serves on loopback without
+// capture, or a peer server such as unbound. It needs no root.
+func StartLocal(tb testing.TB, bin string, args ...string) *Agent {
+	tb.Helper()
+	return startAgent(tb, exec.Command(bin, args...), bin, args)
+}
+
+func startAgent(tb testing.TB, cmd *exec.Cmd, bin string, args []string) *Agent {
+	tb.Helper()
 	a := &Agent{
 		Bin:  bin,
 		Args: args,
-		cmd:  node.Nsenter(context.Background(), bin, args...),
-		log:  &processLog{},
+		cmd:  cmd,
+		log:  &Log{},
 		done: make(chan struct{}),
 	}
 	a.cmd.Stdout, a.cmd.Stderr = a.log, a.log
 	if err := startOrphanProof(a.cmd); err != nil {
-		tb.Fatalf("testenv: start agent: %v", err)
+		tb.Fatalf("testenv: start %s: %v", bin, err)
 	}
 	go func() {
 		a.err = a.cmd.Wait()
@@ -60,7 +84,7 @@ func StartAgent(tb testing.TB, node *Node, bin string, args ...string) *Agent {
 	tb.Cleanup(func() {
 		a.Kill()
 		if tb.Failed() {
-			tb.Logf("log of the agent with pid %d (%v):\n%s", a.Pid(), a.err, a.log)
+			tb.Logf("log of %s with pid %d (%v):\n%s", bin, a.Pid(), a.err, a.log)
 		}
 	})
 	return a
@@ -120,14 +144,14 @@ func (a *Agent) Kill() {
 func (a *Agent) Log() string { return a.log.String() }
 
 // LogContains reports whether the agent printed s.
-func (a *Agent) LogContains(s string) bool { return a.log.contains(s) }
+func (a *Agent) LogContains(s string) bool { return a.log.Contains(s) }
 
 // WaitLog waits until the agent printed s; the test fails if it exits or
 // does not print it within the time.
 func (a *Agent) WaitLog(tb testing.TB, s string, within time.Duration) {
 	tb.Helper()
 	deadline := time.Now().Add(within)
-	for !a.log.contains(s) {
+	for !a.log.Contains(s) {
 		if !a.Running() {
 			tb.Fatalf("testenv: agent exited (%v) before printing %q; log:\n%s", a.err, s, a.log)
 		}
@@ -138,7 +162,7 @@ func (a *Agent) WaitLog(tb testing.TB, s string, within time.Duration) {
 	}
 }
 
-// WaitReady polls `ztdns status --socket socket` until the agent reports
+// WaitReady polls `ztdns status --socket socket -o json` until the agent reports
 // ready with capture on. An agent that exits because the kernel lacks a
 // feature makes the test unavailable (a failure under CI=true); any other
 // exit, or no readiness within the time, fails it.
@@ -158,7 +182,7 @@ func (a *Agent) WaitReady(tb testing.TB, socket string, within time.Duration) {
 			return
 		}
 		if !a.Running() {
-			if a.log.contains("kernel lacks") {
+			if a.log.Contains("kernel lacks") {
 				Unavailable(tb, "the agent cannot load its programs on this kernel:\n%s", a.log)
 			}
 			tb.Fatalf("testenv: agent exited: %v; log:\n%s", a.err, a.log)
@@ -174,7 +198,7 @@ func (a *Agent) status(socket string) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	var stderr bytes.Buffer
-	cmd := exec.CommandContext(ctx, a.Bin, "status", "--socket", socket)
+	cmd := exec.CommandContext(ctx, a.Bin, "status", "--socket", socket, "-o", "json")
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
 	if err != nil {
@@ -183,25 +207,26 @@ func (a *Agent) status(socket string) ([]byte, error) {
 	return out, nil
 }
 
-// processLog collects a process's output.
-type processLog struct {
+// Log collects what a process or a logger writes, safe for concurrent use.
+type Log struct {
 	mu  sync.Mutex
 	buf bytes.Buffer
 }
 
-func (l *processLog) Write(p []byte) (int, error) {
+func (l *Log) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.buf.Write(p)
 }
 
-func (l *processLog) contains(s string) bool {
+// Contains reports whether s was written.
+func (l *Log) Contains(s string) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return bytes.Contains(l.buf.Bytes(), []byte(s))
 }
 
-func (l *processLog) String() string {
+func (l *Log) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.buf.String()

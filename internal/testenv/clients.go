@@ -23,14 +23,19 @@ const (
 	helperNameEnv = "ZTDNS_TESTENV_NAME"
 )
 
-// RunHelper makes the test binary act as a client when GoLookup started it;
-// call it first in TestMain. It returns when the binary runs as tests.
+// RunHelper makes the test binary act as a client when GoLookup or
+// ControlCallAsUser or StartFlood started it; call it first in TestMain. It
+// returns when the binary runs as tests.
 func RunHelper() {
 	switch os.Getenv(helperEnv) {
 	case "":
 		return
 	case "go-lookup":
 		os.Exit(goLookup(os.Getenv(helperNameEnv)))
+	case "control-call":
+		os.Exit(controlCall())
+	case "flood":
+		os.Exit(flood())
 	default:
 		fmt.Fprintf(os.Stderr, "unknown %s=%q\n", helperEnv, os.Getenv(helperEnv))
 		os.Exit(2)

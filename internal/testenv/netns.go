@@ -3,8 +3,12 @@
 package testenv
 
 import (
+	"bufio"
 	"context"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -183,4 +187,39 @@ func WriteResolvConf(tb testing.TB, name string, cfg PodConfig) {
 	if err := os.WriteFile(filepath.Join(dir, "resolv.conf"), []byte(b.String()), 0o644); err != nil {
 		tb.Fatalf("testenv: %v", err)
 	}
+}
+
+// HTTPGet fetches url over a connection opened inside the namespace (so
+// "127.0.0.1" is the namespace's own loopback) and returns the body; the
+// test fails on any error or a status other than 200.
+func (n *Netns) HTTPGet(tb testing.TB, url string) string {
+	tb.Helper()
+	req, err := http.NewRequest(http.MethodGet, url, nil)
+	if err != nil {
+		tb.Fatalf("testenv: %v", err)
+	}
+	var conn net.Conn
+	if err := n.Do(func() error {
+		var err error
+		conn, err = net.DialTimeout("tcp", req.URL.Host, 5*time.Second)
+		return err
+	}); err != nil {
+		tb.Fatalf("testenv: GET %s in %s: %v", url, n.Name, err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	req.Close = true
+	if err := req.Write(conn); err != nil {
+		tb.Fatalf("testenv: GET %s: %v", url, err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(conn), req)
+	if err != nil {
+		tb.Fatalf("testenv: GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		tb.Fatalf("testenv: GET %s: %s %v\n%s", url, resp.Status, err, body)
+	}
+	return string(body)
 }

@@ -5,16 +5,19 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
 	"runtime"
 	"runtime/debug"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -22,15 +25,19 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/ztdns/ztdns/pkg/accesslog"
+	"github.com/ztdns/ztdns/pkg/capture"
 	"github.com/ztdns/ztdns/pkg/control"
 	"github.com/ztdns/ztdns/pkg/model"
 	"github.com/ztdns/ztdns/pkg/podcache"
 	"github.com/ztdns/ztdns/pkg/redirect"
 	"github.com/ztdns/ztdns/pkg/resolver"
 	"github.com/ztdns/ztdns/pkg/resolver/forward"
+	"github.com/ztdns/ztdns/pkg/resolver/quota"
 	"github.com/ztdns/ztdns/pkg/resolver/table"
 	"github.com/ztdns/ztdns/pkg/resolver/vip"
 	"github.com/ztdns/ztdns/pkg/source"
+	"github.com/ztdns/ztdns/pkg/version"
 )
 
 // Config is everything `ztdns agent` is told on its command line.
@@ -57,6 +64,9 @@ type Config struct {
 	MetricsAddr string
 	// Socket is the control socket's path.
 	Socket string
+	// SocketGroup is a gid whose members may connect to the control socket
+	// and read (status, table, pods); 0: root only.
+	SocketGroup int
 	// Capture turns on DNS capture with eBPF; nil only serves on Listen.
 	Capture *CaptureConfig
 	// DNSCaptureDefault is the node-wide switch for ambient pods
@@ -66,14 +76,47 @@ type Config struct {
 	// NodeName scopes the pods this agent adopts from /proc; empty in
 	// standalone mode.
 	NodeName string
+	// ProcRoot is the node's proc filesystem (default /proc): where the
+	// agent finds running pods' network namespaces and the node's own
+	// (PID 1's). In a pod without hostPID, the node's /proc mounted
+	// read-only, e.g. at /host/proc.
+	ProcRoot string
 	// CNI installs the chained plugin into the node's CNI configuration.
 	CNI *CNIConfig
 	// SocketsPerAddr is how many SO_REUSEPORT UDP sockets each address gets
-	// (default: one per CPU).
+	// (default: one per CPU, at most two).
 	SocketsPerAddr int
 	Logger         *slog.Logger
 	// Registry receives the metrics (default: a fresh registry).
 	Registry *prometheus.Registry
+
+	// Bounds on what pods may take of the resolver; README "Limits and
+	// protections".
+
+	// CacheBytes bounds the bytes the cache of upstream answers holds (0:
+	// the default).
+	CacheBytes int64
+	// Limits bound each source of queries: a pod, or an address that is no
+	// known pod. A zero field takes the default, a negative one disables it
+	// (resolver.Options.Limits).
+	Limits quota.Limits
+	// MaxForwarding bounds forwarded queries in flight from all sources,
+	// TCPMaxConns open TCP connections, TCPIdleTimeout how long one may be
+	// idle (shorter under pressure); 0 takes the default.
+	MaxForwarding  int
+	TCPMaxConns    int
+	TCPIdleTimeout time.Duration
+	// InflightBytes bounds the bytes of upstream replies held at once, read
+	// or waiting to be written (0: the default).
+	InflightBytes int64
+
+	// AccessLog gets one line per sampled query while on (`ztdns log
+	// on|off`); nil: an access log to stderr, off.
+	AccessLog *accesslog.Log
+	// MaxNamespaceSeries and MaxUpstreamSeries bound the namespaces and the
+	// upstreams with metrics series of their own (0: the defaults).
+	MaxNamespaceSeries int
+	MaxUpstreamSeries  int
 }
 
 // Agent is a running ztdns agent.
@@ -91,8 +134,10 @@ type Agent struct {
 	firstTable chan struct{} // closed when the first table is served
 	handedOver atomic.Bool
 	mu         sync.Mutex
-	warnings   []string // from the last table build
-	vipsFrom   string   // where the last table's VIPs came from
+	warnings   []string // from the last table build, at most control.MaxStoredWarnings
+	// warningsOmitted counts the last build's warnings beyond those kept.
+	warningsOmitted int
+	vipsFrom        string // where the last table's VIPs came from
 	// The resolver's sockets, kept to hand them to a successor.
 	udp     []*net.UDPConn
 	tcp     []*net.TCPListener
@@ -100,14 +145,11 @@ type Agent struct {
 	// addrs is cfg.Listen plus, with capture, every slot address.
 	addrs        []netip.AddrPort
 	slot4, slot6 [redirect.Slots]netip.AddrPort
-	capture      *capture
+	capture      *dataplane // nil without capture
 	istioRules   istioRules // istio-cni's DNS rules in captured pods
-	// hostCookie is the node's own netns cookie: never marked.
-	hostCookie uint64
-	namespaces atomic.Pointer[map[string]*model.Namespace]
-	decideMu   sync.Mutex // serialises redecide
-	adoptKey   string     // the pods the last /proc scan looked for
-	adoptedAt  time.Time
+	// hostCookies are the node's own netns cookies (the agent's and PID
+	// 1's): never marked.
+	hostCookies []uint64
 }
 
 // Run starts the agent and blocks until ctx is done or a part fails.
@@ -136,7 +178,9 @@ func newAgent(cfg Config) (*Agent, error) {
 		cfg.TTL = table.DefaultTTL * time.Second
 	}
 	if cfg.SocketsPerAddr <= 0 {
-		cfg.SocketsPerAddr = runtime.GOMAXPROCS(0)
+		// A few are plenty for a node's DNS, whatever the node's size,
+		// and each costs memory (see maxSocketsPerAddr).
+		cfg.SocketsPerAddr = min(runtime.GOMAXPROCS(0), maxSocketsPerAddr)
 	}
 	if cfg.Registry == nil {
 		cfg.Registry = prometheus.NewRegistry()
@@ -144,9 +188,18 @@ func newAgent(cfg Config) (*Agent, error) {
 	if cfg.VIPSource == "" {
 		cfg.VIPSource = vip.SourceAuto
 	}
+	if cfg.ProcRoot == "" {
+		cfg.ProcRoot = "/proc"
+	}
+	if cfg.AccessLog == nil {
+		var err error
+		if cfg.AccessLog, err = accesslog.New(os.Stderr, "stderr", "text", 0); err != nil {
+			return nil, err
+		}
+	}
 	a := &Agent{cfg: cfg, log: cfg.Logger, reg: cfg.Registry, pods: podcache.New(cfg.ClusterDomain), firstTable: make(chan struct{}),
 		builder: table.NewBuilder(table.Options{Domain: cfg.ClusterDomain, TTL: uint32(cfg.TTL / time.Second), VIPSource: cfg.VIPSource}),
-		addrs:   slices.Clone(cfg.Listen)}
+		addrs:   slices.Clone(cfg.Listen), hostCookies: nodeCookies(cfg.ProcRoot)}
 	if cfg.Capture != nil {
 		var err error
 		port := cfg.Capture.Port
@@ -169,6 +222,8 @@ func newAgent(cfg Config) (*Agent, error) {
 	if cfg.ForwardTimeout > 0 {
 		fwdOpts = append(fwdOpts, forward.WithTimeout(cfg.ForwardTimeout))
 	}
+	budget := quota.NewBudget(cmp.Or(cfg.InflightBytes, resolver.DefaultInflightBytes))
+	fwdOpts = append(fwdOpts, forward.WithCacheBytes(cfg.CacheBytes), forward.WithBudget(budget), forward.WithMaxUpstreamSeries(cfg.MaxUpstreamSeries))
 	a.fwd = forward.New(fwdOpts...)
 	a.server = resolver.New(resolver.Options{
 		Pods:       a.pods,
@@ -177,6 +232,16 @@ func newAgent(cfg Config) (*Agent, error) {
 		Autopath:   cfg.Autopath,
 		NodeSearch: cfg.NodeSearch,
 		Logger:     cfg.Logger,
+
+		Limits:         cfg.Limits,
+		MaxInflight:    cfg.MaxForwarding,
+		TCPMaxConns:    cfg.TCPMaxConns,
+		TCPIdleTimeout: cfg.TCPIdleTimeout,
+		Budget:         budget,
+		KernelRate:     true,
+
+		AccessLog:          cfg.AccessLog,
+		MaxNamespaceSeries: cfg.MaxNamespaceSeries,
 	})
 	if err := a.registerMetrics(); err != nil {
 		return nil, err
@@ -189,9 +254,17 @@ func (a *Agent) run(ctx context.Context) error {
 	defer cancel(nil)
 	g := &group{cancel: cancel}
 
+	// The socket directory is checked before anything in it is trusted: the
+	// hand-off socket a predecessor offers lives there too.
+	access := control.Access{Group: a.cfg.SocketGroup, Logger: a.log}
+	if err := control.PrepareDir(a.cfg.Socket, access); err != nil {
+		a.server.Close()
+		a.fwd.Close()
+		return err
+	}
 	// Take over a running agent's sockets, if there is one, before binding:
 	// a restart then loses no query (see handoff.go).
-	in, err := takeOver(a.cfg.Socket)
+	in, err := takeOver(a.cfg.Socket, a.log)
 	if err != nil {
 		a.log.Warn("could not take over the running agent's sockets; binding fresh ones", "err", err)
 	}
@@ -201,7 +274,7 @@ func (a *Agent) run(ctx context.Context) error {
 		cancel(err)
 		a.server.Close()
 		a.fwd.Close()
-		g.wait()
+		g.waitStopped(a.log, a.stopTimeout())
 		return err
 	}
 	if a.cfg.Capture != nil {
@@ -210,6 +283,8 @@ func (a *Agent) run(ctx context.Context) error {
 		}
 		defer a.capture.close()
 	}
+	g.spawn("memory", func() error { returnMemoryAfterBursts(ctx, a.log); return nil })
+	g.spawn("access log", func() error { a.cfg.AccessLog.Run(ctx); return nil })
 	g.spawn("source", func() error {
 		err := a.cfg.Source.Run(ctx, a.apply)
 		if err == nil && ctx.Err() == nil {
@@ -251,13 +326,15 @@ func (a *Agent) run(ctx context.Context) error {
 	if a.cfg.CNI != nil {
 		g.spawn("cni install", func() error { return a.installCNI(ctx) })
 	}
-	ctl, err := control.Listen(a.cfg.Socket)
+	ctl, err := control.Listen(a.cfg.Socket, access)
 	if err != nil {
 		return abort(err)
 	}
 	ctlCtx, stopControl := context.WithCancel(ctx)
 	defer stopControl()
-	g.spawn("control socket", a.unlessHandedOver(func() error { return control.Serve(ctlCtx, ctl, a.controlHandler()) }))
+	g.spawn("control socket", a.unlessHandedOver(func() error {
+		return control.Serve(ctlCtx, ctl, control.NewHandler(controlAPI{a}, a.log))
+	}))
 	hs, err := listenHandoff(a.cfg.Socket)
 	if err != nil {
 		ctl.Close()
@@ -265,7 +342,7 @@ func (a *Agent) run(ctx context.Context) error {
 	}
 	go func() { <-ctx.Done(); hs.Close() }()
 	g.spawn("handoff", func() error {
-		err := offerSockets(hs, a.handoffSockets, func() {
+		err := offerSockets(hs, a.log, a.handoffSockets, func() {
 			a.log.Info("handing the resolver's sockets to a new agent; this one stops serving")
 			a.handedOver.Store(true)
 			a.ready.Store(false)
@@ -284,7 +361,8 @@ func (a *Agent) run(ctx context.Context) error {
 	})
 
 	a.log.Info("agent started", "listen", a.addrs, "capture", a.capture != nil, "upstreams", a.cfg.Upstreams, "domain", a.cfg.ClusterDomain,
-		"autopath", a.cfg.Autopath, "socket", a.cfg.Socket, "metrics", a.cfg.MetricsAddr)
+		"autopath", a.cfg.Autopath, "socket", a.cfg.Socket, "metrics", a.cfg.MetricsAddr,
+		"version", version.Get().Version, "revision", version.Get().Revision)
 
 	<-ctx.Done()
 	a.ready.Store(false)
@@ -297,7 +375,7 @@ func (a *Agent) run(ctx context.Context) error {
 	}
 	a.server.Close()
 	a.fwd.Close()
-	g.wait()
+	g.waitStopped(a.log, a.stopTimeout())
 	if errors.Is(err, context.Canceled) {
 		a.log.Info("agent stopped")
 		return nil
@@ -305,23 +383,61 @@ func (a *Agent) run(ctx context.Context) error {
 	return err
 }
 
+// stopTimeout bounds how long a stopping agent waits for its parts: a
+// source stuck in a read (a manifest on a hung file system) must not keep
+// the agent from exiting, and the kubelet's SIGKILL would come anyway. A
+// forward in flight gets its whole --forward-timeout, when that is longer.
+const stopTimeout = 3 * time.Second
+
+func (a *Agent) stopTimeout() time.Duration {
+	return max(stopTimeout, a.cfg.ForwardTimeout+time.Second)
+}
+
 // group runs the agent's parts; the first to fail stops the agent.
 type group struct {
-	wg     sync.WaitGroup
-	cancel context.CancelCauseFunc
+	wg      sync.WaitGroup
+	cancel  context.CancelCauseFunc
+	mu      sync.Mutex
+	running map[string]int // parts still running, by name
 }
 
 func (g *group) spawn(part string, f func() error) {
 	g.wg.Add(1)
+	g.mu.Lock()
+	if g.running == nil {
+		g.running = map[string]int{}
+	}
+	g.running[part]++
+	g.mu.Unlock()
 	go func() {
 		defer g.wg.Done()
+		defer func() {
+			g.mu.Lock()
+			if g.running[part]--; g.running[part] == 0 {
+				delete(g.running, part)
+			}
+			g.mu.Unlock()
+		}()
 		if err := f(); err != nil {
 			g.cancel(fmt.Errorf("%s: %w", part, err))
 		}
 	}()
 }
 
-func (g *group) wait() { g.wg.Wait() }
+// waitStopped waits up to within for every part to return, and names those
+// that did not: the agent then exits without them.
+func (g *group) waitStopped(log *slog.Logger, within time.Duration) {
+	done := make(chan struct{})
+	go func() { g.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(within):
+		g.mu.Lock()
+		parts := slices.Sorted(maps.Keys(g.running))
+		g.mu.Unlock()
+		log.Warn("parts of the agent did not stop in time; exiting without them", "parts", parts, "waited", within)
+	}
+}
 
 // unlessHandedOver wraps a server whose socket the successor took: its end
 // is then no failure.
@@ -341,16 +457,17 @@ func (a *Agent) unlessHandedOver(serve func() error) func() error {
 // heartbeat still fresh): pods then use their own nameservers until this
 // agent serves its first table.
 func (a *Agent) startCapture(predecessor bool) error {
-	c, err := newCapture(*a.cfg.Capture, a.log, a.pods, a.cfg.Socket, a.slot4, a.slot6)
+	ctl := capture.Config{NodeName: a.cfg.NodeName, DNSCaptureDefault: a.cfg.DNSCaptureDefault, HostCookies: a.hostCookies}
+	c, err := newDataplane(*a.cfg.Capture, ctl, capture.ProcNamespaces{Root: a.cfg.ProcRoot}, a.log, a.pods, a.cfg.Socket, a.slot4, a.slot6)
 	if err != nil {
 		return err
 	}
 	if !predecessor {
 		c.r.StopHeartbeat()
 	}
-	if a.hostCookie, err = redirect.NetnsCookie("/proc/self/ns/net"); err != nil {
+	if len(a.hostCookies) == 0 {
 		c.close()
-		return err
+		return errors.New("cannot read the node's own network namespace cookie (SO_NETNS_COOKIE)")
 	}
 	a.capture = c
 	return nil
@@ -360,11 +477,11 @@ func (a *Agent) startCapture(predecessor bool) error {
 // a handoff, its predecessor has written its last record), then turns capture
 // on as soon as a table is served.
 func (a *Agent) reconcileCapture(ctx context.Context) {
-	if err := a.capture.restore(); err != nil {
+	if err := a.capture.ctl.Restore(); err != nil {
 		a.log.Error("reconciling marked pods failed", "err", err)
 	}
 	a.replayPending()
-	a.redecide()
+	a.capture.ctl.Redecide()
 	go func() {
 		select {
 		case <-a.firstTable:
@@ -415,12 +532,30 @@ func (a *Agent) listenMetrics(in *inherited) error {
 		a.metrics, in.metrics = in.metrics, nil
 		return nil
 	}
-	ln, err := net.Listen("tcp", a.cfg.MetricsAddr)
+	addr := metricsListenAddr(a.cfg.MetricsAddr)
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return fmt.Errorf("metrics listener: %w", err)
 	}
+	if host, _, _ := net.SplitHostPort(addr); host == "" || net.ParseIP(host).IsUnspecified() {
+		a.log.Warn("metrics, health and readiness are served on every interface of the node; give --metrics the node's IP or 127.0.0.1", "metrics", addr)
+	}
 	a.metrics = ln.(*net.TCPListener)
 	return nil
+}
+
+// metricsListenAddr accepts an IPv6 address without brackets before the
+// port, as the chart's "$(HOST_IP):15053" gives on an IPv6 node.
+func metricsListenAddr(s string) string {
+	if _, _, err := net.SplitHostPort(s); err == nil {
+		return s
+	}
+	if i := strings.LastIndexByte(s, ':'); i > 0 {
+		if ip, err := netip.ParseAddr(s[:i]); err == nil && ip.Is6() {
+			return net.JoinHostPort(ip.String(), s[i+1:])
+		}
+	}
+	return s
 }
 
 // handoffSockets lists this agent's sockets for a successor.
@@ -473,19 +608,28 @@ func (a *Agent) apply(s *model.Snapshot) {
 	start := time.Now()
 	tbl, warnings := a.builder.Build(s)
 	a.server.SetTable(tbl)
-	a.setNamespaces(s.Namespaces)
 	a.pods.SetSourcePods(s.Pods)
-	a.redecide() // labels and annotations may have changed
+	if a.capture != nil {
+		a.capture.ctl.SetNamespaces(s.Namespaces)
+		a.capture.ctl.Redecide() // labels and annotations may have changed
+	}
 	took := time.Since(start)
 	metricTableBuild.Observe(took.Seconds())
 	metricTableNames.Set(float64(tbl.Len()))
-	msgs := make([]string, 0, len(warnings))
-	for _, w := range warnings {
+	metricTableWarnings.Set(float64(len(warnings)))
+	// A directory of broken objects must not make the agent keep (or log)
+	// an unbounded list: the first ones say what is wrong.
+	kept := warnings[:min(len(warnings), control.MaxStoredWarnings)]
+	msgs := make([]string, 0, len(kept))
+	for _, w := range kept {
 		a.log.Warn("left out of the name table", "err", w)
 		msgs = append(msgs, w.Error())
 	}
+	if omitted := len(warnings) - len(kept); omitted > 0 {
+		a.log.Warn("more objects left out of the name table; not listing them", "more", omitted)
+	}
 	a.mu.Lock()
-	a.warnings = msgs
+	a.warnings, a.warningsOmitted = msgs, len(warnings)-len(kept)
 	a.vipsFrom = "ztdns's allocator"
 	if a.builder.VIPsFromStatus() {
 		a.vipsFrom = "istiod's status.addresses"

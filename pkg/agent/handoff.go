@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -12,6 +13,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ztdns/ztdns/pkg/control"
 )
 
 // A restart must not lose a query. Binding fresh sockets cannot promise
@@ -27,6 +30,12 @@ import (
 //	old → new: JSON list of {network, addr}, with the file descriptors attached
 //	new → old: "serving"           (new reads from the sockets now)
 //	old → new: "released"          (old stopped reading, closed its control socket)
+//
+// Both ends must be root (SO_PEERCRED): a process that planted a socket at
+// the hand-off path would otherwise be handed the queries meant for the
+// agent, or be sent its sockets. Anything else is refused and logged. (The
+// socket directory is root's alone, see control.PrepareDir, so nobody else
+// can plant one there in the first place.)
 //
 // The old agent then stays up, idle and not ready, until it is told to stop:
 // in a DaemonSet rolling update (maxSurge) the old pod is deleted once the new
@@ -65,13 +74,19 @@ type inherited struct {
 }
 
 // takeOver asks a running agent for its sockets. It returns nil and no error
-// when no agent answers.
-func takeOver(controlSocket string) (*inherited, error) {
+// when no agent answers, and an error (and nothing adopted) when the one
+// that answers is not root.
+func takeOver(controlSocket string, log *slog.Logger) (*inherited, error) {
 	c, err := net.DialTimeout("unix", handoffPath(controlSocket), time.Second)
 	if err != nil {
 		return nil, nil // nobody to take over from
 	}
 	conn := c.(*net.UnixConn)
+	if err := requireRoot(conn); err != nil {
+		conn.Close()
+		log.Warn("refusing the sockets offered at the hand-off path", "path", handoffPath(controlSocket), "err", err)
+		return nil, fmt.Errorf("handoff: %w", err)
+	}
 	conn.SetDeadline(time.Now().Add(handoffTimeout))
 	if _, err := conn.Write([]byte("sockets\n")); err != nil {
 		conn.Close()
@@ -187,11 +202,16 @@ func (in *inherited) closeSockets() {
 // offerSockets serves one successor on ln: it sends the sockets and, once the
 // successor serves, calls stop (which drains this agent) and confirms. It
 // returns after a completed handoff, or when ln is closed.
-func offerSockets(ln *net.UnixListener, sockets func() ([]socketDesc, []*os.File, error), stop func()) error {
+func offerSockets(ln *net.UnixListener, log *slog.Logger, sockets func() ([]socketDesc, []*os.File, error), stop func()) error {
 	for {
 		c, err := ln.AcceptUnix()
 		if err != nil {
 			return err
+		}
+		if err := requireRoot(c); err != nil {
+			log.Warn("refusing a hand-off to a process that is not root", "err", err)
+			c.Close()
+			continue
 		}
 		done, err := offerOnce(c, sockets, stop)
 		c.Close()
@@ -233,6 +253,18 @@ func offerOnce(c *net.UnixConn, sockets func() ([]socketDesc, []*os.File, error)
 	stop()
 	_, err = c.Write([]byte("released\n"))
 	return true, err
+}
+
+// requireRoot checks that the process at the other end of c is root.
+func requireRoot(c *net.UnixConn) error {
+	peer, err := control.PeerOf(c)
+	if err != nil {
+		return err
+	}
+	if peer.UID != 0 {
+		return fmt.Errorf("peer pid %d runs as uid %d, not root", peer.PID, peer.UID)
+	}
+	return nil
 }
 
 // parseRights extracts the descriptors of an SCM_RIGHTS message.

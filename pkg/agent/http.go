@@ -10,14 +10,20 @@ import (
 
 	"github.com/ztdns/ztdns/pkg/control"
 	"github.com/ztdns/ztdns/pkg/source"
+	"github.com/ztdns/ztdns/pkg/version"
 )
 
-// httpHandler serves /metrics, /healthz (the process is up) and /readyz
-// (the first table is built and being served).
+// httpHandler serves /metrics, /healthz (the resolver answers on every
+// address, see resolverAnswers) and /readyz (the first table is built and
+// being served).
 func (a *Agent) httpHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{}))
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		if err := a.resolverAnswers(r.Context()); err != nil {
+			http.Error(w, "the resolver does not answer: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
 		fmt.Fprintln(w, "ok")
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
@@ -28,6 +34,12 @@ func (a *Agent) httpHandler() http.Handler {
 		fmt.Fprintln(w, "ok")
 	})
 	return mux
+}
+
+func (a *Agent) accessLogStatus() control.AccessLog {
+	l := a.cfg.AccessLog
+	on, sample := l.Settings()
+	return control.AccessLog{On: on, Sample: sample, Destination: l.Destination(), Dropped: l.Dropped()}
 }
 
 // readiness is nil once the agent serves its first table.
@@ -46,41 +58,10 @@ func (a *Agent) readiness() error {
 	return nil
 }
 
-// controlHandler serves the control socket.
-func (a *Agent) controlHandler() http.Handler {
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /v1/table", func(w http.ResponseWriter, r *http.Request) {
-		control.WriteJSON(w, http.StatusOK, a.server.Table().Rows(r.URL.Query().Get("namespace")))
-	})
-	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, _ *http.Request) {
-		control.WriteJSON(w, http.StatusOK, a.status())
-	})
-	a.registerCaptureHandlers(mux)
-	a.registerCNIHandlers(mux)
-	return mux
-}
-
-// Status is what `ztdns status` prints.
-type Status struct {
-	Ready     bool     `json:"ready"`
-	NotReady  string   `json:"notReady,omitempty"`
-	Names     int      `json:"names"`
-	Pods      int      `json:"pods"`
-	Listen    []string `json:"listen"`
-	Capture   bool     `json:"capture"`
-	Upstreams []string `json:"upstreams"`
-	// VIPs says where ServiceEntry VIPs come from now (--vip-source).
-	VIPs string `json:"vips,omitempty"`
-	// Warnings are objects left out of the name table, and captured pods
-	// that istio-cni's DNS rules claim too.
-	Warnings []string `json:"warnings,omitempty"`
-	// SourceErrors are inputs the source could not read; their previous
-	// good state is still served.
-	SourceErrors []string `json:"sourceErrors,omitempty"`
-}
-
-func (a *Agent) status() Status {
-	st := Status{Names: a.server.Table().Len(), Pods: len(a.pods.List())}
+func (a *Agent) status() control.Status {
+	st := control.Status{Names: a.server.Table().Len(), Pods: len(a.pods.List())}
+	st.Build = version.Get()
+	st.AccessLog = a.accessLogStatus()
 	if err := a.readiness(); err != nil {
 		st.NotReady = err.Error()
 	} else {
@@ -94,13 +75,18 @@ func (a *Agent) status() Status {
 		st.Upstreams = append(st.Upstreams, u.String())
 	}
 	a.mu.Lock()
-	st.Warnings = a.warnings
+	st.Warnings, st.WarningsOmitted = a.warnings, a.warningsOmitted
 	if a.vipsFrom != "" {
 		st.VIPs = string(a.cfg.VIPSource) + ": " + a.vipsFrom
 	}
 	a.mu.Unlock()
 	if pods := a.doublyCaptured(); len(pods) > 0 {
 		st.Warnings = append(slices.Clone(st.Warnings), doubleCaptureWarning(pods))
+	}
+	if a.capture != nil {
+		if err := a.capture.ctl.Unsaved(); err != nil {
+			st.StateUnsaved = err.Error()
+		}
 	}
 	if er, ok := a.cfg.Source.(source.ErrorReporter); ok {
 		for _, err := range er.Errors() {

@@ -1,116 +1,28 @@
 package agent
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
-	"net/http"
 	"net/netip"
 
+	"github.com/ztdns/ztdns/pkg/capture"
 	"github.com/ztdns/ztdns/pkg/control"
 	"github.com/ztdns/ztdns/pkg/podcache"
 	"github.com/ztdns/ztdns/pkg/redirect"
 )
 
-// Control-socket paths for capture by hand and the pod list.
-const (
-	PathCapture = "/v1/capture"
-	PathPods    = "/v1/pods"
-)
+var errNoCapture = control.Invalid(errors.New("this agent runs with --capture=false"))
 
-// CaptureRequest marks (POST) or unmarks (DELETE) a network namespace: how a
-// VM, a test or an operator captures a namespace without a CNI plugin.
-type CaptureRequest struct {
-	// Netns is the network namespace's path, e.g. /run/netns/pod1.
-	Netns string `json:"netns"`
-	// Namespace and Name say who the pod is (for namespace views and
-	// `ztdns pods`); Namespace defaults to "default", Name to the netns path.
-	Namespace string `json:"namespace,omitempty"`
-	Name      string `json:"name,omitempty"`
-}
-
-// PodRow is one pod as `ztdns pods` shows it.
-type PodRow struct {
-	Namespace   string   `json:"namespace"`
-	Name        string   `json:"name"`
-	ContainerID string   `json:"containerID,omitempty"`
-	NetnsCookie uint64   `json:"netnsCookie"`
-	NetnsPath   string   `json:"netnsPath,omitempty"`
-	IPs         []string `json:"ips"`
-	// Captured is the decision; Marked says whether the pods map holds it.
-	Captured    bool     `json:"captured"`
-	Reason      string   `json:"reason,omitempty"`
-	Marked      bool     `json:"marked"`
-	Redirected  uint64   `json:"redirected"`
-	Restored    uint64   `json:"restored"`
-	Nameservers []string `json:"nameservers,omitempty"`
-	// IstioDNSRules names the backends (nftables, iptables-nft,
-	// iptables-legacy) holding istio-cni's DNS capture rules in a captured
-	// pod: Istio's DNS capture is on for it too (ztdns still answers it).
-	IstioDNSRules string `json:"istioDNSRules,omitempty"`
-}
-
-func (a *Agent) registerCaptureHandlers(mux *http.ServeMux) {
-	mux.HandleFunc("GET "+PathPods, func(w http.ResponseWriter, _ *http.Request) {
-		rows, err := a.podRows()
-		if err != nil {
-			control.WriteError(w, http.StatusInternalServerError, err)
-			return
-		}
-		control.WriteJSON(w, http.StatusOK, rows)
-	})
-	mux.HandleFunc("POST "+PathCapture, func(w http.ResponseWriter, r *http.Request) {
-		req, ok := decodeCapture(w, r)
-		if !ok {
-			return
-		}
-		row, err := a.captureNetns(req)
-		if err != nil {
-			control.WriteError(w, http.StatusBadRequest, err)
-			return
-		}
-		control.WriteJSON(w, http.StatusOK, row)
-	})
-	mux.HandleFunc("DELETE "+PathCapture, func(w http.ResponseWriter, r *http.Request) {
-		req, ok := decodeCapture(w, r)
-		if !ok {
-			return
-		}
-		if err := a.releaseNetns(req); err != nil {
-			control.WriteError(w, http.StatusBadRequest, err)
-			return
-		}
-		control.WriteJSON(w, http.StatusOK, struct{}{})
-	})
-}
-
-func decodeCapture(w http.ResponseWriter, r *http.Request) (CaptureRequest, bool) {
-	var req CaptureRequest
-	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
-		control.WriteError(w, http.StatusBadRequest, fmt.Errorf("bad request: %w", err))
-		return req, false
-	}
-	if req.Netns == "" {
-		control.WriteError(w, http.StatusBadRequest, errors.New("netns is required"))
-		return req, false
-	}
-	return req, true
-}
-
-var errNoCapture = errors.New("this agent runs with --capture=false")
-
-// captureNetns marks a network namespace by hand.
-func (a *Agent) captureNetns(req CaptureRequest) (PodRow, error) {
+// captureNetns marks a network namespace by hand. The agent opens it itself
+// and records what it finds there; the node's own namespace and one the
+// container runtime recorded for a pod are refused.
+func (a *Agent) captureNetns(req control.CaptureRequest) (control.PodRow, error) {
 	if a.capture == nil {
-		return PodRow{}, errNoCapture
+		return control.PodRow{}, errNoCapture
 	}
-	cookie, err := redirect.NetnsCookie(req.Netns)
+	ns, err := a.inspectNetns(req.Netns)
 	if err != nil {
-		return PodRow{}, err
-	}
-	ips, err := redirect.NetnsAddrs(req.Netns)
-	if err != nil {
-		return PodRow{}, err
+		return control.PodRow{}, err
 	}
 	if req.Namespace == "" {
 		req.Namespace = "default"
@@ -118,46 +30,66 @@ func (a *Agent) captureNetns(req CaptureRequest) (PodRow, error) {
 	if req.Name == "" {
 		req.Name = req.Netns
 	}
-	// The same netns marked again under another name replaces the record.
-	if p := a.pods.ByCookie(cookie); p != nil && p.Attachment != nil && p.Attachment.ContainerID == "" {
-		a.capture.forget(p.Attachment.Key())
+	if p := a.pods.ByCookie(ns.cookie); p != nil && p.Attachment != nil {
+		if p.Attachment.ContainerID != "" {
+			return control.PodRow{}, control.Refused(fmt.Errorf("%s is pod %s's, recorded by the container runtime: capture add is for namespaces no runtime manages",
+				req.Netns, p.Key()))
+		}
+		// The same netns marked again under another name replaces the record.
+		a.capture.ctl.Forget(p.Attachment.Key())
 	}
-	att := podcache.Attachment{Namespace: req.Namespace, Name: req.Name, NetnsPath: req.Netns, NetnsCookie: cookie, IPs: ips,
-		Captured: true, Reason: reasonByHand}
-	if err := a.capture.apply(att); err != nil {
-		return PodRow{}, err
+	att := podcache.Attachment{Namespace: req.Namespace, Name: req.Name, NetnsPath: req.Netns, NetnsCookie: ns.cookie, IPs: ns.addrs,
+		Captured: true, Reason: capture.ReasonByHand}
+	if err := a.capture.ctl.Apply(att); err != nil {
+		return control.PodRow{}, err
 	}
-	a.log.Info("captured a network namespace", "netns", req.Netns, "pod", req.Namespace+"/"+req.Name, "netnsCookie", cookie, "ips", ips)
+	a.log.Info("captured a network namespace", "netns", req.Netns, "pod", req.Namespace+"/"+req.Name, "netnsCookie", ns.cookie, "ips", ns.addrs)
 	rows, err := a.podRows()
 	for _, r := range rows {
-		if r.NetnsCookie == cookie {
+		if r.NetnsCookie == ns.cookie {
 			return r, err
 		}
 	}
-	return PodRow{}, errors.Join(err, errors.New("marked, but the pod is not listed"))
+	return control.PodRow{}, errors.Join(err, errors.New("marked, but the pod is not listed"))
 }
 
 // releaseNetns unmarks a network namespace marked by hand. The netns may
-// be gone already: the record is then found by its path.
-func (a *Agent) releaseNetns(req CaptureRequest) error {
+// be gone already: the record is then found by its path. A pod the
+// container runtime recorded is released by its DEL, not by hand.
+func (a *Agent) releaseNetns(req control.CaptureRequest) error {
 	if a.capture == nil {
 		return errNoCapture
 	}
-	for key, att := range a.pods.Attachments() {
-		if att.NetnsPath == req.Netns {
-			_, _, err := a.capture.forget(key)
+	atts := a.pods.Attachments()
+	for key, att := range atts {
+		if att.NetnsPath == req.Netns && att.ContainerID == "" {
+			_, _, err := a.capture.ctl.Forget(key)
 			a.log.Info("released a network namespace", "netns", req.Netns, "pod", att.Namespace+"/"+att.Name)
 			return err
 		}
 	}
-	if cookie, err := redirect.NetnsCookie(req.Netns); err == nil {
-		return a.capture.r.Unmark(cookie) // marked by someone else's record
+	for _, att := range atts {
+		if att.NetnsPath == req.Netns {
+			return control.Refused(fmt.Errorf("%s is pod %s/%s's, recorded by the container runtime: its CNI DEL releases it",
+				req.Netns, att.Namespace, att.Name))
+		}
 	}
-	return fmt.Errorf("%s is not captured", req.Netns)
+	ns, err := a.inspectNetns(req.Netns)
+	if err != nil {
+		return err
+	}
+	if p := a.pods.ByCookie(ns.cookie); p != nil && p.Attachment != nil {
+		return control.Refused(fmt.Errorf("%s is pod %s's (recorded at %s): release it there", req.Netns, p.Key(), p.Attachment.NetnsPath))
+	}
+	// A stale mark nobody records.
+	if removed, err := a.capture.ctl.UnmarkStale(ns.cookie); removed || err != nil {
+		return err
+	}
+	return control.Invalid(fmt.Errorf("%s is not captured", req.Netns))
 }
 
 // podRows joins the registry with the pods map.
-func (a *Agent) podRows() ([]PodRow, error) {
+func (a *Agent) podRows() ([]control.PodRow, error) {
 	marks := map[uint64]redirect.MarkedPod{}
 	if a.capture != nil {
 		marked, err := a.capture.r.Pods()
@@ -168,9 +100,9 @@ func (a *Agent) podRows() ([]PodRow, error) {
 			marks[m.NetnsCookie] = m
 		}
 	}
-	var rows []PodRow
+	var rows []control.PodRow
 	for _, p := range a.pods.List() {
-		row := PodRow{Namespace: p.Namespace, Name: p.Name}
+		row := control.PodRow{Namespace: p.Namespace, Name: p.Name, Resolver: a.server.PodUsage(p)}
 		for _, ip := range p.IPs {
 			row.IPs = append(row.IPs, ip.String())
 		}
@@ -187,7 +119,7 @@ func (a *Agent) podRows() ([]PodRow, error) {
 		rows = append(rows, row)
 	}
 	for cookie, m := range marks { // marked, but no record says whose
-		row := PodRow{NetnsCookie: cookie, Marked: true, Redirected: m.Counters.Redirected, Restored: m.Counters.Restored, Nameservers: nameserverStrings(m)}
+		row := control.PodRow{NetnsCookie: cookie, Marked: true, Redirected: m.Counters.Redirected, Restored: m.Counters.Restored, Nameservers: nameserverStrings(m)}
 		for _, ip := range []netip.Addr{m.IPv4, m.IPv6} {
 			if ip.IsValid() {
 				row.IPs = append(row.IPs, ip.String())

@@ -13,6 +13,8 @@ import (
 	"testing"
 
 	"github.com/containernetworking/cni/pkg/types"
+
+	"github.com/ztdns/ztdns/pkg/control"
 )
 
 // asPluginEnv makes the test binary act as the plugin, the way
@@ -110,7 +112,7 @@ func TestBinaryAddAndDel(t *testing.T) {
 	}
 	adds, dels := agent.requests()
 	if len(adds) != 1 || adds[0].ContainerID != "c0ffee" || adds[0].NetnsCookie != e.cookie(t) ||
-		len(dels) != 1 || dels[0] != (DelRequest{ContainerID: "c0ffee", Netns: e.netns.Path()}) {
+		len(dels) != 1 || dels[0] != (control.CNIDelRequest{ContainerID: "c0ffee", Netns: e.netns.Path()}) {
 		t.Errorf("agent got adds %+v dels %+v", adds, dels)
 	}
 }

@@ -10,13 +10,15 @@ import (
 	"strings"
 
 	"github.com/containernetworking/cni/pkg/utils"
+
+	"github.com/ztdns/ztdns/pkg/control"
 )
 
 // The pending directory holds the events the agent missed, one file per
 // container, written by the plugin and replayed by the agent when it starts:
 //
-//	<PendingDir>/del/<containerID>.json   a DelRequest: unmark and forget the pod
-//	<PendingDir>/add/<containerID>.json   an AddRequest the agent never saw
+//	<PendingDir>/del/<containerID>.json   a control.CNIDelRequest: unmark and forget the pod
+//	<PendingDir>/add/<containerID>.json   a control.CNIAddRequest the agent never saw
 //	                                      (onAgentUnreachable "allow")
 //
 // A file is written to a temporary name and renamed, so a reader sees whole
@@ -33,11 +35,11 @@ const (
 // and forgets each, then calls ForgetPendingDelete. A missing dir has none.
 // A record that cannot be read still yields its container ID, from the
 // file name, which is all a DEL needs.
-func PendingDeletes(dir string) ([]DelRequest, error) {
-	var out []DelRequest
+func PendingDeletes(dir string) ([]control.CNIDelRequest, error) {
+	var out []control.CNIDelRequest
 	err := readPending(dir, pendingDelDir, func(id string, data []byte) error {
-		req := DelRequest{ContainerID: id}
-		var rec DelRequest
+		req := control.CNIDelRequest{ContainerID: id}
+		var rec control.CNIDelRequest
 		if json.Unmarshal(data, &rec) == nil && rec.ContainerID == id {
 			req = rec
 		}
@@ -60,10 +62,10 @@ func ForgetPendingDelete(dir, containerID string) error {
 // still has the recorded cookie, then calls ForgetPendingAdd. Records that
 // cannot be decoded are reported in the error and left out; the others are
 // returned with it.
-func PendingAdds(dir string) ([]AddRequest, error) {
-	var out []AddRequest
+func PendingAdds(dir string) ([]control.CNIAddRequest, error) {
+	var out []control.CNIAddRequest
 	err := readPending(dir, pendingAddDir, func(id string, data []byte) error {
-		var req AddRequest
+		var req control.CNIAddRequest
 		if err := json.Unmarshal(data, &req); err != nil {
 			return err
 		}

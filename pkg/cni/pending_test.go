@@ -7,6 +7,8 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/ztdns/ztdns/pkg/control"
 )
 
 func TestPendingDeletes(t *testing.T) {
@@ -15,7 +17,7 @@ func TestPendingDeletes(t *testing.T) {
 	if got, err := PendingDeletes(dir); err != nil || len(got) != 0 {
 		t.Fatalf("PendingDeletes(missing dir) = %v, %v; want none", got, err)
 	}
-	for _, r := range []DelRequest{{ContainerID: "bbb", Netns: "/var/run/netns/b"}, {ContainerID: "aaa"}} {
+	for _, r := range []control.CNIDelRequest{{ContainerID: "bbb", Netns: "/var/run/netns/b"}, {ContainerID: "aaa"}} {
 		if err := recordPending(dir, pendingDelDir, r.ContainerID, r); err != nil {
 			t.Fatal(err)
 		}
@@ -27,7 +29,7 @@ func TestPendingDeletes(t *testing.T) {
 	mustWrite(t, filepath.Join(dir, "del", "ddd.json"), `{"Contai`)
 
 	got, err := PendingDeletes(dir)
-	want := []DelRequest{{ContainerID: "aaa"}, {ContainerID: "bbb", Netns: "/var/run/netns/b"}, {ContainerID: "ddd"}}
+	want := []control.CNIDelRequest{{ContainerID: "aaa"}, {ContainerID: "bbb", Netns: "/var/run/netns/b"}, {ContainerID: "ddd"}}
 	if err != nil || !reflect.DeepEqual(got, want) {
 		t.Fatalf("PendingDeletes = %+v, %v; want %+v", got, err, want)
 	}
@@ -49,7 +51,7 @@ func TestPendingDeletes(t *testing.T) {
 func TestPendingAdds(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
-	req := AddRequest{
+	req := control.CNIAddRequest{
 		ContainerID: "c1", Netns: "/var/run/netns/c1", IfName: "eth0",
 		PodNamespace: "shop", PodName: "web", PodUID: "u1",
 		IPs:         []netip.Addr{netip.MustParseAddr("10.88.0.5"), netip.MustParseAddr("2001:db8::5")},
@@ -62,7 +64,7 @@ func TestPendingAdds(t *testing.T) {
 	mustWrite(t, filepath.Join(dir, "add", "c3.json"), `{"ContainerID": "other"}`)
 
 	got, err := PendingAdds(dir)
-	if !reflect.DeepEqual(got, []AddRequest{req}) {
+	if !reflect.DeepEqual(got, []control.CNIAddRequest{req}) {
 		t.Errorf("PendingAdds = %+v, want %+v", got, req)
 	}
 	if err == nil || !strings.Contains(err.Error(), "c2.json") || !strings.Contains(err.Error(), `records container "other"`) {
@@ -80,7 +82,7 @@ func TestPendingRefusesBadContainerIDs(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
 	for _, id := range []string{"", "../escape", "a/b", ".hidden"} {
-		if err := recordPending(dir, pendingDelDir, id, DelRequest{ContainerID: id}); err == nil {
+		if err := recordPending(dir, pendingDelDir, id, control.CNIDelRequest{ContainerID: id}); err == nil {
 			t.Errorf("recordPending(%q) succeeded", id)
 		}
 		if err := ForgetPendingDelete(dir, id); err == nil {

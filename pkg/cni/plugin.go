@@ -10,8 +10,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/http"
-	"net/url"
 	"os"
 	"runtime/debug"
 
@@ -83,7 +81,7 @@ func (p *plugin) add(args *skel.CmdArgs) error {
 	if err != nil {
 		return types.NewError(types.ErrInvalidNetNS, fmt.Sprintf("ztdns: CNI_NETNS %q is not a usable network namespace", args.Netns), err.Error())
 	}
-	req := AddRequest{
+	req := control.CNIAddRequest{
 		ContainerID:  args.ContainerID,
 		Netns:        args.Netns,
 		IfName:       args.IfName,
@@ -92,6 +90,11 @@ func (p *plugin) add(args *skel.CmdArgs) error {
 		PodUID:       pod.uid,
 		IPs:          podIPs(prev),
 		NetnsCookie:  cookie,
+	}
+	// The agent refuses what the control API does not allow: say so here,
+	// with the runtime's own words.
+	if err := req.Validate(); err != nil {
+		return types.NewError(types.ErrInvalidEnvironmentVariables, "ztdns: the runtime's arguments are not usable", err.Error())
 	}
 	// Render the result before the agent acts on the pod, so a result
 	// that cannot be printed fails the ADD with nothing marked.
@@ -104,8 +107,11 @@ func (p *plugin) add(args *skel.CmdArgs) error {
 	defer closeLog()
 	log = log.With("cmd", "ADD", "container", req.ContainerID, "pod", req.PodNamespace+"/"+req.PodName)
 
-	var resp AddResponse
-	err = p.call(conf, AddPath, req, &resp)
+	var resp control.CNIAddResponse
+	err = p.call(conf, func(ctx context.Context, c *control.Client) (err error) {
+		resp, err = c.CNIAdd(ctx, req)
+		return err
+	})
 	switch {
 	case err == nil:
 		log.Info("pod handed to the agent", "captured", resp.Captured, "reason", resp.Reason, "cookie", cookie, "ips", req.IPs)
@@ -114,13 +120,13 @@ func (p *plugin) add(args *skel.CmdArgs) error {
 		if err := ForgetPendingDelete(conf.PendingDir, req.ContainerID); err != nil {
 			log.Warn("could not forget a stale pending DEL", "error", err)
 		}
-	case errors.Is(err, errAgentUnreachable) && conf.OnAgentUnreachable == PolicyAllow:
+	case errors.Is(err, control.ErrUnreachable) && conf.OnAgentUnreachable == PolicyAllow:
 		log.Warn("ztdns agent unreachable: the pod starts WITHOUT DNS capture until the agent is back and reconciles it (onAgentUnreachable: allow)",
 			"socket", conf.SocketPath, "error", err)
 		if err := recordPending(conf.PendingDir, pendingAddDir, req.ContainerID, req); err != nil {
 			log.Error("could not record the ADD for the agent; its reconcile still finds the pod from its pod source", "error", err)
 		}
-	case errors.Is(err, errAgentUnreachable):
+	case errors.Is(err, control.ErrUnreachable):
 		log.Error("ztdns agent unreachable: failing the ADD (onAgentUnreachable: fail)", "socket", conf.SocketPath, "error", err)
 		return types.NewError(types.ErrTryAgainLater,
 			fmt.Sprintf("ztdns agent unreachable at %s; the pod is refused until it answers (onAgentUnreachable: fail)", conf.SocketPath), err.Error())
@@ -154,8 +160,8 @@ func (p *plugin) del(args *skel.CmdArgs) error {
 	if err := ForgetPendingAdd(conf.PendingDir, args.ContainerID); err != nil {
 		log.Warn("could not forget a pending ADD", "error", err)
 	}
-	req := DelRequest{ContainerID: args.ContainerID, Netns: args.Netns}
-	err = p.call(conf, DelPath, req, nil)
+	req := control.CNIDelRequest{ContainerID: args.ContainerID, Netns: args.Netns}
+	err = p.call(conf, func(ctx context.Context, c *control.Client) error { return c.CNIDel(ctx, req) })
 	if err == nil {
 		log.Debug("pod removed from the agent")
 		// An earlier attempt of this DEL may have been recorded.
@@ -218,21 +224,13 @@ func (p *plugin) status(args *skel.CmdArgs) error {
 	return nil
 }
 
-// errAgentUnreachable marks errors where no agent answered: no socket,
-// nobody listening, or no reply within the timeout.
-var errAgentUnreachable = errors.New("agent unreachable")
-
-// call POSTs in to the agent at path and decodes the reply into out.
-func (p *plugin) call(conf *netConf, path string, in, out any) error {
+// call runs one call of the agent's control API, bounded by the config's
+// timeout. Errors where no agent answered wrap control.ErrUnreachable; an
+// answer with an error status is the agent's verdict (*control.Error).
+func (p *plugin) call(conf *netConf, do func(context.Context, *control.Client) error) error {
 	ctx, cancel := context.WithTimeout(context.Background(), conf.timeout)
 	defer cancel()
-	err := control.NewClient(conf.SocketPath, conf.timeout).Do(ctx, http.MethodPost, path, in, out)
-	// The HTTP client reports transport failures (dial, timeout, reset) as
-	// *url.Error; an answer with an error status is the agent's verdict.
-	if ue := (*url.Error)(nil); errors.As(err, &ue) {
-		return fmt.Errorf("%w: %w", errAgentUnreachable, err)
-	}
-	return err
+	return do(ctx, control.NewClient(conf.SocketPath, conf.timeout))
 }
 
 // logger returns the plugin's log for conf and a function that closes it.
@@ -253,10 +251,23 @@ func (p *plugin) logger(conf *netConf) (*slog.Logger, func()) {
 // printResult writes prevResult to w unchanged: parsed in the config's CNI
 // version (the spec's rule, which version.ParsePrevResult applies) and
 // printed back in it, as a chained plugin that changes nothing must.
+//
+// The library parses entries it cannot print back (an IP or a route without
+// an address comes out as "<nil>"), so the output is parsed again before it
+// is written: a prevResult the runtime could not read fails here, with the
+// reason, rather than in the runtime.
 func printResult(w io.Writer, conf *netConf) error {
 	res, err := conf.PrevResult.GetAsVersion(conf.CNIVersion)
 	if err != nil {
 		return types.NewError(types.ErrIncompatibleCNIVersion, "ztdns: convert prevResult to "+conf.CNIVersion, err.Error())
 	}
-	return res.PrintTo(w)
+	var out bytes.Buffer
+	if err := res.PrintTo(&out); err != nil {
+		return err
+	}
+	if _, err := version.NewResult(conf.CNIVersion, out.Bytes()); err != nil {
+		return types.NewError(types.ErrDecodingFailure, "ztdns: prevResult does not print as a valid result", err.Error())
+	}
+	_, err = w.Write(out.Bytes())
+	return err
 }

@@ -7,7 +7,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -27,20 +26,21 @@ import (
 	"github.com/ztdns/ztdns/pkg/redirect"
 )
 
-// fakeAgent stands in for the node agent at the protocol level: a real HTTP
-// server on a real unix socket (pkg/control's listener), recording what the
-// plugin sends and answering as told.
+// fakeAgent stands in for the node agent at the API level: pkg/control's
+// real server (listener, handler, decoding and validation) on a real unix
+// socket, with an API that records what the plugin sends and answers as
+// told.
 type fakeAgent struct {
 	socket string
 
 	mu   sync.Mutex
-	adds []AddRequest
-	dels []DelRequest
-	// reply answers an ADD; nil answers 200 {Captured: true, Reason: "ambient"}.
-	reply func(AddRequest) (int, any)
+	adds []control.CNIAddRequest
+	dels []control.CNIDelRequest
+	// reply answers an ADD; nil answers {Captured: true, Reason: "ambient"}.
+	reply func(control.CNIAddRequest) (control.CNIAddResponse, error)
 	// delay holds every answer back, to play a hung agent.
 	delay time.Duration
-	// failDel answers every DEL with a 500.
+	// failDel fails every DEL (a 500).
 	failDel bool
 }
 
@@ -50,47 +50,13 @@ func startFakeAgent(tb testing.TB, socket string, configure func(*fakeAgent)) *f
 	if configure != nil {
 		configure(a)
 	}
-	mux := http.NewServeMux()
-	mux.HandleFunc("POST "+AddPath, func(w http.ResponseWriter, r *http.Request) {
-		var req AddRequest
-		if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
-			control.WriteError(w, http.StatusBadRequest, err)
-			return
-		}
-		time.Sleep(a.delay)
-		a.mu.Lock()
-		a.adds = append(a.adds, req)
-		reply := a.reply
-		a.mu.Unlock()
-		code, body := http.StatusOK, any(AddResponse{Captured: true, Reason: "ambient"})
-		if reply != nil {
-			code, body = reply(req)
-		}
-		control.WriteJSON(w, code, body)
-	})
-	mux.HandleFunc("POST "+DelPath, func(w http.ResponseWriter, r *http.Request) {
-		var req DelRequest
-		if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
-			control.WriteError(w, http.StatusBadRequest, err)
-			return
-		}
-		time.Sleep(a.delay)
-		a.mu.Lock()
-		a.dels = append(a.dels, req)
-		a.mu.Unlock()
-		if a.failDel {
-			control.WriteError(w, http.StatusInternalServerError, errors.New("map update failed"))
-			return
-		}
-		w.WriteHeader(http.StatusOK)
-	})
-	ln, err := control.Listen(socket)
+	ln, err := control.Listen(socket, control.Access{})
 	if err != nil {
 		tb.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- control.Serve(ctx, ln, mux) }()
+	go func() { done <- control.Serve(ctx, ln, control.NewHandler(a, nil)) }()
 	tb.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil {
@@ -100,7 +66,42 @@ func startFakeAgent(tb testing.TB, socket string, configure func(*fakeAgent)) *f
 	return a
 }
 
-func (a *fakeAgent) requests() ([]AddRequest, []DelRequest) {
+func (a *fakeAgent) CNIAdd(req control.CNIAddRequest) (control.CNIAddResponse, error) {
+	time.Sleep(a.delay)
+	a.mu.Lock()
+	a.adds = append(a.adds, req)
+	reply := a.reply
+	a.mu.Unlock()
+	if reply != nil {
+		return reply(req)
+	}
+	return control.CNIAddResponse{Captured: true, Reason: "ambient"}, nil
+}
+
+func (a *fakeAgent) CNIDel(req control.CNIDelRequest) error {
+	time.Sleep(a.delay)
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.dels = append(a.dels, req)
+	if a.failDel {
+		return errors.New("map update failed")
+	}
+	return nil
+}
+
+// The plugin uses only the CNI routes.
+func (a *fakeAgent) Status() control.Status                  { return control.Status{} }
+func (a *fakeAgent) Table(string) []control.TableRow         { return nil }
+func (a *fakeAgent) Pods() ([]control.PodRow, error)         { return nil, nil }
+func (a *fakeAgent) CaptureDel(control.CaptureRequest) error { return nil }
+func (a *fakeAgent) CaptureAdd(control.CaptureRequest) (control.PodRow, error) {
+	return control.PodRow{}, nil
+}
+func (a *fakeAgent) SetAccessLog(control.AccessLogRequest) (control.AccessLog, error) {
+	return control.AccessLog{}, nil
+}
+
+func (a *fakeAgent) requests() ([]control.CNIAddRequest, []control.CNIDelRequest) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return slices.Clone(a.adds), slices.Clone(a.dels)
@@ -216,7 +217,7 @@ func TestAddHandsThePodToTheAgent(t *testing.T) {
 			}
 			requirePrevResult(t, ver, args.StdinData, e.stdout.Bytes())
 
-			want := AddRequest{
+			want := control.CNIAddRequest{
 				ContainerID:  args.ContainerID,
 				Netns:        e.netns.Path(),
 				IfName:       "eth0",
@@ -227,7 +228,7 @@ func TestAddHandsThePodToTheAgent(t *testing.T) {
 				NetnsCookie:  e.cookie(t),
 			}
 			adds, dels := agent.requests()
-			if !reflect.DeepEqual(adds, []AddRequest{want}) || len(dels) != 0 {
+			if !reflect.DeepEqual(adds, []control.CNIAddRequest{want}) || len(dels) != 0 {
 				t.Errorf("agent got adds %+v dels %+v, want one add %+v", adds, dels, want)
 			}
 			if !strings.Contains(e.stderr.String(), "captured=true reason=ambient") {
@@ -260,7 +261,9 @@ func TestAddPassesThroughWhenNotCaptured(t *testing.T) {
 	t.Parallel()
 	e := newPluginEnv(t)
 	startFakeAgent(t, e.socket, func(a *fakeAgent) {
-		a.reply = func(AddRequest) (int, any) { return http.StatusOK, AddResponse{Captured: false, Reason: "not-ambient"} }
+		a.reply = func(control.CNIAddRequest) (control.CNIAddResponse, error) {
+			return control.CNIAddResponse{Captured: false, Reason: "not-ambient"}, nil
+		}
 	})
 	args := e.args(t, "1.0.0", nil)
 	if err := e.plugin().add(args); err != nil {
@@ -273,8 +276,8 @@ func TestAddWhenTheAgentRefuses(t *testing.T) {
 	t.Parallel()
 	e := newPluginEnv(t)
 	startFakeAgent(t, e.socket, func(a *fakeAgent) {
-		a.reply = func(AddRequest) (int, any) {
-			return http.StatusInternalServerError, map[string]string{"error": "pods map is full"}
+		a.reply = func(control.CNIAddRequest) (control.CNIAddResponse, error) {
+			return control.CNIAddResponse{}, errors.New("pods map is full")
 		}
 	})
 	// Even under "allow": an agent that answers has decided.
@@ -306,7 +309,7 @@ func TestAddWhenTheAgentIsUnreachable(t *testing.T) {
 			e := newPluginEnv(t)
 			switch tt.agent {
 			case "stale":
-				ln, err := control.Listen(e.socket)
+				ln, err := control.Listen(e.socket, control.Access{})
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -423,12 +426,12 @@ func TestDel(t *testing.T) {
 				args.Netns = ""
 			}
 			// An ADD the agent never saw: a DEL makes replaying it pointless.
-			if err := recordPending(e.pending, pendingAddDir, args.ContainerID, AddRequest{ContainerID: args.ContainerID}); err != nil {
+			if err := recordPending(e.pending, pendingAddDir, args.ContainerID, control.CNIAddRequest{ContainerID: args.ContainerID}); err != nil {
 				t.Fatal(err)
 			}
 			// An earlier attempt of this DEL that the agent missed: a DEL the
 			// agent takes makes replaying it pointless.
-			if err := recordPending(e.pending, pendingDelDir, args.ContainerID, DelRequest{ContainerID: args.ContainerID}); err != nil {
+			if err := recordPending(e.pending, pendingDelDir, args.ContainerID, control.CNIDelRequest{ContainerID: args.ContainerID}); err != nil {
 				t.Fatal(err)
 			}
 
@@ -440,9 +443,9 @@ func TestDel(t *testing.T) {
 			if e.stdout.Len() != 0 {
 				t.Errorf("stdout = %q, want nothing", e.stdout.String())
 			}
-			want := DelRequest{ContainerID: args.ContainerID, Netns: args.Netns}
+			want := control.CNIDelRequest{ContainerID: args.ContainerID, Netns: args.Netns}
 			if agent != nil {
-				if _, dels := agent.requests(); !reflect.DeepEqual(dels, []DelRequest{want, want}) {
+				if _, dels := agent.requests(); !reflect.DeepEqual(dels, []control.CNIDelRequest{want, want}) {
 					t.Errorf("agent got %+v, want %+v twice", dels, want)
 				}
 			}
@@ -450,7 +453,7 @@ func TestDel(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if tt.wantPending && !reflect.DeepEqual(pending, []DelRequest{want}) || !tt.wantPending && len(pending) != 0 {
+			if tt.wantPending && !reflect.DeepEqual(pending, []control.CNIDelRequest{want}) || !tt.wantPending && len(pending) != 0 {
 				t.Errorf("pending DELs = %+v, want %+v recorded: %t", pending, want, tt.wantPending)
 			}
 			if adds, _ := PendingAdds(e.pending); len(adds) != 0 {
@@ -481,7 +484,7 @@ func TestAddForgetsAStalePendingDelete(t *testing.T) {
 	e := newPluginEnv(t)
 	startFakeAgent(t, e.socket, nil)
 	args := e.args(t, "1.0.0", nil)
-	if err := recordPending(e.pending, pendingDelDir, args.ContainerID, DelRequest{ContainerID: args.ContainerID}); err != nil {
+	if err := recordPending(e.pending, pendingDelDir, args.ContainerID, control.CNIDelRequest{ContainerID: args.ContainerID}); err != nil {
 		t.Fatal(err)
 	}
 	if err := e.plugin().add(args); err != nil {

@@ -1,133 +1,75 @@
-// Package control is the agent's local control socket: JSON over HTTP on a
-// unix socket. `ztdns table`, `ztdns pods`, `ztdns capture` and the CNI plugin
-// talk to the running agent through it. Only root (or the socket's group) can
-// connect: the directory is 0750 and the socket 0660.
+// Package control is the one home of the agent's local control API: JSON
+// over HTTP on a unix socket. `ztdns table`, `pods`, `capture` and `status`,
+// the CNI plugin and the tests talk to the running agent through it. This
+// package holds the routes, the request and response types, the typed client
+// (Client) and the server side (Listen, Serve, NewHandler); the agent only
+// implements API.
+//
+// `ztdns log on|off` switches the access log through it too.
+//
+// The socket trusts no one:
+//   - its directory belongs to root and nobody else may write in it (a
+//     directory others can write in is refused: they could plant a socket);
+//     the agent creates it 0700 (0750 with a socket group);
+//   - the socket is 0600 (0660 with a socket group), and every connection's
+//     peer is checked with SO_PEERCRED: uid 0, or the socket group's gid,
+//     which may only read (GET routes). (An agent run without root, as in
+//     the standalone demo, also admits its own user, and owns its
+//     directory.)
+//   - requests are bounded in size (MaxRequestBytes), in time (a request
+//     must arrive within ReadTimeout) and in number (MaxConns connections
+//     at once), and every field is validated before the agent sees it.
 package control
 
-import (
-	"bytes"
-	"context"
-	"encoding/json"
-	"errors"
-	"fmt"
-	"io"
-	"net"
-	"net/http"
-	"os"
-	"path/filepath"
-	"time"
-)
+import "net/http"
 
 // DefaultSocket is where the agent listens unless told otherwise.
 const DefaultSocket = "/var/run/ztdns/ztdns.sock"
 
-// Listen opens the control socket at path, replacing a stale one left by an
-// agent that died, and refusing to steal one a live agent still serves.
-func Listen(path string) (net.Listener, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
-		return nil, fmt.Errorf("control socket directory: %w", err)
-	}
-	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
-		c.Close()
-		return nil, fmt.Errorf("control socket %s is in use by a running agent", path)
-	}
-	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("removing stale control socket: %w", err)
-	}
-	ln, err := net.Listen("unix", path)
-	if err != nil {
-		return nil, fmt.Errorf("control socket: %w", err)
-	}
-	if err := os.Chmod(path, 0o660); err != nil {
-		ln.Close()
-		return nil, fmt.Errorf("control socket permissions: %w", err)
-	}
-	return ln, nil
+// Route is one operation of the API.
+type Route struct {
+	// Name labels the route in metrics and logs.
+	Name   string
+	Method string
+	Path   string
+	// Mutates marks routes that change what the agent does: only root may
+	// call them, also when a socket group may connect.
+	Mutates bool
 }
 
-// Serve serves h on ln until ctx is done.
-func Serve(ctx context.Context, ln net.Listener, h http.Handler) error {
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
-	go func() {
-		<-ctx.Done()
-		shutdownCtx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		srv.Shutdown(shutdownCtx)
-	}()
-	if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
-		return err
-	}
-	return nil
-}
+// Pattern is the route as an http.ServeMux pattern.
+func (r Route) Pattern() string { return r.Method + " " + r.Path }
 
-// errorBody is how handlers report failures.
-type errorBody struct {
-	Error string `json:"error"`
-}
+// The routes. Nothing outside this package spells a path.
+var (
+	// RouteStatus answers a Status.
+	RouteStatus = Route{Name: "status", Method: http.MethodGet, Path: "/v1/status"}
+	// RouteTable answers the []TableRow a pod in the namespace given by the
+	// "namespace" query parameter can resolve.
+	RouteTable = Route{Name: "table", Method: http.MethodGet, Path: "/v1/table"}
+	// RoutePods answers a []PodRow.
+	RoutePods = Route{Name: "pods", Method: http.MethodGet, Path: "/v1/pods"}
+	// RouteCaptureAdd takes a CaptureRequest and answers the PodRow of the
+	// namespace it marked.
+	RouteCaptureAdd = Route{Name: "capture_add", Method: http.MethodPost, Path: "/v1/capture", Mutates: true}
+	// RouteCaptureDel takes a CaptureRequest and unmarks a namespace marked
+	// by hand.
+	RouteCaptureDel = Route{Name: "capture_del", Method: http.MethodDelete, Path: "/v1/capture", Mutates: true}
+	// RouteCNIAdd takes a CNIAddRequest and answers 200 with a
+	// CNIAddResponse. Any other status fails the pod's ADD with the agent's
+	// error message: the agent answers non-2xx only when the request is
+	// invalid or does not match the network namespace it names, or when it
+	// cannot honour a capture decision it made; a pod it does not capture is
+	// a 200 with Captured false.
+	RouteCNIAdd = Route{Name: "cni_add", Method: http.MethodPost, Path: "/v1/cni/add", Mutates: true}
+	// RouteCNIDel takes a CNIDelRequest and answers 200 with an empty
+	// object. It is idempotent: a container the agent does not know is not
+	// an error.
+	RouteCNIDel = Route{Name: "cni_del", Method: http.MethodPost, Path: "/v1/cni/del", Mutates: true}
+	// RouteAccessLog takes an AccessLogRequest, turns the access log on or
+	// off, and answers the AccessLog now in force.
+	RouteAccessLog = Route{Name: "access_log", Method: http.MethodPut, Path: "/v1/accesslog", Mutates: true}
+)
 
-// WriteJSON writes v with status code.
-func WriteJSON(w http.ResponseWriter, code int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(code)
-	json.NewEncoder(w).Encode(v)
-}
-
-// WriteError writes err as {"error": "..."} with status code.
-func WriteError(w http.ResponseWriter, code int, err error) {
-	WriteJSON(w, code, errorBody{Error: err.Error()})
-}
-
-// Client talks to an agent's control socket.
-type Client struct {
-	http *http.Client
-}
-
-// NewClient returns a client for the socket at path. Every request is
-// bounded by timeout.
-func NewClient(path string, timeout time.Duration) *Client {
-	return &Client{http: &http.Client{
-		Timeout: timeout,
-		Transport: &http.Transport{
-			// One connection per request: a kept-alive connection would
-			// outlive an agent that handed its socket path to a successor.
-			DisableKeepAlives: true,
-			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-				var d net.Dialer
-				return d.DialContext(ctx, "unix", path)
-			},
-		},
-	}}
-}
-
-// Do sends in (if not nil) as JSON and decodes the reply into out (if not
-// nil). A non-2xx reply becomes an error carrying the agent's message.
-func (c *Client) Do(ctx context.Context, method, path string, in, out any) error {
-	var body io.Reader
-	if in != nil {
-		b, err := json.Marshal(in)
-		if err != nil {
-			return err
-		}
-		body = bytes.NewReader(b)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, "http://ztdns"+path, body)
-	if err != nil {
-		return err
-	}
-	resp, err := c.http.Do(req)
-	if err != nil {
-		return fmt.Errorf("agent not reachable: %w", err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode/100 != 2 {
-		var e errorBody
-		if json.NewDecoder(resp.Body).Decode(&e) == nil && e.Error != "" {
-			return errors.New(e.Error)
-		}
-		return fmt.Errorf("agent answered %s", resp.Status)
-	}
-	if out == nil {
-		return nil
-	}
-	return json.NewDecoder(resp.Body).Decode(out)
-}
+// Routes lists every route.
+var Routes = []Route{RouteStatus, RouteTable, RoutePods, RouteCaptureAdd, RouteCaptureDel, RouteCNIAdd, RouteCNIDel, RouteAccessLog}

@@ -22,6 +22,7 @@ import (
 	"sync/atomic"
 
 	"github.com/ztdns/ztdns/pkg/model"
+	"github.com/ztdns/ztdns/pkg/resolver/quota"
 )
 
 // Attachment is what the runtime reports about a pod's sandbox.
@@ -65,10 +66,21 @@ type Pod struct {
 	// Attachment is the runtime's record; nil when the pod has none on this
 	// node (yet).
 	Attachment *Attachment
+	// Quota is what the pod may take of the resolver and was refused. The
+	// same Source stays with the pod (by namespace/name) across rebuilds.
+	Quota *quota.Source
+	// NamespaceSlot is the resolver's memo of the counter the pod's
+	// queries count in (0: not looked up yet): the one field a reader may
+	// set, so that the hot path finds it without a map lookup.
+	NamespaceSlot atomic.Int32
 }
 
 // Key returns "namespace/name".
 func (p *Pod) Key() string { return p.Namespace + "/" + p.Name }
+
+// hostNetwork reports whether the source says the pod is on the host's
+// network.
+func (p *Pod) hostNetwork() bool { return p.Spec != nil && p.Spec.HostNetwork }
 
 type index struct {
 	byIP     map[netip.Addr]*Pod
@@ -83,6 +95,7 @@ type Cache struct {
 	mu          sync.Mutex // serialises writers
 	fromSource  map[string]model.Pod
 	attachments map[string]Attachment
+	quotas      map[string]*quota.Source // by pod key
 
 	view atomic.Pointer[index]
 }
@@ -90,7 +103,7 @@ type Cache struct {
 // New returns an empty cache for the given cluster domain (used to derive
 // pods' search lists).
 func New(clusterDomain string) *Cache {
-	c := &Cache{domain: clusterDomain, fromSource: map[string]model.Pod{}, attachments: map[string]Attachment{}}
+	c := &Cache{domain: clusterDomain, fromSource: map[string]model.Pod{}, attachments: map[string]Attachment{}, quotas: map[string]*quota.Source{}}
 	c.view.Store(&index{})
 	return c
 }
@@ -185,7 +198,12 @@ func (c *Cache) rebuild() {
 		}
 	}
 	idx := &index{byIP: map[netip.Addr]*Pod{}, byCookie: map[uint64]*Pod{}}
-	for _, p := range pods {
+	quotas := make(map[string]*quota.Source, len(pods))
+	for k, p := range pods {
+		if p.Quota = c.quotas[k]; p.Quota == nil {
+			p.Quota = new(quota.Source)
+		}
+		quotas[k] = p.Quota
 		if p.Spec != nil {
 			p.Search = p.Spec.SearchList(c.domain)
 		} else {
@@ -196,8 +214,11 @@ func (c *Cache) rebuild() {
 	slices.SortFunc(idx.all, func(a, b *Pod) int { return strings.Compare(a.Key(), b.Key()) })
 	// Attached pods own their IPs over source-only ones: an IP reused by a
 	// new pod before the old pod object is gone must point at the new one.
+	// Pods on the host's network are never indexed by IP: they share the
+	// node's addresses, so a query from the node's IP is nobody's in
+	// particular and gets the view of a client outside every namespace.
 	for _, p := range idx.all {
-		if p.Attachment == nil {
+		if p.Attachment == nil && !p.hostNetwork() {
 			for _, ip := range p.IPs {
 				idx.byIP[ip] = p
 			}
@@ -205,13 +226,16 @@ func (c *Cache) rebuild() {
 	}
 	for _, p := range idx.all {
 		if p.Attachment != nil {
-			for _, ip := range p.IPs {
-				idx.byIP[ip] = p
+			if !p.hostNetwork() {
+				for _, ip := range p.IPs {
+					idx.byIP[ip] = p
+				}
 			}
 			if p.Attachment.NetnsCookie != 0 {
 				idx.byCookie[p.Attachment.NetnsCookie] = p
 			}
 		}
 	}
+	c.quotas = quotas
 	c.view.Store(idx)
 }

@@ -68,6 +68,33 @@ func TestIPReusedByNewPod(t *testing.T) {
 	}
 }
 
+// Pods on the host's network share the node's IP: whichever of them sorted
+// last used to own it. None does; the rest of the registry is unchanged.
+func TestHostNetworkPodsAreNotIndexedByIP(t *testing.T) {
+	c := New("cluster.local")
+	node := netip.MustParseAddr("198.51.100.10")
+	c.SetSourcePods([]model.Pod{
+		{Namespace: "kube-system", Name: "kube-proxy", IPs: []netip.Addr{node}, HostNetwork: true},
+		{Namespace: "secret", Name: "node-exporter", IPs: []netip.Addr{node}, HostNetwork: true},
+		{Namespace: "default", Name: "curl", IPs: []netip.Addr{ip2}},
+	})
+	if p := c.Lookup(node); p != nil {
+		t.Errorf("Lookup(node IP) = %s, want nobody: the node's IP is no pod's", p.Key())
+	}
+	if p := c.Lookup(ip2); p == nil || p.Key() != "default/curl" {
+		t.Errorf("Lookup(%s) = %+v, want default/curl", ip2, p)
+	}
+	if c.Get("secret", "node-exporter") == nil {
+		t.Error("the host-network pod is still listed")
+	}
+	// An attachment for such a pod (marked by hand under its name) does not
+	// index the node's IP either.
+	c.Attach(Attachment{Namespace: "secret", Name: "node-exporter", NetnsCookie: 7, IPs: []netip.Addr{node}})
+	if p := c.Lookup(node); p != nil {
+		t.Errorf("after an attachment, Lookup(node IP) = %s, want nobody", p.Key())
+	}
+}
+
 // Readers never block on writers: run with -race.
 func TestConcurrentReadWrite(t *testing.T) {
 	c := New("cluster.local")

@@ -12,11 +12,23 @@ import (
 	"github.com/miekg/dns"
 
 	"github.com/ztdns/ztdns/pkg/model"
+	"github.com/ztdns/ztdns/pkg/resolver/quota"
 	"github.com/ztdns/ztdns/pkg/resolver/table"
 )
 
-func fuzzServer(tb testing.TB) *Server {
-	s := New(Options{}) // no forwarder: misses get SERVFAIL without a network
+// Rate limits for fuzzServer: rateInResolver, a rate every query passes
+// (a billion a second, a burst of a billion), so the fast path pays for the
+// resolver's own check (TCP, or UDP without the kernel's) and never hits
+// it; rateInKernel, the fast path as UDP queries take it when the kernel
+// applies the rate (kernelrate_linux.go) or there is none.
+var (
+	rateInResolver = quota.Limits{QPS: 1e9, Burst: 1 << 30}
+	rateInKernel   = quota.Limits{QPS: -1}
+)
+
+func fuzzServer(tb testing.TB, limits quota.Limits) *Server {
+	// No forwarder: misses get SERVFAIL without a network.
+	s := New(Options{Limits: limits})
 	tbl, _ := table.Build(&model.Snapshot{
 		Services: []model.Service{
 			{Namespace: "default", Name: "web", ClusterIPs: []netip.Addr{netip.MustParseAddr("10.96.0.1")}, Ports: []model.Port{{Name: "http", Protocol: "TCP", Port: 80}}},
@@ -63,10 +75,10 @@ func FuzzAnswer(f *testing.F) {
 		f.Add(q, false)
 		f.Add(q, true)
 	}
-	s := fuzzServer(f)
+	s := fuzzServer(f, rateInResolver)
 	f.Fuzz(func(t *testing.T, pkt []byte, tcp bool) {
 		src := netip.MustParseAddrPort("127.0.0.2:5000")
-		reply, slow := s.answerFast(pkt, src, tcp, nil, new(nameBuf))
+		reply, slow := s.answerFast(pkt, src, tcp, nil, new(scratch), 0)
 		if slow {
 			reply = s.answerSlow(context.Background(), pkt, src, netip.AddrPort{}, tcp)
 		}
@@ -90,39 +102,59 @@ func FuzzAnswer(f *testing.F) {
 }
 
 func TestFastPathAllocatesNothing(t *testing.T) {
-	s := fuzzServer(t)
-	out := make([]byte, 0, 512)
-	name := new(nameBuf)
-	src := netip.MustParseAddrPort("127.0.0.2:5000")
-	// An answer, and NODATA (which carries the zone's SOA).
-	for _, q := range [][]byte{query("address.internal.", dns.TypeA, true), query("web.default.svc.cluster.local.", dns.TypeTXT, true)} {
-		allocs := testing.AllocsPerRun(1000, func() {
-			if _, slow := s.answerFast(q, src, false, out, name); slow {
-				t.Fatal("took the slow path")
+	for name, limits := range map[string]quota.Limits{"rate in the kernel": rateInKernel, "rate in the resolver": rateInResolver} {
+		t.Run(name, func(t *testing.T) {
+			s := fuzzServer(t, limits)
+			out := make([]byte, 0, 512)
+			// Counted per batch, as over UDP, and at once, as over TCP.
+			batched, unbatched := &scratch{batch: s.newBatchCounts()}, new(scratch)
+			src := netip.MustParseAddrPort("127.0.0.2:5000")
+			// An answer, and NODATA (which carries the zone's SOA).
+			for _, q := range [][]byte{query("address.internal.", dns.TypeA, true), query("web.default.svc.cluster.local.", dns.TypeTXT, true)} {
+				allocs := testing.AllocsPerRun(1000, func() {
+					for _, sc := range []*scratch{batched, unbatched} {
+						if _, slow := s.answerFast(q, src, false, out, sc, 0); slow {
+							t.Fatal("took the slow path")
+						}
+					}
+					s.flush(batched.batch, 1000)
+				})
+				if allocs != 0 {
+					t.Errorf("fast path allocates %.1f times per query, want 0", allocs)
+				}
 			}
 		})
-		if allocs != 0 {
-			t.Errorf("fast path allocates %.1f times per query, want 0", allocs)
-		}
 	}
 }
 
-func BenchmarkFastPath(b *testing.B) {
-	s := fuzzServer(b)
+// BenchmarkFastPath answers a known name over UDP as it runs with the
+// agent's defaults: the query rate is applied in the kernel.
+func BenchmarkFastPath(b *testing.B) { benchmarkFastPath(b, rateInKernel) }
+
+// BenchmarkFastPathRateInResolver is the same with the resolver checking
+// the source's rate itself, as over TCP, or UDP without CAP_BPF.
+func BenchmarkFastPathRateInResolver(b *testing.B) { benchmarkFastPath(b, rateInResolver) }
+
+func benchmarkFastPath(b *testing.B, limits quota.Limits) {
+	s := fuzzServer(b, limits)
 	q := query("address.internal.", dns.TypeA, true)
 	out := make([]byte, 0, 512)
-	name := new(nameBuf)
+	sc := &scratch{batch: s.newBatchCounts()}
 	src := netip.MustParseAddrPort("127.0.0.2:5000")
 	b.ReportAllocs()
+	n := 0
 	for b.Loop() {
-		s.answerFast(q, src, false, out, name)
+		s.answerFast(q, src, false, out, sc, 0)
+		if n++; n%batchSize == 0 { // as the UDP loop adds a batch's counts
+			s.flush(sc.batch, 1000)
+		}
 	}
 }
 
 // TestUDPLoopAllocatesNothing runs real queries through a real socket: the
 // batch loop and the fast path together must not allocate per query.
 func TestUDPLoopAllocatesNothing(t *testing.T) {
-	s := fuzzServer(t)
+	s := fuzzServer(t, rateInResolver)
 	conn, err := ListenUDP(netip.MustParseAddrPort("127.0.0.1:0"))
 	if err != nil {
 		t.Fatal(err)

@@ -36,13 +36,35 @@ var listenConfig = net.ListenConfig{
 	},
 }
 
+// udpReceiveBuffer is each UDP socket's receive buffer (SO_RCVBUF; the
+// kernel doubles it for its bookkeeping, so a socket holds up to 2 MiB of
+// queued datagrams, about 2,500 queries). The default (208 KiB, about 250)
+// lasts a few milliseconds against a node's pods at their rates when the
+// reader waits for a CPU; what a pod sends over its rate never gets here
+// (kernelrate_linux.go). The kernel charges the buffer to the agent's
+// memory cgroup only while queries wait in it.
+const udpReceiveBuffer = 1 << 20
+
 // ListenUDP opens a UDP socket on addr for ServeUDP.
 func ListenUDP(addr netip.AddrPort) (*net.UDPConn, error) {
 	pc, err := listenConfig.ListenPacket(context.Background(), network("udp", addr), addr.String())
 	if err != nil {
 		return nil, err
 	}
-	return pc.(*net.UDPConn), nil
+	conn := pc.(*net.UDPConn)
+	rc, err := conn.SyscallConn()
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	rc.Control(func(fd uintptr) {
+		// SO_RCVBUFFORCE passes net.core.rmem_max, with CAP_NET_ADMIN
+		// (the agent has it for capture); SO_RCVBUF is capped by it.
+		if unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, udpReceiveBuffer) != nil {
+			_ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, udpReceiveBuffer)
+		}
+	})
+	return conn, nil
 }
 
 // ListenTCP opens a TCP listener on addr for ServeTCP.

@@ -22,14 +22,18 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/ztdns/ztdns/pkg/accesslog"
 	"github.com/ztdns/ztdns/pkg/podcache"
+	"github.com/ztdns/ztdns/pkg/resolver/forward"
+	"github.com/ztdns/ztdns/pkg/resolver/quota"
 	"github.com/ztdns/ztdns/pkg/resolver/table"
 )
 
 // Forwarder asks upstream nameservers (package forward).
 type Forwarder interface {
-	// Forward returns the reply to relay for req, with req's ID.
-	Forward(ctx context.Context, req []byte, tcp bool, upstreams []netip.AddrPort) ([]byte, error)
+	// ForwardFrom returns the reply to relay for req, with req's ID, and
+	// where it came from.
+	ForwardFrom(ctx context.Context, req []byte, tcp bool, upstreams []netip.AddrPort) ([]byte, forward.Origin, error)
 }
 
 // Pods finds the pod behind a source address (package podcache).
@@ -42,11 +46,28 @@ type Pods interface {
 // address the query arrived on.
 type UpstreamFunc func(client, local netip.AddrPort) []netip.AddrPort
 
-// Defaults.
+// Defaults. README "Limits and protections" explains each bound.
 const (
-	DefaultMaxInflight    = 4096
+	// DefaultMaxInflight bounds forwarded queries in flight, all sources.
+	DefaultMaxInflight    = 1024
 	DefaultTCPIdleTimeout = 10 * time.Second
 	DefaultTCPMaxConns    = 1024
+	// DefaultPodQPS is one source's query rate; its burst is twice that
+	// unless set.
+	DefaultPodQPS = 2000
+	// DefaultPodForwarding bounds one source's forwarded queries in flight.
+	DefaultPodForwarding = 128
+	// DefaultPodTCPConns bounds one source's open TCP connections.
+	DefaultPodTCPConns = 32
+	// DefaultInflightBytes bounds the bytes of upstream replies held at once
+	// (read, or waiting to be written to a TCP client): 128 of the largest.
+	DefaultInflightBytes = 8 << 20
+	// DefaultUnknownSources bounds the addresses, not known as pods, that
+	// get limits of their own; the rest share one.
+	DefaultUnknownSources = 1024
+	// DefaultMaxNamespaceSeries bounds the namespaces with a series of
+	// their own in ztdns_dns_namespace_requests_total.
+	DefaultMaxNamespaceSeries = 100
 	// slowPathTimeout bounds a query that takes the slow path; the forwarder
 	// has its own, shorter bound per upstream exchange.
 	slowPathTimeout = 5 * time.Second
@@ -64,20 +85,51 @@ type Options struct {
 	// a ClusterFirst pod's search list; autopath needs them.
 	NodeSearch []string
 	Logger     *slog.Logger
-	// MaxInflight bounds queries on the slow path at once; beyond it a query
-	// gets SERVFAIL at once instead of queueing without bound.
-	MaxInflight    int
+	// MaxInflight bounds forwarded queries in flight, all sources together;
+	// beyond it a query gets SERVFAIL at once instead of queueing without
+	// bound.
+	MaxInflight int
+	// TCPIdleTimeout closes a connection that sends nothing for this long;
+	// it shortens when more than half of TCPMaxConns are open.
 	TCPIdleTimeout time.Duration
 	TCPMaxConns    int
+	// Limits bound each source: a known pod, or an address no pod owns. A
+	// zero field takes the default, a negative one disables the bound.
+	Limits quota.Limits
+	// UnknownSources bounds the addresses that are no known pod and get
+	// limits of their own; the rest share one set.
+	UnknownSources int
+	// Budget bounds the bytes of forwarded replies held at once (shared
+	// with the Forwarder, which reads them); nil is unbounded.
+	Budget *quota.Budget
+	// Now is the clock of the rate limits (tests inject one).
+	Now func() time.Time
+	// KernelRate applies the rate limit to UDP in the kernel too, before
+	// queries take room in a socket's queue (kernelrate_linux.go). It needs
+	// CAP_BPF; without it, the resolver alone drops queries over the rate.
+	KernelRate bool
+	// AccessLog gets a line per sampled query while it is on; nil never.
+	AccessLog *accesslog.Log
+	// MaxNamespaceSeries bounds the namespaces counted under their own name
+	// in ztdns_dns_namespace_requests_total (0: the default).
+	MaxNamespaceSeries int
 }
 
 // Server serves DNS on any number of UDP sockets and TCP listeners.
 type Server struct {
-	opts     Options
-	log      *slog.Logger
-	table    atomic.Pointer[table.Table]
-	inflight chan struct{}
-	tcpConns chan struct{}
+	opts    Options
+	log     *slog.Logger
+	table   atomic.Pointer[table.Table]
+	rate    quota.Rate
+	unknown *quota.Table
+	kernel  *kernelRate // nil: the rate is applied here only
+	epoch   time.Time   // the rate limits' clock counts from here
+	// forwarding counts forwarded queries in flight; tcpOpen open TCP
+	// connections; tcpLevel the idle-timeout level they set (tcp.go).
+	forwarding atomic.Int32
+	tcpOpen    atomic.Int32
+	tcpLevel   atomic.Int32
+	metrics    requestMetrics
 
 	ctx    context.Context // cancelled by Close: ends slow-path work
 	cancel context.CancelFunc
@@ -86,7 +138,7 @@ type Server struct {
 	mu       sync.Mutex
 	closers  []func() error
 	wakers   []func() // interrupt a blocked read or accept
-	tcp      map[*net.TCPConn]struct{}
+	tcp      map[*tcpConn]struct{}
 	closed   bool
 	draining bool
 }
@@ -108,18 +160,78 @@ func New(opts Options) *Server {
 	if opts.Pods == nil {
 		opts.Pods = noPods{}
 	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	l := &opts.Limits
+	l.QPS = orDefault(l.QPS, DefaultPodQPS)
+	l.Burst = orDefault(l.Burst, int(2*l.QPS))
+	l.Forwarding = orDefault(l.Forwarding, DefaultPodForwarding)
+	l.TCPConns = orDefault(l.TCPConns, DefaultPodTCPConns)
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Server{
-		opts:     opts,
-		log:      opts.Logger,
-		inflight: make(chan struct{}, opts.MaxInflight),
-		tcpConns: make(chan struct{}, opts.TCPMaxConns),
-		tcp:      map[*net.TCPConn]struct{}{},
-		ctx:      ctx,
-		cancel:   cancel,
+		opts:    opts,
+		log:     opts.Logger,
+		rate:    quota.NewRate(l.QPS, l.Burst),
+		unknown: quota.NewTable(orDefault(opts.UnknownSources, DefaultUnknownSources)),
+		epoch:   opts.Now(),
+		tcp:     map[*tcpConn]struct{}{},
+		ctx:     ctx,
+		cancel:  cancel,
 	}
 	s.table.Store(&table.Table{})
+	s.metrics.namespaces.init(orDefault(opts.MaxNamespaceSeries, DefaultMaxNamespaceSeries))
+	if opts.KernelRate && s.rate != (quota.Rate{}) {
+		var err error
+		if s.kernel, err = newKernelRate(s.rate); err != nil {
+			s.log.Info("cannot apply the query rate in the kernel; the resolver drops queries over it itself", "err", err)
+		}
+	}
 	return s
+}
+
+// orDefault maps an option's zero value to def and a negative one to zero
+// (no bound).
+func orDefault[T int | float64](v, def T) T {
+	switch {
+	case v == 0:
+		return def
+	case v < 0:
+		return 0
+	}
+	return v
+}
+
+// clock is the time of the rate limits: nanoseconds since the server started.
+func (s *Server) clock() int64 { return int64(s.opts.Now().Sub(s.epoch)) }
+
+// sourceOf finds who is asking: the pod that owns ip, if any, and the quota
+// the query counts against (the pod's, or ip's entry among unknown sources).
+func (s *Server) sourceOf(ip netip.Addr, now int64) (*podcache.Pod, *quota.Source) {
+	p := s.opts.Pods.Lookup(ip)
+	if p != nil && p.Quota != nil {
+		return p, p.Quota
+	}
+	return p, s.unknown.Get(ip, now)
+}
+
+// rateHere reports whether the resolver applies the query rate itself: over
+// TCP, and over UDP unless the kernel does (kernelRate), per source
+// address, before the query reaches a socket.
+func (s *Server) rateHere(tcp bool) bool {
+	return s.rate != (quota.Rate{}) && (tcp || s.kernel == nil)
+}
+
+// PodUsage is what the pod holds of the resolver and was refused, for
+// `ztdns pods`. Queries the kernel dropped count as rate-limited.
+func (s *Server) PodUsage(p *podcache.Pod) quota.Usage {
+	u := p.Quota.Usage()
+	if s.kernel != nil {
+		for _, ip := range p.IPs {
+			u.RateLimited += s.kernel.drops(ip)
+		}
+	}
+	return u
 }
 
 type noPods struct{}
@@ -137,6 +249,11 @@ func (s *Server) Table() *table.Table { return s.table.Load() }
 func (s *Server) ServeUDP(conn *net.UDPConn) error {
 	if !s.track(conn.Close, func() { conn.SetReadDeadline(time.Now()) }) {
 		return net.ErrClosed
+	}
+	if s.kernel != nil {
+		if err := s.kernel.attach(conn); err != nil {
+			s.log.Warn("cannot filter a UDP socket in the kernel", "addr", conn.LocalAddr(), "err", err)
+		}
 	}
 	local := addrPortOf(conn.LocalAddr())
 	err := s.serveUDPBatches(conn, local)
@@ -164,25 +281,13 @@ func (s *Server) ServeTCP(ln *net.TCPListener) error {
 			}
 			return err
 		}
-		select {
-		case s.tcpConns <- struct{}{}:
-		default:
-			metricTCPRejected.Inc()
-			c.Close() // over the connection bound: the client retries
-			continue
-		}
-		if !s.trackConn(c) {
+		if !s.admitConn(c, local) {
+			// Over a connection bound: reset at once (no FIN exchange, no
+			// TIME_WAIT kept for it); the client retries.
+			c.SetLinger(0)
 			c.Close()
-			<-s.tcpConns
 			continue
 		}
-		s.wg.Add(1)
-		go func() {
-			defer s.wg.Done()
-			defer func() { <-s.tcpConns }()
-			defer s.untrackConn(c)
-			s.serveTCPConn(c, local)
-		}()
 	}
 }
 
@@ -196,7 +301,7 @@ func (s *Server) Drain() {
 	s.draining = true
 	wakers := s.wakers
 	for c := range s.tcp { // idle connections end now; busy ones after their answers
-		wakers = append(wakers, func() { c.SetReadDeadline(time.Now()) })
+		wakers = append(wakers, func() { c.c.SetReadDeadline(time.Now()) })
 	}
 	s.mu.Unlock()
 	for _, wake := range wakers {
@@ -205,7 +310,7 @@ func (s *Server) Drain() {
 	s.wg.Wait()
 }
 
-func (s *Server) trackConn(c *net.TCPConn) bool {
+func (s *Server) trackConn(c *tcpConn) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed || s.draining {
@@ -215,7 +320,7 @@ func (s *Server) trackConn(c *net.TCPConn) bool {
 	return true
 }
 
-func (s *Server) untrackConn(c *net.TCPConn) {
+func (s *Server) untrackConn(c *tcpConn) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	delete(s.tcp, c)
@@ -236,6 +341,9 @@ func (s *Server) Close() error {
 	}
 	s.cancel()
 	s.wg.Wait()
+	if s.kernel != nil {
+		errs = append(errs, s.kernel.Close())
+	}
 	return errors.Join(errs...)
 }
 
@@ -263,18 +371,49 @@ func (s *Server) stopping() bool {
 // table as a string would otherwise make a stack buffer escape to the heap.
 type nameBuf = [maxNameLen + 1]byte
 
+// scratch is what the hot path keeps between queries of one socket or
+// connection.
+type scratch struct {
+	name nameBuf
+	// batch gathers the counts of a UDP batch; nil counts each answer at
+	// once (TCP).
+	batch *batchCounts
+}
+
 // answerFast tries to answer msg from the table. It returns the reply
 // (appended to out), nil with slow=false for a packet to drop, or slow=true
-// when the query needs the slow path.
-func (s *Server) answerFast(msg []byte, src netip.AddrPort, tcp bool, out []byte, name *nameBuf) (reply []byte, slow bool) {
-	var r request
+// when the query needs the slow path. now is the server's clock (read once
+// per batch of datagrams).
+func (s *Server) answerFast(msg []byte, src netip.AddrPort, tcp bool, out []byte, sc *scratch, now int64) (reply []byte, slow bool) {
+	var (
+		r   request
+		pod *podcache.Pod
+	)
+	name, hdr := &sc.name, len(out)
+	if s.rateHere(tcp) {
+		var source *quota.Source
+		pod, source = s.sourceOf(src.Addr(), now)
+		if !source.Allow(now, s.rate) {
+			metricQueries.rateLimited.Inc()
+			// Over UDP the query is dropped: the cheapest answer, and a
+			// client that waits for its timeout slows down. Over TCP the
+			// connection is real and waiting on it costs the client a
+			// slot: say REFUSED.
+			if !tcp || parse(msg, &r, name) == verdictDrop {
+				return nil, false
+			}
+			return s.answered(sc, appendErrorReply(out, msg, &r, rcodeRefused), hdr, &r, tcp, pod, src, now), false
+		}
+	} else {
+		pod = s.opts.Pods.Lookup(src.Addr())
+	}
 	switch parse(msg, &r, name) {
 	case verdictDrop:
 		metricQueries.drop.Inc()
 		return nil, false
 	case verdictFormErr:
 		metricQueries.formerr.Inc()
-		return appendErrorReply(out, msg, &r, rcodeFormErr), false
+		return s.answered(sc, appendErrorReply(out, msg, &r, rcodeFormErr), hdr, &r, tcp, pod, src, now), false
 	case verdictOther:
 		return nil, true
 	}
@@ -282,8 +421,8 @@ func (s *Server) answerFast(msg []byte, src netip.AddrPort, tcp bool, out []byte
 		return nil, true
 	}
 	var ns string
-	if p := s.opts.Pods.Lookup(src.Addr()); p != nil {
-		ns = p.Namespace
+	if pod != nil {
+		ns = pod.Namespace
 	}
 	// The name bytes do not change during the lookup and Resolve keeps no
 	// reference to them: no need to copy them into a string.
@@ -293,13 +432,12 @@ func (s *Server) answerFast(msg []byte, src netip.AddrPort, tcp bool, out []byte
 	}
 	if r.qtype == typeAXFR || r.qtype == typeIXFR {
 		metricQueries.refused.Inc()
-		return appendErrorReply(out, msg, &r, rcodeRefused), false
+		return s.answered(sc, appendErrorReply(out, msg, &r, rcodeRefused), hdr, &r, tcp, pod, src, now), false
 	}
 	var ar uint16
 	if r.edns {
 		ar = 1
 	}
-	hdr := len(out)
 	out = appendHeader(out, &r, 0, true, 1, 0, ar)
 	out = append(out, msg[headerLen:r.qend]...)
 	out = res.AppendAnswer(out, hdr, r.qtype, r.id) // sets the counts; the SOA when NODATA
@@ -307,10 +445,59 @@ func (s *Server) answerFast(msg []byte, src netip.AddrPort, tcp bool, out []byte
 		out = appendOPT(out, &r, 0)
 	}
 	if !tcp && len(out) > r.udpLimit() {
-		out = truncate(out[:0], msg, &r)
+		out = truncate(out[:hdr], msg, &r)
 	}
-	metricQueries.local.Inc()
-	return out, false
+	return s.answered(sc, out, hdr, &r, tcp, pod, src, now), false
+}
+
+// answered counts a reply of the fast path (out[hdr:]), made from the table
+// or an error of its own, and logs it when the access log samples it.
+func (s *Server) answered(sc *scratch, out []byte, hdr int, r *request, tcp bool, pod *podcache.Pod, src netip.AddrPort, now int64) []byte {
+	rcode := int(out[hdr+3] & rcodeMask)
+	from := sourceTable
+	if rcode != 0 {
+		from = sourceNone
+	}
+	cell, slot := requestCell(r.qtype, rcode, tcp, from), int32(slotUnknown)
+	if pod != nil { // namespaceCounts.slotOf, spelt out: this one is inlined
+		if slot = pod.NamespaceSlot.Load(); slot == slotUnknown {
+			slot = s.metrics.namespaces.assign(pod)
+		}
+	}
+	if b := sc.batch; b != nil {
+		b.add(cell, slot, from) // flush adds them up, local answers included
+	} else {
+		s.countAnswer(cell, slot)
+		if from == sourceTable {
+			metricQueries.local.Inc()
+		}
+	}
+	if s.opts.AccessLog.Sampled() {
+		s.logAccess(r, src, tcp, pod, rcode, from, netip.AddrPort{}, s.clock()-now)
+	}
+	return out
+}
+
+// logAccess hands one answered query to the access log.
+func (s *Server) logAccess(r *request, src netip.AddrPort, tcp bool, pod *podcache.Pod, rcode int, from source, upstream netip.AddrPort, latency int64) {
+	e := accesslog.Entry{
+		Time:     time.Now().Add(-time.Duration(latency)),
+		Client:   src,
+		Name:     string(r.name),
+		Type:     r.qtype,
+		Proto:    protoLabels[0],
+		Rcode:    rcode,
+		Answered: sourceLabels[from],
+		Upstream: upstream,
+		Latency:  time.Duration(latency),
+	}
+	if tcp {
+		e.Proto = protoLabels[1]
+	}
+	if pod != nil {
+		e.Namespace, e.Pod = pod.Namespace, pod.Name
+	}
+	s.opts.AccessLog.Send(e)
 }
 
 // truncate writes an empty reply with TC set: the client retries over TCP.
@@ -329,31 +516,68 @@ func truncate(out []byte, msg []byte, r *request) []byte {
 	return out
 }
 
-// slow runs a query that needs more than a table copy (forwarding, CNAME
-// chains, autopath) in its own goroutine. done is called exactly once, with
-// the reply or with nil when there is nothing to send. At most MaxInflight
-// queries run at once; over the bound the client gets SERVFAIL at once.
+// slow answers a query that needs more than a table copy. done is called
+// exactly once, with the reply or with nil when there is nothing to send.
+//
+// What the table answers (search-list aliases, CNAME chains, errors) is
+// answered here, on the caller's goroutine: local answers never wait behind
+// forwarded work. A query that needs an upstream runs in its own goroutine,
+// within two bounds: its source's forwarded queries in flight, and
+// MaxInflight for all sources. Over either, the client gets SERVFAIL at
+// once instead of a place in a queue.
 func (s *Server) slow(msg []byte, src, local netip.AddrPort, tcp bool, done func(reply []byte)) {
-	select {
-	case s.inflight <- struct{}{}:
-	default:
-		metricQueries.overload.Inc()
-		var r request
-		if parse(msg, &r, new(nameBuf)) == verdictDrop {
-			done(nil)
-			return
-		}
-		done(appendErrorReply(nil, msg, &r, rcodeServFail))
+	q := &slowQuery{s: s, msg: msg, src: src, local: local, tcp: tcp, offline: true, start: s.clock(), from: sourceNone}
+	done = q.finishing(done)
+	if reply := q.answer(s.ctx); !q.needsUpstream {
+		done(reply)
 		return
 	}
+	_, source := s.sourceOf(src.Addr(), s.clock())
+	if !source.StartForward(s.opts.Limits.Forwarding) {
+		metricQueries.forwardLimited.Inc()
+		q.from = sourceNone
+		done(appendErrorReply(nil, msg, &q.r, rcodeServFail))
+		return
+	}
+	if !takeSlot(&s.forwarding, s.opts.MaxInflight) {
+		source.EndForward()
+		metricQueries.overload.Inc()
+		q.from = sourceNone
+		done(appendErrorReply(nil, msg, &q.r, rcodeServFail))
+		return
+	}
+	metricForwarding.Inc()
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
-		defer func() { <-s.inflight }()
+		defer func() {
+			metricForwarding.Dec()
+			s.forwarding.Add(-1)
+			source.EndForward()
+		}()
 		ctx, cancel := context.WithTimeout(s.ctx, slowPathTimeout)
 		defer cancel()
-		done(s.answerSlow(ctx, msg, src, local, tcp))
+		q.offline, q.needsUpstream, q.from = false, false, sourceNone
+		done(q.answer(ctx))
 	}()
+}
+
+// servfailFor is SERVFAIL for msg, or nil for a packet to drop.
+func servfailFor(msg []byte) []byte {
+	var r request
+	if parse(msg, &r, new(nameBuf)) == verdictDrop {
+		return nil
+	}
+	return appendErrorReply(nil, msg, &r, rcodeServFail)
+}
+
+// takeSlot adds one to n unless that would pass max.
+func takeSlot(n *atomic.Int32, max int) bool {
+	if n.Add(1) > int32(max) {
+		n.Add(-1)
+		return false
+	}
+	return true
 }
 
 func addrPortOf(a net.Addr) netip.AddrPort {

@@ -8,6 +8,7 @@ import (
 	"github.com/miekg/dns"
 
 	"github.com/ztdns/ztdns/pkg/podcache"
+	"github.com/ztdns/ztdns/pkg/resolver/forward"
 	"github.com/ztdns/ztdns/pkg/resolver/table"
 )
 
@@ -23,29 +24,99 @@ const (
 	extRcodeBadVers = 1
 )
 
+// slowQuery is one query on the slow path.
+type slowQuery struct {
+	s          *Server
+	msg        []byte
+	r          request // parsed by answer
+	src, local netip.AddrPort
+	tcp        bool
+	// offline answers only what needs no upstream: asking one instead sets
+	// needsUpstream, and the reply is to be thrown away (slow then runs the
+	// query again, online, within the bounds on forwarded work).
+	offline, needsUpstream bool
+
+	// What the metrics and the access log say of the answer: when the query
+	// was read (the server's clock), where its answer came from and which
+	// upstream gave it, and the asking pod.
+	start    int64
+	from     source
+	upstream netip.AddrPort
+	badVers  bool
+	pod      *podcache.Pod
+}
+
+// finishing wraps done so that the reply is counted, timed and logged
+// before it is sent.
+func (q *slowQuery) finishing(done func(reply []byte)) func(reply []byte) {
+	return func(reply []byte) {
+		if len(reply) >= headerLen {
+			q.finish(reply)
+		}
+		done(reply)
+	}
+}
+
+func (q *slowQuery) finish(reply []byte) {
+	s := q.s
+	rcode := int(reply[3] & rcodeMask)
+	if q.badVers {
+		rcode = rcodeBadVers
+	}
+	if q.pod == nil {
+		q.pod = s.opts.Pods.Lookup(q.src.Addr())
+	}
+	cell := requestCell(q.r.qtype, rcode, q.tcp, q.from)
+	s.countAnswer(cell, s.metrics.namespaces.slotOf(q.pod))
+	took := s.clock() - q.start
+	s.metrics.durations[q.from].observe(took, 1)
+	if s.opts.AccessLog.Sampled() {
+		s.logAccess(&q.r, q.src, q.tcp, q.pod, rcode, q.from, q.upstream, took)
+	}
+}
+
+// answeredBy records that an upstream exchange (or the cache) gave part of
+// the answer: an exchange outweighs the cache.
+func (q *slowQuery) answeredBy(o forward.Origin) {
+	switch {
+	case !o.Cached:
+		q.from, q.upstream = sourceUpstream, o.Upstream
+	case q.from != sourceUpstream:
+		q.from, q.upstream = sourceCache, o.Upstream
+	}
+}
+
 // answerSlow produces the reply for a query the fast path handed over, or nil
 // to drop it.
 func (s *Server) answerSlow(ctx context.Context, msg []byte, src, local netip.AddrPort, tcp bool) []byte {
-	var r request
-	switch parse(msg, &r, new(nameBuf)) {
+	q := &slowQuery{s: s, msg: msg, src: src, local: local, tcp: tcp}
+	return q.answer(ctx)
+}
+
+// answer produces the reply, or nil to drop the query.
+func (q *slowQuery) answer(ctx context.Context) []byte {
+	s, msg, r := q.s, q.msg, &q.r
+	switch parse(msg, r, new(nameBuf)) {
 	case verdictDrop:
 		return nil
 	case verdictFormErr:
 		metricQueries.formerr.Inc()
-		return appendErrorReply(nil, msg, &r, rcodeFormErr)
+		return appendErrorReply(nil, msg, r, rcodeFormErr)
 	case verdictOther: // NOTIFY, UPDATE, …: not ours to judge
-		return s.forward(ctx, msg, &r, src, local, tcp)
+		return q.forward(ctx)
 	}
 	if r.ednsVersion != 0 {
 		metricQueries.formerr.Inc()
-		out := appendHeader(nil, &r, 0, false, 1, 0, 1)
+		q.badVers = true
+		out := appendHeader(nil, r, 0, false, 1, 0, 1)
 		out = append(out, msg[headerLen:r.qend]...)
-		return appendOPT(out, &r, extRcodeBadVers)
+		return appendOPT(out, r, extRcodeBadVers)
 	}
 	if !r.plain || (r.qclass != classINET && r.qclass != classANY) {
-		return s.forward(ctx, msg, &r, src, local, tcp)
+		return q.forward(ctx)
 	}
-	pod := s.opts.Pods.Lookup(src.Addr())
+	pod := s.opts.Pods.Lookup(q.src.Addr())
+	q.pod = pod
 	var ns string
 	if pod != nil {
 		ns = pod.Namespace
@@ -54,22 +125,22 @@ func (s *Server) answerSlow(ctx context.Context, msg []byte, src, local netip.Ad
 	res := tbl.Resolve(string(r.name), ns)
 	if res.Entry == nil {
 		if s.opts.Autopath && pod != nil {
-			if out := s.autopath(ctx, msg, &r, pod, tbl, src, local, tcp); out != nil {
+			if out := q.autopath(ctx, pod, tbl); out != nil {
 				return out
 			}
 		}
-		return s.forward(ctx, msg, &r, src, local, tcp)
+		return q.forward(ctx)
 	}
 	if r.qtype == typeAXFR || r.qtype == typeIXFR {
 		metricQueries.refused.Inc()
-		return appendErrorReply(nil, msg, &r, rcodeRefused)
+		return appendErrorReply(nil, msg, r, rcodeRefused)
 	}
 	req := new(dns.Msg)
 	if err := req.Unpack(msg); err != nil {
 		metricQueries.formerr.Inc()
-		return appendErrorReply(nil, msg, &r, rcodeFormErr)
+		return appendErrorReply(nil, msg, r, rcodeFormErr)
 	}
-	reply := replyTo(req, &r)
+	reply := replyTo(req, r)
 	owner := req.Question[0].Name
 	if res.Alias != "" {
 		// A search-list expansion of a known name: point the client at the
@@ -78,9 +149,15 @@ func (s *Server) answerSlow(ctx context.Context, msg []byte, src, local netip.Ad
 		reply.Answer = append(reply.Answer, cname(owner, alias, tbl.TTL()))
 		owner = alias
 	}
-	s.chase(ctx, reply, res, owner, &r, tbl, ns, src, local, tcp)
+	q.chase(ctx, reply, res, owner, tbl, ns)
+	if q.needsUpstream {
+		return nil
+	}
 	metricQueries.local.Inc()
-	return s.pack(reply, msg, &r, tcp)
+	if q.from == sourceNone {
+		q.from = sourceTable
+	}
+	return q.pack(reply)
 }
 
 // chase appends the records res answers for the question type, following
@@ -89,10 +166,10 @@ func (s *Server) answerSlow(ctx context.Context, msg []byte, src, local netip.Ad
 // the name asked, the CNAME's owner. When the last name has no records of
 // the type, the authority section gets its zone's SOA (RFC 2308 2.2): the
 // table's for a local name, the upstream's for one resolved there.
-func (s *Server) chase(ctx context.Context, reply *dns.Msg, res table.Result, owner string, r *request, tbl *table.Table, ns string, src, local netip.AddrPort, tcp bool) {
+func (q *slowQuery) chase(ctx context.Context, reply *dns.Msg, res table.Result, owner string, tbl *table.Table, ns string) {
 	for range maxChain {
-		if !res.Chases(r.qtype) {
-			rrs := res.Records(owner, r.qtype, tbl.TTL(), r.id)
+		if !res.Chases(q.r.qtype) {
+			rrs := res.Records(owner, q.r.qtype, tbl.TTL(), q.r.id)
 			if len(rrs) == 0 {
 				reply.Ns = append(reply.Ns, tbl.SOA(owner))
 			}
@@ -108,7 +185,7 @@ func (s *Server) chase(ctx context.Context, reply *dns.Msg, res table.Result, ow
 		}
 		// The target lives outside: resolve it so clients that do not chase
 		// CNAMEs themselves (glibc's stub among them) get addresses.
-		up, err := s.lookupUpstream(ctx, owner, r, src, local, tcp)
+		up, err := q.lookupUpstream(ctx, owner, q.tcp)
 		if err == nil && (up.Rcode == dns.RcodeSuccess || up.Rcode == dns.RcodeNameError) {
 			reply.Answer = append(reply.Answer, up.Answer...)
 			if len(up.Answer) == 0 {
@@ -123,18 +200,19 @@ func (s *Server) chase(ctx context.Context, reply *dns.Msg, res table.Result, ow
 // in one round trip: it walks the rest of the pod's search list itself and
 // answers with a CNAME to the first name that exists (CoreDNS's autopath). It
 // returns nil to fall back to forwarding the query as it is.
-func (s *Server) autopath(ctx context.Context, msg []byte, r *request, pod *podcache.Pod, tbl *table.Table, src, local netip.AddrPort, tcp bool) []byte {
+func (q *slowQuery) autopath(ctx context.Context, pod *podcache.Pod, tbl *table.Table) []byte {
 	if len(pod.Search) == 0 {
 		return nil
 	}
-	search := append(append([]string(nil), pod.Search...), s.opts.NodeSearch...)
+	r := &q.r
+	search := append(append([]string(nil), pod.Search...), q.s.opts.NodeSearch...)
 	qname := string(r.name)
 	first := dns.CanonicalName(search[0])
 	if len(qname) <= len(first)+1 || !strings.HasSuffix(qname, "."+first) {
 		return nil
 	}
 	req := new(dns.Msg)
-	if err := req.Unpack(msg); err != nil {
+	if err := req.Unpack(q.msg); err != nil {
 		return nil
 	}
 	owner := req.Question[0].Name
@@ -144,7 +222,7 @@ func (s *Server) autopath(ctx context.Context, msg []byte, r *request, pod *podc
 		reply.Authoritative = authoritative
 		reply.Answer = append([]dns.RR{cname(owner, target, tbl.TTL())}, rrs...)
 		metricQueries.autopath.Inc()
-		return s.pack(reply, msg, r, tcp)
+		return q.pack(reply)
 	}
 	for _, d := range search[1:] {
 		cand := base + dns.CanonicalName(d)
@@ -152,18 +230,24 @@ func (s *Server) autopath(ctx context.Context, msg []byte, r *request, pod *podc
 			if e := tbl.Find(strings.ToLower(cand), pod.Namespace); e != nil {
 				reply := replyTo(req, r)
 				reply.Answer = append(reply.Answer, cname(owner, cand, tbl.TTL()))
-				s.chase(ctx, reply, table.Result{Entry: e}, cand, r, tbl, pod.Namespace, src, local, tcp)
+				q.chase(ctx, reply, table.Result{Entry: e}, cand, tbl, pod.Namespace)
+				if q.needsUpstream {
+					return nil
+				}
 				metricQueries.autopath.Inc()
-				return s.pack(reply, msg, r, tcp)
+				if q.from == sourceNone {
+					q.from = sourceTable
+				}
+				return q.pack(reply)
 			}
 			continue
 		}
-		up, err := s.lookupUpstream(ctx, cand, r, src, local, tcp)
+		up, err := q.lookupUpstream(ctx, cand, q.tcp)
 		if err == nil && up.Rcode == dns.RcodeSuccess && len(up.Answer) > 0 {
 			return answerWith(cand, up.Answer, false)
 		}
 	}
-	up, err := s.lookupUpstream(ctx, base, r, src, local, tcp)
+	up, err := q.lookupUpstream(ctx, base, q.tcp)
 	switch {
 	case err != nil:
 		return nil
@@ -176,24 +260,30 @@ func (s *Server) autopath(ctx context.Context, msg []byte, r *request, pod *podc
 		reply.Authoritative = false
 		reply.Ns = up.Ns
 		metricQueries.autopath.Inc()
-		return s.pack(reply, msg, r, tcp)
+		return q.pack(reply)
 	}
 	return nil
 }
 
 // forward relays the query to the pod's upstreams.
-func (s *Server) forward(ctx context.Context, msg []byte, r *request, src, local netip.AddrPort, tcp bool) []byte {
+func (q *slowQuery) forward(ctx context.Context) []byte {
+	if q.offline {
+		q.needsUpstream = true
+		return nil
+	}
 	metricQueries.forwarded.Inc()
-	upstreams := s.upstreams(src, local)
+	s, msg, r := q.s, q.msg, &q.r
+	upstreams := s.upstreams(q.src, q.local)
 	if len(upstreams) == 0 || s.opts.Forwarder == nil {
 		return appendErrorReply(nil, msg, r, rcodeServFail)
 	}
-	out, err := s.opts.Forwarder.Forward(ctx, msg, tcp, upstreams)
+	out, from, err := s.opts.Forwarder.ForwardFrom(ctx, msg, q.tcp, upstreams)
 	if err != nil {
-		s.log.Debug("forward failed", "client", src, "err", err)
+		s.log.Debug("forward failed", "client", q.src, "err", err)
 		return appendErrorReply(nil, msg, r, rcodeServFail)
 	}
-	if !tcp && len(out) > r.udpLimit() && r.qend > 0 {
+	q.answeredBy(from)
+	if !q.tcp && len(out) > r.udpLimit() && r.qend > 0 {
 		return truncate(nil, msg, r)
 	}
 	return out
@@ -207,30 +297,36 @@ func (s *Server) upstreams(src, local netip.AddrPort) []netip.AddrPort {
 }
 
 // lookupUpstream asks the pod's upstreams one question of its own.
-func (s *Server) lookupUpstream(ctx context.Context, name string, r *request, src, local netip.AddrPort, tcp bool) (*dns.Msg, error) {
-	q := new(dns.Msg)
-	q.SetQuestion(dns.Fqdn(name), r.qtype)
-	if r.edns {
-		q.SetEdns0(ourUDPSize, r.do)
+func (q *slowQuery) lookupUpstream(ctx context.Context, name string, tcp bool) (*dns.Msg, error) {
+	if q.offline {
+		q.needsUpstream = true
+		return nil, errNeedsUpstream
 	}
-	wire, err := q.Pack()
+	s, r := q.s, &q.r
+	m := new(dns.Msg)
+	m.SetQuestion(dns.Fqdn(name), r.qtype)
+	if r.edns {
+		m.SetEdns0(ourUDPSize, r.do)
+	}
+	wire, err := m.Pack()
 	if err != nil {
 		return nil, err
 	}
-	upstreams := s.upstreams(src, local)
+	upstreams := s.upstreams(q.src, q.local)
 	if len(upstreams) == 0 || s.opts.Forwarder == nil {
 		return nil, errNoUpstream
 	}
-	out, err := s.opts.Forwarder.Forward(ctx, wire, tcp, upstreams)
+	out, from, err := s.opts.Forwarder.ForwardFrom(ctx, wire, tcp, upstreams)
 	if err != nil {
 		return nil, err
 	}
+	q.answeredBy(from)
 	resp := new(dns.Msg)
 	if err := resp.Unpack(out); err != nil {
 		return nil, err
 	}
 	if resp.Truncated && !tcp {
-		return s.lookupUpstream(ctx, name, r, src, local, true)
+		return q.lookupUpstream(ctx, name, true)
 	}
 	return resp, nil
 }
@@ -239,7 +335,10 @@ type constError string
 
 func (e constError) Error() string { return string(e) }
 
-const errNoUpstream = constError("no upstream nameserver for this client")
+const (
+	errNoUpstream    = constError("no upstream nameserver for this client")
+	errNeedsUpstream = constError("the answer needs an upstream")
+)
 
 // replyTo starts an authoritative reply to req.
 func replyTo(req *dns.Msg, r *request) *dns.Msg {
@@ -254,15 +353,15 @@ func replyTo(req *dns.Msg, r *request) *dns.Msg {
 }
 
 // pack serialises a slow-path reply, truncating for UDP like the fast path.
-func (s *Server) pack(reply *dns.Msg, msg []byte, r *request, tcp bool) []byte {
+func (q *slowQuery) pack(reply *dns.Msg) []byte {
 	reply.Compress = true
 	out, err := reply.Pack()
 	if err != nil {
-		s.log.Error("packing a reply failed", "err", err)
-		return appendErrorReply(nil, msg, r, rcodeServFail)
+		q.s.log.Error("packing a reply failed", "err", err)
+		return appendErrorReply(nil, q.msg, &q.r, rcodeServFail)
 	}
-	if !tcp && len(out) > r.udpLimit() {
-		return truncate(nil, msg, r)
+	if !q.tcp && len(out) > q.r.udpLimit() {
+		return truncate(nil, q.msg, &q.r)
 	}
 	return out
 }

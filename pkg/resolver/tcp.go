@@ -5,29 +5,160 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
-)
 
-// maxTCPPipeline bounds the slow-path queries one connection may have in
-// flight; the connection stops reading until one completes.
-const maxTCPPipeline = 16
+	"github.com/ztdns/ztdns/pkg/resolver/quota"
+)
 
 // tcpReadTimeout bounds how long the rest of a started message may take:
 // a truncated frame closes the connection instead of holding it open.
 const tcpReadTimeout = 2 * time.Second
 
-// serveTCPConn answers the length-prefixed queries on one connection (RFC
-// 7766). Local answers are written in order as they are read; slow-path
-// answers are written when ready, which the RFC allows, so a slow upstream
-// does not hold up the rest of the pipeline.
-func (s *Server) serveTCPConn(c *net.TCPConn, local netip.AddrPort) {
-	defer c.Close()
+// Buffers a connection keeps between queries. A larger query or local
+// answer gets a buffer of its own that goes with it, so a connection that
+// once carried a big message does not hold one for the rest of its life.
+const (
+	tcpQueryBuf  = 512
+	tcpAnswerBuf = 1024
+	tcpKeepBuf   = 4096
+)
+
+// Levels of TCP connection pressure, by the share of TCPMaxConns open. The
+// fuller the table, the sooner an idle connection is closed (unbound's
+// tcp-idle-timeout does the same): at half, a tenth of TCPIdleTimeout; at
+// three quarters, a hundredth.
+const (
+	connsRelaxed int32 = iota
+	connsBusy
+	connsCrowded
+)
+
+// tcpConn is one client connection.
+type tcpConn struct {
+	c      *net.TCPConn
+	src    netip.AddrPort
+	source *quota.Source
+
+	mu        sync.Mutex
+	idle      bool // waiting for the first byte of a query
+	idleSince time.Time
+}
+
+// waitForQuery marks the connection idle from now, for at most timeout.
+func (tc *tcpConn) waitForQuery(timeout time.Duration) {
+	tc.mu.Lock()
+	defer tc.mu.Unlock()
+	tc.idle, tc.idleSince = true, time.Now()
+	tc.c.SetReadDeadline(tc.idleSince.Add(timeout))
+}
+
+// busy marks the connection as reading or answering a query.
+func (tc *tcpConn) busy() {
+	tc.mu.Lock()
+	defer tc.mu.Unlock()
+	tc.idle = false
+}
+
+// shortenIdle moves the deadline of an idle connection to timeout after it
+// went idle (at once, when that has passed).
+func (tc *tcpConn) shortenIdle(timeout time.Duration) {
+	tc.mu.Lock()
+	defer tc.mu.Unlock()
+	if tc.idle {
+		tc.c.SetReadDeadline(tc.idleSince.Add(timeout))
+	}
+}
+
+// admitConn starts serving a new connection unless its source or the
+// server has all the connections it may have.
+func (s *Server) admitConn(c *net.TCPConn, local netip.AddrPort) bool {
 	src := addrPortOf(c.RemoteAddr())
+	_, source := s.sourceOf(src.Addr(), s.clock())
+	if !source.OpenConn(s.opts.Limits.TCPConns) {
+		metricTCPRejected.source.Inc()
+		return false
+	}
+	if !takeSlot(&s.tcpOpen, s.opts.TCPMaxConns) {
+		source.CloseConn()
+		metricTCPRejected.total.Inc()
+		return false
+	}
+	tc := &tcpConn{c: c, src: src, source: source}
+	if !s.trackConn(tc) {
+		s.releaseConn(tc)
+		return false
+	}
+	metricTCPConns.Inc()
+	s.raiseConnLevel()
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		defer s.releaseConn(tc)
+		defer s.untrackConn(tc)
+		s.serveTCPConn(tc, local)
+	}()
+	return true
+}
+
+func (s *Server) releaseConn(tc *tcpConn) {
+	tc.source.CloseConn()
+	s.tcpOpen.Add(-1)
+	metricTCPConns.Dec()
+	s.tcpLevel.Store(s.connLevel())
+}
+
+// connLevel is the pressure the open connections put on the server.
+func (s *Server) connLevel() int32 {
+	open, max := int(s.tcpOpen.Load()), s.opts.TCPMaxConns
+	switch {
+	case 4*open >= 3*max:
+		return connsCrowded
+	case 2*open >= max:
+		return connsBusy
+	}
+	return connsRelaxed
+}
+
+// idleTimeout is how long a connection may sit idle at a pressure level.
+func (s *Server) idleTimeout(level int32) time.Duration {
+	switch level {
+	case connsCrowded:
+		return s.opts.TCPIdleTimeout / 100
+	case connsBusy:
+		return s.opts.TCPIdleTimeout / 10
+	}
+	return s.opts.TCPIdleTimeout
+}
+
+// raiseConnLevel records the pressure after a new connection; when it rose,
+// connections already idle get the shorter timeout too.
+func (s *Server) raiseConnLevel() {
+	level := s.connLevel()
+	if s.tcpLevel.Swap(level) >= level {
+		return
+	}
+	timeout := s.idleTimeout(level)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for tc := range s.tcp {
+		tc.shortenIdle(timeout)
+	}
+}
+
+// serveTCPConn answers the length-prefixed queries on one connection (RFC
+// 7766). Local answers are written in order as they are read; forwarded
+// answers are written when ready, which the RFC allows, so a slow upstream
+// does not hold up the rest of the pipeline. Forwarded queries are bounded
+// per source (see slow), not per connection: the reader never blocks on
+// them.
+func (s *Server) serveTCPConn(tc *tcpConn, local netip.AddrPort) {
+	c := tc.c
+	defer c.Close()
 	var (
 		writeMu sync.Mutex
 		pending sync.WaitGroup
-		slots   = make(chan struct{}, maxTCPPipeline)
 	)
 	defer pending.Wait()
 	write := func(reply []byte) {
@@ -36,54 +167,76 @@ func (s *Server) serveTCPConn(c *net.TCPConn, local netip.AddrPort) {
 		}
 		writeMu.Lock()
 		defer writeMu.Unlock()
-		frame := binary.BigEndian.AppendUint16(make([]byte, 0, 2+len(reply)), uint16(len(reply)))
+		var length [2]byte
+		binary.BigEndian.PutUint16(length[:], uint16(len(reply)))
 		c.SetWriteDeadline(time.Now().Add(tcpReadTimeout))
-		if _, err := c.Write(append(frame, reply...)); err != nil {
+		frame := net.Buffers{length[:], reply} // one writev, no copy of the reply
+		if _, err := frame.WriteTo(c); err != nil {
 			c.Close()
 		}
 	}
 	var lenBuf [2]byte
-	buf := make([]byte, 0, 512)
-	out := make([]byte, 0, 4096)
-	name := new(nameBuf)
+	// Made at the first query: an idle connection holds no buffer.
+	var (
+		buf, out []byte
+		sc       *scratch
+	)
 	for {
 		if s.stopping() {
 			return
 		}
-		c.SetReadDeadline(time.Now().Add(s.opts.TCPIdleTimeout))
+		tc.waitForQuery(s.idleTimeout(s.tcpLevel.Load()))
 		if _, err := io.ReadFull(c, lenBuf[:1]); err != nil {
 			return // idle, closed, or the server is stopping
 		}
+		tc.busy()
 		c.SetReadDeadline(time.Now().Add(tcpReadTimeout))
 		if _, err := io.ReadFull(c, lenBuf[1:]); err != nil {
 			return
 		}
-		n := int(binary.BigEndian.Uint16(lenBuf[:]))
-		if cap(buf) < n {
-			buf = make([]byte, n)
+		if buf == nil {
+			buf, out, sc = make([]byte, tcpQueryBuf), make([]byte, 0, tcpAnswerBuf), new(scratch)
 		}
-		msg := buf[:n]
+		n := int(binary.BigEndian.Uint16(lenBuf[:]))
+		msg := buf
+		if n > len(buf) {
+			msg = make([]byte, n)
+		}
+		msg = msg[:n]
 		if _, err := io.ReadFull(c, msg); err != nil {
 			metricQueries.drop.Inc()
 			return // a truncated frame: nothing sensible to answer
 		}
-		reply, slow := s.answerFast(msg, src, true, out[:0], name)
+		start := s.clock()
+		reply, slow := s.answerFast(msg, tc.src, true, out[:0], sc, start)
 		if !slow {
 			if reply == nil {
 				continue
 			}
 			write(reply)
-			out = reply[:0]
+			s.observeLocal(reply, s.clock()-start)
+			if cap(reply) <= tcpKeepBuf {
+				out = reply[:0]
+			}
 			continue
 		}
-		slots <- struct{}{}
 		pending.Add(1)
-		s.slow(append([]byte(nil), msg...), src, local, true, func(reply []byte) {
+		msg = slices.Clone(msg)
+		s.slow(msg, tc.src, local, true, func(reply []byte) {
 			defer pending.Done()
-			defer func() { <-slots }()
-			if reply != nil {
-				write(reply)
+			if reply == nil {
+				return
 			}
+			// Until it is written (a client that reads slowly holds it up
+			// to tcpReadTimeout), the reply counts against the budget of
+			// replies in flight; one that does not fit becomes SERVFAIL.
+			if n := len(reply); s.opts.Budget.TryTake(n) {
+				defer s.opts.Budget.Give(n)
+			} else {
+				metricQueries.overload.Inc()
+				reply = servfailFor(msg)
+			}
+			write(reply)
 		})
 	}
 }

@@ -21,7 +21,7 @@ import (
 
 	"github.com/ztdns/ztdns/internal/dnstest"
 	"github.com/ztdns/ztdns/internal/testenv"
-	"github.com/ztdns/ztdns/pkg/agent"
+	"github.com/ztdns/ztdns/pkg/control"
 )
 
 // The node side of the tests that run a real agent: `ztdns agent` in the
@@ -219,7 +219,7 @@ func (n *capturingNode) writeManifest(t *testing.T, name, content string) {
 }
 
 // podRows returns what `ztdns pods -o json` prints.
-func (n *capturingNode) podRows(t *testing.T) []agent.PodRow {
+func (n *capturingNode) podRows(t *testing.T) []control.PodRow {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
@@ -227,7 +227,7 @@ func (n *capturingNode) podRows(t *testing.T) []agent.PodRow {
 	if err != nil {
 		t.Fatalf("ztdns pods: %v", err)
 	}
-	var rows []agent.PodRow
+	var rows []control.PodRow
 	if err := json.Unmarshal(out, &rows); err != nil {
 		t.Fatalf("ztdns pods -o json: %v\n%s", err, out)
 	}
@@ -235,8 +235,8 @@ func (n *capturingNode) podRows(t *testing.T) []agent.PodRow {
 }
 
 // rowsOf returns the rows of `ztdns pods` for the pod's sandbox.
-func rowsOf(rows []agent.PodRow, p *Pod) []agent.PodRow {
-	var out []agent.PodRow
+func rowsOf(rows []control.PodRow, p *Pod) []control.PodRow {
+	var out []control.PodRow
 	for _, r := range rows {
 		if r.ContainerID == p.ContainerID {
 			out = append(out, r)
@@ -247,7 +247,7 @@ func rowsOf(rows []agent.PodRow, p *Pod) []agent.PodRow {
 
 // requireRow checks that `ztdns pods` lists the pod's sandbox exactly once,
 // with its identity, the runtime's IPs, its cookie and the decision.
-func (n *capturingNode) requireRow(t *testing.T, p *Pod, ips []netip.Addr, captured bool, reason string) agent.PodRow {
+func (n *capturingNode) requireRow(t *testing.T, p *Pod, ips []netip.Addr, captured bool, reason string) control.PodRow {
 	t.Helper()
 	rows := n.podRows(t)
 	got := rowsOf(rows, p)

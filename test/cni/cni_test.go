@@ -18,6 +18,7 @@ import (
 
 	"github.com/ztdns/ztdns/internal/testenv"
 	"github.com/ztdns/ztdns/pkg/cni"
+	"github.com/ztdns/ztdns/pkg/control"
 	"github.com/ztdns/ztdns/pkg/redirect"
 )
 
@@ -115,7 +116,7 @@ func TestAgentDownPolicyAllow(t *testing.T) {
 	}
 
 	pending, err := cni.PendingAdds(r.PendingDir)
-	want := cni.AddRequest{
+	want := control.CNIAddRequest{
 		ContainerID: p.ContainerID, Netns: p.Path(), IfName: "eth0",
 		PodNamespace: "shop", PodName: "web-0", PodUID: p.UID,
 		IPs: ips, NetnsCookie: cookieOf(t, p),
@@ -172,7 +173,7 @@ func TestAgentDownDel(t *testing.T) {
 				}
 			}
 			pending, err := cni.PendingDeletes(r.PendingDir)
-			want := cni.DelRequest{ContainerID: p.ContainerID, Netns: p.rt.NetNS}
+			want := control.CNIDelRequest{ContainerID: p.ContainerID, Netns: p.rt.NetNS}
 			if err != nil || len(pending) != 1 || pending[0] != want {
 				t.Errorf("pending DELs = %+v, %v; want %+v", pending, err, want)
 			}
@@ -275,7 +276,7 @@ func TestUninstallLeavesTheRuntimeWorking(t *testing.T) {
 	requireBridgeResult(t, r, p, res, false)
 }
 
-func addRequestsEqual(a, b cni.AddRequest) bool {
+func addRequestsEqual(a, b control.CNIAddRequest) bool {
 	return a.ContainerID == b.ContainerID && a.Netns == b.Netns && a.IfName == b.IfName &&
 		a.PodNamespace == b.PodNamespace && a.PodName == b.PodName && a.PodUID == b.PodUID &&
 		slices.Equal(a.IPs, b.IPs) && a.NetnsCookie == b.NetnsCookie

@@ -4,9 +4,11 @@ package cnie2e
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net"
 	"net/url"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -19,6 +21,7 @@ import (
 	"github.com/ztdns/ztdns/internal/kubetest"
 	"github.com/ztdns/ztdns/internal/testenv"
 	"github.com/ztdns/ztdns/pkg/ambient"
+	"github.com/ztdns/ztdns/pkg/control"
 	"github.com/ztdns/ztdns/pkg/model"
 )
 
@@ -97,6 +100,16 @@ func TestKubeNamespaceLabelledAtRunTime(t *testing.T) {
 	took := n.waitMarked(t, p, true, kubeLabelDeadline)
 	t.Logf("the running pod was marked %v after the namespace label was written to the API server", took.Round(time.Millisecond))
 	n.requireCaptured(t, p)
+
+	// The API's Pod object is who orders-0 is: an ADD naming it from another
+	// sandbox with another UID is refused.
+	impostor := n.NewPod(t, PodOptions{Namespace: nsName, Name: podName, UID: "not-" + string(pod.UID)})
+	_, err = control.NewClient(n.Socket, 10*time.Second).CNIAdd(ctx, control.CNIAddRequest{ContainerID: impostor.ContainerID,
+		Netns: impostor.Path(), PodNamespace: nsName, PodName: podName, PodUID: impostor.UID, NetnsCookie: cookieOf(t, impostor)})
+	if ce := (*control.Error)(nil); !errors.As(err, &ce) || ce.Code != 403 || !strings.Contains(ce.Message, "has UID "+string(pod.UID)) {
+		t.Errorf("an ADD of %s/%s with another UID: %v, want a 403 naming the API's UID", nsName, podName, err)
+	}
+
 	before := n.requireRow(t, p, ips, true, ambient.ReasonAmbient)
 	first.Stop(t, 10*time.Second)
 	n.startAgent(t)

@@ -16,7 +16,6 @@ import (
 	"github.com/miekg/dns"
 
 	"github.com/ztdns/ztdns/internal/testenv"
-	"github.com/ztdns/ztdns/pkg/agent"
 	"github.com/ztdns/ztdns/pkg/control"
 	"github.com/ztdns/ztdns/pkg/resolver/table"
 )
@@ -134,8 +133,8 @@ func TestBrokenManifestKeepsServing(t *testing.T) {
 	writeFile(t, path, append(append([]byte(nil), good...), []byte("\n---\nkind: [broken\n")...))
 	// The error names the file and line, and is reported by the agent.
 	eventually(t, 5*time.Second, func() error {
-		var st agent.Status
-		if err := control.NewClient(r.socket, time.Second).Do(context.Background(), "GET", "/v1/status", nil, &st); err != nil {
+		st, err := control.NewClient(r.socket, time.Second).Status(context.Background())
+		if err != nil {
 			return err
 		}
 		for _, e := range st.SourceErrors {
@@ -161,8 +160,8 @@ func TestBrokenManifestKeepsServing(t *testing.T) {
 
 func tableRows(t *testing.T, r *running, ns string) []table.Row {
 	t.Helper()
-	var rows []table.Row
-	if err := control.NewClient(r.socket, 5*time.Second).Do(context.Background(), "GET", "/v1/table?namespace="+ns, nil, &rows); err != nil {
+	rows, err := control.NewClient(r.socket, 5*time.Second).Table(context.Background(), ns)
+	if err != nil {
 		t.Fatal(err)
 	}
 	return rows

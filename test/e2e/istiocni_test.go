@@ -17,7 +17,7 @@ import (
 
 	"github.com/ztdns/ztdns/internal/dnstest"
 	"github.com/ztdns/ztdns/internal/testenv"
-	"github.com/ztdns/ztdns/pkg/agent"
+	"github.com/ztdns/ztdns/pkg/control"
 )
 
 // What the stand-in ztunnel answers for every name, so a test can tell who
@@ -126,10 +126,10 @@ func (c *cluster) checkDoublyCaptured(t *testing.T, backend, name, metricsAddr s
 }
 
 // status returns `ztdns status`.
-func (c *cluster) status(t *testing.T) agent.Status {
+func (c *cluster) status(t *testing.T) control.Status {
 	t.Helper()
-	var st agent.Status
-	out := c.ztdns(t, "status", "--socket", c.socket)
+	var st control.Status
+	out := c.ztdns(t, "status", "--socket", c.socket, "-o", "json")
 	if err := json.Unmarshal([]byte(out), &st); err != nil {
 		t.Fatalf("ztdns status: %v\n%s", err, out)
 	}

@@ -59,7 +59,7 @@ func TestPodsAndCaptureDel(t *testing.T) {
 	row := c.podRow(t, name)
 	cookie := netnsCookie(t, p)
 	want := podRow{Namespace: "default", Name: name, NetnsCookie: cookie, NetnsPath: p.Path(),
-		IPs: []string{p.IPv4.String(), p.IPv6.String()}, Captured: true, Marked: true}
+		IPs: []string{p.IPv4.String(), p.IPv6.String()}, Captured: true, Reason: "by-hand", Marked: true}
 	got := row
 	got.Redirected, got.Restored, got.Nameservers = 0, 0, nil // checked below
 	slices.Sort(got.IPs)

@@ -15,6 +15,7 @@ import (
 
 	"github.com/ztdns/ztdns/internal/dnstest"
 	"github.com/ztdns/ztdns/internal/testenv"
+	"github.com/ztdns/ztdns/pkg/control"
 )
 
 // How long the steady client of the restart tests runs, and when during
@@ -184,20 +185,7 @@ func lostWindow(qs []loopQuery) (from, to time.Time, ok bool) {
 }
 
 // podRow is one row of `ztdns pods -o json`.
-type podRow struct {
-	Namespace   string   `json:"namespace"`
-	Name        string   `json:"name"`
-	NetnsCookie uint64   `json:"netnsCookie"`
-	NetnsPath   string   `json:"netnsPath"`
-	IPs         []string `json:"ips"`
-	Captured    bool     `json:"captured"`
-	Marked      bool     `json:"marked"`
-	Redirected  uint64   `json:"redirected"`
-	Restored    uint64   `json:"restored"`
-	Nameservers []string `json:"nameservers"`
-	// IstioDNSRules: istio-cni's DNS rules found in the pod.
-	IstioDNSRules string `json:"istioDNSRules"`
-}
+type podRow = control.PodRow
 
 // pods returns `ztdns pods -o json`.
 func (c *cluster) pods(t *testing.T) []podRow {

@@ -86,22 +86,41 @@ type entry struct {
 	ttlOffsets []uint16
 	stored     time.Time
 	expires    time.Time
+	from       netip.AddrPort // the upstream that sent msg
 	prev, next *entry
 }
 
-// cache is a fixed-size LRU of upstream replies.
+// entryOverhead is what an entry costs besides its key, reply and offsets:
+// the struct, its map slot, and the allocator's rounding of three objects.
+const entryOverhead = 256
+
+// cost is the bytes an entry holds, as the cache's byte bound counts them.
+func (e *entry) cost() int64 {
+	return int64(len(e.key) + cap(e.msg) + 2*cap(e.ttlOffsets) + entryOverhead)
+}
+
+// cache is an LRU of upstream replies, bounded in entries and in bytes.
 type cache struct {
-	mu      sync.Mutex
-	max     int
-	entries map[string]*entry
+	mu       sync.Mutex
+	max      int
+	maxBytes int64
+	bytes    int64
+	entries  map[string]*entry
 	// head.next is the most recently used entry, head.prev the least.
 	head entry
 }
 
-func newCache(maxEntries int) *cache {
-	c := &cache{max: maxEntries, entries: make(map[string]*entry, min(maxEntries, 1024))}
+func newCache(maxEntries int, maxBytes int64) *cache {
+	c := &cache{max: maxEntries, maxBytes: maxBytes, entries: make(map[string]*entry, min(maxEntries, 1024))}
 	c.head.next, c.head.prev = &c.head, &c.head
 	return c
+}
+
+// usage returns the number of entries and the bytes they hold.
+func (c *cache) usage() (int, int64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.entries), c.bytes
 }
 
 // get returns the live entry for key, or nil. An expired entry is dropped.
@@ -121,25 +140,38 @@ func (c *cache) get(key []byte, now time.Time) *entry {
 	return e
 }
 
-// put stores e, replacing any entry with the same key and evicting the least
-// recently used entry when full.
+// put stores e, replacing any entry with the same key and evicting least
+// recently used entries until both bounds hold. A reply that alone would
+// take more than a quarter of the bytes is not kept: it would push out many
+// small ones for one big one.
 func (c *cache) put(e *entry) {
+	cost := e.cost()
+	if cost > c.maxBytes/4 {
+		cacheTooLarge.Inc()
+		return
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if old := c.entries[e.key]; old != nil {
 		c.remove(old)
 	}
-	for len(c.entries) >= c.max && c.head.prev != &c.head {
+	for (len(c.entries) >= c.max || c.bytes+cost > c.maxBytes) && c.head.prev != &c.head {
 		c.remove(c.head.prev)
 		cacheEvictions.Inc()
 	}
 	c.entries[e.key] = e
+	c.bytes += cost
+	cacheBytes.Add(float64(cost))
+	cacheEntries.Inc()
 	c.pushFront(e)
 }
 
 func (c *cache) remove(e *entry) {
 	c.unlink(e)
 	delete(c.entries, e.key)
+	c.bytes -= e.cost()
+	cacheBytes.Sub(float64(e.cost()))
+	cacheEntries.Dec()
 }
 
 func (c *cache) unlink(e *entry) {
@@ -181,12 +213,13 @@ func cacheLifetime(s replyScan, maxTTL time.Duration) (time.Duration, bool) {
 	return d, d > 0
 }
 
-// newEntry prepares a reply for the cache: it copies msg and keeps the TTL
-// offsets so a hit can age the copy without parsing it.
+// newEntry prepares a reply for the cache: it keeps msg, which nobody may
+// change any more (a hit copies it), and the TTL offsets, so a hit can age
+// its copy without parsing it.
 func newEntry(key string, msg []byte, s replyScan, now time.Time, lifetime time.Duration) *entry {
 	return &entry{
 		key:        key,
-		msg:        slices.Clone(msg),
+		msg:        msg,
 		ttlOffsets: slices.Clip(s.ttlOffsets),
 		stored:     now,
 		expires:    now.Add(lifetime),

@@ -8,35 +8,39 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"slices"
-	"sync"
+	"syscall"
 	"time"
-)
 
-// maxUDPReply is the largest UDP payload we read from an upstream.
-const maxUDPReply = 65535
+	"golang.org/x/sys/unix"
+
+	"github.com/ztdns/ztdns/pkg/resolver/quota"
+)
 
 // errMismatch reports a TCP reply that is not the answer to our query.
 var errMismatch = errors.New("reply does not match the query")
 
-// udpBufs holds read buffers for upstream UDP replies; the reply is copied
-// out at its real size, so a 64 KiB buffer is not allocated per query.
-var udpBufs = sync.Pool{New: func() any { b := make([]byte, maxUDPReply); return &b }}
+// errNoMemory reports a reply that did not fit the budget of replies in
+// flight.
+var errNoMemory = errors.New("reply does not fit the budget of replies in flight")
 
 // exchange sends query (already carrying its own random ID) to one upstream
 // over the client's protocol and returns the first reply that matches it. A
 // truncated UDP reply is returned as it is: the client sees TC and retries
-// over TCP, which reaches the upstream over TCP in turn.
-func exchange(ctx context.Context, upstream netip.AddrPort, query []byte, q question, tcp bool) ([]byte, error) {
+// over TCP, which reaches the upstream over TCP in turn. The reply's bytes
+// are taken from budget, and stay taken when it is returned.
+func exchange(ctx context.Context, upstream netip.AddrPort, query []byte, q question, tcp bool, budget *quota.Budget) ([]byte, error) {
 	if tcp {
-		return exchangeTCP(ctx, upstream, query, q)
+		return exchangeTCP(ctx, upstream, query, q, budget)
 	}
-	return exchangeUDP(ctx, upstream, query, q)
+	return exchangeUDP(ctx, upstream, query, q, budget)
 }
 
 // exchangeUDP reads from a connected socket of its own, so packets from other
 // addresses never reach it, and skips replies whose ID or question differ.
-func exchangeUDP(ctx context.Context, upstream netip.AddrPort, query []byte, q question) ([]byte, error) {
+// It holds no buffer while it waits: it learns each datagram's size first
+// and reads it into a buffer of exactly that size, so a query waiting on a
+// slow upstream costs no 64 KiB, and a big reply only what it is.
+func exchangeUDP(ctx context.Context, upstream netip.AddrPort, query []byte, q question, budget *quota.Budget) ([]byte, error) {
 	conn, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(upstream))
 	if err != nil {
 		return nil, fmt.Errorf("dial udp %s: %w", upstream, err)
@@ -46,28 +50,67 @@ func exchangeUDP(ctx context.Context, upstream netip.AddrPort, query []byte, q q
 	if _, err := conn.Write(query); err != nil {
 		return nil, ctxErrOr(ctx, fmt.Errorf("send udp %s: %w", upstream, err))
 	}
-	bufp := udpBufs.Get().(*[]byte)
-	defer udpBufs.Put(bufp)
-	buf := *bufp
+	rc, err := conn.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
 	for {
-		n, err := conn.Read(buf)
+		n, err := nextDatagramSize(rc)
 		if err != nil {
 			return nil, ctxErrOr(ctx, fmt.Errorf("read udp %s: %w", upstream, err))
 		}
-		if matches(buf[:n], query, q) {
-			return slices.Clone(buf[:n]), nil
+		if n < headerLen { // not a reply: read it off the socket and go on
+			var junk [headerLen]byte
+			if _, err := conn.Read(junk[:]); err != nil {
+				return nil, ctxErrOr(ctx, fmt.Errorf("read udp %s: %w", upstream, err))
+			}
+			continue
+		}
+		if !budget.TryTake(n) {
+			return nil, fmt.Errorf("read udp %s: %d-octet reply: %w", upstream, n, errNoMemory)
+		}
+		buf := make([]byte, n)
+		n, err = conn.Read(buf)
+		if err != nil {
+			budget.Give(len(buf))
+			return nil, ctxErrOr(ctx, fmt.Errorf("read udp %s: %w", upstream, err))
+		}
+		if n == len(buf) && matches(buf, query, q) {
+			return buf, nil
 		}
 		// A stray or spoofed packet: keep waiting for ours.
+		budget.Give(len(buf))
 	}
 }
 
-func exchangeTCP(ctx context.Context, upstream netip.AddrPort, query []byte, q question) ([]byte, error) {
+// nextDatagramSize waits in the netpoller until a datagram is queued on the
+// socket and returns its size without reading it (MSG_PEEK|MSG_TRUNC with
+// no buffer: Linux returns the real length).
+func nextDatagramSize(rc syscall.RawConn) (int, error) {
+	var n int
+	var serr error
+	err := rc.Read(func(fd uintptr) bool {
+		n, _, serr = unix.Recvfrom(int(fd), nil, unix.MSG_PEEK|unix.MSG_TRUNC|unix.MSG_DONTWAIT)
+		return !errors.Is(serr, unix.EAGAIN)
+	})
+	if err != nil {
+		return 0, err
+	}
+	return n, serr
+}
+
+func exchangeTCP(ctx context.Context, upstream netip.AddrPort, query []byte, q question, budget *quota.Budget) ([]byte, error) {
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "tcp", upstream.String())
 	if err != nil {
 		return nil, ctxErrOr(ctx, fmt.Errorf("dial tcp %s: %w", upstream, err))
 	}
+	// A connection per query, closed by us: with a normal close each would
+	// keep a local port in TIME_WAIT for a minute, and a pod asking over
+	// TCP at its rate would use up the ports to its upstream (connect then
+	// spends its time looking for a free one, for every pod). Reset it.
 	defer conn.Close()
+	defer conn.(*net.TCPConn).SetLinger(0)
 	defer interruptOnDone(ctx, conn)()
 
 	frame := make([]byte, 2+len(query))
@@ -86,11 +129,18 @@ func exchangeTCP(ctx context.Context, upstream netip.AddrPort, query []byte, q q
 	if n < headerLen {
 		return nil, fmt.Errorf("read tcp %s: %d-octet reply is shorter than a header", upstream, n)
 	}
+	// The upstream may be the pod's own choice: the length it announces is
+	// taken from the budget before anything is allocated for it.
+	if !budget.TryTake(n) {
+		return nil, fmt.Errorf("read tcp %s: %d-octet reply: %w", upstream, n, errNoMemory)
+	}
 	reply := make([]byte, n)
 	if _, err := io.ReadFull(conn, reply); err != nil {
+		budget.Give(n)
 		return nil, ctxErrOr(ctx, fmt.Errorf("read tcp %s reply: %w", upstream, err))
 	}
 	if !matches(reply, query, q) {
+		budget.Give(n)
 		return nil, fmt.Errorf("tcp %s: %w", upstream, errMismatch)
 	}
 	return reply, nil

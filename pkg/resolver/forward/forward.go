@@ -15,6 +15,8 @@ import (
 	"slices"
 	"sync"
 	"time"
+
+	"github.com/ztdns/ztdns/pkg/resolver/quota"
 )
 
 // servfailUDPSize is the UDP payload size advertised in our own SERVFAIL
@@ -31,11 +33,16 @@ const (
 // Forwarder relays queries to upstream nameservers and caches the replies.
 // It is safe for concurrent use.
 type Forwarder struct {
-	timeout   time.Duration
-	cacheSize int
-	maxTTL    time.Duration
-	now       func() time.Time
-	log       *slog.Logger
+	timeout    time.Duration
+	cacheSize  int
+	cacheBytes int64
+	maxTTL     time.Duration
+	budget     *quota.Budget // nil: unbounded
+	now        func() time.Time
+	log        *slog.Logger
+
+	maxUpstreamSeries int
+	upstreams         *upstreamMetrics
 
 	cache *cache // nil when caching is disabled
 
@@ -52,27 +59,51 @@ type Forwarder struct {
 // flight is one upstream exchange shared by identical concurrent queries.
 type flight struct {
 	done  chan struct{}
-	reply []byte // the upstream's reply with our ID, or nil if none came
+	reply []byte         // the upstream's reply with our ID, or nil if none came
+	from  netip.AddrPort // the upstream that sent reply
+}
+
+// Origin says where a reply came from.
+type Origin struct {
+	// Cached is true when the reply came from the cache.
+	Cached bool
+	// Upstream is the nameserver whose reply it is (for a cached reply, the
+	// one that sent it then); not valid when none answered and the reply is
+	// a SERVFAIL made here.
+	Upstream netip.AddrPort
 }
 
 // New returns a Forwarder; Close it to stop its upstream exchanges.
 func New(opts ...Option) *Forwarder {
 	f := &Forwarder{
-		timeout:   DefaultTimeout,
-		cacheSize: DefaultCacheSize,
-		maxTTL:    DefaultMaxTTL,
-		now:       time.Now,
-		log:       slog.Default(),
-		flights:   make(map[string]*flight),
+		timeout:    DefaultTimeout,
+		cacheSize:  DefaultCacheSize,
+		cacheBytes: DefaultCacheBytes,
+		maxTTL:     DefaultMaxTTL,
+		now:        time.Now,
+
+		maxUpstreamSeries: DefaultMaxUpstreamSeries,
+		log:               slog.Default(),
+		flights:           make(map[string]*flight),
 	}
 	for _, o := range opts {
 		o(f)
 	}
 	if f.cacheSize > 0 {
-		f.cache = newCache(f.cacheSize)
+		f.cache = newCache(f.cacheSize, f.cacheBytes)
 	}
+	f.upstreams = newUpstreamMetrics(f.maxUpstreamSeries)
 	f.base, f.stop = context.WithCancel(context.Background())
 	return f
+}
+
+// CacheUsage returns the number of replies the cache holds and the bytes
+// they take, as its byte bound counts them.
+func (f *Forwarder) CacheUsage() (entries int, bytes int64) {
+	if f.cache == nil {
+		return 0, 0
+	}
+	return f.cache.usage()
 }
 
 // Close stops all upstream exchanges and waits for them to end. Queries
@@ -93,15 +124,23 @@ func (f *Forwarder) Close() error {
 // Standard queries are answered from the cache when possible; other opcodes
 // are always forwarded. The error is only for a req that cannot be parsed.
 func (f *Forwarder) Forward(ctx context.Context, req []byte, tcp bool, upstreams []netip.AddrPort) ([]byte, error) {
+	reply, _, err := f.ForwardFrom(ctx, req, tcp, upstreams)
+	return reply, err
+}
+
+// ForwardFrom is Forward, and says where the reply came from.
+func (f *Forwarder) ForwardFrom(ctx context.Context, req []byte, tcp bool, upstreams []netip.AddrPort) ([]byte, Origin, error) {
 	r, err := parseRequest(req)
 	if err != nil {
-		return nil, fmt.Errorf("parse request: %w", err)
+		return nil, Origin{}, fmt.Errorf("parse request: %w", err)
 	}
 	if r.hdr.opcode() != opcodeQuery {
 		ctx, cancel := context.WithTimeout(ctx, f.timeout)
 		defer cancel()
 		defer context.AfterFunc(f.base, cancel)()
-		return f.finish(req, r, f.resolve(ctx, req, r, tcp, upstreams)), nil
+		a := f.resolve(ctx, req, r, tcp, upstreams)
+		defer f.budget.Give(len(a.reply))
+		return f.finish(req, r, a.reply), a.origin(), nil
 	}
 
 	var keyBuf [512]byte
@@ -110,63 +149,80 @@ func (f *Forwarder) Forward(ctx context.Context, req []byte, tcp bool, upstreams
 		now := f.now()
 		if e := f.cache.get(key, now); e != nil {
 			cacheHits.Inc()
-			return fromCache(req, r, e, now), nil
+			return fromCache(req, r, e, now), Origin{Cached: true, Upstream: e.from}, nil
 		}
 		cacheMisses.Inc()
 	}
 
-	// Identical queries share one exchange, which runs on its own context so
-	// that a waiter giving up does not cancel it for the others.
+	// Identical queries share one exchange. The query that starts it runs
+	// it in its own goroutine (a goroutine per query in flight is most of
+	// what one costs); the others wait for it, each until its own context
+	// ends, so one giving up does not cancel the exchange for the rest.
 	proto := byte('u')
 	if tcp {
 		proto = 't'
 	}
-	fl := f.joinFlight(append(key, proto), req, r, tcp, upstreams)
-	if fl == nil {
-		return servfail(req, r), nil
+	flightKey := string(append(key, proto))
+	fl, leader := f.joinFlight(flightKey)
+	switch {
+	case fl == nil:
+		return servfail(req, r), Origin{}, nil
+	case leader:
+		f.fly(ctx, fl, flightKey, req, r, tcp, upstreams)
+		return f.finish(req, r, fl.reply), Origin{Upstream: fl.from}, nil
 	}
 	select {
 	case <-fl.done:
-		return f.finish(req, r, fl.reply), nil
+		return f.finish(req, r, fl.reply), Origin{Upstream: fl.from}, nil
 	case <-ctx.Done():
-		return servfail(req, r), nil
+		return servfail(req, r), Origin{}, nil
 	}
 }
 
-// joinFlight returns the flight for flightKey, starting it if there is none.
-// It returns nil once the Forwarder is closed.
-func (f *Forwarder) joinFlight(flightKey []byte, req []byte, r request, tcp bool, upstreams []netip.AddrPort) *flight {
+// joinFlight returns the flight for flightKey, and whether the caller
+// starts it (then it must call fly). It returns nil once the Forwarder is
+// closed.
+func (f *Forwarder) joinFlight(flightKey string) (fl *flight, leader bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.closed {
-		return nil
+		return nil, false
 	}
-	if fl := f.flights[string(flightKey)]; fl != nil {
+	if fl := f.flights[flightKey]; fl != nil {
 		coalesced.Inc()
-		return fl
+		return fl, false
 	}
-	fk := string(flightKey)
-	fl := &flight{done: make(chan struct{})}
-	f.flights[fk] = fl
-	req = slices.Clone(req) // the caller may reuse its buffer once it returns
-	upstreams = slices.Clone(upstreams)
-	f.wg.Go(func() {
-		ctx, cancel := context.WithTimeout(f.base, f.timeout)
-		defer cancel()
-		fl.reply = f.resolve(ctx, req, r, tcp, upstreams)
-		if fl.reply != nil {
-			f.store(fk[:len(fk)-1], fl.reply)
-		}
-		f.mu.Lock()
-		delete(f.flights, fk)
-		f.mu.Unlock()
-		close(fl.done)
-	})
-	return fl
+	fl = &flight{done: make(chan struct{})}
+	f.flights[flightKey] = fl
+	f.wg.Add(1) // Close waits for the exchange
+	return fl, true
 }
 
-// store caches reply under key if its rcode and TTLs allow.
-func (f *Forwarder) store(key string, reply []byte) {
+// fly runs the exchange of a flight the caller started, bounded by the
+// timeout, the caller's context and Close, caches the reply and hands it to
+// the flight's waiters.
+func (f *Forwarder) fly(ctx context.Context, fl *flight, flightKey string, req []byte, r request, tcp bool, upstreams []netip.AddrPort) {
+	defer f.wg.Done()
+	ctx, cancel := context.WithTimeout(ctx, f.timeout)
+	defer cancel()
+	defer context.AfterFunc(f.base, cancel)()
+	a := f.resolve(ctx, req, r, tcp, upstreams)
+	fl.reply, fl.from = a.reply, a.upstream
+	if fl.reply != nil {
+		f.store(flightKey[:len(flightKey)-1], fl.reply, fl.from)
+	}
+	f.mu.Lock()
+	delete(f.flights, flightKey)
+	f.mu.Unlock()
+	close(fl.done)
+	// The waiters copy the reply as they wake; it leaves the budget now.
+	f.budget.Give(len(fl.reply))
+}
+
+// store caches reply under key if its rcode and TTLs allow. The cache
+// keeps reply itself: a flight's reply is never changed (its waiters copy
+// it).
+func (f *Forwarder) store(key string, reply []byte, from netip.AddrPort) {
 	if f.cache == nil {
 		return
 	}
@@ -179,48 +235,75 @@ func (f *Forwarder) store(key string, reply []byte) {
 	if !ok {
 		return
 	}
-	f.cache.put(newEntry(key, reply, s, f.now(), lifetime))
+	e := newEntry(key, reply, s, f.now(), lifetime)
+	e.from = from
+	f.cache.put(e)
 }
 
 // attempt is the outcome of asking one upstream.
 type attempt struct {
-	reply []byte
-	good  bool
+	reply    []byte
+	good     bool
+	upstream netip.AddrPort // who sent reply
+}
+
+func (a attempt) origin() Origin {
+	if a.reply == nil {
+		return Origin{}
+	}
+	return Origin{Upstream: a.upstream}
 }
 
 // resolve asks every upstream at once and returns the first good reply, else
-// the first reply of any kind, else nil. Losing exchanges are canceled; they
-// end on their own and are not waited for.
-func (f *Forwarder) resolve(ctx context.Context, req []byte, r request, tcp bool, upstreams []netip.AddrPort) []byte {
+// the first reply of any kind, else none (a nil reply). Losing exchanges are canceled; they
+// end on their own and are not waited for. The reply's bytes are taken from
+// the budget: the caller gives them back when done with it.
+func (f *Forwarder) resolve(ctx context.Context, req []byte, r request, tcp bool, upstreams []netip.AddrPort) attempt {
 	upstreams = distinctUpstreams(upstreams)
 	if len(upstreams) == 0 {
 		f.log.Debug("no upstream to forward to")
-		return nil
+		return attempt{}
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-
 	query := slices.Clone(req)
 	var id [2]byte
 	_, _ = rand.Read(id[:]) // never fails (crypto/rand since Go 1.24)
 	copy(query, id[:])
+	if len(upstreams) == 1 { // the usual case with capture: no race to run
+		return f.ask(ctx, upstreams[0], query, r.q, tcp)
+	}
 
-	results := make(chan attempt, len(upstreams)) // buffered: losers never block
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	// Exchanges that finish after resolve returned give their reply's bytes
+	// back themselves.
+	results, returned := make(chan attempt), make(chan struct{})
+	defer close(returned)
 	started := 0
 	for _, u := range upstreams {
-		if !f.goTracked(func() { results <- f.ask(ctx, u, query, r.q, tcp) }) {
+		ok := f.goTracked(func() {
+			a := f.ask(ctx, u, query, r.q, tcp)
+			select {
+			case results <- a:
+			case <-returned:
+				f.budget.Give(len(a.reply))
+			}
+		})
+		if !ok {
 			break
 		}
 		started++
 	}
-	var fallback []byte
+	var fallback attempt
 	for range started {
 		a := <-results
 		if a.good {
-			return a.reply
+			f.budget.Give(len(fallback.reply))
+			return a
 		}
-		if fallback == nil {
-			fallback = a.reply
+		if fallback.reply == nil {
+			fallback = a
+		} else {
+			f.budget.Give(len(a.reply))
 		}
 	}
 	return fallback
@@ -233,7 +316,7 @@ func (f *Forwarder) ask(ctx context.Context, upstream netip.AddrPort, query []by
 		proto = "tcp"
 	}
 	start := time.Now()
-	reply, err := exchange(ctx, upstream, query, q, tcp)
+	reply, err := exchange(ctx, upstream, query, q, tcp, f.budget)
 	if err != nil {
 		result := resultError
 		switch {
@@ -241,23 +324,25 @@ func (f *Forwarder) ask(ctx context.Context, upstream netip.AddrPort, query []by
 			result = resultTimeout
 		case errors.Is(err, context.Canceled):
 			result = resultCanceled
+		case errors.Is(err, errNoMemory):
+			result = resultNoMemory
 		}
-		upstreamQueries.WithLabelValues(result).Inc()
+		f.upstreams.attempt(upstream, result)
 		if result != resultCanceled {
 			f.log.Debug("upstream exchange failed", "upstream", upstream, "proto", proto, "result", result, "error", err)
 		}
 		return attempt{}
 	}
-	upstreamDuration.WithLabelValues(proto).Observe(time.Since(start).Seconds())
+	f.upstreams.observe(upstream, proto, time.Since(start))
 	rh, _ := readHeader(reply) // matches() checked the length
 	good := rh.rcode() == rcodeSuccess || rh.rcode() == rcodeNXDomain
 	if good {
-		upstreamQueries.WithLabelValues(resultOK).Inc()
+		f.upstreams.attempt(upstream, resultOK)
 	} else {
-		upstreamQueries.WithLabelValues(resultServfail).Inc()
+		f.upstreams.attempt(upstream, resultServfail)
 		f.log.Debug("upstream answered with an error", "upstream", upstream, "proto", proto, "rcode", rh.rcode())
 	}
-	return attempt{reply: reply, good: good}
+	return attempt{reply: reply, good: good, upstream: upstream}
 }
 
 // goTracked runs fn in a goroutine Close waits for, unless already closed.

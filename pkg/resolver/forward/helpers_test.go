@@ -2,9 +2,7 @@ package forward
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
-	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -355,15 +353,4 @@ func rawTCPUpstream(tb testing.TB, serve func(c net.Conn)) netip.AddrPort {
 		wg.Wait()
 	})
 	return netip.MustParseAddrPort(ln.Addr().String())
-}
-
-// readTCPQuery reads one length-prefixed DNS message from c.
-func readTCPQuery(c net.Conn) ([]byte, error) {
-	var l [2]byte
-	if _, err := io.ReadFull(c, l[:]); err != nil {
-		return nil, err
-	}
-	b := make([]byte, binary.BigEndian.Uint16(l[:]))
-	_, err := io.ReadFull(c, b)
-	return b, err
 }

@@ -3,6 +3,8 @@ package forward
 import (
 	"log/slog"
 	"time"
+
+	"github.com/ztdns/ztdns/pkg/resolver/quota"
 )
 
 const (
@@ -10,8 +12,15 @@ const (
 	DefaultTimeout = 2 * time.Second
 	// DefaultCacheSize is the number of replies the cache keeps.
 	DefaultCacheSize = 10000
+	// DefaultCacheBytes bounds the bytes the cache holds (replies, keys and
+	// their bookkeeping): a few thousand typical replies, or sixty-four of
+	// the largest ones.
+	DefaultCacheBytes = 4 << 20
 	// DefaultMaxTTL caps how long any reply stays cached, whatever its TTL.
 	DefaultMaxTTL = time.Hour
+	// DefaultMaxUpstreamSeries bounds the upstreams with metrics of their
+	// own; the rest share the label "other".
+	DefaultMaxUpstreamSeries = 32
 	// maxUpstreams bounds how many upstreams one query is sent to in parallel
 	// (resolv.conf allows three); the rest of a longer list is ignored.
 	maxUpstreams = 8
@@ -33,6 +42,23 @@ func WithTimeout(d time.Duration) Option {
 // WithCacheSize sets how many replies the cache holds; 0 or less disables it.
 func WithCacheSize(n int) Option {
 	return func(f *Forwarder) { f.cacheSize = n }
+}
+
+// WithCacheBytes bounds the bytes the cache holds. Non-positive values keep
+// the default.
+func WithCacheBytes(n int64) Option {
+	return func(f *Forwarder) {
+		if n > 0 {
+			f.cacheBytes = n
+		}
+	}
+}
+
+// WithBudget bounds the bytes of upstream replies being read or waiting for
+// their callers, shared with whoever else holds replies (the resolver, while
+// it writes them to TCP clients). An exchange whose reply does not fit fails.
+func WithBudget(b *quota.Budget) Option {
+	return func(f *Forwarder) { f.budget = b }
 }
 
 // WithMaxTTL caps how long a reply stays cached. Non-positive values keep the
@@ -59,6 +85,16 @@ func WithLogger(l *slog.Logger) Option {
 	return func(f *Forwarder) {
 		if l != nil {
 			f.log = l
+		}
+	}
+}
+
+// WithMaxUpstreamSeries bounds the upstreams whose metrics carry their own
+// address (the first n asked); the others are labelled "other".
+func WithMaxUpstreamSeries(n int) Option {
+	return func(f *Forwarder) {
+		if n > 0 {
+			f.maxUpstreamSeries = n
 		}
 	}
 }

@@ -1,6 +1,7 @@
 package configdir
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"log/slog"
@@ -106,7 +107,7 @@ func TestLargeDirectory(t *testing.T) {
 	runtime.ReadMemStats(&before)
 	start := time.Now()
 	st := newState(dir, parser{log: quietLogger()})
-	if _, err := st.scan(); err != nil {
+	if _, err := st.scan(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	took := time.Since(start)

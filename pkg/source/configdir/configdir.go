@@ -44,6 +44,49 @@ const (
 	maxDebounceRounds = 10
 )
 
+// Limits bound what the directory can make the agent read and keep: a stray
+// dump or a generated file gone wrong costs a clear error, not the agent's
+// memory. A zero field takes its default.
+type Limits struct {
+	// FileBytes bounds one file (default DefaultMaxFileBytes).
+	FileBytes int64
+	// ObjectsPerFile bounds the objects of one file, List items included
+	// (default DefaultMaxObjectsPerFile). A file over it is not served.
+	ObjectsPerFile int
+	// Objects bounds the objects served from the whole directory (default
+	// DefaultMaxObjects). A file whose objects would go over it is not
+	// served; the files served before it stay.
+	Objects int
+}
+
+// Default limits: several times what the benchmark's 10,000 Services and
+// 10,000 ServiceEntries (two files of about 2.5 MB) need.
+const (
+	DefaultMaxFileBytes      = 8 << 20
+	DefaultMaxObjectsPerFile = 25_000
+	DefaultMaxObjects        = 50_000
+)
+
+// Bounds on the problems kept for Errors (and so for `ztdns status`): the
+// first ones say what is wrong; the rest are counted.
+const (
+	maxProblemsPerFile = 20
+	maxProblems        = 100
+)
+
+func (l Limits) withDefaults() Limits {
+	if l.FileBytes <= 0 {
+		l.FileBytes = DefaultMaxFileBytes
+	}
+	if l.ObjectsPerFile <= 0 {
+		l.ObjectsPerFile = DefaultMaxObjectsPerFile
+	}
+	if l.Objects <= 0 {
+		l.Objects = DefaultMaxObjects
+	}
+	return l
+}
+
 // Source serves the manifests in one directory. It implements source.Source.
 type Source struct {
 	dir          string
@@ -52,6 +95,7 @@ type Source struct {
 	pollInterval time.Duration // 0: inotify, falling back to polling
 	// startNotify starts an inotify watch; a field so a test can make it fail.
 	startNotify func(dir string, log *slog.Logger) (watcher, error)
+	limits      Limits
 
 	mu   sync.Mutex
 	errs []error
@@ -69,6 +113,9 @@ func WithLogger(l *slog.Logger) Option { return func(s *Source) { s.log = l } }
 // (default DefaultDebounce).
 func WithDebounce(d time.Duration) Option { return func(s *Source) { s.debounce = d } }
 
+// WithLimits bounds what the directory can make the source read and keep.
+func WithLimits(l Limits) Option { return func(s *Source) { s.limits = l } }
+
 // WithPolling checks the directory every interval instead of using inotify,
 // for file systems that do not deliver inotify events (some network and
 // FUSE mounts).
@@ -82,6 +129,7 @@ func New(dir string, opts ...Option) *Source {
 	for _, o := range opts {
 		o(s)
 	}
+	s.limits = s.limits.withDefaults()
 	s.log = s.log.With("source", "configdir", "dir", dir)
 	return s
 }
@@ -115,8 +163,11 @@ func (s *Source) Run(ctx context.Context, deliver func(*model.Snapshot)) error {
 	w := s.startWatching()
 	defer w.close()
 
-	st := newState(s.dir, parser{log: s.log})
-	if _, err := st.scan(); err != nil {
+	st := newState(s.dir, parser{log: s.log, limits: s.limits})
+	if _, err := st.scan(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
 		return err
 	}
 	s.record(st)
@@ -160,7 +211,10 @@ func (s *Source) follow(ctx context.Context, w watcher, st *state, deliver func(
 			due = timer.C
 		case <-due:
 			due = nil
-			changed, err := st.scan()
+			changed, err := st.scan(ctx)
+			if ctx.Err() != nil {
+				return nil
+			}
 			if err != nil {
 				return err
 			}
@@ -175,9 +229,14 @@ func (s *Source) follow(ctx context.Context, w watcher, st *state, deliver func(
 	}
 }
 
-// record publishes the state's problems and logs those that are new.
+// record publishes the state's problems and logs those that are new. At
+// most maxProblems are kept; the last one counts the rest.
 func (s *Source) record(st *state) {
 	errs := st.errors()
+	if len(errs) > maxProblems {
+		more := len(errs) - maxProblems + 1
+		errs = append(errs[:maxProblems-1:maxProblems-1], fmt.Errorf("%s: %d more problems not listed", s.dir, more))
+	}
 	s.mu.Lock()
 	old := s.errs
 	s.errs = errs

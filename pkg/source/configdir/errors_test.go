@@ -1,10 +1,13 @@
 package configdir
 
 import (
+	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/ztdns/ztdns/pkg/model"
@@ -292,11 +295,11 @@ func TestFileLevelErrors(t *testing.T) {
 					t.Fatal(err)
 				}
 				defer f.Close()
-				if err := f.Truncate(MaxFileSize + 1); err != nil { // sparse: costs no disk
+				if err := f.Truncate(DefaultMaxFileBytes + 1); err != nil { // sparse: costs no disk
 					t.Fatal(err)
 				}
 			},
-			want: "big.yaml: file is 67108865 bytes, more than the limit of 67108864",
+			want: "big.yaml: file is 8388609 bytes, more than the limit of 8388608 (--config-max-file-bytes)",
 		},
 		{
 			name: "directory with a manifest's name",
@@ -305,7 +308,18 @@ func TestFileLevelErrors(t *testing.T) {
 					t.Fatal(err)
 				}
 			},
-			want: "big.yaml: not a regular file (d---------)",
+			want: "big.yaml: not a regular file (d---------): skipped",
+		},
+		{
+			// Opening a FIFO blocks until a writer comes: the source must
+			// skip it without opening it, and keep serving the rest.
+			name: "FIFO with a manifest's name",
+			setup: func(t *testing.T, dir string) {
+				if err := syscall.Mkfifo(filepath.Join(dir, "big.yaml"), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			},
+			want: "big.yaml: not a regular file (p---------): skipped",
 		},
 		{
 			name: "dangling symlink",
@@ -314,7 +328,7 @@ func TestFileLevelErrors(t *testing.T) {
 					t.Fatal(err)
 				}
 			},
-			want: "big.yaml: dangling symlink: open DIR/big.yaml: no such file or directory",
+			want: "big.yaml: dangling symlink: stat DIR/big.yaml: no such file or directory",
 		},
 	}
 	for _, tc := range tests {
@@ -332,6 +346,115 @@ func TestFileLevelErrors(t *testing.T) {
 				t.Errorf("objects %q, want %q (other files still apply)", n, w)
 			}
 		})
+	}
+}
+
+// TestObjectLimits: a file over the objects-per-file limit, as documents or
+// as List items, is not served and says why; a file that would take the
+// directory over its total is not served, and the files before it are.
+func TestObjectLimits(t *testing.T) {
+	ns := func(i int) string {
+		return fmt.Sprintf("apiVersion: v1\nkind: Namespace\nmetadata: {name: ns-%d}\n", i)
+	}
+	docs := func(from, n int) string {
+		var b strings.Builder
+		for i := range n {
+			b.WriteString(ns(from+i) + "---\n")
+		}
+		return b.String()
+	}
+	list := func(from, n int) string {
+		var b strings.Builder
+		b.WriteString("apiVersion: v1\nkind: List\nitems:\n")
+		for i := range n {
+			fmt.Fprintf(&b, "- {apiVersion: v1, kind: Namespace, metadata: {name: l-%d}}\n", from+i)
+		}
+		return b.String()
+	}
+	limits := WithLimits(Limits{ObjectsPerFile: 5, Objects: 8})
+	dir := t.TempDir()
+	writeFiles(t, dir, map[string]string{
+		"a.yaml": docs(0, 5),  // at the per-file limit: served
+		"b.yaml": docs(10, 6), // one over
+		"c.yaml": list(0, 6),  // one over, in a List
+		"d.yaml": docs(20, 3), // 5 + 3 = 8: served
+		"e.yaml": docs(30, 1), // 9 > 8: not served
+	})
+	log, _ := testLogger(t)
+	got, errs := load(t, dir, WithLogger(log), limits)
+	want := []string{
+		filepath.Join(dir, "b.yaml") + ":20: more than 5 objects in one file (--config-max-objects-per-file): split it",
+		filepath.Join(dir, "c.yaml") + ":1: more than 5 objects in one file (--config-max-objects-per-file): split it",
+		filepath.Join(dir, "e.yaml") + ": serving its 1 objects would make 9 in the directory, more than the limit of 8 (--config-max-objects)",
+	}
+	if g := errorStrings(errs); !reflect.DeepEqual(g, want) {
+		t.Errorf("errors\n%s\nwant\n%s", strings.Join(g, "\n"), strings.Join(want, "\n"))
+	}
+	if n := len(got.Namespaces); n != 8 {
+		t.Errorf("served %d namespaces (%q), want the 8 of a.yaml and d.yaml", n, names(got))
+	}
+}
+
+// TestLargeDocumentRefused: a document over maxDocumentBytes (a big kind:
+// List) is refused before it is converted; the same objects as separate
+// documents are served.
+func TestLargeDocumentRefused(t *testing.T) {
+	var list, docs strings.Builder
+	list.WriteString("apiVersion: v1\nkind: List\nitems:\n")
+	for i := 0; list.Len() <= maxDocumentBytes; i++ {
+		fmt.Fprintf(&list, "- {apiVersion: v1, kind: Namespace, metadata: {name: list-%d}, spec: {finalizers: [kubernetes]}}\n", i)
+		fmt.Fprintf(&docs, "apiVersion: v1\nkind: Namespace\nmetadata: {name: doc-%d}\n---\n", i)
+	}
+	dir, got, errs := loadFiles(t, map[string]string{"list.yaml": list.String(), "docs.yaml": docs.String()})
+	want := []string{fmt.Sprintf("%s:1: a document of %d bytes, more than %d: write its objects as separate documents (---)",
+		filepath.Join(dir, "list.yaml"), list.Len(), maxDocumentBytes)}
+	if g := errorStrings(errs); !reflect.DeepEqual(g, want) {
+		t.Errorf("errors %q, want %q", g, want)
+	}
+	if len(got.Namespaces) == 0 || !strings.HasPrefix(got.Namespaces[0].Name, "doc-") {
+		t.Errorf("the separate documents were not served: %d namespaces", len(got.Namespaces))
+	}
+}
+
+// TestProblemsAreBounded: a file with thousands of broken objects keeps
+// maxProblemsPerFile problems, the last of which counts the rest, and the
+// directory keeps at most maxProblems.
+func TestProblemsAreBounded(t *testing.T) {
+	broken := func(n int) string {
+		var b strings.Builder
+		for i := range n {
+			fmt.Fprintf(&b, "apiVersion: v1\nkind: Service\nmetadata: {name: s%d}\nspec: {clusterIP: not-an-ip}\n---\n", i)
+		}
+		return b.String()
+	}
+	files := map[string]string{}
+	for i := range 10 {
+		files[fmt.Sprintf("f%d.yaml", i)] = broken(1000)
+	}
+	log, _ := testLogger(t)
+	dir := t.TempDir()
+	writeFiles(t, dir, files)
+	_, errs := load(t, dir, WithLogger(log))
+	if len(errs) != maxProblems {
+		t.Fatalf("%d problems kept, want %d", len(errs), maxProblems)
+	}
+	if last := errs[len(errs)-1].Error(); !strings.HasSuffix(last, "more problems not listed") {
+		t.Errorf("the last problem kept is %q, want a count of the rest", last)
+	}
+	perFile := map[string]int{}
+	for _, err := range errs {
+		var fe *FileError
+		if errors.As(err, &fe) {
+			perFile[fe.Path]++
+		}
+	}
+	for path, n := range perFile {
+		if n > maxProblemsPerFile {
+			t.Errorf("%s: %d problems kept, want at most %d", path, n, maxProblemsPerFile)
+		}
+	}
+	if first := errs[maxProblemsPerFile-1].Error(); !strings.HasSuffix(first, "981 more problems not listed") {
+		t.Errorf("the first file's last problem is %q, want a count of its other 981", first)
 	}
 }
 

@@ -32,6 +32,10 @@ type manifests struct {
 	serviceEntries []model.ServiceEntry
 	pods           []model.Pod
 	placed         []placedObject
+	// While parsing: unknown-field warnings logged and not logged, and
+	// whether a List had more items than a file may hold.
+	unknownWarned, unknownMore int
+	tooMany                    bool
 }
 
 func (m *manifests) len() int {
@@ -76,21 +80,40 @@ type placedObject struct {
 
 // parser turns the bytes of one file into manifests.
 type parser struct {
-	log *slog.Logger
+	log    *slog.Logger
+	limits Limits
 }
 
 // parseFile reduces every object in data, read from path, to its model form.
-// It returns all problems it finds as *FileError; a file with problems must
-// not be served, so its manifests are then nil.
+// It returns the problems it finds as *FileError, at most
+// maxProblemsPerFile of them; a file with problems must not be served, so
+// its manifests are then nil. A file with more than limits.ObjectsPerFile
+// objects is a problem, found as soon as the objects read pass the limit.
 func (p parser) parseFile(path string, data []byte) (*manifests, []error) {
 	m := &manifests{}
 	var errs []error
 	for _, doc := range splitDocuments(data) {
+		if len(doc.data) > maxDocumentBytes {
+			// Converting a document costs tens of times its size at once
+			// (an 8 MiB kind: List peaked at 380 MB): separate documents
+			// are converted one at a time.
+			errs = append(errs, &FileError{Path: path, Line: doc.line, Err: fmt.Errorf(
+				"a document of %d bytes, more than %d: write its objects as separate documents (---)", len(doc.data), maxDocumentBytes)})
+			continue
+		}
 		errs = append(errs, p.parseDocument(path, doc, m)...)
+		if m.len() > p.limits.ObjectsPerFile || m.tooMany {
+			errs = append(errs, &FileError{Path: path, Line: doc.line, Err: fmt.Errorf(
+				"more than %d objects in one file (--config-max-objects-per-file): split it", p.limits.ObjectsPerFile)})
+			break
+		}
 	}
 	errs = append(errs, duplicatesWithin(path, m.placed)...)
+	if m.unknownMore > 0 {
+		p.log.Warn("more objects with fields ztdns does not know; not listing them", "path", path, "more", m.unknownMore)
+	}
 	if len(errs) > 0 {
-		return nil, errs
+		return nil, capProblems(path, errs)
 	}
 	// Kept until the file changes: without the room append left for more.
 	m.namespaces, m.services, m.endpointSlices = compact(m.namespaces), compact(m.services), compact(m.endpointSlices)
@@ -105,6 +128,13 @@ func compact[T any](s []T) []T {
 	}
 	return append(make([]T, 0, len(s)), s...)
 }
+
+// maxDocumentBytes bounds one YAML document (a kind: List of about 9,000
+// ServiceEntries).
+const maxDocumentBytes = 2 << 20
+
+// maxUnknownFieldWarnings bounds the log lines about unknown fields per file.
+const maxUnknownFieldWarnings = 20
 
 func (p parser) parseDocument(path string, doc document, m *manifests) []error {
 	// sigs.k8s.io/yaml is what kubectl uses, so values mean what they mean to
@@ -153,6 +183,10 @@ func (p parser) parseObject(path string, raw []byte, loc *locator, at []int, m *
 	case h.APIVersion == "":
 		return fail(fmt.Errorf("%s: missing apiVersion", h.Kind))
 	case h.Kind == "List":
+		if m.len()+len(h.Items) > p.limits.ObjectsPerFile {
+			m.tooMany = true
+			return nil
+		}
 		var errs []error
 		for i, item := range h.Items {
 			errs = append(errs, p.parseObject(path, item, loc, append(slices.Clip(at), i), m)...)
@@ -194,9 +228,12 @@ func (p parser) parseObject(path string, raw []byte, loc *locator, at []int, m *
 		return errs
 	}
 	line := loc.objectLine(at)
-	if len(res.unknownFields) > 0 {
+	if len(res.unknownFields) > 0 && m.unknownWarned >= maxUnknownFieldWarnings {
+		m.unknownMore++
+	} else if len(res.unknownFields) > 0 {
 		// Not an error (newer API versions add fields), but a misspelt field
 		// silently changes the answer, so say so.
+		m.unknownWarned++
 		p.log.Warn("manifest has fields ztdns does not know; they are ignored",
 			"at", fmt.Sprintf("%s:%d", path, line), "object", id.String(), "fields", errors.Join(res.unknownFields...).Error())
 	}

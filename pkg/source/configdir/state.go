@@ -2,6 +2,7 @@ package configdir
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"errors"
 	"fmt"
@@ -11,13 +12,10 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 
 	"github.com/ztdns/ztdns/pkg/model"
 )
-
-// MaxFileSize bounds one manifest file, so a stray dump in the directory
-// cannot make the agent allocate without limit.
-const MaxFileSize = 64 << 20
 
 // fileState is what the source knows about one manifest file.
 type fileState struct {
@@ -50,13 +48,14 @@ type state struct {
 }
 
 func newState(dir string, p parser) *state {
+	p.limits = p.limits.withDefaults()
 	return &state{dir: dir, parser: p, files: make(map[string]*fileState)}
 }
 
 // scan reads the directory again and reports whether what it serves changed.
 // Only an unreadable directory is an error; problems in files are recorded in
-// their fileState.
-func (st *state) scan() (changed bool, err error) {
+// their fileState. It stops between files when ctx is done.
+func (st *state) scan(ctx context.Context) (changed bool, err error) {
 	names, err := listManifests(st.dir)
 	if err != nil {
 		return false, err
@@ -64,6 +63,9 @@ func (st *state) scan() (changed bool, err error) {
 	present := make(map[string]bool, len(names))
 	st.names = st.names[:0]
 	for _, name := range names {
+		if err := ctx.Err(); err != nil {
+			return false, err
+		}
 		f := st.files[name]
 		if f == nil {
 			f = &fileState{path: filepath.Join(st.dir, name)}
@@ -87,7 +89,7 @@ func (st *state) scan() (changed bool, err error) {
 // refresh reads f again and parses it if its content changed. It reports
 // whether the file no longer exists.
 func (st *state) refresh(f *fileState) (gone bool) {
-	data, err := readManifest(f.path)
+	data, err := readManifest(f.path, st.parser.limits.FileBytes)
 	if errors.Is(err, fs.ErrNotExist) {
 		if _, lerr := os.Lstat(f.path); errors.Is(lerr, fs.ErrNotExist) {
 			return true
@@ -119,6 +121,7 @@ func (st *state) resolve() (changed bool) {
 		line int
 	}
 	owners := make(map[objectID]owner)
+	total := 0 // objects served
 	for _, name := range st.names {
 		f := st.files[name]
 		f.conflicts = nil
@@ -127,6 +130,7 @@ func (st *state) resolve() (changed bool) {
 				owners[o.id] = owner{f, o.line}
 			}
 		}
+		total += f.served.len()
 	}
 	for progress := true; progress; {
 		progress = false
@@ -142,10 +146,16 @@ func (st *state) resolve() (changed bool) {
 						Err: fmt.Errorf("%s is already defined at %s:%d", o.id, other.file.path, other.line)})
 				}
 			}
-			f.conflicts = conflicts
+			if n := total - f.served.len() + f.latest.len(); n > st.parser.limits.Objects {
+				conflicts = append(conflicts, &FileError{Path: f.path, Err: fmt.Errorf(
+					"serving its %d objects would make %d in the directory, more than the limit of %d (--config-max-objects)",
+					f.latest.len(), n, st.parser.limits.Objects)})
+			}
+			f.conflicts = capProblems(f.path, conflicts)
 			if len(conflicts) > 0 {
 				continue
 			}
+			total += f.latest.len() - f.served.len()
 			if f.served != nil {
 				for _, o := range f.served.placed {
 					delete(owners, o.id)
@@ -227,32 +237,52 @@ func isManifestName(name string) bool {
 }
 
 // readManifest reads a regular file (following symlinks, as ConfigMap volumes
-// need) of at most MaxFileSize bytes.
-func readManifest(path string) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	fi, err := f.Stat()
+// need) of at most limit bytes. Anything else is refused before it is
+// opened: opening a FIFO would block until someone writes to it, and a
+// device may never end.
+func readManifest(path string, limit int64) ([]byte, error) {
+	fi, err := os.Stat(path)
 	if err != nil {
 		return nil, err
 	}
 	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("not a regular file (%s)", fi.Mode().Type())
+		return nil, fmt.Errorf("not a regular file (%s): skipped", fi.Mode().Type())
 	}
-	if fi.Size() > MaxFileSize {
-		return nil, fmt.Errorf("file is %d bytes, more than the limit of %d", fi.Size(), MaxFileSize)
+	if fi.Size() > limit {
+		return nil, fmt.Errorf("file is %d bytes, more than the limit of %d (--config-max-file-bytes)", fi.Size(), limit)
 	}
-	var buf bytes.Buffer
-	buf.Grow(int(fi.Size()) + bytes.MinRead)
-	// The file may grow while being read; read one byte past the limit to
-	// notice.
-	if _, err := buf.ReadFrom(io.LimitReader(f, MaxFileSize+1)); err != nil {
+	// O_NONBLOCK, and the type checked again on the open file: the path may
+	// have been replaced by a FIFO since the check above.
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
 		return nil, err
 	}
-	if buf.Len() > MaxFileSize {
-		return nil, fmt.Errorf("file is more than the limit of %d bytes", MaxFileSize)
+	defer f.Close()
+	if fi, err = f.Stat(); err != nil {
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("not a regular file (%s): skipped", fi.Mode().Type())
+	}
+	var buf bytes.Buffer
+	buf.Grow(int(min(fi.Size(), limit)) + bytes.MinRead)
+	// The file may grow while being read; read one byte past the limit to
+	// notice.
+	if _, err := buf.ReadFrom(io.LimitReader(f, limit+1)); err != nil {
+		return nil, err
+	}
+	if int64(buf.Len()) > limit {
+		return nil, fmt.Errorf("file is more than the limit of %d bytes (--config-max-file-bytes)", limit)
 	}
 	return buf.Bytes(), nil
+}
+
+// capProblems keeps the first maxProblemsPerFile problems of a file; the
+// last one kept counts the rest.
+func capProblems(path string, errs []error) []error {
+	if len(errs) <= maxProblemsPerFile {
+		return errs
+	}
+	more := len(errs) - maxProblemsPerFile + 1
+	return append(errs[:maxProblemsPerFile-1:maxProblemsPerFile-1], &FileError{Path: path, Err: fmt.Errorf("%d more problems not listed", more)})
 }

@@ -279,7 +279,7 @@ func TestScanReportsOnlyRealChanges(t *testing.T) {
 	}
 	for _, step := range steps {
 		writeFile(t, path, step.content)
-		changed, err := st.scan()
+		changed, err := st.scan(context.Background())
 		if err != nil {
 			t.Fatalf("%s: %v", step.name, err)
 		}

@@ -48,16 +48,30 @@ configuration, and the plugin runs on the host.
 {{- define "ztdns.bpffs" -}}/sys/fs/bpf/ztdns{{- end }}
 {{- define "ztdns.cniBinMount" -}}/host/opt/cni/bin{{- end }}
 {{- define "ztdns.cniConfMount" -}}/host/etc/cni/net.d{{- end }}
+{{- define "ztdns.procMount" -}}/host/proc{{- end }}
 
 {{/*
 The capabilities of a container that loads, attaches or removes the capture
-path; deploy/README.md says why each is needed.
+path; deploy/README.md says why each is needed, and test/deploy runs the
+agent with these alone.
 */}}
 {{- define "ztdns.captureCapabilities" -}}
-- BPF
-- PERFMON
 - NET_ADMIN
 - SYS_ADMIN
 - SYS_PTRACE
-- SYS_RESOURCE
+{{- end }}
+
+{{/*
+ztdns.goMemLimit is the agent's GOMEMLIMIT for a memory limit (the argument):
+80% of it in bytes. Empty when the limit is not a whole number of bytes,
+Ki, Mi or Gi; the chart then gives the limit itself.
+*/}}
+{{- define "ztdns.goMemLimit" -}}
+{{- $limit := toString . -}}
+{{- $units := dict "" 1 "Ki" 1024 "Mi" 1048576 "Gi" 1073741824 -}}
+{{- $n := regexFind "^[0-9]+" $limit -}}
+{{- $unit := trimPrefix $n $limit -}}
+{{- if and $n (hasKey $units $unit) -}}
+{{- div (mul (atoi $n) (get $units $unit) 4) 5 -}}
+{{- end -}}
 {{- end }}

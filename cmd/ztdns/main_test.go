@@ -1,0 +1,542 @@
+//go:build linux
+
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"reflect"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+	"sigs.k8s.io/yaml"
+
+	"github.com/ztdns/ztdns/internal/agenttest"
+	"github.com/ztdns/ztdns/internal/dnstest"
+	"github.com/ztdns/ztdns/internal/testenv"
+	"github.com/ztdns/ztdns/pkg/accesslog"
+	"github.com/ztdns/ztdns/pkg/agent"
+	"github.com/ztdns/ztdns/pkg/control"
+	"github.com/ztdns/ztdns/pkg/source/configdir"
+	"github.com/ztdns/ztdns/pkg/version"
+)
+
+// result is what one command line did.
+type result struct {
+	code           int
+	stdout, stderr string
+}
+
+// ztdns runs one command line in process, as main does.
+func ztdns(t *testing.T, args ...string) result {
+	t.Helper()
+	var stdout, stderr bytes.Buffer
+	code := run(t.Context(), args, &stdout, &stderr)
+	return result{code, stdout.String(), stderr.String()}
+}
+
+func (r result) String() string {
+	return fmt.Sprintf("exit status %d\nstdout:\n%s\nstderr:\n%s", r.code, r.stdout, r.stderr)
+}
+
+// commandPaths lists every command of the tree a user can call, as the
+// words that name it ("capture", "add").
+func commandPaths(root *cobra.Command) [][]string {
+	var paths [][]string
+	var walk func(c *cobra.Command, path []string)
+	walk = func(c *cobra.Command, path []string) {
+		paths = append(paths, path)
+		for _, sub := range c.Commands() {
+			if !sub.Hidden {
+				walk(sub, append(slices.Clone(path), sub.Name()))
+			}
+		}
+	}
+	walk(root, nil)
+	return paths
+}
+
+// TestHelp: -h, --help and `help CMD` exit 0 and print, on stdout, the
+// usage with every flag of the command (and its shorthand), the exit
+// statuses, and for a command with subcommands every subcommand.
+func TestHelp(t *testing.T) {
+	root := newRoot()
+	paths := commandPaths(root)
+	if len(paths) < 12 {
+		t.Fatalf("only %d commands: %v", len(paths), paths)
+	}
+	for _, path := range paths {
+		cmd, _, err := root.Find(path)
+		if err != nil {
+			t.Fatalf("find %v: %v", path, err)
+		}
+		cmd.InitDefaultHelpFlag()
+		for _, args := range [][]string{
+			append(slices.Clone(path), "-h"),
+			append(slices.Clone(path), "--help"),
+			append([]string{"help"}, path...),
+		} {
+			t.Run(strings.Join(args, " "), func(t *testing.T) {
+				r := ztdns(t, args...)
+				if r.code != 0 || r.stderr != "" {
+					t.Fatalf("want exit status 0 and nothing on stderr, got %v", r)
+				}
+				want := []string{"Usage:", "Exit status: 0 success, 1 failure, 2 usage error"}
+				cmd.Flags().VisitAll(func(f *pflag.Flag) {
+					if f.Shorthand != "" {
+						want = append(want, "-"+f.Shorthand+", --"+f.Name+" ")
+					} else {
+						want = append(want, "    --"+f.Name+" ")
+					}
+				})
+				for _, sub := range cmd.Commands() {
+					if !sub.Hidden {
+						want = append(want, "\n  "+sub.Name()+" ")
+					}
+				}
+				for _, w := range want {
+					if !strings.Contains(r.stdout, w) {
+						t.Errorf("help lacks %q:\n%s", w, r.stdout)
+					}
+				}
+			})
+		}
+	}
+	// The root's help names every command the issue asks for.
+	r := ztdns(t, "--help")
+	for _, name := range []string{"agent", "capture", "pods", "status", "table", "uninstall", "version", "completion", "log"} {
+		if !strings.Contains(r.stdout, "\n  "+name+" ") {
+			t.Errorf("ztdns --help lacks %s:\n%s", name, r.stdout)
+		}
+	}
+}
+
+// TestUsageErrors: a wrong command line exits 2 with a short message that
+// names the command and where its usage is, and does nothing.
+func TestUsageErrors(t *testing.T) {
+	dir := t.TempDir()
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"bogus"}, `ztdns: unknown command "bogus" for "ztdns"`},
+		{[]string{"help", "bogus"}, `ztdns help: unknown command "bogus" for "ztdns"`},
+		{[]string{"table", "--bogus"}, "ztdns table: unknown flag: --bogus"},
+		{[]string{"status", "-bogus"}, "ztdns status: unknown shorthand flag: 'b' in -bogus"},
+		{[]string{"table", "--socket"}, "ztdns table: flag needs an argument: --socket"},
+		{[]string{"pods", "-o", "xml"}, `ztdns pods: invalid argument "xml" for "-o, --output" flag: want table, wide, json or yaml`},
+		{[]string{"version", "-o", "wide"}, `ztdns version: invalid argument "wide" for "-o, --output" flag: want json or yaml`},
+		{[]string{"status", "extra"}, `ztdns status: unknown command "extra" for "ztdns status"`},
+		{[]string{"capture"}, "ztdns capture: give add or del"},
+		{[]string{"capture", "mark"}, `ztdns capture: unknown command "mark": give add or del`},
+		{[]string{"capture", "add", "--name", "x"}, `ztdns capture add: required flag(s) "netns" not set`},
+		{[]string{"agent", "--config-dir", dir, "--kubeconfig", "/nonexistent"}, "ztdns agent: give --config-dir or --kubeconfig, not both"},
+		{[]string{"agent", "--config-dir", dir, "--log-level", "loud"}, `ztdns agent: --log-level "loud": want debug, info, warn or error`},
+		{[]string{"agent", "--config-dir", dir, "--capture-port", "70000", "--upstream", "127.0.0.1"}, "ztdns agent: --capture-port 70000: want 1-65535"},
+	} {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			r := ztdns(t, tc.args...)
+			lines := strings.Split(strings.TrimSuffix(r.stderr, "\n"), "\n")
+			if r.code != 2 || r.stdout != "" || len(lines) != 2 || lines[0] != tc.want || !strings.HasPrefix(lines[1], "Run 'ztdns") {
+				t.Errorf("want exit status 2, nothing on stdout, and on stderr %q and where the usage is; got %v", tc.want, r)
+			}
+		})
+	}
+}
+
+// TestFailures: a command that ran and failed exits 1 with one line naming
+// the command and the error.
+func TestFailures(t *testing.T) {
+	socket := filepath.Join(t.TempDir(), "no-agent.sock")
+	for _, args := range [][]string{
+		{"status", "--socket", socket},
+		{"pods", "--socket", socket, "-o", "json"},
+		{"table", "--socket", socket, "-n", "default"},
+		{"capture", "add", "--socket", socket, "--netns", "/run/netns/nonexistent"},
+		{"log", "on", "--socket", socket},
+		{"agent", "--config-dir", t.TempDir(), "--resolv-conf", "/nonexistent"}, // no upstream anywhere
+	} {
+		t.Run(strings.Join(args, " "), func(t *testing.T) {
+			r := ztdns(t, args...)
+			prefix := "ztdns " + args[0] + ": "
+			if args[0] == "capture" || args[0] == "log" {
+				prefix = "ztdns " + args[0] + " " + args[1] + ": "
+			}
+			if r.code != 1 || r.stdout != "" || strings.Count(r.stderr, "\n") != 1 || !strings.HasPrefix(r.stderr, prefix) {
+				t.Errorf("want exit status 1 and one line %q… on stderr, got %v", prefix, r)
+			}
+		})
+	}
+}
+
+// testAgent is an agent serving a directory of manifests: the walkthrough's
+// examples, a ServiceEntry with six addresses, seven hosts the table leaves
+// out (warnings) and a file that does not parse (a source error).
+type testAgent struct {
+	*agenttest.Agent
+	reg *prometheus.Registry
+}
+
+func startAgent(t *testing.T) testAgent {
+	t.Helper()
+	return startAgentWith(t, func(*agent.Config) {})
+}
+
+// startAgentWith is startAgent with the configuration changed by edit.
+func startAgentWith(t *testing.T, edit func(*agent.Config)) testAgent {
+	t.Helper()
+	dir := t.TempDir()
+	examples, err := filepath.Glob("../../examples/*.yaml")
+	if err != nil || len(examples) == 0 {
+		t.Fatalf("examples: %v %v", examples, err)
+	}
+	files := map[string]string{"zz-broken.yaml": "kind: Service\nmetadata: [\n"}
+	for _, p := range examples {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		files[filepath.Base(p)] = string(b)
+	}
+	many := "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: many, namespace: default}\n" +
+		"spec: {hosts: [many.internal], addresses: [198.51.100.11, 198.51.100.12, 198.51.100.13, 198.51.100.14, 198.51.100.15, 198.51.100.16], ports: [{name: http, number: 80, protocol: HTTP}]}\n"
+	for i := range 7 {
+		many += fmt.Sprintf("---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: bad-%d, namespace: default}\n"+
+			"spec: {hosts: [bad_%d!.internal], addresses: [198.51.100.%d], ports: [{name: http, number: 80, protocol: HTTP}]}\n", i, i, 20+i)
+	}
+	files["many.yaml"] = many
+	for name, text := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	up := dnstest.Start(t, "127.0.0.1:0", dnstest.Marker(netip.MustParseAddr("203.0.113.99"), netip.MustParseAddr("2001:db8::99")))
+	reg := prometheus.NewRegistry()
+	cfg := agent.Config{Source: configdir.New(dir), Upstreams: []netip.AddrPort{up.Addr}, Registry: reg}
+	edit(&cfg)
+	a := agenttest.Start(t, cfg)
+	agenttest.Eventually(t, 10*time.Second, func() error {
+		st, err := a.Status()
+		if err == nil && (len(st.Warnings) < 7 || len(st.SourceErrors) == 0) {
+			err = fmt.Errorf("not all manifests read yet: %+v", st)
+		}
+		return err
+	})
+	return testAgent{a, reg}
+}
+
+// ok runs a command line that must succeed and returns its stdout.
+func ok(t *testing.T, args ...string) string {
+	t.Helper()
+	r := ztdns(t, args...)
+	if r.code != 0 || r.stderr != "" {
+		t.Fatalf("ztdns %s: %v", strings.Join(args, " "), r)
+	}
+	return r.stdout
+}
+
+// TestReadCommands runs status, pods and table against a running agent in
+// every format: JSON and YAML hold what the control API returns, field for
+// field; the tables show it to a person, wide with more.
+func TestReadCommands(t *testing.T) {
+	a := startAgent(t)
+	c := control.NewClient(a.Socket, 5*time.Second)
+	st, err := c.Status(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	pods, err := c.Pods(t.Context())
+	if err != nil || len(pods) == 0 {
+		t.Fatalf("pods: %v %v", pods, err)
+	}
+	rows, err := c.Table(t.Context(), "default")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		args []string
+		got  func() any // a new value of the output's type
+		want any
+	}{
+		{[]string{"status"}, func() any { return new(control.Status) }, &st},
+		{[]string{"pods"}, func() any { return new([]control.PodRow) }, &pods},
+		{[]string{"table", "-n", "default"}, func() any { return new([]control.TableRow) }, &rows},
+	} {
+		for format, unmarshal := range map[string]func([]byte, any) error{
+			"json": json.Unmarshal,
+			"yaml": func(b []byte, v any) error { return yaml.UnmarshalStrict(b, v) },
+		} {
+			t.Run(tc.args[0]+" -o "+format, func(t *testing.T) {
+				out := ok(t, append(slices.Clone(tc.args), "--socket", a.Socket, "-o", format)...)
+				if format == "yaml" && json.Valid([]byte(out)) {
+					t.Errorf("-o yaml printed JSON:\n%s", out)
+				}
+				got := tc.got()
+				if err := unmarshal([]byte(out), got); err != nil {
+					t.Fatalf("-o %s does not parse: %v\n%s", format, err, out)
+				}
+				if !reflect.DeepEqual(got, tc.want) {
+					t.Errorf("-o %s: %+v\nwant what the control API says: %+v", format, got, tc.want)
+				}
+			})
+		}
+	}
+
+	t.Run("status", func(t *testing.T) {
+		table, wide := ok(t, "status", "--socket", a.Socket), ok(t, "status", "--socket", a.Socket, "-o", "wide")
+		for _, want := range []string{
+			"Ready:          yes\n",
+			"Version:        " + st.Build.Version + "\n",
+			"Capture:        off\n",
+			fmt.Sprintf("Names:          %d\n", st.Names),
+			"Listen:         " + a.Addr.String() + "\n",
+			"Source errors:  " + st.SourceErrors[0],
+			"Warnings:       " + st.Warnings[0],
+			"                " + st.Warnings[4] + "\n",
+			"                ... and 2 more (-o wide shows the 7 the agent keeps)\n",
+			"Access log:     off (to stderr when on)\n",
+		} {
+			if !strings.Contains(table, want) {
+				t.Errorf("ztdns status lacks %q:\n%s", want, table)
+			}
+		}
+		if strings.Contains(table, st.Warnings[5]) || strings.Contains(table, "Revision:") {
+			t.Errorf("ztdns status shows what only -o wide should:\n%s", table)
+		}
+		for _, want := range []string{"Revision:       " + st.Build.Revision + "\n", "Go:             " + st.Build.GoVersion + "\n", st.Warnings[6]} {
+			if !strings.Contains(wide, want) {
+				t.Errorf("ztdns status -o wide lacks %q:\n%s", want, wide)
+			}
+		}
+	})
+	t.Run("pods", func(t *testing.T) {
+		table, wide := ok(t, "pods", "--socket", a.Socket), ok(t, "pods", "--socket", a.Socket, "-o", "wide")
+		header := []string{"NAMESPACE", "NAME", "IPS", "NETNS COOKIE", "CAPTURED", "REASON", "MARKED", "REDIRECTED", "RESTORED", "NAMESERVERS", "ISTIO DNS RULES", "LIMITED RATE/FWD/TCP"}
+		if got := headerCells(table); !slices.Equal(got, header) {
+			t.Errorf("ztdns pods header %q, want %q", got, header)
+		}
+		if got, want := headerCells(wide), append(header, "CONTAINER ID", "NETNS PATH"); !slices.Equal(got, want) {
+			t.Errorf("ztdns pods -o wide header %q, want %q", got, want)
+		}
+		for _, p := range pods {
+			if !strings.Contains(table, p.Name) || !strings.Contains(table, strings.Join(p.IPs, ",")) {
+				t.Errorf("ztdns pods lacks %s (%v):\n%s", p.Name, p.IPs, table)
+			}
+		}
+		if lines := strings.Count(table, "\n"); lines != len(pods)+1 {
+			t.Errorf("ztdns pods: %d lines for %d pods:\n%s", lines, len(pods), table)
+		}
+	})
+	t.Run("table", func(t *testing.T) {
+		table := ok(t, "table", "--socket", a.Socket, "-n", "default")
+		wide := ok(t, "table", "--socket", a.Socket, "-n", "default", "-o", "wide")
+		for _, r := range rows {
+			if !strings.Contains(wide, r.Name) || !strings.Contains(wide, strings.Join(r.Values, ",")) {
+				t.Errorf("ztdns table -o wide lacks %s %v:\n%s", r.Name, r.Values, wide)
+			}
+		}
+		many := "198.51.100.11,198.51.100.12,198.51.100.13,198.51.100.14,198.51.100.15,198.51.100.16"
+		if !strings.Contains(table, "198.51.100.11,198.51.100.12,198.51.100.13 + 3 more...") || strings.Contains(table, many) {
+			t.Errorf("ztdns table shows many.internal's six addresses in full, or not the first three:\n%s", table)
+		}
+		want := []string{"NAME", "TYPE", "VALUES", "FROM", "ADDRESSES"}
+		if got := headerCells(table); !slices.Equal(got, want) {
+			t.Errorf("ztdns table header %q, want %q", got, want)
+		}
+		if got := headerCells(wide); !slices.Equal(got, want) {
+			t.Errorf("ztdns table -o wide header %q, want %q", got, want)
+		}
+	})
+}
+
+// headerCells splits the first line of a table into its column names.
+func headerCells(table string) []string {
+	first, _, _ := strings.Cut(table, "\n")
+	return regexp.MustCompile(`\s{2,}`).Split(strings.TrimSpace(first), -1)
+}
+
+// TestOldFlagSpellings: the single-dash long flags of earlier releases,
+// and their one-letter ones with two dashes, reach the command as the GNU
+// spellings do.
+func TestOldFlagSpellings(t *testing.T) {
+	a := startAgent(t)
+	wantTable := ok(t, "table", "--socket", a.Socket, "--namespace", "default", "-o", "json")
+	for _, args := range [][]string{
+		{"table", "-socket", a.Socket, "-namespace", "default", "-o", "json"},
+		{"table", "-socket=" + a.Socket, "-namespace=default", "-o=json"},
+		{"table", "--socket", a.Socket, "--n", "default", "--o", "json"},
+		{"table", "-socket", a.Socket, "-n", "default", "-ojson"},
+		{"table", "--socket=" + a.Socket, "--namespace=default", "--output=json"},
+	} {
+		if got := ok(t, args...); got != wantTable {
+			t.Errorf("ztdns %s printed\n%s\nwant\n%s", strings.Join(args, " "), got, wantTable)
+		}
+	}
+	for _, args := range [][]string{
+		{"status", "-socket", a.Socket, "-o", "json"},
+		{"pods", "-socket", a.Socket, "-o", "json"},
+	} {
+		var v any
+		if err := json.Unmarshal([]byte(ok(t, args...)), &v); err != nil {
+			t.Errorf("ztdns %s: %v", strings.Join(args, " "), err)
+		}
+	}
+	if out := ok(t, "status", "-help"); !strings.Contains(out, "--socket PATH") {
+		t.Errorf("ztdns status -help:\n%s", out)
+	}
+	// The agent refuses a capture without capture on: the request got there.
+	r := ztdns(t, "capture", "add", "-socket", a.Socket, "-netns", "/run/netns/ztdns-nonexistent", "-namespace", "default", "-name", "pod1")
+	if r.code != 1 || strings.Contains(r.stderr, "flag") {
+		t.Errorf("capture add with old spellings: want the agent's refusal (exit status 1), got %v", r)
+	}
+}
+
+// TestOneDashLongFlags checks the rewriting of old spellings word by word:
+// values are never touched, even when they start with a dash.
+func TestOneDashLongFlags(t *testing.T) {
+	for _, tc := range []struct{ args, want []string }{
+		{
+			[]string{"agent", "-config-dir", "/d", "-capture=false", "-listen", "127.0.0.1:5353", "-autopath", "-ttl=5s"},
+			[]string{"agent", "--config-dir", "/d", "--capture=false", "--listen", "127.0.0.1:5353", "--autopath", "--ttl=5s"},
+		},
+		{
+			[]string{"capture", "add", "-name", "-netns", "-netns", "/run/netns/p", "-n", "-socket", "--", "-socket"},
+			[]string{"capture", "add", "--name", "-netns", "--netns", "/run/netns/p", "-n", "-socket", "--", "-socket"},
+		},
+		{
+			[]string{"table", "--o", "json", "--n=default", "-ojson", "-help", "-bogus"},
+			[]string{"table", "-o", "json", "-n=default", "-ojson", "--help", "-bogus"},
+		},
+		{[]string{"bogus", "-socket", "x"}, []string{"bogus", "-socket", "x"}},
+	} {
+		if got := oneDashLongFlags(newRoot(), tc.args); !slices.Equal(got, tc.want) {
+			t.Errorf("oneDashLongFlags(%q) = %q, want %q", tc.args, got, tc.want)
+		}
+	}
+}
+
+// TestVersionIsTheAgents: `ztdns version`, the agent's status and its
+// ztdns_build_info metric name the same build.
+func TestVersionIsTheAgents(t *testing.T) {
+	a := startAgent(t)
+	var info version.Info
+	if err := json.Unmarshal([]byte(ok(t, "version", "-o", "json")), &info); err != nil {
+		t.Fatal(err)
+	}
+	if line := ok(t, "version"); line != info.String()+"\n" {
+		t.Errorf("ztdns version printed %q, want %q", line, info.String())
+	}
+	var st control.Status
+	if err := json.Unmarshal([]byte(ok(t, "status", "--socket", a.Socket, "-o", "json")), &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Build != info {
+		t.Errorf("ztdns status says %+v, ztdns version %+v", st.Build, info)
+	}
+	if got := buildInfoLabels(t, a.reg); got != info {
+		t.Errorf("ztdns_build_info says %+v, ztdns version %+v", got, info)
+	}
+}
+
+// buildInfoLabels returns the labels of ztdns_build_info, which must be 1.
+func buildInfoLabels(t *testing.T, g prometheus.Gatherer) version.Info {
+	t.Helper()
+	mfs, err := g.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "ztdns_build_info" {
+			continue
+		}
+		if len(mf.GetMetric()) != 1 || mf.GetMetric()[0].GetGauge().GetValue() != 1 {
+			t.Fatalf("ztdns_build_info: %v, want one series of value 1", mf)
+		}
+		l := map[string]string{}
+		for _, p := range mf.GetMetric()[0].GetLabel() {
+			l[p.GetName()] = p.GetValue()
+		}
+		return version.Info{Version: l["version"], Revision: l["revision"], GoVersion: l["goversion"]}
+	}
+	t.Fatal("no ztdns_build_info metric")
+	return version.Info{}
+}
+
+// TestLogCommand: `ztdns log on|off` switches a running agent's access log:
+// lines appear for the sampled queries while it is on, none after it is
+// off, and `ztdns status` says which.
+func TestLogCommand(t *testing.T) {
+	var lines testenv.Log
+	al, err := accesslog.New(&lines, "the test's buffer", "text", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := startAgentWith(t, func(cfg *agent.Config) { cfg.AccessLog = al })
+	ask := func(n int) {
+		for range n {
+			a.Query(t, "udp", netip.MustParseAddr("127.0.0.1"), "address.internal", dns.TypeA, false)
+		}
+	}
+	count := func() int { return strings.Count(lines.String(), `msg="dns query"`) }
+	status := func() string {
+		t.Helper()
+		for _, l := range strings.Split(ok(t, "status", "--socket", a.Socket), "\n") {
+			if strings.HasPrefix(l, "Access log:") {
+				return strings.TrimSpace(strings.TrimPrefix(l, "Access log:"))
+			}
+		}
+		t.Fatal("ztdns status has no access log line")
+		return ""
+	}
+
+	ask(3)
+	if n := count(); n != 0 {
+		t.Fatalf("%d lines while the log is off", n)
+	}
+	if out := ok(t, "log", "on", "--sample", "2", "--socket", a.Socket); out != "access log on: one query in 2, to the test's buffer\n" {
+		t.Errorf("ztdns log on printed %q", out)
+	}
+	if got := status(); got != "on: one query in 2, to the test's buffer" {
+		t.Errorf("ztdns status: access log %q", got)
+	}
+	ask(6)
+	agenttest.Eventually(t, 5*time.Second, func() error {
+		if n := count(); n != 3 {
+			return fmt.Errorf("%d lines for 6 queries at one in 2, want 3:\n%s", n, lines.String())
+		}
+		return nil
+	})
+	if !strings.Contains(lines.String(), `name=address.internal. type=A proto=udp rcode=NOERROR answered=table`) {
+		t.Errorf("access log lines lack the query:\n%s", lines.String())
+	}
+	if out := ok(t, "log", "off", "--socket", a.Socket); out != "access log off (to the test's buffer when on)\n" {
+		t.Errorf("ztdns log off printed %q", out)
+	}
+	ask(4)
+	if got := status(); got != "off (to the test's buffer when on)" {
+		t.Errorf("ztdns status: access log %q", got)
+	}
+	if n := count(); n != 3 {
+		t.Errorf("%d lines after ztdns log off, want the 3 from before", n)
+	}
+	// Usage errors do nothing.
+	for _, args := range [][]string{{"log"}, {"log", "maybe"}, {"log", "on", "--sample", "-1"}, {"log", "off", "--sample", "2"}} {
+		if r := ztdns(t, append(args, "--socket", a.Socket)...); r.code != 2 {
+			t.Errorf("ztdns %s: want exit status 2, got %v", strings.Join(args, " "), r)
+		}
+	}
+	if got := status(); got != "off (to the test's buffer when on)" {
+		t.Errorf("after usage errors, ztdns status: access log %q", got)
+	}
+}

@@ -1,0 +1,117 @@
+//go:build linux
+
+package testenv
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/ztdns/ztdns/pkg/control"
+)
+
+// Nobody is the unprivileged user tests run callers as: uid 65534 with
+// group 0, the caller the control socket once let in.
+var Nobody = syscall.Credential{Uid: 65534, Gid: 0}
+
+// AsUser prepares bin with args to run as cred. bin is copied first into a
+// directory any user can enter (a test binary's own directory is not), and
+// the copy is removed at cleanup.
+func AsUser(tb testing.TB, ctx context.Context, cred syscall.Credential, bin string, args ...string) *exec.Cmd {
+	tb.Helper()
+	RequireRoot(tb)
+	dir, err := os.MkdirTemp("", "ztdns-asuser-")
+	if err != nil {
+		tb.Fatalf("testenv: %v", err)
+	}
+	tb.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		tb.Fatalf("testenv: %v", err)
+	}
+	dst := filepath.Join(dir, filepath.Base(bin))
+	if err := copyFile(bin, dst, 0o755); err != nil {
+		tb.Fatalf("testenv: copy %s for another user: %v", bin, err)
+	}
+	cmd := exec.CommandContext(ctx, dst, args...)
+	cmd.Dir = "/"
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &cred}
+	cmd.WaitDelay = 2 * time.Second
+	return cmd
+}
+
+func copyFile(src, dst string, mode os.FileMode) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return err
+	}
+	return out.Close()
+}
+
+// Operations of ControlCallAsUser.
+const (
+	// CallStatus asks for the agent's status (a read-only route).
+	CallStatus = "status"
+	// CallCaptureAdd asks the agent to mark a network namespace (a route
+	// only root may call).
+	CallCaptureAdd = "capture-add"
+)
+
+// ControlCallAsUser runs one call of the control API (CallStatus or
+// CallCaptureAdd of netns) on the socket from a process running as cred:
+// the test binary itself, through RunHelper, which the package's TestMain
+// must call. It returns the client's output (the error, when the call
+// failed) and whether the call succeeded.
+func ControlCallAsUser(tb testing.TB, cred syscall.Credential, socket, op, netns string) (string, bool) {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(tb.Context(), 30*time.Second)
+	defer cancel()
+	cmd := AsUser(tb, ctx, cred, os.Args[0])
+	cmd.Env = append(os.Environ(), helperEnv+"=control-call", "ZTDNS_TESTENV_SOCKET="+socket,
+		"ZTDNS_TESTENV_OP="+op, "ZTDNS_TESTENV_NETNS="+netns)
+	out, err := cmd.CombinedOutput()
+	if _, exited := err.(*exec.ExitError); err != nil && !exited {
+		tb.Fatalf("testenv: running the control client as uid %d: %v\n%s", cred.Uid, err, out)
+	}
+	return string(out), err == nil
+}
+
+// controlCall is the client ControlCallAsUser runs.
+func controlCall() int {
+	c := control.NewClient(os.Getenv("ZTDNS_TESTENV_SOCKET"), 10*time.Second)
+	ctx := context.Background()
+	var err error
+	switch op := os.Getenv("ZTDNS_TESTENV_OP"); op {
+	case CallStatus:
+		var st control.Status
+		if st, err = c.Status(ctx); err == nil {
+			fmt.Printf("ready=%v\n", st.Ready)
+		}
+	case CallCaptureAdd:
+		var row control.PodRow
+		if row, err = c.CaptureAdd(ctx, control.CaptureRequest{Netns: os.Getenv("ZTDNS_TESTENV_NETNS")}); err == nil {
+			fmt.Printf("captured %s/%s\n", row.Namespace, row.Name)
+		}
+	default:
+		err = fmt.Errorf("unknown operation %q", op)
+	}
+	if err != nil {
+		fmt.Println(err)
+		return 1
+	}
+	return 0
+}

@@ -1,0 +1,66 @@
+package agent
+
+import (
+	"context"
+	"log/slog"
+	"runtime/debug"
+	"runtime/metrics"
+	"time"
+)
+
+// maxSocketsPerAddr caps the default of Config.SocketsPerAddr: each UDP
+// socket may hold 2 MiB of queued queries in the kernel (see
+// resolver.ListenUDP) and keeps ~280 KiB of batch buffers, and two readers
+// per address already answer well over 100,000 queries a second.
+const maxSocketsPerAddr = 2
+
+// Returning memory after a burst: see returnMemoryAfterBursts.
+const (
+	memoryCheckEvery = 20 * time.Second
+	// memorySlack is how much the Go runtime may keep above what it kept
+	// after the last return before a quiet agent hands memory back.
+	memorySlack = 8 << 20
+)
+
+// returnMemoryAfterBursts hands memory back to the OS once a burst is over.
+//
+// Between garbage collections the runtime cannot tell garbage from live
+// objects, and a quiet agent allocates too little to start a collection
+// (the runtime forces one only every two minutes); the scavenger then
+// returns free pages at its own pace. So every memoryCheckEvery: when no
+// collection ran since the last check (the agent is quiet) and the runtime
+// holds more than memorySlack above what it held after the last return,
+// collect and return everything free at once (debug.FreeOSMemory). A busy
+// agent collects on its own and is left alone; a quiet one that did not
+// grow costs nothing. After a burst, memory goes back within two checks.
+func returnMemoryAfterBursts(ctx context.Context, log *slog.Logger) {
+	samples := []metrics.Sample{
+		{Name: "/gc/cycles/total:gc-cycles"},
+		{Name: "/memory/classes/total:bytes"},
+		{Name: "/memory/classes/heap/released:bytes"},
+	}
+	read := func() (cycles, held uint64) {
+		metrics.Read(samples)
+		return samples[0].Value.Uint64(), samples[1].Value.Uint64() - samples[2].Value.Uint64()
+	}
+	lastCycles, floor := read()
+	tick := time.NewTicker(memoryCheckEvery)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		cycles, held := read()
+		if cycles == lastCycles && held > floor+memorySlack {
+			debug.FreeOSMemory()
+			before := held
+			cycles, held = read()
+			floor = held
+			log.Debug("returned memory to the OS after a burst", "heldBefore", before, "heldAfter", held)
+		}
+		floor = min(floor, held)
+		lastCycles = cycles
+	}
+}

@@ -1,0 +1,17 @@
+package agent
+
+import "testing"
+
+func TestMetricsListenAddr(t *testing.T) {
+	for in, want := range map[string]string{
+		"127.0.0.1:15053":     "127.0.0.1:15053",
+		"198.51.100.7:15053":  "198.51.100.7:15053",
+		"[2001:db8::7]:15053": "[2001:db8::7]:15053",
+		"2001:db8::7:15053":   "[2001:db8::7]:15053", // "$(HOST_IP):15053" on an IPv6 node
+		":15053":              ":15053",
+	} {
+		if got := metricsListenAddr(in); got != want {
+			t.Errorf("metricsListenAddr(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

@@ -1,0 +1,134 @@
+package agent
+
+import (
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ztdns/ztdns/pkg/control"
+	"github.com/ztdns/ztdns/pkg/redirect"
+)
+
+// Whom the agent believes. A request on the control socket comes from root
+// (pkg/control checks), but what it says is still a claim. The agent trusts
+// only what it sees itself:
+//
+//   - the network namespace: it opens the path it is given, never blocking
+//     on something that is not a namespace, and reads that namespace's
+//     cookie and the addresses configured in it. A CNI ADD whose cookie is
+//     not that namespace's, or that claims an IP the namespace does not
+//     have, is refused; so is the node's own namespace (the agent's, and
+//     that of PID 1), whatever path names it.
+//   - the pod's identity, which decides the namespace view its queries get:
+//     a network namespace belongs to the first pod recorded in it until that
+//     pod's DEL, so an ADD (or `capture add`) cannot give a recorded
+//     namespace to another pod; and where the source knows the pod (with
+//     --kubeconfig, the Pod object from the API server) the ADD must agree
+//     with it: the same UID, and a pod on this node that is not on the
+//     host's network. A new pod the source has not seen yet is taken on the
+//     runtime's word, which the source's object then replaces.
+
+// netnsSeen is what the agent found in a network namespace itself.
+type netnsSeen struct {
+	cookie uint64
+	addrs  []netip.Addr
+}
+
+// inspectNetns opens the network namespace at path and reads its cookie and
+// addresses from that one open file, so the path cannot be swapped between
+// the two reads. A path that is missing or not a namespace is Invalid; the
+// node's own namespace is Refused.
+func (a *Agent) inspectNetns(path string) (netnsSeen, error) {
+	// O_NONBLOCK: a FIFO or a device at the path must not hang the agent.
+	fd, err := unix.Open(a.nodeProcPath(path), unix.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC|unix.O_NOCTTY, 0)
+	if err != nil {
+		return netnsSeen{}, control.Invalid(fmt.Errorf("network namespace %s: %w", path, &os.PathError{Op: "open", Path: path, Err: err}))
+	}
+	defer unix.Close(fd)
+	var fs unix.Statfs_t
+	if err := unix.Fstatfs(fd, &fs); err != nil || fs.Type != unix.NSFS_MAGIC {
+		return netnsSeen{}, control.Invalid(fmt.Errorf("%s is not a network namespace", path))
+	}
+	self := fmt.Sprintf("/proc/self/fd/%d", fd)
+	cookie, err := redirect.NetnsCookie(self)
+	if err != nil {
+		return netnsSeen{}, control.Invalid(fmt.Errorf("%s: %w", path, err))
+	}
+	if slices.Contains(a.hostCookies, cookie) {
+		return netnsSeen{}, control.Refused(fmt.Errorf("%s is the node's own network namespace (cookie %d): the agent never captures it", path, cookie))
+	}
+	addrs, err := redirect.NetnsAddrs(self)
+	if err != nil {
+		return netnsSeen{}, fmt.Errorf("%s: %w", path, err)
+	}
+	return netnsSeen{cookie: cookie, addrs: addrs}, nil
+}
+
+// nodeProcPath maps a runtime's /proc/PID/ns/net path (dockershim and
+// cri-dockerd name pods' namespaces so), which names the node's PIDs, into
+// the node's proc filesystem the agent was given (--proc-root).
+func (a *Agent) nodeProcPath(path string) string {
+	if rest, ok := strings.CutPrefix(path, "/proc/"); ok && a.cfg.ProcRoot != "/proc" {
+		return filepath.Join(a.cfg.ProcRoot, rest)
+	}
+	return path
+}
+
+// verifyAdd checks a CNI ADD against the namespace it names and against what
+// the agent already knows about the pod (see the rule above).
+func (a *Agent) verifyAdd(req control.CNIAddRequest) error {
+	ns, err := a.inspectNetns(req.Netns)
+	if err != nil {
+		return err
+	}
+	if ns.cookie != req.NetnsCookie {
+		return control.Refused(fmt.Errorf("the ADD says the cookie of %s is %d, but it is %d", req.Netns, req.NetnsCookie, ns.cookie))
+	}
+	for _, ip := range req.IPs {
+		if !slices.Contains(ns.addrs, ip.Unmap()) {
+			return control.Refused(fmt.Errorf("%s is not an address of %s (it has %v)", ip, req.Netns, ns.addrs))
+		}
+	}
+	key := req.PodNamespace + "/" + req.PodName
+	if p := a.pods.ByCookie(ns.cookie); p != nil && p.Attachment != nil && p.Key() != key {
+		return control.Refused(fmt.Errorf("%s is pod %s's network namespace: an ADD cannot give it to %s", req.Netns, p.Key(), key))
+	}
+	if p := a.pods.Get(req.PodNamespace, req.PodName); p != nil && p.Spec != nil {
+		spec := p.Spec
+		switch {
+		case req.PodUID != "" && spec.UID != "" && req.PodUID != spec.UID:
+			return control.Refused(fmt.Errorf("pod %s has UID %s, not %s", key, spec.UID, req.PodUID))
+		case a.cfg.NodeName != "" && spec.NodeName != "" && spec.NodeName != a.cfg.NodeName:
+			return control.Refused(fmt.Errorf("pod %s runs on node %s, not on this one (%s)", key, spec.NodeName, a.cfg.NodeName))
+		case spec.HostNetwork:
+			return control.Refused(fmt.Errorf("pod %s is on the host's network: it has no namespace of its own", key))
+		}
+	}
+	return nil
+}
+
+// nodeCookies returns the cookies of the agent's own network namespace and
+// of the node's PID 1 (under procRoot, the node's /proc): namespaces never
+// captured.
+func nodeCookies(procRoot string) []uint64 {
+	var cookies []uint64
+	// The agent's own needs no setns (nor the privilege for it): a socket
+	// opened here is in it.
+	if fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0); err == nil {
+		if c, err := unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_NETNS_COOKIE); err == nil {
+			cookies = append(cookies, c)
+		}
+		unix.Close(fd)
+	}
+	// In a test's node namespace PID 1's namespace is another one, and it
+	// may be out of reach.
+	if c, err := redirect.NetnsCookie(filepath.Join(procRoot, "1/ns/net")); err == nil && !slices.Contains(cookies, c) {
+		cookies = append(cookies, c)
+	}
+	return cookies
+}

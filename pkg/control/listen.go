@@ -1,0 +1,333 @@
+package control
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Access says who may connect besides root.
+type Access struct {
+	// Group is a gid whose members may connect and call the read-only
+	// routes; 0 means nobody but root. (Group 0 itself cannot be given: its
+	// members are not root, and the socket is for root.)
+	Group int
+	// Logger reports refused callers (default slog.Default()).
+	Logger *slog.Logger
+}
+
+func (a Access) modes() (dir, socket os.FileMode) {
+	if a.Group > 0 {
+		return 0o750, 0o660
+	}
+	return 0o700, 0o600
+}
+
+func (a Access) log() *slog.Logger {
+	if a.Logger == nil {
+		return slog.Default()
+	}
+	return a.Logger
+}
+
+// allowed reports whether a peer may connect: root, the agent's own user
+// (the same as root but for an agent run without root, as in the
+// standalone demo), or a member of the group.
+func (a Access) allowed(p Peer) bool {
+	return p.UID == 0 || p.UID == uint32(os.Geteuid()) || (a.Group > 0 && p.GID == uint32(a.Group))
+}
+
+// OwnFiles are the names the agent keeps in its socket directory besides
+// the socket: the hand-off socket, the record of captured pods and the
+// plugin's pending events. A directory holding nothing else (or nothing) is
+// the agent's own, and PrepareDir sets its mode.
+func ownFiles(socket string) []string {
+	base := filepath.Base(socket)
+	return []string{base, base + ".handoff", "attachments.json", "attachments.json.tmp", "pending"}
+}
+
+// PrepareDir makes the socket's directory safe to listen in, before the
+// agent connects to or creates anything there. The directory must belong to
+// root and nobody else may write in it, nor in a directory above it (unless
+// that one is sticky, like /tmp): whoever can write there can plant a socket
+// the agent or its clients would talk to. A missing directory is created
+// 0700 (0750 root:Group with a group), and one that holds only the agent's
+// own files is set to that mode; a directory shared with other files keeps
+// its mode (the socket's own mode and the peer check still hold) and is
+// reported.
+func PrepareDir(socket string, access Access) error {
+	dir := filepath.Dir(socket)
+	dirMode, _ := access.modes()
+	created := false
+	if _, err := os.Lstat(dir); errors.Is(err, os.ErrNotExist) {
+		if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
+			return fmt.Errorf("control socket directory: %w", err)
+		}
+		if err := os.Mkdir(dir, dirMode); err != nil && !errors.Is(err, os.ErrExist) {
+			return fmt.Errorf("control socket directory: %w", err)
+		}
+		created = true
+	}
+	real, err := filepath.EvalSymlinks(dir)
+	if err != nil {
+		return fmt.Errorf("control socket directory: %w", err)
+	}
+	if err := checkOwned(real, false); err != nil {
+		return fmt.Errorf("control socket directory %s: %w", dir, err)
+	}
+	for p := filepath.Dir(real); ; p = filepath.Dir(p) {
+		if err := checkOwned(p, true); err != nil {
+			return fmt.Errorf("control socket directory %s: %w", dir, err)
+		}
+		if p == "/" {
+			break
+		}
+	}
+	if !created {
+		entries, err := os.ReadDir(real)
+		if err != nil {
+			return fmt.Errorf("control socket directory: %w", err)
+		}
+		own := ownFiles(socket)
+		for _, e := range entries {
+			if !slices.Contains(own, e.Name()) {
+				fi, _ := os.Stat(real)
+				if fi != nil && fi.Mode().Perm() != dirMode {
+					access.log().Warn("the control socket's directory holds other files, so its mode is left alone; give the socket a directory of its own",
+						"dir", dir, "mode", fi.Mode().Perm(), "other", e.Name())
+				}
+				return nil
+			}
+		}
+	}
+	if err := chgrp(real, access.Group); err != nil {
+		return fmt.Errorf("control socket directory: %w", err)
+	}
+	if err := os.Chmod(real, dirMode); err != nil {
+		return fmt.Errorf("control socket directory: %w", err)
+	}
+	return nil
+}
+
+// chgrp gives path to the socket group, if there is one.
+func chgrp(path string, group int) error {
+	if group <= 0 {
+		return nil
+	}
+	return os.Chown(path, -1, group)
+}
+
+// checkOwned refuses a directory that neither root nor the agent's own user
+// owns, or that others can write in (sticky allows it for a directory above
+// the socket's: nobody can then move root's entries).
+func checkOwned(path string, stickyOK bool) error {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return err
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return fmt.Errorf("%s: no owner", path)
+	}
+	if st.Uid != 0 && st.Uid != uint32(os.Geteuid()) {
+		return fmt.Errorf("%s belongs to uid %d, not root: refusing to listen where another user can plant a socket", path, st.Uid)
+	}
+	sticky := fi.Mode()&os.ModeSticky != 0
+	if fi.Mode().Perm()&0o022 != 0 && !(stickyOK && sticky) {
+		return fmt.Errorf("%s is writable by others (mode %s): refusing to listen where another user can plant a socket", path, fi.Mode())
+	}
+	return nil
+}
+
+// Listen opens the control socket at path (after PrepareDir), replacing a
+// stale one left by an agent that died and refusing to steal one a live
+// agent still serves. Every connection's peer is checked (SO_PEERCRED)
+// before it is served, refused callers are logged and counted, and at most
+// MaxConns connections are open at once (see guardedListener).
+func Listen(path string, access Access) (net.Listener, error) {
+	if err := PrepareDir(path, access); err != nil {
+		return nil, err
+	}
+	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+		c.Close()
+		return nil, fmt.Errorf("control socket %s is in use by a running agent", path)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("removing stale control socket: %w", err)
+	}
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		return nil, fmt.Errorf("control socket: %w", err)
+	}
+	_, sockMode := access.modes()
+	err = chgrp(path, access.Group)
+	if err == nil {
+		err = os.Chmod(path, sockMode)
+	}
+	if err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("control socket permissions: %w", err)
+	}
+	return newGuardedListener(ln, access), nil
+}
+
+// Peer is the process at the other end of a unix socket, as the kernel
+// recorded it when that process connected (or listened).
+type Peer struct {
+	PID      int32
+	UID, GID uint32
+}
+
+// PeerOf returns the credentials of the process at the other end of c.
+func PeerOf(c *net.UnixConn) (Peer, error) {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return Peer{}, err
+	}
+	var cred *unix.Ucred
+	var credErr error
+	if err := raw.Control(func(fd uintptr) {
+		cred, credErr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	}); err != nil {
+		return Peer{}, err
+	}
+	if credErr != nil {
+		return Peer{}, fmt.Errorf("SO_PEERCRED: %w", credErr)
+	}
+	return Peer{PID: cred.Pid, UID: cred.Uid, GID: cred.Gid}, nil
+}
+
+// guardedListener hands out only connections of allowed peers, at most
+// MaxConns at a time. At the bound, a new connection takes the place of the
+// oldest one that is not being answered (a request still being sent, or a
+// kept-alive idle connection): callers that send nothing cannot keep those
+// that do waiting. When every connection is being answered, Accept waits for
+// one to end.
+type guardedListener struct {
+	*net.UnixListener
+	access Access
+
+	mu     sync.Mutex
+	ended  *sync.Cond  // signalled when a connection ends
+	conns  []*peerConn // open connections, oldest first
+	closed bool
+}
+
+func newGuardedListener(ln *net.UnixListener, access Access) *guardedListener {
+	l := &guardedListener{UnixListener: ln, access: access}
+	l.ended = sync.NewCond(&l.mu)
+	return l
+}
+
+func (l *guardedListener) Close() error {
+	l.mu.Lock()
+	l.closed = true
+	l.ended.Broadcast()
+	l.mu.Unlock()
+	return l.UnixListener.Close()
+}
+
+func (l *guardedListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.AcceptUnix()
+		if err != nil {
+			return nil, err
+		}
+		peer, err := PeerOf(c)
+		if err != nil || !l.access.allowed(peer) {
+			metricRefused.Inc()
+			l.access.log().Warn("control socket: refused a caller that is not root", "uid", peer.UID, "gid", peer.GID, "pid", peer.PID, "err", err)
+			c.Close()
+			continue
+		}
+		pc := &peerConn{UnixConn: c, peer: peer, l: l}
+		if !l.admit(pc) {
+			c.Close()
+			return nil, net.ErrClosed
+		}
+		return pc, nil
+	}
+}
+
+// admit makes room for pc and records it; false when the listener closed.
+func (l *guardedListener) admit(pc *peerConn) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for len(l.conns) >= MaxConns && !l.closed {
+		i := slices.IndexFunc(l.conns, func(c *peerConn) bool { return !c.answering.Load() })
+		if i < 0 {
+			l.ended.Wait()
+			continue
+		}
+		victim := l.conns[i]
+		l.conns = slices.Delete(l.conns, i, i+1)
+		victim.UnixConn.Close() // the server's read fails, and it lets go of it
+		metricEvicted.Inc()
+		l.access.log().Debug("control socket: closed a connection that sent no whole request, to make room", "pid", victim.peer.PID)
+	}
+	if l.closed {
+		return false
+	}
+	l.conns = append(l.conns, pc)
+	metricConns.Set(float64(len(l.conns)))
+	return true
+}
+
+func (l *guardedListener) forget(pc *peerConn) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if i := slices.Index(l.conns, pc); i >= 0 {
+		l.conns = slices.Delete(l.conns, i, i+1)
+	}
+	metricConns.Set(float64(len(l.conns)))
+	l.ended.Broadcast()
+}
+
+// peerConn is an accepted connection with its caller.
+type peerConn struct {
+	*net.UnixConn
+	peer Peer
+	l    *guardedListener
+	// answering is set while a handler serves a request on it.
+	answering atomic.Bool
+	once      sync.Once
+}
+
+func (c *peerConn) Close() error {
+	err := c.UnixConn.Close()
+	c.once.Do(func() { c.l.forget(c) })
+	return err
+}
+
+type connKey struct{}
+
+// PeerFrom returns the caller of a request served by Serve on a listener
+// from Listen.
+func PeerFrom(ctx context.Context) (Peer, bool) {
+	if pc, ok := ctx.Value(connKey{}).(*peerConn); ok {
+		return pc.peer, true
+	}
+	return Peer{}, false
+}
+
+// answering marks the request's connection as being answered until the
+// returned function is called: it is not closed to make room meanwhile.
+func answering(ctx context.Context) (done func()) {
+	pc, ok := ctx.Value(connKey{}).(*peerConn)
+	if !ok {
+		return func() {}
+	}
+	pc.answering.Store(true)
+	return func() { pc.answering.Store(false) }
+}

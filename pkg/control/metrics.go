@@ -1,0 +1,35 @@
+package control
+
+import "github.com/prometheus/client_golang/prometheus"
+
+var (
+	// metricRequests counts the control socket's requests by route and
+	// answer status.
+	metricRequests = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "ztdns_control_requests_total",
+		Help: "Requests on the control socket by route and HTTP status (400 invalid, 403 refused, 413 too large).",
+	}, []string{"route", "code"})
+	// metricRefused counts connections from callers that may not connect.
+	metricRefused = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "ztdns_control_refused_connections_total",
+		Help: "Connections to the control socket closed unserved because the caller (SO_PEERCRED) is neither root nor in the socket group.",
+	})
+)
+
+var (
+	// metricConns is the number of open connections.
+	metricConns = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "ztdns_control_connections",
+		Help: "Open connections to the control socket (at most 32).",
+	})
+	// metricEvicted counts connections closed to make room for a new one.
+	metricEvicted = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "ztdns_control_evicted_connections_total",
+		Help: "Connections to the control socket that had sent no whole request, closed to make room for a new one at the bound.",
+	})
+)
+
+// Collectors returns the control socket's metrics for registration.
+func Collectors() []prometheus.Collector {
+	return []prometheus.Collector{metricRequests, metricRefused, metricConns, metricEvicted}
+}

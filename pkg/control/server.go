@@ -1,0 +1,240 @@
+package control
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"time"
+)
+
+// Bounds of the server. They hold for every caller, root included: a stuck
+// or broken client cannot hold the agent's memory or its connection slots.
+const (
+	// MaxRequestBytes bounds a request body (a CNI ADD is a few hundred
+	// bytes).
+	MaxRequestBytes = 64 << 10
+	// maxHeaderBytes bounds a request's headers.
+	maxHeaderBytes = 8 << 10
+	// ReadTimeout bounds the time to send a whole request: a half-sent one
+	// is dropped then.
+	ReadTimeout = 5 * time.Second
+	// writeTimeout bounds the time from the end of the request to the end of
+	// the answer.
+	writeTimeout = 30 * time.Second
+	// MaxConns bounds the connections open at once. A new one takes the
+	// place of the oldest that is not being answered; when all are, it waits
+	// in the kernel's backlog for one to end.
+	MaxConns = 32
+)
+
+// API is what the agent does for the control socket. Requests reach it
+// decoded and validated; an error it returns becomes the answer's status
+// (see Invalid and Refused; anything else is a 500).
+type API interface {
+	Status() Status
+	Table(namespace string) []TableRow
+	Pods() ([]PodRow, error)
+	CaptureAdd(CaptureRequest) (PodRow, error)
+	CaptureDel(CaptureRequest) error
+	CNIAdd(CNIAddRequest) (CNIAddResponse, error)
+	CNIDel(CNIDelRequest) error
+	SetAccessLog(AccessLogRequest) (AccessLog, error)
+}
+
+// statusError gives an error the HTTP status it is answered with.
+type statusError struct {
+	code int
+	err  error
+}
+
+func (e *statusError) Error() string { return e.err.Error() }
+func (e *statusError) Unwrap() error { return e.err }
+
+// Invalid marks err as the caller's mistake (400).
+func Invalid(err error) error { return &statusError{http.StatusBadRequest, err} }
+
+// Refused marks err as a request the agent will not carry out (403): a
+// caller that may not, or claims that do not match what the agent sees.
+func Refused(err error) error { return &statusError{http.StatusForbidden, err} }
+
+// StatusOf is the HTTP status err is answered with: that of Invalid or
+// Refused, 500 for any other error.
+func StatusOf(err error) int {
+	if se := (*statusError)(nil); errors.As(err, &se) {
+		return se.code
+	}
+	return http.StatusInternalServerError
+}
+
+// NewHandler serves api: every route of Routes, each request's caller
+// checked against the route (only root may call a route that Mutates), its
+// body bounded, decoded and validated before api sees it.
+func NewHandler(api API, log *slog.Logger) http.Handler {
+	if log == nil {
+		log = slog.Default()
+	}
+	h := &handler{api: api, log: log}
+	mux := http.NewServeMux()
+	h.handle(mux, RouteStatus, func(*http.Request) (any, error) { return api.Status(), nil })
+	h.handle(mux, RouteTable, func(r *http.Request) (any, error) {
+		ns := r.URL.Query().Get("namespace")
+		if ns != "" {
+			if err := validNamespace(ns); err != nil {
+				return nil, Invalid(err)
+			}
+		}
+		return api.Table(ns), nil
+	})
+	h.handle(mux, RoutePods, func(*http.Request) (any, error) { return api.Pods() })
+	h.handle(mux, RouteCaptureAdd, func(r *http.Request) (any, error) {
+		req, err := decodeRequest[CaptureRequest](r.Body)
+		if err != nil {
+			return nil, err
+		}
+		return api.CaptureAdd(req)
+	})
+	h.handle(mux, RouteCaptureDel, func(r *http.Request) (any, error) {
+		req, err := decodeRequest[CaptureRequest](r.Body)
+		if err != nil {
+			return nil, err
+		}
+		return struct{}{}, api.CaptureDel(req)
+	})
+	h.handle(mux, RouteCNIAdd, func(r *http.Request) (any, error) {
+		req, err := decodeRequest[CNIAddRequest](r.Body)
+		if err != nil {
+			return nil, err
+		}
+		return api.CNIAdd(req)
+	})
+	h.handle(mux, RouteCNIDel, func(r *http.Request) (any, error) {
+		req, err := decodeRequest[CNIDelRequest](r.Body)
+		if err != nil {
+			return nil, err
+		}
+		return struct{}{}, api.CNIDel(req)
+	})
+	h.handle(mux, RouteAccessLog, func(r *http.Request) (any, error) {
+		req, err := decodeRequest[AccessLogRequest](r.Body)
+		if err != nil {
+			return nil, err
+		}
+		return api.SetAccessLog(req)
+	})
+	return mux
+}
+
+type handler struct {
+	api API
+	log *slog.Logger
+}
+
+func (h *handler) handle(mux *http.ServeMux, route Route, serve func(*http.Request) (any, error)) {
+	mux.HandleFunc(route.Pattern(), func(w http.ResponseWriter, r *http.Request) {
+		defer answering(r.Context())()
+		peer, ok := PeerFrom(r.Context())
+		if route.Mutates && (!ok || (peer.UID != 0 && peer.UID != uint32(os.Geteuid()))) {
+			// A socket-group member: it may look, not steer.
+			h.log.Warn("control socket: refused a request that only root may make", "route", route.Name, "uid", peer.UID, "gid", peer.GID, "pid", peer.PID)
+			metricRequests.WithLabelValues(route.Name, "403").Inc()
+			writeError(w, http.StatusForbidden, fmt.Errorf("%s needs root (uid %d may only read)", route.Path, peer.UID))
+			return
+		}
+		r.Body = http.MaxBytesReader(w, r.Body, MaxRequestBytes)
+		v, err := serve(r)
+		if err != nil {
+			code := StatusOf(err)
+			metricRequests.WithLabelValues(route.Name, fmt.Sprint(code)).Inc()
+			writeError(w, code, err)
+			return
+		}
+		metricRequests.WithLabelValues(route.Name, "200").Inc()
+		writeJSON(w, http.StatusOK, v)
+	})
+}
+
+// validator is a request type that checks its own fields.
+type validator[T any] interface {
+	*T
+	Validate() error
+}
+
+// decodeRequest reads one JSON object of at most MaxRequestBytes from body
+// and validates it (parseRequest). Its errors are Invalid (400), or 413 for
+// a body over the bound.
+func decodeRequest[T any, PT validator[T]](body io.Reader) (T, error) {
+	data, err := io.ReadAll(io.LimitReader(body, MaxRequestBytes+1))
+	if tooLarge := (*http.MaxBytesError)(nil); errors.As(err, &tooLarge) || len(data) > MaxRequestBytes {
+		var zero T
+		return zero, &statusError{http.StatusRequestEntityTooLarge, fmt.Errorf("request larger than %d bytes", MaxRequestBytes)}
+	}
+	if err != nil {
+		var zero T
+		return zero, Invalid(fmt.Errorf("reading the request: %w", err))
+	}
+	return parseRequest[T, PT](data)
+}
+
+// parseRequest decodes data, which must be exactly one JSON value, and
+// validates it.
+func parseRequest[T any, PT validator[T]](data []byte) (T, error) {
+	var req T
+	dec := json.NewDecoder(bytes.NewReader(data))
+	err := dec.Decode(&req)
+	if err == nil && dec.Decode(&struct{}{}) != io.EOF {
+		err = errors.New("more than one JSON value")
+	}
+	if err != nil {
+		return req, Invalid(fmt.Errorf("bad request: %w", err))
+	}
+	if err := PT(&req).Validate(); err != nil {
+		return req, Invalid(err)
+	}
+	return req, nil
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	json.NewEncoder(w).Encode(v)
+}
+
+func writeError(w http.ResponseWriter, code int, err error) {
+	writeJSON(w, code, errorBody{Error: err.Error()})
+}
+
+// Serve serves h on ln until ctx is done, with the server's bounds on time
+// and header size. The agent serves its metrics endpoint with it too.
+func Serve(ctx context.Context, ln net.Listener, h http.Handler) error {
+	srv := &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: ReadTimeout,
+		ReadTimeout:       ReadTimeout,
+		WriteTimeout:      writeTimeout,
+		IdleTimeout:       ReadTimeout,
+		MaxHeaderBytes:    maxHeaderBytes,
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			if pc, ok := c.(*peerConn); ok {
+				return context.WithValue(ctx, connKey{}, pc)
+			}
+			return ctx
+		},
+	}
+	go func() {
+		<-ctx.Done()
+		shutdownCtx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		srv.Shutdown(shutdownCtx)
+	}()
+	if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}

@@ -1,0 +1,305 @@
+package control
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"path/filepath"
+	"strings"
+	"unicode"
+
+	"github.com/containernetworking/cni/pkg/utils"
+	"k8s.io/apimachinery/pkg/util/validation"
+
+	"github.com/ztdns/ztdns/pkg/resolver/quota"
+	"github.com/ztdns/ztdns/pkg/resolver/table"
+	"github.com/ztdns/ztdns/pkg/version"
+)
+
+// Status is what `ztdns status` prints (GET RouteStatus).
+type Status struct {
+	Ready     bool     `json:"ready"`
+	NotReady  string   `json:"notReady,omitempty"`
+	Names     int      `json:"names"`
+	Pods      int      `json:"pods"`
+	Listen    []string `json:"listen"`
+	Capture   bool     `json:"capture"`
+	Upstreams []string `json:"upstreams"`
+	// VIPs says where ServiceEntry VIPs come from now (--vip-source).
+	VIPs string `json:"vips,omitempty"`
+	// Warnings are objects left out of the name table (at most
+	// MaxStoredWarnings of them; WarningsOmitted counts the rest), and
+	// captured pods that istio-cni's DNS rules claim too.
+	Warnings        []string `json:"warnings,omitempty"`
+	WarningsOmitted int      `json:"warningsOmitted,omitempty"`
+	// SourceErrors are inputs the source could not read; their previous
+	// good state is still served.
+	SourceErrors []string `json:"sourceErrors,omitempty"`
+	// StateUnsaved is set while the record of captured pods could not be
+	// written: the agent keeps retrying, and a restart now would rebuild
+	// its marks from the source and the runtime instead.
+	StateUnsaved string `json:"stateUnsaved,omitempty"`
+	// Build is the agent's version: what `ztdns version` and the
+	// ztdns_build_info metric of the same binary say.
+	Build version.Info `json:"build"`
+	// AccessLog is the access log's state (`ztdns log`).
+	AccessLog AccessLog `json:"accessLog"`
+}
+
+// AccessLog is the state of the agent's access log: one line per sampled
+// query (PUT RouteAccessLog answers it too).
+type AccessLog struct {
+	On bool `json:"on"`
+	// Sample is the rate while on: one query in Sample gets a line.
+	Sample int `json:"sample,omitempty"`
+	// Destination is where the lines go: "stderr" or a file's path, fixed
+	// at the agent's start (--access-log).
+	Destination string `json:"destination"`
+	// Dropped counts lines dropped because the destination could not keep
+	// up (the queries were answered all the same).
+	Dropped uint64 `json:"dropped,omitempty"`
+}
+
+// AccessLogRequest turns the access log on or off (PUT RouteAccessLog).
+type AccessLogRequest struct {
+	On bool `json:"on"`
+	// Sample is the rate once on: one query in Sample; 0 keeps the rate
+	// the log had (1 if it never had one).
+	Sample int `json:"sample,omitempty"`
+}
+
+// MaxAccessLogSample bounds AccessLogRequest.Sample.
+const MaxAccessLogSample = 1_000_000
+
+// Validate checks the sample rate.
+func (r *AccessLogRequest) Validate() error {
+	if r.Sample < 0 || r.Sample > MaxAccessLogSample {
+		return fmt.Errorf("sample %d: want 1 to %d (one query in N), or 0 to keep the current rate", r.Sample, MaxAccessLogSample)
+	}
+	return nil
+}
+
+// MaxStoredWarnings bounds the table warnings an agent keeps for Status; a
+// directory of broken objects cannot make it hold an unbounded list.
+const MaxStoredWarnings = 100
+
+// TableRow is one name of `ztdns table` (GET RouteTable).
+type TableRow = table.Row
+
+// PodRow is one pod as `ztdns pods` shows it (GET RoutePods).
+type PodRow struct {
+	Namespace   string   `json:"namespace"`
+	Name        string   `json:"name"`
+	ContainerID string   `json:"containerID,omitempty"`
+	NetnsCookie uint64   `json:"netnsCookie"`
+	NetnsPath   string   `json:"netnsPath,omitempty"`
+	IPs         []string `json:"ips"`
+	// Captured is the decision; Marked says whether the pods map holds it.
+	Captured    bool     `json:"captured"`
+	Reason      string   `json:"reason,omitempty"`
+	Marked      bool     `json:"marked"`
+	Redirected  uint64   `json:"redirected"`
+	Restored    uint64   `json:"restored"`
+	Nameservers []string `json:"nameservers,omitempty"`
+	// IstioDNSRules names the backends (nftables, iptables-nft,
+	// iptables-legacy) holding istio-cni's DNS capture rules in a captured
+	// pod: Istio's DNS capture is on for it too (ztdns still answers it).
+	IstioDNSRules string `json:"istioDNSRules,omitempty"`
+	// Resolver is what the pod holds of the resolver and was refused by its
+	// per-pod limits.
+	Resolver quota.Usage `json:"resolver"`
+}
+
+// CaptureRequest marks (POST RouteCapture) or unmarks (DELETE RouteCapture)
+// a network namespace: how a VM, a test or an operator captures a namespace
+// without a CNI plugin. The agent opens Netns itself; what it finds there
+// (cookie, addresses) is what it records.
+type CaptureRequest struct {
+	// Netns is the network namespace's path, e.g. /run/netns/pod1.
+	Netns string `json:"netns"`
+	// Namespace and Name say who the pod is (for namespace views and
+	// `ztdns pods`); Namespace defaults to "default", Name to the netns path.
+	Namespace string `json:"namespace,omitempty"`
+	Name      string `json:"name,omitempty"`
+}
+
+// CNIAddRequest is what the CNI plugin knows about a pod on ADD (POST
+// RouteCNIAdd). The plugin validates every field before it sends it, and the
+// agent validates it again (Validate) and then checks it against the
+// network namespace it opens itself: the cookie and the IPs are claims.
+//
+// The fields carry no JSON tags: pending records (pkg/cni) written by an
+// older plugin must keep decoding.
+type CNIAddRequest struct {
+	// ContainerID is CNI_CONTAINERID, the pod sandbox's ID: the key the
+	// registry files the pod under, so a later DEL finds it even after the
+	// network namespace is gone.
+	ContainerID string
+	// Netns is CNI_NETNS, the path of the pod's network namespace (e.g.
+	// /var/run/netns/cni-…), which exists for the pod's whole life.
+	Netns string
+	// IfName is CNI_IFNAME, the pod's interface the primary plugin set up.
+	IfName string
+	// PodNamespace, PodName and PodUID come from CNI_ARGS (K8S_POD_NAMESPACE,
+	// K8S_POD_NAME, K8S_POD_UID). Namespace and name are always set; the UID
+	// is empty when the runtime does not pass it.
+	PodNamespace string
+	PodName      string
+	PodUID       string
+	// IPs are the pod's addresses from the primary plugin's result (those on
+	// interfaces inside the pod, or on no named interface), IPv4 first;
+	// at most MaxPodIPs. Empty when the primary plugin assigned none.
+	IPs []netip.Addr
+	// NetnsCookie is the cookie of the network namespace at Netns, read
+	// inside it (SO_NETNS_COOKIE): the key of the BPF `pods` map.
+	NetnsCookie uint64
+}
+
+// CNIAddResponse is the agent's answer to a CNIAddRequest.
+type CNIAddResponse struct {
+	// Captured is true when the pod's DNS is now redirected.
+	Captured bool
+	// Reason is the decision's reason (pkg/ambient's Reason… strings), or
+	// what went wrong when the agent chose not to capture.
+	Reason string
+}
+
+// CNIDelRequest is what the plugin knows about a pod on DEL (POST
+// RouteCNIDel).
+type CNIDelRequest struct {
+	// ContainerID is CNI_CONTAINERID, the key the pod was added under.
+	ContainerID string
+	// Netns is CNI_NETNS; empty when the runtime has already removed the
+	// namespace (the spec allows it), and then the ContainerID alone
+	// identifies the pod.
+	Netns string
+}
+
+// Bounds of the fields of a request. A field past its bound makes the
+// request invalid: nothing a well-behaved runtime sends comes near them.
+const (
+	// MaxPodIPs bounds the addresses of one pod (a pod with several
+	// interfaces has a few per family).
+	MaxPodIPs = 16
+	// maxContainerID bounds CNI_CONTAINERID (runtimes use 64 hex digits).
+	maxContainerID = 256
+	// maxPath bounds a network namespace's path (PATH_MAX).
+	maxPath = 4096
+	// maxUID bounds a pod UID (a UUID is 36 bytes).
+	maxUID = 128
+	// maxName bounds a pod name given by hand (it defaults to the netns
+	// path).
+	maxName = maxPath
+)
+
+// Validate reports the first field of r that no CNI runtime would send.
+func (r *CNIAddRequest) Validate() error {
+	if err := validContainerID(r.ContainerID); err != nil {
+		return err
+	}
+	if err := validNetnsPath(r.Netns); err != nil {
+		return err
+	}
+	if r.IfName != "" {
+		if err := utils.ValidateInterfaceName(r.IfName); err != nil {
+			return fmt.Errorf("interface name %q: %s", r.IfName, err.Msg)
+		}
+	}
+	if err := validNamespace(r.PodNamespace); err != nil {
+		return err
+	}
+	if msgs := validation.IsDNS1123Subdomain(r.PodName); len(msgs) > 0 {
+		return fmt.Errorf("pod name %q: %s", clip(r.PodName), msgs[0])
+	}
+	if len(r.PodUID) > maxUID || !printable(r.PodUID) {
+		return fmt.Errorf("pod UID %q is not a UID", clip(r.PodUID))
+	}
+	if err := validIPs(r.IPs); err != nil {
+		return err
+	}
+	if r.NetnsCookie == 0 {
+		return errors.New("no network namespace cookie")
+	}
+	return nil
+}
+
+// Validate reports the first field of r that no CNI runtime would send.
+func (r *CNIDelRequest) Validate() error {
+	if err := validContainerID(r.ContainerID); err != nil {
+		return err
+	}
+	if r.Netns != "" {
+		return validNetnsPath(r.Netns)
+	}
+	return nil
+}
+
+// Validate checks a capture request; Namespace and Name may be empty (the
+// agent fills in their defaults).
+func (r *CaptureRequest) Validate() error {
+	if err := validNetnsPath(r.Netns); err != nil {
+		return err
+	}
+	if r.Namespace != "" {
+		if err := validNamespace(r.Namespace); err != nil {
+			return err
+		}
+	}
+	if len(r.Name) > maxName || !printable(r.Name) {
+		return fmt.Errorf("name %q: at most %d printable characters", clip(r.Name), maxName)
+	}
+	return nil
+}
+
+func validContainerID(id string) error {
+	if len(id) > maxContainerID {
+		return fmt.Errorf("container ID of %d bytes, more than %d", len(id), maxContainerID)
+	}
+	if err := utils.ValidateContainerID(id); err != nil {
+		return fmt.Errorf("container ID %q: %s", clip(id), err.Msg)
+	}
+	return nil
+}
+
+func validNetnsPath(p string) error {
+	switch {
+	case p == "":
+		return errors.New("netns is required")
+	case len(p) > maxPath:
+		return fmt.Errorf("netns path of %d bytes, more than %d", len(p), maxPath)
+	case !filepath.IsAbs(p) || !printable(p):
+		return fmt.Errorf("netns %q is not an absolute path", clip(p))
+	}
+	return nil
+}
+
+func validNamespace(ns string) error {
+	if msgs := validation.IsDNS1123Label(ns); len(msgs) > 0 {
+		return fmt.Errorf("namespace %q: %s", clip(ns), msgs[0])
+	}
+	return nil
+}
+
+func validIPs(ips []netip.Addr) error {
+	if len(ips) > MaxPodIPs {
+		return fmt.Errorf("%d IPs, more than %d", len(ips), MaxPodIPs)
+	}
+	for _, ip := range ips {
+		if !ip.IsValid() || ip.IsUnspecified() || ip.IsMulticast() || ip.IsLoopback() {
+			return fmt.Errorf("IP %q is not a pod address", ip)
+		}
+	}
+	return nil
+}
+
+func printable(s string) bool {
+	return !strings.ContainsFunc(s, func(r rune) bool { return !unicode.IsPrint(r) })
+}
+
+// clip shortens a value quoted in an error message.
+func clip(s string) string {
+	if len(s) > 80 {
+		return s[:80] + "…"
+	}
+	return s
+}

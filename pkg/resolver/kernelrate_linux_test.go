@@ -1,0 +1,92 @@
+//go:build linux
+
+package resolver
+
+import (
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+
+	"github.com/ztdns/ztdns/internal/testenv"
+	"github.com/ztdns/ztdns/pkg/resolver/quota"
+)
+
+// TestKernelRate: a pod sending far over its rate has the excess dropped in
+// the kernel (counted per pod and in the metric), while another pod's
+// queries are answered.
+func TestKernelRate(t *testing.T) {
+	testenv.RequireRoot(t)
+	const qps = 100
+	ls := startLimitsServer(t, Options{Limits: quota.Limits{QPS: qps, Burst: qps}, KernelRate: true}, liveUpstream(t), liveUpstream(t))
+	if ls.kernel == nil {
+		testenv.Unavailable(t, "the resolver could not load its socket filter (see the log)")
+	}
+	f := startUDPFlood(t, flooderIP, ls.addr)
+	q := packQuery(t, tableName, dns.TypeA)
+	stop := make(chan struct{})
+	sent := 0
+	go func() {
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			f.conn.Write(q)
+			sent++
+		}
+	}()
+	eventually(t, "the kernel drops the flooder's queries", func() bool { return ls.kernel.drops(flooderIP) > 1000 })
+	ls.askVictim(t, 5)
+	close(stop)
+
+	u := ls.usage(flooderIP)
+	if kernel := ls.kernel.drops(flooderIP); u.RateLimited < kernel {
+		t.Errorf("flooder's rate-limited count %d leaves out the %d the kernel dropped", u.RateLimited, kernel)
+	}
+	if u := ls.usage(victimIP); u.RateLimited != 0 {
+		t.Errorf("victim rate-limited %d times, want 0", u.RateLimited)
+	}
+	if got := scrape(t, ls.Collector(), "ztdns_resolver_kernel_rate_limited_total")["ztdns_resolver_kernel_rate_limited_total{}"]; got < 1000 {
+		t.Errorf("ztdns_resolver_held_drops_total = %v, want the kernel's drops", got)
+	}
+	// Within its rate, the flooder is answered again.
+	time.Sleep(time.Second / qps)
+	before, _ := f.answered()
+	if _, err := f.conn.Write(q); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the flooder is answered within its rate", func() bool { n, _ := f.answered(); return n > before })
+}
+
+// TestKernelRateBurst: a fresh source sending a burst at once gets exactly
+// its burst through the kernel (its next query is 10 ms of rate away);
+// the rest is dropped and counted.
+func TestKernelRateBurst(t *testing.T) {
+	testenv.RequireRoot(t)
+	const burst, sent = 100, 150
+	ls := startLimitsServer(t, Options{Limits: quota.Limits{QPS: 100, Burst: burst}, KernelRate: true}, liveUpstream(t), liveUpstream(t))
+	if ls.kernel == nil {
+		testenv.Unavailable(t, "the resolver could not load its socket filter (see the log)")
+	}
+	src := netip.MustParseAddr("127.0.0.6") // no pod: an address of its own
+	f := startUDPFlood(t, src, ls.addr)
+	q := packQuery(t, tableName, dns.TypeA)
+	for range sent {
+		if _, err := f.conn.Write(q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Dropped by the kernel, or (a query the kernel let through as the
+	// next token came) by the resolver's own check.
+	dropped := func() int { return int(ls.kernel.drops(src) + ls.unknown.Get(src, 0).Usage().RateLimited) }
+	eventually(t, "every query answered or dropped", func() bool {
+		n, _ := f.answered()
+		return n+dropped() == sent
+	})
+	if n, _ := f.answered(); n != burst || ls.kernel.drops(src) < sent-burst-1 {
+		t.Errorf("%d of %d queries sent at once answered, %d dropped in the kernel; want the burst of %d, the rest (but one) in the kernel", n, sent, ls.kernel.drops(src), burst)
+	}
+}

@@ -1,0 +1,694 @@
+package resolver
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/ztdns/ztdns/internal/dnstest"
+	"github.com/ztdns/ztdns/pkg/model"
+	"github.com/ztdns/ztdns/pkg/podcache"
+	"github.com/ztdns/ztdns/pkg/resolver/forward"
+	"github.com/ztdns/ztdns/pkg/resolver/quota"
+	"github.com/ztdns/ztdns/pkg/resolver/table"
+)
+
+// The per-source limits tested with real sockets on loopback: every
+// 127.0.0.0/8 address is a source of its own. Two pods: a flooder and a
+// victim, whose queries must all be answered whatever the flooder does.
+var (
+	flooderIP = netip.MustParseAddr("127.0.0.2")
+	victimIP  = netip.MustParseAddr("127.0.0.3")
+)
+
+// A name the table answers (the fast path), and a search-list expansion of
+// it the table answers through the slow path (a CNAME to the real name).
+const (
+	tableName = "address.internal."
+	aliasName = "address.internal.default.svc.cluster.local."
+)
+
+// limitsServer is a Server on one loopback port (UDP and TCP) with two
+// pods, each forwarding to an upstream of its own.
+type limitsServer struct {
+	*Server
+	addr netip.AddrPort
+	pods *podcache.Cache
+	fwd  *forward.Forwarder
+}
+
+// startLimitsServer serves with opts; upstreams are the flooder's and the
+// victim's nameservers. The forwarder waits for an upstream up to 30 s, so
+// a query sent to a silent one stays in flight for the whole test.
+func startLimitsServer(t *testing.T, opts Options, flooderUp, victimUp netip.AddrPort, fwdOpts ...forward.Option) *limitsServer {
+	t.Helper()
+	pods := podcache.New("cluster.local")
+	pods.SetSourcePods([]model.Pod{
+		{Namespace: "flood", Name: "flooder", IPs: []netip.Addr{flooderIP}},
+		{Namespace: "default", Name: "victim", IPs: []netip.Addr{victimIP}},
+	})
+	fwd := forward.New(append([]forward.Option{forward.WithTimeout(30 * time.Second), forward.WithBudget(opts.Budget)}, fwdOpts...)...)
+	opts.Pods = pods
+	opts.Forwarder = fwd
+	opts.Upstreams = func(client, _ netip.AddrPort) []netip.AddrPort {
+		if client.Addr() == flooderIP {
+			return []netip.AddrPort{flooderUp}
+		}
+		return []netip.AddrPort{victimUp}
+	}
+	s := New(opts)
+	tbl, _ := table.Build(&model.Snapshot{ServiceEntries: []model.ServiceEntry{
+		{Namespace: "default", Name: "a", Hosts: []string{"address.internal"}, Addresses: []netip.Addr{netip.MustParseAddr("198.51.100.1")}},
+	}}, table.Options{})
+	s.SetTable(tbl)
+
+	udp, tcp := listenPair(t)
+	addr := addrPortOf(udp.LocalAddr())
+	go s.ServeUDP(udp)
+	go s.ServeTCP(tcp)
+	t.Cleanup(func() {
+		s.Close()
+		fwd.Close()
+	})
+	ls := &limitsServer{Server: s, addr: addr, pods: pods, fwd: fwd}
+	// One answer, from an address of its own, says the server reads: its
+	// socket has its filter (KernelRate) before the test sends anything.
+	ls.ask(t, netip.MustParseAddr("127.0.0.1"), "udp", tableName)
+	return ls
+}
+
+// listenPair opens UDP and TCP on one free loopback port.
+func listenPair(t *testing.T) (*net.UDPConn, *net.TCPListener) {
+	t.Helper()
+	for range 20 { // the TCP port may be taken when the UDP one was free
+		udp, err := ListenUDP(netip.MustParseAddrPort("127.0.0.1:0"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if tcp, err := ListenTCP(addrPortOf(udp.LocalAddr())); err == nil {
+			return udp, tcp
+		}
+		udp.Close()
+	}
+	t.Fatal("no loopback port free for both UDP and TCP")
+	return nil, nil
+}
+
+// usage is what the resolver counts for the pod at ip.
+func (ls *limitsServer) usage(ip netip.Addr) quota.Usage { return ls.PodUsage(ls.pods.Lookup(ip)) }
+
+// silentUpstream is a nameserver that reads every query and never answers;
+// it counts the UDP queries it got.
+type silentUpstream struct {
+	addr     netip.AddrPort
+	received atomic.Int64
+}
+
+func startSilentUpstream(t *testing.T) *silentUpstream {
+	t.Helper()
+	pc, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pc.Close() })
+	u := &silentUpstream{addr: pc.LocalAddr().(*net.UDPAddr).AddrPort()}
+	go func() {
+		buf := make([]byte, 512)
+		for {
+			if _, _, err := pc.ReadFrom(buf); err != nil {
+				return
+			}
+			u.received.Add(1)
+		}
+	}()
+	return u
+}
+
+// liveUpstream answers every A question with 203.0.113.7 (TTL 0).
+func liveUpstream(t *testing.T) netip.AddrPort {
+	t.Helper()
+	return dnstest.Start(t, "127.0.0.1:0", dnstest.Marker(netip.MustParseAddr("203.0.113.7"), netip.MustParseAddr("2001:db8::7"))).Addr
+}
+
+func packQuery(t testing.TB, name string, qtype uint16) []byte {
+	t.Helper()
+	m := new(dns.Msg)
+	m.SetQuestion(name, qtype)
+	m.Id = dns.Id()
+	b, err := m.Pack()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// ask sends one query from the source address over proto and returns the
+// reply, failing the test when none comes.
+func (ls *limitsServer) ask(t *testing.T, from netip.Addr, proto, name string) *dns.Msg {
+	t.Helper()
+	m := new(dns.Msg)
+	m.SetQuestion(name, dns.TypeA)
+	r, err := ls.tryExchange(from, proto, m)
+	if err != nil {
+		t.Error(err)
+	}
+	return r
+}
+
+// tryExchange sends m from the source address over proto and returns the
+// reply.
+func (ls *limitsServer) tryExchange(from netip.Addr, proto string, m *dns.Msg) (*dns.Msg, error) {
+	var local net.Addr = &net.UDPAddr{IP: from.AsSlice()}
+	if proto == "tcp" {
+		local = &net.TCPAddr{IP: from.AsSlice()}
+	}
+	c := &dns.Client{Net: proto, Timeout: 5 * time.Second, Dialer: &net.Dialer{LocalAddr: local, Timeout: 5 * time.Second}}
+	r, _, err := c.Exchange(m, ls.addr.String())
+	if err != nil {
+		return nil, fmt.Errorf("%s query %v from %s: %w", proto, m.Question, from, err)
+	}
+	return r, nil
+}
+
+// askVictim has the victim ask table names, a search-list expansion (the
+// slow path, still local) and a name its upstream answers, over UDP and TCP,
+// rounds times; every answer must be right.
+func (ls *limitsServer) askVictim(t *testing.T, rounds int) {
+	t.Helper()
+	for range rounds {
+		for _, proto := range []string{"udp", "tcp"} {
+			for name, want := range map[string]string{tableName: "198.51.100.1", aliasName: "198.51.100.1", "who.example.": "203.0.113.7"} {
+				r := ls.ask(t, victimIP, proto, name)
+				if r == nil {
+					continue
+				}
+				if r.Rcode != dns.RcodeSuccess || len(r.Answer) == 0 || !strings.Contains(r.Answer[len(r.Answer)-1].String(), want) {
+					t.Errorf("victim's %s query for %s: %s %v, want %s", proto, name, dns.RcodeToString[r.Rcode], r.Answer, want)
+				}
+			}
+		}
+	}
+}
+
+// eventually polls cond until it holds, failing the test after 30 s.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("still not so after 30 s: %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// udpFlood sends queries from a socket bound to from, keeping at most
+// window of them unanswered beyond stuck (queries expected never to be
+// answered), and counts the replies by rcode as they come.
+type udpFlood struct {
+	conn    *net.UDPConn
+	mu      sync.Mutex
+	rcodes  map[int]int
+	replies int
+	got     chan struct{}
+}
+
+func startUDPFlood(t *testing.T, from netip.Addr, to netip.AddrPort) *udpFlood {
+	t.Helper()
+	conn, err := net.DialUDP("udp4", net.UDPAddrFromAddrPort(netip.AddrPortFrom(from, 0)), net.UDPAddrFromAddrPort(to))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	f := &udpFlood{conn: conn, rcodes: map[int]int{}, got: make(chan struct{}, 1)}
+	go func() {
+		buf := make([]byte, 65535)
+		for {
+			n, err := conn.Read(buf)
+			if err != nil {
+				return
+			}
+			m := new(dns.Msg)
+			if m.Unpack(buf[:n]) != nil {
+				continue
+			}
+			f.mu.Lock()
+			f.rcodes[m.Rcode]++
+			f.replies++
+			f.mu.Unlock()
+			select {
+			case f.got <- struct{}{}:
+			default:
+			}
+		}
+	}()
+	return f
+}
+
+func (f *udpFlood) answered() (int, map[int]int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	rc := map[int]int{}
+	for k, v := range f.rcodes {
+		rc[k] = v
+	}
+	return f.replies, rc
+}
+
+// send sends every query, never more than stuck+window unanswered.
+func (f *udpFlood) send(t *testing.T, queries [][]byte, stuck, window int) {
+	t.Helper()
+	for i, q := range queries {
+		for {
+			if n, _ := f.answered(); i-n < stuck+window {
+				break
+			}
+			select {
+			case <-f.got:
+			case <-time.After(30 * time.Second):
+				t.Fatalf("flood stalled after %d of %d queries", i, len(queries))
+			}
+		}
+		if _, err := f.conn.Write(q); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestFloodOfForwardedNamesLeavesOthersAnswered: one pod floods unique
+// names that go to its nameserver, which never answers. It may have
+// Limits.Forwarding of them in flight; every other one gets SERVFAIL at
+// once, and the other pod's table names, search-list expansions and
+// forwarded names are all answered, during the flood and after.
+func TestFloodOfForwardedNamesLeavesOthersAnswered(t *testing.T) {
+	const perPod, flood = 16, 2000
+	silent := startSilentUpstream(t)
+	ls := startLimitsServer(t, Options{Limits: quota.Limits{QPS: -1, Forwarding: perPod}, MaxInflight: 64}, silent.addr, liveUpstream(t))
+
+	f := startUDPFlood(t, flooderIP, ls.addr)
+	queries := make([][]byte, flood)
+	for i := range queries {
+		queries[i] = packQuery(t, fmt.Sprintf("n%d.flood.example.", i), dns.TypeA)
+	}
+	var wg sync.WaitGroup
+	wg.Go(func() { ls.askVictim(t, 5) }) // during the flood
+	f.send(t, queries, perPod, 64)
+	wg.Wait()
+	eventually(t, "the flooder's queries beyond its share are answered", func() bool {
+		n, _ := f.answered()
+		return n == flood-perPod
+	})
+	ls.askVictim(t, 2) // while the flooder holds its share
+
+	_, rcodes := f.answered()
+	if rcodes[dns.RcodeServerFailure] != flood-perPod {
+		t.Errorf("flooder's replies by rcode %v, want %d SERVFAIL", rcodes, flood-perPod)
+	}
+	if u := ls.usage(flooderIP); u.Forwarding != perPod || u.ForwardRefused != flood-perPod {
+		t.Errorf("flooder's usage %+v, want %d forwarding and %d refused", u, perPod, flood-perPod)
+	}
+	// Nothing refused, and nothing held once its last TCP connection ends.
+	eventually(t, "the victim holds nothing and was refused nothing", func() bool { return ls.usage(victimIP) == quota.Usage{} })
+	eventually(t, "the silent upstream got the flooder's share", func() bool { return silent.received.Load() >= perPod })
+	if got := silent.received.Load(); got != perPod {
+		t.Errorf("the flooder's nameserver got %d queries, want its share of %d", got, perPod)
+	}
+}
+
+// TestLocalAnswersDoNotWaitForForwarding: with every forwarded slot of the
+// server taken by queries stuck on a silent upstream, names the table
+// answers, on the fast path and the slow one, are still answered; forwarded
+// ones get SERVFAIL at once.
+func TestLocalAnswersDoNotWaitForForwarding(t *testing.T) {
+	const slots = 8
+	silent := startSilentUpstream(t)
+	ls := startLimitsServer(t, Options{Limits: quota.Limits{QPS: -1, Forwarding: -1}, MaxInflight: slots}, silent.addr, silent.addr)
+
+	f := startUDPFlood(t, flooderIP, ls.addr)
+	var queries [][]byte
+	for i := range slots + 10 {
+		queries = append(queries, packQuery(t, fmt.Sprintf("n%d.flood.example.", i), dns.TypeA))
+	}
+	f.send(t, queries, slots, 64)
+	eventually(t, "the queries over the server's bound are answered", func() bool {
+		n, _ := f.answered()
+		return n == 10
+	})
+	for _, proto := range []string{"udp", "tcp"} {
+		for _, name := range []string{tableName, aliasName} {
+			if r := ls.ask(t, victimIP, proto, name); r != nil && (r.Rcode != dns.RcodeSuccess || len(r.Answer) == 0) {
+				t.Errorf("%s query for %s with every forwarding slot taken: %s %v, want an answer", proto, name, dns.RcodeToString[r.Rcode], r.Answer)
+			}
+		}
+		if r := ls.ask(t, victimIP, proto, "who.example."); r != nil && r.Rcode != dns.RcodeServerFailure {
+			t.Errorf("%s query for a forwarded name with every slot taken: %s, want SERVFAIL", proto, dns.RcodeToString[r.Rcode])
+		}
+	}
+}
+
+// TestIdleTCPConnectionsFromOneSource: one pod opens thousands of TCP
+// connections and sends nothing. It keeps Limits.TCPConns of them; the rest
+// are closed at once, and the other pod's TCP queries are answered.
+func TestIdleTCPConnectionsFromOneSource(t *testing.T) {
+	const perPod, flood = 32, 3000
+	ls := startLimitsServer(t, Options{Limits: quota.Limits{QPS: -1, TCPConns: perPod}, TCPMaxConns: 256, TCPIdleTimeout: time.Hour},
+		liveUpstream(t), liveUpstream(t))
+	before := testutil.ToFloat64(metricTCPRejected.source)
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: flooderIP.AsSlice()}}
+	for i := range flood {
+		c, err := d.Dial("tcp4", ls.addr.String())
+		if errors.Is(err, syscall.ECONNRESET) {
+			continue // refused so fast that the connect saw it
+		}
+		if err != nil {
+			t.Fatalf("connection %d: %v", i, err)
+		}
+		defer c.Close()
+	}
+	eventually(t, "every connection was accepted or refused", func() bool {
+		u := ls.usage(flooderIP)
+		return u.TCPConns+int(u.TCPRefused) == flood
+	})
+	if u := ls.usage(flooderIP); u.TCPConns != perPod || u.TCPRefused != flood-perPod {
+		t.Errorf("flooder's usage %+v, want %d open and %d refused", u, perPod, flood-perPod)
+	}
+	if got := testutil.ToFloat64(metricTCPRejected.source) - before; got != flood-perPod {
+		t.Errorf("ztdns_resolver_tcp_rejected_total{limit=source} rose by %v, want %d", got, flood-perPod)
+	}
+	ls.askVictim(t, 10)
+}
+
+// TestIdleTimeoutShortensUnderPressure: connections that went idle while
+// few were open are closed soon after the server fills up, long before the
+// idle timeout, and new clients are served.
+func TestIdleTimeoutShortensUnderPressure(t *testing.T) {
+	const maxConns = 40
+	ls := startLimitsServer(t, Options{Limits: quota.Limits{QPS: -1, TCPConns: -1}, TCPMaxConns: maxConns, TCPIdleTimeout: 10 * time.Minute},
+		liveUpstream(t), liveUpstream(t))
+	dial := func(from netip.Addr) net.Conn {
+		c, err := (&net.Dialer{LocalAddr: &net.TCPAddr{IP: from.AsSlice()}}).Dial("tcp4", ls.addr.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	// Ten connections that each get an answer and then go idle.
+	var early []net.Conn
+	for range 10 {
+		c := dial(flooderIP)
+		exchangeTCP(t, c, packQuery(t, tableName, dns.TypeA))
+		early = append(early, c)
+	}
+	// Three quarters of the bound open: idle connections get a hundredth
+	// of the timeout (6 s of ten minutes) from when they went idle...
+	for range maxConns*3/4 - 10 {
+		dial(netip.MustParseAddr("127.0.0.5"))
+	}
+	closed := make(chan int, len(early))
+	for i, c := range early {
+		go func() {
+			c.SetReadDeadline(time.Now().Add(2 * time.Minute))
+			_, err := c.Read(make([]byte, 1))
+			if errors.Is(err, io.EOF) {
+				closed <- i
+			} else {
+				closed <- -1
+			}
+		}()
+	}
+	// ...and the server closes them within two minutes where ten were
+	// configured.
+	for range early {
+		if i := <-closed; i < 0 {
+			t.Errorf("an idle connection was not closed by the server under pressure")
+		}
+	}
+	ls.askVictim(t, 1)
+}
+
+// exchangeTCP writes one framed query and reads one framed reply.
+func exchangeTCP(t *testing.T, c net.Conn, q []byte) *dns.Msg {
+	t.Helper()
+	if err := dnstest.WriteTCP(c, q); err != nil {
+		t.Fatal(err)
+	}
+	r, err := readTCPReply(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func readTCPReply(c net.Conn) (*dns.Msg, error) {
+	b, err := dnstest.ReadTCP(c)
+	if err != nil {
+		return nil, err
+	}
+	m := new(dns.Msg)
+	return m, m.Unpack(b)
+}
+
+// TestRateLimitPerSource: a source over its rate has its UDP queries dropped
+// and its TCP queries REFUSED; each source (a pod, or an address that is
+// no pod) has a rate of its own; the refusals are counted per pod and in
+// the metric. The clock is the test's, so the counts are exact.
+func TestRateLimitPerSource(t *testing.T) {
+	const qps, burst = 10, 20
+	var clock atomic.Int64 // the test's: ns since 1970
+	now := func() time.Time { return time.Unix(0, clock.Load()) }
+	ls := startLimitsServer(t, Options{Limits: quota.Limits{QPS: qps, Burst: burst}, Now: now}, liveUpstream(t), liveUpstream(t))
+	before := testutil.ToFloat64(metricQueries.rateLimited)
+
+	f := startUDPFlood(t, flooderIP, ls.addr)
+	send := func(n int) {
+		for range n {
+			if _, err := f.conn.Write(packQuery(t, tableName, dns.TypeA)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	send(burst + 10)
+	eventually(t, "the burst answered and the rest dropped", func() bool {
+		n, _ := f.answered()
+		return n == burst && ls.usage(flooderIP).RateLimited == 10
+	})
+	clock.Add(int64(time.Second))
+	send(qps + 5)
+	eventually(t, "a second's worth answered and the rest dropped", func() bool {
+		n, _ := f.answered()
+		return n == burst+qps && ls.usage(flooderIP).RateLimited == 15
+	})
+	if _, rcodes := f.answered(); rcodes[dns.RcodeSuccess] != burst+qps {
+		t.Errorf("flooder's UDP replies by rcode %v, want %d NOERROR", rcodes, burst+qps)
+	}
+
+	// Over TCP, from an address that is no pod: REFUSED past the burst.
+	other := netip.MustParseAddr("127.0.0.4")
+	c, err := (&net.Dialer{LocalAddr: &net.TCPAddr{IP: other.AsSlice()}}).Dial("tcp4", ls.addr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	var queries [][]byte
+	for range burst + 5 {
+		queries = append(queries, packQuery(t, tableName, dns.TypeA))
+	}
+	rcodes := map[int]int{}
+	for _, r := range pipelineTCP(t, c, queries, len(queries)) {
+		rcodes[r.Rcode]++
+	}
+	if rcodes[dns.RcodeSuccess] != burst || rcodes[dns.RcodeRefused] != 5 {
+		t.Errorf("TCP replies by rcode %v, want %d NOERROR and 5 REFUSED", rcodes, burst)
+	}
+	if u := ls.unknown.Get(other, 0).Usage(); u.RateLimited != 5 {
+		t.Errorf("%s: %d rate-limited, want 5", other, u.RateLimited)
+	}
+
+	ls.askVictim(t, 1) // a rate of its own, untouched
+	if u := ls.usage(victimIP); u.RateLimited != 0 {
+		t.Errorf("victim rate-limited %d times, want 0", u.RateLimited)
+	}
+	if got := testutil.ToFloat64(metricQueries.rateLimited) - before; got != 10+5+5 {
+		t.Errorf("ztdns_resolver_queries_total{outcome=rate_limited} rose by %v, want 20", got)
+	}
+}
+
+// pipelineTCP sends queries on c, at most window unanswered at a time, and
+// returns the replies in the order they came.
+func pipelineTCP(t *testing.T, c net.Conn, queries [][]byte, window int) []*dns.Msg {
+	t.Helper()
+	slots := make(chan struct{}, window)
+	go func() {
+		for _, q := range queries {
+			slots <- struct{}{}
+			if dnstest.WriteTCP(c, q) != nil {
+				return
+			}
+		}
+	}()
+	c.SetReadDeadline(time.Now().Add(time.Minute))
+	var replies []*dns.Msg
+	for range queries {
+		r, err := readTCPReply(c)
+		if err != nil {
+			t.Fatalf("reply %d of %d: %v", len(replies)+1, len(queries), err)
+		}
+		replies = append(replies, r)
+		<-slots
+	}
+	return replies
+}
+
+// txtBytes is the TXT data in r's answer.
+func txtBytes(r *dns.Msg) int {
+	n := 0
+	for _, rr := range r.Answer {
+		if txt, ok := rr.(*dns.TXT); ok {
+			for _, s := range txt.Txt {
+				n += len(s)
+			}
+		}
+	}
+	return n
+}
+
+func uniqueTXTQueries(t *testing.T, n int) [][]byte {
+	var queries [][]byte
+	for i := range n {
+		queries = append(queries, packQuery(t, fmt.Sprintf("big%d.example.", i), dns.TypeTXT))
+	}
+	return queries
+}
+
+// TestLargeAnswersKeepTheCacheWithinItsBytes: thousands of unique names with
+// large TXT answers over TCP are all answered in full, and the cache never
+// holds more than its bytes.
+func TestLargeAnswersKeepTheCacheWithinItsBytes(t *testing.T) {
+	const cacheBytes, answer, names = 1 << 20, 16 << 10, 2000
+	up := dnstest.Start(t, "127.0.0.1:0", dnstest.LargeTXT(answer)).Addr
+	ls := startLimitsServer(t, Options{Limits: quota.Limits{QPS: -1}}, up, up, forward.WithCacheBytes(cacheBytes))
+	c, err := (&net.Dialer{LocalAddr: &net.TCPAddr{IP: flooderIP.AsSlice()}}).Dial("tcp4", ls.addr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	queries := uniqueTXTQueries(t, names)
+	most := int64(0)
+	for batch := range names / 100 {
+		for _, r := range pipelineTCP(t, c, queries[batch*100:(batch+1)*100], 8) {
+			if r.Rcode != dns.RcodeSuccess || txtBytes(r) != answer {
+				t.Fatalf("reply for %s: %s with %d bytes of TXT, want all %d", r.Question[0].Name, dns.RcodeToString[r.Rcode], txtBytes(r), answer)
+			}
+		}
+		_, bytes := ls.fwd.CacheUsage()
+		most = max(most, bytes)
+	}
+	entries, _ := ls.fwd.CacheUsage()
+	if most > cacheBytes {
+		t.Errorf("the cache held %d bytes, over its bound of %d", most, cacheBytes)
+	}
+	if entries < cacheBytes/answer/2 {
+		t.Errorf("the cache holds %d answers of %d bytes, want it about full (%d bytes)", entries, answer, cacheBytes)
+	}
+}
+
+// TestInflightBytesAreBounded: large answers asked many at a time over TCP
+// hold at most the budget of bytes in flight; those that do not fit get
+// SERVFAIL, the others come in full.
+func TestInflightBytesAreBounded(t *testing.T) {
+	const budget, answer, names = 64 << 10, 16 << 10, 400
+	up := dnstest.Start(t, "127.0.0.1:0", dnstest.LargeTXT(answer)).Addr
+	b := quota.NewBudget(budget)
+	ls := startLimitsServer(t, Options{Limits: quota.Limits{QPS: -1}, Budget: b}, up, up, forward.WithCacheSize(0))
+	c, err := (&net.Dialer{LocalAddr: &net.TCPAddr{IP: flooderIP.AsSlice()}}).Dial("tcp4", ls.addr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	rcodes := map[int]int{}
+	for _, r := range pipelineTCP(t, c, uniqueTXTQueries(t, names), 64) {
+		rcodes[r.Rcode]++
+		if r.Rcode == dns.RcodeSuccess && txtBytes(r) != answer {
+			t.Fatalf("reply for %s: %d bytes of TXT, want all %d", r.Question[0].Name, txtBytes(r), answer)
+		}
+	}
+	if rcodes[dns.RcodeSuccess] == 0 || rcodes[dns.RcodeServerFailure] == 0 || rcodes[dns.RcodeSuccess]+rcodes[dns.RcodeServerFailure] != names {
+		t.Errorf("replies by rcode %v: want answers and SERVFAILs, nothing else", rcodes)
+	}
+	if b.Peak() > budget {
+		t.Errorf("%d bytes of replies held at once, over the budget of %d", b.Peak(), budget)
+	}
+	eventually(t, "every byte given back", func() bool { return b.Used() == 0 })
+}
+
+// TestMemoryPerConnectionAndForward measures what an idle TCP connection
+// and a forwarded query waiting for its upstream cost, the two terms of the
+// README's memory bound that scale with --max-tcp and --max-forwarding,
+// and checks them against the figures the bound uses.
+func TestMemoryPerConnectionAndForward(t *testing.T) {
+	if raceEnabled {
+		t.Skip("the race detector makes memory cost more than it does")
+	}
+	const n = 500
+	silent := startSilentUpstream(t)
+	ls := startLimitsServer(t, Options{Limits: quota.Limits{QPS: -1, TCPConns: -1, Forwarding: -1}, TCPMaxConns: 2 * n, MaxInflight: 2 * n,
+		TCPIdleTimeout: time.Hour}, silent.addr, silent.addr)
+	held := func() int64 {
+		var m runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&m)
+		return int64(m.HeapInuse + m.StackInuse)
+	}
+
+	before := held()
+	for range n {
+		c, err := net.Dial("tcp4", ls.addr.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+	}
+	eventually(t, "every connection served", func() bool { return ls.tcpOpen.Load() == n })
+	// The test's own end of each connection is in the figure too.
+	perConn := (held() - before) / n
+	t.Logf("%d bytes per idle TCP connection, both ends", perConn)
+	if perConn > tcpConnBound {
+		t.Errorf("%d bytes per idle TCP connection, over the %d the memory bound uses", perConn, tcpConnBound)
+	}
+
+	f := startUDPFlood(t, flooderIP, ls.addr)
+	var queries [][]byte
+	for i := range n {
+		queries = append(queries, packQuery(t, fmt.Sprintf("n%d.flood.example.", i), dns.TypeA))
+	}
+	before = held()
+	for i := 0; i < n; i += 100 { // in batches the silent upstream's socket holds
+		f.send(t, queries[i:i+100], 100, 0)
+		eventually(t, "the batch forwarded", func() bool { return silent.received.Load() == int64(i+100) })
+	}
+	perForward := (held() - before) / n
+	t.Logf("%d bytes per forwarded query waiting for its upstream", perForward)
+	if perForward > forwardBound {
+		t.Errorf("%d bytes per forwarded query waiting, over the %d the memory bound uses", perForward, forwardBound)
+	}
+}
+
+// What the README's memory bound counts per idle TCP connection and per
+// forwarded query in flight.
+const (
+	tcpConnBound = 16 << 10
+	forwardBound = 16 << 10
+)

@@ -1,0 +1,157 @@
+// Package quota is what one source of DNS queries may take of the resolver:
+// a query rate, forwarded queries in flight and TCP connections, and the
+// count of what it was refused. A source is a pod (its Source hangs off the
+// pod registry's record, so the lookup the resolver does for every query
+// finds it) or, for an address no pod owns, an entry of a bounded Table.
+//
+// Everything here is lock-free on the query path: a rate check is one
+// compare-and-swap, a bound one atomic add.
+package quota
+
+import (
+	"math"
+	"sync/atomic"
+	"time"
+)
+
+// Limits bound each source. A zero or negative field disables that bound.
+type Limits struct {
+	// QPS is the sustained rate of queries one source may send, and Burst
+	// how many it may send at once after a quiet spell.
+	QPS   float64
+	Burst int
+	// Forwarding bounds one source's queries waiting for an upstream.
+	Forwarding int
+	// TCPConns bounds one source's open TCP connections.
+	TCPConns int
+}
+
+// Rate is a rate limit in the form the check uses: GCRA (the generic cell
+// rate algorithm), a token bucket kept as one timestamp.
+type Rate struct {
+	interval  int64 // ns between queries at the sustained rate; 0: unlimited
+	tolerance int64 // how far ahead of now the schedule may run: the burst
+}
+
+// NewRate returns the rate check for qps queries a second with bursts of
+// burst (at least 1). qps <= 0 is unlimited.
+func NewRate(qps float64, burst int) Rate {
+	if qps <= 0 || math.IsInf(qps, 0) || math.IsNaN(qps) {
+		return Rate{}
+	}
+	interval := max(int64(float64(time.Second)/qps), 1)
+	return Rate{interval: interval, tolerance: interval * int64(max(burst, 1)-1)}
+}
+
+// Params are the rate in nanoseconds: the interval between queries at the
+// sustained rate (0: unlimited), and how far ahead of now the schedule may
+// run (the burst).
+func (r Rate) Params() (interval, tolerance int64) { return r.interval, r.tolerance }
+
+// Source is the state of one source. The zero value is ready to use.
+type Source struct {
+	// tat is the theoretical arrival time of the next query at the
+	// sustained rate (ns on the caller's clock): the bucket is full when it
+	// is not after now, and empty when it is tolerance ahead of now.
+	tat        atomic.Int64
+	forwarding atomic.Int32
+	tcpConns   atomic.Int32
+
+	rateLimited    atomic.Uint64
+	forwardRefused atomic.Uint64
+	tcpRefused     atomic.Uint64
+}
+
+// Allow takes one query at now (ns on a monotonic clock) from the rate, or
+// reports false, and counts it, when the source is over it.
+func (s *Source) Allow(now int64, r Rate) bool {
+	if r.interval == 0 {
+		return true
+	}
+	for {
+		tat := s.tat.Load()
+		next := max(tat, now)
+		if next-now > r.tolerance {
+			s.rateLimited.Add(1)
+			return false
+		}
+		if s.tat.CompareAndSwap(tat, next+r.interval) {
+			return true
+		}
+	}
+}
+
+// StartForward takes one of the source's max forwarding slots, or reports
+// false (and counts it) when they are taken. max <= 0 is unbounded. Call
+// EndForward when the query is answered.
+func (s *Source) StartForward(max int) bool {
+	if !take(&s.forwarding, max) {
+		s.forwardRefused.Add(1)
+		return false
+	}
+	return true
+}
+
+// EndForward returns a slot StartForward took.
+func (s *Source) EndForward() { s.forwarding.Add(-1) }
+
+// OpenConn takes one of the source's max TCP connections, or reports false
+// (and counts it). Call CloseConn when the connection ends.
+func (s *Source) OpenConn(max int) bool {
+	if !take(&s.tcpConns, max) {
+		s.tcpRefused.Add(1)
+		return false
+	}
+	return true
+}
+
+// CloseConn returns a connection OpenConn took.
+func (s *Source) CloseConn() { s.tcpConns.Add(-1) }
+
+// idle reports whether the source holds nothing and its bucket is full at
+// now: forgetting it then changes nothing but its counters.
+func (s *Source) idle(now int64) bool {
+	return s.forwarding.Load() == 0 && s.tcpConns.Load() == 0 && s.tat.Load() <= now
+}
+
+func take(n *atomic.Int32, max int) bool {
+	if max <= 0 {
+		n.Add(1)
+		return true
+	}
+	if n.Add(1) > int32(max) {
+		n.Add(-1)
+		return false
+	}
+	return true
+}
+
+// Usage is what a source holds and was refused, as `ztdns pods` shows it.
+type Usage struct {
+	// RateLimited counts queries over the rate (dropped over UDP, REFUSED
+	// over TCP).
+	RateLimited uint64 `json:"rateLimited"`
+	// ForwardRefused counts queries answered SERVFAIL at once because the
+	// source had Limits.Forwarding queries upstream already.
+	ForwardRefused uint64 `json:"forwardRefused"`
+	// TCPRefused counts connections closed at once because the source had
+	// Limits.TCPConns open already.
+	TCPRefused uint64 `json:"tcpRefused"`
+	// Forwarding and TCPConns are what it holds now.
+	Forwarding int `json:"forwarding"`
+	TCPConns   int `json:"tcpConns"`
+}
+
+// Usage returns the source's counters. A nil Source has none.
+func (s *Source) Usage() Usage {
+	if s == nil {
+		return Usage{}
+	}
+	return Usage{
+		RateLimited:    s.rateLimited.Load(),
+		ForwardRefused: s.forwardRefused.Load(),
+		TCPRefused:     s.tcpRefused.Load(),
+		Forwarding:     int(s.forwarding.Load()),
+		TCPConns:       int(s.tcpConns.Load()),
+	}
+}

@@ -1,0 +1,160 @@
+package quota
+
+import (
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+)
+
+func TestRateAllowsBurstThenSustainedRate(t *testing.T) {
+	r := NewRate(10, 20) // 10/s, 20 at once
+	var s Source
+	allowed := func(now time.Duration, n int) int {
+		got := 0
+		for range n {
+			if s.Allow(int64(now), r) {
+				got++
+			}
+		}
+		return got
+	}
+	if got := allowed(0, 30); got != 20 {
+		t.Errorf("a burst of 30 at once: %d allowed, want the burst of 20", got)
+	}
+	if got := allowed(time.Second, 30); got != 10 {
+		t.Errorf("a second later: %d allowed, want 10 (the rate)", got)
+	}
+	if got := allowed(time.Second+50*time.Millisecond, 5); got != 0 {
+		t.Errorf("50 ms later: %d allowed, want 0 (one every 100 ms)", got)
+	}
+	if got := allowed(time.Second+100*time.Millisecond, 5); got != 1 {
+		t.Errorf("100 ms later: %d allowed, want 1", got)
+	}
+	if got := allowed(time.Hour, 100); got != 20 {
+		t.Errorf("after a long pause: %d allowed, want the burst of 20, not more", got)
+	}
+	if u := s.Usage(); u.RateLimited != 10+20+5+4+80 {
+		t.Errorf("RateLimited = %d, want %d", u.RateLimited, 10+20+5+4+80)
+	}
+}
+
+func TestRateZeroIsUnlimited(t *testing.T) {
+	var s Source
+	for i := range 100000 {
+		if !s.Allow(0, NewRate(0, 0)) {
+			t.Fatalf("query %d refused without a rate", i)
+		}
+	}
+}
+
+func TestRateIsExactUnderConcurrency(t *testing.T) {
+	r := NewRate(1, 1000)
+	var s Source
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	allowed := 0
+	for range 8 {
+		wg.Go(func() {
+			n := 0
+			for range 1000 {
+				if s.Allow(0, r) {
+					n++
+				}
+			}
+			mu.Lock()
+			allowed += n
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	if allowed != 1000 {
+		t.Errorf("8 goroutines × 1000 queries at once: %d allowed, want exactly the burst of 1000", allowed)
+	}
+}
+
+func TestSlotsAreBoundedAndCounted(t *testing.T) {
+	var s Source
+	for i := range 3 {
+		if !s.StartForward(3) {
+			t.Fatalf("forward %d refused under the bound of 3", i)
+		}
+	}
+	if s.StartForward(3) {
+		t.Error("a fourth forward was allowed with a bound of 3")
+	}
+	s.EndForward()
+	if !s.StartForward(3) {
+		t.Error("a slot that was given back was not reused")
+	}
+	for i := range 2 {
+		if !s.OpenConn(2) {
+			t.Fatalf("connection %d refused under the bound of 2", i)
+		}
+	}
+	if s.OpenConn(2) || s.OpenConn(2) {
+		t.Error("a connection over the bound of 2 was allowed")
+	}
+	want := Usage{ForwardRefused: 1, TCPRefused: 2, Forwarding: 3, TCPConns: 2}
+	if got := s.Usage(); got != want {
+		t.Errorf("Usage() = %+v, want %+v", got, want)
+	}
+	if (*Source)(nil).Usage() != (Usage{}) {
+		t.Error("a nil Source has usage")
+	}
+}
+
+func TestTableIsBounded(t *testing.T) {
+	tb := NewTable(4)
+	addr := func(i int) netip.Addr { return netip.AddrFrom4([4]byte{203, 0, 113, byte(i)}) }
+	own := map[*Source]bool{}
+	for i := range 10 {
+		s := tb.Get(addr(i), 0)
+		s.StartForward(0) // busy: a sweep must keep it
+		own[s] = true
+	}
+	if tb.Len() != 4 {
+		t.Errorf("%d addresses have entries, want the bound of 4", tb.Len())
+	}
+	if len(own) != 5 {
+		t.Errorf("10 addresses got %d distinct sources, want 4 of their own and one shared", len(own))
+	}
+	if tb.Get(addr(0), 0) != tb.Get(addr(0), 0) || tb.Get(addr(8), 0) != tb.Get(addr(9), 0) {
+		t.Error("an address's source changed between lookups, or two over the bound do not share one")
+	}
+	if got := tb.Get(netip.MustParseAddr("::ffff:203.0.113.0"), 0); got != tb.Get(addr(0), 0) {
+		t.Error("an IPv4-mapped address does not find its IPv4 entry")
+	}
+
+	// Idle entries are forgotten when room is needed (at most once a
+	// second); busy ones stay.
+	tb.Get(addr(0), 0).EndForward()
+	tb.Get(addr(1), 0).EndForward()
+	now := int64(2 * time.Second)
+	a, b := tb.Get(addr(20), now), tb.Get(addr(21), now)
+	if a == b || tb.Len() != 4 {
+		t.Errorf("after two entries went idle: new addresses share a source (%v) or %d entries, want 4", a == b, tb.Len())
+	}
+	if c := tb.Get(addr(22), now); c != tb.Get(addr(23), now) {
+		t.Error("with the table full of busy entries, new addresses do not share the overflow source")
+	}
+}
+
+func TestBudget(t *testing.T) {
+	b := NewBudget(100)
+	if !b.TryTake(60) || !b.TryTake(40) {
+		t.Fatal("taking 100 of 100 failed")
+	}
+	if b.TryTake(1) {
+		t.Error("took more than the budget")
+	}
+	b.Give(60)
+	if !b.TryTake(50) || b.Used() != 90 || b.Peak() != 100 {
+		t.Errorf("after giving back 60 and taking 50: used %d, peak %d; want 90 and 100", b.Used(), b.Peak())
+	}
+	var unbounded *Budget = NewBudget(0)
+	if unbounded != nil || !unbounded.TryTake(1<<40) {
+		t.Error("a budget of 0 is not unbounded")
+	}
+	unbounded.Give(1 << 40) // a nil budget counts nothing
+}
