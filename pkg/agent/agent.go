@@ -642,6 +642,12 @@ func (a *Agent) apply(s *model.Snapshot) {
 		// The first build replaces a lot of transient parsing garbage; hand
 		// it back to the OS now rather than whenever the scavenger gets to it.
 		debug.FreeOSMemory()
+		// Likewise the pages of the binary only starting used.
+		if mapped, err := dropStartupPages(); err != nil {
+			a.log.Debug("keeping the binary's pages mapped", "err", err)
+		} else {
+			a.log.Debug("dropped the binary's pages mapped at start", "bytes", mapped)
+		}
 	}
 }
 
