@@ -101,10 +101,12 @@ func BenchmarkScale(b *testing.B) {
 
 		p := &prober{env: env, agent: agent, cluster: c}
 		watchFrom := fwd.Received()
+		inside := agentSide(b, agent)
 		for i := range *flagProbes {
 			p.probe(b, i)
 		}
 		perChange := float64(fwd.Received()-watchFrom) / float64(*flagProbes)
+		inside = agentSide(b, agent).since(inside)
 
 		b.ReportMetric(0, "ns/op")
 		b.ReportMetric(float64(objects), "objects")
@@ -121,10 +123,46 @@ func BenchmarkScale(b *testing.B) {
 			b.ReportMetric(float64(k.bytes)/mib, "list-"+k.name+"-MB")
 		}
 		p.report(b)
+		inside.report(b)
 		b.Logf("%d objects (%d names): ready in %v after %.1f MB from the API server; RSS %.1f MB (empty %.1f), heap %.1f MB (empty %.1f); watch %.0f B/change, %.0f B/s idle",
 			objects, tbl.Len(), ready.Round(time.Millisecond), float64(listed)/mib, float64(mem.rss)/mib, float64(emptyMem.rss)/mib,
 			heap/mib, emptyHeap/mib, perChange, idleRate)
 		agent.proc.Kill()
+	}
+}
+
+// agentCounts are the agent's own counts of what changes cost it: the
+// snapshots its source took and their delay (from the first change a
+// watch saw to the table built from it), the tables it built and how long
+// that took, and its garbage collections.
+type agentCounts struct {
+	snapshots, delay, builds, build, gcs float64
+}
+
+func agentSide(tb testing.TB, s *dnsServer) agentCounts {
+	tb.Helper()
+	return agentCounts{
+		snapshots: s.metric(tb, "ztdns_kube_snapshot_delay_seconds_count"),
+		delay:     s.metric(tb, "ztdns_kube_snapshot_delay_seconds_sum"),
+		builds:    s.metric(tb, "ztdns_table_build_seconds_count"),
+		build:     s.metric(tb, "ztdns_table_build_seconds_sum"),
+		gcs:       s.metric(tb, "go_gc_duration_seconds_count"),
+	}
+}
+
+func (a agentCounts) since(b agentCounts) agentCounts {
+	return agentCounts{a.snapshots - b.snapshots, a.delay - b.delay, a.builds - b.builds, a.build - b.build, a.gcs - b.gcs}
+}
+
+// report gives the means over the probes: the part of a change's latency
+// spent in the agent after its watch received the change.
+func (a agentCounts) report(b *testing.B) {
+	if a.snapshots > 0 {
+		b.ReportMetric(1000*a.delay/a.snapshots, "agent-snapshot-delay-ms")
+	}
+	if a.builds > 0 {
+		b.ReportMetric(1000*a.build/a.builds, "agent-build-ms")
+		b.ReportMetric(a.gcs/a.builds, "agent-gc/build")
 	}
 }
 
