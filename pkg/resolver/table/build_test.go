@@ -19,7 +19,7 @@ func TestIncrementalMatchesFresh(t *testing.T) {
 	s := fixture()
 	bld := NewBuilder(Options{})
 	namespaces := []string{"", "default", "team-a", "team-b", "other"}
-	for step := range 2000 {
+	for step := range 1000 {
 		s = mutate(rng, s, step)
 		inc, incWarn := bld.Build(s)
 		fresh, freshWarn := Build(s, Options{})
