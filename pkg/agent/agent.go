@@ -364,6 +364,22 @@ func (a *Agent) run(ctx context.Context) error {
 		"autopath", a.cfg.Autopath, "socket", a.cfg.Socket, "metrics", a.cfg.MetricsAddr,
 		"version", version.Get().Version, "revision", version.Get().Revision)
 
+	// Started, and once it serves a table, done with the binary's pages
+	// only starting used.
+	g.spawn("start pages", func() error {
+		select {
+		case <-a.firstTable:
+		case <-ctx.Done():
+			return nil
+		}
+		if mapped, err := dropStartupPages(); err != nil {
+			a.log.Debug("keeping the binary's pages mapped", "err", err)
+		} else {
+			a.log.Debug("dropped the binary's pages mapped at start", "bytes", mapped)
+		}
+		return nil
+	})
+
 	<-ctx.Done()
 	a.ready.Store(false)
 	err = context.Cause(ctx)
@@ -642,12 +658,6 @@ func (a *Agent) apply(s *model.Snapshot) {
 		// The first build replaces a lot of transient parsing garbage; hand
 		// it back to the OS now rather than whenever the scavenger gets to it.
 		debug.FreeOSMemory()
-		// Likewise the pages of the binary only starting used.
-		if mapped, err := dropStartupPages(); err != nil {
-			a.log.Debug("keeping the binary's pages mapped", "err", err)
-		} else {
-			a.log.Debug("dropped the binary's pages mapped at start", "bytes", mapped)
-		}
 	}
 }
 
