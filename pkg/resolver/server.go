@@ -22,6 +22,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/ztdns/ztdns/pkg/dnswire"
 	"github.com/ztdns/ztdns/pkg/podcache"
 	"github.com/ztdns/ztdns/pkg/resolver/quota"
 	"github.com/ztdns/ztdns/pkg/resolver/table"
@@ -356,7 +357,7 @@ func (s *Server) stopping() bool {
 // nameBuf holds a query name in presentation form. The hot path gets one
 // from its caller (one per socket or connection): a name handed to the
 // table as a string would otherwise make a stack buffer escape to the heap.
-type nameBuf = [maxNameLen + 1]byte
+type nameBuf = dnswire.NameBuf
 
 // answerFast tries to answer msg from the table. It returns the reply
 // (appended to out), nil with slow=false for a packet to drop, or slow=true
@@ -379,7 +380,7 @@ func (s *Server) answerFast(msg []byte, src netip.AddrPort, tcp bool, out []byte
 			if !tcp || parse(msg, &r, name) == verdictDrop {
 				return nil, false
 			}
-			return appendErrorReply(out, msg, &r, rcodeRefused), false
+			return dnswire.AppendErrorReply(out, msg, &r, dnswire.RcodeRefused), false
 		}
 	} else {
 		pod = s.opts.Pods.Lookup(src.Addr())
@@ -390,11 +391,11 @@ func (s *Server) answerFast(msg []byte, src netip.AddrPort, tcp bool, out []byte
 		return nil, false
 	case verdictFormErr:
 		metricQueries.formerr.Inc()
-		return appendErrorReply(out, msg, &r, rcodeFormErr), false
+		return dnswire.AppendErrorReply(out, msg, &r, dnswire.RcodeFormErr), false
 	case verdictOther:
 		return nil, true
 	}
-	if r.ednsVersion != 0 || !r.plain || (r.qclass != classINET && r.qclass != classANY) {
+	if r.EDNSVersion != 0 || !r.Plain || (r.Class != dnswire.ClassINET && r.Class != dnswire.ClassANY) {
 		return nil, true
 	}
 	var ns string
@@ -403,26 +404,26 @@ func (s *Server) answerFast(msg []byte, src netip.AddrPort, tcp bool, out []byte
 	}
 	// The name bytes do not change during the lookup and Resolve keeps no
 	// reference to them: no need to copy them into a string.
-	res := s.table.Load().Resolve(unsafe.String(&r.name[0], len(r.name)), ns)
-	if res.Entry == nil || res.Alias != "" || res.Chases(r.qtype) {
+	res := s.table.Load().Resolve(unsafe.String(&r.Name[0], len(r.Name)), ns)
+	if res.Entry == nil || res.Alias != "" || res.Chases(r.Type) {
 		return nil, true
 	}
-	if r.qtype == typeAXFR || r.qtype == typeIXFR {
+	if r.Type == dnswire.TypeAXFR || r.Type == dnswire.TypeIXFR {
 		metricQueries.refused.Inc()
-		return appendErrorReply(out, msg, &r, rcodeRefused), false
+		return dnswire.AppendErrorReply(out, msg, &r, dnswire.RcodeRefused), false
 	}
 	var ar uint16
-	if r.edns {
+	if r.EDNS {
 		ar = 1
 	}
 	hdr := len(out)
-	out = appendHeader(out, &r, 0, true, 1, 0, ar)
-	out = append(out, msg[headerLen:r.qend]...)
-	out = res.AppendAnswer(out, hdr, r.qtype, r.id) // sets the counts; the SOA when NODATA
-	if r.edns {
-		out = appendOPT(out, &r, 0)
+	out = dnswire.AppendHeader(out, &r, 0, true, 1, 0, ar)
+	out = append(out, msg[dnswire.HeaderLen:r.End]...)
+	out = res.AppendAnswer(out, hdr, r.Type, r.ID) // sets the counts; the SOA when NODATA
+	if r.EDNS {
+		out = dnswire.AppendOPT(out, &r, 0)
 	}
-	if !tcp && len(out) > r.udpLimit() {
+	if !tcp && len(out) > r.UDPLimit() {
 		out = truncate(out[:0], msg, &r)
 	}
 	metricQueries.local.Inc()
@@ -431,16 +432,7 @@ func (s *Server) answerFast(msg []byte, src netip.AddrPort, tcp bool, out []byte
 
 // truncate writes an empty reply with TC set: the client retries over TCP.
 func truncate(out []byte, msg []byte, r *request) []byte {
-	var ar uint16
-	if r.edns {
-		ar = 1
-	}
-	out = appendHeader(out, r, 0, true, 1, 0, ar)
-	out[2] |= flagTC >> 8
-	out = append(out, msg[headerLen:r.qend]...)
-	if r.edns {
-		out = appendOPT(out, r, 0)
-	}
+	out = dnswire.AppendTruncated(out, msg, r)
 	metricTruncated.Inc()
 	return out
 }
@@ -463,13 +455,13 @@ func (s *Server) slow(msg []byte, src, local netip.AddrPort, tcp bool, done func
 	_, source := s.sourceOf(src.Addr(), s.clock())
 	if !source.StartForward(s.opts.Limits.Forwarding) {
 		metricQueries.forwardLimited.Inc()
-		done(appendErrorReply(nil, msg, &q.r, rcodeServFail))
+		done(dnswire.AppendErrorReply(nil, msg, &q.r, dnswire.RcodeServFail))
 		return
 	}
 	if !takeSlot(&s.forwarding, s.opts.MaxInflight) {
 		source.EndForward()
 		metricQueries.overload.Inc()
-		done(appendErrorReply(nil, msg, &q.r, rcodeServFail))
+		done(dnswire.AppendErrorReply(nil, msg, &q.r, dnswire.RcodeServFail))
 		return
 	}
 	metricForwarding.Inc()
@@ -494,7 +486,7 @@ func servfailFor(msg []byte) []byte {
 	if parse(msg, &r, new(nameBuf)) == verdictDrop {
 		return nil
 	}
-	return appendErrorReply(nil, msg, &r, rcodeServFail)
+	return dnswire.AppendErrorReply(nil, msg, &r, dnswire.RcodeServFail)
 }
 
 // takeSlot adds one to n unless that would pass max.
