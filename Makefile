@@ -5,6 +5,8 @@
 #   make demo      the DNS Proxying walkthrough, live (as root)
 #   make bench     ztdns vs. its peers, side by side, as ratios
 #   make fuzz      every fuzz target for FUZZTIME each (default 10m)
+#   make image     the container image for amd64 and arm64, as an OCI layout
+#                  in bin/image (and bin/image.tar); IMAGE_TAG names it
 
 GO        ?= go
 BIN       := bin/ztdns
@@ -24,8 +26,23 @@ TEST_FLAGS ?=
 FUZZTIME ?= 10m
 FUZZFLAGS ?=
 FUZZ ?= .
+# The image's tag (default: the chart's appVersion).
+IMAGE_TAG ?=
+# make bench: BENCH picks benchmarks of test/bench (a -bench pattern:
+# Resolver, Capture, Footprint, Scale, or e.g. Resolver/load=max),
+# BENCH_ROUNDS the rounds of the comparisons (servers side by side, in
+# turning order), BENCH_COUNT repeats of each measurement in a row,
+# BENCH_FLAGS their settings (e.g. '-duration 10s -rates max,1000'; go test
+# ./test/bench/ -args -h lists them). The raw results stay in BENCH_OUT for
+# benchstat.
+BENCH         ?= .
+BENCH_ROUNDS  ?= 1
+BENCH_COUNT   ?= 1
+BENCH_FLAGS   ?=
+BENCH_OUT     ?= bin/bench.txt
+BENCH_TIMEOUT ?= 4h
 
-.PHONY: build generate test demo demo-standalone bench fuzz clean
+.PHONY: build generate test demo demo-standalone bench fuzz image clean
 
 build:
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/ztdns
@@ -43,12 +60,19 @@ demo: build
 demo-standalone: build
 	./scripts/demo-standalone.sh
 
-bench: build
-	./scripts/bench.sh
-	ZTDNS_BIN=$(CURDIR)/$(BIN) $(GO) test -run '^$$' -bench Flood -benchtime 1x -timeout 30m ./test/bench/
-
 fuzz:
 	GO=$(GO) FUZZTIME=$(FUZZTIME) FUZZFLAGS='$(FUZZFLAGS)' FUZZ='$(FUZZ)' ./scripts/fuzz.sh
+
+image:
+	$(GO) run ./deploy/image -o bin/image $(if $(IMAGE_TAG),-tag $(IMAGE_TAG))
+
+bench: SHELL := /bin/bash
+bench:
+	@mkdir -p $(dir $(BENCH_OUT))
+	set -o pipefail; $(GO) test -run '^$$' -bench '$(BENCH)' -benchtime 1x -count $(BENCH_COUNT) \
+		-timeout $(BENCH_TIMEOUT) ./test/bench/ -args -rounds $(BENCH_ROUNDS) $(BENCH_FLAGS) | tee $(BENCH_OUT)
+	@echo
+	$(GO) run ./bench/report $(BENCH_OUT)
 
 clean:
 	rm -rf bin

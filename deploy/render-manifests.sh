@@ -41,7 +41,7 @@ render() {
 		# Generated from the Helm chart: do not edit. Rendered with helm $version by
 		#   $cmd
 		# Regenerate with deploy/render-manifests.sh; test/deploy fails when this is stale.
-		# No image is published by this repository: build deploy/Dockerfile, push it, and
+		# No image is published by this repository: build it with make image, push it, and
 		# replace "image: ztdns:<version>" below. See deploy/README.md.
 	EOF
 	(cd "$repo" && "$helm" template "$release" deploy/charts/ztdns --namespace "$namespace" "${args[@]}")

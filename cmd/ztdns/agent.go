@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"io"
 	"net/netip"
 	"os"
 	"os/signal"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/ztdns/ztdns/pkg/accesslog"
 	"github.com/ztdns/ztdns/pkg/agent"
 	"github.com/ztdns/ztdns/pkg/cni"
 	"github.com/ztdns/ztdns/pkg/control"
@@ -81,6 +83,8 @@ directory of YAML manifests (--config-dir).`,
 	capture := fs.Bool("capture", true, "capture marked pods' DNS with eBPF; false only serves on --listen")
 	cgroup := fs.String("cgroup", "", "cgroup v2 `DIR` the capture programs attach to (default: the cgroup2 root, every pod on the node)")
 	bpffs := fs.String("bpffs", redirect.DefaultBPFFS, "`DIR` on a bpf filesystem where maps and links are pinned")
+	mountBPFFS := fs.Bool("mount-bpffs", true, "mount a bpf filesystem at the parent of --bpffs when it is on none; false fails instead (in a container, where a mount of its own would vanish with it, and the pins with it)")
+	procRoot := fs.String("proc-root", "/proc", "the node's proc filesystem `DIR`, where running pods' network namespaces are found: the node's /proc mounted into the agent's container (e.g. /host/proc) when it runs without hostPID")
 	iface := fs.String("interface", redirect.DefaultInterface, "interface that carries the resolver's addresses")
 	capturePort := fs.Uint("capture-port", redirect.DefaultPort, "`PORT` of the resolver's slot addresses, where captured queries go; not 53, so that istio-cni's in-pod DNS rules never take them (see README)")
 	stale := fs.Duration("heartbeat-stale", redirect.DefaultStaleAfter, "stop redirecting (fail open) when the agent has been silent this long")
@@ -95,11 +99,26 @@ directory of YAML manifests (--config-dir).`,
 	socketGroup := fs.String("socket-group", "", "`GROUP` (name or gid) whose members may also connect to --socket, to read only (status, table, pods); default: root only")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	logFormat := fs.String("log-format", "text", "text or json")
+	accessLog := fs.String("access-log", "", "write one line per query (--log-format) to `DEST`: stderr or a file's path; off when empty (ztdns log on|off switches it at run time, to DEST or stderr)")
+	accessLogSample := fs.Int("access-log-sample", 1, "with --access-log: one query in `N` gets a line")
+	maxNamespaces := fs.Int("metrics-max-namespaces", resolver.DefaultMaxNamespaceSeries, "namespaces with a series of their own in ztdns_dns_namespace_requests_total; the rest count as _other")
+	maxUpstreams := fs.Int("metrics-max-upstreams", forward.DefaultMaxUpstreamSeries, "upstreams with series of their own in ztdns_forward_upstream_*; the rest count as other")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		log, err := newLogger(*logLevel, *logFormat)
 		if err != nil {
 			return usageError{err}
 		}
+		if *accessLogSample < 1 || *accessLogSample > accesslog.MaxSample {
+			return usagef("--access-log-sample %d: want 1 to %d", *accessLogSample, accesslog.MaxSample)
+		}
+		if *maxNamespaces < 1 || *maxUpstreams < 1 {
+			return usagef("--metrics-max-namespaces and --metrics-max-upstreams: want at least 1")
+		}
+		al, closeAccessLog, err := openAccessLog(*accessLog, *accessLogSample, *logFormat)
+		if err != nil {
+			return err
+		}
+		defer closeAccessLog()
 		vips, err := vip.ParseSource(*vipSource)
 		if err != nil {
 			return usagef("--vip-source: %w", err)
@@ -146,7 +165,7 @@ directory of YAML manifests (--config-dir).`,
 			if *capturePort == 0 || *capturePort > 65535 {
 				return usagef("--capture-port %d: want 1-65535", *capturePort)
 			}
-			captureCfg = &agent.CaptureConfig{BPFFS: *bpffs, Cgroup: *cgroup, Interface: *iface, StaleAfter: *stale, StateDir: *stateDir, Port: uint16(*capturePort)}
+			captureCfg = &agent.CaptureConfig{BPFFS: *bpffs, RequireBPFFS: !*mountBPFFS, Cgroup: *cgroup, Interface: *iface, StaleAfter: *stale, StateDir: *stateDir, Port: uint16(*capturePort)}
 		}
 		ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 		defer stop()
@@ -154,6 +173,7 @@ directory of YAML manifests (--config-dir).`,
 			Capture:           captureCfg,
 			DNSCaptureDefault: *dnsCaptureDefault,
 			NodeName:          *nodeName,
+			ProcRoot:          *procRoot,
 			CNI:               cniCfg,
 			Source:            src,
 			Listen:            listen.addrs,
@@ -180,9 +200,39 @@ directory of YAML manifests (--config-dir).`,
 			TCPMaxConns:    *maxTCP,
 			TCPIdleTimeout: *tcpIdle,
 			InflightBytes:  inflightBytes.n,
+
+			AccessLog:          al,
+			MaxNamespaceSeries: *maxNamespaces,
+			MaxUpstreamSeries:  *maxUpstreams,
 		})
 	}
 	return cmd
+}
+
+// openAccessLog makes the agent's access log: on at once, writing to dest,
+// when dest is given; else off, writing to stderr when `ztdns log on`
+// turns it on.
+func openAccessLog(dest string, sample int, format string) (*accesslog.Log, func(), error) {
+	w, name, closeFile := io.Writer(os.Stderr), "stderr", func() {}
+	if dest != "" && dest != "stderr" {
+		f, err := os.OpenFile(dest, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
+		if err != nil {
+			return nil, nil, fmt.Errorf("--access-log: %w", err)
+		}
+		w, name, closeFile = f, dest, func() { f.Close() }
+	}
+	l, err := accesslog.New(w, name, format, 0)
+	if err != nil {
+		closeFile()
+		return nil, nil, usageError{err}
+	}
+	if dest != "" {
+		if err := l.Set(true, sample); err != nil {
+			closeFile()
+			return nil, nil, usageError{err}
+		}
+	}
+	return l, closeFile, nil
 }
 
 // limitFlag maps a per-pod bound's flag (0 disables it) onto quota.Limits

@@ -51,9 +51,9 @@ func TestBuiltBinary(t *testing.T) {
 
 	up := dnstest.Start(t, "127.0.0.1:0", dnstest.Marker(netip.MustParseAddr("203.0.113.99"), netip.MustParseAddr("2001:db8::99")))
 	socket := filepath.Join(t.TempDir(), "run", "ztdns.sock")
-	metrics := agenttest.FreePort(t).String()
+	metrics := testenv.FreePort(t).String()
 	log := &testenv.Log{}
-	agent := exec.Command(bin, "agent", "-capture=false", "-config-dir", "../../examples", "-listen", agenttest.FreePort(t).String(),
+	agent := exec.Command(bin, "agent", "-capture=false", "-config-dir", "../../examples", "-listen", testenv.FreePort(t).String(),
 		"-upstream", up.Addr.String(), "-socket", socket, "-metrics", metrics, "-log-level", "info")
 	agent.Stdout, agent.Stderr = log, log
 	agent.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}

@@ -88,7 +88,9 @@ single-dash long spellings of earlier releases (-socket PATH) still work.`,
 		return err
 	})
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return err }) // usage (exit 2)
-	root.AddCommand(newAgentCmd(), newTableCmd(), newPodsCmd(), newStatusCmd(), newCaptureCmd(), newUninstallCmd(), newVersionCmd())
+	root.AddCommand(newAgentCmd(), newTableCmd(), newPodsCmd(), newStatusCmd(), newCaptureCmd(), newUninstallCmd(), newVersionCmd(), newLogCmd(),
+		// What the Helm chart's containers run (node.go).
+		newMountBPFFSCmd(), newRemoveStateCmd(), newIdleCmd())
 	// Make the tree whole now (cobra adds these when it executes), so that
 	// every command's run errors are marked below.
 	root.InitDefaultHelpCmd()

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -23,6 +24,8 @@ import (
 
 	"github.com/ztdns/ztdns/internal/agenttest"
 	"github.com/ztdns/ztdns/internal/dnstest"
+	"github.com/ztdns/ztdns/internal/testenv"
+	"github.com/ztdns/ztdns/pkg/accesslog"
 	"github.com/ztdns/ztdns/pkg/agent"
 	"github.com/ztdns/ztdns/pkg/control"
 	"github.com/ztdns/ztdns/pkg/source/configdir"
@@ -112,7 +115,7 @@ func TestHelp(t *testing.T) {
 	}
 	// The root's help names every command the issue asks for.
 	r := ztdns(t, "--help")
-	for _, name := range []string{"agent", "capture", "pods", "status", "table", "uninstall", "version", "completion"} {
+	for _, name := range []string{"agent", "capture", "pods", "status", "table", "uninstall", "version", "completion", "log"} {
 		if !strings.Contains(r.stdout, "\n  "+name+" ") {
 			t.Errorf("ztdns --help lacks %s:\n%s", name, r.stdout)
 		}
@@ -161,13 +164,14 @@ func TestFailures(t *testing.T) {
 		{"pods", "--socket", socket, "-o", "json"},
 		{"table", "--socket", socket, "-n", "default"},
 		{"capture", "add", "--socket", socket, "--netns", "/run/netns/nonexistent"},
+		{"log", "on", "--socket", socket},
 		{"agent", "--config-dir", t.TempDir(), "--resolv-conf", "/nonexistent"}, // no upstream anywhere
 	} {
 		t.Run(strings.Join(args, " "), func(t *testing.T) {
 			r := ztdns(t, args...)
 			prefix := "ztdns " + args[0] + ": "
-			if args[0] == "capture" {
-				prefix = "ztdns capture add: "
+			if args[0] == "capture" || args[0] == "log" {
+				prefix = "ztdns " + args[0] + " " + args[1] + ": "
 			}
 			if r.code != 1 || r.stdout != "" || strings.Count(r.stderr, "\n") != 1 || !strings.HasPrefix(r.stderr, prefix) {
 				t.Errorf("want exit status 1 and one line %q… on stderr, got %v", prefix, r)
@@ -185,6 +189,12 @@ type testAgent struct {
 }
 
 func startAgent(t *testing.T) testAgent {
+	t.Helper()
+	return startAgentWith(t, func(*agent.Config) {})
+}
+
+// startAgentWith is startAgent with the configuration changed by edit.
+func startAgentWith(t *testing.T, edit func(*agent.Config)) testAgent {
 	t.Helper()
 	dir := t.TempDir()
 	examples, err := filepath.Glob("../../examples/*.yaml")
@@ -213,7 +223,9 @@ func startAgent(t *testing.T) testAgent {
 	}
 	up := dnstest.Start(t, "127.0.0.1:0", dnstest.Marker(netip.MustParseAddr("203.0.113.99"), netip.MustParseAddr("2001:db8::99")))
 	reg := prometheus.NewRegistry()
-	a := agenttest.Start(t, agent.Config{Source: configdir.New(dir), Upstreams: []netip.AddrPort{up.Addr}, Registry: reg})
+	cfg := agent.Config{Source: configdir.New(dir), Upstreams: []netip.AddrPort{up.Addr}, Registry: reg}
+	edit(&cfg)
+	a := agenttest.Start(t, cfg)
 	agenttest.Eventually(t, 10*time.Second, func() error {
 		st, err := a.Status()
 		if err == nil && (len(st.Warnings) < 7 || len(st.SourceErrors) == 0) {
@@ -293,6 +305,7 @@ func TestReadCommands(t *testing.T) {
 			"Warnings:       " + st.Warnings[0],
 			"                " + st.Warnings[4] + "\n",
 			"                ... and 2 more (-o wide shows the 7 the agent keeps)\n",
+			"Access log:     off (to stderr when on)\n",
 		} {
 			if !strings.Contains(table, want) {
 				t.Errorf("ztdns status lacks %q:\n%s", want, table)
@@ -309,7 +322,7 @@ func TestReadCommands(t *testing.T) {
 	})
 	t.Run("pods", func(t *testing.T) {
 		table, wide := ok(t, "pods", "--socket", a.Socket), ok(t, "pods", "--socket", a.Socket, "-o", "wide")
-		header := []string{"NAMESPACE", "NAME", "IPS", "NETNS COOKIE", "CAPTURED", "REASON", "MARKED", "REDIRECTED", "RESTORED", "NAMESERVERS", "ISTIO DNS RULES"}
+		header := []string{"NAMESPACE", "NAME", "IPS", "NETNS COOKIE", "CAPTURED", "REASON", "MARKED", "REDIRECTED", "RESTORED", "NAMESERVERS", "ISTIO DNS RULES", "LIMITED RATE/FWD/TCP"}
 		if got := headerCells(table); !slices.Equal(got, header) {
 			t.Errorf("ztdns pods header %q, want %q", got, header)
 		}
@@ -458,4 +471,72 @@ func buildInfoLabels(t *testing.T, g prometheus.Gatherer) version.Info {
 	}
 	t.Fatal("no ztdns_build_info metric")
 	return version.Info{}
+}
+
+// TestLogCommand: `ztdns log on|off` switches a running agent's access log:
+// lines appear for the sampled queries while it is on, none after it is
+// off, and `ztdns status` says which.
+func TestLogCommand(t *testing.T) {
+	var lines testenv.Log
+	al, err := accesslog.New(&lines, "the test's buffer", "text", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := startAgentWith(t, func(cfg *agent.Config) { cfg.AccessLog = al })
+	ask := func(n int) {
+		for range n {
+			a.Query(t, "udp", netip.MustParseAddr("127.0.0.1"), "address.internal", dns.TypeA, false)
+		}
+	}
+	count := func() int { return strings.Count(lines.String(), `msg="dns query"`) }
+	status := func() string {
+		t.Helper()
+		for _, l := range strings.Split(ok(t, "status", "--socket", a.Socket), "\n") {
+			if strings.HasPrefix(l, "Access log:") {
+				return strings.TrimSpace(strings.TrimPrefix(l, "Access log:"))
+			}
+		}
+		t.Fatal("ztdns status has no access log line")
+		return ""
+	}
+
+	ask(3)
+	if n := count(); n != 0 {
+		t.Fatalf("%d lines while the log is off", n)
+	}
+	if out := ok(t, "log", "on", "--sample", "2", "--socket", a.Socket); out != "access log on: one query in 2, to the test's buffer\n" {
+		t.Errorf("ztdns log on printed %q", out)
+	}
+	if got := status(); got != "on: one query in 2, to the test's buffer" {
+		t.Errorf("ztdns status: access log %q", got)
+	}
+	ask(6)
+	agenttest.Eventually(t, 5*time.Second, func() error {
+		if n := count(); n != 3 {
+			return fmt.Errorf("%d lines for 6 queries at one in 2, want 3:\n%s", n, lines.String())
+		}
+		return nil
+	})
+	if !strings.Contains(lines.String(), `name=address.internal. type=A proto=udp rcode=NOERROR answered=table`) {
+		t.Errorf("access log lines lack the query:\n%s", lines.String())
+	}
+	if out := ok(t, "log", "off", "--socket", a.Socket); out != "access log off (to the test's buffer when on)\n" {
+		t.Errorf("ztdns log off printed %q", out)
+	}
+	ask(4)
+	if got := status(); got != "off (to the test's buffer when on)" {
+		t.Errorf("ztdns status: access log %q", got)
+	}
+	if n := count(); n != 3 {
+		t.Errorf("%d lines after ztdns log off, want the 3 from before", n)
+	}
+	// Usage errors do nothing.
+	for _, args := range [][]string{{"log"}, {"log", "maybe"}, {"log", "on", "--sample", "-1"}, {"log", "off", "--sample", "2"}} {
+		if r := ztdns(t, append(args, "--socket", a.Socket)...); r.code != 2 {
+			t.Errorf("ztdns %s: want exit status 2, got %v", strings.Join(args, " "), r)
+		}
+	}
+	if got := status(); got != "off (to the test's buffer when on)" {
+		t.Errorf("after usage errors, ztdns status: access log %q", got)
+	}
 }

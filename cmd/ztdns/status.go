@@ -56,6 +56,7 @@ func statusTable(w io.Writer, st control.Status, wide bool) {
 	if st.VIPs != "" {
 		line("VIPs", st.VIPs)
 	}
+	line("Access log", accessLogText(st.AccessLog))
 	list("Source errors", st.SourceErrors)
 	if st.StateUnsaved != "" {
 		line("State unsaved", st.StateUnsaved)

@@ -17,6 +17,7 @@ import (
 
 	"github.com/miekg/dns"
 
+	"github.com/ztdns/ztdns/internal/testenv"
 	"github.com/ztdns/ztdns/pkg/agent"
 	"github.com/ztdns/ztdns/pkg/control"
 )
@@ -35,7 +36,7 @@ type Agent struct {
 func Start(tb testing.TB, cfg agent.Config) *Agent {
 	tb.Helper()
 	if len(cfg.Listen) == 0 {
-		cfg.Listen = []netip.AddrPort{FreePort(tb)}
+		cfg.Listen = []netip.AddrPort{testenv.FreePort(tb)}
 	}
 	if cfg.Socket == "" {
 		cfg.Socket = filepath.Join(tb.TempDir(), "ztdns.sock")
@@ -135,27 +136,6 @@ func RRText(rrs []dns.RR) []string {
 	}
 	slices.Sort(out)
 	return out
-}
-
-// FreePort returns a loopback address whose UDP and TCP ports were both free.
-func FreePort(tb testing.TB) netip.AddrPort {
-	tb.Helper()
-	for range 50 {
-		pc, err := net.ListenPacket("udp4", "127.0.0.1:0")
-		if err != nil {
-			tb.Fatal(err)
-		}
-		addr := pc.LocalAddr().(*net.UDPAddr).AddrPort()
-		ln, err := net.Listen("tcp4", addr.String())
-		pc.Close()
-		if err != nil {
-			continue
-		}
-		ln.Close()
-		return addr
-	}
-	tb.Fatal("no free loopback port")
-	return netip.AddrPort{}
 }
 
 // Eventually retries f until it returns nil or within passes.

@@ -63,6 +63,9 @@ type Env struct {
 	// Config is the same admin identity as a rest.Config, with client-side
 	// rate limiting off so tests can write thousands of objects quickly.
 	Config *rest.Config
+	// EtcdURL is etcd's client URL (plain HTTP on loopback), for tests that
+	// must write stored objects the API server would be slow to create.
+	EtcdURL string
 
 	tb            testing.TB
 	dir           string
@@ -78,13 +81,21 @@ type Env struct {
 type Option func(*options)
 
 type options struct {
-	withoutCRDs bool
+	withoutCRDs  bool
+	serviceCIDRs string
 }
 
 // WithoutCRDs starts the API server without Istio's ServiceEntry CRD, for
 // tests where the CRD appears later (Env.InstallCRDs).
 func WithoutCRDs() Option {
 	return func(o *options) { o.withoutCRDs = true }
+}
+
+// WithServiceCIDRs gives the API server other Service ranges than
+// ServiceCIDRv4 and ServiceCIDRv6: larger ones for a cluster of more than
+// 65,000 Services (IPv4 up to a /12, IPv6 up to a /108).
+func WithServiceCIDRs(v4, v6 string) Option {
+	return func(o *options) { o.serviceCIDRs = v4 + "," + v6 }
 }
 
 // Start runs etcd and kube-apiserver on free loopback ports, waits until the
@@ -97,7 +108,7 @@ func WithoutCRDs() Option {
 // skipped outside CI, with the command to run.
 func Start(tb testing.TB, opts ...Option) *Env {
 	tb.Helper()
-	var o options
+	o := options{serviceCIDRs: ServiceCIDRv4 + "," + ServiceCIDRv6}
 	for _, opt := range opts {
 		opt(&o)
 	}
@@ -109,7 +120,7 @@ func Start(tb testing.TB, opts ...Option) *Env {
 	// kills the servers before their directory is removed.
 	tb.Cleanup(e.cleanup)
 
-	if err := e.start(bins); err != nil {
+	if err := e.start(bins, o); err != nil {
 		tb.Fatalf("kubetest: %v", err)
 	}
 	if !o.withoutCRDs {
@@ -120,7 +131,7 @@ func Start(tb testing.TB, opts ...Option) *Env {
 }
 
 // start prepares the certificates and flags, and starts both servers.
-func (e *Env) start(bins binaries) error {
+func (e *Env) start(bins binaries, o options) error {
 	certDir := filepath.Join(e.dir, "pki")
 	etcdDir := filepath.Join(e.dir, "etcd")
 	for _, d := range []string{certDir, etcdDir} {
@@ -137,6 +148,7 @@ func (e *Env) start(bins binaries) error {
 		return err
 	}
 	etcdClientURL := "http://127.0.0.1:" + strconv.Itoa(ports[0])
+	e.EtcdURL = etcdClientURL
 	etcdPeerURL := "http://127.0.0.1:" + strconv.Itoa(ports[1])
 	apiserverPort := ports[2]
 
@@ -171,7 +183,7 @@ func (e *Env) start(bins binaries) error {
 		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
 		"--service-account-key-file=" + keys.saKey,
 		"--service-account-signing-key-file=" + keys.saKey,
-		"--service-cluster-ip-range=" + ServiceCIDRv4 + "," + ServiceCIDRv6,
+		"--service-cluster-ip-range=" + o.serviceCIDRs,
 		// RBAC, so tests can check the agent's own read-only role by
 		// impersonating its ServiceAccount; the admin is in system:masters.
 		"--authorization-mode=RBAC",

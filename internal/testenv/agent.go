@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -19,9 +20,9 @@ import (
 )
 
 // Agent is a `ztdns agent` process (the real binary) running in a node
-// namespace, as a user starts it there. Its output is kept for the test; it
-// is killed at cleanup if still running, and its log is printed if the test
-// failed.
+// namespace, as a user starts it there (or a process StartLocal started).
+// Its output is kept for the test; it is killed at cleanup if still
+// running, and its log is printed if the test failed.
 type Agent struct {
 	// Bin is the ztdns binary and Args what followed it on the command
 	// line ("agent", flags...).
@@ -40,18 +41,41 @@ type Agent struct {
 // test binary dies without running its cleanup (e.g. a -timeout panic).
 func StartAgent(tb testing.TB, node *Node, bin string, args ...string) *Agent {
 	tb.Helper()
+	return StartAgentIn(tb, node, nil, bin, args...)
+}
+
+// StartAgentIn is StartAgent behind a wrapper command line, e.g. unshare
+// and setpriv to run the agent as a container runtime would: the wrapper
+// gets bin and args after its own arguments and must exec them (Pid is then
+// the wrapper's).
+func StartAgentIn(tb testing.TB, node *Node, wrapper []string, bin string, args ...string) *Agent {
+	tb.Helper()
 	RequireRoot(tb)
 	LookPath(tb, "nsenter")
+	line := append(slices.Clone(wrapper), bin)
+	return startAgent(tb, node.Nsenter(context.Background(), line[0], append(line[1:], args...)...), bin, args)
+}
+
+// StartLocal runs bin with args in the test's own network namespace, with
+// the same care as StartAgent: an agent that serves on loopback without
+// capture, or a peer server such as unbound. It needs no root.
+func StartLocal(tb testing.TB, bin string, args ...string) *Agent {
+	tb.Helper()
+	return startAgent(tb, exec.Command(bin, args...), bin, args)
+}
+
+func startAgent(tb testing.TB, cmd *exec.Cmd, bin string, args []string) *Agent {
+	tb.Helper()
 	a := &Agent{
 		Bin:  bin,
 		Args: args,
-		cmd:  node.Nsenter(context.Background(), bin, args...),
+		cmd:  cmd,
 		log:  &Log{},
 		done: make(chan struct{}),
 	}
 	a.cmd.Stdout, a.cmd.Stderr = a.log, a.log
 	if err := startOrphanProof(a.cmd); err != nil {
-		tb.Fatalf("testenv: start agent: %v", err)
+		tb.Fatalf("testenv: start %s: %v", bin, err)
 	}
 	go func() {
 		a.err = a.cmd.Wait()
@@ -60,7 +84,7 @@ func StartAgent(tb testing.TB, node *Node, bin string, args ...string) *Agent {
 	tb.Cleanup(func() {
 		a.Kill()
 		if tb.Failed() {
-			tb.Logf("log of the agent with pid %d (%v):\n%s", a.Pid(), a.err, a.log)
+			tb.Logf("log of %s with pid %d (%v):\n%s", bin, a.Pid(), a.err, a.log)
 		}
 	})
 	return a

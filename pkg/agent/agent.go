@@ -25,6 +25,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/ztdns/ztdns/pkg/accesslog"
+	"github.com/ztdns/ztdns/pkg/capture"
 	"github.com/ztdns/ztdns/pkg/control"
 	"github.com/ztdns/ztdns/pkg/model"
 	"github.com/ztdns/ztdns/pkg/podcache"
@@ -74,6 +76,11 @@ type Config struct {
 	// NodeName scopes the pods this agent adopts from /proc; empty in
 	// standalone mode.
 	NodeName string
+	// ProcRoot is the node's proc filesystem (default /proc): where the
+	// agent finds running pods' network namespaces and the node's own
+	// (PID 1's). In a pod without hostPID, the node's /proc mounted
+	// read-only, e.g. at /host/proc.
+	ProcRoot string
 	// CNI installs the chained plugin into the node's CNI configuration.
 	CNI *CNIConfig
 	// SocketsPerAddr is how many SO_REUSEPORT UDP sockets each address gets
@@ -102,6 +109,14 @@ type Config struct {
 	// InflightBytes bounds the bytes of upstream replies held at once, read
 	// or waiting to be written (0: the default).
 	InflightBytes int64
+
+	// AccessLog gets one line per sampled query while on (`ztdns log
+	// on|off`); nil: an access log to stderr, off.
+	AccessLog *accesslog.Log
+	// MaxNamespaceSeries and MaxUpstreamSeries bound the namespaces and the
+	// upstreams with metrics series of their own (0: the defaults).
+	MaxNamespaceSeries int
+	MaxUpstreamSeries  int
 }
 
 // Agent is a running ztdns agent.
@@ -130,15 +145,11 @@ type Agent struct {
 	// addrs is cfg.Listen plus, with capture, every slot address.
 	addrs        []netip.AddrPort
 	slot4, slot6 [redirect.Slots]netip.AddrPort
-	capture      *capture
+	capture      *dataplane // nil without capture
 	istioRules   istioRules // istio-cni's DNS rules in captured pods
 	// hostCookies are the node's own netns cookies (the agent's and PID
 	// 1's): never marked.
 	hostCookies []uint64
-	namespaces  atomic.Pointer[map[string]*model.Namespace]
-	decideMu    sync.Mutex // serialises redecide
-	adoptKey    string     // the pods the last /proc scan looked for
-	adoptedAt   time.Time
 }
 
 // Run starts the agent and blocks until ctx is done or a part fails.
@@ -177,9 +188,18 @@ func newAgent(cfg Config) (*Agent, error) {
 	if cfg.VIPSource == "" {
 		cfg.VIPSource = vip.SourceAuto
 	}
+	if cfg.ProcRoot == "" {
+		cfg.ProcRoot = "/proc"
+	}
+	if cfg.AccessLog == nil {
+		var err error
+		if cfg.AccessLog, err = accesslog.New(os.Stderr, "stderr", "text", 0); err != nil {
+			return nil, err
+		}
+	}
 	a := &Agent{cfg: cfg, log: cfg.Logger, reg: cfg.Registry, pods: podcache.New(cfg.ClusterDomain), firstTable: make(chan struct{}),
 		builder: table.NewBuilder(table.Options{Domain: cfg.ClusterDomain, TTL: uint32(cfg.TTL / time.Second), VIPSource: cfg.VIPSource}),
-		addrs:   slices.Clone(cfg.Listen), hostCookies: nodeCookies()}
+		addrs:   slices.Clone(cfg.Listen), hostCookies: nodeCookies(cfg.ProcRoot)}
 	if cfg.Capture != nil {
 		var err error
 		port := cfg.Capture.Port
@@ -203,7 +223,7 @@ func newAgent(cfg Config) (*Agent, error) {
 		fwdOpts = append(fwdOpts, forward.WithTimeout(cfg.ForwardTimeout))
 	}
 	budget := quota.NewBudget(cmp.Or(cfg.InflightBytes, resolver.DefaultInflightBytes))
-	fwdOpts = append(fwdOpts, forward.WithCacheBytes(cfg.CacheBytes), forward.WithBudget(budget))
+	fwdOpts = append(fwdOpts, forward.WithCacheBytes(cfg.CacheBytes), forward.WithBudget(budget), forward.WithMaxUpstreamSeries(cfg.MaxUpstreamSeries))
 	a.fwd = forward.New(fwdOpts...)
 	a.server = resolver.New(resolver.Options{
 		Pods:       a.pods,
@@ -219,6 +239,9 @@ func newAgent(cfg Config) (*Agent, error) {
 		TCPIdleTimeout: cfg.TCPIdleTimeout,
 		Budget:         budget,
 		KernelRate:     true,
+
+		AccessLog:          cfg.AccessLog,
+		MaxNamespaceSeries: cfg.MaxNamespaceSeries,
 	})
 	if err := a.registerMetrics(); err != nil {
 		return nil, err
@@ -261,6 +284,7 @@ func (a *Agent) run(ctx context.Context) error {
 		defer a.capture.close()
 	}
 	g.spawn("memory", func() error { returnMemoryAfterBursts(ctx, a.log); return nil })
+	g.spawn("access log", func() error { a.cfg.AccessLog.Run(ctx); return nil })
 	g.spawn("source", func() error {
 		err := a.cfg.Source.Run(ctx, a.apply)
 		if err == nil && ctx.Err() == nil {
@@ -433,7 +457,8 @@ func (a *Agent) unlessHandedOver(serve func() error) func() error {
 // heartbeat still fresh): pods then use their own nameservers until this
 // agent serves its first table.
 func (a *Agent) startCapture(predecessor bool) error {
-	c, err := newCapture(*a.cfg.Capture, a.log, a.pods, a.cfg.Socket, a.slot4, a.slot6)
+	ctl := capture.Config{NodeName: a.cfg.NodeName, DNSCaptureDefault: a.cfg.DNSCaptureDefault, HostCookies: a.hostCookies}
+	c, err := newDataplane(*a.cfg.Capture, ctl, capture.ProcNamespaces{Root: a.cfg.ProcRoot}, a.log, a.pods, a.cfg.Socket, a.slot4, a.slot6)
 	if err != nil {
 		return err
 	}
@@ -452,11 +477,11 @@ func (a *Agent) startCapture(predecessor bool) error {
 // a handoff, its predecessor has written its last record), then turns capture
 // on as soon as a table is served.
 func (a *Agent) reconcileCapture(ctx context.Context) {
-	if err := a.capture.restore(); err != nil {
+	if err := a.capture.ctl.Restore(); err != nil {
 		a.log.Error("reconciling marked pods failed", "err", err)
 	}
 	a.replayPending()
-	a.redecide()
+	a.capture.ctl.Redecide()
 	go func() {
 		select {
 		case <-a.firstTable:
@@ -583,9 +608,11 @@ func (a *Agent) apply(s *model.Snapshot) {
 	start := time.Now()
 	tbl, warnings := a.builder.Build(s)
 	a.server.SetTable(tbl)
-	a.setNamespaces(s.Namespaces)
 	a.pods.SetSourcePods(s.Pods)
-	a.redecide() // labels and annotations may have changed
+	if a.capture != nil {
+		a.capture.ctl.SetNamespaces(s.Namespaces)
+		a.capture.ctl.Redecide() // labels and annotations may have changed
+	}
 	took := time.Since(start)
 	metricTableBuild.Observe(took.Seconds())
 	metricTableNames.Set(float64(tbl.Len()))

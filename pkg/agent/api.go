@@ -27,3 +27,12 @@ func (c controlAPI) CNIAdd(req control.CNIAddRequest) (control.CNIAddResponse, e
 }
 
 func (c controlAPI) CNIDel(req control.CNIDelRequest) error { return c.a.cniDel(req) }
+
+func (c controlAPI) SetAccessLog(req control.AccessLogRequest) (control.AccessLog, error) {
+	if err := c.a.cfg.AccessLog.Set(req.On, req.Sample); err != nil {
+		return control.AccessLog{}, control.Invalid(err)
+	}
+	st := c.a.accessLogStatus()
+	c.a.log.Info("access log switched", "on", st.On, "sample", st.Sample, "destination", st.Destination)
+	return st, nil
+}

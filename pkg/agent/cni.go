@@ -4,26 +4,14 @@ import (
 	"context"
 	"fmt"
 	"net/http"
-	"net/netip"
 	"os"
 	"path/filepath"
-	"slices"
-	"strconv"
 	"time"
 
-	"github.com/ztdns/ztdns/pkg/ambient"
+	"github.com/ztdns/ztdns/pkg/capture"
 	"github.com/ztdns/ztdns/pkg/cni"
 	"github.com/ztdns/ztdns/pkg/control"
-	"github.com/ztdns/ztdns/pkg/model"
 	"github.com/ztdns/ztdns/pkg/podcache"
-	"github.com/ztdns/ztdns/pkg/redirect"
-)
-
-// Reasons the agent gives besides pkg/ambient's.
-const (
-	reasonCaptureOff = "capture-off" // the agent runs with --capture=false
-	reasonHostNetns  = "host-netns"  // the sandbox is the node's own namespace
-	reasonByHand     = "by-hand"     // ztdns capture add
 )
 
 // CNIConfig installs the chained plugin into the node's CNI configuration.
@@ -67,7 +55,7 @@ func (a *Agent) addSandbox(req control.CNIAddRequest) (control.CNIAddResponse, e
 			// unverified claim is not recorded either (an agent without
 			// capture may lack the privilege to look into namespaces).
 			a.log.Debug("not recording a CNI ADD the agent cannot verify", "pod", req.PodNamespace+"/"+req.PodName, "err", err)
-			return control.CNIAddResponse{Captured: false, Reason: reasonCaptureOff}, nil
+			return control.CNIAddResponse{Captured: false, Reason: capture.ReasonCaptureOff}, nil
 		}
 		return control.CNIAddResponse{}, err
 	}
@@ -80,7 +68,7 @@ func (a *Agent) addSandbox(req control.CNIAddRequest) (control.CNIAddResponse, e
 		a.pods.Attach(att) // still tells the resolver who is asking
 		return control.CNIAddResponse{Captured: false, Reason: att.Reason}, nil
 	}
-	if err := a.capture.apply(att); err != nil {
+	if err := a.capture.ctl.Apply(att); err != nil {
 		return control.CNIAddResponse{}, fmt.Errorf("marking %s/%s: %w", req.PodNamespace, req.PodName, err)
 	}
 	a.log.Info("CNI ADD", "pod", req.PodNamespace+"/"+req.PodName, "container", req.ContainerID,
@@ -99,7 +87,7 @@ func (a *Agent) cniDel(req control.CNIDelRequest) error {
 		metricCNIEvents.WithLabelValues("del", "ok").Inc()
 		return nil
 	}
-	att, ok, err := a.capture.forget(req.ContainerID)
+	att, ok, err := a.capture.ctl.Forget(req.ContainerID)
 	if ok {
 		a.log.Info("CNI DEL", "pod", att.Namespace+"/"+att.Name, "container", req.ContainerID)
 	}
@@ -111,53 +99,13 @@ func (a *Agent) cniDel(req control.CNIDelRequest) error {
 	return nil
 }
 
-// decide applies Istio's ambient rules to a CNI attachment, with what the
-// source knows about the pod and its namespace right now. Pods marked by
-// hand are always captured.
+// decide is the capture decision for an attachment: the controller's, or
+// none without capture.
 func (a *Agent) decide(att podcache.Attachment) (bool, string) {
-	switch {
-	case att.ContainerID == "":
-		return true, reasonByHand
-	case a.capture == nil:
-		return false, reasonCaptureOff
-	case slices.Contains(a.hostCookies, att.NetnsCookie):
-		return false, reasonHostNetns
+	if a.capture == nil {
+		return false, capture.ReasonCaptureOff
 	}
-	var spec *model.Pod
-	if p := a.pods.Get(att.Namespace, att.Name); p != nil {
-		spec = p.Spec
-	}
-	var ns *model.Namespace
-	if m := a.namespaces.Load(); m != nil {
-		ns = (*m)[att.Namespace]
-	}
-	return ambient.Decide(spec, ns, a.cfg.DNSCaptureDefault)
-}
-
-// redecide re-applies the rules to every recorded pod, marking and
-// unmarking those whose decision changed: how a namespace label or a pod
-// annotation added at run time takes effect, without a restart.
-func (a *Agent) redecide() {
-	// Before the source's first snapshot every namespace looks unlabelled:
-	// deciding then would unmark every restored pod until it arrives.
-	if a.capture == nil || a.namespaces.Load() == nil {
-		return
-	}
-	a.decideMu.Lock()
-	defer a.decideMu.Unlock()
-	for _, att := range a.pods.Attachments() {
-		captured, reason := a.decide(att)
-		if captured == att.Captured && reason == att.Reason {
-			continue
-		}
-		att.Captured, att.Reason = captured, reason
-		if err := a.capture.apply(att); err != nil {
-			a.log.Error("applying a changed capture decision failed", "pod", att.Namespace+"/"+att.Name, "err", err)
-			continue
-		}
-		a.log.Info("capture decision changed", "pod", att.Namespace+"/"+att.Name, "captured", captured, "reason", reason)
-	}
-	a.adoptRunningPods()
+	return a.capture.ctl.Decide(att)
 }
 
 // replayPending applies the CNI events the plugin recorded while this agent
@@ -234,96 +182,4 @@ func (a *Agent) installCNI(ctx context.Context) error {
 			}
 		}
 	}
-}
-
-// adoptRunningPods finds the network namespaces of pods on this node that
-// should be captured but that no CNI event announced (they started before
-// ztdns was installed), by scanning /proc for the namespace that holds the
-// pod's IP. It scans when that set of pods changed, and otherwise at most
-// every adoptInterval.
-func (a *Agent) adoptRunningPods() {
-	if a.cfg.NodeName == "" {
-		return // standalone: pods in manifests are not processes here
-	}
-	var want []*podcache.Pod
-	for _, p := range a.pods.List() {
-		if p.Attachment == nil && p.Spec != nil && p.Spec.NodeName == a.cfg.NodeName && len(p.IPs) > 0 {
-			if captured, _ := ambient.Decide(p.Spec, a.namespaceOf(p.Namespace), a.cfg.DNSCaptureDefault); captured {
-				want = append(want, p)
-			}
-		}
-	}
-	key := ""
-	for _, p := range want {
-		key += p.Key() + ","
-	}
-	if len(want) == 0 || (key == a.adoptKey && time.Since(a.adoptedAt) < adoptInterval) {
-		return
-	}
-	a.adoptKey, a.adoptedAt = key, time.Now()
-	found := netnsByIP(a.hostCookies)
-	for _, p := range want {
-		for _, ip := range p.IPs {
-			n, ok := found[ip]
-			if !ok {
-				continue
-			}
-			att := podcache.Attachment{ContainerID: "adopted-" + strconv.FormatUint(n.cookie, 10), Namespace: p.Namespace, Name: p.Name,
-				UID: p.UID, NetnsPath: n.path, NetnsCookie: n.cookie, IPs: p.IPs}
-			att.Captured, att.Reason = a.decide(att)
-			if err := a.capture.apply(att); err != nil {
-				a.log.Error("adopting a running pod failed", "pod", p.Key(), "err", err)
-			} else {
-				a.log.Info("adopted a running pod", "pod", p.Key(), "netns", n.path, "captured", att.Captured)
-			}
-			break
-		}
-	}
-}
-
-// adoptInterval bounds how often /proc is scanned for the same pods.
-const adoptInterval = 30 * time.Second
-
-type foundNetns struct {
-	path   string
-	cookie uint64
-}
-
-// netnsByIP maps the addresses of every network namespace a process on the
-// node lives in (but the node's own) to that namespace.
-func netnsByIP(hostCookies []uint64) map[netip.Addr]foundNetns {
-	out := map[netip.Addr]foundNetns{}
-	seen := map[uint64]bool{}
-	procs, _ := filepath.Glob("/proc/[0-9]*/ns/net")
-	for _, path := range procs {
-		cookie, err := redirect.NetnsCookie(path)
-		if err != nil || slices.Contains(hostCookies, cookie) || seen[cookie] {
-			continue
-		}
-		seen[cookie] = true
-		addrs, err := redirect.NetnsAddrs(path)
-		if err != nil {
-			continue
-		}
-		for _, ip := range addrs {
-			out[ip] = foundNetns{path: path, cookie: cookie}
-		}
-	}
-	return out
-}
-
-func (a *Agent) namespaceOf(name string) *model.Namespace {
-	if m := a.namespaces.Load(); m != nil {
-		return (*m)[name]
-	}
-	return nil
-}
-
-// setNamespaces keeps the snapshot's namespaces for decisions.
-func (a *Agent) setNamespaces(list []model.Namespace) {
-	m := make(map[string]*model.Namespace, len(list))
-	for i := range list {
-		m[list[i].Name] = &list[i]
-	}
-	a.namespaces.Store(&m)
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/netip"
 	"os"
@@ -18,6 +17,7 @@ import (
 	"github.com/miekg/dns"
 
 	"github.com/ztdns/ztdns/internal/dnstest"
+	"github.com/ztdns/ztdns/internal/testenv"
 	"github.com/ztdns/ztdns/pkg/control"
 	"github.com/ztdns/ztdns/pkg/resolver/quota"
 	"github.com/ztdns/ztdns/pkg/source/configdir"
@@ -92,8 +92,8 @@ func TestRestartLosesNoQuery(t *testing.T) {
 	}
 	socket := filepath.Join(t.TempDir(), "ztdns.sock")
 	up := dnstest.Start(t, "127.0.0.1:0", dnstest.Zone{})
-	listen := freeAddr(t)
-	metrics := freeAddr(t).String() // in a DaemonSet both pods share the node's port
+	listen := testenv.FreePort(t)
+	metrics := testenv.FreePort(t).String() // in a DaemonSet both pods share the node's port
 	old := startTestAgent(t, dir, socket, listen, up.Addr, metrics)
 
 	var sent, lost atomic.Int64
@@ -154,14 +154,4 @@ func TestRestartLosesNoQuery(t *testing.T) {
 			t.Errorf("/metrics lacks %s", m)
 		}
 	}
-}
-
-func freeAddr(t *testing.T) netip.AddrPort {
-	t.Helper()
-	pc, err := net.ListenPacket("udp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pc.Close()
-	return pc.LocalAddr().(*net.UDPAddr).AddrPort()
 }

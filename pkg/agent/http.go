@@ -13,12 +13,17 @@ import (
 	"github.com/ztdns/ztdns/pkg/version"
 )
 
-// httpHandler serves /metrics, /healthz (the process is up) and /readyz
-// (the first table is built and being served).
+// httpHandler serves /metrics, /healthz (the resolver answers on every
+// address, see resolverAnswers) and /readyz (the first table is built and
+// being served).
 func (a *Agent) httpHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{}))
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		if err := a.resolverAnswers(r.Context()); err != nil {
+			http.Error(w, "the resolver does not answer: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
 		fmt.Fprintln(w, "ok")
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
@@ -29,6 +34,12 @@ func (a *Agent) httpHandler() http.Handler {
 		fmt.Fprintln(w, "ok")
 	})
 	return mux
+}
+
+func (a *Agent) accessLogStatus() control.AccessLog {
+	l := a.cfg.AccessLog
+	on, sample := l.Settings()
+	return control.AccessLog{On: on, Sample: sample, Destination: l.Destination(), Dropped: l.Dropped()}
 }
 
 // readiness is nil once the agent serves its first table.
@@ -50,6 +61,7 @@ func (a *Agent) readiness() error {
 func (a *Agent) status() control.Status {
 	st := control.Status{Names: a.server.Table().Len(), Pods: len(a.pods.List())}
 	st.Build = version.Get()
+	st.AccessLog = a.accessLogStatus()
 	if err := a.readiness(); err != nil {
 		st.NotReady = err.Error()
 	} else {
@@ -72,7 +84,7 @@ func (a *Agent) status() control.Status {
 		st.Warnings = append(slices.Clone(st.Warnings), doubleCaptureWarning(pods))
 	}
 	if a.capture != nil {
-		if err := a.capture.unsaved(); err != nil {
+		if err := a.capture.ctl.Unsaved(); err != nil {
 			st.StateUnsaved = err.Error()
 		}
 	}

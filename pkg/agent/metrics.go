@@ -4,6 +4,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/ztdns/ztdns/pkg/capture"
 	"github.com/ztdns/ztdns/pkg/control"
 	"github.com/ztdns/ztdns/pkg/resolver"
 	"github.com/ztdns/ztdns/pkg/resolver/forward"
@@ -29,12 +30,6 @@ var (
 		Name: "ztdns_table_warnings",
 		Help: "Objects the last name-table build left out (ztdns status lists the first of them).",
 	})
-	// metricStateWriteFailures counts failed writes of the record of
-	// captured pods; each is retried, and no pod fails for it.
-	metricStateWriteFailures = prometheus.NewCounter(prometheus.CounterOpts{
-		Name: "ztdns_state_write_failures_total",
-		Help: "Failed writes of the record of captured pods (--state-dir); retried every few seconds, pods are captured all the same.",
-	})
 	// metricTableNames is the number of names in the current table.
 	metricTableNames = prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "ztdns_table_names",
@@ -44,16 +39,19 @@ var (
 
 func (a *Agent) registerMetrics() error {
 	cs := []prometheus.Collector{
-		metricTableBuild, metricTableNames, metricTableWarnings, metricCNIEvents, metricStateWriteFailures, captureCollector{a},
+		metricTableBuild, metricTableNames, metricTableWarnings, metricCNIEvents, captureCollector{a},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	}
 	cs = append(cs, resolver.Collectors()...)
 	cs = append(cs, control.Collectors()...)
 	cs = append(cs, a.server.Collector())
+	cs = append(cs, capture.Collectors()...)
 	if mc, ok := a.cfg.Source.(interface{ Collectors() []prometheus.Collector }); ok {
 		cs = append(cs, mc.Collectors()...)
 	}
 	cs = append(cs, forward.Collectors()...)
+	cs = append(cs, a.fwd.Collectors()...)
+	cs = append(cs, a.cfg.AccessLog.Collector(), memoryLimit{})
 	cs = append(cs, version.Collector())
 	for _, c := range cs {
 		if err := a.reg.Register(c); err != nil {
@@ -76,10 +74,24 @@ var captureDesc = prometheus.NewDesc("ztdns_capture_events_total",
 var capturePodsDesc = prometheus.NewDesc("ztdns_capture_marked_pods",
 	"Network namespaces marked for capture in the pods map.", nil, nil)
 
+var failOpenDesc = prometheus.NewDesc("ztdns_capture_fail_open",
+	"1 while the capture programs let marked pods' queries go to their own nameservers because the agent's heartbeat is stale "+
+		"(starting, stopping, or stuck), else 0.", nil, nil)
+
+var mapEntriesDesc = prometheus.NewDesc("ztdns_capture_map_entries",
+	"Entries of the BPF maps pods fill (pods: one per marked pod; nameservers: one per nameserver a pod addressed); "+
+		"a full map captures no more.", []string{"map"}, nil)
+
+var mapCapacityDesc = prometheus.NewDesc("ztdns_capture_map_capacity",
+	"Entries the BPF maps pods fill can hold.", []string{"map"}, nil)
+
 func (c captureCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- captureDesc
 	ch <- capturePodsDesc
 	ch <- doubleCaptureDesc
+	ch <- failOpenDesc
+	ch <- mapEntriesDesc
+	ch <- mapCapacityDesc
 }
 
 func (c captureCollector) Collect(ch chan<- prometheus.Metric) {
@@ -102,4 +114,20 @@ func (c captureCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(capturePodsDesc, prometheus.GaugeValue, float64(len(pods)))
 	}
 	ch <- prometheus.MustNewConstMetric(doubleCaptureDesc, prometheus.GaugeValue, float64(len(c.a.doublyCaptured())))
+	if open, err := cp.r.FailingOpen(); err == nil {
+		ch <- prometheus.MustNewConstMetric(failOpenDesc, prometheus.GaugeValue, boolValue(open))
+	}
+	if uses, err := cp.r.MapUses(); err == nil {
+		for _, u := range uses {
+			ch <- prometheus.MustNewConstMetric(mapEntriesDesc, prometheus.GaugeValue, float64(u.Entries), u.Name)
+			ch <- prometheus.MustNewConstMetric(mapCapacityDesc, prometheus.GaugeValue, float64(u.Capacity), u.Name)
+		}
+	}
+}
+
+func boolValue(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
 }

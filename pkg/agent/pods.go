@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 
+	"github.com/ztdns/ztdns/pkg/capture"
 	"github.com/ztdns/ztdns/pkg/control"
 	"github.com/ztdns/ztdns/pkg/podcache"
 	"github.com/ztdns/ztdns/pkg/redirect"
@@ -35,11 +36,11 @@ func (a *Agent) captureNetns(req control.CaptureRequest) (control.PodRow, error)
 				req.Netns, p.Key()))
 		}
 		// The same netns marked again under another name replaces the record.
-		a.capture.forget(p.Attachment.Key())
+		a.capture.ctl.Forget(p.Attachment.Key())
 	}
 	att := podcache.Attachment{Namespace: req.Namespace, Name: req.Name, NetnsPath: req.Netns, NetnsCookie: ns.cookie, IPs: ns.addrs,
-		Captured: true, Reason: reasonByHand}
-	if err := a.capture.apply(att); err != nil {
+		Captured: true, Reason: capture.ReasonByHand}
+	if err := a.capture.ctl.Apply(att); err != nil {
 		return control.PodRow{}, err
 	}
 	a.log.Info("captured a network namespace", "netns", req.Netns, "pod", req.Namespace+"/"+req.Name, "netnsCookie", ns.cookie, "ips", ns.addrs)
@@ -62,7 +63,7 @@ func (a *Agent) releaseNetns(req control.CaptureRequest) error {
 	atts := a.pods.Attachments()
 	for key, att := range atts {
 		if att.NetnsPath == req.Netns && att.ContainerID == "" {
-			_, _, err := a.capture.forget(key)
+			_, _, err := a.capture.ctl.Forget(key)
 			a.log.Info("released a network namespace", "netns", req.Netns, "pod", att.Namespace+"/"+att.Name)
 			return err
 		}
@@ -80,14 +81,9 @@ func (a *Agent) releaseNetns(req control.CaptureRequest) error {
 	if p := a.pods.ByCookie(ns.cookie); p != nil && p.Attachment != nil {
 		return control.Refused(fmt.Errorf("%s is pod %s's (recorded at %s): release it there", req.Netns, p.Key(), p.Attachment.NetnsPath))
 	}
-	marked, err := a.capture.r.Pods()
-	if err != nil {
+	// A stale mark nobody records.
+	if removed, err := a.capture.ctl.UnmarkStale(ns.cookie); removed || err != nil {
 		return err
-	}
-	for _, m := range marked {
-		if m.NetnsCookie == ns.cookie { // a stale mark nobody records
-			return a.capture.r.Unmark(ns.cookie)
-		}
 	}
 	return control.Invalid(fmt.Errorf("%s is not captured", req.Netns))
 }

@@ -171,7 +171,7 @@ func TestPlantedHandoffSocketRefused(t *testing.T) {
 	if line, err := out.ReadString('\n'); line != "listening\n" {
 		t.Fatalf("the planter did not start: %q %v", line, err)
 	}
-	err = Run(context.Background(), Config{Source: stuckSource{}, Listen: []netip.AddrPort{freeAddr(t)}, Socket: socket,
+	err = Run(context.Background(), Config{Source: stuckSource{}, Listen: []netip.AddrPort{testenv.FreePort(t)}, Socket: socket,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err == nil || !strings.Contains(err.Error(), "writable by others") {
 		t.Errorf("an agent with its socket in a shared directory: %v, want it refused", err)
@@ -242,7 +242,7 @@ func TestStopsWhateverTheSourceDoes(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- Run(ctx, Config{Source: stuckSource{}, Listen: []netip.AddrPort{freeAddr(t)}, Socket: socket,
+		done <- Run(ctx, Config{Source: stuckSource{}, Listen: []netip.AddrPort{testenv.FreePort(t)}, Socket: socket,
 			Logger: slog.New(slog.NewTextHandler(&log, nil))})
 	}()
 	c := control.NewClient(socket, time.Second)

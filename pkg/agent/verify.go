@@ -4,7 +4,9 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"slices"
+	"strings"
 
 	"golang.org/x/sys/unix"
 
@@ -43,7 +45,7 @@ type netnsSeen struct {
 // node's own namespace is Refused.
 func (a *Agent) inspectNetns(path string) (netnsSeen, error) {
 	// O_NONBLOCK: a FIFO or a device at the path must not hang the agent.
-	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC|unix.O_NOCTTY, 0)
+	fd, err := unix.Open(a.nodeProcPath(path), unix.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC|unix.O_NOCTTY, 0)
 	if err != nil {
 		return netnsSeen{}, control.Invalid(fmt.Errorf("network namespace %s: %w", path, &os.PathError{Op: "open", Path: path, Err: err}))
 	}
@@ -65,6 +67,16 @@ func (a *Agent) inspectNetns(path string) (netnsSeen, error) {
 		return netnsSeen{}, fmt.Errorf("%s: %w", path, err)
 	}
 	return netnsSeen{cookie: cookie, addrs: addrs}, nil
+}
+
+// nodeProcPath maps a runtime's /proc/PID/ns/net path (dockershim and
+// cri-dockerd name pods' namespaces so), which names the node's PIDs, into
+// the node's proc filesystem the agent was given (--proc-root).
+func (a *Agent) nodeProcPath(path string) string {
+	if rest, ok := strings.CutPrefix(path, "/proc/"); ok && a.cfg.ProcRoot != "/proc" {
+		return filepath.Join(a.cfg.ProcRoot, rest)
+	}
+	return path
 }
 
 // verifyAdd checks a CNI ADD against the namespace it names and against what
@@ -101,8 +113,9 @@ func (a *Agent) verifyAdd(req control.CNIAddRequest) error {
 }
 
 // nodeCookies returns the cookies of the agent's own network namespace and
-// of PID 1's (the host's, with hostPID): namespaces never captured.
-func nodeCookies() []uint64 {
+// of the node's PID 1 (under procRoot, the node's /proc): namespaces never
+// captured.
+func nodeCookies(procRoot string) []uint64 {
 	var cookies []uint64
 	// The agent's own needs no setns (nor the privilege for it): a socket
 	// opened here is in it.
@@ -112,9 +125,9 @@ func nodeCookies() []uint64 {
 		}
 		unix.Close(fd)
 	}
-	// Without hostPID (or in a test's node namespace) PID 1's namespace may
-	// be another one, or out of reach.
-	if c, err := redirect.NetnsCookie("/proc/1/ns/net"); err == nil && !slices.Contains(cookies, c) {
+	// In a test's node namespace PID 1's namespace is another one, and it
+	// may be out of reach.
+	if c, err := redirect.NetnsCookie(filepath.Join(procRoot, "1/ns/net")); err == nil && !slices.Contains(cookies, c) {
 		cookies = append(cookies, c)
 	}
 	return cookies

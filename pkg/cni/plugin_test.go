@@ -97,6 +97,9 @@ func (a *fakeAgent) CaptureDel(control.CaptureRequest) error { return nil }
 func (a *fakeAgent) CaptureAdd(control.CaptureRequest) (control.PodRow, error) {
 	return control.PodRow{}, nil
 }
+func (a *fakeAgent) SetAccessLog(control.AccessLogRequest) (control.AccessLog, error) {
+	return control.AccessLog{}, nil
+}
 
 func (a *fakeAgent) requests() ([]control.CNIAddRequest, []control.CNIDelRequest) {
 	a.mu.Lock()

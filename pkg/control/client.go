@@ -97,6 +97,14 @@ func (c *Client) CNIDel(ctx context.Context, req CNIDelRequest) error {
 	return c.do(ctx, RouteCNIDel, nil, req, nil)
 }
 
+// SetAccessLog turns the agent's access log on or off and returns its
+// state.
+func (c *Client) SetAccessLog(ctx context.Context, req AccessLogRequest) (AccessLog, error) {
+	var st AccessLog
+	err := c.do(ctx, RouteAccessLog, nil, req, &st)
+	return st, err
+}
+
 // do sends in (if not nil) as JSON to route and decodes the reply into out
 // (if not nil). A non-2xx reply becomes an *Error carrying the agent's
 // message; a call nobody answered wraps ErrUnreachable.

@@ -5,6 +5,8 @@
 // (Client) and the server side (Listen, Serve, NewHandler); the agent only
 // implements API.
 //
+// `ztdns log on|off` switches the access log through it too.
+//
 // The socket trusts no one:
 //   - its directory belongs to root and nobody else may write in it (a
 //     directory others can write in is refused: they could plant a socket);
@@ -64,7 +66,10 @@ var (
 	// object. It is idempotent: a container the agent does not know is not
 	// an error.
 	RouteCNIDel = Route{Name: "cni_del", Method: http.MethodPost, Path: "/v1/cni/del", Mutates: true}
+	// RouteAccessLog takes an AccessLogRequest, turns the access log on or
+	// off, and answers the AccessLog now in force.
+	RouteAccessLog = Route{Name: "access_log", Method: http.MethodPut, Path: "/v1/accesslog", Mutates: true}
 )
 
 // Routes lists every route.
-var Routes = []Route{RouteStatus, RouteTable, RoutePods, RouteCaptureAdd, RouteCaptureDel, RouteCNIAdd, RouteCNIDel}
+var Routes = []Route{RouteStatus, RouteTable, RoutePods, RouteCaptureAdd, RouteCaptureDel, RouteCNIAdd, RouteCNIDel, RouteAccessLog}

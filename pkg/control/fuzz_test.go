@@ -34,6 +34,10 @@ func (a *recordingAPI) CNIAdd(r CNIAddRequest) (CNIAddResponse, error) {
 	a.got = r
 	return CNIAddResponse{}, nil
 }
+func (a *recordingAPI) SetAccessLog(r AccessLogRequest) (AccessLog, error) {
+	a.got = r
+	return AccessLog{}, nil
+}
 
 // FuzzRequest sends arbitrary bodies (and table queries) to every route of
 // the real handler, as root, and checks that the agent only ever sees
@@ -46,6 +50,7 @@ func FuzzRequest(f *testing.F) {
 		add,
 		CNIDelRequest{ContainerID: "c0ffee"},
 		CaptureRequest{Netns: "/run/netns/pod1", Namespace: "default", Name: "pod1"},
+		AccessLogRequest{On: true, Sample: 10},
 	} {
 		b, _ := json.Marshal(v)
 		f.Add(uint8(i+3), b)
@@ -54,6 +59,7 @@ func FuzzRequest(f *testing.F) {
 	f.Add(uint8(5), []byte(`{"ContainerID":"a","Netns":"/x","PodNamespace":"n","PodName":"p","NetnsCookie":1,"IPs":["1.2.3.4","::1"]}`))
 	f.Add(uint8(5), []byte(`{"ContainerID":"a"} {"ContainerID":"b"}`))
 	f.Add(uint8(3), []byte(`{"netns":"relative"}`))
+	f.Add(uint8(7), []byte(`{"on":true,"sample":-1}`))
 	f.Add(uint8(5), bytes.Repeat([]byte(" "), MaxRequestBytes+1))
 	f.Fuzz(func(t *testing.T, which uint8, body []byte) {
 		route := Routes[int(which)%len(Routes)]
@@ -99,6 +105,11 @@ func FuzzRequest(f *testing.F) {
 			requireValidRoundTrip(t, &got)
 			if !strings.HasPrefix(got.Netns, "/") {
 				t.Fatalf("the agent was handed a relative netns %q", got.Netns)
+			}
+		case AccessLogRequest:
+			requireValidRoundTrip(t, &got)
+			if got.Sample < 0 || got.Sample > MaxAccessLogSample {
+				t.Fatalf("the agent was handed a sample rate of %d", got.Sample)
 			}
 		}
 	})

@@ -45,6 +45,7 @@ type API interface {
 	CaptureDel(CaptureRequest) error
 	CNIAdd(CNIAddRequest) (CNIAddResponse, error)
 	CNIDel(CNIDelRequest) error
+	SetAccessLog(AccessLogRequest) (AccessLog, error)
 }
 
 // statusError gives an error the HTTP status it is answered with.
@@ -119,6 +120,13 @@ func NewHandler(api API, log *slog.Logger) http.Handler {
 			return nil, err
 		}
 		return struct{}{}, api.CNIDel(req)
+	})
+	h.handle(mux, RouteAccessLog, func(r *http.Request) (any, error) {
+		req, err := decodeRequest[AccessLogRequest](r.Body)
+		if err != nil {
+			return nil, err
+		}
+		return api.SetAccessLog(req)
 	})
 	return mux
 }

@@ -65,6 +65,10 @@ func (r *recorder) CNIAdd(control.CNIAddRequest) (control.CNIAddResponse, error)
 	r.record("cni add")
 	return control.CNIAddResponse{}, nil
 }
+func (r *recorder) SetAccessLog(req control.AccessLogRequest) (control.AccessLog, error) {
+	r.record("access log")
+	return control.AccessLog{On: req.On, Sample: req.Sample}, nil
+}
 
 // server is a control socket served for one test. The tests do not run in
 // parallel: they read the package's metrics.

@@ -42,6 +42,41 @@ type Status struct {
 	// Build is the agent's version: what `ztdns version` and the
 	// ztdns_build_info metric of the same binary say.
 	Build version.Info `json:"build"`
+	// AccessLog is the access log's state (`ztdns log`).
+	AccessLog AccessLog `json:"accessLog"`
+}
+
+// AccessLog is the state of the agent's access log: one line per sampled
+// query (PUT RouteAccessLog answers it too).
+type AccessLog struct {
+	On bool `json:"on"`
+	// Sample is the rate while on: one query in Sample gets a line.
+	Sample int `json:"sample,omitempty"`
+	// Destination is where the lines go: "stderr" or a file's path, fixed
+	// at the agent's start (--access-log).
+	Destination string `json:"destination"`
+	// Dropped counts lines dropped because the destination could not keep
+	// up (the queries were answered all the same).
+	Dropped uint64 `json:"dropped,omitempty"`
+}
+
+// AccessLogRequest turns the access log on or off (PUT RouteAccessLog).
+type AccessLogRequest struct {
+	On bool `json:"on"`
+	// Sample is the rate once on: one query in Sample; 0 keeps the rate
+	// the log had (1 if it never had one).
+	Sample int `json:"sample,omitempty"`
+}
+
+// MaxAccessLogSample bounds AccessLogRequest.Sample.
+const MaxAccessLogSample = 1_000_000
+
+// Validate checks the sample rate.
+func (r *AccessLogRequest) Validate() error {
+	if r.Sample < 0 || r.Sample > MaxAccessLogSample {
+		return fmt.Errorf("sample %d: want 1 to %d (one query in N), or 0 to keep the current rate", r.Sample, MaxAccessLogSample)
+	}
+	return nil
 }
 
 // MaxStoredWarnings bounds the table warnings an agent keeps for Status; a

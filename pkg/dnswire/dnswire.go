@@ -119,6 +119,11 @@ func (h Header) Opcode() int { return int(h.Flags&OpcodeMask) >> 11 }
 // upper eight in OPT).
 func (h Header) Rcode() int { return int(h.Flags & RcodeMask) }
 
+// HeaderRcode returns the rcode in the header of msg, which must hold one
+// (its lower four bits: EDNS carries the upper eight in OPT). The resolver
+// reads it back from replies it built to count them.
+func HeaderRcode(msg []byte) int { return int(msg[3] & RcodeMask) }
+
 // ReadHeader reads the header of msg.
 func ReadHeader(msg []byte) (Header, error) {
 	var h Header

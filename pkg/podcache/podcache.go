@@ -69,6 +69,10 @@ type Pod struct {
 	// Quota is what the pod may take of the resolver and was refused. The
 	// same Source stays with the pod (by namespace/name) across rebuilds.
 	Quota *quota.Source
+	// NamespaceSlot is the resolver's memo of the counter the pod's
+	// queries count in (0: not looked up yet): the one field a reader may
+	// set, so that the hot path finds it without a map lookup.
+	NamespaceSlot atomic.Int32
 }
 
 // Key returns "namespace/name".

@@ -116,12 +116,26 @@ func mustLoad(tb testing.TB, cfg Config) *Redirector {
 // agent does every second.
 func keepBeating(tb testing.TB, r *Redirector) {
 	tb.Helper()
+	tb.Cleanup(beatUntilStopped(tb, r, 100*time.Millisecond))
+}
+
+func beat(tb testing.TB, r *Redirector) {
+	tb.Helper()
+	if err := r.Heartbeat(); err != nil {
+		tb.Fatalf("Heartbeat: %v", err)
+	}
+}
+
+// beatUntilStopped writes the heartbeat now and every interval until the
+// returned stop is called, so that a check meant to run while it is fresh
+// does not depend on how fast a loaded machine starts the client.
+func beatUntilStopped(tb testing.TB, r *Redirector, interval time.Duration) (stop func()) {
+	tb.Helper()
 	beat(tb, r)
-	done := make(chan struct{})
-	stopped := make(chan struct{})
+	done, stopped := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(stopped)
-		tick := time.NewTicker(100 * time.Millisecond)
+		tick := time.NewTicker(interval)
 		defer tick.Stop()
 		for {
 			select {
@@ -135,14 +149,7 @@ func keepBeating(tb testing.TB, r *Redirector) {
 			}
 		}
 	}()
-	tb.Cleanup(func() { close(done); <-stopped })
-}
-
-func beat(tb testing.TB, r *Redirector) {
-	tb.Helper()
-	if err := r.Heartbeat(); err != nil {
-		tb.Fatalf("Heartbeat: %v", err)
-	}
+	return func() { close(done); <-stopped }
 }
 
 // pod adds an unmarked pod whose resolv.conf lists nameservers.

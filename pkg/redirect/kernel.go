@@ -91,8 +91,8 @@ func checkCgroup(path string) error {
 // ensureBPFFS makes pinDir a directory on a bpf filesystem. When the
 // nearest existing ancestor of pinDir is not on bpffs (these machines boot
 // with /sys/fs/bpf empty), it mounts bpffs at pinDir's parent, the way
-// Cilium's agent mounts /sys/fs/bpf.
-func ensureBPFFS(log *slog.Logger, pinDir string) error {
+// Cilium's agent mounts /sys/fs/bpf; without mount, it fails instead.
+func ensureBPFFS(log *slog.Logger, pinDir string, mount bool) error {
 	existing := pinDir
 	for {
 		if _, err := os.Stat(existing); err == nil {
@@ -108,6 +108,10 @@ func ensureBPFFS(log *slog.Logger, pinDir string) error {
 	var st unix.Statfs_t
 	if err := unix.Statfs(existing, &st); err != nil {
 		return fmt.Errorf("bpffs: statfs %s: %w", existing, err)
+	}
+	if st.Type != unix.BPF_FS_MAGIC && !mount {
+		return fmt.Errorf("no bpf filesystem at %s, and this agent may not mount one (--mount-bpffs=false): mount bpffs on the node "+
+			"(systemd does at boot; the Helm chart's bpf.mountFS=true does from a privileged init container)", existing)
 	}
 	if st.Type != unix.BPF_FS_MAGIC {
 		root := filepath.Dir(pinDir)

@@ -82,8 +82,11 @@ func DefaultResolver6() [Slots]netip.AddrPort {
 // Config says where to attach and where the resolver listens.
 type Config struct {
 	// BPFFS is the pin directory (default DefaultBPFFS). When it is not on
-	// a bpf filesystem, one is mounted at its parent directory.
-	BPFFS string
+	// a bpf filesystem, one is mounted at its parent directory, unless
+	// RequireBPFFS is set: Load then fails (in a container, a mount of its
+	// own would vanish with it, and every pin in it).
+	BPFFS        string
+	RequireBPFFS bool
 	// CgroupPath is the cgroup v2 directory to attach to (default: the
 	// first cgroup2 mount in /proc/mounts, i.e. the whole node).
 	CgroupPath string
@@ -205,7 +208,7 @@ func Load(cfg Config) (*Redirector, error) {
 	if err := checkKernel(); err != nil {
 		return nil, err
 	}
-	if err := ensureBPFFS(cfg.Logger, cfg.BPFFS); err != nil {
+	if err := ensureBPFFS(cfg.Logger, cfg.BPFFS, !cfg.RequireBPFFS); err != nil {
 		return nil, err
 	}
 

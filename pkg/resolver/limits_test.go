@@ -158,19 +158,28 @@ func packQuery(t testing.TB, name string, qtype uint16) []byte {
 // reply, failing the test when none comes.
 func (ls *limitsServer) ask(t *testing.T, from netip.Addr, proto, name string) *dns.Msg {
 	t.Helper()
+	m := new(dns.Msg)
+	m.SetQuestion(name, dns.TypeA)
+	r, err := ls.tryExchange(from, proto, m)
+	if err != nil {
+		t.Error(err)
+	}
+	return r
+}
+
+// tryExchange sends m from the source address over proto and returns the
+// reply.
+func (ls *limitsServer) tryExchange(from netip.Addr, proto string, m *dns.Msg) (*dns.Msg, error) {
 	var local net.Addr = &net.UDPAddr{IP: from.AsSlice()}
 	if proto == "tcp" {
 		local = &net.TCPAddr{IP: from.AsSlice()}
 	}
 	c := &dns.Client{Net: proto, Timeout: 5 * time.Second, Dialer: &net.Dialer{LocalAddr: local, Timeout: 5 * time.Second}}
-	m := new(dns.Msg)
-	m.SetQuestion(name, dns.TypeA)
 	r, _, err := c.Exchange(m, ls.addr.String())
 	if err != nil {
-		t.Errorf("%s query for %s from %s: %v", proto, name, from, err)
-		return nil
+		return nil, fmt.Errorf("%s query %v from %s: %w", proto, m.Question, from, err)
 	}
-	return r
+	return r, nil
 }
 
 // askVictim has the victim ask table names, a search-list expansion (the

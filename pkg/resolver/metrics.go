@@ -1,7 +1,14 @@
 package resolver
 
 import (
+	"slices"
+	"sync"
+	"sync/atomic"
+
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ztdns/ztdns/pkg/dnswire"
+	"github.com/ztdns/ztdns/pkg/podcache"
 )
 
 var (
@@ -64,15 +71,20 @@ var kernelDropsDesc = prometheus.NewDesc("ztdns_resolver_kernel_rate_limited_tot
 		"an address forgotten after 4,096 others takes its count with it).",
 	nil, nil)
 
-// Collector is the server's own metrics, read at scrape time: the queries
-// the kernel dropped over their source's rate.
-func (s *Server) Collector() prometheus.Collector { return kernelDrops{s} }
+// Collector is the server's own metrics, read at scrape time: its answers
+// by type, protocol, rcode, source and namespace, how long they took, and
+// the queries the kernel dropped over their source's rate.
+func (s *Server) Collector() prometheus.Collector { return serverCollector{s} }
 
-type kernelDrops struct{ s *Server }
+type serverCollector struct{ s *Server }
 
-func (c kernelDrops) Describe(ch chan<- *prometheus.Desc) { ch <- kernelDropsDesc }
+func (c serverCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- kernelDropsDesc
+	c.s.metrics.describe(ch)
+}
 
-func (c kernelDrops) Collect(ch chan<- prometheus.Metric) {
+func (c serverCollector) Collect(ch chan<- prometheus.Metric) {
+	c.s.metrics.collect(ch)
 	if c.s.kernel != nil {
 		ch <- prometheus.MustNewConstMetric(kernelDropsDesc, prometheus.CounterValue, float64(c.s.kernel.totalDrops()))
 	}
@@ -81,4 +93,294 @@ func (c kernelDrops) Collect(ch chan<- prometheus.Metric) {
 // Collectors returns the package's metrics for registration.
 func Collectors() []prometheus.Collector {
 	return []prometheus.Collector{metricQueriesVec, metricTruncated, metricTCPRejectedVec, metricTCPConns, metricForwarding}
+}
+
+// Labels of ztdns_dns_requests_total. Every label takes a value from a
+// fixed list, so the series are bounded whatever clients ask: query types
+// outside typeCodes count as "other" (CoreDNS keeps a list of the same
+// kind), rcodes outside the six of RFC 1035 and BADVERS as "other".
+var (
+	typeCodes  = [...]uint16{1, 2, 5, 6, 12, 15, 16, 28, 33, 35, 43, 48, 64, 65, 251, 252, 255}
+	typeLabels = [...]string{"A", "NS", "CNAME", "SOA", "PTR", "MX", "TXT", "AAAA", "SRV", "NAPTR", "DS", "DNSKEY", "SVCB", "HTTPS", "IXFR", "AXFR", "ANY", "other"}
+	// typeIndex maps a query type below 256 to its label's index.
+	typeIndex = func() (idx [256]uint8) {
+		for i := range idx {
+			idx[i] = typeOther
+		}
+		for i, t := range typeCodes {
+			idx[t] = uint8(i)
+		}
+		return idx
+	}()
+	rcodeLabels  = [...]string{"NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED", "BADVERS", "other"}
+	protoLabels  = [...]string{"udp", "tcp"}
+	sourceLabels = [...]string{"table", "cache", "upstream", "none"}
+)
+
+const (
+	typeOther    = uint8(len(typeCodes))
+	rcodeBadVers = 6
+	rcodeOther   = 7
+	nTypes       = len(typeLabels)
+	nRcodes      = len(rcodeLabels)
+	nCells       = nTypes * nRcodes * 2 * nSources
+)
+
+// Where an answer came from: the source label, and the access log's
+// "answered".
+type source uint8
+
+const (
+	sourceTable    source = iota // the name table
+	sourceCache                  // the cache of upstream answers
+	sourceUpstream               // an upstream exchange
+	sourceNone                   // an error the resolver gave itself: FORMERR, REFUSED, SERVFAIL over a limit or with no upstream
+	nSources       = 4
+)
+
+// requestCell is the index of a (type, rcode, proto, source) counter.
+func requestCell(qtype uint16, rcode int, tcp bool, src source) int {
+	t := typeOther
+	if qtype < 256 {
+		t = typeIndex[qtype]
+	}
+	rc := rcode
+	if rc < 0 || rc > 5 && rc != rcodeBadVers {
+		rc = rcodeOther
+	}
+	p := 0
+	if tcp {
+		p = 1
+	}
+	return ((int(t)*nRcodes+rc)*2+p)*nSources + int(src)
+}
+
+// durationBounds are the buckets of ztdns_dns_request_duration_seconds, in
+// nanoseconds: local answers take microseconds, forwarded ones what the
+// upstream takes.
+var durationBounds = [...]int64{10e3, 25e3, 50e3, 100e3, 250e3, 500e3, 1e6, 2.5e6, 5e6, 10e6, 25e6, 50e6, 100e6, 250e6, 500e6, 1e9, 2.5e9, 5e9}
+
+// durations is a histogram that takes several observations of one duration
+// at once: the UDP loop times a batch, whose answers all waited as long.
+type durations struct {
+	buckets [len(durationBounds) + 1]atomic.Uint64 // the last one is +Inf
+	sumNs   atomic.Uint64
+}
+
+func (h *durations) observe(d int64, n uint64) {
+	i := 0
+	for i < len(durationBounds) && d > durationBounds[i] {
+		i++
+	}
+	h.buckets[i].Add(n)
+	h.sumNs.Add(uint64(max(d, 0)) * n)
+}
+
+// requestMetrics are a Server's per-query metrics, read at scrape time.
+type requestMetrics struct {
+	requests   [nCells]atomic.Uint64
+	durations  [nSources]durations
+	namespaces namespaceCounts
+}
+
+// Namespace labels that no Kubernetes namespace can take (a namespace name
+// starts with a letter or digit).
+const (
+	namespaceUnknown = "_unknown" // a source address that is no known pod
+	namespaceOther   = "_other"   // past the cap on namespaces with series of their own
+)
+
+// namespaceCounts counts answered queries per namespace of the asking pod:
+// the first max namespaces that ask get a slot of their own, the rest share
+// namespaceOther, so the series stay bounded however many namespaces come
+// and go. A pod remembers its slot (podcache.Pod.NamespaceSlot), so the hot
+// path takes no lock and makes no map lookup.
+type namespaceCounts struct {
+	counts []atomic.Uint64 // by slot: slotUnknown, slotOther, then namespaces
+
+	mu    sync.Mutex
+	max   int
+	slots map[string]int32
+	names []string // by slot
+}
+
+const (
+	slotUnknown = 0
+	slotOther   = 1
+)
+
+func (nc *namespaceCounts) init(max int) {
+	nc.max = max
+	nc.counts = make([]atomic.Uint64, max+2)
+	nc.slots = map[string]int32{}
+	nc.names = []string{namespaceUnknown, namespaceOther}
+}
+
+// slotOf is the slot pod's queries count in.
+func (nc *namespaceCounts) slotOf(pod *podcache.Pod) int32 {
+	if pod == nil {
+		return slotUnknown
+	}
+	s := pod.NamespaceSlot.Load()
+	if s == slotUnknown { // no pod has it: the pod has not looked its slot up yet
+		s = nc.assign(pod)
+	}
+	return s
+}
+
+// assign finds or makes the slot of pod's namespace, and has the pod
+// remember it.
+func (nc *namespaceCounts) assign(pod *podcache.Pod) int32 {
+	nc.mu.Lock()
+	s, ok := nc.slots[pod.Namespace]
+	if !ok {
+		s = slotOther
+		if len(nc.names)-2 < nc.max {
+			s = int32(len(nc.names))
+			nc.names = append(nc.names, pod.Namespace)
+			nc.slots[pod.Namespace] = s
+		}
+	}
+	nc.mu.Unlock()
+	pod.NamespaceSlot.Store(s)
+	return s
+}
+
+// batchCounts gathers one UDP batch's counts in plain integers: the loop
+// adds them to the shared atomic counters once per batch (flush) rather
+// than once per query.
+type batchCounts struct {
+	// answered counts the batch's answers by source, for the duration
+	// histogram and ztdns_resolver_queries_total.
+	answered [nSources]uint64
+	// The counts by request cell and by namespace slot, and which of them
+	// are not zero (each listed once).
+	requests             [nCells]uint32
+	namespaces           []uint32 // by slot
+	touched, touchedNS   []int32
+	nTouched, nTouchedNS int
+}
+
+func (s *Server) newBatchCounts() *batchCounts {
+	slots := len(s.metrics.namespaces.counts) // fixed when the server was made
+	return &batchCounts{
+		namespaces: make([]uint32, slots),
+		touched:    make([]int32, nCells),
+		touchedNS:  make([]int32, slots),
+	}
+}
+
+// add counts one answer.
+func (b *batchCounts) add(cell int, slot int32, from source) {
+	b.answered[from]++
+	if b.requests[cell] == 0 {
+		b.touched[b.nTouched] = int32(cell)
+		b.nTouched++
+	}
+	b.requests[cell]++
+	if b.namespaces[slot] == 0 {
+		b.touchedNS[b.nTouchedNS] = slot
+		b.nTouchedNS++
+	}
+	b.namespaces[slot]++
+}
+
+// countAnswer counts one answered query at once.
+func (s *Server) countAnswer(cell int, slot int32) {
+	s.metrics.requests[cell].Add(1)
+	s.metrics.namespaces.counts[slot].Add(1)
+}
+
+// observeLocal times one answer of the fast path that is not batched (TCP).
+func (s *Server) observeLocal(reply []byte, took int64) {
+	from := sourceTable
+	if dnswire.HeaderRcode(reply) != dnswire.RcodeSuccess {
+		from = sourceNone
+	}
+	s.metrics.durations[from].observe(took, 1)
+}
+
+// flush adds b's counts to the server's and observes the batch's duration
+// d once per answer in it.
+func (s *Server) flush(b *batchCounts, d int64) {
+	m := &s.metrics
+	for _, c := range b.touched[:b.nTouched] {
+		m.requests[c].Add(uint64(b.requests[c]))
+		b.requests[c] = 0
+	}
+	b.nTouched = 0
+	for _, slot := range b.touchedNS[:b.nTouchedNS] {
+		m.namespaces.counts[slot].Add(uint64(b.namespaces[slot]))
+		b.namespaces[slot] = 0
+	}
+	b.nTouchedNS = 0
+	if n := b.answered[sourceTable]; n > 0 {
+		metricQueries.local.Add(float64(n))
+	}
+	for src, n := range b.answered {
+		if n > 0 {
+			m.durations[src].observe(d, n)
+			b.answered[src] = 0
+		}
+	}
+}
+
+var (
+	requestsDesc = prometheus.NewDesc("ztdns_dns_requests_total",
+		"DNS queries answered, by query type (type: the common types, else \"other\"), protocol (proto), "+
+			"rcode, and where the answer came from (source: table, cache, upstream, or none for an error ztdns gave itself: "+
+			"FORMERR, BADVERS, REFUSED, SERVFAIL over a limit). Queries dropped unanswered are in ztdns_resolver_queries_total.",
+		[]string{"type", "proto", "rcode", "source"}, nil)
+	durationDesc = prometheus.NewDesc("ztdns_dns_request_duration_seconds",
+		"Time from reading a query to its answer, by source (local answers: table and none; forwarded: cache and upstream). "+
+			"UDP answers from the table are timed per batch of datagrams read at once: each counts the batch's time.",
+		[]string{"source"}, nil)
+	namespaceDesc = prometheus.NewDesc("ztdns_dns_namespace_requests_total",
+		"DNS queries answered, by the asking pod's namespace: the first --metrics-max-namespaces namespaces to ask have their own; "+
+			"the rest count as \"_other\", and sources that are no known pod (the node, host-network pods) as \"_unknown\".",
+		[]string{"namespace"}, nil)
+)
+
+func (m *requestMetrics) describe(ch chan<- *prometheus.Desc) {
+	ch <- requestsDesc
+	ch <- durationDesc
+	ch <- namespaceDesc
+}
+
+func (m *requestMetrics) collect(ch chan<- prometheus.Metric) {
+	for cell := range m.requests {
+		v := m.requests[cell].Load()
+		if v == 0 {
+			continue
+		}
+		src := cell % nSources
+		p := cell / nSources % 2
+		rc := cell / nSources / 2 % nRcodes
+		t := cell / nSources / 2 / nRcodes
+		ch <- prometheus.MustNewConstMetric(requestsDesc, prometheus.CounterValue, float64(v),
+			typeLabels[t], protoLabels[p], rcodeLabels[rc], sourceLabels[src])
+	}
+	for src := range m.durations {
+		h := &m.durations[src]
+		buckets := make(map[float64]uint64, len(durationBounds))
+		var count uint64
+		for i, bound := range durationBounds {
+			count += h.buckets[i].Load()
+			buckets[float64(bound)/1e9] = count
+		}
+		count += h.buckets[len(durationBounds)].Load()
+		if count == 0 {
+			continue
+		}
+		ch <- prometheus.MustNewConstHistogram(durationDesc, count, float64(h.sumNs.Load())/1e9, buckets, sourceLabels[src])
+	}
+	nc := &m.namespaces
+	nc.mu.Lock()
+	names := slices.Clone(nc.names)
+	nc.mu.Unlock()
+	for slot, name := range names {
+		if v := nc.counts[slot].Load(); v > 0 {
+			ch <- prometheus.MustNewConstMetric(namespaceDesc, prometheus.CounterValue, float64(v), name)
+		}
+	}
 }

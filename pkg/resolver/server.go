@@ -22,16 +22,19 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/ztdns/ztdns/pkg/accesslog"
 	"github.com/ztdns/ztdns/pkg/dnswire"
 	"github.com/ztdns/ztdns/pkg/podcache"
+	"github.com/ztdns/ztdns/pkg/resolver/forward"
 	"github.com/ztdns/ztdns/pkg/resolver/quota"
 	"github.com/ztdns/ztdns/pkg/resolver/table"
 )
 
 // Forwarder asks upstream nameservers (package forward).
 type Forwarder interface {
-	// Forward returns the reply to relay for req, with req's ID.
-	Forward(ctx context.Context, req []byte, tcp bool, upstreams []netip.AddrPort) ([]byte, error)
+	// ForwardFrom returns the reply to relay for req, with req's ID, and
+	// where it came from.
+	ForwardFrom(ctx context.Context, req []byte, tcp bool, upstreams []netip.AddrPort) ([]byte, forward.Origin, error)
 }
 
 // Pods finds the pod behind a source address (package podcache).
@@ -63,6 +66,9 @@ const (
 	// DefaultUnknownSources bounds the addresses, not known as pods, that
 	// get limits of their own; the rest share one.
 	DefaultUnknownSources = 1024
+	// DefaultMaxNamespaceSeries bounds the namespaces with a series of
+	// their own in ztdns_dns_namespace_requests_total.
+	DefaultMaxNamespaceSeries = 100
 	// slowPathTimeout bounds a query that takes the slow path; the forwarder
 	// has its own, shorter bound per upstream exchange.
 	slowPathTimeout = 5 * time.Second
@@ -83,7 +89,7 @@ type Options struct {
 	// MaxInflight bounds forwarded queries in flight, all sources together;
 	// beyond it a query gets SERVFAIL at once instead of queueing without
 	// bound.
-	MaxInflight    int
+	MaxInflight int
 	// TCPIdleTimeout closes a connection that sends nothing for this long;
 	// it shortens when more than half of TCPMaxConns are open.
 	TCPIdleTimeout time.Duration
@@ -103,13 +109,18 @@ type Options struct {
 	// queries take room in a socket's queue (kernelrate_linux.go). It needs
 	// CAP_BPF; without it, the resolver alone drops queries over the rate.
 	KernelRate bool
+	// AccessLog gets a line per sampled query while it is on; nil never.
+	AccessLog *accesslog.Log
+	// MaxNamespaceSeries bounds the namespaces counted under their own name
+	// in ztdns_dns_namespace_requests_total (0: the default).
+	MaxNamespaceSeries int
 }
 
 // Server serves DNS on any number of UDP sockets and TCP listeners.
 type Server struct {
-	opts     Options
-	log      *slog.Logger
-	table    atomic.Pointer[table.Table]
+	opts    Options
+	log     *slog.Logger
+	table   atomic.Pointer[table.Table]
 	rate    quota.Rate
 	unknown *quota.Table
 	kernel  *kernelRate // nil: the rate is applied here only
@@ -119,6 +130,7 @@ type Server struct {
 	forwarding atomic.Int32
 	tcpOpen    atomic.Int32
 	tcpLevel   atomic.Int32
+	metrics    requestMetrics
 
 	ctx    context.Context // cancelled by Close: ends slow-path work
 	cancel context.CancelFunc
@@ -159,16 +171,17 @@ func New(opts Options) *Server {
 	l.TCPConns = orDefault(l.TCPConns, DefaultPodTCPConns)
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Server{
-		opts:     opts,
-		log:      opts.Logger,
+		opts:    opts,
+		log:     opts.Logger,
 		rate:    quota.NewRate(l.QPS, l.Burst),
 		unknown: quota.NewTable(orDefault(opts.UnknownSources, DefaultUnknownSources)),
 		epoch:   opts.Now(),
 		tcp:     map[*tcpConn]struct{}{},
-		ctx:      ctx,
-		cancel:   cancel,
+		ctx:     ctx,
+		cancel:  cancel,
 	}
 	s.table.Store(&table.Table{})
+	s.metrics.namespaces.init(orDefault(opts.MaxNamespaceSeries, DefaultMaxNamespaceSeries))
 	if opts.KernelRate && s.rate != (quota.Rate{}) {
 		var err error
 		if s.kernel, err = newKernelRate(s.rate); err != nil {
@@ -359,15 +372,25 @@ func (s *Server) stopping() bool {
 // table as a string would otherwise make a stack buffer escape to the heap.
 type nameBuf = dnswire.NameBuf
 
+// scratch is what the hot path keeps between queries of one socket or
+// connection.
+type scratch struct {
+	name nameBuf
+	// batch gathers the counts of a UDP batch; nil counts each answer at
+	// once (TCP).
+	batch *batchCounts
+}
+
 // answerFast tries to answer msg from the table. It returns the reply
 // (appended to out), nil with slow=false for a packet to drop, or slow=true
 // when the query needs the slow path. now is the server's clock (read once
 // per batch of datagrams).
-func (s *Server) answerFast(msg []byte, src netip.AddrPort, tcp bool, out []byte, name *nameBuf, now int64) (reply []byte, slow bool) {
+func (s *Server) answerFast(msg []byte, src netip.AddrPort, tcp bool, out []byte, sc *scratch, now int64) (reply []byte, slow bool) {
 	var (
 		r   request
 		pod *podcache.Pod
 	)
+	name, hdr := &sc.name, len(out)
 	if s.rateHere(tcp) {
 		var source *quota.Source
 		pod, source = s.sourceOf(src.Addr(), now)
@@ -380,7 +403,7 @@ func (s *Server) answerFast(msg []byte, src netip.AddrPort, tcp bool, out []byte
 			if !tcp || parse(msg, &r, name) == verdictDrop {
 				return nil, false
 			}
-			return dnswire.AppendErrorReply(out, msg, &r, dnswire.RcodeRefused), false
+			return s.answered(sc, dnswire.AppendErrorReply(out, msg, &r, dnswire.RcodeRefused), hdr, &r, tcp, pod, src, now), false
 		}
 	} else {
 		pod = s.opts.Pods.Lookup(src.Addr())
@@ -391,7 +414,7 @@ func (s *Server) answerFast(msg []byte, src netip.AddrPort, tcp bool, out []byte
 		return nil, false
 	case verdictFormErr:
 		metricQueries.formerr.Inc()
-		return dnswire.AppendErrorReply(out, msg, &r, dnswire.RcodeFormErr), false
+		return s.answered(sc, dnswire.AppendErrorReply(out, msg, &r, dnswire.RcodeFormErr), hdr, &r, tcp, pod, src, now), false
 	case verdictOther:
 		return nil, true
 	}
@@ -410,13 +433,12 @@ func (s *Server) answerFast(msg []byte, src netip.AddrPort, tcp bool, out []byte
 	}
 	if r.Type == dnswire.TypeAXFR || r.Type == dnswire.TypeIXFR {
 		metricQueries.refused.Inc()
-		return dnswire.AppendErrorReply(out, msg, &r, dnswire.RcodeRefused), false
+		return s.answered(sc, dnswire.AppendErrorReply(out, msg, &r, dnswire.RcodeRefused), hdr, &r, tcp, pod, src, now), false
 	}
 	var ar uint16
 	if r.EDNS {
 		ar = 1
 	}
-	hdr := len(out)
 	out = dnswire.AppendHeader(out, &r, 0, true, 1, 0, ar)
 	out = append(out, msg[dnswire.HeaderLen:r.End]...)
 	out = res.AppendAnswer(out, hdr, r.Type, r.ID) // sets the counts; the SOA when NODATA
@@ -424,10 +446,59 @@ func (s *Server) answerFast(msg []byte, src netip.AddrPort, tcp bool, out []byte
 		out = dnswire.AppendOPT(out, &r, 0)
 	}
 	if !tcp && len(out) > r.UDPLimit() {
-		out = truncate(out[:0], msg, &r)
+		out = truncate(out[:hdr], msg, &r)
 	}
-	metricQueries.local.Inc()
-	return out, false
+	return s.answered(sc, out, hdr, &r, tcp, pod, src, now), false
+}
+
+// answered counts a reply of the fast path (out[hdr:]), made from the table
+// or an error of its own, and logs it when the access log samples it.
+func (s *Server) answered(sc *scratch, out []byte, hdr int, r *request, tcp bool, pod *podcache.Pod, src netip.AddrPort, now int64) []byte {
+	rcode := dnswire.HeaderRcode(out[hdr:])
+	from := sourceTable
+	if rcode != 0 {
+		from = sourceNone
+	}
+	cell, slot := requestCell(r.Type, rcode, tcp, from), int32(slotUnknown)
+	if pod != nil { // namespaceCounts.slotOf, spelt out: this one is inlined
+		if slot = pod.NamespaceSlot.Load(); slot == slotUnknown {
+			slot = s.metrics.namespaces.assign(pod)
+		}
+	}
+	if b := sc.batch; b != nil {
+		b.add(cell, slot, from) // flush adds them up, local answers included
+	} else {
+		s.countAnswer(cell, slot)
+		if from == sourceTable {
+			metricQueries.local.Inc()
+		}
+	}
+	if s.opts.AccessLog.Sampled() {
+		s.logAccess(r, src, tcp, pod, rcode, from, netip.AddrPort{}, s.clock()-now)
+	}
+	return out
+}
+
+// logAccess hands one answered query to the access log.
+func (s *Server) logAccess(r *request, src netip.AddrPort, tcp bool, pod *podcache.Pod, rcode int, from source, upstream netip.AddrPort, latency int64) {
+	e := accesslog.Entry{
+		Time:     time.Now().Add(-time.Duration(latency)),
+		Client:   src,
+		Name:     string(r.Name),
+		Type:     r.Type,
+		Proto:    protoLabels[0],
+		Rcode:    rcode,
+		Answered: sourceLabels[from],
+		Upstream: upstream,
+		Latency:  time.Duration(latency),
+	}
+	if tcp {
+		e.Proto = protoLabels[1]
+	}
+	if pod != nil {
+		e.Namespace, e.Pod = pod.Namespace, pod.Name
+	}
+	s.opts.AccessLog.Send(e)
 }
 
 // truncate writes an empty reply with TC set: the client retries over TCP.
@@ -447,7 +518,8 @@ func truncate(out []byte, msg []byte, r *request) []byte {
 // MaxInflight for all sources. Over either, the client gets SERVFAIL at
 // once instead of a place in a queue.
 func (s *Server) slow(msg []byte, src, local netip.AddrPort, tcp bool, done func(reply []byte)) {
-	q := &slowQuery{s: s, msg: msg, src: src, local: local, tcp: tcp, offline: true}
+	q := &slowQuery{s: s, msg: msg, src: src, local: local, tcp: tcp, offline: true, start: s.clock(), from: sourceNone}
+	done = q.finishing(done)
 	if reply := q.answer(s.ctx); !q.needsUpstream {
 		done(reply)
 		return
@@ -455,12 +527,14 @@ func (s *Server) slow(msg []byte, src, local netip.AddrPort, tcp bool, done func
 	_, source := s.sourceOf(src.Addr(), s.clock())
 	if !source.StartForward(s.opts.Limits.Forwarding) {
 		metricQueries.forwardLimited.Inc()
+		q.from = sourceNone
 		done(dnswire.AppendErrorReply(nil, msg, &q.r, dnswire.RcodeServFail))
 		return
 	}
 	if !takeSlot(&s.forwarding, s.opts.MaxInflight) {
 		source.EndForward()
 		metricQueries.overload.Inc()
+		q.from = sourceNone
 		done(dnswire.AppendErrorReply(nil, msg, &q.r, dnswire.RcodeServFail))
 		return
 	}
@@ -475,7 +549,7 @@ func (s *Server) slow(msg []byte, src, local netip.AddrPort, tcp bool, done func
 		}()
 		ctx, cancel := context.WithTimeout(s.ctx, slowPathTimeout)
 		defer cancel()
-		q.offline, q.needsUpstream = false, false
+		q.offline, q.needsUpstream, q.from = false, false, sourceNone
 		done(q.answer(ctx))
 	}()
 }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/ztdns/ztdns/pkg/dnswire"
 	"github.com/ztdns/ztdns/pkg/podcache"
+	"github.com/ztdns/ztdns/pkg/resolver/forward"
 	"github.com/ztdns/ztdns/pkg/resolver/table"
 )
 
@@ -27,6 +28,55 @@ type slowQuery struct {
 	// needsUpstream, and the reply is to be thrown away (slow then runs the
 	// query again, online, within the bounds on forwarded work).
 	offline, needsUpstream bool
+
+	// What the metrics and the access log say of the answer: when the query
+	// was read (the server's clock), where its answer came from and which
+	// upstream gave it, and the asking pod.
+	start    int64
+	from     source
+	upstream netip.AddrPort
+	badVers  bool
+	pod      *podcache.Pod
+}
+
+// finishing wraps done so that the reply is counted, timed and logged
+// before it is sent.
+func (q *slowQuery) finishing(done func(reply []byte)) func(reply []byte) {
+	return func(reply []byte) {
+		if len(reply) >= dnswire.HeaderLen {
+			q.finish(reply)
+		}
+		done(reply)
+	}
+}
+
+func (q *slowQuery) finish(reply []byte) {
+	s := q.s
+	rcode := dnswire.HeaderRcode(reply)
+	if q.badVers {
+		rcode = rcodeBadVers
+	}
+	if q.pod == nil {
+		q.pod = s.opts.Pods.Lookup(q.src.Addr())
+	}
+	cell := requestCell(q.r.Type, rcode, q.tcp, q.from)
+	s.countAnswer(cell, s.metrics.namespaces.slotOf(q.pod))
+	took := s.clock() - q.start
+	s.metrics.durations[q.from].observe(took, 1)
+	if s.opts.AccessLog.Sampled() {
+		s.logAccess(&q.r, q.src, q.tcp, q.pod, rcode, q.from, q.upstream, took)
+	}
+}
+
+// answeredBy records that an upstream exchange (or the cache) gave part of
+// the answer: an exchange outweighs the cache.
+func (q *slowQuery) answeredBy(o forward.Origin) {
+	switch {
+	case !o.Cached:
+		q.from, q.upstream = sourceUpstream, o.Upstream
+	case q.from != sourceUpstream:
+		q.from, q.upstream = sourceCache, o.Upstream
+	}
 }
 
 // answerSlow produces the reply for a query the fast path handed over, or nil
@@ -50,6 +100,7 @@ func (q *slowQuery) answer(ctx context.Context) []byte {
 	}
 	if r.EDNSVersion != 0 {
 		metricQueries.formerr.Inc()
+		q.badVers = true
 		out := dnswire.AppendHeader(nil, r, 0, false, 1, 0, 1)
 		out = append(out, msg[dnswire.HeaderLen:r.End]...)
 		return dnswire.AppendOPT(out, r, dnswire.ExtRcodeBadVers)
@@ -58,6 +109,7 @@ func (q *slowQuery) answer(ctx context.Context) []byte {
 		return q.forward(ctx)
 	}
 	pod := s.opts.Pods.Lookup(q.src.Addr())
+	q.pod = pod
 	var ns string
 	if pod != nil {
 		ns = pod.Namespace
@@ -95,6 +147,9 @@ func (q *slowQuery) answer(ctx context.Context) []byte {
 		return nil
 	}
 	metricQueries.local.Inc()
+	if q.from == sourceNone {
+		q.from = sourceTable
+	}
 	return q.pack(reply)
 }
 
@@ -173,6 +228,9 @@ func (q *slowQuery) autopath(ctx context.Context, pod *podcache.Pod, tbl *table.
 					return nil
 				}
 				metricQueries.autopath.Inc()
+				if q.from == sourceNone {
+					q.from = sourceTable
+				}
 				return q.pack(reply)
 			}
 			continue
@@ -212,11 +270,12 @@ func (q *slowQuery) forward(ctx context.Context) []byte {
 	if len(upstreams) == 0 || s.opts.Forwarder == nil {
 		return dnswire.AppendErrorReply(nil, msg, r, dnswire.RcodeServFail)
 	}
-	out, err := s.opts.Forwarder.Forward(ctx, msg, q.tcp, upstreams)
+	out, from, err := s.opts.Forwarder.ForwardFrom(ctx, msg, q.tcp, upstreams)
 	if err != nil {
 		s.log.Debug("forward failed", "client", q.src, "err", err)
 		return dnswire.AppendErrorReply(nil, msg, r, dnswire.RcodeServFail)
 	}
+	q.answeredBy(from)
 	if !q.tcp && len(out) > r.UDPLimit() && r.End > 0 {
 		return truncate(nil, msg, r)
 	}
@@ -250,10 +309,11 @@ func (q *slowQuery) lookupUpstream(ctx context.Context, name string, tcp bool) (
 	if len(upstreams) == 0 || s.opts.Forwarder == nil {
 		return nil, errNoUpstream
 	}
-	out, err := s.opts.Forwarder.Forward(ctx, wire, tcp, upstreams)
+	out, from, err := s.opts.Forwarder.ForwardFrom(ctx, wire, tcp, upstreams)
 	if err != nil {
 		return nil, err
 	}
+	q.answeredBy(from)
 	resp := new(dns.Msg)
 	if err := resp.Unpack(out); err != nil {
 		return nil, err

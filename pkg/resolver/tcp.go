@@ -179,7 +179,7 @@ func (s *Server) serveTCPConn(tc *tcpConn, local netip.AddrPort) {
 	// Made at the first query: an idle connection holds no buffer.
 	var (
 		buf, out []byte
-		name     *nameBuf
+		sc       *scratch
 	)
 	for {
 		if s.stopping() {
@@ -195,7 +195,7 @@ func (s *Server) serveTCPConn(tc *tcpConn, local netip.AddrPort) {
 			return
 		}
 		if buf == nil {
-			buf, out, name = make([]byte, tcpQueryBuf), make([]byte, 0, tcpAnswerBuf), new(nameBuf)
+			buf, out, sc = make([]byte, tcpQueryBuf), make([]byte, 0, tcpAnswerBuf), new(scratch)
 		}
 		n := int(binary.BigEndian.Uint16(lenBuf[:]))
 		msg := buf
@@ -207,12 +207,14 @@ func (s *Server) serveTCPConn(tc *tcpConn, local netip.AddrPort) {
 			metricQueries.drop.Inc()
 			return // a truncated frame: nothing sensible to answer
 		}
-		reply, slow := s.answerFast(msg, tc.src, true, out[:0], name, s.clock())
+		start := s.clock()
+		reply, slow := s.answerFast(msg, tc.src, true, out[:0], sc, start)
 		if !slow {
 			if reply == nil {
 				continue
 			}
 			write(reply)
+			s.observeLocal(reply, s.clock()-start)
 			if cap(reply) <= tcpKeepBuf {
 				out = reply[:0]
 			}

@@ -98,7 +98,7 @@ func runFlood(b *testing.B, flood testenv.FloodConfig, ns dnstest.Responder) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	bin := floodZtdnsBinary(b)
+	bin := ztdnsBinary(b)
 	b.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 		defer cancel()
@@ -272,21 +272,6 @@ func chartGoMemLimit(b *testing.B) string {
 		b.Fatalf("the chart's memory limit %q: %v", values.Resources.Limits.Memory, err)
 	}
 	return strconv.FormatInt(q.Value()*4/5, 10)
-}
-
-// floodZtdnsBinary is the binary under test: $ZTDNS_BIN (make bench passes
-// bin/ztdns), or ./cmd/ztdns built for this benchmark (the build cache
-// makes it quick after the first).
-func floodZtdnsBinary(b *testing.B) string {
-	b.Helper()
-	if bin := os.Getenv("ZTDNS_BIN"); bin != "" {
-		return bin
-	}
-	bin := filepath.Join(b.TempDir(), "ztdns")
-	if out, err := exec.Command("go", "build", "-o", bin, "github.com/ztdns/ztdns/cmd/ztdns").CombinedOutput(); err != nil {
-		b.Fatalf("go build ./cmd/ztdns: %v\n%s", err, out)
-	}
-	return bin
 }
 
 // The flood and probe clients are this test binary in helper mode.

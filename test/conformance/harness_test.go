@@ -17,6 +17,7 @@ import (
 
 	"github.com/ztdns/ztdns/internal/agenttest"
 	"github.com/ztdns/ztdns/internal/dnstest"
+	"github.com/ztdns/ztdns/internal/testenv"
 	"github.com/ztdns/ztdns/pkg/agent"
 	"github.com/ztdns/ztdns/pkg/source/configdir"
 )
@@ -78,7 +79,7 @@ func (r *running) exchange(t *testing.T, proto string, from netip.Addr, m *dns.M
 
 var (
 	rrText   = agenttest.RRText
-	freePort = agenttest.FreePort
+	freePort = testenv.FreePort
 )
 
 func eventually(t *testing.T, within time.Duration, f func() error) {

@@ -59,7 +59,8 @@ func TestChartOnAPIServer(t *testing.T) {
 		for _, sets := range [][]string{
 			{"mode=cleanup"},
 			{"capture.enabled=false"},
-			{"bpf.mountFS=false"},
+			{"bpf.mountFS=true"},
+			{"seLinuxOptions.type=spc_t", "logFormat=json", "cni.netnsDir=/run/netns"},
 			{"cni.install=false", "cni.ambient.dnsCapture=false"},
 			{"updateStrategy.maxSurge=10%"},
 		} {
@@ -81,6 +82,8 @@ func TestChartOnAPIServer(t *testing.T) {
 			}
 		}
 	})
+
+	t.Run("finds the agent on a pod's node", func(t *testing.T) { checkDebugLookup(t, admin, c) })
 
 	cfg := rest.CopyConfig(env.Config)
 	cfg.Impersonate = rest.ImpersonationConfig{

@@ -5,6 +5,7 @@ package deploy
 import (
 	"fmt"
 	"maps"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -42,13 +43,21 @@ func defaultArgs() argList {
 		"--socket=/var/run/ztdns/ztdns.sock",
 		"--bpffs=/sys/fs/bpf/ztdns",
 		"--capture=true",
+		"--capture-port=10053",
+		"--mount-bpffs=false", // bpffs is the node's: a mount of its own would die with the container
+		"--proc-root=/host/proc",
+		"--vip-source=auto",
 		"--dns-capture-default=true",
 		"--cni-install=true",
 		"--cni-bin-dir=/host/opt/cni/bin",
 		"--cni-conf-dir=/host/etc/cni/net.d",
 		"--log-level=info",
+		"--log-format=text",
 	}
 }
+
+// captureOnlyFlags are the agent flags the chart passes with capture alone.
+var captureOnlyFlags = []string{"--capture-port", "--mount-bpffs", "--proc-root"}
 
 // argList is a command line whose flags are "--name=value".
 type argList []string
@@ -92,13 +101,16 @@ var (
 	// first cgroup2 mount in /proc/mounts, which must be the node's root.
 	cgroupMount = mount{volume: "cgroup", hostPath: "/sys/fs/cgroup", readOnly: true}
 	netnsMount  = mount{volume: "netns-dir", hostPath: "/var/run/netns", propagation: corev1.MountPropagationHostToContainer, readOnly: true}
+	// The node's /proc, read-only, instead of hostPID.
+	procMount   = mount{volume: "host-proc", hostPath: "/proc", readOnly: true}
 	cniBinMount = mount{volume: "cni-bin-dir", hostPath: "/opt/cni/bin"}
 	cniConfMnt  = mount{volume: "cni-conf-dir", hostPath: "/etc/cni/net.d"}
 )
 
 // captureCaps are the capabilities of a container that loads, attaches or
-// removes the capture path (deploy/README.md says why each is needed).
-var captureCaps = []string{"BPF", "NET_ADMIN", "PERFMON", "SYS_ADMIN", "SYS_PTRACE", "SYS_RESOURCE"}
+// removes the capture path (deploy/README.md says why each is needed;
+// TestAgentRunsWithTheChartsPrivileges runs the agent with these alone).
+var captureCaps = []string{"NET_ADMIN", "SYS_ADMIN", "SYS_PTRACE"}
 
 // podWant is what the agent's pod template must hold.
 type podWant struct {
@@ -106,7 +118,8 @@ type podWant struct {
 	// caps are the capabilities added to the agent container, sorted.
 	caps    []string
 	hostPID bool
-	// initContainers by name; mount-bpffs is the one privileged container.
+	// initContainers by name; mount-bpffs, opt-in, is the one privileged
+	// container.
 	initContainers []string
 	// mounts of the agent container by mount path.
 	mounts map[string]mount
@@ -118,19 +131,20 @@ type podWant struct {
 	probeHost string
 	// noScrapeAnnotations: no prometheus.io/scrape and friends on the pod.
 	noScrapeAnnotations bool
+	// seLinux is the agent container's seLinuxOptions.
+	seLinux *corev1.SELinuxOptions
 }
 
 func defaultPod() podWant {
 	return podWant{
-		args:           defaultArgs(),
-		caps:           sorted(append(slices.Clone(captureCaps), "NET_BIND_SERVICE")),
-		hostPID:        true,
-		initContainers: []string{"mount-bpffs"},
+		args: defaultArgs(),
+		caps: sorted(append(slices.Clone(captureCaps), "NET_BIND_SERVICE")),
 		mounts: map[string]mount{
 			socketDir:             socketMount,
 			"/sys/fs/bpf":         bpffsMount,
 			"/sys/fs/cgroup":      cgroupMount,
 			"/var/run/netns":      netnsMount,
+			"/host/proc":          procMount,
 			"/host/opt/cni/bin":   cniBinMount,
 			"/host/etc/cni/net.d": cniConfMnt,
 		},
@@ -183,7 +197,7 @@ func TestChartAgent(t *testing.T) {
 			sets:  []string{"capture.enabled=false"},
 			kinds: defaultKinds,
 			pod: podWant{
-				args: defaultArgs().with("--capture=false"),
+				args: defaultArgs().with("--capture=false").without(captureOnlyFlags...),
 				caps: []string{"NET_BIND_SERVICE"},
 				mounts: map[string]mount{
 					socketDir:             socketMount,
@@ -203,11 +217,29 @@ func TestChartAgent(t *testing.T) {
 			}),
 		},
 		{
-			name:  "bpffs mounted at boot: no privileged container",
-			sets:  []string{"bpf.mountFS=false"},
+			name:  "bpffs mounted by the chart: the one privileged container, opt-in",
+			sets:  []string{"bpf.mountFS=true"},
 			kinds: defaultKinds,
 			pod: defaultPod().change(func(w *podWant) {
-				w.initContainers = nil
+				w.initContainers = []string{"mount-bpffs"}
+			}),
+		},
+		{
+			name: "capture port, VIP source, log format, netns dir and SELinux",
+			sets: []string{
+				"capture.port=5353",
+				"resolver.vipSource=istiod",
+				"logFormat=json",
+				"cni.netnsDir=/run/containerd/netns",
+				"seLinuxOptions.type=spc_t",
+			},
+			kinds: defaultKinds,
+			pod: defaultPod().change(func(w *podWant) {
+				w.args = w.args.with("--capture-port=5353", "--vip-source=istiod", "--log-format=json")
+				delete(w.mounts, "/var/run/netns")
+				w.mounts["/run/containerd/netns"] = mount{volume: "netns-dir", hostPath: "/run/containerd/netns",
+					propagation: corev1.MountPropagationHostToContainer, readOnly: true}
+				w.seLinux = &corev1.SELinuxOptions{Type: "spc_t"}
 			}),
 		},
 		{
@@ -423,6 +455,9 @@ func checkSecurity(t *testing.T, agent corev1.Container, want podWant) {
 	unconfined := sc.AppArmorProfile != nil && sc.AppArmorProfile.Type == corev1.AppArmorProfileTypeUnconfined
 	if unconfined != want.apparmorUnconfined {
 		t.Errorf("AppArmor profile %+v, want unconfined %v", sc.AppArmorProfile, want.apparmorUnconfined)
+	}
+	if !reflect.DeepEqual(sc.SELinuxOptions, want.seLinux) {
+		t.Errorf("seLinuxOptions %+v, want %+v", sc.SELinuxOptions, want.seLinux)
 	}
 }
 
@@ -640,19 +675,22 @@ func TestChartCleanupMode(t *testing.T) {
 	if !pod.HostNetwork {
 		t.Error("cleanup needs the host network namespace to delete ztdns0")
 	}
-	if len(pod.InitContainers) != 1 || pod.InitContainers[0].Name != "uninstall" {
-		t.Fatalf("init containers %+v, want uninstall alone", pod.InitContainers)
+	if len(pod.InitContainers) != 2 || pod.InitContainers[0].Name != "uninstall" || pod.InitContainers[1].Name != "remove-state" {
+		t.Fatalf("init containers %+v, want uninstall, then remove-state", pod.InitContainers)
 	}
 	u := pod.InitContainers[0]
-	script := strings.Join(u.Command, " ")
-	for _, part := range []string{
-		"ztdns uninstall", "--bpffs=/sys/fs/bpf/ztdns",
-		"--cni-bin-dir=/host/opt/cni/bin", "--cni-conf-dir=/host/etc/cni/net.d",
-		"find " + socketDir + " -mindepth 1 -delete",
-	} {
-		if !strings.Contains(script, part) {
-			t.Errorf("uninstall command %q lacks %q", script, part)
-		}
+	if want := []string{"ztdns", "uninstall", "--bpffs=/sys/fs/bpf/ztdns", "--cni-bin-dir=/host/opt/cni/bin", "--cni-conf-dir=/host/etc/cni/net.d"}; !slices.Equal(u.Command, want) {
+		t.Errorf("uninstall command %q, want %q", u.Command, want)
+	}
+	rs := pod.InitContainers[1]
+	if want := []string{"ztdns", "remove-state", "--dir=" + socketDir}; !slices.Equal(rs.Command, want) {
+		t.Errorf("remove-state command %q, want %q", rs.Command, want)
+	}
+	if sc := rs.SecurityContext; sc == nil || sc.Capabilities == nil || len(sc.Capabilities.Add) != 0 {
+		t.Errorf("remove-state has privileges: %+v", sc)
+	}
+	if want := []corev1.VolumeMount{{Name: "socket-dir", MountPath: socketDir}}; !slices.EqualFunc(rs.VolumeMounts, want, mountEqual) {
+		t.Errorf("remove-state mounts %+v, want the state directory alone", rs.VolumeMounts)
 	}
 	sc := u.SecurityContext
 	if sc == nil || sc.Privileged == nil || *sc.Privileged || sc.Capabilities == nil {
@@ -662,13 +700,12 @@ func TestChartCleanupMode(t *testing.T) {
 		t.Errorf("uninstall capabilities %q, want %q", got, captureCaps)
 	}
 	checkMounts(t, pod, u.VolumeMounts, map[string]mount{
-		socketDir:             socketMount,
 		"/sys/fs/bpf":         bpffsMount,
 		"/sys/fs/cgroup":      cgroupMount,
 		"/host/opt/cni/bin":   cniBinMount,
 		"/host/etc/cni/net.d": cniConfMnt,
 	})
-	if len(pod.Containers) != 1 || !slices.Equal(pod.Containers[0].Command, []string{"sleep", "infinity"}) {
+	if len(pod.Containers) != 1 || !slices.Equal(pod.Containers[0].Command, []string{"ztdns", "idle"}) {
 		t.Errorf("containers %+v, want one idling", pod.Containers)
 	}
 	if idle := pod.Containers[0].SecurityContext; idle == nil || idle.Capabilities == nil || len(idle.Capabilities.Add) != 0 {
@@ -693,6 +730,11 @@ func TestChartRejectsBadValues(t *testing.T) {
 		{"a ServiceMonitor for metrics on loopback", "metrics.bind=loopback,metrics.serviceMonitor.enabled=true", "nothing off the node can scrape loopback"},
 		{"no resolver address", "resolver.listen=null", "/resolver"},
 		{"misspelt value", "capture.enable=false", "/capture"},
+		{"capture port 53: istio-cni's in-pod rules would take the queries", "capture.port=53", "/capture/port"},
+		{"unknown VIP source", "resolver.vipSource=kube", "/resolver/vipSource"},
+		{"unknown log format", "logFormat=xml", "/logFormat"},
+		{"relative netns dir", "cni.netnsDir=run/netns", "/cni/netnsDir"},
+		{"misspelt SELinux field", "seLinuxOptions.typ=spc_t", "/seLinuxOptions"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

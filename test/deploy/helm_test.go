@@ -5,7 +5,11 @@
 // the agent's flags, privileges, mounts, RBAC, rollout and probes; that the
 // plain manifests under deploy/manifests are what the chart renders; and,
 // against a real API server, that the objects are accepted and that the
-// agent's ServiceAccount can read what it watches and change nothing.
+// agent's ServiceAccount can read what it watches and change nothing. As
+// root, it runs the real agent as the chart's pod runs it (its command line,
+// PID and mount namespaces, the node's /proc, the chart's capabilities
+// alone) and probes it as the kubelet would; and it builds the image
+// (`make image`) and reads it back.
 package deploy
 
 import (
@@ -152,6 +156,10 @@ type chart struct {
 	resourceQuota      *corev1.ResourceQuota
 	// serviceMonitor has no Go type in this module: a generic object.
 	serviceMonitor map[string]any
+	// dashboard is the Grafana dashboard's ConfigMap; prometheusRule, like
+	// serviceMonitor, a generic object.
+	dashboard      *corev1.ConfigMap
+	prometheusRule map[string]any
 }
 
 // renderChart runs `helm template` on the chart with the given --set values,
@@ -204,6 +212,10 @@ func parseChart(tb testing.TB, stream []byte) *chart {
 			target = &c.resourceQuota
 		case "ServiceMonitor":
 			target = &c.serviceMonitor
+		case "ConfigMap":
+			target = &c.dashboard
+		case "PrometheusRule":
+			target = &c.prometheusRule
 		default:
 			tb.Fatalf("the chart rendered an unexpected %s %q", meta.Kind, meta.Metadata.Name)
 		}

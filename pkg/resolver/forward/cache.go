@@ -86,6 +86,7 @@ type entry struct {
 	ttlOffsets []uint16
 	stored     time.Time
 	expires    time.Time
+	from       netip.AddrPort // the upstream that sent msg
 	prev, next *entry
 }
 

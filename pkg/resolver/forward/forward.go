@@ -31,6 +31,9 @@ type Forwarder struct {
 	now        func() time.Time
 	log        *slog.Logger
 
+	maxUpstreamSeries int
+	upstreams         *upstreamMetrics
+
 	cache *cache // nil when caching is disabled
 
 	// base ends when the Forwarder closes, stopping every upstream exchange.
@@ -46,7 +49,18 @@ type Forwarder struct {
 // flight is one upstream exchange shared by identical concurrent queries.
 type flight struct {
 	done  chan struct{}
-	reply []byte // the upstream's reply with our ID, or nil if none came
+	reply []byte         // the upstream's reply with our ID, or nil if none came
+	from  netip.AddrPort // the upstream that sent reply
+}
+
+// Origin says where a reply came from.
+type Origin struct {
+	// Cached is true when the reply came from the cache.
+	Cached bool
+	// Upstream is the nameserver whose reply it is (for a cached reply, the
+	// one that sent it then); not valid when none answered and the reply is
+	// a SERVFAIL made here.
+	Upstream netip.AddrPort
 }
 
 // New returns a Forwarder; Close it to stop its upstream exchanges.
@@ -57,8 +71,10 @@ func New(opts ...Option) *Forwarder {
 		cacheBytes: DefaultCacheBytes,
 		maxTTL:     DefaultMaxTTL,
 		now:        time.Now,
-		log:        slog.Default(),
-		flights:    make(map[string]*flight),
+
+		maxUpstreamSeries: DefaultMaxUpstreamSeries,
+		log:               slog.Default(),
+		flights:           make(map[string]*flight),
 	}
 	for _, o := range opts {
 		o(f)
@@ -66,6 +82,7 @@ func New(opts ...Option) *Forwarder {
 	if f.cacheSize > 0 {
 		f.cache = newCache(f.cacheSize, f.cacheBytes)
 	}
+	f.upstreams = newUpstreamMetrics(f.maxUpstreamSeries)
 	f.base, f.stop = context.WithCancel(context.Background())
 	return f
 }
@@ -97,17 +114,23 @@ func (f *Forwarder) Close() error {
 // Standard queries are answered from the cache when possible; other opcodes
 // are always forwarded. The error is only for a req that cannot be parsed.
 func (f *Forwarder) Forward(ctx context.Context, req []byte, tcp bool, upstreams []netip.AddrPort) ([]byte, error) {
+	reply, _, err := f.ForwardFrom(ctx, req, tcp, upstreams)
+	return reply, err
+}
+
+// ForwardFrom is Forward, and says where the reply came from.
+func (f *Forwarder) ForwardFrom(ctx context.Context, req []byte, tcp bool, upstreams []netip.AddrPort) ([]byte, Origin, error) {
 	var r dnswire.Query
 	if err := dnswire.ParseQuery(req, &r, nil); err != nil {
-		return nil, fmt.Errorf("parse request: %w", err)
+		return nil, Origin{}, fmt.Errorf("parse request: %w", err)
 	}
 	if r.Opcode() != dnswire.OpcodeQuery {
 		ctx, cancel := context.WithTimeout(ctx, f.timeout)
 		defer cancel()
 		defer context.AfterFunc(f.base, cancel)()
-		reply := f.resolve(ctx, req, r, tcp, upstreams)
-		defer f.budget.Give(len(reply))
-		return f.finish(req, r, reply), nil
+		a := f.resolve(ctx, req, r, tcp, upstreams)
+		defer f.budget.Give(len(a.reply))
+		return f.finish(req, r, a.reply), a.origin(), nil
 	}
 
 	var keyBuf [512]byte
@@ -116,7 +139,7 @@ func (f *Forwarder) Forward(ctx context.Context, req []byte, tcp bool, upstreams
 		now := f.now()
 		if e := f.cache.get(key, now); e != nil {
 			cacheHits.Inc()
-			return fromCache(req, r, e, now), nil
+			return fromCache(req, r, e, now), Origin{Cached: true, Upstream: e.from}, nil
 		}
 		cacheMisses.Inc()
 	}
@@ -133,16 +156,16 @@ func (f *Forwarder) Forward(ctx context.Context, req []byte, tcp bool, upstreams
 	fl, leader := f.joinFlight(flightKey)
 	switch {
 	case fl == nil:
-		return servfail(req, r), nil
+		return servfail(req, r), Origin{}, nil
 	case leader:
 		f.fly(ctx, fl, flightKey, req, r, tcp, upstreams)
-		return f.finish(req, r, fl.reply), nil
+		return f.finish(req, r, fl.reply), Origin{Upstream: fl.from}, nil
 	}
 	select {
 	case <-fl.done:
-		return f.finish(req, r, fl.reply), nil
+		return f.finish(req, r, fl.reply), Origin{Upstream: fl.from}, nil
 	case <-ctx.Done():
-		return servfail(req, r), nil
+		return servfail(req, r), Origin{}, nil
 	}
 }
 
@@ -173,9 +196,10 @@ func (f *Forwarder) fly(ctx context.Context, fl *flight, flightKey string, req [
 	ctx, cancel := context.WithTimeout(ctx, f.timeout)
 	defer cancel()
 	defer context.AfterFunc(f.base, cancel)()
-	fl.reply = f.resolve(ctx, req, r, tcp, upstreams)
+	a := f.resolve(ctx, req, r, tcp, upstreams)
+	fl.reply, fl.from = a.reply, a.upstream
 	if fl.reply != nil {
-		f.store(flightKey[:len(flightKey)-1], fl.reply)
+		f.store(flightKey[:len(flightKey)-1], fl.reply, fl.from)
 	}
 	f.mu.Lock()
 	delete(f.flights, flightKey)
@@ -188,7 +212,7 @@ func (f *Forwarder) fly(ctx context.Context, fl *flight, flightKey string, req [
 // store caches reply under key if its rcode and TTLs allow. The cache
 // keeps reply itself: a flight's reply is never changed (its waiters copy
 // it).
-func (f *Forwarder) store(key string, reply []byte) {
+func (f *Forwarder) store(key string, reply []byte, from netip.AddrPort) {
 	if f.cache == nil {
 		return
 	}
@@ -201,31 +225,41 @@ func (f *Forwarder) store(key string, reply []byte) {
 	if !ok {
 		return
 	}
-	f.cache.put(newEntry(key, reply, s, f.now(), lifetime))
+	e := newEntry(key, reply, s, f.now(), lifetime)
+	e.from = from
+	f.cache.put(e)
 }
 
 // attempt is the outcome of asking one upstream.
 type attempt struct {
-	reply []byte
-	good  bool
+	reply    []byte
+	good     bool
+	upstream netip.AddrPort // who sent reply
+}
+
+func (a attempt) origin() Origin {
+	if a.reply == nil {
+		return Origin{}
+	}
+	return Origin{Upstream: a.upstream}
 }
 
 // resolve asks every upstream at once and returns the first good reply, else
-// the first reply of any kind, else nil. Losing exchanges are canceled; they
+// the first reply of any kind, else none (a nil reply). Losing exchanges are canceled; they
 // end on their own and are not waited for. The reply's bytes are taken from
 // the budget: the caller gives them back when done with it.
-func (f *Forwarder) resolve(ctx context.Context, req []byte, r dnswire.Query, tcp bool, upstreams []netip.AddrPort) []byte {
+func (f *Forwarder) resolve(ctx context.Context, req []byte, r dnswire.Query, tcp bool, upstreams []netip.AddrPort) attempt {
 	upstreams = distinctUpstreams(upstreams)
 	if len(upstreams) == 0 {
 		f.log.Debug("no upstream to forward to")
-		return nil
+		return attempt{}
 	}
 	query := slices.Clone(req)
 	var id [2]byte
 	_, _ = rand.Read(id[:]) // never fails (crypto/rand since Go 1.24)
 	copy(query, id[:])
 	if len(upstreams) == 1 { // the usual case with capture: no race to run
-		return f.ask(ctx, upstreams[0], query, r.Question, tcp).reply
+		return f.ask(ctx, upstreams[0], query, r.Question, tcp)
 	}
 
 	ctx, cancel := context.WithCancel(ctx)
@@ -249,15 +283,15 @@ func (f *Forwarder) resolve(ctx context.Context, req []byte, r dnswire.Query, tc
 		}
 		started++
 	}
-	var fallback []byte
+	var fallback attempt
 	for range started {
 		a := <-results
 		if a.good {
-			f.budget.Give(len(fallback))
-			return a.reply
+			f.budget.Give(len(fallback.reply))
+			return a
 		}
-		if fallback == nil {
-			fallback = a.reply
+		if fallback.reply == nil {
+			fallback = a
 		} else {
 			f.budget.Give(len(a.reply))
 		}
@@ -283,22 +317,22 @@ func (f *Forwarder) ask(ctx context.Context, upstream netip.AddrPort, query []by
 		case errors.Is(err, errNoMemory):
 			result = resultNoMemory
 		}
-		upstreamQueries.WithLabelValues(result).Inc()
+		f.upstreams.attempt(upstream, result)
 		if result != resultCanceled {
 			f.log.Debug("upstream exchange failed", "upstream", upstream, "proto", proto, "result", result, "error", err)
 		}
 		return attempt{}
 	}
-	upstreamDuration.WithLabelValues(proto).Observe(time.Since(start).Seconds())
+	f.upstreams.observe(upstream, proto, time.Since(start))
 	rh, _ := dnswire.ReadHeader(reply) // matches() checked the length
 	good := rh.Rcode() == dnswire.RcodeSuccess || rh.Rcode() == dnswire.RcodeNXDomain
 	if good {
-		upstreamQueries.WithLabelValues(resultOK).Inc()
+		f.upstreams.attempt(upstream, resultOK)
 	} else {
-		upstreamQueries.WithLabelValues(resultServfail).Inc()
+		f.upstreams.attempt(upstream, resultServfail)
 		f.log.Debug("upstream answered with an error", "upstream", upstream, "proto", proto, "rcode", rh.Rcode())
 	}
-	return attempt{reply: reply, good: good}
+	return attempt{reply: reply, good: good, upstream: upstream}
 }
 
 // goTracked runs fn in a goroutine Close waits for, unless already closed.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"runtime"
@@ -583,9 +584,9 @@ func TestForwardRejectsUnparsableRequests(t *testing.T) {
 }
 
 func TestMetrics(t *testing.T) {
-	// Not parallel: it reads package-level counters, which other tests
-	// running at the same time would move. Subtests of parallel tests only
-	// start after this returns.
+	// Not parallel: it reads the package-level cache counters, which other
+	// tests running at the same time would move. Subtests of parallel tests
+	// only start after this returns.
 	up := startUpstream(t, answerA(60, "198.51.100.1"))
 	dead := deadUpstream(t)
 	clock := newFakeClock()
@@ -593,8 +594,6 @@ func TestMetrics(t *testing.T) {
 
 	before := func() map[string]float64 {
 		return map[string]float64{
-			"ok":     counterValue(t, upstreamQueries.WithLabelValues(resultOK)),
-			"error":  counterValue(t, upstreamQueries.WithLabelValues(resultError)),
 			"hits":   counterValue(t, cacheHits),
 			"misses": counterValue(t, cacheMisses),
 		}
@@ -607,32 +606,119 @@ func TestMetrics(t *testing.T) {
 	forward(t, f, query(t, "www.example.com.", dns.TypeA), false, up.addr)
 	a := before()
 	// Two misses and a hit: the SERVFAIL for the dead upstream is not cached.
-	want := map[string]float64{"ok": 1, "error": 1, "hits": 1, "misses": 2}
+	want := map[string]float64{"hits": 1, "misses": 2}
 	for k, w := range want {
 		if got := a[k] - b[k]; got != w {
 			t.Errorf("%s moved by %v, want %v", k, got, w)
 		}
 	}
+	// Each upstream counts under its own address: the hit asked nobody.
+	wantQueries := map[[2]string]float64{{dead.String(), resultError}: 1, {up.addr.String(), resultOK}: 1}
+	if got := upstreamCounts(t, f); !maps.Equal(got, wantQueries) {
+		t.Errorf("upstream queries %v, want %v", got, wantQueries)
+	}
+	if n := histogramCount(t, f.upstreams.duration.WithLabelValues(up.addr.String(), "udp")); n != 1 {
+		t.Errorf("upstream latency histogram of %s/udp has %d samples, want 1", up.addr, n)
+	}
+
 	// An upstream that loses the race is stopped at once, not left to the timeout.
 	silent := silentUpstream(t)
-	canceledBefore := counterValue(t, upstreamQueries.WithLabelValues(resultCanceled))
 	f2 := newForwarder(t, WithTimeout(10*time.Second))
 	forward(t, f2, query(t, "www.example.com.", dns.TypeA), false, silent.addr, up.addr)
 	deadline := time.Now().Add(2 * time.Second)
-	for counterValue(t, upstreamQueries.WithLabelValues(resultCanceled)) == canceledBefore {
+	for counterValue(t, f2.upstreams.queries.WithLabelValues(silent.addr.String(), resultCanceled)) == 0 {
 		if time.Now().After(deadline) {
 			t.Fatal("the silent upstream's exchange was not canceled within 2s of the answer")
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+}
 
+// TestUpstreamSeriesAreBounded: past WithMaxUpstreamSeries distinct
+// upstreams, the rest share the label "other" (pods choose their
+// nameservers, so their number is not ours to trust).
+func TestUpstreamSeriesAreBounded(t *testing.T) {
+	t.Parallel()
+	first := startUpstream(t, answerA(60, "198.51.100.1"))
+	second := startUpstream(t, answerA(60, "198.51.100.2"))
+	third := startUpstream(t, answerA(60, "198.51.100.3"))
+	f := newForwarder(t, WithMaxUpstreamSeries(2), WithCacheSize(0))
+	for _, u := range []netip.AddrPort{first.addr, second.addr, third.addr, third.addr, first.addr} {
+		forward(t, f, query(t, "www.example.com.", dns.TypeA), false, u)
+	}
+	want := map[[2]string]float64{
+		{first.addr.String(), resultOK}:  2,
+		{second.addr.String(), resultOK}: 1,
+		{otherUpstreams, resultOK}:       2,
+	}
+	if got := upstreamCounts(t, f); !maps.Equal(got, want) {
+		t.Errorf("upstream queries %v, want %v", got, want)
+	}
+}
+
+// TestForwardFromSaysWhereTheReplyCameFrom: the upstream that answered, and
+// whether the cache did.
+func TestForwardFromSaysWhereTheReplyCameFrom(t *testing.T) {
+	t.Parallel()
+	up := startUpstream(t, answerA(60, "198.51.100.1"))
+	dead := deadUpstream(t)
+	f := newForwarder(t, WithTimeout(time.Second))
+	ask := func(upstreams ...netip.AddrPort) Origin {
+		t.Helper()
+		_, from, err := f.ForwardFrom(context.Background(), query(t, "www.example.com.", dns.TypeA), false, upstreams)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return from
+	}
+	for _, tc := range []struct {
+		name      string
+		upstreams []netip.AddrPort
+		want      Origin
+	}{
+		{"none answers", []netip.AddrPort{dead}, Origin{}},
+		{"the live one of two", []netip.AddrPort{dead, up.addr}, Origin{Upstream: up.addr}},
+		{"the cache, keyed by the same upstreams", []netip.AddrPort{up.addr, dead}, Origin{Cached: true, Upstream: up.addr}},
+	} {
+		if got := ask(tc.upstreams...); got != tc.want {
+			t.Errorf("%s: origin %+v, want %+v", tc.name, got, tc.want)
+		}
+	}
+}
+
+// upstreamCounts reads f's upstream query counter: value by (to, result).
+func upstreamCounts(t *testing.T, f *Forwarder) map[[2]string]float64 {
+	t.Helper()
+	ch := make(chan prometheus.Metric, 100)
+	f.upstreams.queries.Collect(ch)
+	close(ch)
+	got := map[[2]string]float64{}
+	for m := range ch {
+		var d dto.Metric
+		if err := m.Write(&d); err != nil {
+			t.Fatal(err)
+		}
+		var key [2]string
+		for _, l := range d.GetLabel() {
+			switch l.GetName() {
+			case "to":
+				key[0] = l.GetValue()
+			case "result":
+				key[1] = l.GetValue()
+			}
+		}
+		got[key] = d.GetCounter().GetValue()
+	}
+	return got
+}
+
+func histogramCount(t *testing.T, o prometheus.Observer) uint64 {
+	t.Helper()
 	var h dto.Metric
-	if err := upstreamDuration.WithLabelValues("udp").(prometheus.Histogram).Write(&h); err != nil {
+	if err := o.(prometheus.Histogram).Write(&h); err != nil {
 		t.Fatalf("read histogram: %v", err)
 	}
-	if h.GetHistogram().GetSampleCount() == 0 {
-		t.Error("upstream latency histogram has no samples")
-	}
+	return h.GetHistogram().GetSampleCount()
 }
 
 func counterValue(tb testing.TB, c prometheus.Counter) float64 {

@@ -1,6 +1,12 @@
 package forward
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
 
 // Results of one upstream attempt, the values of the "result" label.
 const (
@@ -13,23 +19,6 @@ const (
 )
 
 var (
-	// upstreamQueries counts attempts sent to upstream nameservers, by result.
-	upstreamQueries = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: "ztdns",
-		Subsystem: "forward",
-		Name:      "upstream_queries_total",
-		Help:      "Queries sent to upstream nameservers, by result (ok, servfail, timeout, error, canceled, no_memory).",
-	}, []string{"result"})
-
-	// upstreamDuration measures how long upstreams take to send a valid reply.
-	upstreamDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
-		Namespace: "ztdns",
-		Subsystem: "forward",
-		Name:      "upstream_duration_seconds",
-		Help:      "Time from sending a query to an upstream nameserver to its valid reply, by protocol.",
-		Buckets:   []float64{.00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
-	}, []string{"proto"})
-
 	// cacheHits counts queries answered from the forward cache.
 	cacheHits = prometheus.NewCounter(prometheus.CounterOpts{
 		Namespace: "ztdns",
@@ -87,5 +76,75 @@ var (
 
 // Collectors returns the package's metrics, for the agent to register.
 func Collectors() []prometheus.Collector {
-	return []prometheus.Collector{upstreamQueries, upstreamDuration, cacheHits, cacheMisses, cacheEvictions, cacheBytes, cacheEntries, cacheTooLarge, coalesced}
+	return []prometheus.Collector{cacheHits, cacheMisses, cacheEvictions, cacheBytes, cacheEntries, cacheTooLarge, coalesced}
+}
+
+// otherUpstreams is the "to" label of every upstream past the first
+// maxUpstreamSeries: the nameservers come from pods' resolv.conf, so their
+// number is the pods' choice, not ours.
+const otherUpstreams = "other"
+
+// upstreamMetrics are a Forwarder's per-upstream metrics (Istio's
+// istio_dns_upstream_*, CoreDNS's coredns_forward_*), labelled by the
+// upstream's address for the first maxSeries upstreams it asks and
+// otherUpstreams after.
+type upstreamMetrics struct {
+	queries  *prometheus.CounterVec
+	duration *prometheus.HistogramVec
+
+	maxSeries int
+	mu        sync.Mutex
+	labels    map[netip.AddrPort]string
+}
+
+func newUpstreamMetrics(maxSeries int) *upstreamMetrics {
+	return &upstreamMetrics{
+		// queries counts attempts sent to upstream nameservers, by result.
+		queries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "ztdns",
+			Subsystem: "forward",
+			Name:      "upstream_queries_total",
+			Help: "Queries sent to upstream nameservers, by upstream (to: its address, or \"other\" past --metrics-max-upstreams) " +
+				"and result (ok, servfail, timeout, error, canceled, no_memory); all but ok and canceled are failures.",
+		}, []string{"to", "result"}),
+		// duration measures how long upstreams take to send a valid reply.
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: "ztdns",
+			Subsystem: "forward",
+			Name:      "upstream_duration_seconds",
+			Help:      "Time from sending a query to an upstream nameserver to its valid reply, by upstream (to) and protocol.",
+			Buckets:   []float64{.00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
+		}, []string{"to", "proto"}),
+		maxSeries: maxSeries,
+		labels:    map[netip.AddrPort]string{},
+	}
+}
+
+// label is the "to" label of upstream u.
+func (m *upstreamMetrics) label(u netip.AddrPort) string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if l, ok := m.labels[u]; ok {
+		return l
+	}
+	if len(m.labels) >= m.maxSeries {
+		return otherUpstreams
+	}
+	l := u.String()
+	m.labels[u] = l
+	return l
+}
+
+func (m *upstreamMetrics) attempt(u netip.AddrPort, result string) {
+	m.queries.WithLabelValues(m.label(u), result).Inc()
+}
+
+func (m *upstreamMetrics) observe(u netip.AddrPort, proto string, d time.Duration) {
+	m.duration.WithLabelValues(m.label(u), proto).Observe(d.Seconds())
+}
+
+// Collectors returns the Forwarder's own metrics (per upstream), for the
+// agent to register beside the package's.
+func (f *Forwarder) Collectors() []prometheus.Collector {
+	return []prometheus.Collector{f.upstreams.queries, f.upstreams.duration}
 }

@@ -18,6 +18,9 @@ const (
 	DefaultCacheBytes = 4 << 20
 	// DefaultMaxTTL caps how long any reply stays cached, whatever its TTL.
 	DefaultMaxTTL = time.Hour
+	// DefaultMaxUpstreamSeries bounds the upstreams with metrics of their
+	// own; the rest share the label "other".
+	DefaultMaxUpstreamSeries = 32
 	// maxUpstreams bounds how many upstreams one query is sent to in parallel
 	// (resolv.conf allows three); the rest of a longer list is ignored.
 	maxUpstreams = 8
@@ -82,6 +85,16 @@ func WithLogger(l *slog.Logger) Option {
 	return func(f *Forwarder) {
 		if l != nil {
 			f.log = l
+		}
+	}
+}
+
+// WithMaxUpstreamSeries bounds the upstreams whose metrics carry their own
+// address (the first n asked); the others are labelled "other".
+func WithMaxUpstreamSeries(n int) Option {
+	return func(f *Forwarder) {
+		if n > 0 {
+			f.maxUpstreamSeries = n
 		}
 	}
 }

@@ -296,9 +296,9 @@ func (t *Table) find(name, ns string) *Entry {
 	return t.wildcard(name, ns)
 }
 
-// pick chooses among the entries for one key: one from the asker's own
-// namespace first (Istio's rule when a host is defined in several), else the
-// first visible in build order (ServiceEntry before Service, older first).
+// pick chooses among the entries for one key as ztunnel does: one from the
+// asker's own namespace first, else the first visible in build order (the
+// Service, else the oldest ServiceEntry: istiod's canonical one).
 func (t *Table) pick(entries []*Entry, ns string) *Entry {
 	if i := t.pickIndex(entries, ns); i >= 0 {
 		return entries[i]

@@ -48,18 +48,17 @@ configuration, and the plugin runs on the host.
 {{- define "ztdns.bpffs" -}}/sys/fs/bpf/ztdns{{- end }}
 {{- define "ztdns.cniBinMount" -}}/host/opt/cni/bin{{- end }}
 {{- define "ztdns.cniConfMount" -}}/host/etc/cni/net.d{{- end }}
+{{- define "ztdns.procMount" -}}/host/proc{{- end }}
 
 {{/*
 The capabilities of a container that loads, attaches or removes the capture
-path; deploy/README.md says why each is needed.
+path; deploy/README.md says why each is needed, and test/deploy runs the
+agent with these alone.
 */}}
 {{- define "ztdns.captureCapabilities" -}}
-- BPF
-- PERFMON
 - NET_ADMIN
 - SYS_ADMIN
 - SYS_PTRACE
-- SYS_RESOURCE
 {{- end }}
 
 {{/*

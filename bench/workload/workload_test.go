@@ -1,11 +1,11 @@
-package main
+package workload
 
 import (
 	"bufio"
 	"context"
 	"net/netip"
 	"os"
-	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -17,26 +17,33 @@ import (
 
 // TestZoneMatchesAgent is the generator's promise: the manifests, read the
 // way `ztdns agent --config-dir` reads them, give every queried name exactly
-// the addresses unbound's zone gives it.
+// the addresses unbound's zone gives it, and hold every object generated.
 func TestZoneMatchesAgent(t *testing.T) {
-	c := config{out: t.TempDir(), services: 300, entries: 200, queries: 300, aaaaEvery: 10}
-	if err := run(c); err != nil {
+	c := Config{Services: 300, Entries: 200, Queries: 300, AAAAEvery: 10, HeadlessEvery: 7, EndpointsPerService: 3}
+	f, err := Write(t.TempDir(), c)
+	if err != nil {
 		t.Fatal(err)
 	}
-	snap := loadManifests(t, filepath.Join(c.out, "manifests"))
-	if len(snap.Services) != c.services || len(snap.ServiceEntries) != c.entries {
-		t.Fatalf("the agent reads %d Services and %d ServiceEntries, want %d and %d",
-			len(snap.Services), len(snap.ServiceEntries), c.services, c.entries)
+	snap := loadManifests(t, f.Manifests)
+	if len(snap.Services) != c.Services || len(snap.ServiceEntries) != c.Entries || len(snap.EndpointSlices) != c.Services {
+		t.Fatalf("the agent reads %d Services, %d ServiceEntries and %d EndpointSlices, want %d, %d and %d",
+			len(snap.Services), len(snap.ServiceEntries), len(snap.EndpointSlices), c.Services, c.Entries, c.Services)
 	}
-	tbl, warnings := table.Build(snap, table.Options{Domain: domain, TTL: ttl})
+	if want := Snapshot(c); !reflect.DeepEqual(snap.Services, want.Services) || !reflect.DeepEqual(snap.EndpointSlices, want.EndpointSlices) {
+		t.Errorf("the agent reads other Services or EndpointSlices than were generated")
+	}
+	tbl, warnings := table.Build(snap, table.Options{Domain: Domain, TTL: TTL})
 	if len(warnings) > 0 {
 		t.Fatalf("table warnings: %v", warnings)
 	}
+	if e := tbl.Resolve(ServiceName(6)+"-0."+ServiceFQDN(6), "").Entry; e == nil || len(e.Addrs) != 1 {
+		t.Errorf("the first endpoint of headless Service 6 does not resolve to one address: %+v", e)
+	}
 
-	zone := readZone(t, filepath.Join(c.out, "unbound-zone.conf"))
-	queries := readLines(t, filepath.Join(c.out, "queries.txt"))
-	if len(queries) != c.queries {
-		t.Fatalf("%d query lines, want %d", len(queries), c.queries)
+	zone := readZone(t, f.Zone)
+	queries := readLines(t, f.Queries)
+	if len(queries) != c.Queries {
+		t.Fatalf("%d query lines, want %d", len(queries), c.Queries)
 	}
 	var aaaa, services, hosts int
 	for _, q := range queries {
@@ -61,39 +68,53 @@ func TestZoneMatchesAgent(t *testing.T) {
 			t.Errorf("%s: unbound zone has [%s], the agent answers [%s]", fqdn, got, want)
 		}
 	}
-	if want := c.queries / c.aaaaEvery; aaaa != want {
+	if want := c.Queries / c.AAAAEvery; aaaa != want {
 		t.Errorf("%d AAAA queries, want %d", aaaa, want)
 	}
-	if services != c.queries/2 || hosts != c.queries-c.queries/2 {
-		t.Errorf("%d Service and %d host queries, want half of %d each", services, hosts, c.queries)
+	if services != c.Queries/2 || hosts != c.Queries-c.Queries/2 {
+		t.Errorf("%d Service and %d host queries, want half of %d each", services, hosts, c.Queries)
 	}
-	if len(zone) != c.queries {
-		t.Errorf("the zone holds %d names, want the %d queried", len(zone), c.queries)
+	if len(zone) != c.Queries {
+		t.Errorf("the zone holds %d names, want the %d queried", len(zone), c.Queries)
 	}
 }
 
 func TestRejectsBadSizes(t *testing.T) {
 	cases := []struct {
 		name string
-		c    config
-		// noOut leaves -out empty; other cases get a fresh directory.
-		noOut bool
+		c    Config
 	}{
-		{name: "no output directory", c: config{services: 10, entries: 10, queries: 10}, noOut: true},
-		{name: "no services", c: config{services: 0, entries: 10, queries: 10}},
-		{name: "too many entries for a /16", c: config{services: 10, entries: 70000, queries: 10}},
-		{name: "more queries than names", c: config{services: 10, entries: 10, queries: 30}},
-		{name: "no queries", c: config{services: 10, entries: 10, queries: 0}},
+		{name: "negative", c: Config{Services: -1}},
+		{name: "too many entries for a /16", c: Config{Services: 10, Entries: 70000}},
+		{name: "too many services for the Service range", c: Config{Services: MaxServices + 1}},
+		{name: "more queries than names", c: Config{Services: 10, Entries: 10, Queries: 30}},
+		{name: "more queries than queryable services", c: Config{Services: 10, Entries: 10, Queries: 20, HeadlessEvery: 2}},
+		{name: "more endpoints than a slice holds", c: Config{Services: 10, EndpointsPerService: 101}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			if !tc.noOut {
-				tc.c.out = t.TempDir()
-			}
-			if err := run(tc.c); err == nil {
-				t.Fatal("run succeeded, want an error")
+			if _, err := Write(t.TempDir(), tc.c); err == nil {
+				t.Fatal("Write succeeded, want an error")
 			}
 		})
+	}
+}
+
+// TestAddressesStayInTheirRanges: the largest cluster's addresses stay in
+// the ranges the API server is given for them.
+func TestAddressesStayInTheirRanges(t *testing.T) {
+	s := Snapshot(Config{Services: MaxServices, Entries: MaxEntries})
+	v4, v6 := netip.MustParsePrefix(ServiceCIDRv4), netip.MustParsePrefix(ServiceCIDRv6)
+	for _, svc := range []model.Service{s.Services[0], s.Services[len(s.Services)-1]} {
+		for _, ip := range svc.ClusterIPs {
+			if !v4.Contains(ip) && !v6.Contains(ip) {
+				t.Errorf("%s has ClusterIP %s outside %s and %s", svc.Name, ip, v4, v6)
+			}
+		}
+	}
+	last := s.ServiceEntries[len(s.ServiceEntries)-1]
+	if a := last.Addresses[0]; !netip.MustParsePrefix("10.112.0.0/16").Contains(a) {
+		t.Errorf("%s has address %s outside 10.112.0.0/16", last.Name, a)
 	}
 }
 

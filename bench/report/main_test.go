@@ -1,0 +1,95 @@
+package main
+
+import (
+	"strings"
+	"testing"
+)
+
+// Two rounds of a comparison, as `go test -bench -count 2` prints them.
+const twoRounds = `goos: linux
+BenchmarkResolver/load=max/server=ztdns-2     1  0 ns/op  100000 qps  6.0 cpu-us/query
+BenchmarkResolver/load=max/server=unbound-2   1  0 ns/op   80000 qps  5.0 cpu-us/query
+BenchmarkResolver/load=max/server=ztdns-2     1  0 ns/op  120000 qps  9.0 cpu-us/query
+BenchmarkResolver/load=max/server=unbound-2   1  0 ns/op  100000 qps  10.0 cpu-us/query
+BenchmarkFootprint/capture=off/table=20k/mode=kube-2        1  71.7 rss-MB
+BenchmarkFootprint/capture=off/table=20k/mode=standalone-2  1  38.0 rss-MB
+BenchmarkScale-2  1  450100 objects  80 change-p90-ms
+PASS
+`
+
+func TestTables(t *testing.T) {
+	var rs results
+	if err := rs.read(strings.NewReader(twoRounds), "twoRounds"); err != nil {
+		t.Fatal(err)
+	}
+	if len(rs.tables) != 3 {
+		t.Fatalf("%d tables, want Resolver/load=max, Footprint/capture=off/table=20k and Scale", len(rs.tables))
+	}
+	var out strings.Builder
+	rs.print(&out)
+	got := out.String()
+	t.Log("\n" + got)
+	rows := []struct{ row, want string }{
+		{"Resolver", "(median of 2 rounds"},
+		{"qps", "ztdns/unbound"}, // the header
+		// The rounds' ratios are 1.25 and 1.2 for qps, 1.2 and 0.9 for CPU.
+		{" qps ", "1.23"},
+		{" qps ", "≥ 1: met"},
+		{"cpu-us/query", "1.05"},
+		{"cpu-us/query", "≤ 1: NOT met"},
+		{"rss-MB", "≤ 40: kube NOT met, standalone met"},
+		{"objects", "450,100"},
+		{"change-p90-ms", "≤ 100: met"},
+	}
+	lines := strings.Split(got, "\n")
+	for _, r := range rows {
+		found := false
+		for i, l := range lines {
+			// The header is the line before the first row.
+			if strings.Contains(l, r.row) && (strings.Contains(l, r.want) || i > 0 && strings.Contains(lines[i-1], r.want)) {
+				found = true
+			}
+		}
+		if !found {
+			t.Errorf("no row %q with %q", r.row, r.want)
+		}
+	}
+	if strings.Contains(got, "ns/op") {
+		t.Error("the report shows ns/op, an iteration's wall time")
+	}
+}
+
+// TestRoundsPairUp: with round=N parts, each round's values are divided
+// by the same round's base, whatever order the rounds came in.
+func TestRoundsPairUp(t *testing.T) {
+	const in = `BenchmarkCapture/load=max/round=1/way=redirect-2  1  100 qps
+BenchmarkCapture/load=max/round=1/way=direct-2    1  100 qps
+BenchmarkCapture/load=max/round=2/way=direct-2    1  200 qps
+BenchmarkCapture/load=max/round=2/way=redirect-2  1  190 qps
+BenchmarkCapture/load=max/round=3/way=redirect-2  1  50 qps
+BenchmarkCapture/load=max/round=3/way=direct-2    1  60 qps
+`
+	var rs results
+	if err := rs.read(strings.NewReader(in), "rounds"); err != nil {
+		t.Fatal(err)
+	}
+	if len(rs.tables) != 1 || rs.tables[0].name != "Capture/load=max" {
+		t.Fatalf("tables %+v, want one, Capture/load=max", rs.tables)
+	}
+	tbl := rs.tables[0]
+	// The rounds' ratios are 1, 0.95 and 0.83: their median is 0.95; the
+	// ratio of the medians would be 1.
+	if r, ok := ratio(tbl.values["redirect"]["qps"], tbl.values["direct"]["qps"]); !ok || r != 0.95 {
+		t.Errorf("ratio %v (%v), want 0.95", r, ok)
+	}
+}
+
+func TestNumber(t *testing.T) {
+	for v, want := range map[float64]string{
+		139523: "139,523", -1234: "-1,234", 250: "250", 17.34: "17.3", 6.604: "6.60", 0: "0.00", 0.0213: "0.0213",
+	} {
+		if got := number(v); got != want {
+			t.Errorf("number(%v) = %q, want %q", v, got, want)
+		}
+	}
+}

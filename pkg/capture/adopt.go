@@ -1,0 +1,197 @@
+package capture
+
+import (
+	"errors"
+	"io/fs"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ztdns/ztdns/pkg/ambient"
+	"github.com/ztdns/ztdns/pkg/podcache"
+	"github.com/ztdns/ztdns/pkg/redirect"
+)
+
+// adoptInterval bounds how often the node's processes are scanned for the
+// same pods.
+const adoptInterval = 30 * time.Second
+
+// AdoptedPrefix starts the container ID of an attachment the controller
+// adopted: no runtime told it one.
+const AdoptedPrefix = "adopted-"
+
+// Namespaces is how the controller looks into network namespaces.
+type Namespaces interface {
+	// Cookie returns the cookie of the network namespace at path.
+	Cookie(path string) (uint64, error)
+	// Scan lists the network namespaces the node's processes live in, each
+	// once, with its addresses. Namespaces it could not open are counted
+	// in the result, not returned as an error.
+	Scan() (ScanResult, error)
+}
+
+// Netns is one network namespace a scan found.
+type Netns struct {
+	// Path opens it: a process's ns/net link under the proc root.
+	Path   string
+	Cookie uint64
+	Addrs  []netip.Addr
+}
+
+// ScanResult is what a scan found, and what it could not look into.
+type ScanResult struct {
+	Found []Netns
+	// Denied counts processes whose namespace the agent may not open
+	// (EACCES, EPERM), and DeniedErr is the first such error.
+	Denied    int
+	DeniedErr error
+}
+
+// ProcNamespaces finds namespaces through a proc filesystem: the node's
+// /proc, or the node's /proc mounted into the agent's container (e.g. at
+// /host/proc, as istio-cni mounts it), so the agent needs no hostPID.
+// Opening another process's ns/net needs ptrace read access to it
+// (CAP_SYS_PTRACE unless it runs as the agent's user) and entering it needs
+// CAP_SYS_ADMIN.
+type ProcNamespaces struct {
+	// Root is the proc filesystem's mount point; empty means /proc.
+	Root string
+}
+
+// Cookie implements Namespaces.
+func (p ProcNamespaces) Cookie(path string) (uint64, error) { return redirect.NetnsCookie(path) }
+
+// Scan implements Namespaces.
+func (p ProcNamespaces) Scan() (ScanResult, error) {
+	root := p.Root
+	if root == "" {
+		root = "/proc"
+	}
+	// Each PID's ns/net is opened by name: listing a process's ns
+	// directory would need read access to it (mode 0511, owned by the
+	// process's user), which root without CAP_DAC_READ_SEARCH lacks.
+	entries, err := os.ReadDir(root)
+	if err != nil {
+		return ScanResult{}, err
+	}
+	var res ScanResult
+	seen := map[uint64]bool{}
+	for _, e := range entries {
+		if _, err := strconv.ParseUint(e.Name(), 10, 32); err != nil {
+			continue
+		}
+		n, err := inspect(filepath.Join(root, e.Name(), "ns", "net"))
+		switch {
+		case errors.Is(err, fs.ErrPermission):
+			res.Denied++
+			if res.DeniedErr == nil {
+				res.DeniedErr = err
+			}
+		case err != nil: // e.g. a process that exited since the listing
+		case !seen[n.Cookie]:
+			seen[n.Cookie] = true
+			res.Found = append(res.Found, n)
+		}
+	}
+	return res, nil
+}
+
+// inspect opens one process's network namespace and reads its cookie and
+// addresses through that one open file (the process may exit, and its PID
+// be reused, between the listing and the reads).
+func inspect(path string) (Netns, error) {
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return Netns{}, &fs.PathError{Op: "open", Path: path, Err: err}
+	}
+	defer unix.Close(fd)
+	self := "/proc/self/fd/" + strconv.Itoa(fd)
+	cookie, err := redirect.NetnsCookie(self)
+	if err != nil {
+		return Netns{}, err
+	}
+	addrs, err := redirect.NetnsAddrs(self)
+	if err != nil {
+		return Netns{}, err
+	}
+	return Netns{Path: path, Cookie: cookie, Addrs: addrs}, nil
+}
+
+// adoptRunningPods finds the network namespaces of pods on this node that
+// should be captured but that no CNI event announced (they started before
+// ztdns was installed), by scanning for the namespace that holds the pod's
+// IP. It scans when that set of pods changed, and otherwise at most every
+// adoptInterval. Callers hold decideMu.
+func (c *Controller) adoptRunningPods() {
+	if c.cfg.NodeName == "" {
+		return // standalone: pods in manifests are not processes here
+	}
+	var want []*podcache.Pod
+	for _, p := range c.pods.List() {
+		if p.Attachment == nil && p.Spec != nil && p.Spec.NodeName == c.cfg.NodeName && len(p.IPs) > 0 {
+			if captured, _ := ambient.Decide(p.Spec, c.namespaceOf(p.Namespace), c.cfg.DNSCaptureDefault); captured {
+				want = append(want, p)
+			}
+		}
+	}
+	var key strings.Builder
+	for _, p := range want {
+		key.WriteString(p.Key() + ",")
+	}
+	now := c.cfg.Now()
+	if len(want) == 0 || (key.String() == c.adoptKey && now.Sub(c.adoptedAt) < adoptInterval) {
+		return
+	}
+	c.adoptKey, c.adoptedAt = key.String(), now
+	scan, err := c.netns.Scan()
+	if err != nil {
+		c.log.Error("scanning the node's processes for running pods failed", "err", err)
+		return
+	}
+	byIP := map[netip.Addr]Netns{}
+	for _, n := range scan.Found {
+		if slices.Contains(c.cfg.HostCookies, n.Cookie) {
+			continue
+		}
+		for _, ip := range n.Addrs {
+			byIP[ip] = n
+		}
+	}
+	var missing []string
+	for _, p := range want {
+		n, ok := findByIP(byIP, p.IPs)
+		if !ok {
+			missing = append(missing, p.Key())
+			continue
+		}
+		att := podcache.Attachment{ContainerID: AdoptedPrefix + strconv.FormatUint(n.Cookie, 10), Namespace: p.Namespace, Name: p.Name,
+			UID: p.UID, NetnsPath: n.Path, NetnsCookie: n.Cookie, IPs: p.IPs}
+		att.Captured, att.Reason = c.Decide(att)
+		if err := c.Apply(att); err != nil {
+			c.log.Error("adopting a running pod failed", "pod", p.Key(), "err", err)
+		} else {
+			c.log.Info("adopted a running pod", "pod", p.Key(), "netns", n.Path, "captured", att.Captured)
+		}
+	}
+	// A pod not found may simply not run yet; one whose namespace the agent
+	// may not open is a misconfiguration worth saying.
+	if len(missing) > 0 && scan.Denied > 0 {
+		c.log.Warn("running pods not found: the network namespaces of some processes cannot be opened (the agent needs CAP_SYS_PTRACE and CAP_SYS_ADMIN)",
+			"pods", missing, "processes", scan.Denied, "err", scan.DeniedErr)
+	}
+}
+
+func findByIP(byIP map[netip.Addr]Netns, ips []netip.Addr) (Netns, bool) {
+	for _, ip := range ips {
+		if n, ok := byIP[ip]; ok {
+			return n, true
+		}
+	}
+	return Netns{}, false
+}

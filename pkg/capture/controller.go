@@ -1,0 +1,241 @@
+// Package capture is the node agent's capture controller. It decides which
+// pods' DNS is captured (Istio's ambient rules, namespaces marked by hand,
+// never the node's own), keeps the pods map of the capture programs in line
+// with those decisions, adopts pods that were running before any CNI event
+// announced them, and keeps a record of its attachments so that a restarted
+// agent knows whose marks are in the map.
+//
+// It acts on the data plane only through a Marker (pkg/redirect's
+// Redirector in the agent, a fake in tests) and looks into network
+// namespaces only through Namespaces, so every decision can be tested
+// without a kernel. pkg/agent wires it to the CNI plugin, the control socket
+// and the source.
+package capture
+
+import (
+	"errors"
+	"log/slog"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/ztdns/ztdns/pkg/ambient"
+	"github.com/ztdns/ztdns/pkg/model"
+	"github.com/ztdns/ztdns/pkg/podcache"
+	"github.com/ztdns/ztdns/pkg/redirect"
+)
+
+// Reasons the controller gives besides pkg/ambient's.
+const (
+	// ReasonCaptureOff: the agent runs with --capture=false (given by the
+	// agent, which has no controller then).
+	ReasonCaptureOff = "capture-off"
+	// ReasonHostNetns: the sandbox is the node's own network namespace.
+	ReasonHostNetns = "host-netns"
+	// ReasonByHand: marked with `ztdns capture add`.
+	ReasonByHand = "by-hand"
+)
+
+// Marker is what the controller does to the capture programs' pods map.
+// *redirect.Redirector implements it.
+type Marker interface {
+	// Mark makes the network namespace with this cookie captured.
+	Mark(cookie uint64, pod redirect.PodInfo) error
+	// Unmark releases it; an unknown cookie is no error.
+	Unmark(cookie uint64) error
+	// Pods lists what the map holds.
+	Pods() ([]redirect.MarkedPod, error)
+}
+
+var _ Marker = (*redirect.Redirector)(nil)
+
+// Config says how the controller decides and where it keeps its record.
+type Config struct {
+	// StateDir keeps the record of attachments across restarts.
+	StateDir string
+	// NodeName scopes the pods the controller adopts; empty (standalone
+	// mode: pods in manifests are not processes here) adopts none.
+	NodeName string
+	// DNSCaptureDefault is the node-wide switch for ambient pods
+	// (values.cni.ambient.dnsCapture).
+	DNSCaptureDefault bool
+	// HostCookies are the node's own network namespaces: never captured.
+	HostCookies []uint64
+	Logger      *slog.Logger
+	// Now is the clock (default time.Now); tests move it.
+	Now func() time.Time
+}
+
+// Controller decides and marks. Its methods are safe for concurrent use.
+type Controller struct {
+	cfg    Config
+	log    *slog.Logger
+	pods   *podcache.Cache
+	marker Marker
+	netns  Namespaces
+
+	mu sync.Mutex // serialises marking and the state file
+	// retry writes the record again after a failed write; nil when the
+	// record on disk is current. Guarded by mu, like closed.
+	retry  *time.Timer
+	closed bool
+	// saveErr is the last failed write's error while the record is not
+	// current, for status.
+	saveErr atomic.Pointer[error]
+
+	namespaces atomic.Pointer[map[string]*model.Namespace]
+	decideMu   sync.Mutex // serialises Redecide
+	adoptKey   string     // the pods the last scan looked for; guarded by decideMu
+	adoptedAt  time.Time
+}
+
+// New returns a controller over pods (the agent's registry, which it fills
+// with attachments), acting on m and looking into namespaces through ns.
+func New(cfg Config, pods *podcache.Cache, m Marker, ns Namespaces) *Controller {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	return &Controller{cfg: cfg, log: cfg.Logger, pods: pods, marker: m, netns: ns}
+}
+
+// Decide applies Istio's ambient rules to an attachment, with what the
+// source knows about the pod and its namespace right now. Namespaces marked
+// by hand are always captured, the node's own never.
+func (c *Controller) Decide(att podcache.Attachment) (bool, string) {
+	switch {
+	case att.ContainerID == "":
+		return true, ReasonByHand
+	case slices.Contains(c.cfg.HostCookies, att.NetnsCookie):
+		return false, ReasonHostNetns
+	}
+	var spec *model.Pod
+	if p := c.pods.Get(att.Namespace, att.Name); p != nil {
+		spec = p.Spec
+	}
+	return ambient.Decide(spec, c.namespaceOf(att.Namespace), c.cfg.DNSCaptureDefault)
+}
+
+// Apply records an attachment and marks or unmarks its netns to match
+// a.Captured. Only marking can fail it: the record on disk is bookkeeping
+// (see saveOrRetry).
+func (c *Controller) Apply(a podcache.Attachment) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := c.setMark(a); err != nil {
+		return err
+	}
+	c.pods.Attach(a)
+	c.saveOrRetry()
+	return nil
+}
+
+// Forget unmarks and forgets the attachment with that key.
+func (c *Controller) Forget(key string) (podcache.Attachment, bool, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	a, ok := c.pods.Detach(key)
+	if !ok {
+		return a, false, nil
+	}
+	err := c.marker.Unmark(a.NetnsCookie)
+	c.saveOrRetry()
+	return a, true, err
+}
+
+// UnmarkStale removes a mark that no attachment records (it reports false
+// when there is none with that cookie, or when an attachment records it).
+func (c *Controller) UnmarkStale(cookie uint64) (bool, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if p := c.pods.ByCookie(cookie); p != nil && p.Attachment != nil {
+		return false, nil
+	}
+	marked, err := c.marker.Pods()
+	if err != nil {
+		return false, err
+	}
+	for _, m := range marked {
+		if m.NetnsCookie == cookie {
+			return true, c.marker.Unmark(cookie)
+		}
+	}
+	return false, nil
+}
+
+// SetNamespaces keeps the source's namespaces for decisions. Until the
+// first call Redecide does nothing: every namespace would look unlabelled.
+func (c *Controller) SetNamespaces(list []model.Namespace) {
+	m := make(map[string]*model.Namespace, len(list))
+	for i := range list {
+		m[list[i].Name] = &list[i]
+	}
+	c.namespaces.Store(&m)
+}
+
+func (c *Controller) namespaceOf(name string) *model.Namespace {
+	if m := c.namespaces.Load(); m != nil {
+		return (*m)[name]
+	}
+	return nil
+}
+
+// Redecide re-applies the rules to every recorded pod, marking and
+// unmarking those whose decision changed (how a namespace label or a pod
+// annotation added at run time takes effect, without a restart), then
+// adopts running pods that should be captured and that no CNI event
+// announced.
+func (c *Controller) Redecide() {
+	// Before the source's first snapshot every namespace looks unlabelled:
+	// deciding then would unmark every restored pod until it arrives.
+	if c.namespaces.Load() == nil {
+		return
+	}
+	c.decideMu.Lock()
+	defer c.decideMu.Unlock()
+	for _, att := range c.pods.Attachments() {
+		captured, reason := c.Decide(att)
+		if captured == att.Captured && reason == att.Reason {
+			continue
+		}
+		att.Captured, att.Reason = captured, reason
+		if err := c.Apply(att); err != nil {
+			c.log.Error("applying a changed capture decision failed", "pod", att.Namespace+"/"+att.Name, "err", err)
+			continue
+		}
+		c.log.Info("capture decision changed", "pod", att.Namespace+"/"+att.Name, "captured", captured, "reason", reason)
+	}
+	c.adoptRunningPods()
+}
+
+func (c *Controller) setMark(a podcache.Attachment) error {
+	if a.NetnsCookie == 0 {
+		return errors.New("no network namespace cookie")
+	}
+	if !a.Captured {
+		return c.marker.Unmark(a.NetnsCookie)
+	}
+	info := redirect.PodInfo{}
+	for _, ip := range a.IPs {
+		switch {
+		case ip.Is4() && !info.IPv4.IsValid():
+			info.IPv4 = ip
+		case ip.Is6() && !info.IPv6.IsValid():
+			info.IPv6 = ip
+		}
+	}
+	return c.marker.Mark(a.NetnsCookie, info)
+}
+
+// Close stops retrying the record; the marks stay.
+func (c *Controller) Close() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.closed = true
+	if c.retry != nil {
+		c.retry.Stop()
+	}
+}

@@ -1,0 +1,482 @@
+package capture
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ztdns/ztdns/pkg/ambient"
+	"github.com/ztdns/ztdns/pkg/model"
+	"github.com/ztdns/ztdns/pkg/podcache"
+	"github.com/ztdns/ztdns/pkg/redirect"
+)
+
+// fakeMarker is the pods map: cookie → what was marked.
+type fakeMarker struct {
+	mu     sync.Mutex
+	marks  map[uint64]redirect.PodInfo
+	failOn map[uint64]error // Mark fails for these cookies
+}
+
+func newFakeMarker() *fakeMarker {
+	return &fakeMarker{marks: map[uint64]redirect.PodInfo{}, failOn: map[uint64]error{}}
+}
+
+func (m *fakeMarker) Mark(cookie uint64, pod redirect.PodInfo) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err := m.failOn[cookie]; err != nil {
+		return err
+	}
+	m.marks[cookie] = pod
+	return nil
+}
+
+func (m *fakeMarker) Unmark(cookie uint64) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	delete(m.marks, cookie)
+	return nil
+}
+
+func (m *fakeMarker) Pods() ([]redirect.MarkedPod, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []redirect.MarkedPod
+	for _, c := range slices.Sorted(maps.Keys(m.marks)) {
+		out = append(out, redirect.MarkedPod{NetnsCookie: c, PodInfo: m.marks[c]})
+	}
+	return out, nil
+}
+
+// marked returns the marked cookies, sorted.
+func (m *fakeMarker) marked() []uint64 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return slices.Sorted(maps.Keys(m.marks))
+}
+
+// fakeNamespaces is the node's network namespaces by path.
+type fakeNamespaces struct {
+	mu     sync.Mutex
+	byPath map[string]Netns
+	denied int
+	scans  int
+}
+
+func (n *fakeNamespaces) Cookie(path string) (uint64, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	ns, ok := n.byPath[path]
+	if !ok {
+		return 0, os.ErrNotExist
+	}
+	return ns.Cookie, nil
+}
+
+func (n *fakeNamespaces) Scan() (ScanResult, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.scans++
+	res := ScanResult{Denied: n.denied}
+	if n.denied > 0 {
+		res.DeniedErr = os.ErrPermission
+	}
+	for _, p := range slices.Sorted(maps.Keys(n.byPath)) {
+		res.Found = append(res.Found, n.byPath[p])
+	}
+	return res, nil
+}
+
+func (n *fakeNamespaces) add(path string, cookie uint64, addrs ...string) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	ns := Netns{Path: path, Cookie: cookie}
+	for _, a := range addrs {
+		ns.Addrs = append(ns.Addrs, netip.MustParseAddr(a))
+	}
+	n.byPath[path] = ns
+}
+
+const (
+	node       = "node-a"
+	hostCookie = 1
+)
+
+// fixture is a controller over fakes, with a clock the test moves.
+type fixture struct {
+	ctl    *Controller
+	pods   *podcache.Cache
+	marker *fakeMarker
+	netns  *fakeNamespaces
+	dir    string
+	now    time.Time
+}
+
+func newFixture(t *testing.T, dnsCaptureDefault bool) *fixture {
+	t.Helper()
+	f := &fixture{
+		pods:   podcache.New("cluster.local"),
+		marker: newFakeMarker(),
+		netns:  &fakeNamespaces{byPath: map[string]Netns{}},
+		dir:    t.TempDir(),
+		now:    time.Unix(1_700_000_000, 0),
+	}
+	f.ctl = New(Config{
+		StateDir: f.dir, NodeName: node, DNSCaptureDefault: dnsCaptureDefault, HostCookies: []uint64{hostCookie},
+		Logger: slog.New(slog.DiscardHandler), Now: func() time.Time { return f.now },
+	}, f.pods, f.marker, f.netns)
+	t.Cleanup(f.ctl.Close)
+	return f
+}
+
+// source feeds a snapshot's namespaces and pods, as the agent's apply does.
+func (f *fixture) source(namespaces []model.Namespace, pods ...model.Pod) {
+	f.pods.SetSourcePods(pods)
+	f.ctl.SetNamespaces(namespaces)
+	f.ctl.Redecide()
+}
+
+var ambientNS = model.Namespace{Name: "shop", Labels: map[string]string{model.LabelDataplaneMode: ambient.DataplaneModeAmbient}}
+
+func pod(name, ip string, annotations map[string]string) model.Pod {
+	return model.Pod{Namespace: "shop", Name: name, UID: "uid-" + name, NodeName: node,
+		IPs: []netip.Addr{netip.MustParseAddr(ip)}, Annotations: annotations}
+}
+
+func cniAttachment(name string, cookie uint64, ip string) podcache.Attachment {
+	return podcache.Attachment{ContainerID: "ctr-" + name, Namespace: "shop", Name: name, UID: "uid-" + name,
+		NetnsPath: "/var/run/netns/" + name, NetnsCookie: cookie, IPs: []netip.Addr{netip.MustParseAddr(ip)}}
+}
+
+// attach decides and applies a CNI attachment, as the agent's CNI ADD does.
+func (f *fixture) attach(t *testing.T, a podcache.Attachment) podcache.Attachment {
+	t.Helper()
+	a.Captured, a.Reason = f.ctl.Decide(a)
+	if err := f.ctl.Apply(a); err != nil {
+		t.Fatalf("Apply(%s): %v", a.Key(), err)
+	}
+	return a
+}
+
+func (f *fixture) savedRecord(t *testing.T) []podcache.Attachment {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(f.dir, StateFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []podcache.Attachment
+	if err := json.Unmarshal(b, &out); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func TestDecide(t *testing.T) {
+	f := newFixture(t, true)
+	f.source([]model.Namespace{ambientNS, {Name: "plain"}},
+		pod("web", "10.0.0.2", nil),
+		pod("opted-out", "10.0.0.3", map[string]string{model.AnnotationDNSCapture: "false"}),
+	)
+	tests := []struct {
+		name     string
+		att      podcache.Attachment
+		captured bool
+		reason   string
+	}{
+		{"an ambient pod", cniAttachment("web", 10, "10.0.0.2"), true, ambient.ReasonAmbient},
+		{"annotated off", cniAttachment("opted-out", 11, "10.0.0.3"), false, ambient.ReasonAnnotationOff},
+		{"a pod the source has not seen yet, in an ambient namespace", cniAttachment("new", 12, "10.0.0.4"), true, ambient.ReasonAmbient},
+		{"a namespace not in ambient", podcache.Attachment{ContainerID: "c", Namespace: "plain", Name: "x", NetnsCookie: 13}, false, ambient.ReasonNotAmbient},
+		{"the node's own namespace, whatever the pod says", cniAttachment("web", hostCookie, "10.0.0.2"), false, ReasonHostNetns},
+		{"marked by hand", podcache.Attachment{Namespace: "plain", Name: "vm", NetnsCookie: 14}, true, ReasonByHand},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			captured, reason := f.ctl.Decide(tt.att)
+			if captured != tt.captured || reason != tt.reason {
+				t.Errorf("Decide = %v, %q; want %v, %q", captured, reason, tt.captured, tt.reason)
+			}
+		})
+	}
+}
+
+func TestApplyMarksAndRecords(t *testing.T) {
+	f := newFixture(t, true)
+	f.source([]model.Namespace{ambientNS}, pod("web", "10.0.0.2", nil))
+	a := cniAttachment("web", 10, "10.0.0.2")
+	a.IPs = append(a.IPs, netip.MustParseAddr("fd00::2"), netip.MustParseAddr("10.0.0.9"))
+	a = f.attach(t, a)
+	want := redirect.PodInfo{IPv4: netip.MustParseAddr("10.0.0.2"), IPv6: netip.MustParseAddr("fd00::2")}
+	if got := f.marker.marks[10]; got != want {
+		t.Errorf("marked %+v, want the first address of each family %+v", got, want)
+	}
+	if got := f.savedRecord(t); len(got) != 1 || got[0].Key() != a.Key() || !got[0].Captured {
+		t.Errorf("record %+v, want the captured attachment", got)
+	}
+
+	// Unmarking by decision keeps the attachment, and the record says so.
+	a.Captured, a.Reason = false, "test"
+	if err := f.ctl.Apply(a); err != nil {
+		t.Fatal(err)
+	}
+	if m := f.marker.marked(); len(m) != 0 {
+		t.Errorf("marks %v after an uncaptured Apply, want none", m)
+	}
+	if got := f.savedRecord(t); len(got) != 1 || got[0].Captured {
+		t.Errorf("record %+v, want the attachment, not captured", got)
+	}
+
+	// Forget unmarks and drops it; forgetting again is no error.
+	a.Captured = true
+	if err := f.ctl.Apply(a); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok, err := f.ctl.Forget(a.Key()); !ok || err != nil {
+		t.Fatalf("Forget = %v, %v", ok, err)
+	}
+	if m := f.marker.marked(); len(m) != 0 {
+		t.Errorf("marks %v after Forget", m)
+	}
+	if _, ok, err := f.ctl.Forget(a.Key()); ok || err != nil {
+		t.Errorf("second Forget = %v, %v; want nothing found, no error", ok, err)
+	}
+	if got := f.savedRecord(t); len(got) != 0 {
+		t.Errorf("record %+v after Forget, want empty", got)
+	}
+}
+
+func TestApplyFailureRecordsNothing(t *testing.T) {
+	f := newFixture(t, true)
+	f.source([]model.Namespace{ambientNS})
+	f.marker.failOn[10] = errors.New("map full")
+	a := cniAttachment("web", 10, "10.0.0.2")
+	a.Captured, a.Reason = f.ctl.Decide(a)
+	if err := f.ctl.Apply(a); err == nil {
+		t.Fatal("Apply succeeded although marking failed")
+	}
+	if len(f.pods.Attachments()) != 0 {
+		t.Errorf("attachments %v after a failed mark, want none", f.pods.Attachments())
+	}
+	if err := f.ctl.Apply(podcache.Attachment{ContainerID: "c", Namespace: "shop", Name: "x", Captured: true}); err == nil {
+		t.Error("Apply of an attachment without a netns cookie succeeded")
+	}
+}
+
+// TestRedecideFollowsTheSource: a label or an annotation changed at run
+// time marks and unmarks recorded pods.
+func TestRedecideFollowsTheSource(t *testing.T) {
+	f := newFixture(t, true)
+	plain := model.Namespace{Name: "shop"}
+	f.source([]model.Namespace{plain}, pod("web", "10.0.0.2", nil))
+	a := f.attach(t, cniAttachment("web", 10, "10.0.0.2"))
+	if a.Captured || len(f.marker.marked()) != 0 {
+		t.Fatalf("a pod of a namespace outside ambient was captured: %+v", a)
+	}
+
+	f.source([]model.Namespace{ambientNS}, pod("web", "10.0.0.2", nil))
+	if got := f.marker.marked(); !slices.Equal(got, []uint64{10}) {
+		t.Errorf("marks %v after the namespace joined ambient, want [10]", got)
+	}
+	if got := f.pods.Attachments()[a.Key()]; !got.Captured || got.Reason != ambient.ReasonAmbient {
+		t.Errorf("attachment %+v, want captured (ambient)", got)
+	}
+
+	f.source([]model.Namespace{ambientNS}, pod("web", "10.0.0.2", map[string]string{model.AnnotationDNSCapture: "false"}))
+	if got := f.marker.marked(); len(got) != 0 {
+		t.Errorf("marks %v after the pod was annotated off, want none", got)
+	}
+	if got := f.pods.Attachments()[a.Key()]; got.Captured || got.Reason != ambient.ReasonAnnotationOff {
+		t.Errorf("attachment %+v, want not captured (annotation-off)", got)
+	}
+}
+
+// TestRedecideWaitsForTheSource: before the first snapshot every namespace
+// looks unlabelled, and restored pods must keep their marks.
+func TestRedecideWaitsForTheSource(t *testing.T) {
+	f := newFixture(t, true)
+	a := cniAttachment("web", 10, "10.0.0.2")
+	a.Captured, a.Reason = true, ambient.ReasonAmbient
+	if err := f.ctl.Apply(a); err != nil {
+		t.Fatal(err)
+	}
+	f.ctl.Redecide()
+	if got := f.marker.marked(); !slices.Equal(got, []uint64{10}) {
+		t.Errorf("marks %v: a redecision before the source's first snapshot unmarked a pod", got)
+	}
+}
+
+// TestRestore: a restarted controller reads the record, forgets pods whose
+// namespace is gone or is another one now, removes marks nobody records and
+// puts back lost ones.
+func TestRestore(t *testing.T) {
+	f := newFixture(t, true)
+	f.source([]model.Namespace{ambientNS})
+	for i, name := range []string{"kept", "lost-mark", "gone", "replaced"} {
+		cookie := uint64(10 + i)
+		f.netns.add("/var/run/netns/"+name, cookie, fmt.Sprintf("10.0.0.%d", 2+i))
+		f.attach(t, cniAttachment(name, cookie, fmt.Sprintf("10.0.0.%d", 2+i)))
+	}
+	hand := podcache.Attachment{Namespace: "default", Name: "vm", NetnsCookie: 20, Captured: true, Reason: ReasonByHand}
+	if err := f.ctl.Apply(hand); err != nil {
+		t.Fatal(err)
+	}
+	f.ctl.Close()
+
+	// What happened while no agent ran.
+	f.marker.Unmark(11)                                    // lost-mark lost its mark
+	delete(f.netns.byPath, "/var/run/netns/gone")          // gone's sandbox is gone
+	f.netns.add("/var/run/netns/replaced", 99, "10.0.0.5") // another netns at replaced's path
+	f.marker.Mark(30, redirect.PodInfo{})                  // a mark nobody records
+
+	g := &fixture{pods: podcache.New("cluster.local"), marker: f.marker, netns: f.netns, dir: f.dir}
+	g.ctl = New(Config{StateDir: f.dir, NodeName: node, DNSCaptureDefault: true, HostCookies: []uint64{hostCookie},
+		Logger: slog.New(slog.DiscardHandler)}, g.pods, g.marker, g.netns)
+	t.Cleanup(g.ctl.Close)
+	if err := g.ctl.Restore(); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := g.marker.marked(), []uint64{10, 11, 20}; !slices.Equal(got, want) {
+		t.Errorf("marks after restore %v, want %v (kept, lost-mark put back, the hand-marked one without a path)", got, want)
+	}
+	var keys []string
+	for _, a := range g.savedRecord(t) {
+		keys = append(keys, a.Key())
+	}
+	if want := []string{"ctr-kept", "ctr-lost-mark", "netns-cookie:20"}; !slices.Equal(keys, want) {
+		t.Errorf("record after restore %q, want %q", keys, want)
+	}
+}
+
+func TestRestoreIgnoresAnUnreadableRecord(t *testing.T) {
+	f := newFixture(t, true)
+	if err := os.WriteFile(filepath.Join(f.dir, StateFile), []byte("{not json"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f.marker.Mark(30, redirect.PodInfo{})
+	if err := f.ctl.Restore(); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.marker.marked(); len(got) != 0 {
+		t.Errorf("marks %v: with no readable record, no mark is anyone's", got)
+	}
+	if got := f.savedRecord(t); len(got) != 0 {
+		t.Errorf("record %+v, want it rewritten empty", got)
+	}
+}
+
+// TestUnwritableRecord: a record that cannot be written fails no pod, is
+// reported by Unsaved, and is written once the directory is usable again.
+func TestUnwritableRecord(t *testing.T) {
+	f := newFixture(t, true)
+	f.source([]model.Namespace{ambientNS})
+	blocker := filepath.Join(t.TempDir(), "file")
+	if err := os.WriteFile(blocker, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f.ctl.cfg.StateDir = filepath.Join(blocker, "state") // a directory under a file
+	f.attach(t, cniAttachment("web", 10, "10.0.0.2"))
+	if got := f.marker.marked(); !slices.Equal(got, []uint64{10}) {
+		t.Errorf("marks %v: an unwritable record must not fail the pod", got)
+	}
+	if f.ctl.Unsaved() == nil {
+		t.Fatal("Unsaved is nil with an unwritable state directory")
+	}
+	f.ctl.mu.Lock()
+	f.ctl.cfg.StateDir = f.dir
+	f.ctl.mu.Unlock()
+	f.ctl.retrySave() // what the retry timer does
+	if err := f.ctl.Unsaved(); err != nil {
+		t.Errorf("Unsaved = %v after a successful retry", err)
+	}
+	if got := f.savedRecord(t); len(got) != 1 {
+		t.Errorf("record %+v after the retry, want the pod", got)
+	}
+}
+
+// TestAdoptRunningPods: pods that run on this node and should be captured,
+// but that no CNI event announced, are found by their IP among the node's
+// network namespaces and marked.
+func TestAdoptRunningPods(t *testing.T) {
+	f := newFixture(t, true)
+	f.netns.add("/host/proc/100/ns/net", 100, "10.0.0.2", "fd00::2")
+	f.netns.add("/host/proc/200/ns/net", 200, "10.0.0.3")
+	f.netns.add("/host/proc/1/ns/net", hostCookie, "10.0.0.4") // the node's: never adopted
+	elsewhere := pod("elsewhere", "10.0.0.3", nil)
+	elsewhere.NodeName = "node-b"
+	f.source([]model.Namespace{ambientNS},
+		pod("web", "10.0.0.2", nil),
+		pod("opted-out", "10.0.0.5", map[string]string{model.AnnotationDNSCapture: "false"}),
+		elsewhere,
+		pod("hostish", "10.0.0.4", nil),
+	)
+	if got := f.marker.marked(); !slices.Equal(got, []uint64{100}) {
+		t.Fatalf("marks %v, want web's namespace (100) alone", got)
+	}
+	p := f.pods.Get("shop", "web")
+	if p.Attachment == nil || p.Attachment.ContainerID != "adopted-100" || p.Attachment.NetnsPath != "/host/proc/100/ns/net" || !p.Attachment.Captured {
+		t.Errorf("web's attachment %+v, want adopted from /host/proc/100/ns/net, captured", p.Attachment)
+	}
+
+	// The same pods are not looked for again before adoptInterval (the
+	// first Redecide looks for hostish alone, a new set)...
+	f.ctl.Redecide()
+	scans := f.netns.scans
+	f.ctl.Redecide()
+	if f.netns.scans != scans {
+		t.Errorf("scanned again at once for the same pods")
+	}
+	// ...but a new pod is.
+	f.netns.add("/host/proc/300/ns/net", 300, "10.0.0.6")
+	f.source([]model.Namespace{ambientNS}, pod("web", "10.0.0.2", nil), pod("late", "10.0.0.6", nil), pod("hostish", "10.0.0.4", nil))
+	if got := f.marker.marked(); !slices.Equal(got, []uint64{100, 300}) {
+		t.Errorf("marks %v, want web's and the new pod's", got)
+	}
+	// A pod still missing is looked for again after adoptInterval.
+	f.ctl.Redecide()
+	scans = f.netns.scans
+	f.ctl.Redecide()
+	f.now = f.now.Add(adoptInterval)
+	f.ctl.Redecide()
+	if f.netns.scans != scans+1 {
+		t.Errorf("%d scans after adoptInterval, want one", f.netns.scans-scans)
+	}
+}
+
+func TestNoAdoptionWithoutANodeName(t *testing.T) {
+	f := newFixture(t, true)
+	f.ctl.cfg.NodeName = ""
+	f.netns.add("/proc/100/ns/net", 100, "10.0.0.2")
+	f.source([]model.Namespace{ambientNS}, pod("web", "10.0.0.2", nil))
+	if got := f.marker.marked(); len(got) != 0 || f.netns.scans != 0 {
+		t.Errorf("standalone: marks %v after %d scans, want none", got, f.netns.scans)
+	}
+}
+
+func TestUnmarkStale(t *testing.T) {
+	f := newFixture(t, true)
+	f.source([]model.Namespace{ambientNS})
+	f.attach(t, cniAttachment("web", 10, "10.0.0.2"))
+	f.marker.Mark(30, redirect.PodInfo{})
+	if removed, err := f.ctl.UnmarkStale(10); removed || err != nil {
+		t.Errorf("UnmarkStale of a recorded pod = %v, %v; want left alone", removed, err)
+	}
+	if removed, err := f.ctl.UnmarkStale(30); !removed || err != nil {
+		t.Errorf("UnmarkStale of a stale mark = %v, %v; want removed", removed, err)
+	}
+	if removed, err := f.ctl.UnmarkStale(31); removed || err != nil {
+		t.Errorf("UnmarkStale of an unknown cookie = %v, %v; want nothing", removed, err)
+	}
+	if got := f.marker.marked(); !slices.Equal(got, []uint64{10}) {
+		t.Errorf("marks %v, want the recorded pod's alone", got)
+	}
+}

@@ -1,0 +1,169 @@
+package capture
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/ztdns/ztdns/pkg/podcache"
+)
+
+// StateFile is the name of the record of attachments in Config.StateDir.
+const StateFile = "attachments.json"
+
+// stateRetryEvery is how often a record that could not be written is tried
+// again.
+const stateRetryEvery = 5 * time.Second
+
+// Restore reads the attachments a previous agent recorded, drops those
+// whose network namespace is gone (or is another one at the same path), and
+// makes the pods map agree: marks nobody recorded are removed, recorded
+// captured pods that lost their mark get it back.
+func (c *Controller) Restore() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	saved, err := c.load()
+	if err != nil {
+		c.log.Warn("ignoring unreadable capture state; marks are rebuilt from the source and the runtime", "err", err)
+	}
+	for _, a := range saved {
+		if a.NetnsPath != "" {
+			cookie, err := c.netns.Cookie(a.NetnsPath)
+			if err != nil || cookie != a.NetnsCookie {
+				c.log.Info("pod's network namespace is gone; forgetting it", "pod", a.Namespace+"/"+a.Name, "netns", a.NetnsPath)
+				continue
+			}
+		}
+		c.pods.Attach(a)
+	}
+	err = c.reconcileLocked()
+	c.saveOrRetry()
+	return err
+}
+
+// reconcileLocked makes the pods map match the attachments. Callers hold mu.
+func (c *Controller) reconcileLocked() error {
+	marked, err := c.marker.Pods()
+	if err != nil {
+		return err
+	}
+	want := map[uint64]podcache.Attachment{}
+	for _, a := range c.pods.Attachments() {
+		if a.Captured {
+			want[a.NetnsCookie] = a
+		}
+	}
+	var errs []error
+	have := map[uint64]bool{}
+	for _, m := range marked {
+		have[m.NetnsCookie] = true
+		if _, ok := want[m.NetnsCookie]; !ok {
+			c.log.Info("removing a stale mark", "netnsCookie", m.NetnsCookie)
+			errs = append(errs, c.marker.Unmark(m.NetnsCookie))
+		}
+	}
+	for cookie, a := range want {
+		if !have[cookie] {
+			c.log.Info("restoring a lost mark", "pod", a.Namespace+"/"+a.Name, "netnsCookie", cookie)
+			errs = append(errs, c.setMark(a))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// saveOrRetry writes the record of attachments. A write that fails never
+// fails the pod it was written for (the mark is what captures it, and a
+// restarted agent rebuilds lost records from the source and the runtime):
+// it is logged, counted in ztdns_state_write_failures_total, shown by
+// `ztdns status` (Unsaved), and tried again every stateRetryEvery until it
+// works. Callers hold mu.
+func (c *Controller) saveOrRetry() {
+	err := c.save()
+	if err == nil {
+		if c.retry != nil {
+			c.retry.Stop()
+			c.retry = nil
+			c.saveErr.Store(nil)
+			c.log.Info("the record of captured pods is written again", "path", c.statePath())
+		}
+		return
+	}
+	metricStateWriteFailures.Inc()
+	if c.retry == nil {
+		c.log.Error("cannot write the record of captured pods; pods are captured all the same, and the write is retried",
+			"path", c.statePath(), "every", stateRetryEvery, "err", err)
+	} else {
+		c.log.Debug("the record of captured pods still cannot be written", "err", err)
+	}
+	c.saveErr.Store(&err)
+	if c.closed {
+		return
+	}
+	if c.retry == nil {
+		c.retry = time.AfterFunc(stateRetryEvery, c.retrySave)
+	} else {
+		c.retry.Reset(stateRetryEvery)
+	}
+}
+
+func (c *Controller) retrySave() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.retry != nil && !c.closed {
+		c.saveOrRetry()
+	}
+}
+
+// Unsaved returns why the record on disk is not current, or nil.
+func (c *Controller) Unsaved() error {
+	if p := c.saveErr.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+func (c *Controller) statePath() string { return filepath.Join(c.cfg.StateDir, StateFile) }
+
+func (c *Controller) load() ([]podcache.Attachment, error) {
+	b, err := os.ReadFile(c.statePath())
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var out []podcache.Attachment
+	if err := json.Unmarshal(b, &out); err != nil {
+		return nil, fmt.Errorf("%s: %w", c.statePath(), err)
+	}
+	return out, nil
+}
+
+// save writes the attachments atomically. Callers hold mu.
+func (c *Controller) save() error {
+	all := c.pods.Attachments()
+	list := make([]podcache.Attachment, 0, len(all))
+	for _, a := range all {
+		list = append(list, a)
+	}
+	slices.SortFunc(list, func(a, b podcache.Attachment) int {
+		return strings.Compare(a.Key(), b.Key())
+	})
+	b, err := json.MarshalIndent(list, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(c.cfg.StateDir, 0o750); err != nil {
+		return err
+	}
+	tmp := c.statePath() + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, c.statePath())
+}

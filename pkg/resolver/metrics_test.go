@@ -1,0 +1,284 @@
+package resolver
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"maps"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/ztdns/ztdns/internal/dnstest"
+	"github.com/ztdns/ztdns/internal/testenv"
+	"github.com/ztdns/ztdns/pkg/accesslog"
+)
+
+// metricsServer is a limitsServer whose pods' nameserver answers from a
+// zone (cacheable answers) and whose access log is on, writing JSON to log.
+type metricsServer struct {
+	*limitsServer
+	upstream netip.AddrPort
+	log      *testenv.Log
+}
+
+func startMetricsServer(t *testing.T, opts Options) *metricsServer {
+	t.Helper()
+	up := dnstest.Start(t, "127.0.0.1:0", dnstest.ZoneOf(t, "who.example. 300 IN A 203.0.113.7")).Addr
+	buf := &testenv.Log{}
+	al, err := accesslog.New(buf, "test", "json", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := al.Set(true, 1); err != nil {
+		t.Fatal(err)
+	}
+	runAccessLog(t, al)
+	opts.AccessLog = al
+	return &metricsServer{limitsServer: startLimitsServer(t, opts, up, up), upstream: up, log: buf}
+}
+
+// runAccessLog runs l's writer until the test ends.
+func runAccessLog(t *testing.T, l *accesslog.Log) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		l.Run(ctx)
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+}
+
+// exchange sends m from the source address over proto and returns the
+// reply, failing the test when none comes.
+func (ms *metricsServer) exchange(t *testing.T, from netip.Addr, proto string, m *dns.Msg) *dns.Msg {
+	t.Helper()
+	r, err := ms.tryExchange(from, proto, m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func (ms *metricsServer) query(t *testing.T, from netip.Addr, proto, name string, qtype uint16) *dns.Msg {
+	t.Helper()
+	m := new(dns.Msg)
+	m.SetQuestion(name, qtype)
+	return ms.exchange(t, from, proto, m)
+}
+
+// TestRequestMetrics asks known questions over UDP and TCP, answered from
+// the table, an upstream, the cache and with errors, and compares every
+// series of the request counters and the duration histogram's counts.
+func TestRequestMetrics(t *testing.T) {
+	ms := startMetricsServer(t, Options{MaxNamespaceSeries: 1})
+	// startLimitsServer asked tableName A over UDP from 127.0.0.1, no pod.
+	for _, q := range []struct {
+		from        netip.Addr
+		proto, name string
+		qtype       uint16
+		rcode       int
+	}{
+		{victimIP, "udp", tableName, dns.TypeA, dns.RcodeSuccess},
+		{victimIP, "tcp", tableName, dns.TypeAAAA, dns.RcodeSuccess}, // NODATA
+		{victimIP, "udp", tableName, dns.TypeMX, dns.RcodeSuccess},   // NODATA, a type with a label of its own
+		{victimIP, "udp", tableName, 999, dns.RcodeSuccess},          // a type without one
+		{victimIP, "udp", aliasName, dns.TypeA, dns.RcodeSuccess},    // the slow path, from the table
+		{victimIP, "udp", "who.example.", dns.TypeA, dns.RcodeSuccess},
+		{victimIP, "tcp", "who.example.", dns.TypeA, dns.RcodeSuccess}, // the cache
+		{victimIP, "udp", "nx.example.", dns.TypeA, dns.RcodeNameError},
+		{flooderIP, "udp", tableName, dns.TypeA, dns.RcodeSuccess}, // a second namespace: past the cap of one
+		{victimIP, "tcp", tableName, dns.TypeAXFR, dns.RcodeRefused},
+	} {
+		if r := ms.query(t, q.from, q.proto, q.name, q.qtype); r.Rcode != q.rcode {
+			t.Fatalf("%s %s %s: %s, want %s", q.proto, q.name, dns.TypeToString[q.qtype], dns.RcodeToString[r.Rcode], dns.RcodeToString[q.rcode])
+		}
+	}
+	// Two questions in one query: FORMERR, no type.
+	twoQuestions := new(dns.Msg)
+	twoQuestions.Question = []dns.Question{{Name: tableName, Qtype: dns.TypeA, Qclass: dns.ClassINET}, {Name: tableName, Qtype: dns.TypeA, Qclass: dns.ClassINET}}
+	if r := ms.exchange(t, victimIP, "udp", twoQuestions); r.Rcode != dns.RcodeFormatError {
+		t.Fatalf("two questions: %s, want FORMERR", dns.RcodeToString[r.Rcode])
+	}
+	// EDNS version 1: BADVERS.
+	badVers := new(dns.Msg)
+	badVers.SetQuestion(tableName, dns.TypeA)
+	badVers.SetEdns0(1232, false)
+	badVers.IsEdns0().SetVersion(1)
+	if r := ms.exchange(t, victimIP, "udp", badVers); r.Rcode != dns.RcodeBadVers {
+		t.Fatalf("EDNS version 1: %s, want BADVERS", dns.RcodeToString[r.Rcode])
+	}
+
+	want := map[string]float64{
+		`ztdns_dns_requests_total{proto="tcp",rcode="NOERROR",source="cache",type="A"}`:     1,
+		`ztdns_dns_requests_total{proto="tcp",rcode="NOERROR",source="table",type="AAAA"}`:  1,
+		`ztdns_dns_requests_total{proto="tcp",rcode="REFUSED",source="none",type="AXFR"}`:   1,
+		`ztdns_dns_requests_total{proto="udp",rcode="BADVERS",source="none",type="A"}`:      1,
+		`ztdns_dns_requests_total{proto="udp",rcode="FORMERR",source="none",type="other"}`:  1,
+		`ztdns_dns_requests_total{proto="udp",rcode="NOERROR",source="table",type="A"}`:     4,
+		`ztdns_dns_requests_total{proto="udp",rcode="NOERROR",source="table",type="MX"}`:    1,
+		`ztdns_dns_requests_total{proto="udp",rcode="NOERROR",source="table",type="other"}`: 1,
+		`ztdns_dns_requests_total{proto="udp",rcode="NOERROR",source="upstream",type="A"}`:  1,
+		`ztdns_dns_requests_total{proto="udp",rcode="NXDOMAIN",source="upstream",type="A"}`: 1,
+		`ztdns_dns_namespace_requests_total{namespace="_other"}`:                            1,
+		`ztdns_dns_namespace_requests_total{namespace="_unknown"}`:                          1,
+		`ztdns_dns_namespace_requests_total{namespace="default"}`:                           11,
+	}
+	// The UDP loop adds a batch's counts after writing its answers: the
+	// last ones may come a moment after the client has its answer.
+	wantCounts := map[string]uint64{"table": 7, "cache": 1, "upstream": 2, "none": 3}
+	var (
+		got    map[string]float64
+		counts map[string]uint64
+		sums   map[string]float64
+	)
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		got = scrape(t, ms.Collector(), "ztdns_dns_requests_total", "ztdns_dns_namespace_requests_total")
+		counts, sums = histogramCounts(t, ms.Collector(), "ztdns_dns_request_duration_seconds", "source")
+		if maps.Equal(got, want) && maps.Equal(counts, wantCounts) {
+			break
+		}
+	}
+	if !maps.Equal(got, want) {
+		t.Errorf("scraped\n%s\nwant\n%s", seriesText(got), seriesText(want))
+	}
+	if !maps.Equal(counts, wantCounts) {
+		t.Errorf("request durations counted %v, want %v", counts, wantCounts)
+	}
+	for src, sum := range sums {
+		if sum <= 0 {
+			t.Errorf("request durations of %s sum to %v, want more than 0", src, sum)
+		}
+	}
+}
+
+// TestAccessLogLines: a line per query with who asked, what, and how it was
+// answered: from the table (fast and slow path), an upstream and the cache.
+func TestAccessLogLines(t *testing.T) {
+	ms := startMetricsServer(t, Options{})
+	ms.query(t, victimIP, "udp", tableName, dns.TypeA)
+	ms.query(t, victimIP, "tcp", aliasName, dns.TypeA)
+	ms.query(t, victimIP, "udp", "who.example.", dns.TypeA)
+	ms.query(t, victimIP, "udp", "who.example.", dns.TypeA)
+	type line struct {
+		Msg, Client, Namespace, Pod, Name, Type, Proto, Rcode, Answered, Upstream string
+		Latency                                                                   int64
+	}
+	var lines []line
+	eventually(t, "five access log lines", func() bool {
+		lines = nil
+		text := strings.TrimSpace(ms.log.String())
+		if text == "" {
+			return false
+		}
+		for _, l := range strings.Split(text, "\n") {
+			var got line
+			if err := json.Unmarshal([]byte(l), &got); err != nil {
+				t.Fatalf("access log line %q: %v", l, err)
+			}
+			lines = append(lines, got)
+		}
+		return len(lines) == 5
+	})
+	up := ms.upstream.String()
+	want := []line{
+		{Name: tableName, Proto: "udp", Answered: "table"}, // startLimitsServer's, from no pod
+		{Namespace: "default", Pod: "victim", Name: tableName, Proto: "udp", Answered: "table"},
+		{Namespace: "default", Pod: "victim", Name: aliasName, Proto: "tcp", Answered: "table"},
+		{Namespace: "default", Pod: "victim", Name: "who.example.", Proto: "udp", Answered: "upstream", Upstream: up},
+		{Namespace: "default", Pod: "victim", Name: "who.example.", Proto: "udp", Answered: "cache", Upstream: up},
+	}
+	for i, got := range lines {
+		client, err := netip.ParseAddrPort(got.Client)
+		wantIP := victimIP
+		if i == 0 {
+			wantIP = netip.MustParseAddr("127.0.0.1")
+		}
+		if err != nil || client.Addr() != wantIP {
+			t.Errorf("line %d: client %q, want %s", i, got.Client, wantIP)
+		}
+		if got.Latency <= 0 {
+			t.Errorf("line %d: latency %d, want more than 0", i, got.Latency)
+		}
+		w := want[i]
+		w.Msg, w.Type, w.Rcode, w.Client, w.Latency = "dns query", "A", "NOERROR", got.Client, got.Latency
+		if got != w {
+			t.Errorf("line %d: %+v\nwant %+v", i, got, w)
+		}
+	}
+}
+
+// histogramCounts gathers the histogram name from c: its sample count and
+// sum by the value of label.
+func histogramCounts(t *testing.T, c prometheus.Collector, name, label string) (map[string]uint64, map[string]float64) {
+	t.Helper()
+	counts, sums := map[string]uint64{}, map[string]float64{}
+	for _, mf := range gather(t, c) {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.Metric {
+			v := labelValue(m, label)
+			counts[v], sums[v] = m.GetHistogram().GetSampleCount(), m.GetHistogram().GetSampleSum()
+		}
+	}
+	return counts, sums
+}
+
+// gather collects c through a registry that checks what it collects.
+func gather(t *testing.T, c prometheus.Collector) []*dto.MetricFamily {
+	t.Helper()
+	reg := prometheus.NewPedanticRegistry()
+	if err := reg.Register(c); err != nil {
+		t.Fatal(err)
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return mfs
+}
+
+func labelValue(m *dto.Metric, name string) string {
+	i := slices.IndexFunc(m.Label, func(l *dto.LabelPair) bool { return l.GetName() == name })
+	if i < 0 {
+		return ""
+	}
+	return m.Label[i].GetValue()
+}
+
+// scrape gathers the counters and gauges named from c: their values by
+// series, spelled name{label="value",...} with the labels sorted.
+func scrape(t *testing.T, c prometheus.Collector, names ...string) map[string]float64 {
+	t.Helper()
+	out := map[string]float64{}
+	for _, mf := range gather(t, c) {
+		if !slices.Contains(names, mf.GetName()) {
+			continue
+		}
+		for _, m := range mf.Metric {
+			var labels []string
+			for _, l := range m.Label {
+				labels = append(labels, fmt.Sprintf("%s=%q", l.GetName(), l.GetValue()))
+			}
+			key := mf.GetName() + "{" + strings.Join(labels, ",") + "}"
+			out[key] = m.GetCounter().GetValue() + m.GetGauge().GetValue()
+		}
+	}
+	return out
+}
+
+func seriesText(series map[string]float64) string {
+	var lines []string
+	for k, v := range series {
+		lines = append(lines, fmt.Sprintf("  %s %v", k, v))
+	}
+	slices.Sort(lines)
+	return strings.Join(lines, "\n")
+}

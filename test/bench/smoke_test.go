@@ -1,0 +1,39 @@
+//go:build linux
+
+package bench
+
+import (
+	"testing"
+	"time"
+
+	"github.com/ztdns/ztdns/bench/workload"
+	"github.com/ztdns/ztdns/internal/testenv"
+)
+
+// TestSmoke runs the Resolver comparison's machinery at a tiny size (400
+// objects, 200 names queried, one second at 500 queries/s against each
+// server, no warm-up), so that `make test` proves the benchmarks still
+// work: the generated cluster loads into both servers, they give the same
+// answers, dnsperf's report parses, and /proc is read. It asserts no
+// timing.
+func TestSmoke(t *testing.T) {
+	testenv.LookPath(t, "dnsperf")
+	c := workload.Config{Services: 200, Entries: 200, Queries: 200, AAAAEvery: 10}
+	files := generate(t, c)
+	unbound := startUnbound(t, files.Zone, files.Names[0])
+	ztdns := startAgent(t, unbound.addr, 1, "--config-dir", files.Manifests)
+	waitAnswers(t, ztdns, files.Names[0], files.Names[len(files.Names)-1])
+	sameAnswers(t, ztdns, unbound, files.Names, 10)
+	for name, s := range map[string]*dnsServer{"ztdns": ztdns, "unbound": unbound} {
+		l := dnsperfLoad{server: s.addr.Addr().String(), port: int(s.addr.Port()), queries: files.Queries, rate: 500, duration: time.Second}
+		r := measureLoad(t, s.pid(), l, local, 0)
+		t.Logf("%s: %d of %d answered, server CPU %v, %d wake-ups, RSS %.1f MB, dnsperf CPU %v",
+			name, r.completed, r.sent, r.server.cpu, r.server.wakeups, float64(r.after.rss)/mib, r.cpu)
+		if r.completed < r.sent*9/10 || r.server.cpu <= 0 || r.server.wakeups <= 0 || r.after.rss <= 0 || r.cpu <= 0 {
+			t.Errorf("%s: the run's figures are not all there: %+v", name, r)
+		}
+	}
+	if ztdns.heapInuse(t) <= 0 {
+		t.Error("the agent's /metrics has no heap in use")
+	}
+}
