@@ -7,6 +7,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/ztdns/ztdns/pkg/dnswire"
 	"github.com/ztdns/ztdns/pkg/podcache"
 )
 
@@ -293,7 +294,7 @@ func (s *Server) countAnswer(cell int, slot int32) {
 // observeLocal times one answer of the fast path that is not batched (TCP).
 func (s *Server) observeLocal(reply []byte, took int64) {
 	from := sourceTable
-	if reply[3]&rcodeMask != 0 {
+	if dnswire.HeaderRcode(reply) != dnswire.RcodeSuccess {
 		from = sourceNone
 	}
 	s.metrics.durations[from].observe(took, 1)

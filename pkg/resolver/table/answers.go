@@ -6,12 +6,14 @@ import (
 	"strings"
 
 	"github.com/miekg/dns"
+
+	"github.com/ztdns/ztdns/pkg/dnswire"
 )
 
 // answers holds an entry's records as DNS wire data, ready to follow a
-// question: every owner name is the compression pointer 0xC00C (the question
-// name at offset 12), so the reply repeats the name exactly as the client
-// spelled it and copying the bytes is the whole answer.
+// question: every owner name is dnswire.QuestionPointer, so the reply
+// repeats the name exactly as the client spelled it and copying the bytes is
+// the whole answer.
 type answers struct {
 	wire  []byte
 	spans [numTypes]span
@@ -74,10 +76,10 @@ func (r *Result) AppendAnswer(out []byte, hdr int, qtype uint16, rot uint16) []b
 		s = e.answers.spans[idxCNAME]
 	}
 	out = append(out, e.answers.wire[s.off:s.end]...)
-	binary.BigEndian.PutUint16(out[hdr+6:], s.count)
+	dnswire.SetANCount(out[hdr:], s.count)
 	if s.count == 0 && r.t != nil {
 		out = r.t.appendSOA(out, r.t.zoneStart(r.qname))
-		binary.BigEndian.PutUint16(out[hdr+8:], 1)
+		dnswire.SetNSCount(out[hdr:], 1)
 	}
 	return out
 }
@@ -176,13 +178,13 @@ func (e *Entry) prepare(ttl uint32, ptr bool) {
 	e.answers.spans[idxAAAA] = mark(start, n)
 	start, n = len(w), 0
 	if e.Alias != "" {
-		w = appendRR(w, dns.TypeCNAME, ttl, appendName(nil, e.Alias))
+		w = appendRR(w, dns.TypeCNAME, ttl, dnswire.AppendName(nil, e.Alias))
 		n++
 	}
 	e.answers.spans[idxCNAME] = mark(start, n)
 	start, n = len(w), 0
 	if ptr && len(e.Addrs) > 0 {
-		w = appendRR(w, dns.TypePTR, ttl, appendName(nil, e.Name))
+		w = appendRR(w, dns.TypePTR, ttl, dnswire.AppendName(nil, e.Name))
 		n++
 	}
 	e.answers.spans[idxPTR] = mark(start, n)
@@ -192,7 +194,7 @@ func (e *Entry) prepare(ttl uint32, ptr bool) {
 			rd := binary.BigEndian.AppendUint16(nil, 0)    // priority
 			rd = binary.BigEndian.AppendUint16(rd, 100)    // weight (kube-dns's)
 			rd = binary.BigEndian.AppendUint16(rd, s.Port) // port
-			w = appendRR(w, dns.TypeSRV, ttl, appendName(rd, s.Target))
+			w = appendRR(w, dns.TypeSRV, ttl, dnswire.AppendName(rd, s.Target))
 		}
 		e.srv[i].span = mark(start, len(e.srv[i].records))
 	}
@@ -221,12 +223,8 @@ const (
 // pointers into the question (a presentation-form offset is the wire
 // offset of the same label).
 func (t *Table) appendSOA(out []byte, zone int) []byte {
-	ptr := uint16(0xc000 | (12 + zone))
-	out = binary.BigEndian.AppendUint16(out, ptr)
-	out = binary.BigEndian.AppendUint16(out, dns.TypeSOA)
-	out = binary.BigEndian.AppendUint16(out, dns.ClassINET)
-	out = binary.BigEndian.AppendUint32(out, min(t.ttl, soaMaxTTL))
-	out = binary.BigEndian.AppendUint16(out, 9+13+20)
+	ptr := dnswire.Pointer(dnswire.HeaderLen + zone)
+	out = dnswire.AppendRRHeader(out, ptr, dns.TypeSOA, dns.ClassINET, min(t.ttl, soaMaxTTL), 9+13+20)
 	out = append(out, 2, 'n', 's', 3, 'd', 'n', 's')
 	out = binary.BigEndian.AppendUint16(out, ptr)
 	out = append(out, 10, 'h', 'o', 's', 't', 'm', 'a', 's', 't', 'e', 'r')
@@ -265,22 +263,9 @@ func (t *Table) zoneStart(name string) int {
 	return 0
 }
 
+// appendRR appends a record owned by the question's name.
 func appendRR(w []byte, rrtype uint16, ttl uint32, rdata []byte) []byte {
-	w = append(w, 0xc0, 0x0c)
-	w = binary.BigEndian.AppendUint16(w, rrtype)
-	w = binary.BigEndian.AppendUint16(w, dns.ClassINET)
-	w = binary.BigEndian.AppendUint32(w, ttl)
-	w = binary.BigEndian.AppendUint16(w, uint16(len(rdata)))
-	return append(w, rdata...)
-}
-
-// appendName writes a fully qualified, validated name uncompressed.
-func appendName(w []byte, fqdn string) []byte {
-	for label := range strings.SplitSeq(strings.TrimSuffix(fqdn, "."), ".") {
-		w = append(w, byte(len(label)))
-		w = append(w, label...)
-	}
-	return append(w, 0)
+	return dnswire.AppendRR(w, dnswire.QuestionPointer, rrtype, dns.ClassINET, ttl, rdata)
 }
 
 // reverseName returns the in-addr.arpa or ip6.arpa name of an address.
