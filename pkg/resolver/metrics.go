@@ -118,9 +118,13 @@ var (
 )
 
 const (
-	typeOther    = uint8(len(typeCodes))
-	rcodeBadVers = 6
-	rcodeOther   = 7
+	typeOther = uint8(len(typeCodes))
+	// rcodeBadVers is BADVERS (16, RFC 6891), which needs EDNS to carry;
+	// labelBadVers and labelOther are rcodeLabels' slots for it and for
+	// every rcode past the first six.
+	rcodeBadVers = 16
+	labelBadVers = 6
+	labelOther   = 7
 	nTypes       = len(typeLabels)
 	nRcodes      = len(rcodeLabels)
 	nCells       = nTypes * nRcodes * 2 * nSources
@@ -145,8 +149,11 @@ func requestCell(qtype uint16, rcode int, tcp bool, src source) int {
 		t = typeIndex[qtype]
 	}
 	rc := rcode
-	if rc < 0 || rc > 5 && rc != rcodeBadVers {
-		rc = rcodeOther
+	switch {
+	case rc == rcodeBadVers:
+		rc = labelBadVers
+	case rc < 0 || rc > 5:
+		rc = labelOther
 	}
 	p := 0
 	if tcp {
