@@ -6,11 +6,13 @@ import (
 	"strings"
 
 	"github.com/miekg/dns"
+
+	"github.com/ztdns/ztdns/pkg/dnswire"
 )
 
 // Answers are written straight from an entry's fields: every owner name is
-// the compression pointer 0xC00C (the question name at offset 12), so the
-// reply repeats the name exactly as the client spelled it. An address
+// dnswire.QuestionPointer (the question name at offset 12), so the reply
+// repeats the name exactly as the client spelled it. An address
 // record is 12 fixed bytes and the address, as cheap to write as to copy,
 // so the table keeps no prepared wire data.
 
@@ -67,10 +69,10 @@ func (r *Result) AppendAnswer(out []byte, hdr int, qtype uint16, rot uint16) []b
 			n = 1
 		}
 	}
-	binary.BigEndian.PutUint16(out[hdr+6:], n)
+	dnswire.SetANCount(out[hdr:], n)
 	if n == 0 && r.t != nil {
 		out = r.t.appendSOA(out, r.t.zoneStart(r.qname))
-		binary.BigEndian.PutUint16(out[hdr+8:], 1)
+		dnswire.SetNSCount(out[hdr:], 1)
 	}
 	return out
 }
@@ -99,8 +101,8 @@ func appendAddrs(out []byte, addrs []netip.Addr, ttl uint32, rot uint16) []byte 
 func appendAddr(out []byte, ttl uint32, a netip.Addr) []byte {
 	// Owner 0xC00C, type, class IN, the TTL's high half; then its low half,
 	// the rdata length and, for A, the address.
-	const a4, a6 = 0xc00c<<48 | uint64(dns.TypeA)<<32 | uint64(dns.ClassINET)<<16,
-		0xc00c<<48 | uint64(dns.TypeAAAA)<<32 | uint64(dns.ClassINET)<<16
+	const a4, a6 = uint64(dnswire.QuestionPointer)<<48 | uint64(dns.TypeA)<<32 | uint64(dns.ClassINET)<<16,
+		uint64(dnswire.QuestionPointer)<<48 | uint64(dns.TypeAAAA)<<32 | uint64(dns.ClassINET)<<16
 	if a.Is4() {
 		b := a.As4()
 		out = binary.BigEndian.AppendUint64(out, a4|uint64(ttl>>16))
@@ -117,18 +119,18 @@ func appendAddr(out []byte, ttl uint32, a netip.Addr) []byte {
 // its target name uncompressed.
 func appendPTR(out []byte, ttl uint32, target string) []byte {
 	out = appendHeader(out, dns.TypePTR, ttl, nameLen(target))
-	return appendName(out, target)
+	return dnswire.AppendName(out, target)
 }
 
 func appendCNAME(out []byte, ttl uint32, target string) []byte {
 	out = appendHeader(out, dns.TypeCNAME, ttl, nameLen(target))
-	return appendName(out, target)
+	return dnswire.AppendName(out, target)
 }
 
 func appendSRV(out []byte, ttl uint32, s SRV) []byte {
 	out = appendHeader(out, dns.TypeSRV, ttl, 6+nameLen(s.Target))
 	out = append(out, 0, 0, 0, 100, byte(s.Port>>8), byte(s.Port)) // priority 0, weight 100 (kube-dns's)
-	return appendName(out, s.Target)
+	return dnswire.AppendName(out, s.Target)
 }
 
 // Chases reports whether answering qtype means following the entry's
@@ -208,12 +210,8 @@ const (
 // pointers into the question (a presentation-form offset is the wire
 // offset of the same label).
 func (t *Table) appendSOA(out []byte, zone int) []byte {
-	ptr := uint16(0xc000 | (12 + zone))
-	out = binary.BigEndian.AppendUint16(out, ptr)
-	out = binary.BigEndian.AppendUint16(out, dns.TypeSOA)
-	out = binary.BigEndian.AppendUint16(out, dns.ClassINET)
-	out = binary.BigEndian.AppendUint32(out, min(t.ttl, soaMaxTTL))
-	out = binary.BigEndian.AppendUint16(out, 9+13+20)
+	ptr := dnswire.Pointer(dnswire.HeaderLen + zone)
+	out = dnswire.AppendRRHeader(out, ptr, dns.TypeSOA, dns.ClassINET, min(t.ttl, soaMaxTTL), 9+13+20)
 	out = append(out, 2, 'n', 's', 3, 'd', 'n', 's')
 	out = binary.BigEndian.AppendUint16(out, ptr)
 	out = append(out, 10, 'h', 'o', 's', 't', 'm', 'a', 's', 't', 'e', 'r')
@@ -255,25 +253,11 @@ func (t *Table) zoneStart(name string) int {
 // appendHeader appends a record's owner (the question name), type, class,
 // TTL and rdata length.
 func appendHeader(w []byte, rrtype uint16, ttl uint32, rdlen int) []byte {
-	return append(w, 0xc0, 0x0c, byte(rrtype>>8), byte(rrtype), 0, byte(dns.ClassINET),
-		byte(ttl>>24), byte(ttl>>16), byte(ttl>>8), byte(ttl), byte(rdlen>>8), byte(rdlen))
+	return dnswire.AppendRRHeader(w, dnswire.QuestionPointer, rrtype, dns.ClassINET, ttl, uint16(rdlen))
 }
 
 // nameLen is the length of fqdn (validated, fully qualified) on the wire.
 func nameLen(fqdn string) int { return len(fqdn) + 1 }
-
-// appendName writes a fully qualified, validated name uncompressed.
-func appendName(w []byte, fqdn string) []byte {
-	start := 0
-	for i := 0; i < len(fqdn); i++ {
-		if fqdn[i] == '.' {
-			w = append(w, byte(i-start))
-			w = append(w, fqdn[start:i]...)
-			start = i + 1
-		}
-	}
-	return append(w, 0)
-}
 
 // reverseName returns the in-addr.arpa or ip6.arpa name of an address.
 func reverseName(a netip.Addr) string {

@@ -15,11 +15,14 @@ import (
 	"github.com/ztdns/ztdns/pkg/resolver/vip"
 )
 
-// Ranks order entries that claim the same name: an explicit ServiceEntry
-// beats a Service of the same name (the seed's tcp-echo.external-1 example).
+// Ranks order entries that claim the same name as istiod does for ambient
+// mode: a Kubernetes Service before ServiceEntries (then the oldest first).
+// With Table.pick's own-namespace rule, a pod gets the object ztunnel routes:
+// its own namespace's (so the seed's tcp-echo.external-1 ServiceEntry in the
+// client's namespace still wins), else the Service.
 const (
-	rankServiceEntry = iota
-	rankService
+	rankService = iota
+	rankServiceEntry
 )
 
 // names says under which suffixes objects live and how answers are made.

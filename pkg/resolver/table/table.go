@@ -411,9 +411,9 @@ func (t *Table) find(name, ns string) *Entry {
 	return t.wildcard(name, ns)
 }
 
-// pick chooses among the entries for one key: one from the asker's own
-// namespace first (Istio's rule when a host is defined in several), else the
-// first visible in build order (ServiceEntry before Service, older first).
+// pick chooses among the entries for one key as ztunnel does: one from the
+// asker's own namespace first, else the first visible in build order (the
+// Service, else the oldest ServiceEntry: istiod's canonical one).
 func (t *Table) pick(entries bucket, ns string) *Entry {
 	if entries.many == nil { // one entry, or none: the usual case
 		if entries.one != nil && entries.one.VisibleFrom(ns) {

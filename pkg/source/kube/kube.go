@@ -211,8 +211,11 @@ func (r *run) follow(ctx context.Context, wg *sync.WaitGroup, crdChanges <-chan 
 			synced = true
 			snap, _ := r.snapshot()
 			r.log.Info("cluster synced", counts(snap)...)
-			r.deliver(snap, time.Time{}, deliver)
+			// Synced before the first snapshot is out, so whoever has it
+			// finds the source healthy (the agent's readiness waits for
+			// the table itself).
 			r.health.setSynced()
+			r.deliver(snap, time.Time{}, deliver)
 		case <-r.notify:
 			since := r.pendingSince()
 			if !synced || since.IsZero() {
