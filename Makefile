@@ -4,6 +4,7 @@
 #   make test      every test (as root: the data-path tests load BPF programs)
 #   make demo      the DNS Proxying walkthrough, live (as root)
 #   make bench     ztdns vs. its peers, side by side, as ratios
+#   make bench-wire  the hand-written DNS wire format vs. miekg/dns, dnsmessage
 #   make fuzz      every fuzz target for FUZZTIME each (default 10m)
 #   make image     the container image for amd64 and arm64, as an OCI layout
 #                  in bin/image (and bin/image.tar); IMAGE_TAG names it
@@ -41,8 +42,10 @@ BENCH_COUNT   ?= 1
 BENCH_FLAGS   ?=
 BENCH_OUT     ?= bin/bench.txt
 BENCH_TIMEOUT ?= 4h
+# make bench-wire: runs of each wire-format benchmark.
+WIRE_COUNT    ?= 10
 
-.PHONY: build generate test demo demo-standalone bench fuzz image clean
+.PHONY: build generate test demo demo-standalone bench bench-wire fuzz image clean
 
 build:
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/ztdns
@@ -50,9 +53,12 @@ build:
 generate:
 	$(GO) generate ./pkg/redirect/
 
+# The tests, then each wire-format benchmark once: every implementation
+# still does the job it is timed on (each checks its result first).
 test:
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) $(TEST_FLAGS) ./...
+	$(GO) test -run '^$$' -bench . -benchtime 1x ./pkg/dnswire/
 
 demo: build
 	./scripts/demo.sh
@@ -73,6 +79,15 @@ bench:
 		-timeout $(BENCH_TIMEOUT) ./test/bench/ -args -rounds $(BENCH_ROUNDS) $(BENCH_FLAGS) | tee $(BENCH_OUT)
 	@echo
 	$(GO) run ./bench/report $(BENCH_OUT)
+
+# The DNS wire format by hand (pkg/dnswire) beside miekg/dns and
+# x/net/dns/dnsmessage on the same messages: WIRE_COUNT runs of each, then
+# benchstat's medians with each peer vs. dnswire.
+bench-wire: SHELL := /bin/bash
+bench-wire:
+	@mkdir -p bin
+	set -o pipefail; $(GO) test -run '^$$' -bench . -count $(WIRE_COUNT) ./pkg/dnswire/ | tee bin/bench-wire.txt
+	$(GO) run golang.org/x/perf/cmd/benchstat -col /impl bin/bench-wire.txt
 
 clean:
 	rm -rf bin

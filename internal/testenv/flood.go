@@ -5,7 +5,6 @@ package testenv
 import (
 	"bytes"
 	"context"
-	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -20,6 +19,7 @@ import (
 	"github.com/miekg/dns"
 
 	"github.com/ztdns/ztdns/internal/dnstest"
+	"github.com/ztdns/ztdns/pkg/dnswire"
 )
 
 // floodConfigEnv carries a FloodConfig, as JSON, to the flood helper.
@@ -226,10 +226,10 @@ func (l *floodLoad) count(reply []byte, err error, took time.Duration, probe boo
 		l.res.Timeouts++
 	case err != nil:
 		l.res.Errors++
-	case len(reply) >= 12:
-		l.res.Rcodes[dns.RcodeToString[int(reply[3]&0xf)]]++
-		answers := binary.BigEndian.Uint16(reply[6:])
-		if probe && reply[3]&0xf == dns.RcodeSuccess && answers > 0 {
+	case len(reply) >= dnswire.HeaderLen:
+		h, _ := dnswire.ReadHeader(reply)
+		l.res.Rcodes[dns.RcodeToString[h.Rcode()]]++
+		if probe && h.Rcode() == dns.RcodeSuccess && h.ANCount > 0 {
 			l.res.Answered++
 			l.res.Latencies = append(l.res.Latencies, took)
 		}

@@ -185,6 +185,11 @@ func typeString(t uint16) string {
 }
 
 func rcodeString(rc int) string {
+	if rc == dns.RcodeBadVers {
+		// 16 is BADSIG only in TSIG's error field; in a reply it is BADVERS
+		// (RFC 6891), which miekg/dns's table does not say.
+		return "BADVERS"
+	}
 	if s, ok := dns.RcodeToString[rc]; ok {
 		return s
 	}

@@ -368,6 +368,22 @@ func (a *Agent) run(ctx context.Context) error {
 		"autopath", a.cfg.Autopath, "socket", a.cfg.Socket, "metrics", a.cfg.MetricsAddr,
 		"version", version.Get().Version, "revision", version.Get().Revision)
 
+	// Started, and once it serves a table, done with the binary's pages
+	// only starting used.
+	g.spawn("start pages", func() error {
+		select {
+		case <-a.firstTable:
+		case <-ctx.Done():
+			return nil
+		}
+		if mapped, err := dropStartupPages(); err != nil {
+			a.log.Debug("keeping the binary's pages mapped", "err", err)
+		} else {
+			a.log.Debug("dropped the binary's pages mapped at start", "bytes", mapped)
+		}
+		return nil
+	})
+
 	<-ctx.Done()
 	a.ready.Store(false)
 	err = context.Cause(ctx)

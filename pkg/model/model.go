@@ -10,6 +10,22 @@ import (
 	"time"
 )
 
+// Labels and annotations ztdns reads; everything else is dropped on conversion.
+const (
+	LabelDataplaneMode      = "istio.io/dataplane-mode"
+	LabelGatewayManaged     = "gateway.istio.io/managed"
+	LabelEnableAutoallocate = "networking.istio.io/enable-autoallocate-ip"
+	// AnnotationDNSCapture is ztdns's own per-pod switch, "true" or "false".
+	AnnotationDNSCapture = "ztdns.io/dns-capture"
+	// AnnotationIstioDNSCapture is istio-cni's per-pod switch for Istio's
+	// own DNS capture; ztdns honours only its "false" (see pkg/ambient).
+	AnnotationIstioDNSCapture = "ambient.istio.io/dns-capture"
+	// LabelServiceName links an EndpointSlice to its Service.
+	LabelServiceName = "kubernetes.io/service-name"
+	// SidecarContainer is the name of Istio's injected proxy container.
+	SidecarContainer = "istio-proxy"
+)
+
 // Port is a named service port, as used for SRV records.
 type Port struct {
 	Name     string

@@ -7,6 +7,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/ztdns/ztdns/pkg/dnswire"
 	"github.com/ztdns/ztdns/pkg/podcache"
 )
 
@@ -117,9 +118,13 @@ var (
 )
 
 const (
-	typeOther    = uint8(len(typeCodes))
-	rcodeBadVers = 6
-	rcodeOther   = 7
+	typeOther = uint8(len(typeCodes))
+	// rcodeBadVers is BADVERS (16, RFC 6891), which needs EDNS to carry;
+	// labelBadVers and labelOther are rcodeLabels' slots for it and for
+	// every rcode past the first six.
+	rcodeBadVers = 16
+	labelBadVers = 6
+	labelOther   = 7
 	nTypes       = len(typeLabels)
 	nRcodes      = len(rcodeLabels)
 	nCells       = nTypes * nRcodes * 2 * nSources
@@ -144,8 +149,11 @@ func requestCell(qtype uint16, rcode int, tcp bool, src source) int {
 		t = typeIndex[qtype]
 	}
 	rc := rcode
-	if rc < 0 || rc > 5 && rc != rcodeBadVers {
-		rc = rcodeOther
+	switch {
+	case rc == rcodeBadVers:
+		rc = labelBadVers
+	case rc < 0 || rc > 5:
+		rc = labelOther
 	}
 	p := 0
 	if tcp {
@@ -293,7 +301,7 @@ func (s *Server) countAnswer(cell int, slot int32) {
 // observeLocal times one answer of the fast path that is not batched (TCP).
 func (s *Server) observeLocal(reply []byte, took int64) {
 	from := sourceTable
-	if reply[3]&rcodeMask != 0 {
+	if dnswire.HeaderRcode(reply) != dnswire.RcodeSuccess {
 		from = sourceNone
 	}
 	s.metrics.durations[from].observe(took, 1)

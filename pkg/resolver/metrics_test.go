@@ -187,12 +187,17 @@ func TestAccessLogLines(t *testing.T) {
 	ms.query(t, victimIP, "tcp", aliasName, dns.TypeA)
 	ms.query(t, victimIP, "udp", "who.example.", dns.TypeA)
 	ms.query(t, victimIP, "udp", "who.example.", dns.TypeA)
+	badVers := new(dns.Msg)
+	badVers.SetQuestion(tableName, dns.TypeA)
+	badVers.SetEdns0(1232, false)
+	badVers.IsEdns0().SetVersion(1)
+	ms.exchange(t, victimIP, "udp", badVers)
 	type line struct {
 		Msg, Client, Namespace, Pod, Name, Type, Proto, Rcode, Answered, Upstream string
 		Latency                                                                   int64
 	}
 	var lines []line
-	eventually(t, "five access log lines", func() bool {
+	eventually(t, "six access log lines", func() bool {
 		lines = nil
 		text := strings.TrimSpace(ms.log.String())
 		if text == "" {
@@ -205,7 +210,7 @@ func TestAccessLogLines(t *testing.T) {
 			}
 			lines = append(lines, got)
 		}
-		return len(lines) == 5
+		return len(lines) == 6
 	})
 	up := ms.upstream.String()
 	want := []line{
@@ -214,6 +219,7 @@ func TestAccessLogLines(t *testing.T) {
 		{Namespace: "default", Pod: "victim", Name: aliasName, Proto: "tcp", Answered: "table"},
 		{Namespace: "default", Pod: "victim", Name: "who.example.", Proto: "udp", Answered: "upstream", Upstream: up},
 		{Namespace: "default", Pod: "victim", Name: "who.example.", Proto: "udp", Answered: "cache", Upstream: up},
+		{Namespace: "default", Pod: "victim", Name: tableName, Proto: "udp", Answered: "none", Rcode: "BADVERS"},
 	}
 	for i, got := range lines {
 		client, err := netip.ParseAddrPort(got.Client)
@@ -228,7 +234,10 @@ func TestAccessLogLines(t *testing.T) {
 			t.Errorf("line %d: latency %d, want more than 0", i, got.Latency)
 		}
 		w := want[i]
-		w.Msg, w.Type, w.Rcode, w.Client, w.Latency = "dns query", "A", "NOERROR", got.Client, got.Latency
+		w.Msg, w.Type, w.Client, w.Latency = "dns query", "A", got.Client, got.Latency
+		if w.Rcode == "" {
+			w.Rcode = "NOERROR"
+		}
 		if got != w {
 			t.Errorf("line %d: %+v\nwant %+v", i, got, w)
 		}
@@ -302,4 +311,21 @@ func seriesText(series map[string]float64) string {
 	}
 	slices.Sort(lines)
 	return strings.Join(lines, "\n")
+}
+
+// TestRcodeLabels: the rcode label names what a client got: BADVERS is
+// rcode 16, and YXDOMAIN (6), which an upstream may send, is "other".
+func TestRcodeLabels(t *testing.T) {
+	label := func(rcode int) string {
+		cell := requestCell(dns.TypeA, rcode, false, sourceUpstream)
+		return rcodeLabels[cell/(2*nSources)%nRcodes]
+	}
+	for rcode, want := range map[int]string{
+		dns.RcodeSuccess: "NOERROR", dns.RcodeNameError: "NXDOMAIN", dns.RcodeRefused: "REFUSED",
+		dns.RcodeBadVers: "BADVERS", dns.RcodeYXDomain: "other", dns.RcodeNotZone: "other", 4095: "other", -1: "other",
+	} {
+		if got := label(rcode); got != want {
+			t.Errorf("rcode %d: label %q, want %q", rcode, got, want)
+		}
+	}
 }

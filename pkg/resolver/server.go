@@ -23,6 +23,7 @@ import (
 	"unsafe"
 
 	"github.com/ztdns/ztdns/pkg/accesslog"
+	"github.com/ztdns/ztdns/pkg/dnswire"
 	"github.com/ztdns/ztdns/pkg/podcache"
 	"github.com/ztdns/ztdns/pkg/resolver/forward"
 	"github.com/ztdns/ztdns/pkg/resolver/quota"
@@ -374,7 +375,7 @@ func (s *Server) stopping() bool {
 // nameBuf holds a query name in presentation form. The hot path gets one
 // from its caller (one per socket or connection): a name handed to the
 // table as a string would otherwise make a stack buffer escape to the heap.
-type nameBuf = [maxNameLen + 1]byte
+type nameBuf = dnswire.NameBuf
 
 // scratch is what the hot path keeps between queries of one socket or
 // connection.
@@ -407,7 +408,7 @@ func (s *Server) answerFast(msg []byte, src netip.AddrPort, tcp bool, out []byte
 			if !tcp || parse(msg, &r, name) == verdictDrop {
 				return nil, false
 			}
-			return s.answered(sc, appendErrorReply(out, msg, &r, rcodeRefused), hdr, &r, tcp, pod, src, now), false
+			return s.answered(sc, dnswire.AppendErrorReply(out, msg, &r, dnswire.RcodeRefused), hdr, &r, tcp, pod, src, now), false
 		}
 	} else {
 		pod = s.opts.Pods.Lookup(src.Addr())
@@ -418,11 +419,11 @@ func (s *Server) answerFast(msg []byte, src netip.AddrPort, tcp bool, out []byte
 		return nil, false
 	case verdictFormErr:
 		metricQueries.formerr.Inc()
-		return s.answered(sc, appendErrorReply(out, msg, &r, rcodeFormErr), hdr, &r, tcp, pod, src, now), false
+		return s.answered(sc, dnswire.AppendErrorReply(out, msg, &r, dnswire.RcodeFormErr), hdr, &r, tcp, pod, src, now), false
 	case verdictOther:
 		return nil, true
 	}
-	if r.ednsVersion != 0 || !r.plain || (r.qclass != classINET && r.qclass != classANY) {
+	if r.EDNSVersion != 0 || !r.Plain || (r.Class != dnswire.ClassINET && r.Class != dnswire.ClassANY) {
 		return nil, true
 	}
 	var ns string
@@ -431,25 +432,25 @@ func (s *Server) answerFast(msg []byte, src netip.AddrPort, tcp bool, out []byte
 	}
 	// The name bytes do not change during the lookup and Resolve keeps no
 	// reference to them: no need to copy them into a string.
-	res := s.table.Load().Resolve(unsafe.String(&r.name[0], len(r.name)), ns)
-	if res.Entry == nil || res.Alias != "" || res.Chases(r.qtype) {
+	res := s.table.Load().Resolve(unsafe.String(&r.Name[0], len(r.Name)), ns)
+	if res.Entry == nil || res.Alias != "" || res.Chases(r.Type) {
 		return nil, true
 	}
-	if r.qtype == typeAXFR || r.qtype == typeIXFR {
+	if r.Type == dnswire.TypeAXFR || r.Type == dnswire.TypeIXFR {
 		metricQueries.refused.Inc()
-		return s.answered(sc, appendErrorReply(out, msg, &r, rcodeRefused), hdr, &r, tcp, pod, src, now), false
+		return s.answered(sc, dnswire.AppendErrorReply(out, msg, &r, dnswire.RcodeRefused), hdr, &r, tcp, pod, src, now), false
 	}
 	var ar uint16
-	if r.edns {
+	if r.EDNS {
 		ar = 1
 	}
-	out = appendHeader(out, &r, 0, true, 1, 0, ar)
-	out = append(out, msg[headerLen:r.qend]...)
-	out = res.AppendAnswer(out, hdr, r.qtype, r.id) // sets the counts; the SOA when NODATA
-	if r.edns {
-		out = appendOPT(out, &r, 0)
+	out = dnswire.AppendHeader(out, &r, 0, true, 1, 0, ar)
+	out = append(out, msg[dnswire.HeaderLen:r.End]...)
+	out = res.AppendAnswer(out, hdr, r.Type, r.ID) // sets the counts; the SOA when NODATA
+	if r.EDNS {
+		out = dnswire.AppendOPT(out, &r, 0)
 	}
-	if !tcp && len(out) > r.udpLimit() {
+	if !tcp && len(out) > r.UDPLimit() {
 		out = truncate(out[:hdr], msg, &r)
 	}
 	return s.answered(sc, out, hdr, &r, tcp, pod, src, now), false
@@ -458,13 +459,13 @@ func (s *Server) answerFast(msg []byte, src netip.AddrPort, tcp bool, out []byte
 // answered counts a reply of the fast path (out[hdr:]), made from the table
 // or an error of its own, and logs it when the access log samples it.
 func (s *Server) answered(sc *scratch, out []byte, hdr int, r *request, tcp bool, pod *podcache.Pod, src netip.AddrPort, now int64) []byte {
-	rcode := int(out[hdr+3] & rcodeMask)
+	rcode := dnswire.HeaderRcode(out[hdr:])
 	from := sourceTable
 	if rcode != 0 {
 		from = sourceNone
 	}
 	if !s.opts.NoRequestMetrics {
-		cell, slot := requestCell(r.qtype, rcode, tcp, from), int32(slotUnknown)
+		cell, slot := requestCell(r.Type, rcode, tcp, from), int32(slotUnknown)
 		if pod != nil { // namespaceCounts.slotOf, spelt out: this one is inlined
 			if slot = pod.NamespaceSlot.Load(); slot == slotUnknown {
 				slot = s.metrics.namespaces.assign(pod)
@@ -490,8 +491,8 @@ func (s *Server) logAccess(r *request, src netip.AddrPort, tcp bool, pod *podcac
 	e := accesslog.Entry{
 		Time:     time.Now().Add(-time.Duration(latency)),
 		Client:   src,
-		Name:     string(r.name),
-		Type:     r.qtype,
+		Name:     string(r.Name),
+		Type:     r.Type,
 		Proto:    protoLabels[0],
 		Rcode:    rcode,
 		Answered: sourceLabels[from],
@@ -509,16 +510,7 @@ func (s *Server) logAccess(r *request, src netip.AddrPort, tcp bool, pod *podcac
 
 // truncate writes an empty reply with TC set: the client retries over TCP.
 func truncate(out []byte, msg []byte, r *request) []byte {
-	var ar uint16
-	if r.edns {
-		ar = 1
-	}
-	out = appendHeader(out, r, 0, true, 1, 0, ar)
-	out[2] |= flagTC >> 8
-	out = append(out, msg[headerLen:r.qend]...)
-	if r.edns {
-		out = appendOPT(out, r, 0)
-	}
+	out = dnswire.AppendTruncated(out, msg, r)
 	metricTruncated.Inc()
 	return out
 }
@@ -543,14 +535,14 @@ func (s *Server) slow(msg []byte, src, local netip.AddrPort, tcp bool, done func
 	if !source.StartForward(s.opts.Limits.Forwarding) {
 		metricQueries.forwardLimited.Inc()
 		q.from = sourceNone
-		done(appendErrorReply(nil, msg, &q.r, rcodeServFail))
+		done(dnswire.AppendErrorReply(nil, msg, &q.r, dnswire.RcodeServFail))
 		return
 	}
 	if !takeSlot(&s.forwarding, s.opts.MaxInflight) {
 		source.EndForward()
 		metricQueries.overload.Inc()
 		q.from = sourceNone
-		done(appendErrorReply(nil, msg, &q.r, rcodeServFail))
+		done(dnswire.AppendErrorReply(nil, msg, &q.r, dnswire.RcodeServFail))
 		return
 	}
 	metricForwarding.Inc()
@@ -575,7 +567,7 @@ func servfailFor(msg []byte) []byte {
 	if parse(msg, &r, new(nameBuf)) == verdictDrop {
 		return nil
 	}
-	return appendErrorReply(nil, msg, &r, rcodeServFail)
+	return dnswire.AppendErrorReply(nil, msg, &r, dnswire.RcodeServFail)
 }
 
 // takeSlot adds one to n unless that would pass max.

@@ -7,22 +7,15 @@ import (
 
 	"github.com/miekg/dns"
 
+	"github.com/ztdns/ztdns/pkg/dnswire"
 	"github.com/ztdns/ztdns/pkg/podcache"
 	"github.com/ztdns/ztdns/pkg/resolver/forward"
 	"github.com/ztdns/ztdns/pkg/resolver/table"
 )
 
-const (
-	typeCNAME = 5
-	typeIXFR  = 251
-	typeAXFR  = 252
-	// maxChain bounds CNAME chains through the table (an ExternalName may
-	// point at another local name, which may point further).
-	maxChain = 8
-	// extRcodeBadVers is BADVERS (16) as carried in the OPT record's upper
-	// eight rcode bits (RFC 6891 6.1.3).
-	extRcodeBadVers = 1
-)
+// maxChain bounds CNAME chains through the table (an ExternalName may
+// point at another local name, which may point further).
+const maxChain = 8
 
 // slowQuery is one query on the slow path.
 type slowQuery struct {
@@ -50,7 +43,7 @@ type slowQuery struct {
 // before it is sent.
 func (q *slowQuery) finishing(done func(reply []byte)) func(reply []byte) {
 	return func(reply []byte) {
-		if len(reply) >= headerLen {
+		if len(reply) >= dnswire.HeaderLen {
 			q.finish(reply)
 		}
 		done(reply)
@@ -59,7 +52,7 @@ func (q *slowQuery) finishing(done func(reply []byte)) func(reply []byte) {
 
 func (q *slowQuery) finish(reply []byte) {
 	s := q.s
-	rcode := int(reply[3] & rcodeMask)
+	rcode := dnswire.HeaderRcode(reply)
 	if q.badVers {
 		rcode = rcodeBadVers
 	}
@@ -68,7 +61,7 @@ func (q *slowQuery) finish(reply []byte) {
 	}
 	took := s.clock() - q.start
 	if !s.opts.NoRequestMetrics {
-		cell := requestCell(q.r.qtype, rcode, q.tcp, q.from)
+		cell := requestCell(q.r.Type, rcode, q.tcp, q.from)
 		s.countAnswer(cell, s.metrics.namespaces.slotOf(q.pod))
 		s.metrics.durations[q.from].observe(took, 1)
 	}
@@ -103,18 +96,18 @@ func (q *slowQuery) answer(ctx context.Context) []byte {
 		return nil
 	case verdictFormErr:
 		metricQueries.formerr.Inc()
-		return appendErrorReply(nil, msg, r, rcodeFormErr)
+		return dnswire.AppendErrorReply(nil, msg, r, dnswire.RcodeFormErr)
 	case verdictOther: // NOTIFY, UPDATE, …: not ours to judge
 		return q.forward(ctx)
 	}
-	if r.ednsVersion != 0 {
+	if r.EDNSVersion != 0 {
 		metricQueries.formerr.Inc()
 		q.badVers = true
-		out := appendHeader(nil, r, 0, false, 1, 0, 1)
-		out = append(out, msg[headerLen:r.qend]...)
-		return appendOPT(out, r, extRcodeBadVers)
+		out := dnswire.AppendHeader(nil, r, 0, false, 1, 0, 1)
+		out = append(out, msg[dnswire.HeaderLen:r.End]...)
+		return dnswire.AppendOPT(out, r, dnswire.ExtRcodeBadVers)
 	}
-	if !r.plain || (r.qclass != classINET && r.qclass != classANY) {
+	if !r.Plain || (r.Class != dnswire.ClassINET && r.Class != dnswire.ClassANY) {
 		return q.forward(ctx)
 	}
 	pod := s.opts.Pods.Lookup(q.src.Addr())
@@ -124,7 +117,7 @@ func (q *slowQuery) answer(ctx context.Context) []byte {
 		ns = pod.Namespace
 	}
 	tbl := s.table.Load()
-	res := tbl.Resolve(string(r.name), ns)
+	res := tbl.Resolve(string(r.Name), ns)
 	if res.Entry == nil {
 		if s.opts.Autopath && pod != nil {
 			if out := q.autopath(ctx, pod, tbl); out != nil {
@@ -133,14 +126,14 @@ func (q *slowQuery) answer(ctx context.Context) []byte {
 		}
 		return q.forward(ctx)
 	}
-	if r.qtype == typeAXFR || r.qtype == typeIXFR {
+	if r.Type == dnswire.TypeAXFR || r.Type == dnswire.TypeIXFR {
 		metricQueries.refused.Inc()
-		return appendErrorReply(nil, msg, r, rcodeRefused)
+		return dnswire.AppendErrorReply(nil, msg, r, dnswire.RcodeRefused)
 	}
 	req := new(dns.Msg)
 	if err := req.Unpack(msg); err != nil {
 		metricQueries.formerr.Inc()
-		return appendErrorReply(nil, msg, r, rcodeFormErr)
+		return dnswire.AppendErrorReply(nil, msg, r, dnswire.RcodeFormErr)
 	}
 	reply := replyTo(req, r)
 	owner := req.Question[0].Name
@@ -170,8 +163,8 @@ func (q *slowQuery) answer(ctx context.Context) []byte {
 // table's for a local name, the upstream's for one resolved there.
 func (q *slowQuery) chase(ctx context.Context, reply *dns.Msg, res table.Result, owner string, tbl *table.Table, ns string) {
 	for range maxChain {
-		if !res.Chases(q.r.qtype) {
-			rrs := res.Records(owner, q.r.qtype, tbl.TTL(), q.r.id)
+		if !res.Chases(q.r.Type) {
+			rrs := res.Records(owner, q.r.Type, tbl.TTL(), q.r.ID)
 			if len(rrs) == 0 {
 				reply.Ns = append(reply.Ns, tbl.SOA(owner))
 			}
@@ -208,7 +201,7 @@ func (q *slowQuery) autopath(ctx context.Context, pod *podcache.Pod, tbl *table.
 	}
 	r := &q.r
 	search := append(append([]string(nil), pod.Search...), q.s.opts.NodeSearch...)
-	qname := string(r.name)
+	qname := string(r.Name)
 	first := dns.CanonicalName(search[0])
 	if len(qname) <= len(first)+1 || !strings.HasSuffix(qname, "."+first) {
 		return nil
@@ -277,15 +270,15 @@ func (q *slowQuery) forward(ctx context.Context) []byte {
 	s, msg, r := q.s, q.msg, &q.r
 	upstreams := s.upstreams(q.src, q.local)
 	if len(upstreams) == 0 || s.opts.Forwarder == nil {
-		return appendErrorReply(nil, msg, r, rcodeServFail)
+		return dnswire.AppendErrorReply(nil, msg, r, dnswire.RcodeServFail)
 	}
 	out, from, err := s.opts.Forwarder.ForwardFrom(ctx, msg, q.tcp, upstreams)
 	if err != nil {
 		s.log.Debug("forward failed", "client", q.src, "err", err)
-		return appendErrorReply(nil, msg, r, rcodeServFail)
+		return dnswire.AppendErrorReply(nil, msg, r, dnswire.RcodeServFail)
 	}
 	q.answeredBy(from)
-	if !q.tcp && len(out) > r.udpLimit() && r.qend > 0 {
+	if !q.tcp && len(out) > r.UDPLimit() && r.End > 0 {
 		return truncate(nil, msg, r)
 	}
 	return out
@@ -306,9 +299,9 @@ func (q *slowQuery) lookupUpstream(ctx context.Context, name string, tcp bool) (
 	}
 	s, r := q.s, &q.r
 	m := new(dns.Msg)
-	m.SetQuestion(dns.Fqdn(name), r.qtype)
-	if r.edns {
-		m.SetEdns0(ourUDPSize, r.do)
+	m.SetQuestion(dns.Fqdn(name), r.Type)
+	if r.EDNS {
+		m.SetEdns0(dnswire.EDNSUDPSize, r.DO)
 	}
 	wire, err := m.Pack()
 	if err != nil {
@@ -348,8 +341,8 @@ func replyTo(req *dns.Msg, r *request) *dns.Msg {
 	reply.SetReply(req)
 	reply.Authoritative = true
 	reply.RecursionAvailable = true
-	if r.edns {
-		reply.SetEdns0(ourUDPSize, r.do)
+	if r.EDNS {
+		reply.SetEdns0(dnswire.EDNSUDPSize, r.DO)
 	}
 	return reply
 }
@@ -360,9 +353,9 @@ func (q *slowQuery) pack(reply *dns.Msg) []byte {
 	out, err := reply.Pack()
 	if err != nil {
 		q.s.log.Error("packing a reply failed", "err", err)
-		return appendErrorReply(nil, q.msg, &q.r, rcodeServFail)
+		return dnswire.AppendErrorReply(nil, q.msg, &q.r, dnswire.RcodeServFail)
 	}
-	if !q.tcp && len(out) > q.r.udpLimit() {
+	if !q.tcp && len(out) > q.r.UDPLimit() {
 		return truncate(nil, q.msg, &q.r)
 	}
 	return out

@@ -17,6 +17,7 @@ import (
 	istioinformers "istio.io/client-go/pkg/informers/externalversions"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -101,10 +102,12 @@ func BenchmarkScale(b *testing.B) {
 
 		p := &prober{env: env, agent: agent, cluster: c}
 		watchFrom := fwd.Received()
+		inside := agentSide(b, agent)
 		for i := range *flagProbes {
 			p.probe(b, i)
 		}
 		perChange := float64(fwd.Received()-watchFrom) / float64(*flagProbes)
+		inside = agentSide(b, agent).since(inside)
 
 		b.ReportMetric(0, "ns/op")
 		b.ReportMetric(float64(objects), "objects")
@@ -121,10 +124,46 @@ func BenchmarkScale(b *testing.B) {
 			b.ReportMetric(float64(k.bytes)/mib, "list-"+k.name+"-MB")
 		}
 		p.report(b)
+		inside.report(b)
 		b.Logf("%d objects (%d names): ready in %v after %.1f MB from the API server; RSS %.1f MB (empty %.1f), heap %.1f MB (empty %.1f); watch %.0f B/change, %.0f B/s idle",
 			objects, tbl.Len(), ready.Round(time.Millisecond), float64(listed)/mib, float64(mem.rss)/mib, float64(emptyMem.rss)/mib,
 			heap/mib, emptyHeap/mib, perChange, idleRate)
 		agent.proc.Kill()
+	}
+}
+
+// agentCounts are the agent's own counts of what changes cost it: the
+// snapshots its source took and their delay (from the first change a
+// watch saw to the table built from it), the tables it built and how long
+// that took, and its garbage collections.
+type agentCounts struct {
+	snapshots, delay, builds, build, gcs float64
+}
+
+func agentSide(tb testing.TB, s *dnsServer) agentCounts {
+	tb.Helper()
+	return agentCounts{
+		snapshots: s.metric(tb, "ztdns_kube_snapshot_delay_seconds_count"),
+		delay:     s.metric(tb, "ztdns_kube_snapshot_delay_seconds_sum"),
+		builds:    s.metric(tb, "ztdns_table_build_seconds_count"),
+		build:     s.metric(tb, "ztdns_table_build_seconds_sum"),
+		gcs:       s.metric(tb, "go_gc_duration_seconds_count"),
+	}
+}
+
+func (a agentCounts) since(b agentCounts) agentCounts {
+	return agentCounts{a.snapshots - b.snapshots, a.delay - b.delay, a.builds - b.builds, a.build - b.build, a.gcs - b.gcs}
+}
+
+// report gives the means over the probes: the part of a change's latency
+// spent in the agent after its watch received the change.
+func (a agentCounts) report(b *testing.B) {
+	if a.snapshots > 0 {
+		b.ReportMetric(1000*a.delay/a.snapshots, "agent-snapshot-delay-ms")
+	}
+	if a.builds > 0 {
+		b.ReportMetric(1000*a.build/a.builds, "agent-build-ms")
+		b.ReportMetric(a.gcs/a.builds, "agent-gc/build")
 	}
 }
 
@@ -189,8 +228,10 @@ type prober struct {
 	env     *kubetest.Env
 	agent   *dnsServer
 	cluster workload.Config
-	// end to end (write start to answer), and the API write alone
-	change, write []time.Duration
+	// end to end (write start to answer), the API write alone, and write
+	// start to the change's event at a bare watch of the object (the peer:
+	// what the API server's own delivery costs)
+	change, write, watched []time.Duration
 }
 
 // probe makes change i: a new Service, a ServiceEntry's new address, or a
@@ -202,6 +243,27 @@ func (p *prober) probe(tb testing.TB, i int) {
 	var name string
 	var want netip.Addr
 	var write func() error
+	// The peer: a watch of just the object, from before the write.
+	arrived := make(chan time.Time, 1)
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	defer stopWatch()
+	peer := func(w watch.Interface, err error) {
+		if err != nil {
+			tb.Fatalf("probe %d: watch: %v", i, err)
+		}
+		go func() {
+			defer w.Stop()
+			for ev := range w.ResultChan() {
+				if ev.Type == watch.Added || ev.Type == watch.Modified {
+					arrived <- time.Now()
+					return
+				}
+			}
+		}()
+	}
+	only := func(name, rv string) metav1.ListOptions {
+		return metav1.ListOptions{FieldSelector: "metadata.name=" + name, ResourceVersion: rv}
+	}
 	switch i % 3 {
 	case 0:
 		svc := &corev1.Service{
@@ -209,6 +271,11 @@ func (p *prober) probe(tb testing.TB, i int) {
 			Spec:       corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "http", Port: 80}}},
 		}
 		name = svc.Name + ".ns-000.svc." + workload.Domain
+		list, err := kube.CoreV1().Services(svc.Namespace).List(ctx, only(svc.Name, ""))
+		if err != nil {
+			tb.Fatal(err)
+		}
+		peer(kube.CoreV1().Services(svc.Namespace).Watch(watchCtx, only(svc.Name, list.ResourceVersion)))
 		write = func() error {
 			created, err := kube.CoreV1().Services(svc.Namespace).Create(ctx, svc, metav1.CreateOptions{})
 			if err == nil {
@@ -227,6 +294,7 @@ func (p *prober) probe(tb testing.TB, i int) {
 		want = netip.AddrFrom4([4]byte{10, 113, byte(i >> 8), byte(i)})
 		se.Spec.Addresses = []string{want.String()}
 		name = workload.EntryHost(n)
+		peer(istio.NetworkingV1().ServiceEntries(ns).Watch(watchCtx, only(seName, se.ResourceVersion)))
 		write = func() error {
 			_, err := istio.NetworkingV1().ServiceEntries(ns).Update(ctx, se, metav1.UpdateOptions{})
 			return err
@@ -246,6 +314,7 @@ func (p *prober) probe(tb testing.TB, i int) {
 		ep := &es.Endpoints[len(es.Endpoints)-1]
 		ep.Addresses, ep.Hostname, ep.Conditions.Ready = []string{want.String()}, &host, &ready
 		name = host + "." + workload.ServiceFQDN(n)
+		peer(kube.DiscoveryV1().EndpointSlices(ns).Watch(watchCtx, only(es.Name, es.ResourceVersion)))
 		write = func() error {
 			_, err := kube.DiscoveryV1().EndpointSlices(ns).Update(ctx, es, metav1.UpdateOptions{})
 			return err
@@ -263,6 +332,12 @@ func (p *prober) probe(tb testing.TB, i int) {
 		cancel()
 		if slices.Contains(got, want) {
 			p.change = append(p.change, time.Since(start))
+			select {
+			case at := <-arrived:
+				p.watched = append(p.watched, at.Sub(start))
+			case <-time.After(time.Minute):
+				tb.Fatalf("probe %d: the peer watch saw no event", i)
+			}
 			return
 		}
 		if time.Now().After(deadline) {
@@ -279,6 +354,9 @@ func (p *prober) report(b *testing.B) {
 	b.ReportMetric(ms(percentile(p.change, 50)), "change-p50-ms")
 	b.ReportMetric(ms(percentile(p.change, 90)), "change-p90-ms")
 	b.ReportMetric(ms(percentile(p.write, 50)), "api-write-p50-ms")
+	slices.Sort(p.watched)
+	b.ReportMetric(ms(percentile(p.watched, 50)), "peer-watch-p50-ms")
+	b.ReportMetric(ms(percentile(p.watched, 90)), "peer-watch-p90-ms")
 }
 
 // percentile of sorted durations.

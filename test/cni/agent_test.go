@@ -449,5 +449,5 @@ func (n *capturingNode) pluginRun(stdin []byte, command string, p *Pod, netns st
 // libcniExec runs a plugin with libcni's executor, as a runtime does.
 func libcniExec(ctx context.Context, plugin string, stdin []byte, command, containerID, netns string, cniArgs [][2]string, path string) error {
 	args := &invoke.Args{Command: command, ContainerID: containerID, NetNS: netns, PluginArgs: cniArgs, IfName: "eth0", Path: path}
-	return invoke.ExecPluginWithoutResult(ctx, plugin, stdin, args, nil)
+	return invoke.ExecPluginWithoutResult(ctx, plugin, stdin, args, pluginExec)
 }

@@ -172,7 +172,7 @@ func NewRuntime(tb testing.TB, opts RuntimeOptions) *Runtime {
 	if r.list, err = libcni.ConfListFromFile(r.ConfFile); err != nil {
 		tb.Fatalf("the installed conflist does not load: %v", err)
 	}
-	r.cni = libcni.NewCNIConfigWithCacheDir([]string{r.BinDir}, filepath.Join(dir, "cache"), nil)
+	r.cni = libcni.NewCNIConfigWithCacheDir([]string{r.BinDir}, filepath.Join(dir, "cache"), pluginExec)
 	return r
 }
 

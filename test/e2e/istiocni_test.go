@@ -18,6 +18,7 @@ import (
 	"github.com/ztdns/ztdns/internal/dnstest"
 	"github.com/ztdns/ztdns/internal/testenv"
 	"github.com/ztdns/ztdns/pkg/control"
+	"github.com/ztdns/ztdns/pkg/redirect"
 )
 
 // What the stand-in ztunnel answers for every name, so a test can tell who
@@ -134,4 +135,58 @@ func (c *cluster) status(t *testing.T) control.Status {
 		t.Fatalf("ztdns status: %v\n%s", err, out)
 	}
 	return st
+}
+
+// TestDNSOverTCPThroughZtunnel makes a captured pod a full ambient pod:
+// istio-cni's DNS rules with its outbound rule, which sends every TCP
+// connection not to loopback to ztunnel's port 15001, and stand-ins for
+// ztunnel's DNS proxy (15053) and its outbound passthrough (15001). A query
+// over TCP is redirected by ztdns to the resolver's --capture-port, taken
+// by the outbound rule to ztunnel, and reaches ztdns through ztunnel's
+// passthrough, from the pod's own address: ztdns answers it. A query over
+// UDP never passes ztunnel.
+func TestDNSOverTCPThroughZtunnel(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t)
+	c.startReadyAgent(t)
+	for _, cl := range []clientCase{
+		{name: "dig TCP", nameservers: []string{nowhere4}, command: digClient("+tcp"), prints: ipv4Only},
+		{name: "dig UDP", nameservers: []string{nowhere4}, command: digClient(), prints: ipv4Only},
+	} {
+		t.Run(cl.name, func(t *testing.T) {
+			p := c.pod(t, cl.nameservers...)
+			testenv.InstallIstioDNSRules(t, &p.Netns, testenv.IstioIptables)
+			testenv.InstallIstioOutboundRules(t, &p.Netns)
+			ztunnelDNS := p.StartDNSServer(t, []netip.AddrPort{
+				netip.MustParseAddrPort("127.0.0.1:15053"), netip.MustParseAddrPort("[::1]:15053"),
+			}, dnstest.Marker(ztunnelMarker4, ztunnelMarker6))
+			passthrough := p.StartPassthrough(t, 15001)
+			c.capture(t, p, podName("ambient-"+cl.name))
+
+			ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+			defer cancel()
+			out, err := cl.command(ctx, p, c.cg, addressHost).CombinedOutput()
+			if err != nil {
+				t.Fatalf("%v\n%s", err, out)
+			}
+			if got, want := testenv.ParseAddrs(string(out)), cl.prints(addressVIP, netip.Addr{}); !slices.Equal(got, want) {
+				t.Errorf("printed %q: addresses %v, want ztdns's %v", out, got, want)
+			}
+			if asked := ztunnelDNS.Queries(addressHost + "."); asked > 0 {
+				t.Errorf("ztunnel's DNS proxy was asked %d times for a pod ztdns captured", asked)
+			}
+			var toResolver int
+			for _, dst := range passthrough.Destinations() {
+				if dst.Port() == redirect.DefaultPort {
+					toResolver++
+				}
+			}
+			tcp := strings.Contains(cl.name, "TCP")
+			if tcp && toResolver == 0 {
+				t.Errorf("the query did not pass ztunnel's outbound listener (it took %v): istio-cni's outbound rule did not apply", passthrough.Destinations())
+			} else if !tcp && toResolver > 0 {
+				t.Errorf("a UDP query's client made %d TCP connections to the resolver through ztunnel", toResolver)
+			}
+		})
+	}
 }

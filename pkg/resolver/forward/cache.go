@@ -6,6 +6,8 @@ import (
 	"slices"
 	"sync"
 	"time"
+
+	"github.com/ztdns/ztdns/pkg/dnswire"
 )
 
 // Key flag bits: the parts of a query that change what an upstream answers
@@ -24,23 +26,21 @@ const upstreamKeyLen = 18
 // so that two pods with different nameservers never share an entry and the
 // order in which a pod lists them does not matter. Zones of link-local IPv6
 // upstreams are not part of the key.
-func appendKey(dst []byte, msg []byte, r request, upstreams []netip.AddrPort) []byte {
+func appendKey(dst []byte, msg []byte, r dnswire.Query, upstreams []netip.AddrPort) []byte {
 	var flags byte
-	if r.edns {
+	if r.EDNS {
 		flags |= keyEDNS
 	}
-	if r.do {
+	if r.DO {
 		flags |= keyDO
 	}
-	if r.hdr.flags&flagCD != 0 {
+	if r.Flags&dnswire.FlagCD != 0 {
 		flags |= keyCD
 	}
 	dst = append(dst, flags)
-	dst = binary.BigEndian.AppendUint16(dst, r.q.qtype)
-	dst = binary.BigEndian.AppendUint16(dst, r.q.qclass)
-	for _, c := range msg[headerLen:r.q.nameEnd] {
-		dst = append(dst, lowerASCII(c))
-	}
+	dst = binary.BigEndian.AppendUint16(dst, r.Type)
+	dst = binary.BigEndian.AppendUint16(dst, r.Class)
+	dst = dnswire.AppendLower(dst, msg[dnswire.HeaderLen:r.NameEnd])
 	start := len(dst)
 	for _, u := range upstreams {
 		a := u.Addr().Unmap().As16()
@@ -189,22 +189,22 @@ func (c *cache) pushFront(e *entry) {
 // whether it may be cached at all: RFC 2308 for negative answers (only with
 // an SOA), the smallest answer TTL for positive ones, never for truncated or
 // failed replies. maxTTL caps the result.
-func cacheLifetime(s replyScan, maxTTL time.Duration) (time.Duration, bool) {
-	if s.hdr.opcode() != opcodeQuery || s.hdr.flags&flagQR == 0 || s.hdr.flags&flagTC != 0 || s.hdr.qdcount != 1 {
+func cacheLifetime(s dnswire.Reply, maxTTL time.Duration) (time.Duration, bool) {
+	if s.Opcode() != dnswire.OpcodeQuery || s.Flags&dnswire.FlagQR == 0 || s.Flags&dnswire.FlagTC != 0 || s.QDCount != 1 {
 		return 0, false
 	}
 	var ttl uint32
-	switch rc := s.hdr.rcode(); {
-	case rc == rcodeSuccess && s.hdr.ancount > 0:
-		ttl = s.minAnswerTTL
-	case rc == rcodeSuccess || rc == rcodeNXDomain:
+	switch rc := s.Rcode(); {
+	case rc == dnswire.RcodeSuccess && s.ANCount > 0:
+		ttl = s.MinAnswerTTL
+	case rc == dnswire.RcodeSuccess || rc == dnswire.RcodeNXDomain:
 		// NODATA or NXDOMAIN, possibly after a CNAME chain whose TTLs also bound it.
-		if !s.soa {
+		if !s.SOA {
 			return 0, false
 		}
-		ttl = s.negTTL
-		if s.hdr.ancount > 0 {
-			ttl = min(ttl, s.minAnswerTTL)
+		ttl = s.NegTTL
+		if s.ANCount > 0 {
+			ttl = min(ttl, s.MinAnswerTTL)
 		}
 	default:
 		return 0, false
@@ -216,23 +216,12 @@ func cacheLifetime(s replyScan, maxTTL time.Duration) (time.Duration, bool) {
 // newEntry prepares a reply for the cache: it keeps msg, which nobody may
 // change any more (a hit copies it), and the TTL offsets, so a hit can age
 // its copy without parsing it.
-func newEntry(key string, msg []byte, s replyScan, now time.Time, lifetime time.Duration) *entry {
+func newEntry(key string, msg []byte, s dnswire.Reply, now time.Time, lifetime time.Duration) *entry {
 	return &entry{
 		key:        key,
 		msg:        msg,
-		ttlOffsets: slices.Clip(s.ttlOffsets),
+		ttlOffsets: slices.Clip(s.TTLOffsets),
 		stored:     now,
 		expires:    now.Add(lifetime),
-	}
-}
-
-// ageTTLs lowers every TTL at offsets by elapsed seconds, stopping at zero.
-func ageTTLs(msg []byte, offsets []uint16, elapsed uint32) {
-	if elapsed == 0 {
-		return
-	}
-	for _, o := range offsets {
-		ttl := readTTL(msg, int(o))
-		binary.BigEndian.PutUint32(msg[o:], ttl-min(ttl, elapsed))
 	}
 }

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+
+	"github.com/ztdns/ztdns/pkg/dnswire"
 )
 
 // step is one query in a cache scenario: advance the clock, ask, and check
@@ -177,8 +179,8 @@ func TestCacheIsPerUpstreamSet(t *testing.T) {
 func TestCacheKeyUpstreamOrderAndDuplicates(t *testing.T) {
 	t.Parallel()
 	req := query(t, "www.example.com.", dns.TypeA)
-	r, err := parseRequest(req)
-	if err != nil {
+	var r dnswire.Query
+	if err := dnswire.ParseQuery(req, &r, nil); err != nil {
 		t.Fatal(err)
 	}
 	ups := func(ss ...string) []netip.AddrPort {
@@ -212,7 +214,7 @@ func TestCacheKeyUpstreamOrderAndDuplicates(t *testing.T) {
 
 func TestCacheLifetime(t *testing.T) {
 	t.Parallel()
-	reply := func(rcode int, answerTTLs []uint32, soa *dns.SOA, tweak func(*dns.Msg)) replyScan {
+	reply := func(rcode int, answerTTLs []uint32, soa *dns.SOA, tweak func(*dns.Msg)) dnswire.Reply {
 		t.Helper()
 		m := new(dns.Msg)
 		m.SetQuestion("www.example.com.", dns.TypeA)
@@ -231,7 +233,7 @@ func TestCacheLifetime(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		s, err := scanReply(b)
+		s, err := dnswire.ScanReply(b)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -239,7 +241,7 @@ func TestCacheLifetime(t *testing.T) {
 	}
 	cases := []struct {
 		name   string
-		scan   replyScan
+		scan   dnswire.Reply
 		want   time.Duration
 		wantOK bool
 	}{

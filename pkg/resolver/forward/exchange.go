@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/ztdns/ztdns/pkg/dnswire"
 	"github.com/ztdns/ztdns/pkg/resolver/quota"
 )
 
@@ -28,7 +29,7 @@ var errNoMemory = errors.New("reply does not fit the budget of replies in flight
 // truncated UDP reply is returned as it is: the client sees TC and retries
 // over TCP, which reaches the upstream over TCP in turn. The reply's bytes
 // are taken from budget, and stay taken when it is returned.
-func exchange(ctx context.Context, upstream netip.AddrPort, query []byte, q question, tcp bool, budget *quota.Budget) ([]byte, error) {
+func exchange(ctx context.Context, upstream netip.AddrPort, query []byte, q dnswire.Question, tcp bool, budget *quota.Budget) ([]byte, error) {
 	if tcp {
 		return exchangeTCP(ctx, upstream, query, q, budget)
 	}
@@ -40,7 +41,7 @@ func exchange(ctx context.Context, upstream netip.AddrPort, query []byte, q ques
 // It holds no buffer while it waits: it learns each datagram's size first
 // and reads it into a buffer of exactly that size, so a query waiting on a
 // slow upstream costs no 64 KiB, and a big reply only what it is.
-func exchangeUDP(ctx context.Context, upstream netip.AddrPort, query []byte, q question, budget *quota.Budget) ([]byte, error) {
+func exchangeUDP(ctx context.Context, upstream netip.AddrPort, query []byte, q dnswire.Question, budget *quota.Budget) ([]byte, error) {
 	conn, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(upstream))
 	if err != nil {
 		return nil, fmt.Errorf("dial udp %s: %w", upstream, err)
@@ -59,8 +60,8 @@ func exchangeUDP(ctx context.Context, upstream netip.AddrPort, query []byte, q q
 		if err != nil {
 			return nil, ctxErrOr(ctx, fmt.Errorf("read udp %s: %w", upstream, err))
 		}
-		if n < headerLen { // not a reply: read it off the socket and go on
-			var junk [headerLen]byte
+		if n < dnswire.HeaderLen { // not a reply: read it off the socket and go on
+			var junk [dnswire.HeaderLen]byte
 			if _, err := conn.Read(junk[:]); err != nil {
 				return nil, ctxErrOr(ctx, fmt.Errorf("read udp %s: %w", upstream, err))
 			}
@@ -99,7 +100,7 @@ func nextDatagramSize(rc syscall.RawConn) (int, error) {
 	return n, serr
 }
 
-func exchangeTCP(ctx context.Context, upstream netip.AddrPort, query []byte, q question, budget *quota.Budget) ([]byte, error) {
+func exchangeTCP(ctx context.Context, upstream netip.AddrPort, query []byte, q dnswire.Question, budget *quota.Budget) ([]byte, error) {
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "tcp", upstream.String())
 	if err != nil {
@@ -126,7 +127,7 @@ func exchangeTCP(ctx context.Context, upstream netip.AddrPort, query []byte, q q
 		return nil, ctxErrOr(ctx, fmt.Errorf("read tcp %s length: %w", upstream, err))
 	}
 	n := int(binary.BigEndian.Uint16(length[:]))
-	if n < headerLen {
+	if n < dnswire.HeaderLen {
 		return nil, fmt.Errorf("read tcp %s: %d-octet reply is shorter than a header", upstream, n)
 	}
 	// The upstream may be the pod's own choice: the length it announces is
@@ -169,20 +170,20 @@ func ctxErrOr(ctx context.Context, err error) error {
 // opcode and question. Error replies without a question (FORMERR, NOTIMP)
 // are accepted on ID and opcode alone, as servers that cannot parse a query
 // cannot echo it.
-func matches(reply, query []byte, q question) bool {
-	rh, err := readHeader(reply)
+func matches(reply, query []byte, q dnswire.Question) bool {
+	rh, err := dnswire.ReadHeader(reply)
 	if err != nil {
 		return false
 	}
-	qh, _ := readHeader(query)
-	if rh.id != qh.id || rh.flags&flagQR == 0 || rh.opcode() != qh.opcode() {
+	qh, _ := dnswire.ReadHeader(query)
+	if rh.ID != qh.ID || rh.Flags&dnswire.FlagQR == 0 || rh.Opcode() != qh.Opcode() {
 		return false
 	}
-	switch rh.qdcount {
+	switch rh.QDCount {
 	case 1:
-		return sameQuestion(reply, query, q)
+		return dnswire.SameQuestion(reply, query, q)
 	case 0:
-		return rh.rcode() != rcodeSuccess && rh.rcode() != rcodeNXDomain
+		return rh.Rcode() != dnswire.RcodeSuccess && rh.Rcode() != dnswire.RcodeNXDomain
 	default:
 		return false
 	}

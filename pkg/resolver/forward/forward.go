@@ -16,18 +16,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ztdns/ztdns/pkg/dnswire"
 	"github.com/ztdns/ztdns/pkg/resolver/quota"
-)
-
-// servfailUDPSize is the UDP payload size advertised in our own SERVFAIL
-// replies to EDNS clients (the DNS flag day 2020 value).
-const servfailUDPSize = 1232
-
-// edeNoReachableAuthority is the Extended DNS Error (RFC 8914) attached to a
-// SERVFAIL when no upstream answered.
-const (
-	optionEDE               = 15
-	edeNoReachableAuthority = 22
 )
 
 // Forwarder relays queries to upstream nameservers and caches the replies.
@@ -130,11 +120,11 @@ func (f *Forwarder) Forward(ctx context.Context, req []byte, tcp bool, upstreams
 
 // ForwardFrom is Forward, and says where the reply came from.
 func (f *Forwarder) ForwardFrom(ctx context.Context, req []byte, tcp bool, upstreams []netip.AddrPort) ([]byte, Origin, error) {
-	r, err := parseRequest(req)
-	if err != nil {
+	var r dnswire.Query
+	if err := dnswire.ParseQuery(req, &r, nil); err != nil {
 		return nil, Origin{}, fmt.Errorf("parse request: %w", err)
 	}
-	if r.hdr.opcode() != opcodeQuery {
+	if r.Opcode() != dnswire.OpcodeQuery {
 		ctx, cancel := context.WithTimeout(ctx, f.timeout)
 		defer cancel()
 		defer context.AfterFunc(f.base, cancel)()
@@ -201,7 +191,7 @@ func (f *Forwarder) joinFlight(flightKey string) (fl *flight, leader bool) {
 // fly runs the exchange of a flight the caller started, bounded by the
 // timeout, the caller's context and Close, caches the reply and hands it to
 // the flight's waiters.
-func (f *Forwarder) fly(ctx context.Context, fl *flight, flightKey string, req []byte, r request, tcp bool, upstreams []netip.AddrPort) {
+func (f *Forwarder) fly(ctx context.Context, fl *flight, flightKey string, req []byte, r dnswire.Query, tcp bool, upstreams []netip.AddrPort) {
 	defer f.wg.Done()
 	ctx, cancel := context.WithTimeout(ctx, f.timeout)
 	defer cancel()
@@ -226,7 +216,7 @@ func (f *Forwarder) store(key string, reply []byte, from netip.AddrPort) {
 	if f.cache == nil {
 		return
 	}
-	s, err := scanReply(reply)
+	s, err := dnswire.ScanReply(reply)
 	if err != nil {
 		f.log.Debug("upstream reply not cached", "error", err)
 		return
@@ -258,7 +248,7 @@ func (a attempt) origin() Origin {
 // the first reply of any kind, else none (a nil reply). Losing exchanges are canceled; they
 // end on their own and are not waited for. The reply's bytes are taken from
 // the budget: the caller gives them back when done with it.
-func (f *Forwarder) resolve(ctx context.Context, req []byte, r request, tcp bool, upstreams []netip.AddrPort) attempt {
+func (f *Forwarder) resolve(ctx context.Context, req []byte, r dnswire.Query, tcp bool, upstreams []netip.AddrPort) attempt {
 	upstreams = distinctUpstreams(upstreams)
 	if len(upstreams) == 0 {
 		f.log.Debug("no upstream to forward to")
@@ -269,7 +259,7 @@ func (f *Forwarder) resolve(ctx context.Context, req []byte, r request, tcp bool
 	_, _ = rand.Read(id[:]) // never fails (crypto/rand since Go 1.24)
 	copy(query, id[:])
 	if len(upstreams) == 1 { // the usual case with capture: no race to run
-		return f.ask(ctx, upstreams[0], query, r.q, tcp)
+		return f.ask(ctx, upstreams[0], query, r.Question, tcp)
 	}
 
 	ctx, cancel := context.WithCancel(ctx)
@@ -281,7 +271,7 @@ func (f *Forwarder) resolve(ctx context.Context, req []byte, r request, tcp bool
 	started := 0
 	for _, u := range upstreams {
 		ok := f.goTracked(func() {
-			a := f.ask(ctx, u, query, r.q, tcp)
+			a := f.ask(ctx, u, query, r.Question, tcp)
 			select {
 			case results <- a:
 			case <-returned:
@@ -310,7 +300,7 @@ func (f *Forwarder) resolve(ctx context.Context, req []byte, r request, tcp bool
 }
 
 // ask runs one exchange and records its outcome.
-func (f *Forwarder) ask(ctx context.Context, upstream netip.AddrPort, query []byte, q question, tcp bool) attempt {
+func (f *Forwarder) ask(ctx context.Context, upstream netip.AddrPort, query []byte, q dnswire.Question, tcp bool) attempt {
 	proto := "udp"
 	if tcp {
 		proto = "tcp"
@@ -334,13 +324,13 @@ func (f *Forwarder) ask(ctx context.Context, upstream netip.AddrPort, query []by
 		return attempt{}
 	}
 	f.upstreams.observe(upstream, proto, time.Since(start))
-	rh, _ := readHeader(reply) // matches() checked the length
-	good := rh.rcode() == rcodeSuccess || rh.rcode() == rcodeNXDomain
+	rh, _ := dnswire.ReadHeader(reply) // matches() checked the length
+	good := rh.Rcode() == dnswire.RcodeSuccess || rh.Rcode() == dnswire.RcodeNXDomain
 	if good {
 		f.upstreams.attempt(upstream, resultOK)
 	} else {
 		f.upstreams.attempt(upstream, resultServfail)
-		f.log.Debug("upstream answered with an error", "upstream", upstream, "proto", proto, "rcode", rh.rcode())
+		f.log.Debug("upstream answered with an error", "upstream", upstream, "proto", proto, "rcode", rh.Rcode())
 	}
 	return attempt{reply: reply, good: good, upstream: upstream}
 }
@@ -378,7 +368,7 @@ func distinctUpstreams(upstreams []netip.AddrPort) []netip.AddrPort {
 // finish turns an upstream reply into the client's: a copy with the client's
 // ID, RD bit and question bytes (the reply's question has the same length,
 // see matches). A nil reply becomes SERVFAIL.
-func (f *Forwarder) finish(req []byte, r request, reply []byte) []byte {
+func (f *Forwarder) finish(req []byte, r dnswire.Query, reply []byte) []byte {
 	if reply == nil {
 		return servfail(req, r)
 	}
@@ -387,19 +377,19 @@ func (f *Forwarder) finish(req []byte, r request, reply []byte) []byte {
 
 // fromCache copies a cached reply, ages its TTLs by the time spent in the
 // cache and gives it the client's ID and question.
-func fromCache(req []byte, r request, e *entry, now time.Time) []byte {
+func fromCache(req []byte, r dnswire.Query, e *entry, now time.Time) []byte {
 	out := slices.Clone(e.msg)
-	ageTTLs(out, e.ttlOffsets, uint32(now.Sub(e.stored)/time.Second))
+	dnswire.AgeTTLs(out, e.ttlOffsets, uint32(now.Sub(e.stored)/time.Second))
 	return personalise(out, req, r)
 }
 
 // personalise writes the client's ID, RD bit and question into out.
-func personalise(out, req []byte, r request) []byte {
+func personalise(out, req []byte, r dnswire.Query) []byte {
 	copy(out[0:2], req[0:2])
-	flags := binary.BigEndian.Uint16(out[2:])&^flagRD | r.hdr.flags&flagRD
+	flags := binary.BigEndian.Uint16(out[2:])&^dnswire.FlagRD | r.Flags&dnswire.FlagRD
 	binary.BigEndian.PutUint16(out[2:], flags)
-	if binary.BigEndian.Uint16(out[4:]) == 1 && len(out) >= r.q.end {
-		copy(out[headerLen:r.q.end], req[headerLen:r.q.end])
+	if binary.BigEndian.Uint16(out[4:]) == 1 && len(out) >= r.End {
+		copy(out[dnswire.HeaderLen:r.End], req[dnswire.HeaderLen:r.End])
 	}
 	return out
 }
@@ -407,33 +397,11 @@ func personalise(out, req []byte, r request) []byte {
 // servfail builds a SERVFAIL for req: its ID, opcode, RD and CD bits, its
 // question, and for an EDNS client an OPT record with DO copied and the
 // Extended DNS Error "No Reachable Authority".
-func servfail(req []byte, r request) []byte {
-	out := make([]byte, 0, r.q.end+11+6)
-	out = append(out, req[0:2]...)
-	flags := uint16(flagQR|flagRA|rcodeServFail) | r.hdr.flags&(0xF<<11|flagRD|flagCD)
-	out = binary.BigEndian.AppendUint16(out, flags)
-	var arcount uint16
-	if r.edns {
-		arcount = 1
-	}
-	out = binary.BigEndian.AppendUint16(out, 1)
-	out = binary.BigEndian.AppendUint16(out, 0)
-	out = binary.BigEndian.AppendUint16(out, 0)
-	out = binary.BigEndian.AppendUint16(out, arcount)
-	out = append(out, req[headerLen:r.q.end]...)
-	if r.edns {
-		var optFlags uint32
-		if r.do {
-			optFlags = doBit
-		}
-		out = append(out, 0) // root owner name
-		out = binary.BigEndian.AppendUint16(out, typeOPT)
-		out = binary.BigEndian.AppendUint16(out, servfailUDPSize)
-		out = binary.BigEndian.AppendUint32(out, optFlags) // extended rcode 0, version 0
-		out = binary.BigEndian.AppendUint16(out, 6)        // rdata: one option
-		out = binary.BigEndian.AppendUint16(out, optionEDE)
-		out = binary.BigEndian.AppendUint16(out, 2)
-		out = binary.BigEndian.AppendUint16(out, edeNoReachableAuthority)
+func servfail(req []byte, r dnswire.Query) []byte {
+	out := make([]byte, 0, r.End+dnswire.OPTLen+6)
+	out = dnswire.AppendErrorReply(out, req, &r, dnswire.RcodeServFail)
+	if r.EDNS {
+		out = dnswire.AppendEDE(out, len(out)-dnswire.OPTLen, dnswire.EDENoReachableAuthority)
 	}
 	return out
 }

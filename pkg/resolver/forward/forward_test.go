@@ -20,6 +20,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/ztdns/ztdns/internal/dnstest"
+	"github.com/ztdns/ztdns/pkg/dnswire"
 )
 
 var protocols = []struct {
@@ -114,12 +115,12 @@ func TestRelayKeepsUpstreamBytes(t *testing.T) {
 				want := slices.Clone(*sent.Load())
 				copy(want, req[:2]) // the client's ID
 				if binary.BigEndian.Uint16(want[4:]) == 1 {
-					copy(want[headerLen:], req[headerLen:len("WwW.ExAmple.COM.")+1+4+headerLen])
+					copy(want[dnswire.HeaderLen:], req[dnswire.HeaderLen:len("WwW.ExAmple.COM.")+1+4+dnswire.HeaderLen])
 				}
 				if !bytes.Equal(got, want) {
 					t.Errorf("reply differs from the upstream's bytes\n got % x\nwant % x", got, want)
 				}
-				m := unpack(t, got)
+				m := dnstest.Unpack(t, got)
 				if m.Id != 0x1234 {
 					t.Errorf("ID = %#x, want 0x1234", m.Id)
 				}
@@ -542,7 +543,7 @@ func TestCallerContextEndsWait(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Forward: %v", err)
 	}
-	if m := unpack(t, b); m.Rcode != dns.RcodeServerFailure {
+	if m := dnstest.Unpack(t, b); m.Rcode != dns.RcodeServerFailure {
 		t.Errorf("rcode = %s, want SERVFAIL", dns.RcodeToString[m.Rcode])
 	}
 	if d := time.Since(start); d > 2*time.Second {
@@ -559,16 +560,16 @@ func TestForwardRejectsUnparsableRequests(t *testing.T) {
 		b, _ := m.Pack()
 		return b
 	}()
-	pointerQuestion := append(slices.Clone(good[:headerLen]), 0xC0, 0x00, 0, 1, 0, 1)
+	pointerQuestion := append(slices.Clone(good[:dnswire.HeaderLen]), 0xC0, 0x00, 0, 1, 0, 1)
 	cases := []struct {
 		name string
 		req  []byte
 	}{
 		{"empty", nil},
 		{"short header", good[:11]},
-		{"no question", good[:headerLen]},
+		{"no question", good[:dnswire.HeaderLen]},
 		{"two questions", twoQuestions},
-		{"question cut short", good[:headerLen+5]},
+		{"question cut short", good[:dnswire.HeaderLen+5]},
 		{"pointer in question", pointerQuestion},
 		{"OPT cut short", good[:len(good)-2]},
 	}

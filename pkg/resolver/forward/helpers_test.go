@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+
+	"github.com/ztdns/ztdns/internal/dnstest"
 )
 
 // TestMain fails the run if any goroutine of this package or of miekg/dns
@@ -233,16 +235,6 @@ func withID(id uint16) func(*dns.Msg) { return func(m *dns.Msg) { m.Id = id } }
 
 func withOpcode(op int) func(*dns.Msg) { return func(m *dns.Msg) { m.Opcode = op } }
 
-// unpack parses a reply, failing the test if it is not a valid message.
-func unpack(tb testing.TB, b []byte) *dns.Msg {
-	tb.Helper()
-	m := new(dns.Msg)
-	if err := m.Unpack(b); err != nil {
-		tb.Fatalf("unpack reply: %v\n% x", err, b)
-	}
-	return m
-}
-
 // forward calls f.Forward and fails the test on error.
 func forward(tb testing.TB, f *Forwarder, req []byte, tcp bool, ups ...netip.AddrPort) *dns.Msg {
 	tb.Helper()
@@ -252,7 +244,7 @@ func forward(tb testing.TB, f *Forwarder, req []byte, tcp bool, ups ...netip.Add
 	if err != nil {
 		tb.Fatalf("Forward: %v", err)
 	}
-	return unpack(tb, b)
+	return dnstest.Unpack(tb, b)
 }
 
 func newForwarder(tb testing.TB, opts ...Option) *Forwarder {

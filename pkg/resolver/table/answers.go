@@ -6,98 +6,137 @@ import (
 	"strings"
 
 	"github.com/miekg/dns"
+
+	"github.com/ztdns/ztdns/pkg/dnswire"
 )
 
-// answers holds an entry's records as DNS wire data, ready to follow a
-// question: every owner name is the compression pointer 0xC00C (the question
-// name at offset 12), so the reply repeats the name exactly as the client
-// spelled it and copying the bytes is the whole answer.
-type answers struct {
-	wire  []byte
-	spans [numTypes]span
-}
-
-type span struct {
-	off, end uint32
-	count    uint16
-}
-
-// The record sets laid out in answers.wire, in order. ptr is the answer to
-// the reverse name of any of the entry's addresses; srv sets follow.
-const (
-	idxA = iota
-	idxAAAA
-	idxCNAME
-	idxPTR
-	numTypes
-)
+// Answers are written straight from an entry's fields: every owner name is
+// dnswire.QuestionPointer (the question name at offset 12), so the reply
+// repeats the name exactly as the client spelled it. An address
+// record is 12 fixed bytes and the address, as cheap to write as to copy,
+// so the table keeps no prepared wire data.
 
 // AppendAnswer appends the answer to qtype to out, a reply whose header
 // starts at out[hdr] and whose question (the name at offset 12 of the
-// reply, which every prepared owner points at) is written, and sets the
-// header's record counts. A name without records of the type is NODATA: the
-// zone's SOA goes in the authority section, so that caches in front of the
-// client can keep the negative answer (RFC 2308 3). ANY gets every record
-// of the name (RFC 8482 allows less; all is still small here). rot rotates a
-// set of several addresses, so that clients do not all pick the same first
-// one (kube-dns's loadbalance and Istio's proxy shuffle them too): the
-// query's ID gives each query its own order without a shared counter.
+// reply, which every owner points at) is written, and sets the header's
+// record counts. A name without records of the type is NODATA: the zone's
+// SOA goes in the authority section, so that caches in front of the client
+// can keep the negative answer (RFC 2308 3). ANY gets every record of the
+// name (RFC 8482 allows less; all is still small here). rot rotates a set
+// of several addresses, so that clients do not all pick the same first one
+// (kube-dns's loadbalance and Istio's proxy shuffle them too): the query's
+// ID gives each query its own order without a shared counter.
 func (r *Result) AppendAnswer(out []byte, hdr int, qtype uint16, rot uint16) []byte {
 	e := r.Entry
-	var s span
+	ttl := e.src.ttl
+	var n uint16
 	switch {
 	case r.srv != nil:
 		if qtype == dns.TypeSRV || qtype == dns.TypeANY {
-			s = r.srv.span
-		}
-	case r.owners != nil:
-		if qtype == dns.TypePTR || qtype == dns.TypeANY {
-			for _, o := range r.owners[1:] { // the first is e, appended below
-				ptr := o.answers.spans[idxPTR]
-				out = append(out, o.answers.wire[ptr.off:ptr.end]...)
-				s.count += ptr.count
+			if r.srv.records == nil {
+				out = appendSRV(out, ttl, SRV{Port: r.srv.port, Target: e.Name})
+				n = 1
 			}
-			ptr := e.answers.spans[idxPTR]
-			s.off, s.end, s.count = ptr.off, ptr.end, s.count+ptr.count
+			for _, s := range r.srv.records {
+				out = appendSRV(out, ttl, s)
+				n++
+			}
+		}
+	case r.owners.one != nil:
+		if qtype == dns.TypePTR || qtype == dns.TypeANY {
+			for _, o := range r.owners.many[min(1, len(r.owners.many)):] { // the first is e, last
+				out = appendPTR(out, ttl, o.Name)
+			}
+			out = appendPTR(out, ttl, e.Name)
+			n = uint16(r.owners.len())
 		}
 	case qtype == dns.TypeANY:
-		s = span{off: e.answers.spans[idxA].off, end: e.answers.spans[idxCNAME].end,
-			count: e.answers.spans[idxA].count + e.answers.spans[idxAAAA].count + e.answers.spans[idxCNAME].count}
-	case qtype == dns.TypeA, qtype == dns.TypeAAAA:
-		idx := idxA
-		if qtype == dns.TypeAAAA {
-			idx = idxAAAA
+		out = appendAddrs(out, e.Addrs, ttl, 0)
+		n = uint16(len(e.Addrs))
+		if e.Alias != "" {
+			out = appendCNAME(out, ttl, e.Alias)
+			n++
 		}
-		out = e.answers.appendRotated(out, idx, rot)
-		s.count = e.answers.spans[idx].count
+	case qtype == dns.TypeA:
+		out = appendAddrs(out, e.Addrs[:e.n4], ttl, rot)
+		n = uint16(e.n4)
+	case qtype == dns.TypeAAAA:
+		out = appendAddrs(out, e.Addrs[e.n4:], ttl, rot)
+		n = uint16(len(e.Addrs) - int(e.n4))
 	case qtype == dns.TypeCNAME:
-		s = e.answers.spans[idxCNAME]
+		if e.Alias != "" {
+			out = appendCNAME(out, ttl, e.Alias)
+			n = 1
+		}
 	}
-	out = append(out, e.answers.wire[s.off:s.end]...)
-	binary.BigEndian.PutUint16(out[hdr+6:], s.count)
-	if s.count == 0 && r.t != nil {
+	dnswire.SetANCount(out[hdr:], n)
+	if n == 0 && r.t != nil {
 		out = r.t.appendSOA(out, r.t.zoneStart(r.qname))
-		binary.BigEndian.PutUint16(out[hdr+8:], 1)
+		dnswire.SetNSCount(out[hdr:], 1)
 	}
 	return out
 }
 
-// appendRotated appends the address records of set idx (all of one size,
-// their owner being a pointer) starting with the rot-th.
-func (a *answers) appendRotated(out []byte, idx int, rot uint16) []byte {
-	s := a.spans[idx]
-	rrs := a.wire[s.off:s.end]
-	if s.count < 2 {
-		return append(out, rrs...)
+// appendAddrs appends the A or AAAA records of addrs (of one family),
+// starting with the rot-th and wrapping around.
+func appendAddrs(out []byte, addrs []netip.Addr, ttl uint32, rot uint16) []byte {
+	if len(addrs) < 2 { // the usual case: no rotation, no division
+		for _, a := range addrs {
+			out = appendAddr(out, ttl, a)
+		}
+		return out
 	}
-	cut := int(rot%s.count) * (len(rrs) / int(s.count))
-	return append(append(out, rrs[cut:]...), rrs[:cut]...)
+	cut := uint32(rot) % uint32(len(addrs))
+	for _, a := range addrs[cut:] {
+		out = appendAddr(out, ttl, a)
+	}
+	for _, a := range addrs[:cut] {
+		out = appendAddr(out, ttl, a)
+	}
+	return out
+}
+
+// appendAddr appends the A or AAAA record of a, in a few word-sized
+// stores: the fast path writes one for every address it answers.
+func appendAddr(out []byte, ttl uint32, a netip.Addr) []byte {
+	// Owner 0xC00C, type, class IN, the TTL's high half; then its low half,
+	// the rdata length and, for A, the address.
+	const a4, a6 = uint64(dnswire.QuestionPointer)<<48 | uint64(dns.TypeA)<<32 | uint64(dns.ClassINET)<<16,
+		uint64(dnswire.QuestionPointer)<<48 | uint64(dns.TypeAAAA)<<32 | uint64(dns.ClassINET)<<16
+	if a.Is4() {
+		b := a.As4()
+		out = binary.BigEndian.AppendUint64(out, a4|uint64(ttl>>16))
+		return binary.BigEndian.AppendUint64(out, uint64(ttl&0xffff)<<48|4<<32|uint64(binary.BigEndian.Uint32(b[:])))
+	}
+	b := a.As16()
+	out = binary.BigEndian.AppendUint64(out, a6|uint64(ttl>>16))
+	out = binary.BigEndian.AppendUint32(out, (ttl&0xffff)<<16|16)
+	out = binary.BigEndian.AppendUint64(out, binary.BigEndian.Uint64(b[:8]))
+	return binary.BigEndian.AppendUint64(out, binary.BigEndian.Uint64(b[8:]))
+}
+
+// appendPTR, appendCNAME and appendSRV append one record of their type,
+// its target name uncompressed.
+func appendPTR(out []byte, ttl uint32, target string) []byte {
+	out = appendHeader(out, dns.TypePTR, ttl, nameLen(target))
+	return dnswire.AppendName(out, target)
+}
+
+func appendCNAME(out []byte, ttl uint32, target string) []byte {
+	out = appendHeader(out, dns.TypeCNAME, ttl, nameLen(target))
+	return dnswire.AppendName(out, target)
+}
+
+func appendSRV(out []byte, ttl uint32, s SRV) []byte {
+	out = appendHeader(out, dns.TypeSRV, ttl, 6+nameLen(s.Target))
+	out = append(out, 0, 0, 0, 100, byte(s.Port>>8), byte(s.Port)) // priority 0, weight 100 (kube-dns's)
+	return dnswire.AppendName(out, s.Target)
 }
 
 // Chases reports whether answering qtype means following the entry's
 // ExternalName alias (the CNAME alone answers only CNAME queries).
 func (r *Result) Chases(qtype uint16) bool {
-	return r.Entry.Alias != "" && r.srv == nil && r.owners == nil && qtype != dns.TypeCNAME
+	return r.Entry.Alias != "" && r.srv == nil && r.owners.one == nil && qtype != dns.TypeCNAME
 }
 
 // Records renders the records AppendAnswer would give, owned by owner, for
@@ -112,14 +151,14 @@ func (r *Result) Records(owner string, qtype uint16, ttl uint32, rot uint16) []d
 	switch {
 	case r.srv != nil:
 		if qtype == dns.TypeSRV || anyType {
-			for _, s := range r.srv.records {
+			for _, s := range r.srv.recordsOf(e) {
 				out = append(out, &dns.SRV{Hdr: hdr(dns.TypeSRV), Priority: 0, Weight: 100, Port: s.Port, Target: s.Target})
 			}
 		}
-	case r.owners != nil:
+	case r.owners.one != nil:
 		if qtype == dns.TypePTR || anyType {
-			for _, o := range r.owners {
-				out = append(out, &dns.PTR{Hdr: hdr(dns.TypePTR), Ptr: o.Name})
+			for i := range r.owners.len() {
+				out = append(out, &dns.PTR{Hdr: hdr(dns.TypePTR), Ptr: r.owners.at(i).Name})
 			}
 		}
 	default:
@@ -149,62 +188,12 @@ func rotate(rrs []dns.RR, rot uint16) []dns.RR {
 	return append(rrs[cut:], rrs[:cut]...)
 }
 
-// prepare lays out the entry's records as wire data. ptr says whether the
-// entry is what its addresses' reverse names point at.
-func (e *Entry) prepare(ttl uint32, ptr bool) {
-	var w []byte
-	mark := func(start int, count int) span {
-		return span{off: uint32(start), end: uint32(len(w)), count: uint16(count)}
-	}
-	start, n := len(w), 0
-	for _, a := range e.Addrs {
-		if a.Is4() {
-			b := a.As4()
-			w = appendRR(w, dns.TypeA, ttl, b[:])
-			n++
-		}
-	}
-	e.answers.spans[idxA] = mark(start, n)
-	start, n = len(w), 0
-	for _, a := range e.Addrs {
-		if a.Is6() {
-			b := a.As16()
-			w = appendRR(w, dns.TypeAAAA, ttl, b[:])
-			n++
-		}
-	}
-	e.answers.spans[idxAAAA] = mark(start, n)
-	start, n = len(w), 0
-	if e.Alias != "" {
-		w = appendRR(w, dns.TypeCNAME, ttl, appendName(nil, e.Alias))
-		n++
-	}
-	e.answers.spans[idxCNAME] = mark(start, n)
-	start, n = len(w), 0
-	if ptr && len(e.Addrs) > 0 {
-		w = appendRR(w, dns.TypePTR, ttl, appendName(nil, e.Name))
-		n++
-	}
-	e.answers.spans[idxPTR] = mark(start, n)
-	for i := range e.srv {
-		start = len(w)
-		for _, s := range e.srv[i].records {
-			rd := binary.BigEndian.AppendUint16(nil, 0)    // priority
-			rd = binary.BigEndian.AppendUint16(rd, 100)    // weight (kube-dns's)
-			rd = binary.BigEndian.AppendUint16(rd, s.Port) // port
-			w = appendRR(w, dns.TypeSRV, ttl, appendName(rd, s.Target))
-		}
-		e.srv[i].span = mark(start, len(e.srv[i].records))
-	}
-	e.answers.wire = w[:len(w):len(w)]
-}
-
 // ownsPTR reports whether the entry's addresses' reverse names point at it.
-func (e *Entry) ownsPTR() bool { return e.answers.spans[idxPTR].count > 0 }
+func (e *Entry) ownsPTR() bool { return e.ptr && len(e.Addrs) > 0 }
 
 // isEndpoint reports whether the entry is a headless Service's endpoint
 // name (the Service's own name answers the same addresses but owns no PTR).
-func (e *Entry) isEndpoint() bool { return e.AddrSource == FromEndpoints && e.ownsPTR() }
+func (e *Entry) isEndpoint() bool { return addrSources[e.addrSource] == FromEndpoints && e.ownsPTR() }
 
 // The SOA of a zone the table answers in, as CoreDNS's kubernetes plugin
 // writes it: "ns.dns.<zone> hostmaster.<zone> serial 7200 1800 86400 ttl".
@@ -221,12 +210,8 @@ const (
 // pointers into the question (a presentation-form offset is the wire
 // offset of the same label).
 func (t *Table) appendSOA(out []byte, zone int) []byte {
-	ptr := uint16(0xc000 | (12 + zone))
-	out = binary.BigEndian.AppendUint16(out, ptr)
-	out = binary.BigEndian.AppendUint16(out, dns.TypeSOA)
-	out = binary.BigEndian.AppendUint16(out, dns.ClassINET)
-	out = binary.BigEndian.AppendUint32(out, min(t.ttl, soaMaxTTL))
-	out = binary.BigEndian.AppendUint16(out, 9+13+20)
+	ptr := dnswire.Pointer(dnswire.HeaderLen + zone)
+	out = dnswire.AppendRRHeader(out, ptr, dns.TypeSOA, dns.ClassINET, min(t.ttl, soaMaxTTL), 9+13+20)
 	out = append(out, 2, 'n', 's', 3, 'd', 'n', 's')
 	out = binary.BigEndian.AppendUint16(out, ptr)
 	out = append(out, 10, 'h', 'o', 's', 't', 'm', 'a', 's', 't', 'e', 'r')
@@ -265,23 +250,14 @@ func (t *Table) zoneStart(name string) int {
 	return 0
 }
 
-func appendRR(w []byte, rrtype uint16, ttl uint32, rdata []byte) []byte {
-	w = append(w, 0xc0, 0x0c)
-	w = binary.BigEndian.AppendUint16(w, rrtype)
-	w = binary.BigEndian.AppendUint16(w, dns.ClassINET)
-	w = binary.BigEndian.AppendUint32(w, ttl)
-	w = binary.BigEndian.AppendUint16(w, uint16(len(rdata)))
-	return append(w, rdata...)
+// appendHeader appends a record's owner (the question name), type, class,
+// TTL and rdata length.
+func appendHeader(w []byte, rrtype uint16, ttl uint32, rdlen int) []byte {
+	return dnswire.AppendRRHeader(w, dnswire.QuestionPointer, rrtype, dns.ClassINET, ttl, uint16(rdlen))
 }
 
-// appendName writes a fully qualified, validated name uncompressed.
-func appendName(w []byte, fqdn string) []byte {
-	for label := range strings.SplitSeq(strings.TrimSuffix(fqdn, "."), ".") {
-		w = append(w, byte(len(label)))
-		w = append(w, label...)
-	}
-	return append(w, 0)
-}
+// nameLen is the length of fqdn (validated, fully qualified) on the wire.
+func nameLen(fqdn string) int { return len(fqdn) + 1 }
 
 // reverseName returns the in-addr.arpa or ip6.arpa name of an address.
 func reverseName(a netip.Addr) string {

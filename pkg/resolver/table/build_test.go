@@ -19,7 +19,7 @@ func TestIncrementalMatchesFresh(t *testing.T) {
 	s := fixture()
 	bld := NewBuilder(Options{})
 	namespaces := []string{"", "default", "team-a", "team-b", "other"}
-	for step := range 300 {
+	for step := range 1000 {
 		s = mutate(rng, s, step)
 		inc, incWarn := bld.Build(s)
 		fresh, freshWarn := Build(s, Options{})
@@ -56,14 +56,26 @@ func TestOldTablesStayPut(t *testing.T) {
 	}
 }
 
-// mutate returns a copy of s with one random change.
+// mutate returns a copy of s with one random change. The kinds it does not
+// change are s's own slices, as a source shares them between snapshots.
 func mutate(rng *rand.Rand, s *model.Snapshot, step int) *model.Snapshot {
 	n := *s
 	n.Services = slices.Clone(s.Services)
 	n.ServiceEntries = slices.Clone(s.ServiceEntries)
 	n.EndpointSlices = slices.Clone(s.EndpointSlices)
+	defer func() { // share what did not change
+		if slices.EqualFunc(n.Services, s.Services, func(a, b model.Service) bool { return reflect.DeepEqual(a, b) }) {
+			n.Services = s.Services
+		}
+		if slices.EqualFunc(n.ServiceEntries, s.ServiceEntries, func(a, b model.ServiceEntry) bool { return reflect.DeepEqual(a, b) }) {
+			n.ServiceEntries = s.ServiceEntries
+		}
+		if slices.EqualFunc(n.EndpointSlices, s.EndpointSlices, func(a, b model.EndpointSlice) bool { return reflect.DeepEqual(a, b) }) {
+			n.EndpointSlices = s.EndpointSlices
+		}
+	}()
 	ns := []string{"default", "team-a", "team-b"}[rng.IntN(3)]
-	switch rng.IntN(9) {
+	switch rng.IntN(15) {
 	case 0: // add a Service
 		n.Services = append(n.Services, model.Service{Namespace: ns, Name: fmt.Sprintf("s%d", step),
 			ClusterIPs: []netip.Addr{netip.AddrFrom4([4]byte{10, 97, byte(step >> 8), byte(step)})},
@@ -117,6 +129,94 @@ func mutate(rng *rand.Rand, s *model.Snapshot, step int) *model.Snapshot {
 			Hosts: []string{fmt.Sprintf("*.w%d.example", rng.IntN(5))}, Addresses: []netip.Addr{netip.AddrFrom4([4]byte{203, 0, 113, byte(step)})}, AutoAllocate: true})
 	case 8: // a headless Service for the slice
 		n.Services = append(n.Services, model.Service{Namespace: "default", Name: "db", Headless: true, PublishNotReady: rng.IntN(2) == 0})
+	case 9: // move an object: the builder finds it by its key
+		list := n.ServiceEntries
+		if rng.IntN(2) == 0 && len(n.Services) > 1 {
+			i, j := rng.IntN(len(n.Services)), rng.IntN(len(n.Services))
+			n.Services[i], n.Services[j] = n.Services[j], n.Services[i]
+		} else if len(list) > 1 {
+			i, j := rng.IntN(len(list)), rng.IntN(len(list))
+			list[i], list[j] = list[j], list[i]
+		}
+	case 10: // an object twice, or once again
+		if rng.IntN(2) == 0 && len(n.ServiceEntries) > 0 {
+			se := n.ServiceEntries[rng.IntN(len(n.ServiceEntries))]
+			n.ServiceEntries = slices.Insert(n.ServiceEntries, rng.IntN(len(n.ServiceEntries)+1), se)
+		} else {
+			n.ServiceEntries = slices.CompactFunc(n.ServiceEntries, func(a, b model.ServiceEntry) bool { return a.Key() == b.Key() })
+		}
+	case 11: // change a ServiceEntry's address, or its hosts
+		if len(n.ServiceEntries) > 0 {
+			se := &n.ServiceEntries[rng.IntN(len(n.ServiceEntries))]
+			if rng.IntN(3) == 0 {
+				se.Hosts = append(slices.Clip(se.Hosts), fmt.Sprintf("h%d.example", rng.IntN(20)))
+			} else if len(se.Addresses) > 0 {
+				se.Addresses = []netip.Addr{netip.AddrFrom4([4]byte{198, 51, 101, byte(step)})}
+			} else {
+				se.ExportTo = []string{[]string{".", "*"}[rng.IntN(2)]}
+			}
+		}
+	case 12: // a newer creation time: a VIP collision may resolve otherwise
+		if len(n.ServiceEntries) > 0 {
+			se := &n.ServiceEntries[rng.IntN(len(n.ServiceEntries))]
+			se.Created = se.Created.Add(time.Duration(rng.IntN(100)-50) * time.Second)
+		}
+	case 13: // istiod's status arrives, or goes
+		if len(n.ServiceEntries) > 0 {
+			se := &n.ServiceEntries[rng.IntN(len(n.ServiceEntries))]
+			if len(se.StatusAddresses) > 0 {
+				se.StatusAddresses = nil
+			} else if len(se.Hosts) > 0 {
+				se.StatusAddresses = []model.HostAddress{{Host: se.Hosts[0], Address: netip.AddrFrom4([4]byte{240, 240, 10, byte(step%250 + 1)})}}
+			}
+		}
+	case 14: // a new EndpointSlice, or one less
+		if rng.IntN(2) == 0 || len(n.EndpointSlices) == 0 {
+			n.EndpointSlices = append(n.EndpointSlices, model.EndpointSlice{Namespace: "default", Name: fmt.Sprintf("db-%d", step), ServiceName: "db",
+				Endpoints: []model.Endpoint{{Addresses: []netip.Addr{netip.AddrFrom4([4]byte{10, 99, byte(step >> 8), byte(step)})}, Hostname: fmt.Sprintf("db-%d", step), Ready: true}}})
+		} else {
+			i := rng.IntN(len(n.EndpointSlices))
+			n.EndpointSlices = slices.Delete(n.EndpointSlices, i, i+1)
+		}
 	}
 	return &n
+}
+
+// TestStatesClash runs the builder's state index with every key hashing
+// alike, as two keys rarely do: it must still find, replace and forget each
+// state by its own key.
+func TestStatesClash(t *testing.T) {
+	m := newStates[*serviceState]()
+	m.hash = func(objKey) uint64 { return 1 }
+	st := func(ns, name string) *serviceState { return &serviceState{source: source{namespace: ns, name: name}} }
+	a, b, c := st("n", "a"), st("n", "b"), st("n", "c")
+	for _, s := range []*serviceState{a, b, c} {
+		m.put(s.objKey(), s)
+	}
+	b2 := st("n", "b")
+	m.put(b2.objKey(), b2)
+	if m.get(a.objKey()) != a || m.get(b.objKey()) != b2 || m.get(c.objKey()) != c || m.len() != 3 {
+		t.Fatalf("get after puts: %p %p %p, len %d", m.get(a.objKey()), m.get(b.objKey()), m.get(c.objKey()), m.len())
+	}
+	m.delete(a.objKey()) // the one in byHash
+	if m.get(a.objKey()) != nil || m.get(b.objKey()) != b2 || m.get(c.objKey()) != c || m.len() != 2 {
+		t.Fatalf("after deleting a: %p %p %p, len %d", m.get(a.objKey()), m.get(b.objKey()), m.get(c.objKey()), m.len())
+	}
+	m.put(c.objKey(), c) // moves into the free hash slot
+	var keys []string
+	for k, s := range m.all() {
+		if s.objKey() != k {
+			t.Errorf("all yields %v for %v", s.objKey(), k)
+		}
+		keys = append(keys, k.name)
+	}
+	slices.Sort(keys)
+	if !slices.Equal(keys, []string{"b", "c"}) || m.len() != 2 {
+		t.Errorf("all = %v, len %d; want [b c]", keys, m.len())
+	}
+	m.delete(b.objKey())
+	m.delete(c.objKey())
+	if m.len() != 0 || m.get(c.objKey()) != nil {
+		t.Errorf("len %d after deleting all", m.len())
+	}
 }

@@ -2,6 +2,7 @@ package table
 
 import (
 	"cmp"
+	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
@@ -24,24 +25,25 @@ type Row struct {
 // left out. The empty namespace lists what an unknown client sees.
 func (t *Table) Rows(ns string) []Row {
 	var rows []Row
-	for _, m := range append(t.names[:], t.wildcards) {
-		for _, entries := range m {
-			if e := t.pick(entries, ns); e != nil {
+	for _, sh := range append(t.names[:], t.wildcards) {
+		for k := range sh.one {
+			if e := t.pick(sh.get(k), ns); e != nil {
 				rows = append(rows, e.rows()...)
 			}
 		}
 	}
-	for _, m := range t.reverse {
-		for a, entries := range m {
-			owners := t.ptrOwners(entries, ns)
-			if owners == nil {
+	for _, sh := range t.reverse {
+		for k := range sh.one {
+			owners := t.ptrOwners(sh.get(k), ns)
+			if owners.one == nil {
 				continue
 			}
 			var names []string
-			for _, e := range owners {
-				names = append(names, e.Name)
+			for i := range owners.len() {
+				names = append(names, owners.at(i).Name)
 			}
-			rows = append(rows, Row{Name: reverseName(a), Type: "PTR", Values: names, Origin: owners[0].src.origin.String()})
+			a := netip.AddrFrom16(k).Unmap()
+			rows = append(rows, Row{Name: reverseName(a), Type: "PTR", Values: names, Origin: owners.one.Origin().String()})
 		}
 	}
 	// Names first, reverse-lookup names (PTR) after them.
@@ -59,7 +61,7 @@ func isReverse(name string) int {
 }
 
 func (e *Entry) rows() []Row {
-	origin := e.src.origin.String()
+	origin := e.Origin().String()
 	row := func(name, typ string, values []string, src string) Row {
 		return Row{Name: name, Type: typ, Values: values, Origin: origin, AddrSource: src}
 	}
@@ -73,17 +75,17 @@ func (e *Entry) rows() []Row {
 		}
 	}
 	if len(v4) > 0 {
-		rows = append(rows, row(e.Name, "A", v4, e.AddrSource))
+		rows = append(rows, row(e.Name, "A", v4, e.AddrSource()))
 	}
 	if len(v6) > 0 {
-		rows = append(rows, row(e.Name, "AAAA", v6, e.AddrSource))
+		rows = append(rows, row(e.Name, "AAAA", v6, e.AddrSource()))
 	}
 	if e.Alias != "" {
 		rows = append(rows, row(e.Name, "CNAME", []string{e.Alias}, ""))
 	}
 	for _, set := range e.srv {
 		var vals []string
-		for _, s := range set.records {
+		for _, s := range set.recordsOf(e) {
 			vals = append(vals, strings.Join([]string{"0", "100", strconv.Itoa(int(s.Port)), s.Target}, " "))
 		}
 		rows = append(rows, row(set.prefix+e.Name, "SRV", vals, ""))

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/miekg/dns"
 
@@ -14,17 +15,23 @@ import (
 	"github.com/ztdns/ztdns/pkg/resolver/vip"
 )
 
-// Ranks order entries that claim the same name: an explicit ServiceEntry
-// beats a Service of the same name (the seed's tcp-echo.external-1 example).
+// Ranks order entries that claim the same name as istiod does for ambient
+// mode: a Kubernetes Service before ServiceEntries (then the oldest first).
+// With Table.pick's own-namespace rule, a pod gets the object ztunnel routes:
+// its own namespace's (so the seed's tcp-echo.external-1 ServiceEntry in the
+// client's namespace still wins), else the Service.
 const (
-	rankServiceEntry = iota
-	rankService
+	rankService = iota
+	rankServiceEntry
 )
 
 // names says under which suffixes objects live and how answers are made.
 type names struct {
 	svcDomain string // ".svc.cluster.local."
 	ttl       uint32
+	// prefixes interns SRV prefixes ("_http._tcp."): most Services share a
+	// handful.
+	prefixes map[string]string
 }
 
 // entrySet collects what one object contributes to the table.
@@ -37,21 +44,61 @@ func (s *entrySet) warn(format string, args ...any) {
 	s.warnings = append(s.warnings, fmt.Errorf(format, args...))
 }
 
-// add prepares e's answers and keeps it. ptr says whether e's addresses
-// point back to it (reverse lookups).
-func (s *entrySet) add(n names, e *Entry, ptr bool) {
-	e.prepare(n.ttl, ptr)
+// add keeps e. ptr says whether e's addresses point back to it (reverse
+// lookups).
+func (s *entrySet) add(e *Entry, ptr bool) {
+	e.ptr = ptr
+	e.Addrs, e.n4 = v4First(e.Addrs)
 	s.entries = append(s.entries, e)
 }
 
+// v4First returns addrs with the IPv4 ones first, each family in its order
+// (addrs itself when it is so already: nearly always), and how many are
+// IPv4, so that an answer is a part of the list.
+func v4First(addrs []netip.Addr) ([]netip.Addr, uint32) {
+	n4, sorted := 0, true
+	for i, a := range addrs {
+		if a.Is4() {
+			sorted = sorted && n4 == i
+			n4++
+		}
+	}
+	if sorted {
+		return addrs, uint32(n4)
+	}
+	out := make([]netip.Addr, 0, len(addrs))
+	for _, a := range addrs {
+		if a.Is4() {
+			out = append(out, a)
+		}
+	}
+	for _, a := range addrs {
+		if !a.Is4() {
+			out = append(out, a)
+		}
+	}
+	return out, uint32(n4)
+}
+
+// Indexes of the From* constants in addrSources.
+var (
+	addrClusterIP = addrSourceOf(FromClusterIP)
+	addrEndpoints = addrSourceOf(FromEndpoints)
+	addrSpec      = addrSourceOf(FromSpec)
+)
+
+// serviceSource is what a Service's entries share.
+func serviceSource(n names, svc *model.Service) source {
+	return source{namespace: svc.Namespace, name: svc.Name, ttl: n.ttl, kind: kindService, rank: rankService}
+}
+
 // serviceEntries is what a Service (with its EndpointSlices, for a headless
-// one) puts in the table.
-func serviceEntries(n names, svc *model.Service, eps []*model.EndpointSlice) entrySet {
+// one) puts in the table; src is its serviceSource.
+func serviceEntries(n names, src *source, svc *model.Service, eps []*model.EndpointSlice) entrySet {
 	var out entrySet
-	src := &source{origin: Origin{Kind: KindService, Namespace: svc.Namespace, Name: svc.Name}, rank: rankService}
 	fqdn := svc.Name + "." + svc.Namespace + n.svcDomain
 	if !validName(fqdn) {
-		out.warn("%s: %q is not a valid DNS name", src.origin, fqdn)
+		out.warn("%s: %q is not a valid DNS name", originOf(src), fqdn)
 		return out
 	}
 	e := &Entry{Name: fqdn, src: src}
@@ -59,22 +106,22 @@ func serviceEntries(n names, svc *model.Service, eps []*model.EndpointSlice) ent
 	case svc.ExternalName != "":
 		alias := dns.CanonicalName(svc.ExternalName)
 		if !validName(alias) {
-			out.warn("%s: externalName %q is not a valid DNS name", src.origin, svc.ExternalName)
+			out.warn("%s: externalName %q is not a valid DNS name", originOf(src), svc.ExternalName)
 			return out
 		}
 		e.Alias = alias
-		out.add(n, e, false)
+		out.add(e, false)
 	case svc.Headless:
 		headlessEntries(n, &out, e, svc, eps)
 	default:
-		e.AddrSource = FromClusterIP
+		e.addrSource = addrClusterIP
 		e.Addrs = uniqueAddrs(svc.ClusterIPs)
 		var srv srvRecords
 		for _, p := range svc.Ports {
-			srv.add(p, fqdn)
+			srv.add(n, p, fqdn)
 		}
-		e.srv = srv.sets()
-		out.add(n, e, true)
+		e.srv = srv.sets(fqdn)
+		out.add(e, true)
 	}
 	return out
 }
@@ -88,7 +135,7 @@ func serviceEntries(n names, svc *model.Service, eps []*model.EndpointSlice) ent
 // names, with each slice's own port numbers. Without a ready endpoint the
 // name does not exist (NXDOMAIN): it is left to the cluster's nameserver.
 func headlessEntries(n names, out *entrySet, e *Entry, svc *model.Service, eps []*model.EndpointSlice) {
-	e.AddrSource = FromEndpoints
+	e.addrSource = addrEndpoints
 	byName := map[string]*Entry{} // nil for a name that is not valid
 	var srv srvRecords
 	seen := map[netip.Addr]bool{}
@@ -97,9 +144,9 @@ func headlessEntries(n names, out *entrySet, e *Entry, svc *model.Service, eps [
 		ee, seen := byName[name]
 		if !seen {
 			if validName(name) {
-				ee = &Entry{Name: name, src: e.src, AddrSource: FromEndpoints}
+				ee = &Entry{Name: name, src: e.src, addrSource: addrEndpoints}
 			} else {
-				out.warn("%s: endpoint name %q is not a valid DNS name", e.src.origin, name)
+				out.warn("%s: endpoint name %q is not a valid DNS name", originOf(e.src), name)
 			}
 			byName[name] = ee
 		}
@@ -125,7 +172,7 @@ func headlessEntries(n names, out *entrySet, e *Entry, svc *model.Service, eps [
 				}
 				ee.Addrs = appendUnique(ee.Addrs, a)
 				for _, p := range es.Ports {
-					srv.add(p, ee.Name)
+					srv.add(n, p, ee.Name)
 				}
 			}
 		}
@@ -136,12 +183,12 @@ func headlessEntries(n names, out *entrySet, e *Entry, svc *model.Service, eps [
 	for _, name := range slices.Sorted(maps.Keys(byName)) {
 		if ee := byName[name]; ee != nil {
 			slices.SortFunc(ee.Addrs, netip.Addr.Compare)
-			out.add(n, ee, true)
+			out.add(ee, true)
 		}
 	}
 	slices.SortFunc(e.Addrs, netip.Addr.Compare)
-	e.srv = srv.sets()
-	out.add(n, e, false) // its addresses' PTRs name the endpoints
+	e.srv = srv.sets(e.Name)
+	out.add(e, false) // its addresses' PTRs name the endpoints
 }
 
 // srvRecords collects the SRV record sets of one name, deduplicated (RFC
@@ -150,7 +197,7 @@ func headlessEntries(n names, out *entrySet, e *Entry, svc *model.Service, eps [
 type srvRecords []srvSet
 
 // add records that port p (when named) is served at target.
-func (r *srvRecords) add(p model.Port, target string) {
+func (r *srvRecords) add(n names, p model.Port, target string) {
 	if p.Name == "" {
 		return
 	}
@@ -164,9 +211,15 @@ func (r *srvRecords) add(p model.Port, target string) {
 		}
 	}
 	prefix := "_" + strings.ToLower(p.Name) + "._" + strings.ToLower(p.Protocol) + "."
-	if validName(prefix) {
-		*r = append(*r, srvSet{prefix: prefix, records: []SRV{rec}})
+	if !validName(prefix) {
+		return
 	}
+	if interned, ok := n.prefixes[prefix]; ok {
+		prefix = interned
+	} else if n.prefixes != nil {
+		n.prefixes[prefix] = prefix
+	}
+	*r = append(*r, srvSet{prefix: prefix, records: []SRV{rec}})
 }
 
 // isPrefixOf reports whether prefix is "_<name>._<protocol>." of p, without
@@ -177,13 +230,19 @@ func isPrefixOf(prefix string, p model.Port) bool {
 		prefix[1+n:3+n] == "._" && strings.EqualFold(prefix[3+n:len(prefix)-1], p.Protocol)
 }
 
-// sets returns the record sets in a stable order.
-func (r srvRecords) sets() []srvSet {
-	for _, set := range r {
+// sets returns the record sets of the entry called owner, in a stable
+// order; a set of one record pointing at owner keeps only its port.
+func (r srvRecords) sets(owner string) []srvSet {
+	for i := range r {
+		set := &r[i]
+		if len(set.records) == 1 && set.records[0].Target == owner {
+			set.port, set.records = set.records[0].Port, nil
+			continue
+		}
 		slices.SortFunc(set.records, func(a, b SRV) int { return cmp.Or(cmp.Compare(a.Target, b.Target), cmp.Compare(a.Port, b.Port)) })
 	}
 	slices.SortFunc(r, func(a, b srvSet) int { return cmp.Compare(a.prefix, b.prefix) })
-	return r
+	return slices.Clip(r)
 }
 
 // appendUnique appends a unless list holds it already.
@@ -222,7 +281,7 @@ func dashed(a netip.Addr) string {
 
 // hostAddrs is where an auto-allocating host's addresses come from.
 type hostAddrs struct {
-	source string // FromStatus or FromAllocated
+	source string // FromStatus or FromAllocated; "" for none
 	addrs  []netip.Addr
 }
 
@@ -276,22 +335,27 @@ func istiodAllocates(s *model.Snapshot) bool {
 	return s.IstiodAllocates || slices.ContainsFunc(s.ServiceEntries, func(se model.ServiceEntry) bool { return len(se.StatusAddresses) > 0 })
 }
 
+// serviceEntrySource is what a ServiceEntry's entries share.
+func serviceEntrySource(n names, se *model.ServiceEntry, ext *seSource) source {
+	*ext = seSource{exportTo: exportSet(se.Namespace, se.ExportTo), created: se.Created}
+	return source{namespace: se.Namespace, name: se.Name, se: ext, ttl: n.ttl, kind: kindServiceEntry, rank: rankServiceEntry}
+}
+
 // serviceEntryEntries is what a ServiceEntry puts in the table, given the
-// addresses of its auto-allocating hosts (fromStatus: as resolveHosts).
-func serviceEntryEntries(n names, se *model.ServiceEntry, resolved map[vip.Key]hostAddrs, fromStatus bool) entrySet {
+// addresses of its auto-allocating hosts (fromStatus: as resolveHosts);
+// src is its serviceEntrySource.
+func serviceEntryEntries(src *source, se *model.ServiceEntry, resolved map[vip.Key]hostAddrs, fromStatus bool) entrySet {
 	var out entrySet
-	src := &source{origin: Origin{Kind: KindServiceEntry, Namespace: se.Namespace, Name: se.Name},
-		exportTo: exportSet(se.Namespace, se.ExportTo), created: se.Created, rank: rankServiceEntry}
 	for _, h := range se.Hosts {
 		name := dns.CanonicalName(h)
 		if !validName(strings.TrimPrefix(name, "*.")) {
-			out.warn("%s: host %q is not a valid DNS name", src.origin, h)
+			out.warn("%s: host %q is not a valid DNS name", originOf(src), h)
 			continue
 		}
 		e := &Entry{Name: name, src: src}
 		switch {
 		case len(se.Addresses) > 0:
-			e.AddrSource, e.Addrs = FromSpec, uniqueAddrs(se.Addresses)
+			e.addrSource, e.Addrs = addrSpec, uniqueAddrs(se.Addresses)
 		case se.HasSpecAddresses || len(se.CIDRs) > 0:
 			continue // ranges route traffic but answer no query: forwarded
 		case !vip.Eligible(se) || !vip.HostEligible(se, h):
@@ -302,13 +366,13 @@ func serviceEntryEntries(n names, se *model.ServiceEntry, resolved map[vip.Key]h
 				// With istiod allocating, a host it has not written yet
 				// is forwarded (what kube-dns answers) until it does.
 				if !fromStatus {
-					out.warn("%s: no VIP left for host %q", src.origin, h)
+					out.warn("%s: no VIP left for host %q", originOf(src), h)
 				}
 				continue
 			}
-			e.AddrSource, e.Addrs = r.source, r.addrs
+			e.addrSource, e.Addrs = addrSourceOf(r.source), r.addrs
 		}
-		out.add(n, e, !isWildcard(name))
+		out.add(e, !isWildcard(name))
 	}
 	return out
 }
@@ -338,9 +402,22 @@ func exportSet(own string, exportTo []string) []string {
 // compareEntries orders the entries of one key: rank, then age, then
 // object, then name (one object's entries sharing an address).
 func compareEntries(a, c *Entry) int {
-	return cmp.Or(cmp.Compare(a.src.rank, c.src.rank), a.src.created.Compare(c.src.created),
-		cmp.Compare(a.src.origin.Namespace, c.src.origin.Namespace), cmp.Compare(a.src.origin.Name, c.src.origin.Name),
+	return cmp.Or(cmp.Compare(a.src.rank, c.src.rank), a.src.created().Compare(c.src.created()),
+		cmp.Compare(a.src.namespace, c.src.namespace), cmp.Compare(a.src.name, c.src.name),
 		cmp.Compare(a.Name, c.Name))
+}
+
+// created is when a ServiceEntry was made; zero for a Service.
+func (s *source) created() time.Time {
+	if s.se == nil {
+		return time.Time{}
+	}
+	return s.se.created
+}
+
+// originOf names the object of src, for warnings.
+func originOf(src *source) Origin {
+	return Origin{Kind: kinds[src.kind], Namespace: src.namespace, Name: src.name}
 }
 
 // compareOwners orders the entries that hold one address: endpoint names

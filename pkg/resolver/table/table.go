@@ -56,52 +56,103 @@ type SRV struct {
 	Target string // fqdn
 }
 
-// source is what every entry made from one object shares.
+// source is what every entry made from one object shares. It is part of
+// the builder's state of that object (serviceState, seState), so it costs
+// no allocation of its own.
 type source struct {
-	origin Origin
+	namespace, name string
+	// se is what only a ServiceEntry has; nil for a Service.
+	se   *seSource
+	ttl  uint32 // of every record
+	kind uint8  // index into kinds
+	rank uint8  // lower wins when objects claim the same name
+}
+
+// seSource is what only a ServiceEntry's entries share.
+type seSource struct {
 	// exportTo is nil when the object is visible from every namespace;
 	// otherwise the namespaces that see it ("~" in Istio yields an empty,
 	// non-nil list: nobody).
 	exportTo []string
 	created  time.Time
-	rank     int // lower wins when objects claim the same name
 }
 
-// Entry is what one object says about one name.
+// kinds are the Kind* constants by source.kind.
+var kinds = [...]string{KindService, KindServiceEntry}
+
+const (
+	kindService = iota
+	kindServiceEntry
+)
+
+// Entry is what one object says about one name. Its answers are written
+// from these fields when a query asks (as fast as copying prepared bytes,
+// and no bytes to keep per entry).
 type Entry struct {
 	// Name is the canonical owner name: lower case, fully qualified.
 	Name string
 	src  *source
-	// AddrSource says where Addrs came from (one of the From* constants).
-	AddrSource string
-	// Addrs are the A and AAAA answers, and the addresses whose reverse
-	// names point back here.
+	// Addrs are the A and AAAA answers, IPv4 first, and the addresses whose
+	// reverse names point back here.
 	Addrs []netip.Addr
 	// Alias is the CNAME target of an ExternalName Service (fqdn), or "".
 	Alias string
 	// srv are the SRV record sets of the name's named ports.
-	srv     []srvSet
-	answers answers
+	srv []srvSet
+	// n4 is how many of Addrs are IPv4.
+	n4 uint32
+	// addrSource indexes addrSources: where Addrs came from.
+	addrSource uint8
+	// ptr says whether the reverse names of Addrs point here.
+	ptr bool
 }
+
+// addrSources are the From* constants by Entry.addrSource.
+var addrSources = [...]string{"", FromClusterIP, FromEndpoints, FromSpec, FromStatus, FromAllocated}
+
+// addrSourceOf is the index of one of the From* constants.
+func addrSourceOf(from string) uint8 {
+	for i, s := range addrSources {
+		if s == from {
+			return uint8(i)
+		}
+	}
+	panic("table: unknown address source " + from)
+}
+
+// AddrSource says where Addrs came from (one of the From* constants).
+func (e *Entry) AddrSource() string { return addrSources[e.addrSource] }
 
 // srvSet is the answer to _port._proto.<entry name>.
 type srvSet struct {
-	prefix  string // "_http._tcp."
+	prefix string // "_http._tcp."
+	// records are the set's records; nil when it is one record that points
+	// at the entry's own name (a Service's port, the usual case), on port.
 	records []SRV
-	span    span
+	port    uint16
+}
+
+// recordsOf returns the set's records, e being the entry that holds it.
+func (s *srvSet) recordsOf(e *Entry) []SRV {
+	if s.records == nil {
+		return []SRV{{Port: s.port, Target: e.Name}}
+	}
+	return s.records
 }
 
 // Origin returns the object the entry was made from.
-func (e *Entry) Origin() Origin { return e.src.origin }
+func (e *Entry) Origin() Origin {
+	return Origin{Kind: kinds[e.src.kind], Namespace: e.src.namespace, Name: e.src.name}
+}
 
 // VisibleFrom reports whether a pod in namespace ns sees the entry. The
 // empty namespace is an asker that is not a known pod: it sees only what is
 // exported everywhere.
 func (e *Entry) VisibleFrom(ns string) bool {
-	if e.src.exportTo == nil {
+	if e.src.se == nil || e.src.se.exportTo == nil {
 		return true
 	}
-	for _, n := range e.src.exportTo {
+	for _, n := range e.src.se.exportTo {
 		if n == ns {
 			return ns != ""
 		}
@@ -134,11 +185,11 @@ const (
 type Table struct {
 	domain    string // "cluster.local." (lower case, trailing dot)
 	svcDomain string // ".svc.cluster.local."
-	names     [numShards]map[string][]*Entry
+	names     [numShards]shard[string]
 	// reverse finds the entries that hold an address, for PTR queries.
-	reverse [numShards]map[netip.Addr][]*Entry
+	reverse [numShards]shard[addrKey]
 	// wildcards holds "*.example.com" entries under "example.com.".
-	wildcards map[string][]*Entry
+	wildcards shard[string]
 	ttl       uint32
 	// serial is the SOA serial: when the table was built (Unix seconds), as
 	// CoreDNS's kubernetes plugin counts it.
@@ -150,19 +201,76 @@ type Table struct {
 // the keys) against the per-table array of shard maps.
 const numShards = 256
 
+// addrKey is an address as a reverse-index key: 16 bytes without a pointer
+// (a netip.Addr is 24, with one). IPv4 addresses are 4-in-6.
+type addrKey [16]byte
+
+func keyOf(a netip.Addr) addrKey { return a.As16() }
+
 var shardSeed = maphash.MakeSeed()
 
 func shardOf(name string) uint32 {
 	return uint32(maphash.String(shardSeed, name) % numShards)
 }
 
-func shardOfAddr(a netip.Addr) uint32 {
-	return uint32(maphash.Comparable(shardSeed, a) % numShards)
+func shardOfAddr(k addrKey) uint32 {
+	return uint32(maphash.Bytes(shardSeed, k[:]) % numShards)
+}
+
+// shard maps keys to their entries. Nearly every key has one entry, kept in
+// one without a list; the keys that several entries claim (a host in two
+// ServiceEntries, a pod behind two headless Services) have their ordered
+// list in many, whose first element is also in one.
+type shard[K comparable] struct {
+	one  map[K]*Entry
+	many map[K][]*Entry
+}
+
+// get returns the entries of k.
+func (s *shard[K]) get(k K) bucket {
+	e := s.one[k]
+	if e == nil || len(s.many) == 0 {
+		return bucket{one: e}
+	}
+	return bucket{one: e, many: s.many[k]}
+}
+
+// bucket is the entries of one key, in order: one, or many when several.
+type bucket struct {
+	one  *Entry
+	many []*Entry // nil unless several; many[0] == one
+}
+
+func bucketOf(list []*Entry) bucket {
+	switch len(list) {
+	case 0:
+		return bucket{}
+	case 1:
+		return bucket{one: list[0]}
+	}
+	return bucket{one: list[0], many: list}
+}
+
+func (b bucket) len() int {
+	if b.many != nil {
+		return len(b.many)
+	}
+	if b.one != nil {
+		return 1
+	}
+	return 0
+}
+
+func (b bucket) at(i int) *Entry {
+	if b.many != nil {
+		return b.many[i]
+	}
+	return b.one
 }
 
 // lookup returns the entries of an exact name.
-func (t *Table) lookup(name string) []*Entry {
-	return t.names[shardOf(name)][name]
+func (t *Table) lookup(name string) bucket {
+	return t.names[shardOf(name)].get(name)
 }
 
 // Domain returns the cluster domain as a fully qualified name.
@@ -185,7 +293,7 @@ type Result struct {
 	// srv is set when the name was an SRV name of Entry; owners when it was
 	// a reverse name: the entries its PTR records name (Entry is the first).
 	srv    *srvSet
-	owners []*Entry
+	owners bucket
 	// t and qname make the SOA of a negative answer.
 	t     *Table
 	qname string
@@ -208,8 +316,12 @@ func (t *Table) resolve(r *Result, qname, ns string) {
 		return
 	}
 	if a, ok := parseReverse(qname); ok {
-		if r.owners = t.ptrOwners(t.reverse[shardOfAddr(a)][a], ns); r.owners != nil {
-			r.Entry = r.owners[0]
+		if a.Is4In6() {
+			return // no table address has that name: addresses are unmapped
+		}
+		k := keyOf(a)
+		if r.owners = t.ptrOwners(t.reverse[shardOfAddr(k)].get(k), ns); r.owners.one != nil {
+			r.Entry = r.owners.one
 		}
 		return
 	}
@@ -231,18 +343,21 @@ func (t *Table) resolve(r *Result, qname, ns string) {
 // hostname record is more specific than its Service, and a pod behind two
 // headless Services has a name in each); otherwise the one owner pick
 // chooses. The result is a part of entries: nothing is allocated.
-func (t *Table) ptrOwners(entries []*Entry, ns string) []*Entry {
+func (t *Table) ptrOwners(entries bucket, ns string) bucket {
 	n := 0
-	for n < len(entries) && entries[n].isEndpoint() {
+	for n < entries.len() && entries.at(n).isEndpoint() {
 		n++
 	}
-	if n > 0 {
-		return entries[:n]
+	if n > 1 {
+		return bucket{one: entries.many[0], many: entries.many[:n]}
 	}
-	if i := t.pickIndex(entries, ns); i >= 0 {
-		return entries[i : i+1]
+	if n == 1 {
+		return bucket{one: entries.at(0)}
 	}
-	return nil
+	if e := t.pick(entries, ns); e != nil {
+		return bucket{one: e}
+	}
+	return bucket{}
 }
 
 // srvName resolves "_port._proto.<name>" to name's SRV set. A port the
@@ -296,24 +411,31 @@ func (t *Table) find(name, ns string) *Entry {
 	return t.wildcard(name, ns)
 }
 
-// pick chooses among the entries for one key: one from the asker's own
-// namespace first (Istio's rule when a host is defined in several), else the
-// first visible in build order (ServiceEntry before Service, older first).
-func (t *Table) pick(entries []*Entry, ns string) *Entry {
-	if i := t.pickIndex(entries, ns); i >= 0 {
-		return entries[i]
+// pick chooses among the entries for one key as ztunnel does: one from the
+// asker's own namespace first, else the first visible in build order (the
+// Service, else the oldest ServiceEntry: istiod's canonical one).
+func (t *Table) pick(entries bucket, ns string) *Entry {
+	if entries.many == nil { // one entry, or none: the usual case
+		if entries.one != nil && entries.one.VisibleFrom(ns) {
+			return entries.one
+		}
+		return nil
+	}
+	if i := pickIndex(entries.many, ns); i >= 0 {
+		return entries.many[i]
 	}
 	return nil
 }
 
-// pickIndex is pick's choice as an index into entries, -1 for none.
-func (t *Table) pickIndex(entries []*Entry, ns string) int {
+// pickIndex is pick's choice among several entries, as an index, -1 for
+// none.
+func pickIndex(entries []*Entry, ns string) int {
 	first := -1
 	for i, e := range entries {
 		if !e.VisibleFrom(ns) {
 			continue
 		}
-		if ns != "" && e.src.origin.Namespace == ns {
+		if ns != "" && e.src.namespace == ns {
 			return i
 		}
 		if first < 0 {
@@ -347,12 +469,12 @@ func (t *Table) shortForm(qname, ns string) *Entry {
 
 // wildcard finds the most specific "*.suffix" entry covering qname.
 func (t *Table) wildcard(qname, ns string) *Entry {
-	if len(t.wildcards) == 0 {
+	if len(t.wildcards.one) == 0 {
 		return nil
 	}
 	for i := strings.IndexByte(qname, '.'); i >= 0 && i+1 < len(qname); {
 		suffix := qname[i+1:]
-		if e := t.pick(t.wildcards[suffix], ns); e != nil {
+		if e := t.pick(t.wildcards.get(suffix), ns); e != nil {
 			return e
 		}
 		j := strings.IndexByte(suffix, '.')

@@ -205,7 +205,7 @@ func TestSeedVIPs(t *testing.T) {
 	e1 := tbl.Resolve("tcp-echo.external-1.svc.cluster.local.", "default").Entry
 	e2 := tbl.Resolve("tcp-echo.external-2.svc.cluster.local.", "default").Entry
 	for _, e := range []*Entry{auto, e1, e2} {
-		if e == nil || e.AddrSource != FromAllocated || len(e.Addrs) != 2 {
+		if e == nil || e.AddrSource() != FromAllocated || len(e.Addrs) != 2 {
 			t.Fatalf("want an allocated v4+v6 VIP pair, got %+v", e)
 		}
 		if !strings.HasPrefix(e.Addrs[0].String(), "240.240.") || !strings.HasPrefix(e.Addrs[1].String(), "2001:2::") {

@@ -91,20 +91,20 @@ func TestVIPSource(t *testing.T) {
 						}
 						continue
 					}
-					if e == nil || e.AddrSource != FromAllocated || !vip.PrefixV4.Contains(e.Addrs[0]) {
+					if e == nil || e.AddrSource() != FromAllocated || !vip.PrefixV4.Contains(e.Addrs[0]) {
 						t.Errorf("%s = %+v, want a VIP from ztdns's allocator", qname, e)
 					}
 				case tt.noStatus || want == nil:
 					if e != nil {
-						t.Errorf("%s answered %v from %s, want forwarded: istiod wrote nothing for it", qname, e.Addrs, e.AddrSource)
+						t.Errorf("%s answered %v from %s, want forwarded: istiod wrote nothing for it", qname, e.Addrs, e.AddrSource())
 					}
 				default:
 					if e == nil {
 						t.Fatalf("%s forwarded, want istiod's %v", qname, want)
 					}
 					got := answerOf(t, tbl.Resolve(qname, "a"), qname, dns.TypeA)
-					if e.AddrSource != FromStatus || !slices.Equal(got, want) {
-						t.Errorf("%s = %v from %s, want istiod's %v", qname, got, e.AddrSource, want)
+					if e.AddrSource() != FromStatus || !slices.Equal(got, want) {
+						t.Errorf("%s = %v from %s, want istiod's %v", qname, got, e.AddrSource(), want)
 					}
 				}
 			}
@@ -121,7 +121,7 @@ func TestVIPSourceSwitch(t *testing.T) {
 		{Namespace: "a", Name: "two", Created: t0, Hosts: []string{"two.example"}, Resolution: "DNS", AutoAllocate: true},
 	}}
 	tbl, _ := b.Build(snap)
-	if e := tbl.Resolve("one.example.", "a").Entry; e == nil || e.AddrSource != FromAllocated {
+	if e := tbl.Resolve("one.example.", "a").Entry; e == nil || e.AddrSource() != FromAllocated {
 		t.Fatalf("before istiod: one.example = %+v, want ztdns's VIP", e)
 	}
 	next := *snap

@@ -20,6 +20,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/ztdns/ztdns/pkg/model"
+	"github.com/ztdns/ztdns/pkg/model/typed"
 )
 
 // manifests is what one file contributes: its objects reduced to the model,
@@ -114,7 +115,18 @@ func (p parser) parseFile(path string, data []byte) (*manifests, []error) {
 	if len(errs) > 0 {
 		return nil, capProblems(path, errs)
 	}
+	// Kept until the file changes: without the room append left for more.
+	m.namespaces, m.services, m.endpointSlices = compact(m.namespaces), compact(m.services), compact(m.endpointSlices)
+	m.serviceEntries, m.pods, m.placed = compact(m.serviceEntries), compact(m.pods), compact(m.placed)
 	return m, nil
+}
+
+// compact returns s without spare capacity.
+func compact[T any](s []T) []T {
+	if cap(s) == len(s) {
+		return s
+	}
+	return append(make([]T, 0, len(s)), s...)
 }
 
 // maxDocumentBytes bounds one YAML document (a kind: List of about 9,000
@@ -298,19 +310,19 @@ func decodeAs[T, M any](raw []byte, convert func(*T) (M, error), into *[]M) deco
 }
 
 func decodeNamespace(raw []byte, _ string, m *manifests) decodeResult {
-	return decodeAs(raw, func(n *corev1.Namespace) (model.Namespace, error) { return model.FromNamespace(n), nil }, &m.namespaces)
+	return decodeAs(raw, func(n *corev1.Namespace) (model.Namespace, error) { return typed.FromNamespace(n), nil }, &m.namespaces)
 }
 
 func decodeService(raw []byte, _ string, m *manifests) decodeResult {
-	return decodeAs(raw, model.FromService, &m.services)
+	return decodeAs(raw, typed.FromService, &m.services)
 }
 
 func decodePod(raw []byte, _ string, m *manifests) decodeResult {
-	return decodeAs(raw, model.FromPod, &m.pods)
+	return decodeAs(raw, typed.FromPod, &m.pods)
 }
 
 func decodeEndpointSlice(raw []byte, _ string, m *manifests) decodeResult {
-	return decodeAs(raw, model.FromEndpointSlice, &m.endpointSlices)
+	return decodeAs(raw, typed.FromEndpointSlice, &m.endpointSlices)
 }
 
 func decodeServiceEntry(raw []byte, version string, m *manifests) decodeResult {
@@ -318,15 +330,15 @@ func decodeServiceEntry(raw []byte, version string, m *manifests) decodeResult {
 	switch version {
 	case "v1":
 		res = decodeAs(raw, func(se *networkingv1.ServiceEntry) (model.ServiceEntry, error) {
-			return model.FromServiceEntry(&se.ObjectMeta, &se.Spec, &se.Status)
+			return typed.FromServiceEntry(&se.ObjectMeta, &se.Spec, &se.Status)
 		}, &m.serviceEntries)
 	case "v1beta1":
 		res = decodeAs(raw, func(se *networkingv1beta1.ServiceEntry) (model.ServiceEntry, error) {
-			return model.FromServiceEntry(&se.ObjectMeta, &se.Spec, &se.Status)
+			return typed.FromServiceEntry(&se.ObjectMeta, &se.Spec, &se.Status)
 		}, &m.serviceEntries)
 	case "v1alpha3":
 		res = decodeAs(raw, func(se *networkingv1alpha3.ServiceEntry) (model.ServiceEntry, error) {
-			return model.FromServiceEntry(&se.ObjectMeta, &se.Spec, &se.Status)
+			return typed.FromServiceEntry(&se.ObjectMeta, &se.Spec, &se.Status)
 		}, &m.serviceEntries)
 	default:
 		return decodeResult{decodeErr: fmt.Errorf("no decoder for version %q", version)}

@@ -10,6 +10,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 
@@ -179,13 +180,23 @@ func (st *state) snapshot() *model.Snapshot {
 		if m == nil {
 			continue
 		}
-		s.Namespaces = append(s.Namespaces, m.namespaces...)
-		s.Services = append(s.Services, m.services...)
-		s.EndpointSlices = append(s.EndpointSlices, m.endpointSlices...)
-		s.ServiceEntries = append(s.ServiceEntries, m.serviceEntries...)
-		s.Pods = append(s.Pods, m.pods...)
+		s.Namespaces = concat(s.Namespaces, m.namespaces)
+		s.Services = concat(s.Services, m.services)
+		s.EndpointSlices = concat(s.EndpointSlices, m.endpointSlices)
+		s.ServiceEntries = concat(s.ServiceEntries, m.serviceEntries)
+		s.Pods = concat(s.Pods, m.pods)
 	}
 	return s
+}
+
+// concat appends more to list. The first file's objects are shared rather
+// than copied (manifests never change once parsed): with one file per kind,
+// as in a large directory, a snapshot costs no copy of the objects.
+func concat[T any](list, more []T) []T {
+	if list == nil {
+		return slices.Clip(more) // a later append copies
+	}
+	return append(list, more...)
 }
 
 // errors lists the current problems, file by file.

@@ -1,13 +1,20 @@
 package kube
 
 import (
+	"context"
 	"fmt"
+	"time"
 
-	istioclient "istio.io/client-go/pkg/clientset/versioned"
-	"k8s.io/client-go/discovery"
-	"k8s.io/client-go/kubernetes"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/runtime/serializer"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/client-go/util/flowcontrol"
+
+	"github.com/ztdns/ztdns/pkg/model/kubeapi"
 )
 
 // userAgent names ztdns in the API server's logs and audit events.
@@ -32,11 +39,14 @@ func RESTConfig(path string) (*rest.Config, error) {
 	return cfg, nil
 }
 
-// clients are the API clients of one Run.
+// clients are the API clients of one Run: a REST client per API group,
+// decoding into package kubeapi's objects (JSON: they have no protobuf
+// form), over one HTTP client and one client-side rate limit. No generated
+// clientset is linked: their schemes register hundreds of types ztdns never
+// reads.
 type clients struct {
-	kube      kubernetes.Interface
-	istio     istioclient.Interface
-	discovery discovery.DiscoveryInterface
+	core, discovery, istio *rest.RESTClient
+	params                 runtime.ParameterCodec
 }
 
 func newClients(cfg *rest.Config) (*clients, error) {
@@ -44,24 +54,85 @@ func newClients(cfg *rest.Config) (*clients, error) {
 	if base.UserAgent == "" {
 		base.UserAgent = userAgent
 	}
-	// Built-in types travel as protobuf: it is smaller on the wire and
-	// cheaper to decode than JSON. Custom resources (ServiceEntries) exist
-	// only as JSON.
-	kubeCfg := rest.CopyConfig(base)
-	kubeCfg.ContentType = "application/vnd.kubernetes.protobuf"
-	kubeCfg.AcceptContentTypes = "application/vnd.kubernetes.protobuf,application/json"
-
-	kube, err := kubernetes.NewForConfig(kubeCfg)
+	if base.RateLimiter == nil && base.QPS >= 0 {
+		qps, burst := base.QPS, base.Burst
+		if qps == 0 {
+			qps, burst = rest.DefaultQPS, rest.DefaultBurst
+		}
+		base.RateLimiter = flowcontrol.NewTokenBucketRateLimiter(qps, burst)
+	}
+	scheme := runtime.NewScheme()
+	if err := kubeapi.AddToScheme(scheme); err != nil {
+		return nil, fmt.Errorf("kubernetes client: %w", err)
+	}
+	codecs := serializer.NewCodecFactory(scheme)
+	httpClient, err := rest.HTTPClientFor(base)
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes client: %w", err)
 	}
-	istio, err := istioclient.NewForConfig(base)
-	if err != nil {
-		return nil, fmt.Errorf("istio client: %w", err)
+	client := func(apiPath string, gv schema.GroupVersion) (*rest.RESTClient, error) {
+		c := rest.CopyConfig(base)
+		c.APIPath, c.GroupVersion = apiPath, &gv
+		c.NegotiatedSerializer = codecs.WithoutConversion()
+		c.ContentType, c.AcceptContentTypes = runtime.ContentTypeJSON, runtime.ContentTypeJSON
+		rc, err := rest.RESTClientForConfigAndClient(c, httpClient)
+		if err != nil {
+			return nil, fmt.Errorf("kubernetes client for %s: %w", gv, err)
+		}
+		return rc, nil
 	}
-	disc, err := discovery.NewDiscoveryClientForConfig(base)
-	if err != nil {
-		return nil, fmt.Errorf("discovery client: %w", err)
+	c := &clients{params: runtime.NewParameterCodec(scheme)}
+	if c.core, err = client("/api", kubeapi.CoreV1); err != nil {
+		return nil, err
 	}
-	return &clients{kube: kube, istio: istio, discovery: disc}, nil
+	if c.discovery, err = client("/apis", kubeapi.DiscoveryV1); err != nil {
+		return nil, err
+	}
+	if c.istio, err = client("/apis", kubeapi.IstioNetworkV1); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// endpoint is where one kind of object is listed and watched.
+type endpoint struct {
+	client    *rest.RESTClient
+	namespace string // empty: all namespaces
+	resource  string // plural, as in the URL
+	// labelSelector and fieldSelector narrow what is listed and watched.
+	labelSelector, fieldSelector string
+	// example is an object of the kind; newList makes the list a list call
+	// decodes into.
+	example runtime.Object
+	newList func() runtime.Object
+}
+
+// list makes one list call (a page, when o.Limit is set).
+func (c *clients) list(ctx context.Context, e endpoint, o metav1.ListOptions) (runtime.Object, error) {
+	e.narrow(&o)
+	out := e.newList()
+	err := e.client.Get().Namespace(e.namespace).Resource(e.resource).VersionedParams(&o, c.params).
+		Timeout(timeoutOf(o)).Do(ctx).Into(out)
+	return out, err
+}
+
+// watch opens a watch.
+func (c *clients) watch(ctx context.Context, e endpoint, o metav1.ListOptions) (watch.Interface, error) {
+	e.narrow(&o)
+	o.Watch = true
+	return e.client.Get().Namespace(e.namespace).Resource(e.resource).VersionedParams(&o, c.params).
+		Timeout(timeoutOf(o)).Watch(ctx)
+}
+
+func (e endpoint) narrow(o *metav1.ListOptions) {
+	o.LabelSelector, o.FieldSelector = e.labelSelector, e.fieldSelector
+}
+
+// timeoutOf is the client-side timeout matching the server-side one the
+// reflector asks for (none when it asks for none).
+func timeoutOf(o metav1.ListOptions) time.Duration {
+	if o.TimeoutSeconds == nil {
+		return 0
+	}
+	return time.Duration(*o.TimeoutSeconds) * time.Second
 }

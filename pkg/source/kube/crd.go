@@ -31,7 +31,7 @@ const (
 func (r *run) serviceEntriesServed(ctx context.Context) (bool, error) {
 	ctx, cancel := context.WithTimeout(ctx, discoveryTimeout)
 	defer cancel()
-	raw, err := r.clients.discovery.RESTClient().Get().AbsPath("/apis/" + serviceEntryGroupVersion).Do(ctx).Raw()
+	raw, err := r.clients.core.Get().AbsPath("/apis/" + serviceEntryGroupVersion).Do(ctx).Raw()
 	if apierrors.IsNotFound(err) {
 		return false, nil
 	}

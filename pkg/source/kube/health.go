@@ -24,7 +24,7 @@ type failure struct {
 // health follows whether the source's list and watch calls are succeeding.
 // client-go's reflectors retry on their own, with backoff, and tell nobody:
 // a watch that cannot reconnect (connection refused) backs off and retries
-// without ever reaching the informer's watch error handler. So every list
+// without ever reaching a watch error handler. So every list
 // and watch call reports its outcome here, and a resource counts as failing
 // from its first error until its next successful call.
 type health struct {

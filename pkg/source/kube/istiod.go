@@ -4,12 +4,12 @@ import (
 	"context"
 	"sync"
 
-	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/watch"
+
+	"github.com/ztdns/ztdns/pkg/model/kubeapi"
 )
 
 // IstiodAllocatorLock is the leader-election lock istiod's VIP allocator
@@ -28,18 +28,17 @@ const DefaultIstioNamespace = "istio-system"
 // off.
 func WithIstioNamespace(ns string) Option { return func(s *Source) { s.istioNamespace = ns } }
 
-// allocatorLock is what the informer keeps of the lock: that it exists.
-type allocatorLock struct{}
+// allocatorLock is what the source keeps of the lock: that it exists.
+type allocatorLock struct{ namespace, name string }
 
-func convertAllocatorLock(*corev1.ConfigMap) (allocatorLock, error) { return allocatorLock{}, nil }
-
-// allocatorLockListWatch lists and watches the one ConfigMap by name (RBAC
-// grants exactly that name: PolicyRules). Without that permission (a chart
-// from before it was needed) the source runs as if istiod did not allocate,
-// says so once, and relies on status.addresses alone.
-func (r *run) allocatorLockListWatch() listWatch {
-	c := r.clients.kube.CoreV1().ConfigMaps(r.src.istioNamespace)
-	byName := fields.OneTermEqualSelector("metadata.name", IstiodAllocatorLock).String()
+// tolerateForbidden wraps the lock's list and watch (by name: RBAC grants
+// exactly that name, see PolicyRules). Without that permission (a chart
+// from before it was needed) the source runs as if istiod did not
+// allocate, says so once, and relies on status.addresses alone.
+func (r *run) tolerateForbidden(
+	list func(context.Context, metav1.ListOptions) (runtime.Object, error),
+	watchFn func(context.Context, metav1.ListOptions) (watch.Interface, error),
+) (func(context.Context, metav1.ListOptions) (runtime.Object, error), func(context.Context, metav1.ListOptions) (watch.Interface, error)) {
 	var once sync.Once
 	forbidden := func(err error) bool {
 		if !apierrors.IsForbidden(err) {
@@ -51,23 +50,30 @@ func (r *run) allocatorLockListWatch() listWatch {
 		})
 		return true
 	}
-	return listWatch{
-		example: &corev1.ConfigMap{},
-		list: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
-			o.FieldSelector = byName
-			l, err := c.List(ctx, o)
+	return func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			l, err := list(ctx, o)
 			if forbidden(err) {
-				return &corev1.ConfigMapList{}, nil
+				return &kubeapi.ConfigMapList{}, nil
 			}
 			return l, err
-		},
-		watch: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
-			o.FieldSelector = byName
-			w, err := c.Watch(ctx, o)
+		}, func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			w, err := watchFn(ctx, o)
 			if forbidden(err) {
-				return watch.NewFake(), nil // nothing will ever come
+				return noLock(o), nil
 			}
 			return w, err
-		},
+		}
+}
+
+// noLock is the watch of a lock the source may not read: nothing ever
+// comes, but a watch that was asked for its initial events ends them, as
+// the API server would, so that the reflector counts itself synced.
+func noLock(o metav1.ListOptions) watch.Interface {
+	w := watch.NewFakeWithChanSize(1, false)
+	if o.SendInitialEvents != nil && *o.SendInitialEvents {
+		end := "true"
+		w.Action(watch.Bookmark, &kubeapi.ConfigMap{ObjectMeta: kubeapi.ObjectMeta{
+			Annotations: kubeapi.Annotations{InitialEventsEnd: &end}}})
 	}
+	return w
 }

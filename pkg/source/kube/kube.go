@@ -1,14 +1,22 @@
-// Package kube is ztdns's Kubernetes source: it watches an API server with
-// client-go informers and hands the agent complete snapshots of Namespaces,
-// Services, EndpointSlices, ServiceEntries (networking.istio.io/v1, through
-// istio.io/client-go) and the Pods of one node.
+// Package kube is ztdns's Kubernetes source: it watches an API server and
+// hands the agent complete snapshots of Namespaces, Services, the
+// EndpointSlices of headless Services, ServiceEntries
+// (networking.istio.io/v1) and the Pods of one node.
 //
-// Each informer converts objects to their pkg/model form as they arrive (its
-// transform), so the informer caches hold only what DNS and the capture
-// decision read, never full API objects. An object that cannot be converted
-// is logged with its namespace and name and left out; the rest is served.
+// client-go's reflectors list and watch each resource through plain REST
+// clients that decode into package kubeapi's cut-down objects; the source's
+// stores convert them to their pkg/model form at once, so nothing holds an
+// API object, and no generated clientset or scheme is linked. An object
+// that cannot be converted is logged with its namespace and name and left
+// out; the rest is served.
 //
-// The first snapshot is delivered once every informer has listed its
+// Of the EndpointSlices, which in most clusters are one or more per Service,
+// only those of headless Services are watched: the EndpointSlice
+// controller labels those (service.kubernetes.io/headless), and the few
+// slices it does not manage (mirrored from Endpoints, or written by hand)
+// are watched whatever their Service.
+//
+// The first snapshot is delivered once every watch has listed its
 // resource; after that, changes are coalesced (a short quiet period, bounded
 // so that a steady stream of changes still delivers regularly) and every
 // snapshot is complete, so the name table built from it never shows half of
@@ -38,7 +46,7 @@ import (
 )
 
 const (
-	// DefaultDebounce is how long the informers must be quiet after a change
+	// DefaultDebounce is how long the watches must be quiet after a change
 	// before a snapshot is built: long enough to take a burst of events (a
 	// Service and its EndpointSlice, a `kubectl apply` of many objects) as
 	// one change, short next to the 100 ms budget for a change to show.
@@ -50,7 +58,7 @@ const (
 	// DefaultCRDPollInterval is how often the discovery API is asked whether
 	// the ServiceEntry CRD has appeared, while it is missing.
 	DefaultCRDPollInterval = 5 * time.Second
-	// syncCheckInterval is how often the informers are checked for their
+	// syncCheckInterval is how often the stores are checked for their
 	// first sync (a cheap check; client-go has no notification for it).
 	syncCheckInterval = 10 * time.Millisecond
 )
@@ -133,7 +141,7 @@ func (s *Source) Errors() []error {
 	return append(errs, s.health.errors()...)
 }
 
-// Run starts the informers, delivers the first snapshot once every one of
+// Run starts the watches, delivers the first snapshot once every one of
 // them has synced, then a new snapshot after every change, until ctx is
 // done. It returns nil when ctx ends, and an error only when the clients
 // cannot be built from the configuration: an unreachable API server is
@@ -154,16 +162,12 @@ func (s *Source) Run(ctx context.Context, deliver func(*model.Snapshot)) error {
 	}()
 
 	r := newRun(s, c)
-	kinds := []kind{kindNamespaces, kindServices, kindEndpointSlices, kindPods}
+	kinds := []kind{kindNamespaces, kindServices, kindEndpointSlices, kindOtherEndpointSlices, kindPods}
 	if s.istioNamespace != "" {
 		kinds = append(kinds, kindIstiodAllocator)
 	}
 	for _, k := range kinds {
-		inf, err := r.newInformer(k)
-		if err != nil {
-			return err
-		}
-		wg.Go(func() { inf.RunWithContext(ctx) })
+		r.start(ctx, &wg, k)
 	}
 	// Whether ServiceEntries exist must be known before the first snapshot:
 	// a table without them would make every ServiceEntry host unknown for a
@@ -173,9 +177,7 @@ func (s *Source) Run(ctx context.Context, deliver func(*model.Snapshot)) error {
 		return nil
 	}
 	if served {
-		if err := r.startServiceEntries(ctx, &wg, false); err != nil {
-			return err
-		}
+		r.startServiceEntries(ctx, &wg)
 	} else {
 		s.log.Info("ServiceEntry CRD not installed; running without ServiceEntries until it appears",
 			"groupVersion", serviceEntryGroupVersion, "pollInterval", s.crdPollInterval)
@@ -186,9 +188,9 @@ func (s *Source) Run(ctx context.Context, deliver func(*model.Snapshot)) error {
 	return r.follow(ctx, &wg, crdChanges, deliver)
 }
 
-// follow delivers the first snapshot once every informer has synced, then a
+// follow delivers the first snapshot once every watch has synced, then a
 // snapshot after each burst of changes, and starts and stops the
-// ServiceEntry informer as the CRD comes and goes.
+// ServiceEntry watch as the CRD comes and goes.
 func (r *run) follow(ctx context.Context, wg *sync.WaitGroup, crdChanges <-chan bool, deliver func(*model.Snapshot)) error {
 	syncCheck := time.NewTicker(syncCheckInterval)
 	defer syncCheck.Stop()
@@ -209,8 +211,11 @@ func (r *run) follow(ctx context.Context, wg *sync.WaitGroup, crdChanges <-chan 
 			synced = true
 			snap, _ := r.snapshot()
 			r.log.Info("cluster synced", counts(snap)...)
-			r.deliver(snap, time.Time{}, deliver)
+			// Synced before the first snapshot is out, so whoever has it
+			// finds the source healthy (the agent's readiness waits for
+			// the table itself).
 			r.health.setSynced()
+			r.deliver(snap, time.Time{}, deliver)
 		case <-r.notify:
 			since := r.pendingSince()
 			if !synced || since.IsZero() {
@@ -224,9 +229,7 @@ func (r *run) follow(ctx context.Context, wg *sync.WaitGroup, crdChanges <-chan 
 			r.deliver(snap, since, deliver)
 		case served := <-crdChanges:
 			if served {
-				if err := r.startServiceEntries(ctx, wg, synced); err != nil {
-					return err
-				}
+				r.startServiceEntries(ctx, wg)
 			} else {
 				r.stopServiceEntries()
 			}

@@ -554,7 +554,7 @@ func testLeastPrivilege(t *testing.T, env *kubetest.Env) {
 	createNamespace(t, kube, ns)
 	if _, err := kube.RbacV1().ClusterRoles().Create(ctx, &rbacv1.ClusterRole{
 		ObjectMeta: metav1.ObjectMeta{Name: "ztdns"},
-		Rules:      PolicyRules(),
+		Rules:      rbacRules(PolicyRules()),
 	}, metav1.CreateOptions{}); err != nil {
 		t.Fatalf("create ClusterRole: %v", err)
 	}
@@ -608,6 +608,15 @@ func testLeastPrivilege(t *testing.T, env *kubetest.Env) {
 		}
 		return nil
 	})
+}
+
+// rbacRules are rules as the RBAC API takes them.
+func rbacRules(rules []PolicyRule) []rbacv1.PolicyRule {
+	var out []rbacv1.PolicyRule
+	for _, r := range rules {
+		out = append(out, rbacv1.PolicyRule{Verbs: r.Verbs, APIGroups: r.APIGroups, Resources: r.Resources, ResourceNames: r.ResourceNames})
+	}
+	return out
 }
 
 func createNamespace(tb testing.TB, kube kubernetes.Interface, name string) string {

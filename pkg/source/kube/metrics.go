@@ -28,7 +28,7 @@ func newMetrics() *metrics {
 		}),
 		delay: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "ztdns_kube_snapshot_delay_seconds",
-			Help:    "Time from the first change an informer saw until the receiver took the snapshot with it (debounce, snapshot, and the agent's table build).",
+			Help:    "Time from the first change a watch saw until the receiver took the snapshot with it (debounce, snapshot, and the agent's table build).",
 			Buckets: prometheus.ExponentialBuckets(0.001, 2, 12),
 		}),
 		leftOut: prometheus.NewGauge(prometheus.GaugeOpts{

@@ -3,102 +3,231 @@ package kube
 import (
 	"cmp"
 	"log/slog"
+	"maps"
 	"reflect"
+	"slices"
 	"strings"
+	"sync"
 
-	istionetworkingv1 "istio.io/client-go/pkg/apis/networking/v1"
-	corev1 "k8s.io/api/core/v1"
-	discoveryv1 "k8s.io/api/discovery/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/tools/cache"
-
-	"github.com/ztdns/ztdns/pkg/model"
+	"github.com/ztdns/ztdns/pkg/model/kubeapi"
 )
 
-// stored is what an informer's cache holds in place of the API object: the
-// model form of the object (or why it could not be converted) and the three
-// metadata fields client-go itself reads, the key (namespace and name) and the
-// resourceVersion. Everything else of the API object is garbage as soon as
-// the informer's transform has run.
-type stored[T any] struct {
-	namespace       string
-	name            string
-	resourceVersion string
-	obj             T
-	// err is why the object could not be converted; such objects stay in the
-	// cache, so that a later update can fix them, but out of snapshots.
-	err error
+// objKey names an object: its namespace (empty for cluster-scoped kinds)
+// and name, both shared with the object's own strings.
+type objKey struct{ namespace, name string }
+
+func (k objKey) compare(o objKey) int {
+	return cmp.Or(strings.Compare(k.namespace, o.namespace), strings.Compare(k.name, o.name))
 }
 
-// GetObjectMeta lets client-go's key functions and stores read the identity
-// of a stored object: meta.Accessor accepts any ObjectMetaAccessor. The
-// ObjectMeta is made on demand so that the cache does not keep one per object.
-func (s *stored[T]) GetObjectMeta() metav1.Object {
-	return &metav1.ObjectMeta{Namespace: s.namespace, Name: s.name, ResourceVersion: s.resourceVersion}
-}
-
-// compare orders stored objects by namespace, then name, so snapshots
-// list objects in the same order on every node and in every run.
-func (s *stored[T]) compare(o *stored[T]) int {
-	return cmp.Or(strings.Compare(s.namespace, o.namespace), strings.Compare(s.name, o.name))
-}
-
-// transformTo returns an informer transform that converts API objects of
-// type A with convert and stores the result. Conversion failures are logged
-// with the object's namespace and name and kept in the stored object.
+// store holds one watched resource's objects in their model form. It is
+// the store of a client-go Reflector, which lists and watches the resource
+// and calls it with each object it decodes (package kubeapi's); the API
+// object is garbage as soon as it is converted. There is no informer: no
+// queue, no second cache, no per-object key string.
 //
-// The transform must be idempotent: client-go passes objects that already
-// went through it back in when it replaces the cache after a (watch-)list.
-// Anything that is not an A (a stored object, a deletion tombstone) passes
-// through unchanged.
-func transformTo[A metav1.Object, T any](kind string, log *slog.Logger, convert func(A) (T, error)) cache.TransformFunc {
-	return func(obj any) (any, error) {
-		api, ok := obj.(A)
-		if !ok {
-			return obj, nil
+// An object is kept once, in the slice of the last snapshot (base, sorted by
+// key, never changed once made) unless it changed since: changes holds the
+// new form of those (nil for one deleted), until the next snapshot merges
+// them in. So the store costs no more than the snapshot's own slice and its
+// few pending changes. An object that cannot be converted is kept as its
+// error, so that a later update can fix it, but out of snapshots.
+type store[T any] struct {
+	kind    kind
+	log     *slog.Logger
+	convert func(kubeapi.Object) (T, error)
+	keyOf   func(*T) objKey
+	// changed is told of every change that matters to a snapshot: an update
+	// that changed nothing ztdns reads (an annotation, a managed field, a
+	// status condition) is none.
+	changed func(kind)
+
+	mu      sync.Mutex
+	base    []T
+	changes map[objKey]*T
+	errs    map[objKey]error
+	synced  bool // the first list (or the initial events of a watch) is in
+}
+
+func newStore[T any](k kind, log *slog.Logger, convert func(kubeapi.Object) (T, error), keyOf func(*T) objKey, changed func(kind)) *store[T] {
+	return &store[T]{kind: k, log: log, convert: convert, keyOf: keyOf, changed: changed,
+		changes: map[objKey]*T{}, errs: map[objKey]error{}}
+}
+
+// modelOf converts the kubeapi objects that reduce to T.
+func modelOf[T any](o kubeapi.Object) (T, error) {
+	return o.(interface{ Model() (T, error) }).Model()
+}
+
+// reduce converts an object the reflector hands over; ok is false for
+// anything else (it never hands over anything else).
+func (s *store[T]) reduce(obj any) (key objKey, v T, err error, ok bool) {
+	o, ok := obj.(kubeapi.Object)
+	if !ok {
+		return key, v, nil, false
+	}
+	m := o.Meta()
+	key = objKey{m.Namespace, m.Name}
+	if v, err = s.convert(o); err != nil {
+		s.log.Warn("object left out: it cannot be converted", "kind", s.kind.String(),
+			"namespace", m.Namespace, "name", m.Name, "error", err)
+	}
+	return key, v, err, true
+}
+
+// get returns the current form of key, nil when there is none. Called
+// with s.mu held.
+func (s *store[T]) get(key objKey) *T {
+	if p, ok := s.changes[key]; ok {
+		return p
+	}
+	if i, ok := slices.BinarySearchFunc(s.base, key, func(v T, k objKey) int { return s.keyOf(&v).compare(k) }); ok {
+		return &s.base[i]
+	}
+	return nil
+}
+
+// Add and Update store an object the watch reported.
+func (s *store[T]) Add(obj any) error { return s.Update(obj) }
+
+func (s *store[T]) Update(obj any) error {
+	key, v, err, ok := s.reduce(obj)
+	if !ok {
+		return nil
+	}
+	s.mu.Lock()
+	old, oldErr := s.get(key), s.errs[key]
+	var changed bool
+	if err != nil {
+		if old != nil {
+			s.changes[key] = nil
 		}
-		m, err := convert(api)
-		if err != nil {
-			log.Warn("object left out: it cannot be converted", "kind", kind,
-				"namespace", api.GetNamespace(), "name", api.GetName(), "error", err)
+		s.errs[key] = err
+		changed = old != nil || oldErr == nil || oldErr.Error() != err.Error()
+	} else {
+		delete(s.errs, key)
+		changed = oldErr != nil
+		if old == nil || !reflect.DeepEqual(*old, v) {
+			s.changes[key] = &v
+			changed = true
 		}
-		return &stored[T]{
-			namespace:       api.GetNamespace(),
-			name:            api.GetName(),
-			resourceVersion: api.GetResourceVersion(),
-			obj:             m,
-			err:             err,
-		}, nil
 	}
-}
-
-// sameModel reports whether an informer update changed nothing ztdns reads
-// (an annotation, a managed field, a status condition): both sides are
-// stored objects with equal model forms and conversion results.
-func sameModel[T any](oldObj, newObj any) bool {
-	o, ok1 := oldObj.(*stored[T])
-	n, ok2 := newObj.(*stored[T])
-	if !ok1 || !ok2 {
-		return false
+	changed = changed && s.synced
+	s.mu.Unlock()
+	if changed {
+		s.changed(s.kind)
 	}
-	if (o.err == nil) != (n.err == nil) || (o.err != nil && o.err.Error() != n.err.Error()) {
-		return false
+	return nil
+}
+
+// Delete forgets an object the watch reported deleted.
+func (s *store[T]) Delete(obj any) error {
+	o, ok := obj.(kubeapi.Object)
+	if !ok {
+		return nil
 	}
-	return reflect.DeepEqual(o.obj, n.obj)
+	m := o.Meta()
+	key := objKey{m.Namespace, m.Name}
+	s.mu.Lock()
+	had := s.get(key) != nil
+	_, broken := s.errs[key]
+	if had {
+		s.changes[key] = nil
+	}
+	delete(s.errs, key)
+	changed := s.synced && (had || broken)
+	s.mu.Unlock()
+	if changed {
+		s.changed(s.kind)
+	}
+	return nil
 }
 
-func convertService(s *corev1.Service) (model.Service, error) { return model.FromService(s) }
-
-func convertEndpointSlice(s *discoveryv1.EndpointSlice) (model.EndpointSlice, error) {
-	return model.FromEndpointSlice(s)
+// Replace takes a complete list: the first one, or a relist after the
+// watch could not resume.
+func (s *store[T]) Replace(list []any, _ string) error {
+	objs, errs := make([]T, 0, len(list)), map[objKey]error{}
+	for _, obj := range list {
+		key, v, err, ok := s.reduce(obj)
+		switch {
+		case !ok:
+		case err != nil:
+			errs[key] = err
+		default:
+			objs = append(objs, v)
+		}
+	}
+	slices.SortStableFunc(objs, func(a, b T) int { return s.keyOf(&a).compare(s.keyOf(&b)) })
+	objs = slices.CompactFunc(objs, func(a, b T) bool { return s.keyOf(&a) == s.keyOf(&b) })
+	s.mu.Lock()
+	changed := !s.synced || len(errs) != len(s.errs) || !reflect.DeepEqual(s.merged(), objs)
+	for k, err := range errs {
+		if old, ok := s.errs[k]; !ok || old.Error() != err.Error() {
+			changed = true
+		}
+	}
+	s.base, s.changes, s.errs, s.synced = objs, map[objKey]*T{}, errs, true
+	s.mu.Unlock()
+	if changed {
+		s.changed(s.kind)
+	}
+	return nil
 }
 
-func convertNamespace(n *corev1.Namespace) (model.Namespace, error) {
-	return model.FromNamespace(n), nil
+// Resync is for stores that replay their content; this one has no one to
+// replay it to.
+func (s *store[T]) Resync() error { return nil }
+
+// hasSynced reports whether the first complete list is in.
+func (s *store[T]) hasSynced() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.synced
 }
 
-func convertPod(p *corev1.Pod) (model.Pod, error) { return model.FromPod(p) }
+// merged returns base with the changes applied, in order: base itself when
+// there are none. Called with s.mu held.
+func (s *store[T]) merged() []T {
+	if len(s.changes) == 0 {
+		return s.base
+	}
+	keys := slices.SortedFunc(maps.Keys(s.changes), objKey.compare)
+	out := make([]T, 0, len(s.base)+len(keys))
+	base := s.base
+	for _, k := range keys {
+		for len(base) > 0 && s.keyOf(&base[0]).compare(k) < 0 {
+			out, base = append(out, base[0]), base[1:]
+		}
+		if len(base) > 0 && s.keyOf(&base[0]) == k {
+			base = base[1:] // changed or deleted
+		}
+		if p := s.changes[k]; p != nil {
+			out = append(out, *p)
+		}
+	}
+	return append(out, base...)
+}
 
-func convertServiceEntry(se *istionetworkingv1.ServiceEntry) (model.ServiceEntry, error) {
-	return model.FromServiceEntry(&se.ObjectMeta, &se.Spec, &se.Status)
+// collect returns the model objects of s, or of nothing when s is nil or
+// has not synced, sorted by namespace and name so that snapshots list
+// objects in the same order on every node and in every run, and the
+// conversion errors of those left out, in the same order. The returned
+// slice becomes s's base: it must not change.
+func collect[T any](s *store[T]) ([]T, []error) {
+	if s == nil {
+		return nil, nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.synced {
+		return nil, nil
+	}
+	if len(s.changes) > 0 {
+		s.base, s.changes = s.merged(), map[objKey]*T{}
+	}
+	var errs []error
+	for _, k := range slices.SortedFunc(maps.Keys(s.errs), objKey.compare) {
+		errs = append(errs, s.errs[k])
+	}
+	return s.base, errs
 }

@@ -1,163 +1,168 @@
 package kube
 
 import (
-	"errors"
 	"fmt"
 	"net/netip"
 	"reflect"
 	"strings"
 	"testing"
 
-	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/tools/cache"
-
 	"github.com/ztdns/ztdns/pkg/model"
+	"github.com/ztdns/ztdns/pkg/model/kubeapi"
 )
 
-func TestTransform(t *testing.T) {
-	transform := transformTo("services", testLogger(), convertService)
-	web := &corev1.Service{
-		ObjectMeta: metav1.ObjectMeta{
-			Namespace: "shop", Name: "web", ResourceVersion: "42",
-			Annotations:   map[string]string{"kubectl.kubernetes.io/last-applied-configuration": strings.Repeat("x", 4096)},
-			ManagedFields: []metav1.ManagedFieldsEntry{{Manager: "kubectl"}},
-		},
-		Spec: corev1.ServiceSpec{ClusterIP: "10.96.0.10", ClusterIPs: []string{"10.96.0.10"}},
-	}
-	broken := web.DeepCopy()
-	broken.Name, broken.Spec.ClusterIP, broken.Spec.ClusterIPs = "broken", "not-an-ip", []string{"not-an-ip"}
-	webStored := &stored[model.Service]{
-		namespace: "shop", name: "web", resourceVersion: "42",
-		obj: model.Service{Namespace: "shop", Name: "web", ClusterIPs: []netip.Addr{netip.MustParseAddr("10.96.0.10")}},
-	}
-	tombstone := cache.DeletedFinalStateUnknown{Key: "shop/web", Obj: webStored}
+// changeCounter counts the changes a store reports.
+type changeCounter struct{ n int }
 
-	tests := []struct {
-		name    string
-		in      any
-		want    any
-		wantErr string // in the stored object
+func (c *changeCounter) changed(kind) { c.n++ }
+
+func service(ns, name, rv string, clusterIP string) *kubeapi.Service {
+	s := &kubeapi.Service{}
+	s.Namespace, s.Name, s.ResourceVersion = ns, name, rv
+	s.Spec.ClusterIP = clusterIP
+	return s
+}
+
+// TestStore follows a store through what a reflector does to it: the first
+// list, watch events, and a relist; it reports exactly the changes that
+// matter to a snapshot and keeps objects that cannot be converted out of
+// them.
+func TestStore(t *testing.T) {
+	var c changeCounter
+	st := newStore(kindServices, testLogger(), modelOf[model.Service], serviceKeyOf, c.changed)
+	web := model.Service{Namespace: "shop", Name: "web", ClusterIPs: []netip.Addr{netip.MustParseAddr("10.96.0.10")}}
+	names := func() []string {
+		got, _ := collect(st)
+		var out []string
+		for _, s := range got {
+			out = append(out, s.Key())
+		}
+		return out
+	}
+	steps := []struct {
+		name        string
+		do          func() error
+		wantChanges int
+		wantNames   []string
+		wantErrs    string
 	}{
-		{name: "API object becomes its model form", in: web, want: webStored},
-		{name: "already stored object passes through", in: webStored, want: webStored},
-		{name: "deletion tombstone passes through", in: tombstone, want: tombstone},
-		{name: "conversion failure is kept", in: broken, wantErr: `service shop/broken: clusterIP "not-an-ip" is not an IP address`},
+		{name: "before the first list: nothing, not even an empty list", do: func() error { return nil }},
+		{name: "the first list, even an empty one, is a change",
+			do: func() error { return st.Replace(nil, "1") }, wantChanges: 1},
+		{name: "added, out of order, one broken",
+			do: func() error {
+				for _, s := range []*kubeapi.Service{service("shop", "web", "2", "10.96.0.10"), service("a", "broken", "3", "not-an-ip"), service("a", "db", "4", "None")} {
+					if err := st.Add(s); err != nil {
+						return err
+					}
+				}
+				return nil
+			},
+			wantChanges: 4, wantNames: []string{"a/db", "shop/web"}, wantErrs: `[service a/broken: clusterIP "not-an-ip" is not an IP address]`},
+		{name: "an update of nothing ztdns reads is no change",
+			do:          func() error { return st.Update(service("shop", "web", "5", "10.96.0.10")) },
+			wantChanges: 4, wantNames: []string{"a/db", "shop/web"}, wantErrs: `[service a/broken: clusterIP "not-an-ip" is not an IP address]`},
+		{name: "fixing the broken one brings it in",
+			do:          func() error { return st.Update(service("a", "broken", "6", "10.96.0.11")) },
+			wantChanges: 5, wantNames: []string{"a/broken", "a/db", "shop/web"}},
+		{name: "delete",
+			do:          func() error { return st.Delete(service("a", "db", "7", "None")) },
+			wantChanges: 6, wantNames: []string{"a/broken", "shop/web"}},
+		{name: "deleting what is not there is no change",
+			do:          func() error { return st.Delete(service("a", "db", "7", "None")) },
+			wantChanges: 6, wantNames: []string{"a/broken", "shop/web"}},
+		{name: "a relist of the same objects is no change",
+			do: func() error {
+				return st.Replace([]any{service("shop", "web", "9", "10.96.0.10"), service("a", "broken", "9", "10.96.0.11")}, "9")
+			},
+			wantChanges: 6, wantNames: []string{"a/broken", "shop/web"}},
+		{name: "a relist without one is a change",
+			do:          func() error { return st.Replace([]any{service("shop", "web", "10", "10.96.0.10")}, "10") },
+			wantChanges: 7, wantNames: []string{"shop/web"}},
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			got, err := transform(tt.in)
-			if err != nil {
-				t.Fatalf("transform returned error %v; it must never fail (it would drop the event)", err)
-			}
-			if tt.wantErr != "" {
-				s, ok := got.(*stored[model.Service])
-				if !ok {
-					t.Fatalf("transform = %T, want *stored[model.Service]", got)
-				}
-				if s.err == nil || s.err.Error() != tt.wantErr {
-					t.Errorf("stored error = %v, want %q", s.err, tt.wantErr)
-				}
-				if s.namespace != "shop" || s.name != "broken" || s.resourceVersion != "42" {
-					t.Errorf("stored identity = %s/%s@%s, want shop/broken@42", s.namespace, s.name, s.resourceVersion)
-				}
-				return
-			}
-			if !reflect.DeepEqual(got, tt.want) {
-				t.Errorf("transform = %#v, want %#v", got, tt.want)
-			}
-		})
+	for _, s := range steps {
+		if err := s.do(); err != nil {
+			t.Fatalf("%s: %v", s.name, err)
+		}
+		_, errs := collect(st)
+		if c.n != s.wantChanges || !reflect.DeepEqual(names(), s.wantNames) || (s.wantErrs != "" && fmt.Sprint(errs) != s.wantErrs) || (s.wantErrs == "" && len(errs) > 0) {
+			t.Errorf("%s: %d changes, objects %v, errors %v; want %d, %v, %s", s.name, c.n, names(), errs, s.wantChanges, s.wantNames, s.wantErrs)
+		}
+	}
+	got, _ := collect(st)
+	if !reflect.DeepEqual(got, []model.Service{web}) {
+		t.Errorf("collected %+v, want %+v", got, web)
 	}
 }
 
-// TestStoredIdentity checks that client-go's key function and a real store
-// work on stored objects, which are not API objects.
-func TestStoredIdentity(t *testing.T) {
-	s := &stored[model.Service]{namespace: "shop", name: "web", resourceVersion: "7"}
-	key, err := cache.MetaNamespaceKeyFunc(s)
-	if err != nil || key != "shop/web" {
-		t.Errorf("MetaNamespaceKeyFunc = %q, %v; want shop/web", key, err)
-	}
-	store := cache.NewStore(cache.DeletionHandlingMetaNamespaceKeyFunc)
-	if err := store.Add(s); err != nil {
-		t.Fatalf("store.Add: %v", err)
-	}
-	if got, ok, err := store.GetByKey("shop/web"); err != nil || !ok || got != s {
-		t.Errorf("GetByKey(shop/web) = %v, %v, %v; want the stored object", got, ok, err)
-	}
-	if err := store.Delete(cache.DeletedFinalStateUnknown{Key: "shop/web", Obj: s}); err != nil {
-		t.Fatalf("store.Delete(tombstone): %v", err)
-	}
-	if n := len(store.List()); n != 0 {
-		t.Errorf("%d objects left after delete", n)
-	}
-}
+func serviceKeyOf(s *model.Service) objKey { return objKey{s.Namespace, s.Name} }
 
-func TestSameModel(t *testing.T) {
-	base := &stored[model.Namespace]{name: "shop", resourceVersion: "1", obj: model.Namespace{Name: "shop", Labels: map[string]string{model.LabelDataplaneMode: "ambient"}}}
-	with := func(change func(*stored[model.Namespace])) *stored[model.Namespace] {
-		c := *base
-		c.obj.Labels = map[string]string{model.LabelDataplaneMode: "ambient"}
-		change(&c)
-		return &c
+// TestStoreKeepsOneCopy checks that the store keeps an object once: in
+// the slice of the last snapshot, until it changes.
+func TestStoreKeepsOneCopy(t *testing.T) {
+	st := newStore(kindServices, testLogger(), modelOf[model.Service], serviceKeyOf, func(kind) {})
+	if err := st.Replace([]any{service("a", "y", "1", "10.96.0.2"), service("a", "x", "1", "10.96.0.1")}, "1"); err != nil {
+		t.Fatal(err)
 	}
-	tests := []struct {
-		name     string
-		old, new any
-		want     bool
-	}{
-		{name: "only the resourceVersion changed", old: base, new: with(func(s *stored[model.Namespace]) { s.resourceVersion = "2" }), want: true},
-		{name: "a kept label changed", old: base, new: with(func(s *stored[model.Namespace]) { s.obj.Labels[model.LabelDataplaneMode] = "none" }), want: false},
-		{name: "conversion started failing", old: base, new: with(func(s *stored[model.Namespace]) { s.err = errors.New("bad") }), want: false},
-		{name: "not stored objects", old: "a", new: "a", want: false},
+	snap, _ := collect(st)
+	x, y := objKey{"a", "x"}, objKey{"a", "y"}
+	inSnapshot := func(snap []model.Service, key objKey) bool {
+		st.mu.Lock()
+		defer st.mu.Unlock()
+		p := st.get(key)
+		return p != nil && (p == &snap[0] || p == &snap[1])
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			if got := sameModel[model.Namespace](tt.old, tt.new); got != tt.want {
-				t.Errorf("sameModel = %v, want %v", got, tt.want)
-			}
-		})
+	if !inSnapshot(snap, x) || !inSnapshot(snap, y) {
+		t.Fatal("after collect, the store's objects are not those of the snapshot")
 	}
-}
-
-func TestCollect(t *testing.T) {
-	svc := func(ns, name string, err error) *stored[model.Service] {
-		return &stored[model.Service]{namespace: ns, name: name, obj: model.Service{Namespace: ns, Name: name}, err: err}
+	if err := st.Update(service("a", "x", "2", "10.96.0.1")); err != nil { // nothing ztdns reads changed
+		t.Fatal(err)
 	}
-	objs := []any{
-		svc("b", "x", nil),
-		svc("a", "z", errors.New("a/z is broken")),
-		svc("a", "y", nil),
-		"not a stored object",
-		svc("a", "b", errors.New("a/b is broken")),
-		svc("a", "x", nil),
+	if err := st.Update(service("a", "y", "2", "10.96.0.3")); err != nil {
+		t.Fatal(err)
 	}
-	got, errs := collect[model.Service](objs)
-	var names []string
-	for _, s := range got {
-		names = append(names, s.Key())
+	if !inSnapshot(snap, x) || inSnapshot(snap, y) {
+		t.Errorf("after updates: x in the snapshot %v (want true, it did not change), y %v (want false)", inSnapshot(snap, x), inSnapshot(snap, y))
 	}
-	if want := []string{"a/x", "a/y", "b/x"}; !reflect.DeepEqual(names, want) {
-		t.Errorf("collected %v, want %v (sorted, broken ones left out)", names, want)
+	next, _ := collect(st)
+	if got := snap[1].ClusterIPs[0]; got != netip.MustParseAddr("10.96.0.2") {
+		t.Errorf("the delivered snapshot changed: y is at %v", got)
 	}
-	if want := "[a/b is broken a/z is broken]"; fmt.Sprint(errs) != want {
-		t.Errorf("errors %v, want %s", errs, want)
+	if got := next[1].ClusterIPs[0]; got != netip.MustParseAddr("10.96.0.3") || !inSnapshot(next, x) || !inSnapshot(next, y) {
+		t.Errorf("the next snapshot has y at %v and holds the store's objects: %v", got, inSnapshot(next, x) && inSnapshot(next, y))
+	}
+	if again, _ := collect(st); &again[0] != &next[0] {
+		t.Error("a snapshot without changes copied the objects")
 	}
 }
 
 // BenchmarkCollect is the cost of rebuilding one kind's part of a snapshot
-// at 10,000 objects, which every change of that kind pays.
+// at 10,000 objects after one of them changed, which every change of that
+// kind pays.
 func BenchmarkCollect(b *testing.B) {
-	objs := make([]any, 10_000)
-	for i := range objs {
-		ns, name := fmt.Sprintf("ns-%d", i%50), fmt.Sprintf("se-%d", i)
-		objs[i] = &stored[model.ServiceEntry]{namespace: ns, name: name, obj: model.ServiceEntry{
-			Namespace: ns, Name: name, Hosts: []string{name + ".example.com"}, Resolution: model.ResolutionDNS, AutoAllocate: true,
-		}}
+	st := newStore(kindServiceEntries, testLogger(), modelOf[model.ServiceEntry],
+		func(s *model.ServiceEntry) objKey { return objKey{s.Namespace, s.Name} }, func(kind) {})
+	newSE := func(i int, host string) *kubeapi.ServiceEntry {
+		se := &kubeapi.ServiceEntry{}
+		se.Namespace, se.Name = fmt.Sprintf("ns-%d", i%50), fmt.Sprintf("se-%d", i)
+		se.Spec.Hosts, se.Spec.Resolution = []string{host}, model.ResolutionDNS
+		return se
+	}
+	var list []any
+	for i := range 10_000 {
+		list = append(list, newSE(i, fmt.Sprintf("se-%d.example.com", i)))
+	}
+	if err := st.Replace(list, "1"); err != nil {
+		b.Fatal(err)
 	}
 	b.ReportAllocs()
+	i := 0
 	for b.Loop() {
-		if got, _ := collect[model.ServiceEntry](objs); len(got) != len(objs) {
+		i++
+		if err := st.Update(newSE(7, fmt.Sprintf("v%d.example.com", i))); err != nil {
+			b.Fatal(err)
+		}
+		if got, _ := collect(st); len(got) != len(list) || !strings.HasPrefix(got[0].Name, "se-") {
 			b.Fatalf("collected %d", len(got))
 		}
 	}

@@ -1,6 +1,14 @@
 package kube
 
-import rbacv1 "k8s.io/api/rbac/v1"
+// PolicyRule is one rule of a ClusterRole, with the fields of
+// rbac.authorization.k8s.io/v1's PolicyRule that the source's rules use
+// (the generated type is not linked into the agent for this list alone).
+type PolicyRule struct {
+	Verbs         []string
+	APIGroups     []string
+	Resources     []string
+	ResourceNames []string
+}
 
 // PolicyRules are the API permissions the source needs, and all it uses:
 // list and watch on what it watches; of ConfigMaps only istiod's VIP
@@ -8,9 +16,9 @@ import rbacv1 "k8s.io/api/rbac/v1"
 // of the ServiceEntry API is
 // open to every authenticated user (the built-in system:discovery role). The
 // Helm chart's ClusterRole grants exactly these.
-func PolicyRules() []rbacv1.PolicyRule {
+func PolicyRules() []PolicyRule {
 	read := []string{"list", "watch"}
-	return []rbacv1.PolicyRule{
+	return []PolicyRule{
 		{APIGroups: []string{""}, Resources: []string{"namespaces", "services", "pods"}, Verbs: read},
 		{APIGroups: []string{"discovery.k8s.io"}, Resources: []string{"endpointslices"}, Verbs: read},
 		{APIGroups: []string{"networking.istio.io"}, Resources: []string{"serviceentries"}, Verbs: read},

@@ -17,17 +17,30 @@ type kind int
 const (
 	kindNamespaces kind = iota
 	kindServices
+	// kindEndpointSlices are the slices the EndpointSlice controller made
+	// for headless Services (it labels them so).
 	kindEndpointSlices
+	// kindOtherEndpointSlices are the slices it did not make: mirrored from
+	// Endpoints, written by hand or by another controller. Nothing on them
+	// says whether their Service is headless, so all are watched; there are
+	// few of them.
+	kindOtherEndpointSlices
 	kindServiceEntries
 	kindPods
 	kindIstiodAllocator // istiod's VIP allocator lock (istiod.go)
 	numKinds
 )
 
-// kindNames are the resources' plural names, as in logs and metrics.
-var kindNames = [numKinds]string{"namespaces", "services", "endpointslices", "serviceentries", "pods", "istiod-allocator"}
+// kindNames are the resources' names, as in logs and metrics.
+var kindNames = [numKinds]string{"namespaces", "services", "endpointslices", "endpointslices-other", "serviceentries", "pods", "istiod-allocator"}
 
 func (k kind) String() string { return kindNames[k] }
+
+// objectStore is a running kind's store (a *store[T]).
+type objectStore interface {
+	cache.ReflectorStore
+	hasSynced() bool
+}
 
 // run is the state of one Source.Run.
 type run struct {
@@ -36,13 +49,12 @@ type run struct {
 	clients *clients
 	health  *health
 
-	// informers are the running informers; the ServiceEntry one is nil while
-	// the CRD is missing. handled reports whether an informer's event
-	// handler has seen its initial list. Owned by Run's goroutine.
-	informers [numKinds]cache.SharedIndexInformer
-	handled   [numKinds]func() bool
-	// stopServiceEntryInformer stops the ServiceEntry informer.
-	stopServiceEntryInformer context.CancelFunc
+	// stores hold the running kinds' objects; the ServiceEntry one is nil
+	// while the CRD is missing. Owned by Run's goroutine (the stores
+	// themselves are safe for concurrent use).
+	stores [numKinds]objectStore
+	// stopServiceEntries stops the ServiceEntry reflector.
+	stopServiceEntryWatch context.CancelFunc
 	// recheck asks followServiceEntryAPI to look again: the ServiceEntry
 	// watch found its resource missing.
 	recheck chan struct{}

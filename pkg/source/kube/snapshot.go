@@ -1,14 +1,13 @@
 package kube
 
 import (
-	"slices"
 	"time"
 
 	"github.com/ztdns/ztdns/pkg/model"
 )
 
-// changed marks k changed and wakes the delivery loop. Called by informers'
-// event handlers.
+// changed marks k changed and wakes the delivery loop. Called by the
+// stores as the watches report changes.
 func (r *run) changed(k kind) {
 	r.mu.Lock()
 	if r.since.IsZero() {
@@ -44,33 +43,33 @@ func (r *run) snapshot() (*model.Snapshot, time.Time) {
 		}
 		r.built = true
 	}
+	slicesChanged := false
 	for k, changed := range pending {
 		if !changed {
 			continue
 		}
-		// A missing or unsynced informer (ServiceEntries while the CRD is
+		// A missing or unsynced store (ServiceEntries while the CRD is
 		// missing or still being listed) contributes nothing rather than a
 		// partial list.
-		var objs []any
-		if inf := r.informers[k]; inf != nil && inf.HasSynced() {
-			objs = inf.GetStore().List()
-		}
-		switch kind(k) {
+		switch st := r.stores[k]; kind(k) {
 		case kindNamespaces:
-			r.last.Namespaces, r.errs[k] = collect[model.Namespace](objs)
+			r.last.Namespaces, r.errs[k] = collect(storeOf[model.Namespace](st))
 		case kindServices:
-			r.last.Services, r.errs[k] = collect[model.Service](objs)
-		case kindEndpointSlices:
-			r.last.EndpointSlices, r.errs[k] = collect[model.EndpointSlice](objs)
+			r.last.Services, r.errs[k] = collect(storeOf[model.Service](st))
+		case kindEndpointSlices, kindOtherEndpointSlices:
+			slicesChanged = true
 		case kindServiceEntries:
-			r.last.ServiceEntries, r.errs[k] = collect[model.ServiceEntry](objs)
+			r.last.ServiceEntries, r.errs[k] = collect(storeOf[model.ServiceEntry](st))
 		case kindPods:
-			r.last.Pods, r.errs[k] = collect[model.Pod](objs)
+			r.last.Pods, r.errs[k] = collect(storeOf[model.Pod](st))
 		case kindIstiodAllocator:
 			var locks []allocatorLock
-			locks, r.errs[k] = collect[allocatorLock](objs)
+			locks, r.errs[k] = collect(storeOf[allocatorLock](st))
 			r.last.IstiodAllocates = len(locks) > 0
 		}
+	}
+	if slicesChanged {
+		r.last.EndpointSlices = r.endpointSlices()
 	}
 	snap := r.last
 	return &snap, since
@@ -85,31 +84,30 @@ func (r *run) objectErrors() []error {
 	return errs
 }
 
-// collect returns the model objects among objs (an informer cache's
-// content), sorted by namespace and name, and the conversion errors of those
-// left out, in the same order.
-func collect[T any](objs []any) ([]T, []error) {
-	items := make([]*stored[T], 0, len(objs))
-	var errs []*stored[T]
-	for _, o := range objs {
-		s, ok := o.(*stored[T])
+// storeOf is st as a store of T, nil when st is nil.
+func storeOf[T any](st objectStore) *store[T] {
+	s, _ := st.(*store[T])
+	return s
+}
+
+// endpointSlices merges the two EndpointSlice watches' objects, in order. A
+// slice that moves from one to the other (its Service became headless or
+// stopped being so) may be in both for a moment: it is listed once.
+func (r *run) endpointSlices() []model.EndpointSlice {
+	var a, b []model.EndpointSlice
+	a, r.errs[kindEndpointSlices] = collect(storeOf[model.EndpointSlice](r.stores[kindEndpointSlices]))
+	b, r.errs[kindOtherEndpointSlices] = collect(storeOf[model.EndpointSlice](r.stores[kindOtherEndpointSlices]))
+	key := func(s *model.EndpointSlice) objKey { return objKey{s.Namespace, s.Name} }
+	out := make([]model.EndpointSlice, 0, len(a)+len(b))
+	for len(a) > 0 || len(b) > 0 {
 		switch {
-		case !ok:
-		case s.err != nil:
-			errs = append(errs, s)
-		default:
-			items = append(items, s)
+		case len(b) == 0 || (len(a) > 0 && key(&a[0]).compare(key(&b[0])) < 0):
+			out, a = append(out, a[0]), a[1:]
+		case len(a) == 0 || key(&a[0]).compare(key(&b[0])) > 0:
+			out, b = append(out, b[0]), b[1:]
+		default: // in both
+			out, a, b = append(out, a[0]), a[1:], b[1:]
 		}
 	}
-	slices.SortFunc(items, (*stored[T]).compare)
-	slices.SortFunc(errs, (*stored[T]).compare)
-	out := make([]T, len(items))
-	for i, s := range items {
-		out[i] = s.obj
-	}
-	var outErrs []error
-	for _, s := range errs {
-		outErrs = append(outErrs, s.err)
-	}
-	return out, outErrs
+	return out
 }

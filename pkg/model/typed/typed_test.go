@@ -1,4 +1,4 @@
-package model
+package typed
 
 import (
 	"net/netip"
@@ -10,6 +10,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/ztdns/ztdns/pkg/model"
 )
 
 func ptr[T any](v T) *T { return &v }
@@ -18,24 +20,24 @@ func TestFromService(t *testing.T) {
 	cases := []struct {
 		name    string
 		in      corev1.Service
-		want    Service
+		want    model.Service
 		wantErr string
 	}{
 		{name: "dual-stack ClusterIP, namespace defaulted, protocol defaulted",
 			in: corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "web"}, Spec: corev1.ServiceSpec{
 				ClusterIP: "10.96.0.1", ClusterIPs: []string{"10.96.0.1", "2001:db8::1"},
 				Ports: []corev1.ServicePort{{Name: "http", Port: 80}}}},
-			want: Service{Namespace: "default", Name: "web", ClusterIPs: []netip.Addr{netip.MustParseAddr("10.96.0.1"), netip.MustParseAddr("2001:db8::1")},
-				Ports: []Port{{Name: "http", Protocol: "TCP", Port: 80}}}},
+			want: model.Service{Namespace: "default", Name: "web", ClusterIPs: []netip.Addr{netip.MustParseAddr("10.96.0.1"), netip.MustParseAddr("2001:db8::1")},
+				Ports: []model.Port{{Name: "http", Protocol: "TCP", Port: 80}}}},
 		{name: "only the legacy clusterIP field",
 			in:   corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "a", Namespace: "n"}, Spec: corev1.ServiceSpec{ClusterIP: "10.96.0.2"}},
-			want: Service{Namespace: "n", Name: "a", ClusterIPs: []netip.Addr{netip.MustParseAddr("10.96.0.2")}}},
+			want: model.Service{Namespace: "n", Name: "a", ClusterIPs: []netip.Addr{netip.MustParseAddr("10.96.0.2")}}},
 		{name: "headless",
 			in:   corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "db", Namespace: "n"}, Spec: corev1.ServiceSpec{ClusterIP: "None", PublishNotReadyAddresses: true}},
-			want: Service{Namespace: "n", Name: "db", Headless: true, PublishNotReady: true}},
+			want: model.Service{Namespace: "n", Name: "db", Headless: true, PublishNotReady: true}},
 		{name: "ExternalName lower-cased, trailing dot dropped",
 			in:   corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "x", Namespace: "n"}, Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeExternalName, ExternalName: "Docs.Example.COM."}},
-			want: Service{Namespace: "n", Name: "x", ExternalName: "docs.example.com"}},
+			want: model.Service{Namespace: "n", Name: "x", ExternalName: "docs.example.com"}},
 		{name: "ExternalName without a name",
 			in:      corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "x", Namespace: "n"}, Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeExternalName}},
 			wantErr: "service n/x: type ExternalName without spec.externalName"},
@@ -65,7 +67,7 @@ func TestFromService(t *testing.T) {
 
 func TestFromEndpointSlice(t *testing.T) {
 	in := discoveryv1.EndpointSlice{
-		ObjectMeta:  metav1.ObjectMeta{Name: "db-1", Namespace: "n", Labels: map[string]string{LabelServiceName: "db"}},
+		ObjectMeta:  metav1.ObjectMeta{Name: "db-1", Namespace: "n", Labels: map[string]string{model.LabelServiceName: "db"}},
 		AddressType: discoveryv1.AddressTypeIPv4,
 		Ports:       []discoveryv1.EndpointPort{{Name: ptr("pg"), Port: ptr(int32(5432))}},
 		Endpoints: []discoveryv1.Endpoint{
@@ -78,7 +80,7 @@ func TestFromEndpointSlice(t *testing.T) {
 		t.Fatal(err)
 	}
 	if got.ServiceName != "db" || len(got.Endpoints) != 2 || !got.Endpoints[0].Ready || got.Endpoints[1].Ready ||
-		got.Endpoints[0].Hostname != "db-0" || got.Ports[0] != (Port{Name: "pg", Protocol: "TCP", Port: 5432}) {
+		got.Endpoints[0].Hostname != "db-0" || got.Ports[0] != (model.Port{Name: "pg", Protocol: "TCP", Port: 5432}) {
 		t.Errorf("got %+v", got)
 	}
 	in.AddressType = discoveryv1.AddressTypeFQDN
@@ -89,7 +91,7 @@ func TestFromEndpointSlice(t *testing.T) {
 }
 
 func TestFromServiceEntry(t *testing.T) {
-	meta := metav1.ObjectMeta{Name: "se", Namespace: "n", Labels: map[string]string{LabelEnableAutoallocate: "false"}}
+	meta := metav1.ObjectMeta{Name: "se", Namespace: "n", Labels: map[string]string{model.LabelEnableAutoallocate: "false"}}
 	spec := &networkingv1alpha3.ServiceEntry{
 		Hosts:      []string{"Auto.Internal.", "*.wild.example"},
 		Addresses:  []string{"198.51.100.1", "198.51.100.2/32", "10.0.0.0/8", "2001:db8::1"},
@@ -103,7 +105,7 @@ func TestFromServiceEntry(t *testing.T) {
 	}
 	wantAddrs := []netip.Addr{netip.MustParseAddr("198.51.100.1"), netip.MustParseAddr("198.51.100.2"), netip.MustParseAddr("2001:db8::1")}
 	if !slices.Equal(got.Hosts, []string{"auto.internal", "*.wild.example"}) || !slices.Equal(got.Addresses, wantAddrs) ||
-		!slices.Equal(got.CIDRs, []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}) || got.AutoAllocate || got.Resolution != ResolutionDNS ||
+		!slices.Equal(got.CIDRs, []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}) || got.AutoAllocate || got.Resolution != model.ResolutionDNS ||
 		!slices.Equal(got.ExportTo, []string{"."}) || len(got.StatusAddresses) != 1 || got.StatusAddresses[0].Address != netip.MustParseAddr("240.240.0.1") {
 		t.Errorf("got %+v", got)
 	}
@@ -119,10 +121,10 @@ func TestFromServiceEntry(t *testing.T) {
 func TestFromPod(t *testing.T) {
 	in := corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: "p", Namespace: "n", UID: "u",
-			Labels:      map[string]string{LabelDataplaneMode: "ambient", "app": "x"},
-			Annotations: map[string]string{AnnotationDNSCapture: "false", "other": "y"}},
+			Labels:      map[string]string{model.LabelDataplaneMode: "ambient", "app": "x"},
+			Annotations: map[string]string{model.AnnotationDNSCapture: "false", "other": "y"}},
 		Spec: corev1.PodSpec{NodeName: "node-1", DNSPolicy: corev1.DNSClusterFirst,
-			InitContainers: []corev1.Container{{Name: SidecarContainer}},
+			InitContainers: []corev1.Container{{Name: model.SidecarContainer}},
 			DNSConfig:      &corev1.PodDNSConfig{Searches: []string{"corp.example"}, Nameservers: []string{"203.0.113.53"}}},
 		Status: corev1.PodStatus{PodIP: "10.0.0.5", PodIPs: []corev1.PodIP{{IP: "10.0.0.5"}, {IP: "2001:db8::5"}}},
 	}
@@ -143,7 +145,7 @@ func TestFromPod(t *testing.T) {
 	if s := got.SearchList("cluster.local"); !slices.Equal(s, []string{"corp.example"}) {
 		t.Errorf("hostNetwork ClusterFirst search %v: the node's list applies", s)
 	}
-	got.DNSPolicy = DNSClusterFirstWithHostNet
+	got.DNSPolicy = model.DNSClusterFirstWithHostNet
 	if s := got.SearchList("cluster.local"); len(s) != 4 {
 		t.Errorf("ClusterFirstWithHostNet search %v", s)
 	}

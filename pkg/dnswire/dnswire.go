@@ -1,0 +1,249 @@
+// Package dnswire reads and writes just enough of the DNS wire format
+// (RFC 1035, RFC 6891) to answer, route, key, check and age messages without
+// unpacking them into records: the resolver answers known names by copying
+// prepared bytes, and the forwarder relays an upstream's reply as it came.
+// Nothing here allocates on the query path.
+//
+// Every read is bounds-checked against the message. Compression pointers
+// are stepped over, never followed, so no input can make a reader loop or
+// read past the message; a name that must be read (the question's) may not
+// be compressed at all.
+package dnswire
+
+import (
+	"encoding/binary"
+	"errors"
+)
+
+// Sizes.
+const (
+	// HeaderLen is the length of the fixed header; the question follows it.
+	HeaderLen = 12
+	// MaxNameLen is the longest name in wire form (RFC 1035 3.1), its root
+	// label included; the presentation form with a trailing dot is one
+	// octet shorter.
+	MaxNameLen = 255
+	// MinUDPSize is the largest UDP reply a client without EDNS takes.
+	MinUDPSize = 512
+	// MaxUDPSize caps what an EDNS client may ask for: 4096 is what
+	// resolvers send, and more only fragments.
+	MaxUDPSize = 4096
+	// EDNSUDPSize is the UDP payload size we advertise in our own OPT
+	// records (the DNS flag day 2020 value: no fragmentation on any common
+	// path).
+	EDNSUDPSize = 1232
+)
+
+// Header flag bits, in the 16 bits after the ID (RFC 1035 4.1.1,
+// RFC 4035 3.2).
+const (
+	FlagQR     = 1 << 15
+	OpcodeMask = 0xF << 11
+	FlagAA     = 1 << 10
+	FlagTC     = 1 << 9
+	FlagRD     = 1 << 8
+	FlagRA     = 1 << 7
+	FlagAD     = 1 << 5
+	FlagCD     = 1 << 4
+	RcodeMask  = 0xF
+)
+
+// OpcodeQuery is the opcode of a standard query.
+const OpcodeQuery = 0
+
+// Rcodes (RFC 1035 4.1.1).
+const (
+	RcodeSuccess  = 0
+	RcodeFormErr  = 1
+	RcodeServFail = 2
+	RcodeNXDomain = 3
+	RcodeNotImp   = 4
+	RcodeRefused  = 5
+)
+
+// ExtRcodeBadVers is BADVERS (16) as carried in the OPT record's upper
+// eight rcode bits (RFC 6891 6.1.3).
+const ExtRcodeBadVers = 1
+
+// Record types and classes this module names.
+const (
+	TypeA     = 1
+	TypeNS    = 2
+	TypeCNAME = 5
+	TypeSOA   = 6
+	TypePTR   = 12
+	TypeTXT   = 16
+	TypeAAAA  = 28
+	TypeSRV   = 33
+	TypeOPT   = 41
+	TypeIXFR  = 251
+	TypeAXFR  = 252
+	TypeANY   = 255
+
+	ClassINET = 1
+	ClassANY  = 255
+)
+
+// EDNS options (RFC 8914).
+const (
+	// OptionEDE is the Extended DNS Error option.
+	OptionEDE = 15
+	// EDENoReachableAuthority is the EDE info code for "no upstream
+	// answered".
+	EDENoReachableAuthority = 22
+)
+
+var (
+	errShort     = errors.New("message truncated")
+	errLabel     = errors.New("bad label type")
+	errPointer   = errors.New("compression pointer in question")
+	errNameLen   = errors.New("name longer than 255 octets")
+	errQDCount   = errors.New("question count is not 1")
+	errRdata     = errors.New("record data runs past the message")
+	errTwoOPT    = errors.New("more than one OPT record")
+	errMsgLen    = errors.New("message longer than 65535 octets")
+	errSOALength = errors.New("SOA data is not two names and five numbers")
+)
+
+// Header is the fixed part of a message.
+type Header struct {
+	ID                                 uint16
+	Flags                              uint16
+	QDCount, ANCount, NSCount, ARCount uint16
+}
+
+// Opcode returns the header's opcode.
+func (h Header) Opcode() int { return int(h.Flags&OpcodeMask) >> 11 }
+
+// Rcode returns the header's rcode (its lower four bits; EDNS carries the
+// upper eight in OPT).
+func (h Header) Rcode() int { return int(h.Flags & RcodeMask) }
+
+// HeaderRcode returns the rcode in the header of msg, which must hold one
+// (its lower four bits: EDNS carries the upper eight in OPT). The resolver
+// reads it back from replies it built to count them.
+func HeaderRcode(msg []byte) int { return int(msg[3] & RcodeMask) }
+
+// ReadHeader reads the header of msg.
+func ReadHeader(msg []byte) (Header, error) {
+	var h Header
+	if len(msg) < HeaderLen {
+		return h, errShort
+	}
+	h.read(msg)
+	return h, nil
+}
+
+// read reads the header of a message of at least HeaderLen octets. It sets
+// the fields one by one: on the query path h is part of a larger struct,
+// and building a Header apart and copying it in costs more than parsing.
+func (h *Header) read(msg []byte) {
+	_ = msg[HeaderLen-1]
+	h.ID = binary.BigEndian.Uint16(msg[0:])
+	h.Flags = binary.BigEndian.Uint16(msg[2:])
+	h.QDCount = binary.BigEndian.Uint16(msg[4:])
+	h.ANCount = binary.BigEndian.Uint16(msg[6:])
+	h.NSCount = binary.BigEndian.Uint16(msg[8:])
+	h.ARCount = binary.BigEndian.Uint16(msg[10:])
+}
+
+// SkipName returns the offset just past the (possibly compressed) name at
+// off. It does not follow pointers: a pointer always ends a name.
+func SkipName(msg []byte, off int) (int, error) {
+	for {
+		if off >= len(msg) {
+			return 0, errShort
+		}
+		c := int(msg[off])
+		switch c & 0xC0 {
+		case 0x00:
+			if c == 0 {
+				return off + 1, nil
+			}
+			off += 1 + c
+		case 0xC0:
+			if off+2 > len(msg) {
+				return 0, errShort
+			}
+			return off + 2, nil
+		default: // 0x40 and 0x80 are obsolete or unassigned label types
+			return 0, errLabel
+		}
+	}
+}
+
+// RR locates one resource record in a message.
+type RR struct {
+	Type, Class uint16
+	// TTLOff is the offset of the 4-octet TTL field (of OPT: the extended
+	// rcode, version and flags).
+	TTLOff int
+	// RdataOff and End delimit the record data.
+	RdataOff, End int
+}
+
+// rrFixedLen is what follows a record's owner: type, class, TTL, rdlength.
+const rrFixedLen = 10
+
+// minRRLen is the shortest record: the root owner and the fixed part.
+const minRRLen = 1 + rrFixedLen
+
+// ReadRR reads the record starting at off; its owner may be compressed.
+func ReadRR(msg []byte, off int) (RR, error) {
+	fixed, end, err := skipRR(msg, off)
+	if err != nil {
+		return RR{}, err
+	}
+	return RR{
+		Type:     binary.BigEndian.Uint16(msg[fixed:]),
+		Class:    binary.BigEndian.Uint16(msg[fixed+2:]),
+		TTLOff:   fixed + 4,
+		RdataOff: fixed + rrFixedLen,
+		End:      end,
+	}, nil
+}
+
+// skipRR steps over the record at off: fixed is where its type, class,
+// TTL and data length start (just past the owner), end where it ends.
+func skipRR(msg []byte, off int) (fixed, end int, err error) {
+	if fixed, err = SkipName(msg, off); err != nil {
+		return 0, 0, err
+	}
+	if fixed+rrFixedLen > len(msg) {
+		return 0, 0, errShort
+	}
+	end = fixed + rrFixedLen + int(binary.BigEndian.Uint16(msg[fixed+8:]))
+	if end > len(msg) {
+		return 0, 0, errRdata
+	}
+	return fixed, end, nil
+}
+
+// ReadTTL reads the TTL at off, treating values with the top bit set as 0
+// (RFC 2181 8).
+func ReadTTL(msg []byte, off int) uint32 {
+	ttl := binary.BigEndian.Uint32(msg[off:])
+	if ttl > 1<<31-1 {
+		return 0
+	}
+	return ttl
+}
+
+// LowerASCII folds an ASCII upper-case letter to lower case; DNS compares
+// names without regard to ASCII case (RFC 4343) and leaves other octets
+// alone.
+func LowerASCII(c byte) byte {
+	if 'A' <= c && c <= 'Z' {
+		return c + 'a' - 'A'
+	}
+	return c
+}
+
+// AppendLower appends b with ASCII letters folded to lower case. Applied to
+// a wire name it gives a key that is the same for every spelling.
+func AppendLower(dst, b []byte) []byte {
+	for _, c := range b {
+		dst = append(dst, LowerASCII(c))
+	}
+	return dst
+}

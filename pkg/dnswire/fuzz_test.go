@@ -1,0 +1,102 @@
+package dnswire
+
+import (
+	"bytes"
+	"slices"
+	"testing"
+
+	"github.com/miekg/dns"
+
+	"github.com/ztdns/ztdns/internal/dnstest"
+)
+
+// FuzzParseQuery feeds arbitrary queries to the parser both the resolver
+// and the forwarder read clients with, and to the replies built from what
+// it found: it must never panic, what it reports must lie inside the
+// message and agree with miekg/dns, and every reply must parse.
+// Seeds: testdata/fuzz/FuzzParseQuery.
+func FuzzParseQuery(f *testing.F) {
+	for _, m := range []*dns.Msg{
+		newMsg("www.example.com.", dns.TypeA),
+		newMsg("WwW.ExAmple.COM.", dns.TypeAAAA, withEDNS(true)),
+		newMsg(`a\.b\000.example.`, dns.TypeTXT),
+		newMsg(longName(MaxNameLen), dns.TypeA, withEDNS(false)),
+		newMsg(".", dns.TypeNS, withEDNS(false), withEDNS(true)), // two OPT records
+	} {
+		f.Add(pack(f, m))
+	}
+	f.Fuzz(func(t *testing.T, msg []byte) {
+		var q Query
+		var buf NameBuf
+		err := ParseQuery(msg, &q, &buf)
+		var bare Query
+		if errBare := ParseQuery(msg, &bare, nil); (errBare == nil) != (err == nil) || bare.Header != q.Header || bare.End != q.End || bare.EDNS != q.EDNS {
+			t.Fatalf("with a name buffer: %+v, %v; without: %+v, %v", q, err, bare, errBare)
+		}
+		if len(msg) >= HeaderLen {
+			reply := AppendErrorReply(nil, msg, &q, RcodeFormErr)
+			if m := dnstest.Unpack(t, reply); m.Id != q.ID || !m.Response {
+				t.Fatalf("error reply %x does not answer %x", reply, msg)
+			}
+		}
+		if err != nil {
+			return
+		}
+		if q.End != q.NameEnd+4 || q.End > len(msg) || q.NameEnd-HeaderLen > MaxNameLen {
+			t.Fatalf("question ends at %d (name at %d) in a %d-octet message", q.End, q.NameEnd, len(msg))
+		}
+		if len(q.Name) == 0 || q.Name[len(q.Name)-1] != '.' || bytes.ContainsFunc(q.Name, func(r rune) bool { return 'A' <= r && r <= 'Z' }) {
+			t.Fatalf("name %q is not lower-case presentation form", q.Name)
+		}
+		if q.Plain && !bytes.Equal(AppendName(nil, string(q.Name)), AppendLower(nil, msg[HeaderLen:q.NameEnd])) {
+			t.Fatalf("name %q does not spell % x", q.Name, msg[HeaderLen:q.NameEnd])
+		}
+		if m := new(dns.Msg); m.Unpack(msg) == nil {
+			if m.Id != q.ID || m.Opcode != q.Opcode() || m.Question[0].Qtype != q.Type || m.Question[0].Qclass != q.Class {
+				t.Fatalf("miekg/dns reads %v; we read %+v", m, q)
+			}
+		}
+		if !SameQuestion(msg, msg, q.Question) {
+			t.Fatal("a question differs from itself")
+		}
+		out := AppendTruncated(nil, msg, &q)
+		if m := dnstest.Unpack(t, out); !m.Truncated || m.Id != q.ID || len(m.Question) != 1 || (m.IsEdns0() != nil) != q.EDNS {
+			t.Fatalf("truncated reply %x does not answer %x", out, msg)
+		}
+	})
+}
+
+// FuzzScanReply feeds arbitrary upstream replies to the scanner a cache
+// relies on: it must never panic, and every TTL offset it returns must lie
+// inside the message and past the header, so that ageing a cached copy can
+// neither over-read nor touch anything but TTL fields.
+// Seeds: testdata/fuzz/FuzzScanReply.
+func FuzzScanReply(f *testing.F) {
+	for _, msg := range sampleReplies(f) {
+		f.Add(msg)
+	}
+	f.Fuzz(func(t *testing.T, msg []byte) {
+		s, err := ScanReply(msg)
+		if err != nil {
+			return
+		}
+		for _, o := range s.TTLOffsets {
+			if int(o) < HeaderLen || int(o)+4 > len(msg) {
+				t.Fatalf("TTL offset %d outside a %d-octet message", o, len(msg))
+			}
+		}
+		aged := slices.Clone(msg)
+		AgeTTLs(aged, s.TTLOffsets, 7)
+		for _, o := range s.TTLOffsets {
+			if ReadTTL(aged, int(o)) != ReadTTL(msg, int(o))-min(ReadTTL(msg, int(o)), 7) {
+				t.Fatalf("TTL at %d aged from %d to %d", o, ReadTTL(msg, int(o)), ReadTTL(aged, int(o)))
+			}
+		}
+		for _, o := range s.TTLOffsets {
+			copy(aged[o:o+4], msg[o:o+4])
+		}
+		if !bytes.Equal(aged, msg) {
+			t.Fatal("ageing changed bytes outside the TTL fields")
+		}
+	})
+}

@@ -1,0 +1,192 @@
+package dnswire
+
+import "encoding/binary"
+
+// NameBuf holds a name in presentation form with its trailing dot, which is
+// at most MaxNameLen-1 octets. The caller owns it: a query path that keeps
+// one per socket reads names without allocating.
+type NameBuf [MaxNameLen]byte
+
+// Question is the single question of a message.
+type Question struct {
+	Type, Class uint16
+	// NameEnd is the offset just past the name, End just past the class:
+	// the question is msg[HeaderLen:End].
+	NameEnd, End int
+	// Name is the name in lower-case presentation form with a trailing dot
+	// ("www.example.com.", "." for the root), in the caller's NameBuf; nil
+	// when the caller gave none.
+	Name []byte
+	// Plain is false when a label holds an octet that presentation form
+	// would have to escape (a dot, a backslash, a space, a control or
+	// non-ASCII octet): no name built from Kubernetes objects looks like
+	// that. Only read with a NameBuf; true without one.
+	Plain bool
+}
+
+// ReadQuestion reads the question at HeaderLen, folding its name into name
+// when name is not nil. The name must not be compressed: it is the first
+// name in the message, so a pointer could only point into the header.
+func ReadQuestion(msg []byte, name *NameBuf) (Question, error) {
+	var q Question
+	err := readQuestion(msg, &q, name)
+	return q, err
+}
+
+// readQuestion reads the question into q, which must be zero, and leaves it
+// so when the question does not parse.
+func readQuestion(msg []byte, q *Question, name *NameBuf) error {
+	off, n := HeaderLen, 0
+	plain := true
+	for {
+		if off >= len(msg) {
+			return errShort
+		}
+		l := int(msg[off])
+		off++
+		if l == 0 {
+			break
+		}
+		// One test on the way of every good label; which one failed is
+		// found out after. The last: room for the root label still to come.
+		if l > 63 || off+l > len(msg) || off+l-HeaderLen >= MaxNameLen {
+			return labelError(msg, off-1)
+		}
+		if name != nil {
+			for _, c := range msg[off : off+l] {
+				switch {
+				case 'A' <= c && c <= 'Z':
+					c += 'a' - 'A'
+				case c == '.' || c == '\\' || c <= ' ' || c >= 0x7f:
+					plain = false
+				}
+				name[n] = c
+				n++
+			}
+			name[n] = '.'
+			n++
+		}
+		off += l
+	}
+	if off+4 > len(msg) {
+		return errShort
+	}
+	q.Type = binary.BigEndian.Uint16(msg[off:])
+	q.Class = binary.BigEndian.Uint16(msg[off+2:])
+	q.NameEnd, q.End = off, off+4
+	q.Plain = plain
+	if name != nil {
+		if n == 0 { // the root
+			name[0] = '.'
+			n = 1
+		}
+		q.Name = name[:n]
+	}
+	return nil
+}
+
+// labelError says what is wrong with the question's label at off.
+func labelError(msg []byte, off int) error {
+	l := int(msg[off])
+	switch {
+	case l&0xC0 == 0xC0:
+		return errPointer
+	case l > 63:
+		return errLabel
+	case off+1+l > len(msg):
+		return errShort
+	}
+	return errNameLen
+}
+
+// Query is a parsed query: its header, its one question, and what its OPT
+// record says. It points into the message and the caller's NameBuf.
+type Query struct {
+	Header
+	Question
+
+	// EDNS reports an OPT record (RFC 6891) among the additional records;
+	// the fields after it are that record's.
+	EDNS        bool
+	UDPSize     uint16
+	EDNSVersion uint8
+	// DO is the DNSSEC OK bit (RFC 3225).
+	DO bool
+}
+
+// ParseQuery reads the header, the single question and any OPT record of
+// msg into q, and the question's name, folded to lower case, into name
+// (which may be nil). Records in the answer and authority sections (NOTIFY's
+// SOA, UPDATE's prerequisites) are only stepped over; so are records in the
+// additional section other than the one OPT (owned by the root) allowed.
+// The opcode and the QR bit are for the caller to judge.
+//
+// On an error q holds what was read before it: the header when msg has
+// one, the question when it parsed (End > 0), which is what an error reply
+// echoes.
+func ParseQuery(msg []byte, q *Query, name *NameBuf) error {
+	if len(msg) < HeaderLen {
+		*q = Query{}
+		return errShort
+	}
+	*q = Query{}
+	q.Header.read(msg)
+	if q.QDCount != 1 {
+		return errQDCount
+	}
+	if err := readQuestion(msg, &q.Question, name); err != nil {
+		return err
+	}
+	off := q.End
+	for range int(q.ANCount) + int(q.NSCount) {
+		_, end, err := skipRR(msg, off)
+		if err != nil {
+			return err
+		}
+		off = end
+	}
+	for range int(q.ARCount) {
+		fixed, end, err := skipRR(msg, off)
+		if err != nil {
+			return err
+		}
+		// OPT: type 41 owned by the root; class is the UDP size, TTL
+		// the extended rcode, version and flags.
+		if fixed == off+1 && binary.BigEndian.Uint16(msg[fixed:]) == TypeOPT {
+			if q.EDNS {
+				return errTwoOPT // RFC 6891 6.1.1: FORMERR
+			}
+			q.EDNS = true
+			q.UDPSize = binary.BigEndian.Uint16(msg[fixed+2:])
+			q.EDNSVersion = msg[fixed+5]
+			q.DO = msg[fixed+6]&0x80 != 0
+		}
+		off = end
+	}
+	return nil
+}
+
+// UDPLimit is the largest UDP reply the client of q can take.
+func (q *Query) UDPLimit() int {
+	if q.EDNS && q.UDPSize > MinUDPSize {
+		return int(min(q.UDPSize, MaxUDPSize))
+	}
+	return MinUDPSize
+}
+
+// SameQuestion reports whether the question of reply is q, the question
+// of sent: the same name ignoring ASCII case (some servers randomise it,
+// 0x20 encoding), the same type and class, the same length.
+func SameQuestion(reply, sent []byte, q Question) bool {
+	if len(reply) < q.End || len(sent) < q.End {
+		return false
+	}
+	for i := HeaderLen; i < q.NameEnd; i++ {
+		if LowerASCII(reply[i]) != LowerASCII(sent[i]) {
+			return false
+		}
+	}
+	// Label lengths are < 64 and never fold, so a case-insensitive equal
+	// name has its labels in the same places.
+	return string(reply[q.NameEnd:q.End]) == string(sent[q.NameEnd:q.End])
+}

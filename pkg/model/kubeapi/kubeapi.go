@@ -1,0 +1,299 @@
+// Package kubeapi holds the Kubernetes and Istio API objects ztdns reads,
+// cut down to the fields it reads and shaped like the API server's JSON, so
+// that a watch decodes them directly (see AddToScheme), and their reduction
+// to pkg/model.
+//
+// They stand in for k8s.io/api's and istio.io/client-go's generated types,
+// whose clientsets, schemes and package initialisers are most of the
+// Kubernetes source's weight in the binary: a node agent pays for every page
+// of them on every node. Unknown fields are skipped while decoding, so an
+// object costs only what DNS and the capture decision keep of it.
+//
+// Labels and annotations are not maps: each is a field of its own, named by
+// its key, so that the dozens of labels and the large annotations real
+// objects carry (kubectl's last-applied-configuration) are never allocated.
+package kubeapi
+
+import (
+	"encoding/json"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
+)
+
+// ObjectMeta is the part of metadata ztdns reads.
+type ObjectMeta struct {
+	Name              string      `json:"name,omitempty"`
+	Namespace         string      `json:"namespace,omitempty"`
+	UID               string      `json:"uid,omitempty"`
+	ResourceVersion   string      `json:"resourceVersion,omitempty"`
+	CreationTimestamp time.Time   `json:"creationTimestamp"`
+	Labels            Labels      `json:"labels"`
+	Annotations       Annotations `json:"annotations"`
+}
+
+// Labels are the labels ztdns reads (see the model.Label* constants), nil
+// when absent.
+type Labels struct {
+	DataplaneMode      *string `json:"istio.io/dataplane-mode,omitempty"`
+	GatewayManaged     *string `json:"gateway.istio.io/managed,omitempty"`
+	EnableAutoallocate *string `json:"networking.istio.io/enable-autoallocate-ip,omitempty"`
+	ServiceName        *string `json:"kubernetes.io/service-name,omitempty"`
+}
+
+// Annotations are the annotations ztdns reads, nil when absent.
+type Annotations struct {
+	DNSCapture      *string `json:"ztdns.io/dns-capture,omitempty"`
+	IstioDNSCapture *string `json:"ambient.istio.io/dns-capture,omitempty"`
+	// InitialEventsEnd marks the bookmark that ends a watch's initial
+	// events (metav1.InitialEventsAnnotationKey), which client-go's
+	// reflector reads to know it has every object.
+	InitialEventsEnd *string `json:"k8s.io/initial-events-end,omitempty"`
+}
+
+// Object is an API object of this package.
+type Object interface {
+	runtime.Object
+	metav1.ObjectMetaAccessor
+	Meta() *ObjectMeta
+}
+
+// Meta returns the object's metadata.
+func (m *ObjectMeta) Meta() *ObjectMeta { return m }
+
+// GetObjectMeta lets client-go (meta.Accessor) read what its reflector
+// reads: the key, the resourceVersion, and the initial-events annotation of
+// a bookmark. It is made on demand, so objects carry no ObjectMeta.
+func (m *ObjectMeta) GetObjectMeta() metav1.Object {
+	om := &metav1.ObjectMeta{Name: m.Name, Namespace: m.Namespace, UID: types.UID(m.UID), ResourceVersion: m.ResourceVersion}
+	if v := m.Annotations.InitialEventsEnd; v != nil {
+		om.Annotations = map[string]string{metav1.InitialEventsAnnotationKey: *v}
+	}
+	return om
+}
+
+// Service is a v1 Service.
+type Service struct {
+	metav1.TypeMeta `json:",inline"`
+	ObjectMeta      `json:"metadata"`
+	Spec            ServiceSpec `json:"spec"`
+}
+
+// ServiceSpec is the part of a Service's spec DNS answers from.
+type ServiceSpec struct {
+	Type                     string        `json:"type,omitempty"`
+	ClusterIP                string        `json:"clusterIP,omitempty"`
+	ClusterIPs               []string      `json:"clusterIPs,omitempty"`
+	ExternalName             string        `json:"externalName,omitempty"`
+	PublishNotReadyAddresses bool          `json:"publishNotReadyAddresses,omitempty"`
+	Ports                    []ServicePort `json:"ports,omitempty"`
+}
+
+// ServicePort is one of a Service's ports.
+type ServicePort struct {
+	Name     string `json:"name,omitempty"`
+	Protocol string `json:"protocol,omitempty"`
+	Port     int32  `json:"port"`
+}
+
+// EndpointSlice is a discovery.k8s.io/v1 EndpointSlice.
+type EndpointSlice struct {
+	metav1.TypeMeta `json:",inline"`
+	ObjectMeta      `json:"metadata"`
+	AddressType     string         `json:"addressType"`
+	Endpoints       []Endpoint     `json:"endpoints"`
+	Ports           []EndpointPort `json:"ports,omitempty"`
+}
+
+// Endpoint is one endpoint of a slice.
+type Endpoint struct {
+	Addresses  []string `json:"addresses"`
+	Conditions struct {
+		Ready *bool `json:"ready,omitempty"`
+	} `json:"conditions"`
+	Hostname *string `json:"hostname,omitempty"`
+}
+
+// EndpointPort is one of a slice's ports.
+type EndpointPort struct {
+	Name     *string `json:"name,omitempty"`
+	Protocol *string `json:"protocol,omitempty"`
+	Port     *int32  `json:"port,omitempty"`
+}
+
+// Namespace is a v1 Namespace: its metadata.
+type Namespace struct {
+	metav1.TypeMeta `json:",inline"`
+	ObjectMeta      `json:"metadata"`
+}
+
+// ConfigMap is a v1 ConfigMap: its metadata (ztdns reads only whether
+// istiod's allocator lock exists).
+type ConfigMap struct {
+	metav1.TypeMeta `json:",inline"`
+	ObjectMeta      `json:"metadata"`
+}
+
+// Pod is a v1 Pod.
+type Pod struct {
+	metav1.TypeMeta `json:",inline"`
+	ObjectMeta      `json:"metadata"`
+	Spec            PodSpec   `json:"spec"`
+	Status          PodStatus `json:"status"`
+}
+
+// PodSpec is the part of a Pod's spec that identifies a DNS client.
+type PodSpec struct {
+	NodeName       string        `json:"nodeName,omitempty"`
+	HostNetwork    bool          `json:"hostNetwork,omitempty"`
+	DNSPolicy      string        `json:"dnsPolicy,omitempty"`
+	DNSConfig      *PodDNSConfig `json:"dnsConfig,omitempty"`
+	Containers     []Container   `json:"containers"`
+	InitContainers []Container   `json:"initContainers,omitempty"`
+}
+
+// Container is a container's name.
+type Container struct {
+	Name string `json:"name"`
+}
+
+// PodDNSConfig is a Pod's spec.dnsConfig.
+type PodDNSConfig struct {
+	Nameservers []string `json:"nameservers,omitempty"`
+	Searches    []string `json:"searches,omitempty"`
+}
+
+// PodStatus holds a Pod's addresses.
+type PodStatus struct {
+	PodIP  string  `json:"podIP,omitempty"`
+	PodIPs []PodIP `json:"podIPs,omitempty"`
+}
+
+// PodIP is one of a Pod's addresses.
+type PodIP struct {
+	IP string `json:"ip"`
+}
+
+// ServiceEntry is a networking.istio.io ServiceEntry (v1, v1beta1 and
+// v1alpha3 share its spec and status).
+type ServiceEntry struct {
+	metav1.TypeMeta `json:",inline"`
+	ObjectMeta      `json:"metadata"`
+	Spec            ServiceEntrySpec   `json:"spec"`
+	Status          ServiceEntryStatus `json:"status"`
+}
+
+// ServiceEntrySpec is the part of a ServiceEntry's spec DNS answers from.
+type ServiceEntrySpec struct {
+	Hosts     []string           `json:"hosts,omitempty"`
+	Addresses []string           `json:"addresses,omitempty"`
+	Ports     []ServiceEntryPort `json:"ports,omitempty"`
+	// Resolution is the enum's name ("DNS"); empty means NONE.
+	Resolution string   `json:"resolution,omitempty"`
+	ExportTo   []string `json:"exportTo,omitempty"`
+}
+
+// ServiceEntryPort is one of a ServiceEntry's ports.
+type ServiceEntryPort struct {
+	Number   uint32 `json:"number"`
+	Protocol string `json:"protocol,omitempty"`
+	Name     string `json:"name,omitempty"`
+}
+
+// ServiceEntryStatus holds the addresses istiod allocated.
+type ServiceEntryStatus struct {
+	Addresses []ServiceEntryAddress `json:"addresses,omitempty"`
+}
+
+// ServiceEntryAddress is one address istiod allocated to one host.
+type ServiceEntryAddress struct {
+	Value string `json:"value"`
+	Host  string `json:"host,omitempty"`
+}
+
+// Lists, as a list call returns them.
+type (
+	ServiceList struct {
+		metav1.TypeMeta `json:",inline"`
+		metav1.ListMeta `json:"metadata"`
+		Items           []Service `json:"items"`
+	}
+	EndpointSliceList struct {
+		metav1.TypeMeta `json:",inline"`
+		metav1.ListMeta `json:"metadata"`
+		Items           []EndpointSlice `json:"items"`
+	}
+	NamespaceList struct {
+		metav1.TypeMeta `json:",inline"`
+		metav1.ListMeta `json:"metadata"`
+		Items           []Namespace `json:"items"`
+	}
+	ConfigMapList struct {
+		metav1.TypeMeta `json:",inline"`
+		metav1.ListMeta `json:"metadata"`
+		Items           []ConfigMap `json:"items"`
+	}
+	PodList struct {
+		metav1.TypeMeta `json:",inline"`
+		metav1.ListMeta `json:"metadata"`
+		Items           []Pod `json:"items"`
+	}
+	ServiceEntryList struct {
+		metav1.TypeMeta `json:",inline"`
+		metav1.ListMeta `json:"metadata"`
+		Items           []ServiceEntry `json:"items"`
+	}
+)
+
+// The API groups and versions ztdns reads.
+var (
+	CoreV1         = schema.GroupVersion{Version: "v1"}
+	DiscoveryV1    = schema.GroupVersion{Group: "discovery.k8s.io", Version: "v1"}
+	IstioNetworkV1 = schema.GroupVersion{Group: "networking.istio.io", Version: "v1"}
+)
+
+// AddToScheme registers the objects under their API kinds, with the
+// metav1 types (Status, WatchEvent, ListOptions) every group needs, so that
+// a REST client built on the scheme decodes lists and watch events into
+// them.
+func AddToScheme(s *runtime.Scheme) error {
+	s.AddKnownTypes(CoreV1, &Service{}, &ServiceList{}, &Namespace{}, &NamespaceList{},
+		&Pod{}, &PodList{}, &ConfigMap{}, &ConfigMapList{})
+	s.AddKnownTypes(DiscoveryV1, &EndpointSlice{}, &EndpointSliceList{})
+	s.AddKnownTypes(IstioNetworkV1, &ServiceEntry{}, &ServiceEntryList{})
+	for _, gv := range []schema.GroupVersion{CoreV1, DiscoveryV1, IstioNetworkV1} {
+		metav1.AddToGroupVersion(s, gv)
+	}
+	return nil
+}
+
+// deepCopy copies an object through its JSON form: every field of these
+// types is in it. client-go asks for copies only where it hands objects to
+// several owners, which ztdns never does, so this is never on a hot path.
+func deepCopy[T any](in *T) *T {
+	out := new(T)
+	b, err := json.Marshal(in)
+	if err == nil {
+		err = json.Unmarshal(b, out)
+	}
+	if err != nil {
+		panic("kubeapi: copy of " + err.Error()) // plain structs always round-trip
+	}
+	return out
+}
+
+func (o *Service) DeepCopyObject() runtime.Object           { return deepCopy(o) }
+func (o *EndpointSlice) DeepCopyObject() runtime.Object     { return deepCopy(o) }
+func (o *Namespace) DeepCopyObject() runtime.Object         { return deepCopy(o) }
+func (o *ConfigMap) DeepCopyObject() runtime.Object         { return deepCopy(o) }
+func (o *Pod) DeepCopyObject() runtime.Object               { return deepCopy(o) }
+func (o *ServiceEntry) DeepCopyObject() runtime.Object      { return deepCopy(o) }
+func (o *ServiceList) DeepCopyObject() runtime.Object       { return deepCopy(o) }
+func (o *EndpointSliceList) DeepCopyObject() runtime.Object { return deepCopy(o) }
+func (o *NamespaceList) DeepCopyObject() runtime.Object     { return deepCopy(o) }
+func (o *ConfigMapList) DeepCopyObject() runtime.Object     { return deepCopy(o) }
+func (o *PodList) DeepCopyObject() runtime.Object           { return deepCopy(o) }
+func (o *ServiceEntryList) DeepCopyObject() runtime.Object  { return deepCopy(o) }

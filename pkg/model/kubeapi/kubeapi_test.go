@@ -1,0 +1,236 @@
+package kubeapi
+
+import (
+	"net/netip"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/serializer"
+
+	"github.com/ztdns/ztdns/pkg/model"
+)
+
+// decode decodes an object the way a REST client built on AddToScheme does.
+func decode(t *testing.T, doc string) runtime.Object {
+	t.Helper()
+	s := runtime.NewScheme()
+	if err := AddToScheme(s); err != nil {
+		t.Fatal(err)
+	}
+	obj, err := runtime.Decode(serializer.NewCodecFactory(s).UniversalDeserializer(), []byte(doc))
+	if err != nil {
+		t.Fatalf("decode: %v", err)
+	}
+	return obj
+}
+
+// managed is metadata real objects carry and ztdns never reads.
+const managed = `"managedFields": [{"manager": "kubectl", "operation": "Update", "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {}}}],
+	"ownerReferences": [{"apiVersion": "v1", "kind": "Service", "name": "x", "uid": "1"}]`
+
+// TestDecodeAndReduce decodes objects as the API server serves them (with
+// fields and labels ztdns does not read) and reduces them: each field comes
+// from its JSON name, labels and annotations from their exact key.
+func TestDecodeAndReduce(t *testing.T) {
+	created := time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)
+	tests := []struct {
+		name string
+		doc  string
+		want any
+	}{{
+		name: "Service",
+		doc: `{"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "shop", "resourceVersion": "7",
+			"labels": {"app": "web", "Istio.io/dataplane-mode": "ambient"},
+			"annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{\"huge\": true}"}, ` + managed + `},
+			"spec": {"type": "ClusterIP", "clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10", "2001:db8::a"], "ipFamilies": ["IPv4", "IPv6"],
+			"selector": {"app": "web"}, "publishNotReadyAddresses": true,
+			"ports": [{"name": "http", "port": 80, "targetPort": 8080}, {"name": "dns", "protocol": "UDP", "port": 53}]},
+			"status": {"loadBalancer": {}}}`,
+		want: model.Service{Namespace: "shop", Name: "web", PublishNotReady: true,
+			ClusterIPs: []netip.Addr{netip.MustParseAddr("10.96.0.10"), netip.MustParseAddr("2001:db8::a")},
+			Ports:      []model.Port{{Name: "http", Protocol: "TCP", Port: 80}, {Name: "dns", Protocol: "UDP", Port: 53}}},
+	}, {
+		name: "ExternalName Service",
+		doc: `{"apiVersion": "v1", "kind": "Service", "metadata": {"name": "ext", "namespace": "shop"},
+			"spec": {"type": "ExternalName", "externalName": "DB.Example.COM."}}`,
+		want: model.Service{Namespace: "shop", Name: "ext", ExternalName: "db.example.com"},
+	}, {
+		name: "EndpointSlice",
+		doc: `{"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "metadata": {"name": "db-x1", "namespace": "shop",
+			"labels": {"kubernetes.io/service-name": "db", "service.kubernetes.io/headless": "", "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"}},
+			"addressType": "IPv4",
+			"endpoints": [{"addresses": ["10.1.0.1"], "conditions": {"ready": true, "serving": true}, "hostname": "DB-0", "nodeName": "n1",
+			  "targetRef": {"kind": "Pod", "name": "db-0"}},
+			  {"addresses": ["10.1.0.2"], "conditions": {"ready": false}},
+			  {"addresses": ["10.1.0.3"], "conditions": {}}],
+			"ports": [{"name": "pg", "protocol": "TCP", "port": 5432}, {"port": 9000}]}`,
+		want: model.EndpointSlice{Namespace: "shop", Name: "db-x1", ServiceName: "db",
+			Endpoints: []model.Endpoint{
+				{Addresses: []netip.Addr{netip.MustParseAddr("10.1.0.1")}, Hostname: "db-0", Ready: true},
+				{Addresses: []netip.Addr{netip.MustParseAddr("10.1.0.2")}},
+				{Addresses: []netip.Addr{netip.MustParseAddr("10.1.0.3")}, Ready: true},
+			},
+			Ports: []model.Port{{Name: "pg", Protocol: "TCP", Port: 5432}, {Protocol: "TCP", Port: 9000}}},
+	}, {
+		name: "Namespace",
+		doc: `{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop",
+			"labels": {"istio.io/dataplane-mode": "ambient", "kubernetes.io/metadata.name": "shop"}}, "spec": {"finalizers": ["kubernetes"]}}`,
+		want: model.Namespace{Name: "shop", Labels: map[string]string{model.LabelDataplaneMode: "ambient"}},
+	}, {
+		name: "Pod",
+		doc: `{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "client", "namespace": "shop", "uid": "u-1",
+			"labels": {"istio.io/dataplane-mode": "ambient", "gateway.istio.io/managed": "istio.io-mesh-controller", "app": "client",
+			  "Istio.io/Dataplane-Mode": "none"},
+			"annotations": {"ztdns.io/dns-capture": "true", "ambient.istio.io/dns-capture": "false", "other": "x"}, ` + managed + `},
+			"spec": {"nodeName": "node-a", "dnsPolicy": "ClusterFirst",
+			  "dnsConfig": {"nameservers": ["198.51.100.53"], "searches": ["corp.example"], "options": [{"name": "ndots", "value": "2"}]},
+			  "initContainers": [{"name": "istio-proxy", "image": "proxy", "restartPolicy": "Always"}],
+			  "containers": [{"name": "app", "image": "app", "env": [{"name": "A", "value": "b"}], "resources": {"limits": {"cpu": "1"}}}]},
+			"status": {"phase": "Running", "podIP": "203.0.113.20", "podIPs": [{"ip": "203.0.113.20"}, {"ip": "2001:db8::20"}],
+			  "conditions": [{"type": "Ready", "status": "True"}]}}`,
+		want: model.Pod{Namespace: "shop", Name: "client", UID: "u-1", NodeName: "node-a", DNSPolicy: "ClusterFirst", HasSidecar: true,
+			Labels:         map[string]string{model.LabelDataplaneMode: "ambient", model.LabelGatewayManaged: "istio.io-mesh-controller"},
+			Annotations:    map[string]string{model.AnnotationDNSCapture: "true", model.AnnotationIstioDNSCapture: "false"},
+			IPs:            []netip.Addr{netip.MustParseAddr("203.0.113.20"), netip.MustParseAddr("2001:db8::20")},
+			DNSSearches:    []string{"corp.example"},
+			DNSNameservers: []netip.Addr{netip.MustParseAddr("198.51.100.53")}},
+	}, {
+		name: "ServiceEntry",
+		doc: `{"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry", "metadata": {"name": "ext", "namespace": "mesh",
+			"creationTimestamp": "2025-03-01T12:00:00Z", "labels": {"networking.istio.io/enable-autoallocate-ip": "False"}},
+			"spec": {"hosts": ["API.Example.COM.", "*.wild.example"], "addresses": ["198.51.100.1", "198.51.100.2/32", "10.0.0.0/8"],
+			  "ports": [{"number": 443, "protocol": "https", "name": "tls", "targetPort": 8443}],
+			  "location": "MESH_EXTERNAL", "resolution": "DNS_ROUND_ROBIN", "exportTo": ["."], "endpoints": [{"address": "203.0.113.1"}]},
+			"status": {"addresses": [{"value": "240.240.0.1", "host": "Api.Example.com"}], "conditions": [{"type": "Reconciled", "status": "True"}]}}`,
+		want: model.ServiceEntry{Namespace: "mesh", Name: "ext", Created: created,
+			Hosts:            []string{"api.example.com", "*.wild.example"},
+			Addresses:        []netip.Addr{netip.MustParseAddr("198.51.100.1"), netip.MustParseAddr("198.51.100.2")},
+			CIDRs:            []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")},
+			HasSpecAddresses: true,
+			StatusAddresses:  []model.HostAddress{{Host: "api.example.com", Address: netip.MustParseAddr("240.240.0.1")}},
+			Resolution:       model.ResolutionDNSRoundRobin,
+			ExportTo:         []string{"."},
+			Ports:            []model.Port{{Name: "tls", Protocol: "HTTPS", Port: 443}}},
+	}, {
+		name: "ServiceEntry without resolution",
+		doc: `{"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry", "metadata": {"name": "plain", "namespace": "mesh"},
+			"spec": {"hosts": ["plain.example"]}}`,
+		want: model.ServiceEntry{Namespace: "mesh", Name: "plain", Hosts: []string{"plain.example"}, Resolution: model.ResolutionNone, AutoAllocate: true},
+	}}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			obj := decode(t, tt.doc)
+			var got any
+			var err error
+			switch o := obj.(type) {
+			case *Service:
+				got, err = o.Model()
+			case *EndpointSlice:
+				got, err = o.Model()
+			case *Namespace:
+				got, err = o.Model()
+			case *Pod:
+				got, err = o.Model()
+			case *ServiceEntry:
+				got, err = o.Model()
+			default:
+				t.Fatalf("decoded a %T", obj)
+			}
+			if err != nil {
+				t.Fatalf("Model: %v", err)
+			}
+			if se, ok := got.(model.ServiceEntry); ok { // compare instants
+				want := tt.want.(model.ServiceEntry)
+				if !se.Created.Equal(want.Created) {
+					t.Errorf("Created = %v, want %v", se.Created, want.Created)
+				}
+				se.Created, want.Created = time.Time{}, time.Time{}
+				got, tt.want = se, want
+			}
+			if !reflect.DeepEqual(got, tt.want) {
+				t.Errorf("got  %+v\nwant %+v", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestReduceErrors(t *testing.T) {
+	tests := []struct {
+		name, doc, want string
+	}{
+		{name: "Service without externalName",
+			doc:  `{"apiVersion": "v1", "kind": "Service", "metadata": {"name": "x", "namespace": "n"}, "spec": {"type": "ExternalName"}}`,
+			want: "service n/x: type ExternalName without spec.externalName"},
+		{name: "EndpointSlice address",
+			doc:  `{"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "metadata": {"name": "s", "namespace": "n"}, "addressType": "IPv4", "endpoints": [{"addresses": ["10.0.0"]}]}`,
+			want: `endpointslice n/s: address "10.0.0" is not an IP address`},
+		{name: "ServiceEntry resolution",
+			doc:  `{"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry", "metadata": {"name": "se", "namespace": "n"}, "spec": {"hosts": ["a.example"], "resolution": "MAGIC"}}`,
+			want: `serviceentry n/se: resolution "MAGIC" is none of NONE, STATIC, DNS, DNS_ROUND_ROBIN, DYNAMIC_DNS`},
+		{name: "Pod IP",
+			doc:  `{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "n"}, "spec": {"containers": []}, "status": {"podIP": "x"}}`,
+			want: `pod n/p: podIP "x" is not an IP address`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var err error
+			switch o := decode(t, tt.doc).(type) {
+			case *Service:
+				_, err = o.Model()
+			case *EndpointSlice:
+				_, err = o.Model()
+			case *ServiceEntry:
+				_, err = o.Model()
+			case *Pod:
+				_, err = o.Model()
+			}
+			if err == nil || err.Error() != tt.want {
+				t.Errorf("err = %v, want %q", err, tt.want)
+			}
+		})
+	}
+}
+
+// TestClientGoReadsMetadata checks what client-go's reflector reads of an
+// object (meta.Accessor) and of a list (meta.ListAccessor, ExtractList),
+// including the bookmark that ends a watch's initial events.
+func TestClientGoReadsMetadata(t *testing.T) {
+	bookmark := decode(t, `{"apiVersion": "v1", "kind": "Service", "metadata": {"resourceVersion": "42",
+		"annotations": {"k8s.io/initial-events-end": "true"}}}`)
+	m, err := meta.Accessor(bookmark)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.GetResourceVersion() != "42" || m.GetAnnotations()[metav1.InitialEventsAnnotationKey] != "true" {
+		t.Errorf("bookmark reads as resourceVersion %q, annotations %v", m.GetResourceVersion(), m.GetAnnotations())
+	}
+
+	list := decode(t, `{"apiVersion": "v1", "kind": "ServiceList", "metadata": {"resourceVersion": "9", "continue": "next"},
+		"items": [{"metadata": {"name": "a", "namespace": "n", "resourceVersion": "8"}}, {"metadata": {"name": "b", "namespace": "n"}}]}`)
+	lm, err := meta.ListAccessor(list)
+	if err != nil {
+		t.Fatal(err)
+	}
+	items, err := meta.ExtractListWithAlloc(list)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if lm.GetResourceVersion() != "9" || lm.GetContinue() != "next" || len(items) != 2 {
+		t.Fatalf("list reads as resourceVersion %q, continue %q, %d items", lm.GetResourceVersion(), lm.GetContinue(), len(items))
+	}
+	a, err := meta.Accessor(items[0])
+	if err != nil || a.GetNamespace() != "n" || a.GetName() != "a" || a.GetResourceVersion() != "8" {
+		t.Errorf("first item reads as %v/%v@%v (%v)", a.GetNamespace(), a.GetName(), a.GetResourceVersion(), err)
+	}
+	if c := items[1].DeepCopyObject(); !reflect.DeepEqual(c, items[1]) || c == items[1] {
+		t.Errorf("DeepCopyObject = %+v, want an equal copy of %+v", c, items[1])
+	}
+	if strings.Contains(reflect.TypeOf(items[0]).String(), "Unstructured") {
+		t.Errorf("items decode as %T", items[0])
+	}
+}

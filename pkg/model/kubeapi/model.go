@@ -1,0 +1,312 @@
+package kubeapi
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"unique"
+
+	"github.com/ztdns/ztdns/pkg/model"
+)
+
+// Values of the API that the reduction reads.
+const (
+	serviceTypeExternalName = "ExternalName"
+	clusterIPNone           = "None"
+	addressTypeFQDN         = "FQDN"
+	protocolTCP             = "TCP"
+	namespaceDefault        = "default"
+)
+
+// resolutions are the names of a ServiceEntry's resolution enum.
+var resolutions = []string{model.ResolutionNone, model.ResolutionStatic, model.ResolutionDNS,
+	model.ResolutionDNSRoundRobin, model.ResolutionDynamicDNS}
+
+// Model reduces a Service.
+func (s *Service) Model() (model.Service, error) {
+	out := model.Service{
+		Namespace:       namespaceOf(&s.ObjectMeta),
+		Name:            s.Name,
+		PublishNotReady: s.Spec.PublishNotReadyAddresses,
+	}
+	if s.Spec.Type == serviceTypeExternalName {
+		out.ExternalName = strings.ToLower(strings.TrimSuffix(s.Spec.ExternalName, "."))
+		if out.ExternalName == "" {
+			return out, fmt.Errorf("service %s: type ExternalName without spec.externalName", out.Key())
+		}
+	} else {
+		ips := s.Spec.ClusterIPs
+		if len(ips) == 0 && s.Spec.ClusterIP != "" {
+			ips = []string{s.Spec.ClusterIP}
+		}
+		if len(ips) > 0 && ips[0] == clusterIPNone {
+			out.Headless = true
+		} else {
+			var errs []error
+			for _, ip := range ips {
+				a, err := netip.ParseAddr(ip)
+				if err != nil {
+					errs = append(errs, fmt.Errorf("service %s: clusterIP %q is not an IP address", out.Key(), ip))
+					continue
+				}
+				out.ClusterIPs = append(out.ClusterIPs, a.Unmap())
+			}
+			if err := errors.Join(errs...); err != nil {
+				return out, err
+			}
+		}
+	}
+	for _, p := range s.Spec.Ports {
+		out.Ports = append(out.Ports, model.Port{Name: intern(p.Name), Protocol: protocolOf(p.Protocol), Port: uint16(p.Port)})
+	}
+	out.Ports = sharedPorts(out.Ports)
+	return out, nil
+}
+
+// Model reduces an EndpointSlice. FQDN slices carry no addresses DNS can
+// answer with and reduce to no endpoints.
+func (s *EndpointSlice) Model() (model.EndpointSlice, error) {
+	out := model.EndpointSlice{
+		Namespace:   namespaceOf(&s.ObjectMeta),
+		Name:        s.Name,
+		ServiceName: deref(s.Labels.ServiceName),
+	}
+	for _, p := range s.Ports {
+		port := model.Port{Name: intern(deref(p.Name)), Protocol: protocolTCP}
+		if p.Protocol != nil {
+			port.Protocol = protocolOf(*p.Protocol)
+		}
+		if p.Port != nil {
+			port.Port = uint16(*p.Port)
+		}
+		out.Ports = append(out.Ports, port)
+	}
+	out.Ports = sharedPorts(out.Ports)
+	if s.AddressType == addressTypeFQDN {
+		return out, nil
+	}
+	var errs []error
+	for _, e := range s.Endpoints {
+		ep := model.Endpoint{Ready: e.Conditions.Ready == nil || *e.Conditions.Ready}
+		if e.Hostname != nil {
+			ep.Hostname = strings.ToLower(*e.Hostname)
+		}
+		for _, a := range e.Addresses {
+			ip, err := netip.ParseAddr(a)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("endpointslice %s/%s: address %q is not an IP address", out.Namespace, out.Name, a))
+				continue
+			}
+			ep.Addresses = append(ep.Addresses, ip.Unmap())
+		}
+		out.Endpoints = append(out.Endpoints, ep)
+	}
+	return out, errors.Join(errs...)
+}
+
+// Model reduces a ServiceEntry.
+func (se *ServiceEntry) Model() (model.ServiceEntry, error) {
+	spec := &se.Spec
+	out := model.ServiceEntry{
+		Namespace:        namespaceOf(&se.ObjectMeta),
+		Name:             se.Name,
+		Created:          se.CreationTimestamp,
+		Resolution:       spec.Resolution,
+		ExportTo:         append([]string(nil), spec.ExportTo...),
+		AutoAllocate:     !strings.EqualFold(deref(se.Labels.EnableAutoallocate), "false"),
+		HasSpecAddresses: len(spec.Addresses) > 0,
+	}
+	var errs []error
+	if i := slices.Index(resolutions, out.Resolution); i >= 0 {
+		out.Resolution = resolutions[i] // the constant, not the decoded copy
+	} else if out.Resolution == "" {
+		out.Resolution = model.ResolutionNone
+	} else {
+		errs = append(errs, fmt.Errorf("serviceentry %s: resolution %q is none of %s", out.Key(), out.Resolution, strings.Join(resolutions, ", ")))
+	}
+	for _, h := range spec.Hosts {
+		h = strings.ToLower(strings.TrimSuffix(h, "."))
+		if h == "" {
+			errs = append(errs, fmt.Errorf("serviceentry %s: empty host", out.Key()))
+			continue
+		}
+		out.Hosts = append(out.Hosts, h)
+	}
+	if len(out.Hosts) == 0 && len(errs) == 0 {
+		errs = append(errs, fmt.Errorf("serviceentry %s: spec.hosts is empty", out.Key()))
+	}
+	for _, a := range spec.Addresses {
+		if strings.Contains(a, "/") {
+			p, err := netip.ParsePrefix(a)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("serviceentry %s: address %q is not an IP address or CIDR", out.Key(), a))
+				continue
+			}
+			if p.IsSingleIP() { // 198.51.100.1/32 names one address
+				out.Addresses = append(out.Addresses, p.Addr().Unmap())
+			} else {
+				out.CIDRs = append(out.CIDRs, p.Masked())
+			}
+			continue
+		}
+		ip, err := netip.ParseAddr(a)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("serviceentry %s: address %q is not an IP address or CIDR", out.Key(), a))
+			continue
+		}
+		out.Addresses = append(out.Addresses, ip.Unmap())
+	}
+	for _, a := range se.Status.Addresses {
+		ip, err := netip.ParseAddr(a.Value)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("serviceentry %s: status address %q is not an IP address", out.Key(), a.Value))
+			continue
+		}
+		out.StatusAddresses = append(out.StatusAddresses, model.HostAddress{
+			Host:    strings.ToLower(strings.TrimSuffix(a.Host, ".")),
+			Address: ip.Unmap(),
+		})
+	}
+	for _, p := range spec.Ports {
+		out.Ports = append(out.Ports, model.Port{Name: intern(p.Name), Protocol: intern(strings.ToUpper(p.Protocol)), Port: uint16(p.Number)})
+	}
+	out.Ports = sharedPorts(out.Ports)
+	return out, errors.Join(errs...)
+}
+
+// Model reduces a Namespace; it never fails.
+func (n *Namespace) Model() (model.Namespace, error) {
+	return model.Namespace{Name: n.Name, Labels: keep(kv{model.LabelDataplaneMode, n.Labels.DataplaneMode})}, nil
+}
+
+// Model reduces a Pod.
+func (p *Pod) Model() (model.Pod, error) {
+	out := model.Pod{
+		Namespace:   namespaceOf(&p.ObjectMeta),
+		Name:        p.Name,
+		UID:         p.UID,
+		NodeName:    p.Spec.NodeName,
+		HostNetwork: p.Spec.HostNetwork,
+		Labels: keep(kv{model.LabelDataplaneMode, p.Labels.DataplaneMode},
+			kv{model.LabelGatewayManaged, p.Labels.GatewayManaged}),
+		Annotations: keep(kv{model.AnnotationDNSCapture, p.Annotations.DNSCapture},
+			kv{model.AnnotationIstioDNSCapture, p.Annotations.IstioDNSCapture}),
+		DNSPolicy: p.Spec.DNSPolicy,
+	}
+	for _, c := range p.Spec.Containers {
+		out.HasSidecar = out.HasSidecar || c.Name == model.SidecarContainer
+	}
+	for _, c := range p.Spec.InitContainers { // native sidecars run as init containers
+		out.HasSidecar = out.HasSidecar || c.Name == model.SidecarContainer
+	}
+	ips := make([]string, 0, 2)
+	for _, ip := range p.Status.PodIPs {
+		ips = append(ips, ip.IP)
+	}
+	if len(ips) == 0 && p.Status.PodIP != "" {
+		ips = append(ips, p.Status.PodIP)
+	}
+	var errs []error
+	for _, s := range ips {
+		ip, err := netip.ParseAddr(s)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("pod %s: podIP %q is not an IP address", out.Key(), s))
+			continue
+		}
+		out.IPs = append(out.IPs, ip.Unmap())
+	}
+	if dc := p.Spec.DNSConfig; dc != nil {
+		out.DNSSearches = append(out.DNSSearches, dc.Searches...)
+		for _, s := range dc.Nameservers {
+			ip, err := netip.ParseAddr(s)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("pod %s: dnsConfig nameserver %q is not an IP address", out.Key(), s))
+				continue
+			}
+			out.DNSNameservers = append(out.DNSNameservers, ip.Unmap())
+		}
+	}
+	return out, errors.Join(errs...)
+}
+
+func namespaceOf(m *ObjectMeta) string {
+	if m.Namespace == "" {
+		return namespaceDefault
+	}
+	return intern(m.Namespace)
+}
+
+func protocolOf(p string) string {
+	if p == "" {
+		return protocolTCP
+	}
+	return intern(p)
+}
+
+// intern returns the one copy of s that every object holding it shares:
+// namespaces, protocols and port names repeat over thousands of objects,
+// and each decoded copy would be an allocation of its own.
+func intern(s string) string {
+	if s == "" {
+		return ""
+	}
+	return unique.Make(s).Value()
+}
+
+func deref(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
+}
+
+// maxPortSets bounds portSets: ports alike across many objects are few.
+const maxPortSets = 4096
+
+// portSets holds one list for each single port seen, which every object
+// with just that port shares (most Services have one, and most of those
+// "http", 80): objects never change once reduced, and a list of one port
+// is an allocation per object otherwise.
+var portSets = struct {
+	sync.Mutex
+	m map[model.Port][]model.Port
+}{m: map[model.Port][]model.Port{}}
+
+// sharedPorts returns the shared list equal to ports, when there is one.
+func sharedPorts(ports []model.Port) []model.Port {
+	if len(ports) != 1 {
+		return ports
+	}
+	portSets.Lock()
+	defer portSets.Unlock()
+	if shared, ok := portSets.m[ports[0]]; ok {
+		return shared
+	}
+	if len(portSets.m) < maxPortSets {
+		portSets.m[ports[0]] = slices.Clip(ports)
+	}
+	return ports
+}
+
+// kv is a label or annotation: its key and value, nil when absent.
+type kv struct {
+	key   string
+	value *string
+}
+
+// keep makes the map of the present ones; nil when none is.
+func keep(pairs ...kv) map[string]string {
+	var out map[string]string
+	for _, p := range pairs {
+		if p.value != nil {
+			if out == nil {
+				out = make(map[string]string, len(pairs))
+			}
+			out[p.key] = *p.value
+		}
+	}
+	return out
+}

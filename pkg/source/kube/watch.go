@@ -1,0 +1,201 @@
+package kube
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+
+	"github.com/go-logr/logr"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/klog/v2"
+
+	"github.com/ztdns/ztdns/pkg/model"
+	"github.com/ztdns/ztdns/pkg/model/kubeapi"
+)
+
+// Labels of EndpointSlices (k8s.io/api: discovery/v1 LabelManagedBy, core/v1
+// IsHeadlessService; set by pkg/controller/endpointslice).
+const (
+	labelManagedBy = "endpointslice.kubernetes.io/managed-by"
+	// endpointSliceController is the EndpointSlice controller's managed-by
+	// value; it labels the slices of a Service without a cluster IP (a
+	// headless one) labelHeadless, and keeps the label in step with the
+	// Service.
+	endpointSliceController = "endpointslice-controller.k8s.io"
+	labelHeadless           = "service.kubernetes.io/headless"
+)
+
+// Label selectors of the two EndpointSlice watches: together they see every
+// slice of a headless Service and, of the slices the controller makes for
+// the other Services (nearly all slices in a cluster), none.
+var (
+	headlessSlices = labelHeadless
+	otherSlices    = labelManagedBy + "!=" + endpointSliceController + ",!" + labelHeadless
+)
+
+// endpointFor says where objects of k are listed and watched: cluster-wide,
+// except Pods, which are those of the source's node when it has one, and
+// istiod's lock, one ConfigMap.
+func (r *run) endpointFor(k kind) endpoint {
+	c := r.clients
+	switch k {
+	case kindNamespaces:
+		return endpoint{client: c.core, resource: "namespaces", example: &kubeapi.Namespace{},
+			newList: func() runtime.Object { return &kubeapi.NamespaceList{} }}
+	case kindServices:
+		return endpoint{client: c.core, resource: "services", example: &kubeapi.Service{},
+			newList: func() runtime.Object { return &kubeapi.ServiceList{} }}
+	case kindEndpointSlices, kindOtherEndpointSlices:
+		e := endpoint{client: c.discovery, resource: "endpointslices", labelSelector: headlessSlices, example: &kubeapi.EndpointSlice{},
+			newList: func() runtime.Object { return &kubeapi.EndpointSliceList{} }}
+		if k == kindOtherEndpointSlices {
+			e.labelSelector = otherSlices
+		}
+		return e
+	case kindServiceEntries:
+		return endpoint{client: c.istio, resource: serviceEntryResource, example: &kubeapi.ServiceEntry{},
+			newList: func() runtime.Object { return &kubeapi.ServiceEntryList{} }}
+	case kindPods:
+		e := endpoint{client: c.core, resource: "pods", example: &kubeapi.Pod{},
+			newList: func() runtime.Object { return &kubeapi.PodList{} }}
+		if r.src.nodeName != "" {
+			e.fieldSelector = fields.OneTermEqualSelector("spec.nodeName", r.src.nodeName).String()
+		}
+		return e
+	case kindIstiodAllocator:
+		return endpoint{client: c.core, namespace: r.src.istioNamespace, resource: "configmaps",
+			fieldSelector: fields.OneTermEqualSelector("metadata.name", IstiodAllocatorLock).String(), example: &kubeapi.ConfigMap{},
+			newList: func() runtime.Object { return &kubeapi.ConfigMapList{} }}
+	}
+	panic(fmt.Sprintf("kube: no endpoint for kind %d", k))
+}
+
+// newStore makes k's store.
+func (r *run) newStore(k kind) objectStore {
+	switch k {
+	case kindNamespaces:
+		return newStore(k, r.log, modelOf[model.Namespace], func(n *model.Namespace) objKey { return objKey{name: n.Name} }, r.changed)
+	case kindServices:
+		return newStore(k, r.log, modelOf[model.Service], func(s *model.Service) objKey { return objKey{s.Namespace, s.Name} }, r.changed)
+	case kindEndpointSlices, kindOtherEndpointSlices:
+		return newStore(k, r.log, modelOf[model.EndpointSlice], func(s *model.EndpointSlice) objKey { return objKey{s.Namespace, s.Name} }, r.changed)
+	case kindServiceEntries:
+		return newStore(k, r.log, modelOf[model.ServiceEntry], func(s *model.ServiceEntry) objKey { return objKey{s.Namespace, s.Name} }, r.changed)
+	case kindPods:
+		return newStore(k, r.log, modelOf[model.Pod], func(p *model.Pod) objKey { return objKey{p.Namespace, p.Name} }, r.changed)
+	case kindIstiodAllocator:
+		return newStore(k, r.log, func(o kubeapi.Object) (allocatorLock, error) {
+			return allocatorLock{o.Meta().Namespace, o.Meta().Name}, nil
+		},
+			func(l *allocatorLock) objKey { return objKey{l.namespace, l.name} }, r.changed)
+	}
+	panic(fmt.Sprintf("kube: no store for kind %d", k))
+}
+
+// listWatch is k's list and watch calls, each reporting to health.
+func (r *run) listWatch(k kind) *cache.ListWatch {
+	e := r.endpointFor(k)
+	list := func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+		return r.clients.list(ctx, e, o)
+	}
+	watchFn := func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+		return r.clients.watch(ctx, e, o)
+	}
+	if k == kindIstiodAllocator {
+		list, watchFn = r.tolerateForbidden(list, watchFn)
+	}
+	observe := func(ctx context.Context, err error) {
+		r.health.observe(ctx, k.String(), err)
+		if k == kindServiceEntries && apierrors.IsNotFound(err) {
+			select { // the CRD may be gone
+			case r.recheck <- struct{}{}:
+			default:
+			}
+		}
+	}
+	return &cache.ListWatch{
+		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			obj, err := list(ctx, o)
+			observe(ctx, err)
+			return obj, err
+		},
+		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			w, err := watchFn(ctx, o)
+			observe(ctx, err)
+			return w, err
+		},
+	}
+}
+
+// start runs k's reflector until ctx ends, filling a new store for k.
+func (r *run) start(ctx context.Context, wg *sync.WaitGroup, k kind) {
+	st := r.newStore(k)
+	// client-go's reflector logs every failed call, at error level, each
+	// time it retries; health logs a failure once, when it starts.
+	logger := logr.FromSlogHandler(debugOnly{r.log.With("resource", k.String()).Handler()})
+	ctx = klog.NewContext(ctx, logger)
+	refl := cache.NewReflectorWithOptions(r.listWatch(k), r.endpointFor(k).example, st, cache.ReflectorOptions{
+		Name: k.String(), TypeDescription: k.String(), Logger: &logger,
+	})
+	r.stores[k] = st
+	wg.Go(func() { refl.RunWithContext(ctx) })
+}
+
+// startServiceEntries starts watching ServiceEntries. When the CRD appeared
+// after the first snapshot, the store's first list brings a snapshot with
+// them; before it, the first snapshot waits for that list anyway.
+func (r *run) startServiceEntries(ctx context.Context, wg *sync.WaitGroup) {
+	ctx, cancel := context.WithCancel(ctx)
+	r.stopServiceEntryWatch = cancel
+	r.start(ctx, wg, kindServiceEntries)
+	r.log.Info("watching ServiceEntries", "groupVersion", serviceEntryGroupVersion)
+}
+
+// stopServiceEntries stops the ServiceEntry watch after the CRD was
+// deleted (which deletes every ServiceEntry with it).
+func (r *run) stopServiceEntries() {
+	if r.stopServiceEntryWatch == nil {
+		return
+	}
+	r.stopServiceEntryWatch()
+	r.stopServiceEntryWatch = nil
+	r.stores[kindServiceEntries] = nil
+	r.health.forget(kindServiceEntries.String())
+	r.changed(kindServiceEntries)
+	r.log.Info("ServiceEntry CRD deleted; running without ServiceEntries until it is back",
+		"pollInterval", r.src.crdPollInterval)
+}
+
+// hasSynced reports whether every running store has its first list.
+func (r *run) hasSynced() bool {
+	for _, st := range r.stores {
+		if st != nil && !st.hasSynced() {
+			return false
+		}
+	}
+	return true
+}
+
+// debugOnly passes every record on at debug level.
+type debugOnly struct{ slog.Handler }
+
+func (h debugOnly) Enabled(ctx context.Context, _ slog.Level) bool {
+	return h.Handler.Enabled(ctx, slog.LevelDebug)
+}
+
+func (h debugOnly) Handle(ctx context.Context, rec slog.Record) error {
+	rec.Level = slog.LevelDebug
+	return h.Handler.Handle(ctx, rec)
+}
+
+func (h debugOnly) WithAttrs(attrs []slog.Attr) slog.Handler {
+	return debugOnly{h.Handler.WithAttrs(attrs)}
+}
+
+func (h debugOnly) WithGroup(name string) slog.Handler { return debugOnly{h.Handler.WithGroup(name)} }
