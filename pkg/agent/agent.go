@@ -182,6 +182,9 @@ func newAgent(cfg Config) (*Agent, error) {
 		// and each costs memory (see maxSocketsPerAddr).
 		cfg.SocketsPerAddr = min(runtime.GOMAXPROCS(0), maxSocketsPerAddr)
 	}
+	// Metrics nobody can read (no --metrics, no registry of the caller's)
+	// are not counted.
+	noMetrics := cfg.MetricsAddr == "" && cfg.Registry == nil
 	if cfg.Registry == nil {
 		cfg.Registry = prometheus.NewRegistry()
 	}
@@ -242,6 +245,7 @@ func newAgent(cfg Config) (*Agent, error) {
 
 		AccessLog:          cfg.AccessLog,
 		MaxNamespaceSeries: cfg.MaxNamespaceSeries,
+		NoRequestMetrics:   noMetrics,
 	})
 	if err := a.registerMetrics(); err != nil {
 		return nil, err

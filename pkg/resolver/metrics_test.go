@@ -158,6 +158,27 @@ func TestRequestMetrics(t *testing.T) {
 	}
 }
 
+// TestNoRequestMetrics: a server whose metrics nobody reads (the agent
+// without --metrics) counts no query, over UDP and TCP, on the fast and the
+// slow path, and still answers them and logs them.
+func TestNoRequestMetrics(t *testing.T) {
+	ms := startMetricsServer(t, Options{NoRequestMetrics: true})
+	// startLimitsServer asked tableName A over UDP: the first line.
+	ms.query(t, victimIP, "udp", tableName, dns.TypeA)
+	ms.query(t, victimIP, "tcp", tableName, dns.TypeA)
+	ms.query(t, victimIP, "udp", aliasName, dns.TypeA)
+	if r := ms.query(t, victimIP, "udp", "nx.example.", dns.TypeA); r.Rcode != dns.RcodeNameError {
+		t.Fatalf("nx.example.: %s, want NXDOMAIN", dns.RcodeToString[r.Rcode])
+	}
+	eventually(t, "five access log lines", func() bool { return strings.Count(ms.log.String(), "\n") == 5 })
+	if got := scrape(t, ms.Collector(), "ztdns_dns_requests_total", "ztdns_dns_namespace_requests_total"); len(got) > 0 {
+		t.Errorf("scraped\n%s\nwant nothing", seriesText(got))
+	}
+	if counts, _ := histogramCounts(t, ms.Collector(), "ztdns_dns_request_duration_seconds", "source"); len(counts) > 0 {
+		t.Errorf("request durations counted %v, want none", counts)
+	}
+}
+
 // TestAccessLogLines: a line per query with who asked, what, and how it was
 // answered: from the table (fast and slow path), an upstream and the cache.
 func TestAccessLogLines(t *testing.T) {

@@ -114,6 +114,11 @@ type Options struct {
 	// MaxNamespaceSeries bounds the namespaces counted under their own name
 	// in ztdns_dns_namespace_requests_total (0: the default).
 	MaxNamespaceSeries int
+	// NoRequestMetrics keeps no per-query metrics (Collector's requests by
+	// type, rcode, source and namespace, their durations, the local
+	// outcome), for a server whose metrics nobody reads: their counting is
+	// then not paid.
+	NoRequestMetrics bool
 }
 
 // Server serves DNS on any number of UDP sockets and TCP listeners.
@@ -459,18 +464,20 @@ func (s *Server) answered(sc *scratch, out []byte, hdr int, r *request, tcp bool
 	if rcode != 0 {
 		from = sourceNone
 	}
-	cell, slot := requestCell(r.Type, rcode, tcp, from), int32(slotUnknown)
-	if pod != nil { // namespaceCounts.slotOf, spelt out: this one is inlined
-		if slot = pod.NamespaceSlot.Load(); slot == slotUnknown {
-			slot = s.metrics.namespaces.assign(pod)
+	if !s.opts.NoRequestMetrics {
+		cell, slot := requestCell(r.Type, rcode, tcp, from), int32(slotUnknown)
+		if pod != nil { // namespaceCounts.slotOf, spelt out: this one is inlined
+			if slot = pod.NamespaceSlot.Load(); slot == slotUnknown {
+				slot = s.metrics.namespaces.assign(pod)
+			}
 		}
-	}
-	if b := sc.batch; b != nil {
-		b.add(cell, slot, from) // flush adds them up, local answers included
-	} else {
-		s.countAnswer(cell, slot)
-		if from == sourceTable {
-			metricQueries.local.Inc()
+		if b := sc.batch; b != nil {
+			b.add(cell, slot, from) // flush adds them up, local answers included
+		} else {
+			s.countAnswer(cell, slot)
+			if from == sourceTable {
+				metricQueries.local.Inc()
+			}
 		}
 	}
 	if s.opts.AccessLog.Sampled() {

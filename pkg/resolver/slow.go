@@ -59,10 +59,12 @@ func (q *slowQuery) finish(reply []byte) {
 	if q.pod == nil {
 		q.pod = s.opts.Pods.Lookup(q.src.Addr())
 	}
-	cell := requestCell(q.r.Type, rcode, q.tcp, q.from)
-	s.countAnswer(cell, s.metrics.namespaces.slotOf(q.pod))
 	took := s.clock() - q.start
-	s.metrics.durations[q.from].observe(took, 1)
+	if !s.opts.NoRequestMetrics {
+		cell := requestCell(q.r.Type, rcode, q.tcp, q.from)
+		s.countAnswer(cell, s.metrics.namespaces.slotOf(q.pod))
+		s.metrics.durations[q.from].observe(took, 1)
+	}
 	if s.opts.AccessLog.Sampled() {
 		s.logAccess(&q.r, q.src, q.tcp, q.pod, rcode, q.from, q.upstream, took)
 	}

@@ -214,7 +214,9 @@ func (s *Server) serveTCPConn(tc *tcpConn, local netip.AddrPort) {
 				continue
 			}
 			write(reply)
-			s.observeLocal(reply, s.clock()-start)
+			if !s.opts.NoRequestMetrics {
+				s.observeLocal(reply, s.clock()-start)
+			}
 			if cap(reply) <= tcpKeepBuf {
 				out = reply[:0]
 			}

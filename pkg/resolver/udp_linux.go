@@ -51,12 +51,13 @@ type udpBatch struct {
 	// netpoller does the waiting), and the non-raw form wakes the runtime's
 	// sysmon thread on every call, which at a few thousand queries a second
 	// cost more CPU than the queries (golang/go#18236).
-	readFn, writeFn   func(fd uintptr) bool
+	serveFn, writeFn  func(fd uintptr) bool
 	ioN, ioFrom, ioTo int
-	ioErr             syscall.Errno
+	ioErr             syscall.Errno // of the last write
+	readErr           syscall.Errno // what ended the serving RawConn.Read
 }
 
-func (s *Server) newUDPBatch() *udpBatch {
+func (s *Server) newUDPBatch(conn *net.UDPConn, rc syscall.RawConn, local netip.AddrPort) *udpBatch {
 	b := &udpBatch{sc: scratch{batch: s.newBatchCounts()}}
 	for i := range batchSize {
 		b.inIov[i].Base = &b.inBuf[i][0]
@@ -69,10 +70,28 @@ func (s *Server) newUDPBatch() *udpBatch {
 		b.out[i].hdr.SetIovlen(1)
 		b.out[i].hdr.Name = &b.outName[i][0]
 	}
-	b.readFn = func(fd uintptr) bool {
-		r, _, e := unix.RawSyscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&b.in[0])), batchSize, unix.MSG_DONTWAIT, 0, 0)
-		b.ioN, b.ioErr = int(r), e
-		return e != unix.EAGAIN && e != unix.EINTR
+	b.serveFn = func(fd uintptr) bool {
+		n, e := b.read(fd)
+		switch e {
+		case 0:
+		case unix.EAGAIN, unix.EINTR:
+			return false // wait in the netpoller
+		default:
+			b.readErr = e
+			return true
+		}
+		s.answerUDP(conn, rc, local, b, n)
+		// After a lone datagram the socket is most likely empty (the read
+		// took what it held): wait in the netpoller, which reports every
+		// datagram queued since it last reported one (edge-triggered),
+		// without an empty read first. At modest rates that saves a
+		// system call per query. After several, queries come faster than
+		// they are answered and the next is likely there: read again at
+		// once rather than through the scheduler. That also covers a full
+		// batch, which may have left datagrams whose arrival was reported
+		// already. Ending the RawConn.Read does it: the next one reads
+		// before it waits.
+		return n > 1
 	}
 	b.writeFn = func(fd uintptr) bool {
 		r, _, e := unix.RawSyscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&b.out[b.ioFrom])), uintptr(b.ioTo-b.ioFrom), unix.MSG_DONTWAIT, 0, 0)
@@ -83,56 +102,65 @@ func (s *Server) newUDPBatch() *udpBatch {
 }
 
 // serveUDPBatches is the UDP loop: read a batch, answer what the table can,
-// hand the rest to the slow path, write the answers in one batch.
+// hand the rest to the slow path, write the answers in one batch, and wait
+// in the netpoller only when the socket is empty.
 func (s *Server) serveUDPBatches(conn *net.UDPConn, local netip.AddrPort) error {
 	rc, err := conn.SyscallConn()
 	if err != nil {
 		return err
 	}
-	b := s.newUDPBatch()
+	b := s.newUDPBatch(conn, rc, local)
 	for {
-		n, err := b.read(rc)
+		b.readErr = 0
+		err := rc.Read(b.serveFn)
+		if err == nil && b.readErr != 0 {
+			err = b.readErr
+		}
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) || s.stopping() {
 				return nil
 			}
 			return err
 		}
-		queued := 0
-		now := s.clock() // one clock read per batch for the rate limits
-		for i := range n {
-			msg := b.inBuf[i][:b.in[i].len]
-			if b.in[i].hdr.Flags&unix.MSG_TRUNC != 0 {
-				metricQueries.drop.Inc()
-				continue
-			}
-			src, ok := parseSockaddr(b.inName[i][:b.in[i].hdr.Namelen])
-			if !ok {
-				continue
-			}
-			reply, slow := s.answerFast(msg, src, false, b.outBuf[queued][:0], &b.sc, now)
-			if slow {
-				s.slowUDP(conn, append([]byte(nil), msg...), src, local)
-				continue
-			}
-			if reply == nil {
-				continue
-			}
-			b.outBuf[queued] = reply
-			b.outIov[queued].Base = &reply[0]
-			b.outIov[queued].SetLen(len(reply))
-			b.outName[queued] = b.inName[i]
-			b.out[queued].hdr.Namelen = b.in[i].hdr.Namelen
-			queued++
+	}
+}
+
+// answerUDP answers the n datagrams of b and writes the replies.
+func (s *Server) answerUDP(conn *net.UDPConn, rc syscall.RawConn, local netip.AddrPort, b *udpBatch, n int) {
+	queued := 0
+	now := s.clock() // one clock read per batch for the rate limits
+	for i := range n {
+		msg := b.inBuf[i][:b.in[i].len]
+		if b.in[i].hdr.Flags&unix.MSG_TRUNC != 0 {
+			metricQueries.drop.Inc()
+			continue
 		}
-		if err := b.write(rc, queued); err != nil {
-			s.log.Debug("writing UDP replies failed", "err", err)
+		src, ok := parseSockaddr(b.inName[i][:b.in[i].hdr.Namelen])
+		if !ok {
+			continue
 		}
-		if queued > 0 {
-			// Every answer of the batch waited for the whole batch: one
-			// clock read times them all.
-			s.flush(b.sc.batch, s.clock()-now)
+		reply, slow := s.answerFast(msg, src, false, b.outBuf[queued][:0], &b.sc, now)
+		if slow {
+			s.slowUDP(conn, append([]byte(nil), msg...), src, local)
+			continue
 		}
+		if reply == nil {
+			continue
+		}
+		b.outBuf[queued] = reply
+		b.outIov[queued].Base = &reply[0]
+		b.outIov[queued].SetLen(len(reply))
+		b.outName[queued] = b.inName[i]
+		b.out[queued].hdr.Namelen = b.in[i].hdr.Namelen
+		queued++
+	}
+	if err := b.write(rc, queued); err != nil {
+		s.log.Debug("writing UDP replies failed", "err", err)
+	}
+	if queued > 0 && !s.opts.NoRequestMetrics {
+		// Every answer of the batch waited for the whole batch: one
+		// clock read times them all.
+		s.flush(b.sc.batch, s.clock()-now)
 	}
 }
 
@@ -148,22 +176,15 @@ func (s *Server) slowUDP(conn *net.UDPConn, msg []byte, src, local netip.AddrPor
 	})
 }
 
-// read fills the batch with at least one datagram, waiting in the Go
-// netpoller (not in the kernel) while the socket is empty.
-func (b *udpBatch) read(rc syscall.RawConn) (int, error) {
+// read fills the batch with the datagrams the socket holds, up to
+// batchSize, without waiting.
+func (b *udpBatch) read(fd uintptr) (int, syscall.Errno) {
 	for i := range batchSize {
 		b.in[i].hdr.Namelen = sockaddrLen
 		b.in[i].hdr.Flags = 0
 	}
-	err := rc.Read(b.readFn)
-	n, errno := b.ioN, b.ioErr
-	if err != nil {
-		return 0, err
-	}
-	if errno != 0 {
-		return 0, errno
-	}
-	return n, nil
+	r, _, e := unix.RawSyscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&b.in[0])), batchSize, unix.MSG_DONTWAIT, 0, 0)
+	return int(r), e
 }
 
 // write sends the first n queued replies, retrying the rest when sendmmsg

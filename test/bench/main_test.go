@@ -18,7 +18,10 @@
 // The benchmarks:
 //
 //   - Resolver: ztdns vs. unbound on loopback, at full speed and at fixed
-//     rates: qps, server CPU per answered query, wake-ups, RSS.
+//     rates: qps, server CPU per answered query, wake-ups, RSS (-beside
+//     adds another build of ztdns, to compare a change).
+//   - Metrics: the agent with its metrics on (scraped) vs. off, at full
+//     speed: what counting every query costs.
 //   - Capture (root): dnsperf in a pod through the eBPF redirect vs. straight
 //     to the resolver vs. an iptables DNAT in the pod.
 //   - Footprint: RSS, heap and idle CPU of an agent with an empty table and
@@ -69,6 +72,7 @@ var (
 	flagSettle      = flag.Duration("settle", 3*time.Second, "Footprint: pause after loading before memory is read")
 	flagProfile     = flag.String("profile", "", "Resolver: profile ztdns during each measured run: perf (perf record and perf stat, root) or go (pprof, via bench/agentprof)")
 	flagProfileDir  = flag.String("profile-dir", "", "where -profile writes (default: a directory it names in the log)")
+	flagBeside      = flag.String("beside", "", "Resolver: also measure the ztdns binary `BIN` (a build of another revision) as server=ztdns-beside, to compare a change in the same run")
 	flagScale       = flag.String("scale", "100000,50000,3", "Scale: Services, ServiceEntries, endpoints per Service")
 	flagProbes      = flag.Int("probes", 40, "Scale: changes timed from the API write to the agent's answer")
 )

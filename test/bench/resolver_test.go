@@ -3,6 +3,7 @@
 package bench
 
 import (
+	"slices"
 	"testing"
 	"time"
 
@@ -43,16 +44,30 @@ func benchResolver(b *testing.B, c workload.Config, rates []int, d time.Duration
 	b.Logf("ztdns (pid %d) on %s, unbound (pid %d) on %s; %d Services, %d ServiceEntries, %d names queried",
 		ztdns.pid(), ztdns.addr, unbound.pid(), unbound.addr, c.Services, c.Entries, len(files.Names))
 
-	type server struct {
-		name string
-		srv  *dnsServer
+	servers := []namedServer{{"ztdns", ztdns}, {"unbound", unbound}}
+	if *flagBeside != "" {
+		beside := startAgentBin(b, *flagBeside, unbound.addr, 1, "--config-dir", files.Manifests)
+		waitAnswers(b, beside, files.Names[0], files.Names[len(files.Names)-1])
+		servers = slices.Insert(servers, 1, namedServer{"ztdns-beside", beside})
 	}
-	servers := []server{{"ztdns", ztdns}, {"unbound", unbound}}
+	sideBySide(b, servers, files.Queries, rates, d)
+}
+
+// namedServer is a server under load and its column in the tables.
+type namedServer struct {
+	name string
+	srv  *dnsServer
+}
+
+// sideBySide runs the same dnsperf load of queries against every server,
+// at each rate for d, in -rounds rounds that each measure every server
+// once, in turning order: load=RATE/round=N/server=NAME.
+func sideBySide(b *testing.B, servers []namedServer, queries string, rates []int, d time.Duration) {
 	for _, rate := range rates {
 		for r := range *flagRounds {
 			for _, s := range turn(servers, r) {
 				b.Run(loadName(rate)+roundName(r)+"/server="+s.name, func(b *testing.B) {
-					l := dnsperfLoad{server: s.srv.addr.Addr().String(), port: int(s.srv.addr.Port()), queries: files.Queries, rate: rate, duration: d}
+					l := dnsperfLoad{server: s.srv.addr.Addr().String(), port: int(s.srv.addr.Port()), queries: queries, rate: rate, duration: d}
 					var t tally
 					for b.Loop() {
 						warmUp(b, l, local, *flagWarmup)

@@ -51,6 +51,12 @@ func (s *dnsServer) pid() int { return s.proc.Pid() }
 // least names names in its table.
 func startAgent(tb testing.TB, upstream netip.AddrPort, names int, source ...string) *dnsServer {
 	tb.Helper()
+	return startAgentBin(tb, ztdnsBinary(tb), upstream, names, source...)
+}
+
+// startAgentBin is startAgent with the ztdns binary bin.
+func startAgentBin(tb testing.TB, bin string, upstream netip.AddrPort, names int, source ...string) *dnsServer {
+	tb.Helper()
 	dir := tb.TempDir()
 	resolv, socket := filepath.Join(dir, "resolv.conf"), filepath.Join(dir, "ztdns.sock")
 	if err := os.WriteFile(resolv, nil, 0o644); err != nil {
@@ -61,7 +67,7 @@ func startAgent(tb testing.TB, upstream netip.AddrPort, names int, source ...str
 		"--resolv-conf", resolv, "--socket", socket, "--metrics", metrics.String(), "--log-level", "warn",
 		"--pod-qps", "0"}, source...) // --pod-qps 0: dnsperf is one source at full speed
 	s := &dnsServer{
-		proc:    testenv.StartLocal(tb, ztdnsBinary(tb), args...),
+		proc:    testenv.StartLocal(tb, bin, args...),
 		addr:    addr,
 		ctl:     &agenttest.Agent{Addr: addr, Socket: socket},
 		metrics: metrics,

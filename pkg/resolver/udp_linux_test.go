@@ -1,0 +1,81 @@
+//go:build linux
+
+package resolver
+
+import (
+	"encoding/binary"
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+// TestUDPLoopAnswersBursts: the UDP loop waits in the netpoller without an
+// empty read after a lone datagram, and reads again at once after several.
+// Bursts larger than a batch must all be answered, also when they were
+// queued before the loop started (the netpoller reported their arrival
+// before anyone waited), and single queries and bursts of a few between
+// them: a wait that trusted the netpoller while datagrams it had already
+// reported were still queued would leave them unanswered.
+func TestUDPLoopAnswersBursts(t *testing.T) {
+	s := fuzzServer(t, rateInKernel)
+	t.Cleanup(func() { s.Close() })
+	conn, err := ListenUDP(netip.MustParseAddrPort("127.0.0.1:0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	client, err := net.DialUDP("udp4", nil, conn.LocalAddr().(*net.UDPAddr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	if err := client.SetReadBuffer(1 << 20); err != nil {
+		t.Fatal(err)
+	}
+	q := query("address.internal.", dns.TypeA, false)
+	id := uint16(0)
+	send := func(n int) map[uint16]bool {
+		sent := map[uint16]bool{}
+		for range n {
+			id++
+			binary.BigEndian.PutUint16(q, id)
+			sent[id] = true
+			if _, err := client.Write(q); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return sent
+	}
+	buf := make([]byte, 1500)
+	answered := func(burst int, want map[uint16]bool) {
+		t.Helper()
+		client.SetReadDeadline(time.Now().Add(5 * time.Second))
+		for len(want) > 0 {
+			n, err := client.Read(buf)
+			if err != nil {
+				t.Fatalf("a burst of %d: %d queries unanswered: %v", burst, len(want), err)
+			}
+			if n >= 2 {
+				delete(want, binary.BigEndian.Uint16(buf))
+			}
+		}
+	}
+	// Queued before the loop starts: datagrams dropped unanswered (too
+	// short for a header), then a query. Writing answers wakes the
+	// netpoller for the socket too, so only a burst the loop answers
+	// nothing of shows a wait that comes too early.
+	for range 2 * batchSize {
+		if _, err := client.Write([]byte{1, 2, 3}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	queued := send(1)
+	time.Sleep(50 * time.Millisecond) // the netpoller sees them arrive
+	go s.ServeUDP(conn)
+	answered(2*batchSize+1, queued)
+	for _, burst := range []int{1, 3 * batchSize, 1, 2, batchSize, 1, batchSize + 1, 5, 1} {
+		answered(burst, send(burst))
+	}
+}
