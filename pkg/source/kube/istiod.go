@@ -3,6 +3,7 @@ package kube
 import (
 	"context"
 	"sync"
+	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -28,13 +29,20 @@ const DefaultIstioNamespace = "istio-system"
 // off.
 func WithIstioNamespace(ns string) Option { return func(s *Source) { s.istioNamespace = ns } }
 
+// withForbiddenRetry sets how often a lock the source may not read is
+// asked for again (default 2 minutes: a node's agent costs the API server
+// one refused list and watch per period until its RBAC is fixed).
+func withForbiddenRetry(d time.Duration) Option { return func(s *Source) { s.forbiddenRetry = d } }
+
 // allocatorLock is what the source keeps of the lock: that it exists.
 type allocatorLock struct{ namespace, name string }
 
 // tolerateForbidden wraps the lock's list and watch (by name: RBAC grants
 // exactly that name, see PolicyRules). Without that permission (a chart
-// from before it was needed) the source runs as if istiod did not
-// allocate, says so once, and relies on status.addresses alone.
+// from before it was needed, or one whose binding the API server has not
+// applied yet when the agent starts) the source runs as if istiod did not
+// allocate, says so once, relies on status.addresses alone, and asks again
+// every forbiddenRetry.
 func (r *run) tolerateForbidden(
 	list func(context.Context, metav1.ListOptions) (runtime.Object, error),
 	watchFn func(context.Context, metav1.ListOptions) (watch.Interface, error),
@@ -59,17 +67,20 @@ func (r *run) tolerateForbidden(
 		}, func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
 			w, err := watchFn(ctx, o)
 			if forbidden(err) {
-				return noLock(o), nil
+				return noLock(o, r.src.forbiddenRetry), nil
 			}
 			return w, err
 		}
 }
 
-// noLock is the watch of a lock the source may not read: nothing ever
-// comes, but a watch that was asked for its initial events ends them, as
-// the API server would, so that the reflector counts itself synced.
-func noLock(o metav1.ListOptions) watch.Interface {
+// noLock is the watch of a lock the source may not read: nothing comes,
+// but a watch that was asked for its initial events ends them, as the API
+// server would, so that the reflector counts itself synced. It ends after
+// retry, and the reflector watches again: with the permission granted
+// since, the API server's watch then starts with the lock if it exists.
+func noLock(o metav1.ListOptions, retry time.Duration) watch.Interface {
 	w := watch.NewFakeWithChanSize(1, false)
+	time.AfterFunc(retry, w.Stop)
 	if o.SendInitialEvents != nil && *o.SendInitialEvents {
 		end := "true"
 		w.Action(watch.Bookmark, &kubeapi.ConfigMap{ObjectMeta: kubeapi.ObjectMeta{

@@ -73,6 +73,7 @@ type Source struct {
 	maxDelay        time.Duration
 	crdPollInterval time.Duration
 	istioNamespace  string
+	forbiddenRetry  time.Duration // how often a forbidden lock is asked for again
 	metrics         *metrics
 	health          *health
 
@@ -111,6 +112,7 @@ func New(cfg *rest.Config, opts ...Option) *Source {
 		maxDelay:        DefaultMaxDelay,
 		crdPollInterval: DefaultCRDPollInterval,
 		istioNamespace:  DefaultIstioNamespace,
+		forbiddenRetry:  2 * time.Minute,
 		metrics:         newMetrics(),
 	}
 	for _, o := range opts {

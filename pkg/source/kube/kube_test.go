@@ -567,7 +567,9 @@ func testLeastPrivilege(t *testing.T, env *kubetest.Env) {
 	}
 	cfg := rest.CopyConfig(env.Config)
 	cfg.Impersonate = rest.ImpersonationConfig{UserName: "system:serviceaccount:" + ns + ":" + account}
-	rec := runSource(t, cfg, WithNodeName("node-a"))
+	// The API server may apply the binding after the source's first list
+	// of the lock: it asks again soon.
+	rec := runSource(t, cfg, WithNodeName("node-a"), withForbiddenRetry(time.Second))
 	rec.waitFor(t, "the first sync as the ServiceAccount", func(s *model.Snapshot) error {
 		if find(s.Services, serviceKey, metav1.NamespaceDefault, "kubernetes") == nil {
 			return fmt.Errorf("service default/kubernetes missing")

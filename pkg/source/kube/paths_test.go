@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"slices"
 	"testing"
+	"time"
 
 	networkingv1alpha3 "istio.io/api/networking/v1alpha3"
 	istionetworkingv1 "istio.io/client-go/pkg/apis/networking/v1"
@@ -119,8 +120,10 @@ func TestListThenWatch(t *testing.T) {
 }
 
 // TestAllocatorLockForbidden runs the source as a ServiceAccount that may
-// not read istiod's allocator lock (a chart from before it was needed): the
-// source syncs and stays healthy, says so once, and sees no lock.
+// not read istiod's allocator lock (a chart from before it was needed, or a
+// binding the API server has not applied yet): the source syncs and stays
+// healthy, says so once, and sees no lock; once the permission is granted,
+// it sees the lock without a restart.
 func TestAllocatorLockForbidden(t *testing.T) {
 	env := kubetest.Start(t)
 	kube := env.Client()
@@ -145,7 +148,7 @@ func TestAllocatorLockForbidden(t *testing.T) {
 	cfg := rest.CopyConfig(env.Config)
 	cfg.Impersonate = rest.ImpersonationConfig{UserName: "system:serviceaccount:" + ns + ":" + account}
 	logs := newLogWatcher()
-	rec := runSource(t, cfg, WithNodeName("node-a"), WithLogger(slog.New(logs)))
+	rec := runSource(t, cfg, WithNodeName("node-a"), WithLogger(slog.New(logs)), withForbiddenRetry(500*time.Millisecond))
 	rec.waitFor(t, "the first sync without the lock", func(s *model.Snapshot) error {
 		if s.IstiodAllocates {
 			return fmt.Errorf("IstiodAllocates is true, but the lock cannot be read")
@@ -161,4 +164,22 @@ func TestAllocatorLockForbidden(t *testing.T) {
 	if n := logs.count(msg); n != 1 {
 		t.Errorf("%q logged %d times, want once", msg, n)
 	}
+
+	lock := slices.DeleteFunc(PolicyRules(), func(r PolicyRule) bool { return !slices.Contains(r.Resources, "configmaps") })
+	if _, err := kube.RbacV1().ClusterRoles().Create(ctx, &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: "ztdns-lock"}, Rules: rbacRules(lock)}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kube.RbacV1().ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: "ztdns-lock"},
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: "ztdns-lock"},
+		Subjects:   []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Namespace: ns, Name: account}},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	rec.waitFor(t, "the lock once it may be read", func(s *model.Snapshot) error {
+		if !s.IstiodAllocates {
+			return fmt.Errorf("IstiodAllocates is false, though the lock may be read now")
+		}
+		return nil
+	})
 }
