@@ -552,21 +552,7 @@ func testLeastPrivilege(t *testing.T, env *kubetest.Env) {
 	ctx := t.Context()
 	const ns, account = "ztdns-system", "ztdns"
 	createNamespace(t, kube, ns)
-	if _, err := kube.RbacV1().ClusterRoles().Create(ctx, &rbacv1.ClusterRole{
-		ObjectMeta: metav1.ObjectMeta{Name: "ztdns"},
-		Rules:      rbacRules(PolicyRules()),
-	}, metav1.CreateOptions{}); err != nil {
-		t.Fatalf("create ClusterRole: %v", err)
-	}
-	if _, err := kube.RbacV1().ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{
-		ObjectMeta: metav1.ObjectMeta{Name: "ztdns"},
-		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: "ztdns"},
-		Subjects:   []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Namespace: ns, Name: account}},
-	}, metav1.CreateOptions{}); err != nil {
-		t.Fatalf("create ClusterRoleBinding: %v", err)
-	}
-	cfg := rest.CopyConfig(env.Config)
-	cfg.Impersonate = rest.ImpersonationConfig{UserName: "system:serviceaccount:" + ns + ":" + account}
+	cfg := grant(t, env, "ztdns", ns, account, PolicyRules())
 	// The API server may apply the binding after the source's first list
 	// of the lock: it asks again soon.
 	rec := runSource(t, cfg, WithNodeName("node-a"), withForbiddenRetry(time.Second))
@@ -613,6 +599,30 @@ func testLeastPrivilege(t *testing.T, env *kubetest.Env) {
 }
 
 // rbacRules are rules as the RBAC API takes them.
+// grant gives the ServiceAccount ns/account the rules through a
+// ClusterRole and ClusterRoleBinding called name, and returns a config that
+// acts as that ServiceAccount.
+func grant(t *testing.T, env *kubetest.Env, name, ns, account string, rules []PolicyRule) *rest.Config {
+	t.Helper()
+	kube := env.Client()
+	if _, err := kube.RbacV1().ClusterRoles().Create(t.Context(), &rbacv1.ClusterRole{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		Rules:      rbacRules(rules),
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("create ClusterRole %s: %v", name, err)
+	}
+	if _, err := kube.RbacV1().ClusterRoleBindings().Create(t.Context(), &rbacv1.ClusterRoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: name},
+		Subjects:   []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Namespace: ns, Name: account}},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("create ClusterRoleBinding %s: %v", name, err)
+	}
+	cfg := rest.CopyConfig(env.Config)
+	cfg.Impersonate = rest.ImpersonationConfig{UserName: "system:serviceaccount:" + ns + ":" + account}
+	return cfg
+}
+
 func rbacRules(rules []PolicyRule) []rbacv1.PolicyRule {
 	var out []rbacv1.PolicyRule
 	for _, r := range rules {

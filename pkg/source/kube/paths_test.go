@@ -13,7 +13,6 @@ import (
 	istionetworkingv1 "istio.io/client-go/pkg/apis/networking/v1"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
-	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	clientfeatures "k8s.io/client-go/features"
 	clientfeaturestesting "k8s.io/client-go/features/testing"
@@ -135,18 +134,7 @@ func TestAllocatorLockForbidden(t *testing.T) {
 		t.Fatal(err)
 	}
 	rules := slices.DeleteFunc(PolicyRules(), func(r PolicyRule) bool { return slices.Contains(r.Resources, "configmaps") })
-	if _, err := kube.RbacV1().ClusterRoles().Create(ctx, &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: "ztdns-old"}, Rules: rbacRules(rules)}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := kube.RbacV1().ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{
-		ObjectMeta: metav1.ObjectMeta{Name: "ztdns-old"},
-		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: "ztdns-old"},
-		Subjects:   []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Namespace: ns, Name: account}},
-	}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	cfg := rest.CopyConfig(env.Config)
-	cfg.Impersonate = rest.ImpersonationConfig{UserName: "system:serviceaccount:" + ns + ":" + account}
+	cfg := grant(t, env, "ztdns-old", ns, account, rules)
 	logs := newLogWatcher()
 	rec := runSource(t, cfg, WithNodeName("node-a"), WithLogger(slog.New(logs)), withForbiddenRetry(500*time.Millisecond))
 	rec.waitFor(t, "the first sync without the lock", func(s *model.Snapshot) error {
@@ -166,16 +154,7 @@ func TestAllocatorLockForbidden(t *testing.T) {
 	}
 
 	lock := slices.DeleteFunc(PolicyRules(), func(r PolicyRule) bool { return !slices.Contains(r.Resources, "configmaps") })
-	if _, err := kube.RbacV1().ClusterRoles().Create(ctx, &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: "ztdns-lock"}, Rules: rbacRules(lock)}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := kube.RbacV1().ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{
-		ObjectMeta: metav1.ObjectMeta{Name: "ztdns-lock"},
-		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: "ztdns-lock"},
-		Subjects:   []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Namespace: ns, Name: account}},
-	}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	grant(t, env, "ztdns-lock", ns, account, lock)
 	rec.waitFor(t, "the lock once it may be read", func(s *model.Snapshot) error {
 		if !s.IstiodAllocates {
 			return fmt.Errorf("IstiodAllocates is false, though the lock may be read now")
