@@ -51,6 +51,7 @@ func NewCgroup(tb testing.TB) *Cgroup {
 	tb.Helper()
 	RequireRoot(tb)
 	path := filepath.Join(Cgroup2Root(tb), UniqueName("ztdns-test-"))
+	record(tb, ledgerCgroup, path)
 	if err := os.Mkdir(path, 0o755); err != nil {
 		tb.Fatalf("testenv: create cgroup: %v", err)
 	}

@@ -36,6 +36,7 @@ func NewNetns(tb testing.TB, name string) *Netns {
 	tb.Helper()
 	RequireRoot(tb)
 	LookPath(tb, "ip")
+	record(tb, ledgerNetns, name)
 	run(tb, "ip", "netns", "add", name)
 	tb.Cleanup(func() { runCleanup(tb, "ip", "netns", "delete", name) })
 	run(tb, "ip", "-n", name, "link", "set", "lo", "up")

@@ -1,0 +1,193 @@
+//go:build linux
+
+package testenv
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// A test process that is killed (a CI timeout, SIGKILL) runs no cleanup:
+// the network namespaces, cgroups and bpffs mounts it made stay on the
+// machine, with any process started in them. So every process records what
+// it makes in a ledger under ledgerDir, named by its PID and start time, and
+// the first test to make something sweeps the ledgers of processes that are
+// gone: it removes what they recorded (what their cleanups already removed
+// is simply not found) and then the ledger. Processes still running, such as
+// tests of another checkout at the same time, are left alone.
+var ledgerDir = "/run/ztdns-test"
+
+var ledger struct {
+	mu    sync.Mutex
+	swept bool
+	path  string
+	file  *os.File
+	live  int // entries whose cleanup has not run yet
+}
+
+// Ledger kinds: what a line records.
+const (
+	ledgerNetns  = "netns"  // a name under /run/netns
+	ledgerCgroup = "cgroup" // a cgroup2 directory
+	ledgerMount  = "mount"  // a mount point (bpffs)
+)
+
+// record appends what is about to be made to this process's ledger,
+// sweeping dead processes' ledgers first. The test registers release as a
+// cleanup before the one that removes the thing, so it runs after it: once
+// every recorded thing is cleaned up, the ledger goes too.
+func record(tb testing.TB, kind, what string) {
+	tb.Helper()
+	ledger.mu.Lock()
+	defer ledger.mu.Unlock()
+	if err := openLedger(); err != nil {
+		tb.Fatalf("testenv: the ledger of what this test makes: %v", err)
+	}
+	if _, err := fmt.Fprintf(ledger.file, "%s %s\n", kind, what); err != nil {
+		tb.Fatalf("testenv: the ledger of what this test makes: %v", err)
+	}
+	ledger.live++
+	tb.Cleanup(func() {
+		ledger.mu.Lock()
+		defer ledger.mu.Unlock()
+		if ledger.live--; ledger.live == 0 {
+			ledger.file.Close()
+			os.Remove(ledger.path)
+			ledger.file = nil
+		}
+	})
+}
+
+func openLedger() error {
+	if !ledger.swept {
+		if err := os.MkdirAll(ledgerDir, 0o700); err != nil {
+			return err
+		}
+		SweepLeftovers() // what it cannot remove, it tries again next time
+		ledger.swept = true
+	}
+	if ledger.file != nil {
+		return nil
+	}
+	id, err := processID(os.Getpid())
+	if err != nil {
+		return err
+	}
+	ledger.path = filepath.Join(ledgerDir, id)
+	ledger.file, err = os.OpenFile(ledger.path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	return err
+}
+
+// processID names a process across PID reuse: its PID and its start time
+// (in clock ticks since boot, field 22 of /proc/PID/stat).
+func processID(pid int) (string, error) {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return "", err
+	}
+	// The command name (field 2) is in parentheses and may hold spaces.
+	i := strings.LastIndexByte(string(stat), ')')
+	fields := strings.Fields(string(stat[i+1:]))
+	if i < 0 || len(fields) < 20 {
+		return "", fmt.Errorf("/proc/%d/stat: unexpected format", pid)
+	}
+	return fmt.Sprintf("%d-%s", pid, fields[19]), nil
+}
+
+// SweepLeftovers removes what test processes that are gone recorded and did
+// not clean up, and returns what it could not remove.
+func SweepLeftovers() error {
+	entries, err := os.ReadDir(ledgerDir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, e := range entries {
+		pid, _, ok := strings.Cut(e.Name(), "-")
+		n, err := strconv.Atoi(pid)
+		if !ok || err != nil {
+			continue
+		}
+		if id, err := processID(n); err == nil && id == e.Name() {
+			continue // still running
+		}
+		path := filepath.Join(ledgerDir, e.Name())
+		if err := sweepLedger(path); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		os.Remove(path)
+	}
+	return errors.Join(errs...)
+}
+
+func sweepLedger(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	var lines []string
+	for sc := bufio.NewScanner(f); sc.Scan(); {
+		lines = append(lines, sc.Text())
+	}
+	var errs []error
+	// Newest first, as cleanups run: a mount inside a namespace's files
+	// before the namespace, a cgroup's processes before their namespace.
+	for i := len(lines) - 1; i >= 0; i-- {
+		kind, what, _ := strings.Cut(lines[i], " ")
+		var err error
+		switch kind {
+		case ledgerMount:
+			if err = unix.Unmount(what, unix.MNT_DETACH); errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOENT) {
+				err = nil // not mounted (any more)
+			}
+			if err == nil {
+				os.Remove(what)
+			}
+		case ledgerCgroup:
+			if _, serr := os.Stat(what); serr == nil {
+				err = removeCgroup(what)
+			}
+		case ledgerNetns:
+			err = removeNetns(what)
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s %s: %w", kind, what, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// removeNetns kills the processes left in the namespace (an agent the test
+// started, say) and deletes it.
+func removeNetns(name string) error {
+	if _, err := os.Stat(filepath.Join("/run/netns", name)); errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	out, _ := exec.Command("ip", "netns", "pids", name).Output()
+	for _, f := range strings.Fields(string(out)) {
+		if pid, err := strconv.Atoi(f); err == nil {
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
+	if out, err := exec.Command("ip", "netns", "delete", name).CombinedOutput(); err != nil {
+		return fmt.Errorf("%v: %s", err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}

@@ -1,0 +1,110 @@
+//go:build linux
+
+package testenv
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+const leakEnv = "ZTDNS_TESTENV_LEAK"
+
+// leakAndExit is the killed test of TestSweepLeftovers, run in a child
+// process: it makes a namespace with a process in it, a cgroup and a bpffs
+// mount, prints them, and exits without its cleanups, as a test process
+// that is killed does.
+func leakAndExit(t *testing.T) {
+	n := NewNetns(t, UniqueName("ztdns-leak-"))
+	cg := NewCgroup(t)
+	bpffs := NewBPFFS(t)
+	sleeper := n.Command(context.Background(), cg, "sleep", "600")
+	sleeper.SysProcAttr.Setsid = true
+	if err := sleeper.Start(); err != nil {
+		t.Fatal(err)
+	}
+	fmt.Printf("LEAK %s %s %s %d\n", n.Name, cg.Path, bpffs, sleeper.Process.Pid)
+	os.Exit(0)
+}
+
+// TestSweepLeftovers: what a test process that was killed left (a network
+// namespace with a process in it, a cgroup, a bpffs mount) is removed by the
+// next test that makes something, and what a running test made is not.
+func TestSweepLeftovers(t *testing.T) {
+	if os.Getenv(leakEnv) != "" {
+		leakAndExit(t)
+	}
+	RequireRoot(t)
+	mine := NewNetns(t, UniqueName("ztdns-live-")) // this process's: it stays
+
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestSweepLeftovers$", "-test.count=1")
+	cmd.Env = append(os.Environ(), leakEnv+"=1")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("the leaking test: %v\n%s", err, out)
+	}
+	var netns, cgroup, mount string
+	var pid int
+	for line := range strings.Lines(string(out)) {
+		if rest, ok := strings.CutPrefix(line, "LEAK "); ok {
+			f := strings.Fields(rest)
+			if len(f) == 4 {
+				netns, cgroup, mount = f[0], f[1], f[2]
+				pid, _ = strconv.Atoi(f[3])
+			}
+		}
+	}
+	if pid == 0 {
+		t.Fatalf("the leaking test printed no LEAK line:\n%s", out)
+	}
+	t.Cleanup(func() { // if the sweep fails, leave nothing all the same
+		syscall.Kill(pid, syscall.SIGKILL)
+		removeNetns(netns)
+		removeCgroup(cgroup)
+		syscall.Unmount(mount, syscall.MNT_DETACH)
+	})
+	netnsPath := filepath.Join("/run/netns", netns)
+	for _, p := range []string{netnsPath, cgroup, filepath.Join(mount, "maps.debug")} {
+		if _, err := os.Stat(p); err != nil {
+			t.Fatalf("the leaking test's %s is not there: %v", p, err)
+		}
+	}
+
+	if err := SweepLeftovers(); err != nil {
+		t.Errorf("SweepLeftovers: %v", err)
+	}
+	for _, p := range []string{netnsPath, cgroup, mount} {
+		if _, err := os.Stat(p); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("%s is still there after the sweep (%v)", p, err)
+		}
+	}
+	if err := waitGone(pid, 5*time.Second); err != nil {
+		t.Error(err)
+	}
+	if _, err := os.Stat(filepath.Join("/run/netns", mine.Name)); err != nil {
+		t.Errorf("the sweep removed a running test's namespace: %v", err)
+	}
+}
+
+// waitGone waits until process pid has exited (and been reaped by init).
+func waitGone(pid int, within time.Duration) error {
+	deadline := time.Now().Add(within)
+	for time.Now().Before(deadline) {
+		if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); errors.Is(err, fs.ErrNotExist) {
+			return nil
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return fmt.Errorf("process %d left in the namespace is still running", pid)
+}
