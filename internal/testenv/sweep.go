@@ -147,6 +147,7 @@ func sweepLedger(path string) error {
 		lines = append(lines, sc.Text())
 	}
 	var errs []error
+	var tempDirs []string
 	// Newest first, as cleanups run: a mount inside a namespace's files
 	// before the namespace, a cgroup's processes before their namespace.
 	for i := len(lines) - 1; i >= 0; i-- {
@@ -159,6 +160,7 @@ func sweepLedger(path string) error {
 			}
 			if err == nil {
 				os.Remove(what)
+				tempDirs = append(tempDirs, testTempDir(what))
 			}
 		case ledgerCgroup:
 			if _, serr := os.Stat(what); serr == nil {
@@ -171,7 +173,25 @@ func sweepLedger(path string) error {
 			errs = append(errs, fmt.Errorf("%s %s: %w", kind, what, err))
 		}
 	}
+	if len(errs) == 0 {
+		for _, dir := range tempDirs {
+			if dir != "" {
+				os.RemoveAll(dir)
+			}
+		}
+	}
 	return errors.Join(errs...)
+}
+
+// testTempDir is the directory t.TempDir made for the test that put a mount
+// at path (TMPDIR/TestName123/001/bpffs), which a killed test leaves too;
+// "" if path is not in one.
+func testTempDir(path string) string {
+	dir := filepath.Dir(filepath.Dir(path))
+	if filepath.Dir(dir) != filepath.Clean(os.TempDir()) || !strings.HasPrefix(filepath.Base(dir), "Test") {
+		return ""
+	}
+	return dir
 }
 
 // removeNetns kills the processes left in the namespace (an agent the test

@@ -73,6 +73,7 @@ func TestSweepLeftovers(t *testing.T) {
 		removeNetns(netns)
 		removeCgroup(cgroup)
 		syscall.Unmount(mount, syscall.MNT_DETACH)
+		os.RemoveAll(filepath.Dir(filepath.Dir(mount)))
 	})
 	netnsPath := filepath.Join("/run/netns", netns)
 	for _, p := range []string{netnsPath, cgroup, filepath.Join(mount, "maps.debug")} {
@@ -84,7 +85,7 @@ func TestSweepLeftovers(t *testing.T) {
 	if err := SweepLeftovers(); err != nil {
 		t.Errorf("SweepLeftovers: %v", err)
 	}
-	for _, p := range []string{netnsPath, cgroup, mount} {
+	for _, p := range []string{netnsPath, cgroup, mount, filepath.Dir(filepath.Dir(mount))} {
 		if _, err := os.Stat(p); !errors.Is(err, fs.ErrNotExist) {
 			t.Errorf("%s is still there after the sweep (%v)", p, err)
 		}
