@@ -85,18 +85,45 @@ func InstallIstioDNSRules(tb testing.TB, n *Netns, backend string) {
 		tb.Fatalf("testenv: no istio-cni backend %q", backend)
 	}
 	for _, l := range loads {
-		LookPath(tb, l.bin)
-		args := []string{"--noflush"}
-		if l.bin == "nft" {
-			args = []string{"-f", "-"}
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		cmd := exec.CommandContext(ctx, "nsenter", append([]string{"--net=" + n.Path(), l.bin}, args...)...)
-		cmd.Stdin = strings.NewReader(l.rules)
-		out, err := cmd.CombinedOutput()
-		cancel()
-		if err != nil {
-			tb.Fatalf("testenv: %s in %s: %v\n%s", l.bin, n.Name, err, out)
-		}
+		loadRules(tb, n, l.bin, l.rules)
 	}
+}
+
+// loadRules feeds rules to bin (an iptables-restore, which appends them,
+// or nft) inside the namespace.
+func loadRules(tb testing.TB, n *Netns, bin, rules string) {
+	tb.Helper()
+	LookPath(tb, bin)
+	args := []string{"--noflush"}
+	if bin == "nft" {
+		args = []string{"-f", "-"}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "nsenter", append([]string{"--net=" + n.Path(), bin}, args...)...)
+	cmd.Stdin = strings.NewReader(rules)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		tb.Fatalf("testenv: %s in %s: %v\n%s", bin, n.Name, err, out)
+	}
+}
+
+// istioIptablesOutboundRules are the rest of istio-cni's nat ISTIO_OUTPUT
+// chain in an ambient pod (istio/istio cni/pkg/iptables/testdata/
+// default.golden), after its DNS rules: every TCP connection not to
+// loopback and not from ztunnel (mark 0x539/0xfff) goes to ztunnel's
+// outbound port 15001. LOOPBACK is 127.0.0.1/32 or ::1/128.
+const istioIptablesOutboundRules = `*nat
+-A ISTIO_OUTPUT -p tcp -m mark --mark 0x111/0xfff -j ACCEPT
+-A ISTIO_OUTPUT ! -d LOOPBACK -o lo -j ACCEPT
+-A ISTIO_OUTPUT ! -d LOOPBACK -p tcp -m mark ! --mark 0x539/0xfff -j REDIRECT --to-ports 15001
+COMMIT
+`
+
+// InstallIstioOutboundRules appends istio-cni's outbound TCP redirect to
+// ztunnel (port 15001) to the rules InstallIstioDNSRules installed with the
+// iptables backend, making the namespace a full ambient pod.
+func InstallIstioOutboundRules(tb testing.TB, n *Netns) {
+	tb.Helper()
+	loadRules(tb, n, "iptables-restore", strings.ReplaceAll(istioIptablesOutboundRules, "LOOPBACK", "127.0.0.1/32"))
+	loadRules(tb, n, "ip6tables-restore", strings.ReplaceAll(istioIptablesOutboundRules, "LOOPBACK", "::1/128"))
 }

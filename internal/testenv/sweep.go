@@ -75,7 +75,7 @@ func openLedger() error {
 		if err := os.MkdirAll(ledgerDir, 0o700); err != nil {
 			return err
 		}
-		SweepLeftovers() // what it cannot remove, it tries again next time
+		sweepLeftovers() // what it cannot remove, it tries again next time
 		ledger.swept = true
 	}
 	if ledger.file != nil {
@@ -106,9 +106,9 @@ func processID(pid int) (string, error) {
 	return fmt.Sprintf("%d-%s", pid, fields[19]), nil
 }
 
-// SweepLeftovers removes what test processes that are gone recorded and did
+// sweepLeftovers removes what test processes that are gone recorded and did
 // not clean up, and returns what it could not remove.
-func SweepLeftovers() error {
+func sweepLeftovers() error {
 	entries, err := os.ReadDir(ledgerDir)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil

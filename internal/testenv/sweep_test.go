@@ -82,8 +82,8 @@ func TestSweepLeftovers(t *testing.T) {
 		}
 	}
 
-	if err := SweepLeftovers(); err != nil {
-		t.Errorf("SweepLeftovers: %v", err)
+	if err := sweepLeftovers(); err != nil {
+		t.Errorf("sweepLeftovers: %v", err)
 	}
 	for _, p := range []string{netnsPath, cgroup, mount, filepath.Dir(filepath.Dir(mount))} {
 		if _, err := os.Stat(p); !errors.Is(err, fs.ErrNotExist) {

@@ -3,15 +3,12 @@
 package testenv
 
 import (
-	"context"
 	"encoding/binary"
 	"errors"
 	"io"
 	"net"
 	"net/netip"
-	"os/exec"
 	"strconv"
-	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -21,39 +18,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// istioIptablesOutboundRules are the rest of istio-cni's nat ISTIO_OUTPUT
-// chain in an ambient pod (istio/istio cni/pkg/iptables/testdata/
-// default.golden), after its DNS rules: every TCP connection not to
-// loopback and not from ztunnel (mark 0x539/0xfff) goes to ztunnel's
-// outbound port 15001. LOOPBACK is 127.0.0.1/32 or ::1/128.
-const istioIptablesOutboundRules = `*nat
--A ISTIO_OUTPUT -p tcp -m mark --mark 0x111/0xfff -j ACCEPT
--A ISTIO_OUTPUT ! -d LOOPBACK -o lo -j ACCEPT
--A ISTIO_OUTPUT ! -d LOOPBACK -p tcp -m mark ! --mark 0x539/0xfff -j REDIRECT --to-ports 15001
-COMMIT
-`
-
 // ztunnelMark is the mark ztunnel puts on its own sockets, which istio-cni's
 // rules let through.
 const ztunnelMark = 0x539
-
-// InstallIstioOutboundRules appends istio-cni's outbound TCP redirect to
-// ztunnel (port 15001) to the rules InstallIstioDNSRules installed with the
-// iptables backend, making the namespace a full ambient pod.
-func InstallIstioOutboundRules(tb testing.TB, n *Netns) {
-	tb.Helper()
-	for bin, loopback := range map[string]string{"iptables-restore": "127.0.0.1/32", "ip6tables-restore": "::1/128"} {
-		LookPath(tb, bin)
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		cmd := exec.CommandContext(ctx, "nsenter", "--net="+n.Path(), bin, "--noflush")
-		cmd.Stdin = strings.NewReader(strings.ReplaceAll(istioIptablesOutboundRules, "LOOPBACK", loopback))
-		out, err := cmd.CombinedOutput()
-		cancel()
-		if err != nil {
-			tb.Fatalf("testenv: %s in %s: %v\n%s", bin, n.Name, err, out)
-		}
-	}
-}
 
 // Passthrough stands in for ztunnel's outbound listener in a pod: it takes
 // the connections istio-cni's rules redirect to it and, as ztunnel does for
