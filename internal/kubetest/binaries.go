@@ -30,18 +30,25 @@ type binaries struct {
 	etcd      string
 }
 
-// requireBinaries returns the binaries from findBinaries, and ends the test
-// when there are none: a failure under CI=true, a skip outside CI when they
-// were only not built.
-func requireBinaries(tb testing.TB) binaries {
+// requireBuilt ends the test when a cached helper could not be had: a
+// failure, except outside CI when it was only not built (a skip).
+func requireBuilt(tb testing.TB, err error) {
 	tb.Helper()
-	bins, err := findBinaries(tb)
 	if errors.Is(err, errNotBuilt) && os.Getenv("CI") != "true" {
 		tb.Skipf("kubetest: %v", err)
 	}
 	if err != nil {
 		tb.Fatalf("kubetest: %v", err)
 	}
+}
+
+// requireBinaries returns the binaries from findBinaries, and ends the test
+// when there are none: a failure under CI=true, a skip outside CI when they
+// were only not built.
+func requireBinaries(tb testing.TB) binaries {
+	tb.Helper()
+	bins, err := findBinaries(tb)
+	requireBuilt(tb, err)
 	return bins
 }
 

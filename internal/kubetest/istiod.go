@@ -3,7 +3,6 @@ package kubetest
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -63,12 +62,7 @@ type Istiod struct {
 func (e *Env) StartIstiod() *Istiod {
 	e.tb.Helper()
 	dir, err := cachedBuild(e.tb, istiodScript, "istiod (pilot-discovery)", "4-5 minutes", istiodBuildBudget)
-	if errors.Is(err, errNotBuilt) && os.Getenv("CI") != "true" {
-		e.tb.Skipf("kubetest: %v", err)
-	}
-	if err != nil {
-		e.tb.Fatalf("kubetest: %v", err)
-	}
+	requireBuilt(e.tb, err)
 	if err := e.installIstio(context.Background()); err != nil {
 		e.tb.Fatalf("kubetest: %v", err)
 	}
