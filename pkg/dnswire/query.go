@@ -125,11 +125,10 @@ type Query struct {
 // one, the question when it parsed (End > 0), which is what an error reply
 // echoes.
 func ParseQuery(msg []byte, q *Query, name *NameBuf) error {
+	*q = Query{}
 	if len(msg) < HeaderLen {
-		*q = Query{}
 		return errShort
 	}
-	*q = Query{}
 	q.Header.read(msg)
 	if q.QDCount != 1 {
 		return errQDCount

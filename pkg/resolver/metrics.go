@@ -5,6 +5,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/ztdns/ztdns/pkg/dnswire"
@@ -100,8 +101,16 @@ func Collectors() []prometheus.Collector {
 // outside typeCodes count as "other" (CoreDNS keeps a list of the same
 // kind), rcodes outside the six of RFC 1035 and BADVERS as "other".
 var (
-	typeCodes  = [...]uint16{1, 2, 5, 6, 12, 15, 16, 28, 33, 35, 43, 48, 64, 65, 251, 252, 255}
-	typeLabels = [...]string{"A", "NS", "CNAME", "SOA", "PTR", "MX", "TXT", "AAAA", "SRV", "NAPTR", "DS", "DNSKEY", "SVCB", "HTTPS", "IXFR", "AXFR", "ANY", "other"}
+	typeCodes = [...]uint16{dns.TypeA, dns.TypeNS, dns.TypeCNAME, dns.TypeSOA, dns.TypePTR, dns.TypeMX, dns.TypeTXT, dns.TypeAAAA,
+		dns.TypeSRV, dns.TypeNAPTR, dns.TypeDS, dns.TypeDNSKEY, dns.TypeSVCB, dns.TypeHTTPS, dns.TypeIXFR, dns.TypeAXFR, dns.TypeANY}
+	// typeLabels are typeCodes' mnemonics, then "other".
+	typeLabels = func() (l [len(typeCodes) + 1]string) {
+		for i, t := range typeCodes {
+			l[i] = dns.TypeToString[t]
+		}
+		l[len(typeCodes)] = "other"
+		return l
+	}()
 	// typeIndex maps a query type below 256 to its label's index.
 	typeIndex = func() (idx [256]uint8) {
 		for i := range idx {
