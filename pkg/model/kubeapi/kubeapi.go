@@ -214,38 +214,21 @@ type ServiceEntryAddress struct {
 	Host  string `json:"host,omitempty"`
 }
 
-// Lists, as a list call returns them.
+// List is a list of objects of one kind, as a list call returns it.
+type List[T any] struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata"`
+	Items           []T `json:"items"`
+}
+
+// The lists, under the names their API kinds have (see AddToScheme).
 type (
-	ServiceList struct {
-		metav1.TypeMeta `json:",inline"`
-		metav1.ListMeta `json:"metadata"`
-		Items           []Service `json:"items"`
-	}
-	EndpointSliceList struct {
-		metav1.TypeMeta `json:",inline"`
-		metav1.ListMeta `json:"metadata"`
-		Items           []EndpointSlice `json:"items"`
-	}
-	NamespaceList struct {
-		metav1.TypeMeta `json:",inline"`
-		metav1.ListMeta `json:"metadata"`
-		Items           []Namespace `json:"items"`
-	}
-	ConfigMapList struct {
-		metav1.TypeMeta `json:",inline"`
-		metav1.ListMeta `json:"metadata"`
-		Items           []ConfigMap `json:"items"`
-	}
-	PodList struct {
-		metav1.TypeMeta `json:",inline"`
-		metav1.ListMeta `json:"metadata"`
-		Items           []Pod `json:"items"`
-	}
-	ServiceEntryList struct {
-		metav1.TypeMeta `json:",inline"`
-		metav1.ListMeta `json:"metadata"`
-		Items           []ServiceEntry `json:"items"`
-	}
+	ServiceList       = List[Service]
+	EndpointSliceList = List[EndpointSlice]
+	NamespaceList     = List[Namespace]
+	ConfigMapList     = List[ConfigMap]
+	PodList           = List[Pod]
+	ServiceEntryList  = List[ServiceEntry]
 )
 
 // The API groups and versions ztdns reads.
@@ -260,10 +243,21 @@ var (
 // a REST client built on the scheme decodes lists and watch events into
 // them.
 func AddToScheme(s *runtime.Scheme) error {
-	s.AddKnownTypes(CoreV1, &Service{}, &ServiceList{}, &Namespace{}, &NamespaceList{},
-		&Pod{}, &PodList{}, &ConfigMap{}, &ConfigMapList{})
-	s.AddKnownTypes(DiscoveryV1, &EndpointSlice{}, &EndpointSliceList{})
-	s.AddKnownTypes(IstioNetworkV1, &ServiceEntry{}, &ServiceEntryList{})
+	s.AddKnownTypes(CoreV1, &Service{}, &Namespace{}, &Pod{}, &ConfigMap{})
+	s.AddKnownTypes(DiscoveryV1, &EndpointSlice{})
+	s.AddKnownTypes(IstioNetworkV1, &ServiceEntry{})
+	// A list's kind is its item's kind and "List"; the name of an
+	// instantiated List says neither, so each is registered by name.
+	for gvk, list := range map[schema.GroupVersionKind]runtime.Object{
+		CoreV1.WithKind("ServiceList"):              &ServiceList{},
+		CoreV1.WithKind("NamespaceList"):            &NamespaceList{},
+		CoreV1.WithKind("PodList"):                  &PodList{},
+		CoreV1.WithKind("ConfigMapList"):            &ConfigMapList{},
+		DiscoveryV1.WithKind("EndpointSliceList"):   &EndpointSliceList{},
+		IstioNetworkV1.WithKind("ServiceEntryList"): &ServiceEntryList{},
+	} {
+		s.AddKnownTypeWithName(gvk, list)
+	}
 	for _, gv := range []schema.GroupVersion{CoreV1, DiscoveryV1, IstioNetworkV1} {
 		metav1.AddToGroupVersion(s, gv)
 	}
@@ -285,15 +279,10 @@ func deepCopy[T any](in *T) *T {
 	return out
 }
 
-func (o *Service) DeepCopyObject() runtime.Object           { return deepCopy(o) }
-func (o *EndpointSlice) DeepCopyObject() runtime.Object     { return deepCopy(o) }
-func (o *Namespace) DeepCopyObject() runtime.Object         { return deepCopy(o) }
-func (o *ConfigMap) DeepCopyObject() runtime.Object         { return deepCopy(o) }
-func (o *Pod) DeepCopyObject() runtime.Object               { return deepCopy(o) }
-func (o *ServiceEntry) DeepCopyObject() runtime.Object      { return deepCopy(o) }
-func (o *ServiceList) DeepCopyObject() runtime.Object       { return deepCopy(o) }
-func (o *EndpointSliceList) DeepCopyObject() runtime.Object { return deepCopy(o) }
-func (o *NamespaceList) DeepCopyObject() runtime.Object     { return deepCopy(o) }
-func (o *ConfigMapList) DeepCopyObject() runtime.Object     { return deepCopy(o) }
-func (o *PodList) DeepCopyObject() runtime.Object           { return deepCopy(o) }
-func (o *ServiceEntryList) DeepCopyObject() runtime.Object  { return deepCopy(o) }
+func (o *Service) DeepCopyObject() runtime.Object       { return deepCopy(o) }
+func (o *EndpointSlice) DeepCopyObject() runtime.Object { return deepCopy(o) }
+func (o *Namespace) DeepCopyObject() runtime.Object     { return deepCopy(o) }
+func (o *ConfigMap) DeepCopyObject() runtime.Object     { return deepCopy(o) }
+func (o *Pod) DeepCopyObject() runtime.Object           { return deepCopy(o) }
+func (o *ServiceEntry) DeepCopyObject() runtime.Object  { return deepCopy(o) }
+func (o *List[T]) DeepCopyObject() runtime.Object       { return deepCopy(o) }
