@@ -175,7 +175,8 @@ var unitOrder = []string{
 	"list-headless-endpointslices-MB", "list-serviceentries-MB", "watch-B/change", "watch-idle-B/s",
 	"rss-MB", "peak-rss-MB", "empty-rss-MB", "rss-B/object", "heap-B/object",
 	"anon-MB", "file-MB", "heap-MB", "idle-cpu-%", "idle-wakeups/s",
-	"change-p50-ms", "change-p90-ms", "api-write-p50-ms",
+	"change-p50-ms", "change-p90-ms", "committed-change-p50-ms", "committed-change-p90-ms",
+	"api-write-p50-ms", "peer-watch-p50-ms", "peer-watch-p90-ms", "agent-added-p50-ms", "agent-added-p90-ms",
 }
 
 func (t *table) print(w io.Writer) {

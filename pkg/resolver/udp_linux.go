@@ -13,10 +13,17 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// batchSize is how many datagrams one recvmmsg/sendmmsg moves. Under load it
-// divides the syscalls per query by up to this much; at low load a batch
-// holds one datagram and costs what recvfrom would.
+// batchSize is how many datagrams one recvmmsg/sendmmsg moves at most.
+// Under load it divides the syscalls per query by up to this much; at low
+// load a batch holds one datagram and costs what recvfrom would.
 const batchSize = 32
+
+// A socket's batch starts with room for one datagram and doubles, up to
+// batchSize, each time a read fills it. A full batch's buffers take 280 KB,
+// and the agent has two sockets on every address it serves (with capture,
+// every resolver slot's address too): most of them stay idle, or see one
+// query at a time, and keep their 9 KB.
+const firstBatchSize = 1
 
 // maxUDPQuery is the largest query we read; a longer one is truncated by the
 // kernel (MSG_TRUNC) and dropped. Queries are tiny; 4096 is generous.
@@ -32,17 +39,18 @@ type mmsghdr struct {
 // sockaddrLen fits a sockaddr_in6, and so a sockaddr_in.
 const sockaddrLen = unix.SizeofSockaddrInet6
 
-// udpBatch holds the buffers of one socket's read/answer/write cycle. It is
-// allocated once per socket: the loop itself allocates nothing.
+// udpBatch holds the buffers of one socket's read/answer/write cycle, for
+// as many datagrams as its reads have needed so far (see firstBatchSize):
+// the loop itself allocates only when the batch grows.
 type udpBatch struct {
-	in      [batchSize]mmsghdr
-	inIov   [batchSize]unix.Iovec
-	inName  [batchSize][sockaddrLen]byte
-	inBuf   [batchSize][maxUDPQuery]byte
-	out     [batchSize]mmsghdr
-	outIov  [batchSize]unix.Iovec
-	outName [batchSize][sockaddrLen]byte
-	outBuf  [batchSize][]byte
+	in      []mmsghdr
+	inIov   []unix.Iovec
+	inName  [][sockaddrLen]byte
+	inBuf   [][maxUDPQuery]byte
+	out     []mmsghdr
+	outIov  []unix.Iovec
+	outName [][sockaddrLen]byte
+	outBuf  [][]byte
 	sc      scratch
 
 	// The syscall closures and their results, made once: a closure made per
@@ -59,17 +67,7 @@ type udpBatch struct {
 
 func (s *Server) newUDPBatch(conn *net.UDPConn, rc syscall.RawConn, local netip.AddrPort) *udpBatch {
 	b := &udpBatch{sc: scratch{batch: s.newBatchCounts()}}
-	for i := range batchSize {
-		b.inIov[i].Base = &b.inBuf[i][0]
-		b.inIov[i].SetLen(maxUDPQuery)
-		b.in[i].hdr.Iov = &b.inIov[i]
-		b.in[i].hdr.SetIovlen(1)
-		b.in[i].hdr.Name = &b.inName[i][0]
-		b.outBuf[i] = make([]byte, 0, 4096+512)
-		b.out[i].hdr.Iov = &b.outIov[i]
-		b.out[i].hdr.SetIovlen(1)
-		b.out[i].hdr.Name = &b.outName[i][0]
-	}
+	b.resize(firstBatchSize)
 	b.serveFn = func(fd uintptr) bool {
 		n, e := b.read(fd)
 		switch e {
@@ -81,24 +79,55 @@ func (s *Server) newUDPBatch(conn *net.UDPConn, rc syscall.RawConn, local netip.
 			return true
 		}
 		s.answerUDP(conn, rc, local, b, n)
-		// After a lone datagram the socket is most likely empty (the read
-		// took what it held): wait in the netpoller, which reports every
-		// datagram queued since it last reported one (edge-triggered),
-		// without an empty read first. At modest rates that saves a
-		// system call per query. After several, queries come faster than
-		// they are answered and the next is likely there: read again at
-		// once rather than through the scheduler. That also covers a full
-		// batch, which may have left datagrams whose arrival was reported
-		// already. Ending the RawConn.Read does it: the next one reads
-		// before it waits.
-		return n > 1
+		full := n == len(b.in)
+		if full && len(b.in) < batchSize {
+			b.resize(min(2*len(b.in), batchSize))
+		}
+		// After a lone datagram that did not fill the batch the socket is
+		// empty (recvmmsg looked for a second): wait in the netpoller,
+		// which reports every datagram queued since it last reported one
+		// (edge-triggered), without an empty read first. At modest rates
+		// that saves a system call per query. After several, queries come
+		// faster than they are answered and the next is likely there: read
+		// again at once rather than through the scheduler. A full batch
+		// may have left datagrams whose arrival was reported already, so
+		// it always reads again. Ending the RawConn.Read does it: the next
+		// one reads before it waits.
+		return n > 1 || full
 	}
 	b.writeFn = func(fd uintptr) bool {
-		r, _, e := unix.RawSyscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&b.out[b.ioFrom])), uintptr(b.ioTo-b.ioFrom), unix.MSG_DONTWAIT, 0, 0)
-		b.ioN, b.ioErr = int(r), e
-		return e != unix.EAGAIN && e != unix.EINTR
+		if i := b.ioFrom; b.ioTo-i == 1 {
+			// One reply, as at modest rates: sendto takes the buffer
+			// and address as they are, where sendmmsg first copies in
+			// and checks a header and its iovec.
+			_, _, e := unix.RawSyscall6(unix.SYS_SENDTO, fd, uintptr(unsafe.Pointer(&b.outBuf[i][0])), uintptr(len(b.outBuf[i])),
+				unix.MSG_DONTWAIT, uintptr(unsafe.Pointer(&b.outName[i][0])), uintptr(b.out[i].hdr.Namelen))
+			b.ioN, b.ioErr = 1, e
+		} else {
+			r, _, e := unix.RawSyscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&b.out[i])), uintptr(b.ioTo-i), unix.MSG_DONTWAIT, 0, 0)
+			b.ioN, b.ioErr = int(r), e
+		}
+		return b.ioErr != unix.EAGAIN && b.ioErr != unix.EINTR
 	}
 	return b
+}
+
+// resize gives the batch room for n datagrams. The buffers of the last
+// cycle are dropped: call it between cycles.
+func (b *udpBatch) resize(n int) {
+	b.in, b.inIov, b.inName, b.inBuf = make([]mmsghdr, n), make([]unix.Iovec, n), make([][sockaddrLen]byte, n), make([][maxUDPQuery]byte, n)
+	b.out, b.outIov, b.outName, b.outBuf = make([]mmsghdr, n), make([]unix.Iovec, n), make([][sockaddrLen]byte, n), make([][]byte, n)
+	for i := range n {
+		b.inIov[i].Base = &b.inBuf[i][0]
+		b.inIov[i].SetLen(maxUDPQuery)
+		b.in[i].hdr.Iov = &b.inIov[i]
+		b.in[i].hdr.SetIovlen(1)
+		b.in[i].hdr.Name = &b.inName[i][0]
+		b.outBuf[i] = make([]byte, 0, 4096+512)
+		b.out[i].hdr.Iov = &b.outIov[i]
+		b.out[i].hdr.SetIovlen(1)
+		b.out[i].hdr.Name = &b.outName[i][0]
+	}
 }
 
 // serveUDPBatches is the UDP loop: read a batch, answer what the table can,
@@ -176,14 +205,14 @@ func (s *Server) slowUDP(conn *net.UDPConn, msg []byte, src, local netip.AddrPor
 	})
 }
 
-// read fills the batch with the datagrams the socket holds, up to
-// batchSize, without waiting.
+// read fills the batch with the datagrams the socket holds, as many as
+// the batch has room for, without waiting.
 func (b *udpBatch) read(fd uintptr) (int, syscall.Errno) {
-	for i := range batchSize {
+	for i := range b.in {
 		b.in[i].hdr.Namelen = sockaddrLen
 		b.in[i].hdr.Flags = 0
 	}
-	r, _, e := unix.RawSyscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&b.in[0])), batchSize, unix.MSG_DONTWAIT, 0, 0)
+	r, _, e := unix.RawSyscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&b.in[0])), uintptr(len(b.in)), unix.MSG_DONTWAIT, 0, 0)
 	return int(r), e
 }
 

@@ -79,3 +79,72 @@ func TestUDPLoopAnswersBursts(t *testing.T) {
 		answered(burst, send(burst))
 	}
 }
+
+// TestUDPBatchGrowsWhenFull: a socket's batch starts with room for one
+// datagram, so the many sockets that stay idle cost little, and doubles
+// each time a read fills it, up to batchSize; every query of a burst is
+// answered while it grows.
+func TestUDPBatchGrowsWhenFull(t *testing.T) {
+	s := fuzzServer(t, rateInKernel)
+	t.Cleanup(func() { s.Close() })
+	conn, err := ListenUDP(netip.MustParseAddrPort("127.0.0.1:0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	rc, err := conn.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := s.newUDPBatch(conn, rc, conn.LocalAddr().(*net.UDPAddr).AddrPort())
+	if len(b.in) != firstBatchSize {
+		t.Fatalf("a new socket's batch has room for %d datagrams, want %d", len(b.in), firstBatchSize)
+	}
+	client, err := net.DialUDP("udp4", nil, conn.LocalAddr().(*net.UDPAddr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	if err := client.SetReadBuffer(1 << 20); err != nil {
+		t.Fatal(err)
+	}
+	q := query("address.internal.", dns.TypeA, false)
+	buf := make([]byte, 1500)
+	// serve queues burst queries, runs the loop's reads until the socket
+	// is empty (a short deadline ends the wait that follows), and reads
+	// the answers.
+	serve := func(burst int) {
+		t.Helper()
+		for range burst {
+			if _, err := client.Write(q); err != nil {
+				t.Fatal(err)
+			}
+		}
+		time.Sleep(20 * time.Millisecond) // all of them queued
+		for {
+			conn.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+			if err := rc.Read(b.serveFn); err != nil {
+				break // the deadline, in the wait on an empty socket
+			}
+		}
+		client.SetReadDeadline(time.Now().Add(5 * time.Second))
+		for i := range burst {
+			if _, err := client.Read(buf); err != nil {
+				t.Fatalf("a burst of %d: %d answered: %v", burst, i, err)
+			}
+		}
+	}
+	for _, c := range []struct{ burst, want int }{
+		{1, 2}, // filled the batch of one
+		{1, 2}, // one of two: no growth
+		{3, 4}, // two of two, then one of four
+		{4, 8}, // four of four, then nothing
+		{100, batchSize},
+		{100, batchSize}, // never beyond
+	} {
+		serve(c.burst)
+		if len(b.in) != c.want || len(b.out) != c.want {
+			t.Fatalf("after a burst of %d the batch has room for %d (in) and %d (out), want %d", c.burst, len(b.in), len(b.out), c.want)
+		}
+	}
+}

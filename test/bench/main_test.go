@@ -72,6 +72,7 @@ var (
 	flagSettle      = flag.Duration("settle", 3*time.Second, "Footprint: pause after loading before memory is read")
 	flagProfile     = flag.String("profile", "", "Resolver: profile ztdns during each measured run: perf (perf record and perf stat, root) or go (pprof, via bench/agentprof)")
 	flagProfileDir  = flag.String("profile-dir", "", "where -profile writes (default: a directory it names in the log)")
+	flagPin         = flag.String("pin", "", "Resolver: where servers run beside dnsperf, which runs on CPU 0: apart (every server on the last CPU), together (every server on CPU 0 too), or unset (wherever the kernel puts them)")
 	flagBeside      = flag.String("beside", "", "Resolver: also measure the ztdns binary `BIN` (a build of another revision) as server=ztdns-beside, to compare a change in the same run")
 	flagScale       = flag.String("scale", "100000,50000,3", "Scale: Services, ServiceEntries, endpoints per Service")
 	flagProbes      = flag.Int("probes", 40, "Scale: changes timed from the API write to the agent's answer")

@@ -34,7 +34,7 @@ func BenchmarkMetrics(b *testing.B) {
 		waitAnswers(b, s, files.Names[0], files.Names[len(files.Names)-1])
 	}
 	on.scrapeEvery(b, metricsScrapeEvery)
-	sideBySide(b, []namedServer{{"metrics-on", on}, {"metrics-off", off}}, files.Queries, []int{0}, *flagDuration)
+	sideBySide(b, []namedServer{{"metrics-on", on}, {"metrics-off", off}}, files.Queries, []int{0}, *flagDuration, local)
 }
 
 // scrapeEvery fetches s's /metrics every interval until tb ends, as

@@ -50,7 +50,11 @@ func benchResolver(b *testing.B, c workload.Config, rates []int, d time.Duration
 		waitAnswers(b, beside, files.Names[0], files.Names[len(files.Names)-1])
 		servers = slices.Insert(servers, 1, namedServer{"ztdns-beside", beside})
 	}
-	sideBySide(b, servers, files.Queries, rates, d)
+	start := local
+	if *flagPin != "" {
+		start = pinServers(b, servers, *flagPin)
+	}
+	sideBySide(b, servers, files.Queries, rates, d, start)
 }
 
 // namedServer is a server under load and its column in the tables.
@@ -62,7 +66,7 @@ type namedServer struct {
 // sideBySide runs the same dnsperf load of queries against every server,
 // at each rate for d, in -rounds rounds that each measure every server
 // once, in turning order: load=RATE/round=N/server=NAME.
-func sideBySide(b *testing.B, servers []namedServer, queries string, rates []int, d time.Duration) {
+func sideBySide(b *testing.B, servers []namedServer, queries string, rates []int, d time.Duration, start starter) {
 	for _, rate := range rates {
 		for r := range *flagRounds {
 			for _, s := range turn(servers, r) {
@@ -70,9 +74,9 @@ func sideBySide(b *testing.B, servers []namedServer, queries string, rates []int
 					l := dnsperfLoad{server: s.srv.addr.Addr().String(), port: int(s.srv.addr.Port()), queries: queries, rate: rate, duration: d}
 					var t tally
 					for b.Loop() {
-						warmUp(b, l, local, *flagWarmup)
+						warmUp(b, l, start, *flagWarmup)
 						stop := startProfile(b, s.srv, d)
-						t.add(measureLoad(b, s.srv.pid(), l, local, 0))
+						t.add(measureLoad(b, s.srv.pid(), l, start, 0))
 						stop()
 					}
 					t.report(b)
