@@ -20,20 +20,7 @@ import (
 // them: a wait that trusted the netpoller while datagrams it had already
 // reported were still queued would leave them unanswered.
 func TestUDPLoopAnswersBursts(t *testing.T) {
-	s := fuzzServer(t, rateInKernel)
-	t.Cleanup(func() { s.Close() })
-	conn, err := ListenUDP(netip.MustParseAddrPort("127.0.0.1:0"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	client, err := net.DialUDP("udp4", nil, conn.LocalAddr().(*net.UDPAddr))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client.Close()
-	if err := client.SetReadBuffer(1 << 20); err != nil {
-		t.Fatal(err)
-	}
+	s, conn, client := udpServerAndClient(t)
 	q := query("address.internal.", dns.TypeA, false)
 	id := uint16(0)
 	send := func(n int) map[uint16]bool {
@@ -85,13 +72,7 @@ func TestUDPLoopAnswersBursts(t *testing.T) {
 // each time a read fills it, up to batchSize; every query of a burst is
 // answered while it grows.
 func TestUDPBatchGrowsWhenFull(t *testing.T) {
-	s := fuzzServer(t, rateInKernel)
-	t.Cleanup(func() { s.Close() })
-	conn, err := ListenUDP(netip.MustParseAddrPort("127.0.0.1:0"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	s, conn, client := udpServerAndClient(t)
 	rc, err := conn.SyscallConn()
 	if err != nil {
 		t.Fatal(err)
@@ -99,14 +80,6 @@ func TestUDPBatchGrowsWhenFull(t *testing.T) {
 	b := s.newUDPBatch(conn, rc, conn.LocalAddr().(*net.UDPAddr).AddrPort())
 	if len(b.in) != firstBatchSize {
 		t.Fatalf("a new socket's batch has room for %d datagrams, want %d", len(b.in), firstBatchSize)
-	}
-	client, err := net.DialUDP("udp4", nil, conn.LocalAddr().(*net.UDPAddr))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client.Close()
-	if err := client.SetReadBuffer(1 << 20); err != nil {
-		t.Fatal(err)
 	}
 	q := query("address.internal.", dns.TypeA, false)
 	buf := make([]byte, 1500)
@@ -147,4 +120,27 @@ func TestUDPBatchGrowsWhenFull(t *testing.T) {
 			t.Fatalf("after a burst of %d the batch has room for %d (in) and %d (out), want %d", c.burst, len(b.in), len(b.out), c.want)
 		}
 	}
+}
+
+// udpServerAndClient returns a server (not serving yet), a UDP socket of
+// its on loopback and a client connected to it, with room to queue large
+// bursts of answers; all are closed when the test ends.
+func udpServerAndClient(t *testing.T) (*Server, *net.UDPConn, *net.UDPConn) {
+	t.Helper()
+	s := fuzzServer(t, rateInKernel)
+	t.Cleanup(func() { s.Close() })
+	conn, err := ListenUDP(netip.MustParseAddrPort("127.0.0.1:0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	client, err := net.DialUDP("udp4", nil, conn.LocalAddr().(*net.UDPAddr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { client.Close() })
+	if err := client.SetReadBuffer(1 << 20); err != nil {
+		t.Fatal(err)
+	}
+	return s, conn, client
 }
