@@ -3,8 +3,11 @@
 package bench
 
 import (
+	"runtime"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/ztdns/ztdns/bench/workload"
 	"github.com/ztdns/ztdns/internal/testenv"
@@ -14,8 +17,8 @@ import (
 // objects, 200 names queried, one second at 500 queries/s against each
 // server, no warm-up), so that `make test` proves the benchmarks still
 // work: the generated cluster loads into both servers, they give the same
-// answers, dnsperf's report parses, and /proc is read. It asserts no
-// timing.
+// answers, -pin places them, dnsperf's report parses, and /proc is read.
+// It asserts no timing.
 func TestSmoke(t *testing.T) {
 	testenv.LookPath(t, "dnsperf")
 	c := workload.Config{Services: 200, Entries: 200, Queries: 200, AAAAEvery: 10}
@@ -24,9 +27,25 @@ func TestSmoke(t *testing.T) {
 	ztdns := startAgent(t, unbound.addr, 1, "--config-dir", files.Manifests)
 	waitAnswers(t, ztdns, files.Names[0], files.Names[len(files.Names)-1])
 	sameAnswers(t, ztdns, unbound, files.Names, 10)
-	for name, s := range map[string]*dnsServer{"ztdns": ztdns, "unbound": unbound} {
+	servers := []namedServer{{"ztdns", ztdns}, {"unbound", unbound}}
+	how, cpu := "apart", runtime.NumCPU()-1
+	if cpu == 0 {
+		how = "together"
+	}
+	start := pinServers(t, servers, how)
+	for _, s := range servers {
+		var set unix.CPUSet
+		if err := unix.SchedGetaffinity(s.srv.pid(), &set); err != nil {
+			t.Fatal(err)
+		}
+		if set.Count() != 1 || !set.IsSet(cpu) {
+			t.Errorf("-pin %s: %s may run on %d CPUs (CPU %d among them: %v), want CPU %d alone", how, s.name, set.Count(), cpu, set.IsSet(cpu), cpu)
+		}
+	}
+	for _, n := range servers {
+		name, s := n.name, n.srv
 		l := dnsperfLoad{server: s.addr.Addr().String(), port: int(s.addr.Port()), queries: files.Queries, rate: 500, duration: time.Second}
-		r := measureLoad(t, s.pid(), l, local, 0)
+		r := measureLoad(t, s.pid(), l, start, 0)
 		t.Logf("%s: %d of %d answered, server CPU %v, %d wake-ups, RSS %.1f MB, dnsperf CPU %v",
 			name, r.completed, r.sent, r.server.cpu, r.server.wakeups, float64(r.after.rss)/mib, r.cpu)
 		if r.completed < r.sent*9/10 || r.server.cpu <= 0 || r.server.wakeups <= 0 || r.after.rss <= 0 || r.cpu <= 0 {
