@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 const leakEnv = "ZTDNS_TESTENV_LEAK"
@@ -51,9 +53,6 @@ func TestSweepLeftovers(t *testing.T) {
 	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestSweepLeftovers$", "-test.count=1")
 	cmd.Env = append(os.Environ(), leakEnv+"=1")
 	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("the leaking test: %v\n%s", err, out)
-	}
 	var netns, cgroup, mount string
 	var pid int
 	for line := range strings.Lines(string(out)) {
@@ -66,7 +65,7 @@ func TestSweepLeftovers(t *testing.T) {
 		}
 	}
 	if pid == 0 {
-		t.Fatalf("the leaking test printed no LEAK line:\n%s", out)
+		t.Fatalf("the leaking test printed no LEAK line (%v):\n%s", err, out)
 	}
 	t.Cleanup(func() { // if the sweep fails, leave nothing all the same
 		syscall.Kill(pid, syscall.SIGKILL)
@@ -75,11 +74,18 @@ func TestSweepLeftovers(t *testing.T) {
 		syscall.Unmount(mount, syscall.MNT_DETACH)
 		os.RemoveAll(filepath.Dir(filepath.Dir(mount)))
 	})
+	if err != nil {
+		t.Fatalf("the leaking test: %v\n%s", err, out)
+	}
 	netnsPath := filepath.Join("/run/netns", netns)
-	for _, p := range []string{netnsPath, cgroup, filepath.Join(mount, "maps.debug")} {
+	for _, p := range []string{netnsPath, cgroup} {
 		if _, err := os.Stat(p); err != nil {
 			t.Fatalf("the leaking test's %s is not there: %v", p, err)
 		}
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(mount, &st); err != nil || st.Type != unix.BPF_FS_MAGIC {
+		t.Fatalf("the leaking test's bpffs is not mounted at %s (statfs: %v, type %#x)", mount, err, st.Type)
 	}
 
 	if err := sweepLeftovers(); err != nil {

@@ -364,7 +364,7 @@ func (p *prober) report(b *testing.B) {
 	committed := make([]time.Duration, len(p.change))
 	for i := range p.change {
 		added[i] = p.change[i] - p.watched[i]
-		committed[i] = max(0, p.change[i]-p.write[i])
+		committed[i] = p.change[i] - p.write[i]
 	}
 	pct := func(name string, d []time.Duration) {
 		d = slices.Sorted(slices.Values(d))

@@ -3,7 +3,10 @@
 package bench
 
 import (
+	"fmt"
+	"os"
 	"runtime"
+	"strconv"
 	"testing"
 	"time"
 
@@ -34,12 +37,21 @@ func TestSmoke(t *testing.T) {
 	}
 	start := pinServers(t, servers, how)
 	for _, s := range servers {
-		var set unix.CPUSet
-		if err := unix.SchedGetaffinity(s.srv.pid(), &set); err != nil {
+		// Every thread, the agent's runtime threads included.
+		tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", s.srv.pid()))
+		if err != nil {
 			t.Fatal(err)
 		}
-		if set.Count() != 1 || !set.IsSet(cpu) {
-			t.Errorf("-pin %s: %s may run on %d CPUs (CPU %d among them: %v), want CPU %d alone", how, s.name, set.Count(), cpu, set.IsSet(cpu), cpu)
+		for _, task := range tasks {
+			tid, _ := strconv.Atoi(task.Name())
+			var set unix.CPUSet
+			if err := unix.SchedGetaffinity(tid, &set); err != nil {
+				t.Fatal(err)
+			}
+			if set.Count() != 1 || !set.IsSet(cpu) {
+				t.Errorf("-pin %s: thread %d of %s may run on %d CPUs (CPU %d among them: %v), want CPU %d alone",
+					how, tid, s.name, set.Count(), cpu, set.IsSet(cpu), cpu)
+			}
 		}
 	}
 	for _, n := range servers {

@@ -115,7 +115,7 @@ func (se *ServiceEntry) Model() (model.ServiceEntry, error) {
 		Name:             se.Name,
 		Created:          se.CreationTimestamp,
 		Resolution:       spec.Resolution,
-		ExportTo:         append([]string(nil), spec.ExportTo...),
+		ExportTo:         spec.ExportTo, // the decoded object is dropped after Model
 		AutoAllocate:     !strings.EqualFold(deref(se.Labels.EnableAutoallocate), "false"),
 		HasSpecAddresses: len(spec.Addresses) > 0,
 	}

@@ -141,9 +141,7 @@ func (s *srvSet) recordsOf(e *Entry) []SRV {
 }
 
 // Origin returns the object the entry was made from.
-func (e *Entry) Origin() Origin {
-	return Origin{Kind: kinds[e.src.kind], Namespace: e.src.namespace, Name: e.src.name}
-}
+func (e *Entry) Origin() Origin { return originOf(e.src) }
 
 // VisibleFrom reports whether a pod in namespace ns sees the entry. The
 // empty namespace is an asker that is not a known pod: it sees only what is

@@ -59,8 +59,11 @@ const (
 	// the ServiceEntry CRD has appeared, while it is missing.
 	DefaultCRDPollInterval = 5 * time.Second
 	// syncCheckInterval is how often the stores are checked for their
-	// first sync (a cheap check; client-go has no notification for it).
-	syncCheckInterval = 10 * time.Millisecond
+	// first sync besides when they notify: a store's first list notifies,
+	// so this is only a safety net, and slow enough that an agent waiting
+	// for an unreachable API server does not wake for it 100 times a
+	// second.
+	syncCheckInterval = time.Second
 )
 
 // Source watches one Kubernetes API server. It implements source.Source and
@@ -206,22 +209,19 @@ func (r *run) follow(ctx context.Context, wg *sync.WaitGroup, crdChanges <-chan 
 		case <-ctx.Done():
 			return nil
 		case <-syncCheck.C:
-			if !r.hasSynced() {
-				continue
+			if synced = r.deliverFirst(synced, deliver); synced {
+				syncCheck.Stop()
 			}
-			syncCheck.Stop()
-			synced = true
-			snap, _ := r.snapshot()
-			r.log.Info("cluster synced", counts(snap)...)
-			// Synced before the first snapshot is out, so whoever has it
-			// finds the source healthy (the agent's readiness waits for
-			// the table itself).
-			r.health.setSynced()
-			r.deliver(snap, time.Time{}, deliver)
 		case <-r.notify:
+			if !synced {
+				if synced = r.deliverFirst(synced, deliver); synced {
+					syncCheck.Stop()
+				}
+				continue // the first snapshot has what changed before it
+			}
 			since := r.pendingSince()
-			if !synced || since.IsZero() {
-				continue // the first snapshot will have it, or the last one had it
+			if since.IsZero() {
+				continue // the last snapshot had it
 			}
 			timer.Reset(max(min(r.src.debounce, time.Until(since.Add(r.src.maxDelay))), 0))
 			due = timer.C
@@ -237,6 +237,21 @@ func (r *run) follow(ctx context.Context, wg *sync.WaitGroup, crdChanges <-chan 
 			}
 		}
 	}
+}
+
+// deliverFirst delivers the first snapshot once every watch has synced,
+// and reports whether it has been delivered.
+func (r *run) deliverFirst(delivered bool, deliver func(*model.Snapshot)) bool {
+	if delivered || !r.hasSynced() {
+		return delivered
+	}
+	snap, _ := r.snapshot()
+	r.log.Info("cluster synced", counts(snap)...)
+	// Synced before the first snapshot is out, so whoever has it finds the
+	// source healthy (the agent's readiness waits for the table itself).
+	r.health.setSynced()
+	r.deliver(snap, time.Time{}, deliver)
+	return true
 }
 
 // deliver hands snap, which holds the changes pending since since (zero for

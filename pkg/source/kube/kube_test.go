@@ -598,7 +598,6 @@ func testLeastPrivilege(t *testing.T, env *kubetest.Env) {
 	})
 }
 
-// rbacRules are rules as the RBAC API takes them.
 // grant gives the ServiceAccount ns/account the rules through a
 // ClusterRole and ClusterRoleBinding called name, and returns a config that
 // acts as that ServiceAccount.
@@ -623,6 +622,7 @@ func grant(t *testing.T, env *kubetest.Env, name, ns, account string, rules []Po
 	return cfg
 }
 
+// rbacRules are rules as the RBAC API takes them.
 func rbacRules(rules []PolicyRule) []rbacv1.PolicyRule {
 	var out []rbacv1.PolicyRule
 	for _, r := range rules {

@@ -53,7 +53,7 @@ type run struct {
 	// while the CRD is missing. Owned by Run's goroutine (the stores
 	// themselves are safe for concurrent use).
 	stores [numKinds]objectStore
-	// stopServiceEntries stops the ServiceEntry reflector.
+	// stopServiceEntryWatch stops the ServiceEntry reflector.
 	stopServiceEntryWatch context.CancelFunc
 	// recheck asks followServiceEntryAPI to look again: the ServiceEntry
 	// watch found its resource missing.

@@ -29,7 +29,7 @@ func (r *run) pendingSince() time.Time {
 	return r.since
 }
 
-// snapshot builds a snapshot of what the informers hold now, rebuilding the
+// snapshot builds a snapshot of what the stores hold now, rebuilding the
 // parts of the kinds that changed since the last one and sharing the others
 // with it. It returns the time of the oldest change it includes.
 func (r *run) snapshot() (*model.Snapshot, time.Time) {

@@ -98,9 +98,8 @@ func (r *run) newStore(k kind) objectStore {
 	panic(fmt.Sprintf("kube: no store for kind %d", k))
 }
 
-// listWatch is k's list and watch calls, each reporting to health.
-func (r *run) listWatch(k kind) *cache.ListWatch {
-	e := r.endpointFor(k)
+// listWatch is k's list and watch calls at e, each reporting to health.
+func (r *run) listWatch(k kind, e endpoint) *cache.ListWatch {
 	list := func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
 		return r.clients.list(ctx, e, o)
 	}
@@ -140,7 +139,8 @@ func (r *run) start(ctx context.Context, wg *sync.WaitGroup, k kind) {
 	// time it retries; health logs a failure once, when it starts.
 	logger := logr.FromSlogHandler(debugOnly{r.log.With("resource", k.String()).Handler()})
 	ctx = klog.NewContext(ctx, logger)
-	refl := cache.NewReflectorWithOptions(r.listWatch(k), r.endpointFor(k).example, st, cache.ReflectorOptions{
+	e := r.endpointFor(k)
+	refl := cache.NewReflectorWithOptions(r.listWatch(k, e), e.example, st, cache.ReflectorOptions{
 		Name: k.String(), TypeDescription: k.String(), Logger: &logger,
 	})
 	r.stores[k] = st
