@@ -41,6 +41,7 @@ cleanup() {
   fi
   nsenter --net="/run/netns/$NODE" "$BIN" uninstall --bpffs "$work/bpffs/ztdns" --cgroup "$CG" >/dev/null 2>&1
   for ns in "$CURL" "$OTHER" "$NODE"; do ip netns del "$ns" 2>/dev/null; rm -rf "/etc/netns/$ns"; done
+  rmdir /etc/netns 2>/dev/null # only if nothing else keeps files there
   rmdir "$CG" 2>/dev/null
   umount "$work/bpffs" 2>/dev/null
   rm -rf "$work"
