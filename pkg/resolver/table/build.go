@@ -580,7 +580,7 @@ func resolvedMap(se *model.ServiceEntry, own []hostAddrs) map[vip.Key]hostAddrs 
 	}
 	m := make(map[vip.Key]hostAddrs, len(own))
 	for i, h := range se.Hosts {
-		if own[i].source != "" {
+		if own[i].addrSource != 0 {
 			m[vip.Key{Owner: se.Key(), Host: h}] = own[i]
 		}
 	}

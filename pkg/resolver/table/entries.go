@@ -85,6 +85,8 @@ var (
 	addrClusterIP = addrSourceOf(FromClusterIP)
 	addrEndpoints = addrSourceOf(FromEndpoints)
 	addrSpec      = addrSourceOf(FromSpec)
+	addrStatus    = addrSourceOf(FromStatus)
+	addrAllocated = addrSourceOf(FromAllocated)
 )
 
 // serviceSource is what a Service's entries share.
@@ -281,12 +283,14 @@ func dashed(a netip.Addr) string {
 
 // hostAddrs is where an auto-allocating host's addresses come from.
 type hostAddrs struct {
-	source string // FromStatus or FromAllocated; "" for none
-	addrs  []netip.Addr
+	// addrSource is addrStatus or addrAllocated, as Entry.addrSource; 0
+	// for none.
+	addrSource uint8
+	addrs      []netip.Addr
 }
 
 func (h hostAddrs) equal(o hostAddrs) bool {
-	return h.source == o.source && slices.Equal(h.addrs, o.addrs)
+	return h.addrSource == o.addrSource && slices.Equal(h.addrs, o.addrs)
 }
 
 // resolveHosts decides the VIP of every host that auto-allocates (istiod's
@@ -318,12 +322,12 @@ func resolveHosts(ses []model.ServiceEntry, fromStatus bool) map[vip.Key]hostAdd
 			}
 			if len(addrs) > 0 {
 				slices.SortFunc(addrs, netip.Addr.Compare)
-				out[vip.Key{Owner: se.Key(), Host: h}] = hostAddrs{source: FromStatus, addrs: addrs}
+				out[vip.Key{Owner: se.Key(), Host: h}] = hostAddrs{addrSource: addrStatus, addrs: addrs}
 			}
 		}
 	}
 	for k, p := range vip.Allocate(claims) {
-		out[k] = hostAddrs{source: FromAllocated, addrs: []netip.Addr{p.V4, p.V6}}
+		out[k] = hostAddrs{addrSource: addrAllocated, addrs: []netip.Addr{p.V4, p.V6}}
 	}
 	return out
 }
@@ -370,7 +374,7 @@ func serviceEntryEntries(src *source, se *model.ServiceEntry, resolved map[vip.K
 				}
 				continue
 			}
-			e.addrSource, e.Addrs = addrSourceOf(r.source), r.addrs
+			e.addrSource, e.Addrs = r.addrSource, r.addrs
 		}
 		out.add(e, !isWildcard(name))
 	}
