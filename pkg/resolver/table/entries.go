@@ -346,11 +346,12 @@ func serviceEntrySource(n names, se *model.ServiceEntry, ext *seSource) source {
 }
 
 // serviceEntryEntries is what a ServiceEntry puts in the table, given the
-// addresses of its auto-allocating hosts (fromStatus: as resolveHosts);
-// src is its serviceEntrySource.
-func serviceEntryEntries(src *source, se *model.ServiceEntry, resolved map[vip.Key]hostAddrs, fromStatus bool) entrySet {
+// addresses of its auto-allocating hosts: own[i] is se.Hosts[i]'s (as
+// resolvedOf; nil when none has any), fromStatus as resolveHosts. src is
+// its serviceEntrySource.
+func serviceEntryEntries(src *source, se *model.ServiceEntry, own []hostAddrs, fromStatus bool) entrySet {
 	var out entrySet
-	for _, h := range se.Hosts {
+	for i, h := range se.Hosts {
 		name := dns.CanonicalName(h)
 		if !validName(strings.TrimPrefix(name, "*.")) {
 			out.warn("%s: host %q is not a valid DNS name", originOf(src), h)
@@ -365,8 +366,11 @@ func serviceEntryEntries(src *source, se *model.ServiceEntry, resolved map[vip.K
 		case !vip.Eligible(se) || !vip.HostEligible(se, h):
 			continue // nothing to answer: the name is forwarded
 		default:
-			r, ok := resolved[vip.Key{Owner: se.Key(), Host: h}]
-			if !ok {
+			var r hostAddrs
+			if i < len(own) {
+				r = own[i]
+			}
+			if r.addrSource == 0 {
 				// With istiod allocating, a host it has not written yet
 				// is forwarded (what kube-dns answers) until it does.
 				if !fromStatus {
