@@ -83,8 +83,9 @@ func (s *source) objKey() objKey { return objKey{s.namespace, s.name} }
 // that held an object twice. spare is the order before, kept for its
 // capacity.
 type states[S state] struct {
-	byHash       map[uint64]S
-	clash        map[objKey]S
+	byHash map[uint64]S
+	clash  map[objKey]S
+	// hash is hashKey; a field so that a test can make keys clash.
 	hash         func(objKey) uint64
 	order, spare []S
 }
