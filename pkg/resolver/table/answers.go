@@ -45,16 +45,16 @@ func (r *Result) AppendAnswer(out []byte, hdr int, qtype uint16, rot uint16) []b
 	case r.owners.one != nil:
 		if qtype == dns.TypePTR || qtype == dns.TypeANY {
 			for _, o := range r.owners.many[min(1, len(r.owners.many)):] { // the first is e, last
-				out = appendPTR(out, ttl, o.Name)
+				out = appendNameRR(out, dns.TypePTR, ttl, o.Name)
 			}
-			out = appendPTR(out, ttl, e.Name)
+			out = appendNameRR(out, dns.TypePTR, ttl, e.Name)
 			n = uint16(r.owners.len())
 		}
 	case qtype == dns.TypeANY:
 		out = appendAddrs(out, e.Addrs, ttl, 0)
 		n = uint16(len(e.Addrs))
 		if e.Alias != "" {
-			out = appendCNAME(out, ttl, e.Alias)
+			out = appendNameRR(out, dns.TypeCNAME, ttl, e.Alias)
 			n++
 		}
 	case qtype == dns.TypeA:
@@ -65,7 +65,7 @@ func (r *Result) AppendAnswer(out []byte, hdr int, qtype uint16, rot uint16) []b
 		n = uint16(len(e.Addrs) - int(e.n4))
 	case qtype == dns.TypeCNAME:
 		if e.Alias != "" {
-			out = appendCNAME(out, ttl, e.Alias)
+			out = appendNameRR(out, dns.TypeCNAME, ttl, e.Alias)
 			n = 1
 		}
 	}
@@ -115,18 +115,14 @@ func appendAddr(out []byte, ttl uint32, a netip.Addr) []byte {
 	return binary.BigEndian.AppendUint64(out, binary.BigEndian.Uint64(b[8:]))
 }
 
-// appendPTR, appendCNAME and appendSRV append one record of their type,
-// its target name uncompressed.
-func appendPTR(out []byte, ttl uint32, target string) []byte {
-	out = appendHeader(out, dns.TypePTR, ttl, nameLen(target))
+// appendNameRR appends one record whose rdata is just a name (PTR, CNAME),
+// the name uncompressed.
+func appendNameRR(out []byte, rrtype uint16, ttl uint32, target string) []byte {
+	out = appendHeader(out, rrtype, ttl, nameLen(target))
 	return dnswire.AppendName(out, target)
 }
 
-func appendCNAME(out []byte, ttl uint32, target string) []byte {
-	out = appendHeader(out, dns.TypeCNAME, ttl, nameLen(target))
-	return dnswire.AppendName(out, target)
-}
-
+// appendSRV appends one SRV record, its target uncompressed.
 func appendSRV(out []byte, ttl uint32, s SRV) []byte {
 	out = appendHeader(out, dns.TypeSRV, ttl, 6+nameLen(s.Target))
 	out = append(out, 0, 0, 0, 100, byte(s.Port>>8), byte(s.Port)) // priority 0, weight 100 (kube-dns's)

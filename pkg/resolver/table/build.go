@@ -83,8 +83,9 @@ func (s *source) objKey() objKey { return objKey{s.namespace, s.name} }
 // that held an object twice. spare is the order before, kept for its
 // capacity.
 type states[S state] struct {
-	byHash       map[uint64]S
-	clash        map[objKey]S
+	byHash map[uint64]S
+	clash  map[objKey]S
+	// hash is hashKey; a field so that a test can make keys clash.
 	hash         func(objKey) uint64
 	order, spare []S
 }
@@ -475,7 +476,7 @@ func (b *Builder) buildServiceEntries(s *model.Snapshot) {
 			st.se = se
 			continue
 		}
-		b.rebuildServiceEntry(w, i, se, st, resolvedOf(resolved, se), resolved)
+		b.rebuildServiceEntry(w, i, se, st, resolvedOf(resolved, se))
 	}
 	for _, st := range w.finish() {
 		b.forget(st.objKey(), st.entries, st.built)
@@ -534,7 +535,7 @@ func (b *Builder) buildChangedServiceEntries(s *model.Snapshot) bool {
 		case st != nil:
 			own = st.resolved
 		}
-		b.rebuildServiceEntry(w, i, se, st, own, resolvedMap(se, own))
+		b.rebuildServiceEntry(w, i, se, st, own)
 	}
 	for _, st := range w.finish() {
 		b.forget(st.objKey(), st.entries, st.built)
@@ -544,15 +545,15 @@ func (b *Builder) buildChangedServiceEntries(s *model.Snapshot) bool {
 }
 
 // rebuildServiceEntry replaces the state st (nil: none) of the entry at i
-// with one built from se, whose hosts resolve to own (resolved, as a map).
-func (b *Builder) rebuildServiceEntry(w *walker[*seState], i int, se *model.ServiceEntry, st *seState, own []hostAddrs, resolved map[vip.Key]hostAddrs) {
+// with one built from se, whose hosts resolve to own (as resolvedOf).
+func (b *Builder) rebuildServiceEntry(w *walker[*seState], i int, se *model.ServiceEntry, st *seState, own []hostAddrs) {
 	key := objKey{se.Namespace, se.Name}
 	if st != nil {
 		b.forget(key, st.entries, st.built)
 	}
 	st = &seState{se: se, resolved: own}
 	st.source = serviceEntrySource(b.n, se, &st.ext)
-	st.entries = b.made(key, serviceEntryEntries(&st.source, se, resolved, b.fromStatus))
+	st.entries = b.made(key, serviceEntryEntries(&st.source, se, own, b.fromStatus))
 	w.put(key, i, st)
 }
 
@@ -570,21 +571,6 @@ func sameClaims(st *seState, se *model.ServiceEntry) bool {
 	}
 	return hasClaims(old) && hasClaims(se) && old.Created.Equal(se.Created) && slices.Equal(old.Hosts, se.Hosts) &&
 		old.Resolution == se.Resolution
-}
-
-// resolvedMap is own (what se's hosts resolved to, as resolvedOf) as the
-// map serviceEntryEntries reads.
-func resolvedMap(se *model.ServiceEntry, own []hostAddrs) map[vip.Key]hostAddrs {
-	if own == nil {
-		return nil
-	}
-	m := make(map[vip.Key]hostAddrs, len(own))
-	for i, h := range se.Hosts {
-		if own[i].source != "" {
-			m[vip.Key{Owner: se.Key(), Host: h}] = own[i]
-		}
-	}
-	return m
 }
 
 // VIPsFromStatus reports whether the last build took VIPs from istiod's

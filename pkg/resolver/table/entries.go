@@ -85,6 +85,8 @@ var (
 	addrClusterIP = addrSourceOf(FromClusterIP)
 	addrEndpoints = addrSourceOf(FromEndpoints)
 	addrSpec      = addrSourceOf(FromSpec)
+	addrStatus    = addrSourceOf(FromStatus)
+	addrAllocated = addrSourceOf(FromAllocated)
 )
 
 // serviceSource is what a Service's entries share.
@@ -281,12 +283,14 @@ func dashed(a netip.Addr) string {
 
 // hostAddrs is where an auto-allocating host's addresses come from.
 type hostAddrs struct {
-	source string // FromStatus or FromAllocated; "" for none
-	addrs  []netip.Addr
+	// addrSource is addrStatus or addrAllocated, as Entry.addrSource; 0
+	// for none.
+	addrSource uint8
+	addrs      []netip.Addr
 }
 
 func (h hostAddrs) equal(o hostAddrs) bool {
-	return h.source == o.source && slices.Equal(h.addrs, o.addrs)
+	return h.addrSource == o.addrSource && slices.Equal(h.addrs, o.addrs)
 }
 
 // resolveHosts decides the VIP of every host that auto-allocates (istiod's
@@ -318,12 +322,12 @@ func resolveHosts(ses []model.ServiceEntry, fromStatus bool) map[vip.Key]hostAdd
 			}
 			if len(addrs) > 0 {
 				slices.SortFunc(addrs, netip.Addr.Compare)
-				out[vip.Key{Owner: se.Key(), Host: h}] = hostAddrs{source: FromStatus, addrs: addrs}
+				out[vip.Key{Owner: se.Key(), Host: h}] = hostAddrs{addrSource: addrStatus, addrs: addrs}
 			}
 		}
 	}
 	for k, p := range vip.Allocate(claims) {
-		out[k] = hostAddrs{source: FromAllocated, addrs: []netip.Addr{p.V4, p.V6}}
+		out[k] = hostAddrs{addrSource: addrAllocated, addrs: []netip.Addr{p.V4, p.V6}}
 	}
 	return out
 }
@@ -342,11 +346,12 @@ func serviceEntrySource(n names, se *model.ServiceEntry, ext *seSource) source {
 }
 
 // serviceEntryEntries is what a ServiceEntry puts in the table, given the
-// addresses of its auto-allocating hosts (fromStatus: as resolveHosts);
-// src is its serviceEntrySource.
-func serviceEntryEntries(src *source, se *model.ServiceEntry, resolved map[vip.Key]hostAddrs, fromStatus bool) entrySet {
+// addresses of its auto-allocating hosts: own[i] is se.Hosts[i]'s (as
+// resolvedOf; nil when none has any), fromStatus as resolveHosts. src is
+// its serviceEntrySource.
+func serviceEntryEntries(src *source, se *model.ServiceEntry, own []hostAddrs, fromStatus bool) entrySet {
 	var out entrySet
-	for _, h := range se.Hosts {
+	for i, h := range se.Hosts {
 		name := dns.CanonicalName(h)
 		if !validName(strings.TrimPrefix(name, "*.")) {
 			out.warn("%s: host %q is not a valid DNS name", originOf(src), h)
@@ -361,8 +366,11 @@ func serviceEntryEntries(src *source, se *model.ServiceEntry, resolved map[vip.K
 		case !vip.Eligible(se) || !vip.HostEligible(se, h):
 			continue // nothing to answer: the name is forwarded
 		default:
-			r, ok := resolved[vip.Key{Owner: se.Key(), Host: h}]
-			if !ok {
+			var r hostAddrs
+			if i < len(own) {
+				r = own[i]
+			}
+			if r.addrSource == 0 {
 				// With istiod allocating, a host it has not written yet
 				// is forwarded (what kube-dns answers) until it does.
 				if !fromStatus {
@@ -370,7 +378,7 @@ func serviceEntryEntries(src *source, se *model.ServiceEntry, resolved map[vip.K
 				}
 				continue
 			}
-			e.addrSource, e.Addrs = addrSourceOf(r.source), r.addrs
+			e.addrSource, e.Addrs = r.addrSource, r.addrs
 		}
 		out.add(e, !isWildcard(name))
 	}
