@@ -9,7 +9,8 @@ import (
 	"syscall"
 
 	"github.com/spf13/cobra"
-	"golang.org/x/sys/unix"
+
+	"github.com/ztdns/ztdns/pkg/redirect"
 )
 
 // The commands in this file are what the Helm chart's containers run, so
@@ -31,18 +32,15 @@ func newMountBPFFSCmd() *cobra.Command {
 }
 
 func mountBPFFS(path string) error {
-	var st unix.Statfs_t
-	if err := unix.Statfs(path, &st); err != nil {
-		return fmt.Errorf("statfs %s: %w", path, err)
+	mounted, err := redirect.MountBPFFS(path)
+	if err != nil {
+		return err
 	}
-	if st.Type == unix.BPF_FS_MAGIC {
+	if mounted {
+		fmt.Fprintf(os.Stderr, "mounted a bpf filesystem at %s\n", path)
+	} else {
 		fmt.Fprintf(os.Stderr, "%s is a bpf filesystem already\n", path)
-		return nil
 	}
-	if err := unix.Mount("bpf", path, "bpf", 0, ""); err != nil {
-		return fmt.Errorf("mount -t bpf bpf %s: %w", path, err)
-	}
-	fmt.Fprintf(os.Stderr, "mounted a bpf filesystem at %s\n", path)
 	return nil
 }
 

@@ -124,6 +124,10 @@ func TestLoadChecksFirst(t *testing.T) {
 		if err := unix.Statfs(root, &st); err != nil || st.Type != unix.BPF_FS_MAGIC {
 			t.Errorf("statfs %s: type %#x, %v; want bpffs mounted", root, st.Type, err)
 		}
+		// What `ztdns mount-bpffs` runs, on a bpffs already: nothing to do.
+		if mounted, err := MountBPFFS(root); err != nil || mounted {
+			t.Errorf("MountBPFFS on a bpffs: mounted=%v, %v; want nothing done", mounted, err)
+		}
 	})
 
 	t.Run("incompatible pinned map is replaced", func(t *testing.T) {

@@ -118,8 +118,7 @@ func ensureBPFFS(log *slog.Logger, pinDir string, mount bool) error {
 		if err := os.MkdirAll(root, 0o755); err != nil {
 			return fmt.Errorf("bpffs: create mount point: %w", err)
 		}
-		// What `mount -t bpf bpf ROOT` does; Cilium mounts /sys/fs/bpf so.
-		if err := unix.Mount("bpf", root, "bpf", 0, ""); err != nil {
+		if _, err := MountBPFFS(root); err != nil {
 			return fmt.Errorf("no bpf filesystem at %s and mounting one failed: %w", root, err)
 		}
 		log.Info("mounted bpffs", "path", root)
@@ -128,6 +127,23 @@ func ensureBPFFS(log *slog.Logger, pinDir string, mount bool) error {
 		return fmt.Errorf("bpffs: create pin directory: %w", err)
 	}
 	return nil
+}
+
+// MountBPFFS mounts a bpf filesystem at dir, as `mount -t bpf bpf DIR`
+// (and Cilium's agent at /sys/fs/bpf) do, unless dir is on one already. It
+// reports whether it mounted one.
+func MountBPFFS(dir string) (bool, error) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		return false, fmt.Errorf("statfs %s: %w", dir, err)
+	}
+	if st.Type == unix.BPF_FS_MAGIC {
+		return false, nil
+	}
+	if err := unix.Mount("bpf", dir, "bpf", 0, ""); err != nil {
+		return false, fmt.Errorf("mount -t bpf bpf %s: %w", dir, err)
+	}
+	return true, nil
 }
 
 // checkKernel probes, before anything is loaded, every kernel feature the
