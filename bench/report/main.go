@@ -17,6 +17,7 @@ package main
 import (
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"slices"
 	"strings"
@@ -189,7 +190,7 @@ func (t *table) print(w io.Writer) {
 	}
 	title := strings.ReplaceAll(t.name, "/", " ")
 	if rounds > 1 {
-		title += fmt.Sprintf(" (median of %d rounds, ±95%% confidence interval from 6; ratios: median of the rounds' ratios)", rounds)
+		title += fmt.Sprintf(" (median of %d rounds, ±95%% confidence interval from 6; ratios: median of the rounds' ratios [its 95%% interval])", rounds)
 	}
 	fmt.Fprintln(w, title)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
@@ -210,13 +211,13 @@ func (t *table) print(w io.Writer) {
 		for _, c := range t.columns {
 			row = append(row, cell(t.values[c][u]))
 		}
-		ratios := map[string]float64{}
+		ratios := map[string]benchmath.Summary{}
 		if len(t.columns) > 1 {
 			for _, c := range t.columns[:len(t.columns)-1] {
 				r, ok := ratio(t.values[c][u], t.values[base][u])
 				if ok {
 					ratios[c] = r
-					row = append(row, fmt.Sprintf("%.2f", r))
+					row = append(row, ratioCell(r))
 				} else {
 					row = append(row, "")
 				}
@@ -264,11 +265,12 @@ func cell(ss []sample) string {
 }
 
 // ratio is a/b: the median of the ratios of a's and b's values in the same
-// round (by round=N, else in order), or, when the rounds do not match, the
-// ratio of the medians.
-func ratio(a, b []sample) (float64, bool) {
+// round (by round=N, else in order), with its 95% confidence interval from
+// 6 rounds; or, when the rounds do not match, the ratio of the medians,
+// with none.
+func ratio(a, b []sample) (benchmath.Summary, bool) {
 	if len(a) == 0 || len(b) == 0 {
-		return 0, false
+		return benchmath.Summary{}, false
 	}
 	var rs []float64
 	if len(a) == len(b) {
@@ -284,11 +286,26 @@ func ratio(a, b []sample) (float64, bool) {
 	}
 	if len(rs) == 0 {
 		if m := summary(floats(b)).Center; m != 0 {
-			return summary(floats(a)).Center / m, true
+			r := summary(floats(a)).Center / m
+			return benchmath.Summary{Center: r, Lo: math.Inf(-1), Hi: math.Inf(1)}, true
 		}
-		return 0, false
+		return benchmath.Summary{}, false
 	}
-	return summary(rs).Center, true
+	return summary(rs), true
+}
+
+// ratioCell is a ratio, with the interval its rounds' ratios give when
+// there are enough of them: at fixed rates the rounds spread by more than
+// the differences measured, and a reader should see it.
+func ratioCell(r benchmath.Summary) string {
+	if hasInterval(r) {
+		return fmt.Sprintf("%.2f [%.2f–%.2f]", r.Center, r.Lo, r.Hi)
+	}
+	return fmt.Sprintf("%.2f", r.Center)
+}
+
+func hasInterval(r benchmath.Summary) bool {
+	return !math.IsInf(r.Lo, 0) && !math.IsInf(r.Hi, 0)
 }
 
 // number prints a value with about three significant digits, and

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 )
@@ -79,8 +80,37 @@ BenchmarkCapture/load=max/round=3/way=direct-2    1  60 qps
 	tbl := rs.tables[0]
 	// The rounds' ratios are 1, 0.95 and 0.83: their median is 0.95; the
 	// ratio of the medians would be 1.
-	if r, ok := ratio(tbl.values["redirect"]["qps"], tbl.values["direct"]["qps"]); !ok || r != 0.95 {
-		t.Errorf("ratio %v (%v), want 0.95", r, ok)
+	if r, ok := ratio(tbl.values["redirect"]["qps"], tbl.values["direct"]["qps"]); !ok || r.Center != 0.95 {
+		t.Errorf("ratio %v (%v), want 0.95", r.Center, ok)
+	}
+}
+
+// TestRatioInterval: from 6 rounds a ratio shows its 95% interval, and a
+// target inside it is said to be, met or not.
+func TestRatioInterval(t *testing.T) {
+	var in strings.Builder
+	// CPU ratios 0.9, 1.04, 1.1, 1.2, 0.95, 1.16 (median 1.07, spanning
+	// 1); qps ratios all 2.
+	for i, r := range []float64{0.9, 1.04, 1.1, 1.2, 0.95, 1.16} {
+		fmt.Fprintf(&in, "BenchmarkResolver/load=10000/round=%d/server=ztdns-2  1  %g cpu-us/query  20000 qps\n", i, 10*r)
+		fmt.Fprintf(&in, "BenchmarkResolver/load=10000/round=%d/server=unbound-2  1  10 cpu-us/query  10000 qps\n", i)
+	}
+	var rs results
+	if err := rs.read(strings.NewReader(in.String()), "six"); err != nil {
+		t.Fatal(err)
+	}
+	var out strings.Builder
+	rs.print(&out)
+	got := out.String()
+	t.Log("\n" + got)
+	for _, want := range []string{
+		"1.07 [0.90–1.20]",
+		"≤ 1: NOT met (the rounds' interval spans it)",
+		"2.00 [2.00–2.00]",
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("no %q in the report", want)
+		}
 	}
 }
 

@@ -3,6 +3,8 @@ package main
 import (
 	"fmt"
 	"strings"
+
+	"golang.org/x/perf/benchmath"
 )
 
 // target is a figure ztdns is held to: the ratio of a column to the
@@ -33,7 +35,7 @@ var targets = []target{
 }
 
 // verdicts says whether t's row of unit meets its targets.
-func verdicts(t *table, unit string, ratios map[string]float64) string {
+func verdicts(t *table, unit string, ratios map[string]benchmath.Summary) string {
 	var out []string
 	for _, g := range targets {
 		if g.bench != t.bench || g.group != t.group || g.unit != unit {
@@ -44,7 +46,11 @@ func verdicts(t *table, unit string, ratios map[string]float64) string {
 			if !ok {
 				continue
 			}
-			out = append(out, g.String()+": "+metOrNot(g.met(r)))
+			v := g.String() + ": " + metOrNot(g.met(r.Center))
+			if hasInterval(r) && r.Lo <= g.limit && g.limit <= r.Hi {
+				v += " (the rounds' interval spans it)"
+			}
+			out = append(out, v)
 			continue
 		}
 		var each []string
