@@ -16,6 +16,8 @@ package kubeapi
 
 import (
 	"encoding/json"
+	"reflect"
+	"strings"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -36,7 +38,8 @@ type ObjectMeta struct {
 }
 
 // Labels are the labels ztdns reads (see the model.Label* constants), nil
-// when absent.
+// when absent. Every field is a *string keyed by its JSON name: LabelsOf and
+// AnnotationsOf read these tags as the one list of keys.
 type Labels struct {
 	DataplaneMode      *string `json:"istio.io/dataplane-mode,omitempty"`
 	GatewayManaged     *string `json:"gateway.istio.io/managed,omitempty"`
@@ -52,6 +55,35 @@ type Annotations struct {
 	// events (metav1.InitialEventsAnnotationKey), which client-go's
 	// reflector reads to know it has every object.
 	InitialEventsEnd *string `json:"k8s.io/initial-events-end,omitempty"`
+}
+
+// LabelsOf picks the labels ztdns reads out of a label map, by the keys the
+// fields' JSON tags name, so that sources holding maps (package typed) need
+// no list of their own.
+func LabelsOf(m map[string]string) Labels {
+	var l Labels
+	fromMap(&l, m)
+	return l
+}
+
+// AnnotationsOf picks the annotations ztdns reads out of an annotation map,
+// as LabelsOf does.
+func AnnotationsOf(m map[string]string) Annotations {
+	var a Annotations
+	fromMap(&a, m)
+	return a
+}
+
+// fromMap sets each *string field of the struct v points to from m, keyed
+// exactly (case and all) as the watch decodes it: by the field's JSON name.
+func fromMap(v any, m map[string]string) {
+	s := reflect.ValueOf(v).Elem()
+	for i := range s.NumField() {
+		key, _, _ := strings.Cut(s.Type().Field(i).Tag.Get("json"), ",")
+		if val, ok := m[key]; ok {
+			s.Field(i).Set(reflect.ValueOf(&val))
+		}
+	}
 }
 
 // Object is an API object of this package.

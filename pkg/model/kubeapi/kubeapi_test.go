@@ -1,6 +1,7 @@
 package kubeapi
 
 import (
+	"encoding/json"
 	"net/netip"
 	"reflect"
 	"strings"
@@ -232,5 +233,54 @@ func TestClientGoReadsMetadata(t *testing.T) {
 	}
 	if strings.Contains(reflect.TypeOf(items[0]).String(), "Unstructured") {
 		t.Errorf("items decode as %T", items[0])
+	}
+}
+
+// TestMetaOfMaps checks that LabelsOf and AnnotationsOf, which the manifest
+// source uses, pick what a watch decodes from the same metadata: every key
+// the fields name, exactly, and no other.
+func TestMetaOfMaps(t *testing.T) {
+	keys := func(v any) (exact, other map[string]string) {
+		exact, other = map[string]string{"app": "x"}, map[string]string{"app": "x"}
+		typ := reflect.TypeOf(v)
+		for i := range typ.NumField() {
+			key, _, _ := strings.Cut(typ.Field(i).Tag.Get("json"), ",")
+			exact[key] = "v-" + key
+			other[strings.ToUpper(key)] = "v-" + key
+		}
+		return exact, other
+	}
+	labels, otherLabels := keys(Labels{})
+	annotations, otherAnnotations := keys(Annotations{})
+	for _, tt := range []struct {
+		name                string
+		labels, annotations map[string]string
+		wantAll             bool
+	}{
+		{name: "exact keys", labels: labels, annotations: annotations, wantAll: true},
+		{name: "keys in another case", labels: otherLabels, annotations: otherAnnotations},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			doc, err := json.Marshal(map[string]any{"apiVersion": "v1", "kind": "Pod",
+				"metadata": map[string]any{"name": "p", "labels": tt.labels, "annotations": tt.annotations}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			watched := decode(t, string(doc)).(*Pod)
+			got := ObjectMeta{Name: "p", Labels: LabelsOf(tt.labels), Annotations: AnnotationsOf(tt.annotations)}
+			if !reflect.DeepEqual(got, watched.ObjectMeta) {
+				g, _ := json.Marshal(got) // shows the values, not the pointers
+				w, _ := json.Marshal(watched.ObjectMeta)
+				t.Errorf("from maps %s\nwatched   %s", g, w)
+			}
+			for _, v := range []any{got.Labels, got.Annotations} {
+				s := reflect.ValueOf(v)
+				for i := range s.NumField() {
+					if set := !s.Field(i).IsNil(); set != tt.wantAll {
+						t.Errorf("%s.%s set = %v, want %v", s.Type().Name(), s.Type().Field(i).Name, set, tt.wantAll)
+					}
+				}
+			}
+		})
 	}
 }

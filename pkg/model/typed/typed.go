@@ -94,30 +94,13 @@ func FromPod(p *corev1.Pod) (model.Pod, error) {
 
 // meta keeps what kubeapi.ObjectMeta holds.
 func meta(m *metav1.ObjectMeta) kubeapi.ObjectMeta {
-	label := func(key string) *string { return lookup(m.Labels, key) }
-	annotation := func(key string) *string { return lookup(m.Annotations, key) }
 	return kubeapi.ObjectMeta{
 		Name:              m.Name,
 		Namespace:         m.Namespace,
 		UID:               string(m.UID),
 		ResourceVersion:   m.ResourceVersion,
 		CreationTimestamp: m.CreationTimestamp.Time,
-		Labels: kubeapi.Labels{
-			DataplaneMode:      label(model.LabelDataplaneMode),
-			GatewayManaged:     label(model.LabelGatewayManaged),
-			EnableAutoallocate: label(model.LabelEnableAutoallocate),
-			ServiceName:        label(model.LabelServiceName),
-		},
-		Annotations: kubeapi.Annotations{
-			DNSCapture:      annotation(model.AnnotationDNSCapture),
-			IstioDNSCapture: annotation(model.AnnotationIstioDNSCapture),
-		},
+		Labels:            kubeapi.LabelsOf(m.Labels),
+		Annotations:       kubeapi.AnnotationsOf(m.Annotations),
 	}
-}
-
-func lookup(m map[string]string, key string) *string {
-	if v, ok := m[key]; ok {
-		return &v
-	}
-	return nil
 }
