@@ -235,7 +235,7 @@ func packDNSWire(out, msg []byte, q *Query, reply *dns.Msg) []byte {
 			owner = Pointer(len(out))
 			out = AppendName(out, rr.Target)
 		case *dns.A:
-			out = AppendRR(out, owner, TypeA, ClassINET, rr.Hdr.Ttl, rr.A.To4())
+			out = appendRR(out, owner, TypeA, ClassINET, rr.Hdr.Ttl, rr.A.To4())
 		}
 	}
 	return AppendOPT(out, q, 0)

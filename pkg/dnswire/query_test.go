@@ -193,8 +193,8 @@ func TestUDPLimit(t *testing.T) {
 func TestSameQuestion(t *testing.T) {
 	t.Parallel()
 	sent := pack(t, newMsg("www.example.com.", dns.TypeA))
-	q, err := ReadQuestion(sent, nil)
-	if err != nil {
+	var q Question
+	if err := readQuestion(sent, &q, nil); err != nil {
 		t.Fatal(err)
 	}
 	reply := func(name string, qtype uint16) []byte {

@@ -111,12 +111,6 @@ func AppendRRHeader(out []byte, owner uint16, rrtype, class uint16, ttl uint32, 
 	return binary.BigEndian.AppendUint16(out, rdlen)
 }
 
-// AppendRR appends a record whose owner is a compression pointer.
-func AppendRR(out []byte, owner uint16, rrtype, class uint16, ttl uint32, rdata []byte) []byte {
-	out = AppendRRHeader(out, owner, rrtype, class, ttl, uint16(len(rdata)))
-	return append(out, rdata...)
-}
-
 // AppendName appends a fully qualified name in presentation form ("a.b."
 // or "." for the root; a missing final dot is implied) uncompressed. The
 // name must be valid: labels of 1 to 63 octets without escapes.

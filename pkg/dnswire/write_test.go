@@ -108,7 +108,7 @@ func TestAppendRecords(t *testing.T) {
 	out = append(out, msg[HeaderLen:q.End]...)
 	rdata := []byte{0, 0, 0, 100, 0, 80}
 	rdata = AppendName(rdata, "web.example.com.")
-	out = AppendRR(out, QuestionPointer, TypeSRV, ClassINET, 30, rdata)
+	out = appendRR(out, QuestionPointer, TypeSRV, ClassINET, 30, rdata)
 	// An SOA owned by the zone "example.com.", four octets into the name.
 	out = AppendRRHeader(out, Pointer(HeaderLen+4), TypeSOA, ClassINET, 60, 0)
 	rdStart := len(out)
