@@ -65,23 +65,19 @@ const (
 // eight rcode bits (RFC 6891 6.1.3).
 const ExtRcodeBadVers = 1
 
-// Record types and classes this module names.
+// Record types and classes the resolver names.
 const (
-	TypeA     = 1
-	TypeNS    = 2
-	TypeCNAME = 5
-	TypeSOA   = 6
-	TypePTR   = 12
-	TypeTXT   = 16
-	TypeAAAA  = 28
-	TypeSRV   = 33
-	TypeOPT   = 41
-	TypeIXFR  = 251
-	TypeAXFR  = 252
-	TypeANY   = 255
+	TypeIXFR = 251
+	TypeAXFR = 252
 
 	ClassINET = 1
 	ClassANY  = 255
+)
+
+// Record types only this package reads.
+const (
+	typeSOA = 6
+	typeOPT = 41
 )
 
 // EDNS options (RFC 8914).

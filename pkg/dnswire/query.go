@@ -144,7 +144,7 @@ func ParseQuery(msg []byte, q *Query, name *NameBuf) error {
 		}
 		// OPT: type 41 owned by the root; class is the UDP size, TTL
 		// the extended rcode, version and flags.
-		if fixed == off+1 && binary.BigEndian.Uint16(msg[fixed:]) == TypeOPT {
+		if fixed == off+1 && binary.BigEndian.Uint16(msg[fixed:]) == typeOPT {
 			if q.EDNS {
 				return errTwoOPT // RFC 6891 6.1.1: FORMERR
 			}

@@ -53,7 +53,7 @@ func ScanReply(msg []byte) (Reply, error) {
 			return s, fmt.Errorf("record %d: %w", i, err)
 		}
 		off = rr.End
-		if rr.Type == TypeOPT {
+		if rr.Type == typeOPT {
 			continue
 		}
 		s.TTLOffsets = append(s.TTLOffsets, uint16(rr.TTLOff))
@@ -63,7 +63,7 @@ func ScanReply(msg []byte) (Reply, error) {
 			if i == 0 || ttl < s.MinAnswerTTL {
 				s.MinAnswerTTL = ttl
 			}
-		case i < authorityEnd && rr.Type == TypeSOA && !s.SOA:
+		case i < authorityEnd && rr.Type == typeSOA && !s.SOA:
 			minimum, err := soaMinimum(msg, rr)
 			if err != nil {
 				return s, fmt.Errorf("record %d: SOA: %w", i, err)

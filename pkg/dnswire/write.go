@@ -45,7 +45,7 @@ func AppendOPT(out []byte, q *Query, extRcode uint8) []byte {
 		do = 0x80
 	}
 	out = append(out, 0) // the root owns it
-	out = binary.BigEndian.AppendUint16(out, TypeOPT)
+	out = binary.BigEndian.AppendUint16(out, typeOPT)
 	out = binary.BigEndian.AppendUint16(out, EDNSUDPSize)
 	out = append(out, extRcode, 0, do, 0)        // extended rcode, version, flags
 	return binary.BigEndian.AppendUint16(out, 0) // no options yet

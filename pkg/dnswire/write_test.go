@@ -108,9 +108,9 @@ func TestAppendRecords(t *testing.T) {
 	out = append(out, msg[HeaderLen:q.End]...)
 	rdata := []byte{0, 0, 0, 100, 0, 80}
 	rdata = AppendName(rdata, "web.example.com.")
-	out = appendRR(out, QuestionPointer, TypeSRV, ClassINET, 30, rdata)
+	out = appendRR(out, QuestionPointer, dns.TypeSRV, ClassINET, 30, rdata)
 	// An SOA owned by the zone "example.com.", four octets into the name.
-	out = AppendRRHeader(out, Pointer(HeaderLen+4), TypeSOA, ClassINET, 60, 0)
+	out = AppendRRHeader(out, Pointer(HeaderLen+4), dns.TypeSOA, ClassINET, 60, 0)
 	rdStart := len(out)
 	out = AppendName(out, "ns.example.com")
 	out = AppendName(out, "hostmaster.example.com.")
