@@ -66,6 +66,18 @@ func AppendEDE(out []byte, opt int, infoCode uint16) []byte {
 // the given rcode. The question is echoed when it parsed, and an EDNS
 // client gets an OPT record.
 func AppendErrorReply(out, msg []byte, q *Query, rcode int) []byte {
+	return appendEmptyReply(out, msg, q, rcode, false, false)
+}
+
+// AppendTruncated appends an authoritative empty reply to q, the query msg,
+// with TC set: the client asks again over TCP (RFC 7766 5).
+func AppendTruncated(out, msg []byte, q *Query) []byte {
+	return appendEmptyReply(out, msg, q, RcodeSuccess, true, true)
+}
+
+// appendEmptyReply appends a reply to q with no records: the question when
+// it parsed, and an OPT record for an EDNS client.
+func appendEmptyReply(out, msg []byte, q *Query, rcode int, aa, tc bool) []byte {
 	var qd, ar uint16
 	if q.End > HeaderLen {
 		qd = 1
@@ -73,27 +85,14 @@ func AppendErrorReply(out, msg []byte, q *Query, rcode int) []byte {
 	if q.EDNS {
 		ar = 1
 	}
-	out = AppendHeader(out, q, rcode, false, qd, 0, ar)
+	hdr := len(out)
+	out = AppendHeader(out, q, rcode, aa, qd, 0, ar)
+	if tc {
+		out[hdr+2] |= FlagTC >> 8
+	}
 	if qd == 1 {
 		out = append(out, msg[HeaderLen:q.End]...)
 	}
-	if q.EDNS {
-		out = AppendOPT(out, q, 0)
-	}
-	return out
-}
-
-// AppendTruncated appends an authoritative empty reply to q, the query msg,
-// with TC set: the client asks again over TCP (RFC 7766 5).
-func AppendTruncated(out, msg []byte, q *Query) []byte {
-	var ar uint16
-	if q.EDNS {
-		ar = 1
-	}
-	hdr := len(out)
-	out = AppendHeader(out, q, RcodeSuccess, true, 1, 0, ar)
-	out[hdr+2] |= FlagTC >> 8
-	out = append(out, msg[HeaderLen:q.End]...)
 	if q.EDNS {
 		out = AppendOPT(out, q, 0)
 	}
