@@ -65,23 +65,19 @@ const (
 // eight rcode bits (RFC 6891 6.1.3).
 const ExtRcodeBadVers = 1
 
-// Record types and classes this module names.
+// Record types and classes the resolver names.
 const (
-	TypeA     = 1
-	TypeNS    = 2
-	TypeCNAME = 5
-	TypeSOA   = 6
-	TypePTR   = 12
-	TypeTXT   = 16
-	TypeAAAA  = 28
-	TypeSRV   = 33
-	TypeOPT   = 41
-	TypeIXFR  = 251
-	TypeAXFR  = 252
-	TypeANY   = 255
+	TypeIXFR = 251
+	TypeAXFR = 252
 
 	ClassINET = 1
 	ClassANY  = 255
+)
+
+// Record types only this package reads.
+const (
+	typeSOA = 6
+	typeOPT = 41
 )
 
 // EDNS options (RFC 8914).
@@ -147,9 +143,9 @@ func (h *Header) read(msg []byte) {
 	h.ARCount = binary.BigEndian.Uint16(msg[10:])
 }
 
-// SkipName returns the offset just past the (possibly compressed) name at
+// skipName returns the offset just past the (possibly compressed) name at
 // off. It does not follow pointers: a pointer always ends a name.
-func SkipName(msg []byte, off int) (int, error) {
+func skipName(msg []byte, off int) (int, error) {
 	for {
 		if off >= len(msg) {
 			return 0, errShort
@@ -172,9 +168,9 @@ func SkipName(msg []byte, off int) (int, error) {
 	}
 }
 
-// RR locates one resource record in a message.
-type RR struct {
-	Type, Class uint16
+// record locates one resource record in a message.
+type record struct {
+	Type uint16
 	// TTLOff is the offset of the 4-octet TTL field (of OPT: the extended
 	// rcode, version and flags).
 	TTLOff int
@@ -188,15 +184,14 @@ const rrFixedLen = 10
 // minRRLen is the shortest record: the root owner and the fixed part.
 const minRRLen = 1 + rrFixedLen
 
-// ReadRR reads the record starting at off; its owner may be compressed.
-func ReadRR(msg []byte, off int) (RR, error) {
+// readRR reads the record starting at off; its owner may be compressed.
+func readRR(msg []byte, off int) (record, error) {
 	fixed, end, err := skipRR(msg, off)
 	if err != nil {
-		return RR{}, err
+		return record{}, err
 	}
-	return RR{
+	return record{
 		Type:     binary.BigEndian.Uint16(msg[fixed:]),
-		Class:    binary.BigEndian.Uint16(msg[fixed+2:]),
 		TTLOff:   fixed + 4,
 		RdataOff: fixed + rrFixedLen,
 		End:      end,
@@ -206,7 +201,7 @@ func ReadRR(msg []byte, off int) (RR, error) {
 // skipRR steps over the record at off: fixed is where its type, class,
 // TTL and data length start (just past the owner), end where it ends.
 func skipRR(msg []byte, off int) (fixed, end int, err error) {
-	if fixed, err = SkipName(msg, off); err != nil {
+	if fixed, err = skipName(msg, off); err != nil {
 		return 0, 0, err
 	}
 	if fixed+rrFixedLen > len(msg) {
@@ -219,9 +214,9 @@ func skipRR(msg []byte, off int) (fixed, end int, err error) {
 	return fixed, end, nil
 }
 
-// ReadTTL reads the TTL at off, treating values with the top bit set as 0
+// readTTL reads the TTL at off, treating values with the top bit set as 0
 // (RFC 2181 8).
-func ReadTTL(msg []byte, off int) uint32 {
+func readTTL(msg []byte, off int) uint32 {
 	ttl := binary.BigEndian.Uint32(msg[off:])
 	if ttl > 1<<31-1 {
 		return 0
@@ -229,10 +224,10 @@ func ReadTTL(msg []byte, off int) uint32 {
 	return ttl
 }
 
-// LowerASCII folds an ASCII upper-case letter to lower case; DNS compares
+// lowerASCII folds an ASCII upper-case letter to lower case; DNS compares
 // names without regard to ASCII case (RFC 4343) and leaves other octets
 // alone.
-func LowerASCII(c byte) byte {
+func lowerASCII(c byte) byte {
 	if 'A' <= c && c <= 'Z' {
 		return c + 'a' - 'A'
 	}
@@ -243,7 +238,7 @@ func LowerASCII(c byte) byte {
 // a wire name it gives a key that is the same for every spelling.
 func AppendLower(dst, b []byte) []byte {
 	for _, c := range b {
-		dst = append(dst, LowerASCII(c))
+		dst = append(dst, lowerASCII(c))
 	}
 	return dst
 }

@@ -96,8 +96,8 @@ func FuzzScanReply(f *testing.F) {
 		aged := slices.Clone(msg)
 		AgeTTLs(aged, s.TTLOffsets, 7)
 		for _, o := range s.TTLOffsets {
-			if ReadTTL(aged, int(o)) != ReadTTL(msg, int(o))-min(ReadTTL(msg, int(o)), 7) {
-				t.Fatalf("TTL at %d aged from %d to %d", o, ReadTTL(msg, int(o)), ReadTTL(aged, int(o)))
+			if readTTL(aged, int(o)) != readTTL(msg, int(o))-min(readTTL(msg, int(o)), 7) {
+				t.Fatalf("TTL at %d aged from %d to %d", o, readTTL(msg, int(o)), readTTL(aged, int(o)))
 			}
 		}
 		for _, o := range s.TTLOffsets {

@@ -47,3 +47,10 @@ func authority(m *dns.Msg) *[]dns.RR  { return &m.Ns }
 func additional(m *dns.Msg) *[]dns.RR { return &m.Extra }
 
 const testSOA = "example.com. 3600 IN SOA ns1.example.com. hostmaster.example.com. 2024010101 7200 3600 1209600 60"
+
+// appendRR appends a record whose owner is a compression pointer, as the
+// resolver does with AppendRRHeader and the data.
+func appendRR(out []byte, owner uint16, rrtype, class uint16, ttl uint32, rdata []byte) []byte {
+	out = AppendRRHeader(out, owner, rrtype, class, ttl, uint16(len(rdata)))
+	return append(out, rdata...)
+}

@@ -24,17 +24,10 @@ type Question struct {
 	Plain bool
 }
 
-// ReadQuestion reads the question at HeaderLen, folding its name into name
-// when name is not nil. The name must not be compressed: it is the first
-// name in the message, so a pointer could only point into the header.
-func ReadQuestion(msg []byte, name *NameBuf) (Question, error) {
-	var q Question
-	err := readQuestion(msg, &q, name)
-	return q, err
-}
-
-// readQuestion reads the question into q, which must be zero, and leaves it
-// so when the question does not parse.
+// readQuestion reads the question at HeaderLen into q, which must be zero,
+// and leaves it so when the question does not parse. It folds the name into
+// name when name is not nil. The name must not be compressed: it is the
+// first name in the message, so a pointer could only point into the header.
 func readQuestion(msg []byte, q *Question, name *NameBuf) error {
 	off, n := HeaderLen, 0
 	plain := true
@@ -151,7 +144,7 @@ func ParseQuery(msg []byte, q *Query, name *NameBuf) error {
 		}
 		// OPT: type 41 owned by the root; class is the UDP size, TTL
 		// the extended rcode, version and flags.
-		if fixed == off+1 && binary.BigEndian.Uint16(msg[fixed:]) == TypeOPT {
+		if fixed == off+1 && binary.BigEndian.Uint16(msg[fixed:]) == typeOPT {
 			if q.EDNS {
 				return errTwoOPT // RFC 6891 6.1.1: FORMERR
 			}
@@ -181,7 +174,7 @@ func SameQuestion(reply, sent []byte, q Question) bool {
 		return false
 	}
 	for i := HeaderLen; i < q.NameEnd; i++ {
-		if LowerASCII(reply[i]) != LowerASCII(sent[i]) {
+		if lowerASCII(reply[i]) != lowerASCII(sent[i]) {
 			return false
 		}
 	}

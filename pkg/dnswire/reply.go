@@ -35,7 +35,7 @@ func ScanReply(msg []byte) (Reply, error) {
 	s.Header = h
 	off := HeaderLen
 	for range int(h.QDCount) {
-		if off, err = SkipName(msg, off); err != nil {
+		if off, err = skipName(msg, off); err != nil {
 			return s, fmt.Errorf("question: %w", err)
 		}
 		if off += 4; off > len(msg) {
@@ -48,22 +48,22 @@ func ScanReply(msg []byte) (Reply, error) {
 	// The counts are the sender's word; the bytes bound what they can be.
 	s.TTLOffsets = make([]uint16, 0, min(records, (len(msg)-off)/minRRLen))
 	for i := range records {
-		rr, err := ReadRR(msg, off)
+		rr, err := readRR(msg, off)
 		if err != nil {
 			return s, fmt.Errorf("record %d: %w", i, err)
 		}
 		off = rr.End
-		if rr.Type == TypeOPT {
+		if rr.Type == typeOPT {
 			continue
 		}
 		s.TTLOffsets = append(s.TTLOffsets, uint16(rr.TTLOff))
-		ttl := ReadTTL(msg, rr.TTLOff)
+		ttl := readTTL(msg, rr.TTLOff)
 		switch {
 		case i < answers:
 			if i == 0 || ttl < s.MinAnswerTTL {
 				s.MinAnswerTTL = ttl
 			}
-		case i < authorityEnd && rr.Type == TypeSOA && !s.SOA:
+		case i < authorityEnd && rr.Type == typeSOA && !s.SOA:
 			minimum, err := soaMinimum(msg, rr)
 			if err != nil {
 				return s, fmt.Errorf("record %d: SOA: %w", i, err)
@@ -75,19 +75,19 @@ func ScanReply(msg []byte) (Reply, error) {
 }
 
 // soaMinimum reads the MINIMUM field: two names, then five 32-bit fields.
-func soaMinimum(msg []byte, rr RR) (uint32, error) {
+func soaMinimum(msg []byte, rr record) (uint32, error) {
 	rdata := msg[:rr.End] // the names must end inside the record data
-	off, err := SkipName(rdata, rr.RdataOff)
+	off, err := skipName(rdata, rr.RdataOff)
 	if err != nil {
 		return 0, err
 	}
-	if off, err = SkipName(rdata, off); err != nil {
+	if off, err = skipName(rdata, off); err != nil {
 		return 0, err
 	}
 	if off+20 != rr.End {
 		return 0, errSOALength
 	}
-	return ReadTTL(msg, off+16), nil
+	return readTTL(msg, off+16), nil
 }
 
 // AgeTTLs lowers every TTL at offsets (from ScanReply) by elapsed seconds,
@@ -97,7 +97,7 @@ func AgeTTLs(msg []byte, offsets []uint16, elapsed uint32) {
 		return
 	}
 	for _, o := range offsets {
-		ttl := ReadTTL(msg, int(o))
+		ttl := readTTL(msg, int(o))
 		binary.BigEndian.PutUint32(msg[o:], ttl-min(ttl, elapsed))
 	}
 }

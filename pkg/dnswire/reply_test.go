@@ -147,8 +147,9 @@ func TestScanReplyRejectsMalformed(t *testing.T) {
 		b := slices.Clone(good)
 		// The SOA is the first record after the question; its rdlength
 		// sits 8 bytes after its owner name, which is uncompressed here.
-		q, _ := ReadQuestion(b, nil)
-		nameEnd, _ := SkipName(b, q.End)
+		var q Question
+		_ = readQuestion(b, &q, nil)
+		nameEnd, _ := skipName(b, q.End)
 		binary.BigEndian.PutUint16(b[nameEnd+8:], rdlen)
 		return b
 	}

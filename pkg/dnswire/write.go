@@ -45,7 +45,7 @@ func AppendOPT(out []byte, q *Query, extRcode uint8) []byte {
 		do = 0x80
 	}
 	out = append(out, 0) // the root owns it
-	out = binary.BigEndian.AppendUint16(out, TypeOPT)
+	out = binary.BigEndian.AppendUint16(out, typeOPT)
 	out = binary.BigEndian.AppendUint16(out, EDNSUDPSize)
 	out = append(out, extRcode, 0, do, 0)        // extended rcode, version, flags
 	return binary.BigEndian.AppendUint16(out, 0) // no options yet
@@ -66,6 +66,18 @@ func AppendEDE(out []byte, opt int, infoCode uint16) []byte {
 // the given rcode. The question is echoed when it parsed, and an EDNS
 // client gets an OPT record.
 func AppendErrorReply(out, msg []byte, q *Query, rcode int) []byte {
+	return appendEmptyReply(out, msg, q, rcode, false, false)
+}
+
+// AppendTruncated appends an authoritative empty reply to q, the query msg,
+// with TC set: the client asks again over TCP (RFC 7766 5).
+func AppendTruncated(out, msg []byte, q *Query) []byte {
+	return appendEmptyReply(out, msg, q, RcodeSuccess, true, true)
+}
+
+// appendEmptyReply appends a reply to q with no records: the question when
+// it parsed, and an OPT record for an EDNS client.
+func appendEmptyReply(out, msg []byte, q *Query, rcode int, aa, tc bool) []byte {
 	var qd, ar uint16
 	if q.End > HeaderLen {
 		qd = 1
@@ -73,27 +85,14 @@ func AppendErrorReply(out, msg []byte, q *Query, rcode int) []byte {
 	if q.EDNS {
 		ar = 1
 	}
-	out = AppendHeader(out, q, rcode, false, qd, 0, ar)
+	hdr := len(out)
+	out = AppendHeader(out, q, rcode, aa, qd, 0, ar)
+	if tc {
+		out[hdr+2] |= FlagTC >> 8
+	}
 	if qd == 1 {
 		out = append(out, msg[HeaderLen:q.End]...)
 	}
-	if q.EDNS {
-		out = AppendOPT(out, q, 0)
-	}
-	return out
-}
-
-// AppendTruncated appends an authoritative empty reply to q, the query msg,
-// with TC set: the client asks again over TCP (RFC 7766 5).
-func AppendTruncated(out, msg []byte, q *Query) []byte {
-	var ar uint16
-	if q.EDNS {
-		ar = 1
-	}
-	hdr := len(out)
-	out = AppendHeader(out, q, RcodeSuccess, true, 1, 0, ar)
-	out[hdr+2] |= FlagTC >> 8
-	out = append(out, msg[HeaderLen:q.End]...)
 	if q.EDNS {
 		out = AppendOPT(out, q, 0)
 	}
@@ -109,12 +108,6 @@ func AppendRRHeader(out []byte, owner uint16, rrtype, class uint16, ttl uint32, 
 	out = binary.BigEndian.AppendUint16(out, class)
 	out = binary.BigEndian.AppendUint32(out, ttl)
 	return binary.BigEndian.AppendUint16(out, rdlen)
-}
-
-// AppendRR appends a record whose owner is a compression pointer.
-func AppendRR(out []byte, owner uint16, rrtype, class uint16, ttl uint32, rdata []byte) []byte {
-	out = AppendRRHeader(out, owner, rrtype, class, ttl, uint16(len(rdata)))
-	return append(out, rdata...)
 }
 
 // AppendName appends a fully qualified name in presentation form ("a.b."

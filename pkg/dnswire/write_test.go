@@ -75,6 +75,25 @@ func TestAppendTruncated(t *testing.T) {
 	}
 }
 
+// TestAppendTruncatedBytes pins the reply byte for byte to what miekg/dns
+// packs for it, with and without EDNS and DO.
+func TestAppendTruncatedBytes(t *testing.T) {
+	t.Parallel()
+	cd := func(m *dns.Msg) { m.CheckingDisabled = true }
+	for _, tweaks := range [][]func(*dns.Msg){nil, {withEDNS(false)}, {withEDNS(true), cd}} {
+		query := newMsg("WwW.Example.COM.", dns.TypeAAAA, tweaks...)
+		msg, q := parsed(t, query)
+		want := new(dns.Msg).SetReply(query)
+		want.Authoritative, want.Truncated, want.RecursionAvailable = true, true, true
+		if q.EDNS {
+			want.SetEdns0(EDNSUDPSize, q.DO)
+		}
+		if got := AppendTruncated(nil, msg, q); !bytes.Equal(got, pack(t, want)) {
+			t.Errorf("EDNS %v DO %v: % x, want % x", q.EDNS, q.DO, got, pack(t, want))
+		}
+	}
+}
+
 func TestAppendOPTAndEDE(t *testing.T) {
 	t.Parallel()
 	msg, q := parsed(t, newMsg("a.example.", dns.TypeA, withEDNS(false)))
@@ -108,9 +127,9 @@ func TestAppendRecords(t *testing.T) {
 	out = append(out, msg[HeaderLen:q.End]...)
 	rdata := []byte{0, 0, 0, 100, 0, 80}
 	rdata = AppendName(rdata, "web.example.com.")
-	out = AppendRR(out, QuestionPointer, TypeSRV, ClassINET, 30, rdata)
+	out = appendRR(out, QuestionPointer, dns.TypeSRV, ClassINET, 30, rdata)
 	// An SOA owned by the zone "example.com.", four octets into the name.
-	out = AppendRRHeader(out, Pointer(HeaderLen+4), TypeSOA, ClassINET, 60, 0)
+	out = AppendRRHeader(out, Pointer(HeaderLen+4), dns.TypeSOA, ClassINET, 60, 0)
 	rdStart := len(out)
 	out = AppendName(out, "ns.example.com")
 	out = AppendName(out, "hostmaster.example.com.")
