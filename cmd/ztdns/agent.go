@@ -91,7 +91,7 @@ directory of YAML manifests (--config-dir).`,
 	maxTCP := fs.Int("max-tcp", resolver.DefaultTCPMaxConns, "open TCP connections from all pods together")
 	// Each socket may queue 2 MiB in the kernel and keeps its own batch
 	// buffers: a bound keeps a typo from costing the node's memory.
-	udpSockets := fs.Int("udp-sockets", 0, "SO_REUSEPORT UDP sockets on each resolver address, each read by a goroutine of its own (0: one per CPU, at most two)")
+	udpSockets := fs.Int("udp-sockets", 0, "SO_REUSEPORT UDP sockets on each resolver address, each read by a goroutine of its own (0: one; more answer more queries a second at full speed, at more CPU per query)")
 	tcpIdle := fs.Duration("tcp-idle-timeout", resolver.DefaultTCPIdleTimeout, "close a TCP connection idle this long (a tenth of it with half of --max-tcp open, a hundredth with three quarters)")
 	inflightBytes := &byteSize{n: resolver.DefaultInflightBytes}
 	fs.Var(inflightBytes, "inflight-bytes", "bytes of upstream replies held at once, read or waiting to be written, e.g. 8Mi; a reply that does not fit gets SERVFAIL")
