@@ -14,7 +14,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"runtime"
 	"runtime/debug"
 	"slices"
 	"strings"
@@ -84,7 +83,7 @@ type Config struct {
 	// CNI installs the chained plugin into the node's CNI configuration.
 	CNI *CNIConfig
 	// SocketsPerAddr is how many SO_REUSEPORT UDP sockets each address gets
-	// (default: one per CPU, at most two).
+	// (default: defaultSocketsPerAddr).
 	SocketsPerAddr int
 	Logger         *slog.Logger
 	// Registry receives the metrics (default: a fresh registry).
@@ -178,9 +177,7 @@ func newAgent(cfg Config) (*Agent, error) {
 		cfg.TTL = table.DefaultTTL * time.Second
 	}
 	if cfg.SocketsPerAddr <= 0 {
-		// A few are plenty for a node's DNS, whatever the node's size,
-		// and each costs memory (see maxSocketsPerAddr).
-		cfg.SocketsPerAddr = min(runtime.GOMAXPROCS(0), maxSocketsPerAddr)
+		cfg.SocketsPerAddr = defaultSocketsPerAddr
 	}
 	// Metrics nobody can read (no --metrics, no registry of the caller's)
 	// are not counted.

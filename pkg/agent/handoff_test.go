@@ -2,6 +2,8 @@ package agent
 
 import (
 	"context"
+	"encoding/binary"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -152,6 +154,51 @@ func TestRestartLosesNoQuery(t *testing.T) {
 	for _, m := range []string{`ztdns_resolver_queries_total{outcome="local"}`, "ztdns_table_names", "ztdns_forward_cache_hits_total", "go_goroutines"} {
 		if !strings.Contains(string(body), m) {
 			t.Errorf("/metrics lacks %s", m)
+		}
+	}
+}
+
+// TestSocketsPerAddr: the agent opens as many UDP sockets on its address as
+// configured (--udp-sockets), each answered.
+func TestSocketsPerAddr(t *testing.T) {
+	dir, socket := t.TempDir(), filepath.Join(t.TempDir(), "ztdns.sock")
+	if err := os.WriteFile(filepath.Join(dir, "se.yaml"), []byte(manifest), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	listen := testenv.FreePort(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- Run(ctx, Config{
+			Source:         configdir.New(dir),
+			Listen:         []netip.AddrPort{listen},
+			Upstreams:      []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:9")},
+			Socket:         socket,
+			SocketsPerAddr: 3,
+			Logger:         slog.New(slog.NewTextHandler(io.Discard, nil)),
+		})
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+	waitReady(t, socket)
+	// /proc/net/udp lists every socket of this network namespace; the
+	// port is this test's alone.
+	table, err := os.ReadFile("/proc/self/net/udp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	local := fmt.Sprintf(" %08X:%04X ", binary.LittleEndian.Uint32(listen.Addr().AsSlice()), listen.Port())
+	if n := strings.Count(string(table), local); n != 3 {
+		t.Fatalf("%d UDP sockets on %s, want 3", n, listen)
+	}
+	c := &dns.Client{Net: "udp", Timeout: 5 * time.Second}
+	m := new(dns.Msg)
+	m.SetQuestion("address.internal.", dns.TypeA)
+	for range 20 { // each from a new source port: spread over the sockets
+		if r, _, err := c.Exchange(m, listen.String()); err != nil || len(r.Answer) != 1 {
+			t.Fatalf("address.internal: %v %v", r, err)
 		}
 	}
 }

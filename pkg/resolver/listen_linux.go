@@ -11,8 +11,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// listenConfig binds with SO_REUSEPORT, so several sockets (one per CPU, or
-// an old and a new agent during a restart) share an address, and with
+// listenConfig binds with SO_REUSEPORT, so several sockets (--udp-sockets,
+// or an old and a new agent's during a restart) share an address, and with
 // IP_FREEBIND, so the agent can bind its resolver address before the
 // interface that carries it is up.
 var listenConfig = net.ListenConfig{

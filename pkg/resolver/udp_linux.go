@@ -20,9 +20,9 @@ const batchSize = 32
 
 // A socket's batch starts with room for one datagram and doubles, up to
 // batchSize, each time a read fills it. A full batch's buffers take 280 KB,
-// and the agent has two sockets on every address it serves (with capture,
-// every resolver slot's address too): most of them stay idle, or see one
-// query at a time, and keep their 9 KB.
+// and the agent has a socket (or several: --udp-sockets) on every address
+// it serves (with capture, every resolver slot's address too): most of
+// them stay idle, or see one query at a time, and keep their 9 KB.
 const firstBatchSize = 1
 
 // maxUDPQuery is the largest query we read; a longer one is truncated by the
