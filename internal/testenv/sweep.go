@@ -35,6 +35,9 @@ var ledger struct {
 	path  string
 	file  *os.File
 	live  int // entries whose cleanup has not run yet
+	// keep: a test that recorded in this ledger failed, and perhaps a
+	// cleanup with it.
+	keep bool
 }
 
 // Ledger kinds: what a line records.
@@ -62,13 +65,15 @@ func record(tb testing.TB, kind, what string) {
 	tb.Cleanup(func() {
 		ledger.mu.Lock()
 		defer ledger.mu.Unlock()
+		ledger.keep = ledger.keep || tb.Failed()
 		if ledger.live--; ledger.live == 0 {
 			ledger.file.Close()
 			ledger.file = nil
 			// A failed test may have failed a cleanup (a cgroup that
 			// would not go): keep the ledger, so the first test after
-			// this process tries again.
-			if !tb.Failed() {
+			// this process tries again. Any test's failure counts, not
+			// only the last one's to let go of the ledger.
+			if !ledger.keep {
 				os.Remove(ledger.path)
 			}
 		}
