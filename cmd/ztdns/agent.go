@@ -48,9 +48,6 @@ var defaultListen = []netip.AddrPort{
 // memory limit) still applies.
 const defaultGCPercent = 50
 
-// maxUDPSockets bounds --udp-sockets.
-const maxUDPSockets = 64
-
 func newAgentCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "agent",
@@ -89,9 +86,7 @@ directory of YAML manifests (--config-dir).`,
 	podTCP := fs.Int("pod-max-tcp", resolver.DefaultPodTCPConns, "TCP connections one pod may have open; more are closed at once (0: no limit)")
 	maxForwarding := fs.Int("max-forwarding", resolver.DefaultMaxInflight, "forwarded queries in flight from all pods together; more get SERVFAIL at once")
 	maxTCP := fs.Int("max-tcp", resolver.DefaultTCPMaxConns, "open TCP connections from all pods together")
-	// Each socket may queue 2 MiB in the kernel and keeps its own batch
-	// buffers: a bound keeps a typo from costing the node's memory.
-	udpSockets := fs.Int("udp-sockets", 0, "SO_REUSEPORT UDP sockets on each resolver address, each read by a goroutine of its own (0: one; more answer more queries a second at full speed, at more CPU per query)")
+	udpSockets := fs.Int("udp-sockets", agent.DefaultSocketsPerAddr, "SO_REUSEPORT UDP sockets on each resolver address, each read by a goroutine of its own: more answer more queries a second at full speed, at more CPU per query")
 	tcpIdle := fs.Duration("tcp-idle-timeout", resolver.DefaultTCPIdleTimeout, "close a TCP connection idle this long (a tenth of it with half of --max-tcp open, a hundredth with three quarters)")
 	inflightBytes := &byteSize{n: resolver.DefaultInflightBytes}
 	fs.Var(inflightBytes, "inflight-bytes", "bytes of upstream replies held at once, read or waiting to be written, e.g. 8Mi; a reply that does not fit gets SERVFAIL")
@@ -134,8 +129,8 @@ directory of YAML manifests (--config-dir).`,
 		if *maxNamespaces < 1 || *maxUpstreams < 1 {
 			return usagef("--metrics-max-namespaces and --metrics-max-upstreams: want at least 1")
 		}
-		if *udpSockets < 0 || *udpSockets > maxUDPSockets {
-			return usagef("--udp-sockets %d: want 0 (the default) to %d", *udpSockets, maxUDPSockets)
+		if *udpSockets < 1 || *udpSockets > agent.MaxSocketsPerAddr {
+			return usagef("--udp-sockets %d: want 1 to %d", *udpSockets, agent.MaxSocketsPerAddr)
 		}
 		al, closeAccessLog, err := openAccessLog(*accessLog, *accessLogSample, *logFormat)
 		if err != nil {

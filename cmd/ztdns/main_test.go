@@ -144,7 +144,7 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"agent", "--config-dir", dir, "--kubeconfig", "/nonexistent"}, "ztdns agent: give --config-dir or --kubeconfig, not both"},
 		{[]string{"agent", "--config-dir", dir, "--log-level", "loud"}, `ztdns agent: --log-level "loud": want debug, info, warn or error`},
 		{[]string{"agent", "--config-dir", dir, "--capture-port", "70000", "--upstream", "127.0.0.1"}, "ztdns agent: --capture-port 70000: want 1-65535"},
-		{[]string{"agent", "--config-dir", dir, "--udp-sockets", "-1"}, "ztdns agent: --udp-sockets -1: want 0 (the default) to 64"},
+		{[]string{"agent", "--config-dir", dir, "--udp-sockets", "0"}, "ztdns agent: --udp-sockets 0: want 1 to 64"},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			r := ztdns(t, tc.args...)

@@ -83,7 +83,7 @@ type Config struct {
 	// CNI installs the chained plugin into the node's CNI configuration.
 	CNI *CNIConfig
 	// SocketsPerAddr is how many SO_REUSEPORT UDP sockets each address gets
-	// (default: defaultSocketsPerAddr).
+	// (default: 1, see DefaultSocketsPerAddr; at most MaxSocketsPerAddr).
 	SocketsPerAddr int
 	Logger         *slog.Logger
 	// Registry receives the metrics (default: a fresh registry).
@@ -177,8 +177,9 @@ func newAgent(cfg Config) (*Agent, error) {
 		cfg.TTL = table.DefaultTTL * time.Second
 	}
 	if cfg.SocketsPerAddr <= 0 {
-		cfg.SocketsPerAddr = defaultSocketsPerAddr
+		cfg.SocketsPerAddr = DefaultSocketsPerAddr
 	}
+	cfg.SocketsPerAddr = min(cfg.SocketsPerAddr, MaxSocketsPerAddr)
 	// Metrics nobody can read (no --metrics, no registry of the caller's)
 	// are not counted.
 	noMetrics := cfg.MetricsAddr == "" && cfg.Registry == nil

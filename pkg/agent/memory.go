@@ -8,14 +8,18 @@ import (
 	"time"
 )
 
-// defaultSocketsPerAddr is Config.SocketsPerAddr's default. One socket's
+// DefaultSocketsPerAddr is Config.SocketsPerAddr's default. One socket's
 // reader answers over 130,000 queries a second, far more than a node's
 // pods ask, and each socket may hold 2 MiB of queued queries in the kernel
 // (see resolver.ListenUDP) and up to ~280 KiB of batch buffers. A second
 // reader also costs CPU per query at the rates nodes see: two goroutines
 // wake two threads in turn, which the kernel places on another CPU than
 // the client's more often than one (README, Performance).
-const defaultSocketsPerAddr = 1
+const DefaultSocketsPerAddr = 1
+
+// MaxSocketsPerAddr bounds Config.SocketsPerAddr: each socket may queue
+// 2 MiB in the kernel, so a typo must not cost the node's memory.
+const MaxSocketsPerAddr = 64
 
 // Returning memory after a burst: see returnMemoryAfterBursts.
 const (
