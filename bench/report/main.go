@@ -258,8 +258,8 @@ func cell(ss []sample) string {
 		return number(ss[0].v)
 	}
 	s := summary(floats(ss))
-	if r := s.PctRangeString(); r != "∞" { // fewer than 6 rounds have no 95% interval
-		return number(s.Center) + " ±" + r
+	if hasInterval(s) { // fewer than 6 rounds have no 95% interval
+		return number(s.Center) + " ±" + s.PctRangeString()
 	}
 	return number(s.Center)
 }

@@ -66,18 +66,19 @@ func AppendEDE(out []byte, opt int, infoCode uint16) []byte {
 // the given rcode. The question is echoed when it parsed, and an EDNS
 // client gets an OPT record.
 func AppendErrorReply(out, msg []byte, q *Query, rcode int) []byte {
-	return appendEmptyReply(out, msg, q, rcode, false, false)
+	return appendEmptyReply(out, msg, q, rcode, false)
 }
 
 // AppendTruncated appends an authoritative empty reply to q, the query msg,
 // with TC set: the client asks again over TCP (RFC 7766 5).
 func AppendTruncated(out, msg []byte, q *Query) []byte {
-	return appendEmptyReply(out, msg, q, RcodeSuccess, true, true)
+	return appendEmptyReply(out, msg, q, RcodeSuccess, true)
 }
 
 // appendEmptyReply appends a reply to q with no records: the question when
-// it parsed, and an OPT record for an EDNS client.
-func appendEmptyReply(out, msg []byte, q *Query, rcode int, aa, tc bool) []byte {
+// it parsed, and an OPT record for an EDNS client. A truncated one is
+// authoritative (AA) and has TC set.
+func appendEmptyReply(out, msg []byte, q *Query, rcode int, truncated bool) []byte {
 	var qd, ar uint16
 	if q.End > HeaderLen {
 		qd = 1
@@ -86,8 +87,8 @@ func appendEmptyReply(out, msg []byte, q *Query, rcode int, aa, tc bool) []byte 
 		ar = 1
 	}
 	hdr := len(out)
-	out = AppendHeader(out, q, rcode, aa, qd, 0, ar)
-	if tc {
+	out = AppendHeader(out, q, rcode, truncated, qd, 0, ar)
+	if truncated {
 		out[hdr+2] |= FlagTC >> 8
 	}
 	if qd == 1 {

@@ -118,10 +118,13 @@ func ensureBPFFS(log *slog.Logger, pinDir string, mount bool) error {
 		if err := os.MkdirAll(root, 0o755); err != nil {
 			return fmt.Errorf("bpffs: create mount point: %w", err)
 		}
-		if _, err := MountBPFFS(root); err != nil {
+		mounted, err := MountBPFFS(root)
+		if err != nil {
 			return fmt.Errorf("no bpf filesystem at %s and mounting one failed: %w", root, err)
 		}
-		log.Info("mounted bpffs", "path", root)
+		if mounted {
+			log.Info("mounted bpffs", "path", root)
+		}
 	}
 	if err := os.MkdirAll(filepath.Join(pinDir, linksDir), 0o700); err != nil {
 		return fmt.Errorf("bpffs: create pin directory: %w", err)

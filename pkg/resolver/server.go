@@ -382,7 +382,7 @@ type nameBuf = dnswire.NameBuf
 type scratch struct {
 	name nameBuf
 	// batch gathers the counts of a UDP batch; nil counts each answer at
-	// once (TCP).
+	// once (TCP), or, in a server without request metrics, nothing.
 	batch *batchCounts
 }
 

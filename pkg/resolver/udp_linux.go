@@ -22,7 +22,8 @@ const batchSize = 32
 // batchSize, each time a read fills it. A full batch's buffers take 280 KB,
 // and the agent has a socket (or several: --udp-sockets) on every address
 // it serves (with capture, every resolver slot's address too): most of
-// them stay idle, or see one query at a time, and keep their 9 KB.
+// them stay idle and keep their 9 KB, or see one query at a time and keep
+// 18 KB (a lone datagram fills a batch of one).
 const firstBatchSize = 1
 
 // maxUDPQuery is the largest query we read; a longer one is truncated by the
@@ -189,7 +190,7 @@ func (s *Server) answerUDP(conn *net.UDPConn, rc syscall.RawConn, local netip.Ad
 	if err := b.write(rc, queued); err != nil {
 		s.log.Debug("writing UDP replies failed", "err", err)
 	}
-	if queued > 0 && !s.opts.NoRequestMetrics {
+	if queued > 0 && b.sc.batch != nil { // nil: no metrics
 		// Every answer of the batch waited for the whole batch: one
 		// clock read times them all.
 		s.flush(b.sc.batch, s.clock()-now)
