@@ -53,20 +53,45 @@ func pinServers(tb testing.TB, servers []namedServer, how string) starter {
 }
 
 // pinProcess sets the affinity of every thread pid has; threads it starts
-// later inherit it from the thread that starts them.
+// later inherit it from the thread that starts them. A thread started
+// while the walk runs, by one not pinned yet, is caught by the walk after
+// it: it walks until one finds no new thread. A thread that has exited is
+// none of its business.
 func pinProcess(pid int, set *unix.CPUSet) error {
-	tasks, err := os.ReadDir(filepath.Join("/proc", strconv.Itoa(pid), "task"))
-	if err != nil {
-		return err
-	}
-	for _, t := range tasks {
-		tid, err := strconv.Atoi(t.Name())
+	pinned := map[int]bool{}
+	for {
+		tids, err := threadIDs(pid)
 		if err != nil {
-			continue
-		}
-		if err := unix.SchedSetaffinity(tid, set); err != nil {
 			return err
 		}
+		fresh := 0
+		for _, tid := range tids {
+			if pinned[tid] {
+				continue
+			}
+			if err := unix.SchedSetaffinity(tid, set); err != nil && err != unix.ESRCH {
+				return err
+			}
+			pinned[tid] = true
+			fresh++
+		}
+		if fresh == 0 {
+			return nil
+		}
 	}
-	return nil
+}
+
+// threadIDs lists the threads of pid.
+func threadIDs(pid int) ([]int, error) {
+	tasks, err := os.ReadDir(filepath.Join("/proc", strconv.Itoa(pid), "task"))
+	if err != nil {
+		return nil, err
+	}
+	var tids []int
+	for _, t := range tasks {
+		if tid, err := strconv.Atoi(t.Name()); err == nil {
+			tids = append(tids, tid)
+		}
+	}
+	return tids, nil
 }

@@ -3,10 +3,7 @@
 package bench
 
 import (
-	"fmt"
-	"os"
 	"runtime"
-	"strconv"
 	"testing"
 	"time"
 
@@ -38,14 +35,15 @@ func TestSmoke(t *testing.T) {
 	start := pinServers(t, servers, how)
 	for _, s := range servers {
 		// Every thread, the agent's runtime threads included.
-		tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", s.srv.pid()))
+		tids, err := threadIDs(s.srv.pid())
 		if err != nil {
 			t.Fatal(err)
 		}
-		for _, task := range tasks {
-			tid, _ := strconv.Atoi(task.Name())
+		for _, tid := range tids {
 			var set unix.CPUSet
-			if err := unix.SchedGetaffinity(tid, &set); err != nil {
+			if err := unix.SchedGetaffinity(tid, &set); err == unix.ESRCH {
+				continue // exited since
+			} else if err != nil {
 				t.Fatal(err)
 			}
 			if set.Count() != 1 || !set.IsSet(cpu) {
