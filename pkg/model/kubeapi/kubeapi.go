@@ -39,7 +39,8 @@ type ObjectMeta struct {
 
 // Labels are the labels ztdns reads (see the model.Label* constants), nil
 // when absent. Every field is a *string keyed by its JSON name: LabelsOf and
-// AnnotationsOf read these tags as the one list of keys.
+// AnnotationsOf read these tags too, so a watch and a manifest read the same
+// keys (TestTagsAreTheModelsKeys holds them to model's constants).
 type Labels struct {
 	DataplaneMode      *string `json:"istio.io/dataplane-mode,omitempty"`
 	GatewayManaged     *string `json:"gateway.istio.io/managed,omitempty"`

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"net/netip"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -282,5 +283,30 @@ func TestMetaOfMaps(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestTagsAreTheModelsKeys: the JSON tags that decode labels and
+// annotations are the keys package model names, so the two cannot drift
+// apart (the one key that is the API's own excepted).
+func TestTagsAreTheModelsKeys(t *testing.T) {
+	tags := func(v any) []string {
+		var keys []string
+		typ := reflect.TypeOf(v)
+		for i := range typ.NumField() {
+			key, _, _ := strings.Cut(typ.Field(i).Tag.Get("json"), ",")
+			if key != "k8s.io/initial-events-end" {
+				keys = append(keys, key)
+			}
+		}
+		slices.Sort(keys)
+		return keys
+	}
+	want := func(keys ...string) []string { slices.Sort(keys); return keys }
+	if got, w := tags(Labels{}), want(model.LabelDataplaneMode, model.LabelGatewayManaged, model.LabelEnableAutoallocate, model.LabelServiceName); !slices.Equal(got, w) {
+		t.Errorf("label tags %q, model's keys %q", got, w)
+	}
+	if got, w := tags(Annotations{}), want(model.AnnotationDNSCapture, model.AnnotationIstioDNSCapture); !slices.Equal(got, w) {
+		t.Errorf("annotation tags %q, model's keys %q", got, w)
 	}
 }
