@@ -231,11 +231,11 @@ func packDNSWire(out, msg []byte, q *Query, reply *dns.Msg) []byte {
 	for _, rr := range reply.Answer {
 		switch rr := rr.(type) {
 		case *dns.CNAME:
-			out = AppendRRHeader(out, owner, dns.TypeCNAME, ClassINET, rr.Hdr.Ttl, uint16(len(rr.Target)+1))
+			out = AppendRRHeader(out, owner, dns.TypeCNAME, dns.ClassINET, rr.Hdr.Ttl, uint16(len(rr.Target)+1))
 			owner = Pointer(len(out))
 			out = AppendName(out, rr.Target)
 		case *dns.A:
-			out = appendRR(out, owner, dns.TypeA, ClassINET, rr.Hdr.Ttl, rr.A.To4())
+			out = appendRR(out, owner, dns.TypeA, dns.ClassINET, rr.Hdr.Ttl, rr.A.To4())
 		}
 	}
 	return AppendOPT(out, q, 0)

@@ -19,15 +19,15 @@ import (
 const (
 	// HeaderLen is the length of the fixed header; the question follows it.
 	HeaderLen = 12
-	// MaxNameLen is the longest name in wire form (RFC 1035 3.1), its root
+	// maxNameLen is the longest name in wire form (RFC 1035 3.1), its root
 	// label included; the presentation form with a trailing dot is one
 	// octet shorter.
-	MaxNameLen = 255
-	// MinUDPSize is the largest UDP reply a client without EDNS takes.
-	MinUDPSize = 512
-	// MaxUDPSize caps what an EDNS client may ask for: 4096 is what
+	maxNameLen = 255
+	// minUDPSize is the largest UDP reply a client without EDNS takes.
+	minUDPSize = 512
+	// maxUDPSize caps what an EDNS client may ask for: 4096 is what
 	// resolvers send, and more only fragments.
-	MaxUDPSize = 4096
+	maxUDPSize = 4096
 	// EDNSUDPSize is the UDP payload size we advertise in our own OPT
 	// records (the DNS flag day 2020 value: no fragmentation on any common
 	// path).
@@ -38,14 +38,13 @@ const (
 // RFC 4035 3.2).
 const (
 	FlagQR     = 1 << 15
-	OpcodeMask = 0xF << 11
-	FlagAA     = 1 << 10
+	opcodeMask = 0xF << 11
+	flagAA     = 1 << 10
 	FlagTC     = 1 << 9
 	FlagRD     = 1 << 8
-	FlagRA     = 1 << 7
-	FlagAD     = 1 << 5
+	flagRA     = 1 << 7
 	FlagCD     = 1 << 4
-	RcodeMask  = 0xF
+	rcodeMask  = 0xF
 )
 
 // OpcodeQuery is the opcode of a standard query.
@@ -57,22 +56,12 @@ const (
 	RcodeFormErr  = 1
 	RcodeServFail = 2
 	RcodeNXDomain = 3
-	RcodeNotImp   = 4
 	RcodeRefused  = 5
 )
 
 // ExtRcodeBadVers is BADVERS (16) as carried in the OPT record's upper
 // eight rcode bits (RFC 6891 6.1.3).
 const ExtRcodeBadVers = 1
-
-// Record types and classes the resolver names.
-const (
-	TypeIXFR = 251
-	TypeAXFR = 252
-
-	ClassINET = 1
-	ClassANY  = 255
-)
 
 // Record types only this package reads.
 const (
@@ -82,8 +71,8 @@ const (
 
 // EDNS options (RFC 8914).
 const (
-	// OptionEDE is the Extended DNS Error option.
-	OptionEDE = 15
+	// optionEDE is the Extended DNS Error option.
+	optionEDE = 15
 	// EDENoReachableAuthority is the EDE info code for "no upstream
 	// answered".
 	EDENoReachableAuthority = 22
@@ -109,16 +98,16 @@ type Header struct {
 }
 
 // Opcode returns the header's opcode.
-func (h Header) Opcode() int { return int(h.Flags&OpcodeMask) >> 11 }
+func (h Header) Opcode() int { return int(h.Flags&opcodeMask) >> 11 }
 
 // Rcode returns the header's rcode (its lower four bits; EDNS carries the
 // upper eight in OPT).
-func (h Header) Rcode() int { return int(h.Flags & RcodeMask) }
+func (h Header) Rcode() int { return int(h.Flags & rcodeMask) }
 
 // HeaderRcode returns the rcode in the header of msg, which must hold one
 // (its lower four bits: EDNS carries the upper eight in OPT). The resolver
 // reads it back from replies it built to count them.
-func HeaderRcode(msg []byte) int { return int(msg[3] & RcodeMask) }
+func HeaderRcode(msg []byte) int { return int(msg[3] & rcodeMask) }
 
 // ReadHeader reads the header of msg.
 func ReadHeader(msg []byte) (Header, error) {

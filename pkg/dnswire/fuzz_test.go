@@ -20,7 +20,7 @@ func FuzzParseQuery(f *testing.F) {
 		newMsg("www.example.com.", dns.TypeA),
 		newMsg("WwW.ExAmple.COM.", dns.TypeAAAA, withEDNS(true)),
 		newMsg(`a\.b\000.example.`, dns.TypeTXT),
-		newMsg(longName(MaxNameLen), dns.TypeA, withEDNS(false)),
+		newMsg(longName(maxNameLen), dns.TypeA, withEDNS(false)),
 		newMsg(".", dns.TypeNS, withEDNS(false), withEDNS(true)), // two OPT records
 	} {
 		f.Add(pack(f, m))
@@ -42,7 +42,7 @@ func FuzzParseQuery(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if q.End != q.NameEnd+4 || q.End > len(msg) || q.NameEnd-HeaderLen > MaxNameLen {
+		if q.End != q.NameEnd+4 || q.End > len(msg) || q.NameEnd-HeaderLen > maxNameLen {
 			t.Fatalf("question ends at %d (name at %d) in a %d-octet message", q.End, q.NameEnd, len(msg))
 		}
 		if len(q.Name) == 0 || q.Name[len(q.Name)-1] != '.' || bytes.ContainsFunc(q.Name, func(r rune) bool { return 'A' <= r && r <= 'Z' }) {

@@ -3,9 +3,9 @@ package dnswire
 import "encoding/binary"
 
 // NameBuf holds a name in presentation form with its trailing dot, which is
-// at most MaxNameLen-1 octets. The caller owns it: a query path that keeps
+// at most 254 octets (maxNameLen-1). The caller owns it: a query path that keeps
 // one per socket reads names without allocating.
-type NameBuf [MaxNameLen]byte
+type NameBuf [maxNameLen]byte
 
 // Question is the single question of a message.
 type Question struct {
@@ -42,7 +42,7 @@ func readQuestion(msg []byte, q *Question, name *NameBuf) error {
 		}
 		// One test on the way of every good label; which one failed is
 		// found out after. The last: room for the root label still to come.
-		if l > 63 || off+l > len(msg) || off+l-HeaderLen >= MaxNameLen {
+		if l > 63 || off+l > len(msg) || off+l-HeaderLen >= maxNameLen {
 			return labelError(msg, off-1)
 		}
 		if name != nil {
@@ -160,10 +160,10 @@ func ParseQuery(msg []byte, q *Query, name *NameBuf) error {
 
 // UDPLimit is the largest UDP reply the client of q can take.
 func (q *Query) UDPLimit() int {
-	if q.EDNS && q.UDPSize > MinUDPSize {
-		return int(min(q.UDPSize, MaxUDPSize))
+	if q.EDNS && q.UDPSize > minUDPSize {
+		return int(min(q.UDPSize, maxUDPSize))
 	}
-	return MinUDPSize
+	return minUDPSize
 }
 
 // SameQuestion reports whether the question of reply is q, the question

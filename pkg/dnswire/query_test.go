@@ -21,30 +21,30 @@ func TestParseQuery(t *testing.T) {
 		wantName string
 	}{
 		{"plain", newMsg("www.example.com.", dns.TypeA),
-			Query{Header: Header{ID: 0xBEEF, Flags: FlagRD, QDCount: 1}, Question: Question{Type: dns.TypeA, Class: ClassINET, NameEnd: 29, End: 33}},
+			Query{Header: Header{ID: 0xBEEF, Flags: FlagRD, QDCount: 1}, Question: Question{Type: dns.TypeA, Class: dns.ClassINET, NameEnd: 29, End: 33}},
 			"www.example.com."},
 		{"case folded, EDNS with DO", newMsg("WwW.ExAmple.COM.", dns.TypeAAAA, withEDNS(true)),
-			Query{Header: Header{ID: 0xBEEF, Flags: FlagRD, QDCount: 1, ARCount: 1}, Question: Question{Type: dns.TypeAAAA, Class: ClassINET, NameEnd: 29, End: 33},
+			Query{Header: Header{ID: 0xBEEF, Flags: FlagRD, QDCount: 1, ARCount: 1}, Question: Question{Type: dns.TypeAAAA, Class: dns.ClassINET, NameEnd: 29, End: 33},
 				EDNS: true, UDPSize: 1232, DO: true},
 			"www.example.com."},
 		{"EDNS version 1", newMsg("a.example.", dns.TypeMX, ednsVersion1),
-			Query{Header: Header{ID: 0xBEEF, Flags: FlagRD, QDCount: 1, ARCount: 1}, Question: Question{Type: dns.TypeMX, Class: ClassINET, NameEnd: 23, End: 27},
+			Query{Header: Header{ID: 0xBEEF, Flags: FlagRD, QDCount: 1, ARCount: 1}, Question: Question{Type: dns.TypeMX, Class: dns.ClassINET, NameEnd: 23, End: 27},
 				EDNS: true, UDPSize: 4096, EDNSVersion: 1},
 			"a.example."},
 		{"root", newMsg(".", dns.TypeNS),
-			Query{Header: Header{ID: 0xBEEF, Flags: FlagRD, QDCount: 1}, Question: Question{Type: dns.TypeNS, Class: ClassINET, NameEnd: 13, End: 17}},
+			Query{Header: Header{ID: 0xBEEF, Flags: FlagRD, QDCount: 1}, Question: Question{Type: dns.TypeNS, Class: dns.ClassINET, NameEnd: 13, End: 17}},
 			"."},
 		{"NOTIFY with an SOA in the answer section", newMsg("example.com.", dns.TypeSOA, func(m *dns.Msg) { m.Opcode = dns.OpcodeNotify }, records(t, answer, testSOA)),
-			Query{Header: Header{ID: 0xBEEF, Flags: FlagRD | dns.OpcodeNotify<<11, QDCount: 1, ANCount: 1}, Question: Question{Type: dns.TypeSOA, Class: ClassINET, NameEnd: 25, End: 29}},
+			Query{Header: Header{ID: 0xBEEF, Flags: FlagRD | dns.OpcodeNotify<<11, QDCount: 1, ANCount: 1}, Question: Question{Type: dns.TypeSOA, Class: dns.ClassINET, NameEnd: 25, End: 29}},
 			"example.com."},
 		{"a label holding a dot is not plain", newMsg(`a\.b.example.`, dns.TypeA),
-			Query{Header: Header{ID: 0xBEEF, Flags: FlagRD, QDCount: 1}, Question: Question{Type: dns.TypeA, Class: ClassINET, NameEnd: 25, End: 29}},
+			Query{Header: Header{ID: 0xBEEF, Flags: FlagRD, QDCount: 1}, Question: Question{Type: dns.TypeA, Class: dns.ClassINET, NameEnd: 25, End: 29}},
 			""},
 		{"OPT not owned by the root is no EDNS", newMsg("a.example.", dns.TypeA, withEDNS(true), func(m *dns.Msg) { m.Extra[0].Header().Name = "x." }),
-			Query{Header: Header{ID: 0xBEEF, Flags: FlagRD, QDCount: 1, ARCount: 1}, Question: Question{Type: dns.TypeA, Class: ClassINET, NameEnd: 23, End: 27}},
+			Query{Header: Header{ID: 0xBEEF, Flags: FlagRD, QDCount: 1, ARCount: 1}, Question: Question{Type: dns.TypeA, Class: dns.ClassINET, NameEnd: 23, End: 27}},
 			"a.example."},
 		{"glue before OPT", newMsg("a.example.", dns.TypeA, records(t, additional, "ns.example. 60 IN A 198.51.100.1"), withEDNS(false)),
-			Query{Header: Header{ID: 0xBEEF, Flags: FlagRD, QDCount: 1, ARCount: 2}, Question: Question{Type: dns.TypeA, Class: ClassINET, NameEnd: 23, End: 27},
+			Query{Header: Header{ID: 0xBEEF, Flags: FlagRD, QDCount: 1, ARCount: 2}, Question: Question{Type: dns.TypeA, Class: dns.ClassINET, NameEnd: 23, End: 27},
 				EDNS: true, UDPSize: 1232},
 			"a.example."},
 	}
@@ -96,7 +96,7 @@ func longName(n int) string {
 
 func TestParseQueryNameLength(t *testing.T) {
 	t.Parallel()
-	for _, n := range []int{3, 64, 66, 200, 254, MaxNameLen} {
+	for _, n := range []int{3, 64, 66, 200, 254, maxNameLen} {
 		name := longName(n)
 		msg := pack(t, newMsg(name, dns.TypeA))
 		if got := len(msg) - HeaderLen - 4; got != n {

@@ -18,9 +18,9 @@ func Pointer(off int) uint16 { return 0xC000 | uint16(off) }
 // keeps q's ID, opcode, RD and CD bits (RFC 4035 3.2.2), says recursion is
 // available, and is authoritative when aa is set.
 func AppendHeader(out []byte, q *Query, rcode int, aa bool, qd, an, ar uint16) []byte {
-	flags := uint16(FlagQR|FlagRA) | q.Flags&(OpcodeMask|FlagRD|FlagCD) | uint16(rcode&RcodeMask)
+	flags := uint16(FlagQR|flagRA) | q.Flags&(opcodeMask|FlagRD|FlagCD) | uint16(rcode&rcodeMask)
 	if aa {
-		flags |= FlagAA
+		flags |= flagAA
 	}
 	out = binary.BigEndian.AppendUint16(out, q.ID)
 	out = binary.BigEndian.AppendUint16(out, flags)
@@ -57,7 +57,7 @@ func AppendOPT(out []byte, q *Query, extRcode uint8) []byte {
 func AppendEDE(out []byte, opt int, infoCode uint16) []byte {
 	rdlen := opt + OPTLen - 2
 	binary.BigEndian.PutUint16(out[rdlen:], binary.BigEndian.Uint16(out[rdlen:])+6)
-	out = binary.BigEndian.AppendUint16(out, OptionEDE)
+	out = binary.BigEndian.AppendUint16(out, optionEDE)
 	out = binary.BigEndian.AppendUint16(out, 2)
 	return binary.BigEndian.AppendUint16(out, infoCode)
 }

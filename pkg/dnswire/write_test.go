@@ -127,9 +127,9 @@ func TestAppendRecords(t *testing.T) {
 	out = append(out, msg[HeaderLen:q.End]...)
 	rdata := []byte{0, 0, 0, 100, 0, 80}
 	rdata = AppendName(rdata, "web.example.com.")
-	out = appendRR(out, QuestionPointer, dns.TypeSRV, ClassINET, 30, rdata)
+	out = appendRR(out, QuestionPointer, dns.TypeSRV, dns.ClassINET, 30, rdata)
 	// An SOA owned by the zone "example.com.", four octets into the name.
-	out = AppendRRHeader(out, Pointer(HeaderLen+4), dns.TypeSOA, ClassINET, 60, 0)
+	out = AppendRRHeader(out, Pointer(HeaderLen+4), dns.TypeSOA, dns.ClassINET, 60, 0)
 	rdStart := len(out)
 	out = AppendName(out, "ns.example.com")
 	out = AppendName(out, "hostmaster.example.com.")
@@ -153,8 +153,8 @@ func TestAppendRecords(t *testing.T) {
 
 func TestAppendName(t *testing.T) {
 	t.Parallel()
-	for _, name := range []string{".", "", "a.", "a", "www.example.com.", longName(MaxNameLen)} {
-		want := make([]byte, MaxNameLen)
+	for _, name := range []string{".", "", "a.", "a", "www.example.com.", longName(maxNameLen)} {
+		want := make([]byte, maxNameLen)
 		n, err := dns.PackDomainName(dns.Fqdn(name), want, 0, nil, false)
 		if err != nil {
 			t.Fatal(err)

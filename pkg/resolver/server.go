@@ -22,6 +22,8 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/miekg/dns"
+
 	"github.com/ztdns/ztdns/pkg/accesslog"
 	"github.com/ztdns/ztdns/pkg/dnswire"
 	"github.com/ztdns/ztdns/pkg/podcache"
@@ -423,7 +425,7 @@ func (s *Server) answerFast(msg []byte, src netip.AddrPort, tcp bool, out []byte
 	case verdictOther:
 		return nil, true
 	}
-	if r.EDNSVersion != 0 || !r.Plain || (r.Class != dnswire.ClassINET && r.Class != dnswire.ClassANY) {
+	if r.EDNSVersion != 0 || !r.Plain || (r.Class != dns.ClassINET && r.Class != dns.ClassANY) {
 		return nil, true
 	}
 	var ns string
@@ -436,7 +438,7 @@ func (s *Server) answerFast(msg []byte, src netip.AddrPort, tcp bool, out []byte
 	if res.Entry == nil || res.Alias != "" || res.Chases(r.Type) {
 		return nil, true
 	}
-	if r.Type == dnswire.TypeAXFR || r.Type == dnswire.TypeIXFR {
+	if r.Type == dns.TypeAXFR || r.Type == dns.TypeIXFR {
 		metricQueries.refused.Inc()
 		return s.answered(sc, dnswire.AppendErrorReply(out, msg, &r, dnswire.RcodeRefused), hdr, &r, tcp, pod, src, now), false
 	}

@@ -107,7 +107,7 @@ func (q *slowQuery) answer(ctx context.Context) []byte {
 		out = append(out, msg[dnswire.HeaderLen:r.End]...)
 		return dnswire.AppendOPT(out, r, dnswire.ExtRcodeBadVers)
 	}
-	if !r.Plain || (r.Class != dnswire.ClassINET && r.Class != dnswire.ClassANY) {
+	if !r.Plain || (r.Class != dns.ClassINET && r.Class != dns.ClassANY) {
 		return q.forward(ctx)
 	}
 	pod := s.opts.Pods.Lookup(q.src.Addr())
@@ -126,7 +126,7 @@ func (q *slowQuery) answer(ctx context.Context) []byte {
 		}
 		return q.forward(ctx)
 	}
-	if r.Type == dnswire.TypeAXFR || r.Type == dnswire.TypeIXFR {
+	if r.Type == dns.TypeAXFR || r.Type == dns.TypeIXFR {
 		metricQueries.refused.Inc()
 		return dnswire.AppendErrorReply(nil, msg, r, dnswire.RcodeRefused)
 	}

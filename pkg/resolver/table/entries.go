@@ -80,15 +80,6 @@ func v4First(addrs []netip.Addr) ([]netip.Addr, uint32) {
 	return out, uint32(n4)
 }
 
-// Indexes of the From* constants in addrSources.
-var (
-	addrClusterIP = addrSourceOf(FromClusterIP)
-	addrEndpoints = addrSourceOf(FromEndpoints)
-	addrSpec      = addrSourceOf(FromSpec)
-	addrStatus    = addrSourceOf(FromStatus)
-	addrAllocated = addrSourceOf(FromAllocated)
-)
-
 // serviceSource is what a Service's entries share.
 func serviceSource(n names, svc *model.Service) source {
 	return source{namespace: svc.Namespace, name: svc.Name, ttl: n.ttl, kind: kindService, rank: rankService}
@@ -283,9 +274,9 @@ func dashed(a netip.Addr) string {
 
 // hostAddrs is where an auto-allocating host's addresses come from.
 type hostAddrs struct {
-	// addrSource is addrStatus or addrAllocated, as Entry.addrSource; 0
-	// for none.
-	addrSource uint8
+	// addrSource is addrStatus or addrAllocated, as Entry.addrSource;
+	// addrNone for none.
+	addrSource addrSource
 	addrs      []netip.Addr
 }
 
@@ -370,7 +361,7 @@ func serviceEntryEntries(src *source, se *model.ServiceEntry, own []hostAddrs, f
 			if i < len(own) {
 				r = own[i]
 			}
-			if r.addrSource == 0 {
+			if r.addrSource == addrNone {
 				// With istiod allocating, a host it has not written yet
 				// is forwarded (what kube-dns answers) until it does.
 				if !fromStatus {

@@ -101,23 +101,33 @@ type Entry struct {
 	srv []srvSet
 	// n4 is how many of Addrs are IPv4.
 	n4 uint32
-	// addrSource indexes addrSources: where Addrs came from.
-	addrSource uint8
+	// addrSource says where Addrs came from.
+	addrSource addrSource
 	// ptr says whether the reverse names of Addrs point here.
 	ptr bool
 }
 
-// addrSources are the From* constants by Entry.addrSource.
-var addrSources = [...]string{"", FromClusterIP, FromEndpoints, FromSpec, FromStatus, FromAllocated}
+// addrSource says where an entry's addresses came from: one value per
+// From* constant, kept in a byte; addrSources names them.
+type addrSource uint8
 
-// addrSourceOf is the index of one of the From* constants.
-func addrSourceOf(from string) uint8 {
-	for i, s := range addrSources {
-		if s == from {
-			return uint8(i)
-		}
-	}
-	panic("table: unknown address source " + from)
+const (
+	addrNone addrSource = iota // no addresses (an ExternalName alias)
+	addrClusterIP
+	addrEndpoints
+	addrSpec
+	addrStatus
+	addrAllocated
+)
+
+// addrSources are the From* constants by addrSource.
+var addrSources = [...]string{
+	addrNone:      "",
+	addrClusterIP: FromClusterIP,
+	addrEndpoints: FromEndpoints,
+	addrSpec:      FromSpec,
+	addrStatus:    FromStatus,
+	addrAllocated: FromAllocated,
 }
 
 // AddrSource says where Addrs came from (one of the From* constants).
