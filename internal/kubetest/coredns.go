@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+
+	"github.com/ztdns/ztdns/internal/testenv"
 )
 
 // corednsScript builds and caches CoreDNS.
@@ -39,11 +41,8 @@ func (e *Env) StartCoreDNS(upstream netip.AddrPort) netip.AddrPort {
 	e.tb.Helper()
 	dir, err := cachedBuild(e.tb, corednsScript, "coredns", "about 2 minutes", corednsBuildBudget)
 	requireBuilt(e.tb, err)
-	ports, err := freePorts(1)
-	if err != nil {
-		e.tb.Fatalf("kubetest: %v", err)
-	}
-	addr := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(ports[0]))
+	// CoreDNS binds the port for UDP and TCP: both must be free.
+	addr := testenv.FreePort(e.tb)
 	corefile := filepath.Join(e.dir, "Corefile")
 	config := fmt.Sprintf(`.:%d {
 	bind 127.0.0.1

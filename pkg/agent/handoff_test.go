@@ -38,24 +38,29 @@ type testAgent struct {
 	done   chan error
 }
 
-func startTestAgent(t *testing.T, dir, socket string, listen netip.AddrPort, upstream netip.AddrPort, metrics string) *testAgent {
+// startTestAgent runs an agent on listen that reads dir and forwards to
+// upstream, waits until it is ready and stops it when the test ends. Each
+// of extra adjusts its Config before it starts.
+func startTestAgent(t *testing.T, dir, socket string, listen netip.AddrPort, upstream netip.AddrPort, metrics string, extra ...func(*Config)) *testAgent {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	cfg := Config{
+		Source:      configdir.New(dir, configdir.WithLogger(log)),
+		Listen:      []netip.AddrPort{listen},
+		Upstreams:   []netip.AddrPort{upstream},
+		Socket:      socket,
+		MetricsAddr: metrics,
+		Logger:      log,
+		// TestRestartLosesNoQuery's load is four clients on one address
+		// as fast as they can: no per-source rate limit.
+		Limits: quota.Limits{QPS: -1},
+	}
+	for _, f := range extra {
+		f(&cfg)
+	}
 	ta := &testAgent{cancel: cancel, done: make(chan error, 1)}
-	go func() {
-		ta.done <- Run(ctx, Config{
-			Source:      configdir.New(dir, configdir.WithLogger(log)),
-			Listen:      []netip.AddrPort{listen},
-			Upstreams:   []netip.AddrPort{upstream},
-			Socket:      socket,
-			MetricsAddr: metrics,
-			Logger:      log,
-			// The load below is four clients on one address as fast as
-			// they can: no per-source rate limit.
-			Limits: quota.Limits{QPS: -1},
-		})
-	}()
+	go func() { ta.done <- Run(ctx, cfg) }()
 	t.Cleanup(ta.stop)
 	waitReady(t, socket)
 	return ta
@@ -166,23 +171,8 @@ func TestSocketsPerAddr(t *testing.T) {
 		t.Fatal(err)
 	}
 	listen := testenv.FreePort(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		done <- Run(ctx, Config{
-			Source:         configdir.New(dir),
-			Listen:         []netip.AddrPort{listen},
-			Upstreams:      []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:9")},
-			Socket:         socket,
-			SocketsPerAddr: 3,
-			Logger:         slog.New(slog.NewTextHandler(io.Discard, nil)),
-		})
-	}()
-	t.Cleanup(func() {
-		cancel()
-		<-done
-	})
-	waitReady(t, socket)
+	startTestAgent(t, dir, socket, listen, netip.MustParseAddrPort("127.0.0.1:9"), "",
+		func(c *Config) { c.SocketsPerAddr = 3 })
 	// /proc/net/udp lists every socket of this network namespace; the
 	// port is this test's alone.
 	table, err := os.ReadFile("/proc/self/net/udp")

@@ -6,10 +6,12 @@ import (
 	"encoding/binary"
 	"net"
 	"net/netip"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/miekg/dns"
+	"golang.org/x/sys/unix"
 )
 
 // TestUDPLoopAnswersBursts: the UDP loop waits in the netpoller without an
@@ -93,7 +95,7 @@ func TestUDPBatchGrowsWhenFull(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		time.Sleep(20 * time.Millisecond) // all of them queued
+		waitQueued(t, rc, burst)
 		for {
 			conn.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
 			if err := rc.Read(b.serveFn); err != nil {
@@ -119,6 +121,59 @@ func TestUDPBatchGrowsWhenFull(t *testing.T) {
 		if len(b.in) != c.want || len(b.out) != c.want {
 			t.Fatalf("after a burst of %d the batch has room for %d (in) and %d (out), want %d", c.burst, len(b.in), len(b.out), c.want)
 		}
+	}
+}
+
+// waitQueued waits until the socket of rc holds n datagrams, and fails the
+// test if they are not all there within 5s: a write on loopback returns
+// before the datagram is in the receiving socket when the softirq that
+// delivers it is deferred. FIONREAD (SIOCINQ) on a UDP socket tells only the
+// first datagram's size, so this counts them: with a peek offset set,
+// each MSG_PEEK read moves on to the next datagram. The offset is unset
+// again before waitQueued returns, for the reads of the loop under test.
+func waitQueued(t *testing.T, rc syscall.RawConn, n int) {
+	t.Helper()
+	buf := make([]byte, 1<<16) // no datagram truncated: the offset moves by what is read
+	count := func() (queued int, err error) {
+		cerr := rc.Control(func(fd uintptr) {
+			if err = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_PEEK_OFF, 0); err != nil {
+				return
+			}
+			defer func() {
+				if uerr := unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_PEEK_OFF, -1); err == nil {
+					err = uerr
+				}
+			}()
+			for {
+				_, _, rerr := unix.Recvfrom(int(fd), buf, unix.MSG_PEEK|unix.MSG_DONTWAIT)
+				if rerr == unix.EAGAIN {
+					return
+				}
+				if rerr != nil {
+					err = rerr
+					return
+				}
+				queued++
+			}
+		})
+		if err == nil {
+			err = cerr
+		}
+		return queued, err
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		queued, err := count()
+		if err != nil {
+			t.Fatalf("count the datagrams queued: %v", err)
+		}
+		if queued >= n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("a burst of %d: only %d datagrams queued in the socket after 5s", n, queued)
+		}
+		time.Sleep(time.Millisecond)
 	}
 }
 
