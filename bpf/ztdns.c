@@ -13,7 +13,8 @@
  *    default: these hooks run before the pod's netfilter rules, and a
  *    rewritten query must not match istio-cni's in-pod DNS capture (nat
  *    OUTPUT, destination port 53, REDIRECT to ztunnel's 15053), or ztunnel
- *    would answer a pod ztdns captured;
+ *    would answer a pod ztdns captured. A destination on the pod's own
+ *    loopback or the unspecified address is left alone (is_local);
  *  - recvmsg4/6 (UDP replies) and getpeername4/6 (connected sockets) rewrite
  *    a source / peer that is a resolver slot address back to what that
  *    socket addressed through the slot, so the stub resolver accepts the
@@ -228,6 +229,29 @@ static __always_inline bool is_resolver(const struct redirect_config *cfg,
 	return false;
 }
 
+/* A destination on the pod's own host: 127.0.0.0/8, 0.0.0.0, ::1 or ::
+ * (IPv4-mapped forms arrive here as IPv4: redirect6 unmaps them). Such a
+ * query is for a server in the pod's own network namespace (a local cache
+ * or DNS sidecar) and is never redirected nor learned into a slot:
+ *  - the agent runs in the node's network namespace (hostNetwork), so a
+ *    loopback nameserver learned here would have it forward the pod's
+ *    query to the NODE's loopback (systemd-resolved, a node-local cache),
+ *    with the node as the source, and the pod would get the node's server
+ *    instead of its own;
+ *  - istio-cni's in-pod DNS capture leaves it alone too (UDP only
+ *    `! -o lo`, TCP only `! -d 127.0.0.1/32` / `::1/128`), so a pod
+ *    resolves the same whichever of the two captures it. */
+static __always_inline bool is_local(const struct endpoint *dst)
+{
+	const __u32 *w = words(dst);
+
+	if (dst->family == ZTDNS_AF_INET)
+		return (w[0] & bpf_htonl(0xff000000)) == bpf_htonl(0x7f000000) ||
+		       w[0] == 0;
+	return w[0] == 0 && w[1] == 0 && w[2] == 0 &&
+	       (w[3] == 0 || w[3] == bpf_htonl(1));
+}
+
 /* Returns the slot that holds dst for this network namespace, learning dst
  * into a free or idle slot when it is new; -1 when every slot is busy with
  * another destination or the map refused.
@@ -367,6 +391,10 @@ pick_resolver(struct bpf_sock_addr *ctx, const struct endpoint *dst)
 		COUNT(cnt, skipped_paused);
 		return NULL;
 	}
+	if (is_local(dst)) {
+		COUNT(cnt, skipped_local);
+		return NULL;
+	}
 	if (is_resolver(cfg, dst))
 		return NULL;
 
@@ -487,7 +515,11 @@ static __always_inline int redirect6(struct bpf_sock_addr *ctx)
 
 /* Returns what this socket originally addressed through the resolver
  * endpoint src (IPv4 or IPv6, per its family), or NULL when src is not a
- * resolver address or ztdns did not redirect this socket there. Restoring
+ * resolver address or ztdns did not redirect this socket there. A reply
+ * from a pod-local server (is_local) comes from its loopback address, which
+ * is no resolver endpoint, and nothing local is ever recorded in sent_to:
+ * its source stays as it came, even on a socket ztdns redirected for another
+ * nameserver (musl with a local and a remote one in resolv.conf). Restoring
  * looks neither at the heartbeat nor at the pods map: replies to queries
  * sent before the agent died, or before the pod was unmarked, are still in
  * flight. */

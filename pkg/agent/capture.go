@@ -178,7 +178,8 @@ func (c *dataplane) stopBeating(failOpen bool) {
 }
 
 // upstream returns the nameserver the pod behind client addressed through
-// the resolver address local, when the programs learned it.
+// the resolver address local, when the programs learned it and the
+// resolver may forward to it (forwardable).
 func (c *dataplane) upstream(client, local netip.AddrPort) (netip.AddrPort, bool) {
 	slot, ok := c.slots[local]
 	if !ok {
@@ -189,10 +190,27 @@ func (c *dataplane) upstream(client, local netip.AddrPort) (netip.AddrPort, bool
 		return netip.AddrPort{}, false
 	}
 	ns, ok := c.r.Nameserver(p.Attachment.NetnsCookie, slot)
-	if !ok || c.resolvers[ns.Addr().Unmap()] {
-		return netip.AddrPort{}, false // a pod that names the resolver itself
+	if !ok || !forwardable(ns, c.resolvers) {
+		return netip.AddrPort{}, false
 	}
 	return ns, true
+}
+
+// forwardable reports whether a nameserver a pod addressed can take the
+// pod's misses; when not, the resolver falls back to its configured
+// upstreams. Not:
+//   - one of the resolver's own addresses (a pod that names the resolver
+//     itself): forwarding there would loop;
+//   - a loopback or unspecified address (127.0.0.0/8, ::1, 0.0.0.0, ::, or
+//     IPv4-mapped): it means the pod's own network namespace, but the agent
+//     runs in the node's, so the query would go to the node's loopback
+//     (systemd-resolved, a node-local cache) with the node as its source.
+//     The programs never redirect or learn such a destination (is_local in
+//     bpf/ztdns.c); this holds even if a slot says otherwise (a map written
+//     by an older program, or by hand).
+func forwardable(ns netip.AddrPort, resolvers map[netip.Addr]bool) bool {
+	a := ns.Addr().Unmap()
+	return a.IsValid() && !resolvers[a] && !a.IsLoopback() && !a.IsUnspecified()
 }
 
 // close releases this process's hold on the programs; the pins and marks

@@ -103,7 +103,7 @@ func (c captureCollector) Collect(ch chan<- prometheus.Metric) {
 		for event, v := range map[string]uint64{
 			"redirected": n.Redirected, "restored": n.Restored, "skipped_stale": n.SkippedStale,
 			"skipped_paused": n.SkippedPaused, "skipped_no_resolver": n.SkippedNoResolver,
-			"skipped_slots_full": n.SkippedSlotsFull, "nameserver_learned": n.NameserverLearned,
+			"skipped_slots_full": n.SkippedSlotsFull, "skipped_local": n.SkippedLocal, "nameserver_learned": n.NameserverLearned,
 			"nameserver_replaced": n.NameserverReplaced, "nameserver_failed": n.NameserverFailed,
 			"socket_storage_failed": n.SocketStorageFailed,
 		} {

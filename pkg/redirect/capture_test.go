@@ -4,9 +4,11 @@ package redirect
 
 import (
 	"context"
+	"net"
 	"net/netip"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -309,4 +311,215 @@ func keys(m map[string]bool) []string {
 	}
 	slices.Sort(out)
 	return out
+}
+
+// What a pod's own DNS server, on its loopback, answers: an answer with
+// these came from inside the pod, not through the redirect.
+var (
+	podLocal4 = netip.MustParseAddr("192.0.2.127")
+	podLocal6 = netip.MustParseAddr("2001:db8:7f::1")
+)
+
+// TestPodLocalNameserverIsLeftAlone runs a DNS server on a marked pod's own
+// loopback (a local cache, a DNS sidecar) and checks that real clients
+// asking it (127.0.0.0/8, ::1, 0.0.0.0, ::, IPv4-mapped) get its answer:
+// the query is neither redirected nor learned into a slot (the agent, in
+// the node's network namespace, would forward it to the node's loopback),
+// nor is the reply's source rewritten. istio-cni's in-pod rules leave such
+// queries alone too. A query to the pod's ordinary nameserver, from the same
+// pod, is still captured.
+func TestPodLocalNameserverIsLeftAlone(t *testing.T) {
+	t.Parallel()
+	e := newCaptureEnv(t, envOptions{})
+	musl := testenv.BuildMuslGetaddrinfo(t)
+
+	// A pod with the local server and the ordinary nameserver nowhere4.
+	pod, cookie := e.markedPod(t, 0, nowhere4)
+	// Pods whose resolv.conf names their own loopback, for the stub
+	// resolvers that read it.
+	localPod, localCookie := e.markedPod(t, 0, "127.0.0.1")
+	local6Pod, local6Cookie := e.markedPod(t, 0, "::1", "127.0.0.1")
+
+	have6 := true
+	var servers []*dnstest.Server
+	for _, p := range []*testenv.Pod{pod, localPod, local6Pod} {
+		addrs := []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:53"), netip.MustParseAddrPort("127.0.0.53:53")}
+		if hasIPv6Loopback(t, p) {
+			addrs = append(addrs, netip.MustParseAddrPort("[::1]:53"))
+		} else {
+			have6 = false
+		}
+		servers = append(servers, p.StartDNSServer(t, addrs, dnstest.Marker(podLocal4, podLocal6)))
+	}
+	if !have6 {
+		t.Log("no ::1 in the pods' namespaces: IPv6 loopback cases skipped")
+	}
+
+	dig := func(args ...string) testenv.Client {
+		return testenv.CommandClient("dig", append([]string{"+short", "+time=3", "+tries=1"}, args...)...)
+	}
+	tests := []struct {
+		name    string
+		pod     *testenv.Pod
+		local   *dnstest.Server
+		ipv6    bool // needs ::1 in the pod
+		client  testenv.Client
+		wantOut []netip.Addr
+		wantNet string
+		// Addresses of the pod's server that must each see the query.
+		wantLocal    []netip.AddrPort
+		sortConnects bool // the client connects to its answers on port 53
+	}{
+		{name: "dig @127.0.0.1", client: dig("@127.0.0.1"), wantOut: []netip.Addr{podLocal4}, wantNet: "udp"},
+		{name: "dig TCP @127.0.0.1", client: dig("+tcp", "@127.0.0.1"), wantOut: []netip.Addr{podLocal4}, wantNet: "tcp"},
+		{name: "dig @127.0.0.53", client: dig("@127.0.0.53"), wantOut: []netip.Addr{podLocal4}, wantNet: "udp"},
+		{name: "dig @0.0.0.0", client: dig("@0.0.0.0"), wantOut: []netip.Addr{podLocal4}, wantNet: "udp"},
+		{name: "dig TCP @0.0.0.0", client: dig("+tcp", "@0.0.0.0"), wantOut: []netip.Addr{podLocal4}, wantNet: "tcp"},
+		{name: "dig @::1", ipv6: true, client: dig("@::1", "AAAA"), wantOut: []netip.Addr{podLocal6}, wantNet: "udp"},
+		{name: "dig TCP @::1", ipv6: true, client: dig("+tcp", "@::1", "AAAA"), wantOut: []netip.Addr{podLocal6}, wantNet: "tcp"},
+		{name: "dig @::", ipv6: true, client: dig("@::", "AAAA"), wantOut: []netip.Addr{podLocal6}, wantNet: "udp"},
+		{name: "glibc getent ahosts, nameserver 127.0.0.1", pod: localPod, client: testenv.CommandClient("getent", "ahosts"),
+			wantOut: []netip.Addr{podLocal4, podLocal6}, wantNet: "udp"},
+		{name: "musl getaddrinfo, nameserver 127.0.0.1", pod: localPod, client: testenv.CommandClient(musl),
+			wantOut: []netip.Addr{podLocal4, podLocal6}, wantNet: "udp"},
+		// With an IPv6 nameserver musl sends from one AF_INET6 socket, to
+		// 127.0.0.1 as ::ffff:127.0.0.1: both must reach the pod's server.
+		{name: "musl getaddrinfo, nameservers ::1 and v4-mapped 127.0.0.1", pod: local6Pod, ipv6: true, client: testenv.CommandClient(musl),
+			wantOut: []netip.Addr{podLocal4, podLocal6}, wantNet: "udp",
+			wantLocal: []netip.AddrPort{netip.MustParseAddrPort("[::1]:53"), netip.MustParseAddrPort("127.0.0.1:53")}},
+		// Go sorts its answers (RFC 6724) by connecting a UDP socket to
+		// each on port 53: those connects are not local and are
+		// redirected (nothing is sent), so only the query is checked.
+		{name: "Go resolver, nameserver 127.0.0.1", pod: localPod, client: testenv.GoClient,
+			wantOut: []netip.Addr{podLocal4, podLocal6}, wantNet: "udp", sortConnects: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if tt.ipv6 && !have6 {
+				t.Skip("no ::1 in the pod's namespace")
+			}
+			p, c, local := pod, cookie, servers[0]
+			switch tt.pod {
+			case localPod:
+				p, c, local = localPod, localCookie, servers[1]
+			case local6Pod:
+				p, c, local = local6Pod, local6Cookie, servers[2]
+			}
+			before, beforePod := e.counters(t), e.podCounters(t, c)
+			name := uniqueName("local")
+
+			ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+			defer cancel()
+			out, err := tt.client(ctx, p, e.cg, name).CombinedOutput()
+			if err != nil {
+				t.Fatalf("client failed: %v\n%s", err, out)
+			}
+			got := testenv.ParseAddrs(string(out))
+			for _, want := range tt.wantOut {
+				if !slices.Contains(got, want) {
+					t.Errorf("client printed %q, want it to contain %s (the pod's own server)", out, want)
+				}
+			}
+			if slices.Contains(got, marker4) || slices.Contains(got, marker6) {
+				t.Errorf("client printed %q: an answer of the node's resolver", out)
+			}
+
+			if qs := e.dns.ReceivedFor(name); len(qs) != 0 {
+				t.Errorf("the node's resolver saw %+v, want nothing", qs)
+			}
+			qs := local.ReceivedFor(name)
+			if len(qs) == 0 {
+				t.Errorf("the pod's own server saw no query for %s", name)
+			}
+			// musl exits with the first answer, maybe before the server
+			// has taken the other queries off its sockets.
+			for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline) && !receivedOnAll(qs, tt.wantLocal); {
+				time.Sleep(10 * time.Millisecond)
+				qs = local.ReceivedFor(name)
+			}
+			if !receivedOnAll(qs, tt.wantLocal) {
+				t.Errorf("the pod's own server saw %+v, want queries on each of %v", qs, tt.wantLocal)
+			}
+			for _, q := range qs {
+				if !q.Remote.Addr().IsLoopback() || q.Net != tt.wantNet {
+					t.Errorf("the pod's own server saw %+v, want it from loopback over %s", q, tt.wantNet)
+				}
+			}
+
+			for slot := range Slots {
+				if ns, ok := e.r.Nameserver(c, slot); ok && (ns.Addr().Unmap().IsLoopback() || ns.Addr().Unmap().IsUnspecified()) {
+					t.Errorf("slot %d learned %s, want no local address in any slot", slot, ns)
+				}
+			}
+			after, afterPod := e.counters(t), e.podCounters(t, c)
+			if tt.sortConnects {
+				before.Redirected, before.Restored, beforePod = after.Redirected, after.Restored, afterPod
+			}
+			if after.Redirected != before.Redirected || after.Restored != before.Restored || afterPod != beforePod {
+				t.Errorf("counters went from %+v to %+v (pod: %+v to %+v), want redirected and restored unchanged",
+					before, after, beforePod, afterPod)
+			}
+			if after.SkippedLocal == before.SkippedLocal {
+				t.Errorf("skipped_local stayed %d, want it to count the query", after.SkippedLocal)
+			}
+		})
+	}
+
+	// The same pod's queries to its ordinary nameserver are still captured,
+	// over both transports.
+	for _, args := range [][]string{nil, {"+tcp"}} {
+		t.Run("dig "+strings.Join(append(args, "@"+nowhere4), " ")+", still captured", func(t *testing.T) {
+			name := uniqueName("captured")
+			out, err := dig(append(args, "@"+nowhere4)...)(t.Context(), pod, e.cg, name).CombinedOutput()
+			if err != nil || !slices.Contains(testenv.ParseAddrs(string(out)), marker4) {
+				t.Fatalf("dig: %v, printed %q; want %s from the node's resolver", err, out, marker4)
+			}
+			if qs := servers[0].ReceivedFor(name); len(qs) != 0 {
+				t.Errorf("the pod's own server saw %+v, want nothing", qs)
+			}
+			if qs := e.dns.ReceivedFor(name); len(qs) != 1 || e.slotOf(qs[0].Local) < 0 {
+				t.Errorf("the node's resolver saw %+v, want one query on a slot address", qs)
+			}
+			if ns, ok := e.r.Nameserver(cookie, 0); !ok || ns.String() != nowhere4+":53" {
+				t.Errorf("slot 0 holds %s, %v; want %s:53", ns, ok, nowhere4)
+			}
+		})
+	}
+}
+
+// receivedOnAll reports whether some query in qs arrived on each address
+// of want.
+func receivedOnAll(qs []dnstest.Query, want []netip.AddrPort) bool {
+	for _, w := range want {
+		if !slices.ContainsFunc(qs, func(q dnstest.Query) bool { return q.Local == w }) {
+			return false
+		}
+	}
+	return true
+}
+
+// hasIPv6Loopback reports whether ::1 is on the pod's loopback (IPv6 may
+// be off in network namespaces on this machine).
+func hasIPv6Loopback(tb testing.TB, p *testenv.Pod) bool {
+	tb.Helper()
+	var found bool
+	if err := p.Do(func() error {
+		lo, err := net.InterfaceByName("lo")
+		if err != nil {
+			return err
+		}
+		addrs, err := lo.Addrs()
+		if err != nil {
+			return err
+		}
+		for _, a := range addrs {
+			if n, ok := a.(*net.IPNet); ok && n.IP.Equal(net.IPv6loopback) {
+				found = true
+			}
+		}
+		return nil
+	}); err != nil {
+		tb.Fatalf("addresses of lo in %s: %v", p.Name, err)
+	}
+	return found
 }

@@ -66,6 +66,7 @@ type Counters struct {
 	SkippedPaused       uint64 // not redirected: pod paused
 	SkippedNoResolver   uint64 // not redirected: no resolver of that family
 	SkippedSlotsFull    uint64 // not redirected: every slot busy with another server
+	SkippedLocal        uint64 // not redirected: loopback or unspecified destination, the pod's own
 	NameserverLearned   uint64 // a destination took a free slot
 	NameserverReplaced  uint64 // a destination took an idle slot
 	NameserverFailed    uint64 // the nameservers map refused an update
@@ -256,6 +257,7 @@ func (r *Redirector) Counters() (Counters, error) {
 		c.SkippedPaused += v.SkippedPaused
 		c.SkippedNoResolver += v.SkippedNoResolver
 		c.SkippedSlotsFull += v.SkippedSlotsFull
+		c.SkippedLocal += v.SkippedLocal
 		c.NameserverLearned += v.NameserverLearned
 		c.NameserverReplaced += v.NameserverReplaced
 		c.NameserverFailed += v.NameserverFailed

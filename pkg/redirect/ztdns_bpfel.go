@@ -48,6 +48,7 @@ type ztdnsNodeCounters struct {
 	SkippedPaused       uint64
 	SkippedNoResolver   uint64
 	SkippedSlotsFull    uint64
+	SkippedLocal        uint64
 	NameserverLearned   uint64
 	NameserverReplaced  uint64
 	NameserverFailed    uint64
