@@ -10,7 +10,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
 	"time"
 )
 
@@ -29,9 +28,17 @@ const (
 	// the answer.
 	writeTimeout = 30 * time.Second
 	// MaxConns bounds the connections open at once. A new one takes the
-	// place of the oldest that is not being answered; when all are, it waits
-	// in the kernel's backlog for one to end.
+	// place of the oldest that is not being answered; when all are, root's
+	// waits in the kernel's backlog for one to end (see MaxGroupConns for a
+	// member's).
 	MaxConns = 32
+	// MaxGroupConns bounds the connections of socket-group members, all
+	// together, among the MaxConns: the other MaxConns-MaxGroupConns are
+	// root's alone. A member's new connection only ever takes the place of
+	// another member's that is not being answered; when there is none, it
+	// is closed unserved rather than waited for, since waiting would stop
+	// accepting root's connections too.
+	MaxGroupConns = 4
 )
 
 // API is what the agent does for the control socket. Requests reach it
@@ -140,7 +147,8 @@ func (h *handler) handle(mux *http.ServeMux, route Route, serve func(*http.Reque
 	mux.HandleFunc(route.Pattern(), func(w http.ResponseWriter, r *http.Request) {
 		defer answering(r.Context())()
 		peer, ok := PeerFrom(r.Context())
-		if route.Mutates && (!ok || (peer.UID != 0 && peer.UID != uint32(os.Geteuid()))) {
+		root := ok && peer.root()
+		if route.Mutates && !root {
 			// A socket-group member: it may look, not steer.
 			h.log.Warn("control socket: refused a request that only root may make", "route", route.Name, "uid", peer.UID, "gid", peer.GID, "pid", peer.PID)
 			metricRequests.WithLabelValues(route.Name, "403").Inc()
