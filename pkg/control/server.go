@@ -27,6 +27,11 @@ const (
 	// writeTimeout bounds the time from the end of the request to the end of
 	// the answer.
 	writeTimeout = 30 * time.Second
+	// memberWriteTimeout is writeTimeout for a socket-group member: what it
+	// may ask for is computed in memory and read in milliseconds, so a
+	// member that does not read its answer lets go of its slot (and of the
+	// encoded answer) as soon as a half-sent request would.
+	memberWriteTimeout = ReadTimeout
 	// MaxConns bounds the connections open at once. A new one takes the
 	// place of the oldest that is not being answered; when all are, root's
 	// waits in the kernel's backlog for one to end (see MaxGroupConns for a
@@ -148,6 +153,11 @@ func (h *handler) handle(mux *http.ServeMux, route Route, serve func(*http.Reque
 		defer answering(r.Context())()
 		peer, ok := PeerFrom(r.Context())
 		root := ok && peer.root()
+		if !root {
+			// A member's answer may not hold its slot for long (the error
+			// is for a ResponseWriter that has no deadline, in tests).
+			_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(memberWriteTimeout))
+		}
 		if route.Mutates && !root {
 			// A socket-group member: it may look, not steer.
 			h.log.Warn("control socket: refused a request that only root may make", "route", route.Name, "uid", peer.UID, "gid", peer.GID, "pid", peer.PID)
