@@ -23,9 +23,9 @@ const (
 	helperNameEnv = "ZTDNS_TESTENV_NAME"
 )
 
-// RunHelper makes the test binary act as a client when GoLookup or
-// ControlCallAsUser or StartFlood started it; call it first in TestMain. It
-// returns when the binary runs as tests.
+// RunHelper makes the test binary act as a client when GoLookup,
+// ControlCallAsUser, StalledReadersAsUser or StartFlood started it; call it
+// first in TestMain. It returns when the binary runs as tests.
 func RunHelper() {
 	switch os.Getenv(helperEnv) {
 	case "":
@@ -34,6 +34,8 @@ func RunHelper() {
 		os.Exit(goLookup(os.Getenv(helperNameEnv)))
 	case "control-call":
 		os.Exit(controlCall())
+	case "stalled-readers":
+		os.Exit(stalledReaders())
 	case "flood":
 		os.Exit(flood())
 	default:

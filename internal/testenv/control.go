@@ -4,11 +4,15 @@ package testenv
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"runtime"
+	"strconv"
 	"syscall"
 	"testing"
 	"time"
@@ -83,4 +87,56 @@ func RequireClosedByPeer(tb testing.TB, conns []net.Conn, within time.Duration) 
 			tb.Fatalf("connection %d of %d still open after %v: %v", i, len(conns), within, err)
 		}
 	}
+}
+
+// StalledReadersAsUser runs a process as cred that opens n connections to
+// the socket, asks route (a GET) on each and never reads the answers: an
+// answer larger than the socket's buffer leaves the server blocked writing
+// it. It returns once every request is sent (those the server closed
+// unserved included); the process ends at cleanup, or when the test binary
+// does. The package's TestMain must call RunHelper.
+func StalledReadersAsUser(tb testing.TB, cred syscall.Credential, socket string, route control.Route, n int) {
+	tb.Helper()
+	cmd := AsUser(tb, context.Background(), cred, os.Args[0])
+	cmd.Env = append(os.Environ(), helperEnv+"=stalled-readers", "ZTDNS_TESTENV_SOCKET="+socket,
+		"ZTDNS_TESTENV_PATH="+route.Path, "ZTDNS_TESTENV_CONNS="+strconv.Itoa(n))
+	cmd.Stderr = os.Stderr
+	stdin, err := cmd.StdinPipe() // closed at cleanup: the process then exits
+	if err != nil {
+		tb.Fatalf("testenv: %v", err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		tb.Fatalf("testenv: %v", err)
+	}
+	if err := cmd.Start(); err != nil {
+		tb.Fatalf("testenv: running the stalled readers as uid %d: %v", cred.Uid, err)
+	}
+	tb.Cleanup(func() {
+		stdin.Close()
+		cmd.Wait()
+	})
+	if line, err := bufio.NewReader(stdout).ReadString('\n'); line != "sent\n" {
+		tb.Fatalf("testenv: the stalled readers did not send their requests: %q, %v", line, err)
+	}
+}
+
+// stalledReaders is the process StalledReadersAsUser runs.
+func stalledReaders() int {
+	n, _ := strconv.Atoi(os.Getenv("ZTDNS_TESTENV_CONNS"))
+	req := "GET " + os.Getenv("ZTDNS_TESTENV_PATH") + " HTTP/1.1\r\nHost: ztdns\r\n\r\n"
+	conns := make([]net.Conn, 0, n)
+	for range n {
+		c, err := net.Dial("unix", os.Getenv("ZTDNS_TESTENV_SOCKET"))
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		conns = append(conns, c)
+		io.WriteString(c, req) // fails on a connection the server closed: no matter
+	}
+	fmt.Println("sent")
+	io.Copy(io.Discard, os.Stdin) // holds the connections, unread, until the test lets go
+	runtime.KeepAlive(conns)      // (a collected connection is closed)
+	return 0
 }

@@ -18,7 +18,9 @@
 //     directory.)
 //   - requests are bounded in size (MaxRequestBytes), in time (a request
 //     must arrive within ReadTimeout) and in number (MaxConns connections
-//     at once), and every field is validated before the agent sees it.
+//     at once, of which the socket group's members hold at most
+//     MaxGroupConns: the rest are root's, so no member can keep a CNI ADD
+//     waiting), and every field is validated before the agent sees it.
 package control
 
 import "net/http"

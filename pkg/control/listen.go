@@ -45,7 +45,7 @@ func (a Access) log() *slog.Logger {
 // (the same as root but for an agent run without root, as in the
 // standalone demo), or a member of the group.
 func (a Access) allowed(p Peer) bool {
-	return p.UID == 0 || p.UID == uint32(os.Geteuid()) || (a.Group > 0 && p.GID == uint32(a.Group))
+	return p.root() || (a.Group > 0 && p.GID == uint32(a.Group))
 }
 
 // OwnFiles are the names the agent keeps in its socket directory besides
@@ -189,6 +189,13 @@ type Peer struct {
 	UID, GID uint32
 }
 
+// root reports whether the peer is root, or the agent's own user (the same
+// as root for an agent run without root); any other peer the socket admits
+// is a member of the socket group.
+func (p Peer) root() bool {
+	return p.UID == 0 || p.UID == uint32(os.Geteuid())
+}
+
 // PeerOf returns the credentials of the process at the other end of c.
 func PeerOf(c *net.UnixConn) (Peer, error) {
 	raw, err := c.SyscallConn()
@@ -209,11 +216,15 @@ func PeerOf(c *net.UnixConn) (Peer, error) {
 }
 
 // guardedListener hands out only connections of allowed peers, at most
-// MaxConns at a time. At the bound, a new connection takes the place of the
-// oldest one that is not being answered (a request still being sent, or a
+// MaxConns at a time, of which at most MaxGroupConns are socket-group
+// members'. At the bound, a new connection takes the place of the oldest
+// one that is not being answered (a request still being sent, or a
 // kept-alive idle connection): callers that send nothing cannot keep those
-// that do waiting. When every connection is being answered, Accept waits for
-// one to end.
+// that do waiting. A member's takes only a member's place, never root's.
+// When every connection root's could take is being answered, Accept waits
+// for one to end; a member's that finds no place is closed at once instead.
+// So Accept never waits on a member: members can hold at most their own
+// slots, and root always has the rest.
 type guardedListener struct {
 	*net.UnixListener
 	access Access
@@ -238,6 +249,10 @@ func (l *guardedListener) Close() error {
 	return l.UnixListener.Close()
 }
 
+// errNoRoom is admit's answer to a member when every member's connection is
+// being answered.
+var errNoRoom = errors.New("no room for another connection of the socket group")
+
 func (l *guardedListener) Accept() (net.Conn, error) {
 	for {
 		c, err := l.AcceptUnix()
@@ -251,36 +266,72 @@ func (l *guardedListener) Accept() (net.Conn, error) {
 			c.Close()
 			continue
 		}
-		pc := &peerConn{UnixConn: c, peer: peer, l: l}
-		if !l.admit(pc) {
+		pc := &peerConn{UnixConn: c, peer: peer, root: peer.root(), l: l}
+		switch err := l.admit(pc); {
+		case err == nil:
+			return pc, nil
+		case errors.Is(err, errNoRoom):
+			metricTurnedAway.Inc()
+			l.access.log().Debug("control socket: closed a socket-group member's connection: the group's connections are all being answered", "uid", peer.UID, "pid", peer.PID)
 			c.Close()
-			return nil, net.ErrClosed
+		default:
+			c.Close()
+			return nil, err
 		}
-		return pc, nil
 	}
 }
 
-// admit makes room for pc and records it; false when the listener closed.
-func (l *guardedListener) admit(pc *peerConn) bool {
+// admit makes room for pc and records it. It fails with errNoRoom for a
+// member's connection that finds no place, net.ErrClosed when the listener
+// closed.
+func (l *guardedListener) admit(pc *peerConn) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	for len(l.conns) >= MaxConns && !l.closed {
-		i := slices.IndexFunc(l.conns, func(c *peerConn) bool { return !c.answering.Load() })
-		if i < 0 {
-			l.ended.Wait()
-			continue
+	if pc.root {
+		for len(l.conns) >= MaxConns && !l.closed {
+			if !l.evictOldest(func(*peerConn) bool { return true }) {
+				l.ended.Wait()
+			}
 		}
-		victim := l.conns[i]
-		l.conns = slices.Delete(l.conns, i, i+1)
-		victim.UnixConn.Close() // the server's read fails, and it lets go of it
-		metricEvicted.Inc()
-		l.access.log().Debug("control socket: closed a connection that sent no whole request, to make room", "pid", victim.peer.PID)
+	} else if len(l.conns) >= MaxConns || l.members() >= MaxGroupConns {
+		// A member's connection never waits for room: Accept is the one
+		// loop that admits root's connections too (a CNI ADD, with its own
+		// few seconds to be answered).
+		if !l.evictOldest(func(c *peerConn) bool { return !c.root }) {
+			return errNoRoom
+		}
 	}
 	if l.closed {
-		return false
+		return net.ErrClosed
 	}
 	l.conns = append(l.conns, pc)
 	metricConns.Set(float64(len(l.conns)))
+	return nil
+}
+
+// members counts the open connections of socket-group members.
+func (l *guardedListener) members() int {
+	n := 0
+	for _, c := range l.conns {
+		if !c.root {
+			n++
+		}
+	}
+	return n
+}
+
+// evictOldest closes the oldest connection that is not being answered,
+// among those of which may holds; false when there is none.
+func (l *guardedListener) evictOldest(may func(*peerConn) bool) bool {
+	i := slices.IndexFunc(l.conns, func(c *peerConn) bool { return may(c) && !c.answering.Load() })
+	if i < 0 {
+		return false
+	}
+	victim := l.conns[i]
+	l.conns = slices.Delete(l.conns, i, i+1)
+	victim.UnixConn.Close() // the server's read fails, and it lets go of it
+	metricEvicted.Inc()
+	l.access.log().Debug("control socket: closed a connection that sent no whole request, to make room", "pid", victim.peer.PID)
 	return true
 }
 
@@ -298,6 +349,8 @@ func (l *guardedListener) forget(pc *peerConn) {
 type peerConn struct {
 	*net.UnixConn
 	peer Peer
+	// root is peer.root(): false for a socket-group member.
+	root bool
 	l    *guardedListener
 	// answering is set while a handler serves a request on it.
 	answering atomic.Bool

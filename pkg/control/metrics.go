@@ -27,9 +27,14 @@ var (
 		Name: "ztdns_control_evicted_connections_total",
 		Help: "Connections to the control socket that had sent no whole request, closed to make room for a new one at the bound.",
 	})
+	// metricTurnedAway counts members' connections closed for want of room.
+	metricTurnedAway = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "ztdns_control_turned_away_connections_total",
+		Help: "Connections of socket-group members closed unserved because the members' 4 connections were all being answered (root's are never turned away).",
+	})
 )
 
 // Collectors returns the control socket's metrics for registration.
 func Collectors() []prometheus.Collector {
-	return []prometheus.Collector{metricRequests, metricRefused, metricConns, metricEvicted}
+	return []prometheus.Collector{metricRequests, metricRefused, metricConns, metricEvicted, metricTurnedAway}
 }

@@ -10,7 +10,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
 	"time"
 )
 
@@ -28,10 +27,23 @@ const (
 	// writeTimeout bounds the time from the end of the request to the end of
 	// the answer.
 	writeTimeout = 30 * time.Second
+	// memberWriteTimeout is writeTimeout for a socket-group member: what it
+	// may ask for is computed in memory and read in milliseconds, so a
+	// member that does not read its answer lets go of its slot (and of the
+	// encoded answer) as soon as a half-sent request would.
+	memberWriteTimeout = ReadTimeout
 	// MaxConns bounds the connections open at once. A new one takes the
-	// place of the oldest that is not being answered; when all are, it waits
-	// in the kernel's backlog for one to end.
+	// place of the oldest that is not being answered; when all are, root's
+	// waits in the kernel's backlog for one to end (see MaxGroupConns for a
+	// member's).
 	MaxConns = 32
+	// MaxGroupConns bounds the connections of socket-group members, all
+	// together, among the MaxConns: the other MaxConns-MaxGroupConns are
+	// root's alone. A member's new connection only ever takes the place of
+	// another member's that is not being answered; when there is none, it
+	// is closed unserved rather than waited for, since waiting would stop
+	// accepting root's connections too.
+	MaxGroupConns = 4
 )
 
 // API is what the agent does for the control socket. Requests reach it
@@ -140,7 +152,13 @@ func (h *handler) handle(mux *http.ServeMux, route Route, serve func(*http.Reque
 	mux.HandleFunc(route.Pattern(), func(w http.ResponseWriter, r *http.Request) {
 		defer answering(r.Context())()
 		peer, ok := PeerFrom(r.Context())
-		if route.Mutates && (!ok || (peer.UID != 0 && peer.UID != uint32(os.Geteuid()))) {
+		root := ok && peer.root()
+		if !root {
+			// A member's answer may not hold its slot for long (the error
+			// is for a ResponseWriter that has no deadline, in tests).
+			_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(memberWriteTimeout))
+		}
+		if route.Mutates && !root {
 			// A socket-group member: it may look, not steer.
 			h.log.Warn("control socket: refused a request that only root may make", "route", route.Name, "uid", peer.UID, "gid", peer.GID, "pid", peer.PID)
 			metricRequests.WithLabelValues(route.Name, "403").Inc()

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -38,6 +39,7 @@ func TestMain(m *testing.M) {
 type recorder struct {
 	mu    sync.Mutex
 	calls []string
+	table []control.TableRow // what Table answers
 }
 
 func (r *recorder) record(s string) {
@@ -53,10 +55,15 @@ func (r *recorder) seen() []string {
 }
 
 func (r *recorder) Status() control.Status                  { r.record("status"); return control.Status{Ready: true} }
-func (r *recorder) Table(string) []control.TableRow         { r.record("table"); return nil }
 func (r *recorder) Pods() ([]control.PodRow, error)         { r.record("pods"); return nil, nil }
 func (r *recorder) CaptureDel(control.CaptureRequest) error { r.record("capture del"); return nil }
 func (r *recorder) CNIDel(control.CNIDelRequest) error      { r.record("cni del"); return nil }
+func (r *recorder) Table(string) []control.TableRow {
+	r.record("table")
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.table
+}
 func (r *recorder) CaptureAdd(req control.CaptureRequest) (control.PodRow, error) {
 	r.record("capture add")
 	return control.PodRow{Namespace: "default", Name: req.Netns}, nil
@@ -306,6 +313,73 @@ func TestSlowRequests(t *testing.T) {
 	if calls := s.api.seen(); len(calls) != 1 {
 		t.Errorf("the agent was called %q, want the status alone", calls)
 	}
+}
+
+// TestRootPastStalledMembers: a socket-group member opens MaxConns
+// connections, asks each for a table far larger than the socket's buffer,
+// and reads none of the answers. It holds MaxGroupConns connections, the
+// rest are closed unserved, and root's CNI ADD is answered while the
+// member's answers are still stuck. The member's connections are let go of
+// well before writeTimeout (30 s), and members are served again.
+func TestRootPastStalledMembers(t *testing.T) {
+	const group = 65533
+	s := serve(t, control.Access{Group: group})
+	rows := make([]control.TableRow, 20000) // about 2 MB of JSON
+	for i := range rows {
+		rows[i] = control.TableRow{Name: fmt.Sprintf("svc-%d.ns.svc.cluster.local.", i), Type: "A", Values: []string{"10.96.0.1"}, Origin: "Service ns/svc"}
+	}
+	s.api.mu.Lock()
+	s.api.table = rows
+	s.api.mu.Unlock()
+	before := value(t, "ztdns_control_evicted_connections_total") + value(t, "ztdns_control_turned_away_connections_total")
+	member := syscall.Credential{Uid: 65534, Gid: group}
+
+	testenv.StalledReadersAsUser(t, member, s.socket, control.RouteTable, control.MaxConns)
+	waitFor(t, 20*time.Second, "the member's tables to be asked for", func() bool {
+		return count(s.api.seen(), "table") >= control.MaxGroupConns
+	})
+	add := control.CNIAddRequest{ContainerID: "c", Netns: "/run/netns/p", PodNamespace: "ns", PodName: "p", NetnsCookie: 7, IPs: []netip.Addr{netip.MustParseAddr("10.0.0.1")}}
+	if _, err := control.NewClient(s.socket, 20*time.Second).CNIAdd(context.Background(), add); err != nil {
+		t.Fatalf("root's CNI ADD behind a member's %d stalled readers: %v", control.MaxConns, err)
+	}
+	// Root was answered while the member still held its connections, and it
+	// held no more than its share (the server accepts in order: the
+	// member's all came before root's).
+	if open := value(t, "ztdns_control_connections"); open < control.MaxGroupConns {
+		t.Errorf("%v connections open once root was answered, want the member's %d still stuck", open, control.MaxGroupConns)
+	}
+	if closed := value(t, "ztdns_control_evicted_connections_total") + value(t, "ztdns_control_turned_away_connections_total") - before; closed < control.MaxConns-control.MaxGroupConns {
+		t.Errorf("%v of the member's %d connections closed for want of room, want at least %d", closed, control.MaxConns, control.MaxConns-control.MaxGroupConns)
+	}
+
+	// The member's stuck answers time out well before writeTimeout, and
+	// members get in again.
+	waitFor(t, 20*time.Second, "the member's connections to be let go of", func() bool {
+		return value(t, "ztdns_control_connections") == 0
+	})
+	if out, ok := testenv.ControlCallAsUser(t, member, s.socket, testenv.CallStatus, ""); !ok || !strings.Contains(out, "ready=true") {
+		t.Errorf("status as a member once the stalled readers are let go of: ok=%v %q", ok, out)
+	}
+}
+
+// waitFor polls cond until it holds, or fails the test after within.
+func waitFor(t *testing.T, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(within); !cond(); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("waited %v for %s", within, what)
+		}
+	}
+}
+
+func count(calls []string, call string) int {
+	n := 0
+	for _, c := range calls {
+		if c == call {
+			n++
+		}
+	}
+	return n
 }
 
 func dial(t *testing.T, socket string) net.Conn {
