@@ -114,15 +114,14 @@ func exchangeTCP(ctx context.Context, upstream netip.AddrPort, query []byte, q d
 	defer conn.(*net.TCPConn).SetLinger(0)
 	defer interruptOnDone(ctx, conn)()
 
-	frame := make([]byte, 2+len(query))
-	binary.BigEndian.PutUint16(frame, uint16(len(query)))
-	copy(frame[2:], query)
-	if _, err := conn.Write(frame); err != nil {
+	var length [2]byte
+	binary.BigEndian.PutUint16(length[:], uint16(len(query)))
+	frame := net.Buffers{length[:], query} // one writev, no copy of the query
+	if _, err := frame.WriteTo(conn); err != nil {
 		return nil, ctxErrOr(ctx, fmt.Errorf("send tcp %s: %w", upstream, err))
 	}
 	// The 16-bit length bounds a reply to 64 KiB; io.ReadFull copes with
 	// short reads and turns a frame cut short into an error.
-	var length [2]byte
 	if _, err := io.ReadFull(conn, length[:]); err != nil {
 		return nil, ctxErrOr(ctx, fmt.Errorf("read tcp %s length: %w", upstream, err))
 	}
