@@ -3,11 +3,15 @@
 package resolver
 
 import (
+	"errors"
+	"net"
 	"net/netip"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/ztdns/ztdns/internal/testenv"
 	"github.com/ztdns/ztdns/pkg/resolver/quota"
@@ -88,5 +92,44 @@ func TestKernelRateBurst(t *testing.T) {
 	})
 	if n, _ := f.answered(); n != burst || ls.kernel.drops(src) < sent-burst-1 {
 		t.Errorf("%d of %d queries sent at once answered, %d dropped in the kernel; want the burst of %d, the rest (but one) in the kernel", n, sent, ls.kernel.drops(src), burst)
+	}
+}
+
+// TestRateOnASocketWithoutTheFilter: when the kernel's filter cannot be put
+// on one UDP socket, the resolver applies the rate on that socket itself:
+// a source past its burst there is dropped and counted, not answered.
+func TestRateOnASocketWithoutTheFilter(t *testing.T) {
+	testenv.RequireRoot(t)
+	const qps, burst = 10, 20
+	var clock atomic.Int64 // the resolver's rate runs on the test's clock
+	now := func() time.Time { return time.Unix(0, clock.Load()) }
+	ls := startLimitsServer(t, Options{Limits: quota.Limits{QPS: qps, Burst: burst}, KernelRate: true, Now: now}, liveUpstream(t), liveUpstream(t))
+	if ls.kernel == nil {
+		testenv.Unavailable(t, "the resolver could not load its socket filter (see the log)")
+	}
+	ls.attachRate = func(*net.UDPConn) error { return errors.New("no filter for this socket (test)") }
+	udp, err := ListenUDP(netip.MustParseAddrPort("127.0.0.1:0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	go ls.ServeUDP(udp)
+	before := testutil.ToFloat64(metricQueries.rateLimited)
+
+	f := startUDPFlood(t, flooderIP, addrPortOf(udp.LocalAddr()))
+	q := packQuery(t, tableName, dns.TypeA)
+	for range burst + 10 {
+		if _, err := f.conn.Write(q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, "the burst answered and the rest dropped", func() bool {
+		n, _ := f.answered()
+		return n == burst && ls.usage(flooderIP).RateLimited == 10
+	})
+	if kernel := ls.kernel.drops(flooderIP); kernel != 0 {
+		t.Errorf("the kernel dropped %d of the flooder's queries on a socket without its filter", kernel)
+	}
+	if got := testutil.ToFloat64(metricQueries.rateLimited) - before; got != 10 {
+		t.Errorf("ztdns_resolver_queries_total{outcome=rate_limited} rose by %v, want 10", got)
 	}
 }

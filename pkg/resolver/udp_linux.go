@@ -133,12 +133,14 @@ func (b *udpBatch) resize(n int) {
 // serveUDPBatches is the UDP loop: read a batch, answer what the table can,
 // hand the rest to the slow path, write the answers in one batch, and wait
 // in the netpoller only when the socket is empty.
-func (s *Server) serveUDPBatches(conn *net.UDPConn, local netip.AddrPort) error {
+// kernelRated says the kernel's filter applies the query rate on conn.
+func (s *Server) serveUDPBatches(conn *net.UDPConn, local netip.AddrPort, kernelRated bool) error {
 	rc, err := conn.SyscallConn()
 	if err != nil {
 		return err
 	}
 	b := s.newUDPBatch(conn, rc, local)
+	b.sc.kernelRated = kernelRated
 	for {
 		b.readErr = 0
 		err := rc.Read(b.serveFn)
