@@ -14,7 +14,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/ztdns/ztdns/internal/testenv"
+	"github.com/ztdns/ztdns/pkg/model"
 	"github.com/ztdns/ztdns/pkg/resolver/quota"
+	"github.com/ztdns/ztdns/pkg/resolver/table"
 )
 
 // TestKernelRate: a pod sending far over its rate has the excess dropped in
@@ -95,24 +97,30 @@ func TestKernelRateBurst(t *testing.T) {
 	}
 }
 
-// TestRateOnASocketWithoutTheFilter: when the kernel's filter cannot be put
-// on one UDP socket, the resolver applies the rate on that socket itself:
-// a source past its burst there is dropped and counted, not answered.
+// TestRateOnASocketWithoutTheFilter: when the kernel's filter is loaded but
+// cannot be put on a UDP socket, the resolver applies the rate on that
+// socket itself: a source past its burst there is dropped and counted, not
+// answered. Its own server: the hook is set before any socket is served.
 func TestRateOnASocketWithoutTheFilter(t *testing.T) {
 	testenv.RequireRoot(t)
 	const qps, burst = 10, 20
 	var clock atomic.Int64 // the resolver's rate runs on the test's clock
 	now := func() time.Time { return time.Unix(0, clock.Load()) }
-	ls := startLimitsServer(t, Options{Limits: quota.Limits{QPS: qps, Burst: burst}, KernelRate: true, Now: now}, liveUpstream(t), liveUpstream(t))
-	if ls.kernel == nil {
+	s := New(Options{Limits: quota.Limits{QPS: qps, Burst: burst}, KernelRate: true, Now: now})
+	t.Cleanup(func() { s.Close() })
+	if s.kernel == nil {
 		testenv.Unavailable(t, "the resolver could not load its socket filter (see the log)")
 	}
-	ls.attachRate = func(*net.UDPConn) error { return errors.New("no filter for this socket (test)") }
+	tbl, _ := table.Build(&model.Snapshot{ServiceEntries: []model.ServiceEntry{
+		{Namespace: "default", Name: "a", Hosts: []string{"address.internal"}, Addresses: []netip.Addr{netip.MustParseAddr("198.51.100.1")}},
+	}}, table.Options{})
+	s.SetTable(tbl)
+	s.attachRate = func(*net.UDPConn) error { return errors.New("no filter for this socket (test)") }
 	udp, err := ListenUDP(netip.MustParseAddrPort("127.0.0.1:0"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	go ls.ServeUDP(udp)
+	go s.ServeUDP(udp)
 	before := testutil.ToFloat64(metricQueries.rateLimited)
 
 	f := startUDPFlood(t, flooderIP, addrPortOf(udp.LocalAddr()))
@@ -124,9 +132,9 @@ func TestRateOnASocketWithoutTheFilter(t *testing.T) {
 	}
 	eventually(t, "the burst answered and the rest dropped", func() bool {
 		n, _ := f.answered()
-		return n == burst && ls.usage(flooderIP).RateLimited == 10
+		return n == burst && s.unknown.Get(flooderIP, 0).Usage().RateLimited == 10
 	})
-	if kernel := ls.kernel.drops(flooderIP); kernel != 0 {
+	if kernel := s.kernel.drops(flooderIP); kernel != 0 {
 		t.Errorf("the kernel dropped %d of the flooder's queries on a socket without its filter", kernel)
 	}
 	if got := testutil.ToFloat64(metricQueries.rateLimited) - before; got != 10 {
