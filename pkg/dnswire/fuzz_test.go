@@ -30,7 +30,7 @@ func FuzzParseQuery(f *testing.F) {
 		var buf NameBuf
 		err := ParseQuery(msg, &q, &buf)
 		var bare Query
-		if errBare := ParseQuery(msg, &bare, nil); (errBare == nil) != (err == nil) || bare.Header != q.Header || bare.End != q.End || bare.EDNS != q.EDNS {
+		if errBare := ParseQuery(msg, &bare, nil); (errBare == nil) != (err == nil) || bare.Header != q.Header || bare.End != q.End || bare.EDNS != q.EDNS || bare.Len != q.Len {
 			t.Fatalf("with a name buffer: %+v, %v; without: %+v, %v", q, err, bare, errBare)
 		}
 		if len(msg) >= HeaderLen {
@@ -44,6 +44,13 @@ func FuzzParseQuery(f *testing.F) {
 		}
 		if q.End != q.NameEnd+4 || q.End > len(msg) || q.NameEnd-HeaderLen > maxNameLen {
 			t.Fatalf("question ends at %d (name at %d) in a %d-octet message", q.End, q.NameEnd, len(msg))
+		}
+		if q.Len < q.End || q.Len > len(msg) {
+			t.Fatalf("message ends at %d (question at %d) in %d octets", q.Len, q.End, len(msg))
+		}
+		var trimmed Query
+		if err := ParseQuery(msg[:q.Len], &trimmed, &buf); err != nil || trimmed.Header != q.Header || trimmed.End != q.End || trimmed.EDNS != q.EDNS || trimmed.Len != q.Len {
+			t.Fatalf("the message without what follows it (%d of %d octets) reads %+v, %v; want %+v", q.Len, len(msg), trimmed, err, q)
 		}
 		if len(q.Name) == 0 || q.Name[len(q.Name)-1] != '.' || bytes.ContainsFunc(q.Name, func(r rune) bool { return 'A' <= r && r <= 'Z' }) {
 			t.Fatalf("name %q is not lower-case presentation form", q.Name)

@@ -105,6 +105,10 @@ type Query struct {
 	EDNSVersion uint8
 	// DO is the DNSSEC OK bit (RFC 3225).
 	DO bool
+	// Len is the length of the message as parsed, when it parsed: the
+	// header, the question and the records. Octets after it are not part
+	// of the message and are not to be relayed.
+	Len int
 }
 
 // ParseQuery reads the header, the single question and any OPT record of
@@ -112,7 +116,8 @@ type Query struct {
 // (which may be nil). Records in the answer and authority sections (NOTIFY's
 // SOA, UPDATE's prerequisites) are only stepped over; so are records in the
 // additional section other than the one OPT (owned by the root) allowed.
-// The opcode and the QR bit are for the caller to judge.
+// The opcode and the QR bit are for the caller to judge. Octets after the
+// last record are not read (q.Len says where the message ends).
 //
 // On an error q holds what was read before it: the header when msg has
 // one, the question when it parsed (End > 0), which is what an error reply
@@ -155,6 +160,7 @@ func ParseQuery(msg []byte, q *Query, name *NameBuf) error {
 		}
 		off = end
 	}
+	q.Len = off
 	return nil
 }
 

@@ -59,8 +59,11 @@ func TestParseQuery(t *testing.T) {
 			if q.Plain != (tc.wantName != "") || (q.Plain && string(q.Name) != tc.wantName) {
 				t.Errorf("name %q (plain %v), want %q", q.Name, q.Plain, tc.wantName)
 			}
+			if q.Len != len(msg) {
+				t.Errorf("Len %d, want the whole message of %d", q.Len, len(msg))
+			}
 			got := q
-			got.Name, got.Plain = nil, false
+			got.Name, got.Plain, got.Len = nil, false, 0
 			if !reflect.DeepEqual(got, tc.want) {
 				t.Errorf("got  %+v\nwant %+v", got, tc.want)
 			}
@@ -72,11 +75,24 @@ func TestParseQuery(t *testing.T) {
 			if bare.Name != nil || !bare.Plain {
 				t.Errorf("without a buffer: name %q, plain %v; want nil, true", bare.Name, bare.Plain)
 			}
-			bare.Plain = false
+			bare.Plain, bare.Len = false, 0
 			if !reflect.DeepEqual(bare, tc.want) {
 				t.Errorf("without a buffer:\ngot  %+v\nwant %+v", bare, tc.want)
 			}
 		})
+	}
+}
+
+// TestParseQueryTrailingBytes: octets after the last record are not part
+// of the message: Len says where it ends.
+func TestParseQueryTrailingBytes(t *testing.T) {
+	msg := pack(t, newMsg("www.example.com.", dns.TypeA, withEDNS(true)))
+	var q Query
+	if err := ParseQuery(append(slices.Clone(msg), "garbage"...), &q, nil); err != nil {
+		t.Fatalf("ParseQuery with trailing octets: %v", err)
+	}
+	if q.Len != len(msg) || !q.EDNS {
+		t.Errorf("Len %d (EDNS %v), want %d, the message without what follows it", q.Len, q.EDNS, len(msg))
 	}
 }
 

@@ -1,6 +1,7 @@
 package resolver
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -692,3 +693,140 @@ const (
 	tcpConnBound = 16 << 10
 	forwardBound = 16 << 10
 )
+
+// TestLongTCPQueryRefused: a TCP message longer than any query we take
+// (maxQuery, the UDP bound) gets FORMERR from its header; the server
+// reads the rest off the connection without holding it, and the next
+// query on the same connection is answered.
+func TestLongTCPQueryRefused(t *testing.T) {
+	const announced, rounds = 60000, 50
+	ls := startLimitsServer(t, Options{Limits: quota.Limits{QPS: -1}}, liveUpstream(t), liveUpstream(t))
+	c, err := (&net.Dialer{LocalAddr: &net.TCPAddr{IP: flooderIP.AsSlice()}}).Dial("tcp4", ls.addr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	long := make([]byte, 2+announced)
+	binary.BigEndian.PutUint16(long, announced)
+	copy(long[2:], packQuery(t, "who.example.", dns.TypeA)) // a query, then junk
+	binary.BigEndian.PutUint16(long[2:], 0x4242)            // its ID
+	before := testutil.ToFloat64(metricQueries.formerr)
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	allocated := ms.TotalAlloc
+	c.SetDeadline(time.Now().Add(time.Minute))
+	for i := range rounds {
+		if _, err := c.Write(long); err != nil {
+			t.Fatal(err)
+		}
+		r, err := readTCPReply(c)
+		if err != nil {
+			t.Fatalf("reply to long query %d: %v", i, err)
+		}
+		if r.Id != 0x4242 || !r.Response || r.Rcode != dns.RcodeFormatError {
+			t.Fatalf("reply to a %d-octet query: ID %#x %s, want FORMERR for ID 0x4242", announced, r.Id, dns.RcodeToString[r.Rcode])
+		}
+	}
+	runtime.ReadMemStats(&ms)
+	if got := ms.TotalAlloc - allocated; got > rounds*announced/4 {
+		t.Errorf("%d bytes allocated for %d queries of %d octets: the server reads them into memory", got, rounds, announced)
+	}
+	if got := testutil.ToFloat64(metricQueries.formerr) - before; got != rounds {
+		t.Errorf("ztdns_resolver_queries_total{outcome=formerr} rose by %v, want %d", got, rounds)
+	}
+	// The connection is still in step: the next query is answered.
+	if r := exchangeTCP(t, c, packQuery(t, tableName, dns.TypeA)); r.Rcode != dns.RcodeSuccess || len(r.Answer) != 1 {
+		t.Errorf("query after the long ones: %s %v, want the table's answer", dns.RcodeToString[r.Rcode], r.Answer)
+	}
+	// A query of exactly the largest size is taken.
+	max := packQuery(t, "who.example.", dns.TypeA)
+	max = append(max, make([]byte, maxQuery-len(max))...)
+	if r := exchangeTCP(t, c, max); r.Rcode != dns.RcodeSuccess || len(r.Answer) != 1 {
+		t.Errorf("a %d-octet query: %s %v, want the upstream's answer", maxQuery, dns.RcodeToString[r.Rcode], r.Answer)
+	}
+}
+
+// stallingUpstream is a TCP nameserver that answers every query with a
+// frame announcing 64 KiB, sends sent octets of it, and stalls.
+type stallingUpstream struct {
+	addr    netip.AddrPort
+	stalled atomic.Int64 // replies started and stalled
+}
+
+func startStallingUpstream(t *testing.T, sent int) *stallingUpstream {
+	t.Helper()
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := &stallingUpstream{addr: netip.MustParseAddrPort(ln.Addr().String())}
+	var (
+		mu    sync.Mutex
+		conns []net.Conn
+		wg    sync.WaitGroup
+	)
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+			wg.Go(func() {
+				q, err := dnstest.ReadTCP(c)
+				if err != nil || len(q) < 2 {
+					return
+				}
+				frame := append([]byte{0xFF, 0xFF, q[0], q[1], 0x80}, make([]byte, sent-3)...)
+				if _, err := c.Write(frame); err == nil {
+					u.stalled.Add(1)
+				}
+				io.Copy(io.Discard, c) // until the resolver gives up
+			})
+		}
+	})
+	return u
+}
+
+// TestStalledRepliesHoldOnlyWhatArrived: a pod's nameserver announces 64
+// KiB replies over TCP and stalls after a few octets, for as many queries
+// as the pod may forward. Announced, they would take the whole budget of
+// replies in flight; taken as they arrive, they hold little of it, and
+// the other pod's forwarded queries are answered.
+func TestStalledRepliesHoldOnlyWhatArrived(t *testing.T) {
+	const perPod, sent = 16, 100
+	const budget = perPod * 0xFFFF
+	stalling := startStallingUpstream(t, sent)
+	b := quota.NewBudget(budget)
+	ls := startLimitsServer(t, Options{Limits: quota.Limits{QPS: -1, Forwarding: perPod}, Budget: b}, stalling.addr, liveUpstream(t),
+		forward.WithCacheSize(0))
+	c, err := (&net.Dialer{LocalAddr: &net.TCPAddr{IP: flooderIP.AsSlice()}}).Dial("tcp4", ls.addr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for i := range perPod {
+		if err := dnstest.WriteTCP(c, packQuery(t, fmt.Sprintf("n%d.stall.example.", i), dns.TypeTXT)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, "every reply started and stalled, and its first octets read", func() bool {
+		return stalling.stalled.Load() == perPod && b.Used() >= perPod*sent
+	})
+	t.Logf("%d stalled replies hold %d bytes of the budget of %d", perPod, b.Used(), budget)
+	if b.Used() > budget/8 {
+		t.Errorf("%d stalled replies of %d octets each hold %d bytes of the budget", perPod, sent, b.Used())
+	}
+	ls.askVictim(t, 2)
+}

@@ -131,7 +131,10 @@ type Server struct {
 	rate    quota.Rate
 	unknown *quota.Table
 	kernel  *kernelRate // nil: the rate is applied here only
-	epoch   time.Time   // the rate limits' clock counts from here
+	// attachRate puts the kernel's rate filter on a UDP socket (tests
+	// make it fail).
+	attachRate func(*net.UDPConn) error
+	epoch      time.Time // the rate limits' clock counts from here
 	// forwarding counts forwarded queries in flight; tcpOpen open TCP
 	// connections; tcpLevel the idle-timeout level they set (tcp.go).
 	forwarding atomic.Int32
@@ -193,6 +196,8 @@ func New(opts Options) *Server {
 		var err error
 		if s.kernel, err = newKernelRate(s.rate); err != nil {
 			s.log.Info("cannot apply the query rate in the kernel; the resolver drops queries over it itself", "err", err)
+		} else {
+			s.attachRate = s.kernel.attach
 		}
 	}
 	return s
@@ -223,11 +228,12 @@ func (s *Server) sourceOf(ip netip.Addr, now int64) (*podcache.Pod, *quota.Sourc
 	return p, s.unknown.Get(ip, now)
 }
 
-// rateHere reports whether the resolver applies the query rate itself: over
-// TCP, and over UDP unless the kernel does (kernelRate), per source
-// address, before the query reaches a socket.
-func (s *Server) rateHere(tcp bool) bool {
-	return s.rate != (quota.Rate{}) && (tcp || s.kernel == nil)
+// rateHere reports whether the resolver applies the query rate itself to
+// the queries of sc's socket or connection: over TCP, and over UDP unless
+// the kernel's filter (kernelRate) is on the socket and applies it, per
+// source address, before the query reaches the socket.
+func (s *Server) rateHere(sc *scratch) bool {
+	return s.rate != (quota.Rate{}) && !sc.kernelRated
 }
 
 // PodUsage is what the pod holds of the resolver and was refused, for
@@ -258,13 +264,16 @@ func (s *Server) ServeUDP(conn *net.UDPConn) error {
 	if !s.track(conn.Close, func() { conn.SetReadDeadline(time.Now()) }) {
 		return net.ErrClosed
 	}
+	kernelRated := false
 	if s.kernel != nil {
-		if err := s.kernel.attach(conn); err != nil {
-			s.log.Warn("cannot filter a UDP socket in the kernel", "addr", conn.LocalAddr(), "err", err)
+		if err := s.attachRate(conn); err != nil {
+			s.log.Warn("cannot filter a UDP socket in the kernel; the resolver applies the query rate on it itself", "addr", conn.LocalAddr(), "err", err)
+		} else {
+			kernelRated = true
 		}
 	}
 	local := addrPortOf(conn.LocalAddr())
-	err := s.serveUDPBatches(conn, local)
+	err := s.serveUDPBatches(conn, local, kernelRated)
 	if s.stopping() {
 		return nil
 	}
@@ -386,6 +395,9 @@ type scratch struct {
 	// batch gathers the counts of a UDP batch; nil counts each answer at
 	// once (TCP), or, in a server without request metrics, nothing.
 	batch *batchCounts
+	// kernelRated: the kernel's filter applies the query rate to this UDP
+	// socket, and the resolver does not again.
+	kernelRated bool
 }
 
 // answerFast tries to answer msg from the table. It returns the reply
@@ -398,7 +410,7 @@ func (s *Server) answerFast(msg []byte, src netip.AddrPort, tcp bool, out []byte
 		pod *podcache.Pod
 	)
 	name, hdr := &sc.name, len(out)
-	if s.rateHere(tcp) {
+	if s.rateHere(sc) {
 		var source *quota.Source
 		pod, source = s.sourceOf(src.Addr(), now)
 		if !source.Allow(now, s.rate) {

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ztdns/ztdns/pkg/dnswire"
 	"github.com/ztdns/ztdns/pkg/resolver/quota"
 )
 
@@ -198,11 +199,26 @@ func (s *Server) serveTCPConn(tc *tcpConn, local netip.AddrPort) {
 			buf, out, sc = make([]byte, tcpQueryBuf), make([]byte, 0, tcpAnswerBuf), new(scratch)
 		}
 		n := int(binary.BigEndian.Uint16(lenBuf[:]))
-		msg := buf
-		if n > len(buf) {
-			msg = make([]byte, n)
+		if n > maxQuery {
+			// Longer than any query we take: answered from its header,
+			// the rest read off the connection and thrown away, so a
+			// pod cannot make the resolver hold 64 KiB per query.
+			reply, ok := s.answerLong(c, n, tc.src, out[:0], sc)
+			if !ok {
+				return
+			}
+			if reply != nil {
+				write(reply)
+			}
+			continue
 		}
-		msg = msg[:n]
+		var msg []byte
+		own := n > len(buf) // a buffer of its own, not the connection's
+		if own {
+			msg = make([]byte, n)
+		} else {
+			msg = buf[:n]
+		}
 		if _, err := io.ReadFull(c, msg); err != nil {
 			metricQueries.drop.Inc()
 			return // a truncated frame: nothing sensible to answer
@@ -223,7 +239,9 @@ func (s *Server) serveTCPConn(tc *tcpConn, local netip.AddrPort) {
 			continue
 		}
 		pending.Add(1)
-		msg = slices.Clone(msg)
+		if !own { // the connection's buffer: the next query reuses it
+			msg = slices.Clone(msg)
+		}
 		s.slow(msg, tc.src, local, true, func(reply []byte) {
 			defer pending.Done()
 			if reply == nil {
@@ -241,4 +259,36 @@ func (s *Server) serveTCPConn(tc *tcpConn, local netip.AddrPort) {
 			write(reply)
 		})
 	}
+}
+
+// answerLong answers a TCP query of n octets, longer than maxQuery, from its
+// header: FORMERR (REFUSED over the source's rate), or nothing for a
+// message that is no query. The rest of the message is read off the
+// connection, a few KiB at a time, and thrown away. It reports false when
+// the connection is to be closed: the message was cut short.
+func (s *Server) answerLong(c net.Conn, n int, src netip.AddrPort, out []byte, sc *scratch) ([]byte, bool) {
+	var hdr [dnswire.HeaderLen]byte
+	if _, err := io.ReadFull(c, hdr[:]); err != nil {
+		metricQueries.drop.Inc()
+		return nil, false
+	}
+	if _, err := io.CopyN(io.Discard, c, int64(n-len(hdr))); err != nil {
+		metricQueries.drop.Inc()
+		return nil, false
+	}
+	var r request
+	if parse(hdr[:], &r, &sc.name) == verdictDrop {
+		metricQueries.drop.Inc()
+		return nil, true
+	}
+	now := s.clock()
+	pod, source := s.sourceOf(src.Addr(), now)
+	rcode := dnswire.RcodeFormErr
+	if s.rate != (quota.Rate{}) && !source.Allow(now, s.rate) {
+		metricQueries.rateLimited.Inc()
+		rcode = dnswire.RcodeRefused
+	} else {
+		metricQueries.formerr.Inc()
+	}
+	return s.answered(sc, dnswire.AppendErrorReply(out, hdr[:], &r, rcode), 0, &r, true, pod, src, now), true
 }

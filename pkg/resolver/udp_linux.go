@@ -26,10 +26,6 @@ const batchSize = 32
 // 18 KB (a lone datagram fills a batch of one).
 const firstBatchSize = 1
 
-// maxUDPQuery is the largest query we read; a longer one is truncated by the
-// kernel (MSG_TRUNC) and dropped. Queries are tiny; 4096 is generous.
-const maxUDPQuery = 4096
-
 // mmsghdr is struct mmsghdr from <sys/socket.h>.
 type mmsghdr struct {
 	hdr unix.Msghdr
@@ -47,7 +43,7 @@ type udpBatch struct {
 	in      []mmsghdr
 	inIov   []unix.Iovec
 	inName  [][sockaddrLen]byte
-	inBuf   [][maxUDPQuery]byte
+	inBuf   [][maxQuery]byte
 	out     []mmsghdr
 	outIov  []unix.Iovec
 	outName [][sockaddrLen]byte
@@ -119,11 +115,11 @@ func (s *Server) newUDPBatch(conn *net.UDPConn, rc syscall.RawConn, local netip.
 // resize gives the batch room for n datagrams. The buffers of the last
 // cycle are dropped: call it between cycles.
 func (b *udpBatch) resize(n int) {
-	b.in, b.inIov, b.inName, b.inBuf = make([]mmsghdr, n), make([]unix.Iovec, n), make([][sockaddrLen]byte, n), make([][maxUDPQuery]byte, n)
+	b.in, b.inIov, b.inName, b.inBuf = make([]mmsghdr, n), make([]unix.Iovec, n), make([][sockaddrLen]byte, n), make([][maxQuery]byte, n)
 	b.out, b.outIov, b.outName, b.outBuf = make([]mmsghdr, n), make([]unix.Iovec, n), make([][sockaddrLen]byte, n), make([][]byte, n)
 	for i := range n {
 		b.inIov[i].Base = &b.inBuf[i][0]
-		b.inIov[i].SetLen(maxUDPQuery)
+		b.inIov[i].SetLen(maxQuery)
 		b.in[i].hdr.Iov = &b.inIov[i]
 		b.in[i].hdr.SetIovlen(1)
 		b.in[i].hdr.Name = &b.inName[i][0]
@@ -137,12 +133,14 @@ func (b *udpBatch) resize(n int) {
 // serveUDPBatches is the UDP loop: read a batch, answer what the table can,
 // hand the rest to the slow path, write the answers in one batch, and wait
 // in the netpoller only when the socket is empty.
-func (s *Server) serveUDPBatches(conn *net.UDPConn, local netip.AddrPort) error {
+// kernelRated says the kernel's filter applies the query rate on conn.
+func (s *Server) serveUDPBatches(conn *net.UDPConn, local netip.AddrPort, kernelRated bool) error {
 	rc, err := conn.SyscallConn()
 	if err != nil {
 		return err
 	}
 	b := s.newUDPBatch(conn, rc, local)
+	b.sc.kernelRated = kernelRated
 	for {
 		b.readErr = 0
 		err := rc.Read(b.serveFn)

@@ -2,6 +2,12 @@ package resolver
 
 import "github.com/ztdns/ztdns/pkg/dnswire"
 
+// maxQuery is the largest query we take, over UDP or TCP. Queries are
+// tiny; 4096 is generous. A longer datagram is truncated by the kernel
+// (MSG_TRUNC) and dropped; a longer TCP message gets FORMERR, and is never
+// read into memory.
+const maxQuery = 4096
+
 // request is a parsed query. It points into the packet and a name buffer
 // owned by the caller; nothing is allocated.
 type request = dnswire.Query

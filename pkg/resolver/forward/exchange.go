@@ -114,15 +114,14 @@ func exchangeTCP(ctx context.Context, upstream netip.AddrPort, query []byte, q d
 	defer conn.(*net.TCPConn).SetLinger(0)
 	defer interruptOnDone(ctx, conn)()
 
-	frame := make([]byte, 2+len(query))
-	binary.BigEndian.PutUint16(frame, uint16(len(query)))
-	copy(frame[2:], query)
-	if _, err := conn.Write(frame); err != nil {
+	var length [2]byte
+	binary.BigEndian.PutUint16(length[:], uint16(len(query)))
+	frame := net.Buffers{length[:], query} // one writev, no copy of the query
+	if _, err := frame.WriteTo(conn); err != nil {
 		return nil, ctxErrOr(ctx, fmt.Errorf("send tcp %s: %w", upstream, err))
 	}
 	// The 16-bit length bounds a reply to 64 KiB; io.ReadFull copes with
 	// short reads and turns a frame cut short into an error.
-	var length [2]byte
 	if _, err := io.ReadFull(conn, length[:]); err != nil {
 		return nil, ctxErrOr(ctx, fmt.Errorf("read tcp %s length: %w", upstream, err))
 	}
@@ -130,21 +129,57 @@ func exchangeTCP(ctx context.Context, upstream netip.AddrPort, query []byte, q d
 	if n < dnswire.HeaderLen {
 		return nil, fmt.Errorf("read tcp %s: %d-octet reply is shorter than a header", upstream, n)
 	}
-	// The upstream may be the pod's own choice: the length it announces is
-	// taken from the budget before anything is allocated for it.
-	if !budget.TryTake(n) {
-		return nil, fmt.Errorf("read tcp %s: %d-octet reply: %w", upstream, n, errNoMemory)
-	}
-	reply := make([]byte, n)
-	if _, err := io.ReadFull(conn, reply); err != nil {
-		budget.Give(n)
+	reply, err := readReply(conn, n, budget)
+	if err != nil {
 		return nil, ctxErrOr(ctx, fmt.Errorf("read tcp %s reply: %w", upstream, err))
 	}
 	if !matches(reply, query, q) {
-		budget.Give(n)
+		budget.Give(len(reply))
 		return nil, fmt.Errorf("tcp %s: %w", upstream, errMismatch)
 	}
 	return reply, nil
+}
+
+// firstChunk is what readReply allocates before a reply's first octets
+// arrive: room for a classic 512-octet message.
+const firstChunk = 512
+
+// readReply reads a reply of n octets, taking them from budget as they
+// arrive, not as they are announced: the upstream may be the pod's own
+// choice, and one that announces 64 KiB and stalls holds only what it
+// sent (and at most twice that in buffer). The buffer starts at
+// firstChunk and doubles when full; while the old buffer is copied into
+// the new, both are taken. The reply's bytes stay taken when it is
+// returned; on an error none are.
+func readReply(r io.Reader, n int, budget *quota.Budget) ([]byte, error) {
+	size := min(n, firstChunk)
+	if !budget.TryTake(size) {
+		return nil, fmt.Errorf("%d-octet reply: %w", n, errNoMemory)
+	}
+	buf := make([]byte, 0, size)
+	for len(buf) < n {
+		if len(buf) == cap(buf) {
+			grown := min(n, 2*cap(buf))
+			if !budget.TryTake(grown) {
+				budget.Give(cap(buf))
+				return nil, fmt.Errorf("%d-octet reply, %d octets read: %w", n, len(buf), errNoMemory)
+			}
+			next := make([]byte, len(buf), grown)
+			copy(next, buf)
+			budget.Give(cap(buf))
+			buf = next
+		}
+		k, err := r.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+k]
+		if err != nil && len(buf) < n {
+			budget.Give(cap(buf))
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return nil, err
+		}
+	}
+	return buf, nil
 }
 
 // interruptOnDone makes blocked I/O on conn return as soon as ctx ends (the

@@ -124,6 +124,7 @@ func (f *Forwarder) ForwardFrom(ctx context.Context, req []byte, tcp bool, upstr
 	if err := dnswire.ParseQuery(req, &r, nil); err != nil {
 		return nil, Origin{}, fmt.Errorf("parse request: %w", err)
 	}
+	req = req[:r.Len] // what follows the message is not relayed
 	if r.Opcode() != dnswire.OpcodeQuery {
 		ctx, cancel := context.WithTimeout(ctx, f.timeout)
 		defer cancel()

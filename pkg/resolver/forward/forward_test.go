@@ -770,3 +770,48 @@ func TestWaitingExchangesHoldNoReplyBuffer(t *testing.T) {
 		t.Errorf("%d bytes per query waiting for an upstream, want well under the 64 KiB a reply buffer takes", perQuery)
 	}
 }
+
+// TestTrailingBytesNotRelayed: octets after the query's last record are not
+// part of the message; the upstream gets the message alone.
+func TestTrailingBytesNotRelayed(t *testing.T) {
+	t.Parallel()
+	for _, p := range protocols {
+		t.Run(p.name, func(t *testing.T) {
+			t.Parallel()
+			got := make(chan []byte, 1)
+			answer := func(q []byte) []byte {
+				select {
+				case got <- slices.Clone(q):
+				default:
+				}
+				m := new(dns.Msg)
+				if err := m.Unpack(q); err != nil {
+					t.Errorf("upstream cannot read the query: %v", err)
+					return nil
+				}
+				r := new(dns.Msg)
+				r.SetReply(m)
+				b, _ := r.Pack()
+				return b
+			}
+			var up netip.AddrPort
+			if p.tcp {
+				up = rawTCPUpstream(t, func(c net.Conn) {
+					if q, err := dnstest.ReadTCP(c); err == nil {
+						_ = dnstest.WriteTCP(c, answer(q))
+					}
+				})
+			} else {
+				up = rawUDPUpstream(t, func(pc net.PacketConn, from net.Addr, q []byte) { _, _ = pc.WriteTo(answer(q), from) })
+			}
+			q := query(t, "trailing.example.", dns.TypeA, withEDNS(false))
+			m := forward(t, newForwarder(t), append(slices.Clone(q), bytes.Repeat([]byte{0xEE}, 1000)...), p.tcp, up)
+			if m.Rcode != dns.RcodeSuccess {
+				t.Errorf("reply %s, want NOERROR", dns.RcodeToString[m.Rcode])
+			}
+			if sent := <-got; len(sent) != len(q) {
+				t.Errorf("the upstream got %d octets, want the %d of the message without what followed it", len(sent), len(q))
+			}
+		})
+	}
+}
