@@ -3,6 +3,7 @@ package configdir
 import (
 	"fmt"
 	"path/filepath"
+	"reflect"
 	"runtime"
 	"strings"
 	"testing"
@@ -15,6 +16,57 @@ func allocated(f func()) uint64 {
 	f()
 	runtime.ReadMemStats(&after)
 	return after.TotalAlloc - before.TotalAlloc
+}
+
+// TestAliasBombRefused: a document well under maxDocumentBytes whose aliases
+// would expand it to gigabytes is refused before it is converted, naming
+// the file and the line of the first alias; other files keep serving, and
+// aliases that expand to little still work.
+func TestAliasBombRefused(t *testing.T) {
+	var bomb strings.Builder
+	bomb.WriteString("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: bomb\n  annotations:\n    a: &x \"")
+	bomb.WriteString(strings.Repeat("x", 1<<20))
+	bomb.WriteString("\"\n    b: [")
+	for i := range 1000 { // 1 GiB once expanded
+		if i > 0 {
+			bomb.WriteString(",")
+		}
+		bomb.WriteString("*x")
+	}
+	bomb.WriteString("]\n")
+	if bomb.Len() > maxDocumentBytes {
+		t.Fatalf("the bomb is %d bytes, over the document bound it must slip under", bomb.Len())
+	}
+	const small = `apiVersion: v1
+kind: Service
+metadata: {name: web, labels: &l {app: web}}
+spec: {clusterIP: 10.96.0.1, selector: *l}
+`
+	var dir string
+	var gotNames []string
+	var errs []error
+	alloc := allocated(func() {
+		d, snap, e := loadFiles(t, map[string]string{
+			"bomb.yaml":  goodNamespace + bomb.String(),
+			"cycle.yaml": "apiVersion: v1\nkind: Namespace\nmetadata: &m {name: c, x: [*m]}\n",
+			"small.yaml": small,
+		})
+		dir, gotNames, errs = d, names(snap), e
+	})
+	want := []string{
+		filepath.Join(dir, "bomb.yaml") + ":11: YAML aliases (the first: *x) expand this document to more than 8388608 bytes: write the values out instead (Kubernetes manifests do not need anchors and aliases)",
+		filepath.Join(dir, "cycle.yaml") + ":3: YAML aliases (the first: *m) expand this document to more than 8388608 bytes: write the values out instead (Kubernetes manifests do not need anchors and aliases)",
+	}
+	if g := errorStrings(errs); !reflect.DeepEqual(g, want) {
+		t.Errorf("errors\n%s\nwant\n%s", strings.Join(g, "\n"), strings.Join(want, "\n"))
+	}
+	if w := []string{"service default/web"}; !reflect.DeepEqual(gotNames, w) {
+		t.Errorf("objects %q, want %q (other files still apply)", gotNames, w)
+	}
+	// The bomb is 1 MiB; expanded it would be 1 GiB.
+	if limit := uint64(200 << 20); alloc > limit {
+		t.Errorf("loading allocated %d MiB, more than %d MiB", alloc>>20, limit>>20)
+	}
 }
 
 // TestManyProblemsInOneObject: an object with thousands of rejected values

@@ -183,6 +183,15 @@ const maxDocumentBytes = 2 << 20
 const maxUnknownFieldWarnings = 20
 
 func (p parser) parseDocument(pr *problems, doc document, m *manifests) {
+	// Aliases are expanded by the conversion below: a small document can
+	// stand for gigabytes. Bound what they expand to before converting.
+	loc := &locator{doc: doc}
+	if root, err := checkAliases(doc); err != nil {
+		pr.add(err.line, err.err)
+		return
+	} else if root != nil {
+		loc.root, loc.parsed = root, true // parsed already: reuse it for lines
+	}
 	// sigs.k8s.io/yaml is what kubectl uses, so values mean what they mean to
 	// kubectl (YAML 1.1 booleans included); strict rejects repeated keys.
 	raw, err := yaml.YAMLToJSONStrict(doc.data)
@@ -193,7 +202,7 @@ func (p parser) parseDocument(pr *problems, doc document, m *manifests) {
 	if bytes.Equal(raw, []byte("null")) {
 		return // empty or comment-only document
 	}
-	p.parseObject(pr, raw, &locator{doc: doc}, nil, m)
+	p.parseObject(pr, raw, loc, nil, m)
 }
 
 // header is what every object is first decoded into, to pick its type.
