@@ -2,6 +2,7 @@ package configdir
 
 import (
 	"fmt"
+	"os"
 	"path/filepath"
 	"reflect"
 	"runtime"
@@ -114,4 +115,96 @@ func TestManyBrokenDocuments(t *testing.T) {
 		t.Errorf("last problem %q, want %q", last, want)
 	}
 	t.Logf("allocated %d MiB", alloc>>20)
+}
+
+// TestUnservedFilesHoldNoObjects: copies of a file, which collide with it,
+// are reported but keep none of their parsed objects; when the file they
+// collide with goes, the next copy is parsed again and served.
+func TestUnservedFilesHoldNoObjects(t *testing.T) {
+	var b strings.Builder
+	for i := range 500 {
+		fmt.Fprintf(&b, "apiVersion: v1\nkind: Namespace\nmetadata: {name: ns-%d}\n---\n", i)
+	}
+	dir := t.TempDir()
+	files := map[string]string{}
+	for i := range 10 {
+		files[fmt.Sprintf("copy-%d.yaml", i)] = b.String()
+	}
+	writeFiles(t, dir, files)
+	st := newState(dir, parser{log: quietLogger()})
+	if _, err := st.scan(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	check := func(served string, copies int) {
+		t.Helper()
+		if n := len(st.snapshot().Namespaces); n != 500 {
+			t.Errorf("%d namespaces served, want 500", n)
+		}
+		held, blocked := 0, 0
+		for name, f := range st.files {
+			if f.latest != nil && f.latest != f.served {
+				t.Errorf("%s holds %d objects it does not serve", name, f.latest.len())
+			}
+			if f.served != nil {
+				held++
+				if name != served {
+					t.Errorf("%s serves, want only %s", name, served)
+				}
+			}
+			if f.blocked {
+				blocked++
+			}
+		}
+		if held != 1 || blocked != copies {
+			t.Errorf("%d files serve and %d are blocked, want 1 and %d", held, blocked, copies)
+		}
+		if errs := st.errors(); len(errs) != copies*maxProblemsPerFile {
+			t.Errorf("%d problems, want %d for each of %d copies", len(errs), maxProblemsPerFile, copies)
+		}
+	}
+	check("copy-0.yaml", 9)
+	if err := os.Remove(filepath.Join(dir, "copy-0.yaml")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.scan(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	check("copy-1.yaml", 8)
+}
+
+// TestTooManyFiles: past Limits.Files, files are skipped and named; those
+// read before stay read, even when a new file sorts before them.
+func TestTooManyFiles(t *testing.T) {
+	dir := t.TempDir()
+	files := map[string]string{}
+	for i := range 30 {
+		files[fmt.Sprintf("f%02d.yaml", i)] = namespaceYAML(fmt.Sprintf("ns-%02d", i))
+	}
+	writeFiles(t, dir, files)
+	st := newState(dir, parser{log: quietLogger(), limits: Limits{Files: 5}})
+	if _, err := st.scan(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	errs := errorStrings(st.errors())
+	want := []string{filepath.Join(dir, "f05.yaml") + ": skipped: the directory has 30 manifest files, more than the limit of 5 (--config-max-files)"}
+	if len(errs) != maxProblemsPerFile || errs[0] != want[0] {
+		t.Fatalf("%d problems, first %q; want %d, first %q", len(errs), errs[:1], maxProblemsPerFile, want[0])
+	}
+	if last, w := errs[len(errs)-1], dir+": 6 more files skipped: more than 5 manifest files (--config-max-files)"; last != w {
+		t.Errorf("last problem %q, want %q", last, w)
+	}
+	wantNames := []string{"namespace ns-00", "namespace ns-01", "namespace ns-02", "namespace ns-03", "namespace ns-04"}
+	if n := names(st.snapshot()); !reflect.DeepEqual(n, wantNames) {
+		t.Errorf("served %q, want %q", n, wantNames)
+	}
+	writeFiles(t, dir, map[string]string{"a.yaml": namespaceYAML("new")})
+	if _, err := st.scan(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if n := names(st.snapshot()); !reflect.DeepEqual(n, wantNames) {
+		t.Errorf("after a new first file, served %q, want %q still", n, wantNames)
+	}
+	if errs := errorStrings(st.errors()); errs[0] != filepath.Join(dir, "a.yaml")+": skipped: the directory has 31 manifest files, more than the limit of 5 (--config-max-files)" {
+		t.Errorf("first problem %q, want a.yaml skipped", errs[0])
+	}
 }
