@@ -67,6 +67,7 @@ directory of YAML manifests (--config-dir).`,
 	configMaxFileBytes := fs.Int64("config-max-file-bytes", configdir.DefaultMaxFileBytes, "--config-dir: skip a file larger than this many `BYTES`")
 	configMaxObjectsPerFile := fs.Int("config-max-objects-per-file", configdir.DefaultMaxObjectsPerFile, "--config-dir: refuse a file with more objects than `N`")
 	configMaxObjects := fs.Int("config-max-objects", configdir.DefaultMaxObjects, "--config-dir: serve at most `N` objects from the whole directory")
+	configMaxFiles := fs.Int("config-max-files", configdir.DefaultMaxFiles, "--config-dir: read at most `N` manifest files; the rest are skipped and reported")
 	listen := &addrPortList{addrs: defaultListen, defaultPort: 53}
 	fs.Var(listen, "listen", "resolver `ADDR`ess(es), UDP and TCP on each; repeatable or comma-separated")
 	upstream := &addrPortList{defaultPort: 53}
@@ -151,7 +152,7 @@ directory of YAML manifests (--config-dir).`,
 			return usagef("give --config-dir or --kubeconfig, not both")
 		case *configDir != "":
 			src = configdir.New(*configDir, configdir.WithLogger(log), configdir.WithLimits(configdir.Limits{
-				FileBytes: *configMaxFileBytes, ObjectsPerFile: *configMaxObjectsPerFile, Objects: *configMaxObjects}))
+				FileBytes: *configMaxFileBytes, ObjectsPerFile: *configMaxObjectsPerFile, Objects: *configMaxObjects, Files: *configMaxFiles}))
 		default:
 			rc, err := kube.RESTConfig(*kubeconfig)
 			if err != nil {

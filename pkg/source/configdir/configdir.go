@@ -57,6 +57,9 @@ type Limits struct {
 	// DefaultMaxObjects). A file whose objects would go over it is not
 	// served; the files served before it stay.
 	Objects int
+	// Files bounds the manifest files read (default DefaultMaxFiles): past
+	// it, files are skipped in name order, those read already kept first.
+	Files int
 }
 
 // Default limits: several times what the benchmark's 10,000 Services and
@@ -65,6 +68,7 @@ const (
 	DefaultMaxFileBytes      = 8 << 20
 	DefaultMaxObjectsPerFile = 25_000
 	DefaultMaxObjects        = 50_000
+	DefaultMaxFiles          = 1_000
 )
 
 // Bounds on the problems kept for Errors (and so for `ztdns status`): the
@@ -83,6 +87,9 @@ func (l Limits) withDefaults() Limits {
 	}
 	if l.Objects <= 0 {
 		l.Objects = DefaultMaxObjects
+	}
+	if l.Files <= 0 {
+		l.Files = DefaultMaxFiles
 	}
 	return l
 }
@@ -179,13 +186,13 @@ func (s *Source) Run(ctx context.Context, deliver func(*model.Snapshot)) error {
 
 func (s *Source) startWatching() watcher {
 	if s.pollInterval > 0 {
-		return startPolling(s.dir, s.pollInterval)
+		return startPolling(s.dir, s.pollInterval, s.limits.Files)
 	}
 	w, err := s.startNotify(s.dir, s.log)
 	if err != nil {
 		s.log.Warn("cannot watch the config dir with inotify; polling it instead",
 			"interval", DefaultPollInterval, "error", err)
-		return startPolling(s.dir, DefaultPollInterval)
+		return startPolling(s.dir, DefaultPollInterval, s.limits.Files)
 	}
 	return w
 }

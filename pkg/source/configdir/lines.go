@@ -70,14 +70,17 @@ func firstContentLine(doc document) int {
 // syntaxErrors turns a YAML error into file errors. go-yaml reports "yaml:
 // line N: msg" for syntax errors and a TypeError with one "line N: msg" per
 // problem for repeated keys; N counts from the document's first line.
-func syntaxErrors(path string, doc document, err error) []error {
+func syntaxErrors(pr *problems, doc document, err error) {
 	var typeErr *yamlv2.TypeError
 	msgs := []string{strings.TrimPrefix(err.Error(), "yaml: ")}
 	if errors.As(err, &typeErr) {
 		msgs = typeErr.Errors
 	}
-	errs := make([]error, 0, len(msgs))
 	for _, msg := range msgs {
+		if pr.full() {
+			pr.more++
+			continue
+		}
 		line := firstContentLine(doc)
 		if n, rest, ok := cutLineNumber(msg); ok {
 			if isParserProblem(rest) {
@@ -87,9 +90,8 @@ func syntaxErrors(path string, doc document, err error) []error {
 			// the last line of the document.
 			line, msg = doc.line+min(n, lineCount(doc.data))-1, rest
 		}
-		errs = append(errs, &FileError{Path: path, Line: line, Err: fmt.Errorf("invalid YAML: %s", msg)})
+		pr.add(line, fmt.Errorf("invalid YAML: %s", msg))
 	}
-	return errs
 }
 
 // lineCount is the number of lines in data, a last line without a newline

@@ -86,39 +86,85 @@ type parser struct {
 
 // parseFile reduces every object in data, read from path, to its model form.
 // It returns the problems it finds as *FileError, at most
-// maxProblemsPerFile of them; a file with problems must not be served, so
-// its manifests are then nil. A file with more than limits.ObjectsPerFile
-// objects is a problem, found as soon as the objects read pass the limit.
+// maxProblemsPerFile of them, the last of which then counts the rest; a
+// file with problems must not be served, so its manifests are then nil. A
+// file with more than limits.ObjectsPerFile objects is a problem, found as
+// soon as the objects read pass the limit.
 func (p parser) parseFile(path string, data []byte) (*manifests, []error) {
 	m := &manifests{}
-	var errs []error
+	pr := &problems{path: path}
 	for _, doc := range splitDocuments(data) {
 		if len(doc.data) > maxDocumentBytes {
 			// Converting a document costs tens of times its size at once
 			// (an 8 MiB kind: List peaked at 380 MB): separate documents
 			// are converted one at a time.
-			errs = append(errs, &FileError{Path: path, Line: doc.line, Err: fmt.Errorf(
-				"a document of %d bytes, more than %d: write its objects as separate documents (---)", len(doc.data), maxDocumentBytes)})
+			pr.add(doc.line, fmt.Errorf(
+				"a document of %d bytes, more than %d: write its objects as separate documents (---)", len(doc.data), maxDocumentBytes))
 			continue
 		}
-		errs = append(errs, p.parseDocument(path, doc, m)...)
+		p.parseDocument(pr, doc, m)
 		if m.len() > p.limits.ObjectsPerFile || m.tooMany {
-			errs = append(errs, &FileError{Path: path, Line: doc.line, Err: fmt.Errorf(
-				"more than %d objects in one file (--config-max-objects-per-file): split it", p.limits.ObjectsPerFile)})
+			pr.add(doc.line, fmt.Errorf(
+				"more than %d objects in one file (--config-max-objects-per-file): split it", p.limits.ObjectsPerFile))
 			break
 		}
 	}
-	errs = append(errs, duplicatesWithin(path, m.placed)...)
+	duplicatesWithin(pr, m.placed)
 	if m.unknownMore > 0 {
 		p.log.Warn("more objects with fields ztdns does not know; not listing them", "path", path, "more", m.unknownMore)
 	}
-	if len(errs) > 0 {
-		return nil, capProblems(path, errs)
+	if pr.count() > 0 {
+		return nil, pr.list()
 	}
 	// Kept until the file changes: without the room append left for more.
 	m.namespaces, m.services, m.endpointSlices = compact(m.namespaces), compact(m.services), compact(m.endpointSlices)
 	m.serviceEntries, m.pods, m.placed = compact(m.serviceEntries), compact(m.pods), compact(m.placed)
 	return m, nil
+}
+
+// problems collects the problems of one file as it is parsed. It keeps the
+// first maxProblemsPerFile and only counts the rest, so that a file of a
+// million broken documents costs a count, not a million errors, and the
+// line of a problem (which can take a walk of its document) is found only
+// for problems that are kept.
+type problems struct {
+	path string
+	kept []error
+	more int // problems found but not kept
+}
+
+// full reports whether further problems are only counted.
+func (p *problems) full() bool { return len(p.kept) >= maxProblemsPerFile }
+
+func (p *problems) count() int { return len(p.kept) + p.more }
+
+// add records a problem on line (0 for the whole file).
+func (p *problems) add(line int, err error) {
+	if p.full() {
+		p.more++
+		return
+	}
+	p.kept = append(p.kept, &FileError{Path: p.path, Line: line, Err: err})
+}
+
+// addAt records a problem whose line is found by line(), called only when
+// the problem is kept.
+func (p *problems) addAt(line func() int, err error) {
+	if p.full() {
+		p.more++
+		return
+	}
+	p.add(line(), err)
+}
+
+// list returns the problems kept; when some were only counted, the last one
+// kept gives way to their count, as capProblems does.
+func (p *problems) list() []error {
+	if p.more == 0 {
+		return p.kept
+	}
+	return append(p.kept[:maxProblemsPerFile-1:maxProblemsPerFile-1],
+		&FileError{Path: p.path, Err: fmt.Errorf("%d more problems not listed", p.more+1)})
 }
 
 // compact returns s without spare capacity.
@@ -136,17 +182,27 @@ const maxDocumentBytes = 2 << 20
 // maxUnknownFieldWarnings bounds the log lines about unknown fields per file.
 const maxUnknownFieldWarnings = 20
 
-func (p parser) parseDocument(path string, doc document, m *manifests) []error {
+func (p parser) parseDocument(pr *problems, doc document, m *manifests) {
+	// Aliases are expanded by the conversion below: a small document can
+	// stand for gigabytes. Bound what they expand to before converting.
+	loc := &locator{doc: doc}
+	if root, err := checkAliases(doc); err != nil {
+		pr.add(err.line, err.err)
+		return
+	} else if root != nil {
+		loc.root, loc.parsed = root, true // parsed already: reuse it for lines
+	}
 	// sigs.k8s.io/yaml is what kubectl uses, so values mean what they mean to
 	// kubectl (YAML 1.1 booleans included); strict rejects repeated keys.
 	raw, err := yaml.YAMLToJSONStrict(doc.data)
 	if err != nil {
-		return syntaxErrors(path, doc, err)
+		syntaxErrors(pr, doc, err)
+		return
 	}
 	if bytes.Equal(raw, []byte("null")) {
-		return nil // empty or comment-only document
+		return // empty or comment-only document
 	}
-	return p.parseObject(path, raw, &locator{doc: doc}, nil, m)
+	p.parseObject(pr, raw, loc, nil, m)
 }
 
 // header is what every object is first decoded into, to pick its type.
@@ -162,36 +218,38 @@ type header struct {
 
 // parseObject decodes one object; at is its position in nested Lists' items
 // (nil for a document's top-level object).
-func (p parser) parseObject(path string, raw []byte, loc *locator, at []int, m *manifests) []error {
-	fail := func(err error) []error {
-		return []error{&FileError{Path: path, Line: loc.objectLine(at), Err: err}}
-	}
+func (p parser) parseObject(pr *problems, raw []byte, loc *locator, at []int, m *manifests) {
+	path := pr.path
+	fail := func(err error) { pr.addAt(func() int { return loc.objectLine(at) }, err) }
 	if raw[0] != '{' {
 		what := "document"
 		if len(at) > 0 {
 			what = fmt.Sprintf("List item %d", at[len(at)-1])
 		}
-		return fail(fmt.Errorf("%s is not an object but %s", what, jsonKind(raw)))
+		fail(fmt.Errorf("%s is not an object but %s", what, jsonKind(raw)))
+		return
 	}
 	var h header
 	if err := sigsjson.UnmarshalCaseSensitivePreserveInts(raw, &h); err != nil {
-		return fail(fmt.Errorf("reading apiVersion, kind and metadata: %w", err))
+		fail(fmt.Errorf("reading apiVersion, kind and metadata: %w", err))
+		return
 	}
 	switch {
 	case h.Kind == "":
-		return fail(errors.New("missing kind"))
+		fail(errors.New("missing kind"))
+		return
 	case h.APIVersion == "":
-		return fail(fmt.Errorf("%s: missing apiVersion", h.Kind))
+		fail(fmt.Errorf("%s: missing apiVersion", h.Kind))
+		return
 	case h.Kind == "List":
 		if m.len()+len(h.Items) > p.limits.ObjectsPerFile {
 			m.tooMany = true
-			return nil
+			return
 		}
-		var errs []error
 		for i, item := range h.Items {
-			errs = append(errs, p.parseObject(path, item, loc, append(slices.Clip(at), i), m)...)
+			p.parseObject(pr, item, loc, append(slices.Clip(at), i), m)
 		}
-		return errs
+		return
 	}
 	k, ok := kindNamed(h.Kind)
 	group, version := splitAPIVersion(h.APIVersion)
@@ -200,13 +258,15 @@ func (p parser) parseObject(path string, raw []byte, loc *locator, at []int, m *
 		// the same name from another API group is another resource.
 		p.log.Debug("ignoring object of a kind ztdns does not read",
 			"path", path, "apiVersion", h.APIVersion, "kind", h.Kind, "name", h.Metadata.Name)
-		return nil
+		return
 	}
 	if !slices.Contains(k.versions, version) {
-		return fail(fmt.Errorf("%s: unsupported apiVersion %q (want %s)", h.Kind, h.APIVersion, k.apiVersions()))
+		fail(fmt.Errorf("%s: unsupported apiVersion %q (want %s)", h.Kind, h.APIVersion, k.apiVersions()))
+		return
 	}
 	if h.Metadata.Name == "" {
-		return fail(fmt.Errorf("%s: missing metadata.name", h.Kind))
+		fail(fmt.Errorf("%s: missing metadata.name", h.Kind))
+		return
 	}
 	id := objectID{kind: k.id, name: h.Metadata.Name}
 	if k.namespaced {
@@ -217,15 +277,16 @@ func (p parser) parseObject(path string, raw []byte, loc *locator, at []int, m *
 	}
 	res := k.decode(raw, version, m)
 	if res.decodeErr != nil {
-		return fail(fmt.Errorf("%s: %w", id, res.decodeErr))
+		fail(fmt.Errorf("%s: %w", id, res.decodeErr))
+		return
 	}
 	if res.convertErr != nil {
 		// The converters name the object; point each problem at its value.
-		var errs []error
+		// Finding a value walks the object, so only kept problems look.
 		for _, err := range splitJoined(res.convertErr) {
-			errs = append(errs, &FileError{Path: path, Line: loc.valueLine(at, err.Error()), Err: err})
+			pr.addAt(func() int { return loc.valueLine(at, err.Error()) }, err)
 		}
-		return errs
+		return
 	}
 	line := loc.objectLine(at)
 	if len(res.unknownFields) > 0 && m.unknownWarned >= maxUnknownFieldWarnings {
@@ -238,7 +299,6 @@ func (p parser) parseObject(path string, raw []byte, loc *locator, at []int, m *
 			"at", fmt.Sprintf("%s:%d", path, line), "object", id.String(), "fields", errors.Join(res.unknownFields...).Error())
 	}
 	m.placed = append(m.placed, placedObject{id: id, line: line})
-	return nil
 }
 
 // kind is one object kind ztdns reads.
@@ -374,17 +434,19 @@ func unknownSpecFields(raw []byte) error {
 	return fmt.Errorf("spec: %s", msg)
 }
 
-func duplicatesWithin(path string, objs []placedObject) []error {
+func duplicatesWithin(pr *problems, objs []placedObject) {
 	first := make(map[objectID]int, len(objs))
-	var errs []error
 	for _, o := range objs {
 		if line, ok := first[o.id]; ok {
-			errs = append(errs, &FileError{Path: path, Line: o.line, Err: fmt.Errorf("%s is defined twice (first at line %d)", o.id, line)})
+			if pr.full() {
+				pr.more++
+			} else {
+				pr.add(o.line, fmt.Errorf("%s is defined twice (first at line %d)", o.id, line))
+			}
 			continue
 		}
 		first[o.id] = o.line
 	}
-	return errs
 }
 
 func jsonKind(raw []byte) string {

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -34,6 +35,17 @@ type fileState struct {
 	served *manifests
 	// conflicts are the collisions that keep latest from being served.
 	conflicts []error
+	// servedGen is the state's gen when served last changed.
+	servedGen uint64
+	// blocked: the content parsed cleanly but could not be served, and its
+	// objects were let go (N copies of a big file must not cost N times its
+	// objects). It is parsed again once it could be served: when every file
+	// in blockedBy has changed what it serves (or is gone) since blockedAt,
+	// and the directory has room for its latestLen objects.
+	blocked   bool
+	blockedAt uint64
+	blockedBy []string
+	latestLen int
 }
 
 // pending reports whether the file has a clean parse it does not serve yet.
@@ -45,6 +57,10 @@ type state struct {
 	parser parser
 	files  map[string]*fileState // by file name
 	names  []string              // the manifest files present, sorted
+	// skipped are the problems of files past limits.Files.
+	skipped []error
+	// gen counts changes to what files serve.
+	gen uint64
 }
 
 func newState(dir string, p parser) *state {
@@ -56,12 +72,14 @@ func newState(dir string, p parser) *state {
 // Only an unreadable directory is an error; problems in files are recorded in
 // their fileState. It stops between files when ctx is done.
 func (st *state) scan(ctx context.Context) (changed bool, err error) {
-	names, err := listManifests(st.dir)
+	names, skipped, err := listManifests(st.dir, st.parser.limits.Files, st.files)
 	if err != nil {
 		return false, err
 	}
+	st.skipped = skipped
 	present := make(map[string]bool, len(names))
 	st.names = st.names[:0]
+	pending := 0 // objects parsed and not served yet
 	for _, name := range names {
 		if err := ctx.Err(); err != nil {
 			return false, err
@@ -71,24 +89,81 @@ func (st *state) scan(ctx context.Context) (changed bool, err error) {
 			f = &fileState{path: filepath.Join(st.dir, name)}
 			st.files[name] = f
 		}
-		if gone := st.refresh(f); gone {
+		if gone := st.refresh(f, false); gone {
 			continue // deleted between listing and reading
 		}
 		present[name] = true
 		st.names = append(st.names, name)
+		if f.pending() {
+			if pending+f.latest.len() > st.parser.limits.Objects {
+				// More than the directory may serve is waiting: let this
+				// one go, to be parsed again on its own below.
+				st.block(f, nil)
+			} else {
+				pending += f.latest.len()
+			}
+		}
 	}
 	for name, f := range st.files {
 		if !present[name] {
 			changed = changed || f.served.len() > 0
+			if f.served != nil {
+				st.gen++
+			}
 			delete(st.files, name)
 		}
 	}
-	return st.resolve() || changed, nil
+	changed = st.resolve() || changed
+	// Files let go of may be servable now; one at a time, so that at most
+	// one of them holds its objects unserved.
+	for progress := true; progress; {
+		progress = false
+		for _, name := range st.names {
+			if err := ctx.Err(); err != nil {
+				return false, err
+			}
+			f := st.files[name]
+			if !f.blocked || !st.couldServe(f) {
+				continue
+			}
+			st.refresh(f, true)
+			changed = st.resolve() || changed
+			progress = true
+		}
+	}
+	return changed, nil
 }
 
-// refresh reads f again and parses it if its content changed. It reports
-// whether the file no longer exists.
-func (st *state) refresh(f *fileState) (gone bool) {
+// block lets go of f's unserved objects, remembering what keeps them out.
+func (st *state) block(f *fileState, blockedBy []string) {
+	f.blocked, f.blockedAt, f.blockedBy, f.latestLen = true, st.gen, blockedBy, f.latest.len()
+	f.latest = nil
+}
+
+// couldServe reports whether a blocked file might be served now: every
+// file that served objects it also defines has changed what it serves, and
+// there is room for its objects. A file blocked before it was checked
+// (blockedBy nil, no conflicts) is always worth a try.
+func (st *state) couldServe(f *fileState) bool {
+	if f.blockedBy == nil && f.conflicts == nil {
+		return true
+	}
+	for _, name := range f.blockedBy {
+		if g := st.files[name]; g != nil && g.servedGen <= f.blockedAt {
+			return false
+		}
+	}
+	total := 0
+	for _, name := range st.names {
+		total += st.files[name].served.len()
+	}
+	return total-f.served.len()+f.latestLen <= st.parser.limits.Objects
+}
+
+// refresh reads f again and parses it if its content changed, or if force
+// (a blocked file whose objects were let go). It reports whether the file
+// no longer exists.
+func (st *state) refresh(f *fileState, force bool) (gone bool) {
 	data, err := readManifest(f.path, st.parser.limits.FileBytes)
 	if errors.Is(err, fs.ErrNotExist) {
 		if _, lerr := os.Lstat(f.path); errors.Is(lerr, fs.ErrNotExist) {
@@ -97,15 +172,16 @@ func (st *state) refresh(f *fileState) (gone bool) {
 		err = fmt.Errorf("dangling symlink: %w", err)
 	}
 	if err != nil {
-		f.hasDigest, f.latest = false, nil
+		f.hasDigest, f.latest, f.blocked, f.conflicts = false, nil, false, nil
 		f.problems = []error{&FileError{Path: f.path, Err: err}}
 		return false
 	}
 	digest := sha256.Sum256(data)
-	if f.hasDigest && digest == f.digest {
+	if f.hasDigest && digest == f.digest && !force {
 		return false
 	}
 	f.digest, f.hasDigest = digest, true
+	f.blocked, f.blockedBy, f.conflicts = false, nil, nil
 	f.latest, f.problems = st.parser.parseFile(f.path, data)
 	return false
 }
@@ -124,7 +200,9 @@ func (st *state) resolve() (changed bool) {
 	total := 0 // objects served
 	for _, name := range st.names {
 		f := st.files[name]
-		f.conflicts = nil
+		if !f.blocked {
+			f.conflicts = nil
+		}
 		if f.served != nil {
 			for _, o := range f.served.placed {
 				owners[o.id] = owner{f, o.line}
@@ -140,12 +218,19 @@ func (st *state) resolve() (changed bool) {
 				continue
 			}
 			var conflicts []error
+			blockers := map[string]bool{}
 			for _, o := range f.latest.placed {
 				if other, ok := owners[o.id]; ok && other.file != f {
+					blockers[filepath.Base(other.file.path)] = true
+					if len(conflicts) > maxProblemsPerFile {
+						conflicts = append(conflicts, nil) // counted only
+						continue
+					}
 					conflicts = append(conflicts, &FileError{Path: f.path, Line: o.line,
 						Err: fmt.Errorf("%s is already defined at %s:%d", o.id, other.file.path, other.line)})
 				}
 			}
+			f.blockedBy = slices.Sorted(maps.Keys(blockers))
 			if n := total - f.served.len() + f.latest.len(); n > st.parser.limits.Objects {
 				conflicts = append(conflicts, &FileError{Path: f.path, Err: fmt.Errorf(
 					"serving its %d objects would make %d in the directory, more than the limit of %d (--config-max-objects)",
@@ -165,8 +250,16 @@ func (st *state) resolve() (changed bool) {
 				owners[o.id] = owner{f, o.line}
 			}
 			changed = changed || !sameObjects(f.served, f.latest)
-			f.served = f.latest
+			f.served, f.blockedBy = f.latest, nil
+			st.gen++
+			f.servedGen = st.gen
 			progress = true
+		}
+	}
+	// What is still pending cannot be served: let its objects go.
+	for _, name := range st.names {
+		if f := st.files[name]; f.pending() {
+			st.block(f, f.blockedBy)
 		}
 	}
 	return changed
@@ -207,22 +300,71 @@ func (st *state) errors() []error {
 		errs = append(errs, f.problems...)
 		errs = append(errs, f.conflicts...)
 	}
-	return errs
+	return append(errs, st.skipped...)
 }
 
-// listManifests returns the names of the manifest files in dir, sorted.
-func listManifests(dir string) ([]string, error) {
-	entries, err := os.ReadDir(dir)
+// listManifests returns the names of the manifest files in dir to read,
+// sorted: at most limit of them, those known already first, so that a new
+// file does not push out one that serves. The rest are skipped, each a
+// problem (the first few named, the others counted). Names are read in
+// batches and trimmed as they come, so a directory of millions of files
+// costs no more memory than a few times limit names.
+func listManifests(dir string, limit int, known map[string]*fileState) (names []string, skipped []error, err error) {
+	d, err := os.Open(dir)
 	if err != nil {
-		return nil, fmt.Errorf("reading config dir: %w", err)
+		return nil, nil, fmt.Errorf("reading config dir: %w", err)
 	}
-	var names []string
-	for _, e := range entries {
-		if isManifestName(e.Name()) {
-			names = append(names, e.Name())
+	defer d.Close()
+	const named = maxProblemsPerFile // skipped files named in problems
+	keep := limit + named
+	less := func(a, b string) int {
+		_, ka := known[a]
+		_, kb := known[b]
+		if ka != kb {
+			if ka {
+				return -1
+			}
+			return 1
+		}
+		return strings.Compare(a, b)
+	}
+	total := 0
+	for {
+		batch, err := d.ReadDir(1024)
+		for _, e := range batch {
+			if isManifestName(e.Name()) {
+				names = append(names, e.Name())
+				total++
+			}
+		}
+		if len(names) > 2*keep {
+			slices.SortFunc(names, less)
+			names = slices.Clip(names[:keep])
+		}
+		if errors.Is(err, io.EOF) || (err == nil && len(batch) == 0) {
+			break
+		}
+		if err != nil {
+			return nil, nil, fmt.Errorf("reading config dir: %w", err)
 		}
 	}
-	return names, nil
+	slices.SortFunc(names, less)
+	if len(names) <= limit {
+		slices.Sort(names)
+		return names, nil, nil
+	}
+	rest := names[limit:]
+	names = slices.Sorted(slices.Values(names[:limit]))
+	for i, name := range rest {
+		if i == named-1 && total-limit > named {
+			skipped = append(skipped, &FileError{Path: dir, Err: fmt.Errorf(
+				"%d more files skipped: more than %d manifest files (--config-max-files)", total-limit-i, limit)})
+			break
+		}
+		skipped = append(skipped, &FileError{Path: filepath.Join(dir, name), Err: fmt.Errorf(
+			"skipped: the directory has %d manifest files, more than the limit of %d (--config-max-files)", total, limit)})
+	}
+	return names, skipped, nil
 }
 
 // isManifestName accepts *.yaml and *.yml, but not hidden files: editors'

@@ -125,9 +125,9 @@ type pollWatcher struct {
 	done chan struct{}
 }
 
-func startPolling(dir string, interval time.Duration) *pollWatcher {
+func startPolling(dir string, interval time.Duration, maxFiles int) *pollWatcher {
 	w := &pollWatcher{dir: dir, ch: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
-	last := fingerprint(dir)
+	last := fingerprint(dir, maxFiles)
 	go func() {
 		defer close(w.done)
 		t := time.NewTicker(interval)
@@ -137,7 +137,7 @@ func startPolling(dir string, interval time.Duration) *pollWatcher {
 			case <-w.stop:
 				return
 			case <-t.C:
-				if fp := fingerprint(dir); fp != last {
+				if fp := fingerprint(dir, maxFiles); fp != last {
 					last = fp
 					signal(w.ch)
 				}
@@ -152,13 +152,17 @@ func (w *pollWatcher) rearm()                   {} // polling goes by path
 func (w *pollWatcher) close()                   { close(w.stop); <-w.done }
 
 // fingerprint summarises what a scan of dir would read, following symlinks;
-// it changes when a file is added, removed, rewritten or replaced.
-func fingerprint(dir string) string {
-	names, err := listManifests(dir)
+// it changes when a file is added, removed, rewritten or replaced. Files
+// past maxFiles in name order are only counted.
+func fingerprint(dir string, maxFiles int) string {
+	names, skipped, err := listManifests(dir, maxFiles, nil)
 	if err != nil {
 		return "error: " + err.Error()
 	}
 	var b strings.Builder
+	for _, err := range skipped {
+		fmt.Fprintln(&b, err)
+	}
 	for _, name := range names {
 		fi, err := os.Stat(filepath.Join(dir, name))
 		if err != nil {

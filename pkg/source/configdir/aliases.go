@@ -1,0 +1,100 @@
+package configdir
+
+import (
+	"bytes"
+	"fmt"
+	"strings"
+
+	yamlv3 "go.yaml.in/yaml/v3"
+)
+
+// maxExpandedBytes bounds what a document may stand for once its YAML
+// aliases are expanded, as the conversion to JSON does: `a: &x <1 MiB>` and
+// `b: [*x, *x, …]` make a 2 MiB document hundreds of GiB of JSON. go-yaml's
+// own alias limit counts nodes, not bytes, so it does not stop that.
+const maxExpandedBytes = 4 * maxDocumentBytes
+
+// aliasError is a document refused for what its aliases expand to.
+type aliasError struct {
+	line int // file line
+	err  error
+}
+
+// checkAliases refuses a document whose aliases expand it past
+// maxExpandedBytes. A document without both an anchor (&) and an alias (*)
+// has nothing to expand: YAML has no other way to write either, so most
+// documents cost one byte scan. Others are parsed into nodes, which keep
+// aliases unexpanded, and the expanded size is summed with each anchored
+// node's size computed once; the nodes are returned, for finding lines.
+func checkAliases(doc document) (*yamlv3.Node, *aliasError) {
+	if bytes.IndexByte(doc.data, '&') < 0 || bytes.IndexByte(doc.data, '*') < 0 {
+		return nil, nil
+	}
+	var n yamlv3.Node
+	if err := yamlv3.Unmarshal(doc.data, &n); err != nil {
+		// Not left to the conversion: a document this parser refuses is
+		// not one whose size it can bound.
+		line := firstContentLine(doc)
+		msg := strings.TrimPrefix(err.Error(), "yaml: ")
+		if l, rest, ok := cutLineNumber(msg); ok { // yaml.v3 numbers lines from 1
+			line, msg = doc.line+min(l, lineCount(doc.data))-1, rest
+		}
+		return nil, &aliasError{line: line, err: fmt.Errorf("invalid YAML: %s", msg)}
+	}
+	e := expansion{sizes: make(map[*yamlv3.Node]int64)}
+	if e.size(&n) > maxExpandedBytes {
+		line, first := firstContentLine(doc), ""
+		if e.firstAlias != nil {
+			line, first = doc.line+e.firstAlias.Line-1, " (the first: *"+e.firstAlias.Value+")"
+		}
+		return nil, &aliasError{line: line, err: fmt.Errorf(
+			"YAML aliases%s expand this document to more than %d bytes: write the values out instead (Kubernetes manifests do not need anchors and aliases)",
+			first, maxExpandedBytes)}
+	}
+	if n.Kind != yamlv3.DocumentNode || len(n.Content) != 1 {
+		return nil, nil
+	}
+	return n.Content[0], nil
+}
+
+// expansion sums the size of a node tree with its aliases expanded, roughly
+// as JSON bytes. Sums stop growing past maxExpandedBytes, so they cannot
+// overflow.
+type expansion struct {
+	sizes      map[*yamlv3.Node]int64 // of anchored nodes; -1 while being summed
+	firstAlias *yamlv3.Node
+}
+
+func (e *expansion) size(n *yamlv3.Node) int64 {
+	if n == nil {
+		return 0
+	}
+	if n.Anchor != "" {
+		switch s, ok := e.sizes[n]; {
+		case ok && s < 0:
+			return maxExpandedBytes + 1 // an anchor inside itself: endless
+		case ok:
+			return s
+		}
+		e.sizes[n] = -1
+	}
+	var s int64
+	switch n.Kind {
+	case yamlv3.AliasNode:
+		if e.firstAlias == nil {
+			e.firstAlias = n
+		}
+		s = e.size(n.Alias)
+	case yamlv3.ScalarNode:
+		s = int64(len(n.Value)) + 3 // quotes and a separator
+	default: // document, mapping, sequence
+		s = 2
+		for _, c := range n.Content {
+			s = min(s+e.size(c), maxExpandedBytes+1)
+		}
+	}
+	if n.Anchor != "" {
+		e.sizes[n] = s
+	}
+	return s
+}

@@ -1,0 +1,210 @@
+package configdir
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"reflect"
+	"runtime"
+	"strings"
+	"testing"
+)
+
+// allocated returns the bytes f allocates, freed or not.
+func allocated(f func()) uint64 {
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	f()
+	runtime.ReadMemStats(&after)
+	return after.TotalAlloc - before.TotalAlloc
+}
+
+// TestAliasBombRefused: a document well under maxDocumentBytes whose aliases
+// would expand it to gigabytes is refused before it is converted, naming
+// the file and the line of the first alias; other files keep serving, and
+// aliases that expand to little still work.
+func TestAliasBombRefused(t *testing.T) {
+	var bomb strings.Builder
+	bomb.WriteString("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: bomb\n  annotations:\n    a: &x \"")
+	bomb.WriteString(strings.Repeat("x", 1<<20))
+	bomb.WriteString("\"\n    b: [")
+	for i := range 1000 { // 1 GiB once expanded
+		if i > 0 {
+			bomb.WriteString(",")
+		}
+		bomb.WriteString("*x")
+	}
+	bomb.WriteString("]\n")
+	if bomb.Len() > maxDocumentBytes {
+		t.Fatalf("the bomb is %d bytes, over the document bound it must slip under", bomb.Len())
+	}
+	const small = `apiVersion: v1
+kind: Service
+metadata: {name: web, labels: &l {app: web}}
+spec: {clusterIP: 10.96.0.1, selector: *l}
+`
+	var dir string
+	var gotNames []string
+	var errs []error
+	alloc := allocated(func() {
+		d, snap, e := loadFiles(t, map[string]string{
+			"bomb.yaml":  goodNamespace + bomb.String(),
+			"cycle.yaml": "apiVersion: v1\nkind: Namespace\nmetadata: &m {name: c, x: [*m]}\n",
+			"small.yaml": small,
+		})
+		dir, gotNames, errs = d, names(snap), e
+	})
+	want := []string{
+		filepath.Join(dir, "bomb.yaml") + ":11: YAML aliases (the first: *x) expand this document to more than 8388608 bytes: write the values out instead (Kubernetes manifests do not need anchors and aliases)",
+		filepath.Join(dir, "cycle.yaml") + ":3: YAML aliases (the first: *m) expand this document to more than 8388608 bytes: write the values out instead (Kubernetes manifests do not need anchors and aliases)",
+	}
+	if g := errorStrings(errs); !reflect.DeepEqual(g, want) {
+		t.Errorf("errors\n%s\nwant\n%s", strings.Join(g, "\n"), strings.Join(want, "\n"))
+	}
+	if w := []string{"service default/web"}; !reflect.DeepEqual(gotNames, w) {
+		t.Errorf("objects %q, want %q (other files still apply)", gotNames, w)
+	}
+	// The bomb is 1 MiB; expanded it would be 1 GiB.
+	if limit := uint64(200 << 20); alloc > limit {
+		t.Errorf("loading allocated %d MiB, more than %d MiB", alloc>>20, limit>>20)
+	}
+}
+
+// TestManyProblemsInOneObject: an object with thousands of rejected values
+// reports at most maxProblemsPerFile, the last counting the rest, without a
+// walk of the document for each (which made this quadratic).
+func TestManyProblemsInOneObject(t *testing.T) {
+	const n = 10_000
+	var b strings.Builder
+	b.WriteString("apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: web}\naddressType: IPv4\nendpoints:\n")
+	for i := range n {
+		fmt.Fprintf(&b, "- addresses: [\"10.0.%d.%d.%d\"]\n", i/250, i%250, i)
+	}
+	var errs []error
+	var dir string
+	alloc := allocated(func() {
+		dir, _, errs = loadFiles(t, map[string]string{"many.yaml": b.String()})
+	})
+	if len(errs) != maxProblemsPerFile {
+		t.Fatalf("%d problems, want %d", len(errs), maxProblemsPerFile)
+	}
+	path := filepath.Join(dir, "many.yaml")
+	if first, want := errs[0].Error(), path+`:6: endpointslice default/web: address "10.0.0.0.0" is not an IP address`; !strings.HasPrefix(first, path+":6: ") || !strings.Contains(first, `"10.0.0.0.0"`) {
+		t.Errorf("first problem %q, want one like %q", first, want)
+	}
+	if last, want := errs[len(errs)-1].Error(), fmt.Sprintf("%s: %d more problems not listed", path, n-maxProblemsPerFile+1); last != want {
+		t.Errorf("last problem %q, want %q", last, want)
+	}
+	if limit := uint64(200 << 20); alloc > limit {
+		t.Errorf("loading allocated %d MiB, more than %d MiB", alloc>>20, limit>>20)
+	}
+}
+
+// TestManyBrokenDocuments: a file of many tiny broken documents costs a
+// count, not an error each.
+func TestManyBrokenDocuments(t *testing.T) {
+	const n = 100_000
+	data := []byte(strings.Repeat("---\n[\n", n))
+	p := parser{log: quietLogger(), limits: Limits{}.withDefaults()}
+	var errs []error
+	alloc := allocated(func() { _, errs = p.parseFile("broken.yaml", data) })
+	if len(errs) != maxProblemsPerFile {
+		t.Fatalf("%d problems, want %d", len(errs), maxProblemsPerFile)
+	}
+	if last, want := errs[len(errs)-1].Error(), fmt.Sprintf("broken.yaml: %d more problems not listed", n-maxProblemsPerFile+1); last != want {
+		t.Errorf("last problem %q, want %q", last, want)
+	}
+	t.Logf("allocated %d MiB", alloc>>20)
+}
+
+// TestUnservedFilesHoldNoObjects: copies of a file, which collide with it,
+// are reported but keep none of their parsed objects; when the file they
+// collide with goes, the next copy is parsed again and served.
+func TestUnservedFilesHoldNoObjects(t *testing.T) {
+	var b strings.Builder
+	for i := range 500 {
+		fmt.Fprintf(&b, "apiVersion: v1\nkind: Namespace\nmetadata: {name: ns-%d}\n---\n", i)
+	}
+	dir := t.TempDir()
+	files := map[string]string{}
+	for i := range 10 {
+		files[fmt.Sprintf("copy-%d.yaml", i)] = b.String()
+	}
+	writeFiles(t, dir, files)
+	st := newState(dir, parser{log: quietLogger()})
+	if _, err := st.scan(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	check := func(served string, copies int) {
+		t.Helper()
+		if n := len(st.snapshot().Namespaces); n != 500 {
+			t.Errorf("%d namespaces served, want 500", n)
+		}
+		held, blocked := 0, 0
+		for name, f := range st.files {
+			if f.latest != nil && f.latest != f.served {
+				t.Errorf("%s holds %d objects it does not serve", name, f.latest.len())
+			}
+			if f.served != nil {
+				held++
+				if name != served {
+					t.Errorf("%s serves, want only %s", name, served)
+				}
+			}
+			if f.blocked {
+				blocked++
+			}
+		}
+		if held != 1 || blocked != copies {
+			t.Errorf("%d files serve and %d are blocked, want 1 and %d", held, blocked, copies)
+		}
+		if errs := st.errors(); len(errs) != copies*maxProblemsPerFile {
+			t.Errorf("%d problems, want %d for each of %d copies", len(errs), maxProblemsPerFile, copies)
+		}
+	}
+	check("copy-0.yaml", 9)
+	if err := os.Remove(filepath.Join(dir, "copy-0.yaml")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.scan(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	check("copy-1.yaml", 8)
+}
+
+// TestTooManyFiles: past Limits.Files, files are skipped and named; those
+// read before stay read, even when a new file sorts before them.
+func TestTooManyFiles(t *testing.T) {
+	dir := t.TempDir()
+	files := map[string]string{}
+	for i := range 30 {
+		files[fmt.Sprintf("f%02d.yaml", i)] = namespaceYAML(fmt.Sprintf("ns-%02d", i))
+	}
+	writeFiles(t, dir, files)
+	st := newState(dir, parser{log: quietLogger(), limits: Limits{Files: 5}})
+	if _, err := st.scan(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	errs := errorStrings(st.errors())
+	want := []string{filepath.Join(dir, "f05.yaml") + ": skipped: the directory has 30 manifest files, more than the limit of 5 (--config-max-files)"}
+	if len(errs) != maxProblemsPerFile || errs[0] != want[0] {
+		t.Fatalf("%d problems, first %q; want %d, first %q", len(errs), errs[:1], maxProblemsPerFile, want[0])
+	}
+	if last, w := errs[len(errs)-1], dir+": 6 more files skipped: more than 5 manifest files (--config-max-files)"; last != w {
+		t.Errorf("last problem %q, want %q", last, w)
+	}
+	wantNames := []string{"namespace ns-00", "namespace ns-01", "namespace ns-02", "namespace ns-03", "namespace ns-04"}
+	if n := names(st.snapshot()); !reflect.DeepEqual(n, wantNames) {
+		t.Errorf("served %q, want %q", n, wantNames)
+	}
+	writeFiles(t, dir, map[string]string{"a.yaml": namespaceYAML("new")})
+	if _, err := st.scan(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if n := names(st.snapshot()); !reflect.DeepEqual(n, wantNames) {
+		t.Errorf("after a new first file, served %q, want %q still", n, wantNames)
+	}
+	if errs := errorStrings(st.errors()); errs[0] != filepath.Join(dir, "a.yaml")+": skipped: the directory has 31 manifest files, more than the limit of 5 (--config-max-files)" {
+		t.Errorf("first problem %q, want a.yaml skipped", errs[0])
+	}
+}
