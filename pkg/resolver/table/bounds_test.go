@@ -264,3 +264,30 @@ func TestPTROwnersCapIncremental(t *testing.T) {
 		t.Errorf("owners beyond the cap left: %d", len(bld.moreOwners))
 	}
 }
+
+// equalSlices finds the slices of a Service in any order, by name when
+// there are many.
+func TestEqualSlicesManySlices(t *testing.T) {
+	_, list := headless("many", 5000, 1, func(i int) model.Endpoint {
+		return model.Endpoint{Ready: true, Addresses: []netip.Addr{addr4(i)}}
+	})
+	var a []*model.EndpointSlice
+	for i := range list {
+		a = append(a, &list[i])
+	}
+	b := slices.Clone(a)
+	slices.Reverse(b)
+	for _, n := range []int{len(a), shortList} {
+		if !equalSlices(a[:n], a[:n]) || !equalSlices(a[:n], b[len(b)-n:]) {
+			t.Fatalf("%d slices: the same slices are not equal", n)
+		}
+		changed := *b[len(b)-n]
+		changed.Endpoints = slices.Clone(changed.Endpoints)
+		changed.Endpoints[0].Ready = false
+		c := slices.Clone(b[len(b)-n:])
+		c[0] = &changed
+		if equalSlices(a[:n], c) || equalSlices(c, a[:n]) {
+			t.Fatalf("%d slices: a changed slice is equal", n)
+		}
+	}
+}

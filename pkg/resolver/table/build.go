@@ -820,10 +820,43 @@ func equalService(a, b *model.Service) bool {
 		a.PublishNotReady == b.PublishNotReady && slices.Equal(a.ClusterIPs, b.ClusterIPs) && slices.Equal(a.Ports, b.Ports)
 }
 
+// equalSlices reports whether every slice of a has an equal one in b, and
+// they are as many. They are nearly always in the same order; otherwise b
+// is looked up by name, not searched for each slice of a (a Service with
+// thousands of slices).
 func equalSlices(a, b []*model.EndpointSlice) bool {
-	return len(a) == len(b) && !slices.ContainsFunc(a, func(x *model.EndpointSlice) bool {
-		return !slices.ContainsFunc(b, func(y *model.EndpointSlice) bool { return equalSlice(x, y) })
-	})
+	if len(a) != len(b) {
+		return false
+	}
+	i := 0
+	for i < len(a) && equalSlice(a[i], b[i]) {
+		i++
+	}
+	if i == len(a) {
+		return true
+	}
+	has := func(list []*model.EndpointSlice, x *model.EndpointSlice) bool {
+		return slices.ContainsFunc(list, func(y *model.EndpointSlice) bool { return equalSlice(x, y) })
+	}
+	if len(a) <= shortList {
+		for _, x := range a[i:] {
+			if !has(b, x) {
+				return false
+			}
+		}
+		return true
+	}
+	byName := make(map[objKey][]*model.EndpointSlice, len(b))
+	for _, y := range b {
+		k := objKey{y.Namespace, y.Name}
+		byName[k] = append(byName[k], y)
+	}
+	for _, x := range a[i:] {
+		if !has(byName[objKey{x.Namespace, x.Name}], x) {
+			return false
+		}
+	}
+	return true
 }
 
 func equalSlice(a, b *model.EndpointSlice) bool {
