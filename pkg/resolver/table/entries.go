@@ -191,7 +191,7 @@ func headlessEntries(n names, out *entrySet, e *Entry, svc *model.Service, eps [
 	for _, name := range slices.Sorted(maps.Keys(byName)) {
 		if ee := byName[name]; ee != nil {
 			slices.SortFunc(ee.Addrs, netip.Addr.Compare)
-			ee.Addrs = slices.Clip(slices.Compact(ee.Addrs))
+			ee.Addrs = compacted(ee.Addrs)
 			out.add(ee, true)
 		}
 	}
@@ -275,7 +275,7 @@ func (r srvRecords) sets(owner string) []srvSet {
 		set := &r[i]
 		if len(set.records) > 1 {
 			slices.SortFunc(set.records, func(a, b SRV) int { return cmp.Or(cmp.Compare(a.Target, b.Target), cmp.Compare(a.Port, b.Port)) })
-			set.records = slices.Clip(slices.Compact(set.records))
+			set.records = compacted(set.records)
 		}
 		if len(set.records) == 1 && set.records[0].Target == owner {
 			set.port, set.records = set.records[0].Port, nil
@@ -283,6 +283,15 @@ func (r srvRecords) sets(owner string) []srvSet {
 	}
 	slices.SortFunc(r, func(a, b srvSet) int { return cmp.Compare(a.prefix, b.prefix) })
 	return slices.Clip(r)
+}
+
+// compacted returns sorted without repeats, in an array of its own when it
+// had some: the table keeps no room for the repeats.
+func compacted[T comparable](sorted []T) []T {
+	if c := slices.Compact(sorted); len(c) < len(sorted) {
+		return slices.Clone(c)
+	}
+	return sorted
 }
 
 // shortList is the length up to which a list is searched in order: for
@@ -391,7 +400,7 @@ func resolveHosts(ses []model.ServiceEntry, fromStatus bool) map[vip.Key]hostAdd
 			}
 			if len(addrs) > 0 {
 				slices.SortFunc(addrs, netip.Addr.Compare)
-				addrs = slices.Clip(slices.Compact(addrs))
+				addrs = compacted(addrs)
 				out[vip.Key{Owner: se.Key(), Host: h}] = hostAddrs{addrSource: addrStatus, addrs: addrs}
 			}
 		}
