@@ -30,7 +30,8 @@ import (
 // them (at 150,000 objects: a Service change in ~10 ms, down from ~110).
 //
 // What it keeps between builds is the state of each object (which entries
-// it made, and the source they share), each kind's states in snapshot order
+// it made, and the source they share), each kind's states in snapshot order,
+// the owners of crowded addresses beyond those the table keeps (moreOwners)
 // and, for their capacity, the list of entries that came and went in the
 // last build; nothing else outlives a build.
 //
