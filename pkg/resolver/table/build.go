@@ -1,7 +1,6 @@
 package table
 
 import (
-	"cmp"
 	"hash/maphash"
 	"iter"
 	"maps"
@@ -31,7 +30,8 @@ import (
 // them (at 150,000 objects: a Service change in ~10 ms, down from ~110).
 //
 // What it keeps between builds is the state of each object (which entries
-// it made, and the source they share), each kind's states in snapshot order
+// it made, and the source they share), each kind's states in snapshot order,
+// the owners of crowded addresses beyond those the table keeps (moreOwners)
 // and, for their capacity, the list of entries that came and went in the
 // last build; nothing else outlives a build.
 //
@@ -66,7 +66,18 @@ type Builder struct {
 	// discarded are entries added and dropped within one build (an object
 	// twice in a snapshot: the last one wins). Nearly always empty.
 	discarded map[*Entry]bool
+	// moreOwners are, for an address more than maxPTROwners entries hold,
+	// those beyond the ones the table keeps, in order: the next to move up
+	// when one of those goes.
+	moreOwners map[addrKey][]*Entry
 }
+
+// maxPTROwners bounds the entries the table keeps for one address: the
+// names its PTR answer may give (Table.ptrOwners), the first in
+// compareOwners order. A reverse name with more names than this is of no
+// use in a reply; kept whole, a list that each of thousands of entries
+// joins would be copied thousands of times.
+const maxPTROwners = 16
 
 // objKey names an object without building a "namespace/name" string.
 type objKey struct{ ns, name string }
@@ -313,14 +324,15 @@ func NewBuilder(opts Options) *Builder {
 	}
 	domain := dns.CanonicalName(opts.Domain)
 	return &Builder{
-		n:         names{svcDomain: ".svc." + domain, ttl: opts.TTL, prefixes: map[string]string{}},
-		domain:    domain,
-		vipSource: opts.VIPSource,
-		services:  newStates[*serviceState](),
-		ses:       newStates[*seState](),
-		last:      &Table{},
-		discarded: map[*Entry]bool{},
-		warnings:  map[objKey][]error{},
+		n:          names{svcDomain: ".svc." + domain, ttl: opts.TTL, prefixes: map[string]string{}},
+		domain:     domain,
+		vipSource:  opts.VIPSource,
+		services:   newStates[*serviceState](),
+		ses:        newStates[*seState](),
+		last:       &Table{},
+		discarded:  map[*Entry]bool{},
+		warnings:   map[objKey][]error{},
+		moreOwners: map[addrKey][]*Entry{},
 	}
 }
 
@@ -642,12 +654,17 @@ func (b *Builder) assemble() *Table {
 		}
 		return &t.reverse[i], k
 	}
+	// A key that one entry holds, or comes to hold, is changed on the spot;
+	// one that several hold is changed once, at the end, however many of
+	// its entries come and go.
+	var nameEdits edits[string]
+	var addrEdits edits[addrKey]
 	for _, e := range b.dropped {
 		sh, k := name(e)
-		t.size += sh.remove(k, e)
+		t.size += nameEdits.remove(sh, k, e)
 		for _, a := range ptrAddrs(e) {
 			sh, k := addr(a)
-			sh.remove(k, e)
+			addrEdits.remove(sh, k, e)
 		}
 	}
 	for _, e := range b.added {
@@ -655,12 +672,21 @@ func (b *Builder) assemble() *Table {
 			continue
 		}
 		sh, k := name(e)
-		t.size += sh.insert(k, e, compareEntries)
+		t.size += nameEdits.insert(sh, k, e)
 		for _, a := range ptrAddrs(e) {
 			sh, k := addr(a)
-			sh.insert(k, e, compareOwners)
+			addrEdits.insert(sh, k, e)
 		}
 	}
+	var gone map[*Entry]bool
+	if nameEdits.removed != nil || addrEdits.removed != nil {
+		gone = make(map[*Entry]bool, len(b.dropped))
+		for _, e := range b.dropped {
+			gone[e] = true
+		}
+	}
+	t.size += nameEdits.apply(gone, compareEntries, 0, nil)
+	addrEdits.apply(gone, compareOwners, maxPTROwners, b.moreOwners)
 	return t
 }
 
@@ -673,48 +699,117 @@ func (s shard[K]) clone() shard[K] {
 	return c
 }
 
-// insert adds e to k's entries, in order, and returns how the number of
-// keys changed. Lists are made anew: the old ones belong to older tables.
-func (s *shard[K]) insert(k K, e *Entry, compare func(a, b *Entry) int) int {
-	first, had := s.one[k]
-	if !had {
-		s.one[k] = e
+// edits are one build's changes to the keys of a table's shards that
+// several entries hold or come to hold. Each such key's list is made once,
+// in apply: inserting into it or removing from it one entry at a time
+// would copy it for every entry (lists belong to older tables too), which
+// for a key held by thousands of entries is millions of copies.
+type edits[K comparable] struct {
+	adds    map[editKey[K]][]*Entry // entries joining a key held already
+	removed map[editKey[K]]bool     // keys with several entries that one leaves
+}
+
+type editKey[K comparable] struct {
+	sh *shard[K]
+	k  K
+}
+
+// insert adds e to k's entries (at once when k has none) and returns how
+// the number of keys changed.
+func (ed *edits[K]) insert(sh *shard[K], k K, e *Entry) int {
+	if _, had := sh.one[k]; !had {
+		sh.one[k] = e
 		return 1
 	}
-	old := s.many[k]
-	if old == nil {
-		old = []*Entry{first}
+	if ed.adds == nil {
+		ed.adds = map[editKey[K]][]*Entry{}
 	}
-	// After the entries it ties with, as a stable sort would put it.
-	i, _ := slices.BinarySearchFunc(old, e, func(x, e *Entry) int { return cmp.Or(compare(x, e), -1) })
-	list := slices.Insert(slices.Clip(old), i, e)
-	if s.many == nil {
-		s.many = map[K][]*Entry{}
-	}
-	s.many[k], s.one[k] = list, list[0]
+	key := editKey[K]{sh, k}
+	ed.adds[key] = append(ed.adds[key], e)
 	return 0
 }
 
-// remove takes e out of k's entries and returns how the number of keys
-// changed.
-func (s *shard[K]) remove(k K, e *Entry) int {
-	old, several := s.many[k]
-	if !several {
-		if s.one[k] == e {
-			delete(s.one, k)
-			return -1
+// remove takes e out of k's entries (at once when it is the only one) and
+// returns how the number of keys changed. It comes before any insert.
+func (ed *edits[K]) remove(sh *shard[K], k K, e *Entry) int {
+	if _, several := sh.many[k]; several {
+		if ed.removed == nil {
+			ed.removed = map[editKey[K]]bool{}
 		}
+		ed.removed[editKey[K]{sh, k}] = true
 		return 0
 	}
-	list := make([]*Entry, 0, len(old)-1)
-	for _, x := range old {
-		if x != e {
+	if sh.one[k] == e {
+		delete(sh.one, k)
+		return -1
+	}
+	return 0
+}
+
+// apply makes the lists of the keys changed: without the entries in gone,
+// with those added, in compare's order. With limit > 0, a list keeps its
+// first limit entries and more the rest (more holds those of the last
+// build). It returns how the number of keys changed.
+func (ed *edits[K]) apply(gone map[*Entry]bool, compare func(a, b *Entry) int, limit int, more map[K][]*Entry) int {
+	n := 0
+	for key := range ed.removed {
+		if _, added := ed.adds[key]; !added {
+			n += key.sh.apply(key.k, nil, gone, compare, limit, more)
+		}
+	}
+	for key, add := range ed.adds {
+		n += key.sh.apply(key.k, add, gone, compare, limit, more)
+	}
+	return n
+}
+
+// apply makes k's list, as edits.apply.
+func (s *shard[K]) apply(k K, add []*Entry, gone map[*Entry]bool, compare func(a, b *Entry) int, limit int, more map[K][]*Entry) int {
+	old := s.many[k]
+	var one [1]*Entry
+	if old == nil {
+		one[0] = s.one[k]
+		old = one[:]
+	}
+	var rest []*Entry
+	if more != nil {
+		rest = more[k] // after all of old
+	}
+	// Each added entry after the entries it ties with, as a stable sort
+	// would put it.
+	slices.SortStableFunc(add, compare)
+	list := make([]*Entry, 0, len(old)+len(rest)+len(add))
+	i := 0
+	for _, part := range [2][]*Entry{old, rest} {
+		for _, x := range part {
+			if gone[x] {
+				continue
+			}
+			for i < len(add) && compare(add[i], x) < 0 {
+				list = append(list, add[i])
+				i++
+			}
 			list = append(list, x)
 		}
 	}
-	if len(list) == 1 {
+	list = append(list, add[i:]...)
+	if limit > 0 && len(list) > limit {
+		more[k] = list[limit:]
+		list = list[:limit:limit]
+	} else if len(rest) > 0 {
+		delete(more, k)
+	}
+	switch len(list) {
+	case 0:
+		delete(s.one, k)
 		delete(s.many, k)
-	} else {
+		return -1
+	case 1:
+		delete(s.many, k)
+	default:
+		if s.many == nil {
+			s.many = map[K][]*Entry{}
+		}
 		s.many[k] = list
 	}
 	s.one[k] = list[0]
@@ -726,10 +821,43 @@ func equalService(a, b *model.Service) bool {
 		a.PublishNotReady == b.PublishNotReady && slices.Equal(a.ClusterIPs, b.ClusterIPs) && slices.Equal(a.Ports, b.Ports)
 }
 
+// equalSlices reports whether every slice of a has an equal one in b, and
+// they are as many. They are nearly always in the same order; otherwise b
+// is looked up by name, not searched for each slice of a (a Service with
+// thousands of slices).
 func equalSlices(a, b []*model.EndpointSlice) bool {
-	return len(a) == len(b) && !slices.ContainsFunc(a, func(x *model.EndpointSlice) bool {
-		return !slices.ContainsFunc(b, func(y *model.EndpointSlice) bool { return equalSlice(x, y) })
-	})
+	if len(a) != len(b) {
+		return false
+	}
+	i := 0
+	for i < len(a) && equalSlice(a[i], b[i]) {
+		i++
+	}
+	if i == len(a) {
+		return true
+	}
+	has := func(list []*model.EndpointSlice, x *model.EndpointSlice) bool {
+		return slices.ContainsFunc(list, func(y *model.EndpointSlice) bool { return equalSlice(x, y) })
+	}
+	if len(a) <= shortList {
+		for _, x := range a[i:] {
+			if !has(b, x) {
+				return false
+			}
+		}
+		return true
+	}
+	byName := make(map[objKey][]*model.EndpointSlice, len(b))
+	for _, y := range b {
+		k := objKey{y.Namespace, y.Name}
+		byName[k] = append(byName[k], y)
+	}
+	for _, x := range a[i:] {
+		if !has(byName[objKey{x.Namespace, x.Name}], x) {
+			return false
+		}
+	}
+	return true
 }
 
 func equalSlice(a, b *model.EndpointSlice) bool {

@@ -47,8 +47,13 @@ func (s *entrySet) warn(format string, args ...any) {
 // add keeps e. ptr says whether e's addresses point back to it (reverse
 // lookups).
 func (s *entrySet) add(e *Entry, ptr bool) {
-	e.ptr = ptr
 	e.Addrs, e.n4 = v4First(e.Addrs)
+	s.keep(e, ptr)
+}
+
+// keep is add for an entry whose Addrs are IPv4 first already, n4 set.
+func (s *entrySet) keep(e *Entry, ptr bool) {
+	e.ptr = ptr
 	s.entries = append(s.entries, e)
 }
 
@@ -131,6 +136,14 @@ func headlessEntries(n names, out *entrySet, e *Entry, svc *model.Service, eps [
 	e.addrSource = addrEndpoints
 	byName := map[string]*Entry{} // nil for a name that is not valid
 	var srv srvRecords
+	// One object cannot make the table hold more than maxSRVRecords SRV
+	// records: endpoints times named ports multiply.
+	srvOK := true
+	if k := srvRecordsOf(svc, eps); k > maxSRVRecords {
+		out.warn("%s: %d SRV records (endpoint addresses × named ports) exceed %d: its SRV names are left to the cluster's nameserver",
+			originOf(e.src), k, maxSRVRecords)
+		srvOK = false
+	}
 	seen := map[netip.Addr]bool{}
 	endpoint := func(label string) *Entry {
 		name := label + "." + e.Name
@@ -163,9 +176,11 @@ func headlessEntries(n names, out *entrySet, e *Entry, svc *model.Service, eps [
 				if ee == nil {
 					continue
 				}
-				ee.Addrs = appendUnique(ee.Addrs, a)
-				for _, p := range es.Ports {
-					srv.add(n, p, ee.Name)
+				ee.Addrs = append(ee.Addrs, a) // repeats go below
+				if srvOK {
+					for _, p := range es.Ports {
+						srv.add(n, p, ee.Name)
+					}
 				}
 			}
 		}
@@ -176,6 +191,7 @@ func headlessEntries(n names, out *entrySet, e *Entry, svc *model.Service, eps [
 	for _, name := range slices.Sorted(maps.Keys(byName)) {
 		if ee := byName[name]; ee != nil {
 			slices.SortFunc(ee.Addrs, netip.Addr.Compare)
+			ee.Addrs = compacted(ee.Addrs)
 			out.add(ee, true)
 		}
 	}
@@ -184,9 +200,40 @@ func headlessEntries(n names, out *entrySet, e *Entry, svc *model.Service, eps [
 	out.add(e, false) // its addresses' PTRs name the endpoints
 }
 
+// maxSRVRecords bounds the SRV records one headless Service may have (the
+// records of all its named ports, before repeats are removed): 20,000
+// endpoints with 4 named ports each fit; an object that multiplies
+// thousands of endpoints by thousands of ports does not.
+const maxSRVRecords = 100_000
+
+// srvRecordsOf counts the SRV records a headless Service's endpoints ask
+// for (srv.add calls): each ready address times its slice's named ports.
+func srvRecordsOf(svc *model.Service, eps []*model.EndpointSlice) int {
+	k := 0
+	for _, es := range eps {
+		named := 0
+		for _, p := range es.Ports {
+			if p.Name != "" {
+				named++
+			}
+		}
+		if named == 0 {
+			continue
+		}
+		addrs := 0
+		for _, ep := range es.Endpoints {
+			if ep.Ready || svc.PublishNotReady {
+				addrs += len(ep.Addresses)
+			}
+		}
+		k += addrs * named
+	}
+	return k
+}
+
 // srvRecords collects the SRV record sets of one name, deduplicated (RFC
-// 2181 5: a record set holds no record twice). Names have few ports: a
-// slice searched in order costs less than a map.
+// 2181 5: a record set holds no record twice) when sets sorts them. Names
+// have few ports: a slice searched in order costs less than a map.
 type srvRecords []srvSet
 
 // add records that port p (when named) is served at target.
@@ -197,9 +244,7 @@ func (r *srvRecords) add(n names, p model.Port, target string) {
 	rec := SRV{Port: p.Port, Target: target}
 	for i := range *r {
 		if set := &(*r)[i]; isPrefixOf(set.prefix, p) {
-			if !slices.Contains(set.records, rec) {
-				set.records = append(set.records, rec)
-			}
+			set.records = append(set.records, rec) // repeats go in sets
 			return
 		}
 	}
@@ -228,37 +273,66 @@ func isPrefixOf(prefix string, p model.Port) bool {
 func (r srvRecords) sets(owner string) []srvSet {
 	for i := range r {
 		set := &r[i]
+		if len(set.records) > 1 {
+			slices.SortFunc(set.records, func(a, b SRV) int { return cmp.Or(cmp.Compare(a.Target, b.Target), cmp.Compare(a.Port, b.Port)) })
+			set.records = compacted(set.records)
+		}
 		if len(set.records) == 1 && set.records[0].Target == owner {
 			set.port, set.records = set.records[0].Port, nil
-			continue
 		}
-		slices.SortFunc(set.records, func(a, b SRV) int { return cmp.Or(cmp.Compare(a.Target, b.Target), cmp.Compare(a.Port, b.Port)) })
 	}
 	slices.SortFunc(r, func(a, b srvSet) int { return cmp.Compare(a.prefix, b.prefix) })
 	return slices.Clip(r)
 }
 
-// appendUnique appends a unless list holds it already.
-func appendUnique(list []netip.Addr, a netip.Addr) []netip.Addr {
-	if slices.Contains(list, a) {
-		return list
+// compacted returns sorted without repeats, in an array of its own when it
+// had some: the table keeps no room for the repeats.
+func compacted[T comparable](sorted []T) []T {
+	if c := slices.Compact(sorted); len(c) < len(sorted) {
+		return slices.Clone(c)
 	}
-	return append(list, a)
+	return sorted
 }
+
+// shortList is the length up to which a list is searched in order: for
+// the usual one to four addresses, cheaper than a map.
+const shortList = 8
 
 // uniqueAddrs returns addrs without repeats, in their order; addrs itself
 // when it has none (the usual case: nothing is copied).
 func uniqueAddrs(addrs []netip.Addr) []netip.Addr {
-	for i := 1; i < len(addrs); i++ {
-		if slices.Contains(addrs[:i], addrs[i]) {
-			var out []netip.Addr
-			for _, a := range addrs {
-				out = appendUnique(out, a)
+	if len(addrs) <= shortList {
+		for i := 1; i < len(addrs); i++ {
+			if slices.Contains(addrs[:i], addrs[i]) {
+				return appendNew(slices.Clone(addrs[:i]), addrs[i+1:])
 			}
-			return out
 		}
+		return addrs
+	}
+	seen := make(map[netip.Addr]struct{}, len(addrs))
+	for i, a := range addrs {
+		if _, dup := seen[a]; dup {
+			return appendNew(slices.Clone(addrs[:i]), addrs[i+1:])
+		}
+		seen[a] = struct{}{}
 	}
 	return addrs
+}
+
+// appendNew appends to list, whose addresses are distinct, those of addrs
+// it does not hold yet, in their order.
+func appendNew(list, addrs []netip.Addr) []netip.Addr {
+	seen := make(map[netip.Addr]struct{}, len(list)+len(addrs))
+	for _, a := range list {
+		seen[a] = struct{}{}
+	}
+	for _, a := range addrs {
+		if _, dup := seen[a]; !dup {
+			seen[a] = struct{}{}
+			list = append(list, a)
+		}
+	}
+	return list
 }
 
 // dashed is an address as a DNS label, as kube-dns names an endpoint
@@ -297,6 +371,15 @@ func resolveHosts(ses []model.ServiceEntry, fromStatus bool) map[vip.Key]hostAdd
 		if !vip.Eligible(se) {
 			continue
 		}
+		// A status with many addresses is grouped by host once, not
+		// searched for every host.
+		var byHost map[string][]netip.Addr
+		if fromStatus && len(se.StatusAddresses) > shortList {
+			byHost = map[string][]netip.Addr{}
+			for _, ha := range se.StatusAddresses {
+				byHost[ha.Host] = append(byHost[ha.Host], ha.Address)
+			}
+		}
 		for _, h := range se.Hosts {
 			if !vip.HostEligible(se, h) {
 				continue
@@ -306,13 +389,18 @@ func resolveHosts(ses []model.ServiceEntry, fromStatus bool) map[vip.Key]hostAdd
 				continue
 			}
 			var addrs []netip.Addr
-			for _, ha := range se.StatusAddresses {
-				if ha.Host == h && !slices.Contains(addrs, ha.Address) {
-					addrs = append(addrs, ha.Address)
+			if byHost != nil {
+				addrs = slices.Clone(byHost[h])
+			} else {
+				for _, ha := range se.StatusAddresses {
+					if ha.Host == h {
+						addrs = append(addrs, ha.Address)
+					}
 				}
 			}
 			if len(addrs) > 0 {
 				slices.SortFunc(addrs, netip.Addr.Compare)
+				addrs = compacted(addrs)
 				out[vip.Key{Owner: se.Key(), Host: h}] = hostAddrs{addrSource: addrStatus, addrs: addrs}
 			}
 		}
@@ -340,8 +428,21 @@ func serviceEntrySource(n names, se *model.ServiceEntry, ext *seSource) source {
 // addresses of its auto-allocating hosts: own[i] is se.Hosts[i]'s (as
 // resolvedOf; nil when none has any), fromStatus as resolveHosts. src is
 // its serviceEntrySource.
+//
+// spec.addresses are shared by all its hosts, made once. Their reverse
+// names point at one host only, the first by name: a PTR answer for a
+// ServiceEntry's address names one host (Table.ptrOwners), the one that
+// comes first among those visible to the asker, and every host of one
+// entry is visible to the same pods. So an entry's hosts times its
+// addresses cost no more than the hosts plus the addresses.
 func serviceEntryEntries(src *source, se *model.ServiceEntry, own []hostAddrs, fromStatus bool) entrySet {
 	var out entrySet
+	var spec []netip.Addr
+	var spec4 uint32
+	var ptrHost *Entry // the first host by name that owns spec's PTRs
+	if len(se.Addresses) > 0 {
+		spec, spec4 = v4First(uniqueAddrs(se.Addresses))
+	}
 	for i, h := range se.Hosts {
 		name := dns.CanonicalName(h)
 		if !validName(strings.TrimPrefix(name, "*.")) {
@@ -351,7 +452,12 @@ func serviceEntryEntries(src *source, se *model.ServiceEntry, own []hostAddrs, f
 		e := &Entry{Name: name, src: src}
 		switch {
 		case len(se.Addresses) > 0:
-			e.addrSource, e.Addrs = addrSpec, uniqueAddrs(se.Addresses)
+			e.addrSource, e.Addrs, e.n4 = addrSpec, spec, spec4
+			if !isWildcard(name) && (ptrHost == nil || name < ptrHost.Name) {
+				ptrHost = e
+			}
+			out.keep(e, false)
+			continue
 		case se.HasSpecAddresses || len(se.CIDRs) > 0:
 			continue // ranges route traffic but answer no query: forwarded
 		case !vip.Eligible(se) || !vip.HostEligible(se, h):
@@ -372,6 +478,9 @@ func serviceEntryEntries(src *source, se *model.ServiceEntry, own []hostAddrs, f
 			e.addrSource, e.Addrs = r.addrSource, r.addrs
 		}
 		out.add(e, !isWildcard(name))
+	}
+	if ptrHost != nil {
+		ptrHost.ptr = true
 	}
 	return out
 }

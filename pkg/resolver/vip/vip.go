@@ -123,24 +123,42 @@ func Allocate(claims []Claim) map[Key]Pair {
 		return cmp.Or(a.Created.Compare(b.Created), cmp.Compare(a.Owner, b.Owner), cmp.Compare(a.Host, b.Host))
 	})
 
-	used := make(map[uint32]bool, len(claims))
+	// next holds the used slots, each pointing toward the first free one
+	// after it: a probe skips a run of used slots in a few steps, where
+	// walking it costs its length (quadratic in the hosts when thousands
+	// share a home slot: one host in thousands of entries, or names made
+	// to collide).
+	next := make(map[uint32]uint32, len(claims))
 	out := make(map[Key]Pair, len(claims))
 	for _, c := range ordered {
 		k := Key{Owner: c.Owner, Host: c.Host}
 		if _, done := out[k]; done {
 			continue // a host listed twice in one entry gets one VIP
 		}
-		if len(used) >= slots {
+		if len(next) >= slots {
 			break // exhausted: the remaining hosts get no VIP and are forwarded
 		}
-		s := home(c.Host)
-		for used[s] {
-			s = (s + 1) % slots
-		}
-		used[s] = true
+		s := freeFrom(next, home(c.Host))
+		next[s] = (s + 1) % slots
 		out[k] = pairOf(s)
 	}
 	return out
+}
+
+// freeFrom returns the first slot at or after s (wrapping) that next does
+// not hold, halving the paths it follows. Slots are never freed, so a used
+// slot's pointer may skip any used slots after it.
+func freeFrom(next map[uint32]uint32, s uint32) uint32 {
+	for {
+		n, used := next[s]
+		if !used {
+			return s
+		}
+		if nn, ok := next[n]; ok {
+			next[s] = nn
+		}
+		s = n
+	}
 }
 
 // home is a host's preferred slot.

@@ -179,3 +179,20 @@ func BenchmarkAllocate10k(b *testing.B) {
 		Allocate(claims)
 	}
 }
+
+// Claims that share a home slot get the slots after it, in order, as
+// walking the used slots one by one gives them; thousands of them cost
+// little (they were quadratic).
+func TestAllocateSharedHome(t *testing.T) {
+	var claims []Claim
+	for i := range 20_000 {
+		claims = append(claims, Claim{Host: "same.example", Owner: fmt.Sprintf("ns/se%05d", i), Created: t0})
+	}
+	got := Allocate(claims)
+	first := home("same.example")
+	for i, c := range claims {
+		if want := pairOf((first + uint32(i)) % slots); got[keyOf(c)] != want {
+			t.Fatalf("claim %d: %v, want %v", i, got[keyOf(c)], want)
+		}
+	}
+}
