@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -519,4 +520,35 @@ func checkCache(t *testing.T, c *cache) {
 	if overs != len(c.over) {
 		t.Errorf("%d owners over their share, %d in the over list", overs, len(c.over))
 	}
+}
+
+// TestCacheSourcesConcurrently: sources asking overlapping names at once
+// (hits that share entries, misses that evict) leave the books straight.
+func TestCacheSourcesConcurrently(t *testing.T) {
+	t.Parallel()
+	up := floodUpstream(t)
+	f := newForwarder(t, WithNow(newFakeClock().Now), WithCacheSize(32))
+	var wg sync.WaitGroup
+	for s := range 4 {
+		src := netip.AddrFrom4([4]byte{10, 0, 0, byte(s)})
+		var queries [][]byte
+		for i := range 200 {
+			name := fmt.Sprintf("v%d.example.", i%40) // shared with the others
+			if s == 0 {
+				name = fmt.Sprintf("f%d.example.", i) // a flood of its own
+			}
+			queries = append(queries, query(t, name, dns.TypeA))
+		}
+		wg.Go(func() {
+			ctx := WithSource(t.Context(), src)
+			for _, q := range queries {
+				if _, err := f.Forward(ctx, q, false, []netip.AddrPort{up.addr}); err != nil {
+					t.Errorf("Forward: %v", err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	checkCache(t, f.cache)
 }
