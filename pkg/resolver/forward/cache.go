@@ -88,6 +88,10 @@ type entry struct {
 	expires    time.Time
 	from       netip.AddrPort // the upstream that sent msg
 	prev, next *entry
+	// owner is the source charged for the entry, nil once another source
+	// used it; oprev and onext link it in the owner's list.
+	owner        *owner
+	oprev, onext *entry
 }
 
 // entryOverhead is what an entry costs besides its key, reply and offsets:
@@ -99,19 +103,68 @@ func (e *entry) cost() int64 {
 	return int64(len(e.key) + cap(e.msg) + 2*cap(e.ttlOffsets) + entryOverhead)
 }
 
-// cache is an LRU of upstream replies, bounded in entries and in bytes.
+// shareDivisor sets a source's share of the cache: an eighth of its bytes
+// and of its entries. A source is the client whose query brought a reply in
+// (WithSource). The share only matters once the cache is full: a source
+// over it then makes room from its own least recently used entries, and a
+// source within it first from sources over theirs, so that one client's
+// stream of one-off names replaces its own entries and never more than an
+// eighth of what the others use. A fixed fraction rather than a fair share
+// of the sources seen lately: it needs no count of active sources, stays
+// the same however many there are, and at most fourteen sources can be
+// over it at once (seven by bytes, seven by entries).
+const shareDivisor = 8
+
+// ownerOverhead is what the record of one source with entries costs: the
+// struct and its map slot. There is at most one per entry; the cache's
+// byte bound counts them.
+const ownerOverhead = 128
+
+// owner is a source with entries charged to it.
+type owner struct {
+	addr    netip.Addr
+	bytes   int64
+	entries int
+	// newest and oldest end the list of its entries (through onext and
+	// oprev), most recently used first.
+	newest, oldest *entry
+	overAt         int // index in cache.over, -1 when within its share
+}
+
+// cache is an LRU of upstream replies, bounded in entries and in bytes, with
+// a share of both for each source (see shareDivisor).
+//
+// An entry is charged to the source whose query brought it in, and stops
+// being charged to anyone when another source gets a hit on it: it then
+// leaves only through the global LRU order (or when it expires), so a
+// source can never push out, with its own traffic, a reply that others use
+// (it could if entries stayed charged to whoever asked first: ask a name
+// others use, then flood). A hit never charges the source that gets it, so
+// asking for others' names costs them nothing either.
 type cache struct {
-	mu       sync.Mutex
-	max      int
-	maxBytes int64
-	bytes    int64
-	entries  map[string]*entry
+	mu           sync.Mutex
+	max          int
+	maxBytes     int64
+	shareEntries int
+	shareBytes   int64
+	bytes        int64 // entries and owner records
+	entries      map[string]*entry
+	owners       map[netip.Addr]*owner
+	over         []*owner // the sources over their share
+	pinned       *owner   // the source a put is for: kept even while it has no entries
 	// head.next is the most recently used entry, head.prev the least.
 	head entry
 }
 
 func newCache(maxEntries int, maxBytes int64) *cache {
-	c := &cache{max: maxEntries, maxBytes: maxBytes, entries: make(map[string]*entry, min(maxEntries, 1024))}
+	c := &cache{
+		max:          maxEntries,
+		maxBytes:     maxBytes,
+		shareEntries: maxEntries / shareDivisor,
+		shareBytes:   maxBytes / shareDivisor,
+		entries:      make(map[string]*entry, min(maxEntries, 1024)),
+		owners:       make(map[netip.Addr]*owner),
+	}
 	c.head.next, c.head.prev = &c.head, &c.head
 	return c
 }
@@ -123,8 +176,10 @@ func (c *cache) usage() (int, int64) {
 	return len(c.entries), c.bytes
 }
 
-// get returns the live entry for key, or nil. An expired entry is dropped.
-func (c *cache) get(key []byte, now time.Time) *entry {
+// get returns the live entry for key, or nil, for a query from src. An
+// expired entry is dropped. A hit from a source other than the one charged
+// for the entry makes it shared: charged to no one.
+func (c *cache) get(key []byte, now time.Time, src netip.Addr) *entry {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	e := c.entries[string(key)]
@@ -135,16 +190,26 @@ func (c *cache) get(key []byte, now time.Time) *entry {
 		c.remove(e)
 		return nil
 	}
+	if o := e.owner; o != nil {
+		if o.addr == src {
+			o.unlink(e)
+			o.pushFront(e)
+		} else {
+			c.uncharge(e)
+		}
+	}
 	c.unlink(e)
 	c.pushFront(e)
 	return e
 }
 
-// put stores e, replacing any entry with the same key and evicting least
-// recently used entries until both bounds hold. A reply that alone would
+// put stores e for a query from src, replacing any entry with the same key
+// and evicting entries until both bounds hold: src's own least recently
+// used ones while src is over its share, else those of a source over its
+// share, else the least recently used of all. A reply that alone would
 // take more than a quarter of the bytes is not kept: it would push out many
 // small ones for one big one.
-func (c *cache) put(e *entry) {
+func (c *cache) put(e *entry, src netip.Addr) {
 	cost := e.cost()
 	if cost > c.maxBytes/4 {
 		cacheTooLarge.Inc()
@@ -155,15 +220,86 @@ func (c *cache) put(e *entry) {
 	if old := c.entries[e.key]; old != nil {
 		c.remove(old)
 	}
-	for (len(c.entries) >= c.max || c.bytes+cost > c.maxBytes) && c.head.prev != &c.head {
-		c.remove(c.head.prev)
+	o := c.owner(src)
+	c.pinned = o
+	for len(c.entries) >= c.max || c.bytes+cost > c.maxBytes {
+		v := c.victim(o, cost)
+		if v == nil {
+			break
+		}
+		c.remove(v)
 		cacheEvictions.Inc()
 	}
+	c.pinned = nil
 	c.entries[e.key] = e
 	c.bytes += cost
 	cacheBytes.Add(float64(cost))
 	cacheEntries.Inc()
 	c.pushFront(e)
+	e.owner = o
+	o.pushFront(e)
+	o.bytes += cost
+	o.entries++
+	c.updateOver(o)
+}
+
+// victim is the entry to evict to make room for one of cost bytes charged
+// to o, or nil when the cache is empty.
+func (c *cache) victim(o *owner, cost int64) *entry {
+	if o.oldest != nil && (o.bytes+cost > c.shareBytes || o.entries+1 > c.shareEntries) {
+		return o.oldest
+	}
+	if len(c.over) > 0 {
+		return c.over[0].oldest // over its share: it has entries
+	}
+	if c.head.prev != &c.head {
+		return c.head.prev
+	}
+	return nil
+}
+
+// owner returns the record of src, made if it has none.
+func (c *cache) owner(src netip.Addr) *owner {
+	if o := c.owners[src]; o != nil {
+		return o
+	}
+	o := &owner{addr: src, overAt: -1}
+	c.owners[src] = o
+	c.bytes += ownerOverhead
+	cacheBytes.Add(ownerOverhead)
+	return o
+}
+
+// uncharge takes e off its owner's account, and forgets the owner when it
+// has no entries left.
+func (c *cache) uncharge(e *entry) {
+	o := e.owner
+	o.unlink(e)
+	e.owner = nil
+	o.bytes -= e.cost()
+	o.entries--
+	c.updateOver(o)
+	if o.entries == 0 && o != c.pinned {
+		delete(c.owners, o.addr)
+		c.bytes -= ownerOverhead
+		cacheBytes.Sub(ownerOverhead)
+	}
+}
+
+// updateOver keeps o in c.over exactly while it is over its share.
+func (c *cache) updateOver(o *owner) {
+	over := o.bytes > c.shareBytes || o.entries > c.shareEntries
+	switch {
+	case over && o.overAt < 0:
+		o.overAt = len(c.over)
+		c.over = append(c.over, o)
+	case !over && o.overAt >= 0:
+		last := c.over[len(c.over)-1]
+		c.over[o.overAt], last.overAt = last, o.overAt
+		c.over[len(c.over)-1] = nil
+		c.over = c.over[:len(c.over)-1]
+		o.overAt = -1
+	}
 }
 
 func (c *cache) remove(e *entry) {
@@ -172,6 +308,9 @@ func (c *cache) remove(e *entry) {
 	c.bytes -= e.cost()
 	cacheBytes.Sub(float64(e.cost()))
 	cacheEntries.Dec()
+	if e.owner != nil {
+		c.uncharge(e)
+	}
 }
 
 func (c *cache) unlink(e *entry) {
@@ -183,6 +322,30 @@ func (c *cache) pushFront(e *entry) {
 	e.prev, e.next = &c.head, c.head.next
 	c.head.next.prev = e
 	c.head.next = e
+}
+
+func (o *owner) unlink(e *entry) {
+	if e.oprev != nil {
+		e.oprev.onext = e.onext
+	} else {
+		o.newest = e.onext
+	}
+	if e.onext != nil {
+		e.onext.oprev = e.oprev
+	} else {
+		o.oldest = e.oprev
+	}
+	e.oprev, e.onext = nil, nil
+}
+
+func (o *owner) pushFront(e *entry) {
+	e.oprev, e.onext = nil, o.newest
+	if o.newest != nil {
+		o.newest.oprev = e
+	} else {
+		o.oldest = e
+	}
+	o.newest = e
 }
 
 // cacheLifetime says how long a reply may be served from the cache, and

@@ -1,13 +1,19 @@
 package forward
 
 import (
+	"context"
+	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/netip"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/miekg/dns"
 
+	"github.com/ztdns/ztdns/internal/dnstest"
 	"github.com/ztdns/ztdns/pkg/dnswire"
 )
 
@@ -304,4 +310,245 @@ func BenchmarkForwardMissUDP(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(up.queries.Load())/float64(b.N), "upstream/op")
+}
+
+// floodUpstream answers names starting with "f" with NXDOMAIN and an SOA,
+// cached for an hour like a flood of random names would be, and all others
+// with an A record for an hour.
+func floodUpstream(tb testing.TB) *testUpstream {
+	nx, a := answerNegative(dns.RcodeNameError, 3600, 3600), answerA(3600, "198.51.100.1")
+	return startUpstream(tb, func(u *testUpstream, w dns.ResponseWriter, req *dns.Msg) {
+		if strings.HasPrefix(req.Question[0].Name, "f") {
+			nx(u, w, req)
+			return
+		}
+		a(u, w, req)
+	})
+}
+
+// forwardAs is forward for a query from src.
+func forwardAs(tb testing.TB, f *Forwarder, src netip.Addr, name string, up netip.AddrPort) *dns.Msg {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(WithSource(context.Background(), src), 10*time.Second)
+	defer cancel()
+	b, err := f.Forward(ctx, query(tb, name, dns.TypeA), false, []netip.AddrPort{up})
+	if err != nil {
+		tb.Fatalf("Forward: %v", err)
+	}
+	return dnstest.Unpack(tb, b)
+}
+
+// TestCacheShareOfOneSource: one pod asking endless unique names does not
+// push out what another pod keeps asking, whichever bound (entries or
+// bytes) is the one that fills; the flooding pod still has its own recent
+// names cached, at least its share; the cache stays within both bounds.
+// Without the shares (plain LRU), the victim's names are evicted by every
+// round of the flood.
+func TestCacheShareOfOneSource(t *testing.T) {
+	t.Parallel()
+	const capacity, working, rounds = 64, 16, 10
+	const flood = 4 * capacity // unique names between two of the victim's rounds: more than the cache holds
+	victim, flooder := netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("10.0.0.2")
+	// Names of one length, so that every entry costs the same.
+	vname := func(i int) string { return fmt.Sprintf("v%05d.example.", i) }
+	fname := func(i int) string { return fmt.Sprintf("f%05d.example.", i) }
+	for _, bound := range []string{"entries", "bytes"} {
+		t.Run(bound, func(t *testing.T) {
+			t.Parallel()
+			up := floodUpstream(t)
+			// What one entry costs, as the byte bound counts it (the NXDOMAIN
+			// with its SOA is the larger reply).
+			probe := newForwarder(t)
+			forwardAs(t, probe, victim, fname(0), up.addr)
+			_, probeBytes := probe.CacheUsage()
+			cost := probeBytes - ownerOverhead
+
+			opts := []Option{WithNow(newFakeClock().Now), WithCacheSize(capacity), WithCacheBytes(1 << 30)}
+			if bound == "bytes" {
+				opts = []Option{WithNow(newFakeClock().Now), WithCacheSize(100 * capacity), WithCacheBytes(capacity * cost)}
+			}
+			f := newForwarder(t, opts...)
+			maxEntries, maxBytes := f.cache.max, f.cache.maxBytes
+			asked := 0
+			for round := range rounds {
+				for i := range working {
+					before := up.queries.Load()
+					forwardAs(t, f, victim, vname(i), up.addr)
+					if went := up.queries.Load() > before; went != (round == 0) {
+						t.Errorf("round %d: the victim's %s went upstream = %v, want %v", round, vname(i), went, round == 0)
+					}
+				}
+				for range flood {
+					forwardAs(t, f, flooder, fname(asked), up.addr)
+					asked++
+					if entries, bytes := f.CacheUsage(); entries > maxEntries || bytes > maxBytes {
+						t.Fatalf("the cache holds %d entries, %d bytes; bounds %d, %d", entries, bytes, maxEntries, maxBytes)
+					}
+				}
+			}
+			// The flooder's last share of names are still cached.
+			share := capacity / shareDivisor
+			before := up.queries.Load()
+			for i := asked - share; i < asked; i++ {
+				forwardAs(t, f, flooder, fname(i), up.addr)
+			}
+			if n := up.queries.Load() - before; n != 0 {
+				t.Errorf("%d of the flooder's last %d names went upstream again, want them cached", n, share)
+			}
+			checkCache(t, f.cache)
+		})
+	}
+}
+
+// TestCacheSharedEntryOutlivesItsFirstAsker: a pod that asks first for the
+// names another pod uses, then floods, does not push them out: the other
+// pod's hit makes them shared, charged to neither.
+func TestCacheSharedEntryOutlivesItsFirstAsker(t *testing.T) {
+	t.Parallel()
+	const capacity, working, rounds = 64, 16, 5
+	const flood = 4 * capacity // unique names between two of the victim's rounds: more than the cache holds
+	victim, flooder := netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("10.0.0.2")
+	up := floodUpstream(t)
+	f := newForwarder(t, WithNow(newFakeClock().Now), WithCacheSize(capacity))
+	vname := func(i int) string { return fmt.Sprintf("v%05d.example.", i) }
+	for i := range working {
+		forwardAs(t, f, flooder, vname(i), up.addr)
+	}
+	asked := 0
+	for round := range rounds {
+		before := up.queries.Load()
+		for i := range working {
+			forwardAs(t, f, victim, vname(i), up.addr)
+		}
+		if n := up.queries.Load() - before; n != 0 {
+			t.Errorf("round %d: %d of the victim's %d names went upstream, want all cached", round, n, working)
+		}
+		for range flood {
+			forwardAs(t, f, flooder, fmt.Sprintf("f%05d.example.", asked), up.addr)
+			asked++
+		}
+	}
+	checkCache(t, f.cache)
+}
+
+// TestCacheAccounting drives the cache with random puts and gets from a few
+// sources, one of them flooding, and checks after every step that what each
+// source is charged adds up and both bounds hold.
+func TestCacheAccounting(t *testing.T) {
+	t.Parallel()
+	rng := rand.New(rand.NewPCG(1, 2))
+	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	for _, bounds := range []struct {
+		entries int
+		bytes   int64
+	}{{50, 1 << 30}, {100000, 40 * 400}, {3, 1 << 20}, {1, 1 << 20}} {
+		c := newCache(bounds.entries, bounds.bytes)
+		srcs := []netip.Addr{{}, netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("10.0.0.2"), netip.MustParseAddr("fd00::1")}
+		for step := range 20000 {
+			src := srcs[rng.IntN(len(srcs))]
+			name := rng.IntN(200)
+			if src == srcs[3] {
+				name = 1000 + step // the flooder: every name new
+			}
+			key := fmt.Sprintf("%d", name)
+			now = now.Add(time.Duration(rng.IntN(100)) * time.Millisecond)
+			if rng.IntN(2) == 0 {
+				c.get([]byte(key), now, src)
+			} else {
+				c.put(&entry{key: key, msg: make([]byte, 10+rng.IntN(200)), stored: now, expires: now.Add(time.Duration(1+rng.IntN(30)) * time.Second)}, src)
+			}
+			checkCache(t, c)
+			if t.Failed() {
+				t.Fatalf("bounds %+v, after step %d", bounds, step)
+			}
+		}
+	}
+}
+
+// checkCache checks the cache's books: the bytes are its entries' and its
+// owners', every owner's list holds exactly what it is charged for, the
+// sources over their share are exactly those in c.over, and both bounds
+// hold.
+func checkCache(t *testing.T, c *cache) {
+	t.Helper()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	bytes := int64(len(c.owners)) * ownerOverhead
+	n := 0
+	for e := c.head.next; e != &c.head; e = e.next {
+		n++
+		bytes += e.cost()
+		if c.entries[e.key] != e {
+			t.Errorf("entry %q in the list but not the map", e.key)
+		}
+		if e.owner != nil && c.owners[e.owner.addr] != e.owner {
+			t.Errorf("entry %q charged to %v, which has no record", e.key, e.owner.addr)
+		}
+	}
+	if n != len(c.entries) || bytes != c.bytes {
+		t.Errorf("list: %d entries, %d bytes; the cache says %d, %d", n, bytes, len(c.entries), c.bytes)
+	}
+	if len(c.entries) > c.max || c.bytes > c.maxBytes {
+		t.Errorf("%d entries, %d bytes; bounds %d, %d", len(c.entries), c.bytes, c.max, c.maxBytes)
+	}
+	overs := 0
+	for addr, o := range c.owners {
+		var ob int64
+		on := 0
+		var prev *entry
+		for e := o.newest; e != nil; prev, e = e, e.onext {
+			if e.owner != o || e.oprev != prev || c.entries[e.key] != e {
+				t.Errorf("owner %v: entry %q misplaced", addr, e.key)
+			}
+			ob += e.cost()
+			on++
+		}
+		if prev != o.oldest {
+			t.Errorf("owner %v: oldest is not the end of its list", addr)
+		}
+		if ob != o.bytes || on != o.entries || on == 0 {
+			t.Errorf("owner %v: list has %d entries, %d bytes; charged %d, %d", addr, on, ob, o.entries, o.bytes)
+		}
+		over := o.bytes > c.shareBytes || o.entries > c.shareEntries
+		if over != (o.overAt >= 0) || (over && c.over[o.overAt] != o) {
+			t.Errorf("owner %v: over its share = %v, at %d in the over list", addr, over, o.overAt)
+		}
+		if over {
+			overs++
+		}
+	}
+	if overs != len(c.over) {
+		t.Errorf("%d owners over their share, %d in the over list", overs, len(c.over))
+	}
+}
+
+// TestCacheSourcesConcurrently: sources asking overlapping names at once
+// (hits that share entries, misses that evict) leave the books straight.
+func TestCacheSourcesConcurrently(t *testing.T) {
+	t.Parallel()
+	up := floodUpstream(t)
+	f := newForwarder(t, WithNow(newFakeClock().Now), WithCacheSize(32))
+	var wg sync.WaitGroup
+	for s := range 4 {
+		src := netip.AddrFrom4([4]byte{10, 0, 0, byte(s)})
+		var queries [][]byte
+		for i := range 200 {
+			name := fmt.Sprintf("v%d.example.", i%40) // shared with the others
+			if s == 0 {
+				name = fmt.Sprintf("f%d.example.", i) // a flood of its own
+			}
+			queries = append(queries, query(t, name, dns.TypeA))
+		}
+		wg.Go(func() {
+			ctx := WithSource(t.Context(), src)
+			for _, q := range queries {
+				if _, err := f.Forward(ctx, q, false, []netip.AddrPort{up.addr}); err != nil {
+					t.Errorf("Forward: %v", err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	checkCache(t, f.cache)
 }
