@@ -48,6 +48,9 @@ const (
 // the source's own bound sourceMax (<= 0: none) and its fair share. held
 // nil is work of no source: only the pool's bound applies.
 func (p *Pool) take(held *atomic.Int64, n, sourceMax int64) Verdict {
+	if n <= 0 {
+		return Taken // nothing: the holders count only real transitions
+	}
 	var h int64
 	if held != nil {
 		h = held.Add(n)
@@ -79,6 +82,9 @@ func (p *Pool) take(held *atomic.Int64, n, sourceMax int64) Verdict {
 
 // give returns n units taken with take.
 func (p *Pool) give(held *atomic.Int64, n int64) {
+	if n <= 0 {
+		return // a reply of none, say
+	}
 	if p != nil {
 		p.used.Add(-n)
 	}

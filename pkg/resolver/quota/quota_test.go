@@ -248,6 +248,13 @@ func TestBudgetPerSource(t *testing.T) {
 		t.Error("a source was refused up to its share")
 	}
 	b.Give(&s, 80)
+	b.Give(&s, 0) // what the forwarder gives back for no reply
+	if b.pool.Holders() != 1 {
+		t.Errorf("giving nothing moved the holders to %d, want 1", b.pool.Holders())
+	}
+	if !b.TryTake(&o, 0) || b.pool.Holders() != 1 {
+		t.Errorf("taking nothing moved the holders to %d, want 1", b.pool.Holders())
+	}
 	if u := s.Usage(); u.InflightBytes != 0 || b.Used() != 116 {
 		t.Errorf("after giving back: source holds %d, budget used %d; want 0 and 116", u.InflightBytes, b.Used())
 	}
