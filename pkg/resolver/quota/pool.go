@@ -9,7 +9,10 @@ import "sync/atomic"
 // divided among the sources holding some of it now and one more. The one
 // more is room kept for a source that holds nothing yet: sources at their
 // share hold at most k/(k+1) of the pool, so one below its share finds
-// room. A source that got more while the pool was less than half used
+// room. A source alone in the pool is held only to its own bound: there is
+// no one yet to be fair to (a lone source's many replies being read at
+// once would otherwise starve each other of half a small budget). A
+// source that got more while the pool was less than half used
 // keeps it until it gives it back (forwards and replies end within the
 // forward timeout; TCP connections are taken back, see Server), and gets
 // no more meanwhile.
@@ -66,7 +69,7 @@ func (p *Pool) take(held *atomic.Int64, n, sourceMax int64) Verdict {
 		return Taken
 	}
 	u := p.used.Add(n)
-	if held != nil && 2*u > p.max && h > p.share() {
+	if held != nil && 2*u > p.max && p.holders.Load() > 1 && h > p.share() {
 		p.used.Add(-n)
 		p.release(held, n)
 		return OverSource

@@ -171,10 +171,6 @@ func TestPoolFairShare(t *testing.T) {
 			t.Fatalf("a's forward %d with the pool at most half used: %v, want Taken", i, v)
 		}
 	}
-	// A ninth would put the pool over half with a, alone, over 16/2.
-	if v := a.StartForward(0, p); v != OverSource {
-		t.Errorf("a's ninth forward: %v, want OverSource (over its fair share of 8)", v)
-	}
 	// b: share 16/3 = 5 once it holds some.
 	for i := range 5 {
 		if v := b.StartForward(0, p); v != Taken {
@@ -195,6 +191,9 @@ func TestPoolFairShare(t *testing.T) {
 	}
 	if p.Used() != 16 || p.Holders() != 3 {
 		t.Errorf("pool used %d by %d holders, want 16 by 3", p.Used(), p.Holders())
+	}
+	if v := a.StartForward(0, p); v != OverSource {
+		t.Errorf("a's ninth forward: %v, want OverSource (over its fair share of 4)", v)
 	}
 	if u := a.Usage(); u.Forwarding != 8 || u.ForwardRefused != 1 {
 		t.Errorf("a's usage %+v, want 8 forwarding and 1 refused", u)
