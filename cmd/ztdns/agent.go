@@ -91,6 +91,8 @@ directory of YAML manifests (--config-dir).`,
 	tcpIdle := fs.Duration("tcp-idle-timeout", resolver.DefaultTCPIdleTimeout, "close a TCP connection idle this long (a tenth of it with half of --max-tcp open, a hundredth with three quarters)")
 	inflightBytes := &byteSize{n: resolver.DefaultInflightBytes}
 	fs.Var(inflightBytes, "inflight-bytes", "bytes of upstream replies held at once, read or waiting to be written, e.g. 8Mi; a reply that does not fit gets SERVFAIL")
+	podInflightBytes := &byteSize{zero: true}
+	fs.Var(podInflightBytes, "pod-inflight-bytes", "bytes of upstream replies one pod may hold at once, e.g. 512Ki; a reply that does not fit gets SERVFAIL (default: a sixteenth of --inflight-bytes; 0: no limit of its own, only its fair share)")
 	autopath := fs.Bool("autopath", false, "answer search-list expansions of unknown names in one round trip (see README)")
 	metrics := fs.String("metrics", "", "serve /metrics, /healthz and /readyz on `ADDR`: the node's IP or 127.0.0.1 with a port, e.g. 127.0.0.1:15053 (an IPv6 address may go without brackets); empty disables")
 	capture := fs.Bool("capture", true, "capture marked pods' DNS with eBPF; false only serves on --listen")
@@ -216,10 +218,11 @@ directory of YAML manifests (--config-dir).`,
 				Forwarding: limitFlag(*podForwarding),
 				TCPConns:   limitFlag(*podTCP),
 			},
-			MaxForwarding:  *maxForwarding,
-			TCPMaxConns:    *maxTCP,
-			TCPIdleTimeout: *tcpIdle,
-			InflightBytes:  inflightBytes.n,
+			MaxForwarding:    *maxForwarding,
+			TCPMaxConns:      *maxTCP,
+			TCPIdleTimeout:   *tcpIdle,
+			InflightBytes:    inflightBytes.n,
+			PodInflightBytes: podInflightBytesFlag(podInflightBytes, fs.Changed("pod-inflight-bytes")),
 
 			AccessLog:          al,
 			MaxNamespaceSeries: *maxNamespaces,
@@ -262,6 +265,18 @@ func limitFlag[T int | float64](n T) T {
 		return -1
 	}
 	return n
+}
+
+// podInflightBytesFlag maps --pod-inflight-bytes onto
+// agent.Config.PodInflightBytes: unset is the default (0), 0 no bound (-1).
+func podInflightBytesFlag(b *byteSize, set bool) int64 {
+	switch {
+	case !set:
+		return 0
+	case b.n == 0:
+		return -1
+	}
+	return b.n
 }
 
 // cacheSizeFlag maps --cache-size (0 disables) onto agent.Config.CacheSize

@@ -63,8 +63,11 @@ func parseAddrPort(s string, defaultPort uint16) (netip.AddrPort, error) {
 }
 
 // byteSize is a flag of bytes in Kubernetes quantity form: 4Mi, 512Ki,
-// 1048576.
-type byteSize struct{ n int64 }
+// 1048576. zero allows 0 (for a bound 0 turns off).
+type byteSize struct {
+	n    int64
+	zero bool
+}
 
 func (b *byteSize) String() string {
 	if b == nil {
@@ -78,7 +81,7 @@ func (b *byteSize) Type() string { return "bytes" }
 
 func (b *byteSize) Set(v string) error {
 	q, err := resource.ParseQuantity(v)
-	if err != nil || q.Sign() <= 0 {
+	if err != nil || q.Sign() < 0 || (q.Sign() == 0 && !b.zero) {
 		return fmt.Errorf("%q is not a positive size in bytes (e.g. 4Mi)", v)
 	}
 	b.n = q.Value()

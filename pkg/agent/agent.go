@@ -106,8 +106,11 @@ type Config struct {
 	TCPMaxConns    int
 	TCPIdleTimeout time.Duration
 	// InflightBytes bounds the bytes of upstream replies held at once, read
-	// or waiting to be written (0: the default).
-	InflightBytes int64
+	// or waiting to be written (0: the default); PodInflightBytes those one
+	// source holds (0: a sixteenth of InflightBytes, negative: no bound of
+	// its own, only its fair share).
+	InflightBytes    int64
+	PodInflightBytes int64
 
 	// AccessLog gets one line per sampled query while on (`ztdns log
 	// on|off`); nil: an access log to stderr, off.
@@ -223,7 +226,8 @@ func newAgent(cfg Config) (*Agent, error) {
 	if cfg.ForwardTimeout > 0 {
 		fwdOpts = append(fwdOpts, forward.WithTimeout(cfg.ForwardTimeout))
 	}
-	budget := quota.NewBudget(cmp.Or(cfg.InflightBytes, resolver.DefaultInflightBytes))
+	inflight := cmp.Or(cfg.InflightBytes, resolver.DefaultInflightBytes)
+	budget := quota.NewBudget(inflight, orDefaultBytes(cfg.PodInflightBytes, inflight/resolver.PodInflightShare))
 	fwdOpts = append(fwdOpts, forward.WithCacheBytes(cfg.CacheBytes), forward.WithBudget(budget), forward.WithMaxUpstreamSeries(cfg.MaxUpstreamSeries))
 	a.fwd = forward.New(fwdOpts...)
 	a.server = resolver.New(resolver.Options{
@@ -672,4 +676,16 @@ func (a *Agent) upstreamsFor(client, local netip.AddrPort) []netip.AddrPort {
 		}
 	}
 	return a.cfg.Upstreams
+}
+
+// orDefaultBytes maps a byte bound's zero value to def and a negative one
+// to zero (no bound).
+func orDefaultBytes(v, def int64) int64 {
+	switch {
+	case v == 0:
+		return def
+	case v < 0:
+		return 0
+	}
+	return v
 }

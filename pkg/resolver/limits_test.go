@@ -50,8 +50,8 @@ type limitsServer struct {
 	fwd  *forward.Forwarder
 }
 
-// startLimitsServer serves with opts; upstreams are the flooder's and the
-// victim's nameservers. The forwarder waits for an upstream up to 30 s, so
+// startLimitsServer serves with opts; upstreams are the flooder's (also
+// every other source's but the victim's) and the victim's nameservers. The forwarder waits for an upstream up to 30 s, so
 // a query sent to a silent one stays in flight for the whole test.
 func startLimitsServer(t *testing.T, opts Options, flooderUp, victimUp netip.AddrPort, fwdOpts ...forward.Option) *limitsServer {
 	t.Helper()
@@ -64,10 +64,10 @@ func startLimitsServer(t *testing.T, opts Options, flooderUp, victimUp netip.Add
 	opts.Pods = pods
 	opts.Forwarder = fwd
 	opts.Upstreams = func(client, _ netip.AddrPort) []netip.AddrPort {
-		if client.Addr() == flooderIP {
-			return []netip.AddrPort{flooderUp}
+		if client.Addr() == victimIP {
+			return []netip.AddrPort{victimUp}
 		}
-		return []netip.AddrPort{victimUp}
+		return []netip.AddrPort{flooderUp} // the flooder's, and every other source's
 	}
 	s := New(opts)
 	tbl, _ := table.Build(&model.Snapshot{ServiceEntries: []model.ServiceEntry{
@@ -337,12 +337,19 @@ func TestLocalAnswersDoNotWaitForForwarding(t *testing.T) {
 	silent := startSilentUpstream(t)
 	ls := startLimitsServer(t, Options{Limits: quota.Limits{QPS: -1, Forwarding: -1}, MaxInflight: slots}, silent.addr, silent.addr)
 
+	// One query from each of slots sources: none over its fair share, and
+	// the server's slots all taken.
+	for i := range slots {
+		src := netip.AddrFrom4([4]byte{127, 0, 1, byte(1 + i)})
+		startUDPFlood(t, src, ls.addr).send(t, [][]byte{packQuery(t, fmt.Sprintf("n%d.stuck.example.", i), dns.TypeA)}, 1, 0)
+	}
+	eventually(t, "every slot taken", func() bool { return ls.forwarding.Used() == slots })
 	f := startUDPFlood(t, flooderIP, ls.addr)
 	var queries [][]byte
-	for i := range slots + 10 {
+	for i := range 10 {
 		queries = append(queries, packQuery(t, fmt.Sprintf("n%d.flood.example.", i), dns.TypeA))
 	}
-	f.send(t, queries, slots, 64)
+	f.send(t, queries, 0, 64)
 	eventually(t, "the queries over the server's bound are answered", func() bool {
 		n, _ := f.answered()
 		return n == 10
@@ -413,10 +420,11 @@ func TestIdleTimeoutShortensUnderPressure(t *testing.T) {
 		exchangeTCP(t, c, packQuery(t, tableName, dns.TypeA))
 		early = append(early, c)
 	}
-	// Three quarters of the bound open: idle connections get a hundredth
+	// Three quarters of the bound open (from sources of five connections
+	// each, none over its fair share): idle connections get a hundredth
 	// of the timeout (6 s of ten minutes) from when they went idle...
-	for range maxConns*3/4 - 10 {
-		dial(netip.MustParseAddr("127.0.0.5"))
+	for i := range maxConns*3/4 - 10 {
+		dial(netip.AddrFrom4([4]byte{127, 0, 1, byte(1 + i/5)}))
 	}
 	closed := make(chan int, len(early))
 	for i, c := range early {
@@ -612,7 +620,7 @@ func TestLargeAnswersKeepTheCacheWithinItsBytes(t *testing.T) {
 func TestInflightBytesAreBounded(t *testing.T) {
 	const budget, answer, names = 64 << 10, 16 << 10, 400
 	up := dnstest.Start(t, "127.0.0.1:0", dnstest.LargeTXT(answer)).Addr
-	b := quota.NewBudget(budget)
+	b := quota.NewBudget(budget, 0)
 	ls := startLimitsServer(t, Options{Limits: quota.Limits{QPS: -1}, Budget: b}, up, up, forward.WithCacheSize(0))
 	c, err := (&net.Dialer{LocalAddr: &net.TCPAddr{IP: flooderIP.AsSlice()}}).Dial("tcp4", ls.addr.String())
 	if err != nil {
@@ -662,7 +670,7 @@ func TestMemoryPerConnectionAndForward(t *testing.T) {
 		}
 		defer c.Close()
 	}
-	eventually(t, "every connection served", func() bool { return ls.tcpOpen.Load() == n })
+	eventually(t, "every connection served", func() bool { return ls.tcpOpen.Used() == n })
 	// The test's own end of each connection is in the figure too.
 	perConn := (held() - before) / n
 	t.Logf("%d bytes per idle TCP connection, both ends", perConn)
@@ -808,7 +816,7 @@ func TestStalledRepliesHoldOnlyWhatArrived(t *testing.T) {
 	const perPod, sent = 16, 100
 	const budget = perPod * 0xFFFF
 	stalling := startStallingUpstream(t, sent)
-	b := quota.NewBudget(budget)
+	b := quota.NewBudget(budget, 0)
 	ls := startLimitsServer(t, Options{Limits: quota.Limits{QPS: -1, Forwarding: perPod}, Budget: b}, stalling.addr, liveUpstream(t),
 		forward.WithCacheSize(0))
 	c, err := (&net.Dialer{LocalAddr: &net.TCPAddr{IP: flooderIP.AsSlice()}}).Dial("tcp4", ls.addr.String())

@@ -65,6 +65,10 @@ const (
 	// DefaultInflightBytes bounds the bytes of upstream replies held at once
 	// (read, or waiting to be written to a TCP client): 128 of the largest.
 	DefaultInflightBytes = 8 << 20
+	// PodInflightShare: one source may hold at most this part of the
+	// bytes of replies in flight unless told otherwise (512 KiB of the
+	// default 8 MiB: eight of the largest replies).
+	PodInflightShare = 16
 	// DefaultUnknownSources bounds the addresses, not known as pods, that
 	// get limits of their own; the rest share one.
 	DefaultUnknownSources = 1024
@@ -90,7 +94,8 @@ type Options struct {
 	Logger     *slog.Logger
 	// MaxInflight bounds forwarded queries in flight, all sources together;
 	// beyond it a query gets SERVFAIL at once instead of queueing without
-	// bound.
+	// bound. Past half of it, a source gets no more than its fair share
+	// (quota.Pool); so with TCPMaxConns and the Budget.
 	MaxInflight int
 	// TCPIdleTimeout closes a connection that sends nothing for this long;
 	// it shortens when more than half of TCPMaxConns are open.
@@ -103,7 +108,8 @@ type Options struct {
 	// limits of their own; the rest share one set.
 	UnknownSources int
 	// Budget bounds the bytes of forwarded replies held at once (shared
-	// with the Forwarder, which reads them); nil is unbounded.
+	// with the Forwarder, which reads them), and those one source holds;
+	// nil is unbounded.
 	Budget *quota.Budget
 	// Now is the clock of the rate limits (tests inject one).
 	Now func() time.Time
@@ -135,10 +141,11 @@ type Server struct {
 	// make it fail).
 	attachRate func(*net.UDPConn) error
 	epoch      time.Time // the rate limits' clock counts from here
-	// forwarding counts forwarded queries in flight; tcpOpen open TCP
-	// connections; tcpLevel the idle-timeout level they set (tcp.go).
-	forwarding atomic.Int32
-	tcpOpen    atomic.Int32
+	// forwarding is the pool of forwarded queries in flight, tcpOpen of
+	// open TCP connections, both shared fairly among sources (quota.Pool);
+	// tcpLevel the idle-timeout level the connections set (tcp.go).
+	forwarding *quota.Pool
+	tcpOpen    *quota.Pool
 	tcpLevel   atomic.Int32
 	metrics    requestMetrics
 
@@ -187,8 +194,11 @@ func New(opts Options) *Server {
 		unknown: quota.NewTable(orDefault(opts.UnknownSources, DefaultUnknownSources)),
 		epoch:   opts.Now(),
 		tcp:     map[*tcpConn]struct{}{},
-		ctx:     ctx,
-		cancel:  cancel,
+
+		forwarding: quota.NewPool(int64(opts.MaxInflight)),
+		tcpOpen:    quota.NewPool(int64(opts.TCPMaxConns)),
+		ctx:        ctx,
+		cancel:     cancel,
 	}
 	s.table.Store(&table.Table{})
 	s.metrics.namespaces.init(orDefault(opts.MaxNamespaceSeries, DefaultMaxNamespaceSeries))
@@ -537,7 +547,10 @@ func truncate(out []byte, msg []byte, r *request) []byte {
 // forwarded work. A query that needs an upstream runs in its own goroutine,
 // within two bounds: its source's forwarded queries in flight, and
 // MaxInflight for all sources. Over either, the client gets SERVFAIL at
-// once instead of a place in a queue.
+// once instead of a place in a queue. Past half of MaxInflight, a source
+// holding more than its fair share of it gets the same (quota.Pool). The
+// forwarder learns the source from the context, and charges the reply
+// bytes it reads to it.
 func (s *Server) slow(msg []byte, src, local netip.AddrPort, tcp bool, done func(reply []byte)) {
 	q := &slowQuery{s: s, msg: msg, src: src, local: local, tcp: tcp, offline: true, start: s.clock(), from: sourceNone}
 	done = q.finishing(done)
@@ -546,14 +559,13 @@ func (s *Server) slow(msg []byte, src, local netip.AddrPort, tcp bool, done func
 		return
 	}
 	_, source := s.sourceOf(src.Addr(), s.clock())
-	if !source.StartForward(s.opts.Limits.Forwarding) {
+	switch source.StartForward(s.opts.Limits.Forwarding, s.forwarding) {
+	case quota.OverSource: // its own bound, or its fair share of the node's
 		metricQueries.forwardLimited.Inc()
 		q.from = sourceNone
 		done(dnswire.AppendErrorReply(nil, msg, &q.r, dnswire.RcodeServFail))
 		return
-	}
-	if !takeSlot(&s.forwarding, s.opts.MaxInflight) {
-		source.EndForward()
+	case quota.OverPool:
 		metricQueries.overload.Inc()
 		q.from = sourceNone
 		done(dnswire.AppendErrorReply(nil, msg, &q.r, dnswire.RcodeServFail))
@@ -565,10 +577,9 @@ func (s *Server) slow(msg []byte, src, local netip.AddrPort, tcp bool, done func
 		defer s.wg.Done()
 		defer func() {
 			metricForwarding.Dec()
-			s.forwarding.Add(-1)
-			source.EndForward()
+			source.EndForward(s.forwarding)
 		}()
-		ctx, cancel := context.WithTimeout(s.ctx, slowPathTimeout)
+		ctx, cancel := context.WithTimeout(quota.WithSource(s.ctx, source), slowPathTimeout)
 		defer cancel()
 		q.offline, q.needsUpstream, q.from = false, false, sourceNone
 		done(q.answer(ctx))
@@ -582,15 +593,6 @@ func servfailFor(msg []byte) []byte {
 		return nil
 	}
 	return dnswire.AppendErrorReply(nil, msg, &r, dnswire.RcodeServFail)
-}
-
-// takeSlot adds one to n unless that would pass max.
-func takeSlot(n *atomic.Int32, max int) bool {
-	if n.Add(1) > int32(max) {
-		n.Add(-1)
-		return false
-	}
-	return true
 }
 
 func addrPortOf(a net.Addr) netip.AddrPort {

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ztdns/ztdns/pkg/dnswire"
@@ -45,6 +46,17 @@ type tcpConn struct {
 	mu        sync.Mutex
 	idle      bool // waiting for the first byte of a query
 	idleSince time.Time
+
+	// released: its slot is given back (once); evicted: closed to make
+	// room for a source under its share.
+	released, evicted atomic.Bool
+}
+
+// isIdle reports whether the connection waits for a query.
+func (tc *tcpConn) isIdle() bool {
+	tc.mu.Lock()
+	defer tc.mu.Unlock()
+	return tc.idle
 }
 
 // waitForQuery marks the connection idle from now, for at most timeout.
@@ -72,26 +84,36 @@ func (tc *tcpConn) shortenIdle(timeout time.Duration) {
 	}
 }
 
-// admitConn starts serving a new connection unless its source or the
-// server has all the connections it may have.
+// admitConn starts serving a new connection unless its source has all the
+// connections it may have (its own bound, or past half of TCPMaxConns its
+// fair share: quota.Pool) or the server has. A source within its share
+// that finds every connection taken gets one anyway: a connection of the
+// source most over its share is closed for it (makeRoom). Connections do
+// not end on their own as forwarded queries do: one that keeps sending a
+// query now and then is never idle, and without this, sources that took
+// their connections while the server was quieter would keep the others
+// out for good.
 func (s *Server) admitConn(c *net.TCPConn, local netip.AddrPort) bool {
 	src := addrPortOf(c.RemoteAddr())
 	_, source := s.sourceOf(src.Addr(), s.clock())
-	if !source.OpenConn(s.opts.Limits.TCPConns) {
+	v := source.OpenConn(s.opts.Limits.TCPConns, s.tcpOpen)
+	if v == quota.OverPool && s.makeRoom(source) {
+		v = source.OpenConn(s.opts.Limits.TCPConns, s.tcpOpen)
+	}
+	switch v {
+	case quota.OverSource:
 		metricTCPRejected.source.Inc()
 		return false
-	}
-	if !takeSlot(&s.tcpOpen, s.opts.TCPMaxConns) {
-		source.CloseConn()
+	case quota.OverPool:
 		metricTCPRejected.total.Inc()
 		return false
 	}
 	tc := &tcpConn{c: c, src: src, source: source}
+	metricTCPConns.Inc()
 	if !s.trackConn(tc) {
 		s.releaseConn(tc)
 		return false
 	}
-	metricTCPConns.Inc()
 	s.raiseConnLevel()
 	s.wg.Add(1)
 	go func() {
@@ -103,16 +125,51 @@ func (s *Server) admitConn(c *net.TCPConn, local netip.AddrPort) bool {
 	return true
 }
 
+// makeRoom closes a connection of the source that holds the most
+// connections beyond its fair share (an idle one if it has one), other
+// than asking, and gives its slot back at once. It reports false when no
+// source is over its share.
+func (s *Server) makeRoom(asking *quota.Source) bool {
+	s.mu.Lock()
+	var (
+		pick *tcpConn
+		most int64
+	)
+	for tc := range s.tcp {
+		if tc.source == asking || tc.evicted.Load() {
+			continue
+		}
+		over := tc.source.ConnsOver(s.tcpOpen)
+		idler := over == most && pick != nil && pick.source == tc.source && !pick.isIdle() && tc.isIdle()
+		if over > 0 && (over > most || idler) {
+			pick, most = tc, over
+		}
+	}
+	if pick == nil || !pick.evicted.CompareAndSwap(false, true) {
+		s.mu.Unlock()
+		return false
+	}
+	s.mu.Unlock()
+	pick.source.CountTCPRefused()
+	metricTCPRejected.source.Inc()
+	s.releaseConn(pick)
+	pick.c.SetLinger(0)
+	pick.c.Close() // its goroutine ends at once, without waiting for its forwarded queries
+	return true
+}
+
 func (s *Server) releaseConn(tc *tcpConn) {
-	tc.source.CloseConn()
-	s.tcpOpen.Add(-1)
+	if !tc.released.CompareAndSwap(false, true) {
+		return
+	}
+	tc.source.CloseConn(s.tcpOpen)
 	metricTCPConns.Dec()
 	s.tcpLevel.Store(s.connLevel())
 }
 
 // connLevel is the pressure the open connections put on the server.
 func (s *Server) connLevel() int32 {
-	open, max := int(s.tcpOpen.Load()), s.opts.TCPMaxConns
+	open, max := int(s.tcpOpen.Used()), s.opts.TCPMaxConns
 	switch {
 	case 4*open >= 3*max:
 		return connsCrowded
@@ -161,7 +218,14 @@ func (s *Server) serveTCPConn(tc *tcpConn, local netip.AddrPort) {
 		writeMu sync.Mutex
 		pending sync.WaitGroup
 	)
-	defer pending.Wait()
+	defer func() {
+		// An evicted connection has given its slot back: it holds no
+		// goroutine while its forwarded queries finish (their replies
+		// then fail to write).
+		if !tc.evicted.Load() {
+			pending.Wait()
+		}
+	}()
 	write := func(reply []byte) {
 		if len(reply) > 0xffff {
 			return // cannot be framed; the client times out and retries
@@ -250,8 +314,9 @@ func (s *Server) serveTCPConn(tc *tcpConn, local netip.AddrPort) {
 			// Until it is written (a client that reads slowly holds it up
 			// to tcpReadTimeout), the reply counts against the budget of
 			// replies in flight; one that does not fit becomes SERVFAIL.
-			if n := len(reply); s.opts.Budget.TryTake(n) {
-				defer s.opts.Budget.Give(n)
+			// It is the source's, within its bound and share of the budget.
+			if n := len(reply); s.opts.Budget.TryTake(tc.source, n) {
+				defer s.opts.Budget.Give(tc.source, n)
 			} else {
 				metricQueries.overload.Inc()
 				reply = servfailFor(msg)

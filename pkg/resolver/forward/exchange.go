@@ -28,7 +28,8 @@ var errNoMemory = errors.New("reply does not fit the budget of replies in flight
 // over the client's protocol and returns the first reply that matches it. A
 // truncated UDP reply is returned as it is: the client sees TC and retries
 // over TCP, which reaches the upstream over TCP in turn. The reply's bytes
-// are taken from budget, and stay taken when it is returned.
+// are taken from budget, for the source ctx carries (quota.WithSource), and
+// stay taken when it is returned.
 func exchange(ctx context.Context, upstream netip.AddrPort, query []byte, q dnswire.Question, tcp bool, budget *quota.Budget) ([]byte, error) {
 	if tcp {
 		return exchangeTCP(ctx, upstream, query, q, budget)
@@ -55,6 +56,7 @@ func exchangeUDP(ctx context.Context, upstream netip.AddrPort, query []byte, q d
 	if err != nil {
 		return nil, err
 	}
+	src := quota.SourceFrom(ctx)
 	for {
 		n, err := nextDatagramSize(rc)
 		if err != nil {
@@ -67,20 +69,20 @@ func exchangeUDP(ctx context.Context, upstream netip.AddrPort, query []byte, q d
 			}
 			continue
 		}
-		if !budget.TryTake(n) {
+		if !budget.TryTake(src, n) {
 			return nil, fmt.Errorf("read udp %s: %d-octet reply: %w", upstream, n, errNoMemory)
 		}
 		buf := make([]byte, n)
 		n, err = conn.Read(buf)
 		if err != nil {
-			budget.Give(len(buf))
+			budget.Give(src, len(buf))
 			return nil, ctxErrOr(ctx, fmt.Errorf("read udp %s: %w", upstream, err))
 		}
 		if n == len(buf) && matches(buf, query, q) {
 			return buf, nil
 		}
 		// A stray or spoofed packet: keep waiting for ours.
-		budget.Give(len(buf))
+		budget.Give(src, len(buf))
 	}
 }
 
@@ -129,12 +131,12 @@ func exchangeTCP(ctx context.Context, upstream netip.AddrPort, query []byte, q d
 	if n < dnswire.HeaderLen {
 		return nil, fmt.Errorf("read tcp %s: %d-octet reply is shorter than a header", upstream, n)
 	}
-	reply, err := readReply(conn, n, budget)
+	reply, err := readReply(conn, n, budget, quota.SourceFrom(ctx))
 	if err != nil {
 		return nil, ctxErrOr(ctx, fmt.Errorf("read tcp %s reply: %w", upstream, err))
 	}
 	if !matches(reply, query, q) {
-		budget.Give(len(reply))
+		budget.Give(quota.SourceFrom(ctx), len(reply))
 		return nil, fmt.Errorf("tcp %s: %w", upstream, errMismatch)
 	}
 	return reply, nil
@@ -150,29 +152,30 @@ const firstChunk = 512
 // sent (and at most twice that in buffer). The buffer starts at
 // firstChunk and doubles when full; while the old buffer is copied into
 // the new, both are taken. The reply's bytes stay taken when it is
-// returned; on an error none are.
-func readReply(r io.Reader, n int, budget *quota.Budget) ([]byte, error) {
+// returned; on an error none are. They count against src's bound and
+// share of the budget too (nil: the budget's alone).
+func readReply(r io.Reader, n int, budget *quota.Budget, src *quota.Source) ([]byte, error) {
 	size := min(n, firstChunk)
-	if !budget.TryTake(size) {
+	if !budget.TryTake(src, size) {
 		return nil, fmt.Errorf("%d-octet reply: %w", n, errNoMemory)
 	}
 	buf := make([]byte, 0, size)
 	for len(buf) < n {
 		if len(buf) == cap(buf) {
 			grown := min(n, 2*cap(buf))
-			if !budget.TryTake(grown) {
-				budget.Give(cap(buf))
+			if !budget.TryTake(src, grown) {
+				budget.Give(src, cap(buf))
 				return nil, fmt.Errorf("%d-octet reply, %d octets read: %w", n, len(buf), errNoMemory)
 			}
 			next := make([]byte, len(buf), grown)
 			copy(next, buf)
-			budget.Give(cap(buf))
+			budget.Give(src, cap(buf))
 			buf = next
 		}
 		k, err := r.Read(buf[len(buf):cap(buf)])
 		buf = buf[:len(buf)+k]
 		if err != nil && len(buf) < n {
-			budget.Give(cap(buf))
+			budget.Give(src, cap(buf))
 			if err == io.EOF {
 				err = io.ErrUnexpectedEOF
 			}

@@ -148,7 +148,7 @@ func (f *Forwarder) ForwardFrom(ctx context.Context, req []byte, tcp bool, upstr
 		defer cancel()
 		defer context.AfterFunc(f.base, cancel)()
 		a := f.resolve(ctx, req, r, tcp, upstreams)
-		defer f.budget.Give(len(a.reply))
+		defer f.budget.Give(quota.SourceFrom(ctx), len(a.reply))
 		return f.finish(req, r, a.reply), a.origin(), nil
 	}
 
@@ -226,7 +226,7 @@ func (f *Forwarder) fly(ctx context.Context, fl *flight, flightKey string, src n
 	f.mu.Unlock()
 	close(fl.done)
 	// The waiters copy the reply as they wake; it leaves the budget now.
-	f.budget.Give(len(fl.reply))
+	f.budget.Give(quota.SourceFrom(ctx), len(fl.reply))
 }
 
 // store caches reply under key, charged to src, if its rcode and TTLs
@@ -295,7 +295,7 @@ func (f *Forwarder) resolve(ctx context.Context, req []byte, r dnswire.Query, tc
 			select {
 			case results <- a:
 			case <-returned:
-				f.budget.Give(len(a.reply))
+				f.budget.Give(quota.SourceFrom(ctx), len(a.reply))
 			}
 		})
 		if !ok {
@@ -307,13 +307,13 @@ func (f *Forwarder) resolve(ctx context.Context, req []byte, r dnswire.Query, tc
 	for range started {
 		a := <-results
 		if a.good {
-			f.budget.Give(len(fallback.reply))
+			f.budget.Give(quota.SourceFrom(ctx), len(fallback.reply))
 			return a
 		}
 		if fallback.reply == nil {
 			fallback = a
 		} else {
-			f.budget.Give(len(a.reply))
+			f.budget.Give(quota.SourceFrom(ctx), len(a.reply))
 		}
 	}
 	return fallback

@@ -1,44 +1,42 @@
 package quota
 
-import "sync/atomic"
+import "context"
 
 // Budget bounds bytes held at once by work in flight: upstream replies being
 // read or waiting to be written to a client. Work asks with TryTake before
 // it allocates or holds on to bytes, is refused when the budget is spent,
-// and Gives them back when done. A nil Budget is unbounded and counts
-// nothing.
+// when its source holds its own bound of bytes, or when it holds more than
+// its fair share of a budget more than half spent (see Pool); it Gives them
+// back when done. A nil Budget is unbounded and counts nothing.
 type Budget struct {
-	max  int64
-	used atomic.Int64
-	peak atomic.Int64
+	pool      Pool
+	perSource int64 // 0: no bound of a source's own
 }
 
-// NewBudget returns a budget of max bytes; max <= 0 returns nil (unbounded).
-func NewBudget(max int64) *Budget {
-	if max <= 0 {
+// NewBudget returns a budget of size bytes, of which one source may hold at
+// most perSource (<= 0: no bound of its own, only its fair share); size <= 0
+// returns nil (unbounded).
+func NewBudget(size, perSource int64) *Budget {
+	if size <= 0 {
 		return nil
 	}
-	return &Budget{max: max}
+	return &Budget{pool: Pool{max: size}, perSource: max(perSource, 0)}
 }
 
-// TryTake takes n bytes if the budget has them.
-func (b *Budget) TryTake(n int) bool {
+// TryTake takes n bytes for the source s (nil: work of no source, bounded
+// only by the budget) if the budget, the source's bound and its fair share
+// allow.
+func (b *Budget) TryTake(s *Source, n int) bool {
 	if b == nil {
 		return true
 	}
-	used := b.used.Add(int64(n))
-	if used > b.max {
-		b.used.Add(-int64(n))
-		return false
-	}
-	b.notePeak(used)
-	return true
+	return b.pool.take(s.bytesHeld(), int64(n), b.perSource) == Taken
 }
 
-// Give returns n bytes taken with TryTake.
-func (b *Budget) Give(n int) {
+// Give returns n bytes taken with TryTake for s.
+func (b *Budget) Give(s *Source, n int) {
 	if b != nil {
-		b.used.Add(-int64(n))
+		b.pool.give(s.bytesHeld(), int64(n))
 	}
 }
 
@@ -47,7 +45,7 @@ func (b *Budget) Used() int64 {
 	if b == nil {
 		return 0
 	}
-	return b.used.Load()
+	return b.pool.Used()
 }
 
 // Max is the budget's size; 0 when unbounded.
@@ -55,7 +53,16 @@ func (b *Budget) Max() int64 {
 	if b == nil {
 		return 0
 	}
-	return b.max
+	return b.pool.max
+}
+
+// PerSource is the bytes one source may hold; 0 when it has no bound of
+// its own.
+func (b *Budget) PerSource() int64 {
+	if b == nil {
+		return 0
+	}
+	return b.perSource
 }
 
 // Peak is the most bytes held at once so far.
@@ -63,14 +70,19 @@ func (b *Budget) Peak() int64 {
 	if b == nil {
 		return 0
 	}
-	return b.peak.Load()
+	return b.pool.Peak()
 }
 
-func (b *Budget) notePeak(used int64) {
-	for {
-		p := b.peak.Load()
-		if used <= p || b.peak.CompareAndSwap(p, used) {
-			return
-		}
-	}
+type sourceKey struct{}
+
+// WithSource returns ctx carrying the source its work is done for: bytes
+// taken from a Budget under it count against that source.
+func WithSource(ctx context.Context, s *Source) context.Context {
+	return context.WithValue(ctx, sourceKey{}, s)
+}
+
+// SourceFrom is the source ctx carries, or nil.
+func SourceFrom(ctx context.Context) *Source {
+	s, _ := ctx.Value(sourceKey{}).(*Source)
+	return s
 }

@@ -53,9 +53,12 @@ type Source struct {
 	// tat is the theoretical arrival time of the next query at the
 	// sustained rate (ns on the caller's clock): the bucket is full when it
 	// is not after now, and empty when it is tolerance ahead of now.
-	tat        atomic.Int64
-	forwarding atomic.Int32
-	tcpConns   atomic.Int32
+	tat atomic.Int64
+	// What the source holds of each node pool: forwarded queries in
+	// flight, open TCP connections, bytes of replies in flight.
+	forwarding atomic.Int64
+	tcpConns   atomic.Int64
+	bytes      atomic.Int64
 
 	rateLimited    atomic.Uint64
 	forwardRefused atomic.Uint64
@@ -81,49 +84,55 @@ func (s *Source) Allow(now int64, r Rate) bool {
 	}
 }
 
-// StartForward takes one of the source's max forwarding slots, or reports
-// false (and counts it) when they are taken. max <= 0 is unbounded. Call
-// EndForward when the query is answered.
-func (s *Source) StartForward(max int) bool {
-	if !take(&s.forwarding, max) {
+// StartForward takes one forwarding slot for the source: one of its own
+// max (<= 0: unbounded) and one of the node's pool, within its fair share
+// of it (see Pool). Over its own bound or its share, it is refused and
+// counted (OverSource); with the pool used up, refused (OverPool). Call
+// EndForward with the same pool when the query is answered.
+func (s *Source) StartForward(max int, pool *Pool) Verdict {
+	v := pool.take(&s.forwarding, 1, int64(max))
+	if v == OverSource {
 		s.forwardRefused.Add(1)
-		return false
 	}
-	return true
+	return v
 }
 
 // EndForward returns a slot StartForward took.
-func (s *Source) EndForward() { s.forwarding.Add(-1) }
+func (s *Source) EndForward(pool *Pool) { pool.give(&s.forwarding, 1) }
 
-// OpenConn takes one of the source's max TCP connections, or reports false
-// (and counts it). Call CloseConn when the connection ends.
-func (s *Source) OpenConn(max int) bool {
-	if !take(&s.tcpConns, max) {
+// OpenConn takes one TCP connection for the source, as StartForward takes
+// a forwarding slot. Call CloseConn when the connection ends.
+func (s *Source) OpenConn(max int, pool *Pool) Verdict {
+	v := pool.take(&s.tcpConns, 1, int64(max))
+	if v == OverSource {
 		s.tcpRefused.Add(1)
-		return false
 	}
-	return true
+	return v
 }
 
 // CloseConn returns a connection OpenConn took.
-func (s *Source) CloseConn() { s.tcpConns.Add(-1) }
+func (s *Source) CloseConn(pool *Pool) { pool.give(&s.tcpConns, 1) }
+
+// ConnsOver is how many TCP connections the source holds beyond its fair
+// share of pool now (0 or less: none).
+func (s *Source) ConnsOver(pool *Pool) int64 { return s.tcpConns.Load() - pool.Share() }
+
+// CountTCPRefused counts a connection of the source closed for being over
+// its share.
+func (s *Source) CountTCPRefused() { s.tcpRefused.Add(1) }
+
+// bytesHeld is the source's part of a Budget; nil for a nil source.
+func (s *Source) bytesHeld() *atomic.Int64 {
+	if s == nil {
+		return nil
+	}
+	return &s.bytes
+}
 
 // idle reports whether the source holds nothing and its bucket is full at
 // now: forgetting it then changes nothing but its counters.
 func (s *Source) idle(now int64) bool {
-	return s.forwarding.Load() == 0 && s.tcpConns.Load() == 0 && s.tat.Load() <= now
-}
-
-func take(n *atomic.Int32, max int) bool {
-	if max <= 0 {
-		n.Add(1)
-		return true
-	}
-	if n.Add(1) > int32(max) {
-		n.Add(-1)
-		return false
-	}
-	return true
+	return s.forwarding.Load() == 0 && s.tcpConns.Load() == 0 && s.bytes.Load() == 0 && s.tat.Load() <= now
 }
 
 // Usage is what a source holds and was refused, as `ztdns pods` shows it.
@@ -132,14 +141,19 @@ type Usage struct {
 	// over TCP).
 	RateLimited uint64 `json:"rateLimited"`
 	// ForwardRefused counts queries answered SERVFAIL at once because the
-	// source had Limits.Forwarding queries upstream already.
+	// source had Limits.Forwarding queries upstream already, or more than
+	// its fair share of the node's (see Pool).
 	ForwardRefused uint64 `json:"forwardRefused"`
 	// TCPRefused counts connections closed at once because the source had
-	// Limits.TCPConns open already.
+	// Limits.TCPConns open already or more than its fair share of the
+	// node's, and connections closed to make room for a source under its
+	// share.
 	TCPRefused uint64 `json:"tcpRefused"`
 	// Forwarding and TCPConns are what it holds now.
 	Forwarding int `json:"forwarding"`
 	TCPConns   int `json:"tcpConns"`
+	// InflightBytes is the bytes of replies it holds now.
+	InflightBytes int64 `json:"inflightBytes,omitempty"`
 }
 
 // Usage returns the source's counters. A nil Source has none.
@@ -153,5 +167,6 @@ func (s *Source) Usage() Usage {
 		TCPRefused:     s.tcpRefused.Load(),
 		Forwarding:     int(s.forwarding.Load()),
 		TCPConns:       int(s.tcpConns.Load()),
+		InflightBytes:  s.bytes.Load(),
 	}
 }

@@ -76,23 +76,23 @@ func TestRateIsExactUnderConcurrency(t *testing.T) {
 func TestSlotsAreBoundedAndCounted(t *testing.T) {
 	var s Source
 	for i := range 3 {
-		if !s.StartForward(3) {
+		if s.StartForward(3, nil) != Taken {
 			t.Fatalf("forward %d refused under the bound of 3", i)
 		}
 	}
-	if s.StartForward(3) {
+	if s.StartForward(3, nil) != OverSource {
 		t.Error("a fourth forward was allowed with a bound of 3")
 	}
-	s.EndForward()
-	if !s.StartForward(3) {
+	s.EndForward(nil)
+	if s.StartForward(3, nil) != Taken {
 		t.Error("a slot that was given back was not reused")
 	}
 	for i := range 2 {
-		if !s.OpenConn(2) {
+		if s.OpenConn(2, nil) != Taken {
 			t.Fatalf("connection %d refused under the bound of 2", i)
 		}
 	}
-	if s.OpenConn(2) || s.OpenConn(2) {
+	if s.OpenConn(2, nil) != OverSource || s.OpenConn(2, nil) != OverSource {
 		t.Error("a connection over the bound of 2 was allowed")
 	}
 	want := Usage{ForwardRefused: 1, TCPRefused: 2, Forwarding: 3, TCPConns: 2}
@@ -110,7 +110,7 @@ func TestTableIsBounded(t *testing.T) {
 	own := map[*Source]bool{}
 	for i := range 10 {
 		s := tb.Get(addr(i), 0)
-		s.StartForward(0) // busy: a sweep must keep it
+		s.StartForward(0, nil) // busy: a sweep must keep it
 		own[s] = true
 	}
 	if tb.Len() != 4 {
@@ -128,8 +128,8 @@ func TestTableIsBounded(t *testing.T) {
 
 	// Idle entries are forgotten when room is needed (at most once a
 	// second); busy ones stay.
-	tb.Get(addr(0), 0).EndForward()
-	tb.Get(addr(1), 0).EndForward()
+	tb.Get(addr(0), 0).EndForward(nil)
+	tb.Get(addr(1), 0).EndForward(nil)
 	now := int64(2 * time.Second)
 	a, b := tb.Get(addr(20), now), tb.Get(addr(21), now)
 	if a == b || tb.Len() != 4 {
@@ -141,20 +141,120 @@ func TestTableIsBounded(t *testing.T) {
 }
 
 func TestBudget(t *testing.T) {
-	b := NewBudget(100)
-	if !b.TryTake(60) || !b.TryTake(40) {
+	b := NewBudget(100, 0)
+	if !b.TryTake(nil, 60) || !b.TryTake(nil, 40) {
 		t.Fatal("taking 100 of 100 failed")
 	}
-	if b.TryTake(1) {
+	if b.TryTake(nil, 1) {
 		t.Error("took more than the budget")
 	}
-	b.Give(60)
-	if !b.TryTake(50) || b.Used() != 90 || b.Peak() != 100 {
+	b.Give(nil, 60)
+	if !b.TryTake(nil, 50) || b.Used() != 90 || b.Peak() != 100 {
 		t.Errorf("after giving back 60 and taking 50: used %d, peak %d; want 90 and 100", b.Used(), b.Peak())
 	}
-	var unbounded *Budget = NewBudget(0)
-	if unbounded != nil || !unbounded.TryTake(1<<40) {
+	var unbounded *Budget = NewBudget(0, 0)
+	if unbounded != nil || !unbounded.TryTake(nil, 1<<40) {
 		t.Error("a budget of 0 is not unbounded")
 	}
-	unbounded.Give(1 << 40) // a nil budget counts nothing
+	unbounded.Give(nil, 1<<40) // a nil budget counts nothing
+}
+
+// TestPoolFairShare: below half of the pool a source takes up to its own
+// bound; past half, one over its share (the pool divided among holders
+// and one more) is refused as over its own bound, while a source under
+// its share still gets in.
+func TestPoolFairShare(t *testing.T) {
+	p := NewPool(16)
+	var a, b, c Source
+	for i := range 8 {
+		if v := a.StartForward(0, p); v != Taken {
+			t.Fatalf("a's forward %d with the pool at most half used: %v, want Taken", i, v)
+		}
+	}
+	// b: share 16/3 = 5 once it holds some.
+	for i := range 5 {
+		if v := b.StartForward(0, p); v != Taken {
+			t.Fatalf("b's forward %d under its share: %v, want Taken", i, v)
+		}
+	}
+	if v := b.StartForward(0, p); v != OverSource {
+		t.Errorf("b's sixth forward: %v, want OverSource (share 5)", v)
+	}
+	// c: share 16/4 = 4, and 3 left in the pool.
+	for i := range 3 {
+		if v := c.StartForward(0, p); v != Taken {
+			t.Fatalf("c's forward %d: %v, want Taken", i, v)
+		}
+	}
+	if v := c.StartForward(0, p); v != OverPool {
+		t.Errorf("c's fourth forward with the pool used up: %v, want OverPool", v)
+	}
+	if p.Used() != 16 || p.Holders() != 3 {
+		t.Errorf("pool used %d by %d holders, want 16 by 3", p.Used(), p.Holders())
+	}
+	if v := a.StartForward(0, p); v != OverSource {
+		t.Errorf("a's ninth forward: %v, want OverSource (over its fair share of 4)", v)
+	}
+	if u := a.Usage(); u.Forwarding != 8 || u.ForwardRefused != 1 {
+		t.Errorf("a's usage %+v, want 8 forwarding and 1 refused", u)
+	}
+	if u := c.Usage(); u.ForwardRefused != 0 {
+		t.Errorf("c, under its share, was counted refused: %+v", u)
+	}
+	for range 8 {
+		a.EndForward(p)
+	}
+	if p.Holders() != 2 || p.Used() != 8 {
+		t.Errorf("after a gave everything back: %d holders, %d used; want 2 and 8", p.Holders(), p.Used())
+	}
+}
+
+// TestPoolHoldersUnderConcurrency: holders are counted exactly however
+// takes and gives interleave.
+func TestPoolHoldersUnderConcurrency(t *testing.T) {
+	p := NewPool(1 << 20)
+	sources := make([]Source, 8)
+	var wg sync.WaitGroup
+	for i := range sources {
+		wg.Go(func() {
+			for range 10000 {
+				if sources[i].StartForward(0, p) == Taken {
+					sources[i].EndForward(p)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if p.Holders() != 0 || p.Used() != 0 {
+		t.Errorf("after every slot was given back: %d holders, %d used", p.Holders(), p.Used())
+	}
+}
+
+func TestBudgetPerSource(t *testing.T) {
+	b := NewBudget(200, 80)
+	var s, o Source
+	if !b.TryTake(&s, 80) || b.TryTake(&s, 1) {
+		t.Error("a source took other than its bound of 80")
+	}
+	if !b.TryTake(&o, 20) || !b.TryTake(nil, 50) {
+		t.Error("another source or work of none was refused under the budget")
+	}
+	// 150 of 200 spent by two sources: a share is 200/3 = 66.
+	if b.TryTake(&o, 47) {
+		t.Error("a source took past its share of a budget more than half spent")
+	}
+	if !b.TryTake(&o, 46) {
+		t.Error("a source was refused up to its share")
+	}
+	b.Give(&s, 80)
+	b.Give(&s, 0) // what the forwarder gives back for no reply
+	if b.pool.Holders() != 1 {
+		t.Errorf("giving nothing moved the holders to %d, want 1", b.pool.Holders())
+	}
+	if !b.TryTake(&o, 0) || b.pool.Holders() != 1 {
+		t.Errorf("taking nothing moved the holders to %d, want 1", b.pool.Holders())
+	}
+	if u := s.Usage(); u.InflightBytes != 0 || b.Used() != 116 {
+		t.Errorf("after giving back: source holds %d, budget used %d; want 0 and 116", u.InflightBytes, b.Used())
+	}
 }

@@ -1,0 +1,184 @@
+package resolver
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/ztdns/ztdns/internal/dnstest"
+	"github.com/ztdns/ztdns/pkg/resolver/forward"
+	"github.com/ztdns/ztdns/pkg/resolver/quota"
+)
+
+// The fair share of the node's pools (quota.Pool): sources that together
+// could take a whole pool within their own bounds leave room for the
+// others.
+
+// attackerIP is the i-th of the sources that fill a pool, each an address
+// of its own (a source like a pod: the limits are per source).
+func attackerIP(i int) netip.Addr { return netip.AddrFrom4([4]byte{127, 0, 2, byte(1 + i)}) }
+
+// TestForwardingPoolSharedFairly: as many pods as the server's forwarding
+// slots hold at their own bound (MaxInflight / Forwarding, 1024/128 with
+// the defaults) flood unique names to nameservers that never answer. Past
+// half of the pool none gets beyond its fair share, so they never take
+// every slot, and the other pod's forwarded queries are answered.
+func TestForwardingPoolSharedFairly(t *testing.T) {
+	const perPod, slots = 8, 64
+	const attackers, each = slots / perPod, 3 * perPod
+	silent := startSilentUpstream(t)
+	ls := startLimitsServer(t, Options{Limits: quota.Limits{QPS: -1, Forwarding: perPod}, MaxInflight: slots}, silent.addr, liveUpstream(t))
+	before := testutil.ToFloat64(metricQueries.forwardLimited)
+
+	floods := make([]*udpFlood, attackers)
+	for i := range floods {
+		floods[i] = startUDPFlood(t, attackerIP(i), ls.addr)
+		var queries [][]byte
+		for j := range each {
+			queries = append(queries, packQuery(t, fmt.Sprintf("n%d.a%d.flood.example.", j, i), dns.TypeA))
+		}
+		floods[i].send(t, queries, 0, each) // all at once
+	}
+	held, refused := 0, 0
+	for i, f := range floods {
+		src := ls.unknown.Get(attackerIP(i), 0)
+		eventually(t, "every query an attacker does not hold is answered", func() bool {
+			n, _ := f.answered()
+			return n+src.Usage().Forwarding == each
+		})
+		u := src.Usage()
+		if _, rcodes := f.answered(); rcodes[dns.RcodeServerFailure] != each-u.Forwarding {
+			t.Errorf("attacker %d: replies by rcode %v, want %d SERVFAIL", i, rcodes, each-u.Forwarding)
+		}
+		held += u.Forwarding
+		refused += int(u.ForwardRefused)
+	}
+	t.Logf("%d attackers hold %d of %d slots", attackers, held, slots)
+	if held >= slots {
+		t.Errorf("%d attackers hold %d slots, every one of the server's %d", attackers, held, slots)
+	}
+	if got := testutil.ToFloat64(metricQueries.forwardLimited) - before; int(got) != refused {
+		t.Errorf("ztdns_resolver_queries_total{outcome=forward_limited} rose by %v, want the %d the attackers were refused", got, refused)
+	}
+	ls.askVictim(t, 2)
+	if u := ls.usage(victimIP); u.ForwardRefused != 0 {
+		t.Errorf("the victim was refused %d forwards", u.ForwardRefused)
+	}
+}
+
+// TestTCPPoolSharedFairly: more pods than the server's TCP connections
+// hold at their own bound (TCPMaxConns / TCPConns, 1024/32 with the
+// defaults) open all the connections they may and keep them. Past half
+// of the pool none gets beyond its fair share, and a source within its
+// share that finds every connection taken gets one of an attacker over
+// its share: the other pod's TCP queries are answered, each on a
+// connection of its own.
+func TestTCPPoolSharedFairly(t *testing.T) {
+	const perPod, maxConns = 8, 64
+	const attackers = maxConns/perPod + 4
+	ls := startLimitsServer(t, Options{Limits: quota.Limits{QPS: -1, TCPConns: perPod}, TCPMaxConns: maxConns, TCPIdleTimeout: time.Hour},
+		liveUpstream(t), liveUpstream(t))
+	beforeTotal := testutil.ToFloat64(metricTCPRejected.total)
+	var conns []net.Conn
+	t.Cleanup(func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	for i := range attackers {
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: attackerIP(i).AsSlice()}}
+		for range perPod + 2 {
+			c, err := d.Dial("tcp4", ls.addr.String())
+			if errors.Is(err, syscall.ECONNRESET) {
+				continue
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			conns = append(conns, c)
+		}
+	}
+	// Each attempt ends open, refused at once, or closed later for a
+	// source under its share (then counted refused too).
+	eventually(t, "every attacker's connection accepted or refused", func() bool {
+		n := int(testutil.ToFloat64(metricTCPRejected.total) - beforeTotal)
+		for i := range attackers {
+			u := ls.unknown.Get(attackerIP(i), 0).Usage()
+			n += u.TCPConns + int(u.TCPRefused)
+		}
+		return n == attackers*(perPod+2)
+	})
+	open := 0
+	for i := range attackers {
+		open += ls.unknown.Get(attackerIP(i), 0).Usage().TCPConns
+	}
+	t.Logf("%d attackers hold %d of %d connections", attackers, open, maxConns)
+	if int64(open) != ls.tcpOpen.Used() || open > maxConns {
+		t.Errorf("attackers hold %d connections, the server counts %d open of %d", open, ls.tcpOpen.Used(), maxConns)
+	}
+	ls.askVictim(t, 3)
+	if u := ls.usage(victimIP); u.TCPRefused != 0 {
+		t.Errorf("the victim was refused %d connections", u.TCPRefused)
+	}
+	if ls.tcpOpen.Used() > maxConns {
+		t.Errorf("%d connections open, over the bound of %d", ls.tcpOpen.Used(), maxConns)
+	}
+}
+
+// TestStalledRepliesWithinTheSourcesBytes: a pod's nameserver sends
+// nearly all of a 64 KiB TCP reply and stalls, for as many queries as the
+// pod may forward: together as much as the whole budget of replies in
+// flight. The pod holds no more than its own bound of it, and the other
+// pod's forwarded queries are answered.
+func TestStalledRepliesWithinTheSourcesBytes(t *testing.T) {
+	const perPod, sent = 16, 60000
+	const budget, perSource = perPod * 0xFFFF, 4 * 0xFFFF
+	stalling := startStallingUpstream(t, sent)
+	b := quota.NewBudget(budget, perSource)
+	ls := startLimitsServer(t, Options{Limits: quota.Limits{QPS: -1, Forwarding: perPod}, Budget: b}, stalling.addr, liveUpstream(t),
+		forward.WithCacheSize(0))
+	c, err := (&net.Dialer{LocalAddr: &net.TCPAddr{IP: flooderIP.AsSlice()}}).Dial("tcp4", ls.addr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for i := range perPod {
+		if err := dnstest.WriteTCP(c, packQuery(t, fmt.Sprintf("n%d.stall.example.", i), dns.TypeTXT)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Replies refused their bytes get SERVFAIL; the rest hold a 64 KiB
+	// buffer each once they have read what was sent.
+	servfails := 0
+	eventually(t, "every reply refused or holding what was sent", func() bool {
+		for ls.usage(flooderIP).Forwarding+servfails < perPod {
+			c.SetReadDeadline(time.Now().Add(10 * time.Millisecond))
+			r, err := readTCPReply(c)
+			if err != nil {
+				break
+			}
+			if r.Rcode != dns.RcodeServerFailure {
+				t.Fatalf("a stalled reply's query: %s, want SERVFAIL", dns.RcodeToString[r.Rcode])
+			}
+			servfails++
+		}
+		u := ls.usage(flooderIP)
+		return stalling.stalled.Load() == perPod && u.Forwarding+servfails == perPod && b.Used() == int64(u.Forwarding)*0xFFFF
+	})
+	u := ls.usage(flooderIP)
+	t.Logf("%d stalled replies: %d hold %d bytes, %d SERVFAIL; peak %d of the budget of %d, %d per source", perPod, u.Forwarding, u.InflightBytes, servfails, b.Peak(), budget, perSource)
+	if b.Peak() > perSource || u.InflightBytes > perSource {
+		t.Errorf("one pod's stalled replies held %d bytes at most, %d now: over its bound of %d", b.Peak(), u.InflightBytes, perSource)
+	}
+	if u.Forwarding == 0 || servfails == 0 {
+		t.Errorf("%d replies held and %d refused: want some of each", u.Forwarding, servfails)
+	}
+	ls.askVictim(t, 2)
+}
