@@ -272,7 +272,7 @@ func (q *slowQuery) forward(ctx context.Context) []byte {
 	if len(upstreams) == 0 || s.opts.Forwarder == nil {
 		return dnswire.AppendErrorReply(nil, msg, r, dnswire.RcodeServFail)
 	}
-	out, from, err := s.opts.Forwarder.ForwardFrom(forward.WithSource(ctx, q.cacheSource()), msg, q.tcp, upstreams)
+	out, from, err := s.opts.Forwarder.ForwardFrom(ctx, msg, q.tcp, upstreams)
 	if err != nil {
 		s.log.Debug("forward failed", "client", q.src, "err", err)
 		return dnswire.AppendErrorReply(nil, msg, r, dnswire.RcodeServFail)
@@ -282,20 +282,6 @@ func (q *slowQuery) forward(ctx context.Context) []byte {
 		return truncate(nil, msg, r)
 	}
 	return out
-}
-
-// cacheSource is who the forwarder's cache charges the replies this query
-// brings in to (each source has a share of it): the pod, by its first
-// address, so that all its addresses share one, or else the address.
-func (q *slowQuery) cacheSource() netip.Addr {
-	pod := q.pod
-	if pod == nil {
-		pod = q.s.opts.Pods.Lookup(q.src.Addr())
-	}
-	if pod != nil && len(pod.IPs) > 0 {
-		return pod.IPs[0]
-	}
-	return q.src.Addr()
 }
 
 func (s *Server) upstreams(src, local netip.AddrPort) []netip.AddrPort {
@@ -325,7 +311,7 @@ func (q *slowQuery) lookupUpstream(ctx context.Context, name string, tcp bool) (
 	if len(upstreams) == 0 || s.opts.Forwarder == nil {
 		return nil, errNoUpstream
 	}
-	out, from, err := s.opts.Forwarder.ForwardFrom(forward.WithSource(ctx, q.cacheSource()), wire, tcp, upstreams)
+	out, from, err := s.opts.Forwarder.ForwardFrom(ctx, wire, tcp, upstreams)
 	if err != nil {
 		return nil, err
 	}

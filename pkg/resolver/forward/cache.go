@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/ztdns/ztdns/pkg/dnswire"
+	"github.com/ztdns/ztdns/pkg/resolver/quota"
 )
 
 // Key flag bits: the parts of a query that change what an upstream answers
@@ -105,7 +106,8 @@ func (e *entry) cost() int64 {
 
 // shareDivisor sets a source's share of the cache: an eighth of its bytes
 // and of its entries. A source is the client whose query brought a reply in
-// (WithSource). The share only matters once the cache is full: a source
+// (quota.WithSource: the pod, or the address of a client that is no
+// known pod). The share only matters once the cache is full: a source
 // over it then makes room from its own least recently used entries, and a
 // source within it first from sources over theirs, so that one client's
 // stream of one-off names replaces its own entries and never more than an
@@ -122,7 +124,7 @@ const ownerOverhead = 128
 
 // owner is a source with entries charged to it.
 type owner struct {
-	addr    netip.Addr
+	src     *quota.Source
 	bytes   int64
 	entries int
 	// newest and oldest end the list of its entries (through onext and
@@ -149,7 +151,7 @@ type cache struct {
 	shareBytes   int64
 	bytes        int64 // entries and owner records
 	entries      map[string]*entry
-	owners       map[netip.Addr]*owner
+	owners       map[*quota.Source]*owner
 	over         []*owner // the sources over their share
 	pinned       *owner   // the source a put is for: kept even while it has no entries
 	// head.next is the most recently used entry, head.prev the least.
@@ -163,7 +165,7 @@ func newCache(maxEntries int, maxBytes int64) *cache {
 		shareEntries: maxEntries / shareDivisor,
 		shareBytes:   maxBytes / shareDivisor,
 		entries:      make(map[string]*entry, min(maxEntries, 1024)),
-		owners:       make(map[netip.Addr]*owner),
+		owners:       make(map[*quota.Source]*owner),
 	}
 	c.head.next, c.head.prev = &c.head, &c.head
 	return c
@@ -179,7 +181,7 @@ func (c *cache) usage() (int, int64) {
 // get returns the live entry for key, or nil, for a query from src. An
 // expired entry is dropped. A hit from a source other than the one charged
 // for the entry makes it shared: charged to no one.
-func (c *cache) get(key []byte, now time.Time, src netip.Addr) *entry {
+func (c *cache) get(key []byte, now time.Time, src *quota.Source) *entry {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	e := c.entries[string(key)]
@@ -191,7 +193,7 @@ func (c *cache) get(key []byte, now time.Time, src netip.Addr) *entry {
 		return nil
 	}
 	if o := e.owner; o != nil {
-		if o.addr == src {
+		if o.src == src {
 			o.unlink(e)
 			o.pushFront(e)
 		} else {
@@ -209,7 +211,7 @@ func (c *cache) get(key []byte, now time.Time, src netip.Addr) *entry {
 // share, else the least recently used of all. A reply that alone would
 // take more than a quarter of the bytes is not kept: it would push out many
 // small ones for one big one.
-func (c *cache) put(e *entry, src netip.Addr) {
+func (c *cache) put(e *entry, src *quota.Source) {
 	cost := e.cost()
 	if cost > c.maxBytes/4 {
 		cacheTooLarge.Inc()
@@ -259,11 +261,11 @@ func (c *cache) victim(o *owner, cost int64) *entry {
 }
 
 // owner returns the record of src, made if it has none.
-func (c *cache) owner(src netip.Addr) *owner {
+func (c *cache) owner(src *quota.Source) *owner {
 	if o := c.owners[src]; o != nil {
 		return o
 	}
-	o := &owner{addr: src, overAt: -1}
+	o := &owner{src: src, overAt: -1}
 	c.owners[src] = o
 	c.bytes += ownerOverhead
 	cacheBytes.Add(ownerOverhead)
@@ -280,7 +282,7 @@ func (c *cache) uncharge(e *entry) {
 	o.entries--
 	c.updateOver(o)
 	if o.entries == 0 && o != c.pinned {
-		delete(c.owners, o.addr)
+		delete(c.owners, o.src)
 		c.bytes -= ownerOverhead
 		cacheBytes.Sub(ownerOverhead)
 	}

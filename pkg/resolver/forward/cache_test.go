@@ -15,6 +15,7 @@ import (
 
 	"github.com/ztdns/ztdns/internal/dnstest"
 	"github.com/ztdns/ztdns/pkg/dnswire"
+	"github.com/ztdns/ztdns/pkg/resolver/quota"
 )
 
 // step is one query in a cache scenario: advance the clock, ask, and check
@@ -327,9 +328,9 @@ func floodUpstream(tb testing.TB) *testUpstream {
 }
 
 // forwardAs is forward for a query from src.
-func forwardAs(tb testing.TB, f *Forwarder, src netip.Addr, name string, up netip.AddrPort) *dns.Msg {
+func forwardAs(tb testing.TB, f *Forwarder, src *quota.Source, name string, up netip.AddrPort) *dns.Msg {
 	tb.Helper()
-	ctx, cancel := context.WithTimeout(WithSource(context.Background(), src), 10*time.Second)
+	ctx, cancel := context.WithTimeout(quota.WithSource(context.Background(), src), 10*time.Second)
 	defer cancel()
 	b, err := f.Forward(ctx, query(tb, name, dns.TypeA), false, []netip.AddrPort{up})
 	if err != nil {
@@ -348,7 +349,7 @@ func TestCacheShareOfOneSource(t *testing.T) {
 	t.Parallel()
 	const capacity, working, rounds = 64, 16, 10
 	const flood = 4 * capacity // unique names between two of the victim's rounds: more than the cache holds
-	victim, flooder := netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("10.0.0.2")
+	victim, flooder := new(quota.Source), new(quota.Source)
 	// Names of one length, so that every entry costs the same.
 	vname := func(i int) string { return fmt.Sprintf("v%05d.example.", i) }
 	fname := func(i int) string { return fmt.Sprintf("f%05d.example.", i) }
@@ -407,7 +408,7 @@ func TestCacheSharedEntryOutlivesItsFirstAsker(t *testing.T) {
 	t.Parallel()
 	const capacity, working, rounds = 64, 16, 5
 	const flood = 4 * capacity // unique names between two of the victim's rounds: more than the cache holds
-	victim, flooder := netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("10.0.0.2")
+	victim, flooder := new(quota.Source), new(quota.Source)
 	up := floodUpstream(t)
 	f := newForwarder(t, WithNow(newFakeClock().Now), WithCacheSize(capacity))
 	vname := func(i int) string { return fmt.Sprintf("v%05d.example.", i) }
@@ -443,7 +444,7 @@ func TestCacheAccounting(t *testing.T) {
 		bytes   int64
 	}{{50, 1 << 30}, {100000, 40 * 400}, {3, 1 << 20}, {1, 1 << 20}} {
 		c := newCache(bounds.entries, bounds.bytes)
-		srcs := []netip.Addr{{}, netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("10.0.0.2"), netip.MustParseAddr("fd00::1")}
+		srcs := []*quota.Source{nil, new(quota.Source), new(quota.Source), new(quota.Source)}
 		for step := range 20000 {
 			src := srcs[rng.IntN(len(srcs))]
 			name := rng.IntN(200)
@@ -481,8 +482,8 @@ func checkCache(t *testing.T, c *cache) {
 		if c.entries[e.key] != e {
 			t.Errorf("entry %q in the list but not the map", e.key)
 		}
-		if e.owner != nil && c.owners[e.owner.addr] != e.owner {
-			t.Errorf("entry %q charged to %v, which has no record", e.key, e.owner.addr)
+		if e.owner != nil && c.owners[e.owner.src] != e.owner {
+			t.Errorf("entry %q charged to %v, which has no record", e.key, e.owner.src)
 		}
 	}
 	if n != len(c.entries) || bytes != c.bytes {
@@ -530,7 +531,7 @@ func TestCacheSourcesConcurrently(t *testing.T) {
 	f := newForwarder(t, WithNow(newFakeClock().Now), WithCacheSize(32))
 	var wg sync.WaitGroup
 	for s := range 4 {
-		src := netip.AddrFrom4([4]byte{10, 0, 0, byte(s)})
+		src := new(quota.Source)
 		var queries [][]byte
 		for i := range 200 {
 			name := fmt.Sprintf("v%d.example.", i%40) // shared with the others
@@ -540,7 +541,7 @@ func TestCacheSourcesConcurrently(t *testing.T) {
 			queries = append(queries, query(t, name, dns.TypeA))
 		}
 		wg.Go(func() {
-			ctx := WithSource(t.Context(), src)
+			ctx := quota.WithSource(t.Context(), src)
 			for _, q := range queries {
 				if _, err := f.Forward(ctx, q, false, []netip.AddrPort{up.addr}); err != nil {
 					t.Errorf("Forward: %v", err)

@@ -96,24 +96,6 @@ func (f *Forwarder) CacheUsage() (entries int, bytes int64) {
 	return f.cache.usage()
 }
 
-// sourceKey is the context key of WithSource.
-type sourceKey struct{}
-
-// WithSource returns a context that says which client a query comes from:
-// the cache charges the replies a client's queries bring in to that client,
-// and holds at most a share of them once full (see shareDivisor), so that
-// one client asking for endless unique names cannot push out what the
-// others use. Queries without a source count as one source together.
-func WithSource(ctx context.Context, src netip.Addr) context.Context {
-	return context.WithValue(ctx, sourceKey{}, src.Unmap())
-}
-
-// sourceOf returns the source WithSource put in ctx, or the zero Addr.
-func sourceOf(ctx context.Context) netip.Addr {
-	src, _ := ctx.Value(sourceKey{}).(netip.Addr)
-	return src
-}
-
 // Close stops all upstream exchanges and waits for them to end. Queries
 // forwarded afterwards get SERVFAIL.
 func (f *Forwarder) Close() error {
@@ -154,7 +136,7 @@ func (f *Forwarder) ForwardFrom(ctx context.Context, req []byte, tcp bool, upstr
 
 	var keyBuf [512]byte
 	key := appendKey(keyBuf[:0], req, r, upstreams)
-	src := sourceOf(ctx)
+	src := quota.SourceFrom(ctx)
 	if f.cache != nil {
 		now := f.now()
 		if e := f.cache.get(key, now, src); e != nil {
@@ -211,7 +193,7 @@ func (f *Forwarder) joinFlight(flightKey string) (fl *flight, leader bool) {
 // fly runs the exchange of a flight the caller started, bounded by the
 // timeout, the caller's context and Close, caches the reply (charged to src,
 // the caller's source) and hands it to the flight's waiters.
-func (f *Forwarder) fly(ctx context.Context, fl *flight, flightKey string, src netip.Addr, req []byte, r dnswire.Query, tcp bool, upstreams []netip.AddrPort) {
+func (f *Forwarder) fly(ctx context.Context, fl *flight, flightKey string, src *quota.Source, req []byte, r dnswire.Query, tcp bool, upstreams []netip.AddrPort) {
 	defer f.wg.Done()
 	ctx, cancel := context.WithTimeout(ctx, f.timeout)
 	defer cancel()
@@ -232,7 +214,7 @@ func (f *Forwarder) fly(ctx context.Context, fl *flight, flightKey string, src n
 // store caches reply under key, charged to src, if its rcode and TTLs
 // allow. The cache keeps reply itself: a flight's reply is never changed
 // (its waiters copy it).
-func (f *Forwarder) store(key string, reply []byte, from netip.AddrPort, src netip.Addr) {
+func (f *Forwarder) store(key string, reply []byte, from netip.AddrPort, src *quota.Source) {
 	if f.cache == nil {
 		return
 	}
