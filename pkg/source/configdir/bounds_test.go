@@ -208,3 +208,46 @@ func TestTooManyFiles(t *testing.T) {
 		t.Errorf("first problem %q, want a.yaml skipped", errs[0])
 	}
 }
+
+// TestUnchangedFilesAreNotReadAgain: a scan reads only the files whose
+// identity, size or times changed since they were last read; a rewrite that
+// keeps the size and sets the modification time back is still read, as its
+// status change time moved.
+func TestUnchangedFilesAreNotReadAgain(t *testing.T) {
+	dir := t.TempDir()
+	writeFiles(t, dir, map[string]string{
+		"a.yaml": namespaceYAML("ns-aa"),
+		"b.yaml": namespaceYAML("ns-bb"),
+		"c.yaml": namespaceYAML("ns-cc"),
+	})
+	st := newState(dir, parser{log: quietLogger()})
+	scan := func(wantReads int, wantNames ...string) {
+		t.Helper()
+		if _, err := st.scan(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		if st.reads != wantReads {
+			t.Errorf("%d files read in all, want %d", st.reads, wantReads)
+		}
+		if n := names(st.snapshot()); !reflect.DeepEqual(n, wantNames) {
+			t.Errorf("served %q, want %q", n, wantNames)
+		}
+	}
+	scan(3, "namespace ns-aa", "namespace ns-bb", "namespace ns-cc")
+	scan(3, "namespace ns-aa", "namespace ns-bb", "namespace ns-cc")
+
+	path := filepath.Join(dir, "a.yaml")
+	before, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeFiles(t, dir, map[string]string{"a.yaml": namespaceYAML("ns-zz")})
+	if err := os.Chtimes(path, before.ModTime(), before.ModTime()); err != nil {
+		t.Fatal(err)
+	}
+	if after, err := os.Stat(path); err != nil || after.Size() != before.Size() || !after.ModTime().Equal(before.ModTime()) {
+		t.Fatalf("the rewrite changed the size or time (%v): the test needs neither to", err)
+	}
+	scan(4, "namespace ns-zz", "namespace ns-bb", "namespace ns-cc")
+	scan(4, "namespace ns-zz", "namespace ns-bb", "namespace ns-cc")
+}

@@ -25,6 +25,11 @@ type fileState struct {
 	// parsed again on every scan; valid only when hasDigest.
 	digest    [sha256.Size]byte
 	hasDigest bool
+	// stat is the file's identity and times when it was last read: while
+	// they stay the same, its content has not changed and it is not read
+	// again (a scan follows every event in the directory, and may find up
+	// to limits.Files files of limits.FileBytes each).
+	stat fileStat
 	// latest is the newest content's objects when it parsed cleanly, nil when
 	// it did not (problems says why).
 	latest   *manifests
@@ -61,6 +66,8 @@ type state struct {
 	skipped []error
 	// gen counts changes to what files serve.
 	gen uint64
+	// reads counts the files read, for tests.
+	reads int
 }
 
 func newState(dir string, p parser) *state {
@@ -164,6 +171,13 @@ func (st *state) couldServe(f *fileState) bool {
 // (a blocked file whose objects were let go). It reports whether the file
 // no longer exists.
 func (st *state) refresh(f *fileState, force bool) (gone bool) {
+	// Stated before reading: a change after this makes the next scan's
+	// stat differ, so it is read then.
+	stat, statErr := statOf(f.path)
+	if statErr == nil && f.hasDigest && stat == f.stat && !force {
+		return false
+	}
+	st.reads++
 	data, err := readManifest(f.path, st.parser.limits.FileBytes)
 	if errors.Is(err, fs.ErrNotExist) {
 		if _, lerr := os.Lstat(f.path); errors.Is(lerr, fs.ErrNotExist) {
@@ -177,6 +191,10 @@ func (st *state) refresh(f *fileState, force bool) (gone bool) {
 		return false
 	}
 	digest := sha256.Sum256(data)
+	if statErr != nil {
+		stat = fileStat{} // never equal to a later stat: read again
+	}
+	f.stat = stat
 	if f.hasDigest && digest == f.digest && !force {
 		return false
 	}

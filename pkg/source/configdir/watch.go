@@ -186,6 +186,35 @@ func identify(path string) (fileID, error) {
 	return idOf(fi), nil
 }
 
+// fileStat is what tells that a file's content may have changed without
+// reading it: which file is at the path, its size, and its modification and
+// status change times. The status change time moves on every write and
+// cannot be set back (a write that keeps the size, followed by setting the
+// modification time back, still changes it).
+type fileStat struct {
+	id           fileID
+	size         int64
+	mtime, ctime int64 // ns
+}
+
+// statOf stats path, following symlinks as readManifest does.
+func statOf(path string) (fileStat, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return fileStat{}, err
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return fileStat{}, fmt.Errorf("%s: no stat_t", path)
+	}
+	return fileStat{
+		id:    fileID{dev: uint64(st.Dev), ino: st.Ino},
+		size:  fi.Size(),
+		mtime: fi.ModTime().UnixNano(),
+		ctime: st.Ctim.Nano(),
+	}, nil
+}
+
 func idOf(fi os.FileInfo) fileID {
 	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
 		return fileID{dev: uint64(st.Dev), ino: st.Ino}
