@@ -239,8 +239,8 @@ static __always_inline bool is_resolver(const struct redirect_config *cfg,
  *    with the node as the source, and the pod would get the node's server
  *    instead of its own;
  *  - istio-cni's in-pod DNS capture leaves it alone too (UDP only
- *    `! -o lo`, TCP only `! -d 127.0.0.1/32` / `::1/128`), so a pod
- *    resolves the same whichever of the two captures it. */
+ *    `! -o lo`, TCP only `! -d 127.0.0.1/32` / `::1/128`: TCP to another
+ *    127/8 address is the one case it sends to ztunnel and we do not). */
 static __always_inline bool is_local(const struct endpoint *dst)
 {
 	const __u32 *w = words(dst);

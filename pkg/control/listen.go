@@ -230,7 +230,7 @@ type guardedListener struct {
 	access Access
 
 	mu     sync.Mutex
-	ended  *sync.Cond  // signalled when a connection ends
+	ended  *sync.Cond  // signalled when a connection ends or stops being answered
 	conns  []*peerConn // open connections, oldest first
 	closed bool
 }
@@ -382,5 +382,16 @@ func answering(ctx context.Context) (done func()) {
 		return func() {}
 	}
 	pc.answering.Store(true)
-	return func() { pc.answering.Store(false) }
+	return func() {
+		pc.answering.Store(false)
+		if pc.l == nil { // a connection no listener admitted (tests)
+			return
+		}
+		// The connection may now be closed to make room: a root connection
+		// waiting in admit looks again (under the lock, so the wake-up
+		// cannot fall between its look and its wait).
+		pc.l.mu.Lock()
+		pc.l.ended.Broadcast()
+		pc.l.mu.Unlock()
+	}
 }

@@ -30,7 +30,7 @@ var (
 	// metricTurnedAway counts members' connections closed for want of room.
 	metricTurnedAway = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "ztdns_control_turned_away_connections_total",
-		Help: "Connections of socket-group members closed unserved because the members' 4 connections were all being answered (root's are never turned away).",
+		Help: "Connections of socket-group members closed unserved for want of room: no members' connection could be closed for them (all 4 being answered, or root's holding every one of the 32); root's are never turned away.",
 	})
 )
 
