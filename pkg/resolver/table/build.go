@@ -31,9 +31,9 @@ import (
 //
 // What it keeps between builds is the state of each object (which entries
 // it made, and the source they share), each kind's states in snapshot order,
-// the owners of crowded addresses beyond those the table keeps (moreOwners)
-// and, for their capacity, the list of entries that came and went in the
-// last build; nothing else outlives a build.
+// the endpoint names of crowded addresses beyond those the table keeps
+// (moreOwners) and, for their capacity, the list of entries that came and
+// went in the last build; nothing else outlives a build.
 //
 // The builder keeps pointers into the snapshots it is given, so a source
 // must not change a snapshot after delivering it. A Builder is not safe for
@@ -66,18 +66,33 @@ type Builder struct {
 	// discarded are entries added and dropped within one build (an object
 	// twice in a snapshot: the last one wins). Nearly always empty.
 	discarded map[*Entry]bool
-	// moreOwners are, for an address more than maxPTROwners entries hold,
-	// those beyond the ones the table keeps, in order: the next to move up
-	// when one of those goes.
+	// moreOwners are, for an address more than maxPTROwners endpoint
+	// names hold, those beyond the ones the table keeps, in order: the
+	// next to move up when one of those goes.
 	moreOwners map[addrKey][]*Entry
 }
 
-// maxPTROwners bounds the entries the table keeps for one address: the
-// names its PTR answer may give (Table.ptrOwners), the first in
+// maxPTROwners bounds the endpoint names the table keeps for one address:
+// the names its PTR answer gives (Table.ptrOwners), the first in
 // compareOwners order. A reverse name with more names than this is of no
-// use in a reply; kept whole, a list that each of thousands of entries
-// joins would be copied thousands of times.
+// use in a reply. Its other owners (Services, ServiceEntries) are all
+// kept: the answer is the one of them that Table.pick chooses for the
+// asker, which need not be among the first (a tenant's own ServiceEntry
+// that only its namespace sees). They are as many as the objects that
+// claim the address (a ServiceEntry's spec.addresses point at one of its
+// hosts), and a key's list is made once per build however many of them
+// come and go (edits), so keeping them costs no more than the objects.
 const maxPTROwners = 16
+
+// leadingEndpoints counts the endpoint names that begin an address's
+// owners (compareOwners puts them first).
+func leadingEndpoints(owners []*Entry) int {
+	n := 0
+	for n < len(owners) && owners[n].isEndpoint() {
+		n++
+	}
+	return n
+}
 
 // objKey names an object without building a "namespace/name" string.
 type objKey struct{ ns, name string }
@@ -747,9 +762,11 @@ func (ed *edits[K]) remove(sh *shard[K], k K, e *Entry) int {
 }
 
 // apply makes the lists of the keys changed: without the entries in gone,
-// with those added, in compare's order. With limit > 0, a list keeps its
-// first limit entries and more the rest (more holds those of the last
-// build). It returns how the number of keys changed.
+// with those added, in compare's order. With limit > 0 (an address's
+// owners, in compareOwners order), a list keeps its first limit endpoint
+// names and every other entry, and more the endpoint names beyond limit
+// (more holds those of the last build). It returns how the number of keys
+// changed.
 func (ed *edits[K]) apply(gone map[*Entry]bool, compare func(a, b *Entry) int, limit int, more map[K][]*Entry) int {
 	n := 0
 	for key := range ed.removed {
@@ -771,16 +788,20 @@ func (s *shard[K]) apply(k K, add []*Entry, gone map[*Entry]bool, compare func(a
 		one[0] = s.one[k]
 		old = one[:]
 	}
+	// The endpoint names beyond the cap come after those old keeps, before
+	// its other owners.
 	var rest []*Entry
-	if more != nil {
-		rest = more[k] // after all of old
+	capped := len(old)
+	if limit > 0 {
+		rest = more[k]
+		capped = leadingEndpoints(old)
 	}
 	// Each added entry after the entries it ties with, as a stable sort
 	// would put it.
 	slices.SortStableFunc(add, compare)
 	list := make([]*Entry, 0, len(old)+len(rest)+len(add))
 	i := 0
-	for _, part := range [2][]*Entry{old, rest} {
+	for _, part := range [3][]*Entry{old[:capped], rest, old[capped:]} {
 		for _, x := range part {
 			if gone[x] {
 				continue
@@ -793,9 +814,16 @@ func (s *shard[K]) apply(k K, add []*Entry, gone map[*Entry]bool, compare func(a
 		}
 	}
 	list = append(list, add[i:]...)
+	n := 0 // endpoint names, counted when there may be too many
 	if limit > 0 && len(list) > limit {
-		more[k] = list[limit:]
-		list = list[:limit:limit]
+		n = leadingEndpoints(list)
+	}
+	if n > limit {
+		// The first limit endpoint names and every other owner stay.
+		kept := make([]*Entry, limit+len(list)-n)
+		copy(kept[copy(kept, list[:limit]):], list[n:])
+		more[k] = list[limit:n]
+		list = kept
 	} else if len(rest) > 0 {
 		delete(more, k)
 	}

@@ -115,8 +115,11 @@ func serviceEntries(n names, src *source, svc *model.Service, eps []*model.Endpo
 		e.addrSource = addrClusterIP
 		e.Addrs = uniqueAddrs(svc.ClusterIPs)
 		var srv srvRecords
+		srv.expect(len(svc.Ports))
 		for _, p := range svc.Ports {
-			srv.add(n, p, fqdn)
+			if i := srv.setOf(n, p); i >= 0 {
+				srv.add(i, SRV{Port: p.Port, Target: fqdn})
+			}
 		}
 		e.srv = srv.sets(fqdn)
 		out.add(e, true)
@@ -158,7 +161,9 @@ func headlessEntries(n names, out *entrySet, e *Entry, svc *model.Service, eps [
 		}
 		return ee
 	}
+	var sets []int // of the slice's ports (setOf), once it has a record
 	for _, es := range eps {
+		sets = sets[:0]
 		for _, ep := range es.Endpoints {
 			if !ep.Ready && !svc.PublishNotReady {
 				continue
@@ -177,9 +182,18 @@ func headlessEntries(n names, out *entrySet, e *Entry, svc *model.Service, eps [
 					continue
 				}
 				ee.Addrs = append(ee.Addrs, a) // repeats go below
-				if srvOK {
+				if !srvOK {
+					continue
+				}
+				if len(sets) == 0 {
+					srv.expect(len(es.Ports))
 					for _, p := range es.Ports {
-						srv.add(n, p, ee.Name)
+						sets = append(sets, srv.setOf(n, p))
+					}
+				}
+				for j, p := range es.Ports {
+					if sets[j] >= 0 {
+						srv.add(sets[j], SRV{Port: p.Port, Target: ee.Name})
 					}
 				}
 			}
@@ -207,7 +221,8 @@ func headlessEntries(n names, out *entrySet, e *Entry, svc *model.Service, eps [
 const maxSRVRecords = 100_000
 
 // srvRecordsOf counts the SRV records a headless Service's endpoints ask
-// for (srv.add calls): each ready address times its slice's named ports.
+// for (srvRecords.add calls): each ready address times its slice's named
+// ports.
 func srvRecordsOf(svc *model.Service, eps []*model.EndpointSlice) int {
 	k := 0
 	for _, es := range eps {
@@ -232,32 +247,92 @@ func srvRecordsOf(svc *model.Service, eps []*model.EndpointSlice) int {
 }
 
 // srvRecords collects the SRV record sets of one name, deduplicated (RFC
-// 2181 5: a record set holds no record twice) when sets sorts them. Names
-// have few ports: a slice searched in order costs less than a map.
-type srvRecords []srvSet
+// 2181 5: a record set holds no record twice) when sets sorts them. A port's
+// set is found once (setOf), then given its records (add): a headless
+// Service's addresses times ports cost no search each. Names have few
+// ports, searched in order; past shortList sets, a port's set is found by
+// its prefix in index, so that a Service of tens of thousands of named
+// ports costs time linear in them.
+type srvRecords struct {
+	list  []srvSet
+	index map[string]int // prefix: position in list; nil up to shortList sets
+}
 
-// add records that port p (when named) is served at target.
-func (r *srvRecords) add(n names, p model.Port, target string) {
-	if p.Name == "" {
-		return
+// expect makes room for n sets, when it has none yet: a Service's ports
+// are nearly all named, each its own set.
+func (r *srvRecords) expect(n int) {
+	if r.list == nil && n > 0 {
+		r.list = make([]srvSet, 0, n)
 	}
-	rec := SRV{Port: p.Port, Target: target}
-	for i := range *r {
-		if set := &(*r)[i]; isPrefixOf(set.prefix, p) {
-			set.records = append(set.records, rec) // repeats go in sets
-			return
+}
+
+// setOf returns the position of the set of port p, added when new; -1 when
+// p is not named or its set would have no valid name.
+func (r *srvRecords) setOf(n names, p model.Port) int {
+	if p.Name == "" {
+		return -1
+	}
+	if r.index == nil {
+		for i := range r.list {
+			if isPrefixOf(r.list[i].prefix, p) {
+				return i
+			}
 		}
 	}
-	prefix := "_" + strings.ToLower(p.Name) + "._" + strings.ToLower(p.Protocol) + "."
-	if !validName(prefix) {
-		return
+	// "_<name>._<protocol>.", lower case, in a buffer: looking it up
+	// allocates nothing.
+	var buf [64]byte
+	b := append(appendLower(append(buf[:0], '_'), p.Name), '.', '_')
+	b = append(appendLower(b, p.Protocol), '.')
+	if r.index != nil {
+		if i, ok := r.index[string(b)]; ok {
+			return i
+		}
 	}
-	if interned, ok := n.prefixes[prefix]; ok {
-		prefix = interned
-	} else if n.prefixes != nil {
-		n.prefixes[prefix] = prefix
+	prefix, interned := n.prefixes[string(b)]
+	if !interned {
+		prefix = string(b)
+		if !validName(prefix) {
+			return -1
+		}
+		if n.prefixes != nil {
+			n.prefixes[prefix] = prefix
+		}
 	}
-	*r = append(*r, srvSet{prefix: prefix, records: []SRV{rec}})
+	r.list = append(r.list, srvSet{prefix: prefix})
+	i := len(r.list) - 1
+	switch {
+	case r.index != nil:
+		r.index[prefix] = i
+	case len(r.list) > shortList:
+		r.index = make(map[string]int, max(2*len(r.list), cap(r.list)))
+		for j := range r.list {
+			r.index[r.list[j].prefix] = j
+		}
+	}
+	return i
+}
+
+// add puts rec in the set at position i (setOf's); repeats go in sets.
+func (r *srvRecords) add(i int, rec SRV) {
+	r.list[i].records = append(r.list[i].records, rec)
+}
+
+// appendLower appends s in lower case, as strings.ToLower has it.
+func appendLower(b []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			return append(b, strings.ToLower(s)...)
+		}
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		b = append(b, c)
+	}
+	return b
 }
 
 // isPrefixOf reports whether prefix is "_<name>._<protocol>." of p, without
@@ -270,9 +345,9 @@ func isPrefixOf(prefix string, p model.Port) bool {
 
 // sets returns the record sets of the entry called owner, in a stable
 // order; a set of one record pointing at owner keeps only its port.
-func (r srvRecords) sets(owner string) []srvSet {
-	for i := range r {
-		set := &r[i]
+func (r *srvRecords) sets(owner string) []srvSet {
+	for i := range r.list {
+		set := &r.list[i]
 		if len(set.records) > 1 {
 			slices.SortFunc(set.records, func(a, b SRV) int { return cmp.Or(cmp.Compare(a.Target, b.Target), cmp.Compare(a.Port, b.Port)) })
 			set.records = compacted(set.records)
@@ -281,8 +356,8 @@ func (r srvRecords) sets(owner string) []srvSet {
 			set.port, set.records = set.records[0].Port, nil
 		}
 	}
-	slices.SortFunc(r, func(a, b srvSet) int { return cmp.Compare(a.prefix, b.prefix) })
-	return slices.Clip(r)
+	slices.SortFunc(r.list, func(a, b srvSet) int { return cmp.Compare(a.prefix, b.prefix) })
+	return slices.Clip(r.list)
 }
 
 // compacted returns sorted without repeats, in an array of its own when it

@@ -349,8 +349,9 @@ func (t *Table) resolve(r *Result, qname, ns string) {
 // entries that hold it (endpoints first, see compareOwners): the names of
 // every endpoint with that address, as kube-dns answers (an endpoint's
 // hostname record is more specific than its Service, and a pod behind two
-// headless Services has a name in each); otherwise the one owner pick
-// chooses. The result is a part of entries: nothing is allocated.
+// headless Services has a name in each), up to the maxPTROwners the table
+// keeps; otherwise the one owner pick chooses among all the others. The
+// result is a part of entries: nothing is allocated.
 func (t *Table) ptrOwners(entries bucket, ns string) bucket {
 	n := 0
 	for n < entries.len() && entries.at(n).isEndpoint() {
