@@ -536,3 +536,20 @@ func TestManyNamedPorts(t *testing.T) {
 		}
 	}
 }
+
+// TestInternedPrefixesAreBounded: the builder interns SRV prefixes for as
+// long as it lives, and port names are the objects' choice: past
+// maxInternedPrefixes a prefix is not interned, and still answers.
+func TestInternedPrefixesAreBounded(t *testing.T) {
+	const ports = maxInternedPrefixes + 1000
+	bld := NewBuilder(Options{})
+	svc := model.Service{Namespace: "tenant", Name: "wide", ClusterIPs: addrs("10.96.0.1"), Ports: namedPorts(ports)}
+	tbl, _ := bld.Build(&model.Snapshot{Services: []model.Service{svc}})
+	if n := len(bld.n.prefixes); n > maxInternedPrefixes {
+		t.Errorf("%d prefixes interned, want at most %d", n, maxInternedPrefixes)
+	}
+	q := fmt.Sprintf("_p%05d._tcp.wide.tenant.svc.cluster.local.", ports-1)
+	if r := tbl.Resolve(q, "tenant"); r.srv == nil {
+		t.Errorf("%s: no SRV set past the interned prefixes", q)
+	}
+}

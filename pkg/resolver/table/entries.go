@@ -30,9 +30,14 @@ type names struct {
 	svcDomain string // ".svc.cluster.local."
 	ttl       uint32
 	// prefixes interns SRV prefixes ("_http._tcp."): most Services share a
-	// handful.
+	// handful. At most maxInternedPrefixes: it lives as long as the
+	// builder, and port names are the objects' choice.
 	prefixes map[string]string
 }
+
+// maxInternedPrefixes bounds names.prefixes; a prefix past it is its own
+// string, as it would be without interning.
+const maxInternedPrefixes = 4096
 
 // entrySet collects what one object contributes to the table.
 type entrySet struct {
@@ -295,7 +300,7 @@ func (r *srvRecords) setOf(n names, p model.Port) int {
 		if !validName(prefix) {
 			return -1
 		}
-		if n.prefixes != nil {
+		if n.prefixes != nil && len(n.prefixes) < maxInternedPrefixes {
 			n.prefixes[prefix] = prefix
 		}
 	}
