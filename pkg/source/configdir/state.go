@@ -68,6 +68,9 @@ type state struct {
 	gen uint64
 	// reads counts the files read, for tests.
 	reads int
+	// beforeRetry, set by tests, is called before a blocked file is read
+	// again, to change the directory at that moment.
+	beforeRetry func(name string)
 }
 
 func newState(dir string, p parser) *state {
@@ -111,13 +114,9 @@ func (st *state) scan(ctx context.Context) (changed bool, err error) {
 			}
 		}
 	}
-	for name, f := range st.files {
+	for name := range st.files {
 		if !present[name] {
-			changed = changed || f.served.len() > 0
-			if f.served != nil {
-				st.gen++
-			}
-			delete(st.files, name)
+			changed = st.drop(name) || changed
 		}
 	}
 	changed = st.resolve() || changed
@@ -125,7 +124,7 @@ func (st *state) scan(ctx context.Context) (changed bool, err error) {
 	// one of them holds its objects unserved.
 	for progress := true; progress; {
 		progress = false
-		for _, name := range st.names {
+		for i, name := range st.names {
 			if err := ctx.Err(); err != nil {
 				return false, err
 			}
@@ -133,12 +132,34 @@ func (st *state) scan(ctx context.Context) (changed bool, err error) {
 			if !f.blocked || !st.couldServe(f) {
 				continue
 			}
-			st.refresh(f, true)
+			if st.beforeRetry != nil {
+				st.beforeRetry(name)
+			}
+			if gone := st.refresh(f, true); gone {
+				// Deleted since it was listed: it would stay blocked and
+				// servable, and be tried again forever.
+				changed = st.drop(name) || changed
+				st.names = slices.Delete(st.names, i, i+1)
+				changed = st.resolve() || changed
+				progress = true
+				break // st.names changed under the range
+			}
 			changed = st.resolve() || changed
 			progress = true
 		}
 	}
 	return changed, nil
+}
+
+// drop forgets a file that is gone (but not its name in st.names), and
+// reports whether that changes what the directory serves.
+func (st *state) drop(name string) (changed bool) {
+	f := st.files[name]
+	if f.served != nil {
+		st.gen++ // files it blocked may be served now
+	}
+	delete(st.files, name)
+	return f.served.len() > 0
 }
 
 // block lets go of f's unserved objects, remembering what keeps them out.
