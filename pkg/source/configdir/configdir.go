@@ -167,10 +167,10 @@ func (s *Source) Run(ctx context.Context, deliver func(*model.Snapshot)) error {
 		return fmt.Errorf("config dir %s is not a directory", s.dir)
 	}
 	// Watch before the first scan, so that no change after it is missed.
-	w := s.startWatching()
+	st := newState(s.dir, parser{log: s.log, limits: s.limits})
+	w := s.startWatching(st.lastRead)
 	defer w.close()
 
-	st := newState(s.dir, parser{log: s.log, limits: s.limits})
 	if _, err := st.scan(ctx); err != nil {
 		if ctx.Err() != nil {
 			return nil
@@ -184,15 +184,17 @@ func (s *Source) Run(ctx context.Context, deliver func(*model.Snapshot)) error {
 	return s.follow(ctx, w, st, deliver)
 }
 
-func (s *Source) startWatching() watcher {
+// startWatching watches the directory; known is the names of the files the
+// last scan read, for the poller.
+func (s *Source) startWatching(known func() []string) watcher {
 	if s.pollInterval > 0 {
-		return startPolling(s.dir, s.pollInterval, s.limits.Files)
+		return startPolling(s.dir, s.pollInterval, s.limits.Files, known)
 	}
 	w, err := s.startNotify(s.dir, s.log)
 	if err != nil {
 		s.log.Warn("cannot watch the config dir with inotify; polling it instead",
 			"interval", DefaultPollInterval, "error", err)
-		return startPolling(s.dir, DefaultPollInterval, s.limits.Files)
+		return startPolling(s.dir, DefaultPollInterval, s.limits.Files, known)
 	}
 	return w
 }

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/ztdns/ztdns/pkg/model"
@@ -68,6 +69,9 @@ type state struct {
 	gen uint64
 	// reads counts the files read, for tests.
 	reads int
+	// read is the names of the files the last scan read, sorted, for the
+	// poller (another goroutine): it must watch the files scan reads.
+	read atomic.Pointer[[]string]
 	// beforeRetry, set by tests, is called before a blocked file is read
 	// again, to change the directory at that moment.
 	beforeRetry func(name string)
@@ -82,7 +86,10 @@ func newState(dir string, p parser) *state {
 // Only an unreadable directory is an error; problems in files are recorded in
 // their fileState. It stops between files when ctx is done.
 func (st *state) scan(ctx context.Context) (changed bool, err error) {
-	names, skipped, err := listManifests(st.dir, st.parser.limits.Files, st.files)
+	names, skipped, err := listManifests(st.dir, st.parser.limits.Files, func(name string) bool {
+		_, ok := st.files[name]
+		return ok
+	})
 	if err != nil {
 		return false, err
 	}
@@ -148,7 +155,25 @@ func (st *state) scan(ctx context.Context) (changed bool, err error) {
 			progress = true
 		}
 	}
+	st.publishNames()
 	return changed, nil
+}
+
+// publishNames makes the names of the files read those lastRead returns.
+func (st *state) publishNames() {
+	if old := st.read.Load(); old == nil || !slices.Equal(*old, st.names) {
+		names := slices.Clone(st.names)
+		st.read.Store(&names)
+	}
+}
+
+// lastRead returns the names of the files the last scan read, sorted. It
+// may be called from any goroutine; the slice must not be changed.
+func (st *state) lastRead() []string {
+	if names := st.read.Load(); names != nil {
+		return *names
+	}
+	return nil
 }
 
 // drop forgets a file that is gone (but not its name in st.names), and
@@ -344,11 +369,11 @@ func (st *state) errors() []error {
 
 // listManifests returns the names of the manifest files in dir to read,
 // sorted: at most limit of them, those known already first, so that a new
-// file does not push out one that serves. The rest are skipped, each a
+// file does not push out one that serves (known may be nil). The rest are skipped, each a
 // problem (the first few named, the others counted). Names are read in
 // batches and trimmed as they come, so a directory of millions of files
 // costs no more memory than a few times limit names.
-func listManifests(dir string, limit int, known map[string]*fileState) (names []string, skipped []error, err error) {
+func listManifests(dir string, limit int, known func(name string) bool) (names []string, skipped []error, err error) {
 	d, err := os.Open(dir)
 	if err != nil {
 		return nil, nil, fmt.Errorf("reading config dir: %w", err)
@@ -356,9 +381,11 @@ func listManifests(dir string, limit int, known map[string]*fileState) (names []
 	defer d.Close()
 	const named = maxProblemsPerFile // skipped files named in problems
 	keep := limit + named
+	if known == nil {
+		known = func(string) bool { return false }
+	}
 	less := func(a, b string) int {
-		_, ka := known[a]
-		_, kb := known[b]
+		ka, kb := known(a), known(b)
 		if ka != kb {
 			if ka {
 				return -1
