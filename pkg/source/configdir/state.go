@@ -15,6 +15,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/ztdns/ztdns/pkg/model"
 )
@@ -29,7 +30,9 @@ type fileState struct {
 	// stat is the file's identity and times when it was last read: while
 	// they stay the same, its content has not changed and it is not read
 	// again (a scan follows every event in the directory, and may find up
-	// to limits.Files files of limits.FileBytes each).
+	// to limits.Files files of limits.FileBytes each). It is zero, so the
+	// file is read again, when the stat could not tell a later write (see
+	// fileStat.trustedAt).
 	stat fileStat
 	// latest is the newest content's objects when it parsed cleanly, nil when
 	// it did not (problems says why).
@@ -72,6 +75,9 @@ type state struct {
 	// read is the names of the files the last scan read, sorted, for the
 	// poller (another goroutine): it must watch the files scan reads.
 	read atomic.Pointer[[]string]
+	// now and stat are time.Now and statOf but in tests.
+	now  func() time.Time
+	stat func(path string) (fileStat, error)
 	// beforeRetry, set by tests, is called before a blocked file is read
 	// again, to change the directory at that moment.
 	beforeRetry func(name string)
@@ -79,7 +85,7 @@ type state struct {
 
 func newState(dir string, p parser) *state {
 	p.limits = p.limits.withDefaults()
-	return &state{dir: dir, parser: p, files: make(map[string]*fileState)}
+	return &state{dir: dir, parser: p, files: make(map[string]*fileState), now: time.Now, stat: statOf}
 }
 
 // scan reads the directory again and reports whether what it serves changed.
@@ -218,8 +224,9 @@ func (st *state) couldServe(f *fileState) bool {
 // no longer exists.
 func (st *state) refresh(f *fileState, force bool) (gone bool) {
 	// Stated before reading: a change after this makes the next scan's
-	// stat differ, so it is read then.
-	stat, statErr := statOf(f.path)
+	// stat differ, so it is read then, if the stat is trusted.
+	now := st.now()
+	stat, statErr := st.stat(f.path)
 	if statErr == nil && f.hasDigest && stat == f.stat && !force {
 		return false
 	}
@@ -237,8 +244,10 @@ func (st *state) refresh(f *fileState, force bool) (gone bool) {
 		return false
 	}
 	digest := sha256.Sum256(data)
-	if statErr != nil {
-		stat = fileStat{} // never equal to a later stat: read again
+	if statErr != nil || !stat.trustedAt(now) {
+		// Never equal to a later stat: read again (the digest spares the
+		// parse).
+		stat = fileStat{}
 	}
 	f.stat = stat
 	if f.hasDigest && digest == f.digest && !force {

@@ -207,6 +207,23 @@ type fileStat struct {
 	mtime, ctime int64 // ns
 }
 
+// racyWindow is how much older than the read a stat's times must be for
+// the stat to tell later that the file has not changed. Timestamps tick
+// coarsely on some file systems and kernels (a jiffy, a second, two on
+// FAT): a write just after the read can get the same times as the stat
+// before it, and when it keeps the size, the stat stays the same while the
+// content changed (git's "racy clean" files).
+const racyWindow = 2 * time.Second
+
+// trustedAt reports whether s, taken at now, can be trusted to change with
+// the next write: its times are older than now by racyWindow, so a later
+// write's status change time differs. Times after now (a modification time
+// set ahead, a clock that moved back) are not trusted either.
+func (s fileStat) trustedAt(now time.Time) bool {
+	limit := now.Add(-racyWindow).UnixNano()
+	return s.mtime < limit && s.ctime < limit
+}
+
 // statOf stats path, following symlinks as readManifest does.
 func statOf(path string) (fileStat, error) {
 	fi, err := os.Stat(path)
