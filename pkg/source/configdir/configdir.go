@@ -242,10 +242,9 @@ func (s *Source) follow(ctx context.Context, w watcher, st *state, deliver func(
 // most maxProblems are kept; the last one counts the rest.
 func (s *Source) record(st *state) {
 	errs := st.errors()
-	if len(errs) > maxProblems {
-		more := len(errs) - maxProblems + 1
-		errs = append(errs[:maxProblems-1:maxProblems-1], fmt.Errorf("%s: %d more problems not listed", s.dir, more))
-	}
+	errs = capped(errs, len(errs), maxProblems, func(n int) error {
+		return fmt.Errorf("%s: %d more problems not listed", s.dir, n)
+	})
 	s.mu.Lock()
 	old := s.errs
 	s.errs = errs

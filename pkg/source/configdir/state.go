@@ -290,27 +290,24 @@ func (st *state) resolve() (changed bool) {
 			if !f.pending() {
 				continue
 			}
-			var conflicts []error
+			conflicts := &problems{path: f.path}
 			blockers := map[string]bool{}
 			for _, o := range f.latest.placed {
 				if other, ok := owners[o.id]; ok && other.file != f {
 					blockers[filepath.Base(other.file.path)] = true
-					if len(conflicts) > maxProblemsPerFile {
-						conflicts = append(conflicts, nil) // counted only
-						continue
-					}
-					conflicts = append(conflicts, &FileError{Path: f.path, Line: o.line,
-						Err: fmt.Errorf("%s is already defined at %s:%d", o.id, other.file.path, other.line)})
+					conflicts.addWith(func() (int, error) {
+						return o.line, fmt.Errorf("%s is already defined at %s:%d", o.id, other.file.path, other.line)
+					})
 				}
 			}
 			f.blockedBy = slices.Sorted(maps.Keys(blockers))
 			if n := total - f.served.len() + f.latest.len(); n > st.parser.limits.Objects {
-				conflicts = append(conflicts, &FileError{Path: f.path, Err: fmt.Errorf(
+				conflicts.add(0, fmt.Errorf(
 					"serving its %d objects would make %d in the directory, more than the limit of %d (--config-max-objects)",
-					f.latest.len(), n, st.parser.limits.Objects)})
+					f.latest.len(), n, st.parser.limits.Objects))
 			}
-			f.conflicts = capProblems(f.path, conflicts)
-			if len(conflicts) > 0 {
+			f.conflicts = conflicts.list()
+			if conflicts.count() > 0 {
 				continue
 			}
 			total += f.latest.len() - f.served.len()
@@ -492,14 +489,4 @@ func readManifest(path string, limit int64) ([]byte, error) {
 		return nil, fmt.Errorf("file is more than the limit of %d bytes (--config-max-file-bytes)", limit)
 	}
 	return buf.Bytes(), nil
-}
-
-// capProblems keeps the first maxProblemsPerFile problems of a file; the
-// last one kept counts the rest.
-func capProblems(path string, errs []error) []error {
-	if len(errs) <= maxProblemsPerFile {
-		return errs
-	}
-	more := len(errs) - maxProblemsPerFile + 1
-	return append(errs[:maxProblemsPerFile-1:maxProblemsPerFile-1], &FileError{Path: path, Err: fmt.Errorf("%d more problems not listed", more)})
 }

@@ -2,9 +2,11 @@ package configdir
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 )
@@ -53,5 +55,32 @@ func TestBlockedFileDeletedDuringScan(t *testing.T) {
 	}
 	if errs := st.errors(); len(errs) != 0 {
 		t.Errorf("problems %v, want none", errs)
+	}
+}
+
+// TestProblemsKeptAndCounted: a file keeps maxProblemsPerFile problems; past
+// that, the last one kept gives way to the count of the rest, and problems
+// past the first ones are not made.
+func TestProblemsKeptAndCounted(t *testing.T) {
+	for _, n := range []int{0, 1, maxProblemsPerFile - 1, maxProblemsPerFile, maxProblemsPerFile + 1, 1000} {
+		pr := &problems{path: "f.yaml"}
+		made := 0
+		for i := range n {
+			pr.addWith(func() (int, error) {
+				made++
+				return i + 1, fmt.Errorf("problem %d", i+1)
+			})
+		}
+		got := errorStrings(pr.list())
+		want := []string{}
+		for i := range min(n, maxProblemsPerFile) {
+			want = append(want, fmt.Sprintf("f.yaml:%d: problem %d", i+1, i+1))
+		}
+		if n > maxProblemsPerFile {
+			want = append(want[:maxProblemsPerFile-1], fmt.Sprintf("f.yaml: %d more problems not listed", n-maxProblemsPerFile+1))
+		}
+		if pr.count() != n || made != min(n, maxProblemsPerFile) || strings.Join(got, "\n") != strings.Join(want, "\n") {
+			t.Errorf("%d problems: count %d, %d made, listed\n%s\nwant\n%s", n, pr.count(), made, strings.Join(got, "\n"), strings.Join(want, "\n"))
+		}
 	}
 }
