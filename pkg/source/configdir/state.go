@@ -199,10 +199,13 @@ func (st *state) block(f *fileState, blockedBy []string) {
 	f.latest = nil
 }
 
-// couldServe reports whether a blocked file might be served now: every
-// file that served objects it also defines has changed what it serves, and
-// there is room for its objects. A file blocked before it was checked
-// (blockedBy nil, no conflicts) is always worth a try.
+// couldServe reports whether a blocked file is worth parsing again: every
+// file that served objects it also defines has changed what it serves (or
+// is gone), and there is room for its objects. A file blocked before it was
+// checked (blockedBy nil, no conflicts) is always worth a try. So is one
+// whose collisions all changed even without room: its problems name them
+// and are out of date, and parsing it again says what keeps it out now
+// (once, as it is then blocked by what serves now).
 func (st *state) couldServe(f *fileState) bool {
 	if f.blockedBy == nil && f.conflicts == nil {
 		return true
@@ -211,6 +214,9 @@ func (st *state) couldServe(f *fileState) bool {
 		if g := st.files[name]; g != nil && g.servedGen <= f.blockedAt {
 			return false
 		}
+	}
+	if len(f.blockedBy) > 0 {
+		return true
 	}
 	total := 0
 	for _, name := range st.names {

@@ -84,3 +84,40 @@ func TestProblemsKeptAndCounted(t *testing.T) {
 		}
 	}
 }
+
+// TestBlockerGoneWithoutRoom: when the file a blocked file collided with is
+// deleted but the directory has no room for it, its problem says so, and no
+// longer names the deleted file; once there is room, it is served.
+func TestBlockerGoneWithoutRoom(t *testing.T) {
+	dir := t.TempDir()
+	a, b, x := filepath.Join(dir, "a.yaml"), filepath.Join(dir, "b.yaml"), filepath.Join(dir, "x.yaml")
+	writeFiles(t, dir, map[string]string{
+		"a.yaml": namespaceYAML("shared"),
+		"b.yaml": namespaceYAML("shared", "b1"),
+		"x.yaml": namespaceYAML("x1", "x2"),
+	})
+	st := newState(dir, parser{log: quietLogger(), limits: Limits{Objects: 3}})
+	scan := func(wantNames []string, wantErrs ...string) {
+		t.Helper()
+		if _, err := st.scan(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		if n := names(st.snapshot()); !reflect.DeepEqual(n, wantNames) {
+			t.Errorf("served %q, want %q", n, wantNames)
+		}
+		if errs := errorStrings(st.errors()); strings.Join(errs, "\n") != strings.Join(wantErrs, "\n") {
+			t.Errorf("problems\n%s\nwant\n%s", strings.Join(errs, "\n"), strings.Join(wantErrs, "\n"))
+		}
+	}
+	scan([]string{"namespace shared", "namespace x1", "namespace x2"},
+		b+":1: namespace shared is already defined at "+a+":1")
+	if err := os.Remove(a); err != nil {
+		t.Fatal(err)
+	}
+	scan([]string{"namespace x1", "namespace x2"},
+		b+": serving its 2 objects would make 4 in the directory, more than the limit of 3 (--config-max-objects)")
+	if err := os.Remove(x); err != nil {
+		t.Fatal(err)
+	}
+	scan([]string{"namespace shared", "namespace b1"})
+}
