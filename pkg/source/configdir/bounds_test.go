@@ -8,6 +8,7 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+	"time"
 )
 
 // allocated returns the bytes f allocates, freed or not.
@@ -212,7 +213,9 @@ func TestTooManyFiles(t *testing.T) {
 // TestUnchangedFilesAreNotReadAgain: a scan reads only the files whose
 // identity, size or times changed since they were last read; a rewrite that
 // keeps the size and sets the modification time back is still read, as its
-// status change time moved.
+// status change time moved. The clock is an hour ahead, so that the stats
+// of the files just written are trusted (TestRacyStatIsNotTrusted is about
+// those that are not).
 func TestUnchangedFilesAreNotReadAgain(t *testing.T) {
 	dir := t.TempDir()
 	writeFiles(t, dir, map[string]string{
@@ -221,6 +224,7 @@ func TestUnchangedFilesAreNotReadAgain(t *testing.T) {
 		"c.yaml": namespaceYAML("ns-cc"),
 	})
 	st := newState(dir, parser{log: quietLogger()})
+	st.now = func() time.Time { return time.Now().Add(time.Hour) }
 	scan := func(wantReads int, wantNames ...string) {
 		t.Helper()
 		if _, err := st.scan(t.Context()); err != nil {
@@ -237,17 +241,83 @@ func TestUnchangedFilesAreNotReadAgain(t *testing.T) {
 	scan(3, "namespace ns-aa", "namespace ns-bb", "namespace ns-cc")
 
 	path := filepath.Join(dir, "a.yaml")
-	before, err := os.Stat(path)
+	before, err := statOf(path)
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The rewrite must come in a later timestamp tick, as it does when it
+	// comes racyWindow after the read.
+	waitForTimestampAfter(t, dir, before.ctime)
 	writeFiles(t, dir, map[string]string{"a.yaml": namespaceYAML("ns-zz")})
-	if err := os.Chtimes(path, before.ModTime(), before.ModTime()); err != nil {
+	if err := os.Chtimes(path, time.Unix(0, before.mtime), time.Unix(0, before.mtime)); err != nil {
 		t.Fatal(err)
 	}
-	if after, err := os.Stat(path); err != nil || after.Size() != before.Size() || !after.ModTime().Equal(before.ModTime()) {
+	if after, err := statOf(path); err != nil || after.size != before.size || after.mtime != before.mtime {
 		t.Fatalf("the rewrite changed the size or time (%v): the test needs neither to", err)
 	}
 	scan(4, "namespace ns-zz", "namespace ns-bb", "namespace ns-cc")
 	scan(4, "namespace ns-zz", "namespace ns-bb", "namespace ns-cc")
+}
+
+// waitForTimestampAfter waits until files written in dir get a status
+// change time after ns.
+func waitForTimestampAfter(tb testing.TB, dir string, ns int64) {
+	tb.Helper()
+	tick := filepath.Join(dir, ".tick") // hidden: not a manifest
+	defer os.Remove(tick)
+	for deadline := time.Now().Add(waitTimeout); ; {
+		writeFile(tb, tick, "")
+		if s, err := statOf(tick); err != nil {
+			tb.Fatal(err)
+		} else if s.ctime > ns {
+			return
+		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("file times do not move past %d", ns)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// TestRacyStatIsNotTrusted: where timestamps tick coarsely, a rewrite that
+// keeps the size, in the same tick as the read before it, leaves the stat as
+// it was. A stat whose times are within racyWindow of the read is not
+// trusted: the file is read on every scan, until a read finds its stat
+// old enough.
+func TestRacyStatIsNotTrusted(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "a.yaml")
+	writeFile(t, path, namespaceYAML("ns-aa"))
+	st := newState(dir, parser{log: quietLogger()})
+	// Every write lands in the same one-second tick.
+	tick := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	st.stat = func(path string) (fileStat, error) {
+		s, err := statOf(path)
+		if err == nil {
+			s.mtime, s.ctime = tick.UnixNano(), tick.UnixNano()
+		}
+		return s, err
+	}
+	now := tick.Add(time.Second / 2)
+	st.now = func() time.Time { return now }
+	scan := func(wantReads int, wantNames ...string) {
+		t.Helper()
+		if _, err := st.scan(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		if st.reads != wantReads {
+			t.Errorf("%d files read in all, want %d", st.reads, wantReads)
+		}
+		if n := names(st.snapshot()); !reflect.DeepEqual(n, wantNames) {
+			t.Errorf("served %q, want %q", n, wantNames)
+		}
+	}
+	scan(1, "namespace ns-aa")
+	writeFile(t, path, namespaceYAML("ns-zz")) // same size, same stat
+	scan(2, "namespace ns-zz")
+	scan(3, "namespace ns-zz")
+	// Later, the same stat is old: read once more, then trusted.
+	now = tick.Add(time.Minute)
+	scan(4, "namespace ns-zz")
+	scan(4, "namespace ns-zz")
 }

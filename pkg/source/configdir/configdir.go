@@ -167,10 +167,10 @@ func (s *Source) Run(ctx context.Context, deliver func(*model.Snapshot)) error {
 		return fmt.Errorf("config dir %s is not a directory", s.dir)
 	}
 	// Watch before the first scan, so that no change after it is missed.
-	w := s.startWatching()
+	st := newState(s.dir, parser{log: s.log, limits: s.limits})
+	w := s.startWatching(st.lastRead)
 	defer w.close()
 
-	st := newState(s.dir, parser{log: s.log, limits: s.limits})
 	if _, err := st.scan(ctx); err != nil {
 		if ctx.Err() != nil {
 			return nil
@@ -184,15 +184,17 @@ func (s *Source) Run(ctx context.Context, deliver func(*model.Snapshot)) error {
 	return s.follow(ctx, w, st, deliver)
 }
 
-func (s *Source) startWatching() watcher {
+// startWatching watches the directory; known is the names of the files the
+// last scan read, for the poller.
+func (s *Source) startWatching(known func() []string) watcher {
 	if s.pollInterval > 0 {
-		return startPolling(s.dir, s.pollInterval, s.limits.Files)
+		return startPolling(s.dir, s.pollInterval, s.limits.Files, known)
 	}
 	w, err := s.startNotify(s.dir, s.log)
 	if err != nil {
 		s.log.Warn("cannot watch the config dir with inotify; polling it instead",
 			"interval", DefaultPollInterval, "error", err)
-		return startPolling(s.dir, DefaultPollInterval, s.limits.Files)
+		return startPolling(s.dir, DefaultPollInterval, s.limits.Files, known)
 	}
 	return w
 }
@@ -240,10 +242,9 @@ func (s *Source) follow(ctx context.Context, w watcher, st *state, deliver func(
 // most maxProblems are kept; the last one counts the rest.
 func (s *Source) record(st *state) {
 	errs := st.errors()
-	if len(errs) > maxProblems {
-		more := len(errs) - maxProblems + 1
-		errs = append(errs[:maxProblems-1:maxProblems-1], fmt.Errorf("%s: %d more problems not listed", s.dir, more))
-	}
+	errs = capped(errs, len(errs), maxProblems, func(n int) error {
+		return fmt.Errorf("%s: %d more problems not listed", s.dir, n)
+	})
 	s.mu.Lock()
 	old := s.errs
 	s.errs = errs

@@ -77,20 +77,18 @@ func syntaxErrors(pr *problems, doc document, err error) {
 		msgs = typeErr.Errors
 	}
 	for _, msg := range msgs {
-		if pr.full() {
-			pr.more++
-			continue
-		}
-		line := firstContentLine(doc)
-		if n, rest, ok := cutLineNumber(msg); ok {
-			if isParserProblem(rest) {
-				n++ // go-yaml numbers these from 0, scanner errors from 1
+		pr.addWith(func() (int, error) {
+			line := firstContentLine(doc)
+			if n, rest, ok := cutLineNumber(msg); ok {
+				if isParserProblem(rest) {
+					n++ // go-yaml numbers these from 0, scanner errors from 1
+				}
+				// libyaml puts the end of the stream on a line of its own,
+				// past the last line of the document.
+				line, msg = doc.line+min(n, lineCount(doc.data))-1, rest
 			}
-			// libyaml puts the end of the stream on a line of its own, past
-			// the last line of the document.
-			line, msg = doc.line+min(n, lineCount(doc.data))-1, rest
-		}
-		pr.add(line, fmt.Errorf("invalid YAML: %s", msg))
+			return line, fmt.Errorf("invalid YAML: %s", msg)
+		})
 	}
 }
 

@@ -133,38 +133,47 @@ type problems struct {
 	more int // problems found but not kept
 }
 
-// full reports whether further problems are only counted.
-func (p *problems) full() bool { return len(p.kept) >= maxProblemsPerFile }
-
 func (p *problems) count() int { return len(p.kept) + p.more }
 
-// add records a problem on line (0 for the whole file).
-func (p *problems) add(line int, err error) {
-	if p.full() {
+// addWith records the problem that problem makes, on line (0 for the whole
+// file). problem is called only when the problem is kept: past the first
+// ones, neither the line nor the message is made.
+func (p *problems) addWith(problem func() (line int, err error)) {
+	if len(p.kept) >= maxProblemsPerFile {
 		p.more++
 		return
 	}
+	line, err := problem()
 	p.kept = append(p.kept, &FileError{Path: p.path, Line: line, Err: err})
+}
+
+// add records a problem on line (0 for the whole file).
+func (p *problems) add(line int, err error) {
+	p.addWith(func() (int, error) { return line, err })
 }
 
 // addAt records a problem whose line is found by line(), called only when
 // the problem is kept.
 func (p *problems) addAt(line func() int, err error) {
-	if p.full() {
-		p.more++
-		return
-	}
-	p.add(line(), err)
+	p.addWith(func() (int, error) { return line(), err })
 }
 
 // list returns the problems kept; when some were only counted, the last one
-// kept gives way to their count, as capProblems does.
+// kept gives way to their count.
 func (p *problems) list() []error {
-	if p.more == 0 {
-		return p.kept
+	return capped(p.kept, p.count(), maxProblemsPerFile, func(n int) error {
+		return &FileError{Path: p.path, Err: fmt.Errorf("%d more problems not listed", n)}
+	})
+}
+
+// capped returns the first problems of total, kept, at most limit of them.
+// When there were more, the last one kept gives way to more(n), which
+// counts the n problems left out.
+func capped(kept []error, total, limit int, more func(n int) error) []error {
+	if total <= limit {
+		return kept
 	}
-	return append(p.kept[:maxProblemsPerFile-1:maxProblemsPerFile-1],
-		&FileError{Path: p.path, Err: fmt.Errorf("%d more problems not listed", p.more+1)})
+	return append(kept[:limit-1:limit-1], more(total-limit+1))
 }
 
 // compact returns s without spare capacity.
@@ -438,11 +447,9 @@ func duplicatesWithin(pr *problems, objs []placedObject) {
 	first := make(map[objectID]int, len(objs))
 	for _, o := range objs {
 		if line, ok := first[o.id]; ok {
-			if pr.full() {
-				pr.more++
-			} else {
-				pr.add(o.line, fmt.Errorf("%s is defined twice (first at line %d)", o.id, line))
-			}
+			pr.addWith(func() (int, error) {
+				return o.line, fmt.Errorf("%s is defined twice (first at line %d)", o.id, line)
+			})
 			continue
 		}
 		first[o.id] = o.line

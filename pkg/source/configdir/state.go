@@ -13,7 +13,9 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/ztdns/ztdns/pkg/model"
 )
@@ -28,7 +30,9 @@ type fileState struct {
 	// stat is the file's identity and times when it was last read: while
 	// they stay the same, its content has not changed and it is not read
 	// again (a scan follows every event in the directory, and may find up
-	// to limits.Files files of limits.FileBytes each).
+	// to limits.Files files of limits.FileBytes each). It is zero, so the
+	// file is read again, when the stat could not tell a later write (see
+	// fileStat.trustedAt).
 	stat fileStat
 	// latest is the newest content's objects when it parsed cleanly, nil when
 	// it did not (problems says why).
@@ -68,18 +72,30 @@ type state struct {
 	gen uint64
 	// reads counts the files read, for tests.
 	reads int
+	// read is the names of the files the last scan read, sorted, for the
+	// poller (another goroutine): it must watch the files scan reads.
+	read atomic.Pointer[[]string]
+	// now and stat are time.Now and statOf but in tests.
+	now  func() time.Time
+	stat func(path string) (fileStat, error)
+	// beforeRetry, set by tests, is called before a blocked file is read
+	// again, to change the directory at that moment.
+	beforeRetry func(name string)
 }
 
 func newState(dir string, p parser) *state {
 	p.limits = p.limits.withDefaults()
-	return &state{dir: dir, parser: p, files: make(map[string]*fileState)}
+	return &state{dir: dir, parser: p, files: make(map[string]*fileState), now: time.Now, stat: statOf}
 }
 
 // scan reads the directory again and reports whether what it serves changed.
 // Only an unreadable directory is an error; problems in files are recorded in
 // their fileState. It stops between files when ctx is done.
 func (st *state) scan(ctx context.Context) (changed bool, err error) {
-	names, skipped, err := listManifests(st.dir, st.parser.limits.Files, st.files)
+	names, skipped, err := listManifests(st.dir, st.parser.limits.Files, func(name string) bool {
+		_, ok := st.files[name]
+		return ok
+	})
 	if err != nil {
 		return false, err
 	}
@@ -111,13 +127,9 @@ func (st *state) scan(ctx context.Context) (changed bool, err error) {
 			}
 		}
 	}
-	for name, f := range st.files {
+	for name := range st.files {
 		if !present[name] {
-			changed = changed || f.served.len() > 0
-			if f.served != nil {
-				st.gen++
-			}
-			delete(st.files, name)
+			changed = st.drop(name) || changed
 		}
 	}
 	changed = st.resolve() || changed
@@ -125,7 +137,7 @@ func (st *state) scan(ctx context.Context) (changed bool, err error) {
 	// one of them holds its objects unserved.
 	for progress := true; progress; {
 		progress = false
-		for _, name := range st.names {
+		for i, name := range st.names {
 			if err := ctx.Err(); err != nil {
 				return false, err
 			}
@@ -133,12 +145,52 @@ func (st *state) scan(ctx context.Context) (changed bool, err error) {
 			if !f.blocked || !st.couldServe(f) {
 				continue
 			}
-			st.refresh(f, true)
+			if st.beforeRetry != nil {
+				st.beforeRetry(name)
+			}
+			if gone := st.refresh(f, true); gone {
+				// Deleted since it was listed: it would stay blocked and
+				// servable, and be tried again forever.
+				changed = st.drop(name) || changed
+				st.names = slices.Delete(st.names, i, i+1)
+				changed = st.resolve() || changed
+				progress = true
+				break // st.names changed under the range
+			}
 			changed = st.resolve() || changed
 			progress = true
 		}
 	}
+	st.publishNames()
 	return changed, nil
+}
+
+// publishNames makes the names of the files read those lastRead returns.
+func (st *state) publishNames() {
+	if old := st.read.Load(); old == nil || !slices.Equal(*old, st.names) {
+		names := slices.Clone(st.names)
+		st.read.Store(&names)
+	}
+}
+
+// lastRead returns the names of the files the last scan read, sorted. It
+// may be called from any goroutine; the slice must not be changed.
+func (st *state) lastRead() []string {
+	if names := st.read.Load(); names != nil {
+		return *names
+	}
+	return nil
+}
+
+// drop forgets a file that is gone (but not its name in st.names), and
+// reports whether that changes what the directory serves.
+func (st *state) drop(name string) (changed bool) {
+	f := st.files[name]
+	if f.served != nil {
+		st.gen++ // files it blocked may be served now
+	}
+	delete(st.files, name)
+	return f.served.len() > 0
 }
 
 // block lets go of f's unserved objects, remembering what keeps them out.
@@ -147,10 +199,13 @@ func (st *state) block(f *fileState, blockedBy []string) {
 	f.latest = nil
 }
 
-// couldServe reports whether a blocked file might be served now: every
-// file that served objects it also defines has changed what it serves, and
-// there is room for its objects. A file blocked before it was checked
-// (blockedBy nil, no conflicts) is always worth a try.
+// couldServe reports whether a blocked file is worth parsing again: every
+// file that served objects it also defines has changed what it serves (or
+// is gone), and there is room for its objects. A file blocked before it was
+// checked (blockedBy nil, no conflicts) is always worth a try. So is one
+// whose collisions all changed even without room: its problems name them
+// and are out of date, and parsing it again says what keeps it out now
+// (once, as it is then blocked by what serves now).
 func (st *state) couldServe(f *fileState) bool {
 	if f.blockedBy == nil && f.conflicts == nil {
 		return true
@@ -159,6 +214,9 @@ func (st *state) couldServe(f *fileState) bool {
 		if g := st.files[name]; g != nil && g.servedGen <= f.blockedAt {
 			return false
 		}
+	}
+	if len(f.blockedBy) > 0 {
+		return true
 	}
 	total := 0
 	for _, name := range st.names {
@@ -172,8 +230,9 @@ func (st *state) couldServe(f *fileState) bool {
 // no longer exists.
 func (st *state) refresh(f *fileState, force bool) (gone bool) {
 	// Stated before reading: a change after this makes the next scan's
-	// stat differ, so it is read then.
-	stat, statErr := statOf(f.path)
+	// stat differ, so it is read then, if the stat is trusted.
+	now := st.now()
+	stat, statErr := st.stat(f.path)
 	if statErr == nil && f.hasDigest && stat == f.stat && !force {
 		return false
 	}
@@ -191,8 +250,10 @@ func (st *state) refresh(f *fileState, force bool) (gone bool) {
 		return false
 	}
 	digest := sha256.Sum256(data)
-	if statErr != nil {
-		stat = fileStat{} // never equal to a later stat: read again
+	if statErr != nil || !stat.trustedAt(now) {
+		// Never equal to a later stat: read again (the digest spares the
+		// parse).
+		stat = fileStat{}
 	}
 	f.stat = stat
 	if f.hasDigest && digest == f.digest && !force {
@@ -235,27 +296,24 @@ func (st *state) resolve() (changed bool) {
 			if !f.pending() {
 				continue
 			}
-			var conflicts []error
+			conflicts := &problems{path: f.path}
 			blockers := map[string]bool{}
 			for _, o := range f.latest.placed {
 				if other, ok := owners[o.id]; ok && other.file != f {
 					blockers[filepath.Base(other.file.path)] = true
-					if len(conflicts) > maxProblemsPerFile {
-						conflicts = append(conflicts, nil) // counted only
-						continue
-					}
-					conflicts = append(conflicts, &FileError{Path: f.path, Line: o.line,
-						Err: fmt.Errorf("%s is already defined at %s:%d", o.id, other.file.path, other.line)})
+					conflicts.addWith(func() (int, error) {
+						return o.line, fmt.Errorf("%s is already defined at %s:%d", o.id, other.file.path, other.line)
+					})
 				}
 			}
 			f.blockedBy = slices.Sorted(maps.Keys(blockers))
 			if n := total - f.served.len() + f.latest.len(); n > st.parser.limits.Objects {
-				conflicts = append(conflicts, &FileError{Path: f.path, Err: fmt.Errorf(
+				conflicts.add(0, fmt.Errorf(
 					"serving its %d objects would make %d in the directory, more than the limit of %d (--config-max-objects)",
-					f.latest.len(), n, st.parser.limits.Objects)})
+					f.latest.len(), n, st.parser.limits.Objects))
 			}
-			f.conflicts = capProblems(f.path, conflicts)
-			if len(conflicts) > 0 {
+			f.conflicts = conflicts.list()
+			if conflicts.count() > 0 {
 				continue
 			}
 			total += f.latest.len() - f.served.len()
@@ -323,11 +381,11 @@ func (st *state) errors() []error {
 
 // listManifests returns the names of the manifest files in dir to read,
 // sorted: at most limit of them, those known already first, so that a new
-// file does not push out one that serves. The rest are skipped, each a
+// file does not push out one that serves (known may be nil). The rest are skipped, each a
 // problem (the first few named, the others counted). Names are read in
 // batches and trimmed as they come, so a directory of millions of files
 // costs no more memory than a few times limit names.
-func listManifests(dir string, limit int, known map[string]*fileState) (names []string, skipped []error, err error) {
+func listManifests(dir string, limit int, known func(name string) bool) (names []string, skipped []error, err error) {
 	d, err := os.Open(dir)
 	if err != nil {
 		return nil, nil, fmt.Errorf("reading config dir: %w", err)
@@ -335,9 +393,11 @@ func listManifests(dir string, limit int, known map[string]*fileState) (names []
 	defer d.Close()
 	const named = maxProblemsPerFile // skipped files named in problems
 	keep := limit + named
+	if known == nil {
+		known = func(string) bool { return false }
+	}
 	less := func(a, b string) int {
-		_, ka := known[a]
-		_, kb := known[b]
+		ka, kb := known(a), known(b)
 		if ka != kb {
 			if ka {
 				return -1
@@ -435,14 +495,4 @@ func readManifest(path string, limit int64) ([]byte, error) {
 		return nil, fmt.Errorf("file is more than the limit of %d bytes (--config-max-file-bytes)", limit)
 	}
 	return buf.Bytes(), nil
-}
-
-// capProblems keeps the first maxProblemsPerFile problems of a file; the
-// last one kept counts the rest.
-func capProblems(path string, errs []error) []error {
-	if len(errs) <= maxProblemsPerFile {
-		return errs
-	}
-	more := len(errs) - maxProblemsPerFile + 1
-	return append(errs[:maxProblemsPerFile-1:maxProblemsPerFile-1], &FileError{Path: path, Err: fmt.Errorf("%d more problems not listed", more)})
 }

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -125,9 +126,12 @@ type pollWatcher struct {
 	done chan struct{}
 }
 
-func startPolling(dir string, interval time.Duration, maxFiles int) *pollWatcher {
+// startPolling polls dir. known returns the names of the files the last
+// scan read (it is called from the poller's goroutine): past maxFiles, they
+// are the files scan reads, and so the ones to watch.
+func startPolling(dir string, interval time.Duration, maxFiles int, known func() []string) *pollWatcher {
 	w := &pollWatcher{dir: dir, ch: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
-	last := fingerprint(dir, maxFiles)
+	last := fingerprint(dir, maxFiles, known())
 	go func() {
 		defer close(w.done)
 		t := time.NewTicker(interval)
@@ -137,7 +141,9 @@ func startPolling(dir string, interval time.Duration, maxFiles int) *pollWatcher
 			case <-w.stop:
 				return
 			case <-t.C:
-				if fp := fingerprint(dir, maxFiles); fp != last {
+				// After a scan that read other files than the last, this
+				// changes once, and the scan it causes changes nothing.
+				if fp := fingerprint(dir, maxFiles, known()); fp != last {
 					last = fp
 					signal(w.ch)
 				}
@@ -153,9 +159,13 @@ func (w *pollWatcher) close()                   { close(w.stop); <-w.done }
 
 // fingerprint summarises what a scan of dir would read, following symlinks;
 // it changes when a file is added, removed, rewritten or replaced. Files
-// past maxFiles in name order are only counted.
-func fingerprint(dir string, maxFiles int) string {
-	names, skipped, err := listManifests(dir, maxFiles, nil)
+// past maxFiles, chosen as scan chooses them (those in known, sorted, first),
+// are only counted.
+func fingerprint(dir string, maxFiles int, known []string) string {
+	names, skipped, err := listManifests(dir, maxFiles, func(name string) bool {
+		_, ok := slices.BinarySearch(known, name)
+		return ok
+	})
 	if err != nil {
 		return "error: " + err.Error()
 	}
@@ -195,6 +205,23 @@ type fileStat struct {
 	id           fileID
 	size         int64
 	mtime, ctime int64 // ns
+}
+
+// racyWindow is how much older than the read a stat's times must be for
+// the stat to tell later that the file has not changed. Timestamps tick
+// coarsely on some file systems and kernels (a jiffy, a second, two on
+// FAT): a write just after the read can get the same times as the stat
+// before it, and when it keeps the size, the stat stays the same while the
+// content changed (git's "racy clean" files).
+const racyWindow = 2 * time.Second
+
+// trustedAt reports whether s, taken at now, can be trusted to change with
+// the next write: its times are older than now by racyWindow, so a later
+// write's status change time differs. Times after now (a modification time
+// set ahead, a clock that moved back) are not trusted either.
+func (s fileStat) trustedAt(now time.Time) bool {
+	limit := now.Add(-racyWindow).UnixNano()
+	return s.mtime < limit && s.ctime < limit
 }
 
 // statOf stats path, following symlinks as readManifest does.

@@ -321,3 +321,18 @@ func TestFallsBackToPolling(t *testing.T) {
 	writeFile(t, filepath.Join(dir, "a.yaml"), namespaceYAML("a", "b"))
 	r.waitFor(t, "the change, found by polling", hasNames("namespace a", "namespace b"))
 }
+
+// TestPollingWatchesTheFilesRead: past Limits.Files, the poller watches the
+// files scan reads, those read before first, rather than the first ones by
+// name: an edit to a file that serves is noticed after a new file that
+// sorts before it.
+func TestPollingWatchesTheFilesRead(t *testing.T) {
+	dir := t.TempDir()
+	a, c := filepath.Join(dir, "a.yaml"), filepath.Join(dir, "c.yaml")
+	writeFiles(t, dir, map[string]string{"b.yaml": namespaceYAML("b"), "c.yaml": namespaceYAML("c")})
+	r := startSource(t, dir, WithPolling(20*time.Millisecond), WithLimits(Limits{Files: 2}))
+	writeFile(t, a, namespaceYAML("a"))
+	r.waitForErrors(t, a+": skipped: the directory has 3 manifest files, more than the limit of 2 (--config-max-files)")
+	writeFile(t, c, namespaceYAML("c", "c2"))
+	r.waitFor(t, "c.yaml's edit", hasNames("namespace b", "namespace c", "namespace c2"))
+}
