@@ -243,7 +243,7 @@ func (s *Source) follow(ctx context.Context, w watcher, st *state, deliver func(
 func (s *Source) record(st *state) {
 	errs := st.errors()
 	errs = capped(errs, len(errs), maxProblems, func(n int) error {
-		return fmt.Errorf("%s: %d more problems not listed", s.dir, n)
+		return &FileError{Path: s.dir, Err: fmt.Errorf("%d more problems not listed", n)}
 	})
 	s.mu.Lock()
 	old := s.errs

@@ -441,6 +441,11 @@ func TestProblemsAreBounded(t *testing.T) {
 	if last := errs[len(errs)-1].Error(); !strings.HasSuffix(last, "more problems not listed") {
 		t.Errorf("the last problem kept is %q, want a count of the rest", last)
 	}
+	for _, err := range errs {
+		if _, ok := err.(*FileError); !ok {
+			t.Errorf("problem %q is a %T, want a *FileError as Errors promises", err, err)
+		}
+	}
 	perFile := map[string]int{}
 	for _, err := range errs {
 		var fe *FileError
