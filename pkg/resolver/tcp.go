@@ -330,7 +330,9 @@ func (s *Server) serveTCPConn(tc *tcpConn, local netip.AddrPort) {
 // header: FORMERR (REFUSED over the source's rate), or nothing for a
 // message that is no query. The rest of the message is read off the
 // connection, a few KiB at a time, and thrown away. It reports false when
-// the connection is to be closed: the message was cut short.
+// the connection is to be closed: the message was cut short. As in
+// answerFast, every message is charged to its source's rate before it is
+// parsed, those that are no query (QR set, say) included.
 func (s *Server) answerLong(c net.Conn, n int, src netip.AddrPort, out []byte, sc *scratch) ([]byte, bool) {
 	var hdr [dnswire.HeaderLen]byte
 	if _, err := io.ReadFull(c, hdr[:]); err != nil {
@@ -342,18 +344,19 @@ func (s *Server) answerLong(c net.Conn, n int, src netip.AddrPort, out []byte, s
 		return nil, false
 	}
 	var r request
+	now := s.clock()
+	pod, source := s.sourceOf(src.Addr(), now)
+	if s.rate != (quota.Rate{}) && !source.Allow(now, s.rate) {
+		metricQueries.rateLimited.Inc()
+		if parse(hdr[:], &r, &sc.name) == verdictDrop {
+			return nil, true
+		}
+		return s.answered(sc, dnswire.AppendErrorReply(out, hdr[:], &r, dnswire.RcodeRefused), 0, &r, true, pod, src, now), true
+	}
 	if parse(hdr[:], &r, &sc.name) == verdictDrop {
 		metricQueries.drop.Inc()
 		return nil, true
 	}
-	now := s.clock()
-	pod, source := s.sourceOf(src.Addr(), now)
-	rcode := dnswire.RcodeFormErr
-	if s.rate != (quota.Rate{}) && !source.Allow(now, s.rate) {
-		metricQueries.rateLimited.Inc()
-		rcode = dnswire.RcodeRefused
-	} else {
-		metricQueries.formerr.Inc()
-	}
-	return s.answered(sc, dnswire.AppendErrorReply(out, hdr[:], &r, rcode), 0, &r, true, pod, src, now), true
+	metricQueries.formerr.Inc()
+	return s.answered(sc, dnswire.AppendErrorReply(out, hdr[:], &r, dnswire.RcodeFormErr), 0, &r, true, pod, src, now), true
 }
