@@ -122,6 +122,25 @@ func TestHelp(t *testing.T) {
 	}
 }
 
+// TestCacheFlagsSayWhatTheShareDoes: once the cache is full, a pod over
+// its eighth is not held to it: it replaces only its own answers, and the
+// others' misses take back what it holds past it (forward/cache.go). The
+// help says so, as the README does, not that a pod holds at most an
+// eighth.
+func TestCacheFlagsSayWhatTheShareDoes(t *testing.T) {
+	agentCmd, _, err := newRoot().Find([]string{"agent"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"cache-size", "cache-bytes"} {
+		usage := agentCmd.Flags().Lookup(name).Usage
+		if strings.Contains(usage, "at most an eighth") || !strings.Contains(usage, "replaces only its own answers") ||
+			!strings.Contains(usage, "take back what it holds past its share") {
+			t.Errorf("--%s: %q, want what the cache does with a pod over its eighth", name, usage)
+		}
+	}
+}
+
 // TestUsageErrors: a wrong command line exits 2 with a short message that
 // names the command and where its usage is, and does nothing.
 func TestUsageErrors(t *testing.T) {
