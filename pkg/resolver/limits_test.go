@@ -643,6 +643,53 @@ func TestInflightBytesAreBounded(t *testing.T) {
 	eventually(t, "every byte given back", func() bool { return b.Used() == 0 })
 }
 
+// TestRepliesOverTheSourcesBytesAreItsOutcome: a reply waiting to be
+// written to its TCP client that does not fit what its pod may hold of
+// the budget of replies in flight (its own bound, or its fair share) is
+// the pod's outcome, forward_limited; one that does not fit the budget is
+// the node's, overload.
+func TestRepliesOverTheSourcesBytesAreItsOutcome(t *testing.T) {
+	const budget, perSource = 64 << 10, 16 << 10
+	up := dnstest.Start(t, "127.0.0.1:0", dnstest.LargeTXT(2000)).Addr
+	b := quota.NewBudget(budget, perSource)
+	ls := startLimitsServer(t, Options{Limits: quota.Limits{QPS: -1}, Budget: b}, up, up)
+	c, err := (&net.Dialer{LocalAddr: &net.TCPAddr{IP: flooderIP.AsSlice()}}).Dial("tcp4", ls.addr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	q := packQuery(t, "big.example.", dns.TypeTXT)
+	// Now cached: the answers below take bytes only while written.
+	if r := exchangeTCP(t, c, q); r.Rcode != dns.RcodeSuccess {
+		t.Fatalf("first answer: %s, want NOERROR", dns.RcodeToString[r.Rcode])
+	}
+	pod := ls.pods.Lookup(flooderIP).Quota
+	for _, tc := range []struct {
+		name              string
+		holder            *quota.Source // what holds most of the budget meanwhile
+		held              int
+		limited, overload float64
+	}{
+		{"the pod at its own bound", pod, perSource - 100, 1, 0},
+		{"the budget spent", nil, budget - 100, 0, 1},
+	} {
+		if b.TryTake(tc.holder, tc.held) != quota.Taken {
+			t.Fatalf("%s: could not take %d bytes", tc.name, tc.held)
+		}
+		limited, overload := testutil.ToFloat64(metricQueries.forwardLimited), testutil.ToFloat64(metricQueries.overload)
+		r := exchangeTCP(t, c, q)
+		b.Give(tc.holder, tc.held)
+		if r.Rcode != dns.RcodeServerFailure {
+			t.Errorf("%s: %s, want SERVFAIL", tc.name, dns.RcodeToString[r.Rcode])
+		}
+		gotLimited := testutil.ToFloat64(metricQueries.forwardLimited) - limited
+		gotOverload := testutil.ToFloat64(metricQueries.overload) - overload
+		if gotLimited != tc.limited || gotOverload != tc.overload {
+			t.Errorf("%s: forward_limited rose by %v and overload by %v, want %v and %v", tc.name, gotLimited, gotOverload, tc.limited, tc.overload)
+		}
+	}
+}
+
 // TestMemoryPerConnectionAndForward measures what an idle TCP connection
 // and a forwarded query waiting for its upstream cost, the two terms of the
 // README's memory bound that scale with --max-tcp and --max-forwarding,

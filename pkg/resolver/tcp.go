@@ -314,10 +314,16 @@ func (s *Server) serveTCPConn(tc *tcpConn, local netip.AddrPort) {
 			// Until it is written (a client that reads slowly holds it up
 			// to tcpReadTimeout), the reply counts against the budget of
 			// replies in flight; one that does not fit becomes SERVFAIL.
-			// It is the source's, within its bound and share of the budget.
-			if n := len(reply); s.opts.Budget.TryTake(tc.source, n) {
+			// It is the source's, within its bound and share of the budget:
+			// over those, the outcome is the source's (forward_limited);
+			// with the budget spent, the node's (overload).
+			switch n := len(reply); s.opts.Budget.TryTake(tc.source, n) {
+			case quota.Taken:
 				defer s.opts.Budget.Give(tc.source, n)
-			} else {
+			case quota.OverSource:
+				metricQueries.forwardLimited.Inc()
+				reply = servfailFor(msg)
+			default:
 				metricQueries.overload.Inc()
 				reply = servfailFor(msg)
 			}

@@ -318,6 +318,8 @@ func (f *Forwarder) ask(ctx context.Context, upstream netip.AddrPort, query []by
 			result = resultCanceled
 		case errors.Is(err, errNoMemory):
 			result = resultNoMemory
+		case errors.Is(err, errSourceMemory):
+			result = resultSourceLimited
 		}
 		f.upstreams.attempt(upstream, result)
 		if result != resultCanceled {

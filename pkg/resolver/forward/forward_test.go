@@ -21,6 +21,7 @@ import (
 
 	"github.com/ztdns/ztdns/internal/dnstest"
 	"github.com/ztdns/ztdns/pkg/dnswire"
+	"github.com/ztdns/ztdns/pkg/resolver/quota"
 )
 
 var protocols = []struct {
@@ -653,6 +654,43 @@ func TestUpstreamSeriesAreBounded(t *testing.T) {
 	}
 	if got := upstreamCounts(t, f); !maps.Equal(got, want) {
 		t.Errorf("upstream queries %v, want %v", got, want)
+	}
+}
+
+// TestRefusedReplyBytesSayWhose: a reply that does not fit what its
+// source may hold counts as the result source_limited; one that does not
+// fit the node's budget as no_memory.
+func TestRefusedReplyBytesSayWhose(t *testing.T) {
+	t.Parallel()
+	up := startUpstream(t, answerA(60, "198.51.100.1"))
+	for _, tc := range []struct {
+		name   string
+		budget *quota.Budget
+		want   string
+	}{
+		{"source", quota.NewBudget(1<<20, 10), resultSourceLimited},
+		{"node", quota.NewBudget(10, 0), resultNoMemory},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newForwarder(t, WithBudget(tc.budget), WithCacheSize(0))
+			for _, tcp := range []bool{false, true} {
+				ctx := quota.WithSource(context.Background(), new(quota.Source))
+				b, err := f.Forward(ctx, query(t, "www.example.com.", dns.TypeA), tcp, []netip.AddrPort{up.addr})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if m := dnstest.Unpack(t, b); m.Rcode != dns.RcodeServerFailure {
+					t.Errorf("tcp=%v: %s, want SERVFAIL", tcp, dns.RcodeToString[m.Rcode])
+				}
+			}
+			want := map[[2]string]float64{{up.addr.String(), tc.want}: 2}
+			if got := upstreamCounts(t, f); !maps.Equal(got, want) {
+				t.Errorf("upstream queries %v, want %v", got, want)
+			}
+			if used := tc.budget.Used(); used != 0 {
+				t.Errorf("%d bytes left taken", used)
+			}
+		})
 	}
 }
 

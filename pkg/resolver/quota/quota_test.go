@@ -142,18 +142,18 @@ func TestTableIsBounded(t *testing.T) {
 
 func TestBudget(t *testing.T) {
 	b := NewBudget(100, 0)
-	if !b.TryTake(nil, 60) || !b.TryTake(nil, 40) {
+	if b.TryTake(nil, 60) != Taken || b.TryTake(nil, 40) != Taken {
 		t.Fatal("taking 100 of 100 failed")
 	}
-	if b.TryTake(nil, 1) {
+	if b.TryTake(nil, 1) == Taken {
 		t.Error("took more than the budget")
 	}
 	b.Give(nil, 60)
-	if !b.TryTake(nil, 50) || b.Used() != 90 || b.Peak() != 100 {
+	if b.TryTake(nil, 50) != Taken || b.Used() != 90 || b.Peak() != 100 {
 		t.Errorf("after giving back 60 and taking 50: used %d, peak %d; want 90 and 100", b.Used(), b.Peak())
 	}
 	var unbounded *Budget = NewBudget(0, 0)
-	if unbounded != nil || !unbounded.TryTake(nil, 1<<40) {
+	if unbounded != nil || unbounded.TryTake(nil, 1<<40) != Taken {
 		t.Error("a budget of 0 is not unbounded")
 	}
 	unbounded.Give(nil, 1<<40) // a nil budget counts nothing
@@ -233,17 +233,17 @@ func TestPoolHoldersUnderConcurrency(t *testing.T) {
 func TestBudgetPerSource(t *testing.T) {
 	b := NewBudget(200, 80)
 	var s, o Source
-	if !b.TryTake(&s, 80) || b.TryTake(&s, 1) {
+	if b.TryTake(&s, 80) != Taken || b.TryTake(&s, 1) == Taken {
 		t.Error("a source took other than its bound of 80")
 	}
-	if !b.TryTake(&o, 20) || !b.TryTake(nil, 50) {
+	if b.TryTake(&o, 20) != Taken || b.TryTake(nil, 50) != Taken {
 		t.Error("another source or work of none was refused under the budget")
 	}
 	// 150 of 200 spent by two sources: a share is 200/3 = 66.
-	if b.TryTake(&o, 47) {
+	if b.TryTake(&o, 47) == Taken {
 		t.Error("a source took past its share of a budget more than half spent")
 	}
-	if !b.TryTake(&o, 46) {
+	if b.TryTake(&o, 46) != Taken {
 		t.Error("a source was refused up to its share")
 	}
 	b.Give(&s, 80)
@@ -251,10 +251,49 @@ func TestBudgetPerSource(t *testing.T) {
 	if b.pool.Holders() != 1 {
 		t.Errorf("giving nothing moved the holders to %d, want 1", b.pool.Holders())
 	}
-	if !b.TryTake(&o, 0) || b.pool.Holders() != 1 {
+	if b.TryTake(&o, 0) != Taken || b.pool.Holders() != 1 {
 		t.Errorf("taking nothing moved the holders to %d, want 1", b.pool.Holders())
 	}
 	if u := s.Usage(); u.InflightBytes != 0 || b.Used() != 116 {
 		t.Errorf("after giving back: source holds %d, budget used %d; want 0 and 116", u.InflightBytes, b.Used())
+	}
+}
+
+// TestBudgetSaysWhichBoundRefused: a source over its own bound or its fair
+// share is told OverSource, the work of any source refused because the
+// budget is spent OverPool, so that the caller counts each as the
+// source's or the node's.
+func TestBudgetSaysWhichBoundRefused(t *testing.T) {
+	b := NewBudget(200, 80)
+	var s, o, third Source
+	if v := b.TryTake(&s, 81); v != OverSource {
+		t.Errorf("81 bytes with a bound of 80 a source: %v, want OverSource", v)
+	}
+	if v := b.TryTake(&s, 80); v != Taken {
+		t.Fatalf("80 bytes within every bound: %v, want Taken", v)
+	}
+	if b.TryTake(&o, 20) != Taken || b.TryTake(nil, 50) != Taken {
+		t.Fatal("another source or work of none was refused under the budget")
+	}
+	// 150 of 200 spent by two sources: a share is 200/3 = 66.
+	if v := b.TryTake(&o, 47); v != OverSource {
+		t.Errorf("past its fair share: %v, want OverSource", v)
+	}
+	if v := b.TryTake(&o, 46); v != Taken {
+		t.Fatalf("up to its fair share: %v, want Taken", v)
+	}
+	// 196 of 200 spent: a source within its share (200/4 = 50), and work
+	// of none, find the budget spent.
+	if v := b.TryTake(&third, 5); v != OverPool {
+		t.Errorf("5 bytes with 4 left, within the source's share: %v, want OverPool", v)
+	}
+	if v := b.TryTake(nil, 5); v != OverPool {
+		t.Errorf("5 bytes of no source with 4 left: %v, want OverPool", v)
+	}
+	if v := (*Budget)(nil).TryTake(&s, 1<<40); v != Taken {
+		t.Errorf("a nil budget: %v, want Taken", v)
+	}
+	if b.Used() != 196 || b.pool.Holders() != 2 {
+		t.Errorf("used %d by %d holders, want 196 by 2", b.Used(), b.pool.Holders())
 	}
 }
