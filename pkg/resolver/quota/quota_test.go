@@ -1,8 +1,10 @@
 package quota
 
 import (
+	"fmt"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -209,24 +211,107 @@ func TestPoolFairShare(t *testing.T) {
 	}
 }
 
-// TestPoolHoldersUnderConcurrency: holders are counted exactly however
-// takes and gives interleave.
+// TestPoolHoldersUnderConcurrency: the holders and what they hold are
+// counted exactly however takes and gives interleave: several goroutines
+// per source take bytes of varied sizes from a small budget and give them
+// back, so that sources start and stop holding while others do, and both
+// kinds of refusal happen (a source over its own bound or its share, the
+// budget spent). At every quiescent point, and at the end, Holders() is
+// the number of sources holding something and Used() the sum of what
+// everyone holds.
 func TestPoolHoldersUnderConcurrency(t *testing.T) {
-	p := NewPool(1 << 20)
-	sources := make([]Source, 8)
-	var wg sync.WaitGroup
-	for i := range sources {
-		wg.Go(func() {
-			for range 10000 {
-				if sources[i].StartForward(0, p) == Taken {
-					sources[i].EndForward(p)
-				}
+	const (
+		size, perSource  = 512, 200
+		sources          = 8
+		perSourceWorkers = 4
+		phases, rounds   = 50, 1000
+		maxHeld          = 3 // takes one worker holds at once
+	)
+	b := NewBudget(size, perSource)
+	srcs := make([]Source, sources)
+	type worker struct {
+		src  *Source // nil: work of no source
+		held []int   // the sizes it holds now
+	}
+	var workers []*worker
+	for i := range srcs {
+		for range perSourceWorkers {
+			workers = append(workers, &worker{src: &srcs[i]})
+		}
+	}
+	workers = append(workers, &worker{}, &worker{})
+	var verdicts [OverPool + 1]atomic.Int64
+	check := func(when string) {
+		t.Helper()
+		var used int64
+		held := map[*Source]int64{}
+		for _, w := range workers {
+			for _, n := range w.held {
+				used += int64(n)
+				held[w.src] += int64(n)
 			}
+		}
+		var holders int64
+		for i := range srcs {
+			s := &srcs[i]
+			if held[s] > 0 {
+				holders++
+			}
+			if got := s.Usage().InflightBytes; got != held[s] || got > perSource {
+				t.Errorf("%s: source %d counts %d bytes, holds %d (its bound %d)", when, i, got, held[s], perSource)
+			}
+		}
+		if b.pool.Holders() != holders || b.Used() != used {
+			t.Fatalf("%s: the budget counts %d holders and %d bytes used; %d sources hold %d bytes", when, b.pool.Holders(), b.Used(), holders, used)
+		}
+		if b.Peak() > size {
+			t.Fatalf("%s: peak %d over the budget of %d", when, b.Peak(), size)
+		}
+	}
+	for phase := range phases {
+		var wg sync.WaitGroup
+		for wi, w := range workers {
+			wg.Go(func() {
+				rng := uint32(wi*7919+phase*104729) | 1
+				for range rounds {
+					rng = rng*1664525 + 1013904223
+					if len(w.held) == maxHeld || len(w.held) > 0 && rng&(1<<7) == 0 {
+						j := int(rng>>8) % len(w.held)
+						b.Give(w.src, w.held[j])
+						w.held = append(w.held[:j], w.held[j+1:]...)
+						continue
+					}
+					n := int(rng>>24)%64 + 1
+					v := b.TryTake(w.src, n)
+					verdicts[v].Add(1)
+					if v == Taken {
+						w.held = append(w.held, n)
+					}
+				}
+			})
+		}
+		wg.Wait() // quiescent: every worker keeps what it holds
+		check(fmt.Sprintf("after phase %d", phase))
+	}
+	var wg sync.WaitGroup
+	for _, w := range workers {
+		wg.Go(func() {
+			for _, n := range w.held {
+				b.Give(w.src, n)
+			}
+			w.held = nil
 		})
 	}
 	wg.Wait()
-	if p.Holders() != 0 || p.Used() != 0 {
-		t.Errorf("after every slot was given back: %d holders, %d used", p.Holders(), p.Used())
+	check("at the end")
+	if b.pool.Holders() != 0 || b.Used() != 0 {
+		t.Errorf("after every byte was given back: %d holders, %d used", b.pool.Holders(), b.Used())
+	}
+	t.Logf("taken %d, refused %d over a source's bound or share and %d with the budget spent; peak %d of %d",
+		verdicts[Taken].Load(), verdicts[OverSource].Load(), verdicts[OverPool].Load(), b.Peak(), size)
+	if verdicts[OverSource].Load() == 0 || verdicts[OverPool].Load() == 0 {
+		t.Errorf("refusals: %d over a source's bound or share, %d with the budget spent; want both kinds",
+			verdicts[OverSource].Load(), verdicts[OverPool].Load())
 	}
 }
 
