@@ -479,6 +479,60 @@ func TestConcurrentIdenticalQueriesShareOneExchange(t *testing.T) {
 	}
 }
 
+// TestWaiterAnsweredWhenTheLeaderIsOverItsBytes: identical queries share
+// one exchange, whose reply's bytes are charged to the query that started
+// it. When that pod holds its own bound of bytes already, the reply is
+// refused it; another pod that joined the exchange, within every bound,
+// does not take that failure: it is answered by an exchange of its own.
+func TestWaiterAnsweredWhenTheLeaderIsOverItsBytes(t *testing.T) {
+	t.Parallel()
+	for _, p := range protocols {
+		t.Run(p.name, func(t *testing.T) {
+			t.Parallel()
+			const perSource = 4096
+			up := startUpstream(t, delayed(300*time.Millisecond, answerA(60, "198.51.100.1")))
+			b := quota.NewBudget(1<<20, perSource)
+			f := newForwarder(t, WithBudget(b), WithCacheSize(0))
+			var a, other quota.Source
+			if b.TryTake(&a, perSource) != quota.Taken { // a holds its bound: other replies, say
+				t.Fatal("could not fill the leader's bound")
+			}
+			ask := func(src *quota.Source) *dns.Msg {
+				ctx, cancel := context.WithTimeout(quota.WithSource(context.Background(), src), 10*time.Second)
+				defer cancel()
+				reply, err := f.Forward(ctx, query(t, "www.example.com.", dns.TypeA), p.tcp, []netip.AddrPort{up.addr})
+				if err != nil {
+					t.Error(err)
+					return new(dns.Msg)
+				}
+				return dnstest.Unpack(t, reply)
+			}
+			leader := make(chan *dns.Msg, 1)
+			go func() { leader <- ask(&a) }()
+			deadline := time.Now().Add(5 * time.Second)
+			for up.queries.Load() == 0 { // the leader's exchange is under way: the other joins it
+				if time.Now().After(deadline) {
+					t.Fatal("the leader's query never reached the upstream")
+				}
+				time.Sleep(time.Millisecond)
+			}
+			m := ask(&other)
+			if m.Rcode != dns.RcodeSuccess || firstA(m) != "198.51.100.1" {
+				t.Errorf("the waiter within its bounds: %s %q, want the upstream's answer", dns.RcodeToString[m.Rcode], firstA(m))
+			}
+			if m := <-leader; m.Rcode != dns.RcodeServerFailure {
+				t.Errorf("the leader over its bound: %s, want SERVFAIL", dns.RcodeToString[m.Rcode])
+			}
+			if n := up.queries.Load(); n != 2 {
+				t.Errorf("upstream got %d queries, want 2 (the leader's, then the waiter's own)", n)
+			}
+			if b.Used() != perSource || other.Usage().InflightBytes != 0 {
+				t.Errorf("budget used %d, the waiter holds %d; want only the leader's %d", b.Used(), other.Usage().InflightBytes, perSource)
+			}
+		})
+	}
+}
+
 func TestManyConcurrentCallers(t *testing.T) {
 	t.Parallel()
 	up := startUpstream(t, func(u *testUpstream, w dns.ResponseWriter, req *dns.Msg) {
