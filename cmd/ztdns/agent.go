@@ -92,7 +92,7 @@ directory of YAML manifests (--config-dir).`,
 	inflightBytes := &byteSize{n: resolver.DefaultInflightBytes}
 	fs.Var(inflightBytes, "inflight-bytes", "bytes of upstream replies held at once, read or waiting to be written, e.g. 8Mi; a reply that does not fit gets SERVFAIL")
 	podInflightBytes := &byteSize{zero: true}
-	fs.Var(podInflightBytes, "pod-inflight-bytes", "bytes of upstream replies one pod may hold at once, e.g. 512Ki; a reply that does not fit gets SERVFAIL (default: a sixteenth of --inflight-bytes; 0: no limit of its own, only its fair share)")
+	fs.Var(podInflightBytes, "pod-inflight-bytes", "bytes of upstream replies one pod may hold at once, e.g. 512Ki, at least 64Ki (one reply of the largest size); a reply that does not fit gets SERVFAIL (default: a sixteenth of --inflight-bytes, and room for two of the largest replies, 128Ki, when --inflight-bytes has it; 0: no limit of its own, only its fair share)")
 	autopath := fs.Bool("autopath", false, "answer search-list expansions of unknown names in one round trip (see README)")
 	metrics := fs.String("metrics", "", "serve /metrics, /healthz and /readyz on `ADDR`: the node's IP or 127.0.0.1 with a port, e.g. 127.0.0.1:15053 (an IPv6 address may go without brackets); empty disables")
 	capture := fs.Bool("capture", true, "capture marked pods' DNS with eBPF; false only serves on --listen")
@@ -134,6 +134,10 @@ directory of YAML manifests (--config-dir).`,
 		}
 		if *udpSockets < 1 || *udpSockets > agent.MaxSocketsPerAddr {
 			return usagef("--udp-sockets %d: want 1 to %d", *udpSockets, agent.MaxSocketsPerAddr)
+		}
+		if n := podInflightBytes.n; n != 0 && n < resolver.MinPodInflightBytes {
+			return usagef("--pod-inflight-bytes %s: want 0 (no limit of its own) or at least %s, one reply of the largest size",
+				podInflightBytes, &byteSize{n: resolver.MinPodInflightBytes})
 		}
 		al, closeAccessLog, err := openAccessLog(*accessLog, *accessLogSample, *logFormat)
 		if err != nil {

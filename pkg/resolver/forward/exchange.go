@@ -161,11 +161,14 @@ const firstChunk = 512
 // readReply reads a reply of n octets, taking them from budget as they
 // arrive, not as they are announced: the upstream may be the pod's own
 // choice, and one that announces 64 KiB and stalls holds only what it
-// sent (and at most twice that in buffer). The buffer starts at
-// firstChunk and doubles when full; while the old buffer is copied into
-// the new, both are taken. The reply's bytes stay taken when it is
-// returned; on an error none are. They count against src's bound and
-// share of the budget too (nil: the budget's alone).
+// sent (its buffer at most twice that, firstChunk at least). The buffer
+// starts at firstChunk and doubles when full, to n at most; each time it
+// grows, only the growth is taken: the old buffer is garbage once copied
+// into the new, so the budget holds the buffer's size, never more than n
+// for one reply (a source bound to one reply of the largest size can read
+// it). The reply's bytes stay taken when it is returned; on an error none
+// are. They count against src's bound and share of the budget too (nil:
+// the budget's alone).
 func readReply(r io.Reader, n int, budget *quota.Budget, src *quota.Source) ([]byte, error) {
 	size := min(n, firstChunk)
 	if v := budget.TryTake(src, size); v != quota.Taken {
@@ -175,13 +178,12 @@ func readReply(r io.Reader, n int, budget *quota.Budget, src *quota.Source) ([]b
 	for len(buf) < n {
 		if len(buf) == cap(buf) {
 			grown := min(n, 2*cap(buf))
-			if v := budget.TryTake(src, grown); v != quota.Taken {
+			if v := budget.TryTake(src, grown-cap(buf)); v != quota.Taken {
 				budget.Give(src, cap(buf))
 				return nil, fmt.Errorf("%d-octet reply, %d octets read: %w", n, len(buf), refused(v))
 			}
 			next := make([]byte, len(buf), grown)
 			copy(next, buf)
-			budget.Give(src, cap(buf))
 			buf = next
 		}
 		k, err := r.Read(buf[len(buf):cap(buf)])

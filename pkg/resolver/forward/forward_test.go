@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
+	"io"
 	"maps"
 	"net"
 	"net/netip"
@@ -13,6 +15,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/iotest"
 	"time"
 
 	"github.com/miekg/dns"
@@ -860,6 +863,34 @@ func TestWaitingExchangesHoldNoReplyBuffer(t *testing.T) {
 	t.Logf("%d bytes per forwarded query waiting for its upstream: %d of heap, %d of stacks (the caller's goroutine included)", perQuery, heap, stacks)
 	if perQuery > 32<<10 {
 		t.Errorf("%d bytes per query waiting for an upstream, want well under the 64 KiB a reply buffer takes", perQuery)
+	}
+}
+
+// TestReadReplyHoldsAtMostTheReply: a TCP reply is read into a buffer that
+// grows as it arrives, and the budget holds no more than the reply's size
+// at any time, so a source bound to one reply of the largest size gets it
+// (the old buffer and the new, both taken while one was copied into the
+// other, were 96 KiB for a 64 KiB reply).
+func TestReadReplyHoldsAtMostTheReply(t *testing.T) {
+	t.Parallel()
+	for _, n := range []int{100, 512, 513, 40000, 0xFFFF} {
+		reply := bytes.Repeat([]byte{0xAB}, n)
+		b := quota.NewBudget(1<<20, int64(n))
+		var src quota.Source
+		got, err := readReply(iotest.HalfReader(bytes.NewReader(reply)), n, b, &src)
+		if err != nil || !bytes.Equal(got, reply) {
+			t.Errorf("%d octets with a bound of %d: %d read, %v", n, n, len(got), err)
+			continue
+		}
+		if b.Peak() > int64(n) || b.Used() != int64(n) || src.Usage().InflightBytes != int64(n) {
+			t.Errorf("%d octets: peak %d, held %d (the source %d), want no more than the reply", n, b.Peak(), b.Used(), src.Usage().InflightBytes)
+		}
+		b.Give(&src, len(got))
+	}
+	// A reply cut short gives back what it took.
+	b := quota.NewBudget(1<<20, 0)
+	if _, err := readReply(bytes.NewReader(make([]byte, 3000)), 5000, b, nil); !errors.Is(err, io.ErrUnexpectedEOF) || b.Used() != 0 {
+		t.Errorf("a reply cut short: %v, %d bytes left taken", err, b.Used())
 	}
 }
 
