@@ -76,11 +76,11 @@ directory of YAML manifests (--config-dir).`,
 	domain := fs.String("cluster-domain", "cluster.local", "the cluster's DNS domain")
 	ttl := fs.Duration("ttl", 30*time.Second, "TTL of local answers")
 	fwdTimeout := fs.Duration("forward-timeout", 2*time.Second, "bound on one forwarded query across all upstreams")
-	cacheSize := fs.Int("cache-size", 10000, "entries in the cache of upstream answers (0 disables it); once full, each pod holds at most an eighth")
+	cacheSize := fs.Int("cache-size", 10000, "entries in the cache of upstream answers (0 disables it); once it is full, a pod over its share (an eighth) replaces only its own answers, and other pods' misses take back what it holds past its share")
 	vipSource := fs.String("vip-source", string(vip.SourceAuto), "where auto-allocated ServiceEntry VIPs come from: auto (istiod's status.addresses when istiod allocates, else ztdns's allocator), istiod (status.addresses only) or ztdns (its own allocator only); see README")
 	istioNamespace := fs.String("istio-namespace", "istio-system", "istiod's `NAMESPACE`, where --vip-source=auto looks for its VIP allocator")
 	cacheBytes := &byteSize{n: forward.DefaultCacheBytes}
-	fs.Var(cacheBytes, "cache-bytes", "bytes the cache of upstream answers may hold, e.g. 4Mi; once full, each pod holds at most an eighth")
+	fs.Var(cacheBytes, "cache-bytes", "bytes the cache of upstream answers may hold, e.g. 4Mi; once it is full, a pod over its share (an eighth) replaces only its own answers, and other pods' misses take back what it holds past its share")
 	podQPS := fs.Float64("pod-qps", resolver.DefaultPodQPS, "queries a second one pod (or one address that is no known pod) may send; over it, UDP queries are dropped and TCP ones REFUSED (0: no limit)")
 	podBurst := fs.Int("pod-qps-burst", 0, "queries one pod may send at once above --pod-qps (default: twice --pod-qps)")
 	podForwarding := fs.Int("pod-max-forwarding", resolver.DefaultPodForwarding, "forwarded queries one pod may have in flight; more get SERVFAIL at once (0: no limit)")
@@ -92,7 +92,7 @@ directory of YAML manifests (--config-dir).`,
 	inflightBytes := &byteSize{n: resolver.DefaultInflightBytes}
 	fs.Var(inflightBytes, "inflight-bytes", "bytes of upstream replies held at once, read or waiting to be written, e.g. 8Mi; a reply that does not fit gets SERVFAIL")
 	podInflightBytes := &byteSize{zero: true}
-	fs.Var(podInflightBytes, "pod-inflight-bytes", "bytes of upstream replies one pod may hold at once, e.g. 512Ki; a reply that does not fit gets SERVFAIL (default: a sixteenth of --inflight-bytes; 0: no limit of its own, only its fair share)")
+	fs.Var(podInflightBytes, "pod-inflight-bytes", "bytes of upstream replies one pod may hold at once, e.g. 512Ki, at least 64Ki (one reply of the largest size); a reply that does not fit gets SERVFAIL (default: a sixteenth of --inflight-bytes, and room for two of the largest replies, 128Ki, when --inflight-bytes has it; 0: no limit of its own, only its fair share)")
 	autopath := fs.Bool("autopath", false, "answer search-list expansions of unknown names in one round trip (see README)")
 	metrics := fs.String("metrics", "", "serve /metrics, /healthz and /readyz on `ADDR`: the node's IP or 127.0.0.1 with a port, e.g. 127.0.0.1:15053 (an IPv6 address may go without brackets); empty disables")
 	capture := fs.Bool("capture", true, "capture marked pods' DNS with eBPF; false only serves on --listen")
@@ -134,6 +134,10 @@ directory of YAML manifests (--config-dir).`,
 		}
 		if *udpSockets < 1 || *udpSockets > agent.MaxSocketsPerAddr {
 			return usagef("--udp-sockets %d: want 1 to %d", *udpSockets, agent.MaxSocketsPerAddr)
+		}
+		if n := podInflightBytes.n; n != 0 && n < resolver.MinPodInflightBytes {
+			return usagef("--pod-inflight-bytes %s: want 0 (no limit of its own) or at least %s, one reply of the largest size",
+				podInflightBytes, &byteSize{n: resolver.MinPodInflightBytes})
 		}
 		al, closeAccessLog, err := openAccessLog(*accessLog, *accessLogSample, *logFormat)
 		if err != nil {

@@ -122,6 +122,25 @@ func TestHelp(t *testing.T) {
 	}
 }
 
+// TestCacheFlagsSayWhatTheShareDoes: once the cache is full, a pod over
+// its eighth is not held to it: it replaces only its own answers, and the
+// others' misses take back what it holds past it (forward/cache.go). The
+// help says so, as the README does, not that a pod holds at most an
+// eighth.
+func TestCacheFlagsSayWhatTheShareDoes(t *testing.T) {
+	agentCmd, _, err := newRoot().Find([]string{"agent"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"cache-size", "cache-bytes"} {
+		usage := agentCmd.Flags().Lookup(name).Usage
+		if strings.Contains(usage, "at most an eighth") || !strings.Contains(usage, "replaces only its own answers") ||
+			!strings.Contains(usage, "take back what it holds past its share") {
+			t.Errorf("--%s: %q, want what the cache does with a pod over its eighth", name, usage)
+		}
+	}
+}
+
 // TestUsageErrors: a wrong command line exits 2 with a short message that
 // names the command and where its usage is, and does nothing.
 func TestUsageErrors(t *testing.T) {
@@ -145,6 +164,10 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"agent", "--config-dir", dir, "--log-level", "loud"}, `ztdns agent: --log-level "loud": want debug, info, warn or error`},
 		{[]string{"agent", "--config-dir", dir, "--capture-port", "70000", "--upstream", "127.0.0.1"}, "ztdns agent: --capture-port 70000: want 1-65535"},
 		{[]string{"agent", "--config-dir", dir, "--udp-sockets", "0"}, "ztdns agent: --udp-sockets 0: want 1 to 64"},
+		{[]string{"agent", "--config-dir", dir, "--pod-inflight-bytes", "32Ki"},
+			"ztdns agent: --pod-inflight-bytes 32Ki: want 0 (no limit of its own) or at least 64Ki, one reply of the largest size"},
+		{[]string{"agent", "--config-dir", dir, "--pod-inflight-bytes", "65535"},
+			"ztdns agent: --pod-inflight-bytes 65535: want 0 (no limit of its own) or at least 64Ki, one reply of the largest size"},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			r := ztdns(t, tc.args...)

@@ -107,8 +107,10 @@ type Config struct {
 	TCPIdleTimeout time.Duration
 	// InflightBytes bounds the bytes of upstream replies held at once, read
 	// or waiting to be written (0: the default); PodInflightBytes those one
-	// source holds (0: a sixteenth of InflightBytes, negative: no bound of
-	// its own, only its fair share).
+	// source holds (0: resolver.DefaultPodInflightBytes, a sixteenth of
+	// InflightBytes and room for two of the largest replies; negative: no
+	// bound of its own, only its fair share). A bound below
+	// resolver.MinPodInflightBytes refuses the source the largest replies.
 	InflightBytes    int64
 	PodInflightBytes int64
 
@@ -227,7 +229,7 @@ func newAgent(cfg Config) (*Agent, error) {
 		fwdOpts = append(fwdOpts, forward.WithTimeout(cfg.ForwardTimeout))
 	}
 	inflight := cmp.Or(cfg.InflightBytes, resolver.DefaultInflightBytes)
-	budget := quota.NewBudget(inflight, orDefaultBytes(cfg.PodInflightBytes, inflight/resolver.PodInflightShare))
+	budget := quota.NewBudget(inflight, orDefaultBytes(cfg.PodInflightBytes, resolver.DefaultPodInflightBytes(inflight)))
 	fwdOpts = append(fwdOpts, forward.WithCacheBytes(cfg.CacheBytes), forward.WithBudget(budget), forward.WithMaxUpstreamSeries(cfg.MaxUpstreamSeries))
 	a.fwd = forward.New(fwdOpts...)
 	a.server = resolver.New(resolver.Options{

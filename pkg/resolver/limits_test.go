@@ -616,9 +616,11 @@ func TestLargeAnswersKeepTheCacheWithinItsBytes(t *testing.T) {
 
 // TestInflightBytesAreBounded: large answers asked many at a time over TCP
 // hold at most the budget of bytes in flight; those that do not fit get
-// SERVFAIL, the others come in full.
+// SERVFAIL, the others come in full. The budget is less than two answers:
+// a reply holds no more than its size while it is read, and with room for
+// four the answers on loopback did not always overlap enough to be refused.
 func TestInflightBytesAreBounded(t *testing.T) {
-	const budget, answer, names = 64 << 10, 16 << 10, 400
+	const budget, answer, names = 32 << 10, 16 << 10, 400
 	up := dnstest.Start(t, "127.0.0.1:0", dnstest.LargeTXT(answer)).Addr
 	b := quota.NewBudget(budget, 0)
 	ls := startLimitsServer(t, Options{Limits: quota.Limits{QPS: -1}, Budget: b}, up, up, forward.WithCacheSize(0))
@@ -634,6 +636,7 @@ func TestInflightBytesAreBounded(t *testing.T) {
 			t.Fatalf("reply for %s: %d bytes of TXT, want all %d", r.Question[0].Name, txtBytes(r), answer)
 		}
 	}
+	t.Logf("replies by rcode %v; peak %d of %d", rcodes, b.Peak(), budget)
 	if rcodes[dns.RcodeSuccess] == 0 || rcodes[dns.RcodeServerFailure] == 0 || rcodes[dns.RcodeSuccess]+rcodes[dns.RcodeServerFailure] != names {
 		t.Errorf("replies by rcode %v: want answers and SERVFAILs, nothing else", rcodes)
 	}
@@ -641,6 +644,53 @@ func TestInflightBytesAreBounded(t *testing.T) {
 		t.Errorf("%d bytes of replies held at once, over the budget of %d", b.Peak(), budget)
 	}
 	eventually(t, "every byte given back", func() bool { return b.Used() == 0 })
+}
+
+// TestRepliesOverTheSourcesBytesAreItsOutcome: a reply waiting to be
+// written to its TCP client that does not fit what its pod may hold of
+// the budget of replies in flight (its own bound, or its fair share) is
+// the pod's outcome, forward_limited; one that does not fit the budget is
+// the node's, overload.
+func TestRepliesOverTheSourcesBytesAreItsOutcome(t *testing.T) {
+	const budget, perSource = 64 << 10, 16 << 10
+	up := dnstest.Start(t, "127.0.0.1:0", dnstest.LargeTXT(2000)).Addr
+	b := quota.NewBudget(budget, perSource)
+	ls := startLimitsServer(t, Options{Limits: quota.Limits{QPS: -1}, Budget: b}, up, up)
+	c, err := (&net.Dialer{LocalAddr: &net.TCPAddr{IP: flooderIP.AsSlice()}}).Dial("tcp4", ls.addr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	q := packQuery(t, "big.example.", dns.TypeTXT)
+	// Now cached: the answers below take bytes only while written.
+	if r := exchangeTCP(t, c, q); r.Rcode != dns.RcodeSuccess {
+		t.Fatalf("first answer: %s, want NOERROR", dns.RcodeToString[r.Rcode])
+	}
+	pod := ls.pods.Lookup(flooderIP).Quota
+	for _, tc := range []struct {
+		name              string
+		holder            *quota.Source // what holds most of the budget meanwhile
+		held              int
+		limited, overload float64
+	}{
+		{"the pod at its own bound", pod, perSource - 100, 1, 0},
+		{"the budget spent", nil, budget - 100, 0, 1},
+	} {
+		if b.TryTake(tc.holder, tc.held) != quota.Taken {
+			t.Fatalf("%s: could not take %d bytes", tc.name, tc.held)
+		}
+		limited, overload := testutil.ToFloat64(metricQueries.forwardLimited), testutil.ToFloat64(metricQueries.overload)
+		r := exchangeTCP(t, c, q)
+		b.Give(tc.holder, tc.held)
+		if r.Rcode != dns.RcodeServerFailure {
+			t.Errorf("%s: %s, want SERVFAIL", tc.name, dns.RcodeToString[r.Rcode])
+		}
+		gotLimited := testutil.ToFloat64(metricQueries.forwardLimited) - limited
+		gotOverload := testutil.ToFloat64(metricQueries.overload) - overload
+		if gotLimited != tc.limited || gotOverload != tc.overload {
+			t.Errorf("%s: forward_limited rose by %v and overload by %v, want %v and %v", tc.name, gotLimited, gotOverload, tc.limited, tc.overload)
+		}
+	}
 }
 
 // TestMemoryPerConnectionAndForward measures what an idle TCP connection
@@ -751,6 +801,38 @@ func TestLongTCPQueryRefused(t *testing.T) {
 	max = append(max, make([]byte, maxQuery-len(max))...)
 	if r := exchangeTCP(t, c, max); r.Rcode != dns.RcodeSuccess || len(r.Answer) != 1 {
 		t.Errorf("a %d-octet query: %s %v, want the upstream's answer", maxQuery, dns.RcodeToString[r.Rcode], r.Answer)
+	}
+}
+
+// TestLongTCPMessagesChargeTheRate: a TCP message longer than any query
+// is charged to its source's rate before it is looked at, as a short one
+// is: messages that are no query (QR set) get no answer but still spend
+// the burst, and the pod's next query is REFUSED.
+func TestLongTCPMessagesChargeTheRate(t *testing.T) {
+	const burst, long = 5, 5000
+	var clock atomic.Int64 // stands still: the burst never refills
+	now := func() time.Time { return time.Unix(0, clock.Load()) }
+	ls := startLimitsServer(t, Options{Limits: quota.Limits{QPS: 1, Burst: burst}, Now: now}, liveUpstream(t), liveUpstream(t))
+	c, err := (&net.Dialer{LocalAddr: &net.TCPAddr{IP: flooderIP.AsSlice()}}).Dial("tcp4", ls.addr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	msg := make([]byte, 2+long)
+	binary.BigEndian.PutUint16(msg, long)
+	copy(msg[2:], packQuery(t, "who.example.", dns.TypeA))
+	msg[2+2] |= 0x80 // QR: a response, which the resolver does not answer
+	for range burst {
+		if _, err := c.Write(msg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if r := exchangeTCP(t, c, packQuery(t, tableName, dns.TypeA)); r.Rcode != dns.RcodeRefused {
+		t.Errorf("query after %d long responses: %s, want REFUSED (the burst of %d spent)", burst, dns.RcodeToString[r.Rcode], burst)
+	}
+	if u := ls.usage(flooderIP); u.RateLimited != 1 {
+		t.Errorf("%d rate-limited, want 1", u.RateLimited)
 	}
 }
 

@@ -18,7 +18,8 @@ var (
 		Name: "ztdns_resolver_queries_total",
 		Help: "DNS queries by outcome: local (answered from the table), forwarded, autopath, formerr, refused, " +
 			"rate_limited (over the source's query rate: dropped over UDP, REFUSED over TCP), " +
-			"forward_limited (SERVFAIL: the source had its share of forwarded queries in flight), " +
+			"forward_limited (SERVFAIL: the source had its own bound or its fair share of forwarded queries in flight, " +
+			"or of the bytes of their replies waiting to be written to it), " +
 			"overload (SERVFAIL: too many forwarded queries, or bytes of their replies, in flight in all), drop.",
 	}, []string{"outcome"})
 	// metricTruncated counts UDP replies sent with TC set.
@@ -30,7 +31,9 @@ var (
 	// bound they hit.
 	metricTCPRejectedVec = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "ztdns_resolver_tcp_rejected_total",
-		Help: "TCP connections closed at once, by the limit reached: source (the source's own connections) or total.",
+		Help: "TCP connections closed, by the limit reached: source (refused at once for the source's own bound, --pod-max-tcp, " +
+			"or its fair share of --max-tcp; or closed later, a connection of a source over its share, to make room for one within it) " +
+			"or total (refused at once, --max-tcp open).",
 	}, []string{"limit"})
 	// metricTCPConns is the number of open TCP connections.
 	metricTCPConns = prometheus.NewGauge(prometheus.GaugeOpts{

@@ -39,6 +39,15 @@ type Forwarder interface {
 	ForwardFrom(ctx context.Context, req []byte, tcp bool, upstreams []netip.AddrPort) ([]byte, forward.Origin, error)
 }
 
+// DefaultPodInflightBytes is the bytes of replies in flight one source may
+// hold unless told otherwise, of a budget of inflight: a PodInflightShare
+// of it, but room for two of the largest replies whenever the budget has
+// it, so that a pod alone on an idle node gets any reply whatever
+// --inflight-bytes is.
+func DefaultPodInflightBytes(inflight int64) int64 {
+	return max(inflight/PodInflightShare, min(inflight, 2*MinPodInflightBytes))
+}
+
 // Pods finds the pod behind a source address (package podcache).
 type Pods interface {
 	Lookup(ip netip.Addr) *podcache.Pod
@@ -67,8 +76,14 @@ const (
 	DefaultInflightBytes = 8 << 20
 	// PodInflightShare: one source may hold at most this part of the
 	// bytes of replies in flight unless told otherwise (512 KiB of the
-	// default 8 MiB: eight of the largest replies).
+	// default 8 MiB: eight of the largest replies), and no less than
+	// DefaultPodInflightBytes says.
 	PodInflightShare = 16
+	// MinPodInflightBytes is the least bound of a source's bytes of
+	// replies in flight that lets it have any reply: one of the largest
+	// size (a TCP frame's length is 16 bits), which the forwarder reads
+	// taking no more than its size.
+	MinPodInflightBytes = 64 << 10
 	// DefaultUnknownSources bounds the addresses, not known as pods, that
 	// get limits of their own; the rest share one.
 	DefaultUnknownSources = 1024

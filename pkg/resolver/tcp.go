@@ -314,10 +314,16 @@ func (s *Server) serveTCPConn(tc *tcpConn, local netip.AddrPort) {
 			// Until it is written (a client that reads slowly holds it up
 			// to tcpReadTimeout), the reply counts against the budget of
 			// replies in flight; one that does not fit becomes SERVFAIL.
-			// It is the source's, within its bound and share of the budget.
-			if n := len(reply); s.opts.Budget.TryTake(tc.source, n) {
+			// It is the source's, within its bound and share of the budget:
+			// over those, the outcome is the source's (forward_limited);
+			// with the budget spent, the node's (overload).
+			switch n := len(reply); s.opts.Budget.TryTake(tc.source, n) {
+			case quota.Taken:
 				defer s.opts.Budget.Give(tc.source, n)
-			} else {
+			case quota.OverSource:
+				metricQueries.forwardLimited.Inc()
+				reply = servfailFor(msg)
+			default:
 				metricQueries.overload.Inc()
 				reply = servfailFor(msg)
 			}
@@ -330,7 +336,9 @@ func (s *Server) serveTCPConn(tc *tcpConn, local netip.AddrPort) {
 // header: FORMERR (REFUSED over the source's rate), or nothing for a
 // message that is no query. The rest of the message is read off the
 // connection, a few KiB at a time, and thrown away. It reports false when
-// the connection is to be closed: the message was cut short.
+// the connection is to be closed: the message was cut short. As in
+// answerFast, every message is charged to its source's rate before it is
+// parsed, those that are no query (QR set, say) included.
 func (s *Server) answerLong(c net.Conn, n int, src netip.AddrPort, out []byte, sc *scratch) ([]byte, bool) {
 	var hdr [dnswire.HeaderLen]byte
 	if _, err := io.ReadFull(c, hdr[:]); err != nil {
@@ -342,18 +350,19 @@ func (s *Server) answerLong(c net.Conn, n int, src netip.AddrPort, out []byte, s
 		return nil, false
 	}
 	var r request
+	now := s.clock()
+	pod, source := s.sourceOf(src.Addr(), now)
+	if s.rate != (quota.Rate{}) && !source.Allow(now, s.rate) {
+		metricQueries.rateLimited.Inc()
+		if parse(hdr[:], &r, &sc.name) == verdictDrop {
+			return nil, true
+		}
+		return s.answered(sc, dnswire.AppendErrorReply(out, hdr[:], &r, dnswire.RcodeRefused), 0, &r, true, pod, src, now), true
+	}
 	if parse(hdr[:], &r, &sc.name) == verdictDrop {
 		metricQueries.drop.Inc()
 		return nil, true
 	}
-	now := s.clock()
-	pod, source := s.sourceOf(src.Addr(), now)
-	rcode := dnswire.RcodeFormErr
-	if s.rate != (quota.Rate{}) && !source.Allow(now, s.rate) {
-		metricQueries.rateLimited.Inc()
-		rcode = dnswire.RcodeRefused
-	} else {
-		metricQueries.formerr.Inc()
-	}
-	return s.answered(sc, dnswire.AppendErrorReply(out, hdr[:], &r, rcode), 0, &r, true, pod, src, now), true
+	metricQueries.formerr.Inc()
+	return s.answered(sc, dnswire.AppendErrorReply(out, hdr[:], &r, dnswire.RcodeFormErr), 0, &r, true, pod, src, now), true
 }

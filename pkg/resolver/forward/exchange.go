@@ -21,8 +21,20 @@ import (
 var errMismatch = errors.New("reply does not match the query")
 
 // errNoMemory reports a reply that did not fit the budget of replies in
-// flight.
-var errNoMemory = errors.New("reply does not fit the budget of replies in flight")
+// flight; errSourceMemory one that did not fit what its source may hold of
+// it (its own bound, or its fair share of a budget more than half spent).
+var (
+	errNoMemory     = errors.New("reply does not fit the budget of replies in flight")
+	errSourceMemory = errors.New("reply does not fit the bytes its source may hold")
+)
+
+// refused is the error of a reply whose bytes the budget refused with v.
+func refused(v quota.Verdict) error {
+	if v == quota.OverSource {
+		return errSourceMemory
+	}
+	return errNoMemory
+}
 
 // exchange sends query (already carrying its own random ID) to one upstream
 // over the client's protocol and returns the first reply that matches it. A
@@ -69,8 +81,8 @@ func exchangeUDP(ctx context.Context, upstream netip.AddrPort, query []byte, q d
 			}
 			continue
 		}
-		if !budget.TryTake(src, n) {
-			return nil, fmt.Errorf("read udp %s: %d-octet reply: %w", upstream, n, errNoMemory)
+		if v := budget.TryTake(src, n); v != quota.Taken {
+			return nil, fmt.Errorf("read udp %s: %d-octet reply: %w", upstream, n, refused(v))
 		}
 		buf := make([]byte, n)
 		n, err = conn.Read(buf)
@@ -149,27 +161,29 @@ const firstChunk = 512
 // readReply reads a reply of n octets, taking them from budget as they
 // arrive, not as they are announced: the upstream may be the pod's own
 // choice, and one that announces 64 KiB and stalls holds only what it
-// sent (and at most twice that in buffer). The buffer starts at
-// firstChunk and doubles when full; while the old buffer is copied into
-// the new, both are taken. The reply's bytes stay taken when it is
-// returned; on an error none are. They count against src's bound and
-// share of the budget too (nil: the budget's alone).
+// sent (its buffer at most twice that, firstChunk at least). The buffer
+// starts at firstChunk and doubles when full, to n at most; each time it
+// grows, only the growth is taken: the old buffer is garbage once copied
+// into the new, so the budget holds the buffer's size, never more than n
+// for one reply (a source bound to one reply of the largest size can read
+// it). The reply's bytes stay taken when it is returned; on an error none
+// are. They count against src's bound and share of the budget too (nil:
+// the budget's alone).
 func readReply(r io.Reader, n int, budget *quota.Budget, src *quota.Source) ([]byte, error) {
 	size := min(n, firstChunk)
-	if !budget.TryTake(src, size) {
-		return nil, fmt.Errorf("%d-octet reply: %w", n, errNoMemory)
+	if v := budget.TryTake(src, size); v != quota.Taken {
+		return nil, fmt.Errorf("%d-octet reply: %w", n, refused(v))
 	}
 	buf := make([]byte, 0, size)
 	for len(buf) < n {
 		if len(buf) == cap(buf) {
 			grown := min(n, 2*cap(buf))
-			if !budget.TryTake(src, grown) {
+			if v := budget.TryTake(src, grown-cap(buf)); v != quota.Taken {
 				budget.Give(src, cap(buf))
-				return nil, fmt.Errorf("%d-octet reply, %d octets read: %w", n, len(buf), errNoMemory)
+				return nil, fmt.Errorf("%d-octet reply, %d octets read: %w", n, len(buf), refused(v))
 			}
 			next := make([]byte, len(buf), grown)
 			copy(next, buf)
-			budget.Give(src, cap(buf))
 			buf = next
 		}
 		k, err := r.Read(buf[len(buf):cap(buf)])

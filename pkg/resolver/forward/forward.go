@@ -51,6 +51,11 @@ type flight struct {
 	done  chan struct{}
 	reply []byte         // the upstream's reply with our ID, or nil if none came
 	from  netip.AddrPort // the upstream that sent reply
+	// leaderBytes: no reply, because one was refused for want of bytes of
+	// the leader's own source (its bound, or its fair share of the budget).
+	// The failure is the leader's: its waiters, whose sources may have
+	// room, ask again under their own.
+	leaderBytes bool
 }
 
 // Origin says where a reply came from.
@@ -150,24 +155,32 @@ func (f *Forwarder) ForwardFrom(ctx context.Context, req []byte, tcp bool, upstr
 	// it in its own goroutine (a goroutine per query in flight is most of
 	// what one costs); the others wait for it, each until its own context
 	// ends, so one giving up does not cancel the exchange for the rest.
+	// The reply's bytes are the leader's: when they did not fit what its
+	// source may hold, the waiters do not take that failure, but join or
+	// lead a new exchange under their own sources.
 	proto := byte('u')
 	if tcp {
 		proto = 't'
 	}
 	flightKey := string(append(key, proto))
-	fl, leader := f.joinFlight(flightKey)
-	switch {
-	case fl == nil:
-		return servfail(req, r), Origin{}, nil
-	case leader:
-		f.fly(ctx, fl, flightKey, src, req, r, tcp, upstreams)
-		return f.finish(req, r, fl.reply), Origin{Upstream: fl.from}, nil
-	}
-	select {
-	case <-fl.done:
-		return f.finish(req, r, fl.reply), Origin{Upstream: fl.from}, nil
-	case <-ctx.Done():
-		return servfail(req, r), Origin{}, nil
+	for {
+		fl, leader := f.joinFlight(flightKey)
+		switch {
+		case fl == nil:
+			return servfail(req, r), Origin{}, nil
+		case leader:
+			f.fly(ctx, fl, flightKey, src, req, r, tcp, upstreams)
+			return f.finish(req, r, fl.reply), Origin{Upstream: fl.from}, nil
+		}
+		select {
+		case <-fl.done:
+			if fl.reply == nil && fl.leaderBytes {
+				continue // the leader's source was full, not ours
+			}
+			return f.finish(req, r, fl.reply), Origin{Upstream: fl.from}, nil
+		case <-ctx.Done():
+			return servfail(req, r), Origin{}, nil
+		}
 	}
 }
 
@@ -199,7 +212,7 @@ func (f *Forwarder) fly(ctx context.Context, fl *flight, flightKey string, src *
 	defer cancel()
 	defer context.AfterFunc(f.base, cancel)()
 	a := f.resolve(ctx, req, r, tcp, upstreams)
-	fl.reply, fl.from = a.reply, a.upstream
+	fl.reply, fl.from, fl.leaderBytes = a.reply, a.upstream, a.overSource
 	if fl.reply != nil {
 		f.store(flightKey[:len(flightKey)-1], fl.reply, fl.from, src)
 	}
@@ -237,6 +250,9 @@ type attempt struct {
 	reply    []byte
 	good     bool
 	upstream netip.AddrPort // who sent reply
+	// overSource: no reply, and one was refused for want of bytes of the
+	// source the exchange ran for (its bound or its fair share).
+	overSource bool
 }
 
 func (a attempt) origin() Origin {
@@ -247,9 +263,10 @@ func (a attempt) origin() Origin {
 }
 
 // resolve asks every upstream at once and returns the first good reply, else
-// the first reply of any kind, else none (a nil reply). Losing exchanges are canceled; they
-// end on their own and are not waited for. The reply's bytes are taken from
-// the budget: the caller gives them back when done with it.
+// the first reply of any kind, else none (a nil reply; overSource when a
+// reply was refused for want of the source's bytes). Losing exchanges are
+// canceled; they end on their own and are not waited for. The reply's bytes
+// are taken from the budget: the caller gives them back when done with it.
 func (f *Forwarder) resolve(ctx context.Context, req []byte, r dnswire.Query, tcp bool, upstreams []netip.AddrPort) attempt {
 	upstreams = distinctUpstreams(upstreams)
 	if len(upstreams) == 0 {
@@ -286,17 +303,22 @@ func (f *Forwarder) resolve(ctx context.Context, req []byte, r dnswire.Query, tc
 		started++
 	}
 	var fallback attempt
+	overSource := false
 	for range started {
 		a := <-results
 		if a.good {
 			f.budget.Give(quota.SourceFrom(ctx), len(fallback.reply))
 			return a
 		}
+		overSource = overSource || a.overSource
 		if fallback.reply == nil {
 			fallback = a
 		} else {
 			f.budget.Give(quota.SourceFrom(ctx), len(a.reply))
 		}
+	}
+	if fallback.reply == nil {
+		fallback.overSource = overSource
 	}
 	return fallback
 }
@@ -318,12 +340,14 @@ func (f *Forwarder) ask(ctx context.Context, upstream netip.AddrPort, query []by
 			result = resultCanceled
 		case errors.Is(err, errNoMemory):
 			result = resultNoMemory
+		case errors.Is(err, errSourceMemory):
+			result = resultSourceLimited
 		}
 		f.upstreams.attempt(upstream, result)
 		if result != resultCanceled {
 			f.log.Debug("upstream exchange failed", "upstream", upstream, "proto", proto, "result", result, "error", err)
 		}
-		return attempt{}
+		return attempt{overSource: result == resultSourceLimited}
 	}
 	f.upstreams.observe(upstream, proto, time.Since(start))
 	rh, _ := dnswire.ReadHeader(reply) // matches() checked the length

@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
+	"io"
 	"maps"
 	"net"
 	"net/netip"
@@ -13,6 +15,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/iotest"
 	"time"
 
 	"github.com/miekg/dns"
@@ -21,6 +24,7 @@ import (
 
 	"github.com/ztdns/ztdns/internal/dnstest"
 	"github.com/ztdns/ztdns/pkg/dnswire"
+	"github.com/ztdns/ztdns/pkg/resolver/quota"
 )
 
 var protocols = []struct {
@@ -478,6 +482,60 @@ func TestConcurrentIdenticalQueriesShareOneExchange(t *testing.T) {
 	}
 }
 
+// TestWaiterAnsweredWhenTheLeaderIsOverItsBytes: identical queries share
+// one exchange, whose reply's bytes are charged to the query that started
+// it. When that pod holds its own bound of bytes already, the reply is
+// refused it; another pod that joined the exchange, within every bound,
+// does not take that failure: it is answered by an exchange of its own.
+func TestWaiterAnsweredWhenTheLeaderIsOverItsBytes(t *testing.T) {
+	t.Parallel()
+	for _, p := range protocols {
+		t.Run(p.name, func(t *testing.T) {
+			t.Parallel()
+			const perSource = 4096
+			up := startUpstream(t, delayed(300*time.Millisecond, answerA(60, "198.51.100.1")))
+			b := quota.NewBudget(1<<20, perSource)
+			f := newForwarder(t, WithBudget(b), WithCacheSize(0))
+			var a, other quota.Source
+			if b.TryTake(&a, perSource) != quota.Taken { // a holds its bound: other replies, say
+				t.Fatal("could not fill the leader's bound")
+			}
+			ask := func(src *quota.Source) *dns.Msg {
+				ctx, cancel := context.WithTimeout(quota.WithSource(context.Background(), src), 10*time.Second)
+				defer cancel()
+				reply, err := f.Forward(ctx, query(t, "www.example.com.", dns.TypeA), p.tcp, []netip.AddrPort{up.addr})
+				if err != nil {
+					t.Error(err)
+					return new(dns.Msg)
+				}
+				return dnstest.Unpack(t, reply)
+			}
+			leader := make(chan *dns.Msg, 1)
+			go func() { leader <- ask(&a) }()
+			deadline := time.Now().Add(5 * time.Second)
+			for up.queries.Load() == 0 { // the leader's exchange is under way: the other joins it
+				if time.Now().After(deadline) {
+					t.Fatal("the leader's query never reached the upstream")
+				}
+				time.Sleep(time.Millisecond)
+			}
+			m := ask(&other)
+			if m.Rcode != dns.RcodeSuccess || firstA(m) != "198.51.100.1" {
+				t.Errorf("the waiter within its bounds: %s %q, want the upstream's answer", dns.RcodeToString[m.Rcode], firstA(m))
+			}
+			if m := <-leader; m.Rcode != dns.RcodeServerFailure {
+				t.Errorf("the leader over its bound: %s, want SERVFAIL", dns.RcodeToString[m.Rcode])
+			}
+			if n := up.queries.Load(); n != 2 {
+				t.Errorf("upstream got %d queries, want 2 (the leader's, then the waiter's own)", n)
+			}
+			if b.Used() != perSource || other.Usage().InflightBytes != 0 {
+				t.Errorf("budget used %d, the waiter holds %d; want only the leader's %d", b.Used(), other.Usage().InflightBytes, perSource)
+			}
+		})
+	}
+}
+
 func TestManyConcurrentCallers(t *testing.T) {
 	t.Parallel()
 	up := startUpstream(t, func(u *testUpstream, w dns.ResponseWriter, req *dns.Msg) {
@@ -656,6 +714,43 @@ func TestUpstreamSeriesAreBounded(t *testing.T) {
 	}
 }
 
+// TestRefusedReplyBytesSayWhose: a reply that does not fit what its
+// source may hold counts as the result source_limited; one that does not
+// fit the node's budget as no_memory.
+func TestRefusedReplyBytesSayWhose(t *testing.T) {
+	t.Parallel()
+	up := startUpstream(t, answerA(60, "198.51.100.1"))
+	for _, tc := range []struct {
+		name   string
+		budget *quota.Budget
+		want   string
+	}{
+		{"source", quota.NewBudget(1<<20, 10), resultSourceLimited},
+		{"node", quota.NewBudget(10, 0), resultNoMemory},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newForwarder(t, WithBudget(tc.budget), WithCacheSize(0))
+			for _, tcp := range []bool{false, true} {
+				ctx := quota.WithSource(context.Background(), new(quota.Source))
+				b, err := f.Forward(ctx, query(t, "www.example.com.", dns.TypeA), tcp, []netip.AddrPort{up.addr})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if m := dnstest.Unpack(t, b); m.Rcode != dns.RcodeServerFailure {
+					t.Errorf("tcp=%v: %s, want SERVFAIL", tcp, dns.RcodeToString[m.Rcode])
+				}
+			}
+			want := map[[2]string]float64{{up.addr.String(), tc.want}: 2}
+			if got := upstreamCounts(t, f); !maps.Equal(got, want) {
+				t.Errorf("upstream queries %v, want %v", got, want)
+			}
+			if used := tc.budget.Used(); used != 0 {
+				t.Errorf("%d bytes left taken", used)
+			}
+		})
+	}
+}
+
 // TestForwardFromSaysWhereTheReplyCameFrom: the upstream that answered, and
 // whether the cache did.
 func TestForwardFromSaysWhereTheReplyCameFrom(t *testing.T) {
@@ -768,6 +863,34 @@ func TestWaitingExchangesHoldNoReplyBuffer(t *testing.T) {
 	t.Logf("%d bytes per forwarded query waiting for its upstream: %d of heap, %d of stacks (the caller's goroutine included)", perQuery, heap, stacks)
 	if perQuery > 32<<10 {
 		t.Errorf("%d bytes per query waiting for an upstream, want well under the 64 KiB a reply buffer takes", perQuery)
+	}
+}
+
+// TestReadReplyHoldsAtMostTheReply: a TCP reply is read into a buffer that
+// grows as it arrives, and the budget holds no more than the reply's size
+// at any time, so a source bound to one reply of the largest size gets it
+// (the old buffer and the new, both taken while one was copied into the
+// other, were 96 KiB for a 64 KiB reply).
+func TestReadReplyHoldsAtMostTheReply(t *testing.T) {
+	t.Parallel()
+	for _, n := range []int{100, 512, 513, 40000, 0xFFFF} {
+		reply := bytes.Repeat([]byte{0xAB}, n)
+		b := quota.NewBudget(1<<20, int64(n))
+		var src quota.Source
+		got, err := readReply(iotest.HalfReader(bytes.NewReader(reply)), n, b, &src)
+		if err != nil || !bytes.Equal(got, reply) {
+			t.Errorf("%d octets with a bound of %d: %d read, %v", n, n, len(got), err)
+			continue
+		}
+		if b.Peak() > int64(n) || b.Used() != int64(n) || src.Usage().InflightBytes != int64(n) {
+			t.Errorf("%d octets: peak %d, held %d (the source %d), want no more than the reply", n, b.Peak(), b.Used(), src.Usage().InflightBytes)
+		}
+		b.Give(&src, len(got))
+	}
+	// A reply cut short gives back what it took.
+	b := quota.NewBudget(1<<20, 0)
+	if _, err := readReply(bytes.NewReader(make([]byte, 3000)), 5000, b, nil); !errors.Is(err, io.ErrUnexpectedEOF) || b.Used() != 0 {
+		t.Errorf("a reply cut short: %v, %d bytes left taken", err, b.Used())
 	}
 }
 

@@ -15,7 +15,10 @@ const (
 	resultTimeout  = "timeout"   // no valid reply within the bound
 	resultError    = "error"     // socket error, e.g. connection refused
 	resultCanceled = "canceled"  // stopped because another upstream answered first
-	resultNoMemory = "no_memory" // the reply did not fit the budget of replies in flight
+	resultNoMemory = "no_memory" // the reply did not fit the budget of replies in flight (the node's)
+	// the reply did not fit what the asking source may hold of that budget:
+	// its own bound or its fair share
+	resultSourceLimited = "source_limited"
 )
 
 var (
@@ -105,7 +108,9 @@ func newUpstreamMetrics(maxSeries int) *upstreamMetrics {
 			Subsystem: "forward",
 			Name:      "upstream_queries_total",
 			Help: "Queries sent to upstream nameservers, by upstream (to: its address, or \"other\" past --metrics-max-upstreams) " +
-				"and result (ok, servfail, timeout, error, canceled, no_memory); all but ok and canceled are failures.",
+				"and result (ok, servfail, timeout, error, canceled, no_memory, source_limited); all but ok, canceled and source_limited are failures. " +
+				"no_memory: the reply did not fit the node's budget of replies in flight (--inflight-bytes); " +
+				"source_limited: it did not fit what the asking pod may hold of it (--pod-inflight-bytes, or its fair share), the pod's doing.",
 		}, []string{"to", "result"}),
 		// duration measures how long upstreams take to send a valid reply.
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{

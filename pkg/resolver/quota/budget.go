@@ -25,12 +25,14 @@ func NewBudget(size, perSource int64) *Budget {
 
 // TryTake takes n bytes for the source s (nil: work of no source, bounded
 // only by the budget) if the budget, the source's bound and its fair share
-// allow.
-func (b *Budget) TryTake(s *Source, n int) bool {
+// allow, and says which refused them otherwise: OverSource when s holds
+// its own bound or more than its fair share (see Pool), OverPool when the
+// budget is spent. A nil Budget always returns Taken.
+func (b *Budget) TryTake(s *Source, n int) Verdict {
 	if b == nil {
-		return true
+		return Taken
 	}
-	return b.pool.take(s.bytesHeld(), int64(n), b.perSource) == Taken
+	return b.pool.take(s.bytesHeld(), int64(n), b.perSource)
 }
 
 // Give returns n bytes taken with TryTake for s.

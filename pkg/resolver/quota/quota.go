@@ -1,11 +1,15 @@
 // Package quota is what one source of DNS queries may take of the resolver:
-// a query rate, forwarded queries in flight and TCP connections, and the
-// count of what it was refused. A source is a pod (its Source hangs off the
+// a query rate, forwarded queries in flight, TCP connections and bytes of
+// replies in flight, and the count of what it was refused. A source is a pod (its Source hangs off the
 // pod registry's record, so the lookup the resolver does for every query
 // finds it) or, for an address no pod owns, an entry of a bounded Table.
 //
 // Everything here is lock-free on the query path: a rate check is one
-// compare-and-swap, a bound one atomic add.
+// compare-and-swap (retried when another query took the bucket first); a
+// bound is a few atomic operations: adds to what the source and the pool
+// hold (and to the pool's holders when the source starts or stops holding
+// some), a load of the holders for the fair share, and a load of the peak
+// (a compare-and-swap when it rises). No bound waits for another.
 package quota
 
 import (

@@ -1,8 +1,10 @@
 package quota
 
 import (
+	"fmt"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -142,18 +144,18 @@ func TestTableIsBounded(t *testing.T) {
 
 func TestBudget(t *testing.T) {
 	b := NewBudget(100, 0)
-	if !b.TryTake(nil, 60) || !b.TryTake(nil, 40) {
+	if b.TryTake(nil, 60) != Taken || b.TryTake(nil, 40) != Taken {
 		t.Fatal("taking 100 of 100 failed")
 	}
-	if b.TryTake(nil, 1) {
+	if b.TryTake(nil, 1) == Taken {
 		t.Error("took more than the budget")
 	}
 	b.Give(nil, 60)
-	if !b.TryTake(nil, 50) || b.Used() != 90 || b.Peak() != 100 {
+	if b.TryTake(nil, 50) != Taken || b.Used() != 90 || b.Peak() != 100 {
 		t.Errorf("after giving back 60 and taking 50: used %d, peak %d; want 90 and 100", b.Used(), b.Peak())
 	}
 	var unbounded *Budget = NewBudget(0, 0)
-	if unbounded != nil || !unbounded.TryTake(nil, 1<<40) {
+	if unbounded != nil || unbounded.TryTake(nil, 1<<40) != Taken {
 		t.Error("a budget of 0 is not unbounded")
 	}
 	unbounded.Give(nil, 1<<40) // a nil budget counts nothing
@@ -209,41 +211,124 @@ func TestPoolFairShare(t *testing.T) {
 	}
 }
 
-// TestPoolHoldersUnderConcurrency: holders are counted exactly however
-// takes and gives interleave.
+// TestPoolHoldersUnderConcurrency: the holders and what they hold are
+// counted exactly however takes and gives interleave: several goroutines
+// per source take bytes of varied sizes from a small budget and give them
+// back, so that sources start and stop holding while others do, and both
+// kinds of refusal happen (a source over its own bound or its share, the
+// budget spent). At every quiescent point, and at the end, Holders() is
+// the number of sources holding something and Used() the sum of what
+// everyone holds.
 func TestPoolHoldersUnderConcurrency(t *testing.T) {
-	p := NewPool(1 << 20)
-	sources := make([]Source, 8)
-	var wg sync.WaitGroup
-	for i := range sources {
-		wg.Go(func() {
-			for range 10000 {
-				if sources[i].StartForward(0, p) == Taken {
-					sources[i].EndForward(p)
-				}
+	const (
+		size, perSource  = 512, 200
+		sources          = 8
+		perSourceWorkers = 4
+		phases, rounds   = 50, 1000
+		maxHeld          = 3 // takes one worker holds at once
+	)
+	b := NewBudget(size, perSource)
+	srcs := make([]Source, sources)
+	type worker struct {
+		src  *Source // nil: work of no source
+		held []int   // the sizes it holds now
+	}
+	var workers []*worker
+	for i := range srcs {
+		for range perSourceWorkers {
+			workers = append(workers, &worker{src: &srcs[i]})
+		}
+	}
+	workers = append(workers, &worker{}, &worker{})
+	var verdicts [OverPool + 1]atomic.Int64
+	check := func(when string) {
+		t.Helper()
+		var used int64
+		held := map[*Source]int64{}
+		for _, w := range workers {
+			for _, n := range w.held {
+				used += int64(n)
+				held[w.src] += int64(n)
 			}
+		}
+		var holders int64
+		for i := range srcs {
+			s := &srcs[i]
+			if held[s] > 0 {
+				holders++
+			}
+			if got := s.Usage().InflightBytes; got != held[s] || got > perSource {
+				t.Errorf("%s: source %d counts %d bytes, holds %d (its bound %d)", when, i, got, held[s], perSource)
+			}
+		}
+		if b.pool.Holders() != holders || b.Used() != used {
+			t.Fatalf("%s: the budget counts %d holders and %d bytes used; %d sources hold %d bytes", when, b.pool.Holders(), b.Used(), holders, used)
+		}
+		if b.Peak() > size {
+			t.Fatalf("%s: peak %d over the budget of %d", when, b.Peak(), size)
+		}
+	}
+	for phase := range phases {
+		var wg sync.WaitGroup
+		for wi, w := range workers {
+			wg.Go(func() {
+				rng := uint32(wi*7919+phase*104729) | 1
+				for range rounds {
+					rng = rng*1664525 + 1013904223
+					if len(w.held) == maxHeld || len(w.held) > 0 && rng&(1<<7) == 0 {
+						j := int(rng>>8) % len(w.held)
+						b.Give(w.src, w.held[j])
+						w.held = append(w.held[:j], w.held[j+1:]...)
+						continue
+					}
+					n := int(rng>>24)%64 + 1
+					v := b.TryTake(w.src, n)
+					verdicts[v].Add(1)
+					if v == Taken {
+						w.held = append(w.held, n)
+					}
+				}
+			})
+		}
+		wg.Wait() // quiescent: every worker keeps what it holds
+		check(fmt.Sprintf("after phase %d", phase))
+	}
+	var wg sync.WaitGroup
+	for _, w := range workers {
+		wg.Go(func() {
+			for _, n := range w.held {
+				b.Give(w.src, n)
+			}
+			w.held = nil
 		})
 	}
 	wg.Wait()
-	if p.Holders() != 0 || p.Used() != 0 {
-		t.Errorf("after every slot was given back: %d holders, %d used", p.Holders(), p.Used())
+	check("at the end")
+	if b.pool.Holders() != 0 || b.Used() != 0 {
+		t.Errorf("after every byte was given back: %d holders, %d used", b.pool.Holders(), b.Used())
+	}
+	t.Logf("taken %d, refused %d over a source's bound or share and %d with the budget spent; peak %d of %d",
+		verdicts[Taken].Load(), verdicts[OverSource].Load(), verdicts[OverPool].Load(), b.Peak(), size)
+	if verdicts[OverSource].Load() == 0 || verdicts[OverPool].Load() == 0 {
+		t.Errorf("refusals: %d over a source's bound or share, %d with the budget spent; want both kinds",
+			verdicts[OverSource].Load(), verdicts[OverPool].Load())
 	}
 }
 
 func TestBudgetPerSource(t *testing.T) {
 	b := NewBudget(200, 80)
 	var s, o Source
-	if !b.TryTake(&s, 80) || b.TryTake(&s, 1) {
+	if b.TryTake(&s, 80) != Taken || b.TryTake(&s, 1) == Taken {
 		t.Error("a source took other than its bound of 80")
 	}
-	if !b.TryTake(&o, 20) || !b.TryTake(nil, 50) {
+	if b.TryTake(&o, 20) != Taken || b.TryTake(nil, 50) != Taken {
 		t.Error("another source or work of none was refused under the budget")
 	}
 	// 150 of 200 spent by two sources: a share is 200/3 = 66.
-	if b.TryTake(&o, 47) {
+	if b.TryTake(&o, 47) == Taken {
 		t.Error("a source took past its share of a budget more than half spent")
 	}
-	if !b.TryTake(&o, 46) {
+	if b.TryTake(&o, 46) != Taken {
 		t.Error("a source was refused up to its share")
 	}
 	b.Give(&s, 80)
@@ -251,10 +336,49 @@ func TestBudgetPerSource(t *testing.T) {
 	if b.pool.Holders() != 1 {
 		t.Errorf("giving nothing moved the holders to %d, want 1", b.pool.Holders())
 	}
-	if !b.TryTake(&o, 0) || b.pool.Holders() != 1 {
+	if b.TryTake(&o, 0) != Taken || b.pool.Holders() != 1 {
 		t.Errorf("taking nothing moved the holders to %d, want 1", b.pool.Holders())
 	}
 	if u := s.Usage(); u.InflightBytes != 0 || b.Used() != 116 {
 		t.Errorf("after giving back: source holds %d, budget used %d; want 0 and 116", u.InflightBytes, b.Used())
+	}
+}
+
+// TestBudgetSaysWhichBoundRefused: a source over its own bound or its fair
+// share is told OverSource, the work of any source refused because the
+// budget is spent OverPool, so that the caller counts each as the
+// source's or the node's.
+func TestBudgetSaysWhichBoundRefused(t *testing.T) {
+	b := NewBudget(200, 80)
+	var s, o, third Source
+	if v := b.TryTake(&s, 81); v != OverSource {
+		t.Errorf("81 bytes with a bound of 80 a source: %v, want OverSource", v)
+	}
+	if v := b.TryTake(&s, 80); v != Taken {
+		t.Fatalf("80 bytes within every bound: %v, want Taken", v)
+	}
+	if b.TryTake(&o, 20) != Taken || b.TryTake(nil, 50) != Taken {
+		t.Fatal("another source or work of none was refused under the budget")
+	}
+	// 150 of 200 spent by two sources: a share is 200/3 = 66.
+	if v := b.TryTake(&o, 47); v != OverSource {
+		t.Errorf("past its fair share: %v, want OverSource", v)
+	}
+	if v := b.TryTake(&o, 46); v != Taken {
+		t.Fatalf("up to its fair share: %v, want Taken", v)
+	}
+	// 196 of 200 spent: a source within its share (200/4 = 50), and work
+	// of none, find the budget spent.
+	if v := b.TryTake(&third, 5); v != OverPool {
+		t.Errorf("5 bytes with 4 left, within the source's share: %v, want OverPool", v)
+	}
+	if v := b.TryTake(nil, 5); v != OverPool {
+		t.Errorf("5 bytes of no source with 4 left: %v, want OverPool", v)
+	}
+	if v := (*Budget)(nil).TryTake(&s, 1<<40); v != Taken {
+		t.Errorf("a nil budget: %v, want Taken", v)
+	}
+	if b.Used() != 196 || b.pool.Holders() != 2 {
+		t.Errorf("used %d by %d holders, want 196 by 2", b.Used(), b.pool.Holders())
 	}
 }
