@@ -590,14 +590,16 @@ func (s *Server) slow(msg []byte, src, local netip.AddrPort, tcp bool, done func
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
-		defer func() {
-			metricForwarding.Dec()
-			source.EndForward(s.forwarding)
-		}()
 		ctx, cancel := context.WithTimeout(quota.WithSource(s.ctx, source), slowPathTimeout)
-		defer cancel()
 		q.offline, q.needsUpstream, q.from = false, false, sourceNone
-		done(q.answer(ctx))
+		reply := q.answer(ctx)
+		cancel()
+		// The forward is over once answered: its slot is free before the
+		// reply goes out, so a client that asks again as soon as it has
+		// it (a stub's next question) finds the slot it just used.
+		metricForwarding.Dec()
+		source.EndForward(s.forwarding)
+		done(reply)
 	}()
 }
 
