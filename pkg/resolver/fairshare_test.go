@@ -12,8 +12,6 @@ import (
 	"github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
-	"github.com/ztdns/ztdns/internal/dnstest"
-	"github.com/ztdns/ztdns/pkg/resolver/forward"
 	"github.com/ztdns/ztdns/pkg/resolver/quota"
 )
 
@@ -140,20 +138,8 @@ func TestTCPPoolSharedFairly(t *testing.T) {
 func TestStalledRepliesWithinTheSourcesBytes(t *testing.T) {
 	const perPod, sent = 16, 60000
 	const budget, perSource = perPod * 0xFFFF, 4 * 0xFFFF
-	stalling := startStallingUpstream(t, sent)
 	b := quota.NewBudget(budget, perSource)
-	ls := startLimitsServer(t, Options{Limits: quota.Limits{QPS: -1, Forwarding: perPod}, Budget: b}, stalling.addr, liveUpstream(t),
-		forward.WithCacheSize(0))
-	c, err := (&net.Dialer{LocalAddr: &net.TCPAddr{IP: flooderIP.AsSlice()}}).Dial("tcp4", ls.addr.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	for i := range perPod {
-		if err := dnstest.WriteTCP(c, packQuery(t, fmt.Sprintf("n%d.stall.example.", i), dns.TypeTXT)); err != nil {
-			t.Fatal(err)
-		}
-	}
+	ls, stalling, c := startStalledReplies(t, perPod, sent, b)
 	// Replies refused their bytes get SERVFAIL; the rest hold a 64 KiB
 	// buffer each once they have read what was sent.
 	servfails := 0

@@ -894,23 +894,33 @@ func startStallingUpstream(t *testing.T, sent int) *stallingUpstream {
 // as the pod may forward. Announced, they would take the whole budget of
 // replies in flight; taken as they arrive, they hold little of it, and
 // the other pod's forwarded queries are answered.
-func TestStalledRepliesHoldOnlyWhatArrived(t *testing.T) {
-	const perPod, sent = 16, 100
-	const budget = perPod * 0xFFFF
+// startStalledReplies starts a server whose nameserver for the flooder
+// sends sent octets of every reply, announced at 64 KiB, then stalls, and
+// has the flooder pipeline perPod TXT queries to it over one TCP
+// connection, which it returns.
+func startStalledReplies(t *testing.T, perPod, sent int, b *quota.Budget) (*limitsServer, *stallingUpstream, net.Conn) {
+	t.Helper()
 	stalling := startStallingUpstream(t, sent)
-	b := quota.NewBudget(budget, 0)
 	ls := startLimitsServer(t, Options{Limits: quota.Limits{QPS: -1, Forwarding: perPod}, Budget: b}, stalling.addr, liveUpstream(t),
 		forward.WithCacheSize(0))
 	c, err := (&net.Dialer{LocalAddr: &net.TCPAddr{IP: flooderIP.AsSlice()}}).Dial("tcp4", ls.addr.String())
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
+	t.Cleanup(func() { c.Close() })
 	for i := range perPod {
 		if err := dnstest.WriteTCP(c, packQuery(t, fmt.Sprintf("n%d.stall.example.", i), dns.TypeTXT)); err != nil {
 			t.Fatal(err)
 		}
 	}
+	return ls, stalling, c
+}
+
+func TestStalledRepliesHoldOnlyWhatArrived(t *testing.T) {
+	const perPod, sent = 16, 100
+	const budget = perPod * 0xFFFF
+	b := quota.NewBudget(budget, 0)
+	ls, stalling, _ := startStalledReplies(t, perPod, sent, b)
 	eventually(t, "every reply started and stalled, and its first octets read", func() bool {
 		return stalling.stalled.Load() == perPod && b.Used() >= perPod*sent
 	})

@@ -210,6 +210,23 @@ func TestTooManyFiles(t *testing.T) {
 	}
 }
 
+// scanCounting returns a scan of st that checks how many files it has read
+// in all, and what it serves.
+func scanCounting(t *testing.T, st *state) func(wantReads int, wantNames ...string) {
+	return func(wantReads int, wantNames ...string) {
+		t.Helper()
+		if _, err := st.scan(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		if st.reads != wantReads {
+			t.Errorf("%d files read in all, want %d", st.reads, wantReads)
+		}
+		if n := names(st.snapshot()); !reflect.DeepEqual(n, wantNames) {
+			t.Errorf("served %q, want %q", n, wantNames)
+		}
+	}
+}
+
 // TestUnchangedFilesAreNotReadAgain: a scan reads only the files whose
 // identity, size or times changed since they were last read; a rewrite that
 // keeps the size and sets the modification time back is still read, as its
@@ -225,18 +242,7 @@ func TestUnchangedFilesAreNotReadAgain(t *testing.T) {
 	})
 	st := newState(dir, parser{log: quietLogger()})
 	st.now = func() time.Time { return time.Now().Add(time.Hour) }
-	scan := func(wantReads int, wantNames ...string) {
-		t.Helper()
-		if _, err := st.scan(t.Context()); err != nil {
-			t.Fatal(err)
-		}
-		if st.reads != wantReads {
-			t.Errorf("%d files read in all, want %d", st.reads, wantReads)
-		}
-		if n := names(st.snapshot()); !reflect.DeepEqual(n, wantNames) {
-			t.Errorf("served %q, want %q", n, wantNames)
-		}
-	}
+	scan := scanCounting(t, st)
 	scan(3, "namespace ns-aa", "namespace ns-bb", "namespace ns-cc")
 	scan(3, "namespace ns-aa", "namespace ns-bb", "namespace ns-cc")
 
@@ -300,18 +306,7 @@ func TestRacyStatIsNotTrusted(t *testing.T) {
 	}
 	now := tick.Add(time.Second / 2)
 	st.now = func() time.Time { return now }
-	scan := func(wantReads int, wantNames ...string) {
-		t.Helper()
-		if _, err := st.scan(t.Context()); err != nil {
-			t.Fatal(err)
-		}
-		if st.reads != wantReads {
-			t.Errorf("%d files read in all, want %d", st.reads, wantReads)
-		}
-		if n := names(st.snapshot()); !reflect.DeepEqual(n, wantNames) {
-			t.Errorf("served %q, want %q", n, wantNames)
-		}
-	}
+	scan := scanCounting(t, st)
 	scan(1, "namespace ns-aa")
 	writeFile(t, path, namespaceYAML("ns-zz")) // same size, same stat
 	scan(2, "namespace ns-zz")
