@@ -229,7 +229,7 @@ func newAgent(cfg Config) (*Agent, error) {
 		fwdOpts = append(fwdOpts, forward.WithTimeout(cfg.ForwardTimeout))
 	}
 	inflight := cmp.Or(cfg.InflightBytes, resolver.DefaultInflightBytes)
-	budget := quota.NewBudget(inflight, orDefaultBytes(cfg.PodInflightBytes, resolver.DefaultPodInflightBytes(inflight)))
+	budget := quota.NewBudget(inflight, resolver.PodInflightBytes(cfg.PodInflightBytes, inflight))
 	fwdOpts = append(fwdOpts, forward.WithCacheBytes(cfg.CacheBytes), forward.WithBudget(budget), forward.WithMaxUpstreamSeries(cfg.MaxUpstreamSeries))
 	a.fwd = forward.New(fwdOpts...)
 	a.server = resolver.New(resolver.Options{
@@ -678,16 +678,4 @@ func (a *Agent) upstreamsFor(client, local netip.AddrPort) []netip.AddrPort {
 		}
 	}
 	return a.cfg.Upstreams
-}
-
-// orDefaultBytes maps a byte bound's zero value to def and a negative one
-// to zero (no bound).
-func orDefaultBytes(v, def int64) int64 {
-	switch {
-	case v == 0:
-		return def
-	case v < 0:
-		return 0
-	}
-	return v
 }

@@ -48,6 +48,13 @@ func DefaultPodInflightBytes(inflight int64) int64 {
 	return max(inflight/PodInflightShare, min(inflight, 2*MinPodInflightBytes))
 }
 
+// PodInflightBytes is the bytes of replies in flight one source may hold
+// with the option v, of a budget of inflight: v itself, the default for 0,
+// no bound (0) for a negative v.
+func PodInflightBytes(v, inflight int64) int64 {
+	return orDefault(v, DefaultPodInflightBytes(inflight))
+}
+
 // Pods finds the pod behind a source address (package podcache).
 type Pods interface {
 	Lookup(ip netip.Addr) *podcache.Pod
@@ -230,7 +237,7 @@ func New(opts Options) *Server {
 
 // orDefault maps an option's zero value to def and a negative one to zero
 // (no bound).
-func orDefault[T int | float64](v, def T) T {
+func orDefault[T int | int64 | float64](v, def T) T {
 	switch {
 	case v == 0:
 		return def
