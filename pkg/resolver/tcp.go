@@ -351,13 +351,9 @@ func (s *Server) answerLong(c net.Conn, n int, src netip.AddrPort, out []byte, s
 	}
 	var r request
 	now := s.clock()
-	pod, source := s.sourceOf(src.Addr(), now)
-	if s.rate != (quota.Rate{}) && !source.Allow(now, s.rate) {
-		metricQueries.rateLimited.Inc()
-		if parse(hdr[:], &r, &sc.name) == verdictDrop {
-			return nil, true
-		}
-		return s.answered(sc, dnswire.AppendErrorReply(out, hdr[:], &r, dnswire.RcodeRefused), 0, &r, true, pod, src, now), true
+	pod, refused, over := s.chargeRate(hdr[:], &r, src, true, out, sc, now)
+	if over {
+		return refused, true
 	}
 	if parse(hdr[:], &r, &sc.name) == verdictDrop {
 		metricQueries.drop.Inc()
