@@ -11,7 +11,6 @@ import (
 
 	"github.com/ztdns/ztdns/internal/dnstest"
 	"github.com/ztdns/ztdns/internal/testenv"
-	"github.com/ztdns/ztdns/pkg/resolver"
 )
 
 // TestLargeTCPReplyWithASmallBudget: with --inflight-bytes as small as
@@ -55,21 +54,5 @@ func TestLargeTCPReplyWithASmallBudget(t *testing.T) {
 				t.Errorf("%s with %d bytes of TXT, want NOERROR with %d", dns.RcodeToString[r.Rcode], got, tc.txt)
 			}
 		})
-	}
-}
-
-// TestDefaultPodInflightBytes: a sixteenth of the budget, but room for two
-// of the largest replies whenever the budget has it.
-func TestDefaultPodInflightBytes(t *testing.T) {
-	for inflight, want := range map[int64]int64{
-		8 << 20:   512 << 10,
-		2 << 20:   128 << 10,
-		1 << 20:   128 << 10,
-		512 << 10: 128 << 10,
-		100 << 10: 100 << 10,
-	} {
-		if got := resolver.DefaultPodInflightBytes(inflight); got != want {
-			t.Errorf("DefaultPodInflightBytes(%d) = %d, want %d", inflight, got, want)
-		}
 	}
 }

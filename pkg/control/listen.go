@@ -266,7 +266,7 @@ func (l *guardedListener) Accept() (net.Conn, error) {
 			c.Close()
 			continue
 		}
-		pc := &peerConn{UnixConn: c, peer: peer, root: peer.root(), l: l}
+		pc := &peerConn{UnixConn: c, peer: peer, l: l}
 		switch err := l.admit(pc); {
 		case err == nil:
 			return pc, nil
@@ -287,7 +287,7 @@ func (l *guardedListener) Accept() (net.Conn, error) {
 func (l *guardedListener) admit(pc *peerConn) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if pc.root {
+	if pc.peer.root() {
 		for len(l.conns) >= MaxConns && !l.closed {
 			if !l.evictOldest(func(*peerConn) bool { return true }) {
 				l.ended.Wait()
@@ -297,7 +297,7 @@ func (l *guardedListener) admit(pc *peerConn) error {
 		// A member's connection never waits for room: Accept is the one
 		// loop that admits root's connections too (a CNI ADD, with its own
 		// few seconds to be answered).
-		if !l.evictOldest(func(c *peerConn) bool { return !c.root }) {
+		if !l.evictOldest(func(c *peerConn) bool { return !c.peer.root() }) {
 			return errNoRoom
 		}
 	}
@@ -313,7 +313,7 @@ func (l *guardedListener) admit(pc *peerConn) error {
 func (l *guardedListener) members() int {
 	n := 0
 	for _, c := range l.conns {
-		if !c.root {
+		if !c.peer.root() {
 			n++
 		}
 	}
@@ -349,8 +349,6 @@ func (l *guardedListener) forget(pc *peerConn) {
 type peerConn struct {
 	*net.UnixConn
 	peer Peer
-	// root is peer.root(): false for a socket-group member.
-	root bool
 	l    *guardedListener
 	// answering is set while a handler serves a request on it.
 	answering atomic.Bool

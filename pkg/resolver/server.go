@@ -264,6 +264,28 @@ func (s *Server) sourceOf(ip netip.Addr, now int64) (*podcache.Pod, *quota.Sourc
 // the queries of sc's socket or connection: over TCP, and over UDP unless
 // the kernel's filter (kernelRate) is on the socket and applies it, per
 // source address, before the query reaches the socket.
+// chargeRate charges msg to its source's rate, where the resolver applies
+// it (rateHere), before anything else is done with it, and finds the pod
+// that asks. over reports the source past its rate; refused is then what
+// to send (nil: nothing), parsed into r.
+func (s *Server) chargeRate(msg []byte, r *request, src netip.AddrPort, tcp bool, out []byte, sc *scratch, now int64) (pod *podcache.Pod, refused []byte, over bool) {
+	if !s.rateHere(sc) {
+		return s.opts.Pods.Lookup(src.Addr()), nil, false
+	}
+	pod, source := s.sourceOf(src.Addr(), now)
+	if source.Allow(now, s.rate) {
+		return pod, nil, false
+	}
+	metricQueries.rateLimited.Inc()
+	// Over UDP the query is dropped: the cheapest answer, and a client that
+	// waits for its timeout slows down. Over TCP the connection is real and
+	// waiting on it costs the client a slot: say REFUSED.
+	if !tcp || parse(msg, r, &sc.name) == verdictDrop {
+		return pod, nil, true
+	}
+	return pod, s.answered(sc, dnswire.AppendErrorReply(out, msg, r, dnswire.RcodeRefused), len(out), r, tcp, pod, src, now), true
+}
+
 func (s *Server) rateHere(sc *scratch) bool {
 	return s.rate != (quota.Rate{}) && !sc.kernelRated
 }
@@ -442,22 +464,9 @@ func (s *Server) answerFast(msg []byte, src netip.AddrPort, tcp bool, out []byte
 		pod *podcache.Pod
 	)
 	name, hdr := &sc.name, len(out)
-	if s.rateHere(sc) {
-		var source *quota.Source
-		pod, source = s.sourceOf(src.Addr(), now)
-		if !source.Allow(now, s.rate) {
-			metricQueries.rateLimited.Inc()
-			// Over UDP the query is dropped: the cheapest answer, and a
-			// client that waits for its timeout slows down. Over TCP the
-			// connection is real and waiting on it costs the client a
-			// slot: say REFUSED.
-			if !tcp || parse(msg, &r, name) == verdictDrop {
-				return nil, false
-			}
-			return s.answered(sc, dnswire.AppendErrorReply(out, msg, &r, dnswire.RcodeRefused), hdr, &r, tcp, pod, src, now), false
-		}
-	} else {
-		pod = s.opts.Pods.Lookup(src.Addr())
+	pod, refused, over := s.chargeRate(msg, &r, src, tcp, out, sc, now)
+	if over {
+		return refused, false
 	}
 	switch parse(msg, &r, name) {
 	case verdictDrop:

@@ -132,17 +132,20 @@ func (s *Server) admitConn(c *net.TCPConn, local netip.AddrPort) bool {
 func (s *Server) makeRoom(asking *quota.Source) bool {
 	s.mu.Lock()
 	var (
-		pick *tcpConn
-		most int64
+		pick     *tcpConn
+		most     int64
+		pickIdle bool
 	)
+	share := s.tcpOpen.Share() // one reading for every connection compared
 	for tc := range s.tcp {
 		if tc.source == asking || tc.evicted.Load() {
 			continue
 		}
-		over := tc.source.ConnsOver(s.tcpOpen)
-		idler := over == most && pick != nil && pick.source == tc.source && !pick.isIdle() && tc.isIdle()
+		over := tc.source.ConnsOver(share)
+		idler := over == most && pick != nil && pick.source == tc.source && !pickIdle && tc.isIdle()
 		if over > 0 && (over > most || idler) {
 			pick, most = tc, over
+			pickIdle = tc.isIdle()
 		}
 	}
 	if pick == nil || !pick.evicted.CompareAndSwap(false, true) {
@@ -351,13 +354,9 @@ func (s *Server) answerLong(c net.Conn, n int, src netip.AddrPort, out []byte, s
 	}
 	var r request
 	now := s.clock()
-	pod, source := s.sourceOf(src.Addr(), now)
-	if s.rate != (quota.Rate{}) && !source.Allow(now, s.rate) {
-		metricQueries.rateLimited.Inc()
-		if parse(hdr[:], &r, &sc.name) == verdictDrop {
-			return nil, true
-		}
-		return s.answered(sc, dnswire.AppendErrorReply(out, hdr[:], &r, dnswire.RcodeRefused), 0, &r, true, pod, src, now), true
+	pod, refused, over := s.chargeRate(hdr[:], &r, src, true, out, sc, now)
+	if over {
+		return refused, true
 	}
 	if parse(hdr[:], &r, &sc.name) == verdictDrop {
 		metricQueries.drop.Inc()

@@ -143,12 +143,13 @@ func exchangeTCP(ctx context.Context, upstream netip.AddrPort, query []byte, q d
 	if n < dnswire.HeaderLen {
 		return nil, fmt.Errorf("read tcp %s: %d-octet reply is shorter than a header", upstream, n)
 	}
-	reply, err := readReply(conn, n, budget, quota.SourceFrom(ctx))
+	src := quota.SourceFrom(ctx)
+	reply, err := readReply(conn, n, budget, src)
 	if err != nil {
 		return nil, ctxErrOr(ctx, fmt.Errorf("read tcp %s reply: %w", upstream, err))
 	}
 	if !matches(reply, query, q) {
-		budget.Give(quota.SourceFrom(ctx), len(reply))
+		budget.Give(src, len(reply))
 		return nil, fmt.Errorf("tcp %s: %w", upstream, errMismatch)
 	}
 	return reply, nil

@@ -221,7 +221,7 @@ func (f *Forwarder) fly(ctx context.Context, fl *flight, flightKey string, src *
 	f.mu.Unlock()
 	close(fl.done)
 	// The waiters copy the reply as they wake; it leaves the budget now.
-	f.budget.Give(quota.SourceFrom(ctx), len(fl.reply))
+	f.budget.Give(src, len(fl.reply))
 }
 
 // store caches reply under key, charged to src, if its rcode and TTLs
@@ -273,6 +273,7 @@ func (f *Forwarder) resolve(ctx context.Context, req []byte, r dnswire.Query, tc
 		f.log.Debug("no upstream to forward to")
 		return attempt{}
 	}
+	src := quota.SourceFrom(ctx) // whose bytes the replies are
 	query := slices.Clone(req)
 	var id [2]byte
 	_, _ = rand.Read(id[:]) // never fails (crypto/rand since Go 1.24)
@@ -294,7 +295,7 @@ func (f *Forwarder) resolve(ctx context.Context, req []byte, r dnswire.Query, tc
 			select {
 			case results <- a:
 			case <-returned:
-				f.budget.Give(quota.SourceFrom(ctx), len(a.reply))
+				f.budget.Give(src, len(a.reply))
 			}
 		})
 		if !ok {
@@ -307,14 +308,14 @@ func (f *Forwarder) resolve(ctx context.Context, req []byte, r dnswire.Query, tc
 	for range started {
 		a := <-results
 		if a.good {
-			f.budget.Give(quota.SourceFrom(ctx), len(fallback.reply))
+			f.budget.Give(src, len(fallback.reply))
 			return a
 		}
 		overSource = overSource || a.overSource
 		if fallback.reply == nil {
 			fallback = a
 		} else {
-			f.budget.Give(quota.SourceFrom(ctx), len(a.reply))
+			f.budget.Give(src, len(a.reply))
 		}
 	}
 	if fallback.reply == nil {

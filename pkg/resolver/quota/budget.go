@@ -58,15 +58,6 @@ func (b *Budget) Max() int64 {
 	return b.pool.max
 }
 
-// PerSource is the bytes one source may hold; 0 when it has no bound of
-// its own.
-func (b *Budget) PerSource() int64 {
-	if b == nil {
-		return 0
-	}
-	return b.perSource
-}
-
 // Peak is the most bytes held at once so far.
 func (b *Budget) Peak() int64 {
 	if b == nil {

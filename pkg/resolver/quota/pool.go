@@ -69,7 +69,7 @@ func (p *Pool) take(held *atomic.Int64, n, sourceMax int64) Verdict {
 		return Taken
 	}
 	u := p.used.Add(n)
-	if held != nil && 2*u > p.max && p.holders.Load() > 1 && h > p.share() {
+	if held != nil && 2*u > p.max && p.holders.Load() > 1 && h > p.Share() {
 		p.used.Add(-n)
 		p.release(held, n)
 		return OverSource
@@ -101,23 +101,14 @@ func (p *Pool) release(held *atomic.Int64, n int64) {
 	}
 }
 
-// share is a source's fair share of the pool now: the pool divided among
-// its holders and one more, at least 1.
-func (p *Pool) share() int64 {
-	return max(p.max/(p.holders.Load()+1), 1)
-}
-
-// Share is a source's fair share of the pool now; 0 for an unbounded pool.
+// Share is a source's fair share of the pool now: the pool divided among
+// its holders and one more, at least 1; 0 for an unbounded pool.
 func (p *Pool) Share() int64 {
 	if p == nil {
 		return 0
 	}
-	return p.share()
+	return max(p.max/(p.holders.Load()+1), 1)
 }
-
-// Crowded reports whether more than half of the pool is used: its fair
-// share then applies.
-func (p *Pool) Crowded() bool { return p != nil && 2*p.used.Load() > p.max }
 
 // Used is what the pool's holders hold now.
 func (p *Pool) Used() int64 {
@@ -133,14 +124,6 @@ func (p *Pool) Holders() int64 {
 		return 0
 	}
 	return p.holders.Load()
-}
-
-// Max is the pool's size; 0 when unbounded.
-func (p *Pool) Max() int64 {
-	if p == nil {
-		return 0
-	}
-	return p.max
 }
 
 // Peak is the most the pool's holders held at once so far.

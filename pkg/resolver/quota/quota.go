@@ -117,9 +117,9 @@ func (s *Source) OpenConn(max int, pool *Pool) Verdict {
 // CloseConn returns a connection OpenConn took.
 func (s *Source) CloseConn(pool *Pool) { pool.give(&s.tcpConns, 1) }
 
-// ConnsOver is how many TCP connections the source holds beyond its fair
-// share of pool now (0 or less: none).
-func (s *Source) ConnsOver(pool *Pool) int64 { return s.tcpConns.Load() - pool.Share() }
+// ConnsOver is how many TCP connections the source holds beyond share (a
+// pool's Share; 0 or less: none).
+func (s *Source) ConnsOver(share int64) int64 { return s.tcpConns.Load() - share }
 
 // CountTCPRefused counts a connection of the source closed for being over
 // its share.

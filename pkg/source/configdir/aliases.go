@@ -23,38 +23,32 @@ type aliasError struct {
 // checkAliases refuses a document whose aliases expand it past
 // maxExpandedBytes. A document without both an anchor (&) and an alias (*)
 // has nothing to expand: YAML has no other way to write either, so most
-// documents cost one byte scan. Others are parsed into nodes, which keep
-// aliases unexpanded, and the expanded size is summed with each anchored
-// node's size computed once; the nodes are returned, for finding lines.
-func checkAliases(doc document) (*yamlv3.Node, *aliasError) {
+// documents cost one byte scan. Others are parsed into nodes (loc's, which
+// keep aliases unexpanded and serve later for finding lines), and the
+// expanded size is summed with each anchored node's size computed once.
+func checkAliases(loc *locator) *aliasError {
+	doc := loc.doc
 	if bytes.IndexByte(doc.data, '&') < 0 || bytes.IndexByte(doc.data, '*') < 0 {
-		return nil, nil
+		return nil
 	}
-	var n yamlv3.Node
-	if err := yamlv3.Unmarshal(doc.data, &n); err != nil {
+	root, err := loc.parse()
+	if err != nil {
 		// Not left to the conversion: a document this parser refuses is
 		// not one whose size it can bound.
-		line := firstContentLine(doc)
-		msg := strings.TrimPrefix(err.Error(), "yaml: ")
-		if l, rest, ok := cutLineNumber(msg); ok { // yaml.v3 numbers lines from 1
-			line, msg = doc.line+min(l, lineCount(doc.data))-1, rest
-		}
-		return nil, &aliasError{line: line, err: fmt.Errorf("invalid YAML: %s", msg)}
+		line, msg := errorLine(doc, strings.TrimPrefix(err.Error(), "yaml: "), 0)
+		return &aliasError{line: line, err: fmt.Errorf("invalid YAML: %s", msg)}
 	}
 	e := expansion{sizes: make(map[*yamlv3.Node]int64)}
-	if e.size(&n) > maxExpandedBytes {
+	if e.size(root) > maxExpandedBytes {
 		line, first := firstContentLine(doc), ""
 		if e.firstAlias != nil {
 			line, first = doc.line+e.firstAlias.Line-1, " (the first: *"+e.firstAlias.Value+")"
 		}
-		return nil, &aliasError{line: line, err: fmt.Errorf(
+		return &aliasError{line: line, err: fmt.Errorf(
 			"YAML aliases%s expand this document to more than %d bytes: write the values out instead (Kubernetes manifests do not need anchors and aliases)",
 			first, maxExpandedBytes)}
 	}
-	if n.Kind != yamlv3.DocumentNode || len(n.Content) != 1 {
-		return nil, nil
-	}
-	return n.Content[0], nil
+	return nil
 }
 
 // expansion sums the size of a node tree with its aliases expanded, roughly

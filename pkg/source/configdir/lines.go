@@ -78,18 +78,26 @@ func syntaxErrors(pr *problems, doc document, err error) {
 	}
 	for _, msg := range msgs {
 		pr.addWith(func() (int, error) {
-			line := firstContentLine(doc)
-			if n, rest, ok := cutLineNumber(msg); ok {
-				if isParserProblem(rest) {
-					n++ // go-yaml numbers these from 0, scanner errors from 1
-				}
-				// libyaml puts the end of the stream on a line of its own,
-				// past the last line of the document.
-				line, msg = doc.line+min(n, lineCount(doc.data))-1, rest
+			skew := 0
+			if _, rest, ok := cutLineNumber(msg); ok && isParserProblem(rest) {
+				skew = 1 // go-yaml numbers these from 0, scanner errors from 1
 			}
-			return line, fmt.Errorf("invalid YAML: %s", msg)
+			line, rest := errorLine(doc, msg, skew)
+			return line, fmt.Errorf("invalid YAML: %s", rest)
 		})
 	}
+}
+
+// errorLine is the file line of a YAML error message "line N: rest" about
+// doc (N from 1, plus skew), and rest; the document's first line when the
+// message names none. libyaml puts the end of the stream on a line of its
+// own, past the last line of the document: such a line is the last one.
+func errorLine(doc document, msg string, skew int) (int, string) {
+	n, rest, ok := cutLineNumber(msg)
+	if !ok {
+		return firstContentLine(doc), msg
+	}
+	return doc.line + min(n+skew, lineCount(doc.data)) - 1, rest
 }
 
 // lineCount is the number of lines in data, a last line without a newline
@@ -141,19 +149,25 @@ func cutLineNumber(msg string) (int, string, bool) {
 // needed: for List items and for errors, never on the common path.
 type locator struct {
 	doc    document
-	root   *yamlv3.Node
+	root   *yamlv3.Node // the document's content; nil when it has none
+	err    error        // yaml.v3's, when it could not parse the document
 	parsed bool
 }
 
-func (l *locator) node(at []int) *yamlv3.Node {
+// parse parses the document with yaml.v3, once.
+func (l *locator) parse() (*yamlv3.Node, error) {
 	if !l.parsed {
 		l.parsed = true
 		var n yamlv3.Node
-		if yamlv3.Unmarshal(l.doc.data, &n) == nil && n.Kind == yamlv3.DocumentNode && len(n.Content) == 1 {
+		if l.err = yamlv3.Unmarshal(l.doc.data, &n); l.err == nil && n.Kind == yamlv3.DocumentNode && len(n.Content) == 1 {
 			l.root = n.Content[0]
 		}
 	}
-	n := l.root
+	return l.root, l.err
+}
+
+func (l *locator) node(at []int) *yamlv3.Node {
+	n, _ := l.parse()
 	for _, i := range at {
 		items := mappingValue(n, "items")
 		if items == nil || items.Kind != yamlv3.SequenceNode || i >= len(items.Content) {

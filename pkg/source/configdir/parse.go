@@ -195,11 +195,9 @@ func (p parser) parseDocument(pr *problems, doc document, m *manifests) {
 	// Aliases are expanded by the conversion below: a small document can
 	// stand for gigabytes. Bound what they expand to before converting.
 	loc := &locator{doc: doc}
-	if root, err := checkAliases(doc); err != nil {
+	if err := checkAliases(loc); err != nil {
 		pr.add(err.line, err.err)
 		return
-	} else if root != nil {
-		loc.root, loc.parsed = root, true // parsed already: reuse it for lines
 	}
 	// sigs.k8s.io/yaml is what kubectl uses, so values mean what they mean to
 	// kubectl (YAML 1.1 booleans included); strict rejects repeated keys.

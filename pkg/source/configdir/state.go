@@ -426,11 +426,11 @@ func listManifests(dir string, limit int, known func(name string) bool) (names [
 			return nil, nil, fmt.Errorf("reading config dir: %w", err)
 		}
 	}
-	slices.SortFunc(names, less)
-	if len(names) <= limit {
+	if len(names) <= limit { // the usual case: no file to choose against
 		slices.Sort(names)
 		return names, nil, nil
 	}
+	slices.SortFunc(names, less)
 	rest := names[limit:]
 	names = slices.Sorted(slices.Values(names[:limit]))
 	for i, name := range rest {

@@ -235,7 +235,7 @@ func statOf(path string) (fileStat, error) {
 		return fileStat{}, fmt.Errorf("%s: no stat_t", path)
 	}
 	return fileStat{
-		id:    fileID{dev: uint64(st.Dev), ino: st.Ino},
+		id:    idOf(fi),
 		size:  fi.Size(),
 		mtime: fi.ModTime().UnixNano(),
 		ctime: st.Ctim.Nano(),
