@@ -80,16 +80,21 @@ func (l *forwardList) unlink(fw *forwardSlot) bool {
 	return true
 }
 
-// startForward takes a forwarding slot for source. A source within its
-// share that finds every slot taken gets one anyway: a forward of the
-// source most over its share is ended for it (makeForwardRoom), as a TCP
-// connection is (admitConn). Forwards end on their own within the forward
-// timeout, but without this, sources that took their slots while the pool
-// was quieter would keep the others out that long.
-func (s *Server) startForward(source *quota.Source) quota.Verdict {
-	v := source.StartForward(s.opts.Limits.Forwarding, s.forwarding)
-	if v == quota.OverPool && s.makeForwardRoom(source) {
-		v = source.StartForward(s.opts.Limits.Forwarding, s.forwarding)
+// startForward takes a forwarding slot for fw's source and, when Taken,
+// links fw among the forwards in flight; its goroutine arms it. A source
+// within its share that finds every slot taken gets one anyway: a forward
+// of the source most over its share is ended for it (makeForwardRoom), as
+// a TCP connection is (admitConn). Forwards end on their own within the
+// forward timeout, but without this, sources that took their slots while
+// the pool was quieter would keep the others out that long.
+func (s *Server) startForward(fw *forwardSlot) quota.Verdict {
+	v := fw.source.StartForward(s.opts.Limits.Forwarding, s.forwarding)
+	if v == quota.OverPool && s.makeForwardRoom(fw.source) {
+		v = fw.source.StartForward(s.opts.Limits.Forwarding, s.forwarding)
+	}
+	if v == quota.Taken {
+		metricForwarding.Inc()
+		s.forwards.add(fw)
 	}
 	return v
 }
@@ -135,7 +140,7 @@ func (s *Server) makeForwardRoom(asking *quota.Source) bool {
 	return true
 }
 
-// endForward gives back a slot startForward took.
+// endForward gives back the slot of a forward unlinked from the list.
 func (s *Server) endForward(source *quota.Source) {
 	metricForwarding.Dec()
 	source.EndForward(s.forwarding)

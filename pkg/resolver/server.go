@@ -593,7 +593,9 @@ func (s *Server) slow(msg []byte, src, local netip.AddrPort, tcp bool, done func
 		return
 	}
 	_, source := s.sourceOf(src.Addr(), s.clock())
-	switch s.startForward(source) {
+	fw := &q.slot
+	fw.source = source
+	switch s.startForward(fw) {
 	case quota.OverSource: // its own bound, or its fair share of the node's
 		metricQueries.forwardLimited.Inc()
 		q.from = sourceNone
@@ -605,10 +607,6 @@ func (s *Server) slow(msg []byte, src, local netip.AddrPort, tcp bool, done func
 		done(dnswire.AppendErrorReply(nil, msg, &q.r, dnswire.RcodeServFail))
 		return
 	}
-	metricForwarding.Inc()
-	fw := &q.slot
-	fw.source = source
-	s.forwards.add(fw)
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
