@@ -615,16 +615,19 @@ func (s *Server) slow(msg []byte, src, local netip.AddrPort, tcp bool, done func
 		if s.forwards.arm(fw, cancel) {
 			q.offline, q.needsUpstream, q.from = false, false, sourceNone
 			reply = q.answer(ctx)
-		} else { // ended for another source before it started
-			reply = dnswire.AppendErrorReply(nil, msg, &q.r, dnswire.RcodeServFail)
 		}
 		cancel()
 		// The forward is over once answered: its slot is free before the
 		// reply goes out, so a client that asks again as soon as it has
-		// it (a stub's next question) finds the slot it just used. A
-		// forward ended for another source's sake was given back then.
+		// it (a stub's next question) finds the slot it just used.
 		if s.forwards.remove(fw) {
 			s.endForward(source)
+		} else {
+			// Ended for a source under its share, which has its slot:
+			// SERVFAIL, whatever its work got if it started (a CNAME
+			// chase cut short would answer NOERROR with no address).
+			q.from, q.upstream = sourceNone, netip.AddrPort{}
+			reply = dnswire.AppendErrorReply(nil, msg, &q.r, dnswire.RcodeServFail)
 		}
 		done(reply)
 	}()
