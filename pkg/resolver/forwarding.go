@@ -21,11 +21,11 @@ type forwardSlot struct {
 	linked     bool
 }
 
-// forwardList is the forwards in flight, oldest first. It is linked on the
-// socket's goroutine as the slot is taken, so a burst of forwards whose
-// goroutines have not run yet can be ended too. A few lock operations and
-// pointer writes per forward: a forward is a goroutine and network I/O
-// already.
+// forwardList is the forwards in flight, oldest first. A forward is linked
+// on the socket's goroutine as its slot is taken, so a burst of forwards
+// whose goroutines have not run yet can be ended too. A few lock
+// operations and pointer writes per forward: a forward is a goroutine and
+// network I/O already.
 type forwardList struct {
 	mu         sync.Mutex
 	head, tail *forwardSlot
