@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -68,6 +69,110 @@ func TestForwardingPoolSharedFairly(t *testing.T) {
 	ls.askVictim(t, 2)
 	if u := ls.usage(victimIP); u.ForwardRefused != 0 {
 		t.Errorf("the victim was refused %d forwards", u.ForwardRefused)
+	}
+}
+
+// TestForwardingSlotTakenForASourceUnderItsShare: more pods than the
+// server's forwarding slots hold at their own bound (12 against 64/8)
+// send their bound of queries at once to nameservers that never answer.
+// The first ones take their bound while less than half of the pool is
+// used, so the fair shares do not keep it from filling. The other pod,
+// holding nothing, finds every slot taken and gets one anyway: a forward
+// of the pod most over its share is ended for it, its client gets
+// SERVFAIL at once, and the other pod's forwarded queries are answered.
+func TestForwardingSlotTakenForASourceUnderItsShare(t *testing.T) {
+	const perPod, slots = 8, 64
+	const attackers = slots/perPod + 4
+	silent := startSilentUpstream(t)
+	ls := startLimitsServer(t, Options{Limits: quota.Limits{QPS: -1, Forwarding: perPod}, MaxInflight: slots}, silent.addr, liveUpstream(t))
+	beforeLimited := testutil.ToFloat64(metricQueries.forwardLimited)
+
+	floods := make([]*udpFlood, attackers)
+	sources := make([]*quota.Source, attackers)
+	for i := range floods {
+		floods[i] = startUDPFlood(t, attackerIP(i), ls.addr)
+		sources[i] = ls.unknown.Get(attackerIP(i), 0)
+		var queries [][]byte
+		for j := range perPod {
+			queries = append(queries, packQuery(t, fmt.Sprintf("n%d.a%d.flood.example.", j, i), dns.TypeA))
+		}
+		floods[i].send(t, queries, 0, perPod) // all at once
+	}
+	eventually(t, "every attacker's query held or answered", func() bool {
+		for i, f := range floods {
+			if n, _ := f.answered(); n+sources[i].Usage().Forwarding != perPod {
+				return false
+			}
+		}
+		return true
+	})
+	held, answered, refused := make([]int, attackers), make([]int, attackers), 0
+	for i, f := range floods {
+		answered[i], _ = f.answered()
+		held[i] = sources[i].Usage().Forwarding
+		refused += int(sources[i].Usage().ForwardRefused)
+	}
+	t.Logf("%d attackers hold %v of %d slots", attackers, held, slots)
+	if ls.forwarding.Used() != slots {
+		t.Fatalf("the attackers hold %d of %d slots, want all of them", ls.forwarding.Used(), slots)
+	}
+	if got := testutil.ToFloat64(metricQueries.forwardLimited) - beforeLimited; int(got) != refused {
+		t.Errorf("ztdns_resolver_queries_total{outcome=forward_limited} rose by %v, want the %d the attackers were refused", got, refused)
+	}
+
+	beforeOverload := testutil.ToFloat64(metricQueries.overload)
+	start := time.Now()
+	r := ls.ask(t, victimIP, "udp", "who.example.")
+	if r == nil {
+		t.FailNow()
+	}
+	if r.Rcode != dns.RcodeSuccess || len(r.Answer) == 0 || !strings.Contains(r.Answer[0].String(), "203.0.113.7") {
+		t.Fatalf("the victim's forwarded query, every slot an attacker's: %s %v, want its upstream's answer", dns.RcodeToString[r.Rcode], r.Answer)
+	}
+	answeredIn := time.Since(start)
+	evicted := -1
+	eventually(t, "an attacker's forward ended for the victim", func() bool {
+		for i, f := range floods {
+			if n, _ := f.answered(); n > answered[i] {
+				evicted = i
+				return true
+			}
+		}
+		return false
+	})
+	servfailIn := time.Since(start)
+	t.Logf("the victim answered in %v; attacker %d, which held %d, got SERVFAIL in %v", answeredIn, evicted, held[evicted], servfailIn)
+	if servfailIn > 5*time.Second {
+		t.Errorf("the ended forward's client got its answer after %v: not at once (the forward timeout is 30 s)", servfailIn)
+	}
+	if _, rcodes := floods[evicted].answered(); rcodes[dns.RcodeServerFailure] != answered[evicted]+1 {
+		t.Errorf("attacker %d's replies by rcode %v, want all %d SERVFAIL", evicted, rcodes, answered[evicted]+1)
+	}
+	for i := range attackers {
+		if held[i] > held[evicted] {
+			t.Errorf("attacker %d held %d forwards, more than the %d of attacker %d whose forward was ended", i, held[i], held[evicted], evicted)
+		}
+	}
+	u := sources[evicted].Usage()
+	if u.Forwarding != held[evicted]-1 {
+		t.Errorf("attacker %d holds %d forwards, want %d: one given back", evicted, u.Forwarding, held[evicted]-1)
+	}
+	total := 0
+	for i := range attackers {
+		total += int(sources[i].Usage().ForwardRefused)
+	}
+	if total != refused+1 || testutil.ToFloat64(metricQueries.forwardLimited)-beforeLimited != float64(refused+1) {
+		t.Errorf("attackers refused %d, forward_limited rose by %v; want both %d: the ended forward counts", total, testutil.ToFloat64(metricQueries.forwardLimited)-beforeLimited, refused+1)
+	}
+	ls.askVictim(t, 2)
+	if got := testutil.ToFloat64(metricQueries.overload) - beforeOverload; got != 0 {
+		t.Errorf("ztdns_resolver_queries_total{outcome=overload} rose by %v, want 0", got)
+	}
+	if u := ls.usage(victimIP); u.ForwardRefused != 0 {
+		t.Errorf("the victim was refused %d forwards", u.ForwardRefused)
+	}
+	if p := ls.forwarding.Peak(); p > slots {
+		t.Errorf("%d forwards in flight at most, over the bound of %d", p, slots)
 	}
 }
 

@@ -165,8 +165,10 @@ type Server struct {
 	epoch      time.Time // the rate limits' clock counts from here
 	// forwarding is the pool of forwarded queries in flight, tcpOpen of
 	// open TCP connections, both shared fairly among sources (quota.Pool);
-	// tcpLevel the idle-timeout level the connections set (tcp.go).
+	// forwards the queries holding its slots (forwarding.go); tcpLevel the
+	// idle-timeout level the connections set (tcp.go).
 	forwarding *quota.Pool
+	forwards   forwardList
 	tcpOpen    *quota.Pool
 	tcpLevel   atomic.Int32
 	metrics    requestMetrics
@@ -579,9 +581,10 @@ func truncate(out []byte, msg []byte, r *request) []byte {
 // within two bounds: its source's forwarded queries in flight, and
 // MaxInflight for all sources. Over either, the client gets SERVFAIL at
 // once instead of a place in a queue. Past half of MaxInflight, a source
-// holding more than its fair share of it gets the same (quota.Pool). The
-// forwarder learns the source from the context, and charges the reply
-// bytes it reads to it.
+// holding more than its fair share of it gets the same (quota.Pool); one
+// within its share that finds MaxInflight reached takes the slot of a
+// source over its share (startForward). The forwarder learns the source
+// from the context, and charges the reply bytes it reads to it.
 func (s *Server) slow(msg []byte, src, local netip.AddrPort, tcp bool, done func(reply []byte)) {
 	q := &slowQuery{s: s, msg: msg, src: src, local: local, tcp: tcp, offline: true, start: s.clock(), from: sourceNone}
 	done = q.finishing(done)
@@ -590,7 +593,9 @@ func (s *Server) slow(msg []byte, src, local netip.AddrPort, tcp bool, done func
 		return
 	}
 	_, source := s.sourceOf(src.Addr(), s.clock())
-	switch source.StartForward(s.opts.Limits.Forwarding, s.forwarding) {
+	fw := &q.slot
+	fw.source = source
+	switch s.startForward(fw) {
 	case quota.OverSource: // its own bound, or its fair share of the node's
 		metricQueries.forwardLimited.Inc()
 		q.from = sourceNone
@@ -602,19 +607,28 @@ func (s *Server) slow(msg []byte, src, local netip.AddrPort, tcp bool, done func
 		done(dnswire.AppendErrorReply(nil, msg, &q.r, dnswire.RcodeServFail))
 		return
 	}
-	metricForwarding.Inc()
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
 		ctx, cancel := context.WithTimeout(quota.WithSource(s.ctx, source), slowPathTimeout)
-		q.offline, q.needsUpstream, q.from = false, false, sourceNone
-		reply := q.answer(ctx)
+		var reply []byte
+		if s.forwards.arm(fw, cancel) {
+			q.offline, q.needsUpstream, q.from = false, false, sourceNone
+			reply = q.answer(ctx)
+		}
 		cancel()
 		// The forward is over once answered: its slot is free before the
 		// reply goes out, so a client that asks again as soon as it has
 		// it (a stub's next question) finds the slot it just used.
-		metricForwarding.Dec()
-		source.EndForward(s.forwarding)
+		if s.forwards.remove(fw) {
+			s.endForward(source)
+		} else {
+			// Ended for a source under its share, which has its slot:
+			// SERVFAIL, whatever its work got if it started (a CNAME
+			// chase cut short would answer NOERROR with no address).
+			q.from, q.upstream = sourceNone, netip.AddrPort{}
+			reply = dnswire.AppendErrorReply(nil, msg, &q.r, dnswire.RcodeServFail)
+		}
 		done(reply)
 	}()
 }

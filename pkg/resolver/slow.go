@@ -37,6 +37,9 @@ type slowQuery struct {
 	upstream netip.AddrPort
 	badVers  bool
 	pod      *podcache.Pod
+
+	// slot is its place among the forwards in flight while it holds one.
+	slot forwardSlot
 }
 
 // finishing wraps done so that the reply is counted, timed and logged

@@ -51,11 +51,13 @@ type flight struct {
 	done  chan struct{}
 	reply []byte         // the upstream's reply with our ID, or nil if none came
 	from  netip.AddrPort // the upstream that sent reply
-	// leaderBytes: no reply, because one was refused for want of bytes of
-	// the leader's own source (its bound, or its fair share of the budget).
-	// The failure is the leader's: its waiters, whose sources may have
-	// room, ask again under their own.
-	leaderBytes bool
+	// leaderOnly: no reply, for a reason of the leader's own: a reply was
+	// refused for want of bytes of its source (its bound, or its fair
+	// share of the budget), or its context ended (the resolver cancels a
+	// forward to give its slot to a pod under its share). Its waiters,
+	// whose sources may have room and whose contexts have not ended, ask
+	// again under their own.
+	leaderOnly bool
 }
 
 // Origin says where a reply came from.
@@ -155,9 +157,10 @@ func (f *Forwarder) ForwardFrom(ctx context.Context, req []byte, tcp bool, upstr
 	// it in its own goroutine (a goroutine per query in flight is most of
 	// what one costs); the others wait for it, each until its own context
 	// ends, so one giving up does not cancel the exchange for the rest.
-	// The reply's bytes are the leader's: when they did not fit what its
-	// source may hold, the waiters do not take that failure, but join or
-	// lead a new exchange under their own sources.
+	// The reply's bytes are the leader's, and the exchange ends with its
+	// context: when they did not fit what its source may hold, or the
+	// leader was cancelled, the waiters do not take that failure, but join
+	// or lead a new exchange under their own sources and contexts.
 	proto := byte('u')
 	if tcp {
 		proto = 't'
@@ -174,8 +177,8 @@ func (f *Forwarder) ForwardFrom(ctx context.Context, req []byte, tcp bool, upstr
 		}
 		select {
 		case <-fl.done:
-			if fl.reply == nil && fl.leaderBytes {
-				continue // the leader's source was full, not ours
+			if fl.reply == nil && fl.leaderOnly {
+				continue // the leader's source was full or it was cancelled, not ours
 			}
 			return f.finish(req, r, fl.reply), Origin{Upstream: fl.from}, nil
 		case <-ctx.Done():
@@ -208,11 +211,15 @@ func (f *Forwarder) joinFlight(flightKey string) (fl *flight, leader bool) {
 // the caller's source) and hands it to the flight's waiters.
 func (f *Forwarder) fly(ctx context.Context, fl *flight, flightKey string, src *quota.Source, req []byte, r dnswire.Query, tcp bool, upstreams []netip.AddrPort) {
 	defer f.wg.Done()
+	caller := ctx
 	ctx, cancel := context.WithTimeout(ctx, f.timeout)
 	defer cancel()
 	defer context.AfterFunc(f.base, cancel)()
 	a := f.resolve(ctx, req, r, tcp, upstreams)
-	fl.reply, fl.from, fl.leaderBytes = a.reply, a.upstream, a.overSource
+	fl.reply, fl.from = a.reply, a.upstream
+	// The caller's context, not the exchange's: an upstream silent for the
+	// whole timeout is no reason for the waiters to ask it again.
+	fl.leaderOnly = a.reply == nil && (a.overSource || caller.Err() != nil)
 	if fl.reply != nil {
 		f.store(flightKey[:len(flightKey)-1], fl.reply, fl.from, src)
 	}

@@ -536,6 +536,77 @@ func TestWaiterAnsweredWhenTheLeaderIsOverItsBytes(t *testing.T) {
 	}
 }
 
+// TestWaiterAnsweredWhenTheLeaderIsCancelled: identical queries share one
+// exchange, run under the context of the query that started it. When that
+// query is cancelled (the resolver ends a forward to give its slot to a
+// pod under its share), the exchange ends with it; another pod's query
+// that joined it does not take that failure: it is answered by an
+// exchange of its own.
+func TestWaiterAnsweredWhenTheLeaderIsCancelled(t *testing.T) {
+	// Not parallel: the coalesced counter says when the waiter joined.
+	for _, p := range protocols {
+		t.Run(p.name, func(t *testing.T) {
+			var asked atomic.Int64
+			up := startUpstream(t, func(u *testUpstream, w dns.ResponseWriter, req *dns.Msg) {
+				if asked.Add(1) == 1 { // the leader's: never answered
+					if p.tcp {
+						<-u.stop
+					}
+					return
+				}
+				answerA(60, "198.51.100.1")(u, w, req)
+			})
+			f := newForwarder(t, WithTimeout(10*time.Second), WithCacheSize(0))
+			var leaderSrc, waiterSrc quota.Source
+			ask := func(ctx context.Context) (*dns.Msg, time.Duration) {
+				start := time.Now()
+				reply, err := f.Forward(ctx, query(t, "www.example.com.", dns.TypeA), p.tcp, []netip.AddrPort{up.addr})
+				if err != nil {
+					t.Error(err)
+					return new(dns.Msg), 0
+				}
+				return dnstest.Unpack(t, reply), time.Since(start)
+			}
+			lctx, cancelLeader := context.WithCancel(quota.WithSource(context.Background(), &leaderSrc))
+			defer cancelLeader()
+			wctx, cancelWaiter := context.WithTimeout(quota.WithSource(context.Background(), &waiterSrc), 10*time.Second)
+			defer cancelWaiter()
+			type result struct {
+				m    *dns.Msg
+				took time.Duration
+			}
+			leader, waiter := make(chan result, 1), make(chan result, 1)
+			go func() { m, d := ask(lctx); leader <- result{m, d} }()
+			waitFor(t, "the leader's query reaches the upstream", func() bool { return up.queries.Load() == 1 })
+			joined := counterValue(t, coalesced)
+			go func() { m, d := ask(wctx); waiter <- result{m, d} }()
+			waitFor(t, "the waiter joins the leader's exchange", func() bool { return counterValue(t, coalesced) > joined })
+			cancelLeader()
+			if r := <-leader; r.m.Rcode != dns.RcodeServerFailure || r.took > 5*time.Second {
+				t.Errorf("the cancelled leader: %s after %v, want SERVFAIL at once", dns.RcodeToString[r.m.Rcode], r.took)
+			}
+			if r := <-waiter; r.m.Rcode != dns.RcodeSuccess || firstA(r.m) != "198.51.100.1" {
+				t.Errorf("the waiter: %s %q, want the upstream's answer", dns.RcodeToString[r.m.Rcode], firstA(r.m))
+			}
+			if n := up.queries.Load(); n != 2 {
+				t.Errorf("upstream got %d queries, want 2 (the leader's, then the waiter's own)", n)
+			}
+		})
+	}
+}
+
+// waitFor polls cond until it holds, failing the test after 5 s.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("still not so after 5 s: %s", what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
 func TestManyConcurrentCallers(t *testing.T) {
 	t.Parallel()
 	up := startUpstream(t, func(u *testUpstream, w dns.ResponseWriter, req *dns.Msg) {

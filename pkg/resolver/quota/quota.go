@@ -104,6 +104,14 @@ func (s *Source) StartForward(max int, pool *Pool) Verdict {
 // EndForward returns a slot StartForward took.
 func (s *Source) EndForward(pool *Pool) { pool.give(&s.forwarding, 1) }
 
+// ForwardsOver is how many forwarding slots the source holds beyond share
+// (a pool's Share; 0 or less: none).
+func (s *Source) ForwardsOver(share int64) int64 { return s.forwarding.Load() - share }
+
+// CountForwardRefused counts a forward of the source ended for being over
+// its share.
+func (s *Source) CountForwardRefused() { s.forwardRefused.Add(1) }
+
 // OpenConn takes one TCP connection for the source, as StartForward takes
 // a forwarding slot. Call CloseConn when the connection ends.
 func (s *Source) OpenConn(max int, pool *Pool) Verdict {
@@ -146,7 +154,8 @@ type Usage struct {
 	RateLimited uint64 `json:"rateLimited"`
 	// ForwardRefused counts queries answered SERVFAIL at once because the
 	// source had Limits.Forwarding queries upstream already, or more than
-	// its fair share of the node's (see Pool).
+	// its fair share of the node's (see Pool), and forwards ended early to
+	// make room for a source under its share.
 	ForwardRefused uint64 `json:"forwardRefused"`
 	// TCPRefused counts connections closed at once because the source had
 	// Limits.TCPConns open already or more than its fair share of the

@@ -1,0 +1,147 @@
+package resolver
+
+import (
+	"context"
+	"sync"
+
+	"github.com/ztdns/ztdns/pkg/resolver/quota"
+)
+
+// forwardSlot is a forwarded query holding a slot of the forwarding pool.
+// Its fields but source are guarded by forwardList.mu.
+type forwardSlot struct {
+	source *quota.Source
+	// cancel ends the query's work, its client then gets SERVFAIL; nil
+	// until its goroutine starts (arm).
+	cancel context.CancelFunc
+	// prev and next link it among the forwards in flight, oldest first;
+	// linked says it is there. Whoever unlinks it gives its slot back:
+	// its own goroutine when it ends, or makeForwardRoom, once.
+	prev, next *forwardSlot
+	linked     bool
+}
+
+// forwardList is the forwards in flight, oldest first. A forward is linked
+// on the socket's goroutine as its slot is taken, so a burst of forwards
+// whose goroutines have not run yet can be ended too. A few lock
+// operations and pointer writes per forward: a forward is a goroutine and
+// network I/O already.
+type forwardList struct {
+	mu         sync.Mutex
+	head, tail *forwardSlot
+}
+
+// add links fw at the tail: the newest.
+func (l *forwardList) add(fw *forwardSlot) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	fw.prev, fw.next, fw.linked = l.tail, nil, true
+	if l.tail != nil {
+		l.tail.next = fw
+	} else {
+		l.head = fw
+	}
+	l.tail = fw
+}
+
+// arm gives fw the cancel of its work, as its goroutine starts. It
+// reports false when fw was ended meanwhile: its slot is given back, and
+// the query is to get SERVFAIL without being forwarded.
+func (l *forwardList) arm(fw *forwardSlot, cancel context.CancelFunc) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	fw.cancel = cancel
+	return fw.linked
+}
+
+// remove unlinks fw and reports whether it was linked: the caller then
+// gives its slot back.
+func (l *forwardList) remove(fw *forwardSlot) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.unlink(fw)
+}
+
+func (l *forwardList) unlink(fw *forwardSlot) bool {
+	if !fw.linked {
+		return false
+	}
+	if fw.prev != nil {
+		fw.prev.next = fw.next
+	} else {
+		l.head = fw.next
+	}
+	if fw.next != nil {
+		fw.next.prev = fw.prev
+	} else {
+		l.tail = fw.prev
+	}
+	fw.prev, fw.next, fw.linked = nil, nil, false
+	return true
+}
+
+// startForward takes a forwarding slot for fw's source and, when Taken,
+// links fw among the forwards in flight; its goroutine arms it. A source
+// within its share that finds every slot taken gets one anyway: a forward
+// of the source most over its share is ended for it (makeForwardRoom), as
+// a TCP connection is (admitConn). Forwards end on their own within the
+// forward timeout, but without this, sources that took their slots while
+// the pool was quieter would keep the others out that long.
+func (s *Server) startForward(fw *forwardSlot) quota.Verdict {
+	v := fw.source.StartForward(s.opts.Limits.Forwarding, s.forwarding)
+	if v == quota.OverPool && s.makeForwardRoom(fw.source) {
+		v = fw.source.StartForward(s.opts.Limits.Forwarding, s.forwarding)
+	}
+	if v == quota.Taken {
+		metricForwarding.Inc()
+		s.forwards.add(fw)
+	}
+	return v
+}
+
+// makeForwardRoom ends the oldest forward of the source that holds the
+// most slots beyond its fair share, other than asking, and gives its slot
+// back at once. It reports false when no source is over its share.
+func (s *Server) makeForwardRoom(asking *quota.Source) bool {
+	share := s.forwarding.Share() // one reading for every forward compared
+	if s.forwarding.Used() <= s.forwarding.Holders()*share {
+		// No source can be over its share (a share of 1 among more
+		// holders than slots): spare the walk.
+		return false
+	}
+	l := &s.forwards
+	l.mu.Lock()
+	var (
+		pick *forwardSlot
+		most int64
+	)
+	for fw := l.head; fw != nil; fw = fw.next {
+		if fw.source == asking {
+			continue
+		}
+		// Strictly more: the first, the oldest, of its source stays.
+		if over := fw.source.ForwardsOver(share); over > most {
+			pick, most = fw, over
+		}
+	}
+	if pick == nil {
+		l.mu.Unlock()
+		return false
+	}
+	l.unlink(pick)
+	cancel := pick.cancel
+	l.mu.Unlock()
+	pick.source.CountForwardRefused()
+	metricQueries.forwardLimited.Inc()
+	s.endForward(pick.source)
+	if cancel != nil { // else its goroutine, not started yet, sees it unlinked
+		cancel() // its client gets SERVFAIL now; its goroutine gives nothing back
+	}
+	return true
+}
+
+// endForward gives back the slot of a forward unlinked from the list.
+func (s *Server) endForward(source *quota.Source) {
+	metricForwarding.Dec()
+	source.EndForward(s.forwarding)
+}
