@@ -234,7 +234,9 @@ func TestKernelRateOnePerPod(t *testing.T) {
 	eventually(t, "every query answered or dropped", func() bool { return answered()+dropped() >= 2*each })
 	// The burst, and what the rate gave while the queries were sent.
 	most := burst + 1 + int(took.Seconds()*qps)
-	if n, d := answered(), dropped(); n < burst || n > most || n+d != 2*each {
+	n, d := answered(), dropped()
+	t.Logf("%d sent in %v: %d answered, %d dropped", 2*each, took, n, d)
+	if n < burst || n > most || n+d != 2*each {
 		t.Errorf("%d queries sent at once from the pod's two addresses: %d answered, %d dropped; want its one burst of %d (at most %d), the rest dropped",
 			2*each, n, d, burst, most)
 	}
