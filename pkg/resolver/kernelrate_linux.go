@@ -28,7 +28,7 @@ import (
 // kernel more than sending one costs the sender, so one pod at full speed
 // (~100,000 queries a second) overflows the queue whenever the reader
 // waits for a CPU, and the kernel then drops every pod's queries alike.
-// Here the excess costs a map lookup on the sender's CPU, and the queue
+// Here the excess costs two map lookups on the sender's CPU, and the queue
 // holds only what the rates allow.
 //
 // The rate is the resolver's (GCRA, quota.Rate), kept per key in an LRU
