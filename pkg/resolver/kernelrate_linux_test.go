@@ -36,9 +36,10 @@ func TestKernelRate(t *testing.T) {
 	}
 	f := startUDPFlood(t, flooderIP, ls.addr)
 	q := packQuery(t, tableName, dns.TypeA)
-	stop := make(chan struct{})
+	stop, stopped := make(chan struct{}), make(chan struct{})
 	sent := 0
 	go func() {
+		defer close(stopped)
 		for {
 			select {
 			case <-stop:
@@ -52,6 +53,7 @@ func TestKernelRate(t *testing.T) {
 	eventually(t, "the kernel drops the flooder's queries", func() bool { return ls.kernel.drops(flooderIP) > 1000 })
 	ls.askVictim(t, 5)
 	close(stop)
+	<-stopped // a last query of the flood would take the token asked for below
 
 	u := ls.usage(flooderIP)
 	if kernel := ls.kernel.drops(flooderIP); u.RateLimited < kernel {
