@@ -96,6 +96,7 @@ type Cache struct {
 	fromSource  map[string]model.Pod
 	attachments map[string]Attachment
 	quotas      map[string]*quota.Source // by pod key
+	watchers    map[*func()]struct{}
 
 	view atomic.Pointer[index]
 }
@@ -103,7 +104,8 @@ type Cache struct {
 // New returns an empty cache for the given cluster domain (used to derive
 // pods' search lists).
 func New(clusterDomain string) *Cache {
-	c := &Cache{domain: clusterDomain, fromSource: map[string]model.Pod{}, attachments: map[string]Attachment{}, quotas: map[string]*quota.Source{}}
+	c := &Cache{domain: clusterDomain, fromSource: map[string]model.Pod{}, attachments: map[string]Attachment{}, quotas: map[string]*quota.Source{},
+		watchers: map[*func()]struct{}{}}
 	c.view.Store(&index{})
 	return c
 }
@@ -111,6 +113,24 @@ func New(clusterDomain string) *Cache {
 // Lookup returns the pod that owns ip, or nil. Safe on the hot path.
 func (c *Cache) Lookup(ip netip.Addr) *Pod {
 	return c.view.Load().byIP[ip.Unmap()]
+}
+
+// Owners returns every IP Lookup finds a pod for, with that pod. The map
+// is immutable: never modify it.
+func (c *Cache) Owners() map[netip.Addr]*Pod { return c.view.Load().byIP }
+
+// OnChange calls f after every change of the registry, until stop is
+// called. Calls come one at a time, in order, while writers wait: f must
+// be quick and must not write to the cache.
+func (c *Cache) OnChange(f func()) (stop func()) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.watchers[&f] = struct{}{}
+	return func() {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		delete(c.watchers, &f)
+	}
 }
 
 // ByCookie returns the pod living in the network namespace with that cookie.
@@ -238,4 +258,7 @@ func (c *Cache) rebuild() {
 	}
 	c.quotas = quotas
 	c.view.Store(idx)
+	for f := range c.watchers {
+		(*f)()
+	}
 }

@@ -1,6 +1,7 @@
 package podcache
 
 import (
+	"maps"
 	"net/netip"
 	"slices"
 	"sync"
@@ -137,4 +138,33 @@ func BenchmarkLookup(b *testing.B) {
 			}
 		}
 	})
+}
+
+// TestOnChange: a watcher is called after every change and finds the new
+// owners of each address; after stop it is not called again.
+func TestOnChange(t *testing.T) {
+	c := New("cluster.local")
+	var seen []map[netip.Addr]*Pod
+	stop := c.OnChange(func() { seen = append(seen, c.Owners()) })
+	c.SetSourcePods([]model.Pod{{Namespace: "default", Name: "a", IPs: []netip.Addr{ip2, ip3}}})
+	c.Attach(Attachment{ContainerID: "c1", Namespace: "default", Name: "b", IPs: []netip.Addr{ip3}})
+	c.Detach("c1")
+	stop()
+	c.SetSourcePods(nil)
+	if len(seen) != 3 {
+		t.Fatalf("%d calls, want 3 (one per change before stop)", len(seen))
+	}
+	for i, want := range []map[netip.Addr]string{
+		{ip2: "default/a", ip3: "default/a"},
+		{ip2: "default/a", ip3: "default/b"}, // an attached pod owns its IP
+		{ip2: "default/a", ip3: "default/a"},
+	} {
+		got := map[netip.Addr]string{}
+		for ip, p := range seen[i] {
+			got[ip] = p.Key()
+		}
+		if !maps.Equal(got, want) {
+			t.Errorf("call %d: owners %v, want %v", i+1, got, want)
+		}
+	}
 }

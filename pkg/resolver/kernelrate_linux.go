@@ -3,15 +3,20 @@
 package resolver
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
+	"sync"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
 	"golang.org/x/sys/unix"
 
+	"github.com/ztdns/ztdns/pkg/podcache"
 	"github.com/ztdns/ztdns/pkg/resolver/quota"
 )
 
@@ -23,22 +28,51 @@ import (
 // kernel more than sending one costs the sender, so one pod at full speed
 // (~100,000 queries a second) overflows the queue whenever the reader
 // waits for a CPU, and the kernel then drops every pod's queries alike.
-// Here the excess costs a map lookup on the sender's CPU, and the queue
+// Here the excess costs two map lookups on the sender's CPU, and the queue
 // holds only what the rates allow.
 //
-// The rate is the resolver's (GCRA, quota.Rate), kept per source address
-// in an LRU map. Concurrent updates from several CPUs are not atomic: a
-// source sending from many CPUs at once may get a little more than its
-// rate; the resolver's own check, per pod, catches that.
+// The rate is the resolver's (GCRA, quota.Rate), kept per key in an LRU
+// map: a known pod's key for each of its addresses (so a dual-stack pod
+// has one rate, as over TCP), the source address itself for any other
+// source. Concurrent updates from several CPUs are not atomic: a source
+// sending from many CPUs at once may get a little more than its rate; the
+// resolver's own check, per pod, catches that.
 type kernelRate struct {
 	sources      *ebpf.Map
+	podAddrs     *ebpf.Map // a known pod's address -> the pod's key
 	prog4, prog6 *ebpf.Program
+	log          *slog.Logger
+
+	mu      sync.Mutex              // serialises syncPods; guards the fields below
+	addrs   map[netip.Addr][16]byte // what podAddrs holds
+	keys    map[string][16]byte     // each known pod's key, by namespace/name
+	lastKey uint64                  // keys are never reused
+	left    int                     // addresses podAddrs had no room for
 }
 
-// kernelRateSources bounds the source addresses the kernel remembers (the
-// least recently seen is forgotten first, and starts again with a full
-// burst when it returns).
+// kernelRateSources bounds the keys the kernel remembers (the least
+// recently seen is forgotten first, and starts again with a full burst
+// when it returns).
 const kernelRateSources = 4096
+
+// kernelRatePodAddrs bounds the pod addresses with their pod's key: two
+// (IPv4 and IPv6) for each of the 16,384 pods capture can mark
+// (ZTDNS_MAX_PODS). The map is not preallocated: it takes memory for the
+// pods there are. An address past it keeps a key of its own. A variable:
+// tests fill a smaller map.
+var kernelRatePodAddrs = 2 * 16384
+
+// podKeyPrefix starts every pod key: 100::/64 (RFC 6666, discard only) is
+// no source a datagram comes from, so no address's own key is a pod's. A
+// dump of ztdns_sources shows pods as 100::1, 100::2, …
+var podKeyPrefix = [8]byte{0x01}
+
+func podKey(n uint64) [16]byte {
+	var k [16]byte
+	copy(k[:], podKeyPrefix[:])
+	binary.BigEndian.PutUint64(k[8:], n)
+	return k
+}
 
 // kernelSource is the value of the sources map: the theoretical arrival
 // time of the source's next query (CLOCK_MONOTONIC ns, bpf_ktime_get_ns's
@@ -48,7 +82,7 @@ type kernelSource struct {
 	Drops uint64
 }
 
-func newKernelRate(r quota.Rate) (*kernelRate, error) {
+func newKernelRate(r quota.Rate, log *slog.Logger) (*kernelRate, error) {
 	sources, err := ebpf.NewMap(&ebpf.MapSpec{
 		Name:       "ztdns_sources",
 		Type:       ebpf.LRUHash,
@@ -59,10 +93,22 @@ func newKernelRate(r quota.Rate) (*kernelRate, error) {
 	if err != nil {
 		return nil, fmt.Errorf("sources map: %w", err)
 	}
-	k := &kernelRate{sources: sources}
+	podAddrs, err := ebpf.NewMap(&ebpf.MapSpec{
+		Name:       "ztdns_pod_addrs",
+		Type:       ebpf.Hash,
+		KeySize:    16,
+		ValueSize:  16,
+		MaxEntries: uint32(kernelRatePodAddrs),
+		Flags:      unix.BPF_F_NO_PREALLOC,
+	})
+	if err != nil {
+		sources.Close()
+		return nil, fmt.Errorf("pod addresses map: %w", err)
+	}
+	k := &kernelRate{sources: sources, podAddrs: podAddrs, log: log, addrs: map[netip.Addr][16]byte{}, keys: map[string][16]byte{}}
 	interval, tolerance := r.Params()
-	if k.prog4, err = loadRateFilter(sources, interval, tolerance, false); err == nil {
-		k.prog6, err = loadRateFilter(sources, interval, tolerance, true)
+	if k.prog4, err = loadRateFilter(sources, podAddrs, interval, tolerance, false); err == nil {
+		k.prog6, err = loadRateFilter(sources, podAddrs, interval, tolerance, true)
 	}
 	if err != nil {
 		k.Close()
@@ -74,13 +120,15 @@ func newKernelRate(r quota.Rate) (*kernelRate, error) {
 // loadRateFilter loads the socket filter for IPv4 or IPv6 sockets. In C:
 //
 //	key = source address (16 bytes, IPv4 as ::ffff:a.b.c.d)
+//	pod = pod_addrs[key]
+//	if (pod) key = *pod (the pod's key: one rate for all its addresses)
 //	now = bpf_ktime_get_ns()
 //	v = sources[key]
 //	if (!v) { sources[key] = {now + interval, 0}; keep }
 //	next = max(v->tat, now)
 //	if (next - now > tolerance) { v->drops += 1 (atomically); drop }
 //	v->tat = next + interval; keep
-func loadRateFilter(sources *ebpf.Map, interval, tolerance int64, v6 bool) (*ebpf.Program, error) {
+func loadRateFilter(sources, podAddrs *ebpf.Map, interval, tolerance int64, v6 bool) (*ebpf.Program, error) {
 	const (
 		keyAt   = -16 // the key on the stack: fp-16 .. fp-1
 		valueAt = -32 // a new value: fp-32 .. fp-17
@@ -108,8 +156,19 @@ func loadRateFilter(sources *ebpf.Map, interval, tolerance int64, v6 bool) (*ebp
 		asm.Mov.Imm(asm.R5, 1),
 		asm.FnSkbLoadBytesRelative.Call(),
 		asm.JNE.Imm(asm.R0, 0, "keep"),
+		// A known pod's address: key = pod_addrs[key], copied to the stack
+		// (the agent may replace the value meanwhile).
+		asm.LoadMapPtr(asm.R1, podAddrs.FD()),
+		asm.Mov.Reg(asm.R2, asm.RFP),
+		asm.Add.Imm(asm.R2, keyAt),
+		asm.FnMapLookupElem.Call(),
+		asm.JEq.Imm(asm.R0, 0, "charge"),
+		asm.LoadMem(asm.R1, asm.R0, 0, asm.DWord),
+		asm.StoreMem(asm.RFP, keyAt, asm.R1, asm.DWord),
+		asm.LoadMem(asm.R1, asm.R0, 8, asm.DWord),
+		asm.StoreMem(asm.RFP, keyAt+8, asm.R1, asm.DWord),
 		// r8 = now
-		asm.FnKtimeGetNs.Call(),
+		asm.FnKtimeGetNs.Call().WithSymbol("charge"),
 		asm.Mov.Reg(asm.R8, asm.R0),
 		// r7 = sources[key]
 		asm.LoadMapPtr(asm.R1, sources.FD()),
@@ -180,9 +239,81 @@ func (k *kernelRate) attach(conn *net.UDPConn) error {
 	return serr
 }
 
-// drops is how many of src's datagrams the filter dropped.
-func (k *kernelRate) drops(src netip.Addr) uint64 {
-	key := src.Unmap().As16()
+// syncPods makes podAddrs give each address of owners its pod's key, and
+// forgets the addresses no pod owns any longer: they keep their own key
+// again. A pod keeps its key while it is known (by namespace/name, as its
+// quota.Source); a pod known again later gets a key never used before,
+// with a full burst, and an address that moves to another pod that pod's.
+func (k *kernelRate) syncPods(owners map[netip.Addr]*podcache.Pod) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	keys := make(map[string][16]byte, len(k.keys))
+	want := make(map[netip.Addr][16]byte, len(owners))
+	for ip, p := range owners {
+		key, ok := keys[p.Key()]
+		if !ok {
+			if key, ok = k.keys[p.Key()]; !ok {
+				k.lastKey++
+				key = podKey(k.lastKey)
+			}
+			keys[p.Key()] = key
+		}
+		want[ip.Unmap()] = key
+	}
+	k.keys = keys
+	var errs []error
+	// Deletions first: they make room for the new addresses.
+	for ip := range k.addrs {
+		if _, ok := want[ip]; !ok {
+			if err := k.podAddrs.Delete(ip.As16()); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+				errs = append(errs, err)
+				continue
+			}
+			delete(k.addrs, ip)
+		}
+	}
+	left := 0
+	for ip, key := range want {
+		if old, ok := k.addrs[ip]; ok && old == key {
+			continue
+		}
+		if err := k.podAddrs.Put(ip.As16(), key); err != nil {
+			// Never leave the address with another pod's key.
+			if derr := k.podAddrs.Delete(ip.As16()); derr == nil || errors.Is(derr, ebpf.ErrKeyNotExist) {
+				delete(k.addrs, ip)
+			}
+			if errors.Is(err, unix.E2BIG) {
+				left++
+				continue
+			}
+			errs = append(errs, err)
+			continue
+		}
+		k.addrs[ip] = key
+	}
+	if left != k.left {
+		k.left = left
+		if left > 0 {
+			k.log.Warn("the kernel's rate filter has no room for every pod address: these keep a rate of their own", "addresses", left, "room", kernelRatePodAddrs)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		k.log.Warn("cannot give every pod address its pod's rate in the kernel", "err", err)
+	}
+}
+
+// keyOf is the key src's datagrams are charged to, and whether it is a
+// pod's. Callers hold mu.
+func (k *kernelRate) keyOf(src netip.Addr) ([16]byte, bool) {
+	src = src.Unmap()
+	if key, ok := k.addrs[src]; ok {
+		return key, true
+	}
+	return src.As16(), false
+}
+
+// dropsOf is how many datagrams charged to key the filter dropped.
+func (k *kernelRate) dropsOf(key [16]byte) uint64 {
 	var v kernelSource
 	if k.sources.Lookup(&key, &v) != nil {
 		return 0
@@ -190,8 +321,38 @@ func (k *kernelRate) drops(src netip.Addr) uint64 {
 	return v.Drops
 }
 
-// totalDrops is how many datagrams the filter dropped, from every source
-// it still remembers.
+// drops is how many datagrams charged to src's key (its pod's, if it has
+// one) the filter dropped.
+func (k *kernelRate) drops(src netip.Addr) uint64 {
+	k.mu.Lock()
+	key, _ := k.keyOf(src)
+	k.mu.Unlock()
+	return k.dropsOf(key)
+}
+
+// podDrops is how many of p's datagrams the filter dropped: those charged
+// to its key, and to each of its addresses that has none (another pod's
+// key is not p's), each key once.
+func (k *kernelRate) podDrops(p *podcache.Pod) uint64 {
+	k.mu.Lock()
+	own, known := k.keys[p.Key()]
+	keys := make([][16]byte, 0, len(p.IPs))
+	for _, ip := range p.IPs {
+		key, pods := k.keyOf(ip)
+		if (!pods || known && key == own) && !slices.Contains(keys, key) {
+			keys = append(keys, key)
+		}
+	}
+	k.mu.Unlock()
+	var total uint64
+	for _, key := range keys {
+		total += k.dropsOf(key)
+	}
+	return total
+}
+
+// totalDrops is how many datagrams the filter dropped, charged to every
+// key it still remembers.
 func (k *kernelRate) totalDrops() uint64 {
 	var (
 		key   [16]byte
@@ -214,5 +375,5 @@ func (k *kernelRate) Close() error {
 			errs = append(errs, p.Close())
 		}
 	}
-	return errors.Join(append(errs, k.sources.Close())...)
+	return errors.Join(append(errs, k.sources.Close(), k.podAddrs.Close())...)
 }

@@ -3,18 +3,23 @@
 package resolver
 
 import (
+	"bytes"
 	"errors"
+	"log/slog"
 	"net"
 	"net/netip"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/ztdns/ztdns/internal/testenv"
 	"github.com/ztdns/ztdns/pkg/model"
+	"github.com/ztdns/ztdns/pkg/podcache"
 	"github.com/ztdns/ztdns/pkg/resolver/quota"
 	"github.com/ztdns/ztdns/pkg/resolver/table"
 )
@@ -31,9 +36,10 @@ func TestKernelRate(t *testing.T) {
 	}
 	f := startUDPFlood(t, flooderIP, ls.addr)
 	q := packQuery(t, tableName, dns.TypeA)
-	stop := make(chan struct{})
+	stop, stopped := make(chan struct{}), make(chan struct{})
 	sent := 0
 	go func() {
+		defer close(stopped)
 		for {
 			select {
 			case <-stop:
@@ -47,6 +53,7 @@ func TestKernelRate(t *testing.T) {
 	eventually(t, "the kernel drops the flooder's queries", func() bool { return ls.kernel.drops(flooderIP) > 1000 })
 	ls.askVictim(t, 5)
 	close(stop)
+	<-stopped // a last query of the flood would take the token asked for below
 
 	u := ls.usage(flooderIP)
 	if kernel := ls.kernel.drops(flooderIP); u.RateLimited < kernel {
@@ -139,5 +146,205 @@ func TestRateOnASocketWithoutTheFilter(t *testing.T) {
 	}
 	if got := testutil.ToFloat64(metricQueries.rateLimited) - before; got != 10 {
 		t.Errorf("ztdns_resolver_queries_total{outcome=rate_limited} rose by %v, want 10", got)
+	}
+}
+
+// The dual-stack pod of the tests below: an IPv4 and the IPv6 loopback
+// address.
+var (
+	dualIPv4 = netip.MustParseAddr("127.0.0.7")
+	dualIPv6 = netip.IPv6Loopback()
+)
+
+// serveIPv6 serves ls on a UDP socket on [::1] too (with the IPv6 filter),
+// and returns its address once it answers.
+func (ls *limitsServer) serveIPv6(t *testing.T) netip.AddrPort {
+	t.Helper()
+	udp, err := ListenUDP(netip.MustParseAddrPort("[::1]:0"))
+	if err != nil {
+		testenv.Unavailable(t, "no IPv6 loopback: %v", err)
+	}
+	go ls.ServeUDP(udp)
+	addr := addrPortOf(udp.LocalAddr())
+	c := &dns.Client{Net: "udp", Timeout: 5 * time.Second}
+	m := new(dns.Msg)
+	m.SetQuestion(tableName, dns.TypeA)
+	if _, _, err := c.Exchange(m, addr.String()); err != nil {
+		t.Fatalf("no answer on %s: %v", addr, err)
+	}
+	return addr
+}
+
+// setPods gives the registry the limits server's two pods and more.
+func (ls *limitsServer) setPods(more ...model.Pod) {
+	ls.pods.SetSourcePods(append([]model.Pod{
+		{Namespace: "flood", Name: "flooder", IPs: []netip.Addr{flooderIP}},
+		{Namespace: "default", Name: "victim", IPs: []netip.Addr{victimIP}},
+	}, more...))
+}
+
+// sendAll sends n queries from f at once and waits until each is answered
+// or counted as dropped by dropped (which counts from before); it returns
+// how many were answered.
+func sendAll(t *testing.T, f *udpFlood, n int, dropped func() int) int {
+	t.Helper()
+	before, _ := f.answered()
+	droppedBefore := dropped()
+	q := packQuery(t, tableName, dns.TypeA)
+	for range n {
+		if _, err := f.conn.Write(q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var answered int
+	eventually(t, "every query answered or dropped", func() bool {
+		a, _ := f.answered()
+		answered = a - before
+		return answered+dropped()-droppedBefore >= n
+	})
+	if d := dropped() - droppedBefore; answered+d != n {
+		t.Errorf("%d queries sent: %d answered and %d dropped", n, answered, d)
+	}
+	return answered
+}
+
+// TestKernelRateOnePerPod: a dual-stack pod sending a burst from its IPv4
+// and its IPv6 address at once gets one burst in all through the kernel,
+// as over TCP, not one per address; its drops are counted once.
+func TestKernelRateOnePerPod(t *testing.T) {
+	testenv.RequireRoot(t)
+	const qps, burst, each = 10, 100, 100
+	ls := startLimitsServer(t, Options{Limits: quota.Limits{QPS: qps, Burst: burst}, KernelRate: true}, liveUpstream(t), liveUpstream(t))
+	if ls.kernel == nil {
+		testenv.Unavailable(t, "the resolver could not load its socket filter (see the log)")
+	}
+	addr6 := ls.serveIPv6(t)
+	ls.setPods(model.Pod{Namespace: "default", Name: "dual", IPs: []netip.Addr{dualIPv4, dualIPv6}})
+	f4, f6 := startUDPFlood(t, dualIPv4, ls.addr), startUDPFlood(t, dualIPv6, addr6)
+	q := packQuery(t, tableName, dns.TypeA)
+	start := time.Now()
+	for range each {
+		for _, f := range []*udpFlood{f4, f6} {
+			if _, err := f.conn.Write(q); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	took := time.Since(start)
+	answered := func() int { n4, _ := f4.answered(); n6, _ := f6.answered(); return n4 + n6 }
+	dropped := func() int { return int(ls.usage(dualIPv4).RateLimited) }
+	eventually(t, "every query answered or dropped", func() bool { return answered()+dropped() >= 2*each })
+	// The burst, and what the rate gave while the queries were sent.
+	most := burst + 1 + int(took.Seconds()*qps)
+	n, d := answered(), dropped()
+	t.Logf("%d sent in %v: %d answered, %d dropped", 2*each, took, n, d)
+	if n < burst || n > most || n+d != 2*each {
+		t.Errorf("%d queries sent at once from the pod's two addresses: %d answered, %d dropped; want its one burst of %d (at most %d), the rest dropped",
+			2*each, n, d, burst, most)
+	}
+	if u4, u6 := ls.usage(dualIPv4), ls.usage(dualIPv6); u4 != u6 {
+		t.Errorf("the pod's usage by its IPv4 address %+v, by its IPv6 address %+v", u4, u6)
+	}
+}
+
+// TestKernelRateRemovedPod: once a pod is gone from the registry, its
+// addresses are charged to their own keys again, and an address a new pod
+// takes over is charged to the new pod's key: neither inherits the gone
+// pod's spent burst.
+func TestKernelRateRemovedPod(t *testing.T) {
+	testenv.RequireRoot(t)
+	const qps, burst = 0.1, 20 // no new token while the test runs
+	ls := startLimitsServer(t, Options{Limits: quota.Limits{QPS: qps, Burst: burst}, KernelRate: true}, liveUpstream(t), liveUpstream(t))
+	if ls.kernel == nil {
+		testenv.Unavailable(t, "the resolver could not load its socket filter (see the log)")
+	}
+	addr6 := ls.serveIPv6(t)
+	ls.setPods(model.Pod{Namespace: "default", Name: "dual", IPs: []netip.Addr{dualIPv4, dualIPv6}})
+	f4, f6 := startUDPFlood(t, dualIPv4, ls.addr), startUDPFlood(t, dualIPv6, addr6)
+	dual := ls.pods.Lookup(dualIPv4)
+	podDropped := func() int { return int(ls.PodUsage(dual).RateLimited) }
+
+	// The pod spends its burst from IPv4; IPv6 then has nothing left.
+	if n := sendAll(t, f4, burst+5, podDropped); n != burst {
+		t.Fatalf("%d of %d answered from IPv4, want the burst of %d", n, burst+5, burst)
+	}
+	if n := sendAll(t, f6, 5, podDropped); n != 0 {
+		t.Fatalf("%d of 5 answered from IPv6 after the pod spent its burst from IPv4, want none", n)
+	}
+
+	// The pod goes; another takes its IPv4 address.
+	ls.setPods(model.Pod{Namespace: "default", Name: "next", IPs: []netip.Addr{dualIPv4}})
+	if err := ls.kernel.podAddrs.Lookup(dualIPv6.As16(), new([16]byte)); !errors.Is(err, ebpf.ErrKeyNotExist) {
+		t.Errorf("the kernel's pod map still has the gone pod's IPv6 address (lookup: %v)", err)
+	}
+	ownDropped := func() int { return int(ls.kernel.drops(dualIPv6)) }
+	// Its own key has a burst less the one query that found the socket.
+	if n := sendAll(t, f6, burst-1, ownDropped); n != burst-1 {
+		t.Errorf("%d of %d answered from the gone pod's IPv6 address, want all: it has its own key again", n, burst-1)
+	}
+	next := ls.pods.Lookup(dualIPv4)
+	nextDropped := func() int { return int(ls.PodUsage(next).RateLimited) }
+	if n := sendAll(t, f4, burst, nextDropped); n != burst {
+		t.Errorf("%d of %d answered from the address a new pod took over, want all: the new pod's burst", n, burst)
+	}
+	if u := ls.PodUsage(next); u.RateLimited != 0 {
+		t.Errorf("the new pod has %d rate-limited queries, the gone pod's", u.RateLimited)
+	}
+}
+
+// TestKernelRatePodMapFull: pod addresses past the room of the kernel's
+// pod map keep keys of their own (said once in the log), and get their
+// pod's key when room is made; an address that moves to another pod gets
+// that pod's key.
+func TestKernelRatePodMapFull(t *testing.T) {
+	testenv.RequireRoot(t)
+	defer func(n int) { kernelRatePodAddrs = n }(kernelRatePodAddrs)
+	kernelRatePodAddrs = 2
+	var log bytes.Buffer
+	k, err := newKernelRate(quota.NewRate(10, 10), slog.New(slog.NewTextHandler(&log, nil)))
+	if err != nil {
+		testenv.Unavailable(t, "cannot load the socket filter: %v", err)
+	}
+	defer k.Close()
+	a := &podcache.Pod{Namespace: "default", Name: "a"}
+	b := &podcache.Pod{Namespace: "default", Name: "b"}
+	ip1, ip2, ip3 := netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("fd00::1"), netip.MustParseAddr("10.0.0.2")
+	inMap := func() map[netip.Addr]bool {
+		got := map[netip.Addr]bool{}
+		var key, value [16]byte
+		for it := k.podAddrs.Iterate(); it.Next(&key, &value); {
+			got[netip.AddrFrom16(key).Unmap()] = true
+		}
+		return got
+	}
+
+	k.syncPods(map[netip.Addr]*podcache.Pod{ip1: a, ip2: a, ip3: b})
+	k.syncPods(map[netip.Addr]*podcache.Pod{ip1: a, ip2: a, ip3: b}) // no change: logged once
+	if got := inMap(); len(got) != 2 {
+		t.Errorf("pod map holds %v, want two of the three addresses", got)
+	}
+	if n := strings.Count(log.String(), "no room for every pod address"); n != 1 {
+		t.Errorf("logged %d times that the map is full, want once:\n%s", n, log.String())
+	}
+	for _, ip := range []netip.Addr{ip1, ip2, ip3} {
+		k.mu.Lock()
+		key, pods := k.keyOf(ip)
+		k.mu.Unlock()
+		if !inMap()[ip] && (pods || key != ip.As16()) {
+			t.Errorf("%v is not in the pod map but is charged to %x, not its own key", ip, key)
+		}
+	}
+
+	// a goes; b takes over its IPv6 address.
+	k.syncPods(map[netip.Addr]*podcache.Pod{ip2: b, ip3: b})
+	if got := inMap(); !got[ip2] || !got[ip3] || got[ip1] {
+		t.Errorf("pod map holds %v, want b's two addresses", got)
+	}
+	k.mu.Lock()
+	key2, _ := k.keyOf(ip2)
+	key3, _ := k.keyOf(ip3)
+	k.mu.Unlock()
+	if key2 != key3 || key2 != k.keys["default/b"] {
+		t.Errorf("b's addresses charged to %x and %x, want b's key %x", key2, key3, k.keys["default/b"])
 	}
 }

@@ -228,7 +228,11 @@ type udpFlood struct {
 
 func startUDPFlood(t *testing.T, from netip.Addr, to netip.AddrPort) *udpFlood {
 	t.Helper()
-	conn, err := net.DialUDP("udp4", net.UDPAddrFromAddrPort(netip.AddrPortFrom(from, 0)), net.UDPAddrFromAddrPort(to))
+	network := "udp4"
+	if from.Is6() {
+		network = "udp6"
+	}
+	conn, err := net.DialUDP(network, net.UDPAddrFromAddrPort(netip.AddrPortFrom(from, 0)), net.UDPAddrFromAddrPort(to))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -58,6 +58,11 @@ func PodInflightBytes(v, inflight int64) int64 {
 // Pods finds the pod behind a source address (package podcache).
 type Pods interface {
 	Lookup(ip netip.Addr) *podcache.Pod
+	// Owners is every address Lookup finds a pod for, with the pod; the
+	// kernel's rate filter charges them to their pod.
+	Owners() map[netip.Addr]*podcache.Pod
+	// OnChange calls f after each change of Owners, until stop.
+	OnChange(f func()) (stop func())
 }
 
 // UpstreamFunc picks where a miss goes: the nameserver the pod addressed when
@@ -159,6 +164,9 @@ type Server struct {
 	rate    quota.Rate
 	unknown *quota.Table
 	kernel  *kernelRate // nil: the rate is applied here only
+	// stopPods ends the kernel's filter following the pods (nil: it
+	// does not).
+	stopPods func()
 	// attachRate puts the kernel's rate filter on a UDP socket (tests
 	// make it fail).
 	attachRate func(*net.UDPConn) error
@@ -228,10 +236,13 @@ func New(opts Options) *Server {
 	s.metrics.namespaces.init(orDefault(opts.MaxNamespaceSeries, DefaultMaxNamespaceSeries))
 	if opts.KernelRate && s.rate != (quota.Rate{}) {
 		var err error
-		if s.kernel, err = newKernelRate(s.rate); err != nil {
+		if s.kernel, err = newKernelRate(s.rate, s.log); err != nil {
 			s.log.Info("cannot apply the query rate in the kernel; the resolver drops queries over it itself", "err", err)
 		} else {
 			s.attachRate = s.kernel.attach
+			follow := func() { s.kernel.syncPods(opts.Pods.Owners()) }
+			s.stopPods = opts.Pods.OnChange(follow)
+			follow()
 		}
 	}
 	return s
@@ -297,16 +308,16 @@ func (s *Server) rateHere(sc *scratch) bool {
 func (s *Server) PodUsage(p *podcache.Pod) quota.Usage {
 	u := p.Quota.Usage()
 	if s.kernel != nil {
-		for _, ip := range p.IPs {
-			u.RateLimited += s.kernel.drops(ip)
-		}
+		u.RateLimited += s.kernel.podDrops(p)
 	}
 	return u
 }
 
 type noPods struct{}
 
-func (noPods) Lookup(netip.Addr) *podcache.Pod { return nil }
+func (noPods) Lookup(netip.Addr) *podcache.Pod      { return nil }
+func (noPods) Owners() map[netip.Addr]*podcache.Pod { return nil }
+func (noPods) OnChange(func()) (stop func())        { return func() {} }
 
 // SetTable swaps in a new table; queries already running finish on the old.
 func (s *Server) SetTable(t *table.Table) { s.table.Store(t) }
@@ -414,6 +425,9 @@ func (s *Server) Close() error {
 	}
 	s.cancel()
 	s.wg.Wait()
+	if s.stopPods != nil {
+		s.stopPods()
+	}
 	if s.kernel != nil {
 		errs = append(errs, s.kernel.Close())
 	}
