@@ -4,6 +4,8 @@ import (
 	"net"
 	"net/netip"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 // FreePort returns a loopback address whose UDP and TCP ports were both
@@ -26,5 +28,60 @@ func FreePort(tb testing.TB) netip.AddrPort {
 		return addr
 	}
 	tb.Fatal("no free loopback port")
+	return netip.AddrPort{}
+}
+
+// ListenPair opens UDP and TCP sockets on one free loopback port, both
+// bound until the caller closes them, so no one else takes the port
+// between the two.
+func ListenPair(tb testing.TB) (net.PacketConn, net.Listener) {
+	tb.Helper()
+	for range 50 { // the TCP port may be taken when the UDP one was free
+		pc, err := net.ListenPacket("udp4", "127.0.0.1:0")
+		if err != nil {
+			tb.Fatalf("listen udp: %v", err)
+		}
+		ln, err := net.Listen("tcp4", pc.LocalAddr().String())
+		if err == nil {
+			return pc, ln
+		}
+		pc.Close()
+	}
+	tb.Fatal("no loopback port free for both UDP and TCP")
+	return nil, nil
+}
+
+// DeadAddr returns a loopback address where nothing listens, UDP or TCP:
+// queries to it are refused at once. The port stays held until the test
+// ends, so that no other test (or process) binds it meanwhile and turns
+// the refusal into a timeout or an answer: over UDP by a socket connected
+// to another peer, which takes nothing from anyone else (the kernel
+// answers port unreachable), over TCP by a socket bound but not listening
+// (a reset).
+func DeadAddr(tb testing.TB) netip.AddrPort {
+	tb.Helper()
+	for range 50 {
+		uc, err := net.DialUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)}, &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 9})
+		if err != nil {
+			tb.Fatalf("hold a udp port: %v", err)
+		}
+		addr := netip.MustParseAddrPort(uc.LocalAddr().String())
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			uc.Close()
+			tb.Fatalf("tcp socket: %v", err)
+		}
+		if err := unix.Bind(fd, &unix.SockaddrInet4{Port: int(addr.Port()), Addr: addr.Addr().As4()}); err != nil {
+			unix.Close(fd)
+			uc.Close()
+			continue // the port is taken for TCP: another one
+		}
+		tb.Cleanup(func() {
+			unix.Close(fd)
+			uc.Close()
+		})
+		return addr
+	}
+	tb.Fatal("no loopback port free for both UDP and TCP")
 	return netip.AddrPort{}
 }

@@ -9,32 +9,22 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ztdns/ztdns/internal/testenv"
 )
 
 // TestResolverAnswersFailsOnSilence: an address where a socket is bound but
 // nothing reads (a resolver that stopped serving) and one where nothing is
 // bound both fail the check, each named, within the query timeout.
 func TestResolverAnswersFailsOnSilence(t *testing.T) {
-	silent, err := net.ListenPacket("udp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	silent, ln := testenv.ListenPair(t) // accepted by the kernel, never answered
 	defer silent.Close()
-	ln, err := net.Listen("tcp4", silent.LocalAddr().String()) // accepted by the kernel, never answered
-	if err != nil {
-		t.Fatal(err)
-	}
 	defer ln.Close()
-	gone, err := net.ListenPacket("udp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	goneAddr := gone.LocalAddr().(*net.UDPAddr).AddrPort()
-	gone.Close()
+	goneAddr := testenv.DeadAddr(t)
 
 	a := &Agent{addrs: []netip.AddrPort{silent.LocalAddr().(*net.UDPAddr).AddrPort(), goneAddr}}
 	start := time.Now()
-	err = a.resolverAnswers(context.Background())
+	err := a.resolverAnswers(context.Background())
 	took := time.Since(start)
 	if err == nil {
 		t.Fatal("the check passed although no resolver answers")

@@ -14,6 +14,7 @@ import (
 	"github.com/miekg/dns"
 
 	"github.com/ztdns/ztdns/internal/dnstest"
+	"github.com/ztdns/ztdns/internal/testenv"
 	"github.com/ztdns/ztdns/pkg/dnswire"
 	"github.com/ztdns/ztdns/pkg/resolver/quota"
 )
@@ -281,7 +282,7 @@ func TestCacheLifetime(t *testing.T) {
 func BenchmarkForwardCacheHit(b *testing.B) {
 	up := startUpstream(b, answerA(3600, "198.51.100.1", "198.51.100.2"))
 	f := newForwarder(b)
-	ups := []netip.AddrPort{up.addr, deadUpstream(b)}
+	ups := []netip.AddrPort{up.addr, testenv.DeadAddr(b)}
 	req := query(b, "www.example.com.", dns.TypeA, withEDNS(false))
 	forward(b, f, req, false, ups...) // fill the cache
 	ctx := b.Context()

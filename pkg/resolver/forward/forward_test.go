@@ -23,6 +23,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/ztdns/ztdns/internal/dnstest"
+	"github.com/ztdns/ztdns/internal/testenv"
 	"github.com/ztdns/ztdns/pkg/dnswire"
 	"github.com/ztdns/ztdns/pkg/resolver/quota"
 )
@@ -172,7 +173,7 @@ func TestUpstreamSelection(t *testing.T) {
 	serving := func(h handlerFunc) upstreamKind {
 		return func(t *testing.T) netip.AddrPort { return startUpstream(t, h).addr }
 	}
-	dead := func(t *testing.T) netip.AddrPort { return deadUpstream(t) }
+	dead := func(t *testing.T) netip.AddrPort { return testenv.DeadAddr(t) }
 	silent := func(t *testing.T) netip.AddrPort { return silentUpstream(t).addr }
 
 	cases := []struct {
@@ -238,7 +239,7 @@ func TestNoUpstreamAnswersServfailWithinBound(t *testing.T) {
 			}
 			t.Run(name, func(t *testing.T) {
 				t.Parallel()
-				ups := []netip.AddrPort{deadUpstream(t), silentUpstream(t).addr, silentUpstream(t).addr}
+				ups := []netip.AddrPort{testenv.DeadAddr(t), silentUpstream(t).addr, silentUpstream(t).addr}
 				f := newForwarder(t, WithTimeout(timeout))
 				var opts []func(*dns.Msg)
 				if edns {
@@ -717,7 +718,7 @@ func TestMetrics(t *testing.T) {
 	// tests running at the same time would move. Subtests of parallel tests
 	// only start after this returns.
 	up := startUpstream(t, answerA(60, "198.51.100.1"))
-	dead := deadUpstream(t)
+	dead := testenv.DeadAddr(t)
 	clock := newFakeClock()
 	f := newForwarder(t, WithNow(clock.Now), WithTimeout(time.Second))
 
@@ -827,7 +828,7 @@ func TestRefusedReplyBytesSayWhose(t *testing.T) {
 func TestForwardFromSaysWhereTheReplyCameFrom(t *testing.T) {
 	t.Parallel()
 	up := startUpstream(t, answerA(60, "198.51.100.1"))
-	dead := deadUpstream(t)
+	dead := testenv.DeadAddr(t)
 	f := newForwarder(t, WithTimeout(time.Second))
 	ask := func(upstreams ...netip.AddrPort) Origin {
 		t.Helper()

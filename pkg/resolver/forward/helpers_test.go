@@ -14,9 +14,9 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
-	"golang.org/x/sys/unix"
 
 	"github.com/ztdns/ztdns/internal/dnstest"
+	"github.com/ztdns/ztdns/internal/testenv"
 )
 
 // TestMain fails the run if any goroutine of this package or of miekg/dns
@@ -73,7 +73,7 @@ type handlerFunc func(u *testUpstream, w dns.ResponseWriter, req *dns.Msg)
 
 func startUpstream(tb testing.TB, h handlerFunc) *testUpstream {
 	tb.Helper()
-	pc, ln := listenPair(tb)
+	pc, ln := testenv.ListenPair(tb)
 	u := &testUpstream{
 		addr: netip.MustParseAddrPort(pc.LocalAddr().String()),
 		stop: make(chan struct{}),
@@ -104,57 +104,6 @@ func startUpstream(tb testing.TB, h handlerFunc) *testUpstream {
 		wg.Wait()
 	})
 	return u
-}
-
-// listenPair opens UDP and TCP sockets on the same free loopback port.
-func listenPair(tb testing.TB) (net.PacketConn, net.Listener) {
-	tb.Helper()
-	for range 20 {
-		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-		if err != nil {
-			tb.Fatalf("listen udp: %v", err)
-		}
-		ln, err := net.Listen("tcp", pc.LocalAddr().String())
-		if err == nil {
-			return pc, ln
-		}
-		pc.Close()
-	}
-	tb.Fatal("no loopback port free for both UDP and TCP")
-	return nil, nil
-}
-
-// deadUpstream returns a loopback address where nothing listens, UDP or TCP:
-// queries to it are refused at once. The port stays held until the test
-// ends, so that no other test (or process) binds it meanwhile and makes
-// the refusal a timeout: over UDP by a socket connected to another peer,
-// which takes nothing from anyone else (the kernel answers port
-// unreachable), over TCP by a socket bound but not listening (a reset).
-func deadUpstream(tb testing.TB) netip.AddrPort {
-	tb.Helper()
-	for range 20 {
-		uc, err := net.DialUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)}, &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 9})
-		if err != nil {
-			tb.Fatalf("hold a udp port: %v", err)
-		}
-		addr := netip.MustParseAddrPort(uc.LocalAddr().String())
-		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-		if err != nil {
-			tb.Fatalf("tcp socket: %v", err)
-		}
-		if err := unix.Bind(fd, &unix.SockaddrInet4{Port: int(addr.Port()), Addr: addr.Addr().As4()}); err != nil {
-			unix.Close(fd)
-			uc.Close()
-			continue // the port is taken for TCP: another one
-		}
-		tb.Cleanup(func() {
-			unix.Close(fd)
-			uc.Close()
-		})
-		return addr
-	}
-	tb.Fatal("no loopback port free for both UDP and TCP")
-	return netip.AddrPort{}
 }
 
 // silentUpstream returns a loopback address that takes queries, UDP and
