@@ -35,8 +35,9 @@ import (
 // map: a known pod's key for each of its addresses (so a dual-stack pod
 // has one rate, as over TCP), the source address itself for any other
 // source. Concurrent updates from several CPUs are not atomic: a source
-// sending from many CPUs at once may get a little more than its rate; the
-// resolver's own check, per pod, catches that.
+// sending from several CPUs at once may get a little more than its rate,
+// one query for each update lost to another CPU's (the resolver does not
+// check again on a socket the filter is on).
 type kernelRate struct {
 	sources      *ebpf.Map
 	podAddrs     *ebpf.Map // a known pod's address -> the pod's key

@@ -273,10 +273,6 @@ func (s *Server) sourceOf(ip netip.Addr, now int64) (*podcache.Pod, *quota.Sourc
 	return p, s.unknown.Get(ip, now)
 }
 
-// rateHere reports whether the resolver applies the query rate itself to
-// the queries of sc's socket or connection: over TCP, and over UDP unless
-// the kernel's filter (kernelRate) is on the socket and applies it, per
-// source address, before the query reaches the socket.
 // chargeRate charges msg to its source's rate, where the resolver applies
 // it (rateHere), before anything else is done with it, and finds the pod
 // that asks. over reports the source past its rate; refused is then what
@@ -299,6 +295,10 @@ func (s *Server) chargeRate(msg []byte, r *request, src netip.AddrPort, tcp bool
 	return pod, s.answered(sc, dnswire.AppendErrorReply(out, msg, r, dnswire.RcodeRefused), len(out), r, tcp, pod, src, now), true
 }
 
+// rateHere reports whether the resolver applies the query rate itself to
+// the queries of sc's socket or connection: over TCP, and over UDP unless
+// the kernel's filter (kernelRate) is on the socket and applies it, per
+// pod, before the query reaches the socket.
 func (s *Server) rateHere(sc *scratch) bool {
 	return s.rate != (quota.Rate{}) && !sc.kernelRated
 }
