@@ -3,9 +3,13 @@ package agent
 import (
 	"context"
 	"fmt"
+	"io"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -13,7 +17,9 @@ import (
 
 	"github.com/ztdns/ztdns/internal/dnstest"
 	"github.com/ztdns/ztdns/internal/testenv"
+	"github.com/ztdns/ztdns/pkg/control"
 	"github.com/ztdns/ztdns/pkg/resolver"
+	"github.com/ztdns/ztdns/pkg/resolver/quota"
 	"github.com/ztdns/ztdns/pkg/source/configdir"
 )
 
@@ -117,4 +123,147 @@ func TestPodInflightBytesBelowOneReply(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestPodsShowBytesRefused: a pod's nameserver sends nearly all of a
+// 64 KiB TCP reply and stalls, for 16 queries at once; the pod may hold one
+// such reply (--pod-inflight-bytes 64Ki), and the others get SERVFAIL at
+// once. `ztdns pods` (the control API's pods) counts every one of those in
+// the pod's bytesRefused (before: in nothing the pod's row shows, only in
+// the node's ztdns_forward_upstream_queries_total{result="source_limited"}).
+func TestPodsShowBytesRefused(t *testing.T) {
+	const queries, sent = 16, 60000
+	dir, socket := t.TempDir(), filepath.Join(t.TempDir(), "ztdns.sock")
+	pod := `apiVersion: v1
+kind: Pod
+metadata: {name: asker, namespace: default}
+spec: {containers: [{name: c, image: c}]}
+status: {phase: Running, podIP: 127.0.0.2, podIPs: [{ip: 127.0.0.2}]}
+`
+	for name, text := range map[string]string{"se.yaml": manifest, "pod.yaml": pod} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	up := startStallingUpstream(t, sent)
+	listen := testenv.FreePort(t)
+	startTestAgent(t, dir, socket, listen, up.AddrPort, "", func(c *Config) {
+		c.PodInflightBytes = resolver.MinPodInflightBytes
+		c.ForwardTimeout = time.Minute // the stalled replies stay held
+	})
+	ctl := control.NewClient(socket, 2*time.Second)
+	usage := func() quota.Usage {
+		t.Helper()
+		rows, err := ctl.Pods(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range rows {
+			if r.Name == "asker" {
+				return r.Resolver
+			}
+		}
+		t.Fatalf("ztdns pods has no row for the pod: %+v", rows)
+		return quota.Usage{}
+	}
+
+	c, err := (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}}).Dial("tcp4", listen.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for i := range queries {
+		m := new(dns.Msg)
+		m.SetQuestion(fmt.Sprintf("n%d.stall.example.", i), dns.TypeTXT)
+		b, err := m.Pack()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := dnstest.WriteTCP(c, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Each query holds its stalled reply's bytes or was answered (refused
+	// them); the pod may hold one.
+	var u quota.Usage
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		if u = usage(); up.stalled.Load() == queries && u.Forwarding <= 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d replies sent and stalled, ztdns pods shows %+v: want every query's reply sent and at most one forwarding", up.stalled.Load(), queries, u)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Logf("%d stalled replies: ztdns pods shows %+v", queries, u)
+	refused := queries - u.Forwarding
+	if int(u.BytesRefused) != refused {
+		t.Errorf("ztdns pods counts %d replies refused for the pod's bytes, want the %d answered", u.BytesRefused, refused)
+	}
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	for range refused {
+		b, err := dnstest.ReadTCP(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r := dnstest.Unpack(t, b); r.Rcode != dns.RcodeServerFailure {
+			t.Errorf("%s: %s, want SERVFAIL", r.Question[0].Name, dns.RcodeToString[r.Rcode])
+		}
+	}
+	if u.ForwardRefused != 0 || u.RateLimited != 0 || u.TCPRefused != 0 {
+		t.Errorf("ztdns pods counts other refusals: %+v", u)
+	}
+}
+
+// stallingUpstream is a nameserver on TCP that answers every query with a
+// frame announcing 64 KiB, sends sent octets of it and stalls until the
+// test ends; stalled counts the replies sent.
+type stallingUpstream struct {
+	netip.AddrPort
+	stalled atomic.Int32
+}
+
+func startStallingUpstream(t *testing.T, sent int) *stallingUpstream {
+	t.Helper()
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := &stallingUpstream{AddrPort: netip.MustParseAddrPort(ln.Addr().String())}
+	var (
+		mu    sync.Mutex
+		conns []net.Conn
+		wg    sync.WaitGroup
+	)
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+			wg.Go(func() {
+				q, err := dnstest.ReadTCP(c)
+				if err != nil || len(q) < 2 {
+					return
+				}
+				if _, err := c.Write(append([]byte{0xFF, 0xFF, q[0], q[1], 0x80}, make([]byte, sent-3)...)); err == nil {
+					u.stalled.Add(1)
+				}
+				io.Copy(io.Discard, c)
+			})
+		}
+	})
+	return u
 }

@@ -166,5 +166,8 @@ func TestStalledRepliesWithinTheSourcesBytes(t *testing.T) {
 	if u.Forwarding == 0 || servfails == 0 {
 		t.Errorf("%d replies held and %d refused: want some of each", u.Forwarding, servfails)
 	}
+	if int(u.BytesRefused) != servfails {
+		t.Errorf("the pod's bytesRefused is %d, want its %d SERVFAILs", u.BytesRefused, servfails)
+	}
 	ls.askVictim(t, 2)
 }

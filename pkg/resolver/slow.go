@@ -10,6 +10,7 @@ import (
 	"github.com/ztdns/ztdns/pkg/dnswire"
 	"github.com/ztdns/ztdns/pkg/podcache"
 	"github.com/ztdns/ztdns/pkg/resolver/forward"
+	"github.com/ztdns/ztdns/pkg/resolver/quota"
 	"github.com/ztdns/ztdns/pkg/resolver/table"
 )
 
@@ -276,6 +277,9 @@ func (q *slowQuery) forward(ctx context.Context) []byte {
 	if err != nil {
 		s.log.Debug("forward failed", "client", q.src, "err", err)
 		return dnswire.AppendErrorReply(nil, msg, r, dnswire.RcodeServFail)
+	}
+	if from.BytesRefused { // the pod's doing: `ztdns pods` counts it
+		quota.SourceFrom(ctx).CountBytesRefused()
 	}
 	q.answeredBy(from)
 	if !q.tcp && len(out) > r.UDPLimit() && r.End > 0 {

@@ -325,6 +325,12 @@ func (s *Server) serveTCPConn(tc *tcpConn, local netip.AddrPort) {
 				defer s.opts.Budget.Give(tc.source, n)
 			case quota.OverSource:
 				metricQueries.forwardLimited.Inc()
+				// The pod's row counts the reply refused unless it was a
+				// SERVFAIL already (its bytes refused as it was read,
+				// counted then): the client's answer is the same.
+				if h, err := dnswire.ReadHeader(reply); err == nil && h.Rcode() != dnswire.RcodeServFail {
+					tc.source.CountBytesRefused()
+				}
 				reply = servfailFor(msg)
 			default:
 				metricQueries.overload.Inc()
