@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/ztdns/ztdns/internal/dnstest"
 	"github.com/ztdns/ztdns/internal/testenv"
@@ -131,6 +132,10 @@ func TestPodInflightBytesBelowOneReply(t *testing.T) {
 // once. `ztdns pods` (the control API's pods) counts every one of those in
 // the pod's bytesRefused (before: in nothing the pod's row shows, only in
 // the node's ztdns_forward_upstream_queries_total{result="source_limited"}).
+// The metrics say they were the pod's doing, as the chart's alerts read
+// them: each is outcome="forward_limited", and a SERVFAIL of source "none",
+// not one from an upstream (before: not forward_limited, and SERVFAILs of
+// source "upstream", which the node's SERVFAIL alert counts).
 func TestPodsShowBytesRefused(t *testing.T) {
 	const queries, sent = 16, 60000
 	dir, socket := t.TempDir(), filepath.Join(t.TempDir(), "ztdns.sock")
@@ -147,10 +152,15 @@ status: {phase: Running, podIP: 127.0.0.2, podIPs: [{ip: 127.0.0.2}]}
 	}
 	up := startStallingUpstream(t, sent)
 	listen := testenv.FreePort(t)
+	reg := prometheus.NewRegistry()
 	startTestAgent(t, dir, socket, listen, up.AddrPort, "", func(c *Config) {
 		c.PodInflightBytes = resolver.MinPodInflightBytes
 		c.ForwardTimeout = time.Minute // the stalled replies stay held
+		c.Registry = reg
 	})
+	// ztdns_resolver_queries_total is the process's: this test counts what
+	// it adds.
+	limitedBefore := metricValue(t, reg, "ztdns_resolver_queries_total", map[string]string{"outcome": "forward_limited"})
 	ctl := control.NewClient(socket, 2*time.Second)
 	usage := func() quota.Usage {
 		t.Helper()
@@ -213,6 +223,45 @@ status: {phase: Running, podIP: 127.0.0.2, podIPs: [{ip: 127.0.0.2}]}
 	if u.ForwardRefused != 0 || u.RateLimited != 0 || u.TCPRefused != 0 {
 		t.Errorf("ztdns pods counts other refusals: %+v", u)
 	}
+
+	servfail := func(source string) float64 {
+		return metricValue(t, reg, "ztdns_dns_requests_total", map[string]string{"rcode": "SERVFAIL", "source": source, "proto": "tcp", "type": "TXT"})
+	}
+	limited := metricValue(t, reg, "ztdns_resolver_queries_total", map[string]string{"outcome": "forward_limited"}) - limitedBefore
+	if int(limited) != refused || int(servfail("none")) != refused || servfail("upstream") != 0 {
+		t.Errorf("metrics: forward_limited rose by %v, SERVFAIL from none %v and from upstream %v; want %d, %d and 0",
+			limited, servfail("none"), servfail("upstream"), refused, refused)
+	}
+}
+
+// metricValue is the value of the series of the counter name in reg with
+// the labels want (others any, summed); 0 when there is none.
+func metricValue(t *testing.T, reg *prometheus.Registry, name string, want map[string]string) float64 {
+	t.Helper()
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum float64
+	for _, f := range families {
+		if f.GetName() != name {
+			continue
+		}
+	series:
+		for _, m := range f.GetMetric() {
+			labels := map[string]string{}
+			for _, l := range m.GetLabel() {
+				labels[l.GetName()] = l.GetValue()
+			}
+			for k, v := range want {
+				if labels[k] != v {
+					continue series
+				}
+			}
+			sum += m.GetCounter().GetValue()
+		}
+	}
+	return sum
 }
 
 // stallingUpstream is a nameserver on TCP that answers every query with a
