@@ -135,6 +135,8 @@ directory of YAML manifests (--config-dir).`,
 		if *udpSockets < 1 || *udpSockets > agent.MaxSocketsPerAddr {
 			return usagef("--udp-sockets %d: want 1 to %d", *udpSockets, agent.MaxSocketsPerAddr)
 		}
+		// agent.Run refuses it too; here it is a usage error in the flag's
+		// own terms.
 		if n := podInflightBytes.n; n != 0 && n < resolver.MinPodInflightBytes {
 			return usagef("--pod-inflight-bytes %s: want 0 (no limit of its own) or at least %s, one reply of the largest size",
 				podInflightBytes, &byteSize{n: resolver.MinPodInflightBytes})

@@ -90,11 +90,11 @@ var podColumns = []column[control.PodRow]{
 		return r.IstioDNSRules + " (ztdns answers)"
 	}},
 	// LIMITED counts what the pod's resolver limits refused: queries over
-	// its rate, forwarded queries over its share, TCP connections over its
-	// share (-o json names them).
-	{header: "LIMITED RATE/FWD/TCP", value: func(r control.PodRow, _ bool) string {
+	// its rate, forwarded queries over its share, replies over its bytes
+	// in flight, TCP connections over its share (-o json names them).
+	{header: "LIMITED RATE/FWD/BYTES/TCP", value: func(r control.PodRow, _ bool) string {
 		u := r.Resolver
-		return fmt.Sprintf("%d/%d/%d", u.RateLimited, u.ForwardRefused, u.TCPRefused)
+		return fmt.Sprintf("%d/%d/%d/%d", u.RateLimited, u.ForwardRefused, u.BytesRefused, u.TCPRefused)
 	}},
 	{header: "CONTAINER ID", wide: true, value: func(r control.PodRow, _ bool) string { return r.ContainerID }},
 	{header: "NETNS PATH", wide: true, value: func(r control.PodRow, _ bool) string { return r.NetnsPath }},

@@ -346,7 +346,7 @@ func TestReadCommands(t *testing.T) {
 	})
 	t.Run("pods", func(t *testing.T) {
 		table, wide := ok(t, "pods", "--socket", a.Socket), ok(t, "pods", "--socket", a.Socket, "-o", "wide")
-		header := []string{"NAMESPACE", "NAME", "IPS", "NETNS COOKIE", "CAPTURED", "REASON", "MARKED", "REDIRECTED", "RESTORED", "NAMESERVERS", "ISTIO DNS RULES", "LIMITED RATE/FWD/TCP"}
+		header := []string{"NAMESPACE", "NAME", "IPS", "NETNS COOKIE", "CAPTURED", "REASON", "MARKED", "REDIRECTED", "RESTORED", "NAMESERVERS", "ISTIO DNS RULES", "LIMITED RATE/FWD/BYTES/TCP"}
 		if got := headerCells(table); !slices.Equal(got, header) {
 			t.Errorf("ztdns pods header %q, want %q", got, header)
 		}

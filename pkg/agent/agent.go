@@ -110,7 +110,8 @@ type Config struct {
 	// source holds (0: resolver.DefaultPodInflightBytes, a sixteenth of
 	// InflightBytes and room for two of the largest replies; negative: no
 	// bound of its own, only its fair share). A bound below
-	// resolver.MinPodInflightBytes refuses the source the largest replies.
+	// resolver.MinPodInflightBytes would refuse the source every reply of
+	// the largest size: Run refuses it.
 	InflightBytes    int64
 	PodInflightBytes int64
 
@@ -171,6 +172,10 @@ func newAgent(cfg Config) (*Agent, error) {
 	}
 	if len(cfg.Listen) == 0 {
 		return nil, errors.New("no --listen address")
+	}
+	if n := cfg.PodInflightBytes; n > 0 && n < resolver.MinPodInflightBytes {
+		return nil, fmt.Errorf("PodInflightBytes %d: want 0 (the default), negative (no bound of its own) or at least %d, one reply of the largest size",
+			n, resolver.MinPodInflightBytes)
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()

@@ -1,16 +1,27 @@
 package agent
 
 import (
+	"context"
 	"fmt"
+	"io"
+	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/ztdns/ztdns/internal/dnstest"
 	"github.com/ztdns/ztdns/internal/testenv"
+	"github.com/ztdns/ztdns/pkg/control"
+	"github.com/ztdns/ztdns/pkg/resolver"
+	"github.com/ztdns/ztdns/pkg/resolver/quota"
+	"github.com/ztdns/ztdns/pkg/source/configdir"
 )
 
 // TestLargeTCPReplyWithASmallBudget: with --inflight-bytes as small as
@@ -35,24 +46,273 @@ func TestLargeTCPReplyWithASmallBudget(t *testing.T) {
 			up := dnstest.Start(t, "127.0.0.1:0", dnstest.LargeTXT(tc.txt)).Addr
 			listen := testenv.FreePort(t)
 			startTestAgent(t, dir, socket, listen, up, "", func(c *Config) { c.InflightBytes = tc.inflight })
-			c := &dns.Client{Net: "tcp", Timeout: 5 * time.Second}
-			m := new(dns.Msg)
-			m.SetQuestion("big.example.", dns.TypeTXT)
-			r, _, err := c.Exchange(m, listen.String())
-			if err != nil {
-				t.Fatal(err)
-			}
-			got := 0
-			for _, rr := range r.Answer {
-				if txt, ok := rr.(*dns.TXT); ok {
-					for _, s := range txt.Txt {
-						got += len(s)
-					}
-				}
-			}
-			if r.Rcode != dns.RcodeSuccess || got != tc.txt {
-				t.Errorf("%s with %d bytes of TXT, want NOERROR with %d", dns.RcodeToString[r.Rcode], got, tc.txt)
+			if rcode, got := largeTXTOverTCP(t, listen); rcode != dns.RcodeSuccess || got != tc.txt {
+				t.Errorf("%s with %d bytes of TXT, want NOERROR with %d", dns.RcodeToString[rcode], got, tc.txt)
 			}
 		})
 	}
+}
+
+// largeTXTOverTCP asks the resolver on listen for big.example TXT over TCP
+// and returns the reply's rcode and how many bytes of TXT it had.
+func largeTXTOverTCP(t *testing.T, listen netip.AddrPort) (rcode, txtBytes int) {
+	t.Helper()
+	c := &dns.Client{Net: "tcp", Timeout: 5 * time.Second}
+	m := new(dns.Msg)
+	m.SetQuestion("big.example.", dns.TypeTXT)
+	r, _, err := c.Exchange(m, listen.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, rr := range r.Answer {
+		if txt, ok := rr.(*dns.TXT); ok {
+			for _, s := range txt.Txt {
+				txtBytes += len(s)
+			}
+		}
+	}
+	return r.Rcode, txtBytes
+}
+
+// TestPodInflightBytesBelowOneReply: a source's bound of bytes in flight
+// below one reply of the largest size (64 KiB) would refuse it every such
+// reply; the agent refuses to start with it, saying the value and the
+// least it takes, whoever configures it (before: only the command line
+// refused it, and an agent.Config with 32 KiB ran and failed every reply
+// over 32 KiB). 0 and a negative bound keep their meaning, and the least
+// bound answers a reply of nearly 64 KiB.
+func TestPodInflightBytesBelowOneReply(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "se.yaml"), []byte(manifest), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	up := dnstest.Start(t, "127.0.0.1:0", dnstest.LargeTXT(60000)).Addr
+	for _, n := range []int64{1, 32 << 10, resolver.MinPodInflightBytes - 1} {
+		t.Run(fmt.Sprintf("%d refused", n), func(t *testing.T) {
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			done := make(chan error, 1)
+			go func() {
+				done <- Run(ctx, Config{
+					Source:           configdir.New(dir),
+					Listen:           []netip.AddrPort{testenv.FreePort(t)},
+					Upstreams:        []netip.AddrPort{up},
+					Socket:           filepath.Join(t.TempDir(), "ztdns.sock"),
+					PodInflightBytes: n,
+				})
+			}()
+			select {
+			case err := <-done:
+				want := fmt.Sprintf("PodInflightBytes %d: want 0 (the default), negative (no bound of its own) or at least 65536, one reply of the largest size", n)
+				if err == nil || err.Error() != want {
+					t.Errorf("Run: %v, want %q", err, want)
+				}
+			case <-time.After(5 * time.Second):
+				cancel()
+				<-done
+				t.Errorf("Run with PodInflightBytes %d still running after 5s, want it refused", n)
+			}
+		})
+	}
+	for _, n := range []int64{0, -1, resolver.MinPodInflightBytes} {
+		t.Run(fmt.Sprintf("%d answers 60000 bytes", n), func(t *testing.T) {
+			listen := testenv.FreePort(t)
+			startTestAgent(t, dir, filepath.Join(t.TempDir(), "ztdns.sock"), listen, up, "",
+				func(c *Config) { c.PodInflightBytes = n })
+			if rcode, got := largeTXTOverTCP(t, listen); rcode != dns.RcodeSuccess || got != 60000 {
+				t.Errorf("%s with %d bytes of TXT, want NOERROR with 60000", dns.RcodeToString[rcode], got)
+			}
+		})
+	}
+}
+
+// TestPodsShowBytesRefused: a pod's nameserver sends nearly all of a
+// 64 KiB TCP reply and stalls, for 16 queries at once; the pod may hold one
+// such reply (--pod-inflight-bytes 64Ki), and the others get SERVFAIL at
+// once. `ztdns pods` (the control API's pods) counts every one of those in
+// the pod's bytesRefused (before: in nothing the pod's row shows, only in
+// the node's ztdns_forward_upstream_queries_total{result="source_limited"}).
+// The metrics say they were the pod's doing, as the chart's alerts read
+// them: each is outcome="forward_limited", and a SERVFAIL of source "none",
+// not one from an upstream (before: not forward_limited, and SERVFAILs of
+// source "upstream", which the node's SERVFAIL alert counts).
+func TestPodsShowBytesRefused(t *testing.T) {
+	const queries, sent = 16, 60000
+	dir, socket := t.TempDir(), filepath.Join(t.TempDir(), "ztdns.sock")
+	pod := `apiVersion: v1
+kind: Pod
+metadata: {name: asker, namespace: default}
+spec: {containers: [{name: c, image: c}]}
+status: {phase: Running, podIP: 127.0.0.2, podIPs: [{ip: 127.0.0.2}]}
+`
+	for name, text := range map[string]string{"se.yaml": manifest, "pod.yaml": pod} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	up := startStallingUpstream(t, sent)
+	listen := testenv.FreePort(t)
+	reg := prometheus.NewRegistry()
+	startTestAgent(t, dir, socket, listen, up.AddrPort, "", func(c *Config) {
+		c.PodInflightBytes = resolver.MinPodInflightBytes
+		c.ForwardTimeout = time.Minute // the stalled replies stay held
+		c.Registry = reg
+	})
+	// ztdns_resolver_queries_total is the process's: this test counts what
+	// it adds.
+	limitedBefore := metricValue(t, reg, "ztdns_resolver_queries_total", map[string]string{"outcome": "forward_limited"})
+	ctl := control.NewClient(socket, 2*time.Second)
+	usage := func() quota.Usage {
+		t.Helper()
+		rows, err := ctl.Pods(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range rows {
+			if r.Name == "asker" {
+				return r.Resolver
+			}
+		}
+		t.Fatalf("ztdns pods has no row for the pod: %+v", rows)
+		return quota.Usage{}
+	}
+
+	c, err := (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}}).Dial("tcp4", listen.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for i := range queries {
+		m := new(dns.Msg)
+		m.SetQuestion(fmt.Sprintf("n%d.stall.example.", i), dns.TypeTXT)
+		b, err := m.Pack()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := dnstest.WriteTCP(c, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Each query holds its stalled reply's bytes or was answered (refused
+	// them); the pod may hold one.
+	var u quota.Usage
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		if u = usage(); up.stalled.Load() == queries && u.Forwarding <= 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d replies sent and stalled, ztdns pods shows %+v: want every query's reply sent and at most one forwarding", up.stalled.Load(), queries, u)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Logf("%d stalled replies: ztdns pods shows %+v", queries, u)
+	refused := queries - u.Forwarding
+	if int(u.BytesRefused) != refused {
+		t.Errorf("ztdns pods counts %d replies refused for the pod's bytes, want the %d answered", u.BytesRefused, refused)
+	}
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	for range refused {
+		b, err := dnstest.ReadTCP(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r := dnstest.Unpack(t, b); r.Rcode != dns.RcodeServerFailure {
+			t.Errorf("%s: %s, want SERVFAIL", r.Question[0].Name, dns.RcodeToString[r.Rcode])
+		}
+	}
+	if u.ForwardRefused != 0 || u.RateLimited != 0 || u.TCPRefused != 0 {
+		t.Errorf("ztdns pods counts other refusals: %+v", u)
+	}
+
+	servfail := func(source string) float64 {
+		return metricValue(t, reg, "ztdns_dns_requests_total", map[string]string{"rcode": "SERVFAIL", "source": source, "proto": "tcp", "type": "TXT"})
+	}
+	limited := metricValue(t, reg, "ztdns_resolver_queries_total", map[string]string{"outcome": "forward_limited"}) - limitedBefore
+	if int(limited) != refused || int(servfail("none")) != refused || servfail("upstream") != 0 {
+		t.Errorf("metrics: forward_limited rose by %v, SERVFAIL from none %v and from upstream %v; want %d, %d and 0",
+			limited, servfail("none"), servfail("upstream"), refused, refused)
+	}
+}
+
+// metricValue is the value of the series of the counter name in reg with
+// the labels want (others any, summed); 0 when there is none.
+func metricValue(t *testing.T, reg *prometheus.Registry, name string, want map[string]string) float64 {
+	t.Helper()
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum float64
+	for _, f := range families {
+		if f.GetName() != name {
+			continue
+		}
+	series:
+		for _, m := range f.GetMetric() {
+			labels := map[string]string{}
+			for _, l := range m.GetLabel() {
+				labels[l.GetName()] = l.GetValue()
+			}
+			for k, v := range want {
+				if labels[k] != v {
+					continue series
+				}
+			}
+			sum += m.GetCounter().GetValue()
+		}
+	}
+	return sum
+}
+
+// stallingUpstream is a nameserver on TCP that answers every query with a
+// frame announcing 64 KiB, sends sent octets of it and stalls until the
+// test ends; stalled counts the replies sent.
+type stallingUpstream struct {
+	netip.AddrPort
+	stalled atomic.Int32
+}
+
+func startStallingUpstream(t *testing.T, sent int) *stallingUpstream {
+	t.Helper()
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := &stallingUpstream{AddrPort: netip.MustParseAddrPort(ln.Addr().String())}
+	var (
+		mu    sync.Mutex
+		conns []net.Conn
+		wg    sync.WaitGroup
+	)
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+			wg.Go(func() {
+				q, err := dnstest.ReadTCP(c)
+				if err != nil || len(q) < 2 {
+					return
+				}
+				if _, err := c.Write(append([]byte{0xFF, 0xFF, q[0], q[1], 0x80}, make([]byte, sent-3)...)); err == nil {
+					u.stalled.Add(1)
+				}
+				io.Copy(io.Discard, c)
+			})
+		}
+	})
+	return u
 }

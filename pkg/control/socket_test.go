@@ -40,6 +40,9 @@ type recorder struct {
 	mu    sync.Mutex
 	calls []string
 	table []control.TableRow // what Table answers
+	// statusGate, when set, holds each Status call until it can receive
+	// from it (or it is closed).
+	statusGate chan struct{}
 }
 
 func (r *recorder) record(s string) {
@@ -54,7 +57,16 @@ func (r *recorder) seen() []string {
 	return append([]string(nil), r.calls...)
 }
 
-func (r *recorder) Status() control.Status                  { r.record("status"); return control.Status{Ready: true} }
+func (r *recorder) Status() control.Status {
+	r.record("status")
+	r.mu.Lock()
+	gate := r.statusGate
+	r.mu.Unlock()
+	if gate != nil {
+		<-gate
+	}
+	return control.Status{Ready: true}
+}
 func (r *recorder) Pods() ([]control.PodRow, error)         { r.record("pods"); return nil, nil }
 func (r *recorder) CaptureDel(control.CaptureRequest) error { r.record("capture del"); return nil }
 func (r *recorder) CNIDel(control.CNIDelRequest) error      { r.record("cni del"); return nil }
@@ -359,6 +371,102 @@ func TestRootPastStalledMembers(t *testing.T) {
 	})
 	if out, ok := testenv.ControlCallAsUser(t, member, s.socket, testenv.CallStatus, ""); !ok || !strings.Contains(out, "ready=true") {
 		t.Errorf("status as a member once the stalled readers are let go of: ok=%v %q", ok, out)
+	}
+}
+
+// TestRootWokenByAnAnswerSent: MaxConns root connections each ask for the
+// status, and every answer is held; a root connection past them waits for
+// a slot. When one of the answers is sent, its connection (kept alive,
+// open, idle) is the one that may be closed to make room, and the waiting
+// root connection is served at once: nothing has to close first. (Were it
+// woken only by a connection ending, it would wait until the answered one
+// went idle for ReadTimeout, 5 s.)
+func TestRootWokenByAnAnswerSent(t *testing.T) {
+	s := serve(t, control.Access{})
+	gate := make(chan struct{})
+	s.api.mu.Lock()
+	s.api.statusGate = gate
+	s.api.mu.Unlock()
+	t.Cleanup(func() { close(gate) }) // before the server stops (cleanups run last first)
+
+	type answer struct {
+		conn net.Conn
+		r    *bufio.Reader
+		req  *http.Request
+	}
+	ask := func(route control.Route) answer {
+		c := dial(t, s.socket)
+		req, _ := http.NewRequest(route.Method, "http://ztdns"+route.Path, nil)
+		if err := req.Write(c); err != nil {
+			t.Fatal(err)
+		}
+		return answer{c, bufio.NewReader(c), req}
+	}
+	var held []answer
+	for range control.MaxConns {
+		held = append(held, ask(control.RouteStatus))
+	}
+	waitFor(t, 10*time.Second, "every status asked for", func() bool {
+		return count(s.api.seen(), "status") == control.MaxConns
+	})
+	evicted := value(t, "ztdns_control_evicted_connections_total")
+
+	// One connection more, root's: it waits, every slot being answered.
+	last := ask(control.RouteTable)
+	served := make(chan error, 1)
+	go func() {
+		resp, err := http.ReadResponse(last.r, last.req)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				err = fmt.Errorf("status %d", resp.StatusCode)
+			}
+		}
+		served <- err
+	}()
+	time.Sleep(200 * time.Millisecond)
+	if calls := count(s.api.seen(), "table"); calls != 0 {
+		t.Fatalf("the connection past %d being answered was served before any answer was sent", control.MaxConns)
+	}
+
+	// One answer is sent (to whichever of them); its connection stays
+	// open.
+	answered := make(chan error, len(held))
+	for _, a := range held {
+		go func() {
+			resp, err := http.ReadResponse(a.r, a.req)
+			if err == nil {
+				resp.Body.Close()
+			}
+			answered <- err
+		}()
+	}
+	gate <- struct{}{}
+	select {
+	case err := <-answered:
+		if err != nil {
+			t.Fatalf("the answer let through: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no answer 5 s after one was let through")
+	}
+	start := time.Now()
+	select {
+	case err := <-served:
+		if err != nil {
+			t.Fatalf("the waiting root connection: %v", err)
+		}
+	case <-time.After(control.ReadTimeout / 2):
+		t.Fatalf("the waiting root connection not served %v after an answer was sent", control.ReadTimeout/2)
+	}
+	t.Logf("served %v after the answer", time.Since(start))
+	// It took the answered connection's place: that one was closed to
+	// make room, not by its client nor for being idle too long.
+	if got := value(t, "ztdns_control_evicted_connections_total") - evicted; got != 1 {
+		t.Errorf("%v connections closed to make room, want the answered one", got)
+	}
+	if open := value(t, "ztdns_control_connections"); open != control.MaxConns {
+		t.Errorf("%v connections open, want the %d others being answered and the new one", open, control.MaxConns-1)
 	}
 }
 

@@ -244,6 +244,7 @@ func TestStalledRepliesWithinTheSourcesBytes(t *testing.T) {
 	const perPod, sent = 16, 60000
 	const budget, perSource = perPod * 0xFFFF, 4 * 0xFFFF
 	b := quota.NewBudget(budget, perSource)
+	limited := testutil.ToFloat64(metricQueries.forwardLimited)
 	ls, stalling, c := startStalledReplies(t, perPod, sent, b)
 	// Replies refused their bytes get SERVFAIL; the rest hold a 64 KiB
 	// buffer each once they have read what was sent.
@@ -270,6 +271,15 @@ func TestStalledRepliesWithinTheSourcesBytes(t *testing.T) {
 	}
 	if u.Forwarding == 0 || servfails == 0 {
 		t.Errorf("%d replies held and %d refused: want some of each", u.Forwarding, servfails)
+	}
+	if int(u.BytesRefused) != servfails {
+		t.Errorf("the pod's bytesRefused is %d, want its %d SERVFAILs", u.BytesRefused, servfails)
+	}
+	// Each is the pod's outcome once: refused as it was read, its SERVFAIL
+	// (refused again as it waited to be written, the pod still full) is
+	// not counted twice.
+	if got := testutil.ToFloat64(metricQueries.forwardLimited) - limited; int(got) != servfails {
+		t.Errorf("forward_limited rose by %v, want the pod's %d SERVFAILs", got, servfails)
 	}
 	ls.askVictim(t, 2)
 }

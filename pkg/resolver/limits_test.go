@@ -687,6 +687,7 @@ func TestRepliesOverTheSourcesBytesAreItsOutcome(t *testing.T) {
 			t.Fatalf("%s: could not take %d bytes", tc.name, tc.held)
 		}
 		limited, overload := testutil.ToFloat64(metricQueries.forwardLimited), testutil.ToFloat64(metricQueries.overload)
+		refused := ls.usage(flooderIP).BytesRefused
 		r := exchangeTCP(t, c, q)
 		b.Give(tc.holder, tc.held)
 		if r.Rcode != dns.RcodeServerFailure {
@@ -696,6 +697,10 @@ func TestRepliesOverTheSourcesBytesAreItsOutcome(t *testing.T) {
 		gotOverload := testutil.ToFloat64(metricQueries.overload) - overload
 		if gotLimited != tc.limited || gotOverload != tc.overload {
 			t.Errorf("%s: forward_limited rose by %v and overload by %v, want %v and %v", tc.name, gotLimited, gotOverload, tc.limited, tc.overload)
+		}
+		// `ztdns pods` counts the pod's refusals, not the node's.
+		if got := ls.usage(flooderIP).BytesRefused - refused; float64(got) != tc.limited {
+			t.Errorf("%s: the pod's bytesRefused rose by %d, want %v", tc.name, got, tc.limited)
 		}
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"github.com/ztdns/ztdns/pkg/dnswire"
 	"github.com/ztdns/ztdns/pkg/podcache"
 	"github.com/ztdns/ztdns/pkg/resolver/forward"
+	"github.com/ztdns/ztdns/pkg/resolver/quota"
 	"github.com/ztdns/ztdns/pkg/resolver/table"
 )
 
@@ -280,6 +281,14 @@ func (q *slowQuery) forward(ctx context.Context) []byte {
 		s.log.Debug("forward failed", "client", q.src, "err", err)
 		return dnswire.AppendErrorReply(nil, msg, r, dnswire.RcodeServFail)
 	}
+	if from.BytesRefused {
+		// The pod's doing, as a forward over its bound is: its SERVFAIL
+		// counts as forward_limited, comes from no upstream (source
+		// "none"), and `ztdns pods` counts it.
+		metricQueries.forwardLimited.Inc()
+		quota.SourceFrom(ctx).CountBytesRefused()
+		return out
+	}
 	q.answeredBy(from)
 	if !q.tcp && len(out) > r.UDPLimit() && r.End > 0 {
 		return truncate(nil, msg, r)
@@ -318,7 +327,9 @@ func (q *slowQuery) lookupUpstream(ctx context.Context, name string, tcp bool) (
 	if err != nil {
 		return nil, err
 	}
-	q.answeredBy(from)
+	if !from.BytesRefused { // no upstream's reply
+		q.answeredBy(from)
+	}
 	resp := new(dns.Msg)
 	if err := resp.Unpack(out); err != nil {
 		return nil, err

@@ -318,16 +318,24 @@ func (s *Server) serveTCPConn(tc *tcpConn, local netip.AddrPort) {
 			// to tcpReadTimeout), the reply counts against the budget of
 			// replies in flight; one that does not fit becomes SERVFAIL.
 			// It is the source's, within its bound and share of the budget:
-			// over those, the outcome is the source's (forward_limited);
-			// with the budget spent, the node's (overload).
+			// over those, the outcome is the source's (forward_limited, and
+			// the pod's bytesRefused); with the budget spent, the node's
+			// (overload). A reply that was a SERVFAIL already (its bytes
+			// refused as it was read, say) is counted for neither: the
+			// client's answer is the same, and it was counted then.
 			switch n := len(reply); s.opts.Budget.TryTake(tc.source, n) {
 			case quota.Taken:
 				defer s.opts.Budget.Give(tc.source, n)
 			case quota.OverSource:
-				metricQueries.forwardLimited.Inc()
+				if !isServFail(reply) {
+					metricQueries.forwardLimited.Inc()
+					tc.source.CountBytesRefused()
+				}
 				reply = servfailFor(msg)
 			default:
-				metricQueries.overload.Inc()
+				if !isServFail(reply) {
+					metricQueries.overload.Inc()
+				}
 				reply = servfailFor(msg)
 			}
 			write(reply)
@@ -364,4 +372,10 @@ func (s *Server) answerLong(c net.Conn, n int, src netip.AddrPort, out []byte, s
 	}
 	metricQueries.formerr.Inc()
 	return s.answered(sc, dnswire.AppendErrorReply(out, hdr[:], &r, dnswire.RcodeFormErr), 0, &r, true, pod, src, now), true
+}
+
+// isServFail reports whether reply is a SERVFAIL.
+func isServFail(reply []byte) bool {
+	h, err := dnswire.ReadHeader(reply)
+	return err == nil && h.Rcode() == dnswire.RcodeServFail
 }

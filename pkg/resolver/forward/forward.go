@@ -68,6 +68,10 @@ type Origin struct {
 	// one that sent it then); not valid when none answered and the reply is
 	// a SERVFAIL made here.
 	Upstream netip.AddrPort
+	// BytesRefused: the reply is a SERVFAIL made here because an upstream's
+	// reply did not fit what the source (quota.WithSource) may hold of the
+	// budget of replies in flight, its own bound or its fair share.
+	BytesRefused bool
 }
 
 // New returns a Forwarder; Close it to stop its upstream exchanges.
@@ -173,7 +177,7 @@ func (f *Forwarder) ForwardFrom(ctx context.Context, req []byte, tcp bool, upstr
 			return servfail(req, r), Origin{}, nil
 		case leader:
 			f.fly(ctx, fl, flightKey, src, req, r, tcp, upstreams)
-			return f.finish(req, r, fl.reply), Origin{Upstream: fl.from}, nil
+			return f.finish(req, r, fl.reply), Origin{Upstream: fl.from, BytesRefused: fl.reply == nil && fl.leaderBytes}, nil
 		}
 		select {
 		case <-fl.done:
@@ -264,7 +268,7 @@ type attempt struct {
 
 func (a attempt) origin() Origin {
 	if a.reply == nil {
-		return Origin{}
+		return Origin{BytesRefused: a.overSource}
 	}
 	return Origin{Upstream: a.upstream}
 }

@@ -66,6 +66,7 @@ type Source struct {
 
 	rateLimited    atomic.Uint64
 	forwardRefused atomic.Uint64
+	bytesRefused   atomic.Uint64
 	tcpRefused     atomic.Uint64
 }
 
@@ -133,6 +134,15 @@ func (s *Source) ConnsOver(share int64) int64 { return s.tcpConns.Load() - share
 // its share.
 func (s *Source) CountTCPRefused() { s.tcpRefused.Add(1) }
 
+// CountBytesRefused counts a reply of the source's that got SERVFAIL
+// because a Budget refused its bytes as OverSource: read from an upstream,
+// or waiting to be written to its client. A nil source counts nothing.
+func (s *Source) CountBytesRefused() {
+	if s != nil {
+		s.bytesRefused.Add(1)
+	}
+}
+
 // bytesHeld is the source's part of a Budget; nil for a nil source.
 func (s *Source) bytesHeld() *atomic.Int64 {
 	if s == nil {
@@ -157,6 +167,11 @@ type Usage struct {
 	// its fair share of the node's (see Pool), and forwards ended early to
 	// make room for a source under its share.
 	ForwardRefused uint64 `json:"forwardRefused"`
+	// BytesRefused counts replies answered SERVFAIL because their bytes
+	// did not fit what the source may hold of the replies in flight (its
+	// own bound or its fair share of the node's budget, see Budget): read
+	// from the upstream, or waiting to be written to its TCP client.
+	BytesRefused uint64 `json:"bytesRefused"`
 	// TCPRefused counts connections closed at once because the source had
 	// Limits.TCPConns open already or more than its fair share of the
 	// node's, and connections closed to make room for a source under its
@@ -177,6 +192,7 @@ func (s *Source) Usage() Usage {
 	return Usage{
 		RateLimited:    s.rateLimited.Load(),
 		ForwardRefused: s.forwardRefused.Load(),
+		BytesRefused:   s.bytesRefused.Load(),
 		TCPRefused:     s.tcpRefused.Load(),
 		Forwarding:     int(s.forwarding.Load()),
 		TCPConns:       int(s.tcpConns.Load()),

@@ -48,9 +48,10 @@ type fileState struct {
 	servedGen uint64
 	// blocked: the content parsed cleanly but could not be served, and its
 	// objects were let go (N copies of a big file must not cost N times its
-	// objects). It is parsed again once it could be served: when every file
-	// in blockedBy has changed what it serves (or is gone) since blockedAt,
-	// and the directory has room for its latestLen objects.
+	// objects). It is parsed again once it could be served, or its
+	// conflicts are out of date: when a file in blockedBy has changed what
+	// it serves (or is gone) since blockedAt, or, blocked by no file, when
+	// the directory has room for its latestLen objects.
 	blocked   bool
 	blockedAt uint64
 	blockedBy []string
@@ -199,24 +200,26 @@ func (st *state) block(f *fileState, blockedBy []string) {
 	f.latest = nil
 }
 
-// couldServe reports whether a blocked file is worth parsing again: every
-// file that served objects it also defines has changed what it serves (or
-// is gone), and there is room for its objects. A file blocked before it was
-// checked (blockedBy nil, no conflicts) is always worth a try. So is one
-// whose collisions all changed even without room: its problems name them
-// and are out of date, and parsing it again says what keeps it out now
-// (once, as it is then blocked by what serves now).
+// couldServe reports whether a blocked file is worth parsing again: a file
+// that served objects it also defines has changed what it serves (or is
+// gone), or it collided with none and there is room for its objects. A file
+// blocked before it was checked (blockedBy nil, no conflicts) is always
+// worth a try. One collision changed is enough, with or without room: the
+// file's problems name every file it collided with, and are out of date
+// once one of those changed; its objects were let go, so only parsing it
+// again says what keeps it out now (once per change, as it is then blocked
+// by what serves now), or serves it when nothing does.
 func (st *state) couldServe(f *fileState) bool {
 	if f.blockedBy == nil && f.conflicts == nil {
 		return true
 	}
 	for _, name := range f.blockedBy {
-		if g := st.files[name]; g != nil && g.servedGen <= f.blockedAt {
-			return false
+		if g := st.files[name]; g == nil || g.servedGen > f.blockedAt {
+			return true
 		}
 	}
 	if len(f.blockedBy) > 0 {
-		return true
+		return false
 	}
 	total := 0
 	for _, name := range st.names {

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -120,4 +121,61 @@ func TestBlockerGoneWithoutRoom(t *testing.T) {
 		t.Fatal(err)
 	}
 	scan([]string{"namespace shared", "namespace b1"})
+}
+
+// TestConflictsNameTheCurrentBlockers: a file blocked by objects other
+// files serve is reported with one problem per collision, each naming the
+// file that serves the object. When one of those files goes, or stops
+// defining the object, while another still blocks it, the problems (what
+// `ztdns status` shows) name only what blocks it now (before: the file let
+// go of its objects and was parsed again only once every file it collided
+// with had changed, so its problems kept naming the one that was gone).
+// With three files defining one object, the second takes the first's
+// place when it goes, and the third's problem names the second.
+func TestConflictsNameTheCurrentBlockers(t *testing.T) {
+	alreadyAt := func(dir, file string, line int, ns, at string) string {
+		return fmt.Sprintf("%s:%d: namespace %s is already defined at %s:1", filepath.Join(dir, file), line, ns, filepath.Join(dir, at))
+	}
+	t.Run("two blockers, one deleted or changed", func(t *testing.T) {
+		for _, change := range []string{"deleted", "no longer defines it"} {
+			t.Run(change, func(t *testing.T) {
+				dir := t.TempDir()
+				writeFiles(t, dir, map[string]string{
+					"a.yaml": namespaceYAML("from-a"),
+					"b.yaml": namespaceYAML("from-b"),
+					"c.yaml": namespaceYAML("from-a", "from-b", "own"),
+				})
+				r := startSource(t, dir)
+				r.waitForErrors(t, alreadyAt(dir, "c.yaml", 1, "from-a", "a.yaml"), alreadyAt(dir, "c.yaml", 6, "from-b", "b.yaml"))
+				if change == "deleted" {
+					if err := os.Remove(filepath.Join(dir, "a.yaml")); err != nil {
+						t.Fatal(err)
+					}
+					r.waitFor(t, "a.yaml's namespace gone", hasNames("namespace from-b"))
+				} else {
+					writeFile(t, filepath.Join(dir, "a.yaml"), namespaceYAML("other"))
+					r.waitFor(t, "a.yaml's new namespace", hasNames("namespace other", "namespace from-b"))
+				}
+				r.waitForErrors(t, alreadyAt(dir, "c.yaml", 6, "from-b", "b.yaml"))
+				if n := names(r.latest()); slices.Contains(n, "namespace own") {
+					t.Errorf("c.yaml served while b.yaml still blocks it: %q", n)
+				}
+			})
+		}
+	})
+	t.Run("three files define one object, the first deleted", func(t *testing.T) {
+		dir := t.TempDir()
+		writeFiles(t, dir, map[string]string{
+			"a.yaml": namespaceYAML("shared"),
+			"b.yaml": namespaceYAML("shared", "from-b"),
+			"c.yaml": namespaceYAML("shared", "from-c"),
+		})
+		r := startSource(t, dir)
+		r.waitForErrors(t, alreadyAt(dir, "b.yaml", 1, "shared", "a.yaml"), alreadyAt(dir, "c.yaml", 1, "shared", "a.yaml"))
+		if err := os.Remove(filepath.Join(dir, "a.yaml")); err != nil {
+			t.Fatal(err)
+		}
+		r.waitFor(t, "b.yaml served", hasNames("namespace shared", "namespace from-b"))
+		r.waitForErrors(t, alreadyAt(dir, "c.yaml", 1, "shared", "b.yaml"))
+	})
 }

@@ -1,0 +1,233 @@
+//go:build linux
+
+package deploy
+
+import (
+	"maps"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/prometheus/prometheus/promql/parser"
+)
+
+// TestChartAlertsNodeOrPod reads the expressions of the chart's
+// PrometheusRule as helm renders them, parses them with Prometheus's
+// parser, and evaluates them over one agent's counters at steady rates:
+// 100 answers a second, a fifth of them failing for one reason at a time.
+// The node's SERVFAIL alert fires for what is the node's (failing
+// upstreams, its own bounds: overload), not for a pod refused over its own
+// limits (forward_limited, SERVFAILs of source "none"), which only
+// ZtdnsPodThrottled reports; so is a pod over its query rate, which gets
+// REFUSED or nothing. (Before, ZtdnsServfailRatioHigh counted every
+// SERVFAIL: one pod throttled as designed set off the node's alert, and no
+// alert said it was one pod.)
+func TestChartAlertsNodeOrPod(t *testing.T) {
+	t.Parallel()
+	c := renderChart(t, "metrics.prometheusRule.enabled=true")
+	if c.prometheusRule == nil {
+		t.Fatalf("no PrometheusRule: %q", c.kinds)
+	}
+	exprs := map[string]parser.Expr{}
+	groups, _ := lookup(c.prometheusRule, "spec", "groups").([]any)
+	for _, g := range groups {
+		rules, _ := lookup(g.(map[string]any), "rules").([]any)
+		for _, r := range rules {
+			r, _ := r.(map[string]any)
+			name, _ := r["alert"].(string)
+			expr, _ := r["expr"].(string)
+			e, err := parser.NewParser(parser.Options{}).ParseExpr(expr)
+			if err != nil {
+				t.Fatalf("%s: %v", name, err)
+			}
+			exprs[name] = e
+		}
+	}
+	const node, pod = "ZtdnsServfailRatioHigh", "ZtdnsPodThrottled"
+	for _, name := range []string{node, pod} {
+		if exprs[name] == nil {
+			t.Fatalf("the PrometheusRule has no alert %s: %v", name, slices.Sorted(maps.Keys(exprs)))
+		}
+	}
+
+	for _, tc := range []struct {
+		name string
+		// Per second: answers NOERROR from upstream, SERVFAIL from
+		// upstream and from none (ztdns's own), REFUSED from none; and
+		// queries by outcome.
+		noerror, servfailUpstream, servfailNone, refused float64
+		overload, forwardLimited, rateLimited            float64
+		firing                                           []string
+	}{
+		{name: "all answered", noerror: 100},
+		{name: "one pod over its forwarded queries or bytes", noerror: 80, servfailNone: 20, forwardLimited: 20, firing: []string{pod}},
+		{name: "one pod over its query rate over TCP", noerror: 80, refused: 20, rateLimited: 20, firing: []string{pod}},
+		{name: "the node over its bounds", noerror: 80, servfailNone: 20, overload: 20, firing: []string{node}},
+		{name: "replies over the node's budget as they are written", noerror: 100, overload: 20, firing: []string{node}},
+		{name: "the upstreams failing", noerror: 80, servfailUpstream: 20, firing: []string{node}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			agent := map[string]string{"node": "n1", "instance": "10.0.0.1:15053", "job": "ztdns"}
+			s := func(name string, perSecond float64, kv ...string) rateSeries {
+				l := maps.Clone(agent)
+				l["__name__"] = name
+				for i := 0; i < len(kv); i += 2 {
+					l[kv[i]] = kv[i+1]
+				}
+				return rateSeries{labels: l, rate: perSecond}
+			}
+			series := []rateSeries{
+				s("ztdns_dns_requests_total", tc.noerror, "rcode", "NOERROR", "source", "upstream", "type", "A", "proto", "udp"),
+				s("ztdns_dns_requests_total", tc.servfailUpstream, "rcode", "SERVFAIL", "source", "upstream", "type", "A", "proto", "udp"),
+				s("ztdns_dns_requests_total", tc.servfailNone, "rcode", "SERVFAIL", "source", "none", "type", "A", "proto", "udp"),
+				s("ztdns_dns_requests_total", tc.refused, "rcode", "REFUSED", "source", "none", "type", "A", "proto", "tcp"),
+				s("ztdns_resolver_queries_total", tc.overload, "outcome", "overload"),
+				s("ztdns_resolver_queries_total", tc.forwardLimited, "outcome", "forward_limited"),
+				s("ztdns_resolver_queries_total", tc.rateLimited, "outcome", "rate_limited"),
+			}
+			var firing []string
+			for _, name := range []string{node, pod} {
+				v := evalRates(t, exprs[name], series)
+				if len(v) > 0 {
+					firing = append(firing, name)
+					if v[0].labels["node"] != "n1" {
+						t.Errorf("%s fires without the node: %v", name, v[0].labels)
+					}
+				}
+			}
+			if !slices.Equal(firing, tc.firing) {
+				t.Errorf("alerts firing: %q, want %q", firing, tc.firing)
+			}
+		})
+	}
+}
+
+// rateSeries is a counter's labels and its steady rate per second.
+type rateSeries struct {
+	labels map[string]string
+	rate   float64
+}
+
+func (s rateSeries) key() string {
+	var parts []string
+	for _, k := range slices.Sorted(maps.Keys(s.labels)) {
+		if k != "__name__" {
+			parts = append(parts, k+"="+s.labels[k])
+		}
+	}
+	return strings.Join(parts, ",")
+}
+
+// evalRates evaluates e at an instant over counters that rose at steady
+// rates: rate() of a counter is its rate. It knows what the chart's alerts
+// use (rate, sum by, arithmetic and comparison between vectors matched on
+// all their labels or with a number, and, parentheses) and fails the test
+// on anything else, rather than guess.
+func evalRates(t *testing.T, e parser.Expr, series []rateSeries) []rateSeries {
+	t.Helper()
+	switch e := e.(type) {
+	case *parser.ParenExpr:
+		return evalRates(t, e.Expr, series)
+	case *parser.Call:
+		ms, ok := e.Args[0].(*parser.MatrixSelector)
+		if e.Func.Name != "rate" || len(e.Args) != 1 || !ok {
+			t.Fatalf("the test does not evaluate %s", e)
+		}
+		var out []rateSeries
+		for _, s := range series {
+			if matches(ms.VectorSelector.(*parser.VectorSelector), s.labels) {
+				l := maps.Clone(s.labels)
+				delete(l, "__name__")
+				out = append(out, rateSeries{labels: l, rate: s.rate})
+			}
+		}
+		return out
+	case *parser.AggregateExpr:
+		if e.Op != parser.SUM || e.Without || e.Param != nil {
+			t.Fatalf("the test does not evaluate %s", e)
+		}
+		sums := map[string]*rateSeries{}
+		var order []string
+		for _, s := range evalRates(t, e.Expr, series) {
+			l := map[string]string{}
+			for _, g := range e.Grouping {
+				if v, ok := s.labels[g]; ok {
+					l[g] = v
+				}
+			}
+			g := rateSeries{labels: l}
+			if sums[g.key()] == nil {
+				sums[g.key()] = &g
+				order = append(order, g.key())
+			}
+			sums[g.key()].rate += s.rate
+		}
+		var out []rateSeries
+		for _, k := range order {
+			out = append(out, *sums[k])
+		}
+		return out
+	case *parser.BinaryExpr:
+		if m := e.VectorMatching; m != nil && (m.On || len(m.MatchingLabels) > 0 || len(m.Include) > 0) || e.ReturnBool {
+			t.Fatalf("the test does not evaluate %s", e)
+		}
+		if n, ok := e.RHS.(*parser.NumberLiteral); ok {
+			var out []rateSeries
+			for _, s := range evalRates(t, e.LHS, series) {
+				if v, keep := apply(t, e, s.rate, n.Val); keep {
+					out = append(out, rateSeries{labels: s.labels, rate: v})
+				}
+			}
+			return out
+		}
+		rhs := map[string]float64{}
+		for _, s := range evalRates(t, e.RHS, series) {
+			rhs[s.key()] = s.rate
+		}
+		var out []rateSeries
+		for _, s := range evalRates(t, e.LHS, series) {
+			r, ok := rhs[s.key()]
+			if !ok {
+				continue
+			}
+			if e.Op == parser.LAND {
+				out = append(out, s)
+			} else if v, keep := apply(t, e, s.rate, r); keep {
+				out = append(out, rateSeries{labels: s.labels, rate: v})
+			}
+		}
+		return out
+	}
+	t.Fatalf("the test does not evaluate %s (%T)", e, e)
+	return nil
+}
+
+// apply is e's operator on l and r, and whether the element stays (a
+// comparison filters).
+func apply(t *testing.T, e *parser.BinaryExpr, l, r float64) (float64, bool) {
+	switch e.Op {
+	case parser.ADD:
+		return l + r, true
+	case parser.SUB:
+		return l - r, true
+	case parser.MUL:
+		return l * r, true
+	case parser.DIV:
+		return l / r, true // 0/0 is NaN, which no comparison keeps
+	case parser.GTR:
+		return l, l > r
+	case parser.LSS:
+		return l, l < r
+	}
+	t.Fatalf("the test does not evaluate %s", e)
+	return 0, false
+}
+
+func matches(vs *parser.VectorSelector, l map[string]string) bool {
+	for _, m := range vs.LabelMatchers {
+		if !m.Matches(l[m.Name]) {
+			return false
+		}
+	}
+	return vs.Name == "" || vs.Name == l["__name__"]
+}
