@@ -56,8 +56,9 @@ type flight struct {
 	// share of the budget), or its context ended (the resolver cancels a
 	// forward to give its slot to a pod under its share). Its waiters,
 	// whose sources may have room and whose contexts have not ended, ask
-	// again under their own.
-	leaderOnly bool
+	// again under their own. bytesRefused: the first of those reasons,
+	// the leader's to count.
+	leaderOnly, bytesRefused bool
 }
 
 // Origin says where a reply came from.
@@ -177,7 +178,7 @@ func (f *Forwarder) ForwardFrom(ctx context.Context, req []byte, tcp bool, upstr
 			return servfail(req, r), Origin{}, nil
 		case leader:
 			f.fly(ctx, fl, flightKey, src, req, r, tcp, upstreams)
-			return f.finish(req, r, fl.reply), Origin{Upstream: fl.from, BytesRefused: fl.reply == nil && fl.leaderBytes}, nil
+			return f.finish(req, r, fl.reply), Origin{Upstream: fl.from, BytesRefused: fl.bytesRefused}, nil
 		}
 		select {
 		case <-fl.done:
@@ -223,7 +224,8 @@ func (f *Forwarder) fly(ctx context.Context, fl *flight, flightKey string, src *
 	fl.reply, fl.from = a.reply, a.upstream
 	// The caller's context, not the exchange's: an upstream silent for the
 	// whole timeout is no reason for the waiters to ask it again.
-	fl.leaderOnly = a.reply == nil && (a.overSource || caller.Err() != nil)
+	fl.bytesRefused = a.reply == nil && a.overSource
+	fl.leaderOnly = fl.bytesRefused || (a.reply == nil && caller.Err() != nil)
 	if fl.reply != nil {
 		f.store(flightKey[:len(flightKey)-1], fl.reply, fl.from, src)
 	}
