@@ -237,7 +237,7 @@ func monitoringMetrics(t *testing.T) map[string][]string {
 			}
 		}
 	}
-	wantAlerts := []string{"ZtdnsResolverDown", "ZtdnsServfailRatioHigh", "ZtdnsUpstreamFailureRatioHigh", "ZtdnsFailOpen", "ZtdnsCaptureMapNearFull", "ZtdnsMemoryNearLimit"}
+	wantAlerts := []string{"ZtdnsResolverDown", "ZtdnsServfailRatioHigh", "ZtdnsPodThrottled", "ZtdnsUpstreamFailureRatioHigh", "ZtdnsFailOpen", "ZtdnsCaptureMapNearFull", "ZtdnsMemoryNearLimit"}
 	if !slices.Equal(alerts, wantAlerts) {
 		t.Errorf("alerts %v, want %v", alerts, wantAlerts)
 	}
