@@ -24,25 +24,7 @@ import (
 // alert said it was one pod.)
 func TestChartAlertsNodeOrPod(t *testing.T) {
 	t.Parallel()
-	c := renderChart(t, "metrics.prometheusRule.enabled=true")
-	if c.prometheusRule == nil {
-		t.Fatalf("no PrometheusRule: %q", c.kinds)
-	}
-	exprs := map[string]parser.Expr{}
-	groups, _ := lookup(c.prometheusRule, "spec", "groups").([]any)
-	for _, g := range groups {
-		rules, _ := lookup(g.(map[string]any), "rules").([]any)
-		for _, r := range rules {
-			r, _ := r.(map[string]any)
-			name, _ := r["alert"].(string)
-			expr, _ := r["expr"].(string)
-			e, err := parser.NewParser(parser.Options{}).ParseExpr(expr)
-			if err != nil {
-				t.Fatalf("%s: %v", name, err)
-			}
-			exprs[name] = e
-		}
-	}
+	exprs := chartAlerts(t)
 	const node, pod = "ZtdnsServfailRatioHigh", "ZtdnsPodThrottled"
 	for _, name := range []string{node, pod} {
 		if exprs[name] == nil {
@@ -97,6 +79,77 @@ func TestChartAlertsNodeOrPod(t *testing.T) {
 			}
 			if !slices.Equal(firing, tc.firing) {
 				t.Errorf("alerts firing: %q, want %q", firing, tc.firing)
+			}
+		})
+	}
+}
+
+// chartAlerts is every alert of the chart's PrometheusRule, as helm
+// renders it, parsed with Prometheus's parser.
+func chartAlerts(t *testing.T) map[string]parser.Expr {
+	t.Helper()
+	c := renderChart(t, "metrics.prometheusRule.enabled=true")
+	if c.prometheusRule == nil {
+		t.Fatalf("no PrometheusRule: %q", c.kinds)
+	}
+	exprs := map[string]parser.Expr{}
+	groups, _ := lookup(c.prometheusRule, "spec", "groups").([]any)
+	for _, g := range groups {
+		rules, _ := lookup(g.(map[string]any), "rules").([]any)
+		for _, r := range rules {
+			r, _ := r.(map[string]any)
+			name, _ := r["alert"].(string)
+			expr, _ := r["expr"].(string)
+			e, err := parser.NewParser(parser.Options{}).ParseExpr(expr)
+			if err != nil {
+				t.Fatalf("%s: %v", name, err)
+			}
+			exprs[name] = e
+		}
+	}
+	return exprs
+}
+
+// TestChartUpstreamAlert: ZtdnsUpstreamFailureRatioHigh fires for a
+// nameserver that fails (timeouts, errors, error rcodes), not for replies
+// ztdns itself refused for want of bytes (the node's budget, no_memory,
+// which ZtdnsServfailRatioHigh reports; or a pod's own, source_limited) nor
+// for attempts cancelled because another nameserver answered first: those
+// say nothing of the nameserver. (Before, no_memory counted as its failure
+// and source_limited diluted its failures.)
+func TestChartUpstreamAlert(t *testing.T) {
+	t.Parallel()
+	const name = "ZtdnsUpstreamFailureRatioHigh"
+	e := chartAlerts(t)[name]
+	if e == nil {
+		t.Fatalf("the PrometheusRule has no alert %s", name)
+	}
+	for _, tc := range []struct {
+		name   string
+		rates  map[string]float64 // attempts a second to one nameserver, by result
+		firing bool
+	}{
+		{"all answered", map[string]float64{"ok": 100}, false},
+		{"timeouts", map[string]float64{"ok": 80, "timeout": 20}, true},
+		{"error rcodes", map[string]float64{"ok": 80, "servfail": 20}, true},
+		{"the node's budget of replies spent", map[string]float64{"ok": 50, "no_memory": 50}, false},
+		{"a pod over its bytes, and timeouts", map[string]float64{"ok": 80, "timeout": 20, "source_limited": 400}, true},
+		{"cancelled for a faster nameserver", map[string]float64{"ok": 50, "canceled": 50}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var series []rateSeries
+			for result, rate := range tc.rates {
+				series = append(series, rateSeries{rate: rate, labels: map[string]string{
+					"__name__": "ztdns_forward_upstream_queries_total", "node": "n1", "instance": "10.0.0.1:15053",
+					"to": "10.96.0.10:53", "result": result,
+				}})
+			}
+			v := evalRates(t, e, series)
+			if got := len(v) > 0; got != tc.firing {
+				t.Errorf("%s firing: %v, want %v (%v)", name, got, tc.firing, v)
+			}
+			if len(v) > 0 && v[0].labels["to"] != "10.96.0.10:53" {
+				t.Errorf("%s fires without the nameserver: %v", name, v[0].labels)
 			}
 		})
 	}
