@@ -688,8 +688,23 @@ func TestRepliesOverTheSourcesBytesAreItsOutcome(t *testing.T) {
 		}
 		limited, overload := testutil.ToFloat64(metricQueries.forwardLimited), testutil.ToFloat64(metricQueries.overload)
 		refused := ls.usage(flooderIP).BytesRefused
+		requests := scrape(t, ls.Collector(), "ztdns_dns_requests_total")
 		r := exchangeTCP(t, c, q)
 		b.Give(tc.holder, tc.held)
+		// The answer is counted as what the client got: a SERVFAIL of
+		// ztdns's own (before: the reply it replaced, NOERROR from the
+		// cache).
+		var servfailNone, others float64
+		for k, v := range scrape(t, ls.Collector(), "ztdns_dns_requests_total") {
+			if d := v - requests[k]; strings.Contains(k, `rcode="SERVFAIL"`) && strings.Contains(k, `source="none"`) {
+				servfailNone += d
+			} else {
+				others += d
+			}
+		}
+		if servfailNone != 1 || others != 0 {
+			t.Errorf("%s: ztdns_dns_requests_total rose by %v SERVFAIL from none and %v others, want 1 and 0", tc.name, servfailNone, others)
+		}
 		if r.Rcode != dns.RcodeServerFailure {
 			t.Errorf("%s: %s, want SERVFAIL", tc.name, dns.RcodeToString[r.Rcode])
 		}

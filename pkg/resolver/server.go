@@ -599,9 +599,9 @@ func truncate(out []byte, msg []byte, r *request) []byte {
 // within its share that finds MaxInflight reached takes the slot of a
 // source over its share (startForward). The forwarder learns the source
 // from the context, and charges the reply bytes it reads to it.
-func (s *Server) slow(msg []byte, src, local netip.AddrPort, tcp bool, done func(reply []byte)) {
+func (s *Server) slow(msg []byte, src, local netip.AddrPort, tcp bool, hold holdReply, done func(reply []byte)) {
 	q := &slowQuery{s: s, msg: msg, src: src, local: local, tcp: tcp, offline: true, start: s.clock(), from: sourceNone}
-	done = q.finishing(done)
+	done = q.finishing(hold, done)
 	if reply := q.answer(s.ctx); !q.needsUpstream {
 		done(reply)
 		return

@@ -43,10 +43,30 @@ type slowQuery struct {
 	slot forwardSlot
 }
 
-// finishing wraps done so that the reply is counted, timed and logged
-// before it is sent.
-func (q *slowQuery) finishing(done func(reply []byte)) func(reply []byte) {
+// holdReply takes what a reply holds until it is sent (over TCP, its
+// bytes of the budget of replies in flight). It returns the reply to send:
+// a SERVFAIL in its place when refused; and release, nil or what gives the
+// hold back once the reply is sent.
+type holdReply func(reply []byte) (out []byte, refused bool, release func())
+
+// finishing wraps done so that the reply is held (hold, if not nil),
+// then counted, timed and logged as what the client gets, before it is
+// sent.
+func (q *slowQuery) finishing(hold holdReply, done func(reply []byte)) func(reply []byte) {
 	return func(reply []byte) {
+		if hold != nil && reply != nil {
+			var (
+				refused bool
+				release func()
+			)
+			reply, refused, release = hold(reply)
+			if release != nil {
+				defer release()
+			}
+			if refused {
+				q.from, q.upstream = sourceNone, netip.AddrPort{}
+			}
+		}
 		if len(reply) >= dnswire.HeaderLen {
 			q.finish(reply)
 		}

@@ -309,36 +309,37 @@ func (s *Server) serveTCPConn(tc *tcpConn, local netip.AddrPort) {
 		if !own { // the connection's buffer: the next query reuses it
 			msg = slices.Clone(msg)
 		}
-		s.slow(msg, tc.src, local, true, func(reply []byte) {
-			defer pending.Done()
-			if reply == nil {
-				return
-			}
-			// Until it is written (a client that reads slowly holds it up
-			// to tcpReadTimeout), the reply counts against the budget of
-			// replies in flight; one that does not fit becomes SERVFAIL.
-			// It is the source's, within its bound and share of the budget:
-			// over those, the outcome is the source's (forward_limited, and
-			// the pod's bytesRefused); with the budget spent, the node's
-			// (overload). A reply that was a SERVFAIL already (its bytes
-			// refused as it was read, say) is counted for neither: the
-			// client's answer is the same, and it was counted then.
+		// Until it is written (a client that reads slowly holds it up to
+		// tcpReadTimeout), the reply counts against the budget of replies
+		// in flight; one that does not fit becomes SERVFAIL, and is
+		// counted and logged as such. It is the source's, within its bound
+		// and share of the budget: over those, the outcome is the
+		// source's (forward_limited, and the pod's bytesRefused); with the
+		// budget spent, the node's (overload). A reply that was a SERVFAIL
+		// already (its bytes refused as it was read, say) is counted for
+		// neither: the client's answer is the same, and it was counted
+		// then.
+		hold := func(reply []byte) ([]byte, bool, func()) {
 			switch n := len(reply); s.opts.Budget.TryTake(tc.source, n) {
 			case quota.Taken:
-				defer s.opts.Budget.Give(tc.source, n)
+				return reply, false, func() { s.opts.Budget.Give(tc.source, n) }
 			case quota.OverSource:
 				if !isServFail(reply) {
 					metricQueries.forwardLimited.Inc()
 					tc.source.CountBytesRefused()
 				}
-				reply = servfailFor(msg)
 			default:
 				if !isServFail(reply) {
 					metricQueries.overload.Inc()
 				}
-				reply = servfailFor(msg)
 			}
-			write(reply)
+			return servfailFor(msg), true, nil
+		}
+		s.slow(msg, tc.src, local, true, hold, func(reply []byte) {
+			defer pending.Done()
+			if reply != nil {
+				write(reply)
+			}
 		})
 	}
 }
