@@ -13,6 +13,8 @@ import (
 	"github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/ztdns/ztdns/internal/dnstest"
+	"github.com/ztdns/ztdns/pkg/resolver/forward"
 	"github.com/ztdns/ztdns/pkg/resolver/quota"
 )
 
@@ -282,4 +284,124 @@ func TestStalledRepliesWithinTheSourcesBytes(t *testing.T) {
 		t.Errorf("forward_limited rose by %v, want the pod's %d SERVFAILs", got, servfails)
 	}
 	ls.askVictim(t, 2)
+}
+
+// TestReplyBytesTakenForASourceUnderItsShare: pods whose nameserver sends
+// most of a 64 KiB TCP reply and stalls fill the budget of replies in
+// flight, one stalled reply after another: the first three take their own
+// bound of two while the budget is quieter, the next two their share of
+// one. The other pod, holding nothing, finds the budget spent and gets
+// room anyway: a stalled exchange of a pod most over its share is ended
+// for it, its bytes given back at once, its client gets SERVFAIL (counted
+// as the pod's refusal), and the other pod's forwarded query is answered.
+func TestReplyBytesTakenForASourceUnderItsShare(t *testing.T) {
+	const reply, sent = 0xFFFF, 60000 // a stalled reply holds a buffer of 64 KiB
+	holds := []int{2, 2, 2, 1, 1}     // stalled replies of each pod, in order
+	const budget, perSource = 8 * reply, 2 * reply
+	b := quota.NewBudget(budget, perSource)
+	stalling := startStallingUpstream(t, sent)
+	ls := startLimitsServer(t, Options{Limits: quota.Limits{QPS: -1}, Budget: b}, stalling.addr, liveUpstream(t), forward.WithCacheSize(0))
+	beforeLimited := testutil.ToFloat64(metricQueries.forwardLimited)
+	beforeOverload := testutil.ToFloat64(metricQueries.overload)
+
+	type answer struct {
+		pod   int
+		rcode int
+	}
+	answers := make(chan answer, 16)
+	sources := make([]*quota.Source, len(holds))
+	stalled := 0
+	for i, n := range holds {
+		c, err := (&net.Dialer{LocalAddr: &net.TCPAddr{IP: attackerIP(i).AsSlice()}}).Dial("tcp4", ls.addr.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		go func() {
+			for {
+				r, err := readTCPReply(c)
+				if err != nil {
+					return
+				}
+				answers <- answer{i, r.Rcode}
+			}
+		}()
+		sources[i] = ls.unknown.Get(attackerIP(i), 0)
+		for j := range n {
+			if err := dnstest.WriteTCP(c, packQuery(t, fmt.Sprintf("n%d.a%d.stall.example.", j, i), dns.TypeTXT)); err != nil {
+				t.Fatal(err)
+			}
+			stalled++
+			eventually(t, "the reply stalled, its buffer grown to the whole reply", func() bool {
+				return stalling.stalled.Load() == int64(stalled) && b.Used() == int64(stalled)*reply
+			})
+		}
+	}
+	held := make([]int64, len(holds))
+	for i := range holds {
+		held[i] = sources[i].Usage().InflightBytes
+		if held[i] != int64(holds[i])*reply {
+			t.Fatalf("pod %d holds %d bytes, want its %d stalled replies'", i, held[i], holds[i])
+		}
+	}
+	if b.Used() != budget {
+		t.Fatalf("the stalled replies hold %d of the budget of %d, want all of it", b.Used(), budget)
+	}
+	select {
+	case a := <-answers:
+		t.Fatalf("pod %d answered %s before the other pod asked", a.pod, dns.RcodeToString[a.rcode])
+	default:
+	}
+
+	start := time.Now()
+	r := ls.ask(t, victimIP, "udp", "who.example.")
+	if r == nil {
+		t.FailNow()
+	}
+	if r.Rcode != dns.RcodeSuccess || len(r.Answer) == 0 || !strings.Contains(r.Answer[0].String(), "203.0.113.7") {
+		t.Fatalf("the other pod's forwarded query, the budget spent on stalled replies: %s %v, want its upstream's answer", dns.RcodeToString[r.Rcode], r.Answer)
+	}
+	answeredIn := time.Since(start)
+	var evicted answer
+	select {
+	case evicted = <-answers:
+	case <-time.After(2 * time.Second): // the stalled exchanges end after slowPathTimeout, 5 s
+		t.Fatal("no stalled exchange ended for the other pod")
+	}
+	servfailIn := time.Since(start)
+	t.Logf("the other pod answered in %v; pod %d, which held %d bytes, got %s in %v", answeredIn, evicted.pod, held[evicted.pod], dns.RcodeToString[evicted.rcode], servfailIn)
+	if evicted.rcode != dns.RcodeServerFailure {
+		t.Errorf("pod %d's stalled query: %s, want SERVFAIL", evicted.pod, dns.RcodeToString[evicted.rcode])
+	}
+	for i := range holds {
+		if held[i] > held[evicted.pod] {
+			t.Errorf("pod %d held %d bytes, more than the %d of pod %d whose exchange was ended", i, held[i], held[evicted.pod], evicted.pod)
+		}
+	}
+	// Its bytes were given back once: by the one that ended it, not again
+	// by its exchange as it ended.
+	eventually(t, "the ended exchange's bytes given back, once", func() bool {
+		return b.Used() == budget-reply && sources[evicted.pod].Usage().InflightBytes == held[evicted.pod]-reply
+	})
+	if u := sources[evicted.pod].Usage(); u.BytesRefused != 1 {
+		t.Errorf("pod %d refused %d replies for its bytes, want 1: the ended exchange counts", evicted.pod, u.BytesRefused)
+	}
+	if got := testutil.ToFloat64(metricQueries.forwardLimited) - beforeLimited; got != 1 {
+		t.Errorf("ztdns_resolver_queries_total{outcome=forward_limited} rose by %v, want 1: the ended exchange", got)
+	}
+	select {
+	case a := <-answers:
+		t.Errorf("pod %d answered %s too: more than one exchange ended", a.pod, dns.RcodeToString[a.rcode])
+	default:
+	}
+	ls.askVictim(t, 1)
+	if got := testutil.ToFloat64(metricQueries.overload) - beforeOverload; got != 0 {
+		t.Errorf("ztdns_resolver_queries_total{outcome=overload} rose by %v, want 0", got)
+	}
+	if u := ls.usage(victimIP); u.ForwardRefused != 0 {
+		t.Errorf("the other pod was refused %d forwards", u.ForwardRefused)
+	}
+	if p := b.Peak(); p > budget {
+		t.Errorf("%d bytes of replies held at most, over the budget of %d", p, budget)
+	}
 }

@@ -22,10 +22,12 @@ var errMismatch = errors.New("reply does not match the query")
 
 // errNoMemory reports a reply that did not fit the budget of replies in
 // flight; errSourceMemory one that did not fit what its source may hold of
-// it (its own bound, or its fair share of a budget more than half spent).
+// it (its own bound, or its fair share of a budget more than half spent),
+// or whose bytes the budget took back for a source within its share.
 var (
 	errNoMemory     = errors.New("reply does not fit the budget of replies in flight")
 	errSourceMemory = errors.New("reply does not fit the bytes its source may hold")
+	errTakenBack    = fmt.Errorf("bytes taken back for a source within its share: %w", errSourceMemory)
 )
 
 // refused is the error of a reply whose bytes the budget refused with v.
@@ -144,7 +146,10 @@ func exchangeTCP(ctx context.Context, upstream netip.AddrPort, query []byte, q d
 		return nil, fmt.Errorf("read tcp %s: %d-octet reply is shorter than a header", upstream, n)
 	}
 	src := quota.SourceFrom(ctx)
-	reply, err := readReply(conn, n, budget, src)
+	// The budget may take the reply's bytes back while the upstream
+	// stalls: the read then ends at once, as when ctx ends.
+	end := func() { _ = conn.SetDeadline(time.Unix(1, 0)) }
+	reply, err := readReply(conn, n, budget, src, end)
 	if err != nil {
 		return nil, ctxErrOr(ctx, fmt.Errorf("read tcp %s reply: %w", upstream, err))
 	}
@@ -169,19 +174,25 @@ const firstChunk = 512
 // for one reply (a source bound to one reply of the largest size can read
 // it). The reply's bytes stay taken when it is returned; on an error none
 // are. They count against src's bound and share of the budget too (nil:
-// the budget's alone).
-func readReply(r io.Reader, n int, budget *quota.Budget, src *quota.Source) ([]byte, error) {
+// the budget's alone). While the reply is read, the budget may take its
+// bytes back for a source within its share (quota.Hold): end then
+// interrupts the read, and the error is errTakenBack.
+func readReply(r io.Reader, n int, budget *quota.Budget, src *quota.Source, end func()) ([]byte, error) {
+	h := quota.NewHold(src, end)
 	size := min(n, firstChunk)
-	if v := budget.TryTake(src, size); v != quota.Taken {
+	if v := budget.Grow(h, size); v != quota.Taken {
 		return nil, fmt.Errorf("%d-octet reply: %w", n, refused(v))
 	}
 	buf := make([]byte, 0, size)
 	for len(buf) < n {
 		if len(buf) == cap(buf) {
 			grown := min(n, 2*cap(buf))
-			if v := budget.TryTake(src, grown-cap(buf)); v != quota.Taken {
-				budget.Give(src, cap(buf))
-				return nil, fmt.Errorf("%d-octet reply, %d octets read: %w", n, len(buf), refused(v))
+			if v := budget.Grow(h, grown-cap(buf)); v != quota.Taken {
+				err := refused(v)
+				if !budget.Drop(h) {
+					err = errTakenBack
+				}
+				return nil, fmt.Errorf("%d-octet reply, %d octets read: %w", n, len(buf), err)
 			}
 			next := make([]byte, len(buf), grown)
 			copy(next, buf)
@@ -190,12 +201,17 @@ func readReply(r io.Reader, n int, budget *quota.Budget, src *quota.Source) ([]b
 		k, err := r.Read(buf[len(buf):cap(buf)])
 		buf = buf[:len(buf)+k]
 		if err != nil && len(buf) < n {
-			budget.Give(src, cap(buf))
+			if !budget.Drop(h) {
+				return nil, fmt.Errorf("%d-octet reply, %d octets read: %w", n, len(buf), errTakenBack)
+			}
 			if err == io.EOF {
 				err = io.ErrUnexpectedEOF
 			}
 			return nil, err
 		}
+	}
+	if !budget.Keep(h) { // read whole just as its bytes were taken back
+		return nil, fmt.Errorf("%d-octet reply: %w", n, errTakenBack)
 	}
 	return buf, nil
 }

@@ -596,6 +596,86 @@ func TestWaiterAnsweredWhenTheLeaderIsCancelled(t *testing.T) {
 	}
 }
 
+// TestWaiterAnsweredWhenTheLeadersBytesAreTakenBack: the leader's TCP
+// reply stalls halfway, holding most of the budget, and a source within
+// its share that finds the budget spent takes those bytes back. The
+// leader gets SERVFAIL at once, as over its source's bytes (which the
+// resolver counts as the pod's), given back once; the waiter, of another
+// source, asks again under its own and is answered.
+func TestWaiterAnsweredWhenTheLeadersBytesAreTakenBack(t *testing.T) {
+	// Not parallel: the coalesced counter says when the waiter joined.
+	const budget, announced, sent = 4096, 4000, 3000
+	var conns atomic.Int64
+	up := rawTCPUpstream(t, func(c net.Conn) {
+		q, err := dnstest.ReadTCP(c)
+		if err != nil || len(q) < 2 {
+			return
+		}
+		if conns.Add(1) == 1 { // the leader's: most of a reply, then nothing
+			frame := append([]byte{announced >> 8, announced & 0xFF, q[0], q[1], 0x80}, make([]byte, sent-3)...)
+			if _, err := c.Write(frame); err == nil {
+				_, _ = io.Copy(io.Discard, c)
+			}
+			return
+		}
+		req := new(dns.Msg)
+		if req.Unpack(q) != nil {
+			return
+		}
+		m := new(dns.Msg)
+		m.SetReply(req)
+		m.Answer = []dns.RR{&dns.A{Hdr: dns.RR_Header{Name: req.Question[0].Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60}, A: net.ParseIP("198.51.100.1")}}
+		reply, _ := m.Pack()
+		_ = dnstest.WriteTCP(c, reply)
+	})
+	b := quota.NewBudget(budget, 0)
+	f := newForwarder(t, WithTimeout(10*time.Second), WithCacheSize(0), WithBudget(b))
+	var leaderSrc, waiterSrc, asking quota.Source
+	type result struct {
+		m    *dns.Msg
+		from Origin
+		took time.Duration
+	}
+	ask := func(src *quota.Source, out chan<- result) {
+		start := time.Now()
+		ctx, cancel := context.WithTimeout(quota.WithSource(context.Background(), src), 10*time.Second)
+		defer cancel()
+		reply, from, err := f.ForwardFrom(ctx, query(t, "www.example.com.", dns.TypeA), true, []netip.AddrPort{up})
+		if err != nil {
+			t.Error(err)
+			out <- result{m: new(dns.Msg)}
+			return
+		}
+		out <- result{dnstest.Unpack(t, reply), from, time.Since(start)}
+	}
+	leader, waiter := make(chan result, 1), make(chan result, 1)
+	go ask(&leaderSrc, leader)
+	waitFor(t, "the leader's reply stalls, its buffer grown to the whole reply", func() bool { return b.Used() == announced })
+	joined := counterValue(t, coalesced)
+	go ask(&waiterSrc, waiter)
+	waitFor(t, "the waiter joins the leader's exchange", func() bool { return counterValue(t, coalesced) > joined })
+	if v := b.TryTake(&asking, 200); v != quota.Taken {
+		t.Fatalf("a source within its share, the budget spent: %v, want Taken", v)
+	}
+	// Its source's refusal: the resolver counts BytesRefused as such.
+	if r := <-leader; r.m.Rcode != dns.RcodeServerFailure || !r.from.BytesRefused || r.took > 5*time.Second {
+		t.Errorf("the leader whose bytes were taken back: %s (bytes refused: %v) after %v, want SERVFAIL at once, its bytes refused", dns.RcodeToString[r.m.Rcode], r.from.BytesRefused, r.took)
+	}
+	if r := <-waiter; r.m.Rcode != dns.RcodeSuccess || firstA(r.m) != "198.51.100.1" || r.from.BytesRefused {
+		t.Errorf("the waiter: %s %q (bytes refused: %v), want the upstream's answer", dns.RcodeToString[r.m.Rcode], firstA(r.m), r.from.BytesRefused)
+	}
+	if n := conns.Load(); n != 2 {
+		t.Errorf("upstream got %d queries, want 2 (the leader's, then the waiter's own)", n)
+	}
+	if u := leaderSrc.Usage(); u.InflightBytes != 0 {
+		t.Errorf("the leader's source holds %d bytes, want 0", u.InflightBytes)
+	}
+	if b.Used() != 200 {
+		t.Errorf("%d bytes held, want the 200 the asking source took: the leader's given back once", b.Used())
+	}
+	b.Give(&asking, 200)
+}
+
 // waitFor polls cond until it holds, failing the test after 5 s.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
@@ -949,7 +1029,7 @@ func TestReadReplyHoldsAtMostTheReply(t *testing.T) {
 		reply := bytes.Repeat([]byte{0xAB}, n)
 		b := quota.NewBudget(1<<20, int64(n))
 		var src quota.Source
-		got, err := readReply(iotest.HalfReader(bytes.NewReader(reply)), n, b, &src)
+		got, err := readReply(iotest.HalfReader(bytes.NewReader(reply)), n, b, &src, nil)
 		if err != nil || !bytes.Equal(got, reply) {
 			t.Errorf("%d octets with a bound of %d: %d read, %v", n, n, len(got), err)
 			continue
@@ -961,7 +1041,7 @@ func TestReadReplyHoldsAtMostTheReply(t *testing.T) {
 	}
 	// A reply cut short gives back what it took.
 	b := quota.NewBudget(1<<20, 0)
-	if _, err := readReply(bytes.NewReader(make([]byte, 3000)), 5000, b, nil); !errors.Is(err, io.ErrUnexpectedEOF) || b.Used() != 0 {
+	if _, err := readReply(bytes.NewReader(make([]byte, 3000)), 5000, b, nil, nil); !errors.Is(err, io.ErrUnexpectedEOF) || b.Used() != 0 {
 		t.Errorf("a reply cut short: %v, %d bytes left taken", err, b.Used())
 	}
 }

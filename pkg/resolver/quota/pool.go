@@ -13,9 +13,10 @@ import "sync/atomic"
 // no one yet to be fair to (a lone source's many replies being read at
 // once would otherwise starve each other of half a small budget). A
 // source that got more while the pool was less than half used
-// keeps it until it gives it back (replies end within the forward
-// timeout; forwards and TCP connections are taken back, see Server), and
-// gets no more meanwhile.
+// keeps it until it gives it back or it is taken back for a source within
+// its share (forwards and TCP connections, see Server; replies being read,
+// see Budget; replies waiting for a TCP client end within its write
+// timeout), and gets no more meanwhile.
 //
 // A nil Pool is unbounded: sources are held only to their own bounds.
 type Pool struct {

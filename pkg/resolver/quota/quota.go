@@ -9,7 +9,11 @@
 // bound is a few atomic operations: adds to what the source and the pool
 // hold (and to the pool's holders when the source starts or stops holding
 // some), a load of the holders for the fair share, and a load of the peak
-// (a compare-and-swap when it rises). No bound waits for another.
+// (a compare-and-swap when it rises). No bound waits for another. A reply
+// read over TCP takes its bytes through a Hold, which takes the Budget's
+// lock briefly each time it grows (a few times a reply), so that they can
+// be taken back; the walk for a hold to take back happens only when a
+// source within its share finds the budget spent.
 package quota
 
 import (
@@ -170,7 +174,9 @@ type Usage struct {
 	// BytesRefused counts replies answered SERVFAIL because their bytes
 	// did not fit what the source may hold of the replies in flight (its
 	// own bound or its fair share of the node's budget, see Budget): read
-	// from the upstream, or waiting to be written to its TCP client.
+	// from the upstream, or waiting to be written to its TCP client; and
+	// replies being read whose bytes were taken back for a source under
+	// its share.
 	BytesRefused uint64 `json:"bytesRefused"`
 	// TCPRefused counts connections closed at once because the source had
 	// Limits.TCPConns open already or more than its fair share of the

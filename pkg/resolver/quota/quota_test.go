@@ -382,3 +382,60 @@ func TestBudgetSaysWhichBoundRefused(t *testing.T) {
 		t.Errorf("used %d by %d holders, want 196 by 2", b.Used(), b.pool.Holders())
 	}
 }
+
+// TestBudgetTakesBackAHold: a source within its share that finds the
+// budget spent gets room: the biggest hold of the source most over its
+// share is ended and its bytes given back at once, once; the work whose
+// hold it was takes and gives nothing more.
+func TestBudgetTakesBackAHold(t *testing.T) {
+	b := NewBudget(100, 0)
+	var over, fair, asking Source
+	var ended []string
+	hold := func(s *Source, name string, n int) *Hold {
+		h := NewHold(s, func() { ended = append(ended, name) })
+		if v := b.Grow(h, n); v != Taken {
+			t.Fatalf("%s: %d bytes %v, want Taken", name, n, v)
+		}
+		return h
+	}
+	small, big := hold(&over, "small", 20), hold(&over, "big", 40)
+	hold(&fair, "fair", 30)
+	// 90 of 100 held by two sources: with the asking one a share is 33,
+	// and one source is over it.
+	if v := b.TryTake(&asking, 20); v != Taken {
+		t.Fatalf("a source within its share, the budget spent: %v, want Taken", v)
+	}
+	if len(ended) != 1 || ended[0] != "big" {
+		t.Fatalf("ended %v: want the biggest hold of the source over its share", ended)
+	}
+	if b.Used() != 70 || over.Usage().InflightBytes != 20 {
+		t.Errorf("used %d, the source over its share holds %d; want 70 and 20", b.Used(), over.Usage().InflightBytes)
+	}
+	// The ended work takes nothing more, and gives nothing back again.
+	if v := b.Grow(big, 5); v != OverSource {
+		t.Errorf("a hold taken back grows: %v, want OverSource", v)
+	}
+	if b.Drop(big) || b.Keep(big) {
+		t.Error("a hold taken back says its bytes were its own")
+	}
+	if b.Used() != 70 || over.Usage().InflightBytes != 20 {
+		t.Errorf("after the ended work stopped: used %d, its source holds %d; want 70 and 20", b.Used(), over.Usage().InflightBytes)
+	}
+	if !b.Keep(small) || b.Used() != 70 {
+		t.Errorf("a hold kept: used %d, want 70", b.Used())
+	}
+	b.Give(&over, 20)
+	if !b.Drop(NewHold(&fair, nil)) || b.Used() != 50 {
+		t.Errorf("a hold of nothing dropped: used %d, want 50", b.Used())
+	}
+
+	// Bytes taken without a hold, and a hold within its share, are not
+	// taken back.
+	b = NewBudget(100, 0)
+	var plain, within, late Source
+	b.TryTake(&plain, 60)
+	hold(&within, "within", 30)
+	if v := b.TryTake(&late, 20); v != OverPool || len(ended) != 1 {
+		t.Errorf("no hold over its share: %v, ended %v; want OverPool and no more", v, ended)
+	}
+}
