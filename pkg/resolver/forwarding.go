@@ -4,21 +4,21 @@ import (
 	"context"
 	"sync"
 
+	"github.com/ztdns/ztdns/pkg/resolver/ilist"
 	"github.com/ztdns/ztdns/pkg/resolver/quota"
 )
 
 // forwardSlot is a forwarded query holding a slot of the forwarding pool.
 // Its fields but source are guarded by forwardList.mu.
 type forwardSlot struct {
+	// Its place among the forwards in flight, oldest first. Whoever
+	// unlinks it gives its slot back: its own goroutine when it ends, or
+	// makeForwardRoom, once.
+	ilist.Links[forwardSlot]
 	source *quota.Source
 	// cancel ends the query's work, its client then gets SERVFAIL; nil
 	// until its goroutine starts (arm).
 	cancel context.CancelFunc
-	// prev and next link it among the forwards in flight, oldest first;
-	// linked says it is there. Whoever unlinks it gives its slot back:
-	// its own goroutine when it ends, or makeForwardRoom, once.
-	prev, next *forwardSlot
-	linked     bool
 }
 
 // forwardList is the forwards in flight, oldest first. A forward is linked
@@ -27,21 +27,15 @@ type forwardSlot struct {
 // operations and pointer writes per forward: a forward is a goroutine and
 // network I/O already.
 type forwardList struct {
-	mu         sync.Mutex
-	head, tail *forwardSlot
+	mu   sync.Mutex
+	list ilist.List[forwardSlot, *forwardSlot]
 }
 
-// add links fw at the tail: the newest.
+// add links fw at the back: the newest.
 func (l *forwardList) add(fw *forwardSlot) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	fw.prev, fw.next, fw.linked = l.tail, nil, true
-	if l.tail != nil {
-		l.tail.next = fw
-	} else {
-		l.head = fw
-	}
-	l.tail = fw
+	l.list.PushBack(fw)
 }
 
 // arm gives fw the cancel of its work, as its goroutine starts. It
@@ -51,7 +45,7 @@ func (l *forwardList) arm(fw *forwardSlot, cancel context.CancelFunc) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	fw.cancel = cancel
-	return fw.linked
+	return fw.Linked()
 }
 
 // remove unlinks fw and reports whether it was linked: the caller then
@@ -59,25 +53,7 @@ func (l *forwardList) arm(fw *forwardSlot, cancel context.CancelFunc) bool {
 func (l *forwardList) remove(fw *forwardSlot) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return l.unlink(fw)
-}
-
-func (l *forwardList) unlink(fw *forwardSlot) bool {
-	if !fw.linked {
-		return false
-	}
-	if fw.prev != nil {
-		fw.prev.next = fw.next
-	} else {
-		l.head = fw.next
-	}
-	if fw.next != nil {
-		fw.next.prev = fw.prev
-	} else {
-		l.tail = fw.prev
-	}
-	fw.prev, fw.next, fw.linked = nil, nil, false
-	return true
+	return l.list.Remove(fw)
 }
 
 // startForward takes a forwarding slot for fw's source and, when Taken,
@@ -115,7 +91,7 @@ func (s *Server) makeForwardRoom(asking *quota.Source) bool {
 		pick *forwardSlot
 		most int64
 	)
-	for fw := l.head; fw != nil; fw = fw.next {
+	for fw := l.list.Front(); fw != nil; fw = l.list.Next(fw) {
 		if fw.source == asking {
 			continue
 		}
@@ -128,7 +104,7 @@ func (s *Server) makeForwardRoom(asking *quota.Source) bool {
 		l.mu.Unlock()
 		return false
 	}
-	l.unlink(pick)
+	l.list.Remove(pick)
 	cancel := pick.cancel
 	l.mu.Unlock()
 	pick.source.CountForwardRefused()

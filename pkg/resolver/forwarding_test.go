@@ -75,7 +75,7 @@ func TestForwardEndedForASourceUnderItsShare(t *testing.T) {
 		}
 		s.endForward(fw.source)
 	}
-	if s.forwarding.Used() != 0 || s.forwarding.Holders() != 0 || s.forwards.head != nil || s.forwards.tail != nil {
-		t.Errorf("after every forward ended: %d slots taken by %d sources, list %p…%p; want none", s.forwarding.Used(), s.forwarding.Holders(), s.forwards.head, s.forwards.tail)
+	if s.forwarding.Used() != 0 || s.forwarding.Holders() != 0 || s.forwards.list.Front() != nil {
+		t.Errorf("after every forward ended: %d slots taken by %d sources, list from %p; want none", s.forwarding.Used(), s.forwarding.Holders(), s.forwards.list.Front())
 	}
 }

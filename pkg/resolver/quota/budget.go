@@ -3,6 +3,8 @@ package quota
 import (
 	"context"
 	"sync"
+
+	"github.com/ztdns/ztdns/pkg/resolver/ilist"
 )
 
 // Budget bounds bytes held at once by work in flight: upstream replies being
@@ -21,8 +23,8 @@ type Budget struct {
 	perSource int64 // 0: no bound of a source's own
 
 	// The holds that can be taken back, oldest first.
-	mu         sync.Mutex
-	head, tail *Hold
+	mu    sync.Mutex
+	holds ilist.List[Hold, *Hold]
 }
 
 // Hold is the bytes one piece of work takes a part at a time (a reply read
@@ -30,15 +32,14 @@ type Budget struct {
 // its share: ending the work, its bytes given back at once. Its fields but
 // src and end are guarded by Budget.mu.
 type Hold struct {
-	src *Source
-	end func() // makes the work end soon; its bytes are not its own then
-	n   int64  // taken through the hold
-	// prev and next link it among the holds that can be taken back;
-	// linked says it is there. Whoever unlinks it has its bytes: the work
-	// (Drop gives them back, Keep keeps them) or the budget taking them
-	// back, once.
-	prev, next        *Hold
-	linked, takenBack bool
+	// Its place among the holds that can be taken back. Whoever unlinks
+	// it has its bytes: the work (Drop gives them back, Keep keeps them)
+	// or the budget taking them back, once.
+	ilist.Links[Hold]
+	src       *Source
+	end       func() // makes the work end soon; its bytes are not its own then
+	n         int64  // taken through the hold
+	takenBack bool
 }
 
 // NewHold returns a hold of bytes for src's work, which end interrupts.
@@ -90,8 +91,8 @@ func (b *Budget) Grow(h *Hold, n int) Verdict {
 		return OverSource
 	}
 	h.n += int64(n)
-	if !h.linked && h.src != nil { // work of no source is over no share
-		b.link(h)
+	if !h.Linked() && h.src != nil { // work of no source is over no share
+		b.holds.PushBack(h)
 	}
 	b.mu.Unlock()
 	return Taken
@@ -123,7 +124,7 @@ func (b *Budget) release(h *Hold) (n int64, ok bool) {
 	if h.takenBack {
 		return 0, false
 	}
-	b.unlink(h)
+	b.holds.Remove(h)
 	n, h.n = h.n, 0
 	return n, true
 }
@@ -144,7 +145,7 @@ func (b *Budget) takeBack(asking *Source) bool {
 		pick *Hold
 		most int64
 	)
-	for h := b.head; h != nil; h = h.next {
+	for h := b.holds.Front(); h != nil; h = b.holds.Next(h) {
 		if h.src == asking {
 			continue
 		}
@@ -160,7 +161,7 @@ func (b *Budget) takeBack(asking *Source) bool {
 		b.mu.Unlock()
 		return false
 	}
-	b.unlink(pick)
+	b.holds.Remove(pick)
 	pick.takenBack = true
 	n := pick.n
 	b.mu.Unlock()
@@ -169,34 +170,6 @@ func (b *Budget) takeBack(asking *Source) bool {
 		pick.end() // its work ends soon, and gives nothing back
 	}
 	return true
-}
-
-// link adds h at the tail: the newest.
-func (b *Budget) link(h *Hold) {
-	h.prev, h.next, h.linked = b.tail, nil, true
-	if b.tail != nil {
-		b.tail.next = h
-	} else {
-		b.head = h
-	}
-	b.tail = h
-}
-
-func (b *Budget) unlink(h *Hold) {
-	if !h.linked {
-		return
-	}
-	if h.prev != nil {
-		h.prev.next = h.next
-	} else {
-		b.head = h.next
-	}
-	if h.next != nil {
-		h.next.prev = h.prev
-	} else {
-		b.tail = h.prev
-	}
-	h.prev, h.next, h.linked = nil, nil, false
 }
 
 // Give returns n bytes taken with TryTake for s.
