@@ -264,7 +264,7 @@ func TestStalledRepliesWithinTheSourcesBytes(t *testing.T) {
 			servfails++
 		}
 		u := ls.usage(flooderIP)
-		return stalling.stalled.Load() == perPod && u.Forwarding+servfails == perPod && b.Used() == int64(u.Forwarding)*0xFFFF
+		return stalling.Stalled() == perPod && u.Forwarding+servfails == perPod && b.Used() == int64(u.Forwarding)*0xFFFF
 	})
 	u := ls.usage(flooderIP)
 	t.Logf("%d stalled replies: %d hold %d bytes, %d SERVFAIL; peak %d of the budget of %d, %d per source", perPod, u.Forwarding, u.InflightBytes, servfails, b.Peak(), budget, perSource)
@@ -299,8 +299,8 @@ func TestReplyBytesTakenForASourceUnderItsShare(t *testing.T) {
 	holds := []int{2, 2, 2, 1, 1}     // stalled replies of each pod, in order
 	const budget, perSource = 8 * reply, 2 * reply
 	b := quota.NewBudget(budget, perSource)
-	stalling := startStallingUpstream(t, sent)
-	ls := startLimitsServer(t, Options{Limits: quota.Limits{QPS: -1}, Budget: b}, stalling.addr, liveUpstream(t), forward.WithCacheSize(0))
+	stalling := dnstest.StartStalling(t, sent)
+	ls := startLimitsServer(t, Options{Limits: quota.Limits{QPS: -1}, Budget: b}, stalling.Addr, liveUpstream(t), forward.WithCacheSize(0))
 	beforeLimited := testutil.ToFloat64(metricQueries.forwardLimited)
 	beforeOverload := testutil.ToFloat64(metricQueries.overload)
 
@@ -333,7 +333,7 @@ func TestReplyBytesTakenForASourceUnderItsShare(t *testing.T) {
 			}
 			stalled++
 			eventually(t, "the reply stalled, its buffer grown to the whole reply", func() bool {
-				return stalling.stalled.Load() == int64(stalled) && b.Used() == int64(stalled)*reply
+				return stalling.Stalled() == int64(stalled) && b.Used() == int64(stalled)*reply
 			})
 		}
 	}
