@@ -863,11 +863,6 @@ func TestLongTCPMessagesChargeTheRate(t *testing.T) {
 	}
 }
 
-// TestStalledRepliesHoldOnlyWhatArrived: a pod's nameserver announces 64
-// KiB replies over TCP and stalls after a few octets, for as many queries
-// as the pod may forward. Announced, they would take the whole budget of
-// replies in flight; taken as they arrive, they hold little of it, and
-// the other pod's forwarded queries are answered.
 // startStalledReplies starts a server whose nameserver for the flooder
 // sends sent octets of every reply, announced at 64 KiB, then stalls, and
 // has the flooder pipeline perPod TXT queries to it over one TCP
@@ -890,6 +885,11 @@ func startStalledReplies(t *testing.T, perPod, sent int, b *quota.Budget) (*limi
 	return ls, stalling, c
 }
 
+// TestStalledRepliesHoldOnlyWhatArrived: a pod's nameserver announces 64
+// KiB replies over TCP and stalls after a few octets, for as many queries
+// as the pod may forward. Announced, they would take the whole budget of
+// replies in flight; taken as they arrive, they hold little of it, and
+// the other pod's forwarded queries are answered.
 func TestStalledRepliesHoldOnlyWhatArrived(t *testing.T) {
 	const perPod, sent = 16, 100
 	const budget = perPod * 0xFFFF
