@@ -26,6 +26,20 @@ import (
 // of its own (a source like a pod: the limits are per source).
 func attackerIP(i int) netip.Addr { return netip.AddrFrom4([4]byte{127, 0, 2, byte(1 + i)}) }
 
+// victimForwarded has the victim ask for who.example. over UDP, a query
+// that is forwarded, and fails the test at once unless the upstream's
+// answer comes back; what names the query, and what it was up against.
+func (ls *limitsServer) victimForwarded(t *testing.T, what string) {
+	t.Helper()
+	r := ls.ask(t, victimIP, "udp", "who.example.")
+	if r == nil {
+		t.FailNow()
+	}
+	if r.Rcode != dns.RcodeSuccess || len(r.Answer) == 0 || !strings.Contains(r.Answer[0].String(), "203.0.113.7") {
+		t.Fatalf("%s: %s %v, want its upstream's answer", what, dns.RcodeToString[r.Rcode], r.Answer)
+	}
+}
+
 // TestForwardingPoolSharedFairly: as many pods as the server's forwarding
 // slots hold at their own bound (MaxInflight / Forwarding, 1024/128 with
 // the defaults) flood unique names to nameservers that never answer. Past
@@ -124,13 +138,7 @@ func TestForwardingSlotTakenForASourceUnderItsShare(t *testing.T) {
 
 	beforeOverload := testutil.ToFloat64(metricQueries.overload)
 	start := time.Now()
-	r := ls.ask(t, victimIP, "udp", "who.example.")
-	if r == nil {
-		t.FailNow()
-	}
-	if r.Rcode != dns.RcodeSuccess || len(r.Answer) == 0 || !strings.Contains(r.Answer[0].String(), "203.0.113.7") {
-		t.Fatalf("the victim's forwarded query, every slot an attacker's: %s %v, want its upstream's answer", dns.RcodeToString[r.Rcode], r.Answer)
-	}
+	ls.victimForwarded(t, "the victim's forwarded query, every slot an attacker's")
 	answeredIn := time.Since(start)
 	evicted := -1
 	eventually(t, "an attacker's forward ended for the victim", func() bool {
@@ -354,13 +362,7 @@ func TestReplyBytesTakenForASourceUnderItsShare(t *testing.T) {
 	}
 
 	start := time.Now()
-	r := ls.ask(t, victimIP, "udp", "who.example.")
-	if r == nil {
-		t.FailNow()
-	}
-	if r.Rcode != dns.RcodeSuccess || len(r.Answer) == 0 || !strings.Contains(r.Answer[0].String(), "203.0.113.7") {
-		t.Fatalf("the other pod's forwarded query, the budget spent on stalled replies: %s %v, want its upstream's answer", dns.RcodeToString[r.Rcode], r.Answer)
-	}
+	ls.victimForwarded(t, "the other pod's forwarded query, the budget spent on stalled replies")
 	answeredIn := time.Since(start)
 	var evicted answer
 	select {
