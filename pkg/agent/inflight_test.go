@@ -3,13 +3,10 @@ package agent
 import (
 	"context"
 	"fmt"
-	"io"
 	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -150,10 +147,10 @@ status: {phase: Running, podIP: 127.0.0.2, podIPs: [{ip: 127.0.0.2}]}
 			t.Fatal(err)
 		}
 	}
-	up := startStallingUpstream(t, sent)
+	up := dnstest.StartStalling(t, sent)
 	listen := testenv.FreePort(t)
 	reg := prometheus.NewRegistry()
-	startTestAgent(t, dir, socket, listen, up.AddrPort, "", func(c *Config) {
+	startTestAgent(t, dir, socket, listen, up.Addr, "", func(c *Config) {
 		c.PodInflightBytes = resolver.MinPodInflightBytes
 		c.ForwardTimeout = time.Minute // the stalled replies stay held
 		c.Registry = reg
@@ -197,11 +194,11 @@ status: {phase: Running, podIP: 127.0.0.2, podIPs: [{ip: 127.0.0.2}]}
 	// them); the pod may hold one.
 	var u quota.Usage
 	for deadline := time.Now().Add(5 * time.Second); ; {
-		if u = usage(); up.stalled.Load() == queries && u.Forwarding <= 1 {
+		if u = usage(); up.Stalled() == queries && u.Forwarding <= 1 {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%d of %d replies sent and stalled, ztdns pods shows %+v: want every query's reply sent and at most one forwarding", up.stalled.Load(), queries, u)
+			t.Fatalf("%d of %d replies sent and stalled, ztdns pods shows %+v: want every query's reply sent and at most one forwarding", up.Stalled(), queries, u)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -262,57 +259,4 @@ func metricValue(t *testing.T, reg *prometheus.Registry, name string, want map[s
 		}
 	}
 	return sum
-}
-
-// stallingUpstream is a nameserver on TCP that answers every query with a
-// frame announcing 64 KiB, sends sent octets of it and stalls until the
-// test ends; stalled counts the replies sent.
-type stallingUpstream struct {
-	netip.AddrPort
-	stalled atomic.Int32
-}
-
-func startStallingUpstream(t *testing.T, sent int) *stallingUpstream {
-	t.Helper()
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	u := &stallingUpstream{AddrPort: netip.MustParseAddrPort(ln.Addr().String())}
-	var (
-		mu    sync.Mutex
-		conns []net.Conn
-		wg    sync.WaitGroup
-	)
-	t.Cleanup(func() {
-		ln.Close()
-		mu.Lock()
-		for _, c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
-	wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-			wg.Go(func() {
-				q, err := dnstest.ReadTCP(c)
-				if err != nil || len(q) < 2 {
-					return
-				}
-				if _, err := c.Write(append([]byte{0xFF, 0xFF, q[0], q[1], 0x80}, make([]byte, sent-3)...)); err == nil {
-					u.stalled.Add(1)
-				}
-				io.Copy(io.Discard, c)
-			})
-		}
-	})
-	return u
 }

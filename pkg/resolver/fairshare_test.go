@@ -26,6 +26,20 @@ import (
 // of its own (a source like a pod: the limits are per source).
 func attackerIP(i int) netip.Addr { return netip.AddrFrom4([4]byte{127, 0, 2, byte(1 + i)}) }
 
+// victimForwarded has the victim ask for who.example. over UDP, a query
+// that is forwarded, and fails the test at once unless the upstream's
+// answer comes back; what names the query, and what it was up against.
+func (ls *limitsServer) victimForwarded(t *testing.T, what string) {
+	t.Helper()
+	r := ls.ask(t, victimIP, "udp", "who.example.")
+	if r == nil {
+		t.FailNow()
+	}
+	if r.Rcode != dns.RcodeSuccess || len(r.Answer) == 0 || !strings.Contains(r.Answer[0].String(), "203.0.113.7") {
+		t.Fatalf("%s: %s %v, want its upstream's answer", what, dns.RcodeToString[r.Rcode], r.Answer)
+	}
+}
+
 // TestForwardingPoolSharedFairly: as many pods as the server's forwarding
 // slots hold at their own bound (MaxInflight / Forwarding, 1024/128 with
 // the defaults) flood unique names to nameservers that never answer. Past
@@ -124,13 +138,7 @@ func TestForwardingSlotTakenForASourceUnderItsShare(t *testing.T) {
 
 	beforeOverload := testutil.ToFloat64(metricQueries.overload)
 	start := time.Now()
-	r := ls.ask(t, victimIP, "udp", "who.example.")
-	if r == nil {
-		t.FailNow()
-	}
-	if r.Rcode != dns.RcodeSuccess || len(r.Answer) == 0 || !strings.Contains(r.Answer[0].String(), "203.0.113.7") {
-		t.Fatalf("the victim's forwarded query, every slot an attacker's: %s %v, want its upstream's answer", dns.RcodeToString[r.Rcode], r.Answer)
-	}
+	ls.victimForwarded(t, "the victim's forwarded query, every slot an attacker's")
 	answeredIn := time.Since(start)
 	evicted := -1
 	eventually(t, "an attacker's forward ended for the victim", func() bool {
@@ -264,7 +272,7 @@ func TestStalledRepliesWithinTheSourcesBytes(t *testing.T) {
 			servfails++
 		}
 		u := ls.usage(flooderIP)
-		return stalling.stalled.Load() == perPod && u.Forwarding+servfails == perPod && b.Used() == int64(u.Forwarding)*0xFFFF
+		return stalling.Stalled() == perPod && u.Forwarding+servfails == perPod && b.Used() == int64(u.Forwarding)*0xFFFF
 	})
 	u := ls.usage(flooderIP)
 	t.Logf("%d stalled replies: %d hold %d bytes, %d SERVFAIL; peak %d of the budget of %d, %d per source", perPod, u.Forwarding, u.InflightBytes, servfails, b.Peak(), budget, perSource)
@@ -299,8 +307,8 @@ func TestReplyBytesTakenForASourceUnderItsShare(t *testing.T) {
 	holds := []int{2, 2, 2, 1, 1}     // stalled replies of each pod, in order
 	const budget, perSource = 8 * reply, 2 * reply
 	b := quota.NewBudget(budget, perSource)
-	stalling := startStallingUpstream(t, sent)
-	ls := startLimitsServer(t, Options{Limits: quota.Limits{QPS: -1}, Budget: b}, stalling.addr, liveUpstream(t), forward.WithCacheSize(0))
+	stalling := dnstest.StartStalling(t, sent)
+	ls := startLimitsServer(t, Options{Limits: quota.Limits{QPS: -1}, Budget: b}, stalling.Addr, liveUpstream(t), forward.WithCacheSize(0))
 	beforeLimited := testutil.ToFloat64(metricQueries.forwardLimited)
 	beforeOverload := testutil.ToFloat64(metricQueries.overload)
 
@@ -333,7 +341,7 @@ func TestReplyBytesTakenForASourceUnderItsShare(t *testing.T) {
 			}
 			stalled++
 			eventually(t, "the reply stalled, its buffer grown to the whole reply", func() bool {
-				return stalling.stalled.Load() == int64(stalled) && b.Used() == int64(stalled)*reply
+				return stalling.Stalled() == int64(stalled) && b.Used() == int64(stalled)*reply
 			})
 		}
 	}
@@ -354,13 +362,7 @@ func TestReplyBytesTakenForASourceUnderItsShare(t *testing.T) {
 	}
 
 	start := time.Now()
-	r := ls.ask(t, victimIP, "udp", "who.example.")
-	if r == nil {
-		t.FailNow()
-	}
-	if r.Rcode != dns.RcodeSuccess || len(r.Answer) == 0 || !strings.Contains(r.Answer[0].String(), "203.0.113.7") {
-		t.Fatalf("the other pod's forwarded query, the budget spent on stalled replies: %s %v, want its upstream's answer", dns.RcodeToString[r.Rcode], r.Answer)
-	}
+	ls.victimForwarded(t, "the other pod's forwarded query, the budget spent on stalled replies")
 	answeredIn := time.Since(start)
 	var evicted answer
 	select {

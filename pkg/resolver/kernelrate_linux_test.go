@@ -183,6 +183,21 @@ func (ls *limitsServer) setPods(more ...model.Pod) {
 	}, more...))
 }
 
+// startDualStackPod starts a limits server with the rate in the kernel
+// (testenv.Unavailable if its socket filter cannot be loaded), serving on
+// [::1] too, with a pod "dual" of two addresses, dualIPv4 and dualIPv6,
+// and a flood from each address to the server.
+func startDualStackPod(t *testing.T, qps float64, burst int) (ls *limitsServer, f4, f6 *udpFlood) {
+	t.Helper()
+	ls = startLimitsServer(t, Options{Limits: quota.Limits{QPS: qps, Burst: burst}, KernelRate: true}, liveUpstream(t), liveUpstream(t))
+	if ls.kernel == nil {
+		testenv.Unavailable(t, "the resolver could not load its socket filter (see the log)")
+	}
+	addr6 := ls.serveIPv6(t)
+	ls.setPods(model.Pod{Namespace: "default", Name: "dual", IPs: []netip.Addr{dualIPv4, dualIPv6}})
+	return ls, startUDPFlood(t, dualIPv4, ls.addr), startUDPFlood(t, dualIPv6, addr6)
+}
+
 // sendAll sends n queries from f at once and waits until each is answered
 // or counted as dropped by dropped (which counts from before); it returns
 // how many were answered.
@@ -214,13 +229,7 @@ func sendAll(t *testing.T, f *udpFlood, n int, dropped func() int) int {
 func TestKernelRateOnePerPod(t *testing.T) {
 	testenv.RequireRoot(t)
 	const qps, burst, each = 10, 100, 100
-	ls := startLimitsServer(t, Options{Limits: quota.Limits{QPS: qps, Burst: burst}, KernelRate: true}, liveUpstream(t), liveUpstream(t))
-	if ls.kernel == nil {
-		testenv.Unavailable(t, "the resolver could not load its socket filter (see the log)")
-	}
-	addr6 := ls.serveIPv6(t)
-	ls.setPods(model.Pod{Namespace: "default", Name: "dual", IPs: []netip.Addr{dualIPv4, dualIPv6}})
-	f4, f6 := startUDPFlood(t, dualIPv4, ls.addr), startUDPFlood(t, dualIPv6, addr6)
+	ls, f4, f6 := startDualStackPod(t, qps, burst)
 	q := packQuery(t, tableName, dns.TypeA)
 	start := time.Now()
 	for range each {
@@ -254,13 +263,7 @@ func TestKernelRateOnePerPod(t *testing.T) {
 func TestKernelRateRemovedPod(t *testing.T) {
 	testenv.RequireRoot(t)
 	const qps, burst = 0.1, 20 // no new token while the test runs
-	ls := startLimitsServer(t, Options{Limits: quota.Limits{QPS: qps, Burst: burst}, KernelRate: true}, liveUpstream(t), liveUpstream(t))
-	if ls.kernel == nil {
-		testenv.Unavailable(t, "the resolver could not load its socket filter (see the log)")
-	}
-	addr6 := ls.serveIPv6(t)
-	ls.setPods(model.Pod{Namespace: "default", Name: "dual", IPs: []netip.Addr{dualIPv4, dualIPv6}})
-	f4, f6 := startUDPFlood(t, dualIPv4, ls.addr), startUDPFlood(t, dualIPv6, addr6)
+	ls, f4, f6 := startDualStackPod(t, qps, burst)
 	dual := ls.pods.Lookup(dualIPv4)
 	podDropped := func() int { return int(ls.PodUsage(dual).RateLimited) }
 

@@ -863,72 +863,14 @@ func TestLongTCPMessagesChargeTheRate(t *testing.T) {
 	}
 }
 
-// stallingUpstream is a TCP nameserver that answers every query with a
-// frame announcing 64 KiB, sends sent octets of it, and stalls.
-type stallingUpstream struct {
-	addr    netip.AddrPort
-	stalled atomic.Int64 // replies started and stalled
-}
-
-func startStallingUpstream(t *testing.T, sent int) *stallingUpstream {
-	t.Helper()
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	u := &stallingUpstream{addr: netip.MustParseAddrPort(ln.Addr().String())}
-	var (
-		mu    sync.Mutex
-		conns []net.Conn
-		wg    sync.WaitGroup
-	)
-	t.Cleanup(func() {
-		ln.Close()
-		mu.Lock()
-		for _, c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
-	wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-			wg.Go(func() {
-				q, err := dnstest.ReadTCP(c)
-				if err != nil || len(q) < 2 {
-					return
-				}
-				frame := append([]byte{0xFF, 0xFF, q[0], q[1], 0x80}, make([]byte, sent-3)...)
-				if _, err := c.Write(frame); err == nil {
-					u.stalled.Add(1)
-				}
-				io.Copy(io.Discard, c) // until the resolver gives up
-			})
-		}
-	})
-	return u
-}
-
-// TestStalledRepliesHoldOnlyWhatArrived: a pod's nameserver announces 64
-// KiB replies over TCP and stalls after a few octets, for as many queries
-// as the pod may forward. Announced, they would take the whole budget of
-// replies in flight; taken as they arrive, they hold little of it, and
-// the other pod's forwarded queries are answered.
 // startStalledReplies starts a server whose nameserver for the flooder
 // sends sent octets of every reply, announced at 64 KiB, then stalls, and
 // has the flooder pipeline perPod TXT queries to it over one TCP
 // connection, which it returns.
-func startStalledReplies(t *testing.T, perPod, sent int, b *quota.Budget) (*limitsServer, *stallingUpstream, net.Conn) {
+func startStalledReplies(t *testing.T, perPod, sent int, b *quota.Budget) (*limitsServer, *dnstest.StallingServer, net.Conn) {
 	t.Helper()
-	stalling := startStallingUpstream(t, sent)
-	ls := startLimitsServer(t, Options{Limits: quota.Limits{QPS: -1, Forwarding: perPod}, Budget: b}, stalling.addr, liveUpstream(t),
+	stalling := dnstest.StartStalling(t, sent)
+	ls := startLimitsServer(t, Options{Limits: quota.Limits{QPS: -1, Forwarding: perPod}, Budget: b}, stalling.Addr, liveUpstream(t),
 		forward.WithCacheSize(0))
 	c, err := (&net.Dialer{LocalAddr: &net.TCPAddr{IP: flooderIP.AsSlice()}}).Dial("tcp4", ls.addr.String())
 	if err != nil {
@@ -943,13 +885,18 @@ func startStalledReplies(t *testing.T, perPod, sent int, b *quota.Budget) (*limi
 	return ls, stalling, c
 }
 
+// TestStalledRepliesHoldOnlyWhatArrived: a pod's nameserver announces 64
+// KiB replies over TCP and stalls after a few octets, for as many queries
+// as the pod may forward. Announced, they would take the whole budget of
+// replies in flight; taken as they arrive, they hold little of it, and
+// the other pod's forwarded queries are answered.
 func TestStalledRepliesHoldOnlyWhatArrived(t *testing.T) {
 	const perPod, sent = 16, 100
 	const budget = perPod * 0xFFFF
 	b := quota.NewBudget(budget, 0)
 	ls, stalling, _ := startStalledReplies(t, perPod, sent, b)
 	eventually(t, "every reply started and stalled, and its first octets read", func() bool {
-		return stalling.stalled.Load() == perPod && b.Used() >= perPod*sent
+		return stalling.Stalled() == perPod && b.Used() >= perPod*sent
 	})
 	t.Logf("%d stalled replies hold %d bytes of the budget of %d", perPod, b.Used(), budget)
 	if b.Used() > budget/8 {
