@@ -19,7 +19,8 @@ var (
 		Help: "DNS queries by outcome: local (answered from the table), forwarded, autopath, formerr, refused, " +
 			"rate_limited (over the source's query rate: dropped over UDP, REFUSED over TCP), " +
 			"forward_limited (SERVFAIL: the source had its own bound or its fair share of forwarded queries in flight, " +
-			"or of the bytes of their replies, read from the upstream or waiting to be written to it), " +
+			"or of the bytes of their replies, read from the upstream or waiting to be written to it; " +
+			"or its forward or reply was ended to make room for a source within its share), " +
 			"overload (SERVFAIL: too many forwarded queries, or bytes of their replies, in flight in all), drop.",
 	}, []string{"outcome"})
 	// metricTruncated counts UDP replies sent with TC set.
