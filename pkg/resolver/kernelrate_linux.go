@@ -240,6 +240,15 @@ func (k *kernelRate) attach(conn *net.UDPConn) error {
 	return serr
 }
 
+// followPods syncs podAddrs with the pod registry's owners as they are
+// now: read under mu, so that of two syncs at once (the first at start-up,
+// a change's) the one that runs last has the newest view.
+func (k *kernelRate) followPods(owners func() map[netip.Addr]*podcache.Pod) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.sync(owners())
+}
+
 // syncPods makes podAddrs give each address of owners its pod's key, and
 // forgets the addresses no pod owns any longer: they keep their own key
 // again. A pod keeps its key while it is known (by namespace/name, as its
@@ -248,6 +257,11 @@ func (k *kernelRate) attach(conn *net.UDPConn) error {
 func (k *kernelRate) syncPods(owners map[netip.Addr]*podcache.Pod) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
+	k.sync(owners)
+}
+
+// sync is syncPods with mu held.
+func (k *kernelRate) sync(owners map[netip.Addr]*podcache.Pod) {
 	keys := make(map[string][16]byte, len(k.keys))
 	want := make(map[netip.Addr][16]byte, len(owners))
 	for ip, p := range owners {
