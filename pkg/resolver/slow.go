@@ -10,7 +10,6 @@ import (
 	"github.com/ztdns/ztdns/pkg/dnswire"
 	"github.com/ztdns/ztdns/pkg/podcache"
 	"github.com/ztdns/ztdns/pkg/resolver/forward"
-	"github.com/ztdns/ztdns/pkg/resolver/quota"
 	"github.com/ztdns/ztdns/pkg/resolver/table"
 )
 
@@ -98,6 +97,7 @@ func (q *slowQuery) finish(reply []byte) {
 // the answer: an exchange outweighs the cache.
 func (q *slowQuery) answeredBy(o forward.Origin) {
 	switch {
+	case o.BytesRefused: // no upstream's reply: a SERVFAIL of ztdns's own
 	case !o.Cached:
 		q.from, q.upstream = sourceUpstream, o.Upstream
 	case q.from != sourceUpstream:
@@ -304,10 +304,9 @@ func (q *slowQuery) forward(ctx context.Context) []byte {
 	if from.BytesRefused {
 		// The pod's doing, as a forward over its bound is: its SERVFAIL
 		// counts as forward_limited, comes from no upstream (source
-		// "none"), and `ztdns pods` counts it.
+		// "none", answeredBy), and `ztdns pods` counts it.
 		metricQueries.forwardLimited.Inc()
-		quota.SourceFrom(ctx).CountBytesRefused()
-		return out
+		q.slot.source.CountBytesRefused()
 	}
 	q.answeredBy(from)
 	if !q.tcp && len(out) > r.UDPLimit() && r.End > 0 {
@@ -347,9 +346,7 @@ func (q *slowQuery) lookupUpstream(ctx context.Context, name string, tcp bool) (
 	if err != nil {
 		return nil, err
 	}
-	if !from.BytesRefused { // no upstream's reply
-		q.answeredBy(from)
-	}
+	q.answeredBy(from)
 	resp := new(dns.Msg)
 	if err := resp.Unpack(out); err != nil {
 		return nil, err
