@@ -43,10 +43,10 @@ type slowQuery struct {
 }
 
 // holdReply takes what a reply holds until it is sent (over TCP, its
-// bytes of the budget of replies in flight). It returns the reply to send:
-// a SERVFAIL in its place when refused; and release, nil or what gives the
-// hold back once the reply is sent.
-type holdReply func(reply []byte) (out []byte, refused bool, release func())
+// bytes of the budget of replies in flight). It returns the reply to send
+// and release, what gives the hold back once it is sent; release nil says
+// the hold was refused, and out is a SERVFAIL in the reply's place.
+type holdReply func(reply []byte) (out []byte, release func())
 
 // finishing wraps done so that the reply is held (hold, if not nil),
 // then counted, timed and logged as what the client gets, before it is
@@ -54,15 +54,10 @@ type holdReply func(reply []byte) (out []byte, refused bool, release func())
 func (q *slowQuery) finishing(hold holdReply, done func(reply []byte)) func(reply []byte) {
 	return func(reply []byte) {
 		if hold != nil && reply != nil {
-			var (
-				refused bool
-				release func()
-			)
-			reply, refused, release = hold(reply)
-			if release != nil {
+			var release func()
+			if reply, release = hold(reply); release != nil {
 				defer release()
-			}
-			if refused {
+			} else {
 				q.from, q.upstream = sourceNone, netip.AddrPort{}
 			}
 		}

@@ -319,10 +319,10 @@ func (s *Server) serveTCPConn(tc *tcpConn, local netip.AddrPort) {
 		// already (its bytes refused as it was read, say) is counted for
 		// neither: the client's answer is the same, and it was counted
 		// then.
-		hold := func(reply []byte) ([]byte, bool, func()) {
+		hold := func(reply []byte) ([]byte, func()) {
 			switch n := len(reply); s.opts.Budget.TryTake(tc.source, n) {
 			case quota.Taken:
-				return reply, false, func() { s.opts.Budget.Give(tc.source, n) }
+				return reply, func() { s.opts.Budget.Give(tc.source, n) }
 			case quota.OverSource:
 				if !isServFail(reply) {
 					metricQueries.forwardLimited.Inc()
@@ -333,7 +333,7 @@ func (s *Server) serveTCPConn(tc *tcpConn, local netip.AddrPort) {
 					metricQueries.overload.Inc()
 				}
 			}
-			return servfailFor(msg), true, nil
+			return servfailFor(msg), nil
 		}
 		s.slow(msg, tc.src, local, true, hold, func(reply []byte) {
 			defer pending.Done()
