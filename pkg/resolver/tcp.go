@@ -130,28 +130,36 @@ func (s *Server) admitConn(c *net.TCPConn, local netip.AddrPort) bool {
 // than asking, and gives its slot back at once. It reports false when no
 // source is over its share.
 func (s *Server) makeRoom(asking *quota.Source) bool {
+	share, some := s.tcpOpen.OverShare() // one reading for every connection compared
+	if !some {
+		return false
+	}
 	s.mu.Lock()
 	var (
 		pick     *tcpConn
 		most     int64
 		pickIdle bool
 	)
-	share := s.tcpOpen.Share() // one reading for every connection compared
 	for tc := range s.tcp {
 		if tc.source == asking || tc.evicted.Load() {
 			continue
 		}
+		// The most over; of its connections, an idle one.
 		over := tc.source.ConnsOver(share)
-		idler := over == most && pick != nil && pick.source == tc.source && !pickIdle && tc.isIdle()
-		if over > 0 && (over > most || idler) {
-			pick, most = tc, over
-			pickIdle = tc.isIdle()
+		if over <= 0 || over < most || over == most && (pick.source != tc.source || pickIdle) {
+			continue
 		}
+		idle := tc.isIdle()
+		if over == most && !idle {
+			continue
+		}
+		pick, most, pickIdle = tc, over, idle
 	}
-	if pick == nil || !pick.evicted.CompareAndSwap(false, true) {
+	if pick == nil {
 		s.mu.Unlock()
 		return false
 	}
+	pick.evicted.Store(true) // under mu, where the walk skips the evicted
 	s.mu.Unlock()
 	pick.source.CountTCPRefused()
 	metricTCPRejected.source.Inc()
