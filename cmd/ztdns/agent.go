@@ -92,7 +92,8 @@ directory of YAML manifests (--config-dir).`,
 	inflightBytes := &byteSize{n: resolver.DefaultInflightBytes}
 	fs.Var(inflightBytes, "inflight-bytes", "bytes of upstream replies held at once, read or waiting to be written, e.g. 8Mi; a reply that does not fit gets SERVFAIL")
 	podInflightBytes := &byteSize{zero: true}
-	fs.Var(podInflightBytes, "pod-inflight-bytes", "bytes of upstream replies one pod may hold at once, e.g. 512Ki, at least 64Ki (one reply of the largest size); a reply that does not fit gets SERVFAIL (default: a sixteenth of --inflight-bytes, and room for two of the largest replies, 128Ki, when --inflight-bytes has it; 0: no limit of its own, only its fair share)")
+	fs.Var(podInflightBytes, "pod-inflight-bytes", fmt.Sprintf("bytes of upstream replies one pod may hold at once, e.g. 512Ki, at least %v (one reply of the largest size); a reply that does not fit gets SERVFAIL (default: a sixteenth of --inflight-bytes, and room for two of the largest replies, %v, when --inflight-bytes has it; 0: no limit of its own, only its fair share)",
+		&byteSize{n: resolver.MinPodInflightBytes}, &byteSize{n: 2 * resolver.MinPodInflightBytes}))
 	autopath := fs.Bool("autopath", false, "answer search-list expansions of unknown names in one round trip (see README)")
 	metrics := fs.String("metrics", "", "serve /metrics, /healthz and /readyz on `ADDR`: the node's IP or 127.0.0.1 with a port, e.g. 127.0.0.1:15053 (an IPv6 address may go without brackets); empty disables")
 	capture := fs.Bool("capture", true, "capture marked pods' DNS with eBPF; false only serves on --listen")

@@ -1,6 +1,10 @@
 package control
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"fmt"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
 
 var (
 	// metricRequests counts the control socket's requests by route and
@@ -30,7 +34,7 @@ var (
 	// metricTurnedAway counts members' connections closed for want of room.
 	metricTurnedAway = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "ztdns_control_turned_away_connections_total",
-		Help: "Connections of socket-group members closed unserved for want of room: no members' connection could be closed for them (all 4 being answered, or root's holding every one of the 32); root's are never turned away.",
+		Help: fmt.Sprintf("Connections of socket-group members closed unserved for want of room: no members' connection could be closed for them (all %d being answered, or root's holding every one of the %d); root's are never turned away.", MaxGroupConns, MaxConns),
 	})
 )
 

@@ -79,10 +79,8 @@ func (s *Server) startForward(fw *forwardSlot) quota.Verdict {
 // most slots beyond its fair share, other than asking, and gives its slot
 // back at once. It reports false when no source is over its share.
 func (s *Server) makeForwardRoom(asking *quota.Source) bool {
-	share := s.forwarding.Share() // one reading for every forward compared
-	if s.forwarding.Used() <= s.forwarding.Holders()*share {
-		// No source can be over its share (a share of 1 among more
-		// holders than slots): spare the walk.
+	share, some := s.forwarding.OverShare() // one reading for every forward compared
+	if !some {
 		return false
 	}
 	l := &s.forwards

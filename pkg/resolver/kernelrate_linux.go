@@ -44,11 +44,11 @@ type kernelRate struct {
 	prog4, prog6 *ebpf.Program
 	log          *slog.Logger
 
-	mu      sync.Mutex              // serialises syncPods; guards the fields below
-	addrs   map[netip.Addr][16]byte // what podAddrs holds
-	keys    map[string][16]byte     // each known pod's key, by namespace/name
-	lastKey uint64                  // keys are never reused
-	left    int                     // addresses podAddrs had no room for
+	mu      sync.Mutex                 // serialises syncPods; guards the fields below
+	addrs   map[netip.Addr][16]byte    // what podAddrs holds
+	keys    map[*quota.Source][16]byte // each known pod's key, by its quota: the pod's identity while it is known
+	lastKey uint64                     // keys are never reused
+	left    int                        // addresses podAddrs had no room for
 }
 
 // kernelRateSources bounds the keys the kernel remembers (the least
@@ -106,7 +106,7 @@ func newKernelRate(r quota.Rate, log *slog.Logger) (*kernelRate, error) {
 		sources.Close()
 		return nil, fmt.Errorf("pod addresses map: %w", err)
 	}
-	k := &kernelRate{sources: sources, podAddrs: podAddrs, log: log, addrs: map[netip.Addr][16]byte{}, keys: map[string][16]byte{}}
+	k := &kernelRate{sources: sources, podAddrs: podAddrs, log: log, addrs: map[netip.Addr][16]byte{}, keys: map[*quota.Source][16]byte{}}
 	interval, tolerance := r.Params()
 	if k.prog4, err = loadRateFilter(sources, podAddrs, interval, tolerance, false); err == nil {
 		k.prog6, err = loadRateFilter(sources, podAddrs, interval, tolerance, true)
@@ -240,24 +240,39 @@ func (k *kernelRate) attach(conn *net.UDPConn) error {
 	return serr
 }
 
+// followPods syncs podAddrs with the pod registry's owners as they are
+// now: read under mu, so that of two syncs at once (the first at start-up,
+// a change's) the one that runs last has the newest view.
+func (k *kernelRate) followPods(owners func() map[netip.Addr]*podcache.Pod) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.sync(owners())
+}
+
 // syncPods makes podAddrs give each address of owners its pod's key, and
 // forgets the addresses no pod owns any longer: they keep their own key
-// again. A pod keeps its key while it is known (by namespace/name, as its
-// quota.Source); a pod known again later gets a key never used before,
-// with a full burst, and an address that moves to another pod that pod's.
+// again. A pod keeps its key while it is known: while the registry keeps
+// its quota.Source (by namespace/name). A pod known again later gets a key
+// never used before, with a full burst, and an address that moves to
+// another pod that pod's.
 func (k *kernelRate) syncPods(owners map[netip.Addr]*podcache.Pod) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	keys := make(map[string][16]byte, len(k.keys))
+	k.sync(owners)
+}
+
+// sync is syncPods with mu held.
+func (k *kernelRate) sync(owners map[netip.Addr]*podcache.Pod) {
+	keys := make(map[*quota.Source][16]byte, len(k.keys))
 	want := make(map[netip.Addr][16]byte, len(owners))
 	for ip, p := range owners {
-		key, ok := keys[p.Key()]
+		key, ok := keys[p.Quota]
 		if !ok {
-			if key, ok = k.keys[p.Key()]; !ok {
+			if key, ok = k.keys[p.Quota]; !ok {
 				k.lastKey++
 				key = podKey(k.lastKey)
 			}
-			keys[p.Key()] = key
+			keys[p.Quota] = key
 		}
 		want[ip.Unmap()] = key
 	}
@@ -322,21 +337,12 @@ func (k *kernelRate) dropsOf(key [16]byte) uint64 {
 	return v.Drops
 }
 
-// drops is how many datagrams charged to src's key (its pod's, if it has
-// one) the filter dropped.
-func (k *kernelRate) drops(src netip.Addr) uint64 {
-	k.mu.Lock()
-	key, _ := k.keyOf(src)
-	k.mu.Unlock()
-	return k.dropsOf(key)
-}
-
 // podDrops is how many of p's datagrams the filter dropped: those charged
 // to its key, and to each of its addresses that has none (another pod's
 // key is not p's), each key once.
 func (k *kernelRate) podDrops(p *podcache.Pod) uint64 {
 	k.mu.Lock()
-	own, known := k.keys[p.Key()]
+	own, known := k.keys[p.Quota]
 	keys := make([][16]byte, 0, len(p.IPs))
 	for _, ip := range p.IPs {
 		key, pods := k.keyOf(ip)

@@ -309,8 +309,9 @@ func TestKernelRatePodMapFull(t *testing.T) {
 		testenv.Unavailable(t, "cannot load the socket filter: %v", err)
 	}
 	defer k.Close()
-	a := &podcache.Pod{Namespace: "default", Name: "a"}
-	b := &podcache.Pod{Namespace: "default", Name: "b"}
+	// Each with its quota, as the pod registry gives every pod.
+	a := &podcache.Pod{Namespace: "default", Name: "a", Quota: new(quota.Source)}
+	b := &podcache.Pod{Namespace: "default", Name: "b", Quota: new(quota.Source)}
 	ip1, ip2, ip3 := netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("fd00::1"), netip.MustParseAddr("10.0.0.2")
 	inMap := func() map[netip.Addr]bool {
 		got := map[netip.Addr]bool{}
@@ -347,7 +348,16 @@ func TestKernelRatePodMapFull(t *testing.T) {
 	key2, _ := k.keyOf(ip2)
 	key3, _ := k.keyOf(ip3)
 	k.mu.Unlock()
-	if key2 != key3 || key2 != k.keys["default/b"] {
-		t.Errorf("b's addresses charged to %x and %x, want b's key %x", key2, key3, k.keys["default/b"])
+	if key2 != key3 || key2 != k.keys[b.Quota] {
+		t.Errorf("b's addresses charged to %x and %x, want b's key %x", key2, key3, k.keys[b.Quota])
 	}
+}
+
+// drops is how many datagrams charged to src's key (its pod's, if it has
+// one) the filter dropped.
+func (k *kernelRate) drops(src netip.Addr) uint64 {
+	k.mu.Lock()
+	key, _ := k.keyOf(src)
+	k.mu.Unlock()
+	return k.dropsOf(key)
 }

@@ -240,7 +240,7 @@ func New(opts Options) *Server {
 			s.log.Info("cannot apply the query rate in the kernel; the resolver drops queries over it itself", "err", err)
 		} else {
 			s.attachRate = s.kernel.attach
-			follow := func() { s.kernel.syncPods(opts.Pods.Owners()) }
+			follow := func() { s.kernel.followPods(opts.Pods.Owners) }
 			s.stopPods = opts.Pods.OnChange(follow)
 			follow()
 		}

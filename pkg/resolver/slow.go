@@ -10,7 +10,6 @@ import (
 	"github.com/ztdns/ztdns/pkg/dnswire"
 	"github.com/ztdns/ztdns/pkg/podcache"
 	"github.com/ztdns/ztdns/pkg/resolver/forward"
-	"github.com/ztdns/ztdns/pkg/resolver/quota"
 	"github.com/ztdns/ztdns/pkg/resolver/table"
 )
 
@@ -44,10 +43,10 @@ type slowQuery struct {
 }
 
 // holdReply takes what a reply holds until it is sent (over TCP, its
-// bytes of the budget of replies in flight). It returns the reply to send:
-// a SERVFAIL in its place when refused; and release, nil or what gives the
-// hold back once the reply is sent.
-type holdReply func(reply []byte) (out []byte, refused bool, release func())
+// bytes of the budget of replies in flight). It returns the reply to send
+// and release, what gives the hold back once it is sent; release nil says
+// the hold was refused, and out is a SERVFAIL in the reply's place.
+type holdReply func(reply []byte) (out []byte, release func())
 
 // finishing wraps done so that the reply is held (hold, if not nil),
 // then counted, timed and logged as what the client gets, before it is
@@ -55,15 +54,10 @@ type holdReply func(reply []byte) (out []byte, refused bool, release func())
 func (q *slowQuery) finishing(hold holdReply, done func(reply []byte)) func(reply []byte) {
 	return func(reply []byte) {
 		if hold != nil && reply != nil {
-			var (
-				refused bool
-				release func()
-			)
-			reply, refused, release = hold(reply)
-			if release != nil {
+			var release func()
+			if reply, release = hold(reply); release != nil {
 				defer release()
-			}
-			if refused {
+			} else {
 				q.from, q.upstream = sourceNone, netip.AddrPort{}
 			}
 		}
@@ -98,6 +92,7 @@ func (q *slowQuery) finish(reply []byte) {
 // the answer: an exchange outweighs the cache.
 func (q *slowQuery) answeredBy(o forward.Origin) {
 	switch {
+	case o.BytesRefused: // no upstream's reply: a SERVFAIL of ztdns's own
 	case !o.Cached:
 		q.from, q.upstream = sourceUpstream, o.Upstream
 	case q.from != sourceUpstream:
@@ -304,10 +299,9 @@ func (q *slowQuery) forward(ctx context.Context) []byte {
 	if from.BytesRefused {
 		// The pod's doing, as a forward over its bound is: its SERVFAIL
 		// counts as forward_limited, comes from no upstream (source
-		// "none"), and `ztdns pods` counts it.
+		// "none", answeredBy), and `ztdns pods` counts it.
 		metricQueries.forwardLimited.Inc()
-		quota.SourceFrom(ctx).CountBytesRefused()
-		return out
+		q.slot.source.CountBytesRefused()
 	}
 	q.answeredBy(from)
 	if !q.tcp && len(out) > r.UDPLimit() && r.End > 0 {
@@ -347,9 +341,7 @@ func (q *slowQuery) lookupUpstream(ctx context.Context, name string, tcp bool) (
 	if err != nil {
 		return nil, err
 	}
-	if !from.BytesRefused { // no upstream's reply
-		q.answeredBy(from)
-	}
+	q.answeredBy(from)
 	resp := new(dns.Msg)
 	if err := resp.Unpack(out); err != nil {
 		return nil, err

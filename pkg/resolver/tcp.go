@@ -130,28 +130,36 @@ func (s *Server) admitConn(c *net.TCPConn, local netip.AddrPort) bool {
 // than asking, and gives its slot back at once. It reports false when no
 // source is over its share.
 func (s *Server) makeRoom(asking *quota.Source) bool {
+	share, some := s.tcpOpen.OverShare() // one reading for every connection compared
+	if !some {
+		return false
+	}
 	s.mu.Lock()
 	var (
 		pick     *tcpConn
 		most     int64
 		pickIdle bool
 	)
-	share := s.tcpOpen.Share() // one reading for every connection compared
 	for tc := range s.tcp {
 		if tc.source == asking || tc.evicted.Load() {
 			continue
 		}
+		// The most over; of its connections, an idle one.
 		over := tc.source.ConnsOver(share)
-		idler := over == most && pick != nil && pick.source == tc.source && !pickIdle && tc.isIdle()
-		if over > 0 && (over > most || idler) {
-			pick, most = tc, over
-			pickIdle = tc.isIdle()
+		if over <= 0 || over < most || over == most && (pick.source != tc.source || pickIdle) {
+			continue
 		}
+		idle := tc.isIdle()
+		if over == most && !idle {
+			continue
+		}
+		pick, most, pickIdle = tc, over, idle
 	}
-	if pick == nil || !pick.evicted.CompareAndSwap(false, true) {
+	if pick == nil {
 		s.mu.Unlock()
 		return false
 	}
+	pick.evicted.Store(true) // under mu, where the walk skips the evicted
 	s.mu.Unlock()
 	pick.source.CountTCPRefused()
 	metricTCPRejected.source.Inc()
@@ -319,10 +327,10 @@ func (s *Server) serveTCPConn(tc *tcpConn, local netip.AddrPort) {
 		// already (its bytes refused as it was read, say) is counted for
 		// neither: the client's answer is the same, and it was counted
 		// then.
-		hold := func(reply []byte) ([]byte, bool, func()) {
+		hold := func(reply []byte) ([]byte, func()) {
 			switch n := len(reply); s.opts.Budget.TryTake(tc.source, n) {
 			case quota.Taken:
-				return reply, false, func() { s.opts.Budget.Give(tc.source, n) }
+				return reply, func() { s.opts.Budget.Give(tc.source, n) }
 			case quota.OverSource:
 				if !isServFail(reply) {
 					metricQueries.forwardLimited.Inc()
@@ -333,7 +341,7 @@ func (s *Server) serveTCPConn(tc *tcpConn, local netip.AddrPort) {
 					metricQueries.overload.Inc()
 				}
 			}
-			return servfailFor(msg), true, nil
+			return servfailFor(msg), nil
 		}
 		s.slow(msg, tc.src, local, true, hold, func(reply []byte) {
 			defer pending.Done()

@@ -148,7 +148,7 @@ func exchangeTCP(ctx context.Context, upstream netip.AddrPort, query []byte, q d
 	src := quota.SourceFrom(ctx)
 	// The budget may take the reply's bytes back while the upstream
 	// stalls: the read then ends at once, as when ctx ends.
-	end := func() { _ = conn.SetDeadline(time.Unix(1, 0)) }
+	end := func() { interrupt(conn) }
 	reply, err := readReply(conn, n, budget, src, end)
 	if err != nil {
 		return nil, ctxErrOr(ctx, fmt.Errorf("read tcp %s reply: %w", upstream, err))
@@ -222,9 +222,12 @@ func interruptOnDone(ctx context.Context, conn net.Conn) (stop func()) {
 	if dl, ok := ctx.Deadline(); ok {
 		_ = conn.SetDeadline(dl)
 	}
-	s := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })
+	s := context.AfterFunc(ctx, func() { interrupt(conn) })
 	return func() { s() }
 }
+
+// interrupt makes blocked I/O on conn return at once.
+func interrupt(conn net.Conn) { _ = conn.SetDeadline(time.Unix(1, 0)) }
 
 // ctxErrOr prefers the context's error, so an I/O error caused by the
 // deadline or a cancel is reported as such.

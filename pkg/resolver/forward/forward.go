@@ -171,18 +171,21 @@ func (f *Forwarder) ForwardFrom(ctx context.Context, req []byte, tcp bool, upstr
 		proto = 't'
 	}
 	flightKey := string(append(key, proto))
-	for {
+	for joined := false; ; {
 		fl, leader := f.joinFlight(flightKey)
 		switch {
 		case fl == nil:
 			return servfail(req, r), Origin{}, nil
+		case !leader && !joined: // a query that asks again is coalesced once
+			coalesced.Inc()
+			joined = true
 		case leader:
 			f.fly(ctx, fl, flightKey, src, req, r, tcp, upstreams)
 			return f.finish(req, r, fl.reply), Origin{Upstream: fl.from, BytesRefused: fl.bytesRefused}, nil
 		}
 		select {
 		case <-fl.done:
-			if fl.reply == nil && fl.leaderOnly {
+			if fl.leaderOnly { // set only without a reply
 				continue // the leader's source was full or it was cancelled, not ours
 			}
 			return f.finish(req, r, fl.reply), Origin{Upstream: fl.from}, nil
@@ -202,7 +205,6 @@ func (f *Forwarder) joinFlight(flightKey string) (fl *flight, leader bool) {
 		return nil, false
 	}
 	if fl := f.flights[flightKey]; fl != nil {
-		coalesced.Inc()
 		return fl, false
 	}
 	fl = &flight{done: make(chan struct{})}

@@ -108,7 +108,8 @@ func newUpstreamMetrics(maxSeries int) *upstreamMetrics {
 			Subsystem: "forward",
 			Name:      "upstream_queries_total",
 			Help: "Queries sent to upstream nameservers, by upstream (to: its address, or \"other\" past --metrics-max-upstreams) " +
-				"and result (ok, servfail, timeout, error, canceled, no_memory, source_limited); all but ok, canceled and source_limited are failures. " +
+				"and result (ok, servfail, timeout, error, canceled, no_memory, source_limited); servfail, timeout and error are the upstream's failures, " +
+				"canceled, no_memory and source_limited say nothing of it (canceled: another upstream answered first). " +
 				"no_memory: the reply did not fit the node's budget of replies in flight (--inflight-bytes); " +
 				"source_limited: it did not fit what the asking pod may hold of it (--pod-inflight-bytes, or its fair share), the pod's doing.",
 		}, []string{"to", "result"}),

@@ -136,9 +136,9 @@ func (b *Budget) release(h *Hold) (n int64, ok bool) {
 // work is refused as over its source's bytes (Grow says OverSource), and
 // counted as such by whoever counts its outcome.
 func (b *Budget) takeBack(asking *Source) bool {
-	share := b.pool.Share() // one reading for every hold compared
-	if b.pool.Used() <= b.pool.Holders()*share {
-		return false // no source can be over its share: spare the walk
+	share, some := b.pool.OverShare() // one reading for every hold compared
+	if !some {
+		return false
 	}
 	b.mu.Lock()
 	var (

@@ -111,6 +111,15 @@ func (p *Pool) Share() int64 {
 	return max(p.max/(p.holders.Load()+1), 1)
 }
 
+// OverShare returns a source's fair share now (Share) and whether any
+// source can hold more than it: none can while the pool's use is within
+// every holder's share (a share of 1 among more holders than units, say),
+// which spares a walk looking for one to take back from.
+func (p *Pool) OverShare() (share int64, some bool) {
+	share = p.Share()
+	return share, p.Used() > p.Holders()*share
+}
+
 // Used is what the pool's holders hold now.
 func (p *Pool) Used() int64 {
 	if p == nil {
