@@ -150,7 +150,6 @@ func headlessEntries(n names, out *entrySet, e *Entry, svc *model.Service, eps [
 	// ports), all of them: past the bound, those built so far are dropped
 	// and no more are built.
 	k, srvOK := 0, true
-	seen := map[netip.Addr]bool{}
 	endpoint := func(label string) *Entry {
 		name := label + "." + e.Name
 		ee, seen := byName[name]
@@ -181,10 +180,7 @@ func headlessEntries(n names, out *entrySet, e *Entry, svc *model.Service, eps [
 				if k += named; k > maxSRVRecords && srvOK {
 					srvOK, srv = false, srvRecords{}
 				}
-				if !seen[a] {
-					seen[a] = true
-					e.Addrs = append(e.Addrs, a)
-				}
+				e.Addrs = append(e.Addrs, a) // repeats go below
 				label := ep.Hostname
 				if label == "" {
 					label = dashed(a)
@@ -226,6 +222,7 @@ func headlessEntries(n names, out *entrySet, e *Entry, svc *model.Service, eps [
 		}
 	}
 	slices.SortFunc(e.Addrs, netip.Addr.Compare)
+	e.Addrs = compacted(e.Addrs)
 	e.srv = srv.sets(e.Name)
 	out.add(e, false) // its addresses' PTRs name the endpoints
 }
