@@ -145,14 +145,11 @@ func headlessEntries(n names, out *entrySet, e *Entry, svc *model.Service, eps [
 	byName := map[string]*Entry{} // nil for a name that is not valid
 	var srv srvRecords
 	// One object cannot make the table hold more than maxSRVRecords SRV
-	// records: endpoints times named ports multiply.
-	srvOK := true
-	if k := srvRecordsOf(svc, eps); k > maxSRVRecords {
-		out.warn("%s: %d SRV records (endpoint addresses × named ports) exceed %d: its SRV names are left to the cluster's nameserver",
-			originOf(e.src), k, maxSRVRecords)
-		srvOK = false
-	}
-	seen := map[netip.Addr]bool{}
+	// records: endpoints times named ports multiply. k counts the records
+	// the endpoints ask for (each ready address times its slice's named
+	// ports), all of them: past the bound, those built so far are dropped
+	// and no more are built.
+	k, srvOK := 0, true
 	endpoint := func(label string) *Entry {
 		name := label + "." + e.Name
 		ee, seen := byName[name]
@@ -169,15 +166,21 @@ func headlessEntries(n names, out *entrySet, e *Entry, svc *model.Service, eps [
 	var sets []int // of the slice's ports (setOf), once it has a record
 	for _, es := range eps {
 		sets = sets[:0]
+		named := 0
+		for _, p := range es.Ports {
+			if p.Name != "" {
+				named++
+			}
+		}
 		for _, ep := range es.Endpoints {
 			if !ep.Ready && !svc.PublishNotReady {
 				continue
 			}
 			for _, a := range ep.Addresses {
-				if !seen[a] {
-					seen[a] = true
-					e.Addrs = append(e.Addrs, a)
+				if k += named; k > maxSRVRecords && srvOK {
+					srvOK, srv = false, srvRecords{}
 				}
+				e.Addrs = append(e.Addrs, a) // repeats go below
 				label := ep.Hostname
 				if label == "" {
 					label = dashed(a)
@@ -204,6 +207,10 @@ func headlessEntries(n names, out *entrySet, e *Entry, svc *model.Service, eps [
 			}
 		}
 	}
+	if !srvOK {
+		out.warn("%s: %d SRV records (endpoint addresses × named ports) exceed %d: its SRV names are left to the cluster's nameserver",
+			originOf(e.src), k, maxSRVRecords)
+	}
 	if len(e.Addrs) == 0 {
 		return
 	}
@@ -215,6 +222,7 @@ func headlessEntries(n names, out *entrySet, e *Entry, svc *model.Service, eps [
 		}
 	}
 	slices.SortFunc(e.Addrs, netip.Addr.Compare)
+	e.Addrs = compacted(e.Addrs)
 	e.srv = srv.sets(e.Name)
 	out.add(e, false) // its addresses' PTRs name the endpoints
 }
@@ -224,32 +232,6 @@ func headlessEntries(n names, out *entrySet, e *Entry, svc *model.Service, eps [
 // endpoints with 4 named ports each fit; an object that multiplies
 // thousands of endpoints by thousands of ports does not.
 const maxSRVRecords = 100_000
-
-// srvRecordsOf counts the SRV records a headless Service's endpoints ask
-// for (srvRecords.add calls): each ready address times its slice's named
-// ports.
-func srvRecordsOf(svc *model.Service, eps []*model.EndpointSlice) int {
-	k := 0
-	for _, es := range eps {
-		named := 0
-		for _, p := range es.Ports {
-			if p.Name != "" {
-				named++
-			}
-		}
-		if named == 0 {
-			continue
-		}
-		addrs := 0
-		for _, ep := range es.Endpoints {
-			if ep.Ready || svc.PublishNotReady {
-				addrs += len(ep.Addresses)
-			}
-		}
-		k += addrs * named
-	}
-	return k
-}
 
 // srvRecords collects the SRV record sets of one name, deduplicated (RFC
 // 2181 5: a record set holds no record twice) when sets sorts them. A port's

@@ -353,15 +353,11 @@ func (t *Table) resolve(r *Result, qname, ns string) {
 // keeps; otherwise the one owner pick chooses among all the others. The
 // result is a part of entries: nothing is allocated.
 func (t *Table) ptrOwners(entries bucket, ns string) bucket {
-	n := 0
-	for n < entries.len() && entries.at(n).isEndpoint() {
-		n++
-	}
-	if n > 1 {
+	if n := leadingEndpoints(entries.many); n > 1 {
 		return bucket{one: entries.many[0], many: entries.many[:n]}
 	}
-	if n == 1 {
-		return bucket{one: entries.at(0)}
+	if entries.one != nil && entries.one.isEndpoint() {
+		return bucket{one: entries.one} // the only endpoint: many[0] is one
 	}
 	if e := t.pick(entries, ns); e != nil {
 		return bucket{one: e}
