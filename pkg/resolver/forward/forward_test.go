@@ -489,12 +489,22 @@ func TestConcurrentIdenticalQueriesShareOneExchange(t *testing.T) {
 // refused it; another pod that joined the exchange, within every bound,
 // does not take that failure: it is answered by an exchange of its own.
 func TestWaiterAnsweredWhenTheLeaderIsOverItsBytes(t *testing.T) {
-	t.Parallel()
+	// Not parallel: the coalesced counter says when the waiter joined.
 	for _, p := range protocols {
 		t.Run(p.name, func(t *testing.T) {
-			t.Parallel()
 			const perSource = 4096
-			up := startUpstream(t, delayed(300*time.Millisecond, answerA(60, "198.51.100.1")))
+			var asked atomic.Int64
+			release := make(chan struct{})
+			up := startUpstream(t, func(u *testUpstream, w dns.ResponseWriter, req *dns.Msg) {
+				if asked.Add(1) == 1 { // the leader's: held until the waiter joined
+					select {
+					case <-release:
+					case <-u.stop:
+						return
+					}
+				}
+				answerA(60, "198.51.100.1")(u, w, req)
+			})
 			b := quota.NewBudget(1<<20, perSource)
 			f := newForwarder(t, WithBudget(b), WithCacheSize(0))
 			var a, other quota.Source
@@ -511,16 +521,14 @@ func TestWaiterAnsweredWhenTheLeaderIsOverItsBytes(t *testing.T) {
 				}
 				return dnstest.Unpack(t, reply)
 			}
-			leader := make(chan *dns.Msg, 1)
+			leader, waiter := make(chan *dns.Msg, 1), make(chan *dns.Msg, 1)
 			go func() { leader <- ask(&a) }()
-			deadline := time.Now().Add(5 * time.Second)
-			for up.queries.Load() == 0 { // the leader's exchange is under way: the other joins it
-				if time.Now().After(deadline) {
-					t.Fatal("the leader's query never reached the upstream")
-				}
-				time.Sleep(time.Millisecond)
-			}
-			m := ask(&other)
+			waitFor(t, "the leader's query reaches the upstream", func() bool { return up.queries.Load() == 1 })
+			joined := counterValue(t, coalesced)
+			go func() { waiter <- ask(&other) }()
+			waitFor(t, "the waiter joins the leader's exchange", func() bool { return counterValue(t, coalesced) > joined })
+			close(release)
+			m := <-waiter
 			if m.Rcode != dns.RcodeSuccess || firstA(m) != "198.51.100.1" {
 				t.Errorf("the waiter within its bounds: %s %q, want the upstream's answer", dns.RcodeToString[m.Rcode], firstA(m))
 			}
