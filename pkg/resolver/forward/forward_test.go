@@ -567,14 +567,13 @@ func TestWaiterAnsweredWhenTheLeaderIsCancelled(t *testing.T) {
 			})
 			f := newForwarder(t, WithTimeout(10*time.Second), WithCacheSize(0))
 			var leaderSrc, waiterSrc quota.Source
-			ask := func(ctx context.Context) (*dns.Msg, time.Duration) {
-				start := time.Now()
+			ask := func(ctx context.Context) (*dns.Msg, time.Time) {
 				reply, err := f.Forward(ctx, query(t, "www.example.com.", dns.TypeA), p.tcp, []netip.AddrPort{up.addr})
 				if err != nil {
 					t.Error(err)
-					return new(dns.Msg), 0
+					return new(dns.Msg), time.Now()
 				}
-				return dnstest.Unpack(t, reply), time.Since(start)
+				return dnstest.Unpack(t, reply), time.Now()
 			}
 			lctx, cancelLeader := context.WithCancel(quota.WithSource(context.Background(), &leaderSrc))
 			defer cancelLeader()
@@ -582,17 +581,18 @@ func TestWaiterAnsweredWhenTheLeaderIsCancelled(t *testing.T) {
 			defer cancelWaiter()
 			type result struct {
 				m    *dns.Msg
-				took time.Duration
+				done time.Time // when Forward returned
 			}
 			leader, waiter := make(chan result, 1), make(chan result, 1)
-			go func() { m, d := ask(lctx); leader <- result{m, d} }()
+			go func() { m, at := ask(lctx); leader <- result{m, at} }()
 			waitFor(t, "the leader's query reaches the upstream", func() bool { return up.queries.Load() == 1 })
 			joined := counterValue(t, coalesced)
-			go func() { m, d := ask(wctx); waiter <- result{m, d} }()
+			go func() { m, at := ask(wctx); waiter <- result{m, at} }()
 			waitFor(t, "the waiter joins the leader's exchange", func() bool { return counterValue(t, coalesced) > joined })
+			cancelled := time.Now()
 			cancelLeader()
-			if r := <-leader; r.m.Rcode != dns.RcodeServerFailure || r.took > 5*time.Second {
-				t.Errorf("the cancelled leader: %s after %v, want SERVFAIL at once", dns.RcodeToString[r.m.Rcode], r.took)
+			if r := <-leader; r.m.Rcode != dns.RcodeServerFailure || r.done.Sub(cancelled) > 5*time.Second {
+				t.Errorf("the cancelled leader: %s %v after its cancellation, want SERVFAIL at once", dns.RcodeToString[r.m.Rcode], r.done.Sub(cancelled))
 			}
 			if r := <-waiter; r.m.Rcode != dns.RcodeSuccess || firstA(r.m) != "198.51.100.1" {
 				t.Errorf("the waiter: %s %q, want the upstream's answer", dns.RcodeToString[r.m.Rcode], firstA(r.m))
@@ -642,19 +642,18 @@ func TestWaiterAnsweredWhenTheLeadersBytesAreTakenBack(t *testing.T) {
 	type result struct {
 		m    *dns.Msg
 		from Origin
-		took time.Duration
+		done time.Time // when ForwardFrom returned
 	}
 	ask := func(src *quota.Source, out chan<- result) {
-		start := time.Now()
 		ctx, cancel := context.WithTimeout(quota.WithSource(context.Background(), src), 10*time.Second)
 		defer cancel()
 		reply, from, err := f.ForwardFrom(ctx, query(t, "www.example.com.", dns.TypeA), true, []netip.AddrPort{up})
 		if err != nil {
 			t.Error(err)
-			out <- result{m: new(dns.Msg)}
+			out <- result{m: new(dns.Msg), done: time.Now()}
 			return
 		}
-		out <- result{dnstest.Unpack(t, reply), from, time.Since(start)}
+		out <- result{dnstest.Unpack(t, reply), from, time.Now()}
 	}
 	leader, waiter := make(chan result, 1), make(chan result, 1)
 	go ask(&leaderSrc, leader)
@@ -662,12 +661,13 @@ func TestWaiterAnsweredWhenTheLeadersBytesAreTakenBack(t *testing.T) {
 	joined := counterValue(t, coalesced)
 	go ask(&waiterSrc, waiter)
 	waitFor(t, "the waiter joins the leader's exchange", func() bool { return counterValue(t, coalesced) > joined })
+	takeBack := time.Now()
 	if v := b.TryTake(&asking, 200); v != quota.Taken {
 		t.Fatalf("a source within its share, the budget spent: %v, want Taken", v)
 	}
 	// Its source's refusal: the resolver counts BytesRefused as such.
-	if r := <-leader; r.m.Rcode != dns.RcodeServerFailure || !r.from.BytesRefused || r.took > 5*time.Second {
-		t.Errorf("the leader whose bytes were taken back: %s (bytes refused: %v) after %v, want SERVFAIL at once, its bytes refused", dns.RcodeToString[r.m.Rcode], r.from.BytesRefused, r.took)
+	if r := <-leader; r.m.Rcode != dns.RcodeServerFailure || !r.from.BytesRefused || r.done.Sub(takeBack) > 5*time.Second {
+		t.Errorf("the leader whose bytes were taken back: %s (bytes refused: %v) %v after the take-back, want SERVFAIL at once, its bytes refused", dns.RcodeToString[r.m.Rcode], r.from.BytesRefused, r.done.Sub(takeBack))
 	}
 	if r := <-waiter; r.m.Rcode != dns.RcodeSuccess || firstA(r.m) != "198.51.100.1" || r.from.BytesRefused {
 		t.Errorf("the waiter: %s %q (bytes refused: %v), want the upstream's answer", dns.RcodeToString[r.m.Rcode], firstA(r.m), r.from.BytesRefused)
