@@ -523,10 +523,10 @@ func TestWaiterAnsweredWhenTheLeaderIsOverItsBytes(t *testing.T) {
 			}
 			leader, waiter := make(chan *dns.Msg, 1), make(chan *dns.Msg, 1)
 			go func() { leader <- ask(&a) }()
-			waitFor(t, "the leader's query reaches the upstream", func() bool { return up.queries.Load() == 1 })
+			testenv.Eventually(t, 5*time.Second, "the leader's query reaches the upstream", func() bool { return up.queries.Load() == 1 })
 			joined := counterValue(t, coalesced)
 			go func() { waiter <- ask(&other) }()
-			waitFor(t, "the waiter joins the leader's exchange", func() bool { return counterValue(t, coalesced) > joined })
+			testenv.Eventually(t, 5*time.Second, "the waiter joins the leader's exchange", func() bool { return counterValue(t, coalesced) > joined })
 			close(release)
 			m := <-waiter
 			if m.Rcode != dns.RcodeSuccess || firstA(m) != "198.51.100.1" {
@@ -585,10 +585,10 @@ func TestWaiterAnsweredWhenTheLeaderIsCancelled(t *testing.T) {
 			}
 			leader, waiter := make(chan result, 1), make(chan result, 1)
 			go func() { m, at := ask(lctx); leader <- result{m, at} }()
-			waitFor(t, "the leader's query reaches the upstream", func() bool { return up.queries.Load() == 1 })
+			testenv.Eventually(t, 5*time.Second, "the leader's query reaches the upstream", func() bool { return up.queries.Load() == 1 })
 			joined := counterValue(t, coalesced)
 			go func() { m, at := ask(wctx); waiter <- result{m, at} }()
-			waitFor(t, "the waiter joins the leader's exchange", func() bool { return counterValue(t, coalesced) > joined })
+			testenv.Eventually(t, 5*time.Second, "the waiter joins the leader's exchange", func() bool { return counterValue(t, coalesced) > joined })
 			cancelled := time.Now()
 			cancelLeader()
 			if r := <-leader; r.m.Rcode != dns.RcodeServerFailure || r.done.Sub(cancelled) > 5*time.Second {
@@ -657,10 +657,10 @@ func TestWaiterAnsweredWhenTheLeadersBytesAreTakenBack(t *testing.T) {
 	}
 	leader, waiter := make(chan result, 1), make(chan result, 1)
 	go ask(&leaderSrc, leader)
-	waitFor(t, "the leader's reply stalls, its buffer grown to the whole reply", func() bool { return b.Used() == announced })
+	testenv.Eventually(t, 5*time.Second, "the leader's reply stalls, its buffer grown to the whole reply", func() bool { return b.Used() == announced })
 	joined := counterValue(t, coalesced)
 	go ask(&waiterSrc, waiter)
-	waitFor(t, "the waiter joins the leader's exchange", func() bool { return counterValue(t, coalesced) > joined })
+	testenv.Eventually(t, 5*time.Second, "the waiter joins the leader's exchange", func() bool { return counterValue(t, coalesced) > joined })
 	takeBack := time.Now()
 	if v := b.TryTake(&asking, 200); v != quota.Taken {
 		t.Fatalf("a source within its share, the budget spent: %v, want Taken", v)
@@ -682,18 +682,6 @@ func TestWaiterAnsweredWhenTheLeadersBytesAreTakenBack(t *testing.T) {
 		t.Errorf("%d bytes held, want the 200 the asking source took: the leader's given back once", b.Used())
 	}
 	b.Give(&asking, 200)
-}
-
-// waitFor polls cond until it holds, failing the test after 5 s.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("still not so after 5 s: %s", what)
-		}
-		time.Sleep(time.Millisecond)
-	}
 }
 
 func TestManyConcurrentCallers(t *testing.T) {
