@@ -138,20 +138,11 @@ func RRText(rrs []dns.RR) []string {
 	return out
 }
 
-// Eventually retries f until it returns nil or within passes.
+// Eventually retries f until it returns nil, failing the test with f's
+// last error if it still does not after within: testenv.EventuallyNil.
 func Eventually(tb testing.TB, within time.Duration, f func() error) {
 	tb.Helper()
-	deadline := time.Now().Add(within)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			tb.Fatalf("not within %v: %v", within, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testenv.EventuallyNil(tb, within, f)
 }
 
 type testWriter struct{ tb testing.TB }

@@ -193,15 +193,12 @@ status: {phase: Running, podIP: 127.0.0.2, podIPs: [{ip: 127.0.0.2}]}
 	// Each query holds its stalled reply's bytes or was answered (refused
 	// them); the pod may hold one.
 	var u quota.Usage
-	for deadline := time.Now().Add(5 * time.Second); ; {
+	testenv.EventuallyNil(t, 5*time.Second, func() error {
 		if u = usage(); up.Stalled() == queries && u.Forwarding <= 1 {
-			break
+			return nil
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d of %d replies sent and stalled, ztdns pods shows %+v: want every query's reply sent and at most one forwarding", up.Stalled(), queries, u)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return fmt.Errorf("%d of %d replies sent and stalled, ztdns pods shows %+v: want every query's reply sent and at most one forwarding", up.Stalled(), queries, u)
+	})
 	t.Logf("%d stalled replies: ztdns pods shows %+v", queries, u)
 	refused := queries - u.Forwarding
 	if int(u.BytesRefused) != refused {

@@ -347,7 +347,7 @@ func TestRootPastStalledMembers(t *testing.T) {
 	member := syscall.Credential{Uid: 65534, Gid: group}
 
 	testenv.StalledReadersAsUser(t, member, s.socket, control.RouteTable, control.MaxConns)
-	waitFor(t, 20*time.Second, "the member's tables to be asked for", func() bool {
+	testenv.Eventually(t, 20*time.Second, "the member's tables to be asked for", func() bool {
 		return count(s.api.seen(), "table") >= control.MaxGroupConns
 	})
 	add := control.CNIAddRequest{ContainerID: "c", Netns: "/run/netns/p", PodNamespace: "ns", PodName: "p", NetnsCookie: 7, IPs: []netip.Addr{netip.MustParseAddr("10.0.0.1")}}
@@ -366,7 +366,7 @@ func TestRootPastStalledMembers(t *testing.T) {
 
 	// The member's stuck answers time out well before writeTimeout, and
 	// members get in again.
-	waitFor(t, 20*time.Second, "the member's connections to be let go of", func() bool {
+	testenv.Eventually(t, 20*time.Second, "the member's connections to be let go of", func() bool {
 		return value(t, "ztdns_control_connections") == 0
 	})
 	if out, ok := testenv.ControlCallAsUser(t, member, s.socket, testenv.CallStatus, ""); !ok || !strings.Contains(out, "ready=true") {
@@ -406,7 +406,7 @@ func TestRootWokenByAnAnswerSent(t *testing.T) {
 	for range control.MaxConns {
 		held = append(held, ask(control.RouteStatus))
 	}
-	waitFor(t, 10*time.Second, "every status asked for", func() bool {
+	testenv.Eventually(t, 10*time.Second, "every status asked for", func() bool {
 		return count(s.api.seen(), "status") == control.MaxConns
 	})
 	evicted := value(t, "ztdns_control_evicted_connections_total")
@@ -467,16 +467,6 @@ func TestRootWokenByAnAnswerSent(t *testing.T) {
 	}
 	if open := value(t, "ztdns_control_connections"); open != control.MaxConns {
 		t.Errorf("%v connections open, want the %d others being answered and the new one", open, control.MaxConns-1)
-	}
-}
-
-// waitFor polls cond until it holds, or fails the test after within.
-func waitFor(t *testing.T, within time.Duration, what string, cond func() bool) {
-	t.Helper()
-	for deadline := time.Now().Add(within); !cond(); time.Sleep(20 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("waited %v for %s", within, what)
-		}
 	}
 }
 

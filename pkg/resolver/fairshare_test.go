@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/ztdns/ztdns/internal/dnstest"
+	"github.com/ztdns/ztdns/internal/testenv"
 	"github.com/ztdns/ztdns/pkg/resolver/forward"
 	"github.com/ztdns/ztdns/pkg/resolver/quota"
 )
@@ -64,7 +65,7 @@ func TestForwardingPoolSharedFairly(t *testing.T) {
 	held, refused := 0, 0
 	for i, f := range floods {
 		src := ls.unknown.Get(attackerIP(i), 0)
-		eventually(t, "every query an attacker does not hold is answered", func() bool {
+		testenv.Eventually(t, 30*time.Second, "every query an attacker does not hold is answered", func() bool {
 			n, _ := f.answered()
 			return n+src.Usage().Forwarding == each
 		})
@@ -114,7 +115,7 @@ func TestForwardingSlotTakenForASourceUnderItsShare(t *testing.T) {
 		}
 		floods[i].send(t, queries, 0, perPod) // all at once
 	}
-	eventually(t, "every attacker's query held or answered", func() bool {
+	testenv.Eventually(t, 30*time.Second, "every attacker's query held or answered", func() bool {
 		for i, f := range floods {
 			if n, _ := f.answered(); n+sources[i].Usage().Forwarding != perPod {
 				return false
@@ -141,7 +142,7 @@ func TestForwardingSlotTakenForASourceUnderItsShare(t *testing.T) {
 	ls.victimForwarded(t, "the victim's forwarded query, every slot an attacker's")
 	answeredIn := time.Since(start)
 	evicted := -1
-	eventually(t, "an attacker's forward ended for the victim", func() bool {
+	testenv.Eventually(t, 30*time.Second, "an attacker's forward ended for the victim", func() bool {
 		for i, f := range floods {
 			if n, _ := f.answered(); n > answered[i] {
 				evicted = i
@@ -220,7 +221,7 @@ func TestTCPPoolSharedFairly(t *testing.T) {
 	}
 	// Each attempt ends open, refused at once, or closed later for a
 	// source under its share (then counted refused too).
-	eventually(t, "every attacker's connection accepted or refused", func() bool {
+	testenv.Eventually(t, 30*time.Second, "every attacker's connection accepted or refused", func() bool {
 		n := int(testutil.ToFloat64(metricTCPRejected.total) - beforeTotal)
 		for i := range attackers {
 			u := ls.unknown.Get(attackerIP(i), 0).Usage()
@@ -259,7 +260,7 @@ func TestStalledRepliesWithinTheSourcesBytes(t *testing.T) {
 	// Replies refused their bytes get SERVFAIL; the rest hold a 64 KiB
 	// buffer each once they have read what was sent.
 	servfails := 0
-	eventually(t, "every reply refused or holding what was sent", func() bool {
+	testenv.Eventually(t, 30*time.Second, "every reply refused or holding what was sent", func() bool {
 		for ls.usage(flooderIP).Forwarding+servfails < perPod {
 			c.SetReadDeadline(time.Now().Add(10 * time.Millisecond))
 			r, err := readTCPReply(c)
@@ -340,7 +341,7 @@ func TestReplyBytesTakenForASourceUnderItsShare(t *testing.T) {
 				t.Fatal(err)
 			}
 			stalled++
-			eventually(t, "the reply stalled, its buffer grown to the whole reply", func() bool {
+			testenv.Eventually(t, 30*time.Second, "the reply stalled, its buffer grown to the whole reply", func() bool {
 				return stalling.Stalled() == int64(stalled) && b.Used() == int64(stalled)*reply
 			})
 		}
@@ -382,7 +383,7 @@ func TestReplyBytesTakenForASourceUnderItsShare(t *testing.T) {
 	}
 	// Its bytes were given back once: by the one that ended it, not again
 	// by its exchange as it ended.
-	eventually(t, "the ended exchange's bytes given back, once", func() bool {
+	testenv.Eventually(t, 30*time.Second, "the ended exchange's bytes given back, once", func() bool {
 		return b.Used() == budget-reply && sources[evicted.pod].Usage().InflightBytes == held[evicted.pod]-reply
 	})
 	if u := sources[evicted.pod].Usage(); u.BytesRefused != 1 {

@@ -50,7 +50,7 @@ func TestKernelRate(t *testing.T) {
 			sent++
 		}
 	}()
-	eventually(t, "the kernel drops the flooder's queries", func() bool { return ls.kernel.drops(flooderIP) > 1000 })
+	testenv.Eventually(t, 30*time.Second, "the kernel drops the flooder's queries", func() bool { return ls.kernel.drops(flooderIP) > 1000 })
 	ls.askVictim(t, 5)
 	close(stop)
 	<-stopped // a last query of the flood would take the token asked for below
@@ -71,7 +71,7 @@ func TestKernelRate(t *testing.T) {
 	if _, err := f.conn.Write(q); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "the flooder is answered within its rate", func() bool { n, _ := f.answered(); return n > before })
+	testenv.Eventually(t, 30*time.Second, "the flooder is answered within its rate", func() bool { n, _ := f.answered(); return n > before })
 }
 
 // TestKernelRateBurst: a fresh source sending a burst at once gets exactly
@@ -95,7 +95,7 @@ func TestKernelRateBurst(t *testing.T) {
 	// Dropped by the kernel, or (a query the kernel let through as the
 	// next token came) by the resolver's own check.
 	dropped := func() int { return int(ls.kernel.drops(src) + ls.unknown.Get(src, 0).Usage().RateLimited) }
-	eventually(t, "every query answered or dropped", func() bool {
+	testenv.Eventually(t, 30*time.Second, "every query answered or dropped", func() bool {
 		n, _ := f.answered()
 		return n+dropped() == sent
 	})
@@ -137,7 +137,7 @@ func TestRateOnASocketWithoutTheFilter(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	eventually(t, "the burst answered and the rest dropped", func() bool {
+	testenv.Eventually(t, 30*time.Second, "the burst answered and the rest dropped", func() bool {
 		n, _ := f.answered()
 		return n == burst && s.unknown.Get(flooderIP, 0).Usage().RateLimited == 10
 	})
@@ -212,7 +212,7 @@ func sendAll(t *testing.T, f *udpFlood, n int, dropped func() int) int {
 		}
 	}
 	var answered int
-	eventually(t, "every query answered or dropped", func() bool {
+	testenv.Eventually(t, 30*time.Second, "every query answered or dropped", func() bool {
 		a, _ := f.answered()
 		answered = a - before
 		return answered+dropped()-droppedBefore >= n
@@ -242,7 +242,7 @@ func TestKernelRateOnePerPod(t *testing.T) {
 	took := time.Since(start)
 	answered := func() int { n4, _ := f4.answered(); n6, _ := f6.answered(); return n4 + n6 }
 	dropped := func() int { return int(ls.usage(dualIPv4).RateLimited) }
-	eventually(t, "every query answered or dropped", func() bool { return answered()+dropped() >= 2*each })
+	testenv.Eventually(t, 30*time.Second, "every query answered or dropped", func() bool { return answered()+dropped() >= 2*each })
 	// The burst, and what the rate gave while the queries were sent.
 	most := burst + 1 + int(took.Seconds()*qps)
 	n, d := answered(), dropped()

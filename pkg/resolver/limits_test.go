@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/ztdns/ztdns/internal/dnstest"
+	"github.com/ztdns/ztdns/internal/testenv"
 	"github.com/ztdns/ztdns/pkg/model"
 	"github.com/ztdns/ztdns/pkg/podcache"
 	"github.com/ztdns/ztdns/pkg/resolver/forward"
@@ -203,18 +204,6 @@ func (ls *limitsServer) askVictim(t *testing.T, rounds int) {
 	}
 }
 
-// eventually polls cond until it holds, failing the test after 30 s.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("still not so after 30 s: %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 // udpFlood sends queries from a socket bound to from, keeping at most
 // window of them unanswered beyond stuck (queries expected never to be
 // answered), and counts the replies by rcode as they come.
@@ -311,7 +300,7 @@ func TestFloodOfForwardedNamesLeavesOthersAnswered(t *testing.T) {
 	wg.Go(func() { ls.askVictim(t, 5) }) // during the flood
 	f.send(t, queries, perPod, 64)
 	wg.Wait()
-	eventually(t, "the flooder's queries beyond its share are answered", func() bool {
+	testenv.Eventually(t, 30*time.Second, "the flooder's queries beyond its share are answered", func() bool {
 		n, _ := f.answered()
 		return n == flood-perPod
 	})
@@ -325,8 +314,8 @@ func TestFloodOfForwardedNamesLeavesOthersAnswered(t *testing.T) {
 		t.Errorf("flooder's usage %+v, want %d forwarding and %d refused", u, perPod, flood-perPod)
 	}
 	// Nothing refused, and nothing held once its last TCP connection ends.
-	eventually(t, "the victim holds nothing and was refused nothing", func() bool { return ls.usage(victimIP) == quota.Usage{} })
-	eventually(t, "the silent upstream got the flooder's share", func() bool { return silent.received.Load() >= perPod })
+	testenv.Eventually(t, 30*time.Second, "the victim holds nothing and was refused nothing", func() bool { return ls.usage(victimIP) == quota.Usage{} })
+	testenv.Eventually(t, 30*time.Second, "the silent upstream got the flooder's share", func() bool { return silent.received.Load() >= perPod })
 	if got := silent.received.Load(); got != perPod {
 		t.Errorf("the flooder's nameserver got %d queries, want its share of %d", got, perPod)
 	}
@@ -347,14 +336,14 @@ func TestLocalAnswersDoNotWaitForForwarding(t *testing.T) {
 		src := netip.AddrFrom4([4]byte{127, 0, 1, byte(1 + i)})
 		startUDPFlood(t, src, ls.addr).send(t, [][]byte{packQuery(t, fmt.Sprintf("n%d.stuck.example.", i), dns.TypeA)}, 1, 0)
 	}
-	eventually(t, "every slot taken", func() bool { return ls.forwarding.Used() == slots })
+	testenv.Eventually(t, 30*time.Second, "every slot taken", func() bool { return ls.forwarding.Used() == slots })
 	f := startUDPFlood(t, flooderIP, ls.addr)
 	var queries [][]byte
 	for i := range 10 {
 		queries = append(queries, packQuery(t, fmt.Sprintf("n%d.flood.example.", i), dns.TypeA))
 	}
 	f.send(t, queries, 0, 64)
-	eventually(t, "the queries over the server's bound are answered", func() bool {
+	testenv.Eventually(t, 30*time.Second, "the queries over the server's bound are answered", func() bool {
 		n, _ := f.answered()
 		return n == 10
 	})
@@ -389,7 +378,7 @@ func TestIdleTCPConnectionsFromOneSource(t *testing.T) {
 		}
 		defer c.Close()
 	}
-	eventually(t, "every connection was accepted or refused", func() bool {
+	testenv.Eventually(t, 30*time.Second, "every connection was accepted or refused", func() bool {
 		u := ls.usage(flooderIP)
 		return u.TCPConns+int(u.TCPRefused) == flood
 	})
@@ -494,13 +483,13 @@ func TestRateLimitPerSource(t *testing.T) {
 		}
 	}
 	send(burst + 10)
-	eventually(t, "the burst answered and the rest dropped", func() bool {
+	testenv.Eventually(t, 30*time.Second, "the burst answered and the rest dropped", func() bool {
 		n, _ := f.answered()
 		return n == burst && ls.usage(flooderIP).RateLimited == 10
 	})
 	clock.Add(int64(time.Second))
 	send(qps + 5)
-	eventually(t, "a second's worth answered and the rest dropped", func() bool {
+	testenv.Eventually(t, 30*time.Second, "a second's worth answered and the rest dropped", func() bool {
 		n, _ := f.answered()
 		return n == burst+qps && ls.usage(flooderIP).RateLimited == 15
 	})
@@ -647,7 +636,7 @@ func TestInflightBytesAreBounded(t *testing.T) {
 	if b.Peak() > budget {
 		t.Errorf("%d bytes of replies held at once, over the budget of %d", b.Peak(), budget)
 	}
-	eventually(t, "every byte given back", func() bool { return b.Used() == 0 })
+	testenv.Eventually(t, 30*time.Second, "every byte given back", func() bool { return b.Used() == 0 })
 }
 
 // TestRepliesOverTheSourcesBytesAreItsOutcome: a reply waiting to be
@@ -682,7 +671,7 @@ func TestRepliesOverTheSourcesBytesAreItsOutcome(t *testing.T) {
 	} {
 		// The last reply's bytes are given back just after its write,
 		// which the client may have read before then.
-		eventually(t, "the last reply's bytes given back", func() bool { return b.Used() == 0 })
+		testenv.Eventually(t, 30*time.Second, "the last reply's bytes given back", func() bool { return b.Used() == 0 })
 		if b.TryTake(tc.holder, tc.held) != quota.Taken {
 			t.Fatalf("%s: could not take %d bytes", tc.name, tc.held)
 		}
@@ -747,7 +736,7 @@ func TestMemoryPerConnectionAndForward(t *testing.T) {
 		}
 		defer c.Close()
 	}
-	eventually(t, "every connection served", func() bool { return ls.tcpOpen.Used() == n })
+	testenv.Eventually(t, 30*time.Second, "every connection served", func() bool { return ls.tcpOpen.Used() == n })
 	// The test's own end of each connection is in the figure too.
 	perConn := (held() - before) / n
 	t.Logf("%d bytes per idle TCP connection, both ends", perConn)
@@ -763,7 +752,7 @@ func TestMemoryPerConnectionAndForward(t *testing.T) {
 	before = held()
 	for i := 0; i < n; i += 100 { // in batches the silent upstream's socket holds
 		f.send(t, queries[i:i+100], 100, 0)
-		eventually(t, "the batch forwarded", func() bool { return silent.received.Load() == int64(i+100) })
+		testenv.Eventually(t, 30*time.Second, "the batch forwarded", func() bool { return silent.received.Load() == int64(i+100) })
 	}
 	perForward := (held() - before) / n
 	t.Logf("%d bytes per forwarded query waiting for its upstream", perForward)
@@ -895,7 +884,7 @@ func TestStalledRepliesHoldOnlyWhatArrived(t *testing.T) {
 	const budget = perPod * 0xFFFF
 	b := quota.NewBudget(budget, 0)
 	ls, stalling, _ := startStalledReplies(t, perPod, sent, b)
-	eventually(t, "every reply started and stalled, and its first octets read", func() bool {
+	testenv.Eventually(t, 30*time.Second, "every reply started and stalled, and its first octets read", func() bool {
 		return stalling.Stalled() == perPod && b.Used() >= perPod*sent
 	})
 	t.Logf("%d stalled replies hold %d bytes of the budget of %d", perPod, b.Used(), budget)

@@ -170,7 +170,7 @@ func TestNoRequestMetrics(t *testing.T) {
 	if r := ms.query(t, victimIP, "udp", "nx.example.", dns.TypeA); r.Rcode != dns.RcodeNameError {
 		t.Fatalf("nx.example.: %s, want NXDOMAIN", dns.RcodeToString[r.Rcode])
 	}
-	eventually(t, "five access log lines", func() bool { return strings.Count(ms.log.String(), "\n") == 5 })
+	testenv.Eventually(t, 30*time.Second, "five access log lines", func() bool { return strings.Count(ms.log.String(), "\n") == 5 })
 	if got := scrape(t, ms.Collector(), "ztdns_dns_requests_total", "ztdns_dns_namespace_requests_total"); len(got) > 0 {
 		t.Errorf("scraped\n%s\nwant nothing", seriesText(got))
 	}
@@ -197,7 +197,7 @@ func TestAccessLogLines(t *testing.T) {
 		Latency                                                                   int64
 	}
 	var lines []line
-	eventually(t, "six access log lines", func() bool {
+	testenv.Eventually(t, 30*time.Second, "six access log lines", func() bool {
 		lines = nil
 		text := strings.TrimSpace(ms.log.String())
 		if text == "" {

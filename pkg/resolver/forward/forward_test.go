@@ -489,12 +489,22 @@ func TestConcurrentIdenticalQueriesShareOneExchange(t *testing.T) {
 // refused it; another pod that joined the exchange, within every bound,
 // does not take that failure: it is answered by an exchange of its own.
 func TestWaiterAnsweredWhenTheLeaderIsOverItsBytes(t *testing.T) {
-	t.Parallel()
+	// Not parallel: the coalesced counter says when the waiter joined.
 	for _, p := range protocols {
 		t.Run(p.name, func(t *testing.T) {
-			t.Parallel()
 			const perSource = 4096
-			up := startUpstream(t, delayed(300*time.Millisecond, answerA(60, "198.51.100.1")))
+			var asked atomic.Int64
+			release := make(chan struct{})
+			up := startUpstream(t, func(u *testUpstream, w dns.ResponseWriter, req *dns.Msg) {
+				if asked.Add(1) == 1 { // the leader's: held until the waiter joined
+					select {
+					case <-release:
+					case <-u.stop:
+						return
+					}
+				}
+				answerA(60, "198.51.100.1")(u, w, req)
+			})
 			b := quota.NewBudget(1<<20, perSource)
 			f := newForwarder(t, WithBudget(b), WithCacheSize(0))
 			var a, other quota.Source
@@ -511,16 +521,14 @@ func TestWaiterAnsweredWhenTheLeaderIsOverItsBytes(t *testing.T) {
 				}
 				return dnstest.Unpack(t, reply)
 			}
-			leader := make(chan *dns.Msg, 1)
+			leader, waiter := make(chan *dns.Msg, 1), make(chan *dns.Msg, 1)
 			go func() { leader <- ask(&a) }()
-			deadline := time.Now().Add(5 * time.Second)
-			for up.queries.Load() == 0 { // the leader's exchange is under way: the other joins it
-				if time.Now().After(deadline) {
-					t.Fatal("the leader's query never reached the upstream")
-				}
-				time.Sleep(time.Millisecond)
-			}
-			m := ask(&other)
+			testenv.Eventually(t, 5*time.Second, "the leader's query reaches the upstream", func() bool { return up.queries.Load() == 1 })
+			joined := counterValue(t, coalesced)
+			go func() { waiter <- ask(&other) }()
+			testenv.Eventually(t, 5*time.Second, "the waiter joins the leader's exchange", func() bool { return counterValue(t, coalesced) > joined })
+			close(release)
+			m := <-waiter
 			if m.Rcode != dns.RcodeSuccess || firstA(m) != "198.51.100.1" {
 				t.Errorf("the waiter within its bounds: %s %q, want the upstream's answer", dns.RcodeToString[m.Rcode], firstA(m))
 			}
@@ -559,14 +567,13 @@ func TestWaiterAnsweredWhenTheLeaderIsCancelled(t *testing.T) {
 			})
 			f := newForwarder(t, WithTimeout(10*time.Second), WithCacheSize(0))
 			var leaderSrc, waiterSrc quota.Source
-			ask := func(ctx context.Context) (*dns.Msg, time.Duration) {
-				start := time.Now()
+			ask := func(ctx context.Context) (*dns.Msg, time.Time) {
 				reply, err := f.Forward(ctx, query(t, "www.example.com.", dns.TypeA), p.tcp, []netip.AddrPort{up.addr})
 				if err != nil {
 					t.Error(err)
-					return new(dns.Msg), 0
+					return new(dns.Msg), time.Now()
 				}
-				return dnstest.Unpack(t, reply), time.Since(start)
+				return dnstest.Unpack(t, reply), time.Now()
 			}
 			lctx, cancelLeader := context.WithCancel(quota.WithSource(context.Background(), &leaderSrc))
 			defer cancelLeader()
@@ -574,17 +581,18 @@ func TestWaiterAnsweredWhenTheLeaderIsCancelled(t *testing.T) {
 			defer cancelWaiter()
 			type result struct {
 				m    *dns.Msg
-				took time.Duration
+				done time.Time // when Forward returned
 			}
 			leader, waiter := make(chan result, 1), make(chan result, 1)
-			go func() { m, d := ask(lctx); leader <- result{m, d} }()
-			waitFor(t, "the leader's query reaches the upstream", func() bool { return up.queries.Load() == 1 })
+			go func() { m, at := ask(lctx); leader <- result{m, at} }()
+			testenv.Eventually(t, 5*time.Second, "the leader's query reaches the upstream", func() bool { return up.queries.Load() == 1 })
 			joined := counterValue(t, coalesced)
-			go func() { m, d := ask(wctx); waiter <- result{m, d} }()
-			waitFor(t, "the waiter joins the leader's exchange", func() bool { return counterValue(t, coalesced) > joined })
+			go func() { m, at := ask(wctx); waiter <- result{m, at} }()
+			testenv.Eventually(t, 5*time.Second, "the waiter joins the leader's exchange", func() bool { return counterValue(t, coalesced) > joined })
+			cancelled := time.Now()
 			cancelLeader()
-			if r := <-leader; r.m.Rcode != dns.RcodeServerFailure || r.took > 5*time.Second {
-				t.Errorf("the cancelled leader: %s after %v, want SERVFAIL at once", dns.RcodeToString[r.m.Rcode], r.took)
+			if r := <-leader; r.m.Rcode != dns.RcodeServerFailure || r.done.Sub(cancelled) > 5*time.Second {
+				t.Errorf("the cancelled leader: %s %v after its cancellation, want SERVFAIL at once", dns.RcodeToString[r.m.Rcode], r.done.Sub(cancelled))
 			}
 			if r := <-waiter; r.m.Rcode != dns.RcodeSuccess || firstA(r.m) != "198.51.100.1" {
 				t.Errorf("the waiter: %s %q, want the upstream's answer", dns.RcodeToString[r.m.Rcode], firstA(r.m))
@@ -634,32 +642,32 @@ func TestWaiterAnsweredWhenTheLeadersBytesAreTakenBack(t *testing.T) {
 	type result struct {
 		m    *dns.Msg
 		from Origin
-		took time.Duration
+		done time.Time // when ForwardFrom returned
 	}
 	ask := func(src *quota.Source, out chan<- result) {
-		start := time.Now()
 		ctx, cancel := context.WithTimeout(quota.WithSource(context.Background(), src), 10*time.Second)
 		defer cancel()
 		reply, from, err := f.ForwardFrom(ctx, query(t, "www.example.com.", dns.TypeA), true, []netip.AddrPort{up})
 		if err != nil {
 			t.Error(err)
-			out <- result{m: new(dns.Msg)}
+			out <- result{m: new(dns.Msg), done: time.Now()}
 			return
 		}
-		out <- result{dnstest.Unpack(t, reply), from, time.Since(start)}
+		out <- result{dnstest.Unpack(t, reply), from, time.Now()}
 	}
 	leader, waiter := make(chan result, 1), make(chan result, 1)
 	go ask(&leaderSrc, leader)
-	waitFor(t, "the leader's reply stalls, its buffer grown to the whole reply", func() bool { return b.Used() == announced })
+	testenv.Eventually(t, 5*time.Second, "the leader's reply stalls, its buffer grown to the whole reply", func() bool { return b.Used() == announced })
 	joined := counterValue(t, coalesced)
 	go ask(&waiterSrc, waiter)
-	waitFor(t, "the waiter joins the leader's exchange", func() bool { return counterValue(t, coalesced) > joined })
+	testenv.Eventually(t, 5*time.Second, "the waiter joins the leader's exchange", func() bool { return counterValue(t, coalesced) > joined })
+	takeBack := time.Now()
 	if v := b.TryTake(&asking, 200); v != quota.Taken {
 		t.Fatalf("a source within its share, the budget spent: %v, want Taken", v)
 	}
 	// Its source's refusal: the resolver counts BytesRefused as such.
-	if r := <-leader; r.m.Rcode != dns.RcodeServerFailure || !r.from.BytesRefused || r.took > 5*time.Second {
-		t.Errorf("the leader whose bytes were taken back: %s (bytes refused: %v) after %v, want SERVFAIL at once, its bytes refused", dns.RcodeToString[r.m.Rcode], r.from.BytesRefused, r.took)
+	if r := <-leader; r.m.Rcode != dns.RcodeServerFailure || !r.from.BytesRefused || r.done.Sub(takeBack) > 5*time.Second {
+		t.Errorf("the leader whose bytes were taken back: %s (bytes refused: %v) %v after the take-back, want SERVFAIL at once, its bytes refused", dns.RcodeToString[r.m.Rcode], r.from.BytesRefused, r.done.Sub(takeBack))
 	}
 	if r := <-waiter; r.m.Rcode != dns.RcodeSuccess || firstA(r.m) != "198.51.100.1" || r.from.BytesRefused {
 		t.Errorf("the waiter: %s %q (bytes refused: %v), want the upstream's answer", dns.RcodeToString[r.m.Rcode], firstA(r.m), r.from.BytesRefused)
@@ -674,18 +682,6 @@ func TestWaiterAnsweredWhenTheLeadersBytesAreTakenBack(t *testing.T) {
 		t.Errorf("%d bytes held, want the 200 the asking source took: the leader's given back once", b.Used())
 	}
 	b.Give(&asking, 200)
-}
-
-// waitFor polls cond until it holds, failing the test after 5 s.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("still not so after 5 s: %s", what)
-		}
-		time.Sleep(time.Millisecond)
-	}
 }
 
 func TestManyConcurrentCallers(t *testing.T) {
