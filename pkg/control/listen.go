@@ -372,24 +372,25 @@ func PeerFrom(ctx context.Context) (Peer, bool) {
 	return Peer{}, false
 }
 
-// answering marks the request's connection as being answered until the
-// returned function is called: it is not closed to make room meanwhile.
-func answering(ctx context.Context) (done func()) {
-	pc, ok := ctx.Value(connKey{}).(*peerConn)
-	if !ok {
-		return func() {}
+// markAnswering marks the request's connection as being answered: it is
+// not closed to make room until its answer has been written (answered).
+func markAnswering(ctx context.Context) {
+	if pc, ok := ctx.Value(connKey{}).(*peerConn); ok {
+		pc.answering.Store(true)
 	}
-	pc.answering.Store(true)
-	return func() {
-		pc.answering.Store(false)
-		if pc.l == nil { // a connection no listener admitted (tests)
-			return
-		}
-		// The connection may now be closed to make room: a root connection
-		// waiting in admit looks again (under the lock, so the wake-up
-		// cannot fall between its look and its wait).
-		pc.l.mu.Lock()
-		pc.l.ended.Broadcast()
-		pc.l.mu.Unlock()
+}
+
+// answered says the connection's answer has been written out whole (the
+// server is idle on it again): it may now be closed to make room, and a
+// root connection waiting in admit looks again (under the lock, so the
+// wake-up cannot fall between its look and its wait). Not when the
+// handler returns: the answer may still be in the server's buffer then,
+// and closing the connection would cut it short.
+func (c *peerConn) answered() {
+	if !c.answering.Swap(false) || c.l == nil { // nil: a connection no listener admitted (tests)
+		return
 	}
+	c.l.mu.Lock()
+	c.l.ended.Broadcast()
+	c.l.mu.Unlock()
 }

@@ -150,7 +150,7 @@ type handler struct {
 
 func (h *handler) handle(mux *http.ServeMux, route Route, serve func(*http.Request) (any, error)) {
 	mux.HandleFunc(route.Pattern(), func(w http.ResponseWriter, r *http.Request) {
-		defer answering(r.Context())()
+		markAnswering(r.Context())
 		peer, ok := PeerFrom(r.Context())
 		root := ok && peer.root()
 		if !root {
@@ -238,6 +238,11 @@ func Serve(ctx context.Context, ln net.Listener, h http.Handler) error {
 		WriteTimeout:      writeTimeout,
 		IdleTimeout:       ReadTimeout,
 		MaxHeaderBytes:    maxHeaderBytes,
+		ConnState: func(c net.Conn, st http.ConnState) {
+			if pc, ok := c.(*peerConn); ok && st == http.StateIdle {
+				pc.answered() // its answer is written out: see markAnswering
+			}
+		},
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
 			if pc, ok := c.(*peerConn); ok {
 				return context.WithValue(ctx, connKey{}, pc)
