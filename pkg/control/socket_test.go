@@ -281,6 +281,26 @@ func TestRootsSymbolicLinkFollowed(t *testing.T) {
 	}
 }
 
+// TestClientRefusesPlantedSocket: a socket another user listens on where
+// the agent's should be (before the agent made its directory, say, or in a
+// directory that user may write in) is not talked to: the client checks the
+// listener with SO_PEERCRED, as the agent checks its callers.
+func TestClientRefusesPlantedSocket(t *testing.T) {
+	testenv.RequireRoot(t)
+	dir, err := os.MkdirTemp("", "ztctl-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	chmod(t, dir, 0o777)
+	socket := filepath.Join(dir, "ztdns.sock")
+	testenv.ListenAsUser(t, testenv.Nobody, socket)
+	st, err := control.NewClient(socket, 5*time.Second).Status(context.Background())
+	if err == nil || !errors.Is(err, control.ErrUnreachable) || !strings.Contains(err.Error(), "uid 65534, not root") {
+		t.Errorf("Status from uid 65534's socket: %+v, %v; want it refused as not root", st, err)
+	}
+}
+
 // rootDir returns a new, empty directory of root's, of mode m, for a test's
 // links to point at, and checks at the end that it was left alone: nothing
 // created in it, its mode unchanged.
