@@ -6,6 +6,8 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -114,4 +116,46 @@ func controlCall() int {
 		return 1
 	}
 	return 0
+}
+
+// ListenAsUser runs the test binary as cred, listening on socket where an
+// agent's control socket would be and answering every request as a ready
+// agent would (see RunHelper), until the test ends. It returns once the
+// socket takes connections.
+func ListenAsUser(tb testing.TB, cred syscall.Credential, socket string) {
+	tb.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	cmd := AsUser(tb, ctx, cred, os.Args[0])
+	cmd.Env = append(os.Environ(), helperEnv+"=control-listen", "ZTDNS_TESTENV_SOCKET="+socket)
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		cancel()
+		tb.Fatalf("testenv: listening as uid %d: %v", cred.Uid, err)
+	}
+	tb.Cleanup(func() {
+		cancel()
+		cmd.Wait()
+	})
+	EventuallyNil(tb, 10*time.Second, func() error {
+		c, err := net.Dial("unix", socket)
+		if err == nil {
+			c.Close()
+		}
+		return err
+	})
+}
+
+// controlListen is the server ListenAsUser runs.
+func controlListen() int {
+	ln, err := net.Listen("unix", os.Getenv("ZTDNS_TESTENV_SOCKET"))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	err = http.Serve(ln, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprintln(w, `{"ready":true}`)
+	}))
+	fmt.Fprintln(os.Stderr, err)
+	return 1
 }

@@ -24,7 +24,8 @@ const (
 )
 
 // RunHelper makes the test binary act as a client when GoLookup,
-// ControlCallAsUser, StalledReadersAsUser or StartFlood started it; call it
+// ControlCallAsUser, StalledReadersAsUser or StartFlood started it (or as
+// a server, when ListenAsUser did); call it
 // first in TestMain. It returns when the binary runs as tests.
 func RunHelper() {
 	switch os.Getenv(helperEnv) {
@@ -34,6 +35,8 @@ func RunHelper() {
 		os.Exit(goLookup(os.Getenv(helperNameEnv)))
 	case "control-call":
 		os.Exit(controlCall())
+	case "control-listen":
+		os.Exit(controlListen())
 	case "stalled-readers":
 		os.Exit(stalledReaders())
 	case "flood":

@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"os"
 	"runtime/debug"
 
@@ -215,7 +214,9 @@ func (p *plugin) status(args *skel.CmdArgs) error {
 	if conf.OnAgentUnreachable != PolicyFail {
 		return nil
 	}
-	c, err := net.DialTimeout("unix", conf.SocketPath, conf.timeout)
+	ctx, cancel := context.WithTimeout(context.Background(), conf.timeout)
+	defer cancel()
+	c, err := control.Dial(ctx, conf.SocketPath)
 	if err != nil {
 		return types.NewError(types.ErrPluginNotAvailable,
 			fmt.Sprintf("ztdns agent unreachable at %s (onAgentUnreachable: fail)", conf.SocketPath), err.Error())

@@ -44,11 +44,33 @@ func NewClient(path string, timeout time.Duration) *Client {
 			// outlive an agent that handed its socket path to a successor.
 			DisableKeepAlives: true,
 			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-				var d net.Dialer
-				return d.DialContext(ctx, "unix", path)
+				return Dial(ctx, path)
 			},
 		},
 	}}
+}
+
+// Dial connects to the agent's control socket at path and makes sure the
+// agent answers: the process listening there must be root, or this
+// process's own user (an agent run without root, as in the standalone
+// demo). Anyone else planted the socket (where the agent's directory is not
+// root's alone, see PrepareDir, or before the agent made it), and is told
+// nothing.
+func Dial(ctx context.Context, path string) (net.Conn, error) {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "unix", path)
+	if err != nil {
+		return nil, err
+	}
+	p, err := PeerOf(c.(*net.UnixConn))
+	if err == nil && !p.root() {
+		err = fmt.Errorf("%s is served by pid %d running as uid %d, not root: refusing to talk to a socket another user planted", path, p.PID, p.UID)
+	}
+	if err != nil {
+		c.Close()
+		return nil, err
+	}
+	return c, nil
 }
 
 // Status returns the agent's status.

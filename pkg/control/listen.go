@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -59,40 +60,27 @@ func ownFiles(socket string) []string {
 
 // PrepareDir makes the socket's directory safe to listen in, before the
 // agent connects to or creates anything there. The directory must belong to
-// root and nobody else may write in it, nor in a directory above it (unless
-// that one is sticky, like /tmp): whoever can write there can plant a socket
-// the agent or its clients would talk to. A missing directory is created
-// 0700 (0750 root:Group with a group), and one that holds only the agent's
-// own files is set to that mode; a directory shared with other files keeps
-// its mode (the socket's own mode and the peer check still hold) and is
-// reported.
+// root and nobody else may write in it. The same holds for every directory
+// passed through on the way to it, the path as written and the targets of
+// its symbolic links alike (except that those may be sticky, like /tmp:
+// nobody can then move root's entries), and every symbolic link followed
+// must belong to root: whoever can write in one of them, or re-point one of
+// the links, can swap in a directory of their own and plant a socket the
+// agent or its clients would talk to. (A root-owned link in root's
+// directories, such as /var/run -> /run, is fine.) A missing directory is
+// created, once its parent has passed, 0700 (0750 root:Group with a group),
+// and one that holds only the agent's own files is set to that mode; a
+// directory shared with other files keeps its mode (the socket's own mode
+// and the peer check still hold) and is reported.
 func PrepareDir(socket string, access Access) error {
 	dir := filepath.Dir(socket)
 	dirMode, _ := access.modes()
-	created := false
-	if _, err := os.Lstat(dir); errors.Is(err, os.ErrNotExist) {
-		if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
-			return fmt.Errorf("control socket directory: %w", err)
-		}
-		if err := os.Mkdir(dir, dirMode); err != nil && !errors.Is(err, os.ErrExist) {
-			return fmt.Errorf("control socket directory: %w", err)
-		}
-		created = true
-	}
-	real, err := filepath.EvalSymlinks(dir)
+	real, created, err := resolveChecked(dir, dirMode)
 	if err != nil {
-		return fmt.Errorf("control socket directory: %w", err)
+		return fmt.Errorf("control socket directory %s: %w", dir, err)
 	}
 	if err := checkOwned(real, false); err != nil {
 		return fmt.Errorf("control socket directory %s: %w", dir, err)
-	}
-	for p := filepath.Dir(real); ; p = filepath.Dir(p) {
-		if err := checkOwned(p, true); err != nil {
-			return fmt.Errorf("control socket directory %s: %w", dir, err)
-		}
-		if p == "/" {
-			break
-		}
 	}
 	if !created {
 		entries, err := os.ReadDir(real)
@@ -116,6 +104,96 @@ func PrepareDir(socket string, access Access) error {
 	}
 	if err := os.Chmod(real, dirMode); err != nil {
 		return fmt.Errorf("control socket directory: %w", err)
+	}
+	return nil
+}
+
+// maxLinks bounds the symbolic links resolveChecked follows, as the kernel
+// does (MAXSYMLINKS is 40).
+const maxLinks = 40
+
+// resolveChecked resolves dir one component at a time, as the kernel does,
+// and returns the directory it names. Every directory it passes through
+// (from / down, the last one included) must pass checkOwned as an ancestor,
+// and every symbolic link it follows checkLink, before anything below it is
+// looked at; a missing directory is created there, mode (the last one) or
+// 0755. created reports whether the last one was.
+func resolveChecked(dir string, mode os.FileMode) (real string, created bool, err error) {
+	dir, err = filepath.Abs(dir)
+	if err != nil {
+		return "", false, err
+	}
+	real = "/"
+	if err := checkOwned(real, true); err != nil {
+		return "", false, err
+	}
+	rest := strings.Split(dir, "/")
+	for links := 0; len(rest) > 0; {
+		name := rest[0]
+		rest = rest[1:]
+		switch name {
+		case "", ".":
+			continue
+		case "..":
+			real, created = filepath.Dir(real), false // checked on the way down
+			continue
+		}
+		next := filepath.Join(real, name)
+		fi, err := os.Lstat(next)
+		created = false
+		if errors.Is(err, os.ErrNotExist) {
+			m := os.FileMode(0o755)
+			if len(rest) == 0 {
+				m = mode
+			}
+			if err := os.Mkdir(next, m); err != nil && !errors.Is(err, os.ErrExist) {
+				return "", false, err
+			}
+			created = true
+			fi, err = os.Lstat(next)
+		}
+		if err != nil {
+			return "", false, err
+		}
+		if fi.Mode()&os.ModeSymlink == 0 {
+			if !fi.IsDir() {
+				return "", false, fmt.Errorf("%s is not a directory", next)
+			}
+			if err := checkOwned(next, true); err != nil {
+				return "", false, err
+			}
+			real = next
+			continue
+		}
+		if err := checkLink(next, fi); err != nil {
+			return "", false, err
+		}
+		if links++; links > maxLinks {
+			return "", false, fmt.Errorf("%s: too many levels of symbolic links", dir)
+		}
+		target, err := os.Readlink(next)
+		if err != nil {
+			return "", false, err
+		}
+		if filepath.IsAbs(target) {
+			real = "/"
+		}
+		rest = append(strings.Split(target, "/"), rest...)
+	}
+	return real, created, nil
+}
+
+// checkLink refuses a symbolic link that neither root nor the agent's own
+// user owns: its owner could re-point it at a directory of their own. (Who
+// else could replace the link depends on the directory holding it, which
+// resolveChecked has checked already.)
+func checkLink(path string, fi os.FileInfo) error {
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return fmt.Errorf("%s: no owner", path)
+	}
+	if st.Uid != 0 && st.Uid != uint32(os.Geteuid()) {
+		return fmt.Errorf("%s is a symbolic link belonging to uid %d, not root: refusing to follow a link another user can re-point", path, st.Uid)
 	}
 	return nil
 }

@@ -195,6 +195,28 @@ func TestRefusesSharedDirectories(t *testing.T) {
 			}
 			return filepath.Join(sub, "ztdns.sock")
 		}, "is writable by others"},
+		// Before the agent first starts, a user links /tmp/ztdns to a
+		// directory of root's: the directory passes, and the user can
+		// re-point the link later, at one of their own.
+		{"through a symbolic link another user owns", func(t *testing.T, dir string) string {
+			chmod(t, dir, os.ModeSticky|0o777)
+			link := filepath.Join(dir, "ztdns")
+			symlink(t, rootDir(t, 0o700), link, 65534)
+			return filepath.Join(link, "ztdns.sock")
+		}, "is a symbolic link belonging to uid 65534, not root"},
+		{"through a symbolic link another user owns, further up", func(t *testing.T, dir string) string {
+			chmod(t, dir, os.ModeSticky|0o777)
+			link := filepath.Join(dir, "run")
+			symlink(t, rootDir(t, 0o755), link, 65534)
+			return filepath.Join(link, "ztdns", "ztdns.sock")
+		}, "is a symbolic link belonging to uid 65534, not root"},
+		// Root's own link is no better where others can replace it.
+		{"through root's symbolic link in a directory others can write in", func(t *testing.T, dir string) string {
+			chmod(t, dir, 0o777)
+			link := filepath.Join(dir, "ztdns")
+			symlink(t, rootDir(t, 0o700), link, 0)
+			return filepath.Join(link, "ztdns.sock")
+		}, "is writable by others"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir, err := os.MkdirTemp("", "ztctl-")
@@ -215,6 +237,96 @@ func TestRefusesSharedDirectories(t *testing.T) {
 				t.Errorf("a socket was created at %s: %v", socket, err)
 			}
 		})
+	}
+}
+
+// TestRootsSymbolicLinkFollowed: a link root owns, in directories only root
+// can write in, is followed, as /var/run -> ../run is on most hosts: the
+// agent listens in the directory it leads to, made there 0700, and answers
+// through the path as written.
+func TestRootsSymbolicLinkFollowed(t *testing.T) {
+	testenv.RequireRoot(t)
+	dir, err := os.MkdirTemp("", "ztctl-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	chmod(t, dir, 0o755)
+	for _, d := range []string{"run", "var"} {
+		if err := os.Mkdir(filepath.Join(dir, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	symlink(t, "../run", filepath.Join(dir, "var", "run"), 0)
+	socket := filepath.Join(dir, "var", "run", "ztdns", "ztdns.sock")
+	ln, err := control.Listen(socket, control.Access{})
+	if err != nil {
+		t.Fatalf("Listen through root's link: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- control.Serve(ctx, ln, control.NewHandler(&recorder{}, slog.Default())) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	}()
+	if m, uid, _ := mode(t, filepath.Join(dir, "run", "ztdns")); m != 0o700 || uid != 0 {
+		t.Errorf("directory %s uid %d, want 0700 uid 0", m, uid)
+	}
+	st, err := control.NewClient(socket, 5*time.Second).Status(context.Background())
+	if err != nil || !st.Ready {
+		t.Errorf("Status through the link: %+v, %v", st, err)
+	}
+}
+
+// TestClientRefusesPlantedSocket: a socket another user listens on where
+// the agent's should be (before the agent made its directory, say, or in a
+// directory that user may write in) is not talked to: the client checks the
+// listener with SO_PEERCRED, as the agent checks its callers.
+func TestClientRefusesPlantedSocket(t *testing.T) {
+	testenv.RequireRoot(t)
+	dir, err := os.MkdirTemp("", "ztctl-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	chmod(t, dir, 0o777)
+	socket := filepath.Join(dir, "ztdns.sock")
+	testenv.ListenAsUser(t, testenv.Nobody, socket)
+	st, err := control.NewClient(socket, 5*time.Second).Status(context.Background())
+	if err == nil || !errors.Is(err, control.ErrUnreachable) || !strings.Contains(err.Error(), "uid 65534, not root") {
+		t.Errorf("Status from uid 65534's socket: %+v, %v; want it refused as not root", st, err)
+	}
+}
+
+// rootDir returns a new, empty directory of root's, of mode m, for a test's
+// links to point at, and checks at the end that it was left alone: nothing
+// created in it, its mode unchanged.
+func rootDir(t *testing.T, m os.FileMode) string {
+	t.Helper()
+	dir := t.TempDir()
+	chmod(t, dir, m)
+	t.Cleanup(func() {
+		if got, uid, _ := mode(t, dir); got != m || uid != 0 {
+			t.Errorf("%s became %s uid %d, want %s uid 0 as it was", dir, got, uid, m)
+		}
+		if entries, err := os.ReadDir(dir); err != nil || len(entries) > 0 {
+			t.Errorf("%s holds %v (%v), want it left empty", dir, entries, err)
+		}
+	})
+	return dir
+}
+
+// symlink links link to target and gives the link to uid.
+func symlink(t *testing.T, target, link string, uid int) {
+	t.Helper()
+	if err := os.Symlink(target, link); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Lchown(link, uid, 0); err != nil {
+		t.Fatal(err)
 	}
 }
 
