@@ -203,26 +203,15 @@ func (p *plugin) check(args *skel.CmdArgs) error {
 	return nil
 }
 
-// status reports whether the plugin can take ADDs (CNI 1.1 STATUS). Under
-// "allow" it always can. Under "fail" it can only while the agent listens,
-// and saying so lets the runtime hold pods back instead of failing them.
+// status reports whether the plugin can take ADDs (CNI 1.1 STATUS): it can
+// whenever its configuration is valid, whether or not the agent answers.
+// A runtime turns a failed STATUS into NetworkReady=false, the kubelet then
+// marks the node NotReady, and every running pod on it leaves its Services'
+// endpoints: an agent restart or crash loop must not do that. Under "fail"
+// the ADDs themselves fail while the agent is away, which holds new pods back.
 func (p *plugin) status(args *skel.CmdArgs) error {
-	conf, _, err := parseConfig(args.StdinData)
-	if err != nil {
-		return err
-	}
-	if conf.OnAgentUnreachable != PolicyFail {
-		return nil
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), conf.timeout)
-	defer cancel()
-	c, err := control.Dial(ctx, conf.SocketPath)
-	if err != nil {
-		return types.NewError(types.ErrPluginNotAvailable,
-			fmt.Sprintf("ztdns agent unreachable at %s (onAgentUnreachable: fail)", conf.SocketPath), err.Error())
-	}
-	c.Close()
-	return nil
+	_, _, err := parseConfig(args.StdinData)
+	return err
 }
 
 // call runs one call of the agent's control API, bounded by the config's

@@ -533,6 +533,9 @@ func TestCheck(t *testing.T) {
 	}
 }
 
+// TestStatus: STATUS says ready whatever the policy and whether or not the
+// agent answers (a failed STATUS would turn the node NotReady), and fails only
+// on a configuration the plugin cannot use.
 func TestStatus(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
@@ -544,7 +547,8 @@ func TestStatus(t *testing.T) {
 		{"allow, agent down", PolicyAllow, false, 0},
 		{"allow, agent up", PolicyAllow, true, 0},
 		{"fail, agent up", PolicyFail, true, 0},
-		{"fail, agent down", PolicyFail, false, types.ErrPluginNotAvailable},
+		{"fail, agent down", PolicyFail, false, 0},
+		{"invalid policy", "sometimes", true, types.ErrInvalidNetworkConfig},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -561,7 +565,7 @@ func TestStatus(t *testing.T) {
 				}
 				return
 			}
-			requireCNIError(t, err, tt.code, "ztdns agent unreachable")
+			requireCNIError(t, err, tt.code, `onAgentUnreachable "sometimes"`)
 		})
 	}
 }

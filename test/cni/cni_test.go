@@ -184,8 +184,9 @@ func TestAgentDownDel(t *testing.T) {
 	}
 }
 
-// TestStatus: under "fail", STATUS tells the runtime the plugin cannot take
-// pods while the agent is down; under "allow" it always can.
+// TestStatus: through the runtime, STATUS says ready under either policy
+// while the agent is down, so an agent restart never turns the node
+// NotReady; under "fail" the ADD is what fails.
 func TestStatus(t *testing.T) {
 	t.Parallel()
 	node := testenv.NewNode(t)
@@ -194,7 +195,11 @@ func TestStatus(t *testing.T) {
 		t.Errorf("STATUS under allow: %v", err)
 	}
 	fail := NewRuntime(t, RuntimeOptions{Node: node, CNIVersion: "1.1.0", Plugin: cni.Config{OnAgentUnreachable: cni.PolicyFail, Timeout: "500ms"}})
-	requireCNIError(t, fail.Status(t), types.ErrPluginNotAvailable, "ztdns agent unreachable")
+	if err := fail.Status(t); err != nil {
+		t.Errorf("STATUS under fail, agent down: %v", err)
+	}
+	_, err := fail.Add(t, fail.NewPod(t, PodOptions{}))
+	requireCNIError(t, err, types.ErrTryAgainLater, "ztdns agent unreachable")
 }
 
 // TestBadInput: what a misconfigured runtime or conflist gets back.
