@@ -212,8 +212,12 @@ func (q *slowQuery) chase(ctx context.Context, reply *dns.Msg, res table.Result,
 
 // autopath answers a search-list expansion of a name the table does not know
 // in one round trip: it walks the rest of the pod's search list itself and
-// answers with a CNAME to the first name that exists (CoreDNS's autopath). It
-// returns nil to fall back to forwarding the query as it is.
+// answers with a CNAME to the first name that exists (CoreDNS's autopath). A
+// name exists when its upstream says NOERROR, records of the asked type or
+// not: as CoreDNS does, only NXDOMAIN moves on to the next candidate, so that
+// one name is not NXDOMAIN for one type and a CNAME for another (RFC 8020
+// has caches deny every type below an NXDOMAIN). It returns nil to fall back
+// to forwarding the query as it is.
 func (q *slowQuery) autopath(ctx context.Context, pod *podcache.Pod, tbl *table.Table) []byte {
 	if len(pod.Search) == 0 {
 		return nil
@@ -231,10 +235,16 @@ func (q *slowQuery) autopath(ctx context.Context, pod *podcache.Pod, tbl *table.
 	}
 	owner := req.Question[0].Name
 	base := owner[:len(owner)-len(first)] // keeps the client's case and a trailing dot
-	answerWith := func(target string, rrs []dns.RR, authoritative bool) []byte {
+	// answerWith answers with the CNAME to target and what its upstream
+	// said of it: its records, or for NODATA its authority section (the
+	// target zone's SOA, RFC 2308 2.2), as chase does for an ExternalName.
+	answerWith := func(target string, up *dns.Msg) []byte {
 		reply := replyTo(req, r)
-		reply.Authoritative = authoritative
-		reply.Answer = append([]dns.RR{cname(owner, target, tbl.TTL())}, rrs...)
+		reply.Authoritative = false
+		reply.Answer = append([]dns.RR{cname(owner, target, tbl.TTL())}, up.Answer...)
+		if len(up.Answer) == 0 {
+			reply.Ns = up.Ns
+		}
 		metricQueries.autopath.Inc()
 		return q.pack(reply)
 	}
@@ -257,8 +267,8 @@ func (q *slowQuery) autopath(ctx context.Context, pod *podcache.Pod, tbl *table.
 			continue
 		}
 		up, err := q.lookupUpstream(ctx, cand, q.tcp)
-		if err == nil && up.Rcode == dns.RcodeSuccess && len(up.Answer) > 0 {
-			return answerWith(cand, up.Answer, false)
+		if err == nil && up.Rcode == dns.RcodeSuccess {
+			return answerWith(cand, up)
 		}
 	}
 	up, err := q.lookupUpstream(ctx, base, q.tcp)
@@ -266,7 +276,7 @@ func (q *slowQuery) autopath(ctx context.Context, pod *podcache.Pod, tbl *table.
 	case err != nil:
 		return nil
 	case up.Rcode == dns.RcodeSuccess:
-		return answerWith(base, up.Answer, false)
+		return answerWith(base, up)
 	case up.Rcode == dns.RcodeNameError:
 		// Every candidate is gone: so is the expansion the client asked for.
 		reply := replyTo(req, r)
