@@ -158,8 +158,11 @@ func (q *slowQuery) answer(ctx context.Context) []byte {
 	owner := req.Question[0].Name
 	if res.Alias != "" {
 		// A search-list expansion of a known name: point the client at the
-		// name it meant, spelled as it spelled it.
-		alias := owner[:len(res.Alias)]
+		// name it meant, spelled as it spelled it. res.Alias is the raw name
+		// and owner miekg's presentation form, which escapes some octets
+		// the fast path lets through ('(', '@', '"', …): cut at the same
+		// label, not at the same length.
+		alias := leadingLabels(owner, strings.Count(res.Alias, "."))
 		reply.Answer = append(reply.Answer, cname(owner, alias, tbl.TTL()))
 		owner = alias
 	}
@@ -395,6 +398,16 @@ func (q *slowQuery) pack(reply *dns.Msg) []byte {
 		return truncate(nil, q.msg, &q.r)
 	}
 	return out
+}
+
+// leadingLabels returns the first n labels of name, in presentation form,
+// with the dot that ends the last.
+func leadingLabels(name string, n int) string {
+	off := 0
+	for range n {
+		off, _ = dns.NextLabel(name, off)
+	}
+	return name[:off]
 }
 
 func cname(owner, target string, ttl uint32) dns.RR {

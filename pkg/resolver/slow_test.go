@@ -99,3 +99,33 @@ func TestAutopathNODATA(t *testing.T) {
 		}
 	}
 }
+
+// TestExpansionOfAnEscapedName: a search-list expansion whose name has
+// octets miekg escapes in presentation form ('(' and the like, which no
+// Kubernetes name has but a wildcard ServiceEntry matches) gets the CNAME
+// to the name it expands and that name's records, as any other: not a
+// SERVFAIL from a CNAME target cut short, nor one cut on the wrong dot
+// ("f(o)o.b." is not "f(o)o."), and nothing logged past Info.
+func TestExpansionOfAnEscapedName(t *testing.T) {
+	ss := startSlowServer(t, Options{}, &model.Snapshot{ServiceEntries: []model.ServiceEntry{{
+		Namespace: "ns1", Name: "wild", Hosts: []string{"*.example.com", "*.b"},
+		Addresses: []netip.Addr{netip.MustParseAddr("198.51.100.5")},
+	}}})
+	for _, proto := range []string{"udp", "tcp"} {
+		for _, meant := range []string{
+			`a\(b.example.com.`,
+			`f\(o\)o.b.`,
+			`q\@\;\"\'x.example.com.`,
+		} {
+			name := meant + "ns1.svc.cluster.local."
+			rcode, answer, _ := replyText(ss.askType(t, proto, name, dns.TypeA))
+			want := []string{name + "\t0\tIN\tCNAME\t" + meant, meant + "\t0\tIN\tA\t198.51.100.5"}
+			if rcode != "NOERROR" || !slices.Equal(answer, want) {
+				t.Errorf("%s %s: %s %q, want NOERROR %q", proto, name, rcode, answer, want)
+			}
+		}
+	}
+	if l := ss.log.String(); l != "" {
+		t.Errorf("logged past Info:\n%s", l)
+	}
+}
