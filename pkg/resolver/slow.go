@@ -387,11 +387,15 @@ func replyTo(req *dns.Msg, r *request) *dns.Msg {
 }
 
 // pack serialises a slow-path reply, truncating for UDP like the fast path.
+// A reply that does not pack is a SERVFAIL, logged at Debug as a failed
+// forward is: what it holds comes from the query and the upstream's answer
+// to names the pod chose, so a pod could repeat it at its query rate. The
+// SERVFAIL still counts in ztdns_dns_requests_total.
 func (q *slowQuery) pack(reply *dns.Msg) []byte {
 	reply.Compress = true
 	out, err := reply.Pack()
 	if err != nil {
-		q.s.log.Error("packing a reply failed", "err", err)
+		q.s.log.Debug("packing a reply failed", "client", q.src, "name", string(q.r.Name), "err", err)
 		return dnswire.AppendErrorReply(nil, q.msg, &q.r, dnswire.RcodeServFail)
 	}
 	if !q.tcp && len(out) > q.r.UDPLimit() {

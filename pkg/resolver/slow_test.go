@@ -129,3 +129,29 @@ func TestExpansionOfAnEscapedName(t *testing.T) {
 		t.Errorf("logged past Info:\n%s", l)
 	}
 }
+
+// TestReplyThatDoesNotPack: a slow-path reply that miekg cannot pack (here
+// a CNAME target not fully qualified, as a search expansion of an escaped
+// name once made) is a SERVFAIL to the client, logged at Debug only: its
+// contents come from what the pod asked, so it may come at the pod's query
+// rate.
+func TestReplyThatDoesNotPack(t *testing.T) {
+	buf := &testenv.Log{}
+	s := New(Options{Logger: slog.New(slog.NewTextHandler(buf, &slog.HandlerOptions{Level: slog.LevelInfo}))})
+	defer s.Close()
+	msg := packQuery(t, "a.example.", dns.TypeA)
+	q := &slowQuery{s: s, msg: msg, src: netip.AddrPortFrom(victimIP, 5353)}
+	if v := parse(msg, &q.r, new(nameBuf)); v != verdictOK {
+		t.Fatalf("the query parsed as %d", v)
+	}
+	req := dnstest.Unpack(t, msg)
+	reply := replyTo(req, &q.r)
+	reply.Answer = []dns.RR{cname("a.example.", "a.example", 30)}
+	r := dnstest.Unpack(t, q.pack(reply))
+	if r.Id != req.Id || r.Rcode != dns.RcodeServerFailure {
+		t.Errorf("reply ID %d %s, want %d SERVFAIL", r.Id, dns.RcodeToString[r.Rcode], req.Id)
+	}
+	if l := buf.String(); l != "" {
+		t.Errorf("logged past Debug:\n%s", l)
+	}
+}
