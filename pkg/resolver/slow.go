@@ -158,8 +158,11 @@ func (q *slowQuery) answer(ctx context.Context) []byte {
 	owner := req.Question[0].Name
 	if res.Alias != "" {
 		// A search-list expansion of a known name: point the client at the
-		// name it meant, spelled as it spelled it.
-		alias := owner[:len(res.Alias)]
+		// name it meant, spelled as it spelled it. res.Alias is the raw name
+		// and owner miekg's presentation form, which escapes some octets
+		// the fast path lets through ('(', '@', '"', …): cut at the same
+		// label, not at the same length.
+		alias := leadingLabels(owner, strings.Count(res.Alias, "."))
 		reply.Answer = append(reply.Answer, cname(owner, alias, tbl.TTL()))
 		owner = alias
 	}
@@ -212,8 +215,12 @@ func (q *slowQuery) chase(ctx context.Context, reply *dns.Msg, res table.Result,
 
 // autopath answers a search-list expansion of a name the table does not know
 // in one round trip: it walks the rest of the pod's search list itself and
-// answers with a CNAME to the first name that exists (CoreDNS's autopath). It
-// returns nil to fall back to forwarding the query as it is.
+// answers with a CNAME to the first name that exists (CoreDNS's autopath). A
+// name exists when its upstream says NOERROR, records of the asked type or
+// not: as CoreDNS does, only NXDOMAIN moves on to the next candidate, so that
+// one name is not NXDOMAIN for one type and a CNAME for another (RFC 8020
+// has caches deny every type below an NXDOMAIN). It returns nil to fall back
+// to forwarding the query as it is.
 func (q *slowQuery) autopath(ctx context.Context, pod *podcache.Pod, tbl *table.Table) []byte {
 	if len(pod.Search) == 0 {
 		return nil
@@ -231,10 +238,16 @@ func (q *slowQuery) autopath(ctx context.Context, pod *podcache.Pod, tbl *table.
 	}
 	owner := req.Question[0].Name
 	base := owner[:len(owner)-len(first)] // keeps the client's case and a trailing dot
-	answerWith := func(target string, rrs []dns.RR, authoritative bool) []byte {
+	// answerWith answers with the CNAME to target and what its upstream
+	// said of it: its records, or for NODATA its authority section (the
+	// target zone's SOA, RFC 2308 2.2), as chase does for an ExternalName.
+	answerWith := func(target string, up *dns.Msg) []byte {
 		reply := replyTo(req, r)
-		reply.Authoritative = authoritative
-		reply.Answer = append([]dns.RR{cname(owner, target, tbl.TTL())}, rrs...)
+		reply.Authoritative = false
+		reply.Answer = append([]dns.RR{cname(owner, target, tbl.TTL())}, up.Answer...)
+		if len(up.Answer) == 0 {
+			reply.Ns = up.Ns
+		}
 		metricQueries.autopath.Inc()
 		return q.pack(reply)
 	}
@@ -257,8 +270,8 @@ func (q *slowQuery) autopath(ctx context.Context, pod *podcache.Pod, tbl *table.
 			continue
 		}
 		up, err := q.lookupUpstream(ctx, cand, q.tcp)
-		if err == nil && up.Rcode == dns.RcodeSuccess && len(up.Answer) > 0 {
-			return answerWith(cand, up.Answer, false)
+		if err == nil && up.Rcode == dns.RcodeSuccess {
+			return answerWith(cand, up)
 		}
 	}
 	up, err := q.lookupUpstream(ctx, base, q.tcp)
@@ -266,7 +279,7 @@ func (q *slowQuery) autopath(ctx context.Context, pod *podcache.Pod, tbl *table.
 	case err != nil:
 		return nil
 	case up.Rcode == dns.RcodeSuccess:
-		return answerWith(base, up.Answer, false)
+		return answerWith(base, up)
 	case up.Rcode == dns.RcodeNameError:
 		// Every candidate is gone: so is the expansion the client asked for.
 		reply := replyTo(req, r)
@@ -374,17 +387,31 @@ func replyTo(req *dns.Msg, r *request) *dns.Msg {
 }
 
 // pack serialises a slow-path reply, truncating for UDP like the fast path.
+// A reply that does not pack is a SERVFAIL, logged at Debug as a failed
+// forward is: what it holds comes from the query and the upstream's answer
+// to names the pod chose, so a pod could repeat it at its query rate. The
+// SERVFAIL still counts in ztdns_dns_requests_total.
 func (q *slowQuery) pack(reply *dns.Msg) []byte {
 	reply.Compress = true
 	out, err := reply.Pack()
 	if err != nil {
-		q.s.log.Error("packing a reply failed", "err", err)
+		q.s.log.Debug("packing a reply failed", "client", q.src, "name", string(q.r.Name), "err", err)
 		return dnswire.AppendErrorReply(nil, q.msg, &q.r, dnswire.RcodeServFail)
 	}
 	if !q.tcp && len(out) > q.r.UDPLimit() {
 		return truncate(nil, q.msg, &q.r)
 	}
 	return out
+}
+
+// leadingLabels returns the first n labels of name, in presentation form,
+// with the dot that ends the last.
+func leadingLabels(name string, n int) string {
+	off := 0
+	for range n {
+		off, _ = dns.NextLabel(name, off)
+	}
+	return name[:off]
 }
 
 func cname(owner, target string, ttl uint32) dns.RR {

@@ -1,0 +1,157 @@
+package resolver
+
+import (
+	"log/slog"
+	"net/netip"
+	"slices"
+	"testing"
+
+	"github.com/miekg/dns"
+
+	"github.com/ztdns/ztdns/internal/dnstest"
+	"github.com/ztdns/ztdns/internal/testenv"
+	"github.com/ztdns/ztdns/pkg/model"
+	"github.com/ztdns/ztdns/pkg/resolver/table"
+)
+
+// slowServer is a limitsServer whose one pod, at victimIP in ns1, has
+// corp.internal after kubelet's search domains, and whose upstream answers
+// from zone. log gets what the server logs at Warn and above.
+type slowServer struct {
+	*limitsServer
+	log *testenv.Log
+}
+
+func startSlowServer(t *testing.T, opts Options, snap *model.Snapshot, zone ...string) *slowServer {
+	t.Helper()
+	up := dnstest.Start(t, "127.0.0.1:0", dnstest.ZoneOf(t, zone...)).Addr
+	buf := &testenv.Log{}
+	opts.Logger = slog.New(slog.NewTextHandler(buf, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	ls := startLimitsServer(t, opts, up, up)
+	ls.pods.SetSourcePods([]model.Pod{{Namespace: "ns1", Name: "client", IPs: []netip.Addr{victimIP}, DNSSearches: []string{"corp.internal"}}})
+	tbl, _ := table.Build(snap, table.Options{})
+	ls.SetTable(tbl)
+	return &slowServer{limitsServer: ls, log: buf}
+}
+
+// askType asks name (in presentation form) of type qtype from the pod.
+func (ss *slowServer) askType(t *testing.T, proto, name string, qtype uint16) *dns.Msg {
+	t.Helper()
+	m := new(dns.Msg)
+	m.SetQuestion(name, qtype)
+	r, err := ss.tryExchange(victimIP, proto, m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// replyText is a reply's rcode and its answer and authority sections, one
+// string a record, TTLs left out.
+func replyText(r *dns.Msg) (rcode string, answer, ns []string) {
+	text := func(rrs []dns.RR) []string {
+		var out []string
+		for _, rr := range rrs {
+			rr = dns.Copy(rr)
+			rr.Header().Ttl = 0
+			out = append(out, rr.String())
+		}
+		return out
+	}
+	return dns.RcodeToString[r.Rcode], text(r.Answer), text(r.Ns)
+}
+
+// TestAutopathNODATA: a search-list candidate that exists without records
+// of the asked type ends autopath's walk, as CoreDNS's: the pod gets the
+// CNAME to it and its zone's SOA (NODATA), not the NXDOMAIN of the bare
+// name further down the list, which would deny the candidate's A records
+// the CNAME gives (RFC 8020).
+func TestAutopathNODATA(t *testing.T) {
+	ss := startSlowServer(t, Options{Autopath: true}, &model.Snapshot{},
+		"db.corp.internal. 300 IN A 192.0.2.10",
+		"solo. 300 IN A 192.0.2.11")
+	_, _, soa := replyText(&dns.Msg{Ns: []dns.RR{dnstest.SOA}})
+	for _, proto := range []string{"udp", "tcp"} {
+		for _, tc := range []struct {
+			name      string
+			qtype     uint16
+			answer    []string
+			authority []string
+		}{
+			{"db.ns1.svc.cluster.local.", dns.TypeA, []string{
+				"db.ns1.svc.cluster.local.\t0\tIN\tCNAME\tdb.corp.internal.",
+				"db.corp.internal.\t0\tIN\tA\t192.0.2.10",
+			}, nil},
+			{"db.ns1.svc.cluster.local.", dns.TypeAAAA, []string{
+				"db.ns1.svc.cluster.local.\t0\tIN\tCNAME\tdb.corp.internal.",
+			}, soa},
+			// No candidate exists, the bare name does, without AAAA.
+			{"solo.ns1.svc.cluster.local.", dns.TypeAAAA, []string{
+				"solo.ns1.svc.cluster.local.\t0\tIN\tCNAME\tsolo.",
+			}, soa},
+		} {
+			r := ss.askType(t, proto, tc.name, tc.qtype)
+			rcode, answer, ns := replyText(r)
+			if rcode != "NOERROR" || !slices.Equal(answer, tc.answer) || !slices.Equal(ns, tc.authority) {
+				t.Errorf("%s %s %s: %s, answer %q, authority %q; want NOERROR, %q, %q",
+					proto, tc.name, dns.TypeToString[tc.qtype], rcode, answer, ns, tc.answer, tc.authority)
+			}
+		}
+	}
+}
+
+// TestExpansionOfAnEscapedName: a search-list expansion whose name has
+// octets miekg escapes in presentation form ('(' and the like, which no
+// Kubernetes name has but a wildcard ServiceEntry matches) gets the CNAME
+// to the name it expands and that name's records, as any other: not a
+// SERVFAIL from a CNAME target cut short, nor one cut on the wrong dot
+// ("f(o)o.b." is not "f(o)o."), and nothing logged past Info.
+func TestExpansionOfAnEscapedName(t *testing.T) {
+	ss := startSlowServer(t, Options{}, &model.Snapshot{ServiceEntries: []model.ServiceEntry{{
+		Namespace: "ns1", Name: "wild", Hosts: []string{"*.example.com", "*.b"},
+		Addresses: []netip.Addr{netip.MustParseAddr("198.51.100.5")},
+	}}})
+	for _, proto := range []string{"udp", "tcp"} {
+		for _, meant := range []string{
+			`a\(b.example.com.`,
+			`f\(o\)o.b.`,
+			`q\@\;\"\'x.example.com.`,
+		} {
+			name := meant + "ns1.svc.cluster.local."
+			rcode, answer, _ := replyText(ss.askType(t, proto, name, dns.TypeA))
+			want := []string{name + "\t0\tIN\tCNAME\t" + meant, meant + "\t0\tIN\tA\t198.51.100.5"}
+			if rcode != "NOERROR" || !slices.Equal(answer, want) {
+				t.Errorf("%s %s: %s %q, want NOERROR %q", proto, name, rcode, answer, want)
+			}
+		}
+	}
+	if l := ss.log.String(); l != "" {
+		t.Errorf("logged past Info:\n%s", l)
+	}
+}
+
+// TestReplyThatDoesNotPack: a slow-path reply that miekg cannot pack (here
+// a CNAME target not fully qualified, as a search expansion of an escaped
+// name once made) is a SERVFAIL to the client, logged at Debug only: its
+// contents come from what the pod asked, so it may come at the pod's query
+// rate.
+func TestReplyThatDoesNotPack(t *testing.T) {
+	buf := &testenv.Log{}
+	s := New(Options{Logger: slog.New(slog.NewTextHandler(buf, &slog.HandlerOptions{Level: slog.LevelInfo}))})
+	defer s.Close()
+	msg := packQuery(t, "a.example.", dns.TypeA)
+	q := &slowQuery{s: s, msg: msg, src: netip.AddrPortFrom(victimIP, 5353)}
+	if v := parse(msg, &q.r, new(nameBuf)); v != verdictOK {
+		t.Fatalf("the query parsed as %d", v)
+	}
+	req := dnstest.Unpack(t, msg)
+	reply := replyTo(req, &q.r)
+	reply.Answer = []dns.RR{cname("a.example.", "a.example", 30)}
+	r := dnstest.Unpack(t, q.pack(reply))
+	if r.Id != req.Id || r.Rcode != dns.RcodeServerFailure {
+		t.Errorf("reply ID %d %s, want %d SERVFAIL", r.Id, dns.RcodeToString[r.Rcode], req.Id)
+	}
+	if l := buf.String(); l != "" {
+		t.Errorf("logged past Debug:\n%s", l)
+	}
+}
