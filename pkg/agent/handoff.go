@@ -42,8 +42,11 @@ import (
 // one is ready, and an old agent that exited by itself would be restarted by
 // the kubelet and take the sockets back.
 
+// handoffTimeout bounds each step of the exchange (a variable: tests
+// shorten it).
+var handoffTimeout = 10 * time.Second
+
 const (
-	handoffTimeout = 10 * time.Second
 	// handoffSyncWait bounds how long a successor waits for its first table
 	// before it takes over anyway (the source may be unreachable).
 	handoffSyncWait = 30 * time.Second
@@ -164,6 +167,8 @@ func (in *inherited) adopt(network string, addr netip.AddrPort, f *os.File) erro
 // reading and let go of the control socket.
 func (in *inherited) release() error {
 	defer in.conn.Close()
+	// Up to handoffSyncWait may have passed since takeOver's deadline was set.
+	in.conn.SetDeadline(time.Now().Add(handoffTimeout))
 	if _, err := in.conn.Write([]byte("serving\n")); err != nil {
 		return fmt.Errorf("handoff: %w", err)
 	}
@@ -245,8 +250,9 @@ func offerOnce(c *net.UnixConn, sockets func() ([]socketDesc, []*os.File, error)
 		return false, fmt.Errorf("handoff: sending sockets: %w", err)
 	}
 	// Until the successor says it serves, this agent keeps serving: a
-	// successor that dies half-way costs nothing.
-	c.SetDeadline(time.Now().Add(handoffTimeout))
+	// successor that dies half-way costs nothing. It may first wait up to
+	// handoffSyncWait for its table.
+	c.SetDeadline(time.Now().Add(handoffSyncWait + handoffTimeout))
 	if line, err := r.ReadString('\n'); err != nil || line != "serving\n" {
 		return false, nil
 	}

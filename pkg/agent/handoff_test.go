@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -21,7 +22,9 @@ import (
 	"github.com/ztdns/ztdns/internal/dnstest"
 	"github.com/ztdns/ztdns/internal/testenv"
 	"github.com/ztdns/ztdns/pkg/control"
+	"github.com/ztdns/ztdns/pkg/model"
 	"github.com/ztdns/ztdns/pkg/resolver/quota"
+	"github.com/ztdns/ztdns/pkg/source"
 	"github.com/ztdns/ztdns/pkg/source/configdir"
 )
 
@@ -43,6 +46,14 @@ type testAgent struct {
 // of extra adjusts its Config before it starts.
 func startTestAgent(t *testing.T, dir, socket string, listen netip.AddrPort, upstream netip.AddrPort, metrics string, extra ...func(*Config)) *testAgent {
 	t.Helper()
+	ta := runTestAgent(t, dir, socket, listen, upstream, metrics, extra...)
+	waitReady(t, socket)
+	return ta
+}
+
+// runTestAgent is startTestAgent without waiting for readiness.
+func runTestAgent(t *testing.T, dir, socket string, listen netip.AddrPort, upstream netip.AddrPort, metrics string, extra ...func(*Config)) *testAgent {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	cfg := Config{
@@ -62,7 +73,6 @@ func startTestAgent(t *testing.T, dir, socket string, listen netip.AddrPort, ups
 	ta := &testAgent{cancel: cancel, done: make(chan error, 1)}
 	go func() { ta.done <- Run(ctx, cfg) }()
 	t.Cleanup(ta.stop)
-	waitReady(t, socket)
 	return ta
 }
 
@@ -189,6 +199,113 @@ func TestSocketsPerAddr(t *testing.T) {
 	for range 20 { // each from a new source port: spread over the sockets
 		if r, _, err := c.Exchange(m, listen.String()); err != nil || len(r.Answer) != 1 {
 			t.Fatalf("address.internal: %v %v", r, err)
+		}
+	}
+}
+
+// gatedSource runs src only once open is closed. started is closed when
+// the agent runs it: after the agent took over its predecessor's sockets.
+type gatedSource struct {
+	src           source.Source
+	started, open chan struct{}
+}
+
+func gated(src source.Source) *gatedSource {
+	return &gatedSource{src: src, started: make(chan struct{}), open: make(chan struct{})}
+}
+
+func (g *gatedSource) Run(ctx context.Context, deliver func(*model.Snapshot)) error {
+	close(g.started)
+	select {
+	case <-g.open:
+	case <-ctx.Done():
+		return nil
+	}
+	return g.src.Run(ctx, deliver)
+}
+
+// handoffSetup gives a directory serving address.internal, a socket path,
+// a free port to listen on and an upstream.
+func handoffSetup(t *testing.T) (dir, socket string, listen, upstream netip.AddrPort) {
+	t.Helper()
+	dir = t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "se.yaml"), []byte(manifest), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return dir, filepath.Join(t.TempDir(), "ztdns.sock"), testenv.FreePort(t), dnstest.Start(t, "127.0.0.1:0", dnstest.Zone{}).Addr
+}
+
+// askAddress asks for address.internal over network ("udp" or "tcp"),
+// from a new source port.
+func askAddress(network string, listen netip.AddrPort) error {
+	c := &dns.Client{Net: network, Timeout: 2 * time.Second}
+	m := new(dns.Msg)
+	m.SetQuestion("address.internal.", dns.TypeA)
+	r, _, err := c.Exchange(m, listen.String())
+	if err != nil {
+		return err
+	}
+	if len(r.Answer) != 1 {
+		return fmt.Errorf("answer %v", r.Answer)
+	}
+	return nil
+}
+
+// waitServedBy waits until the agent answering on socket is the one that
+// alone in the test forwards to upstream, and is ready. It fails at once
+// if ta, that agent if not nil, stops.
+func waitServedBy(t *testing.T, socket string, ta *testAgent, upstream netip.AddrPort) {
+	t.Helper()
+	c := control.NewClient(socket, time.Second)
+	testenv.EventuallyNil(t, 10*time.Second, func() error {
+		if ta != nil {
+			select {
+			case err := <-ta.done:
+				ta.done <- err
+				t.Fatalf("the agent stopped: %v", err)
+			default:
+			}
+		}
+		st, err := c.Status(context.Background())
+		if err != nil {
+			return err
+		}
+		if !st.Ready || !slices.Equal(st.Upstreams, []string{upstream.String()}) {
+			return fmt.Errorf("status %+v: want ready and upstreams [%s]", st, upstream)
+		}
+		return nil
+	})
+}
+
+// shortenHandoffTimeout sets handoffTimeout to d until the test's agents
+// have stopped.
+func shortenHandoffTimeout(t *testing.T, d time.Duration) {
+	old := handoffTimeout
+	handoffTimeout = d
+	t.Cleanup(func() { handoffTimeout = old }) // runs after the agents' stops
+}
+
+// TestHandoffWaitsForASlowFirstTable: a successor whose first table comes
+// later than handoffTimeout, but within handoffSyncWait, still takes over,
+// and serves once its predecessor is gone. (Before: its "serving" came
+// after the exchange's deadline, the old agent had given up and kept its
+// control socket, and the successor exited with an error: a rollout on a
+// cluster slow to sync crash-looped.)
+func TestHandoffWaitsForASlowFirstTable(t *testing.T) {
+	shortenHandoffTimeout(t, 300*time.Millisecond)
+	dir, socket, listen, up := handoffSetup(t)
+	old := startTestAgent(t, dir, socket, listen, up, "")
+	src := gated(configdir.New(dir))
+	upNew := netip.MustParseAddrPort("127.0.0.1:9") // names the successor in its status
+	succ := runTestAgent(t, dir, socket, listen, upNew, "", func(c *Config) { c.Source = src })
+	<-src.started
+	time.Sleep(3 * handoffTimeout) // the first table comes after the exchange's deadline
+	close(src.open)
+	waitServedBy(t, socket, succ, upNew)
+	old.stop()
+	for range 10 {
+		if err := askAddress("udp", listen); err != nil {
+			t.Fatalf("after the old agent stopped: %v", err)
 		}
 	}
 }
