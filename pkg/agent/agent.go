@@ -313,6 +313,13 @@ func (a *Agent) run(ctx context.Context) error {
 		case <-time.After(handoffSyncWait):
 			a.log.Warn("no table yet; taking over anyway", "waited", handoffSyncWait)
 		case <-ctx.Done():
+			// Stopped (or failed) before taking over: the predecessor must
+			// keep serving, or nothing would.
+			a.log.Info("stopped before taking over; the previous agent keeps serving")
+			if err := abort(context.Cause(ctx)); !errors.Is(err, context.Canceled) {
+				return err
+			}
+			return nil
 		}
 	}
 	metricsCtx, stopMetrics := context.WithCancel(ctx)

@@ -309,3 +309,26 @@ func TestHandoffWaitsForASlowFirstTable(t *testing.T) {
 		}
 	}
 }
+
+// TestHandoffAbandonedOnStop: a successor stopped (SIGTERM) while it waits
+// for its first table gives up the takeover, and its predecessor keeps
+// serving and stays ready. (Before: the successor completed the hand-over
+// and then stopped, and nothing served DNS.)
+func TestHandoffAbandonedOnStop(t *testing.T) {
+	dir, socket, listen, up := handoffSetup(t)
+	startTestAgent(t, dir, socket, listen, up, "")
+	src := gated(configdir.New(dir)) // never opened: no first table
+	succ := runTestAgent(t, dir, socket, listen, netip.MustParseAddrPort("127.0.0.1:9"), "", func(c *Config) { c.Source = src })
+	<-src.started
+	succ.cancel()
+	if err := <-succ.done; err != nil {
+		t.Errorf("the stopped successor: %v", err)
+	}
+	succ.done <- nil
+	for range 10 {
+		if err := askAddress("udp", listen); err != nil {
+			t.Fatalf("after the successor stopped: %v", err)
+		}
+	}
+	waitServedBy(t, socket, nil, up)
+}
