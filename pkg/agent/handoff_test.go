@@ -332,3 +332,29 @@ func TestHandoffAbandonedOnStop(t *testing.T) {
 	}
 	waitServedBy(t, socket, nil, up)
 }
+
+// TestRestartAfterADeadSuccessor: after a hand-over the old agent keeps
+// none of the sockets it handed over. When the successor dies and a fresh
+// agent binds the address again, every query reaches the fresh agent,
+// whatever its source port. (Before: the old agent's unread copies stayed
+// in the SO_REUSEPORT group, and the kernel sent about half the queries to
+// them.)
+func TestRestartAfterADeadSuccessor(t *testing.T) {
+	dir, socket, listen, up := handoffSetup(t)
+	startTestAgent(t, dir, socket, listen, up, "") // stays up, handed over
+	upNew := netip.MustParseAddrPort("127.0.0.1:9")
+	succ := runTestAgent(t, dir, socket, listen, upNew, "")
+	waitServedBy(t, socket, succ, upNew)
+	succ.stop()
+	startTestAgent(t, dir, socket, listen, up, "")
+	for i := range 32 {
+		if err := askAddress("udp", listen); err != nil {
+			t.Fatalf("UDP query %d: %v", i, err)
+		}
+	}
+	for i := range 8 {
+		if err := askAddress("tcp", listen); err != nil {
+			t.Fatalf("TCP query %d: %v", i, err)
+		}
+	}
+}
