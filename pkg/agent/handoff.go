@@ -107,9 +107,9 @@ func takeOver(controlSocket string, log *slog.Logger) (*inherited, error) {
 		conn.Close()
 		return nil, err
 	}
+	defer closeAll(files) // adopt duplicates what it keeps
 	var descs []socketDesc
 	if err := json.Unmarshal(buf[:n], &descs); err != nil || len(descs) != len(files) {
-		closeAll(files)
 		conn.Close()
 		return nil, fmt.Errorf("handoff: %d descriptions for %d sockets: %v", len(descs), len(files), err)
 	}
@@ -119,7 +119,6 @@ func takeOver(controlSocket string, log *slog.Logger) (*inherited, error) {
 		if err == nil {
 			err = in.adopt(d.Network, addr, files[i])
 		}
-		files[i].Close() // adopt duplicated it
 		if err != nil {
 			in.closeSockets()
 			conn.Close()
@@ -273,21 +272,24 @@ func requireRoot(c *net.UnixConn) error {
 	return nil
 }
 
-// parseRights extracts the descriptors of an SCM_RIGHTS message.
+// parseRights extracts the descriptors of SCM_RIGHTS messages. The kernel
+// installed them in this process: on an error, those found are closed
+// (those of a message that does not parse cannot be found).
 func parseRights(oob []byte) ([]*os.File, error) {
-	msgs, err := unix.ParseSocketControlMessage(oob)
-	if err != nil {
-		return nil, fmt.Errorf("handoff: %w", err)
-	}
 	var files []*os.File
-	for _, m := range msgs {
-		fds, err := unix.ParseUnixRights(&m)
+	for len(oob) >= unix.CmsgLen(0) {
+		h, data, rest, err := unix.ParseOneSocketControlMessage(oob)
 		if err != nil {
-			continue
+			closeAll(files)
+			return nil, fmt.Errorf("handoff: %w", err)
 		}
-		for _, fd := range fds {
-			files = append(files, os.NewFile(uintptr(fd), "inherited"))
+		fds, err := unix.ParseUnixRights(&unix.SocketControlMessage{Header: h, Data: data})
+		if err == nil { // else not SCM_RIGHTS: nothing installed
+			for _, fd := range fds {
+				files = append(files, os.NewFile(uintptr(fd), "inherited"))
+			}
 		}
+		oob = rest
 	}
 	return files, nil
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/netip"
 	"os"
@@ -16,8 +17,10 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/miekg/dns"
+	"golang.org/x/sys/unix"
 
 	"github.com/ztdns/ztdns/internal/dnstest"
 	"github.com/ztdns/ztdns/internal/testenv"
@@ -357,4 +360,97 @@ func TestRestartAfterADeadSuccessor(t *testing.T) {
 			t.Fatalf("TCP query %d: %v", i, err)
 		}
 	}
+}
+
+// TestTakeOverClosesWhatItRefuses: a hand-over that fails part-way (a
+// socket described as something it cannot adopt, ahead of good ones)
+// leaves no received descriptor open in the successor.
+func TestTakeOverClosesWhatItRefuses(t *testing.T) {
+	socket := filepath.Join(t.TempDir(), "ztdns.sock")
+	ln, err := listenHandoff(socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var (
+		descs []socketDesc
+		conns []*net.UDPConn
+	)
+	for i := range 3 {
+		c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		conns = append(conns, c)
+		descs = append(descs, socketDesc{Network: "udp", Addr: c.LocalAddr().String()})
+		if i == 0 {
+			descs[i].Network = "sctp"
+		}
+	}
+	sockets := func() ([]socketDesc, []*os.File, error) { // offerOnce closes the files
+		var files []*os.File
+		for _, c := range conns {
+			f, err := c.File()
+			if err != nil {
+				closeAll(files)
+				return nil, nil, err
+			}
+			files = append(files, f)
+		}
+		return descs, files, nil
+	}
+	before := openFDs(t)
+	offered := make(chan struct{})
+	go func() {
+		defer close(offered)
+		c, err := ln.AcceptUnix()
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer c.Close()
+		offerOnce(c, sockets, func() { t.Error("stopped for a failed takeover") })
+	}()
+	in, err := takeOver(socket, slog.New(slog.DiscardHandler))
+	if err == nil || in != nil {
+		t.Fatalf("takeOver = %v, %v; want an error", in, err)
+	}
+	<-offered
+	if after := openFDs(t); after != before {
+		t.Errorf("%d descriptors open after a failed takeover, %d before", after, before)
+	}
+}
+
+// TestParseRightsClosesOnError: descriptors the kernel installed in a
+// control message that does not parse are closed.
+func TestParseRightsClosesOnError(t *testing.T) {
+	fds := make([]int, 2)
+	for i := range fds {
+		var err error
+		if fds[i], err = unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	defer unix.Close(fds[1])
+	bad := unix.UnixRights(fds[1])
+	(*unix.Cmsghdr)(unsafe.Pointer(&bad[0])).SetLen(len(bad) + 64) // longer than what follows
+	if files, err := parseRights(append(unix.UnixRights(fds[0]), bad...)); err == nil {
+		closeAll(files)
+		t.Fatal("parseRights accepted a malformed message")
+	}
+	if _, err := unix.FcntlInt(uintptr(fds[0]), unix.F_GETFD, 0); err != unix.EBADF {
+		unix.Close(fds[0])
+		t.Errorf("the descriptor of the well-formed message is still open (F_GETFD: %v)", err)
+	}
+}
+
+// openFDs counts the process's open descriptors.
+func openFDs(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
 }
