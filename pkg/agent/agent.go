@@ -313,6 +313,13 @@ func (a *Agent) run(ctx context.Context) error {
 		case <-time.After(handoffSyncWait):
 			a.log.Warn("no table yet; taking over anyway", "waited", handoffSyncWait)
 		case <-ctx.Done():
+			// Stopped (or failed) before taking over: the predecessor must
+			// keep serving, or nothing would.
+			a.log.Info("stopped before taking over; the previous agent keeps serving")
+			if err := abort(context.Cause(ctx)); !errors.Is(err, context.Canceled) {
+				return err
+			}
+			return nil
 		}
 	}
 	metricsCtx, stopMetrics := context.WithCancel(ctx)
@@ -367,7 +374,11 @@ func (a *Agent) run(ctx context.Context) error {
 			}
 			a.server.Drain()
 		})
-		if ctx.Err() != nil || a.handedOver.Load() {
+		if a.handedOver.Load() {
+			a.closeHandedOver()
+			return nil
+		}
+		if ctx.Err() != nil {
 			return nil
 		}
 		return err
@@ -619,6 +630,22 @@ func (a *Agent) handoffSockets() ([]socketDesc, []*os.File, error) {
 		}
 	}
 	return descs, files, nil
+}
+
+// closeHandedOver closes this agent's copies of the sockets it handed over,
+// once drained: the successor holds its own. A copy kept unread would stay
+// in its address's SO_REUSEPORT group, and should the successor die, the
+// kernel would hand it part of the queries to the agent bound next.
+func (a *Agent) closeHandedOver() {
+	for _, c := range a.udp {
+		c.Close()
+	}
+	for _, l := range a.tcp {
+		l.Close()
+	}
+	if a.metrics != nil {
+		a.metrics.Close() // its server's shutdown closes it too, soon
+	}
 }
 
 func addrPortString(a net.Addr) string {

@@ -42,8 +42,11 @@ import (
 // one is ready, and an old agent that exited by itself would be restarted by
 // the kubelet and take the sockets back.
 
+// handoffTimeout bounds each step of the exchange (a variable: tests
+// shorten it).
+var handoffTimeout = 10 * time.Second
+
 const (
-	handoffTimeout = 10 * time.Second
 	// handoffSyncWait bounds how long a successor waits for its first table
 	// before it takes over anyway (the source may be unreachable).
 	handoffSyncWait = 30 * time.Second
@@ -104,9 +107,9 @@ func takeOver(controlSocket string, log *slog.Logger) (*inherited, error) {
 		conn.Close()
 		return nil, err
 	}
+	defer closeAll(files) // adopt duplicates what it keeps
 	var descs []socketDesc
 	if err := json.Unmarshal(buf[:n], &descs); err != nil || len(descs) != len(files) {
-		closeAll(files)
 		conn.Close()
 		return nil, fmt.Errorf("handoff: %d descriptions for %d sockets: %v", len(descs), len(files), err)
 	}
@@ -116,7 +119,6 @@ func takeOver(controlSocket string, log *slog.Logger) (*inherited, error) {
 		if err == nil {
 			err = in.adopt(d.Network, addr, files[i])
 		}
-		files[i].Close() // adopt duplicated it
 		if err != nil {
 			in.closeSockets()
 			conn.Close()
@@ -164,6 +166,8 @@ func (in *inherited) adopt(network string, addr netip.AddrPort, f *os.File) erro
 // reading and let go of the control socket.
 func (in *inherited) release() error {
 	defer in.conn.Close()
+	// Up to handoffSyncWait may have passed since takeOver's deadline was set.
+	in.conn.SetDeadline(time.Now().Add(handoffTimeout))
 	if _, err := in.conn.Write([]byte("serving\n")); err != nil {
 		return fmt.Errorf("handoff: %w", err)
 	}
@@ -245,8 +249,9 @@ func offerOnce(c *net.UnixConn, sockets func() ([]socketDesc, []*os.File, error)
 		return false, fmt.Errorf("handoff: sending sockets: %w", err)
 	}
 	// Until the successor says it serves, this agent keeps serving: a
-	// successor that dies half-way costs nothing.
-	c.SetDeadline(time.Now().Add(handoffTimeout))
+	// successor that dies half-way costs nothing. It may first wait up to
+	// handoffSyncWait for its table.
+	c.SetDeadline(time.Now().Add(handoffSyncWait + handoffTimeout))
 	if line, err := r.ReadString('\n'); err != nil || line != "serving\n" {
 		return false, nil
 	}
@@ -267,21 +272,24 @@ func requireRoot(c *net.UnixConn) error {
 	return nil
 }
 
-// parseRights extracts the descriptors of an SCM_RIGHTS message.
+// parseRights extracts the descriptors of SCM_RIGHTS messages. The kernel
+// installed them in this process: on an error, those found are closed
+// (those of a message that does not parse cannot be found).
 func parseRights(oob []byte) ([]*os.File, error) {
-	msgs, err := unix.ParseSocketControlMessage(oob)
-	if err != nil {
-		return nil, fmt.Errorf("handoff: %w", err)
-	}
 	var files []*os.File
-	for _, m := range msgs {
-		fds, err := unix.ParseUnixRights(&m)
+	for len(oob) >= unix.CmsgLen(0) {
+		h, data, rest, err := unix.ParseOneSocketControlMessage(oob)
 		if err != nil {
-			continue
+			closeAll(files)
+			return nil, fmt.Errorf("handoff: %w", err)
 		}
-		for _, fd := range fds {
-			files = append(files, os.NewFile(uintptr(fd), "inherited"))
+		fds, err := unix.ParseUnixRights(&unix.SocketControlMessage{Header: h, Data: data})
+		if err == nil { // else not SCM_RIGHTS: nothing installed
+			for _, fd := range fds {
+				files = append(files, os.NewFile(uintptr(fd), "inherited"))
+			}
 		}
+		oob = rest
 	}
 	return files, nil
 }

@@ -6,22 +6,28 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/miekg/dns"
+	"golang.org/x/sys/unix"
 
 	"github.com/ztdns/ztdns/internal/dnstest"
 	"github.com/ztdns/ztdns/internal/testenv"
 	"github.com/ztdns/ztdns/pkg/control"
+	"github.com/ztdns/ztdns/pkg/model"
 	"github.com/ztdns/ztdns/pkg/resolver/quota"
+	"github.com/ztdns/ztdns/pkg/source"
 	"github.com/ztdns/ztdns/pkg/source/configdir"
 )
 
@@ -43,6 +49,14 @@ type testAgent struct {
 // of extra adjusts its Config before it starts.
 func startTestAgent(t *testing.T, dir, socket string, listen netip.AddrPort, upstream netip.AddrPort, metrics string, extra ...func(*Config)) *testAgent {
 	t.Helper()
+	ta := runTestAgent(t, dir, socket, listen, upstream, metrics, extra...)
+	waitReady(t, socket)
+	return ta
+}
+
+// runTestAgent is startTestAgent without waiting for readiness.
+func runTestAgent(t *testing.T, dir, socket string, listen netip.AddrPort, upstream netip.AddrPort, metrics string, extra ...func(*Config)) *testAgent {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	cfg := Config{
@@ -62,7 +76,6 @@ func startTestAgent(t *testing.T, dir, socket string, listen netip.AddrPort, ups
 	ta := &testAgent{cancel: cancel, done: make(chan error, 1)}
 	go func() { ta.done <- Run(ctx, cfg) }()
 	t.Cleanup(ta.stop)
-	waitReady(t, socket)
 	return ta
 }
 
@@ -191,4 +204,253 @@ func TestSocketsPerAddr(t *testing.T) {
 			t.Fatalf("address.internal: %v %v", r, err)
 		}
 	}
+}
+
+// gatedSource runs src only once open is closed. started is closed when
+// the agent runs it: after the agent took over its predecessor's sockets.
+type gatedSource struct {
+	src           source.Source
+	started, open chan struct{}
+}
+
+func gated(src source.Source) *gatedSource {
+	return &gatedSource{src: src, started: make(chan struct{}), open: make(chan struct{})}
+}
+
+func (g *gatedSource) Run(ctx context.Context, deliver func(*model.Snapshot)) error {
+	close(g.started)
+	select {
+	case <-g.open:
+	case <-ctx.Done():
+		return nil
+	}
+	return g.src.Run(ctx, deliver)
+}
+
+// handoffSetup gives a directory serving address.internal, a socket path,
+// a free port to listen on and an upstream.
+func handoffSetup(t *testing.T) (dir, socket string, listen, upstream netip.AddrPort) {
+	t.Helper()
+	dir = t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "se.yaml"), []byte(manifest), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return dir, filepath.Join(t.TempDir(), "ztdns.sock"), testenv.FreePort(t), dnstest.Start(t, "127.0.0.1:0", dnstest.Zone{}).Addr
+}
+
+// askAddress asks for address.internal over network ("udp" or "tcp"),
+// from a new source port.
+func askAddress(network string, listen netip.AddrPort) error {
+	c := &dns.Client{Net: network, Timeout: 2 * time.Second}
+	m := new(dns.Msg)
+	m.SetQuestion("address.internal.", dns.TypeA)
+	r, _, err := c.Exchange(m, listen.String())
+	if err != nil {
+		return err
+	}
+	if len(r.Answer) != 1 {
+		return fmt.Errorf("answer %v", r.Answer)
+	}
+	return nil
+}
+
+// waitServedBy waits until the agent answering on socket is the one that
+// alone in the test forwards to upstream, and is ready. It fails at once
+// if ta, that agent if not nil, stops.
+func waitServedBy(t *testing.T, socket string, ta *testAgent, upstream netip.AddrPort) {
+	t.Helper()
+	c := control.NewClient(socket, time.Second)
+	testenv.EventuallyNil(t, 10*time.Second, func() error {
+		if ta != nil {
+			select {
+			case err := <-ta.done:
+				ta.done <- err
+				t.Fatalf("the agent stopped: %v", err)
+			default:
+			}
+		}
+		st, err := c.Status(context.Background())
+		if err != nil {
+			return err
+		}
+		if !st.Ready || !slices.Equal(st.Upstreams, []string{upstream.String()}) {
+			return fmt.Errorf("status %+v: want ready and upstreams [%s]", st, upstream)
+		}
+		return nil
+	})
+}
+
+// shortenHandoffTimeout sets handoffTimeout to d until the test's agents
+// have stopped.
+func shortenHandoffTimeout(t *testing.T, d time.Duration) {
+	old := handoffTimeout
+	handoffTimeout = d
+	t.Cleanup(func() { handoffTimeout = old }) // runs after the agents' stops
+}
+
+// TestHandoffWaitsForASlowFirstTable: a successor whose first table comes
+// later than handoffTimeout, but within handoffSyncWait, still takes over,
+// and serves once its predecessor is gone. (Before: its "serving" came
+// after the exchange's deadline, the old agent had given up and kept its
+// control socket, and the successor exited with an error: a rollout on a
+// cluster slow to sync crash-looped.)
+func TestHandoffWaitsForASlowFirstTable(t *testing.T) {
+	shortenHandoffTimeout(t, 300*time.Millisecond)
+	dir, socket, listen, up := handoffSetup(t)
+	old := startTestAgent(t, dir, socket, listen, up, "")
+	src := gated(configdir.New(dir))
+	upNew := netip.MustParseAddrPort("127.0.0.1:9") // names the successor in its status
+	succ := runTestAgent(t, dir, socket, listen, upNew, "", func(c *Config) { c.Source = src })
+	<-src.started
+	time.Sleep(3 * handoffTimeout) // the first table comes after the exchange's deadline
+	close(src.open)
+	waitServedBy(t, socket, succ, upNew)
+	old.stop()
+	for range 10 {
+		if err := askAddress("udp", listen); err != nil {
+			t.Fatalf("after the old agent stopped: %v", err)
+		}
+	}
+}
+
+// TestHandoffAbandonedOnStop: a successor stopped (SIGTERM) while it waits
+// for its first table gives up the takeover, and its predecessor keeps
+// serving and stays ready. (Before: the successor completed the hand-over
+// and then stopped, and nothing served DNS.)
+func TestHandoffAbandonedOnStop(t *testing.T) {
+	dir, socket, listen, up := handoffSetup(t)
+	startTestAgent(t, dir, socket, listen, up, "")
+	src := gated(configdir.New(dir)) // never opened: no first table
+	succ := runTestAgent(t, dir, socket, listen, netip.MustParseAddrPort("127.0.0.1:9"), "", func(c *Config) { c.Source = src })
+	<-src.started
+	succ.cancel()
+	if err := <-succ.done; err != nil {
+		t.Errorf("the stopped successor: %v", err)
+	}
+	succ.done <- nil
+	for range 10 {
+		if err := askAddress("udp", listen); err != nil {
+			t.Fatalf("after the successor stopped: %v", err)
+		}
+	}
+	waitServedBy(t, socket, nil, up)
+}
+
+// TestRestartAfterADeadSuccessor: after a hand-over the old agent keeps
+// none of the sockets it handed over. When the successor dies and a fresh
+// agent binds the address again, every query reaches the fresh agent,
+// whatever its source port. (Before: the old agent's unread copies stayed
+// in the SO_REUSEPORT group, and the kernel sent about half the queries to
+// them.)
+func TestRestartAfterADeadSuccessor(t *testing.T) {
+	dir, socket, listen, up := handoffSetup(t)
+	startTestAgent(t, dir, socket, listen, up, "") // stays up, handed over
+	upNew := netip.MustParseAddrPort("127.0.0.1:9")
+	succ := runTestAgent(t, dir, socket, listen, upNew, "")
+	waitServedBy(t, socket, succ, upNew)
+	succ.stop()
+	startTestAgent(t, dir, socket, listen, up, "")
+	for i := range 32 {
+		if err := askAddress("udp", listen); err != nil {
+			t.Fatalf("UDP query %d: %v", i, err)
+		}
+	}
+	for i := range 8 {
+		if err := askAddress("tcp", listen); err != nil {
+			t.Fatalf("TCP query %d: %v", i, err)
+		}
+	}
+}
+
+// TestTakeOverClosesWhatItRefuses: a hand-over that fails part-way (a
+// socket described as something it cannot adopt, ahead of good ones)
+// leaves no received descriptor open in the successor.
+func TestTakeOverClosesWhatItRefuses(t *testing.T) {
+	socket := filepath.Join(t.TempDir(), "ztdns.sock")
+	ln, err := listenHandoff(socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var (
+		descs []socketDesc
+		conns []*net.UDPConn
+	)
+	for i := range 3 {
+		c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		conns = append(conns, c)
+		descs = append(descs, socketDesc{Network: "udp", Addr: c.LocalAddr().String()})
+		if i == 0 {
+			descs[i].Network = "sctp"
+		}
+	}
+	sockets := func() ([]socketDesc, []*os.File, error) { // offerOnce closes the files
+		var files []*os.File
+		for _, c := range conns {
+			f, err := c.File()
+			if err != nil {
+				closeAll(files)
+				return nil, nil, err
+			}
+			files = append(files, f)
+		}
+		return descs, files, nil
+	}
+	before := openFDs(t)
+	offered := make(chan struct{})
+	go func() {
+		defer close(offered)
+		c, err := ln.AcceptUnix()
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer c.Close()
+		offerOnce(c, sockets, func() { t.Error("stopped for a failed takeover") })
+	}()
+	in, err := takeOver(socket, slog.New(slog.DiscardHandler))
+	if err == nil || in != nil {
+		t.Fatalf("takeOver = %v, %v; want an error", in, err)
+	}
+	<-offered
+	if after := openFDs(t); after != before {
+		t.Errorf("%d descriptors open after a failed takeover, %d before", after, before)
+	}
+}
+
+// TestParseRightsClosesOnError: descriptors the kernel installed in a
+// control message that does not parse are closed.
+func TestParseRightsClosesOnError(t *testing.T) {
+	fds := make([]int, 2)
+	for i := range fds {
+		var err error
+		if fds[i], err = unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	defer unix.Close(fds[1])
+	bad := unix.UnixRights(fds[1])
+	(*unix.Cmsghdr)(unsafe.Pointer(&bad[0])).SetLen(len(bad) + 64) // longer than what follows
+	if files, err := parseRights(append(unix.UnixRights(fds[0]), bad...)); err == nil {
+		closeAll(files)
+		t.Fatal("parseRights accepted a malformed message")
+	}
+	if _, err := unix.FcntlInt(uintptr(fds[0]), unix.F_GETFD, 0); err != unix.EBADF {
+		unix.Close(fds[0])
+		t.Errorf("the descriptor of the well-formed message is still open (F_GETFD: %v)", err)
+	}
+}
+
+// openFDs counts the process's open descriptors.
+func openFDs(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
 }

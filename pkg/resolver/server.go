@@ -184,6 +184,9 @@ type Server struct {
 	ctx    context.Context // cancelled by Close: ends slow-path work
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+	// loops counts ServeUDP and ServeTCP: a loop that is stopping may
+	// still answer what it read, and start slow-path work (wg).
+	loops sync.WaitGroup
 
 	mu       sync.Mutex
 	closers  []func() error
@@ -331,6 +334,7 @@ func (s *Server) ServeUDP(conn *net.UDPConn) error {
 	if !s.track(conn.Close, func() { conn.SetReadDeadline(time.Now()) }) {
 		return net.ErrClosed
 	}
+	defer s.loops.Done()
 	kernelRated := false
 	if s.kernel != nil {
 		if err := s.attachRate(conn); err != nil {
@@ -352,6 +356,7 @@ func (s *Server) ServeTCP(ln *net.TCPListener) error {
 	if !s.track(ln.Close, func() { ln.SetDeadline(time.Now()) }) {
 		return net.ErrClosed
 	}
+	defer s.loops.Done()
 	local := addrPortOf(ln.Addr())
 	for {
 		c, err := ln.AcceptTCP()
@@ -376,10 +381,11 @@ func (s *Server) ServeTCP(ln *net.TCPListener) error {
 }
 
 // Drain stops reading new queries without closing the sockets, and waits
-// for the queries in flight to be answered. It is how an agent hands its
-// sockets to its successor: the successor holds duplicates of the same
-// sockets and keeps reading, so no datagram queued in a socket is lost.
-// Close afterwards releases this process's copies.
+// for the queries in flight (those of the last batches read too) to be
+// answered. It is how an agent hands its sockets to its successor: the
+// successor holds duplicates of the same sockets and keeps reading, so no
+// datagram queued in a socket is lost. Closing the sockets afterwards
+// releases this process's copies.
 func (s *Server) Drain() {
 	s.mu.Lock()
 	s.draining = true
@@ -391,6 +397,7 @@ func (s *Server) Drain() {
 	for _, wake := range wakers {
 		wake()
 	}
+	s.loops.Wait()
 	s.wg.Wait()
 }
 
@@ -424,6 +431,7 @@ func (s *Server) Close() error {
 		}
 	}
 	s.cancel()
+	s.loops.Wait()
 	s.wg.Wait()
 	if s.stopPods != nil {
 		s.stopPods()
@@ -442,6 +450,7 @@ func (s *Server) track(closer func() error, wake func()) bool {
 	}
 	s.closers = append(s.closers, closer)
 	s.wakers = append(s.wakers, wake)
+	s.loops.Add(1)
 	return true
 }
 
