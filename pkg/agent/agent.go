@@ -362,7 +362,7 @@ func (a *Agent) run(ctx context.Context) error {
 	}
 	go func() { <-ctx.Done(); hs.Close() }()
 	g.spawn("handoff", func() error {
-		err := offerSockets(hs, a.log, a.handoffSockets, func() {
+		err := offerSockets(ctx, hs, a.log, a.handoffSockets, func() {
 			a.log.Info("handing the resolver's sockets to a new agent; this one stops serving")
 			a.handedOver.Store(true)
 			a.ready.Store(false)

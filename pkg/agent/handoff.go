@@ -2,6 +2,7 @@ package agent
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -205,8 +206,9 @@ func (in *inherited) closeSockets() {
 
 // offerSockets serves one successor on ln: it sends the sockets and, once the
 // successor serves, calls stop (which drains this agent) and confirms. It
-// returns after a completed handoff, or when ln is closed.
-func offerSockets(ln *net.UnixListener, log *slog.Logger, sockets func() ([]socketDesc, []*os.File, error), stop func()) error {
+// returns after a completed handoff, or when ln is closed; ctx ending ends an
+// exchange in progress.
+func offerSockets(ctx context.Context, ln *net.UnixListener, log *slog.Logger, sockets func() ([]socketDesc, []*os.File, error), stop func()) error {
 	for {
 		c, err := ln.AcceptUnix()
 		if err != nil {
@@ -217,7 +219,11 @@ func offerSockets(ln *net.UnixListener, log *slog.Logger, sockets func() ([]sock
 			c.Close()
 			continue
 		}
+		// An exchange waits up to handoffSyncWait for "serving": an agent
+		// stopped meanwhile ends it rather than its own stop.
+		unwatch := context.AfterFunc(ctx, func() { c.Close() })
 		done, err := offerOnce(c, sockets, stop)
+		unwatch()
 		c.Close()
 		if done {
 			return err

@@ -205,7 +205,7 @@ func TestHandoffRefusesSuccessorNotRoot(t *testing.T) {
 	var log testenv.Log
 	done := make(chan error, 1)
 	go func() {
-		done <- offerSockets(ln, slog.New(slog.NewTextHandler(&log, nil)), func() ([]socketDesc, []*os.File, error) {
+		done <- offerSockets(t.Context(), ln, slog.New(slog.NewTextHandler(&log, nil)), func() ([]socketDesc, []*os.File, error) {
 			asked.Store(true)
 			return nil, nil, nil
 		}, func() { stopped.Store(true) })
@@ -274,5 +274,62 @@ func TestStopsWhateverTheSourceDoes(t *testing.T) {
 	}
 	if !strings.Contains(log.String(), "did not stop in time") || !strings.Contains(log.String(), "source") {
 		t.Errorf("the log does not name the part left behind:\n%s", log.String())
+	}
+}
+
+// TestHandoffEndedByStop: an agent stopped while a successor holds its
+// sockets but has not said "serving" ends the exchange at once, and keeps
+// what it has (it never ran stop). (Before: the exchange waited out its
+// deadline, handoffSyncWait and more, and the agent's stop gave up on it.)
+func TestHandoffEndedByStop(t *testing.T) {
+	testenv.RequireRoot(t)
+	socket := filepath.Join(t.TempDir(), "ztdns.sock")
+	ln, err := listenHandoff(socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer udp.Close()
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	context.AfterFunc(ctx, func() { ln.Close() }) // as the agent does
+	var stopped atomic.Bool
+	done := make(chan error, 1)
+	go func() {
+		done <- offerSockets(ctx, ln, slog.New(slog.DiscardHandler), func() ([]socketDesc, []*os.File, error) {
+			f, err := udp.File()
+			return []socketDesc{{Network: "udp", Addr: udp.LocalAddr().String()}}, []*os.File{f}, err
+		}, func() { stopped.Store(true) })
+	}()
+
+	// A successor that takes the sockets and then never says "serving".
+	c, err := net.Dial("unix", handoffPath(socket))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte("sockets\n")); err != nil {
+		t.Fatal(err)
+	}
+	oob := make([]byte, unix.CmsgSpace(4))
+	if _, oobn, _, _, err := c.(*net.UnixConn).ReadMsgUnix(make([]byte, 4096), oob); err != nil {
+		t.Fatal(err)
+	} else if files, err := parseRights(oob[:oobn]); err != nil || len(files) != 1 {
+		t.Fatalf("received %d sockets: %v", len(files), err)
+	} else {
+		closeAll(files)
+	}
+
+	cancel()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second): // the exchange's own deadline is handoffSyncWait+handoffTimeout
+		t.Fatal("the stopped agent is still waiting for its successor's \"serving\"")
+	}
+	if stopped.Load() {
+		t.Error("the agent stopped serving without a successor that serves")
 	}
 }
