@@ -445,7 +445,53 @@ static __always_inline bool is_dns_transport(struct bpf_sock_addr *ctx)
 	return ctx->protocol == IPPROTO_UDP || ctx->protocol == IPPROTO_TCP;
 }
 
-static __always_inline int redirect4(struct bpf_sock_addr *ctx)
+/* sendmsg only: whether a send goes to the peer its connected socket is
+ * fixed to. The kernel runs the sendmsg hooks for a connected UDP socket
+ * when a destination comes with the send (sendto() naming the peer), and for
+ * every send of an AF_INET6 socket connected to ::ffff:a.b.c.d (udpv6_sendmsg
+ * hands udp_sendmsg the peer as a sockaddr_in, even for send() and write()).
+ * Such a socket was connected while it was not redirected (the pod not yet
+ * marked, the heartbeat stale): it stays connected to the nameserver, and
+ * the kernel delivers it nothing but datagrams from there. Redirecting the
+ * send would have the resolver answer a reply the socket never receives;
+ * left alone, it goes to the nameserver the socket is connected to. A socket
+ * connected while redirected has the resolver as its peer, which is no
+ * destination on port 53. */
+static __always_inline bool to_own_peer4(struct bpf_sock_addr *ctx)
+{
+	struct bpf_sock *sk = ctx->sk;
+	__u32 peer;
+
+	if (sk->state != BPF_TCP_ESTABLISHED || sk->dst_port != bpf_htons(DNS_PORT))
+		return false;
+	/* barrier_var: each load stays in its branch. Merged into one load
+	 * through a pointer chosen by the branch, it would be pointer
+	 * arithmetic on the socket, which the verifier refuses. */
+	if (sk->family == ZTDNS_AF_INET6) {
+		if (!is_v4_mapped(sk->dst_ip6[0], sk->dst_ip6[1], sk->dst_ip6[2]))
+			return false;
+		peer = sk->dst_ip6[3];
+		barrier_var(peer);
+	} else {
+		peer = sk->dst_ip4;
+		barrier_var(peer);
+	}
+	return peer == ctx->user_ip4;
+}
+
+static __always_inline bool to_own_peer6(struct bpf_sock_addr *ctx)
+{
+	struct bpf_sock *sk = ctx->sk;
+
+	return sk->state == BPF_TCP_ESTABLISHED &&
+	       sk->dst_port == bpf_htons(DNS_PORT) &&
+	       sk->dst_ip6[0] == ctx->user_ip6[0] &&
+	       sk->dst_ip6[1] == ctx->user_ip6[1] &&
+	       sk->dst_ip6[2] == ctx->user_ip6[2] &&
+	       sk->dst_ip6[3] == ctx->user_ip6[3];
+}
+
+static __always_inline int redirect4(struct bpf_sock_addr *ctx, bool sendmsg)
 {
 	const struct endpoint *res;
 	struct endpoint dst;
@@ -454,6 +500,8 @@ static __always_inline int redirect4(struct bpf_sock_addr *ctx)
 	if (ctx->user_port != bpf_htons(DNS_PORT))
 		return ZTDNS_ALLOW;
 	if (!is_dns_transport(ctx))
+		return ZTDNS_ALLOW;
+	if (sendmsg && to_own_peer4(ctx))
 		return ZTDNS_ALLOW;
 
 	/* Also reached by AF_INET6 sockets sending to ::ffff:a.b.c.d: the
@@ -467,7 +515,7 @@ static __always_inline int redirect4(struct bpf_sock_addr *ctx)
 	return ZTDNS_ALLOW;
 }
 
-static __always_inline int redirect6(struct bpf_sock_addr *ctx)
+static __always_inline int redirect6(struct bpf_sock_addr *ctx, bool sendmsg)
 {
 	const struct endpoint *res;
 	struct endpoint dst;
@@ -476,6 +524,8 @@ static __always_inline int redirect6(struct bpf_sock_addr *ctx)
 	if (ctx->user_port != bpf_htons(DNS_PORT))
 		return ZTDNS_ALLOW;
 	if (!is_dns_transport(ctx))
+		return ZTDNS_ALLOW;
+	if (sendmsg && to_own_peer6(ctx))
 		return ZTDNS_ALLOW;
 
 	w0 = ctx->user_ip6[0];
@@ -625,13 +675,13 @@ static __always_inline int restore6(struct bpf_sock_addr *ctx)
 SEC("cgroup/connect4")
 int ztdns_connect4(struct bpf_sock_addr *ctx)
 {
-	return redirect4(ctx);
+	return redirect4(ctx, false);
 }
 
 SEC("cgroup/sendmsg4")
 int ztdns_sendmsg4(struct bpf_sock_addr *ctx)
 {
-	return redirect4(ctx);
+	return redirect4(ctx, true);
 }
 
 SEC("cgroup/recvmsg4")
@@ -649,13 +699,13 @@ int ztdns_getpeername4(struct bpf_sock_addr *ctx)
 SEC("cgroup/connect6")
 int ztdns_connect6(struct bpf_sock_addr *ctx)
 {
-	return redirect6(ctx);
+	return redirect6(ctx, false);
 }
 
 SEC("cgroup/sendmsg6")
 int ztdns_sendmsg6(struct bpf_sock_addr *ctx)
 {
-	return redirect6(ctx);
+	return redirect6(ctx, true);
 }
 
 SEC("cgroup/recvmsg6")
