@@ -14,7 +14,9 @@
  *    rewritten query must not match istio-cni's in-pod DNS capture (nat
  *    OUTPUT, destination port 53, REDIRECT to ztunnel's 15053), or ztunnel
  *    would answer a pod ztdns captured. A destination on the pod's own
- *    loopback or the unspecified address is left alone (is_local);
+ *    loopback or the unspecified address is left alone (is_local), and so
+ *    are a DNS server's replies (from_dns_server) and a send to the peer
+ *    of a socket connected before the pod was captured (to_own_peer4/6);
  *  - recvmsg4/6 (UDP replies) and getpeername4/6 (connected sockets) rewrite
  *    a source / peer that is a resolver slot address back to what that
  *    socket addressed through the slot, so the stub resolver accepts the
@@ -445,6 +447,18 @@ static __always_inline bool is_dns_transport(struct bpf_sock_addr *ctx)
 	return ctx->protocol == IPPROTO_UDP || ctx->protocol == IPPROTO_TCP;
 }
 
+/* A socket on local port 53 is a DNS server's: what it sends to port 53 is
+ * a reply to a client that queried from port 53 (BIND's query-source port
+ * 53, another server forwarding), never a query of the pod's stub resolver.
+ * Redirected, the reply would reach the resolver as a query and the client
+ * would never get it. Istio's in-pod rules leave such a reply alone too: it
+ * belongs to the client's conntrack flow and is not NATed. A server that
+ * also sends its own queries from port 53 is not captured for them. */
+static __always_inline bool from_dns_server(struct bpf_sock_addr *ctx)
+{
+	return ctx->sk->src_port == DNS_PORT;
+}
+
 /* sendmsg only: whether a send goes to the peer its connected socket is
  * fixed to. The kernel runs the sendmsg hooks for a connected UDP socket
  * when a destination comes with the send (sendto() naming the peer), and for
@@ -501,7 +515,7 @@ static __always_inline int redirect4(struct bpf_sock_addr *ctx, bool sendmsg)
 		return ZTDNS_ALLOW;
 	if (!is_dns_transport(ctx))
 		return ZTDNS_ALLOW;
-	if (sendmsg && to_own_peer4(ctx))
+	if (from_dns_server(ctx) || (sendmsg && to_own_peer4(ctx)))
 		return ZTDNS_ALLOW;
 
 	/* Also reached by AF_INET6 sockets sending to ::ffff:a.b.c.d: the
@@ -525,7 +539,7 @@ static __always_inline int redirect6(struct bpf_sock_addr *ctx, bool sendmsg)
 		return ZTDNS_ALLOW;
 	if (!is_dns_transport(ctx))
 		return ZTDNS_ALLOW;
-	if (sendmsg && to_own_peer6(ctx))
+	if (from_dns_server(ctx) || (sendmsg && to_own_peer6(ctx)))
 		return ZTDNS_ALLOW;
 
 	w0 = ctx->user_ip6[0];

@@ -3,9 +3,15 @@
 package redirect
 
 import (
+	"bytes"
+	"fmt"
+	"net"
 	"net/netip"
 	"slices"
 	"testing"
+	"time"
+
+	"github.com/miekg/dns"
 
 	"github.com/ztdns/ztdns/internal/dnstest"
 	"github.com/ztdns/ztdns/internal/testenv"
@@ -92,4 +98,61 @@ func TestConnectedBeforeCaptureKeepsItsPeer(t *testing.T) {
 			t.Errorf("pod counters %+v: nothing redirected", c)
 		}
 	})
+}
+
+// TestDNSServerInPodAnswersFromPort53: a DNS server in a marked pod,
+// bound to port 53, answers a client that asked from port 53 (BIND's
+// query-source port 53, a server forwarding to it). Its reply goes to port
+// 53 and must reach the client, not the node's resolver as a query.
+func TestDNSServerInPodAnswersFromPort53(t *testing.T) {
+	t.Parallel()
+	e := newCaptureEnv(t, envOptions{})
+	p, cookie := e.markedPod(t, 0)
+	startHelper(t, t.Context(), p, e.cg, "ready", helperEnv+"="+helperEcho)
+
+	name := uniqueName("server")
+	q := new(dns.Msg)
+	q.SetQuestion(name+".", dns.TypeA)
+	query, err := q.Pack()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var reply []byte
+	if err := e.node.Do(func() error {
+		c, err := net.ListenUDP("udp4", &net.UDPAddr{Port: 53})
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		if _, err := c.WriteToUDPAddrPort(query, netip.AddrPortFrom(p.IPv4, 53)); err != nil {
+			return err
+		}
+		c.SetReadDeadline(time.Now().Add(3 * time.Second))
+		buf := make([]byte, 4096)
+		n, from, err := c.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			return err
+		}
+		if from != netip.AddrPortFrom(p.IPv4, 53) {
+			return fmt.Errorf("reply from %s, want %s:53", from, p.IPv4)
+		}
+		reply = buf[:n]
+		return nil
+	}); err != nil {
+		t.Fatalf("client on port 53: %v", err)
+	}
+	if !bytes.Equal(reply, query) {
+		t.Errorf("the server's reply is %x, want %x", reply, query)
+	}
+	if qs := e.dns.ReceivedFor(name); len(qs) != 0 {
+		t.Errorf("the resolver saw %+v, want nothing", qs)
+	}
+	if c := e.podCounters(t, cookie); c.Redirected != 0 {
+		t.Errorf("pod counters %+v, want nothing redirected", c)
+	}
+	for slot := range Slots {
+		if ns, ok := e.r.Nameserver(cookie, slot); ok {
+			t.Errorf("slot %d learned %s, want no slot taken", slot, ns)
+		}
+	}
 }

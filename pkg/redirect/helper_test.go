@@ -31,6 +31,9 @@ const (
 	// stdin, then sends an A query for helperName with helperSend ("write"
 	// or "sendto", naming the peer) and prints the addresses of the reply.
 	helperConnected = "connected"
+	// helperEcho: a UDP server on 0.0.0.0:53 that sends every datagram back
+	// to its sender (sendto, unconnected); prints "ready".
+	helperEcho = "echo53"
 
 	helperFamily = "ZTDNS_REDIRECT_FAMILY"
 	helperAddr   = "ZTDNS_REDIRECT_ADDR"
@@ -46,6 +49,8 @@ func runHelper() {
 		return
 	case helperConnected:
 		err = connectedClient(os.Getenv(helperFamily), os.Getenv(helperAddr), os.Getenv(helperSend), os.Getenv(helperName))
+	case helperEcho:
+		err = echoServer53()
 	default:
 		err = fmt.Errorf("unknown %s=%q", helperEnv, mode)
 	}
@@ -128,6 +133,30 @@ func connectedClient(family, addr, send, name string) error {
 		}
 	}
 	return nil
+}
+
+// echoServer53 answers every datagram on port 53 with itself, as a DNS
+// server answers from its port 53 to wherever the query came from.
+func echoServer53() error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Port: 53}); err != nil {
+		return fmt.Errorf("bind :53: %w", err)
+	}
+	fmt.Println("ready")
+	buf := make([]byte, 4096)
+	for {
+		n, from, err := unix.Recvfrom(fd, buf, 0)
+		if err != nil {
+			return err
+		}
+		if err := unix.Sendto(fd, buf[:n], 0, from); err != nil {
+			return fmt.Errorf("sendto %v: %w", from, err)
+		}
+	}
 }
 
 // helperProc is a running helper.
