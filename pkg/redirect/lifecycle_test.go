@@ -450,3 +450,46 @@ func attachedPrograms(tb testing.TB, cgroupPath string, at ebpf.AttachType) []eb
 	}
 	return ids
 }
+
+// TestSweepNameservers: slots whose network namespace is not marked (left
+// by a program racing Unmark, or by marks lost with a replaced pods map)
+// are forgotten; a marked pod's learned nameservers stay.
+func TestSweepNameservers(t *testing.T) {
+	t.Parallel()
+	e := newCaptureEnv(t, envOptions{})
+	pod, cookie := e.markedPod(t, 0, nowhere4)
+	if out, err := dig(t, &pod.Netns, e.cg, uniqueName("sweep")); err != nil {
+		t.Fatalf("dig: %v\n%s", err, out)
+	}
+	// A marked pod with no slots, and slots of two cookies never marked.
+	const markedNoSlots, orphan1, orphan2 = 1 << 62, 1<<62 + 1, 1<<62 + 2
+	if err := e.r.Mark(markedNoSlots, PodInfo{}); err != nil {
+		t.Fatal(err)
+	}
+	learned := ztdnsNameserver{Server: endpointFrom(netip.MustParseAddrPort(nowhere4b + ":53"))}
+	orphans := []ztdnsNameserverKey{{NetnsCookie: orphan1, Slot: 0}, {NetnsCookie: orphan1, Slot: 2}, {NetnsCookie: orphan2, Slot: 1}}
+	for _, k := range orphans {
+		if err := e.r.objs.Nameservers.Put(&k, &learned); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	removed, err := e.r.SweepNameservers()
+	if err != nil || removed != len(orphans) {
+		t.Errorf("SweepNameservers() = %d, %v; want %d removed", removed, err, len(orphans))
+	}
+	for _, k := range orphans {
+		if ns, ok := e.r.Nameserver(k.NetnsCookie, int(k.Slot)); ok {
+			t.Errorf("netns cookie %d slot %d still holds %s", k.NetnsCookie, k.Slot, ns)
+		}
+	}
+	if ns, ok := e.r.Nameserver(cookie, 0); !ok || ns.String() != nowhere4+":53" {
+		t.Errorf("the marked pod's slot 0 = %s, %v; want %s:53 kept", ns, ok, nowhere4)
+	}
+	if pods, err := e.r.Pods(); err != nil || len(pods) != 2 {
+		t.Errorf("Pods() = %+v, %v; want both marks kept", pods, err)
+	}
+	if removed, err := e.r.SweepNameservers(); err != nil || removed != 0 {
+		t.Errorf("second SweepNameservers() = %d, %v; want nothing left to remove", removed, err)
+	}
+}

@@ -172,6 +172,66 @@ func (r *Redirector) Unmark(cookie uint64) error {
 	return errors.Join(errs...)
 }
 
+// SweepNameservers forgets the nameservers learned for network namespaces
+// that are not marked, and returns how many slots it removed. Unmark alone
+// leaves such slots behind: a program that found the pod marked just before
+// Unmark removed it can learn a slot just after Unmark forgot its slots, and
+// a pods map replaced for an incompatible layout (an upgrade) loses marks
+// whose slots stay. Nothing else removes them, and once the nameservers map
+// is full no pod learns a new nameserver (nameserver_failed counts it).
+//
+// Callers do not Mark concurrently (the capture controller holds its lock):
+// a slot learned by a pod marked between the sweep's look at the pods map
+// and its delete would be forgotten, and learned again by its next query.
+func (r *Redirector) SweepNameservers() (int, error) {
+	var (
+		key     ztdnsNameserverKey
+		val     ztdnsNameserver
+		orphans []ztdnsNameserverKey
+	)
+	marked := map[uint64]bool{}
+	it := r.objs.Nameservers.Iterate()
+	for it.Next(&key, &val) {
+		m, seen := marked[key.NetnsCookie]
+		if !seen {
+			var err error
+			if m, err = r.isMarked(key.NetnsCookie); err != nil {
+				return 0, fmt.Errorf("sweep nameservers: %w", err)
+			}
+			marked[key.NetnsCookie] = m
+		}
+		if !m {
+			orphans = append(orphans, key)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return 0, fmt.Errorf("sweep nameservers: list: %w", err)
+	}
+	removed := 0
+	var errs []error
+	for _, k := range orphans {
+		// Deleted after the walk: deleting during it can make a hash
+		// map's iteration start over.
+		err := r.objs.Nameservers.Delete(&k)
+		switch {
+		case err == nil:
+			removed++
+		case !errors.Is(err, ebpf.ErrKeyNotExist):
+			errs = append(errs, fmt.Errorf("sweep nameservers: forget netns cookie %d slot %d: %w", k.NetnsCookie, k.Slot, err))
+		}
+	}
+	return removed, errors.Join(errs...)
+}
+
+func (r *Redirector) isMarked(cookie uint64) (bool, error) {
+	var val ztdnsPodInfo
+	err := r.objs.Pods.Lookup(&ztdnsPodKey{NetnsCookie: cookie}, &val)
+	if errors.Is(err, ebpf.ErrKeyNotExist) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
 // Nameserver returns the nameserver the pod with this netns cookie addressed
 // through slot, i.e. where a query it sent to resolver address slot was
 // meant to go.
