@@ -69,11 +69,19 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
+	__uint(max_entries, ZTDNS_CONFIG_COPIES);
 	__type(key, __u32);
 	__type(value, struct redirect_config);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } config SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct active_config);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} config_index SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -167,11 +175,18 @@ static __always_inline bool same_endpoint(const struct endpoint *a,
 	return same_addr(a, b) && a->port == b->port;
 }
 
+/* The config entry config_index names (see ztdns.h). Each program run
+ * calls this once and reads only the entry it returns. */
 static __always_inline struct redirect_config *get_config(void)
 {
-	__u32 zero = 0;
+	__u32 zero = 0, active;
+	struct active_config *ac;
 
-	return bpf_map_lookup_elem(&config, &zero);
+	ac = bpf_map_lookup_elem(&config_index, &zero);
+	if (!ac)
+		return NULL;
+	active = *(volatile __u32 *)&ac->index;
+	return bpf_map_lookup_elem(&config, &active);
 }
 
 static __always_inline struct node_counters *get_counters(void)

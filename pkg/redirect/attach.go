@@ -297,7 +297,7 @@ func Uninstall(bpffs, cgroupPath string) error {
 		errs = append(errs, removePinnedLink(linkPinPath(cfg.BPFFS, h.name)))
 	}
 	errs = append(errs, detachCgroupLinks(cfg.CgroupPath))
-	for _, name := range []string{ztdnsMapPods, ztdnsMapNameservers, ztdnsMapSockets, ztdnsMapConfig, ztdnsMapHeartbeat, ztdnsMapCounters} {
+	for _, name := range []string{ztdnsMapPods, ztdnsMapNameservers, ztdnsMapSockets, ztdnsMapConfig, ztdnsMapConfigIndex, ztdnsMapHeartbeat, ztdnsMapCounters} {
 		errs = append(errs, removeMapPin(pinPath(cfg.BPFFS, name)))
 	}
 	for _, dir := range []string{filepath.Join(cfg.BPFFS, linksDir), cfg.BPFFS} {

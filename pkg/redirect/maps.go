@@ -101,10 +101,12 @@ func (ep ztdnsEndpoint) addrPort() (netip.AddrPort, bool) {
 	return netip.AddrPort{}, false
 }
 
-// writeConfig stores the resolver addresses and the staleness bound. It
-// writes only when they changed: an array map update copies in place, and
-// rewriting identical bytes is the only way a restart cannot be seen
-// half-written by programs running meanwhile.
+// writeConfig stores the resolver addresses and the staleness bound, when
+// they changed. An array map update copies over the value in place, and
+// programs read the config all the time: a changed config is written whole
+// into the config entry the programs do not read, and config_index then
+// switches them to it (see struct active_config in bpf/ztdns.h). An
+// unchanged one is not written at all.
 func (r *Redirector) writeConfig() error {
 	var want ztdnsRedirectConfig
 	for i := range Slots {
@@ -113,15 +115,26 @@ func (r *Redirector) writeConfig() error {
 	}
 	want.StaleAfterNs = uint64(r.cfg.StaleAfter.Nanoseconds())
 
+	var active ztdnsActiveConfig
+	if err := r.objs.ConfigIndex.Lookup(uint32(0), &active); err != nil {
+		return fmt.Errorf("read config index: %w", err)
+	}
+	copies := r.objs.Config.MaxEntries() // ZTDNS_CONFIG_COPIES
 	var have ztdnsRedirectConfig
-	if err := r.objs.Config.Lookup(uint32(0), &have); err != nil {
-		return fmt.Errorf("read config map: %w", err)
+	if active.Index < copies {
+		if err := r.objs.Config.Lookup(active.Index, &have); err != nil {
+			return fmt.Errorf("read config map: %w", err)
+		}
+		if have == want {
+			return nil
+		}
 	}
-	if have == want {
-		return nil
-	}
-	if err := r.objs.Config.Update(uint32(0), &want, ebpf.UpdateExist); err != nil {
+	next := (active.Index + 1) % copies
+	if err := r.objs.Config.Update(next, &want, ebpf.UpdateExist); err != nil {
 		return fmt.Errorf("write config map: %w", err)
+	}
+	if err := r.objs.ConfigIndex.Update(uint32(0), &ztdnsActiveConfig{Index: next}, ebpf.UpdateExist); err != nil {
+		return fmt.Errorf("switch to the new config: %w", err)
 	}
 	return nil
 }
