@@ -14,7 +14,9 @@
  *    rewritten query must not match istio-cni's in-pod DNS capture (nat
  *    OUTPUT, destination port 53, REDIRECT to ztunnel's 15053), or ztunnel
  *    would answer a pod ztdns captured. A destination on the pod's own
- *    loopback or the unspecified address is left alone (is_local);
+ *    loopback or the unspecified address is left alone (is_local), and so
+ *    are a DNS server's replies (from_dns_server) and a send to the peer
+ *    of a socket connected before the pod was captured (to_own_peer4/6);
  *  - recvmsg4/6 (UDP replies) and getpeername4/6 (connected sockets) rewrite
  *    a source / peer that is a resolver slot address back to what that
  *    socket addressed through the slot, so the stub resolver accepts the
@@ -67,11 +69,19 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
+	__uint(max_entries, ZTDNS_CONFIG_COPIES);
 	__type(key, __u32);
 	__type(value, struct redirect_config);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } config SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct active_config);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} config_index SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -165,11 +175,18 @@ static __always_inline bool same_endpoint(const struct endpoint *a,
 	return same_addr(a, b) && a->port == b->port;
 }
 
+/* The config entry config_index names (see ztdns.h). Each program run
+ * calls this once and reads only the entry it returns. */
 static __always_inline struct redirect_config *get_config(void)
 {
-	__u32 zero = 0;
+	__u32 zero = 0, active;
+	struct active_config *ac;
 
-	return bpf_map_lookup_elem(&config, &zero);
+	ac = bpf_map_lookup_elem(&config_index, &zero);
+	if (!ac)
+		return NULL;
+	active = *(volatile __u32 *)&ac->index;
+	return bpf_map_lookup_elem(&config, &active);
 }
 
 static __always_inline struct node_counters *get_counters(void)
@@ -445,7 +462,65 @@ static __always_inline bool is_dns_transport(struct bpf_sock_addr *ctx)
 	return ctx->protocol == IPPROTO_UDP || ctx->protocol == IPPROTO_TCP;
 }
 
-static __always_inline int redirect4(struct bpf_sock_addr *ctx)
+/* A socket on local port 53 is a DNS server's: what it sends to port 53 is
+ * a reply to a client that queried from port 53 (BIND's query-source port
+ * 53, another server forwarding), never a query of the pod's stub resolver.
+ * Redirected, the reply would reach the resolver as a query and the client
+ * would never get it. Istio's in-pod rules leave such a reply alone too: it
+ * belongs to the client's conntrack flow and is not NATed. A server that
+ * also sends its own queries from port 53 is not captured for them. */
+static __always_inline bool from_dns_server(struct bpf_sock_addr *ctx)
+{
+	return ctx->sk->src_port == DNS_PORT;
+}
+
+/* sendmsg only: whether a send goes to the peer its connected socket is
+ * fixed to. The kernel runs the sendmsg hooks for a connected UDP socket
+ * when a destination comes with the send (sendto() naming the peer), and for
+ * every send of an AF_INET6 socket connected to ::ffff:a.b.c.d (udpv6_sendmsg
+ * hands udp_sendmsg the peer as a sockaddr_in, even for send() and write()).
+ * Such a socket was connected while it was not redirected (the pod not yet
+ * marked, the heartbeat stale): it stays connected to the nameserver, and
+ * the kernel delivers it nothing but datagrams from there. Redirecting the
+ * send would have the resolver answer a reply the socket never receives;
+ * left alone, it goes to the nameserver the socket is connected to. A socket
+ * connected while redirected has the resolver as its peer, which is no
+ * destination on port 53. */
+static __always_inline bool to_own_peer4(struct bpf_sock_addr *ctx)
+{
+	struct bpf_sock *sk = ctx->sk;
+	__u32 peer;
+
+	if (sk->state != BPF_TCP_ESTABLISHED || sk->dst_port != bpf_htons(DNS_PORT))
+		return false;
+	/* barrier_var: each load stays in its branch. Merged into one load
+	 * through a pointer chosen by the branch, it would be pointer
+	 * arithmetic on the socket, which the verifier refuses. */
+	if (sk->family == ZTDNS_AF_INET6) {
+		if (!is_v4_mapped(sk->dst_ip6[0], sk->dst_ip6[1], sk->dst_ip6[2]))
+			return false;
+		peer = sk->dst_ip6[3];
+		barrier_var(peer);
+	} else {
+		peer = sk->dst_ip4;
+		barrier_var(peer);
+	}
+	return peer == ctx->user_ip4;
+}
+
+static __always_inline bool to_own_peer6(struct bpf_sock_addr *ctx)
+{
+	struct bpf_sock *sk = ctx->sk;
+
+	return sk->state == BPF_TCP_ESTABLISHED &&
+	       sk->dst_port == bpf_htons(DNS_PORT) &&
+	       sk->dst_ip6[0] == ctx->user_ip6[0] &&
+	       sk->dst_ip6[1] == ctx->user_ip6[1] &&
+	       sk->dst_ip6[2] == ctx->user_ip6[2] &&
+	       sk->dst_ip6[3] == ctx->user_ip6[3];
+}
+
+static __always_inline int redirect4(struct bpf_sock_addr *ctx, bool sendmsg)
 {
 	const struct endpoint *res;
 	struct endpoint dst;
@@ -454,6 +529,8 @@ static __always_inline int redirect4(struct bpf_sock_addr *ctx)
 	if (ctx->user_port != bpf_htons(DNS_PORT))
 		return ZTDNS_ALLOW;
 	if (!is_dns_transport(ctx))
+		return ZTDNS_ALLOW;
+	if (from_dns_server(ctx) || (sendmsg && to_own_peer4(ctx)))
 		return ZTDNS_ALLOW;
 
 	/* Also reached by AF_INET6 sockets sending to ::ffff:a.b.c.d: the
@@ -467,7 +544,7 @@ static __always_inline int redirect4(struct bpf_sock_addr *ctx)
 	return ZTDNS_ALLOW;
 }
 
-static __always_inline int redirect6(struct bpf_sock_addr *ctx)
+static __always_inline int redirect6(struct bpf_sock_addr *ctx, bool sendmsg)
 {
 	const struct endpoint *res;
 	struct endpoint dst;
@@ -476,6 +553,8 @@ static __always_inline int redirect6(struct bpf_sock_addr *ctx)
 	if (ctx->user_port != bpf_htons(DNS_PORT))
 		return ZTDNS_ALLOW;
 	if (!is_dns_transport(ctx))
+		return ZTDNS_ALLOW;
+	if (from_dns_server(ctx) || (sendmsg && to_own_peer6(ctx)))
 		return ZTDNS_ALLOW;
 
 	w0 = ctx->user_ip6[0];
@@ -625,13 +704,13 @@ static __always_inline int restore6(struct bpf_sock_addr *ctx)
 SEC("cgroup/connect4")
 int ztdns_connect4(struct bpf_sock_addr *ctx)
 {
-	return redirect4(ctx);
+	return redirect4(ctx, false);
 }
 
 SEC("cgroup/sendmsg4")
 int ztdns_sendmsg4(struct bpf_sock_addr *ctx)
 {
-	return redirect4(ctx);
+	return redirect4(ctx, true);
 }
 
 SEC("cgroup/recvmsg4")
@@ -649,13 +728,13 @@ int ztdns_getpeername4(struct bpf_sock_addr *ctx)
 SEC("cgroup/connect6")
 int ztdns_connect6(struct bpf_sock_addr *ctx)
 {
-	return redirect6(ctx);
+	return redirect6(ctx, false);
 }
 
 SEC("cgroup/sendmsg6")
 int ztdns_sendmsg6(struct bpf_sock_addr *ctx)
 {
-	return redirect6(ctx);
+	return redirect6(ctx, true);
 }
 
 SEC("cgroup/recvmsg6")

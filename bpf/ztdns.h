@@ -101,7 +101,15 @@ struct socket_destinations {
 	struct endpoint sent_to[ZTDNS_SLOTS];	/* family 0: slot unused */
 };
 
-/* config (array, 1 entry): written by the agent at start. */
+/* config (array, ZTDNS_CONFIG_COPIES entries): written by the agent at
+ * start. The programs read the entry config_index names; the agent writes a
+ * changed config whole into the other entry, then switches config_index to
+ * it, so no program ever reads an entry while it is written (an array update
+ * copies over the value in place). Only a program still reading the old
+ * entry when the next agent switches back could: one stalled across two
+ * agent starts. */
+#define ZTDNS_CONFIG_COPIES 2
+
 struct redirect_config {
 	/* Where slot i is redirected: resolver4[i] for IPv4 and IPv4-mapped
 	 * destinations (written as ::ffff:a.b.c.d in the IPv6 hooks),
@@ -111,6 +119,14 @@ struct redirect_config {
 	struct endpoint resolver6[ZTDNS_SLOTS];
 	/* Redirect only while the heartbeat is at most this old (fail open). */
 	__u64 stale_after_ns;
+};
+
+/* config_index (array, 1 entry): the config entry the programs read. A
+ * program reads it once and uses that entry for its whole run. Its values,
+ * 0 and 1, differ in one byte, so the agent's map update cannot show a
+ * reader a third value however the kernel copies it. */
+struct active_config {
+	__u32 index;		/* 0 .. ZTDNS_CONFIG_COPIES-1 */
 };
 
 /* heartbeat (array, 1 entry, BPF_F_MMAPABLE): the agent's liveness.

@@ -60,6 +60,35 @@ union {					\
 	__u64 :64;			\
 } __attribute__((aligned(8)))
 
+/* linux/bpf.h: the socket a sock_addr program sees as ctx->sk (read only).
+ * dst_port was a __u32 holding the port in its first two bytes before
+ * Linux 5.18 (and its stable backports): a 2-byte read of it, the only kind
+ * the programs do, reads the same on either layout. */
+struct bpf_sock {
+	__u32 bound_dev_if;
+	__u32 family;
+	__u32 type;
+	__u32 protocol;
+	__u32 mark;
+	__u32 priority;
+	/* IP address also allows 1 and 2 bytes access */
+	__u32 src_ip4;
+	__u32 src_ip6[4];
+	__u32 src_port;		/* host byte order */
+	__be16 dst_port;	/* network byte order */
+	__u16 :16;		/* zero padding */
+	__u32 dst_ip4;
+	__u32 dst_ip6[4];
+	__u32 state;
+	__s32 rx_queue_mapping;
+};
+
+/* linux/bpf.h: bpf_sock.state, the kernel's TCP states; a connected UDP
+ * socket is in BPF_TCP_ESTABLISHED too. */
+enum {
+	BPF_TCP_ESTABLISHED = 1,
+};
+
 /* linux/bpf.h: the context of cgroup sock_addr programs. The kernel maps
  * these offsets to the socket's fields; which accesses are allowed is noted
  * per field. */

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/ztdns/ztdns/pkg/podcache"
+	"github.com/ztdns/ztdns/pkg/redirect"
 )
 
 // StateFile is the name of the record of attachments in Config.StateDir.
@@ -73,8 +74,26 @@ func (c *Controller) reconcileLocked() error {
 			errs = append(errs, c.setMark(a))
 		}
 	}
+	// Once the marks are right: the learned nameservers of what is no
+	// longer marked go too (mu keeps Mark from racing the sweep).
+	if s, ok := c.marker.(nameserverSweeper); ok {
+		n, err := s.SweepNameservers()
+		if n > 0 {
+			c.log.Info("forgot the nameservers of unmarked network namespaces", "slots", n)
+		}
+		errs = append(errs, err)
+	}
 	return errors.Join(errs...)
 }
+
+// nameserverSweeper is what *redirect.Redirector does beyond a Marker:
+// forget the nameservers learned for network namespaces no longer marked,
+// which Unmark can leave behind (see SweepNameservers).
+type nameserverSweeper interface {
+	SweepNameservers() (int, error)
+}
+
+var _ nameserverSweeper = (*redirect.Redirector)(nil)
 
 // saveOrRetry writes the record of attachments. A write that fails never
 // fails the pod it was written for (the mark is what captures it, and a

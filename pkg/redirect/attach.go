@@ -26,10 +26,12 @@
 package redirect
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/cilium/ebpf"
@@ -63,12 +65,45 @@ func (r *Redirector) attachAll() error {
 			return err
 		}
 	}
+	if err := r.leavePreviousCgroup(cgID); err != nil {
+		return err
+	}
 	for _, h := range hooks {
 		l, err := r.attach(h, cgID)
 		if err != nil {
 			return fmt.Errorf("attach %s to %s: %w", h.name, r.cfg.CgroupPath, err)
 		}
 		r.links = append(r.links, attachedLink{hook: h, link: l})
+	}
+	return nil
+}
+
+// leavePreviousCgroup detaches, in detach order, the pinned links that
+// attach the programs to a cgroup other than cgID (the agent was configured
+// with another one); attach then replaces them with links on cgID. Left to
+// attach, one hook at a time in attach order, the old cgroup would lose its
+// restoring hooks while connect and sendmsg still redirect there.
+func (r *Redirector) leavePreviousCgroup(cgID uint64) error {
+	for _, h := range detachOrder() {
+		pin := linkPinPath(r.cfg.BPFFS, h.name)
+		err := withOwnedPinnedLink(pin, func(l link.Link) error {
+			info, err := l.Info()
+			if err != nil {
+				return fmt.Errorf("pinned link %s: %w", pin, err)
+			}
+			cg := info.Cgroup()
+			if cg == nil || cg.CgroupId == 0 || cg.CgroupId == cgID {
+				return nil
+			}
+			if err := l.Detach(); err != nil {
+				return fmt.Errorf("detach link %s from its previous cgroup: %w", pin, err)
+			}
+			r.log.Info("detached from previous cgroup", "program", h.name, "cgroup_id", cg.CgroupId)
+			return nil
+		})
+		if err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -258,11 +293,11 @@ func Uninstall(bpffs, cgroupPath string) error {
 		return err
 	}
 	var errs []error
-	for _, h := range hooks {
+	for _, h := range detachOrder() {
 		errs = append(errs, removePinnedLink(linkPinPath(cfg.BPFFS, h.name)))
 	}
 	errs = append(errs, detachCgroupLinks(cfg.CgroupPath))
-	for _, name := range []string{ztdnsMapPods, ztdnsMapNameservers, ztdnsMapSockets, ztdnsMapConfig, ztdnsMapHeartbeat, ztdnsMapCounters} {
+	for _, name := range []string{ztdnsMapPods, ztdnsMapNameservers, ztdnsMapSockets, ztdnsMapConfig, ztdnsMapConfigIndex, ztdnsMapHeartbeat, ztdnsMapCounters} {
 		errs = append(errs, removeMapPin(pinPath(cfg.BPFFS, name)))
 	}
 	for _, dir := range []string{filepath.Join(cfg.BPFFS, linksDir), cfg.BPFFS} {
@@ -271,6 +306,28 @@ func Uninstall(bpffs, cgroupPath string) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// detachOrder is hooks in the order they are detached: the reverse of the
+// attach order, so that the hooks restoring replies (recvmsg, getpeername)
+// go last. Detached first, they would leave connect and sendmsg redirecting
+// queries whose replies then keep the resolver's address as their source,
+// which glibc, musl and dig drop.
+func detachOrder() []hook {
+	order := slices.Clone(hooks)
+	slices.Reverse(order)
+	return order
+}
+
+// detachRank is the position of attach type at in detachOrder (len(hooks)
+// for one ztdns does not use).
+func detachRank(at ebpf.AttachType) int {
+	for i, h := range detachOrder() {
+		if h.attach == at {
+			return i
+		}
+	}
+	return len(hooks)
 }
 
 func removePinnedLink(pin string) error {
@@ -298,7 +355,15 @@ func detachCgroupLinks(cgroupPath string) error {
 	if err != nil {
 		return err
 	}
-	var errs []error
+	type owned struct {
+		l    link.Link
+		id   link.ID
+		rank int
+	}
+	var (
+		errs  []error
+		links []owned
+	)
 	it := new(link.Iterator)
 	defer it.Close()
 	for it.Next() {
@@ -306,15 +371,22 @@ func detachCgroupLinks(cgroupPath string) error {
 		info, err := l.Info()
 		if err == nil && info.Type == link.CgroupType && info.Cgroup() != nil && info.Cgroup().CgroupId == cgID {
 			if _, err := ownedLinkInfo(l); err == nil {
-				if err := l.Detach(); err != nil {
-					errs = append(errs, fmt.Errorf("detach link %d: %w", info.ID, err))
-				}
+				links = append(links, owned{l, info.ID, detachRank(ebpf.AttachType(info.Cgroup().AttachType))})
+				continue
 			}
 		}
 		l.Close()
 	}
 	if err := it.Err(); err != nil {
 		errs = append(errs, fmt.Errorf("list links: %w", err))
+	}
+	// In detach order, not in the order of their ids (creation).
+	slices.SortStableFunc(links, func(a, b owned) int { return cmp.Compare(a.rank, b.rank) })
+	for _, o := range links {
+		if err := o.l.Detach(); err != nil {
+			errs = append(errs, fmt.Errorf("detach link %d: %w", o.id, err))
+		}
+		o.l.Close()
 	}
 	return errors.Join(errs...)
 }

@@ -159,3 +159,35 @@ func TestLoadChecksFirst(t *testing.T) {
 		}
 	})
 }
+
+// TestDetachOrder: every hook is detached once, the redirecting ones
+// (connect, sendmsg) before any restoring one (recvmsg, getpeername): a
+// query redirected after its socket's restoring hook is gone would get a
+// reply from the resolver's address, which the client drops.
+func TestDetachOrder(t *testing.T) {
+	restores := func(h hook) bool {
+		return strings.Contains(h.name, "recvmsg") || strings.Contains(h.name, "getpeername")
+	}
+	order := detachOrder()
+	if len(order) != len(hooks) {
+		t.Fatalf("detachOrder has %d hooks, want %d", len(order), len(hooks))
+	}
+	seen := map[string]bool{}
+	restoring := false
+	for i, h := range order {
+		if seen[h.name] {
+			t.Errorf("%s detached twice", h.name)
+		}
+		seen[h.name] = true
+		if restoring && !restores(h) {
+			t.Errorf("%s detached after a restoring hook", h.name)
+		}
+		restoring = restoring || restores(h)
+		if got := detachRank(h.attach); got != i {
+			t.Errorf("detachRank(%s) = %d, want %d", h.name, got, i)
+		}
+	}
+	if !restoring {
+		t.Error("no restoring hook in detachOrder")
+	}
+}

@@ -17,6 +17,7 @@ import (
 
 func TestMain(m *testing.M) {
 	testenv.RunHelper() // Go-resolver client runs of this binary
+	runHelper()         // clients and servers in the test cgroup
 	os.Exit(m.Run())
 }
 
@@ -163,6 +164,12 @@ func (e *captureEnv) pod(tb testing.TB, nameservers ...string) *testenv.Pod {
 func (e *captureEnv) markedPod(tb testing.TB, flags PodFlags, nameservers ...string) (*testenv.Pod, uint64) {
 	tb.Helper()
 	p := e.pod(tb, nameservers...)
+	return p, e.mark(tb, p, flags)
+}
+
+// mark marks a pod's network namespace and returns its cookie.
+func (e *captureEnv) mark(tb testing.TB, p *testenv.Pod, flags PodFlags) uint64 {
+	tb.Helper()
 	cookie, err := NetnsCookie(p.Path())
 	if err != nil {
 		tb.Fatal(err)
@@ -175,7 +182,7 @@ func (e *captureEnv) markedPod(tb testing.TB, flags PodFlags, nameservers ...str
 	if err := e.r.Mark(cookie, info); err != nil {
 		tb.Fatal(err)
 	}
-	return p, cookie
+	return cookie
 }
 
 // slotOf returns the slot whose resolver address a query arrived on.

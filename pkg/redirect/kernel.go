@@ -28,7 +28,7 @@ type hook struct {
 
 // hooks lists every attach point, in attach order: the restoring hooks go
 // first so that no redirected query's reply arrives before its source can be
-// set back.
+// set back. They are detached in the reverse order (detachOrder).
 var hooks = []hook{
 	{ztdnsProgZtdnsRecvmsg4, ebpf.AttachCGroupUDP4Recvmsg, "5.2", func(p *ztdnsPrograms) *ebpf.Program { return p.ZtdnsRecvmsg4 }},
 	{ztdnsProgZtdnsRecvmsg6, ebpf.AttachCGroupUDP6Recvmsg, "5.2", func(p *ztdnsPrograms) *ebpf.Program { return p.ZtdnsRecvmsg6 }},

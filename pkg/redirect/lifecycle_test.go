@@ -356,6 +356,7 @@ func TestBPFToolShowsFieldNames(t *testing.T) {
 		{ztdnsMapPods, []string{`"netns_cookie": ` + strconv.FormatUint(cookie, 10), `"flags"`, `"ipv4"`, `"ipv6"`, `"redirected"`, `"restored"`, `"skipped_stale"`}},
 		{ztdnsMapNameservers, []string{`"netns_cookie"`, `"slot"`, `"server"`, `"addr"`, `"port": 53`, `"family": 2`, `"last_used_ns"`}},
 		{ztdnsMapConfig, []string{`"resolver4"`, `"resolver6"`, `"stale_after_ns"`}},
+		{ztdnsMapConfigIndex, []string{`"index"`}},
 		{ztdnsMapHeartbeat, []string{`"mono_ns"`}},
 		{ztdnsMapCounters, []string{`"redirected"`, `"restored"`, `"skipped_stale"`}},
 	}
@@ -449,4 +450,109 @@ func attachedPrograms(tb testing.TB, cgroupPath string, at ebpf.AttachType) []eb
 		ids = append(ids, p.ID)
 	}
 	return ids
+}
+
+// TestSweepNameservers: slots whose network namespace is not marked (left
+// by a program racing Unmark, or by marks lost with a replaced pods map)
+// are forgotten; a marked pod's learned nameservers stay.
+func TestSweepNameservers(t *testing.T) {
+	t.Parallel()
+	e := newCaptureEnv(t, envOptions{})
+	pod, cookie := e.markedPod(t, 0, nowhere4)
+	if out, err := dig(t, &pod.Netns, e.cg, uniqueName("sweep")); err != nil {
+		t.Fatalf("dig: %v\n%s", err, out)
+	}
+	// A marked pod with no slots, and slots of two cookies never marked.
+	const markedNoSlots, orphan1, orphan2 = 1 << 62, 1<<62 + 1, 1<<62 + 2
+	if err := e.r.Mark(markedNoSlots, PodInfo{}); err != nil {
+		t.Fatal(err)
+	}
+	learned := ztdnsNameserver{Server: endpointFrom(netip.MustParseAddrPort(nowhere4b + ":53"))}
+	orphans := []ztdnsNameserverKey{{NetnsCookie: orphan1, Slot: 0}, {NetnsCookie: orphan1, Slot: 2}, {NetnsCookie: orphan2, Slot: 1}}
+	for _, k := range orphans {
+		if err := e.r.objs.Nameservers.Put(&k, &learned); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	removed, err := e.r.SweepNameservers()
+	if err != nil || removed != len(orphans) {
+		t.Errorf("SweepNameservers() = %d, %v; want %d removed", removed, err, len(orphans))
+	}
+	for _, k := range orphans {
+		if ns, ok := e.r.Nameserver(k.NetnsCookie, int(k.Slot)); ok {
+			t.Errorf("netns cookie %d slot %d still holds %s", k.NetnsCookie, k.Slot, ns)
+		}
+	}
+	if ns, ok := e.r.Nameserver(cookie, 0); !ok || ns.String() != nowhere4+":53" {
+		t.Errorf("the marked pod's slot 0 = %s, %v; want %s:53 kept", ns, ok, nowhere4)
+	}
+	if pods, err := e.r.Pods(); err != nil || len(pods) != 2 {
+		t.Errorf("Pods() = %+v, %v; want both marks kept", pods, err)
+	}
+	if removed, err := e.r.SweepNameservers(); err != nil || removed != 0 {
+		t.Errorf("second SweepNameservers() = %d, %v; want nothing left to remove", removed, err)
+	}
+}
+
+// TestConfigChangeSwitchesEntries: a Load with a changed config writes it
+// into the config entry the programs do not read and then switches them to
+// it, never over the entry they read; an unchanged config writes nothing.
+// Capture works on the new config.
+func TestConfigChangeSwitchesEntries(t *testing.T) {
+	t.Parallel()
+	e := newCaptureEnv(t, envOptions{manualBeat: true})
+	read := func() (uint32, [2]ztdnsRedirectConfig) {
+		t.Helper()
+		var (
+			active  ztdnsActiveConfig
+			entries [2]ztdnsRedirectConfig
+		)
+		if err := e.r.objs.ConfigIndex.Lookup(uint32(0), &active); err != nil {
+			t.Fatal(err)
+		}
+		for i := range entries {
+			if err := e.r.objs.Config.Lookup(uint32(i), &entries[i]); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return active.Index, entries
+	}
+	reload := func(staleAfter time.Duration) {
+		t.Helper()
+		if err := e.r.Close(); err != nil {
+			t.Fatal(err)
+		}
+		cfg := e.cfg
+		cfg.StaleAfter = staleAfter
+		e.r = mustLoad(t, cfg)
+	}
+
+	first, before := read()
+	if got := before[first].StaleAfterNs; got != uint64(DefaultStaleAfter) {
+		t.Fatalf("active config %d has stale_after_ns %d, want %d", first, got, DefaultStaleAfter)
+	}
+
+	reload(2 * DefaultStaleAfter)
+	second, after := read()
+	if second == first {
+		t.Fatalf("config index stayed %d after a changed config", first)
+	}
+	if after[first] != before[first] {
+		t.Errorf("the entry the programs read was written: %+v, was %+v", after[first], before[first])
+	}
+	if got := after[second].StaleAfterNs; got != uint64(2*DefaultStaleAfter) || after[second].Resolver4 != before[first].Resolver4 {
+		t.Errorf("new config entry %d = %+v, want the resolvers of %+v with stale_after_ns %d", second, after[second], before[first], 2*DefaultStaleAfter)
+	}
+
+	reload(2 * DefaultStaleAfter)
+	if idx, again := read(); idx != second || again != after {
+		t.Errorf("an unchanged config moved the index to %d (entries %+v), want %d and nothing written", idx, again, second)
+	}
+
+	defer beatUntilStopped(t, e.r, 100*time.Millisecond)()
+	pod, _ := e.markedPod(t, 0, nowhere4)
+	if out, err := dig(t, &pod.Netns, e.cg, uniqueName("switched")); err != nil || !slices.Contains(testenv.ParseAddrs(out), marker4) {
+		t.Fatalf("dig after the switch: %v, printed %q; want %s", err, out, marker4)
+	}
 }

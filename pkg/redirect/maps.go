@@ -101,10 +101,12 @@ func (ep ztdnsEndpoint) addrPort() (netip.AddrPort, bool) {
 	return netip.AddrPort{}, false
 }
 
-// writeConfig stores the resolver addresses and the staleness bound. It
-// writes only when they changed: an array map update copies in place, and
-// rewriting identical bytes is the only way a restart cannot be seen
-// half-written by programs running meanwhile.
+// writeConfig stores the resolver addresses and the staleness bound, when
+// they changed. An array map update copies over the value in place, and
+// programs read the config all the time: a changed config is written whole
+// into the config entry the programs do not read, and config_index then
+// switches them to it (see struct active_config in bpf/ztdns.h). An
+// unchanged one is not written at all.
 func (r *Redirector) writeConfig() error {
 	var want ztdnsRedirectConfig
 	for i := range Slots {
@@ -113,15 +115,26 @@ func (r *Redirector) writeConfig() error {
 	}
 	want.StaleAfterNs = uint64(r.cfg.StaleAfter.Nanoseconds())
 
+	var active ztdnsActiveConfig
+	if err := r.objs.ConfigIndex.Lookup(uint32(0), &active); err != nil {
+		return fmt.Errorf("read config index: %w", err)
+	}
+	copies := r.objs.Config.MaxEntries() // ZTDNS_CONFIG_COPIES
 	var have ztdnsRedirectConfig
-	if err := r.objs.Config.Lookup(uint32(0), &have); err != nil {
-		return fmt.Errorf("read config map: %w", err)
+	if active.Index < copies {
+		if err := r.objs.Config.Lookup(active.Index, &have); err != nil {
+			return fmt.Errorf("read config map: %w", err)
+		}
+		if have == want {
+			return nil
+		}
 	}
-	if have == want {
-		return nil
-	}
-	if err := r.objs.Config.Update(uint32(0), &want, ebpf.UpdateExist); err != nil {
+	next := (active.Index + 1) % copies
+	if err := r.objs.Config.Update(next, &want, ebpf.UpdateExist); err != nil {
 		return fmt.Errorf("write config map: %w", err)
+	}
+	if err := r.objs.ConfigIndex.Update(uint32(0), &ztdnsActiveConfig{Index: next}, ebpf.UpdateExist); err != nil {
+		return fmt.Errorf("switch to the new config: %w", err)
 	}
 	return nil
 }
@@ -170,6 +183,66 @@ func (r *Redirector) Unmark(cookie uint64) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// SweepNameservers forgets the nameservers learned for network namespaces
+// that are not marked, and returns how many slots it removed. Unmark alone
+// leaves such slots behind: a program that found the pod marked just before
+// Unmark removed it can learn a slot just after Unmark forgot its slots, and
+// a pods map replaced for an incompatible layout (an upgrade) loses marks
+// whose slots stay. Nothing else removes them, and once the nameservers map
+// is full no pod learns a new nameserver (nameserver_failed counts it).
+//
+// Callers do not Mark concurrently (the capture controller holds its lock):
+// a slot learned by a pod marked between the sweep's look at the pods map
+// and its delete would be forgotten, and learned again by its next query.
+func (r *Redirector) SweepNameservers() (int, error) {
+	var (
+		key     ztdnsNameserverKey
+		val     ztdnsNameserver
+		orphans []ztdnsNameserverKey
+	)
+	marked := map[uint64]bool{}
+	it := r.objs.Nameservers.Iterate()
+	for it.Next(&key, &val) {
+		m, seen := marked[key.NetnsCookie]
+		if !seen {
+			var err error
+			if m, err = r.isMarked(key.NetnsCookie); err != nil {
+				return 0, fmt.Errorf("sweep nameservers: %w", err)
+			}
+			marked[key.NetnsCookie] = m
+		}
+		if !m {
+			orphans = append(orphans, key)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return 0, fmt.Errorf("sweep nameservers: list: %w", err)
+	}
+	removed := 0
+	var errs []error
+	for _, k := range orphans {
+		// Deleted after the walk: deleting during it can make a hash
+		// map's iteration start over.
+		err := r.objs.Nameservers.Delete(&k)
+		switch {
+		case err == nil:
+			removed++
+		case !errors.Is(err, ebpf.ErrKeyNotExist):
+			errs = append(errs, fmt.Errorf("sweep nameservers: forget netns cookie %d slot %d: %w", k.NetnsCookie, k.Slot, err))
+		}
+	}
+	return removed, errors.Join(errs...)
+}
+
+func (r *Redirector) isMarked(cookie uint64) (bool, error) {
+	var val ztdnsPodInfo
+	err := r.objs.Pods.Lookup(&ztdnsPodKey{NetnsCookie: cookie}, &val)
+	if errors.Is(err, ebpf.ErrKeyNotExist) {
+		return false, nil
+	}
+	return err == nil, err
 }
 
 // Nameserver returns the nameserver the pod with this netns cookie addressed

@@ -13,6 +13,11 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type ztdnsActiveConfig struct {
+	_     structs.HostLayout
+	Index uint32
+}
+
 type ztdnsAgentHeartbeat struct {
 	_      structs.HostLayout
 	MonoNs uint64
@@ -87,6 +92,7 @@ type ztdnsSocketDestinations struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	ztdnsMapConfig             = "config"
+	ztdnsMapConfigIndex        = "config_index"
 	ztdnsMapCounters           = "counters"
 	ztdnsMapHeartbeat          = "heartbeat"
 	ztdnsMapNameservers        = "nameservers"
@@ -159,6 +165,7 @@ type ztdnsProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type ztdnsMapSpecs struct {
 	Config      *ebpf.MapSpec `ebpf:"config"`
+	ConfigIndex *ebpf.MapSpec `ebpf:"config_index"`
 	Counters    *ebpf.MapSpec `ebpf:"counters"`
 	Heartbeat   *ebpf.MapSpec `ebpf:"heartbeat"`
 	Nameservers *ebpf.MapSpec `ebpf:"nameservers"`
@@ -193,6 +200,7 @@ func (o *ztdnsObjects) Close() error {
 // It can be passed to loadZtdnsObjects or ebpf.CollectionSpec.LoadAndAssign.
 type ztdnsMaps struct {
 	Config      *ebpf.Map `ebpf:"config"`
+	ConfigIndex *ebpf.Map `ebpf:"config_index"`
 	Counters    *ebpf.Map `ebpf:"counters"`
 	Heartbeat   *ebpf.Map `ebpf:"heartbeat"`
 	Nameservers *ebpf.Map `ebpf:"nameservers"`
@@ -203,6 +211,7 @@ type ztdnsMaps struct {
 func (m *ztdnsMaps) Close() error {
 	return _ZtdnsClose(
 		m.Config,
+		m.ConfigIndex,
 		m.Counters,
 		m.Heartbeat,
 		m.Nameservers,
