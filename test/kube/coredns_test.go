@@ -25,10 +25,10 @@ import (
 // headless with and without hostnames, a hostname in two slices and one
 // shared by two endpoints, not-ready endpoints, publishNotReadyAddresses,
 // named ports whose numbers differ per slice, a pod behind two headless
-// Services, ExternalName out and in) and compares the answers. CoreDNS is
-// also ztdns's upstream, as kube-dns is a pod's nameserver, so what ztdns
-// forwards gets CoreDNS's answer by construction; what it answers itself
-// must match.
+// Services, ExternalName out, in and to an address) and compares the
+// answers. CoreDNS is also ztdns's upstream, as kube-dns is a pod's
+// nameserver, so what ztdns forwards gets CoreDNS's answer by
+// construction; what it answers itself must match.
 //
 // Compared: rcode, AA, the answer section (SRV weights aside: the
 // specification leaves them open), and for answers without records the SOA
@@ -111,6 +111,8 @@ func (g *generator) cluster() {
 			g.externalName(ns, fmt.Sprintf("ext%d", i), []string{"www.example.com", "v4.example.com", "nx.example.com", "svc0.default.svc.cluster.local"}[i/4%4])
 		}
 	}
+	// An address is no CNAME target: CoreDNS leaves the Service out.
+	g.externalName("default", "extip", "1.2.3.4")
 	for _, ns := range namespaces {
 		g.ask("missing."+ns+".svc.cluster.local", dns.TypeA)
 	}

@@ -282,6 +282,29 @@ func TestBuildWarnsAndKeepsRest(t *testing.T) {
 	}
 }
 
+// An ExternalName that is an IP address is no CNAME target: CoreDNS keeps
+// such a Service out of its answers (NXDOMAIN), so the table leaves its
+// name to the cluster's nameserver, with a warning.
+func TestExternalNameAddressIsSkipped(t *testing.T) {
+	snap := &model.Snapshot{Services: []model.Service{
+		{Namespace: "a", Name: "ip4", ExternalName: "1.2.3.4"},
+		{Namespace: "a", Name: "ip6", ExternalName: "2001:db8::1"},
+		{Namespace: "a", Name: "name", ExternalName: "www.example.com"},
+	}}
+	tbl, warnings := Build(snap, Options{})
+	if len(warnings) != 2 || !strings.Contains(warnings[0].Error(), "1.2.3.4") || !strings.Contains(warnings[1].Error(), "2001:db8::1") {
+		t.Errorf("warnings = %v, want one for each address", warnings)
+	}
+	for _, name := range []string{"ip4", "ip6"} {
+		if r := tbl.Resolve(name+".a.svc.cluster.local.", "a"); r.Entry != nil {
+			t.Errorf("%s: answered with CNAME %q, want it forwarded", name, r.Entry.Alias)
+		}
+	}
+	if r := tbl.Resolve("name.a.svc.cluster.local.", "a"); r.Entry == nil || r.Entry.Alias != "www.example.com." {
+		t.Errorf("the ExternalName that is a name: %+v", r.Entry)
+	}
+}
+
 func TestCustomDomainAndTTL(t *testing.T) {
 	tbl, _ := Build(&model.Snapshot{Services: []model.Service{{Namespace: "n", Name: "s", ClusterIPs: addrs("10.0.0.1")}}},
 		Options{Domain: "Corp.Example", TTL: 7})
