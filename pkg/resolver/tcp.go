@@ -27,6 +27,10 @@ const (
 	tcpKeepBuf   = 4096
 )
 
+// maxTCPMessage is the longest message a TCP frame carries: its length is
+// two octets (RFC 1035 4.2.2).
+const maxTCPMessage = 0xffff
+
 // Levels of TCP connection pressure, by the share of TCPMaxConns open. The
 // fuller the table, the sooner an idle connection is closed (unbound's
 // tcp-idle-timeout does the same): at half, a tenth of TCPIdleTimeout; at
@@ -238,7 +242,7 @@ func (s *Server) serveTCPConn(tc *tcpConn, local netip.AddrPort) {
 		}
 	}()
 	write := func(reply []byte) {
-		if len(reply) > 0xffff {
+		if len(reply) > maxTCPMessage {
 			return // cannot be framed; the client times out and retries
 		}
 		writeMu.Lock()

@@ -26,56 +26,121 @@ import (
 // of several addresses, so that clients do not all pick the same first one
 // (kube-dns's loadbalance and Istio's proxy shuffle them too): the query's
 // ID gives each query its own order without a shared counter.
-func (r *Result) AppendAnswer(out []byte, hdr int, qtype uint16, rot uint16) []byte {
+//
+// room is the most bytes the reply (out[hdr:]) may take. Answer records
+// that would go past it are left out, as many as fit are kept, and the
+// header gets TC (as miekg's Msg.Truncate, which CoreDNS applies to every
+// reply); truncated reports it.
+func (r *Result) AppendAnswer(out []byte, hdr int, qtype uint16, rot uint16, room int) (_ []byte, truncated bool) {
 	e := r.Entry
 	ttl := e.src.ttl
-	var n uint16
+	w := answer{out: out, end: hdr + room}
 	switch {
 	case r.srv != nil:
 		if qtype == dns.TypeSRV || qtype == dns.TypeANY {
 			if r.srv.records == nil {
-				out = appendSRV(out, ttl, SRV{Port: r.srv.port, Target: e.Name})
-				n = 1
+				w.srv(ttl, SRV{Port: r.srv.port, Target: e.Name})
 			}
 			for _, s := range r.srv.records {
-				out = appendSRV(out, ttl, s)
-				n++
+				w.srv(ttl, s)
 			}
 		}
 	case r.owners.one != nil:
 		if qtype == dns.TypePTR || qtype == dns.TypeANY {
 			for _, o := range r.owners.many[min(1, len(r.owners.many)):] { // the first is e, last
-				out = appendNameRR(out, dns.TypePTR, ttl, o.Name)
+				w.nameRR(dns.TypePTR, ttl, o.Name)
 			}
-			out = appendNameRR(out, dns.TypePTR, ttl, e.Name)
-			n = uint16(r.owners.len())
+			w.nameRR(dns.TypePTR, ttl, e.Name)
 		}
 	case qtype == dns.TypeANY:
-		out = appendAddrs(out, e.Addrs, ttl, 0)
-		n = uint16(len(e.Addrs))
+		w.addrs(e.Addrs[:e.n4], ttl, 0)
+		w.addrs(e.Addrs[e.n4:], ttl, 0)
 		if e.Alias != "" {
-			out = appendNameRR(out, dns.TypeCNAME, ttl, e.Alias)
-			n++
+			w.nameRR(dns.TypeCNAME, ttl, e.Alias)
 		}
 	case qtype == dns.TypeA:
-		out = appendAddrs(out, e.Addrs[:e.n4], ttl, rot)
-		n = uint16(e.n4)
+		w.addrs(e.Addrs[:e.n4], ttl, rot)
 	case qtype == dns.TypeAAAA:
-		out = appendAddrs(out, e.Addrs[e.n4:], ttl, rot)
-		n = uint16(len(e.Addrs) - int(e.n4))
+		w.addrs(e.Addrs[e.n4:], ttl, rot)
 	case qtype == dns.TypeCNAME:
 		if e.Alias != "" {
-			out = appendNameRR(out, dns.TypeCNAME, ttl, e.Alias)
-			n = 1
+			w.nameRR(dns.TypeCNAME, ttl, e.Alias)
 		}
 	}
-	dnswire.SetANCount(out[hdr:], n)
-	if n == 0 && r.t != nil {
+	out = w.out
+	dnswire.SetANCount(out[hdr:], w.n)
+	switch {
+	case w.cut:
+		out[hdr+2] |= dnswire.FlagTC >> 8
+	case w.n == 0 && r.t != nil:
 		out = r.t.appendSOA(out, r.t.zoneStart(r.qname))
 		dnswire.SetNSCount(out[hdr:], 1)
 	}
-	return out
+	return out, w.cut
 }
+
+// answer is the answer section being written: records are appended to out
+// while they fit before end; n counts them, cut says one did not fit (and
+// none is written after it).
+type answer struct {
+	out []byte
+	end int
+	n   uint16
+	cut bool
+}
+
+// fits reports whether a record of size bytes can be written.
+func (w *answer) fits(size int) bool {
+	if w.cut || len(w.out)+size > w.end {
+		w.cut = true
+		return false
+	}
+	w.n++
+	return true
+}
+
+// addrs appends the A or AAAA records of addrs (of one family), starting
+// with the rot-th and wrapping around, as many as fit.
+func (w *answer) addrs(addrs []netip.Addr, ttl uint32, rot uint16) {
+	if len(addrs) == 0 || w.cut {
+		return
+	}
+	k := max(0, (w.end-len(w.out))/addrLen(addrs[0]))
+	if k < len(addrs) {
+		w.cut = true
+		addrs = addrs[:k] // the first that fit, unrotated: a rare reply
+		rot = 0
+	}
+	w.out = appendAddrs(w.out, addrs, ttl, rot)
+	w.n += uint16(len(addrs))
+}
+
+func (w *answer) nameRR(rrtype uint16, ttl uint32, target string) {
+	if w.fits(rrFixed + nameLen(target)) {
+		w.out = appendNameRR(w.out, rrtype, ttl, target)
+	}
+}
+
+func (w *answer) srv(ttl uint32, s SRV) {
+	if w.fits(srvLen(s)) {
+		w.out = appendSRV(w.out, ttl, s)
+	}
+}
+
+// rrFixed is the length of a record before its data, its owner a
+// compression pointer.
+const rrFixed = 2 + 10
+
+// addrLen is the length of the A or AAAA record of a.
+func addrLen(a netip.Addr) int {
+	if a.Is4() {
+		return rrFixed + 4
+	}
+	return rrFixed + 16
+}
+
+// srvLen is the length of s's record.
+func srvLen(s SRV) int { return rrFixed + 6 + nameLen(s.Target) }
 
 // appendAddrs appends the A or AAAA records of addrs (of one family),
 // starting with the rot-th and wrapping around.

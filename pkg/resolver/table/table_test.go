@@ -86,7 +86,7 @@ func replyOf(t *testing.T, r Result, qname string, qtype uint16) *dns.Msg {
 	if err != nil {
 		t.Fatal(err)
 	}
-	wire := r.AppendAnswer(head, 0, qtype, 0)
+	wire, _ := r.AppendAnswer(head, 0, qtype, 0, dns.MaxMsgSize)
 	if err := m.Unpack(wire); err != nil {
 		t.Fatalf("prepared answer does not parse: %v", err)
 	}
@@ -463,7 +463,8 @@ func TestAddressesRotate(t *testing.T) {
 	m.SetQuestion("x.example.", dns.TypeA)
 	head, _ := m.Pack()
 	for rot, first := range []string{"198.51.100.1", "198.51.100.2", "198.51.100.3", "198.51.100.1"} {
-		if err := m.Unpack(r.AppendAnswer(slices.Clone(head), 0, dns.TypeA, uint16(rot))); err != nil {
+		wire, _ := r.AppendAnswer(slices.Clone(head), 0, dns.TypeA, uint16(rot), dns.MaxMsgSize)
+		if err := m.Unpack(wire); err != nil {
 			t.Fatal(err)
 		}
 		if len(m.Answer) != 3 || m.Answer[0].(*dns.A).A.String() != first {
