@@ -142,13 +142,15 @@ func (g *generator) service(svc *corev1.Service) *corev1.Service {
 	return out
 }
 
+// askPorts asks for the SRV records of each named port, and for the
+// addresses CoreDNS gives at the same names.
 func (g *generator) askPorts(fqdn string, ports []corev1.ServicePort) {
 	for _, p := range ports {
 		if p.Name != "" {
-			g.ask("_"+p.Name+"._"+strings.ToLower(string(p.Protocol))+"."+fqdn, dns.TypeSRV)
+			g.ask("_"+p.Name+"._"+strings.ToLower(string(p.Protocol))+"."+fqdn, dns.TypeSRV, dns.TypeA, dns.TypeAAAA, dns.TypeTXT)
 		}
 	}
-	g.ask("_nope._tcp."+fqdn, dns.TypeSRV)
+	g.ask("_nope._tcp."+fqdn, dns.TypeSRV, dns.TypeA)
 }
 
 // clusterIP makes a ClusterIP Service, dual-stack when asked, with an

@@ -37,13 +37,19 @@ func (r *Result) AppendAnswer(out []byte, hdr int, qtype uint16, rot uint16, roo
 	w := answer{out: out, end: hdr + room}
 	switch {
 	case r.srv != nil:
-		if qtype == dns.TypeSRV || qtype == dns.TypeANY {
+		switch qtype {
+		case dns.TypeSRV, dns.TypeANY:
 			if r.srv.records == nil {
 				w.srv(ttl, SRV{Port: r.srv.port, Target: e.Name})
 			}
 			for _, s := range r.srv.records {
 				w.srv(ttl, s)
 			}
+		case dns.TypeA, dns.TypeAAAA:
+			// CoreDNS answers the Service's addresses for a port it has:
+			// the ClusterIPs, or the addresses of the endpoints the SRV
+			// records name.
+			r.appendSRVAddrs(&w, qtype, ttl, rot)
 		}
 	case r.owners.one != nil:
 		if qtype == dns.TypePTR || qtype == dns.TypeANY {
@@ -141,6 +147,54 @@ func addrLen(a netip.Addr) int {
 
 // srvLen is the length of s's record.
 func srvLen(s SRV) int { return rrFixed + 6 + nameLen(s.Target) }
+
+// appendSRVAddrs writes the A or AAAA answer at an SRV name: the entry's
+// own addresses for a set that points at the entry (a Service's port),
+// otherwise every address of the set's targets (a headless Service's
+// endpoints), each target once, starting at the rot-th.
+func (r *Result) appendSRVAddrs(w *answer, qtype uint16, ttl uint32, rot uint16) {
+	e, recs := r.Entry, r.srv.records
+	if recs == nil {
+		w.addrs(familyOf(e, qtype), ttl, rot)
+		return
+	}
+	cut := int(uint32(rot) % uint32(len(recs)))
+	for i := range recs {
+		j := (cut + i) % len(recs)
+		if j > 0 && recs[j].Target == recs[j-1].Target { // sorted: a target's records are together
+			continue
+		}
+		if t := r.target(recs[j].Target); t != nil {
+			w.addrs(familyOf(t, qtype), ttl, 0)
+		}
+	}
+}
+
+// familyOf returns e's IPv4 addresses for A, its IPv6 ones otherwise.
+func familyOf(e *Entry, qtype uint16) []netip.Addr {
+	if qtype == dns.TypeA {
+		return e.Addrs[:e.n4]
+	}
+	return e.Addrs[e.n4:]
+}
+
+// target returns the entry an SRV record of the result's entry names: the
+// entry itself, or one of its object's endpoint names.
+func (r *Result) target(name string) *Entry {
+	if name == r.Entry.Name {
+		return r.Entry
+	}
+	if r.t == nil {
+		return nil
+	}
+	b := r.t.lookup(name)
+	for i := range b.len() {
+		if e := b.at(i); e.src == r.Entry.src {
+			return e
+		}
+	}
+	return nil
+}
 
 // appendAddrs appends the A or AAAA records of addrs (of one family),
 // starting with the rot-th and wrapping around.

@@ -131,6 +131,14 @@ func TestResolve(t *testing.T) {
 			want: []string{"0 100 5432 10-1-0-2.db.default.svc.cluster.local.", "0 100 5432 db-0.db.default.svc.cluster.local."}},
 		{name: "clusterip srv named port only", qname: "_http._tcp.web.default.svc.cluster.local.", ns: "other", qtype: dns.TypeSRV,
 			want: []string{"0 100 80 web.default.svc.cluster.local."}},
+		// CoreDNS answers a Service's addresses at the SRV name of a port
+		// it has (and NODATA for the other types).
+		{name: "clusterip a at srv name", qname: "_http._tcp.web.default.svc.cluster.local.", ns: "other", qtype: dns.TypeA, want: []string{"10.96.0.10"}},
+		{name: "clusterip aaaa at srv name", qname: "_http._tcp.web.default.svc.cluster.local.", ns: "other", qtype: dns.TypeAAAA, want: []string{"fd00:10:96::a"}},
+		{name: "headless a at srv name", qname: "_pg._tcp.db.default.svc.cluster.local.", ns: "default", qtype: dns.TypeA, want: []string{"10.1.0.1", "10.1.0.2"}},
+		{name: "headless aaaa at srv name", qname: "_pg._tcp.db.default.svc.cluster.local.", ns: "default", qtype: dns.TypeAAAA, want: []string{}},
+		{name: "txt at srv name", qname: "_pg._tcp.db.default.svc.cluster.local.", ns: "default", qtype: dns.TypeTXT, want: []string{}},
+		{name: "a at srv name of a port it lacks", qname: "_pg._udp.db.default.svc.cluster.local.", ns: "default", qtype: dns.TypeA, wantMiss: true},
 		{name: "externalname cname", qname: "ext.default.svc.cluster.local.", ns: "default", qtype: dns.TypeCNAME, want: []string{"example.com."}},
 		{name: "ptr clusterip", qname: "10.0.96.10.in-addr.arpa.", ns: "default", qtype: dns.TypePTR, want: []string{"web.default.svc.cluster.local."}},
 		{name: "ptr se address", qname: "1.100.51.198.in-addr.arpa.", ns: "default", qtype: dns.TypePTR, want: []string{"address.internal."}},
