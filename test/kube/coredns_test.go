@@ -31,11 +31,11 @@ import (
 // construction; what it answers itself must match.
 //
 // Compared: rcode, AA, the answer section (SRV weights aside: the
-// specification leaves them open), and for answers without records the SOA
-// (its serial aside). Not asked, because CoreDNS deviates from the
-// specification or DNS there and ztdns does not follow (the README lists
-// them): SRV at a Service's bare name, TXT and MX of an ExternalName, A at a
-// reverse name. The authority section of a CNAME whose target has no
+// specification leaves them open), the additional section, and for
+// answers without records the SOA (its serial aside). Not asked, because
+// CoreDNS deviates from the specification or DNS there and ztdns does not
+// follow (the README lists them): SRV at a Service's bare name, TXT and MX
+// of an ExternalName, A at a reverse name. The authority section of a CNAME whose target has no
 // records is not compared: CoreDNS leaves it empty, ztdns gives the
 // target's SOA (RFC 2308 2.2).
 func TestSameAnswersAsCoreDNS(t *testing.T) {
@@ -296,7 +296,14 @@ func compare(got, want *dns.Msg) string {
 			return fmt.Sprintf("authority %q, want %q", g, w)
 		}
 	}
+	if g, w := records(withoutOPT(got.Extra)), records(withoutOPT(want.Extra)); !slices.Equal(g, w) {
+		return fmt.Sprintf("additional %q, want %q", g, w)
+	}
 	return ""
+}
+
+func withoutOPT(rrs []dns.RR) []dns.RR {
+	return slices.DeleteFunc(slices.Clone(rrs), func(rr dns.RR) bool { return rr.Header().Rrtype == dns.TypeOPT })
 }
 
 // records renders records for comparison, sorted: owner in lower case, TTL

@@ -30,7 +30,9 @@ import (
 // room is the most bytes the reply (out[hdr:]) may take. Answer records
 // that would go past it are left out, as many as fit are kept, and the
 // header gets TC (as miekg's Msg.Truncate, which CoreDNS applies to every
-// reply); truncated reports it.
+// reply); truncated reports it. An SRV answer's additional records (its
+// targets' addresses) go in only where they fit, and never cause TC (RFC
+// 2181 9).
 func (r *Result) AppendAnswer(out []byte, hdr int, qtype uint16, rot uint16, room int) (_ []byte, truncated bool) {
 	e := r.Entry
 	ttl := e.src.ttl
@@ -81,6 +83,8 @@ func (r *Result) AppendAnswer(out []byte, hdr int, qtype uint16, rot uint16, roo
 	case w.n == 0 && r.t != nil:
 		out = r.t.appendSOA(out, r.t.zoneStart(r.qname))
 		dnswire.SetNSCount(out[hdr:], 1)
+	case qtype == dns.TypeSRV && r.srv != nil:
+		out = r.appendSRVExtra(out, hdr, w.end, ttl)
 	}
 	return out, w.cut
 }
@@ -194,6 +198,74 @@ func (r *Result) target(name string) *Entry {
 		}
 	}
 	return nil
+}
+
+// appendSRVExtra appends to the SRV answer (out[hdr:], whose records are
+// all written) the additional section CoreDNS gives it: the A and AAAA
+// records of each target, as many as fit before end. Each is owned by a
+// compression pointer to its target's name in the SRV record that names
+// it, while that lies within a pointer's reach.
+func (r *Result) appendSRVExtra(out []byte, hdr, end int, ttl uint32) []byte {
+	recs := r.srv.records
+	if recs == nil {
+		recs = []SRV{{Port: r.srv.port, Target: r.Entry.Name}} // stays on the stack
+	}
+	var n uint16
+	at := len(out) // where the SRV records end: walked back to their start
+	for _, s := range recs {
+		at -= srvLen(s)
+	}
+	at -= hdr
+	for i, s := range recs {
+		name := at + rrFixed + 6 // the target in the record's data
+		at += srvLen(s)
+		if i > 0 && s.Target == recs[i-1].Target {
+			continue
+		}
+		t := r.target(s.Target)
+		if t == nil {
+			continue
+		}
+		owner, ownerLen := dnswire.Pointer(name), 2
+		if name >= 0x4000 {
+			owner, ownerLen = 0, nameLen(s.Target)
+		}
+		for _, a := range t.Addrs {
+			size := ownerLen + addrLen(a) - 2
+			if len(out)+size > end {
+				dnswire.AddARCount(out[hdr:], n)
+				return out
+			}
+			out = appendExtraAddr(out, owner, s.Target, ttl, a)
+			n++
+		}
+	}
+	dnswire.AddARCount(out[hdr:], n)
+	return out
+}
+
+// appendExtraAddr appends the A or AAAA record of a owned by owner, a
+// compression pointer, or when 0 by name written out.
+func appendExtraAddr(out []byte, owner uint16, name string, ttl uint32, a netip.Addr) []byte {
+	rrtype, rdlen := uint16(dns.TypeA), uint16(4)
+	if a.Is6() {
+		rrtype, rdlen = dns.TypeAAAA, 16
+	}
+	if owner == 0 {
+		out = dnswire.AppendName(out, name)
+		out = binary.BigEndian.AppendUint16(out, rrtype)
+		out = binary.BigEndian.AppendUint16(out, dns.ClassINET)
+		out = binary.BigEndian.AppendUint32(out, ttl)
+		out = binary.BigEndian.AppendUint16(out, rdlen)
+	} else {
+		out = dnswire.AppendRRHeader(out, owner, rrtype, dns.ClassINET, ttl, rdlen)
+	}
+	if a.Is4() {
+		b := a.As4()
+		return append(out, b[:]...)
+	}
+	b := a.As16()
+	return append(out, b[:]...)
 }
 
 // appendAddrs appends the A or AAAA records of addrs (of one family),

@@ -2,6 +2,8 @@ package table
 
 import (
 	"net/netip"
+	"slices"
+	"strings"
 	"testing"
 
 	"github.com/miekg/dns"
@@ -85,5 +87,80 @@ func TestAnswerTruncatedToItsRoom(t *testing.T) {
 	// One that fits is whole, without TC.
 	if _, m, truncated := answerIn(t, tbl, "10-244-0-1.web.ns.svc.cluster.local.", dns.TypeA, room); truncated || m.Truncated || len(m.Answer) != 1 {
 		t.Errorf("a small answer: truncated %v, TC %v, %d records", truncated, m.Truncated, len(m.Answer))
+	}
+}
+
+// An SRV answer's additional section holds its targets' addresses, as
+// CoreDNS's does: where they fit, and without TC when they do not (RFC
+// 2181 9: they are not the answer).
+func TestSRVAdditionalSection(t *testing.T) {
+	tbl := build(t)
+	extraOf := func(m *dns.Msg) []string {
+		var out []string
+		for _, rr := range m.Extra {
+			out = append(out, strings.ReplaceAll(rr.String(), "\t", " "))
+		}
+		slices.Sort(out)
+		return out
+	}
+	for qname, want := range map[string][]string{
+		"_pg._tcp.db.default.svc.cluster.local.": {
+			"10-1-0-2.db.default.svc.cluster.local. 30 IN A 10.1.0.2",
+			"db-0.db.default.svc.cluster.local. 30 IN A 10.1.0.1",
+		},
+		"_http._tcp.web.default.svc.cluster.local.": {
+			"web.default.svc.cluster.local. 30 IN A 10.96.0.10",
+			"web.default.svc.cluster.local. 30 IN AAAA fd00:10:96::a",
+		},
+	} {
+		r := tbl.Resolve(qname, "default")
+		m := replyOf(t, r, qname, dns.TypeSRV)
+		if got := extraOf(m); !slices.Equal(got, want) {
+			t.Errorf("%s: additional %q, want %q", qname, got, want)
+		}
+		// Room for the answer and one additional record: the answer is
+		// whole, without TC.
+		q := new(dns.Msg)
+		q.SetQuestion(qname, dns.TypeSRV)
+		head, _ := q.Pack()
+		answers := len(m.Answer)
+		whole, _ := r.AppendAnswer(slices.Clone(head), 0, dns.TypeSRV, 0, dns.MaxMsgSize)
+		wire, truncated := r.AppendAnswer(slices.Clone(head), 0, dns.TypeSRV, 0, len(whole)-1)
+		if err := m.Unpack(wire); err != nil {
+			t.Fatal(err)
+		}
+		if truncated || m.Truncated || len(m.Answer) != answers || len(m.Extra) != 1 {
+			t.Errorf("%s in %d bytes: truncated %v, TC %v, %d answers, %d additional; want all %d answers, one additional, no TC",
+				qname, len(whole)-1, truncated, m.Truncated, len(m.Answer), len(m.Extra), answers)
+		}
+	}
+	// Other types get none.
+	if m := replyOf(t, tbl.Resolve("_pg._tcp.db.default.svc.cluster.local.", "default"), "_pg._tcp.db.default.svc.cluster.local.", dns.TypeA); len(m.Extra) != 0 {
+		t.Errorf("A at an SRV name: additional %v", m.Extra)
+	}
+}
+
+// An additional record's owner points at its target in the SRV record
+// while a pointer reaches it (offsets up to 0x3fff), and is written out
+// past that.
+func TestSRVAdditionalBeyondPointers(t *testing.T) {
+	tbl, _ := Build(bigHeadless(400), Options{})
+	wire, m, truncated := answerIn(t, tbl, "_http._tcp.web.ns.svc.cluster.local.", dns.TypeSRV, dns.MaxMsgSize)
+	if truncated || len(m.Answer) != 400 || len(wire) < 0x4000 {
+		t.Fatalf("%d records in %d bytes, truncated %v; want 400 past 0x4000 bytes", len(m.Answer), len(wire), truncated)
+	}
+	targets := map[string]bool{}
+	for _, rr := range m.Answer {
+		targets[rr.(*dns.SRV).Target] = true
+	}
+	if len(m.Extra) != 400 {
+		t.Errorf("%d additional records, want 400", len(m.Extra))
+	}
+	for _, rr := range m.Extra {
+		a := rr.(*dns.A)
+		if !targets[a.Hdr.Name] || a.Hdr.Name != strings.ReplaceAll(a.A.String(), ".", "-")+".web.ns.svc.cluster.local." {
+			t.Errorf("additional %v: not its target's address", rr)
+		}
+		delete(targets, a.Hdr.Name)
 	}
 }
