@@ -10,6 +10,7 @@ import (
 
 	"github.com/ztdns/ztdns/internal/dnstest"
 	"github.com/ztdns/ztdns/pkg/model"
+	"github.com/ztdns/ztdns/pkg/podcache"
 	"github.com/ztdns/ztdns/pkg/resolver/table"
 )
 
@@ -20,26 +21,7 @@ import (
 // truncates every reply to its transport's size); over UDP an empty reply
 // with TC, as for any answer over the client's buffer.
 func TestAnswerOverAMessage(t *testing.T) {
-	s := New(Options{})
-	t.Cleanup(func() { s.Close() })
-	es := model.EndpointSlice{Namespace: "ns", Name: "web-a", ServiceName: "web",
-		Ports: []model.Port{{Name: "http", Protocol: "TCP", Port: 8080}}}
-	for i := range 5000 {
-		a := netip.AddrFrom4([4]byte{10, 244, byte(i / 250), byte(i%250 + 1)})
-		es.Endpoints = append(es.Endpoints, model.Endpoint{Addresses: []netip.Addr{a}, Ready: true})
-	}
-	tbl, warnings := table.Build(&model.Snapshot{
-		Services:       []model.Service{{Namespace: "ns", Name: "web", Headless: true}},
-		EndpointSlices: []model.EndpointSlice{es},
-	}, table.Options{})
-	if len(warnings) > 0 {
-		t.Fatal(warnings)
-	}
-	s.SetTable(tbl)
-	udp, tcp := listenPair(t)
-	go s.ServeUDP(udp)
-	go s.ServeTCP(tcp)
-	addr := udp.LocalAddr().String()
+	addr := bigHeadlessServer(t, Options{})
 
 	for _, q := range []struct {
 		name    string
@@ -93,5 +75,53 @@ func TestAnswerOverAMessage(t *testing.T) {
 		if !m.Truncated || len(m.Answer) != 0 {
 			t.Errorf("UDP %s %s: TC %v, %d records; want an empty reply with TC", q.name, dns.TypeToString[q.qtype], m.Truncated, len(m.Answer))
 		}
+	}
+}
+
+// bigHeadlessServer serves, on a loopback port, a table with a headless
+// Service web.ns of 5,000 ready endpoints behind the named port http.
+func bigHeadlessServer(t *testing.T, opts Options) string {
+	t.Helper()
+	s := New(opts)
+	t.Cleanup(func() { s.Close() })
+	es := model.EndpointSlice{Namespace: "ns", Name: "web-a", ServiceName: "web",
+		Ports: []model.Port{{Name: "http", Protocol: "TCP", Port: 8080}}}
+	for i := range 5000 {
+		a := netip.AddrFrom4([4]byte{10, 244, byte(i / 250), byte(i%250 + 1)})
+		es.Endpoints = append(es.Endpoints, model.Endpoint{Addresses: []netip.Addr{a}, Ready: true})
+	}
+	tbl, warnings := table.Build(&model.Snapshot{
+		Services:       []model.Service{{Namespace: "ns", Name: "web", Headless: true}},
+		EndpointSlices: []model.EndpointSlice{es},
+	}, table.Options{})
+	if len(warnings) > 0 {
+		t.Fatal(warnings)
+	}
+	s.SetTable(tbl)
+	udp, tcp := listenPair(t)
+	go s.ServeUDP(udp)
+	go s.ServeTCP(tcp)
+	return udp.LocalAddr().String()
+}
+
+// TestSlowAnswerOverAMessage asks over TCP for a search-list expansion of
+// the same Service, which the slow path answers (a CNAME, then the
+// Service's addresses): the records that fit, with TC, as the fast path.
+func TestSlowAnswerOverAMessage(t *testing.T) {
+	pods := podcache.New("cluster.local")
+	pods.SetSourcePods([]model.Pod{{Namespace: "default", Name: "client", IPs: []netip.Addr{victimIP}}})
+	addr := bigHeadlessServer(t, Options{Pods: pods})
+	query := new(dns.Msg)
+	query.SetQuestion("web.ns.default.svc.cluster.local.", dns.TypeA)
+	c := &dns.Client{Net: "tcp", Timeout: 5 * time.Second, Dialer: &net.Dialer{LocalAddr: &net.TCPAddr{IP: victimIP.AsSlice()}, Timeout: 5 * time.Second}}
+	m, _, err := c.Exchange(query, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Compress = true
+	wire, _ := m.Pack()
+	// 16 bytes an A record (its owner compressed): some 4,090 fit.
+	if !m.Truncated || len(m.Answer) < 4000 || m.Answer[0].Header().Rrtype != dns.TypeCNAME || len(wire) > maxTCPMessage {
+		t.Errorf("TC %v, %d records in %d bytes; want TC, a CNAME and as many addresses as fit", m.Truncated, len(m.Answer), len(wire))
 	}
 }

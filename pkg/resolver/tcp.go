@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/miekg/dns"
+
 	"github.com/ztdns/ztdns/pkg/dnswire"
 	"github.com/ztdns/ztdns/pkg/resolver/quota"
 )
@@ -243,7 +245,12 @@ func (s *Server) serveTCPConn(tc *tcpConn, local netip.AddrPort) {
 	}()
 	write := func(reply []byte) {
 		if len(reply) > maxTCPMessage {
-			return // cannot be framed; the client times out and retries
+			// A local answer of the slow path (a search-list expansion
+			// of a large headless Service): the records that fit, with
+			// TC, as the fast path answers.
+			if reply = truncateTCP(reply); reply == nil {
+				return // cannot be framed; the client times out and retries
+			}
 		}
 		writeMu.Lock()
 		defer writeMu.Unlock()
@@ -391,4 +398,20 @@ func (s *Server) answerLong(c net.Conn, n int, src netip.AddrPort, out []byte, s
 func isServFail(reply []byte) bool {
 	h, err := dnswire.ReadHeader(reply)
 	return err == nil && h.Rcode() == dnswire.RcodeServFail
+}
+
+// truncateTCP cuts reply, longer than a TCP message, to the records that
+// fit in one, with TC (miekg's Msg.Truncate, as CoreDNS's server does);
+// nil when it cannot.
+func truncateTCP(reply []byte) []byte {
+	m := new(dns.Msg)
+	if err := m.Unpack(reply); err != nil {
+		return nil
+	}
+	m.Truncate(maxTCPMessage)
+	out, err := m.Pack()
+	if err != nil || len(out) > maxTCPMessage {
+		return nil
+	}
+	return out
 }
