@@ -36,6 +36,12 @@ func SetANCount(msg []byte, n uint16) { binary.BigEndian.PutUint16(msg[6:], n) }
 // SetNSCount sets the authority count of the message starting at msg[0].
 func SetNSCount(msg []byte, n uint16) { binary.BigEndian.PutUint16(msg[8:], n) }
 
+// AddARCount adds n to the additional count of the message starting at
+// msg[0].
+func AddARCount(msg []byte, n uint16) {
+	binary.BigEndian.PutUint16(msg[10:], binary.BigEndian.Uint16(msg[10:])+n)
+}
+
 // AppendOPT appends our OPT record: EDNSUDPSize, version 0, the given
 // extended rcode, and q's DO bit echoed (RFC 3225), without options
 // (AppendEDE adds one).

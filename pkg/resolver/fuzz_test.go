@@ -109,8 +109,10 @@ func TestFastPathAllocatesNothing(t *testing.T) {
 			// Counted per batch, as over UDP, and at once, as over TCP.
 			batched, unbatched := &scratch{batch: s.newBatchCounts()}, new(scratch)
 			src := netip.MustParseAddrPort("127.0.0.2:5000")
-			// An answer, and NODATA (which carries the zone's SOA).
-			for _, q := range [][]byte{query("address.internal.", dns.TypeA, true), query("web.default.svc.cluster.local.", dns.TypeTXT, true)} {
+			// An answer, NODATA (which carries the zone's SOA), and SRV
+			// (with its target's address in the additional section).
+			for _, q := range [][]byte{query("address.internal.", dns.TypeA, true), query("web.default.svc.cluster.local.", dns.TypeTXT, true),
+				query("_http._tcp.web.default.svc.cluster.local.", dns.TypeSRV, true)} {
 				allocs := testing.AllocsPerRun(1000, func() {
 					for _, sc := range []*scratch{batched, unbatched} {
 						if _, slow := s.answerFast(q, src, false, out, sc, 0); slow {

@@ -526,11 +526,22 @@ func (s *Server) answerFast(msg []byte, src netip.AddrPort, tcp bool, out []byte
 	}
 	out = dnswire.AppendHeader(out, &r, 0, true, 1, 0, ar)
 	out = append(out, msg[dnswire.HeaderLen:r.End]...)
-	out = res.AppendAnswer(out, hdr, r.Type, r.ID) // sets the counts; the SOA when NODATA
+	// Over UDP, an answer that does not fit in the client's buffer is an
+	// empty one with TC: the client asks again over TCP. Over TCP, one
+	// that does not fit in a message keeps the records that fit, with TC,
+	// as CoreDNS's is (request.Scrub).
+	room := maxTCPMessage
+	if !tcp {
+		room = r.UDPLimit()
+	}
+	if r.EDNS {
+		room -= dnswire.OPTLen
+	}
+	out, cut := res.AppendAnswer(out, hdr, r.Type, r.ID, room) // sets the counts; the SOA when NODATA
 	if r.EDNS {
 		out = dnswire.AppendOPT(out, &r, 0)
 	}
-	if !tcp && len(out) > r.UDPLimit() {
+	if cut && !tcp {
 		out = truncate(out[:hdr], msg, &r)
 	}
 	return s.answered(sc, out, hdr, &r, tcp, pod, src, now), false

@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/miekg/dns"
+
 	"github.com/ztdns/ztdns/pkg/dnswire"
 	"github.com/ztdns/ztdns/pkg/resolver/quota"
 )
@@ -26,6 +28,10 @@ const (
 	tcpAnswerBuf = 1024
 	tcpKeepBuf   = 4096
 )
+
+// maxTCPMessage is the longest message a TCP frame carries: its length is
+// two octets (RFC 1035 4.2.2).
+const maxTCPMessage = 0xffff
 
 // Levels of TCP connection pressure, by the share of TCPMaxConns open. The
 // fuller the table, the sooner an idle connection is closed (unbound's
@@ -238,8 +244,13 @@ func (s *Server) serveTCPConn(tc *tcpConn, local netip.AddrPort) {
 		}
 	}()
 	write := func(reply []byte) {
-		if len(reply) > 0xffff {
-			return // cannot be framed; the client times out and retries
+		if len(reply) > maxTCPMessage {
+			// A local answer of the slow path (a search-list expansion
+			// of a large headless Service): the records that fit, with
+			// TC, as the fast path answers.
+			if reply = truncateTCP(reply); reply == nil {
+				return // cannot be framed; the client times out and retries
+			}
 		}
 		writeMu.Lock()
 		defer writeMu.Unlock()
@@ -387,4 +398,20 @@ func (s *Server) answerLong(c net.Conn, n int, src netip.AddrPort, out []byte, s
 func isServFail(reply []byte) bool {
 	h, err := dnswire.ReadHeader(reply)
 	return err == nil && h.Rcode() == dnswire.RcodeServFail
+}
+
+// truncateTCP cuts reply, longer than a TCP message, to the records that
+// fit in one, with TC (miekg's Msg.Truncate, as CoreDNS's server does);
+// nil when it cannot.
+func truncateTCP(reply []byte) []byte {
+	m := new(dns.Msg)
+	if err := m.Unpack(reply); err != nil {
+		return nil
+	}
+	m.Truncate(maxTCPMessage)
+	out, err := m.Pack()
+	if err != nil || len(out) > maxTCPMessage {
+		return nil
+	}
+	return out
 }

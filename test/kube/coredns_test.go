@@ -25,17 +25,17 @@ import (
 // headless with and without hostnames, a hostname in two slices and one
 // shared by two endpoints, not-ready endpoints, publishNotReadyAddresses,
 // named ports whose numbers differ per slice, a pod behind two headless
-// Services, ExternalName out and in) and compares the answers. CoreDNS is
-// also ztdns's upstream, as kube-dns is a pod's nameserver, so what ztdns
-// forwards gets CoreDNS's answer by construction; what it answers itself
-// must match.
+// Services, ExternalName out, in and to an address) and compares the
+// answers. CoreDNS is also ztdns's upstream, as kube-dns is a pod's
+// nameserver, so what ztdns forwards gets CoreDNS's answer by
+// construction; what it answers itself must match.
 //
 // Compared: rcode, AA, the answer section (SRV weights aside: the
-// specification leaves them open), and for answers without records the SOA
-// (its serial aside). Not asked, because CoreDNS deviates from the
-// specification or DNS there and ztdns does not follow (the README lists
-// them): SRV at a Service's bare name, TXT and MX of an ExternalName, A at a
-// reverse name. The authority section of a CNAME whose target has no
+// specification leaves them open), the additional section, and for
+// answers without records the SOA (its serial aside). Not asked, because
+// CoreDNS deviates from the specification or DNS there and ztdns does not
+// follow (the README lists them): SRV at a Service's bare name, TXT and MX
+// of an ExternalName, A at a reverse name. The authority section of a CNAME whose target has no
 // records is not compared: CoreDNS leaves it empty, ztdns gives the
 // target's SOA (RFC 2308 2.2).
 func TestSameAnswersAsCoreDNS(t *testing.T) {
@@ -111,6 +111,8 @@ func (g *generator) cluster() {
 			g.externalName(ns, fmt.Sprintf("ext%d", i), []string{"www.example.com", "v4.example.com", "nx.example.com", "svc0.default.svc.cluster.local"}[i/4%4])
 		}
 	}
+	// An address is no CNAME target: CoreDNS leaves the Service out.
+	g.externalName("default", "extip", "1.2.3.4")
 	for _, ns := range namespaces {
 		g.ask("missing."+ns+".svc.cluster.local", dns.TypeA)
 	}
@@ -140,13 +142,15 @@ func (g *generator) service(svc *corev1.Service) *corev1.Service {
 	return out
 }
 
+// askPorts asks for the SRV records of each named port, and for the
+// addresses CoreDNS gives at the same names.
 func (g *generator) askPorts(fqdn string, ports []corev1.ServicePort) {
 	for _, p := range ports {
 		if p.Name != "" {
-			g.ask("_"+p.Name+"._"+strings.ToLower(string(p.Protocol))+"."+fqdn, dns.TypeSRV)
+			g.ask("_"+p.Name+"._"+strings.ToLower(string(p.Protocol))+"."+fqdn, dns.TypeSRV, dns.TypeA, dns.TypeAAAA, dns.TypeTXT)
 		}
 	}
-	g.ask("_nope._tcp."+fqdn, dns.TypeSRV)
+	g.ask("_nope._tcp."+fqdn, dns.TypeSRV, dns.TypeA)
 }
 
 // clusterIP makes a ClusterIP Service, dual-stack when asked, with an
@@ -292,7 +296,14 @@ func compare(got, want *dns.Msg) string {
 			return fmt.Sprintf("authority %q, want %q", g, w)
 		}
 	}
+	if g, w := records(withoutOPT(got.Extra)), records(withoutOPT(want.Extra)); !slices.Equal(g, w) {
+		return fmt.Sprintf("additional %q, want %q", g, w)
+	}
 	return ""
+}
+
+func withoutOPT(rrs []dns.RR) []dns.RR {
+	return slices.DeleteFunc(slices.Clone(rrs), func(rr dns.RR) bool { return rr.Header().Rrtype == dns.TypeOPT })
 }
 
 // records renders records for comparison, sorted: owner in lower case, TTL

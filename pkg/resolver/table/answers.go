@@ -26,55 +26,246 @@ import (
 // of several addresses, so that clients do not all pick the same first one
 // (kube-dns's loadbalance and Istio's proxy shuffle them too): the query's
 // ID gives each query its own order without a shared counter.
-func (r *Result) AppendAnswer(out []byte, hdr int, qtype uint16, rot uint16) []byte {
+//
+// room is the most bytes the reply (out[hdr:]) may take. Answer records
+// that would go past it are left out, as many as fit are kept, and the
+// header gets TC (as miekg's Msg.Truncate, which CoreDNS applies to every
+// reply); truncated reports it. An SRV answer's additional records (its
+// targets' addresses) go in only where they fit, and never cause TC (RFC
+// 2181 9).
+func (r *Result) AppendAnswer(out []byte, hdr int, qtype uint16, rot uint16, room int) (_ []byte, truncated bool) {
 	e := r.Entry
 	ttl := e.src.ttl
-	var n uint16
+	w := answer{out: out, end: hdr + room}
 	switch {
 	case r.srv != nil:
-		if qtype == dns.TypeSRV || qtype == dns.TypeANY {
+		switch qtype {
+		case dns.TypeSRV, dns.TypeANY:
 			if r.srv.records == nil {
-				out = appendSRV(out, ttl, SRV{Port: r.srv.port, Target: e.Name})
-				n = 1
+				w.srv(ttl, SRV{Port: r.srv.port, Target: e.Name})
 			}
 			for _, s := range r.srv.records {
-				out = appendSRV(out, ttl, s)
-				n++
+				w.srv(ttl, s)
 			}
+		case dns.TypeA, dns.TypeAAAA:
+			// CoreDNS answers the Service's addresses for a port it has:
+			// the ClusterIPs, or the addresses of the endpoints the SRV
+			// records name.
+			r.appendSRVAddrs(&w, qtype, ttl, rot)
 		}
 	case r.owners.one != nil:
 		if qtype == dns.TypePTR || qtype == dns.TypeANY {
 			for _, o := range r.owners.many[min(1, len(r.owners.many)):] { // the first is e, last
-				out = appendNameRR(out, dns.TypePTR, ttl, o.Name)
+				w.nameRR(dns.TypePTR, ttl, o.Name)
 			}
-			out = appendNameRR(out, dns.TypePTR, ttl, e.Name)
-			n = uint16(r.owners.len())
+			w.nameRR(dns.TypePTR, ttl, e.Name)
 		}
 	case qtype == dns.TypeANY:
-		out = appendAddrs(out, e.Addrs, ttl, 0)
-		n = uint16(len(e.Addrs))
+		w.addrs(e.Addrs[:e.n4], ttl, 0)
+		w.addrs(e.Addrs[e.n4:], ttl, 0)
 		if e.Alias != "" {
-			out = appendNameRR(out, dns.TypeCNAME, ttl, e.Alias)
-			n++
+			w.nameRR(dns.TypeCNAME, ttl, e.Alias)
 		}
 	case qtype == dns.TypeA:
-		out = appendAddrs(out, e.Addrs[:e.n4], ttl, rot)
-		n = uint16(e.n4)
+		w.addrs(e.Addrs[:e.n4], ttl, rot)
 	case qtype == dns.TypeAAAA:
-		out = appendAddrs(out, e.Addrs[e.n4:], ttl, rot)
-		n = uint16(len(e.Addrs) - int(e.n4))
+		w.addrs(e.Addrs[e.n4:], ttl, rot)
 	case qtype == dns.TypeCNAME:
 		if e.Alias != "" {
-			out = appendNameRR(out, dns.TypeCNAME, ttl, e.Alias)
-			n = 1
+			w.nameRR(dns.TypeCNAME, ttl, e.Alias)
 		}
 	}
-	dnswire.SetANCount(out[hdr:], n)
-	if n == 0 && r.t != nil {
+	out = w.out
+	dnswire.SetANCount(out[hdr:], w.n)
+	switch {
+	case w.cut:
+		out[hdr+2] |= dnswire.FlagTC >> 8
+	case w.n == 0 && r.t != nil:
 		out = r.t.appendSOA(out, r.t.zoneStart(r.qname))
 		dnswire.SetNSCount(out[hdr:], 1)
+	case qtype == dns.TypeSRV && r.srv != nil:
+		out = r.appendSRVExtra(out, hdr, w.end, ttl)
 	}
+	return out, w.cut
+}
+
+// answer is the answer section being written: records are appended to out
+// while they fit before end; n counts them, cut says one did not fit (and
+// none is written after it).
+type answer struct {
+	out []byte
+	end int
+	n   uint16
+	cut bool
+}
+
+// fits reports whether a record of size bytes can be written.
+func (w *answer) fits(size int) bool {
+	if w.cut || len(w.out)+size > w.end {
+		w.cut = true
+		return false
+	}
+	w.n++
+	return true
+}
+
+// addrs appends the A or AAAA records of addrs (of one family), starting
+// with the rot-th and wrapping around, as many as fit.
+func (w *answer) addrs(addrs []netip.Addr, ttl uint32, rot uint16) {
+	if len(addrs) == 0 || w.cut {
+		return
+	}
+	k := max(0, (w.end-len(w.out))/addrLen(addrs[0]))
+	if k < len(addrs) {
+		w.cut = true
+		addrs = addrs[:k] // the first that fit, unrotated: a rare reply
+		rot = 0
+	}
+	w.out = appendAddrs(w.out, addrs, ttl, rot)
+	w.n += uint16(len(addrs))
+}
+
+func (w *answer) nameRR(rrtype uint16, ttl uint32, target string) {
+	if w.fits(rrFixed + nameLen(target)) {
+		w.out = appendNameRR(w.out, rrtype, ttl, target)
+	}
+}
+
+func (w *answer) srv(ttl uint32, s SRV) {
+	if w.fits(srvLen(s)) {
+		w.out = appendSRV(w.out, ttl, s)
+	}
+}
+
+// rrFixed is the length of a record before its data, its owner a
+// compression pointer.
+const rrFixed = 2 + 10
+
+// addrLen is the length of the A or AAAA record of a.
+func addrLen(a netip.Addr) int {
+	if a.Is4() {
+		return rrFixed + 4
+	}
+	return rrFixed + 16
+}
+
+// srvLen is the length of s's record.
+func srvLen(s SRV) int { return rrFixed + 6 + nameLen(s.Target) }
+
+// appendSRVAddrs writes the A or AAAA answer at an SRV name: the entry's
+// own addresses for a set that points at the entry (a Service's port),
+// otherwise every address of the set's targets (a headless Service's
+// endpoints), each target once, starting at the rot-th.
+func (r *Result) appendSRVAddrs(w *answer, qtype uint16, ttl uint32, rot uint16) {
+	e, recs := r.Entry, r.srv.records
+	if recs == nil {
+		w.addrs(familyOf(e, qtype), ttl, rot)
+		return
+	}
+	cut := int(uint32(rot) % uint32(len(recs)))
+	for i := range recs {
+		j := (cut + i) % len(recs)
+		if j > 0 && recs[j].Target == recs[j-1].Target { // sorted: a target's records are together
+			continue
+		}
+		if t := r.target(recs[j].Target); t != nil {
+			w.addrs(familyOf(t, qtype), ttl, 0)
+		}
+	}
+}
+
+// familyOf returns e's IPv4 addresses for A, its IPv6 ones otherwise.
+func familyOf(e *Entry, qtype uint16) []netip.Addr {
+	if qtype == dns.TypeA {
+		return e.Addrs[:e.n4]
+	}
+	return e.Addrs[e.n4:]
+}
+
+// target returns the entry an SRV record of the result's entry names: the
+// entry itself, or one of its object's endpoint names.
+func (r *Result) target(name string) *Entry {
+	if name == r.Entry.Name {
+		return r.Entry
+	}
+	if r.t == nil {
+		return nil
+	}
+	b := r.t.lookup(name)
+	for i := range b.len() {
+		if e := b.at(i); e.src == r.Entry.src {
+			return e
+		}
+	}
+	return nil
+}
+
+// appendSRVExtra appends to the SRV answer (out[hdr:], whose records are
+// all written) the additional section CoreDNS gives it: the A and AAAA
+// records of each target, as many as fit before end. Each is owned by a
+// compression pointer to its target's name in the SRV record that names
+// it, while that lies within a pointer's reach.
+func (r *Result) appendSRVExtra(out []byte, hdr, end int, ttl uint32) []byte {
+	recs := r.srv.records
+	if recs == nil {
+		recs = []SRV{{Port: r.srv.port, Target: r.Entry.Name}} // stays on the stack
+	}
+	var n uint16
+	at := len(out) // where the SRV records end: walked back to their start
+	for _, s := range recs {
+		at -= srvLen(s)
+	}
+	at -= hdr
+	for i, s := range recs {
+		name := at + rrFixed + 6 // the target in the record's data
+		at += srvLen(s)
+		if i > 0 && s.Target == recs[i-1].Target {
+			continue
+		}
+		t := r.target(s.Target)
+		if t == nil {
+			continue
+		}
+		owner, ownerLen := dnswire.Pointer(name), 2
+		if name >= 0x4000 {
+			owner, ownerLen = 0, nameLen(s.Target)
+		}
+		for _, a := range t.Addrs {
+			size := ownerLen + addrLen(a) - 2
+			if len(out)+size > end {
+				dnswire.AddARCount(out[hdr:], n)
+				return out
+			}
+			out = appendExtraAddr(out, owner, s.Target, ttl, a)
+			n++
+		}
+	}
+	dnswire.AddARCount(out[hdr:], n)
 	return out
+}
+
+// appendExtraAddr appends the A or AAAA record of a owned by owner, a
+// compression pointer, or when 0 by name written out.
+func appendExtraAddr(out []byte, owner uint16, name string, ttl uint32, a netip.Addr) []byte {
+	rrtype, rdlen := uint16(dns.TypeA), uint16(4)
+	if a.Is6() {
+		rrtype, rdlen = dns.TypeAAAA, 16
+	}
+	if owner == 0 {
+		out = dnswire.AppendName(out, name)
+		out = binary.BigEndian.AppendUint16(out, rrtype)
+		out = binary.BigEndian.AppendUint16(out, dns.ClassINET)
+		out = binary.BigEndian.AppendUint32(out, ttl)
+		out = binary.BigEndian.AppendUint16(out, rdlen)
+	} else {
+		out = dnswire.AppendRRHeader(out, owner, rrtype, dns.ClassINET, ttl, rdlen)
+	}
+	if a.Is4() {
+		b := a.As4()
+		return append(out, b[:]...)
+	}
+	b := a.As16()
+	return append(out, b[:]...)
 }
 
 // appendAddrs appends the A or AAAA records of addrs (of one family),

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"fmt"
 	"maps"
+	"net"
 	"net/netip"
 	"slices"
 	"strings"
@@ -107,6 +108,12 @@ func serviceEntries(n names, src *source, svc *model.Service, eps []*model.Endpo
 	e := &Entry{Name: fqdn, src: src}
 	switch {
 	case svc.ExternalName != "":
+		if net.ParseIP(svc.ExternalName) != nil {
+			// CoreDNS keeps an ExternalName only when it is a name (no
+			// CNAME to an address): the Service has no records, NXDOMAIN.
+			out.warn("%s: externalName %q is an IP address, not a DNS name", originOf(src), svc.ExternalName)
+			return out
+		}
 		alias := dns.CanonicalName(svc.ExternalName)
 		if !validName(alias) {
 			out.warn("%s: externalName %q is not a valid DNS name", originOf(src), svc.ExternalName)

@@ -86,7 +86,7 @@ func replyOf(t *testing.T, r Result, qname string, qtype uint16) *dns.Msg {
 	if err != nil {
 		t.Fatal(err)
 	}
-	wire := r.AppendAnswer(head, 0, qtype, 0)
+	wire, _ := r.AppendAnswer(head, 0, qtype, 0, dns.MaxMsgSize)
 	if err := m.Unpack(wire); err != nil {
 		t.Fatalf("prepared answer does not parse: %v", err)
 	}
@@ -131,6 +131,14 @@ func TestResolve(t *testing.T) {
 			want: []string{"0 100 5432 10-1-0-2.db.default.svc.cluster.local.", "0 100 5432 db-0.db.default.svc.cluster.local."}},
 		{name: "clusterip srv named port only", qname: "_http._tcp.web.default.svc.cluster.local.", ns: "other", qtype: dns.TypeSRV,
 			want: []string{"0 100 80 web.default.svc.cluster.local."}},
+		// CoreDNS answers a Service's addresses at the SRV name of a port
+		// it has (and NODATA for the other types).
+		{name: "clusterip a at srv name", qname: "_http._tcp.web.default.svc.cluster.local.", ns: "other", qtype: dns.TypeA, want: []string{"10.96.0.10"}},
+		{name: "clusterip aaaa at srv name", qname: "_http._tcp.web.default.svc.cluster.local.", ns: "other", qtype: dns.TypeAAAA, want: []string{"fd00:10:96::a"}},
+		{name: "headless a at srv name", qname: "_pg._tcp.db.default.svc.cluster.local.", ns: "default", qtype: dns.TypeA, want: []string{"10.1.0.1", "10.1.0.2"}},
+		{name: "headless aaaa at srv name", qname: "_pg._tcp.db.default.svc.cluster.local.", ns: "default", qtype: dns.TypeAAAA, want: []string{}},
+		{name: "txt at srv name", qname: "_pg._tcp.db.default.svc.cluster.local.", ns: "default", qtype: dns.TypeTXT, want: []string{}},
+		{name: "a at srv name of a port it lacks", qname: "_pg._udp.db.default.svc.cluster.local.", ns: "default", qtype: dns.TypeA, wantMiss: true},
 		{name: "externalname cname", qname: "ext.default.svc.cluster.local.", ns: "default", qtype: dns.TypeCNAME, want: []string{"example.com."}},
 		{name: "ptr clusterip", qname: "10.0.96.10.in-addr.arpa.", ns: "default", qtype: dns.TypePTR, want: []string{"web.default.svc.cluster.local."}},
 		{name: "ptr se address", qname: "1.100.51.198.in-addr.arpa.", ns: "default", qtype: dns.TypePTR, want: []string{"address.internal."}},
@@ -279,6 +287,29 @@ func TestBuildWarnsAndKeepsRest(t *testing.T) {
 	}
 	if tbl.Resolve("good.example.", "a").Entry == nil {
 		t.Error("the good ServiceEntry was dropped with the bad one")
+	}
+}
+
+// An ExternalName that is an IP address is no CNAME target: CoreDNS keeps
+// such a Service out of its answers (NXDOMAIN), so the table leaves its
+// name to the cluster's nameserver, with a warning.
+func TestExternalNameAddressIsSkipped(t *testing.T) {
+	snap := &model.Snapshot{Services: []model.Service{
+		{Namespace: "a", Name: "ip4", ExternalName: "1.2.3.4"},
+		{Namespace: "a", Name: "ip6", ExternalName: "2001:db8::1"},
+		{Namespace: "a", Name: "name", ExternalName: "www.example.com"},
+	}}
+	tbl, warnings := Build(snap, Options{})
+	if len(warnings) != 2 || !strings.Contains(warnings[0].Error(), "1.2.3.4") || !strings.Contains(warnings[1].Error(), "2001:db8::1") {
+		t.Errorf("warnings = %v, want one for each address", warnings)
+	}
+	for _, name := range []string{"ip4", "ip6"} {
+		if r := tbl.Resolve(name+".a.svc.cluster.local.", "a"); r.Entry != nil {
+			t.Errorf("%s: answered with CNAME %q, want it forwarded", name, r.Entry.Alias)
+		}
+	}
+	if r := tbl.Resolve("name.a.svc.cluster.local.", "a"); r.Entry == nil || r.Entry.Alias != "www.example.com." {
+		t.Errorf("the ExternalName that is a name: %+v", r.Entry)
 	}
 }
 
@@ -440,7 +471,8 @@ func TestAddressesRotate(t *testing.T) {
 	m.SetQuestion("x.example.", dns.TypeA)
 	head, _ := m.Pack()
 	for rot, first := range []string{"198.51.100.1", "198.51.100.2", "198.51.100.3", "198.51.100.1"} {
-		if err := m.Unpack(r.AppendAnswer(slices.Clone(head), 0, dns.TypeA, uint16(rot))); err != nil {
+		wire, _ := r.AppendAnswer(slices.Clone(head), 0, dns.TypeA, uint16(rot), dns.MaxMsgSize)
+		if err := m.Unpack(wire); err != nil {
 			t.Fatal(err)
 		}
 		if len(m.Answer) != 3 || m.Answer[0].(*dns.A).A.String() != first {

@@ -1,0 +1,127 @@
+package resolver
+
+import (
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+
+	"github.com/ztdns/ztdns/internal/dnstest"
+	"github.com/ztdns/ztdns/pkg/model"
+	"github.com/ztdns/ztdns/pkg/podcache"
+	"github.com/ztdns/ztdns/pkg/resolver/table"
+)
+
+// TestAnswerOverAMessage asks, over TCP and UDP, for answers of a headless
+// Service of 5,000 endpoints behind a named port: its A and SRV answers
+// are more than a TCP message holds. Over TCP the client gets as many
+// records as fit in 65,535 bytes, with TC, as from CoreDNS (which
+// truncates every reply to its transport's size); over UDP an empty reply
+// with TC, as for any answer over the client's buffer.
+func TestAnswerOverAMessage(t *testing.T) {
+	addr := bigHeadlessServer(t, Options{})
+
+	for _, q := range []struct {
+		name    string
+		qtype   uint16
+		records int // as many as fit
+	}{
+		// 12 header, 30 question, 11 OPT; 16 an A record.
+		{"web.ns.svc.cluster.local.", dns.TypeA, (maxTCPMessage - 12 - 30 - 11) / 16},
+		// 57 to 59 bytes an SRV record, by the digits of its target.
+		{"_http._tcp.web.ns.svc.cluster.local.", dns.TypeSRV, 0},
+	} {
+		query := new(dns.Msg)
+		query.SetQuestion(q.name, q.qtype)
+		query.SetEdns0(4096, false)
+		wire, err := query.Pack()
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		if err := dnstest.WriteTCP(c, wire); err != nil {
+			t.Fatal(err)
+		}
+		reply, err := dnstest.ReadTCP(c)
+		c.Close()
+		if err != nil {
+			t.Fatalf("TCP %s %s: no reply: %v", q.name, dns.TypeToString[q.qtype], err)
+		}
+		m := new(dns.Msg)
+		if err := m.Unpack(reply); err != nil {
+			t.Fatal(err)
+		}
+		switch {
+		case !m.Truncated || m.Rcode != dns.RcodeSuccess:
+			t.Errorf("TCP %s %s: TC %v, %s; want TC, NOERROR", q.name, dns.TypeToString[q.qtype], m.Truncated, dns.RcodeToString[m.Rcode])
+		case q.records > 0 && len(m.Answer) != q.records:
+			t.Errorf("TCP %s %s: %d records in %d bytes, want %d", q.name, dns.TypeToString[q.qtype], len(m.Answer), len(reply), q.records)
+		case len(m.Answer) == 0 || len(reply) < maxTCPMessage-60 || m.IsEdns0() == nil:
+			t.Errorf("TCP %s %s: %d records in %d bytes (OPT %v), want as many as fit in %d", q.name, dns.TypeToString[q.qtype], len(m.Answer), len(reply), m.IsEdns0() != nil, maxTCPMessage)
+		}
+
+		var cl dns.Client // UDP
+		cl.Timeout = 5 * time.Second
+		m, _, err = cl.Exchange(query, addr)
+		if err != nil {
+			t.Fatalf("UDP %s %s: %v", q.name, dns.TypeToString[q.qtype], err)
+		}
+		if !m.Truncated || len(m.Answer) != 0 {
+			t.Errorf("UDP %s %s: TC %v, %d records; want an empty reply with TC", q.name, dns.TypeToString[q.qtype], m.Truncated, len(m.Answer))
+		}
+	}
+}
+
+// bigHeadlessServer serves, on a loopback port, a table with a headless
+// Service web.ns of 5,000 ready endpoints behind the named port http.
+func bigHeadlessServer(t *testing.T, opts Options) string {
+	t.Helper()
+	s := New(opts)
+	t.Cleanup(func() { s.Close() })
+	es := model.EndpointSlice{Namespace: "ns", Name: "web-a", ServiceName: "web",
+		Ports: []model.Port{{Name: "http", Protocol: "TCP", Port: 8080}}}
+	for i := range 5000 {
+		a := netip.AddrFrom4([4]byte{10, 244, byte(i / 250), byte(i%250 + 1)})
+		es.Endpoints = append(es.Endpoints, model.Endpoint{Addresses: []netip.Addr{a}, Ready: true})
+	}
+	tbl, warnings := table.Build(&model.Snapshot{
+		Services:       []model.Service{{Namespace: "ns", Name: "web", Headless: true}},
+		EndpointSlices: []model.EndpointSlice{es},
+	}, table.Options{})
+	if len(warnings) > 0 {
+		t.Fatal(warnings)
+	}
+	s.SetTable(tbl)
+	udp, tcp := listenPair(t)
+	go s.ServeUDP(udp)
+	go s.ServeTCP(tcp)
+	return udp.LocalAddr().String()
+}
+
+// TestSlowAnswerOverAMessage asks over TCP for a search-list expansion of
+// the same Service, which the slow path answers (a CNAME, then the
+// Service's addresses): the records that fit, with TC, as the fast path.
+func TestSlowAnswerOverAMessage(t *testing.T) {
+	pods := podcache.New("cluster.local")
+	pods.SetSourcePods([]model.Pod{{Namespace: "default", Name: "client", IPs: []netip.Addr{victimIP}}})
+	addr := bigHeadlessServer(t, Options{Pods: pods})
+	query := new(dns.Msg)
+	query.SetQuestion("web.ns.default.svc.cluster.local.", dns.TypeA)
+	c := &dns.Client{Net: "tcp", Timeout: 5 * time.Second, Dialer: &net.Dialer{LocalAddr: &net.TCPAddr{IP: victimIP.AsSlice()}, Timeout: 5 * time.Second}}
+	m, _, err := c.Exchange(query, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Compress = true
+	wire, _ := m.Pack()
+	// 16 bytes an A record (its owner compressed): some 4,090 fit.
+	if !m.Truncated || len(m.Answer) < 4000 || m.Answer[0].Header().Rrtype != dns.TypeCNAME || len(wire) > maxTCPMessage {
+		t.Errorf("TC %v, %d records in %d bytes; want TC, a CNAME and as many addresses as fit", m.Truncated, len(m.Answer), len(wire))
+	}
+}
