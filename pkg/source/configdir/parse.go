@@ -191,6 +191,12 @@ const maxDocumentBytes = 2 << 20
 // maxUnknownFieldWarnings bounds the log lines about unknown fields per file.
 const maxUnknownFieldWarnings = 20
 
+// maxListDepth bounds how deep kind: List objects nest. kubectl writes one
+// level and flattens a few; every level decodes and copies all it holds,
+// and holds that copy while its items are read, so 4,000 Lists nested in a
+// 2 MiB document cost gigabytes. Past the bound a List is refused unread.
+const maxListDepth = 4
+
 func (p parser) parseDocument(pr *problems, doc document, m *manifests) {
 	// Aliases are expanded by the conversion below: a small document can
 	// stand for gigabytes. Bound what they expand to before converting.
@@ -220,7 +226,12 @@ type header struct {
 		Name      string `json:"name"`
 		Namespace string `json:"namespace"`
 	} `json:"metadata"`
-	Items []json.RawMessage `json:"items"` // kind: List only
+}
+
+// listItems is a kind: List's items, decoded only where a List may be:
+// they are copies of all the List holds.
+type listItems struct {
+	Items []json.RawMessage `json:"items"`
 }
 
 // parseObject decodes one object; at is its position in nested Lists' items
@@ -248,12 +259,21 @@ func (p parser) parseObject(pr *problems, raw []byte, loc *locator, at []int, m 
 	case h.APIVersion == "":
 		fail(fmt.Errorf("%s: missing apiVersion", h.Kind))
 		return
+	case h.Kind == "List" && len(at) >= maxListDepth:
+		// Refused before its items are decoded.
+		fail(fmt.Errorf("a List nested more than %d deep: write its objects as the items of one List, or as separate documents (---)", maxListDepth))
+		return
 	case h.Kind == "List":
-		if m.len()+len(h.Items) > p.limits.ObjectsPerFile {
+		var l listItems
+		if err := sigsjson.UnmarshalCaseSensitivePreserveInts(raw, &l); err != nil {
+			fail(fmt.Errorf("reading the List's items: %w", err))
+			return
+		}
+		if m.len()+len(l.Items) > p.limits.ObjectsPerFile {
 			m.tooMany = true
 			return
 		}
-		for i, item := range h.Items {
+		for i, item := range l.Items {
 			p.parseObject(pr, item, loc, append(slices.Clip(at), i), m)
 		}
 		return
