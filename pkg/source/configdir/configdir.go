@@ -11,6 +11,11 @@
 // and line, through the log and Errors, and keeps serving what it served
 // before the edit: nothing is lost while someone is halfway through editing.
 //
+// A ServiceEntry without metadata.creationTimestamp is given the time of
+// the scan that first read it, kept while the directory defines it (and
+// lost with the process), so that one added later is younger and takes no
+// VIP from it (vip.Allocate orders by creation).
+//
 // The directory is watched with inotify (fsnotify) and scanned again after
 // any event in it, which covers editors that write a new file and rename it
 // over the old one, and ConfigMap volumes, whose files are symlinks through a

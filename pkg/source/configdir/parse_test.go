@@ -210,10 +210,12 @@ metadata: {name: hello}
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
+			start := time.Now()
 			_, got, errs := loadFiles(t, map[string]string{"m.yaml": tc.yaml})
 			if len(errs) > 0 {
 				t.Fatalf("errors: %v", errs)
 			}
+			firstSeen(t, got, start)
 			// metav1.Time decodes into the local zone; compare instants.
 			for i, se := range got.ServiceEntries {
 				if i < len(tc.want.ServiceEntries) && se.Created.Equal(tc.want.ServiceEntries[i].Created) {

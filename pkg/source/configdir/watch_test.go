@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ztdns/ztdns/pkg/model"
+	"github.com/ztdns/ztdns/pkg/resolver/vip"
 )
 
 func namespaceYAML(names ...string) string {
@@ -443,5 +444,59 @@ func TestLinkWatchesBounded(t *testing.T) {
 	w.mu.Unlock()
 	if watched != 1 || w.unwatched.Load() {
 		t.Errorf("%d directories watched, unwatched %v; want 1 and false", watched, w.unwatched.Load())
+	}
+}
+
+// vipsOf allocates the snapshot's VIPs as the table does with ztdns's
+// allocator.
+func vipsOf(s *model.Snapshot) map[vip.Key]vip.Pair {
+	var claims []vip.Claim
+	for i := range s.ServiceEntries {
+		se := &s.ServiceEntries[i]
+		if !vip.Eligible(se) {
+			continue
+		}
+		for _, h := range se.Hosts {
+			if vip.HostEligible(se, h) {
+				claims = append(claims, vip.Claim{Host: h, Owner: se.Key(), Created: se.Created})
+			}
+		}
+	}
+	return vip.Allocate(claims)
+}
+
+// TestNewEntryKeepsExistingVIPs: a ServiceEntry without creationTimestamp
+// (as hand-written manifests and examples/ are) is as old as the scan
+// that first saw it, kept while the directory defines it, edits included.
+// So a new entry naming the same host, whose owner sorts first, does not
+// move the existing entry's VIP: before, both were created at the zero
+// time, and the owner's name decided.
+func TestNewEntryKeepsExistingVIPs(t *testing.T) {
+	se := func(ns, name, port string) string {
+		return "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: " + name + ", namespace: " + ns + "}\n" +
+			"spec: {hosts: [db.example], resolution: DNS, ports: [{number: " + port + ", name: tcp, protocol: TCP}]}\n"
+	}
+	dir := t.TempDir()
+	writeFiles(t, dir, map[string]string{"default.yaml": se("default", "zz-db", "5432")})
+	r := startSource(t, dir)
+	old := vip.Key{Owner: "default/zz-db", Host: "db.example"}
+	want, ok := vipsOf(r.latest())[old]
+	if !ok {
+		t.Fatalf("zz-db has no VIP: %v", vipsOf(r.latest()))
+	}
+
+	writeFile(t, filepath.Join(dir, "apps.yaml"), se("apps", "db", "5432"))
+	s := r.waitFor(t, "the new entry", hasNames("serviceentry apps/db", "serviceentry default/zz-db"))
+	vips := vipsOf(s)
+	if got := vips[old]; got != want {
+		t.Errorf("zz-db's VIP moved from %v to %v when apps/db (%v) was created", want, got, vips[vip.Key{Owner: "apps/db", Host: "db.example"}])
+	}
+	// An edit is no new entry.
+	writeFile(t, filepath.Join(dir, "default.yaml"), se("default", "zz-db", "5433"))
+	s = r.waitFor(t, "the edit", func(s *model.Snapshot) bool {
+		return len(s.ServiceEntries) == 2 && s.ServiceEntries[1].Ports[0].Port == 5433
+	})
+	if got := vipsOf(s)[old]; got != want {
+		t.Errorf("zz-db's VIP moved from %v to %v when it was edited", want, got)
 	}
 }
