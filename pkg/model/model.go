@@ -89,8 +89,10 @@ type HostAddress struct {
 type ServiceEntry struct {
 	Namespace string
 	Name      string
-	// Created is metadata.creationTimestamp. It orders the VIP allocator so an
-	// older ServiceEntry keeps its address when a newer one collides with it.
+	// Created is metadata.creationTimestamp (the manifest source gives one
+	// without it the time it first read it). It orders the VIP allocator so
+	// an older ServiceEntry keeps its address when a newer one collides
+	// with it.
 	Created time.Time
 	// Hosts are lower-cased, without a trailing dot; may start with "*.".
 	Hosts []string

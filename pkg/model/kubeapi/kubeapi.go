@@ -238,10 +238,16 @@ type ServiceEntryPort struct {
 
 // ServiceEntryStatus holds the addresses istiod allocated.
 type ServiceEntryStatus struct {
-	Addresses []ServiceEntryAddress `json:"addresses,omitempty"`
+	// Addresses is status.addresses as written, read by Model. The CRD gives
+	// status no schema (x-kubernetes-preserve-unknown-fields): whoever may
+	// write the status subresource can put anything there, and decoded as
+	// a typed field, a value of another shape would fail the ServiceEntry,
+	// and in a list call the whole list, so every ServiceEntry.
+	Addresses json.RawMessage `json:"addresses,omitempty"`
 }
 
-// ServiceEntryAddress is one address istiod allocated to one host.
+// ServiceEntryAddress is one address istiod allocated to one host, as
+// status.addresses holds it.
 type ServiceEntryAddress struct {
 	Value string `json:"value"`
 	Host  string `json:"host,omitempty"`

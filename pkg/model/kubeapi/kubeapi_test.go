@@ -2,6 +2,7 @@ package kubeapi
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/netip"
 	"reflect"
 	"slices"
@@ -193,6 +194,65 @@ func TestReduceErrors(t *testing.T) {
 			}
 			if err == nil || err.Error() != tt.want {
 				t.Errorf("err = %v, want %q", err, tt.want)
+			}
+		})
+	}
+}
+
+// TestStatusAddressesAreSkipped: status has no schema, so anyone who may
+// write the status subresource can put anything in status.addresses. What
+// is not a host's address is skipped, like istiod does, and named in one
+// warning; the ServiceEntry keeps its spec.addresses and the rest of its
+// status. A list holding an entry with a status.addresses of another
+// shape still decodes: before, it failed, and with it every ServiceEntry.
+func TestStatusAddressesAreSkipped(t *testing.T) {
+	const head = `{"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry", "metadata": {"name": "se", "namespace": "n"}, "spec": {"hosts": ["a.example"], "addresses": ["198.51.100.1"]}, `
+	good := model.HostAddress{Host: "a.example", Address: netip.MustParseAddr("240.240.0.1")}
+	tests := []struct {
+		name, status string
+		want         []model.HostAddress
+		skipped      string
+	}{
+		{name: "values",
+			status:  `{"addresses": [{"value": "nope", "host": "a.example"}, {"value": "240.240.0.1", "host": "a.example"}, {"value": ""}]}`,
+			want:    []model.HostAddress{good},
+			skipped: `serviceentry n/se: skipped in status.addresses: [0] value "nope" is not an IP address, [2] value "" is not an IP address`},
+		{name: "entries of other shapes",
+			status:  `{"addresses": ["240.240.0.2", {"value": 7}, null, [1], {"value": "240.240.0.1", "host": "a.example"}, {"Value": "240.240.0.3"}]}`,
+			want:    []model.HostAddress{good},
+			skipped: `serviceentry n/se: skipped in status.addresses: [0] is not {value, host} strings, [1] is not {value, host} strings, [2] value "" is not an IP address and 2 more`},
+		{name: "a string", status: `{"addresses": "x"}`, skipped: "serviceentry n/se: status.addresses is not a list: skipped"},
+		{name: "an object", status: `{"addresses": {"value": "240.240.0.1"}}`, skipped: "serviceentry n/se: status.addresses is not a list: skipped"},
+		{name: "null", status: `{"addresses": null}`},
+		{name: "none", status: `{"conditions": []}`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			doc := head + `"status": ` + tt.status + `}`
+			se := decode(t, doc).(*ServiceEntry)
+			got, skipped, err := se.ModelSkipping()
+			if err != nil {
+				t.Fatalf("err = %v: status must never fail the ServiceEntry", err)
+			}
+			if !slices.Equal(got.Addresses, []netip.Addr{netip.MustParseAddr("198.51.100.1")}) {
+				t.Errorf("addresses %v, want spec.addresses", got.Addresses)
+			}
+			if !slices.Equal(got.StatusAddresses, tt.want) {
+				t.Errorf("status addresses %v, want %v", got.StatusAddresses, tt.want)
+			}
+			if g := fmt.Sprint(skipped); (skipped == nil) != (tt.skipped == "") || (skipped != nil && g != tt.skipped) {
+				t.Errorf("skipped = %v, want %q", skipped, tt.skipped)
+			}
+			if m, err := se.Model(); err != nil || !reflect.DeepEqual(m, got) {
+				t.Errorf("Model() = %+v, %v; want ModelSkipping's, nil", m, err)
+			}
+			list := decode(t, `{"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntryList", "metadata": {}, "items": [`+doc+`]}`).(*ServiceEntryList)
+			if len(list.Items) != 1 {
+				t.Errorf("the list decoded into %d items, want 1", len(list.Items))
+			}
+			// A copy (which compacts the raw status) reduces the same.
+			if m, sk, err := se.DeepCopyObject().(*ServiceEntry).ModelSkipping(); err != nil || !reflect.DeepEqual(m, got) || fmt.Sprint(sk) != fmt.Sprint(skipped) {
+				t.Errorf("the copy reduces to %+v, %v, %v", m, sk, err)
 			}
 		})
 	}

@@ -1,6 +1,7 @@
 package kubeapi
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -8,6 +9,8 @@ import (
 	"strings"
 	"sync"
 	"unique"
+
+	sigsjson "sigs.k8s.io/json"
 
 	"github.com/ztdns/ztdns/pkg/model"
 )
@@ -107,10 +110,22 @@ func (s *EndpointSlice) Model() (model.EndpointSlice, error) {
 	return out, errors.Join(errs...)
 }
 
-// Model reduces a ServiceEntry.
+// Model reduces a ServiceEntry. What status.addresses holds that is not a
+// host's address is skipped; ModelSkipping also says what.
 func (se *ServiceEntry) Model() (model.ServiceEntry, error) {
+	out, _, err := se.ModelSkipping()
+	return out, err
+}
+
+// ModelSkipping reduces a ServiceEntry, and reports in skipped (nil when
+// nothing) what it left out of status.addresses, naming the object. Status
+// has no schema: anyone who may write the status subresource can put
+// anything there, so like istiod (getHostAddressesFromServiceEntryStatus)
+// a value that is no address is skipped, never a reason to leave out the
+// ServiceEntry, its spec.addresses or its other status addresses.
+func (se *ServiceEntry) ModelSkipping() (out model.ServiceEntry, skipped, err error) {
 	spec := &se.Spec
-	out := model.ServiceEntry{
+	out = model.ServiceEntry{
 		Namespace:        namespaceOf(&se.ObjectMeta),
 		Name:             se.Name,
 		Created:          se.CreationTimestamp,
@@ -159,22 +174,61 @@ func (se *ServiceEntry) Model() (model.ServiceEntry, error) {
 		}
 		out.Addresses = append(out.Addresses, ip.Unmap())
 	}
-	for _, a := range se.Status.Addresses {
-		ip, err := netip.ParseAddr(a.Value)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("serviceentry %s: status address %q is not an IP address", out.Key(), a.Value))
-			continue
-		}
-		out.StatusAddresses = append(out.StatusAddresses, model.HostAddress{
-			Host:    strings.ToLower(strings.TrimSuffix(a.Host, ".")),
-			Address: ip.Unmap(),
-		})
-	}
+	out.StatusAddresses, skipped = statusAddresses(out.Key(), se.Status.Addresses)
 	for _, p := range spec.Ports {
 		out.Ports = append(out.Ports, model.Port{Name: intern(p.Name), Protocol: intern(strings.ToUpper(p.Protocol)), Port: uint16(p.Number)})
 	}
 	out.Ports = sharedPorts(out.Ports)
-	return out, errors.Join(errs...)
+	return out, skipped, errors.Join(errs...)
+}
+
+// maxSkipsNamed bounds the values of status.addresses one warning names;
+// the rest are counted.
+const maxSkipsNamed = 3
+
+// statusAddresses reads a ServiceEntry's status.addresses, raw as written,
+// skipping what is not a host's address; skipped says what, naming the
+// ServiceEntry by key, nil when nothing was.
+func statusAddresses(key string, raw json.RawMessage) (out []model.HostAddress, skipped error) {
+	if len(raw) == 0 || string(raw) == "null" {
+		return nil, nil
+	}
+	var items []json.RawMessage
+	if err := sigsjson.UnmarshalCaseSensitivePreserveInts(raw, &items); err != nil {
+		return nil, fmt.Errorf("serviceentry %s: status.addresses is not a list: skipped", key)
+	}
+	var named []string
+	n := 0
+	skip := func(format string, args ...any) {
+		if n++; n <= maxSkipsNamed {
+			named = append(named, fmt.Sprintf(format, args...))
+		}
+	}
+	for i, item := range items {
+		// Case-sensitive, as the API server reads field names.
+		var a ServiceEntryAddress
+		if err := sigsjson.UnmarshalCaseSensitivePreserveInts(item, &a); err != nil {
+			skip("[%d] is not {value, host} strings", i)
+			continue
+		}
+		ip, err := netip.ParseAddr(a.Value)
+		if err != nil {
+			skip("[%d] value %q is not an IP address", i, a.Value)
+			continue
+		}
+		out = append(out, model.HostAddress{
+			Host:    strings.ToLower(strings.TrimSuffix(a.Host, ".")),
+			Address: ip.Unmap(),
+		})
+	}
+	if n == 0 {
+		return out, nil
+	}
+	msg := strings.Join(named, ", ")
+	if n > len(named) {
+		msg += fmt.Sprintf(" and %d more", n-len(named))
+	}
+	return out, fmt.Errorf("serviceentry %s: skipped in status.addresses: %s", key, msg)
 }
 
 // Model reduces a Namespace; it never fails.

@@ -5,10 +5,14 @@
 package typed
 
 import (
+	"encoding/json"
+	"fmt"
+
 	networkingv1alpha3 "istio.io/api/networking/v1alpha3"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	sigsjson "sigs.k8s.io/json"
 
 	"github.com/ztdns/ztdns/pkg/model"
 	"github.com/ztdns/ztdns/pkg/model/kubeapi"
@@ -44,8 +48,11 @@ func FromEndpointSlice(s *discoveryv1.EndpointSlice) (model.EndpointSlice, error
 }
 
 // FromServiceEntry reduces a ServiceEntry of any served version (v1,
-// v1beta1 and v1alpha3 share the spec and status types).
-func FromServiceEntry(m *metav1.ObjectMeta, spec *networkingv1alpha3.ServiceEntry, status *networkingv1alpha3.ServiceEntryStatus) (model.ServiceEntry, error) {
+// v1beta1 and v1alpha3 share the spec type). status is the status as
+// written (nil when absent): it has no schema, and what in it is not a
+// host's address is skipped, reported in skipped (see
+// kubeapi.ServiceEntry.ModelSkipping).
+func FromServiceEntry(m *metav1.ObjectMeta, spec *networkingv1alpha3.ServiceEntry, status json.RawMessage) (se model.ServiceEntry, skipped, err error) {
 	out := kubeapi.ServiceEntry{ObjectMeta: meta(m), Spec: kubeapi.ServiceEntrySpec{
 		Hosts:      spec.GetHosts(),
 		Addresses:  spec.GetAddresses(),
@@ -55,10 +62,16 @@ func FromServiceEntry(m *metav1.ObjectMeta, spec *networkingv1alpha3.ServiceEntr
 	for _, p := range spec.GetPorts() {
 		out.Spec.Ports = append(out.Spec.Ports, kubeapi.ServiceEntryPort{Number: p.GetNumber(), Protocol: p.GetProtocol(), Name: p.GetName()})
 	}
-	for _, a := range status.GetAddresses() {
-		out.Status.Addresses = append(out.Status.Addresses, kubeapi.ServiceEntryAddress{Value: a.GetValue(), Host: a.GetHost()})
+	notObject := false
+	if len(status) > 0 && string(status) != "null" {
+		// Case-sensitive, as the API server reads field names.
+		notObject = sigsjson.UnmarshalCaseSensitivePreserveInts(status, &out.Status) != nil
 	}
-	return out.Model()
+	se, skipped, err = out.ModelSkipping()
+	if notObject {
+		skipped = fmt.Errorf("serviceentry %s: status is not an object: skipped", se.Key())
+	}
+	return se, skipped, err
 }
 
 // FromNamespace reduces a v1 Namespace.

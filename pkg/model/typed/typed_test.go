@@ -1,6 +1,7 @@
 package typed
 
 import (
+	"encoding/json"
 	"net/netip"
 	"slices"
 	"strings"
@@ -98,10 +99,10 @@ func TestFromServiceEntry(t *testing.T) {
 		Resolution: networkingv1alpha3.ServiceEntry_DNS,
 		ExportTo:   []string{"."},
 	}
-	status := &networkingv1alpha3.ServiceEntryStatus{Addresses: []*networkingv1alpha3.ServiceEntryAddress{{Host: "auto.internal", Value: "240.240.0.1"}}}
-	got, err := FromServiceEntry(&meta, spec, status)
-	if err != nil {
-		t.Fatal(err)
+	status := json.RawMessage(`{"addresses": [{"host": "auto.internal", "value": "240.240.0.1"}], "conditions": []}`)
+	got, skipped, err := FromServiceEntry(&meta, spec, status)
+	if err != nil || skipped != nil {
+		t.Fatal(err, skipped)
 	}
 	wantAddrs := []netip.Addr{netip.MustParseAddr("198.51.100.1"), netip.MustParseAddr("198.51.100.2"), netip.MustParseAddr("2001:db8::1")}
 	if !slices.Equal(got.Hosts, []string{"auto.internal", "*.wild.example"}) || !slices.Equal(got.Addresses, wantAddrs) ||
@@ -109,11 +110,11 @@ func TestFromServiceEntry(t *testing.T) {
 		!slices.Equal(got.ExportTo, []string{"."}) || len(got.StatusAddresses) != 1 || got.StatusAddresses[0].Address != netip.MustParseAddr("240.240.0.1") {
 		t.Errorf("got %+v", got)
 	}
-	_, err = FromServiceEntry(&metav1.ObjectMeta{Name: "bad"}, &networkingv1alpha3.ServiceEntry{Hosts: []string{"a"}, Addresses: []string{"1.2.3", "10.0.0.0/33"}}, nil)
+	_, _, err = FromServiceEntry(&metav1.ObjectMeta{Name: "bad"}, &networkingv1alpha3.ServiceEntry{Hosts: []string{"a"}, Addresses: []string{"1.2.3", "10.0.0.0/33"}}, nil)
 	if err == nil || !strings.Contains(err.Error(), `address "1.2.3"`) || !strings.Contains(err.Error(), `address "10.0.0.0/33"`) {
 		t.Errorf("err = %v, want both bad addresses named", err)
 	}
-	if _, err := FromServiceEntry(&metav1.ObjectMeta{Name: "nohosts"}, &networkingv1alpha3.ServiceEntry{}, nil); err == nil {
+	if _, _, err := FromServiceEntry(&metav1.ObjectMeta{Name: "nohosts"}, &networkingv1alpha3.ServiceEntry{}, nil); err == nil {
 		t.Error("a ServiceEntry without hosts must be an error")
 	}
 }

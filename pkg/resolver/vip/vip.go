@@ -110,9 +110,11 @@ type Pair struct {
 // depends only on the set of claims, not on their order: claims are placed
 // oldest ServiceEntry first (then by owner and host) at a slot derived from
 // a hash of the host name, probing linearly on a collision. Newer entries
-// are placed after older ones, so creating a ServiceEntry never moves an
-// existing VIP; deleting one can let a host that once collided move back to
-// its own slot.
+// are placed after older ones, so creating a ServiceEntry younger than the
+// others moves no existing VIP; one created at the same time as another
+// (creationTimestamp has whole seconds) is ordered by owner, and can take
+// the other's slot. Deleting one can let a host that once collided move
+// back to its own slot.
 //
 // istiod instead allocates sequentially in the order its informer delivers
 // the entries, which a node cannot reproduce on its own: where istiod

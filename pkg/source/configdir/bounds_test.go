@@ -315,3 +315,61 @@ func TestRacyStatIsNotTrusted(t *testing.T) {
 	scan(4, "namespace ns-zz")
 	scan(4, "namespace ns-zz")
 }
+
+// nestedLists returns a flow-style document of depth Lists, one inside the
+// other, around inner.
+func nestedLists(depth int, inner string) string {
+	var b strings.Builder
+	for range depth {
+		b.WriteString("{apiVersion: v1, kind: List, items: [")
+	}
+	b.WriteString(inner)
+	for range depth {
+		b.WriteString("]}")
+	}
+	b.WriteString("\n")
+	return b.String()
+}
+
+// TestDeeplyNestedListsRefused: Lists nested far deeper than anyone writes
+// them (kubectl writes one level) are refused with the file's path and
+// line before their levels are decoded, each of which copied all it held:
+// a 600 KB document of 300 Lists around one 512 KiB string and an 80 KB one
+// of 2,000 empty Lists allocated 395 MB together (25 MB refused; a 2 MiB
+// document, gigabytes). The file is not served, as for any problem; other
+// files are; Lists nested maxListDepth deep still work.
+func TestDeeplyNestedListsRefused(t *testing.T) {
+	big := nestedLists(300, `{apiVersion: v1, kind: ConfigMap, metadata: {name: big}, data: {x: "`+strings.Repeat("x", 512<<10)+`"}}`)
+	empty := nestedLists(2000, "")
+	few := nestedLists(maxListDepth, "{apiVersion: v1, kind: Namespace, metadata: {name: deep}}")
+	if len(big) > maxDocumentBytes || len(empty) > maxDocumentBytes {
+		t.Fatalf("documents of %d and %d bytes, over the document bound they must slip under", len(big), len(empty))
+	}
+	var dir string
+	var gotNames []string
+	var errs []error
+	alloc := allocated(func() {
+		d, snap, e := loadFiles(t, map[string]string{
+			"big.yaml":   goodNamespace + big,
+			"empty.yaml": empty,
+			"few.yaml":   few,
+			"small.yaml": "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec: {clusterIP: 10.96.0.1}\n",
+		})
+		dir, gotNames, errs = d, names(snap), e
+	})
+	msg := fmt.Sprintf("a List nested more than %d deep: write its objects as the items of one List, or as separate documents (---)", maxListDepth)
+	want := []string{
+		filepath.Join(dir, "big.yaml") + ":5: " + msg,
+		filepath.Join(dir, "empty.yaml") + ":1: " + msg,
+	}
+	if g := errorStrings(errs); !reflect.DeepEqual(g, want) {
+		t.Errorf("errors\n%s\nwant\n%s", strings.Join(g, "\n"), strings.Join(want, "\n"))
+	}
+	if w := []string{"namespace deep", "service default/web"}; !reflect.DeepEqual(gotNames, w) {
+		t.Errorf("objects %q, want %q (other files still apply)", gotNames, w)
+	}
+	t.Logf("loading allocated %d MiB", alloc>>20)
+	if limit := uint64(100 << 20); alloc > limit {
+		t.Errorf("loading allocated %d MiB, more than %d MiB", alloc>>20, limit>>20)
+	}
+}

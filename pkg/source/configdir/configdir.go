@@ -11,11 +11,21 @@
 // and line, through the log and Errors, and keeps serving what it served
 // before the edit: nothing is lost while someone is halfway through editing.
 //
+// A ServiceEntry without metadata.creationTimestamp is given the time of
+// the scan that first read it, kept while the directory defines it (and
+// lost with the process), so that one added later is younger and takes no
+// VIP from it (vip.Allocate orders by creation).
+//
 // The directory is watched with inotify (fsnotify) and scanned again after
 // any event in it, which covers editors that write a new file and rename it
 // over the old one, and ConfigMap volumes, whose files are symlinks through a
-// ..data link that kubelet swaps. Where inotify is not available the
-// directory is polled.
+// ..data link that kubelet swaps. A manifest that is a symlink to a file
+// elsewhere is followed: the directories it resolves through (each symlink
+// on the way, and its target's) are watched too, for events about those
+// names, and again after every scan, so a repointed link moves the watch.
+// Past maxLinkDirs such directories, or where one is not there yet (a
+// dangling link), the directory is also scanned every DefaultPollInterval.
+// Where inotify is not available the directory is polled.
 package configdir
 
 import (
@@ -101,7 +111,7 @@ type Source struct {
 	debounce     time.Duration
 	pollInterval time.Duration // 0: inotify, falling back to polling
 	// startNotify starts an inotify watch; a field so a test can make it fail.
-	startNotify func(dir string, log *slog.Logger) (watcher, error)
+	startNotify func(dir string, log *slog.Logger, known func() []string) (watcher, error)
 	limits      Limits
 
 	mu   sync.Mutex
@@ -177,6 +187,7 @@ func (s *Source) Run(ctx context.Context, deliver func(*model.Snapshot)) error {
 		}
 		return err
 	}
+	w.rearm() // watches what symlinked manifests point at
 	s.record(st)
 	snap := st.snapshot()
 	s.log.Info("manifests loaded", counts(snap)...)
@@ -190,7 +201,7 @@ func (s *Source) startWatching(known func() []string) watcher {
 	if s.pollInterval > 0 {
 		return startPolling(s.dir, s.pollInterval, s.limits.Files, known)
 	}
-	w, err := s.startNotify(s.dir, s.log)
+	w, err := s.startNotify(s.dir, s.log, known)
 	if err != nil {
 		s.log.Warn("cannot watch the config dir with inotify; polling it instead",
 			"interval", DefaultPollInterval, "error", err)

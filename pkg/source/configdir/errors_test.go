@@ -144,7 +144,7 @@ spec:
 			want: []string{`bad.yaml:13: serviceentry default/x: address "1.2.3" is not an IP address or CIDR`},
 		},
 		{
-			name: "two invalid ServiceEntry addresses, each on its line",
+			name: "two invalid ServiceEntry addresses, each on its line, none in status",
 			yaml: `apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata: {name: x, namespace: shop}
@@ -161,7 +161,8 @@ status:
 			want: []string{
 				`bad.yaml:12: serviceentry shop/x: address "198.51.100.300" is not an IP address or CIDR`,
 				`bad.yaml:13: serviceentry shop/x: address "2001:db8::/999" is not an IP address or CIDR`,
-				`bad.yaml:16: serviceentry shop/x: status address "nope" is not an IP address`,
+				// status.addresses has no schema: a bad value there is
+				// skipped (TestBadStatusAddressesAreSkipped), no problem.
 			},
 		},
 		{

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"testing"
+	"time"
 
 	"github.com/ztdns/ztdns/pkg/model"
 )
@@ -63,10 +64,12 @@ func wantExamples(optOut bool) model.Snapshot {
 
 func TestExamples(t *testing.T) {
 	log, _ := testLogger(t)
+	start := time.Now()
 	got, errs := load(t, examplesDir, WithLogger(log))
 	if len(errs) > 0 {
 		t.Fatalf("examples/ has errors: %v", errs)
 	}
+	firstSeen(t, got, start)
 	if want := wantExamples(false); !reflect.DeepEqual(*got, want) {
 		t.Errorf("examples/ serves\n%+v\nwant\n%+v", *got, want)
 	}
@@ -96,10 +99,12 @@ func TestExamplesOptOut(t *testing.T) {
 	}
 	copyFile(t, filepath.Join(examplesDir, "optout", "external-auto.yaml"), filepath.Join(dir, "external-auto.yaml"))
 	log, _ := testLogger(t)
+	start := time.Now()
 	got, errs := load(t, dir, WithLogger(log))
 	if len(errs) > 0 {
 		t.Fatalf("errors: %v", errs)
 	}
+	firstSeen(t, got, start)
 	if want := wantExamples(true); !reflect.DeepEqual(*got, want) {
 		t.Errorf("with the opt-out, examples/ serves\n%+v\nwant\n%+v", *got, want)
 	}

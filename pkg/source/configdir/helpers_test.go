@@ -258,3 +258,23 @@ func describe(s *model.Snapshot) string {
 func hasNames(want ...string) func(*model.Snapshot) bool {
 	return func(s *model.Snapshot) bool { return strings.Join(names(s), ",") == strings.Join(want, ",") }
 }
+
+// firstSeen checks that the ServiceEntries of s without a creationTimestamp
+// were given one scan's time, at or after since, and sets it back to zero
+// for comparisons with a snapshot written out. Those with a
+// creationTimestamp (before since) keep it.
+func firstSeen(tb testing.TB, s *model.Snapshot, since time.Time) {
+	tb.Helper()
+	var scan time.Time
+	for i := range s.ServiceEntries {
+		se := &s.ServiceEntries[i]
+		if se.Created.Before(since) {
+			continue
+		}
+		if !scan.IsZero() && !se.Created.Equal(scan) {
+			tb.Errorf("serviceentry %s first seen at %v, the others at %v: want one scan's time", se.Key(), se.Created, scan)
+		}
+		scan = se.Created
+		se.Created = time.Time{}
+	}
+}

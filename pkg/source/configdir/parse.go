@@ -12,10 +12,8 @@ import (
 
 	"google.golang.org/protobuf/encoding/protojson"
 	networkingv1alpha3api "istio.io/api/networking/v1alpha3"
-	networkingv1 "istio.io/client-go/pkg/apis/networking/v1"
-	networkingv1alpha3 "istio.io/client-go/pkg/apis/networking/v1alpha3"
-	networkingv1beta1 "istio.io/client-go/pkg/apis/networking/v1beta1"
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	sigsjson "sigs.k8s.io/json"
 	"sigs.k8s.io/yaml"
 
@@ -32,8 +30,8 @@ type manifests struct {
 	serviceEntries []model.ServiceEntry
 	pods           []model.Pod
 	placed         []placedObject
-	// While parsing: unknown-field warnings logged and not logged, and
-	// whether a List had more items than a file may hold.
+	// While parsing: warnings (unknown fields, skipped values) logged and
+	// not logged, and whether a List had more items than a file may hold.
 	unknownWarned, unknownMore int
 	tooMany                    bool
 }
@@ -111,7 +109,7 @@ func (p parser) parseFile(path string, data []byte) (*manifests, []error) {
 	}
 	duplicatesWithin(pr, m.placed)
 	if m.unknownMore > 0 {
-		p.log.Warn("more objects with fields ztdns does not know; not listing them", "path", path, "more", m.unknownMore)
+		p.log.Warn("more objects with fields ztdns does not know or values it skips; not listing them", "path", path, "more", m.unknownMore)
 	}
 	if pr.count() > 0 {
 		return nil, pr.list()
@@ -191,6 +189,12 @@ const maxDocumentBytes = 2 << 20
 // maxUnknownFieldWarnings bounds the log lines about unknown fields per file.
 const maxUnknownFieldWarnings = 20
 
+// maxListDepth bounds how deep kind: List objects nest. kubectl writes one
+// level and flattens a few; every level decodes and copies all it holds,
+// and holds that copy while its items are read, so 4,000 Lists nested in a
+// 2 MiB document cost gigabytes. Past the bound a List is refused unread.
+const maxListDepth = 4
+
 func (p parser) parseDocument(pr *problems, doc document, m *manifests) {
 	// Aliases are expanded by the conversion below: a small document can
 	// stand for gigabytes. Bound what they expand to before converting.
@@ -220,7 +224,12 @@ type header struct {
 		Name      string `json:"name"`
 		Namespace string `json:"namespace"`
 	} `json:"metadata"`
-	Items []json.RawMessage `json:"items"` // kind: List only
+}
+
+// listItems is a kind: List's items, decoded only where a List may be:
+// they are copies of all the List holds.
+type listItems struct {
+	Items []json.RawMessage `json:"items"`
 }
 
 // parseObject decodes one object; at is its position in nested Lists' items
@@ -248,12 +257,21 @@ func (p parser) parseObject(pr *problems, raw []byte, loc *locator, at []int, m 
 	case h.APIVersion == "":
 		fail(fmt.Errorf("%s: missing apiVersion", h.Kind))
 		return
+	case h.Kind == "List" && len(at) >= maxListDepth:
+		// Refused before its items are decoded.
+		fail(fmt.Errorf("a List nested more than %d deep: write its objects as the items of one List, or as separate documents (---)", maxListDepth))
+		return
 	case h.Kind == "List":
-		if m.len()+len(h.Items) > p.limits.ObjectsPerFile {
+		var l listItems
+		if err := sigsjson.UnmarshalCaseSensitivePreserveInts(raw, &l); err != nil {
+			fail(fmt.Errorf("reading the List's items: %w", err))
+			return
+		}
+		if m.len()+len(l.Items) > p.limits.ObjectsPerFile {
 			m.tooMany = true
 			return
 		}
-		for i, item := range h.Items {
+		for i, item := range l.Items {
 			p.parseObject(pr, item, loc, append(slices.Clip(at), i), m)
 		}
 		return
@@ -296,14 +314,23 @@ func (p parser) parseObject(pr *problems, raw []byte, loc *locator, at []int, m 
 		return
 	}
 	line := loc.objectLine(at)
-	if len(res.unknownFields) > 0 && m.unknownWarned >= maxUnknownFieldWarnings {
+	if (len(res.unknownFields) > 0 || res.skipped != nil) && m.unknownWarned >= maxUnknownFieldWarnings {
 		m.unknownMore++
-	} else if len(res.unknownFields) > 0 {
-		// Not an error (newer API versions add fields), but a misspelt field
-		// silently changes the answer, so say so.
-		m.unknownWarned++
-		p.log.Warn("manifest has fields ztdns does not know; they are ignored",
-			"at", fmt.Sprintf("%s:%d", path, line), "object", id.String(), "fields", errors.Join(res.unknownFields...).Error())
+	} else {
+		if len(res.unknownFields) > 0 {
+			// Not an error (newer API versions add fields), but a misspelt
+			// field silently changes the answer, so say so.
+			m.unknownWarned++
+			p.log.Warn("manifest has fields ztdns does not know; they are ignored",
+				"at", fmt.Sprintf("%s:%d", path, line), "object", id.String(), "fields", errors.Join(res.unknownFields...).Error())
+		}
+		if res.skipped != nil {
+			// status.addresses, which has no schema: skipped as istiod
+			// skips them, the rest of the object served.
+			m.unknownWarned++
+			p.log.Warn("manifest has values ztdns skips; the rest of the object is served",
+				"at", fmt.Sprintf("%s:%d", path, line), "object", id.String(), "skipped", res.skipped.Error())
+		}
 	}
 	m.placed = append(m.placed, placedObject{id: id, line: line})
 }
@@ -323,6 +350,7 @@ type decodeResult struct {
 	decodeErr     error   // raw does not fit the API type
 	convertErr    error   // the converter rejected a value
 	unknownFields []error // fields the API type does not have
+	skipped       error   // values left out of the object, a warning
 }
 
 func (k kind) apiVersions() string {
@@ -392,28 +420,29 @@ func decodeEndpointSlice(raw []byte, _ string, m *manifests) decodeResult {
 	return decodeAs(raw, typed.FromEndpointSlice, &m.endpointSlices)
 }
 
-func decodeServiceEntry(raw []byte, version string, m *manifests) decodeResult {
-	var res decodeResult
-	switch version {
-	case "v1":
-		res = decodeAs(raw, func(se *networkingv1.ServiceEntry) (model.ServiceEntry, error) {
-			return typed.FromServiceEntry(&se.ObjectMeta, &se.Spec, &se.Status)
-		}, &m.serviceEntries)
-	case "v1beta1":
-		res = decodeAs(raw, func(se *networkingv1beta1.ServiceEntry) (model.ServiceEntry, error) {
-			return typed.FromServiceEntry(&se.ObjectMeta, &se.Spec, &se.Status)
-		}, &m.serviceEntries)
-	case "v1alpha3":
-		res = decodeAs(raw, func(se *networkingv1alpha3.ServiceEntry) (model.ServiceEntry, error) {
-			return typed.FromServiceEntry(&se.ObjectMeta, &se.Spec, &se.Status)
-		}, &m.serviceEntries)
-	default:
-		return decodeResult{decodeErr: fmt.Errorf("no decoder for version %q", version)}
-	}
+// serviceEntryManifest is a ServiceEntry of any version Istio serves (they
+// share the spec type), with its status left as written: status has no
+// schema (see kubeapi.ServiceEntryStatus), and what in it is not a
+// host's address is skipped with a warning, not a reason to refuse the file.
+type serviceEntryManifest struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+	Spec              networkingv1alpha3api.ServiceEntry `json:"spec,omitempty"`
+	Status            json.RawMessage                    `json:"status,omitempty"`
+}
+
+func decodeServiceEntry(raw []byte, _ string, m *manifests) decodeResult {
+	var skipped error
+	res := decodeAs(raw, func(se *serviceEntryManifest) (model.ServiceEntry, error) {
+		out, sk, err := typed.FromServiceEntry(&se.ObjectMeta, &se.Spec, se.Status)
+		skipped = sk
+		return out, err
+	}, &m.serviceEntries)
 	if res.decodeErr == nil && res.convertErr == nil {
 		if err := unknownSpecFields(raw); err != nil {
 			res.unknownFields = append(res.unknownFields, err)
 		}
+		res.skipped = skipped
 	}
 	return res
 }

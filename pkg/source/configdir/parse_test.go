@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -209,10 +210,12 @@ metadata: {name: hello}
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
+			start := time.Now()
 			_, got, errs := loadFiles(t, map[string]string{"m.yaml": tc.yaml})
 			if len(errs) > 0 {
 				t.Fatalf("errors: %v", errs)
 			}
+			firstSeen(t, got, start)
 			// metav1.Time decodes into the local zone; compare instants.
 			for i, se := range got.ServiceEntries {
 				if i < len(tc.want.ServiceEntries) && se.Created.Equal(tc.want.ServiceEntries[i].Created) {
@@ -395,6 +398,70 @@ spec: {clusterIp: 10.96.0.1}
 		if !strings.Contains(out, want) {
 			t.Errorf("log lacks %s:\n%s", want, out)
 		}
+	}
+}
+
+// TestBadStatusAddressesAreSkipped: status.addresses has no schema, so a
+// value that is no address, or a status.addresses or status of another
+// shape, is skipped with a warning naming the object, as istiod skips it:
+// the ServiceEntry is served with its spec.addresses and its good status
+// addresses, the file with its other objects, and there is no problem
+// (before, the whole file was refused, and kept serving its old content).
+func TestBadStatusAddressesAreSkipped(t *testing.T) {
+	dir := t.TempDir()
+	writeFiles(t, dir, map[string]string{"m.yaml": `apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: values}
+spec: {hosts: [a.example]}
+status:
+  addresses:
+  - {host: a.example, value: nope}
+  - {host: a.example, value: 240.240.0.1}
+  - {host: a.example, value: 7}
+  - 42
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: shape}
+spec: {hosts: [b.example], addresses: [198.51.100.1]}
+status: {addresses: x, conditions: [{type: Reconciled, status: "True"}]}
+---
+apiVersion: networking.istio.io/v1beta1
+kind: ServiceEntry
+metadata: {name: notobject}
+spec: {hosts: [c.example]}
+status: [x]
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: a}
+`})
+	log, logs := testLogger(t)
+	got, errs := load(t, dir, WithLogger(log))
+	if len(errs) > 0 {
+		t.Fatalf("a bad status must not be a problem: %v", errs)
+	}
+	if want := []string{"namespace a", "serviceentry default/values", "serviceentry default/shape", "serviceentry default/notobject"}; !reflect.DeepEqual(names(got), want) {
+		t.Fatalf("objects %q, want %q", names(got), want)
+	}
+	if sa := got.ServiceEntries[0].StatusAddresses; len(sa) != 1 || sa[0].Address != netip.MustParseAddr("240.240.0.1") || sa[0].Host != "a.example" {
+		t.Errorf("values' status addresses %v, want only a.example's 240.240.0.1", sa)
+	}
+	if se := got.ServiceEntries[1]; !slices.Equal(se.Addresses, []netip.Addr{netip.MustParseAddr("198.51.100.1")}) || se.StatusAddresses != nil {
+		t.Errorf("shape: addresses %v, status addresses %v; want its spec.addresses and no status address", se.Addresses, se.StatusAddresses)
+	}
+	out := logs.String()
+	for _, want := range []string{
+		`at=` + dir + `/m.yaml:1 object="serviceentry default/values" skipped="serviceentry default/values: skipped in status.addresses: [0] value \"nope\" is not an IP address, [2] is not {value, host} strings, [3] is not {value, host} strings"`,
+		`at=` + dir + `/m.yaml:12 object="serviceentry default/shape" skipped="serviceentry default/shape: status.addresses is not a list: skipped"`,
+		`at=` + dir + `/m.yaml:18 object="serviceentry default/notobject" skipped="serviceentry default/notobject: status is not an object: skipped"`,
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("log lacks %s:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "unknown field") {
+		t.Errorf("status fields other than addresses are no unknown fields:\n%s", out)
 	}
 }
 

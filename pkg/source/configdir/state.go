@@ -76,6 +76,19 @@ type state struct {
 	// read is the names of the files the last scan read, sorted, for the
 	// poller (another goroutine): it must watch the files scan reads.
 	read atomic.Pointer[[]string]
+	// firstSeen is when the directory first defined each ServiceEntry that
+	// has no creationTimestamp, by key, for as long as some file defines
+	// it: its Created, as the API server would have stamped it. Without
+	// it, all such entries would be created at the zero time, and an entry
+	// added later whose name sorts first would take a host's VIP from the
+	// entry that had it (vip.Allocate). It lives with the process: after a
+	// restart, all are first seen by the first scan.
+	firstSeen map[string]time.Time
+	// scanAt is when the current scan began: the first-seen time of what
+	// it finds new. seenDirty: a file was parsed or dropped since
+	// firstSeen last forgot what no file defines.
+	scanAt    time.Time
+	seenDirty bool
 	// now and stat are time.Now and statOf but in tests.
 	now  func() time.Time
 	stat func(path string) (fileStat, error)
@@ -86,13 +99,14 @@ type state struct {
 
 func newState(dir string, p parser) *state {
 	p.limits = p.limits.withDefaults()
-	return &state{dir: dir, parser: p, files: make(map[string]*fileState), now: time.Now, stat: statOf}
+	return &state{dir: dir, parser: p, files: make(map[string]*fileState), firstSeen: map[string]time.Time{}, now: time.Now, stat: statOf}
 }
 
 // scan reads the directory again and reports whether what it serves changed.
 // Only an unreadable directory is an error; problems in files are recorded in
 // their fileState. It stops between files when ctx is done.
 func (st *state) scan(ctx context.Context) (changed bool, err error) {
+	st.scanAt = st.now().Round(0) // no monotonic reading: it is an object's time
 	names, skipped, err := listManifests(st.dir, st.parser.limits.Files, func(name string) bool {
 		_, ok := st.files[name]
 		return ok
@@ -162,8 +176,53 @@ func (st *state) scan(ctx context.Context) (changed bool, err error) {
 			progress = true
 		}
 	}
+	st.forgetUnseen()
 	st.publishNames()
 	return changed, nil
+}
+
+// stamp gives the ServiceEntries of m that have no creationTimestamp the
+// time the directory first defined them.
+func (st *state) stamp(m *manifests) {
+	for i := range m.serviceEntries {
+		se := &m.serviceEntries[i]
+		if !se.Created.IsZero() {
+			continue
+		}
+		key := se.Key()
+		t, ok := st.firstSeen[key]
+		if !ok {
+			t = st.scanAt
+			st.firstSeen[key] = t
+		}
+		se.Created = t
+	}
+}
+
+// forgetUnseen drops the first-seen times of ServiceEntries no file
+// defines any more (served, or parsed and waiting to be): one defined
+// again is new.
+func (st *state) forgetUnseen() {
+	if !st.seenDirty || len(st.firstSeen) == 0 {
+		return
+	}
+	st.seenDirty = false
+	defined := make(map[string]bool, len(st.firstSeen))
+	for _, f := range st.files {
+		for _, m := range []*manifests{f.served, f.latest} {
+			if m == nil {
+				continue
+			}
+			for i := range m.serviceEntries {
+				defined[m.serviceEntries[i].Key()] = true
+			}
+		}
+	}
+	for key := range st.firstSeen {
+		if !defined[key] {
+			delete(st.firstSeen, key)
+		}
+	}
 }
 
 // publishNames makes the names of the files read those lastRead returns.
@@ -191,6 +250,7 @@ func (st *state) drop(name string) (changed bool) {
 		st.gen++ // files it blocked may be served now
 	}
 	delete(st.files, name)
+	st.seenDirty = true
 	return f.served.len() > 0
 }
 
@@ -265,6 +325,10 @@ func (st *state) refresh(f *fileState, force bool) (gone bool) {
 	f.digest, f.hasDigest = digest, true
 	f.blocked, f.blockedBy, f.conflicts = false, nil, nil
 	f.latest, f.problems = st.parser.parseFile(f.path, data)
+	if f.latest != nil {
+		st.stamp(f.latest)
+	}
+	st.seenDirty = true
 	return false
 }
 

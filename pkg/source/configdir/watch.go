@@ -3,11 +3,14 @@ package configdir
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -35,7 +38,9 @@ func signal(ch chan<- struct{}) {
 	}
 }
 
-// notifyWatcher watches the directory with inotify.
+// notifyWatcher watches the directory with inotify, and the directories
+// that hold what its symlinked manifests point at: an edit there changes
+// what a manifest reads, with no event in the directory.
 type notifyWatcher struct {
 	dir     string
 	log     *slog.Logger
@@ -43,14 +48,35 @@ type notifyWatcher struct {
 	watched fileID // the directory the watch is on
 	ch      chan struct{}
 	done    chan struct{}
+	// known returns the names of the files the last scan read.
+	known func() []string
+
+	// links are the other directories watched, each with the names in it
+	// that manifests resolve through (a symlink, or the file one ends at).
+	mu    sync.Mutex
+	links map[string]map[string]bool
+	// unwatched: some of those could not be watched (past maxLinkDirs, or
+	// not there to watch): the directory is then also scanned every
+	// DefaultPollInterval.
+	unwatched atomic.Bool
+	warned    bool // about maxLinkDirs, once
 }
 
-func startNotify(dir string, log *slog.Logger) (watcher, error) {
+// Bounds on following symlinked manifests: the symlinks followed to
+// resolve one (as the kernel's), and the directories watched for them all
+// (an inotify watch each, from the user's limited number).
+const (
+	maxLinkHops = 40
+	maxLinkDirs = 128
+)
+
+func startNotify(dir string, log *slog.Logger, known func() []string) (watcher, error) {
 	fw, err := fsnotify.NewWatcher()
 	if err != nil {
 		return nil, err
 	}
-	w := &notifyWatcher{dir: dir, log: log, fw: fw, ch: make(chan struct{}, 1), done: make(chan struct{})}
+	w := &notifyWatcher{dir: dir, log: log, fw: fw, ch: make(chan struct{}, 1), done: make(chan struct{}),
+		known: known, links: map[string]map[string]bool{}}
 	if err := w.add(); err != nil {
 		fw.Close()
 		return nil, err
@@ -73,8 +99,14 @@ func (w *notifyWatcher) add() error {
 
 func (w *notifyWatcher) run() {
 	defer close(w.done)
+	tick := time.NewTicker(DefaultPollInterval)
+	defer tick.Stop()
 	for {
 		select {
+		case <-tick.C:
+			if w.unwatched.Load() {
+				signal(w.ch)
+			}
 		case ev, ok := <-w.fw.Events:
 			if !ok {
 				return
@@ -82,7 +114,9 @@ func (w *notifyWatcher) run() {
 			if ev.Op == fsnotify.Chmod {
 				continue // permission or timestamp change: content is the same
 			}
-			signal(w.ch)
+			if w.matters(ev) {
+				signal(w.ch)
+			}
 		case err, ok := <-w.fw.Errors:
 			if !ok {
 				return
@@ -98,7 +132,33 @@ func (w *notifyWatcher) run() {
 
 func (w *notifyWatcher) changes() <-chan struct{} { return w.ch }
 
+// matters reports whether ev can change what a scan reads: in a
+// directory watched for links only, an event about a name a manifest
+// resolves through, or about that directory itself (then no longer
+// watched: followLinks watches it again if it is back); any other event
+// (in the directory, or the directory's own).
+func (w *notifyWatcher) matters(ev fsnotify.Event) bool {
+	if ev.Name == filepath.Clean(w.dir) {
+		return true
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if _, ok := w.links[ev.Name]; ok {
+		if ev.Has(fsnotify.Remove) || ev.Has(fsnotify.Rename) {
+			_ = w.fw.Remove(ev.Name) // gone already if it was removed
+			delete(w.links, ev.Name)
+		}
+		return true
+	}
+	dir, name := filepath.Split(ev.Name)
+	if names, ok := w.links[filepath.Clean(dir)]; ok {
+		return names[name]
+	}
+	return true
+}
+
 func (w *notifyWatcher) rearm() {
+	defer w.followLinks()
 	id, err := identify(w.dir)
 	if err != nil || id == w.watched {
 		return
@@ -110,6 +170,113 @@ func (w *notifyWatcher) rearm() {
 	}
 	w.log.Info("the config dir was replaced; watching the new one")
 	signal(w.ch) // changes between the last scan and the new watch
+}
+
+// followLinks watches the directories the last scan's symlinked manifests
+// resolve through, and only those: at most maxLinkDirs of them; past it,
+// or where one is not there to watch, the directory is scanned every
+// DefaultPollInterval as well.
+func (w *notifyWatcher) followLinks() {
+	self, err := filepath.EvalSymlinks(w.dir)
+	if err != nil {
+		return // gone: Run ends at the next scan
+	}
+	want := map[string]map[string]bool{}
+	over := false
+	for _, name := range w.known() {
+		path := filepath.Join(self, name)
+		if fi, err := os.Lstat(path); err != nil || fi.Mode()&fs.ModeSymlink == 0 {
+			continue // in the directory itself, which is watched
+		}
+		for _, l := range resolvesThrough(path) {
+			if l.dir == self {
+				continue
+			}
+			if want[l.dir] == nil {
+				if len(want) >= maxLinkDirs {
+					over = true
+					continue
+				}
+				want[l.dir] = map[string]bool{}
+			}
+			want[l.dir][l.name] = true
+		}
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	unwatched, added := over, false
+	for dir := range w.links {
+		if want[dir] == nil {
+			_ = w.fw.Remove(dir) // gone already if the directory was
+			delete(w.links, dir)
+		}
+	}
+	for dir, names := range want {
+		if _, ok := w.links[dir]; !ok {
+			if err := w.fw.Add(dir); err != nil {
+				unwatched = true
+				continue
+			}
+			added = true
+		}
+		w.links[dir] = names
+	}
+	if over && !w.warned {
+		w.warned = true
+		w.log.Warn("symlinked manifests resolve through more directories than are watched; scanning every interval as well",
+			"directories", maxLinkDirs, "interval", DefaultPollInterval)
+	}
+	w.unwatched.Store(unwatched)
+	if added {
+		signal(w.ch) // changes between the last scan and the new watches
+	}
+}
+
+// link is a name in a directory (its real path) that a path resolves
+// through.
+type link struct{ dir, name string }
+
+// resolvesThrough returns what a change to can change the file path
+// opens: every symlink met resolving it, and the file it ends at (or the
+// first name along the way that does not exist), each in its directory's
+// real path. At most maxLinkHops symlinks are followed.
+func resolvesThrough(path string) []link {
+	var out []link
+	resolved := "/"
+	rest := strings.Split(filepath.Clean(path), "/")
+	for hops := 0; len(rest) > 0; {
+		c := rest[0]
+		rest = rest[1:]
+		switch c {
+		case "", ".":
+			continue
+		case "..":
+			resolved = filepath.Dir(resolved)
+			continue
+		}
+		next := filepath.Join(resolved, c)
+		fi, err := os.Lstat(next)
+		if err != nil {
+			return append(out, link{resolved, c}) // its creation matters
+		}
+		if fi.Mode()&fs.ModeSymlink == 0 {
+			if len(rest) == 0 {
+				out = append(out, link{resolved, c})
+			}
+			resolved = next
+			continue
+		}
+		out = append(out, link{resolved, c})
+		target, err := os.Readlink(next)
+		if hops++; err != nil || hops > maxLinkHops {
+			return out
+		}
+		if filepath.IsAbs(target) {
+			resolved = "/"
+		}
+		rest = append(strings.Split(target, "/"), rest...)
+	}
+	return out
 }
 
 func (w *notifyWatcher) close() {

@@ -3,16 +3,20 @@ package configdir
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/ztdns/ztdns/pkg/model"
+	"github.com/ztdns/ztdns/pkg/resolver/vip"
 )
 
 func namespaceYAML(names ...string) string {
@@ -310,7 +314,7 @@ func TestFallsBackToPolling(t *testing.T) {
 	writeFiles(t, dir, map[string]string{"a.yaml": namespaceYAML("a")})
 	log, logs := testLogger(t)
 	s := New(dir, WithLogger(log))
-	s.startNotify = func(string, *slog.Logger) (watcher, error) {
+	s.startNotify = func(string, *slog.Logger, func() []string) (watcher, error) {
 		return nil, errors.New("inotify_init1: too many open files")
 	}
 	r := &running{src: s}
@@ -335,4 +339,164 @@ func TestPollingWatchesTheFilesRead(t *testing.T) {
 	r.waitForErrors(t, a+": skipped: the directory has 3 manifest files, more than the limit of 2 (--config-max-files)")
 	writeFile(t, c, namespaceYAML("c", "c2"))
 	r.waitFor(t, "c.yaml's edit", hasNames("namespace b", "namespace c", "namespace c2"))
+}
+
+// TestWatchSymlinkTargets: a manifest that is a symlink to a file in
+// another directory follows its target: edited in place, replaced by a
+// rename, a dangling link's target created, and a link along a chain
+// repointed, all without an event in the config directory (inotify watches
+// the targets' directories too). Before, with inotify, the old objects
+// stayed until something else happened in the directory.
+func TestWatchSymlinkTargets(t *testing.T) {
+	watchModes(t, func(t *testing.T, opts ...Option) {
+		dir, shared, chain := t.TempDir(), t.TempDir(), t.TempDir()
+		target := filepath.Join(shared, "se.yaml")
+		writeFile(t, target, namespaceYAML("v1"))
+		if err := os.Symlink(target, filepath.Join(dir, "se.yaml")); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink(filepath.Join(shared, "later.yaml"), filepath.Join(dir, "later.yaml")); err != nil {
+			t.Fatal(err)
+		}
+		// chain.yaml -> chain/hop.yaml -> shared/a.yaml, repointed to b.yaml.
+		writeFile(t, filepath.Join(shared, "a.yaml"), namespaceYAML("a"))
+		writeFile(t, filepath.Join(shared, "b.yaml"), namespaceYAML("b"))
+		if err := os.Symlink(filepath.Join(shared, "a.yaml"), filepath.Join(chain, "hop.yaml")); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink(filepath.Join(chain, "hop.yaml"), filepath.Join(dir, "chain.yaml")); err != nil {
+			t.Fatal(err)
+		}
+		r := startSource(t, dir, opts...)
+		if got := names(r.latest()); strings.Join(got, ",") != "namespace a,namespace v1" {
+			t.Fatalf("first snapshot %q", got)
+		}
+
+		writeFile(t, target, namespaceYAML("v2"))
+		r.waitFor(t, "the target edited in place", hasNames("namespace a", "namespace v2"))
+		replaceFile(t, target, namespaceYAML("v3"))
+		r.waitFor(t, "the target replaced", hasNames("namespace a", "namespace v3"))
+		writeFile(t, filepath.Join(shared, "later.yaml"), namespaceYAML("later"))
+		r.waitFor(t, "the dangling link's target created", hasNames("namespace a", "namespace later", "namespace v3"))
+		r.waitForErrors(t)
+		tmp := filepath.Join(chain, ".hop.tmp")
+		if err := os.Symlink(filepath.Join(shared, "b.yaml"), tmp); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, filepath.Join(chain, "hop.yaml")); err != nil {
+			t.Fatal(err)
+		}
+		r.waitFor(t, "a link along the chain repointed", hasNames("namespace b", "namespace later", "namespace v3"))
+		writeFile(t, filepath.Join(shared, "b.yaml"), namespaceYAML("b2"))
+		r.waitFor(t, "the new end of the chain edited", hasNames("namespace b2", "namespace later", "namespace v3"))
+	})
+}
+
+// TestLinkWatchesBounded: symlinked manifests pointing into more than
+// maxLinkDirs directories get that many watches, and the directory is
+// scanned every DefaultPollInterval as well, so an edit in a directory
+// not watched is still seen; links gone, their watches go too.
+func TestLinkWatchesBounded(t *testing.T) {
+	dir, targets := t.TempDir(), t.TempDir()
+	var files []string
+	for i := range maxLinkDirs + 2 {
+		sub := filepath.Join(targets, fmt.Sprintf("d%03d", i))
+		name := fmt.Sprintf("l%03d.yaml", i)
+		writeFiles(t, sub, map[string]string{"ns.yaml": namespaceYAML(fmt.Sprintf("n%03d", i))})
+		if err := os.Symlink(filepath.Join(sub, "ns.yaml"), filepath.Join(dir, name)); err != nil {
+			t.Fatal(err)
+		}
+		files = append(files, name)
+	}
+	log, _ := testLogger(t)
+	var mu sync.Mutex
+	known := slices.Clone(files)
+	wt, err := startNotify(dir, log, func() []string { mu.Lock(); defer mu.Unlock(); return known })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer wt.close()
+	w := wt.(*notifyWatcher)
+	w.rearm()
+	w.mu.Lock()
+	watched := len(w.links)
+	w.mu.Unlock()
+	if watched != maxLinkDirs || !w.unwatched.Load() {
+		t.Errorf("%d directories watched, unwatched %v; want %d and true", watched, w.unwatched.Load(), maxLinkDirs)
+	}
+	// The last directories by name are the ones past the bound.
+	r := startSource(t, dir)
+	// The scan that follows the first one's new watches: past it, only
+	// the interval's scans can see the edit.
+	time.Sleep(10 * DefaultDebounce)
+	last := fmt.Sprintf("n%03d", maxLinkDirs+1)
+	writeFile(t, filepath.Join(targets, fmt.Sprintf("d%03d", maxLinkDirs+1), "ns.yaml"), namespaceYAML(last+"-b"))
+	r.waitFor(t, "the edit in a directory past the bound", func(s *model.Snapshot) bool {
+		return slices.ContainsFunc(s.Namespaces, func(n model.Namespace) bool { return n.Name == last+"-b" })
+	})
+
+	mu.Lock()
+	known = files[:1]
+	mu.Unlock()
+	w.rearm()
+	w.mu.Lock()
+	watched = len(w.links)
+	w.mu.Unlock()
+	if watched != 1 || w.unwatched.Load() {
+		t.Errorf("%d directories watched, unwatched %v; want 1 and false", watched, w.unwatched.Load())
+	}
+}
+
+// vipsOf allocates the snapshot's VIPs as the table does with ztdns's
+// allocator.
+func vipsOf(s *model.Snapshot) map[vip.Key]vip.Pair {
+	var claims []vip.Claim
+	for i := range s.ServiceEntries {
+		se := &s.ServiceEntries[i]
+		if !vip.Eligible(se) {
+			continue
+		}
+		for _, h := range se.Hosts {
+			if vip.HostEligible(se, h) {
+				claims = append(claims, vip.Claim{Host: h, Owner: se.Key(), Created: se.Created})
+			}
+		}
+	}
+	return vip.Allocate(claims)
+}
+
+// TestNewEntryKeepsExistingVIPs: a ServiceEntry without creationTimestamp
+// (as hand-written manifests and examples/ are) is as old as the scan
+// that first saw it, kept while the directory defines it, edits included.
+// So a new entry naming the same host, whose owner sorts first, does not
+// move the existing entry's VIP: before, both were created at the zero
+// time, and the owner's name decided.
+func TestNewEntryKeepsExistingVIPs(t *testing.T) {
+	se := func(ns, name, port string) string {
+		return "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: " + name + ", namespace: " + ns + "}\n" +
+			"spec: {hosts: [db.example], resolution: DNS, ports: [{number: " + port + ", name: tcp, protocol: TCP}]}\n"
+	}
+	dir := t.TempDir()
+	writeFiles(t, dir, map[string]string{"default.yaml": se("default", "zz-db", "5432")})
+	r := startSource(t, dir)
+	old := vip.Key{Owner: "default/zz-db", Host: "db.example"}
+	want, ok := vipsOf(r.latest())[old]
+	if !ok {
+		t.Fatalf("zz-db has no VIP: %v", vipsOf(r.latest()))
+	}
+
+	writeFile(t, filepath.Join(dir, "apps.yaml"), se("apps", "db", "5432"))
+	s := r.waitFor(t, "the new entry", hasNames("serviceentry apps/db", "serviceentry default/zz-db"))
+	vips := vipsOf(s)
+	if got := vips[old]; got != want {
+		t.Errorf("zz-db's VIP moved from %v to %v when apps/db (%v) was created", want, got, vips[vip.Key{Owner: "apps/db", Host: "db.example"}])
+	}
+	// An edit is no new entry.
+	writeFile(t, filepath.Join(dir, "default.yaml"), se("default", "zz-db", "5433"))
+	s = r.waitFor(t, "the edit", func(s *model.Snapshot) bool {
+		return len(s.ServiceEntries) == 2 && s.ServiceEntries[1].Ports[0].Port == 5433
+	})
+	if got := vipsOf(s)[old]; got != want {
+		t.Errorf("zz-db's VIP moved from %v to %v when it was edited", want, got)
+	}
 }

@@ -17,6 +17,7 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
@@ -680,4 +681,61 @@ func equalModel[T any](got, want *T) bool {
 		ge.Created, we.Created = time.Time{}, time.Time{}
 	}
 	return reflect.DeepEqual(g, w)
+}
+
+// TestBadStatusAddresses: status has no schema in Istio's CRD, so the
+// status subresource takes a status.addresses of any shape. A ServiceEntry
+// holding one is served with its spec.addresses, and neither it nor the
+// others' list and watch fail: before, decoding the list failed, so the
+// first snapshot never came (a source started after the write waited
+// forever) and no ServiceEntry change was seen again.
+func TestBadStatusAddresses(t *testing.T) {
+	env := kubetest.Start(t)
+	kube, istio := env.Client(), env.IstioClient()
+	ns := createNamespace(t, kube, "badstatus")
+	ses := istio.NetworkingV1().ServiceEntries(ns)
+	ctx := t.Context()
+	create := func(name, host string, addresses ...string) {
+		t.Helper()
+		se := &istionetworkingv1.ServiceEntry{ObjectMeta: metav1.ObjectMeta{Name: name}}
+		se.Spec.Hosts, se.Spec.Addresses = []string{host}, addresses
+		se.Spec.Ports = []*networkingv1alpha3.ServicePort{{Number: 80, Name: "http", Protocol: "HTTP"}}
+		if _, err := ses.Create(ctx, se, metav1.CreateOptions{}); err != nil {
+			t.Fatalf("create %s: %v", name, err)
+		}
+	}
+	create("bad", "bad.example", "198.51.100.1")
+	create("good", "good.example")
+	for name, status := range map[string]string{
+		"bad":  `{"status": {"addresses": "x"}}`,
+		"good": `{"status": {"addresses": [{"value": "nope", "host": "good.example"}, {"value": "240.240.0.9", "host": "good.example"}]}}`,
+	} {
+		err := istio.NetworkingV1().RESTClient().Patch(types.MergePatchType).Namespace(ns).Resource("serviceentries").
+			Name(name).SubResource("status").Body([]byte(status)).Do(ctx).Error()
+		if err != nil {
+			t.Skipf("the API server refuses the status %s: %v", status, err)
+		}
+	}
+
+	has := func(name string, addrs []netip.Addr, status []model.HostAddress) func(*model.Snapshot) error {
+		return func(s *model.Snapshot) error {
+			se := find(s.ServiceEntries, serviceEntryKey, ns, name)
+			if se == nil {
+				return fmt.Errorf("serviceentry %s missing", name)
+			}
+			if !reflect.DeepEqual(se.Addresses, addrs) || !reflect.DeepEqual(se.StatusAddresses, status) {
+				return fmt.Errorf("serviceentry %s: addresses %v, status addresses %v; want %v, %v", name, se.Addresses, se.StatusAddresses, addrs, status)
+			}
+			return nil
+		}
+	}
+	rec := runSource(t, env.Config)
+	rec.waitFor(t, "the bad status's ServiceEntry with its spec.addresses", has("bad", []netip.Addr{netip.MustParseAddr("198.51.100.1")}, nil))
+	rec.waitFor(t, "the other ServiceEntry with its good status address", has("good", nil,
+		[]model.HostAddress{{Host: "good.example", Address: netip.MustParseAddr("240.240.0.9")}}))
+	create("later", "later.example", "198.51.100.2")
+	rec.waitFor(t, "a ServiceEntry created later", has("later", []netip.Addr{netip.MustParseAddr("198.51.100.2")}, nil))
+	if err := rec.src.Healthy(); err != nil {
+		t.Errorf("Healthy() = %v, want nil", err)
+	}
 }

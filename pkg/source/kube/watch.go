@@ -76,6 +76,18 @@ func (r *run) endpointFor(k kind) endpoint {
 	panic(fmt.Sprintf("kube: no endpoint for kind %d", k))
 }
 
+// serviceEntryModel reduces a ServiceEntry, warning of what it skipped in
+// status.addresses (which has no schema): the rest is served.
+func (r *run) serviceEntryModel(o kubeapi.Object) (model.ServiceEntry, error) {
+	out, skipped, err := o.(*kubeapi.ServiceEntry).ModelSkipping()
+	if skipped != nil && err == nil {
+		m := o.Meta()
+		r.log.Warn("object's status.addresses hold values that are no host's address; they are skipped",
+			"kind", kindServiceEntries.String(), "namespace", m.Namespace, "name", m.Name, "skipped", skipped)
+	}
+	return out, err
+}
+
 // newStore makes k's store.
 func (r *run) newStore(k kind) objectStore {
 	switch k {
@@ -86,7 +98,7 @@ func (r *run) newStore(k kind) objectStore {
 	case kindEndpointSlices, kindOtherEndpointSlices:
 		return newStore(k, r.log, modelOf[model.EndpointSlice], func(s *model.EndpointSlice) objKey { return objKey{s.Namespace, s.Name} }, r.changed)
 	case kindServiceEntries:
-		return newStore(k, r.log, modelOf[model.ServiceEntry], func(s *model.ServiceEntry) objKey { return objKey{s.Namespace, s.Name} }, r.changed)
+		return newStore(k, r.log, r.serviceEntryModel, func(s *model.ServiceEntry) objKey { return objKey{s.Namespace, s.Name} }, r.changed)
 	case kindPods:
 		return newStore(k, r.log, modelOf[model.Pod], func(p *model.Pod) objKey { return objKey{p.Namespace, p.Name} }, r.changed)
 	case kindIstiodAllocator:
