@@ -28,7 +28,9 @@ const AdoptedPrefix = "adopted-"
 
 // Namespaces is how the controller looks into network namespaces.
 type Namespaces interface {
-	// Cookie returns the cookie of the network namespace at path.
+	// Cookie returns the cookie of the network namespace at path. An error
+	// that wraps redirect.ErrNoNetns or fs.ErrNotExist says no namespace is
+	// there (any more).
 	Cookie(path string) (uint64, error)
 	// Scan lists the network namespaces the node's processes live in, each
 	// once, with its addresses. Namespaces it could not open are counted
@@ -64,8 +66,15 @@ type ProcNamespaces struct {
 	Root string
 }
 
-// Cookie implements Namespaces.
-func (p ProcNamespaces) Cookie(path string) (uint64, error) { return redirect.NetnsCookie(path) }
+// Cookie implements Namespaces. A /proc/PID/ns/net path (as dockershim
+// and cri-dockerd name pods' namespaces) names the node's PIDs: it is
+// looked up under Root.
+func (p ProcNamespaces) Cookie(path string) (uint64, error) {
+	if rest, ok := strings.CutPrefix(path, "/proc/"); ok && p.Root != "" && p.Root != "/proc" {
+		path = filepath.Join(p.Root, rest)
+	}
+	return redirect.NetnsCookie(path)
+}
 
 // Scan implements Namespaces.
 func (p ProcNamespaces) Scan() (ScanResult, error) {
