@@ -125,6 +125,10 @@ func (c *Controller) Decide(att podcache.Attachment) (bool, string) {
 func (c *Controller) Apply(a podcache.Attachment) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	return c.applyLocked(a)
+}
+
+func (c *Controller) applyLocked(a podcache.Attachment) error {
 	if err := c.setMark(a); err != nil {
 		return err
 	}
@@ -133,10 +137,26 @@ func (c *Controller) Apply(a podcache.Attachment) error {
 	return nil
 }
 
+// reapply applies a decision made on a copy of a record, if the record is
+// still there as copied: a DEL (Forget) that landed after the copy must not
+// see its pod marked and recorded again. It reports whether it applied.
+func (c *Controller) reapply(a podcache.Attachment) (bool, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if cur, ok := c.pods.Attachment(a.Key()); !ok || cur.NetnsCookie != a.NetnsCookie {
+		return false, nil
+	}
+	return true, c.applyLocked(a)
+}
+
 // Forget unmarks and forgets the attachment with that key.
 func (c *Controller) Forget(key string) (podcache.Attachment, bool, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	return c.forgetLocked(key)
+}
+
+func (c *Controller) forgetLocked(key string) (podcache.Attachment, bool, error) {
 	a, ok := c.pods.Detach(key)
 	if !ok {
 		return a, false, nil
@@ -202,11 +222,14 @@ func (c *Controller) Redecide() {
 			continue
 		}
 		att.Captured, att.Reason = captured, reason
-		if err := c.Apply(att); err != nil {
+		applied, err := c.reapply(att)
+		if err != nil {
 			c.log.Error("applying a changed capture decision failed", "pod", att.Namespace+"/"+att.Name, "err", err)
 			continue
 		}
-		c.log.Info("capture decision changed", "pod", att.Namespace+"/"+att.Name, "captured", captured, "reason", reason)
+		if applied {
+			c.log.Info("capture decision changed", "pod", att.Namespace+"/"+att.Name, "captured", captured, "reason", reason)
+		}
 	}
 	c.adoptRunningPods()
 }

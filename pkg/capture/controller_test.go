@@ -1,6 +1,7 @@
 package capture
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -158,9 +159,17 @@ func cniAttachment(name string, cookie uint64, ip string) podcache.Attachment {
 		NetnsPath: "/var/run/netns/" + name, NetnsCookie: cookie, IPs: []netip.Addr{netip.MustParseAddr(ip)}}
 }
 
-// attach decides and applies a CNI attachment, as the agent's CNI ADD does.
+// attach decides and applies a CNI attachment, as the agent's CNI ADD
+// does; its network namespace exists.
 func (f *fixture) attach(t *testing.T, a podcache.Attachment) podcache.Attachment {
 	t.Helper()
+	if a.NetnsPath != "" {
+		var ips []string
+		for _, ip := range a.IPs {
+			ips = append(ips, ip.String())
+		}
+		f.netns.add(a.NetnsPath, a.NetnsCookie, ips...)
+	}
 	a.Captured, a.Reason = f.ctl.Decide(a)
 	if err := f.ctl.Apply(a); err != nil {
 		t.Fatalf("Apply(%s): %v", a.Key(), err)
@@ -478,5 +487,72 @@ func TestUnmarkStale(t *testing.T) {
 	}
 	if got := f.marker.marked(); !slices.Equal(got, []uint64{10}) {
 		t.Errorf("marks %v, want the recorded pod's alone", got)
+	}
+}
+
+// hookHandler calls hook with each log record's message, then drops it.
+type hookHandler struct {
+	hook func(msg string, r slog.Record)
+}
+
+func (h hookHandler) Enabled(context.Context, slog.Level) bool      { return true }
+func (h hookHandler) Handle(_ context.Context, r slog.Record) error { h.hook(r.Message, r); return nil }
+func (h hookHandler) WithAttrs([]slog.Attr) slog.Handler            { return h }
+func (h hookHandler) WithGroup(string) slog.Handler                 { return h }
+
+// TestRedecideDoesNotBringBackAForgottenPod: a DEL that lands while
+// Redecide works through a changed decision must not see its pod marked and
+// recorded again. The DEL runs between the first pod's new decision and the
+// second's (a Marker's Mark runs with the controller's lock held, so no DEL
+// can run inside it; the log line after the first decision comes without
+// it).
+func TestRedecideDoesNotBringBackAForgottenPod(t *testing.T) {
+	f := newFixture(t, true)
+	plain := model.Namespace{Name: "shop"}
+	f.source([]model.Namespace{plain}, pod("a", "10.0.0.2", nil), pod("b", "10.0.0.3", nil))
+	a := f.attach(t, cniAttachment("a", 10, "10.0.0.2"))
+	b := f.attach(t, cniAttachment("b", 11, "10.0.0.3"))
+	if got := f.marker.marked(); len(got) != 0 {
+		t.Fatalf("marks %v outside ambient", got)
+	}
+
+	var forgotten string
+	f.ctl.log = slog.New(hookHandler{func(msg string, r slog.Record) {
+		if msg != "capture decision changed" || forgotten != "" {
+			return
+		}
+		r.Attrs(func(at slog.Attr) bool {
+			if at.Key == "pod" {
+				forgotten = b.Key() // the DEL of the pod not decided yet
+				if at.Value.String() == "shop/b" {
+					forgotten = a.Key()
+				}
+			}
+			return true
+		})
+		att, ok, err := f.ctl.Forget(forgotten)
+		if !ok || err != nil {
+			t.Errorf("Forget(%s) = %v, %v", forgotten, ok, err)
+		}
+		f.netns.mu.Lock()
+		delete(f.netns.byPath, att.NetnsPath) // and the sandbox goes
+		f.netns.mu.Unlock()
+	}})
+	f.source([]model.Namespace{ambientNS}, pod("a", "10.0.0.2", nil), pod("b", "10.0.0.3", nil))
+	if forgotten == "" {
+		t.Fatal("no decision changed")
+	}
+	left := a
+	if forgotten == a.Key() {
+		left = b
+	}
+	if got := f.marker.marked(); !slices.Equal(got, []uint64{left.NetnsCookie}) {
+		t.Errorf("marks %v, want %s's alone (%s's DEL came during the redecision)", got, left.Key(), forgotten)
+	}
+	if _, ok := f.pods.Attachments()[forgotten]; ok {
+		t.Errorf("%s is recorded again after its DEL", forgotten)
+	}
+	if got := f.savedRecord(t); len(got) != 1 || got[0].Key() != left.Key() {
+		t.Errorf("record %+v, want %s's alone", got, left.Key())
 	}
 }
