@@ -14,6 +14,7 @@ package capture
 
 import (
 	"errors"
+	"io/fs"
 	"log/slog"
 	"slices"
 	"sync"
@@ -88,6 +89,7 @@ type Controller struct {
 	decideMu   sync.Mutex // serialises Redecide
 	adoptKey   string     // the pods the last scan looked for; guarded by decideMu
 	adoptedAt  time.Time
+	checkedAt  time.Time // when dropGone last looked; guarded by decideMu
 }
 
 // New returns a controller over pods (the agent's registry, which it fills
@@ -156,6 +158,17 @@ func (c *Controller) Forget(key string) (podcache.Attachment, bool, error) {
 	return c.forgetLocked(key)
 }
 
+// forgetIf forgets the attachment with that key if it still records the
+// network namespace with that cookie.
+func (c *Controller) forgetIf(key string, cookie uint64) (podcache.Attachment, bool, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if cur, ok := c.pods.Attachment(key); !ok || cur.NetnsCookie != cookie {
+		return podcache.Attachment{}, false, nil
+	}
+	return c.forgetLocked(key)
+}
+
 func (c *Controller) forgetLocked(key string) (podcache.Attachment, bool, error) {
 	a, ok := c.pods.Detach(key)
 	if !ok {
@@ -164,6 +177,43 @@ func (c *Controller) forgetLocked(key string) (podcache.Attachment, bool, error)
 	err := c.marker.Unmark(a.NetnsCookie)
 	c.saveOrRetry()
 	return a, true, err
+}
+
+// netnsGone reports whether the network namespace an attachment records is
+// known to be gone: nothing is at its path any more, or another namespace
+// is (a process's ns/net whose PID was reused). An error that says neither
+// (the agent may not open it, say) is no proof: the record stays.
+func (c *Controller) netnsGone(a podcache.Attachment) bool {
+	if a.NetnsPath == "" {
+		return false
+	}
+	cookie, err := c.netns.Cookie(a.NetnsPath)
+	if err != nil {
+		return errors.Is(err, redirect.ErrNoNetns) || errors.Is(err, fs.ErrNotExist)
+	}
+	return cookie != a.NetnsCookie
+}
+
+// dropGone forgets the records whose network namespace is gone, so that no
+// record, mark or claim on an IP outlives its pod for want of a DEL (an
+// adopted pod's DEL may never name it; a DEL may be lost while no agent
+// runs). It looks at most every adoptInterval, as adoption scans do.
+// Callers hold decideMu.
+func (c *Controller) dropGone() {
+	now := c.cfg.Now()
+	if !c.checkedAt.IsZero() && now.Sub(c.checkedAt) < adoptInterval {
+		return
+	}
+	c.checkedAt = now
+	for key, a := range c.pods.Attachments() {
+		if !c.netnsGone(a) {
+			continue
+		}
+		if _, ok, err := c.forgetIf(key, a.NetnsCookie); ok {
+			c.log.Info("pod's network namespace is gone; forgetting it", "pod", a.Namespace+"/"+a.Name, "container", a.ContainerID,
+				"netns", a.NetnsPath, "err", err)
+		}
+	}
 }
 
 // UnmarkStale removes a mark that no attachment records (it reports false
@@ -203,7 +253,8 @@ func (c *Controller) namespaceOf(name string) *model.Namespace {
 	return nil
 }
 
-// Redecide re-applies the rules to every recorded pod, marking and
+// Redecide forgets recorded pods whose network namespace is gone
+// (dropGone), re-applies the rules to every other recorded pod, marking and
 // unmarking those whose decision changed (how a namespace label or a pod
 // annotation added at run time takes effect, without a restart), then
 // adopts running pods that should be captured and that no CNI event
@@ -216,6 +267,7 @@ func (c *Controller) Redecide() {
 	}
 	c.decideMu.Lock()
 	defer c.decideMu.Unlock()
+	c.dropGone()
 	for _, att := range c.pods.Attachments() {
 		captured, reason := c.Decide(att)
 		if captured == att.Captured && reason == att.Reason {

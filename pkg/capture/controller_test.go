@@ -490,6 +490,60 @@ func TestUnmarkStale(t *testing.T) {
 	}
 }
 
+// TestRedecideDropsPodsWhoseNetnsIsGone: a record whose network namespace
+// is gone is dropped when decisions are made again, whether or not a DEL
+// ever names it, and so is its claim on its IP and its pod's name.
+func TestRedecideDropsPodsWhoseNetnsIsGone(t *testing.T) {
+	f := newFixture(t, true)
+	other := model.Namespace{Name: "other"}
+	f.netns.add("/host/proc/100/ns/net", 100, "10.0.0.2")
+	f.netns.add("/host/proc/200/ns/net", 200, "10.0.0.3")
+	f.source([]model.Namespace{ambientNS, other}, pod("web-0", "10.0.0.2", nil), pod("api", "10.0.0.3", nil))
+	kept := f.attach(t, cniAttachment("kept", 10, "10.0.0.4"))
+	lost := f.attach(t, cniAttachment("lost", 11, "10.0.0.5"))
+	if got := f.marker.marked(); !slices.Equal(got, []uint64{10, 11, 100, 200}) {
+		t.Fatalf("marks %v, want two adopted and two added pods", got)
+	}
+
+	// What happened with no DEL the controller could match: web-0's
+	// processes are gone and the StatefulSet made it again, in another
+	// sandbox with another IP; api's PID now runs in another namespace;
+	// lost's sandbox went while no agent heard its DEL; and a pod of
+	// another namespace got web-0's old IP.
+	delete(f.netns.byPath, "/host/proc/100/ns/net")
+	f.netns.add("/host/proc/200/ns/net", 999)
+	delete(f.netns.byPath, lost.NetnsPath)
+	web := f.attach(t, cniAttachment("web-0", 30, "10.0.0.9"))
+	reused := cniAttachment("reused", 31, "10.0.0.2")
+	reused.Namespace = other.Name
+	f.attach(t, reused)
+
+	f.now = f.now.Add(adoptInterval)
+	web0 := pod("web-0", "10.0.0.9", nil)
+	web0.UID = "uid-web-0-again"
+	f.source([]model.Namespace{ambientNS, other}, web0)
+
+	if got := f.marker.marked(); !slices.Equal(got, []uint64{10, 30}) {
+		t.Errorf("marks %v, want kept's and web-0's new sandbox's", got)
+	}
+	var keys []string
+	for _, a := range f.savedRecord(t) {
+		keys = append(keys, a.Key())
+	}
+	if want := []string{kept.Key(), "ctr-reused", web.Key()}; !slices.Equal(keys, want) {
+		t.Errorf("record %q, want %q", keys, want)
+	}
+	if p := f.pods.Get("shop", "web-0"); p.Attachment == nil || p.Attachment.NetnsCookie != 30 {
+		t.Errorf("web-0's attachment %+v, want its live sandbox (cookie 30)", p.Attachment)
+	}
+	if p := f.pods.ByCookie(30); p == nil || p.Key() != "shop/web-0" {
+		t.Errorf("cookie 30 is %v's, want shop/web-0's", p)
+	}
+	if p := f.pods.Lookup(netip.MustParseAddr("10.0.0.2")); p == nil || p.Namespace != other.Name {
+		t.Errorf("10.0.0.2, web-0's old IP, is %v's, want the pod of %q that has it now", p, other.Name)
+	}
+}
+
 // hookHandler calls hook with each log record's message, then drops it.
 type hookHandler struct {
 	hook func(msg string, r slog.Record)
