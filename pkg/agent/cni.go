@@ -76,7 +76,9 @@ func (a *Agent) addSandbox(req control.CNIAddRequest) (control.CNIAddResponse, e
 	return control.CNIAddResponse{Captured: att.Captured, Reason: att.Reason}, nil
 }
 
-// cniDel forgets a sandbox and unmarks it. Unknown containers are fine.
+// cniDel forgets a sandbox and unmarks it. Unknown containers are fine. A
+// container the agent never heard of may be a pod it adopted (found
+// running, announced by no ADD): the pod's namespace and name find that.
 func (a *Agent) cniDel(req control.CNIDelRequest) error {
 	if err := req.Validate(); err != nil {
 		metricCNIEvents.WithLabelValues("del", "error").Inc()
@@ -90,6 +92,13 @@ func (a *Agent) cniDel(req control.CNIDelRequest) error {
 	att, ok, err := a.capture.ctl.Forget(req.ContainerID)
 	if ok {
 		a.log.Info("CNI DEL", "pod", att.Namespace+"/"+att.Name, "container", req.ContainerID)
+	}
+	if !ok && err == nil && req.PodName != "" {
+		var released []podcache.Attachment
+		released, err = a.capture.ctl.ForgetAdopted(req.PodNamespace, req.PodName, req.Netns)
+		for _, att := range released {
+			a.log.Info("CNI DEL of an adopted pod", "pod", att.Namespace+"/"+att.Name, "container", req.ContainerID, "adopted", att.ContainerID)
+		}
 	}
 	if err != nil {
 		metricCNIEvents.WithLabelValues("del", "error").Inc()

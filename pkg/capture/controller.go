@@ -16,7 +16,9 @@ import (
 	"errors"
 	"io/fs"
 	"log/slog"
+	"maps"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -177,6 +179,41 @@ func (c *Controller) forgetLocked(key string) (podcache.Attachment, bool, error)
 	err := c.marker.Unmark(a.NetnsCookie)
 	c.saveOrRetry()
 	return a, true, err
+}
+
+// ForgetAdopted releases what the controller adopted of pod
+// namespace/name when the runtime's DEL for it names a container the
+// controller never heard of (an adopted pod's record is filed under
+// AdoptedPrefix and its cookie, as no runtime told it the sandbox's ID).
+// netnsPath is the DEL's CNI_NETNS, empty when the runtime removed it
+// already. An adopted record is released when it is that namespace, or
+// when its own namespace is gone; one still alive that the DEL does not
+// name is left: the DEL may be a repeated one for an older sandbox of the
+// same pod. It returns the records it released.
+func (c *Controller) ForgetAdopted(namespace, name, netnsPath string) ([]podcache.Attachment, error) {
+	var delCookie uint64
+	if netnsPath != "" {
+		if cookie, err := c.netns.Cookie(netnsPath); err == nil {
+			delCookie = cookie
+		}
+	}
+	var released []podcache.Attachment
+	var errs []error
+	atts := c.pods.Attachments()
+	for _, key := range slices.Sorted(maps.Keys(atts)) {
+		a := atts[key]
+		if !strings.HasPrefix(key, AdoptedPrefix) || a.Namespace != namespace || a.Name != name {
+			continue
+		}
+		if a.NetnsCookie != delCookie && !c.netnsGone(a) {
+			continue
+		}
+		if a, ok, err := c.forgetIf(key, a.NetnsCookie); ok {
+			released = append(released, a)
+			errs = append(errs, err)
+		}
+	}
+	return released, errors.Join(errs...)
 }
 
 // netnsGone reports whether the network namespace an attachment records is

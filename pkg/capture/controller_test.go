@@ -490,6 +490,53 @@ func TestUnmarkStale(t *testing.T) {
 	}
 }
 
+// TestDelReleasesAnAdoptedPod: the runtime's DEL of a pod the controller
+// adopted names a container ID the controller never heard of; the pod's
+// namespace and name, and its network namespace, find the adopted record.
+// A repeated DEL that names no namespace leaves a live adopted pod alone.
+func TestDelReleasesAnAdoptedPod(t *testing.T) {
+	f := newFixture(t, true)
+	f.netns.add("/host/proc/100/ns/net", 100, "10.0.0.2")
+	f.netns.add("/host/proc/200/ns/net", 200, "10.0.0.3")
+	f.source([]model.Namespace{ambientNS}, pod("web", "10.0.0.2", nil), pod("api", "10.0.0.3", nil))
+	if got := f.marker.marked(); !slices.Equal(got, []uint64{100, 200}) {
+		t.Fatalf("marks %v, want both running pods adopted", got)
+	}
+
+	if released, err := f.ctl.ForgetAdopted("shop", "api", ""); len(released) != 0 || err != nil {
+		t.Errorf("a DEL without a netns for api, whose namespace is alive: released %+v, %v; want nothing", released, err)
+	}
+	// The runtime names web's namespace by its own path.
+	f.netns.add("/var/run/netns/cni-web", 100, "10.0.0.2")
+	released, err := f.ctl.ForgetAdopted("shop", "web", "/var/run/netns/cni-web")
+	if err != nil || len(released) != 1 || released[0].Key() != "adopted-100" {
+		t.Fatalf("web's DEL released %+v, %v; want its adopted record", released, err)
+	}
+	if got := f.marker.marked(); !slices.Equal(got, []uint64{200}) {
+		t.Errorf("marks %v after web's DEL, want api's alone", got)
+	}
+	if p := f.pods.Get("shop", "web"); p.Attachment != nil {
+		t.Errorf("web still has an attachment after its DEL: %+v", p.Attachment)
+	}
+	var keys []string
+	for _, a := range f.savedRecord(t) {
+		keys = append(keys, a.Key())
+	}
+	if want := []string{"adopted-200"}; !slices.Equal(keys, want) {
+		t.Errorf("record %q after web's DEL, want %q", keys, want)
+	}
+
+	// api's pod is gone, and the DEL comes after the runtime removed its
+	// namespace.
+	delete(f.netns.byPath, "/host/proc/200/ns/net")
+	if released, err := f.ctl.ForgetAdopted("shop", "api", ""); len(released) != 1 || err != nil {
+		t.Errorf("api's DEL after its namespace is gone: released %+v, %v; want its record", released, err)
+	}
+	if got := f.marker.marked(); len(got) != 0 {
+		t.Errorf("marks %v, want none", got)
+	}
+}
+
 // TestRedecideDropsPodsWhoseNetnsIsGone: a record whose network namespace
 // is gone is dropped when decisions are made again, whether or not a DEL
 // ever names it, and so is its claim on its IP and its pod's name.
