@@ -4,8 +4,10 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/ztdns/ztdns/pkg/capture"
@@ -49,6 +51,11 @@ func (a *Agent) addSandbox(req control.CNIAddRequest) (control.CNIAddResponse, e
 	if err := req.Validate(); err != nil { // a replayed record did not pass the API
 		return control.CNIAddResponse{}, control.Invalid(err)
 	}
+	// A link-local address is no pod's own (any pod may have the same),
+	// and a namespace's addresses as the agent reads them leave them out:
+	// a plugin that still sends them (an older one, or an ADD it recorded)
+	// must not have every pod refused.
+	req.IPs = slices.DeleteFunc(slices.Clone(req.IPs), func(ip netip.Addr) bool { return ip.Unmap().IsLinkLocalUnicast() })
 	if err := a.verifyAdd(req); err != nil {
 		if a.capture == nil {
 			// Nothing to honour, so no reason to fail the pod; but an

@@ -130,3 +130,32 @@ func TestDelReleasesAnAdoptedPod(t *testing.T) {
 		t.Errorf("the pod keeps its adopted record after its DEL: %+v", p.Attachment)
 	}
 }
+
+// TestAddWithALinkLocalAddress: the primary plugin's result may list a
+// link-local address of the pod (IPv6 on every interface; some plugins'
+// IPv4 too). An ADD that claims one is not refused, and the address is no
+// pod's in the registry: any pod may have the same.
+func TestAddWithALinkLocalAddress(t *testing.T) {
+	a, m := cniAgent(t)
+	n := podNetns(t, "198.18.77.3/32", "169.254.77.3/16")
+	cookie, err := redirect.NetnsCookie(n.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	feedSource(a)
+	ip, linkLocal := netip.MustParseAddr("198.18.77.3"), netip.MustParseAddr("169.254.77.3")
+	resp, err := a.cniAdd(control.CNIAddRequest{ContainerID: "6b1e0c9d2f", Netns: n.Path(), IfName: "eth0", PodNamespace: "shop", PodName: "web-0",
+		IPs: []netip.Addr{ip, linkLocal}, NetnsCookie: cookie})
+	if err != nil || !resp.Captured {
+		t.Fatalf("ADD = %+v, %v; want captured", resp, err)
+	}
+	if got := m.cookies(); !slices.Equal(got, []uint64{cookie}) {
+		t.Errorf("marks %v, want the pod's", got)
+	}
+	if p := a.pods.Lookup(ip); p == nil || p.Key() != "shop/web-0" {
+		t.Errorf("%s is %v's, want shop/web-0's", ip, p)
+	}
+	if p := a.pods.Lookup(linkLocal); p != nil {
+		t.Errorf("the link-local %s is %s's", linkLocal, p.Key())
+	}
+}
