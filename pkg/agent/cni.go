@@ -32,7 +32,9 @@ const cniInstallInterval = 5 * time.Second
 
 // cniAdd records a new sandbox, decides whether its DNS is captured and
 // marks it. A repeated ADD changes nothing. What the request says is checked
-// first (verifyAdd): it must match the network namespace it names.
+// first: it must match the network namespace it names (verifyAdd), or it is
+// refused; and the source's view of the pod (sourceDisagrees), or it is
+// answered "not captured" and not recorded.
 func (a *Agent) cniAdd(req control.CNIAddRequest) (control.CNIAddResponse, error) {
 	resp, err := a.addSandbox(req)
 	switch {
@@ -65,6 +67,16 @@ func (a *Agent) addSandbox(req control.CNIAddRequest) (control.CNIAddResponse, e
 			return control.CNIAddResponse{Captured: false, Reason: capture.ReasonCaptureOff}, nil
 		}
 		return control.CNIAddResponse{}, err
+	}
+	if err := a.sourceDisagrees(req); err != nil {
+		// The source may be the one that is wrong (its watch lags behind
+		// the runtime): failing the ADD would fail the pod on every retry
+		// until it catches up, whatever the plugin's onAgentUnreachable.
+		// Nothing is recorded, so the claim gets nothing; once the source
+		// agrees, the running pod is adopted.
+		a.log.Warn("not capturing a pod whose ADD the agent's source contradicts; it is adopted once the source agrees",
+			"pod", req.PodNamespace+"/"+req.PodName, "container", req.ContainerID, "netns", req.Netns, "err", err)
+		return control.CNIAddResponse{Captured: false, Reason: capture.ReasonSourceMismatch}, nil
 	}
 	att := podcache.Attachment{
 		ContainerID: req.ContainerID, Namespace: req.PodNamespace, Name: req.PodName, UID: req.PodUID,

@@ -6,11 +6,14 @@ import (
 	"context"
 	"log/slog"
 	"maps"
+	"net/http"
 	"net/netip"
 	"os/exec"
 	"slices"
 	"sync"
 	"testing"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/ztdns/ztdns/internal/testenv"
 	"github.com/ztdns/ztdns/pkg/ambient"
@@ -157,5 +160,76 @@ func TestAddWithALinkLocalAddress(t *testing.T) {
 	}
 	if p := a.pods.Lookup(linkLocal); p != nil {
 		t.Errorf("the link-local %s is %s's", linkLocal, p.Key())
+	}
+}
+
+// TestAddTheSourceContradicts: the source's view of a pod may lag behind
+// the runtime (a StatefulSet pod made again under its name, with a new
+// UID, before the watch saw it). Such an ADD fails no pod: it is answered
+// "not captured", records nothing and is counted; once the source agrees,
+// the running pod is adopted. What contradicts the network namespace itself
+// is still refused.
+func TestAddTheSourceContradicts(t *testing.T) {
+	a, m := cniAgent(t)
+	n := podNetns(t, "198.18.77.4/32")
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	pause := n.Command(ctx, nil, "sleep", "600")
+	if err := pause.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cancel(); _ = pause.Wait() })
+	cookie, err := redirect.NetnsCookie(n.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ip := netip.MustParseAddr("198.18.77.4")
+	old := model.Pod{Namespace: "shop", Name: "web-0", UID: "uid-1", NodeName: testNode, IPs: []netip.Addr{netip.MustParseAddr("198.18.77.9")}}
+	elsewhere := model.Pod{Namespace: "shop", Name: "web-1", UID: "uid-2", NodeName: "node-b"}
+	feedSource(a, old, elsewhere)
+	add := control.CNIAddRequest{ContainerID: "6b1e0c9d2f", Netns: n.Path(), IfName: "eth0", PodNamespace: "shop", PodName: "web-0", PodUID: "uid-3",
+		IPs: []netip.Addr{ip}, NetnsCookie: cookie}
+	outcome := metricCNIEvents.WithLabelValues("add", capture.ReasonSourceMismatch)
+	before := testutil.ToFloat64(outcome)
+
+	for _, tc := range []struct {
+		what string
+		req  func(control.CNIAddRequest) control.CNIAddRequest
+	}{
+		{"another UID", func(r control.CNIAddRequest) control.CNIAddRequest { return r }},
+		{"a pod of another node", func(r control.CNIAddRequest) control.CNIAddRequest {
+			r.PodName, r.PodUID = "web-1", "uid-2"
+			return r
+		}},
+	} {
+		resp, err := a.cniAdd(tc.req(add))
+		if err != nil || resp.Captured || resp.Reason != capture.ReasonSourceMismatch {
+			t.Errorf("ADD with %s than the source's: %+v, %v; want not captured (%s), no error", tc.what, resp, err, capture.ReasonSourceMismatch)
+		}
+	}
+	if got := testutil.ToFloat64(outcome) - before; got != 2 {
+		t.Errorf("%s counted %v times, want 2", capture.ReasonSourceMismatch, got)
+	}
+	if atts := a.pods.Attachments(); len(atts) != 0 || len(m.cookies()) != 0 {
+		t.Errorf("recorded %+v, marked %v; want nothing", atts, m.cookies())
+	}
+	if p := a.pods.Lookup(ip); p != nil {
+		t.Errorf("%s is %s's: the ADD's claim was recorded", ip, p.Key())
+	}
+
+	// Still refused: an ADD whose cookie or IPs are not its namespace's.
+	wrongCookie, wrongIP := add, add
+	wrongCookie.NetnsCookie++
+	wrongIP.IPs = []netip.Addr{netip.MustParseAddr("198.18.77.5")}
+	for _, req := range []control.CNIAddRequest{wrongCookie, wrongIP} {
+		if _, err := a.cniAdd(req); control.StatusOf(err) != http.StatusForbidden {
+			t.Errorf("ADD %+v: %v, want refused (403)", req, err)
+		}
+	}
+
+	// The source catches up: the running pod is adopted.
+	feedSource(a, model.Pod{Namespace: "shop", Name: "web-0", UID: "uid-3", NodeName: testNode, IPs: []netip.Addr{ip}}, elsewhere)
+	if got := m.cookies(); !slices.Equal(got, []uint64{cookie}) {
+		t.Errorf("marks %v once the source agrees, want the pod's", got)
 	}
 }

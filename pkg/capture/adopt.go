@@ -149,9 +149,11 @@ func (c *Controller) adoptRunningPods() {
 			}
 		}
 	}
+	// A pod made again under its name (a StatefulSet's) is another pod to
+	// look for: its UID is in the key.
 	var key strings.Builder
 	for _, p := range want {
-		key.WriteString(p.Key() + ",")
+		key.WriteString(p.Key() + "/" + p.UID + ",")
 	}
 	now := c.cfg.Now()
 	if len(want) == 0 || (key.String() == c.adoptKey && now.Sub(c.adoptedAt) < adoptInterval) {

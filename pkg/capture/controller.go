@@ -38,6 +38,10 @@ const (
 	ReasonHostNetns = "host-netns"
 	// ReasonByHand: marked with `ztdns capture add`.
 	ReasonByHand = "by-hand"
+	// ReasonSourceMismatch: a CNI ADD the source contradicts (another UID,
+	// another node, the host's network), given by the agent: the pod is not
+	// captured and not recorded until the source agrees.
+	ReasonSourceMismatch = "source-mismatch"
 )
 
 // Marker is what the controller does to the capture programs' pods map.
