@@ -184,9 +184,9 @@ func (c *Controller) adoptRunningPods() {
 		att := podcache.Attachment{ContainerID: AdoptedPrefix + strconv.FormatUint(n.Cookie, 10), Namespace: p.Namespace, Name: p.Name,
 			UID: p.UID, NetnsPath: n.Path, NetnsCookie: n.Cookie, IPs: p.IPs}
 		att.Captured, att.Reason = c.Decide(att)
-		if err := c.Apply(att); err != nil {
+		if adopted, err := c.adopt(att); err != nil {
 			c.log.Error("adopting a running pod failed", "pod", p.Key(), "err", err)
-		} else {
+		} else if adopted {
 			c.log.Info("adopted a running pod", "pod", p.Key(), "netns", n.Path, "captured", att.Captured)
 		}
 	}
@@ -196,6 +196,22 @@ func (c *Controller) adoptRunningPods() {
 		c.log.Warn("running pods not found: the network namespaces of some processes cannot be opened (the agent needs CAP_SYS_PTRACE and CAP_SYS_ADMIN)",
 			"pods", missing, "processes", scan.Denied, "err", scan.DeniedErr)
 	}
+}
+
+// adopt records and marks a pod found running, unless a CNI ADD recorded
+// the pod or its namespace while the scan ran: two records of one sandbox
+// would outlive the ADD's DEL, which releases one. It reports whether it
+// adopted.
+func (c *Controller) adopt(a podcache.Attachment) (bool, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if p := c.pods.Get(a.Namespace, a.Name); p != nil && p.Attachment != nil {
+		return false, nil
+	}
+	if p := c.pods.ByCookie(a.NetnsCookie); p != nil && p.Attachment != nil {
+		return false, nil
+	}
+	return true, c.applyLocked(a)
 }
 
 func findByIP(byIP map[netip.Addr]Netns, ips []netip.Addr) (Netns, bool) {

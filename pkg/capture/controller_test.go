@@ -72,6 +72,7 @@ type fakeNamespaces struct {
 	byPath map[string]Netns
 	denied int
 	scans  int
+	onScan func() // runs in each Scan, without the lock
 }
 
 func (n *fakeNamespaces) Cookie(path string) (uint64, error) {
@@ -85,6 +86,9 @@ func (n *fakeNamespaces) Cookie(path string) (uint64, error) {
 }
 
 func (n *fakeNamespaces) Scan() (ScanResult, error) {
+	if n.onScan != nil {
+		n.onScan()
+	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	n.scans++
@@ -655,5 +659,28 @@ func TestRedecideDoesNotBringBackAForgottenPod(t *testing.T) {
 	}
 	if got := f.savedRecord(t); len(got) != 1 || got[0].Key() != left.Key() {
 		t.Errorf("record %+v, want %s's alone", got, left.Key())
+	}
+}
+
+// TestAdoptionDoesNotRaceAnAdd: a CNI ADD of a pod that lands while the
+// scan for running pods looks for it leaves one record of the sandbox, the
+// ADD's, and its DEL leaves none.
+func TestAdoptionDoesNotRaceAnAdd(t *testing.T) {
+	f := newFixture(t, true)
+	f.netns.add("/host/proc/100/ns/net", 100, "10.0.0.2")
+	web := cniAttachment("web", 100, "10.0.0.2")
+	f.netns.onScan = func() {
+		f.netns.onScan = nil
+		f.attach(t, web)
+	}
+	f.source([]model.Namespace{ambientNS}, pod("web", "10.0.0.2", nil))
+	if got := slices.Sorted(maps.Keys(f.pods.Attachments())); !slices.Equal(got, []string{web.Key()}) {
+		t.Errorf("records %q, want the ADD's alone", got)
+	}
+	if _, ok, err := f.ctl.Forget(web.Key()); !ok || err != nil {
+		t.Fatalf("DEL: %v, %v", ok, err)
+	}
+	if got := f.pods.Attachments(); len(got) != 0 {
+		t.Errorf("records %+v after the DEL, want none", got)
 	}
 }
