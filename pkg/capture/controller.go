@@ -238,16 +238,19 @@ func (c *Controller) netnsGone(a podcache.Attachment) bool {
 // dropGone forgets the records whose network namespace is gone, so that no
 // record, mark or claim on an IP outlives its pod for want of a DEL (an
 // adopted pod's DEL may never name it; a DEL may be lost while no agent
-// runs). It looks at most every adoptInterval, as adoption scans do.
-// Callers hold decideMu.
+// runs). Each look enters the namespace, so it looks at every record at
+// most every adoptInterval, as adoption scans do, and at once at those
+// whose pod the source no longer has, or has with another UID (by the time
+// the API server forgets a pod, its sandbox is gone). Callers hold
+// decideMu.
 func (c *Controller) dropGone() {
 	now := c.cfg.Now()
-	if !c.checkedAt.IsZero() && now.Sub(c.checkedAt) < adoptInterval {
-		return
+	all := c.checkedAt.IsZero() || now.Sub(c.checkedAt) >= adoptInterval
+	if all {
+		c.checkedAt = now
 	}
-	c.checkedAt = now
 	for key, a := range c.pods.Attachments() {
-		if !c.netnsGone(a) {
+		if !all && !c.sourceLost(a) || !c.netnsGone(a) {
 			continue
 		}
 		if _, ok, err := c.forgetIf(key, a.NetnsCookie); ok {
@@ -255,6 +258,16 @@ func (c *Controller) dropGone() {
 				"netns", a.NetnsPath, "err", err)
 		}
 	}
+}
+
+// sourceLost reports whether the source no longer has the pod an
+// attachment records, or has another pod under its name.
+func (c *Controller) sourceLost(a podcache.Attachment) bool {
+	p := c.pods.Get(a.Namespace, a.Name)
+	if p == nil || p.Spec == nil {
+		return true
+	}
+	return a.UID != "" && p.Spec.UID != "" && a.UID != p.Spec.UID
 }
 
 // UnmarkStale removes a mark that no attachment records (it reports false

@@ -595,6 +595,35 @@ func TestRedecideDropsPodsWhoseNetnsIsGone(t *testing.T) {
 	}
 }
 
+// TestRedecideDropsAPodGoneFromTheSourceAtOnce: the source's word that a
+// pod is gone, or is another pod now, has the pod's namespace looked at on
+// the next decision, not adoptInterval later; pods the source still has
+// wait for the next full look.
+func TestRedecideDropsAPodGoneFromTheSourceAtOnce(t *testing.T) {
+	f := newFixture(t, true)
+	for i := range 3 {
+		f.netns.add(fmt.Sprintf("/host/proc/%d/ns/net", 100*(i+1)), uint64(100*(i+1)), fmt.Sprintf("10.0.0.%d", 2+i))
+	}
+	f.source([]model.Namespace{ambientNS}, pod("web", "10.0.0.2", nil), pod("db-0", "10.0.0.3", nil), pod("api", "10.0.0.4", nil))
+	if got := f.marker.marked(); !slices.Equal(got, []uint64{100, 200, 300}) {
+		t.Fatalf("marks %v, want the three running pods adopted", got)
+	}
+	// All three sandboxes go; web is deleted, db-0 made again (a new UID,
+	// not running yet), api's object has not changed yet.
+	f.netns.byPath = map[string]Netns{}
+	db := pod("db-0", "10.0.0.3", nil)
+	db.UID = "uid-db-0-again"
+	f.source([]model.Namespace{ambientNS}, db, pod("api", "10.0.0.4", nil))
+	if got := f.marker.marked(); !slices.Equal(got, []uint64{300}) {
+		t.Errorf("marks %v, want api's alone until the next full look", got)
+	}
+	f.now = f.now.Add(adoptInterval)
+	f.ctl.Redecide()
+	if got := f.marker.marked(); len(got) != 0 {
+		t.Errorf("marks %v after adoptInterval, want none", got)
+	}
+}
+
 // hookHandler calls hook with each log record's message, then drops it.
 type hookHandler struct {
 	hook func(msg string, r slog.Record)
