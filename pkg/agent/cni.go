@@ -4,8 +4,10 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/ztdns/ztdns/pkg/capture"
@@ -30,7 +32,9 @@ const cniInstallInterval = 5 * time.Second
 
 // cniAdd records a new sandbox, decides whether its DNS is captured and
 // marks it. A repeated ADD changes nothing. What the request says is checked
-// first (verifyAdd): it must match the network namespace it names.
+// first: it must match the network namespace it names (verifyAdd), or it is
+// refused; and the source's view of the pod (sourceDisagrees), or it is
+// answered "not captured" and not recorded.
 func (a *Agent) cniAdd(req control.CNIAddRequest) (control.CNIAddResponse, error) {
 	resp, err := a.addSandbox(req)
 	switch {
@@ -49,6 +53,11 @@ func (a *Agent) addSandbox(req control.CNIAddRequest) (control.CNIAddResponse, e
 	if err := req.Validate(); err != nil { // a replayed record did not pass the API
 		return control.CNIAddResponse{}, control.Invalid(err)
 	}
+	// A link-local address is no pod's own (any pod may have the same),
+	// and a namespace's addresses as the agent reads them leave them out:
+	// a plugin that still sends them (an older one, or an ADD it recorded)
+	// must not have every pod refused.
+	req.IPs = slices.DeleteFunc(slices.Clone(req.IPs), func(ip netip.Addr) bool { return ip.Unmap().IsLinkLocalUnicast() })
 	if err := a.verifyAdd(req); err != nil {
 		if a.capture == nil {
 			// Nothing to honour, so no reason to fail the pod; but an
@@ -58,6 +67,16 @@ func (a *Agent) addSandbox(req control.CNIAddRequest) (control.CNIAddResponse, e
 			return control.CNIAddResponse{Captured: false, Reason: capture.ReasonCaptureOff}, nil
 		}
 		return control.CNIAddResponse{}, err
+	}
+	if err := a.sourceDisagrees(req); err != nil {
+		// The source may be the one that is wrong (its watch lags behind
+		// the runtime): failing the ADD would fail the pod on every retry
+		// until it catches up, whatever the plugin's onAgentUnreachable.
+		// Nothing is recorded, so the claim gets nothing; once the source
+		// agrees, the running pod is adopted.
+		a.log.Warn("not capturing a pod whose ADD the agent's source contradicts; it is adopted once the source agrees",
+			"pod", req.PodNamespace+"/"+req.PodName, "container", req.ContainerID, "netns", req.Netns, "err", err)
+		return control.CNIAddResponse{Captured: false, Reason: capture.ReasonSourceMismatch}, nil
 	}
 	att := podcache.Attachment{
 		ContainerID: req.ContainerID, Namespace: req.PodNamespace, Name: req.PodName, UID: req.PodUID,
@@ -76,7 +95,9 @@ func (a *Agent) addSandbox(req control.CNIAddRequest) (control.CNIAddResponse, e
 	return control.CNIAddResponse{Captured: att.Captured, Reason: att.Reason}, nil
 }
 
-// cniDel forgets a sandbox and unmarks it. Unknown containers are fine.
+// cniDel forgets a sandbox and unmarks it. Unknown containers are fine. A
+// container the agent never heard of may be a pod it adopted (found
+// running, announced by no ADD): the pod's namespace and name find that.
 func (a *Agent) cniDel(req control.CNIDelRequest) error {
 	if err := req.Validate(); err != nil {
 		metricCNIEvents.WithLabelValues("del", "error").Inc()
@@ -90,6 +111,13 @@ func (a *Agent) cniDel(req control.CNIDelRequest) error {
 	att, ok, err := a.capture.ctl.Forget(req.ContainerID)
 	if ok {
 		a.log.Info("CNI DEL", "pod", att.Namespace+"/"+att.Name, "container", req.ContainerID)
+	}
+	if !ok && err == nil && req.PodName != "" {
+		var released []podcache.Attachment
+		released, err = a.capture.ctl.ForgetAdopted(req.PodNamespace, req.PodName, req.Netns)
+		for _, att := range released {
+			a.log.Info("CNI DEL of an adopted pod", "pod", att.Namespace+"/"+att.Name, "container", req.ContainerID, "adopted", att.ContainerID)
+		}
 	}
 	if err != nil {
 		metricCNIEvents.WithLabelValues("del", "error").Inc()

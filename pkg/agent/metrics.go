@@ -19,7 +19,8 @@ var (
 		Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
 	})
 	// metricCNIEvents counts the CNI plugin's events by outcome: the capture
-	// decision's reason for ADD, ok for DEL, refused (claims that do not
+	// decision's reason for ADD (source-mismatch: one the source contradicts,
+	// not recorded), ok for DEL, refused (claims that do not
 	// match the network namespace) or error.
 	metricCNIEvents = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "ztdns_cni_events_total",

@@ -29,8 +29,12 @@ import (
 //     pod's DEL, so an ADD (or `capture add`) cannot give a recorded
 //     namespace to another pod; and where the source knows the pod (with
 //     --kubeconfig, the Pod object from the API server) the ADD must agree
-//     with it: the same UID, and a pod on this node that is not on the
-//     host's network. A new pod the source has not seen yet is taken on the
+//     with it to be recorded: the same UID, and a pod on this node that is
+//     not on the host's network. The source may lag behind the runtime (a
+//     StatefulSet pod made again under its name before the watch saw the
+//     new UID), so such an ADD is not refused: the pod starts, not
+//     captured and not recorded (sourceDisagrees), and is adopted once the
+//     source agrees. A new pod the source has not seen yet is taken on the
 //     runtime's word, which the source's object then replaces.
 
 // netnsSeen is what the agent found in a network namespace itself.
@@ -79,8 +83,8 @@ func (a *Agent) nodeProcPath(path string) string {
 	return path
 }
 
-// verifyAdd checks a CNI ADD against the namespace it names and against what
-// the agent already knows about the pod (see the rule above).
+// verifyAdd checks a CNI ADD against the namespace it names and against the
+// pods the agent recorded (see the rule above).
 func (a *Agent) verifyAdd(req control.CNIAddRequest) error {
 	ns, err := a.inspectNetns(req.Netns)
 	if err != nil {
@@ -98,15 +102,23 @@ func (a *Agent) verifyAdd(req control.CNIAddRequest) error {
 	if p := a.pods.ByCookie(ns.cookie); p != nil && p.Attachment != nil && p.Key() != key {
 		return control.Refused(fmt.Errorf("%s is pod %s's network namespace: an ADD cannot give it to %s", req.Netns, p.Key(), key))
 	}
+	return nil
+}
+
+// sourceDisagrees checks a CNI ADD against what the source says about the
+// pod, if it knows it: what it says may be stale, so a disagreement is no
+// reason to fail the pod, only not to record the ADD's claim.
+func (a *Agent) sourceDisagrees(req control.CNIAddRequest) error {
+	key := req.PodNamespace + "/" + req.PodName
 	if p := a.pods.Get(req.PodNamespace, req.PodName); p != nil && p.Spec != nil {
 		spec := p.Spec
 		switch {
 		case req.PodUID != "" && spec.UID != "" && req.PodUID != spec.UID:
-			return control.Refused(fmt.Errorf("pod %s has UID %s, not %s", key, spec.UID, req.PodUID))
+			return fmt.Errorf("pod %s has UID %s, not %s", key, spec.UID, req.PodUID)
 		case a.cfg.NodeName != "" && spec.NodeName != "" && spec.NodeName != a.cfg.NodeName:
-			return control.Refused(fmt.Errorf("pod %s runs on node %s, not on this one (%s)", key, spec.NodeName, a.cfg.NodeName))
+			return fmt.Errorf("pod %s runs on node %s, not on this one (%s)", key, spec.NodeName, a.cfg.NodeName)
 		case spec.HostNetwork:
-			return control.Refused(fmt.Errorf("pod %s is on the host's network: it has no namespace of its own", key))
+			return fmt.Errorf("pod %s is on the host's network: it has no namespace of its own", key)
 		}
 	}
 	return nil

@@ -28,7 +28,9 @@ const AdoptedPrefix = "adopted-"
 
 // Namespaces is how the controller looks into network namespaces.
 type Namespaces interface {
-	// Cookie returns the cookie of the network namespace at path.
+	// Cookie returns the cookie of the network namespace at path. An error
+	// that wraps redirect.ErrNoNetns or fs.ErrNotExist says no namespace is
+	// there (any more).
 	Cookie(path string) (uint64, error)
 	// Scan lists the network namespaces the node's processes live in, each
 	// once, with its addresses. Namespaces it could not open are counted
@@ -64,8 +66,15 @@ type ProcNamespaces struct {
 	Root string
 }
 
-// Cookie implements Namespaces.
-func (p ProcNamespaces) Cookie(path string) (uint64, error) { return redirect.NetnsCookie(path) }
+// Cookie implements Namespaces. A /proc/PID/ns/net path (as dockershim
+// and cri-dockerd name pods' namespaces) names the node's PIDs: it is
+// looked up under Root.
+func (p ProcNamespaces) Cookie(path string) (uint64, error) {
+	if rest, ok := strings.CutPrefix(path, "/proc/"); ok && p.Root != "" && p.Root != "/proc" {
+		path = filepath.Join(p.Root, rest)
+	}
+	return redirect.NetnsCookie(path)
+}
 
 // Scan implements Namespaces.
 func (p ProcNamespaces) Scan() (ScanResult, error) {
@@ -140,9 +149,11 @@ func (c *Controller) adoptRunningPods() {
 			}
 		}
 	}
+	// A pod made again under its name (a StatefulSet's) is another pod to
+	// look for: its UID is in the key.
 	var key strings.Builder
 	for _, p := range want {
-		key.WriteString(p.Key() + ",")
+		key.WriteString(p.Key() + "/" + p.UID + ",")
 	}
 	now := c.cfg.Now()
 	if len(want) == 0 || (key.String() == c.adoptKey && now.Sub(c.adoptedAt) < adoptInterval) {
@@ -173,9 +184,9 @@ func (c *Controller) adoptRunningPods() {
 		att := podcache.Attachment{ContainerID: AdoptedPrefix + strconv.FormatUint(n.Cookie, 10), Namespace: p.Namespace, Name: p.Name,
 			UID: p.UID, NetnsPath: n.Path, NetnsCookie: n.Cookie, IPs: p.IPs}
 		att.Captured, att.Reason = c.Decide(att)
-		if err := c.Apply(att); err != nil {
+		if adopted, err := c.adopt(att); err != nil {
 			c.log.Error("adopting a running pod failed", "pod", p.Key(), "err", err)
-		} else {
+		} else if adopted {
 			c.log.Info("adopted a running pod", "pod", p.Key(), "netns", n.Path, "captured", att.Captured)
 		}
 	}
@@ -185,6 +196,22 @@ func (c *Controller) adoptRunningPods() {
 		c.log.Warn("running pods not found: the network namespaces of some processes cannot be opened (the agent needs CAP_SYS_PTRACE and CAP_SYS_ADMIN)",
 			"pods", missing, "processes", scan.Denied, "err", scan.DeniedErr)
 	}
+}
+
+// adopt records and marks a pod found running, unless a CNI ADD recorded
+// the pod or its namespace while the scan ran: two records of one sandbox
+// would outlive the ADD's DEL, which releases one. It reports whether it
+// adopted.
+func (c *Controller) adopt(a podcache.Attachment) (bool, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if p := c.pods.Get(a.Namespace, a.Name); p != nil && p.Attachment != nil {
+		return false, nil
+	}
+	if p := c.pods.ByCookie(a.NetnsCookie); p != nil && p.Attachment != nil {
+		return false, nil
+	}
+	return true, c.applyLocked(a)
 }
 
 func findByIP(byIP map[netip.Addr]Netns, ips []netip.Addr) (Netns, bool) {

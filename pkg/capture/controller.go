@@ -14,8 +14,11 @@ package capture
 
 import (
 	"errors"
+	"io/fs"
 	"log/slog"
+	"maps"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -35,6 +38,10 @@ const (
 	ReasonHostNetns = "host-netns"
 	// ReasonByHand: marked with `ztdns capture add`.
 	ReasonByHand = "by-hand"
+	// ReasonSourceMismatch: a CNI ADD the source contradicts (another UID,
+	// another node, the host's network), given by the agent: the pod is not
+	// captured and not recorded until the source agrees.
+	ReasonSourceMismatch = "source-mismatch"
 )
 
 // Marker is what the controller does to the capture programs' pods map.
@@ -88,6 +95,7 @@ type Controller struct {
 	decideMu   sync.Mutex // serialises Redecide
 	adoptKey   string     // the pods the last scan looked for; guarded by decideMu
 	adoptedAt  time.Time
+	checkedAt  time.Time // when dropGone last looked; guarded by decideMu
 }
 
 // New returns a controller over pods (the agent's registry, which it fills
@@ -125,6 +133,10 @@ func (c *Controller) Decide(att podcache.Attachment) (bool, string) {
 func (c *Controller) Apply(a podcache.Attachment) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	return c.applyLocked(a)
+}
+
+func (c *Controller) applyLocked(a podcache.Attachment) error {
 	if err := c.setMark(a); err != nil {
 		return err
 	}
@@ -133,10 +145,37 @@ func (c *Controller) Apply(a podcache.Attachment) error {
 	return nil
 }
 
+// reapply applies a decision made on a copy of a record, if the record is
+// still there as copied: a DEL (Forget) that landed after the copy must not
+// see its pod marked and recorded again. It reports whether it applied.
+func (c *Controller) reapply(a podcache.Attachment) (bool, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if cur, ok := c.pods.Attachment(a.Key()); !ok || cur.NetnsCookie != a.NetnsCookie {
+		return false, nil
+	}
+	return true, c.applyLocked(a)
+}
+
 // Forget unmarks and forgets the attachment with that key.
 func (c *Controller) Forget(key string) (podcache.Attachment, bool, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	return c.forgetLocked(key)
+}
+
+// forgetIf forgets the attachment with that key if it still records the
+// network namespace with that cookie.
+func (c *Controller) forgetIf(key string, cookie uint64) (podcache.Attachment, bool, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if cur, ok := c.pods.Attachment(key); !ok || cur.NetnsCookie != cookie {
+		return podcache.Attachment{}, false, nil
+	}
+	return c.forgetLocked(key)
+}
+
+func (c *Controller) forgetLocked(key string) (podcache.Attachment, bool, error) {
 	a, ok := c.pods.Detach(key)
 	if !ok {
 		return a, false, nil
@@ -144,6 +183,91 @@ func (c *Controller) Forget(key string) (podcache.Attachment, bool, error) {
 	err := c.marker.Unmark(a.NetnsCookie)
 	c.saveOrRetry()
 	return a, true, err
+}
+
+// ForgetAdopted releases what the controller adopted of pod
+// namespace/name when the runtime's DEL for it names a container the
+// controller never heard of (an adopted pod's record is filed under
+// AdoptedPrefix and its cookie, as no runtime told it the sandbox's ID).
+// netnsPath is the DEL's CNI_NETNS, empty when the runtime removed it
+// already. An adopted record is released when it is that namespace, or
+// when its own namespace is gone; one still alive that the DEL does not
+// name is left: the DEL may be a repeated one for an older sandbox of the
+// same pod. It returns the records it released.
+func (c *Controller) ForgetAdopted(namespace, name, netnsPath string) ([]podcache.Attachment, error) {
+	var delCookie uint64
+	if netnsPath != "" {
+		if cookie, err := c.netns.Cookie(netnsPath); err == nil {
+			delCookie = cookie
+		}
+	}
+	var released []podcache.Attachment
+	var errs []error
+	atts := c.pods.Attachments()
+	for _, key := range slices.Sorted(maps.Keys(atts)) {
+		a := atts[key]
+		if !strings.HasPrefix(key, AdoptedPrefix) || a.Namespace != namespace || a.Name != name {
+			continue
+		}
+		if a.NetnsCookie != delCookie && !c.netnsGone(a) {
+			continue
+		}
+		if a, ok, err := c.forgetIf(key, a.NetnsCookie); ok {
+			released = append(released, a)
+			errs = append(errs, err)
+		}
+	}
+	return released, errors.Join(errs...)
+}
+
+// netnsGone reports whether the network namespace an attachment records is
+// known to be gone: nothing is at its path any more, or another namespace
+// is (a process's ns/net whose PID was reused). An error that says neither
+// (the agent may not open it, say) is no proof: the record stays.
+func (c *Controller) netnsGone(a podcache.Attachment) bool {
+	if a.NetnsPath == "" {
+		return false
+	}
+	cookie, err := c.netns.Cookie(a.NetnsPath)
+	if err != nil {
+		return errors.Is(err, redirect.ErrNoNetns) || errors.Is(err, fs.ErrNotExist)
+	}
+	return cookie != a.NetnsCookie
+}
+
+// dropGone forgets the records whose network namespace is gone, so that no
+// record, mark or claim on an IP outlives its pod for want of a DEL (an
+// adopted pod's DEL may never name it; a DEL may be lost while no agent
+// runs). Each look enters the namespace, so it looks at every record at
+// most every adoptInterval, as adoption scans do, and at once at those
+// whose pod the source no longer has, or has with another UID (by the time
+// the API server forgets a pod, its sandbox is gone). Callers hold
+// decideMu.
+func (c *Controller) dropGone() {
+	now := c.cfg.Now()
+	all := c.checkedAt.IsZero() || now.Sub(c.checkedAt) >= adoptInterval
+	if all {
+		c.checkedAt = now
+	}
+	for key, a := range c.pods.Attachments() {
+		if !all && !c.sourceLost(a) || !c.netnsGone(a) {
+			continue
+		}
+		if _, ok, err := c.forgetIf(key, a.NetnsCookie); ok {
+			c.log.Info("pod's network namespace is gone; forgetting it", "pod", a.Namespace+"/"+a.Name, "container", a.ContainerID,
+				"netns", a.NetnsPath, "err", err)
+		}
+	}
+}
+
+// sourceLost reports whether the source no longer has the pod an
+// attachment records, or has another pod under its name.
+func (c *Controller) sourceLost(a podcache.Attachment) bool {
+	p := c.pods.Get(a.Namespace, a.Name)
+	if p == nil || p.Spec == nil {
+		return true
+	}
+	return a.UID != "" && p.Spec.UID != "" && a.UID != p.Spec.UID
 }
 
 // UnmarkStale removes a mark that no attachment records (it reports false
@@ -183,7 +307,8 @@ func (c *Controller) namespaceOf(name string) *model.Namespace {
 	return nil
 }
 
-// Redecide re-applies the rules to every recorded pod, marking and
+// Redecide forgets recorded pods whose network namespace is gone
+// (dropGone), re-applies the rules to every other recorded pod, marking and
 // unmarking those whose decision changed (how a namespace label or a pod
 // annotation added at run time takes effect, without a restart), then
 // adopts running pods that should be captured and that no CNI event
@@ -196,17 +321,21 @@ func (c *Controller) Redecide() {
 	}
 	c.decideMu.Lock()
 	defer c.decideMu.Unlock()
+	c.dropGone()
 	for _, att := range c.pods.Attachments() {
 		captured, reason := c.Decide(att)
 		if captured == att.Captured && reason == att.Reason {
 			continue
 		}
 		att.Captured, att.Reason = captured, reason
-		if err := c.Apply(att); err != nil {
+		applied, err := c.reapply(att)
+		if err != nil {
 			c.log.Error("applying a changed capture decision failed", "pod", att.Namespace+"/"+att.Name, "err", err)
 			continue
 		}
-		c.log.Info("capture decision changed", "pod", att.Namespace+"/"+att.Name, "captured", captured, "reason", reason)
+		if applied {
+			c.log.Info("capture decision changed", "pod", att.Namespace+"/"+att.Name, "captured", captured, "reason", reason)
+		}
 	}
 	c.adoptRunningPods()
 }

@@ -1,6 +1,7 @@
 package capture
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -71,6 +72,7 @@ type fakeNamespaces struct {
 	byPath map[string]Netns
 	denied int
 	scans  int
+	onScan func() // runs in each Scan, without the lock
 }
 
 func (n *fakeNamespaces) Cookie(path string) (uint64, error) {
@@ -84,6 +86,9 @@ func (n *fakeNamespaces) Cookie(path string) (uint64, error) {
 }
 
 func (n *fakeNamespaces) Scan() (ScanResult, error) {
+	if n.onScan != nil {
+		n.onScan()
+	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	n.scans++
@@ -158,9 +163,17 @@ func cniAttachment(name string, cookie uint64, ip string) podcache.Attachment {
 		NetnsPath: "/var/run/netns/" + name, NetnsCookie: cookie, IPs: []netip.Addr{netip.MustParseAddr(ip)}}
 }
 
-// attach decides and applies a CNI attachment, as the agent's CNI ADD does.
+// attach decides and applies a CNI attachment, as the agent's CNI ADD
+// does; its network namespace exists.
 func (f *fixture) attach(t *testing.T, a podcache.Attachment) podcache.Attachment {
 	t.Helper()
+	if a.NetnsPath != "" {
+		var ips []string
+		for _, ip := range a.IPs {
+			ips = append(ips, ip.String())
+		}
+		f.netns.add(a.NetnsPath, a.NetnsCookie, ips...)
+	}
 	a.Captured, a.Reason = f.ctl.Decide(a)
 	if err := f.ctl.Apply(a); err != nil {
 		t.Fatalf("Apply(%s): %v", a.Key(), err)
@@ -478,5 +491,225 @@ func TestUnmarkStale(t *testing.T) {
 	}
 	if got := f.marker.marked(); !slices.Equal(got, []uint64{10}) {
 		t.Errorf("marks %v, want the recorded pod's alone", got)
+	}
+}
+
+// TestDelReleasesAnAdoptedPod: the runtime's DEL of a pod the controller
+// adopted names a container ID the controller never heard of; the pod's
+// namespace and name, and its network namespace, find the adopted record.
+// A repeated DEL that names no namespace leaves a live adopted pod alone.
+func TestDelReleasesAnAdoptedPod(t *testing.T) {
+	f := newFixture(t, true)
+	f.netns.add("/host/proc/100/ns/net", 100, "10.0.0.2")
+	f.netns.add("/host/proc/200/ns/net", 200, "10.0.0.3")
+	f.source([]model.Namespace{ambientNS}, pod("web", "10.0.0.2", nil), pod("api", "10.0.0.3", nil))
+	if got := f.marker.marked(); !slices.Equal(got, []uint64{100, 200}) {
+		t.Fatalf("marks %v, want both running pods adopted", got)
+	}
+
+	if released, err := f.ctl.ForgetAdopted("shop", "api", ""); len(released) != 0 || err != nil {
+		t.Errorf("a DEL without a netns for api, whose namespace is alive: released %+v, %v; want nothing", released, err)
+	}
+	// The runtime names web's namespace by its own path.
+	f.netns.add("/var/run/netns/cni-web", 100, "10.0.0.2")
+	released, err := f.ctl.ForgetAdopted("shop", "web", "/var/run/netns/cni-web")
+	if err != nil || len(released) != 1 || released[0].Key() != "adopted-100" {
+		t.Fatalf("web's DEL released %+v, %v; want its adopted record", released, err)
+	}
+	if got := f.marker.marked(); !slices.Equal(got, []uint64{200}) {
+		t.Errorf("marks %v after web's DEL, want api's alone", got)
+	}
+	if p := f.pods.Get("shop", "web"); p.Attachment != nil {
+		t.Errorf("web still has an attachment after its DEL: %+v", p.Attachment)
+	}
+	var keys []string
+	for _, a := range f.savedRecord(t) {
+		keys = append(keys, a.Key())
+	}
+	if want := []string{"adopted-200"}; !slices.Equal(keys, want) {
+		t.Errorf("record %q after web's DEL, want %q", keys, want)
+	}
+
+	// api's pod is gone, and the DEL comes after the runtime removed its
+	// namespace.
+	delete(f.netns.byPath, "/host/proc/200/ns/net")
+	if released, err := f.ctl.ForgetAdopted("shop", "api", ""); len(released) != 1 || err != nil {
+		t.Errorf("api's DEL after its namespace is gone: released %+v, %v; want its record", released, err)
+	}
+	if got := f.marker.marked(); len(got) != 0 {
+		t.Errorf("marks %v, want none", got)
+	}
+}
+
+// TestRedecideDropsPodsWhoseNetnsIsGone: a record whose network namespace
+// is gone is dropped when decisions are made again, whether or not a DEL
+// ever names it, and so is its claim on its IP and its pod's name.
+func TestRedecideDropsPodsWhoseNetnsIsGone(t *testing.T) {
+	f := newFixture(t, true)
+	other := model.Namespace{Name: "other"}
+	f.netns.add("/host/proc/100/ns/net", 100, "10.0.0.2")
+	f.netns.add("/host/proc/200/ns/net", 200, "10.0.0.3")
+	f.source([]model.Namespace{ambientNS, other}, pod("web-0", "10.0.0.2", nil), pod("api", "10.0.0.3", nil))
+	kept := f.attach(t, cniAttachment("kept", 10, "10.0.0.4"))
+	lost := f.attach(t, cniAttachment("lost", 11, "10.0.0.5"))
+	if got := f.marker.marked(); !slices.Equal(got, []uint64{10, 11, 100, 200}) {
+		t.Fatalf("marks %v, want two adopted and two added pods", got)
+	}
+
+	// What happened with no DEL the controller could match: web-0's
+	// processes are gone and the StatefulSet made it again, in another
+	// sandbox with another IP; api's PID now runs in another namespace;
+	// lost's sandbox went while no agent heard its DEL; and a pod of
+	// another namespace got web-0's old IP.
+	delete(f.netns.byPath, "/host/proc/100/ns/net")
+	f.netns.add("/host/proc/200/ns/net", 999)
+	delete(f.netns.byPath, lost.NetnsPath)
+	web := f.attach(t, cniAttachment("web-0", 30, "10.0.0.9"))
+	reused := cniAttachment("reused", 31, "10.0.0.2")
+	reused.Namespace = other.Name
+	f.attach(t, reused)
+
+	f.now = f.now.Add(adoptInterval)
+	web0 := pod("web-0", "10.0.0.9", nil)
+	web0.UID = "uid-web-0-again"
+	f.source([]model.Namespace{ambientNS, other}, web0)
+
+	if got := f.marker.marked(); !slices.Equal(got, []uint64{10, 30}) {
+		t.Errorf("marks %v, want kept's and web-0's new sandbox's", got)
+	}
+	var keys []string
+	for _, a := range f.savedRecord(t) {
+		keys = append(keys, a.Key())
+	}
+	if want := []string{kept.Key(), "ctr-reused", web.Key()}; !slices.Equal(keys, want) {
+		t.Errorf("record %q, want %q", keys, want)
+	}
+	if p := f.pods.Get("shop", "web-0"); p.Attachment == nil || p.Attachment.NetnsCookie != 30 {
+		t.Errorf("web-0's attachment %+v, want its live sandbox (cookie 30)", p.Attachment)
+	}
+	if p := f.pods.ByCookie(30); p == nil || p.Key() != "shop/web-0" {
+		t.Errorf("cookie 30 is %v's, want shop/web-0's", p)
+	}
+	if p := f.pods.Lookup(netip.MustParseAddr("10.0.0.2")); p == nil || p.Namespace != other.Name {
+		t.Errorf("10.0.0.2, web-0's old IP, is %v's, want the pod of %q that has it now", p, other.Name)
+	}
+}
+
+// TestRedecideDropsAPodGoneFromTheSourceAtOnce: the source's word that a
+// pod is gone, or is another pod now, has the pod's namespace looked at on
+// the next decision, not adoptInterval later; pods the source still has
+// wait for the next full look.
+func TestRedecideDropsAPodGoneFromTheSourceAtOnce(t *testing.T) {
+	f := newFixture(t, true)
+	for i := range 3 {
+		f.netns.add(fmt.Sprintf("/host/proc/%d/ns/net", 100*(i+1)), uint64(100*(i+1)), fmt.Sprintf("10.0.0.%d", 2+i))
+	}
+	f.source([]model.Namespace{ambientNS}, pod("web", "10.0.0.2", nil), pod("db-0", "10.0.0.3", nil), pod("api", "10.0.0.4", nil))
+	if got := f.marker.marked(); !slices.Equal(got, []uint64{100, 200, 300}) {
+		t.Fatalf("marks %v, want the three running pods adopted", got)
+	}
+	// All three sandboxes go; web is deleted, db-0 made again (a new UID,
+	// not running yet), api's object has not changed yet.
+	f.netns.byPath = map[string]Netns{}
+	db := pod("db-0", "10.0.0.3", nil)
+	db.UID = "uid-db-0-again"
+	f.source([]model.Namespace{ambientNS}, db, pod("api", "10.0.0.4", nil))
+	if got := f.marker.marked(); !slices.Equal(got, []uint64{300}) {
+		t.Errorf("marks %v, want api's alone until the next full look", got)
+	}
+	f.now = f.now.Add(adoptInterval)
+	f.ctl.Redecide()
+	if got := f.marker.marked(); len(got) != 0 {
+		t.Errorf("marks %v after adoptInterval, want none", got)
+	}
+}
+
+// hookHandler calls hook with each log record's message, then drops it.
+type hookHandler struct {
+	hook func(msg string, r slog.Record)
+}
+
+func (h hookHandler) Enabled(context.Context, slog.Level) bool      { return true }
+func (h hookHandler) Handle(_ context.Context, r slog.Record) error { h.hook(r.Message, r); return nil }
+func (h hookHandler) WithAttrs([]slog.Attr) slog.Handler            { return h }
+func (h hookHandler) WithGroup(string) slog.Handler                 { return h }
+
+// TestRedecideDoesNotBringBackAForgottenPod: a DEL that lands while
+// Redecide works through a changed decision must not see its pod marked and
+// recorded again. The DEL runs between the first pod's new decision and the
+// second's (a Marker's Mark runs with the controller's lock held, so no DEL
+// can run inside it; the log line after the first decision comes without
+// it).
+func TestRedecideDoesNotBringBackAForgottenPod(t *testing.T) {
+	f := newFixture(t, true)
+	plain := model.Namespace{Name: "shop"}
+	f.source([]model.Namespace{plain}, pod("a", "10.0.0.2", nil), pod("b", "10.0.0.3", nil))
+	a := f.attach(t, cniAttachment("a", 10, "10.0.0.2"))
+	b := f.attach(t, cniAttachment("b", 11, "10.0.0.3"))
+	if got := f.marker.marked(); len(got) != 0 {
+		t.Fatalf("marks %v outside ambient", got)
+	}
+
+	var forgotten string
+	f.ctl.log = slog.New(hookHandler{func(msg string, r slog.Record) {
+		if msg != "capture decision changed" || forgotten != "" {
+			return
+		}
+		r.Attrs(func(at slog.Attr) bool {
+			if at.Key == "pod" {
+				forgotten = b.Key() // the DEL of the pod not decided yet
+				if at.Value.String() == "shop/b" {
+					forgotten = a.Key()
+				}
+			}
+			return true
+		})
+		att, ok, err := f.ctl.Forget(forgotten)
+		if !ok || err != nil {
+			t.Errorf("Forget(%s) = %v, %v", forgotten, ok, err)
+		}
+		f.netns.mu.Lock()
+		delete(f.netns.byPath, att.NetnsPath) // and the sandbox goes
+		f.netns.mu.Unlock()
+	}})
+	f.source([]model.Namespace{ambientNS}, pod("a", "10.0.0.2", nil), pod("b", "10.0.0.3", nil))
+	if forgotten == "" {
+		t.Fatal("no decision changed")
+	}
+	left := a
+	if forgotten == a.Key() {
+		left = b
+	}
+	if got := f.marker.marked(); !slices.Equal(got, []uint64{left.NetnsCookie}) {
+		t.Errorf("marks %v, want %s's alone (%s's DEL came during the redecision)", got, left.Key(), forgotten)
+	}
+	if _, ok := f.pods.Attachments()[forgotten]; ok {
+		t.Errorf("%s is recorded again after its DEL", forgotten)
+	}
+	if got := f.savedRecord(t); len(got) != 1 || got[0].Key() != left.Key() {
+		t.Errorf("record %+v, want %s's alone", got, left.Key())
+	}
+}
+
+// TestAdoptionDoesNotRaceAnAdd: a CNI ADD of a pod that lands while the
+// scan for running pods looks for it leaves one record of the sandbox, the
+// ADD's, and its DEL leaves none.
+func TestAdoptionDoesNotRaceAnAdd(t *testing.T) {
+	f := newFixture(t, true)
+	f.netns.add("/host/proc/100/ns/net", 100, "10.0.0.2")
+	web := cniAttachment("web", 100, "10.0.0.2")
+	f.netns.onScan = func() {
+		f.netns.onScan = nil
+		f.attach(t, web)
+	}
+	f.source([]model.Namespace{ambientNS}, pod("web", "10.0.0.2", nil))
+	if got := slices.Sorted(maps.Keys(f.pods.Attachments())); !slices.Equal(got, []string{web.Key()}) {
+		t.Errorf("records %q, want the ADD's alone", got)
+	}
+	if _, ok, err := f.ctl.Forget(web.Key()); !ok || err != nil {
+		t.Fatalf("DEL: %v, %v", ok, err)
+	}
+	if got := f.pods.Attachments(); len(got) != 0 {
+		t.Errorf("records %+v after the DEL, want none", got)
 	}
 }

@@ -4,8 +4,11 @@ package capture
 
 import (
 	"context"
+	"errors"
 	"net/netip"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"testing"
 	"time"
@@ -58,5 +61,30 @@ func TestProcNamespacesScan(t *testing.T) {
 			t.Fatalf("scan found %+v for the namespace (cookie %d), want it once with %s", found, want, addr)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestProcNamespacesCookieSaysWhatIsGone: Cookie reads a namespace's
+// cookie, and says "no namespace there" (what makes the controller drop a
+// record) for a path with nothing at it or a file that is no namespace, as
+// a runtime's netns path is once the sandbox is gone.
+func TestProcNamespacesCookieSaysWhatIsGone(t *testing.T) {
+	testenv.RequireRoot(t)
+	n := testenv.NewNetns(t, testenv.UniqueName("ztcap-"))
+	want, err := redirect.NetnsCookie(n.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := (ProcNamespaces{}).Cookie(n.Path()); err != nil || got != want {
+		t.Errorf("Cookie(%s) = %d, %v; want %d", n.Path(), got, err, want)
+	}
+	file := filepath.Join(t.TempDir(), "cni-gone")
+	if err := os.WriteFile(file, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, path := range []string{file, filepath.Join(t.TempDir(), "missing")} {
+		if _, err := (ProcNamespaces{}).Cookie(path); !errors.Is(err, redirect.ErrNoNetns) {
+			t.Errorf("Cookie(%s) = %v, want an error wrapping ErrNoNetns", path, err)
+		}
 	}
 }

@@ -52,7 +52,10 @@ func parsePodArgs(cniArgs string) (podArgs, error) {
 // podIPs returns the pod's addresses from the primary plugin's result: those
 // on an interface inside the pod's sandbox, or on no interface in
 // particular. Addresses on host-side interfaces (a bridge's gateway) are
-// not the pod's. IPv4 first, each once.
+// not the pod's, and neither are link-local ones: any pod may have the same,
+// and the agent does not count them among a namespace's addresses
+// (redirect.NetnsAddrs), so it would refuse an ADD that claims one. IPv4
+// first, each once.
 func podIPs(res *current.Result) []netip.Addr {
 	var ips []netip.Addr
 	for _, ipc := range res.IPs {
@@ -62,7 +65,7 @@ func podIPs(res *current.Result) []netip.Addr {
 				continue
 			}
 		}
-		if a, ok := netip.AddrFromSlice(ipc.Address.IP); ok {
+		if a, ok := netip.AddrFromSlice(ipc.Address.IP); ok && !a.Unmap().IsLinkLocalUnicast() {
 			ips = append(ips, a.Unmap())
 		}
 	}

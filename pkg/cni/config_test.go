@@ -208,9 +208,12 @@ func TestPodIPs(t *testing.T) {
 			ipc(idx(2), "2001:db8::5/64"),
 			ipc(idx(0), "10.88.0.1/16"), // the bridge's gateway address, on the host
 			ipc(idx(2), "10.88.0.5/16"),
-			ipc(nil, "10.99.0.7/32"),    // on no named interface: the pod's
-			ipc(idx(7), "10.77.0.7/32"), // an index out of range: kept, it may be the pod's
-			ipc(idx(2), "10.88.0.5/16"), // reported twice
+			ipc(nil, "10.99.0.7/32"),      // on no named interface: the pod's
+			ipc(idx(7), "10.77.0.7/32"),   // an index out of range: kept, it may be the pod's
+			ipc(idx(2), "10.88.0.5/16"),   // reported twice
+			ipc(idx(2), "169.254.1.5/16"), // link-local: not the pod's own
+			ipc(idx(2), "fe80::5/64"),
+			ipc(nil, "::ffff:169.254.1.6/128"),
 		},
 	}
 	want := []netip.Addr{

@@ -42,8 +42,8 @@ func FuzzPluginInput(f *testing.F) {
 		}
 		ips := podIPs(prev)
 		for i, ip := range ips {
-			if !ip.IsValid() || ip.Is4In6() || (i > 0 && ips[i-1].Compare(ip) >= 0) {
-				t.Fatalf("pod IPs %v are not valid, unmapped, unique and sorted", ips)
+			if !ip.IsValid() || ip.Is4In6() || ip.IsLinkLocalUnicast() || (i > 0 && ips[i-1].Compare(ip) >= 0) {
+				t.Fatalf("pod IPs %v are not valid, unmapped, not link-local, unique and sorted", ips)
 			}
 		}
 		var out bytes.Buffer

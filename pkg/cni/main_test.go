@@ -112,7 +112,7 @@ func TestBinaryAddAndDel(t *testing.T) {
 	}
 	adds, dels := agent.requests()
 	if len(adds) != 1 || adds[0].ContainerID != "c0ffee" || adds[0].NetnsCookie != e.cookie(t) ||
-		len(dels) != 1 || dels[0] != (control.CNIDelRequest{ContainerID: "c0ffee", Netns: e.netns.Path()}) {
+		len(dels) != 1 || dels[0] != (control.CNIDelRequest{ContainerID: "c0ffee", Netns: e.netns.Path(), PodNamespace: "shop", PodName: "web-0"}) {
 		t.Errorf("agent got adds %+v dels %+v", adds, dels)
 	}
 }

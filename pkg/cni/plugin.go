@@ -160,6 +160,16 @@ func (p *plugin) del(args *skel.CmdArgs) error {
 		log.Warn("could not forget a pending ADD", "error", err)
 	}
 	req := control.CNIDelRequest{ContainerID: args.ContainerID, Netns: args.Netns}
+	// The pod's name finds a pod the agent adopted, which it knows by no
+	// container ID; a DEL without it still releases every pod an ADD
+	// announced.
+	if pod, err := parsePodArgs(args.Args); err == nil {
+		req.PodNamespace, req.PodName = pod.namespace, pod.name
+		if err := req.Validate(); err != nil {
+			log.Debug("not passing the pod's name on: the agent would refuse it", "error", err)
+			req.PodNamespace, req.PodName = "", ""
+		}
+	}
 	err = p.call(conf, func(ctx context.Context, c *control.Client) error { return c.CNIDel(ctx, req) })
 	if err == nil {
 		log.Debug("pod removed from the agent")
@@ -172,9 +182,10 @@ func (p *plugin) del(args *skel.CmdArgs) error {
 	log.Warn("the agent could not take the DEL; recording it for the agent to replay", "socket", conf.SocketPath, "error", err)
 	if rerr := recordPending(conf.PendingDir, pendingDelDir, req.ContainerID, req); rerr != nil {
 		// Failing the DEL would leave the pod stuck in teardown for a
-		// stale mark on a namespace that is going away; the agent's
-		// reconcile drops marks of pods its source no longer has.
-		log.Error("could not record the DEL either; the agent's reconcile will drop the stale mark", "error", rerr)
+		// stale mark on a namespace that is going away; once it is gone,
+		// the agent drops the pod's record and mark when it next makes
+		// its decisions again (capture's Redecide), DEL or none.
+		log.Error("could not record the DEL either; the agent drops the stale mark once the network namespace is gone", "error", rerr)
 	}
 	return nil
 }

@@ -406,12 +406,15 @@ func TestDel(t *testing.T) {
 		agent       string // "up", "down" or "failing"
 		netns       bool   // whether CNI_NETNS is still passed
 		wantPending bool
+		cniArgs     string // replaces the pod's CNI_ARGS when set
 	}{
-		{"agent up", "up", true, false},
-		{"agent up, netns gone", "up", false, false},
-		{"agent down", "down", true, true},
-		{"agent down, netns gone", "down", false, true},
-		{"agent failing", "failing", true, true},
+		{"agent up", "up", true, false, ""},
+		{"agent up, netns gone", "up", false, false, ""},
+		{"agent down", "down", true, true, ""},
+		{"agent down, netns gone", "down", false, true, ""},
+		{"agent failing", "failing", true, true, ""},
+		{"no pod in CNI_ARGS", "up", true, false, "IgnoreUnknown=1"},
+		{"a pod name the agent would refuse", "up", true, false, "K8S_POD_NAMESPACE=Shop;K8S_POD_NAME=web-0"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -424,6 +427,13 @@ func TestDel(t *testing.T) {
 			args := e.args(t, "1.0.0", nil)
 			if !tt.netns {
 				args.Netns = ""
+			}
+			// The pod's name finds a pod the agent adopted: it knows no
+			// container ID of it.
+			want := control.CNIDelRequest{ContainerID: args.ContainerID, Netns: args.Netns, PodNamespace: "shop", PodName: "web-0"}
+			if tt.cniArgs != "" {
+				args.Args = tt.cniArgs
+				want.PodNamespace, want.PodName = "", ""
 			}
 			// An ADD the agent never saw: a DEL makes replaying it pointless.
 			if err := recordPending(e.pending, pendingAddDir, args.ContainerID, control.CNIAddRequest{ContainerID: args.ContainerID}); err != nil {
@@ -443,7 +453,6 @@ func TestDel(t *testing.T) {
 			if e.stdout.Len() != 0 {
 				t.Errorf("stdout = %q, want nothing", e.stdout.String())
 			}
-			want := control.CNIDelRequest{ContainerID: args.ContainerID, Netns: args.Netns}
 			if agent != nil {
 				if _, dels := agent.requests(); !reflect.DeepEqual(dels, []control.CNIDelRequest{want, want}) {
 					t.Errorf("agent got %+v, want %+v twice", dels, want)

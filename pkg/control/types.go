@@ -173,6 +173,13 @@ type CNIDelRequest struct {
 	// namespace (the spec allows it), and then the ContainerID alone
 	// identifies the pod.
 	Netns string
+	// PodNamespace and PodName come from CNI_ARGS (K8S_POD_NAMESPACE,
+	// K8S_POD_NAME); both empty when the runtime did not pass them (or an
+	// older plugin recorded the DEL). They find a pod the agent adopted
+	// (found running, announced by no ADD), whose container ID it never
+	// heard.
+	PodNamespace string
+	PodName      string
 }
 
 // Bounds of the fields of a request. A field past its bound makes the
@@ -229,7 +236,18 @@ func (r *CNIDelRequest) Validate() error {
 		return err
 	}
 	if r.Netns != "" {
-		return validNetnsPath(r.Netns)
+		if err := validNetnsPath(r.Netns); err != nil {
+			return err
+		}
+	}
+	if r.PodNamespace == "" && r.PodName == "" {
+		return nil
+	}
+	if err := validNamespace(r.PodNamespace); err != nil {
+		return err
+	}
+	if msgs := validation.IsDNS1123Subdomain(r.PodName); len(msgs) > 0 {
+		return fmt.Errorf("pod name %q: %s", clip(r.PodName), msgs[0])
 	}
 	return nil
 }

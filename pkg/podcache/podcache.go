@@ -161,6 +161,14 @@ func (c *Cache) Attachments() map[string]Attachment {
 	return maps.Clone(c.attachments)
 }
 
+// Attachment returns the runtime record with that key.
+func (c *Cache) Attachment(key string) (Attachment, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	a, ok := c.attachments[key]
+	return a, ok
+}
+
 // SetSourcePods replaces everything the source said with pods.
 func (c *Cache) SetSourcePods(pods []model.Pod) {
 	c.mu.Lock()

@@ -3,6 +3,7 @@
 package redirect
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -12,6 +13,12 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
+
+// ErrNoNetns is in NetnsCookie's error when nothing is at the path, or
+// something that is not a network namespace: a namespace that was there is
+// gone (a runtime unmounts and removes its bind mount; a process's ns/net
+// goes with the process).
+var ErrNoNetns = errors.New("no network namespace there")
 
 // NetnsCookie returns the cookie of the network namespace at netnsPath (a
 // bind mount such as /run/netns/NAME or /proc/PID/ns/net): the value
@@ -34,6 +41,11 @@ func NetnsCookie(netnsPath string) (uint64, error) {
 		}
 		return nil
 	})
+	var notExist ns.NSPathNotExistErr
+	var notNS ns.NSPathNotNSErr
+	if errors.As(err, &notExist) || errors.As(err, &notNS) {
+		return 0, fmt.Errorf("netns cookie of %s: %w: %w", netnsPath, ErrNoNetns, err)
+	}
 	if err != nil {
 		return 0, fmt.Errorf("netns cookie of %s: %w", netnsPath, err)
 	}

@@ -173,7 +173,7 @@ func TestAgentDownDel(t *testing.T) {
 				}
 			}
 			pending, err := cni.PendingDeletes(r.PendingDir)
-			want := control.CNIDelRequest{ContainerID: p.ContainerID, Netns: p.rt.NetNS}
+			want := control.CNIDelRequest{ContainerID: p.ContainerID, Netns: p.rt.NetNS, PodNamespace: p.Namespace, PodName: p.Name}
 			if err != nil || len(pending) != 1 || pending[0] != want {
 				t.Errorf("pending DELs = %+v, %v; want %+v", pending, err, want)
 			}

@@ -1,0 +1,235 @@
+//go:build linux
+
+package agent
+
+import (
+	"context"
+	"log/slog"
+	"maps"
+	"net/http"
+	"net/netip"
+	"os/exec"
+	"slices"
+	"sync"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/ztdns/ztdns/internal/testenv"
+	"github.com/ztdns/ztdns/pkg/ambient"
+	"github.com/ztdns/ztdns/pkg/capture"
+	"github.com/ztdns/ztdns/pkg/control"
+	"github.com/ztdns/ztdns/pkg/model"
+	"github.com/ztdns/ztdns/pkg/podcache"
+	"github.com/ztdns/ztdns/pkg/redirect"
+)
+
+// marks is the capture programs' pods map, without the programs.
+type marks struct {
+	mu sync.Mutex
+	m  map[uint64]redirect.PodInfo
+}
+
+func (m *marks) Mark(cookie uint64, pod redirect.PodInfo) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.m[cookie] = pod
+	return nil
+}
+
+func (m *marks) Unmark(cookie uint64) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	delete(m.m, cookie)
+	return nil
+}
+
+func (m *marks) Pods() ([]redirect.MarkedPod, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []redirect.MarkedPod
+	for c, p := range m.m {
+		out = append(out, redirect.MarkedPod{NetnsCookie: c, PodInfo: p})
+	}
+	return out, nil
+}
+
+func (m *marks) cookies() []uint64 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return slices.Sorted(maps.Keys(m.m))
+}
+
+const testNode = "node-a"
+
+// cniAgent is an agent as the CNI plugin sees it: its capture controller
+// looks into the node's real network namespaces and /proc, and marks a map
+// of its own.
+func cniAgent(t *testing.T) (*Agent, *marks) {
+	t.Helper()
+	testenv.RequireRoot(t)
+	a := &Agent{cfg: Config{NodeName: testNode, ProcRoot: "/proc"}, log: slog.New(slog.DiscardHandler), pods: podcache.New("cluster.local"),
+		hostCookies: nodeCookies("/proc")}
+	m := &marks{m: map[uint64]redirect.PodInfo{}}
+	ctl := capture.New(capture.Config{StateDir: t.TempDir(), NodeName: testNode, DNSCaptureDefault: true, HostCookies: a.hostCookies, Logger: a.log},
+		a.pods, m, capture.ProcNamespaces{Root: "/proc"})
+	t.Cleanup(ctl.Close)
+	a.capture = &dataplane{ctl: ctl, pods: a.pods}
+	return a, m
+}
+
+// feedSource gives the agent a snapshot's pods, in the ambient namespace
+// "shop", as apply does.
+func feedSource(a *Agent, pods ...model.Pod) {
+	a.pods.SetSourcePods(pods)
+	a.capture.ctl.SetNamespaces([]model.Namespace{{Name: "shop", Labels: map[string]string{model.LabelDataplaneMode: ambient.DataplaneModeAmbient}}})
+	a.capture.ctl.Redecide()
+}
+
+// podNetns makes a pod's network namespace with these addresses.
+func podNetns(t *testing.T, addrs ...string) *testenv.Netns {
+	t.Helper()
+	n := testenv.NewNetns(t, testenv.UniqueName("ztcni-"))
+	for _, addr := range addrs {
+		if out, err := exec.Command("ip", "-n", n.Name, "addr", "add", addr, "dev", "lo").CombinedOutput(); err != nil {
+			t.Fatalf("ip addr add %s: %v\n%s", addr, err, out)
+		}
+	}
+	return n
+}
+
+// TestDelReleasesAnAdoptedPod: a pod that ran before the agent was adopted
+// (found in /proc by its IP); the runtime's DEL names its sandbox's
+// container ID, which the agent never heard, and the pod's name: its mark
+// and record go.
+func TestDelReleasesAnAdoptedPod(t *testing.T) {
+	a, m := cniAgent(t)
+	n := podNetns(t, "198.18.77.2/32")
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	pause := n.Command(ctx, nil, "sleep", "600")
+	if err := pause.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cancel(); _ = pause.Wait() })
+	cookie, err := redirect.NetnsCookie(n.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ip := netip.MustParseAddr("198.18.77.2")
+	feedSource(a, model.Pod{Namespace: "shop", Name: "web-0", UID: "uid-1", NodeName: testNode, IPs: []netip.Addr{ip}})
+	if p := a.pods.Get("shop", "web-0"); p.Attachment == nil || !slices.Equal(m.cookies(), []uint64{cookie}) {
+		t.Fatalf("the running pod was not adopted: attachment %+v, marks %v", p.Attachment, m.cookies())
+	}
+
+	del := control.CNIDelRequest{ContainerID: "6b1e0c9d2f", Netns: n.Path(), PodNamespace: "shop", PodName: "web-0"}
+	if err := a.cniDel(del); err != nil {
+		t.Fatalf("DEL: %v", err)
+	}
+	if got := m.cookies(); len(got) != 0 {
+		t.Errorf("marks %v after the pod's DEL, want none", got)
+	}
+	if p := a.pods.Get("shop", "web-0"); p.Attachment != nil {
+		t.Errorf("the pod keeps its adopted record after its DEL: %+v", p.Attachment)
+	}
+}
+
+// TestAddWithALinkLocalAddress: the primary plugin's result may list a
+// link-local address of the pod (IPv6 on every interface; some plugins'
+// IPv4 too). An ADD that claims one is not refused, and the address is no
+// pod's in the registry: any pod may have the same.
+func TestAddWithALinkLocalAddress(t *testing.T) {
+	a, m := cniAgent(t)
+	n := podNetns(t, "198.18.77.3/32", "169.254.77.3/16")
+	cookie, err := redirect.NetnsCookie(n.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	feedSource(a)
+	ip, linkLocal := netip.MustParseAddr("198.18.77.3"), netip.MustParseAddr("169.254.77.3")
+	resp, err := a.cniAdd(control.CNIAddRequest{ContainerID: "6b1e0c9d2f", Netns: n.Path(), IfName: "eth0", PodNamespace: "shop", PodName: "web-0",
+		IPs: []netip.Addr{ip, linkLocal}, NetnsCookie: cookie})
+	if err != nil || !resp.Captured {
+		t.Fatalf("ADD = %+v, %v; want captured", resp, err)
+	}
+	if got := m.cookies(); !slices.Equal(got, []uint64{cookie}) {
+		t.Errorf("marks %v, want the pod's", got)
+	}
+	if p := a.pods.Lookup(ip); p == nil || p.Key() != "shop/web-0" {
+		t.Errorf("%s is %v's, want shop/web-0's", ip, p)
+	}
+	if p := a.pods.Lookup(linkLocal); p != nil {
+		t.Errorf("the link-local %s is %s's", linkLocal, p.Key())
+	}
+}
+
+// TestAddTheSourceContradicts: the source's view of a pod may lag behind
+// the runtime (a StatefulSet pod made again under its name, with a new
+// UID, before the watch saw it). Such an ADD fails no pod: it is answered
+// "not captured", records nothing and is counted; once the source agrees,
+// the running pod is adopted. What contradicts the network namespace itself
+// is still refused.
+func TestAddTheSourceContradicts(t *testing.T) {
+	a, m := cniAgent(t)
+	n := podNetns(t, "198.18.77.4/32")
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	pause := n.Command(ctx, nil, "sleep", "600")
+	if err := pause.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cancel(); _ = pause.Wait() })
+	cookie, err := redirect.NetnsCookie(n.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ip := netip.MustParseAddr("198.18.77.4")
+	old := model.Pod{Namespace: "shop", Name: "web-0", UID: "uid-1", NodeName: testNode, IPs: []netip.Addr{netip.MustParseAddr("198.18.77.9")}}
+	elsewhere := model.Pod{Namespace: "shop", Name: "web-1", UID: "uid-2", NodeName: "node-b"}
+	feedSource(a, old, elsewhere)
+	add := control.CNIAddRequest{ContainerID: "6b1e0c9d2f", Netns: n.Path(), IfName: "eth0", PodNamespace: "shop", PodName: "web-0", PodUID: "uid-3",
+		IPs: []netip.Addr{ip}, NetnsCookie: cookie}
+	outcome := metricCNIEvents.WithLabelValues("add", capture.ReasonSourceMismatch)
+	before := testutil.ToFloat64(outcome)
+
+	for _, tc := range []struct {
+		what string
+		req  func(control.CNIAddRequest) control.CNIAddRequest
+	}{
+		{"another UID", func(r control.CNIAddRequest) control.CNIAddRequest { return r }},
+		{"a pod of another node", func(r control.CNIAddRequest) control.CNIAddRequest {
+			r.PodName, r.PodUID = "web-1", "uid-2"
+			return r
+		}},
+	} {
+		resp, err := a.cniAdd(tc.req(add))
+		if err != nil || resp.Captured || resp.Reason != capture.ReasonSourceMismatch {
+			t.Errorf("ADD with %s than the source's: %+v, %v; want not captured (%s), no error", tc.what, resp, err, capture.ReasonSourceMismatch)
+		}
+	}
+	if got := testutil.ToFloat64(outcome) - before; got != 2 {
+		t.Errorf("%s counted %v times, want 2", capture.ReasonSourceMismatch, got)
+	}
+	if atts := a.pods.Attachments(); len(atts) != 0 || len(m.cookies()) != 0 {
+		t.Errorf("recorded %+v, marked %v; want nothing", atts, m.cookies())
+	}
+	if p := a.pods.Lookup(ip); p != nil {
+		t.Errorf("%s is %s's: the ADD's claim was recorded", ip, p.Key())
+	}
+
+	// Still refused: an ADD whose cookie or IPs are not its namespace's.
+	wrongCookie, wrongIP := add, add
+	wrongCookie.NetnsCookie++
+	wrongIP.IPs = []netip.Addr{netip.MustParseAddr("198.18.77.5")}
+	for _, req := range []control.CNIAddRequest{wrongCookie, wrongIP} {
+		if _, err := a.cniAdd(req); control.StatusOf(err) != http.StatusForbidden {
+			t.Errorf("ADD %+v: %v, want refused (403)", req, err)
+		}
+	}
+
+	// The source catches up: the running pod is adopted.
+	feedSource(a, model.Pod{Namespace: "shop", Name: "web-0", UID: "uid-3", NodeName: testNode, IPs: []netip.Addr{ip}}, elsewhere)
+	if got := m.cookies(); !slices.Equal(got, []uint64{cookie}) {
+		t.Errorf("marks %v once the source agrees, want the pod's", got)
+	}
+}
