@@ -138,8 +138,11 @@ type Agent struct {
 	ready      atomic.Bool
 	firstTable chan struct{} // closed when the first table is served
 	handedOver atomic.Bool
-	mu         sync.Mutex
-	warnings   []string // from the last table build, at most control.MaxStoredWarnings
+	// cniMu serialises CNI events: the plugin's and the recorded ones
+	// replayed.
+	cniMu    sync.Mutex
+	mu       sync.Mutex
+	warnings []string // from the last table build, at most control.MaxStoredWarnings
 	// warningsOmitted counts the last build's warnings beyond those kept.
 	warningsOmitted int
 	vipsFrom        string // where the last table's VIPs came from
@@ -355,6 +358,7 @@ func (a *Agent) run(ctx context.Context) error {
 	g.spawn("control socket", a.unlessHandedOver(func() error {
 		return control.Serve(ctlCtx, ctl, control.NewHandler(controlAPI{a}, a.log))
 	}))
+	g.spawn("housekeeping", func() error { a.keepHouse(ctx); return nil })
 	hs, err := listenHandoff(a.cfg.Socket)
 	if err != nil {
 		ctl.Close()

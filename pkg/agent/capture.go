@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/ztdns/ztdns/pkg/capture"
+	"github.com/ztdns/ztdns/pkg/control"
 	"github.com/ztdns/ztdns/pkg/podcache"
 	"github.com/ztdns/ztdns/pkg/redirect"
 )
@@ -107,7 +108,9 @@ func consecutive(base netip.Addr, port uint16) (out [redirect.Slots]netip.AddrPo
 func newDataplane(cfg CaptureConfig, ctl capture.Config, namespaces capture.Namespaces, log *slog.Logger, pods *podcache.Cache, socket string,
 	r4, r6 [redirect.Slots]netip.AddrPort) (*dataplane, error) {
 	if cfg.StateDir == "" {
-		cfg.StateDir = filepath.Dir(socket)
+		cfg.StateDir = filepath.Dir(socket) // checked with the socket's
+	} else if err := control.PrepareStateDir(cfg.StateDir); err != nil {
+		return nil, err
 	}
 	if cfg.Interface == "" {
 		cfg.Interface = redirect.DefaultInterface

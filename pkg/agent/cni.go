@@ -36,6 +36,12 @@ const cniInstallInterval = 5 * time.Second
 // refused; and the source's view of the pod (sourceDisagrees), or it is
 // answered "not captured" and not recorded.
 func (a *Agent) cniAdd(req control.CNIAddRequest) (control.CNIAddResponse, error) {
+	a.cniMu.Lock()
+	defer a.cniMu.Unlock()
+	return a.cniAddLocked(req)
+}
+
+func (a *Agent) cniAddLocked(req control.CNIAddRequest) (control.CNIAddResponse, error) {
 	resp, err := a.addSandbox(req)
 	switch {
 	case err == nil:
@@ -99,6 +105,12 @@ func (a *Agent) addSandbox(req control.CNIAddRequest) (control.CNIAddResponse, e
 // container the agent never heard of may be a pod it adopted (found
 // running, announced by no ADD): the pod's namespace and name find that.
 func (a *Agent) cniDel(req control.CNIDelRequest) error {
+	a.cniMu.Lock()
+	defer a.cniMu.Unlock()
+	return a.cniDelLocked(req)
+}
+
+func (a *Agent) cniDelLocked(req control.CNIDelRequest) error {
 	if err := req.Validate(); err != nil {
 		metricCNIEvents.WithLabelValues("del", "error").Inc()
 		return control.Invalid(err)
@@ -136,9 +148,12 @@ func (a *Agent) decide(att podcache.Attachment) (bool, string) {
 	return a.capture.ctl.Decide(att)
 }
 
-// replayPending applies the CNI events the plugin recorded while this agent
-// was unreachable: DELs first (a sandbox may have come and gone), then ADDs
-// whose network namespace still exists.
+// replayPending applies the CNI events the plugin recorded while no agent
+// answered it: DELs first (a sandbox may have come and gone), then ADDs
+// whose network namespace still exists. It runs before the control socket
+// listens, and again while it does (keepHouse): the plugin may record an
+// event in the gap between a predecessor closing its socket and this
+// agent's opening, or just as this one opens it.
 func (a *Agent) replayPending() {
 	dir := a.pendingDir()
 	dels, err := cni.PendingDeletes(dir)
@@ -146,7 +161,10 @@ func (a *Agent) replayPending() {
 		a.log.Error("reading pending CNI deletes", "dir", dir, "err", err)
 	}
 	for _, d := range dels {
-		if err := a.cniDel(d); err != nil {
+		a.cniMu.Lock()
+		err := a.cniDelLocked(d)
+		a.cniMu.Unlock()
+		if err != nil {
 			a.log.Error("replaying a CNI DEL failed", "container", d.ContainerID, "err", err)
 			continue
 		}
@@ -157,15 +175,57 @@ func (a *Agent) replayPending() {
 		a.log.Error("reading pending CNI adds", "dir", dir, "err", err)
 	}
 	for _, ad := range adds {
-		// Checked like an ADD from the plugin: a pod that is gone, or whose
-		// namespace is now another one, is refused and forgotten.
-		if _, err := a.cniAdd(ad); err != nil && control.StatusOf(err) == http.StatusInternalServerError {
-			a.log.Error("replaying a CNI ADD failed", "pod", ad.PodNamespace+"/"+ad.PodName, "err", err)
-			continue
-		} else if err != nil {
-			a.log.Info("not replaying a CNI ADD recorded while the agent was away", "pod", ad.PodNamespace+"/"+ad.PodName, "err", err)
+		a.replayAdd(dir, ad)
+	}
+}
+
+// replayAdd applies one recorded ADD, checked like an ADD from the plugin:
+// a pod that is gone, or whose namespace is now another one, is refused and
+// forgotten.
+func (a *Agent) replayAdd(dir string, ad control.CNIAddRequest) {
+	a.cniMu.Lock()
+	defer a.cniMu.Unlock()
+	// The plugin forgets a pod's recorded ADD before it sends the pod's
+	// DEL: a record gone since the directory was read is a pod deleted
+	// meanwhile, and its DEL (serialised by cniMu) is done or waiting.
+	if !cni.HasPendingAdd(dir, ad.ContainerID) {
+		return
+	}
+	if _, err := a.cniAddLocked(ad); err != nil && control.StatusOf(err) == http.StatusInternalServerError {
+		a.log.Error("replaying a CNI ADD failed", "pod", ad.PodNamespace+"/"+ad.PodName, "err", err)
+		return
+	} else if err != nil {
+		a.log.Info("not replaying a CNI ADD recorded while the agent was away", "pod", ad.PodNamespace+"/"+ad.PodName, "err", err)
+	}
+	cni.ForgetPendingAdd(dir, ad.ContainerID)
+}
+
+// housekeepingInterval is how often a serving agent looks again at what no
+// event tells it: CNI events recorded while no agent answered, network
+// namespaces gone without a DEL (capture's Redecide), and nameserver slots
+// an unmark left behind.
+var housekeepingInterval = 30 * time.Second
+
+// keepHouse runs the looks of housekeepingInterval until ctx ends or the
+// agent hands over to a successor (which then does them).
+func (a *Agent) keepHouse(ctx context.Context) {
+	a.replayPending() // what was recorded until the control socket listened
+	t := time.NewTicker(housekeepingInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
 		}
-		cni.ForgetPendingAdd(dir, ad.ContainerID)
+		if a.handedOver.Load() {
+			return
+		}
+		a.replayPending()
+		if a.capture != nil {
+			a.capture.ctl.Redecide()
+			a.capture.ctl.SweepNameservers()
+		}
 	}
 }
 

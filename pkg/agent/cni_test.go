@@ -4,20 +4,25 @@ package agent
 
 import (
 	"context"
+	"encoding/json"
 	"log/slog"
 	"maps"
 	"net/http"
 	"net/netip"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/ztdns/ztdns/internal/testenv"
 	"github.com/ztdns/ztdns/pkg/ambient"
 	"github.com/ztdns/ztdns/pkg/capture"
+	"github.com/ztdns/ztdns/pkg/cni"
 	"github.com/ztdns/ztdns/pkg/control"
 	"github.com/ztdns/ztdns/pkg/model"
 	"github.com/ztdns/ztdns/pkg/podcache"
@@ -26,8 +31,16 @@ import (
 
 // marks is the capture programs' pods map, without the programs.
 type marks struct {
-	mu sync.Mutex
-	m  map[uint64]redirect.PodInfo
+	mu     sync.Mutex
+	m      map[uint64]redirect.PodInfo
+	sweeps int // SweepNameservers calls
+}
+
+func (m *marks) SweepNameservers() (int, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.sweeps++
+	return 0, nil
 }
 
 func (m *marks) Mark(cookie uint64, pod redirect.PodInfo) error {
@@ -232,4 +245,85 @@ func TestAddTheSourceContradicts(t *testing.T) {
 	if got := m.cookies(); !slices.Equal(got, []uint64{cookie}) {
 		t.Errorf("marks %v once the source agrees, want the pod's", got)
 	}
+}
+
+// recordPending writes a CNI event as the plugin records it while no agent
+// answers: <dir>/<kind>/<container ID>.json.
+func recordPending(t *testing.T, dir, kind, id string, v any) {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Join(dir, kind), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, kind, id+".json"), b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestPendingReplayedWhileServing: events the plugin records while the
+// agent serves (it tried in the gap before the control socket listened)
+// are applied without a restart: a DEL unmarks its pod, an ADD captures
+// its pod; and the looks that no event triggers run too (the nameserver
+// sweep). (Before: recorded events waited for the next restart.)
+func TestPendingReplayedWhileServing(t *testing.T) {
+	a, m := cniAgent(t)
+	a.cfg.Socket = filepath.Join(t.TempDir(), "ztdns.sock")
+	dir := a.pendingDir()
+	gone, added := podNetns(t, "198.18.77.4/32"), podNetns(t, "198.18.77.5/32")
+	cookieGone, err := redirect.NetnsCookie(gone.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cookieAdded, err := redirect.NetnsCookie(added.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	feedSource(a)
+	if _, err := a.cniAdd(control.CNIAddRequest{ContainerID: "c0ffee01", Netns: gone.Path(), IfName: "eth0", PodNamespace: "shop", PodName: "old",
+		IPs: []netip.Addr{netip.MustParseAddr("198.18.77.4")}, NetnsCookie: cookieGone}); err != nil {
+		t.Fatal(err)
+	}
+
+	old := housekeepingInterval
+	housekeepingInterval = 20 * time.Millisecond
+	t.Cleanup(func() { housekeepingInterval = old })
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan struct{})
+	go func() { defer close(done); a.keepHouse(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+
+	recordPending(t, dir, "del", "c0ffee01", control.CNIDelRequest{ContainerID: "c0ffee01", Netns: gone.Path()})
+	recordPending(t, dir, "add", "c0ffee02", control.CNIAddRequest{ContainerID: "c0ffee02", Netns: added.Path(), IfName: "eth0",
+		PodNamespace: "shop", PodName: "new", IPs: []netip.Addr{netip.MustParseAddr("198.18.77.5")}, NetnsCookie: cookieAdded})
+	testenv.Eventually(t, 10*time.Second, "only the recorded ADD's pod marked", func() bool { return slices.Equal(m.cookies(), []uint64{cookieAdded}) })
+	testenv.Eventually(t, 10*time.Second, "the replayed events forgotten", func() bool {
+		dels, _ := cni.PendingDeletes(dir)
+		adds, _ := cni.PendingAdds(dir)
+		return len(dels) == 0 && len(adds) == 0
+	})
+	testenv.Eventually(t, 10*time.Second, "a nameserver sweep", func() bool { m.mu.Lock(); defer m.mu.Unlock(); return m.sweeps > 0 })
+}
+
+// TestPendingReplayedWithoutCapture: an agent that installs the plugin but
+// does not capture still takes the events recorded for it, so the directory
+// does not grow by a file per pod deleted in every restart's gap.
+func TestPendingReplayedWithoutCapture(t *testing.T) {
+	a := &Agent{cfg: Config{Socket: filepath.Join(t.TempDir(), "ztdns.sock")}, log: slog.New(slog.DiscardHandler), pods: podcache.New("cluster.local")}
+	dir := a.pendingDir()
+	recordPending(t, dir, "del", "c0ffee03", control.CNIDelRequest{ContainerID: "c0ffee03"})
+	a.keepHouse(canceled(t))
+	if dels, err := cni.PendingDeletes(dir); len(dels) != 0 || err != nil {
+		t.Errorf("still recorded: %+v (%v)", dels, err)
+	}
+}
+
+// canceled is a context already done: keepHouse then makes only its first
+// look.
+func canceled(t *testing.T) context.Context {
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	return ctx
 }

@@ -75,15 +75,33 @@ func (c *Controller) reconcileLocked() error {
 		}
 	}
 	// Once the marks are right: the learned nameservers of what is no
-	// longer marked go too (mu keeps Mark from racing the sweep).
-	if s, ok := c.marker.(nameserverSweeper); ok {
-		n, err := s.SweepNameservers()
-		if n > 0 {
-			c.log.Info("forgot the nameservers of unmarked network namespaces", "slots", n)
-		}
-		errs = append(errs, err)
-	}
+	// longer marked go too.
+	errs = append(errs, c.sweepLocked())
 	return errors.Join(errs...)
+}
+
+// SweepNameservers forgets the nameservers learned for network namespaces
+// no longer marked, which an unmark racing a program can leave behind.
+func (c *Controller) SweepNameservers() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := c.sweepLocked(); err != nil {
+		c.log.Warn("forgetting the nameservers of unmarked network namespaces failed", "err", err)
+	}
+}
+
+// sweepLocked is SweepNameservers for callers holding mu (which keeps Mark
+// from racing the sweep).
+func (c *Controller) sweepLocked() error {
+	s, ok := c.marker.(nameserverSweeper)
+	if !ok {
+		return nil
+	}
+	n, err := s.SweepNameservers()
+	if n > 0 {
+		c.log.Info("forgot the nameservers of unmarked network namespaces", "slots", n)
+	}
+	return err
 }
 
 // nameserverSweeper is what *redirect.Redirector does beyond a Marker:

@@ -84,6 +84,17 @@ func ForgetPendingAdd(dir, containerID string) error {
 	return forgetPending(dir, pendingAddDir, containerID)
 }
 
+// HasPendingAdd reports whether the ADD of containerID is still recorded in
+// dir: the plugin forgets it when the pod's DEL comes.
+func HasPendingAdd(dir, containerID string) bool {
+	path, err := pendingPath(dir, pendingAddDir, containerID)
+	if err != nil {
+		return false
+	}
+	_, err = os.Stat(path)
+	return err == nil
+}
+
 // recordPending writes v as the pending event of kind for containerID.
 func recordPending(dir, kind, containerID string, v any) error {
 	path, err := pendingPath(dir, kind, containerID)

@@ -108,6 +108,20 @@ func PrepareDir(socket string, access Access) error {
 	return nil
 }
 
+// PrepareStateDir makes dir (created 0750 when missing) a directory only
+// root can write in, by PrepareDir's rules for the socket's: the agent acts
+// on what it reads back from there (which pods it captured).
+func PrepareStateDir(dir string) error {
+	real, _, err := resolveChecked(dir, 0o750)
+	if err == nil {
+		err = checkOwned(real, false)
+	}
+	if err != nil {
+		return fmt.Errorf("state directory %s: %w", dir, err)
+	}
+	return nil
+}
+
 // maxLinks bounds the symbolic links resolveChecked follows, as the kernel
 // does (MAXSYMLINKS is 40).
 const maxLinks = 40
@@ -219,11 +233,11 @@ func checkOwned(path string, stickyOK bool) error {
 		return fmt.Errorf("%s: no owner", path)
 	}
 	if st.Uid != 0 && st.Uid != uint32(os.Geteuid()) {
-		return fmt.Errorf("%s belongs to uid %d, not root: refusing to listen where another user can plant a socket", path, st.Uid)
+		return fmt.Errorf("%s belongs to uid %d, not root: another user could plant files there", path, st.Uid)
 	}
 	sticky := fi.Mode()&os.ModeSticky != 0
 	if fi.Mode().Perm()&0o022 != 0 && !(stickyOK && sticky) {
-		return fmt.Errorf("%s is writable by others (mode %s): refusing to listen where another user can plant a socket", path, fi.Mode())
+		return fmt.Errorf("%s is writable by others (mode %s): another user could plant files there", path, fi.Mode())
 	}
 	return nil
 }

@@ -236,6 +236,10 @@ func TestRefusesSharedDirectories(t *testing.T) {
 			if _, err := os.Lstat(socket); !errors.Is(err, os.ErrNotExist) {
 				t.Errorf("a socket was created at %s: %v", socket, err)
 			}
+			// The capture state kept there is refused the same way.
+			if err := control.PrepareStateDir(filepath.Dir(socket)); err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("PrepareStateDir: %v, want %q", err, tc.want)
+			}
 		})
 	}
 }
@@ -641,4 +645,16 @@ func value(t *testing.T, name string) float64 {
 	}
 	t.Fatalf("no metric %s", name)
 	return 0
+}
+
+// TestStateDirMade: a state directory of root's is made, 0750, and taken.
+func TestStateDirMade(t *testing.T) {
+	testenv.RequireRoot(t)
+	dir := filepath.Join(t.TempDir(), "state")
+	if err := control.PrepareStateDir(dir); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(dir); err != nil || fi.Mode().Perm() != 0o750 {
+		t.Errorf("state directory %v (%v), want mode 0750", fi.Mode(), err)
+	}
 }
