@@ -104,3 +104,41 @@ func TestPipelinedRepliesToASlowReaderAreBounded(t *testing.T) {
 	testenv.Eventually(t, 30*time.Second, "the connection's goroutines ended", func() bool { return runtime.NumGoroutine() <= goroutines+4 })
 	ls.victimForwarded(t, "after the connection closed")
 }
+
+// TestRepliesQueuedOnAResetConnectionAreGivenBack: a client that reads
+// nothing until its connection holds maxTCPPending replies, then resets
+// it: the reply being written and those queued behind it give back their
+// bytes at once, and the connection's goroutines end, without waiting for
+// the write timeout's close.
+func TestRepliesQueuedOnAResetConnectionAreGivenBack(t *testing.T) {
+	const answer = 8000
+	up := dnstest.Start(t, "127.0.0.1:0", dnstest.LargeTXT(answer)).Addr
+	b := quota.NewBudget(64<<20, 0)
+	ls := startLimitsServer(t, Options{Limits: quota.Limits{QPS: -1, Forwarding: -1}, Budget: b}, up, liveUpstream(t))
+	m := new(dns.Msg)
+	m.SetQuestion("big.example.", dns.TypeTXT)
+	if r, err := ls.tryExchange(flooderIP, "tcp", m); err != nil || txtBytes(r) != answer {
+		t.Fatalf("first answer (now cached): %v %v", r, err)
+	}
+	testenv.Eventually(t, 30*time.Second, "the first answer's bytes given back", func() bool { return b.Used() == 0 })
+	goroutines := runtime.NumGoroutine()
+	c, err := (&net.Dialer{LocalAddr: &net.TCPAddr{IP: flooderIP.AsSlice()}}).Dial("tcp4", ls.addr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := packQuery(t, "big.example.", dns.TypeTXT)
+	go func() {
+		c.SetWriteDeadline(time.Now().Add(time.Minute))
+		for range 3000 {
+			if dnstest.WriteTCP(c, q) != nil {
+				return
+			}
+		}
+	}()
+	testenv.Eventually(t, 30*time.Second, "maxTCPPending replies waiting", func() bool { return b.Used() >= maxTCPPending*answer })
+	c.(*net.TCPConn).SetLinger(0)
+	c.Close()
+	testenv.Eventually(t, 30*time.Second, "every byte given back", func() bool { return b.Used() == 0 })
+	testenv.Eventually(t, 30*time.Second, "the connection released", func() bool { return ls.usage(flooderIP).TCPConns == 0 })
+	testenv.Eventually(t, 30*time.Second, "the connection's goroutines ended", func() bool { return runtime.NumGoroutine() <= goroutines+2 })
+}
