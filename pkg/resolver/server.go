@@ -607,7 +607,9 @@ func truncate(out []byte, msg []byte, r *request) []byte {
 }
 
 // slow answers a query that needs more than a table copy. done is called
-// exactly once, with the reply or with nil when there is nothing to send.
+// exactly once, with the reply or with nil when there is nothing to send,
+// and what gives back the reply's hold (nil without one), which done calls
+// once the reply is sent or dropped.
 //
 // What the table answers (search-list aliases, CNAME chains, errors) is
 // answered here, on the caller's goroutine: local answers never wait behind
@@ -619,11 +621,11 @@ func truncate(out []byte, msg []byte, r *request) []byte {
 // within its share that finds MaxInflight reached takes the slot of a
 // source over its share (startForward). The forwarder learns the source
 // from the context, and charges the reply bytes it reads to it.
-func (s *Server) slow(msg []byte, src, local netip.AddrPort, tcp bool, hold holdReply, done func(reply []byte)) {
+func (s *Server) slow(msg []byte, src, local netip.AddrPort, tcp bool, hold holdReply, done func(reply []byte, release func())) {
 	q := &slowQuery{s: s, msg: msg, src: src, local: local, tcp: tcp, offline: true, start: s.clock(), from: sourceNone}
-	done = q.finishing(hold, done)
+	finish := q.finishing(hold, done)
 	if reply := q.answer(s.ctx); !q.needsUpstream {
-		done(reply)
+		finish(reply)
 		return
 	}
 	_, source := s.sourceOf(src.Addr(), s.clock())
@@ -633,12 +635,12 @@ func (s *Server) slow(msg []byte, src, local netip.AddrPort, tcp bool, hold hold
 	case quota.OverSource: // its own bound, or its fair share of the node's
 		metricQueries.forwardLimited.Inc()
 		q.from = sourceNone
-		done(dnswire.AppendErrorReply(nil, msg, &q.r, dnswire.RcodeServFail))
+		finish(dnswire.AppendErrorReply(nil, msg, &q.r, dnswire.RcodeServFail))
 		return
 	case quota.OverPool:
 		metricQueries.overload.Inc()
 		q.from = sourceNone
-		done(dnswire.AppendErrorReply(nil, msg, &q.r, dnswire.RcodeServFail))
+		finish(dnswire.AppendErrorReply(nil, msg, &q.r, dnswire.RcodeServFail))
 		return
 	}
 	s.wg.Add(1)
@@ -663,7 +665,7 @@ func (s *Server) slow(msg []byte, src, local netip.AddrPort, tcp bool, hold hold
 			q.from, q.upstream = sourceNone, netip.AddrPort{}
 			reply = dnswire.AppendErrorReply(nil, msg, &q.r, dnswire.RcodeServFail)
 		}
-		done(reply)
+		finish(reply)
 	}()
 }
 

@@ -50,21 +50,20 @@ type holdReply func(reply []byte) (out []byte, release func())
 
 // finishing wraps done so that the reply is held (hold, if not nil),
 // then counted, timed and logged as what the client gets, before it is
-// sent.
-func (q *slowQuery) finishing(hold holdReply, done func(reply []byte)) func(reply []byte) {
+// sent. done gets the hold's release (nil: none), to call once the reply
+// is sent or dropped.
+func (q *slowQuery) finishing(hold holdReply, done func(reply []byte, release func())) func(reply []byte) {
 	return func(reply []byte) {
+		var release func()
 		if hold != nil && reply != nil {
-			var release func()
-			if reply, release = hold(reply); release != nil {
-				defer release()
-			} else {
+			if reply, release = hold(reply); release == nil {
 				q.from, q.upstream = sourceNone, netip.AddrPort{}
 			}
 		}
 		if len(reply) >= dnswire.HeaderLen {
 			q.finish(reply)
 		}
-		done(reply)
+		done(reply, release)
 	}
 }
 

@@ -20,6 +20,21 @@ import (
 // a truncated frame closes the connection instead of holding it open.
 const tcpReadTimeout = 2 * time.Second
 
+// tcpWriteTimeout bounds how long a reply may take from the moment it is
+// ready until it is written, its wait behind the connection's other
+// replies included: a client that reads slower than that has its
+// connection closed, and everything it held given back.
+const tcpWriteTimeout = 2 * time.Second
+
+// maxTCPPending bounds the queries of one connection on the slow path at
+// once: being answered (forwarded, say), or with a reply waiting to be
+// written. At the bound the connection's reader reads no further query
+// until one of them is written, so a client that pipelines faster than it
+// reads its replies is held back by TCP itself, and what a connection
+// holds does not grow with what it sends. BIND serves at most 23
+// pipelined queries of a connection at once; CoreDNS (miekg/dns) one.
+const maxTCPPending = 16
+
 // Buffers a connection keeps between queries. A larger query or local
 // answer gets a buffer of its own that goes with it, so a connection that
 // once carried a big message does not hold one for the rest of its life.
@@ -56,6 +71,191 @@ type tcpConn struct {
 	// released: its slot is given back (once); evicted: closed to make
 	// room for a source under its share.
 	released, evicted atomic.Bool
+
+	w tcpWriter
+}
+
+// tcpWriter writes the replies of one connection, one at a time, and
+// bounds those of the slow path (maxTCPPending). Whoever has a reply
+// ready and finds no one writing writes it, and then those queued
+// meanwhile; the others queue theirs and return, so no goroutine waits
+// for its turn holding its stack. A queued reply holds its bytes of the
+// budget of replies in flight until it is written, for at most
+// tcpWriteTimeout from when it was ready: past that, the connection is
+// closed, and every queued reply given back.
+type tcpWriter struct {
+	c  *net.TCPConn
+	mu sync.Mutex
+	// changed is broadcast when a slot frees, the turn to write is given
+	// up, or the connection closes.
+	changed sync.Cond
+	pending int  // slow-path queries not yet written or dropped
+	writing bool // someone writes: the turn is taken
+	closed  bool
+	queue   []queuedReply // ready, waiting for the turn
+}
+
+// queuedReply is a slow-path reply waiting to be written; release gives
+// back its bytes of the budget (nil: it holds none).
+type queuedReply struct {
+	reply   []byte
+	ready   time.Time
+	release func()
+}
+
+func (w *tcpWriter) init(c *net.TCPConn) {
+	w.c = c
+	w.changed.L = &w.mu
+}
+
+// acquire takes a slot for a query on the slow path, waiting while the
+// connection has maxTCPPending of them. It reports false when the
+// connection closed meanwhile.
+func (w *tcpWriter) acquire() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for w.pending >= maxTCPPending && !w.closed {
+		w.changed.Wait()
+	}
+	if w.closed {
+		return false
+	}
+	w.pending++
+	return true
+}
+
+// send writes reply, that of a query holding a slot (nil: there is
+// nothing to send), and gives back the slot and release once it is
+// written or dropped. It writes the reply itself when no one else is
+// writing; otherwise it queues it for whoever is, and returns at once.
+func (w *tcpWriter) send(reply []byte, release func()) {
+	if len(reply) > maxTCPMessage {
+		// A local answer of the slow path (a search-list expansion of a
+		// large headless Service): the records that fit, with TC, as the
+		// fast path answers. nil when it cannot be framed: the client
+		// times out and retries.
+		reply = truncateTCP(reply)
+	}
+	ready := time.Now()
+	w.mu.Lock()
+	if w.closed || reply == nil {
+		w.pending--
+		w.changed.Broadcast()
+		w.mu.Unlock()
+		if release != nil {
+			release()
+		}
+		return
+	}
+	w.queue = append(w.queue, queuedReply{reply: reply, ready: ready, release: release})
+	if w.writing {
+		w.mu.Unlock()
+		return
+	}
+	w.writing = true
+	w.mu.Unlock()
+	w.drain()
+}
+
+// writeNow writes reply, the reader's own (its buffer is reused once this
+// returns), at its turn: the reader waits for it, reading nothing
+// meanwhile.
+func (w *tcpWriter) writeNow(reply []byte) {
+	ready := time.Now()
+	w.mu.Lock()
+	for w.writing && !w.closed {
+		w.changed.Wait()
+	}
+	if w.closed {
+		w.mu.Unlock()
+		return
+	}
+	w.writing = true
+	w.mu.Unlock()
+	if !w.write(reply, ready) {
+		w.close()
+	}
+	w.drain()
+}
+
+// drain writes the queued replies, in turn, until none is left, then
+// gives up the turn; the caller has it.
+func (w *tcpWriter) drain() {
+	for {
+		w.mu.Lock()
+		if w.closed || len(w.queue) == 0 {
+			w.writing = false
+			w.changed.Broadcast()
+			w.mu.Unlock()
+			return
+		}
+		r := w.queue[0]
+		n := copy(w.queue, w.queue[1:])
+		w.queue[n] = queuedReply{}
+		w.queue = w.queue[:n]
+		w.mu.Unlock()
+		ok := w.write(r.reply, r.ready)
+		if r.release != nil {
+			r.release()
+		}
+		w.mu.Lock()
+		w.pending--
+		w.changed.Broadcast()
+		w.mu.Unlock()
+		if !ok {
+			w.close()
+		}
+	}
+}
+
+// write writes one reply, framed, within tcpWriteTimeout of ready. It
+// reports false when the reply waited too long already, or the write did
+// not end in time or failed: the connection is then to be closed.
+func (w *tcpWriter) write(reply []byte, ready time.Time) bool {
+	deadline := ready.Add(tcpWriteTimeout)
+	if !time.Now().Before(deadline) {
+		return false
+	}
+	var length [2]byte
+	binary.BigEndian.PutUint16(length[:], uint16(len(reply)))
+	w.c.SetWriteDeadline(deadline)
+	frame := net.Buffers{length[:], reply} // one writev, no copy of the reply
+	_, err := frame.WriteTo(w.c)
+	return err == nil
+}
+
+// close closes the connection, and gives back at once what the replies
+// queued on it hold: a query that is still being answered gives back its
+// reply as it comes (send), and the one being written when its write
+// fails, at once, as the connection is closed.
+func (w *tcpWriter) close() {
+	w.mu.Lock()
+	if w.closed {
+		w.mu.Unlock()
+		return
+	}
+	w.closed = true
+	queued := w.queue
+	w.queue = nil
+	w.pending -= len(queued)
+	w.changed.Broadcast()
+	w.mu.Unlock()
+	w.c.Close()
+	for _, r := range queued {
+		if r.release != nil {
+			r.release()
+		}
+	}
+}
+
+// wait returns once every slow-path query of the connection has its reply
+// written or dropped, or the connection is closed.
+func (w *tcpWriter) wait() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for w.pending > 0 && !w.closed {
+		w.changed.Wait()
+	}
 }
 
 // isIdle reports whether the connection waits for a query.
@@ -115,6 +315,7 @@ func (s *Server) admitConn(c *net.TCPConn, local netip.AddrPort) bool {
 		return false
 	}
 	tc := &tcpConn{c: c, src: src, source: source}
+	tc.w.init(c)
 	metricTCPConns.Inc()
 	if !s.trackConn(tc) {
 		s.releaseConn(tc)
@@ -171,7 +372,7 @@ func (s *Server) makeRoom(asking *quota.Source) bool {
 	metricTCPRejected.source.Inc()
 	s.releaseConn(pick)
 	pick.c.SetLinger(0)
-	pick.c.Close() // its goroutine ends at once, without waiting for its forwarded queries
+	pick.w.close() // its goroutine ends at once, without waiting for its forwarded queries
 	return true
 }
 
@@ -226,42 +427,21 @@ func (s *Server) raiseConnLevel() {
 // 7766). Local answers are written in order as they are read; forwarded
 // answers are written when ready, which the RFC allows, so a slow upstream
 // does not hold up the rest of the pipeline. Forwarded queries are bounded
-// per source (see slow), not per connection: the reader never blocks on
-// them.
+// per source (see slow), and the queries on the slow path per connection
+// (maxTCPPending): at that bound the reader waits for a reply to be
+// written before it reads on.
 func (s *Server) serveTCPConn(tc *tcpConn, local netip.AddrPort) {
-	c := tc.c
-	defer c.Close()
-	var (
-		writeMu sync.Mutex
-		pending sync.WaitGroup
-	)
+	c, w := tc.c, &tc.w
 	defer func() {
-		// An evicted connection has given its slot back: it holds no
-		// goroutine while its forwarded queries finish (their replies
-		// then fail to write).
-		if !tc.evicted.Load() {
-			pending.Wait()
-		}
+		// The replies still to come are written before the connection
+		// closes (a client that half-closed waits for them); an evicted
+		// connection, or one closed for a reply that waited too long,
+		// holds no goroutine while its forwarded queries finish: their
+		// replies are dropped as they come.
+		w.wait()
+		w.close() // the connection too
+
 	}()
-	write := func(reply []byte) {
-		if len(reply) > maxTCPMessage {
-			// A local answer of the slow path (a search-list expansion
-			// of a large headless Service): the records that fit, with
-			// TC, as the fast path answers.
-			if reply = truncateTCP(reply); reply == nil {
-				return // cannot be framed; the client times out and retries
-			}
-		}
-		writeMu.Lock()
-		defer writeMu.Unlock()
-		var length [2]byte
-		binary.BigEndian.PutUint16(length[:], uint16(len(reply)))
-		c.SetWriteDeadline(time.Now().Add(tcpReadTimeout))
-		frame := net.Buffers{length[:], reply} // one writev, no copy of the reply
-		if _, err := frame.WriteTo(c); err != nil {
-			c.Close()
-		}
-	}
 	var lenBuf [2]byte
 	// Made at the first query: an idle connection holds no buffer.
 	var (
@@ -294,7 +474,7 @@ func (s *Server) serveTCPConn(tc *tcpConn, local netip.AddrPort) {
 				return
 			}
 			if reply != nil {
-				write(reply)
+				w.writeNow(reply)
 			}
 			continue
 		}
@@ -315,7 +495,7 @@ func (s *Server) serveTCPConn(tc *tcpConn, local netip.AddrPort) {
 			if reply == nil {
 				continue
 			}
-			write(reply)
+			w.writeNow(reply)
 			if !s.opts.NoRequestMetrics {
 				s.observeLocal(reply, s.clock()-start)
 			}
@@ -324,12 +504,14 @@ func (s *Server) serveTCPConn(tc *tcpConn, local netip.AddrPort) {
 			}
 			continue
 		}
-		pending.Add(1)
+		if !w.acquire() {
+			return // closed: a reply waited too long, or evicted
+		}
 		if !own { // the connection's buffer: the next query reuses it
 			msg = slices.Clone(msg)
 		}
 		// Until it is written (a client that reads slowly holds it up to
-		// tcpReadTimeout), the reply counts against the budget of replies
+		// tcpWriteTimeout), the reply counts against the budget of replies
 		// in flight; one that does not fit becomes SERVFAIL, and is
 		// counted and logged as such. It is the source's, within its bound
 		// and share of the budget: over those, the outcome is the
@@ -354,12 +536,7 @@ func (s *Server) serveTCPConn(tc *tcpConn, local netip.AddrPort) {
 			}
 			return servfailFor(msg), nil
 		}
-		s.slow(msg, tc.src, local, true, hold, func(reply []byte) {
-			defer pending.Done()
-			if reply != nil {
-				write(reply)
-			}
-		})
+		s.slow(msg, tc.src, local, true, hold, w.send)
 	}
 }
 

@@ -1,0 +1,144 @@
+package resolver
+
+import (
+	"net"
+	"runtime"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+
+	"github.com/ztdns/ztdns/internal/dnstest"
+	"github.com/ztdns/ztdns/internal/testenv"
+	"github.com/ztdns/ztdns/pkg/resolver/quota"
+)
+
+// TestPipelinedRepliesToASlowReaderAreBounded: a pod pipelines forwarded
+// queries (cache hits, answered at once) on one TCP connection with a
+// small receive buffer, and reads its replies a little at a time, fast
+// enough for each write to end within tcpWriteTimeout, not for its
+// replies' turns. The connection holds at most maxTCPPending of them
+// (goroutines and bytes of the budget of replies in flight): past that,
+// the server reads no more of its queries. Once a reply has waited longer
+// than tcpWriteTimeout since it was ready, the connection is closed and
+// everything it held is given back. The other pod's forwarded queries are
+// answered meanwhile. Before: a goroutine per query read, each waiting
+// for its turn to write with its reply's bytes held, as many as the pod
+// sent, and the connection was never closed.
+func TestPipelinedRepliesToASlowReaderAreBounded(t *testing.T) {
+	const answer, queries = 8000, 3000
+	up := dnstest.Start(t, "127.0.0.1:0", dnstest.LargeTXT(answer)).Addr
+	b := quota.NewBudget(64<<20, 0) // room for every reply: only the connection's bound holds them back
+	ls := startLimitsServer(t, Options{Limits: quota.Limits{QPS: -1, Forwarding: -1}, Budget: b}, up, liveUpstream(t))
+	m := new(dns.Msg)
+	m.SetQuestion("big.example.", dns.TypeTXT)
+	if r, err := ls.tryExchange(flooderIP, "tcp", m); err != nil || txtBytes(r) != answer {
+		t.Fatalf("first answer (now cached): %v %v", r, err)
+	}
+	q := packQuery(t, "big.example.", dns.TypeTXT)
+	ls.victimForwarded(t, "before the flood") // its upstream's connections are up
+	testenv.Eventually(t, 30*time.Second, "the first answers' bytes given back", func() bool { return b.Used() == 0 })
+
+	// What the connection may hold: its reader and one goroutine writing,
+	// maxTCPPending queries' goroutines, and the test's client and the
+	// other pod's queries (a few each); replies of at most twice their
+	// size each (the forwarder's copy and the one being written).
+	goroutines := runtime.NumGoroutine()
+	maxGoroutines := goroutines + maxTCPPending + 24
+	maxBytes := int64(2 * maxTCPPending * (answer + 512))
+
+	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: flooderIP.AsSlice()}, Control: func(_, _ string, rc syscall.RawConn) error {
+		var err error
+		rc.Control(func(fd uintptr) { err = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
+		return err
+	}}
+	c, err := d.Dial("tcp4", ls.addr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	testenv.Eventually(t, 30*time.Second, "the connection served", func() bool { return ls.usage(flooderIP).TCPConns == 1 })
+	go func() { // pipelines every query, as fast as the server reads them
+		c.SetWriteDeadline(time.Now().Add(time.Minute))
+		for range queries {
+			if dnstest.WriteTCP(c, q) != nil {
+				return
+			}
+		}
+	}()
+	go func() { // reads 1 KiB every 100 ms: an 8 KB reply's write ends well within its time
+		buf := make([]byte, 1024)
+		for {
+			time.Sleep(100 * time.Millisecond)
+			if _, err := c.Read(buf); err != nil {
+				return
+			}
+		}
+	}()
+
+	var mostGoroutines int
+	var mostBytes int64
+	victimAsked := false
+	testenv.Eventually(t, 60*time.Second, "the connection closed for a reply that waited too long", func() bool {
+		g, used := runtime.NumGoroutine(), b.Used()
+		mostGoroutines, mostBytes = max(mostGoroutines, g), max(mostBytes, used)
+		if g > maxGoroutines || used > maxBytes {
+			t.Fatalf("%d goroutines (%d before the connection) and %d bytes of replies held: over maxTCPPending = %d replies of %d bytes",
+				g, goroutines, used, maxTCPPending, answer)
+		}
+		if !victimAsked && used >= answer { // replies are waiting for the slow reader
+			victimAsked = true
+			ls.victimForwarded(t, "with the flooder's replies waiting")
+			if r := ls.ask(t, victimIP, "tcp", "who.example."); r == nil || r.Rcode != dns.RcodeSuccess || len(r.Answer) == 0 {
+				t.Fatalf("with the flooder's replies waiting, the victim's TCP query: %v", r)
+			}
+		}
+		return ls.usage(flooderIP).TCPConns == 0
+	})
+	t.Logf("at most %d goroutines (%d before the connection) and %d bytes of replies held", mostGoroutines, goroutines, mostBytes)
+	if !victimAsked {
+		t.Error("no reply of the flooder's was ever seen waiting to be written")
+	}
+	testenv.Eventually(t, 30*time.Second, "every byte given back", func() bool { return b.Used() == 0 })
+	testenv.Eventually(t, 30*time.Second, "the connection's goroutines ended", func() bool { return runtime.NumGoroutine() <= goroutines+4 })
+	ls.victimForwarded(t, "after the connection closed")
+}
+
+// TestRepliesQueuedOnAResetConnectionAreGivenBack: a client that reads
+// nothing until its connection holds maxTCPPending replies, then resets
+// it: the reply being written and those queued behind it give back their
+// bytes at once, and the connection's goroutines end, without waiting for
+// the write timeout's close.
+func TestRepliesQueuedOnAResetConnectionAreGivenBack(t *testing.T) {
+	const answer = 8000
+	up := dnstest.Start(t, "127.0.0.1:0", dnstest.LargeTXT(answer)).Addr
+	b := quota.NewBudget(64<<20, 0)
+	ls := startLimitsServer(t, Options{Limits: quota.Limits{QPS: -1, Forwarding: -1}, Budget: b}, up, liveUpstream(t))
+	m := new(dns.Msg)
+	m.SetQuestion("big.example.", dns.TypeTXT)
+	if r, err := ls.tryExchange(flooderIP, "tcp", m); err != nil || txtBytes(r) != answer {
+		t.Fatalf("first answer (now cached): %v %v", r, err)
+	}
+	testenv.Eventually(t, 30*time.Second, "the first answer's bytes given back", func() bool { return b.Used() == 0 })
+	goroutines := runtime.NumGoroutine()
+	c, err := (&net.Dialer{LocalAddr: &net.TCPAddr{IP: flooderIP.AsSlice()}}).Dial("tcp4", ls.addr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := packQuery(t, "big.example.", dns.TypeTXT)
+	go func() {
+		c.SetWriteDeadline(time.Now().Add(time.Minute))
+		for range 3000 {
+			if dnstest.WriteTCP(c, q) != nil {
+				return
+			}
+		}
+	}()
+	testenv.Eventually(t, 30*time.Second, "maxTCPPending replies waiting", func() bool { return b.Used() >= maxTCPPending*answer })
+	c.(*net.TCPConn).SetLinger(0)
+	c.Close()
+	testenv.Eventually(t, 30*time.Second, "every byte given back", func() bool { return b.Used() == 0 })
+	testenv.Eventually(t, 30*time.Second, "the connection released", func() bool { return ls.usage(flooderIP).TCPConns == 0 })
+	testenv.Eventually(t, 30*time.Second, "the connection's goroutines ended", func() bool { return runtime.NumGoroutine() <= goroutines+2 })
+}
