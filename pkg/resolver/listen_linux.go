@@ -67,6 +67,32 @@ func ListenUDP(addr netip.AddrPort) (*net.UDPConn, error) {
 	return conn, nil
 }
 
+// tcpSendBuffer is each TCP client connection's send buffer (SO_SNDBUF; the
+// kernel doubles it for its bookkeeping). Left to autotuning, the kernel
+// takes up to net.ipv4.tcp_wmem's maximum (4 MiB by default) of replies for
+// a client that does not read, charged to the agent's memory cgroup: one
+// pod's connections could hold a hundred megabytes. At 32 KiB a connection
+// holds at most 64 KiB; a larger reply is written as the client reads it,
+// within the connection's write deadline.
+const tcpSendBuffer = 32 << 10
+
+// limitSendBuffer sets tcpSendBuffer on ln, which the connections it
+// accepts inherit. It is set on every listener served, an inherited one
+// too (a predecessor's may predate it).
+func limitSendBuffer(ln *net.TCPListener) error {
+	rc, err := ln.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUF, tcpSendBuffer)
+	}); err != nil {
+		return err
+	}
+	return serr
+}
+
 // ListenTCP opens a TCP listener on addr for ServeTCP.
 func ListenTCP(addr netip.AddrPort) (*net.TCPListener, error) {
 	ln, err := listenConfig.Listen(context.Background(), network("tcp", addr), addr.String())

@@ -1,8 +1,13 @@
 package resolver
 
 import (
+	"fmt"
 	"net"
+	"net/netip"
+	"os"
 	"runtime"
+	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -141,4 +146,76 @@ func TestRepliesQueuedOnAResetConnectionAreGivenBack(t *testing.T) {
 	testenv.Eventually(t, 30*time.Second, "every byte given back", func() bool { return b.Used() == 0 })
 	testenv.Eventually(t, 30*time.Second, "the connection released", func() bool { return ls.usage(flooderIP).TCPConns == 0 })
 	testenv.Eventually(t, 30*time.Second, "the connection's goroutines ended", func() bool { return runtime.NumGoroutine() <= goroutines+2 })
+}
+
+// TestUnreadRepliesHeldByTheKernelAreBounded: a pod that pipelines queries
+// and reads nothing gets at most tcpSendBuffer's worth of replies into the
+// kernel's send queue of its connection (then they wait, bounded by
+// maxTCPPending, for the write deadline). Before: autotuning let the
+// kernel take megabytes for each such connection, charged to the agent.
+func TestUnreadRepliesHeldByTheKernelAreBounded(t *testing.T) {
+	const answer = 8000
+	up := dnstest.Start(t, "127.0.0.1:0", dnstest.LargeTXT(answer)).Addr
+	b := quota.NewBudget(64<<20, 0)
+	ls := startLimitsServer(t, Options{Limits: quota.Limits{QPS: -1, Forwarding: -1}, Budget: b}, up, liveUpstream(t))
+	m := new(dns.Msg)
+	m.SetQuestion("big.example.", dns.TypeTXT)
+	if r, err := ls.tryExchange(flooderIP, "tcp", m); err != nil || txtBytes(r) != answer {
+		t.Fatalf("first answer (now cached): %v %v", r, err)
+	}
+	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: flooderIP.AsSlice()}, Control: func(_, _ string, rc syscall.RawConn) error {
+		var err error
+		rc.Control(func(fd uintptr) { err = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
+		return err
+	}}
+	c, err := d.Dial("tcp4", ls.addr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	q := packQuery(t, "big.example.", dns.TypeTXT)
+	go func() {
+		c.SetWriteDeadline(time.Now().Add(time.Minute))
+		for range 3000 {
+			if dnstest.WriteTCP(c, q) != nil {
+				return
+			}
+		}
+	}()
+	// Once replies wait in the budget, the kernel has taken all it will.
+	testenv.Eventually(t, 30*time.Second, "replies waiting to be written", func() bool { return b.Used() >= answer })
+	client := netip.MustParseAddrPort(c.LocalAddr().String())
+	queued := sendQueue(t, ls.addr, client)
+	t.Logf("the kernel holds %d bytes of replies for the connection", queued)
+	if queued > 2*tcpSendBuffer {
+		t.Errorf("the kernel holds %d bytes of replies for a client that reads nothing, want at most %d", queued, 2*tcpSendBuffer)
+	}
+}
+
+// sendQueue reads, from /proc/net/tcp, the bytes queued to send on the
+// IPv4 connection from local to remote.
+func sendQueue(t *testing.T, local, remote netip.AddrPort) int {
+	t.Helper()
+	b, err := os.ReadFile("/proc/net/tcp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hex := func(ap netip.AddrPort) string {
+		a := ap.Addr().As4()
+		return fmt.Sprintf("%02X%02X%02X%02X:%04X", a[3], a[2], a[1], a[0], ap.Port())
+	}
+	want := hex(local) + " " + hex(remote)
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) > 4 && f[1]+" "+f[2] == want {
+			tx, _, _ := strings.Cut(f[4], ":")
+			n, err := strconv.ParseInt(tx, 16, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return int(n)
+		}
+	}
+	t.Fatalf("no connection %s -> %s in /proc/net/tcp", local, remote)
+	return 0
 }
