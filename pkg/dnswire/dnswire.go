@@ -43,6 +43,7 @@ const (
 	FlagTC     = 1 << 9
 	FlagRD     = 1 << 8
 	flagRA     = 1 << 7
+	FlagAD     = 1 << 5
 	FlagCD     = 1 << 4
 	rcodeMask  = 0xF
 )

@@ -3,6 +3,7 @@ package resolver
 import (
 	"fmt"
 	"net/netip"
+	"strings"
 	"testing"
 
 	"github.com/miekg/dns"
@@ -40,5 +41,74 @@ func TestFloodOfUniqueNamesLeavesOthersCached(t *testing.T) {
 	}
 	if entries, _ := ls.fwd.CacheUsage(); entries > capacity {
 		t.Errorf("the cache holds %d entries, over its %d", entries, capacity)
+	}
+}
+
+// subnetUpstream answers every A question as an upstream with client
+// subnet support does: with an address for the subnet when the query has
+// an ECS option (which it echoes, with a scope), another without; and it
+// echoes a client's COOKIE with a server cookie.
+type subnetUpstream struct{}
+
+func (subnetUpstream) Reply(req *dns.Msg, _ netip.AddrPort) *dns.Msg {
+	m := new(dns.Msg)
+	m.SetReply(req)
+	a := []byte{198, 51, 100, 1}
+	if o := req.IsEdns0(); o != nil {
+		var opts []dns.EDNS0
+		for _, e := range o.Option {
+			switch e := e.(type) {
+			case *dns.EDNS0_SUBNET:
+				a = []byte{203, 0, 113, 99}
+				e.SourceScope = e.SourceNetmask
+				opts = append(opts, e)
+			case *dns.EDNS0_COOKIE:
+				opts = append(opts, &dns.EDNS0_COOKIE{Code: dns.EDNS0COOKIE, Cookie: e.Cookie[:16] + "5e5e5e5e5e5e5e5e"})
+			}
+		}
+		m.SetEdns0(1232, o.Do())
+		m.IsEdns0().Option = opts
+	}
+	m.Answer = []dns.RR{&dns.A{Hdr: dns.RR_Header{Name: req.Question[0].Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 300}, A: a}}
+	return m
+}
+
+// TestOnePodsEDNSOptionsReachNoOther: two pods with the same nameserver
+// share the forward cache. One asks with a client subnet and a cookie of
+// its own; the other then asks the same name plainly: it gets the answer
+// for no subnet, and an OPT record with neither the first pod's subnet
+// nor its cookie. The upstream never sees either: what may be shared is
+// asked as its cache key says.
+func TestOnePodsEDNSOptionsReachNoOther(t *testing.T) {
+	up := dnstest.Start(t, "127.0.0.1:0", subnetUpstream{})
+	ls := startLimitsServer(t, Options{Limits: quota.Limits{QPS: -1}}, up.Addr, up.Addr)
+	for _, proto := range []string{"udp", "tcp"} {
+		name := proto + ".geo.example."
+		a := new(dns.Msg)
+		a.SetQuestion(name, dns.TypeA)
+		a.SetEdns0(4096, false)
+		a.IsEdns0().Option = []dns.EDNS0{
+			&dns.EDNS0_SUBNET{Code: dns.EDNS0SUBNET, Family: 1, SourceNetmask: 24, Address: []byte{203, 0, 113, 0}},
+			&dns.EDNS0_COOKIE{Code: dns.EDNS0COOKIE, Cookie: "a1a1a1a1a1a1a1a1"},
+		}
+		if _, err := ls.tryExchange(flooderIP, proto, a); err != nil {
+			t.Fatal(err)
+		}
+		b := new(dns.Msg)
+		b.SetQuestion(name, dns.TypeA)
+		b.SetEdns0(1232, false)
+		r, err := ls.tryExchange(victimIP, proto, b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Rcode != dns.RcodeSuccess || len(r.Answer) != 1 || !strings.HasSuffix(r.Answer[0].String(), "198.51.100.1") {
+			t.Errorf("%s: the second pod got %s %v, want the answer for no subnet, 198.51.100.1", proto, dns.RcodeToString[r.Rcode], r.Answer)
+		}
+		if o := r.IsEdns0(); o == nil || len(o.Option) != 0 {
+			t.Errorf("%s: the second pod, which sent no options, got OPT %v", proto, o)
+		}
+		if n := up.Queries(name); n != 1 {
+			t.Errorf("%s: the upstream was asked %d times, want once: the second pod's answer is cached", proto, n)
+		}
 	}
 }

@@ -125,6 +125,12 @@ func (q *slowQuery) answer(ctx context.Context) []byte {
 		out = append(out, msg[dnswire.HeaderLen:r.End]...)
 		return dnswire.AppendOPT(out, r, dnswire.ExtRcodeBadVers)
 	}
+	// Zone transfers are refused, of the table's names and of forwarded
+	// ones alike: a transfer is many messages, and a forward relays one.
+	if r.Type == dns.TypeAXFR || r.Type == dns.TypeIXFR {
+		metricQueries.refused.Inc()
+		return dnswire.AppendErrorReply(nil, msg, r, dnswire.RcodeRefused)
+	}
 	if !r.Plain || (r.Class != dns.ClassINET && r.Class != dns.ClassANY) {
 		return q.forward(ctx)
 	}
@@ -143,10 +149,6 @@ func (q *slowQuery) answer(ctx context.Context) []byte {
 			}
 		}
 		return q.forward(ctx)
-	}
-	if r.Type == dns.TypeAXFR || r.Type == dns.TypeIXFR {
-		metricQueries.refused.Inc()
-		return dnswire.AppendErrorReply(nil, msg, r, dnswire.RcodeRefused)
 	}
 	req := new(dns.Msg)
 	if err := req.Unpack(msg); err != nil {

@@ -19,11 +19,63 @@ const (
 	keyCD
 )
 
+// Zone transfers (RFC 5936, RFC 1995): answered in many messages, and an
+// IXFR's by the serial in its authority section.
+const (
+	typeIXFR = 251
+	typeAXFR = 252
+)
+
+// shareable reports whether r, a standard query, can be asked upstream as
+// its key says (upstreamQuery): its answer is then the answer to every
+// query with that key, and may be cached and shared with other sources.
+// What the key does not hold is then of no weight: EDNS options (a client
+// subnet, a cookie, a malformed one), the UDP size, the AD and Z bits. What
+// it cannot stand for makes the query one to forward as it is, for its
+// client alone: RD=0 (a resolver answers it from what it holds, without
+// recursing), records in the answer or authority section, or additional
+// records besides the OPT (TSIG, SIG(0): the reply must be signed for the
+// client's key), an EDNS version other than 0, and zone transfers.
+func shareable(r *dnswire.Query) bool {
+	ar := uint16(0)
+	if r.EDNS {
+		ar = 1
+	}
+	return r.Flags&dnswire.FlagRD != 0 && r.ANCount == 0 && r.NSCount == 0 && r.ARCount == ar &&
+		r.EDNSVersion == 0 && r.Type != typeAXFR && r.Type != typeIXFR
+}
+
+// appendUpstreamQuery appends to dst what a shared exchange asks for r, a
+// shareable query in msg: made from its key alone, so that it is the same
+// whoever asks. The question lower-cased; RD, CD as asked, and AD (RFC
+// 6840 5.7: the upstream says whether it validated the answer; a client
+// that asked for neither AD nor DO has it cleared, see personalise); for an
+// EDNS query an OPT record of ztdns's own: its UDP size, DO as asked, no
+// options. The ID is zero: resolve sets one.
+func appendUpstreamQuery(dst, msg []byte, r *dnswire.Query) []byte {
+	var ar uint16
+	if r.EDNS {
+		ar = 1
+	}
+	dst = binary.BigEndian.AppendUint16(dst, 0)
+	dst = binary.BigEndian.AppendUint16(dst, dnswire.FlagRD|dnswire.FlagAD|r.Flags&dnswire.FlagCD)
+	dst = binary.BigEndian.AppendUint16(dst, 1)
+	dst = binary.BigEndian.AppendUint32(dst, 0) // no answer or authority records
+	dst = binary.BigEndian.AppendUint16(dst, ar)
+	dst = dnswire.AppendLower(dst, msg[dnswire.HeaderLen:r.NameEnd])
+	dst = append(dst, msg[r.NameEnd:r.End]...)
+	if r.EDNS {
+		dst = dnswire.AppendOPT(dst, r, 0)
+	}
+	return dst
+}
+
 // upstreamKeyLen is one upstream in a cache key: 16-byte address, 2-byte port.
 const upstreamKeyLen = 18
 
 // appendKey appends the cache key of a query to dst: flags, qtype, qclass,
-// the lower-cased wire name, then the upstream set sorted and deduplicated,
+// the lower-cased wire name (what upstreamQuery asks, for a shareable
+// query), then the upstream set sorted and deduplicated,
 // so that two pods with different nameservers never share an entry and the
 // order in which a pod lists them does not matter. Zones of link-local IPv6
 // upstreams are not part of the key.

@@ -1,6 +1,10 @@
 // Package forward sends the queries the resolver cannot answer itself to
-// upstream nameservers, relays their replies byte for byte (only the ID and
-// the question's case are the client's), and caches them for their TTL.
+// upstream nameservers, relays their replies byte for byte (only the ID, the
+// RD and AD bits and the question's case are the client's), and caches them
+// for their TTL.
+//
+// What may be cached or shared with another client (Forwarder.ForwardFrom)
+// is asked as its cache key says, not as the client put it.
 package forward
 
 import (
@@ -123,8 +127,16 @@ func (f *Forwarder) Close() error {
 // asking upstreams in parallel over the client's protocol (tcp). The reply is
 // the first good upstream reply (NOERROR or NXDOMAIN), else any reply that
 // came, else a SERVFAIL built from req, with req's ID and question bytes.
-// Standard queries are answered from the cache when possible; other opcodes
-// are always forwarded. The error is only for a req that cannot be parsed.
+//
+// A standard query is answered from the cache when possible, and shares its
+// exchange with identical queries in flight: the key (cache.go) is its
+// flags (EDNS, DO, CD), type, class, name in any case and the upstream
+// set, and the upstream is asked just that (appendUpstreamQuery), never
+// what else a client put in its query (EDNS options, its UDP size), which
+// would shape an answer others get. A query the key cannot stand for
+// (shareable: RD=0, records besides an OPT, zone transfers), and other
+// opcodes, are forwarded as they are, and neither cached nor shared. The
+// error is only for a req that cannot be parsed.
 func (f *Forwarder) Forward(ctx context.Context, req []byte, tcp bool, upstreams []netip.AddrPort) ([]byte, error) {
 	reply, _, err := f.ForwardFrom(ctx, req, tcp, upstreams)
 	return reply, err
@@ -137,13 +149,13 @@ func (f *Forwarder) ForwardFrom(ctx context.Context, req []byte, tcp bool, upstr
 		return nil, Origin{}, fmt.Errorf("parse request: %w", err)
 	}
 	req = req[:r.Len] // what follows the message is not relayed
-	if r.Opcode() != dnswire.OpcodeQuery {
+	if r.Opcode() != dnswire.OpcodeQuery || !shareable(&r) {
 		ctx, cancel := context.WithTimeout(ctx, f.timeout)
 		defer cancel()
 		defer context.AfterFunc(f.base, cancel)()
 		a := f.resolve(ctx, req, r, tcp, upstreams)
 		defer f.budget.Give(quota.SourceFrom(ctx), len(a.reply))
-		return f.finish(req, r, a.reply), a.origin(), nil
+		return f.finish(req, r, a.reply, false), a.origin(), nil
 	}
 
 	var keyBuf [512]byte
@@ -157,6 +169,7 @@ func (f *Forwarder) ForwardFrom(ctx context.Context, req []byte, tcp bool, upstr
 		}
 		cacheMisses.Inc()
 	}
+	sent := appendUpstreamQuery(make([]byte, 0, r.End+dnswire.OPTLen), req, &r)
 
 	// Identical queries share one exchange. The query that starts it runs
 	// it in its own goroutine (a goroutine per query in flight is most of
@@ -180,15 +193,15 @@ func (f *Forwarder) ForwardFrom(ctx context.Context, req []byte, tcp bool, upstr
 			coalesced.Inc()
 			joined = true
 		case leader:
-			f.fly(ctx, fl, flightKey, src, req, r, tcp, upstreams)
-			return f.finish(req, r, fl.reply), Origin{Upstream: fl.from, BytesRefused: fl.bytesRefused}, nil
+			f.fly(ctx, fl, flightKey, src, sent, r, tcp, upstreams)
+			return f.finish(req, r, fl.reply, true), Origin{Upstream: fl.from, BytesRefused: fl.bytesRefused}, nil
 		}
 		select {
 		case <-fl.done:
 			if fl.leaderOnly { // set only without a reply
 				continue // the leader's source was full or it was cancelled, not ours
 			}
-			return f.finish(req, r, fl.reply), Origin{Upstream: fl.from}, nil
+			return f.finish(req, r, fl.reply, true), Origin{Upstream: fl.from}, nil
 		case <-ctx.Done():
 			return servfail(req, r), Origin{}, nil
 		}
@@ -213,16 +226,17 @@ func (f *Forwarder) joinFlight(flightKey string) (fl *flight, leader bool) {
 	return fl, true
 }
 
-// fly runs the exchange of a flight the caller started, bounded by the
-// timeout, the caller's context and Close, caches the reply (charged to src,
-// the caller's source) and hands it to the flight's waiters.
-func (f *Forwarder) fly(ctx context.Context, fl *flight, flightKey string, src *quota.Source, req []byte, r dnswire.Query, tcp bool, upstreams []netip.AddrPort) {
+// fly runs the exchange of a flight the caller started, sending query (the
+// key's, appendUpstreamQuery), bounded by the timeout, the caller's context
+// and Close, caches the reply (charged to src, the caller's source) and
+// hands it to the flight's waiters.
+func (f *Forwarder) fly(ctx context.Context, fl *flight, flightKey string, src *quota.Source, query []byte, r dnswire.Query, tcp bool, upstreams []netip.AddrPort) {
 	defer f.wg.Done()
 	caller := ctx
 	ctx, cancel := context.WithTimeout(ctx, f.timeout)
 	defer cancel()
 	defer context.AfterFunc(f.base, cancel)()
-	a := f.resolve(ctx, req, r, tcp, upstreams)
+	a := f.resolve(ctx, query, r, tcp, upstreams)
 	fl.reply, fl.from = a.reply, a.upstream
 	// The caller's context, not the exchange's: an upstream silent for the
 	// whole timeout is no reason for the waiters to ask it again.
@@ -409,12 +423,13 @@ func distinctUpstreams(upstreams []netip.AddrPort) []netip.AddrPort {
 
 // finish turns an upstream reply into the client's: a copy with the client's
 // ID, RD bit and question bytes (the reply's question has the same length,
-// see matches). A nil reply becomes SERVFAIL.
-func (f *Forwarder) finish(req []byte, r dnswire.Query, reply []byte) []byte {
+// see matches), and for the reply to a shared exchange the AD bit fitted
+// to the client. A nil reply becomes SERVFAIL.
+func (f *Forwarder) finish(req []byte, r dnswire.Query, reply []byte, shared bool) []byte {
 	if reply == nil {
 		return servfail(req, r)
 	}
-	return personalise(slices.Clone(reply), req, r)
+	return personalise(slices.Clone(reply), req, r, shared)
 }
 
 // fromCache copies a cached reply, ages its TTLs by the time spent in the
@@ -422,13 +437,19 @@ func (f *Forwarder) finish(req []byte, r dnswire.Query, reply []byte) []byte {
 func fromCache(req []byte, r dnswire.Query, e *entry, now time.Time) []byte {
 	out := slices.Clone(e.msg)
 	dnswire.AgeTTLs(out, e.ttlOffsets, uint32(now.Sub(e.stored)/time.Second))
-	return personalise(out, req, r)
+	return personalise(out, req, r, true)
 }
 
-// personalise writes the client's ID, RD bit and question into out.
-func personalise(out, req []byte, r dnswire.Query) []byte {
+// personalise writes the client's ID, RD bit and question into out. The
+// reply to a shared exchange, which asked with AD (appendUpstreamQuery),
+// keeps the upstream's AD only for a client that asked for DNSSEC with DO
+// or AD (RFC 6840 5.8), as CoreDNS's cache does.
+func personalise(out, req []byte, r dnswire.Query, shared bool) []byte {
 	copy(out[0:2], req[0:2])
 	flags := binary.BigEndian.Uint16(out[2:])&^dnswire.FlagRD | r.Flags&dnswire.FlagRD
+	if shared && !r.DO && r.Flags&dnswire.FlagAD == 0 {
+		flags &^= dnswire.FlagAD
+	}
 	binary.BigEndian.PutUint16(out[2:], flags)
 	if binary.BigEndian.Uint16(out[4:]) == 1 && len(out) >= r.End {
 		copy(out[dnswire.HeaderLen:r.End], req[dnswire.HeaderLen:r.End])

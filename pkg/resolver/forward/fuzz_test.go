@@ -12,7 +12,8 @@ import (
 )
 
 // FuzzKeyAndServfail feeds arbitrary client queries to what Forward builds
-// from a parsed one before asking anybody: the cache key and the SERVFAIL.
+// from a parsed one before asking anybody: the cache key, the query a
+// shared exchange asks, and the SERVFAIL.
 // The parser itself is fuzzed in pkg/dnswire.
 func FuzzKeyAndServfail(f *testing.F) {
 	f.Add(query(f, "www.example.com.", dns.TypeA))
@@ -24,7 +25,18 @@ func FuzzKeyAndServfail(f *testing.F) {
 		if err := dnswire.ParseQuery(req, &r, nil); err != nil {
 			return
 		}
-		_ = appendKey(nil, req, r, ups)
+		key := appendKey(nil, req, r, ups)
+		if r.Opcode() == dnswire.OpcodeQuery && shareable(&r) {
+			// What a shared exchange asks is a query of the same key.
+			sent := appendUpstreamQuery(nil, req, &r)
+			var s dnswire.Query
+			if err := dnswire.ParseQuery(sent, &s, nil); err != nil {
+				t.Fatalf("the query for the key of %x does not parse: %v", req, err)
+			}
+			if !shareable(&s) || s.End != r.End || s.Len != len(sent) || !bytes.Equal(appendKey(nil, sent, s, ups), key) {
+				t.Fatalf("the query %x for the key of %x has another key", sent, req)
+			}
+		}
 		sf := servfail(req, r)
 		rs, err := dnswire.ScanReply(sf)
 		if err != nil {

@@ -1,0 +1,298 @@
+package forward
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+
+	"github.com/ztdns/ztdns/internal/dnstest"
+	"github.com/ztdns/ztdns/pkg/resolver/quota"
+)
+
+// Addresses the picky upstream answers with: the answer to a plain
+// recursive query, one tailored to a client subnet, one from a
+// non-recursive lookup (what RD=0 gets from a resolver's cache).
+const (
+	plainAddr     = "198.51.100.1"
+	subnetAddr    = "203.0.113.99"
+	nonRecursAddr = "192.0.2.66"
+)
+
+// pickyUpstream is a UDP upstream that answers as a miekg-based server
+// (CoreDNS) with client-subnet support would, after delay: FORMERR with
+// the question echoed for a query it cannot unpack (a malformed option)
+// or that has records in its answer or authority section; for a query
+// with an ECS option, an answer tailored to the subnet, the option echoed
+// with its scope; a client COOKIE echoed with a server cookie; for RD=0,
+// what it holds without recursing. Every query it got is recorded.
+type pickyUpstream struct {
+	addr netip.AddrPort
+	mu   sync.Mutex
+	got  []*dns.Msg // unpacked as far as it went
+	n    atomic.Int64
+}
+
+func startPickyUpstream(t *testing.T, delay time.Duration) *pickyUpstream {
+	t.Helper()
+	u := &pickyUpstream{}
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	// After rawUDPUpstream's cleanup (cleanups run last first), which ends
+	// the loop that starts the replies.
+	t.Cleanup(func() {
+		close(stop)
+		wg.Wait()
+	})
+	u.addr = rawUDPUpstream(t, func(pc net.PacketConn, from net.Addr, q []byte) {
+		u.n.Add(1)
+		wg.Go(func() {
+			select {
+			case <-time.After(delay):
+			case <-stop:
+				return
+			}
+			b, err := u.reply(q).Pack()
+			if err != nil {
+				t.Errorf("pack upstream reply: %v", err)
+				return
+			}
+			_, _ = pc.WriteTo(b, from)
+		})
+	})
+	return u
+}
+
+func (u *pickyUpstream) reply(q []byte) *dns.Msg {
+	req := new(dns.Msg)
+	err := req.Unpack(q)
+	u.mu.Lock()
+	u.got = append(u.got, req)
+	u.mu.Unlock()
+	m := new(dns.Msg)
+	if err != nil || len(req.Answer) > 0 || len(req.Ns) > 0 {
+		m.SetRcode(req, dns.RcodeFormatError) // as miekg's server: the question it read
+		return m
+	}
+	m.SetReply(req)
+	m.RecursionAvailable = true
+	addr := plainAddr
+	if !req.RecursionDesired {
+		addr = nonRecursAddr
+	}
+	if o := req.IsEdns0(); o != nil {
+		var opts []dns.EDNS0
+		for _, e := range o.Option {
+			switch e := e.(type) {
+			case *dns.EDNS0_SUBNET:
+				addr = subnetAddr
+				e.SourceScope = e.SourceNetmask
+				opts = append(opts, e)
+			case *dns.EDNS0_COOKIE:
+				opts = append(opts, &dns.EDNS0_COOKIE{Code: dns.EDNS0COOKIE, Cookie: e.Cookie[:16] + "5e5e5e5e5e5e5e5e"})
+			}
+		}
+		m.SetEdns0(1232, o.Do())
+		m.IsEdns0().Option = opts
+	}
+	m.Answer = []dns.RR{&dns.A{
+		Hdr: dns.RR_Header{Name: req.Question[0].Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 300},
+		A:   net.ParseIP(addr),
+	}}
+	return m
+}
+
+func (u *pickyUpstream) received() []*dns.Msg {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return append([]*dns.Msg(nil), u.got...)
+}
+
+func withOption(e dns.EDNS0) func(*dns.Msg) {
+	return func(m *dns.Msg) {
+		o := m.IsEdns0()
+		if o == nil {
+			m.SetEdns0(4096, false)
+			o = m.IsEdns0()
+		}
+		o.Option = append(o.Option, e)
+	}
+}
+
+var (
+	podASubnet = &dns.EDNS0_SUBNET{Code: dns.EDNS0SUBNET, Family: 1, SourceNetmask: 24, Address: net.ParseIP("203.0.113.0").To4()}
+	podACookie = &dns.EDNS0_COOKIE{Code: dns.EDNS0COOKIE, Cookie: "a1a1a1a1a1a1a1a1"}
+	// An ECS option of no address family: miekg's unpacking fails on it.
+	badSubnet = &dns.EDNS0_LOCAL{Code: dns.EDNS0SUBNET, Data: []byte{0, 7, 24, 0, 203, 0, 113}}
+)
+
+// podAQueries are queries of one pod for the name another pod asks,
+// under the same cache key (EDNS without DO, type A, class IN, the same
+// name and upstream), that ask the upstream something else than the key
+// says: the upstream's answer to them is no answer to the other pod.
+var podAQueries = []struct {
+	name string
+	opts []func(*dns.Msg)
+}{
+	{"client subnet and cookie", []func(*dns.Msg){withOption(podASubnet), withOption(podACookie)}},
+	{"malformed option", []func(*dns.Msg){withOption(badSubnet)}},
+	{"records in the authority section", []func(*dns.Msg){withEDNS(false), func(m *dns.Msg) {
+		m.Ns = []dns.RR{
+			&dns.NS{Hdr: dns.RR_Header{Name: "example.com.", Rrtype: dns.TypeNS, Class: dns.ClassINET, Ttl: 60}, Ns: "ns1.example.com."},
+			&dns.NS{Hdr: dns.RR_Header{Name: "example.com.", Rrtype: dns.TypeNS, Class: dns.ClassINET, Ttl: 60}, Ns: "ns2.example.com."},
+		}
+	}}},
+	{"no recursion desired", []func(*dns.Msg){withEDNS(false), func(m *dns.Msg) { m.RecursionDesired = false }}},
+}
+
+// checkPodB fails unless m is the answer pod B's plain query should get
+// from the upstream: NOERROR, the address of a plain recursive query, B's
+// ID, and an OPT record with no option of another pod's.
+func checkPodB(t *testing.T, m *dns.Msg) {
+	t.Helper()
+	if m.Id != 0xB0B0 || m.Rcode != dns.RcodeSuccess || firstA(m) != plainAddr || !m.RecursionDesired {
+		t.Errorf("pod B got ID %#x %s RD=%v answer %q, want its ID, NOERROR RD and %s", m.Id, dns.RcodeToString[m.Rcode], m.RecursionDesired, firstA(m), plainAddr)
+	}
+	o := m.IsEdns0()
+	if o == nil {
+		t.Errorf("pod B, which sent EDNS, got no OPT record")
+		return
+	}
+	for _, e := range o.Option {
+		switch e.Option() {
+		case dns.EDNS0SUBNET, dns.EDNS0COOKIE:
+			t.Errorf("pod B, which sent no options, got option %d: %s", e.Option(), e)
+		}
+	}
+}
+
+func forwardFrom(t *testing.T, f *Forwarder, src *quota.Source, req []byte, up netip.AddrPort) *dns.Msg {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(quota.WithSource(context.Background(), src), 10*time.Second)
+	defer cancel()
+	b, err := f.Forward(ctx, req, false, []netip.AddrPort{up})
+	if err != nil {
+		t.Errorf("Forward: %v", err)
+		return nil
+	}
+	return dnstest.Unpack(t, b)
+}
+
+// TestPodsShareOnlyWhatTheKeySays: pods that use the same nameserver share
+// cache entries and exchanges in flight, under a key of what changes the
+// answer (flags, type, class, name, upstreams). What one pod's query holds
+// beyond the key (EDNS options, records, RD=0) must not reach another pod:
+// a shared exchange asks the upstream only what the key says, and a query
+// that cannot be put that way is forwarded as it is, for its pod alone.
+// Pod A asks first, pod B then asks the same name plainly, once after A's
+// reply (the cache) and once while A's exchange is in flight.
+func TestPodsShareOnlyWhatTheKeySays(t *testing.T) {
+	t.Parallel()
+	for _, tc := range podAQueries {
+		for _, concurrent := range []bool{false, true} {
+			mode := "cached"
+			if concurrent {
+				mode = "in flight"
+			}
+			t.Run(tc.name+"/"+mode, func(t *testing.T) {
+				t.Parallel()
+				delay := time.Duration(0)
+				if concurrent {
+					delay = 300 * time.Millisecond
+				}
+				up := startPickyUpstream(t, delay)
+				f := newForwarder(t)
+				var podA, podB quota.Source
+				qa := query(t, "www.example.com.", dns.TypeA, append([]func(*dns.Msg){withID(0xA0A0)}, tc.opts...)...)
+				qb := query(t, "www.example.com.", dns.TypeA, withEDNS(false), withID(0xB0B0))
+
+				var a *dns.Msg
+				done := make(chan struct{})
+				go func() {
+					defer close(done)
+					a = forwardFrom(t, f, &podA, qa, up.addr)
+				}()
+				if concurrent {
+					for up.n.Load() == 0 { // A's exchange is in flight
+						time.Sleep(time.Millisecond)
+					}
+				} else {
+					<-done
+				}
+				checkPodB(t, forwardFrom(t, f, &podB, qb, up.addr))
+				<-done
+				if a == nil || a.Id != 0xA0A0 {
+					t.Fatalf("pod A got %v", a)
+				}
+			})
+		}
+	}
+}
+
+// TestSharedExchangeAsksOnlyTheKey: what the upstream gets for a query that
+// may be shared is made from the key: the question lower-cased, RD and AD,
+// CD as asked, and for EDNS an OPT record of ztdns's own (its UDP size, DO
+// as asked, no options), nothing else; the client's reply is fitted to it:
+// its ID and question, AD only when it asked for DNSSEC (DO or AD).
+func TestSharedExchangeAsksOnlyTheKey(t *testing.T) {
+	t.Parallel()
+	up := startPickyUpstream(t, 0)
+	f := newForwarder(t, WithCacheSize(0))
+	var pod quota.Source
+	q := query(t, "WwW.Example.COM.", dns.TypeA, withOption(podASubnet), withOption(podACookie), withCD, withID(0x1234), func(m *dns.Msg) {
+		m.IsEdns0().SetUDPSize(4096)
+		m.IsEdns0().SetDo()
+		m.Extra = append([]dns.RR{&dns.TXT{Hdr: dns.RR_Header{Name: "x.", Rrtype: dns.TypeTXT, Class: dns.ClassINET}, Txt: []string{"x"}}}, m.Extra...)
+	})
+	// A stray additional record: not the key's. Forwarded as is.
+	forwardFrom(t, f, &pod, q, up.addr)
+	q = query(t, "WwW.Example.COM.", dns.TypeA, withOption(podASubnet), withOption(podACookie), withCD, withID(0x1234), func(m *dns.Msg) {
+		m.IsEdns0().SetUDPSize(4096)
+		m.IsEdns0().SetDo()
+		m.Zero = true
+	})
+	m := forwardFrom(t, f, &pod, q, up.addr)
+	got := up.received()
+	if len(got) != 2 {
+		t.Fatalf("upstream got %d queries, want 2", len(got))
+	}
+	if asIs := got[0]; len(asIs.Extra) != 2 || asIs.IsEdns0() == nil || len(asIs.IsEdns0().Option) != 2 {
+		t.Errorf("a query with a stray record reached the upstream as\n%v\nwant it as the client sent it", asIs)
+	}
+	s := got[1]
+	o := s.IsEdns0()
+	if s.Question[0].Name != "www.example.com." || !s.RecursionDesired || !s.AuthenticatedData || !s.CheckingDisabled || s.Zero ||
+		len(s.Answer) != 0 || len(s.Ns) != 0 || len(s.Extra) != 1 || o == nil || o.UDPSize() != 1232 || !o.Do() || len(o.Option) != 0 {
+		t.Errorf("the upstream got\n%v\nwant the key's question lower-cased, RD AD CD, and an OPT of 1232 octets with DO and no options", s)
+	}
+	if m.Id != 0x1234 || m.Question[0].Name != "WwW.Example.COM." || firstA(m) != plainAddr {
+		t.Errorf("the client got ID %#x question %q answer %q", m.Id, m.Question[0].Name, firstA(m))
+	}
+
+	// AD: kept for a client that asked for DNSSEC, cleared for one that did not.
+	ad := startUpstream(t, func(u *testUpstream, w dns.ResponseWriter, req *dns.Msg) {
+		r := new(dns.Msg)
+		r.SetReply(req)
+		r.AuthenticatedData = req.AuthenticatedData
+		_ = w.WriteMsg(r)
+	})
+	for _, tc := range []struct {
+		name   string
+		opts   []func(*dns.Msg)
+		wantAD bool
+	}{
+		{"neither", nil, false},
+		{"AD", []func(*dns.Msg){func(m *dns.Msg) { m.AuthenticatedData = true }}, true},
+		{"DO", []func(*dns.Msg){withEDNS(true)}, true},
+	} {
+		m := forwardFrom(t, f, &pod, query(t, "ad.example.", dns.TypeA, tc.opts...), ad.addr)
+		if m.AuthenticatedData != tc.wantAD {
+			t.Errorf("%s: AD=%v, want %v", tc.name, m.AuthenticatedData, tc.wantAD)
+		}
+	}
+}
