@@ -138,6 +138,9 @@ type Agent struct {
 	ready      atomic.Bool
 	firstTable chan struct{} // closed when the first table is served
 	handedOver atomic.Bool
+	// successor is set while a newer agent that asked for the sockets has
+	// not yet taken over: this one still serves, but is not ready.
+	successor atomic.Bool
 	// cniMu serialises CNI events: the plugin's and the recorded ones
 	// replayed.
 	cniMu    sync.Mutex
@@ -366,7 +369,7 @@ func (a *Agent) run(ctx context.Context) error {
 	}
 	go func() { <-ctx.Done(); hs.Close() }()
 	g.spawn("handoff", func() error {
-		err := offerSockets(ctx, hs, a.log, a.handoffSockets, func() {
+		err := offerSockets(ctx, hs, a.log, a.handoffSockets, a.successorAsking, func() {
 			a.log.Info("handing the resolver's sockets to a new agent; this one stops serving")
 			a.handedOver.Store(true)
 			a.ready.Store(false)
@@ -425,6 +428,22 @@ func (a *Agent) run(ctx context.Context) error {
 		return nil
 	}
 	return err
+}
+
+// successorAsking is told when a successor asks for the sockets and when
+// its exchange ends without a handoff. In a rolling update both pods share
+// the probe port, and until the successor has its first table only this
+// agent accepts on it: answering ready then would make the new pod ready,
+// and get this one deleted (and fail pods open) before the handoff. So it
+// is not ready meanwhile, and ready again if the successor dies or gives
+// up.
+func (a *Agent) successorAsking(asking bool) {
+	if asking {
+		a.log.Info("a new agent asked for the resolver's sockets; serving, but not ready, until it has its table")
+	} else {
+		a.log.Warn("the new agent did not take the resolver's sockets over; ready again")
+	}
+	a.successor.Store(asking)
 }
 
 // stopTimeout bounds how long a stopping agent waits for its parts: a

@@ -47,6 +47,9 @@ func (a *Agent) readiness() error {
 	if a.handedOver.Load() {
 		return errors.New("handed the resolver over to a newer agent")
 	}
+	if a.successor.Load() {
+		return errors.New("a newer agent is taking the resolver over: serving until it has its table")
+	}
 	if !a.ready.Load() {
 		return errors.New("waiting for the first full sync of the source")
 	}
