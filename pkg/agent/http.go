@@ -83,6 +83,9 @@ func (a *Agent) status() control.Status {
 		st.VIPs = string(a.cfg.VIPSource) + ": " + a.vipsFrom
 	}
 	a.mu.Unlock()
+	if a.ipv6Off != "" { // the node's, first: it holds as long as the agent runs
+		st.Warnings = append([]string{a.ipv6Off}, st.Warnings...)
+	}
 	if pods := a.doublyCaptured(); len(pods) > 0 {
 		st.Warnings = append(slices.Clone(st.Warnings), doubleCaptureWarning(pods))
 	}
