@@ -138,6 +138,9 @@ type Agent struct {
 	ready      atomic.Bool
 	firstTable chan struct{} // closed when the first table is served
 	handedOver atomic.Bool
+	// successor is set while a newer agent that asked for the sockets has
+	// not yet taken over: this one still serves, but is not ready.
+	successor atomic.Bool
 	// cniMu serialises CNI events: the plugin's and the recorded ones
 	// replayed.
 	cniMu    sync.Mutex
@@ -153,8 +156,11 @@ type Agent struct {
 	// addrs is cfg.Listen plus, with capture, every slot address.
 	addrs        []netip.AddrPort
 	slot4, slot6 [redirect.Slots]netip.AddrPort
-	capture      *dataplane // nil without capture
-	istioRules   istioRules // istio-cni's DNS rules in captured pods
+	// ipv6Off is the status warning of a node that refuses IPv6: capture
+	// then serves IPv4 only (dropIPv6).
+	ipv6Off    string
+	capture    *dataplane // nil without capture
+	istioRules istioRules // istio-cni's DNS rules in captured pods
 	// hostCookies are the node's own netns cookies (the agent's and PID
 	// 1's): never marked.
 	hostCookies []uint64
@@ -366,7 +372,7 @@ func (a *Agent) run(ctx context.Context) error {
 	}
 	go func() { <-ctx.Done(); hs.Close() }()
 	g.spawn("handoff", func() error {
-		err := offerSockets(ctx, hs, a.log, a.handoffSockets, func() {
+		err := offerSockets(ctx, hs, a.log, a.handoffSockets, a.successorAsking, func() {
 			a.log.Info("handing the resolver's sockets to a new agent; this one stops serving")
 			a.handedOver.Store(true)
 			a.ready.Store(false)
@@ -425,6 +431,22 @@ func (a *Agent) run(ctx context.Context) error {
 		return nil
 	}
 	return err
+}
+
+// successorAsking is told when a successor asks for the sockets and when
+// its exchange ends without a handoff. In a rolling update both pods share
+// the probe port, and until the successor has its first table only this
+// agent accepts on it: answering ready then would make the new pod ready,
+// and get this one deleted (and fail pods open) before the handoff. So it
+// is not ready meanwhile, and ready again if the successor dies or gives
+// up.
+func (a *Agent) successorAsking(asking bool) {
+	if asking {
+		a.log.Info("a new agent asked for the resolver's sockets; serving, but not ready, until it has its table")
+	} else {
+		a.log.Warn("the new agent did not take the resolver's sockets over; ready again")
+	}
+	a.successor.Store(asking)
 }
 
 // stopTimeout bounds how long a stopping agent waits for its parts: a
@@ -501,6 +523,13 @@ func (a *Agent) unlessHandedOver(serve func() error) func() error {
 // heartbeat still fresh): pods then use their own nameservers until this
 // agent serves its first table.
 func (a *Agent) startCapture(predecessor bool) error {
+	if a.slot6[0].IsValid() {
+		if why := redirect.IPv6Off(cmp.Or(a.cfg.Capture.Interface, redirect.DefaultInterface)); why != "" {
+			if err := a.dropIPv6(why); err != nil {
+				return err
+			}
+		}
+	}
 	ctl := capture.Config{NodeName: a.cfg.NodeName, DNSCaptureDefault: a.cfg.DNSCaptureDefault, HostCookies: a.hostCookies}
 	c, err := newDataplane(*a.cfg.Capture, ctl, capture.ProcNamespaces{Root: a.cfg.ProcRoot}, a.log, a.pods, a.cfg.Socket, a.slot4, a.slot6)
 	if err != nil {
@@ -514,6 +543,36 @@ func (a *Agent) startCapture(predecessor bool) error {
 		return errors.New("cannot read the node's own network namespace cookie (SO_NETNS_COOKIE)")
 	}
 	a.capture = c
+	return nil
+}
+
+// dropIPv6 leaves the IPv6 resolver addresses out, on a node whose kernel
+// refuses IPv6 (why): they could be put neither on the resolver's interface
+// nor bound, and the chart's default listen has one of each family, for
+// every node of a cluster. The programs then redirect no IPv6 destination
+// (a family with no resolver is left alone), so pods asking an IPv6
+// nameserver reach it themselves. With no IPv4 address to serve on, capture
+// cannot start.
+func (a *Agent) dropIPv6(why string) error {
+	if !a.slot4[0].IsValid() {
+		return fmt.Errorf("IPv6 is off on this node (%s), and the resolver has no IPv4 --listen address", why)
+	}
+	off := map[netip.Addr]bool{}
+	for _, s := range a.slot6 {
+		off[s.Addr()] = true
+	}
+	var dropped []string
+	a.addrs = slices.DeleteFunc(a.addrs, func(ap netip.AddrPort) bool {
+		if off[ap.Addr()] {
+			dropped = append(dropped, ap.String())
+			return true
+		}
+		return false
+	})
+	a.slot6 = [redirect.Slots]netip.AddrPort{}
+	a.ipv6Off = fmt.Sprintf("IPv6 is off on this node (%s): the resolver serves on IPv4 only, without %s; queries to IPv6 nameservers are not captured",
+		why, strings.Join(dropped, ", "))
+	a.log.Warn("IPv6 is off on this node: serving on IPv4 only; queries to IPv6 nameservers are not captured", "reason", why, "dropped", dropped)
 	return nil
 }
 

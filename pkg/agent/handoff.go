@@ -38,6 +38,12 @@ import (
 // socket directory is root's alone, see control.PrepareDir, so nobody else
 // can plant one there in the first place.)
 //
+// From the successor's "sockets" on, the old agent reports not ready (it
+// still serves): both share the probe port, which only the old agent serves
+// until the successor has its table, and the successor's pod must not turn
+// ready, and get the old pod deleted, before the handoff. An exchange that
+// ends without "serving" makes it ready again.
+//
 // The old agent then stays up, idle and not ready, until it is told to stop:
 // in a DaemonSet rolling update (maxSurge) the old pod is deleted once the new
 // one is ready, and an old agent that exited by itself would be restarted by
@@ -207,8 +213,10 @@ func (in *inherited) closeSockets() {
 // offerSockets serves one successor on ln: it sends the sockets and, once the
 // successor serves, calls stop (which drains this agent) and confirms. It
 // returns after a completed handoff, or when ln is closed; ctx ending ends an
-// exchange in progress.
-func offerSockets(ctx context.Context, ln *net.UnixListener, log *slog.Logger, sockets func() ([]socketDesc, []*os.File, error), stop func()) error {
+// exchange in progress. asking(true) is called as a successor asks for the
+// sockets, asking(false) when its exchange ends without a handoff.
+func offerSockets(ctx context.Context, ln *net.UnixListener, log *slog.Logger, sockets func() ([]socketDesc, []*os.File, error),
+	asking func(bool), stop func()) error {
 	for {
 		c, err := ln.AcceptUnix()
 		if err != nil {
@@ -222,7 +230,7 @@ func offerSockets(ctx context.Context, ln *net.UnixListener, log *slog.Logger, s
 		// An exchange waits up to handoffSyncWait for "serving": an agent
 		// stopped meanwhile ends it rather than its own stop.
 		unwatch := context.AfterFunc(ctx, func() { c.Close() })
-		done, err := offerOnce(c, sockets, stop)
+		done, err := offerOnce(c, sockets, asking, stop)
 		unwatch()
 		c.Close()
 		if done {
@@ -232,12 +240,20 @@ func offerSockets(ctx context.Context, ln *net.UnixListener, log *slog.Logger, s
 }
 
 // offerOnce runs one exchange; done is true once this agent has stopped.
-func offerOnce(c *net.UnixConn, sockets func() ([]socketDesc, []*os.File, error), stop func()) (done bool, err error) {
+// From the successor's "sockets" until the exchange ends, asking says so
+// (see offerSockets).
+func offerOnce(c *net.UnixConn, sockets func() ([]socketDesc, []*os.File, error), asking func(bool), stop func()) (done bool, err error) {
 	c.SetDeadline(time.Now().Add(handoffTimeout))
 	r := bufio.NewReader(c)
 	if line, err := r.ReadString('\n'); err != nil || line != "sockets\n" {
 		return false, nil // not a successor: ignore
 	}
+	asking(true)
+	defer func() {
+		if !done {
+			asking(false)
+		}
+	}()
 	descs, files, err := sockets()
 	if err != nil {
 		return false, err

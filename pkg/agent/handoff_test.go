@@ -410,7 +410,7 @@ func TestTakeOverClosesWhatItRefuses(t *testing.T) {
 			return
 		}
 		defer c.Close()
-		offerOnce(c, sockets, func() { t.Error("stopped for a failed takeover") })
+		offerOnce(c, sockets, func(bool) {}, func() { t.Error("stopped for a failed takeover") })
 	}()
 	in, err := takeOver(socket, slog.New(slog.DiscardHandler))
 	if err == nil || in != nil {
@@ -453,4 +453,91 @@ func openFDs(t *testing.T) int {
 		t.Fatal(err)
 	}
 	return len(ents)
+}
+
+// probe GETs path on the metrics address, as the kubelet does: the status
+// code, or an error when nobody answers.
+func probe(metrics, path string) (int, error) {
+	c := &http.Client{Timeout: 5 * time.Second}
+	resp, err := c.Get("http://" + metrics + path)
+	if err != nil {
+		return 0, err
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode, nil
+}
+
+// wantProbe fails the test unless path answers code.
+func wantProbe(t *testing.T, metrics, path string, code int, when string) {
+	t.Helper()
+	if got, err := probe(metrics, path); err != nil || got != code {
+		t.Errorf("%s %s: %d %v, want %d", when, path, got, err, code)
+	}
+}
+
+// TestProbesDuringHandoff: both pods of a rolling update share the probe
+// port, and until the successor has its first table only the old agent
+// accepts on it. The old agent is not ready from the moment the successor
+// asks for the sockets, so the new pod does not turn ready (and get the
+// old one deleted) before the handoff; once the successor serves, /readyz
+// is its own; should the successor stop before, the old agent is ready
+// again. /healthz, the liveness probe, stays ok throughout: neither pod is
+// restarted. (Before: the old agent answered the new pod's readiness probe
+// "ok" while the successor waited for its table, so the DaemonSet
+// controller deleted the old pod, which stopped without a successor and
+// failed every pod open.)
+func TestProbesDuringHandoff(t *testing.T) {
+	for _, successorServes := range []bool{true, false} {
+		name := map[bool]string{true: "successor serves", false: "successor stopped"}[successorServes]
+		t.Run(name, func(t *testing.T) {
+			dir, socket, listen, up := handoffSetup(t)
+			metrics := testenv.FreePort(t).String()
+			old := startTestAgent(t, dir, socket, listen, up, metrics)
+			wantProbe(t, metrics, "/readyz", http.StatusOK, "before the successor")
+
+			src := gated(configdir.New(dir)) // holds the successor's first table back
+			upNew := netip.MustParseAddrPort("127.0.0.1:9")
+			succ := runTestAgent(t, dir, socket, listen, upNew, metrics, func(c *Config) { c.Source = src })
+			<-src.started // the successor has the sockets, and waits for its table
+			for range 3 {
+				wantProbe(t, metrics, "/readyz", http.StatusServiceUnavailable, "while the successor waits")
+				wantProbe(t, metrics, "/healthz", http.StatusOK, "while the successor waits")
+				time.Sleep(100 * time.Millisecond)
+			}
+			st, err := control.NewClient(socket, time.Second).Status(context.Background())
+			if err != nil || st.Ready || !strings.Contains(st.NotReady, "newer agent") {
+				t.Errorf("the old agent's status while the successor waits: %+v %v, want not ready for the newer agent", st, err)
+			}
+			if err := askAddress("udp", listen); err != nil {
+				t.Errorf("while the successor waits: %v", err)
+			}
+
+			if successorServes {
+				close(src.open)
+				waitServedBy(t, socket, succ, upNew)
+				// The old agent is handed over, never ready: an ok is the
+				// successor's.
+				wantProbe(t, metrics, "/readyz", http.StatusOK, "after the handoff")
+				wantProbe(t, metrics, "/healthz", http.StatusOK, "after the handoff")
+				old.stop() // the DaemonSet controller deletes the old pod
+				wantProbe(t, metrics, "/readyz", http.StatusOK, "after the old agent stopped")
+				wantProbe(t, metrics, "/healthz", http.StatusOK, "after the old agent stopped")
+				return
+			}
+			succ.cancel()
+			if err := <-succ.done; err != nil {
+				t.Errorf("the stopped successor: %v", err)
+			}
+			succ.done <- nil
+			testenv.EventuallyNil(t, 5*time.Second, func() error {
+				if code, err := probe(metrics, "/readyz"); err != nil || code != http.StatusOK {
+					return fmt.Errorf("/readyz %d %v", code, err)
+				}
+				return nil
+			})
+			wantProbe(t, metrics, "/healthz", http.StatusOK, "after the successor stopped")
+			waitServedBy(t, socket, old, up)
+		})
+	}
 }

@@ -47,6 +47,9 @@ func (a *Agent) readiness() error {
 	if a.handedOver.Load() {
 		return errors.New("handed the resolver over to a newer agent")
 	}
+	if a.successor.Load() {
+		return errors.New("a newer agent is taking the resolver over: serving until it has its table")
+	}
 	if !a.ready.Load() {
 		return errors.New("waiting for the first full sync of the source")
 	}
@@ -80,6 +83,9 @@ func (a *Agent) status() control.Status {
 		st.VIPs = string(a.cfg.VIPSource) + ": " + a.vipsFrom
 	}
 	a.mu.Unlock()
+	if a.ipv6Off != "" { // the node's, first: it holds as long as the agent runs
+		st.Warnings = append([]string{a.ipv6Off}, st.Warnings...)
+	}
 	if pods := a.doublyCaptured(); len(pods) > 0 {
 		st.Warnings = append(slices.Clone(st.Warnings), doubleCaptureWarning(pods))
 	}

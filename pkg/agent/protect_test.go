@@ -208,7 +208,7 @@ func TestHandoffRefusesSuccessorNotRoot(t *testing.T) {
 		done <- offerSockets(t.Context(), ln, slog.New(slog.NewTextHandler(&log, nil)), func() ([]socketDesc, []*os.File, error) {
 			asked.Store(true)
 			return nil, nil, nil
-		}, func() { stopped.Store(true) })
+		}, func(bool) { asked.Store(true) }, func() { stopped.Store(true) })
 	}()
 	taker, out, _ := helper(t, "take-handoff", handoffPath(socket))
 	got, _ := io.ReadAll(out)
@@ -302,7 +302,7 @@ func TestHandoffEndedByStop(t *testing.T) {
 		done <- offerSockets(ctx, ln, slog.New(slog.DiscardHandler), func() ([]socketDesc, []*os.File, error) {
 			f, err := udp.File()
 			return []socketDesc{{Network: "udp", Addr: udp.LocalAddr().String()}}, []*os.File{f}, err
-		}, func() { stopped.Store(true) })
+		}, func(bool) {}, func() { stopped.Store(true) })
 	}()
 
 	// A successor that takes the sockets and then never says "serving".

@@ -28,8 +28,9 @@ type Status struct {
 	// VIPs says where ServiceEntry VIPs come from now (--vip-source).
 	VIPs string `json:"vips,omitempty"`
 	// Warnings are objects left out of the name table (at most
-	// MaxStoredWarnings of them; WarningsOmitted counts the rest), and
-	// captured pods that istio-cni's DNS rules claim too.
+	// MaxStoredWarnings of them; WarningsOmitted counts the rest), captured
+	// pods that istio-cni's DNS rules claim too, and IPv6 resolver
+	// addresses left out on a node that refuses IPv6.
 	Warnings        []string `json:"warnings,omitempty"`
 	WarningsOmitted int      `json:"warningsOmitted,omitempty"`
 	// SourceErrors are inputs the source could not read; their previous

@@ -8,6 +8,9 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -29,6 +32,37 @@ func DefaultInterfaceAddrs() []netip.Prefix {
 		out = append(out, netip.PrefixFrom(ap.Addr(), 128))
 	}
 	return out
+}
+
+// IPv6Off says why the kernel would refuse IPv6 addresses on the interface
+// name in the current network namespace, or returns "" when it takes them:
+// IPv6 disabled at boot (ipv6.disable=1: there is no /proc/sys/net/ipv6),
+// or by the interface's net.ipv6.conf.NAME.disable_ipv6, which an interface
+// not created yet takes from net.ipv6.conf.default (writing
+// net.ipv6.conf.all sets both). Hardened node images often set these. A
+// setting it cannot read does not count: adding the address says then.
+func IPv6Off(name string) string {
+	return ipv6Off("/proc/sys/net/ipv6", name)
+}
+
+func ipv6Off(root, name string) string {
+	if _, err := os.Stat(root); errors.Is(err, os.ErrNotExist) {
+		return "IPv6 is disabled in the kernel (ipv6.disable=1)"
+	}
+	for _, conf := range []string{name, "default"} {
+		b, err := os.ReadFile(filepath.Join(root, "conf", conf, "disable_ipv6"))
+		if errors.Is(err, os.ErrNotExist) && conf == name {
+			continue // not created yet
+		}
+		if err != nil {
+			return ""
+		}
+		if strings.TrimSpace(string(b)) != "0" {
+			return fmt.Sprintf("net.ipv6.conf.%s.disable_ipv6=%s", conf, strings.TrimSpace(string(b)))
+		}
+		return ""
+	}
+	return ""
 }
 
 // interfaceKinds are tried in order. Any of them gives addresses the kernel

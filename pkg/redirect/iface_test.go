@@ -5,6 +5,8 @@ package redirect
 import (
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -193,4 +195,38 @@ func udpRoundTrip(ns *testenv.Netns, addr netip.AddrPort) error {
 		return &net.AddrError{Err: "unexpected echo " + string(buf[:n]), Addr: addr.String()}
 	}
 	return nil
+}
+
+// TestIPv6Off reads why the kernel refuses IPv6 on an interface from a
+// sysctl tree: the interface's own setting once it exists, default's before.
+func TestIPv6Off(t *testing.T) {
+	root := filepath.Join(t.TempDir(), "ipv6")
+	set := func(conf, v string) {
+		t.Helper()
+		if err := os.MkdirAll(filepath.Join(root, "conf", conf), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(root, "conf", conf, "disable_ipv6"), []byte(v+"\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := ipv6Off(root, "ztdns0"); !strings.Contains(got, "ipv6.disable=1") {
+		t.Errorf("no sysctl tree: %q, want ipv6.disable=1", got)
+	}
+	set("default", "0")
+	if got := ipv6Off(root, "ztdns0"); got != "" {
+		t.Errorf("IPv6 on: %q", got)
+	}
+	set("default", "1")
+	if got := ipv6Off(root, "ztdns0"); got != "net.ipv6.conf.default.disable_ipv6=1" {
+		t.Errorf("default off, no interface yet: %q", got)
+	}
+	set("ztdns0", "0") // made before default was changed: takes IPv6
+	if got := ipv6Off(root, "ztdns0"); got != "" {
+		t.Errorf("the interface's own setting on: %q", got)
+	}
+	set("ztdns0", "1")
+	if got := ipv6Off(root, "ztdns0"); got != "net.ipv6.conf.ztdns0.disable_ipv6=1" {
+		t.Errorf("the interface's own setting off: %q", got)
+	}
 }

@@ -330,6 +330,14 @@ func checkAgentDaemonSet(t *testing.T, c *chart, want podWant) {
 	if got := st.RollingUpdate.MaxUnavailable; got == nil || *got != intstr.FromInt32(0) {
 		t.Errorf("maxUnavailable %v, want 0", got)
 	}
+	// The old pod is deleted only once the new one has been ready longer
+	// than its agent waits to take over (pkg/agent: handoffSyncWait, 30 s,
+	// plus handoffTimeout, 10 s): a new pod made ready by an old agent that
+	// does not report not ready during the hand-over (an older version)
+	// must not get the old pod deleted before it.
+	if got := ds.Spec.MinReadySeconds; got < 40 {
+		t.Errorf("minReadySeconds %d, want at least 40", got)
+	}
 
 	pod := ds.Spec.Template.Spec
 	if !pod.HostNetwork {
@@ -724,6 +732,7 @@ func TestChartRejectsBadValues(t *testing.T) {
 		{"unknown log level", "logLevel=verbose", "/logLevel"},
 		{"unknown mode", "mode=remove", "/mode"},
 		{"no surge: the handoff needs old and new to overlap", "updateStrategy.maxSurge=0", "/updateStrategy/maxSurge"},
+		{"negative minReadySeconds", "updateStrategy.minReadySeconds=-1", "/updateStrategy/minReadySeconds"},
 		{"relative CNI bin dir", "cni.binDir=opt/cni/bin", "/cni/binDir"},
 		{"port out of range", "metrics.port=70000", "/metrics/port"},
 		{"metrics on every interface", "metrics.bind=all", "/metrics/bind"},

@@ -1,0 +1,93 @@
+//go:build linux
+
+package agent
+
+import (
+	"context"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ztdns/ztdns/internal/testenv"
+	"github.com/ztdns/ztdns/pkg/control"
+	"github.com/ztdns/ztdns/pkg/redirect"
+	"github.com/ztdns/ztdns/pkg/source/configdir"
+)
+
+// TestCaptureOnANodeWithoutIPv6: on a node with IPv6 disabled by sysctl
+// (hardened images), an agent given the chart's default listen addresses,
+// one of each family, starts, serves on IPv4 (the listen address and the
+// slot addresses the programs redirect to), and says in its status that it
+// left IPv6 out. (Before: adding the IPv6 address to ztdns0 failed, capture
+// did not start, and the agent crash-looped on every such node.)
+func TestCaptureOnANodeWithoutIPv6(t *testing.T) {
+	testenv.RequireRoot(t)
+	node := testenv.NewNode(t)
+	for _, conf := range []string{"all", "default"} {
+		if out, err := exec.Command("ip", "netns", "exec", node.Name, "sysctl", "-w", "net.ipv6.conf."+conf+".disable_ipv6=1").CombinedOutput(); err != nil {
+			t.Fatalf("sysctl: %v\n%s", err, out)
+		}
+	}
+	dir, socket, _, up := handoffSetup(t)
+	listen4, listen6 := netip.MustParseAddrPort("169.254.20.53:53"), netip.MustParseAddrPort("[fd00:7a74:646e::53]:53")
+	a, err := newAgent(Config{
+		Source:    configdir.New(dir),
+		Listen:    []netip.AddrPort{listen4, listen6},
+		Upstreams: []netip.AddrPort{up},
+		Socket:    socket,
+		Logger:    slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+		Capture:   &CaptureConfig{BPFFS: filepath.Join(testenv.NewBPFFS(t), "ztdns"), Cgroup: testenv.NewCgroup(t).Path},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The agent starts on a thread in the node's namespace: the interface,
+	// the programs' resolver addresses and the resolver's sockets are
+	// made there, as `ztdns agent` makes them in the host's.
+	ctx, cancel := context.WithCancel(context.Background())
+	ta := &testAgent{cancel: cancel, done: make(chan error, 1)}
+	go func() { ta.done <- node.Do(func() error { return a.run(ctx) }) }()
+	t.Cleanup(ta.stop)
+	waitServedBy(t, socket, ta, up)
+
+	ask := []netip.AddrPort{listen4}
+	for _, s := range a.slot4 { // where the programs send captured queries
+		ask = append(ask, s)
+	}
+	for _, addr := range ask {
+		for _, network := range []string{"udp", "tcp"} {
+			if err := node.Do(func() error { return askAddress(network, addr) }); err != nil {
+				t.Errorf("%s %s: %v", network, addr, err)
+			}
+		}
+	}
+
+	st, err := control.NewClient(socket, time.Second).Status(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !st.Capture {
+		t.Error("capture is off")
+	}
+	for _, l := range st.Listen {
+		if netip.MustParseAddrPort(l).Addr().Is6() {
+			t.Errorf("listening on %s: want IPv4 only, %v", l, st.Listen)
+		}
+	}
+	if !slices.Contains(st.Listen, listen4.String()) {
+		t.Errorf("listen %v lacks %s", st.Listen, listen4)
+	}
+	if len(st.Warnings) == 0 || !strings.Contains(st.Warnings[0], "IPv6 is off on this node (net.ipv6.conf.default.disable_ipv6=1)") ||
+		!strings.Contains(st.Warnings[0], listen6.String()) {
+		t.Errorf("status warnings %q: want the first to say IPv6 is off and %s was left out", st.Warnings, listen6)
+	}
+	if a.slot6 != [redirect.Slots]netip.AddrPort{} {
+		t.Errorf("IPv6 slots %v: the programs would redirect IPv6 nameservers to addresses nobody serves", a.slot6)
+	}
+}
