@@ -52,23 +52,10 @@ func TestBuiltBinary(t *testing.T) {
 	up := dnstest.Start(t, "127.0.0.1:0", dnstest.Marker(netip.MustParseAddr("203.0.113.99"), netip.MustParseAddr("2001:db8::99")))
 	socket := filepath.Join(t.TempDir(), "run", "ztdns.sock")
 	metrics := testenv.FreePort(t).String()
-	log := &testenv.Log{}
-	agent := exec.Command(bin, "agent", "-capture=false", "-config-dir", "../../examples", "-listen", testenv.FreePort(t).String(),
+	// Killed at cleanup, or when the test binary dies without one (a
+	// -timeout panic); its log is printed if the test failed.
+	agent := testenv.StartLocal(t, bin, "agent", "-capture=false", "-config-dir", "../../examples", "-listen", testenv.FreePort(t).String(),
 		"-upstream", up.Addr.String(), "-socket", socket, "-metrics", metrics, "-log-level", "info")
-	agent.Stdout, agent.Stderr = log, log
-	agent.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := agent.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- agent.Wait() }()
-	t.Cleanup(func() {
-		_ = agent.Process.Kill()
-		<-exited
-		if t.Failed() {
-			t.Logf("agent's log:\n%s", log)
-		}
-	})
 
 	var st control.Status
 	agenttest.Eventually(t, 30*time.Second, func() error {
@@ -85,25 +72,19 @@ func TestBuiltBinary(t *testing.T) {
 		t.Errorf("ztdns status says %+v, ztdns version %+v", st.Build, info)
 	}
 	wantLog := fmt.Sprintf("version=%s revision=%s", info.Version, info.Revision)
-	if !log.Contains(`msg="agent started"`) || !log.Contains(wantLog) {
-		t.Errorf("the agent's start line lacks %q:\n%s", wantLog, log)
+	if !agent.LogContains(`msg="agent started"`) || !agent.LogContains(wantLog) {
+		t.Errorf("the agent's start line lacks %q:\n%s", wantLog, agent.Log())
 	}
 	wantMetric := fmt.Sprintf(`ztdns_build_info{goversion=%q,revision=%q,version=%q} 1`, info.GoVersion, info.Revision, info.Version)
 	if body := scrape(t, metrics); !strings.Contains(body, wantMetric+"\n") {
 		t.Errorf("/metrics lacks %s", wantMetric)
 	}
 
-	if err := agent.Process.Signal(syscall.SIGTERM); err != nil {
+	if err := agent.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case err := <-exited:
-		exited <- err // for the cleanup
-		if err != nil {
-			t.Errorf("agent exited with %v after SIGTERM", err)
-		}
-	case <-time.After(20 * time.Second):
-		t.Fatal("agent still running 20 s after SIGTERM")
+	if err := agent.Wait(t, 20*time.Second); err != nil {
+		t.Errorf("agent exited with %v after SIGTERM", err)
 	}
 
 	for _, tc := range []struct {

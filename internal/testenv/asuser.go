@@ -22,18 +22,23 @@ import (
 // group 0, the caller the control socket once let in.
 var Nobody = syscall.Credential{Uid: 65534, Gid: 0}
 
+// asUserPrefix starts the names of AsUser's directories.
+const asUserPrefix = "ztdns-asuser-"
+
 // AsUser prepares bin with args to run as cred. bin is copied first into a
 // directory any user can enter (a test binary's own directory is not), and
-// the copy is removed at cleanup.
+// the copy is removed at cleanup; the directory is recorded in the ledger,
+// so the next test run removes it if this process is killed first.
 func AsUser(tb testing.TB, ctx context.Context, cred syscall.Credential, bin string, args ...string) *exec.Cmd {
 	tb.Helper()
 	RequireRoot(tb)
-	dir, err := os.MkdirTemp("", "ztdns-asuser-")
-	if err != nil {
+	dir := filepath.Join(os.TempDir(), UniqueName(asUserPrefix))
+	record(tb, ledgerTempDir, dir)
+	if err := os.Mkdir(dir, 0o755); err != nil {
 		tb.Fatalf("testenv: %v", err)
 	}
 	tb.Cleanup(func() { os.RemoveAll(dir) })
-	if err := os.Chmod(dir, 0o755); err != nil {
+	if err := os.Chmod(dir, 0o755); err != nil { // whatever the umask
 		tb.Fatalf("testenv: %v", err)
 	}
 	dst := filepath.Join(dir, filepath.Base(bin))
@@ -120,15 +125,16 @@ func controlCall() int {
 
 // ListenAsUser runs the test binary as cred, listening on socket where an
 // agent's control socket would be and answering every request as a ready
-// agent would (see RunHelper), until the test ends. It returns once the
-// socket takes connections.
+// agent would (see RunHelper), until the test ends, or the test binary
+// does (a -timeout panic, a SIGKILL: it gets SIGKILL then, as StartAgent's
+// processes do). It returns once the socket takes connections.
 func ListenAsUser(tb testing.TB, cred syscall.Credential, socket string) {
 	tb.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	cmd := AsUser(tb, ctx, cred, os.Args[0])
 	cmd.Env = append(os.Environ(), helperEnv+"=control-listen", "ZTDNS_TESTENV_SOCKET="+socket)
 	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
+	if err := startOrphanProof(cmd); err != nil {
 		cancel()
 		tb.Fatalf("testenv: listening as uid %d: %v", cred.Uid, err)
 	}

@@ -163,10 +163,14 @@ func (n *Node) AddPod(tb testing.TB, cfg PodConfig) *Pod {
 
 // WriteResolvConf writes /etc/netns/NAME/resolv.conf, which `ip netns
 // exec NAME` (Command) binds over /etc/resolv.conf, with cfg's nameservers
-// and options; it is removed at cleanup.
+// and options; it is removed at cleanup. It is recorded in the ledger
+// first, as the namespace NAME is (callers write it before they make the
+// namespace), so the next test run removes it if this process is killed.
 func WriteResolvConf(tb testing.TB, name string, cfg PodConfig) {
 	tb.Helper()
+	RequireRoot(tb)
 	dir := filepath.Join("/etc/netns", name)
+	record(tb, ledgerNetns, name)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		tb.Fatalf("testenv: %v", err)
 	}

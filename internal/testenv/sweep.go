@@ -20,8 +20,9 @@ import (
 )
 
 // A test process that is killed (a CI timeout, SIGKILL) runs no cleanup:
-// the network namespaces, cgroups and bpffs mounts it made stay on the
-// machine, with any process started in them. So every process records what
+// the network namespaces (and their /etc/netns files), cgroups, bpffs
+// mounts and AsUser's copies of binaries it made stay on the machine, with
+// any process started in the namespaces. So every process records what
 // it makes in a ledger under ledgerDir, named by its PID and start time, and
 // the first test to make something sweeps the ledgers of processes that are
 // gone: it removes what they recorded (what their cleanups already removed
@@ -42,9 +43,10 @@ var ledger struct {
 
 // Ledger kinds: what a line records.
 const (
-	ledgerNetns  = "netns"  // a name under /run/netns
-	ledgerCgroup = "cgroup" // a cgroup2 directory
-	ledgerMount  = "mount"  // a mount point (bpffs)
+	ledgerNetns   = "netns"   // a name under /run/netns and /etc/netns
+	ledgerCgroup  = "cgroup"  // a cgroup2 directory
+	ledgerMount   = "mount"   // a mount point (bpffs)
+	ledgerTempDir = "tempdir" // a directory AsUser made (asUserPrefix)
 )
 
 // record appends what is about to be made to this process's ledger,
@@ -181,6 +183,8 @@ func sweepLedger(path string) error {
 			}
 		case ledgerNetns:
 			err = removeNetns(what)
+		case ledgerTempDir:
+			err = removeTempDir(what)
 		}
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%s %s: %w", kind, what, err))
@@ -207,10 +211,27 @@ func testTempDir(path string) string {
 	return dir
 }
 
+// removeTempDir removes a directory AsUser made, and nothing that is not
+// one (which record never wrote).
+func removeTempDir(dir string) error {
+	if !filepath.IsAbs(dir) || !strings.HasPrefix(filepath.Base(dir), asUserPrefix) {
+		return nil
+	}
+	return os.RemoveAll(dir)
+}
+
 // removeNetns kills the processes left in the namespace (an agent the test
-// started, say) and deletes it, with the resolv.conf WriteResolvConf wrote
-// for it.
+// started, say) and deletes it, and removes the resolv.conf WriteResolvConf
+// wrote for it, whether the namespace is there or not (WriteResolvConf
+// writes before the namespace is made).
 func removeNetns(name string) error {
+	if name == "" || name == "." || name == ".." || strings.Contains(name, "/") {
+		return nil // no name record wrote: nothing of a test's
+	}
+	defer func() {
+		os.RemoveAll(filepath.Join("/etc/netns", name))
+		os.Remove("/etc/netns") // only if no other namespace's files are in it
+	}()
 	path := filepath.Join("/run/netns", name)
 	if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
 		return nil
@@ -226,7 +247,5 @@ func removeNetns(name string) error {
 			return fmt.Errorf("%v: %s", err, strings.TrimSpace(string(out)))
 		} // else another package's tests swept it at the same time
 	}
-	os.RemoveAll(filepath.Join("/etc/netns", name))
-	os.Remove("/etc/netns") // only if no other namespace's files are in it
 	return nil
 }

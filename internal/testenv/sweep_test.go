@@ -22,25 +22,31 @@ import (
 const leakEnv = "ZTDNS_TESTENV_LEAK"
 
 // leakAndExit is the killed test of TestSweepLeftovers, run in a child
-// process: it makes a namespace with a process in it, a cgroup and a bpffs
-// mount, prints them, and exits without its cleanups, as a test process
-// that is killed does.
+// process: it makes a namespace with a resolv.conf and a process in it, a
+// cgroup, a bpffs mount, the resolv.conf of a namespace it never made (a
+// test killed between the two) and AsUser's copy of a binary, prints them,
+// and exits without its cleanups, as a test process that is killed does.
 func leakAndExit(t *testing.T) {
-	n := NewNetns(t, UniqueName("ztdns-leak-"))
+	name, unmade := UniqueName("ztdns-leak-"), UniqueName("ztdns-leak-")
+	WriteResolvConf(t, name, PodConfig{})
+	n := NewNetns(t, name)
+	WriteResolvConf(t, unmade, PodConfig{})
 	cg := NewCgroup(t)
 	bpffs := NewBPFFS(t)
+	asUser := AsUser(t, context.Background(), Nobody, "/bin/true")
 	sleeper := n.Command(context.Background(), cg, "sleep", "600")
 	sleeper.SysProcAttr.Setsid = true
 	if err := sleeper.Start(); err != nil {
 		t.Fatal(err)
 	}
-	fmt.Printf("LEAK %s %s %s %d\n", n.Name, cg.Path, bpffs, sleeper.Process.Pid)
+	fmt.Printf("LEAK %s %s %s %d %s %s\n", n.Name, cg.Path, bpffs, sleeper.Process.Pid, unmade, filepath.Dir(asUser.Path))
 	os.Exit(0)
 }
 
 // TestSweepLeftovers: what a test process that was killed left (a network
-// namespace with a process in it, a cgroup, a bpffs mount) is removed by the
-// next test that makes something, and what a running test made is not.
+// namespace with a process in it, a cgroup, a bpffs mount, /etc/netns
+// files with or without their namespace, AsUser's directory) is removed by
+// the next test that makes something, and what a running test made is not.
 func TestSweepLeftovers(t *testing.T) {
 	if os.Getenv(leakEnv) != "" {
 		leakAndExit(t)
@@ -53,13 +59,13 @@ func TestSweepLeftovers(t *testing.T) {
 	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestSweepLeftovers$", "-test.count=1")
 	cmd.Env = append(os.Environ(), leakEnv+"=1")
 	out, err := cmd.CombinedOutput()
-	var netns, cgroup, mount string
+	var netns, cgroup, mount, unmade, asUserDir string
 	var pid int
 	for line := range strings.Lines(string(out)) {
 		if rest, ok := strings.CutPrefix(line, "LEAK "); ok {
 			f := strings.Fields(rest)
-			if len(f) == 4 {
-				netns, cgroup, mount = f[0], f[1], f[2]
+			if len(f) == 6 {
+				netns, cgroup, mount, unmade, asUserDir = f[0], f[1], f[2], f[4], f[5]
 				pid, _ = strconv.Atoi(f[3])
 			}
 		}
@@ -70,15 +76,18 @@ func TestSweepLeftovers(t *testing.T) {
 	t.Cleanup(func() { // if the sweep fails, leave nothing all the same
 		syscall.Kill(pid, syscall.SIGKILL)
 		removeNetns(netns)
+		removeNetns(unmade)
 		removeCgroup(cgroup)
 		syscall.Unmount(mount, syscall.MNT_DETACH)
 		os.RemoveAll(filepath.Dir(filepath.Dir(mount)))
+		removeTempDir(asUserDir)
 	})
 	if err != nil {
 		t.Fatalf("the leaking test: %v\n%s", err, out)
 	}
 	netnsPath := filepath.Join("/run/netns", netns)
-	for _, p := range []string{netnsPath, cgroup} {
+	etcNetns := []string{filepath.Join("/etc/netns", netns), filepath.Join("/etc/netns", unmade)}
+	for _, p := range append([]string{netnsPath, cgroup, asUserDir}, etcNetns...) {
 		if _, err := os.Stat(p); err != nil {
 			t.Fatalf("the leaking test's %s is not there: %v", p, err)
 		}
@@ -91,7 +100,7 @@ func TestSweepLeftovers(t *testing.T) {
 	if err := sweepLeftovers(); err != nil {
 		t.Errorf("sweepLeftovers: %v", err)
 	}
-	for _, p := range []string{netnsPath, cgroup, mount, filepath.Dir(filepath.Dir(mount))} {
+	for _, p := range append([]string{netnsPath, cgroup, mount, filepath.Dir(filepath.Dir(mount)), asUserDir}, etcNetns...) {
 		if _, err := os.Stat(p); !errors.Is(err, fs.ErrNotExist) {
 			t.Errorf("%s is still there after the sweep (%v)", p, err)
 		}
