@@ -140,7 +140,8 @@ func WaitAndInstall(ctx context.Context, cfg InstallConfig, interval time.Durati
 // first, and a missing binary fails it in libcni before it starts, which
 // stops the primary plugin's DEL too: veths and IPAM addresses never
 // released, pods stuck Terminating. The binary left behind only answers
-// those DELs, with success (plugin.del never fails). A later Install
+// those DELs, with success (plugin.del never fails), and records nothing
+// once the agent's directory is gone (recordForAgent). A later Install
 // overwrites it atomically; an operator
 // removes it by hand once no pod created under ztdns remains on the node
 // (deploy/README.md, Uninstall).

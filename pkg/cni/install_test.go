@@ -299,6 +299,10 @@ func TestDelWithTheCachedConfigAfterUninstall(t *testing.T) {
 	if got, err := os.ReadFile(calls); err != nil || string(got) != "DEL portmap\nDEL bridge\n" {
 		t.Errorf("primary plugins' DELs: %q, %v; want portmap's then bridge's", got, err)
 	}
+	// Nothing recorded for an agent that will never come.
+	if _, err := os.Stat(runDir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the DEL made the agent's directory: %v", err)
+	}
 }
 
 func TestInstallUpdatesAnOlderEntryInPlace(t *testing.T) {
