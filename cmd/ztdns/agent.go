@@ -10,6 +10,7 @@ import (
 	"os/user"
 	"runtime/debug"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -105,6 +106,7 @@ directory of YAML manifests (--config-dir).`,
 	capturePort := fs.Uint("capture-port", redirect.DefaultPort, "`PORT` of the resolver's slot addresses, where captured queries go; not 53, so that istio-cni's in-pod DNS rules never take them (see README)")
 	stale := fs.Duration("heartbeat-stale", redirect.DefaultStaleAfter, "stop redirecting (fail open) when the agent has been silent this long")
 	dnsCaptureDefault := fs.Bool("dns-capture-default", true, "capture every ambient pod's DNS (values.cni.ambient.dnsCapture); when false only pods annotated ztdns.io/dns-capture: \"true\" (see README)")
+	excludeNamespaces := fs.StringSlice("exclude-namespaces", []string{"kube-system"}, "`NAMESPACES`, comma-separated, whose pods are never captured, whatever their labels: istio-cni's excludeNamespaces, whose pods Istio never enrolls (empty: none)")
 	nodeName := fs.String("node-name", os.Getenv("NODE_NAME"), "this node's name: the pods the agent watches and adopts (default $NODE_NAME)")
 	cniInstall := fs.Bool("cni-install", false, "install the chained CNI plugin into --cni-conf-dir and keep it there")
 	cniBinDir := fs.String("cni-bin-dir", "/opt/cni/bin", "the container runtime's CNI plugin `DIR`")
@@ -200,6 +202,7 @@ directory of YAML manifests (--config-dir).`,
 		return agent.Run(ctx, agent.Config{
 			Capture:           captureCfg,
 			DNSCaptureDefault: *dnsCaptureDefault,
+			ExcludeNamespaces: namespaceList(*excludeNamespaces),
 			NodeName:          *nodeName,
 			ProcRoot:          *procRoot,
 			CNI:               cniCfg,
@@ -237,6 +240,17 @@ directory of YAML manifests (--config-dir).`,
 		})
 	}
 	return cmd
+}
+
+// namespaceList is --exclude-namespaces without blanks and empty entries.
+func namespaceList(names []string) []string {
+	var out []string
+	for _, n := range names {
+		if n = strings.TrimSpace(n); n != "" {
+			out = append(out, n)
+		}
+	}
+	return out
 }
 
 // openAccessLog makes the agent's access log: on at once, writing to dest,

@@ -105,14 +105,17 @@ func newUninstallCmd() *cobra.Command {
 		Use:   "uninstall",
 		Short: "Remove the programs, pins and interface the agent installed",
 		Long: `Remove what the agent installed on the node: its eBPF programs and pins, the
-resolver's interface, and, with --cni-conf-dir, the CNI plugin. Pods get their
-own nameservers back at once.`,
+resolver's interface, and, with --cni-conf-dir, the CNI plugin's entries. Pods
+get their own nameservers back at once. The plugin binary stays in
+--cni-bin-dir: pods created while ztdns was in the chain run it at their DEL,
+with the configuration cached at their ADD, and a missing binary would stop
+their primary plugin's DEL too (see deploy/README.md, Uninstall).`,
 		Args: cobra.NoArgs,
 	}
 	bpffs := cmd.Flags().String("bpffs", redirect.DefaultBPFFS, "`DIR` where the agent pinned maps and links")
 	cgroup := cmd.Flags().String("cgroup", "", "cgroup v2 `DIR` the programs were attached to (default: the cgroup2 root)")
 	iface := cmd.Flags().String("interface", redirect.DefaultInterface, "the resolver's interface `NAME`")
-	cniBinDir := cmd.Flags().String("cni-bin-dir", "", "also remove the CNI plugin from this `DIR` (with --cni-conf-dir)")
+	cniBinDir := cmd.Flags().String("cni-bin-dir", "", "the CNI plugin's `DIR`, with --cni-conf-dir: the binary there is left in place, and named in the log")
 	cniConfDir := cmd.Flags().String("cni-conf-dir", "", "also remove the plugin's entry from the CNI configuration in this `DIR`")
 	cmd.RunE = func(*cobra.Command, []string) error {
 		var cniErr error

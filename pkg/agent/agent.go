@@ -72,6 +72,10 @@ type Config struct {
 	// (values.cni.ambient.dnsCapture): with it off, only pods annotated
 	// ztdns.io/dns-capture: "true" are captured.
 	DNSCaptureDefault bool
+	// ExcludeNamespaces are never captured, whatever their labels say:
+	// istio-cni's excludeNamespaces, whose pods Istio never enrolls
+	// (--exclude-namespaces; empty excludes none).
+	ExcludeNamespaces []string
 	// NodeName scopes the pods this agent adopts from /proc; empty in
 	// standalone mode.
 	NodeName string
@@ -530,7 +534,8 @@ func (a *Agent) startCapture(predecessor bool) error {
 			}
 		}
 	}
-	ctl := capture.Config{NodeName: a.cfg.NodeName, DNSCaptureDefault: a.cfg.DNSCaptureDefault, HostCookies: a.hostCookies}
+	ctl := capture.Config{NodeName: a.cfg.NodeName, DNSCaptureDefault: a.cfg.DNSCaptureDefault,
+		ExcludeNamespaces: a.cfg.ExcludeNamespaces, HostCookies: a.hostCookies}
 	c, err := newDataplane(*a.cfg.Capture, ctl, capture.ProcNamespaces{Root: a.cfg.ProcRoot}, a.log, a.pods, a.cfg.Socket, a.slot4, a.slot6)
 	if err != nil {
 		return err

@@ -32,9 +32,19 @@
 // user who wants the DNS of a pod captured puts the pod in the mesh; sending
 // the DNS of a pod the mesh does not know to the mesh's name table would
 // answer with VIPs that only ztunnel can route.
+//
+// Before all of these, a pod in a namespace istio-cni excludes
+// (excludeNamespaces in its chart, [kube-system] by default; the agent's
+// --exclude-namespaces mirrors it) is left alone whatever it or its
+// namespace says: istio-cni never enrolls such a pod, so ztunnel routes
+// none of its traffic and the VIPs ztdns would answer with would lead
+// nowhere. In kube-system that also keeps CoreDNS's own upstream queries,
+// the whole cluster's external DNS, from funnelling through one node's
+// ztdns under per-pod limits.
 package ambient
 
 import (
+	"slices"
 	"strconv"
 
 	"github.com/ztdns/ztdns/pkg/model"
@@ -51,6 +61,9 @@ const (
 // Reasons Decide gives. They are short and stable: the agent shows them in
 // `ztdns pods` and uses them as a metric label, so never change one.
 const (
+	// ReasonExcludedNamespace: the pod's namespace is one istio-cni
+	// excludes (--exclude-namespaces), so Istio never enrolls it.
+	ReasonExcludedNamespace = "excluded-namespace"
 	// ReasonAmbient: enrolled, and capture is on by default.
 	ReasonAmbient = "ambient"
 	// ReasonAnnotationOn: enrolled, and ztdns.io/dns-capture is true.
@@ -77,8 +90,33 @@ const (
 	ReasonGateway = "gateway"
 )
 
-// Decide reports whether the DNS of pod, in namespace ns, is captured, and
-// why. dnsCaptureDefault is the node-wide switch (cni.ambient.dnsCapture).
+// Policy is the node-wide part of the decision, from the agent's flags.
+type Policy struct {
+	// DNSCaptureDefault is the node-wide switch (cni.ambient.dnsCapture,
+	// --dns-capture-default).
+	DNSCaptureDefault bool
+	// ExcludeNamespaces are the namespaces whose pods are never captured:
+	// istio-cni's excludeNamespaces (--exclude-namespaces). Names match
+	// exactly, as istio-cni matches them.
+	ExcludeNamespaces []string
+}
+
+// Decide reports whether the DNS of pod, in the namespace named namespace
+// (ns, when the source knows it), is captured, and why.
+//
+// A namespace in p.ExcludeNamespaces settles it first
+// (ReasonExcludedNamespace); then decide applies Istio's enrollment rules.
+// namespace is given apart from pod and ns because either may be unknown
+// yet.
+func (p Policy) Decide(namespace string, pod *model.Pod, ns *model.Namespace) (capture bool, reason string) {
+	if slices.Contains(p.ExcludeNamespaces, namespace) {
+		return false, ReasonExcludedNamespace
+	}
+	return decide(pod, ns, p.DNSCaptureDefault)
+}
+
+// decide applies Istio's enrollment rules and ztdns's annotations to pod, in
+// namespace ns. dnsCaptureDefault is the node-wide switch.
 //
 // pod is nil when the pod source has not seen the pod yet (a CNI ADD usually
 // arrives before the watch event): the decision then rests on the namespace
@@ -87,9 +125,9 @@ const (
 // known either, which counts as no labels.
 //
 // The rules apply in order and the first that settles the question gives
-// the reason: host network, sidecar, gateway, dataplane-mode=none,
+// the reason (after Policy.Decide's excluded namespaces): host network, sidecar, gateway, dataplane-mode=none,
 // enrollment, ztdns's annotation, Istio's annotation's opt-out, the default.
-func Decide(pod *model.Pod, ns *model.Namespace, dnsCaptureDefault bool) (capture bool, reason string) {
+func decide(pod *model.Pod, ns *model.Namespace, dnsCaptureDefault bool) (capture bool, reason string) {
 	var podLabels, podAnnotations, nsLabels map[string]string
 	if pod != nil {
 		switch {

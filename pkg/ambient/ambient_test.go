@@ -96,7 +96,50 @@ func TestDecide(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			gotCap, gotReason := Decide(tt.pod, tt.ns, tt.defaultOn)
+			p := Policy{DNSCaptureDefault: tt.defaultOn, ExcludeNamespaces: []string{"kube-system"}}
+			gotCap, gotReason := p.Decide("shop", tt.pod, tt.ns)
+			if gotCap != tt.wantCap || gotReason != tt.wantReason {
+				t.Errorf("Decide = (%t, %q), want (%t, %q)", gotCap, gotReason, tt.wantCap, tt.wantReason)
+			}
+		})
+	}
+}
+
+// TestDecideExcludedNamespaces checks that a namespace istio-cni excludes
+// settles the decision before any label, annotation or default: Istio never
+// enrolls its pods, so ztunnel would route none of the VIPs ztdns answers.
+func TestDecideExcludedNamespaces(t *testing.T) {
+	t.Parallel()
+	const (
+		mode = model.LabelDataplaneMode
+		dns  = model.AnnotationDNSCapture
+	)
+	ambientKS := &model.Namespace{Name: "kube-system", Labels: map[string]string{mode: "ambient"}}
+	coredns := &model.Pod{Namespace: "kube-system", Name: "coredns", Labels: map[string]string{mode: "ambient"},
+		Annotations: map[string]string{dns: "true"}}
+	kubeSystem := Policy{DNSCaptureDefault: true, ExcludeNamespaces: []string{"kube-system"}}
+	tests := []struct {
+		name       string
+		policy     Policy
+		namespace  string
+		pod        *model.Pod
+		ns         *model.Namespace
+		wantCap    bool
+		wantReason string
+	}{
+		{"kube-system labelled ambient, pod labelled and annotated", kubeSystem, "kube-system", coredns, ambientKS, false, ReasonExcludedNamespace},
+		{"kube-system, pod and namespace unknown yet", kubeSystem, "kube-system", nil, nil, false, ReasonExcludedNamespace},
+		{"kube-system, host network pod: exclusion first", kubeSystem, "kube-system", &model.Pod{HostNetwork: true}, ambientKS, false, ReasonExcludedNamespace},
+		{"another namespace the user excludes", Policy{DNSCaptureDefault: true, ExcludeNamespaces: []string{"kube-system", "monitoring"}},
+			"monitoring", nil, &model.Namespace{Name: "monitoring", Labels: map[string]string{mode: "ambient"}}, false, ReasonExcludedNamespace},
+		{"names match exactly, as istio-cni's", kubeSystem, "kube-system-extra", nil,
+			&model.Namespace{Name: "kube-system-extra", Labels: map[string]string{mode: "ambient"}}, true, ReasonAmbient},
+		{"an empty list excludes nothing", Policy{DNSCaptureDefault: true}, "kube-system", coredns, ambientKS, true, ReasonAnnotationOn},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			gotCap, gotReason := tt.policy.Decide(tt.namespace, tt.pod, tt.ns)
 			if gotCap != tt.wantCap || gotReason != tt.wantReason {
 				t.Errorf("Decide = (%t, %q), want (%t, %q)", gotCap, gotReason, tt.wantCap, tt.wantReason)
 			}
@@ -111,6 +154,7 @@ func TestDecideReasonsAreDistinct(t *testing.T) {
 	reasons := []string{
 		ReasonAmbient, ReasonAnnotationOn, ReasonAnnotationOff, ReasonDefaultOff, ReasonNotAmbient,
 		ReasonDataplaneNone, ReasonHostNetwork, ReasonSidecar, ReasonGateway, ReasonIstioAnnotationOff,
+		ReasonExcludedNamespace,
 	}
 	seen := map[string]bool{}
 	for _, r := range reasons {

@@ -13,7 +13,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/ztdns/ztdns/pkg/ambient"
 	"github.com/ztdns/ztdns/pkg/podcache"
 	"github.com/ztdns/ztdns/pkg/redirect"
 )
@@ -144,7 +143,7 @@ func (c *Controller) adoptRunningPods() {
 	var want []*podcache.Pod
 	for _, p := range c.pods.List() {
 		if p.Attachment == nil && p.Spec != nil && p.Spec.NodeName == c.cfg.NodeName && len(p.IPs) > 0 {
-			if captured, _ := ambient.Decide(p.Spec, c.namespaceOf(p.Namespace), c.cfg.DNSCaptureDefault); captured {
+			if captured, _ := c.policy().Decide(p.Namespace, p.Spec, c.namespaceOf(p.Namespace)); captured {
 				want = append(want, p)
 			}
 		}

@@ -67,6 +67,10 @@ type Config struct {
 	// DNSCaptureDefault is the node-wide switch for ambient pods
 	// (values.cni.ambient.dnsCapture).
 	DNSCaptureDefault bool
+	// ExcludeNamespaces are never captured, whatever their pods say:
+	// istio-cni's excludeNamespaces (agent --exclude-namespaces), whose pods
+	// Istio never enrolls.
+	ExcludeNamespaces []string
 	// HostCookies are the node's own network namespaces: never captured.
 	HostCookies []uint64
 	Logger      *slog.Logger
@@ -112,7 +116,8 @@ func New(cfg Config, pods *podcache.Cache, m Marker, ns Namespaces) *Controller 
 
 // Decide applies Istio's ambient rules to an attachment, with what the
 // source knows about the pod and its namespace right now. Namespaces marked
-// by hand are always captured, the node's own never.
+// by hand are always captured, the node's own never; then pods in an
+// excluded namespace (Config.ExcludeNamespaces) never are.
 func (c *Controller) Decide(att podcache.Attachment) (bool, string) {
 	switch {
 	case att.ContainerID == "":
@@ -124,7 +129,12 @@ func (c *Controller) Decide(att podcache.Attachment) (bool, string) {
 	if p := c.pods.Get(att.Namespace, att.Name); p != nil {
 		spec = p.Spec
 	}
-	return ambient.Decide(spec, c.namespaceOf(att.Namespace), c.cfg.DNSCaptureDefault)
+	return c.policy().Decide(att.Namespace, spec, c.namespaceOf(att.Namespace))
+}
+
+// policy is the node-wide part of Istio's ambient rules.
+func (c *Controller) policy() ambient.Policy {
+	return ambient.Policy{DNSCaptureDefault: c.cfg.DNSCaptureDefault, ExcludeNamespaces: c.cfg.ExcludeNamespaces}
 }
 
 // Apply records an attachment and marks or unmarks its netns to match

@@ -138,7 +138,8 @@ func newFixture(t *testing.T, dnsCaptureDefault bool) *fixture {
 	}
 	f.ctl = New(Config{
 		StateDir: f.dir, NodeName: node, DNSCaptureDefault: dnsCaptureDefault, HostCookies: []uint64{hostCookie},
-		Logger: slog.New(slog.DiscardHandler), Now: func() time.Time { return f.now },
+		ExcludeNamespaces: []string{"kube-system"}, // the agent's default
+		Logger:            slog.New(slog.DiscardHandler), Now: func() time.Time { return f.now },
 	}, f.pods, f.marker, f.netns)
 	t.Cleanup(f.ctl.Close)
 	return f
@@ -220,6 +221,51 @@ func TestDecide(t *testing.T) {
 				t.Errorf("Decide = %v, %q; want %v, %q", captured, reason, tt.captured, tt.reason)
 			}
 		})
+	}
+}
+
+// TestExcludedNamespaceIsNeverCaptured: a pod in a namespace istio-cni
+// excludes (kube-system) is neither captured at its ADD, nor adopted, nor
+// kept captured after an agent that did not exclude it, even with its
+// namespace and itself labelled ambient: Istio never enrolls it.
+func TestExcludedNamespaceIsNeverCaptured(t *testing.T) {
+	f := newFixture(t, true)
+	kubeSystem := model.Namespace{Name: "kube-system", Labels: ambientNS.Labels}
+	inKubeSystem := func(name, ip string) (model.Pod, podcache.Attachment) {
+		p := pod(name, ip, nil)
+		p.Namespace = "kube-system"
+		p.Labels = map[string]string{model.LabelDataplaneMode: ambient.DataplaneModeAmbient}
+		a := cniAttachment(name, 0, ip)
+		a.Namespace = "kube-system"
+		return p, a
+	}
+	coredns, corednsAtt := inKubeSystem("coredns", "10.0.0.7")
+	old, oldAtt := inKubeSystem("metrics-server", "10.0.0.8")
+	proxy, _ := inKubeSystem("running", "10.0.0.9")
+
+	// Captured by an agent that excluded nothing, before this one's source.
+	oldAtt.NetnsCookie, oldAtt.Captured, oldAtt.Reason = 80, true, ambient.ReasonAmbient
+	f.netns.add(oldAtt.NetnsPath, 80, "10.0.0.8")
+	if err := f.ctl.Apply(oldAtt); err != nil {
+		t.Fatal(err)
+	}
+	// Running before any ADD: not adopted.
+	f.netns.add("/host/proc/900/ns/net", 90, "10.0.0.9")
+	f.source([]model.Namespace{kubeSystem, ambientNS}, coredns, old, proxy, pod("web", "10.0.0.2", nil))
+	if got := f.marker.marked(); len(got) != 0 {
+		t.Errorf("marks %v, want none in kube-system", got)
+	}
+	if got := f.pods.Attachments()[oldAtt.Key()]; got.Captured || got.Reason != ambient.ReasonExcludedNamespace {
+		t.Errorf("the pod captured before: %+v, want released (excluded-namespace)", got)
+	}
+	if p := f.pods.Get("kube-system", "running"); p.Attachment != nil {
+		t.Errorf("adopted %+v in kube-system", p.Attachment)
+	}
+
+	corednsAtt.NetnsCookie = 70
+	a := f.attach(t, corednsAtt)
+	if a.Captured || a.Reason != ambient.ReasonExcludedNamespace || len(f.marker.marked()) != 0 {
+		t.Errorf("ADD in kube-system: %+v, marks %v; want not captured (excluded-namespace)", a, f.marker.marked())
 	}
 }
 

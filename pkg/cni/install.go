@@ -127,15 +127,28 @@ func WaitAndInstall(ctx context.Context, cfg InstallConfig, interval time.Durati
 	}
 }
 
-// Uninstall removes every ztdns entry from the conflists in ConfDir, then
-// BinDir/ztdns. The rest of each file stays byte for byte as it was; a .conf
-// that Install turned into a .conflist stays a (now equivalent) .conflist.
-// Removing what is not there is not an error, so Uninstall is idempotent.
-// Files in ConfDir that are not valid JSON conflists are left alone.
+// Uninstall removes every ztdns entry from the conflists in ConfDir. The
+// rest of each file stays byte for byte as it was; a .conf that Install
+// turned into a .conflist stays a (now equivalent) .conflist. Removing what
+// is not there is not an error, so Uninstall is idempotent. Files in ConfDir
+// that are not valid JSON conflists are left alone.
+//
+// It leaves the plugin binary, BinDir/ztdns (BinDir may be empty): pods
+// created while ztdns was in the chain are torn down with the configuration
+// cached at their ADD (CRI-O's ocicni, Multus, libcni's result cache), which
+// still lists ztdns. The runtime runs DEL in reverse order, so ztdns's runs
+// first, and a missing binary fails it in libcni before it starts, which
+// stops the primary plugin's DEL too: veths and IPAM addresses never
+// released, pods stuck Terminating. The binary left behind only answers
+// those DELs, with success (plugin.del never fails), and records nothing
+// once the agent's directory is gone (recordForAgent). A later Install
+// overwrites it atomically; an operator
+// removes it by hand once no pod created under ztdns remains on the node
+// (deploy/README.md, Uninstall).
 func Uninstall(cfg InstallConfig) error {
 	log := cfg.logger()
-	if err := cfg.validate(); err != nil {
-		return err
+	if cfg.ConfDir == "" {
+		return errors.New("cni: ConfDir is empty")
 	}
 	files, err := libcni.ConfFiles(cfg.ConfDir, []string{".conflist"})
 	if err != nil {
@@ -151,11 +164,12 @@ func Uninstall(cfg InstallConfig) error {
 			log.Info("removed ztdns from a CNI network configuration", "file", path)
 		}
 	}
-	bin := filepath.Join(cfg.BinDir, PluginType)
-	if err := os.Remove(bin); err == nil {
-		log.Info("removed the CNI plugin binary", "path", bin)
-	} else if !errors.Is(err, os.ErrNotExist) {
-		errs = append(errs, fmt.Errorf("cni uninstall: %w", err))
+	if cfg.BinDir != "" {
+		bin := filepath.Join(cfg.BinDir, PluginType)
+		if _, err := os.Stat(bin); err == nil {
+			log.Info("left the CNI plugin binary in place: pods created while ztdns was in the chain run it at their DEL, "+
+				"with the configuration cached at their ADD; remove it by hand once none remains on the node", "path", bin)
+		}
 	}
 	return errors.Join(errs...)
 }

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/invoke"
 )
 
 // runtimeConflist is a primary network configuration as containerd ships
@@ -229,13 +230,78 @@ func TestUninstallRestoresTheOriginal(t *testing.T) {
 	if got := readFile(t, path); got != runtimeConflist {
 		t.Errorf("after uninstall:\n%s\nwant the original:\n%s", got, runtimeConflist)
 	}
-	if _, err := os.Stat(filepath.Join(e.cfg.BinDir, "ztdns")); !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("binary still there: %v", err)
+	// The binary stays: pods created under ztdns run it at their DEL.
+	if got, err := os.ReadFile(filepath.Join(e.cfg.BinDir, "ztdns")); err != nil || !bytes.Equal(got, e.bin) {
+		t.Errorf("binary after uninstall: %q, %v; want it left as installed", got, err)
 	}
 	snap := e.snapshot(t)
 	e.uninstall(t)
 	if again := e.snapshot(t); !mapsEqual(snap, again) {
 		t.Errorf("second uninstall changed files")
+	}
+}
+
+// TestDelWithTheCachedConfigAfterUninstall: a runtime that tears a pod down
+// with the configuration cached at its ADD (CRI-O, Multus) still lists
+// ztdns, last, after the uninstall. libcni runs DEL in reverse order and
+// stops at the first plugin it cannot find or that fails: ztdns's DEL must
+// run and succeed (no agent, its directory gone), so that the primary
+// plugins release the pod's veth and addresses.
+func TestDelWithTheCachedConfigAfterUninstall(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	runDir := filepath.Join(dir, "var-run-ztdns") // the agent's, gone with ztdns
+	e := newInstallEnv(t, Config{SocketPath: filepath.Join(runDir, "ztdns.sock"), Timeout: "200ms"})
+	// The installed plugin is this test binary acting as the plugin.
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.bin = []byte("#!/bin/sh\nexec env " + asPluginEnv + "=1 " + self + " \"$@\"\n")
+	if err := os.WriteFile(e.cfg.Binary, e.bin, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// The primary plugins record their DELs.
+	calls := filepath.Join(dir, "calls")
+	for _, name := range []string{"bridge", "portmap"} {
+		script := "#!/bin/sh\necho \"$CNI_COMMAND " + name + "\" >>" + calls + "\n"
+		if err := os.WriteFile(filepath.Join(e.cfg.BinDir, name), []byte(script), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	path := e.write(t, "10-containerd-net.conflist", runtimeConflist)
+	e.install(t)
+	cached, err := libcni.ConfListFromFile(path) // what the runtime cached at the pod's ADD
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := cached.Plugins[len(cached.Plugins)-1].Network.Type; got != PluginType {
+		t.Fatalf("last plugin of the cached config %q, want ztdns", got)
+	}
+	e.uninstall(t)
+	if got, want := pluginTypes(t, path), []string{"bridge", "portmap"}; !slices.Equal(got, want) {
+		t.Fatalf("plugins after uninstall = %v, want %v", got, want)
+	}
+
+	var stderr bytes.Buffer // the plugins' logs
+	cniConf := libcni.NewCNIConfigWithCacheDir([]string{e.cfg.BinDir}, filepath.Join(dir, "cache"), &invoke.DefaultExec{RawExec: &invoke.RawExec{Stderr: &stderr}})
+	rt := &libcni.RuntimeConf{
+		ContainerID: "c0ffee",
+		NetNS:       "/var/run/netns/gone",
+		IfName:      "eth0",
+		Args:        [][2]string{{"IgnoreUnknown", "1"}, {"K8S_POD_NAMESPACE", "shop"}, {"K8S_POD_NAME", "web-0"}},
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := cniConf.DelNetworkList(ctx, cached, rt); err != nil {
+		t.Fatalf("DEL with the cached config after uninstall: %v\n%s", err, stderr.String())
+	}
+	if got, err := os.ReadFile(calls); err != nil || string(got) != "DEL portmap\nDEL bridge\n" {
+		t.Errorf("primary plugins' DELs: %q, %v; want portmap's then bridge's", got, err)
+	}
+	// Nothing recorded for an agent that will never come.
+	if _, err := os.Stat(runDir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the DEL made the agent's directory: %v", err)
 	}
 }
 

@@ -25,9 +25,35 @@ import (
 // requests only. A DEL removes the container's pending ADD, and a successful
 // ADD its pending DEL, so replaying never resurrects a deleted pod nor
 // deletes a live one.
+//
+// Nothing is recorded while the agent's socket directory does not exist:
+// ztdns is not installed on the node (a `helm uninstall` without the
+// cleanup left the plugin in the chain), or /var/run was emptied by a
+// reboot and the agent has not started yet. No agent would replay such a
+// record, and one that starts later has nothing to undo: its record of
+// captured pods lived in that directory too. And at most MaxPendingRecords
+// of each kind are kept, so that an agent that crash-loops does not let the
+// directory, on tmpfs, grow by a file per pod for as long as it does.
 const (
 	pendingDelDir = "del"
 	pendingAddDir = "add"
+)
+
+// MaxPendingRecords bounds the records of each kind in a pending directory
+// (about: concurrent plugins may each take the last place). Past it the
+// plugin logs and drops the event, at a small cost. A dropped DEL leaves the
+// pod's record and mark to the agent, which forgets every record whose
+// network namespace is gone on its own (capture's dropGone: at once for a
+// pod its source no longer has, else within 30 s). A dropped ADD leaves an
+// uncaptured pod that the agent finds from its source and adopts.
+const MaxPendingRecords = 4096
+
+var (
+	// errNoAgentDir: the agent's socket directory does not exist, so no
+	// agent will replay a record.
+	errNoAgentDir = errors.New("the ztdns agent's directory does not exist: ztdns is not installed on this node, and no agent will replay the event")
+	// errPendingFull: the most records of the kind are there already.
+	errPendingFull = errors.New("too many events of this kind are recorded already")
 )
 
 // PendingDeletes returns the DELs recorded in dir (a plugin's PendingDir)
@@ -95,8 +121,31 @@ func HasPendingAdd(dir, containerID string) bool {
 	return err == nil
 }
 
-// recordPending writes v as the pending event of kind for containerID.
+// recordForAgent writes v as the pending event of kind for containerID in
+// dir, for the agent whose control socket is socketPath, keeping at most
+// limit records of the kind (0: MaxPendingRecords). It records nothing and
+// returns errNoAgentDir when the socket's directory does not exist.
+func recordForAgent(socketPath, dir, kind, containerID string, v any, limit int) error {
+	if _, err := os.Stat(filepath.Dir(socketPath)); errors.Is(err, os.ErrNotExist) {
+		return errNoAgentDir
+	}
+	return recordPendingLimit(dir, kind, containerID, v, limit)
+}
+
+// recordPending writes v as the pending event of kind for containerID,
+// keeping at most MaxPendingRecords records of the kind.
 func recordPending(dir, kind, containerID string, v any) error {
+	return recordPendingLimit(dir, kind, containerID, v, MaxPendingRecords)
+}
+
+// recordPendingLimit writes v as the pending event of kind for
+// containerID. It returns errPendingFull, and writes nothing, when limit
+// (0: MaxPendingRecords) other events of the kind are recorded; the
+// container's own is replaced.
+func recordPendingLimit(dir, kind, containerID string, v any, limit int) error {
+	if limit <= 0 {
+		limit = MaxPendingRecords
+	}
 	path, err := pendingPath(dir, kind, containerID)
 	if err != nil {
 		return err
@@ -105,6 +154,9 @@ func recordPending(dir, kind, containerID string, v any) error {
 	if err != nil {
 		return err
 	}
+	if _, err := os.Stat(path); err != nil && pendingCount(filepath.Dir(path)) >= limit {
+		return errPendingFull
+	}
 	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
 		return fmt.Errorf("record pending %s: %w", kind, err)
 	}
@@ -112,6 +164,22 @@ func recordPending(dir, kind, containerID string, v any) error {
 		return fmt.Errorf("record pending %s: %w", kind, err)
 	}
 	return nil
+}
+
+// pendingCount returns how many records a kind's directory holds; a
+// directory it cannot read holds none.
+func pendingCount(kindDir string) int {
+	entries, err := os.ReadDir(kindDir)
+	if err != nil {
+		return 0
+	}
+	n := 0
+	for _, e := range entries {
+		if strings.HasSuffix(e.Name(), ".json") {
+			n++
+		}
+	}
+	return n
 }
 
 func forgetPending(dir, kind, containerID string) error {

@@ -1,6 +1,8 @@
 package cni
 
 import (
+	"errors"
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -75,6 +77,75 @@ func TestPendingAdds(t *testing.T) {
 	}
 	if got, _ := PendingAdds(dir); len(got) != 0 {
 		t.Errorf("after forgetting: %+v", got)
+	}
+}
+
+// TestPendingRecordsAreCapped: past the limit of a kind (MaxPendingRecords
+// in the plugin; less here), a new record is refused and nothing is
+// written; the container's own record is still replaced, and the other
+// kind has room of its own.
+func TestPendingRecordsAreCapped(t *testing.T) {
+	t.Parallel()
+	const limit = 8
+	dir := t.TempDir()
+	id := func(i int) string { return fmt.Sprintf("c%05d", i) }
+	record := func(i int, req control.CNIDelRequest) error {
+		return recordPendingLimit(dir, pendingDelDir, id(i), req, limit)
+	}
+	for i := range limit {
+		if err := record(i, control.CNIDelRequest{ContainerID: id(i)}); err != nil {
+			t.Fatalf("record %d: %v", i, err)
+		}
+	}
+	if err := record(limit, control.CNIDelRequest{ContainerID: id(limit)}); !errors.Is(err, errPendingFull) {
+		t.Errorf("record past the cap = %v, want errPendingFull", err)
+	}
+	again := control.CNIDelRequest{ContainerID: id(7), Netns: "/var/run/netns/seven"}
+	if err := record(7, again); err != nil {
+		t.Errorf("re-recording a recorded container = %v, want it replaced", err)
+	}
+	if err := recordPendingLimit(dir, pendingAddDir, id(0), control.CNIAddRequest{ContainerID: id(0)}, limit); err != nil {
+		t.Errorf("an ADD with the DELs full = %v, want recorded", err)
+	}
+	dels, err := PendingDeletes(dir)
+	if err != nil || len(dels) != limit {
+		t.Fatalf("PendingDeletes = %d, %v; want %d", len(dels), err, limit)
+	}
+	if dels[7] != again {
+		t.Errorf("record of %s = %+v, want %+v", id(7), dels[7], again)
+	}
+	// Once the agent has replayed and forgotten some, there is room again.
+	if err := ForgetPendingDelete(dir, id(0)); err != nil {
+		t.Fatal(err)
+	}
+	if err := record(limit, control.CNIDelRequest{ContainerID: id(limit)}); err != nil {
+		t.Errorf("record after one was forgotten = %v", err)
+	}
+}
+
+// TestNothingRecordedWithoutTheAgentsDirectory: with the agent's socket
+// directory gone (ztdns uninstalled), nothing is recorded and no directory
+// is made again.
+func TestNothingRecordedWithoutTheAgentsDirectory(t *testing.T) {
+	t.Parallel()
+	agentDir := filepath.Join(t.TempDir(), "ztdns")
+	socket, pending := filepath.Join(agentDir, "ztdns.sock"), filepath.Join(agentDir, "pending")
+	err := recordForAgent(socket, pending, pendingDelDir, "c0ffee", control.CNIDelRequest{ContainerID: "c0ffee"}, 0)
+	if !errors.Is(err, errNoAgentDir) {
+		t.Errorf("recordForAgent without the agent's directory = %v, want errNoAgentDir", err)
+	}
+	if _, err := os.Stat(agentDir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the agent's directory was made: %v", err)
+	}
+	// With the directory there (an agent that is restarting), it records.
+	if err := os.Mkdir(agentDir, 0o750); err != nil {
+		t.Fatal(err)
+	}
+	if err := recordForAgent(socket, pending, pendingDelDir, "c0ffee", control.CNIDelRequest{ContainerID: "c0ffee"}, 0); err != nil {
+		t.Fatal(err)
+	}
+	if dels, err := PendingDeletes(pending); err != nil || len(dels) != 1 {
+		t.Errorf("PendingDeletes = %+v, %v; want the DEL", dels, err)
 	}
 }
 

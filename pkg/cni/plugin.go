@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"runtime/debug"
 
 	"github.com/containernetworking/cni/pkg/skel"
@@ -41,6 +42,9 @@ func PluginMain() {
 type plugin struct {
 	stdout io.Writer // the CNI result, and nothing else
 	stderr io.Writer // the log, unless the config names a file
+	// maxPending bounds the pending records of each kind; 0 is
+	// MaxPendingRecords (tests set less).
+	maxPending int
 }
 
 // recovered turns a panic in fn into a CNI error instead of a crash with a
@@ -122,7 +126,13 @@ func (p *plugin) add(args *skel.CmdArgs) error {
 	case errors.Is(err, control.ErrUnreachable) && conf.OnAgentUnreachable == PolicyAllow:
 		log.Warn("ztdns agent unreachable: the pod starts WITHOUT DNS capture until the agent is back and reconciles it (onAgentUnreachable: allow)",
 			"socket", conf.SocketPath, "error", err)
-		if err := recordPending(conf.PendingDir, pendingAddDir, req.ContainerID, req); err != nil {
+		switch err := recordForAgent(conf.SocketPath, conf.PendingDir, pendingAddDir, req.ContainerID, req, p.maxPending); {
+		case errors.Is(err, errNoAgentDir):
+			log.Info("not recording the ADD: no ztdns agent on this node to replay it", "dir", filepath.Dir(conf.SocketPath))
+		case errors.Is(err, errPendingFull):
+			log.Error("dropping the ADD instead of recording it; the agent still finds the pod from its pod source and adopts it",
+				"pendingDir", conf.PendingDir, "error", err)
+		case err != nil:
 			log.Error("could not record the ADD for the agent; its reconcile still finds the pod from its pod source", "error", err)
 		}
 	case errors.Is(err, control.ErrUnreachable):
@@ -138,7 +148,9 @@ func (p *plugin) add(args *skel.CmdArgs) error {
 }
 
 // del tells the agent to unmark and forget the pod. It never fails: when
-// the agent cannot take the DEL, it is recorded for the agent to replay; and
+// the agent cannot take the DEL, it is recorded for the agent to replay
+// (unless no agent directory exists, or too many are recorded: see
+// MaxPendingRecords); and
 // a config the plugin cannot use is logged, not returned, because the
 // runtime runs DEL in reverse order and a failing ztdns would keep the
 // primary plugin from releasing the pod's veth and address. (With such a
@@ -179,13 +191,22 @@ func (p *plugin) del(args *skel.CmdArgs) error {
 		}
 		return nil
 	}
-	log.Warn("the agent could not take the DEL; recording it for the agent to replay", "socket", conf.SocketPath, "error", err)
-	if rerr := recordPending(conf.PendingDir, pendingDelDir, req.ContainerID, req); rerr != nil {
-		// Failing the DEL would leave the pod stuck in teardown for a
-		// stale mark on a namespace that is going away; once it is gone,
-		// the agent drops the pod's record and mark when it next makes
-		// its decisions again (capture's Redecide), DEL or none.
-		log.Error("could not record the DEL either; the agent drops the stale mark once the network namespace is gone", "error", rerr)
+	// Not recording, or failing to, never fails the DEL: that would leave
+	// the pod stuck in teardown for a stale mark on a namespace that is
+	// going away. Once it is gone, the agent drops the pod's record and
+	// mark when it next makes its decisions again (capture's dropGone), DEL
+	// or none.
+	switch rerr := recordForAgent(conf.SocketPath, conf.PendingDir, pendingDelDir, req.ContainerID, req, p.maxPending); {
+	case rerr == nil:
+		log.Warn("the agent could not take the DEL; recorded it for the agent to replay", "socket", conf.SocketPath, "error", err)
+	case errors.Is(rerr, errNoAgentDir):
+		log.Debug("no ztdns agent on this node (its directory is gone): nothing to tell or record", "dir", filepath.Dir(conf.SocketPath))
+	case errors.Is(rerr, errPendingFull):
+		log.Error("the agent could not take the DEL, and too many are recorded already: dropping it; the agent drops the pod's record and mark once its network namespace is gone",
+			"socket", conf.SocketPath, "pendingDir", conf.PendingDir, "error", err, "recordError", rerr)
+	default:
+		log.Error("the agent could not take the DEL, nor could it be recorded; the agent drops the stale mark once the network namespace is gone",
+			"socket", conf.SocketPath, "error", err, "recordError", rerr)
 	}
 	return nil
 }

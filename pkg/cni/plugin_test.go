@@ -7,6 +7,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -469,6 +470,56 @@ func TestDel(t *testing.T) {
 				t.Errorf("pending ADD survived the DEL: %+v", adds)
 			}
 		})
+	}
+}
+
+// TestNoAgentNoRecord: with the agent's directory gone (ztdns uninstalled
+// without its cleanup), DEL and ADD under "allow" succeed and record
+// nothing: no file per pod grows on the node's tmpfs for an agent that
+// will never come, and the directory is not made again.
+func TestNoAgentNoRecord(t *testing.T) {
+	t.Parallel()
+	e := newPluginEnv(t)
+	gone := filepath.Join(e.dir, "gone")
+	e.socket, e.pending = filepath.Join(gone, "ztdns.sock"), filepath.Join(gone, "pending")
+	args := e.args(t, "1.0.0", map[string]any{"timeout": "200ms"})
+	if err := e.plugin().add(args); err != nil {
+		t.Fatalf("ADD = %v, want the pod to start", err)
+	}
+	for range 2 {
+		if err := e.plugin().del(args); err != nil {
+			t.Fatalf("DEL = %v", err)
+		}
+	}
+	if _, err := os.Stat(gone); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the agent's directory was made: %v", err)
+	}
+	if strings.Contains(e.stderr.String(), "level=ERROR") {
+		t.Errorf("errors logged for a node without ztdns:\n%s", e.stderr.String())
+	}
+}
+
+// TestDelPastThePendingCap: with the most DELs recorded already (an agent
+// crash-looping for long; MaxPendingRecords, less here), DEL still
+// succeeds, records nothing and says what was dropped.
+func TestDelPastThePendingCap(t *testing.T) {
+	t.Parallel()
+	const limit = 8
+	e := newPluginEnv(t)
+	for i := range limit {
+		mustWrite(t, filepath.Join(e.pending, pendingDelDir, fmt.Sprintf("old%05d.json", i)), "{}")
+	}
+	args := e.args(t, "1.0.0", map[string]any{"timeout": "200ms"})
+	p := e.plugin()
+	p.maxPending = limit
+	if err := p.del(args); err != nil {
+		t.Fatalf("DEL = %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(e.pending, pendingDelDir, args.ContainerID+".json")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("DEL recorded past the cap: %v", err)
+	}
+	if log := e.stderr.String(); !strings.Contains(log, "level=ERROR") || !strings.Contains(log, "dropping it") {
+		t.Errorf("no error about the dropped DEL:\n%s", log)
 	}
 }
 

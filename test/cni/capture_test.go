@@ -166,6 +166,30 @@ func TestOptOutLeavesPodUncaptured(t *testing.T) {
 	}
 }
 
+// TestExcludedNamespaceLeftAlone: with the agent's default
+// --exclude-namespaces (kube-system, as istio-cni's excludeNamespaces), a
+// pod in kube-system is left uncaptured and resolves through its own
+// nameserver although both it and kube-system are labelled
+// istio.io/dataplane-mode=ambient (as a policy engine labels every
+// namespace): istio-cni never enrolls it, so ztunnel would route none of
+// ztdns's VIPs for it, and CoreDNS's upstream queries stay its own.
+func TestExcludedNamespaceLeftAlone(t *testing.T) {
+	t.Parallel()
+	const ns, name = "kube-system", "coredns-0"
+	ambientLabel := map[string]string{model.LabelDataplaneMode: ambient.DataplaneModeAmbient}
+	n := newCapturingNode(t, NodeOptions{Manifests: map[string]string{
+		"kube-system.yaml": namespaceManifest(ns, true) + "---\n" + podManifest(ns, name, ambientLabel, nil),
+	}})
+	n.startAgent(t)
+	n.waitSourceHas(t, ns, name)
+	p, ips := n.addPod(t, ns, name)
+	if n.isMarked(t, p) {
+		t.Fatalf("a pod in kube-system was marked: the pods map holds its cookie %d", cookieOf(t, p))
+	}
+	n.requireRow(t, p, ips, false, ambient.ReasonExcludedNamespace)
+	n.requireNotCaptured(t, p)
+}
+
 // TestDecisionFollowsRunTimeChanges: a running pod in a namespace that is
 // not ambient is marked when the namespace is labelled
 // istio.io/dataplane-mode=ambient, unmarked when the pod is annotated

@@ -48,6 +48,7 @@ func defaultArgs() argList {
 		"--proc-root=/host/proc",
 		"--vip-source=auto",
 		"--dns-capture-default=true",
+		"--exclude-namespaces=kube-system", // istio-cni's excludeNamespaces default
 		"--cni-install=true",
 		"--cni-bin-dir=/host/opt/cni/bin",
 		"--cni-conf-dir=/host/etc/cni/net.d",
@@ -191,6 +192,29 @@ func TestChartAgent(t *testing.T) {
 			pod: defaultPod().change(func(w *podWant) {
 				w.args = w.args.with("--dns-capture-default=false")
 			}),
+		},
+		{
+			name:  "namespaces excluded as istio-cni's excludeNamespaces",
+			sets:  []string{"cni.excludeNamespaces={kube-system,monitoring}"},
+			kinds: defaultKinds,
+			pod: defaultPod().change(func(w *podWant) {
+				w.args = w.args.with("--exclude-namespaces=kube-system,monitoring")
+			}),
+		},
+		{
+			name:  "no namespace excluded",
+			sets:  []string{"cni.excludeNamespaces={}"},
+			kinds: defaultKinds,
+			pod: defaultPod().change(func(w *podWant) {
+				w.args = w.args.with("--exclude-namespaces=")
+			}),
+		},
+		{
+			// An upgrade with --reuse-values from a chart without the value.
+			name:  "exclude namespaces absent: istio-cni's default",
+			sets:  []string{"cni.excludeNamespaces=null"},
+			kinds: defaultKinds,
+			pod:   defaultPod(),
 		},
 		{
 			name:  "capture disabled: only serving, with no privileges but the port",
