@@ -1,11 +1,13 @@
 package table
 
 import (
+	"cmp"
 	"hash/maphash"
 	"iter"
 	"maps"
 	"net/netip"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/miekg/dns"
@@ -390,9 +392,14 @@ func (b *Builder) Build(s *model.Snapshot) (*Table, []error) {
 	b.last = t
 	b.added, b.dropped = reuse(b.added), reuse(b.dropped)
 	clear(b.discarded)
+	// In the objects' order, not the map's: the agent keeps and shows the
+	// first few, which must not change from one build to the next.
+	keys := slices.SortedFunc(maps.Keys(b.warnings), func(x, y objKey) int {
+		return cmp.Or(strings.Compare(x.ns, y.ns), strings.Compare(x.name, y.name))
+	})
 	var warnings []error
-	for _, w := range b.warnings {
-		warnings = append(warnings, w...)
+	for _, k := range keys {
+		warnings = append(warnings, b.warnings[k]...)
 	}
 	return t, warnings
 }
