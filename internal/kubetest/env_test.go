@@ -286,26 +286,77 @@ func lastLine(out []byte) string {
 }
 
 // TestBuildScriptCached checks that once the binaries are built, the build
-// script is a fast no-op, so CI and every test can call it freely.
+// script is a no-op, so CI and every test can call it freely: it does not
+// start the go command (a stand-in first on PATH records any call), logs
+// nothing, and leaves the binaries and their stamps as they were.
 func TestBuildScriptCached(t *testing.T) {
 	requireBinaries(t)
 	root, err := repoRoot()
 	if err != nil {
 		t.Fatal(err)
 	}
+	fakeBin := t.TempDir()
+	called := filepath.Join(t.TempDir(), "go-called")
+	fakeGo := "#!/bin/sh\necho \"$@\" >>" + called + "\nexit 1\n"
+	if err := os.WriteFile(filepath.Join(fakeBin, "go"), []byte(fakeGo), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	dir := buildScriptDir(t, root)
+	files := []string{"kube-apiserver", "etcd", ".kube-apiserver.inputs", ".etcd.inputs"}
+	before := statAll(t, dir, files)
+
+	cmd := exec.Command("bash", filepath.Join(root, buildScript))
+	cmd.Env = append(os.Environ(), "PATH="+fakeBin+string(filepath.ListSeparator)+os.Getenv("PATH"))
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
 	began := time.Now()
-	out, err := exec.Command("bash", filepath.Join(root, buildScript)).Output()
-	took := time.Since(began)
+	out, err := cmd.Output()
+	t.Logf("%s took %v with the binaries cached", buildScript, time.Since(began))
 	if err != nil {
-		t.Fatalf("%s: %v", buildScript, err)
+		t.Fatalf("%s: %v\n%s", buildScript, err, stderr.String())
 	}
-	if took > time.Second {
-		t.Errorf("%s took %v with the binaries cached, want under a second", buildScript, took)
+	if got := strings.TrimSpace(string(out)); got != dir {
+		t.Errorf("%s printed %q, want the binary directory %s", buildScript, got, dir)
 	}
-	dir := strings.TrimSpace(string(out))
-	for _, bin := range []string{"kube-apiserver", "etcd"} {
-		if info, err := os.Stat(filepath.Join(dir, bin)); err != nil || info.Mode()&0o111 == 0 {
-			t.Errorf("%s/%s is not an executable (stat: %v)", dir, bin, err)
+	if b, err := os.ReadFile(called); err == nil {
+		t.Errorf("%s ran the go command with the binaries cached: go %s", buildScript, b)
+	}
+	if stderr.Len() > 0 {
+		t.Errorf("%s logged with the binaries cached, want nothing:\n%s", buildScript, stderr.String())
+	}
+	after := statAll(t, dir, files)
+	for _, f := range files {
+		if b, a := before[f], after[f]; !os.SameFile(b, a) || !b.ModTime().Equal(a.ModTime()) || b.Size() != a.Size() {
+			t.Errorf("%s/%s changed: %v %d bytes, was %v %d bytes", dir, f, a.ModTime(), a.Size(), b.ModTime(), b.Size())
 		}
 	}
+	for _, bin := range []string{"kube-apiserver", "etcd"} {
+		if after[bin].Mode()&0o111 == 0 {
+			t.Errorf("%s/%s is not an executable", dir, bin)
+		}
+	}
+}
+
+// buildScriptDir is the directory build-kube.sh --check names.
+func buildScriptDir(t *testing.T, root string) string {
+	t.Helper()
+	out, err := exec.Command("bash", filepath.Join(root, buildScript), "--check").Output()
+	if err != nil {
+		t.Fatalf("%s --check: %v", buildScript, err)
+	}
+	return strings.TrimSpace(string(out))
+}
+
+// statAll stats each of names in dir.
+func statAll(t *testing.T, dir string, names []string) map[string]os.FileInfo {
+	t.Helper()
+	infos := map[string]os.FileInfo{}
+	for _, n := range names {
+		fi, err := os.Stat(filepath.Join(dir, n))
+		if err != nil {
+			t.Fatal(err)
+		}
+		infos[n] = fi
+	}
+	return infos
 }

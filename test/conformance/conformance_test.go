@@ -5,6 +5,7 @@
 package conformance
 
 import (
+	"net"
 	"net/netip"
 	"slices"
 	"strings"
@@ -12,6 +13,8 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+
+	"github.com/ztdns/ztdns/internal/testenv"
 )
 
 const manifests = "testdata/manifests"
@@ -265,7 +268,7 @@ func TestForwardingDetails(t *testing.T) {
 
 func TestUpstreamFailures(t *testing.T) {
 	good := upstream(t)
-	dead := freePort(t) // nothing listens: UDP gets port unreachable
+	dead := testenv.DeadAddr(t) // nothing listens: refused at once
 	t.Run("first good answer wins", func(t *testing.T) {
 		r := startAgent(t, agentOpts{upstreams: []netip.AddrPort{dead, good.Addr}}, manifests)
 		for _, proto := range protocols {
@@ -274,17 +277,33 @@ func TestUpstreamFailures(t *testing.T) {
 			}
 		}
 	})
-	t.Run("all failing: SERVFAIL within the bound", func(t *testing.T) {
-		blackhole := netip.MustParseAddrPort("127.0.0.1:9") // discard: nothing answers
-		r := startAgent(t, agentOpts{upstreams: []netip.AddrPort{dead, blackhole}, timeout: 500 * time.Millisecond}, manifests)
+	t.Run("all silent: SERVFAIL once the forward timeout ends the wait", func(t *testing.T) {
+		// Upstreams that take the queries, over UDP and TCP, and never
+		// reply: only the agent's forward timeout ends the wait, and the
+		// client (agenttest's, which gives up after 5 s) gets SERVFAIL
+		// rather than nothing.
+		var silent []silentUpstream
+		var addrs []netip.AddrPort
+		for range 2 {
+			pc, ln := testenv.ListenPair(t)
+			t.Cleanup(func() { pc.Close(); ln.Close() })
+			silent = append(silent, silentUpstream{pc, ln})
+			addrs = append(addrs, pc.LocalAddr().(*net.UDPAddr).AddrPort())
+		}
+		const timeout = 500 * time.Millisecond
+		r := startAgent(t, agentOpts{upstreams: addrs, timeout: timeout}, manifests)
 		for _, proto := range protocols {
+			name := proto + ".example.com." // a name of its own: a SERVFAIL may be cached
 			start := time.Now()
-			resp := r.query(t, proto, fromDefault, "example.com.", dns.TypeA, false)
+			resp := r.query(t, proto, fromDefault, name, dns.TypeA, false)
+			t.Logf("%s: %s after %v with a forward timeout of %v", proto, dns.RcodeToString[resp.Rcode], time.Since(start), timeout)
 			if resp.Rcode != dns.RcodeServerFailure {
 				t.Errorf("%s: rcode %s, want SERVFAIL", proto, dns.RcodeToString[resp.Rcode])
 			}
-			if took := time.Since(start); took > 2*time.Second {
-				t.Errorf("%s: SERVFAIL took %v, bound is 500ms", proto, took)
+			// The SERVFAIL followed a question to the silent upstream, not
+			// a failure to send it.
+			if !silent[0].asked(t, proto, name) {
+				t.Errorf("%s: the first upstream was never asked for %s", proto, name)
 			}
 			// Local names still answer while upstreams are down.
 			if resp := r.query(t, proto, fromDefault, "address.internal.", dns.TypeA, false); len(resp.Answer) != 1 {
@@ -292,6 +311,51 @@ func TestUpstreamFailures(t *testing.T) {
 			}
 		}
 	})
+}
+
+// silentUpstream is a nameserver that takes queries, over UDP and TCP (in
+// the kernel's accept queue), and never answers.
+type silentUpstream struct {
+	pc net.PacketConn
+	ln net.Listener
+}
+
+// asked reports whether a query for name came to u over proto: it reads
+// what is queued, waiting at most a few seconds for it.
+func (u silentUpstream) asked(t *testing.T, proto, name string) bool {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	if proto == "udp" {
+		if err := u.pc.SetReadDeadline(deadline); err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, dns.MaxMsgSize)
+		for {
+			n, _, err := u.pc.ReadFrom(buf)
+			if err != nil {
+				return false
+			}
+			var m dns.Msg
+			if m.Unpack(buf[:n]) == nil && len(m.Question) == 1 && m.Question[0].Name == name {
+				return true
+			}
+		}
+	}
+	if err := u.ln.(*net.TCPListener).SetDeadline(deadline); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		c, err := u.ln.Accept()
+		if err != nil {
+			return false
+		}
+		_ = c.SetReadDeadline(deadline)
+		m, err := (&dns.Conn{Conn: c}).ReadMsg()
+		c.Close()
+		if err == nil && len(m.Question) == 1 && m.Question[0].Name == name {
+			return true
+		}
+	}
 }
 
 func TestAutopath(t *testing.T) {

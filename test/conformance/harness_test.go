@@ -17,7 +17,6 @@ import (
 
 	"github.com/ztdns/ztdns/internal/agenttest"
 	"github.com/ztdns/ztdns/internal/dnstest"
-	"github.com/ztdns/ztdns/internal/testenv"
 	"github.com/ztdns/ztdns/pkg/agent"
 	"github.com/ztdns/ztdns/pkg/source/configdir"
 )
@@ -77,10 +76,7 @@ func (r *running) exchange(t *testing.T, proto string, from netip.Addr, m *dns.M
 	return r.Exchange(t, proto, from, m)
 }
 
-var (
-	rrText   = agenttest.RRText
-	freePort = testenv.FreePort
-)
+var rrText = agenttest.RRText
 
 func eventually(t *testing.T, within time.Duration, f func() error) {
 	t.Helper()

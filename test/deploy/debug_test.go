@@ -122,7 +122,7 @@ func TestDebugCommandInTheContainer(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "objects.yaml"), []byte(manifests), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	a := agenttest.Start(t, agent.Config{Source: configdir.New(dir), Upstreams: []netip.AddrPort{testenv.FreePort(t)}})
+	a := agenttest.Start(t, agent.Config{Source: configdir.New(dir), Upstreams: []netip.AddrPort{testenv.DeadAddr(t)}})
 	run := exec.Command(buildZtdns(t), append(cmd.inContainer[1:], "--socket", a.Socket)...)
 	out, err := run.CombinedOutput()
 	if err != nil {

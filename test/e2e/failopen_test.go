@@ -3,11 +3,14 @@
 package e2e
 
 import (
+	"fmt"
 	"net/netip"
 	"slices"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ztdns/ztdns/internal/testenv"
 )
 
 // The agent's default --heartbeat-stale: the programs stop redirecting once
@@ -24,31 +27,36 @@ const (
 
 // TestFailOpen stops the agent under a steady query loop in a marked pod
 // whose own nameserver is real (and answers ownMarker, where ztdns answers
-// addressVIP), and measures how long after the signal the pod is answered
-// by its own nameserver again.
+// addressVIP), and checks that the pod is answered by its own nameserver
+// again, and stays so; how long after the signal that took is logged (the
+// README's numbers come from that log).
 //
 // SIGKILL: nobody says goodbye, so the programs notice the heartbeat is
 // stale. The agent beats every second and the bound is 3 s, so that happens
-// between 2 and 3 s after the kill. The client's slack on top: it sends
-// every timingEvery without retrying, so the first query after fail-open is
-// at most timingEvery late and is answered within a millisecond over the
-// veth; 200 ms covers that and a loaded machine's scheduling.
+// between 2 and 3 s after the kill; the test waits far longer before it
+// gives up.
 //
 // SIGTERM: the agent makes the heartbeat stale on its way out, so the pod
-// fails open at once, well before the heartbeat bound, and a graceful stop
-// loses no query: every one is answered, by ztdns or by the pod's own
-// nameserver.
+// fails open at once, and a graceful stop loses no query: every one is
+// answered, by ztdns or by the pod's own nameserver. Were the pod left to
+// the heartbeat, the queries of those seconds (one every lossEvery) would
+// go to an agent that is gone, and be lost.
 func TestFailOpen(t *testing.T) {
-	const slack = 200 * time.Millisecond
+	// How long the loop may wait for the pod's own nameserver: far past
+	// the heartbeat's bound, for a loaded machine, and not a bound on
+	// fail-open.
+	const failOpenWait = heartbeatStale + 30*time.Second
+	// Queries answered before the stop, and by the pod's nameserver after
+	// fail-open before the loop stops: the second shows it stays open.
+	const answersBefore, answersAfter = 10, 25
 	for _, tc := range []struct {
 		name     string
 		signal   syscall.Signal
 		every    time.Duration
-		within   time.Duration
 		lossless bool
 	}{
-		{name: "SIGKILL", signal: syscall.SIGKILL, every: timingEvery, within: heartbeatStale + slack},
-		{name: "SIGTERM", signal: syscall.SIGTERM, every: lossEvery, within: time.Second, lossless: true},
+		{name: "SIGKILL", signal: syscall.SIGKILL, every: timingEvery},
+		{name: "SIGTERM", signal: syscall.SIGTERM, every: lossEvery, lossless: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := newCluster(t)
@@ -59,13 +67,19 @@ func TestFailOpen(t *testing.T) {
 				t.Fatalf("before the stop: dig %s = %v, %v; want ztdns's %s", addressHost, got, err, addressVIP)
 			}
 
-			l := c.startLoop(t, p, tc.every, 500*time.Millisecond, tc.within+3*time.Second)
-			time.Sleep(time.Second)
+			// The loop runs until stopped below; its own bound is only a
+			// backstop.
+			l := c.startLoop(t, p, tc.every, 500*time.Millisecond, 2*failOpenWait)
+			testenv.Eventually(t, 30*time.Second, fmt.Sprintf("%d queries answered by ztdns before the %s", answersBefore, tc.name),
+				func() bool { return l.answered(addressVIP) >= answersBefore })
 			stoppedAt := signal(t, a, tc.signal)
 			err := a.Wait(t, 10*time.Second)
 			if tc.signal == syscall.SIGTERM && err != nil {
 				t.Errorf("agent exited with %v after SIGTERM, want success", err)
 			}
+			testenv.Eventually(t, failOpenWait, fmt.Sprintf("%d queries answered by the pod's own nameserver after the %s", answersAfter, tc.name),
+				func() bool { return l.answered(ownMarker) >= answersAfter })
+			l.stop(t)
 			qs := l.wait(t)
 
 			var first *loopQuery
@@ -83,12 +97,8 @@ func TestFailOpen(t *testing.T) {
 			if first == nil {
 				t.Fatalf("the pod's own nameserver never answered after the %s: %s", tc.name, tallyOf(qs))
 			}
-			took := first.done.Sub(stoppedAt)
 			t.Logf("fail open after %s: the pod's own nameserver answered %v after the signal (query sent %v after it); %s",
-				tc.name, took.Round(time.Millisecond), first.sent.Sub(stoppedAt).Round(time.Millisecond), tallyOf(qs))
-			if took > tc.within {
-				t.Errorf("failed open %v after %s, want at most %v", took, tc.name, tc.within)
-			}
+				tc.name, first.done.Sub(stoppedAt).Round(time.Millisecond), first.sent.Sub(stoppedAt).Round(time.Millisecond), tallyOf(qs))
 			if r := tallyOf(qs); tc.lossless && r.lostTotal() > 0 {
 				for _, q := range qs {
 					if _, ok := q.answer(); !ok {

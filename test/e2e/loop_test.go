@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	ossignal "os/signal"
 	"sort"
 	"strconv"
 	"strings"
@@ -29,10 +30,11 @@ import (
 // startLoop): every -every it sends one A query for -name to the pod's own
 // nameserver (the first of /etc/resolv.conf, or -server) from a fresh
 // connected UDP socket, as glibc does, and waits up to -timeout for the
-// answer without retrying, so every lost query counts. It runs for -for
-// and prints one line per query: sequence number, send and finish times
-// (Unix ns) and the outcome: the first address answered, or "timeout",
-// "refused", "rcode:NAME", "empty", "error:...".
+// answer without retrying, so every lost query counts. It runs for -for,
+// or until SIGINT, and prints one line per query as it finishes: sequence
+// number, send and finish times (Unix ns) and the outcome: the first
+// address answered, or "timeout", "refused", "rcode:NAME", "empty",
+// "error:...".
 func dnsLoop(args []string) int {
 	fs := flag.NewFlagSet("dnsloop", flag.ContinueOnError)
 	server := fs.String("server", "", "nameserver `ADDR:PORT` (default: the first in /etc/resolv.conf)")
@@ -56,8 +58,10 @@ func dnsLoop(args []string) int {
 	var wg sync.WaitGroup
 	tick := time.NewTicker(*every)
 	defer tick.Stop()
-	end := time.Now().Add(*duration)
-	for seq := 0; time.Now().Before(end); seq++ {
+	stop := make(chan os.Signal, 1)
+	ossignal.Notify(stop, syscall.SIGINT)
+	end := time.After(*duration)
+	for seq, sending := 0, true; sending; seq++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -67,14 +71,20 @@ func dnsLoop(args []string) int {
 			mu.Lock()
 			defer mu.Unlock()
 			fmt.Fprintf(out, "%d %d %d %s\n", seq, sent.UnixNano(), done.UnixNano(), outcome)
+			if err := out.Flush(); err != nil { // the test reads as it goes
+				fmt.Fprintln(os.Stderr, err)
+				os.Exit(1)
+			}
 		}()
-		<-tick.C
+		select {
+		case <-tick.C:
+		case <-end:
+			sending = false
+		case <-stop:
+			sending = false
+		}
 	}
 	wg.Wait()
-	if err := out.Flush(); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
 	return 0
 }
 
@@ -118,7 +128,7 @@ func (q loopQuery) answer() (netip.Addr, bool) {
 // loop is a dnsLoop running in a pod.
 type loop struct {
 	cmd    *exec.Cmd
-	stdout strings.Builder
+	stdout testenv.Log // written line by line as queries finish
 	stderr strings.Builder
 	exited chan struct{} // closed when it exited; err is set then
 	err    error
@@ -146,6 +156,20 @@ func (c *cluster) startLoop(t *testing.T, p *testenv.Pod, every, timeout, durati
 		<-l.exited
 	})
 	return l
+}
+
+// answered counts the queries answered with addr so far.
+func (l *loop) answered(addr netip.Addr) int {
+	return strings.Count(l.stdout.String(), " "+addr.String()+"\n")
+}
+
+// stop ends the loop's sending: the queries in flight finish, and wait
+// returns them all.
+func (l *loop) stop(t *testing.T) {
+	t.Helper()
+	if err := l.cmd.Process.Signal(syscall.SIGINT); err != nil {
+		t.Fatalf("stop dnsloop: %v", err)
+	}
 }
 
 // wait returns the loop's queries in the order they were sent.

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -424,11 +425,28 @@ func TestLinkWatchesBounded(t *testing.T) {
 	if watched != maxLinkDirs || !w.unwatched.Load() {
 		t.Errorf("%d directories watched, unwatched %v; want %d and true", watched, w.unwatched.Load(), maxLinkDirs)
 	}
-	// The last directories by name are the ones past the bound.
-	r := startSource(t, dir)
-	// The scan that follows the first one's new watches: past it, only
-	// the interval's scans can see the edit.
-	time.Sleep(10 * DefaultDebounce)
+	// The last directories by name are the ones past the bound. The
+	// source's watcher counts the scans it is rearmed after: the first
+	// scan's rearm adds the watches and asks for a second scan, whose
+	// rearm adds none. Past that second one, the edit below (in a
+	// directory not watched) can only be seen by the interval's scans.
+	s := New(dir, WithLogger(log))
+	sw := &scanCountingWatcher{}
+	s.startNotify = func(d string, l *slog.Logger, k func() []string) (watcher, error) {
+		w, err := startNotify(d, l, k)
+		if err != nil {
+			return nil, err
+		}
+		sw.watcher = w
+		return sw, nil
+	}
+	r := &running{src: s}
+	r.start(t)
+	for deadline := time.Now().Add(waitTimeout); sw.rearms.Load() < 2; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no scan after the one that added the watches within %v", waitTimeout)
+		}
+	}
 	last := fmt.Sprintf("n%03d", maxLinkDirs+1)
 	writeFile(t, filepath.Join(targets, fmt.Sprintf("d%03d", maxLinkDirs+1), "ns.yaml"), namespaceYAML(last+"-b"))
 	r.waitFor(t, "the edit in a directory past the bound", func(s *model.Snapshot) bool {
@@ -445,6 +463,17 @@ func TestLinkWatchesBounded(t *testing.T) {
 	if watched != 1 || w.unwatched.Load() {
 		t.Errorf("%d directories watched, unwatched %v; want 1 and false", watched, w.unwatched.Load())
 	}
+}
+
+// scanCountingWatcher counts the rearms that follow each scan.
+type scanCountingWatcher struct {
+	watcher
+	rearms atomic.Int32
+}
+
+func (w *scanCountingWatcher) rearm() {
+	w.watcher.rearm()
+	w.rearms.Add(1)
 }
 
 // vipsOf allocates the snapshot's VIPs as the table does with ztdns's
