@@ -225,9 +225,16 @@ func TestUpstreamSelection(t *testing.T) {
 	}
 }
 
+// TestNoUpstreamAnswersServfailWithinBound: when no upstream answers, the
+// client gets a SERVFAIL once the Forwarder's timeout bounds the wait: the
+// silent upstreams were asked and timed out, the dead one failed.
 func TestNoUpstreamAnswersServfailWithinBound(t *testing.T) {
 	t.Parallel()
-	const timeout = 300 * time.Millisecond
+	// The silent upstreams time out at this bound, long enough for the
+	// dead upstream's refusal to come first (its result is error, not
+	// timeout). How long Forward took is logged, not asserted: it runs
+	// under a guard, for a Forwarder that would never give up.
+	const timeout = time.Second
 	for _, p := range protocols {
 		for _, edns := range []bool{false, true} {
 			name := p.name + "/plain"
@@ -236,7 +243,9 @@ func TestNoUpstreamAnswersServfailWithinBound(t *testing.T) {
 			}
 			t.Run(name, func(t *testing.T) {
 				t.Parallel()
-				ups := []netip.AddrPort{testenv.DeadAddr(t), silentUpstream(t).addr, silentUpstream(t).addr}
+				dead := testenv.DeadAddr(t)
+				silent := []*testUpstream{silentUpstream(t), silentUpstream(t)}
+				ups := []netip.AddrPort{dead, silent[0].addr, silent[1].addr}
 				f := newForwarder(t, WithTimeout(timeout))
 				var opts []func(*dns.Msg)
 				if edns {
@@ -244,12 +253,25 @@ func TestNoUpstreamAnswersServfailWithinBound(t *testing.T) {
 				}
 				req := query(t, "Down.Example.COM.", dns.TypeAAAA, append(opts, withCD, withID(0x4242))...)
 
-				start := time.Now()
-				m := forward(t, f, req, p.tcp, ups...)
-				elapsed := time.Since(start)
+				m := forwardGuarded(t, f, req, p.tcp, ups...)
 
-				if elapsed < timeout-50*time.Millisecond || elapsed > timeout+time.Second {
-					t.Errorf("SERVFAIL after %v, want about the %v bound", elapsed, timeout)
+				for _, u := range silent {
+					// The upstream reads the query on its own time: it was
+					// sent, but may not have been read yet.
+					testenv.Eventually(t, guard, "silent upstream "+u.addr.String()+" asked", func() bool { return u.asked.Load() != nil })
+					if q := *u.asked.Load(); q.Name != "down.example.com." || q.Qtype != dns.TypeAAAA {
+						t.Errorf("silent upstream %s asked %v, want down.example.com. AAAA", u.addr, q)
+					}
+				}
+				// All three ended before Forward returned: it waits for
+				// every upstream when none answers well.
+				want := map[[2]string]float64{
+					{dead.String(), resultError}:             1,
+					{silent[0].addr.String(), resultTimeout}: 1,
+					{silent[1].addr.String(), resultTimeout}: 1,
+				}
+				if got := upstreamCounts(t, f); !maps.Equal(got, want) {
+					t.Errorf("upstream queries %v, want %v", got, want)
 				}
 				if m.Rcode != dns.RcodeServerFailure || !m.Response || m.Id != 0x4242 || !m.CheckingDisabled || !m.RecursionDesired {
 					t.Errorf("reply header = %+v, want a SERVFAIL response with the query's ID, RD and CD", m.MsgHdr)

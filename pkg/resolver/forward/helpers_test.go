@@ -63,6 +63,8 @@ func leakedGoroutines(wait time.Duration) string {
 type testUpstream struct {
 	addr    netip.AddrPort
 	queries atomic.Int64
+	// asked is the question of the last query it got.
+	asked atomic.Pointer[dns.Question]
 	// stop is closed before the servers shut down, so that handlers that
 	// sleep or hang return.
 	stop chan struct{}
@@ -79,6 +81,9 @@ func startUpstream(tb testing.TB, h handlerFunc) *testUpstream {
 		stop: make(chan struct{}),
 	}
 	handler := dns.HandlerFunc(func(w dns.ResponseWriter, req *dns.Msg) {
+		if len(req.Question) == 1 {
+			u.asked.Store(&req.Question[0])
+		}
 		u.queries.Add(1)
 		h(u, w, req)
 	})
