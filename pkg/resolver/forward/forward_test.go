@@ -728,53 +728,91 @@ func TestManyConcurrentCallers(t *testing.T) {
 func TestCloseStopsExchanges(t *testing.T) {
 	t.Parallel()
 	up := silentUpstream(t)
-	f := New(WithTimeout(10 * time.Second))
-	done := make(chan *dns.Msg)
+	// Only Close can end the exchange before the guard: its timeout is
+	// longer.
+	f := New(WithTimeout(time.Minute))
+	t.Cleanup(func() { f.Close() }) // should the test fail before it does
+	req := query(t, "www.example.com.", dns.TypeA)
+	type result struct {
+		reply []byte
+		err   error
+	}
+	// Buffered, and read only here: the goroutine calls nothing of t's, so
+	// it may outlive a test that gave up on it.
+	done := make(chan result, 1)
 	go func() {
-		b, err := f.Forward(context.Background(), query(t, "www.example.com.", dns.TypeA), false, []netip.AddrPort{up.addr})
-		if err != nil {
-			t.Errorf("Forward: %v", err)
-		}
-		m := new(dns.Msg)
-		_ = m.Unpack(b)
-		done <- m
+		b, err := f.Forward(context.Background(), req, false, []netip.AddrPort{up.addr})
+		done <- result{b, err}
 	}()
-	time.Sleep(100 * time.Millisecond)
-	closed := make(chan error)
+	testenv.Eventually(t, guard, "the silent upstream got the query", func() bool { return up.queries.Load() > 0 })
+	closed := make(chan error, 1)
 	go func() { closed <- f.Close() }()
 	select {
-	case m := <-done:
-		if m.Rcode != dns.RcodeServerFailure {
+	case r := <-done:
+		if r.err != nil {
+			t.Fatalf("Forward: %v", r.err)
+		}
+		if m := dnstest.Unpack(t, r.reply); m.Rcode != dns.RcodeServerFailure {
 			t.Errorf("rcode = %s, want SERVFAIL", dns.RcodeToString[m.Rcode])
 		}
-	case <-time.After(3 * time.Second):
-		t.Fatal("Forward still waiting 3s after Close")
+	case <-time.After(guard):
+		t.Fatalf("Forward still waiting %v after Close", guard)
 	}
-	if err := <-closed; err != nil {
-		t.Errorf("Close: %v", err)
+	select {
+	case err := <-closed:
+		if err != nil {
+			t.Errorf("Close: %v", err)
+		}
+	case <-time.After(guard):
+		t.Fatalf("Close has not returned after %v", guard)
 	}
-	m := forward(t, f, query(t, "www.example.com.", dns.TypeA), false, up.addr)
+	// Close waited for the exchange, which it stopped.
+	want := map[[2]string]float64{{up.addr.String(), resultCanceled}: 1}
+	if got := upstreamCounts(t, f); !maps.Equal(got, want) {
+		t.Errorf("upstream queries %v, want %v", got, want)
+	}
+	m := forwardGuarded(t, f, query(t, "www.example.com.", dns.TypeA), false, up.addr)
 	if m.Rcode != dns.RcodeServerFailure {
 		t.Errorf("after Close: rcode = %s, want SERVFAIL", dns.RcodeToString[m.Rcode])
+	}
+	if n := up.queries.Load(); n != 1 {
+		t.Errorf("upstream got %d queries, want 1: none after Close", n)
 	}
 }
 
 func TestCallerContextEndsWait(t *testing.T) {
 	t.Parallel()
 	up := silentUpstream(t)
-	f := newForwarder(t, WithTimeout(10*time.Second))
-	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	// Only the caller's context can end the wait before the guard: the
+	// Forwarder's timeout is longer.
+	f := newForwarder(t, WithTimeout(time.Minute))
+	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	start := time.Now()
-	b, err := f.Forward(ctx, query(t, "www.example.com.", dns.TypeA), false, []netip.AddrPort{up.addr})
-	if err != nil {
-		t.Fatalf("Forward: %v", err)
+	req := query(t, "www.example.com.", dns.TypeA)
+	type result struct {
+		reply []byte
+		err   error
 	}
-	if m := dnstest.Unpack(t, b); m.Rcode != dns.RcodeServerFailure {
-		t.Errorf("rcode = %s, want SERVFAIL", dns.RcodeToString[m.Rcode])
-	}
-	if d := time.Since(start); d > 2*time.Second {
-		t.Errorf("took %v after the caller's 100ms context ended", d)
+	// Buffered, and read only here: the goroutine calls nothing of t's.
+	done := make(chan result, 1)
+	go func() {
+		b, err := f.Forward(ctx, req, false, []netip.AddrPort{up.addr})
+		done <- result{b, err}
+	}()
+	testenv.Eventually(t, guard, "the silent upstream got the query", func() bool { return up.queries.Load() > 0 })
+	cancel()
+	ended := time.Now()
+	select {
+	case r := <-done:
+		t.Logf("Forward returned %v after the caller's context ended", time.Since(ended))
+		if r.err != nil {
+			t.Fatalf("Forward: %v", r.err)
+		}
+		if m := dnstest.Unpack(t, r.reply); m.Rcode != dns.RcodeServerFailure {
+			t.Errorf("rcode = %s, want SERVFAIL", dns.RcodeToString[m.Rcode])
+		}
+	case <-time.After(guard):
+		t.Fatalf("Forward still waiting %v after the caller's context ended", guard)
 	}
 }
 
