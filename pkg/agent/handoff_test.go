@@ -112,6 +112,8 @@ func TestRestartLosesNoQuery(t *testing.T) {
 	}
 	socket := filepath.Join(t.TempDir(), "ztdns.sock")
 	up := dnstest.Start(t, "127.0.0.1:0", dnstest.Zone{})
+	// The successor's own upstream names it in the status (waitServedBy).
+	upNew := dnstest.Start(t, "127.0.0.1:0", dnstest.Zone{}).Addr
 	listen := testenv.FreePort(t)
 	metrics := testenv.FreePort(t).String() // in a DaemonSet both pods share the node's port
 	old := startTestAgent(t, dir, socket, listen, up.Addr, metrics)
@@ -139,22 +141,29 @@ func TestRestartLosesNoQuery(t *testing.T) {
 			}
 		}()
 	}
-	time.Sleep(300 * time.Millisecond)
-	startTestAgent(t, dir, socket, listen, up.Addr, metrics) // takes over
-	time.Sleep(200 * time.Millisecond)
-	old.stop()
-	time.Sleep(300 * time.Millisecond)
-	close(stop)
-	wg.Wait()
-	t.Logf("restart under load: %d queries sent, %d lost", sent.Load(), lost.Load())
-	if sent.Load() < 100 {
-		t.Fatalf("only %d queries sent: the load loop did not run", sent.Load())
+	// Registered after the agents' stops, so it runs before them: a test
+	// that fails half-way leaves no client asking.
+	stopLoad := sync.OnceFunc(func() { close(stop); wg.Wait() })
+	t.Cleanup(stopLoad)
+	// sentAtLeast waits until the clients have sent n queries in all;
+	// each sends its next once the last is answered or lost.
+	sentAtLeast := func(n int64, when string) {
+		t.Helper()
+		testenv.Eventually(t, time.Minute, fmt.Sprintf("%d queries sent %s", n, when), func() bool { return sent.Load() >= n })
 	}
+	const queries = 100 // before the successor starts, and after the old agent stopped
+	sentAtLeast(queries, "before the successor starts")
+	succ := runTestAgent(t, dir, socket, listen, upNew, metrics) // takes over
+	waitServedBy(t, socket, succ, upNew)
+	old.stop()
+	sentAtLeast(sent.Load()+queries, "after the old agent stopped")
+	stopLoad()
+	t.Logf("restart under load: %d queries sent, %d lost", sent.Load(), lost.Load())
 	if lost.Load() != 0 {
 		t.Errorf("%d of %d queries lost across the restart", lost.Load(), sent.Load())
 	}
 	// The control socket and the probe port belong to the new agent now.
-	waitReady(t, socket)
+	waitServedBy(t, socket, succ, upNew)
 	resp, err := http.Get("http://" + metrics + "/readyz")
 	if err != nil {
 		t.Fatalf("probe port after the restart: %v", err)
@@ -302,7 +311,12 @@ func TestHandoffWaitsForASlowFirstTable(t *testing.T) {
 	upNew := netip.MustParseAddrPort("127.0.0.1:9") // names the successor in its status
 	succ := runTestAgent(t, dir, socket, listen, upNew, "", func(c *Config) { c.Source = src })
 	<-src.started
-	time.Sleep(3 * handoffTimeout) // the first table comes after the exchange's deadline
+	// The first table comes after the exchange's deadline. Letting time
+	// pass is the point here, not a stand-in for an event: the deadline
+	// was set on the successor's end of the exchange before src.started,
+	// and nothing can be observed when a socket's deadline passes with no
+	// I/O on it. Sleeping longer than needed only makes the test slower.
+	time.Sleep(3 * handoffTimeout)
 	close(src.open)
 	waitServedBy(t, socket, succ, upNew)
 	old.stop()

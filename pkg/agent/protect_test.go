@@ -104,7 +104,8 @@ func takeHandoff(path string) int {
 	return 0
 }
 
-// helper starts the test binary as helper name, as uid 65534 with group 0.
+// helper starts the test binary as helper name, as uid 65534 with group 0,
+// killed when the test ends or the test binary dies.
 func helper(t *testing.T, name, path string) (*exec.Cmd, *bufio.Reader, *bytes.Buffer) {
 	t.Helper()
 	cmd := testenv.AsUser(t, t.Context(), testenv.Nobody, os.Args[0])
@@ -115,7 +116,7 @@ func helper(t *testing.T, name, path string) (*exec.Cmd, *bufio.Reader, *bytes.B
 	}
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
+	if err := testenv.StartOrphanProof(cmd); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })

@@ -63,6 +63,8 @@ func leakedGoroutines(wait time.Duration) string {
 type testUpstream struct {
 	addr    netip.AddrPort
 	queries atomic.Int64
+	// asked is the question of the last query it got.
+	asked atomic.Pointer[dns.Question]
 	// stop is closed before the servers shut down, so that handlers that
 	// sleep or hang return.
 	stop chan struct{}
@@ -79,6 +81,9 @@ func startUpstream(tb testing.TB, h handlerFunc) *testUpstream {
 		stop: make(chan struct{}),
 	}
 	handler := dns.HandlerFunc(func(w dns.ResponseWriter, req *dns.Msg) {
+		if len(req.Question) == 1 {
+			u.asked.Store(&req.Question[0])
+		}
 		u.queries.Add(1)
 		h(u, w, req)
 	})
@@ -217,6 +222,41 @@ func forward(tb testing.TB, f *Forwarder, req []byte, tcp bool, ups ...netip.Add
 		tb.Fatalf("Forward: %v", err)
 	}
 	return dnstest.Unpack(tb, b)
+}
+
+// guard bounds how long a test waits for a Forward that must return: far
+// beyond any bound the Forwarder keeps, so that it fires only when Forward
+// would not return at all, never because the machine is slow.
+const guard = 30 * time.Second
+
+// forwardGuarded calls f.Forward with a context of its own that never
+// ends, so that only the Forwarder bounds the wait, and fails the test if
+// it has not returned within guard. It logs how long Forward took.
+func forwardGuarded(tb testing.TB, f *Forwarder, req []byte, tcp bool, ups ...netip.AddrPort) *dns.Msg {
+	tb.Helper()
+	type result struct {
+		reply []byte
+		err   error
+	}
+	// Buffered: a Forward the test gave up on returns into it when the
+	// test's cleanup closes f, and calls nothing of tb's.
+	done := make(chan result, 1)
+	start := time.Now()
+	go func() {
+		b, err := f.Forward(context.Background(), req, tcp, ups)
+		done <- result{b, err}
+	}()
+	select {
+	case r := <-done:
+		tb.Logf("Forward returned after %v", time.Since(start))
+		if r.err != nil {
+			tb.Fatalf("Forward: %v", r.err)
+		}
+		return dnstest.Unpack(tb, r.reply)
+	case <-time.After(guard):
+		tb.Fatalf("Forward still waiting after %v", guard)
+		return nil
+	}
 }
 
 func newForwarder(tb testing.TB, opts ...Option) *Forwarder {
