@@ -87,6 +87,9 @@ func cniAgent(t *testing.T) (*Agent, *marks) {
 	ctl := capture.New(capture.Config{StateDir: t.TempDir(), NodeName: testNode, DNSCaptureDefault: true, HostCookies: a.hostCookies, Logger: a.log},
 		a.pods, m, capture.ProcNamespaces{Root: "/proc"})
 	t.Cleanup(ctl.Close)
+	if err := ctl.Restore(); err != nil { // as reconcileCapture does
+		t.Fatal(err)
+	}
 	a.capture = &dataplane{ctl: ctl, pods: a.pods}
 	return a, m
 }

@@ -96,10 +96,13 @@ type Controller struct {
 	saveErr atomic.Pointer[error]
 
 	namespaces atomic.Pointer[map[string]*model.Namespace]
-	decideMu   sync.Mutex // serialises Redecide
-	adoptKey   string     // the pods the last scan looked for; guarded by decideMu
-	adoptedAt  time.Time
-	checkedAt  time.Time // when dropGone last looked; guarded by decideMu
+	// restored is set once Restore has read the previous agent's record:
+	// until then Redecide does nothing (see Redecide).
+	restored  atomic.Bool
+	decideMu  sync.Mutex // serialises Redecide
+	adoptKey  string     // the pods the last scan looked for; guarded by decideMu
+	adoptedAt time.Time
+	checkedAt time.Time // when dropGone last looked; guarded by decideMu
 }
 
 // New returns a controller over pods (the agent's registry, which it fills
@@ -322,11 +325,20 @@ func (c *Controller) namespaceOf(name string) *model.Namespace {
 // unmarking those whose decision changed (how a namespace label or a pod
 // annotation added at run time takes effect, without a restart), then
 // adopts running pods that should be captured and that no CNI event
-// announced.
+// announced. It does nothing before the source's first snapshot
+// (SetNamespaces) and before Restore.
 func (c *Controller) Redecide() {
 	// Before the source's first snapshot every namespace looks unlabelled:
 	// deciding then would unmark every restored pod until it arrives.
 	if c.namespaces.Load() == nil {
+		return
+	}
+	// Before Restore has read the previous agent's record the cache holds
+	// none of its pods: deciding then would adopt every captured running
+	// pod, and each adoption writes the record, overwriting the one Restore
+	// is yet to read (by-hand and ADD records would be lost, and their marks
+	// removed as stale).
+	if !c.restored.Load() {
 		return
 	}
 	c.decideMu.Lock()

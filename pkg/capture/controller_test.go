@@ -142,6 +142,11 @@ func newFixture(t *testing.T, dnsCaptureDefault bool) *fixture {
 		Logger:            slog.New(slog.DiscardHandler), Now: func() time.Time { return f.now },
 	}, f.pods, f.marker, f.netns)
 	t.Cleanup(f.ctl.Close)
+	// As the agent starts: the record (none yet) is read before anything
+	// is decided.
+	if err := f.ctl.Restore(); err != nil {
+		t.Fatal(err)
+	}
 	return f
 }
 
@@ -413,6 +418,42 @@ func TestRestore(t *testing.T) {
 	}
 	if want := []string{"ctr-kept", "ctr-lost-mark", "netns-cookie:20"}; !slices.Equal(keys, want) {
 		t.Errorf("record after restore %q, want %q", keys, want)
+	}
+}
+
+// TestRedecideWaitsForRestore: a successor's source delivers its first
+// snapshot (and the agent decides) before the successor reads its
+// predecessor's record. Deciding then must not adopt the recorded pods
+// and overwrite the record: the ADD's and the by-hand records survive
+// Restore, with their marks.
+func TestRedecideWaitsForRestore(t *testing.T) {
+	f := newFixture(t, true)
+	f.source([]model.Namespace{ambientNS}, pod("web", "10.0.0.2", nil))
+	web := f.attach(t, cniAttachment("web", 10, "10.0.0.2"))
+	hand := podcache.Attachment{Namespace: "default", Name: "vm", NetnsCookie: 20, Captured: true, Reason: ReasonByHand}
+	if err := f.ctl.Apply(hand); err != nil {
+		t.Fatal(err)
+	}
+	f.ctl.Close()
+
+	g := &fixture{pods: podcache.New("cluster.local"), marker: f.marker, netns: f.netns, dir: f.dir}
+	g.ctl = New(Config{StateDir: f.dir, NodeName: node, DNSCaptureDefault: true, HostCookies: []uint64{hostCookie},
+		Logger: slog.New(slog.DiscardHandler)}, g.pods, g.marker, g.netns)
+	t.Cleanup(g.ctl.Close)
+	g.source([]model.Namespace{ambientNS}, pod("web", "10.0.0.2", nil)) // the first table, before Restore
+	if err := g.ctl.Restore(); err != nil {
+		t.Fatal(err)
+	}
+	g.ctl.Redecide()
+	var keys []string
+	for _, a := range g.savedRecord(t) {
+		keys = append(keys, a.Key())
+	}
+	if want := []string{web.Key(), hand.Key()}; !slices.Equal(keys, want) {
+		t.Errorf("record after restore %q, want %q", keys, want)
+	}
+	if got, want := g.marker.marked(), []uint64{10, 20}; !slices.Equal(got, want) {
+		t.Errorf("marks after restore %v, want %v", got, want)
 	}
 }
 

@@ -24,10 +24,12 @@ const stateRetryEvery = 5 * time.Second
 // Restore reads the attachments a previous agent recorded, drops those
 // whose network namespace is gone (or is another one at the same path), and
 // makes the pods map agree: marks nobody recorded are removed, recorded
-// captured pods that lost their mark get it back.
+// captured pods that lost their mark get it back. Redecide does nothing
+// until it has run.
 func (c *Controller) Restore() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	defer c.restored.Store(true)
 	saved, err := c.load()
 	if err != nil {
 		c.log.Warn("ignoring unreadable capture state; marks are rebuilt from the source and the runtime", "err", err)
