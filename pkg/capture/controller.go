@@ -206,7 +206,9 @@ func (c *Controller) forgetLocked(key string) (podcache.Attachment, bool, error)
 // already. An adopted record is released when it is that namespace, or
 // when its own namespace is gone; one still alive that the DEL does not
 // name is left: the DEL may be a repeated one for an older sandbox of the
-// same pod. It returns the records it released.
+// same pod. (An adopted record's path is a process's: when that process
+// is gone but another holds the namespace, the record follows it; see
+// moveAdopted.) It returns the records it released.
 func (c *Controller) ForgetAdopted(namespace, name, netnsPath string) ([]podcache.Attachment, error) {
 	var delCookie uint64
 	if netnsPath != "" {
@@ -216,13 +218,14 @@ func (c *Controller) ForgetAdopted(namespace, name, netnsPath string) ([]podcach
 	}
 	var released []podcache.Attachment
 	var errs []error
+	var live liveNetns
 	atts := c.pods.Attachments()
 	for _, key := range slices.Sorted(maps.Keys(atts)) {
 		a := atts[key]
 		if !strings.HasPrefix(key, AdoptedPrefix) || a.Namespace != namespace || a.Name != name {
 			continue
 		}
-		if a.NetnsCookie != delCookie && !c.netnsGone(a) {
+		if a.NetnsCookie != delCookie && (!c.netnsGone(a) || c.moveAdopted(key, a, &live)) {
 			continue
 		}
 		if a, ok, err := c.forgetIf(key, a.NetnsCookie); ok {
@@ -262,8 +265,9 @@ func (c *Controller) dropGone() {
 	if all {
 		c.checkedAt = now
 	}
+	var live liveNetns
 	for key, a := range c.pods.Attachments() {
-		if !all && !c.sourceLost(a) || !c.netnsGone(a) {
+		if !all && !c.sourceLost(a) || !c.netnsGone(a) || c.moveAdopted(key, a, &live) {
 			continue
 		}
 		if _, ok, err := c.forgetIf(key, a.NetnsCookie); ok {
@@ -271,6 +275,59 @@ func (c *Controller) dropGone() {
 				"netns", a.NetnsPath, "err", err)
 		}
 	}
+}
+
+// liveNetns is where a scan found each network namespace: one scan at
+// most, and only when a record asks for it.
+type liveNetns struct {
+	scanned bool
+	paths   map[uint64]string
+	err     error // the scan's
+}
+
+// moveAdopted keeps an adopted record whose path is gone (netnsGone) when
+// another process still holds its network namespace: an adopted record
+// names a process's ns/net, and that process (the lowest PID when it was
+// adopted, or a record an older agent made from another PID) can exit
+// while the pod runs on. The record
+// then names a live process of the namespace, found by a fresh scan (live
+// keeps it for the rest of the pass). It reports whether the record stays:
+// false for records that are not adopted, and when no process holds the
+// namespace; true, without a move, when the scan failed.
+func (c *Controller) moveAdopted(key string, a podcache.Attachment, live *liveNetns) bool {
+	if !strings.HasPrefix(key, AdoptedPrefix) {
+		return false
+	}
+	if !live.scanned {
+		live.scanned = true
+		scan, err := c.netns.Scan()
+		if err != nil {
+			c.log.Error("scanning the node's processes for adopted pods' network namespaces failed", "err", err)
+			live.err = err
+		}
+		live.paths = map[uint64]string{}
+		for _, n := range scan.Found {
+			live.paths[n.Cookie] = n.Path
+		}
+	}
+	if live.err != nil {
+		return true // no proof that no process holds it: the record stays
+	}
+	path, ok := live.paths[a.NetnsCookie]
+	if !ok {
+		return false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	cur, ok := c.pods.Attachment(key)
+	if !ok || cur.NetnsCookie != a.NetnsCookie {
+		return true // forgotten or replaced meanwhile: nothing to move
+	}
+	cur.NetnsPath = path
+	c.pods.Attach(cur)
+	c.saveOrRetry()
+	c.log.Info("adopted pod's process is gone; following another process of its network namespace", "pod", cur.Namespace+"/"+cur.Name, "netns", path)
+	return true
 }
 
 // sourceLost reports whether the source no longer has the pod an

@@ -26,6 +26,8 @@ type fakeMarker struct {
 	mu     sync.Mutex
 	marks  map[uint64]redirect.PodInfo
 	failOn map[uint64]error // Mark fails for these cookies
+	// unmarked lists the cookies Unmark removed a mark of, in order.
+	unmarked []uint64
 }
 
 func newFakeMarker() *fakeMarker {
@@ -45,8 +47,18 @@ func (m *fakeMarker) Mark(cookie uint64, pod redirect.PodInfo) error {
 func (m *fakeMarker) Unmark(cookie uint64) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if _, ok := m.marks[cookie]; ok {
+		m.unmarked = append(m.unmarked, cookie)
+	}
 	delete(m.marks, cookie)
 	return nil
+}
+
+// unmarks returns the cookies Unmark removed a mark of, in order.
+func (m *fakeMarker) unmarks() []uint64 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return slices.Clone(m.unmarked)
 }
 
 func (m *fakeMarker) Pods() ([]redirect.MarkedPod, error) {
@@ -798,5 +810,26 @@ func TestAdoptionDoesNotRaceAnAdd(t *testing.T) {
 	}
 	if got := f.pods.Attachments(); len(got) != 0 {
 		t.Errorf("records %+v after the DEL, want none", got)
+	}
+}
+
+// TestDelOfAnotherSandboxKeepsAMovedAdoptedPod: a DEL that names no
+// namespace (a repeated one for an older sandbox) finds the adopted
+// record's process gone, but another process still holds its namespace:
+// the record follows that process, and the pod stays captured.
+func TestDelOfAnotherSandboxKeepsAMovedAdoptedPod(t *testing.T) {
+	f := newFixture(t, true)
+	f.netns.add("/host/proc/100/ns/net", 100, "10.0.0.2")
+	f.source([]model.Namespace{ambientNS}, pod("web", "10.0.0.2", nil))
+	delete(f.netns.byPath, "/host/proc/100/ns/net")
+	f.netns.add("/host/proc/300/ns/net", 100, "10.0.0.2")
+	if released, err := f.ctl.ForgetAdopted("shop", "web", ""); len(released) != 0 || err != nil {
+		t.Errorf("released %+v, %v; want nothing: the namespace is alive", released, err)
+	}
+	if got := f.marker.marked(); !slices.Equal(got, []uint64{100}) {
+		t.Errorf("marks %v, want web's", got)
+	}
+	if p := f.pods.Get("shop", "web"); p.Attachment == nil || p.Attachment.NetnsPath != "/host/proc/300/ns/net" {
+		t.Errorf("web's attachment %+v, want it through /host/proc/300/ns/net", p.Attachment)
 	}
 }
