@@ -153,6 +153,16 @@ func (c *Controller) applyLocked(a podcache.Attachment) error {
 	if err := c.setMark(a); err != nil {
 		return err
 	}
+	if a.ContainerID != "" && !strings.HasPrefix(a.ContainerID, AdoptedPrefix) {
+		// A CNI ADD (a replayed one, say) of a sandbox adopted before it:
+		// the ADD's record is the one its DEL names, and two records of one
+		// namespace would leave a mark to whichever goes first.
+		for key, b := range c.pods.Attachments() {
+			if strings.HasPrefix(key, AdoptedPrefix) && b.NetnsCookie == a.NetnsCookie {
+				c.pods.Detach(key)
+			}
+		}
+	}
 	c.pods.Attach(a)
 	c.saveOrRetry()
 	return nil
@@ -193,9 +203,24 @@ func (c *Controller) forgetLocked(key string) (podcache.Attachment, bool, error)
 	if !ok {
 		return a, false, nil
 	}
-	err := c.marker.Unmark(a.NetnsCookie)
+	// Another record of the namespace that captures it keeps its mark.
+	var err error
+	if !c.capturedElsewhere(a.NetnsCookie) {
+		err = c.marker.Unmark(a.NetnsCookie)
+	}
 	c.saveOrRetry()
 	return a, true, err
+}
+
+// capturedElsewhere reports whether a record captures the network
+// namespace with that cookie. Callers hold mu.
+func (c *Controller) capturedElsewhere(cookie uint64) bool {
+	for _, b := range c.pods.Attachments() {
+		if b.NetnsCookie == cookie && b.Captured {
+			return true
+		}
+	}
+	return false
 }
 
 // ForgetAdopted releases what the controller adopted of pod

@@ -833,3 +833,46 @@ func TestDelOfAnotherSandboxKeepsAMovedAdoptedPod(t *testing.T) {
 		t.Errorf("web's attachment %+v, want it through /host/proc/300/ns/net", p.Attachment)
 	}
 }
+
+// TestAddAfterAdoption: an ADD of a sandbox adopted before it (a replayed
+// pending ADD) replaces the adopted record: one record of the namespace
+// is left, and the ADD's DEL releases it.
+func TestAddAfterAdoption(t *testing.T) {
+	f := newFixture(t, true)
+	f.netns.add("/host/proc/100/ns/net", 100, "10.0.0.2")
+	f.source([]model.Namespace{ambientNS}, pod("web", "10.0.0.2", nil))
+	web := f.attach(t, cniAttachment("web", 100, "10.0.0.2"))
+	if got := slices.Sorted(maps.Keys(f.pods.Attachments())); !slices.Equal(got, []string{web.Key()}) {
+		t.Errorf("records %q, want the ADD's alone", got)
+	}
+	if _, ok, err := f.ctl.Forget(web.Key()); !ok || err != nil {
+		t.Fatalf("DEL: %v, %v", ok, err)
+	}
+	if got := f.marker.marked(); len(got) != 0 {
+		t.Errorf("marks %v after the DEL, want none", got)
+	}
+}
+
+// TestForgetKeepsAMarkAnotherRecordHolds: of two records of one network
+// namespace, forgetting one leaves the mark the other captures.
+func TestForgetKeepsAMarkAnotherRecordHolds(t *testing.T) {
+	f := newFixture(t, true)
+	f.source([]model.Namespace{ambientNS})
+	web := f.attach(t, cniAttachment("web", 10, "10.0.0.2"))
+	hand := podcache.Attachment{Namespace: "default", Name: "vm", NetnsCookie: 10, Captured: true, Reason: ReasonByHand}
+	if err := f.ctl.Apply(hand); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok, err := f.ctl.Forget(hand.Key()); !ok || err != nil {
+		t.Fatalf("Forget(%s): %v, %v", hand.Key(), ok, err)
+	}
+	if got := f.marker.marked(); !slices.Equal(got, []uint64{10}) {
+		t.Errorf("marks %v, want web's: its record still captures it", got)
+	}
+	if _, ok, err := f.ctl.Forget(web.Key()); !ok || err != nil {
+		t.Fatalf("Forget(%s): %v, %v", web.Key(), ok, err)
+	}
+	if got := f.marker.marked(); len(got) != 0 {
+		t.Errorf("marks %v, want none", got)
+	}
+}
