@@ -380,9 +380,10 @@ func (a *Agent) run(ctx context.Context) error {
 			a.log.Info("handing the resolver's sockets to a new agent; this one stops serving")
 			a.handedOver.Store(true)
 			a.ready.Store(false)
-			ctl.Close()   // before "released": the successor binds the path next
-			stopControl() // and clients still connected move on to it
-			stopMetrics() // the successor answers probes and scrapes on the same socket
+			a.fenceCapture() // before "released": the successor marks pods next
+			ctl.Close()      // before "released": the successor binds the path next
+			stopControl()    // and clients still connected move on to it
+			stopMetrics()    // the successor answers probes and scrapes on the same socket
 			if a.capture != nil {
 				a.capture.stopBeating(false) // the successor beats now
 			}
@@ -733,7 +734,7 @@ func (a *Agent) apply(s *model.Snapshot) {
 	tbl, warnings := a.builder.Build(s)
 	a.server.SetTable(tbl)
 	a.pods.SetSourcePods(s.Pods)
-	if a.capture != nil {
+	if a.capture != nil && !a.handedOver.Load() { // else the successor's to do
 		a.capture.ctl.SetNamespaces(s.Namespaces)
 		a.capture.ctl.Redecide() // labels and annotations may have changed
 	}

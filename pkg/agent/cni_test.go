@@ -330,3 +330,35 @@ func canceled(t *testing.T) context.Context {
 	cancel()
 	return ctx
 }
+
+// TestHandedOverAgentLeavesCapture: an agent that handed over lingers
+// (its pod terminates slowly) while its successor marks pods and replays
+// the events the plugin recorded: its housekeeping and its source change
+// no mark and take no recorded event.
+func TestHandedOverAgentLeavesCapture(t *testing.T) {
+	a, m := cniAgent(t)
+	a.cfg.Socket = filepath.Join(t.TempDir(), "ztdns.sock")
+	dir := a.pendingDir()
+	n := podNetns(t, "198.18.77.6/32")
+	cookie, err := redirect.NetnsCookie(n.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	feedSource(a)
+	a.handedOver.Store(true)
+	a.fenceCapture()
+
+	recordPending(t, dir, "del", "c0ffee08", control.CNIDelRequest{ContainerID: "c0ffee08"})
+	recordPending(t, dir, "add", "c0ffee09", control.CNIAddRequest{ContainerID: "c0ffee09", Netns: n.Path(), IfName: "eth0",
+		PodNamespace: "shop", PodName: "new", IPs: []netip.Addr{netip.MustParseAddr("198.18.77.6")}, NetnsCookie: cookie})
+	a.keepHouse(canceled(t))
+	feedSource(a, model.Pod{Namespace: "shop", Name: "new", UID: "uid-9", NodeName: testNode, IPs: []netip.Addr{netip.MustParseAddr("198.18.77.6")}})
+	if got := m.cookies(); len(got) != 0 {
+		t.Errorf("marks %v: the old agent marked a pod after the handoff", got)
+	}
+	dels, _ := cni.PendingDeletes(dir)
+	adds, _ := cni.PendingAdds(dir)
+	if len(dels) != 1 || len(adds) != 1 {
+		t.Errorf("recorded events left: %d DELs, %d ADDs; want both for the successor", len(dels), len(adds))
+	}
+}

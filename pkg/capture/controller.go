@@ -91,6 +91,9 @@ type Controller struct {
 	// record on disk is current. Guarded by mu, like closed.
 	retry  *time.Timer
 	closed bool
+	// fenced is set, holding decideMu and mu, when the agent hands over to
+	// a successor (Fence): the controller then changes nothing.
+	fenced atomic.Bool
 	// saveErr is the last failed write's error while the record is not
 	// current, for status.
 	saveErr atomic.Pointer[error]
@@ -150,6 +153,9 @@ func (c *Controller) Apply(a podcache.Attachment) error {
 }
 
 func (c *Controller) applyLocked(a podcache.Attachment) error {
+	if c.fenced.Load() {
+		return ErrFenced
+	}
 	if err := c.setMark(a); err != nil {
 		return err
 	}
@@ -199,6 +205,9 @@ func (c *Controller) forgetIf(key string, cookie uint64) (podcache.Attachment, b
 }
 
 func (c *Controller) forgetLocked(key string) (podcache.Attachment, bool, error) {
+	if c.fenced.Load() {
+		return podcache.Attachment{}, false, ErrFenced
+	}
 	a, ok := c.pods.Detach(key)
 	if !ok {
 		return a, false, nil
@@ -253,10 +262,11 @@ func (c *Controller) ForgetAdopted(namespace, name, netnsPath string) ([]podcach
 		if a.NetnsCookie != delCookie && (!c.netnsGone(a) || c.moveAdopted(key, a, &live)) {
 			continue
 		}
-		if a, ok, err := c.forgetIf(key, a.NetnsCookie); ok {
+		a, ok, err := c.forgetIf(key, a.NetnsCookie)
+		if ok {
 			released = append(released, a)
-			errs = append(errs, err)
 		}
+		errs = append(errs, err) // ErrFenced forgets nothing
 	}
 	return released, errors.Join(errs...)
 }
@@ -345,7 +355,7 @@ func (c *Controller) moveAdopted(key string, a podcache.Attachment, live *liveNe
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	cur, ok := c.pods.Attachment(key)
-	if !ok || cur.NetnsCookie != a.NetnsCookie {
+	if !ok || cur.NetnsCookie != a.NetnsCookie || c.fenced.Load() {
 		return true // forgotten or replaced meanwhile: nothing to move
 	}
 	cur.NetnsPath = path
@@ -370,6 +380,9 @@ func (c *Controller) sourceLost(a podcache.Attachment) bool {
 func (c *Controller) UnmarkStale(cookie uint64) (bool, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.fenced.Load() {
+		return false, ErrFenced
+	}
 	if p := c.pods.ByCookie(cookie); p != nil && p.Attachment != nil {
 		return false, nil
 	}
@@ -425,6 +438,9 @@ func (c *Controller) Redecide() {
 	}
 	c.decideMu.Lock()
 	defer c.decideMu.Unlock()
+	if c.fenced.Load() {
+		return
+	}
 	c.dropGone()
 	for _, att := range c.pods.Attachments() {
 		captured, reason := c.Decide(att)
@@ -461,6 +477,29 @@ func (c *Controller) setMark(a podcache.Attachment) error {
 		}
 	}
 	return c.marker.Mark(a.NetnsCookie, info)
+}
+
+// ErrFenced is what the controller answers once its agent handed over to
+// a successor (Fence): the successor keeps the marks and the record now.
+var ErrFenced = errors.New("capture: handed over to a new agent")
+
+// Fence makes the controller change nothing any more, for good: no mark,
+// no record in memory or on disk, no sweep; what is under way finishes
+// first. An agent that handed its sockets to a successor calls it before
+// saying it released them: the successor, which marks pods and writes the
+// record from then on, must not race an old agent that lingers. Decisions
+// (Redecide) and writes return at once after it; those that would change
+// something return ErrFenced.
+func (c *Controller) Fence() {
+	c.decideMu.Lock()
+	defer c.decideMu.Unlock()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.fenced.Store(true)
+	c.closed = true
+	if c.retry != nil {
+		c.retry.Stop()
+	}
 }
 
 // Close stops retrying the record; the marks stay.

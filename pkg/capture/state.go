@@ -30,6 +30,9 @@ func (c *Controller) Restore() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	defer c.restored.Store(true)
+	if c.fenced.Load() {
+		return ErrFenced
+	}
 	saved, err := c.load()
 	if err != nil {
 		c.log.Warn("ignoring unreadable capture state; marks are rebuilt from the source and the runtime", "err", err)
@@ -95,6 +98,9 @@ func (c *Controller) SweepNameservers() {
 // sweepLocked is SweepNameservers for callers holding mu (which keeps Mark
 // from racing the sweep).
 func (c *Controller) sweepLocked() error {
+	if c.fenced.Load() {
+		return nil // the successor's marks are not this agent's to judge
+	}
 	s, ok := c.marker.(nameserverSweeper)
 	if !ok {
 		return nil
@@ -120,8 +126,11 @@ var _ nameserverSweeper = (*redirect.Redirector)(nil)
 // restarted agent rebuilds lost records from the source and the runtime):
 // it is logged, counted in ztdns_state_write_failures_total, shown by
 // `ztdns status` (Unsaved), and tried again every stateRetryEvery until it
-// works. Callers hold mu.
+// works. Callers hold mu. A fenced controller writes nothing.
 func (c *Controller) saveOrRetry() {
+	if c.fenced.Load() {
+		return
+	}
 	err := c.save()
 	if err == nil {
 		if c.retry != nil {
