@@ -320,10 +320,13 @@ func (a *Agent) run(ctx context.Context) error {
 	})
 	if in != nil {
 		// The predecessor keeps serving until this agent has a table: a
-		// fresh agent would forward every name until its first sync.
+		// fresh agent would forward every name until its first sync. The
+		// wait ends at in.syncBy, counted from the takeover, not from
+		// here: starting capture may have taken a while, and the
+		// predecessor's patience runs from when it sent the sockets.
 		select {
 		case <-a.firstTable:
-		case <-time.After(handoffSyncWait):
+		case <-time.After(time.Until(in.syncBy)):
 			a.log.Warn("no table yet; taking over anyway", "waited", handoffSyncWait)
 		case <-ctx.Done():
 			// Stopped (or failed) before taking over: the predecessor must
