@@ -65,14 +65,21 @@ type ProcNamespaces struct {
 	Root string
 }
 
-// Cookie implements Namespaces. A /proc/PID/ns/net path (as dockershim
-// and cri-dockerd name pods' namespaces) names the node's PIDs: it is
-// looked up under Root.
+// Cookie implements Namespaces. A /proc/PID/ns/net path is looked up
+// under Root (NodePath).
 func (p ProcNamespaces) Cookie(path string) (uint64, error) {
+	return redirect.NetnsCookie(p.NodePath(path))
+}
+
+// NodePath maps a runtime's /proc/PID/ns/net path (dockershim and
+// cri-dockerd name pods' namespaces so), which names the node's PIDs, into
+// the node's proc filesystem at Root. Other paths, and any path when Root
+// is the default, are left as they are.
+func (p ProcNamespaces) NodePath(path string) string {
 	if rest, ok := strings.CutPrefix(path, "/proc/"); ok && p.Root != "" && p.Root != "/proc" {
-		path = filepath.Join(p.Root, rest)
+		return filepath.Join(p.Root, rest)
 	}
-	return redirect.NetnsCookie(path)
+	return path
 }
 
 // Scan implements Namespaces.
