@@ -114,13 +114,11 @@ func podNetns(t *testing.T, addrs ...string) *testenv.Netns {
 	return n
 }
 
-// TestDelReleasesAnAdoptedPod: a pod that ran before the agent was adopted
-// (found in /proc by its IP); the runtime's DEL names its sandbox's
-// container ID, which the agent never heard, and the pod's name: its mark
-// and record go.
-func TestDelReleasesAnAdoptedPod(t *testing.T) {
-	a, m := cniAgent(t)
-	n := podNetns(t, "198.18.77.2/32")
+// runPause runs a process in the pod's network namespace, as its pause
+// process, until the test ends (it is what a scan of /proc finds), and
+// returns the namespace's cookie.
+func runPause(t *testing.T, n *testenv.Netns) uint64 {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	pause := n.Command(ctx, nil, "sleep", "600")
@@ -132,6 +130,17 @@ func TestDelReleasesAnAdoptedPod(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return cookie
+}
+
+// TestDelReleasesAnAdoptedPod: a pod that ran before the agent was adopted
+// (found in /proc by its IP); the runtime's DEL names its sandbox's
+// container ID, which the agent never heard, and the pod's name: its mark
+// and record go.
+func TestDelReleasesAnAdoptedPod(t *testing.T) {
+	a, m := cniAgent(t)
+	n := podNetns(t, "198.18.77.2/32")
+	cookie := runPause(t, n)
 	ip := netip.MustParseAddr("198.18.77.2")
 	feedSource(a, model.Pod{Namespace: "shop", Name: "web-0", UID: "uid-1", NodeName: testNode, IPs: []netip.Addr{ip}})
 	if p := a.pods.Get("shop", "web-0"); p.Attachment == nil || !slices.Equal(m.cookies(), []uint64{cookie}) {
@@ -188,17 +197,7 @@ func TestAddWithALinkLocalAddress(t *testing.T) {
 func TestAddTheSourceContradicts(t *testing.T) {
 	a, m := cniAgent(t)
 	n := podNetns(t, "198.18.77.4/32")
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	pause := n.Command(ctx, nil, "sleep", "600")
-	if err := pause.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cancel(); _ = pause.Wait() })
-	cookie, err := redirect.NetnsCookie(n.Path())
-	if err != nil {
-		t.Fatal(err)
-	}
+	cookie := runPause(t, n)
 	ip := netip.MustParseAddr("198.18.77.4")
 	old := model.Pod{Namespace: "shop", Name: "web-0", UID: "uid-1", NodeName: testNode, IPs: []netip.Addr{netip.MustParseAddr("198.18.77.9")}}
 	elsewhere := model.Pod{Namespace: "shop", Name: "web-1", UID: "uid-2", NodeName: "node-b"}
