@@ -320,10 +320,13 @@ func (a *Agent) run(ctx context.Context) error {
 	})
 	if in != nil {
 		// The predecessor keeps serving until this agent has a table: a
-		// fresh agent would forward every name until its first sync.
+		// fresh agent would forward every name until its first sync. The
+		// wait ends at in.syncBy, counted from the takeover, not from
+		// here: starting capture may have taken a while, and the
+		// predecessor's patience runs from when it sent the sockets.
 		select {
 		case <-a.firstTable:
-		case <-time.After(handoffSyncWait):
+		case <-time.After(time.Until(in.syncBy)):
 			a.log.Warn("no table yet; taking over anyway", "waited", handoffSyncWait)
 		case <-ctx.Done():
 			// Stopped (or failed) before taking over: the predecessor must
@@ -380,9 +383,10 @@ func (a *Agent) run(ctx context.Context) error {
 			a.log.Info("handing the resolver's sockets to a new agent; this one stops serving")
 			a.handedOver.Store(true)
 			a.ready.Store(false)
-			ctl.Close()   // before "released": the successor binds the path next
-			stopControl() // and clients still connected move on to it
-			stopMetrics() // the successor answers probes and scrapes on the same socket
+			a.fenceCapture() // before "released": the successor marks pods next
+			ctl.Close()      // before "released": the successor binds the path next
+			stopControl()    // and clients still connected move on to it
+			stopMetrics()    // the successor answers probes and scrapes on the same socket
 			if a.capture != nil {
 				a.capture.stopBeating(false) // the successor beats now
 			}
@@ -733,7 +737,7 @@ func (a *Agent) apply(s *model.Snapshot) {
 	tbl, warnings := a.builder.Build(s)
 	a.server.SetTable(tbl)
 	a.pods.SetSourcePods(s.Pods)
-	if a.capture != nil {
+	if a.capture != nil && !a.handedOver.Load() { // else the successor's to do
 		a.capture.ctl.SetNamespaces(s.Namespaces)
 		a.capture.ctl.Redecide() // labels and annotations may have changed
 	}

@@ -162,6 +162,10 @@ func (a *Agent) replayPending() {
 	}
 	for _, d := range dels {
 		a.cniMu.Lock()
+		if a.handedOver.Load() { // the successor replays what is left
+			a.cniMu.Unlock()
+			return
+		}
 		err := a.cniDelLocked(d)
 		a.cniMu.Unlock()
 		if err != nil {
@@ -185,6 +189,9 @@ func (a *Agent) replayPending() {
 func (a *Agent) replayAdd(dir string, ad control.CNIAddRequest) {
 	a.cniMu.Lock()
 	defer a.cniMu.Unlock()
+	if a.handedOver.Load() { // the successor replays what is left
+		return
+	}
 	// The plugin forgets a pod's recorded ADD before it sends the pod's
 	// DEL: a record gone since the directory was read is a pod deleted
 	// meanwhile, and its DEL (serialised by cniMu) is done or waiting.
@@ -226,6 +233,20 @@ func (a *Agent) keepHouse(ctx context.Context) {
 			a.capture.ctl.Redecide()
 			a.capture.ctl.SweepNameservers()
 		}
+	}
+}
+
+// fenceCapture makes this agent, handed over (handedOver is set), leave
+// capture's shared state to its successor, which marks pods and writes the
+// record from the moment it hears "released": no CNI event or replay is
+// half-way once cniMu is held, and replays left stop at the next event;
+// the controller's fence waits for a Redecide under way, then makes every
+// later one, housekeeping's sweep, and any mark or write do nothing.
+func (a *Agent) fenceCapture() {
+	a.cniMu.Lock()
+	defer a.cniMu.Unlock()
+	if a.capture != nil {
+		a.capture.ctl.Fence()
 	}
 }
 

@@ -87,6 +87,9 @@ func cniAgent(t *testing.T) (*Agent, *marks) {
 	ctl := capture.New(capture.Config{StateDir: t.TempDir(), NodeName: testNode, DNSCaptureDefault: true, HostCookies: a.hostCookies, Logger: a.log},
 		a.pods, m, capture.ProcNamespaces{Root: "/proc"})
 	t.Cleanup(ctl.Close)
+	if err := ctl.Restore(); err != nil { // as reconcileCapture does
+		t.Fatal(err)
+	}
 	a.capture = &dataplane{ctl: ctl, pods: a.pods}
 	return a, m
 }
@@ -111,13 +114,11 @@ func podNetns(t *testing.T, addrs ...string) *testenv.Netns {
 	return n
 }
 
-// TestDelReleasesAnAdoptedPod: a pod that ran before the agent was adopted
-// (found in /proc by its IP); the runtime's DEL names its sandbox's
-// container ID, which the agent never heard, and the pod's name: its mark
-// and record go.
-func TestDelReleasesAnAdoptedPod(t *testing.T) {
-	a, m := cniAgent(t)
-	n := podNetns(t, "198.18.77.2/32")
+// runPause runs a process in the pod's network namespace, as its pause
+// process, until the test ends (it is what a scan of /proc finds), and
+// returns the namespace's cookie.
+func runPause(t *testing.T, n *testenv.Netns) uint64 {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	pause := n.Command(ctx, nil, "sleep", "600")
@@ -129,6 +130,17 @@ func TestDelReleasesAnAdoptedPod(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return cookie
+}
+
+// TestDelReleasesAnAdoptedPod: a pod that ran before the agent was adopted
+// (found in /proc by its IP); the runtime's DEL names its sandbox's
+// container ID, which the agent never heard, and the pod's name: its mark
+// and record go.
+func TestDelReleasesAnAdoptedPod(t *testing.T) {
+	a, m := cniAgent(t)
+	n := podNetns(t, "198.18.77.2/32")
+	cookie := runPause(t, n)
 	ip := netip.MustParseAddr("198.18.77.2")
 	feedSource(a, model.Pod{Namespace: "shop", Name: "web-0", UID: "uid-1", NodeName: testNode, IPs: []netip.Addr{ip}})
 	if p := a.pods.Get("shop", "web-0"); p.Attachment == nil || !slices.Equal(m.cookies(), []uint64{cookie}) {
@@ -185,17 +197,7 @@ func TestAddWithALinkLocalAddress(t *testing.T) {
 func TestAddTheSourceContradicts(t *testing.T) {
 	a, m := cniAgent(t)
 	n := podNetns(t, "198.18.77.4/32")
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	pause := n.Command(ctx, nil, "sleep", "600")
-	if err := pause.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cancel(); _ = pause.Wait() })
-	cookie, err := redirect.NetnsCookie(n.Path())
-	if err != nil {
-		t.Fatal(err)
-	}
+	cookie := runPause(t, n)
 	ip := netip.MustParseAddr("198.18.77.4")
 	old := model.Pod{Namespace: "shop", Name: "web-0", UID: "uid-1", NodeName: testNode, IPs: []netip.Addr{netip.MustParseAddr("198.18.77.9")}}
 	elsewhere := model.Pod{Namespace: "shop", Name: "web-1", UID: "uid-2", NodeName: "node-b"}
@@ -326,4 +328,36 @@ func canceled(t *testing.T) context.Context {
 	ctx, cancel := context.WithCancel(t.Context())
 	cancel()
 	return ctx
+}
+
+// TestHandedOverAgentLeavesCapture: an agent that handed over lingers
+// (its pod terminates slowly) while its successor marks pods and replays
+// the events the plugin recorded: its housekeeping and its source change
+// no mark and take no recorded event.
+func TestHandedOverAgentLeavesCapture(t *testing.T) {
+	a, m := cniAgent(t)
+	a.cfg.Socket = filepath.Join(t.TempDir(), "ztdns.sock")
+	dir := a.pendingDir()
+	n := podNetns(t, "198.18.77.6/32")
+	cookie, err := redirect.NetnsCookie(n.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	feedSource(a)
+	a.handedOver.Store(true)
+	a.fenceCapture()
+
+	recordPending(t, dir, "del", "c0ffee08", control.CNIDelRequest{ContainerID: "c0ffee08"})
+	recordPending(t, dir, "add", "c0ffee09", control.CNIAddRequest{ContainerID: "c0ffee09", Netns: n.Path(), IfName: "eth0",
+		PodNamespace: "shop", PodName: "new", IPs: []netip.Addr{netip.MustParseAddr("198.18.77.6")}, NetnsCookie: cookie})
+	a.keepHouse(canceled(t))
+	feedSource(a, model.Pod{Namespace: "shop", Name: "new", UID: "uid-9", NodeName: testNode, IPs: []netip.Addr{netip.MustParseAddr("198.18.77.6")}})
+	if got := m.cookies(); len(got) != 0 {
+		t.Errorf("marks %v: the old agent marked a pod after the handoff", got)
+	}
+	dels, _ := cni.PendingDeletes(dir)
+	adds, _ := cni.PendingAdds(dir)
+	if len(dels) != 1 || len(adds) != 1 {
+		t.Errorf("recorded events left: %d DELs, %d ADDs; want both for the successor", len(dels), len(adds))
+	}
 }

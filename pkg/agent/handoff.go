@@ -81,6 +81,12 @@ type inherited struct {
 	metrics *net.TCPListener
 	conn    *net.UnixConn
 	r       *bufio.Reader
+	// syncBy is when the successor takes over whether it has a table or
+	// not: handoffSyncWait from its asking, so before the old agent, whose
+	// wait for "serving" starts later (once it has sent the sockets) and
+	// lasts handoffTimeout longer, gives up. What the successor does
+	// meanwhile (loading the capture programs) counts.
+	syncBy time.Time
 }
 
 // takeOver asks a running agent for its sockets. It returns nil and no error
@@ -97,7 +103,8 @@ func takeOver(controlSocket string, log *slog.Logger) (*inherited, error) {
 		log.Warn("refusing the sockets offered at the hand-off path", "path", handoffPath(controlSocket), "err", err)
 		return nil, fmt.Errorf("handoff: %w", err)
 	}
-	conn.SetDeadline(time.Now().Add(handoffTimeout))
+	asked := time.Now()
+	conn.SetDeadline(asked.Add(handoffTimeout))
 	if _, err := conn.Write([]byte("sockets\n")); err != nil {
 		conn.Close()
 		return nil, fmt.Errorf("handoff: %w", err)
@@ -120,7 +127,8 @@ func takeOver(controlSocket string, log *slog.Logger) (*inherited, error) {
 		conn.Close()
 		return nil, fmt.Errorf("handoff: %d descriptions for %d sockets: %v", len(descs), len(files), err)
 	}
-	in := &inherited{udp: map[netip.AddrPort][]*net.UDPConn{}, tcp: map[netip.AddrPort]*net.TCPListener{}, conn: conn, r: bufio.NewReader(conn)}
+	in := &inherited{udp: map[netip.AddrPort][]*net.UDPConn{}, tcp: map[netip.AddrPort]*net.TCPListener{}, conn: conn, r: bufio.NewReader(conn),
+		syncBy: asked.Add(handoffSyncWait)}
 	for i, d := range descs {
 		addr, err := netip.ParseAddrPort(d.Addr)
 		if err == nil {

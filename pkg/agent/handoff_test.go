@@ -555,3 +555,55 @@ func TestProbesDuringHandoff(t *testing.T) {
 		})
 	}
 }
+
+// TestTakeOverSetsTheSyncDeadline: the successor's wait for its first
+// table ends handoffSyncWait after it asked for the sockets, whatever it
+// does before it starts waiting (loading the capture programs), so before
+// the old agent, whose wait for "serving" starts once it has sent them and
+// lasts handoffTimeout longer, gives up. (Before: the successor waited
+// handoffSyncWait from when it began to wait; capture that took longer
+// than handoffTimeout to start had the old agent give up first, and the
+// successor fail at "released".)
+func TestTakeOverSetsTheSyncDeadline(t *testing.T) {
+	socket := filepath.Join(t.TempDir(), "ztdns.sock")
+	ln, err := listenHandoff(socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	sockets := func() ([]socketDesc, []*os.File, error) {
+		f, err := c.File()
+		if err != nil {
+			return nil, nil, err
+		}
+		return []socketDesc{{Network: "udp", Addr: c.LocalAddr().String()}}, []*os.File{f}, nil
+	}
+	offered := make(chan struct{})
+	go func() {
+		defer close(offered)
+		c, err := ln.AcceptUnix()
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer c.Close()
+		offerOnce(c, sockets, func(bool) {}, func() { t.Error("stopped for an abandoned takeover") })
+	}()
+	before := time.Now()
+	in, err := takeOver(socket, slog.New(slog.DiscardHandler))
+	after := time.Now()
+	if err != nil || in == nil {
+		t.Fatalf("takeOver = %v, %v", in, err)
+	}
+	in.abandon()
+	<-offered
+	if in.syncBy.Before(before.Add(handoffSyncWait)) || in.syncBy.After(after.Add(handoffSyncWait)) {
+		t.Errorf("the wait for a table ends at %v, want handoffSyncWait after asking, between %v and %v",
+			in.syncBy, before.Add(handoffSyncWait), after.Add(handoffSyncWait))
+	}
+}

@@ -6,10 +6,10 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strings"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/ztdns/ztdns/pkg/capture"
 	"github.com/ztdns/ztdns/pkg/control"
 	"github.com/ztdns/ztdns/pkg/redirect"
 )
@@ -49,7 +49,7 @@ type netnsSeen struct {
 // node's own namespace is Refused.
 func (a *Agent) inspectNetns(path string) (netnsSeen, error) {
 	// O_NONBLOCK: a FIFO or a device at the path must not hang the agent.
-	fd, err := unix.Open(a.nodeProcPath(path), unix.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC|unix.O_NOCTTY, 0)
+	fd, err := unix.Open(capture.ProcNamespaces{Root: a.cfg.ProcRoot}.NodePath(path), unix.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC|unix.O_NOCTTY, 0)
 	if err != nil {
 		return netnsSeen{}, control.Invalid(fmt.Errorf("network namespace %s: %w", path, &os.PathError{Op: "open", Path: path, Err: err}))
 	}
@@ -71,16 +71,6 @@ func (a *Agent) inspectNetns(path string) (netnsSeen, error) {
 		return netnsSeen{}, fmt.Errorf("%s: %w", path, err)
 	}
 	return netnsSeen{cookie: cookie, addrs: addrs}, nil
-}
-
-// nodeProcPath maps a runtime's /proc/PID/ns/net path (dockershim and
-// cri-dockerd name pods' namespaces so), which names the node's PIDs, into
-// the node's proc filesystem the agent was given (--proc-root).
-func (a *Agent) nodeProcPath(path string) string {
-	if rest, ok := strings.CutPrefix(path, "/proc/"); ok && a.cfg.ProcRoot != "/proc" {
-		return filepath.Join(a.cfg.ProcRoot, rest)
-	}
-	return path
 }
 
 // verifyAdd checks a CNI ADD against the namespace it names and against the

@@ -32,7 +32,7 @@ type Namespaces interface {
 	// there (any more).
 	Cookie(path string) (uint64, error)
 	// Scan lists the network namespaces the node's processes live in, each
-	// once, with its addresses. Namespaces it could not open are counted
+	// once (through its lowest PID), with its addresses. Namespaces it could not open are counted
 	// in the result, not returned as an error.
 	Scan() (ScanResult, error)
 }
@@ -65,14 +65,21 @@ type ProcNamespaces struct {
 	Root string
 }
 
-// Cookie implements Namespaces. A /proc/PID/ns/net path (as dockershim
-// and cri-dockerd name pods' namespaces) names the node's PIDs: it is
-// looked up under Root.
+// Cookie implements Namespaces. A /proc/PID/ns/net path is looked up
+// under Root (NodePath).
 func (p ProcNamespaces) Cookie(path string) (uint64, error) {
+	return redirect.NetnsCookie(p.NodePath(path))
+}
+
+// NodePath maps a runtime's /proc/PID/ns/net path (dockershim and
+// cri-dockerd name pods' namespaces so), which names the node's PIDs, into
+// the node's proc filesystem at Root. Other paths, and any path when Root
+// is the default, are left as they are.
+func (p ProcNamespaces) NodePath(path string) string {
 	if rest, ok := strings.CutPrefix(path, "/proc/"); ok && p.Root != "" && p.Root != "/proc" {
-		path = filepath.Join(p.Root, rest)
+		return filepath.Join(p.Root, rest)
 	}
-	return redirect.NetnsCookie(path)
+	return path
 }
 
 // Scan implements Namespaces.
@@ -88,13 +95,21 @@ func (p ProcNamespaces) Scan() (ScanResult, error) {
 	if err != nil {
 		return ScanResult{}, err
 	}
+	// The lowest PID of a namespace is kept: its first process (a pod's
+	// pause), which lives as long as the pod, rather than whichever sorts
+	// first by name (an exec probe's "123456" before the pause's "35000"),
+	// which an adopted record would name until it exits.
+	var pids []uint64
+	for _, e := range entries {
+		if pid, err := strconv.ParseUint(e.Name(), 10, 32); err == nil {
+			pids = append(pids, pid)
+		}
+	}
+	slices.Sort(pids)
 	var res ScanResult
 	seen := map[uint64]bool{}
-	for _, e := range entries {
-		if _, err := strconv.ParseUint(e.Name(), 10, 32); err != nil {
-			continue
-		}
-		n, err := inspect(filepath.Join(root, e.Name(), "ns", "net"))
+	for _, pid := range pids {
+		n, err := inspect(filepath.Join(root, strconv.FormatUint(pid, 10), "ns", "net"))
 		switch {
 		case errors.Is(err, fs.ErrPermission):
 			res.Denied++

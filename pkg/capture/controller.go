@@ -91,15 +91,21 @@ type Controller struct {
 	// record on disk is current. Guarded by mu, like closed.
 	retry  *time.Timer
 	closed bool
+	// fenced is set, holding decideMu and mu, when the agent hands over to
+	// a successor (Fence): the controller then changes nothing.
+	fenced atomic.Bool
 	// saveErr is the last failed write's error while the record is not
 	// current, for status.
 	saveErr atomic.Pointer[error]
 
 	namespaces atomic.Pointer[map[string]*model.Namespace]
-	decideMu   sync.Mutex // serialises Redecide
-	adoptKey   string     // the pods the last scan looked for; guarded by decideMu
-	adoptedAt  time.Time
-	checkedAt  time.Time // when dropGone last looked; guarded by decideMu
+	// restored is set once Restore has read the previous agent's record:
+	// until then Redecide does nothing (see Redecide).
+	restored  atomic.Bool
+	decideMu  sync.Mutex // serialises Redecide
+	adoptKey  string     // the pods the last scan looked for; guarded by decideMu
+	adoptedAt time.Time
+	checkedAt time.Time // when dropGone last looked; guarded by decideMu
 }
 
 // New returns a controller over pods (the agent's registry, which it fills
@@ -147,8 +153,21 @@ func (c *Controller) Apply(a podcache.Attachment) error {
 }
 
 func (c *Controller) applyLocked(a podcache.Attachment) error {
+	if c.fenced.Load() {
+		return ErrFenced
+	}
 	if err := c.setMark(a); err != nil {
 		return err
+	}
+	if a.ContainerID != "" && !strings.HasPrefix(a.ContainerID, AdoptedPrefix) {
+		// A CNI ADD (a replayed one, say) of a sandbox adopted before it:
+		// the ADD's record is the one its DEL names, and two records of one
+		// namespace would leave a mark to whichever goes first.
+		for key, b := range c.pods.Attachments() {
+			if strings.HasPrefix(key, AdoptedPrefix) && b.NetnsCookie == a.NetnsCookie {
+				c.pods.Detach(key)
+			}
+		}
 	}
 	c.pods.Attach(a)
 	c.saveOrRetry()
@@ -186,13 +205,31 @@ func (c *Controller) forgetIf(key string, cookie uint64) (podcache.Attachment, b
 }
 
 func (c *Controller) forgetLocked(key string) (podcache.Attachment, bool, error) {
+	if c.fenced.Load() {
+		return podcache.Attachment{}, false, ErrFenced
+	}
 	a, ok := c.pods.Detach(key)
 	if !ok {
 		return a, false, nil
 	}
-	err := c.marker.Unmark(a.NetnsCookie)
+	// Another record of the namespace that captures it keeps its mark.
+	var err error
+	if !c.capturedElsewhere(a.NetnsCookie) {
+		err = c.marker.Unmark(a.NetnsCookie)
+	}
 	c.saveOrRetry()
 	return a, true, err
+}
+
+// capturedElsewhere reports whether a record captures the network
+// namespace with that cookie. Callers hold mu.
+func (c *Controller) capturedElsewhere(cookie uint64) bool {
+	for _, b := range c.pods.Attachments() {
+		if b.NetnsCookie == cookie && b.Captured {
+			return true
+		}
+	}
+	return false
 }
 
 // ForgetAdopted releases what the controller adopted of pod
@@ -203,7 +240,9 @@ func (c *Controller) forgetLocked(key string) (podcache.Attachment, bool, error)
 // already. An adopted record is released when it is that namespace, or
 // when its own namespace is gone; one still alive that the DEL does not
 // name is left: the DEL may be a repeated one for an older sandbox of the
-// same pod. It returns the records it released.
+// same pod. (An adopted record's path is a process's: when that process
+// is gone but another holds the namespace, the record follows it; see
+// moveAdopted.) It returns the records it released.
 func (c *Controller) ForgetAdopted(namespace, name, netnsPath string) ([]podcache.Attachment, error) {
 	var delCookie uint64
 	if netnsPath != "" {
@@ -213,19 +252,21 @@ func (c *Controller) ForgetAdopted(namespace, name, netnsPath string) ([]podcach
 	}
 	var released []podcache.Attachment
 	var errs []error
+	var live liveNetns
 	atts := c.pods.Attachments()
 	for _, key := range slices.Sorted(maps.Keys(atts)) {
 		a := atts[key]
 		if !strings.HasPrefix(key, AdoptedPrefix) || a.Namespace != namespace || a.Name != name {
 			continue
 		}
-		if a.NetnsCookie != delCookie && !c.netnsGone(a) {
+		if a.NetnsCookie != delCookie && (!c.netnsGone(a) || c.moveAdopted(key, a, &live)) {
 			continue
 		}
-		if a, ok, err := c.forgetIf(key, a.NetnsCookie); ok {
+		a, ok, err := c.forgetIf(key, a.NetnsCookie)
+		if ok {
 			released = append(released, a)
-			errs = append(errs, err)
 		}
+		errs = append(errs, err) // ErrFenced forgets nothing
 	}
 	return released, errors.Join(errs...)
 }
@@ -259,8 +300,9 @@ func (c *Controller) dropGone() {
 	if all {
 		c.checkedAt = now
 	}
+	var live liveNetns
 	for key, a := range c.pods.Attachments() {
-		if !all && !c.sourceLost(a) || !c.netnsGone(a) {
+		if !all && !c.sourceLost(a) || !c.netnsGone(a) || c.moveAdopted(key, a, &live) {
 			continue
 		}
 		if _, ok, err := c.forgetIf(key, a.NetnsCookie); ok {
@@ -268,6 +310,59 @@ func (c *Controller) dropGone() {
 				"netns", a.NetnsPath, "err", err)
 		}
 	}
+}
+
+// liveNetns is where a scan found each network namespace: one scan at
+// most, and only when a record asks for it.
+type liveNetns struct {
+	scanned bool
+	paths   map[uint64]string
+	err     error // the scan's
+}
+
+// moveAdopted keeps an adopted record whose path is gone (netnsGone) when
+// another process still holds its network namespace: an adopted record
+// names a process's ns/net, and that process (the lowest PID when it was
+// adopted, or a record an older agent made from another PID) can exit
+// while the pod runs on. The record
+// then names a live process of the namespace, found by a fresh scan (live
+// keeps it for the rest of the pass). It reports whether the record stays:
+// false for records that are not adopted, and when no process holds the
+// namespace; true, without a move, when the scan failed.
+func (c *Controller) moveAdopted(key string, a podcache.Attachment, live *liveNetns) bool {
+	if !strings.HasPrefix(key, AdoptedPrefix) {
+		return false
+	}
+	if !live.scanned {
+		live.scanned = true
+		scan, err := c.netns.Scan()
+		if err != nil {
+			c.log.Error("scanning the node's processes for adopted pods' network namespaces failed", "err", err)
+			live.err = err
+		}
+		live.paths = map[uint64]string{}
+		for _, n := range scan.Found {
+			live.paths[n.Cookie] = n.Path
+		}
+	}
+	if live.err != nil {
+		return true // no proof that no process holds it: the record stays
+	}
+	path, ok := live.paths[a.NetnsCookie]
+	if !ok {
+		return false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	cur, ok := c.pods.Attachment(key)
+	if !ok || cur.NetnsCookie != a.NetnsCookie || c.fenced.Load() {
+		return true // forgotten or replaced meanwhile: nothing to move
+	}
+	cur.NetnsPath = path
+	c.pods.Attach(cur)
+	c.saveOrRetry()
+	c.log.Info("adopted pod's process is gone; following another process of its network namespace", "pod", cur.Namespace+"/"+cur.Name, "netns", path)
+	return true
 }
 
 // sourceLost reports whether the source no longer has the pod an
@@ -285,6 +380,9 @@ func (c *Controller) sourceLost(a podcache.Attachment) bool {
 func (c *Controller) UnmarkStale(cookie uint64) (bool, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.fenced.Load() {
+		return false, ErrFenced
+	}
 	if p := c.pods.ByCookie(cookie); p != nil && p.Attachment != nil {
 		return false, nil
 	}
@@ -322,15 +420,27 @@ func (c *Controller) namespaceOf(name string) *model.Namespace {
 // unmarking those whose decision changed (how a namespace label or a pod
 // annotation added at run time takes effect, without a restart), then
 // adopts running pods that should be captured and that no CNI event
-// announced.
+// announced. It does nothing before the source's first snapshot
+// (SetNamespaces) and before Restore.
 func (c *Controller) Redecide() {
 	// Before the source's first snapshot every namespace looks unlabelled:
 	// deciding then would unmark every restored pod until it arrives.
 	if c.namespaces.Load() == nil {
 		return
 	}
+	// Before Restore has read the previous agent's record the cache holds
+	// none of its pods: deciding then would adopt every captured running
+	// pod, and each adoption writes the record, overwriting the one Restore
+	// is yet to read (by-hand and ADD records would be lost, and their marks
+	// removed as stale).
+	if !c.restored.Load() {
+		return
+	}
 	c.decideMu.Lock()
 	defer c.decideMu.Unlock()
+	if c.fenced.Load() {
+		return
+	}
 	c.dropGone()
 	for _, att := range c.pods.Attachments() {
 		captured, reason := c.Decide(att)
@@ -367,6 +477,29 @@ func (c *Controller) setMark(a podcache.Attachment) error {
 		}
 	}
 	return c.marker.Mark(a.NetnsCookie, info)
+}
+
+// ErrFenced is what the controller answers once its agent handed over to
+// a successor (Fence): the successor keeps the marks and the record now.
+var ErrFenced = errors.New("capture: handed over to a new agent")
+
+// Fence makes the controller change nothing any more, for good: no mark,
+// no record in memory or on disk, no sweep; what is under way finishes
+// first. An agent that handed its sockets to a successor calls it before
+// saying it released them: the successor, which marks pods and writes the
+// record from then on, must not race an old agent that lingers. Decisions
+// (Redecide) and writes return at once after it; those that would change
+// something return ErrFenced.
+func (c *Controller) Fence() {
+	c.decideMu.Lock()
+	defer c.decideMu.Unlock()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.fenced.Store(true)
+	c.closed = true
+	if c.retry != nil {
+		c.retry.Stop()
+	}
 }
 
 // Close stops retrying the record; the marks stay.

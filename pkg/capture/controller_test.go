@@ -26,6 +26,8 @@ type fakeMarker struct {
 	mu     sync.Mutex
 	marks  map[uint64]redirect.PodInfo
 	failOn map[uint64]error // Mark fails for these cookies
+	// unmarked lists the cookies Unmark removed a mark of, in order.
+	unmarked []uint64
 }
 
 func newFakeMarker() *fakeMarker {
@@ -45,8 +47,18 @@ func (m *fakeMarker) Mark(cookie uint64, pod redirect.PodInfo) error {
 func (m *fakeMarker) Unmark(cookie uint64) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if _, ok := m.marks[cookie]; ok {
+		m.unmarked = append(m.unmarked, cookie)
+	}
 	delete(m.marks, cookie)
 	return nil
+}
+
+// unmarks returns the cookies Unmark removed a mark of, in order.
+func (m *fakeMarker) unmarks() []uint64 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return slices.Clone(m.unmarked)
 }
 
 func (m *fakeMarker) Pods() ([]redirect.MarkedPod, error) {
@@ -142,6 +154,11 @@ func newFixture(t *testing.T, dnsCaptureDefault bool) *fixture {
 		Logger:            slog.New(slog.DiscardHandler), Now: func() time.Time { return f.now },
 	}, f.pods, f.marker, f.netns)
 	t.Cleanup(f.ctl.Close)
+	// As the agent starts: the record (none yet) is read before anything
+	// is decided.
+	if err := f.ctl.Restore(); err != nil {
+		t.Fatal(err)
+	}
 	return f
 }
 
@@ -413,6 +430,42 @@ func TestRestore(t *testing.T) {
 	}
 	if want := []string{"ctr-kept", "ctr-lost-mark", "netns-cookie:20"}; !slices.Equal(keys, want) {
 		t.Errorf("record after restore %q, want %q", keys, want)
+	}
+}
+
+// TestRedecideWaitsForRestore: a successor's source delivers its first
+// snapshot (and the agent decides) before the successor reads its
+// predecessor's record. Deciding then must not adopt the recorded pods
+// and overwrite the record: the ADD's and the by-hand records survive
+// Restore, with their marks.
+func TestRedecideWaitsForRestore(t *testing.T) {
+	f := newFixture(t, true)
+	f.source([]model.Namespace{ambientNS}, pod("web", "10.0.0.2", nil))
+	web := f.attach(t, cniAttachment("web", 10, "10.0.0.2"))
+	hand := podcache.Attachment{Namespace: "default", Name: "vm", NetnsCookie: 20, Captured: true, Reason: ReasonByHand}
+	if err := f.ctl.Apply(hand); err != nil {
+		t.Fatal(err)
+	}
+	f.ctl.Close()
+
+	g := &fixture{pods: podcache.New("cluster.local"), marker: f.marker, netns: f.netns, dir: f.dir}
+	g.ctl = New(Config{StateDir: f.dir, NodeName: node, DNSCaptureDefault: true, HostCookies: []uint64{hostCookie},
+		Logger: slog.New(slog.DiscardHandler)}, g.pods, g.marker, g.netns)
+	t.Cleanup(g.ctl.Close)
+	g.source([]model.Namespace{ambientNS}, pod("web", "10.0.0.2", nil)) // the first table, before Restore
+	if err := g.ctl.Restore(); err != nil {
+		t.Fatal(err)
+	}
+	g.ctl.Redecide()
+	var keys []string
+	for _, a := range g.savedRecord(t) {
+		keys = append(keys, a.Key())
+	}
+	if want := []string{web.Key(), hand.Key()}; !slices.Equal(keys, want) {
+		t.Errorf("record after restore %q, want %q", keys, want)
+	}
+	if got, want := g.marker.marked(), []uint64{10, 20}; !slices.Equal(got, want) {
+		t.Errorf("marks after restore %v, want %v", got, want)
 	}
 }
 
@@ -757,5 +810,69 @@ func TestAdoptionDoesNotRaceAnAdd(t *testing.T) {
 	}
 	if got := f.pods.Attachments(); len(got) != 0 {
 		t.Errorf("records %+v after the DEL, want none", got)
+	}
+}
+
+// TestDelOfAnotherSandboxKeepsAMovedAdoptedPod: a DEL that names no
+// namespace (a repeated one for an older sandbox) finds the adopted
+// record's process gone, but another process still holds its namespace:
+// the record follows that process, and the pod stays captured.
+func TestDelOfAnotherSandboxKeepsAMovedAdoptedPod(t *testing.T) {
+	f := newFixture(t, true)
+	f.netns.add("/host/proc/100/ns/net", 100, "10.0.0.2")
+	f.source([]model.Namespace{ambientNS}, pod("web", "10.0.0.2", nil))
+	delete(f.netns.byPath, "/host/proc/100/ns/net")
+	f.netns.add("/host/proc/300/ns/net", 100, "10.0.0.2")
+	if released, err := f.ctl.ForgetAdopted("shop", "web", ""); len(released) != 0 || err != nil {
+		t.Errorf("released %+v, %v; want nothing: the namespace is alive", released, err)
+	}
+	if got := f.marker.marked(); !slices.Equal(got, []uint64{100}) {
+		t.Errorf("marks %v, want web's", got)
+	}
+	if p := f.pods.Get("shop", "web"); p.Attachment == nil || p.Attachment.NetnsPath != "/host/proc/300/ns/net" {
+		t.Errorf("web's attachment %+v, want it through /host/proc/300/ns/net", p.Attachment)
+	}
+}
+
+// TestAddAfterAdoption: an ADD of a sandbox adopted before it (a replayed
+// pending ADD) replaces the adopted record: one record of the namespace
+// is left, and the ADD's DEL releases it.
+func TestAddAfterAdoption(t *testing.T) {
+	f := newFixture(t, true)
+	f.netns.add("/host/proc/100/ns/net", 100, "10.0.0.2")
+	f.source([]model.Namespace{ambientNS}, pod("web", "10.0.0.2", nil))
+	web := f.attach(t, cniAttachment("web", 100, "10.0.0.2"))
+	if got := slices.Sorted(maps.Keys(f.pods.Attachments())); !slices.Equal(got, []string{web.Key()}) {
+		t.Errorf("records %q, want the ADD's alone", got)
+	}
+	if _, ok, err := f.ctl.Forget(web.Key()); !ok || err != nil {
+		t.Fatalf("DEL: %v, %v", ok, err)
+	}
+	if got := f.marker.marked(); len(got) != 0 {
+		t.Errorf("marks %v after the DEL, want none", got)
+	}
+}
+
+// TestForgetKeepsAMarkAnotherRecordHolds: of two records of one network
+// namespace, forgetting one leaves the mark the other captures.
+func TestForgetKeepsAMarkAnotherRecordHolds(t *testing.T) {
+	f := newFixture(t, true)
+	f.source([]model.Namespace{ambientNS})
+	web := f.attach(t, cniAttachment("web", 10, "10.0.0.2"))
+	hand := podcache.Attachment{Namespace: "default", Name: "vm", NetnsCookie: 10, Captured: true, Reason: ReasonByHand}
+	if err := f.ctl.Apply(hand); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok, err := f.ctl.Forget(hand.Key()); !ok || err != nil {
+		t.Fatalf("Forget(%s): %v, %v", hand.Key(), ok, err)
+	}
+	if got := f.marker.marked(); !slices.Equal(got, []uint64{10}) {
+		t.Errorf("marks %v, want web's: its record still captures it", got)
+	}
+	if _, ok, err := f.ctl.Forget(web.Key()); !ok || err != nil {
+		t.Fatalf("Forget(%s): %v, %v", web.Key(), ok, err)
+	}
+	if got := f.marker.marked(); len(got) != 0 {
+		t.Errorf("marks %v, want none", got)
 	}
 }

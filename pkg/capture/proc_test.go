@@ -5,15 +5,19 @@ package capture
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"testing"
 	"time"
 
 	"github.com/ztdns/ztdns/internal/testenv"
+	"github.com/ztdns/ztdns/pkg/model"
+	"github.com/ztdns/ztdns/pkg/podcache"
 	"github.com/ztdns/ztdns/pkg/redirect"
 )
 
@@ -87,4 +91,102 @@ func TestProcNamespacesCookieSaysWhatIsGone(t *testing.T) {
 			t.Errorf("Cookie(%s) = %v, want an error wrapping ErrNoNetns", path, err)
 		}
 	}
+}
+
+// TestProcNamespacesScanKeepsTheLowestPID: of the processes sharing a
+// namespace, a scan names the lowest PID's (a pod's pause process, which
+// lives as long as the pod), not the first by name: "123456" (an exec
+// probe) sorts before "35000".
+func TestProcNamespacesScanKeepsTheLowestPID(t *testing.T) {
+	testenv.RequireRoot(t)
+	root := t.TempDir()
+	for _, pid := range []string{"123456", "35000"} {
+		if err := os.MkdirAll(filepath.Join(root, pid, "ns"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink("/proc/self/ns/net", filepath.Join(root, pid, "ns", "net")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	res, err := ProcNamespaces{Root: root}.Scan()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := filepath.Join(root, "35000", "ns", "net"); len(res.Found) != 1 || res.Found[0].Path != want {
+		t.Errorf("scan found %+v, want the namespace once, at %s", res.Found, want)
+	}
+}
+
+// TestAdoptedPodOutlivesItsProcess: an adopted record names one process's
+// ns/net; when that process exits and another still holds the namespace,
+// the pod stays captured and its record names the other process.
+func TestAdoptedPodOutlivesItsProcess(t *testing.T) {
+	testenv.RequireRoot(t)
+	n := testenv.NewNetns(t, testenv.UniqueName("ztcap-"))
+	addr := "203.0.113.78"
+	if out, err := exec.Command("ip", "-n", n.Name, "addr", "add", addr+"/32", "dev", "lo").CombinedOutput(); err != nil {
+		t.Fatalf("ip addr add: %v\n%s", err, out)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	var procs []*exec.Cmd
+	for range 2 {
+		cmd := n.Command(ctx, nil, "sleep", "600")
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cancel(); _ = cmd.Wait() })
+		procs = append(procs, cmd)
+	}
+	slices.SortFunc(procs, func(a, b *exec.Cmd) int { return a.Process.Pid - b.Process.Pid })
+	cookie, err := redirect.NetnsCookie(n.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	pathOf := func(c *exec.Cmd) string { return "/proc/" + strconv.Itoa(c.Process.Pid) + "/ns/net" }
+
+	f := &fixture{pods: podcache.New("cluster.local"), marker: newFakeMarker(), dir: t.TempDir(), now: time.Unix(1_700_000_000, 0)}
+	f.ctl = New(Config{StateDir: f.dir, NodeName: node, DNSCaptureDefault: true, HostCookies: ownCookie(t),
+		Logger: slog.New(slog.DiscardHandler), Now: func() time.Time { return f.now }}, f.pods, f.marker, ProcNamespaces{})
+	t.Cleanup(f.ctl.Close)
+	if err := f.ctl.Restore(); err != nil {
+		t.Fatal(err)
+	}
+	f.source([]model.Namespace{ambientNS}, pod("web", addr, nil))
+	p := f.pods.Get("shop", "web")
+	if p.Attachment == nil || p.Attachment.NetnsPath != pathOf(procs[0]) {
+		t.Fatalf("web's attachment %+v, want adopted through the lower PID, %s", p.Attachment, pathOf(procs[0]))
+	}
+
+	// The adopted process exits; the other holds the namespace.
+	_ = procs[0].Process.Kill()
+	_ = procs[0].Wait()
+	f.now = f.now.Add(adoptInterval)
+	f.ctl.Redecide()
+	if got := f.marker.marked(); !slices.Equal(got, []uint64{cookie}) {
+		t.Errorf("marks %v, want the running pod's (%d)", got, cookie)
+	}
+	// Not even for a moment: an unmark lets queries out, and forgets the
+	// nameservers the pod addressed.
+	if got := f.marker.unmarks(); len(got) != 0 {
+		t.Errorf("unmarked %v while the pod ran", got)
+	}
+	p = f.pods.Get("shop", "web")
+	if p.Attachment == nil || p.Attachment.NetnsPath != pathOf(procs[1]) {
+		t.Errorf("web's attachment %+v, want it to name the live process, %s", p.Attachment, pathOf(procs[1]))
+	}
+	if rec := f.savedRecord(t); len(rec) != 1 || rec[0].NetnsPath != pathOf(procs[1]) {
+		t.Errorf("record %+v, want web's through %s", rec, pathOf(procs[1]))
+	}
+}
+
+// ownCookie is the test's own network namespace, the node's: never
+// adopted.
+func ownCookie(t *testing.T) []uint64 {
+	t.Helper()
+	c, err := redirect.NetnsCookie("/proc/self/ns/net")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return []uint64{c}
 }

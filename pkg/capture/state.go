@@ -24,10 +24,15 @@ const stateRetryEvery = 5 * time.Second
 // Restore reads the attachments a previous agent recorded, drops those
 // whose network namespace is gone (or is another one at the same path), and
 // makes the pods map agree: marks nobody recorded are removed, recorded
-// captured pods that lost their mark get it back.
+// captured pods that lost their mark get it back. Redecide does nothing
+// until it has run.
 func (c *Controller) Restore() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	defer c.restored.Store(true)
+	if c.fenced.Load() {
+		return ErrFenced
+	}
 	saved, err := c.load()
 	if err != nil {
 		c.log.Warn("ignoring unreadable capture state; marks are rebuilt from the source and the runtime", "err", err)
@@ -93,6 +98,9 @@ func (c *Controller) SweepNameservers() {
 // sweepLocked is SweepNameservers for callers holding mu (which keeps Mark
 // from racing the sweep).
 func (c *Controller) sweepLocked() error {
+	if c.fenced.Load() {
+		return nil // the successor's marks are not this agent's to judge
+	}
 	s, ok := c.marker.(nameserverSweeper)
 	if !ok {
 		return nil
@@ -118,8 +126,11 @@ var _ nameserverSweeper = (*redirect.Redirector)(nil)
 // restarted agent rebuilds lost records from the source and the runtime):
 // it is logged, counted in ztdns_state_write_failures_total, shown by
 // `ztdns status` (Unsaved), and tried again every stateRetryEvery until it
-// works. Callers hold mu.
+// works. Callers hold mu. A fenced controller writes nothing.
 func (c *Controller) saveOrRetry() {
+	if c.fenced.Load() {
+		return
+	}
 	err := c.save()
 	if err == nil {
 		if c.retry != nil {

@@ -166,12 +166,16 @@ type helperProc struct {
 	out   *bufio.Reader
 }
 
+// helperReadyWithin bounds the wait for a helper's first line.
+const helperReadyWithin = 30 * time.Second
+
 // startHelper starts helper mode with env in the pod's network namespace
-// and the test cgroup, waits until it printed ready (its first line), and
-// ends it at cleanup.
+// and the test cgroup, waits until it printed ready (its first line, within
+// helperReadyWithin), and ends it at cleanup.
 func startHelper(tb testing.TB, ctx context.Context, p *testenv.Pod, cg *testenv.Cgroup, ready string, env ...string) *helperProc {
 	tb.Helper()
 	ctx, cancel := context.WithCancel(ctx)
+	tb.Cleanup(cancel) // whichever Fatal comes first
 	cmd := p.Command(ctx, cg, os.Args[0])
 	cmd.Env = append(append(os.Environ(), env...), "GOTRACEBACK=none")
 	cmd.Stderr = &strings.Builder{}
@@ -192,11 +196,27 @@ func startHelper(tb testing.TB, ctx context.Context, p *testenv.Pod, cg *testenv
 		stdin.Close()
 		_ = cmd.Wait()
 	})
-	line, err := h.out.ReadString('\n')
-	if strings.TrimSpace(line) != ready {
-		cancel()
+	type firstLine struct {
+		line string
+		err  error
+	}
+	read := make(chan firstLine, 1)
+	go func() {
+		line, err := h.out.ReadString('\n')
+		read <- firstLine{line, err}
+	}()
+	select {
+	case r := <-read:
+		if strings.TrimSpace(r.line) != ready {
+			cancel()
+			_ = cmd.Wait()
+			tb.Fatalf("helper %v printed %q, %v, want %q; stderr: %s", env, r.line, r.err, ready, cmd.Stderr)
+		}
+	case <-time.After(helperReadyWithin):
+		cancel() // the read ends with the helper's stdout
 		_ = cmd.Wait()
-		tb.Fatalf("helper %v printed %q, %v, want %q; stderr: %s", env, line, err, ready, cmd.Stderr)
+		<-read
+		tb.Fatalf("helper %v printed no line within %v, want %q; stderr: %s", env, helperReadyWithin, ready, cmd.Stderr)
 	}
 	return h
 }

@@ -14,6 +14,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	"sigs.k8s.io/yaml"
+
+	"github.com/ztdns/ztdns/pkg/redirect"
 )
 
 // TestNetworkPolicySampleMatchesTheChart checks the egress rule
@@ -45,7 +47,7 @@ func TestNetworkPolicySampleMatchesTheChart(t *testing.T) {
 		}
 		have4, have6 = have4 || ap.Addr().Is4(), have6 || ap.Addr().Is6()
 		a := ap.Addr()
-		for range 3 { // redirect.Slots
+		for range redirect.Slots {
 			want = append(want, netip.PrefixFrom(a, a.BitLen()).String())
 			a = a.Next()
 		}

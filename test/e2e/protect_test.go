@@ -201,7 +201,6 @@ func vmHWM(t *testing.T, pid int) int {
 	return 0
 }
 
-// openFDs counts a process's open descriptors.
 // threadsIn returns the threads of pid whose kernel stack passes through
 // fn.
 func threadsIn(t *testing.T, pid int, fn string) []int {
@@ -232,6 +231,7 @@ func threadsIn(t *testing.T, pid int, fn string) []int {
 	return in
 }
 
+// openFDs counts a process's open descriptors.
 func openFDs(t *testing.T, pid int) int {
 	t.Helper()
 	entries, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))

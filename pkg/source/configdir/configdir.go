@@ -22,9 +22,11 @@
 // ..data link that kubelet swaps. A manifest that is a symlink to a file
 // elsewhere is followed: the directories it resolves through (each symlink
 // on the way, and its target's) are watched too, for events about those
-// names, and again after every scan, so a repointed link moves the watch.
-// Past maxLinkDirs such directories, or where one is not there yet (a
-// dangling link), the directory is also scanned every DefaultPollInterval.
+// names, and again after every scan, so a repointed link moves the watch;
+// for a dangling link, the nearest directory on its way that exists is
+// watched, for the missing name to appear. Past maxLinkDirs such
+// directories, or where a watch cannot be added, the directory is also
+// scanned every DefaultPollInterval.
 // Where inotify is not available the directory is polled.
 package configdir
 

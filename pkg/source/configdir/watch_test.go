@@ -425,6 +425,9 @@ func TestLinkWatchesBounded(t *testing.T) {
 	if watched != maxLinkDirs || !w.unwatched.Load() {
 		t.Errorf("%d directories watched, unwatched %v; want %d and true", watched, w.unwatched.Load(), maxLinkDirs)
 	}
+	if got := len(w.fw.WatchList()); got != maxLinkDirs+1 {
+		t.Errorf("%d inotify watches, want %d: the config dir and the link directories", got, maxLinkDirs+1)
+	}
 	// The last directories by name are the ones past the bound. The
 	// source's watcher counts the scans it is rearmed after: the first
 	// scan's rearm adds the watches and asks for a second scan, whose
@@ -462,6 +465,14 @@ func TestLinkWatchesBounded(t *testing.T) {
 	w.mu.Unlock()
 	if watched != 1 || w.unwatched.Load() {
 		t.Errorf("%d directories watched, unwatched %v; want 1 and false", watched, w.unwatched.Load())
+	}
+	// The watches themselves go, not only their bookkeeping.
+	kept, err := filepath.EvalSymlinks(filepath.Join(targets, "d000"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := slices.Sorted(slices.Values(w.fw.WatchList())), slices.Sorted(slices.Values([]string{dir, kept})); !slices.Equal(got, want) {
+		t.Errorf("inotify watches %q, want %q: the config dir and the remaining link's directory", got, want)
 	}
 }
 
