@@ -10,8 +10,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/miekg/dns"
-
 	"github.com/ztdns/ztdns/pkg/dnswire"
 	"github.com/ztdns/ztdns/pkg/resolver/quota"
 )
@@ -130,11 +128,10 @@ func (w *tcpWriter) acquire() bool {
 // writing; otherwise it queues it for whoever is, and returns at once.
 func (w *tcpWriter) send(reply []byte, release func()) {
 	if len(reply) > maxTCPMessage {
-		// A local answer of the slow path (a search-list expansion of a
-		// large headless Service): the records that fit, with TC, as the
-		// fast path answers. nil when it cannot be framed: the client
-		// times out and retries.
-		reply = truncateTCP(reply)
+		// Not framed: its length would not fit in two octets. None comes
+		// here (slowQuery.pack cuts local answers to a message, and an
+		// upstream's came in one): dropped, the client retries.
+		reply = nil
 	}
 	ready := time.Now()
 	w.mu.Lock()
@@ -575,20 +572,4 @@ func (s *Server) answerLong(c net.Conn, n int, src netip.AddrPort, out []byte, s
 func isServFail(reply []byte) bool {
 	h, err := dnswire.ReadHeader(reply)
 	return err == nil && h.Rcode() == dnswire.RcodeServFail
-}
-
-// truncateTCP cuts reply, longer than a TCP message, to the records that
-// fit in one, with TC (miekg's Msg.Truncate, as CoreDNS's server does);
-// nil when it cannot.
-func truncateTCP(reply []byte) []byte {
-	m := new(dns.Msg)
-	if err := m.Unpack(reply); err != nil {
-		return nil
-	}
-	m.Truncate(maxTCPMessage)
-	out, err := m.Pack()
-	if err != nil || len(out) > maxTCPMessage {
-		return nil
-	}
-	return out
 }
