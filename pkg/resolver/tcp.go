@@ -65,6 +65,7 @@ type tcpConn struct {
 	mu        sync.Mutex
 	idle      bool // waiting for the first byte of a query
 	idleSince time.Time
+	stopped   bool // the server stops: the connection waits for no further query
 
 	// released: its slot is given back (once); evicted: closed to make
 	// room for a source under its share.
@@ -262,12 +263,30 @@ func (tc *tcpConn) isIdle() bool {
 	return tc.idle
 }
 
-// waitForQuery marks the connection idle from now, for at most timeout.
-func (tc *tcpConn) waitForQuery(timeout time.Duration) {
+// waitForQuery marks the connection idle from now, for at most timeout. It
+// reports false when the server stops (stop): the connection is to end.
+// Checked under mu, where stop sets it, so that the deadline set here
+// never replaces the one stop set.
+func (tc *tcpConn) waitForQuery(timeout time.Duration) bool {
 	tc.mu.Lock()
 	defer tc.mu.Unlock()
+	if tc.stopped {
+		return false
+	}
 	tc.idle, tc.idleSince = true, time.Now()
 	tc.c.SetReadDeadline(tc.idleSince.Add(timeout))
+	return true
+}
+
+// stop has the connection read no further query: an idle one ends at
+// once, a busy one once its query is answered.
+func (tc *tcpConn) stop() {
+	tc.mu.Lock()
+	defer tc.mu.Unlock()
+	tc.stopped = true
+	if tc.idle {
+		tc.c.SetReadDeadline(time.Now())
+	}
 }
 
 // busy marks the connection as reading or answering a query.
@@ -437,7 +456,6 @@ func (s *Server) serveTCPConn(tc *tcpConn, local netip.AddrPort) {
 		// replies are dropped as they come.
 		w.wait()
 		w.close() // the connection too
-
 	}()
 	var lenBuf [2]byte
 	// Made at the first query: an idle connection holds no buffer.
@@ -446,10 +464,9 @@ func (s *Server) serveTCPConn(tc *tcpConn, local netip.AddrPort) {
 		sc       *scratch
 	)
 	for {
-		if s.stopping() {
+		if s.stopping() || !tc.waitForQuery(s.idleTimeout(s.tcpLevel.Load())) {
 			return
 		}
-		tc.waitForQuery(s.idleTimeout(s.tcpLevel.Load()))
 		if _, err := io.ReadFull(c, lenBuf[:1]); err != nil {
 			return // idle, closed, or the server is stopping
 		}
