@@ -26,11 +26,13 @@ const tcpWriteTimeout = 2 * time.Second
 
 // maxTCPPending bounds the queries of one connection on the slow path at
 // once: being answered (forwarded, say), or with a reply waiting to be
-// written. At the bound the connection's reader reads no further query
-// until one of them is written, so a client that pipelines faster than it
-// reads its replies is held back by TCP itself, and what a connection
-// holds does not grow with what it sends. BIND serves at most 23
-// pipelined queries of a connection at once; CoreDNS (miekg/dns) one.
+// written. The connection's reader still reads and answers queries of the
+// fast path at the bound; the next slow-path query it reads, it holds
+// (one more) and waits with until one of them is written, reading nothing
+// meanwhile. So a client that pipelines faster than it reads its replies
+// is held back by TCP itself, and what a connection holds does not grow
+// with what it sends. BIND serves at most 23 pipelined queries of a
+// connection at once; CoreDNS (miekg/dns) one.
 const maxTCPPending = 16
 
 // Buffers a connection keeps between queries. A larger query or local
@@ -444,8 +446,8 @@ func (s *Server) raiseConnLevel() {
 // answers are written when ready, which the RFC allows, so a slow upstream
 // does not hold up the rest of the pipeline. Forwarded queries are bounded
 // per source (see slow), and the queries on the slow path per connection
-// (maxTCPPending): at that bound the reader waits for a reply to be
-// written before it reads on.
+// (maxTCPPending): at that bound the reader, on the next slow-path query,
+// waits for a reply to be written before it reads on.
 func (s *Server) serveTCPConn(tc *tcpConn, local netip.AddrPort) {
 	c, w := tc.c, &tc.w
 	defer func() {
