@@ -242,9 +242,13 @@ func (q *slowQuery) autopath(ctx context.Context, pod *podcache.Pod, tbl *table.
 	// answerWith answers with the CNAME to target and what its upstream
 	// said of it: its records, or for NODATA its authority section (the
 	// target zone's SOA, RFC 2308 2.2), as chase does for an ExternalName.
+	// It keeps the upstream's AD, which the forwarder leaves only for a
+	// client that asked with DO or AD (lookupUpstream asks as it did), as
+	// for a forwarded reply.
 	answerWith := func(target string, up *dns.Msg) []byte {
 		reply := replyTo(req, r)
 		reply.Authoritative = false
+		reply.AuthenticatedData = up.AuthenticatedData
 		reply.Answer = append([]dns.RR{cname(owner, target, tbl.TTL())}, up.Answer...)
 		if len(up.Answer) == 0 {
 			reply.Ns = up.Ns
@@ -286,6 +290,7 @@ func (q *slowQuery) autopath(ctx context.Context, pod *podcache.Pod, tbl *table.
 		reply := replyTo(req, r)
 		reply.Rcode = dns.RcodeNameError
 		reply.Authoritative = false
+		reply.AuthenticatedData = up.AuthenticatedData
 		reply.Ns = up.Ns
 		metricQueries.autopath.Inc()
 		return q.pack(reply)
@@ -340,6 +345,9 @@ func (q *slowQuery) lookupUpstream(ctx context.Context, name string, tcp bool) (
 	s, r := q.s, &q.r
 	m := new(dns.Msg)
 	m.SetQuestion(dns.Fqdn(name), r.Type)
+	// The client's AD and DO: the forwarder keeps the upstream's AD in the
+	// reply only for a client that set either (RFC 6840 5.8).
+	m.AuthenticatedData = r.Flags&dnswire.FlagAD != 0
 	if r.EDNS {
 		m.SetEdns0(dnswire.EDNSUDPSize, r.DO)
 	}
