@@ -523,7 +523,10 @@ func (s *Server) answerFast(msg []byte, src netip.AddrPort, tcp bool, out []byte
 	case verdictOther:
 		return nil, true
 	}
-	if r.EDNSVersion != 0 || !r.Plain || (r.Class != dns.ClassINET && r.Class != dns.ClassANY) {
+	// Zone transfers are refused by the slow path, which refuses those of
+	// forwarded names too.
+	if r.EDNSVersion != 0 || !r.Plain || (r.Class != dns.ClassINET && r.Class != dns.ClassANY) ||
+		r.Type == dns.TypeAXFR || r.Type == dns.TypeIXFR {
 		return nil, true
 	}
 	var ns string
@@ -535,10 +538,6 @@ func (s *Server) answerFast(msg []byte, src netip.AddrPort, tcp bool, out []byte
 	res := s.table.Load().Resolve(unsafe.String(&r.Name[0], len(r.Name)), ns)
 	if res.Entry == nil || res.Alias != "" || res.Chases(r.Type) {
 		return nil, true
-	}
-	if r.Type == dns.TypeAXFR || r.Type == dns.TypeIXFR {
-		metricQueries.refused.Inc()
-		return s.answered(sc, dnswire.AppendErrorReply(out, msg, &r, dnswire.RcodeRefused), hdr, &r, tcp, pod, src, now), false
 	}
 	var ar uint16
 	if r.EDNS {

@@ -127,6 +127,7 @@ func (q *slowQuery) answer(ctx context.Context) []byte {
 	}
 	// Zone transfers are refused, of the table's names and of forwarded
 	// ones alike: a transfer is many messages, and a forward relays one.
+	// The fast path hands them all here.
 	if r.Type == dns.TypeAXFR || r.Type == dns.TypeIXFR {
 		metricQueries.refused.Inc()
 		return dnswire.AppendErrorReply(nil, msg, r, dnswire.RcodeRefused)

@@ -119,10 +119,9 @@ func (w *answer) addrs(addrs []netip.Addr, ttl uint32, rot uint16) {
 	if len(addrs) == 0 || w.cut {
 		return
 	}
-	k := max(0, (w.end-len(w.out))/addrLen(addrs[0]))
-	if k < len(addrs) {
+	if size := addrLen(addrs[0]); len(w.out)+len(addrs)*size > w.end {
 		w.cut = true
-		addrs = addrs[:k] // the first that fit, unrotated: a rare reply
+		addrs = addrs[:max(0, (w.end-len(w.out))/size)] // the first that fit, unrotated: a rare reply
 		rot = 0
 	}
 	w.out = appendAddrs(w.out, addrs, ttl, rot)
