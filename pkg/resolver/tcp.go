@@ -21,8 +21,9 @@ const tcpReadTimeout = 2 * time.Second
 // tcpWriteTimeout bounds how long a reply may take from the moment it is
 // ready until it is written, its wait behind the connection's other
 // replies included: a client that reads slower than that has its
-// connection closed, and everything it held given back.
-const tcpWriteTimeout = 2 * time.Second
+// connection closed, and everything it held given back. A variable for
+// the tests alone, set before a server starts.
+var tcpWriteTimeout = 2 * time.Second
 
 // maxTCPPending bounds the queries of one connection on the slow path at
 // once: being answered (forwarded, say), or with a reply waiting to be
