@@ -18,6 +18,7 @@ import (
 	"os"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ztdns/ztdns/pkg/dnswire"
@@ -63,6 +64,8 @@ type flight struct {
 	// again under their own. bytesRefused: the first of those reasons,
 	// the leader's to count.
 	leaderOnly, bytesRefused bool
+	// joined counts the queries that joined it (the tests wait on it).
+	joined atomic.Int32
 }
 
 // Origin says where a reply came from.
@@ -190,6 +193,7 @@ func (f *Forwarder) ForwardFrom(ctx context.Context, req []byte, tcp bool, upstr
 		case !leader && !joined: // a query that asks again is coalesced once
 			coalesced.Inc()
 			joined = true
+			fl.joined.Add(1)
 		case leader:
 			// Only the leader builds the query: the waiters never send one.
 			sent := appendUpstreamQuery(make([]byte, 0, r.End+dnswire.OPTLen), req, &r)
