@@ -20,8 +20,8 @@ import (
 // recursive query, one tailored to a client subnet, one from a
 // non-recursive lookup (what RD=0 gets from a resolver's cache).
 const (
-	plainAddr     = "198.51.100.1"
-	subnetAddr    = "203.0.113.99"
+	plainAddr     = dnstest.NoSubnetAddr
+	subnetAddr    = dnstest.SubnetAddr
 	nonRecursAddr = "192.0.2.66"
 )
 
@@ -78,36 +78,17 @@ func (u *pickyUpstream) reply(q []byte) *dns.Msg {
 	u.mu.Lock()
 	u.got = append(u.got, req)
 	u.mu.Unlock()
-	m := new(dns.Msg)
 	if err != nil || len(req.Answer) > 0 || len(req.Ns) > 0 {
+		m := new(dns.Msg)
 		m.SetRcode(req, dns.RcodeFormatError) // as miekg's server: the question it read
 		return m
 	}
-	m.SetReply(req)
-	m.RecursionAvailable = true
 	addr := plainAddr
 	if !req.RecursionDesired {
 		addr = nonRecursAddr
 	}
-	if o := req.IsEdns0(); o != nil {
-		var opts []dns.EDNS0
-		for _, e := range o.Option {
-			switch e := e.(type) {
-			case *dns.EDNS0_SUBNET:
-				addr = subnetAddr
-				e.SourceScope = e.SourceNetmask
-				opts = append(opts, e)
-			case *dns.EDNS0_COOKIE:
-				opts = append(opts, &dns.EDNS0_COOKIE{Code: dns.EDNS0COOKIE, Cookie: e.Cookie[:16] + "5e5e5e5e5e5e5e5e"})
-			}
-		}
-		m.SetEdns0(1232, o.Do())
-		m.IsEdns0().Option = opts
-	}
-	m.Answer = []dns.RR{&dns.A{
-		Hdr: dns.RR_Header{Name: req.Question[0].Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 300},
-		A:   net.ParseIP(addr),
-	}}
+	m := dnstest.TailorToSubnet(req, addr)
+	m.RecursionAvailable = true
 	return m
 }
 
