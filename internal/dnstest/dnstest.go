@@ -156,23 +156,7 @@ func serveOn(tb testing.TB, socks []sockets, r Responder) *Server {
 			&dns.Server{Listener: sk.tcp, Handler: h})
 	}
 	s.Addr = s.Addrs[0]
-	var wg sync.WaitGroup
-	for _, srv := range servers {
-		started := make(chan struct{})
-		srv.NotifyStartedFunc = func() { close(started) }
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			_ = srv.ActivateAndServe() // returns when shut down
-		}()
-		<-started
-	}
-	tb.Cleanup(func() {
-		for _, srv := range servers {
-			_ = srv.Shutdown()
-		}
-		wg.Wait()
-	})
+	StartServers(tb, servers...)
 	return s
 }
 
@@ -217,3 +201,32 @@ func (s *Server) ReceivedFor(name string) []Query {
 // Queries returns how many questions for name (any case, with or without
 // the trailing dot) the server has received.
 func (s *Server) Queries(name string) int { return len(s.ReceivedFor(name)) }
+
+// StartServers starts miekg/dns servers (a UDP and a TCP one, say, on
+// sockets the test opened), returns once each has started, and shuts them
+// down when the test ends.
+func StartServers(tb testing.TB, servers ...*dns.Server) {
+	tb.Helper()
+	var wg sync.WaitGroup
+	for _, srv := range servers {
+		started := make(chan struct{})
+		srv.NotifyStartedFunc = func() { close(started) }
+		wg.Go(func() { _ = srv.ActivateAndServe() }) // returns when shut down
+		<-started
+	}
+	tb.Cleanup(func() {
+		for _, srv := range servers {
+			if err := srv.Shutdown(); err != nil {
+				tb.Errorf("dnstest: shut down the server on %s: %v", serverAddr(srv), err)
+			}
+		}
+		wg.Wait()
+	})
+}
+
+func serverAddr(srv *dns.Server) net.Addr {
+	if srv.PacketConn != nil {
+		return srv.PacketConn.LocalAddr()
+	}
+	return srv.Listener.Addr()
+}

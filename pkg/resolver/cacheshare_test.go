@@ -44,35 +44,6 @@ func TestFloodOfUniqueNamesLeavesOthersCached(t *testing.T) {
 	}
 }
 
-// subnetUpstream answers every A question as an upstream with client
-// subnet support does: with an address for the subnet when the query has
-// an ECS option (which it echoes, with a scope), another without; and it
-// echoes a client's COOKIE with a server cookie.
-type subnetUpstream struct{}
-
-func (subnetUpstream) Reply(req *dns.Msg, _ netip.AddrPort) *dns.Msg {
-	m := new(dns.Msg)
-	m.SetReply(req)
-	a := []byte{198, 51, 100, 1}
-	if o := req.IsEdns0(); o != nil {
-		var opts []dns.EDNS0
-		for _, e := range o.Option {
-			switch e := e.(type) {
-			case *dns.EDNS0_SUBNET:
-				a = []byte{203, 0, 113, 99}
-				e.SourceScope = e.SourceNetmask
-				opts = append(opts, e)
-			case *dns.EDNS0_COOKIE:
-				opts = append(opts, &dns.EDNS0_COOKIE{Code: dns.EDNS0COOKIE, Cookie: e.Cookie[:16] + "5e5e5e5e5e5e5e5e"})
-			}
-		}
-		m.SetEdns0(1232, o.Do())
-		m.IsEdns0().Option = opts
-	}
-	m.Answer = []dns.RR{&dns.A{Hdr: dns.RR_Header{Name: req.Question[0].Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 300}, A: a}}
-	return m
-}
-
 // TestOnePodsEDNSOptionsReachNoOther: two pods with the same nameserver
 // share the forward cache. One asks with a client subnet and a cookie of
 // its own; the other then asks the same name plainly: it gets the answer
@@ -80,7 +51,7 @@ func (subnetUpstream) Reply(req *dns.Msg, _ netip.AddrPort) *dns.Msg {
 // nor its cookie. The upstream never sees either: what may be shared is
 // asked as its cache key says.
 func TestOnePodsEDNSOptionsReachNoOther(t *testing.T) {
-	up := dnstest.Start(t, "127.0.0.1:0", subnetUpstream{})
+	up := dnstest.Start(t, "127.0.0.1:0", dnstest.ClientSubnet{})
 	ls := startLimitsServer(t, Options{Limits: quota.Limits{QPS: -1}}, up.Addr, up.Addr)
 	for _, proto := range []string{"udp", "tcp"} {
 		name := proto + ".geo.example."

@@ -393,15 +393,26 @@ func (s *Server) Drain() {
 	s.mu.Lock()
 	s.draining = true
 	wakers := s.wakers
-	for c := range s.tcp { // idle connections end now; busy ones after their answers
-		wakers = append(wakers, func() { c.c.SetReadDeadline(time.Now()) })
-	}
+	conns := s.conns()
 	s.mu.Unlock()
 	for _, wake := range wakers {
 		wake()
 	}
+	for _, c := range conns { // idle connections end now; busy ones after their answers
+		c.stop()
+	}
 	s.loops.Wait()
 	s.wg.Wait()
+}
+
+// conns lists the open TCP connections; the caller holds mu. Once closed
+// or draining is set, no connection is added (trackConn).
+func (s *Server) conns() []*tcpConn {
+	conns := make([]*tcpConn, 0, len(s.tcp))
+	for c := range s.tcp {
+		conns = append(conns, c)
+	}
+	return conns
 }
 
 func (s *Server) trackConn(c *tcpConn) bool {
@@ -420,18 +431,24 @@ func (s *Server) untrackConn(c *tcpConn) {
 	delete(s.tcp, c)
 }
 
-// Close stops every socket, cancels slow-path work and waits for it.
+// Close stops every socket, cancels slow-path work and waits for it. An
+// idle TCP connection ends at once, a busy one once its query is answered
+// (its slow-path work cancelled) and its replies written.
 func (s *Server) Close() error {
 	s.mu.Lock()
 	s.closed = true
 	closers := s.closers
 	s.closers = nil
+	conns := s.conns()
 	s.mu.Unlock()
 	var errs []error
 	for _, c := range closers {
 		if err := c(); err != nil && !errors.Is(err, net.ErrClosed) {
 			errs = append(errs, err)
 		}
+	}
+	for _, c := range conns {
+		c.stop()
 	}
 	s.cancel()
 	s.loops.Wait()
@@ -506,7 +523,10 @@ func (s *Server) answerFast(msg []byte, src netip.AddrPort, tcp bool, out []byte
 	case verdictOther:
 		return nil, true
 	}
-	if r.EDNSVersion != 0 || !r.Plain || (r.Class != dns.ClassINET && r.Class != dns.ClassANY) {
+	// Zone transfers are refused by the slow path, which refuses those of
+	// forwarded names too.
+	if r.EDNSVersion != 0 || !r.Plain || (r.Class != dns.ClassINET && r.Class != dns.ClassANY) ||
+		r.Type == dns.TypeAXFR || r.Type == dns.TypeIXFR {
 		return nil, true
 	}
 	var ns string
@@ -518,10 +538,6 @@ func (s *Server) answerFast(msg []byte, src netip.AddrPort, tcp bool, out []byte
 	res := s.table.Load().Resolve(unsafe.String(&r.Name[0], len(r.Name)), ns)
 	if res.Entry == nil || res.Alias != "" || res.Chases(r.Type) {
 		return nil, true
-	}
-	if r.Type == dns.TypeAXFR || r.Type == dns.TypeIXFR {
-		metricQueries.refused.Inc()
-		return s.answered(sc, dnswire.AppendErrorReply(out, msg, &r, dnswire.RcodeRefused), hdr, &r, tcp, pod, src, now), false
 	}
 	var ar uint16
 	if r.EDNS {

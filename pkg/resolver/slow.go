@@ -127,6 +127,7 @@ func (q *slowQuery) answer(ctx context.Context) []byte {
 	}
 	// Zone transfers are refused, of the table's names and of forwarded
 	// ones alike: a transfer is many messages, and a forward relays one.
+	// The fast path hands them all here.
 	if r.Type == dns.TypeAXFR || r.Type == dns.TypeIXFR {
 		metricQueries.refused.Inc()
 		return dnswire.AppendErrorReply(nil, msg, r, dnswire.RcodeRefused)
@@ -242,9 +243,13 @@ func (q *slowQuery) autopath(ctx context.Context, pod *podcache.Pod, tbl *table.
 	// answerWith answers with the CNAME to target and what its upstream
 	// said of it: its records, or for NODATA its authority section (the
 	// target zone's SOA, RFC 2308 2.2), as chase does for an ExternalName.
+	// It keeps the upstream's AD, which the forwarder leaves only for a
+	// client that asked with DO or AD (lookupUpstream asks as it did), as
+	// for a forwarded reply.
 	answerWith := func(target string, up *dns.Msg) []byte {
 		reply := replyTo(req, r)
 		reply.Authoritative = false
+		reply.AuthenticatedData = up.AuthenticatedData
 		reply.Answer = append([]dns.RR{cname(owner, target, tbl.TTL())}, up.Answer...)
 		if len(up.Answer) == 0 {
 			reply.Ns = up.Ns
@@ -286,6 +291,7 @@ func (q *slowQuery) autopath(ctx context.Context, pod *podcache.Pod, tbl *table.
 		reply := replyTo(req, r)
 		reply.Rcode = dns.RcodeNameError
 		reply.Authoritative = false
+		reply.AuthenticatedData = up.AuthenticatedData
 		reply.Ns = up.Ns
 		metricQueries.autopath.Inc()
 		return q.pack(reply)
@@ -340,6 +346,9 @@ func (q *slowQuery) lookupUpstream(ctx context.Context, name string, tcp bool) (
 	s, r := q.s, &q.r
 	m := new(dns.Msg)
 	m.SetQuestion(dns.Fqdn(name), r.Type)
+	// The client's AD and DO: the forwarder keeps the upstream's AD in the
+	// reply only for a client that set either (RFC 6840 5.8).
+	m.AuthenticatedData = r.Flags&dnswire.FlagAD != 0
 	if r.EDNS {
 		m.SetEdns0(dnswire.EDNSUDPSize, r.DO)
 	}
@@ -373,6 +382,7 @@ func (e constError) Error() string { return string(e) }
 const (
 	errNoUpstream    = constError("no upstream nameserver for this client")
 	errNeedsUpstream = constError("the answer needs an upstream")
+	errOverMessage   = constError("the reply does not fit in a TCP message")
 )
 
 // replyTo starts an authoritative reply to req.
@@ -387,14 +397,25 @@ func replyTo(req *dns.Msg, r *request) *dns.Msg {
 	return reply
 }
 
-// pack serialises a slow-path reply, truncating for UDP like the fast path.
-// A reply that does not pack is a SERVFAIL, logged at Debug as a failed
-// forward is: what it holds comes from the query and the upstream's answer
-// to names the pod chose, so a pod could repeat it at its query rate. The
-// SERVFAIL still counts in ztdns_dns_requests_total.
+// pack serialises a slow-path reply, truncating like the fast path: for
+// UDP, to an empty reply with TC when it exceeds the client's buffer; for
+// TCP, to the records that fit in a message, with TC (miekg's
+// Msg.Truncate, as CoreDNS's server does), before it is packed, so that
+// what is held, counted and sent is the reply the client gets. A reply
+// that does not pack, or not into a TCP message, is a SERVFAIL, logged at
+// Debug as a failed forward is: what it holds comes from the query and
+// the upstream's answer to names the pod chose, so a pod could repeat it
+// at its query rate. The SERVFAIL still counts in
+// ztdns_dns_requests_total.
 func (q *slowQuery) pack(reply *dns.Msg) []byte {
+	if q.tcp {
+		reply.Truncate(maxTCPMessage)
+	}
 	reply.Compress = true
 	out, err := reply.Pack()
+	if err == nil && q.tcp && len(out) > maxTCPMessage {
+		err = errOverMessage
+	}
 	if err != nil {
 		q.s.log.Debug("packing a reply failed", "client", q.src, "name", string(q.r.Name), "err", err)
 		return dnswire.AppendErrorReply(nil, q.msg, &q.r, dnswire.RcodeServFail)

@@ -24,10 +24,17 @@ type slowServer struct {
 
 func startSlowServer(t *testing.T, opts Options, snap *model.Snapshot, zone ...string) *slowServer {
 	t.Helper()
-	up := dnstest.Start(t, "127.0.0.1:0", dnstest.ZoneOf(t, zone...)).Addr
+	return startSlowServerWith(t, opts, snap, dnstest.ZoneOf(t, zone...))
+}
+
+// startSlowServerWith is startSlowServer with an upstream that answers as
+// up does.
+func startSlowServerWith(t *testing.T, opts Options, snap *model.Snapshot, up dnstest.Responder) *slowServer {
+	t.Helper()
+	upAddr := dnstest.Start(t, "127.0.0.1:0", up).Addr
 	buf := &testenv.Log{}
 	opts.Logger = slog.New(slog.NewTextHandler(buf, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	ls := startLimitsServer(t, opts, up, up)
+	ls := startLimitsServer(t, opts, upAddr, upAddr)
 	ls.pods.SetSourcePods([]model.Pod{{Namespace: "ns1", Name: "client", IPs: []netip.Addr{victimIP}, DNSSearches: []string{"corp.internal"}}})
 	tbl, _ := table.Build(snap, table.Options{})
 	ls.SetTable(tbl)
@@ -95,6 +102,49 @@ func TestAutopathNODATA(t *testing.T) {
 			if rcode != "NOERROR" || !slices.Equal(answer, tc.answer) || !slices.Equal(ns, tc.authority) {
 				t.Errorf("%s %s %s: %s, answer %q, authority %q; want NOERROR, %q, %q",
 					proto, tc.name, dns.TypeToString[tc.qtype], rcode, answer, ns, tc.answer, tc.authority)
+			}
+		}
+	}
+}
+
+// validating answers as a validating resolver does: its replies have AD
+// set.
+type validating struct{ dnstest.Responder }
+
+func (v validating) Reply(req *dns.Msg, local netip.AddrPort) *dns.Msg {
+	m := v.Responder.Reply(req, local)
+	m.AuthenticatedData = true
+	return m
+}
+
+// TestAutopathKeepsAD: autopath's answer is built on its upstream's, and
+// keeps its AD as a forwarded reply does: for a client that asked with DO
+// or AD, not for one that asked with neither (RFC 6840 5.8). Before, it
+// never had AD.
+func TestAutopathKeepsAD(t *testing.T) {
+	ss := startSlowServerWith(t, Options{Autopath: true}, &model.Snapshot{}, validating{dnstest.ZoneOf(t,
+		"db.corp.internal. 300 IN A 192.0.2.10")})
+	for _, tc := range []struct {
+		client       string
+		do, ad, want bool
+	}{
+		{"without DO or AD", false, false, false},
+		{"with DO", true, false, true},
+		{"with AD", false, true, true},
+	} {
+		for _, name := range []string{"db.ns1.svc.cluster.local.", "gone.ns1.svc.cluster.local."} {
+			m := new(dns.Msg)
+			m.SetQuestion(name, dns.TypeA)
+			m.AuthenticatedData = tc.ad
+			if tc.do {
+				m.SetEdns0(1232, true)
+			}
+			r, err := ss.tryExchange(victimIP, "udp", m)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r.AuthenticatedData != tc.want {
+				t.Errorf("a client %s, %s: %s with AD %v, want AD %v", tc.client, name, dns.RcodeToString[r.Rcode], r.AuthenticatedData, tc.want)
 			}
 		}
 	}

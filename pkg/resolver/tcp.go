@@ -10,8 +10,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/miekg/dns"
-
 	"github.com/ztdns/ztdns/pkg/dnswire"
 	"github.com/ztdns/ztdns/pkg/resolver/quota"
 )
@@ -23,16 +21,19 @@ const tcpReadTimeout = 2 * time.Second
 // tcpWriteTimeout bounds how long a reply may take from the moment it is
 // ready until it is written, its wait behind the connection's other
 // replies included: a client that reads slower than that has its
-// connection closed, and everything it held given back.
-const tcpWriteTimeout = 2 * time.Second
+// connection closed, and everything it held given back. A variable for
+// the tests alone, set before a server starts.
+var tcpWriteTimeout = 2 * time.Second
 
 // maxTCPPending bounds the queries of one connection on the slow path at
 // once: being answered (forwarded, say), or with a reply waiting to be
-// written. At the bound the connection's reader reads no further query
-// until one of them is written, so a client that pipelines faster than it
-// reads its replies is held back by TCP itself, and what a connection
-// holds does not grow with what it sends. BIND serves at most 23
-// pipelined queries of a connection at once; CoreDNS (miekg/dns) one.
+// written. The connection's reader still reads and answers queries of the
+// fast path at the bound; the next slow-path query it reads, it holds
+// (one more) and waits with until one of them is written, reading nothing
+// meanwhile. So a client that pipelines faster than it reads its replies
+// is held back by TCP itself, and what a connection holds does not grow
+// with what it sends. BIND serves at most 23 pipelined queries of a
+// connection at once; CoreDNS (miekg/dns) one.
 const maxTCPPending = 16
 
 // Buffers a connection keeps between queries. A larger query or local
@@ -67,6 +68,7 @@ type tcpConn struct {
 	mu        sync.Mutex
 	idle      bool // waiting for the first byte of a query
 	idleSince time.Time
+	stopped   bool // the server stops: the connection waits for no further query
 
 	// released: its slot is given back (once); evicted: closed to make
 	// room for a source under its share.
@@ -130,11 +132,10 @@ func (w *tcpWriter) acquire() bool {
 // writing; otherwise it queues it for whoever is, and returns at once.
 func (w *tcpWriter) send(reply []byte, release func()) {
 	if len(reply) > maxTCPMessage {
-		// A local answer of the slow path (a search-list expansion of a
-		// large headless Service): the records that fit, with TC, as the
-		// fast path answers. nil when it cannot be framed: the client
-		// times out and retries.
-		reply = truncateTCP(reply)
+		// Not framed: its length would not fit in two octets. None comes
+		// here (slowQuery.pack cuts local answers to a message, and an
+		// upstream's came in one): dropped, the client retries.
+		reply = nil
 	}
 	ready := time.Now()
 	w.mu.Lock()
@@ -265,12 +266,30 @@ func (tc *tcpConn) isIdle() bool {
 	return tc.idle
 }
 
-// waitForQuery marks the connection idle from now, for at most timeout.
-func (tc *tcpConn) waitForQuery(timeout time.Duration) {
+// waitForQuery marks the connection idle from now, for at most timeout. It
+// reports false when the server stops (stop): the connection is to end.
+// Checked under mu, where stop sets it, so that the deadline set here
+// never replaces the one stop set.
+func (tc *tcpConn) waitForQuery(timeout time.Duration) bool {
 	tc.mu.Lock()
 	defer tc.mu.Unlock()
+	if tc.stopped {
+		return false
+	}
 	tc.idle, tc.idleSince = true, time.Now()
 	tc.c.SetReadDeadline(tc.idleSince.Add(timeout))
+	return true
+}
+
+// stop has the connection read no further query: an idle one ends at
+// once, a busy one once its query is answered.
+func (tc *tcpConn) stop() {
+	tc.mu.Lock()
+	defer tc.mu.Unlock()
+	tc.stopped = true
+	if tc.idle {
+		tc.c.SetReadDeadline(time.Now())
+	}
 }
 
 // busy marks the connection as reading or answering a query.
@@ -428,8 +447,8 @@ func (s *Server) raiseConnLevel() {
 // answers are written when ready, which the RFC allows, so a slow upstream
 // does not hold up the rest of the pipeline. Forwarded queries are bounded
 // per source (see slow), and the queries on the slow path per connection
-// (maxTCPPending): at that bound the reader waits for a reply to be
-// written before it reads on.
+// (maxTCPPending): at that bound the reader, on the next slow-path query,
+// waits for a reply to be written before it reads on.
 func (s *Server) serveTCPConn(tc *tcpConn, local netip.AddrPort) {
 	c, w := tc.c, &tc.w
 	defer func() {
@@ -440,7 +459,6 @@ func (s *Server) serveTCPConn(tc *tcpConn, local netip.AddrPort) {
 		// replies are dropped as they come.
 		w.wait()
 		w.close() // the connection too
-
 	}()
 	var lenBuf [2]byte
 	// Made at the first query: an idle connection holds no buffer.
@@ -449,10 +467,9 @@ func (s *Server) serveTCPConn(tc *tcpConn, local netip.AddrPort) {
 		sc       *scratch
 	)
 	for {
-		if s.stopping() {
+		if s.stopping() || !tc.waitForQuery(s.idleTimeout(s.tcpLevel.Load())) {
 			return
 		}
-		tc.waitForQuery(s.idleTimeout(s.tcpLevel.Load()))
 		if _, err := io.ReadFull(c, lenBuf[:1]); err != nil {
 			return // idle, closed, or the server is stopping
 		}
@@ -575,20 +592,4 @@ func (s *Server) answerLong(c net.Conn, n int, src netip.AddrPort, out []byte, s
 func isServFail(reply []byte) bool {
 	h, err := dnswire.ReadHeader(reply)
 	return err == nil && h.Rcode() == dnswire.RcodeServFail
-}
-
-// truncateTCP cuts reply, longer than a TCP message, to the records that
-// fit in one, with TC (miekg's Msg.Truncate, as CoreDNS's server does);
-// nil when it cannot.
-func truncateTCP(reply []byte) []byte {
-	m := new(dns.Msg)
-	if err := m.Unpack(reply); err != nil {
-		return nil
-	}
-	m.Truncate(maxTCPMessage)
-	out, err := m.Pack()
-	if err != nil || len(out) > maxTCPMessage {
-		return nil
-	}
-	return out
 }

@@ -53,25 +53,9 @@ func TestPipelinedRepliesToASlowReaderAreBounded(t *testing.T) {
 	maxGoroutines := goroutines + maxTCPPending + 24
 	maxBytes := int64(2 * maxTCPPending * (answer + 512))
 
-	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: flooderIP.AsSlice()}, Control: func(_, _ string, rc syscall.RawConn) error {
-		var err error
-		rc.Control(func(fd uintptr) { err = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
-		return err
-	}}
-	c, err := d.Dial("tcp4", ls.addr.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := slowTCPClient(t, ls.addr)
 	testenv.Eventually(t, 30*time.Second, "the connection served", func() bool { return ls.usage(flooderIP).TCPConns == 1 })
-	go func() { // pipelines every query, as fast as the server reads them
-		c.SetWriteDeadline(time.Now().Add(time.Minute))
-		for range queries {
-			if dnstest.WriteTCP(c, q) != nil {
-				return
-			}
-		}
-	}()
+	pipeline(c, q, queries)
 	go func() { // reads 1 KiB every 100 ms: an 8 KB reply's write ends well within its time
 		buf := make([]byte, 1024)
 		for {
@@ -114,8 +98,12 @@ func TestPipelinedRepliesToASlowReaderAreBounded(t *testing.T) {
 // nothing until its connection holds maxTCPPending replies, then resets
 // it: the reply being written and those queued behind it give back their
 // bytes at once, and the connection's goroutines end, without waiting for
-// the write timeout's close.
+// the write timeout's close (set to longer than the test waits, so that
+// only the reset can free them).
 func TestRepliesQueuedOnAResetConnectionAreGivenBack(t *testing.T) {
+	old := tcpWriteTimeout
+	tcpWriteTimeout = 10 * time.Minute
+	t.Cleanup(func() { tcpWriteTimeout = old })
 	const answer = 8000
 	up := dnstest.Start(t, "127.0.0.1:0", dnstest.LargeTXT(answer)).Addr
 	b := quota.NewBudget(64<<20, 0)
@@ -131,21 +119,44 @@ func TestRepliesQueuedOnAResetConnectionAreGivenBack(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	q := packQuery(t, "big.example.", dns.TypeTXT)
-	go func() {
-		c.SetWriteDeadline(time.Now().Add(time.Minute))
-		for range 3000 {
-			if dnstest.WriteTCP(c, q) != nil {
-				return
-			}
-		}
-	}()
+	pipeline(c, packQuery(t, "big.example.", dns.TypeTXT), 3000)
 	testenv.Eventually(t, 30*time.Second, "maxTCPPending replies waiting", func() bool { return b.Used() >= maxTCPPending*answer })
 	c.(*net.TCPConn).SetLinger(0)
 	c.Close()
 	testenv.Eventually(t, 30*time.Second, "every byte given back", func() bool { return b.Used() == 0 })
 	testenv.Eventually(t, 30*time.Second, "the connection released", func() bool { return ls.usage(flooderIP).TCPConns == 0 })
 	testenv.Eventually(t, 30*time.Second, "the connection's goroutines ended", func() bool { return runtime.NumGoroutine() <= goroutines+2 })
+}
+
+// slowTCPClient connects to addr from flooderIP with a receive buffer of
+// 4 KiB, which a few replies fill; closed at the test's end.
+func slowTCPClient(t *testing.T, addr netip.AddrPort) net.Conn {
+	t.Helper()
+	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: flooderIP.AsSlice()}, Control: func(_, _ string, rc syscall.RawConn) error {
+		var err error
+		rc.Control(func(fd uintptr) { err = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
+		return err
+	}}
+	c, err := d.Dial("tcp4", addr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// pipeline writes q n times on c, as fast as the server reads them, from a
+// goroutine of its own that gives up when a write fails or a minute has
+// passed.
+func pipeline(c net.Conn, q []byte, n int) {
+	go func() {
+		c.SetWriteDeadline(time.Now().Add(time.Minute))
+		for range n {
+			if dnstest.WriteTCP(c, q) != nil {
+				return
+			}
+		}
+	}()
 }
 
 // TestUnreadRepliesHeldByTheKernelAreBounded: a pod that pipelines queries
@@ -163,25 +174,8 @@ func TestUnreadRepliesHeldByTheKernelAreBounded(t *testing.T) {
 	if r, err := ls.tryExchange(flooderIP, "tcp", m); err != nil || txtBytes(r) != answer {
 		t.Fatalf("first answer (now cached): %v %v", r, err)
 	}
-	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: flooderIP.AsSlice()}, Control: func(_, _ string, rc syscall.RawConn) error {
-		var err error
-		rc.Control(func(fd uintptr) { err = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
-		return err
-	}}
-	c, err := d.Dial("tcp4", ls.addr.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	q := packQuery(t, "big.example.", dns.TypeTXT)
-	go func() {
-		c.SetWriteDeadline(time.Now().Add(time.Minute))
-		for range 3000 {
-			if dnstest.WriteTCP(c, q) != nil {
-				return
-			}
-		}
-	}()
+	c := slowTCPClient(t, ls.addr)
+	pipeline(c, packQuery(t, "big.example.", dns.TypeTXT), 3000)
 	// Once replies wait in the budget, the kernel has taken all it will.
 	testenv.Eventually(t, 30*time.Second, "replies waiting to be written", func() bool { return b.Used() >= answer })
 	client := netip.MustParseAddrPort(c.LocalAddr().String())

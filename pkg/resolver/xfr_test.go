@@ -2,7 +2,6 @@ package resolver
 
 import (
 	"net/netip"
-	"sync"
 	"sync/atomic"
 	"testing"
 
@@ -35,20 +34,7 @@ func startTransferUpstream(t *testing.T) (netip.AddrPort, *atomic.Int64) {
 		w.Hijack() // Out closes nothing: the server must not reply again
 		_ = w.Close()
 	})
-	servers := []*dns.Server{{PacketConn: pc, Handler: handler}, {Listener: ln, Handler: handler}}
-	var wg sync.WaitGroup
-	for _, s := range servers {
-		started := make(chan struct{})
-		s.NotifyStartedFunc = func() { close(started) }
-		wg.Go(func() { _ = s.ActivateAndServe() })
-		<-started
-	}
-	t.Cleanup(func() {
-		for _, s := range servers {
-			_ = s.Shutdown()
-		}
-		wg.Wait()
-	})
+	dnstest.StartServers(t, &dns.Server{PacketConn: pc, Handler: handler}, &dns.Server{Listener: ln, Handler: handler})
 	return netip.MustParseAddrPort(pc.LocalAddr().String()), &asked
 }
 

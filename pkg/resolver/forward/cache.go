@@ -27,7 +27,7 @@ const (
 )
 
 // shareable reports whether r, a standard query, can be asked upstream as
-// its key says (upstreamQuery): its answer is then the answer to every
+// its key says (appendUpstreamQuery): its answer is then the answer to every
 // query with that key, and may be cached and shared with other sources.
 // What the key does not hold is then of no weight: EDNS options (a client
 // subnet, a cookie, a malformed one), the UDP size, the AD and Z bits. What
@@ -74,8 +74,8 @@ func appendUpstreamQuery(dst, msg []byte, r *dnswire.Query) []byte {
 const upstreamKeyLen = 18
 
 // appendKey appends the cache key of a query to dst: flags, qtype, qclass,
-// the lower-cased wire name (what upstreamQuery asks, for a shareable
-// query), then the upstream set sorted and deduplicated,
+// the lower-cased wire name (what appendUpstreamQuery asks, for a
+// shareable query), then the upstream set sorted and deduplicated,
 // so that two pods with different nameservers never share an entry and the
 // order in which a pod lists them does not matter. Zones of link-local IPv6
 // upstreams are not part of the key.

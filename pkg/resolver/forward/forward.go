@@ -18,6 +18,7 @@ import (
 	"os"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ztdns/ztdns/pkg/dnswire"
@@ -63,6 +64,8 @@ type flight struct {
 	// again under their own. bytesRefused: the first of those reasons,
 	// the leader's to count.
 	leaderOnly, bytesRefused bool
+	// joined counts the queries that joined it (the tests wait on it).
+	joined atomic.Int32
 }
 
 // Origin says where a reply came from.
@@ -153,7 +156,7 @@ func (f *Forwarder) ForwardFrom(ctx context.Context, req []byte, tcp bool, upstr
 		ctx, cancel := context.WithTimeout(ctx, f.timeout)
 		defer cancel()
 		defer context.AfterFunc(f.base, cancel)()
-		a := f.resolve(ctx, req, r, tcp, upstreams)
+		a := f.resolve(ctx, slices.Clone(req), r, tcp, upstreams) // req keeps its ID: finish writes it
 		defer f.budget.Give(quota.SourceFrom(ctx), len(a.reply))
 		return f.finish(req, r, a.reply, false), a.origin(), nil
 	}
@@ -169,8 +172,6 @@ func (f *Forwarder) ForwardFrom(ctx context.Context, req []byte, tcp bool, upstr
 		}
 		cacheMisses.Inc()
 	}
-	sent := appendUpstreamQuery(make([]byte, 0, r.End+dnswire.OPTLen), req, &r)
-
 	// Identical queries share one exchange. The query that starts it runs
 	// it in its own goroutine (a goroutine per query in flight is most of
 	// what one costs); the others wait for it, each until its own context
@@ -192,7 +193,10 @@ func (f *Forwarder) ForwardFrom(ctx context.Context, req []byte, tcp bool, upstr
 		case !leader && !joined: // a query that asks again is coalesced once
 			coalesced.Inc()
 			joined = true
+			fl.joined.Add(1)
 		case leader:
+			// Only the leader builds the query: the waiters never send one.
+			sent := appendUpstreamQuery(make([]byte, 0, r.End+dnswire.OPTLen), req, &r)
 			f.fly(ctx, fl, flightKey, src, sent, r, tcp, upstreams)
 			return f.finish(req, r, fl.reply, true), Origin{Upstream: fl.from, BytesRefused: fl.bytesRefused}, nil
 		}
@@ -227,9 +231,9 @@ func (f *Forwarder) joinFlight(flightKey string) (fl *flight, leader bool) {
 }
 
 // fly runs the exchange of a flight the caller started, sending query (the
-// key's, appendUpstreamQuery), bounded by the timeout, the caller's context
-// and Close, caches the reply (charged to src, the caller's source) and
-// hands it to the flight's waiters.
+// key's, appendUpstreamQuery; fly's own, its ID overwritten), bounded by
+// the timeout, the caller's context and Close, caches the reply (charged
+// to src, the caller's source) and hands it to the flight's waiters.
 func (f *Forwarder) fly(ctx context.Context, fl *flight, flightKey string, src *quota.Source, query []byte, r dnswire.Query, tcp bool, upstreams []netip.AddrPort) {
 	defer f.wg.Done()
 	caller := ctx
@@ -296,17 +300,16 @@ func (a attempt) origin() Origin {
 // reply was refused for want of the source's bytes). Losing exchanges are
 // canceled; they end on their own and are not waited for. The reply's bytes
 // are taken from the budget: the caller gives them back when done with it.
-func (f *Forwarder) resolve(ctx context.Context, req []byte, r dnswire.Query, tcp bool, upstreams []netip.AddrPort) attempt {
+// query is resolve's own: its ID is overwritten with a random one.
+func (f *Forwarder) resolve(ctx context.Context, query []byte, r dnswire.Query, tcp bool, upstreams []netip.AddrPort) attempt {
 	upstreams = distinctUpstreams(upstreams)
 	if len(upstreams) == 0 {
 		f.log.Debug("no upstream to forward to")
 		return attempt{}
 	}
 	src := quota.SourceFrom(ctx) // whose bytes the replies are
-	query := slices.Clone(req)
-	var id [2]byte
-	_, _ = rand.Read(id[:]) // never fails (crypto/rand since Go 1.24)
-	copy(query, id[:])
+	// The upstream sees an ID of ours (crypto/rand never fails since Go 1.24).
+	_, _ = rand.Read(query[:2])
 	if len(upstreams) == 1 { // the usual case with capture: no race to run
 		return f.ask(ctx, upstreams[0], query, r.Question, tcp)
 	}

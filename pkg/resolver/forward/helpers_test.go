@@ -88,26 +88,10 @@ func startUpstream(tb testing.TB, h handlerFunc) *testUpstream {
 		h(u, w, req)
 	})
 	acceptAll := func(dns.Header) dns.MsgAcceptAction { return dns.MsgAccept }
-	servers := []*dns.Server{
-		{PacketConn: pc, Handler: handler, MsgAcceptFunc: acceptAll},
-		{Listener: ln, Handler: handler, MsgAcceptFunc: acceptAll},
-	}
-	var wg sync.WaitGroup
-	for _, s := range servers {
-		started := make(chan struct{})
-		s.NotifyStartedFunc = func() { close(started) }
-		wg.Go(func() { _ = s.ActivateAndServe() })
-		<-started
-	}
-	tb.Cleanup(func() {
-		close(u.stop)
-		for _, s := range servers {
-			if err := s.Shutdown(); err != nil {
-				tb.Errorf("shut down test upstream %s: %v", u.addr, err)
-			}
-		}
-		wg.Wait()
-	})
+	dnstest.StartServers(tb,
+		&dns.Server{PacketConn: pc, Handler: handler, MsgAcceptFunc: acceptAll},
+		&dns.Server{Listener: ln, Handler: handler, MsgAcceptFunc: acceptAll})
+	tb.Cleanup(func() { close(u.stop) }) // before the servers shut down: cleanups run last first
 	return u
 }
 

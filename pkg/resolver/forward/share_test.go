@@ -12,6 +12,7 @@ import (
 	"github.com/miekg/dns"
 
 	"github.com/ztdns/ztdns/internal/dnstest"
+	"github.com/ztdns/ztdns/internal/testenv"
 	"github.com/ztdns/ztdns/pkg/resolver/quota"
 )
 
@@ -19,13 +20,14 @@ import (
 // recursive query, one tailored to a client subnet, one from a
 // non-recursive lookup (what RD=0 gets from a resolver's cache).
 const (
-	plainAddr     = "198.51.100.1"
-	subnetAddr    = "203.0.113.99"
+	plainAddr     = dnstest.NoSubnetAddr
+	subnetAddr    = dnstest.SubnetAddr
 	nonRecursAddr = "192.0.2.66"
 )
 
 // pickyUpstream is a UDP upstream that answers as a miekg-based server
-// (CoreDNS) with client-subnet support would, after delay: FORMERR with
+// (CoreDNS) with client-subnet support would, once hold is closed (nil:
+// at once): FORMERR with
 // the question echoed for a query it cannot unpack (a malformed option)
 // or that has records in its answer or authority section; for a query
 // with an ECS option, an answer tailored to the subnet, the option echoed
@@ -38,7 +40,7 @@ type pickyUpstream struct {
 	n    atomic.Int64
 }
 
-func startPickyUpstream(t *testing.T, delay time.Duration) *pickyUpstream {
+func startPickyUpstream(t *testing.T, hold <-chan struct{}) *pickyUpstream {
 	t.Helper()
 	u := &pickyUpstream{}
 	var wg sync.WaitGroup
@@ -52,10 +54,12 @@ func startPickyUpstream(t *testing.T, delay time.Duration) *pickyUpstream {
 	u.addr = rawUDPUpstream(t, func(pc net.PacketConn, from net.Addr, q []byte) {
 		u.n.Add(1)
 		wg.Go(func() {
-			select {
-			case <-time.After(delay):
-			case <-stop:
-				return
+			if hold != nil {
+				select {
+				case <-hold:
+				case <-stop:
+					return
+				}
 			}
 			b, err := u.reply(q).Pack()
 			if err != nil {
@@ -74,36 +78,17 @@ func (u *pickyUpstream) reply(q []byte) *dns.Msg {
 	u.mu.Lock()
 	u.got = append(u.got, req)
 	u.mu.Unlock()
-	m := new(dns.Msg)
 	if err != nil || len(req.Answer) > 0 || len(req.Ns) > 0 {
+		m := new(dns.Msg)
 		m.SetRcode(req, dns.RcodeFormatError) // as miekg's server: the question it read
 		return m
 	}
-	m.SetReply(req)
-	m.RecursionAvailable = true
 	addr := plainAddr
 	if !req.RecursionDesired {
 		addr = nonRecursAddr
 	}
-	if o := req.IsEdns0(); o != nil {
-		var opts []dns.EDNS0
-		for _, e := range o.Option {
-			switch e := e.(type) {
-			case *dns.EDNS0_SUBNET:
-				addr = subnetAddr
-				e.SourceScope = e.SourceNetmask
-				opts = append(opts, e)
-			case *dns.EDNS0_COOKIE:
-				opts = append(opts, &dns.EDNS0_COOKIE{Code: dns.EDNS0COOKIE, Cookie: e.Cookie[:16] + "5e5e5e5e5e5e5e5e"})
-			}
-		}
-		m.SetEdns0(1232, o.Do())
-		m.IsEdns0().Option = opts
-	}
-	m.Answer = []dns.RR{&dns.A{
-		Hdr: dns.RR_Header{Name: req.Question[0].Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 300},
-		A:   net.ParseIP(addr),
-	}}
+	m := dnstest.TailorToSubnet(req, addr)
+	m.RecursionAvailable = true
 	return m
 }
 
@@ -137,17 +122,20 @@ var (
 // says: the upstream's answer to them is no answer to the other pod.
 var podAQueries = []struct {
 	name string
-	opts []func(*dns.Msg)
+	// shared: the query is asked as its key says, and its exchange shared
+	// (shareable); otherwise forwarded as it is, for its pod alone.
+	shared bool
+	opts   []func(*dns.Msg)
 }{
-	{"client subnet and cookie", []func(*dns.Msg){withOption(podASubnet), withOption(podACookie)}},
-	{"malformed option", []func(*dns.Msg){withOption(badSubnet)}},
-	{"records in the authority section", []func(*dns.Msg){withEDNS(false), func(m *dns.Msg) {
+	{"client subnet and cookie", true, []func(*dns.Msg){withOption(podASubnet), withOption(podACookie)}},
+	{"malformed option", true, []func(*dns.Msg){withOption(badSubnet)}},
+	{"records in the authority section", false, []func(*dns.Msg){withEDNS(false), func(m *dns.Msg) {
 		m.Ns = []dns.RR{
 			&dns.NS{Hdr: dns.RR_Header{Name: "example.com.", Rrtype: dns.TypeNS, Class: dns.ClassINET, Ttl: 60}, Ns: "ns1.example.com."},
 			&dns.NS{Hdr: dns.RR_Header{Name: "example.com.", Rrtype: dns.TypeNS, Class: dns.ClassINET, Ttl: 60}, Ns: "ns2.example.com."},
 		}
 	}}},
-	{"no recursion desired", []func(*dns.Msg){withEDNS(false), func(m *dns.Msg) { m.RecursionDesired = false }}},
+	{"no recursion desired", false, []func(*dns.Msg){withEDNS(false), func(m *dns.Msg) { m.RecursionDesired = false }}},
 }
 
 // checkPodB fails unless m is the answer pod B's plain query should get
@@ -190,7 +178,9 @@ func forwardFrom(t *testing.T, f *Forwarder, src *quota.Source, req []byte, up n
 // a shared exchange asks the upstream only what the key says, and a query
 // that cannot be put that way is forwarded as it is, for its pod alone.
 // Pod A asks first, pod B then asks the same name plainly, once after A's
-// reply (the cache) and once while A's exchange is in flight.
+// reply (the cache) and once while A's exchange is in flight: the upstream
+// holds its replies until B's forward has joined A's exchange (one query
+// upstream), or for a query of A's that is not shared, sent its own.
 func TestPodsShareOnlyWhatTheKeySays(t *testing.T) {
 	t.Parallel()
 	for _, tc := range podAQueries {
@@ -201,11 +191,11 @@ func TestPodsShareOnlyWhatTheKeySays(t *testing.T) {
 			}
 			t.Run(tc.name+"/"+mode, func(t *testing.T) {
 				t.Parallel()
-				delay := time.Duration(0)
+				var hold chan struct{}
 				if concurrent {
-					delay = 300 * time.Millisecond
+					hold = make(chan struct{})
 				}
-				up := startPickyUpstream(t, delay)
+				up := startPickyUpstream(t, hold)
 				f := newForwarder(t)
 				var podA, podB quota.Source
 				qa := query(t, "www.example.com.", dns.TypeA, append([]func(*dns.Msg){withID(0xA0A0)}, tc.opts...)...)
@@ -217,14 +207,24 @@ func TestPodsShareOnlyWhatTheKeySays(t *testing.T) {
 					defer close(done)
 					a = forwardFrom(t, f, &podA, qa, up.addr)
 				}()
-				if concurrent {
-					for up.n.Load() == 0 { // A's exchange is in flight
-						time.Sleep(time.Millisecond)
-					}
-				} else {
+				if !concurrent {
 					<-done
+					checkPodB(t, forwardFrom(t, f, &podB, qb, up.addr))
+				} else {
+					testenv.Eventually(t, 30*time.Second, "A's exchange in flight", func() bool { return up.n.Load() == 1 })
+					b := make(chan *dns.Msg, 1)
+					go func() { b <- forwardFrom(t, f, &podB, qb, up.addr) }()
+					if tc.shared {
+						testenv.Eventually(t, 30*time.Second, "B waiting on A's exchange", func() bool { return joined(f) == 1 })
+					} else {
+						testenv.Eventually(t, 30*time.Second, "B's own exchange in flight", func() bool { return up.n.Load() == 2 })
+					}
+					close(hold)
+					checkPodB(t, <-b)
+					if n := up.n.Load(); tc.shared && n != 1 {
+						t.Errorf("the upstream got %d queries, want 1: B shares A's exchange", n)
+					}
 				}
-				checkPodB(t, forwardFrom(t, f, &podB, qb, up.addr))
 				<-done
 				if a == nil || a.Id != 0xA0A0 {
 					t.Fatalf("pod A got %v", a)
@@ -234,6 +234,17 @@ func TestPodsShareOnlyWhatTheKeySays(t *testing.T) {
 	}
 }
 
+// joined is how many queries wait on f's exchanges in flight.
+func joined(f *Forwarder) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n := 0
+	for _, fl := range f.flights {
+		n += int(fl.joined.Load())
+	}
+	return n
+}
+
 // TestSharedExchangeAsksOnlyTheKey: what the upstream gets for a query that
 // may be shared is made from the key: the question lower-cased, RD and AD,
 // CD as asked, and for EDNS an OPT record of ztdns's own (its UDP size, DO
@@ -241,7 +252,7 @@ func TestPodsShareOnlyWhatTheKeySays(t *testing.T) {
 // its ID and question, AD only when it asked for DNSSEC (DO or AD).
 func TestSharedExchangeAsksOnlyTheKey(t *testing.T) {
 	t.Parallel()
-	up := startPickyUpstream(t, 0)
+	up := startPickyUpstream(t, nil)
 	f := newForwarder(t, WithCacheSize(0))
 	var pod quota.Source
 	q := query(t, "WwW.Example.COM.", dns.TypeA, withOption(podASubnet), withOption(podACookie), withCD, withID(0x1234), func(m *dns.Msg) {

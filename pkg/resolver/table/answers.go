@@ -10,11 +10,15 @@ import (
 	"github.com/ztdns/ztdns/pkg/dnswire"
 )
 
-// Answers are written straight from an entry's fields: every owner name is
-// dnswire.QuestionPointer (the question name at offset 12), so the reply
-// repeats the name exactly as the client spelled it. An address
-// record is 12 fixed bytes and the address, as cheap to write as to copy,
-// so the table keeps no prepared wire data.
+// Answers are written straight from an entry's fields: every answer
+// record's owner name is dnswire.QuestionPointer (the question name at
+// offset 12), so the reply repeats the name exactly as the client spelled
+// it. Other owners are pointers too, or names: a NODATA's SOA points at
+// its zone's labels in the question (appendSOA), and an SRV answer's
+// additional records at their target's name in the SRV record that names
+// it (appendSRVExtra). An address record is 12 fixed bytes and the
+// address, as cheap to write as to copy, so the table keeps no prepared
+// wire data.
 
 // AppendAnswer appends the answer to qtype to out, a reply whose header
 // starts at out[hdr] and whose question (the name at offset 12 of the
@@ -115,10 +119,9 @@ func (w *answer) addrs(addrs []netip.Addr, ttl uint32, rot uint16) {
 	if len(addrs) == 0 || w.cut {
 		return
 	}
-	k := max(0, (w.end-len(w.out))/addrLen(addrs[0]))
-	if k < len(addrs) {
+	if size := addrLen(addrs[0]); len(w.out)+len(addrs)*size > w.end {
 		w.cut = true
-		addrs = addrs[:k] // the first that fit, unrotated: a rare reply
+		addrs = addrs[:max(0, (w.end-len(w.out))/size)] // the first that fit, unrotated: a rare reply
 		rot = 0
 	}
 	w.out = appendAddrs(w.out, addrs, ttl, rot)
