@@ -415,17 +415,7 @@ func TestTakeOverClosesWhatItRefuses(t *testing.T) {
 		return descs, files, nil
 	}
 	before := openFDs(t)
-	offered := make(chan struct{})
-	go func() {
-		defer close(offered)
-		c, err := ln.AcceptUnix()
-		if err != nil {
-			t.Error(err)
-			return
-		}
-		defer c.Close()
-		offerOnce(c, sockets, func(bool) {}, func() { t.Error("stopped for a failed takeover") })
-	}()
+	offered := offerInBackground(t, ln, sockets, "a failed takeover")
 	in, err := takeOver(socket, slog.New(slog.DiscardHandler))
 	if err == nil || in != nil {
 		t.Fatalf("takeOver = %v, %v; want an error", in, err)
@@ -583,17 +573,7 @@ func TestTakeOverSetsTheSyncDeadline(t *testing.T) {
 		}
 		return []socketDesc{{Network: "udp", Addr: c.LocalAddr().String()}}, []*os.File{f}, nil
 	}
-	offered := make(chan struct{})
-	go func() {
-		defer close(offered)
-		c, err := ln.AcceptUnix()
-		if err != nil {
-			t.Error(err)
-			return
-		}
-		defer c.Close()
-		offerOnce(c, sockets, func(bool) {}, func() { t.Error("stopped for an abandoned takeover") })
-	}()
+	offered := offerInBackground(t, ln, sockets, "an abandoned takeover")
 	before := time.Now()
 	in, err := takeOver(socket, slog.New(slog.DiscardHandler))
 	after := time.Now()
@@ -606,4 +586,24 @@ func TestTakeOverSetsTheSyncDeadline(t *testing.T) {
 		t.Errorf("the wait for a table ends at %v, want handoffSyncWait after asking, between %v and %v",
 			in.syncBy, before.Add(handoffSyncWait), after.Add(handoffSyncWait))
 	}
+}
+
+// offerInBackground runs one exchange of a predecessor on ln, with these
+// sockets, in a goroutine, and closes the channel it returns when the
+// exchange is over. The predecessor must never stop: the exchange is one
+// that does not complete (why says which).
+func offerInBackground(t *testing.T, ln *net.UnixListener, sockets func() ([]socketDesc, []*os.File, error), why string) <-chan struct{} {
+	t.Helper()
+	offered := make(chan struct{})
+	go func() {
+		defer close(offered)
+		c, err := ln.AcceptUnix()
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer c.Close()
+		offerOnce(c, sockets, func(bool) {}, func() { t.Error("stopped for " + why) })
+	}()
+	return offered
 }

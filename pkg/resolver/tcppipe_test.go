@@ -33,14 +33,7 @@ import (
 // sent, and the connection was never closed.
 func TestPipelinedRepliesToASlowReaderAreBounded(t *testing.T) {
 	const answer, queries = 8000, 3000
-	up := dnstest.Start(t, "127.0.0.1:0", dnstest.LargeTXT(answer)).Addr
-	b := quota.NewBudget(64<<20, 0) // room for every reply: only the connection's bound holds them back
-	ls := startLimitsServer(t, Options{Limits: quota.Limits{QPS: -1, Forwarding: -1}, Budget: b}, up, liveUpstream(t))
-	m := new(dns.Msg)
-	m.SetQuestion("big.example.", dns.TypeTXT)
-	if r, err := ls.tryExchange(flooderIP, "tcp", m); err != nil || txtBytes(r) != answer {
-		t.Fatalf("first answer (now cached): %v %v", r, err)
-	}
+	ls, b := cachedBigAnswer(t, answer)
 	q := packQuery(t, "big.example.", dns.TypeTXT)
 	ls.victimForwarded(t, "before the flood") // its upstream's connections are up
 	testenv.Eventually(t, 30*time.Second, "the first answers' bytes given back", func() bool { return b.Used() == 0 })
@@ -105,14 +98,7 @@ func TestRepliesQueuedOnAResetConnectionAreGivenBack(t *testing.T) {
 	tcpWriteTimeout = 10 * time.Minute
 	t.Cleanup(func() { tcpWriteTimeout = old })
 	const answer = 8000
-	up := dnstest.Start(t, "127.0.0.1:0", dnstest.LargeTXT(answer)).Addr
-	b := quota.NewBudget(64<<20, 0)
-	ls := startLimitsServer(t, Options{Limits: quota.Limits{QPS: -1, Forwarding: -1}, Budget: b}, up, liveUpstream(t))
-	m := new(dns.Msg)
-	m.SetQuestion("big.example.", dns.TypeTXT)
-	if r, err := ls.tryExchange(flooderIP, "tcp", m); err != nil || txtBytes(r) != answer {
-		t.Fatalf("first answer (now cached): %v %v", r, err)
-	}
+	ls, b := cachedBigAnswer(t, answer)
 	testenv.Eventually(t, 30*time.Second, "the first answer's bytes given back", func() bool { return b.Used() == 0 })
 	goroutines := runtime.NumGoroutine()
 	c, err := (&net.Dialer{LocalAddr: &net.TCPAddr{IP: flooderIP.AsSlice()}}).Dial("tcp4", ls.addr.String())
@@ -166,14 +152,7 @@ func pipeline(c net.Conn, q []byte, n int) {
 // kernel take megabytes for each such connection, charged to the agent.
 func TestUnreadRepliesHeldByTheKernelAreBounded(t *testing.T) {
 	const answer = 8000
-	up := dnstest.Start(t, "127.0.0.1:0", dnstest.LargeTXT(answer)).Addr
-	b := quota.NewBudget(64<<20, 0)
-	ls := startLimitsServer(t, Options{Limits: quota.Limits{QPS: -1, Forwarding: -1}, Budget: b}, up, liveUpstream(t))
-	m := new(dns.Msg)
-	m.SetQuestion("big.example.", dns.TypeTXT)
-	if r, err := ls.tryExchange(flooderIP, "tcp", m); err != nil || txtBytes(r) != answer {
-		t.Fatalf("first answer (now cached): %v %v", r, err)
-	}
+	ls, b := cachedBigAnswer(t, answer)
 	c := slowTCPClient(t, ls.addr)
 	pipeline(c, packQuery(t, "big.example.", dns.TypeTXT), 3000)
 	// Once replies wait in the budget, the kernel has taken all it will.
@@ -212,4 +191,21 @@ func sendQueue(t *testing.T, local, remote netip.AddrPort) int {
 	}
 	t.Fatalf("no connection %s -> %s in /proc/net/tcp", local, remote)
 	return 0
+}
+
+// cachedBigAnswer starts a server whose flooder pod may forward without
+// limits, against a budget with room for every reply (so only a
+// connection's own bounds hold replies back), and has big.example's TXT
+// answer of size bytes cached.
+func cachedBigAnswer(t *testing.T, size int) (*limitsServer, *quota.Budget) {
+	t.Helper()
+	up := dnstest.Start(t, "127.0.0.1:0", dnstest.LargeTXT(size)).Addr
+	b := quota.NewBudget(64<<20, 0)
+	ls := startLimitsServer(t, Options{Limits: quota.Limits{QPS: -1, Forwarding: -1}, Budget: b}, up, liveUpstream(t))
+	m := new(dns.Msg)
+	m.SetQuestion("big.example.", dns.TypeTXT)
+	if r, err := ls.tryExchange(flooderIP, "tcp", m); err != nil || txtBytes(r) != size {
+		t.Fatalf("first answer (now cached): %v %v", r, err)
+	}
+	return ls, b
 }
