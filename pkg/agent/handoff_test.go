@@ -85,6 +85,17 @@ func (ta *testAgent) stop() {
 	ta.done <- nil // a second stop returns at once
 }
 
+// stopChecked is stop, failing the test if Run returned an error; who
+// names the agent in the failure.
+func (ta *testAgent) stopChecked(t *testing.T, who string) {
+	t.Helper()
+	ta.cancel()
+	if err := <-ta.done; err != nil {
+		t.Errorf("%s: %v", who, err)
+	}
+	ta.done <- nil
+}
+
 func waitReady(t *testing.T, socket string) {
 	t.Helper()
 	c := control.NewClient(socket, time.Second)
@@ -106,17 +117,11 @@ func waitReady(t *testing.T, socket string) {
 // does: the new agent takes over the sockets, then the old one is stopped.
 // Every query must be answered.
 func TestRestartLosesNoQuery(t *testing.T) {
-	dir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, "se.yaml"), []byte(manifest), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	socket := filepath.Join(t.TempDir(), "ztdns.sock")
-	up := dnstest.Start(t, "127.0.0.1:0", dnstest.Zone{})
+	dir, socket, listen, up := handoffSetup(t)
 	// The successor's own upstream names it in the status (waitServedBy).
 	upNew := dnstest.Start(t, "127.0.0.1:0", dnstest.Zone{}).Addr
-	listen := testenv.FreePort(t)
 	metrics := testenv.FreePort(t).String() // in a DaemonSet both pods share the node's port
-	old := startTestAgent(t, dir, socket, listen, up.Addr, metrics)
+	old := startTestAgent(t, dir, socket, listen, up, metrics)
 
 	var sent, lost atomic.Int64
 	stop := make(chan struct{})
@@ -188,12 +193,8 @@ func TestRestartLosesNoQuery(t *testing.T) {
 // TestSocketsPerAddr: the agent opens as many UDP sockets on its address as
 // configured (--udp-sockets), each answered.
 func TestSocketsPerAddr(t *testing.T) {
-	dir, socket := t.TempDir(), filepath.Join(t.TempDir(), "ztdns.sock")
-	if err := os.WriteFile(filepath.Join(dir, "se.yaml"), []byte(manifest), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	listen := testenv.FreePort(t)
-	startTestAgent(t, dir, socket, listen, netip.MustParseAddrPort("127.0.0.1:9"), "",
+	dir, socket, listen, up := handoffSetup(t)
+	startTestAgent(t, dir, socket, listen, up, "",
 		func(c *Config) { c.SocketsPerAddr = 3 })
 	// /proc/net/udp lists every socket of this network namespace; the
 	// port is this test's alone.
@@ -337,11 +338,7 @@ func TestHandoffAbandonedOnStop(t *testing.T) {
 	src := gated(configdir.New(dir)) // never opened: no first table
 	succ := runTestAgent(t, dir, socket, listen, netip.MustParseAddrPort("127.0.0.1:9"), "", func(c *Config) { c.Source = src })
 	<-src.started
-	succ.cancel()
-	if err := <-succ.done; err != nil {
-		t.Errorf("the stopped successor: %v", err)
-	}
-	succ.done <- nil
+	succ.stopChecked(t, "the stopped successor")
 	for range 10 {
 		if err := askAddress("udp", listen); err != nil {
 			t.Fatalf("after the successor stopped: %v", err)
@@ -529,11 +526,7 @@ func TestProbesDuringHandoff(t *testing.T) {
 				wantProbe(t, metrics, "/healthz", http.StatusOK, "after the old agent stopped")
 				return
 			}
-			succ.cancel()
-			if err := <-succ.done; err != nil {
-				t.Errorf("the stopped successor: %v", err)
-			}
-			succ.done <- nil
+			succ.stopChecked(t, "the stopped successor")
 			testenv.EventuallyNil(t, 5*time.Second, func() error {
 				if code, err := probe(metrics, "/readyz"); err != nil || code != http.StatusOK {
 					return fmt.Errorf("/readyz %d %v", code, err)

@@ -102,12 +102,7 @@ type server struct {
 func serve(t *testing.T, access control.Access) *server {
 	t.Helper()
 	testenv.RequireRoot(t)
-	dir, err := os.MkdirTemp("", "ztctl-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	chmod(t, dir, 0o755) // MkdirTemp's 0700 would keep every other user out
+	dir := shortTempDir(t, 0o755) // MkdirTemp's 0700 would keep every other user out
 	s := &server{socket: filepath.Join(dir, "run", "ztdns.sock"), api: &recorder{}, log: &testenv.Log{}}
 	access.Logger = slog.New(slog.NewTextHandler(s.log, nil))
 	ln, err := control.Listen(s.socket, access)
@@ -219,11 +214,7 @@ func TestRefusesSharedDirectories(t *testing.T) {
 		}, "is writable by others"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			dir, err := os.MkdirTemp("", "ztctl-")
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { os.RemoveAll(dir) })
+			dir := shortTempDir(t, 0)
 			socket := tc.setup(t, dir)
 			ln, err := control.Listen(socket, control.Access{})
 			if err == nil {
@@ -250,12 +241,7 @@ func TestRefusesSharedDirectories(t *testing.T) {
 // through the path as written.
 func TestRootsSymbolicLinkFollowed(t *testing.T) {
 	testenv.RequireRoot(t)
-	dir, err := os.MkdirTemp("", "ztctl-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	chmod(t, dir, 0o755)
+	dir := shortTempDir(t, 0o755)
 	for _, d := range []string{"run", "var"} {
 		if err := os.Mkdir(filepath.Join(dir, d), 0o755); err != nil {
 			t.Fatal(err)
@@ -291,12 +277,7 @@ func TestRootsSymbolicLinkFollowed(t *testing.T) {
 // listener with SO_PEERCRED, as the agent checks its callers.
 func TestClientRefusesPlantedSocket(t *testing.T) {
 	testenv.RequireRoot(t)
-	dir, err := os.MkdirTemp("", "ztctl-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	chmod(t, dir, 0o777)
+	dir := shortTempDir(t, 0o777)
 	socket := filepath.Join(dir, "ztdns.sock")
 	testenv.ListenAsUser(t, testenv.Nobody, socket)
 	st, err := control.NewClient(socket, 5*time.Second).Status(context.Background())
@@ -332,6 +313,22 @@ func symlink(t *testing.T, target, link string, uid int) {
 	if err := os.Lchown(link, uid, 0); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// shortTempDir returns a new directory under /tmp, removed when the test
+// ends: t.TempDir's path can be too long for a unix socket's. Its mode is
+// set to m unless m is 0, which leaves MkdirTemp's 0700.
+func shortTempDir(t *testing.T, m os.FileMode) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "ztctl-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if m != 0 {
+		chmod(t, dir, m)
+	}
+	return dir
 }
 
 func chmod(t *testing.T, path string, m os.FileMode) {

@@ -732,31 +732,12 @@ func TestCloseStopsExchanges(t *testing.T) {
 	// longer.
 	f := New(WithTimeout(time.Minute))
 	t.Cleanup(func() { f.Close() }) // should the test fail before it does
-	req := query(t, "www.example.com.", dns.TypeA)
-	type result struct {
-		reply []byte
-		err   error
-	}
-	// Buffered, and read only here: the goroutine calls nothing of t's, so
-	// it may outlive a test that gave up on it.
-	done := make(chan result, 1)
-	go func() {
-		b, err := f.Forward(context.Background(), req, false, []netip.AddrPort{up.addr})
-		done <- result{b, err}
-	}()
+	done := startForward(context.Background(), f, query(t, "www.example.com.", dns.TypeA), false, []netip.AddrPort{up.addr})
 	testenv.Eventually(t, guard, "the silent upstream got the query", func() bool { return up.queries.Load() > 0 })
 	closed := make(chan error, 1)
 	go func() { closed <- f.Close() }()
-	select {
-	case r := <-done:
-		if r.err != nil {
-			t.Fatalf("Forward: %v", r.err)
-		}
-		if m := dnstest.Unpack(t, r.reply); m.Rcode != dns.RcodeServerFailure {
-			t.Errorf("rcode = %s, want SERVFAIL", dns.RcodeToString[m.Rcode])
-		}
-	case <-time.After(guard):
-		t.Fatalf("Forward still waiting %v after Close", guard)
+	if m := awaitForward(t, done, "Close"); m.Rcode != dns.RcodeServerFailure {
+		t.Errorf("rcode = %s, want SERVFAIL", dns.RcodeToString[m.Rcode])
 	}
 	select {
 	case err := <-closed:
@@ -788,31 +769,11 @@ func TestCallerContextEndsWait(t *testing.T) {
 	f := newForwarder(t, WithTimeout(time.Minute))
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	req := query(t, "www.example.com.", dns.TypeA)
-	type result struct {
-		reply []byte
-		err   error
-	}
-	// Buffered, and read only here: the goroutine calls nothing of t's.
-	done := make(chan result, 1)
-	go func() {
-		b, err := f.Forward(ctx, req, false, []netip.AddrPort{up.addr})
-		done <- result{b, err}
-	}()
+	done := startForward(ctx, f, query(t, "www.example.com.", dns.TypeA), false, []netip.AddrPort{up.addr})
 	testenv.Eventually(t, guard, "the silent upstream got the query", func() bool { return up.queries.Load() > 0 })
 	cancel()
-	ended := time.Now()
-	select {
-	case r := <-done:
-		t.Logf("Forward returned %v after the caller's context ended", time.Since(ended))
-		if r.err != nil {
-			t.Fatalf("Forward: %v", r.err)
-		}
-		if m := dnstest.Unpack(t, r.reply); m.Rcode != dns.RcodeServerFailure {
-			t.Errorf("rcode = %s, want SERVFAIL", dns.RcodeToString[m.Rcode])
-		}
-	case <-time.After(guard):
-		t.Fatalf("Forward still waiting %v after the caller's context ended", guard)
+	if m := awaitForward(t, done, "the caller's context ended"); m.Rcode != dns.RcodeServerFailure {
+		t.Errorf("rcode = %s, want SERVFAIL", dns.RcodeToString[m.Rcode])
 	}
 }
 

@@ -218,27 +218,53 @@ const guard = 30 * time.Second
 // it has not returned within guard. It logs how long Forward took.
 func forwardGuarded(tb testing.TB, f *Forwarder, req []byte, tcp bool, ups ...netip.AddrPort) *dns.Msg {
 	tb.Helper()
-	type result struct {
-		reply []byte
-		err   error
-	}
-	// Buffered: a Forward the test gave up on returns into it when the
-	// test's cleanup closes f, and calls nothing of tb's.
-	done := make(chan result, 1)
-	start := time.Now()
+	return awaitForward(tb, startForward(context.Background(), f, req, tcp, ups), "")
+}
+
+// forwardResult is what a Forward started by startForward returned.
+type forwardResult struct {
+	reply []byte
+	err   error
+}
+
+// startForward calls f.Forward with ctx in a goroutine of its own and
+// returns where its result will arrive. The channel is buffered and the
+// goroutine calls nothing of a test's, so that a Forward the test gave up
+// on may outlive it: it returns into the channel when the test's cleanup
+// closes f.
+func startForward(ctx context.Context, f *Forwarder, req []byte, tcp bool, ups []netip.AddrPort) <-chan forwardResult {
+	done := make(chan forwardResult, 1)
 	go func() {
-		b, err := f.Forward(context.Background(), req, tcp, ups)
-		done <- result{b, err}
+		b, err := f.Forward(ctx, req, tcp, ups)
+		done <- forwardResult{b, err}
 	}()
+	return done
+}
+
+// awaitForward waits for the Forward started by startForward and returns
+// its unpacked reply, failing the test if it returned an error or has not
+// returned within guard. It logs how long it waited; after, if not empty,
+// names what the wait began with (as "Close"), for the log and the failure.
+func awaitForward(tb testing.TB, done <-chan forwardResult, after string) *dns.Msg {
+	tb.Helper()
+	start := time.Now()
 	select {
 	case r := <-done:
-		tb.Logf("Forward returned after %v", time.Since(start))
+		if after == "" {
+			tb.Logf("Forward returned after %v", time.Since(start))
+		} else {
+			tb.Logf("Forward returned %v after %s", time.Since(start), after)
+		}
 		if r.err != nil {
 			tb.Fatalf("Forward: %v", r.err)
 		}
 		return dnstest.Unpack(tb, r.reply)
 	case <-time.After(guard):
-		tb.Fatalf("Forward still waiting after %v", guard)
+		if after == "" {
+			tb.Fatalf("Forward still waiting after %v", guard)
+		} else {
+			tb.Fatalf("Forward still waiting %v after %s", guard, after)
+		}
 		return nil
 	}
 }

@@ -194,6 +194,17 @@ func (r *running) waitFor(tb testing.TB, what string, ok func(*model.Snapshot) b
 	}
 }
 
+// waitUntil polls until ok holds, for a wait on something other than the
+// snapshots; the failure reads "no <what> within ...".
+func waitUntil(tb testing.TB, what string, ok func() bool) {
+	tb.Helper()
+	for deadline := time.Now().Add(waitTimeout); !ok(); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			tb.Fatalf("no %s within %v", what, waitTimeout)
+		}
+	}
+}
+
 // waitForErrors polls until the source's errors are exactly want.
 func (r *running) waitForErrors(tb testing.TB, want ...string) {
 	tb.Helper()

@@ -445,11 +445,7 @@ func TestLinkWatchesBounded(t *testing.T) {
 	}
 	r := &running{src: s}
 	r.start(t)
-	for deadline := time.Now().Add(waitTimeout); sw.rearms.Load() < 2; time.Sleep(5 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("no scan after the one that added the watches within %v", waitTimeout)
-		}
-	}
+	waitUntil(t, "scan after the one that added the watches", func() bool { return sw.rearms.Load() >= 2 })
 	last := fmt.Sprintf("n%03d", maxLinkDirs+1)
 	writeFile(t, filepath.Join(targets, fmt.Sprintf("d%03d", maxLinkDirs+1), "ns.yaml"), namespaceYAML(last+"-b"))
 	r.waitFor(t, "the edit in a directory past the bound", func(s *model.Snapshot) bool {
