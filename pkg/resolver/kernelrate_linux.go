@@ -227,17 +227,7 @@ func (k *kernelRate) attach(conn *net.UDPConn) error {
 	if !addrPortOf(conn.LocalAddr()).Addr().Is4() {
 		prog = k.prog6
 	}
-	rc, err := conn.SyscallConn()
-	if err != nil {
-		return err
-	}
-	var serr error
-	if err := rc.Control(func(fd uintptr) {
-		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_ATTACH_BPF, prog.FD())
-	}); err != nil {
-		return err
-	}
-	return serr
+	return setsockoptInt(conn, unix.SOL_SOCKET, unix.SO_ATTACH_BPF, prog.FD())
 }
 
 // followPods syncs podAddrs with the pod registry's owners as they are
