@@ -85,19 +85,11 @@ func (s *Server) makeForwardRoom(asking *quota.Source) bool {
 	}
 	l := &s.forwards
 	l.mu.Lock()
-	var (
-		pick *forwardSlot
-		most int64
-	)
-	for fw := l.list.Front(); fw != nil; fw = l.list.Next(fw) {
-		if fw.source == asking {
-			continue
-		}
-		// Strictly more: the first, the oldest, of its source stays.
-		if over := fw.source.ForwardsOver(share); over > most {
-			pick, most = fw, over
-		}
-	}
+	// Strictly more: the first, the oldest, of its source is picked.
+	pick := ilist.MostOver(&l.list,
+		func(fw *forwardSlot) bool { return fw.source == asking },
+		func(fw *forwardSlot) int64 { return fw.source.ForwardsOver(share) },
+		nil)
 	if pick == nil {
 		l.mu.Unlock()
 		return false

@@ -44,7 +44,7 @@ type kernelRate struct {
 	prog4, prog6 *ebpf.Program
 	log          *slog.Logger
 
-	mu      sync.Mutex                 // serialises syncPods; guards the fields below
+	mu      sync.Mutex                 // serialises followPods; guards the fields below
 	addrs   map[netip.Addr][16]byte    // what podAddrs holds
 	keys    map[*quota.Source][16]byte // each known pod's key, by its quota: the pod's identity while it is known
 	lastKey uint64                     // keys are never reused
@@ -227,17 +227,7 @@ func (k *kernelRate) attach(conn *net.UDPConn) error {
 	if !addrPortOf(conn.LocalAddr()).Addr().Is4() {
 		prog = k.prog6
 	}
-	rc, err := conn.SyscallConn()
-	if err != nil {
-		return err
-	}
-	var serr error
-	if err := rc.Control(func(fd uintptr) {
-		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_ATTACH_BPF, prog.FD())
-	}); err != nil {
-		return err
-	}
-	return serr
+	return setsockoptInt(conn, unix.SOL_SOCKET, unix.SO_ATTACH_BPF, prog.FD())
 }
 
 // followPods syncs podAddrs with the pod registry's owners as they are
@@ -249,19 +239,12 @@ func (k *kernelRate) followPods(owners func() map[netip.Addr]*podcache.Pod) {
 	k.sync(owners())
 }
 
-// syncPods makes podAddrs give each address of owners its pod's key, and
-// forgets the addresses no pod owns any longer: they keep their own key
-// again. A pod keeps its key while it is known: while the registry keeps
-// its quota.Source (by namespace/name). A pod known again later gets a key
-// never used before, with a full burst, and an address that moves to
-// another pod that pod's.
-func (k *kernelRate) syncPods(owners map[netip.Addr]*podcache.Pod) {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	k.sync(owners)
-}
-
-// sync is syncPods with mu held.
+// sync, with mu held, makes podAddrs give each address of owners its
+// pod's key, and forgets the addresses no pod owns any longer: they keep
+// their own key again. A pod keeps its key while it is known: while the
+// registry keeps its quota.Source (by namespace/name). A pod known again
+// later gets a key never used before, with a full burst, and an address
+// that moves to another pod that pod's.
 func (k *kernelRate) sync(owners map[netip.Addr]*podcache.Pod) {
 	keys := make(map[*quota.Source][16]byte, len(k.keys))
 	want := make(map[netip.Addr][16]byte, len(owners))

@@ -321,9 +321,12 @@ func TestKernelRatePodMapFull(t *testing.T) {
 		}
 		return got
 	}
+	follow := func(owners map[netip.Addr]*podcache.Pod) {
+		k.followPods(func() map[netip.Addr]*podcache.Pod { return owners })
+	}
 
-	k.syncPods(map[netip.Addr]*podcache.Pod{ip1: a, ip2: a, ip3: b})
-	k.syncPods(map[netip.Addr]*podcache.Pod{ip1: a, ip2: a, ip3: b}) // no change: logged once
+	follow(map[netip.Addr]*podcache.Pod{ip1: a, ip2: a, ip3: b})
+	follow(map[netip.Addr]*podcache.Pod{ip1: a, ip2: a, ip3: b}) // no change: logged once
 	if got := inMap(); len(got) != 2 {
 		t.Errorf("pod map holds %v, want two of the three addresses", got)
 	}
@@ -340,7 +343,7 @@ func TestKernelRatePodMapFull(t *testing.T) {
 	}
 
 	// a goes; b takes over its IPv6 address.
-	k.syncPods(map[netip.Addr]*podcache.Pod{ip2: b, ip3: b})
+	follow(map[netip.Addr]*podcache.Pod{ip2: b, ip3: b})
 	if got := inMap(); !got[ip2] || !got[ip3] || got[ip1] {
 		t.Errorf("pod map holds %v, want b's two addresses", got)
 	}

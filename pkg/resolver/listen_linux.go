@@ -80,13 +80,19 @@ const tcpSendBuffer = 32 << 10
 // accepts inherit. It is set on every listener served, an inherited one
 // too (a predecessor's may predate it).
 func limitSendBuffer(ln *net.TCPListener) error {
-	rc, err := ln.SyscallConn()
+	return setsockoptInt(ln, unix.SOL_SOCKET, unix.SO_SNDBUF, tcpSendBuffer)
+}
+
+// setsockoptInt sets the socket option level/opt of c to value: the error
+// is that of reaching c's descriptor, or else the option's.
+func setsockoptInt(c syscall.Conn, level, opt, value int) error {
+	rc, err := c.SyscallConn()
 	if err != nil {
 		return err
 	}
 	var serr error
 	if err := rc.Control(func(fd uintptr) {
-		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUF, tcpSendBuffer)
+		serr = unix.SetsockoptInt(int(fd), level, opt, value)
 	}); err != nil {
 		return err
 	}

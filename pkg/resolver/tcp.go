@@ -590,6 +590,5 @@ func (s *Server) answerLong(c net.Conn, n int, src netip.AddrPort, out []byte, s
 
 // isServFail reports whether reply is a SERVFAIL.
 func isServFail(reply []byte) bool {
-	h, err := dnswire.ReadHeader(reply)
-	return err == nil && h.Rcode() == dnswire.RcodeServFail
+	return len(reply) >= dnswire.HeaderLen && dnswire.HeaderRcode(reply) == dnswire.RcodeServFail
 }

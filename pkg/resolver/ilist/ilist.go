@@ -65,3 +65,27 @@ func (l *List[T, P]) Front() P { return l.head }
 
 // Next is the element after e, nil at the back.
 func (l *List[T, P]) Next(e P) P { return e.links().next }
+
+// MostOver returns the element of l, other than those skip reports, whose
+// over is the largest above zero, the first (the oldest) of equals; nil if
+// none is above zero. An element after the pick whose over is not larger
+// takes its place where better(pick, e) reports true (better may be nil).
+// It calls over once per element not skipped, in order, so a value that
+// changes as it is read is compared as read.
+func MostOver[T any, P elem[T]](l *List[T, P], skip func(P) bool, over func(P) int64, better func(pick, e P) bool) P {
+	var (
+		pick P
+		most int64
+	)
+	for e := l.head; e != nil; e = e.links().next {
+		if skip(e) {
+			continue
+		}
+		if o := over(e); o > most {
+			pick, most = e, o
+		} else if pick != nil && better != nil && better(pick, e) {
+			pick = e
+		}
+	}
+	return pick
+}

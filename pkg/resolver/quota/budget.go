@@ -141,22 +141,12 @@ func (b *Budget) takeBack(asking *Source) bool {
 		return false
 	}
 	b.mu.Lock()
-	var (
-		pick *Hold
-		most int64
-	)
-	for h := b.holds.Front(); h != nil; h = b.holds.Next(h) {
-		if h.src == asking {
-			continue
-		}
-		// Strictly more: of sources equally over, the one with the
-		// oldest hold; of its holds, the biggest, the oldest of equals.
-		if over := h.src.bytes.Load() - share; over > most {
-			pick, most = h, over
-		} else if pick != nil && h.src == pick.src && h.n > pick.n {
-			pick = h
-		}
-	}
+	// Strictly more: of sources equally over, the one with the oldest
+	// hold; of its holds, the biggest, the oldest of equals.
+	pick := ilist.MostOver(&b.holds,
+		func(h *Hold) bool { return h.src == asking },
+		func(h *Hold) int64 { return h.src.bytes.Load() - share },
+		func(pick, h *Hold) bool { return h.src == pick.src && h.n > pick.n })
 	if pick == nil {
 		b.mu.Unlock()
 		return false

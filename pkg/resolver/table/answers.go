@@ -40,6 +40,7 @@ import (
 func (r *Result) AppendAnswer(out []byte, hdr int, qtype uint16, rot uint16, room int) (_ []byte, truncated bool) {
 	e := r.Entry
 	ttl := e.src.ttl
+	start := len(out) // where the answer section starts
 	w := answer{out: out, end: hdr + room}
 	switch {
 	case r.srv != nil:
@@ -88,7 +89,7 @@ func (r *Result) AppendAnswer(out []byte, hdr int, qtype uint16, rot uint16, roo
 		out = r.t.appendSOA(out, r.t.zoneStart(r.qname))
 		dnswire.SetNSCount(out[hdr:], 1)
 	case qtype == dns.TypeSRV && r.srv != nil:
-		out = r.appendSRVExtra(out, hdr, w.end, ttl)
+		out = r.appendSRVExtra(out, hdr, start-hdr, w.end, ttl)
 	}
 	return out, w.cut
 }
@@ -167,11 +168,7 @@ func (r *Result) appendSRVAddrs(w *answer, qtype uint16, ttl uint32, rot uint16)
 	}
 	cut := int(uint32(rot) % uint32(len(recs)))
 	for i := range recs {
-		j := (cut + i) % len(recs)
-		if j > 0 && recs[j].Target == recs[j-1].Target { // sorted: a target's records are together
-			continue
-		}
-		if t := r.target(recs[j].Target); t != nil {
+		if t := r.targetAt(recs, (cut+i)%len(recs)); t != nil {
 			w.addrs(familyOf(t, qtype), ttl, 0)
 		}
 	}
@@ -183,6 +180,16 @@ func familyOf(e *Entry, qtype uint16) []netip.Addr {
 		return e.Addrs[:e.n4]
 	}
 	return e.Addrs[e.n4:]
+}
+
+// targetAt returns the entry recs[i] names, or nil when that is not found
+// or the record before names it too: sorted, a target's records are
+// together, so each target is taken once.
+func (r *Result) targetAt(recs []SRV, i int) *Entry {
+	if i > 0 && recs[i].Target == recs[i-1].Target {
+		return nil
+	}
+	return r.target(recs[i].Target)
 }
 
 // target returns the entry an SRV record of the result's entry names: the
@@ -204,28 +211,21 @@ func (r *Result) target(name string) *Entry {
 }
 
 // appendSRVExtra appends to the SRV answer (out[hdr:], whose records are
-// all written) the additional section CoreDNS gives it: the A and AAAA
-// records of each target, as many as fit before end. Each is owned by a
-// compression pointer to its target's name in the SRV record that names
-// it, while that lies within a pointer's reach.
-func (r *Result) appendSRVExtra(out []byte, hdr, end int, ttl uint32) []byte {
+// all written, starting at offset at of the message) the additional
+// section CoreDNS gives it: the A and AAAA records of each target, as many
+// as fit before end. Each is owned by a compression pointer to its
+// target's name in the SRV record that names it, while that lies within a
+// pointer's reach.
+func (r *Result) appendSRVExtra(out []byte, hdr, at, end int, ttl uint32) []byte {
 	recs := r.srv.records
 	if recs == nil {
 		recs = []SRV{{Port: r.srv.port, Target: r.Entry.Name}} // stays on the stack
 	}
 	var n uint16
-	at := len(out) // where the SRV records end: walked back to their start
-	for _, s := range recs {
-		at -= srvLen(s)
-	}
-	at -= hdr
 	for i, s := range recs {
 		name := at + rrFixed + 6 // the target in the record's data
 		at += srvLen(s)
-		if i > 0 && s.Target == recs[i-1].Target {
-			continue
-		}
-		t := r.target(s.Target)
+		t := r.targetAt(recs, i)
 		if t == nil {
 			continue
 		}
