@@ -496,16 +496,18 @@ func (c *Controller) Fence() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.fenced.Store(true)
-	c.closed = true
-	if c.retry != nil {
-		c.retry.Stop()
-	}
+	c.closeLocked()
 }
 
 // Close stops retrying the record; the marks stay.
 func (c *Controller) Close() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.closeLocked()
+}
+
+// closeLocked is Close for callers holding mu.
+func (c *Controller) closeLocked() {
 	c.closed = true
 	if c.retry != nil {
 		c.retry.Stop()
