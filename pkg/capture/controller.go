@@ -259,7 +259,7 @@ func (c *Controller) ForgetAdopted(namespace, name, netnsPath string) ([]podcach
 		if !strings.HasPrefix(key, AdoptedPrefix) || a.Namespace != namespace || a.Name != name {
 			continue
 		}
-		if a.NetnsCookie != delCookie && (!c.netnsGone(a) || c.moveAdopted(key, a, &live)) {
+		if a.NetnsCookie != delCookie && !c.netnsLost(key, a, &live) {
 			continue
 		}
 		a, ok, err := c.forgetIf(key, a.NetnsCookie)
@@ -286,6 +286,14 @@ func (c *Controller) netnsGone(a podcache.Attachment) bool {
 	return cookie != a.NetnsCookie
 }
 
+// netnsLost reports whether the record with that key is to be forgotten for
+// its network namespace: gone from its path (netnsGone), and, for an
+// adopted record, held by no other process either (moveAdopted, which
+// moves the record to one that holds it).
+func (c *Controller) netnsLost(key string, a podcache.Attachment, live *liveNetns) bool {
+	return c.netnsGone(a) && !c.moveAdopted(key, a, live)
+}
+
 // dropGone forgets the records whose network namespace is gone, so that no
 // record, mark or claim on an IP outlives its pod for want of a DEL (an
 // adopted pod's DEL may never name it; a DEL may be lost while no agent
@@ -302,7 +310,7 @@ func (c *Controller) dropGone() {
 	}
 	var live liveNetns
 	for key, a := range c.pods.Attachments() {
-		if !all && !c.sourceLost(a) || !c.netnsGone(a) || c.moveAdopted(key, a, &live) {
+		if !all && !c.sourceLost(a) || !c.netnsLost(key, a, &live) {
 			continue
 		}
 		if _, ok, err := c.forgetIf(key, a.NetnsCookie); ok {
@@ -496,16 +504,18 @@ func (c *Controller) Fence() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.fenced.Store(true)
-	c.closed = true
-	if c.retry != nil {
-		c.retry.Stop()
-	}
+	c.closeLocked()
 }
 
 // Close stops retrying the record; the marks stay.
 func (c *Controller) Close() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.closeLocked()
+}
+
+// closeLocked is Close for callers holding mu.
+func (c *Controller) closeLocked() {
 	c.closed = true
 	if c.retry != nil {
 		c.retry.Stop()

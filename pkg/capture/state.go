@@ -126,11 +126,10 @@ var _ nameserverSweeper = (*redirect.Redirector)(nil)
 // restarted agent rebuilds lost records from the source and the runtime):
 // it is logged, counted in ztdns_state_write_failures_total, shown by
 // `ztdns status` (Unsaved), and tried again every stateRetryEvery until it
-// works. Callers hold mu. A fenced controller writes nothing.
+// works. Callers hold mu and have checked that the controller is not
+// fenced (a fenced controller writes nothing; Fence also closes it, which
+// ends the retries).
 func (c *Controller) saveOrRetry() {
-	if c.fenced.Load() {
-		return
-	}
 	err := c.save()
 	if err == nil {
 		if c.retry != nil {

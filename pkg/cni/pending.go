@@ -131,20 +131,14 @@ func recordForAgent(socketPath, dir, kind, containerID string, v any, limit int)
 	if _, err := os.Stat(filepath.Dir(socketPath)); errors.Is(err, os.ErrNotExist) {
 		return errNoAgentDir
 	}
-	return recordPendingLimit(dir, kind, containerID, v, limit)
+	return recordPending(dir, kind, containerID, v, limit)
 }
 
-// recordPending writes v as the pending event of kind for containerID,
-// keeping at most MaxPendingRecords records of the kind.
-func recordPending(dir, kind, containerID string, v any) error {
-	return recordPendingLimit(dir, kind, containerID, v, MaxPendingRecords)
-}
-
-// recordPendingLimit writes v as the pending event of kind for
+// recordPending writes v as the pending event of kind for
 // containerID. It returns errPendingFull, and writes nothing, when limit
 // (0: MaxPendingRecords) other events of the kind are recorded; the
 // container's own is replaced.
-func recordPendingLimit(dir, kind, containerID string, v any, limit int) error {
+func recordPending(dir, kind, containerID string, v any, limit int) error {
 	if limit <= 0 {
 		limit = MaxPendingRecords
 	}

@@ -20,7 +20,7 @@ func TestPendingDeletes(t *testing.T) {
 		t.Fatalf("PendingDeletes(missing dir) = %v, %v; want none", got, err)
 	}
 	for _, r := range []control.CNIDelRequest{{ContainerID: "bbb", Netns: "/var/run/netns/b"}, {ContainerID: "aaa"}} {
-		if err := recordPending(dir, pendingDelDir, r.ContainerID, r); err != nil {
+		if err := recordPending(dir, pendingDelDir, r.ContainerID, r, 0); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -59,7 +59,7 @@ func TestPendingAdds(t *testing.T) {
 		IPs:         []netip.Addr{netip.MustParseAddr("10.88.0.5"), netip.MustParseAddr("2001:db8::5")},
 		NetnsCookie: 4097,
 	}
-	if err := recordPending(dir, pendingAddDir, req.ContainerID, req); err != nil {
+	if err := recordPending(dir, pendingAddDir, req.ContainerID, req, 0); err != nil {
 		t.Fatal(err)
 	}
 	mustWrite(t, filepath.Join(dir, "add", "c2.json"), `not json`)
@@ -90,7 +90,7 @@ func TestPendingRecordsAreCapped(t *testing.T) {
 	dir := t.TempDir()
 	id := func(i int) string { return fmt.Sprintf("c%05d", i) }
 	record := func(i int, req control.CNIDelRequest) error {
-		return recordPendingLimit(dir, pendingDelDir, id(i), req, limit)
+		return recordPending(dir, pendingDelDir, id(i), req, limit)
 	}
 	for i := range limit {
 		if err := record(i, control.CNIDelRequest{ContainerID: id(i)}); err != nil {
@@ -104,7 +104,7 @@ func TestPendingRecordsAreCapped(t *testing.T) {
 	if err := record(7, again); err != nil {
 		t.Errorf("re-recording a recorded container = %v, want it replaced", err)
 	}
-	if err := recordPendingLimit(dir, pendingAddDir, id(0), control.CNIAddRequest{ContainerID: id(0)}, limit); err != nil {
+	if err := recordPending(dir, pendingAddDir, id(0), control.CNIAddRequest{ContainerID: id(0)}, limit); err != nil {
 		t.Errorf("an ADD with the DELs full = %v, want recorded", err)
 	}
 	dels, err := PendingDeletes(dir)
@@ -153,7 +153,7 @@ func TestPendingRefusesBadContainerIDs(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
 	for _, id := range []string{"", "../escape", "a/b", ".hidden"} {
-		if err := recordPending(dir, pendingDelDir, id, control.CNIDelRequest{ContainerID: id}); err == nil {
+		if err := recordPending(dir, pendingDelDir, id, control.CNIDelRequest{ContainerID: id}, 0); err == nil {
 			t.Errorf("recordPending(%q) succeeded", id)
 		}
 		if err := ForgetPendingDelete(dir, id); err == nil {

@@ -458,12 +458,12 @@ func TestDel(t *testing.T) {
 				want.PodNamespace, want.PodName = "", ""
 			}
 			// An ADD the agent never saw: a DEL makes replaying it pointless.
-			if err := recordPending(e.pending, pendingAddDir, args.ContainerID, control.CNIAddRequest{ContainerID: args.ContainerID}); err != nil {
+			if err := recordPending(e.pending, pendingAddDir, args.ContainerID, control.CNIAddRequest{ContainerID: args.ContainerID}, 0); err != nil {
 				t.Fatal(err)
 			}
 			// An earlier attempt of this DEL that the agent missed: a DEL the
 			// agent takes makes replaying it pointless.
-			if err := recordPending(e.pending, pendingDelDir, args.ContainerID, control.CNIDelRequest{ContainerID: args.ContainerID}); err != nil {
+			if err := recordPending(e.pending, pendingDelDir, args.ContainerID, control.CNIDelRequest{ContainerID: args.ContainerID}, 0); err != nil {
 				t.Fatal(err)
 			}
 
@@ -565,7 +565,7 @@ func TestAddForgetsAStalePendingDelete(t *testing.T) {
 	e := newPluginEnv(t)
 	startFakeAgent(t, e.socket, nil)
 	args := e.args(t, "1.0.0", nil)
-	if err := recordPending(e.pending, pendingDelDir, args.ContainerID, control.CNIDelRequest{ContainerID: args.ContainerID}); err != nil {
+	if err := recordPending(e.pending, pendingDelDir, args.ContainerID, control.CNIDelRequest{ContainerID: args.ContainerID}, 0); err != nil {
 		t.Fatal(err)
 	}
 	if err := e.plugin().add(args); err != nil {

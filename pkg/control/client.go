@@ -44,19 +44,19 @@ func NewClient(path string, timeout time.Duration) *Client {
 			// outlive an agent that handed its socket path to a successor.
 			DisableKeepAlives: true,
 			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-				return Dial(ctx, path)
+				return dial(ctx, path)
 			},
 		},
 	}}
 }
 
-// Dial connects to the agent's control socket at path and makes sure the
+// dial connects to the agent's control socket at path and makes sure the
 // agent answers: the process listening there must be root, or this
 // process's own user (an agent run without root, as in the standalone
 // demo). Anyone else planted the socket (where the agent's directory is not
 // root's alone, see PrepareDir, or before the agent made it), and is told
 // nothing.
-func Dial(ctx context.Context, path string) (net.Conn, error) {
+func dial(ctx context.Context, path string) (net.Conn, error) {
 	var d net.Dialer
 	c, err := d.DialContext(ctx, "unix", path)
 	if err != nil {

@@ -173,7 +173,7 @@ func resolveChecked(dir string, mode os.FileMode) (real string, created bool, er
 			if !fi.IsDir() {
 				return "", false, fmt.Errorf("%s is not a directory", next)
 			}
-			if err := checkOwned(next, true); err != nil {
+			if err := checkOwnedInfo(next, fi, true); err != nil {
 				return "", false, err
 			}
 			real = next
@@ -202,14 +202,24 @@ func resolveChecked(dir string, mode os.FileMode) (real string, created bool, er
 // else could replace the link depends on the directory holding it, which
 // resolveChecked has checked already.)
 func checkLink(path string, fi os.FileInfo) error {
-	st, ok := fi.Sys().(*syscall.Stat_t)
-	if !ok {
-		return fmt.Errorf("%s: no owner", path)
+	uid, foreign, err := foreignOwner(path, fi)
+	if err != nil {
+		return err
 	}
-	if st.Uid != 0 && st.Uid != uint32(os.Geteuid()) {
-		return fmt.Errorf("%s is a symbolic link belonging to uid %d, not root: refusing to follow a link another user can re-point", path, st.Uid)
+	if foreign {
+		return fmt.Errorf("%s is a symbolic link belonging to uid %d, not root: refusing to follow a link another user can re-point", path, uid)
 	}
 	return nil
+}
+
+// foreignOwner returns the uid owning the file fi describes, and whether
+// that is neither root nor the agent's own user.
+func foreignOwner(path string, fi os.FileInfo) (uid uint32, foreign bool, err error) {
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return 0, false, fmt.Errorf("%s: no owner", path)
+	}
+	return st.Uid, st.Uid != 0 && st.Uid != uint32(os.Geteuid()), nil
 }
 
 // chgrp gives path to the socket group, if there is one.
@@ -228,12 +238,17 @@ func checkOwned(path string, stickyOK bool) error {
 	if err != nil {
 		return err
 	}
-	st, ok := fi.Sys().(*syscall.Stat_t)
-	if !ok {
-		return fmt.Errorf("%s: no owner", path)
+	return checkOwnedInfo(path, fi, stickyOK)
+}
+
+// checkOwnedInfo is checkOwned for a caller that has stat'ed path already.
+func checkOwnedInfo(path string, fi os.FileInfo, stickyOK bool) error {
+	uid, foreign, err := foreignOwner(path, fi)
+	if err != nil {
+		return err
 	}
-	if st.Uid != 0 && st.Uid != uint32(os.Geteuid()) {
-		return fmt.Errorf("%s belongs to uid %d, not root: another user could plant files there", path, st.Uid)
+	if foreign {
+		return fmt.Errorf("%s belongs to uid %d, not root: another user could plant files there", path, uid)
 	}
 	sticky := fi.Mode()&os.ModeSticky != 0
 	if fi.Mode().Perm()&0o022 != 0 && !(stickyOK && sticky) {

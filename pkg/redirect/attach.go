@@ -69,7 +69,7 @@ func (r *Redirector) attachAll() error {
 		return err
 	}
 	for _, h := range hooks {
-		l, err := r.attach(h, cgID)
+		l, err := r.attach(h)
 		if err != nil {
 			return fmt.Errorf("attach %s to %s: %w", h.name, r.cfg.CgroupPath, err)
 		}
@@ -86,11 +86,7 @@ func (r *Redirector) attachAll() error {
 func (r *Redirector) leavePreviousCgroup(cgID uint64) error {
 	for _, h := range detachOrder() {
 		pin := linkPinPath(r.cfg.BPFFS, h.name)
-		err := withOwnedPinnedLink(pin, func(l link.Link) error {
-			info, err := l.Info()
-			if err != nil {
-				return fmt.Errorf("pinned link %s: %w", pin, err)
-			}
+		err := withOwnedPinnedLink(pin, func(l link.Link, info *link.Info) error {
 			cg := info.Cgroup()
 			if cg == nil || cg.CgroupId == 0 || cg.CgroupId == cgID {
 				return nil
@@ -109,9 +105,9 @@ func (r *Redirector) leavePreviousCgroup(cgID uint64) error {
 }
 
 // attach updates the pinned link of hook h to the newly loaded program, or
-// creates and pins a link when there is none (or only a defunct one, or one
-// on another cgroup).
-func (r *Redirector) attach(h hook, cgID uint64) (link.Link, error) {
+// creates and pins a link when there is none (or only a defunct one: a link
+// on another cgroup, leavePreviousCgroup has detached, which makes it one).
+func (r *Redirector) attach(h hook) (link.Link, error) {
 	prog := h.program(&r.objs.ztdnsPrograms)
 	pin := linkPinPath(r.cfg.BPFFS, h.name)
 
@@ -122,7 +118,7 @@ func (r *Redirector) attach(h hook, cgID uint64) (link.Link, error) {
 	case err != nil:
 		return nil, fmt.Errorf("open pinned link %s: %w", pin, err)
 	default:
-		updated, err := r.updatePinned(l, h, pin, prog, cgID)
+		updated, err := r.updatePinned(l, h, pin, prog)
 		if err != nil || updated {
 			if err != nil {
 				l.Close()
@@ -163,9 +159,10 @@ func (r *Redirector) attach(h hook, cgID uint64) (link.Link, error) {
 }
 
 // updatePinned swaps prog into the pinned link l. It reports false when the
-// link is defunct or attached to a different cgroup: the link has then been
-// unpinned and the caller creates a new one.
-func (r *Redirector) updatePinned(l link.Link, h hook, pin string, prog *ebpf.Program, cgID uint64) (bool, error) {
+// link is defunct (its cgroup is gone, or leavePreviousCgroup detached it
+// from a cgroup the agent no longer uses: a detached link reports cgroup id
+// 0): the link has then been unpinned and the caller creates a new one.
+func (r *Redirector) updatePinned(l link.Link, h hook, pin string, prog *ebpf.Program) (bool, error) {
 	info, err := ownedLinkInfo(l)
 	if err != nil {
 		return false, fmt.Errorf("pinned link %s: %w", pin, err)
@@ -177,13 +174,7 @@ func (r *Redirector) updatePinned(l link.Link, h hook, pin string, prog *ebpf.Pr
 
 	switch {
 	case linkCg == 0:
-		// Defunct: its cgroup is gone.
-	case linkCg != cgID:
-		// Configured for another cgroup now: stop capturing there.
-		if err := l.Detach(); err != nil {
-			return false, fmt.Errorf("detach link %s from its previous cgroup: %w", pin, err)
-		}
-		r.log.Info("detached from previous cgroup", "program", h.name, "cgroup_id", linkCg)
+		// Defunct: its cgroup is gone, or it was detached from it.
 	default:
 		err := l.Update(prog)
 		if err == nil {
@@ -203,12 +194,13 @@ func (r *Redirector) updatePinned(l link.Link, h hook, pin string, prog *ebpf.Pr
 
 // checkPinnedLink fails if pin holds a link that is not ztdns's.
 func checkPinnedLink(pin string) error {
-	return withOwnedPinnedLink(pin, func(link.Link) error { return nil })
+	return withOwnedPinnedLink(pin, func(link.Link, *link.Info) error { return nil })
 }
 
-// withOwnedPinnedLink calls f with the link pinned at pin, if there is one
-// and it runs a ztdns program; a link of anyone else's is an error.
-func withOwnedPinnedLink(pin string, f func(link.Link) error) error {
+// withOwnedPinnedLink calls f with the link pinned at pin and its info, if
+// there is one and it runs a ztdns program; a link of anyone else's is an
+// error.
+func withOwnedPinnedLink(pin string, f func(link.Link, *link.Info) error) error {
 	l, err := link.LoadPinnedLink(pin, nil)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil
@@ -217,10 +209,11 @@ func withOwnedPinnedLink(pin string, f func(link.Link) error) error {
 		return fmt.Errorf("open pinned link %s: %w", pin, err)
 	}
 	defer l.Close()
-	if _, err := ownedLinkInfo(l); err != nil {
+	info, err := ownedLinkInfo(l)
+	if err != nil {
 		return fmt.Errorf("pinned link %s: %w", pin, err)
 	}
-	return f(l)
+	return f(l, info)
 }
 
 // ownedLinkInfo returns l's info if l is a cgroup link running a ztdns
@@ -322,16 +315,16 @@ func detachOrder() []hook {
 // detachRank is the position of attach type at in detachOrder (len(hooks)
 // for one ztdns does not use).
 func detachRank(at ebpf.AttachType) int {
-	for i, h := range detachOrder() {
+	for i, h := range hooks {
 		if h.attach == at {
-			return i
+			return len(hooks) - 1 - i
 		}
 	}
 	return len(hooks)
 }
 
 func removePinnedLink(pin string) error {
-	return withOwnedPinnedLink(pin, func(l link.Link) error {
+	return withOwnedPinnedLink(pin, func(l link.Link, _ *link.Info) error {
 		// Detach first: another process (a running agent) may hold the
 		// link open, and unpinning alone would leave the program attached
 		// until it exits. Defunct links have nothing to detach.
