@@ -20,7 +20,7 @@
  *  - recvmsg4/6 (UDP replies) and getpeername4/6 (connected sockets) rewrite
  *    a source / peer that is a resolver slot address back to what that
  *    socket addressed through the slot, so the stub resolver accepts the
- *    reply as coming from the server it asked.
+ *    reply as coming from the server it asked, and keep that slot busy.
  *
  * The map layouts are in ztdns.h.
  */
@@ -269,6 +269,15 @@ static __always_inline bool is_local(const struct endpoint *dst)
 	       (w[3] == 0 || w[3] == bpf_htonl(1));
 }
 
+/* Marks a slot busy as of now, at most once per ZTDNS_SLOT_TOUCH_NS: a write
+ * per query would bounce the value's cache line between CPUs, and idleness
+ * is judged in tens of seconds. */
+static __always_inline void touch_slot(struct nameserver *ns, __u64 now)
+{
+	if (now > ns->last_used_ns + ZTDNS_SLOT_TOUCH_NS)
+		ns->last_used_ns = now;
+}
+
 /* Returns the slot that holds dst for this network namespace, learning dst
  * into a free or idle slot when it is new; -1 when every slot is busy with
  * another destination or the map refused.
@@ -277,10 +286,14 @@ static __always_inline bool is_local(const struct endpoint *dst)
  * (RFC 6724) by connecting a UDP socket to each answer address on port 53,
  * and glibc does the same for getaddrinfo(host, "53"); nothing is sent.
  * Such a destination takes a free slot, but never one that carried a query
- * in the last ZTDNS_SLOT_IDLE_NS: overwriting a busy slot would make the
- * resolver forward the queries in flight through it to the wrong server, and
- * a burst of such connects would keep evicting the pod's real nameserver. A
- * destination that finds every slot busy is left alone (not redirected).
+ * or a reply in the last ZTDNS_SLOT_IDLE_NS: overwriting a busy slot would
+ * make the resolver forward the queries in flight through it to the wrong
+ * server, and a burst of such connects would keep evicting the pod's real
+ * nameserver. A destination that finds every slot busy is left alone (not
+ * redirected). A query is seen here only when its destination is (connect,
+ * or a send naming it); a UDP socket connected once and kept (c-ares) sends
+ * with neither, so original_destination marks the slot busy too when such a
+ * socket receives the reply.
  *
  * Concurrent first queries of one pod (glibc's A and AAAA, musl's parallel
  * sends) race for slots: BPF_NOEXIST lets exactly one insert into a free
@@ -313,12 +326,7 @@ static __always_inline int learn_slot(__u64 cookie, const struct endpoint *dst,
 				continue;
 			}
 			if (same_endpoint(&ns->server, dst)) {
-				/* Refresh the slot's age at most once per
-				 * ZTDNS_SLOT_TOUCH_NS: a write per query would
-				 * bounce the value's cache line between CPUs,
-				 * and idleness is judged in tens of seconds. */
-				if (now > ns->last_used_ns + ZTDNS_SLOT_TOUCH_NS)
-					ns->last_used_ns = now;
+				touch_slot(ns, now);
 				return i;
 			}
 			/* last_used_ns may be a hair ahead of now when
@@ -599,9 +607,9 @@ static __always_inline int redirect6(struct bpf_sock_addr *ctx, bool sendmsg)
  * is no resolver endpoint, and nothing local is ever recorded in sent_to:
  * its source stays as it came, even on a socket ztdns redirected for another
  * nameserver (musl with a local and a remote one in resolv.conf). Restoring
- * looks neither at the heartbeat nor at the pods map: replies to queries
+ * depends neither on the heartbeat nor on the pods map: replies to queries
  * sent before the agent died, or before the pod was unmarked, are still in
- * flight. */
+ * flight. The pods map is only read to count and to keep the slot busy. */
 static __always_inline const struct endpoint *
 original_destination(struct bpf_sock_addr *ctx, const struct endpoint *src)
 {
@@ -645,7 +653,25 @@ original_destination(struct bpf_sock_addr *ctx, const struct endpoint *src)
 
 	COUNT(get_counters(), restored);
 	pod = marked_pod(ctx, &cookie);
-	COUNT(pod, restored);
+	if (pod) {
+		/* A reply keeps its slot busy: a socket connected once (c-ares
+		 * keeps one per server) sends with send() or write(), which no
+		 * hook sees as a query to the nameserver, so without this its
+		 * slot would look idle after ZTDNS_SLOT_IDLE_NS and could be
+		 * given to another destination, and its later queries
+		 * forwarded there. Only while the slot still holds what this
+		 * socket addressed: a reply to a slot given away must not keep
+		 * its new holder busy. An unmarked pod has no slots to keep. */
+		struct nameserver_key key = {};
+		struct nameserver *ns;
+
+		key.netns_cookie = cookie;
+		key.slot = idx;
+		ns = bpf_map_lookup_elem(&nameservers, &key);
+		if (ns && same_endpoint(&ns->server, orig))
+			touch_slot(ns, bpf_ktime_get_ns());
+		COUNT(pod, restored);
+	}
 	return orig;
 }
 

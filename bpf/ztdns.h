@@ -79,9 +79,11 @@ struct nameserver_key {
 struct nameserver {
 	struct endpoint server;
 	__u32 pad;		/* always zero */
-	/* bpf_ktime_get_ns of the last query through this slot. A slot idle
-	 * for ZTDNS_SLOT_IDLE_NS may be given to another destination; a busy
-	 * one never is, so the resolver forwards what is in flight right. */
+	/* bpf_ktime_get_ns of the last query through this slot (connect, or
+	 * a send naming the destination) or reply restored from it (recvmsg,
+	 * getpeername). A slot idle for ZTDNS_SLOT_IDLE_NS may be given to
+	 * another destination; a busy one never is, so the resolver forwards
+	 * what is in flight right. */
 	__u64 last_used_ns;
 };
 

@@ -34,6 +34,10 @@ const (
 	// helperEcho: a UDP server on 0.0.0.0:53 that sends every datagram back
 	// to its sender (sendto, unconnected); prints "ready".
 	helperEcho = "echo53"
+	// helperKeeper: a UDP socket of helperFamily connected to helperAddr
+	// and kept, as c-ares keeps one per nameserver; prints "connected",
+	// then answers each line on stdin with one line (see keeperClient).
+	helperKeeper = "keeper"
 
 	helperFamily = "ZTDNS_REDIRECT_FAMILY"
 	helperAddr   = "ZTDNS_REDIRECT_ADDR"
@@ -51,6 +55,8 @@ func runHelper() {
 		err = connectedClient(os.Getenv(helperFamily), os.Getenv(helperAddr), os.Getenv(helperSend), os.Getenv(helperName))
 	case helperEcho:
 		err = echoServer53()
+	case helperKeeper:
+		err = keeperClient(os.Getenv(helperFamily), os.Getenv(helperAddr))
 	default:
 		err = fmt.Errorf("unknown %s=%q", helperEnv, mode)
 	}
@@ -65,41 +71,17 @@ func runHelper() {
 // in raw system calls so that the socket's family and the send are exactly
 // what the test asks for (Go's net package would pick them itself).
 func connectedClient(family, addr, send, name string) error {
-	ap, err := netip.ParseAddrPort(addr)
-	if err != nil {
-		return err
-	}
-	var sa unix.Sockaddr
-	fd := -1
-	switch family {
-	case "inet":
-		fd, err = unix.Socket(unix.AF_INET, unix.SOCK_DGRAM, 0)
-		sa = &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().Unmap().As4()}
-	case "inet6":
-		// Dual-stack, as glibc and musl open theirs (IPV6_V6ONLY off).
-		fd, err = unix.Socket(unix.AF_INET6, unix.SOCK_DGRAM, 0)
-		if err == nil {
-			err = unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 0)
-		}
-		sa = &unix.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()}
-	default:
-		return fmt.Errorf("unknown family %q", family)
-	}
+	fd, sa, err := connectUDP(family, addr)
 	if err != nil {
 		return err
 	}
 	defer unix.Close(fd)
-	if err := unix.Connect(fd, sa); err != nil {
-		return fmt.Errorf("connect %s: %w", addr, err)
-	}
 	fmt.Println("connected")
 	if _, err := bufio.NewReader(os.Stdin).ReadString('\n'); err != nil {
 		return fmt.Errorf("waiting for the go-ahead: %w", err)
 	}
 
-	q := new(dns.Msg)
-	q.SetQuestion(dns.Fqdn(name), dns.TypeA)
-	b, err := q.Pack()
+	b, err := packQuery(name)
 	if err != nil {
 		return err
 	}
@@ -133,6 +115,134 @@ func connectedClient(family, addr, send, name string) error {
 		}
 	}
 	return nil
+}
+
+// connectUDP opens a UDP socket of family ("inet", or "inet6" dual-stack)
+// and connects it to addr.
+func connectUDP(family, addr string) (int, unix.Sockaddr, error) {
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		return -1, nil, err
+	}
+	var sa unix.Sockaddr
+	fd := -1
+	switch family {
+	case "inet":
+		fd, err = unix.Socket(unix.AF_INET, unix.SOCK_DGRAM, 0)
+		sa = &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().Unmap().As4()}
+	case "inet6":
+		// Dual-stack, as glibc and musl open theirs (IPV6_V6ONLY off).
+		fd, err = unix.Socket(unix.AF_INET6, unix.SOCK_DGRAM, 0)
+		if err == nil {
+			err = unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 0)
+		}
+		sa = &unix.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()}
+	default:
+		return -1, nil, fmt.Errorf("unknown family %q", family)
+	}
+	if err == nil {
+		err = unix.Connect(fd, sa)
+		if err != nil {
+			err = fmt.Errorf("connect %s: %w", addr, err)
+		}
+	}
+	if err != nil {
+		if fd >= 0 {
+			unix.Close(fd)
+		}
+		return -1, nil, err
+	}
+	return fd, sa, nil
+}
+
+func packQuery(name string) ([]byte, error) {
+	q := new(dns.Msg)
+	q.SetQuestion(dns.Fqdn(name), dns.TypeA)
+	return q.Pack()
+}
+
+// keeperClient keeps one connected UDP socket and, for each line on stdin,
+// prints one line ("error: ..." when it failed):
+//   - "query NAME": sends an A query with send() (no destination, so no
+//     connect or sendmsg hook runs), reads the reply with recvfrom() asking
+//     its source, as glibc, musl and c-ares do, and prints the source and
+//     then the reply's addresses;
+//   - "peer": prints what getpeername() says;
+//   - "connect ADDR": connects another socket of the family to ADDR, then
+//     closes it, as Go's resolver does to sort its answers; prints "ok".
+func keeperClient(family, addr string) error {
+	fd, _, err := connectUDP(family, addr)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	tv := unix.NsecToTimeval((3 * time.Second).Nanoseconds())
+	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+		return err
+	}
+	fmt.Println("connected")
+	in := bufio.NewScanner(os.Stdin)
+	for in.Scan() {
+		out, err := keeperDo(fd, family, strings.Fields(in.Text()))
+		if err != nil {
+			out = "error: " + err.Error()
+		}
+		fmt.Println(out)
+	}
+	return in.Err()
+}
+
+func keeperDo(fd int, family string, cmd []string) (string, error) {
+	switch {
+	case len(cmd) == 2 && cmd[0] == "query":
+		b, err := packQuery(cmd[1])
+		if err != nil {
+			return "", err
+		}
+		if err := unix.Sendto(fd, b, 0, nil); err != nil {
+			return "", fmt.Errorf("send: %w", err)
+		}
+		buf := make([]byte, 4096)
+		n, from, err := unix.Recvfrom(fd, buf, 0)
+		if err != nil {
+			return "", fmt.Errorf("no reply: %w", err)
+		}
+		var reply dns.Msg
+		if err := reply.Unpack(buf[:n]); err != nil {
+			return "", fmt.Errorf("reply: %w", err)
+		}
+		fields := []string{sockaddrString(from)}
+		for _, rr := range reply.Answer {
+			if a, ok := rr.(*dns.A); ok {
+				fields = append(fields, a.A.String())
+			}
+		}
+		return strings.Join(fields, " "), nil
+	case len(cmd) == 1 && cmd[0] == "peer":
+		sa, err := unix.Getpeername(fd)
+		if err != nil {
+			return "", fmt.Errorf("getpeername: %w", err)
+		}
+		return sockaddrString(sa), nil
+	case len(cmd) == 2 && cmd[0] == "connect":
+		other, _, err := connectUDP(family, cmd[1])
+		if err != nil {
+			return "", err
+		}
+		unix.Close(other)
+		return "ok", nil
+	}
+	return "", fmt.Errorf("unknown command %q", cmd)
+}
+
+func sockaddrString(sa unix.Sockaddr) string {
+	switch sa := sa.(type) {
+	case *unix.SockaddrInet4:
+		return netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port)).String()
+	case *unix.SockaddrInet6:
+		return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr), uint16(sa.Port)).String()
+	}
+	return fmt.Sprintf("%T", sa)
 }
 
 // echoServer53 answers every datagram on port 53 with itself, as a DNS
@@ -219,6 +329,19 @@ func startHelper(tb testing.TB, ctx context.Context, p *testenv.Pod, cg *testenv
 		tb.Fatalf("helper %v printed no line within %v, want %q; stderr: %s", env, helperReadyWithin, ready, cmd.Stderr)
 	}
 	return h
+}
+
+// do sends the helper one command line and returns the line it answers.
+func (h *helperProc) do(tb testing.TB, cmd string) string {
+	tb.Helper()
+	if _, err := io.WriteString(h.stdin, cmd+"\n"); err != nil {
+		tb.Fatalf("helper: %s: %v; stderr: %s", cmd, err, h.cmd.Stderr)
+	}
+	line, err := h.out.ReadString('\n')
+	if err != nil {
+		tb.Fatalf("helper: %s: %v; stderr: %s", cmd, err, h.cmd.Stderr)
+	}
+	return strings.TrimSpace(line)
 }
 
 // finish lets the helper go on, then returns what else it printed and how

@@ -1,0 +1,235 @@
+//go:build linux
+
+package redirect
+
+import (
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ztdns/ztdns/internal/testenv"
+)
+
+// slotIdle is ZTDNS_SLOT_IDLE_NS: a slot unused for longer may be given to
+// another destination.
+const slotIdle = 30 * time.Second
+
+// TestReplyKeepsSlotBusy: a UDP socket connected once and kept (c-ares
+// keeps one per nameserver) sends with send(), which runs neither the
+// connect nor the sendmsg hook. The replies it reads, asking their source
+// (recvfrom), or its getpeername() must keep its nameserver's slot busy:
+// otherwise, after 30 s of only such traffic, new destinations of the pod
+// take the slot, and the socket's later queries are forwarded to them.
+// The slots' ages are set back in the map instead of waiting 30 s.
+func TestReplyKeepsSlotBusy(t *testing.T) {
+	t.Parallel()
+	e := newCaptureEnv(t, envOptions{})
+
+	port53 := func(s string) netip.AddrPort { return netip.AddrPortFrom(netip.MustParseAddr(s), 53) }
+	mapped := func(s string) netip.AddrPort {
+		return netip.AddrPortFrom(netip.AddrFrom16(netip.MustParseAddr(s).As16()), 53)
+	}
+	v4s := []string{nowhere4, "203.0.113.54", "203.0.113.55", "203.0.113.56", "203.0.113.57", "203.0.113.58"}
+	v6s := []string{nowhere6, "2001:db8::54", "2001:db8::55", "2001:db8::56", "2001:db8::57", "2001:db8::58"}
+	dests := func(addrs []string, ap func(string) netip.AddrPort) []netip.AddrPort {
+		var out []netip.AddrPort
+		for _, a := range addrs {
+			out = append(out, ap(a))
+		}
+		return out
+	}
+	families := []struct {
+		name   string
+		family string
+		dests  []netip.AddrPort // the kept socket's nameserver first, then five others
+	}{
+		{"AF_INET", "inet", dests(v4s, port53)},
+		{"AF_INET6", "inet6", dests(v6s, port53)},
+		{"AF_INET6 to ::ffff:a.b.c.d", "inet6", dests(v4s, mapped)},
+	}
+
+	for _, fam := range families {
+		for _, read := range []string{"recvfrom", "getpeername"} {
+			t.Run(fam.name+", "+read, func(t *testing.T) {
+				p, cookie := e.markedPod(t, 0)
+				a := fam.dests[0]
+				h := startHelper(t, t.Context(), p, e.cg, "connected",
+					helperEnv+"="+helperKeeper, helperFamily+"="+fam.family, helperAddr+"="+a.String())
+				slotA := e.slotHolding(cookie, a)
+				if slotA < 0 {
+					t.Fatalf("no slot learned %s at connect; slots: %v", a, e.slots(t, cookie))
+				}
+				// Two more nameservers of the pod fill the other slots.
+				for _, d := range fam.dests[1:3] {
+					if out := h.do(t, "connect "+d.String()); out != "ok" {
+						t.Fatalf("connect %s: %s", d, out)
+					}
+				}
+
+				// 30 s of only send() on the kept socket: every slot
+				// looks idle, A's the longest.
+				for slot := range Slots {
+					back := slotIdle + 5*time.Second
+					if slot == slotA {
+						back += 5 * time.Second
+					}
+					e.setLastUsed(t, cookie, slot, back)
+				}
+
+				switch read {
+				case "recvfrom":
+					e.queryKeeper(t, h, cookie, a)
+				case "getpeername":
+					if out := h.do(t, "peer"); out != a.String() {
+						t.Fatalf("getpeername: %s, want %s", out, a)
+					}
+				}
+				if idle := e.slotIdleFor(t, cookie, slotA); idle >= slotIdle {
+					t.Errorf("after a %s on the kept socket, its slot %d has been idle for %v, want it busy", read, slotA, idle)
+				}
+
+				// Three new destinations: two take the idle slots, the
+				// third finds every slot busy; none takes A's.
+				for _, d := range fam.dests[3:] {
+					if out := h.do(t, "connect "+d.String()); out != "ok" {
+						t.Fatalf("connect %s: %s", d, out)
+					}
+				}
+				got := e.slots(t, cookie)
+				if !sameAddrPort(got[slotA], a) {
+					t.Errorf("slot %d now holds %s, want %s (slots: %v)", slotA, got[slotA], a, got)
+				}
+				for _, d := range fam.dests[3:5] {
+					if !slices.ContainsFunc(got[:], func(ns netip.AddrPort) bool { return sameAddrPort(ns, d) }) {
+						t.Errorf("slots %v, want %s in an idle slot it took", got, d)
+					}
+				}
+
+				// The kept socket's next query is still meant for A.
+				e.queryKeeper(t, h, cookie, a)
+			})
+		}
+	}
+
+	// Once A's slot went to another destination (A's socket silent for
+	// 30 s), A's socket's replies do not keep the new holder busy.
+	t.Run("slot given away", func(t *testing.T) {
+		p, cookie := e.markedPod(t, 0)
+		dests := families[0].dests
+		a := dests[0]
+		h := startHelper(t, t.Context(), p, e.cg, "connected",
+			helperEnv+"="+helperKeeper, helperFamily+"=inet", helperAddr+"="+a.String())
+		for _, d := range dests[1:3] {
+			if out := h.do(t, "connect "+d.String()); out != "ok" {
+				t.Fatalf("connect %s: %s", d, out)
+			}
+		}
+		slotA := e.slotHolding(cookie, a)
+		if slotA < 0 {
+			t.Fatalf("no slot learned %s at connect; slots: %v", a, e.slots(t, cookie))
+		}
+		e.setLastUsed(t, cookie, slotA, slotIdle+5*time.Second)
+		if out := h.do(t, "connect "+dests[3].String()); out != "ok" {
+			t.Fatalf("connect %s: %s", dests[3], out)
+		}
+		if got := e.slots(t, cookie); !sameAddrPort(got[slotA], dests[3]) {
+			t.Fatalf("slots %v, want %s in slot %d, the idle one", got, dests[3], slotA)
+		}
+		e.setLastUsed(t, cookie, slotA, slotIdle+5*time.Second)
+
+		// The socket still sends through slotA; its reply is restored to
+		// A, what it addressed.
+		name := uniqueName("kept")
+		if out := h.do(t, "query "+name); !strings.HasPrefix(out, a.String()+" ") {
+			t.Fatalf("query on the kept socket: %q, want a reply from %s", out, a)
+		}
+		if idle := e.slotIdleFor(t, cookie, slotA); idle < slotIdle {
+			t.Errorf("slot %d, now %s's, has been idle for %v after a reply to %s's socket; want it still idle", slotA, dests[3], idle, a)
+		}
+	})
+}
+
+// queryKeeper has the keeper helper send a query on its kept socket and
+// checks that the reply was restored to a and answered by the resolver,
+// which saw it on the slot that holds a: a miss is forwarded to a.
+func (e *captureEnv) queryKeeper(tb testing.TB, h *helperProc, cookie uint64, a netip.AddrPort) {
+	tb.Helper()
+	name := uniqueName("kept")
+	out := h.do(tb, "query "+name)
+	fields := strings.Fields(out)
+	if len(fields) == 0 || fields[0] != a.String() || !slices.Contains(testenv.ParseAddrs(strings.Join(fields[1:], "\n")), marker4) {
+		tb.Fatalf("query %s on the kept socket: %q, want a reply from %s with %s", name, out, a, marker4)
+	}
+	qs := e.dns.ReceivedFor(name)
+	if len(qs) != 1 {
+		tb.Fatalf("the resolver saw %+v, want one query", qs)
+	}
+	slot := e.slotOf(qs[0].Local)
+	if ns, ok := e.r.Nameserver(cookie, slot); !ok || !sameAddrPort(ns, a) {
+		tb.Errorf("the query arrived on slot %d, which holds %s, %v; want %s", slot, ns, ok, a)
+	}
+}
+
+// sameAddrPort compares nameservers, an IPv4-mapped one as the IPv4 one the
+// slots store.
+func sameAddrPort(x, y netip.AddrPort) bool {
+	return x.Addr().Unmap() == y.Addr().Unmap() && x.Port() == y.Port()
+}
+
+// slots returns what the pod's slots hold (zero when free).
+func (e *captureEnv) slots(tb testing.TB, cookie uint64) [Slots]netip.AddrPort {
+	tb.Helper()
+	var got [Slots]netip.AddrPort
+	for slot := range Slots {
+		got[slot], _ = e.r.Nameserver(cookie, slot)
+	}
+	return got
+}
+
+// slotHolding returns the pod's slot that holds ns, or -1.
+func (e *captureEnv) slotHolding(cookie uint64, ns netip.AddrPort) int {
+	for slot := range Slots {
+		if got, ok := e.r.Nameserver(cookie, slot); ok && sameAddrPort(got, ns) {
+			return slot
+		}
+	}
+	return -1
+}
+
+// setLastUsed makes a slot look unused for back, as if no query had gone
+// through it since.
+func (e *captureEnv) setLastUsed(tb testing.TB, cookie uint64, slot int, back time.Duration) {
+	tb.Helper()
+	ns, err := e.r.nameserver(cookie, slot)
+	if err != nil {
+		tb.Fatalf("slot %d: %v", slot, err)
+	}
+	now, err := monotonicNow()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ns.LastUsedNs = now - uint64(back)
+	key := ztdnsNameserverKey{NetnsCookie: cookie, Slot: uint32(slot)}
+	if err := e.r.objs.Nameservers.Put(&key, &ns); err != nil {
+		tb.Fatalf("slot %d: %v", slot, err)
+	}
+}
+
+// slotIdleFor returns how long ago the slot was last used.
+func (e *captureEnv) slotIdleFor(tb testing.TB, cookie uint64, slot int) time.Duration {
+	tb.Helper()
+	ns, err := e.r.nameserver(cookie, slot)
+	if err != nil {
+		tb.Fatalf("slot %d: %v", slot, err)
+	}
+	now, err := monotonicNow()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if now <= ns.LastUsedNs {
+		return 0
+	}
+	return time.Duration(now - ns.LastUsedNs)
+}
