@@ -24,6 +24,9 @@ type slowQuery struct {
 	r          request // parsed by answer
 	src, local netip.AddrPort
 	tcp        bool
+	// conn is the TCP connection's upstreams (nil over UDP, whose
+	// datagrams each say where they were sent).
+	conn *connUpstreams
 	// offline answers only what needs no upstream: asking one instead sets
 	// needsUpstream, and the reply is to be thrown away (slow then runs the
 	// query again, online, within the bounds on forwarded work).
@@ -307,7 +310,7 @@ func (q *slowQuery) forward(ctx context.Context) []byte {
 	}
 	metricQueries.forwarded.Inc()
 	s, msg, r := q.s, q.msg, &q.r
-	upstreams := s.upstreams(q.src, q.local)
+	upstreams := q.upstreams()
 	if len(upstreams) == 0 || s.opts.Forwarder == nil {
 		return dnswire.AppendErrorReply(nil, msg, r, dnswire.RcodeServFail)
 	}
@@ -328,6 +331,15 @@ func (q *slowQuery) forward(ctx context.Context) []byte {
 		return truncate(nil, msg, r)
 	}
 	return out
+}
+
+// upstreams are where the query's misses go: its TCP connection's, or
+// those of the address the datagram was sent to.
+func (q *slowQuery) upstreams() []netip.AddrPort {
+	if q.conn != nil {
+		return q.conn.get(q.s, q.src, q.local)
+	}
+	return q.s.upstreams(q.src, q.local)
 }
 
 func (s *Server) upstreams(src, local netip.AddrPort) []netip.AddrPort {
@@ -356,7 +368,7 @@ func (q *slowQuery) lookupUpstream(ctx context.Context, name string, tcp bool) (
 	if err != nil {
 		return nil, err
 	}
-	upstreams := s.upstreams(q.src, q.local)
+	upstreams := q.upstreams()
 	if len(upstreams) == 0 || s.opts.Forwarder == nil {
 		return nil, errNoUpstream
 	}
