@@ -560,8 +560,11 @@ func (s *Server) answerFast(msg []byte, src netip.AddrPort, tcp bool, out []byte
 	if r.EDNS {
 		out = dnswire.AppendOPT(out, &r, 0)
 	}
-	if cut && !tcp {
+	switch {
+	case cut && !tcp:
 		out = truncate(out[:hdr], msg, &r)
+	case cut:
+		metricTruncated.tcp.Inc()
 	}
 	return s.answered(sc, out, hdr, &r, tcp, pod, src, now), false
 }
@@ -618,10 +621,11 @@ func (s *Server) logAccess(r *request, src netip.AddrPort, tcp bool, pod *podcac
 	s.opts.AccessLog.Send(e)
 }
 
-// truncate writes an empty reply with TC set: the client retries over TCP.
+// truncate writes an empty UDP reply with TC set: the client retries over
+// TCP.
 func truncate(out []byte, msg []byte, r *request) []byte {
 	out = dnswire.AppendTruncated(out, msg, r)
-	metricTruncated.Inc()
+	metricTruncated.udp.Inc()
 	return out
 }
 

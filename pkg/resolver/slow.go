@@ -421,7 +421,11 @@ func replyTo(req *dns.Msg, r *request) *dns.Msg {
 // ztdns_dns_requests_total.
 func (q *slowQuery) pack(reply *dns.Msg) []byte {
 	if q.tcp {
-		reply.Truncate(maxTCPMessage)
+		was := reply.Truncated
+		reply.Truncate(maxTCPMessage) // sets TC when it drops records
+		if !was && reply.Truncated {
+			metricTruncated.tcp.Inc()
+		}
 	}
 	reply.Compress = true
 	out, err := reply.Pack()
