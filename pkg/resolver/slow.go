@@ -40,6 +40,9 @@ type slowQuery struct {
 	upstream netip.AddrPort
 	badVers  bool
 	pod      *podcache.Pod
+	// bytesRefused: an upstream reply of the query's was refused for the
+	// source's bytes, and counted.
+	bytesRefused bool
 
 	// slot is its place among the forwards in flight while it holds one.
 	slot forwardSlot
@@ -49,7 +52,9 @@ type slowQuery struct {
 // bytes of the budget of replies in flight). It returns the reply to send
 // and release, what gives the hold back once it is sent; release nil says
 // the hold was refused, and out is a SERVFAIL in the reply's place.
-type holdReply func(reply []byte) (out []byte, release func())
+// counted says the query was counted refused for its source's bytes
+// already (a lookup's reply): a refusal now is not counted again.
+type holdReply func(reply []byte, counted bool) (out []byte, release func())
 
 // finishing wraps done so that the reply is held (hold, if not nil),
 // then counted, timed and logged as what the client gets, before it is
@@ -59,7 +64,7 @@ func (q *slowQuery) finishing(hold holdReply, done func(reply []byte, release fu
 	return func(reply []byte) {
 		var release func()
 		if hold != nil && reply != nil {
-			if reply, release = hold(reply); release == nil {
+			if reply, release = hold(reply, q.bytesRefused); release == nil {
 				q.from, q.upstream = sourceNone, netip.AddrPort{}
 			}
 		}
@@ -91,10 +96,18 @@ func (q *slowQuery) finish(reply []byte) {
 }
 
 // answeredBy records that an upstream exchange (or the cache) gave part of
-// the answer: an exchange outweighs the cache.
+// the answer: an exchange outweighs the cache. A reply refused for the
+// source's bytes is the pod's doing, as a forward over its bound is: it
+// counts as forward_limited and in `ztdns pods`, once per query however
+// many of its lookups (a CNAME's target, autopath's candidates) were.
 func (q *slowQuery) answeredBy(o forward.Origin) {
 	switch {
 	case o.BytesRefused: // no upstream's reply: a SERVFAIL of ztdns's own
+		if !q.bytesRefused {
+			q.bytesRefused = true
+			metricQueries.forwardLimited.Inc()
+			q.slot.source.CountBytesRefused()
+		}
 	case !o.Cached:
 		q.from, q.upstream = sourceUpstream, o.Upstream
 	case q.from != sourceUpstream:
@@ -319,14 +332,7 @@ func (q *slowQuery) forward(ctx context.Context) []byte {
 		s.log.Debug("forward failed", "client", q.src, "err", err)
 		return dnswire.AppendErrorReply(nil, msg, r, dnswire.RcodeServFail)
 	}
-	if from.BytesRefused {
-		// The pod's doing, as a forward over its bound is: its SERVFAIL
-		// counts as forward_limited, comes from no upstream (source
-		// "none", answeredBy), and `ztdns pods` counts it.
-		metricQueries.forwardLimited.Inc()
-		q.slot.source.CountBytesRefused()
-	}
-	q.answeredBy(from)
+	q.answeredBy(from) // a SERVFAIL for the source's bytes: from "none", counted
 	if !q.tcp && len(out) > r.UDPLimit() && r.End > 0 {
 		return truncate(nil, msg, r)
 	}

@@ -561,13 +561,15 @@ func (s *Server) serveTCPConn(tc *tcpConn, local netip.AddrPort) {
 		// budget spent, the node's (overload). A reply that was a SERVFAIL
 		// already (its bytes refused as it was read, say) is counted for
 		// neither: the client's answer is the same, and it was counted
-		// then.
-		hold := func(reply []byte) ([]byte, func()) {
+		// then. Nor is the source's refusal of a query counted so already
+		// (a lookup of its own, a CNAME's target, refused as it was
+		// read): once per query.
+		hold := func(reply []byte, counted bool) ([]byte, func()) {
 			switch n := len(reply); s.opts.Budget.TryTake(tc.source, n) {
 			case quota.Taken:
 				return reply, func() { s.opts.Budget.Give(tc.source, n) }
 			case quota.OverSource:
-				if !isServFail(reply) {
+				if !isServFail(reply) && !counted {
 					metricQueries.forwardLimited.Inc()
 					tc.source.CountBytesRefused()
 				}
