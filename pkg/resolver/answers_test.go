@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/ztdns/ztdns/internal/dnstest"
 	"github.com/ztdns/ztdns/pkg/model"
@@ -20,7 +21,8 @@ import (
 // are more than a TCP message holds. Over TCP the client gets as many
 // records as fit in 65,535 bytes, with TC, as from CoreDNS (which
 // truncates every reply to its transport's size); over UDP an empty reply
-// with TC, as for any answer over the client's buffer.
+// with TC, as for any answer over the client's buffer. Each counts in
+// ztdns_resolver_truncated_total under its proto (before: UDP's alone).
 func TestAnswerOverAMessage(t *testing.T) {
 	addr := bigHeadlessServer(t, Options{})
 
@@ -41,6 +43,7 @@ func TestAnswerOverAMessage(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		truncated := truncatedCounts()
 		c, err := net.DialTimeout("tcp", addr, 5*time.Second)
 		if err != nil {
 			t.Fatal(err)
@@ -76,7 +79,22 @@ func TestAnswerOverAMessage(t *testing.T) {
 		if !m.Truncated || len(m.Answer) != 0 {
 			t.Errorf("UDP %s %s: TC %v, %d records; want an empty reply with TC", q.name, dns.TypeToString[q.qtype], m.Truncated, len(m.Answer))
 		}
+		if got := truncatedCounts().minus(truncated); got != (protoCounts{udp: 1, tcp: 1}) {
+			t.Errorf("%s %s: ztdns_resolver_truncated_total rose by %v over UDP and %v over TCP, want 1 and 1", q.name, dns.TypeToString[q.qtype], got.udp, got.tcp)
+		}
 	}
+}
+
+// protoCounts are a counter's values over UDP and TCP.
+type protoCounts struct{ udp, tcp float64 }
+
+func (a protoCounts) minus(b protoCounts) protoCounts {
+	return protoCounts{a.udp - b.udp, a.tcp - b.tcp}
+}
+
+// truncatedCounts reads ztdns_resolver_truncated_total.
+func truncatedCounts() protoCounts {
+	return protoCounts{testutil.ToFloat64(metricTruncated.udp), testutil.ToFloat64(metricTruncated.tcp)}
 }
 
 // bigHeadlessServer serves, on a loopback port, a table with a headless
@@ -112,6 +130,8 @@ func bigHeadlessServer(t *testing.T, opts Options) string {
 // --pod-inflight-bytes takes: room for the reply the client gets, not for
 // the answer before it is cut. Before: the reply was cut as it was
 // written, after its bytes were taken whole, and the client got SERVFAIL.
+// It counts in ztdns_resolver_truncated_total{proto="tcp"} (before: not
+// at all).
 func TestSlowAnswerOverAMessage(t *testing.T) {
 	pods := podcache.New("cluster.local")
 	pods.SetSourcePods([]model.Pod{{Namespace: "default", Name: "client", IPs: []netip.Addr{victimIP}}})
@@ -120,6 +140,7 @@ func TestSlowAnswerOverAMessage(t *testing.T) {
 	query := new(dns.Msg)
 	query.SetQuestion("web.ns.default.svc.cluster.local.", dns.TypeA)
 	c := &dns.Client{Net: "tcp", Timeout: 5 * time.Second, Dialer: &net.Dialer{LocalAddr: &net.TCPAddr{IP: victimIP.AsSlice()}, Timeout: 5 * time.Second}}
+	truncated := truncatedCounts()
 	m, _, err := c.Exchange(query, addr)
 	if err != nil {
 		t.Fatal(err)
@@ -129,5 +150,8 @@ func TestSlowAnswerOverAMessage(t *testing.T) {
 	// 16 bytes an A record (its owner compressed): some 4,090 fit.
 	if m.Rcode != dns.RcodeSuccess || !m.Truncated || len(m.Answer) < 4000 || m.Answer[0].Header().Rrtype != dns.TypeCNAME || len(wire) > maxTCPMessage {
 		t.Errorf("%s, TC %v, %d records in %d bytes; want NOERROR, TC, a CNAME and as many addresses as fit", dns.RcodeToString[m.Rcode], m.Truncated, len(m.Answer), len(wire))
+	}
+	if got := truncatedCounts().minus(truncated); got != (protoCounts{tcp: 1}) {
+		t.Errorf("ztdns_resolver_truncated_total rose by %v over UDP and %v over TCP, want 0 and 1", got.udp, got.tcp)
 	}
 }

@@ -1,9 +1,19 @@
 package resolver
 
 import (
+	"net"
+	"net/netip"
+	"sync/atomic"
 	"testing"
+	"time"
 
+	"github.com/miekg/dns"
+
+	"github.com/ztdns/ztdns/internal/dnstest"
+	"github.com/ztdns/ztdns/pkg/model"
+	"github.com/ztdns/ztdns/pkg/resolver/forward"
 	"github.com/ztdns/ztdns/pkg/resolver/quota"
+	"github.com/ztdns/ztdns/pkg/resolver/table"
 )
 
 // TestForwardEndedForASourceUnderItsShare: with every slot taken, a source
@@ -77,5 +87,104 @@ func TestForwardEndedForASourceUnderItsShare(t *testing.T) {
 	}
 	if s.forwarding.Used() != 0 || s.forwarding.Holders() != 0 || s.forwards.list.Front() != nil {
 		t.Errorf("after every forward ended: %d slots taken by %d sources, list from %p; want none", s.forwarding.Used(), s.forwarding.Holders(), s.forwards.list.Front())
+	}
+}
+
+// TestTCPConnectionKeepsItsUpstreams: the upstreams a TCP connection's
+// misses go to are those looked up for its first forward, for as long as
+// it lives, its CNAME chases' lookups included; a new connection, and
+// UDP, get what the lookup says now. The pod opened the connection to one
+// nameserver: capture's slot for the address may be given to another
+// while the connection stays open. Before: each query was forwarded where
+// the lookup said at the time.
+func TestTCPConnectionKeepsItsUpstreams(t *testing.T) {
+	first := dnstest.Start(t, "127.0.0.1:0", dnstest.Marker(netip.MustParseAddr("203.0.113.1"), netip.MustParseAddr("2001:db8::1"))).Addr
+	second := dnstest.Start(t, "127.0.0.1:0", dnstest.Marker(netip.MustParseAddr("203.0.113.2"), netip.MustParseAddr("2001:db8::2"))).Addr
+	var current atomic.Pointer[netip.AddrPort]
+	current.Store(&first)
+	var lookups atomic.Int64
+	fwd := forward.New(forward.WithTimeout(5 * time.Second))
+	s := New(Options{
+		Forwarder: fwd,
+		Upstreams: func(_, _ netip.AddrPort) []netip.AddrPort {
+			lookups.Add(1)
+			return []netip.AddrPort{*current.Load()}
+		},
+	})
+	t.Cleanup(func() {
+		s.Close()
+		fwd.Close()
+	})
+	tbl, _ := table.Build(&model.Snapshot{
+		Services: []model.Service{{Namespace: "default", Name: "out", ExternalName: "out.example"}},
+		ServiceEntries: []model.ServiceEntry{
+			{Namespace: "default", Name: "a", Hosts: []string{"address.internal"}, Addresses: []netip.Addr{netip.MustParseAddr("198.51.100.1")}},
+		},
+	}, table.Options{})
+	s.SetTable(tbl)
+	udp, tcp := listenPair(t)
+	go s.ServeUDP(udp)
+	go s.ServeTCP(tcp)
+	addr := udp.LocalAddr().String()
+
+	dial := func() net.Conn {
+		t.Helper()
+		c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		c.SetDeadline(time.Now().Add(30 * time.Second))
+		return c
+	}
+	// answer is the last address of the reply to name over c (nil: UDP).
+	answer := func(c net.Conn, name string) string {
+		t.Helper()
+		q := packQuery(t, name, dns.TypeA)
+		var r *dns.Msg
+		if c != nil {
+			r = exchangeTCP(t, c, q)
+		} else {
+			m := new(dns.Msg)
+			if err := m.Unpack(q); err != nil {
+				t.Fatal(err)
+			}
+			var err error
+			if r, _, err = (&dns.Client{Timeout: 5 * time.Second}).Exchange(m, addr); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if r.Rcode != dns.RcodeSuccess || len(r.Answer) == 0 {
+			t.Fatalf("%s: %s, %d records; want an address", name, dns.RcodeToString[r.Rcode], len(r.Answer))
+		}
+		a, ok := r.Answer[len(r.Answer)-1].(*dns.A)
+		if !ok {
+			t.Fatalf("%s: the last record is %v, want an address", name, r.Answer[len(r.Answer)-1])
+		}
+		return a.A.String()
+	}
+
+	local := dial() // answered from the table alone: no lookup
+	if got := answer(local, "address.internal."); got != "198.51.100.1" || lookups.Load() != 0 {
+		t.Fatalf("a table name: %s after %d upstream lookups, want 198.51.100.1 after none", got, lookups.Load())
+	}
+	kept := dial()
+	if got := answer(kept, "one.example."); got != "203.0.113.1" {
+		t.Fatalf("the connection's first forward: %s, want the first upstream's 203.0.113.1", got)
+	}
+	current.Store(&second) // the address's slot now names another nameserver
+	for _, name := range []string{"two.example.", "out.default.svc.cluster.local."} {
+		if got := answer(kept, name); got != "203.0.113.1" {
+			t.Errorf("%s on the connection opened before: %s, want the first upstream's 203.0.113.1", name, got)
+		}
+	}
+	if got := answer(dial(), "three.example."); got != "203.0.113.2" {
+		t.Errorf("a new connection: %s, want the second upstream's 203.0.113.2", got)
+	}
+	if got := answer(local, "four.example."); got != "203.0.113.2" {
+		t.Errorf("the first forward of a connection opened before the change: %s, want the second upstream's 203.0.113.2", got)
+	}
+	if got := answer(nil, "five.example."); got != "203.0.113.2" {
+		t.Errorf("UDP: %s, want the second upstream's 203.0.113.2", got)
 	}
 }

@@ -23,11 +23,12 @@ var (
 			"or its forward or reply was ended to make room for a source within its share), " +
 			"overload (SERVFAIL: too many forwarded queries, or bytes of their replies, in flight in all), drop.",
 	}, []string{"outcome"})
-	// metricTruncated counts UDP replies sent with TC set.
-	metricTruncated = prometheus.NewCounter(prometheus.CounterOpts{
+	// metricTruncatedVec counts replies sent with TC set, by protocol.
+	metricTruncatedVec = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "ztdns_resolver_truncated_total",
-		Help: "UDP replies truncated to fit the client's buffer (TC set).",
-	})
+		Help: "Replies truncated (TC set), by proto: udp (an empty reply, the answer over the client's buffer: it asks again over TCP) " +
+			"or tcp (the records that fit in a TCP message, 65,535 bytes).",
+	}, []string{"proto"})
 	// metricTCPRejectedVec counts TCP connections closed at once, by the
 	// bound they hit.
 	metricTCPRejectedVec = prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -64,6 +65,11 @@ var metricQueries = struct {
 	drop:           metricQueriesVec.WithLabelValues("drop"),
 }
 
+var metricTruncated = struct{ udp, tcp prometheus.Counter }{
+	udp: metricTruncatedVec.WithLabelValues(protoLabels[0]),
+	tcp: metricTruncatedVec.WithLabelValues(protoLabels[1]),
+}
+
 var metricTCPRejected = struct{ source, total prometheus.Counter }{
 	source: metricTCPRejectedVec.WithLabelValues("source"),
 	total:  metricTCPRejectedVec.WithLabelValues("total"),
@@ -97,7 +103,7 @@ func (c serverCollector) Collect(ch chan<- prometheus.Metric) {
 
 // Collectors returns the package's metrics for registration.
 func Collectors() []prometheus.Collector {
-	return []prometheus.Collector{metricQueriesVec, metricTruncated, metricTCPRejectedVec, metricTCPConns, metricForwarding}
+	return []prometheus.Collector{metricQueriesVec, metricTruncatedVec, metricTCPRejectedVec, metricTCPConns, metricForwarding}
 }
 
 // Labels of ztdns_dns_requests_total. Every label takes a value from a

@@ -560,8 +560,11 @@ func (s *Server) answerFast(msg []byte, src netip.AddrPort, tcp bool, out []byte
 	if r.EDNS {
 		out = dnswire.AppendOPT(out, &r, 0)
 	}
-	if cut && !tcp {
+	switch {
+	case cut && !tcp:
 		out = truncate(out[:hdr], msg, &r)
+	case cut:
+		metricTruncated.tcp.Inc()
 	}
 	return s.answered(sc, out, hdr, &r, tcp, pod, src, now), false
 }
@@ -618,17 +621,19 @@ func (s *Server) logAccess(r *request, src netip.AddrPort, tcp bool, pod *podcac
 	s.opts.AccessLog.Send(e)
 }
 
-// truncate writes an empty reply with TC set: the client retries over TCP.
+// truncate writes an empty UDP reply with TC set: the client retries over
+// TCP.
 func truncate(out []byte, msg []byte, r *request) []byte {
 	out = dnswire.AppendTruncated(out, msg, r)
-	metricTruncated.Inc()
+	metricTruncated.udp.Inc()
 	return out
 }
 
-// slow answers a query that needs more than a table copy. done is called
-// exactly once, with the reply or with nil when there is nothing to send,
-// and what gives back the reply's hold (nil without one), which done calls
-// once the reply is sent or dropped.
+// slow answers a query that needs more than a table copy; up keeps the
+// upstreams of its TCP connection (nil: the query came over UDP). done is
+// called exactly once, with the reply or with nil when there is nothing to
+// send, and what gives back the reply's hold (nil without one), which done
+// calls once the reply is sent or dropped.
 //
 // What the table answers (search-list aliases, CNAME chains, errors) is
 // answered here, on the caller's goroutine: local answers never wait behind
@@ -640,8 +645,8 @@ func truncate(out []byte, msg []byte, r *request) []byte {
 // within its share that finds MaxInflight reached takes the slot of a
 // source over its share (startForward). The forwarder learns the source
 // from the context, and charges the reply bytes it reads to it.
-func (s *Server) slow(msg []byte, src, local netip.AddrPort, tcp bool, hold holdReply, done func(reply []byte, release func())) {
-	q := &slowQuery{s: s, msg: msg, src: src, local: local, tcp: tcp, offline: true, start: s.clock(), from: sourceNone}
+func (s *Server) slow(msg []byte, src, local netip.AddrPort, up *connUpstreams, hold holdReply, done func(reply []byte, release func())) {
+	q := &slowQuery{s: s, msg: msg, src: src, local: local, tcp: up != nil, conn: up, offline: true, start: s.clock(), from: sourceNone}
 	finish := q.finishing(hold, done)
 	if reply := q.answer(s.ctx); !q.needsUpstream {
 		finish(reply)

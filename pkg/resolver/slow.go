@@ -24,6 +24,9 @@ type slowQuery struct {
 	r          request // parsed by answer
 	src, local netip.AddrPort
 	tcp        bool
+	// conn is the TCP connection's upstreams (nil over UDP, whose
+	// datagrams each say where they were sent).
+	conn *connUpstreams
 	// offline answers only what needs no upstream: asking one instead sets
 	// needsUpstream, and the reply is to be thrown away (slow then runs the
 	// query again, online, within the bounds on forwarded work).
@@ -37,6 +40,9 @@ type slowQuery struct {
 	upstream netip.AddrPort
 	badVers  bool
 	pod      *podcache.Pod
+	// bytesRefused: an upstream reply of the query's was refused for the
+	// source's bytes, and counted.
+	bytesRefused bool
 
 	// slot is its place among the forwards in flight while it holds one.
 	slot forwardSlot
@@ -46,7 +52,9 @@ type slowQuery struct {
 // bytes of the budget of replies in flight). It returns the reply to send
 // and release, what gives the hold back once it is sent; release nil says
 // the hold was refused, and out is a SERVFAIL in the reply's place.
-type holdReply func(reply []byte) (out []byte, release func())
+// counted says the query was counted refused for its source's bytes
+// already (a lookup's reply): a refusal now is not counted again.
+type holdReply func(reply []byte, counted bool) (out []byte, release func())
 
 // finishing wraps done so that the reply is held (hold, if not nil),
 // then counted, timed and logged as what the client gets, before it is
@@ -56,7 +64,7 @@ func (q *slowQuery) finishing(hold holdReply, done func(reply []byte, release fu
 	return func(reply []byte) {
 		var release func()
 		if hold != nil && reply != nil {
-			if reply, release = hold(reply); release == nil {
+			if reply, release = hold(reply, q.bytesRefused); release == nil {
 				q.from, q.upstream = sourceNone, netip.AddrPort{}
 			}
 		}
@@ -88,10 +96,18 @@ func (q *slowQuery) finish(reply []byte) {
 }
 
 // answeredBy records that an upstream exchange (or the cache) gave part of
-// the answer: an exchange outweighs the cache.
+// the answer: an exchange outweighs the cache. A reply refused for the
+// source's bytes is the pod's doing, as a forward over its bound is: it
+// counts as forward_limited and in `ztdns pods`, once per query however
+// many of its lookups (a CNAME's target, autopath's candidates) were.
 func (q *slowQuery) answeredBy(o forward.Origin) {
 	switch {
 	case o.BytesRefused: // no upstream's reply: a SERVFAIL of ztdns's own
+		if !q.bytesRefused {
+			q.bytesRefused = true
+			metricQueries.forwardLimited.Inc()
+			q.slot.source.CountBytesRefused()
+		}
 	case !o.Cached:
 		q.from, q.upstream = sourceUpstream, o.Upstream
 	case q.from != sourceUpstream:
@@ -307,7 +323,7 @@ func (q *slowQuery) forward(ctx context.Context) []byte {
 	}
 	metricQueries.forwarded.Inc()
 	s, msg, r := q.s, q.msg, &q.r
-	upstreams := s.upstreams(q.src, q.local)
+	upstreams := q.upstreams()
 	if len(upstreams) == 0 || s.opts.Forwarder == nil {
 		return dnswire.AppendErrorReply(nil, msg, r, dnswire.RcodeServFail)
 	}
@@ -316,18 +332,20 @@ func (q *slowQuery) forward(ctx context.Context) []byte {
 		s.log.Debug("forward failed", "client", q.src, "err", err)
 		return dnswire.AppendErrorReply(nil, msg, r, dnswire.RcodeServFail)
 	}
-	if from.BytesRefused {
-		// The pod's doing, as a forward over its bound is: its SERVFAIL
-		// counts as forward_limited, comes from no upstream (source
-		// "none", answeredBy), and `ztdns pods` counts it.
-		metricQueries.forwardLimited.Inc()
-		q.slot.source.CountBytesRefused()
-	}
-	q.answeredBy(from)
+	q.answeredBy(from) // a SERVFAIL for the source's bytes: from "none", counted
 	if !q.tcp && len(out) > r.UDPLimit() && r.End > 0 {
 		return truncate(nil, msg, r)
 	}
 	return out
+}
+
+// upstreams are where the query's misses go: its TCP connection's, or
+// those of the address the datagram was sent to.
+func (q *slowQuery) upstreams() []netip.AddrPort {
+	if q.conn != nil {
+		return q.conn.get(q.s, q.src, q.local)
+	}
+	return q.s.upstreams(q.src, q.local)
 }
 
 func (s *Server) upstreams(src, local netip.AddrPort) []netip.AddrPort {
@@ -356,7 +374,7 @@ func (q *slowQuery) lookupUpstream(ctx context.Context, name string, tcp bool) (
 	if err != nil {
 		return nil, err
 	}
-	upstreams := s.upstreams(q.src, q.local)
+	upstreams := q.upstreams()
 	if len(upstreams) == 0 || s.opts.Forwarder == nil {
 		return nil, errNoUpstream
 	}
@@ -409,7 +427,11 @@ func replyTo(req *dns.Msg, r *request) *dns.Msg {
 // ztdns_dns_requests_total.
 func (q *slowQuery) pack(reply *dns.Msg) []byte {
 	if q.tcp {
-		reply.Truncate(maxTCPMessage)
+		was := reply.Truncated
+		reply.Truncate(maxTCPMessage) // sets TC when it drops records
+		if !was && reply.Truncated {
+			metricTruncated.tcp.Inc()
+		}
 	}
 	reply.Compress = true
 	out, err := reply.Pack()

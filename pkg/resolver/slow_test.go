@@ -7,10 +7,12 @@ import (
 	"testing"
 
 	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/ztdns/ztdns/internal/dnstest"
 	"github.com/ztdns/ztdns/internal/testenv"
 	"github.com/ztdns/ztdns/pkg/model"
+	"github.com/ztdns/ztdns/pkg/resolver/quota"
 	"github.com/ztdns/ztdns/pkg/resolver/table"
 )
 
@@ -203,5 +205,45 @@ func TestReplyThatDoesNotPack(t *testing.T) {
 	}
 	if l := buf.String(); l != "" {
 		t.Errorf("logged past Debug:\n%s", l)
+	}
+}
+
+// TestLookupsOverThePodsBytesAreCounted: the slow path's own lookups (a
+// CNAME's target, autopath's candidates) whose replies do not fit what the
+// pod may hold are the pod's outcome, as a forward's are: they count in
+// `ztdns pods` (the pod's bytesRefused) and as forward_limited, once per
+// query, however many of its lookups and its forward were refused. Before:
+// a chased CNAME's refusal counted nowhere.
+func TestLookupsOverThePodsBytesAreCounted(t *testing.T) {
+	const perSource = 16 << 10
+	b := quota.NewBudget(64<<10, perSource)
+	ss := startSlowServerWith(t, Options{Autopath: true, Limits: quota.Limits{QPS: -1}, Budget: b}, &model.Snapshot{
+		Services: []model.Service{{Namespace: "ns1", Name: "out", ExternalName: "out.example"}},
+	}, dnstest.Marker(netip.MustParseAddr("203.0.113.7"), netip.MustParseAddr("2001:db8::7")))
+	if r := ss.askType(t, "udp", "out.ns1.svc.cluster.local.", dns.TypeA); len(r.Answer) != 2 {
+		t.Fatalf("with the pod's bytes free: %v, want the CNAME and its target's address", r.Answer)
+	}
+	pod := ss.pods.Lookup(victimIP).Quota
+	if v := b.TryTake(pod, perSource); v != quota.Taken { // no reply of the pod's fits now
+		t.Fatalf("could not take the pod's %d bytes: %d", perSource, v)
+	}
+	t.Cleanup(func() { b.Give(pod, perSource) })
+	for _, tc := range []struct{ what, name string }{
+		{"a CNAME chased", "out.ns1.svc.cluster.local."},
+		// Two lookups (corp.internal's candidate, the bare name), then
+		// the query forwarded as it is: three refusals.
+		{"autopath", "gone.ns1.svc.cluster.local."},
+	} {
+		for _, proto := range []string{"udp", "tcp"} {
+			refused := ss.usage(victimIP).BytesRefused
+			limited := testutil.ToFloat64(metricQueries.forwardLimited)
+			ss.askType(t, proto, tc.name, dns.TypeA)
+			if got := ss.usage(victimIP).BytesRefused - refused; got != 1 {
+				t.Errorf("%s over %s: the pod's bytesRefused rose by %d, want 1", tc.what, proto, got)
+			}
+			if got := testutil.ToFloat64(metricQueries.forwardLimited) - limited; got != 1 {
+				t.Errorf("%s over %s: forward_limited rose by %v, want 1", tc.what, proto, got)
+			}
+		}
 	}
 }

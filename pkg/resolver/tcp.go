@@ -74,7 +74,32 @@ type tcpConn struct {
 	// room for a source under its share.
 	released, evicted atomic.Bool
 
-	w tcpWriter
+	up connUpstreams
+	w  tcpWriter
+}
+
+// connUpstreams are where a TCP connection's misses go: those looked up
+// for its first forward, kept for its life. The pod opened it to one
+// nameserver; what capture says of the address later (its slot, idle as
+// capture sees it while the connection only sends, given to another
+// destination) is not about this connection. Looked up lazily: a
+// connection that never forwards pays nothing.
+type connUpstreams struct {
+	addrs atomic.Pointer[[]netip.AddrPort] // nil until a lookup found some
+}
+
+// get returns the connection's upstreams, looking them up for the
+// connection's first forward; of pipelined forwards racing, the first
+// stored wins. An empty lookup is not kept: the next forward looks again.
+func (u *connUpstreams) get(s *Server, src, local netip.AddrPort) []netip.AddrPort {
+	if p := u.addrs.Load(); p != nil {
+		return *p
+	}
+	addrs := s.upstreams(src, local)
+	if len(addrs) == 0 || u.addrs.CompareAndSwap(nil, &addrs) {
+		return addrs
+	}
+	return *u.addrs.Load()
 }
 
 // tcpWriter writes the replies of one connection, one at a time, and
@@ -536,13 +561,15 @@ func (s *Server) serveTCPConn(tc *tcpConn, local netip.AddrPort) {
 		// budget spent, the node's (overload). A reply that was a SERVFAIL
 		// already (its bytes refused as it was read, say) is counted for
 		// neither: the client's answer is the same, and it was counted
-		// then.
-		hold := func(reply []byte) ([]byte, func()) {
+		// then. Nor is the source's refusal of a query counted so already
+		// (a lookup of its own, a CNAME's target, refused as it was
+		// read): once per query.
+		hold := func(reply []byte, counted bool) ([]byte, func()) {
 			switch n := len(reply); s.opts.Budget.TryTake(tc.source, n) {
 			case quota.Taken:
 				return reply, func() { s.opts.Budget.Give(tc.source, n) }
 			case quota.OverSource:
-				if !isServFail(reply) {
+				if !isServFail(reply) && !counted {
 					metricQueries.forwardLimited.Inc()
 					tc.source.CountBytesRefused()
 				}
@@ -553,7 +580,7 @@ func (s *Server) serveTCPConn(tc *tcpConn, local netip.AddrPort) {
 			}
 			return servfailFor(msg), nil
 		}
-		s.slow(msg, tc.src, local, true, hold, w.send)
+		s.slow(msg, tc.src, local, &tc.up, hold, w.send)
 	}
 }
 

@@ -176,7 +176,8 @@ type Usage struct {
 	// own bound or its fair share of the node's budget, see Budget): read
 	// from the upstream, or waiting to be written to its TCP client; and
 	// replies being read whose bytes were taken back for a source under
-	// its share.
+	// its share. A query whose own lookups (a CNAME's target) were
+	// refused so counts once, whatever its client got.
 	BytesRefused uint64 `json:"bytesRefused"`
 	// TCPRefused counts connections closed at once because the source had
 	// Limits.TCPConns open already or more than its fair share of the
