@@ -91,7 +91,8 @@ directory of YAML manifests (--config-dir).`,
 	udpSockets := fs.Int("udp-sockets", agent.DefaultSocketsPerAddr, "SO_REUSEPORT UDP sockets on each resolver address, each read by a goroutine of its own: more answer more queries a second at full speed, at more CPU per query")
 	tcpIdle := fs.Duration("tcp-idle-timeout", resolver.DefaultTCPIdleTimeout, "close a TCP connection idle this long (a tenth of it with half of --max-tcp open, a hundredth with three quarters)")
 	inflightBytes := &byteSize{n: resolver.DefaultInflightBytes}
-	fs.Var(inflightBytes, "inflight-bytes", "bytes of upstream replies held at once, read or waiting to be written, e.g. 8Mi; a reply that does not fit gets SERVFAIL")
+	fs.Var(inflightBytes, "inflight-bytes", fmt.Sprintf("bytes of upstream replies held at once, read or waiting to be written, e.g. 8Mi, at least %v (one reply of the largest size); a reply that does not fit gets SERVFAIL",
+		&byteSize{n: resolver.MinPodInflightBytes}))
 	podInflightBytes := &byteSize{zero: true}
 	fs.Var(podInflightBytes, "pod-inflight-bytes", fmt.Sprintf("bytes of upstream replies one pod may hold at once, e.g. 512Ki, at least %v (one reply of the largest size); a reply that does not fit gets SERVFAIL (default: a sixteenth of --inflight-bytes, and room for two of the largest replies, %v, when --inflight-bytes has it; 0: no limit of its own, only its fair share)",
 		&byteSize{n: resolver.MinPodInflightBytes}, &byteSize{n: 2 * resolver.MinPodInflightBytes}))
@@ -138,8 +139,12 @@ directory of YAML manifests (--config-dir).`,
 		if *udpSockets < 1 || *udpSockets > agent.MaxSocketsPerAddr {
 			return usagef("--udp-sockets %d: want 1 to %d", *udpSockets, agent.MaxSocketsPerAddr)
 		}
-		// agent.Run refuses it too; here it is a usage error in the flag's
-		// own terms.
+		// agent.Run refuses them too; here they are usage errors in the
+		// flags' own terms. --inflight-bytes takes no 0 (byteSize.Set).
+		if inflightBytes.n < resolver.MinPodInflightBytes {
+			return usagef("--inflight-bytes %s: want at least %s, one reply of the largest size",
+				inflightBytes, &byteSize{n: resolver.MinPodInflightBytes})
+		}
 		if n := podInflightBytes.n; n != 0 && n < resolver.MinPodInflightBytes {
 			return usagef("--pod-inflight-bytes %s: want 0 (no limit of its own) or at least %s, one reply of the largest size",
 				podInflightBytes, &byteSize{n: resolver.MinPodInflightBytes})

@@ -164,10 +164,16 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"agent", "--config-dir", dir, "--log-level", "loud"}, `ztdns agent: --log-level "loud": want debug, info, warn or error`},
 		{[]string{"agent", "--config-dir", dir, "--capture-port", "70000", "--upstream", "127.0.0.1"}, "ztdns agent: --capture-port 70000: want 1-65535"},
 		{[]string{"agent", "--config-dir", dir, "--udp-sockets", "0"}, "ztdns agent: --udp-sockets 0: want 1 to 64"},
-		{[]string{"agent", "--config-dir", dir, "--pod-inflight-bytes", "32Ki"},
+		{[]string{"agent", "--config-dir", dir, "--capture=false", "--pod-inflight-bytes", "32Ki"},
 			"ztdns agent: --pod-inflight-bytes 32Ki: want 0 (no limit of its own) or at least 64Ki, one reply of the largest size"},
-		{[]string{"agent", "--config-dir", dir, "--pod-inflight-bytes", "65535"},
+		{[]string{"agent", "--config-dir", dir, "--capture=false", "--pod-inflight-bytes", "65535"},
 			"ztdns agent: --pod-inflight-bytes 65535: want 0 (no limit of its own) or at least 64Ki, one reply of the largest size"},
+		{[]string{"agent", "--config-dir", dir, "--capture=false", "--inflight-bytes", "32Ki"},
+			"ztdns agent: --inflight-bytes 32Ki: want at least 64Ki, one reply of the largest size"},
+		{[]string{"agent", "--config-dir", dir, "--capture=false", "--inflight-bytes", "65535"},
+			"ztdns agent: --inflight-bytes 65535: want at least 64Ki, one reply of the largest size"},
+		{[]string{"agent", "--config-dir", dir, "--capture=false", "--inflight-bytes", "0"},
+			`ztdns agent: invalid argument "0" for "--inflight-bytes" flag: "0" is not a positive size in bytes (e.g. 4Mi)`},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			r := ztdns(t, tc.args...)

@@ -113,9 +113,9 @@ type Config struct {
 	// or waiting to be written (0: the default); PodInflightBytes those one
 	// source holds (0: resolver.DefaultPodInflightBytes, a sixteenth of
 	// InflightBytes and room for two of the largest replies; negative: no
-	// bound of its own, only its fair share). A bound below
-	// resolver.MinPodInflightBytes would refuse the source every reply of
-	// the largest size: Run refuses it.
+	// bound of its own, only its fair share). Either bound below
+	// resolver.MinPodInflightBytes would refuse every reply of the largest
+	// size: Run refuses it.
 	InflightBytes    int64
 	PodInflightBytes int64
 
@@ -185,6 +185,10 @@ func newAgent(cfg Config) (*Agent, error) {
 	}
 	if len(cfg.Listen) == 0 {
 		return nil, errors.New("no --listen address")
+	}
+	if n := cfg.InflightBytes; n > 0 && n < resolver.MinPodInflightBytes {
+		return nil, fmt.Errorf("InflightBytes %d: want 0 (the default) or at least %d, one reply of the largest size",
+			n, resolver.MinPodInflightBytes)
 	}
 	if n := cfg.PodInflightBytes; n > 0 && n < resolver.MinPodInflightBytes {
 		return nil, fmt.Errorf("PodInflightBytes %d: want 0 (the default), negative (no bound of its own) or at least %d, one reply of the largest size",

@@ -71,55 +71,65 @@ func largeTXTOverTCP(t *testing.T, listen netip.AddrPort) (rcode, txtBytes int) 
 	return r.Rcode, txtBytes
 }
 
-// TestPodInflightBytesBelowOneReply: a source's bound of bytes in flight
-// below one reply of the largest size (64 KiB) would refuse it every such
-// reply; the agent refuses to start with it, saying the value and the
-// least it takes, whoever configures it (before: only the command line
-// refused it, and an agent.Config with 32 KiB ran and failed every reply
-// over 32 KiB). 0 and a negative bound keep their meaning, and the least
-// bound answers a reply of nearly 64 KiB.
-func TestPodInflightBytesBelowOneReply(t *testing.T) {
+// TestInflightBytesBelowOneReply: a bound of bytes in flight, the node's
+// or a source's, below one reply of the largest size (64 KiB) would refuse
+// every such reply; the agent refuses to start with it, saying the value
+// and the least it takes, whoever configures it (before: only the command
+// line refused a source's bound, and an agent.Config with 32 KiB of either
+// ran and failed every reply over 32 KiB). 0 and a negative source's bound
+// keep their meaning, and the least bound answers a reply of nearly 64 KiB.
+func TestInflightBytesBelowOneReply(t *testing.T) {
 	dir := t.TempDir()
 	if err := os.WriteFile(filepath.Join(dir, "se.yaml"), []byte(manifest), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	up := dnstest.Start(t, "127.0.0.1:0", dnstest.LargeTXT(60000)).Addr
-	for _, n := range []int64{1, 32 << 10, resolver.MinPodInflightBytes - 1} {
-		t.Run(fmt.Sprintf("%d refused", n), func(t *testing.T) {
-			ctx, cancel := context.WithCancel(context.Background())
-			defer cancel()
-			done := make(chan error, 1)
-			go func() {
-				done <- Run(ctx, Config{
-					Source:           configdir.New(dir),
-					Listen:           []netip.AddrPort{testenv.FreePort(t)},
-					Upstreams:        []netip.AddrPort{up},
-					Socket:           filepath.Join(t.TempDir(), "ztdns.sock"),
-					PodInflightBytes: n,
-				})
-			}()
-			select {
-			case err := <-done:
-				want := fmt.Sprintf("PodInflightBytes %d: want 0 (the default), negative (no bound of its own) or at least 65536, one reply of the largest size", n)
-				if err == nil || err.Error() != want {
-					t.Errorf("Run: %v, want %q", err, want)
+	for _, field := range []struct {
+		name, want string
+		set        func(*Config, int64)
+		fine       []int64
+	}{
+		{"InflightBytes", "want 0 (the default) or at least 65536, one reply of the largest size",
+			func(c *Config, n int64) { c.InflightBytes = n }, []int64{0, resolver.MinPodInflightBytes}},
+		{"PodInflightBytes", "want 0 (the default), negative (no bound of its own) or at least 65536, one reply of the largest size",
+			func(c *Config, n int64) { c.PodInflightBytes = n }, []int64{0, -1, resolver.MinPodInflightBytes}},
+	} {
+		for _, n := range []int64{1, 32 << 10, resolver.MinPodInflightBytes - 1} {
+			t.Run(fmt.Sprintf("%s %d refused", field.name, n), func(t *testing.T) {
+				ctx, cancel := context.WithCancel(context.Background())
+				defer cancel()
+				cfg := Config{
+					Source:    configdir.New(dir),
+					Listen:    []netip.AddrPort{testenv.FreePort(t)},
+					Upstreams: []netip.AddrPort{up},
+					Socket:    filepath.Join(t.TempDir(), "ztdns.sock"),
 				}
-			case <-time.After(5 * time.Second):
-				cancel()
-				<-done
-				t.Errorf("Run with PodInflightBytes %d still running after 5s, want it refused", n)
-			}
-		})
-	}
-	for _, n := range []int64{0, -1, resolver.MinPodInflightBytes} {
-		t.Run(fmt.Sprintf("%d answers 60000 bytes", n), func(t *testing.T) {
-			listen := testenv.FreePort(t)
-			startTestAgent(t, dir, filepath.Join(t.TempDir(), "ztdns.sock"), listen, up, "",
-				func(c *Config) { c.PodInflightBytes = n })
-			if rcode, got := largeTXTOverTCP(t, listen); rcode != dns.RcodeSuccess || got != 60000 {
-				t.Errorf("%s with %d bytes of TXT, want NOERROR with 60000", dns.RcodeToString[rcode], got)
-			}
-		})
+				field.set(&cfg, n)
+				done := make(chan error, 1)
+				go func() { done <- Run(ctx, cfg) }()
+				select {
+				case err := <-done:
+					want := fmt.Sprintf("%s %d: %s", field.name, n, field.want)
+					if err == nil || err.Error() != want {
+						t.Errorf("Run: %v, want %q", err, want)
+					}
+				case <-time.After(5 * time.Second):
+					cancel()
+					<-done
+					t.Errorf("Run with %s %d still running after 5s, want it refused", field.name, n)
+				}
+			})
+		}
+		for _, n := range field.fine {
+			t.Run(fmt.Sprintf("%s %d answers 60000 bytes", field.name, n), func(t *testing.T) {
+				listen := testenv.FreePort(t)
+				startTestAgent(t, dir, filepath.Join(t.TempDir(), "ztdns.sock"), listen, up, "",
+					func(c *Config) { field.set(c, n) })
+				if rcode, got := largeTXTOverTCP(t, listen); rcode != dns.RcodeSuccess || got != 60000 {
+					t.Errorf("%s with %d bytes of TXT, want NOERROR with 60000", dns.RcodeToString[rcode], got)
+				}
+			})
+		}
 	}
 }
 

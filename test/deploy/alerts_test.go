@@ -19,9 +19,12 @@ import (
 // upstreams, its own bounds: overload), not for a pod refused over its own
 // limits (forward_limited, SERVFAILs of source "none"), which only
 // ZtdnsPodThrottled reports; so is a pod over its query rate, which gets
-// REFUSED or nothing. (Before, ZtdnsServfailRatioHigh counted every
+// REFUSED or nothing, also when only the kernel's filter counts it
+// (ztdns_resolver_kernel_rate_limited_total), and with no such series
+// where the filter is off. (Before, ZtdnsServfailRatioHigh counted every
 // SERVFAIL: one pod throttled as designed set off the node's alert, and no
-// alert said it was one pod.)
+// alert said it was one pod; and UDP queries the kernel dropped set off
+// none.)
 func TestChartAlertsNodeOrPod(t *testing.T) {
 	t.Parallel()
 	exprs := chartAlerts(t)
@@ -36,14 +39,20 @@ func TestChartAlertsNodeOrPod(t *testing.T) {
 		name string
 		// Per second: answers NOERROR from upstream, SERVFAIL from
 		// upstream and from none (ztdns's own), REFUSED from none; and
-		// queries by outcome.
+		// queries by outcome; UDP queries the kernel's filter dropped, and
+		// whether it is off (no such series).
 		noerror, servfailUpstream, servfailNone, refused float64
 		overload, forwardLimited, rateLimited            float64
+		kernelRateLimited                                float64
+		noKernelFilter                                   bool
 		firing                                           []string
 	}{
 		{name: "all answered", noerror: 100},
 		{name: "one pod over its forwarded queries or bytes", noerror: 80, servfailNone: 20, forwardLimited: 20, firing: []string{pod}},
 		{name: "one pod over its query rate over TCP", noerror: 80, refused: 20, rateLimited: 20, firing: []string{pod}},
+		{name: "one pod over its query rate over UDP, dropped in the kernel", noerror: 100, kernelRateLimited: 20, firing: []string{pod}},
+		{name: "one pod over its forwarded queries, no kernel filter", noerror: 80, servfailNone: 20, forwardLimited: 20, noKernelFilter: true, firing: []string{pod}},
+		{name: "all answered, no kernel filter", noerror: 100, noKernelFilter: true},
 		{name: "the node over its bounds", noerror: 80, servfailNone: 20, overload: 20, firing: []string{node}},
 		{name: "replies over the node's budget as they are written", noerror: 100, overload: 20, firing: []string{node}},
 		{name: "the upstreams failing", noerror: 80, servfailUpstream: 20, firing: []string{node}},
@@ -66,12 +75,16 @@ func TestChartAlertsNodeOrPod(t *testing.T) {
 				s("ztdns_resolver_queries_total", tc.overload, "outcome", "overload"),
 				s("ztdns_resolver_queries_total", tc.forwardLimited, "outcome", "forward_limited"),
 				s("ztdns_resolver_queries_total", tc.rateLimited, "outcome", "rate_limited"),
+				s("ztdns_resolver_kernel_rate_limited_total", tc.kernelRateLimited),
 			}
 			// The agent exports a cell of ztdns_dns_requests_total only once
 			// it counts something; the outcomes of
-			// ztdns_resolver_queries_total exist from the start.
+			// ztdns_resolver_queries_total exist from the start, and the
+			// kernel's drops from the start wherever its filter is on.
 			series = slices.DeleteFunc(series, func(s rateSeries) bool {
-				return s.labels["__name__"] == "ztdns_dns_requests_total" && s.rate == 0
+				name := s.labels["__name__"]
+				return name == "ztdns_dns_requests_total" && s.rate == 0 ||
+					name == "ztdns_resolver_kernel_rate_limited_total" && tc.noKernelFilter
 			})
 			var firing []string
 			for _, name := range []string{node, pod} {
