@@ -139,6 +139,11 @@ directory of YAML manifests (--config-dir).`,
 		if *udpSockets < 1 || *udpSockets > agent.MaxSocketsPerAddr {
 			return usagef("--udp-sockets %d: want 1 to %d", *udpSockets, agent.MaxSocketsPerAddr)
 		}
+		// Checked with --capture=false too: a bad value is refused where
+		// it is written, not when capture is next turned on.
+		if *capturePort == 0 || *capturePort > 65535 {
+			return usagef("--capture-port %d: want 1-65535", *capturePort)
+		}
 		// agent.Run refuses them too; here they are usage errors in the
 		// flags' own terms. --inflight-bytes takes no 0 (byteSize.Set).
 		if inflightBytes.n < resolver.MinPodInflightBytes {
@@ -197,9 +202,6 @@ directory of YAML manifests (--config-dir).`,
 		}
 		var captureCfg *agent.CaptureConfig
 		if *capture {
-			if *capturePort == 0 || *capturePort > 65535 {
-				return usagef("--capture-port %d: want 1-65535", *capturePort)
-			}
 			captureCfg = &agent.CaptureConfig{BPFFS: *bpffs, RequireBPFFS: !*mountBPFFS, Cgroup: *cgroup, Interface: *iface, StaleAfter: *stale, StateDir: *stateDir, Port: uint16(*capturePort)}
 		}
 		ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)

@@ -4,6 +4,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/netip"
@@ -38,11 +39,29 @@ type result struct {
 	stdout, stderr string
 }
 
-// ztdns runs one command line in process, as main does.
+// ztdns runs one command line in process, as main does. An agent command
+// line, meant to fail, is confined first: should a check it tests regress,
+// the agent it starts serves on loopback, without capture, for at most 15
+// seconds, instead of attaching to this machine's cgroup root and taking
+// the node's addresses for the rest of the run. The line's own flags come
+// after, and win.
 func ztdns(t *testing.T, args ...string) result {
 	t.Helper()
+	ctx := t.Context()
+	if len(args) > 0 && args[0] == "agent" {
+		dir, err := os.MkdirTemp("", "ztdns-cmd") // short: a socket path has 108 bytes
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.RemoveAll(dir) })
+		confined := []string{"agent", "--capture=false", "--listen", "127.0.0.1:0", "--socket", filepath.Join(dir, "s.sock"), "--metrics", ""}
+		args = append(confined, args[1:]...)
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, 15*time.Second)
+		defer cancel()
+	}
 	var stdout, stderr bytes.Buffer
-	code := run(t.Context(), args, &stdout, &stderr)
+	code := run(ctx, args, &stdout, &stderr)
 	return result{code, stdout.String(), stderr.String()}
 }
 
@@ -162,17 +181,18 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"capture", "add", "--name", "x"}, `ztdns capture add: required flag(s) "netns" not set`},
 		{[]string{"agent", "--config-dir", dir, "--kubeconfig", "/nonexistent"}, "ztdns agent: give --config-dir or --kubeconfig, not both"},
 		{[]string{"agent", "--config-dir", dir, "--log-level", "loud"}, `ztdns agent: --log-level "loud": want debug, info, warn or error`},
-		{[]string{"agent", "--config-dir", dir, "--capture-port", "70000", "--upstream", "127.0.0.1"}, "ztdns agent: --capture-port 70000: want 1-65535"},
+		{[]string{"agent", "--config-dir", dir, "--capture-port", "70000"}, "ztdns agent: --capture-port 70000: want 1-65535"},
+		{[]string{"agent", "--config-dir", dir, "--capture-port", "0", "--resolv-conf", "/nonexistent"}, "ztdns agent: --capture-port 0: want 1-65535"},
 		{[]string{"agent", "--config-dir", dir, "--udp-sockets", "0"}, "ztdns agent: --udp-sockets 0: want 1 to 64"},
-		{[]string{"agent", "--config-dir", dir, "--capture=false", "--pod-inflight-bytes", "32Ki"},
+		{[]string{"agent", "--config-dir", dir, "--pod-inflight-bytes", "32Ki"},
 			"ztdns agent: --pod-inflight-bytes 32Ki: want 0 (no limit of its own) or at least 64Ki, one reply of the largest size"},
-		{[]string{"agent", "--config-dir", dir, "--capture=false", "--pod-inflight-bytes", "65535"},
+		{[]string{"agent", "--config-dir", dir, "--pod-inflight-bytes", "65535"},
 			"ztdns agent: --pod-inflight-bytes 65535: want 0 (no limit of its own) or at least 64Ki, one reply of the largest size"},
-		{[]string{"agent", "--config-dir", dir, "--capture=false", "--inflight-bytes", "32Ki"},
+		{[]string{"agent", "--config-dir", dir, "--inflight-bytes", "32Ki"},
 			"ztdns agent: --inflight-bytes 32Ki: want at least 64Ki, one reply of the largest size"},
-		{[]string{"agent", "--config-dir", dir, "--capture=false", "--inflight-bytes", "65535"},
+		{[]string{"agent", "--config-dir", dir, "--inflight-bytes", "65535"},
 			"ztdns agent: --inflight-bytes 65535: want at least 64Ki, one reply of the largest size"},
-		{[]string{"agent", "--config-dir", dir, "--capture=false", "--inflight-bytes", "0"},
+		{[]string{"agent", "--config-dir", dir, "--inflight-bytes", "0"},
 			`ztdns agent: invalid argument "0" for "--inflight-bytes" flag: "0" is not a positive size in bytes (e.g. 4Mi)`},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {

@@ -316,7 +316,7 @@ func keys(m map[string]bool) []string {
 // What a pod's own DNS server, on its loopback, answers: an answer with
 // these came from inside the pod, not through the redirect.
 var (
-	podLocal4 = netip.MustParseAddr("192.0.2.127")
+	podLocal4 = netip.MustParseAddr("198.51.100.127")
 	podLocal6 = netip.MustParseAddr("2001:db8:7f::1")
 )
 

@@ -20,7 +20,7 @@ import (
 // What the reachable nameservers of TestConnectedBeforeCaptureKeepsItsPeer
 // answer: an answer with these came from the nameserver itself.
 var (
-	direct4 = netip.MustParseAddr("192.0.2.153")
+	direct4 = netip.MustParseAddr("198.51.100.153")
 	direct6 = netip.MustParseAddr("2001:db8:d::153")
 )
 

@@ -77,8 +77,8 @@ func replyText(r *dns.Msg) (rcode string, answer, ns []string) {
 // the CNAME gives (RFC 8020).
 func TestAutopathNODATA(t *testing.T) {
 	ss := startSlowServer(t, Options{Autopath: true}, &model.Snapshot{},
-		"db.corp.internal. 300 IN A 192.0.2.10",
-		"solo. 300 IN A 192.0.2.11")
+		"db.corp.internal. 300 IN A 198.51.100.210",
+		"solo. 300 IN A 198.51.100.211")
 	_, _, soa := replyText(&dns.Msg{Ns: []dns.RR{dnstest.SOA}})
 	for _, proto := range []string{"udp", "tcp"} {
 		for _, tc := range []struct {
@@ -89,7 +89,7 @@ func TestAutopathNODATA(t *testing.T) {
 		}{
 			{"db.ns1.svc.cluster.local.", dns.TypeA, []string{
 				"db.ns1.svc.cluster.local.\t0\tIN\tCNAME\tdb.corp.internal.",
-				"db.corp.internal.\t0\tIN\tA\t192.0.2.10",
+				"db.corp.internal.\t0\tIN\tA\t198.51.100.210",
 			}, nil},
 			{"db.ns1.svc.cluster.local.", dns.TypeAAAA, []string{
 				"db.ns1.svc.cluster.local.\t0\tIN\tCNAME\tdb.corp.internal.",
@@ -125,7 +125,7 @@ func (v validating) Reply(req *dns.Msg, local netip.AddrPort) *dns.Msg {
 // never had AD.
 func TestAutopathKeepsAD(t *testing.T) {
 	ss := startSlowServerWith(t, Options{Autopath: true}, &model.Snapshot{}, validating{dnstest.ZoneOf(t,
-		"db.corp.internal. 300 IN A 192.0.2.10")})
+		"db.corp.internal. 300 IN A 198.51.100.210")})
 	for _, tc := range []struct {
 		client       string
 		do, ad, want bool

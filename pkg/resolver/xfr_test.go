@@ -21,8 +21,8 @@ func startTransferUpstream(t *testing.T) (netip.AddrPort, *atomic.Int64) {
 	var asked atomic.Int64
 	rrs := dnstest.RRs(t,
 		"zone.example. 300 IN SOA ns.zone.example. hostmaster.zone.example. 7 7200 1800 86400 300",
-		"a.zone.example. 300 IN A 192.0.2.1",
-		"b.zone.example. 300 IN A 192.0.2.2",
+		"a.zone.example. 300 IN A 198.51.100.1",
+		"b.zone.example. 300 IN A 198.51.100.2",
 	)
 	handler := dns.HandlerFunc(func(w dns.ResponseWriter, req *dns.Msg) {
 		asked.Add(1)

@@ -22,7 +22,7 @@ import (
 const (
 	plainAddr     = dnstest.NoSubnetAddr
 	subnetAddr    = dnstest.SubnetAddr
-	nonRecursAddr = "192.0.2.66"
+	nonRecursAddr = "198.51.100.66"
 )
 
 // pickyUpstream is a UDP upstream that answers as a miekg-based server
