@@ -17,7 +17,7 @@ import (
 // servers on the node, answering direct4/direct6 themselves. Each is next
 // to a listed address, so a mask one bit too short would take it in.
 var (
-	unlisted4 = netip.MustParseAddr("203.0.113.54")  // nowhere4 is 203.0.113.53/32
+	unlisted4 = netip.MustParseAddr("203.0.113.54")  // between 203.0.113.53/32 and 203.0.113.56/29
 	unlisted6 = netip.MustParseAddr("2001:db8::153") // nowhere6 is in 2001:db8::/120
 )
 
@@ -32,9 +32,12 @@ var (
 func TestCaptureNameservers(t *testing.T) {
 	t.Parallel()
 	musl := testenv.BuildMuslGetaddrinfo(t)
+	// nowhere4 matches only the last entry: the programs must look past a
+	// prefix that just misses it and one of the other family.
 	listed := []netip.Prefix{
-		netip.MustParsePrefix(nowhere4 + "/32"),
+		netip.MustParsePrefix("203.0.113.56/29"),
 		netip.MustParsePrefix("2001:db8::/120"),
+		netip.MustParsePrefix(nowhere4 + "/32"),
 	}
 
 	type target struct {
