@@ -16,7 +16,9 @@
  *    would answer a pod ztdns captured. A destination on the pod's own
  *    loopback or the unspecified address is left alone (is_local), and so
  *    are a DNS server's replies (from_dns_server) and a send to the peer
- *    of a socket connected before the pod was captured (to_own_peer4/6);
+ *    of a socket connected before the pod was captured (to_own_peer4/6).
+ *    When the agent lists the nameservers to capture (capture_only), a
+ *    destination outside them is left alone too (is_listed);
  *  - recvmsg4/6 (UDP replies) and getpeername4/6 (connected sockets) rewrite
  *    a source / peer that is a resolver slot address back to what that
  *    socket addressed through the slot, so the stub resolver accepts the
@@ -269,6 +271,52 @@ static __always_inline bool is_local(const struct endpoint *dst)
 	       (w[3] == 0 || w[3] == bpf_htonl(1));
 }
 
+/* Whether dst lies inside p: the prefix's first len bits equal dst's. Both
+ * addresses are compared as four 32-bit words in network order, each masked
+ * to the bits of the prefix it holds. The loop has a constant bound, so
+ * clang unrolls it and the verifier sees straight-line code. */
+static __always_inline bool in_prefix(const struct capture_prefix *p,
+				      const struct endpoint *dst)
+{
+	const __u32 *a = words(dst), *b = (const __u32 *)p->addr;
+	int bits = p->len;
+
+	if (p->family != dst->family)
+		return false;
+	for (int i = 0; i < 4; i++) {
+		__u32 mask;
+
+		if (bits <= 0)
+			break;
+		mask = bits >= 32 ? 0xffffffff : bpf_htonl(~0U << (32 - bits));
+		if ((a[i] ^ b[i]) & mask)
+			return false;
+		bits -= 32;
+	}
+	return true;
+}
+
+/* Whether dst is a nameserver the agent was told to capture: any
+ * destination when capture_only is empty (its first entry unused), else one
+ * inside a listed prefix. The list ends at its first unused entry; both
+ * loops are bounded by constants, at most ZTDNS_MAX_CAPTURE_PREFIXES * 4
+ * word compares, which the verifier accepts as is. */
+static __always_inline bool is_listed(const struct redirect_config *cfg,
+				      const struct endpoint *dst)
+{
+	if (cfg->capture_only[0].family == 0)
+		return true;
+	for (int i = 0; i < ZTDNS_MAX_CAPTURE_PREFIXES; i++) {
+		const struct capture_prefix *p = &cfg->capture_only[i];
+
+		if (p->family == 0)
+			break;
+		if (in_prefix(p, dst))
+			return true;
+	}
+	return false;
+}
+
 /* Marks a slot busy as of now, at most once per ZTDNS_SLOT_TOUCH_NS: a write
  * per query would bounce the value's cache line between CPUs, and idleness
  * is judged in tens of seconds. */
@@ -427,6 +475,14 @@ pick_resolver(struct bpf_sock_addr *ctx, const struct endpoint *dst)
 	if (resolvers[0].family == 0) {
 		/* The agent listens on no address of this family. */
 		COUNT(cnt, skipped_no_resolver);
+		return NULL;
+	}
+	if (!is_listed(cfg, dst)) {
+		/* Not a nameserver the node captures (--capture-nameservers):
+		 * neither redirected nor learned, so the query leaves the pod
+		 * as it would without ztdns, under the pod's own network
+		 * policy, instead of being forwarded from the node's. */
+		COUNT(cnt, skipped_not_listed);
 		return NULL;
 	}
 

@@ -112,6 +112,22 @@ struct socket_destinations {
  * agent starts. */
 #define ZTDNS_CONFIG_COPIES 2
 
+/* At most this many nameserver prefixes in redirect_config.capture_only:
+ * a node has one cluster DNS address per family and maybe a node-local
+ * cache's, so 8 leaves room, and a fixed bound keeps the match loop short
+ * and verifiable. */
+#define ZTDNS_MAX_CAPTURE_PREFIXES 8
+
+/* A nameserver prefix (CIDR). addr has the layout of struct endpoint's:
+ * IPv4 in the first 4 bytes, then zeros; IPv6 all 16. Bits past len are
+ * zero (the agent masks them). */
+struct capture_prefix {
+	__u8 addr[16];
+	__u8 family;	/* ZTDNS_AF_INET, ZTDNS_AF_INET6, or 0 for "unused" */
+	__u8 len;	/* prefix length: 0..32 (IPv4), 0..128 (IPv6) */
+	__u8 pad[2];	/* always zero */
+} __attribute__((aligned(4)));
+
 struct redirect_config {
 	/* Where slot i is redirected: resolver4[i] for IPv4 and IPv4-mapped
 	 * destinations (written as ::ffff:a.b.c.d in the IPv6 hooks),
@@ -121,6 +137,12 @@ struct redirect_config {
 	struct endpoint resolver6[ZTDNS_SLOTS];
 	/* Redirect only while the heartbeat is at most this old (fail open). */
 	__u64 stale_after_ns;
+	/* When capture_only[0].family is not 0, only destinations inside one
+	 * of these prefixes (entries up to the first unused one) are
+	 * redirected; a query to any other address is left alone and goes
+	 * out under the pod's own network policy. All unused: every
+	 * destination is redirected. */
+	struct capture_prefix capture_only[ZTDNS_MAX_CAPTURE_PREFIXES];
 };
 
 /* config_index (array, 1 entry): the config entry the programs read. A
@@ -156,6 +178,7 @@ struct node_counters {
 	__u64 nameserver_replaced; /* a new destination took an idle slot */
 	__u64 nameserver_failed; /* the nameservers map refused an update */
 	__u64 socket_storage_failed; /* left alone: no socket storage */
+	__u64 skipped_not_listed; /* left alone: destination not in capture_only */
 };
 
 #endif /* ZTDNS_H */

@@ -105,6 +105,9 @@ directory of YAML manifests (--config-dir).`,
 	procRoot := fs.String("proc-root", "/proc", "the node's proc filesystem `DIR`, where running pods' network namespaces are found: the node's /proc mounted into the agent's container (e.g. /host/proc) when it runs without hostPID")
 	iface := fs.String("interface", redirect.DefaultInterface, "interface that carries the resolver's addresses")
 	capturePort := fs.Uint("capture-port", redirect.DefaultPort, "`PORT` of the resolver's slot addresses, where captured queries go; not 53, so that istio-cni's in-pod DNS rules never take them (see README)")
+	captureNameservers := &prefixList{}
+	fs.Var(captureNameservers, "capture-nameservers", fmt.Sprintf("capture only queries to these nameserver `CIDR`s (a bare address is /32 or /128), at most %d, repeatable or comma-separated: e.g. the cluster DNS Service IP and NodeLocal DNSCache's address; a pod's queries to any other nameserver are left alone, under its own NetworkPolicy (default: every destination on port 53, forwarded from the node to what the pod addressed)",
+		redirect.MaxCaptureNameservers))
 	stale := fs.Duration("heartbeat-stale", redirect.DefaultStaleAfter, "stop redirecting (fail open) when the agent has been silent this long")
 	dnsCaptureDefault := fs.Bool("dns-capture-default", true, "capture every ambient pod's DNS (values.cni.ambient.dnsCapture); when false only pods annotated ztdns.io/dns-capture: \"true\" (see README)")
 	excludeNamespaces := fs.StringSlice("exclude-namespaces", []string{"kube-system"}, "`NAMESPACES`, comma-separated, whose pods are never captured, whatever their labels: istio-cni's excludeNamespaces, whose pods Istio never enrolls (empty: none)")
@@ -143,6 +146,9 @@ directory of YAML manifests (--config-dir).`,
 		// it is written, not when capture is next turned on.
 		if *capturePort == 0 || *capturePort > 65535 {
 			return usagef("--capture-port %d: want 1-65535", *capturePort)
+		}
+		if n := len(captureNameservers.prefixes); n > redirect.MaxCaptureNameservers {
+			return usagef("--capture-nameservers: %d CIDRs, want at most %d", n, redirect.MaxCaptureNameservers)
 		}
 		// agent.Run refuses them too; here they are usage errors in the
 		// flags' own terms. --inflight-bytes takes no 0 (byteSize.Set).
@@ -202,7 +208,8 @@ directory of YAML manifests (--config-dir).`,
 		}
 		var captureCfg *agent.CaptureConfig
 		if *capture {
-			captureCfg = &agent.CaptureConfig{BPFFS: *bpffs, RequireBPFFS: !*mountBPFFS, Cgroup: *cgroup, Interface: *iface, StaleAfter: *stale, StateDir: *stateDir, Port: uint16(*capturePort)}
+			captureCfg = &agent.CaptureConfig{BPFFS: *bpffs, RequireBPFFS: !*mountBPFFS, Cgroup: *cgroup, Interface: *iface, StaleAfter: *stale, StateDir: *stateDir, Port: uint16(*capturePort),
+				Nameservers: captureNameservers.prefixes}
 		}
 		ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 		defer stop()

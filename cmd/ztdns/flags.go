@@ -62,6 +62,59 @@ func parseAddrPort(s string, defaultPort uint16) (netip.AddrPort, error) {
 	return netip.AddrPortFrom(a.Unmap(), defaultPort), nil
 }
 
+// prefixList is a repeatable, comma-separated flag of address prefixes; a
+// bare address is a prefix of its full length (/32, /128).
+type prefixList struct {
+	prefixes []netip.Prefix
+}
+
+func (l *prefixList) String() string {
+	var s []string
+	for _, p := range l.prefixes {
+		s = append(s, p.String())
+	}
+	return strings.Join(s, ",")
+}
+
+// Type names the value in --help.
+func (l *prefixList) Type() string { return "cidrs" }
+
+func (l *prefixList) Set(v string) error {
+	for _, part := range strings.Split(v, ",") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue
+		}
+		p, err := parsePrefix(part)
+		if err != nil {
+			return err
+		}
+		l.prefixes = append(l.prefixes, p)
+	}
+	return nil
+}
+
+// parsePrefix takes a CIDR or a bare address. A CIDR with bits set past its
+// length is refused rather than masked: 10.96.0.10/16 is more likely a typo
+// for 10.96.0.10/32 than a wish for all of 10.96.0.0/16.
+func parsePrefix(s string) (netip.Prefix, error) {
+	if !strings.Contains(s, "/") {
+		a, err := netip.ParseAddr(s)
+		if err != nil || a.Zone() != "" {
+			return netip.Prefix{}, fmt.Errorf("%q is not an address or CIDR", s)
+		}
+		return netip.PrefixFrom(a, a.BitLen()), nil
+	}
+	p, err := netip.ParsePrefix(s)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("%q is not an address or CIDR", s)
+	}
+	if m := p.Masked(); m != p {
+		return netip.Prefix{}, fmt.Errorf("%q has bits set past /%d: give %s, or the address alone", s, p.Bits(), m)
+	}
+	return p, nil
+}
+
 // byteSize is a flag of bytes in Kubernetes quantity form: 4Mi, 512Ki,
 // 1048576. zero allows 0 (for a bound 0 turns off).
 type byteSize struct {

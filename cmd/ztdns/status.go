@@ -51,6 +51,9 @@ func statusTable(w io.Writer, st control.Status, wide bool) {
 	line("Names", fmt.Sprint(st.Names))
 	line("Pods", fmt.Sprint(st.Pods))
 	line("Capture", onOff(st.Capture))
+	if len(st.CaptureNameservers) > 0 {
+		line("Capture only", strings.Join(st.CaptureNameservers, ", "))
+	}
 	line("Listen", strings.Join(st.Listen, ", "))
 	line("Upstreams", strings.Join(st.Upstreams, ", "))
 	if st.VIPs != "" {

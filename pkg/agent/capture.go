@@ -38,6 +38,12 @@ type CaptureConfig struct {
 	// (redirect.DefaultPort). Anything but 53 keeps them clear of
 	// istio-cni's in-pod DNS rules, which match destination port 53.
 	Port uint16
+	// Nameservers, when not empty, limits capture to queries addressed to
+	// these prefixes (at most redirect.MaxCaptureNameservers): a pod's query
+	// to any other nameserver is left alone and leaves the pod under its own
+	// NetworkPolicy, instead of being forwarded from the node's network
+	// namespace. Empty: every destination on port 53.
+	Nameservers []netip.Prefix
 }
 
 // heartbeatEvery is how often the agent proves it is alive; a third of the
@@ -133,6 +139,7 @@ func newDataplane(cfg CaptureConfig, ctl capture.Config, namespaces capture.Name
 	log.Info("resolver addresses ready", "interface", cfg.Interface, "kind", kind, "addresses", prefixes)
 	c.r, err = redirect.Load(redirect.Config{
 		BPFFS: cfg.BPFFS, RequireBPFFS: cfg.RequireBPFFS, CgroupPath: cfg.Cgroup, Resolver4: r4, Resolver6: r6, StaleAfter: cfg.StaleAfter, Logger: log,
+		CaptureNameservers: cfg.Nameservers,
 	})
 	if err != nil {
 		return nil, err

@@ -71,6 +71,11 @@ func (a *Agent) status() control.Status {
 		st.Ready = true
 	}
 	st.Capture = a.capture != nil
+	if a.capture != nil {
+		for _, p := range a.capture.cfg.Nameservers {
+			st.CaptureNameservers = append(st.CaptureNameservers, p.String())
+		}
+	}
 	for _, l := range a.addrs {
 		st.Listen = append(st.Listen, l.String())
 	}

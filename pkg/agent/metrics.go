@@ -106,7 +106,7 @@ func (c captureCollector) Collect(ch chan<- prometheus.Metric) {
 			"skipped_paused": n.SkippedPaused, "skipped_no_resolver": n.SkippedNoResolver,
 			"skipped_slots_full": n.SkippedSlotsFull, "skipped_local": n.SkippedLocal, "nameserver_learned": n.NameserverLearned,
 			"nameserver_replaced": n.NameserverReplaced, "nameserver_failed": n.NameserverFailed,
-			"socket_storage_failed": n.SocketStorageFailed,
+			"socket_storage_failed": n.SocketStorageFailed, "skipped_not_listed": n.SkippedNotListed,
 		} {
 			ch <- prometheus.MustNewConstMetric(captureDesc, prometheus.CounterValue, float64(v), event)
 		}

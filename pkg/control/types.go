@@ -18,13 +18,16 @@ import (
 
 // Status is what `ztdns status` prints (GET RouteStatus).
 type Status struct {
-	Ready     bool     `json:"ready"`
-	NotReady  string   `json:"notReady,omitempty"`
-	Names     int      `json:"names"`
-	Pods      int      `json:"pods"`
-	Listen    []string `json:"listen"`
-	Capture   bool     `json:"capture"`
-	Upstreams []string `json:"upstreams"`
+	Ready    bool     `json:"ready"`
+	NotReady string   `json:"notReady,omitempty"`
+	Names    int      `json:"names"`
+	Pods     int      `json:"pods"`
+	Listen   []string `json:"listen"`
+	Capture  bool     `json:"capture"`
+	// CaptureNameservers are the only nameservers captured
+	// (--capture-nameservers); empty: every destination.
+	CaptureNameservers []string `json:"captureNameservers,omitempty"`
+	Upstreams          []string `json:"upstreams"`
 	// VIPs says where ServiceEntry VIPs come from now (--vip-source).
 	VIPs string `json:"vips,omitempty"`
 	// Warnings are objects left out of the name table (at most

@@ -39,6 +39,14 @@ func TestConfigValidate(t *testing.T) {
 		{name: "no port", cfg: Config{Resolver4: with4(1, ap("169.254.20.99:0"))}, wantErr: "has no port"},
 		{name: "duplicate", cfg: Config{Resolver4: with4(1, r4[0])}, wantErr: "used by two slots"},
 		{name: "negative staleness", cfg: Config{Resolver4: r4, StaleAfter: -1}, wantErr: "negative"},
+		{name: "capture nameservers", cfg: Config{Resolver4: r4, CaptureNameservers: prefixes("10.96.0.10/32", "169.254.20.10/32", "fd00:10:96::/112", "::ffff:10.0.0.0/104")}},
+		{name: "capture nameservers, the most", cfg: Config{Resolver4: r4, CaptureNameservers: prefixes(
+			"10.0.0.1/32", "10.0.0.2/32", "10.0.0.3/32", "10.0.0.4/32", "10.0.0.5/32", "10.0.0.6/32", "10.0.0.7/32", "10.0.0.8/32")}},
+		{name: "capture nameservers, too many", cfg: Config{Resolver4: r4, CaptureNameservers: prefixes(
+			"10.0.0.1/32", "10.0.0.2/32", "10.0.0.3/32", "10.0.0.4/32", "10.0.0.5/32", "10.0.0.6/32", "10.0.0.7/32", "10.0.0.8/32", "10.0.0.9/32")},
+			wantErr: "at most 8"},
+		{name: "capture nameserver not masked", cfg: Config{Resolver4: r4, CaptureNameservers: prefixes("10.96.0.10/16")}, wantErr: "bits set past /16"},
+		{name: "capture nameserver invalid", cfg: Config{Resolver4: r4, CaptureNameservers: []netip.Prefix{{}}}, wantErr: "not valid"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -50,6 +58,33 @@ func TestConfigValidate(t *testing.T) {
 				t.Errorf("validate() = %v, want an error containing %q", err, tt.wantErr)
 			}
 		})
+	}
+}
+
+func prefixes(ss ...string) []netip.Prefix {
+	var out []netip.Prefix
+	for _, s := range ss {
+		out = append(out, netip.MustParsePrefix(s))
+	}
+	return out
+}
+
+// TestCapturePrefixLayout: prefixes are stored as the programs compare
+// them, IPv4-mapped ones as IPv4, since the programs see an IPv4-mapped
+// destination as IPv4.
+func TestCapturePrefixLayout(t *testing.T) {
+	tests := []struct {
+		prefix string
+		want   ztdnsCapturePrefix
+	}{
+		{"10.96.0.10/32", ztdnsCapturePrefix{Addr: [16]byte{10, 96, 0, 10}, Family: afInet, Len: 32}},
+		{"::ffff:10.96.0.0/112", ztdnsCapturePrefix{Addr: [16]byte{10, 96}, Family: afInet, Len: 16}},
+		{"fd00::/8", ztdnsCapturePrefix{Addr: [16]byte{0xfd}, Family: afInet6, Len: 8}},
+	}
+	for _, tt := range tests {
+		if got := capturePrefixFrom(netip.MustParsePrefix(tt.prefix)); got != tt.want {
+			t.Errorf("capturePrefixFrom(%s) = %+v, want %+v", tt.prefix, got, tt.want)
+		}
 	}
 }
 

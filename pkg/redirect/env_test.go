@@ -56,6 +56,8 @@ type envOptions struct {
 	staleAfter time.Duration // 0: DefaultStaleAfter
 	manualBeat bool          // no background heartbeat
 	answer     dnstest.Answerer
+	// captureOnly is Config.CaptureNameservers (nil: every destination).
+	captureOnly []netip.Prefix
 }
 
 func newCaptureEnv(tb testing.TB, opts envOptions) *captureEnv {
@@ -85,6 +87,8 @@ func newCaptureEnv(tb testing.TB, opts envOptions) *captureEnv {
 		Resolver6:  DefaultResolver6(),
 		StaleAfter: opts.staleAfter,
 		Logger:     testLogger(tb),
+
+		CaptureNameservers: opts.captureOnly,
 	}
 	e.r = mustLoad(tb, e.cfg)
 	if !opts.manualBeat {

@@ -355,10 +355,10 @@ func TestBPFToolShowsFieldNames(t *testing.T) {
 	}{
 		{ztdnsMapPods, []string{`"netns_cookie": ` + strconv.FormatUint(cookie, 10), `"flags"`, `"ipv4"`, `"ipv6"`, `"redirected"`, `"restored"`, `"skipped_stale"`}},
 		{ztdnsMapNameservers, []string{`"netns_cookie"`, `"slot"`, `"server"`, `"addr"`, `"port": 53`, `"family": 2`, `"last_used_ns"`}},
-		{ztdnsMapConfig, []string{`"resolver4"`, `"resolver6"`, `"stale_after_ns"`}},
+		{ztdnsMapConfig, []string{`"resolver4"`, `"resolver6"`, `"stale_after_ns"`, `"capture_only"`}},
 		{ztdnsMapConfigIndex, []string{`"index"`}},
 		{ztdnsMapHeartbeat, []string{`"mono_ns"`}},
-		{ztdnsMapCounters, []string{`"redirected"`, `"restored"`, `"skipped_stale"`}},
+		{ztdnsMapCounters, []string{`"redirected"`, `"restored"`, `"skipped_stale"`, `"skipped_not_listed"`}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.pin, func(t *testing.T) {

@@ -72,6 +72,7 @@ type Counters struct {
 	NameserverReplaced  uint64 // a destination took an idle slot
 	NameserverFailed    uint64 // the nameservers map refused an update
 	SocketStorageFailed uint64 // not redirected: no socket storage to restore from
+	SkippedNotListed    uint64 // not redirected: destination outside Config.CaptureNameservers
 }
 
 func endpointFrom(ap netip.AddrPort) ztdnsEndpoint {
@@ -92,6 +93,26 @@ func endpointFrom(ap netip.AddrPort) ztdnsEndpoint {
 	return ep
 }
 
+// capturePrefixFrom stores p as the programs match it: IPv4-mapped prefixes
+// as IPv4, since the programs see a v4-mapped destination as IPv4.
+func capturePrefixFrom(p netip.Prefix) ztdnsCapturePrefix {
+	var cp ztdnsCapturePrefix
+	a, bits := p.Addr(), p.Bits()
+	if a.Is4In6() {
+		a, bits = a.Unmap(), bits-96
+	}
+	if a.Is4() {
+		b := a.As4()
+		copy(cp.Addr[:], b[:])
+		cp.Family = afInet
+	} else {
+		cp.Addr = a.As16()
+		cp.Family = afInet6
+	}
+	cp.Len = uint8(bits)
+	return cp
+}
+
 func (ep ztdnsEndpoint) addrPort() (netip.AddrPort, bool) {
 	switch ep.Family {
 	case afInet:
@@ -102,9 +123,10 @@ func (ep ztdnsEndpoint) addrPort() (netip.AddrPort, bool) {
 	return netip.AddrPort{}, false
 }
 
-// writeConfig stores the resolver addresses and the staleness bound, when
-// they changed. An array map update copies over the value in place, and
-// programs read the config all the time: a changed config is written whole
+// writeConfig stores the resolver addresses, the staleness bound and the
+// nameservers to capture, when they changed. An array map update copies
+// over the value in place, and programs read the config all the time: a
+// changed config is written whole
 // into the config entry the programs do not read, and config_index then
 // switches them to it (see struct active_config in bpf/ztdns.h). An
 // unchanged one is not written at all.
@@ -115,6 +137,9 @@ func (r *Redirector) writeConfig() error {
 		want.Resolver6[i] = endpointFrom(r.cfg.Resolver6[i])
 	}
 	want.StaleAfterNs = uint64(r.cfg.StaleAfter.Nanoseconds())
+	for i, p := range r.cfg.CaptureNameservers {
+		want.CaptureOnly[i] = capturePrefixFrom(p)
+	}
 
 	var active ztdnsActiveConfig
 	if err := r.objs.ConfigIndex.Lookup(uint32(0), &active); err != nil {
@@ -336,6 +361,7 @@ func (r *Redirector) Counters() (Counters, error) {
 		c.NameserverReplaced += v.NameserverReplaced
 		c.NameserverFailed += v.NameserverFailed
 		c.SocketStorageFailed += v.SocketStorageFailed
+		c.SkippedNotListed += v.SkippedNotListed
 	}
 	return c, nil
 }

@@ -35,6 +35,12 @@ const Slots = 3
 // The generated config has exactly Slots resolvers per family (ZTDNS_SLOTS).
 var _ [Slots]ztdnsEndpoint = ztdnsRedirectConfig{}.Resolver4
 
+// MaxCaptureNameservers is how many prefixes Config.CaptureNameservers may
+// hold (ZTDNS_MAX_CAPTURE_PREFIXES).
+const MaxCaptureNameservers = 8
+
+var _ [MaxCaptureNameservers]ztdnsCapturePrefix = ztdnsRedirectConfig{}.CaptureOnly
+
 const (
 	// DefaultBPFFS is where maps and links are pinned.
 	DefaultBPFFS = "/sys/fs/bpf/ztdns"
@@ -98,6 +104,12 @@ type Config struct {
 	Resolver6 [Slots]netip.AddrPort
 	// StaleAfter bounds the heartbeat's age (default DefaultStaleAfter).
 	StaleAfter time.Duration
+	// CaptureNameservers, when not empty, limits capture to queries whose
+	// destination is inside one of these prefixes (at most
+	// MaxCaptureNameservers, masked, IPv4-mapped ones count as IPv4): a
+	// query to any other nameserver is left alone and leaves the pod under
+	// its own network policy. Empty: every destination on port 53.
+	CaptureNameservers []netip.Prefix
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 }
@@ -139,6 +151,25 @@ func (c Config) validate() error {
 	}
 	if c.Resolver4 == ([Slots]netip.AddrPort{}) && c.Resolver6 == ([Slots]netip.AddrPort{}) {
 		return errors.New("no resolver address configured")
+	}
+	return ValidateCaptureNameservers(c.CaptureNameservers)
+}
+
+// ValidateCaptureNameservers checks a Config.CaptureNameservers list: at
+// most MaxCaptureNameservers prefixes, each valid and masked (no bits set
+// past its length), so that what the programs match is what the operator
+// wrote. (A masked IPv4-mapped prefix is at least /96: its ffff is set.)
+func ValidateCaptureNameservers(ps []netip.Prefix) error {
+	if len(ps) > MaxCaptureNameservers {
+		return fmt.Errorf("%d capture nameserver prefixes, at most %d are supported", len(ps), MaxCaptureNameservers)
+	}
+	for _, p := range ps {
+		switch {
+		case !p.IsValid():
+			return fmt.Errorf("capture nameserver prefix %s is not valid", p)
+		case p.Masked() != p:
+			return fmt.Errorf("capture nameserver prefix %s has bits set past /%d (%s)", p, p.Bits(), p.Masked())
+		}
 	}
 	return nil
 }

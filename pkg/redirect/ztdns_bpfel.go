@@ -23,6 +23,14 @@ type ztdnsAgentHeartbeat struct {
 	MonoNs uint64
 }
 
+type ztdnsCapturePrefix struct {
+	_      structs.HostLayout
+	Addr   [16]uint8
+	Family uint8
+	Len    uint8
+	Pad    [2]uint8
+}
+
 type ztdnsEndpoint struct {
 	_      structs.HostLayout
 	Addr   [16]uint8
@@ -58,6 +66,7 @@ type ztdnsNodeCounters struct {
 	NameserverReplaced  uint64
 	NameserverFailed    uint64
 	SocketStorageFailed uint64
+	SkippedNotListed    uint64
 }
 
 type ztdnsPodInfo struct {
@@ -80,6 +89,7 @@ type ztdnsRedirectConfig struct {
 	Resolver4    [3]ztdnsEndpoint
 	Resolver6    [3]ztdnsEndpoint
 	StaleAfterNs uint64
+	CaptureOnly  [8]ztdnsCapturePrefix
 }
 
 type ztdnsSocketDestinations struct {

@@ -217,6 +217,21 @@ func TestChartAgent(t *testing.T) {
 			pod:   defaultPod(),
 		},
 		{
+			name:  "capture only the listed nameservers",
+			sets:  []string{"capture.nameservers={10.96.0.10,169.254.20.10,fd00:10:96::/112}"},
+			kinds: defaultKinds,
+			pod: defaultPod().change(func(w *podWant) {
+				i := slices.Index(w.args, "--capture-port=10053")
+				w.args = slices.Insert(slices.Clone(w.args), i+1, "--capture-nameservers=10.96.0.10,169.254.20.10,fd00:10:96::/112")
+			}),
+		},
+		{
+			name:  "capture nameservers absent: every destination",
+			sets:  []string{"capture.nameservers=null"},
+			kinds: defaultKinds,
+			pod:   defaultPod(),
+		},
+		{
 			name:  "capture disabled: only serving, with no privileges but the port",
 			sets:  []string{"capture.enabled=false"},
 			kinds: defaultKinds,
@@ -764,6 +779,7 @@ func TestChartRejectsBadValues(t *testing.T) {
 		{"no resolver address", "resolver.listen=null", "/resolver"},
 		{"misspelt value", "capture.enable=false", "/capture"},
 		{"capture port 53: istio-cni's in-pod rules would take the queries", "capture.port=53", "/capture/port"},
+		{"more capture nameservers than the agent takes", "capture.nameservers={10.0.0.1,10.0.0.2,10.0.0.3,10.0.0.4,10.0.0.5,10.0.0.6,10.0.0.7,10.0.0.8,10.0.0.9}", "/capture/nameservers"},
 		{"unknown VIP source", "resolver.vipSource=kube", "/resolver/vipSource"},
 		{"unknown log format", "logFormat=xml", "/logFormat"},
 		{"relative netns dir", "cni.netnsDir=run/netns", "/cni/netnsDir"},
@@ -791,6 +807,7 @@ func TestChartLint(t *testing.T) {
 	}{
 		{"defaults", nil},
 		{"capture disabled", []string{"capture.enabled=false"}},
+		{"capture nameservers", []string{"capture.nameservers={10.96.0.10,fd00:10:96::a}"}},
 		{"DNS capture switch off", []string{"cni.ambient.dnsCapture=false"}},
 		{"ServiceMonitor on", []string{"metrics.serviceMonitor.enabled=true"}},
 		{"cleanup mode", []string{"mode=cleanup"}},

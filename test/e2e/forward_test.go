@@ -68,3 +68,56 @@ func TestMissGoesToPodNameserver(t *testing.T) {
 		t.Errorf("the agent's --upstream %s was asked for %s by %v; misses must go to the pod's nameserver", agentUpstream, whoHost, askers)
 	}
 }
+
+// TestCaptureNameserversLeavesOthersAlone: with --capture-nameservers, a
+// marked pod's query to a listed nameserver still goes through ztdns (the
+// agent asks it), while a query to any other nameserver is left to the pod:
+// that nameserver answers it, asked by the pod's own address, so the pod's
+// NetworkPolicy, not the node's reach, decides whether it gets through.
+func TestCaptureNameserversLeavesOthersAlone(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t)
+	listed, unlisted := podNameserver1, podNameserver2
+	markers := map[string]netip.Addr{
+		listed:   netip.MustParseAddr("203.0.113.1"),
+		unlisted: netip.MustParseAddr("203.0.113.2"),
+	}
+	servers := map[string]*dnstest.Server{
+		listed:   c.serve(t, listed, markers[listed]),
+		unlisted: c.serve(t, unlisted, markers[unlisted]),
+	}
+	const metricsAddr = "127.0.0.1:19153" // inside the node namespace
+	a := testenv.StartAgent(t, c.node, c.bin, append(c.agentArgs(), "--capture-nameservers", listed, "--metrics", metricsAddr)...)
+	c.waitReady(t, a)
+	if got, want := c.status(t).CaptureNameservers, []string{listed + "/32"}; !slices.Equal(got, want) {
+		t.Errorf("ztdns status: capture nameservers %v, want %v", got, want)
+	}
+	p := c.markedPod(t, "pod-a", listed)
+
+	for _, ns := range []string{listed, unlisted} {
+		for _, proto := range []string{"+notcp", "+tcp"} {
+			got, err := c.dig(t, p, proto, "@"+ns, whoHost)
+			if err != nil {
+				t.Fatalf("dig @%s: %v", ns, err)
+			}
+			if want := markers[ns]; !slices.Equal(got, []netip.Addr{want}) {
+				t.Errorf("dig %s @%s %s = %v, want %s from that nameserver", proto, ns, whoHost, got, want)
+			}
+		}
+	}
+
+	byPod := func(askers []netip.Addr) bool {
+		return slices.Contains(askers, p.IPv4) || slices.Contains(askers, p.IPv6)
+	}
+	if askers := askersOf(servers[listed], whoHost); len(askers) == 0 || byPod(askers) {
+		t.Errorf("listed nameserver %s was asked by %v, want the agent (the pod's query redirected to ztdns)", listed, askers)
+	}
+	notPod := func(a netip.Addr) bool { return a != p.IPv4 && a != p.IPv6 }
+	if askers := askersOf(servers[unlisted], whoHost); len(askers) != 2 || slices.ContainsFunc(askers, notPod) {
+		t.Errorf("unlisted nameserver %s was asked by %v, want the pod itself (%s), once over each transport", unlisted, askers, p.IPv4)
+	}
+	series := `ztdns_capture_events_total{event="skipped_not_listed"}`
+	if n := scrapeMetrics(t, c, metricsAddr).values[series]; n < 2 {
+		t.Errorf("/metrics: %s = %v, want at least 2 (one query over each transport)", series, n)
+	}
+}
