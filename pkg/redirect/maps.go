@@ -53,8 +53,8 @@ type MarkedPod struct {
 // LearnedNameserver is a destination the programs learned for a slot.
 type LearnedNameserver struct {
 	Addr netip.AddrPort
-	// Idle is how long ago a query or a restored reply last went through
-	// the slot; after 30 s (ZTDNS_SLOT_IDLE_NS) the slot may be given to
+	// Idle is how long ago a query, a restored reply or a getpeername
+	// last went through the slot; after 30 s (ZTDNS_SLOT_IDLE_NS) the slot may be given to
 	// another destination.
 	Idle time.Duration
 }
