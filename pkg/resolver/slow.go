@@ -238,7 +238,7 @@ func (q *slowQuery) chase(ctx context.Context, reply *dns.Msg, res table.Result,
 // not: as CoreDNS does, only NXDOMAIN moves on to the next candidate, so that
 // one name is not NXDOMAIN for one type and a CNAME for another (RFC 8020
 // has caches deny every type below an NXDOMAIN). It returns nil to fall back
-// to forwarding the query as it is.
+// to forwarding the query as it is, as it does when a lookup fails.
 func (q *slowQuery) autopath(ctx context.Context, pod *podcache.Pod, tbl *table.Table) []byte {
 	if len(pod.Search) == 0 {
 		return nil
@@ -292,7 +292,13 @@ func (q *slowQuery) autopath(ctx context.Context, pod *podcache.Pod, tbl *table.
 			continue
 		}
 		up, err := q.lookupUpstream(ctx, cand, q.tcp)
-		if err == nil && up.Rcode == dns.RcodeSuccess {
+		switch {
+		case err != nil || up.Rcode != dns.RcodeSuccess && up.Rcode != dns.RcodeNameError:
+			// A failed lookup (SERVFAIL, refused for the pod's bytes, a
+			// timeout) says nothing of whether the candidate exists: a
+			// later one's answer would be wrong.
+			return nil
+		case up.Rcode == dns.RcodeSuccess:
 			return answerWith(cand, up)
 		}
 	}

@@ -230,8 +230,8 @@ func TestLookupsOverThePodsBytesAreCounted(t *testing.T) {
 	t.Cleanup(func() { b.Give(pod, perSource) })
 	for _, tc := range []struct{ what, name string }{
 		{"a CNAME chased", "out.ns1.svc.cluster.local."},
-		// Two lookups (corp.internal's candidate, the bare name), then
-		// the query forwarded as it is: three refusals.
+		// A lookup (corp.internal's candidate), then the query forwarded
+		// as it is: two refusals.
 		{"autopath", "gone.ns1.svc.cluster.local."},
 	} {
 		for _, proto := range []string{"udp", "tcp"} {
@@ -244,6 +244,45 @@ func TestLookupsOverThePodsBytesAreCounted(t *testing.T) {
 			if got := testutil.ToFloat64(metricQueries.forwardLimited) - limited; got != 1 {
 				t.Errorf("%s over %s: forward_limited rose by %v, want 1", tc.what, proto, got)
 			}
+		}
+	}
+}
+
+// TestAutopathStopsAtAFailedLookup: a candidate whose lookup fails (here
+// refused for the pod's bytes, a SERVFAIL of ztdns's own) says nothing of
+// whether it exists, so autopath's walk stops there and the query is
+// forwarded as it is (refused for the pod's bytes too: SERVFAIL), though a
+// later candidate's answer is in the cache. Before: the walk moved on, and
+// the pod got NXDOMAIN for a name that exists (db.corp.internal) or a
+// CNAME to the wrong one (web., not web.corp.internal).
+func TestAutopathStopsAtAFailedLookup(t *testing.T) {
+	const perSource = 16 << 10
+	b := quota.NewBudget(64<<10, perSource)
+	ss := startSlowServer(t, Options{Autopath: true, Limits: quota.Limits{QPS: -1}, Budget: b}, &model.Snapshot{},
+		"db.corp.internal. 300 IN A 198.51.100.210",
+		"web.corp.internal. 300 IN A 198.51.100.211",
+		"web. 300 IN A 198.51.100.212")
+	// The bare names, later candidates than corp.internal's, asked as
+	// they are while the pod's bytes are free: now in the cache.
+	for name, rcode := range map[string]int{"db.": dns.RcodeNameError, "web.": dns.RcodeSuccess} {
+		if r := ss.askType(t, "udp", name, dns.TypeA); r.Rcode != rcode {
+			t.Fatalf("%s with the pod's bytes free: %s, want %s", name, dns.RcodeToString[r.Rcode], dns.RcodeToString[rcode])
+		}
+	}
+	pod := ss.pods.Lookup(victimIP).Quota
+	if v := b.TryTake(pod, perSource); v != quota.Taken { // no upstream reply of the pod's fits now
+		t.Fatalf("could not take the pod's %d bytes: %d", perSource, v)
+	}
+	t.Cleanup(func() { b.Give(pod, perSource) })
+	// Over UDP: over TCP the reply's own hold would refuse any answer.
+	for _, name := range []string{"db.ns1.svc.cluster.local.", "web.ns1.svc.cluster.local."} {
+		limited := testutil.ToFloat64(metricQueries.forwardLimited)
+		r := ss.askType(t, "udp", name, dns.TypeA)
+		if rcode, answer, _ := replyText(r); r.Rcode != dns.RcodeServerFailure {
+			t.Errorf("%s, corp.internal's candidate refused for the pod's bytes: %s %v, want SERVFAIL", name, rcode, answer)
+		}
+		if got := testutil.ToFloat64(metricQueries.forwardLimited) - limited; got != 1 {
+			t.Errorf("%s: forward_limited rose by %v, want 1", name, got)
 		}
 	}
 }
