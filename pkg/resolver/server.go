@@ -66,9 +66,10 @@ type Pods interface {
 }
 
 // UpstreamFunc picks where a miss goes: the nameserver the pod addressed when
-// capture knows it, the configured upstreams otherwise. local is the resolver
-// address the query arrived on.
-type UpstreamFunc func(client, local netip.AddrPort) []netip.AddrPort
+// capture knows it (own), the configured upstreams otherwise. local is the
+// resolver address the query arrived on. A TCP connection keeps an own
+// answer for its life; a fallback, it asks again for its next forward.
+type UpstreamFunc func(client, local netip.AddrPort) (addrs []netip.AddrPort, own bool)
 
 // Defaults. README "Limits and protections" explains each bound.
 const (

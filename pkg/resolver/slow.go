@@ -351,12 +351,13 @@ func (q *slowQuery) upstreams() []netip.AddrPort {
 	if q.conn != nil {
 		return q.conn.get(q.s, q.src, q.local)
 	}
-	return q.s.upstreams(q.src, q.local)
+	addrs, _ := q.s.upstreams(q.src, q.local)
+	return addrs
 }
 
-func (s *Server) upstreams(src, local netip.AddrPort) []netip.AddrPort {
+func (s *Server) upstreams(src, local netip.AddrPort) ([]netip.AddrPort, bool) {
 	if s.opts.Upstreams == nil {
-		return nil
+		return nil, false
 	}
 	return s.opts.Upstreams(src, local)
 }

@@ -78,25 +78,27 @@ type tcpConn struct {
 	w  tcpWriter
 }
 
-// connUpstreams are where a TCP connection's misses go: those looked up
-// for its first forward, kept for its life. The pod opened it to one
-// nameserver; what capture says of the address later (its slot, idle as
-// capture sees it while the connection only sends, given to another
-// destination) is not about this connection. Looked up lazily: a
-// connection that never forwards pays nothing.
+// connUpstreams are where a TCP connection's misses go: the pod's own
+// nameserver, once a lookup found it, kept for the connection's life. The
+// pod opened it to one nameserver; what capture says of the address later
+// (its slot, idle as capture sees it while the connection only sends,
+// given to another destination) is not about this connection. Looked up
+// lazily: a connection that never forwards pays nothing.
 type connUpstreams struct {
-	addrs atomic.Pointer[[]netip.AddrPort] // nil until a lookup found some
+	addrs atomic.Pointer[[]netip.AddrPort] // nil until a lookup found the pod's
 }
 
-// get returns the connection's upstreams, looking them up for the
-// connection's first forward; of pipelined forwards racing, the first
-// stored wins. An empty lookup is not kept: the next forward looks again.
+// get returns the connection's upstreams, looking them up until a lookup
+// finds the pod's own nameserver; of pipelined forwards racing, the first
+// stored wins. A fallback (the configured upstreams: capture does not know
+// the pod's yet, after a restart, say) is used and not kept, or the
+// connection would keep the node's nameservers for life.
 func (u *connUpstreams) get(s *Server, src, local netip.AddrPort) []netip.AddrPort {
 	if p := u.addrs.Load(); p != nil {
 		return *p
 	}
-	addrs := s.upstreams(src, local)
-	if len(addrs) == 0 || u.addrs.CompareAndSwap(nil, &addrs) {
+	addrs, own := s.upstreams(src, local)
+	if !own || len(addrs) == 0 || u.addrs.CompareAndSwap(nil, &addrs) {
 		return addrs
 	}
 	return *u.addrs.Load()
