@@ -658,7 +658,7 @@ func (s *Server) slow(msg []byte, src, local netip.AddrPort, up *connUpstreams, 
 	fw.source = source
 	switch s.startForward(fw) {
 	case quota.OverSource: // its own bound, or its fair share of the node's
-		metricQueries.forwardLimited.Inc()
+		q.countLimited()
 		q.from = sourceNone
 		finish(dnswire.AppendErrorReply(nil, msg, &q.r, dnswire.RcodeServFail))
 		return
@@ -687,6 +687,7 @@ func (s *Server) slow(msg []byte, src, local netip.AddrPort, up *connUpstreams, 
 			// Ended for a source under its share, which has its slot:
 			// SERVFAIL, whatever its work got if it started (a CNAME
 			// chase cut short would answer NOERROR with no address).
+			q.countLimited()
 			q.from, q.upstream = sourceNone, netip.AddrPort{}
 			reply = dnswire.AppendErrorReply(nil, msg, &q.r, dnswire.RcodeServFail)
 		}

@@ -40,9 +40,11 @@ type slowQuery struct {
 	upstream netip.AddrPort
 	badVers  bool
 	pod      *podcache.Pod
-	// bytesRefused: an upstream reply of the query's was refused for the
-	// source's bytes, and counted.
-	bytesRefused bool
+	// limited: the query was counted forward_limited, once however many
+	// of its parts (lookups, forward, reply) were refused or ended for its
+	// source. bytesRefused: a reply of its was refused for the source's
+	// bytes, and counted in the source's bytesRefused.
+	limited, bytesRefused bool
 
 	// slot is its place among the forwards in flight while it holds one.
 	slot forwardSlot
@@ -105,13 +107,22 @@ func (q *slowQuery) answeredBy(o forward.Origin) {
 	case o.BytesRefused: // no upstream's reply: a SERVFAIL of ztdns's own
 		if !q.bytesRefused {
 			q.bytesRefused = true
-			metricQueries.forwardLimited.Inc()
 			q.slot.source.CountBytesRefused()
 		}
+		q.countLimited()
 	case !o.Cached:
 		q.from, q.upstream = sourceUpstream, o.Upstream
 	case q.from != sourceUpstream:
 		q.from, q.upstream = sourceCache, o.Upstream
+	}
+}
+
+// countLimited counts the query forward_limited, its source's doing:
+// once, whatever of it was refused or ended.
+func (q *slowQuery) countLimited() {
+	if !q.limited {
+		q.limited = true
+		metricQueries.forwardLimited.Inc()
 	}
 }
 

@@ -2,9 +2,11 @@ package resolver
 
 import (
 	"log/slog"
+	"net"
 	"net/netip"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -286,3 +288,72 @@ func TestAutopathStopsAtAFailedLookup(t *testing.T) {
 		}
 	}
 }
+
+// TestEndedForwardOfARefusedLookupCountedOnce: a query whose lookup was
+// refused for the pod's bytes (counted forward_limited) and whose forward
+// is then ended for a source under its share is one query refused:
+// forward_limited rises once for it. Before: twice, once more as its
+// forward was ended.
+func TestEndedForwardOfARefusedLookupCountedOnce(t *testing.T) {
+	const perSource = 16 << 10
+	b := quota.NewBudget(64<<10, perSource)
+	release := make(chan struct{})
+	// corp.internal's names are answered (and refused for the pod's
+	// bytes); any other query waits until the test ends.
+	marker := dnstest.Marker(netip.MustParseAddr("203.0.113.7"), netip.MustParseAddr("2001:db8::7"))
+	up := respondFunc(func(req *dns.Msg, local netip.AddrPort) *dns.Msg {
+		if !dns.IsSubDomain("corp.internal.", dns.CanonicalName(req.Question[0].Name)) {
+			<-release
+		}
+		return marker.Reply(req, local)
+	})
+	ss := startSlowServerWith(t, Options{Autopath: true, MaxInflight: 2, Limits: quota.Limits{QPS: -1, Forwarding: -1}, Budget: b}, &model.Snapshot{}, up)
+	t.Cleanup(func() { close(release) }) // before the upstream stops
+	pod := ss.pods.Lookup(victimIP).Quota
+	if v := b.TryTake(pod, perSource); v != quota.Taken { // no upstream reply of the pod's fits now
+		t.Fatalf("could not take the pod's %d bytes: %d", perSource, v)
+	}
+	t.Cleanup(func() { b.Give(pod, perSource) })
+
+	c, err := net.DialUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(victimIP, 0)), net.UDPAddrFromAddrPort(ss.addr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	limited, refused := testutil.ToFloat64(metricQueries.forwardLimited), ss.usage(victimIP).BytesRefused
+	// Both slots the pod's: each query's candidate (…corp.internal)
+	// refused for its bytes, then its forward, as it is, waiting.
+	for _, name := range []string{"a1.ns1.svc.cluster.local.", "a2.ns1.svc.cluster.local."} {
+		if _, err := c.Write(packQuery(t, name, dns.TypeA)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	testenv.Eventually(t, 10*time.Second, "both queries' lookups refused for the pod's bytes", func() bool {
+		return ss.usage(victimIP).BytesRefused-refused == 2
+	})
+	// Another source, holding nothing, gets a slot: the pod's oldest
+	// forward is ended for it.
+	if r := ss.ask(t, flooderIP, "udp", "other.corp.internal."); r == nil || r.Rcode != dns.RcodeSuccess {
+		t.Fatalf("the other source's forwarded query: %v, want NOERROR", r)
+	}
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	buf := make([]byte, 512)
+	n, err := c.Read(buf)
+	if err != nil {
+		t.Fatalf("no reply to the pod's ended forward: %v", err)
+	}
+	if r := dnstest.Unpack(t, buf[:n]); r.Rcode != dns.RcodeServerFailure {
+		t.Fatalf("the pod's ended forward: %s, want SERVFAIL", dns.RcodeToString[r.Rcode])
+	}
+	if got := testutil.ToFloat64(metricQueries.forwardLimited) - limited; got != 2 {
+		t.Errorf("forward_limited rose by %v, want 2: once for each query, the ended one too", got)
+	}
+	if u := ss.usage(victimIP); u.BytesRefused-refused != 2 || u.ForwardRefused != 1 {
+		t.Errorf("the pod's bytesRefused rose by %d and forwardRefused is %d, want 2 and 1", u.BytesRefused-refused, u.ForwardRefused)
+	}
+}
+
+// respondFunc is a dnstest.Responder made of a function.
+type respondFunc func(req *dns.Msg, local netip.AddrPort) *dns.Msg
+
+func (f respondFunc) Reply(req *dns.Msg, local netip.AddrPort) *dns.Msg { return f(req, local) }
