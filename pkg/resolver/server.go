@@ -653,7 +653,7 @@ func (s *Server) slow(msg []byte, src, local netip.AddrPort, up *connUpstreams, 
 		finish(reply)
 		return
 	}
-	_, source := s.sourceOf(src.Addr(), s.clock())
+	source := q.askingSource()
 	fw := &q.slot
 	fw.source = source
 	switch s.startForward(fw) {

@@ -556,31 +556,13 @@ func (s *Server) serveTCPConn(tc *tcpConn, local netip.AddrPort) {
 		}
 		// Until it is written (a client that reads slowly holds it up to
 		// tcpWriteTimeout), the reply counts against the budget of replies
-		// in flight; one that does not fit becomes SERVFAIL, and is
-		// counted and logged as such. It is the source's, within its bound
-		// and share of the budget: over those, the outcome is the
-		// source's (forward_limited, and the pod's bytesRefused); with the
-		// budget spent, the node's (overload). A reply that was a SERVFAIL
-		// already (its bytes refused as it was read, say) is counted for
-		// neither: the client's answer is the same, and it was counted
-		// then. Nor is the source's refusal of a query counted so already
-		// (a lookup of its own, a CNAME's target, refused as it was
-		// read): once per query.
-		hold := func(reply []byte, counted bool) ([]byte, func()) {
-			switch n := len(reply); s.opts.Budget.TryTake(tc.source, n) {
-			case quota.Taken:
-				return reply, func() { s.opts.Budget.Give(tc.source, n) }
-			case quota.OverSource:
-				if !isServFail(reply) && !counted {
-					metricQueries.forwardLimited.Inc()
-					tc.source.CountBytesRefused()
-				}
-			default:
-				if !isServFail(reply) {
-					metricQueries.overload.Inc()
-				}
+		// in flight, as the source's, within its bound and share of the
+		// budget; one that does not fit becomes SERVFAIL (finishing).
+		hold := func(n int) (func(), quota.Verdict) {
+			if v := s.opts.Budget.TryTake(tc.source, n); v != quota.Taken {
+				return nil, v
 			}
-			return servfailFor(msg), nil
+			return func() { s.opts.Budget.Give(tc.source, n) }, quota.Taken
 		}
 		s.slow(msg, tc.src, local, &tc.up, hold, w.send)
 	}
