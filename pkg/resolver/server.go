@@ -674,7 +674,7 @@ func (s *Server) slow(msg []byte, src, local netip.AddrPort, up *connUpstreams, 
 		ctx, cancel := context.WithTimeout(quota.WithSource(s.ctx, source), slowPathTimeout)
 		var reply []byte
 		if s.forwards.arm(fw, cancel) {
-			q.offline, q.needsUpstream, q.from = false, false, sourceNone
+			q.offline, q.needsUpstream, q.cut, q.from = false, false, false, sourceNone
 			reply = q.answer(ctx)
 		}
 		cancel()

@@ -32,6 +32,9 @@ type slowQuery struct {
 	// needsUpstream, and the reply is to be thrown away (slow then runs the
 	// query again, online, within the bounds on forwarded work).
 	offline, needsUpstream bool
+	// cut: pack cut the reply to fit a TCP message, with TC; counted
+	// truncated once it goes out so (finishing).
+	cut bool
 
 	// What the metrics and the access log say of the answer: when the query
 	// was read (the server's clock), where its answer came from and which
@@ -90,6 +93,9 @@ func (q *slowQuery) finishing(hold holdReply, done func(reply []byte, release fu
 			}
 		}
 		if len(reply) >= dnswire.HeaderLen {
+			if q.cut && dnswire.HeaderFlags(reply)&dnswire.FlagTC != 0 { // not a SERVFAIL in its place
+				metricTruncated.tcp.Inc()
+			}
 			q.finish(reply)
 		}
 		done(reply, release)
@@ -482,9 +488,7 @@ func (q *slowQuery) pack(reply *dns.Msg) []byte {
 	if q.tcp {
 		was := reply.Truncated
 		reply.Truncate(maxTCPMessage) // sets TC when it drops records
-		if !was && reply.Truncated {
-			metricTruncated.tcp.Inc()
-		}
+		q.cut = !was && reply.Truncated
 	}
 	reply.Compress = true
 	out, err := reply.Pack()
