@@ -173,7 +173,7 @@ func TestTruncatedReplyRefusedNotCounted(t *testing.T) {
 	query := new(dns.Msg)
 	query.SetQuestion("web.ns.default.svc.cluster.local.", dns.TypeA)
 	c := &dns.Client{Net: "tcp", Timeout: 5 * time.Second, Dialer: &net.Dialer{LocalAddr: &net.TCPAddr{IP: victimIP.AsSlice()}, Timeout: 5 * time.Second}}
-	truncated := truncatedCounts()
+	truncated, limited := truncatedCounts(), testutil.ToFloat64(metricQueries.forwardLimited)
 	m, _, err := c.Exchange(query, addr)
 	if err != nil {
 		t.Fatal(err)
@@ -183,5 +183,9 @@ func TestTruncatedReplyRefusedNotCounted(t *testing.T) {
 	}
 	if got := truncatedCounts().minus(truncated); got != (protoCounts{}) {
 		t.Errorf("ztdns_resolver_truncated_total rose by %v over UDP and %v over TCP, want 0 and 0", got.udp, got.tcp)
+	}
+	// The table's answer, refused for the pod's bytes, is the pod's.
+	if got := testutil.ToFloat64(metricQueries.forwardLimited) - limited; got != 1 || pod.Usage().BytesRefused != 1 {
+		t.Errorf("forward_limited rose by %v and the pod's bytesRefused is %d, want 1 and 1", got, pod.Usage().BytesRefused)
 	}
 }
