@@ -778,12 +778,13 @@ func (a *Agent) apply(s *model.Snapshot) {
 }
 
 // upstreamsFor is the resolver's UpstreamFunc: the nameserver the pod
-// addressed when capture learned it, the configured upstreams otherwise.
-func (a *Agent) upstreamsFor(client, local netip.AddrPort) []netip.AddrPort {
+// addressed when capture learned it (own), the configured upstreams
+// otherwise.
+func (a *Agent) upstreamsFor(client, local netip.AddrPort) ([]netip.AddrPort, bool) {
 	if a.capture != nil {
 		if ns, ok := a.capture.upstream(client, local); ok {
-			return []netip.AddrPort{ns}
+			return []netip.AddrPort{ns}, true
 		}
 	}
-	return a.cfg.Upstreams
+	return a.cfg.Upstreams, false
 }

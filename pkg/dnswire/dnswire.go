@@ -110,6 +110,9 @@ func (h Header) Rcode() int { return int(h.Flags & rcodeMask) }
 // reads it back from replies it built to count them.
 func HeaderRcode(msg []byte) int { return int(msg[3] & rcodeMask) }
 
+// HeaderFlags returns the flags in the header of msg, which must hold one.
+func HeaderFlags(msg []byte) uint16 { return binary.BigEndian.Uint16(msg[2:]) }
+
 // ReadHeader reads the header of msg.
 func ReadHeader(msg []byte) (Header, error) {
 	var h Header

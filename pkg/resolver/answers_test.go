@@ -155,3 +155,37 @@ func TestSlowAnswerOverAMessage(t *testing.T) {
 		t.Errorf("ztdns_resolver_truncated_total rose by %v over UDP and %v over TCP, want 0 and 1", got.udp, got.tcp)
 	}
 }
+
+// TestTruncatedReplyRefusedNotCounted: a slow-path TCP answer cut to fit a
+// message whose hold is refused (the pod's bytes taken) goes out as
+// SERVFAIL, without TC: ztdns_resolver_truncated_total, replies sent with
+// TC, does not count it. Before: it counted every cut answer, sent or not.
+func TestTruncatedReplyRefusedNotCounted(t *testing.T) {
+	pods := podcache.New("cluster.local")
+	pods.SetSourcePods([]model.Pod{{Namespace: "default", Name: "client", IPs: []netip.Addr{victimIP}}})
+	b := quota.NewBudget(DefaultInflightBytes, MinPodInflightBytes)
+	addr := bigHeadlessServer(t, Options{Pods: pods, Budget: b})
+	pod := pods.Lookup(victimIP).Quota
+	if v := b.TryTake(pod, MinPodInflightBytes); v != quota.Taken { // no reply of the pod's fits now
+		t.Fatalf("could not take the pod's %d bytes: %d", MinPodInflightBytes, v)
+	}
+	t.Cleanup(func() { b.Give(pod, MinPodInflightBytes) })
+	query := new(dns.Msg)
+	query.SetQuestion("web.ns.default.svc.cluster.local.", dns.TypeA)
+	c := &dns.Client{Net: "tcp", Timeout: 5 * time.Second, Dialer: &net.Dialer{LocalAddr: &net.TCPAddr{IP: victimIP.AsSlice()}, Timeout: 5 * time.Second}}
+	truncated, limited := truncatedCounts(), testutil.ToFloat64(metricQueries.forwardLimited)
+	m, _, err := c.Exchange(query, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Rcode != dns.RcodeServerFailure || m.Truncated {
+		t.Fatalf("%s, TC %v; want SERVFAIL without TC", dns.RcodeToString[m.Rcode], m.Truncated)
+	}
+	if got := truncatedCounts().minus(truncated); got != (protoCounts{}) {
+		t.Errorf("ztdns_resolver_truncated_total rose by %v over UDP and %v over TCP, want 0 and 0", got.udp, got.tcp)
+	}
+	// The table's answer, refused for the pod's bytes, is the pod's.
+	if got := testutil.ToFloat64(metricQueries.forwardLimited) - limited; got != 1 || pod.Usage().BytesRefused != 1 {
+		t.Errorf("forward_limited rose by %v and the pod's bytesRefused is %d, want 1 and 1", got, pod.Usage().BytesRefused)
+	}
+}

@@ -98,11 +98,12 @@ func (s *Server) makeForwardRoom(asking *quota.Source) bool {
 	cancel := pick.cancel
 	l.mu.Unlock()
 	pick.source.CountForwardRefused()
-	metricQueries.forwardLimited.Inc()
 	s.endForward(pick.source)
 	if cancel != nil { // else its goroutine, not started yet, sees it unlinked
 		cancel() // its client gets SERVFAIL now; its goroutine gives nothing back
 	}
+	// Its goroutine counts it forward_limited, once per query: one of its
+	// lookups may have been counted so already.
 	return true
 }
 

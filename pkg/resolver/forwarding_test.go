@@ -98,17 +98,91 @@ func TestForwardEndedForASourceUnderItsShare(t *testing.T) {
 // while the connection stays open. Before: each query was forwarded where
 // the lookup said at the time.
 func TestTCPConnectionKeepsItsUpstreams(t *testing.T) {
-	first := dnstest.Start(t, "127.0.0.1:0", dnstest.Marker(netip.MustParseAddr("203.0.113.1"), netip.MustParseAddr("2001:db8::1"))).Addr
-	second := dnstest.Start(t, "127.0.0.1:0", dnstest.Marker(netip.MustParseAddr("203.0.113.2"), netip.MustParseAddr("2001:db8::2"))).Addr
-	var current atomic.Pointer[netip.AddrPort]
-	current.Store(&first)
-	var lookups atomic.Int64
+	first, second := markerUpstream(t, 1), markerUpstream(t, 2)
+	us := startUpstreamsServer(t)
+	us.pick(first, true)
+
+	local := us.dial(t) // answered from the table alone: no lookup
+	if got := us.answer(t, local, "address.internal."); got != "198.51.100.1" || us.lookups.Load() != 0 {
+		t.Fatalf("a table name: %s after %d upstream lookups, want 198.51.100.1 after none", got, us.lookups.Load())
+	}
+	kept := us.dial(t)
+	if got := us.answer(t, kept, "one.example."); got != "203.0.113.1" {
+		t.Fatalf("the connection's first forward: %s, want the first upstream's 203.0.113.1", got)
+	}
+	us.pick(second, true) // the address's slot now names another nameserver
+	for _, name := range []string{"two.example.", "out.default.svc.cluster.local."} {
+		if got := us.answer(t, kept, name); got != "203.0.113.1" {
+			t.Errorf("%s on the connection opened before: %s, want the first upstream's 203.0.113.1", name, got)
+		}
+	}
+	if got := us.answer(t, us.dial(t), "three.example."); got != "203.0.113.2" {
+		t.Errorf("a new connection: %s, want the second upstream's 203.0.113.2", got)
+	}
+	if got := us.answer(t, local, "four.example."); got != "203.0.113.2" {
+		t.Errorf("the first forward of a connection opened before the change: %s, want the second upstream's 203.0.113.2", got)
+	}
+	if got := us.answer(t, nil, "five.example."); got != "203.0.113.2" {
+		t.Errorf("UDP: %s, want the second upstream's 203.0.113.2", got)
+	}
+}
+
+// TestTCPConnectionKeepsOnlyThePodsNameserver: a lookup that finds only
+// the configured upstreams (capture does not know the pod's nameserver
+// yet: the agent restarted, say) is used for that forward and not kept;
+// the connection's next forward looks again, and keeps the pod's
+// nameserver once a lookup finds it. Before: the connection kept the
+// configured upstreams for life.
+func TestTCPConnectionKeepsOnlyThePodsNameserver(t *testing.T) {
+	fallback, pods, later := markerUpstream(t, 1), markerUpstream(t, 2), markerUpstream(t, 3)
+	us := startUpstreamsServer(t)
+	us.pick(fallback, false)
+	c := us.dial(t)
+	if got := us.answer(t, c, "one.example."); got != "203.0.113.1" {
+		t.Fatalf("the first forward, before the pod's nameserver is known: %s, want the configured upstream's 203.0.113.1", got)
+	}
+	us.pick(pods, true)
+	if got := us.answer(t, c, "two.example."); got != "203.0.113.2" {
+		t.Errorf("the next forward, the pod's nameserver known: %s, want the pod's 203.0.113.2", got)
+	}
+	us.pick(later, true) // the address's slot now names another nameserver
+	if got := us.answer(t, c, "three.example."); got != "203.0.113.2" {
+		t.Errorf("once the pod's nameserver was found: %s, want the pod's 203.0.113.2 still", got)
+	}
+}
+
+// markerUpstream is a nameserver that answers every A question with
+// 203.0.113.n.
+func markerUpstream(t *testing.T, n byte) netip.AddrPort {
+	t.Helper()
+	return dnstest.Start(t, "127.0.0.1:0", dnstest.Marker(netip.AddrFrom4([4]byte{203, 0, 113, n}), netip.MustParseAddr("2001:db8::1"))).Addr
+}
+
+// upstreamsServer is a Server on a loopback port whose misses go where
+// the test picks, with a table of address.internal (198.51.100.1) and an
+// ExternalName out.default.svc.cluster.local (to out.example).
+type upstreamsServer struct {
+	addr    string
+	picked  atomic.Pointer[upstreamPick]
+	lookups atomic.Int64
+}
+
+// upstreamPick is what the server's UpstreamFunc answers.
+type upstreamPick struct {
+	addr netip.AddrPort
+	own  bool
+}
+
+func startUpstreamsServer(t *testing.T) *upstreamsServer {
+	t.Helper()
+	us := &upstreamsServer{}
 	fwd := forward.New(forward.WithTimeout(5 * time.Second))
 	s := New(Options{
 		Forwarder: fwd,
-		Upstreams: func(_, _ netip.AddrPort) []netip.AddrPort {
-			lookups.Add(1)
-			return []netip.AddrPort{*current.Load()}
+		Upstreams: func(_, _ netip.AddrPort) ([]netip.AddrPort, bool) {
+			us.lookups.Add(1)
+			p := us.picked.Load()
+			return []netip.AddrPort{p.addr}, p.own
 		},
 	})
 	t.Cleanup(func() {
@@ -125,66 +199,50 @@ func TestTCPConnectionKeepsItsUpstreams(t *testing.T) {
 	udp, tcp := listenPair(t)
 	go s.ServeUDP(udp)
 	go s.ServeTCP(tcp)
-	addr := udp.LocalAddr().String()
+	us.addr = udp.LocalAddr().String()
+	return us
+}
 
-	dial := func() net.Conn {
-		t.Helper()
-		c, err := net.DialTimeout("tcp", addr, 5*time.Second)
-		if err != nil {
+// pick has the lookup answer addr from now on: the pod's own nameserver,
+// or not.
+func (us *upstreamsServer) pick(addr netip.AddrPort, own bool) {
+	us.picked.Store(&upstreamPick{addr, own})
+}
+
+func (us *upstreamsServer) dial(t *testing.T) net.Conn {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", us.addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	return c
+}
+
+// answer is the last address of the reply to name over c (nil: UDP).
+func (us *upstreamsServer) answer(t *testing.T, c net.Conn, name string) string {
+	t.Helper()
+	q := packQuery(t, name, dns.TypeA)
+	var r *dns.Msg
+	if c != nil {
+		r = exchangeTCP(t, c, q)
+	} else {
+		m := new(dns.Msg)
+		if err := m.Unpack(q); err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { c.Close() })
-		c.SetDeadline(time.Now().Add(30 * time.Second))
-		return c
-	}
-	// answer is the last address of the reply to name over c (nil: UDP).
-	answer := func(c net.Conn, name string) string {
-		t.Helper()
-		q := packQuery(t, name, dns.TypeA)
-		var r *dns.Msg
-		if c != nil {
-			r = exchangeTCP(t, c, q)
-		} else {
-			m := new(dns.Msg)
-			if err := m.Unpack(q); err != nil {
-				t.Fatal(err)
-			}
-			var err error
-			if r, _, err = (&dns.Client{Timeout: 5 * time.Second}).Exchange(m, addr); err != nil {
-				t.Fatal(err)
-			}
-		}
-		if r.Rcode != dns.RcodeSuccess || len(r.Answer) == 0 {
-			t.Fatalf("%s: %s, %d records; want an address", name, dns.RcodeToString[r.Rcode], len(r.Answer))
-		}
-		a, ok := r.Answer[len(r.Answer)-1].(*dns.A)
-		if !ok {
-			t.Fatalf("%s: the last record is %v, want an address", name, r.Answer[len(r.Answer)-1])
-		}
-		return a.A.String()
-	}
-
-	local := dial() // answered from the table alone: no lookup
-	if got := answer(local, "address.internal."); got != "198.51.100.1" || lookups.Load() != 0 {
-		t.Fatalf("a table name: %s after %d upstream lookups, want 198.51.100.1 after none", got, lookups.Load())
-	}
-	kept := dial()
-	if got := answer(kept, "one.example."); got != "203.0.113.1" {
-		t.Fatalf("the connection's first forward: %s, want the first upstream's 203.0.113.1", got)
-	}
-	current.Store(&second) // the address's slot now names another nameserver
-	for _, name := range []string{"two.example.", "out.default.svc.cluster.local."} {
-		if got := answer(kept, name); got != "203.0.113.1" {
-			t.Errorf("%s on the connection opened before: %s, want the first upstream's 203.0.113.1", name, got)
+		var err error
+		if r, _, err = (&dns.Client{Timeout: 5 * time.Second}).Exchange(m, us.addr); err != nil {
+			t.Fatal(err)
 		}
 	}
-	if got := answer(dial(), "three.example."); got != "203.0.113.2" {
-		t.Errorf("a new connection: %s, want the second upstream's 203.0.113.2", got)
+	if r.Rcode != dns.RcodeSuccess || len(r.Answer) == 0 {
+		t.Fatalf("%s: %s, %d records; want an address", name, dns.RcodeToString[r.Rcode], len(r.Answer))
 	}
-	if got := answer(local, "four.example."); got != "203.0.113.2" {
-		t.Errorf("the first forward of a connection opened before the change: %s, want the second upstream's 203.0.113.2", got)
+	a, ok := r.Answer[len(r.Answer)-1].(*dns.A)
+	if !ok {
+		t.Fatalf("%s: the last record is %v, want an address", name, r.Answer[len(r.Answer)-1])
 	}
-	if got := answer(nil, "five.example."); got != "203.0.113.2" {
-		t.Errorf("UDP: %s, want the second upstream's 203.0.113.2", got)
-	}
+	return a.A.String()
 }

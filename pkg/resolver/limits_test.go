@@ -64,11 +64,11 @@ func startLimitsServer(t *testing.T, opts Options, flooderUp, victimUp netip.Add
 	fwd := forward.New(append([]forward.Option{forward.WithTimeout(30 * time.Second), forward.WithBudget(opts.Budget)}, fwdOpts...)...)
 	opts.Pods = pods
 	opts.Forwarder = fwd
-	opts.Upstreams = func(client, _ netip.AddrPort) []netip.AddrPort {
+	opts.Upstreams = func(client, _ netip.AddrPort) ([]netip.AddrPort, bool) {
 		if client.Addr() == victimIP {
-			return []netip.AddrPort{victimUp}
+			return []netip.AddrPort{victimUp}, true
 		}
-		return []netip.AddrPort{flooderUp} // the flooder's, and every other source's
+		return []netip.AddrPort{flooderUp}, true // the flooder's, and every other source's
 	}
 	s := New(opts)
 	tbl, _ := table.Build(&model.Snapshot{ServiceEntries: []model.ServiceEntry{

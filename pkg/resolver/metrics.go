@@ -18,9 +18,10 @@ var (
 		Name: "ztdns_resolver_queries_total",
 		Help: "DNS queries by outcome: local (answered from the table), forwarded, autopath, formerr, refused, " +
 			"rate_limited (over the source's query rate: dropped over UDP, REFUSED over TCP), " +
-			"forward_limited (SERVFAIL: the source had its own bound or its fair share of forwarded queries in flight, " +
+			"forward_limited (SERVFAIL, or an answer without what a refused lookup of the resolver's own would have added, " +
+			"such as a CNAME's target: the source had its own bound or its fair share of forwarded queries in flight, " +
 			"or of the bytes of their replies, read from the upstream or waiting to be written to it; " +
-			"or its forward or reply was ended to make room for a source within its share), " +
+			"or its forward or reply was ended to make room for a source within its share; once per query), " +
 			"overload (SERVFAIL: too many forwarded queries, or bytes of their replies, in flight in all), drop.",
 	}, []string{"outcome"})
 	// metricTruncatedVec counts replies sent with TC set, by protocol.

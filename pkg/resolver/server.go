@@ -66,9 +66,10 @@ type Pods interface {
 }
 
 // UpstreamFunc picks where a miss goes: the nameserver the pod addressed when
-// capture knows it, the configured upstreams otherwise. local is the resolver
-// address the query arrived on.
-type UpstreamFunc func(client, local netip.AddrPort) []netip.AddrPort
+// capture knows it (own), the configured upstreams otherwise. local is the
+// resolver address the query arrived on. A TCP connection keeps an own
+// answer for its life; a fallback, it asks again for its next forward.
+type UpstreamFunc func(client, local netip.AddrPort) (addrs []netip.AddrPort, own bool)
 
 // Defaults. README "Limits and protections" explains each bound.
 const (
@@ -652,12 +653,12 @@ func (s *Server) slow(msg []byte, src, local netip.AddrPort, up *connUpstreams, 
 		finish(reply)
 		return
 	}
-	_, source := s.sourceOf(src.Addr(), s.clock())
+	source := q.askingSource()
 	fw := &q.slot
 	fw.source = source
 	switch s.startForward(fw) {
 	case quota.OverSource: // its own bound, or its fair share of the node's
-		metricQueries.forwardLimited.Inc()
+		q.countLimited()
 		q.from = sourceNone
 		finish(dnswire.AppendErrorReply(nil, msg, &q.r, dnswire.RcodeServFail))
 		return
@@ -673,7 +674,7 @@ func (s *Server) slow(msg []byte, src, local netip.AddrPort, up *connUpstreams, 
 		ctx, cancel := context.WithTimeout(quota.WithSource(s.ctx, source), slowPathTimeout)
 		var reply []byte
 		if s.forwards.arm(fw, cancel) {
-			q.offline, q.needsUpstream, q.from = false, false, sourceNone
+			q.offline, q.needsUpstream, q.cut, q.from = false, false, false, sourceNone
 			reply = q.answer(ctx)
 		}
 		cancel()
@@ -686,6 +687,7 @@ func (s *Server) slow(msg []byte, src, local netip.AddrPort, up *connUpstreams, 
 			// Ended for a source under its share, which has its slot:
 			// SERVFAIL, whatever its work got if it started (a CNAME
 			// chase cut short would answer NOERROR with no address).
+			q.countLimited()
 			q.from, q.upstream = sourceNone, netip.AddrPort{}
 			reply = dnswire.AppendErrorReply(nil, msg, &q.r, dnswire.RcodeServFail)
 		}

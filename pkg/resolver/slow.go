@@ -10,6 +10,7 @@ import (
 	"github.com/ztdns/ztdns/pkg/dnswire"
 	"github.com/ztdns/ztdns/pkg/podcache"
 	"github.com/ztdns/ztdns/pkg/resolver/forward"
+	"github.com/ztdns/ztdns/pkg/resolver/quota"
 	"github.com/ztdns/ztdns/pkg/resolver/table"
 )
 
@@ -31,6 +32,9 @@ type slowQuery struct {
 	// needsUpstream, and the reply is to be thrown away (slow then runs the
 	// query again, online, within the bounds on forwarded work).
 	offline, needsUpstream bool
+	// cut: pack cut the reply to fit a TCP message, with TC; counted
+	// truncated once it goes out so (finishing).
+	cut bool
 
 	// What the metrics and the access log say of the answer: when the query
 	// was read (the server's clock), where its answer came from and which
@@ -40,35 +44,58 @@ type slowQuery struct {
 	upstream netip.AddrPort
 	badVers  bool
 	pod      *podcache.Pod
-	// bytesRefused: an upstream reply of the query's was refused for the
-	// source's bytes, and counted.
-	bytesRefused bool
+	// source is the asking source, looked up when it is needed: to
+	// forward (slow), or to count a refusal (askingSource).
+	source *quota.Source
+	// limited: the query was counted forward_limited, once however many
+	// of its parts (lookups, forward, reply) were refused or ended for its
+	// source. bytesRefused: a reply of its was refused for the source's
+	// bytes, and counted in the source's bytesRefused.
+	limited, bytesRefused bool
 
 	// slot is its place among the forwards in flight while it holds one.
 	slot forwardSlot
 }
 
-// holdReply takes what a reply holds until it is sent (over TCP, its
-// bytes of the budget of replies in flight). It returns the reply to send
-// and release, what gives the hold back once it is sent; release nil says
-// the hold was refused, and out is a SERVFAIL in the reply's place.
-// counted says the query was counted refused for its source's bytes
-// already (a lookup's reply): a refusal now is not counted again.
-type holdReply func(reply []byte, counted bool) (out []byte, release func())
+// holdReply takes what a reply of n bytes holds until it is sent (over
+// TCP, its bytes of the budget of replies in flight). Taken: release gives
+// the hold back once the reply is sent or dropped. Refused (OverSource:
+// the source's bound or fair share; OverPool: the budget), the reply is
+// not sent.
+type holdReply func(n int) (release func(), v quota.Verdict)
 
 // finishing wraps done so that the reply is held (hold, if not nil),
 // then counted, timed and logged as what the client gets, before it is
 // sent. done gets the hold's release (nil: none), to call once the reply
 // is sent or dropped.
+//
+// A reply whose hold is refused becomes SERVFAIL, counted and logged as
+// such: over the source's bound or share, the source's outcome
+// (forward_limited, and the pod's bytesRefused, once per query); with the
+// budget spent, the node's (overload). A reply that was a SERVFAIL already
+// (its bytes refused as it was read, say) is counted for neither: the
+// client's answer is the same, and it was counted then.
 func (q *slowQuery) finishing(hold holdReply, done func(reply []byte, release func())) func(reply []byte) {
 	return func(reply []byte) {
 		var release func()
 		if hold != nil && reply != nil {
-			if reply, release = hold(reply, q.bytesRefused); release == nil {
+			var v quota.Verdict
+			if release, v = hold(len(reply)); v != quota.Taken {
+				switch {
+				case isServFail(reply):
+				case v == quota.OverSource:
+					q.refusedForBytes()
+				default:
+					metricQueries.overload.Inc()
+				}
+				reply = servfailFor(q.msg)
 				q.from, q.upstream = sourceNone, netip.AddrPort{}
 			}
 		}
 		if len(reply) >= dnswire.HeaderLen {
+			if q.cut && dnswire.HeaderFlags(reply)&dnswire.FlagTC != 0 { // not a SERVFAIL in its place
+				metricTruncated.tcp.Inc()
+			}
 			q.finish(reply)
 		}
 		done(reply, release)
@@ -96,23 +123,48 @@ func (q *slowQuery) finish(reply []byte) {
 }
 
 // answeredBy records that an upstream exchange (or the cache) gave part of
-// the answer: an exchange outweighs the cache. A reply refused for the
-// source's bytes is the pod's doing, as a forward over its bound is: it
-// counts as forward_limited and in `ztdns pods`, once per query however
-// many of its lookups (a CNAME's target, autopath's candidates) were.
+// the answer: an exchange outweighs the cache.
 func (q *slowQuery) answeredBy(o forward.Origin) {
 	switch {
 	case o.BytesRefused: // no upstream's reply: a SERVFAIL of ztdns's own
-		if !q.bytesRefused {
-			q.bytesRefused = true
-			metricQueries.forwardLimited.Inc()
-			q.slot.source.CountBytesRefused()
-		}
+		q.refusedForBytes()
 	case !o.Cached:
 		q.from, q.upstream = sourceUpstream, o.Upstream
 	case q.from != sourceUpstream:
 		q.from, q.upstream = sourceCache, o.Upstream
 	}
+}
+
+// refusedForBytes counts a reply of the query's refused for its source's
+// bytes: a lookup's (a CNAME's target, autopath's candidates), its
+// forward's, or the reply waiting to be written to its TCP client. It is
+// the pod's doing, as a forward over its bound is: it counts in `ztdns
+// pods` and as forward_limited, once per query however many were.
+func (q *slowQuery) refusedForBytes() {
+	if !q.bytesRefused {
+		q.bytesRefused = true
+		q.askingSource().CountBytesRefused()
+	}
+	q.countLimited()
+}
+
+// countLimited counts the query forward_limited, its source's doing:
+// once, whatever of it was refused or ended.
+func (q *slowQuery) countLimited() {
+	if !q.limited {
+		q.limited = true
+		metricQueries.forwardLimited.Inc()
+	}
+}
+
+// askingSource is the query's source: the one its forward runs for, or
+// looked up now (a reply answered from the table alone, refused as it
+// waited to be written).
+func (q *slowQuery) askingSource() *quota.Source {
+	if q.source == nil {
+		_, q.source = q.s.sourceOf(q.src.Addr(), q.s.clock())
+	}
+	return q.source
 }
 
 // answerSlow produces the reply for a query the fast path handed over, or nil
@@ -238,7 +290,7 @@ func (q *slowQuery) chase(ctx context.Context, reply *dns.Msg, res table.Result,
 // not: as CoreDNS does, only NXDOMAIN moves on to the next candidate, so that
 // one name is not NXDOMAIN for one type and a CNAME for another (RFC 8020
 // has caches deny every type below an NXDOMAIN). It returns nil to fall back
-// to forwarding the query as it is.
+// to forwarding the query as it is, as it does when a lookup fails.
 func (q *slowQuery) autopath(ctx context.Context, pod *podcache.Pod, tbl *table.Table) []byte {
 	if len(pod.Search) == 0 {
 		return nil
@@ -292,7 +344,13 @@ func (q *slowQuery) autopath(ctx context.Context, pod *podcache.Pod, tbl *table.
 			continue
 		}
 		up, err := q.lookupUpstream(ctx, cand, q.tcp)
-		if err == nil && up.Rcode == dns.RcodeSuccess {
+		switch {
+		case err != nil || up.Rcode != dns.RcodeSuccess && up.Rcode != dns.RcodeNameError:
+			// A failed lookup (SERVFAIL, refused for the pod's bytes, a
+			// timeout) says nothing of whether the candidate exists: a
+			// later one's answer would be wrong.
+			return nil
+		case up.Rcode == dns.RcodeSuccess:
 			return answerWith(cand, up)
 		}
 	}
@@ -345,12 +403,13 @@ func (q *slowQuery) upstreams() []netip.AddrPort {
 	if q.conn != nil {
 		return q.conn.get(q.s, q.src, q.local)
 	}
-	return q.s.upstreams(q.src, q.local)
+	addrs, _ := q.s.upstreams(q.src, q.local)
+	return addrs
 }
 
-func (s *Server) upstreams(src, local netip.AddrPort) []netip.AddrPort {
+func (s *Server) upstreams(src, local netip.AddrPort) ([]netip.AddrPort, bool) {
 	if s.opts.Upstreams == nil {
-		return nil
+		return nil, false
 	}
 	return s.opts.Upstreams(src, local)
 }
@@ -429,9 +488,7 @@ func (q *slowQuery) pack(reply *dns.Msg) []byte {
 	if q.tcp {
 		was := reply.Truncated
 		reply.Truncate(maxTCPMessage) // sets TC when it drops records
-		if !was && reply.Truncated {
-			metricTruncated.tcp.Inc()
-		}
+		q.cut = !was && reply.Truncated
 	}
 	reply.Compress = true
 	out, err := reply.Pack()

@@ -2,9 +2,11 @@ package resolver
 
 import (
 	"log/slog"
+	"net"
 	"net/netip"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -230,8 +232,8 @@ func TestLookupsOverThePodsBytesAreCounted(t *testing.T) {
 	t.Cleanup(func() { b.Give(pod, perSource) })
 	for _, tc := range []struct{ what, name string }{
 		{"a CNAME chased", "out.ns1.svc.cluster.local."},
-		// Two lookups (corp.internal's candidate, the bare name), then
-		// the query forwarded as it is: three refusals.
+		// A lookup (corp.internal's candidate), then the query forwarded
+		// as it is: two refusals.
 		{"autopath", "gone.ns1.svc.cluster.local."},
 	} {
 		for _, proto := range []string{"udp", "tcp"} {
@@ -247,3 +249,111 @@ func TestLookupsOverThePodsBytesAreCounted(t *testing.T) {
 		}
 	}
 }
+
+// TestAutopathStopsAtAFailedLookup: a candidate whose lookup fails (here
+// refused for the pod's bytes, a SERVFAIL of ztdns's own) says nothing of
+// whether it exists, so autopath's walk stops there and the query is
+// forwarded as it is (refused for the pod's bytes too: SERVFAIL), though a
+// later candidate's answer is in the cache. Before: the walk moved on, and
+// the pod got NXDOMAIN for a name that exists (db.corp.internal) or a
+// CNAME to the wrong one (web., not web.corp.internal).
+func TestAutopathStopsAtAFailedLookup(t *testing.T) {
+	const perSource = 16 << 10
+	b := quota.NewBudget(64<<10, perSource)
+	ss := startSlowServer(t, Options{Autopath: true, Limits: quota.Limits{QPS: -1}, Budget: b}, &model.Snapshot{},
+		"db.corp.internal. 300 IN A 198.51.100.210",
+		"web.corp.internal. 300 IN A 198.51.100.211",
+		"web. 300 IN A 198.51.100.212")
+	// The bare names, later candidates than corp.internal's, asked as
+	// they are while the pod's bytes are free: now in the cache.
+	for name, rcode := range map[string]int{"db.": dns.RcodeNameError, "web.": dns.RcodeSuccess} {
+		if r := ss.askType(t, "udp", name, dns.TypeA); r.Rcode != rcode {
+			t.Fatalf("%s with the pod's bytes free: %s, want %s", name, dns.RcodeToString[r.Rcode], dns.RcodeToString[rcode])
+		}
+	}
+	pod := ss.pods.Lookup(victimIP).Quota
+	if v := b.TryTake(pod, perSource); v != quota.Taken { // no upstream reply of the pod's fits now
+		t.Fatalf("could not take the pod's %d bytes: %d", perSource, v)
+	}
+	t.Cleanup(func() { b.Give(pod, perSource) })
+	// Over UDP: over TCP the reply's own hold would refuse any answer.
+	for _, name := range []string{"db.ns1.svc.cluster.local.", "web.ns1.svc.cluster.local."} {
+		limited := testutil.ToFloat64(metricQueries.forwardLimited)
+		r := ss.askType(t, "udp", name, dns.TypeA)
+		if rcode, answer, _ := replyText(r); r.Rcode != dns.RcodeServerFailure {
+			t.Errorf("%s, corp.internal's candidate refused for the pod's bytes: %s %v, want SERVFAIL", name, rcode, answer)
+		}
+		if got := testutil.ToFloat64(metricQueries.forwardLimited) - limited; got != 1 {
+			t.Errorf("%s: forward_limited rose by %v, want 1", name, got)
+		}
+	}
+}
+
+// TestEndedForwardOfARefusedLookupCountedOnce: a query whose lookup was
+// refused for the pod's bytes (counted forward_limited) and whose forward
+// is then ended for a source under its share is one query refused:
+// forward_limited rises once for it. Before: twice, once more as its
+// forward was ended.
+func TestEndedForwardOfARefusedLookupCountedOnce(t *testing.T) {
+	const perSource = 16 << 10
+	b := quota.NewBudget(64<<10, perSource)
+	release := make(chan struct{})
+	// corp.internal's names are answered (and refused for the pod's
+	// bytes); any other query waits until the test ends.
+	marker := dnstest.Marker(netip.MustParseAddr("203.0.113.7"), netip.MustParseAddr("2001:db8::7"))
+	up := respondFunc(func(req *dns.Msg, local netip.AddrPort) *dns.Msg {
+		if !dns.IsSubDomain("corp.internal.", dns.CanonicalName(req.Question[0].Name)) {
+			<-release
+		}
+		return marker.Reply(req, local)
+	})
+	ss := startSlowServerWith(t, Options{Autopath: true, MaxInflight: 2, Limits: quota.Limits{QPS: -1, Forwarding: -1}, Budget: b}, &model.Snapshot{}, up)
+	t.Cleanup(func() { close(release) }) // before the upstream stops
+	pod := ss.pods.Lookup(victimIP).Quota
+	if v := b.TryTake(pod, perSource); v != quota.Taken { // no upstream reply of the pod's fits now
+		t.Fatalf("could not take the pod's %d bytes: %d", perSource, v)
+	}
+	t.Cleanup(func() { b.Give(pod, perSource) })
+
+	c, err := net.DialUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(victimIP, 0)), net.UDPAddrFromAddrPort(ss.addr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	limited, refused := testutil.ToFloat64(metricQueries.forwardLimited), ss.usage(victimIP).BytesRefused
+	// Both slots the pod's: each query's candidate (…corp.internal)
+	// refused for its bytes, then its forward, as it is, waiting.
+	for _, name := range []string{"a1.ns1.svc.cluster.local.", "a2.ns1.svc.cluster.local."} {
+		if _, err := c.Write(packQuery(t, name, dns.TypeA)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	testenv.Eventually(t, 10*time.Second, "both queries' lookups refused for the pod's bytes", func() bool {
+		return ss.usage(victimIP).BytesRefused-refused == 2
+	})
+	// Another source, holding nothing, gets a slot: the pod's oldest
+	// forward is ended for it.
+	if r := ss.ask(t, flooderIP, "udp", "other.corp.internal."); r == nil || r.Rcode != dns.RcodeSuccess {
+		t.Fatalf("the other source's forwarded query: %v, want NOERROR", r)
+	}
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	buf := make([]byte, 512)
+	n, err := c.Read(buf)
+	if err != nil {
+		t.Fatalf("no reply to the pod's ended forward: %v", err)
+	}
+	if r := dnstest.Unpack(t, buf[:n]); r.Rcode != dns.RcodeServerFailure {
+		t.Fatalf("the pod's ended forward: %s, want SERVFAIL", dns.RcodeToString[r.Rcode])
+	}
+	if got := testutil.ToFloat64(metricQueries.forwardLimited) - limited; got != 2 {
+		t.Errorf("forward_limited rose by %v, want 2: once for each query, the ended one too", got)
+	}
+	if u := ss.usage(victimIP); u.BytesRefused-refused != 2 || u.ForwardRefused != 1 {
+		t.Errorf("the pod's bytesRefused rose by %d and forwardRefused is %d, want 2 and 1", u.BytesRefused-refused, u.ForwardRefused)
+	}
+}
+
+// respondFunc is a dnstest.Responder made of a function.
+type respondFunc func(req *dns.Msg, local netip.AddrPort) *dns.Msg
+
+func (f respondFunc) Reply(req *dns.Msg, local netip.AddrPort) *dns.Msg { return f(req, local) }

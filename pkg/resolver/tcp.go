@@ -78,25 +78,27 @@ type tcpConn struct {
 	w  tcpWriter
 }
 
-// connUpstreams are where a TCP connection's misses go: those looked up
-// for its first forward, kept for its life. The pod opened it to one
-// nameserver; what capture says of the address later (its slot, idle as
-// capture sees it while the connection only sends, given to another
-// destination) is not about this connection. Looked up lazily: a
-// connection that never forwards pays nothing.
+// connUpstreams are where a TCP connection's misses go: the pod's own
+// nameserver, once a lookup found it, kept for the connection's life. The
+// pod opened it to one nameserver; what capture says of the address later
+// (its slot, idle as capture sees it while the connection only sends,
+// given to another destination) is not about this connection. Looked up
+// lazily: a connection that never forwards pays nothing.
 type connUpstreams struct {
-	addrs atomic.Pointer[[]netip.AddrPort] // nil until a lookup found some
+	addrs atomic.Pointer[[]netip.AddrPort] // nil until a lookup found the pod's
 }
 
-// get returns the connection's upstreams, looking them up for the
-// connection's first forward; of pipelined forwards racing, the first
-// stored wins. An empty lookup is not kept: the next forward looks again.
+// get returns the connection's upstreams, looking them up until a lookup
+// finds the pod's own nameserver; of pipelined forwards racing, the first
+// stored wins. A fallback (the configured upstreams: capture does not know
+// the pod's yet, after a restart, say) is used and not kept, or the
+// connection would keep the node's nameservers for life.
 func (u *connUpstreams) get(s *Server, src, local netip.AddrPort) []netip.AddrPort {
 	if p := u.addrs.Load(); p != nil {
 		return *p
 	}
-	addrs := s.upstreams(src, local)
-	if len(addrs) == 0 || u.addrs.CompareAndSwap(nil, &addrs) {
+	addrs, own := s.upstreams(src, local)
+	if !own || len(addrs) == 0 || u.addrs.CompareAndSwap(nil, &addrs) {
 		return addrs
 	}
 	return *u.addrs.Load()
@@ -554,31 +556,13 @@ func (s *Server) serveTCPConn(tc *tcpConn, local netip.AddrPort) {
 		}
 		// Until it is written (a client that reads slowly holds it up to
 		// tcpWriteTimeout), the reply counts against the budget of replies
-		// in flight; one that does not fit becomes SERVFAIL, and is
-		// counted and logged as such. It is the source's, within its bound
-		// and share of the budget: over those, the outcome is the
-		// source's (forward_limited, and the pod's bytesRefused); with the
-		// budget spent, the node's (overload). A reply that was a SERVFAIL
-		// already (its bytes refused as it was read, say) is counted for
-		// neither: the client's answer is the same, and it was counted
-		// then. Nor is the source's refusal of a query counted so already
-		// (a lookup of its own, a CNAME's target, refused as it was
-		// read): once per query.
-		hold := func(reply []byte, counted bool) ([]byte, func()) {
-			switch n := len(reply); s.opts.Budget.TryTake(tc.source, n) {
-			case quota.Taken:
-				return reply, func() { s.opts.Budget.Give(tc.source, n) }
-			case quota.OverSource:
-				if !isServFail(reply) && !counted {
-					metricQueries.forwardLimited.Inc()
-					tc.source.CountBytesRefused()
-				}
-			default:
-				if !isServFail(reply) {
-					metricQueries.overload.Inc()
-				}
+		// in flight, as the source's, within its bound and share of the
+		// budget; one that does not fit becomes SERVFAIL (finishing).
+		hold := func(n int) (func(), quota.Verdict) {
+			if v := s.opts.Budget.TryTake(tc.source, n); v != quota.Taken {
+				return nil, v
 			}
-			return servfailFor(msg), nil
+			return func() { s.opts.Budget.Give(tc.source, n) }, quota.Taken
 		}
 		s.slow(msg, tc.src, local, &tc.up, hold, w.send)
 	}

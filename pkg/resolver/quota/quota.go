@@ -138,9 +138,12 @@ func (s *Source) ConnsOver(share int64) int64 { return s.tcpConns.Load() - share
 // its share.
 func (s *Source) CountTCPRefused() { s.tcpRefused.Add(1) }
 
-// CountBytesRefused counts a reply of the source's that got SERVFAIL
-// because a Budget refused its bytes as OverSource: read from an upstream,
-// or waiting to be written to its client. A nil source counts nothing.
+// CountBytesRefused counts a query of the source's a reply of which a
+// Budget refused as OverSource: read from an upstream (its forward's, or a
+// lookup the resolver made for it, such as a CNAME's target), or waiting
+// to be written to its client. Its client got SERVFAIL, or an answer
+// without what the refused lookup would have added. A nil source counts
+// nothing.
 func (s *Source) CountBytesRefused() {
 	if s != nil {
 		s.bytesRefused.Add(1)
@@ -171,13 +174,14 @@ type Usage struct {
 	// its fair share of the node's (see Pool), and forwards ended early to
 	// make room for a source under its share.
 	ForwardRefused uint64 `json:"forwardRefused"`
-	// BytesRefused counts replies answered SERVFAIL because their bytes
-	// did not fit what the source may hold of the replies in flight (its
-	// own bound or its fair share of the node's budget, see Budget): read
-	// from the upstream, or waiting to be written to its TCP client; and
-	// replies being read whose bytes were taken back for a source under
-	// its share. A query whose own lookups (a CNAME's target) were
-	// refused so counts once, whatever its client got.
+	// BytesRefused counts queries a reply of which did not fit what the
+	// source may hold of the replies in flight (its own bound or its fair
+	// share of the node's budget, see Budget): read from the upstream, or
+	// waiting to be written to its TCP client; and replies being read
+	// whose bytes were taken back for a source under its share. Once per
+	// query, however many of its replies (its forward's, the resolver's
+	// lookups for it) were refused: its client got SERVFAIL, or an answer
+	// without what a refused lookup would have added (a CNAME alone).
 	BytesRefused uint64 `json:"bytesRefused"`
 	// TCPRefused counts connections closed at once because the source had
 	// Limits.TCPConns open already or more than its fair share of the
