@@ -76,8 +76,9 @@ func largeTXTOverTCP(t *testing.T, listen netip.AddrPort) (rcode, txtBytes int) 
 // every such reply; the agent refuses to start with it, saying the value
 // and the least it takes, whoever configures it (before: only the command
 // line refused a source's bound, and an agent.Config with 32 KiB of either
-// ran and failed every reply over 32 KiB). 0 and a negative source's bound
-// keep their meaning, and the least bound answers a reply of nearly 64 KiB.
+// ran and failed every reply over 32 KiB; a negative node's bound, no
+// bound at all, passed). 0 and a negative source's bound keep their
+// meaning, and the least bound answers a reply of nearly 64 KiB.
 func TestInflightBytesBelowOneReply(t *testing.T) {
 	dir := t.TempDir()
 	if err := os.WriteFile(filepath.Join(dir, "se.yaml"), []byte(manifest), 0o644); err != nil {
@@ -85,16 +86,18 @@ func TestInflightBytesBelowOneReply(t *testing.T) {
 	}
 	up := dnstest.Start(t, "127.0.0.1:0", dnstest.LargeTXT(60000)).Addr
 	for _, field := range []struct {
-		name, want string
-		set        func(*Config, int64)
-		fine       []int64
+		name, want    string
+		set           func(*Config, int64)
+		refused, fine []int64
 	}{
 		{"InflightBytes", "want 0 (the default) or at least 65536, one reply of the largest size",
-			func(c *Config, n int64) { c.InflightBytes = n }, []int64{0, resolver.MinPodInflightBytes}},
+			func(c *Config, n int64) { c.InflightBytes = n },
+			[]int64{-1, 1, 32 << 10, resolver.MinPodInflightBytes - 1}, []int64{0, resolver.MinPodInflightBytes}},
 		{"PodInflightBytes", "want 0 (the default), negative (no bound of its own) or at least 65536, one reply of the largest size",
-			func(c *Config, n int64) { c.PodInflightBytes = n }, []int64{0, -1, resolver.MinPodInflightBytes}},
+			func(c *Config, n int64) { c.PodInflightBytes = n },
+			[]int64{1, 32 << 10, resolver.MinPodInflightBytes - 1}, []int64{0, -1, resolver.MinPodInflightBytes}},
 	} {
-		for _, n := range []int64{1, 32 << 10, resolver.MinPodInflightBytes - 1} {
+		for _, n := range field.refused {
 			t.Run(fmt.Sprintf("%s %d refused", field.name, n), func(t *testing.T) {
 				ctx, cancel := context.WithCancel(context.Background())
 				defer cancel()
