@@ -40,11 +40,10 @@ type result struct {
 }
 
 // ztdns runs one command line in process, as main does. An agent command
-// line, meant to fail, is confined first: should a check it tests regress,
-// the agent it starts serves on loopback, without capture, for at most 15
-// seconds, instead of attaching to this machine's cgroup root and taking
-// the node's addresses for the rest of the run. The line's own flags come
-// after, and win.
+// line, meant to fail, is confined first (confineAgent): should a check it
+// tests regress, the agent it starts serves on loopback, without capture,
+// for at most 15 seconds, instead of attaching to this machine's cgroup
+// root and taking the node's addresses for the rest of the run.
 func ztdns(t *testing.T, args ...string) result {
 	t.Helper()
 	ctx := t.Context()
@@ -54,8 +53,7 @@ func ztdns(t *testing.T, args ...string) result {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { os.RemoveAll(dir) })
-		confined := []string{"agent", "--capture=false", "--listen", "127.0.0.1:0", "--socket", filepath.Join(dir, "s.sock"), "--metrics", ""}
-		args = append(confined, args[1:]...)
+		args = confineAgent(args, filepath.Join(dir, "s.sock"))
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, 15*time.Second)
 		defer cancel()
@@ -63,6 +61,61 @@ func ztdns(t *testing.T, args ...string) result {
 	var stdout, stderr bytes.Buffer
 	code := run(ctx, args, &stdout, &stderr)
 	return result{code, stdout.String(), stderr.String()}
+}
+
+// confineAgent adds to an agent command line --capture=false, --listen
+// 127.0.0.1:0, --socket socket and --metrics "", each unless the line sets
+// that flag itself: the line's own value is what it tests, and adding ours
+// would not always yield to it (--listen adds each use after the first to
+// the list). A line that sets --capture is not kept from capture: it must
+// fail before capture starts.
+func confineAgent(args []string, socket string) []string {
+	out := slices.Clone(args[:1])
+	for _, f := range []struct{ name, value string }{
+		{"capture", "false"}, {"listen", "127.0.0.1:0"}, {"socket", socket}, {"metrics", ""},
+	} {
+		if !setsFlag(args[1:], f.name) {
+			out = append(out, "--"+f.name+"="+f.value)
+		}
+	}
+	return append(out, args[1:]...)
+}
+
+// setsFlag reports whether args set the long flag name in any spelling the
+// command line takes: --name, --name=V, -name, -name=V.
+func setsFlag(args []string, name string) bool {
+	for _, a := range args {
+		if a == "--" {
+			break
+		}
+		if n, ok := strings.CutPrefix(a, "-"); ok {
+			n = strings.TrimPrefix(n, "-")
+			if n, _, _ = strings.Cut(n, "="); n == name {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// TestConfineAgent: the agent command lines of these tests keep the flags
+// they set, in every spelling, and get the confining ones they do not set.
+func TestConfineAgent(t *testing.T) {
+	const sock = "/tmp/s.sock"
+	for _, tc := range []struct{ args, want []string }{
+		{[]string{"agent", "--config-dir", "/d"},
+			[]string{"agent", "--capture=false", "--listen=127.0.0.1:0", "--socket=" + sock, "--metrics=", "--config-dir", "/d"}},
+		{[]string{"agent", "--listen", "[::1]:53", "--capture", "-socket=/s", "-metrics", "127.0.0.1:9"},
+			[]string{"agent", "--listen", "[::1]:53", "--capture", "-socket=/s", "-metrics", "127.0.0.1:9"}},
+		{[]string{"agent", "-listen", "", "--capture=true", "--socket", "/s"},
+			[]string{"agent", "--metrics=", "-listen", "", "--capture=true", "--socket", "/s"}},
+		{[]string{"agent", "--listen=127.0.0.2:53", "--upstream", "127.0.0.1", "--", "--capture"},
+			[]string{"agent", "--capture=false", "--socket=" + sock, "--metrics=", "--listen=127.0.0.2:53", "--upstream", "127.0.0.1", "--", "--capture"}},
+	} {
+		if got := confineAgent(tc.args, sock); !slices.Equal(got, tc.want) {
+			t.Errorf("confineAgent(%q)\n = %q\nwant %q", tc.args, got, tc.want)
+		}
+	}
 }
 
 func (r result) String() string {
@@ -214,22 +267,28 @@ func TestUsageErrors(t *testing.T) {
 }
 
 // TestFailures: a command that ran and failed exits 1 with one line naming
-// the command and the error.
+// the command and the error, the one each line is for (an agent that ran
+// until the tests' 15 s guard stopped it exits 1 too, with another).
 func TestFailures(t *testing.T) {
 	socket := filepath.Join(t.TempDir(), "no-agent.sock")
-	for _, args := range [][]string{
-		{"status", "--socket", socket},
-		{"pods", "--socket", socket, "-o", "json"},
-		{"table", "--socket", socket, "-n", "default"},
-		{"capture", "add", "--socket", socket, "--netns", "/run/netns/nonexistent"},
-		{"log", "on", "--socket", socket},
-		{"agent", "--config-dir", t.TempDir(), "--resolv-conf", "/nonexistent"}, // no upstream anywhere
+	for _, tc := range []struct {
+		args []string
+		want string // the error, after the command's name
+	}{
+		{[]string{"status", "--socket", socket}, "agent not reachable: "},
+		{[]string{"pods", "--socket", socket, "-o", "json"}, "agent not reachable: "},
+		{[]string{"table", "--socket", socket, "-n", "default"}, "agent not reachable: "},
+		{[]string{"capture", "add", "--socket", socket, "--netns", "/run/netns/nonexistent"}, "agent not reachable: "},
+		{[]string{"log", "on", "--socket", socket}, "agent not reachable: "},
+		{[]string{"agent", "--config-dir", t.TempDir(), "--resolv-conf", "/nonexistent"},
+			"no upstream: give --upstream or list a nameserver in /nonexistent\n"},
+		{[]string{"agent", "--config-dir", t.TempDir(), "--listen", ""}, "no --listen address\n"},
 	} {
-		t.Run(strings.Join(args, " "), func(t *testing.T) {
-			r := ztdns(t, args...)
-			prefix := "ztdns " + args[0] + ": "
-			if args[0] == "capture" || args[0] == "log" {
-				prefix = "ztdns " + args[0] + " " + args[1] + ": "
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			r := ztdns(t, tc.args...)
+			prefix := "ztdns " + tc.args[0] + ": " + tc.want
+			if tc.args[0] == "capture" || tc.args[0] == "log" {
+				prefix = "ztdns " + tc.args[0] + " " + tc.args[1] + ": " + tc.want
 			}
 			if r.code != 1 || r.stdout != "" || strings.Count(r.stderr, "\n") != 1 || !strings.HasPrefix(r.stderr, prefix) {
 				t.Errorf("want exit status 1 and one line %q… on stderr, got %v", prefix, r)

@@ -115,7 +115,7 @@ type Config struct {
 	// InflightBytes and room for two of the largest replies; negative: no
 	// bound of its own, only its fair share). Either bound below
 	// resolver.MinPodInflightBytes would refuse every reply of the largest
-	// size: Run refuses it.
+	// size: Run refuses it, and a negative InflightBytes (no bound at all).
 	InflightBytes    int64
 	PodInflightBytes int64
 
@@ -186,7 +186,7 @@ func newAgent(cfg Config) (*Agent, error) {
 	if len(cfg.Listen) == 0 {
 		return nil, errors.New("no --listen address")
 	}
-	if n := cfg.InflightBytes; n > 0 && n < resolver.MinPodInflightBytes {
+	if n := cfg.InflightBytes; n != 0 && n < resolver.MinPodInflightBytes { // negative too: it would be no bound at all
 		return nil, fmt.Errorf("InflightBytes %d: want 0 (the default) or at least %d, one reply of the largest size",
 			n, resolver.MinPodInflightBytes)
 	}

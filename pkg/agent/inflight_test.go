@@ -43,7 +43,7 @@ func TestLargeTCPReplyWithASmallBudget(t *testing.T) {
 			up := dnstest.Start(t, "127.0.0.1:0", dnstest.LargeTXT(tc.txt)).Addr
 			listen := testenv.FreePort(t)
 			startTestAgent(t, dir, socket, listen, up, "", func(c *Config) { c.InflightBytes = tc.inflight })
-			if rcode, got := largeTXTOverTCP(t, listen); rcode != dns.RcodeSuccess || got != tc.txt {
+			if rcode, got, _ := largeTXTOverTCP(t, listen); rcode != dns.RcodeSuccess || got != tc.txt {
 				t.Errorf("%s with %d bytes of TXT, want NOERROR with %d", dns.RcodeToString[rcode], got, tc.txt)
 			}
 		})
@@ -51,16 +51,30 @@ func TestLargeTCPReplyWithASmallBudget(t *testing.T) {
 }
 
 // largeTXTOverTCP asks the resolver on listen for big.example TXT over TCP
-// and returns the reply's rcode and how many bytes of TXT it had.
-func largeTXTOverTCP(t *testing.T, listen netip.AddrPort) (rcode, txtBytes int) {
+// and returns the reply's rcode, how many bytes of TXT it had, and its
+// size (without the 2-byte length).
+func largeTXTOverTCP(t *testing.T, listen netip.AddrPort) (rcode, txtBytes, size int) {
 	t.Helper()
-	c := &dns.Client{Net: "tcp", Timeout: 5 * time.Second}
-	m := new(dns.Msg)
-	m.SetQuestion("big.example.", dns.TypeTXT)
-	r, _, err := c.Exchange(m, listen.String())
+	c, err := net.DialTimeout("tcp", listen.String(), 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	m := new(dns.Msg)
+	m.SetQuestion("big.example.", dns.TypeTXT)
+	q, err := m.Pack()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := dnstest.WriteTCP(c, q); err != nil {
+		t.Fatal(err)
+	}
+	b, err := dnstest.ReadTCP(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := dnstest.Unpack(t, b)
 	for _, rr := range r.Answer {
 		if txt, ok := rr.(*dns.TXT); ok {
 			for _, s := range txt.Txt {
@@ -68,33 +82,44 @@ func largeTXTOverTCP(t *testing.T, listen netip.AddrPort) (rcode, txtBytes int) 
 			}
 		}
 	}
-	return r.Rcode, txtBytes
+	return r.Rcode, txtBytes, len(b)
 }
+
+// largestTXT is the TXT data of dnstest.LargeTXT that makes its reply to
+// big.example TXT (no EDNS) the largest a DNS message can be, 65,535
+// bytes: a header of 12, the question's 17, the record's name (written
+// out: dnstest does not compress), type, class, TTL and length 23, and
+// the data, 65,222 bytes in 261 strings of up to 250, each with a byte of
+// length. The resolver relays it as it is.
+const largestTXT = 65222
 
 // TestInflightBytesBelowOneReply: a bound of bytes in flight, the node's
 // or a source's, below one reply of the largest size (64 KiB) would refuse
 // every such reply; the agent refuses to start with it, saying the value
 // and the least it takes, whoever configures it (before: only the command
 // line refused a source's bound, and an agent.Config with 32 KiB of either
-// ran and failed every reply over 32 KiB). 0 and a negative source's bound
-// keep their meaning, and the least bound answers a reply of nearly 64 KiB.
+// ran and failed every reply over 32 KiB; a negative node's bound, no
+// bound at all, passed). 0 and a negative source's bound keep their
+// meaning, and the least bound answers a reply of the largest size.
 func TestInflightBytesBelowOneReply(t *testing.T) {
 	dir := t.TempDir()
 	if err := os.WriteFile(filepath.Join(dir, "se.yaml"), []byte(manifest), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	up := dnstest.Start(t, "127.0.0.1:0", dnstest.LargeTXT(60000)).Addr
+	up := dnstest.Start(t, "127.0.0.1:0", dnstest.LargeTXT(largestTXT)).Addr
 	for _, field := range []struct {
-		name, want string
-		set        func(*Config, int64)
-		fine       []int64
+		name, want    string
+		set           func(*Config, int64)
+		refused, fine []int64
 	}{
 		{"InflightBytes", "want 0 (the default) or at least 65536, one reply of the largest size",
-			func(c *Config, n int64) { c.InflightBytes = n }, []int64{0, resolver.MinPodInflightBytes}},
+			func(c *Config, n int64) { c.InflightBytes = n },
+			[]int64{-1, 1, 32 << 10, resolver.MinPodInflightBytes - 1}, []int64{0, resolver.MinPodInflightBytes}},
 		{"PodInflightBytes", "want 0 (the default), negative (no bound of its own) or at least 65536, one reply of the largest size",
-			func(c *Config, n int64) { c.PodInflightBytes = n }, []int64{0, -1, resolver.MinPodInflightBytes}},
+			func(c *Config, n int64) { c.PodInflightBytes = n },
+			[]int64{1, 32 << 10, resolver.MinPodInflightBytes - 1}, []int64{0, -1, resolver.MinPodInflightBytes}},
 	} {
-		for _, n := range []int64{1, 32 << 10, resolver.MinPodInflightBytes - 1} {
+		for _, n := range field.refused {
 			t.Run(fmt.Sprintf("%s %d refused", field.name, n), func(t *testing.T) {
 				ctx, cancel := context.WithCancel(context.Background())
 				defer cancel()
@@ -121,12 +146,13 @@ func TestInflightBytesBelowOneReply(t *testing.T) {
 			})
 		}
 		for _, n := range field.fine {
-			t.Run(fmt.Sprintf("%s %d answers 60000 bytes", field.name, n), func(t *testing.T) {
+			t.Run(fmt.Sprintf("%s %d answers the largest reply", field.name, n), func(t *testing.T) {
 				listen := testenv.FreePort(t)
 				startTestAgent(t, dir, filepath.Join(t.TempDir(), "ztdns.sock"), listen, up, "",
 					func(c *Config) { field.set(c, n) })
-				if rcode, got := largeTXTOverTCP(t, listen); rcode != dns.RcodeSuccess || got != 60000 {
-					t.Errorf("%s with %d bytes of TXT, want NOERROR with 60000", dns.RcodeToString[rcode], got)
+				if rcode, got, size := largeTXTOverTCP(t, listen); rcode != dns.RcodeSuccess || got != largestTXT || size != dns.MaxMsgSize {
+					t.Errorf("%s with %d bytes of TXT in %d, want NOERROR with %d in %d",
+						dns.RcodeToString[rcode], got, size, largestTXT, dns.MaxMsgSize)
 				}
 			})
 		}

@@ -59,7 +59,7 @@ func TestReplyKeepsSlotBusy(t *testing.T) {
 					helperEnv+"="+helperKeeper, helperFamily+"="+fam.family, helperAddr+"="+a.String())
 				slotA := e.slotHolding(cookie, a)
 				if slotA < 0 {
-					t.Fatalf("no slot learned %s at connect; slots: %v", a, e.slots(t, cookie))
+					t.Fatalf("no slot learned %s at connect; slots: %v", a, e.learned(t, cookie))
 				}
 				// Two more nameservers of the pod fill the other slots.
 				for _, d := range fam.dests[1:3] {
@@ -86,7 +86,7 @@ func TestReplyKeepsSlotBusy(t *testing.T) {
 						t.Fatalf("getpeername: %s, want %s", out, a)
 					}
 				}
-				if idle := e.slotIdleFor(t, cookie, slotA); idle >= slotIdle {
+				if idle := e.learned(t, cookie)[slotA].Idle; idle >= slotIdle {
 					t.Errorf("after a %s on the kept socket, its slot %d has been idle for %v, want it busy", read, slotA, idle)
 				}
 
@@ -97,12 +97,12 @@ func TestReplyKeepsSlotBusy(t *testing.T) {
 						t.Fatalf("connect %s: %s", d, out)
 					}
 				}
-				got := e.slots(t, cookie)
-				if !sameAddrPort(got[slotA], a) {
-					t.Errorf("slot %d now holds %s, want %s (slots: %v)", slotA, got[slotA], a, got)
+				got := e.learned(t, cookie)
+				if !sameAddrPort(got[slotA].Addr, a) {
+					t.Errorf("slot %d now holds %s, want %s (slots: %v)", slotA, got[slotA].Addr, a, got)
 				}
 				for _, d := range fam.dests[3:5] {
-					if !slices.ContainsFunc(got[:], func(ns netip.AddrPort) bool { return sameAddrPort(ns, d) }) {
+					if !slices.ContainsFunc(got[:], func(ns LearnedNameserver) bool { return sameAddrPort(ns.Addr, d) }) {
 						t.Errorf("slots %v, want %s in an idle slot it took", got, d)
 					}
 				}
@@ -128,13 +128,13 @@ func TestReplyKeepsSlotBusy(t *testing.T) {
 		}
 		slotA := e.slotHolding(cookie, a)
 		if slotA < 0 {
-			t.Fatalf("no slot learned %s at connect; slots: %v", a, e.slots(t, cookie))
+			t.Fatalf("no slot learned %s at connect; slots: %v", a, e.learned(t, cookie))
 		}
 		e.setLastUsed(t, cookie, slotA, slotIdle+5*time.Second)
 		if out := h.do(t, "connect "+dests[3].String()); out != "ok" {
 			t.Fatalf("connect %s: %s", dests[3], out)
 		}
-		if got := e.slots(t, cookie); !sameAddrPort(got[slotA], dests[3]) {
+		if got := e.learned(t, cookie); !sameAddrPort(got[slotA].Addr, dests[3]) {
 			t.Fatalf("slots %v, want %s in slot %d, the idle one", got, dests[3], slotA)
 		}
 		e.setLastUsed(t, cookie, slotA, slotIdle+5*time.Second)
@@ -145,7 +145,7 @@ func TestReplyKeepsSlotBusy(t *testing.T) {
 		if out := h.do(t, "query "+name); !strings.HasPrefix(out, a.String()+" ") {
 			t.Fatalf("query on the kept socket: %q, want a reply from %s", out, a)
 		}
-		if idle := e.slotIdleFor(t, cookie, slotA); idle < slotIdle {
+		if idle := e.learned(t, cookie)[slotA].Idle; idle < slotIdle {
 			t.Errorf("slot %d, now %s's, has been idle for %v after a reply to %s's socket; want it still idle", slotA, dests[3], idle, a)
 		}
 	})
@@ -178,14 +178,21 @@ func sameAddrPort(x, y netip.AddrPort) bool {
 	return x.Addr().Unmap() == y.Addr().Unmap() && x.Port() == y.Port()
 }
 
-// slots returns what the pod's slots hold (zero when free).
-func (e *captureEnv) slots(tb testing.TB, cookie uint64) [Slots]netip.AddrPort {
+// learned returns what the pod's slots hold (the zero Addr when free) and
+// how long ago each was last used, as Pods reports them.
+func (e *captureEnv) learned(tb testing.TB, cookie uint64) [Slots]LearnedNameserver {
 	tb.Helper()
-	var got [Slots]netip.AddrPort
-	for slot := range Slots {
-		got[slot], _ = e.r.Nameserver(cookie, slot)
+	pods, err := e.r.Pods()
+	if err != nil {
+		tb.Fatal(err)
 	}
-	return got
+	for _, p := range pods {
+		if p.NetnsCookie == cookie {
+			return p.Nameservers
+		}
+	}
+	tb.Fatalf("no marked pod has netns cookie %d", cookie)
+	return [Slots]LearnedNameserver{}
 }
 
 // slotHolding returns the pod's slot that holds ns, or -1.
@@ -215,21 +222,4 @@ func (e *captureEnv) setLastUsed(tb testing.TB, cookie uint64, slot int, back ti
 	if err := e.r.objs.Nameservers.Put(&key, &ns); err != nil {
 		tb.Fatalf("slot %d: %v", slot, err)
 	}
-}
-
-// slotIdleFor returns how long ago the slot was last used.
-func (e *captureEnv) slotIdleFor(tb testing.TB, cookie uint64, slot int) time.Duration {
-	tb.Helper()
-	ns, err := e.r.nameserver(cookie, slot)
-	if err != nil {
-		tb.Fatalf("slot %d: %v", slot, err)
-	}
-	now, err := monotonicNow()
-	if err != nil {
-		tb.Fatal(err)
-	}
-	if now <= ns.LastUsedNs {
-		return 0
-	}
-	return time.Duration(now - ns.LastUsedNs)
 }

@@ -49,6 +49,10 @@ type kernelRate struct {
 	keys    map[*quota.Source][16]byte // each known pod's key, by its quota: the pod's identity while it is known
 	lastKey uint64                     // keys are never reused
 	left    int                        // addresses podAddrs had no room for
+
+	dropsMu sync.Mutex          // guards the fields below, for totalDrops
+	seen    map[[16]byte]uint64 // each key's drops at the last read
+	dropped uint64              // the drops counted up to the last read
 }
 
 // kernelRateSources bounds the keys the kernel remembers (the least
@@ -106,7 +110,7 @@ func newKernelRate(r quota.Rate, log *slog.Logger) (*kernelRate, error) {
 		sources.Close()
 		return nil, fmt.Errorf("pod addresses map: %w", err)
 	}
-	k := &kernelRate{sources: sources, podAddrs: podAddrs, log: log, addrs: map[netip.Addr][16]byte{}, keys: map[*quota.Source][16]byte{}}
+	k := &kernelRate{sources: sources, podAddrs: podAddrs, log: log, addrs: map[netip.Addr][16]byte{}, keys: map[*quota.Source][16]byte{}, seen: map[[16]byte]uint64{}}
 	interval, tolerance := r.Params()
 	if k.prog4, err = loadRateFilter(sources, podAddrs, interval, tolerance, false); err == nil {
 		k.prog6, err = loadRateFilter(sources, podAddrs, interval, tolerance, true)
@@ -341,19 +345,42 @@ func (k *kernelRate) podDrops(p *podcache.Pod) uint64 {
 	return total
 }
 
-// totalDrops is how many datagrams the filter dropped, charged to every
-// key it still remembers.
+// totalDrops is how many datagrams the filter dropped since it was
+// loaded, as a counter that never goes down. The map's counts cannot be
+// summed as they are: a key the LRU map forgets takes its count with it,
+// and the sum would fall (a counter reset to Prometheus, which would then
+// take the whole remaining sum for new drops). So each read adds what each
+// key's count rose by since the last read; a key read before whose count
+// is lower was forgotten and seen again, and all of its count is new. The
+// drops of a key between the last read and its eviction are not counted
+// (nor, if it is seen again and its new count passes the old before the
+// next read, the old count's worth of its new drops).
 func (k *kernelRate) totalDrops() uint64 {
+	// Read under the lock: an older read applied after a newer one would
+	// take each count that rose between them for a forgotten key's.
+	k.dropsMu.Lock()
+	defer k.dropsMu.Unlock()
 	var (
-		key   [16]byte
-		v     kernelSource
-		total uint64
+		key [16]byte
+		v   kernelSource
 	)
+	now := make(map[[16]byte]uint64, len(k.seen))
 	it := k.sources.Iterate()
 	for it.Next(&key, &v) {
-		total += v.Drops
+		now[key] = v.Drops // a key iterated twice (the map changed meanwhile) counts once
 	}
-	return total
+	if it.Err() != nil {
+		return k.dropped // the keys not reached are counted next time
+	}
+	for key, n := range now {
+		if last := k.seen[key]; n >= last {
+			k.dropped += n - last
+		} else {
+			k.dropped += n
+		}
+	}
+	k.seen = now // at most the map's size
+	return k.dropped
 }
 
 // Close releases the map and programs; sockets keep the filter they have

@@ -364,3 +364,60 @@ func (k *kernelRate) drops(src netip.Addr) uint64 {
 	k.mu.Unlock()
 	return k.dropsOf(key)
 }
+
+// TestKernelRateDropsNeverDecrease: ztdns_resolver_kernel_rate_limited_total
+// keeps the drops of the keys the filter's map forgets, and counts a key
+// seen again (its count starting over) from zero; Prometheus reads a
+// counter that goes down as a reset and takes the whole rest for new
+// drops. The test writes the counts into the map as the filter would.
+func TestKernelRateDropsNeverDecrease(t *testing.T) {
+	testenv.RequireRoot(t)
+	s := New(Options{Limits: quota.Limits{QPS: 10, Burst: 10}, KernelRate: true})
+	t.Cleanup(func() { s.Close() })
+	if s.kernel == nil {
+		testenv.Unavailable(t, "the resolver could not load its socket filter (see the log)")
+	}
+	a, b := netip.MustParseAddr("203.0.113.1").As16(), netip.MustParseAddr("2001:db8::1").As16()
+	put := func(key [16]byte, drops uint64) {
+		t.Helper()
+		if err := s.kernel.sources.Put(key, kernelSource{Drops: drops}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := func(step string, n float64) {
+		t.Helper()
+		if got := scrape(t, s.Collector(), "ztdns_resolver_kernel_rate_limited_total")["ztdns_resolver_kernel_rate_limited_total{}"]; got != n {
+			t.Errorf("%s: ztdns_resolver_kernel_rate_limited_total = %v, want %v", step, got, n)
+		}
+	}
+
+	put(a, 5)
+	put(b, 7)
+	want("two keys", 12)
+	put(b, 9)
+	want("b's count rose by 2", 14)
+	if err := s.kernel.sources.Delete(a); err != nil {
+		t.Fatal(err)
+	}
+	want("a forgotten", 14)
+	put(a, 2)
+	want("a seen again, 2 drops since", 16)
+	if err := s.kernel.sources.Delete(b); err != nil {
+		t.Fatal(err)
+	}
+	put(b, 3)
+	want("b forgotten and seen again between reads, 3 drops since", 19)
+
+	// The LRU map forgets both (inserted anew, not looked up since) among
+	// sources without drops.
+	gone := func(key [16]byte) bool {
+		return errors.Is(s.kernel.sources.Lookup(key, new(kernelSource)), ebpf.ErrKeyNotExist)
+	}
+	for i := 0; !gone(a) || !gone(b); i++ {
+		if i == 16*kernelRateSources {
+			t.Fatalf("a or b still in the map after %d other keys", i)
+		}
+		put(podKey(uint64(1<<32+i)), 0)
+	}
+	want("a and b evicted", 19)
+}
