@@ -91,10 +91,10 @@ directory of YAML manifests (--config-dir).`,
 	udpSockets := fs.Int("udp-sockets", agent.DefaultSocketsPerAddr, "SO_REUSEPORT UDP sockets on each resolver address, each read by a goroutine of its own: more answer more queries a second at full speed, at more CPU per query")
 	tcpIdle := fs.Duration("tcp-idle-timeout", resolver.DefaultTCPIdleTimeout, "close a TCP connection idle this long (a tenth of it with half of --max-tcp open, a hundredth with three quarters)")
 	inflightBytes := &byteSize{n: resolver.DefaultInflightBytes}
-	fs.Var(inflightBytes, "inflight-bytes", fmt.Sprintf("bytes of upstream replies held at once, read or waiting to be written, e.g. 8Mi, at least %v (one reply of the largest size); a reply that does not fit gets SERVFAIL",
+	fs.Var(inflightBytes, "inflight-bytes", fmt.Sprintf("bytes of upstream replies held at once, read or waiting to be written, e.g. 8Mi, at least %v (one reply of the largest size); a reply that does not fit is refused: its query gets SERVFAIL, or, for a lookup of its own (a CNAME's target), an answer without it",
 		&byteSize{n: resolver.MinPodInflightBytes}))
 	podInflightBytes := &byteSize{zero: true}
-	fs.Var(podInflightBytes, "pod-inflight-bytes", fmt.Sprintf("bytes of upstream replies one pod may hold at once, e.g. 512Ki, at least %v (one reply of the largest size); a reply that does not fit gets SERVFAIL (default: a sixteenth of --inflight-bytes, and room for two of the largest replies, %v, when --inflight-bytes has it; 0: no limit of its own, only its fair share)",
+	fs.Var(podInflightBytes, "pod-inflight-bytes", fmt.Sprintf("bytes of upstream replies one pod may hold at once, e.g. 512Ki, at least %v (one reply of the largest size); a reply that does not fit is refused, as for --inflight-bytes (default: a sixteenth of --inflight-bytes, and room for two of the largest replies, %v, when --inflight-bytes has it; 0: no limit of its own, only its fair share)",
 		&byteSize{n: resolver.MinPodInflightBytes}, &byteSize{n: 2 * resolver.MinPodInflightBytes}))
 	autopath := fs.Bool("autopath", false, "answer search-list expansions of unknown names in one round trip (see README)")
 	metrics := fs.String("metrics", "", "serve /metrics, /healthz and /readyz on `ADDR`: the node's IP or 127.0.0.1 with a port, e.g. 127.0.0.1:15053 (an IPv6 address may go without brackets); empty disables")
