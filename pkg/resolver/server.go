@@ -623,7 +623,8 @@ func (s *Server) logAccess(r *request, src netip.AddrPort, tcp bool, pod *podcac
 }
 
 // truncate writes an empty UDP reply with TC set: the client retries over
-// TCP.
+// TCP. Counted as it is built: the fast path sends it at once (the slow
+// path's, slowQuery.truncated, once it goes out).
 func truncate(out []byte, msg []byte, r *request) []byte {
 	out = dnswire.AppendTruncated(out, msg, r)
 	metricTruncated.udp.Inc()
@@ -674,7 +675,7 @@ func (s *Server) slow(msg []byte, src, local netip.AddrPort, up *connUpstreams, 
 		ctx, cancel := context.WithTimeout(quota.WithSource(s.ctx, source), slowPathTimeout)
 		var reply []byte
 		if s.forwards.arm(fw, cancel) {
-			q.offline, q.needsUpstream, q.cut, q.from = false, false, false, sourceNone
+			q.offline, q.needsUpstream, q.from = false, false, sourceNone
 			reply = q.answer(ctx)
 		}
 		cancel()

@@ -32,8 +32,9 @@ type slowQuery struct {
 	// needsUpstream, and the reply is to be thrown away (slow then runs the
 	// query again, online, within the bounds on forwarded work).
 	offline, needsUpstream bool
-	// cut: pack cut the reply to fit a TCP message, with TC; counted
-	// truncated once it goes out so (finishing).
+	// cut: the reply was cut, with TC (to an empty one over UDP, to what
+	// fits a message over TCP); counted truncated once it goes out so
+	// (finishing), not as it is built: it may be refused or ended yet.
 	cut bool
 
 	// What the metrics and the access log say of the answer: when the query
@@ -94,7 +95,11 @@ func (q *slowQuery) finishing(hold holdReply, done func(reply []byte, release fu
 		}
 		if len(reply) >= dnswire.HeaderLen {
 			if q.cut && dnswire.HeaderFlags(reply)&dnswire.FlagTC != 0 { // not a SERVFAIL in its place
-				metricTruncated.tcp.Inc()
+				if q.tcp {
+					metricTruncated.tcp.Inc()
+				} else {
+					metricTruncated.udp.Inc()
+				}
 			}
 			q.finish(reply)
 		}
@@ -392,7 +397,7 @@ func (q *slowQuery) forward(ctx context.Context) []byte {
 	}
 	q.answeredBy(from) // a SERVFAIL for the source's bytes: from "none", counted
 	if !q.tcp && len(out) > r.UDPLimit() && r.End > 0 {
-		return truncate(nil, msg, r)
+		return q.truncated()
 	}
 	return out
 }
@@ -500,9 +505,16 @@ func (q *slowQuery) pack(reply *dns.Msg) []byte {
 		return dnswire.AppendErrorReply(nil, q.msg, &q.r, dnswire.RcodeServFail)
 	}
 	if !q.tcp && len(out) > q.r.UDPLimit() {
-		return truncate(nil, q.msg, &q.r)
+		return q.truncated()
 	}
 	return out
+}
+
+// truncated is an empty UDP reply with TC, counted once it goes out
+// (finishing).
+func (q *slowQuery) truncated() []byte {
+	q.cut = true
+	return dnswire.AppendTruncated(nil, q.msg, &q.r)
 }
 
 // leadingLabels returns the first n labels of name, in presentation form,
