@@ -45,8 +45,9 @@ type slowQuery struct {
 	upstream netip.AddrPort
 	badVers  bool
 	pod      *podcache.Pod
-	// source is the asking source, looked up when it is needed: to
-	// forward (slow), or to count a refusal (askingSource).
+	// source is the asking source: its TCP connection's, found as it was
+	// accepted (whose bytes hold its replies), or over UDP the one looked
+	// up to forward (slow). What is refused for it is counted on it.
 	source *quota.Source
 	// limited: the query was counted forward_limited, once however many
 	// of its parts (lookups, forward, reply) were refused or ended for its
@@ -148,7 +149,7 @@ func (q *slowQuery) answeredBy(o forward.Origin) {
 func (q *slowQuery) refusedForBytes() {
 	if !q.bytesRefused {
 		q.bytesRefused = true
-		q.askingSource().CountBytesRefused()
+		q.source.CountBytesRefused()
 	}
 	q.countLimited()
 }
@@ -160,16 +161,6 @@ func (q *slowQuery) countLimited() {
 		q.limited = true
 		metricQueries.forwardLimited.Inc()
 	}
-}
-
-// askingSource is the query's source: the one its forward runs for, or
-// looked up now (a reply answered from the table alone, refused as it
-// waited to be written).
-func (q *slowQuery) askingSource() *quota.Source {
-	if q.source == nil {
-		_, q.source = q.s.sourceOf(q.src.Addr(), q.s.clock())
-	}
-	return q.source
 }
 
 // answerSlow produces the reply for a query the fast path handed over, or nil
