@@ -251,14 +251,20 @@ func TestLookupsOverThePodsBytesAreCounted(t *testing.T) {
 	}
 }
 
-// TestAutopathStopsAtAFailedLookup: a candidate whose lookup fails (here
-// refused for the pod's bytes, a SERVFAIL of ztdns's own) says nothing of
-// whether it exists, so autopath's walk stops there and the query is
-// forwarded as it is (refused for the pod's bytes too: SERVFAIL), though a
-// later candidate's answer is in the cache. Before: the walk moved on, and
-// the pod got NXDOMAIN for a name that exists (db.corp.internal) or a
-// CNAME to the wrong one (web., not web.corp.internal).
+// TestAutopathStopsAtAFailedLookup: a candidate whose lookup fails says
+// nothing of whether it exists, so autopath's walk stops there and the
+// query is forwarded as it is. Failed here: refused for the pod's bytes, a
+// SERVFAIL of ztdns's own (the forward is refused too: SERVFAIL), though a
+// later candidate's answer is in the cache; and an upstream's SERVFAIL,
+// the query then answered as asked. Before: the walk moved on, and the
+// pod got NXDOMAIN for a name that exists (db.corp.internal) or a CNAME to
+// the wrong one (web., not web.corp.internal).
 func TestAutopathStopsAtAFailedLookup(t *testing.T) {
+	t.Run("refused for the pod's bytes", testAutopathStopsAtABytesRefusal)
+	t.Run("upstream SERVFAIL", testAutopathStopsAtAnUpstreamsSERVFAIL)
+}
+
+func testAutopathStopsAtABytesRefusal(t *testing.T) {
 	const perSource = 16 << 10
 	b := quota.NewBudget(64<<10, perSource)
 	ss := startSlowServer(t, Options{Autopath: true, Limits: quota.Limits{QPS: -1}, Budget: b}, &model.Snapshot{},
@@ -286,6 +292,27 @@ func TestAutopathStopsAtAFailedLookup(t *testing.T) {
 		}
 		if got := testutil.ToFloat64(metricQueries.forwardLimited) - limited; got != 1 {
 			t.Errorf("%s: forward_limited rose by %v, want 1", name, got)
+		}
+	}
+}
+
+// testAutopathStopsAtAnUpstreamsSERVFAIL: the upstream fails every
+// candidate (corp.internal's) and answers any other name: the pod gets
+// the answer to the name it asked, not a CNAME to a later candidate (the
+// bare name, which the upstream answers too).
+func testAutopathStopsAtAnUpstreamsSERVFAIL(t *testing.T) {
+	marker := dnstest.Marker(netip.MustParseAddr("203.0.113.7"), netip.MustParseAddr("2001:db8::7"))
+	ss := startSlowServerWith(t, Options{Autopath: true}, &model.Snapshot{}, respondFunc(func(req *dns.Msg, local netip.AddrPort) *dns.Msg {
+		if dns.IsSubDomain("corp.internal.", dns.CanonicalName(req.Question[0].Name)) {
+			return new(dns.Msg).SetRcode(req, dns.RcodeServerFailure)
+		}
+		return marker.Reply(req, local)
+	}))
+	for _, proto := range []string{"udp", "tcp"} {
+		const name = "db.ns1.svc.cluster.local."
+		rcode, answer, _ := replyText(ss.askType(t, proto, name, dns.TypeA))
+		if want := []string{name + "\t0\tIN\tA\t203.0.113.7"}; rcode != "NOERROR" || !slices.Equal(answer, want) {
+			t.Errorf("%s %s, its candidate's lookup failed: %s %q, want NOERROR %q", proto, name, rcode, answer, want)
 		}
 	}
 }
