@@ -75,8 +75,9 @@ type holdReply func(n int) (release func(), v quota.Verdict)
 // such: over the source's bound or share, the source's outcome
 // (forward_limited, and the pod's bytesRefused, once per query); with the
 // budget spent, the node's (overload). A reply that was a SERVFAIL already
-// (its bytes refused as it was read, say) is counted for neither: the
-// client's answer is the same, and it was counted then.
+// is counted for neither: the hold changes nothing the client gets. One
+// made as its bytes were refused as they were read was counted then; an
+// upstream's own SERVFAIL is no refusal.
 func (q *slowQuery) finishing(hold holdReply, done func(reply []byte, release func())) func(reply []byte) {
 	return func(reply []byte) {
 		var release func()
