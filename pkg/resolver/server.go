@@ -700,15 +700,6 @@ func (s *Server) slow(msg []byte, src, local netip.AddrPort, source *quota.Sourc
 	}()
 }
 
-// servfailFor is SERVFAIL for msg, or nil for a packet to drop.
-func servfailFor(msg []byte) []byte {
-	var r request
-	if parse(msg, &r, new(nameBuf)) == verdictDrop {
-		return nil
-	}
-	return dnswire.AppendErrorReply(nil, msg, &r, dnswire.RcodeServFail)
-}
-
 func addrPortOf(a net.Addr) netip.AddrPort {
 	switch a := a.(type) {
 	case *net.UDPAddr:

@@ -91,7 +91,7 @@ func (q *slowQuery) finishing(hold holdReply, done func(reply []byte, release fu
 				default:
 					metricQueries.overload.Inc()
 				}
-				reply = servfailFor(q.msg)
+				reply = dnswire.AppendErrorReply(nil, q.msg, &q.r, dnswire.RcodeServFail) // q.r: parsed, the reply not nil
 				q.from, q.upstream = sourceNone, netip.AddrPort{}
 			}
 		}
