@@ -90,13 +90,13 @@ func TestForwardEndedForASourceUnderItsShare(t *testing.T) {
 	}
 }
 
-// TestTCPConnectionKeepsItsUpstreams: the upstreams a TCP connection's
-// misses go to are those looked up for its first forward, for as long as
-// it lives, its CNAME chases' lookups included; a new connection, and
-// UDP, get what the lookup says now. The pod opened the connection to one
-// nameserver: capture's slot for the address may be given to another
-// while the connection stays open. Before: each query was forwarded where
-// the lookup said at the time.
+// TestTCPConnectionKeepsItsUpstreams: a TCP connection's misses go to the
+// pod's own nameserver found by the first lookup that found it (here its
+// first forward's), for as long as it lives, its CNAME chases' lookups
+// included; a new connection, and UDP, get what the lookup says now. The
+// pod opened the connection to one nameserver: capture's slot for the
+// address may be given to another while the connection stays open.
+// Before: each query was forwarded where the lookup said at the time.
 func TestTCPConnectionKeepsItsUpstreams(t *testing.T) {
 	first, second := markerUpstream(t, 1), markerUpstream(t, 2)
 	us := startUpstreamsServer(t)

@@ -709,6 +709,60 @@ func TestRepliesOverTheSourcesBytesAreItsOutcome(t *testing.T) {
 	}
 }
 
+// TestReplyRefusedOnTheConnectionsSource: a TCP connection's replies are
+// held as its source's, the one found as it was accepted, and a reply
+// refused so is counted on that source, though the address is a pod's
+// now (the pod appeared in the pod cache after the connection opened):
+// not on the pod, which was refused nothing. Before: the refusal was
+// counted on the source looked up again as the reply was refused.
+func TestReplyRefusedOnTheConnectionsSource(t *testing.T) {
+	const budget, perSource = 64 << 10, 16 << 10
+	newcomerIP := netip.MustParseAddr("127.0.0.9")
+	b := quota.NewBudget(budget, perSource)
+	ls := startLimitsServer(t, Options{Limits: quota.Limits{QPS: -1}, Budget: b}, liveUpstream(t), liveUpstream(t))
+	c, err := (&net.Dialer{LocalAddr: &net.TCPAddr{IP: newcomerIP.AsSlice()}}).Dial("tcp4", ls.addr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	// Answered: the connection was accepted, its source the address's
+	// among unknown sources.
+	if r := exchangeTCP(t, c, packQuery(t, tableName, dns.TypeA)); r.Rcode != dns.RcodeSuccess {
+		t.Fatalf("before the pod appeared: %s, want NOERROR", dns.RcodeToString[r.Rcode])
+	}
+	conn := ls.unknown.Get(newcomerIP, 0)
+	ls.pods.SetSourcePods([]model.Pod{
+		{Namespace: "flood", Name: "flooder", IPs: []netip.Addr{flooderIP}},
+		{Namespace: "default", Name: "victim", IPs: []netip.Addr{victimIP}},
+		{Namespace: "default", Name: "newcomer", IPs: []netip.Addr{newcomerIP}},
+	})
+	pod := ls.pods.Lookup(newcomerIP).Quota
+	if pod == nil || pod == conn {
+		t.Fatalf("the pod's source %p, the connection's %p: want one of the pod's own", pod, conn)
+	}
+	if v := b.TryTake(conn, perSource); v != quota.Taken { // no reply of the connection's fits now
+		t.Fatalf("could not take the connection's source's %d bytes: %d", perSource, v)
+	}
+	t.Cleanup(func() { b.Give(conn, perSource) })
+	// A search-list expansion, the slow path answered from the table, and
+	// a name forwarded.
+	for i, name := range []string{aliasName, "who.example."} {
+		limited := testutil.ToFloat64(metricQueries.forwardLimited)
+		if r := exchangeTCP(t, c, packQuery(t, name, dns.TypeA)); r.Rcode != dns.RcodeServerFailure {
+			t.Fatalf("%s, the connection's source full: %s, want SERVFAIL", name, dns.RcodeToString[r.Rcode])
+		}
+		if got := conn.Usage().BytesRefused; got != uint64(i+1) {
+			t.Errorf("%s: the connection's source refused %d replies for its bytes, want %d", name, got, i+1)
+		}
+		if got := pod.Usage().BytesRefused; got != 0 {
+			t.Errorf("%s: the pod refused %d replies for its bytes, want 0: it held nothing", name, got)
+		}
+		if got := testutil.ToFloat64(metricQueries.forwardLimited) - limited; got != 1 {
+			t.Errorf("%s: forward_limited rose by %v, want 1", name, got)
+		}
+	}
+}
+
 // TestMemoryPerConnectionAndForward measures what an idle TCP connection
 // and a forwarded query waiting for its upstream cost, the two terms of the
 // README's memory bound that scale with --max-tcp and --max-forwarding,

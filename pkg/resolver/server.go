@@ -623,15 +623,17 @@ func (s *Server) logAccess(r *request, src netip.AddrPort, tcp bool, pod *podcac
 }
 
 // truncate writes an empty UDP reply with TC set: the client retries over
-// TCP.
+// TCP. Counted as it is built: the fast path sends it at once (the slow
+// path's, slowQuery.truncated, once it goes out).
 func truncate(out []byte, msg []byte, r *request) []byte {
 	out = dnswire.AppendTruncated(out, msg, r)
 	metricTruncated.udp.Inc()
 	return out
 }
 
-// slow answers a query that needs more than a table copy; up keeps the
-// upstreams of its TCP connection (nil: the query came over UDP). done is
+// slow answers a query that needs more than a table copy; source and up
+// are its TCP connection's source and upstreams (nil: the query came over
+// UDP, and its source is looked up if it forwards). done is
 // called exactly once, with the reply or with nil when there is nothing to
 // send, and what gives back the reply's hold (nil without one), which done
 // calls once the reply is sent or dropped.
@@ -646,14 +648,17 @@ func truncate(out []byte, msg []byte, r *request) []byte {
 // within its share that finds MaxInflight reached takes the slot of a
 // source over its share (startForward). The forwarder learns the source
 // from the context, and charges the reply bytes it reads to it.
-func (s *Server) slow(msg []byte, src, local netip.AddrPort, up *connUpstreams, hold holdReply, done func(reply []byte, release func())) {
-	q := &slowQuery{s: s, msg: msg, src: src, local: local, tcp: up != nil, conn: up, offline: true, start: s.clock(), from: sourceNone}
+func (s *Server) slow(msg []byte, src, local netip.AddrPort, source *quota.Source, up *connUpstreams, hold holdReply, done func(reply []byte, release func())) {
+	q := &slowQuery{s: s, msg: msg, src: src, local: local, tcp: up != nil, conn: up, source: source, offline: true, start: s.clock(), from: sourceNone}
 	finish := q.finishing(hold, done)
 	if reply := q.answer(s.ctx); !q.needsUpstream {
 		finish(reply)
 		return
 	}
-	source := q.askingSource()
+	if source == nil {
+		_, source = s.sourceOf(src.Addr(), s.clock())
+		q.source = source
+	}
 	fw := &q.slot
 	fw.source = source
 	switch s.startForward(fw) {
@@ -674,7 +679,7 @@ func (s *Server) slow(msg []byte, src, local netip.AddrPort, up *connUpstreams, 
 		ctx, cancel := context.WithTimeout(quota.WithSource(s.ctx, source), slowPathTimeout)
 		var reply []byte
 		if s.forwards.arm(fw, cancel) {
-			q.offline, q.needsUpstream, q.cut, q.from = false, false, false, sourceNone
+			q.offline, q.needsUpstream, q.from = false, false, sourceNone
 			reply = q.answer(ctx)
 		}
 		cancel()
@@ -693,15 +698,6 @@ func (s *Server) slow(msg []byte, src, local netip.AddrPort, up *connUpstreams, 
 		}
 		finish(reply)
 	}()
-}
-
-// servfailFor is SERVFAIL for msg, or nil for a packet to drop.
-func servfailFor(msg []byte) []byte {
-	var r request
-	if parse(msg, &r, new(nameBuf)) == verdictDrop {
-		return nil
-	}
-	return dnswire.AppendErrorReply(nil, msg, &r, dnswire.RcodeServFail)
 }
 
 func addrPortOf(a net.Addr) netip.AddrPort {

@@ -32,8 +32,9 @@ type slowQuery struct {
 	// needsUpstream, and the reply is to be thrown away (slow then runs the
 	// query again, online, within the bounds on forwarded work).
 	offline, needsUpstream bool
-	// cut: pack cut the reply to fit a TCP message, with TC; counted
-	// truncated once it goes out so (finishing).
+	// cut: the reply was cut, with TC (to an empty one over UDP, to what
+	// fits a message over TCP); counted truncated once it goes out so
+	// (finishing), not as it is built: it may be refused or ended yet.
 	cut bool
 
 	// What the metrics and the access log say of the answer: when the query
@@ -44,8 +45,9 @@ type slowQuery struct {
 	upstream netip.AddrPort
 	badVers  bool
 	pod      *podcache.Pod
-	// source is the asking source, looked up when it is needed: to
-	// forward (slow), or to count a refusal (askingSource).
+	// source is the asking source: its TCP connection's, found as it was
+	// accepted (whose bytes hold its replies), or over UDP the one looked
+	// up to forward (slow). What is refused for it is counted on it.
 	source *quota.Source
 	// limited: the query was counted forward_limited, once however many
 	// of its parts (lookups, forward, reply) were refused or ended for its
@@ -73,8 +75,9 @@ type holdReply func(n int) (release func(), v quota.Verdict)
 // such: over the source's bound or share, the source's outcome
 // (forward_limited, and the pod's bytesRefused, once per query); with the
 // budget spent, the node's (overload). A reply that was a SERVFAIL already
-// (its bytes refused as it was read, say) is counted for neither: the
-// client's answer is the same, and it was counted then.
+// is counted for neither: the hold changes nothing the client gets. One
+// made as its bytes were refused as they were read was counted then; an
+// upstream's own SERVFAIL is no refusal.
 func (q *slowQuery) finishing(hold holdReply, done func(reply []byte, release func())) func(reply []byte) {
 	return func(reply []byte) {
 		var release func()
@@ -88,13 +91,17 @@ func (q *slowQuery) finishing(hold holdReply, done func(reply []byte, release fu
 				default:
 					metricQueries.overload.Inc()
 				}
-				reply = servfailFor(q.msg)
+				reply = dnswire.AppendErrorReply(nil, q.msg, &q.r, dnswire.RcodeServFail) // q.r: parsed, the reply not nil
 				q.from, q.upstream = sourceNone, netip.AddrPort{}
 			}
 		}
 		if len(reply) >= dnswire.HeaderLen {
 			if q.cut && dnswire.HeaderFlags(reply)&dnswire.FlagTC != 0 { // not a SERVFAIL in its place
-				metricTruncated.tcp.Inc()
+				if q.tcp {
+					metricTruncated.tcp.Inc()
+				} else {
+					metricTruncated.udp.Inc()
+				}
 			}
 			q.finish(reply)
 		}
@@ -143,7 +150,7 @@ func (q *slowQuery) answeredBy(o forward.Origin) {
 func (q *slowQuery) refusedForBytes() {
 	if !q.bytesRefused {
 		q.bytesRefused = true
-		q.askingSource().CountBytesRefused()
+		q.source.CountBytesRefused()
 	}
 	q.countLimited()
 }
@@ -155,16 +162,6 @@ func (q *slowQuery) countLimited() {
 		q.limited = true
 		metricQueries.forwardLimited.Inc()
 	}
-}
-
-// askingSource is the query's source: the one its forward runs for, or
-// looked up now (a reply answered from the table alone, refused as it
-// waited to be written).
-func (q *slowQuery) askingSource() *quota.Source {
-	if q.source == nil {
-		_, q.source = q.s.sourceOf(q.src.Addr(), q.s.clock())
-	}
-	return q.source
 }
 
 // answerSlow produces the reply for a query the fast path handed over, or nil
@@ -392,7 +389,7 @@ func (q *slowQuery) forward(ctx context.Context) []byte {
 	}
 	q.answeredBy(from) // a SERVFAIL for the source's bytes: from "none", counted
 	if !q.tcp && len(out) > r.UDPLimit() && r.End > 0 {
-		return truncate(nil, msg, r)
+		return q.truncated()
 	}
 	return out
 }
@@ -500,9 +497,16 @@ func (q *slowQuery) pack(reply *dns.Msg) []byte {
 		return dnswire.AppendErrorReply(nil, q.msg, &q.r, dnswire.RcodeServFail)
 	}
 	if !q.tcp && len(out) > q.r.UDPLimit() {
-		return truncate(nil, q.msg, &q.r)
+		return q.truncated()
 	}
 	return out
+}
+
+// truncated is an empty UDP reply with TC, counted once it goes out
+// (finishing).
+func (q *slowQuery) truncated() []byte {
+	q.cut = true
+	return dnswire.AppendTruncated(nil, q.msg, &q.r)
 }
 
 // leadingLabels returns the first n labels of name, in presentation form,

@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -250,14 +251,20 @@ func TestLookupsOverThePodsBytesAreCounted(t *testing.T) {
 	}
 }
 
-// TestAutopathStopsAtAFailedLookup: a candidate whose lookup fails (here
-// refused for the pod's bytes, a SERVFAIL of ztdns's own) says nothing of
-// whether it exists, so autopath's walk stops there and the query is
-// forwarded as it is (refused for the pod's bytes too: SERVFAIL), though a
-// later candidate's answer is in the cache. Before: the walk moved on, and
-// the pod got NXDOMAIN for a name that exists (db.corp.internal) or a
-// CNAME to the wrong one (web., not web.corp.internal).
+// TestAutopathStopsAtAFailedLookup: a candidate whose lookup fails says
+// nothing of whether it exists, so autopath's walk stops there and the
+// query is forwarded as it is. Failed here: refused for the pod's bytes, a
+// SERVFAIL of ztdns's own (the forward is refused too: SERVFAIL), though a
+// later candidate's answer is in the cache; and an upstream's SERVFAIL,
+// the query then answered as asked. Before: the walk moved on, and the
+// pod got NXDOMAIN for a name that exists (db.corp.internal) or a CNAME to
+// the wrong one (web., not web.corp.internal).
 func TestAutopathStopsAtAFailedLookup(t *testing.T) {
+	t.Run("refused for the pod's bytes", testAutopathStopsAtABytesRefusal)
+	t.Run("upstream SERVFAIL", testAutopathStopsAtAnUpstreamsSERVFAIL)
+}
+
+func testAutopathStopsAtABytesRefusal(t *testing.T) {
 	const perSource = 16 << 10
 	b := quota.NewBudget(64<<10, perSource)
 	ss := startSlowServer(t, Options{Autopath: true, Limits: quota.Limits{QPS: -1}, Budget: b}, &model.Snapshot{},
@@ -285,6 +292,27 @@ func TestAutopathStopsAtAFailedLookup(t *testing.T) {
 		}
 		if got := testutil.ToFloat64(metricQueries.forwardLimited) - limited; got != 1 {
 			t.Errorf("%s: forward_limited rose by %v, want 1", name, got)
+		}
+	}
+}
+
+// testAutopathStopsAtAnUpstreamsSERVFAIL: the upstream fails every
+// candidate (corp.internal's) and answers any other name: the pod gets
+// the answer to the name it asked, not a CNAME to a later candidate (the
+// bare name, which the upstream answers too).
+func testAutopathStopsAtAnUpstreamsSERVFAIL(t *testing.T) {
+	marker := dnstest.Marker(netip.MustParseAddr("203.0.113.7"), netip.MustParseAddr("2001:db8::7"))
+	ss := startSlowServerWith(t, Options{Autopath: true}, &model.Snapshot{}, respondFunc(func(req *dns.Msg, local netip.AddrPort) *dns.Msg {
+		if dns.IsSubDomain("corp.internal.", dns.CanonicalName(req.Question[0].Name)) {
+			return new(dns.Msg).SetRcode(req, dns.RcodeServerFailure)
+		}
+		return marker.Reply(req, local)
+	}))
+	for _, proto := range []string{"udp", "tcp"} {
+		const name = "db.ns1.svc.cluster.local."
+		rcode, answer, _ := replyText(ss.askType(t, proto, name, dns.TypeA))
+		if want := []string{name + "\t0\tIN\tA\t203.0.113.7"}; rcode != "NOERROR" || !slices.Equal(answer, want) {
+			t.Errorf("%s %s, its candidate's lookup failed: %s %q, want NOERROR %q", proto, name, rcode, answer, want)
 		}
 	}
 }
@@ -357,3 +385,88 @@ func TestEndedForwardOfARefusedLookupCountedOnce(t *testing.T) {
 type respondFunc func(req *dns.Msg, local netip.AddrPort) *dns.Msg
 
 func (f respondFunc) Reply(req *dns.Msg, local netip.AddrPort) *dns.Msg { return f(req, local) }
+
+// TestTruncatedUDPReplyOfAnEndedForwardNotCounted: a UDP query whose
+// CNAME chain (two ExternalNames, long names) is more than 512 bytes,
+// its target's lookup waiting, has its forward ended for another source
+// under its share: its work ends with the chain alone, cut to an empty
+// reply with TC, but the client gets SERVFAIL. ztdns_resolver_truncated_total,
+// replies sent with TC, does not count it; the same chain sent with TC
+// does count. Before: it counted the TC reply as it was built, sent or not.
+func TestTruncatedUDPReplyOfAnEndedForwardNotCounted(t *testing.T) {
+	label := func(c string) string { return strings.Repeat(c, 63) }
+	nsA, nsB := label("m"), label("n")
+	asked := label("a") + "." + nsA + ".svc.cluster.local."
+	target := label("x") + "." + label("y") + "." + label("z") + ".example."
+	release := make(chan struct{})
+	arrived := make(chan string, 16)
+	marker := dnstest.Marker(netip.MustParseAddr("203.0.113.7"), netip.MustParseAddr("2001:db8::7"))
+	// The chain's target: A waits until the test ends, any other type
+	// fails (the chain alone answers). So does wait.example.; the rest is
+	// answered at once.
+	up := respondFunc(func(req *dns.Msg, local netip.AddrPort) *dns.Msg {
+		q := req.Question[0]
+		switch name := dns.CanonicalName(q.Name); {
+		case name == target && q.Qtype != dns.TypeA:
+			return new(dns.Msg).SetRcode(req, dns.RcodeServerFailure)
+		case name == target || name == "wait.example.":
+			arrived <- name
+			<-release
+		}
+		return marker.Reply(req, local)
+	})
+	ss := startSlowServerWith(t, Options{MaxInflight: 2, Limits: quota.Limits{QPS: -1, Forwarding: -1}}, &model.Snapshot{
+		Services: []model.Service{
+			{Namespace: nsA, Name: label("a"), ExternalName: label("b") + "." + nsB + ".svc.cluster.local"},
+			{Namespace: nsB, Name: label("b"), ExternalName: target},
+		},
+	}, up)
+	t.Cleanup(func() { close(release) }) // before the upstream stops
+
+	truncated := truncatedCounts()
+	if r := ss.askType(t, "udp", asked, dns.TypeMX); r.Rcode != dns.RcodeSuccess || !r.Truncated {
+		t.Fatalf("the chain sent over UDP: %s, TC %v; want NOERROR with TC", dns.RcodeToString[r.Rcode], r.Truncated)
+	}
+	if got := truncatedCounts().minus(truncated); got != (protoCounts{udp: 1}) {
+		t.Errorf("the chain sent with TC: ztdns_resolver_truncated_total rose by %v over UDP and %v over TCP, want 1 and 0", got.udp, got.tcp)
+	}
+
+	c, err := net.DialUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(victimIP, 0)), net.UDPAddrFromAddrPort(ss.addr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	truncated = truncatedCounts()
+	// Both slots the pod's: the chain's target's lookup waiting, the
+	// oldest, then a forward waiting.
+	for _, q := range []struct{ name, upstream string }{{asked, target}, {"wait.example.", "wait.example."}} {
+		if _, err := c.Write(packQuery(t, q.name, dns.TypeA)); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case got := <-arrived:
+			if got != q.upstream {
+				t.Fatalf("the upstream was asked %s, want %s", got, q.upstream)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s: the upstream was not asked %s", q.name, q.upstream)
+		}
+	}
+	// Another source, holding nothing, gets a slot: the pod's oldest
+	// forward is ended for it.
+	if r := ss.ask(t, flooderIP, "udp", "other.example."); r == nil || r.Rcode != dns.RcodeSuccess {
+		t.Fatalf("the other source's forwarded query: %v, want NOERROR", r)
+	}
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	buf := make([]byte, 512)
+	n, err := c.Read(buf)
+	if err != nil {
+		t.Fatalf("no reply to the pod's ended forward: %v", err)
+	}
+	if r := dnstest.Unpack(t, buf[:n]); r.Rcode != dns.RcodeServerFailure || r.Truncated || len(r.Question) != 1 || r.Question[0].Name != asked {
+		t.Fatalf("the pod's ended forward: %s, TC %v, question %v; want SERVFAIL without TC for %s", dns.RcodeToString[r.Rcode], r.Truncated, r.Question, asked)
+	}
+	if got := truncatedCounts().minus(truncated); got != (protoCounts{}) {
+		t.Errorf("ztdns_resolver_truncated_total rose by %v over UDP and %v over TCP, want 0 and 0", got.udp, got.tcp)
+	}
+}

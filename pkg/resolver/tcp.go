@@ -564,7 +564,7 @@ func (s *Server) serveTCPConn(tc *tcpConn, local netip.AddrPort) {
 			}
 			return func() { s.opts.Budget.Give(tc.source, n) }, quota.Taken
 		}
-		s.slow(msg, tc.src, local, &tc.up, hold, w.send)
+		s.slow(msg, tc.src, local, tc.source, &tc.up, hold, w.send)
 	}
 }
 
