@@ -152,23 +152,29 @@ func (c Config) validate() error {
 	if c.Resolver4 == ([Slots]netip.AddrPort{}) && c.Resolver6 == ([Slots]netip.AddrPort{}) {
 		return errors.New("no resolver address configured")
 	}
-	return ValidateCaptureNameservers(c.CaptureNameservers)
+	if err := ValidateCaptureNameservers(c.CaptureNameservers); err != nil {
+		return fmt.Errorf("capture nameservers: %w", err)
+	}
+	return nil
 }
 
 // ValidateCaptureNameservers checks a Config.CaptureNameservers list: at
 // most MaxCaptureNameservers prefixes, each valid and masked (no bits set
 // past its length), so that what the programs match is what the operator
-// wrote. (A masked IPv4-mapped prefix is at least /96: its ffff is set.)
+// wrote: 10.96.0.10/16 is more likely a typo for 10.96.0.10/32 than a wish
+// for all of 10.96.0.0/16. (A masked IPv4-mapped prefix is at least /96:
+// its ffff is set.) Load checks it; the agent's command line checks it
+// first, to refuse a bad flag as a usage error.
 func ValidateCaptureNameservers(ps []netip.Prefix) error {
 	if len(ps) > MaxCaptureNameservers {
-		return fmt.Errorf("%d capture nameserver prefixes, at most %d are supported", len(ps), MaxCaptureNameservers)
+		return fmt.Errorf("%d prefixes, want at most %d", len(ps), MaxCaptureNameservers)
 	}
 	for _, p := range ps {
 		switch {
 		case !p.IsValid():
-			return fmt.Errorf("capture nameserver prefix %s is not valid", p)
+			return fmt.Errorf("prefix %s is not valid", p)
 		case p.Masked() != p:
-			return fmt.Errorf("capture nameserver prefix %s has bits set past /%d (%s)", p, p.Bits(), p.Masked())
+			return fmt.Errorf("%s has bits set past /%d: give %s, or the address alone", p, p.Bits(), p.Masked())
 		}
 	}
 	return nil
