@@ -33,10 +33,13 @@ func TestCaptureNameservers(t *testing.T) {
 	t.Parallel()
 	musl := testenv.BuildMuslGetaddrinfo(t)
 	// nowhere4 matches only the last entry: the programs must look past a
-	// prefix that just misses it and one of the other family.
+	// prefix that just misses it and one of the other family. The
+	// IPv4-mapped prefix is given as on the command line and matches IPv4
+	// destinations (stored as 198.51.100.48/28).
 	listed := []netip.Prefix{
 		netip.MustParsePrefix("203.0.113.56/29"),
 		netip.MustParsePrefix("2001:db8::/120"),
+		netip.MustParsePrefix("::ffff:198.51.100.48/124"),
 		netip.MustParsePrefix(nowhere4 + "/32"),
 	}
 
@@ -44,6 +47,10 @@ func TestCaptureNameservers(t *testing.T) {
 		v4, v6 netip.Addr
 	}
 	listedTarget := target{netip.MustParseAddr(nowhere4), netip.MustParseAddr(nowhere6)}
+	// In the upper halves of the /29, the /120 and the /28 (the /124): a
+	// mask one bit too long would leave them out.
+	inPrefixTarget := target{netip.MustParseAddr("203.0.113.61"), netip.MustParseAddr("2001:db8::ab")}
+	inMappedTarget := target{netip.MustParseAddr("198.51.100.60"), netip.MustParseAddr(nowhere6)}
 	unlistedTarget := target{unlisted4, unlisted6}
 
 	dig := func(args ...string) testenv.Client {
@@ -134,6 +141,8 @@ func TestCaptureNameservers(t *testing.T) {
 					redirected bool
 				}{
 					{"listed", listedTarget, true},
+					{"inside a listed prefix", inPrefixTarget, true},
+					{"inside a listed IPv4-mapped prefix", inMappedTarget, true},
 					{"unlisted", unlistedTarget, list.captureOnly == nil},
 				} {
 					t.Run(tt.name+", "+tgt.name, func(t *testing.T) {
