@@ -180,6 +180,32 @@ func ValidateCaptureNameservers(ps []netip.Prefix) error {
 	return nil
 }
 
+// Listed reports whether the programs capture a query to a under the
+// list prefixes (Config.CaptureNameservers): always when it is empty, else
+// when a is inside one of them. IPv4-mapped addresses and prefixes count as
+// IPv4, as the programs match them.
+func Listed(prefixes []netip.Prefix, a netip.Addr) bool {
+	if len(prefixes) == 0 {
+		return true
+	}
+	a = a.Unmap()
+	for _, p := range prefixes {
+		if unmapPrefix(p).Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// unmapPrefix returns an IPv4-mapped prefix as the IPv4 prefix it covers
+// (a masked one is at least /96), any other as is.
+func unmapPrefix(p netip.Prefix) netip.Prefix {
+	if p.Addr().Is4In6() {
+		return netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
+	}
+	return p
+}
+
 // validateResolvers accepts all-zero (family off) or Slots distinct
 // addresses of the family with a port.
 func validateResolvers(family string, rs [Slots]netip.AddrPort, ok func(netip.Addr) bool) error {
@@ -266,7 +292,12 @@ func (r *Redirector) setup() error {
 	if err := r.mapHeartbeat(); err != nil {
 		return err
 	}
-	return r.attachAll()
+	if err := r.attachAll(); err != nil {
+		return err
+	}
+	// After attachAll: until then the previous programs, which may have
+	// had no list or a longer one, can still learn.
+	return r.forgetUnlisted()
 }
 
 // loadObjects loads programs and maps, reusing pinned maps. A pinned map
