@@ -147,8 +147,13 @@ directory of YAML manifests (--config-dir).`,
 		if *capturePort == 0 || *capturePort > 65535 {
 			return usagef("--capture-port %d: want 1-65535", *capturePort)
 		}
-		if n := len(captureNameservers.prefixes); n > redirect.MaxCaptureNameservers {
-			return usagef("--capture-nameservers: %d CIDRs, want at most %d", n, redirect.MaxCaptureNameservers)
+		if err := redirect.ValidateCaptureNameservers(captureNameservers.prefixes); err != nil {
+			return usagef("--capture-nameservers: %w", err)
+		}
+		// Nothing would apply the list: refused rather than ignored, so
+		// that nobody believes capture is limited to it.
+		if !*capture && len(captureNameservers.prefixes) > 0 {
+			return usagef("--capture-nameservers with --capture=false: no queries are captured, so there is nothing to limit")
 		}
 		// agent.Run refuses them too; here they are usage errors in the
 		// flags' own terms. --inflight-bytes takes no 0 (byteSize.Set).

@@ -94,9 +94,9 @@ func (l *prefixList) Set(v string) error {
 	return nil
 }
 
-// parsePrefix takes a CIDR or a bare address. A CIDR with bits set past its
-// length is refused rather than masked: 10.96.0.10/16 is more likely a typo
-// for 10.96.0.10/32 than a wish for all of 10.96.0.0/16.
+// parsePrefix takes a CIDR or a bare address. It only parses: the list is
+// checked whole by redirect.ValidateCaptureNameservers, which Load applies
+// too.
 func parsePrefix(s string) (netip.Prefix, error) {
 	if !strings.Contains(s, "/") {
 		a, err := netip.ParseAddr(s)
@@ -108,9 +108,6 @@ func parsePrefix(s string) (netip.Prefix, error) {
 	p, err := netip.ParsePrefix(s)
 	if err != nil {
 		return netip.Prefix{}, fmt.Errorf("%q is not an address or CIDR", s)
-	}
-	if m := p.Masked(); m != p {
-		return netip.Prefix{}, fmt.Errorf("%q has bits set past /%d: give %s, or the address alone", s, p.Bits(), m)
 	}
 	return p, nil
 }

@@ -19,9 +19,14 @@ func (n *Netns) StartDNSServer(tb testing.TB, addrs []netip.AddrPort, r dnstest.
 
 // ServeNameserver puts addr on the namespace's loopback and runs a dnstest
 // server on addr:53 there: a nameserver that pods behind the namespace can
-// reach over their default route.
+// reach over their default route. An IPv6 address is added without DAD
+// (nodad): a tentative one cannot be bound until DAD's work runs, even on lo.
 func (n *Netns) ServeNameserver(tb testing.TB, addr netip.Addr, r dnstest.Responder) *dnstest.Server {
 	tb.Helper()
-	run(tb, "ip", "-n", n.Name, "addr", "add", netip.PrefixFrom(addr, addr.BitLen()).String(), "dev", "lo")
+	args := []string{"-n", n.Name, "addr", "add", netip.PrefixFrom(addr, addr.BitLen()).String(), "dev", "lo"}
+	if addr.Is6() {
+		args = append(args, "nodad")
+	}
+	run(tb, "ip", args...)
 	return n.StartDNSServer(tb, []netip.AddrPort{netip.AddrPortFrom(addr, 53)}, r)
 }

@@ -200,7 +200,7 @@ func (c *dataplane) upstream(client, local netip.AddrPort) (netip.AddrPort, bool
 		return netip.AddrPort{}, false
 	}
 	ns, ok := c.r.Nameserver(p.Attachment.NetnsCookie, slot)
-	if !ok || !forwardable(ns, c.resolvers) {
+	if !ok || !forwardable(ns, c.resolvers, c.cfg.Nameservers) {
 		return netip.AddrPort{}, false
 	}
 	return ns, true
@@ -217,10 +217,13 @@ func (c *dataplane) upstream(client, local netip.AddrPort) (netip.AddrPort, bool
 //     (systemd-resolved, a node-local cache) with the node as its source.
 //     The programs never redirect or learn such a destination (is_local in
 //     bpf/ztdns.c); this holds even if a slot says otherwise (a map written
-//     by an older program, or by hand).
-func forwardable(ns netip.AddrPort, resolvers map[netip.Addr]bool) bool {
+//     by an older program, or by hand);
+//   - with a capture list (CaptureConfig.Nameservers), one outside it: a
+//     slot learned before the list was set, which a pod could keep using,
+//     must not reach past its NetworkPolicy either.
+func forwardable(ns netip.AddrPort, resolvers map[netip.Addr]bool, listed []netip.Prefix) bool {
 	a := ns.Addr().Unmap()
-	return a.IsValid() && !resolvers[a] && !a.IsLoopback() && !a.IsUnspecified()
+	return a.IsValid() && !resolvers[a] && !a.IsLoopback() && !a.IsUnspecified() && redirect.Listed(listed, a)
 }
 
 // close releases this process's hold on the programs; the pins and marks

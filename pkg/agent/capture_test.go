@@ -32,11 +32,44 @@ func TestForwardable(t *testing.T) {
 		{"[::ffff:169.254.20.53]:53", false},
 		{"[fd00:7a74:646e::53]:53", false},
 	} {
-		if got := forwardable(netip.MustParseAddrPort(tt.ns), resolvers); got != tt.want {
+		if got := forwardable(netip.MustParseAddrPort(tt.ns), resolvers, nil); got != tt.want {
 			t.Errorf("forwardable(%s) = %v, want %v", tt.ns, got, tt.want)
 		}
 	}
-	if forwardable(netip.AddrPort{}, resolvers) {
+	if forwardable(netip.AddrPort{}, resolvers, nil) {
 		t.Error("forwardable(zero AddrPort) = true, want false")
+	}
+}
+
+// With --capture-nameservers, a learned nameserver outside the list is not
+// forwarded to either: a slot learned before the list was set must not take
+// a pod past its NetworkPolicy. IPv4-mapped addresses and prefixes count as
+// IPv4, as in the programs.
+func TestForwardableOnlyListed(t *testing.T) {
+	resolvers := map[netip.Addr]bool{netip.MustParseAddr("169.254.20.53"): true}
+	listed := []netip.Prefix{
+		netip.MustParsePrefix("10.96.0.10/32"),
+		netip.MustParsePrefix("::ffff:198.51.100.48/124"),
+		netip.MustParsePrefix("2001:db8::/120"),
+		netip.MustParsePrefix("127.0.0.0/8"),
+	}
+	for _, tt := range []struct {
+		ns   string
+		want bool
+	}{
+		{"10.96.0.10:53", true},
+		{"[::ffff:10.96.0.10]:53", true},
+		{"10.96.0.11:53", false},
+		{"198.51.100.60:53", true},
+		{"[::ffff:198.51.100.60]:53", true},
+		{"198.51.100.64:53", false},
+		{"[2001:db8::ab]:53", true},
+		{"[2001:db8::1:0]:53", false},
+		{"203.0.113.9:53", false},
+		{"127.0.0.1:53", false}, // listed, but the pod's own loopback
+	} {
+		if got := forwardable(netip.MustParseAddrPort(tt.ns), resolvers, listed); got != tt.want {
+			t.Errorf("forwardable(%s) with %v listed = %v, want %v", tt.ns, listed, got, tt.want)
+		}
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"context"
 	"net/netip"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -33,10 +34,13 @@ func TestCaptureNameservers(t *testing.T) {
 	t.Parallel()
 	musl := testenv.BuildMuslGetaddrinfo(t)
 	// nowhere4 matches only the last entry: the programs must look past a
-	// prefix that just misses it and one of the other family.
+	// prefix that just misses it and one of the other family. The
+	// IPv4-mapped prefix is given as on the command line and matches IPv4
+	// destinations (stored as 198.51.100.48/28).
 	listed := []netip.Prefix{
 		netip.MustParsePrefix("203.0.113.56/29"),
 		netip.MustParsePrefix("2001:db8::/120"),
+		netip.MustParsePrefix("::ffff:198.51.100.48/124"),
 		netip.MustParsePrefix(nowhere4 + "/32"),
 	}
 
@@ -44,6 +48,10 @@ func TestCaptureNameservers(t *testing.T) {
 		v4, v6 netip.Addr
 	}
 	listedTarget := target{netip.MustParseAddr(nowhere4), netip.MustParseAddr(nowhere6)}
+	// In the upper halves of the /29, the /120 and the /28 (the /124): a
+	// mask one bit too long would leave them out.
+	inPrefixTarget := target{netip.MustParseAddr("203.0.113.61"), netip.MustParseAddr("2001:db8::ab")}
+	inMappedTarget := target{netip.MustParseAddr("198.51.100.60"), netip.MustParseAddr(nowhere6)}
 	unlistedTarget := target{unlisted4, unlisted6}
 
 	dig := func(args ...string) testenv.Client {
@@ -134,6 +142,8 @@ func TestCaptureNameservers(t *testing.T) {
 					redirected bool
 				}{
 					{"listed", listedTarget, true},
+					{"inside a listed prefix", inPrefixTarget, true},
+					{"inside a listed IPv4-mapped prefix", inMappedTarget, true},
 					{"unlisted", unlistedTarget, list.captureOnly == nil},
 				} {
 					t.Run(tt.name+", "+tgt.name, func(t *testing.T) {
@@ -222,6 +232,47 @@ func TestCaptureNameservers(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestUnlistedSlotsForgottenAtLoad: the programs check
+// Config.CaptureNameservers only when they learn a slot, and slots outlive
+// a Load. A nameserver learned while every destination was captured is
+// forgotten when Load sets a list it is not on, so that the resolver, which
+// forwards a query that arrives on a slot's address to what the slot holds,
+// finds nothing there; a listed one is kept.
+func TestUnlistedSlotsForgottenAtLoad(t *testing.T) {
+	t.Parallel()
+	e := newCaptureEnv(t, envOptions{manualBeat: true})
+	p, cookie := e.markedPod(t, 0)
+	stop := sync.OnceFunc(beatUntilStopped(t, e.r, 100*time.Millisecond))
+	t.Cleanup(stop) // before Close, should the test stop early
+	for _, ns := range []struct{ addr, qtype string }{{nowhere4, "A"}, {unlisted4.String(), "A"}, {unlisted6.String(), "AAAA"}} {
+		if out, err := dig(t, &p.Netns, e.cg, "@"+ns.addr, ns.qtype, uniqueName("learn")); err != nil || len(testenv.ParseAddrs(out)) == 0 {
+			t.Fatalf("dig @%s: %v, printed %q; want the resolver's answer", ns.addr, err, out)
+		}
+	}
+	all := []netip.Addr{netip.MustParseAddr(nowhere4), unlisted4, unlisted6}
+	if got := learnedAddrs(e, cookie); !sameAddrs(got, all) {
+		t.Fatalf("slots hold %v before the list, want %v", got, all)
+	}
+
+	stop()
+	if err := e.r.Close(); err != nil {
+		t.Fatal(err)
+	}
+	cfg := e.cfg
+	cfg.CaptureNameservers = []netip.Prefix{netip.MustParsePrefix(nowhere4 + "/32"), netip.MustParsePrefix("2001:db8::/120")}
+	e.r = mustLoad(t, cfg)
+	if got, want := learnedAddrs(e, cookie), []netip.Addr{netip.MustParseAddr(nowhere4)}; !slices.Equal(got, want) {
+		t.Errorf("slots hold %v after Load with %v, want %v", got, cfg.CaptureNameservers, want)
+	}
+}
+
+func sameAddrs(a, b []netip.Addr) bool {
+	a, b = slices.Clone(a), slices.Clone(b)
+	slices.SortFunc(a, netip.Addr.Compare)
+	slices.SortFunc(b, netip.Addr.Compare)
+	return slices.Equal(a, b)
 }
 
 // run runs client in the pod and the test cgroup.

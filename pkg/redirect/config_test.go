@@ -195,6 +195,62 @@ func TestLoadChecksFirst(t *testing.T) {
 	})
 }
 
+// TestUpgradeReplacesConfigWithItsIndex: an upgrade that changes the
+// config's layout replaces config_index with it. The programs attached
+// until Load swaps them hold the maps they were loaded with, so their
+// config_index must still name the entry of their config that holds a
+// valid config; flipped to the other entry, which the new Load writes in
+// its new config only, they would read zeros.
+func TestUpgradeReplacesConfigWithItsIndex(t *testing.T) {
+	t.Parallel()
+	testenv.RequireRoot(t)
+	bpffs := mkdirAll(t, filepath.Join(testenv.NewBPFFS(t), "ztdns"))
+	pinned := func(name string, valueSize, entries uint32) *ebpf.Map {
+		t.Helper()
+		m, err := ebpf.NewMapWithOptions(&ebpf.MapSpec{
+			Name: name, Type: ebpf.Array, KeySize: 4, ValueSize: valueSize, MaxEntries: entries, Pinning: ebpf.PinByName,
+		}, ebpf.MapOptions{PinPath: bpffs})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { m.Close() })
+		return m
+	}
+	// An older layout: config without capture_only (128 bytes), the
+	// programs on entry 1.
+	const oldSize = 128
+	var valid [oldSize]byte
+	for i := range valid {
+		valid[i] = byte(i + 1)
+	}
+	oldConfig, oldIndex := pinned(ztdnsMapConfig, oldSize, 2), pinned(ztdnsMapConfigIndex, 4, 1)
+	if err := oldConfig.Update(uint32(1), valid, ebpf.UpdateExist); err != nil {
+		t.Fatal(err)
+	}
+	if err := oldIndex.Update(uint32(0), uint32(1), ebpf.UpdateExist); err != nil {
+		t.Fatal(err)
+	}
+
+	r := mustLoad(t, Config{BPFFS: bpffs, CgroupPath: testenv.NewCgroup(t).Path, Resolver4: DefaultResolver4(), Logger: testLogger(t)})
+
+	var index uint32
+	if err := oldIndex.Lookup(uint32(0), &index); err != nil || index != 1 {
+		t.Errorf("the old programs' config_index holds %d (%v), want 1: they would read an entry of their config never written", index, err)
+	}
+	var got [oldSize]byte
+	if err := oldConfig.Lookup(uint32(1), &got); err != nil || got != valid {
+		t.Errorf("the old programs' config entry 1 = %v (%v), want it untouched", got, err)
+	}
+	var active ztdnsActiveConfig
+	var cfg ztdnsRedirectConfig
+	if err := r.objs.ConfigIndex.Lookup(uint32(0), &active); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.objs.Config.Lookup(active.Index, &cfg); err != nil || cfg.Resolver4[0] != endpointFrom(DefaultResolver4()[0]) {
+		t.Errorf("new config entry %d = %+v (%v), want the resolvers", active.Index, cfg, err)
+	}
+}
+
 // TestDetachOrder: every hook is detached once, the redirecting ones
 // (connect, sendmsg) before any restoring one (recvmsg, getpeername): a
 // query redirected after its socket's restoring hook is gone would get a

@@ -97,10 +97,8 @@ func endpointFrom(ap netip.AddrPort) ztdnsEndpoint {
 // as IPv4, since the programs see a v4-mapped destination as IPv4.
 func capturePrefixFrom(p netip.Prefix) ztdnsCapturePrefix {
 	var cp ztdnsCapturePrefix
+	p = unmapPrefix(p)
 	a, bits := p.Addr(), p.Bits()
-	if a.Is4In6() {
-		a, bits = a.Unmap(), bits-96
-	}
 	if a.Is4() {
 		b := a.As4()
 		copy(cp.Addr[:], b[:])
@@ -260,6 +258,44 @@ func (r *Redirector) SweepNameservers() (int, error) {
 		}
 	}
 	return removed, errors.Join(errs...)
+}
+
+// forgetUnlisted removes the slots holding a nameserver outside
+// Config.CaptureNameservers, when it is set. The programs check the list
+// only when they learn a slot, and slots outlive the agent: one learned
+// before the list was set (or shortened) would otherwise keep taking a
+// pod's queries to that nameserver through the node, over a socket
+// connected to the slot or sent to the slot's address directly.
+func (r *Redirector) forgetUnlisted() error {
+	if len(r.cfg.CaptureNameservers) == 0 {
+		return nil
+	}
+	var (
+		key      ztdnsNameserverKey
+		val      ztdnsNameserver
+		unlisted []ztdnsNameserverKey
+	)
+	it := r.objs.Nameservers.Iterate()
+	for it.Next(&key, &val) {
+		ap, ok := val.Server.addrPort()
+		if !ok || !Listed(r.cfg.CaptureNameservers, ap.Addr()) {
+			unlisted = append(unlisted, key)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("forget unlisted nameservers: list: %w", err)
+	}
+	var errs []error
+	for _, k := range unlisted {
+		// Deleted after the walk, as in SweepNameservers.
+		if err := r.objs.Nameservers.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			errs = append(errs, fmt.Errorf("forget netns cookie %d slot %d, not a listed nameserver: %w", k.NetnsCookie, k.Slot, err))
+		}
+	}
+	if len(unlisted) > 0 {
+		r.log.Info("forgot learned nameservers outside the capture list", "slots", len(unlisted))
+	}
+	return errors.Join(errs...)
 }
 
 func (r *Redirector) isMarked(cookie uint64) (bool, error) {

@@ -17,6 +17,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -152,26 +153,58 @@ func (c Config) validate() error {
 	if c.Resolver4 == ([Slots]netip.AddrPort{}) && c.Resolver6 == ([Slots]netip.AddrPort{}) {
 		return errors.New("no resolver address configured")
 	}
-	return ValidateCaptureNameservers(c.CaptureNameservers)
+	if err := ValidateCaptureNameservers(c.CaptureNameservers); err != nil {
+		return fmt.Errorf("capture nameservers: %w", err)
+	}
+	return nil
 }
 
 // ValidateCaptureNameservers checks a Config.CaptureNameservers list: at
 // most MaxCaptureNameservers prefixes, each valid and masked (no bits set
 // past its length), so that what the programs match is what the operator
-// wrote. (A masked IPv4-mapped prefix is at least /96: its ffff is set.)
+// wrote: 10.96.0.10/16 is more likely a typo for 10.96.0.10/32 than a wish
+// for all of 10.96.0.0/16. (A masked IPv4-mapped prefix is at least /96:
+// its ffff is set.) Load checks it; the agent's command line checks it
+// first, to refuse a bad flag as a usage error.
 func ValidateCaptureNameservers(ps []netip.Prefix) error {
 	if len(ps) > MaxCaptureNameservers {
-		return fmt.Errorf("%d capture nameserver prefixes, at most %d are supported", len(ps), MaxCaptureNameservers)
+		return fmt.Errorf("%d prefixes, want at most %d", len(ps), MaxCaptureNameservers)
 	}
 	for _, p := range ps {
 		switch {
 		case !p.IsValid():
-			return fmt.Errorf("capture nameserver prefix %s is not valid", p)
+			return fmt.Errorf("prefix %s is not valid", p)
 		case p.Masked() != p:
-			return fmt.Errorf("capture nameserver prefix %s has bits set past /%d (%s)", p, p.Bits(), p.Masked())
+			return fmt.Errorf("%s has bits set past /%d: give %s, or the address alone", p, p.Bits(), p.Masked())
 		}
 	}
 	return nil
+}
+
+// Listed reports whether the programs capture a query to a under the
+// list prefixes (Config.CaptureNameservers): always when it is empty, else
+// when a is inside one of them. IPv4-mapped addresses and prefixes count as
+// IPv4, as the programs match them.
+func Listed(prefixes []netip.Prefix, a netip.Addr) bool {
+	if len(prefixes) == 0 {
+		return true
+	}
+	a = a.Unmap()
+	for _, p := range prefixes {
+		if unmapPrefix(p).Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// unmapPrefix returns an IPv4-mapped prefix as the IPv4 prefix it covers
+// (a masked one is at least /96), any other as is.
+func unmapPrefix(p netip.Prefix) netip.Prefix {
+	if p.Addr().Is4In6() {
+		return netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
+	}
+	return p
 }
 
 // validateResolvers accepts all-zero (family off) or Slots distinct
@@ -260,7 +293,12 @@ func (r *Redirector) setup() error {
 	if err := r.mapHeartbeat(); err != nil {
 		return err
 	}
-	return r.attachAll()
+	if err := r.attachAll(); err != nil {
+		return err
+	}
+	// After attachAll: until then the previous programs, which may have
+	// had no list or a longer one, can still learn.
+	return r.forgetUnlisted()
 }
 
 // loadObjects loads programs and maps, reusing pinned maps. A pinned map
@@ -285,7 +323,25 @@ func (r *Redirector) loadObjects() error {
 	return nil
 }
 
+// replacedTogether lists maps the programs read as one: config_index names
+// an entry of config. Maps that programs read together are replaced
+// together. A replaced map's pin goes, but the programs attached until
+// attachAll keep the map they were loaded with; a partner kept would be
+// shared by old and new programs, each reading it with its own other half.
+// Kept config_index with a new config: writeConfig switches the index to an
+// entry of the new config, and the old programs read that entry of their
+// old config, never written (all zeros: no resolver, so capture is off and
+// replies of redirected queries are not restored), until attachAll swaps
+// them, or for good if it fails. Replaced as a pair, the old programs go on
+// reading their old pair untouched.
+//
+// The other maps are read on their own and may be replaced alone: a new
+// counters map only misses what the old programs count before attachAll,
+// and the heartbeat is meant to be shared (old programs stay fresh).
+var replacedTogether = [][]string{{ztdnsMapConfig, ztdnsMapConfigIndex}}
+
 func (r *Redirector) removeIncompatiblePins(spec *ebpf.CollectionSpec) error {
+	replace := map[string]bool{}
 	for name, ms := range spec.Maps {
 		pin := pinPath(r.cfg.BPFFS, name)
 		m, err := ebpf.LoadPinnedMap(pin, nil)
@@ -295,13 +351,26 @@ func (r *Redirector) removeIncompatiblePins(spec *ebpf.CollectionSpec) error {
 		if err != nil {
 			return fmt.Errorf("open pinned map %s: %w", pin, err)
 		}
-		incompatible := ms.Compatible(m) != nil
+		replace[name] = ms.Compatible(m) != nil
 		m.Close()
-		if incompatible {
-			r.log.Warn("replacing pinned map with an incompatible layout", "pin", pin)
-			if err := os.Remove(pin); err != nil {
-				return fmt.Errorf("remove incompatible map pin: %w", err)
+	}
+	for _, group := range replacedTogether {
+		if slices.ContainsFunc(group, func(name string) bool { return replace[name] }) {
+			for _, name := range group {
+				if _, pinned := replace[name]; pinned {
+					replace[name] = true
+				}
 			}
+		}
+	}
+	for name, incompatible := range replace {
+		if !incompatible {
+			continue
+		}
+		pin := pinPath(r.cfg.BPFFS, name)
+		r.log.Warn("replacing pinned map with an incompatible layout (or read with one)", "pin", pin)
+		if err := os.Remove(pin); err != nil {
+			return fmt.Errorf("remove incompatible map pin: %w", err)
 		}
 	}
 	return nil

@@ -5,10 +5,13 @@ package e2e
 import (
 	"net/netip"
 	"slices"
+	"strconv"
 	"testing"
+	"time"
 
 	"github.com/ztdns/ztdns/internal/dnstest"
 	"github.com/ztdns/ztdns/internal/testenv"
+	"github.com/ztdns/ztdns/pkg/redirect"
 )
 
 // TestMissGoesToPodNameserver checks that a name ztdns does not know is
@@ -119,5 +122,65 @@ func TestCaptureNameserversLeavesOthersAlone(t *testing.T) {
 	series := `ztdns_capture_events_total{event="skipped_not_listed"}`
 	if n := scrapeMetrics(t, c, metricsAddr).values[series]; n < 2 {
 		t.Errorf("/metrics: %s = %v, want at least 2 (one query over each transport)", series, n)
+	}
+}
+
+// TestCaptureNameserversForgetsEarlierSlots: a nameserver a pod reached
+// through ztdns before --capture-nameservers was set stays out of reach
+// through the node once the agent restarts with a list it is not on. Slots
+// outlive the agent, and a query the pod sends to a slot's address itself
+// (as a socket connected through the slot does) is forwarded to what the
+// slot holds: the slot is forgotten, and such a query goes to the agent's
+// --upstream instead.
+func TestCaptureNameserversForgetsEarlierSlots(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t)
+	listed, unlisted := podNameserver1, podNameserver2
+	markers := map[string]netip.Addr{
+		listed:   netip.MustParseAddr("203.0.113.1"),
+		unlisted: netip.MustParseAddr("203.0.113.2"),
+	}
+	for ns, m := range markers {
+		c.serve(t, ns, m)
+	}
+	// Where the agent's slots are, from its default --listen and
+	// --capture-port: queries sent straight there are not captured.
+	slots := redirect.DefaultResolver4()
+	viaSlots := func(p *testenv.Pod) (answers []netip.Addr) {
+		t.Helper()
+		for _, s := range slots {
+			got, err := c.dig(t, p, "-p", strconv.Itoa(int(s.Port())), "@"+s.Addr().String(), whoHost)
+			if err != nil {
+				t.Fatalf("dig @%s: %v", s, err)
+			}
+			answers = append(answers, got...)
+		}
+		return answers
+	}
+
+	a := c.startReadyAgent(t)
+	p := c.markedPod(t, "pod-a", listed)
+	for ns, want := range markers {
+		if got, err := c.dig(t, p, "@"+ns, whoHost); err != nil || !slices.Equal(got, []netip.Addr{want}) {
+			t.Fatalf("before the list: dig @%s %s = %v, %v; want %s", ns, whoHost, got, err, want)
+		}
+	}
+	if got := viaSlots(p); !slices.Contains(got, markers[unlisted]) {
+		t.Fatalf("before the list: the slots answered %v, want one to reach %s (%s)", got, unlisted, markers[unlisted])
+	}
+
+	a.Stop(t, 20*time.Second)
+	a = testenv.StartAgent(t, c.node, c.bin, append(c.agentArgs(), "--capture-nameservers", listed)...)
+	c.waitReady(t, a)
+
+	if ns := c.podRow(t, "pod-a").Nameservers; slices.Contains(ns, unlisted+":53") || !slices.Contains(ns, listed+":53") {
+		t.Errorf("ztdns pods: slots hold %v, want %s:53 kept and %s:53 forgotten", ns, listed, unlisted)
+	}
+	got := viaSlots(p)
+	if slices.Contains(got, markers[unlisted]) {
+		t.Errorf("with --capture-nameservers %s: the slots answered %v; %s (%s) is still reached through the node", listed, got, unlisted, markers[unlisted])
+	}
+	if !slices.Contains(got, upstreamMarker) || !slices.Contains(got, markers[listed]) {
+		t.Errorf("the slots answered %v, want the listed nameserver's %s and, from the others, the agent's --upstream %s", got, markers[listed], upstreamMarker)
 	}
 }

@@ -1,0 +1,34 @@
+package main
+
+import (
+	"net/netip"
+	"slices"
+	"testing"
+
+	"github.com/ztdns/ztdns/pkg/redirect"
+)
+
+// TestCaptureNameserversFlag: --capture-nameservers takes addresses and
+// CIDRs, comma-separated and repeated; a bare address is a full-length
+// prefix, and an IPv4-mapped CIDR is kept as written and accepted (the
+// programs match it as IPv4).
+func TestCaptureNameserversFlag(t *testing.T) {
+	var l prefixList
+	for _, v := range []string{"10.96.0.10, fd00:10:96::a", "::ffff:198.51.100.48/124,169.254.20.0/24"} {
+		if err := l.Set(v); err != nil {
+			t.Fatalf("Set(%q): %v", v, err)
+		}
+	}
+	want := []netip.Prefix{
+		netip.MustParsePrefix("10.96.0.10/32"),
+		netip.MustParsePrefix("fd00:10:96::a/128"),
+		netip.MustParsePrefix("::ffff:198.51.100.48/124"),
+		netip.MustParsePrefix("169.254.20.0/24"),
+	}
+	if !slices.Equal(l.prefixes, want) {
+		t.Errorf("prefixes %v, want %v", l.prefixes, want)
+	}
+	if err := redirect.ValidateCaptureNameservers(l.prefixes); err != nil {
+		t.Errorf("ValidateCaptureNameservers(%v): %v", l.prefixes, err)
+	}
+}
