@@ -197,7 +197,8 @@ func (e *captureEnv) slotOf(local netip.AddrPort) int {
 	return slices.Index(e.cfg.Resolver6[:], local)
 }
 
-func (e *captureEnv) podCounters(tb testing.TB, cookie uint64) PodCounters {
+// reported returns what Pods reports of the pod marked with cookie.
+func (e *captureEnv) reported(tb testing.TB, cookie uint64) MarkedPod {
 	tb.Helper()
 	pods, err := e.r.Pods()
 	if err != nil {
@@ -205,11 +206,16 @@ func (e *captureEnv) podCounters(tb testing.TB, cookie uint64) PodCounters {
 	}
 	for _, p := range pods {
 		if p.NetnsCookie == cookie {
-			return p.Counters
+			return p
 		}
 	}
 	tb.Fatalf("netns cookie %d is not marked", cookie)
-	return PodCounters{}
+	return MarkedPod{}
+}
+
+func (e *captureEnv) podCounters(tb testing.TB, cookie uint64) PodCounters {
+	tb.Helper()
+	return e.reported(tb, cookie).Counters
 }
 
 func (e *captureEnv) counters(tb testing.TB) Counters {

@@ -182,17 +182,7 @@ func sameAddrPort(x, y netip.AddrPort) bool {
 // how long ago each was last used, as Pods reports them.
 func (e *captureEnv) learned(tb testing.TB, cookie uint64) [Slots]LearnedNameserver {
 	tb.Helper()
-	pods, err := e.r.Pods()
-	if err != nil {
-		tb.Fatal(err)
-	}
-	for _, p := range pods {
-		if p.NetnsCookie == cookie {
-			return p.Nameservers
-		}
-	}
-	tb.Fatalf("no marked pod has netns cookie %d", cookie)
-	return [Slots]LearnedNameserver{}
+	return e.reported(tb, cookie).Nameservers
 }
 
 // slotHolding returns the pod's slot that holds ns, or -1.
