@@ -766,8 +766,8 @@ func TestChartCleanupMode(t *testing.T) {
 	}
 }
 
-// TestChartRejectsBadValues checks that values.schema.json stops mistakes
-// before they reach a node.
+// TestChartRejectsBadValues checks that values.schema.json, or a template's
+// fail, stops mistakes before they reach a node.
 func TestChartRejectsBadValues(t *testing.T) {
 	tests := []struct {
 		name string
@@ -791,6 +791,7 @@ func TestChartRejectsBadValues(t *testing.T) {
 		{"an IPv4 capture nameserver longer than /32", "capture.nameservers={10.96.0.10/33}", "/capture/nameservers/0"},
 		{"an IPv4 capture nameserver of three octets", "capture.nameservers={1.2.3}", "/capture/nameservers/0"},
 		{"an IPv6 capture nameserver longer than /128", "capture.nameservers={2001:db8::/129}", "/capture/nameservers/0"},
+		{"capture nameservers with capture off", "capture.enabled=false,capture.nameservers={10.96.0.10}", "capture.nameservers needs capture.enabled=true"},
 		{"more capture nameservers than the agent takes", "capture.nameservers={10.0.0.1,10.0.0.2,10.0.0.3,10.0.0.4,10.0.0.5,10.0.0.6,10.0.0.7,10.0.0.8,10.0.0.9}", "/capture/nameservers"},
 		{"unknown VIP source", "resolver.vipSource=kube", "/resolver/vipSource"},
 		{"unknown log format", "logFormat=xml", "/logFormat"},
