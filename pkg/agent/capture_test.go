@@ -3,6 +3,8 @@ package agent
 import (
 	"net/netip"
 	"testing"
+
+	"github.com/ztdns/ztdns/pkg/redirect"
 )
 
 // A learned nameserver on loopback or the unspecified address is the pod's
@@ -47,12 +49,12 @@ func TestForwardable(t *testing.T) {
 // IPv4, as in the programs.
 func TestForwardableOnlyListed(t *testing.T) {
 	resolvers := map[netip.Addr]bool{netip.MustParseAddr("169.254.20.53"): true}
-	listed := []netip.Prefix{
+	listed := redirect.UnmapCaptureNameservers([]netip.Prefix{ // as newDataplane has it
 		netip.MustParsePrefix("10.96.0.10/32"),
 		netip.MustParsePrefix("::ffff:198.51.100.48/124"),
 		netip.MustParsePrefix("2001:db8::/120"),
 		netip.MustParsePrefix("127.0.0.0/8"),
-	}
+	})
 	for _, tt := range []struct {
 		ns   string
 		want bool

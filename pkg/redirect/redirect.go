@@ -181,30 +181,35 @@ func ValidateCaptureNameservers(ps []netip.Prefix) error {
 	return nil
 }
 
+// UnmapCaptureNameservers returns a valid Config.CaptureNameservers list as
+// the programs match it: an IPv4-mapped prefix (masked, so at least /96) as
+// the IPv4 prefix it covers, since the programs see an IPv4-mapped
+// destination as IPv4; any other as is. Listed takes its result.
+func UnmapCaptureNameservers(ps []netip.Prefix) []netip.Prefix {
+	out := make([]netip.Prefix, len(ps))
+	for i, p := range ps {
+		if p.Addr().Is4In6() {
+			p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
+		}
+		out[i] = p
+	}
+	return out
+}
+
 // Listed reports whether the programs capture a query to a under the
-// list prefixes (Config.CaptureNameservers): always when it is empty, else
-// when a is inside one of them. IPv4-mapped addresses and prefixes count as
-// IPv4, as the programs match them.
+// list prefixes, as UnmapCaptureNameservers gives them: always when it is
+// empty, else when a (IPv4-mapped counts as IPv4) is inside one of them.
 func Listed(prefixes []netip.Prefix, a netip.Addr) bool {
 	if len(prefixes) == 0 {
 		return true
 	}
 	a = a.Unmap()
 	for _, p := range prefixes {
-		if unmapPrefix(p).Contains(a) {
+		if p.Contains(a) {
 			return true
 		}
 	}
 	return false
-}
-
-// unmapPrefix returns an IPv4-mapped prefix as the IPv4 prefix it covers
-// (a masked one is at least /96), any other as is.
-func unmapPrefix(p netip.Prefix) netip.Prefix {
-	if p.Addr().Is4In6() {
-		return netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
-	}
-	return p
 }
 
 // validateResolvers accepts all-zero (family off) or Slots distinct
@@ -266,6 +271,8 @@ func Load(cfg Config) (*Redirector, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
+	// Unmapped once, here: writeConfig and forgetUnlisted compare as is.
+	cfg.CaptureNameservers = UnmapCaptureNameservers(cfg.CaptureNameservers)
 	if err := checkCgroup(cfg.CgroupPath); err != nil {
 		return nil, err
 	}
