@@ -194,6 +194,12 @@ func newAgent(cfg Config) (*Agent, error) {
 		return nil, fmt.Errorf("PodInflightBytes %d: want 0 (the default), negative (no bound of its own) or at least %d, one reply of the largest size",
 			n, resolver.MinPodInflightBytes)
 	}
+	// Load checks it too, but only after the resolver's interface is set up.
+	if c := cfg.Capture; c != nil {
+		if err := redirect.ValidateCaptureNameservers(c.Nameservers); err != nil {
+			return nil, fmt.Errorf("capture nameservers: %w", err)
+		}
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}

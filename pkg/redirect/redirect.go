@@ -164,8 +164,9 @@ func (c Config) validate() error {
 // past its length), so that what the programs match is what the operator
 // wrote: 10.96.0.10/16 is more likely a typo for 10.96.0.10/32 than a wish
 // for all of 10.96.0.0/16. (A masked IPv4-mapped prefix is at least /96:
-// its ffff is set.) Load checks it; the agent's command line checks it
-// first, to refuse a bad flag as a usage error.
+// its ffff is set.) Load checks it; the agent checks it before it makes
+// anything, and its command line first, to refuse a bad flag as a usage
+// error.
 func ValidateCaptureNameservers(ps []netip.Prefix) error {
 	if len(ps) > MaxCaptureNameservers {
 		return fmt.Errorf("%d prefixes, want at most %d", len(ps), MaxCaptureNameservers)
