@@ -17,7 +17,6 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -331,25 +330,24 @@ func (r *Redirector) loadObjects() error {
 	return nil
 }
 
-// replacedTogether lists maps the programs read as one: config_index names
-// an entry of config. Maps that programs read together are replaced
-// together. A replaced map's pin goes, but the programs attached until
-// attachAll keep the map they were loaded with; a partner kept would be
-// shared by old and new programs, each reading it with its own other half.
-// Kept config_index with a new config: writeConfig switches the index to an
-// entry of the new config, and the old programs read that entry of their
-// old config, never written (all zeros: no resolver, so capture is off and
-// replies of redirected queries are not restored), until attachAll swaps
-// them, or for good if it fails. Replaced as a pair, the old programs go on
-// reading their old pair untouched.
+// removeIncompatiblePins removes the pins of maps whose layout no longer
+// matches spec. config and config_index are replaced together: the
+// programs read them as one, config_index naming an entry of config. A
+// replaced map's pin goes, but the programs attached until attachAll keep
+// the map they were loaded with; a partner kept would be shared by old and
+// new programs, each reading it with its own other half. Kept config_index
+// with a new config: writeConfig switches the index to an entry of the new
+// config, and the old programs read that entry of their old config, never
+// written (all zeros: no resolver, so capture is off and replies of
+// redirected queries are not restored), until attachAll swaps them, or for
+// good if it fails. Replaced as a pair, the old programs go on reading their
+// old pair untouched.
 //
 // The other maps are read on their own and may be replaced alone: a new
 // counters map only misses what the old programs count before attachAll,
 // and the heartbeat is meant to be shared (old programs stay fresh).
-var replacedTogether = [][]string{{ztdnsMapConfig, ztdnsMapConfigIndex}}
-
 func (r *Redirector) removeIncompatiblePins(spec *ebpf.CollectionSpec) error {
-	replace := map[string]bool{}
+	replace := map[string]bool{} // by name, for the maps pinned
 	for name, ms := range spec.Maps {
 		pin := pinPath(r.cfg.BPFFS, name)
 		m, err := ebpf.LoadPinnedMap(pin, nil)
@@ -362,12 +360,10 @@ func (r *Redirector) removeIncompatiblePins(spec *ebpf.CollectionSpec) error {
 		replace[name] = ms.Compatible(m) != nil
 		m.Close()
 	}
-	for _, group := range replacedTogether {
-		if slices.ContainsFunc(group, func(name string) bool { return replace[name] }) {
-			for _, name := range group {
-				if _, pinned := replace[name]; pinned {
-					replace[name] = true
-				}
+	if replace[ztdnsMapConfig] || replace[ztdnsMapConfigIndex] {
+		for _, name := range []string{ztdnsMapConfig, ztdnsMapConfigIndex} {
+			if _, pinned := replace[name]; pinned {
+				replace[name] = true
 			}
 		}
 	}
