@@ -92,7 +92,7 @@ directory of YAML manifests (--config-dir).`,
 	tcpIdle := fs.Duration("tcp-idle-timeout", resolver.DefaultTCPIdleTimeout, "close a TCP connection idle this long (a tenth of it with half of --max-tcp open, a hundredth with three quarters)")
 	inflightBytes := &byteSize{n: resolver.DefaultInflightBytes}
 	fs.Var(inflightBytes, "inflight-bytes", fmt.Sprintf("bytes of upstream replies held at once, read or waiting to be written, e.g. 8Mi, at least %v (one reply of the largest size); a reply that does not fit is refused: its query gets SERVFAIL, or, for a lookup of its own (a CNAME's target), an answer without it",
-		&byteSize{n: resolver.MinPodInflightBytes}))
+		&byteSize{n: resolver.MinInflightBytes}))
 	podInflightBytes := &byteSize{zero: true}
 	fs.Var(podInflightBytes, "pod-inflight-bytes", fmt.Sprintf("bytes of upstream replies one pod may hold at once, e.g. 512Ki, at least %v (one reply of the largest size); a reply that does not fit is refused, as for --inflight-bytes (default: a sixteenth of --inflight-bytes, and room for two of the largest replies, %v, when --inflight-bytes has it; 0: no limit of its own, only its fair share)",
 		&byteSize{n: resolver.MinPodInflightBytes}, &byteSize{n: 2 * resolver.MinPodInflightBytes}))
@@ -157,9 +157,9 @@ directory of YAML manifests (--config-dir).`,
 		}
 		// agent.Run refuses them too; here they are usage errors in the
 		// flags' own terms. --inflight-bytes takes no 0 (byteSize.Set).
-		if inflightBytes.n < resolver.MinPodInflightBytes {
+		if inflightBytes.n < resolver.MinInflightBytes {
 			return usagef("--inflight-bytes %s: want at least %s, one reply of the largest size",
-				inflightBytes, &byteSize{n: resolver.MinPodInflightBytes})
+				inflightBytes, &byteSize{n: resolver.MinInflightBytes})
 		}
 		if n := podInflightBytes.n; n != 0 && n < resolver.MinPodInflightBytes {
 			return usagef("--pod-inflight-bytes %s: want 0 (no limit of its own) or at least %s, one reply of the largest size",
