@@ -69,9 +69,9 @@ directory of YAML manifests (--config-dir).`,
 	configMaxObjectsPerFile := fs.Int("config-max-objects-per-file", configdir.DefaultMaxObjectsPerFile, "--config-dir: refuse a file with more objects than `N`")
 	configMaxObjects := fs.Int("config-max-objects", configdir.DefaultMaxObjects, "--config-dir: serve at most `N` objects from the whole directory")
 	configMaxFiles := fs.Int("config-max-files", configdir.DefaultMaxFiles, "--config-dir: read at most `N` manifest files; the rest are skipped and reported")
-	listen := &addrPortList{addrs: defaultListen, defaultPort: 53}
+	listen := addrPortList(defaultListen, 53)
 	fs.Var(listen, "listen", "resolver `ADDR`ess(es), UDP and TCP on each; repeatable or comma-separated")
-	upstream := &addrPortList{defaultPort: 53}
+	upstream := addrPortList(nil, 53)
 	fs.Var(upstream, "upstream", "nameserver `ADDR`(s) for names the table does not know, when the pod's own is unknown; repeatable (default: the nameservers in --resolv-conf)")
 	resolvConf := fs.String("resolv-conf", "/etc/resolv.conf", "the node's resolv.conf: default upstreams and search domains")
 	domain := fs.String("cluster-domain", "cluster.local", "the cluster's DNS domain")
@@ -92,7 +92,7 @@ directory of YAML manifests (--config-dir).`,
 	tcpIdle := fs.Duration("tcp-idle-timeout", resolver.DefaultTCPIdleTimeout, "close a TCP connection idle this long (a tenth of it with half of --max-tcp open, a hundredth with three quarters)")
 	inflightBytes := &byteSize{n: resolver.DefaultInflightBytes}
 	fs.Var(inflightBytes, "inflight-bytes", fmt.Sprintf("bytes of upstream replies held at once, read or waiting to be written, e.g. 8Mi, at least %v (one reply of the largest size); a reply that does not fit is refused: its query gets SERVFAIL, or, for a lookup of its own (a CNAME's target), an answer without it",
-		&byteSize{n: resolver.MinPodInflightBytes}))
+		&byteSize{n: resolver.MinInflightBytes}))
 	podInflightBytes := &byteSize{zero: true}
 	fs.Var(podInflightBytes, "pod-inflight-bytes", fmt.Sprintf("bytes of upstream replies one pod may hold at once, e.g. 512Ki, at least %v (one reply of the largest size); a reply that does not fit is refused, as for --inflight-bytes (default: a sixteenth of --inflight-bytes, and room for two of the largest replies, %v, when --inflight-bytes has it; 0: no limit of its own, only its fair share)",
 		&byteSize{n: resolver.MinPodInflightBytes}, &byteSize{n: 2 * resolver.MinPodInflightBytes}))
@@ -105,7 +105,7 @@ directory of YAML manifests (--config-dir).`,
 	procRoot := fs.String("proc-root", "/proc", "the node's proc filesystem `DIR`, where running pods' network namespaces are found: the node's /proc mounted into the agent's container (e.g. /host/proc) when it runs without hostPID")
 	iface := fs.String("interface", redirect.DefaultInterface, "interface that carries the resolver's addresses")
 	capturePort := fs.Uint("capture-port", redirect.DefaultPort, "`PORT` of the resolver's slot addresses, where captured queries go; not 53, so that istio-cni's in-pod DNS rules never take them (see README)")
-	captureNameservers := &prefixList{}
+	captureNameservers := prefixList()
 	fs.Var(captureNameservers, "capture-nameservers", fmt.Sprintf("capture only queries to these nameserver `CIDR`s (a bare address is /32 or /128), at most %d, repeatable or comma-separated: e.g. the cluster DNS Service IP and NodeLocal DNSCache's address; a pod's queries to any other nameserver are left alone, under its own NetworkPolicy (default: every destination on port 53, forwarded from the node to what the pod addressed)",
 		redirect.MaxCaptureNameservers))
 	stale := fs.Duration("heartbeat-stale", redirect.DefaultStaleAfter, "stop redirecting (fail open) when the agent has been silent this long")
@@ -147,19 +147,19 @@ directory of YAML manifests (--config-dir).`,
 		if *capturePort == 0 || *capturePort > 65535 {
 			return usagef("--capture-port %d: want 1-65535", *capturePort)
 		}
-		if err := redirect.ValidateCaptureNameservers(captureNameservers.prefixes); err != nil {
+		if err := redirect.ValidateCaptureNameservers(captureNameservers.vals); err != nil {
 			return usagef("--capture-nameservers: %w", err)
 		}
 		// Nothing would apply the list: refused rather than ignored, so
 		// that nobody believes capture is limited to it.
-		if !*capture && len(captureNameservers.prefixes) > 0 {
+		if !*capture && len(captureNameservers.vals) > 0 {
 			return usagef("--capture-nameservers with --capture=false: no queries are captured, so there is nothing to limit")
 		}
 		// agent.Run refuses them too; here they are usage errors in the
 		// flags' own terms. --inflight-bytes takes no 0 (byteSize.Set).
-		if inflightBytes.n < resolver.MinPodInflightBytes {
+		if inflightBytes.n < resolver.MinInflightBytes {
 			return usagef("--inflight-bytes %s: want at least %s, one reply of the largest size",
-				inflightBytes, &byteSize{n: resolver.MinPodInflightBytes})
+				inflightBytes, &byteSize{n: resolver.MinInflightBytes})
 		}
 		if n := podInflightBytes.n; n != 0 && n < resolver.MinPodInflightBytes {
 			return usagef("--pod-inflight-bytes %s: want 0 (no limit of its own) or at least %s, one reply of the largest size",
@@ -198,7 +198,7 @@ directory of YAML manifests (--config-dir).`,
 		if err != nil && !errors.Is(err, os.ErrNotExist) {
 			return err
 		}
-		upstreams := upstream.addrs
+		upstreams := upstream.vals
 		if len(upstreams) == 0 {
 			for _, ns := range node.Nameservers {
 				upstreams = append(upstreams, netip.AddrPortFrom(ns, 53))
@@ -214,7 +214,7 @@ directory of YAML manifests (--config-dir).`,
 		var captureCfg *agent.CaptureConfig
 		if *capture {
 			captureCfg = &agent.CaptureConfig{BPFFS: *bpffs, RequireBPFFS: !*mountBPFFS, Cgroup: *cgroup, Interface: *iface, StaleAfter: *stale, StateDir: *stateDir, Port: uint16(*capturePort),
-				Nameservers: captureNameservers.prefixes}
+				Nameservers: captureNameservers.vals}
 		}
 		ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 		defer stop()
@@ -226,7 +226,7 @@ directory of YAML manifests (--config-dir).`,
 			ProcRoot:          *procRoot,
 			CNI:               cniCfg,
 			Source:            src,
-			Listen:            listen.addrs,
+			Listen:            listen.vals,
 			Upstreams:         upstreams,
 			SocketsPerAddr:    *udpSockets,
 			ClusterDomain:     *domain,

@@ -14,39 +14,51 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 )
 
-// addrPortList is a repeatable, comma-separated flag of addresses; a bare IP
-// gets defaultPort.
-type addrPortList struct {
-	addrs       []netip.AddrPort
-	defaultPort uint16
-	set         bool
+// listFlag is a repeatable, comma-separated flag of values parse takes one
+// by one; its first use replaces the default.
+type listFlag[T fmt.Stringer] struct {
+	vals  []T
+	typ   string // names the value in --help
+	parse func(string) (T, error)
+	set   bool
 }
 
-func (l *addrPortList) String() string {
+// addrPortList is a list of addresses; a bare IP gets defaultPort.
+func addrPortList(defaults []netip.AddrPort, defaultPort uint16) *listFlag[netip.AddrPort] {
+	return &listFlag[netip.AddrPort]{vals: defaults, typ: "addrs",
+		parse: func(s string) (netip.AddrPort, error) { return parseAddrPort(s, defaultPort) }}
+}
+
+// prefixList is a list of address prefixes; a bare address is a prefix of
+// its full length (/32, /128).
+func prefixList() *listFlag[netip.Prefix] {
+	return &listFlag[netip.Prefix]{typ: "cidrs", parse: parsePrefix}
+}
+
+func (l *listFlag[T]) String() string {
 	var s []string
-	for _, a := range l.addrs {
-		s = append(s, a.String())
+	for _, v := range l.vals {
+		s = append(s, v.String())
 	}
 	return strings.Join(s, ",")
 }
 
-// Type names the value in --help.
-func (l *addrPortList) Type() string { return "addrs" }
+func (l *listFlag[T]) Type() string { return l.typ }
 
-func (l *addrPortList) Set(v string) error {
-	if !l.set { // the first use replaces the default
-		l.addrs, l.set = nil, true
+func (l *listFlag[T]) Set(v string) error {
+	if !l.set {
+		l.vals, l.set = nil, true
 	}
 	for _, part := range strings.Split(v, ",") {
 		part = strings.TrimSpace(part)
 		if part == "" {
 			continue
 		}
-		a, err := parseAddrPort(part, l.defaultPort)
+		x, err := l.parse(part)
 		if err != nil {
 			return err
 		}
-		l.addrs = append(l.addrs, a)
+		l.vals = append(l.vals, x)
 	}
 	return nil
 }
@@ -60,38 +72,6 @@ func parseAddrPort(s string, defaultPort uint16) (netip.AddrPort, error) {
 		return netip.AddrPort{}, fmt.Errorf("%q is not an address or address:port", s)
 	}
 	return netip.AddrPortFrom(a.Unmap(), defaultPort), nil
-}
-
-// prefixList is a repeatable, comma-separated flag of address prefixes; a
-// bare address is a prefix of its full length (/32, /128).
-type prefixList struct {
-	prefixes []netip.Prefix
-}
-
-func (l *prefixList) String() string {
-	var s []string
-	for _, p := range l.prefixes {
-		s = append(s, p.String())
-	}
-	return strings.Join(s, ",")
-}
-
-// Type names the value in --help.
-func (l *prefixList) Type() string { return "cidrs" }
-
-func (l *prefixList) Set(v string) error {
-	for _, part := range strings.Split(v, ",") {
-		part = strings.TrimSpace(part)
-		if part == "" {
-			continue
-		}
-		p, err := parsePrefix(part)
-		if err != nil {
-			return err
-		}
-		l.prefixes = append(l.prefixes, p)
-	}
-	return nil
 }
 
 // parsePrefix takes a CIDR or a bare address. It only parses: the list is

@@ -13,7 +13,7 @@ import (
 // prefix, and an IPv4-mapped CIDR is kept as written and accepted (the
 // programs match it as IPv4).
 func TestCaptureNameserversFlag(t *testing.T) {
-	var l prefixList
+	l := prefixList()
 	for _, v := range []string{"10.96.0.10, fd00:10:96::a", "::ffff:198.51.100.48/124,169.254.20.0/24"} {
 		if err := l.Set(v); err != nil {
 			t.Fatalf("Set(%q): %v", v, err)
@@ -25,10 +25,10 @@ func TestCaptureNameserversFlag(t *testing.T) {
 		netip.MustParsePrefix("::ffff:198.51.100.48/124"),
 		netip.MustParsePrefix("169.254.20.0/24"),
 	}
-	if !slices.Equal(l.prefixes, want) {
-		t.Errorf("prefixes %v, want %v", l.prefixes, want)
+	if !slices.Equal(l.vals, want) {
+		t.Errorf("prefixes %v, want %v", l.vals, want)
 	}
-	if err := redirect.ValidateCaptureNameservers(l.prefixes); err != nil {
-		t.Errorf("ValidateCaptureNameservers(%v): %v", l.prefixes, err)
+	if err := redirect.ValidateCaptureNameservers(l.vals); err != nil {
+		t.Errorf("ValidateCaptureNameservers(%v): %v", l.vals, err)
 	}
 }

@@ -114,8 +114,9 @@ type Config struct {
 	// source holds (0: resolver.DefaultPodInflightBytes, a sixteenth of
 	// InflightBytes and room for two of the largest replies; negative: no
 	// bound of its own, only its fair share). Either bound below
-	// resolver.MinPodInflightBytes would refuse every reply of the largest
-	// size: Run refuses it, and a negative InflightBytes (no bound at all).
+	// resolver.MinInflightBytes (resolver.MinPodInflightBytes) would refuse
+	// every reply of the largest size: Run refuses it, and a negative
+	// InflightBytes (no bound at all).
 	InflightBytes    int64
 	PodInflightBytes int64
 
@@ -186,13 +187,19 @@ func newAgent(cfg Config) (*Agent, error) {
 	if len(cfg.Listen) == 0 {
 		return nil, errors.New("no --listen address")
 	}
-	if n := cfg.InflightBytes; n != 0 && n < resolver.MinPodInflightBytes { // negative too: it would be no bound at all
+	if n := cfg.InflightBytes; n != 0 && n < resolver.MinInflightBytes { // negative too: it would be no bound at all
 		return nil, fmt.Errorf("InflightBytes %d: want 0 (the default) or at least %d, one reply of the largest size",
-			n, resolver.MinPodInflightBytes)
+			n, resolver.MinInflightBytes)
 	}
 	if n := cfg.PodInflightBytes; n > 0 && n < resolver.MinPodInflightBytes {
 		return nil, fmt.Errorf("PodInflightBytes %d: want 0 (the default), negative (no bound of its own) or at least %d, one reply of the largest size",
 			n, resolver.MinPodInflightBytes)
+	}
+	// Load checks it too, but only after the resolver's interface is set up.
+	if c := cfg.Capture; c != nil {
+		if err := redirect.ValidateCaptureNameservers(c.Nameservers); err != nil {
+			return nil, fmt.Errorf("capture nameservers: %w", err)
+		}
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()

@@ -2,7 +2,11 @@ package agent
 
 import (
 	"net/netip"
+	"strings"
 	"testing"
+
+	"github.com/ztdns/ztdns/pkg/redirect"
+	"github.com/ztdns/ztdns/pkg/source/configdir"
 )
 
 // A learned nameserver on loopback or the unspecified address is the pod's
@@ -47,12 +51,12 @@ func TestForwardable(t *testing.T) {
 // IPv4, as in the programs.
 func TestForwardableOnlyListed(t *testing.T) {
 	resolvers := map[netip.Addr]bool{netip.MustParseAddr("169.254.20.53"): true}
-	listed := []netip.Prefix{
+	listed := redirect.UnmapCaptureNameservers([]netip.Prefix{ // as newDataplane has it
 		netip.MustParsePrefix("10.96.0.10/32"),
 		netip.MustParsePrefix("::ffff:198.51.100.48/124"),
 		netip.MustParsePrefix("2001:db8::/120"),
 		netip.MustParsePrefix("127.0.0.0/8"),
-	}
+	})
 	for _, tt := range []struct {
 		ns   string
 		want bool
@@ -70,6 +74,41 @@ func TestForwardableOnlyListed(t *testing.T) {
 	} {
 		if got := forwardable(netip.MustParseAddrPort(tt.ns), resolvers, listed); got != tt.want {
 			t.Errorf("forwardable(%s) with %v listed = %v, want %v", tt.ns, listed, got, tt.want)
+		}
+	}
+}
+
+// TestCaptureNameserversRefusedByNewAgent: a CaptureConfig.Nameservers list
+// redirect.Load refuses (more than redirect.MaxCaptureNameservers prefixes,
+// or one with bits set past its length) is refused when the agent is made,
+// before anything is: Load saw it only after the resolver's interface had
+// been made or changed.
+func TestCaptureNameserversRefusedByNewAgent(t *testing.T) {
+	var nine []netip.Prefix
+	for i := range redirect.MaxCaptureNameservers + 1 {
+		nine = append(nine, netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 51, 100, byte(i)}), 32))
+	}
+	for _, tc := range []struct {
+		what string
+		ns   []netip.Prefix
+		want string
+	}{
+		{"nine prefixes", nine, "capture nameservers: 9 prefixes, want at most 8"},
+		{"a prefix not masked", []netip.Prefix{netip.MustParsePrefix("198.51.100.10/24")}, "capture nameservers: 198.51.100.10/24 has bits set past /24"},
+	} {
+		a, err := newAgent(Config{
+			Source:  configdir.New(t.TempDir()),
+			Listen:  []netip.AddrPort{netip.MustParseAddrPort("169.254.20.53:53")},
+			Capture: &CaptureConfig{Nameservers: tc.ns},
+		})
+		if err == nil {
+			a.server.Close()
+			a.fwd.Close()
+			t.Errorf("%s: newAgent accepted %v", tc.what, tc.ns)
+			continue
+		}
+		if !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: newAgent: %v, want %q", tc.what, err, tc.want)
 		}
 	}
 }

@@ -114,7 +114,7 @@ func TestInflightBytesBelowOneReply(t *testing.T) {
 	}{
 		{"InflightBytes", "want 0 (the default) or at least 65536, one reply of the largest size",
 			func(c *Config, n int64) { c.InflightBytes = n },
-			[]int64{-1, 1, 32 << 10, resolver.MinPodInflightBytes - 1}, []int64{0, resolver.MinPodInflightBytes}},
+			[]int64{-1, 1, 32 << 10, resolver.MinInflightBytes - 1}, []int64{0, resolver.MinInflightBytes}},
 		{"PodInflightBytes", "want 0 (the default), negative (no bound of its own) or at least 65536, one reply of the largest size",
 			func(c *Config, n int64) { c.PodInflightBytes = n },
 			[]int64{1, 32 << 10, resolver.MinPodInflightBytes - 1}, []int64{0, -1, resolver.MinPodInflightBytes}},

@@ -23,13 +23,17 @@ func TestUpstreamsForFallback(t *testing.T) {
 	pods.SetSourcePods([]model.Pod{{Namespace: "ns1", Name: "other", IPs: []netip.Addr{netip.MustParseAddr("10.244.1.8")}}})
 	unattached := podcache.New("cluster.local") // the client's pod, no sandbox known: no netns cookie
 	unattached.SetSourcePods([]model.Pod{{Namespace: "ns1", Name: "client", IPs: []netip.Addr{client.Addr()}}})
+	// The client's pod with its sandbox known: on a slot it would be looked
+	// up in the redirector (nil here), so only the slot check answers.
+	attached := podcache.New("cluster.local")
+	attached.Attach(podcache.Attachment{ContainerID: "ctr-client", Namespace: "ns1", Name: "client", NetnsCookie: 7, IPs: []netip.Addr{client.Addr()}})
 	for _, tc := range []struct {
 		what    string
 		capture *dataplane
 		local   netip.AddrPort
 	}{
 		{"without capture", nil, slot},
-		{"on an address that is no slot", &dataplane{slots: map[netip.AddrPort]int{slot: 0}, pods: pods}, netip.MustParseAddrPort("10.0.0.1:53")},
+		{"on an address that is no slot", &dataplane{slots: map[netip.AddrPort]int{slot: 0}, pods: attached}, netip.MustParseAddrPort("10.0.0.1:53")},
 		{"for a client that is no pod", &dataplane{slots: map[netip.AddrPort]int{slot: 0}, pods: pods}, slot},
 		{"for a pod whose sandbox is not known", &dataplane{slots: map[netip.AddrPort]int{slot: 0}, pods: unattached}, slot},
 	} {

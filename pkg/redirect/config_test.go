@@ -69,9 +69,9 @@ func prefixes(ss ...string) []netip.Prefix {
 	return out
 }
 
-// TestCapturePrefixLayout: prefixes are stored as the programs compare
-// them, IPv4-mapped ones as IPv4, since the programs see an IPv4-mapped
-// destination as IPv4.
+// TestCapturePrefixLayout: prefixes are stored, unmapped as Load has them,
+// as the programs compare them, IPv4-mapped ones as IPv4, since the programs
+// see an IPv4-mapped destination as IPv4.
 func TestCapturePrefixLayout(t *testing.T) {
 	tests := []struct {
 		prefix string
@@ -82,9 +82,43 @@ func TestCapturePrefixLayout(t *testing.T) {
 		{"fd00::/8", ztdnsCapturePrefix{Addr: [16]byte{0xfd}, Family: afInet6, Len: 8}},
 	}
 	for _, tt := range tests {
-		if got := capturePrefixFrom(netip.MustParsePrefix(tt.prefix)); got != tt.want {
+		if got := capturePrefixFrom(UnmapCaptureNameservers(prefixes(tt.prefix))[0]); got != tt.want {
 			t.Errorf("capturePrefixFrom(%s) = %+v, want %+v", tt.prefix, got, tt.want)
 		}
+	}
+}
+
+// TestUnmapCaptureNameservers: an IPv4-mapped prefix becomes the IPv4
+// prefix it covers, which Listed then matches IPv4 and IPv4-mapped
+// addresses against; the list given is left as it is (the agent's status
+// shows it).
+func TestUnmapCaptureNameservers(t *testing.T) {
+	given := prefixes("10.96.0.10/32", "::ffff:198.51.100.48/124", "::ffff:0.0.0.0/96", "2001:db8::/120")
+	kept := slices.Clone(given)
+	got := UnmapCaptureNameservers(given)
+	if want := prefixes("10.96.0.10/32", "198.51.100.48/28", "0.0.0.0/0", "2001:db8::/120"); !slices.Equal(got, want) {
+		t.Errorf("UnmapCaptureNameservers(%v) = %v, want %v", given, got, want)
+	}
+	if !slices.Equal(given, kept) {
+		t.Errorf("UnmapCaptureNameservers changed its argument to %v", given)
+	}
+	listed := UnmapCaptureNameservers(prefixes("::ffff:198.51.100.48/124", "2001:db8::/120"))
+	for _, tt := range []struct {
+		addr string
+		want bool
+	}{
+		{"198.51.100.60", true},
+		{"::ffff:198.51.100.60", true},
+		{"198.51.100.64", false},
+		{"2001:db8::ab", true},
+		{"2001:db8::1:0", false},
+	} {
+		if got := Listed(listed, netip.MustParseAddr(tt.addr)); got != tt.want {
+			t.Errorf("Listed(%v, %s) = %v, want %v", listed, tt.addr, got, tt.want)
+		}
+	}
+	if !Listed(nil, netip.MustParseAddr("203.0.113.9")) {
+		t.Error("Listed(nil, 203.0.113.9) = false, want true: no list captures every destination")
 	}
 }
 

@@ -93,11 +93,10 @@ func endpointFrom(ap netip.AddrPort) ztdnsEndpoint {
 	return ep
 }
 
-// capturePrefixFrom stores p as the programs match it: IPv4-mapped prefixes
-// as IPv4, since the programs see a v4-mapped destination as IPv4.
+// capturePrefixFrom stores p, unmapped (UnmapCaptureNameservers), for the
+// programs.
 func capturePrefixFrom(p netip.Prefix) ztdnsCapturePrefix {
 	var cp ztdnsCapturePrefix
-	p = unmapPrefix(p)
 	a, bits := p.Addr(), p.Bits()
 	if a.Is4() {
 		b := a.As4()

@@ -17,7 +17,6 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -164,8 +163,9 @@ func (c Config) validate() error {
 // past its length), so that what the programs match is what the operator
 // wrote: 10.96.0.10/16 is more likely a typo for 10.96.0.10/32 than a wish
 // for all of 10.96.0.0/16. (A masked IPv4-mapped prefix is at least /96:
-// its ffff is set.) Load checks it; the agent's command line checks it
-// first, to refuse a bad flag as a usage error.
+// its ffff is set.) Load checks it; the agent checks it before it makes
+// anything, and its command line first, to refuse a bad flag as a usage
+// error.
 func ValidateCaptureNameservers(ps []netip.Prefix) error {
 	if len(ps) > MaxCaptureNameservers {
 		return fmt.Errorf("%d prefixes, want at most %d", len(ps), MaxCaptureNameservers)
@@ -181,30 +181,35 @@ func ValidateCaptureNameservers(ps []netip.Prefix) error {
 	return nil
 }
 
+// UnmapCaptureNameservers returns a valid Config.CaptureNameservers list as
+// the programs match it: an IPv4-mapped prefix (masked, so at least /96) as
+// the IPv4 prefix it covers, since the programs see an IPv4-mapped
+// destination as IPv4; any other as is. Listed takes its result.
+func UnmapCaptureNameservers(ps []netip.Prefix) []netip.Prefix {
+	out := make([]netip.Prefix, len(ps))
+	for i, p := range ps {
+		if p.Addr().Is4In6() {
+			p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
+		}
+		out[i] = p
+	}
+	return out
+}
+
 // Listed reports whether the programs capture a query to a under the
-// list prefixes (Config.CaptureNameservers): always when it is empty, else
-// when a is inside one of them. IPv4-mapped addresses and prefixes count as
-// IPv4, as the programs match them.
+// list prefixes, as UnmapCaptureNameservers gives them: always when it is
+// empty, else when a (IPv4-mapped counts as IPv4) is inside one of them.
 func Listed(prefixes []netip.Prefix, a netip.Addr) bool {
 	if len(prefixes) == 0 {
 		return true
 	}
 	a = a.Unmap()
 	for _, p := range prefixes {
-		if unmapPrefix(p).Contains(a) {
+		if p.Contains(a) {
 			return true
 		}
 	}
 	return false
-}
-
-// unmapPrefix returns an IPv4-mapped prefix as the IPv4 prefix it covers
-// (a masked one is at least /96), any other as is.
-func unmapPrefix(p netip.Prefix) netip.Prefix {
-	if p.Addr().Is4In6() {
-		return netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
-	}
-	return p
 }
 
 // validateResolvers accepts all-zero (family off) or Slots distinct
@@ -266,6 +271,8 @@ func Load(cfg Config) (*Redirector, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
+	// Unmapped once, here: writeConfig and forgetUnlisted compare as is.
+	cfg.CaptureNameservers = UnmapCaptureNameservers(cfg.CaptureNameservers)
 	if err := checkCgroup(cfg.CgroupPath); err != nil {
 		return nil, err
 	}
@@ -323,25 +330,24 @@ func (r *Redirector) loadObjects() error {
 	return nil
 }
 
-// replacedTogether lists maps the programs read as one: config_index names
-// an entry of config. Maps that programs read together are replaced
-// together. A replaced map's pin goes, but the programs attached until
-// attachAll keep the map they were loaded with; a partner kept would be
-// shared by old and new programs, each reading it with its own other half.
-// Kept config_index with a new config: writeConfig switches the index to an
-// entry of the new config, and the old programs read that entry of their
-// old config, never written (all zeros: no resolver, so capture is off and
-// replies of redirected queries are not restored), until attachAll swaps
-// them, or for good if it fails. Replaced as a pair, the old programs go on
-// reading their old pair untouched.
+// removeIncompatiblePins removes the pins of maps whose layout no longer
+// matches spec. config and config_index are replaced together: the
+// programs read them as one, config_index naming an entry of config. A
+// replaced map's pin goes, but the programs attached until attachAll keep
+// the map they were loaded with; a partner kept would be shared by old and
+// new programs, each reading it with its own other half. Kept config_index
+// with a new config: writeConfig switches the index to an entry of the new
+// config, and the old programs read that entry of their old config, never
+// written (all zeros: no resolver, so capture is off and replies of
+// redirected queries are not restored), until attachAll swaps them, or for
+// good if it fails. Replaced as a pair, the old programs go on reading their
+// old pair untouched.
 //
 // The other maps are read on their own and may be replaced alone: a new
 // counters map only misses what the old programs count before attachAll,
 // and the heartbeat is meant to be shared (old programs stay fresh).
-var replacedTogether = [][]string{{ztdnsMapConfig, ztdnsMapConfigIndex}}
-
 func (r *Redirector) removeIncompatiblePins(spec *ebpf.CollectionSpec) error {
-	replace := map[string]bool{}
+	replace := map[string]bool{} // by name, for the maps pinned
 	for name, ms := range spec.Maps {
 		pin := pinPath(r.cfg.BPFFS, name)
 		m, err := ebpf.LoadPinnedMap(pin, nil)
@@ -354,12 +360,10 @@ func (r *Redirector) removeIncompatiblePins(spec *ebpf.CollectionSpec) error {
 		replace[name] = ms.Compatible(m) != nil
 		m.Close()
 	}
-	for _, group := range replacedTogether {
-		if slices.ContainsFunc(group, func(name string) bool { return replace[name] }) {
-			for _, name := range group {
-				if _, pinned := replace[name]; pinned {
-					replace[name] = true
-				}
+	if replace[ztdnsMapConfig] || replace[ztdnsMapConfigIndex] {
+		for _, name := range []string{ztdnsMapConfig, ztdnsMapConfigIndex} {
+			if _, pinned := replace[name]; pinned {
+				replace[name] = true
 			}
 		}
 	}

@@ -92,11 +92,15 @@ const (
 	// default 8 MiB: eight of the largest replies), and no less than
 	// DefaultPodInflightBytes says.
 	PodInflightShare = 16
+	// MinInflightBytes is the least bound of the node's bytes of replies in
+	// flight that lets any reply through: one of the largest size (a TCP
+	// frame's length is 16 bits), which the forwarder reads taking no more
+	// than its size.
+	MinInflightBytes = 64 << 10
 	// MinPodInflightBytes is the least bound of a source's bytes of
-	// replies in flight that lets it have any reply: one of the largest
-	// size (a TCP frame's length is 16 bits), which the forwarder reads
-	// taking no more than its size.
-	MinPodInflightBytes = 64 << 10
+	// replies in flight that lets it have any reply: one of the largest,
+	// as for the node's.
+	MinPodInflightBytes = MinInflightBytes
 	// DefaultUnknownSources bounds the addresses, not known as pods, that
 	// get limits of their own; the rest share one.
 	DefaultUnknownSources = 1024

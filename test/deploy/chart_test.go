@@ -3,9 +3,15 @@
 package deploy
 
 import (
+	"encoding/json"
 	"fmt"
 	"maps"
+	"math/rand/v2"
+	"net/netip"
+	"os"
+	"path/filepath"
 	"reflect"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -760,8 +766,8 @@ func TestChartCleanupMode(t *testing.T) {
 	}
 }
 
-// TestChartRejectsBadValues checks that values.schema.json stops mistakes
-// before they reach a node.
+// TestChartRejectsBadValues checks that values.schema.json, or a template's
+// fail, stops mistakes before they reach a node.
 func TestChartRejectsBadValues(t *testing.T) {
 	tests := []struct {
 		name string
@@ -782,6 +788,10 @@ func TestChartRejectsBadValues(t *testing.T) {
 		{"a capture nameserver by name: the agent takes addresses only", "capture.nameservers={kube-dns.kube-system}", "/capture/nameservers/0"},
 		{"two capture nameservers in one item", `capture.nameservers[0]=10.96.0.10\,169.254.20.10`, "/capture/nameservers/0"},
 		{"a capture nameserver with a space", "capture.nameservers={10.96.0.10 }", "/capture/nameservers/0"},
+		{"an IPv4 capture nameserver longer than /32", "capture.nameservers={10.96.0.10/33}", "/capture/nameservers/0"},
+		{"an IPv4 capture nameserver of three octets", "capture.nameservers={1.2.3}", "/capture/nameservers/0"},
+		{"an IPv6 capture nameserver longer than /128", "capture.nameservers={2001:db8::/129}", "/capture/nameservers/0"},
+		{"capture nameservers with capture off", "capture.enabled=false,capture.nameservers={10.96.0.10}", "capture.nameservers needs capture.enabled=true"},
 		{"more capture nameservers than the agent takes", "capture.nameservers={10.0.0.1,10.0.0.2,10.0.0.3,10.0.0.4,10.0.0.5,10.0.0.6,10.0.0.7,10.0.0.8,10.0.0.9}", "/capture/nameservers"},
 		{"unknown VIP source", "resolver.vipSource=kube", "/resolver/vipSource"},
 		{"unknown log format", "logFormat=xml", "/logFormat"},
@@ -798,6 +808,97 @@ func TestChartRejectsBadValues(t *testing.T) {
 				t.Errorf("helm's error does not name %s:\n%v", tt.path, err)
 			}
 		})
+	}
+}
+
+// TestChartNameserverPattern: the schema takes as a capture.nameservers
+// item what the agent's --capture-nameservers parses (an address or a CIDR,
+// IPv4 or IPv6, no zone) and nothing else, so helm refuses what would
+// crashloop the agent. Only a CIDR's mask is left to the agent.
+func TestChartNameserverPattern(t *testing.T) {
+	raw, err := os.ReadFile(filepath.Join(repoRoot(t), chartDir, "values.schema.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var schema struct {
+		Properties struct {
+			Capture struct {
+				Properties struct {
+					Nameservers struct {
+						Items struct {
+							AnyOf []struct{ Pattern string }
+						}
+					}
+				}
+			}
+		}
+	}
+	if err := json.Unmarshal(raw, &schema); err != nil {
+		t.Fatal(err)
+	}
+	var patterns []*regexp.Regexp
+	for _, p := range schema.Properties.Capture.Properties.Nameservers.Items.AnyOf {
+		patterns = append(patterns, regexp.MustCompile(p.Pattern))
+	}
+	if len(patterns) == 0 {
+		t.Fatal("no anyOf patterns for capture.nameservers items")
+	}
+	taken := func(s string) bool {
+		return slices.ContainsFunc(patterns, func(re *regexp.Regexp) bool { return re.MatchString(s) })
+	}
+	parsed := func(s string) bool { // as cmd/ztdns parsePrefix
+		if !strings.Contains(s, "/") {
+			a, err := netip.ParseAddr(s)
+			return err == nil && a.Zone() == ""
+		}
+		_, err := netip.ParsePrefix(s)
+		return err == nil
+	}
+	check := func(s string) {
+		t.Helper()
+		if got, want := taken(s), parsed(s); got != want {
+			t.Errorf("schema takes %q: %v; the agent parses it: %v", s, got, want)
+		}
+	}
+	for _, s := range []string{
+		"10.96.0.10", "10.96.0.0/16", "0.0.0.0/0", "255.255.255.255/32", "10.96.0.10/33", "1.2.3", "1.2.3.4.5", "256.0.0.1",
+		"010.0.0.1", "1.2.3.4/01", "1.2.3.4/", "fd00:10:96::a", "2001:db8::/128", "2001:db8::/129", "::", "::/0", ":::",
+		"1:2:3:4:5:6:7:8", "1:2:3:4:5:6:7:8:9", "1:2:3:4:5:6:7::", "::2:3:4:5:6:7:8", "1::2::3", "12345::", "g::1",
+		"::ffff:198.51.100.48/124", "::ffff:0:1.2.3.4", "1:2:3:4:5:6:1.2.3.4", "1:2:3:4:5::1.2.3.4", "1:2:3:4:5:6::1.2.3.4",
+		"fe80::1%eth0", "kube-dns", "10.96.0.10 ", "",
+	} {
+		check(s)
+	}
+	// Strings of the characters addresses are made of, and address-like
+	// ones: groups, one ellipsis or none, an IPv4 tail, a length.
+	rng := rand.New(rand.NewPCG(1, 2))
+	const chars = "0123456789abcdefABCDEF:./"
+	for range 20000 {
+		b := make([]byte, 1+rng.IntN(20))
+		for i := range b {
+			b[i] = chars[rng.IntN(len(chars))]
+		}
+		check(string(b))
+	}
+	for range 20000 {
+		var groups []string
+		for range rng.IntN(10) {
+			groups = append(groups, strconv.FormatUint(uint64(rng.IntN(0x10000)), 16))
+		}
+		s := strings.Join(groups, ":")
+		if j := rng.IntN(len(groups) + 1); rng.IntN(3) > 0 {
+			s = strings.Join(groups[:j], ":") + "::" + strings.Join(groups[j:], ":")
+		}
+		if rng.IntN(3) == 0 {
+			if !strings.HasSuffix(s, ":") {
+				s += ":"
+			}
+			s += fmt.Sprintf("%d.%d.%d.%d", rng.IntN(300), rng.IntN(300), rng.IntN(300), rng.IntN(300))
+		}
+		if rng.IntN(2) == 0 {
+			s += "/" + strconv.Itoa(rng.IntN(140))
+		}
+		check(s)
 	}
 }
 
