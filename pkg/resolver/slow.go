@@ -382,6 +382,9 @@ func (q *slowQuery) forward(ctx context.Context) []byte {
 	if len(upstreams) == 0 || s.opts.Forwarder == nil {
 		return dnswire.AppendErrorReply(nil, msg, r, dnswire.RcodeServFail)
 	}
+	// The forward's reply is the whole answer: an autopath candidate's
+	// lookup answered before it is not where this reply came from.
+	q.from, q.upstream = sourceNone, netip.AddrPort{}
 	out, from, err := s.opts.Forwarder.ForwardFrom(ctx, msg, q.tcp, upstreams)
 	if err != nil {
 		s.log.Debug("forward failed", "client", q.src, "err", err)
