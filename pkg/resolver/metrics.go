@@ -79,8 +79,7 @@ var metricTCPRejected = struct{ source, total prometheus.Counter }{
 // kernelDropsDesc describes the UDP queries the kernel dropped over their
 // source's rate.
 var kernelDropsDesc = prometheus.NewDesc("ztdns_resolver_kernel_rate_limited_total",
-	"UDP queries over their source's rate, dropped in the kernel before the resolver saw them (counted per pod or source address, "+
-		"read at each scrape: those of one forgotten after 4,096 others since the last scrape are not counted).",
+	"UDP queries over their source's rate, dropped in the kernel before the resolver saw them.",
 	nil, nil)
 
 // Collector is the server's own metrics, read at scrape time: its answers
