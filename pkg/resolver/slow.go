@@ -59,31 +59,29 @@ type slowQuery struct {
 	slot forwardSlot
 }
 
-// holdReply takes what a reply of n bytes holds until it is sent (over
-// TCP, its bytes of the budget of replies in flight). Taken: release gives
-// the hold back once the reply is sent or dropped. Refused (OverSource:
-// the source's bound or fair share; OverPool: the budget), the reply is
-// not sent.
-type holdReply func(n int) (release func(), v quota.Verdict)
-
-// finishing wraps done so that the reply is held (hold, if not nil),
-// then counted, timed and logged as what the client gets, before it is
-// sent. done gets the hold's release (nil: none), to call once the reply
-// is sent or dropped.
+// finishing wraps done so that the reply is held, then counted, timed and
+// logged as what the client gets, before it is sent. Over TCP, a reply
+// holds its bytes of the budget of replies in flight, as its source's,
+// until it is written (a client that reads slowly holds it up to
+// tcpWriteTimeout); done gets what gives them back (nil: nothing held), to
+// call once the reply is sent or dropped.
 //
-// A reply whose hold is refused becomes SERVFAIL, counted and logged as
+// A reply whose hold is refused (OverSource: the source's bound or fair
+// share; OverPool: the budget) becomes SERVFAIL, counted and logged as
 // such: over the source's bound or share, the source's outcome
 // (forward_limited, and the pod's bytesRefused, once per query); with the
 // budget spent, the node's (overload). A reply that was a SERVFAIL already
 // is counted for neither: the hold changes nothing the client gets. One
 // made as its bytes were refused as they were read was counted then; an
 // upstream's own SERVFAIL is no refusal.
-func (q *slowQuery) finishing(hold holdReply, done func(reply []byte, release func())) func(reply []byte) {
+func (q *slowQuery) finishing(done func(reply []byte, release func())) func(reply []byte) {
 	return func(reply []byte) {
 		var release func()
-		if hold != nil && reply != nil {
-			var v quota.Verdict
-			if release, v = hold(len(reply)); v != quota.Taken {
+		if q.tcp && reply != nil {
+			budget, source, n := q.s.opts.Budget, q.source, len(reply)
+			if v := budget.TryTake(source, n); v == quota.Taken {
+				release = func() { budget.Give(source, n) }
+			} else {
 				switch {
 				case isServFail(reply):
 				case v == quota.OverSource:
