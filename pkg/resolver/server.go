@@ -567,9 +567,10 @@ func (s *Server) answerFast(msg []byte, src netip.AddrPort, tcp bool, out []byte
 	}
 	switch {
 	case cut && !tcp:
-		out = truncate(out[:hdr], msg, &r)
+		out = dnswire.AppendTruncated(out[:hdr], msg, &r)
+		metricTruncated[0].Inc()
 	case cut:
-		metricTruncated.tcp.Inc()
+		metricTruncated[1].Inc()
 	}
 	return s.answered(sc, out, hdr, &r, tcp, pod, src, now), false
 }
@@ -624,15 +625,6 @@ func (s *Server) logAccess(r *request, src netip.AddrPort, tcp bool, pod *podcac
 		e.Namespace, e.Pod = pod.Namespace, pod.Name
 	}
 	s.opts.AccessLog.Send(e)
-}
-
-// truncate writes an empty UDP reply with TC set: the client retries over
-// TCP. Counted as it is built: the fast path sends it at once (the slow
-// path's, slowQuery.truncated, once it goes out).
-func truncate(out []byte, msg []byte, r *request) []byte {
-	out = dnswire.AppendTruncated(out, msg, r)
-	metricTruncated.udp.Inc()
-	return out
 }
 
 // slow answers a query that needs more than a table copy; tc is its TCP

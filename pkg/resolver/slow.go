@@ -95,11 +95,7 @@ func (q *slowQuery) finishing(done func(reply []byte, release func())) func(repl
 		}
 		if len(reply) >= dnswire.HeaderLen {
 			if q.cut && dnswire.HeaderFlags(reply)&dnswire.FlagTC != 0 { // not a SERVFAIL in its place
-				if q.tcp {
-					metricTruncated.tcp.Inc()
-				} else {
-					metricTruncated.udp.Inc()
-				}
+				metricTruncated[protoOf(q.tcp)].Inc()
 			}
 			q.finish(reply)
 		}
@@ -484,9 +480,8 @@ func replyTo(req *dns.Msg, r *request) *dns.Msg {
 // ztdns_dns_requests_total.
 func (q *slowQuery) pack(reply *dns.Msg) []byte {
 	if q.tcp {
-		was := reply.Truncated
-		reply.Truncate(maxTCPMessage) // sets TC when it drops records
-		q.cut = !was && reply.Truncated
+		reply.Truncate(maxTCPMessage) // sets TC when it drops records: replyTo's never has it
+		q.cut = reply.Truncated
 	}
 	reply.Compress = true
 	out, err := reply.Pack()
