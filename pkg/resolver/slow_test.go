@@ -216,7 +216,10 @@ func TestReplyThatDoesNotPack(t *testing.T) {
 // pod may hold are the pod's outcome, as a forward's are: they count in
 // `ztdns pods` (the pod's bytesRefused) and as forward_limited, once per
 // query, however many of its lookups and its forward were refused. Before:
-// a chased CNAME's refusal counted nowhere.
+// a chased CNAME's refusal counted nowhere. Only the chased CNAME over UDP
+// shows a lookup's refusal counted: over TCP the reply's own hold is
+// refused too and counts the query anyway, and autopath's forward, refused
+// too, counts it; those cases show it is counted once.
 func TestLookupsOverThePodsBytesAreCounted(t *testing.T) {
 	const perSource = 16 << 10
 	b := quota.NewBudget(64<<10, perSource)
