@@ -94,7 +94,7 @@ func (a protoCounts) minus(b protoCounts) protoCounts {
 
 // truncatedCounts reads ztdns_resolver_truncated_total.
 func truncatedCounts() protoCounts {
-	return protoCounts{testutil.ToFloat64(metricTruncated.udp), testutil.ToFloat64(metricTruncated.tcp)}
+	return protoCounts{testutil.ToFloat64(metricTruncated[0]), testutil.ToFloat64(metricTruncated[1])}
 }
 
 // bigHeadlessServer serves, on a loopback port, a table with a headless

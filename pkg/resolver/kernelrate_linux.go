@@ -40,6 +40,7 @@ import (
 // check again on a socket the filter is on).
 type kernelRate struct {
 	sources      *ebpf.Map
+	dropped      *ebpf.Map // one entry: every datagram the filter dropped
 	podAddrs     *ebpf.Map // a known pod's address -> the pod's key
 	prog4, prog6 *ebpf.Program
 	log          *slog.Logger
@@ -49,10 +50,6 @@ type kernelRate struct {
 	keys    map[*quota.Source][16]byte // each known pod's key, by its quota: the pod's identity while it is known
 	lastKey uint64                     // keys are never reused
 	left    int                        // addresses podAddrs had no room for
-
-	dropsMu sync.Mutex          // guards the fields below, for totalDrops
-	seen    map[[16]byte]uint64 // each key's drops at the last read
-	dropped uint64              // the drops counted up to the last read
 }
 
 // kernelRateSources bounds the keys the kernel remembers (the least
@@ -98,6 +95,20 @@ func newKernelRate(r quota.Rate, log *slog.Logger) (*kernelRate, error) {
 	if err != nil {
 		return nil, fmt.Errorf("sources map: %w", err)
 	}
+	// The sum of the sources' drops is no counter: a key the LRU map
+	// forgets takes its drops with it. So the filter counts each drop
+	// here too.
+	dropped, err := ebpf.NewMap(&ebpf.MapSpec{
+		Name:       "ztdns_drops",
+		Type:       ebpf.Array,
+		KeySize:    4,
+		ValueSize:  8,
+		MaxEntries: 1,
+	})
+	if err != nil {
+		sources.Close()
+		return nil, fmt.Errorf("drops map: %w", err)
+	}
 	podAddrs, err := ebpf.NewMap(&ebpf.MapSpec{
 		Name:       "ztdns_pod_addrs",
 		Type:       ebpf.Hash,
@@ -108,12 +119,13 @@ func newKernelRate(r quota.Rate, log *slog.Logger) (*kernelRate, error) {
 	})
 	if err != nil {
 		sources.Close()
+		dropped.Close()
 		return nil, fmt.Errorf("pod addresses map: %w", err)
 	}
-	k := &kernelRate{sources: sources, podAddrs: podAddrs, log: log, addrs: map[netip.Addr][16]byte{}, keys: map[*quota.Source][16]byte{}, seen: map[[16]byte]uint64{}}
+	k := &kernelRate{sources: sources, dropped: dropped, podAddrs: podAddrs, log: log, addrs: map[netip.Addr][16]byte{}, keys: map[*quota.Source][16]byte{}}
 	interval, tolerance := r.Params()
-	if k.prog4, err = loadRateFilter(sources, podAddrs, interval, tolerance, false); err == nil {
-		k.prog6, err = loadRateFilter(sources, podAddrs, interval, tolerance, true)
+	if k.prog4, err = loadRateFilter(sources, dropped, podAddrs, interval, tolerance, false); err == nil {
+		k.prog6, err = loadRateFilter(sources, dropped, podAddrs, interval, tolerance, true)
 	}
 	if err != nil {
 		k.Close()
@@ -131,12 +143,16 @@ func newKernelRate(r quota.Rate, log *slog.Logger) (*kernelRate, error) {
 //	v = sources[key]
 //	if (!v) { sources[key] = {now + interval, 0}; keep }
 //	next = max(v->tat, now)
-//	if (next - now > tolerance) { v->drops += 1 (atomically); drop }
+//	if (next - now > tolerance) {
+//		v->drops += 1; dropped[0] += 1 (both atomically)
+//		drop
+//	}
 //	v->tat = next + interval; keep
-func loadRateFilter(sources, podAddrs *ebpf.Map, interval, tolerance int64, v6 bool) (*ebpf.Program, error) {
+func loadRateFilter(sources, dropped, podAddrs *ebpf.Map, interval, tolerance int64, v6 bool) (*ebpf.Program, error) {
 	const (
-		keyAt   = -16 // the key on the stack: fp-16 .. fp-1
-		valueAt = -32 // a new value: fp-32 .. fp-17
+		keyAt     = -16 // the key on the stack: fp-16 .. fp-1
+		valueAt   = -32 // a new value: fp-32 .. fp-17
+		droppedAt = -40 // dropped's key, 0: fp-40 .. fp-37
 	)
 	srcOff, srcLen, loadTo := int32(12), int32(4), int32(keyAt+12) // IPv4 header: saddr at 12
 	if v6 {
@@ -213,7 +229,16 @@ func loadRateFilter(sources, podAddrs *ebpf.Map, interval, tolerance int64, v6 b
 		asm.Return(),
 		asm.Mov.Imm(asm.R1, 1).WithSymbol("drop"),
 		asm.AddAtomic.Mem(asm.R7, asm.R1, asm.DWord, 8),
-		asm.Mov.Imm(asm.R0, 0),
+		// dropped[0] += 1
+		asm.StoreImm(asm.RFP, droppedAt, 0, asm.Word),
+		asm.LoadMapPtr(asm.R1, dropped.FD()),
+		asm.Mov.Reg(asm.R2, asm.RFP),
+		asm.Add.Imm(asm.R2, droppedAt),
+		asm.FnMapLookupElem.Call(),
+		asm.JEq.Imm(asm.R0, 0, "dropped"),
+		asm.Mov.Imm(asm.R1, 1),
+		asm.AddAtomic.Mem(asm.R0, asm.R1, asm.DWord, 0),
+		asm.Mov.Imm(asm.R0, 0).WithSymbol("dropped"),
 		asm.Return(),
 	)
 	return ebpf.NewProgram(&ebpf.ProgramSpec{
@@ -346,41 +371,13 @@ func (k *kernelRate) podDrops(p *podcache.Pod) uint64 {
 }
 
 // totalDrops is how many datagrams the filter dropped since it was
-// loaded, as a counter that never goes down. The map's counts cannot be
-// summed as they are: a key the LRU map forgets takes its count with it,
-// and the sum would fall (a counter reset to Prometheus, which would then
-// take the whole remaining sum for new drops). So each read adds what each
-// key's count rose by since the last read; a key read before whose count
-// is lower was forgotten and seen again, and all of its count is new. The
-// drops of a key between the last read and its eviction are not counted
-// (nor, if it is seen again and its new count passes the old before the
-// next read, the old count's worth of its new drops).
+// loaded.
 func (k *kernelRate) totalDrops() uint64 {
-	// Read under the lock: an older read applied after a newer one would
-	// take each count that rose between them for a forgotten key's.
-	k.dropsMu.Lock()
-	defer k.dropsMu.Unlock()
-	var (
-		key [16]byte
-		v   kernelSource
-	)
-	now := make(map[[16]byte]uint64, len(k.seen))
-	it := k.sources.Iterate()
-	for it.Next(&key, &v) {
-		now[key] = v.Drops // a key iterated twice (the map changed meanwhile) counts once
+	var n uint64
+	if k.dropped.Lookup(uint32(0), &n) != nil {
+		return 0
 	}
-	if it.Err() != nil {
-		return k.dropped // the keys not reached are counted next time
-	}
-	for key, n := range now {
-		if last := k.seen[key]; n >= last {
-			k.dropped += n - last
-		} else {
-			k.dropped += n
-		}
-	}
-	k.seen = now // at most the map's size
-	return k.dropped
+	return n
 }
 
 // Close releases the map and programs; sockets keep the filter they have
@@ -392,5 +389,5 @@ func (k *kernelRate) Close() error {
 			errs = append(errs, p.Close())
 		}
 	}
-	return errors.Join(append(errs, k.sources.Close(), k.podAddrs.Close())...)
+	return errors.Join(append(errs, k.sources.Close(), k.dropped.Close(), k.podAddrs.Close())...)
 }

@@ -366,58 +366,63 @@ func (k *kernelRate) drops(src netip.Addr) uint64 {
 }
 
 // TestKernelRateDropsNeverDecrease: ztdns_resolver_kernel_rate_limited_total
-// keeps the drops of the keys the filter's map forgets, and counts a key
-// seen again (its count starting over) from zero; Prometheus reads a
-// counter that goes down as a reset and takes the whole rest for new
-// drops. The test writes the counts into the map as the filter would.
+// keeps the drops of the keys the filter's map forgets, those since the
+// last scrape too; Prometheus reads a counter that goes down as a reset
+// and takes the whole rest for new drops. A source's datagrams are
+// dropped through the filter, its key forgotten, and it is dropped again.
+// Before: the drops between a scrape and the eviction were lost.
 func TestKernelRateDropsNeverDecrease(t *testing.T) {
 	testenv.RequireRoot(t)
-	s := New(Options{Limits: quota.Limits{QPS: 10, Burst: 10}, KernelRate: true})
-	t.Cleanup(func() { s.Close() })
-	if s.kernel == nil {
+	const burst, each = 10, 30
+	ls := startLimitsServer(t, Options{Limits: quota.Limits{QPS: 0.1, Burst: burst}, KernelRate: true}, liveUpstream(t), liveUpstream(t)) // no new token while the test runs
+	if ls.kernel == nil {
 		testenv.Unavailable(t, "the resolver could not load its socket filter (see the log)")
 	}
-	a, b := netip.MustParseAddr("203.0.113.1").As16(), netip.MustParseAddr("2001:db8::1").As16()
-	put := func(key [16]byte, drops uint64) {
+	src := netip.MustParseAddr("127.0.0.6") // no pod: an address of its own
+	f := startUDPFlood(t, src, ls.addr)
+	q := packQuery(t, tableName, dns.TypeA)
+	key, _ := ls.kernel.keyOf(src)
+	metric := func() float64 {
 		t.Helper()
-		if err := s.kernel.sources.Put(key, kernelSource{Drops: drops}); err != nil {
+		return scrape(t, ls.Collector(), "ztdns_resolver_kernel_rate_limited_total")["ztdns_resolver_kernel_rate_limited_total{}"]
+	}
+	// send sends n queries and waits until the filter has dropped drops
+	// charged to src's key in all; want is the drops of every key.
+	var want uint64
+	send := func(step string, n int, drops uint64) {
+		t.Helper()
+		want += drops - ls.kernel.drops(src)
+		for range n {
+			if _, err := f.conn.Write(q); err != nil {
+				t.Fatal(err)
+			}
+		}
+		testenv.Eventually(t, 30*time.Second, step+": the filter drops the queries past the burst", func() bool { return ls.kernel.drops(src) >= drops })
+		if got := ls.kernel.drops(src); got != drops {
+			t.Fatalf("%s: the filter dropped %d of src's queries, want %d", step, got, drops)
+		}
+	}
+	// forget deletes src's key, as the LRU map forgets a key (which it
+	// may put off for a key on another CPU's list).
+	forget := func() {
+		t.Helper()
+		if err := ls.kernel.sources.Delete(key); err != nil {
 			t.Fatal(err)
 		}
 	}
-	want := func(step string, n float64) {
-		t.Helper()
-		if got := scrape(t, s.Collector(), "ztdns_resolver_kernel_rate_limited_total")["ztdns_resolver_kernel_rate_limited_total{}"]; got != n {
-			t.Errorf("%s: ztdns_resolver_kernel_rate_limited_total = %v, want %v", step, got, n)
-		}
-	}
 
-	put(a, 5)
-	put(b, 7)
-	want("two keys", 12)
-	put(b, 9)
-	want("b's count rose by 2", 14)
-	if err := s.kernel.sources.Delete(a); err != nil {
-		t.Fatal(err)
+	send("a first burst", each, each-burst)
+	if got := metric(); got != float64(want) {
+		t.Errorf("after the first burst: ztdns_resolver_kernel_rate_limited_total = %v, want %d", got, want)
 	}
-	want("a forgotten", 14)
-	put(a, 2)
-	want("a seen again, 2 drops since", 16)
-	if err := s.kernel.sources.Delete(b); err != nil {
-		t.Fatal(err)
+	send("more since the scrape", each, 2*each-burst)
+	forget()
+	if got := metric(); got != float64(want) {
+		t.Errorf("src forgotten: ztdns_resolver_kernel_rate_limited_total = %v, want %d", got, want)
 	}
-	put(b, 3)
-	want("b forgotten and seen again between reads, 3 drops since", 19)
-
-	// The LRU map forgets both (inserted anew, not looked up since) among
-	// sources without drops.
-	gone := func(key [16]byte) bool {
-		return errors.Is(s.kernel.sources.Lookup(key, new(kernelSource)), ebpf.ErrKeyNotExist)
+	// Seen again: a fresh key, with a full burst.
+	send("seen again", each, each-burst)
+	if got := metric(); got != float64(want) {
+		t.Errorf("src seen again: ztdns_resolver_kernel_rate_limited_total = %v, want %d", got, want)
 	}
-	for i := 0; !gone(a) || !gone(b); i++ {
-		if i == 16*kernelRateSources {
-			t.Fatalf("a or b still in the map after %d other keys", i)
-		}
-		put(podKey(uint64(1<<32+i)), 0)
-	}
-	want("a and b evicted", 19)
 }

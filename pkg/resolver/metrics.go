@@ -24,10 +24,11 @@ var (
 			"or its forward or reply was ended to make room for a source within its share; once per query), " +
 			"overload (SERVFAIL: too many forwarded queries, or bytes of their replies, in flight in all), drop.",
 	}, []string{"outcome"})
-	// metricTruncatedVec counts replies sent with TC set, by protocol.
+	// metricTruncatedVec counts replies ztdns cut to fit, with TC, by
+	// protocol (an upstream's own TC reply is relayed as it is, uncounted).
 	metricTruncatedVec = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "ztdns_resolver_truncated_total",
-		Help: "Replies truncated (TC set), by proto: udp (an empty reply, the answer over the client's buffer: it asks again over TCP) " +
+		Help: "Replies ztdns cut to fit (TC set), by proto: udp (an empty reply, the answer over the client's buffer: it asks again over TCP) " +
 			"or tcp (the records that fit in a TCP message, 65,535 bytes).",
 	}, []string{"proto"})
 	// metricTCPRejectedVec counts TCP connections closed at once, by the
@@ -66,9 +67,10 @@ var metricQueries = struct {
 	drop:           metricQueriesVec.WithLabelValues("drop"),
 }
 
-var metricTruncated = struct{ udp, tcp prometheus.Counter }{
-	udp: metricTruncatedVec.WithLabelValues(protoLabels[0]),
-	tcp: metricTruncatedVec.WithLabelValues(protoLabels[1]),
+// metricTruncated is ztdns_resolver_truncated_total by protoOf.
+var metricTruncated = [...]prometheus.Counter{
+	metricTruncatedVec.WithLabelValues(protoLabels[0]),
+	metricTruncatedVec.WithLabelValues(protoLabels[1]),
 }
 
 var metricTCPRejected = struct{ source, total prometheus.Counter }{
@@ -79,8 +81,7 @@ var metricTCPRejected = struct{ source, total prometheus.Counter }{
 // kernelDropsDesc describes the UDP queries the kernel dropped over their
 // source's rate.
 var kernelDropsDesc = prometheus.NewDesc("ztdns_resolver_kernel_rate_limited_total",
-	"UDP queries over their source's rate, dropped in the kernel before the resolver saw them (counted per pod or source address, "+
-		"read at each scrape: those of one forgotten after 4,096 others since the last scrape are not counted).",
+	"UDP queries over their source's rate, dropped in the kernel before the resolver saw them.",
 	nil, nil)
 
 // Collector is the server's own metrics, read at scrape time: its answers
@@ -162,6 +163,14 @@ const (
 	nSources       = 4
 )
 
+// protoOf is the index of a query's protocol in protoLabels.
+func protoOf(tcp bool) int {
+	if tcp {
+		return 1
+	}
+	return 0
+}
+
 // requestCell is the index of a (type, rcode, proto, source) counter.
 func requestCell(qtype uint16, rcode int, tcp bool, src source) int {
 	t := typeOther
@@ -175,10 +184,7 @@ func requestCell(qtype uint16, rcode int, tcp bool, src source) int {
 	case rc < 0 || rc > 5:
 		rc = labelOther
 	}
-	p := 0
-	if tcp {
-		p = 1
-	}
+	p := protoOf(tcp)
 	return ((int(t)*nRcodes+rc)*2+p)*nSources + int(src)
 }
 

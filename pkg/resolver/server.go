@@ -567,9 +567,10 @@ func (s *Server) answerFast(msg []byte, src netip.AddrPort, tcp bool, out []byte
 	}
 	switch {
 	case cut && !tcp:
-		out = truncate(out[:hdr], msg, &r)
+		out = dnswire.AppendTruncated(out[:hdr], msg, &r)
+		metricTruncated[0].Inc()
 	case cut:
-		metricTruncated.tcp.Inc()
+		metricTruncated[1].Inc()
 	}
 	return s.answered(sc, out, hdr, &r, tcp, pod, src, now), false
 }
@@ -626,18 +627,10 @@ func (s *Server) logAccess(r *request, src netip.AddrPort, tcp bool, pod *podcac
 	s.opts.AccessLog.Send(e)
 }
 
-// truncate writes an empty UDP reply with TC set: the client retries over
-// TCP. Counted as it is built: the fast path sends it at once (the slow
-// path's, slowQuery.truncated, once it goes out).
-func truncate(out []byte, msg []byte, r *request) []byte {
-	out = dnswire.AppendTruncated(out, msg, r)
-	metricTruncated.udp.Inc()
-	return out
-}
-
-// slow answers a query that needs more than a table copy; source and up
-// are its TCP connection's source and upstreams (nil: the query came over
-// UDP, and its source is looked up if it forwards). done is
+// slow answers a query that needs more than a table copy; tc is its TCP
+// connection (nil: the query came over UDP, and its source is looked up
+// if it forwards), whose source holds the reply's bytes and whose
+// upstreams it forwards to. done is
 // called exactly once, with the reply or with nil when there is nothing to
 // send, and what gives back the reply's hold (nil without one), which done
 // calls once the reply is sent or dropped.
@@ -652,13 +645,17 @@ func truncate(out []byte, msg []byte, r *request) []byte {
 // within its share that finds MaxInflight reached takes the slot of a
 // source over its share (startForward). The forwarder learns the source
 // from the context, and charges the reply bytes it reads to it.
-func (s *Server) slow(msg []byte, src, local netip.AddrPort, source *quota.Source, up *connUpstreams, hold holdReply, done func(reply []byte, release func())) {
-	q := &slowQuery{s: s, msg: msg, src: src, local: local, tcp: up != nil, conn: up, source: source, offline: true, start: s.clock(), from: sourceNone}
-	finish := q.finishing(hold, done)
+func (s *Server) slow(msg []byte, src, local netip.AddrPort, tc *tcpConn, done func(reply []byte, release func())) {
+	q := &slowQuery{s: s, msg: msg, src: src, local: local, offline: true, start: s.clock(), from: sourceNone}
+	if tc != nil {
+		q.tcp, q.conn, q.source = true, &tc.up, tc.source
+	}
+	finish := q.finishing(done)
 	if reply := q.answer(s.ctx); !q.needsUpstream {
 		finish(reply)
 		return
 	}
+	source := q.source
 	if source == nil {
 		_, source = s.sourceOf(src.Addr(), s.clock())
 		q.source = source

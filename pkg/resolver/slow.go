@@ -59,31 +59,29 @@ type slowQuery struct {
 	slot forwardSlot
 }
 
-// holdReply takes what a reply of n bytes holds until it is sent (over
-// TCP, its bytes of the budget of replies in flight). Taken: release gives
-// the hold back once the reply is sent or dropped. Refused (OverSource:
-// the source's bound or fair share; OverPool: the budget), the reply is
-// not sent.
-type holdReply func(n int) (release func(), v quota.Verdict)
-
-// finishing wraps done so that the reply is held (hold, if not nil),
-// then counted, timed and logged as what the client gets, before it is
-// sent. done gets the hold's release (nil: none), to call once the reply
-// is sent or dropped.
+// finishing wraps done so that the reply is held, then counted, timed and
+// logged as what the client gets, before it is sent. Over TCP, a reply
+// holds its bytes of the budget of replies in flight, as its source's,
+// until it is written (a client that reads slowly holds it up to
+// tcpWriteTimeout); done gets what gives them back (nil: nothing held), to
+// call once the reply is sent or dropped.
 //
-// A reply whose hold is refused becomes SERVFAIL, counted and logged as
+// A reply whose hold is refused (OverSource: the source's bound or fair
+// share; OverPool: the budget) becomes SERVFAIL, counted and logged as
 // such: over the source's bound or share, the source's outcome
 // (forward_limited, and the pod's bytesRefused, once per query); with the
 // budget spent, the node's (overload). A reply that was a SERVFAIL already
 // is counted for neither: the hold changes nothing the client gets. One
 // made as its bytes were refused as they were read was counted then; an
 // upstream's own SERVFAIL is no refusal.
-func (q *slowQuery) finishing(hold holdReply, done func(reply []byte, release func())) func(reply []byte) {
+func (q *slowQuery) finishing(done func(reply []byte, release func())) func(reply []byte) {
 	return func(reply []byte) {
 		var release func()
-		if hold != nil && reply != nil {
-			var v quota.Verdict
-			if release, v = hold(len(reply)); v != quota.Taken {
+		if q.tcp && reply != nil {
+			budget, source, n := q.s.opts.Budget, q.source, len(reply)
+			if v := budget.TryTake(source, n); v == quota.Taken {
+				release = func() { budget.Give(source, n) }
+			} else {
 				switch {
 				case isServFail(reply):
 				case v == quota.OverSource:
@@ -97,11 +95,7 @@ func (q *slowQuery) finishing(hold holdReply, done func(reply []byte, release fu
 		}
 		if len(reply) >= dnswire.HeaderLen {
 			if q.cut && dnswire.HeaderFlags(reply)&dnswire.FlagTC != 0 { // not a SERVFAIL in its place
-				if q.tcp {
-					metricTruncated.tcp.Inc()
-				} else {
-					metricTruncated.udp.Inc()
-				}
+				metricTruncated[protoOf(q.tcp)].Inc()
 			}
 			q.finish(reply)
 		}
@@ -382,6 +376,9 @@ func (q *slowQuery) forward(ctx context.Context) []byte {
 	if len(upstreams) == 0 || s.opts.Forwarder == nil {
 		return dnswire.AppendErrorReply(nil, msg, r, dnswire.RcodeServFail)
 	}
+	// The forward's reply is the whole answer: an autopath candidate's
+	// lookup answered before it is not where this reply came from.
+	q.from, q.upstream = sourceNone, netip.AddrPort{}
 	out, from, err := s.opts.Forwarder.ForwardFrom(ctx, msg, q.tcp, upstreams)
 	if err != nil {
 		s.log.Debug("forward failed", "client", q.src, "err", err)
@@ -483,9 +480,8 @@ func replyTo(req *dns.Msg, r *request) *dns.Msg {
 // ztdns_dns_requests_total.
 func (q *slowQuery) pack(reply *dns.Msg) []byte {
 	if q.tcp {
-		was := reply.Truncated
-		reply.Truncate(maxTCPMessage) // sets TC when it drops records
-		q.cut = !was && reply.Truncated
+		reply.Truncate(maxTCPMessage) // sets TC when it drops records: replyTo's never has it
+		q.cut = reply.Truncated
 	}
 	reply.Compress = true
 	out, err := reply.Pack()

@@ -216,7 +216,10 @@ func TestReplyThatDoesNotPack(t *testing.T) {
 // pod may hold are the pod's outcome, as a forward's are: they count in
 // `ztdns pods` (the pod's bytesRefused) and as forward_limited, once per
 // query, however many of its lookups and its forward were refused. Before:
-// a chased CNAME's refusal counted nowhere.
+// a chased CNAME's refusal counted nowhere. Only the chased CNAME over UDP
+// shows a lookup's refusal counted: over TCP the reply's own hold is
+// refused too and counts the query anyway, and autopath's forward, refused
+// too, counts it; those cases show it is counted once.
 func TestLookupsOverThePodsBytesAreCounted(t *testing.T) {
 	const perSource = 16 << 10
 	b := quota.NewBudget(64<<10, perSource)
@@ -292,6 +295,44 @@ func testAutopathStopsAtABytesRefusal(t *testing.T) {
 		}
 		if got := testutil.ToFloat64(metricQueries.forwardLimited) - limited; got != 1 {
 			t.Errorf("%s: forward_limited rose by %v, want 1", name, got)
+		}
+	}
+}
+
+// TestRefusedForwardAfterACachedCandidateIsFromNone: a query whose
+// autopath walk had a candidate answered (from the cache) and whose
+// forward is then refused for the pod's bytes gets a SERVFAIL of ztdns's
+// own, counted from source "none": the forward's reply is the whole
+// answer. Before: from "cache", the candidate's origin, where a pod's own
+// refusals could set off an alert on upstream and cache SERVFAILs.
+func TestRefusedForwardAfterACachedCandidateIsFromNone(t *testing.T) {
+	const perSource = 16 << 10
+	b := quota.NewBudget(64<<10, perSource)
+	ss := startSlowServer(t, Options{Autopath: true, NodeSearch: []string{"node.example"}, Limits: quota.Limits{QPS: -1}, Budget: b}, &model.Snapshot{})
+	// corp.internal's candidate, NXDOMAIN, now in the cache.
+	if r := ss.askType(t, "udp", "db.corp.internal.", dns.TypeA); r.Rcode != dns.RcodeNameError {
+		t.Fatalf("db.corp.internal. with the pod's bytes free: %s, want NXDOMAIN", dns.RcodeToString[r.Rcode])
+	}
+	pod := ss.pods.Lookup(victimIP).Quota
+	if v := b.TryTake(pod, perSource); v != quota.Taken { // no upstream reply of the pod's fits now
+		t.Fatalf("could not take the pod's %d bytes: %d", perSource, v)
+	}
+	t.Cleanup(func() { b.Give(pod, perSource) })
+	// Over UDP: over TCP the reply's own hold is refused too, and its
+	// SERVFAIL is from "none" whatever the forward's was.
+	requests := scrape(t, ss.Collector(), "ztdns_dns_requests_total")
+	r := ss.askType(t, "udp", "db.ns1.svc.cluster.local.", dns.TypeA)
+	if r.Rcode != dns.RcodeServerFailure {
+		t.Fatalf("node.example's candidate and the forward refused for the pod's bytes: %s, want SERVFAIL", dns.RcodeToString[r.Rcode])
+	}
+	const none = `ztdns_dns_requests_total{proto="udp",rcode="SERVFAIL",source="none",type="A"}`
+	after := scrape(t, ss.Collector(), "ztdns_dns_requests_total")
+	if d := after[none] - requests[none]; d != 1 {
+		t.Errorf("%s rose by %v, want 1", none, d)
+	}
+	for k, v := range after {
+		if d := v - requests[k]; k != none && d != 0 {
+			t.Errorf("%s rose by %v, want 0", k, d)
 		}
 	}
 }

@@ -554,17 +554,9 @@ func (s *Server) serveTCPConn(tc *tcpConn, local netip.AddrPort) {
 		if !own { // the connection's buffer: the next query reuses it
 			msg = slices.Clone(msg)
 		}
-		// Until it is written (a client that reads slowly holds it up to
-		// tcpWriteTimeout), the reply counts against the budget of replies
-		// in flight, as the source's, within its bound and share of the
-		// budget; one that does not fit becomes SERVFAIL (finishing).
-		hold := func(n int) (func(), quota.Verdict) {
-			if v := s.opts.Budget.TryTake(tc.source, n); v != quota.Taken {
-				return nil, v
-			}
-			return func() { s.opts.Budget.Give(tc.source, n) }, quota.Taken
-		}
-		s.slow(msg, tc.src, local, tc.source, &tc.up, hold, w.send)
+		// The reply holds its bytes of the budget until it is written;
+		// one that does not fit becomes SERVFAIL (finishing).
+		s.slow(msg, tc.src, local, tc, w.send)
 	}
 }
 

@@ -197,7 +197,7 @@ func (s *Server) answerUDP(conn *net.UDPConn, rc syscall.RawConn, local netip.Ad
 
 // slowUDP runs the slow path and writes its reply from the same socket.
 func (s *Server) slowUDP(conn *net.UDPConn, msg []byte, src, local netip.AddrPort) {
-	s.slow(msg, src, local, nil, nil, nil, func(reply []byte, _ func()) { // no hold: nothing to release
+	s.slow(msg, src, local, nil, func(reply []byte, _ func()) { // no hold: nothing to release
 		if reply == nil {
 			return
 		}
