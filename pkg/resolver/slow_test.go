@@ -400,18 +400,7 @@ func TestEndedForwardOfARefusedLookupCountedOnce(t *testing.T) {
 	testenv.Eventually(t, 10*time.Second, "both queries' lookups refused for the pod's bytes", func() bool {
 		return ss.usage(victimIP).BytesRefused-refused == 2
 	})
-	// Another source, holding nothing, gets a slot: the pod's oldest
-	// forward is ended for it.
-	if r := ss.ask(t, flooderIP, "udp", "other.corp.internal."); r == nil || r.Rcode != dns.RcodeSuccess {
-		t.Fatalf("the other source's forwarded query: %v, want NOERROR", r)
-	}
-	c.SetReadDeadline(time.Now().Add(10 * time.Second))
-	buf := make([]byte, 512)
-	n, err := c.Read(buf)
-	if err != nil {
-		t.Fatalf("no reply to the pod's ended forward: %v", err)
-	}
-	if r := dnstest.Unpack(t, buf[:n]); r.Rcode != dns.RcodeServerFailure {
+	if r := endOldestForward(t, ss.limitsServer, c, "other.corp.internal."); r.Rcode != dns.RcodeServerFailure {
 		t.Fatalf("the pod's ended forward: %s, want SERVFAIL", dns.RcodeToString[r.Rcode])
 	}
 	if got := testutil.ToFloat64(metricQueries.forwardLimited) - limited; got != 2 {
@@ -420,6 +409,23 @@ func TestEndedForwardOfARefusedLookupCountedOnce(t *testing.T) {
 	if u := ss.usage(victimIP); u.BytesRefused-refused != 2 || u.ForwardRefused != 1 {
 		t.Errorf("the pod's bytesRefused rose by %d and forwardRefused is %d, want 2 and 1", u.BytesRefused-refused, u.ForwardRefused)
 	}
+}
+
+// endOldestForward has another source, holding nothing, ask name: it gets
+// a forwarding slot, and the pod's oldest forward is ended for it. It
+// returns the pod's reply to that forward, read from c.
+func endOldestForward(t *testing.T, ss *limitsServer, c *net.UDPConn, name string) *dns.Msg {
+	t.Helper()
+	if r := ss.ask(t, flooderIP, "udp", name); r == nil || r.Rcode != dns.RcodeSuccess {
+		t.Fatalf("the other source's forwarded query: %v, want NOERROR", r)
+	}
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	buf := make([]byte, 512)
+	n, err := c.Read(buf)
+	if err != nil {
+		t.Fatalf("no reply to the pod's ended forward: %v", err)
+	}
+	return dnstest.Unpack(t, buf[:n])
 }
 
 // respondFunc is a dnstest.Responder made of a function.
@@ -493,18 +499,7 @@ func TestTruncatedUDPReplyOfAnEndedForwardNotCounted(t *testing.T) {
 			t.Fatalf("%s: the upstream was not asked %s", q.name, q.upstream)
 		}
 	}
-	// Another source, holding nothing, gets a slot: the pod's oldest
-	// forward is ended for it.
-	if r := ss.ask(t, flooderIP, "udp", "other.example."); r == nil || r.Rcode != dns.RcodeSuccess {
-		t.Fatalf("the other source's forwarded query: %v, want NOERROR", r)
-	}
-	c.SetReadDeadline(time.Now().Add(10 * time.Second))
-	buf := make([]byte, 512)
-	n, err := c.Read(buf)
-	if err != nil {
-		t.Fatalf("no reply to the pod's ended forward: %v", err)
-	}
-	if r := dnstest.Unpack(t, buf[:n]); r.Rcode != dns.RcodeServerFailure || r.Truncated || len(r.Question) != 1 || r.Question[0].Name != asked {
+	if r := endOldestForward(t, ss.limitsServer, c, "other.example."); r.Rcode != dns.RcodeServerFailure || r.Truncated || len(r.Question) != 1 || r.Question[0].Name != asked {
 		t.Fatalf("the pod's ended forward: %s, TC %v, question %v; want SERVFAIL without TC for %s", dns.RcodeToString[r.Rcode], r.Truncated, r.Question, asked)
 	}
 	if got := truncatedCounts().minus(truncated); got != (protoCounts{}) {
