@@ -6,11 +6,9 @@
 package dnstest
 
 import (
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
-	"strings"
 	"sync"
 	"testing"
 
@@ -68,23 +66,7 @@ func OpenWith(open func(listen func() error) error) Option {
 // it) until the test ends.
 func Start(tb testing.TB, addr string, r Responder, opts ...Option) *Server {
 	tb.Helper()
-	o := newOptions(opts)
-	for range 20 { // the TCP port may be taken even when UDP's was free
-		var socks sockets
-		err := o.open(func() (err error) {
-			socks, err = listen(addr)
-			return err
-		})
-		if errors.Is(err, errTCPPortTaken) && strings.HasSuffix(addr, ":0") {
-			continue
-		}
-		if err != nil {
-			tb.Fatalf("dnstest: %v", err)
-		}
-		return serveOn(tb, []sockets{socks}, r)
-	}
-	tb.Fatalf("dnstest: no free port on %s", addr)
-	return nil
+	return StartAt(tb, []netip.AddrPort{netip.MustParseAddrPort(addr)}, r, opts...)
 }
 
 // StartAt serves r on every address, UDP and TCP, until the test ends.
@@ -96,7 +78,7 @@ func StartAt(tb testing.TB, addrs []netip.AddrPort, r Responder, opts ...Option)
 	var all []sockets
 	err := o.open(func() error {
 		for _, a := range addrs {
-			socks, err := listen(a.String())
+			socks, err := listen(a)
 			if err != nil {
 				return err
 			}
@@ -114,20 +96,26 @@ func StartAt(tb testing.TB, addrs []netip.AddrPort, r Responder, opts ...Option)
 	return serveOn(tb, all, r)
 }
 
-var errTCPPortTaken = errors.New("TCP port taken")
-
-// listen opens UDP on addr, then TCP on the port UDP got.
-func listen(addr string) (sockets, error) {
-	pc, err := net.ListenPacket("udp", addr)
-	if err != nil {
-		return sockets{}, err
+// listen opens UDP on addr, then TCP on the port UDP got. With port 0 the
+// TCP port may be taken even when UDP's was free: then it tries another.
+func listen(addr netip.AddrPort) (sockets, error) {
+	tries := 1
+	if addr.Port() == 0 {
+		tries = 20
 	}
-	ln, err := net.Listen("tcp", pc.LocalAddr().String())
-	if err != nil {
+	var err error
+	for range tries {
+		var pc net.PacketConn
+		if pc, err = net.ListenPacket("udp", addr.String()); err != nil {
+			return sockets{}, err
+		}
+		var ln net.Listener
+		if ln, err = net.Listen("tcp", pc.LocalAddr().String()); err == nil {
+			return sockets{udp: pc, tcp: ln}, nil
+		}
 		pc.Close()
-		return sockets{}, fmt.Errorf("%w: %w", errTCPPortTaken, err)
 	}
-	return sockets{udp: pc, tcp: ln}, nil
+	return sockets{}, fmt.Errorf("TCP port taken: %w", err)
 }
 
 func newOptions(opts []Option) options {
