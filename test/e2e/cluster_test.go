@@ -133,6 +133,22 @@ func writeFile(t *testing.T, path, content string) {
 	}
 }
 
+// servePodNameservers serves podNameserver1 and podNameserver2, each
+// answering every marked name with a marker address of its own, and
+// returns the markers and servers by nameserver.
+func (c *cluster) servePodNameservers(t *testing.T) (map[string]netip.Addr, map[string]*dnstest.Server) {
+	t.Helper()
+	markers := map[string]netip.Addr{
+		podNameserver1: netip.MustParseAddr("203.0.113.1"),
+		podNameserver2: netip.MustParseAddr("203.0.113.2"),
+	}
+	servers := map[string]*dnstest.Server{}
+	for ns, m := range markers {
+		servers[ns] = c.serve(t, ns, m)
+	}
+	return markers, servers
+}
+
 // serve puts addr on the node's loopback and runs a test nameserver there,
 // on UDP and TCP port 53, standing in for a pod's own nameserver or the
 // agent's upstream. It answers every A question for markedNames with

@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ztdns/ztdns/internal/dnstest"
 	"github.com/ztdns/ztdns/internal/testenv"
 	"github.com/ztdns/ztdns/pkg/redirect"
 )
@@ -24,14 +23,7 @@ import (
 func TestMissGoesToPodNameserver(t *testing.T) {
 	t.Parallel()
 	c := newCluster(t)
-	markers := map[string]netip.Addr{
-		podNameserver1: netip.MustParseAddr("203.0.113.1"),
-		podNameserver2: netip.MustParseAddr("203.0.113.2"),
-	}
-	servers := map[string]*dnstest.Server{
-		podNameserver1: c.serve(t, podNameserver1, markers[podNameserver1]),
-		podNameserver2: c.serve(t, podNameserver2, markers[podNameserver2]),
-	}
+	markers, servers := c.servePodNameservers(t)
 	c.startReadyAgent(t)
 	pods := map[string]*testenv.Pod{
 		podNameserver1: c.markedPod(t, "pod-a", podNameserver1),
@@ -81,14 +73,7 @@ func TestCaptureNameserversLeavesOthersAlone(t *testing.T) {
 	t.Parallel()
 	c := newCluster(t)
 	listed, unlisted := podNameserver1, podNameserver2
-	markers := map[string]netip.Addr{
-		listed:   netip.MustParseAddr("203.0.113.1"),
-		unlisted: netip.MustParseAddr("203.0.113.2"),
-	}
-	servers := map[string]*dnstest.Server{
-		listed:   c.serve(t, listed, markers[listed]),
-		unlisted: c.serve(t, unlisted, markers[unlisted]),
-	}
+	markers, servers := c.servePodNameservers(t)
 	const metricsAddr = "127.0.0.1:19153" // inside the node namespace
 	a := testenv.StartAgent(t, c.node, c.bin, append(c.agentArgs(), "--capture-nameservers", listed, "--metrics", metricsAddr)...)
 	c.waitReady(t, a)
@@ -136,13 +121,7 @@ func TestCaptureNameserversForgetsEarlierSlots(t *testing.T) {
 	t.Parallel()
 	c := newCluster(t)
 	listed, unlisted := podNameserver1, podNameserver2
-	markers := map[string]netip.Addr{
-		listed:   netip.MustParseAddr("203.0.113.1"),
-		unlisted: netip.MustParseAddr("203.0.113.2"),
-	}
-	for ns, m := range markers {
-		c.serve(t, ns, m)
-	}
+	markers, _ := c.servePodNameservers(t)
 	// Where the agent's slots are, from its default --listen and
 	// --capture-port: queries sent straight there are not captured.
 	slots := redirect.DefaultResolver4()
