@@ -96,18 +96,8 @@ func endpointFrom(ap netip.AddrPort) ztdnsEndpoint {
 // capturePrefixFrom stores p, unmapped (UnmapCaptureNameservers), for the
 // programs.
 func capturePrefixFrom(p netip.Prefix) ztdnsCapturePrefix {
-	var cp ztdnsCapturePrefix
-	a, bits := p.Addr(), p.Bits()
-	if a.Is4() {
-		b := a.As4()
-		copy(cp.Addr[:], b[:])
-		cp.Family = afInet
-	} else {
-		cp.Addr = a.As16()
-		cp.Family = afInet6
-	}
-	cp.Len = uint8(bits)
-	return cp
+	ep := endpointFrom(netip.AddrPortFrom(p.Addr(), 0))
+	return ztdnsCapturePrefix{Addr: ep.Addr, Family: ep.Family, Len: uint8(p.Bits())}
 }
 
 func (ep ztdnsEndpoint) addrPort() (netip.AddrPort, bool) {
