@@ -68,10 +68,6 @@ type dataplane struct {
 	// slot i is forwarded to what the pod addressed through slot i.
 	slots     map[netip.AddrPort]int
 	resolvers map[netip.Addr]bool
-	// listed is cfg.Nameservers as the programs match it
-	// (redirect.UnmapCaptureNameservers); status shows cfg.Nameservers as
-	// given.
-	listed []netip.Prefix
 
 	beatOnce, stopOnce sync.Once
 	stopBeat           chan struct{}
@@ -125,8 +121,7 @@ func newDataplane(cfg CaptureConfig, ctl capture.Config, namespaces capture.Name
 	if cfg.Interface == "" {
 		cfg.Interface = redirect.DefaultInterface
 	}
-	c := &dataplane{cfg: cfg, log: log, pods: pods, slots: map[netip.AddrPort]int{}, resolvers: map[netip.Addr]bool{}, stopBeat: make(chan struct{}),
-		listed: redirect.UnmapCaptureNameservers(cfg.Nameservers)}
+	c := &dataplane{cfg: cfg, log: log, pods: pods, slots: map[netip.AddrPort]int{}, resolvers: map[netip.Addr]bool{}, stopBeat: make(chan struct{})}
 	var prefixes []netip.Prefix
 	for i := range redirect.Slots {
 		for _, ap := range []netip.AddrPort{r4[i], r6[i]} {
@@ -205,7 +200,7 @@ func (c *dataplane) upstream(client, local netip.AddrPort) (netip.AddrPort, bool
 		return netip.AddrPort{}, false
 	}
 	ns, ok := c.r.Nameserver(p.Attachment.NetnsCookie, slot)
-	if !ok || !forwardable(ns, c.resolvers, c.listed) {
+	if !ok || !forwardable(ns, c.resolvers, c.r.CaptureNameservers()) {
 		return netip.AddrPort{}, false
 	}
 	return ns, true
@@ -223,9 +218,10 @@ func (c *dataplane) upstream(client, local netip.AddrPort) (netip.AddrPort, bool
 //     The programs never redirect or learn such a destination (is_local in
 //     bpf/ztdns.c); this holds even if a slot says otherwise (a map written
 //     by an older program, or by hand);
-//   - with a capture list (CaptureConfig.Nameservers, unmapped as listed
-//     is), one outside it: a slot learned before the list was set, which a
-//     pod could keep using, must not reach past its NetworkPolicy either.
+//   - with a capture list (CaptureConfig.Nameservers, unmapped as
+//     Redirector.CaptureNameservers gives it), one outside it: a slot
+//     learned before the list was set, which a pod could keep using, must
+//     not reach past its NetworkPolicy either.
 func forwardable(ns netip.AddrPort, resolvers map[netip.Addr]bool, listed []netip.Prefix) bool {
 	a := ns.Addr().Unmap()
 	return a.IsValid() && !resolvers[a] && !a.IsLoopback() && !a.IsUnspecified() && redirect.Listed(listed, a)

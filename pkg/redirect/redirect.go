@@ -392,6 +392,12 @@ func (r *Redirector) mapHeartbeat() error {
 	return nil
 }
 
+// CaptureNameservers returns Config.CaptureNameservers as the programs
+// match it (UnmapCaptureNameservers); callers must not modify it.
+func (r *Redirector) CaptureNameservers() []netip.Prefix {
+	return r.cfg.CaptureNameservers
+}
+
 // Heartbeat tells the programs the resolver is alive: they redirect only
 // while the last heartbeat is younger than Config.StaleAfter. The agent
 // calls it every second while its resolver serves.
