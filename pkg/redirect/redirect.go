@@ -17,6 +17,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -156,6 +157,24 @@ func (c Config) validate() error {
 		return fmt.Errorf("capture nameservers: %w", err)
 	}
 	return nil
+}
+
+// ParseCaptureNameserver takes a CIDR or a bare address (as a /32 or
+// /128), as --capture-nameservers and the chart's capture.nameservers give
+// one. It only parses: ValidateCaptureNameservers checks the list whole.
+func ParseCaptureNameserver(s string) (netip.Prefix, error) {
+	if !strings.Contains(s, "/") {
+		a, err := netip.ParseAddr(s)
+		if err != nil || a.Zone() != "" {
+			return netip.Prefix{}, fmt.Errorf("%q is not an address or CIDR", s)
+		}
+		return netip.PrefixFrom(a, a.BitLen()), nil
+	}
+	p, err := netip.ParsePrefix(s)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("%q is not an address or CIDR", s)
+	}
+	return p, nil
 }
 
 // ValidateCaptureNameservers checks a Config.CaptureNameservers list: at
