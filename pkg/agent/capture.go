@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -72,41 +71,6 @@ type dataplane struct {
 	beatOnce, stopOnce sync.Once
 	stopBeat           chan struct{}
 	beating            sync.WaitGroup
-}
-
-// resolverSlots derives the per-slot resolver endpoints from the first IPv4
-// and the first IPv6 listen address: slot i is that address plus i, on port.
-func resolverSlots(listen []netip.AddrPort, port uint16) (r4, r6 [redirect.Slots]netip.AddrPort, err error) {
-	var have4, have6 bool
-	for _, l := range listen {
-		switch {
-		case l.Addr().Is4() && !have4:
-			have4 = true
-			r4, err = consecutive(l.Addr(), port)
-		case l.Addr().Is6() && !have6:
-			have6 = true
-			r6, err = consecutive(l.Addr(), port)
-		}
-		if err != nil {
-			return r4, r6, err
-		}
-	}
-	if !have4 && !have6 {
-		return r4, r6, errors.New("capture needs an IPv4 or IPv6 --listen address for the resolver")
-	}
-	return r4, r6, nil
-}
-
-func consecutive(base netip.Addr, port uint16) (out [redirect.Slots]netip.AddrPort, err error) {
-	a := base
-	for i := range out {
-		if !a.IsValid() {
-			return out, fmt.Errorf("resolver address %s: the %d addresses after it must exist too (one per nameserver slot)", base, redirect.Slots-1)
-		}
-		out[i] = netip.AddrPortFrom(a, port)
-		a = a.Next()
-	}
-	return out, nil
 }
 
 // newDataplane makes the resolver's interface, loads (or takes over) the

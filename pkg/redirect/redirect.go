@@ -254,6 +254,42 @@ func validateResolvers(family string, rs [Slots]netip.AddrPort, ok func(netip.Ad
 	return nil
 }
 
+// ResolverSlots derives the per-slot resolver endpoints from the first IPv4
+// and the first IPv6 listen address: slot i is that address plus i, on port.
+// The agent gives it its --listen addresses, and Config.Resolver4/6 the result.
+func ResolverSlots(listen []netip.AddrPort, port uint16) (r4, r6 [Slots]netip.AddrPort, err error) {
+	var have4, have6 bool
+	for _, l := range listen {
+		switch {
+		case l.Addr().Is4() && !have4:
+			have4 = true
+			r4, err = consecutive(l.Addr(), port)
+		case l.Addr().Is6() && !have6:
+			have6 = true
+			r6, err = consecutive(l.Addr(), port)
+		}
+		if err != nil {
+			return r4, r6, err
+		}
+	}
+	if !have4 && !have6 {
+		return r4, r6, errors.New("capture needs an IPv4 or IPv6 --listen address for the resolver")
+	}
+	return r4, r6, nil
+}
+
+func consecutive(base netip.Addr, port uint16) (out [Slots]netip.AddrPort, err error) {
+	a := base
+	for i := range out {
+		if !a.IsValid() {
+			return out, fmt.Errorf("resolver address %s: the %d addresses after it must exist too (one per nameserver slot)", base, Slots-1)
+		}
+		out[i] = netip.AddrPortFrom(a, port)
+		a = a.Next()
+	}
+	return out, nil
+}
+
 // Redirector holds the loaded programs, their links and maps.
 type Redirector struct {
 	cfg   Config
