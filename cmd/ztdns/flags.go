@@ -10,8 +10,9 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
-
 	"k8s.io/apimachinery/pkg/api/resource"
+
+	"github.com/ztdns/ztdns/pkg/redirect"
 )
 
 // listFlag is a repeatable, comma-separated flag of values parse takes one
@@ -32,7 +33,7 @@ func addrPortList(defaults []netip.AddrPort, defaultPort uint16) *listFlag[netip
 // prefixList is a list of address prefixes; a bare address is a prefix of
 // its full length (/32, /128).
 func prefixList() *listFlag[netip.Prefix] {
-	return &listFlag[netip.Prefix]{typ: "cidrs", parse: parsePrefix}
+	return &listFlag[netip.Prefix]{typ: "cidrs", parse: redirect.ParseCaptureNameserver}
 }
 
 func (l *listFlag[T]) String() string {
@@ -72,24 +73,6 @@ func parseAddrPort(s string, defaultPort uint16) (netip.AddrPort, error) {
 		return netip.AddrPort{}, fmt.Errorf("%q is not an address or address:port", s)
 	}
 	return netip.AddrPortFrom(a.Unmap(), defaultPort), nil
-}
-
-// parsePrefix takes a CIDR or a bare address. It only parses: the list is
-// checked whole by redirect.ValidateCaptureNameservers, which Load applies
-// too.
-func parsePrefix(s string) (netip.Prefix, error) {
-	if !strings.Contains(s, "/") {
-		a, err := netip.ParseAddr(s)
-		if err != nil || a.Zone() != "" {
-			return netip.Prefix{}, fmt.Errorf("%q is not an address or CIDR", s)
-		}
-		return netip.PrefixFrom(a, a.BitLen()), nil
-	}
-	p, err := netip.ParsePrefix(s)
-	if err != nil {
-		return netip.Prefix{}, fmt.Errorf("%q is not an address or CIDR", s)
-	}
-	return p, nil
 }
 
 // byteSize is a flag of bytes in Kubernetes quantity form: 4Mi, 512Ki,

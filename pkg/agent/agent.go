@@ -241,7 +241,7 @@ func newAgent(cfg Config) (*Agent, error) {
 		if port == 0 {
 			port = redirect.DefaultPort
 		}
-		if a.slot4, a.slot6, err = resolverSlots(cfg.Listen, port); err != nil {
+		if a.slot4, a.slot6, err = redirect.ResolverSlots(cfg.Listen, port); err != nil {
 			return nil, err
 		}
 		for _, s := range append(a.slot4[:], a.slot6[:]...) {

@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -68,49 +67,10 @@ type dataplane struct {
 	// slot i is forwarded to what the pod addressed through slot i.
 	slots     map[netip.AddrPort]int
 	resolvers map[netip.Addr]bool
-	// listed is cfg.Nameservers as the programs match it
-	// (redirect.UnmapCaptureNameservers); status shows cfg.Nameservers as
-	// given.
-	listed []netip.Prefix
 
 	beatOnce, stopOnce sync.Once
 	stopBeat           chan struct{}
 	beating            sync.WaitGroup
-}
-
-// resolverSlots derives the per-slot resolver endpoints from the first IPv4
-// and the first IPv6 listen address: slot i is that address plus i, on port.
-func resolverSlots(listen []netip.AddrPort, port uint16) (r4, r6 [redirect.Slots]netip.AddrPort, err error) {
-	var have4, have6 bool
-	for _, l := range listen {
-		switch {
-		case l.Addr().Is4() && !have4:
-			have4 = true
-			r4, err = consecutive(l.Addr(), port)
-		case l.Addr().Is6() && !have6:
-			have6 = true
-			r6, err = consecutive(l.Addr(), port)
-		}
-		if err != nil {
-			return r4, r6, err
-		}
-	}
-	if !have4 && !have6 {
-		return r4, r6, errors.New("capture needs an IPv4 or IPv6 --listen address for the resolver")
-	}
-	return r4, r6, nil
-}
-
-func consecutive(base netip.Addr, port uint16) (out [redirect.Slots]netip.AddrPort, err error) {
-	a := base
-	for i := range out {
-		if !a.IsValid() {
-			return out, fmt.Errorf("resolver address %s: the %d addresses after it must exist too (one per nameserver slot)", base, redirect.Slots-1)
-		}
-		out[i] = netip.AddrPortFrom(a, port)
-		a = a.Next()
-	}
-	return out, nil
 }
 
 // newDataplane makes the resolver's interface, loads (or takes over) the
@@ -125,8 +85,7 @@ func newDataplane(cfg CaptureConfig, ctl capture.Config, namespaces capture.Name
 	if cfg.Interface == "" {
 		cfg.Interface = redirect.DefaultInterface
 	}
-	c := &dataplane{cfg: cfg, log: log, pods: pods, slots: map[netip.AddrPort]int{}, resolvers: map[netip.Addr]bool{}, stopBeat: make(chan struct{}),
-		listed: redirect.UnmapCaptureNameservers(cfg.Nameservers)}
+	c := &dataplane{cfg: cfg, log: log, pods: pods, slots: map[netip.AddrPort]int{}, resolvers: map[netip.Addr]bool{}, stopBeat: make(chan struct{})}
 	var prefixes []netip.Prefix
 	for i := range redirect.Slots {
 		for _, ap := range []netip.AddrPort{r4[i], r6[i]} {
@@ -205,7 +164,7 @@ func (c *dataplane) upstream(client, local netip.AddrPort) (netip.AddrPort, bool
 		return netip.AddrPort{}, false
 	}
 	ns, ok := c.r.Nameserver(p.Attachment.NetnsCookie, slot)
-	if !ok || !forwardable(ns, c.resolvers, c.listed) {
+	if !ok || !forwardable(ns, c.resolvers, c.r.CaptureNameservers()) {
 		return netip.AddrPort{}, false
 	}
 	return ns, true
@@ -223,9 +182,10 @@ func (c *dataplane) upstream(client, local netip.AddrPort) (netip.AddrPort, bool
 //     The programs never redirect or learn such a destination (is_local in
 //     bpf/ztdns.c); this holds even if a slot says otherwise (a map written
 //     by an older program, or by hand);
-//   - with a capture list (CaptureConfig.Nameservers, unmapped as listed
-//     is), one outside it: a slot learned before the list was set, which a
-//     pod could keep using, must not reach past its NetworkPolicy either.
+//   - with a capture list (CaptureConfig.Nameservers, unmapped as
+//     Redirector.CaptureNameservers gives it), one outside it: a slot
+//     learned before the list was set, which a pod could keep using, must
+//     not reach past its NetworkPolicy either.
 func forwardable(ns netip.AddrPort, resolvers map[netip.Addr]bool, listed []netip.Prefix) bool {
 	a := ns.Addr().Unmap()
 	return a.IsValid() && !resolvers[a] && !a.IsLoopback() && !a.IsUnspecified() && redirect.Listed(listed, a)

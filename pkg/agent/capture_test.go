@@ -51,7 +51,7 @@ func TestForwardable(t *testing.T) {
 // IPv4, as in the programs.
 func TestForwardableOnlyListed(t *testing.T) {
 	resolvers := map[netip.Addr]bool{netip.MustParseAddr("169.254.20.53"): true}
-	listed := redirect.UnmapCaptureNameservers([]netip.Prefix{ // as newDataplane has it
+	listed := redirect.UnmapCaptureNameservers([]netip.Prefix{ // as Redirector.CaptureNameservers gives it
 		netip.MustParsePrefix("10.96.0.10/32"),
 		netip.MustParsePrefix("::ffff:198.51.100.48/124"),
 		netip.MustParsePrefix("2001:db8::/120"),

@@ -161,18 +161,7 @@ func (a *Agent) replayPending() {
 		a.log.Error("reading pending CNI deletes", "dir", dir, "err", err)
 	}
 	for _, d := range dels {
-		a.cniMu.Lock()
-		if a.handedOver.Load() { // the successor replays what is left
-			a.cniMu.Unlock()
-			return
-		}
-		err := a.cniDelLocked(d)
-		a.cniMu.Unlock()
-		if err != nil {
-			a.log.Error("replaying a CNI DEL failed", "container", d.ContainerID, "err", err)
-			continue
-		}
-		cni.ForgetPendingDelete(dir, d.ContainerID)
+		a.replayDel(dir, d)
 	}
 	adds, err := cni.PendingAdds(dir)
 	if err != nil {
@@ -181,6 +170,20 @@ func (a *Agent) replayPending() {
 	for _, ad := range adds {
 		a.replayAdd(dir, ad)
 	}
+}
+
+// replayDel applies one recorded DEL.
+func (a *Agent) replayDel(dir string, d control.CNIDelRequest) {
+	a.cniMu.Lock()
+	defer a.cniMu.Unlock()
+	if a.handedOver.Load() { // the successor replays what is left
+		return
+	}
+	if err := a.cniDelLocked(d); err != nil {
+		a.log.Error("replaying a CNI DEL failed", "container", d.ContainerID, "err", err)
+		return
+	}
+	cni.ForgetPendingDelete(dir, d.ContainerID)
 }
 
 // replayAdd applies one recorded ADD, checked like an ADD from the plugin:

@@ -315,10 +315,8 @@ func detachOrder() []hook {
 // detachRank is the position of attach type at in detachOrder (len(hooks)
 // for one ztdns does not use).
 func detachRank(at ebpf.AttachType) int {
-	for i, h := range hooks {
-		if h.attach == at {
-			return len(hooks) - 1 - i
-		}
+	if i := slices.IndexFunc(detachOrder(), func(h hook) bool { return h.attach == at }); i >= 0 {
+		return i
 	}
 	return len(hooks)
 }

@@ -96,18 +96,8 @@ func endpointFrom(ap netip.AddrPort) ztdnsEndpoint {
 // capturePrefixFrom stores p, unmapped (UnmapCaptureNameservers), for the
 // programs.
 func capturePrefixFrom(p netip.Prefix) ztdnsCapturePrefix {
-	var cp ztdnsCapturePrefix
-	a, bits := p.Addr(), p.Bits()
-	if a.Is4() {
-		b := a.As4()
-		copy(cp.Addr[:], b[:])
-		cp.Family = afInet
-	} else {
-		cp.Addr = a.As16()
-		cp.Family = afInet6
-	}
-	cp.Len = uint8(bits)
-	return cp
+	ep := endpointFrom(netip.AddrPortFrom(p.Addr(), 0))
+	return ztdnsCapturePrefix{Addr: ep.Addr, Family: ep.Family, Len: uint8(p.Bits())}
 }
 
 func (ep ztdnsEndpoint) addrPort() (netip.AddrPort, bool) {
@@ -220,43 +210,21 @@ func (r *Redirector) Unmark(cookie uint64) error {
 // a slot learned by a pod marked between the sweep's look at the pods map
 // and its delete would be forgotten, and learned again by its next query.
 func (r *Redirector) SweepNameservers() (int, error) {
-	var (
-		key     ztdnsNameserverKey
-		val     ztdnsNameserver
-		orphans []ztdnsNameserverKey
-	)
 	marked := map[uint64]bool{}
-	it := r.objs.Nameservers.Iterate()
-	for it.Next(&key, &val) {
+	_, removed, err := r.forgetSlots("sweep nameservers", func(key ztdnsNameserverKey, _ ztdnsNameserver) (bool, error) {
 		m, seen := marked[key.NetnsCookie]
 		if !seen {
 			var err error
 			if m, err = r.isMarked(key.NetnsCookie); err != nil {
-				return 0, fmt.Errorf("sweep nameservers: %w", err)
+				return false, fmt.Errorf("sweep nameservers: %w", err)
 			}
 			marked[key.NetnsCookie] = m
 		}
-		if !m {
-			orphans = append(orphans, key)
-		}
-	}
-	if err := it.Err(); err != nil {
-		return 0, fmt.Errorf("sweep nameservers: list: %w", err)
-	}
-	removed := 0
-	var errs []error
-	for _, k := range orphans {
-		// Deleted after the walk: deleting during it can make a hash
-		// map's iteration start over.
-		err := r.objs.Nameservers.Delete(&k)
-		switch {
-		case err == nil:
-			removed++
-		case !errors.Is(err, ebpf.ErrKeyNotExist):
-			errs = append(errs, fmt.Errorf("sweep nameservers: forget netns cookie %d slot %d: %w", k.NetnsCookie, k.Slot, err))
-		}
-	}
-	return removed, errors.Join(errs...)
+		return !m, nil
+	}, func(k ztdnsNameserverKey, err error) error {
+		return fmt.Errorf("sweep nameservers: forget netns cookie %d slot %d: %w", k.NetnsCookie, k.Slot, err)
+	})
+	return removed, err
 }
 
 // forgetUnlisted removes the slots holding a nameserver outside
@@ -269,32 +237,52 @@ func (r *Redirector) forgetUnlisted() error {
 	if len(r.cfg.CaptureNameservers) == 0 {
 		return nil
 	}
+	unlisted, _, err := r.forgetSlots("forget unlisted nameservers", func(_ ztdnsNameserverKey, val ztdnsNameserver) (bool, error) {
+		ap, ok := val.Server.addrPort()
+		return !ok || !Listed(r.cfg.CaptureNameservers, ap.Addr()), nil
+	}, func(k ztdnsNameserverKey, err error) error {
+		return fmt.Errorf("forget netns cookie %d slot %d, not a listed nameserver: %w", k.NetnsCookie, k.Slot, err)
+	})
+	if unlisted > 0 {
+		r.log.Info("forgot learned nameservers outside the capture list", "slots", unlisted)
+	}
+	return err
+}
+
+// forgetSlots deletes the nameserver slots drop picks, after the walk:
+// deleting during it can make a hash map's iteration start over. It returns
+// how many slots drop picked and how many it removed (a slot already gone is
+// not an error); failed words a failed delete, what names a failed walk.
+func (r *Redirector) forgetSlots(what string, drop func(ztdnsNameserverKey, ztdnsNameserver) (bool, error), failed func(ztdnsNameserverKey, error) error) (picked, removed int, err error) {
 	var (
-		key      ztdnsNameserverKey
-		val      ztdnsNameserver
-		unlisted []ztdnsNameserverKey
+		key   ztdnsNameserverKey
+		val   ztdnsNameserver
+		picks []ztdnsNameserverKey
 	)
 	it := r.objs.Nameservers.Iterate()
 	for it.Next(&key, &val) {
-		ap, ok := val.Server.addrPort()
-		if !ok || !Listed(r.cfg.CaptureNameservers, ap.Addr()) {
-			unlisted = append(unlisted, key)
+		d, err := drop(key, val)
+		if err != nil {
+			return 0, 0, err
+		}
+		if d {
+			picks = append(picks, key)
 		}
 	}
 	if err := it.Err(); err != nil {
-		return fmt.Errorf("forget unlisted nameservers: list: %w", err)
+		return 0, 0, fmt.Errorf("%s: list: %w", what, err)
 	}
 	var errs []error
-	for _, k := range unlisted {
-		// Deleted after the walk, as in SweepNameservers.
-		if err := r.objs.Nameservers.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			errs = append(errs, fmt.Errorf("forget netns cookie %d slot %d, not a listed nameserver: %w", k.NetnsCookie, k.Slot, err))
+	for _, k := range picks {
+		err := r.objs.Nameservers.Delete(&k)
+		switch {
+		case err == nil:
+			removed++
+		case !errors.Is(err, ebpf.ErrKeyNotExist):
+			errs = append(errs, failed(k, err))
 		}
 	}
-	if len(unlisted) > 0 {
-		r.log.Info("forgot learned nameservers outside the capture list", "slots", len(unlisted))
-	}
-	return errors.Join(errs...)
+	return len(picks), removed, errors.Join(errs...)
 }
 
 func (r *Redirector) isMarked(cookie uint64) (bool, error) {

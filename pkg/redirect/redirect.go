@@ -17,6 +17,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -158,6 +159,24 @@ func (c Config) validate() error {
 	return nil
 }
 
+// ParseCaptureNameserver takes a CIDR or a bare address (as a /32 or
+// /128), as --capture-nameservers and the chart's capture.nameservers give
+// one. It only parses: ValidateCaptureNameservers checks the list whole.
+func ParseCaptureNameserver(s string) (netip.Prefix, error) {
+	if !strings.Contains(s, "/") {
+		a, err := netip.ParseAddr(s)
+		if err != nil || a.Zone() != "" {
+			return netip.Prefix{}, fmt.Errorf("%q is not an address or CIDR", s)
+		}
+		return netip.PrefixFrom(a, a.BitLen()), nil
+	}
+	p, err := netip.ParsePrefix(s)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("%q is not an address or CIDR", s)
+	}
+	return p, nil
+}
+
 // ValidateCaptureNameservers checks a Config.CaptureNameservers list: at
 // most MaxCaptureNameservers prefixes, each valid and masked (no bits set
 // past its length), so that what the programs match is what the operator
@@ -233,6 +252,42 @@ func validateResolvers(family string, rs [Slots]netip.AddrPort, ok func(netip.Ad
 		seen[r.Addr()] = true
 	}
 	return nil
+}
+
+// ResolverSlots derives the per-slot resolver endpoints from the first IPv4
+// and the first IPv6 listen address: slot i is that address plus i, on port.
+// The agent gives it its --listen addresses, and Config.Resolver4/6 the result.
+func ResolverSlots(listen []netip.AddrPort, port uint16) (r4, r6 [Slots]netip.AddrPort, err error) {
+	var have4, have6 bool
+	for _, l := range listen {
+		switch {
+		case l.Addr().Is4() && !have4:
+			have4 = true
+			r4, err = consecutive(l.Addr(), port)
+		case l.Addr().Is6() && !have6:
+			have6 = true
+			r6, err = consecutive(l.Addr(), port)
+		}
+		if err != nil {
+			return r4, r6, err
+		}
+	}
+	if !have4 && !have6 {
+		return r4, r6, errors.New("capture needs an IPv4 or IPv6 --listen address for the resolver")
+	}
+	return r4, r6, nil
+}
+
+func consecutive(base netip.Addr, port uint16) (out [Slots]netip.AddrPort, err error) {
+	a := base
+	for i := range out {
+		if !a.IsValid() {
+			return out, fmt.Errorf("resolver address %s: the %d addresses after it must exist too (one per nameserver slot)", base, Slots-1)
+		}
+		out[i] = netip.AddrPortFrom(a, port)
+		a = a.Next()
+	}
+	return out, nil
 }
 
 // Redirector holds the loaded programs, their links and maps.
@@ -390,6 +445,12 @@ func (r *Redirector) mapHeartbeat() error {
 	r.heartbeat = mem
 	r.beat = (*uint64)(unsafe.Pointer(&mem[unsafe.Offsetof(ztdnsAgentHeartbeat{}.MonoNs)]))
 	return nil
+}
+
+// CaptureNameservers returns Config.CaptureNameservers as the programs
+// match it (UnmapCaptureNameservers); callers must not modify it.
+func (r *Redirector) CaptureNameservers() []netip.Prefix {
+	return r.cfg.CaptureNameservers
 }
 
 // Heartbeat tells the programs the resolver is alive: they redirect only

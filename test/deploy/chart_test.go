@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"maps"
 	"math/rand/v2"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -22,6 +21,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
+	"github.com/ztdns/ztdns/pkg/redirect"
 	"github.com/ztdns/ztdns/pkg/source/kube"
 )
 
@@ -846,12 +846,8 @@ func TestChartNameserverPattern(t *testing.T) {
 	taken := func(s string) bool {
 		return slices.ContainsFunc(patterns, func(re *regexp.Regexp) bool { return re.MatchString(s) })
 	}
-	parsed := func(s string) bool { // as cmd/ztdns parsePrefix
-		if !strings.Contains(s, "/") {
-			a, err := netip.ParseAddr(s)
-			return err == nil && a.Zone() == ""
-		}
-		_, err := netip.ParsePrefix(s)
+	parsed := func(s string) bool {
+		_, err := redirect.ParseCaptureNameserver(s)
 		return err == nil
 	}
 	check := func(s string) {

@@ -35,26 +35,25 @@ func TestNetworkPolicySampleMatchesTheChart(t *testing.T) {
 			port = v
 		}
 	}
-	var want []string
-	var have4, have6 bool
+	var addrs []netip.AddrPort
 	for _, l := range strings.Split(listen, ",") {
 		ap, err := netip.ParseAddrPort(l)
 		if err != nil {
 			t.Fatalf("--listen=%s: %v", listen, err)
 		}
-		if ap.Addr().Is4() && have4 || ap.Addr().Is6() && have6 {
-			continue
-		}
-		have4, have6 = have4 || ap.Addr().Is4(), have6 || ap.Addr().Is6()
-		a := ap.Addr()
-		for range redirect.Slots {
-			want = append(want, netip.PrefixFrom(a, a.BitLen()).String())
-			a = a.Next()
-		}
+		addrs = append(addrs, ap)
 	}
-	wantPort, err := strconv.Atoi(port)
-	if err != nil || !have4 || !have6 {
-		t.Fatalf("chart args: --listen=%q --capture-port=%q", listen, port)
+	wantPort, err := strconv.ParseUint(port, 10, 16)
+	if err != nil {
+		t.Fatalf("chart args: --capture-port=%q", port)
+	}
+	r4, r6, err := redirect.ResolverSlots(addrs, uint16(wantPort))
+	if err != nil || !r4[0].IsValid() || !r6[0].IsValid() {
+		t.Fatalf("chart args: --listen=%q: slots %v %v: %v", listen, r4, r6, err)
+	}
+	var want []string
+	for _, ap := range append(r4[:], r6[:]...) {
+		want = append(want, netip.PrefixFrom(ap.Addr(), ap.Addr().BitLen()).String())
 	}
 
 	var doc struct {
@@ -80,7 +79,7 @@ func TestNetworkPolicySampleMatchesTheChart(t *testing.T) {
 	}
 	var protos []string
 	for _, p := range rule.Ports {
-		if p.Port == nil || p.Port.IntValue() != wantPort || p.EndPort != nil || p.Protocol == nil {
+		if p.Port == nil || p.Port.IntValue() != int(wantPort) || p.EndPort != nil || p.Protocol == nil {
 			var proto corev1.Protocol
 			if p.Protocol != nil {
 				proto = *p.Protocol
