@@ -494,7 +494,7 @@ func (s *Server) serveTCPConn(tc *tcpConn, local netip.AddrPort) {
 		sc       *scratch
 	)
 	for {
-		if s.stopping() || !tc.waitForQuery(s.idleTimeout(s.tcpLevel.Load())) {
+		if !tc.waitForQuery(s.idleTimeout(s.tcpLevel.Load())) {
 			return
 		}
 		if _, err := io.ReadFull(c, lenBuf[:1]); err != nil {
