@@ -78,11 +78,11 @@ func StartAt(tb testing.TB, addrs []netip.AddrPort, r Responder, opts ...Option)
 	var all []sockets
 	err := o.open(func() error {
 		for _, a := range addrs {
-			socks, err := listen(a)
+			pc, ln, err := ListenPair(a)
 			if err != nil {
 				return err
 			}
-			all = append(all, socks)
+			all = append(all, sockets{udp: pc, tcp: ln})
 		}
 		return nil
 	})
@@ -96,26 +96,27 @@ func StartAt(tb testing.TB, addrs []netip.AddrPort, r Responder, opts ...Option)
 	return serveOn(tb, all, r)
 }
 
-// listen opens UDP on addr, then TCP on the port UDP got. With port 0 the
-// TCP port may be taken even when UDP's was free: then it tries another.
-func listen(addr netip.AddrPort) (sockets, error) {
+// ListenPair opens UDP on addr, then TCP on the port UDP got, both bound
+// until the caller closes them. With port 0 the TCP port may be taken even
+// when UDP's was free: then it tries another.
+func ListenPair(addr netip.AddrPort) (net.PacketConn, net.Listener, error) {
 	tries := 1
 	if addr.Port() == 0 {
-		tries = 20
+		tries = 50
 	}
 	var err error
 	for range tries {
 		var pc net.PacketConn
 		if pc, err = net.ListenPacket("udp", addr.String()); err != nil {
-			return sockets{}, err
+			return nil, nil, err
 		}
 		var ln net.Listener
 		if ln, err = net.Listen("tcp", pc.LocalAddr().String()); err == nil {
-			return sockets{udp: pc, tcp: ln}, nil
+			return pc, ln, nil
 		}
 		pc.Close()
 	}
-	return sockets{}, fmt.Errorf("TCP port taken: %w", err)
+	return nil, nil, fmt.Errorf("TCP port taken: %w", err)
 }
 
 func newOptions(opts []Option) options {
