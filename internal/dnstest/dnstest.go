@@ -15,7 +15,8 @@ import (
 	"github.com/miekg/dns"
 )
 
-// Responder makes the reply to a query that arrived on local.
+// Responder makes the reply to a query that arrived on local; nil sends
+// none.
 type Responder interface {
 	Reply(req *dns.Msg, local netip.AddrPort) *dns.Msg
 }
@@ -163,7 +164,9 @@ func (s *Server) handler(local netip.AddrPort) dns.Handler {
 			})
 		}
 		s.mu.Unlock()
-		_ = w.WriteMsg(s.responder.Reply(req, local))
+		if reply := s.responder.Reply(req, local); reply != nil {
+			_ = w.WriteMsg(reply)
+		}
 	})
 }
 
