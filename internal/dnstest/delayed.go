@@ -22,6 +22,15 @@ func (s delayed) Reply(req *dns.Msg, local netip.AddrPort) *dns.Msg {
 	return s.r.Reply(req, local)
 }
 
+// Silent takes every query and answers none: an upstream that is down
+// without refusing. Over TCP the connection stays open (until miekg's idle
+// timeout), as a stalled server's would.
+var Silent Responder = silent{}
+
+type silent struct{}
+
+func (silent) Reply(*dns.Msg, netip.AddrPort) *dns.Msg { return nil }
+
 // LargeTXT answers every TXT question with size bytes of TXT data in one
 // record (TTL 300), whatever the name: many unique large answers.
 func LargeTXT(size int) Answerer {

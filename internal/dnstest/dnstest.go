@@ -15,7 +15,8 @@ import (
 	"github.com/miekg/dns"
 )
 
-// Responder makes the reply to a query that arrived on local.
+// Responder makes the reply to a query that arrived on local; nil sends
+// none.
 type Responder interface {
 	Reply(req *dns.Msg, local netip.AddrPort) *dns.Msg
 }
@@ -78,11 +79,11 @@ func StartAt(tb testing.TB, addrs []netip.AddrPort, r Responder, opts ...Option)
 	var all []sockets
 	err := o.open(func() error {
 		for _, a := range addrs {
-			socks, err := listen(a)
+			pc, ln, err := ListenPair(a)
 			if err != nil {
 				return err
 			}
-			all = append(all, socks)
+			all = append(all, sockets{udp: pc, tcp: ln})
 		}
 		return nil
 	})
@@ -96,26 +97,27 @@ func StartAt(tb testing.TB, addrs []netip.AddrPort, r Responder, opts ...Option)
 	return serveOn(tb, all, r)
 }
 
-// listen opens UDP on addr, then TCP on the port UDP got. With port 0 the
-// TCP port may be taken even when UDP's was free: then it tries another.
-func listen(addr netip.AddrPort) (sockets, error) {
+// ListenPair opens UDP on addr, then TCP on the port UDP got, both bound
+// until the caller closes them. With port 0 the TCP port may be taken even
+// when UDP's was free: then it tries another.
+func ListenPair(addr netip.AddrPort) (net.PacketConn, net.Listener, error) {
 	tries := 1
 	if addr.Port() == 0 {
-		tries = 20
+		tries = 50
 	}
 	var err error
 	for range tries {
 		var pc net.PacketConn
 		if pc, err = net.ListenPacket("udp", addr.String()); err != nil {
-			return sockets{}, err
+			return nil, nil, err
 		}
 		var ln net.Listener
 		if ln, err = net.Listen("tcp", pc.LocalAddr().String()); err == nil {
-			return sockets{udp: pc, tcp: ln}, nil
+			return pc, ln, nil
 		}
 		pc.Close()
 	}
-	return sockets{}, fmt.Errorf("TCP port taken: %w", err)
+	return nil, nil, fmt.Errorf("TCP port taken: %w", err)
 }
 
 func newOptions(opts []Option) options {
@@ -162,7 +164,9 @@ func (s *Server) handler(local netip.AddrPort) dns.Handler {
 			})
 		}
 		s.mu.Unlock()
-		_ = w.WriteMsg(s.responder.Reply(req, local))
+		if reply := s.responder.Reply(req, local); reply != nil {
+			_ = w.WriteMsg(reply)
+		}
 	})
 }
 

@@ -74,7 +74,7 @@ func startAgent(tb testing.TB, cmd *exec.Cmd, bin string, args []string) *Agent 
 		done: make(chan struct{}),
 	}
 	a.cmd.Stdout, a.cmd.Stderr = a.log, a.log
-	if err := startOrphanProof(a.cmd); err != nil {
+	if err := StartOrphanProof(a.cmd); err != nil {
 		tb.Fatalf("testenv: start %s: %v", bin, err)
 	}
 	go func() {
@@ -246,9 +246,13 @@ type spawnRequest struct {
 	done chan error
 }
 
-// startOrphanProof starts cmd with SIGKILL as its parent-death signal, from
-// the spawner thread.
-func startOrphanProof(cmd *exec.Cmd) error {
+// StartOrphanProof starts cmd, an AsUser command say, so that the kernel
+// kills it (SIGKILL) when the test binary dies, however it dies (a
+// -timeout panic, a SIGKILL): the test's cleanup, which never runs then,
+// is not all that stops it. Wait for it as for any started command. It
+// sets SIGKILL as cmd's parent-death signal and starts it from the
+// spawner thread.
+func StartOrphanProof(cmd *exec.Cmd) error {
 	spawner.once.Do(func() {
 		spawner.requests = make(chan spawnRequest)
 		go func() {

@@ -52,12 +52,6 @@ func AsUser(tb testing.TB, ctx context.Context, cred syscall.Credential, bin str
 	return cmd
 }
 
-// StartOrphanProof starts cmd, an AsUser command say, so that the kernel
-// kills it (SIGKILL) when the test binary dies, however it dies (a
-// -timeout panic, a SIGKILL): the test's cleanup, which never runs then,
-// is not all that stops it. Wait for it as for any started command.
-func StartOrphanProof(cmd *exec.Cmd) error { return startOrphanProof(cmd) }
-
 func copyFile(src, dst string, mode os.FileMode) error {
 	in, err := os.Open(src)
 	if err != nil {
@@ -140,7 +134,7 @@ func ListenAsUser(tb testing.TB, cred syscall.Credential, socket string) {
 	cmd := AsUser(tb, ctx, cred, os.Args[0])
 	cmd.Env = append(os.Environ(), helperEnv+"=control-listen", "ZTDNS_TESTENV_SOCKET="+socket)
 	cmd.Stderr = os.Stderr
-	if err := startOrphanProof(cmd); err != nil {
+	if err := StartOrphanProof(cmd); err != nil {
 		cancel()
 		tb.Fatalf("testenv: listening as uid %d: %v", cred.Uid, err)
 	}

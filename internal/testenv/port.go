@@ -6,6 +6,8 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ztdns/ztdns/internal/dnstest"
 )
 
 // FreePort returns a loopback address whose UDP and TCP ports were both
@@ -25,19 +27,11 @@ func FreePort(tb testing.TB) netip.AddrPort {
 // between the two.
 func ListenPair(tb testing.TB) (net.PacketConn, net.Listener) {
 	tb.Helper()
-	for range 50 { // the TCP port may be taken when the UDP one was free
-		pc, err := net.ListenPacket("udp4", "127.0.0.1:0")
-		if err != nil {
-			tb.Fatalf("listen udp: %v", err)
-		}
-		ln, err := net.Listen("tcp4", pc.LocalAddr().String())
-		if err == nil {
-			return pc, ln
-		}
-		pc.Close()
+	pc, ln, err := dnstest.ListenPair(netip.MustParseAddrPort("127.0.0.1:0"))
+	if err != nil {
+		tb.Fatalf("listen: %v", err)
 	}
-	tb.Fatal("no loopback port free for both UDP and TCP")
-	return nil, nil
+	return pc, ln
 }
 
 // DeadAddr returns a loopback address where nothing listens, UDP or TCP:

@@ -107,10 +107,15 @@ func appendEmptyReply(out, msg []byte, q *Query, rcode int, truncated bool) []by
 }
 
 // AppendRRHeader appends the part of a record before its data: the owner,
-// a compression pointer (QuestionPointer, or one from Pointer), then type,
-// class, TTL and the data's length.
+// a compression pointer (QuestionPointer, or one from Pointer), then
+// AppendRRFixed's fields.
 func AppendRRHeader(out []byte, owner uint16, rrtype, class uint16, ttl uint32, rdlen uint16) []byte {
-	out = binary.BigEndian.AppendUint16(out, owner)
+	return AppendRRFixed(binary.BigEndian.AppendUint16(out, owner), rrtype, class, ttl, rdlen)
+}
+
+// AppendRRFixed appends the fixed fields that follow a record's owner:
+// type, class, TTL and the data's length.
+func AppendRRFixed(out []byte, rrtype, class uint16, ttl uint32, rdlen uint16) []byte {
 	out = binary.BigEndian.AppendUint16(out, rrtype)
 	out = binary.BigEndian.AppendUint16(out, class)
 	out = binary.BigEndian.AppendUint32(out, ttl)

@@ -565,12 +565,11 @@ func (s *Server) answerFast(msg []byte, src netip.AddrPort, tcp bool, out []byte
 	if r.EDNS {
 		out = dnswire.AppendOPT(out, &r, 0)
 	}
-	switch {
-	case cut && !tcp:
-		out = dnswire.AppendTruncated(out[:hdr], msg, &r)
-		metricTruncated[0].Inc()
-	case cut:
-		metricTruncated[1].Inc()
+	if cut {
+		if !tcp {
+			out = dnswire.AppendTruncated(out[:hdr], msg, &r)
+		}
+		metricTruncated[protoOf(tcp)].Inc()
 	}
 	return s.answered(sc, out, hdr, &r, tcp, pod, src, now), false
 }

@@ -453,7 +453,6 @@ func (e constError) Error() string { return string(e) }
 const (
 	errNoUpstream    = constError("no upstream nameserver for this client")
 	errNeedsUpstream = constError("the answer needs an upstream")
-	errOverMessage   = constError("the reply does not fit in a TCP message")
 )
 
 // replyTo starts an authoritative reply to req.
@@ -473,11 +472,10 @@ func replyTo(req *dns.Msg, r *request) *dns.Msg {
 // TCP, to the records that fit in a message, with TC (miekg's
 // Msg.Truncate, as CoreDNS's server does), before it is packed, so that
 // what is held, counted and sent is the reply the client gets. A reply
-// that does not pack, or not into a TCP message, is a SERVFAIL, logged at
-// Debug as a failed forward is: what it holds comes from the query and
-// the upstream's answer to names the pod chose, so a pod could repeat it
-// at its query rate. The SERVFAIL still counts in
-// ztdns_dns_requests_total.
+// that does not pack is a SERVFAIL, logged at Debug as a failed forward
+// is: what it holds comes from the query and the upstream's answer to
+// names the pod chose, so a pod could repeat it at its query rate. The
+// SERVFAIL still counts in ztdns_dns_requests_total.
 func (q *slowQuery) pack(reply *dns.Msg) []byte {
 	if q.tcp {
 		reply.Truncate(maxTCPMessage) // sets TC when it drops records: replyTo's never has it
@@ -485,9 +483,6 @@ func (q *slowQuery) pack(reply *dns.Msg) []byte {
 	}
 	reply.Compress = true
 	out, err := reply.Pack()
-	if err == nil && q.tcp && len(out) > maxTCPMessage {
-		err = errOverMessage
-	}
 	if err != nil {
 		q.s.log.Debug("packing a reply failed", "client", q.src, "name", string(q.r.Name), "err", err)
 		return dnswire.AppendErrorReply(nil, q.msg, &q.r, dnswire.RcodeServFail)

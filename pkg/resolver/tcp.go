@@ -159,9 +159,10 @@ func (w *tcpWriter) acquire() bool {
 // writing; otherwise it queues it for whoever is, and returns at once.
 func (w *tcpWriter) send(reply []byte, release func()) {
 	if len(reply) > maxTCPMessage {
-		// Not framed: its length would not fit in two octets. None comes
-		// here (slowQuery.pack cuts local answers to a message, and an
-		// upstream's came in one): dropped, the client retries.
+		// Not framed: its length would not fit in two octets. None should
+		// come here (answers are cut to a message, and an upstream's came
+		// in one); every TCP reply passes here, so this one guard keeps
+		// the stream framed: dropped, the client retries.
 		reply = nil
 	}
 	ready := time.Now()
@@ -494,7 +495,7 @@ func (s *Server) serveTCPConn(tc *tcpConn, local netip.AddrPort) {
 		sc       *scratch
 	)
 	for {
-		if s.stopping() || !tc.waitForQuery(s.idleTimeout(s.tcpLevel.Load())) {
+		if !tc.waitForQuery(s.idleTimeout(s.tcpLevel.Load())) {
 			return
 		}
 		if _, err := io.ReadFull(c, lenBuf[:1]); err != nil {

@@ -5,7 +5,6 @@
 package conformance
 
 import (
-	"net"
 	"net/netip"
 	"slices"
 	"strings"
@@ -14,6 +13,7 @@ import (
 
 	"github.com/miekg/dns"
 
+	"github.com/ztdns/ztdns/internal/dnstest"
 	"github.com/ztdns/ztdns/internal/testenv"
 )
 
@@ -282,13 +282,12 @@ func TestUpstreamFailures(t *testing.T) {
 		// reply: only the agent's forward timeout ends the wait, and the
 		// client (agenttest's, which gives up after 5 s) gets SERVFAIL
 		// rather than nothing.
-		var silent []silentUpstream
+		var silent []*dnstest.Server
 		var addrs []netip.AddrPort
 		for range 2 {
-			pc, ln := testenv.ListenPair(t)
-			t.Cleanup(func() { pc.Close(); ln.Close() })
-			silent = append(silent, silentUpstream{pc, ln})
-			addrs = append(addrs, pc.LocalAddr().(*net.UDPAddr).AddrPort())
+			up := dnstest.Start(t, "127.0.0.1:0", dnstest.Silent)
+			silent = append(silent, up)
+			addrs = append(addrs, up.Addr)
 		}
 		const timeout = 500 * time.Millisecond
 		r := startAgent(t, agentOpts{upstreams: addrs, timeout: timeout}, manifests)
@@ -302,7 +301,7 @@ func TestUpstreamFailures(t *testing.T) {
 			}
 			// The SERVFAIL followed a question to the silent upstream, not
 			// a failure to send it.
-			if !silent[0].asked(t, proto, name) {
+			if !askedOver(silent[0], proto, name) {
 				t.Errorf("%s: the first upstream was never asked for %s", proto, name)
 			}
 			// Local names still answer while upstreams are down.
@@ -313,49 +312,17 @@ func TestUpstreamFailures(t *testing.T) {
 	})
 }
 
-// silentUpstream is a nameserver that takes queries, over UDP and TCP (in
-// the kernel's accept queue), and never answers.
-type silentUpstream struct {
-	pc net.PacketConn
-	ln net.Listener
-}
-
-// asked reports whether a query for name came to u over proto: it reads
-// what is queued, waiting at most a few seconds for it.
-func (u silentUpstream) asked(t *testing.T, proto, name string) bool {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	if proto == "udp" {
-		if err := u.pc.SetReadDeadline(deadline); err != nil {
-			t.Fatal(err)
-		}
-		buf := make([]byte, dns.MaxMsgSize)
-		for {
-			n, _, err := u.pc.ReadFrom(buf)
-			if err != nil {
-				return false
-			}
-			var m dns.Msg
-			if m.Unpack(buf[:n]) == nil && len(m.Question) == 1 && m.Question[0].Name == name {
+// askedOver reports whether a query for name came to up over proto,
+// waiting at most a few seconds for it.
+func askedOver(up *dnstest.Server, proto, name string) bool {
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		for _, q := range up.ReceivedFor(name) {
+			if q.Net == proto {
 				return true
 			}
 		}
 	}
-	if err := u.ln.(*net.TCPListener).SetDeadline(deadline); err != nil {
-		t.Fatal(err)
-	}
-	for {
-		c, err := u.ln.Accept()
-		if err != nil {
-			return false
-		}
-		_ = c.SetReadDeadline(deadline)
-		m, err := (&dns.Conn{Conn: c}).ReadMsg()
-		c.Close()
-		if err == nil && len(m.Question) == 1 && m.Question[0].Name == name {
-			return true
-		}
-	}
+	return false
 }
 
 func TestAutopath(t *testing.T) {

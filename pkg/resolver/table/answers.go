@@ -250,25 +250,17 @@ func (r *Result) appendSRVExtra(out []byte, hdr, at, end int, ttl uint32) []byte
 // appendExtraAddr appends the A or AAAA record of a owned by owner, a
 // compression pointer, or when 0 by name written out.
 func appendExtraAddr(out []byte, owner uint16, name string, ttl uint32, a netip.Addr) []byte {
-	rrtype, rdlen := uint16(dns.TypeA), uint16(4)
-	if a.Is6() {
-		rrtype, rdlen = dns.TypeAAAA, 16
-	}
 	if owner == 0 {
 		out = dnswire.AppendName(out, name)
-		out = binary.BigEndian.AppendUint16(out, rrtype)
-		out = binary.BigEndian.AppendUint16(out, dns.ClassINET)
-		out = binary.BigEndian.AppendUint32(out, ttl)
-		out = binary.BigEndian.AppendUint16(out, rdlen)
 	} else {
-		out = dnswire.AppendRRHeader(out, owner, rrtype, dns.ClassINET, ttl, rdlen)
+		out = binary.BigEndian.AppendUint16(out, owner)
 	}
 	if a.Is4() {
 		b := a.As4()
-		return append(out, b[:]...)
+		return append(dnswire.AppendRRFixed(out, dns.TypeA, dns.ClassINET, ttl, 4), b[:]...)
 	}
 	b := a.As16()
-	return append(out, b[:]...)
+	return append(dnswire.AppendRRFixed(out, dns.TypeAAAA, dns.ClassINET, ttl, 16), b[:]...)
 }
 
 // appendAddrs appends the A or AAAA records of addrs (of one family),
