@@ -68,9 +68,14 @@ type dataplane struct {
 	slots     map[netip.AddrPort]int
 	resolvers map[netip.Addr]bool
 
-	beatOnce, stopOnce sync.Once
-	stopBeat           chan struct{}
-	beating            sync.WaitGroup
+	// beatMu orders startBeating and stopBeating: a start that comes
+	// after the stop (the first table arriving as the agent stops) does
+	// nothing, and one before it is waited for, so no beat lands after
+	// the stale mark.
+	beatMu               sync.Mutex
+	beatStarted, stopped bool
+	stopBeat             chan struct{}
+	beating              sync.WaitGroup
 }
 
 // newDataplane makes the resolver's interface, loads (or takes over) the
@@ -117,34 +122,43 @@ func newDataplane(cfg CaptureConfig, ctl capture.Config, namespaces capture.Name
 // heartbeatEvery until stopBeating. Only an agent that serves a table may
 // call it, or pods would be sent to a resolver that cannot answer them.
 func (c *dataplane) startBeating() {
-	c.beatOnce.Do(func() {
-		if err := c.r.Heartbeat(); err != nil {
-			c.log.Error("heartbeat failed: pods keep their own nameservers", "err", err)
-		}
-		c.beating.Add(1)
-		go func() {
-			defer c.beating.Done()
-			t := time.NewTicker(heartbeatEvery)
-			defer t.Stop()
-			for {
-				select {
-				case <-c.stopBeat:
-					return
-				case <-t.C:
-					if err := c.r.Heartbeat(); err != nil {
-						c.log.Error("heartbeat failed: pods fail open once it is stale", "err", err)
-					}
+	c.beatMu.Lock()
+	defer c.beatMu.Unlock()
+	if c.beatStarted || c.stopped {
+		return
+	}
+	c.beatStarted = true
+	if err := c.r.Heartbeat(); err != nil {
+		c.log.Error("heartbeat failed: pods keep their own nameservers", "err", err)
+	}
+	c.beating.Add(1)
+	go func() {
+		defer c.beating.Done()
+		t := time.NewTicker(heartbeatEvery)
+		defer t.Stop()
+		for {
+			select {
+			case <-c.stopBeat:
+				return
+			case <-t.C:
+				if err := c.r.Heartbeat(); err != nil {
+					c.log.Error("heartbeat failed: pods fail open once it is stale", "err", err)
 				}
 			}
-		}()
-	})
+		}
+	}()
 }
 
 // stopBeating stops writing the heartbeat. With failOpen it also makes the
 // heartbeat stale at once, so pods reach their own nameservers now rather
 // than after StaleAfter; a handoff leaves it fresh for the successor.
 func (c *dataplane) stopBeating(failOpen bool) {
-	c.stopOnce.Do(func() { close(c.stopBeat) })
+	c.beatMu.Lock()
+	if !c.stopped {
+		c.stopped = true
+		close(c.stopBeat)
+	}
+	c.beatMu.Unlock()
 	c.beating.Wait() // no beat can land after the stale mark below
 	if failOpen {
 		c.r.StopHeartbeat()
