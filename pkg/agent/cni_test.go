@@ -361,3 +361,31 @@ func TestHandedOverAgentLeavesCapture(t *testing.T) {
 		t.Errorf("recorded events left: %d DELs, %d ADDs; want both for the successor", len(dels), len(adds))
 	}
 }
+
+// TestCNIEventsAfterTheHandoffAreUnavailable: an ADD or DEL that waited for
+// the lock while the agent handed over (fenceCapture) is answered 503, which
+// the plugin treats as an agent it could not reach (onAgentUnreachable:
+// "allow" records the ADD for the successor), not 500, which fails the pod.
+func TestCNIEventsAfterTheHandoffAreUnavailable(t *testing.T) {
+	a, m := cniAgent(t)
+	n := podNetns(t, "198.18.77.7/32")
+	cookie, err := redirect.NetnsCookie(n.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	feedSource(a)
+	a.handedOver.Store(true)
+	a.fenceCapture()
+
+	_, err = a.cniAdd(control.CNIAddRequest{ContainerID: "c0ffee0a", Netns: n.Path(), IfName: "eth0", PodNamespace: "shop", PodName: "late",
+		IPs: []netip.Addr{netip.MustParseAddr("198.18.77.7")}, NetnsCookie: cookie})
+	if got := control.StatusOf(err); err == nil || got != http.StatusServiceUnavailable {
+		t.Errorf("ADD after the handoff = %v (status %d), want 503", err, got)
+	}
+	if err := a.cniDel(control.CNIDelRequest{ContainerID: "c0ffee0a"}); control.StatusOf(err) != http.StatusServiceUnavailable {
+		t.Errorf("DEL after the handoff = %v, want 503", err)
+	}
+	if got := m.cookies(); len(got) != 0 {
+		t.Errorf("marks %v after the handoff", got)
+	}
+}

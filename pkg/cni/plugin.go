@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
 	"runtime/debug"
@@ -123,7 +124,7 @@ func (p *plugin) add(args *skel.CmdArgs) error {
 		if err := ForgetPendingDelete(conf.PendingDir, req.ContainerID); err != nil {
 			log.Warn("could not forget a stale pending DEL", "error", err)
 		}
-	case errors.Is(err, control.ErrUnreachable) && conf.OnAgentUnreachable == PolicyAllow:
+	case agentAway(err) && conf.OnAgentUnreachable == PolicyAllow:
 		log.Warn("ztdns agent unreachable: the pod starts WITHOUT DNS capture until the agent is back and reconciles it (onAgentUnreachable: allow)",
 			"socket", conf.SocketPath, "error", err)
 		switch err := recordForAgent(conf.SocketPath, conf.PendingDir, pendingAddDir, req.ContainerID, req, p.maxPending); {
@@ -135,7 +136,7 @@ func (p *plugin) add(args *skel.CmdArgs) error {
 		case err != nil:
 			log.Error("could not record the ADD for the agent; its reconcile still finds the pod from its pod source", "error", err)
 		}
-	case errors.Is(err, control.ErrUnreachable):
+	case agentAway(err):
 		log.Error("ztdns agent unreachable: failing the ADD (onAgentUnreachable: fail)", "socket", conf.SocketPath, "error", err)
 		return types.NewError(types.ErrTryAgainLater,
 			fmt.Sprintf("ztdns agent unreachable at %s; the pod is refused until it answers (onAgentUnreachable: fail)", conf.SocketPath), err.Error())
@@ -244,6 +245,13 @@ func (p *plugin) check(args *skel.CmdArgs) error {
 func (p *plugin) status(args *skel.CmdArgs) error {
 	_, _, err := parseConfig(args.StdinData)
 	return err
+}
+
+// agentAway reports whether err means no agent could take the call: none
+// answered, or the one that did is handing over to a successor (503).
+func agentAway(err error) bool {
+	var ce *control.Error
+	return errors.Is(err, control.ErrUnreachable) || errors.As(err, &ce) && ce.Code == http.StatusServiceUnavailable
 }
 
 // call runs one call of the agent's control API, bounded by the config's

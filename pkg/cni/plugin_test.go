@@ -305,7 +305,10 @@ func TestAddWhenTheAgentIsUnreachable(t *testing.T) {
 	tests := []struct {
 		name   string
 		policy string
-		agent  string // "none": no socket; "stale": a socket nobody serves; "hung": an agent that answers only when the test ends
+		// "none": no socket; "stale": a socket nobody serves; "hung": an
+		// agent that answers only when the test ends; "handing-over": one
+		// that answers 503, as an agent handing over to its successor does
+		agent string
 	}{
 		{"fail, no socket", PolicyFail, "none"},
 		{"fail, stale socket", PolicyFail, "stale"},
@@ -313,6 +316,8 @@ func TestAddWhenTheAgentIsUnreachable(t *testing.T) {
 		{"allow, no socket", PolicyAllow, "none"},
 		{"allow, stale socket", PolicyAllow, "stale"},
 		{"allow, hung agent", PolicyAllow, "hung"},
+		{"fail, agent handing over", PolicyFail, "handing-over"},
+		{"allow, agent handing over", PolicyAllow, "handing-over"},
 		{"default, no socket", "", "none"},
 	}
 	for _, tt := range tests {
@@ -329,6 +334,12 @@ func TestAddWhenTheAgentIsUnreachable(t *testing.T) {
 				ln.Close()
 			case "hung":
 				startFakeAgent(t, e.socket, func(a *fakeAgent) { a.hung = true })
+			case "handing-over":
+				startFakeAgent(t, e.socket, func(a *fakeAgent) {
+					a.reply = func(control.CNIAddRequest) (control.CNIAddResponse, error) {
+						return control.CNIAddResponse{}, control.Unavailable(errors.New("handed over"))
+					}
+				})
 			}
 			fields := map[string]any{"timeout": "200ms"}
 			if tt.policy != "" {
