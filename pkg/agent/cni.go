@@ -186,16 +186,19 @@ func (a *Agent) replayPending() {
 	}
 }
 
-// replayDel applies one recorded DEL.
+// replayDel applies one recorded DEL; one the agent refuses (4xx) is
+// forgotten, as replayAdd does.
 func (a *Agent) replayDel(dir string, d control.CNIDelRequest) {
 	a.cniMu.Lock()
 	defer a.cniMu.Unlock()
 	if a.handedOver.Load() { // the successor replays what is left
 		return
 	}
-	if err := a.cniDelLocked(d); err != nil {
+	if err := a.cniDelLocked(d); err != nil && control.StatusOf(err) >= http.StatusInternalServerError {
 		a.log.Error("replaying a CNI DEL failed", "container", d.ContainerID, "err", err)
 		return
+	} else if err != nil { // refused as it stands: every replay would be
+		a.log.Info("not replaying a CNI DEL recorded while the agent was away", "container", d.ContainerID, "err", err)
 	}
 	cni.ForgetPendingDelete(dir, d.ContainerID)
 }

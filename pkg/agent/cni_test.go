@@ -322,6 +322,20 @@ func TestPendingReplayedWithoutCapture(t *testing.T) {
 	}
 }
 
+// TestRefusedPendingDeleteIsForgotten: a recorded DEL the agent refuses as
+// it stands (400: a relative netns, as an older plugin recorded it) is
+// forgotten, as a refused ADD is, instead of being replayed and logged
+// every 30 s for ever and holding one of the pending places.
+func TestRefusedPendingDeleteIsForgotten(t *testing.T) {
+	a := &Agent{cfg: Config{Socket: filepath.Join(t.TempDir(), "ztdns.sock")}, log: slog.New(slog.DiscardHandler), pods: podcache.New("cluster.local")}
+	dir := a.pendingDir()
+	recordPending(t, dir, "del", "c0ffee0b", control.CNIDelRequest{ContainerID: "c0ffee0b", Netns: "netns/relative"})
+	a.keepHouse(canceled(t))
+	if dels, err := cni.PendingDeletes(dir); len(dels) != 0 || err != nil {
+		t.Errorf("still recorded: %+v (%v)", dels, err)
+	}
+}
+
 // canceled is a context already done: keepHouse then makes only its first
 // look.
 func canceled(t *testing.T) context.Context {

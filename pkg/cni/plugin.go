@@ -149,7 +149,8 @@ func (p *plugin) add(args *skel.CmdArgs) error {
 }
 
 // del tells the agent to unmark and forget the pod. It never fails: when
-// the agent cannot take the DEL, it is recorded for the agent to replay
+// the agent cannot take the DEL (unreachable, or failing: 5xx), it is
+// recorded for the agent to replay
 // (unless no agent directory exists, or too many are recorded: see
 // MaxPendingRecords); and
 // a config the plugin cannot use is logged, not returned, because the
@@ -172,7 +173,19 @@ func (p *plugin) del(args *skel.CmdArgs) error {
 	if err := ForgetPendingAdd(conf.PendingDir, args.ContainerID); err != nil {
 		log.Warn("could not forget a pending ADD", "error", err)
 	}
-	req := control.CNIDelRequest{ContainerID: args.ContainerID, Netns: args.Netns}
+	// What the agent would refuse (400) is not sent, nor recorded: no
+	// replay would ever be taken. A CNI_NETNS it would refuse (a relative
+	// path) is left out instead: the DEL still finds the pod by its
+	// container ID, or by its name.
+	req := control.CNIDelRequest{ContainerID: args.ContainerID}
+	if err := req.Validate(); err != nil {
+		log.Warn("a DEL the agent would refuse: nothing to tell it", "error", err)
+		return nil
+	}
+	if req.Netns = args.Netns; req.Validate() != nil {
+		log.Debug("not passing CNI_NETNS on: the agent would refuse it", "netns", args.Netns)
+		req.Netns = ""
+	}
 	// The pod's name finds a pod the agent adopted, which it knows by no
 	// container ID; a DEL without it still releases every pod an ADD
 	// announced.
@@ -187,6 +200,15 @@ func (p *plugin) del(args *skel.CmdArgs) error {
 	if err == nil {
 		log.Debug("pod removed from the agent")
 		// An earlier attempt of this DEL may have been recorded.
+		if err := ForgetPendingDelete(conf.PendingDir, req.ContainerID); err != nil {
+			log.Warn("could not forget a pending DEL", "error", err)
+		}
+		return nil
+	}
+	if !errors.Is(err, control.ErrUnreachable) && !agentFailed(err) {
+		// The agent's verdict on the request (4xx): a replay would get the
+		// same, and so would an earlier attempt's record.
+		log.Error("the agent refused the DEL; not recording it", "socket", conf.SocketPath, "error", err)
 		if err := ForgetPendingDelete(conf.PendingDir, req.ContainerID); err != nil {
 			log.Warn("could not forget a pending DEL", "error", err)
 		}
@@ -252,6 +274,13 @@ func (p *plugin) status(args *skel.CmdArgs) error {
 func agentAway(err error) bool {
 	var ce *control.Error
 	return errors.Is(err, control.ErrUnreachable) || errors.As(err, &ce) && ce.Code == http.StatusServiceUnavailable
+}
+
+// agentFailed reports whether the agent answered err with a failure of its
+// own (5xx), which a later try may not meet.
+func agentFailed(err error) bool {
+	var ce *control.Error
+	return errors.As(err, &ce) && ce.Code >= http.StatusInternalServerError
 }
 
 // call runs one call of the agent's control API, bounded by the config's
