@@ -247,6 +247,31 @@ func TestAddHandsThePodToTheAgent(t *testing.T) {
 	}
 }
 
+// TestAddAfterTheLoopbackPlugin: a chain with the loopback plugin before
+// ztdns hands it a prevResult listing 127.0.0.1/8 and ::1 on the pod's lo;
+// the ADD passes them through but claims only the pod's own addresses,
+// which is all the agent accepts. (Before, the ADD failed validation, even
+// under "allow".)
+func TestAddAfterTheLoopbackPlugin(t *testing.T) {
+	t.Parallel()
+	e := newPluginEnv(t)
+	agent := startFakeAgent(t, e.socket, nil)
+	prev := prevResultJSON("1.0.0", e.netns.Path())
+	prev["interfaces"] = append(prev["interfaces"].([]any), map[string]any{"name": "lo", "mac": "00:00:00:00:00:00", "sandbox": e.netns.Path()})
+	prev["ips"] = append(prev["ips"].([]any),
+		map[string]any{"interface": 3, "address": "127.0.0.1/8"}, map[string]any{"interface": 3, "address": "::1/128"})
+	args := e.args(t, "1.0.0", map[string]any{"onAgentUnreachable": "allow"})
+	args.StdinData = netConfJSON(t, "1.0.0", prev, map[string]any{"socketPath": e.socket, "onAgentUnreachable": "allow"})
+	if err := e.plugin().add(args); err != nil {
+		t.Fatalf("ADD: %v", err)
+	}
+	requirePrevResult(t, "1.0.0", args.StdinData, e.stdout.Bytes())
+	want := []netip.Addr{netip.MustParseAddr("10.88.0.5"), netip.MustParseAddr("2001:db8:88::5")}
+	if adds, _ := agent.requests(); len(adds) != 1 || !slices.Equal(adds[0].IPs, want) {
+		t.Errorf("agent got %+v, want one ADD claiming %v", adds, want)
+	}
+}
+
 func TestAddIsIdempotent(t *testing.T) {
 	t.Parallel()
 	e := newPluginEnv(t)
