@@ -80,6 +80,10 @@ func Install(cfg InstallConfig) error {
 		return fmt.Errorf("cni install: PluginConf has type %q, want %q", entry.Type, PluginType)
 	}
 
+	// What an Install killed between writing and renaming left.
+	removeStaleTemp(cfg.ConfDir, ".*.conflist.*.tmp")
+	removeStaleTemp(cfg.BinDir, "."+PluginType+".*.tmp")
+
 	primary, err := primaryConfFile(cfg.ConfDir)
 	if err != nil {
 		return fmt.Errorf("cni install: %w", err)

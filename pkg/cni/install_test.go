@@ -502,6 +502,27 @@ func TestInstallConvertsAConfWrittenAgain(t *testing.T) {
 	}
 }
 
+// TestInstallRemovesStaleTempFiles: an Install killed between writing a
+// temporary file and renaming it leaves the file in the conf dir or the
+// bin dir; the next Install removes it once it is over a minute old, and
+// leaves a fresh one (an Install writing now) and other files.
+func TestInstallRemovesStaleTempFiles(t *testing.T) {
+	t.Parallel()
+	e := newInstallEnv(t, Config{})
+	e.write(t, "10-mynet.conflist", runtimeConflist)
+	staleConf := filepath.Join(e.cfg.ConfDir, ".10-mynet.conflist.123.tmp")
+	staleBin := filepath.Join(e.cfg.BinDir, ".ztdns.456.tmp")
+	fresh := filepath.Join(e.cfg.ConfDir, ".10-mynet.conflist.789.tmp")
+	otherConf := filepath.Join(e.cfg.ConfDir, ".other.tmp")
+	otherBin := filepath.Join(e.cfg.BinDir, ".bridge.123.tmp")
+	for _, p := range []string{staleConf, staleBin, otherConf, otherBin} {
+		mustWriteAged(t, p, 2*time.Minute)
+	}
+	mustWriteAged(t, fresh, 0)
+	e.install(t)
+	requireFiles(t, map[string]bool{staleConf: false, staleBin: false, fresh: true, otherConf: true, otherBin: true})
+}
+
 func TestInstallRejectsABadEntry(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
