@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/netip"
@@ -38,8 +39,18 @@ const cniInstallInterval = 5 * time.Second
 func (a *Agent) cniAdd(req control.CNIAddRequest) (control.CNIAddResponse, error) {
 	a.cniMu.Lock()
 	defer a.cniMu.Unlock()
+	if a.handedOver.Load() {
+		return control.CNIAddResponse{}, errHandedOver
+	}
 	return a.cniAddLocked(req)
 }
+
+// errHandedOver answers a CNI event that waited for cniMu while the agent
+// handed over (fenceCapture holds it): the successor takes the event, so
+// the plugin treats it as an agent it could not reach (503), which under
+// onAgentUnreachable "allow" records it for replay instead of failing the
+// pod.
+var errHandedOver = control.Unavailable(errors.New("this agent handed over to a new one: try the new one"))
 
 func (a *Agent) cniAddLocked(req control.CNIAddRequest) (control.CNIAddResponse, error) {
 	resp, err := a.addSandbox(req)
@@ -107,6 +118,9 @@ func (a *Agent) addSandbox(req control.CNIAddRequest) (control.CNIAddResponse, e
 func (a *Agent) cniDel(req control.CNIDelRequest) error {
 	a.cniMu.Lock()
 	defer a.cniMu.Unlock()
+	if a.handedOver.Load() {
+		return errHandedOver
+	}
 	return a.cniDelLocked(req)
 }
 
@@ -172,16 +186,19 @@ func (a *Agent) replayPending() {
 	}
 }
 
-// replayDel applies one recorded DEL.
+// replayDel applies one recorded DEL; one the agent refuses (4xx) is
+// forgotten, as replayAdd does.
 func (a *Agent) replayDel(dir string, d control.CNIDelRequest) {
 	a.cniMu.Lock()
 	defer a.cniMu.Unlock()
 	if a.handedOver.Load() { // the successor replays what is left
 		return
 	}
-	if err := a.cniDelLocked(d); err != nil {
+	if err := a.cniDelLocked(d); err != nil && control.StatusOf(err) >= http.StatusInternalServerError {
 		a.log.Error("replaying a CNI DEL failed", "container", d.ContainerID, "err", err)
 		return
+	} else if err != nil { // refused as it stands: every replay would be
+		a.log.Info("not replaying a CNI DEL recorded while the agent was away", "container", d.ContainerID, "err", err)
 	}
 	cni.ForgetPendingDelete(dir, d.ContainerID)
 }
@@ -201,7 +218,7 @@ func (a *Agent) replayAdd(dir string, ad control.CNIAddRequest) {
 	if !cni.HasPendingAdd(dir, ad.ContainerID) {
 		return
 	}
-	if _, err := a.cniAddLocked(ad); err != nil && control.StatusOf(err) == http.StatusInternalServerError {
+	if _, err := a.cniAddLocked(ad); err != nil && control.StatusOf(err) >= http.StatusInternalServerError {
 		a.log.Error("replaying a CNI ADD failed", "pod", ad.PodNamespace+"/"+ad.PodName, "err", err)
 		return
 	} else if err != nil {

@@ -322,6 +322,20 @@ func TestPendingReplayedWithoutCapture(t *testing.T) {
 	}
 }
 
+// TestRefusedPendingDeleteIsForgotten: a recorded DEL the agent refuses as
+// it stands (400: a relative netns, as an older plugin recorded it) is
+// forgotten, as a refused ADD is, instead of being replayed and logged
+// every 30 s for ever and holding one of the pending places.
+func TestRefusedPendingDeleteIsForgotten(t *testing.T) {
+	a := &Agent{cfg: Config{Socket: filepath.Join(t.TempDir(), "ztdns.sock")}, log: slog.New(slog.DiscardHandler), pods: podcache.New("cluster.local")}
+	dir := a.pendingDir()
+	recordPending(t, dir, "del", "c0ffee0b", control.CNIDelRequest{ContainerID: "c0ffee0b", Netns: "netns/relative"})
+	a.keepHouse(canceled(t))
+	if dels, err := cni.PendingDeletes(dir); len(dels) != 0 || err != nil {
+		t.Errorf("still recorded: %+v (%v)", dels, err)
+	}
+}
+
 // canceled is a context already done: keepHouse then makes only its first
 // look.
 func canceled(t *testing.T) context.Context {
@@ -359,5 +373,33 @@ func TestHandedOverAgentLeavesCapture(t *testing.T) {
 	adds, _ := cni.PendingAdds(dir)
 	if len(dels) != 1 || len(adds) != 1 {
 		t.Errorf("recorded events left: %d DELs, %d ADDs; want both for the successor", len(dels), len(adds))
+	}
+}
+
+// TestCNIEventsAfterTheHandoffAreUnavailable: an ADD or DEL that waited for
+// the lock while the agent handed over (fenceCapture) is answered 503, which
+// the plugin treats as an agent it could not reach (onAgentUnreachable:
+// "allow" records the ADD for the successor), not 500, which fails the pod.
+func TestCNIEventsAfterTheHandoffAreUnavailable(t *testing.T) {
+	a, m := cniAgent(t)
+	n := podNetns(t, "198.18.77.7/32")
+	cookie, err := redirect.NetnsCookie(n.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	feedSource(a)
+	a.handedOver.Store(true)
+	a.fenceCapture()
+
+	_, err = a.cniAdd(control.CNIAddRequest{ContainerID: "c0ffee0a", Netns: n.Path(), IfName: "eth0", PodNamespace: "shop", PodName: "late",
+		IPs: []netip.Addr{netip.MustParseAddr("198.18.77.7")}, NetnsCookie: cookie})
+	if got := control.StatusOf(err); err == nil || got != http.StatusServiceUnavailable {
+		t.Errorf("ADD after the handoff = %v (status %d), want 503", err, got)
+	}
+	if err := a.cniDel(control.CNIDelRequest{ContainerID: "c0ffee0a"}); control.StatusOf(err) != http.StatusServiceUnavailable {
+		t.Errorf("DEL after the handoff = %v, want 503", err)
+	}
+	if got := m.cookies(); len(got) != 0 {
+		t.Errorf("marks %v after the handoff", got)
 	}
 }

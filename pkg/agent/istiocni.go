@@ -44,9 +44,9 @@ func (r *istioRules) look(a podcache.Attachment) istiocni.Finding {
 	if l, ok := r.seen[a.NetnsCookie]; ok && time.Since(l.at) < istioRulesMaxAge {
 		return l.found
 	}
-	found, err := istiocni.Inspect(a.NetnsPath)
+	found, err := istiocni.Inspect(a.NetnsPath, a.NetnsCookie)
 	if err != nil {
-		found = nil // the netns is gone, or unreadable: nothing to report
+		found = nil // the netns is gone, another one now, or unreadable: nothing to report
 	}
 	if r.seen == nil {
 		r.seen = map[uint64]istioRulesLook{}

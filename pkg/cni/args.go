@@ -7,6 +7,8 @@ import (
 
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
+
+	"github.com/ztdns/ztdns/pkg/redirect"
 )
 
 // podArgs is the pod's identity from CNI_ARGS.
@@ -52,10 +54,11 @@ func parsePodArgs(cniArgs string) (podArgs, error) {
 // podIPs returns the pod's addresses from the primary plugin's result: those
 // on an interface inside the pod's sandbox, or on no interface in
 // particular. Addresses on host-side interfaces (a bridge's gateway) are
-// not the pod's, and neither are link-local ones: any pod may have the same,
-// and the agent does not count them among a namespace's addresses
-// (redirect.NetnsAddrs), so it would refuse an ADD that claims one. IPv4
-// first, each once.
+// not the pod's, and neither are loopback, link-local, multicast or
+// unspecified ones (a chain with the loopback plugin lists 127.0.0.1/8 and
+// ::1): any pod may have the same, and the agent does not count them among
+// a namespace's addresses (redirect.NetnsAddrs), so it would refuse an ADD
+// that claims one. IPv4 first, each once.
 func podIPs(res *current.Result) []netip.Addr {
 	var ips []netip.Addr
 	for _, ipc := range res.IPs {
@@ -65,7 +68,7 @@ func podIPs(res *current.Result) []netip.Addr {
 				continue
 			}
 		}
-		if a, ok := netip.AddrFromSlice(ipc.Address.IP); ok && !a.Unmap().IsLinkLocalUnicast() {
+		if a, ok := netip.AddrFromSlice(ipc.Address.IP); ok && redirect.PodAddr(a) {
 			ips = append(ips, a.Unmap())
 		}
 	}

@@ -214,6 +214,15 @@ func TestPodIPs(t *testing.T) {
 			ipc(idx(2), "169.254.1.5/16"), // link-local: not the pod's own
 			ipc(idx(2), "fe80::5/64"),
 			ipc(nil, "::ffff:169.254.1.6/128"),
+			// The loopback plugin's, earlier in the chain, and what no pod
+			// owns either.
+			ipc(idx(2), "127.0.0.1/8"),
+			ipc(idx(2), "::1/128"),
+			ipc(nil, "::ffff:127.0.0.1/104"),
+			ipc(nil, "0.0.0.0/0"),
+			ipc(nil, "::/0"),
+			ipc(nil, "224.0.0.251/32"),
+			ipc(nil, "ff02::fb/128"),
 		},
 	}
 	want := []netip.Addr{

@@ -42,8 +42,9 @@ func FuzzPluginInput(f *testing.F) {
 		}
 		ips := podIPs(prev)
 		for i, ip := range ips {
-			if !ip.IsValid() || ip.Is4In6() || ip.IsLinkLocalUnicast() || (i > 0 && ips[i-1].Compare(ip) >= 0) {
-				t.Fatalf("pod IPs %v are not valid, unmapped, not link-local, unique and sorted", ips)
+			if !ip.IsValid() || ip.Is4In6() || ip.IsLinkLocalUnicast() || ip.IsLoopback() || ip.IsMulticast() || ip.IsUnspecified() ||
+				(i > 0 && ips[i-1].Compare(ip) >= 0) {
+				t.Fatalf("pod IPs %v are not valid, unmapped, pod addresses, unique and sorted", ips)
 			}
 		}
 		var out bytes.Buffer

@@ -49,8 +49,9 @@ var confExtensions = []string{".conf", ".conflist", ".json"}
 // runtime uses: the first, in lexical order, of the valid .conf, .conflist
 // and .json files, as kubelet, containerd and istio-cni choose it. A
 // single-plugin .conf (or .json) is turned into a .conflist holding the
-// original plugin followed by ztdns, with the same name and cniVersion, and
-// the original file is removed (istio-cni does the same).
+// original plugin followed by ztdns, with the same name and cniVersion,
+// replacing a .conflist of that name, and the original file is removed
+// (istio-cni does the same).
 //
 // The binary goes in first and the entry second, so a runtime never finds the
 // entry without the plugin. Both are written to a temporary file renamed
@@ -78,6 +79,10 @@ func Install(cfg InstallConfig) error {
 	if entry.Type != PluginType {
 		return fmt.Errorf("cni install: PluginConf has type %q, want %q", entry.Type, PluginType)
 	}
+
+	// What an Install killed between writing and renaming left.
+	removeStaleTemp(cfg.ConfDir, ".*.conflist.*.tmp")
+	removeStaleTemp(cfg.BinDir, "."+PluginType+".*.tmp")
 
 	primary, err := primaryConfFile(cfg.ConfDir)
 	if err != nil {
@@ -255,10 +260,12 @@ func insertEntry(path string, entry []byte) (string, bool, error) {
 		return path, true, writeFileAtomic(path, updated, info.Mode().Perm())
 	}
 
+	// A .conflist of the same name may be there: the one an earlier
+	// Install made, with the primary plugin now writing its .conf again,
+	// which sorts first and lacks ztdns. The new .conf is what the primary
+	// plugin means, so it replaces the .conflist (renamed over it, as
+	// istio-cni does); refusing would leave ztdns out of the chain for good.
 	list := strings.TrimSuffix(path, filepath.Ext(path)) + ".conflist"
-	if _, err := os.Stat(list); err == nil {
-		return "", false, fmt.Errorf("cannot turn it into %s, which exists", filepath.Base(list))
-	}
 	converted, err := confToConflist(data, entry)
 	if err != nil {
 		return "", false, err

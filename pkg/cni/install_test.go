@@ -471,18 +471,56 @@ func TestInstallConvertsAConf(t *testing.T) {
 	}
 }
 
-func TestInstallRefusesToOverwriteAConflistWhenConverting(t *testing.T) {
+// TestInstallConvertsAConfWrittenAgain: the primary plugin writes its .conf
+// again after Install turned it into a .conflist (it regenerates its
+// configuration); the .conf sorts first and lacks ztdns. Install converts
+// it over the .conflist, so ztdns is back in the chain the runtime uses.
+// (Before, every Install failed: "cannot turn it into 10-mynet.conflist,
+// which exists".)
+func TestInstallConvertsAConfWrittenAgain(t *testing.T) {
 	t.Parallel()
 	e := newInstallEnv(t, Config{})
-	e.write(t, "10-mynet.conf", runtimeConf)
-	list := e.write(t, "10-mynet.conflist", `{"cniVersion": "1.0.0", "name": "x", "plugins": [{"type": "other"}]}`)
-	err := Install(e.cfg)
-	if err == nil || !strings.Contains(err.Error(), "10-mynet.conflist") {
-		t.Fatalf("Install = %v, want a refusal naming 10-mynet.conflist", err)
+	conf := e.write(t, "10-mynet.conf", runtimeConf)
+	e.install(t)
+	list := filepath.Join(e.cfg.ConfDir, "10-mynet.conflist")
+
+	rewritten := strings.Replace(runtimeConf, "10.22.0.0/16", "10.23.0.0/16", 1)
+	e.write(t, "10-mynet.conf", rewritten)
+	e.install(t)
+	if _, err := os.Stat(conf); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the .conf is still there (a runtime would prefer it): %v", err)
 	}
-	if strings.Contains(readFile(t, list), "ztdns") {
-		t.Error("the existing conflist was changed")
+	if got, want := pluginTypes(t, list), []string{"bridge", "ztdns"}; !slices.Equal(got, want) {
+		t.Errorf("plugins = %v, want %v", got, want)
 	}
+	if got := readFile(t, list); !strings.Contains(got, "10.23.0.0/16") {
+		t.Errorf("the conflist is not the rewritten .conf's:\n%s", got)
+	}
+	primary, err := primaryConfFile(e.cfg.ConfDir)
+	if err != nil || primary != list {
+		t.Errorf("the runtime would use %q (%v), want %s", primary, err, list)
+	}
+}
+
+// TestInstallRemovesStaleTempFiles: an Install killed between writing a
+// temporary file and renaming it leaves the file in the conf dir or the
+// bin dir; the next Install removes it once it is over a minute old, and
+// leaves a fresh one (an Install writing now) and other files.
+func TestInstallRemovesStaleTempFiles(t *testing.T) {
+	t.Parallel()
+	e := newInstallEnv(t, Config{})
+	e.write(t, "10-mynet.conflist", runtimeConflist)
+	staleConf := filepath.Join(e.cfg.ConfDir, ".10-mynet.conflist.123.tmp")
+	staleBin := filepath.Join(e.cfg.BinDir, ".ztdns.456.tmp")
+	fresh := filepath.Join(e.cfg.ConfDir, ".10-mynet.conflist.789.tmp")
+	otherConf := filepath.Join(e.cfg.ConfDir, ".other.tmp")
+	otherBin := filepath.Join(e.cfg.BinDir, ".bridge.123.tmp")
+	for _, p := range []string{staleConf, staleBin, otherConf, otherBin} {
+		mustWriteAged(t, p, 2*time.Minute)
+	}
+	mustWriteAged(t, fresh, 0)
+	e.install(t)
+	requireFiles(t, map[string]bool{staleConf: false, staleBin: false, fresh: true, otherConf: true, otherBin: true})
 }
 
 func TestInstallRejectsABadEntry(t *testing.T) {

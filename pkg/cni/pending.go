@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/containernetworking/cni/pkg/utils"
 
@@ -199,8 +200,10 @@ func pendingPath(dir, kind, containerID string) (string, error) {
 }
 
 // readPending calls fn for each record of kind, in file name order, and
-// joins the errors of the records it could not read.
+// joins the errors of the records it could not read. It removes the
+// temporary files a plugin killed while recording left (removeStaleTemp).
 func readPending(dir, kind string, fn func(containerID string, data []byte) error) error {
+	removeStaleTemp(filepath.Join(dir, kind), ".*.json.*.tmp")
 	entries, err := os.ReadDir(filepath.Join(dir, kind))
 	if errors.Is(err, os.ErrNotExist) {
 		return nil
@@ -233,7 +236,8 @@ func readPending(dir, kind string, fn func(containerID string, data []byte) erro
 // writeFileAtomic writes data to path through a temporary file in the same
 // directory, so readers see the old content or the new, never a part. The
 // temporary name starts with a dot and ends in ".tmp": neither the pending
-// readers nor a container runtime loading a CNI conf dir pick it up.
+// readers nor a container runtime loading a CNI conf dir pick it up, and
+// the replay and Install remove one a killed writer left (removeStaleTemp).
 func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
 	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*.tmp")
 	if err != nil {
@@ -257,4 +261,28 @@ func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
 		return err
 	}
 	return os.Rename(tmp, path)
+}
+
+// staleTempAge is how old a temporary file of writeFileAtomic's (or
+// installBinary's) must be to be taken for one whose writer was killed
+// between creating and renaming it: a live writer renames within
+// milliseconds.
+const staleTempAge = time.Minute
+
+// removeStaleTemp removes the regular files in dir whose names match
+// pattern (filepath.Match) and that were last modified over staleTempAge
+// ago. Nothing else removes them: they would stay for good.
+func removeStaleTemp(dir, pattern string) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		if ok, _ := filepath.Match(pattern, e.Name()); !ok || !e.Type().IsRegular() {
+			continue
+		}
+		if info, err := e.Info(); err == nil && time.Since(info.ModTime()) > staleTempAge {
+			_ = os.Remove(filepath.Join(dir, e.Name()))
+		}
+	}
 }

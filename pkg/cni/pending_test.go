@@ -9,6 +9,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/ztdns/ztdns/pkg/control"
 )
@@ -173,4 +174,50 @@ func mustWrite(tb testing.TB, path, content string) {
 	if err := os.WriteFile(path, []byte(content), 0o640); err != nil {
 		tb.Fatal(err)
 	}
+}
+
+// mustWriteAged writes a file last modified age ago.
+func mustWriteAged(tb testing.TB, path string, age time.Duration) {
+	tb.Helper()
+	mustWrite(tb, path, "{")
+	then := time.Now().Add(-age)
+	if err := os.Chtimes(path, then, then); err != nil {
+		tb.Fatal(err)
+	}
+}
+
+// requireFiles checks which of paths exist.
+func requireFiles(tb testing.TB, exist map[string]bool) {
+	tb.Helper()
+	for path, want := range exist {
+		_, err := os.Stat(path)
+		if got := err == nil; got != want {
+			tb.Errorf("%s exists: %t (%v), want %t", path, got, err, want)
+		}
+	}
+}
+
+// TestReplayRemovesStaleTempFiles: a plugin killed between writing a
+// record's temporary file and renaming it leaves the file; reading the
+// records (the agent's replay) removes it once it is over a minute old,
+// and leaves a fresh one (a plugin writing now) and files not of that
+// pattern. (Before, they stayed for good.)
+func TestReplayRemovesStaleTempFiles(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	staleDel := filepath.Join(dir, "del", ".c1.json.123.tmp")
+	staleAdd := filepath.Join(dir, "add", ".c2.json.456.tmp")
+	fresh := filepath.Join(dir, "del", ".c3.json.789.tmp")
+	other := filepath.Join(dir, "del", ".notes.tmp")
+	mustWriteAged(t, staleDel, 2*time.Minute)
+	mustWriteAged(t, staleAdd, 2*time.Minute)
+	mustWriteAged(t, fresh, 0)
+	mustWriteAged(t, other, 2*time.Minute)
+	if got, err := PendingDeletes(dir); err != nil || len(got) != 0 {
+		t.Errorf("PendingDeletes = %+v, %v; want none", got, err)
+	}
+	if got, err := PendingAdds(dir); err != nil || len(got) != 0 {
+		t.Errorf("PendingAdds = %+v, %v; want none", got, err)
+	}
+	requireFiles(t, map[string]bool{staleDel: false, staleAdd: false, fresh: true, other: true})
 }

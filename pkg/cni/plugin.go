@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
 	"runtime/debug"
@@ -123,7 +124,7 @@ func (p *plugin) add(args *skel.CmdArgs) error {
 		if err := ForgetPendingDelete(conf.PendingDir, req.ContainerID); err != nil {
 			log.Warn("could not forget a stale pending DEL", "error", err)
 		}
-	case errors.Is(err, control.ErrUnreachable) && conf.OnAgentUnreachable == PolicyAllow:
+	case agentAway(err) && conf.OnAgentUnreachable == PolicyAllow:
 		log.Warn("ztdns agent unreachable: the pod starts WITHOUT DNS capture until the agent is back and reconciles it (onAgentUnreachable: allow)",
 			"socket", conf.SocketPath, "error", err)
 		switch err := recordForAgent(conf.SocketPath, conf.PendingDir, pendingAddDir, req.ContainerID, req, p.maxPending); {
@@ -135,7 +136,7 @@ func (p *plugin) add(args *skel.CmdArgs) error {
 		case err != nil:
 			log.Error("could not record the ADD for the agent; its reconcile still finds the pod from its pod source", "error", err)
 		}
-	case errors.Is(err, control.ErrUnreachable):
+	case agentAway(err):
 		log.Error("ztdns agent unreachable: failing the ADD (onAgentUnreachable: fail)", "socket", conf.SocketPath, "error", err)
 		return types.NewError(types.ErrTryAgainLater,
 			fmt.Sprintf("ztdns agent unreachable at %s; the pod is refused until it answers (onAgentUnreachable: fail)", conf.SocketPath), err.Error())
@@ -148,7 +149,8 @@ func (p *plugin) add(args *skel.CmdArgs) error {
 }
 
 // del tells the agent to unmark and forget the pod. It never fails: when
-// the agent cannot take the DEL, it is recorded for the agent to replay
+// the agent cannot take the DEL (unreachable, or failing: 5xx), it is
+// recorded for the agent to replay
 // (unless no agent directory exists, or too many are recorded: see
 // MaxPendingRecords); and
 // a config the plugin cannot use is logged, not returned, because the
@@ -171,7 +173,19 @@ func (p *plugin) del(args *skel.CmdArgs) error {
 	if err := ForgetPendingAdd(conf.PendingDir, args.ContainerID); err != nil {
 		log.Warn("could not forget a pending ADD", "error", err)
 	}
-	req := control.CNIDelRequest{ContainerID: args.ContainerID, Netns: args.Netns}
+	// What the agent would refuse (400) is not sent, nor recorded: no
+	// replay would ever be taken. A CNI_NETNS it would refuse (a relative
+	// path) is left out instead: the DEL still finds the pod by its
+	// container ID, or by its name.
+	req := control.CNIDelRequest{ContainerID: args.ContainerID}
+	if err := req.Validate(); err != nil {
+		log.Warn("a DEL the agent would refuse: nothing to tell it", "error", err)
+		return nil
+	}
+	if req.Netns = args.Netns; req.Validate() != nil {
+		log.Debug("not passing CNI_NETNS on: the agent would refuse it", "netns", args.Netns)
+		req.Netns = ""
+	}
 	// The pod's name finds a pod the agent adopted, which it knows by no
 	// container ID; a DEL without it still releases every pod an ADD
 	// announced.
@@ -186,6 +200,15 @@ func (p *plugin) del(args *skel.CmdArgs) error {
 	if err == nil {
 		log.Debug("pod removed from the agent")
 		// An earlier attempt of this DEL may have been recorded.
+		if err := ForgetPendingDelete(conf.PendingDir, req.ContainerID); err != nil {
+			log.Warn("could not forget a pending DEL", "error", err)
+		}
+		return nil
+	}
+	if !errors.Is(err, control.ErrUnreachable) && !agentFailed(err) {
+		// The agent's verdict on the request (4xx): a replay would get the
+		// same, and so would an earlier attempt's record.
+		log.Error("the agent refused the DEL; not recording it", "socket", conf.SocketPath, "error", err)
 		if err := ForgetPendingDelete(conf.PendingDir, req.ContainerID); err != nil {
 			log.Warn("could not forget a pending DEL", "error", err)
 		}
@@ -244,6 +267,20 @@ func (p *plugin) check(args *skel.CmdArgs) error {
 func (p *plugin) status(args *skel.CmdArgs) error {
 	_, _, err := parseConfig(args.StdinData)
 	return err
+}
+
+// agentAway reports whether err means no agent could take the call: none
+// answered, or the one that did is handing over to a successor (503).
+func agentAway(err error) bool {
+	var ce *control.Error
+	return errors.Is(err, control.ErrUnreachable) || errors.As(err, &ce) && ce.Code == http.StatusServiceUnavailable
+}
+
+// agentFailed reports whether the agent answered err with a failure of its
+// own (5xx), which a later try may not meet.
+func agentFailed(err error) bool {
+	var ce *control.Error
+	return errors.As(err, &ce) && ce.Code >= http.StatusInternalServerError
 }
 
 // call runs one call of the agent's control API, bounded by the config's

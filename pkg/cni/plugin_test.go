@@ -44,8 +44,8 @@ type fakeAgent struct {
 	hung bool
 	// release is closed when the test ends: a hung agent's answers go then.
 	release chan struct{}
-	// failDel fails every DEL (a 500).
-	failDel bool
+	// delErr answers every DEL when set (a 500 unless it says otherwise).
+	delErr error
 }
 
 func startFakeAgent(tb testing.TB, socket string, configure func(*fakeAgent)) *fakeAgent {
@@ -95,10 +95,7 @@ func (a *fakeAgent) CNIDel(req control.CNIDelRequest) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.dels = append(a.dels, req)
-	if a.failDel {
-		return errors.New("map update failed")
-	}
-	return nil
+	return a.delErr
 }
 
 // The plugin uses only the CNI routes.
@@ -250,6 +247,31 @@ func TestAddHandsThePodToTheAgent(t *testing.T) {
 	}
 }
 
+// TestAddAfterTheLoopbackPlugin: a chain with the loopback plugin before
+// ztdns hands it a prevResult listing 127.0.0.1/8 and ::1 on the pod's lo;
+// the ADD passes them through but claims only the pod's own addresses,
+// which is all the agent accepts. (Before, the ADD failed validation, even
+// under "allow".)
+func TestAddAfterTheLoopbackPlugin(t *testing.T) {
+	t.Parallel()
+	e := newPluginEnv(t)
+	agent := startFakeAgent(t, e.socket, nil)
+	prev := prevResultJSON("1.0.0", e.netns.Path())
+	prev["interfaces"] = append(prev["interfaces"].([]any), map[string]any{"name": "lo", "mac": "00:00:00:00:00:00", "sandbox": e.netns.Path()})
+	prev["ips"] = append(prev["ips"].([]any),
+		map[string]any{"interface": 3, "address": "127.0.0.1/8"}, map[string]any{"interface": 3, "address": "::1/128"})
+	args := e.args(t, "1.0.0", map[string]any{"onAgentUnreachable": "allow"})
+	args.StdinData = netConfJSON(t, "1.0.0", prev, map[string]any{"socketPath": e.socket, "onAgentUnreachable": "allow"})
+	if err := e.plugin().add(args); err != nil {
+		t.Fatalf("ADD: %v", err)
+	}
+	requirePrevResult(t, "1.0.0", args.StdinData, e.stdout.Bytes())
+	want := []netip.Addr{netip.MustParseAddr("10.88.0.5"), netip.MustParseAddr("2001:db8:88::5")}
+	if adds, _ := agent.requests(); len(adds) != 1 || !slices.Equal(adds[0].IPs, want) {
+		t.Errorf("agent got %+v, want one ADD claiming %v", adds, want)
+	}
+}
+
 func TestAddIsIdempotent(t *testing.T) {
 	t.Parallel()
 	e := newPluginEnv(t)
@@ -305,7 +327,10 @@ func TestAddWhenTheAgentIsUnreachable(t *testing.T) {
 	tests := []struct {
 		name   string
 		policy string
-		agent  string // "none": no socket; "stale": a socket nobody serves; "hung": an agent that answers only when the test ends
+		// "none": no socket; "stale": a socket nobody serves; "hung": an
+		// agent that answers only when the test ends; "handing-over": one
+		// that answers 503, as an agent handing over to its successor does
+		agent string
 	}{
 		{"fail, no socket", PolicyFail, "none"},
 		{"fail, stale socket", PolicyFail, "stale"},
@@ -313,6 +338,8 @@ func TestAddWhenTheAgentIsUnreachable(t *testing.T) {
 		{"allow, no socket", PolicyAllow, "none"},
 		{"allow, stale socket", PolicyAllow, "stale"},
 		{"allow, hung agent", PolicyAllow, "hung"},
+		{"fail, agent handing over", PolicyFail, "handing-over"},
+		{"allow, agent handing over", PolicyAllow, "handing-over"},
 		{"default, no socket", "", "none"},
 	}
 	for _, tt := range tests {
@@ -329,6 +356,12 @@ func TestAddWhenTheAgentIsUnreachable(t *testing.T) {
 				ln.Close()
 			case "hung":
 				startFakeAgent(t, e.socket, func(a *fakeAgent) { a.hung = true })
+			case "handing-over":
+				startFakeAgent(t, e.socket, func(a *fakeAgent) {
+					a.reply = func(control.CNIAddRequest) (control.CNIAddResponse, error) {
+						return control.CNIAddResponse{}, control.Unavailable(errors.New("handed over"))
+					}
+				})
 			}
 			fields := map[string]any{"timeout": "200ms"}
 			if tt.policy != "" {
@@ -425,18 +458,24 @@ func TestDel(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
 		name        string
-		agent       string // "up", "down" or "failing"
-		netns       bool   // whether CNI_NETNS is still passed
+		agent       string // "up", "down", "failing" (500), "handing-over" (503) or "refusing" (400)
+		netns       string // "pod": CNI_NETNS is the pod's; "": not passed; else this path
 		wantPending bool
 		cniArgs     string // replaces the pod's CNI_ARGS when set
 	}{
-		{"agent up", "up", true, false, ""},
-		{"agent up, netns gone", "up", false, false, ""},
-		{"agent down", "down", true, true, ""},
-		{"agent down, netns gone", "down", false, true, ""},
-		{"agent failing", "failing", true, true, ""},
-		{"no pod in CNI_ARGS", "up", true, false, "IgnoreUnknown=1"},
-		{"a pod name the agent would refuse", "up", true, false, "K8S_POD_NAMESPACE=Shop;K8S_POD_NAME=web-0"},
+		{"agent up", "up", "pod", false, ""},
+		{"agent up, netns gone", "up", "", false, ""},
+		{"agent down", "down", "pod", true, ""},
+		{"agent down, netns gone", "down", "", true, ""},
+		{"agent failing", "failing", "pod", true, ""},
+		{"agent handing over", "handing-over", "pod", true, ""},
+		// A verdict on the request: a replay would get the same, every
+		// 30 s for ever.
+		{"agent refusing", "refusing", "pod", false, ""},
+		// Left out, not refused: the agent finds the pod without it.
+		{"a relative netns", "up", "netns/pod", false, ""},
+		{"no pod in CNI_ARGS", "up", "pod", false, "IgnoreUnknown=1"},
+		{"a pod name the agent would refuse", "up", "pod", false, "K8S_POD_NAMESPACE=Shop;K8S_POD_NAME=web-0"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -444,15 +483,27 @@ func TestDel(t *testing.T) {
 			e := newPluginEnv(t)
 			var agent *fakeAgent
 			if tt.agent != "down" {
-				agent = startFakeAgent(t, e.socket, func(a *fakeAgent) { a.failDel = tt.agent == "failing" })
+				agent = startFakeAgent(t, e.socket, func(a *fakeAgent) {
+					switch tt.agent {
+					case "failing":
+						a.delErr = errors.New("map update failed")
+					case "handing-over":
+						a.delErr = control.Unavailable(errors.New("handed over"))
+					case "refusing":
+						a.delErr = control.Invalid(errors.New("no such thing"))
+					}
+				})
 			}
 			args := e.args(t, "1.0.0", nil)
-			if !tt.netns {
-				args.Netns = ""
+			if tt.netns != "pod" {
+				args.Netns = tt.netns
 			}
 			// The pod's name finds a pod the agent adopted: it knows no
 			// container ID of it.
 			want := control.CNIDelRequest{ContainerID: args.ContainerID, Netns: args.Netns, PodNamespace: "shop", PodName: "web-0"}
+			if !filepath.IsAbs(want.Netns) {
+				want.Netns = ""
+			}
 			if tt.cniArgs != "" {
 				args.Args = tt.cniArgs
 				want.PodNamespace, want.PodName = "", ""

@@ -22,7 +22,8 @@ var ErrUnreachable = errors.New("agent not reachable")
 type Error struct {
 	// Code is the HTTP status: 400 for an invalid request, 403 for one the
 	// agent refuses (a caller that may not, claims that do not match the
-	// network namespace), 413 for one too large, 500 when the agent failed.
+	// network namespace), 413 for one too large, 500 when the agent failed,
+	// 503 when it handed over to a successor while the request waited.
 	Code    int
 	Message string
 }

@@ -76,8 +76,12 @@ func Invalid(err error) error { return &statusError{http.StatusBadRequest, err} 
 // caller that may not, or claims that do not match what the agent sees.
 func Refused(err error) error { return &statusError{http.StatusForbidden, err} }
 
-// StatusOf is the HTTP status err is answered with: that of Invalid or
-// Refused, 500 for any other error.
+// Unavailable marks err as a request this agent can no longer carry out but
+// another will (503): it handed over to a successor mid-request.
+func Unavailable(err error) error { return &statusError{http.StatusServiceUnavailable, err} }
+
+// StatusOf is the HTTP status err is answered with: that of Invalid,
+// Refused or Unavailable, 500 for any other error.
 func StatusOf(err error) int {
 	if se := (*statusError)(nil); errors.As(err, &se) {
 		return se.code

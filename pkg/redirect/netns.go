@@ -76,11 +76,10 @@ func NetnsAddrs(netnsPath string) ([]netip.Addr, error) {
 		if !ok {
 			continue
 		}
-		ip = ip.Unmap()
-		if ip.IsLoopback() || ip.IsLinkLocalUnicast() || ip.IsMulticast() || ip.IsUnspecified() {
+		if !PodAddr(ip) {
 			continue
 		}
-		addrs = append(addrs, ip)
+		addrs = append(addrs, ip.Unmap())
 	}
 	slices.SortFunc(addrs, func(a, b netip.Addr) int { return a.Compare(b) })
 	return slices.Compact(addrs), nil

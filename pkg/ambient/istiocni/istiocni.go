@@ -30,13 +30,17 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"syscall"
 	"unsafe"
 
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	"github.com/google/nftables/xt"
+	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/ztdns/ztdns/pkg/redirect"
 )
 
 // ZtunnelDNSPort is where istio-cni's rules send a pod's DNS.
@@ -58,22 +62,42 @@ func (f Finding) Present() bool { return len(f) > 0 }
 
 func (f Finding) String() string { return strings.Join(f, ",") }
 
+// ErrOtherNetns means the path led to another network namespace than the
+// one whose cookie Inspect was given: a /proc/<pid>/ns/net whose PID was
+// reused.
+var ErrOtherNetns = errors.New("another network namespace than the one expected")
+
 // Inspect reads the network namespace at netnsPath and reports where
 // istio-cni's DNS capture rules are. It only reads; nothing in the
-// namespace changes.
-func Inspect(netnsPath string) (Finding, error) {
+// namespace changes. With a cookie other than 0 it first checks that the
+// namespace it opened is that one, or returns ErrOtherNetns. Each of the
+// namespace's listings (nftables, and each legacy table) is read up to
+// maxTableSize bytes: a pod's root may fill its namespace with rules.
+func Inspect(netnsPath string, cookie uint64) (Finding, error) {
 	h, err := os.Open(netnsPath)
 	if err != nil {
 		return nil, fmt.Errorf("open netns %s: %w", netnsPath, err)
 	}
 	defer h.Close()
+	// Everything below goes through the opened namespace, never the path
+	// again: the path may lead elsewhere by then.
+	opened := fmt.Sprintf("/proc/self/fd/%d", h.Fd())
+	if cookie != 0 {
+		got, err := redirect.NetnsCookie(opened)
+		if err != nil {
+			return nil, fmt.Errorf("netns %s: %w", netnsPath, err)
+		}
+		if got != cookie {
+			return nil, fmt.Errorf("netns %s has cookie %d, want %d: %w", netnsPath, got, cookie, ErrOtherNetns)
+		}
+	}
 	var f Finding
-	nft, err := inspectNftables(int(h.Fd()))
+	nft, err := inspectNftables(opened, maxTableSize)
 	if err != nil {
 		return nil, fmt.Errorf("nftables in %s: %w", netnsPath, err)
 	}
 	f = append(f, nft...)
-	legacy, err := inspectLegacy(netnsPath)
+	legacy, err := inspectLegacy(opened)
 	if err != nil {
 		return nil, fmt.Errorf("iptables-legacy in %s: %w", netnsPath, err)
 	}
@@ -84,12 +108,16 @@ func Inspect(netnsPath string) (Finding, error) {
 
 // inspectNftables looks at every nat-hooked table of the namespace:
 // istio-cni's own nftables table and the nat tables iptables-nft keeps.
-func inspectNftables(netnsFD int) (Finding, error) {
-	c, err := nftables.New(nftables.WithNetNSFd(netnsFD))
+func inspectNftables(netnsPath string, limit int) (Finding, error) {
+	nl, err := dialBounded(netnsPath, limit)
 	if err != nil {
 		return nil, err
 	}
-	defer c.CloseLasting()
+	defer nl.close()
+	c, err := nftables.New(nftables.WithTestDial(nl.exchange))
+	if err != nil {
+		return nil, err
+	}
 	tables, err := c.ListTables()
 	if err != nil {
 		return nil, fmt.Errorf("list tables: %w", err)
@@ -283,4 +311,113 @@ func getsockopt(fd, level, opt int, buf []byte) error {
 		return errno
 	}
 	return nil
+}
+
+// boundedNetlink relays the nftables library's requests to a netfilter
+// netlink socket in a namespace and reads the kernel's answers itself, so
+// that at most limit bytes are read in all: the library reads a dump of any
+// size into memory. (The library's test hook, WithTestDial, is the one way
+// to give it the messages.) Only dumps are relayed, which is all the
+// listing asks.
+type boundedNetlink struct {
+	fd          int
+	limit, left int
+}
+
+func dialBounded(netnsPath string, limit int) (*boundedNetlink, error) {
+	fd := -1
+	err := ns.WithNetNSPath(netnsPath, func(ns.NetNS) error {
+		var err error
+		fd, err = unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_NETFILTER)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("netfilter netlink socket: %w", err)
+	}
+	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("bind netlink socket: %w", err)
+	}
+	return &boundedNetlink{fd: fd, limit: limit, left: limit}, nil
+}
+
+func (b *boundedNetlink) close() { unix.Close(b.fd) }
+
+// exchange sends each request and returns the messages of its dump, as the
+// netlink library's Conn expects them from a socket: with the request's
+// sequence and port, and without the multi-part flag and the final
+// NLMSG_DONE.
+func (b *boundedNetlink) exchange(reqs []netlink.Message) ([]netlink.Message, error) {
+	var out []netlink.Message
+	for _, req := range reqs {
+		if req.Header.Flags&netlink.Dump == 0 {
+			return nil, fmt.Errorf("netlink request %v is not a dump", req.Header.Type)
+		}
+		data, err := req.MarshalBinary()
+		if err != nil {
+			return nil, err
+		}
+		if err := unix.Sendto(b.fd, data, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+			return nil, fmt.Errorf("send netlink request: %w", err)
+		}
+		msgs, err := b.readDump(req.Header)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, msgs...)
+	}
+	return out, nil
+}
+
+// readDump reads the kernel's answer to the dump request h, one datagram
+// at a time, until NLMSG_DONE, an error, or the bound.
+func (b *boundedNetlink) readDump(h netlink.Header) ([]netlink.Message, error) {
+	var out []netlink.Message
+	var peek [1]byte
+	for {
+		// The datagram's size first, so a buffer too small truncates
+		// nothing; a buffer of its own, since the messages returned point
+		// into it.
+		n, _, err := unix.Recvfrom(b.fd, peek[:], unix.MSG_PEEK|unix.MSG_TRUNC)
+		if err != nil {
+			return nil, fmt.Errorf("receive netlink answer: %w", err)
+		}
+		if n > b.left {
+			return nil, fmt.Errorf("netfilter listing of more than %d bytes", b.limit)
+		}
+		buf := make([]byte, n)
+		n, _, err = unix.Recvfrom(b.fd, buf, 0)
+		if err != nil {
+			return nil, fmt.Errorf("receive netlink answer: %w", err)
+		}
+		b.left -= n
+		msgs, err := syscall.ParseNetlinkMessage(buf[:n])
+		if err != nil {
+			return nil, fmt.Errorf("parse netlink answer: %w", err)
+		}
+		for _, m := range msgs {
+			if m.Header.Seq != h.Sequence {
+				continue // an answer to an earlier request
+			}
+			switch m.Header.Type {
+			case unix.NLMSG_DONE:
+				return out, nil
+			case unix.NLMSG_ERROR:
+				if len(m.Data) < 4 {
+					return nil, errors.New("short netlink error message")
+				}
+				if errno := -int32(binary.NativeEndian.Uint32(m.Data)); errno != 0 {
+					return nil, syscall.Errno(errno)
+				}
+				return out, nil
+			}
+			out = append(out, netlink.Message{
+				Header: netlink.Header{
+					Length: m.Header.Len, Type: netlink.HeaderType(m.Header.Type),
+					Flags: netlink.HeaderFlags(m.Header.Flags) &^ netlink.Multi, Sequence: h.Sequence, PID: h.PID,
+				},
+				Data: m.Data,
+			})
+		}
+	}
 }

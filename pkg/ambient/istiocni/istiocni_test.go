@@ -3,12 +3,14 @@
 package istiocni
 
 import (
+	"errors"
 	"os/exec"
 	"slices"
 	"strings"
 	"testing"
 
 	"github.com/ztdns/ztdns/internal/testenv"
+	"github.com/ztdns/ztdns/pkg/redirect"
 )
 
 // TestInspect installs istio-cni's in-pod DNS rules with each of its
@@ -32,7 +34,7 @@ func TestInspect(t *testing.T) {
 			n := testenv.NewNetns(t, testenv.UniqueName("ztdns-istiocni-"))
 			testenv.InstallIstioDNSRules(t, n, tt.backend)
 			inspect := func(what string, want Finding) {
-				got, err := Inspect(n.Path())
+				got, err := Inspect(n.Path(), 0)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -63,7 +65,7 @@ func TestInspect(t *testing.T) {
 func TestInspectLeavesCleanNamespaceAlone(t *testing.T) {
 	testenv.RequireRoot(t)
 	n := testenv.NewNetns(t, testenv.UniqueName("ztdns-istiocni-"))
-	if got, err := Inspect(n.Path()); err != nil || got.Present() {
+	if got, err := Inspect(n.Path(), 0); err != nil || got.Present() {
 		t.Fatalf("Inspect of an empty namespace = %v, %v; want nothing", got, err)
 	}
 	if names := tablesNames(t, n); names != "" {
@@ -79,7 +81,7 @@ func TestInspectLeavesCleanNamespaceAlone(t *testing.T) {
 	if err != nil {
 		t.Fatalf("nft: %v\n%s", err, out)
 	}
-	if got, err := Inspect(n.Path()); err != nil || got.Present() {
+	if got, err := Inspect(n.Path(), 0); err != nil || got.Present() {
 		t.Errorf("Inspect with only port-15001 redirects = %v, %v; want nothing", got, err)
 	}
 }
@@ -91,4 +93,40 @@ func tablesNames(t *testing.T, n *testenv.Netns) string {
 		t.Fatalf("%v: %s", err, out)
 	}
 	return strings.TrimSpace(string(out))
+}
+
+// TestInspectChecksTheCookie: given the cookie of the namespace it should
+// look at (an adopted pod's path is /proc/<pid>/ns/net, and the PID may be
+// another process's by now), Inspect reports nothing of a namespace with
+// another cookie, though it holds the rules.
+func TestInspectChecksTheCookie(t *testing.T) {
+	testenv.RequireRoot(t)
+	n := testenv.NewNetns(t, testenv.UniqueName("ztdns-istiocni-"))
+	testenv.InstallIstioDNSRules(t, n, testenv.IstioNftables)
+	cookie, err := redirect.NetnsCookie(n.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := Inspect(n.Path(), cookie); err != nil || !slices.Equal(got, Finding{BackendNftables}) {
+		t.Errorf("Inspect with the namespace's cookie = %v, %v; want %v", got, err, Finding{BackendNftables})
+	}
+	if got, err := Inspect(n.Path(), cookie+1); !errors.Is(err, ErrOtherNetns) || got.Present() {
+		t.Errorf("Inspect with another cookie = %v, %v; want ErrOtherNetns", got, err)
+	}
+}
+
+// TestInspectBoundsTheNftablesListing: the nftables listing is read up to a
+// bound (maxTableSize in Inspect), as the legacy tables are: a pod's root
+// may fill its namespace with rules, and the agent must not read them all
+// into memory. Here a bound smaller than istio-cni's rules.
+func TestInspectBoundsTheNftablesListing(t *testing.T) {
+	testenv.RequireRoot(t)
+	n := testenv.NewNetns(t, testenv.UniqueName("ztdns-istiocni-"))
+	testenv.InstallIstioDNSRules(t, n, testenv.IstioNftables)
+	if got, err := inspectNftables(n.Path(), maxTableSize); err != nil || !slices.Contains(got, BackendNftables) {
+		t.Fatalf("inspectNftables = %v, %v; want %s", got, err, BackendNftables)
+	}
+	if got, err := inspectNftables(n.Path(), 256); err == nil || !strings.Contains(err.Error(), "more than 256 bytes") {
+		t.Errorf("inspectNftables bounded to 256 bytes = %v, %v; want an error", got, err)
+	}
 }
