@@ -30,11 +30,19 @@ func (a *Agent) captureNetns(req control.CaptureRequest) (control.PodRow, error)
 	if req.Name == "" {
 		req.Name = req.Netns
 	}
-	if p := a.pods.ByCookie(ns.cookie); p != nil && p.Attachment != nil {
-		if p.Attachment.ContainerID != "" {
-			return control.PodRow{}, control.Refused(fmt.Errorf("%s is pod %s's, recorded by the container runtime: capture add is for namespaces no runtime manages",
-				req.Netns, p.Key()))
+	for _, att := range a.pods.Attachments() {
+		switch {
+		case att.NetnsCookie == ns.cookie && att.ContainerID != "":
+			return control.PodRow{}, control.Refused(fmt.Errorf("%s is pod %s/%s's, recorded by the container runtime: capture add is for namespaces no runtime manages",
+				req.Netns, att.Namespace, att.Name))
+		case att.Namespace == req.Namespace && att.Name == req.Name && att.ContainerID != "":
+			// Records are merged by namespace/name: a hand-made one would
+			// take the runtime's pod's place.
+			return control.PodRow{}, control.Refused(fmt.Errorf("pod %s/%s is recorded by the container runtime (network namespace %s): capture add needs another --name",
+				req.Namespace, req.Name, att.NetnsPath))
 		}
+	}
+	if p := a.pods.ByCookie(ns.cookie); p != nil && p.Attachment != nil {
 		// The same netns marked again under another name replaces the record.
 		a.capture.ctl.Forget(p.Attachment.Key())
 	}
