@@ -31,9 +31,10 @@ import (
 
 // marks is the capture programs' pods map, without the programs.
 type marks struct {
-	mu     sync.Mutex
-	m      map[uint64]redirect.PodInfo
-	sweeps int // SweepNameservers calls
+	mu      sync.Mutex
+	m       map[uint64]redirect.PodInfo
+	sweeps  int // SweepNameservers calls
+	unmarks int
 }
 
 func (m *marks) SweepNameservers() (int, error) {
@@ -53,6 +54,7 @@ func (m *marks) Mark(cookie uint64, pod redirect.PodInfo) error {
 func (m *marks) Unmark(cookie uint64) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	m.unmarks++
 	delete(m.m, cookie)
 	return nil
 }

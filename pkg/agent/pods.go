@@ -42,10 +42,9 @@ func (a *Agent) captureNetns(req control.CaptureRequest) (control.PodRow, error)
 				req.Namespace, req.Name, att.NetnsPath))
 		}
 	}
-	if p := a.pods.ByCookie(ns.cookie); p != nil && p.Attachment != nil {
-		// The same netns marked again under another name replaces the record.
-		a.capture.ctl.Forget(p.Attachment.Key())
-	}
+	// The same netns marked again (under another name, say) has the same
+	// key: Apply replaces its record and keeps its mark and nameserver
+	// slots, which an unmark would drop.
 	att := podcache.Attachment{Namespace: req.Namespace, Name: req.Name, NetnsPath: req.Netns, NetnsCookie: ns.cookie, IPs: ns.addrs,
 		Captured: true, Reason: capture.ReasonByHand}
 	if err := a.capture.ctl.Apply(att); err != nil {
@@ -99,7 +98,7 @@ func (a *Agent) releaseNetns(req control.CaptureRequest) error {
 // podRows joins the registry with the pods map.
 func (a *Agent) podRows() ([]control.PodRow, error) {
 	marks := map[uint64]redirect.MarkedPod{}
-	if a.capture != nil {
+	if a.capture != nil && a.capture.r != nil {
 		marked, err := a.capture.r.Pods()
 		if err != nil {
 			return nil, err

@@ -9,6 +9,8 @@ import (
 	"testing"
 
 	"github.com/ztdns/ztdns/pkg/control"
+	"github.com/ztdns/ztdns/pkg/redirect"
+	"github.com/ztdns/ztdns/pkg/resolver"
 )
 
 // TestCaptureAddLeavesTheRuntimesPod: capture add that names a pod the
@@ -38,5 +40,34 @@ func TestCaptureAddLeavesTheRuntimesPod(t *testing.T) {
 	}
 	if got := m.cookies(); !slices.Equal(got, []uint64{cookie}) {
 		t.Errorf("marks %v, want the runtime's pod's alone (%d)", got, cookie)
+	}
+}
+
+// TestCaptureAddAgainKeepsTheMark: capture add of a namespace captured
+// already (under another name) renames its record and never unmarks it,
+// which would let its queries out and forget the nameservers it
+// addressed.
+func TestCaptureAddAgainKeepsTheMark(t *testing.T) {
+	a, m := cniAgent(t)
+	a.server = &resolver.Server{} // the pods' rows ask it for their usage
+	feedSource(a)
+	n := podNetns(t, "203.0.113.92/32")
+	cookie, err := redirect.NetnsCookie(n.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"first", "second"} {
+		if _, err := a.captureNetns(control.CaptureRequest{Netns: n.Path(), Namespace: "default", Name: name}); err != nil {
+			t.Fatalf("capture add as %s: %v", name, err)
+		}
+	}
+	if m.unmarks != 0 {
+		t.Errorf("%d unmarks, want none", m.unmarks)
+	}
+	if got := m.cookies(); !slices.Equal(got, []uint64{cookie}) {
+		t.Errorf("marks %v, want the namespace's (%d)", got, cookie)
+	}
+	if p := a.pods.ByCookie(cookie); p == nil || p.Key() != "default/second" || len(a.pods.Attachments()) != 1 {
+		t.Errorf("the namespace is %v's, records %v; want one, default/second's", p, a.pods.Attachments())
 	}
 }
