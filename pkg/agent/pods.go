@@ -20,6 +20,9 @@ func (a *Agent) captureNetns(req control.CaptureRequest) (control.PodRow, error)
 	if a.capture == nil {
 		return control.PodRow{}, errNoCapture
 	}
+	// What it checks against the records, CNI events change.
+	a.cniMu.Lock()
+	defer a.cniMu.Unlock()
 	ns, err := a.inspectNetns(req.Netns)
 	if err != nil {
 		return control.PodRow{}, err
@@ -67,6 +70,8 @@ func (a *Agent) releaseNetns(req control.CaptureRequest) error {
 	if a.capture == nil {
 		return errNoCapture
 	}
+	a.cniMu.Lock()
+	defer a.cniMu.Unlock()
 	atts := a.pods.Attachments()
 	for key, att := range atts {
 		if att.NetnsPath == req.Netns && att.ContainerID == "" {

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/ztdns/ztdns/pkg/control"
 	"github.com/ztdns/ztdns/pkg/redirect"
@@ -69,5 +70,45 @@ func TestCaptureAddAgainKeepsTheMark(t *testing.T) {
 	}
 	if p := a.pods.ByCookie(cookie); p == nil || p.Key() != "default/second" || len(a.pods.Attachments()) != 1 {
 		t.Errorf("the namespace is %v's, records %v; want one, default/second's", p, a.pods.Attachments())
+	}
+}
+
+// TestCaptureWaitsForCNIEvents: capture add and del check the records and
+// then change them; a CNI event in between could record the same
+// namespace or name. They wait while a CNI event is handled.
+func TestCaptureWaitsForCNIEvents(t *testing.T) {
+	a, _ := cniAgent(t)
+	a.server = &resolver.Server{}
+	feedSource(a)
+	n := podNetns(t, "203.0.113.93/32")
+	for _, step := range []struct {
+		name string
+		run  func() error
+	}{
+		{"capture add", func() error {
+			_, err := a.captureNetns(control.CaptureRequest{Netns: n.Path(), Namespace: "default", Name: "hand"})
+			return err
+		}},
+		{"capture del", func() error { return a.releaseNetns(control.CaptureRequest{Netns: n.Path()}) }},
+	} {
+		a.cniMu.Lock() // a CNI event under way
+		done := make(chan error, 1)
+		go func() { done <- step.run() }()
+		select {
+		case err := <-done:
+			t.Errorf("%s finished (%v) while a CNI event was handled", step.name, err)
+			a.cniMu.Unlock()
+			continue
+		case <-time.After(200 * time.Millisecond):
+		}
+		a.cniMu.Unlock()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("%s: %v", step.name, err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatalf("%s never finished after the CNI event", step.name)
+		}
 	}
 }
