@@ -84,7 +84,7 @@ func (a *Agent) verifyAdd(req control.CNIAddRequest) error {
 		return control.Refused(fmt.Errorf("the ADD says the cookie of %s is %d, but it is %d", req.Netns, req.NetnsCookie, ns.cookie))
 	}
 	for _, ip := range req.IPs {
-		if !slices.Contains(ns.addrs, ip.Unmap()) {
+		if !slices.Contains(ns.addrs, ip) {
 			return control.Refused(fmt.Errorf("%s is not an address of %s (it has %v)", ip, req.Netns, ns.addrs))
 		}
 	}
