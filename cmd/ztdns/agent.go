@@ -165,6 +165,12 @@ directory of YAML manifests (--config-dir).`,
 			return usagef("--pod-inflight-bytes %s: want 0 (no limit of its own) or at least %s, one reply of the largest size",
 				podInflightBytes, &byteSize{n: resolver.MinPodInflightBytes})
 		}
+		if err := control.CheckNoDotDot(*socket); err != nil {
+			return usagef("--socket %w", err)
+		}
+		if err := control.CheckNoDotDot(*stateDir); err != nil {
+			return usagef("--state-dir %w", err)
+		}
 		al, closeAccessLog, err := openAccessLog(*accessLog, *accessLogSample, *logFormat)
 		if err != nil {
 			return err

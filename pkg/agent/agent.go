@@ -146,8 +146,8 @@ type Agent struct {
 	// successor is set while a newer agent that asked for the sockets has
 	// not yet taken over: this one still serves, but is not ready.
 	successor atomic.Bool
-	// cniMu serialises CNI events: the plugin's and the recorded ones
-	// replayed.
+	// cniMu serialises CNI events (the plugin's and the recorded ones
+	// replayed) and capture add|del.
 	cniMu    sync.Mutex
 	mu       sync.Mutex
 	warnings []string // from the last table build, at most control.MaxStoredWarnings

@@ -74,7 +74,15 @@ func (a *Agent) addSandbox(req control.CNIAddRequest) (control.CNIAddResponse, e
 	// and a namespace's addresses as the agent reads them leave them out:
 	// a plugin that still sends them (an older one, or an ADD it recorded)
 	// must not have every pod refused.
-	req.IPs = slices.DeleteFunc(slices.Clone(req.IPs), func(ip netip.Addr) bool { return ip.Unmap().IsLinkLocalUnicast() })
+	// An IPv4 address may come IPv4-mapped (::ffff:a.b.c.d): it is kept
+	// as the IPv4 address it is, which marks and lookups are keyed by.
+	var ips []netip.Addr
+	for _, ip := range req.IPs {
+		if ip = ip.Unmap(); !ip.IsLinkLocalUnicast() && !slices.Contains(ips, ip) {
+			ips = append(ips, ip)
+		}
+	}
+	req.IPs = ips
 	if err := a.verifyAdd(req); err != nil {
 		if a.capture == nil {
 			// Nothing to honour, so no reason to fail the pod; but an

@@ -31,9 +31,10 @@ import (
 
 // marks is the capture programs' pods map, without the programs.
 type marks struct {
-	mu     sync.Mutex
-	m      map[uint64]redirect.PodInfo
-	sweeps int // SweepNameservers calls
+	mu      sync.Mutex
+	m       map[uint64]redirect.PodInfo
+	sweeps  int // SweepNameservers calls
+	unmarks int
 }
 
 func (m *marks) SweepNameservers() (int, error) {
@@ -53,6 +54,7 @@ func (m *marks) Mark(cookie uint64, pod redirect.PodInfo) error {
 func (m *marks) Unmark(cookie uint64) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	m.unmarks++
 	delete(m.m, cookie)
 	return nil
 }
@@ -401,5 +403,33 @@ func TestCNIEventsAfterTheHandoffAreUnavailable(t *testing.T) {
 	}
 	if got := m.cookies(); len(got) != 0 {
 		t.Errorf("marks %v after the handoff", got)
+	}
+}
+
+// TestAddWithAnIPv4MappedAddress: an ADD may give a pod's IPv4 address
+// IPv4-mapped (::ffff:a.b.c.d). The pod is marked with its IPv4 address
+// and its queries from that address are its own.
+func TestAddWithAnIPv4MappedAddress(t *testing.T) {
+	a, m := cniAgent(t)
+	n := podNetns(t, "203.0.113.94/32")
+	cookie, err := redirect.NetnsCookie(n.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	feedSource(a)
+	ip := netip.MustParseAddr("203.0.113.94")
+	resp, err := a.cniAdd(control.CNIAddRequest{ContainerID: "6b1e0c9d2f", Netns: n.Path(), IfName: "eth0", PodNamespace: "shop", PodName: "web-0",
+		IPs: []netip.Addr{netip.AddrFrom16(ip.As16())}, NetnsCookie: cookie})
+	if err != nil || !resp.Captured {
+		t.Fatalf("ADD = %+v, %v; want captured", resp, err)
+	}
+	m.mu.Lock()
+	got := m.m[cookie]
+	m.mu.Unlock()
+	if got.IPv4 != ip || got.IPv6.IsValid() {
+		t.Errorf("marked with %+v, want IPv4 %s alone", got, ip)
+	}
+	if p := a.pods.Lookup(ip); p == nil || p.Key() != "shop/web-0" {
+		t.Errorf("%s is %v's, want shop/web-0's", ip, p)
 	}
 }

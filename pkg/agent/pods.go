@@ -20,6 +20,9 @@ func (a *Agent) captureNetns(req control.CaptureRequest) (control.PodRow, error)
 	if a.capture == nil {
 		return control.PodRow{}, errNoCapture
 	}
+	// What it checks against the records, CNI events change.
+	a.cniMu.Lock()
+	defer a.cniMu.Unlock()
 	ns, err := a.inspectNetns(req.Netns)
 	if err != nil {
 		return control.PodRow{}, err
@@ -30,14 +33,21 @@ func (a *Agent) captureNetns(req control.CaptureRequest) (control.PodRow, error)
 	if req.Name == "" {
 		req.Name = req.Netns
 	}
-	if p := a.pods.ByCookie(ns.cookie); p != nil && p.Attachment != nil {
-		if p.Attachment.ContainerID != "" {
-			return control.PodRow{}, control.Refused(fmt.Errorf("%s is pod %s's, recorded by the container runtime: capture add is for namespaces no runtime manages",
-				req.Netns, p.Key()))
+	for _, att := range a.pods.Attachments() {
+		switch {
+		case att.NetnsCookie == ns.cookie && att.ContainerID != "":
+			return control.PodRow{}, control.Refused(fmt.Errorf("%s is pod %s/%s's, recorded by the container runtime: capture add is for namespaces no runtime manages",
+				req.Netns, att.Namespace, att.Name))
+		case att.Namespace == req.Namespace && att.Name == req.Name && att.ContainerID != "":
+			// Records are merged by namespace/name: a hand-made one would
+			// take the runtime's pod's place.
+			return control.PodRow{}, control.Refused(fmt.Errorf("pod %s/%s is recorded by the container runtime (network namespace %s): capture add needs another --name",
+				req.Namespace, req.Name, att.NetnsPath))
 		}
-		// The same netns marked again under another name replaces the record.
-		a.capture.ctl.Forget(p.Attachment.Key())
 	}
+	// The same netns marked again (under another name, say) has the same
+	// key: Apply replaces its record and keeps its mark and nameserver
+	// slots, which an unmark would drop.
 	att := podcache.Attachment{Namespace: req.Namespace, Name: req.Name, NetnsPath: req.Netns, NetnsCookie: ns.cookie, IPs: ns.addrs,
 		Captured: true, Reason: capture.ReasonByHand}
 	if err := a.capture.ctl.Apply(att); err != nil {
@@ -60,6 +70,8 @@ func (a *Agent) releaseNetns(req control.CaptureRequest) error {
 	if a.capture == nil {
 		return errNoCapture
 	}
+	a.cniMu.Lock()
+	defer a.cniMu.Unlock()
 	atts := a.pods.Attachments()
 	for key, att := range atts {
 		if att.NetnsPath == req.Netns && att.ContainerID == "" {
@@ -91,7 +103,7 @@ func (a *Agent) releaseNetns(req control.CaptureRequest) error {
 // podRows joins the registry with the pods map.
 func (a *Agent) podRows() ([]control.PodRow, error) {
 	marks := map[uint64]redirect.MarkedPod{}
-	if a.capture != nil {
+	if a.capture != nil && a.capture.r != nil {
 		marked, err := a.capture.r.Pods()
 		if err != nil {
 			return nil, err

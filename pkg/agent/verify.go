@@ -48,8 +48,11 @@ type netnsSeen struct {
 // the two reads. A path that is missing or not a namespace is Invalid; the
 // node's own namespace is Refused.
 func (a *Agent) inspectNetns(path string) (netnsSeen, error) {
-	// O_NONBLOCK: a FIFO or a device at the path must not hang the agent.
-	fd, err := unix.Open(capture.ProcNamespaces{Root: a.cfg.ProcRoot}.NodePath(path), unix.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC|unix.O_NOCTTY, 0)
+	// O_PATH opens nothing: a device, a FIFO or a file on a stuck FUSE
+	// mount at the path is never really opened, only looked at, and what
+	// is no network namespace goes no further. The namespace is reopened
+	// for real through /proc/self/fd.
+	fd, err := unix.Open(capture.ProcNamespaces{Root: a.cfg.ProcRoot}.NodePath(path), unix.O_PATH|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return netnsSeen{}, control.Invalid(fmt.Errorf("network namespace %s: %w", path, &os.PathError{Op: "open", Path: path, Err: err}))
 	}
@@ -84,7 +87,7 @@ func (a *Agent) verifyAdd(req control.CNIAddRequest) error {
 		return control.Refused(fmt.Errorf("the ADD says the cookie of %s is %d, but it is %d", req.Netns, req.NetnsCookie, ns.cookie))
 	}
 	for _, ip := range req.IPs {
-		if !slices.Contains(ns.addrs, ip.Unmap()) {
+		if !slices.Contains(ns.addrs, ip) {
 			return control.Refused(fmt.Errorf("%s is not an address of %s (it has %v)", ip, req.Netns, ns.addrs))
 		}
 	}

@@ -43,6 +43,10 @@ type Netns struct {
 	Path   string
 	Cookie uint64
 	Addrs  []netip.Addr
+	// ForeignUserns says a user namespace other than the node's initial
+	// one owns it: an unprivileged user's (unshare -Urn), or a pod's with
+	// hostUsers: false.
+	ForeignUserns bool
 }
 
 // ScanResult is what a scan found, and what it could not look into.
@@ -108,8 +112,12 @@ func (p ProcNamespaces) Scan() (ScanResult, error) {
 	slices.Sort(pids)
 	var res ScanResult
 	seen := map[uint64]bool{}
+	initial, haveInitial := usernsID(filepath.Join(root, "1", "ns", "user"))
+	if !haveInitial {
+		initial, haveInitial = usernsID("/proc/self/ns/user")
+	}
 	for _, pid := range pids {
-		n, err := inspect(filepath.Join(root, strconv.FormatUint(pid, 10), "ns", "net"))
+		n, err := inspect(filepath.Join(root, strconv.FormatUint(pid, 10), "ns", "net"), initial, haveInitial)
 		switch {
 		case errors.Is(err, fs.ErrPermission):
 			res.Denied++
@@ -125,10 +133,26 @@ func (p ProcNamespaces) Scan() (ScanResult, error) {
 	return res, nil
 }
 
-// inspect opens one process's network namespace and reads its cookie and
-// addresses through that one open file (the process may exit, and its PID
-// be reused, between the listing and the reads).
-func inspect(path string) (Netns, error) {
+// nsID identifies a namespace: its nsfs device and inode.
+type nsID struct{ dev, ino uint64 }
+
+func usernsID(path string) (nsID, bool) {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return nsID{}, false
+	}
+	return nsID{uint64(st.Dev), st.Ino}, true
+}
+
+// nsGetUserns is NS_GET_USERNS, _IO(0xb7, 0x1): a file descriptor of the
+// user namespace that owns a namespace.
+const nsGetUserns = 0xb701
+
+// inspect opens one process's network namespace and reads its cookie,
+// addresses and owning user namespace through that one open file (the
+// process may exit, and its PID be reused, between the listing and the
+// reads).
+func inspect(path string, initial nsID, haveInitial bool) (Netns, error) {
 	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return Netns{}, &fs.PathError{Op: "open", Path: path, Err: err}
@@ -143,7 +167,21 @@ func inspect(path string) (Netns, error) {
 	if err != nil {
 		return Netns{}, err
 	}
-	return Netns{Path: path, Cookie: cookie, Addrs: addrs}, nil
+	n := Netns{Path: path, Cookie: cookie, Addrs: addrs}
+	if haveInitial {
+		ufd, err := unix.IoctlRetInt(fd, nsGetUserns)
+		if err != nil {
+			return Netns{}, &fs.PathError{Op: "ioctl NS_GET_USERNS", Path: path, Err: err}
+		}
+		var st unix.Stat_t
+		err = unix.Fstat(ufd, &st)
+		unix.Close(ufd)
+		if err != nil {
+			return Netns{}, &fs.PathError{Op: "fstat user namespace", Path: path, Err: err}
+		}
+		n.ForeignUserns = (nsID{uint64(st.Dev), st.Ino} != initial)
+	}
+	return n, nil
 }
 
 // adoptRunningPods finds the network namespaces of pods on this node that
@@ -179,18 +217,18 @@ func (c *Controller) adoptRunningPods() {
 		c.log.Error("scanning the node's processes for running pods failed", "err", err)
 		return
 	}
-	byIP := map[netip.Addr]Netns{}
+	byIP := map[netip.Addr][]Netns{}
 	for _, n := range scan.Found {
 		if slices.Contains(c.cfg.HostCookies, n.Cookie) {
 			continue
 		}
 		for _, ip := range n.Addrs {
-			byIP[ip] = n
+			byIP[ip] = append(byIP[ip], n)
 		}
 	}
 	var missing []string
 	for _, p := range want {
-		n, ok := findByIP(byIP, p.IPs)
+		n, ok := c.findByIP(byIP, p)
 		if !ok {
 			missing = append(missing, p.Key())
 			continue
@@ -228,11 +266,37 @@ func (c *Controller) adopt(a podcache.Attachment) (bool, error) {
 	return true, c.applyLocked(a)
 }
 
-func findByIP(byIP map[netip.Addr]Netns, ips []netip.Addr) (Netns, bool) {
-	for _, ip := range ips {
-		if n, ok := byIP[ip]; ok {
-			return n, true
+// findByIP finds the pod's namespace by one of its IPs. Any user may make
+// a network namespace holding a pod's IP, so of several holding one the
+// namespaces the initial user namespace owns are preferred; a sole holder
+// owned by another (a pod with hostUsers: false) is still the pod's. An IP
+// several namespaces still claim names none.
+func (c *Controller) findByIP(byIP map[netip.Addr][]Netns, p *podcache.Pod) (Netns, bool) {
+	for _, ip := range p.IPs {
+		cands := byIP[ip]
+		if len(cands) > 1 {
+			cands = slices.DeleteFunc(slices.Clone(cands), func(n Netns) bool { return n.ForeignUserns })
+		}
+		switch len(cands) {
+		case 0:
+			if len(byIP[ip]) > 0 {
+				c.log.Warn("not adopting a running pod: several network namespaces owned by other user namespaces hold its IP",
+					"pod", p.Key(), "ip", ip, "netns", netnsPaths(byIP[ip]))
+			}
+		case 1:
+			return cands[0], true
+		default:
+			c.log.Warn("not adopting a running pod: several network namespaces hold its IP",
+				"pod", p.Key(), "ip", ip, "netns", netnsPaths(cands))
 		}
 	}
 	return Netns{}, false
+}
+
+func netnsPaths(ns []Netns) []string {
+	var out []string
+	for _, n := range ns {
+		out = append(out, n.Path)
+	}
+	return out
 }

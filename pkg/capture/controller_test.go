@@ -876,3 +876,31 @@ func TestForgetKeepsAMarkAnotherRecordHolds(t *testing.T) {
 		t.Errorf("marks %v, want none", got)
 	}
 }
+
+// TestAdoptionSkipsAnIPSeveralNamespacesHold: of two namespaces the node's
+// user namespace owns that hold a pod's IP, neither is adopted, and a
+// warning names the IP.
+func TestAdoptionSkipsAnIPSeveralNamespacesHold(t *testing.T) {
+	f := newFixture(t, true)
+	f.netns.add("/host/proc/100/ns/net", 100, "10.0.0.2")
+	f.netns.add("/host/proc/200/ns/net", 200, "10.0.0.2")
+	var warned []string
+	f.ctl.log = slog.New(hookHandler{func(msg string, r slog.Record) {
+		r.Attrs(func(at slog.Attr) bool {
+			if r.Level == slog.LevelWarn && at.Key == "ip" {
+				warned = append(warned, at.Value.String())
+			}
+			return true
+		})
+	}})
+	f.source([]model.Namespace{ambientNS}, pod("web", "10.0.0.2", nil))
+	if got := f.marker.marked(); len(got) != 0 {
+		t.Errorf("marks %v, want none: two namespaces hold web's IP", got)
+	}
+	if p := f.pods.Get("shop", "web"); p.Attachment != nil {
+		t.Errorf("web adopted as %+v", p.Attachment)
+	}
+	if !slices.Contains(warned, "10.0.0.2") {
+		t.Errorf("warnings named IPs %v, want 10.0.0.2", warned)
+	}
+}

@@ -190,3 +190,65 @@ func ownCookie(t *testing.T) []uint64 {
 	}
 	return []uint64{c}
 }
+
+// TestAdoptionPrefersTheNodesUserNamespace: an unprivileged user can make a
+// network namespace (unshare -Urn) holding a running pod's IP; the pod is
+// adopted through its own namespace, whichever a scan finds last. A pod
+// whose namespace alone holds its IP is adopted even when another user
+// namespace owns it (hostUsers: false).
+func TestAdoptionPrefersTheNodesUserNamespace(t *testing.T) {
+	testenv.RequireRoot(t)
+	unshare := testenv.LookPath(t, "unshare")
+	n := testenv.NewNetns(t, testenv.UniqueName("ztcap-"))
+	web, api := "203.0.113.79", "203.0.113.80"
+	if out, err := exec.Command("ip", "-n", n.Name, "addr", "add", web+"/32", "dev", "lo").CombinedOutput(); err != nil {
+		t.Fatalf("ip addr add: %v\n%s", err, out)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	start := func(cmd *exec.Cmd) *exec.Cmd {
+		t.Helper()
+		cmd.WaitDelay = 2 * time.Second
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cancel(); _ = cmd.Wait() })
+		return cmd
+	}
+	// In a user namespace of its own, holding ip; started after the pod's
+	// process, so a scan by PID finds it last.
+	userns := func(ip string) *exec.Cmd {
+		t.Helper()
+		cmd := start(exec.CommandContext(ctx, unshare, "-Urn", "sh", "-c",
+			"ip link set lo up && ip addr add "+ip+"/32 dev lo && exec sleep 600"))
+		path := "/proc/" + strconv.Itoa(cmd.Process.Pid) + "/ns/net"
+		want := netip.MustParseAddr(ip)
+		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+			if addrs, _ := redirect.NetnsAddrs(path); slices.Contains(addrs, want) {
+				return cmd
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s never held %s", path, ip)
+			}
+		}
+	}
+	pause := start(n.Command(ctx, nil, "sleep", "600"))
+	userns(web)
+	hostUsersFalse := userns(api)
+	pathOf := func(c *exec.Cmd) string { return "/proc/" + strconv.Itoa(c.Process.Pid) + "/ns/net" }
+
+	f := &fixture{pods: podcache.New("cluster.local"), marker: newFakeMarker(), dir: t.TempDir(), now: time.Unix(1_700_000_000, 0)}
+	f.ctl = New(Config{StateDir: f.dir, NodeName: node, DNSCaptureDefault: true, HostCookies: ownCookie(t),
+		Logger: slog.New(slog.DiscardHandler), Now: func() time.Time { return f.now }}, f.pods, f.marker, ProcNamespaces{})
+	t.Cleanup(f.ctl.Close)
+	if err := f.ctl.Restore(); err != nil {
+		t.Fatal(err)
+	}
+	f.source([]model.Namespace{ambientNS}, pod("web", web, nil), pod("api", api, nil))
+	if p := f.pods.Get("shop", "web"); p.Attachment == nil || p.Attachment.NetnsPath != pathOf(pause) {
+		t.Errorf("web's attachment %+v, want adopted through its own namespace, %s", p.Attachment, pathOf(pause))
+	}
+	if p := f.pods.Get("shop", "api"); p.Attachment == nil || p.Attachment.NetnsPath != pathOf(hostUsersFalse) {
+		t.Errorf("api's attachment %+v, want adopted through the one namespace holding its IP, %s", p.Attachment, pathOf(hostUsersFalse))
+	}
+}

@@ -73,6 +73,9 @@ func ownFiles(socket string) []string {
 // directory shared with other files keeps its mode (the socket's own mode
 // and the peer check still hold) and is reported.
 func PrepareDir(socket string, access Access) error {
+	if err := CheckNoDotDot(socket); err != nil {
+		return fmt.Errorf("control socket: %w", err)
+	}
 	dir := filepath.Dir(socket)
 	dirMode, _ := access.modes()
 	real, created, err := resolveChecked(dir, dirMode)
@@ -112,12 +115,26 @@ func PrepareDir(socket string, access Access) error {
 // root can write in, by PrepareDir's rules for the socket's: the agent acts
 // on what it reads back from there (which pods it captured).
 func PrepareStateDir(dir string) error {
+	if err := CheckNoDotDot(dir); err != nil {
+		return fmt.Errorf("state directory: %w", err)
+	}
 	real, _, err := resolveChecked(dir, 0o750)
 	if err == nil {
 		err = checkOwned(real, false)
 	}
 	if err != nil {
 		return fmt.Errorf("state directory %s: %w", dir, err)
+	}
+	return nil
+}
+
+// CheckNoDotDot refuses a path with a ".." component. The checks walk the
+// path with ".." taken textually, but the kernel takes it after following
+// the symbolic link before it (/tmp/l/../z is the parent of where l points,
+// not /tmp/z), which may be a directory another user owns.
+func CheckNoDotDot(path string) error {
+	if slices.Contains(strings.Split(path, "/"), "..") {
+		return fmt.Errorf("%s has a \"..\" component, which symbolic links before it may send elsewhere: give the path without it", path)
 	}
 	return nil
 }

@@ -212,6 +212,27 @@ func TestRefusesSharedDirectories(t *testing.T) {
 			symlink(t, rootDir(t, 0o700), link, 0)
 			return filepath.Join(link, "ztdns.sock")
 		}, "is writable by others"},
+		// l/.. is the parent of where the user's link l points, not dir:
+		// taken textually, the path would pass as dir/z.
+		{"through \"..\" after a symbolic link another user owns", func(t *testing.T, dir string) string {
+			chmod(t, dir, os.ModeSticky|0o777)
+			own := shortTempDir(t, 0o755)
+			for _, d := range []string{own, filepath.Join(own, "home"), filepath.Join(own, "z")} {
+				if d != own {
+					if err := os.Mkdir(d, 0o755); err != nil {
+						t.Fatal(err)
+					}
+				}
+				if err := os.Chown(d, 65534, 65534); err != nil {
+					t.Fatal(err)
+				}
+			}
+			symlink(t, filepath.Join(own, "home"), filepath.Join(dir, "l"), 65534)
+			if err := os.Mkdir(filepath.Join(dir, "z"), 0o700); err != nil {
+				t.Fatal(err)
+			}
+			return filepath.Join(dir, "l") + "/../z/ztdns.sock"
+		}, `has a ".." component`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := shortTempDir(t, 0)
@@ -227,8 +248,9 @@ func TestRefusesSharedDirectories(t *testing.T) {
 			if _, err := os.Lstat(socket); !errors.Is(err, os.ErrNotExist) {
 				t.Errorf("a socket was created at %s: %v", socket, err)
 			}
-			// The capture state kept there is refused the same way.
-			if err := control.PrepareStateDir(filepath.Dir(socket)); err == nil || !strings.Contains(err.Error(), tc.want) {
+			// The capture state kept there is refused the same way (the
+			// directory as written: filepath.Dir would clean a "..").
+			if err := control.PrepareStateDir(socket[:strings.LastIndex(socket, "/")]); err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Errorf("PrepareStateDir: %v, want %q", err, tc.want)
 			}
 		})

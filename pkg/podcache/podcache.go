@@ -210,9 +210,13 @@ func (c *Cache) rebuild() {
 	}
 	// Attachments in a stable order, so two of one pod (a sandbox restart
 	// before the old DEL) resolve the same way on every rebuild.
+	cookies := map[uint64]string{}
 	for _, key := range slices.Sorted(maps.Keys(c.attachments)) {
 		a := c.attachments[key]
 		k := a.Namespace + "/" + a.Name
+		if a.NetnsCookie != 0 {
+			cookies[a.NetnsCookie] = k
+		}
 		p := pods[k]
 		if p == nil {
 			p = &Pod{Namespace: a.Namespace, Name: a.Name, UID: a.UID}
@@ -260,10 +264,12 @@ func (c *Cache) rebuild() {
 					idx.byIP[ip] = p
 				}
 			}
-			if p.Attachment.NetnsCookie != 0 {
-				idx.byCookie[p.Attachment.NetnsCookie] = p
-			}
 		}
+	}
+	// Every record's namespace, not only the one its pod shows: a
+	// namespace another record of the pod holds is still taken.
+	for cookie, k := range cookies {
+		idx.byCookie[cookie] = pods[k]
 	}
 	c.quotas = quotas
 	c.view.Store(idx)

@@ -168,3 +168,17 @@ func TestOnChange(t *testing.T) {
 		}
 	}
 }
+
+// TestByCookieFindsEveryRecord: two records of one pod (a sandbox restart
+// before the old DEL) both hold their network namespaces: ByCookie finds
+// the pod through either, not only through the record the pod shows.
+func TestByCookieFindsEveryRecord(t *testing.T) {
+	c := New("cluster.local")
+	c.Attach(Attachment{ContainerID: "aaa", Namespace: "prod", Name: "web", NetnsCookie: 7, IPs: []netip.Addr{ip2}})
+	c.Attach(Attachment{ContainerID: "bbb", Namespace: "prod", Name: "web", NetnsCookie: 8, IPs: []netip.Addr{ip3}})
+	for _, cookie := range []uint64{7, 8} {
+		if p := c.ByCookie(cookie); p == nil || p.Key() != "prod/web" {
+			t.Errorf("ByCookie(%d) = %v, want prod/web", cookie, p)
+		}
+	}
+}

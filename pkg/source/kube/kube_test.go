@@ -439,6 +439,20 @@ func testPods(t *testing.T, kube kubernetes.Interface, rec *recorder) {
 		},
 		want: func(s *model.Snapshot) error { return expect("pod", get, pod("203.0.113.20", "2001:db8::20"))(s) },
 	}, {
+		// A finished pod (a Job's) keeps its object and status.podIPs, but
+		// its IPs may be a new pod's already.
+		name: "the pod succeeds",
+		write: func(ctx context.Context) error {
+			p, err := pods.Get(ctx, "client", metav1.GetOptions{})
+			if err != nil {
+				return err
+			}
+			p.Status.Phase = corev1.PodSucceeded
+			_, err = pods.UpdateStatus(ctx, p, metav1.UpdateOptions{})
+			return err
+		},
+		want: expect("pod", get, nil),
+	}, {
 		name: "delete the pod",
 		write: func(ctx context.Context) error {
 			return pods.Delete(ctx, "client", metav1.DeleteOptions{GracePeriodSeconds: new(int64)})

@@ -64,9 +64,18 @@ func (r *run) endpointFor(k kind) endpoint {
 	case kindPods:
 		e := endpoint{client: c.core, resource: "pods", example: &kubeapi.Pod{},
 			newList: func() runtime.Object { return &kubeapi.PodList{} }}
-		if r.src.nodeName != "" {
-			e.fieldSelector = fields.OneTermEqualSelector("spec.nodeName", r.src.nodeName).String()
+		// A finished pod keeps its status.podIPs, which IPAM may have given
+		// a new pod already: its IPs are no longer its own (CoreDNS filters
+		// the same phases).
+		sel := []fields.Selector{
+			fields.OneTermNotEqualSelector("status.phase", "Succeeded"),
+			fields.OneTermNotEqualSelector("status.phase", "Failed"),
+			fields.OneTermNotEqualSelector("status.phase", "Unknown"),
 		}
+		if r.src.nodeName != "" {
+			sel = append([]fields.Selector{fields.OneTermEqualSelector("spec.nodeName", r.src.nodeName)}, sel...)
+		}
+		e.fieldSelector = fields.AndSelectors(sel...).String()
 		return e
 	case kindIstiodAllocator:
 		return endpoint{client: c.core, namespace: r.src.istioNamespace, resource: "configmaps",

@@ -1,0 +1,114 @@
+//go:build linux
+
+package agent
+
+import (
+	"net/http"
+	"net/netip"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/ztdns/ztdns/pkg/control"
+	"github.com/ztdns/ztdns/pkg/redirect"
+	"github.com/ztdns/ztdns/pkg/resolver"
+)
+
+// TestCaptureAddLeavesTheRuntimesPod: capture add that names a pod the
+// container runtime recorded, for another network namespace, is refused
+// and leaves the pod's record, mark and IP as they were.
+func TestCaptureAddLeavesTheRuntimesPod(t *testing.T) {
+	a, m := cniAgent(t)
+	feedSource(a)
+	web := podNetns(t, "203.0.113.90/32")
+	cookie := runPause(t, web)
+	ip := netip.MustParseAddr("203.0.113.90")
+	if _, err := a.cniAdd(control.CNIAddRequest{ContainerID: "6b1e0c9d2f", Netns: web.Path(), IfName: "eth0", PodNamespace: "shop", PodName: "web",
+		IPs: []netip.Addr{ip}, NetnsCookie: cookie}); err != nil {
+		t.Fatalf("ADD: %v", err)
+	}
+	other := podNetns(t, "203.0.113.91/32")
+	_, err := a.captureNetns(control.CaptureRequest{Netns: other.Path(), Namespace: "shop", Name: "web"})
+	if err == nil || control.StatusOf(err) != http.StatusForbidden {
+		t.Fatalf("capture add naming shop/web = %v (status %d), want refused (403)", err, control.StatusOf(err))
+	}
+	t.Logf("refused: %v", err)
+	if p := a.pods.Get("shop", "web"); p.Attachment == nil || p.Attachment.ContainerID != "6b1e0c9d2f" || !slices.Equal(p.IPs, []netip.Addr{ip}) {
+		t.Errorf("shop/web is %+v, want the runtime's record", p)
+	}
+	if p := a.pods.Lookup(ip); p == nil || p.Key() != "shop/web" {
+		t.Errorf("%s is %v's, want shop/web's", ip, p)
+	}
+	if got := m.cookies(); !slices.Equal(got, []uint64{cookie}) {
+		t.Errorf("marks %v, want the runtime's pod's alone (%d)", got, cookie)
+	}
+}
+
+// TestCaptureAddAgainKeepsTheMark: capture add of a namespace captured
+// already (under another name) renames its record and never unmarks it,
+// which would let its queries out and forget the nameservers it
+// addressed.
+func TestCaptureAddAgainKeepsTheMark(t *testing.T) {
+	a, m := cniAgent(t)
+	a.server = &resolver.Server{} // the pods' rows ask it for their usage
+	feedSource(a)
+	n := podNetns(t, "203.0.113.92/32")
+	cookie, err := redirect.NetnsCookie(n.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"first", "second"} {
+		if _, err := a.captureNetns(control.CaptureRequest{Netns: n.Path(), Namespace: "default", Name: name}); err != nil {
+			t.Fatalf("capture add as %s: %v", name, err)
+		}
+	}
+	if m.unmarks != 0 {
+		t.Errorf("%d unmarks, want none", m.unmarks)
+	}
+	if got := m.cookies(); !slices.Equal(got, []uint64{cookie}) {
+		t.Errorf("marks %v, want the namespace's (%d)", got, cookie)
+	}
+	if p := a.pods.ByCookie(cookie); p == nil || p.Key() != "default/second" || len(a.pods.Attachments()) != 1 {
+		t.Errorf("the namespace is %v's, records %v; want one, default/second's", p, a.pods.Attachments())
+	}
+}
+
+// TestCaptureWaitsForCNIEvents: capture add and del check the records and
+// then change them; a CNI event in between could record the same
+// namespace or name. They wait while a CNI event is handled.
+func TestCaptureWaitsForCNIEvents(t *testing.T) {
+	a, _ := cniAgent(t)
+	a.server = &resolver.Server{}
+	feedSource(a)
+	n := podNetns(t, "203.0.113.93/32")
+	for _, step := range []struct {
+		name string
+		run  func() error
+	}{
+		{"capture add", func() error {
+			_, err := a.captureNetns(control.CaptureRequest{Netns: n.Path(), Namespace: "default", Name: "hand"})
+			return err
+		}},
+		{"capture del", func() error { return a.releaseNetns(control.CaptureRequest{Netns: n.Path()}) }},
+	} {
+		a.cniMu.Lock() // a CNI event under way
+		done := make(chan error, 1)
+		go func() { done <- step.run() }()
+		select {
+		case err := <-done:
+			t.Errorf("%s finished (%v) while a CNI event was handled", step.name, err)
+			a.cniMu.Unlock()
+			continue
+		case <-time.After(200 * time.Millisecond):
+		}
+		a.cniMu.Unlock()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("%s: %v", step.name, err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatalf("%s never finished after the CNI event", step.name)
+		}
+	}
+}
