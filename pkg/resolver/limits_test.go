@@ -876,29 +876,37 @@ func TestLongTCPQueryRefused(t *testing.T) {
 
 // TestLongTCPMessagesChargeTheRate: a TCP message longer than any query
 // is charged to its source's rate before it is looked at, as a short one
-// is: messages that are no query (QR set) get no answer but still spend
-// the burst, and the pod's next query is REFUSED.
+// is: messages that are no query (QR set) get no answer, and close their
+// connection, but still spend the burst, and the pod's next query is
+// REFUSED.
 func TestLongTCPMessagesChargeTheRate(t *testing.T) {
 	const burst, long = 5, 5000
 	var clock atomic.Int64 // stands still: the burst never refills
 	now := func() time.Time { return time.Unix(0, clock.Load()) }
 	ls := startLimitsServer(t, Options{Limits: quota.Limits{QPS: 1, Burst: burst}, Now: now}, liveUpstream(t), liveUpstream(t))
-	c, err := (&net.Dialer{LocalAddr: &net.TCPAddr{IP: flooderIP.AsSlice()}}).Dial("tcp4", ls.addr.String())
-	if err != nil {
-		t.Fatal(err)
+	dial := func() net.Conn {
+		c, err := (&net.Dialer{LocalAddr: &net.TCPAddr{IP: flooderIP.AsSlice()}}).Dial("tcp4", ls.addr.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		c.SetDeadline(time.Now().Add(30 * time.Second))
+		return c
 	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(30 * time.Second))
 	msg := make([]byte, 2+long)
 	binary.BigEndian.PutUint16(msg, long)
 	copy(msg[2:], packQuery(t, "who.example.", dns.TypeA))
 	msg[2+2] |= 0x80 // QR: a response, which the resolver does not answer
-	for range burst {
+	for i := range burst {
+		c := dial()
 		if _, err := c.Write(msg); err != nil {
 			t.Fatal(err)
 		}
+		if b, err := dnstest.ReadTCP(c); err == nil {
+			t.Fatalf("long response %d: a reply of %d octets, want the connection closed", i, len(b))
+		}
 	}
-	if r := exchangeTCP(t, c, packQuery(t, tableName, dns.TypeA)); r.Rcode != dns.RcodeRefused {
+	if r := exchangeTCP(t, dial(), packQuery(t, tableName, dns.TypeA)); r.Rcode != dns.RcodeRefused {
 		t.Errorf("query after %d long responses: %s, want REFUSED (the burst of %d spent)", burst, dns.RcodeToString[r.Rcode], burst)
 	}
 	if u := ls.usage(flooderIP); u.RateLimited != 1 {

@@ -1,6 +1,7 @@
 package resolver
 
 import (
+	"bufio"
 	"encoding/binary"
 	"io"
 	"net"
@@ -36,9 +37,11 @@ var tcpWriteTimeout = 2 * time.Second
 // connection at once; CoreDNS (miekg/dns) one.
 const maxTCPPending = 16
 
-// Buffers a connection keeps between queries. A larger query or local
-// answer gets a buffer of its own that goes with it, so a connection that
-// once carried a big message does not hold one for the rest of its life.
+// Buffers a connection keeps between queries, made at its first query:
+// tcpQueryBuf the reader's (a frame's length and the query, read in one
+// syscall, several pipelined ones too). A larger query or local answer gets
+// a buffer of its own that goes with it, so a connection that once carried
+// a big message does not hold one for the rest of its life.
 const (
 	tcpQueryBuf  = 512
 	tcpAnswerBuf = 1024
@@ -69,6 +72,8 @@ type tcpConn struct {
 	idle      bool // waiting for the first byte of a query
 	idleSince time.Time
 	stopped   bool // the server stops: the connection waits for no further query
+	// wake is closed by stop: it ends a pause (made at the first pause).
+	wake chan struct{}
 
 	// released: its slot is given back (once); evicted: closed to make
 	// room for a source under its share.
@@ -294,29 +299,61 @@ func (tc *tcpConn) isIdle() bool {
 	return tc.idle
 }
 
-// waitForQuery marks the connection idle from now, for at most timeout. It
-// reports false when the server stops (stop): the connection is to end.
-// Checked under mu, where stop sets it, so that the deadline set here
-// never replaces the one stop set.
-func (tc *tcpConn) waitForQuery(timeout time.Duration) bool {
+// waitForQuery marks the connection idle from now, for at most timeout,
+// unless the next query has started arriving (buffered): it is then read
+// at once. It reports false when the server stops (stop): the connection
+// is to end. Checked under mu, where stop sets it, so that the deadline
+// set here never replaces the one stop set.
+func (tc *tcpConn) waitForQuery(timeout time.Duration, buffered bool) bool {
 	tc.mu.Lock()
 	defer tc.mu.Unlock()
 	if tc.stopped {
 		return false
 	}
-	tc.idle, tc.idleSince = true, time.Now()
-	tc.c.SetReadDeadline(tc.idleSince.Add(timeout))
+	if !buffered {
+		tc.idle, tc.idleSince = true, time.Now()
+		tc.c.SetReadDeadline(tc.idleSince.Add(timeout))
+	}
 	return true
 }
 
-// stop has the connection read no further query: an idle one ends at
-// once, a busy one once its query is answered.
+// stop has the connection read no further query: an idle or pausing one
+// ends at once, a busy one once its query is answered.
 func (tc *tcpConn) stop() {
 	tc.mu.Lock()
 	defer tc.mu.Unlock()
+	if tc.stopped {
+		return
+	}
 	tc.stopped = true
 	if tc.idle {
 		tc.c.SetReadDeadline(time.Now())
+	}
+	if tc.wake != nil {
+		close(tc.wake)
+	}
+}
+
+// pause holds the reader for d, reading nothing. It reports false when the
+// server stops (stop) before or meanwhile: the connection is to end.
+func (tc *tcpConn) pause(d time.Duration) bool {
+	tc.mu.Lock()
+	if tc.stopped {
+		tc.mu.Unlock()
+		return false
+	}
+	if tc.wake == nil {
+		tc.wake = make(chan struct{})
+	}
+	wake := tc.wake
+	tc.mu.Unlock()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-wake:
+		return false
 	}
 }
 
@@ -419,6 +456,7 @@ func (s *Server) makeRoom(asking *quota.Source) bool {
 	metricTCPRejected.source.Inc()
 	s.releaseConn(pick)
 	pick.c.SetLinger(0)
+	pick.stop()    // a pausing reader too
 	pick.w.close() // its goroutine ends at once, without waiting for its forwarded queries
 	return true
 }
@@ -477,6 +515,13 @@ func (s *Server) raiseConnLevel() {
 // per source (see slow), and the queries on the slow path per connection
 // (maxTCPPending): at that bound the reader, on the next slow-path query,
 // waits for a reply to be written before it reads on.
+//
+// Nothing the client sends is read faster than it is answered: a frame
+// that is no query (shorter than a header, a response) closes the
+// connection (RFC 7766 6.2.4 allows it on bad input), and a query over its
+// source's rate, once REFUSED, holds the reader until the rate allows the
+// next one (pauseForRate), so TCP holds the client back instead of the
+// resolver reading and refusing as fast as it sends.
 func (s *Server) serveTCPConn(tc *tcpConn, local netip.AddrPort) {
 	c, w := tc.c, &tc.w
 	defer func() {
@@ -488,49 +533,80 @@ func (s *Server) serveTCPConn(tc *tcpConn, local netip.AddrPort) {
 		w.wait()
 		w.close() // the connection too
 	}()
-	var lenBuf [2]byte
-	// Made at the first query: an idle connection holds no buffer.
+	// Made at the first query: an idle connection that never asked holds
+	// no buffer.
 	var (
-		buf, out []byte
-		sc       *scratch
+		br  *bufio.Reader
+		out []byte
+		sc  *scratch
 	)
 	for {
-		if !tc.waitForQuery(s.idleTimeout(s.tcpLevel.Load())) {
+		buffered := br != nil && br.Buffered() > 0
+		if !tc.waitForQuery(s.idleTimeout(s.tcpLevel.Load()), buffered) {
 			return
 		}
-		if _, err := io.ReadFull(c, lenBuf[:1]); err != nil {
+		var (
+			first [1]byte
+			err   error
+		)
+		if br == nil {
+			_, err = io.ReadFull(c, first[:])
+		} else {
+			first[0], err = br.ReadByte()
+		}
+		// Busy even when the read failed: a client that half-closed may
+		// wait for its forwarded replies (the deferred wait), and is not
+		// an idle connection to close for another source's.
+		tc.busy()
+		if err != nil {
 			return // idle, closed, or the server is stopping
 		}
-		tc.busy()
-		c.SetReadDeadline(time.Now().Add(tcpReadTimeout))
-		if _, err := io.ReadFull(c, lenBuf[1:]); err != nil {
+		if br == nil {
+			br, out, sc = bufio.NewReaderSize(c, tcpQueryBuf), make([]byte, 0, tcpAnswerBuf), new(scratch)
+		}
+		// The rest of the frame within tcpReadTimeout, the deadline set
+		// only when the reader has to wait for it.
+		armed := false
+		arm := func(need int) {
+			if !armed && br.Buffered() < need {
+				c.SetReadDeadline(time.Now().Add(tcpReadTimeout))
+				armed = true
+			}
+		}
+		arm(1)
+		second, err := br.ReadByte()
+		if err != nil {
 			return
 		}
-		if buf == nil {
-			buf, out, sc = make([]byte, tcpQueryBuf), make([]byte, 0, tcpAnswerBuf), new(scratch)
-		}
-		n := int(binary.BigEndian.Uint16(lenBuf[:]))
+		n := int(first[0])<<8 | int(second)
 		if n > maxQuery {
 			// Longer than any query we take: answered from its header,
 			// the rest read off the connection and thrown away, so a
 			// pod cannot make the resolver hold 64 KiB per query.
-			reply, ok := s.answerLong(c, n, tc.src, out[:0], sc)
+			arm(n)
+			reply, ok := s.answerLong(br, n, tc.src, out[:0], sc)
 			if !ok {
 				return
 			}
-			if reply != nil {
-				w.writeNow(reply)
+			w.writeNow(reply)
+			if !s.pauseForRate(tc, reply) {
+				return
 			}
 			continue
 		}
+		arm(n)
 		var msg []byte
-		own := n > len(buf) // a buffer of its own, not the connection's
+		own := n > br.Size() // a buffer of its own, not the reader's
 		if own {
 			msg = make([]byte, n)
+			_, err = io.ReadFull(br, msg)
 		} else {
-			msg = buf[:n]
+			// The reader's own bytes, valid until its next read: the
+			// query is answered, or copied for the slow path, before.
+			msg, err = br.Peek(n)
+			br.Discard(len(msg))
 		}
-		if _, err := io.ReadFull(c, msg); err != nil {
+		if err != nil {
 			metricQueries.drop.Inc()
 			return // a truncated frame: nothing sensible to answer
 		}
@@ -538,11 +614,14 @@ func (s *Server) serveTCPConn(tc *tcpConn, local netip.AddrPort) {
 		reply, slow := s.answerFast(msg, tc.src, true, out[:0], sc, start)
 		if !slow {
 			if reply == nil {
-				continue
+				return // no query (counted dropped): the stream is not DNS
 			}
 			w.writeNow(reply)
 			if !s.opts.NoRequestMetrics {
 				s.observeLocal(reply, s.clock()-start)
+			}
+			if !s.pauseForRate(tc, reply) {
+				return
 			}
 			if cap(reply) <= tcpKeepBuf {
 				out = reply[:0]
@@ -552,7 +631,7 @@ func (s *Server) serveTCPConn(tc *tcpConn, local netip.AddrPort) {
 		if !w.acquire() {
 			return // closed: a reply waited too long, or evicted
 		}
-		if !own { // the connection's buffer: the next query reuses it
+		if !own { // the reader's buffer: the next query reuses it
 			msg = slices.Clone(msg)
 		}
 		// The reply holds its bytes of the budget until it is written;
@@ -561,14 +640,29 @@ func (s *Server) serveTCPConn(tc *tcpConn, local netip.AddrPort) {
 	}
 }
 
+// pauseForRate holds the reader after reply, when it is a REFUSED for the
+// source's rate, until the rate allows the source's next query, at most
+// the connection's idle timeout; a REFUSED for anything else finds the
+// source within its rate and does not wait. It reports false when the
+// server stops meanwhile.
+func (s *Server) pauseForRate(tc *tcpConn, reply []byte) bool {
+	if len(reply) < dnswire.HeaderLen || dnswire.HeaderRcode(reply) != dnswire.RcodeRefused {
+		return true
+	}
+	now := s.clock()
+	_, source := s.sourceOf(tc.src.Addr(), now) // the source chargeRate charged
+	d := min(source.Wait(now, s.rate), s.idleTimeout(s.tcpLevel.Load()))
+	return d <= 0 || tc.pause(d)
+}
+
 // answerLong answers a TCP query of n octets, longer than maxQuery, from its
-// header: FORMERR (REFUSED over the source's rate), or nothing for a
-// message that is no query. The rest of the message is read off the
-// connection, a few KiB at a time, and thrown away. It reports false when
-// the connection is to be closed: the message was cut short. As in
-// answerFast, every message is charged to its source's rate before it is
-// parsed, those that are no query (QR set, say) included.
-func (s *Server) answerLong(c net.Conn, n int, src netip.AddrPort, out []byte, sc *scratch) ([]byte, bool) {
+// header: FORMERR (REFUSED over the source's rate). The rest of the
+// message is read off the connection, a few KiB at a time, and thrown
+// away. It reports false when the connection is to be closed: the message
+// was cut short, or is no query (QR set, say). As in answerFast, every
+// message is charged to its source's rate before it is parsed, those that
+// are no query included.
+func (s *Server) answerLong(c io.Reader, n int, src netip.AddrPort, out []byte, sc *scratch) ([]byte, bool) {
 	var hdr [dnswire.HeaderLen]byte
 	if _, err := io.ReadFull(c, hdr[:]); err != nil {
 		metricQueries.drop.Inc()
@@ -582,11 +676,11 @@ func (s *Server) answerLong(c net.Conn, n int, src netip.AddrPort, out []byte, s
 	now := s.clock()
 	pod, refused, over := s.chargeRate(hdr[:], &r, src, true, out, sc, now)
 	if over {
-		return refused, true
+		return refused, refused != nil
 	}
 	if parse(hdr[:], &r, &sc.name) == verdictDrop {
 		metricQueries.drop.Inc()
-		return nil, true
+		return nil, false
 	}
 	metricQueries.formerr.Inc()
 	return s.answered(sc, dnswire.AppendErrorReply(out, hdr[:], &r, dnswire.RcodeFormErr), 0, &r, true, pod, src, now), true

@@ -93,6 +93,15 @@ func (s *Source) Allow(now int64, r Rate) bool {
 	}
 }
 
+// Wait is how long after now the source's next query is allowed: 0 when
+// it is now.
+func (s *Source) Wait(now int64, r Rate) time.Duration {
+	if r.interval == 0 {
+		return 0
+	}
+	return time.Duration(max(s.tat.Load()-r.tolerance-now, 0))
+}
+
 // StartForward takes one forwarding slot for the source: one of its own
 // max (<= 0: unbounded) and one of the node's pool, within its fair share
 // of it (see Pool). Over its own bound or its share, it is refused and

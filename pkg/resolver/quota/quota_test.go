@@ -41,6 +41,27 @@ func TestRateAllowsBurstThenSustainedRate(t *testing.T) {
 	}
 }
 
+// TestRateWait: Wait says when Allow allows the next query again.
+func TestRateWait(t *testing.T) {
+	r := NewRate(10, 2) // one every 100 ms, 2 at once
+	var s Source
+	if d := s.Wait(0, r); d != 0 {
+		t.Errorf("a full bucket: wait %v, want 0", d)
+	}
+	s.Allow(0, r)
+	s.Allow(0, r)
+	now := int64(30 * time.Millisecond)
+	if d := s.Wait(now, r); d != 70*time.Millisecond {
+		t.Errorf("the burst spent 30 ms ago: wait %v, want 70ms", d)
+	}
+	if s.Allow(now+int64(69*time.Millisecond), r) || !s.Allow(now+int64(70*time.Millisecond), r) {
+		t.Error("Allow does not allow the next query exactly when Wait said")
+	}
+	if d := s.Wait(0, NewRate(0, 0)); d != 0 {
+		t.Errorf("no rate: wait %v, want 0", d)
+	}
+}
+
 func TestRateZeroIsUnlimited(t *testing.T) {
 	var s Source
 	for i := range 100000 {

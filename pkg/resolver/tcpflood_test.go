@@ -1,0 +1,237 @@
+package resolver
+
+import (
+	"encoding/binary"
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/ztdns/ztdns/internal/dnstest"
+	"github.com/ztdns/ztdns/internal/testenv"
+	"github.com/ztdns/ztdns/pkg/resolver/quota"
+)
+
+// dialFrom opens a TCP connection to the server from the source address,
+// closed when the test ends.
+func (ls *limitsServer) dialFrom(t *testing.T, from netip.Addr) *net.TCPConn {
+	t.Helper()
+	c, err := (&net.Dialer{LocalAddr: &net.TCPAddr{IP: from.AsSlice()}}).Dial("tcp4", ls.addr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c.(*net.TCPConn)
+}
+
+// connOf is the server's side of the client's connection c (nil: none).
+func (ls *limitsServer) connOf(c net.Conn) *tcpConn {
+	client := addrPortOf(c.LocalAddr())
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	for tc := range ls.tcp {
+		if tc.src.Addr().Unmap() == client.Addr().Unmap() && tc.src.Port() == client.Port() {
+			return tc
+		}
+	}
+	return nil
+}
+
+// TestTCPFloodsCostBoundedWork: what a pod sends over TCP is read no
+// faster than it is answered. A stream of zeros (empty frames, none a
+// query) has its connection closed at its first frame: one frame read,
+// counted dropped, none charged beyond it (before: 1M empty frames read
+// and dropped, the connection kept). A connection pipelining valid
+// queries far over its pod's rate gets replies, answers and REFUSED
+// together, at about the rate, not at the rate it sends (before: a
+// REFUSED for every query it sent, as fast as it sent them). The other
+// pod is answered meanwhile.
+func TestTCPFloodsCostBoundedWork(t *testing.T) {
+	const qps, burst = 100, 10
+	ls := startLimitsServer(t, Options{Limits: quota.Limits{QPS: qps, Burst: burst}, TCPIdleTimeout: time.Minute},
+		liveUpstream(t), liveUpstream(t))
+
+	dropped := testutil.ToFloat64(metricQueries.drop)
+	zeros := ls.dialFrom(t, flooderIP)
+	go zeros.Write(make([]byte, 2<<20)) // fails once the server closes
+	zeros.SetReadDeadline(time.Now().Add(30 * time.Second))
+	n, err := io.Copy(io.Discard, zeros)
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("a stream of zeros: the connection still open after 30 s")
+	}
+	if n != 0 {
+		t.Errorf("a stream of zeros: %d octets of replies, want none", n)
+	}
+	if got := testutil.ToFloat64(metricQueries.drop) - dropped; got != 1 {
+		t.Errorf("a stream of zeros: %v frames dropped, want 1 (the connection closed at the first)", got)
+	}
+	if u := ls.usage(flooderIP); u.RateLimited != 0 {
+		t.Errorf("a stream of zeros: %d rate-limited, want 0 (one frame read)", u.RateLimited)
+	}
+
+	// Valid queries, pipelined as fast as the connection takes them.
+	c := ls.dialFrom(t, flooderIP)
+	var batch []byte
+	q := packQuery(t, tableName, dns.TypeA)
+	for range 1000 {
+		batch = binary.BigEndian.AppendUint16(batch, uint16(len(q)))
+		batch = append(batch, q...)
+	}
+	start := time.Now()
+	var sent atomic.Int64
+	go func() {
+		for {
+			if _, err := c.Write(batch); err != nil {
+				return
+			}
+			sent.Add(1000)
+		}
+	}()
+	var (
+		mu      sync.Mutex
+		rcodes  = map[int]int{}
+		replies sync.WaitGroup
+	)
+	replies.Add(1)
+	go func() {
+		defer replies.Done()
+		for {
+			r, err := readTCPReply(c)
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			rcodes[r.Rcode]++
+			mu.Unlock()
+		}
+	}()
+	ls.askVictim(t, 1)
+	time.Sleep(time.Until(start.Add(time.Second))) // flood for a second at least
+	c.Close()
+	replies.Wait()
+	testenv.Eventually(t, 30*time.Second, "the flooding connection closed", func() bool { return ls.tcpOpen.Used() == 0 })
+	elapsed := time.Since(start).Seconds()
+	// Answers at the rate and a REFUSED before each pause: twice the rate
+	// and the burst; twice that again as margin.
+	bound := int(4*qps*elapsed) + 2*burst
+	total := rcodes[dns.RcodeSuccess] + rcodes[dns.RcodeRefused]
+	t.Logf("%.1f s: %d queries sent, replies by rcode %v, %d rate-limited", elapsed, sent.Load(), rcodes, ls.usage(flooderIP).RateLimited)
+	if total > bound || len(rcodes) > 2 {
+		t.Errorf("%.1f s of a flood over a rate of %d: replies by rcode %v, want at most %d NOERROR and REFUSED", elapsed, qps, rcodes, bound)
+	}
+	if rcodes[dns.RcodeSuccess] < burst {
+		t.Errorf("replies by rcode %v, want the burst of %d answered at least", rcodes, burst)
+	}
+	if u := ls.usage(flooderIP); u.RateLimited > uint64(bound) {
+		t.Errorf("%.1f s of a flood over a rate of %d: %d rate-limited, want at most %d", elapsed, qps, u.RateLimited, bound)
+	}
+}
+
+// TestRatePauseBounded: a connection held back for its source's rate
+// waits at most its idle timeout before it reads on, and no longer than
+// the server runs. With a rate of one query in 1,000 s, a REFUSED query's
+// next is read (and REFUSED) after the idle timeout of 1 s, not 1,000 s;
+// with an idle timeout of a minute, Close returns at once, without waiting
+// for the pause to end.
+func TestRatePauseBounded(t *testing.T) {
+	limits := quota.Limits{QPS: 0.001, Burst: 1}
+	ask := func(t *testing.T, c net.Conn, want int) {
+		t.Helper()
+		if r := exchangeTCP(t, c, packQuery(t, tableName, dns.TypeA)); (r.Rcode == dns.RcodeRefused) != (want == dns.RcodeRefused) {
+			t.Fatalf("%s, want %s", dns.RcodeToString[r.Rcode], dns.RcodeToString[want])
+		}
+	}
+	t.Run("idle timeout", func(t *testing.T) {
+		ls := startLimitsServer(t, Options{Limits: limits, TCPIdleTimeout: time.Second}, liveUpstream(t), liveUpstream(t))
+		c := ls.dialFrom(t, flooderIP)
+		c.SetDeadline(time.Now().Add(30 * time.Second))
+		ask(t, c, dns.RcodeSuccess)
+		ask(t, c, dns.RcodeRefused) // the reader pauses
+		ask(t, c, dns.RcodeRefused)
+	})
+	t.Run("Close", func(t *testing.T) {
+		ls := startLimitsServer(t, Options{Limits: limits, TCPIdleTimeout: time.Minute}, liveUpstream(t), liveUpstream(t))
+		c := ls.dialFrom(t, flooderIP)
+		c.SetDeadline(time.Now().Add(30 * time.Second))
+		ask(t, c, dns.RcodeSuccess)
+		ask(t, c, dns.RcodeRefused) // the reader pauses
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			ls.Close()
+		}()
+		select {
+		case <-done:
+		case <-time.After(30 * time.Second):
+			t.Fatal("Close has not returned in 30 s: it waits for a connection's pause (a minute)")
+		}
+	})
+}
+
+// gated answers as r does once open is closed.
+type gated struct {
+	open chan struct{}
+	r    dnstest.Responder
+}
+
+func (g gated) Reply(req *dns.Msg, local netip.AddrPort) *dns.Msg {
+	<-g.open
+	return g.r.Reply(req, local)
+}
+
+// TestHalfClosedConnectionWaitingForRepliesKept: a client that sent a
+// forwarded query and half-closed its connection waits for the reply; its
+// connection is not idle. When another pod needs a connection and the
+// first pod has every one, its idle connection is closed for it, not the
+// one waiting (before: both counted idle, and either could be closed).
+func TestHalfClosedConnectionWaitingForRepliesKept(t *testing.T) {
+	g := gated{open: make(chan struct{}), r: dnstest.Marker(netip.MustParseAddr("203.0.113.7"), netip.MustParseAddr("2001:db8::7"))}
+	upstream := dnstest.Start(t, "127.0.0.1:0", g)
+	var opened sync.Once
+	openGate := func() { opened.Do(func() { close(g.open) }) }
+	t.Cleanup(openGate)
+	ls := startLimitsServer(t, Options{Limits: quota.Limits{QPS: -1}, TCPMaxConns: 2, TCPIdleTimeout: time.Hour}, upstream.Addr, liveUpstream(t))
+
+	idle := ls.dialFrom(t, flooderIP)
+	waiting := ls.dialFrom(t, flooderIP)
+	testenv.Eventually(t, 30*time.Second, "both connections served", func() bool { return ls.tcpOpen.Used() == 2 })
+	q := packQuery(t, "who.example.", dns.TypeA)
+	if err := dnstest.WriteTCP(waiting, q); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 30*time.Second, "the query forwarded, its connection waiting for the next", func() bool {
+		tc := ls.connOf(waiting)
+		return upstream.Queries("who.example.") == 1 && tc != nil && tc.isIdle()
+	})
+	tc := ls.connOf(waiting)
+	if err := waiting.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 10*time.Second, "the half-closed connection waiting for its reply no longer idle", func() bool { return !tc.isIdle() })
+
+	// The other pod needs a connection: one of the first pod's is closed.
+	if r := ls.ask(t, victimIP, "tcp", tableName); r == nil || r.Rcode != dns.RcodeSuccess {
+		t.Fatalf("the other pod's TCP query: %v", r)
+	}
+	idle.SetReadDeadline(time.Now().Add(30 * time.Second))
+	if _, err := idle.Read(make([]byte, 1)); errors.Is(err, os.ErrDeadlineExceeded) || err == nil {
+		t.Errorf("the idle connection: %v, want it closed for the other pod", err)
+	}
+	openGate()
+	waiting.SetReadDeadline(time.Now().Add(30 * time.Second))
+	r, err := readTCPReply(waiting)
+	if err != nil {
+		t.Fatalf("the half-closed connection: %v, want its reply", err)
+	}
+	if r.Rcode != dns.RcodeSuccess || len(r.Answer) != 1 {
+		t.Errorf("the half-closed connection's reply: %s %v, want the upstream's answer", dns.RcodeToString[r.Rcode], r.Answer)
+	}
+}
