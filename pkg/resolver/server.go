@@ -541,7 +541,7 @@ func (s *Server) answerFast(msg []byte, src netip.AddrPort, tcp bool, out []byte
 	// The name bytes do not change during the lookup and Resolve keeps no
 	// reference to them: no need to copy them into a string.
 	res := s.table.Load().Resolve(unsafe.String(&r.Name[0], len(r.Name)), ns)
-	if res.Entry == nil || res.Alias != "" || res.Chases(r.Type) {
+	if res.Entry == nil || res.Alias != "" || res.Chases(r.Type) || res.Forwards(r.Type) {
 		return nil, true
 	}
 	var ar uint16

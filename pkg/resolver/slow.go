@@ -202,6 +202,9 @@ func (q *slowQuery) answer(ctx context.Context) []byte {
 	}
 	tbl := s.table.Load()
 	res := tbl.Resolve(string(r.Name), ns)
+	if res.Forwards(r.Type) {
+		return q.forward(ctx)
+	}
 	if res.Entry == nil {
 		if s.opts.Autopath && pod != nil {
 			if out := q.autopath(ctx, pod, tbl); out != nil {
@@ -257,7 +260,7 @@ func (q *slowQuery) chase(ctx context.Context, reply *dns.Msg, res table.Result,
 		alias := res.Entry.Alias
 		reply.Answer = append(reply.Answer, cname(owner, alias, tbl.TTL()))
 		owner = alias
-		if next := tbl.Find(alias, ns); next != nil {
+		if next := tbl.Find(alias, ns); next != nil && !next.ForwardsType(q.r.Type) {
 			res = table.Result{Entry: next}
 			continue
 		}
@@ -320,6 +323,9 @@ func (q *slowQuery) autopath(ctx context.Context, pod *podcache.Pod, tbl *table.
 		cand := base + dns.CanonicalName(d)
 		if dns.IsSubDomain(tbl.Domain(), strings.ToLower(cand)) {
 			if e := tbl.Find(strings.ToLower(cand), pod.Namespace); e != nil {
+				if e.ForwardsType(r.Type) {
+					return nil // the candidate's records are upstream: forward the query as it is
+				}
 				reply := replyTo(req, r)
 				reply.Answer = append(reply.Answer, cname(owner, cand, tbl.TTL()))
 				q.chase(ctx, reply, table.Result{Entry: e}, cand, tbl, pod.Namespace)

@@ -117,7 +117,12 @@ func TestAnswers(t *testing.T) {
 		{name: "expansion of an invisible name: forwarded", from: fromTeamB, qname: "private.internal.team-b.svc.cluster.local.", qtype: dns.TypeA,
 			rcode: dns.RcodeNameError},
 		// 7. NODATA, case, authority.
-		{name: "known name, other type: NODATA", from: fromDefault, qname: "auto.internal.", qtype: dns.TypeMX, answer: []string{}, aa: true},
+		{name: "ServiceEntry host, other type: forwarded", from: fromDefault, qname: "address.internal.", qtype: dns.TypeMX,
+			answer: []string{"address.internal. MX 10 mail.address.internal."}, aa: true, forwarded: true},
+		{name: "wildcard name, other type: forwarded", from: fromTeamA, qname: "api.wild.example.", qtype: dns.TypeTXT,
+			answer: []string{`api.wild.example. TXT "v=spf1 -all"`}, aa: true, forwarded: true},
+		{name: "ServiceEntry host expanded, other type: forwarded", from: fromDefault, qname: "address.internal.default.svc.cluster.local.",
+			qtype: dns.TypeTXT, rcode: dns.RcodeNameError},
 		{name: "known name, TXT: NODATA", from: fromTeamA, qname: "web.default.svc.cluster.local.", qtype: dns.TypeTXT, answer: []string{}, aa: true},
 		{name: "case kept in the reply", from: fromDefault, qname: "AdDrEsS.InTeRnAl.", qtype: dns.TypeA,
 			answer: []string{"AdDrEsS.InTeRnAl. A 198.51.100.1"}, aa: true},
