@@ -32,8 +32,8 @@ type slowQuery struct {
 	// needsUpstream, and the reply is to be thrown away (slow then runs the
 	// query again, online, within the bounds on forwarded work).
 	offline, needsUpstream bool
-	// cut: the reply was cut, with TC (to an empty one over UDP, to what
-	// fits a message over TCP); counted truncated once it goes out so
+	// cut: the reply was cut, with TC, to the records that fit the
+	// client's UDP buffer or a TCP message; counted truncated once it goes out so
 	// (finishing), not as it is built: it may be refused or ended yet.
 	cut bool
 
@@ -392,8 +392,27 @@ func (q *slowQuery) forward(ctx context.Context) []byte {
 	}
 	q.answeredBy(from) // a SERVFAIL for the source's bytes: from "none", counted
 	if !q.tcp && len(out) > r.UDPLimit() && r.End > 0 {
+		return q.fitUDP(out)
+	}
+	return out
+}
+
+// fitUDP cuts a forwarded reply larger than the client's UDP buffer to the
+// whole records that fit, with TC, as CoreDNS's forward plugin does
+// (request.Scrub); one that does not unpack becomes an empty reply with
+// TC.
+func (q *slowQuery) fitUDP(reply []byte) []byte {
+	m := new(dns.Msg)
+	if err := m.Unpack(reply); err != nil {
 		return q.truncated()
 	}
+	m.Compress = true
+	m.Truncate(q.r.UDPLimit())
+	out, err := m.Pack()
+	if err != nil || len(out) > q.r.UDPLimit() {
+		return q.truncated()
+	}
+	q.cut = true
 	return out
 }
 
@@ -473,21 +492,22 @@ func replyTo(req *dns.Msg, r *request) *dns.Msg {
 	return reply
 }
 
-// pack serialises a slow-path reply, truncating like the fast path: for
-// UDP, to an empty reply with TC when it exceeds the client's buffer; for
-// TCP, to the records that fit in a message, with TC (miekg's
-// Msg.Truncate, as CoreDNS's server does), before it is packed, so that
-// what is held, counted and sent is the reply the client gets. A reply
+// pack serialises a slow-path reply, truncating like the fast path: to the
+// records that fit in the client's UDP buffer or in a TCP message, with TC
+// (miekg's Msg.Truncate, as CoreDNS's server does), before it is packed,
+// so that what is held, counted and sent is the reply the client gets. A reply
 // that does not pack is a SERVFAIL, logged at Debug as a failed forward
 // is: what it holds comes from the query and the upstream's answer to
 // names the pod chose, so a pod could repeat it at its query rate. The
 // SERVFAIL still counts in ztdns_dns_requests_total.
 func (q *slowQuery) pack(reply *dns.Msg) []byte {
-	if q.tcp {
-		reply.Truncate(maxTCPMessage) // sets TC when it drops records: replyTo's never has it
-		q.cut = reply.Truncated
+	reply.Compress = true // before Truncate, which counts compressed names
+	size := maxTCPMessage
+	if !q.tcp {
+		size = q.r.UDPLimit()
 	}
-	reply.Compress = true
+	reply.Truncate(size) // sets TC when it drops records: replyTo's never has it
+	q.cut = reply.Truncated
 	out, err := reply.Pack()
 	if err != nil {
 		q.s.log.Debug("packing a reply failed", "client", q.src, "name", string(q.r.Name), "err", err)
@@ -500,7 +520,7 @@ func (q *slowQuery) pack(reply *dns.Msg) []byte {
 }
 
 // truncated is an empty UDP reply with TC, counted once it goes out
-// (finishing).
+// (finishing): the last resort for a reply Truncate could not fit.
 func (q *slowQuery) truncated() []byte {
 	q.cut = true
 	return dnswire.AppendTruncated(nil, q.msg, &q.r)
