@@ -3,6 +3,7 @@ package resolver
 import (
 	"context"
 	"net/netip"
+	"slices"
 	"strings"
 
 	"github.com/miekg/dns"
@@ -246,9 +247,15 @@ func (q *slowQuery) answer(ctx context.Context) []byte {
 // know, upstream. The reply stays authoritative, as CoreDNS's is: ztdns owns
 // the name asked, the CNAME's owner. When the last name has no records of
 // the type, the authority section gets its zone's SOA (RFC 2308 2.2): the
-// table's for a local name, the upstream's for one resolved there.
+// table's for a local name, the upstream's for one resolved there. A chain
+// that comes back to a name of its own (an ExternalName naming itself,
+// a → b → a) answers nothing but that SOA, as CoreDNS drops a loop's
+// CNAMEs: NODATA, not the same CNAMEs over and over.
 func (q *slowQuery) chase(ctx context.Context, reply *dns.Msg, res table.Result, owner string, tbl *table.Table, ns string) {
-	for range maxChain {
+	start, first := len(reply.Answer), owner
+	var seen [maxChain]*table.Entry
+	for i := range maxChain {
+		seen[i] = res.Entry
 		if !res.Chases(q.r.Type) {
 			rrs := res.Records(owner, q.r.Type, tbl.TTL(), q.r.ID)
 			if len(rrs) == 0 {
@@ -261,6 +268,11 @@ func (q *slowQuery) chase(ctx context.Context, reply *dns.Msg, res table.Result,
 		reply.Answer = append(reply.Answer, cname(owner, alias, tbl.TTL()))
 		owner = alias
 		if next := tbl.Find(alias, ns); next != nil && !next.ForwardsType(q.r.Type) {
+			if slices.Contains(seen[:i+1], next) {
+				reply.Answer = reply.Answer[:start]
+				reply.Ns = append(reply.Ns, tbl.SOA(first))
+				return
+			}
 			res = table.Result{Entry: next}
 			continue
 		}
