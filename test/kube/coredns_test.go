@@ -34,8 +34,8 @@ import (
 // specification leaves them open), the additional section, and for
 // answers without records the SOA (its serial aside). Not asked, because
 // CoreDNS deviates from the specification or DNS there and ztdns does not
-// follow (the README lists them): SRV at a Service's bare name, TXT and MX
-// of an ExternalName, A at a reverse name. The authority section of a CNAME whose target has no
+// follow (the README lists them): SRV at a Service's bare name, TXT, MX
+// and SRV of an ExternalName, A at a reverse name. The authority section of a CNAME whose target has no
 // records is not compared: CoreDNS leaves it empty, ztdns gives the
 // target's SOA (RFC 2308 2.2).
 func TestSameAnswersAsCoreDNS(t *testing.T) {
