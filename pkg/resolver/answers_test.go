@@ -1,6 +1,7 @@
 package resolver
 
 import (
+	"fmt"
 	"net"
 	"net/netip"
 	"testing"
@@ -20,21 +21,22 @@ import (
 // Service of 5,000 endpoints behind a named port: its A and SRV answers
 // are more than a TCP message holds. Over TCP the client gets as many
 // records as fit in 65,535 bytes, with TC, as from CoreDNS (which
-// truncates every reply to its transport's size); over UDP an empty reply
-// with TC, as for any answer over the client's buffer. Each counts in
-// ztdns_resolver_truncated_total under its proto (before: UDP's alone).
+// truncates every reply to its transport's size); over UDP as many as fit
+// in its buffer, with TC, as from CoreDNS and Istio's proxy (before: none,
+// and a client that does not retry over TCP, musl's before 1.2.4, got no
+// address). Each counts in ztdns_resolver_truncated_total under its proto.
 func TestAnswerOverAMessage(t *testing.T) {
 	addr := bigHeadlessServer(t, Options{})
 
 	for _, q := range []struct {
-		name    string
-		qtype   uint16
-		records int // as many as fit
+		name                string
+		qtype               uint16
+		records, udpRecords int // as many as fit
 	}{
 		// 12 header, 30 question, 11 OPT; 16 an A record.
-		{"web.ns.svc.cluster.local.", dns.TypeA, (maxTCPMessage - 12 - 30 - 11) / 16},
+		{"web.ns.svc.cluster.local.", dns.TypeA, (maxTCPMessage - 12 - 30 - 11) / 16, (4096 - 12 - 30 - 11) / 16},
 		// 57 to 59 bytes an SRV record, by the digits of its target.
-		{"_http._tcp.web.ns.svc.cluster.local.", dns.TypeSRV, 0},
+		{"_http._tcp.web.ns.svc.cluster.local.", dns.TypeSRV, 0, 0},
 	} {
 		query := new(dns.Msg)
 		query.SetQuestion(q.name, q.qtype)
@@ -70,19 +72,55 @@ func TestAnswerOverAMessage(t *testing.T) {
 			t.Errorf("TCP %s %s: %d records in %d bytes (OPT %v), want as many as fit in %d", q.name, dns.TypeToString[q.qtype], len(m.Answer), len(reply), m.IsEdns0() != nil, maxTCPMessage)
 		}
 
-		var cl dns.Client // UDP
-		cl.Timeout = 5 * time.Second
-		m, _, err = cl.Exchange(query, addr)
-		if err != nil {
-			t.Fatalf("UDP %s %s: %v", q.name, dns.TypeToString[q.qtype], err)
-		}
-		if !m.Truncated || len(m.Answer) != 0 {
-			t.Errorf("UDP %s %s: TC %v, %d records; want an empty reply with TC", q.name, dns.TypeToString[q.qtype], m.Truncated, len(m.Answer))
+		m, size := exchangeUDP(t, query, addr)
+		switch {
+		case !m.Truncated || m.Rcode != dns.RcodeSuccess || size > 4096:
+			t.Errorf("UDP %s %s: TC %v, %s, %d bytes; want TC, NOERROR, within 4,096 bytes", q.name, dns.TypeToString[q.qtype], m.Truncated, dns.RcodeToString[m.Rcode], size)
+		case q.udpRecords > 0 && len(m.Answer) != q.udpRecords:
+			t.Errorf("UDP %s %s: %d records in %d bytes, want %d", q.name, dns.TypeToString[q.qtype], len(m.Answer), size, q.udpRecords)
+		case len(m.Answer) == 0 || size < 4096-60 || m.IsEdns0() == nil:
+			t.Errorf("UDP %s %s: %d records in %d bytes (OPT %v), want as many as fit in 4,096", q.name, dns.TypeToString[q.qtype], len(m.Answer), size, m.IsEdns0() != nil)
 		}
 		if got := truncatedCounts().minus(truncated); got != (protoCounts{udp: 1, tcp: 1}) {
 			t.Errorf("%s %s: ztdns_resolver_truncated_total rose by %v over UDP and %v over TCP, want 1 and 1", q.name, dns.TypeToString[q.qtype], got.udp, got.tcp)
 		}
 	}
+	// Without EDNS, 512 bytes: the 29 addresses that fit, as a stub
+	// without TCP fallback reads them.
+	query := new(dns.Msg)
+	query.SetQuestion("web.ns.svc.cluster.local.", dns.TypeA)
+	if m, size := exchangeUDP(t, query, addr); !m.Truncated || len(m.Answer) != (512-12-30)/16 || size > 512 {
+		t.Errorf("UDP without EDNS: TC %v, %d records in %d bytes; want TC and %d", m.Truncated, len(m.Answer), size, (512-12-30)/16)
+	}
+}
+
+// exchangeUDP sends query to addr over UDP and returns the reply and its
+// size.
+func exchangeUDP(t *testing.T, query *dns.Msg, addr string) (*dns.Msg, int) {
+	t.Helper()
+	wire, err := query.Pack()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.Dial("udp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Write(wire); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 65535)
+	n, err := c.Read(buf)
+	if err != nil {
+		t.Fatalf("UDP %s: no reply: %v", query.Question[0].Name, err)
+	}
+	m := new(dns.Msg)
+	if err := m.Unpack(buf[:n]); err != nil {
+		t.Fatal(err)
+	}
+	return m, n
 }
 
 // protoCounts are a counter's values over UDP and TCP.
@@ -153,6 +191,37 @@ func TestSlowAnswerOverAMessage(t *testing.T) {
 	}
 	if got := truncatedCounts().minus(truncated); got != (protoCounts{tcp: 1}) {
 		t.Errorf("ztdns_resolver_truncated_total rose by %v over UDP and %v over TCP, want 0 and 1", got.udp, got.tcp)
+	}
+	// Over UDP without EDNS: the CNAME and the addresses that fit in 512
+	// bytes, with TC (before: an empty reply).
+	uc := &dns.Client{Timeout: 5 * time.Second, Dialer: &net.Dialer{LocalAddr: &net.UDPAddr{IP: victimIP.AsSlice()}, Timeout: 5 * time.Second}}
+	m, _, err = uc.Exchange(query, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Compress = true
+	wire, _ = m.Pack()
+	if m.Rcode != dns.RcodeSuccess || !m.Truncated || len(m.Answer) < 20 || m.Answer[0].Header().Rrtype != dns.TypeCNAME || len(wire) > 512 {
+		t.Errorf("UDP: %s, TC %v, %d records in %d bytes; want NOERROR, TC, a CNAME and as many addresses as fit in 512", dns.RcodeToString[m.Rcode], m.Truncated, len(m.Answer), len(wire))
+	}
+}
+
+// TestForwardedReplyOverTheClientsBuffer: a forwarded reply larger than
+// the client's UDP buffer (60 addresses, asked without EDNS: 512 bytes)
+// keeps the whole records that fit, with TC, as CoreDNS's forward plugin
+// cuts it (before: an empty reply with TC).
+func TestForwardedReplyOverTheClientsBuffer(t *testing.T) {
+	var zone []string
+	for i := range 60 {
+		zone = append(zone, fmt.Sprintf("big.example. 60 IN A 203.0.113.%d", i+1))
+	}
+	ss := startSlowServer(t, Options{}, &model.Snapshot{}, zone...)
+	query := new(dns.Msg)
+	query.SetQuestion("big.example.", dns.TypeA)
+	m, size := exchangeUDP(t, query, ss.addr.String())
+	// 12 header, 17 question, 16 an address.
+	if m.Rcode != dns.RcodeSuccess || !m.Truncated || len(m.Answer) != (512-12-17)/16 || size > 512 {
+		t.Errorf("%s, TC %v, %d records in %d bytes; want NOERROR, TC and the %d that fit in 512", dns.RcodeToString[m.Rcode], m.Truncated, len(m.Answer), size, (512-12-17)/16)
 	}
 }
 

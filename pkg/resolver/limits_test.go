@@ -36,10 +36,13 @@ var (
 )
 
 // A name the table answers (the fast path), and a search-list expansion of
-// it the table answers through the slow path (a CNAME to the real name).
+// it the table answers through the slow path (a CNAME to the real name);
+// a Service's name, which the table answers for every type (a ServiceEntry
+// host for A and AAAA only).
 const (
-	tableName = "address.internal."
-	aliasName = "address.internal.default.svc.cluster.local."
+	tableName   = "address.internal."
+	aliasName   = "address.internal.default.svc.cluster.local."
+	serviceName = "web.default.svc.cluster.local."
 )
 
 // limitsServer is a Server on one loopback port (UDP and TCP) with two
@@ -73,6 +76,8 @@ func startLimitsServer(t *testing.T, opts Options, flooderUp, victimUp netip.Add
 	s := New(opts)
 	tbl, _ := table.Build(&model.Snapshot{ServiceEntries: []model.ServiceEntry{
 		{Namespace: "default", Name: "a", Hosts: []string{"address.internal"}, Addresses: []netip.Addr{netip.MustParseAddr("198.51.100.1")}},
+	}, Services: []model.Service{
+		{Namespace: "default", Name: "web", ClusterIPs: []netip.Addr{netip.MustParseAddr("10.96.0.20")}},
 	}}, table.Options{})
 	s.SetTable(tbl)
 

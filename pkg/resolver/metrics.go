@@ -28,7 +28,7 @@ var (
 	// protocol (an upstream's own TC reply is relayed as it is, uncounted).
 	metricTruncatedVec = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "ztdns_resolver_truncated_total",
-		Help: "Replies ztdns cut to fit (TC set), by proto: udp (an empty reply, the answer over the client's buffer: it asks again over TCP) " +
+		Help: "Replies ztdns cut to fit (TC set), by proto: udp (the records that fit in the client's buffer: it may ask again over TCP) " +
 			"or tcp (the records that fit in a TCP message, 65,535 bytes).",
 	}, []string{"proto"})
 	// metricTCPRejectedVec counts TCP connections closed at once, by the

@@ -87,8 +87,8 @@ func TestRequestMetrics(t *testing.T) {
 	}{
 		{victimIP, "udp", tableName, dns.TypeA, dns.RcodeSuccess},
 		{victimIP, "tcp", tableName, dns.TypeAAAA, dns.RcodeSuccess}, // NODATA
-		{victimIP, "udp", tableName, dns.TypeMX, dns.RcodeSuccess},   // NODATA, a type with a label of its own
-		{victimIP, "udp", tableName, 999, dns.RcodeSuccess},          // a type without one
+		{victimIP, "udp", serviceName, dns.TypeMX, dns.RcodeSuccess}, // NODATA, a type with a label of its own
+		{victimIP, "udp", serviceName, 999, dns.RcodeSuccess},        // a type without one
 		{victimIP, "udp", aliasName, dns.TypeA, dns.RcodeSuccess},    // the slow path, from the table
 		{victimIP, "udp", "who.example.", dns.TypeA, dns.RcodeSuccess},
 		{victimIP, "tcp", "who.example.", dns.TypeA, dns.RcodeSuccess}, // the cache

@@ -541,7 +541,7 @@ func (s *Server) answerFast(msg []byte, src netip.AddrPort, tcp bool, out []byte
 	// The name bytes do not change during the lookup and Resolve keeps no
 	// reference to them: no need to copy them into a string.
 	res := s.table.Load().Resolve(unsafe.String(&r.Name[0], len(r.Name)), ns)
-	if res.Entry == nil || res.Alias != "" || res.Chases(r.Type) {
+	if res.Entry == nil || res.Alias != "" || res.Chases(r.Type) || res.Forwards(r.Type) {
 		return nil, true
 	}
 	var ar uint16
@@ -550,10 +550,10 @@ func (s *Server) answerFast(msg []byte, src netip.AddrPort, tcp bool, out []byte
 	}
 	out = dnswire.AppendHeader(out, &r, 0, true, 1, 0, ar)
 	out = append(out, msg[dnswire.HeaderLen:r.End]...)
-	// Over UDP, an answer that does not fit in the client's buffer is an
-	// empty one with TC: the client asks again over TCP. Over TCP, one
-	// that does not fit in a message keeps the records that fit, with TC,
-	// as CoreDNS's is (request.Scrub).
+	// An answer that does not fit in the client's UDP buffer, or in a TCP
+	// message, keeps the whole records that fit, with TC, as CoreDNS's
+	// (request.Scrub) and Istio's proxy's are: a client that cannot ask
+	// again over TCP (musl before 1.2.4) still gets addresses.
 	room := maxTCPMessage
 	if !tcp {
 		room = r.UDPLimit()
@@ -566,9 +566,6 @@ func (s *Server) answerFast(msg []byte, src netip.AddrPort, tcp bool, out []byte
 		out = dnswire.AppendOPT(out, &r, 0)
 	}
 	if cut {
-		if !tcp {
-			out = dnswire.AppendTruncated(out[:hdr], msg, &r)
-		}
 		metricTruncated[protoOf(tcp)].Inc()
 	}
 	return s.answered(sc, out, hdr, &r, tcp, pod, src, now), false

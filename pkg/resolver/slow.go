@@ -3,6 +3,7 @@ package resolver
 import (
 	"context"
 	"net/netip"
+	"slices"
 	"strings"
 
 	"github.com/miekg/dns"
@@ -32,8 +33,8 @@ type slowQuery struct {
 	// needsUpstream, and the reply is to be thrown away (slow then runs the
 	// query again, online, within the bounds on forwarded work).
 	offline, needsUpstream bool
-	// cut: the reply was cut, with TC (to an empty one over UDP, to what
-	// fits a message over TCP); counted truncated once it goes out so
+	// cut: the reply was cut, with TC, to the records that fit the
+	// client's UDP buffer or a TCP message; counted truncated once it goes out so
 	// (finishing), not as it is built: it may be refused or ended yet.
 	cut bool
 
@@ -202,6 +203,9 @@ func (q *slowQuery) answer(ctx context.Context) []byte {
 	}
 	tbl := s.table.Load()
 	res := tbl.Resolve(string(r.Name), ns)
+	if res.Forwards(r.Type) {
+		return q.forward(ctx)
+	}
 	if res.Entry == nil {
 		if s.opts.Autopath && pod != nil {
 			if out := q.autopath(ctx, pod, tbl); out != nil {
@@ -243,9 +247,15 @@ func (q *slowQuery) answer(ctx context.Context) []byte {
 // know, upstream. The reply stays authoritative, as CoreDNS's is: ztdns owns
 // the name asked, the CNAME's owner. When the last name has no records of
 // the type, the authority section gets its zone's SOA (RFC 2308 2.2): the
-// table's for a local name, the upstream's for one resolved there.
+// table's for a local name, the upstream's for one resolved there. A chain
+// that comes back to a name of its own (an ExternalName naming itself,
+// a → b → a) answers nothing but that SOA, as CoreDNS drops a loop's
+// CNAMEs: NODATA, not the same CNAMEs over and over.
 func (q *slowQuery) chase(ctx context.Context, reply *dns.Msg, res table.Result, owner string, tbl *table.Table, ns string) {
-	for range maxChain {
+	start, first := len(reply.Answer), owner
+	var seen [maxChain]*table.Entry
+	for i := range maxChain {
+		seen[i] = res.Entry
 		if !res.Chases(q.r.Type) {
 			rrs := res.Records(owner, q.r.Type, tbl.TTL(), q.r.ID)
 			if len(rrs) == 0 {
@@ -257,7 +267,12 @@ func (q *slowQuery) chase(ctx context.Context, reply *dns.Msg, res table.Result,
 		alias := res.Entry.Alias
 		reply.Answer = append(reply.Answer, cname(owner, alias, tbl.TTL()))
 		owner = alias
-		if next := tbl.Find(alias, ns); next != nil {
+		if next := tbl.Find(alias, ns); next != nil && !next.ForwardsType(q.r.Type) {
+			if slices.Contains(seen[:i+1], next) {
+				reply.Answer = reply.Answer[:start]
+				reply.Ns = append(reply.Ns, tbl.SOA(first))
+				return
+			}
 			res = table.Result{Entry: next}
 			continue
 		}
@@ -320,6 +335,9 @@ func (q *slowQuery) autopath(ctx context.Context, pod *podcache.Pod, tbl *table.
 		cand := base + dns.CanonicalName(d)
 		if dns.IsSubDomain(tbl.Domain(), strings.ToLower(cand)) {
 			if e := tbl.Find(strings.ToLower(cand), pod.Namespace); e != nil {
+				if e.ForwardsType(r.Type) {
+					return nil // the candidate's records are upstream: forward the query as it is
+				}
 				reply := replyTo(req, r)
 				reply.Answer = append(reply.Answer, cname(owner, cand, tbl.TTL()))
 				q.chase(ctx, reply, table.Result{Entry: e}, cand, tbl, pod.Namespace)
@@ -386,8 +404,27 @@ func (q *slowQuery) forward(ctx context.Context) []byte {
 	}
 	q.answeredBy(from) // a SERVFAIL for the source's bytes: from "none", counted
 	if !q.tcp && len(out) > r.UDPLimit() && r.End > 0 {
+		return q.fitUDP(out)
+	}
+	return out
+}
+
+// fitUDP cuts a forwarded reply larger than the client's UDP buffer to the
+// whole records that fit, with TC, as CoreDNS's forward plugin does
+// (request.Scrub); one that does not unpack becomes an empty reply with
+// TC.
+func (q *slowQuery) fitUDP(reply []byte) []byte {
+	m := new(dns.Msg)
+	if err := m.Unpack(reply); err != nil {
 		return q.truncated()
 	}
+	m.Compress = true
+	m.Truncate(q.r.UDPLimit())
+	out, err := m.Pack()
+	if err != nil || len(out) > q.r.UDPLimit() {
+		return q.truncated()
+	}
+	q.cut = true
 	return out
 }
 
@@ -467,21 +504,22 @@ func replyTo(req *dns.Msg, r *request) *dns.Msg {
 	return reply
 }
 
-// pack serialises a slow-path reply, truncating like the fast path: for
-// UDP, to an empty reply with TC when it exceeds the client's buffer; for
-// TCP, to the records that fit in a message, with TC (miekg's
-// Msg.Truncate, as CoreDNS's server does), before it is packed, so that
-// what is held, counted and sent is the reply the client gets. A reply
+// pack serialises a slow-path reply, truncating like the fast path: to the
+// records that fit in the client's UDP buffer or in a TCP message, with TC
+// (miekg's Msg.Truncate, as CoreDNS's server does), before it is packed,
+// so that what is held, counted and sent is the reply the client gets. A reply
 // that does not pack is a SERVFAIL, logged at Debug as a failed forward
 // is: what it holds comes from the query and the upstream's answer to
 // names the pod chose, so a pod could repeat it at its query rate. The
 // SERVFAIL still counts in ztdns_dns_requests_total.
 func (q *slowQuery) pack(reply *dns.Msg) []byte {
-	if q.tcp {
-		reply.Truncate(maxTCPMessage) // sets TC when it drops records: replyTo's never has it
-		q.cut = reply.Truncated
+	reply.Compress = true // before Truncate, which counts compressed names
+	size := maxTCPMessage
+	if !q.tcp {
+		size = q.r.UDPLimit()
 	}
-	reply.Compress = true
+	reply.Truncate(size) // sets TC when it drops records: replyTo's never has it
+	q.cut = reply.Truncated
 	out, err := reply.Pack()
 	if err != nil {
 		q.s.log.Debug("packing a reply failed", "client", q.src, "name", string(q.r.Name), "err", err)
@@ -494,7 +532,7 @@ func (q *slowQuery) pack(reply *dns.Msg) []byte {
 }
 
 // truncated is an empty UDP reply with TC, counted once it goes out
-// (finishing).
+// (finishing): the last resort for a reply Truncate could not fit.
 func (q *slowQuery) truncated() []byte {
 	q.cut = true
 	return dnswire.AppendTruncated(nil, q.msg, &q.r)

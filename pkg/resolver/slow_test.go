@@ -506,3 +506,41 @@ func TestTruncatedUDPReplyOfAnEndedForwardNotCounted(t *testing.T) {
 		t.Errorf("ztdns_resolver_truncated_total rose by %v over UDP and %v over TCP, want 0 and 0", got.udp, got.tcp)
 	}
 }
+
+// TestExternalNameLoop: an ExternalName naming itself, or two naming each
+// other, is NODATA with the cluster zone's SOA, for any type but CNAME, as
+// CoreDNS drops a loop's CNAMEs; a chain without a loop still ends in its
+// target's addresses. Before: eight CNAMEs, the same ones repeated in one
+// RRset.
+func TestExternalNameLoop(t *testing.T) {
+	ss := startSlowServer(t, Options{}, &model.Snapshot{Services: []model.Service{
+		{Namespace: "ns1", Name: "loop", ExternalName: "loop.ns1.svc.cluster.local"},
+		{Namespace: "ns1", Name: "a", ExternalName: "b.ns1.svc.cluster.local"},
+		{Namespace: "ns1", Name: "b", ExternalName: "A.ns1.svc.cluster.local"},
+		{Namespace: "ns1", Name: "c", ExternalName: "web.ns1.svc.cluster.local"},
+		{Namespace: "ns1", Name: "web", ClusterIPs: []netip.Addr{netip.MustParseAddr("10.96.0.20")}},
+	}})
+	const soa = "cluster.local.\t0\tIN\tSOA\tns.dns.cluster.local. hostmaster.cluster.local. "
+	for _, proto := range []string{"udp", "tcp"} {
+		for _, c := range []struct {
+			name   string
+			qtype  uint16
+			answer []string
+		}{
+			{"loop.ns1.svc.cluster.local.", dns.TypeA, nil},
+			{"a.ns1.svc.cluster.local.", dns.TypeA, nil},
+			{"b.ns1.svc.cluster.local.", dns.TypeTXT, nil},
+			{"loop.ns1.ns1.svc.cluster.local.", dns.TypeAAAA, []string{"loop.ns1.ns1.svc.cluster.local.\t0\tIN\tCNAME\tloop.ns1."}}, // the search expansion's own
+			{"loop.ns1.svc.cluster.local.", dns.TypeCNAME, []string{"loop.ns1.svc.cluster.local.\t0\tIN\tCNAME\tloop.ns1.svc.cluster.local."}},
+			{"c.ns1.svc.cluster.local.", dns.TypeA, []string{"c.ns1.svc.cluster.local.\t0\tIN\tCNAME\tweb.ns1.svc.cluster.local.", "web.ns1.svc.cluster.local.\t0\tIN\tA\t10.96.0.20"}},
+		} {
+			rcode, answer, ns := replyText(ss.askType(t, proto, c.name, c.qtype))
+			if rcode != "NOERROR" || !slices.Equal(answer, c.answer) {
+				t.Errorf("%s %s %s: %s %q, want NOERROR %q", proto, c.name, dns.TypeToString[c.qtype], rcode, answer, c.answer)
+			}
+			if c.answer == nil && (len(ns) != 1 || !strings.HasPrefix(ns[0], soa)) {
+				t.Errorf("%s %s %s: authority %q, want the SOA of cluster.local.", proto, c.name, dns.TypeToString[c.qtype], ns)
+			}
+		}
+	}
+}

@@ -124,6 +124,10 @@ func upstream(t *testing.T) *dnstest.Server {
 		"example.com. 120 IN A 203.0.113.10",
 		"example.com. 120 IN MX 10 mail.example.com.",
 		"docs.example.com. 120 IN A 203.0.113.20",
+		// A ServiceEntry host's and a wildcard name's other records:
+		// upstream's, not the table's.
+		"address.internal. 120 IN MX 10 mail.address.internal.",
+		"api.wild.example. 120 IN TXT \"v=spf1 -all\"",
 	)...)
 }
 

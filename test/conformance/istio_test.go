@@ -120,7 +120,7 @@ func TestIstioDNSTable(t *testing.T) {
 		{name: "success: Error response if only A records exist for typeAAAA", host: "ipv4.localhost.", qtype: dns.TypeAAAA, answer: []string{},
 			differs: "NODATA carries an SOA (RFC 2308), Istio's none"},
 		{name: "udp: large request", host: "giant.", proto: "udp", truncated: true,
-			differs: "Istio answers SERVFAIL; ztdns sets TC so that the client retries over TCP (RFC 1035 4.2.1)"},
+			differs: "Istio answers SERVFAIL; ztdns keeps the records that fit and sets TC so that the client may retry over TCP (RFC 1035 4.2.1)"},
 		{name: "tcp: large request", host: "giant.", proto: "tcp", answer: giant},
 		{name: "large request edns", host: "giant.", edns: dns.MaxMsgSize, answer: giant},
 		{name: "large request truncated", host: "giant-tc.", truncated: true},

@@ -25,7 +25,7 @@ import (
 // headless with and without hostnames, a hostname in two slices and one
 // shared by two endpoints, not-ready endpoints, publishNotReadyAddresses,
 // named ports whose numbers differ per slice, a pod behind two headless
-// Services, ExternalName out, in and to an address) and compares the
+// Services, ExternalName out, in, to an address and in loops) and compares the
 // answers. CoreDNS is also ztdns's upstream, as kube-dns is a pod's
 // nameserver, so what ztdns forwards gets CoreDNS's answer by
 // construction; what it answers itself must match.
@@ -34,8 +34,8 @@ import (
 // specification leaves them open), the additional section, and for
 // answers without records the SOA (its serial aside). Not asked, because
 // CoreDNS deviates from the specification or DNS there and ztdns does not
-// follow (the README lists them): SRV at a Service's bare name, TXT and MX
-// of an ExternalName, A at a reverse name. The authority section of a CNAME whose target has no
+// follow (the README lists them): SRV at a Service's bare name, TXT, MX
+// and SRV of an ExternalName, A at a reverse name. The authority section of a CNAME whose target has no
 // records is not compared: CoreDNS leaves it empty, ztdns gives the
 // target's SOA (RFC 2308 2.2).
 func TestSameAnswersAsCoreDNS(t *testing.T) {
@@ -113,6 +113,10 @@ func (g *generator) cluster() {
 	}
 	// An address is no CNAME target: CoreDNS leaves the Service out.
 	g.externalName("default", "extip", "1.2.3.4")
+	// CNAME loops: a name to itself, two names to each other.
+	g.externalName("default", "loop", "loop.default.svc.cluster.local")
+	g.externalName("team-a", "ping", "pong.team-a.svc.cluster.local")
+	g.externalName("team-a", "pong", "ping.team-a.svc.cluster.local")
 	for _, ns := range namespaces {
 		g.ask("missing."+ns+".svc.cluster.local", dns.TypeA)
 	}

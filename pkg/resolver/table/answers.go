@@ -315,6 +315,23 @@ func appendSRV(out []byte, ttl uint32, s SRV) []byte {
 	return dnswire.AppendName(out, s.Target)
 }
 
+// Forwards reports whether a query of type qtype for the result's name is
+// not answered here but forwarded: a ServiceEntry host (a name under its
+// wildcard, a search-list expansion of either) has only the addresses of
+// its A and AAAA records here. Its other records (TXT, MX, SRV, CAA, …)
+// are the real name's, upstream: Istio's proxy and ztunnel forward every
+// other type, ANY included. A reverse name (PTR) of its address is the
+// table's own.
+func (r *Result) Forwards(qtype uint16) bool {
+	return r.Entry != nil && r.owners.one == nil && r.Entry.ForwardsType(qtype)
+}
+
+// ForwardsType reports whether a query of type qtype at e's name is
+// forwarded (see Result.Forwards).
+func (e *Entry) ForwardsType(qtype uint16) bool {
+	return e.src.kind == kindServiceEntry && qtype != dns.TypeA && qtype != dns.TypeAAAA
+}
+
 // Chases reports whether answering qtype means following the entry's
 // ExternalName alias (the CNAME alone answers only CNAME queries).
 func (r *Result) Chases(qtype uint16) bool {

@@ -1,0 +1,72 @@
+package resolver
+
+import (
+	"net/netip"
+	"slices"
+	"testing"
+
+	"github.com/miekg/dns"
+
+	"github.com/ztdns/ztdns/pkg/model"
+)
+
+// TestServiceEntryOtherTypesForwarded: a ServiceEntry host, a name under a
+// wildcard host and a search-list expansion of a host have only their A
+// and AAAA records in the table; every other type (TXT, MX, ANY) is the
+// real name's, asked upstream, as Istio's proxy and ztunnel forward it (a
+// mongodb+srv client reads the host's TXT). An ExternalName pointing at
+// such a host gets the CNAME and the host's records from upstream. A
+// Service's other types, a host's A and its address's PTR stay the
+// table's. Before: NODATA with an SOA owned by the host, and no TXT.
+func TestServiceEntryOtherTypesForwarded(t *testing.T) {
+	ss := startSlowServer(t, Options{}, &model.Snapshot{
+		ServiceEntries: []model.ServiceEntry{
+			{Namespace: "ns1", Name: "db", Hosts: []string{"db.example"}, Addresses: []netip.Addr{netip.MustParseAddr("198.51.100.5")}},
+			{Namespace: "ns1", Name: "wild", Hosts: []string{"*.wild.example"}, Addresses: []netip.Addr{netip.MustParseAddr("198.51.100.6")}},
+		},
+		Services: []model.Service{
+			{Namespace: "ns1", Name: "web", ClusterIPs: []netip.Addr{netip.MustParseAddr("10.96.0.20")}},
+			{Namespace: "ns1", Name: "ext", ExternalName: "db.example"},
+		},
+	},
+		`db.example. 60 IN A 203.0.113.99`,
+		`db.example. 60 IN TXT "authSource=admin"`,
+		`db.example. 60 IN MX 10 mx.example.`,
+		`api.wild.example. 60 IN TXT "wild"`,
+	)
+	for _, proto := range []string{"udp", "tcp"} {
+		for _, c := range []struct {
+			name   string
+			qtype  uint16
+			rcode  string
+			answer []string
+			soa    bool // the table's NODATA: its SOA in the authority section
+		}{
+			{"db.example.", dns.TypeTXT, "NOERROR", []string{"db.example.\t0\tIN\tTXT\t\"authSource=admin\""}, false},
+			{"db.example.", dns.TypeMX, "NOERROR", []string{"db.example.\t0\tIN\tMX\t10 mx.example."}, false},
+			{"db.example.", dns.TypeANY, "NOERROR", []string{"db.example.\t0\tIN\tA\t203.0.113.99",
+				"db.example.\t0\tIN\tMX\t10 mx.example.", "db.example.\t0\tIN\tTXT\t\"authSource=admin\""}, false},
+			{"db.example.", dns.TypeCNAME, "NOERROR", nil, false}, // the upstream's NODATA, its SOA
+			{"api.wild.example.", dns.TypeTXT, "NOERROR", []string{"api.wild.example.\t0\tIN\tTXT\t\"wild\""}, false},
+			{"db.example.ns1.svc.cluster.local.", dns.TypeTXT, "NXDOMAIN", nil, false},
+			{"ext.ns1.svc.cluster.local.", dns.TypeTXT, "NOERROR", []string{"db.example.\t0\tIN\tTXT\t\"authSource=admin\"",
+				"ext.ns1.svc.cluster.local.\t0\tIN\tCNAME\tdb.example."}, false},
+			// The table's, as before.
+			{"db.example.", dns.TypeA, "NOERROR", []string{"db.example.\t0\tIN\tA\t198.51.100.5"}, false},
+			{"db.example.", dns.TypeAAAA, "NOERROR", nil, true},
+			{"web.ns1.svc.cluster.local.", dns.TypeTXT, "NOERROR", nil, true},
+			{"5.100.51.198.in-addr.arpa.", dns.TypePTR, "NOERROR", []string{"5.100.51.198.in-addr.arpa.\t0\tIN\tPTR\tdb.example."}, false},
+		} {
+			r := ss.askType(t, proto, c.name, c.qtype)
+			rcode, answer, ns := replyText(r)
+			slices.Sort(answer)
+			if rcode != c.rcode || !slices.Equal(answer, c.answer) {
+				t.Errorf("%s %s %s: %s %q, want %s %q", proto, c.name, dns.TypeToString[c.qtype], rcode, answer, c.rcode, c.answer)
+			}
+			tableSOA := len(r.Ns) == 1 && r.Ns[0].Header().Rrtype == dns.TypeSOA && r.Ns[0].(*dns.SOA).Ns != "ns.test."
+			if len(answer) == 0 && tableSOA != c.soa {
+				t.Errorf("%s %s %s: authority %q; want the table's SOA: %v", proto, c.name, dns.TypeToString[c.qtype], ns, c.soa)
+			}
+		}
+	}
+}
