@@ -45,7 +45,7 @@ type notifyWatcher struct {
 	dir     string
 	log     *slog.Logger
 	fw      *fsnotify.Watcher
-	watched fileID // the directory the watch is on
+	watched atomic.Pointer[fileID] // the directory the watch is on
 	ch      chan struct{}
 	done    chan struct{}
 	// known returns the names of the files the last scan read.
@@ -93,7 +93,7 @@ func (w *notifyWatcher) add() error {
 	if err := w.fw.Add(w.dir); err != nil {
 		return fmt.Errorf("watching %s: %w", w.dir, err)
 	}
-	w.watched = id
+	w.watched.Store(&id)
 	return nil
 }
 
@@ -104,7 +104,10 @@ func (w *notifyWatcher) run() {
 	for {
 		select {
 		case <-tick.C:
-			if w.unwatched.Load() {
+			// A symlinked directory re-pointed (ln -s new tmp; mv -T tmp
+			// dir) sends no event: the watch is on the old target, and
+			// the link's own directory is not watched.
+			if w.unwatched.Load() || w.replaced() {
 				signal(w.ch)
 			}
 		case ev, ok := <-w.fw.Events:
@@ -131,6 +134,13 @@ func (w *notifyWatcher) run() {
 }
 
 func (w *notifyWatcher) changes() <-chan struct{} { return w.ch }
+
+// replaced reports whether the path now leads to another directory than
+// the one watched (or to none).
+func (w *notifyWatcher) replaced() bool {
+	id, err := identify(w.dir)
+	return err != nil || id != *w.watched.Load()
+}
 
 // matters reports whether ev can change what a scan reads: in a
 // directory watched for links only, an event about a name a manifest
@@ -160,7 +170,7 @@ func (w *notifyWatcher) matters(ev fsnotify.Event) bool {
 func (w *notifyWatcher) rearm() {
 	defer w.followLinks()
 	id, err := identify(w.dir)
-	if err != nil || id == w.watched {
+	if err != nil || id == *w.watched.Load() {
 		return
 	}
 	_ = w.fw.Remove(w.dir) // gone already when inotify saw the old one move

@@ -220,6 +220,34 @@ func TestDirectoryReplaced(t *testing.T) {
 	r.waitFor(t, "a change in the new directory", hasNames("namespace new", "namespace later"))
 }
 
+// TestSymlinkedDirectoryRepointed: a --config-dir that is a symlink
+// re-pointed at another release (ln -s rel2 tmp && mv -T tmp current, the
+// old release kept) is followed, and then changes in the new target are.
+func TestSymlinkedDirectoryRepointed(t *testing.T) {
+	watchModes(t, func(t *testing.T, opts ...Option) {
+		parent := t.TempDir()
+		writeFiles(t, filepath.Join(parent, "rel1"), map[string]string{"a.yaml": namespaceYAML("old")})
+		writeFiles(t, filepath.Join(parent, "rel2"), map[string]string{"a.yaml": namespaceYAML("new")})
+		current := filepath.Join(parent, "current")
+		if err := os.Symlink("rel1", current); err != nil {
+			t.Fatal(err)
+		}
+		r := startSource(t, current, opts...)
+		r.waitFor(t, "the first release's objects", hasNames("namespace old"))
+
+		tmp := filepath.Join(parent, "current.tmp")
+		if err := os.Symlink("rel2", tmp); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, current); err != nil {
+			t.Fatal(err)
+		}
+		r.waitFor(t, "the second release's objects", hasNames("namespace new"))
+		writeFile(t, filepath.Join(parent, "rel2", "b.yaml"), namespaceYAML("later"))
+		r.waitFor(t, "a change in the second release", hasNames("namespace new", "namespace later"))
+	})
+}
+
 func TestDirectoryRemovedEndsRun(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "manifests")
 	writeFiles(t, dir, map[string]string{"a.yaml": namespaceYAML("a")})
