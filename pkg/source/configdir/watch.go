@@ -114,9 +114,8 @@ func (w *notifyWatcher) run() {
 			if !ok {
 				return
 			}
-			if ev.Op == fsnotify.Chmod {
-				continue // permission or timestamp change: content is the same
-			}
+			// Chmod too: a file made readable is read at last. Unchanged
+			// files cost a stat, and their digest spares the parse.
 			if w.matters(ev) {
 				signal(w.ch)
 			}

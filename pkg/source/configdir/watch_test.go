@@ -500,6 +500,30 @@ func TestLinkWatchesBounded(t *testing.T) {
 	}
 }
 
+// TestChmodIsAChange: a chmod asks for a scan, so that a file that could
+// not be read ("permission denied") is read once it is made readable. The
+// tests run as root, whom no mode stops, so this checks the watcher's
+// signal itself.
+func TestChmodIsAChange(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "a.yaml")
+	writeFile(t, path, namespaceYAML("a"))
+	log, _ := testLogger(t)
+	w, err := startNotify(dir, log, func() []string { return nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.close()
+	if err := os.Chmod(path, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-w.changes():
+	case <-time.After(waitTimeout):
+		t.Fatalf("no change signalled within %v after a chmod", waitTimeout)
+	}
+}
+
 // scanCountingWatcher counts the rearms that follow each scan.
 type scanCountingWatcher struct {
 	watcher
