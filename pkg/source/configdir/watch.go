@@ -307,7 +307,7 @@ type pollWatcher struct {
 // are the files scan reads, and so the ones to watch.
 func startPolling(dir string, interval time.Duration, maxFiles int, known func() []string) *pollWatcher {
 	w := &pollWatcher{dir: dir, ch: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
-	last := fingerprint(dir, maxFiles, known())
+	last, _ := fingerprint(dir, maxFiles, known(), time.Now())
 	go func() {
 		defer close(w.done)
 		t := time.NewTicker(interval)
@@ -319,7 +319,11 @@ func startPolling(dir string, interval time.Duration, maxFiles int, known func()
 			case <-t.C:
 				// After a scan that read other files than the last, this
 				// changes once, and the scan it causes changes nothing.
-				if fp := fingerprint(dir, maxFiles, known()); fp != last {
+				// While a file's times are too recent to trust, a
+				// same-size write in the same tick leaves the fingerprint
+				// as it was: scan anyway (the digest spares the parse).
+				fp, racy := fingerprint(dir, maxFiles, known(), time.Now())
+				if fp != last || racy {
 					last = fp
 					signal(w.ch)
 				}
@@ -334,31 +338,34 @@ func (w *pollWatcher) rearm()                   {} // polling goes by path
 func (w *pollWatcher) close()                   { close(w.stop); <-w.done }
 
 // fingerprint summarises what a scan of dir would read, following symlinks;
-// it changes when a file is added, removed, rewritten or replaced. Files
-// past maxFiles, chosen as scan chooses them (those in known, sorted, first),
-// are only counted.
-func fingerprint(dir string, maxFiles int, known []string) string {
+// it changes when a file is added, removed, rewritten or replaced, its
+// status change time included (cp -p and rsync -t set the modification
+// time back). racy reports a file whose times are too recent, at now, to
+// change with a write in the same timestamp tick. Files past maxFiles,
+// chosen as scan chooses them (those in known, sorted, first), are only
+// counted.
+func fingerprint(dir string, maxFiles int, known []string, now time.Time) (fp string, racy bool) {
 	names, skipped, err := listManifests(dir, maxFiles, func(name string) bool {
 		_, ok := slices.BinarySearch(known, name)
 		return ok
 	})
 	if err != nil {
-		return "error: " + err.Error()
+		return "error: " + err.Error(), false
 	}
 	var b strings.Builder
 	for _, err := range skipped {
 		fmt.Fprintln(&b, err)
 	}
 	for _, name := range names {
-		fi, err := os.Stat(filepath.Join(dir, name))
+		st, err := statOf(filepath.Join(dir, name))
 		if err != nil {
 			fmt.Fprintf(&b, "%s error %v\n", name, err)
 			continue
 		}
-		id := idOf(fi)
-		fmt.Fprintf(&b, "%s %d %d %d %d\n", name, fi.Size(), fi.ModTime().UnixNano(), id.dev, id.ino)
+		racy = racy || !st.trustedAt(now)
+		fmt.Fprintf(&b, "%s %d %d %d %d %d\n", name, st.size, st.mtime, st.ctime, st.id.dev, st.id.ino)
 	}
-	return b.String()
+	return b.String(), racy
 }
 
 // fileID tells apart two files, or two directories, at the same path.

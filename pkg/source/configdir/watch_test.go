@@ -355,6 +355,64 @@ func TestFallsBackToPolling(t *testing.T) {
 	r.waitFor(t, "the change, found by polling", hasNames("namespace a", "namespace b"))
 }
 
+// TestPollFingerprintHasStatusChangeTime: a rewrite that keeps the size
+// and sets the modification time back (cp -p, rsync --inplace -t) changes
+// the poller's fingerprint: the status change time cannot be set back.
+func TestPollFingerprintHasStatusChangeTime(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "a.yaml")
+	writeFile(t, path, namespaceYAML("ns-aa"))
+	old := time.Now().Add(-time.Hour)
+	if err := os.Chtimes(path, old, old); err != nil {
+		t.Fatal(err)
+	}
+	before, _ := fingerprint(dir, DefaultMaxFiles, nil, time.Now())
+	st, err := statOf(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitForTimestampAfter(t, dir, st.ctime)
+	writeFile(t, path, namespaceYAML("ns-zz"))
+	if err := os.Chtimes(path, old, old); err != nil {
+		t.Fatal(err)
+	}
+	if after, _ := fingerprint(dir, DefaultMaxFiles, nil, time.Now()); after == before {
+		t.Errorf("fingerprint unchanged by a same-size rewrite with its modification time kept:\n%s", after)
+	}
+}
+
+// TestPollingScansWhileTimesAreRacy: while a file's times are within
+// racyWindow of a poll, a same-size write in the same timestamp tick would
+// leave the fingerprint as it was: the poller asks for scans anyway, with no
+// change it can see, and stops once the times are old enough.
+func TestPollingScansWhileTimesAreRacy(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "a.yaml")
+	writeFile(t, path, namespaceYAML("a"))
+	w := startPolling(dir, 10*time.Millisecond, DefaultMaxFiles, func() []string { return nil })
+	defer w.close()
+	for i := range 2 {
+		select {
+		case <-w.changes():
+		case <-time.After(waitTimeout):
+			t.Fatalf("no scan asked for within %v (%d so far) while the file's times are recent", waitTimeout, i)
+		}
+	}
+	st, err := statOf(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "file times older than racyWindow", func() bool { return st.trustedAt(time.Now().Add(-100 * time.Millisecond)) })
+	for len(w.changes()) > 0 {
+		<-w.changes()
+	}
+	select {
+	case <-w.changes():
+		t.Error("scans still asked for after the file's times are old enough")
+	case <-time.After(300 * time.Millisecond):
+	}
+}
+
 // TestPollingWatchesTheFilesRead: past Limits.Files, the poller watches the
 // files scan reads, those read before first, rather than the first ones by
 // name: an edit to a file that serves is noticed after a new file that
