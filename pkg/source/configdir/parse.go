@@ -91,7 +91,16 @@ type parser struct {
 func (p parser) parseFile(path string, data []byte) (*manifests, []error) {
 	m := &manifests{}
 	pr := &problems{path: path}
+	if line, err := encodingError(data); err != nil {
+		pr.add(line, err)
+		return nil, pr.list()
+	}
 	for _, doc := range splitDocuments(data) {
+		if doc.afterEnd > 0 {
+			// go-yaml would read the document before and drop the rest.
+			pr.add(doc.afterEnd, errors.New("content after a document end marker (...): start a new document with ---"))
+			continue
+		}
 		if len(doc.data) > maxDocumentBytes {
 			// Converting a document costs tens of times its size at once
 			// (an 8 MiB kind: List peaked at 380 MB): separate documents

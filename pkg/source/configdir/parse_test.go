@@ -3,6 +3,7 @@ package configdir
 import (
 	"fmt"
 	"net/netip"
+	"path/filepath"
 	"reflect"
 	"slices"
 	"strings"
@@ -476,6 +477,53 @@ func TestSplitDocumentsKeepsLines(t *testing.T) {
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("splitDocuments(%q)\n got %s\nwant %s", data, fmtDocs(got), fmtDocs(want))
+	}
+}
+
+// utf16LE encodes s as UTF-16LE with a byte order mark, as PowerShell 5.1's
+// > writes.
+func utf16LE(s string) string {
+	b := []byte{0xff, 0xfe}
+	for _, r := range s {
+		b = append(b, byte(r), byte(r>>8))
+	}
+	return string(b)
+}
+
+// TestNoDocumentDropped: go-yaml ends lines at CR, NEL, U+2028 and U+2029
+// as well as LF, and reads UTF-16: a "---" after one of those, or in a
+// UTF-16 file, starts a document the splitting must see, or the conversion
+// silently reads only the first. Each is served in full or refused with an
+// error, never served in part.
+func TestNoDocumentDropped(t *testing.T) {
+	ns := func(name string) string { return "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: " + name + "\n" }
+	cr := func(s string) string { return strings.ReplaceAll(s, "\n", "\r") }
+	dir, snap, errs := loadFiles(t, map[string]string{
+		"cr.yaml":    cr(ns("cr1") + "---\n" + ns("cr2")),
+		"crlf.yaml":  strings.ReplaceAll(ns("crlf1")+"---\n"+ns("crlf2"), "\n", "\r\n"),
+		"ls.yaml":    ns("ls1") + "\u2028---\u2028" + ns("ls2"),
+		"nel.yaml":   strings.TrimSuffix(ns("nel1"), "\n") + "\u0085---\n" + ns("nel2"),
+		"ps.yaml":    ns("ps1") + "---\u2029" + ns("ps2"),
+		"utf16.yaml": utf16LE(ns("wide1") + "---\n" + ns("wide2")),
+		"nul.yaml":   ns("nul1") + "---\n" + "apiVersion: v1\nkind: Namespace\x00\n",
+		"end.yaml":   ns("end1") + "...\n# a comment\n" + ns("end2"),
+		"ended.yaml": ns("ended1") + "...\n---\n" + ns("ended2") + "...\n",
+	})
+	want := []string{
+		filepath.Join(dir, "end.yaml") + ":7: content after a document end marker (...): start a new document with ---",
+		filepath.Join(dir, "nul.yaml") + ":7: a NUL byte: YAML manifests are UTF-8 text (a file saved as UTF-16 has one in every ASCII character)",
+		filepath.Join(dir, "utf16.yaml") + ": the file is UTF-16LE (it starts with that byte order mark): save it as UTF-8",
+	}
+	if got := errorStrings(errs); !reflect.DeepEqual(got, want) {
+		t.Errorf("errors\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	wantNames := []string{"namespace cr1", "namespace cr2", "namespace crlf1", "namespace crlf2",
+		"namespace ended1", "namespace ended2", "namespace ls1", "namespace ls2",
+		"namespace nel1", "namespace nel2", "namespace ps1", "namespace ps2"}
+	got := names(snap)
+	slices.Sort(got)
+	if !reflect.DeepEqual(got, wantNames) {
+		t.Errorf("objects\n%q\nwant\n%q", got, wantNames)
 	}
 }
 
