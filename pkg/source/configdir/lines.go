@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	yamlv2 "go.yaml.in/yaml/v2"
 	yamlv3 "go.yaml.in/yaml/v3"
@@ -91,9 +92,10 @@ func isBlankOrComment(line []byte) bool {
 	return len(line) == 0 || line[0] == '#'
 }
 
-// encodingError reports a file go-yaml would misread or refuse without
+// encodingError reports a file go-yaml would misread, or refuse without
 // saying where: UTF-16 and UTF-32 (go-yaml decodes UTF-16, whose line
-// breaks the splitting above does not see), and NUL bytes.
+// breaks the splitting above does not see), bytes that are not UTF-8, and
+// the characters YAML does not allow (NUL, other control characters).
 func encodingError(data []byte) (line int, err error) {
 	for _, bom := range []struct {
 		mark, name string
@@ -107,8 +109,22 @@ func encodingError(data []byte) (line int, err error) {
 			return 0, fmt.Errorf("the file is %s (it starts with that byte order mark): save it as UTF-8", bom.name)
 		}
 	}
-	if i := bytes.IndexByte(data, 0); i >= 0 {
-		return lineAt(data, i), errors.New("a NUL byte: YAML manifests are UTF-8 text (a file saved as UTF-16 has one in every ASCII character)")
+	for i := 0; i < len(data); {
+		if c := data[i]; c >= 0x20 && c < 0x7f || c == '\n' || c == '\t' || c == '\r' {
+			i++
+			continue
+		}
+		r, n := utf8.DecodeRune(data[i:])
+		switch {
+		case r == 0:
+			return lineAt(data, i), errors.New("a NUL byte: YAML manifests are UTF-8 text (a file saved as UTF-16 has one in every ASCII character)")
+		case r == utf8.RuneError && n == 1:
+			return lineAt(data, i), fmt.Errorf("byte 0x%02X is not UTF-8: save the file as UTF-8", data[i])
+		case !(r == 0x85 || r >= 0xa0 && r <= 0xd7ff || r >= 0xe000 && r <= 0xfffd || r >= 0x10000):
+			// go-yaml's allowed characters (YAML 1.1's printable set).
+			return lineAt(data, i), fmt.Errorf("control character %U, which YAML does not allow", r)
+		}
+		i += n
 	}
 	return 0, nil
 }

@@ -527,6 +527,23 @@ func TestNoDocumentDropped(t *testing.T) {
 	}
 }
 
+// TestEncodingErrorsNameTheirLine: a byte that is not UTF-8 (a Latin-1
+// é) or a control character YAML does not allow is reported on its line;
+// go-yaml names no line for them.
+func TestEncodingErrorsNameTheirLine(t *testing.T) {
+	dir, _, errs := loadFiles(t, map[string]string{
+		"latin1.yaml": "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: caf\xe9\n",
+		"ctrl.yaml":   "apiVersion: v1\r\nkind: Namespace\r\nmetadata:\r\n  name: a\x01\r\n",
+	})
+	want := []string{
+		filepath.Join(dir, "ctrl.yaml") + ":4: control character U+0001, which YAML does not allow",
+		filepath.Join(dir, "latin1.yaml") + ":4: byte 0xE9 is not UTF-8: save the file as UTF-8",
+	}
+	if got := errorStrings(errs); !reflect.DeepEqual(got, want) {
+		t.Errorf("errors\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
+
 func fmtDocs(docs []document) string {
 	var b strings.Builder
 	for _, d := range docs {
