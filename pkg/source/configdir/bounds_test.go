@@ -117,6 +117,28 @@ func TestManyBrokenDocuments(t *testing.T) {
 	}
 }
 
+// TestEmptyDocumentsCostNoParse: a file of 8 MiB of "---" lines (two
+// million empty documents) and comments is read without a YAML parse per
+// document: it took seconds and gigabytes allocated.
+func TestEmptyDocumentsCostNoParse(t *testing.T) {
+	last := "---\napiVersion: v1\nkind: Namespace\nmetadata: {name: last}\n"
+	empty := strings.Repeat("---\n", 1000) + strings.Repeat("--- # nothing\n  \n# more nothing\n", 1000)
+	data := strings.Repeat(empty, (DefaultMaxFileBytes-len(last))/len(empty)) + last
+	var gotNames []string
+	var errs []error
+	alloc := allocated(func() {
+		_, snap, e := loadFiles(t, map[string]string{"empty.yaml": data})
+		gotNames, errs = names(snap), e
+	})
+	if len(errs) > 0 || !reflect.DeepEqual(gotNames, []string{"namespace last"}) {
+		t.Errorf("objects %q, errors %q; want namespace last and no errors", gotNames, errorStrings(errs))
+	}
+	// The file is read and written once each: 8 MiB apiece.
+	if limit := uint64(128 << 20); alloc > limit {
+		t.Errorf("loading allocated %d MiB, more than %d MiB", alloc>>20, limit>>20)
+	}
+}
+
 // TestUnservedFilesHoldNoObjects: copies of a file, which collide with it,
 // are reported but keep none of their parsed objects; when the file they
 // collide with goes, the next copy is parsed again and served.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"iter"
 	"strconv"
 	"strings"
 	"unicode/utf8"
@@ -25,32 +26,54 @@ type document struct {
 	afterEnd int
 }
 
-// splitDocuments splits a multi-document YAML file at its "---" lines. YAML
-// forbids a "---" at the start of a line inside any content (block scalars
-// included), so splitting on lines is exact, and it lets every document keep
-// its starting line for error messages. Lines end where go-yaml ends them:
-// at LF, CR, CR LF, NEL, U+2028 and U+2029. The marker stays at the start
-// of the document it opens, which the YAML parsers accept.
-func splitDocuments(data []byte) []document {
-	var docs []document
-	start, startLine, line := 0, 1, 1
-	ended := false // a "..." line in the document so far
-	afterEnd := 0
-	for off := 0; off < len(data); line++ {
+// documents yields the documents of a multi-document YAML file, split at
+// its "---" lines, one at a time. YAML forbids a "---" at the start of a
+// line inside any content (block scalars included), so splitting on lines
+// is exact, and it lets every document keep its starting line for error
+// messages. Lines end where go-yaml ends them: at LF, CR, CR LF, NEL,
+// U+2028 and U+2029. The marker stays at the start of the document it
+// opens, which the YAML parsers accept.
+func documents(data []byte) iter.Seq[document] {
+	return func(yield func(document) bool) {
+		start, startLine, line := 0, 1, 1
+		ended := false // a "..." line in the document so far
+		afterEnd := 0
+		for off := 0; off < len(data); line++ {
+			end, next := lineEnd(data, off)
+			text := data[off:end]
+			switch {
+			case off > start && isMarker(text, "---"):
+				if !yield(document{data: data[start:off], line: startLine, afterEnd: afterEnd}) {
+					return
+				}
+				start, startLine, ended, afterEnd = off, line, false, 0
+			case isMarker(text, "..."):
+				ended = true
+			case ended && afterEnd == 0 && !isBlankOrComment(text):
+				afterEnd = line
+			}
+			off = next
+		}
+		yield(document{data: data[start:], line: startLine, afterEnd: afterEnd})
+	}
+}
+
+// isEmpty reports whether doc holds only blank lines and comments, after
+// its "---": a document of nothing, known without a YAML parser.
+func (doc document) isEmpty() bool {
+	data := doc.data
+	for off := 0; off < len(data); {
 		end, next := lineEnd(data, off)
 		text := data[off:end]
-		switch {
-		case off > start && isMarker(text, "---"):
-			docs = append(docs, document{data: data[start:off], line: startLine, afterEnd: afterEnd})
-			start, startLine, ended, afterEnd = off, line, false, 0
-		case isMarker(text, "..."):
-			ended = true
-		case ended && afterEnd == 0 && !isBlankOrComment(text):
-			afterEnd = line
+		if off == 0 && isMarker(text, "---") {
+			text = text[3:]
+		}
+		if !isBlankOrComment(text) {
+			return false
 		}
 		off = next
 	}
-	return append(docs, document{data: data[start:], line: startLine, afterEnd: afterEnd})
+	return true
 }
 
 // lineEnd returns where the line starting at off ends, and where the next

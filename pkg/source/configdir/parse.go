@@ -34,6 +34,9 @@ type manifests struct {
 	// not logged, and whether a List had more items than a file may hold.
 	unknownWarned, unknownMore int
 	tooMany                    bool
+	// ignored counts the objects of kinds ztdns does not read: they count
+	// against the limit on objects per file all the same.
+	ignored int
 }
 
 func (m *manifests) len() int {
@@ -86,8 +89,9 @@ type parser struct {
 // It returns the problems it finds as *FileError, at most
 // maxProblemsPerFile of them, the last of which then counts the rest; a
 // file with problems must not be served, so its manifests are then nil. A
-// file with more than limits.ObjectsPerFile objects is a problem, found as
-// soon as the objects read pass the limit.
+// file with more than limits.ObjectsPerFile objects, or documents that are
+// not empty, is a problem, found as soon as those read pass the limit:
+// objects of kinds ztdns ignores count too.
 func (p parser) parseFile(path string, data []byte) (*manifests, []error) {
 	m := &manifests{}
 	pr := &problems{path: path}
@@ -95,7 +99,18 @@ func (p parser) parseFile(path string, data []byte) (*manifests, []error) {
 		pr.add(line, err)
 		return nil, pr.list()
 	}
-	for _, doc := range splitDocuments(data) {
+	docs := 0
+	for doc := range documents(data) {
+		if doc.isEmpty() {
+			continue // a file of a million "---" lines costs no parse
+		}
+		// Every document counts, those of kinds ztdns ignores and those
+		// with problems included: each costs a parse.
+		if docs++; docs > p.limits.ObjectsPerFile {
+			pr.add(doc.line, fmt.Errorf(
+				"more than %d objects in one file (--config-max-objects-per-file): split it", p.limits.ObjectsPerFile))
+			break
+		}
 		if doc.afterEnd > 0 {
 			// go-yaml would read the document before and drop the rest.
 			pr.add(doc.afterEnd, errors.New("content after a document end marker (...): start a new document with ---"))
@@ -110,7 +125,7 @@ func (p parser) parseFile(path string, data []byte) (*manifests, []error) {
 			continue
 		}
 		p.parseDocument(pr, doc, m)
-		if m.len() > p.limits.ObjectsPerFile || m.tooMany {
+		if m.len()+m.ignored > p.limits.ObjectsPerFile || m.tooMany {
 			pr.add(doc.line, fmt.Errorf(
 				"more than %d objects in one file (--config-max-objects-per-file): split it", p.limits.ObjectsPerFile))
 			break
@@ -276,7 +291,7 @@ func (p parser) parseObject(pr *problems, raw []byte, loc *locator, at []int, m 
 			fail(fmt.Errorf("reading the List's items: %w", err))
 			return
 		}
-		if m.len()+len(l.Items) > p.limits.ObjectsPerFile {
+		if m.len()+m.ignored+len(l.Items) > p.limits.ObjectsPerFile {
 			m.tooMany = true
 			return
 		}
@@ -290,6 +305,7 @@ func (p parser) parseObject(pr *problems, raw []byte, loc *locator, at []int, m 
 	if !ok || group != k.group {
 		// Deployments and the like carry nothing DNS answers from; a kind of
 		// the same name from another API group is another resource.
+		m.ignored++
 		p.log.Debug("ignoring object of a kind ztdns does not read",
 			"path", path, "apiVersion", h.APIVersion, "kind", h.Kind, "name", h.Metadata.Name)
 		return

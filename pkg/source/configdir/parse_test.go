@@ -468,7 +468,7 @@ metadata: {name: a}
 
 func TestSplitDocumentsKeepsLines(t *testing.T) {
 	data := "a: 1\n---\nb: 2\n\n--- # c\nc: 3\n---"
-	got := splitDocuments([]byte(data))
+	got := slices.Collect(documents([]byte(data)))
 	want := []document{
 		{data: []byte("a: 1\n"), line: 1},
 		{data: []byte("---\nb: 2\n\n"), line: 2},
@@ -476,7 +476,7 @@ func TestSplitDocumentsKeepsLines(t *testing.T) {
 		{data: []byte("---"), line: 7},
 	}
 	if !reflect.DeepEqual(got, want) {
-		t.Errorf("splitDocuments(%q)\n got %s\nwant %s", data, fmtDocs(got), fmtDocs(want))
+		t.Errorf("documents(%q)\n got %s\nwant %s", data, fmtDocs(got), fmtDocs(want))
 	}
 }
 
