@@ -306,6 +306,18 @@ func (p parser) parseObject(pr *problems, raw []byte, loc *locator, at []int, m 
 		// Deployments and the like carry nothing DNS answers from; a kind of
 		// the same name from another API group is another resource.
 		m.ignored++
+		if want, ok := lookalike(h.Kind, group); ok {
+			// A misspelt kind or group serves nothing, silently: say so.
+			if m.unknownWarned >= maxUnknownFieldWarnings {
+				m.unknownMore++
+				return
+			}
+			m.unknownWarned++
+			p.log.Warn("object ignored: its kind or apiVersion looks like one ztdns reads, but is not",
+				"at", fmt.Sprintf("%s:%d", path, loc.objectLine(at)), "apiVersion", h.APIVersion, "kind", h.Kind,
+				"name", h.Metadata.Name, "want", want)
+			return
+		}
 		p.log.Debug("ignoring object of a kind ztdns does not read",
 			"path", path, "apiVersion", h.APIVersion, "kind", h.Kind, "name", h.Metadata.Name)
 		return
@@ -403,6 +415,50 @@ func kindNamed(name string) (kind, bool) {
 		return kind{id: "serviceentry", group: "networking.istio.io", versions: []string{"v1", "v1beta1", "v1alpha3"}, namespaced: true, decode: decodeServiceEntry}, true
 	}
 	return kind{}, false
+}
+
+// lookalike reports a kind ztdns reads that kind (of group) is probably
+// meant to be: the same name in another case, or the same kind in a group
+// one or two letters off (or "core" for the core group). Another group
+// altogether (Knative's serving.knative.dev Service) is another resource.
+func lookalike(kindName, group string) (string, bool) {
+	for _, name := range []string{"Namespace", "Service", "Pod", "EndpointSlice", "ServiceEntry"} {
+		if !strings.EqualFold(kindName, name) {
+			continue
+		}
+		k, _ := kindNamed(name)
+		want := name + " of apiVersion " + k.apiVersions()
+		switch {
+		case kindName != name:
+			return want, true
+		case k.group == "" && strings.EqualFold(group, "core"):
+			return want, true
+		case k.group != "" && group != "" && (strings.EqualFold(group, k.group) || editDistance(group, k.group) <= 2):
+			return want, true
+		}
+	}
+	return "", false
+}
+
+// editDistance is the Levenshtein distance between a and b.
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			sub := prev[j-1]
+			if a[i-1] != b[j-1] {
+				sub++
+			}
+			cur[j] = min(sub, prev[j]+1, cur[j-1]+1)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
 }
 
 func splitAPIVersion(apiVersion string) (group, version string) {

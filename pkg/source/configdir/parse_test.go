@@ -365,6 +365,48 @@ metadata: {name: settings}
 	}
 }
 
+// TestLookalikeKindsAreWarnings: an object whose kind or API group is
+// misspelt serves nothing; it is a warning naming file and line, where
+// other kinds (a Deployment, Knative's Service) are only a debug line.
+func TestLookalikeKindsAreWarnings(t *testing.T) {
+	dir := t.TempDir()
+	writeFiles(t, dir, map[string]string{"m.yaml": `apiVersion: networking.istio.com/v1
+kind: ServiceEntry
+metadata: {name: typo}
+---
+apiVersion: v1
+kind: service
+metadata: {name: lower}
+---
+apiVersion: core/v1
+kind: Pod
+metadata: {name: core}
+---
+apiVersion: serving.knative.dev/v1
+kind: Service
+metadata: {name: knative}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: curl}
+`})
+	log, logs := testLogger(t)
+	load(t, dir, WithLogger(log))
+	out := logs.String()
+	path := filepath.Join(dir, "m.yaml")
+	for _, want := range []string{
+		`level=WARN msg="object ignored: its kind or apiVersion looks like one ztdns reads, but is not" source=configdir dir=` + dir + ` at=` + path + `:1 apiVersion=networking.istio.com/v1 kind=ServiceEntry name=typo want="ServiceEntry of apiVersion networking.istio.io/v1, networking.istio.io/v1beta1, networking.istio.io/v1alpha3"`,
+		`at=` + path + `:5 apiVersion=v1 kind=service name=lower want="Service of apiVersion v1"`,
+		`at=` + path + `:9 apiVersion=core/v1 kind=Pod name=core want="Pod of apiVersion v1"`,
+		`level=DEBUG msg="ignoring object of a kind ztdns does not read" source=configdir dir=` + dir + ` path=` + path + ` apiVersion=serving.knative.dev/v1 kind=Service name=knative`,
+		`level=DEBUG msg="ignoring object of a kind ztdns does not read" source=configdir dir=` + dir + ` path=` + path + ` apiVersion=apps/v1 kind=Deployment name=curl`,
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("log lacks %s:\n%s", want, out)
+		}
+	}
+}
+
 func TestUnknownFieldsAreWarnings(t *testing.T) {
 	dir := t.TempDir()
 	writeFiles(t, dir, map[string]string{"m.yaml": `apiVersion: v1
