@@ -14,6 +14,12 @@ import (
 // own alias limit counts nodes, not bytes, so it does not stop that.
 const maxExpandedBytes = 4 * maxDocumentBytes
 
+// maxExpandedNodes bounds the nodes a document stands for once its aliases
+// are expanded: no more than a document of maxDocumentBytes written out
+// could hold (`[{},{},…]`, two bytes a node). Bytes alone miss small nodes:
+// an empty map is 2 bytes of JSON but about 200 decoded.
+const maxExpandedNodes = maxDocumentBytes / 2
+
 // aliasError is a document refused for what its aliases expand to.
 type aliasError struct {
 	line int // file line
@@ -38,41 +44,51 @@ func checkAliases(loc *locator) *aliasError {
 		line, msg := errorLine(doc, strings.TrimPrefix(err.Error(), "yaml: "), 0)
 		return &aliasError{line: line, err: fmt.Errorf("invalid YAML: %s", msg)}
 	}
-	e := expansion{sizes: make(map[*yamlv3.Node]int64)}
-	if e.size(root) > maxExpandedBytes {
+	e := expansion{sizes: make(map[*yamlv3.Node]cost)}
+	c := e.size(root)
+	if c.bytes > maxExpandedBytes || c.nodes > maxExpandedNodes {
 		line, first := firstContentLine(doc), ""
 		if e.firstAlias != nil {
 			line, first = doc.line+e.firstAlias.Line-1, " (the first: *"+e.firstAlias.Value+")"
 		}
+		limit := fmt.Sprintf("%d bytes", maxExpandedBytes)
+		if c.bytes <= maxExpandedBytes {
+			limit = fmt.Sprintf("%d values", maxExpandedNodes)
+		}
 		return &aliasError{line: line, err: fmt.Errorf(
-			"YAML aliases%s expand this document to more than %d bytes: write the values out instead (Kubernetes manifests do not need anchors and aliases)",
-			first, maxExpandedBytes)}
+			"YAML aliases%s expand this document to more than %s: write the values out instead (Kubernetes manifests do not need anchors and aliases)",
+			first, limit)}
 	}
 	return nil
 }
 
 // expansion sums the size of a node tree with its aliases expanded, roughly
-// as JSON bytes. Sums stop growing past maxExpandedBytes, so they cannot
-// overflow.
+// as JSON bytes, and its nodes. Sums stop growing past the bounds, so they
+// cannot overflow.
 type expansion struct {
-	sizes      map[*yamlv3.Node]int64 // of anchored nodes; -1 while being summed
+	sizes      map[*yamlv3.Node]cost // of anchored nodes; nodes -1 while being summed
 	firstAlias *yamlv3.Node
 }
 
-func (e *expansion) size(n *yamlv3.Node) int64 {
+type cost struct{ bytes, nodes int64 }
+
+// endless is past both bounds.
+var endless = cost{maxExpandedBytes + 1, maxExpandedNodes + 1}
+
+func (e *expansion) size(n *yamlv3.Node) cost {
 	if n == nil {
-		return 0
+		return cost{}
 	}
 	if n.Anchor != "" {
 		switch s, ok := e.sizes[n]; {
-		case ok && s < 0:
-			return maxExpandedBytes + 1 // an anchor inside itself: endless
+		case ok && s.nodes < 0:
+			return endless // an anchor inside itself
 		case ok:
 			return s
 		}
-		e.sizes[n] = -1
+		e.sizes[n] = cost{nodes: -1}
 	}
-	var s int64
+	var s cost
 	switch n.Kind {
 	case yamlv3.AliasNode:
 		if e.firstAlias == nil {
@@ -80,11 +96,12 @@ func (e *expansion) size(n *yamlv3.Node) int64 {
 		}
 		s = e.size(n.Alias)
 	case yamlv3.ScalarNode:
-		s = int64(len(n.Value)) + 3 // quotes and a separator
+		s = cost{int64(len(n.Value)) + 3, 1} // quotes and a separator
 	default: // document, mapping, sequence
-		s = 2
+		s = cost{2, 1}
 		for _, c := range n.Content {
-			s = min(s+e.size(c), maxExpandedBytes+1)
+			cs := e.size(c)
+			s = cost{min(s.bytes+cs.bytes, endless.bytes), min(s.nodes+cs.nodes, endless.nodes)}
 		}
 	}
 	if n.Anchor != "" {

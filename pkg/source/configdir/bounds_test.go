@@ -71,6 +71,35 @@ spec: {clusterIP: 10.96.0.1, selector: *l}
 	}
 }
 
+// TestAliasesOfSmallValuesRefused: aliases that expand a document to few
+// bytes but many values are refused, as bytes alone let through: 500,000
+// empty maps (which keep go-yaml's alias ratio low) and an anchor of 1,000
+// aliased 1,000 times, 1.5 MB of YAML, 4.5 MB of JSON, about 200 bytes a
+// value decoded (300 MB).
+func TestAliasesOfSmallValuesRefused(t *testing.T) {
+	var b strings.Builder
+	b.WriteString("apiVersion: v1\nkind: Namespace\nmetadata: {name: maps}\nflat: [{}")
+	b.WriteString(strings.Repeat(",{}", 500_000-1))
+	b.WriteString("]\nmaps: &m [{}")
+	b.WriteString(strings.Repeat(",{}", 999))
+	b.WriteString("]\nmore: [*m")
+	b.WriteString(strings.Repeat(",*m", 999))
+	b.WriteString("]\n")
+	if b.Len() > maxDocumentBytes {
+		t.Fatalf("the document is %d bytes, over the document bound it must slip under", b.Len())
+	}
+	dir, snap, errs := loadFiles(t, map[string]string{"maps.yaml": b.String()})
+	want := []string{filepath.Join(dir, "maps.yaml") + fmt.Sprintf(
+		":6: YAML aliases (the first: *m) expand this document to more than %d values: write the values out instead (Kubernetes manifests do not need anchors and aliases)",
+		maxExpandedNodes)}
+	if g := errorStrings(errs); !reflect.DeepEqual(g, want) {
+		t.Errorf("errors\n%s\nwant\n%s", strings.Join(g, "\n"), strings.Join(want, "\n"))
+	}
+	if g := names(snap); len(g) > 0 {
+		t.Errorf("objects %q, want none", g)
+	}
+}
+
 // TestManyProblemsInOneObject: an object with thousands of rejected values
 // reports at most maxProblemsPerFile, the last counting the rest, without a
 // walk of the document for each (which made this quadratic).
@@ -114,6 +143,28 @@ func TestManyBrokenDocuments(t *testing.T) {
 	}
 	if last, want := errs[len(errs)-1].Error(), fmt.Sprintf("broken.yaml: %d more problems not listed", n-maxProblemsPerFile+1); last != want {
 		t.Errorf("last problem %q, want %q", last, want)
+	}
+}
+
+// TestEmptyDocumentsCostNoParse: a file of 8 MiB of "---" lines (two
+// million empty documents) and comments is read without a YAML parse per
+// document: it took seconds and gigabytes allocated.
+func TestEmptyDocumentsCostNoParse(t *testing.T) {
+	last := "---\napiVersion: v1\nkind: Namespace\nmetadata: {name: last}\n"
+	empty := strings.Repeat("---\n", 1000) + strings.Repeat("--- # nothing\n  \n# more nothing\n", 1000)
+	data := strings.Repeat(empty, (DefaultMaxFileBytes-len(last))/len(empty)) + last
+	var gotNames []string
+	var errs []error
+	alloc := allocated(func() {
+		_, snap, e := loadFiles(t, map[string]string{"empty.yaml": data})
+		gotNames, errs = names(snap), e
+	})
+	if len(errs) > 0 || !reflect.DeepEqual(gotNames, []string{"namespace last"}) {
+		t.Errorf("objects %q, errors %q; want namespace last and no errors", gotNames, errorStrings(errs))
+	}
+	// The file is read and written once each: 8 MiB apiece.
+	if limit := uint64(128 << 20); alloc > limit {
+		t.Errorf("loading allocated %d MiB, more than %d MiB", alloc>>20, limit>>20)
 	}
 }
 

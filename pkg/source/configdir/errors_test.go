@@ -396,6 +396,35 @@ func TestObjectLimits(t *testing.T) {
 	}
 }
 
+// TestEveryDocumentCounts: documents of kinds ztdns ignores, and
+// documents that are no object, count against --config-max-objects-per-file
+// like the objects it reads: each costs a parse.
+func TestEveryDocumentCounts(t *testing.T) {
+	deploy := func(i int) string {
+		return fmt.Sprintf("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d-%d}\n---\n", i)
+	}
+	dir := t.TempDir()
+	writeFiles(t, dir, map[string]string{
+		"ignored.yaml": "apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n---\n" + deploy(0) + deploy(1) + deploy(2),
+		"list.yaml":    "apiVersion: v1\nkind: List\nitems:\n" + strings.Repeat("- {apiVersion: v1, kind: ConfigMap, metadata: {name: c}}\n", 4),
+		"nulls.yaml":   strings.Repeat("--- ~\n", 4),
+		"fine.yaml":    "apiVersion: v1\nkind: Namespace\nmetadata: {name: b}\n---\n" + deploy(0) + deploy(1) + "---\n# nothing\n",
+	})
+	log, _ := testLogger(t)
+	got, errs := load(t, dir, WithLogger(log), WithLimits(Limits{ObjectsPerFile: 3}))
+	want := []string{
+		filepath.Join(dir, "ignored.yaml") + ":12: more than 3 objects in one file (--config-max-objects-per-file): split it",
+		filepath.Join(dir, "list.yaml") + ":1: more than 3 objects in one file (--config-max-objects-per-file): split it",
+		filepath.Join(dir, "nulls.yaml") + ":4: more than 3 objects in one file (--config-max-objects-per-file): split it",
+	}
+	if g := errorStrings(errs); !reflect.DeepEqual(g, want) {
+		t.Errorf("errors\n%s\nwant\n%s", strings.Join(g, "\n"), strings.Join(want, "\n"))
+	}
+	if g, w := names(got), []string{"namespace b"}; !reflect.DeepEqual(g, w) {
+		t.Errorf("objects %q, want %q", g, w)
+	}
+}
+
 // TestLargeDocumentRefused: a document over maxDocumentBytes (a big kind:
 // List) is refused before it is converted; the same objects as separate
 // documents are served.

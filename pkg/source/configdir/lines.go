@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"iter"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	yamlv2 "go.yaml.in/yaml/v2"
 	yamlv3 "go.yaml.in/yaml/v3"
@@ -18,47 +20,158 @@ import (
 type document struct {
 	data []byte
 	line int // the file line the document's first byte is on
+	// afterEnd is the file line of content after a document end marker
+	// ("...") in data, 0 if none: YAML allows only a new document (---)
+	// there, and the conversion would silently read the first one only.
+	afterEnd int
 }
 
-// splitDocuments splits a multi-document YAML file at its "---" lines. YAML
-// forbids a "---" at the start of a line inside any content (block scalars
-// included), so splitting on lines is exact, and it lets every document keep
-// its starting line for error messages. The marker stays at the start of the
-// document it opens, which the YAML parsers accept.
-func splitDocuments(data []byte) []document {
-	var docs []document
-	start, startLine, line := 0, 1, 1
-	for off := 0; off < len(data); line++ {
-		next := len(data)
-		if i := bytes.IndexByte(data[off:], '\n'); i >= 0 {
-			next = off + i + 1
+// documents yields the documents of a multi-document YAML file, split at
+// its "---" lines, one at a time. YAML forbids a "---" at the start of a
+// line inside any content (block scalars included), so splitting on lines
+// is exact, and it lets every document keep its starting line for error
+// messages. Lines end where go-yaml ends them: at LF, CR, CR LF, NEL,
+// U+2028 and U+2029. The marker stays at the start of the document it
+// opens, which the YAML parsers accept.
+func documents(data []byte) iter.Seq[document] {
+	return func(yield func(document) bool) {
+		start, startLine, line := 0, 1, 1
+		ended := false // a "..." line in the document so far
+		afterEnd := 0
+		for off := 0; off < len(data); line++ {
+			end, next := lineEnd(data, off)
+			text := data[off:end]
+			switch {
+			case off > start && isMarker(text, "---"):
+				if !yield(document{data: data[start:off], line: startLine, afterEnd: afterEnd}) {
+					return
+				}
+				start, startLine, ended, afterEnd = off, line, false, 0
+			case isMarker(text, "..."):
+				ended = true
+			case ended && afterEnd == 0 && !isBlankOrComment(text):
+				afterEnd = line
+			}
+			off = next
 		}
-		if off > start && isDocumentStart(data[off:next]) {
-			docs = append(docs, document{data: data[start:off], line: startLine})
-			start, startLine = off, line
+		yield(document{data: data[start:], line: startLine, afterEnd: afterEnd})
+	}
+}
+
+// isEmpty reports whether doc holds only blank lines and comments, after
+// its "---": a document of nothing, known without a YAML parser.
+func (doc document) isEmpty() bool {
+	data := doc.data
+	for off := 0; off < len(data); {
+		end, next := lineEnd(data, off)
+		text := data[off:end]
+		if off == 0 && isMarker(text, "---") {
+			text = text[3:]
+		}
+		if !isBlankOrComment(text) {
+			return false
 		}
 		off = next
 	}
-	return append(docs, document{data: data[start:], line: startLine})
+	return true
 }
 
-func isDocumentStart(line []byte) bool {
-	rest, ok := bytes.CutPrefix(line, []byte("---"))
-	return ok && (len(rest) == 0 || rest[0] == ' ' || rest[0] == '\t' || rest[0] == '\r' || rest[0] == '\n')
+// lineEnd returns where the line starting at off ends, and where the next
+// one starts, with go-yaml's line breaks.
+func lineEnd(data []byte, off int) (end, next int) {
+	for i := off; i < len(data); i++ {
+		switch c := data[i]; c {
+		case '\n':
+			return i, i + 1
+		case '\r':
+			if i+1 < len(data) && data[i+1] == '\n' {
+				return i, i + 2
+			}
+			return i, i + 1
+		case 0xC2: // NEL is C2 85
+			if i+1 < len(data) && data[i+1] == 0x85 {
+				return i, i + 2
+			}
+		case 0xE2: // U+2028 and U+2029 are E2 80 A8 and E2 80 A9
+			if i+2 < len(data) && data[i+1] == 0x80 && (data[i+2] == 0xA8 || data[i+2] == 0xA9) {
+				return i, i + 3
+			}
+		}
+	}
+	return len(data), len(data)
+}
+
+// isMarker reports whether line (without its break) is the document marker
+// m ("---" or "..."), alone or followed by a blank.
+func isMarker(line []byte, m string) bool {
+	rest, ok := bytes.CutPrefix(line, []byte(m))
+	return ok && (len(rest) == 0 || rest[0] == ' ' || rest[0] == '\t')
+}
+
+// isBlankOrComment reports whether line (without its break) holds nothing
+// but blanks and a comment.
+func isBlankOrComment(line []byte) bool {
+	line = bytes.TrimLeft(line, " \t")
+	return len(line) == 0 || line[0] == '#'
+}
+
+// encodingError reports a file go-yaml would misread, or refuse without
+// saying where: UTF-16 and UTF-32 (go-yaml decodes UTF-16, whose line
+// breaks the splitting above does not see), bytes that are not UTF-8, and
+// the characters YAML does not allow (NUL, other control characters).
+func encodingError(data []byte) (line int, err error) {
+	for _, bom := range []struct {
+		mark, name string
+	}{
+		{"\x00\x00\xfe\xff", "UTF-32BE"},
+		{"\xff\xfe\x00\x00", "UTF-32LE"},
+		{"\xfe\xff", "UTF-16BE"},
+		{"\xff\xfe", "UTF-16LE"},
+	} {
+		if bytes.HasPrefix(data, []byte(bom.mark)) {
+			return 0, fmt.Errorf("the file is %s (it starts with that byte order mark): save it as UTF-8", bom.name)
+		}
+	}
+	for i := 0; i < len(data); {
+		if c := data[i]; c >= 0x20 && c < 0x7f || c == '\n' || c == '\t' || c == '\r' {
+			i++
+			continue
+		}
+		r, n := utf8.DecodeRune(data[i:])
+		switch {
+		case r == 0:
+			return lineAt(data, i), errors.New("a NUL byte: YAML manifests are UTF-8 text (a file saved as UTF-16 has one in every ASCII character)")
+		case r == utf8.RuneError && n == 1:
+			return lineAt(data, i), fmt.Errorf("byte 0x%02X is not UTF-8: save the file as UTF-8", data[i])
+		case !(r == 0x85 || r >= 0xa0 && r <= 0xd7ff || r >= 0xe000 && r <= 0xfffd || r >= 0x10000):
+			// go-yaml's allowed characters (YAML 1.1's printable set).
+			return lineAt(data, i), fmt.Errorf("control character %U, which YAML does not allow", r)
+		}
+		i += n
+	}
+	return 0, nil
+}
+
+// lineAt is the file line of data[off].
+func lineAt(data []byte, off int) int {
+	line := 1
+	for i := 0; ; line++ {
+		_, next := lineEnd(data, i)
+		if next > off || next >= len(data) {
+			return line
+		}
+		i = next
+	}
 }
 
 // firstContentLine is the file line of the first line of doc that is not
 // blank, a comment or a bare "---": where the object starts.
 func firstContentLine(doc document) int {
 	data := doc.data
-	for n := 0; len(data) > 0; n++ {
-		line := data
-		if i := bytes.IndexByte(data, '\n'); i >= 0 {
-			line, data = data[:i], data[i+1:]
-		} else {
-			data = nil
-		}
-		text := strings.TrimSpace(string(line))
+	for n, off := 0, 0; off < len(data); n++ {
+		end, next := lineEnd(data, off)
+		text := strings.TrimSpace(string(data[off:end]))
+		off = next
 		if text == "" || text == "---" || text[0] == '#' || text[0] == '%' {
 			continue
 		}
@@ -100,12 +213,12 @@ func errorLine(doc document, msg string, skew int) (int, string) {
 	return doc.line + min(n+skew, lineCount(doc.data)) - 1, rest
 }
 
-// lineCount is the number of lines in data, a last line without a newline
-// included.
+// lineCount is the number of lines in data, a last line without a line
+// break included.
 func lineCount(data []byte) int {
-	n := bytes.Count(data, []byte("\n"))
-	if len(data) > 0 && data[len(data)-1] != '\n' {
-		n++
+	n := 0
+	for off := 0; off < len(data); n++ {
+		_, off = lineEnd(data, off)
 	}
 	return max(n, 1)
 }

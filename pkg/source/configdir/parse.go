@@ -34,6 +34,9 @@ type manifests struct {
 	// not logged, and whether a List had more items than a file may hold.
 	unknownWarned, unknownMore int
 	tooMany                    bool
+	// ignored counts the objects of kinds ztdns does not read: they count
+	// against the limit on objects per file all the same.
+	ignored int
 }
 
 func (m *manifests) len() int {
@@ -86,12 +89,33 @@ type parser struct {
 // It returns the problems it finds as *FileError, at most
 // maxProblemsPerFile of them, the last of which then counts the rest; a
 // file with problems must not be served, so its manifests are then nil. A
-// file with more than limits.ObjectsPerFile objects is a problem, found as
-// soon as the objects read pass the limit.
+// file with more than limits.ObjectsPerFile objects, or documents that are
+// not empty, is a problem, found as soon as those read pass the limit:
+// objects of kinds ztdns ignores count too.
 func (p parser) parseFile(path string, data []byte) (*manifests, []error) {
 	m := &manifests{}
 	pr := &problems{path: path}
-	for _, doc := range splitDocuments(data) {
+	if line, err := encodingError(data); err != nil {
+		pr.add(line, err)
+		return nil, pr.list()
+	}
+	docs := 0
+	for doc := range documents(data) {
+		if doc.isEmpty() {
+			continue // a file of a million "---" lines costs no parse
+		}
+		// Every document counts, those of kinds ztdns ignores and those
+		// with problems included: each costs a parse.
+		if docs++; docs > p.limits.ObjectsPerFile {
+			pr.add(doc.line, fmt.Errorf(
+				"more than %d objects in one file (--config-max-objects-per-file): split it", p.limits.ObjectsPerFile))
+			break
+		}
+		if doc.afterEnd > 0 {
+			// go-yaml would read the document before and drop the rest.
+			pr.add(doc.afterEnd, errors.New("content after a document end marker (...): start a new document with ---"))
+			continue
+		}
 		if len(doc.data) > maxDocumentBytes {
 			// Converting a document costs tens of times its size at once
 			// (an 8 MiB kind: List peaked at 380 MB): separate documents
@@ -101,7 +125,7 @@ func (p parser) parseFile(path string, data []byte) (*manifests, []error) {
 			continue
 		}
 		p.parseDocument(pr, doc, m)
-		if m.len() > p.limits.ObjectsPerFile || m.tooMany {
+		if m.len()+m.ignored > p.limits.ObjectsPerFile || m.tooMany {
 			pr.add(doc.line, fmt.Errorf(
 				"more than %d objects in one file (--config-max-objects-per-file): split it", p.limits.ObjectsPerFile))
 			break
@@ -267,7 +291,7 @@ func (p parser) parseObject(pr *problems, raw []byte, loc *locator, at []int, m 
 			fail(fmt.Errorf("reading the List's items: %w", err))
 			return
 		}
-		if m.len()+len(l.Items) > p.limits.ObjectsPerFile {
+		if m.len()+m.ignored+len(l.Items) > p.limits.ObjectsPerFile {
 			m.tooMany = true
 			return
 		}
@@ -281,6 +305,19 @@ func (p parser) parseObject(pr *problems, raw []byte, loc *locator, at []int, m 
 	if !ok || group != k.group {
 		// Deployments and the like carry nothing DNS answers from; a kind of
 		// the same name from another API group is another resource.
+		m.ignored++
+		if want, ok := lookalike(h.Kind, group); ok {
+			// A misspelt kind or group serves nothing, silently: say so.
+			if m.unknownWarned >= maxUnknownFieldWarnings {
+				m.unknownMore++
+				return
+			}
+			m.unknownWarned++
+			p.log.Warn("object ignored: its kind or apiVersion looks like one ztdns reads, but is not",
+				"at", fmt.Sprintf("%s:%d", path, loc.objectLine(at)), "apiVersion", h.APIVersion, "kind", h.Kind,
+				"name", h.Metadata.Name, "want", want)
+			return
+		}
 		p.log.Debug("ignoring object of a kind ztdns does not read",
 			"path", path, "apiVersion", h.APIVersion, "kind", h.Kind, "name", h.Metadata.Name)
 		return
@@ -378,6 +415,50 @@ func kindNamed(name string) (kind, bool) {
 		return kind{id: "serviceentry", group: "networking.istio.io", versions: []string{"v1", "v1beta1", "v1alpha3"}, namespaced: true, decode: decodeServiceEntry}, true
 	}
 	return kind{}, false
+}
+
+// lookalike reports a kind ztdns reads that kind (of group) is probably
+// meant to be: the same name in another case, or the same kind in a group
+// one or two letters off (or "core" for the core group). Another group
+// altogether (Knative's serving.knative.dev Service) is another resource.
+func lookalike(kindName, group string) (string, bool) {
+	for _, name := range []string{"Namespace", "Service", "Pod", "EndpointSlice", "ServiceEntry"} {
+		if !strings.EqualFold(kindName, name) {
+			continue
+		}
+		k, _ := kindNamed(name)
+		want := name + " of apiVersion " + k.apiVersions()
+		switch {
+		case kindName != name:
+			return want, true
+		case k.group == "" && strings.EqualFold(group, "core"):
+			return want, true
+		case k.group != "" && group != "" && (strings.EqualFold(group, k.group) || editDistance(group, k.group) <= 2):
+			return want, true
+		}
+	}
+	return "", false
+}
+
+// editDistance is the Levenshtein distance between a and b.
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			sub := prev[j-1]
+			if a[i-1] != b[j-1] {
+				sub++
+			}
+			cur[j] = min(sub, prev[j]+1, cur[j-1]+1)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
 }
 
 func splitAPIVersion(apiVersion string) (group, version string) {

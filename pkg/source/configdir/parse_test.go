@@ -3,6 +3,7 @@ package configdir
 import (
 	"fmt"
 	"net/netip"
+	"path/filepath"
 	"reflect"
 	"slices"
 	"strings"
@@ -364,6 +365,48 @@ metadata: {name: settings}
 	}
 }
 
+// TestLookalikeKindsAreWarnings: an object whose kind or API group is
+// misspelt serves nothing; it is a warning naming file and line, where
+// other kinds (a Deployment, Knative's Service) are only a debug line.
+func TestLookalikeKindsAreWarnings(t *testing.T) {
+	dir := t.TempDir()
+	writeFiles(t, dir, map[string]string{"m.yaml": `apiVersion: networking.istio.com/v1
+kind: ServiceEntry
+metadata: {name: typo}
+---
+apiVersion: v1
+kind: service
+metadata: {name: lower}
+---
+apiVersion: core/v1
+kind: Pod
+metadata: {name: core}
+---
+apiVersion: serving.knative.dev/v1
+kind: Service
+metadata: {name: knative}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: curl}
+`})
+	log, logs := testLogger(t)
+	load(t, dir, WithLogger(log))
+	out := logs.String()
+	path := filepath.Join(dir, "m.yaml")
+	for _, want := range []string{
+		`level=WARN msg="object ignored: its kind or apiVersion looks like one ztdns reads, but is not" source=configdir dir=` + dir + ` at=` + path + `:1 apiVersion=networking.istio.com/v1 kind=ServiceEntry name=typo want="ServiceEntry of apiVersion networking.istio.io/v1, networking.istio.io/v1beta1, networking.istio.io/v1alpha3"`,
+		`at=` + path + `:5 apiVersion=v1 kind=service name=lower want="Service of apiVersion v1"`,
+		`at=` + path + `:9 apiVersion=core/v1 kind=Pod name=core want="Pod of apiVersion v1"`,
+		`level=DEBUG msg="ignoring object of a kind ztdns does not read" source=configdir dir=` + dir + ` path=` + path + ` apiVersion=serving.knative.dev/v1 kind=Service name=knative`,
+		`level=DEBUG msg="ignoring object of a kind ztdns does not read" source=configdir dir=` + dir + ` path=` + path + ` apiVersion=apps/v1 kind=Deployment name=curl`,
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("log lacks %s:\n%s", want, out)
+		}
+	}
+}
+
 func TestUnknownFieldsAreWarnings(t *testing.T) {
 	dir := t.TempDir()
 	writeFiles(t, dir, map[string]string{"m.yaml": `apiVersion: v1
@@ -467,7 +510,7 @@ metadata: {name: a}
 
 func TestSplitDocumentsKeepsLines(t *testing.T) {
 	data := "a: 1\n---\nb: 2\n\n--- # c\nc: 3\n---"
-	got := splitDocuments([]byte(data))
+	got := slices.Collect(documents([]byte(data)))
 	want := []document{
 		{data: []byte("a: 1\n"), line: 1},
 		{data: []byte("---\nb: 2\n\n"), line: 2},
@@ -475,7 +518,71 @@ func TestSplitDocumentsKeepsLines(t *testing.T) {
 		{data: []byte("---"), line: 7},
 	}
 	if !reflect.DeepEqual(got, want) {
-		t.Errorf("splitDocuments(%q)\n got %s\nwant %s", data, fmtDocs(got), fmtDocs(want))
+		t.Errorf("documents(%q)\n got %s\nwant %s", data, fmtDocs(got), fmtDocs(want))
+	}
+}
+
+// utf16LE encodes s as UTF-16LE with a byte order mark, as PowerShell 5.1's
+// > writes.
+func utf16LE(s string) string {
+	b := []byte{0xff, 0xfe}
+	for _, r := range s {
+		b = append(b, byte(r), byte(r>>8))
+	}
+	return string(b)
+}
+
+// TestNoDocumentDropped: go-yaml ends lines at CR, NEL, U+2028 and U+2029
+// as well as LF, and reads UTF-16: a "---" after one of those, or in a
+// UTF-16 file, starts a document the splitting must see, or the conversion
+// silently reads only the first. Each is served in full or refused with an
+// error, never served in part.
+func TestNoDocumentDropped(t *testing.T) {
+	ns := func(name string) string { return "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: " + name + "\n" }
+	cr := func(s string) string { return strings.ReplaceAll(s, "\n", "\r") }
+	dir, snap, errs := loadFiles(t, map[string]string{
+		"cr.yaml":    cr(ns("cr1") + "---\n" + ns("cr2")),
+		"crlf.yaml":  strings.ReplaceAll(ns("crlf1")+"---\n"+ns("crlf2"), "\n", "\r\n"),
+		"ls.yaml":    ns("ls1") + "\u2028---\u2028" + ns("ls2"),
+		"nel.yaml":   strings.TrimSuffix(ns("nel1"), "\n") + "\u0085---\n" + ns("nel2"),
+		"ps.yaml":    ns("ps1") + "---\u2029" + ns("ps2"),
+		"utf16.yaml": utf16LE(ns("wide1") + "---\n" + ns("wide2")),
+		"nul.yaml":   ns("nul1") + "---\n" + "apiVersion: v1\nkind: Namespace\x00\n",
+		"end.yaml":   ns("end1") + "...\n# a comment\n" + ns("end2"),
+		"ended.yaml": ns("ended1") + "...\n---\n" + ns("ended2") + "...\n",
+	})
+	want := []string{
+		filepath.Join(dir, "end.yaml") + ":7: content after a document end marker (...): start a new document with ---",
+		filepath.Join(dir, "nul.yaml") + ":7: a NUL byte: YAML manifests are UTF-8 text (a file saved as UTF-16 has one in every ASCII character)",
+		filepath.Join(dir, "utf16.yaml") + ": the file is UTF-16LE (it starts with that byte order mark): save it as UTF-8",
+	}
+	if got := errorStrings(errs); !reflect.DeepEqual(got, want) {
+		t.Errorf("errors\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	wantNames := []string{"namespace cr1", "namespace cr2", "namespace crlf1", "namespace crlf2",
+		"namespace ended1", "namespace ended2", "namespace ls1", "namespace ls2",
+		"namespace nel1", "namespace nel2", "namespace ps1", "namespace ps2"}
+	got := names(snap)
+	slices.Sort(got)
+	if !reflect.DeepEqual(got, wantNames) {
+		t.Errorf("objects\n%q\nwant\n%q", got, wantNames)
+	}
+}
+
+// TestEncodingErrorsNameTheirLine: a byte that is not UTF-8 (a Latin-1
+// é) or a control character YAML does not allow is reported on its line;
+// go-yaml names no line for them.
+func TestEncodingErrorsNameTheirLine(t *testing.T) {
+	dir, _, errs := loadFiles(t, map[string]string{
+		"latin1.yaml": "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: caf\xe9\n",
+		"ctrl.yaml":   "apiVersion: v1\r\nkind: Namespace\r\nmetadata:\r\n  name: a\x01\r\n",
+	})
+	want := []string{
+		filepath.Join(dir, "ctrl.yaml") + ":4: control character U+0001, which YAML does not allow",
+		filepath.Join(dir, "latin1.yaml") + ":4: byte 0xE9 is not UTF-8: save the file as UTF-8",
+	}
+	if got := errorStrings(errs); !reflect.DeepEqual(got, want) {
+		t.Errorf("errors\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 }
 

@@ -45,7 +45,7 @@ type notifyWatcher struct {
 	dir     string
 	log     *slog.Logger
 	fw      *fsnotify.Watcher
-	watched fileID // the directory the watch is on
+	watched atomic.Pointer[fileID] // the directory the watch is on
 	ch      chan struct{}
 	done    chan struct{}
 	// known returns the names of the files the last scan read.
@@ -93,7 +93,7 @@ func (w *notifyWatcher) add() error {
 	if err := w.fw.Add(w.dir); err != nil {
 		return fmt.Errorf("watching %s: %w", w.dir, err)
 	}
-	w.watched = id
+	w.watched.Store(&id)
 	return nil
 }
 
@@ -104,16 +104,18 @@ func (w *notifyWatcher) run() {
 	for {
 		select {
 		case <-tick.C:
-			if w.unwatched.Load() {
+			// A symlinked directory re-pointed (ln -s new tmp; mv -T tmp
+			// dir) sends no event: the watch is on the old target, and
+			// the link's own directory is not watched.
+			if w.unwatched.Load() || w.replaced() {
 				signal(w.ch)
 			}
 		case ev, ok := <-w.fw.Events:
 			if !ok {
 				return
 			}
-			if ev.Op == fsnotify.Chmod {
-				continue // permission or timestamp change: content is the same
-			}
+			// Chmod too: a file made readable is read at last. Unchanged
+			// files cost a stat, and their digest spares the parse.
 			if w.matters(ev) {
 				signal(w.ch)
 			}
@@ -131,6 +133,13 @@ func (w *notifyWatcher) run() {
 }
 
 func (w *notifyWatcher) changes() <-chan struct{} { return w.ch }
+
+// replaced reports whether the path now leads to another directory than
+// the one watched (or to none).
+func (w *notifyWatcher) replaced() bool {
+	id, err := identify(w.dir)
+	return err != nil || id != *w.watched.Load()
+}
 
 // matters reports whether ev can change what a scan reads: in a
 // directory watched for links only, an event about a name a manifest
@@ -160,7 +169,7 @@ func (w *notifyWatcher) matters(ev fsnotify.Event) bool {
 func (w *notifyWatcher) rearm() {
 	defer w.followLinks()
 	id, err := identify(w.dir)
-	if err != nil || id == w.watched {
+	if err != nil || id == *w.watched.Load() {
 		return
 	}
 	_ = w.fw.Remove(w.dir) // gone already when inotify saw the old one move
@@ -298,7 +307,7 @@ type pollWatcher struct {
 // are the files scan reads, and so the ones to watch.
 func startPolling(dir string, interval time.Duration, maxFiles int, known func() []string) *pollWatcher {
 	w := &pollWatcher{dir: dir, ch: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
-	last := fingerprint(dir, maxFiles, known())
+	last, _ := fingerprint(dir, maxFiles, known(), time.Now())
 	go func() {
 		defer close(w.done)
 		t := time.NewTicker(interval)
@@ -310,7 +319,11 @@ func startPolling(dir string, interval time.Duration, maxFiles int, known func()
 			case <-t.C:
 				// After a scan that read other files than the last, this
 				// changes once, and the scan it causes changes nothing.
-				if fp := fingerprint(dir, maxFiles, known()); fp != last {
+				// While a file's times are too recent to trust, a
+				// same-size write in the same tick leaves the fingerprint
+				// as it was: scan anyway (the digest spares the parse).
+				fp, racy := fingerprint(dir, maxFiles, known(), time.Now())
+				if fp != last || racy {
 					last = fp
 					signal(w.ch)
 				}
@@ -325,31 +338,34 @@ func (w *pollWatcher) rearm()                   {} // polling goes by path
 func (w *pollWatcher) close()                   { close(w.stop); <-w.done }
 
 // fingerprint summarises what a scan of dir would read, following symlinks;
-// it changes when a file is added, removed, rewritten or replaced. Files
-// past maxFiles, chosen as scan chooses them (those in known, sorted, first),
-// are only counted.
-func fingerprint(dir string, maxFiles int, known []string) string {
+// it changes when a file is added, removed, rewritten or replaced, its
+// status change time included (cp -p and rsync -t set the modification
+// time back). racy reports a file whose times are too recent, at now, to
+// change with a write in the same timestamp tick. Files past maxFiles,
+// chosen as scan chooses them (those in known, sorted, first), are only
+// counted.
+func fingerprint(dir string, maxFiles int, known []string, now time.Time) (fp string, racy bool) {
 	names, skipped, err := listManifests(dir, maxFiles, func(name string) bool {
 		_, ok := slices.BinarySearch(known, name)
 		return ok
 	})
 	if err != nil {
-		return "error: " + err.Error()
+		return "error: " + err.Error(), false
 	}
 	var b strings.Builder
 	for _, err := range skipped {
 		fmt.Fprintln(&b, err)
 	}
 	for _, name := range names {
-		fi, err := os.Stat(filepath.Join(dir, name))
+		st, err := statOf(filepath.Join(dir, name))
 		if err != nil {
 			fmt.Fprintf(&b, "%s error %v\n", name, err)
 			continue
 		}
-		id := idOf(fi)
-		fmt.Fprintf(&b, "%s %d %d %d %d\n", name, fi.Size(), fi.ModTime().UnixNano(), id.dev, id.ino)
+		racy = racy || !st.trustedAt(now)
+		fmt.Fprintf(&b, "%s %d %d %d %d %d\n", name, st.size, st.mtime, st.ctime, st.id.dev, st.id.ino)
 	}
-	return b.String()
+	return b.String(), racy
 }
 
 // fileID tells apart two files, or two directories, at the same path.

@@ -220,6 +220,34 @@ func TestDirectoryReplaced(t *testing.T) {
 	r.waitFor(t, "a change in the new directory", hasNames("namespace new", "namespace later"))
 }
 
+// TestSymlinkedDirectoryRepointed: a --config-dir that is a symlink
+// re-pointed at another release (ln -s rel2 tmp && mv -T tmp current, the
+// old release kept) is followed, and then changes in the new target are.
+func TestSymlinkedDirectoryRepointed(t *testing.T) {
+	watchModes(t, func(t *testing.T, opts ...Option) {
+		parent := t.TempDir()
+		writeFiles(t, filepath.Join(parent, "rel1"), map[string]string{"a.yaml": namespaceYAML("old")})
+		writeFiles(t, filepath.Join(parent, "rel2"), map[string]string{"a.yaml": namespaceYAML("new")})
+		current := filepath.Join(parent, "current")
+		if err := os.Symlink("rel1", current); err != nil {
+			t.Fatal(err)
+		}
+		r := startSource(t, current, opts...)
+		r.waitFor(t, "the first release's objects", hasNames("namespace old"))
+
+		tmp := filepath.Join(parent, "current.tmp")
+		if err := os.Symlink("rel2", tmp); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, current); err != nil {
+			t.Fatal(err)
+		}
+		r.waitFor(t, "the second release's objects", hasNames("namespace new"))
+		writeFile(t, filepath.Join(parent, "rel2", "b.yaml"), namespaceYAML("later"))
+		r.waitFor(t, "a change in the second release", hasNames("namespace new", "namespace later"))
+	})
+}
+
 func TestDirectoryRemovedEndsRun(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "manifests")
 	writeFiles(t, dir, map[string]string{"a.yaml": namespaceYAML("a")})
@@ -325,6 +353,64 @@ func TestFallsBackToPolling(t *testing.T) {
 	}
 	writeFile(t, filepath.Join(dir, "a.yaml"), namespaceYAML("a", "b"))
 	r.waitFor(t, "the change, found by polling", hasNames("namespace a", "namespace b"))
+}
+
+// TestPollFingerprintHasStatusChangeTime: a rewrite that keeps the size
+// and sets the modification time back (cp -p, rsync --inplace -t) changes
+// the poller's fingerprint: the status change time cannot be set back.
+func TestPollFingerprintHasStatusChangeTime(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "a.yaml")
+	writeFile(t, path, namespaceYAML("ns-aa"))
+	old := time.Now().Add(-time.Hour)
+	if err := os.Chtimes(path, old, old); err != nil {
+		t.Fatal(err)
+	}
+	before, _ := fingerprint(dir, DefaultMaxFiles, nil, time.Now())
+	st, err := statOf(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitForTimestampAfter(t, dir, st.ctime)
+	writeFile(t, path, namespaceYAML("ns-zz"))
+	if err := os.Chtimes(path, old, old); err != nil {
+		t.Fatal(err)
+	}
+	if after, _ := fingerprint(dir, DefaultMaxFiles, nil, time.Now()); after == before {
+		t.Errorf("fingerprint unchanged by a same-size rewrite with its modification time kept:\n%s", after)
+	}
+}
+
+// TestPollingScansWhileTimesAreRacy: while a file's times are within
+// racyWindow of a poll, a same-size write in the same timestamp tick would
+// leave the fingerprint as it was: the poller asks for scans anyway, with no
+// change it can see, and stops once the times are old enough.
+func TestPollingScansWhileTimesAreRacy(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "a.yaml")
+	writeFile(t, path, namespaceYAML("a"))
+	w := startPolling(dir, 10*time.Millisecond, DefaultMaxFiles, func() []string { return nil })
+	defer w.close()
+	for i := range 2 {
+		select {
+		case <-w.changes():
+		case <-time.After(waitTimeout):
+			t.Fatalf("no scan asked for within %v (%d so far) while the file's times are recent", waitTimeout, i)
+		}
+	}
+	st, err := statOf(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "file times older than racyWindow", func() bool { return st.trustedAt(time.Now().Add(-100 * time.Millisecond)) })
+	for len(w.changes()) > 0 {
+		<-w.changes()
+	}
+	select {
+	case <-w.changes():
+		t.Error("scans still asked for after the file's times are old enough")
+	case <-time.After(300 * time.Millisecond):
+	}
 }
 
 // TestPollingWatchesTheFilesRead: past Limits.Files, the poller watches the
@@ -469,6 +555,30 @@ func TestLinkWatchesBounded(t *testing.T) {
 	}
 	if got, want := slices.Sorted(slices.Values(w.fw.WatchList())), slices.Sorted(slices.Values([]string{dir, kept})); !slices.Equal(got, want) {
 		t.Errorf("inotify watches %q, want %q: the config dir and the remaining link's directory", got, want)
+	}
+}
+
+// TestChmodIsAChange: a chmod asks for a scan, so that a file that could
+// not be read ("permission denied") is read once it is made readable. The
+// tests run as root, whom no mode stops, so this checks the watcher's
+// signal itself.
+func TestChmodIsAChange(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "a.yaml")
+	writeFile(t, path, namespaceYAML("a"))
+	log, _ := testLogger(t)
+	w, err := startNotify(dir, log, func() []string { return nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.close()
+	if err := os.Chmod(path, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-w.changes():
+	case <-time.After(waitTimeout):
+		t.Fatalf("no change signalled within %v after a chmod", waitTimeout)
 	}
 }
 
