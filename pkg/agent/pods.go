@@ -43,6 +43,11 @@ func (a *Agent) captureNetns(req control.CaptureRequest) (control.PodRow, error)
 			// take the runtime's pod's place.
 			return control.PodRow{}, control.Refused(fmt.Errorf("pod %s/%s is recorded by the container runtime (network namespace %s): capture add needs another --name",
 				req.Namespace, req.Name, att.NetnsPath))
+		case att.Namespace == req.Namespace && att.Name == req.Name && att.NetnsCookie != ns.cookie:
+			// Another namespace under this name (by hand, or adopted):
+			// merged by name, one would hide the other.
+			return control.PodRow{}, control.Refused(fmt.Errorf("%s/%s is already the name of network namespace %s: release it (capture del) or give another --name",
+				req.Namespace, req.Name, att.NetnsPath))
 		}
 	}
 	// The same netns marked again (under another name, say) has the same

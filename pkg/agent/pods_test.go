@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/netip"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -70,6 +71,33 @@ func TestCaptureAddAgainKeepsTheMark(t *testing.T) {
 	}
 	if p := a.pods.ByCookie(cookie); p == nil || p.Key() != "default/second" || len(a.pods.Attachments()) != 1 {
 		t.Errorf("the namespace is %v's, records %v; want one, default/second's", p, a.pods.Attachments())
+	}
+}
+
+// TestCaptureAddRefusesANameTaken: records are merged by namespace/name,
+// so a second network namespace captured by hand under a name another one
+// holds would hide it. It is refused; the first keeps its mark and its IP.
+func TestCaptureAddRefusesANameTaken(t *testing.T) {
+	a, m := cniAgent(t)
+	a.server = &resolver.Server{}
+	feedSource(a)
+	first, second := podNetns(t, "203.0.113.95/32"), podNetns(t, "203.0.113.96/32")
+	cookie, err := redirect.NetnsCookie(first.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.captureNetns(control.CaptureRequest{Netns: first.Path(), Namespace: "default", Name: "vm"}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = a.captureNetns(control.CaptureRequest{Netns: second.Path(), Namespace: "default", Name: "vm"})
+	if control.StatusOf(err) != http.StatusForbidden || !strings.Contains(err.Error(), first.Path()) {
+		t.Errorf("second capture add as default/vm = %v, want refused naming %s", err, first.Path())
+	}
+	if got := m.cookies(); !slices.Equal(got, []uint64{cookie}) {
+		t.Errorf("marks %v, want the first namespace's alone (%d)", got, cookie)
+	}
+	if p := a.pods.Lookup(netip.MustParseAddr("203.0.113.95")); p == nil || p.Key() != "default/vm" {
+		t.Errorf("203.0.113.95 is %v's, want default/vm's", p)
 	}
 }
 

@@ -201,6 +201,7 @@ type PodDNSConfig struct {
 
 // PodStatus holds a Pod's addresses.
 type PodStatus struct {
+	Phase  string  `json:"phase,omitempty"`
 	PodIP  string  `json:"podIP,omitempty"`
 	PodIPs []PodIP `json:"podIPs,omitempty"`
 }

@@ -256,6 +256,11 @@ func (p *Pod) Model() (model.Pod, error) {
 	for _, c := range p.Spec.InitContainers { // native sidecars run as init containers
 		out.HasSidecar = out.HasSidecar || c.Name == model.SidecarContainer
 	}
+	if finished(p.Status.Phase) {
+		// Its sandbox is gone and IPAM may have given its addresses to
+		// another pod, though its status still lists them.
+		return out, nil
+	}
 	ips := make([]string, 0, 2)
 	for _, ip := range p.Status.PodIPs {
 		ips = append(ips, ip.IP)
@@ -284,6 +289,12 @@ func (p *Pod) Model() (model.Pod, error) {
 		}
 	}
 	return out, errors.Join(errs...)
+}
+
+// finished says whether a pod in this phase has ended (or its node is
+// lost): CoreDNS leaves such pods out for the same reason.
+func finished(phase string) bool {
+	return phase == "Succeeded" || phase == "Failed" || phase == "Unknown"
 }
 
 func namespaceOf(m *ObjectMeta) string {

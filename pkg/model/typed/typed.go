@@ -88,7 +88,7 @@ func FromPod(p *corev1.Pod) (model.Pod, error) {
 			HostNetwork: p.Spec.HostNetwork,
 			DNSPolicy:   string(p.Spec.DNSPolicy),
 		},
-		Status: kubeapi.PodStatus{PodIP: p.Status.PodIP},
+		Status: kubeapi.PodStatus{Phase: string(p.Status.Phase), PodIP: p.Status.PodIP},
 	}
 	for _, c := range p.Spec.Containers {
 		out.Spec.Containers = append(out.Spec.Containers, kubeapi.Container{Name: c.Name})

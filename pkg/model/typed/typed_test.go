@@ -142,6 +142,13 @@ func TestFromPod(t *testing.T) {
 	if s := got.SearchList("cluster.local"); !slices.Equal(s, []string{"n.svc.cluster.local", "svc.cluster.local", "cluster.local", "corp.example"}) {
 		t.Errorf("search list %v", s)
 	}
+	for _, phase := range []corev1.PodPhase{corev1.PodSucceeded, corev1.PodFailed, corev1.PodUnknown} {
+		done := in
+		done.Status.Phase = phase
+		if p, err := FromPod(&done); err != nil || len(p.IPs) != 0 || p.Key() != "n/p" {
+			t.Errorf("a pod %s: %+v, %v; want the pod without the addresses IPAM may have given away", phase, p, err)
+		}
+	}
 	got.HostNetwork = true
 	if s := got.SearchList("cluster.local"); !slices.Equal(s, []string{"corp.example"}) {
 		t.Errorf("hostNetwork ClusterFirst search %v: the node's list applies", s)
