@@ -126,7 +126,7 @@ func (a *Agent) podRows() ([]control.PodRow, error) {
 		if att := p.Attachment; att != nil {
 			row.ContainerID, row.NetnsCookie, row.NetnsPath = att.ContainerID, att.NetnsCookie, att.NetnsPath
 			row.Captured, row.Reason = att.Captured, att.Reason
-			row.IstioDNSRules = a.istioRules.look(*att).String()
+			row.IstioDNSRules = a.istioRules.look(a.log, *att).String()
 			if m, ok := marks[att.NetnsCookie]; ok {
 				row.Marked, row.Redirected, row.Restored = true, m.Counters.Redirected, m.Counters.Restored
 				row.Nameservers = nameserverStrings(m)

@@ -108,6 +108,7 @@ type PodRow struct {
 	// IstioDNSRules names the backends (nftables, iptables-nft,
 	// iptables-legacy) holding istio-cni's DNS capture rules in a captured
 	// pod: Istio's DNS capture is on for it too (ztdns still answers it).
+	// "unknown" is added when some of the pod's rules could not be read.
 	IstioDNSRules string `json:"istioDNSRules,omitempty"`
 	// Resolver is what the pod holds of the resolver and was refused by its
 	// per-pod limits.

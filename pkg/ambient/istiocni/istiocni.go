@@ -72,7 +72,8 @@ var ErrOtherNetns = errors.New("another network namespace than the one expected"
 // namespace changes. With a cookie other than 0 it first checks that the
 // namespace it opened is that one, or returns ErrOtherNetns. Each of the
 // namespace's listings (nftables, and each legacy table) is read up to
-// maxTableSize bytes: a pod's root may fill its namespace with rules.
+// maxTableSize bytes: a pod's root may fill its namespace with rules. When
+// one source cannot be read, the error comes with what the others hold.
 func Inspect(netnsPath string, cookie uint64) (Finding, error) {
 	h, err := os.Open(netnsPath)
 	if err != nil {
@@ -91,20 +92,25 @@ func Inspect(netnsPath string, cookie uint64) (Finding, error) {
 			return nil, fmt.Errorf("netns %s has cookie %d, want %d: %w", netnsPath, got, cookie, ErrOtherNetns)
 		}
 	}
+	// One source failing does not hide what the other holds.
 	var f Finding
-	nft, err := inspectNftables(opened, maxTableSize)
+	var errs []error
+	nft, err := inspectNftables(opened, nftablesLimit)
 	if err != nil {
-		return nil, fmt.Errorf("nftables in %s: %w", netnsPath, err)
+		errs = append(errs, fmt.Errorf("nftables in %s: %w", netnsPath, err))
 	}
 	f = append(f, nft...)
 	legacy, err := inspectLegacy(opened)
 	if err != nil {
-		return nil, fmt.Errorf("iptables-legacy in %s: %w", netnsPath, err)
+		errs = append(errs, fmt.Errorf("iptables-legacy in %s: %w", netnsPath, err))
 	}
 	f = append(f, legacy...)
 	slices.Sort(f)
-	return slices.Compact(f), nil
+	return slices.Compact(f), errors.Join(errs...)
 }
+
+// nftablesLimit bounds the nftables listing; a variable for tests.
+var nftablesLimit = maxTableSize
 
 // inspectNftables looks at every nat-hooked table of the namespace:
 // istio-cni's own nftables table and the nat tables iptables-nft keeps.
@@ -123,13 +129,20 @@ func inspectNftables(netnsPath string, limit int) (Finding, error) {
 		return nil, fmt.Errorf("list tables: %w", err)
 	}
 	var f Finding
+	// Each family's chains are listed once: a listing per table would read
+	// every chain of the family again for each of its tables.
+	chainsOf := map[nftables.TableFamily][]*nftables.Chain{}
 	for _, t := range tables {
 		if t.Family != nftables.TableFamilyINet && t.Family != nftables.TableFamilyIPv4 && t.Family != nftables.TableFamilyIPv6 {
 			continue
 		}
-		chains, err := c.ListChainsOfTableFamily(t.Family)
-		if err != nil {
-			return nil, fmt.Errorf("list chains: %w", err)
+		chains, listed := chainsOf[t.Family]
+		if !listed {
+			chains, err = c.ListChainsOfTableFamily(t.Family)
+			if err != nil {
+				return nil, fmt.Errorf("list chains: %w", err)
+			}
+			chainsOf[t.Family] = chains
 		}
 		for _, ch := range chains {
 			if ch.Table.Name != t.Name {

@@ -5,6 +5,7 @@ package istiocni
 import (
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"os/exec"
 	"slices"
 	"strings"
@@ -222,5 +223,41 @@ func TestBoundedNetlinkDumpInterrupted(t *testing.T) {
 	b = fakeKernel(t, intr, intr)
 	if got, err := b.exchange(dumpReq); err == nil || !strings.Contains(err.Error(), "changed during the listing") {
 		t.Errorf("exchange after two interrupted dumps = %v, %v; want an error", got, err)
+	}
+}
+
+// Chains are listed once per family, not once per table: 300 tables of
+// one chain each are 300 chain messages, not 300 times 300.
+func TestInspectListsChainsOncePerFamily(t *testing.T) {
+	testenv.RequireRoot(t)
+	n := testenv.NewNetns(t, testenv.UniqueName("ztdns-istiocni-"))
+	var rules strings.Builder
+	for i := range 300 {
+		fmt.Fprintf(&rules, "add table ip t%d\nadd chain ip t%d c\n", i, i)
+	}
+	cmd := exec.Command("nsenter", "--net="+n.Path(), "nft", "-f", "-")
+	cmd.Stdin = strings.NewReader(rules.String())
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("nft: %v: %s", err, out)
+	}
+	// One listing of the 300 chains is tens of KiB; one per table, MiBs.
+	if got, err := inspectNftables(n.Path(), 1<<20); err != nil || got.Present() {
+		t.Errorf("inspectNftables of 300 tables bounded to 1 MiB = %v, %v; want nothing, no error", got, err)
+	}
+}
+
+// When nftables cannot be read (here: past its bound), what the legacy
+// tables hold is still reported, with the error.
+func TestInspectKeepsLegacyWhenNftablesFails(t *testing.T) {
+	testenv.RequireRoot(t)
+	n := testenv.NewNetns(t, testenv.UniqueName("ztdns-istiocni-"))
+	testenv.InstallIstioDNSRules(t, n, testenv.IstioNftables)
+	testenv.InstallIstioDNSRules(t, n, testenv.IstioIptablesLegacy)
+	old := nftablesLimit
+	nftablesLimit = 256
+	t.Cleanup(func() { nftablesLimit = old })
+	got, err := Inspect(n.Path(), 0)
+	if err == nil || !strings.Contains(err.Error(), "more than 256 bytes") || !slices.Equal(got, Finding{BackendIptablesLegacy}) {
+		t.Errorf("Inspect with nftables past its bound = %v, %v; want %s and the error", got, err, BackendIptablesLegacy)
 	}
 }
