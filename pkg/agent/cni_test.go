@@ -190,6 +190,30 @@ func TestAddWithALinkLocalAddress(t *testing.T) {
 	}
 }
 
+// TestReplayedAddWithALoopbackAddress: an ADD an older plugin recorded
+// may list 127.0.0.1 (it kept every address of the result); replayed, it
+// is applied with the pod's own address, not refused and forgotten.
+func TestReplayedAddWithALoopbackAddress(t *testing.T) {
+	a, m := cniAgent(t)
+	a.cfg.Socket = filepath.Join(t.TempDir(), "ztdns.sock")
+	n := podNetns(t, "198.18.77.6/32")
+	cookie, err := redirect.NetnsCookie(n.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	feedSource(a)
+	ip := netip.MustParseAddr("198.18.77.6")
+	recordPending(t, a.pendingDir(), "add", "c0ffee0c", control.CNIAddRequest{ContainerID: "c0ffee0c", Netns: n.Path(), IfName: "eth0",
+		PodNamespace: "shop", PodName: "web-1", IPs: []netip.Addr{ip, netip.MustParseAddr("127.0.0.1")}, NetnsCookie: cookie})
+	a.keepHouse(canceled(t))
+	if got := m.cookies(); !slices.Equal(got, []uint64{cookie}) {
+		t.Errorf("marks %v, want the pod's (%d)", got, cookie)
+	}
+	if p := a.pods.Get("shop", "web-1"); p == nil || p.Attachment == nil || !slices.Equal(p.Attachment.IPs, []netip.Addr{ip}) {
+		t.Errorf("shop/web-1 is %+v, want recorded with %s alone", p, ip)
+	}
+}
+
 // TestAddTheSourceContradicts: the source's view of a pod may lag behind
 // the runtime (a StatefulSet pod made again under its name, with a new
 // UID, before the watch saw it). Such an ADD fails no pod: it is answered
