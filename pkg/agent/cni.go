@@ -43,11 +43,11 @@ func (a *Agent) cniAdd(req control.CNIAddRequest) (control.CNIAddResponse, error
 	return a.cniAddLocked(req)
 }
 
-// errHandedOver answers a CNI event that waited for cniMu while the agent
-// handed over (fenceCapture holds it): the successor takes the event, so
-// the plugin treats it as an agent it could not reach (503), which under
-// onAgentUnreachable "allow" records it for replay instead of failing the
-// pod.
+// errHandedOver answers a CNI event (or capture add/del) that waited for
+// cniMu while the agent handed over (fenceCapture holds it): the successor
+// takes the event, so the plugin treats it as an agent it could not reach
+// (503), which under onAgentUnreachable "allow" records it for replay
+// instead of failing the pod.
 var errHandedOver = control.Unavailable(errors.New("this agent handed over to a new one: try the new one"))
 
 func (a *Agent) cniAddLocked(req control.CNIAddRequest) (control.CNIAddResponse, error) {

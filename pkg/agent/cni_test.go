@@ -402,9 +402,9 @@ func TestHandedOverAgentLeavesCapture(t *testing.T) {
 	}
 }
 
-// TestCNIEventsAfterTheHandoffAreUnavailable: an ADD or DEL that waited for
-// the lock while the agent handed over (fenceCapture) is answered 503, which
-// the plugin treats as an agent it could not reach (onAgentUnreachable:
+// TestCNIEventsAfterTheHandoffAreUnavailable: an ADD or DEL (or capture
+// add or del) that waited for the lock while the agent handed over
+// (fenceCapture) is answered 503, which the plugin treats as an agent it could not reach (onAgentUnreachable:
 // "allow" records the ADD for the successor), not 500, which fails the pod.
 func TestCNIEventsAfterTheHandoffAreUnavailable(t *testing.T) {
 	a, m := cniAgent(t)
@@ -424,6 +424,13 @@ func TestCNIEventsAfterTheHandoffAreUnavailable(t *testing.T) {
 	}
 	if err := a.cniDel(control.CNIDelRequest{ContainerID: "c0ffee0a"}); control.StatusOf(err) != http.StatusServiceUnavailable {
 		t.Errorf("DEL after the handoff = %v, want 503", err)
+	}
+	// capture add and del wait for the same lock, and answer the same.
+	if _, err := a.captureNetns(control.CaptureRequest{Netns: n.Path(), Namespace: "default", Name: "hand"}); control.StatusOf(err) != http.StatusServiceUnavailable {
+		t.Errorf("capture add after the handoff = %v (status %d), want 503", err, control.StatusOf(err))
+	}
+	if err := a.releaseNetns(control.CaptureRequest{Netns: n.Path()}); control.StatusOf(err) != http.StatusServiceUnavailable {
+		t.Errorf("capture del after the handoff = %v (status %d), want 503", err, control.StatusOf(err))
 	}
 	if got := m.cookies(); len(got) != 0 {
 		t.Errorf("marks %v after the handoff", got)

@@ -24,6 +24,9 @@ func (a *Agent) captureNetns(req control.CaptureRequest) (control.PodRow, error)
 	// What it checks against the records, CNI events change.
 	a.cniMu.Lock()
 	defer a.cniMu.Unlock()
+	if a.handedOver.Load() { // waited while the agent handed over
+		return control.PodRow{}, errHandedOver
+	}
 	ns, err := a.inspectNetns(req.Netns)
 	if err != nil {
 		return control.PodRow{}, err
@@ -81,6 +84,9 @@ func (a *Agent) releaseNetns(req control.CaptureRequest) error {
 	}
 	a.cniMu.Lock()
 	defer a.cniMu.Unlock()
+	if a.handedOver.Load() {
+		return errHandedOver
+	}
 	atts := a.pods.Attachments()
 	for key, att := range atts {
 		if att.NetnsPath == req.Netns && att.ContainerID == "" {
