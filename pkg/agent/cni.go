@@ -5,10 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"net/netip"
 	"os"
 	"path/filepath"
-	"slices"
 	"time"
 
 	"github.com/ztdns/ztdns/pkg/capture"
@@ -45,11 +43,11 @@ func (a *Agent) cniAdd(req control.CNIAddRequest) (control.CNIAddResponse, error
 	return a.cniAddLocked(req)
 }
 
-// errHandedOver answers a CNI event that waited for cniMu while the agent
-// handed over (fenceCapture holds it): the successor takes the event, so
-// the plugin treats it as an agent it could not reach (503), which under
-// onAgentUnreachable "allow" records it for replay instead of failing the
-// pod.
+// errHandedOver answers a CNI event (or capture add/del) that waited for
+// cniMu while the agent handed over (fenceCapture holds it): the successor
+// takes the event, so the plugin treats it as an agent it could not reach
+// (503), which under onAgentUnreachable "allow" records it for replay
+// instead of failing the pod.
 var errHandedOver = control.Unavailable(errors.New("this agent handed over to a new one: try the new one"))
 
 func (a *Agent) cniAddLocked(req control.CNIAddRequest) (control.CNIAddResponse, error) {
@@ -67,22 +65,11 @@ func (a *Agent) cniAddLocked(req control.CNIAddRequest) (control.CNIAddResponse,
 }
 
 func (a *Agent) addSandbox(req control.CNIAddRequest) (control.CNIAddResponse, error) {
-	if err := req.Validate(); err != nil { // a replayed record did not pass the API
+	// As the API does: a replayed record did not pass it.
+	req.KeepPodAddrs()
+	if err := req.Validate(); err != nil {
 		return control.CNIAddResponse{}, control.Invalid(err)
 	}
-	// A link-local address is no pod's own (any pod may have the same),
-	// and a namespace's addresses as the agent reads them leave them out:
-	// a plugin that still sends them (an older one, or an ADD it recorded)
-	// must not have every pod refused.
-	// An IPv4 address may come IPv4-mapped (::ffff:a.b.c.d): it is kept
-	// as the IPv4 address it is, which marks and lookups are keyed by.
-	var ips []netip.Addr
-	for _, ip := range req.IPs {
-		if ip = ip.Unmap(); !ip.IsLinkLocalUnicast() && !slices.Contains(ips, ip) {
-			ips = append(ips, ip)
-		}
-	}
-	req.IPs = ips
 	if err := a.verifyAdd(req); err != nil {
 		if a.capture == nil {
 			// Nothing to honour, so no reason to fail the pod; but an

@@ -190,6 +190,30 @@ func TestAddWithALinkLocalAddress(t *testing.T) {
 	}
 }
 
+// TestReplayedAddWithALoopbackAddress: an ADD an older plugin recorded
+// may list 127.0.0.1 (it kept every address of the result); replayed, it
+// is applied with the pod's own address, not refused and forgotten.
+func TestReplayedAddWithALoopbackAddress(t *testing.T) {
+	a, m := cniAgent(t)
+	a.cfg.Socket = filepath.Join(t.TempDir(), "ztdns.sock")
+	n := podNetns(t, "198.18.77.6/32")
+	cookie, err := redirect.NetnsCookie(n.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	feedSource(a)
+	ip := netip.MustParseAddr("198.18.77.6")
+	recordPending(t, a.pendingDir(), "add", "c0ffee0c", control.CNIAddRequest{ContainerID: "c0ffee0c", Netns: n.Path(), IfName: "eth0",
+		PodNamespace: "shop", PodName: "web-1", IPs: []netip.Addr{ip, netip.MustParseAddr("127.0.0.1")}, NetnsCookie: cookie})
+	a.keepHouse(canceled(t))
+	if got := m.cookies(); !slices.Equal(got, []uint64{cookie}) {
+		t.Errorf("marks %v, want the pod's (%d)", got, cookie)
+	}
+	if p := a.pods.Get("shop", "web-1"); p == nil || p.Attachment == nil || !slices.Equal(p.Attachment.IPs, []netip.Addr{ip}) {
+		t.Errorf("shop/web-1 is %+v, want recorded with %s alone", p, ip)
+	}
+}
+
 // TestAddTheSourceContradicts: the source's view of a pod may lag behind
 // the runtime (a StatefulSet pod made again under its name, with a new
 // UID, before the watch saw it). Such an ADD fails no pod: it is answered
@@ -378,9 +402,9 @@ func TestHandedOverAgentLeavesCapture(t *testing.T) {
 	}
 }
 
-// TestCNIEventsAfterTheHandoffAreUnavailable: an ADD or DEL that waited for
-// the lock while the agent handed over (fenceCapture) is answered 503, which
-// the plugin treats as an agent it could not reach (onAgentUnreachable:
+// TestCNIEventsAfterTheHandoffAreUnavailable: an ADD or DEL (or capture
+// add or del) that waited for the lock while the agent handed over
+// (fenceCapture) is answered 503, which the plugin treats as an agent it could not reach (onAgentUnreachable:
 // "allow" records the ADD for the successor), not 500, which fails the pod.
 func TestCNIEventsAfterTheHandoffAreUnavailable(t *testing.T) {
 	a, m := cniAgent(t)
@@ -400,6 +424,13 @@ func TestCNIEventsAfterTheHandoffAreUnavailable(t *testing.T) {
 	}
 	if err := a.cniDel(control.CNIDelRequest{ContainerID: "c0ffee0a"}); control.StatusOf(err) != http.StatusServiceUnavailable {
 		t.Errorf("DEL after the handoff = %v, want 503", err)
+	}
+	// capture add and del wait for the same lock, and answer the same.
+	if _, err := a.captureNetns(control.CaptureRequest{Netns: n.Path(), Namespace: "default", Name: "hand"}); control.StatusOf(err) != http.StatusServiceUnavailable {
+		t.Errorf("capture add after the handoff = %v (status %d), want 503", err, control.StatusOf(err))
+	}
+	if err := a.releaseNetns(control.CaptureRequest{Netns: n.Path()}); control.StatusOf(err) != http.StatusServiceUnavailable {
+		t.Errorf("capture del after the handoff = %v (status %d), want 503", err, control.StatusOf(err))
 	}
 	if got := m.cookies(); len(got) != 0 {
 		t.Errorf("marks %v after the handoff", got)

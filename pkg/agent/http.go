@@ -91,8 +91,8 @@ func (a *Agent) status() control.Status {
 	if a.ipv6Off != "" { // the node's, first: it holds as long as the agent runs
 		st.Warnings = append([]string{a.ipv6Off}, st.Warnings...)
 	}
-	if pods := a.doublyCaptured(); len(pods) > 0 {
-		st.Warnings = append(slices.Clone(st.Warnings), doubleCaptureWarning(pods))
+	if w := a.istioRulesWarnings(); len(w) > 0 {
+		st.Warnings = append(slices.Clone(st.Warnings), w...)
 	}
 	if a.capture != nil {
 		if err := a.capture.ctl.Unsaved(); err != nil {

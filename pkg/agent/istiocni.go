@@ -1,7 +1,10 @@
 package agent
 
 import (
+	"errors"
 	"fmt"
+	"log/slog"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -26,47 +29,82 @@ const istioRulesMaxAge = 10 * time.Second
 type istioRules struct {
 	mu   sync.Mutex
 	seen map[uint64]istioRulesLook // by netns cookie
+	// inspect is istiocni.Inspect; tests replace it.
+	inspect func(netnsPath string, cookie uint64) (istiocni.Finding, error)
 }
 
 type istioRulesLook struct {
 	found istiocni.Finding
-	at    time.Time
+	// unknown: some of the namespace's rules could not be read (a pod's
+	// root can fill them past the bound), so found may miss a backend.
+	unknown bool
+	logged  bool // the error was logged, once for the namespace
+	at      time.Time
+}
+
+// String is what ztdns shows: the backends found, and "unknown" when
+// some rules could not be read.
+func (l istioRulesLook) String() string {
+	if l.unknown {
+		return strings.Join(append(slices.Clone([]string(l.found)), "unknown"), ",")
+	}
+	return l.found.String()
 }
 
 // look returns what istio-cni left in the attachment's netns, looking again
 // when the last look is older than istioRulesMaxAge.
-func (r *istioRules) look(a podcache.Attachment) istiocni.Finding {
+func (r *istioRules) look(log *slog.Logger, a podcache.Attachment) istioRulesLook {
 	if !a.Captured || a.NetnsPath == "" {
-		return nil
+		return istioRulesLook{}
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if l, ok := r.seen[a.NetnsCookie]; ok && time.Since(l.at) < istioRulesMaxAge {
-		return l.found
+	last, ok := r.seen[a.NetnsCookie]
+	if ok && time.Since(last.at) < istioRulesMaxAge {
+		return last
 	}
-	found, err := istiocni.Inspect(a.NetnsPath, a.NetnsCookie)
-	if err != nil {
-		found = nil // the netns is gone, another one now, or unreadable: nothing to report
+	inspect := r.inspect
+	if inspect == nil {
+		inspect = istiocni.Inspect
+	}
+	l := istioRulesLook{logged: last.logged, at: time.Now()}
+	found, err := inspect(a.NetnsPath, a.NetnsCookie)
+	l.found = found
+	switch {
+	case err == nil:
+	case errors.Is(err, istiocni.ErrOtherNetns) || errors.Is(err, os.ErrNotExist):
+		// The pod's namespace is gone: nothing to report.
+	default:
+		l.unknown = true
+		if !l.logged {
+			log.Warn("cannot read a captured pod's netfilter rules: whether istio-cni's DNS capture rules are there is unknown",
+				"pod", a.Namespace+"/"+a.Name, "netns", a.NetnsPath, "netnsCookie", a.NetnsCookie, "err", err)
+			l.logged = true
+		}
 	}
 	if r.seen == nil {
 		r.seen = map[uint64]istioRulesLook{}
 	}
-	r.seen[a.NetnsCookie] = istioRulesLook{found: found, at: time.Now()}
-	return found
+	r.seen[a.NetnsCookie] = l
+	return l
 }
 
 // doublyCaptured lists "namespace/name (backends)" of captured pods with
-// istio-cni's DNS rules, and forgets pods no longer captured.
-func (a *Agent) doublyCaptured() []string {
+// istio-cni's DNS rules, and "namespace/name" of those whose rules could
+// not be read (nothing found, but unknown), and forgets pods no longer
+// captured.
+func (a *Agent) doublyCaptured() (pods, unknown []string) {
 	if a.capture == nil {
-		return nil
+		return nil, nil
 	}
-	var out []string
 	live := map[uint64]bool{}
 	for _, att := range a.pods.Attachments() {
 		live[att.NetnsCookie] = true
-		if f := a.istioRules.look(att); f.Present() {
-			out = append(out, fmt.Sprintf("%s/%s (%s)", att.Namespace, att.Name, f))
+		switch l := a.istioRules.look(a.log, att); {
+		case l.found.Present():
+			pods = append(pods, fmt.Sprintf("%s/%s (%s)", att.Namespace, att.Name, l))
+		case l.unknown:
+			unknown = append(unknown, att.Namespace+"/"+att.Name)
 		}
 	}
 	a.istioRules.mu.Lock()
@@ -76,8 +114,9 @@ func (a *Agent) doublyCaptured() []string {
 		}
 	}
 	a.istioRules.mu.Unlock()
-	slices.Sort(out)
-	return out
+	slices.Sort(pods)
+	slices.Sort(unknown)
+	return pods, unknown
 }
 
 // doubleCaptureWarning is the status warning for doublyCaptured pods.
@@ -88,6 +127,30 @@ func doubleCaptureWarning(pods []string) string {
 		len(pods), strings.Join(pods, ", "))
 }
 
+// istioRulesWarnings are status's warnings about istio-cni's DNS rules.
+func (a *Agent) istioRulesWarnings() []string {
+	var out []string
+	pods, unknown := a.doublyCaptured()
+	if len(pods) > 0 {
+		out = append(out, doubleCaptureWarning(pods))
+	}
+	if len(unknown) > 0 {
+		out = append(out, istioRulesUnknownWarning(unknown))
+	}
+	return out
+}
+
+// istioRulesUnknownWarning is the status warning for pods whose rules
+// could not be read.
+func istioRulesUnknownWarning(pods []string) string {
+	return fmt.Sprintf("%d captured pod(s)' netfilter rules could not be read, so whether they also carry istio-cni's DNS "+
+		"capture rules is unknown (the agent's log says why): %s", len(pods), strings.Join(pods, ", "))
+}
+
 var doubleCaptureDesc = prometheus.NewDesc("ztdns_capture_istio_dns_rules_pods",
 	"Captured pods whose network namespace also holds istio-cni's DNS capture rules (ztdns answers them; Istio's DNS capture should be off).",
+	nil, nil)
+
+var istioRulesUnknownDesc = prometheus.NewDesc("ztdns_capture_istio_dns_rules_unknown_pods",
+	"Captured pods whose network namespace's netfilter rules could not be read: whether they hold istio-cni's DNS capture rules is unknown.",
 	nil, nil)

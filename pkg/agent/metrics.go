@@ -90,6 +90,7 @@ func (c captureCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- captureDesc
 	ch <- capturePodsDesc
 	ch <- doubleCaptureDesc
+	ch <- istioRulesUnknownDesc
 	ch <- failOpenDesc
 	ch <- mapEntriesDesc
 	ch <- mapCapacityDesc
@@ -114,7 +115,9 @@ func (c captureCollector) Collect(ch chan<- prometheus.Metric) {
 	if pods, err := cp.r.Pods(); err == nil {
 		ch <- prometheus.MustNewConstMetric(capturePodsDesc, prometheus.GaugeValue, float64(len(pods)))
 	}
-	ch <- prometheus.MustNewConstMetric(doubleCaptureDesc, prometheus.GaugeValue, float64(len(c.a.doublyCaptured())))
+	doubly, unknown := c.a.doublyCaptured()
+	ch <- prometheus.MustNewConstMetric(doubleCaptureDesc, prometheus.GaugeValue, float64(len(doubly)))
+	ch <- prometheus.MustNewConstMetric(istioRulesUnknownDesc, prometheus.GaugeValue, float64(len(unknown)))
 	if open, err := cp.r.FailingOpen(); err == nil {
 		ch <- prometheus.MustNewConstMetric(failOpenDesc, prometheus.GaugeValue, boolValue(open))
 	}

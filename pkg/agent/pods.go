@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"strings"
 
 	"github.com/ztdns/ztdns/pkg/capture"
 	"github.com/ztdns/ztdns/pkg/control"
@@ -23,6 +24,9 @@ func (a *Agent) captureNetns(req control.CaptureRequest) (control.PodRow, error)
 	// What it checks against the records, CNI events change.
 	a.cniMu.Lock()
 	defer a.cniMu.Unlock()
+	if a.handedOver.Load() { // waited while the agent handed over
+		return control.PodRow{}, errHandedOver
+	}
 	ns, err := a.inspectNetns(req.Netns)
 	if err != nil {
 		return control.PodRow{}, err
@@ -36,16 +40,19 @@ func (a *Agent) captureNetns(req control.CaptureRequest) (control.PodRow, error)
 	for _, att := range a.pods.Attachments() {
 		switch {
 		case att.NetnsCookie == ns.cookie && att.ContainerID != "":
-			return control.PodRow{}, control.Refused(fmt.Errorf("%s is pod %s/%s's, recorded by the container runtime: capture add is for namespaces no runtime manages",
-				req.Netns, att.Namespace, att.Name))
-		case att.Namespace == req.Namespace && att.Name == req.Name && att.ContainerID != "":
+			return control.PodRow{}, control.Refused(fmt.Errorf("%s is pod %s/%s's, %s: capture add is for namespaces no runtime manages",
+				req.Netns, att.Namespace, att.Name, recordedBy(att)))
+		case att.Namespace == req.Namespace && att.Name == req.Name && runtimesRecord(att):
 			// Records are merged by namespace/name: a hand-made one would
 			// take the runtime's pod's place.
 			return control.PodRow{}, control.Refused(fmt.Errorf("pod %s/%s is recorded by the container runtime (network namespace %s): capture add needs another --name",
 				req.Namespace, req.Name, att.NetnsPath))
+		case att.Namespace == req.Namespace && att.Name == req.Name && att.ContainerID != "": // adopted
+			return control.PodRow{}, control.Refused(fmt.Errorf("%s/%s is already the name of network namespace %s, %s: capture add needs another --name",
+				req.Namespace, req.Name, att.NetnsPath, recordedBy(att)))
 		case att.Namespace == req.Namespace && att.Name == req.Name && att.NetnsCookie != ns.cookie:
-			// Another namespace under this name (by hand, or adopted):
-			// merged by name, one would hide the other.
+			// Another namespace marked by hand under this name: merged by
+			// name, one would hide the other.
 			return control.PodRow{}, control.Refused(fmt.Errorf("%s/%s is already the name of network namespace %s: release it (capture del) or give another --name",
 				req.Namespace, req.Name, att.NetnsPath))
 		}
@@ -77,6 +84,9 @@ func (a *Agent) releaseNetns(req control.CaptureRequest) error {
 	}
 	a.cniMu.Lock()
 	defer a.cniMu.Unlock()
+	if a.handedOver.Load() {
+		return errHandedOver
+	}
 	atts := a.pods.Attachments()
 	for key, att := range atts {
 		if att.NetnsPath == req.Netns && att.ContainerID == "" {
@@ -87,8 +97,8 @@ func (a *Agent) releaseNetns(req control.CaptureRequest) error {
 	}
 	for _, att := range atts {
 		if att.NetnsPath == req.Netns {
-			return control.Refused(fmt.Errorf("%s is pod %s/%s's, recorded by the container runtime: its CNI DEL releases it",
-				req.Netns, att.Namespace, att.Name))
+			return control.Refused(fmt.Errorf("%s is pod %s/%s's, %s: its CNI DEL releases it",
+				req.Netns, att.Namespace, att.Name, recordedBy(att)))
 		}
 	}
 	ns, err := a.inspectNetns(req.Netns)
@@ -96,6 +106,10 @@ func (a *Agent) releaseNetns(req control.CaptureRequest) error {
 		return err
 	}
 	if p := a.pods.ByCookie(ns.cookie); p != nil && p.Attachment != nil {
+		if p.Attachment.ContainerID != "" {
+			return control.Refused(fmt.Errorf("%s is pod %s's, %s (at %s): its CNI DEL releases it",
+				req.Netns, p.Key(), recordedBy(*p.Attachment), p.Attachment.NetnsPath))
+		}
 		return control.Refused(fmt.Errorf("%s is pod %s's (recorded at %s): release it there", req.Netns, p.Key(), p.Attachment.NetnsPath))
 	}
 	// A stale mark nobody records.
@@ -103,6 +117,24 @@ func (a *Agent) releaseNetns(req control.CaptureRequest) error {
 		return err
 	}
 	return control.Invalid(fmt.Errorf("%s is not captured", req.Netns))
+}
+
+// runtimesRecord reports whether a CNI ADD recorded the attachment: an
+// adopted one (a pod running before the agent) carries an ID the agent
+// made up, and one marked by hand none.
+func runtimesRecord(att podcache.Attachment) bool {
+	return att.ContainerID != "" && !strings.HasPrefix(att.ContainerID, capture.AdoptedPrefix)
+}
+
+// recordedBy says, for a refusal, how a pod's record came to be.
+func recordedBy(att podcache.Attachment) string {
+	switch {
+	case runtimesRecord(att):
+		return "recorded by the container runtime"
+	case att.ContainerID != "":
+		return "a pod the container runtime runs, adopted by the agent when it started"
+	}
+	return "marked by hand"
 }
 
 // podRows joins the registry with the pods map.
@@ -126,7 +158,7 @@ func (a *Agent) podRows() ([]control.PodRow, error) {
 		if att := p.Attachment; att != nil {
 			row.ContainerID, row.NetnsCookie, row.NetnsPath = att.ContainerID, att.NetnsCookie, att.NetnsPath
 			row.Captured, row.Reason = att.Captured, att.Reason
-			row.IstioDNSRules = a.istioRules.look(*att).String()
+			row.IstioDNSRules = a.istioRules.look(a.log, *att).String()
 			if m, ok := marks[att.NetnsCookie]; ok {
 				row.Marked, row.Redirected, row.Restored = true, m.Counters.Redirected, m.Counters.Restored
 				row.Nameservers = nameserverStrings(m)

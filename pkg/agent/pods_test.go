@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/ztdns/ztdns/pkg/control"
+	"github.com/ztdns/ztdns/pkg/model"
 	"github.com/ztdns/ztdns/pkg/redirect"
 	"github.com/ztdns/ztdns/pkg/resolver"
 )
@@ -138,5 +139,43 @@ func TestCaptureWaitsForCNIEvents(t *testing.T) {
 		case <-time.After(30 * time.Second):
 			t.Fatalf("%s never finished after the CNI event", step.name)
 		}
+	}
+}
+
+// TestCaptureRefusalsNameAnAdoptedPod: a pod running before the agent was
+// adopted, with a container ID the agent made up; capture add and del
+// refuse its namespace and its name saying so, not that the runtime
+// recorded it.
+func TestCaptureRefusalsNameAnAdoptedPod(t *testing.T) {
+	a, m := cniAgent(t)
+	n := podNetns(t, "203.0.113.98/32")
+	cookie := runPause(t, n)
+	ip := netip.MustParseAddr("203.0.113.98")
+	feedSource(a, model.Pod{Namespace: "shop", Name: "web-0", UID: "uid-1", NodeName: testNode, IPs: []netip.Addr{ip}})
+	if p := a.pods.Get("shop", "web-0"); p.Attachment == nil || !slices.Equal(m.cookies(), []uint64{cookie}) {
+		t.Fatalf("the running pod was not adopted: attachment %+v, marks %v", p.Attachment, m.cookies())
+	}
+	other := podNetns(t, "203.0.113.99/32")
+	for _, step := range []struct {
+		name string
+		run  func() error
+	}{
+		{"capture add of its namespace", func() error {
+			_, err := a.captureNetns(control.CaptureRequest{Netns: n.Path(), Namespace: "default", Name: "hand"})
+			return err
+		}},
+		{"capture add under its name", func() error {
+			_, err := a.captureNetns(control.CaptureRequest{Netns: other.Path(), Namespace: "shop", Name: "web-0"})
+			return err
+		}},
+		{"capture del of its namespace", func() error { return a.releaseNetns(control.CaptureRequest{Netns: n.Path()}) }},
+	} {
+		err := step.run()
+		if control.StatusOf(err) != http.StatusForbidden || !strings.Contains(err.Error(), "adopted") || strings.Contains(err.Error(), "recorded by the container runtime") {
+			t.Errorf("%s = %v, want refused as an adopted pod's", step.name, err)
+		}
+	}
+	if got := m.cookies(); !slices.Equal(got, []uint64{cookie}) {
+		t.Errorf("marks %v, want the adopted pod's alone (%d)", got, cookie)
 	}
 }

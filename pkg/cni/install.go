@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -265,7 +266,11 @@ func insertEntry(path string, entry []byte) (string, bool, error) {
 	// which sorts first and lacks ztdns. The new .conf is what the primary
 	// plugin means, so it replaces the .conflist (renamed over it, as
 	// istio-cni does); refusing would leave ztdns out of the chain for good.
+	// Any other .conflist is someone else's, and stays.
 	list := strings.TrimSuffix(path, filepath.Ext(path)) + ".conflist"
+	if err := ztdnsWrote(list); err != nil {
+		return "", false, err
+	}
 	converted, err := confToConflist(data, entry)
 	if err != nil {
 		return "", false, err
@@ -277,6 +282,24 @@ func insertEntry(path string, entry []byte) (string, bool, error) {
 		return "", false, fmt.Errorf("remove the converted original: %w", err)
 	}
 	return list, true, nil
+}
+
+// ztdnsWrote returns nil when there is no file at list or it is a
+// conflist holding the ztdns entry, which Install made; otherwise an error
+// saying why the .conf cannot become it.
+func ztdnsWrote(list string) error {
+	data, err := os.ReadFile(list)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if parsed, err := libcni.ConfListFromBytes(data); err == nil &&
+		slices.ContainsFunc(parsed.Plugins, func(p *libcni.PluginConfig) bool { return p.Network.Type == PluginType }) {
+		return nil
+	}
+	return fmt.Errorf("cannot turn it into %s, which exists and is not one ztdns wrote: remove one of the two", filepath.Base(list))
 }
 
 // removeEntryFromFile removes the ztdns entries of the conflist at path.

@@ -502,6 +502,29 @@ func TestInstallConvertsAConfWrittenAgain(t *testing.T) {
 	}
 }
 
+// TestInstallLeavesAnotherConflist: a .conf whose .conflist of the same
+// name is not one ztdns wrote (an operator's, or one that does not parse)
+// is not converted over it: Install says why and changes neither file.
+// (TestInstallConvertsAConfWrittenAgain replaces one ztdns wrote.)
+func TestInstallLeavesAnotherConflist(t *testing.T) {
+	t.Parallel()
+	for _, existing := range []string{runtimeConflist, "{not json"} {
+		e := newInstallEnv(t, Config{})
+		conf := e.write(t, "10-mynet.conf", runtimeConf)
+		list := e.write(t, "10-mynet.conflist", existing)
+		err := Install(e.cfg)
+		if err == nil || !strings.Contains(err.Error(), "not one ztdns wrote") {
+			t.Errorf("Install beside another %s = %v, want refused", filepath.Base(list), err)
+		}
+		if got := readFile(t, list); got != existing {
+			t.Errorf("%s changed:\n%s", list, got)
+		}
+		if got := readFile(t, conf); got != runtimeConf {
+			t.Errorf("%s changed:\n%s", conf, got)
+		}
+	}
+}
+
 // TestInstallRemovesStaleTempFiles: an Install killed between writing a
 // temporary file and renaming it leaves the file in the conf dir or the
 // bin dir; the next Install removes it once it is over a minute old, and

@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"net/url"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -135,6 +136,18 @@ func requireValidRoundTrip[T any, PT validator[T]](t *testing.T, v PT) {
 	}
 }
 
+// TestParseAddKeepsPodAddrs: what is no pod's own address (loopback,
+// link-local, multicast, unspecified), which an older plugin may list, is
+// dropped, not refused; an IPv4-mapped address is its IPv4 address.
+func TestParseAddKeepsPodAddrs(t *testing.T) {
+	req, err := parseRequest[CNIAddRequest]([]byte(`{"ContainerID":"a","Netns":"/n","PodNamespace":"ns","PodName":"p","NetnsCookie":1,` +
+		`"IPs":["203.0.113.5","127.0.0.1","::1","fe80::1","169.254.1.1","224.0.0.1","0.0.0.0","::ffff:203.0.113.5","2001:db8::5"]}`))
+	want := []netip.Addr{netip.MustParseAddr("203.0.113.5"), netip.MustParseAddr("2001:db8::5")}
+	if err != nil || !slices.Equal(req.IPs, want) {
+		t.Errorf("parse = %v, %v; want IPs %v", req.IPs, err, want)
+	}
+}
+
 func TestParseRequestErrors(t *testing.T) {
 	for _, tc := range []struct {
 		name, body, want string
@@ -143,7 +156,6 @@ func TestParseRequestErrors(t *testing.T) {
 		{"no cookie", `{"ContainerID":"a","Netns":"/n","PodNamespace":"ns","PodName":"p"}`, "no network namespace cookie"},
 		{"too many IPs", `{"ContainerID":"a","Netns":"/n","PodNamespace":"ns","PodName":"p","NetnsCookie":1,"IPs":[` +
 			strings.TrimSuffix(strings.Repeat(`"10.0.0.1",`, MaxPodIPs+1), ",") + `]}`, "17 IPs, more than 16"},
-		{"loopback IP", `{"ContainerID":"a","Netns":"/n","PodNamespace":"ns","PodName":"p","NetnsCookie":1,"IPs":["127.0.0.1"]}`, "not a pod address"},
 		{"namespace not a label", `{"ContainerID":"a","Netns":"/n","PodNamespace":"Shop.x","PodName":"p","NetnsCookie":1}`, `namespace "Shop.x"`},
 		{"relative netns", `{"ContainerID":"a","Netns":"n","PodNamespace":"ns","PodName":"p","NetnsCookie":1}`, "not an absolute path"},
 		{"container ID with a slash", `{"ContainerID":"../a","Netns":"/n","PodNamespace":"ns","PodName":"p","NetnsCookie":1}`, "invalid characters"},

@@ -216,6 +216,9 @@ func parseRequest[T any, PT validator[T]](data []byte) (T, error) {
 	if err != nil {
 		return req, Invalid(fmt.Errorf("bad request: %w", err))
 	}
+	if n, ok := any(PT(&req)).(interface{ KeepPodAddrs() }); ok {
+		n.KeepPodAddrs()
+	}
 	if err := PT(&req).Validate(); err != nil {
 		return req, Invalid(err)
 	}

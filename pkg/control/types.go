@@ -5,12 +5,14 @@ import (
 	"fmt"
 	"net/netip"
 	"path/filepath"
+	"slices"
 	"strings"
 	"unicode"
 
 	"github.com/containernetworking/cni/pkg/utils"
 	"k8s.io/apimachinery/pkg/util/validation"
 
+	"github.com/ztdns/ztdns/pkg/model"
 	"github.com/ztdns/ztdns/pkg/resolver/quota"
 	"github.com/ztdns/ztdns/pkg/resolver/table"
 	"github.com/ztdns/ztdns/pkg/version"
@@ -108,6 +110,7 @@ type PodRow struct {
 	// IstioDNSRules names the backends (nftables, iptables-nft,
 	// iptables-legacy) holding istio-cni's DNS capture rules in a captured
 	// pod: Istio's DNS capture is on for it too (ztdns still answers it).
+	// "unknown" is added when some of the pod's rules could not be read.
 	IstioDNSRules string `json:"istioDNSRules,omitempty"`
 	// Resolver is what the pod holds of the resolver and was refused by its
 	// per-pod limits.
@@ -302,16 +305,37 @@ func validNamespace(ns string) error {
 	return nil
 }
 
+// validIPs holds each address to model.PodAddr, the one rule of what
+// a pod's own address is (KeepPodAddrs drops the others first).
 func validIPs(ips []netip.Addr) error {
 	if len(ips) > MaxPodIPs {
 		return fmt.Errorf("%d IPs, more than %d", len(ips), MaxPodIPs)
 	}
 	for _, ip := range ips {
-		if !ip.IsValid() || ip.IsUnspecified() || ip.IsMulticast() || ip.IsLoopback() {
+		if !model.PodAddr(ip) || ip.Is4In6() {
 			return fmt.Errorf("IP %q is not a pod address", ip)
 		}
 	}
 	return nil
+}
+
+// KeepPodAddrs drops from r.IPs what is no pod's own address
+// (model.PodAddr: loopback, link-local, multicast, unspecified), which a
+// plugin may list (an older one, or an ADD it recorded): any pod may have
+// the same, and a namespace's addresses as the agent reads them leave them
+// out. An IPv4-mapped address (::ffff:a.b.c.d) is kept as the IPv4 address
+// it is, which marks and lookups are keyed by; each address once.
+func (r *CNIAddRequest) KeepPodAddrs() {
+	if len(r.IPs) > MaxPodIPs {
+		return // Validate refuses it
+	}
+	var ips []netip.Addr
+	for _, ip := range r.IPs {
+		if ip = ip.Unmap(); model.PodAddr(ip) && !slices.Contains(ips, ip) {
+			ips = append(ips, ip)
+		}
+	}
+	r.IPs = ips
 }
 
 func printable(s string) bool {

@@ -192,3 +192,13 @@ type Snapshot struct {
 	// for entries istiod has not written yet (see vip.Source).
 	IstiodAllocates bool
 }
+
+// PodAddr reports whether ip is an address of a pod's own: not loopback,
+// link-local, multicast or unspecified, which any pod may have the same of.
+// It is the one rule: the plugin claims only such addresses, the agent's
+// API drops the others from an ADD, and a network namespace's addresses as
+// the agent reads them are only these.
+func PodAddr(ip netip.Addr) bool {
+	ip = ip.Unmap()
+	return ip.IsValid() && !ip.IsLoopback() && !ip.IsLinkLocalUnicast() && !ip.IsMulticast() && !ip.IsUnspecified()
+}

@@ -72,7 +72,8 @@ var ErrOtherNetns = errors.New("another network namespace than the one expected"
 // namespace changes. With a cookie other than 0 it first checks that the
 // namespace it opened is that one, or returns ErrOtherNetns. Each of the
 // namespace's listings (nftables, and each legacy table) is read up to
-// maxTableSize bytes: a pod's root may fill its namespace with rules.
+// maxTableSize bytes: a pod's root may fill its namespace with rules. When
+// one source cannot be read, the error comes with what the others hold.
 func Inspect(netnsPath string, cookie uint64) (Finding, error) {
 	h, err := os.Open(netnsPath)
 	if err != nil {
@@ -91,20 +92,25 @@ func Inspect(netnsPath string, cookie uint64) (Finding, error) {
 			return nil, fmt.Errorf("netns %s has cookie %d, want %d: %w", netnsPath, got, cookie, ErrOtherNetns)
 		}
 	}
+	// One source failing does not hide what the other holds.
 	var f Finding
-	nft, err := inspectNftables(opened, maxTableSize)
+	var errs []error
+	nft, err := inspectNftables(opened, nftablesLimit)
 	if err != nil {
-		return nil, fmt.Errorf("nftables in %s: %w", netnsPath, err)
+		errs = append(errs, fmt.Errorf("nftables in %s: %w", netnsPath, err))
 	}
 	f = append(f, nft...)
 	legacy, err := inspectLegacy(opened)
 	if err != nil {
-		return nil, fmt.Errorf("iptables-legacy in %s: %w", netnsPath, err)
+		errs = append(errs, fmt.Errorf("iptables-legacy in %s: %w", netnsPath, err))
 	}
 	f = append(f, legacy...)
 	slices.Sort(f)
-	return slices.Compact(f), nil
+	return slices.Compact(f), errors.Join(errs...)
 }
+
+// nftablesLimit bounds the nftables listing; a variable for tests.
+var nftablesLimit = maxTableSize
 
 // inspectNftables looks at every nat-hooked table of the namespace:
 // istio-cni's own nftables table and the nat tables iptables-nft keeps.
@@ -123,13 +129,20 @@ func inspectNftables(netnsPath string, limit int) (Finding, error) {
 		return nil, fmt.Errorf("list tables: %w", err)
 	}
 	var f Finding
+	// Each family's chains are listed once: a listing per table would read
+	// every chain of the family again for each of its tables.
+	chainsOf := map[nftables.TableFamily][]*nftables.Chain{}
 	for _, t := range tables {
 		if t.Family != nftables.TableFamilyINet && t.Family != nftables.TableFamilyIPv4 && t.Family != nftables.TableFamilyIPv6 {
 			continue
 		}
-		chains, err := c.ListChainsOfTableFamily(t.Family)
-		if err != nil {
-			return nil, fmt.Errorf("list chains: %w", err)
+		chains, listed := chainsOf[t.Family]
+		if !listed {
+			chains, err = c.ListChainsOfTableFamily(t.Family)
+			if err != nil {
+				return nil, fmt.Errorf("list chains: %w", err)
+			}
+			chainsOf[t.Family] = chains
 		}
 		for _, ch := range chains {
 			if ch.Table.Name != t.Name {
@@ -357,22 +370,33 @@ func (b *boundedNetlink) exchange(reqs []netlink.Message) ([]netlink.Message, er
 		if err != nil {
 			return nil, err
 		}
-		if err := unix.Sendto(b.fd, data, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
-			return nil, fmt.Errorf("send netlink request: %w", err)
+		// A dump the rules changed under (NLM_F_DUMP_INTR) may miss some or
+		// list some twice: it is asked again once.
+		for attempt := 0; ; attempt++ {
+			// Unaddressed, a netlink socket sends to the kernel.
+			if _, err := unix.Write(b.fd, data); err != nil {
+				return nil, fmt.Errorf("send netlink request: %w", err)
+			}
+			msgs, interrupted, err := b.readDump(req.Header)
+			if err != nil {
+				return nil, err
+			}
+			if !interrupted {
+				out = append(out, msgs...)
+				break
+			}
+			if attempt > 0 {
+				return nil, errors.New("netfilter rules changed during the listing, twice")
+			}
 		}
-		msgs, err := b.readDump(req.Header)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, msgs...)
 	}
 	return out, nil
 }
 
 // readDump reads the kernel's answer to the dump request h, one datagram
-// at a time, until NLMSG_DONE, an error, or the bound.
-func (b *boundedNetlink) readDump(h netlink.Header) ([]netlink.Message, error) {
-	var out []netlink.Message
+// at a time, until NLMSG_DONE, an error, or the bound. interrupted reports
+// a message flagged NLM_F_DUMP_INTR: the rules changed during the dump.
+func (b *boundedNetlink) readDump(h netlink.Header) (out []netlink.Message, interrupted bool, err error) {
 	var peek [1]byte
 	for {
 		// The datagram's size first, so a buffer too small truncates
@@ -380,36 +404,46 @@ func (b *boundedNetlink) readDump(h netlink.Header) ([]netlink.Message, error) {
 		// into it.
 		n, _, err := unix.Recvfrom(b.fd, peek[:], unix.MSG_PEEK|unix.MSG_TRUNC)
 		if err != nil {
-			return nil, fmt.Errorf("receive netlink answer: %w", err)
+			return nil, false, fmt.Errorf("receive netlink answer: %w", err)
 		}
 		if n > b.left {
-			return nil, fmt.Errorf("netfilter listing of more than %d bytes", b.limit)
+			return nil, false, fmt.Errorf("netfilter listing of more than %d bytes", b.limit)
 		}
 		buf := make([]byte, n)
 		n, _, err = unix.Recvfrom(b.fd, buf, 0)
 		if err != nil {
-			return nil, fmt.Errorf("receive netlink answer: %w", err)
+			return nil, false, fmt.Errorf("receive netlink answer: %w", err)
 		}
 		b.left -= n
 		msgs, err := syscall.ParseNetlinkMessage(buf[:n])
 		if err != nil {
-			return nil, fmt.Errorf("parse netlink answer: %w", err)
+			return nil, false, fmt.Errorf("parse netlink answer: %w", err)
 		}
 		for _, m := range msgs {
 			if m.Header.Seq != h.Sequence {
 				continue // an answer to an earlier request
 			}
+			if m.Header.Flags&unix.NLM_F_DUMP_INTR != 0 {
+				interrupted = true
+			}
 			switch m.Header.Type {
 			case unix.NLMSG_DONE:
-				return out, nil
+				// Its payload, when there is one, is an error as in
+				// NLMSG_ERROR: the dump failed part way.
+				if len(m.Data) >= 4 {
+					if errno := -int32(binary.NativeEndian.Uint32(m.Data)); errno != 0 {
+						return nil, false, syscall.Errno(errno)
+					}
+				}
+				return out, interrupted, nil
 			case unix.NLMSG_ERROR:
 				if len(m.Data) < 4 {
-					return nil, errors.New("short netlink error message")
+					return nil, false, errors.New("short netlink error message")
 				}
 				if errno := -int32(binary.NativeEndian.Uint32(m.Data)); errno != 0 {
-					return nil, syscall.Errno(errno)
+					return nil, false, syscall.Errno(errno)
 				}
-				return out, nil
+				return out, interrupted, nil
 			}
 			out = append(out, netlink.Message{
 				Header: netlink.Header{
