@@ -45,7 +45,7 @@ var ledger struct {
 const (
 	ledgerNetns   = "netns"   // a name under /run/netns and /etc/netns
 	ledgerCgroup  = "cgroup"  // a cgroup2 directory
-	ledgerMount   = "mount"   // a mount point (bpffs)
+	ledgerMount   = "mount"   // a mount point (bpffs, tmpfs)
 	ledgerTempDir = "tempdir" // a directory AsUser made (asUserPrefix)
 )
 
@@ -55,31 +55,52 @@ const (
 // every recorded thing is cleaned up, the ledger goes too.
 func record(tb testing.TB, kind, what string) {
 	tb.Helper()
+	release, err := hold(kind, what)
+	if err != nil {
+		tb.Fatalf("testenv: the ledger of what this test makes: %v", err)
+	}
+	tb.Cleanup(func() { release(tb.Failed()) })
+}
+
+// hold records what is about to be made in this process's ledger; release
+// says it is gone (or, failed, that it perhaps is not).
+func hold(kind, what string) (release func(failed bool), err error) {
 	ledger.mu.Lock()
 	defer ledger.mu.Unlock()
 	if err := openLedger(); err != nil {
-		tb.Fatalf("testenv: the ledger of what this test makes: %v", err)
+		return nil, err
 	}
 	if _, err := fmt.Fprintf(ledger.file, "%s %s\n", kind, what); err != nil {
-		tb.Fatalf("testenv: the ledger of what this test makes: %v", err)
+		return nil, err
 	}
 	ledger.live++
-	tb.Cleanup(func() {
-		ledger.mu.Lock()
-		defer ledger.mu.Unlock()
-		ledger.keep = ledger.keep || tb.Failed()
-		if ledger.live--; ledger.live == 0 {
-			ledger.file.Close()
-			ledger.file = nil
-			// A failed test may have failed a cleanup (a cgroup that
-			// would not go): keep the ledger, so the first test after
-			// this process tries again. Any test's failure counts, not
-			// only the last one's to let go of the ledger.
-			if !ledger.keep {
-				os.Remove(ledger.path)
+	var once sync.Once
+	return func(failed bool) {
+		once.Do(func() {
+			ledger.mu.Lock()
+			defer ledger.mu.Unlock()
+			ledger.keep = ledger.keep || failed
+			if ledger.live--; ledger.live == 0 {
+				ledger.file.Close()
+				ledger.file = nil
+				// A failed test may have failed a cleanup (a cgroup that
+				// would not go): keep the ledger, so the first test after
+				// this process tries again. Any test's failure counts, not
+				// only the last one's to let go of the ledger.
+				if !ledger.keep {
+					os.Remove(ledger.path)
+				}
 			}
-		}
-	})
+		})
+	}, nil
+}
+
+// RecordMount records a mount point at dir before the caller mounts there
+// (a bpffs, a tmpfs), so that the first test after this process is killed
+// unmounts it; the caller still unmounts it at cleanup.
+func RecordMount(tb testing.TB, dir string) {
+	tb.Helper()
+	record(tb, ledgerMount, dir)
 }
 
 func openLedger() error {
