@@ -20,9 +20,9 @@ import (
 )
 
 // A test process that is killed (a CI timeout, SIGKILL) runs no cleanup:
-// the network namespaces (and their /etc/netns files), cgroups, bpffs
-// mounts and AsUser's copies of binaries it made stay on the machine, with
-// any process started in the namespaces. So every process records what
+// the network namespaces (and their /etc/netns files), cgroups, mounts and
+// temporary directories (builds among them) it made stay on the machine,
+// with any process started in the namespaces. So every process records what
 // it makes in a ledger under ledgerDir, named by its PID and start time, and
 // the first test to make something sweeps the ledgers of processes that are
 // gone: it removes what they recorded (what their cleanups already removed
@@ -46,7 +46,7 @@ const (
 	ledgerNetns   = "netns"   // a name under /run/netns and /etc/netns
 	ledgerCgroup  = "cgroup"  // a cgroup2 directory
 	ledgerMount   = "mount"   // a mount point (bpffs, tmpfs)
-	ledgerTempDir = "tempdir" // a directory AsUser made (asUserPrefix)
+	ledgerTempDir = "tempdir" // a directory under os.TempDir() (tempDirPrefixes)
 )
 
 // record appends what is about to be made to this process's ledger,
@@ -93,6 +93,16 @@ func hold(kind, what string) (release func(failed bool), err error) {
 			}
 		})
 	}, nil
+}
+
+// holdTempDir records a temporary directory that is about to be made.
+// Without root there is no ledger (it is under /run) and nothing else to
+// sweep: the directory goes unrecorded.
+func holdTempDir(dir string) (func(failed bool), error) {
+	if os.Geteuid() != 0 {
+		return func(bool) {}, nil
+	}
+	return hold(ledgerTempDir, dir)
 }
 
 // RecordMount records a mount point at dir before the caller mounts there
@@ -232,10 +242,10 @@ func testTempDir(path string) string {
 	return dir
 }
 
-// removeTempDir removes a directory AsUser made, and nothing that is not
-// one (which record never wrote).
+// removeTempDir removes a temporary directory a test made, and nothing that
+// is not one (which record never wrote).
 func removeTempDir(dir string) error {
-	if !filepath.IsAbs(dir) || !strings.HasPrefix(filepath.Base(dir), asUserPrefix) {
+	if !isTempDir(dir) {
 		return nil
 	}
 	return os.RemoveAll(dir)
