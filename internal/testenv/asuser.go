@@ -22,9 +22,6 @@ import (
 // group 0, the caller the control socket once let in.
 var Nobody = syscall.Credential{Uid: 65534, Gid: 0}
 
-// asUserPrefix starts the names of AsUser's directories.
-const asUserPrefix = "ztdns-asuser-"
-
 // AsUser prepares bin with args to run as cred. bin is copied first into a
 // directory any user can enter (a test binary's own directory is not), and
 // the copy is removed at cleanup; the directory is recorded in the ledger,

@@ -19,7 +19,7 @@ func NewBPFFS(tb testing.TB) string {
 	if err := unix.Mkdir(dir, 0o700); err != nil {
 		tb.Fatalf("testenv: %v", err)
 	}
-	record(tb, ledgerMount, dir)
+	RecordMount(tb, dir)
 	if err := unix.Mount("bpffs", dir, "bpf", 0, "mode=0700"); err != nil {
 		Unavailable(tb, "cannot mount bpffs: %v", err)
 	}

@@ -14,9 +14,10 @@ import (
 
 // builds are the executables Build compiled in this test binary.
 var builds struct {
-	mu   sync.Mutex
-	dir  string
-	bins map[string]*build
+	mu     sync.Mutex
+	dir    string
+	remove func()
+	bins   map[string]*build
 }
 
 type build struct {
@@ -37,12 +38,12 @@ func Build(tb testing.TB, pkg string) string {
 		builds.bins = map[string]*build{}
 	}
 	if builds.dir == "" {
-		dir, err := os.MkdirTemp("", "ztdns-testbin-")
+		dir, remove, err := MkdirTempForProcess("ztdns-testbin-")
 		if err != nil {
 			builds.mu.Unlock()
 			tb.Fatalf("testenv: %v", err)
 		}
-		builds.dir = dir
+		builds.dir, builds.remove = dir, remove
 	}
 	b := builds.bins[pkg]
 	if b == nil {
@@ -76,7 +77,7 @@ func RemoveBuilds() {
 	builds.mu.Lock()
 	defer builds.mu.Unlock()
 	if builds.dir != "" {
-		os.RemoveAll(builds.dir)
-		builds.dir, builds.bins = "", nil
+		builds.remove()
+		builds.dir, builds.remove, builds.bins = "", nil, nil
 	}
 }

@@ -20,9 +20,9 @@ import (
 )
 
 // A test process that is killed (a CI timeout, SIGKILL) runs no cleanup:
-// the network namespaces (and their /etc/netns files), cgroups, bpffs
-// mounts and AsUser's copies of binaries it made stay on the machine, with
-// any process started in the namespaces. So every process records what
+// the network namespaces (and their /etc/netns files), cgroups, mounts and
+// temporary directories (builds among them) it made stay on the machine,
+// with any process started in the namespaces. So every process records what
 // it makes in a ledger under ledgerDir, named by its PID and start time, and
 // the first test to make something sweeps the ledgers of processes that are
 // gone: it removes what they recorded (what their cleanups already removed
@@ -45,8 +45,8 @@ var ledger struct {
 const (
 	ledgerNetns   = "netns"   // a name under /run/netns and /etc/netns
 	ledgerCgroup  = "cgroup"  // a cgroup2 directory
-	ledgerMount   = "mount"   // a mount point (bpffs)
-	ledgerTempDir = "tempdir" // a directory AsUser made (asUserPrefix)
+	ledgerMount   = "mount"   // a mount point (bpffs, tmpfs)
+	ledgerTempDir = "tempdir" // a directory under os.TempDir() (tempDirPrefixes)
 )
 
 // record appends what is about to be made to this process's ledger,
@@ -55,31 +55,62 @@ const (
 // every recorded thing is cleaned up, the ledger goes too.
 func record(tb testing.TB, kind, what string) {
 	tb.Helper()
+	release, err := hold(kind, what)
+	if err != nil {
+		tb.Fatalf("testenv: the ledger of what this test makes: %v", err)
+	}
+	tb.Cleanup(func() { release(tb.Failed()) })
+}
+
+// hold records what is about to be made in this process's ledger; release
+// says it is gone (or, failed, that it perhaps is not).
+func hold(kind, what string) (release func(failed bool), err error) {
 	ledger.mu.Lock()
 	defer ledger.mu.Unlock()
 	if err := openLedger(); err != nil {
-		tb.Fatalf("testenv: the ledger of what this test makes: %v", err)
+		return nil, err
 	}
 	if _, err := fmt.Fprintf(ledger.file, "%s %s\n", kind, what); err != nil {
-		tb.Fatalf("testenv: the ledger of what this test makes: %v", err)
+		return nil, err
 	}
 	ledger.live++
-	tb.Cleanup(func() {
-		ledger.mu.Lock()
-		defer ledger.mu.Unlock()
-		ledger.keep = ledger.keep || tb.Failed()
-		if ledger.live--; ledger.live == 0 {
-			ledger.file.Close()
-			ledger.file = nil
-			// A failed test may have failed a cleanup (a cgroup that
-			// would not go): keep the ledger, so the first test after
-			// this process tries again. Any test's failure counts, not
-			// only the last one's to let go of the ledger.
-			if !ledger.keep {
-				os.Remove(ledger.path)
+	var once sync.Once
+	return func(failed bool) {
+		once.Do(func() {
+			ledger.mu.Lock()
+			defer ledger.mu.Unlock()
+			ledger.keep = ledger.keep || failed
+			if ledger.live--; ledger.live == 0 {
+				ledger.file.Close()
+				ledger.file = nil
+				// A failed test may have failed a cleanup (a cgroup that
+				// would not go): keep the ledger, so the first test after
+				// this process tries again. Any test's failure counts, not
+				// only the last one's to let go of the ledger.
+				if !ledger.keep {
+					os.Remove(ledger.path)
+				}
 			}
-		}
-	})
+		})
+	}, nil
+}
+
+// holdTempDir records a temporary directory that is about to be made.
+// Without root there is no ledger (it is under /run) and nothing else to
+// sweep: the directory goes unrecorded.
+func holdTempDir(dir string) (func(failed bool), error) {
+	if os.Geteuid() != 0 {
+		return func(bool) {}, nil
+	}
+	return hold(ledgerTempDir, dir)
+}
+
+// RecordMount records a mount point at dir before the caller mounts there
+// (a bpffs, a tmpfs), so that the first test after this process is killed
+// unmounts it; the caller still unmounts it at cleanup.
+func RecordMount(tb testing.TB, dir string) {
+	tb.Helper()
+	record(tb, ledgerMount, dir)
 }
 
 func openLedger() error {
@@ -211,10 +242,10 @@ func testTempDir(path string) string {
 	return dir
 }
 
-// removeTempDir removes a directory AsUser made, and nothing that is not
-// one (which record never wrote).
+// removeTempDir removes a temporary directory a test made, and nothing that
+// is not one (which record never wrote).
 func removeTempDir(dir string) error {
-	if !filepath.IsAbs(dir) || !strings.HasPrefix(filepath.Base(dir), asUserPrefix) {
+	if !isTempDir(dir) {
 		return nil
 	}
 	return os.RemoveAll(dir)

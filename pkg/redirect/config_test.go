@@ -182,6 +182,7 @@ func TestLoadChecksFirst(t *testing.T) {
 
 	t.Run("bpffs missing is mounted", func(t *testing.T) {
 		root := filepath.Join(t.TempDir(), "bpf")
+		testenv.RecordMount(t, root) // Load mounts it
 		t.Cleanup(func() {
 			if err := unix.Unmount(root, unix.MNT_DETACH); err != nil {
 				t.Errorf("unmount %s: %v", root, err)

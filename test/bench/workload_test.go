@@ -4,19 +4,20 @@ package bench
 
 import (
 	"fmt"
-	"os"
 	"sync"
 	"testing"
 
 	"github.com/ztdns/ztdns/bench/workload"
+	"github.com/ztdns/ztdns/internal/testenv"
 )
 
 // generated are the clusters generate wrote in this test binary, by
 // configuration, under one directory that TestMain removes.
 var generated struct {
-	mu    sync.Mutex
-	dir   string
-	files map[workload.Config]*workload.Files
+	mu     sync.Mutex
+	dir    string
+	remove func()
+	files  map[workload.Config]*workload.Files
 }
 
 // generate writes the cluster c describes (manifests, unbound zone, dnsperf
@@ -29,11 +30,11 @@ func generate(tb testing.TB, c workload.Config) *workload.Files {
 		return f
 	}
 	if generated.dir == "" {
-		dir, err := os.MkdirTemp("", "ztdns-bench-")
+		dir, remove, err := testenv.MkdirTempForProcess("ztdns-bench-")
 		if err != nil {
 			tb.Fatal(err)
 		}
-		generated.dir, generated.files = dir, map[workload.Config]*workload.Files{}
+		generated.dir, generated.remove, generated.files = dir, remove, map[workload.Config]*workload.Files{}
 	}
 	f, err := workload.Write(fmt.Sprintf("%s/%d", generated.dir, len(generated.files)), c)
 	if err != nil {
@@ -47,7 +48,8 @@ func generate(tb testing.TB, c workload.Config) *workload.Files {
 func removeGenerated() {
 	generated.mu.Lock()
 	defer generated.mu.Unlock()
-	if generated.dir != "" {
-		os.RemoveAll(generated.dir)
+	if generated.remove != nil {
+		generated.remove()
+		generated.dir, generated.remove = "", nil
 	}
 }

@@ -46,14 +46,14 @@ var shared struct {
 }
 
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "ztdns-cni-e2e-")
+	dir, remove, err := testenv.MkdirTempForProcess("ztdns-cni-e2e-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
 	shared.dir = dir
 	code := m.Run()
-	os.RemoveAll(dir)
+	remove()
 	os.Exit(code)
 }
 

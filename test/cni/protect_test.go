@@ -167,6 +167,7 @@ func readOnlyTmpfs(t *testing.T, dir string) string {
 	if err := os.Mkdir(dir, 0o700); err != nil {
 		t.Fatal(err)
 	}
+	testenv.RecordMount(t, dir)
 	run(t, "mount", "-t", "tmpfs", "-o", "ro,size=1m,mode=0700", "ztdns-test-state", dir)
 	t.Cleanup(func() {
 		if out, err := exec.Command("umount", dir).CombinedOutput(); err != nil {

@@ -90,15 +90,7 @@ func NewRuntime(tb testing.TB, opts RuntimeOptions) *Runtime {
 	}
 
 	// Not t.TempDir: a unix socket path must fit in 108 bytes.
-	dir, err := os.MkdirTemp("", "ztcni-")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() {
-		if err := os.RemoveAll(dir); err != nil {
-			tb.Errorf("cleanup: %v", err)
-		}
-	})
+	dir := testenv.MkdirTemp(tb, "ztcni-")
 	r := &Runtime{
 		Node:       opts.Node,
 		Dir:        dir,

@@ -1,7 +1,6 @@
 package conformance
 
 import (
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -10,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -147,27 +147,73 @@ func (w testWriter) Write(p []byte) (int, error) {
 
 var _ io.Writer = testWriter{}
 
-// sendRaw writes bytes to the resolver over UDP and returns the reply, or
-// nil when none arrives within wait.
-func (r *running) sendRaw(t *testing.T, pkt []byte, wait time.Duration) []byte {
+// replyWait bounds how long a test waits for a reply that must come: a
+// loaded machine answers late, and the wait ends as soon as it comes.
+const replyWait = 5 * time.Second
+
+// rawConn is a UDP socket to the resolver from fromDefault.
+func (r *running) rawConn(t *testing.T) *net.UDPConn {
 	t.Helper()
-	c, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(r.addr))
+	c, err := net.DialUDP("udp4", net.UDPAddrFromAddrPort(netip.AddrPortFrom(fromDefault, 0)), net.UDPAddrFromAddrPort(r.addr))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// readDatagram returns the next datagram c receives within replyWait.
+func readDatagram(t *testing.T, c *net.UDPConn) []byte {
+	t.Helper()
+	c.SetReadDeadline(time.Now().Add(replyWait))
+	buf := make([]byte, 65535)
+	n, err := c.Read(buf)
+	if err != nil {
+		t.Fatalf("no reply within %v: %v", replyWait, err)
+	}
+	return buf[:n]
+}
+
+// sendRaw writes bytes to the resolver over UDP and returns the first
+// datagram that comes back.
+func (r *running) sendRaw(t *testing.T, pkt []byte) []byte {
+	t.Helper()
+	c := r.rawConn(t)
 	if _, err := c.Write(pkt); err != nil {
 		t.Fatal(err)
 	}
-	c.SetReadDeadline(time.Now().Add(wait))
-	buf := make([]byte, 65535)
-	n, err := c.Read(buf)
-	var ne net.Error
-	if errors.As(err, &ne) && ne.Timeout() {
-		return nil
+	return readDatagram(t, c)
+}
+
+// followUpID is the ID of the query requireNoReply sends after the packet.
+const followUpID = 0x5eed
+
+var followUps atomic.Int64
+
+// requireNoReply writes bytes to the resolver over UDP, then a valid query
+// on the same socket, and fails if the first datagram back is not that
+// query's reply: a reply to the bytes, however late, comes before it. The
+// query is for a name never asked before, so it is forwarded upstream and
+// answered after anything the resolver does at once.
+func (r *running) requireNoReply(t *testing.T, pkt []byte) {
+	t.Helper()
+	c := r.rawConn(t)
+	if _, err := c.Write(pkt); err != nil {
+		t.Fatal(err)
 	}
+	q := new(dns.Msg)
+	q.SetQuestion(fmt.Sprintf("follow-up-%d.example.com.", followUps.Add(1)), dns.TypeA)
+	q.Id = followUpID
+	wire, err := q.Pack()
 	if err != nil {
 		t.Fatal(err)
 	}
-	return buf[:n]
+	if _, err := c.Write(wire); err != nil {
+		t.Fatal(err)
+	}
+	reply := readDatagram(t, c)
+	m := new(dns.Msg)
+	if err := m.Unpack(reply); err != nil || m.Id != followUpID || !m.Response {
+		t.Fatalf("got a reply %x to a packet that deserves none (before the reply to the query after it)", reply)
+	}
 }

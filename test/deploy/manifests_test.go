@@ -13,6 +13,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/ztdns/ztdns/internal/testenv"
 )
 
 // renderScript writes deploy/manifests/ from the chart; relative to the
@@ -146,6 +148,7 @@ func subcommandFlags(t *testing.T, bin, cmd string) map[string]bool {
 var ztdnsOnce struct {
 	sync.Once
 	dir, bin string
+	remove   func()
 	err      error
 }
 
@@ -154,7 +157,7 @@ var ztdnsOnce struct {
 func buildZtdns(t *testing.T) string {
 	t.Helper()
 	ztdnsOnce.Do(func() {
-		if ztdnsOnce.dir, ztdnsOnce.err = os.MkdirTemp("", "ztdns-deploy-bin-"); ztdnsOnce.err != nil {
+		if ztdnsOnce.dir, ztdnsOnce.remove, ztdnsOnce.err = testenv.MkdirTempForProcess("ztdns-deploy-bin-"); ztdnsOnce.err != nil {
 			return
 		}
 		ztdnsOnce.bin = filepath.Join(ztdnsOnce.dir, "ztdns")
@@ -172,8 +175,8 @@ func buildZtdns(t *testing.T) string {
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if ztdnsOnce.dir != "" {
-		os.RemoveAll(ztdnsOnce.dir)
+	if ztdnsOnce.remove != nil {
+		ztdnsOnce.remove()
 	}
 	os.Exit(code)
 }

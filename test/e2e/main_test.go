@@ -33,8 +33,8 @@ func TestMain(m *testing.M) {
 	}
 	testenv.RunHelper()
 	code := m.Run()
-	if built.dir != "" {
-		os.RemoveAll(built.dir)
+	if built.remove != nil {
+		built.remove()
 	}
 	os.Exit(code)
 }
@@ -51,10 +51,11 @@ func runHelper(name string, args []string) int {
 
 // built is the ztdns binary, compiled on first use.
 var built struct {
-	once sync.Once
-	dir  string
-	bin  string
-	err  error
+	once   sync.Once
+	dir    string
+	remove func()
+	bin    string
+	err    error
 }
 
 // ztdnsBinary builds ./cmd/ztdns once per test binary into a temporary
@@ -66,7 +67,7 @@ func ztdnsBinary(tb testing.TB) string {
 		if err != nil {
 			gobin = filepath.Join(runtime.GOROOT(), "bin", "go")
 		}
-		if built.dir, built.err = os.MkdirTemp("", "ztdns-e2e-bin-"); built.err != nil {
+		if built.dir, built.remove, built.err = testenv.MkdirTempForProcess("ztdns-e2e-bin-"); built.err != nil {
 			return
 		}
 		built.bin = filepath.Join(built.dir, "ztdns")
