@@ -134,8 +134,10 @@ func chartAlerts(t *testing.T) map[string]parser.Expr {
 // ztdns itself refused for want of bytes (the node's budget, no_memory,
 // which ZtdnsServfailRatioHigh reports; or a pod's own, source_limited) nor
 // for attempts cancelled because another nameserver answered first: those
-// say nothing of the nameserver. (Before, no_memory counted as its failure
-// and source_limited diluted its failures.)
+// say nothing of the nameserver; nor for a nameserver sent less than a
+// query a second, as one pod's own unreachable nameserver is. (Before,
+// no_memory counted as its failure and source_limited diluted its failures;
+// and a pod's `dig @203.0.113.9` every two minutes held it at 100%.)
 func TestChartUpstreamAlert(t *testing.T) {
 	t.Parallel()
 	const name = "ZtdnsUpstreamFailureRatioHigh"
@@ -154,6 +156,11 @@ func TestChartUpstreamAlert(t *testing.T) {
 		{"the node's budget of replies spent", map[string]float64{"ok": 50, "no_memory": 50}, false},
 		{"a pod over its bytes, and timeouts", map[string]float64{"ok": 80, "timeout": 20, "source_limited": 400}, true},
 		{"cancelled for a faster nameserver", map[string]float64{"ok": 50, "canceled": 50}, false},
+		// A pod's own nameserver (dig @, its dnsConfig), unreachable: one
+		// query every two minutes is all its failures, and says nothing of
+		// the cluster's DNS.
+		{"a pod's own unreachable nameserver, a query every two minutes", map[string]float64{"timeout": 1.0 / 120}, false},
+		{"a nameserver failing under load", map[string]float64{"ok": 1, "timeout": 1}, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var series []rateSeries
