@@ -7,9 +7,12 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 
+	"github.com/prometheus/prometheus/model/labels"
+	"github.com/prometheus/prometheus/promql/parser"
 	"sigs.k8s.io/yaml"
 )
 
@@ -77,5 +80,86 @@ func TestChartDashboardAndRules(t *testing.T) {
 
 	if got := lookup(c.serviceMonitor, "spec", "jobLabel"); got != "app.kubernetes.io/name" || c.service.Labels["app.kubernetes.io/name"] != "ztdns" {
 		t.Errorf("ServiceMonitor jobLabel %v, Service labels %v: the job would not be \"ztdns\", which the rules select", got, c.service.Labels)
+	}
+}
+
+// dashboardPanel is one panel of the chart's dashboard with its queries,
+// Grafana's variables replaced as with the node "All".
+type dashboardPanel struct {
+	title string
+	exprs []string
+}
+
+// dashboardPanels reads the chart's dashboard.
+func dashboardPanels(t *testing.T) []dashboardPanel {
+	t.Helper()
+	raw, err := os.ReadFile(filepath.Join(repoRoot(t), dashboardFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dash struct {
+		Panels []struct {
+			Title   string `json:"title"`
+			Targets []struct {
+				Expr string `json:"expr"`
+			} `json:"targets"`
+		} `json:"panels"`
+	}
+	if err := json.Unmarshal(raw, &dash); err != nil {
+		t.Fatal(err)
+	}
+	vars := strings.NewReplacer("$__rate_interval", "5m", "$node", ".*")
+	var out []dashboardPanel
+	for _, p := range dash.Panels {
+		dp := dashboardPanel{title: p.Title}
+		for _, tg := range p.Targets {
+			dp.exprs = append(dp.exprs, vars.Replace(tg.Expr))
+		}
+		out = append(out, dp)
+	}
+	return out
+}
+
+// TestChartProcessMetricsAreZtdns: every selector of a process_ or go_
+// metric in the dashboard and the alerts is filtered to the ztdns job.
+// Every Go program Prometheus scrapes exports them; with the node "All"
+// (.*) the dashboard's memory and CPU panels plotted them all. (Before,
+// only ZtdnsMemoryNearLimit selected job="ztdns".)
+func TestChartProcessMetricsAreZtdns(t *testing.T) {
+	t.Parallel()
+	check := func(where string, e parser.Expr) {
+		seen := 0
+		parser.Inspect(e, func(n parser.Node, _ []parser.Node) error {
+			vs, ok := n.(*parser.VectorSelector)
+			if !ok || !strings.HasPrefix(vs.Name, "process_") && !strings.HasPrefix(vs.Name, "go_") {
+				return nil
+			}
+			seen++
+			if !slices.ContainsFunc(vs.LabelMatchers, func(m *labels.Matcher) bool {
+				return m.Name == "job" && m.Type == labels.MatchEqual && m.Value == "ztdns"
+			}) {
+				t.Errorf("%s: %s selects every scraped process, not job=\"ztdns\"", where, vs)
+			}
+			return nil
+		})
+	}
+	for name, e := range chartAlerts(t) {
+		check("alert "+name, e)
+	}
+	panels := 0
+	for _, p := range dashboardPanels(t) {
+		for _, expr := range p.exprs {
+			e, err := parser.NewParser(parser.Options{}).ParseExpr(expr)
+			if err != nil {
+				t.Fatalf("panel %q: %v", p.title, err)
+			}
+			check("panel "+p.title, e)
+		}
+		if p.title == "Memory" || p.title == "CPU" {
+			panels++
+		}
+	}
+	if panels != 2 {
+		t.Errorf("found %d of the dashboard's Memory and CPU panels, want 2", panels)
 	}
 }
