@@ -4,12 +4,14 @@ package deploy
 
 import (
 	"encoding/json"
+	"maps"
 	"os"
 	"path/filepath"
 	"reflect"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/prometheus/model/labels"
 	"github.com/prometheus/prometheus/promql/parser"
@@ -162,4 +164,75 @@ func TestChartProcessMetricsAreZtdns(t *testing.T) {
 	if panels != 2 {
 		t.Errorf("found %d of the dashboard's Memory and CPU panels, want 2", panels)
 	}
+}
+
+// TestChartDashboardRatiosAreTheAlerts: the dashboard's SERVFAIL and
+// upstream failure ratios are the ratios their alerts compare, per node,
+// so a panel shows what sets the alert off: the node's SERVFAILs and
+// overload, not a pod's throttled SERVFAILs (source "none"); a
+// nameserver's failures, not replies ztdns refused for want of bytes
+// (no_memory, source_limited). (Before, the panels counted those, as the
+// alerts, the README and the metrics' help do not.)
+func TestChartDashboardRatiosAreTheAlerts(t *testing.T) {
+	t.Parallel()
+	alerts := chartAlerts(t)
+	byPanel := map[string]string{
+		"SERVFAIL ratio":         "ZtdnsServfailRatioHigh",
+		"Upstream failure ratio": "ZtdnsUpstreamFailureRatioHigh",
+	}
+	found := 0
+	for _, p := range dashboardPanels(t) {
+		name, ok := byPanel[p.title]
+		if !ok {
+			continue
+		}
+		found++
+		if len(p.exprs) != 1 {
+			t.Errorf("panel %q has %d queries, want 1", p.title, len(p.exprs))
+			continue
+		}
+		panel, err := parser.NewParser(parser.Options{}).ParseExpr(p.exprs[0])
+		if err != nil {
+			t.Fatalf("panel %q: %v", p.title, err)
+		}
+		// The panel's node variable (here "All") and rate interval are the
+		// dashboard's; the rest must be the alert's ratio.
+		parser.Inspect(panel, func(n parser.Node, _ []parser.Node) error {
+			switch n := n.(type) {
+			case *parser.VectorSelector:
+				n.LabelMatchers = slices.DeleteFunc(n.LabelMatchers, func(m *labels.Matcher) bool {
+					return m.Name == "node" && m.Type == labels.MatchRegexp && m.Value == ".*"
+				})
+			case *parser.MatrixSelector:
+				n.Range = 5 * time.Minute
+			}
+			return nil
+		})
+		ratio := alertRatio(alerts[name])
+		if ratio == nil {
+			t.Fatalf("alert %s: no ratio compared with a threshold in %v", name, alerts[name])
+		}
+		if panel.String() != ratio.String() {
+			t.Errorf("panel %q plots\n %s\nbut %s compares\n %s", p.title, panel, name, ratio)
+		}
+	}
+	if found != len(byPanel) {
+		t.Errorf("found %d of the panels %v", found, slices.Sorted(maps.Keys(byPanel)))
+	}
+}
+
+// alertRatio is what an alert "ratio > threshold [and rate > minimum]"
+// compares with its threshold.
+func alertRatio(e parser.Expr) parser.Expr {
+	b, ok := e.(*parser.BinaryExpr)
+	if ok && b.Op == parser.LAND {
+		b, ok = b.LHS.(*parser.BinaryExpr)
+	}
+	if !ok || b.Op != parser.GTR {
+		return nil
+	}
+	if _, ok := b.RHS.(*parser.NumberLiteral); !ok {
+		return nil
+	}
+	return b.LHS
 }
