@@ -136,8 +136,10 @@ type podWant struct {
 	// probeHost is where the kubelet probes the agent: "" (the pod's IP,
 	// which is the node's) or 127.0.0.1 with metrics on loopback.
 	probeHost string
-	// noScrapeAnnotations: no prometheus.io/scrape and friends on the pod.
-	noScrapeAnnotations bool
+	// scrapeAnnotations: prometheus.io/scrape and friends on the pod,
+	// opt-in (metrics.scrapeAnnotations): with the ServiceMonitor too,
+	// each agent would be scraped twice and the dashboard's sums doubled.
+	scrapeAnnotations bool
 	// seLinux is the agent container's seLinuxOptions.
 	seLinux *corev1.SELinuxOptions
 }
@@ -296,7 +298,14 @@ func TestChartAgent(t *testing.T) {
 			pod: defaultPod().change(func(w *podWant) {
 				w.args = w.args.with("--metrics=127.0.0.1:15053")
 				w.probeHost = "127.0.0.1"
-				w.noScrapeAnnotations = true
+			}),
+		},
+		{
+			name:  "scrape annotations on, for a Prometheus that scrapes annotated pods",
+			sets:  []string{"metrics.scrapeAnnotations=true"},
+			kinds: defaultKinds,
+			pod: defaultPod().change(func(w *podWant) {
+				w.scrapeAnnotations = true
 			}),
 		},
 		{
@@ -430,8 +439,16 @@ func checkAgentDaemonSet(t *testing.T, c *chart, want podWant) {
 	checkProbes(t, agent, want.probeHost)
 	checkResources(t, agent)
 	annotations := ds.Spec.Template.Annotations
-	if got := annotations["prometheus.io/scrape"] == "true"; got == want.noScrapeAnnotations {
-		t.Errorf("pod annotations %v: scrape annotation %v, want %v", annotations, got, !want.noScrapeAnnotations)
+	wantAnnotations := map[string]string{}
+	if want.scrapeAnnotations {
+		wantAnnotations = map[string]string{
+			"prometheus.io/scrape": "true",
+			"prometheus.io/port":   strconv.Itoa(metricsPort),
+			"prometheus.io/path":   "/metrics",
+		}
+	}
+	if got := annotations; !maps.Equal(got, wantAnnotations) && len(got)+len(wantAnnotations) > 0 {
+		t.Errorf("pod annotations %v, want %v", got, wantAnnotations)
 	}
 }
 
@@ -782,6 +799,7 @@ func TestChartRejectsBadValues(t *testing.T) {
 		{"port out of range", "metrics.port=70000", "/metrics/port"},
 		{"metrics on every interface", "metrics.bind=all", "/metrics/bind"},
 		{"a ServiceMonitor for metrics on loopback", "metrics.bind=loopback,metrics.serviceMonitor.enabled=true", "nothing off the node can scrape loopback"},
+		{"scrape annotations for metrics on loopback", "metrics.bind=loopback,metrics.scrapeAnnotations=true", "nothing off the node can scrape loopback"},
 		{"no resolver address", "resolver.listen=null", "/resolver"},
 		{"misspelt value", "capture.enable=false", "/capture"},
 		{"capture port 53: istio-cni's in-pod rules would take the queries", "capture.port=53", "/capture/port"},
