@@ -126,8 +126,10 @@ type podWant struct {
 	caps    []string
 	hostPID bool
 	// initContainers by name; mount-bpffs, opt-in, is the one privileged
-	// container.
+	// container; remove-capture, with capture off, runs `ztdns uninstall`.
 	initContainers []string
+	// removeCNI: remove-capture removes the CNI entry too.
+	removeCNI bool
 	// mounts of the agent container by mount path.
 	mounts map[string]mount
 	// apparmorUnconfined: the capture path reads other processes'
@@ -240,17 +242,34 @@ func TestChartAgent(t *testing.T) {
 			pod:   defaultPod(),
 		},
 		{
-			name:  "capture disabled: only serving, with no privileges but the port",
+			// The agent serves with no privileges but the port; what an
+			// agent with capture left on the node goes first (turned off
+			// with an upgrade, the programs stayed attached, the pins and
+			// ztdns0 in place), the CNI entry too when none is installed.
+			name:  "capture disabled: the capture path removed, only serving, with no privileges but the port",
 			sets:  []string{"capture.enabled=false"},
 			kinds: defaultKinds,
 			pod: podWant{
-				args: defaultArgs().with("--capture=false").without(captureOnlyFlags...),
-				caps: []string{"NET_BIND_SERVICE"},
+				args:           defaultArgs().with("--capture=false").without(captureOnlyFlags...),
+				caps:           []string{"NET_BIND_SERVICE"},
+				initContainers: []string{"remove-capture"},
 				mounts: map[string]mount{
 					socketDir:             socketMount,
 					"/host/opt/cni/bin":   cniBinMount,
 					"/host/etc/cni/net.d": cniConfMnt,
 				},
+			},
+		},
+		{
+			name:  "capture disabled and CNI install off: the CNI entry removed too",
+			sets:  []string{"capture.enabled=false", "cni.install=false"},
+			kinds: defaultKinds,
+			pod: podWant{
+				args:           defaultArgs().with("--capture=false", "--cni-install=false").without(slices.Concat(captureOnlyFlags, []string{"--cni-bin-dir", "--cni-conf-dir"})...),
+				caps:           []string{"NET_BIND_SERVICE"},
+				initContainers: []string{"remove-capture"},
+				removeCNI:      true,
+				mounts:         map[string]mount{socketDir: socketMount},
 			},
 		},
 		{
@@ -419,7 +438,7 @@ func checkAgentDaemonSet(t *testing.T, c *chart, want podWant) {
 		t.Errorf("terminationGracePeriodSeconds %v, want 5..30: long enough for in-flight forwards, short for node drains", got)
 	}
 
-	checkInitContainers(t, pod, want.initContainers)
+	checkInitContainers(t, pod, want)
 	if len(pod.Containers) != 1 {
 		t.Fatalf("%d containers, want the agent alone", len(pod.Containers))
 	}
@@ -452,16 +471,20 @@ func checkAgentDaemonSet(t *testing.T, c *chart, want podWant) {
 	}
 }
 
-func checkInitContainers(t *testing.T, pod corev1.PodSpec, want []string) {
+func checkInitContainers(t *testing.T, pod corev1.PodSpec, want podWant) {
 	t.Helper()
 	var names []string
 	for _, c := range pod.InitContainers {
 		names = append(names, c.Name)
 	}
-	if !slices.Equal(names, want) {
-		t.Fatalf("init containers %q, want %q", names, want)
+	if !slices.Equal(names, want.initContainers) {
+		t.Fatalf("init containers %q, want %q", names, want.initContainers)
 	}
 	for _, c := range pod.InitContainers {
+		if c.Name == "remove-capture" {
+			checkUninstallContainer(t, pod, c, want.removeCNI)
+			continue
+		}
 		// mount-bpffs is the only privileged container, because a mount
 		// propagates back to the host (Bidirectional) only from one.
 		sc := c.SecurityContext
@@ -473,6 +496,31 @@ func checkInitContainers(t *testing.T, pod corev1.PodSpec, want []string) {
 			t.Errorf("init container %s mounts %+v, want only the host's /sys/fs/bpf, Bidirectional", c.Name, c.VolumeMounts)
 		}
 	}
+}
+
+// checkUninstallContainer checks a container that runs `ztdns uninstall`:
+// programs, pins and ztdns0, and with cni the CNI entry, with the
+// capabilities and mounts that takes.
+func checkUninstallContainer(t *testing.T, pod corev1.PodSpec, c corev1.Container, cni bool) {
+	t.Helper()
+	want := []string{"ztdns", "uninstall", "--bpffs=/sys/fs/bpf/ztdns"}
+	mounts := map[string]mount{"/sys/fs/bpf": bpffsMount, "/sys/fs/cgroup": cgroupMount}
+	if cni {
+		want = append(want, "--cni-bin-dir=/host/opt/cni/bin", "--cni-conf-dir=/host/etc/cni/net.d")
+		mounts["/host/opt/cni/bin"] = cniBinMount
+		mounts["/host/etc/cni/net.d"] = cniConfMnt
+	}
+	if !slices.Equal(c.Command, want) {
+		t.Errorf("%s command %q, want %q", c.Name, c.Command, want)
+	}
+	sc := c.SecurityContext
+	if sc == nil || sc.Privileged == nil || *sc.Privileged || sc.Capabilities == nil {
+		t.Fatalf("%s security context %+v, want unprivileged with capabilities", c.Name, sc)
+	}
+	if got := sorted(caps(sc.Capabilities.Add)); !slices.Equal(got, captureCaps) {
+		t.Errorf("%s capabilities %q, want %q", c.Name, got, captureCaps)
+	}
+	checkMounts(t, pod, c.VolumeMounts, mounts)
 }
 
 func checkEnv(t *testing.T, agent corev1.Container) {
@@ -749,9 +797,6 @@ func TestChartCleanupMode(t *testing.T) {
 		t.Fatalf("init containers %+v, want uninstall, then remove-state", pod.InitContainers)
 	}
 	u := pod.InitContainers[0]
-	if want := []string{"ztdns", "uninstall", "--bpffs=/sys/fs/bpf/ztdns", "--cni-bin-dir=/host/opt/cni/bin", "--cni-conf-dir=/host/etc/cni/net.d"}; !slices.Equal(u.Command, want) {
-		t.Errorf("uninstall command %q, want %q", u.Command, want)
-	}
 	rs := pod.InitContainers[1]
 	if want := []string{"ztdns", "remove-state", "--dir=" + socketDir}; !slices.Equal(rs.Command, want) {
 		t.Errorf("remove-state command %q, want %q", rs.Command, want)
@@ -762,19 +807,7 @@ func TestChartCleanupMode(t *testing.T) {
 	if want := []corev1.VolumeMount{{Name: "socket-dir", MountPath: socketDir}}; !slices.EqualFunc(rs.VolumeMounts, want, mountEqual) {
 		t.Errorf("remove-state mounts %+v, want the state directory alone", rs.VolumeMounts)
 	}
-	sc := u.SecurityContext
-	if sc == nil || sc.Privileged == nil || *sc.Privileged || sc.Capabilities == nil {
-		t.Fatalf("uninstall security context %+v, want unprivileged with capabilities", sc)
-	}
-	if got := sorted(caps(sc.Capabilities.Add)); !slices.Equal(got, captureCaps) {
-		t.Errorf("uninstall capabilities %q, want %q", got, captureCaps)
-	}
-	checkMounts(t, pod, u.VolumeMounts, map[string]mount{
-		"/sys/fs/bpf":         bpffsMount,
-		"/sys/fs/cgroup":      cgroupMount,
-		"/host/opt/cni/bin":   cniBinMount,
-		"/host/etc/cni/net.d": cniConfMnt,
-	})
+	checkUninstallContainer(t, pod, u, true)
 	if len(pod.Containers) != 1 || !slices.Equal(pod.Containers[0].Command, []string{"ztdns", "idle"}) {
 		t.Errorf("containers %+v, want one idling", pod.Containers)
 	}

@@ -99,3 +99,53 @@ a byte counts as a byte, as Kubernetes rounds it.
 {{- $bytes := ternary (mul $mantissa $unit $pow) (div (sub (add (mul $mantissa $unit) $pow) 1) $pow) (ge $scale 0) -}}
 {{- div (mul $bytes 4) 5 -}}
 {{- end }}
+
+{{/*
+ztdns.uninstallContainer is a container running `ztdns uninstall`: the
+capture path's programs, pins and ztdns0 interface, and with "cni" the
+plugin's CNI entry. Arguments: "root" (the chart's context), "name", "cni".
+*/}}
+{{- define "ztdns.uninstallContainer" -}}
+{{- $root := .root -}}
+- name: {{ .name }}
+  image: {{ include "ztdns.image" $root }}
+  imagePullPolicy: {{ $root.Values.image.pullPolicy }}
+  command:
+    - ztdns
+    - uninstall
+    - --bpffs={{ include "ztdns.bpffs" $root }}
+    {{- if .cni }}
+    - --cni-bin-dir={{ include "ztdns.cniBinMount" $root }}
+    - --cni-conf-dir={{ include "ztdns.cniConfMount" $root }}
+    {{- end }}
+  securityContext:
+    privileged: false
+    runAsUser: 0
+    runAsGroup: 0
+    runAsNonRoot: false
+    readOnlyRootFilesystem: true
+    capabilities:
+      drop:
+        - ALL
+      add:
+        {{- include "ztdns.captureCapabilities" $root | nindent 8 }}
+  resources:
+    requests:
+      cpu: 10m
+      memory: 32Mi
+    limits:
+      memory: 64Mi
+  volumeMounts:
+    - name: bpffs
+      mountPath: /sys/fs/bpf
+      mountPropagation: HostToContainer
+    - name: cgroup
+      mountPath: /sys/fs/cgroup
+      readOnly: true
+    {{- if .cni }}
+    - name: cni-bin-dir
+      mountPath: {{ include "ztdns.cniBinMount" $root }}
+    - name: cni-conf-dir
+      mountPath: {{ include "ztdns.cniConfMount" $root }}
+    {{- end }}
+{{- end }}
