@@ -134,8 +134,10 @@ func chartAlerts(t *testing.T) map[string]parser.Expr {
 // ztdns itself refused for want of bytes (the node's budget, no_memory,
 // which ZtdnsServfailRatioHigh reports; or a pod's own, source_limited) nor
 // for attempts cancelled because another nameserver answered first: those
-// say nothing of the nameserver. (Before, no_memory counted as its failure
-// and source_limited diluted its failures.)
+// say nothing of the nameserver; nor for a nameserver sent less than a
+// query a second, as one pod's own unreachable nameserver is. (Before,
+// no_memory counted as its failure and source_limited diluted its failures;
+// and a pod's `dig @203.0.113.9` every two minutes held it at 100%.)
 func TestChartUpstreamAlert(t *testing.T) {
 	t.Parallel()
 	const name = "ZtdnsUpstreamFailureRatioHigh"
@@ -154,6 +156,11 @@ func TestChartUpstreamAlert(t *testing.T) {
 		{"the node's budget of replies spent", map[string]float64{"ok": 50, "no_memory": 50}, false},
 		{"a pod over its bytes, and timeouts", map[string]float64{"ok": 80, "timeout": 20, "source_limited": 400}, true},
 		{"cancelled for a faster nameserver", map[string]float64{"ok": 50, "canceled": 50}, false},
+		// A pod's own nameserver (dig @, its dnsConfig), unreachable: one
+		// query every two minutes is all its failures, and says nothing of
+		// the cluster's DNS.
+		{"a pod's own unreachable nameserver, a query every two minutes", map[string]float64{"timeout": 1.0 / 120}, false},
+		{"a nameserver failing under load", map[string]float64{"ok": 1, "timeout": 1}, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var series []rateSeries
@@ -169,6 +176,47 @@ func TestChartUpstreamAlert(t *testing.T) {
 			}
 			if len(v) > 0 && v[0].labels["to"] != "10.96.0.10:53" {
 				t.Errorf("%s fires without the nameserver: %v", name, v[0].labels)
+			}
+		})
+	}
+}
+
+// TestChartKubeWatchAlert: ZtdnsKubeWatchFailing fires, naming the node
+// and the resource, while an agent's list or watch calls for a resource
+// fail (ztdns_kube_watch_failing is 1): it serves the names it last saw, so
+// new Services and ServiceEntries do not resolve there and deleted ones
+// still do. Not while every watch works, nor on an agent with no API
+// source (no such series). (Before, no alert said so.)
+func TestChartKubeWatchAlert(t *testing.T) {
+	t.Parallel()
+	const name = "ZtdnsKubeWatchFailing"
+	e := chartAlerts(t)[name]
+	if e == nil {
+		t.Fatalf("the PrometheusRule has no alert %s", name)
+	}
+	for _, tc := range []struct {
+		name    string
+		failing map[string]float64 // the gauge by resource
+		firing  bool
+	}{
+		{"every watch works", map[string]float64{"services": 0, "serviceentries.networking.istio.io": 0}, false},
+		{"no API source", nil, false},
+		{"one resource's watch failing", map[string]float64{"services": 0, "serviceentries.networking.istio.io": 1}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var series []rateSeries
+			for resource, v := range tc.failing {
+				series = append(series, rateSeries{rate: v, labels: map[string]string{
+					"__name__": "ztdns_kube_watch_failing", "node": "n1", "instance": "10.0.0.1:15053", "job": "ztdns",
+					"resource": resource,
+				}})
+			}
+			v := evalRates(t, e, series)
+			if got := len(v) > 0; got != tc.firing {
+				t.Errorf("%s firing: %v, want %v (%v)", name, got, tc.firing, v)
+			}
+			if len(v) > 0 && (v[0].labels["node"] != "n1" || v[0].labels["resource"] != "serviceentries.networking.istio.io") {
+				t.Errorf("%s fires without the node and the resource: %v", name, v[0].labels)
 			}
 		})
 	}
@@ -191,8 +239,9 @@ func (s rateSeries) key() string {
 }
 
 // evalRates evaluates e at an instant over counters that rose at steady
-// rates: rate() of a counter is its rate. It knows what the chart's alerts
-// use (rate, sum by, arithmetic and comparison between vectors matched on
+// rates: rate() of a counter is its rate; a selector outside rate() is a
+// gauge, whose value is "rate". It knows what the chart's alerts use (rate,
+// a gauge, sum and max by, arithmetic and comparison between vectors matched on
 // all their labels or with a number, and, or, parentheses) and fails the test
 // on anything else, rather than guess.
 func evalRates(t *testing.T, e parser.Expr, series []rateSeries) []rateSeries {
@@ -200,6 +249,16 @@ func evalRates(t *testing.T, e parser.Expr, series []rateSeries) []rateSeries {
 	switch e := e.(type) {
 	case *parser.ParenExpr:
 		return evalRates(t, e.Expr, series)
+	case *parser.VectorSelector:
+		var out []rateSeries
+		for _, s := range series {
+			if matches(e, s.labels) {
+				l := maps.Clone(s.labels)
+				delete(l, "__name__")
+				out = append(out, rateSeries{labels: l, rate: s.rate})
+			}
+		}
+		return out
 	case *parser.Call:
 		ms, ok := e.Args[0].(*parser.MatrixSelector)
 		if e.Func.Name != "rate" || len(e.Args) != 1 || !ok {
@@ -215,7 +274,7 @@ func evalRates(t *testing.T, e parser.Expr, series []rateSeries) []rateSeries {
 		}
 		return out
 	case *parser.AggregateExpr:
-		if e.Op != parser.SUM || e.Without || e.Param != nil {
+		if e.Op != parser.SUM && e.Op != parser.MAX || e.Without || e.Param != nil {
 			t.Fatalf("the test does not evaluate %s", e)
 		}
 		sums := map[string]*rateSeries{}
@@ -227,12 +286,16 @@ func evalRates(t *testing.T, e parser.Expr, series []rateSeries) []rateSeries {
 					l[g] = v
 				}
 			}
-			g := rateSeries{labels: l}
-			if sums[g.key()] == nil {
+			g := rateSeries{labels: l, rate: s.rate}
+			switch {
+			case sums[g.key()] == nil:
 				sums[g.key()] = &g
 				order = append(order, g.key())
+			case e.Op == parser.SUM:
+				sums[g.key()].rate += s.rate
+			default:
+				sums[g.key()].rate = max(sums[g.key()].rate, s.rate)
 			}
-			sums[g.key()].rate += s.rate
 		}
 		var out []rateSeries
 		for _, k := range order {
@@ -303,6 +366,8 @@ func apply(t *testing.T, e *parser.BinaryExpr, l, r float64) (float64, bool) {
 		return l, l > r
 	case parser.LSS:
 		return l, l < r
+	case parser.EQLC:
+		return l, l == r
 	}
 	t.Fatalf("the test does not evaluate %s", e)
 	return 0, false

@@ -126,8 +126,10 @@ type podWant struct {
 	caps    []string
 	hostPID bool
 	// initContainers by name; mount-bpffs, opt-in, is the one privileged
-	// container.
+	// container; remove-capture, with capture off, runs `ztdns uninstall`.
 	initContainers []string
+	// removeCNI: remove-capture removes the CNI entry too.
+	removeCNI bool
 	// mounts of the agent container by mount path.
 	mounts map[string]mount
 	// apparmorUnconfined: the capture path reads other processes'
@@ -136,8 +138,10 @@ type podWant struct {
 	// probeHost is where the kubelet probes the agent: "" (the pod's IP,
 	// which is the node's) or 127.0.0.1 with metrics on loopback.
 	probeHost string
-	// noScrapeAnnotations: no prometheus.io/scrape and friends on the pod.
-	noScrapeAnnotations bool
+	// scrapeAnnotations: prometheus.io/scrape and friends on the pod,
+	// opt-in (metrics.scrapeAnnotations): with the ServiceMonitor too,
+	// each agent would be scraped twice and the dashboard's sums doubled.
+	scrapeAnnotations bool
 	// seLinux is the agent container's seLinuxOptions.
 	seLinux *corev1.SELinuxOptions
 }
@@ -238,17 +242,34 @@ func TestChartAgent(t *testing.T) {
 			pod:   defaultPod(),
 		},
 		{
-			name:  "capture disabled: only serving, with no privileges but the port",
+			// The agent serves with no privileges but the port; what an
+			// agent with capture left on the node goes first (turned off
+			// with an upgrade, the programs stayed attached, the pins and
+			// ztdns0 in place), the CNI entry too when none is installed.
+			name:  "capture disabled: the capture path removed, only serving, with no privileges but the port",
 			sets:  []string{"capture.enabled=false"},
 			kinds: defaultKinds,
 			pod: podWant{
-				args: defaultArgs().with("--capture=false").without(captureOnlyFlags...),
-				caps: []string{"NET_BIND_SERVICE"},
+				args:           defaultArgs().with("--capture=false").without(captureOnlyFlags...),
+				caps:           []string{"NET_BIND_SERVICE"},
+				initContainers: []string{"remove-capture"},
 				mounts: map[string]mount{
 					socketDir:             socketMount,
 					"/host/opt/cni/bin":   cniBinMount,
 					"/host/etc/cni/net.d": cniConfMnt,
 				},
+			},
+		},
+		{
+			name:  "capture disabled and CNI install off: the CNI entry removed too",
+			sets:  []string{"capture.enabled=false", "cni.install=false"},
+			kinds: defaultKinds,
+			pod: podWant{
+				args:           defaultArgs().with("--capture=false", "--cni-install=false").without(slices.Concat(captureOnlyFlags, []string{"--cni-bin-dir", "--cni-conf-dir"})...),
+				caps:           []string{"NET_BIND_SERVICE"},
+				initContainers: []string{"remove-capture"},
+				removeCNI:      true,
+				mounts:         map[string]mount{socketDir: socketMount},
 			},
 		},
 		{
@@ -296,7 +317,14 @@ func TestChartAgent(t *testing.T) {
 			pod: defaultPod().change(func(w *podWant) {
 				w.args = w.args.with("--metrics=127.0.0.1:15053")
 				w.probeHost = "127.0.0.1"
-				w.noScrapeAnnotations = true
+			}),
+		},
+		{
+			name:  "scrape annotations on, for a Prometheus that scrapes annotated pods",
+			sets:  []string{"metrics.scrapeAnnotations=true"},
+			kinds: defaultKinds,
+			pod: defaultPod().change(func(w *podWant) {
+				w.scrapeAnnotations = true
 			}),
 		},
 		{
@@ -410,7 +438,7 @@ func checkAgentDaemonSet(t *testing.T, c *chart, want podWant) {
 		t.Errorf("terminationGracePeriodSeconds %v, want 5..30: long enough for in-flight forwards, short for node drains", got)
 	}
 
-	checkInitContainers(t, pod, want.initContainers)
+	checkInitContainers(t, pod, want)
 	if len(pod.Containers) != 1 {
 		t.Fatalf("%d containers, want the agent alone", len(pod.Containers))
 	}
@@ -430,21 +458,33 @@ func checkAgentDaemonSet(t *testing.T, c *chart, want podWant) {
 	checkProbes(t, agent, want.probeHost)
 	checkResources(t, agent)
 	annotations := ds.Spec.Template.Annotations
-	if got := annotations["prometheus.io/scrape"] == "true"; got == want.noScrapeAnnotations {
-		t.Errorf("pod annotations %v: scrape annotation %v, want %v", annotations, got, !want.noScrapeAnnotations)
+	wantAnnotations := map[string]string{}
+	if want.scrapeAnnotations {
+		wantAnnotations = map[string]string{
+			"prometheus.io/scrape": "true",
+			"prometheus.io/port":   strconv.Itoa(metricsPort),
+			"prometheus.io/path":   "/metrics",
+		}
+	}
+	if got := annotations; !maps.Equal(got, wantAnnotations) && len(got)+len(wantAnnotations) > 0 {
+		t.Errorf("pod annotations %v, want %v", got, wantAnnotations)
 	}
 }
 
-func checkInitContainers(t *testing.T, pod corev1.PodSpec, want []string) {
+func checkInitContainers(t *testing.T, pod corev1.PodSpec, want podWant) {
 	t.Helper()
 	var names []string
 	for _, c := range pod.InitContainers {
 		names = append(names, c.Name)
 	}
-	if !slices.Equal(names, want) {
-		t.Fatalf("init containers %q, want %q", names, want)
+	if !slices.Equal(names, want.initContainers) {
+		t.Fatalf("init containers %q, want %q", names, want.initContainers)
 	}
 	for _, c := range pod.InitContainers {
+		if c.Name == "remove-capture" {
+			checkUninstallContainer(t, pod, c, want.removeCNI)
+			continue
+		}
 		// mount-bpffs is the only privileged container, because a mount
 		// propagates back to the host (Bidirectional) only from one.
 		sc := c.SecurityContext
@@ -456,6 +496,31 @@ func checkInitContainers(t *testing.T, pod corev1.PodSpec, want []string) {
 			t.Errorf("init container %s mounts %+v, want only the host's /sys/fs/bpf, Bidirectional", c.Name, c.VolumeMounts)
 		}
 	}
+}
+
+// checkUninstallContainer checks a container that runs `ztdns uninstall`:
+// programs, pins and ztdns0, and with cni the CNI entry, with the
+// capabilities and mounts that takes.
+func checkUninstallContainer(t *testing.T, pod corev1.PodSpec, c corev1.Container, cni bool) {
+	t.Helper()
+	want := []string{"ztdns", "uninstall", "--bpffs=/sys/fs/bpf/ztdns"}
+	mounts := map[string]mount{"/sys/fs/bpf": bpffsMount, "/sys/fs/cgroup": cgroupMount}
+	if cni {
+		want = append(want, "--cni-bin-dir=/host/opt/cni/bin", "--cni-conf-dir=/host/etc/cni/net.d")
+		mounts["/host/opt/cni/bin"] = cniBinMount
+		mounts["/host/etc/cni/net.d"] = cniConfMnt
+	}
+	if !slices.Equal(c.Command, want) {
+		t.Errorf("%s command %q, want %q", c.Name, c.Command, want)
+	}
+	sc := c.SecurityContext
+	if sc == nil || sc.Privileged == nil || *sc.Privileged || sc.Capabilities == nil {
+		t.Fatalf("%s security context %+v, want unprivileged with capabilities", c.Name, sc)
+	}
+	if got := sorted(caps(sc.Capabilities.Add)); !slices.Equal(got, captureCaps) {
+		t.Errorf("%s capabilities %q, want %q", c.Name, got, captureCaps)
+	}
+	checkMounts(t, pod, c.VolumeMounts, mounts)
 }
 
 func checkEnv(t *testing.T, agent corev1.Container) {
@@ -732,9 +797,6 @@ func TestChartCleanupMode(t *testing.T) {
 		t.Fatalf("init containers %+v, want uninstall, then remove-state", pod.InitContainers)
 	}
 	u := pod.InitContainers[0]
-	if want := []string{"ztdns", "uninstall", "--bpffs=/sys/fs/bpf/ztdns", "--cni-bin-dir=/host/opt/cni/bin", "--cni-conf-dir=/host/etc/cni/net.d"}; !slices.Equal(u.Command, want) {
-		t.Errorf("uninstall command %q, want %q", u.Command, want)
-	}
 	rs := pod.InitContainers[1]
 	if want := []string{"ztdns", "remove-state", "--dir=" + socketDir}; !slices.Equal(rs.Command, want) {
 		t.Errorf("remove-state command %q, want %q", rs.Command, want)
@@ -745,19 +807,7 @@ func TestChartCleanupMode(t *testing.T) {
 	if want := []corev1.VolumeMount{{Name: "socket-dir", MountPath: socketDir}}; !slices.EqualFunc(rs.VolumeMounts, want, mountEqual) {
 		t.Errorf("remove-state mounts %+v, want the state directory alone", rs.VolumeMounts)
 	}
-	sc := u.SecurityContext
-	if sc == nil || sc.Privileged == nil || *sc.Privileged || sc.Capabilities == nil {
-		t.Fatalf("uninstall security context %+v, want unprivileged with capabilities", sc)
-	}
-	if got := sorted(caps(sc.Capabilities.Add)); !slices.Equal(got, captureCaps) {
-		t.Errorf("uninstall capabilities %q, want %q", got, captureCaps)
-	}
-	checkMounts(t, pod, u.VolumeMounts, map[string]mount{
-		"/sys/fs/bpf":         bpffsMount,
-		"/sys/fs/cgroup":      cgroupMount,
-		"/host/opt/cni/bin":   cniBinMount,
-		"/host/etc/cni/net.d": cniConfMnt,
-	})
+	checkUninstallContainer(t, pod, u, true)
 	if len(pod.Containers) != 1 || !slices.Equal(pod.Containers[0].Command, []string{"ztdns", "idle"}) {
 		t.Errorf("containers %+v, want one idling", pod.Containers)
 	}
@@ -782,6 +832,7 @@ func TestChartRejectsBadValues(t *testing.T) {
 		{"port out of range", "metrics.port=70000", "/metrics/port"},
 		{"metrics on every interface", "metrics.bind=all", "/metrics/bind"},
 		{"a ServiceMonitor for metrics on loopback", "metrics.bind=loopback,metrics.serviceMonitor.enabled=true", "nothing off the node can scrape loopback"},
+		{"scrape annotations for metrics on loopback", "metrics.bind=loopback,metrics.scrapeAnnotations=true", "nothing off the node can scrape loopback"},
 		{"no resolver address", "resolver.listen=null", "/resolver"},
 		{"misspelt value", "capture.enable=false", "/capture"},
 		{"capture port 53: istio-cni's in-pod rules would take the queries", "capture.port=53", "/capture/port"},
@@ -966,4 +1017,66 @@ func toStrings(v any) []string {
 		out = append(out, s)
 	}
 	return out
+}
+
+// TestChartGoMemLimit: GOMEMLIMIT is 80% of the memory limit in every
+// form of a Kubernetes quantity a limit of bytes takes: plain, binary and
+// decimal suffixes, fractions, exponents, and a number from a values file
+// (which helm reads as a float). A limit the chart cannot scale fails the
+// render, naming the value. (Before, anything but a whole number of bytes,
+// Ki, Mi or Gi set GOMEMLIMIT to the limit itself: 256M or 0.25Gi left the
+// runtime no room below the limit values.yaml promises.)
+func TestChartGoMemLimit(t *testing.T) {
+	t.Parallel()
+	for _, limit := range []string{
+		"256Mi", "268435456", "256M", "0.25Gi", "1.5Gi", "1Gi", "1Ti", "0.5Ti", "1Pi",
+		"512k", "1G", "1.5G", "2T", "256000Ki", "1e9", "2.5E8", "2.5e+08",
+	} {
+		t.Run("--set "+limit, func(t *testing.T) {
+			t.Parallel()
+			c := renderChart(t, "resources.limits.memory="+limit)
+			checkGoMemLimit(t, c, limit)
+		})
+	}
+	for _, v := range []string{"268435456", "2.68435456e+08", "1e9", "0.25Gi"} {
+		t.Run("values file "+v, func(t *testing.T) {
+			t.Parallel()
+			f := filepath.Join(t.TempDir(), "values.yaml")
+			if err := os.WriteFile(f, []byte("resources:\n  limits:\n    memory: "+v+"\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			c := parseChart(t, runHelm(t, "template", release, chartDir, "--namespace", namespace, "-f", f))
+			checkGoMemLimit(t, c, v)
+		})
+	}
+	for _, limit := range []string{"256000000000m", "256MB", "-1Gi", "0x100", "1.5.5Gi"} {
+		t.Run("refused "+limit, func(t *testing.T) {
+			t.Parallel()
+			_, err := tryHelm(t, "template", release, chartDir, "--set", "resources.limits.memory="+limit)
+			if err == nil {
+				t.Fatalf("helm template with memory limit %q succeeded; want it refused", limit)
+			}
+			if !strings.Contains(err.Error(), "resources.limits.memory") {
+				t.Errorf("helm's error does not name resources.limits.memory:\n%v", err)
+			}
+		})
+	}
+}
+
+// checkGoMemLimit checks that the agent's GOMEMLIMIT is a number, 80% of
+// the limit, which must read as the Kubernetes quantity q.
+func checkGoMemLimit(t *testing.T, c *chart, q string) {
+	t.Helper()
+	agent := c.daemonSet.Spec.Template.Spec.Containers[0]
+	limit := agent.Resources.Limits[corev1.ResourceMemory]
+	if want := resource.MustParse(q); limit.Cmp(want) != 0 {
+		t.Fatalf("rendered memory limit %s, want %s", limit.String(), want.String())
+	}
+	i := slices.IndexFunc(agent.Env, func(e corev1.EnvVar) bool { return e.Name == "GOMEMLIMIT" })
+	if i < 0 {
+		t.Fatal("no GOMEMLIMIT")
+	}
+	if got, want := agent.Env[i].Value, strconv.FormatInt(limit.Value()*4/5, 10); got != want {
+		t.Errorf("memory limit %s: GOMEMLIMIT %q (from %+v), want %s, 80%% of it", q, got, agent.Env[i].ValueFrom, want)
+	}
 }

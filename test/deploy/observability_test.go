@@ -4,12 +4,17 @@ package deploy
 
 import (
 	"encoding/json"
+	"maps"
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/prometheus/prometheus/model/labels"
+	"github.com/prometheus/prometheus/promql/parser"
 	"sigs.k8s.io/yaml"
 )
 
@@ -78,4 +83,156 @@ func TestChartDashboardAndRules(t *testing.T) {
 	if got := lookup(c.serviceMonitor, "spec", "jobLabel"); got != "app.kubernetes.io/name" || c.service.Labels["app.kubernetes.io/name"] != "ztdns" {
 		t.Errorf("ServiceMonitor jobLabel %v, Service labels %v: the job would not be \"ztdns\", which the rules select", got, c.service.Labels)
 	}
+}
+
+// dashboardPanel is one panel of the chart's dashboard with its queries,
+// Grafana's variables replaced as with the node "All".
+type dashboardPanel struct {
+	title string
+	exprs []string
+}
+
+// dashboardPanels reads the chart's dashboard.
+func dashboardPanels(t *testing.T) []dashboardPanel {
+	t.Helper()
+	raw, err := os.ReadFile(filepath.Join(repoRoot(t), dashboardFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dash struct {
+		Panels []struct {
+			Title   string `json:"title"`
+			Targets []struct {
+				Expr string `json:"expr"`
+			} `json:"targets"`
+		} `json:"panels"`
+	}
+	if err := json.Unmarshal(raw, &dash); err != nil {
+		t.Fatal(err)
+	}
+	vars := strings.NewReplacer("$__rate_interval", "5m", "$node", ".*")
+	var out []dashboardPanel
+	for _, p := range dash.Panels {
+		dp := dashboardPanel{title: p.Title}
+		for _, tg := range p.Targets {
+			dp.exprs = append(dp.exprs, vars.Replace(tg.Expr))
+		}
+		out = append(out, dp)
+	}
+	return out
+}
+
+// TestChartProcessMetricsAreZtdns: every selector of a process_ or go_
+// metric in the dashboard and the alerts is filtered to the ztdns job.
+// Every Go program Prometheus scrapes exports them; with the node "All"
+// (.*) the dashboard's memory and CPU panels plotted them all. (Before,
+// only ZtdnsMemoryNearLimit selected job="ztdns".)
+func TestChartProcessMetricsAreZtdns(t *testing.T) {
+	t.Parallel()
+	check := func(where string, e parser.Expr) {
+		seen := 0
+		parser.Inspect(e, func(n parser.Node, _ []parser.Node) error {
+			vs, ok := n.(*parser.VectorSelector)
+			if !ok || !strings.HasPrefix(vs.Name, "process_") && !strings.HasPrefix(vs.Name, "go_") {
+				return nil
+			}
+			seen++
+			if !slices.ContainsFunc(vs.LabelMatchers, func(m *labels.Matcher) bool {
+				return m.Name == "job" && m.Type == labels.MatchEqual && m.Value == "ztdns"
+			}) {
+				t.Errorf("%s: %s selects every scraped process, not job=\"ztdns\"", where, vs)
+			}
+			return nil
+		})
+	}
+	for name, e := range chartAlerts(t) {
+		check("alert "+name, e)
+	}
+	panels := 0
+	for _, p := range dashboardPanels(t) {
+		for _, expr := range p.exprs {
+			e, err := parser.NewParser(parser.Options{}).ParseExpr(expr)
+			if err != nil {
+				t.Fatalf("panel %q: %v", p.title, err)
+			}
+			check("panel "+p.title, e)
+		}
+		if p.title == "Memory" || p.title == "CPU" {
+			panels++
+		}
+	}
+	if panels != 2 {
+		t.Errorf("found %d of the dashboard's Memory and CPU panels, want 2", panels)
+	}
+}
+
+// TestChartDashboardRatiosAreTheAlerts: the dashboard's SERVFAIL and
+// upstream failure ratios are the ratios their alerts compare, per node,
+// so a panel shows what sets the alert off: the node's SERVFAILs and
+// overload, not a pod's throttled SERVFAILs (source "none"); a
+// nameserver's failures, not replies ztdns refused for want of bytes
+// (no_memory, source_limited). (Before, the panels counted those, as the
+// alerts, the README and the metrics' help do not.)
+func TestChartDashboardRatiosAreTheAlerts(t *testing.T) {
+	t.Parallel()
+	alerts := chartAlerts(t)
+	byPanel := map[string]string{
+		"SERVFAIL ratio":         "ZtdnsServfailRatioHigh",
+		"Upstream failure ratio": "ZtdnsUpstreamFailureRatioHigh",
+	}
+	found := 0
+	for _, p := range dashboardPanels(t) {
+		name, ok := byPanel[p.title]
+		if !ok {
+			continue
+		}
+		found++
+		if len(p.exprs) != 1 {
+			t.Errorf("panel %q has %d queries, want 1", p.title, len(p.exprs))
+			continue
+		}
+		panel, err := parser.NewParser(parser.Options{}).ParseExpr(p.exprs[0])
+		if err != nil {
+			t.Fatalf("panel %q: %v", p.title, err)
+		}
+		// The panel's node variable (here "All") and rate interval are the
+		// dashboard's; the rest must be the alert's ratio.
+		parser.Inspect(panel, func(n parser.Node, _ []parser.Node) error {
+			switch n := n.(type) {
+			case *parser.VectorSelector:
+				n.LabelMatchers = slices.DeleteFunc(n.LabelMatchers, func(m *labels.Matcher) bool {
+					return m.Name == "node" && m.Type == labels.MatchRegexp && m.Value == ".*"
+				})
+			case *parser.MatrixSelector:
+				n.Range = 5 * time.Minute
+			}
+			return nil
+		})
+		ratio := alertRatio(alerts[name])
+		if ratio == nil {
+			t.Fatalf("alert %s: no ratio compared with a threshold in %v", name, alerts[name])
+		}
+		if panel.String() != ratio.String() {
+			t.Errorf("panel %q plots\n %s\nbut %s compares\n %s", p.title, panel, name, ratio)
+		}
+	}
+	if found != len(byPanel) {
+		t.Errorf("found %d of the panels %v", found, slices.Sorted(maps.Keys(byPanel)))
+	}
+}
+
+// alertRatio is what an alert "ratio > threshold [and rate > minimum]"
+// compares with its threshold.
+func alertRatio(e parser.Expr) parser.Expr {
+	b, ok := e.(*parser.BinaryExpr)
+	if ok && b.Op == parser.LAND {
+		b, ok = b.LHS.(*parser.BinaryExpr)
+	}
+	if !ok || b.Op != parser.GTR {
+		return nil
+	}
+	if _, ok := b.RHS.(*parser.NumberLiteral); !ok {
+		return nil
+	}
+	return b.LHS
 }
