@@ -139,11 +139,17 @@ func truncatedCounts() protoCounts {
 // Service web.ns of 5,000 ready endpoints behind the named port http.
 func bigHeadlessServer(t *testing.T, opts Options) string {
 	t.Helper()
+	return headlessServer(t, opts, 5000)
+}
+
+// headlessServer is bigHeadlessServer with n endpoints.
+func headlessServer(t *testing.T, opts Options, n int) string {
+	t.Helper()
 	s := New(opts)
 	t.Cleanup(func() { s.Close() })
 	es := model.EndpointSlice{Namespace: "ns", Name: "web-a", ServiceName: "web",
 		Ports: []model.Port{{Name: "http", Protocol: "TCP", Port: 8080}}}
-	for i := range 5000 {
+	for i := range n {
 		a := netip.AddrFrom4([4]byte{10, 244, byte(i / 250), byte(i%250 + 1)})
 		es.Endpoints = append(es.Endpoints, model.Endpoint{Addresses: []netip.Addr{a}, Ready: true})
 	}
@@ -203,6 +209,45 @@ func TestSlowAnswerOverAMessage(t *testing.T) {
 	wire, _ = m.Pack()
 	if m.Rcode != dns.RcodeSuccess || !m.Truncated || len(m.Answer) < 20 || m.Answer[0].Header().Rrtype != dns.TypeCNAME || len(wire) > 512 {
 		t.Errorf("UDP: %s, TC %v, %d records in %d bytes; want NOERROR, TC, a CNAME and as many addresses as fit in 512", dns.RcodeToString[m.Rcode], m.Truncated, len(m.Answer), len(wire))
+	}
+}
+
+// TestSlowAnswerCompressed: a slow-path answer that fits a TCP message
+// uncompressed (a search-list expansion: a CNAME and 1,000 addresses) goes
+// out compressed, each address's owner a pointer: some 16 bytes an
+// address, not 40 (before: miekg's Truncate, finding it fits, turned
+// compression off).
+func TestSlowAnswerCompressed(t *testing.T) {
+	pods := podcache.New("cluster.local")
+	pods.SetSourcePods([]model.Pod{{Namespace: "default", Name: "client", IPs: []netip.Addr{victimIP}}})
+	addr := headlessServer(t, Options{Pods: pods}, 1000)
+	query := new(dns.Msg)
+	query.SetQuestion("web.ns.default.svc.cluster.local.", dns.TypeA)
+	wire, err := query.Pack()
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: victimIP.AsSlice()}, Timeout: 5 * time.Second}
+	c, err := d.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if err := dnstest.WriteTCP(c, wire); err != nil {
+		t.Fatal(err)
+	}
+	reply, err := dnstest.ReadTCP(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := dnstest.Unpack(t, reply)
+	if m.Rcode != dns.RcodeSuccess || m.Truncated || len(m.Answer) != 1001 {
+		t.Fatalf("%s, TC %v, %d records; want NOERROR, no TC, a CNAME and 1,000 addresses", dns.RcodeToString[m.Rcode], m.Truncated, len(m.Answer))
+	}
+	// 12 header, 39 question, some 60 the CNAME, 16 an address.
+	if want := 12 + 39 + 60 + 1000*16; len(reply) > want {
+		t.Errorf("%d bytes, want at most %d: the reply compressed", len(reply), want)
 	}
 }
 

@@ -513,13 +513,15 @@ func replyTo(req *dns.Msg, r *request) *dns.Msg {
 // names the pod chose, so a pod could repeat it at its query rate. The
 // SERVFAIL still counts in ztdns_dns_requests_total.
 func (q *slowQuery) pack(reply *dns.Msg) []byte {
-	reply.Compress = true // before Truncate, which counts compressed names
 	size := maxTCPMessage
 	if !q.tcp {
 		size = q.r.UDPLimit()
 	}
 	reply.Truncate(size) // sets TC when it drops records: replyTo's never has it
 	q.cut = reply.Truncated
+	// After Truncate, which turns compression off for a reply that fits
+	// without it: compressed, it only gets smaller.
+	reply.Compress = true
 	out, err := reply.Pack()
 	if err != nil {
 		q.s.log.Debug("packing a reply failed", "client", q.src, "name", string(q.r.Name), "err", err)
