@@ -154,8 +154,14 @@ func TestRatePauseBounded(t *testing.T) {
 		c := ls.dialFrom(t, flooderIP)
 		c.SetDeadline(time.Now().Add(30 * time.Second))
 		ask(t, c, dns.RcodeSuccess)
+		sent := time.Now()
 		ask(t, c, dns.RcodeRefused) // the reader pauses
 		ask(t, c, dns.RcodeRefused)
+		// The third is read once the pause ends, a second after the second
+		// was read at the earliest.
+		if d := time.Since(sent); d < 900*time.Millisecond {
+			t.Errorf("the third query answered %v after the second was sent, want the idle timeout of 1 s at least: no pause", d)
+		}
 	})
 	t.Run("Close", func(t *testing.T) {
 		ls := startLimitsServer(t, Options{Limits: limits, TCPIdleTimeout: time.Minute}, liveUpstream(t), liveUpstream(t))
