@@ -270,6 +270,84 @@ func TestForwardedReplyOverTheClientsBuffer(t *testing.T) {
 	}
 }
 
+// compressing answers as r does, its replies compressed, as every common
+// server sends them.
+type compressing struct{ r dnstest.Responder }
+
+func (c compressing) Reply(req *dns.Msg, local netip.AddrPort) *dns.Msg {
+	m := c.r.Reply(req, local)
+	if m != nil {
+		m.Compress = true
+	}
+	return m
+}
+
+// TestForwardedReplyCutOnTheWire: a compressed forwarded reply over the
+// client's UDP buffer (250 addresses, 4,040 bytes, to a client of 1,232)
+// is cut as it came: it parses, keeps the client's ID, the upstream's
+// flags, the addresses that fit and the OPT record, with TC, counted
+// truncated once.
+func TestForwardedReplyCutOnTheWire(t *testing.T) {
+	var zone []string
+	for i := range 250 {
+		zone = append(zone, fmt.Sprintf("big.example. 60 IN A 203.0.113.%d", i+1))
+	}
+	ss := startSlowServerWith(t, Options{}, &model.Snapshot{}, compressing{dnstest.ZoneOf(t, zone...)})
+	query := new(dns.Msg)
+	query.SetQuestion("big.example.", dns.TypeA)
+	query.Id = 0xBEEF
+	query.SetEdns0(1232, true)
+	truncated := truncatedCounts()
+	m, size := exchangeUDP(t, query, ss.addr.String())
+	// 12 header, 17 question, 11 OPT, 16 an address.
+	if m.Id != 0xBEEF || m.Rcode != dns.RcodeSuccess || !m.Truncated || !m.Authoritative || !m.RecursionDesired ||
+		len(m.Answer) != (1232-12-17-11)/16 || size > 1232 {
+		t.Errorf("ID %#x, %s, TC %v, AA %v, RD %v, %d records in %d bytes; want ID 0xbeef, NOERROR, TC, AA, RD and the %d that fit in 1,232",
+			m.Id, dns.RcodeToString[m.Rcode], m.Truncated, m.Authoritative, m.RecursionDesired, len(m.Answer), size, (1232-12-17-11)/16)
+	}
+	if opt := m.IsEdns0(); opt == nil || !opt.Do() {
+		t.Errorf("OPT %v, want the upstream's, DO set", opt)
+	}
+	if got := truncatedCounts().minus(truncated); got != (protoCounts{udp: 1}) {
+		t.Errorf("ztdns_resolver_truncated_total rose by %v over UDP and %v over TCP, want 1 and 0", got.udp, got.tcp)
+	}
+}
+
+// TestFitUDPAllocates: cutting a forwarded reply to the client's UDP
+// buffer is a walk over its bytes, not a decoding into records and a
+// packing (before: some 1,000 allocations for a 4,033-byte reply).
+func TestFitUDPAllocates(t *testing.T) {
+	s := New(Options{})
+	defer s.Close()
+	msg := packQuery(t, "big.example.", dns.TypeA)
+	q := &slowQuery{s: s, msg: msg, src: netip.AddrPortFrom(victimIP, 5353)}
+	if v := parse(msg, &q.r, new(nameBuf)); v != verdictOK {
+		t.Fatalf("the query parsed as %d", v)
+	}
+	m := new(dns.Msg)
+	m.SetReply(dnstest.Unpack(t, msg))
+	for i := range 250 {
+		m.Answer = append(m.Answer, &dns.A{Hdr: dns.RR_Header{Name: "big.example.", Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60},
+			A: net.IPv4(203, 0, 113, byte(i+1))})
+	}
+	m.Compress = true
+	reply, err := m.Pack()
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, len(reply))
+	var out []byte
+	if n := testing.AllocsPerRun(100, func() {
+		copy(buf, reply)
+		out = q.fitUDP(buf)
+	}); n > 2 {
+		t.Errorf("%v allocations to cut a reply, want at most 2", n)
+	}
+	if r := dnstest.Unpack(t, out); !r.Truncated || len(r.Answer) != (512-12-17)/16 {
+		t.Errorf("TC %v, %d records, want TC and %d", r.Truncated, len(r.Answer), (512-12-17)/16)
+	}
+}
+
 // TestTruncatedReplyRefusedNotCounted: a slow-path TCP answer cut to fit a
 // message whose hold is refused (the pod's bytes taken) goes out as
 // SERVFAIL, without TC: ztdns_resolver_truncated_total, replies sent with
