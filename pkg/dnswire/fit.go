@@ -11,10 +11,6 @@ var errNoRoom = errors.New("the question and OPT record alone exceed the limit")
 type Fit struct {
 	// Dropped reports records left out: Apply sets TC.
 	Dropped bool
-	// Compressed reports a record owner that is a compression pointer (or
-	// ends in one), as in the reply of any server that compresses; without
-	// one, a compressing packer would fit more.
-	Compressed bool
 
 	keep           int // the kept records end here
 	an, ns, ar     uint16
@@ -62,7 +58,6 @@ func PlanFit(msg []byte, limit int) (Fit, error) {
 			}
 			f.optOff, f.optEnd = off, end
 		}
-		f.Compressed = f.Compressed || endsInPointer(msg, off)
 		off = end
 	}
 	optLen := 0
@@ -96,21 +91,6 @@ func PlanFit(msg []byte, limit int) (Fit, error) {
 	f.Dropped = kept < records
 	f.size = f.keep + optLen
 	return f, nil
-}
-
-// endsInPointer reports whether the name at off, which skipName read, ends
-// in a compression pointer.
-func endsInPointer(msg []byte, off int) bool {
-	for {
-		c := int(msg[off])
-		switch {
-		case c == 0:
-			return false
-		case c&0xC0 == 0xC0:
-			return true
-		}
-		off += 1 + c
-	}
 }
 
 // Apply cuts msg, the message f was planned for, in place: the kept

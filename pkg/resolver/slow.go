@@ -411,37 +411,18 @@ func (q *slowQuery) forward(ctx context.Context) []byte {
 
 // fitUDP cuts a forwarded reply larger than the client's UDP buffer to the
 // whole records that fit, with TC, as CoreDNS's forward plugin does
-// (request.Scrub): on the wire, without decoding it, as it is cut in place
-// (the forwarder's reply is a copy of its own). One that does not parse
-// becomes an empty reply with TC.
+// (request.Scrub): on the wire, without decoding it, in place (the
+// forwarder's reply is a copy of its own). The records stay as the
+// upstream wrote them, so fewer fit from one that does not compress; the
+// cost stays a walk over the reply. One that does not parse becomes an
+// empty reply with TC.
 func (q *slowQuery) fitUDP(reply []byte) []byte {
 	f, err := dnswire.PlanFit(reply, q.r.UDPLimit())
-	switch {
-	case err != nil:
+	if err != nil {
 		return q.truncated()
-	case f.Dropped && !f.Compressed:
-		// From a server that does not compress: compressed, more fit.
-		return q.fitUDPDecoded(reply)
 	}
 	q.cut = f.Dropped
 	return f.Apply(reply)
-}
-
-// fitUDPDecoded is fitUDP for a reply whose names are not compressed: it
-// is decoded, cut and packed compressed.
-func (q *slowQuery) fitUDPDecoded(reply []byte) []byte {
-	m := new(dns.Msg)
-	if err := m.Unpack(reply); err != nil {
-		return q.truncated()
-	}
-	m.Truncate(q.r.UDPLimit())
-	m.Compress = true // after Truncate, which turns it off for a reply that fits without it
-	out, err := m.Pack()
-	if err != nil || len(out) > q.r.UDPLimit() {
-		return q.truncated()
-	}
-	q.cut = m.Truncated
-	return out
 }
 
 // upstreams are where the query's misses go: its TCP connection's, or
