@@ -115,3 +115,21 @@ func FuzzScanReply(f *testing.F) {
 		}
 	})
 }
+
+// FuzzPlanFit checks the cut the resolver applies to forwarded replies
+// over a client's UDP buffer: it never panics, and a reply it cuts is
+// within the limit. Seeds: the replies FuzzScanReply starts from.
+func FuzzPlanFit(f *testing.F) {
+	for _, msg := range sampleReplies(f) {
+		f.Add(msg, uint16(512))
+	}
+	f.Fuzz(func(t *testing.T, msg []byte, limit uint16) {
+		fit, err := PlanFit(msg, int(limit))
+		if err != nil {
+			return
+		}
+		if out := fit.Apply(slices.Clone(msg)); len(out) > int(limit) || len(out) < HeaderLen {
+			t.Fatalf("cut to %d octets, limit %d", len(out), limit)
+		}
+	})
+}

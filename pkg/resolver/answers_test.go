@@ -139,11 +139,17 @@ func truncatedCounts() protoCounts {
 // Service web.ns of 5,000 ready endpoints behind the named port http.
 func bigHeadlessServer(t *testing.T, opts Options) string {
 	t.Helper()
+	return headlessServer(t, opts, 5000)
+}
+
+// headlessServer is bigHeadlessServer with n endpoints.
+func headlessServer(t *testing.T, opts Options, n int) string {
+	t.Helper()
 	s := New(opts)
 	t.Cleanup(func() { s.Close() })
 	es := model.EndpointSlice{Namespace: "ns", Name: "web-a", ServiceName: "web",
 		Ports: []model.Port{{Name: "http", Protocol: "TCP", Port: 8080}}}
-	for i := range 5000 {
+	for i := range n {
 		a := netip.AddrFrom4([4]byte{10, 244, byte(i / 250), byte(i%250 + 1)})
 		es.Endpoints = append(es.Endpoints, model.Endpoint{Addresses: []netip.Addr{a}, Ready: true})
 	}
@@ -206,10 +212,50 @@ func TestSlowAnswerOverAMessage(t *testing.T) {
 	}
 }
 
+// TestSlowAnswerCompressed: a slow-path answer that fits a TCP message
+// uncompressed (a search-list expansion: a CNAME and 1,000 addresses) goes
+// out compressed, each address's owner a pointer: some 16 bytes an
+// address, not 40 (before: miekg's Truncate, finding it fits, turned
+// compression off).
+func TestSlowAnswerCompressed(t *testing.T) {
+	pods := podcache.New("cluster.local")
+	pods.SetSourcePods([]model.Pod{{Namespace: "default", Name: "client", IPs: []netip.Addr{victimIP}}})
+	addr := headlessServer(t, Options{Pods: pods}, 1000)
+	query := new(dns.Msg)
+	query.SetQuestion("web.ns.default.svc.cluster.local.", dns.TypeA)
+	wire, err := query.Pack()
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: victimIP.AsSlice()}, Timeout: 5 * time.Second}
+	c, err := d.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if err := dnstest.WriteTCP(c, wire); err != nil {
+		t.Fatal(err)
+	}
+	reply, err := dnstest.ReadTCP(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := dnstest.Unpack(t, reply)
+	if m.Rcode != dns.RcodeSuccess || m.Truncated || len(m.Answer) != 1001 {
+		t.Fatalf("%s, TC %v, %d records; want NOERROR, no TC, a CNAME and 1,000 addresses", dns.RcodeToString[m.Rcode], m.Truncated, len(m.Answer))
+	}
+	// 12 header, 39 question, some 60 the CNAME, 16 an address.
+	if want := 12 + 39 + 60 + 1000*16; len(reply) > want {
+		t.Errorf("%d bytes, want at most %d: the reply compressed", len(reply), want)
+	}
+}
+
 // TestForwardedReplyOverTheClientsBuffer: a forwarded reply larger than
 // the client's UDP buffer (60 addresses, asked without EDNS: 512 bytes)
 // keeps the whole records that fit, with TC, as CoreDNS's forward plugin
-// cuts it (before: an empty reply with TC).
+// cuts it (before: an empty reply with TC). This upstream does not
+// compress, and its records are kept as it wrote them.
 func TestForwardedReplyOverTheClientsBuffer(t *testing.T) {
 	var zone []string
 	for i := range 60 {
@@ -219,9 +265,87 @@ func TestForwardedReplyOverTheClientsBuffer(t *testing.T) {
 	query := new(dns.Msg)
 	query.SetQuestion("big.example.", dns.TypeA)
 	m, size := exchangeUDP(t, query, ss.addr.String())
-	// 12 header, 17 question, 16 an address.
-	if m.Rcode != dns.RcodeSuccess || !m.Truncated || len(m.Answer) != (512-12-17)/16 || size > 512 {
-		t.Errorf("%s, TC %v, %d records in %d bytes; want NOERROR, TC and the %d that fit in 512", dns.RcodeToString[m.Rcode], m.Truncated, len(m.Answer), size, (512-12-17)/16)
+	// 12 header, 17 question, 27 an uncompressed address.
+	if m.Rcode != dns.RcodeSuccess || !m.Truncated || len(m.Answer) != (512-12-17)/27 || size > 512 {
+		t.Errorf("%s, TC %v, %d records in %d bytes; want NOERROR, TC and the %d that fit in 512", dns.RcodeToString[m.Rcode], m.Truncated, len(m.Answer), size, (512-12-17)/27)
+	}
+}
+
+// compressing answers as r does, its replies compressed, as every common
+// server sends them.
+type compressing struct{ r dnstest.Responder }
+
+func (c compressing) Reply(req *dns.Msg, local netip.AddrPort) *dns.Msg {
+	m := c.r.Reply(req, local)
+	if m != nil {
+		m.Compress = true
+	}
+	return m
+}
+
+// TestForwardedReplyCutOnTheWire: a compressed forwarded reply over the
+// client's UDP buffer (250 addresses, 4,040 bytes, to a client of 1,232)
+// is cut as it came: it parses, keeps the client's ID, the upstream's
+// flags, the addresses that fit and the OPT record, with TC, counted
+// truncated once.
+func TestForwardedReplyCutOnTheWire(t *testing.T) {
+	var zone []string
+	for i := range 250 {
+		zone = append(zone, fmt.Sprintf("big.example. 60 IN A 203.0.113.%d", i+1))
+	}
+	ss := startSlowServerWith(t, Options{}, &model.Snapshot{}, compressing{dnstest.ZoneOf(t, zone...)})
+	query := new(dns.Msg)
+	query.SetQuestion("big.example.", dns.TypeA)
+	query.Id = 0xBEEF
+	query.SetEdns0(1232, true)
+	truncated := truncatedCounts()
+	m, size := exchangeUDP(t, query, ss.addr.String())
+	// 12 header, 17 question, 11 OPT, 16 an address.
+	if m.Id != 0xBEEF || m.Rcode != dns.RcodeSuccess || !m.Truncated || !m.Authoritative || !m.RecursionDesired ||
+		len(m.Answer) != (1232-12-17-11)/16 || size > 1232 {
+		t.Errorf("ID %#x, %s, TC %v, AA %v, RD %v, %d records in %d bytes; want ID 0xbeef, NOERROR, TC, AA, RD and the %d that fit in 1,232",
+			m.Id, dns.RcodeToString[m.Rcode], m.Truncated, m.Authoritative, m.RecursionDesired, len(m.Answer), size, (1232-12-17-11)/16)
+	}
+	if opt := m.IsEdns0(); opt == nil || !opt.Do() {
+		t.Errorf("OPT %v, want the upstream's, DO set", opt)
+	}
+	if got := truncatedCounts().minus(truncated); got != (protoCounts{udp: 1}) {
+		t.Errorf("ztdns_resolver_truncated_total rose by %v over UDP and %v over TCP, want 1 and 0", got.udp, got.tcp)
+	}
+}
+
+// TestFitUDPAllocates: cutting a forwarded reply to the client's UDP
+// buffer is a walk over its bytes, not a decoding into records and a
+// packing (before: some 1,000 allocations for a 4,033-byte reply).
+func TestFitUDPAllocates(t *testing.T) {
+	s := New(Options{})
+	defer s.Close()
+	msg := packQuery(t, "big.example.", dns.TypeA)
+	q := &slowQuery{s: s, msg: msg, src: netip.AddrPortFrom(victimIP, 5353)}
+	if v := parse(msg, &q.r, new(nameBuf)); v != verdictOK {
+		t.Fatalf("the query parsed as %d", v)
+	}
+	m := new(dns.Msg)
+	m.SetReply(dnstest.Unpack(t, msg))
+	for i := range 250 {
+		m.Answer = append(m.Answer, &dns.A{Hdr: dns.RR_Header{Name: "big.example.", Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60},
+			A: net.IPv4(203, 0, 113, byte(i+1))})
+	}
+	m.Compress = true
+	reply, err := m.Pack()
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, len(reply))
+	var out []byte
+	if n := testing.AllocsPerRun(100, func() {
+		copy(buf, reply)
+		out = q.fitUDP(buf)
+	}); n > 2 {
+		t.Errorf("%v allocations to cut a reply, want at most 2", n)
+	}
+	if r := dnstest.Unpack(t, out); !r.Truncated || len(r.Answer) != (512-12-17)/16 {
+		t.Errorf("TC %v, %d records, want TC and %d", r.Truncated, len(r.Answer), (512-12-17)/16)
 	}
 }
 

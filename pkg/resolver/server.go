@@ -35,7 +35,7 @@ import (
 // Forwarder asks upstream nameservers (package forward).
 type Forwarder interface {
 	// ForwardFrom returns the reply to relay for req, with req's ID, and
-	// where it came from.
+	// where it came from. The reply is the caller's to change.
 	ForwardFrom(ctx context.Context, req []byte, tcp bool, upstreams []netip.AddrPort) ([]byte, forward.Origin, error)
 }
 

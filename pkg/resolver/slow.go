@@ -411,21 +411,18 @@ func (q *slowQuery) forward(ctx context.Context) []byte {
 
 // fitUDP cuts a forwarded reply larger than the client's UDP buffer to the
 // whole records that fit, with TC, as CoreDNS's forward plugin does
-// (request.Scrub); one that does not unpack becomes an empty reply with
-// TC.
+// (request.Scrub): on the wire, without decoding it, in place (the
+// forwarder's reply is a copy of its own). The records stay as the
+// upstream wrote them, so fewer fit from one that does not compress; the
+// cost stays a walk over the reply. One that does not parse becomes an
+// empty reply with TC.
 func (q *slowQuery) fitUDP(reply []byte) []byte {
-	m := new(dns.Msg)
-	if err := m.Unpack(reply); err != nil {
+	f, err := dnswire.PlanFit(reply, q.r.UDPLimit())
+	if err != nil {
 		return q.truncated()
 	}
-	m.Compress = true
-	m.Truncate(q.r.UDPLimit())
-	out, err := m.Pack()
-	if err != nil || len(out) > q.r.UDPLimit() {
-		return q.truncated()
-	}
-	q.cut = true
-	return out
+	q.cut = f.Dropped
+	return f.Apply(reply)
 }
 
 // upstreams are where the query's misses go: its TCP connection's, or
@@ -513,13 +510,15 @@ func replyTo(req *dns.Msg, r *request) *dns.Msg {
 // names the pod chose, so a pod could repeat it at its query rate. The
 // SERVFAIL still counts in ztdns_dns_requests_total.
 func (q *slowQuery) pack(reply *dns.Msg) []byte {
-	reply.Compress = true // before Truncate, which counts compressed names
 	size := maxTCPMessage
 	if !q.tcp {
 		size = q.r.UDPLimit()
 	}
 	reply.Truncate(size) // sets TC when it drops records: replyTo's never has it
 	q.cut = reply.Truncated
+	// After Truncate, which turns compression off for a reply that fits
+	// without it: compressed, it only gets smaller.
+	reply.Compress = true
 	out, err := reply.Pack()
 	if err != nil {
 		q.s.log.Debug("packing a reply failed", "client", q.src, "name", string(q.r.Name), "err", err)

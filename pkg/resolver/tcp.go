@@ -518,9 +518,9 @@ func (s *Server) raiseConnLevel() {
 //
 // Nothing the client sends is read faster than it is answered: a frame
 // that is no query (shorter than a header, a response) closes the
-// connection (RFC 7766 6.2.4 allows it on bad input), and a query over its
-// source's rate, once REFUSED, holds the reader until the rate allows the
-// next one (pauseForRate), so TCP holds the client back instead of the
+// connection (RFC 7766 6.2.4 allows it on bad input), and once a query
+// leaves its source over its rate, the reader waits until the rate allows
+// the next one (pauseForRate), so TCP holds the client back instead of the
 // resolver reading and refusing as fast as it sends.
 func (s *Server) serveTCPConn(tc *tcpConn, local netip.AddrPort) {
 	c, w := tc.c, &tc.w
@@ -637,20 +637,29 @@ func (s *Server) serveTCPConn(tc *tcpConn, local netip.AddrPort) {
 		// The reply holds its bytes of the budget until it is written;
 		// one that does not fit becomes SERVFAIL (finishing).
 		s.slow(msg, tc.src, local, tc, w.send)
+		if !s.pauseForRate(tc, nil) {
+			return
+		}
 	}
 }
 
-// pauseForRate holds the reader after reply, when it is a REFUSED for the
-// source's rate, until the rate allows the source's next query, at most
-// the connection's idle timeout; a REFUSED for anything else finds the
-// source within its rate and does not wait. It reports false when the
-// server stops meanwhile.
+// pauseForRate holds the reader after a query, before it reads the next,
+// until the rate allows the source's next query, at most the connection's
+// idle timeout: a client pipelining over its rate is read at the rate, its
+// burst at once, rather than answered and REFUSED in turn. The source is
+// the connection's (one atomic load); after a REFUSED for the rate, the one
+// charged, looked up again (a pod may own the address since the connection
+// was accepted). reply is the query's, nil for one on the slow path. It
+// reports false when the server stops meanwhile.
 func (s *Server) pauseForRate(tc *tcpConn, reply []byte) bool {
-	if len(reply) < dnswire.HeaderLen || dnswire.HeaderRcode(reply) != dnswire.RcodeRefused {
+	if s.rate == (quota.Rate{}) {
 		return true
 	}
 	now := s.clock()
-	_, source := s.sourceOf(tc.src.Addr(), now) // the source chargeRate charged
+	source := tc.source
+	if len(reply) >= dnswire.HeaderLen && dnswire.HeaderRcode(reply) == dnswire.RcodeRefused {
+		_, source = s.sourceOf(tc.src.Addr(), now)
+	}
 	d := min(source.Wait(now, s.rate), s.idleTimeout(s.tcpLevel.Load()))
 	return d <= 0 || tc.pause(d)
 }

@@ -21,8 +21,9 @@ type document struct {
 	data []byte
 	line int // the file line the document's first byte is on
 	// afterEnd is the file line of content after a document end marker
-	// ("...") in data, 0 if none: YAML allows only a new document (---)
-	// there, and the conversion would silently read the first one only.
+	// ("...") in data, 0 if none: YAML allows only directives and a new
+	// document (---) there, and the conversion would silently read the
+	// first one only. A directive there starts the next document.
 	afterEnd int
 }
 
@@ -38,21 +39,35 @@ func documents(data []byte) iter.Seq[document] {
 		start, startLine, line := 0, 1, 1
 		ended := false // a "..." line in the document so far
 		afterEnd := 0
+		// The first directive after "...", which opens the next document
+		// (its "---" must follow): -1 if none.
+		directive, directiveLine := -1, 0
 		for off := 0; off < len(data); line++ {
 			end, next := lineEnd(data, off)
 			text := data[off:end]
 			switch {
 			case off > start && isMarker(text, "---"):
-				if !yield(document{data: data[start:off], line: startLine, afterEnd: afterEnd}) {
+				cut, cutLine := off, line
+				if directive >= 0 && afterEnd == 0 {
+					cut, cutLine = directive, directiveLine
+				}
+				if !yield(document{data: data[start:cut], line: startLine, afterEnd: afterEnd}) {
 					return
 				}
-				start, startLine, ended, afterEnd = off, line, false, 0
+				start, startLine, ended, afterEnd, directive = cut, cutLine, false, 0, -1
 			case isMarker(text, "..."):
 				ended = true
+			case ended && afterEnd == 0 && len(text) > 0 && text[0] == '%':
+				if directive < 0 {
+					directive, directiveLine = off, line
+				}
 			case ended && afterEnd == 0 && !isBlankOrComment(text):
 				afterEnd = line
 			}
 			off = next
+		}
+		if directive >= 0 && afterEnd == 0 {
+			afterEnd = directiveLine // a directive and no document
 		}
 		yield(document{data: data[start:], line: startLine, afterEnd: afterEnd})
 	}

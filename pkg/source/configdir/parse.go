@@ -85,6 +85,12 @@ type parser struct {
 	limits Limits
 }
 
+// tooManyObjects is the problem of a file over limits.ObjectsPerFile,
+// found in its documents or in the objects they hold.
+func (p parser) tooManyObjects() error {
+	return fmt.Errorf("more than %d objects in one file (--config-max-objects-per-file): split it", p.limits.ObjectsPerFile)
+}
+
 // parseFile reduces every object in data, read from path, to its model form.
 // It returns the problems it finds as *FileError, at most
 // maxProblemsPerFile of them, the last of which then counts the rest; a
@@ -107,8 +113,7 @@ func (p parser) parseFile(path string, data []byte) (*manifests, []error) {
 		// Every document counts, those of kinds ztdns ignores and those
 		// with problems included: each costs a parse.
 		if docs++; docs > p.limits.ObjectsPerFile {
-			pr.add(doc.line, fmt.Errorf(
-				"more than %d objects in one file (--config-max-objects-per-file): split it", p.limits.ObjectsPerFile))
+			pr.add(doc.line, p.tooManyObjects())
 			break
 		}
 		if doc.afterEnd > 0 {
@@ -126,8 +131,7 @@ func (p parser) parseFile(path string, data []byte) (*manifests, []error) {
 		}
 		p.parseDocument(pr, doc, m)
 		if m.len()+m.ignored > p.limits.ObjectsPerFile || m.tooMany {
-			pr.add(doc.line, fmt.Errorf(
-				"more than %d objects in one file (--config-max-objects-per-file): split it", p.limits.ObjectsPerFile))
+			pr.add(doc.line, p.tooManyObjects())
 			break
 		}
 	}

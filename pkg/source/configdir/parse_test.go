@@ -536,7 +536,9 @@ func utf16LE(s string) string {
 // as well as LF, and reads UTF-16: a "---" after one of those, or in a
 // UTF-16 file, starts a document the splitting must see, or the conversion
 // silently reads only the first. Each is served in full or refused with an
-// error, never served in part.
+// error, never served in part. Between "..." and the next "---" YAML allows
+// directives (%YAML, %TAG) as well as comments (before: refused as content
+// after the end marker).
 func TestNoDocumentDropped(t *testing.T) {
 	ns := func(name string) string { return "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: " + name + "\n" }
 	cr := func(s string) string { return strings.ReplaceAll(s, "\n", "\r") }
@@ -550,6 +552,8 @@ func TestNoDocumentDropped(t *testing.T) {
 		"nul.yaml":   ns("nul1") + "---\n" + "apiVersion: v1\nkind: Namespace\x00\n",
 		"end.yaml":   ns("end1") + "...\n# a comment\n" + ns("end2"),
 		"ended.yaml": ns("ended1") + "...\n---\n" + ns("ended2") + "...\n",
+		// A directive after "..." belongs to the next document.
+		"directive.yaml": ns("dir1") + "...\n%YAML 1.1\n# c\n\n--- !!map\n" + ns("dir2"),
 	})
 	want := []string{
 		filepath.Join(dir, "end.yaml") + ":7: content after a document end marker (...): start a new document with ---",
@@ -560,7 +564,7 @@ func TestNoDocumentDropped(t *testing.T) {
 		t.Errorf("errors\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 	wantNames := []string{"namespace cr1", "namespace cr2", "namespace crlf1", "namespace crlf2",
-		"namespace ended1", "namespace ended2", "namespace ls1", "namespace ls2",
+		"namespace dir1", "namespace dir2", "namespace ended1", "namespace ended2", "namespace ls1", "namespace ls2",
 		"namespace nel1", "namespace nel2", "namespace ps1", "namespace ps2"}
 	got := names(snap)
 	slices.Sort(got)

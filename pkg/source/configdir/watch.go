@@ -340,10 +340,10 @@ func (w *pollWatcher) close()                   { close(w.stop); <-w.done }
 // fingerprint summarises what a scan of dir would read, following symlinks;
 // it changes when a file is added, removed, rewritten or replaced, its
 // status change time included (cp -p and rsync -t set the modification
-// time back). racy reports a file whose times are too recent, at now, to
-// change with a write in the same timestamp tick. Files past maxFiles,
-// chosen as scan chooses them (those in known, sorted, first), are only
-// counted.
+// time back). racy reports a file whose status change time is too recent,
+// at now, to change with a write in the same timestamp tick. Files past
+// maxFiles, chosen as scan chooses them (those in known, sorted, first), are
+// only counted.
 func fingerprint(dir string, maxFiles int, known []string, now time.Time) (fp string, racy bool) {
 	names, skipped, err := listManifests(dir, maxFiles, func(name string) bool {
 		_, ok := slices.BinarySearch(known, name)
@@ -399,12 +399,13 @@ type fileStat struct {
 const racyWindow = 2 * time.Second
 
 // trustedAt reports whether s, taken at now, can be trusted to change with
-// the next write: its times are older than now by racyWindow, so a later
-// write's status change time differs. Times after now (a modification time
-// set ahead, a clock that moved back) are not trusted either.
+// the next write: its status change time is older than now by racyWindow,
+// so a later write's differs. Every write sets it, and only the kernel
+// does: the modification time, which anyone can set (ahead, touch -d
+// tomorrow, or back), says nothing here. One after now (a clock that moved
+// back) is not trusted.
 func (s fileStat) trustedAt(now time.Time) bool {
-	limit := now.Add(-racyWindow).UnixNano()
-	return s.mtime < limit && s.ctime < limit
+	return s.ctime < now.Add(-racyWindow).UnixNano()
 }
 
 // statOf stats path, following symlinks as readManifest does.

@@ -413,6 +413,44 @@ func TestPollingScansWhileTimesAreRacy(t *testing.T) {
 	}
 }
 
+// TestPollingTrustsAFutureModificationTime: a file whose modification time
+// is ahead (touch -d tomorrow) is scanned again only when it changes: the
+// status change time, which the kernel sets and a user cannot move ahead,
+// tells whether a stat can see the next write (before: a future
+// modification time made every poll ask for a scan, and every scan read the
+// file, for as long as it was ahead).
+func TestPollingTrustsAFutureModificationTime(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "a.yaml")
+	writeFile(t, path, namespaceYAML("a"))
+	tomorrow := time.Now().Add(24 * time.Hour)
+	if err := os.Chtimes(path, tomorrow, tomorrow); err != nil {
+		t.Fatal(err)
+	}
+	st, err := statOf(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The status change time ages as the clock runs.
+	waitUntil(t, "a status change time older than racyWindow", func() bool {
+		return st.ctime < time.Now().Add(-racyWindow-100*time.Millisecond).UnixNano()
+	})
+
+	// A scan reads the file once, and not again while it is unchanged.
+	s := newState(dir, parser{log: quietLogger()})
+	scan := scanCounting(t, s)
+	scan(1, "namespace a")
+	scan(1, "namespace a")
+
+	w := startPolling(dir, 10*time.Millisecond, DefaultMaxFiles, func() []string { return nil })
+	defer w.close()
+	select {
+	case <-w.changes():
+		t.Error("scans asked for with no change: the modification time ahead of the clock is not trusted")
+	case <-time.After(300 * time.Millisecond): // 30 polls
+	}
+}
+
 // TestPollingWatchesTheFilesRead: past Limits.Files, the poller watches the
 // files scan reads, those read before first, rather than the first ones by
 // name: an edit to a file that serves is noticed after a new file that

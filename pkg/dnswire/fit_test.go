@@ -1,0 +1,158 @@
+package dnswire
+
+import (
+	"fmt"
+	"slices"
+	"testing"
+
+	"github.com/miekg/dns"
+)
+
+// bigReply is a compressed reply to big.example. A: n addresses, two NS
+// records, their glue, and an OPT record placed as opt says (its index in
+// the additional section, -1 for none).
+func bigReply(tb testing.TB, n, opt int) []byte {
+	tb.Helper()
+	var an []string
+	for i := range n {
+		an = append(an, fmt.Sprintf("big.example. 60 IN A 203.0.113.%d", i%250+1))
+	}
+	m := newMsg("big.example.", dns.TypeA,
+		records(tb, answer, an...),
+		records(tb, authority, "example. 60 IN NS ns1.example.", "example. 60 IN NS ns2.example."),
+		records(tb, additional, "ns1.example. 60 IN A 198.51.100.1", "ns2.example. 60 IN AAAA 2001:db8::2"))
+	m.Response, m.Authoritative, m.RecursionDesired, m.RecursionAvailable = true, true, true, true
+	if opt >= 0 {
+		o := &dns.OPT{Hdr: dns.RR_Header{Name: ".", Rrtype: dns.TypeOPT}}
+		o.SetUDPSize(4096)
+		o.SetDo()
+		o.Option = append(o.Option, &dns.EDNS0_PADDING{Padding: make([]byte, 12)})
+		m.Extra = slices.Insert(m.Extra, opt, dns.RR(o))
+	}
+	m.Compress = true
+	return pack(tb, m)
+}
+
+// TestFitReplyKeepsWhatTruncateKeeps: a reply cut on the wire parses, keeps
+// the ID, flags and question, the OPT record with its options, and as many
+// records of each section as miekg's Msg.Truncate keeps (CoreDNS's forward
+// plugin cuts with it), with TC.
+func TestFitReplyKeepsWhatTruncateKeeps(t *testing.T) {
+	for _, tc := range []struct {
+		n, opt, limit int
+	}{
+		{250, 2, 512}, {250, 2, 1232}, {250, 2, 4096}, // answers cut
+		{70, 2, 1232}, {71, 2, 1232}, {72, 2, 1232}, // authority and additional cut
+		{250, -1, 512}, {72, -1, 1232},
+	} {
+		t.Run(fmt.Sprintf("%d answers, OPT %d, %d bytes", tc.n, tc.opt, tc.limit), func(t *testing.T) {
+			msg := bigReply(t, tc.n, tc.opt)
+			if len(msg) <= tc.limit {
+				t.Fatalf("the reply is %d bytes, within %d", len(msg), tc.limit)
+			}
+			want := new(dns.Msg)
+			if err := want.Unpack(msg); err != nil {
+				t.Fatal(err)
+			}
+			want.Truncate(tc.limit)
+
+			f, err := PlanFit(msg, tc.limit)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cut := f.Apply(slices.Clone(msg))
+			t.Logf("kept %d/%d/%d records", f.an, f.ns, f.ar)
+			got := new(dns.Msg)
+			if err := got.Unpack(cut); err != nil {
+				t.Fatalf("the cut reply does not parse: %v", err)
+			}
+			if len(cut) > tc.limit || !got.Truncated || !f.Dropped {
+				t.Errorf("%d bytes, TC %v, dropped %v; want at most %d, TC", len(cut), got.Truncated, f.Dropped, tc.limit)
+			}
+			if got.Id != 0xBEEF || !got.Response || !got.Authoritative || !got.RecursionDesired || !got.RecursionAvailable ||
+				len(got.Question) != 1 || got.Question[0] != want.Question[0] {
+				t.Errorf("header or question changed: %v", got.MsgHdr)
+			}
+			if len(got.Answer) != len(want.Answer) || len(got.Ns) != len(want.Ns) || len(got.Extra) != len(want.Extra) {
+				t.Errorf("%d/%d/%d records, want %d/%d/%d as Truncate keeps", len(got.Answer), len(got.Ns), len(got.Extra), len(want.Answer), len(want.Ns), len(want.Extra))
+			}
+			for i, rr := range got.Answer {
+				if rr.String() != want.Answer[i].String() {
+					t.Errorf("answer %d: %v, want %v", i, rr, want.Answer[i])
+				}
+			}
+			if opt, wantOPT := got.IsEdns0(), want.IsEdns0(); (opt == nil) != (wantOPT == nil) || opt != nil && opt.String() != wantOPT.String() {
+				t.Errorf("OPT %v, want %v", opt, wantOPT)
+			}
+		})
+	}
+}
+
+// TestFitReplyOPTFirst: additional records after the OPT record are left
+// out, as moving them would break their compression pointers; what is kept
+// parses.
+func TestFitReplyOPTFirst(t *testing.T) {
+	msg := bigReply(t, 60, 0)
+	f, err := PlanFit(msg, 1232)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := new(dns.Msg)
+	if err := got.Unpack(f.Apply(msg)); err != nil {
+		t.Fatalf("the cut reply does not parse: %v", err)
+	}
+	if len(got.Answer) != 60 || len(got.Ns) != 2 || len(got.Extra) != 1 || got.IsEdns0() == nil || !got.Truncated {
+		t.Errorf("%d/%d/%d records, OPT %v, TC %v; want 60/2/1 (the OPT), TC", len(got.Answer), len(got.Ns), len(got.Extra), got.IsEdns0() != nil, got.Truncated)
+	}
+}
+
+// TestFitReplyUncompressed: a reply without compression pointers is cut
+// as it is written: the whole records that fit, and it parses.
+func TestFitReplyUncompressed(t *testing.T) {
+	m := new(dns.Msg)
+	if err := m.Unpack(bigReply(t, 60, 2)); err != nil {
+		t.Fatal(err)
+	}
+	m.Compress = false
+	f, err := PlanFit(pack(t, m), 512)
+	if err != nil || !f.Dropped {
+		t.Fatalf("dropped %v, %v; want records dropped", f.Dropped, err)
+	}
+	cut := f.Apply(pack(t, m))
+	got := new(dns.Msg)
+	if err := got.Unpack(cut); err != nil || len(cut) > 512 || !got.Truncated || len(got.Answer) == 0 {
+		t.Errorf("%d bytes, TC %v, %d answers, %v; want at most 512, TC, some answers, parsed", len(cut), got.Truncated, len(got.Answer), err)
+	}
+}
+
+// TestFitReplyRejects: a malformed reply, and one whose OPT record alone
+// does not fit, cannot be cut.
+func TestFitReplyRejects(t *testing.T) {
+	msg := bigReply(t, 60, 2)
+	if _, err := PlanFit(msg[:len(msg)-3], 512); err == nil {
+		t.Error("a reply cut short: no error")
+	}
+	m := newMsg("big.example.", dns.TypeA)
+	o := &dns.OPT{Hdr: dns.RR_Header{Name: ".", Rrtype: dns.TypeOPT}}
+	o.Option = append(o.Option, &dns.EDNS0_PADDING{Padding: make([]byte, 600)})
+	m.Extra = append(m.Extra, o)
+	if _, err := PlanFit(pack(t, m), 512); err == nil {
+		t.Error("an OPT record over the limit: no error")
+	}
+}
+
+// TestFitReplyAllocatesNothing: the cut is a walk over the wire.
+func TestFitReplyAllocatesNothing(t *testing.T) {
+	msg := bigReply(t, 250, 2)
+	buf := make([]byte, len(msg))
+	if n := testing.AllocsPerRun(100, func() {
+		copy(buf, msg)
+		f, err := PlanFit(buf, 1232)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.Apply(buf)
+	}); n != 0 {
+		t.Errorf("%v allocations a cut, want 0", n)
+	}
+}
