@@ -247,10 +247,10 @@ func TestChartAgent(t *testing.T) {
 			// with an upgrade, the programs stayed attached, the pins and
 			// ztdns0 in place), the CNI entry too when none is installed.
 			name:  "capture disabled: the capture path removed, only serving, with no privileges but the port",
-			sets:  []string{"capture.enabled=false"},
+			sets:  []string{"capture.enabled=false", "resolver.listen={$(HOST_IP):53}"},
 			kinds: defaultKinds,
 			pod: podWant{
-				args:           defaultArgs().with("--capture=false").without(captureOnlyFlags...),
+				args:           defaultArgs().with("--capture=false", "--listen=$(HOST_IP):53").without(captureOnlyFlags...),
 				caps:           []string{"NET_BIND_SERVICE"},
 				initContainers: []string{"remove-capture"},
 				mounts: map[string]mount{
@@ -262,10 +262,10 @@ func TestChartAgent(t *testing.T) {
 		},
 		{
 			name:  "capture disabled and CNI install off: the CNI entry removed too",
-			sets:  []string{"capture.enabled=false", "cni.install=false"},
+			sets:  []string{"capture.enabled=false", "resolver.listen={$(HOST_IP):53}", "cni.install=false"},
 			kinds: defaultKinds,
 			pod: podWant{
-				args:           defaultArgs().with("--capture=false", "--cni-install=false").without(slices.Concat(captureOnlyFlags, []string{"--cni-bin-dir", "--cni-conf-dir"})...),
+				args:           defaultArgs().with("--capture=false", "--listen=$(HOST_IP):53", "--cni-install=false").without(slices.Concat(captureOnlyFlags, []string{"--cni-bin-dir", "--cni-conf-dir"})...),
 				caps:           []string{"NET_BIND_SERVICE"},
 				initContainers: []string{"remove-capture"},
 				removeCNI:      true,
@@ -843,6 +843,8 @@ func TestChartRejectsBadValues(t *testing.T) {
 		{"an IPv4 capture nameserver of three octets", "capture.nameservers={1.2.3}", "/capture/nameservers/0"},
 		{"an IPv6 capture nameserver longer than /128", "capture.nameservers={2001:db8::/129}", "/capture/nameservers/0"},
 		{"capture nameservers with capture off", "capture.enabled=false,capture.nameservers={10.96.0.10}", "capture.nameservers needs capture.enabled=true"},
+		{"capture off serving on ztdns0's address, which only capture makes", "capture.enabled=false", "resolver.listen has 169.254.20.53:53"},
+		{"capture off serving on ztdns0's IPv6 address", "capture.enabled=false,resolver.listen={10.0.0.1:53,[fd00:7a74:646e::53]:53}", "resolver.listen has [fd00:7a74:646e::53]:53"},
 		{"more capture nameservers than the agent takes", "capture.nameservers={10.0.0.1,10.0.0.2,10.0.0.3,10.0.0.4,10.0.0.5,10.0.0.6,10.0.0.7,10.0.0.8,10.0.0.9}", "/capture/nameservers"},
 		{"unknown VIP source", "resolver.vipSource=kube", "/resolver/vipSource"},
 		{"unknown log format", "logFormat=xml", "/logFormat"},
@@ -957,7 +959,7 @@ func TestChartLint(t *testing.T) {
 		sets []string
 	}{
 		{"defaults", nil},
-		{"capture disabled", []string{"capture.enabled=false"}},
+		{"capture disabled", []string{"capture.enabled=false", "resolver.listen={$(HOST_IP):53}"}},
 		{"capture nameservers", []string{"capture.nameservers={10.96.0.10,fd00:10:96::a}"}},
 		{"DNS capture switch off", []string{"cni.ambient.dnsCapture=false"}},
 		{"ServiceMonitor on", []string{"metrics.serviceMonitor.enabled=true"}},
