@@ -20,10 +20,14 @@ import (
 // mode: a Kubernetes Service before ServiceEntries (then the oldest first).
 // With Table.pick's own-namespace rule, a pod gets the object ztunnel routes:
 // its own namespace's (so the seed's tcp-echo.external-1 ServiceEntry in the
-// client's namespace still wins), else the Service.
+// client's namespace still wins), else the Service. An ExternalName Service
+// comes last and is no own-namespace choice: istiod sends ztunnel none
+// (serviceServiceBuilder drops them), so a ServiceEntry naming it is what
+// ztunnel routes, from every namespace.
 const (
 	rankService = iota
 	rankServiceEntry
+	rankExternalName
 )
 
 // names says under which suffixes objects live and how answers are made.
@@ -93,7 +97,11 @@ func v4First(addrs []netip.Addr) ([]netip.Addr, uint32) {
 
 // serviceSource is what a Service's entries share.
 func serviceSource(n names, svc *model.Service) source {
-	return source{namespace: svc.Namespace, name: svc.Name, ttl: n.ttl, kind: kindService, rank: rankService}
+	rank := uint8(rankService)
+	if svc.ExternalName != "" {
+		rank = rankExternalName
+	}
+	return source{namespace: svc.Namespace, name: svc.Name, ttl: n.ttl, kind: kindService, rank: rank}
 }
 
 // serviceEntries is what a Service (with its EndpointSlices, for a headless

@@ -418,7 +418,8 @@ func (t *Table) find(name, ns string) *Entry {
 
 // pick chooses among the entries for one key as ztunnel does: one from the
 // asker's own namespace first, else the first visible in build order (the
-// Service, else the oldest ServiceEntry: istiod's canonical one).
+// Service, else the oldest ServiceEntry: istiod's canonical one, else an
+// ExternalName Service).
 func (t *Table) pick(entries bucket, ns string) *Entry {
 	if entries.many == nil { // one entry, or none: the usual case
 		if entries.one != nil && entries.one.VisibleFrom(ns) {
@@ -440,7 +441,7 @@ func pickIndex(entries []*Entry, ns string) int {
 		if !e.VisibleFrom(ns) {
 			continue
 		}
-		if ns != "" && e.src.namespace == ns {
+		if ns != "" && e.src.namespace == ns && e.src.rank != rankExternalName {
 			return i
 		}
 		if first < 0 {
