@@ -154,7 +154,10 @@ func serviceEntries(n names, src *source, svc *model.Service, eps []*model.Endpo
 // list them (a dual-stack pod's hostname is in an IPv4 and an IPv6 slice),
 // and that its addresses' PTR records name; SRV records point at those
 // names, with each slice's own port numbers. Without a ready endpoint the
-// name does not exist (NXDOMAIN): it is left to the cluster's nameserver.
+// name does not exist (NXDOMAIN): it is left to the cluster's nameserver,
+// and still claimed (Entry.forward), so that another namespace's
+// ServiceEntry naming it does not answer: ztunnel picks the Service, and
+// answers nothing.
 func headlessEntries(n names, out *entrySet, e *Entry, svc *model.Service, eps []*model.EndpointSlice) {
 	e.addrSource = addrEndpoints
 	byName := map[string]*Entry{} // nil for a name that is not valid
@@ -227,6 +230,8 @@ func headlessEntries(n names, out *entrySet, e *Entry, svc *model.Service, eps [
 			originOf(e.src), k, maxSRVRecords)
 	}
 	if len(e.Addrs) == 0 {
+		e.forward = true
+		out.add(e, false)
 		return
 	}
 	for _, name := range slices.Sorted(maps.Keys(byName)) {

@@ -46,3 +46,52 @@ func TestExternalNameYieldsToServiceEntry(t *testing.T) {
 		t.Errorf("foo from shop, ServiceEntry exported to mesh only: %+v, want the CNAME", e)
 	}
 }
+
+// A headless Service without a ready endpoint has no records (kube-dns
+// says NXDOMAIN), but it still claims its name: ztunnel picks the Service
+// over another namespace's ServiceEntry naming it, and answers nothing. So
+// the name is forwarded for every namespace but the ServiceEntry's own
+// (whose object ztunnel prefers there), never answered with the
+// ServiceEntry's address elsewhere. With a ready endpoint it answers.
+func TestEmptyHeadlessServiceKeepsItsName(t *testing.T) {
+	snap := &model.Snapshot{
+		Services: []model.Service{{Namespace: "shop", Name: "db", Headless: true}},
+		EndpointSlices: []model.EndpointSlice{{Namespace: "shop", Name: "db-1", ServiceName: "db",
+			Endpoints: []model.Endpoint{{Addresses: addrs("10.1.0.9"), Hostname: "db-0"}}}}, // not ready
+		ServiceEntries: []model.ServiceEntry{
+			{Namespace: "mesh", Name: "db", Created: t0, Hosts: []string{"db.shop.svc.cluster.local"},
+				Addresses: addrs("198.51.100.71"), Resolution: "STATIC"},
+		},
+	}
+	tbl, warnings := Build(snap, Options{})
+	if len(warnings) > 0 {
+		t.Fatal(warnings)
+	}
+	for _, ns := range []string{"shop", "other", ""} {
+		for _, q := range []string{"db.shop.svc.cluster.local.", "db.shop.", "db.shop.svc."} {
+			if r := tbl.Resolve(q, ns); r.Entry != nil {
+				t.Errorf("%s from %q: %+v, want it forwarded", q, ns, r.Entry)
+			}
+		}
+		if e := tbl.Find("db.shop.svc.cluster.local.", ns); e != nil {
+			t.Errorf("Find from %q: %+v, want none", ns, e)
+		}
+	}
+	if e := tbl.Resolve("db.", "shop").Entry; e != nil {
+		t.Errorf("short form db from shop: %+v, want it forwarded", e)
+	}
+	if e := tbl.Resolve("db.shop.svc.cluster.local.", "mesh").Entry; e == nil || !slices.Equal(e.Addrs, addrs("198.51.100.71")) {
+		t.Errorf("from the ServiceEntry's namespace: %+v, want its 198.51.100.71", e)
+	}
+	for _, row := range tbl.Rows("other") {
+		if row.Name == "db.shop.svc.cluster.local." {
+			t.Errorf("table from other lists %+v, want the name absent", row)
+		}
+	}
+
+	snap.EndpointSlices[0].Endpoints[0].Ready = true
+	tbl, _ = Build(snap, Options{})
+	if e := tbl.Resolve("db.shop.svc.cluster.local.", "other").Entry; e == nil || !slices.Equal(e.Addrs, addrs("10.1.0.9")) {
+		t.Errorf("with a ready endpoint: %+v, want 10.1.0.9", e)
+	}
+}
