@@ -525,6 +525,7 @@ func serviceEntryEntries(src *source, se *model.ServiceEntry, own []hostAddrs, f
 	if len(se.Addresses) > 0 {
 		spec, spec4 = v4First(uniqueAddrs(se.Addresses))
 	}
+	checkExportTo(&out, src, se.ExportTo)
 	for i, h := range se.Hosts {
 		name := dns.CanonicalName(h)
 		if !validName(strings.TrimPrefix(name, "*.")) {
@@ -569,6 +570,9 @@ func serviceEntryEntries(src *source, se *model.ServiceEntry, own []hostAddrs, f
 
 // exportSet turns spec.exportTo into the namespaces that see an entry; nil
 // means all. "." is the entry's own namespace, "*" everyone, "~" nobody.
+// A list Istio's validation rejects (checkExportTo) still means something:
+// "*" with others is everyone, "~" with others those others, a value that
+// is no namespace name ("" included) matches no namespace.
 func exportSet(own string, exportTo []string) []string {
 	if len(exportTo) == 0 {
 		return nil
@@ -587,6 +591,45 @@ func exportSet(own string, exportTo []string) []string {
 	}
 	slices.Sort(out)
 	return slices.Compact(out)
+}
+
+// checkExportTo warns of what Istio's validation (validateExportTo)
+// rejects: with --config-dir no webhook stands between a typo and the
+// table, and an exportTo of [""] hides the entry from every namespace.
+func checkExportTo(out *entrySet, src *source, exportTo []string) {
+	var all, none bool
+	for i, v := range exportTo {
+		switch {
+		case v == "*":
+			all = true
+		case v == "~":
+			none = true
+		case v != "." && !isLabel(v):
+			out.warn("%s: exportTo %q is not \".\", \"*\", \"~\" or a namespace name: no namespace matches it", originOf(src), v)
+		}
+		if slices.Contains(exportTo[:i], v) {
+			out.warn("%s: exportTo lists %q twice", originOf(src), v)
+		}
+	}
+	switch {
+	case all && len(exportTo) > 1:
+		out.warn("%s: exportTo %q has \"*\" and other values: every namespace sees it", originOf(src), exportTo)
+	case none && len(exportTo) > 1:
+		out.warn("%s: exportTo %q has \"~\" and other values: only the others see it", originOf(src), exportTo)
+	}
+}
+
+// isLabel reports whether s can be a namespace's name (an RFC 1123 label).
+func isLabel(s string) bool {
+	if len(s) == 0 || len(s) > 63 || s[0] == '-' || s[len(s)-1] == '-' {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; !('a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-') {
+			return false
+		}
+	}
+	return true
 }
 
 // compareEntries orders the entries of one key: rank, then age, then

@@ -2,6 +2,7 @@ package table
 
 import (
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/ztdns/ztdns/pkg/model"
@@ -93,5 +94,40 @@ func TestEmptyHeadlessServiceKeepsItsName(t *testing.T) {
 	tbl, _ = Build(snap, Options{})
 	if e := tbl.Resolve("db.shop.svc.cluster.local.", "other").Entry; e == nil || !slices.Equal(e.Addrs, addrs("10.1.0.9")) {
 		t.Errorf("with a ready endpoint: %+v, want 10.1.0.9", e)
+	}
+}
+
+// exportTo lists Istio's validation rejects get a warning naming the entry
+// and the value (with --config-dir no webhook refuses them), and mean what
+// the README says: "" matches no namespace, "*" with others is everyone,
+// "~" with others those others.
+func TestInvalidExportToWarns(t *testing.T) {
+	cases := []struct {
+		exportTo []string
+		warning  string
+		sees     map[string]bool
+	}{
+		{[]string{""}, `exportTo "" is not`, map[string]bool{"a": false, "b": false}},
+		{[]string{"*", "b"}, `has "*" and other values`, map[string]bool{"a": true, "b": true, "c": true}},
+		{[]string{"~", "b"}, `has "~" and other values`, map[string]bool{"a": false, "b": true}},
+		{[]string{"B"}, `exportTo "B" is not`, map[string]bool{"a": false, "b": false}},
+		{[]string{"b", "b"}, `lists "b" twice`, map[string]bool{"a": false, "b": true}},
+	}
+	for _, c := range cases {
+		snap := &model.Snapshot{ServiceEntries: []model.ServiceEntry{
+			{Namespace: "a", Name: "se", Created: t0, Hosts: []string{"x.example"}, ExportTo: c.exportTo,
+				Addresses: addrs("198.51.100.72"), Resolution: "STATIC"},
+			{Namespace: "a", Name: "fine", Created: t0, Hosts: []string{"y.example"}, ExportTo: []string{".", "b"},
+				Addresses: addrs("198.51.100.73"), Resolution: "STATIC"},
+		}}
+		tbl, warnings := Build(snap, Options{})
+		if len(warnings) != 1 || !strings.Contains(warnings[0].Error(), "ServiceEntry a/se") || !strings.Contains(warnings[0].Error(), c.warning) {
+			t.Errorf("exportTo %q: warnings %v, want one for a/se saying %s", c.exportTo, warnings, c.warning)
+		}
+		for ns, want := range c.sees {
+			if got := tbl.Resolve("x.example.", ns).Entry != nil; got != want {
+				t.Errorf("exportTo %q: seen from %s = %v, want %v", c.exportTo, ns, got, want)
+			}
+		}
 	}
 }
