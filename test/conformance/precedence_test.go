@@ -13,8 +13,10 @@ import (
 // dataplane, would pick for it, so the address a pod is handed is one
 // ztunnel routes. istiod keeps one object per namespace for a host (a
 // Kubernetes Service over ServiceEntries, else the oldest ServiceEntry) and
-// marks one canonical (the Service, else the oldest ServiceEntry not
-// exported to its own namespace only); ztunnel answers a pod with its own
+// marks one canonical (the Service, else the oldest ServiceEntry that
+// MeshConfig's serviceEntryVisibility does not keep to its namespace; it
+// reads no exportTo, which ztdns applies first, as the sidecar proxy
+// does); ztunnel answers a pod with its own
 // namespace's object, else the canonical one (istio/istio
 // pilot/pkg/serviceregistry/ambient/services.go selectWorkloadServices;
 // istio/ztunnel src/state/service.rs find_best_match). The sidecar proxy

@@ -20,10 +20,14 @@ import (
 // mode: a Kubernetes Service before ServiceEntries (then the oldest first).
 // With Table.pick's own-namespace rule, a pod gets the object ztunnel routes:
 // its own namespace's (so the seed's tcp-echo.external-1 ServiceEntry in the
-// client's namespace still wins), else the Service.
+// client's namespace still wins), else the Service. An ExternalName Service
+// comes last and is no own-namespace choice: istiod sends ztunnel none
+// (serviceServiceBuilder drops them), so a ServiceEntry naming it is what
+// ztunnel routes, from every namespace.
 const (
 	rankService = iota
 	rankServiceEntry
+	rankExternalName
 )
 
 // names says under which suffixes objects live and how answers are made.
@@ -93,7 +97,11 @@ func v4First(addrs []netip.Addr) ([]netip.Addr, uint32) {
 
 // serviceSource is what a Service's entries share.
 func serviceSource(n names, svc *model.Service) source {
-	return source{namespace: svc.Namespace, name: svc.Name, ttl: n.ttl, kind: kindService, rank: rankService}
+	rank := uint8(rankService)
+	if svc.ExternalName != "" {
+		rank = rankExternalName
+	}
+	return source{namespace: svc.Namespace, name: svc.Name, ttl: n.ttl, kind: kindService, rank: rank}
 }
 
 // serviceEntries is what a Service (with its EndpointSlices, for a headless
@@ -146,7 +154,10 @@ func serviceEntries(n names, src *source, svc *model.Service, eps []*model.Endpo
 // list them (a dual-stack pod's hostname is in an IPv4 and an IPv6 slice),
 // and that its addresses' PTR records name; SRV records point at those
 // names, with each slice's own port numbers. Without a ready endpoint the
-// name does not exist (NXDOMAIN): it is left to the cluster's nameserver.
+// name does not exist (NXDOMAIN): it is left to the cluster's nameserver,
+// and still claimed (Entry.forward), so that another namespace's
+// ServiceEntry naming it does not answer: ztunnel picks the Service, and
+// answers nothing.
 func headlessEntries(n names, out *entrySet, e *Entry, svc *model.Service, eps []*model.EndpointSlice) {
 	e.addrSource = addrEndpoints
 	byName := map[string]*Entry{} // nil for a name that is not valid
@@ -219,6 +230,8 @@ func headlessEntries(n names, out *entrySet, e *Entry, svc *model.Service, eps [
 			originOf(e.src), k, maxSRVRecords)
 	}
 	if len(e.Addrs) == 0 {
+		e.forward = true
+		out.add(e, false)
 		return
 	}
 	for _, name := range slices.Sorted(maps.Keys(byName)) {
@@ -512,6 +525,7 @@ func serviceEntryEntries(src *source, se *model.ServiceEntry, own []hostAddrs, f
 	if len(se.Addresses) > 0 {
 		spec, spec4 = v4First(uniqueAddrs(se.Addresses))
 	}
+	checkExportTo(&out, src, se.ExportTo)
 	for i, h := range se.Hosts {
 		name := dns.CanonicalName(h)
 		if !validName(strings.TrimPrefix(name, "*.")) {
@@ -556,6 +570,9 @@ func serviceEntryEntries(src *source, se *model.ServiceEntry, own []hostAddrs, f
 
 // exportSet turns spec.exportTo into the namespaces that see an entry; nil
 // means all. "." is the entry's own namespace, "*" everyone, "~" nobody.
+// A list Istio's validation rejects (checkExportTo) still means something:
+// "*" with others is everyone, "~" with others those others, a value that
+// is no namespace name ("" included) matches no namespace.
 func exportSet(own string, exportTo []string) []string {
 	if len(exportTo) == 0 {
 		return nil
@@ -574,6 +591,45 @@ func exportSet(own string, exportTo []string) []string {
 	}
 	slices.Sort(out)
 	return slices.Compact(out)
+}
+
+// checkExportTo warns of what Istio's validation (validateExportTo)
+// rejects: with --config-dir no webhook stands between a typo and the
+// table, and an exportTo of [""] hides the entry from every namespace.
+func checkExportTo(out *entrySet, src *source, exportTo []string) {
+	var all, none bool
+	for i, v := range exportTo {
+		switch {
+		case v == "*":
+			all = true
+		case v == "~":
+			none = true
+		case v != "." && !isLabel(v):
+			out.warn("%s: exportTo %q is not \".\", \"*\", \"~\" or a namespace name: no namespace matches it", originOf(src), v)
+		}
+		if slices.Contains(exportTo[:i], v) {
+			out.warn("%s: exportTo lists %q twice", originOf(src), v)
+		}
+	}
+	switch {
+	case all && len(exportTo) > 1:
+		out.warn("%s: exportTo %q has \"*\" and other values: every namespace sees it", originOf(src), exportTo)
+	case none && len(exportTo) > 1:
+		out.warn("%s: exportTo %q has \"~\" and other values: only the others see it", originOf(src), exportTo)
+	}
+}
+
+// isLabel reports whether s can be a namespace's name (an RFC 1123 label).
+func isLabel(s string) bool {
+	if len(s) == 0 || len(s) > 63 || s[0] == '-' || s[len(s)-1] == '-' {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; !('a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-') {
+			return false
+		}
+	}
+	return true
 }
 
 // compareEntries orders the entries of one key: rank, then age, then

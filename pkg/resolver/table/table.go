@@ -105,6 +105,10 @@ type Entry struct {
 	addrSource addrSource
 	// ptr says whether the reverse names of Addrs point here.
 	ptr bool
+	// forward marks a name claimed without records (a headless Service
+	// without a ready endpoint): a pod that picks it is forwarded, and gets
+	// no other object's answer for the name.
+	forward bool
 }
 
 // addrSource says where an entry's addresses came from: one value per
@@ -320,7 +324,10 @@ func (t *Table) Resolve(qname, ns string) (r Result) {
 }
 
 func (t *Table) resolve(r *Result, qname, ns string) {
-	if r.Entry = t.pick(t.lookup(qname), ns); r.Entry != nil {
+	if e := t.claim(t.lookup(qname), ns); e != nil {
+		if !e.forward {
+			r.Entry = e
+		}
 		return
 	}
 	if a, ok := parseReverse(qname); ok {
@@ -410,7 +417,10 @@ func (t *Table) SearchBase(qname, ns string) string {
 func (t *Table) Find(name, ns string) *Entry { return t.find(name, ns) }
 
 func (t *Table) find(name, ns string) *Entry {
-	if e := t.pick(t.lookup(name), ns); e != nil {
+	if e := t.claim(t.lookup(name), ns); e != nil {
+		if e.forward {
+			return nil
+		}
 		return e
 	}
 	return t.wildcard(name, ns)
@@ -418,8 +428,18 @@ func (t *Table) find(name, ns string) *Entry {
 
 // pick chooses among the entries for one key as ztunnel does: one from the
 // asker's own namespace first, else the first visible in build order (the
-// Service, else the oldest ServiceEntry: istiod's canonical one).
+// Service, else the oldest ServiceEntry: istiod's canonical one, else an
+// ExternalName Service).
+// A name claimed without records (Entry.forward) is none.
 func (t *Table) pick(entries bucket, ns string) *Entry {
+	if e := t.claim(entries, ns); e != nil && !e.forward {
+		return e
+	}
+	return nil
+}
+
+// claim is pick's choice, a claim without records included.
+func (t *Table) claim(entries bucket, ns string) *Entry {
 	if entries.many == nil { // one entry, or none: the usual case
 		if entries.one != nil && entries.one.VisibleFrom(ns) {
 			return entries.one
@@ -440,7 +460,7 @@ func pickIndex(entries []*Entry, ns string) int {
 		if !e.VisibleFrom(ns) {
 			continue
 		}
-		if ns != "" && e.src.namespace == ns {
+		if ns != "" && e.src.namespace == ns && e.src.rank != rankExternalName {
 			return i
 		}
 		if first < 0 {

@@ -1,0 +1,133 @@
+package table
+
+import (
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/ztdns/ztdns/pkg/model"
+)
+
+// An ExternalName Service and a ServiceEntry naming it: istiod sends
+// ztunnel no ExternalName Service, so ztunnel routes the ServiceEntry's
+// address from every namespace, the Service's own included. A pod must get
+// that address, not the CNAME that takes its traffic past the ServiceEntry.
+// Alone, the ExternalName still answers its CNAME.
+func TestExternalNameYieldsToServiceEntry(t *testing.T) {
+	snap := &model.Snapshot{
+		Services: []model.Service{
+			{Namespace: "shop", Name: "foo", ExternalName: "foo.example.com"},
+			{Namespace: "shop", Name: "bar", ExternalName: "bar.example.com"},
+		},
+		ServiceEntries: []model.ServiceEntry{
+			{Namespace: "mesh", Name: "foo", Created: t0, Hosts: []string{"foo.shop.svc.cluster.local"},
+				Addresses: addrs("198.51.100.70"), Resolution: "STATIC"},
+		},
+	}
+	tbl, warnings := Build(snap, Options{})
+	if len(warnings) > 0 {
+		t.Fatal(warnings)
+	}
+	for _, ns := range []string{"shop", "mesh", "other", ""} {
+		e := tbl.Resolve("foo.shop.svc.cluster.local.", ns).Entry
+		if e == nil || e.Alias != "" || !slices.Equal(e.Addrs, addrs("198.51.100.70")) {
+			t.Errorf("foo from %q: %+v, want the ServiceEntry's 198.51.100.70", ns, e)
+		}
+		if e := tbl.Resolve("bar.shop.svc.cluster.local.", ns).Entry; e == nil || e.Alias != "bar.example.com." {
+			t.Errorf("bar from %q: %+v, want the CNAME to bar.example.com.", ns, e)
+		}
+	}
+	if e := tbl.Resolve("foo.", "shop").Entry; e == nil || !slices.Equal(e.Addrs, addrs("198.51.100.70")) {
+		t.Errorf("short form foo from shop: %+v, want the ServiceEntry", e)
+	}
+	// A ServiceEntry the asker cannot see leaves it the CNAME.
+	snap.ServiceEntries[0].ExportTo = []string{"."}
+	tbl, _ = Build(snap, Options{})
+	if e := tbl.Resolve("foo.shop.svc.cluster.local.", "shop").Entry; e == nil || e.Alias != "foo.example.com." {
+		t.Errorf("foo from shop, ServiceEntry exported to mesh only: %+v, want the CNAME", e)
+	}
+}
+
+// A headless Service without a ready endpoint has no records (kube-dns
+// says NXDOMAIN), but it still claims its name: ztunnel picks the Service
+// over another namespace's ServiceEntry naming it, and answers nothing. So
+// the name is forwarded for every namespace but the ServiceEntry's own
+// (whose object ztunnel prefers there), never answered with the
+// ServiceEntry's address elsewhere. With a ready endpoint it answers.
+func TestEmptyHeadlessServiceKeepsItsName(t *testing.T) {
+	snap := &model.Snapshot{
+		Services: []model.Service{{Namespace: "shop", Name: "db", Headless: true}},
+		EndpointSlices: []model.EndpointSlice{{Namespace: "shop", Name: "db-1", ServiceName: "db",
+			Endpoints: []model.Endpoint{{Addresses: addrs("10.1.0.9"), Hostname: "db-0"}}}}, // not ready
+		ServiceEntries: []model.ServiceEntry{
+			{Namespace: "mesh", Name: "db", Created: t0, Hosts: []string{"db.shop.svc.cluster.local"},
+				Addresses: addrs("198.51.100.71"), Resolution: "STATIC"},
+		},
+	}
+	tbl, warnings := Build(snap, Options{})
+	if len(warnings) > 0 {
+		t.Fatal(warnings)
+	}
+	for _, ns := range []string{"shop", "other", ""} {
+		for _, q := range []string{"db.shop.svc.cluster.local.", "db.shop.", "db.shop.svc."} {
+			if r := tbl.Resolve(q, ns); r.Entry != nil {
+				t.Errorf("%s from %q: %+v, want it forwarded", q, ns, r.Entry)
+			}
+		}
+		if e := tbl.Find("db.shop.svc.cluster.local.", ns); e != nil {
+			t.Errorf("Find from %q: %+v, want none", ns, e)
+		}
+	}
+	if e := tbl.Resolve("db.", "shop").Entry; e != nil {
+		t.Errorf("short form db from shop: %+v, want it forwarded", e)
+	}
+	if e := tbl.Resolve("db.shop.svc.cluster.local.", "mesh").Entry; e == nil || !slices.Equal(e.Addrs, addrs("198.51.100.71")) {
+		t.Errorf("from the ServiceEntry's namespace: %+v, want its 198.51.100.71", e)
+	}
+	for _, row := range tbl.Rows("other") {
+		if row.Name == "db.shop.svc.cluster.local." {
+			t.Errorf("table from other lists %+v, want the name absent", row)
+		}
+	}
+
+	snap.EndpointSlices[0].Endpoints[0].Ready = true
+	tbl, _ = Build(snap, Options{})
+	if e := tbl.Resolve("db.shop.svc.cluster.local.", "other").Entry; e == nil || !slices.Equal(e.Addrs, addrs("10.1.0.9")) {
+		t.Errorf("with a ready endpoint: %+v, want 10.1.0.9", e)
+	}
+}
+
+// exportTo lists Istio's validation rejects get a warning naming the entry
+// and the value (with --config-dir no webhook refuses them), and mean what
+// the README says: "" matches no namespace, "*" with others is everyone,
+// "~" with others those others.
+func TestInvalidExportToWarns(t *testing.T) {
+	cases := []struct {
+		exportTo []string
+		warning  string
+		sees     map[string]bool
+	}{
+		{[]string{""}, `exportTo "" is not`, map[string]bool{"a": false, "b": false}},
+		{[]string{"*", "b"}, `has "*" and other values`, map[string]bool{"a": true, "b": true, "c": true}},
+		{[]string{"~", "b"}, `has "~" and other values`, map[string]bool{"a": false, "b": true}},
+		{[]string{"B"}, `exportTo "B" is not`, map[string]bool{"a": false, "b": false}},
+		{[]string{"b", "b"}, `lists "b" twice`, map[string]bool{"a": false, "b": true}},
+	}
+	for _, c := range cases {
+		snap := &model.Snapshot{ServiceEntries: []model.ServiceEntry{
+			{Namespace: "a", Name: "se", Created: t0, Hosts: []string{"x.example"}, ExportTo: c.exportTo,
+				Addresses: addrs("198.51.100.72"), Resolution: "STATIC"},
+			{Namespace: "a", Name: "fine", Created: t0, Hosts: []string{"y.example"}, ExportTo: []string{".", "b"},
+				Addresses: addrs("198.51.100.73"), Resolution: "STATIC"},
+		}}
+		tbl, warnings := Build(snap, Options{})
+		if len(warnings) != 1 || !strings.Contains(warnings[0].Error(), "ServiceEntry a/se") || !strings.Contains(warnings[0].Error(), c.warning) {
+			t.Errorf("exportTo %q: warnings %v, want one for a/se saying %s", c.exportTo, warnings, c.warning)
+		}
+		for ns, want := range c.sees {
+			if got := tbl.Resolve("x.example.", ns).Entry != nil; got != want {
+				t.Errorf("exportTo %q: seen from %s = %v, want %v", c.exportTo, ns, got, want)
+			}
+		}
+	}
+}
