@@ -649,13 +649,22 @@ func (a *Agent) listen(spawn func(string, func() error), in *inherited) error {
 	return nil
 }
 
-// listenMetrics opens the HTTP listener, or adopts the predecessor's.
+// listenMetrics opens the HTTP listener, or adopts the predecessor's when
+// it is bound where this agent's --metrics says: one on another address
+// (the port changed in an upgrade) would answer this pod's probes on the
+// old port only, and its liveness probe would restart it, taking the old
+// listener again each time.
 func (a *Agent) listenMetrics(in *inherited) error {
-	if in != nil && in.metrics != nil {
-		a.metrics, in.metrics = in.metrics, nil
-		return nil
-	}
 	addr := metricsListenAddr(a.cfg.MetricsAddr)
+	if in != nil && in.metrics != nil {
+		if sameTCPAddr(in.metrics.Addr(), addr) {
+			a.metrics, in.metrics = in.metrics, nil
+			return nil
+		}
+		a.log.Info("not adopting the previous agent's metrics listener: its address differs", "previous", in.metrics.Addr(), "metrics", addr)
+		in.metrics.Close() // this agent's copy; the predecessor keeps its own
+		in.metrics = nil
+	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return fmt.Errorf("metrics listener: %w", err)
@@ -665,6 +674,24 @@ func (a *Agent) listenMetrics(in *inherited) error {
 	}
 	a.metrics = ln.(*net.TCPListener)
 	return nil
+}
+
+// sameTCPAddr reports whether the listener address got is the one addr
+// (host:port, as given to net.Listen) binds: unspecified hosts of either
+// family are the same wildcard.
+func sameTCPAddr(got net.Addr, addr string) bool {
+	g, ok := got.(*net.TCPAddr)
+	if !ok {
+		return false
+	}
+	want, err := net.ResolveTCPAddr("tcp", addr)
+	if err != nil || want.Port != g.Port {
+		return false
+	}
+	if want.IP == nil || want.IP.IsUnspecified() {
+		return g.IP == nil || g.IP.IsUnspecified()
+	}
+	return want.IP.Equal(g.IP)
 }
 
 // metricsListenAddr accepts an IPv6 address without brackets before the

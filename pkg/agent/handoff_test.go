@@ -600,3 +600,25 @@ func offerInBackground(t *testing.T, ln *net.UnixListener, sockets func() ([]soc
 	}()
 	return offered
 }
+
+// TestHandoffWithANewMetricsPort: an upgrade that changes --metrics' port
+// leaves the predecessor's listener alone: the successor answers its probes
+// on the new port, and the old port is the old agent's until it stops.
+// (Before: the successor adopted the old listener whatever its address,
+// its probes on the new port found nobody, and the kubelet restarted it
+// again and again.)
+func TestHandoffWithANewMetricsPort(t *testing.T) {
+	dir, socket, listen, up := handoffSetup(t)
+	oldMetrics, newMetrics := testenv.FreePort(t).String(), testenv.FreePort(t).String()
+	old := startTestAgent(t, dir, socket, listen, up, oldMetrics)
+	upNew := netip.MustParseAddrPort("127.0.0.1:9")
+	succ := runTestAgent(t, dir, socket, listen, upNew, newMetrics)
+	waitServedBy(t, socket, succ, upNew)
+	wantProbe(t, newMetrics, "/readyz", http.StatusOK, "after the handoff")
+	wantProbe(t, newMetrics, "/healthz", http.StatusOK, "after the handoff")
+	old.stop()
+	wantProbe(t, newMetrics, "/readyz", http.StatusOK, "after the old agent stopped")
+	if _, err := probe(oldMetrics, "/readyz"); err == nil {
+		t.Errorf("the old metrics port still answers after the old agent stopped")
+	}
+}
