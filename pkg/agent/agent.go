@@ -302,6 +302,14 @@ func (a *Agent) run(ctx context.Context) error {
 	// Take over a running agent's sockets, if there is one, before binding:
 	// a restart then loses no query (see handoff.go).
 	in, err := takeOver(a.cfg.Socket, a.log)
+	if errors.Is(err, errHandoffFailed) {
+		// It serves on: a second agent with fresh sockets beside it would
+		// split the queries between two tables, and both mark and beat.
+		a.server.Close()
+		a.fwd.Close()
+		return fmt.Errorf("a running agent answered at %s, but taking its sockets over failed; stop it or retry: %w",
+			handoffPath(a.cfg.Socket), err)
+	}
 	if err != nil {
 		a.log.Warn("could not take over the running agent's sockets; binding fresh ones", "err", err)
 	}
