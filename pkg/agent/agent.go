@@ -376,7 +376,7 @@ func (a *Agent) run(ctx context.Context) error {
 		}
 	}
 	if a.capture != nil {
-		a.reconcileCapture(ctx)
+		a.reconcileCapture(ctx, in != nil)
 	}
 	if a.cfg.CNI != nil {
 		g.spawn("cni install", func() error { return a.installCNI(ctx) })
@@ -406,10 +406,14 @@ func (a *Agent) run(ctx context.Context) error {
 			ctl.Close()      // before "released": the successor binds the path next
 			stopControl()    // and clients still connected move on to it
 			stopMetrics()    // the successor answers probes and scrapes on the same socket
+			a.server.Drain()
+			// Beating on while draining: the successor starts only after
+			// "released", and a drain as long as the staleness bound would
+			// fail every pod open in between. Fenced, this agent marks
+			// nothing meanwhile.
 			if a.capture != nil {
 				a.capture.stopBeating(false) // the successor beats now
 			}
-			a.server.Drain()
 		})
 		if a.handedOver.Load() {
 			a.closeHandedOver()
@@ -605,21 +609,34 @@ func (a *Agent) dropIPv6(why string) error {
 }
 
 // reconcileCapture makes the marks right once this agent serves (and, after
-// a handoff, its predecessor has written its last record), then turns capture
-// on as soon as a table is served.
-func (a *Agent) reconcileCapture(ctx context.Context) {
+// a handoff, its predecessor has written its last record), and turns capture
+// on as soon as a table is served. After a takeover (tookOver) the beat
+// starts first: the predecessor stopped beating when it released the
+// sockets, and the marks it left are right until reconciled, whereas
+// reconciling (a scan of /proc) could outlast the staleness bound and fail
+// every pod open mid-upgrade. A fresh start reconciles first: marks left
+// by a dead agent may be stale.
+func (a *Agent) reconcileCapture(ctx context.Context, tookOver bool) {
+	beat := func() {
+		go func() {
+			select {
+			case <-a.firstTable:
+				a.capture.startBeating()
+			case <-ctx.Done():
+			}
+		}()
+	}
+	if tookOver {
+		beat()
+	}
 	if err := a.capture.ctl.Restore(); err != nil {
 		a.log.Error("reconciling marked pods failed", "err", err)
 	}
 	a.replayPending()
 	a.capture.ctl.Redecide()
-	go func() {
-		select {
-		case <-a.firstTable:
-			a.capture.startBeating()
-		case <-ctx.Done():
-		}
-	}()
+	if !tookOver {
+		beat()
+	}
 }
 
 // listen opens the resolver's sockets, SocketsPerAddr UDP sockets and one
