@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"maps"
 	"net"
@@ -158,6 +159,11 @@ type Agent struct {
 	udp     []*net.UDPConn
 	tcp     []*net.TCPListener
 	metrics *net.TCPListener
+	// retired are the sockets taken over on addresses this agent does not
+	// listen on (a changed --listen or --capture-port): served until the
+	// programs point at this agent's own (finishTakeover), then closed.
+	retired     []io.Closer
+	retiredDone atomic.Bool
 	// addrs is cfg.Listen plus, with capture, every slot address.
 	addrs        []netip.AddrPort
 	slot4, slot6 [redirect.Slots]netip.AddrPort
@@ -374,6 +380,9 @@ func (a *Agent) run(ctx context.Context) error {
 		} else {
 			a.log.Info("took over the resolver's sockets from the previous agent")
 		}
+		if err := a.finishTakeover(); err != nil {
+			return abort(err)
+		}
 	}
 	if a.capture != nil {
 		a.reconcileCapture(ctx, in != nil)
@@ -553,6 +562,10 @@ func (a *Agent) unlessHandedOver(serve func() error) func() error {
 // nobody serves yet (a first start, or the last agent died with its
 // heartbeat still fresh): pods then use their own nameservers until this
 // agent serves its first table.
+//
+// With a predecessor, the programs keep its config, and the interface its
+// addresses, until finishTakeover: pods are sent where it serves until this
+// agent serves too, and a start that fails leaves them so.
 func (a *Agent) startCapture(predecessor bool) error {
 	if a.slot6[0].IsValid() {
 		if why := redirect.IPv6Off(cmp.Or(a.cfg.Capture.Interface, redirect.DefaultInterface)); why != "" {
@@ -563,7 +576,8 @@ func (a *Agent) startCapture(predecessor bool) error {
 	}
 	ctl := capture.Config{NodeName: a.cfg.NodeName, DNSCaptureDefault: a.cfg.DNSCaptureDefault,
 		ExcludeNamespaces: a.cfg.ExcludeNamespaces, HostCookies: a.hostCookies}
-	c, err := newDataplane(*a.cfg.Capture, ctl, capture.ProcNamespaces{Root: a.cfg.ProcRoot}, a.log, a.pods, a.cfg.Socket, a.slot4, a.slot6)
+	c, err := newDataplane(*a.cfg.Capture, ctl, capture.ProcNamespaces{Root: a.cfg.ProcRoot}, a.log, a.pods, a.cfg.Socket, a.slot4, a.slot6,
+		predecessor)
 	if err != nil {
 		return err
 	}
@@ -670,7 +684,57 @@ func (a *Agent) listen(spawn func(string, func() error), in *inherited) error {
 		a.tcp = append(a.tcp, ln)
 		spawn("tcp "+addr.String(), func() error { return a.server.ServeTCP(ln) })
 	}
+	if a.capture != nil {
+		// Addresses this agent no longer listens on: the programs send pods
+		// there until finishTakeover, and the predecessor stops reading
+		// when it drains.
+		for addr, cs := range in.udp {
+			for _, c := range cs {
+				a.retired = append(a.retired, c)
+				spawn("udp "+addr.String()+" (previous)", a.unlessRetired(func() error { return a.server.ServeUDP(c) }))
+			}
+		}
+		for addr, ln := range in.tcp {
+			a.retired = append(a.retired, ln)
+			spawn("tcp "+addr.String()+" (previous)", a.unlessRetired(func() error { return a.server.ServeTCP(ln) }))
+		}
+		in.udp, in.tcp = nil, nil
+	}
 	in.closeSockets() // addresses this agent no longer listens on
+	return nil
+}
+
+// unlessRetired wraps a server of a retired socket: its end is then no
+// failure.
+func (a *Agent) unlessRetired(serve func() error) func() error {
+	return func() error {
+		err := serve()
+		if a.retiredDone.Load() {
+			return nil
+		}
+		return err
+	}
+}
+
+// finishTakeover, once the predecessor has stopped serving, points the
+// programs at this agent's addresses and port, and then lets go of those
+// it served for the predecessor.
+func (a *Agent) finishTakeover() error {
+	if a.capture == nil {
+		return nil
+	}
+	if err := a.capture.takeOverConfig(); err != nil {
+		return fmt.Errorf("capture: pointing the programs at this agent's addresses: %w", err)
+	}
+	if len(a.retired) > 0 {
+		time.Sleep(stopGrace) // queries redirected just before are on their way
+		a.retiredDone.Store(true)
+		for _, c := range a.retired {
+			c.Close()
+		}
+		a.retired = nil
+	}
+	a.capture.dropOtherAddrs()
 	return nil
 }
 

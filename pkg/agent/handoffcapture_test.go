@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -17,6 +18,8 @@ import (
 
 	"github.com/ztdns/ztdns/internal/dnstest"
 	"github.com/ztdns/ztdns/internal/testenv"
+	"github.com/ztdns/ztdns/pkg/control"
+	"github.com/ztdns/ztdns/pkg/redirect"
 	"github.com/ztdns/ztdns/pkg/source"
 	"github.com/ztdns/ztdns/pkg/source/configdir"
 )
@@ -26,13 +29,13 @@ import (
 type captureNode struct {
 	node  *testenv.Node
 	bpffs string
-	cg    string
+	cg    *testenv.Cgroup
 }
 
 func newCaptureNode(t *testing.T) *captureNode {
 	t.Helper()
 	testenv.RequireRoot(t)
-	return &captureNode{node: testenv.NewNode(t), bpffs: filepath.Join(testenv.NewBPFFS(t), "ztdns"), cg: testenv.NewCgroup(t).Path}
+	return &captureNode{node: testenv.NewNode(t), bpffs: filepath.Join(testenv.NewBPFFS(t), "ztdns"), cg: testenv.NewCgroup(t)}
 }
 
 // start runs a capture agent on a thread in the node's namespace, as
@@ -47,7 +50,7 @@ func (n *captureNode) start(t *testing.T, src source.Source, socket string, list
 		Upstreams: []netip.AddrPort{upstream},
 		Socket:    socket,
 		Logger:    slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
-		Capture:   &CaptureConfig{BPFFS: n.bpffs, Cgroup: n.cg},
+		Capture:   &CaptureConfig{BPFFS: n.bpffs, Cgroup: n.cg.Path},
 	}
 	for _, f := range extra {
 		f(&cfg)
@@ -137,5 +140,67 @@ func TestHandoffKeepsCaptureFresh(t *testing.T) {
 	waitServedBy(t, socket, succTA, upNew)
 	if len(failedOpen) > 0 {
 		t.Errorf("capture failed open during the hand-over (%d times, first %v after the successor got its table)", len(failedOpen), failedOpen[0])
+	}
+}
+
+// askFromPod asks the pod's nameserver for address.internal with dig, in
+// the programs' cgroup: the query is captured when the pod is marked.
+func (n *captureNode) askFromPod(t *testing.T, pod *testenv.Pod) error {
+	t.Helper()
+	out, err := pod.Output(t, n.cg, 20*time.Second, "dig", "+short", "+time=2", "+tries=1", "@10.96.0.10", "address.internal")
+	if err != nil || strings.TrimSpace(out) != "198.51.100.1" {
+		return fmt.Errorf("dig: %q %v", out, err)
+	}
+	return nil
+}
+
+// TestHandoffToANewCapturePort: a successor whose --capture-port differs
+// from the running agent's keeps the programs on the running agent's
+// addresses until it serves its own: a captured pod is answered while the
+// successor waits for its first table, after the hand-over, and, should
+// the successor stop before taking over, by the old agent still. (Before:
+// the successor pointed the programs at its port as it started, where
+// nothing listened until its first table, and for good if it then
+// stopped.)
+func TestHandoffToANewCapturePort(t *testing.T) {
+	for _, successorServes := range []bool{true, false} {
+		name := map[bool]string{true: "successor serves", false: "successor stopped"}[successorServes]
+		t.Run(name, func(t *testing.T) {
+			n := newCaptureNode(t)
+			dir, socket, _, up := handoffSetup(t)
+			pod := n.node.AddPod(t, testenv.PodConfig{Nameservers: []string{"10.96.0.10"}})
+			listen := []netip.AddrPort{netip.MustParseAddrPort("169.254.20.53:53")}
+			old, oldTA := n.start(t, configdir.New(dir), socket, listen, up)
+			waitServedBy(t, socket, oldTA, up)
+			if _, err := old.captureNetns(control.CaptureRequest{Netns: pod.Path(), Namespace: "default", Name: "pod"}); err != nil {
+				t.Fatal(err)
+			}
+			testenv.EventuallyNil(t, 10*time.Second, func() error { return n.askFromPod(t, pod) })
+
+			src := gated(configdir.New(dir))
+			upNew := netip.MustParseAddrPort("127.0.0.1:9")
+			_, succTA := n.start(t, src, socket, listen, upNew, func(c *Config) { c.Capture.Port = redirect.DefaultPort + 1 })
+			<-src.started // capture loaded, the first table held back
+			if err := n.askFromPod(t, pod); err != nil {
+				t.Errorf("while the successor waits for its table: %v", err)
+			}
+			if !successorServes {
+				succTA.stopChecked(t, "the stopped successor")
+				if err := n.askFromPod(t, pod); err != nil {
+					t.Errorf("after the successor stopped: %v", err)
+				}
+				waitServedBy(t, socket, oldTA, up)
+				return
+			}
+			close(src.open)
+			waitServedBy(t, socket, succTA, upNew)
+			if err := n.askFromPod(t, pod); err != nil {
+				t.Errorf("after the hand-over: %v", err)
+			}
+			oldTA.stop()
+			if err := n.askFromPod(t, pod); err != nil {
+				t.Errorf("after the old agent stopped: %v", err)
+			}
+		})
 	}
 }
