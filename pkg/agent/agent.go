@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"maps"
 	"net"
@@ -158,6 +159,11 @@ type Agent struct {
 	udp     []*net.UDPConn
 	tcp     []*net.TCPListener
 	metrics *net.TCPListener
+	// retired are the sockets taken over on addresses this agent does not
+	// listen on (a changed --listen or --capture-port): served until the
+	// programs point at this agent's own (finishTakeover), then closed.
+	retired     []io.Closer
+	retiredDone atomic.Bool
 	// addrs is cfg.Listen plus, with capture, every slot address.
 	addrs        []netip.AddrPort
 	slot4, slot6 [redirect.Slots]netip.AddrPort
@@ -302,6 +308,14 @@ func (a *Agent) run(ctx context.Context) error {
 	// Take over a running agent's sockets, if there is one, before binding:
 	// a restart then loses no query (see handoff.go).
 	in, err := takeOver(a.cfg.Socket, a.log)
+	if errors.Is(err, errHandoffFailed) {
+		// It serves on: a second agent with fresh sockets beside it would
+		// split the queries between two tables, and both mark and beat.
+		a.server.Close()
+		a.fwd.Close()
+		return fmt.Errorf("a running agent answered at %s, but taking its sockets over failed; stop it or retry: %w",
+			handoffPath(a.cfg.Socket), err)
+	}
 	if err != nil {
 		a.log.Warn("could not take over the running agent's sockets; binding fresh ones", "err", err)
 	}
@@ -366,9 +380,12 @@ func (a *Agent) run(ctx context.Context) error {
 		} else {
 			a.log.Info("took over the resolver's sockets from the previous agent")
 		}
+		if err := a.finishTakeover(); err != nil {
+			return abort(err)
+		}
 	}
 	if a.capture != nil {
-		a.reconcileCapture(ctx)
+		a.reconcileCapture(ctx, in != nil)
 	}
 	if a.cfg.CNI != nil {
 		g.spawn("cni install", func() error { return a.installCNI(ctx) })
@@ -398,10 +415,14 @@ func (a *Agent) run(ctx context.Context) error {
 			ctl.Close()      // before "released": the successor binds the path next
 			stopControl()    // and clients still connected move on to it
 			stopMetrics()    // the successor answers probes and scrapes on the same socket
+			a.server.Drain()
+			// Beating on while draining: the successor starts only after
+			// "released", and a drain as long as the staleness bound would
+			// fail every pod open in between. Fenced, this agent marks
+			// nothing meanwhile.
 			if a.capture != nil {
 				a.capture.stopBeating(false) // the successor beats now
 			}
-			a.server.Drain()
 		})
 		if a.handedOver.Load() {
 			a.closeHandedOver()
@@ -541,6 +562,10 @@ func (a *Agent) unlessHandedOver(serve func() error) func() error {
 // nobody serves yet (a first start, or the last agent died with its
 // heartbeat still fresh): pods then use their own nameservers until this
 // agent serves its first table.
+//
+// With a predecessor, the programs keep its config, and the interface its
+// addresses, until finishTakeover: pods are sent where it serves until this
+// agent serves too, and a start that fails leaves them so.
 func (a *Agent) startCapture(predecessor bool) error {
 	if a.slot6[0].IsValid() {
 		if why := redirect.IPv6Off(cmp.Or(a.cfg.Capture.Interface, redirect.DefaultInterface)); why != "" {
@@ -551,7 +576,8 @@ func (a *Agent) startCapture(predecessor bool) error {
 	}
 	ctl := capture.Config{NodeName: a.cfg.NodeName, DNSCaptureDefault: a.cfg.DNSCaptureDefault,
 		ExcludeNamespaces: a.cfg.ExcludeNamespaces, HostCookies: a.hostCookies}
-	c, err := newDataplane(*a.cfg.Capture, ctl, capture.ProcNamespaces{Root: a.cfg.ProcRoot}, a.log, a.pods, a.cfg.Socket, a.slot4, a.slot6)
+	c, err := newDataplane(*a.cfg.Capture, ctl, capture.ProcNamespaces{Root: a.cfg.ProcRoot}, a.log, a.pods, a.cfg.Socket, a.slot4, a.slot6,
+		predecessor)
 	if err != nil {
 		return err
 	}
@@ -597,21 +623,34 @@ func (a *Agent) dropIPv6(why string) error {
 }
 
 // reconcileCapture makes the marks right once this agent serves (and, after
-// a handoff, its predecessor has written its last record), then turns capture
-// on as soon as a table is served.
-func (a *Agent) reconcileCapture(ctx context.Context) {
+// a handoff, its predecessor has written its last record), and turns capture
+// on as soon as a table is served. After a takeover (tookOver) the beat
+// starts first: the predecessor stopped beating when it released the
+// sockets, and the marks it left are right until reconciled, whereas
+// reconciling (a scan of /proc) could outlast the staleness bound and fail
+// every pod open mid-upgrade. A fresh start reconciles first: marks left
+// by a dead agent may be stale.
+func (a *Agent) reconcileCapture(ctx context.Context, tookOver bool) {
+	beat := func() {
+		go func() {
+			select {
+			case <-a.firstTable:
+				a.capture.startBeating()
+			case <-ctx.Done():
+			}
+		}()
+	}
+	if tookOver {
+		beat()
+	}
 	if err := a.capture.ctl.Restore(); err != nil {
 		a.log.Error("reconciling marked pods failed", "err", err)
 	}
 	a.replayPending()
 	a.capture.ctl.Redecide()
-	go func() {
-		select {
-		case <-a.firstTable:
-			a.capture.startBeating()
-		case <-ctx.Done():
-		}
-	}()
+	if !tookOver {
+		beat()
+	}
 }
 
 // listen opens the resolver's sockets, SocketsPerAddr UDP sockets and one
@@ -645,17 +684,76 @@ func (a *Agent) listen(spawn func(string, func() error), in *inherited) error {
 		a.tcp = append(a.tcp, ln)
 		spawn("tcp "+addr.String(), func() error { return a.server.ServeTCP(ln) })
 	}
+	if a.capture != nil {
+		// Addresses this agent no longer listens on: the programs send pods
+		// there until finishTakeover, and the predecessor stops reading
+		// when it drains.
+		for addr, cs := range in.udp {
+			for _, c := range cs {
+				a.retired = append(a.retired, c)
+				spawn("udp "+addr.String()+" (previous)", a.unlessRetired(func() error { return a.server.ServeUDP(c) }))
+			}
+		}
+		for addr, ln := range in.tcp {
+			a.retired = append(a.retired, ln)
+			spawn("tcp "+addr.String()+" (previous)", a.unlessRetired(func() error { return a.server.ServeTCP(ln) }))
+		}
+		in.udp, in.tcp = nil, nil
+	}
 	in.closeSockets() // addresses this agent no longer listens on
 	return nil
 }
 
-// listenMetrics opens the HTTP listener, or adopts the predecessor's.
-func (a *Agent) listenMetrics(in *inherited) error {
-	if in != nil && in.metrics != nil {
-		a.metrics, in.metrics = in.metrics, nil
+// unlessRetired wraps a server of a retired socket: its end is then no
+// failure.
+func (a *Agent) unlessRetired(serve func() error) func() error {
+	return func() error {
+		err := serve()
+		if a.retiredDone.Load() {
+			return nil
+		}
+		return err
+	}
+}
+
+// finishTakeover, once the predecessor has stopped serving, points the
+// programs at this agent's addresses and port, and then lets go of those
+// it served for the predecessor.
+func (a *Agent) finishTakeover() error {
+	if a.capture == nil {
 		return nil
 	}
+	if err := a.capture.takeOverConfig(); err != nil {
+		return fmt.Errorf("capture: pointing the programs at this agent's addresses: %w", err)
+	}
+	if len(a.retired) > 0 {
+		time.Sleep(stopGrace) // queries redirected just before are on their way
+		a.retiredDone.Store(true)
+		for _, c := range a.retired {
+			c.Close()
+		}
+		a.retired = nil
+	}
+	a.capture.dropOtherAddrs()
+	return nil
+}
+
+// listenMetrics opens the HTTP listener, or adopts the predecessor's when
+// it is bound where this agent's --metrics says: one on another address
+// (the port changed in an upgrade) would answer this pod's probes on the
+// old port only, and its liveness probe would restart it, taking the old
+// listener again each time.
+func (a *Agent) listenMetrics(in *inherited) error {
 	addr := metricsListenAddr(a.cfg.MetricsAddr)
+	if in != nil && in.metrics != nil {
+		if sameTCPAddr(in.metrics.Addr(), addr) {
+			a.metrics, in.metrics = in.metrics, nil
+			return nil
+		}
+		a.log.Info("not adopting the previous agent's metrics listener: its address differs", "previous", in.metrics.Addr(), "metrics", addr)
+		in.metrics.Close() // this agent's copy; the predecessor keeps its own
+		in.metrics = nil
+	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return fmt.Errorf("metrics listener: %w", err)
@@ -665,6 +763,24 @@ func (a *Agent) listenMetrics(in *inherited) error {
 	}
 	a.metrics = ln.(*net.TCPListener)
 	return nil
+}
+
+// sameTCPAddr reports whether the listener address got is the one addr
+// (host:port, as given to net.Listen) binds: unspecified hosts of either
+// family are the same wildcard.
+func sameTCPAddr(got net.Addr, addr string) bool {
+	g, ok := got.(*net.TCPAddr)
+	if !ok {
+		return false
+	}
+	want, err := net.ResolveTCPAddr("tcp", addr)
+	if err != nil || want.Port != g.Port {
+		return false
+	}
+	if want.IP == nil || want.IP.IsUnspecified() {
+		return g.IP == nil || g.IP.IsUnspecified()
+	}
+	return want.IP.Equal(g.IP)
 }
 
 // metricsListenAddr accepts an IPv6 address without brackets before the

@@ -67,6 +67,8 @@ type dataplane struct {
 	// slot i is forwarded to what the pod addressed through slot i.
 	slots     map[netip.AddrPort]int
 	resolvers map[netip.Addr]bool
+	// prefixes are the resolver addresses on cfg.Interface.
+	prefixes []netip.Prefix
 
 	// beatMu orders startBeating and stopBeating: a start that comes
 	// after the stop (the first table arriving as the agent stops) does
@@ -80,8 +82,10 @@ type dataplane struct {
 
 // newDataplane makes the resolver's interface, loads (or takes over) the
 // programs and puts a capture controller, configured by ctl, on them.
+// takingOver keeps the running agent's interface addresses and the
+// programs' config (its addresses and port) until takeOverConfig.
 func newDataplane(cfg CaptureConfig, ctl capture.Config, namespaces capture.Namespaces, log *slog.Logger, pods *podcache.Cache, socket string,
-	r4, r6 [redirect.Slots]netip.AddrPort) (*dataplane, error) {
+	r4, r6 [redirect.Slots]netip.AddrPort, takingOver bool) (*dataplane, error) {
 	if cfg.StateDir == "" {
 		cfg.StateDir = filepath.Dir(socket) // checked with the socket's
 	} else if err := control.PrepareStateDir(cfg.StateDir); err != nil {
@@ -101,14 +105,19 @@ func newDataplane(cfg CaptureConfig, ctl capture.Config, namespaces capture.Name
 			}
 		}
 	}
-	kind, err := redirect.EnsureInterface(log, cfg.Interface, prefixes)
+	c.prefixes = prefixes
+	ensure := redirect.EnsureInterface
+	if takingOver {
+		ensure = redirect.AddInterfaceAddrs
+	}
+	kind, err := ensure(log, cfg.Interface, prefixes)
 	if err != nil {
 		return nil, fmt.Errorf("resolver interface: %w", err)
 	}
 	log.Info("resolver addresses ready", "interface", cfg.Interface, "kind", kind, "addresses", prefixes)
 	c.r, err = redirect.Load(redirect.Config{
 		BPFFS: cfg.BPFFS, RequireBPFFS: cfg.RequireBPFFS, CgroupPath: cfg.Cgroup, Resolver4: r4, Resolver6: r6, StaleAfter: cfg.StaleAfter, Logger: log,
-		CaptureNameservers: cfg.Nameservers,
+		CaptureNameservers: cfg.Nameservers, KeepConfig: takingOver,
 	})
 	if err != nil {
 		return nil, err
@@ -116,6 +125,20 @@ func newDataplane(cfg CaptureConfig, ctl capture.Config, namespaces capture.Name
 	ctl.StateDir, ctl.Logger = cfg.StateDir, log
 	c.ctl = capture.New(ctl, pods, c.r, namespaces)
 	return c, nil
+}
+
+// takeOverConfig points the programs at this agent's resolver addresses and
+// port, once it serves them and the agent it took over from has stopped.
+func (c *dataplane) takeOverConfig() error {
+	return c.r.ApplyConfig()
+}
+
+// dropOtherAddrs removes the addresses this agent does not serve (the
+// previous agent's) from the resolver's interface.
+func (c *dataplane) dropOtherAddrs() {
+	if _, err := redirect.EnsureInterface(c.log, c.cfg.Interface, c.prefixes); err != nil {
+		c.log.Warn("cannot remove the previous agent's addresses from the resolver's interface", "interface", c.cfg.Interface, "err", err)
+	}
 }
 
 // startBeating turns capture on: it writes the heartbeat now and every

@@ -29,6 +29,7 @@ import (
 //
 //	new → old: "sockets"
 //	old → new: JSON list of {network, addr}, with the file descriptors attached
+//	           (at most maxHandoffFDs; the rest follow in one-byte messages)
 //	new → old: "serving"           (new reads from the sockets now)
 //	old → new: "released"          (old stopped reading, closed its control socket)
 //
@@ -57,9 +58,16 @@ const (
 	// handoffSyncWait bounds how long a successor waits for its first table
 	// before it takes over anyway (the source may be unreachable).
 	handoffSyncWait = 30 * time.Second
-	// maxHandoffFDs bounds the descriptors one message carries.
-	maxHandoffFDs = 256
+	// maxHandoffFDs bounds the descriptors one message carries: Linux's
+	// SCM_MAX_FD. More (many --udp-sockets on many addresses) go in
+	// further messages of one byte each.
+	maxHandoffFDs = 253
 )
+
+// errHandoffFailed says a running agent answered at the hand-off path but
+// did not hand its sockets over: binding fresh ones would put a second
+// agent beside it, both serving, marking and beating.
+var errHandoffFailed = errors.New("the running agent answered but its sockets could not be taken over")
 
 // handoffPath is where an agent offers its sockets to its successor.
 func handoffPath(controlSocket string) string { return controlSocket + ".handoff" }
@@ -91,8 +99,25 @@ type inherited struct {
 
 // takeOver asks a running agent for its sockets. It returns nil and no error
 // when no agent answers, and an error (and nothing adopted) when the one
-// that answers is not root.
+// that answers is not root, or (errHandoffFailed) when a root one answers
+// but the exchange fails.
 func takeOver(controlSocket string, log *slog.Logger) (*inherited, error) {
+	in, err := takeOverFrom(controlSocket, log)
+	var refused *refusedPeer
+	if err != nil && !errors.As(err, &refused) {
+		err = fmt.Errorf("%w: %w", errHandoffFailed, err)
+	}
+	return in, err
+}
+
+// refusedPeer is a process at the hand-off path that is not root: nothing
+// is taken from it, and a fresh start is right.
+type refusedPeer struct{ err error }
+
+func (e *refusedPeer) Error() string { return e.err.Error() }
+func (e *refusedPeer) Unwrap() error { return e.err }
+
+func takeOverFrom(controlSocket string, log *slog.Logger) (*inherited, error) {
 	c, err := net.DialTimeout("unix", handoffPath(controlSocket), time.Second)
 	if err != nil {
 		return nil, nil // nobody to take over from
@@ -101,7 +126,7 @@ func takeOver(controlSocket string, log *slog.Logger) (*inherited, error) {
 	if err := requireRoot(conn); err != nil {
 		conn.Close()
 		log.Warn("refusing the sockets offered at the hand-off path", "path", handoffPath(controlSocket), "err", err)
-		return nil, fmt.Errorf("handoff: %w", err)
+		return nil, &refusedPeer{fmt.Errorf("handoff: %w", err)}
 	}
 	asked := time.Now()
 	conn.SetDeadline(asked.Add(handoffTimeout))
@@ -117,15 +142,36 @@ func takeOver(controlSocket string, log *slog.Logger) (*inherited, error) {
 		return nil, fmt.Errorf("handoff: reading sockets: %w", err)
 	}
 	files, err := parseRights(oob[:oobn])
+	defer func() { closeAll(files) }() // adopt duplicates what it keeps
 	if err != nil {
 		conn.Close()
 		return nil, err
 	}
-	defer closeAll(files) // adopt duplicates what it keeps
 	var descs []socketDesc
-	if err := json.Unmarshal(buf[:n], &descs); err != nil || len(descs) != len(files) {
+	if err := json.Unmarshal(buf[:n], &descs); err != nil {
 		conn.Close()
-		return nil, fmt.Errorf("handoff: %d descriptions for %d sockets: %v", len(descs), len(files), err)
+		return nil, fmt.Errorf("handoff: reading the sockets' descriptions: %w", err)
+	}
+	// Descriptors beyond one message's maxHandoffFDs follow, one byte each.
+	for len(files) < len(descs) {
+		_, oobn, _, _, err := conn.ReadMsgUnix(buf[:1], oob)
+		if err != nil {
+			conn.Close()
+			return nil, fmt.Errorf("handoff: %d of %d sockets received: %w", len(files), len(descs), err)
+		}
+		more, err := parseRights(oob[:oobn])
+		files = append(files, more...)
+		if err == nil && len(more) == 0 {
+			err = errors.New("a message without sockets")
+		}
+		if err != nil {
+			conn.Close()
+			return nil, fmt.Errorf("handoff: %d of %d sockets received: %w", len(files), len(descs), err)
+		}
+	}
+	if len(descs) != len(files) {
+		conn.Close()
+		return nil, fmt.Errorf("handoff: %d descriptions for %d sockets", len(descs), len(files))
 	}
 	in := &inherited{udp: map[netip.AddrPort][]*net.UDPConn{}, tcp: map[netip.AddrPort]*net.TCPListener{}, conn: conn, r: bufio.NewReader(conn),
 		syncBy: asked.Add(handoffSyncWait)}
@@ -244,6 +290,9 @@ func offerSockets(ctx context.Context, ln *net.UnixListener, log *slog.Logger, s
 		if done {
 			return err
 		}
+		if err != nil {
+			log.Error("could not hand the resolver's sockets over; serving on", "err", err)
+		}
 	}
 }
 
@@ -275,8 +324,16 @@ func offerOnce(c *net.UnixConn, sockets func() ([]socketDesc, []*os.File, error)
 	for i, f := range files {
 		fds[i] = int(f.Fd())
 	}
-	if _, _, err := c.WriteMsgUnix(payload, unix.UnixRights(fds...), nil); err != nil {
-		return false, fmt.Errorf("handoff: sending sockets: %w", err)
+	first := fds[:min(len(fds), maxHandoffFDs)]
+	if _, _, err := c.WriteMsgUnix(payload, unix.UnixRights(first...), nil); err != nil {
+		return false, fmt.Errorf("handoff: sending %d sockets: %w", len(fds), err)
+	}
+	for rest := fds[len(first):]; len(rest) > 0; {
+		chunk := rest[:min(len(rest), maxHandoffFDs)]
+		rest = rest[len(chunk):]
+		if _, _, err := c.WriteMsgUnix([]byte{'+'}, unix.UnixRights(chunk...), nil); err != nil {
+			return false, fmt.Errorf("handoff: sending %d sockets: %w", len(fds), err)
+		}
 	}
 	// Until the successor says it serves, this agent keeps serving: a
 	// successor that dies half-way costs nothing. It may first wait up to

@@ -600,3 +600,92 @@ func offerInBackground(t *testing.T, ln *net.UnixListener, sockets func() ([]soc
 	}()
 	return offered
 }
+
+// TestHandoffWithANewMetricsPort: an upgrade that changes --metrics' port
+// leaves the predecessor's listener alone: the successor answers its probes
+// on the new port, and the old port is the old agent's until it stops.
+// (Before: the successor adopted the old listener whatever its address,
+// its probes on the new port found nobody, and the kubelet restarted it
+// again and again.)
+func TestHandoffWithANewMetricsPort(t *testing.T) {
+	dir, socket, listen, up := handoffSetup(t)
+	oldMetrics, newMetrics := testenv.FreePort(t).String(), testenv.FreePort(t).String()
+	old := startTestAgent(t, dir, socket, listen, up, oldMetrics)
+	upNew := netip.MustParseAddrPort("127.0.0.1:9")
+	succ := runTestAgent(t, dir, socket, listen, upNew, newMetrics)
+	waitServedBy(t, socket, succ, upNew)
+	wantProbe(t, newMetrics, "/readyz", http.StatusOK, "after the handoff")
+	wantProbe(t, newMetrics, "/healthz", http.StatusOK, "after the handoff")
+	old.stop()
+	wantProbe(t, newMetrics, "/readyz", http.StatusOK, "after the old agent stopped")
+	if _, err := probe(oldMetrics, "/readyz"); err == nil {
+		t.Errorf("the old metrics port still answers after the old agent stopped")
+	}
+}
+
+// TestHandoffOfMoreSocketsThanOneMessageCarries: with --udp-sockets at its
+// maximum on several addresses, the sockets number more than Linux passes
+// in one SCM_RIGHTS message (253). The successor still takes every one
+// over, and no address gets a second set bound beside the first. (Before:
+// sending them failed with EINVAL, unlogged; the successor bound fresh
+// sockets and served beside the old agent, which kept serving too.)
+func TestHandoffOfMoreSocketsThanOneMessageCarries(t *testing.T) {
+	dir, socket, listen, up := handoffSetup(t)
+	addrs := []netip.AddrPort{listen, testenv.FreePort(t), testenv.FreePort(t), testenv.FreePort(t)}
+	many := func(c *Config) { c.Listen, c.SocketsPerAddr = addrs, MaxSocketsPerAddr }
+	if n := len(addrs) * (MaxSocketsPerAddr + 1); n <= maxHandoffFDs {
+		t.Fatalf("%d sockets fit in one message: the test proves nothing", n)
+	}
+	old := startTestAgent(t, dir, socket, listen, up, "", many)
+	upNew := netip.MustParseAddrPort("127.0.0.1:9")
+	succ := runTestAgent(t, dir, socket, listen, upNew, "", many)
+	waitServedBy(t, socket, succ, upNew)
+	table, err := os.ReadFile("/proc/self/net/udp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range addrs {
+		local := fmt.Sprintf(" %08X:%04X ", binary.LittleEndian.Uint32(a.Addr().AsSlice()), a.Port())
+		if n := strings.Count(string(table), local); n != MaxSocketsPerAddr {
+			t.Errorf("%d UDP sockets on %s after the handoff, want %d (those handed over)", n, a, MaxSocketsPerAddr)
+		}
+	}
+	old.stop()
+	for _, a := range addrs {
+		if err := askAddress("udp", a); err != nil {
+			t.Errorf("%s after the old agent stopped: %v", a, err)
+		}
+	}
+}
+
+// TestFailedHandoffFromALiveAgentStops: when a running agent answers at the
+// hand-off path but its sockets cannot be taken over, the new agent stops
+// with an error saying so rather than binding its own beside it.
+func TestFailedHandoffFromALiveAgentStops(t *testing.T) {
+	dir, socket, listen, up := handoffSetup(t)
+	if err := control.PrepareDir(socket, control.Access{}); err != nil {
+		t.Fatal(err)
+	}
+	ln, err := listenHandoff(socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	sockets := func() ([]socketDesc, []*os.File, error) { return nil, nil, fmt.Errorf("cannot list them") }
+	offered := offerInBackground(t, ln, sockets, "a failed hand-over")
+	ta := runTestAgent(t, dir, socket, listen, up, "")
+	var err2 error
+	select {
+	case err2 = <-ta.done:
+		ta.done <- nil
+	case <-time.After(30 * time.Second):
+		t.Fatal("the new agent is still running")
+	}
+	<-offered
+	if err2 == nil || !strings.Contains(err2.Error(), "taking its sockets over failed") {
+		t.Errorf("Run = %v, want an error saying the hand-over failed", err2)
+	}
+	if err := askAddress("udp", listen); err == nil {
+		t.Error("the new agent answered on its address: it bound fresh sockets")
+	}
+}

@@ -469,6 +469,9 @@ func TestRedecideWaitsForRestore(t *testing.T) {
 	}
 }
 
+// TestRestoreIgnoresAnUnreadableRecord: an unreadable record marks nobody
+// and is replaced, but kept aside first (attachments.json.corrupt-TIME):
+// pods captured by hand are in no other record.
 func TestRestoreIgnoresAnUnreadableRecord(t *testing.T) {
 	f := newFixture(t, true)
 	if err := os.WriteFile(filepath.Join(f.dir, StateFile), []byte("{not json"), 0o600); err != nil {
@@ -483,6 +486,10 @@ func TestRestoreIgnoresAnUnreadableRecord(t *testing.T) {
 	}
 	if got := f.savedRecord(t); len(got) != 0 {
 		t.Errorf("record %+v, want it rewritten empty", got)
+	}
+	aside := filepath.Join(f.dir, StateFile+".corrupt-"+f.now.UTC().Format("20060102T150405Z"))
+	if b, err := os.ReadFile(aside); err != nil || string(b) != "{not json" {
+		t.Errorf("the unreadable record kept aside at %s: %q %v, want it as it was", aside, b, err)
 	}
 }
 

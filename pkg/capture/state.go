@@ -36,6 +36,7 @@ func (c *Controller) Restore() error {
 	saved, err := c.load()
 	if err != nil {
 		c.log.Warn("ignoring unreadable capture state; marks are rebuilt from the source and the runtime", "err", err)
+		c.keepAside()
 	}
 	for _, a := range saved {
 		if a.NetnsPath != "" {
@@ -50,6 +51,17 @@ func (c *Controller) Restore() error {
 	err = c.reconcileLocked()
 	c.saveOrRetry()
 	return err
+}
+
+// keepAside renames an unreadable record before a new one replaces it: it
+// may hold what nothing else can rebuild (pods captured by hand).
+func (c *Controller) keepAside() {
+	aside := c.statePath() + ".corrupt-" + c.cfg.Now().UTC().Format("20060102T150405Z")
+	if err := os.Rename(c.statePath(), aside); err != nil {
+		c.log.Error("cannot keep the unreadable record of captured pods aside; it is overwritten", "path", c.statePath(), "err", err)
+		return
+	}
+	c.log.Warn("kept the unreadable record of captured pods aside", "path", aside)
 }
 
 // reconcileLocked makes the pods map match the attachments. Callers hold mu.

@@ -81,6 +81,17 @@ var interfaceKinds = []func(netlink.LinkAttrs) netlink.Link{
 // (IPv6 ones without duplicate address detection, so they are usable at
 // once). It returns the device kind used ("dummy", "bridge", "ifb").
 func EnsureInterface(log *slog.Logger, name string, addrs []netip.Prefix) (string, error) {
+	return ensureInterface(log, name, addrs, false)
+}
+
+// AddInterfaceAddrs is EnsureInterface keeping the addresses the interface
+// has beyond addrs: a new agent binds its own before the agent it takes
+// over from, which serves on the others, has stopped.
+func AddInterfaceAddrs(log *slog.Logger, name string, addrs []netip.Prefix) (string, error) {
+	return ensureInterface(log, name, addrs, true)
+}
+
+func ensureInterface(log *slog.Logger, name string, addrs []netip.Prefix, keep bool) (string, error) {
 	if log == nil {
 		log = slog.Default()
 	}
@@ -102,7 +113,7 @@ func EnsureInterface(log *slog.Logger, name string, addrs []netip.Prefix) (strin
 	if err := netlink.LinkSetUp(l); err != nil {
 		return "", fmt.Errorf("set %s up: %w", name, err)
 	}
-	if err := syncAddrs(l, addrs); err != nil {
+	if err := syncAddrs(l, addrs, keep); err != nil {
 		return "", fmt.Errorf("interface %s: %w", name, err)
 	}
 	if err := waitLocal(addrs); err != nil {
@@ -157,8 +168,9 @@ func createInterface(name string) (netlink.Link, error) {
 	return nil, fmt.Errorf("no device type for interface %s: %w", name, errors.Join(errs...))
 }
 
-// syncAddrs adds the missing addrs and removes other global addresses.
-func syncAddrs(l netlink.Link, addrs []netip.Prefix) error {
+// syncAddrs adds the missing addrs and, unless keep, removes other global
+// addresses.
+func syncAddrs(l netlink.Link, addrs []netip.Prefix, keep bool) error {
 	have, err := netlink.AddrList(l, netlink.FAMILY_ALL)
 	if err != nil {
 		return fmt.Errorf("list addresses: %w", err)
@@ -177,6 +189,9 @@ func syncAddrs(l netlink.Link, addrs []netip.Prefix) error {
 		}
 		if want[p] {
 			present[p] = true
+			continue
+		}
+		if keep {
 			continue
 		}
 		if err := netlink.AddrDel(l, &a); err != nil {

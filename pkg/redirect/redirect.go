@@ -111,6 +111,11 @@ type Config struct {
 	// query to any other nameserver is left alone and leaves the pod under
 	// its own network policy. Empty: every destination on port 53.
 	CaptureNameservers []netip.Prefix
+	// KeepConfig leaves the programs on the pinned config (the resolver
+	// addresses, port, staleness bound and capture list a running agent
+	// wrote) until ApplyConfig: a new agent taking over must not send pods
+	// to addresses it does not serve yet.
+	KeepConfig bool
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 }
@@ -349,8 +354,10 @@ func Load(cfg Config) (*Redirector, error) {
 }
 
 func (r *Redirector) setup() error {
-	if err := r.writeConfig(); err != nil {
-		return err
+	if !r.cfg.KeepConfig {
+		if err := r.writeConfig(); err != nil {
+			return err
+		}
 	}
 	if err := r.mapHeartbeat(); err != nil {
 		return err
@@ -358,8 +365,21 @@ func (r *Redirector) setup() error {
 	if err := r.attachAll(); err != nil {
 		return err
 	}
+	if r.cfg.KeepConfig {
+		return nil
+	}
 	// After attachAll: until then the previous programs, which may have
 	// had no list or a longer one, can still learn.
+	return r.forgetUnlisted()
+}
+
+// ApplyConfig writes this Redirector's config for the programs, after a
+// Load with KeepConfig, and forgets the nameservers its capture list
+// leaves out.
+func (r *Redirector) ApplyConfig() error {
+	if err := r.writeConfig(); err != nil {
+		return err
+	}
 	return r.forgetUnlisted()
 }
 

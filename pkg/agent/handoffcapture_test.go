@@ -1,0 +1,206 @@
+//go:build linux
+
+package agent
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+
+	"github.com/ztdns/ztdns/internal/dnstest"
+	"github.com/ztdns/ztdns/internal/testenv"
+	"github.com/ztdns/ztdns/pkg/control"
+	"github.com/ztdns/ztdns/pkg/redirect"
+	"github.com/ztdns/ztdns/pkg/source"
+	"github.com/ztdns/ztdns/pkg/source/configdir"
+)
+
+// captureNode is a node namespace with a bpf filesystem and a cgroup of
+// its own, where capture agents replace each other.
+type captureNode struct {
+	node  *testenv.Node
+	bpffs string
+	cg    *testenv.Cgroup
+}
+
+func newCaptureNode(t *testing.T) *captureNode {
+	t.Helper()
+	testenv.RequireRoot(t)
+	return &captureNode{node: testenv.NewNode(t), bpffs: filepath.Join(testenv.NewBPFFS(t), "ztdns"), cg: testenv.NewCgroup(t)}
+}
+
+// start runs a capture agent on a thread in the node's namespace, as
+// `ztdns agent` runs in the host's, and stops it when the test ends. Each
+// of extra adjusts its Config first.
+func (n *captureNode) start(t *testing.T, src source.Source, socket string, listen []netip.AddrPort, upstream netip.AddrPort,
+	extra ...func(*Config)) (*Agent, *testAgent) {
+	t.Helper()
+	cfg := Config{
+		Source:    src,
+		Listen:    listen,
+		Upstreams: []netip.AddrPort{upstream},
+		Socket:    socket,
+		Logger:    slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+		Capture:   &CaptureConfig{BPFFS: n.bpffs, Cgroup: n.cg.Path},
+	}
+	for _, f := range extra {
+		f(&cfg)
+	}
+	a, err := newAgent(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ta := &testAgent{cancel: cancel, done: make(chan error, 1)}
+	go func() { ta.done <- n.node.Do(func() error { return a.run(ctx) }) }()
+	t.Cleanup(ta.stop)
+	return a, ta
+}
+
+// TestHandoffKeepsCaptureFresh: an old agent that drains a slow forward
+// for longer than the heartbeat's staleness bound, as it hands over, keeps
+// capture on throughout: the programs never fail open, from before the
+// hand-over until the successor beats on its own. (Before: the old agent
+// stopped beating before it drained, the successor began only after the
+// drain and its reconcile, and every pod on the node failed open
+// mid-upgrade.)
+func TestHandoffKeepsCaptureFresh(t *testing.T) {
+	n := newCaptureNode(t)
+	dir, socket, _, _ := handoffSetup(t)
+	const slow = 4500 * time.Millisecond // more than the 3 s staleness bound
+	// The agent forwards from the host's namespace (its goroutines run
+	// there; only its listening sockets are bound in the node's).
+	upstream := dnstest.Start(t, "127.0.0.1:0", dnstest.Delayed(slow, dnstest.Zone{}))
+	up := upstream.Addr
+	listen := []netip.AddrPort{netip.MustParseAddrPort("169.254.20.53:53")}
+	forwardLong := func(c *Config) { c.ForwardTimeout = 2 * slow } // the resolver's own bound, 5 s, is the shorter
+	old, oldTA := n.start(t, configdir.New(dir), socket, listen, up, forwardLong)
+	waitServedBy(t, socket, oldTA, up)
+	testenv.EventuallyNil(t, 10*time.Second, func() error {
+		if open, err := old.capture.r.FailingOpen(); err != nil || open {
+			return fmt.Errorf("the old agent's capture is failing open (%v)", err)
+		}
+		return nil
+	})
+
+	// The successor takes the sockets but holds its first table back: the
+	// slow query goes to the old agent, which must drain it on hand-over.
+	src := gated(configdir.New(dir))
+	upNew := netip.MustParseAddrPort("127.0.0.1:9") // names the successor in its status
+	succ, succTA := n.start(t, src, socket, listen, upNew, forwardLong)
+	<-src.started
+	answered := make(chan error, 1)
+	go func() {
+		answered <- n.node.Do(func() error {
+			c := &dns.Client{Net: "udp", Timeout: 3 * slow, Dialer: &net.Dialer{LocalAddr: &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)}}}
+			m := new(dns.Msg)
+			m.SetQuestion("slow.example.com.", dns.TypeA)
+			_, _, err := c.Exchange(m, listen[0].String())
+			return err
+		})
+	}()
+	// The query is in the old agent's hands once the upstream has it.
+	testenv.Eventually(t, 10*time.Second, "the slow query forwarded", func() bool { return upstream.Queries("slow.example.com") > 0 })
+	close(src.open)
+
+	// Watch the heartbeat as the programs judge it (the map both agents
+	// share) until the successor has served on its own for longer than
+	// the staleness bound.
+	var failedOpen []time.Duration
+	start := time.Now()
+	var servedAt time.Time
+	for servedAt.IsZero() || time.Since(servedAt) < 2*slow {
+		if open, err := succ.capture.r.FailingOpen(); err != nil {
+			t.Fatal(err)
+		} else if open {
+			failedOpen = append(failedOpen, time.Since(start))
+		}
+		select {
+		case err := <-answered:
+			if err != nil {
+				t.Errorf("the slow query sent before the hand-over: %v", err)
+			}
+			servedAt = time.Now()
+		default:
+		}
+		time.Sleep(50 * time.Millisecond)
+		if time.Since(start) > time.Minute {
+			t.Fatal("the slow query was not answered within a minute")
+		}
+	}
+	waitServedBy(t, socket, succTA, upNew)
+	if len(failedOpen) > 0 {
+		t.Errorf("capture failed open during the hand-over (%d times, first %v after the successor got its table)", len(failedOpen), failedOpen[0])
+	}
+}
+
+// askFromPod asks the pod's nameserver for address.internal with dig, in
+// the programs' cgroup: the query is captured when the pod is marked.
+func (n *captureNode) askFromPod(t *testing.T, pod *testenv.Pod) error {
+	t.Helper()
+	out, err := pod.Output(t, n.cg, 20*time.Second, "dig", "+short", "+time=2", "+tries=1", "@10.96.0.10", "address.internal")
+	if err != nil || strings.TrimSpace(out) != "198.51.100.1" {
+		return fmt.Errorf("dig: %q %v", out, err)
+	}
+	return nil
+}
+
+// TestHandoffToANewCapturePort: a successor whose --capture-port differs
+// from the running agent's keeps the programs on the running agent's
+// addresses until it serves its own: a captured pod is answered while the
+// successor waits for its first table, after the hand-over, and, should
+// the successor stop before taking over, by the old agent still. (Before:
+// the successor pointed the programs at its port as it started, where
+// nothing listened until its first table, and for good if it then
+// stopped.)
+func TestHandoffToANewCapturePort(t *testing.T) {
+	for _, successorServes := range []bool{true, false} {
+		name := map[bool]string{true: "successor serves", false: "successor stopped"}[successorServes]
+		t.Run(name, func(t *testing.T) {
+			n := newCaptureNode(t)
+			dir, socket, _, up := handoffSetup(t)
+			pod := n.node.AddPod(t, testenv.PodConfig{Nameservers: []string{"10.96.0.10"}})
+			listen := []netip.AddrPort{netip.MustParseAddrPort("169.254.20.53:53")}
+			old, oldTA := n.start(t, configdir.New(dir), socket, listen, up)
+			waitServedBy(t, socket, oldTA, up)
+			if _, err := old.captureNetns(control.CaptureRequest{Netns: pod.Path(), Namespace: "default", Name: "pod"}); err != nil {
+				t.Fatal(err)
+			}
+			testenv.EventuallyNil(t, 10*time.Second, func() error { return n.askFromPod(t, pod) })
+
+			src := gated(configdir.New(dir))
+			upNew := netip.MustParseAddrPort("127.0.0.1:9")
+			_, succTA := n.start(t, src, socket, listen, upNew, func(c *Config) { c.Capture.Port = redirect.DefaultPort + 1 })
+			<-src.started // capture loaded, the first table held back
+			if err := n.askFromPod(t, pod); err != nil {
+				t.Errorf("while the successor waits for its table: %v", err)
+			}
+			if !successorServes {
+				succTA.stopChecked(t, "the stopped successor")
+				if err := n.askFromPod(t, pod); err != nil {
+					t.Errorf("after the successor stopped: %v", err)
+				}
+				waitServedBy(t, socket, oldTA, up)
+				return
+			}
+			close(src.open)
+			waitServedBy(t, socket, succTA, upNew)
+			if err := n.askFromPod(t, pod); err != nil {
+				t.Errorf("after the hand-over: %v", err)
+			}
+			oldTA.stop()
+			if err := n.askFromPod(t, pod); err != nil {
+				t.Errorf("after the old agent stopped: %v", err)
+			}
+		})
+	}
+}
