@@ -106,6 +106,11 @@ func newDataplane(cfg CaptureConfig, ctl capture.Config, namespaces capture.Name
 		}
 	}
 	c.prefixes = prefixes
+	// Before the interface: an agent that cannot attach leaves the node
+	// as it found it.
+	if err := redirect.CheckHost(cfg.Cgroup); err != nil {
+		return nil, err
+	}
 	ensure := redirect.EnsureInterface
 	if takingOver {
 		ensure = redirect.AddInterfaceAddrs

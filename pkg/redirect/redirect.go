@@ -333,10 +333,7 @@ func Load(cfg Config) (*Redirector, error) {
 	}
 	// Unmapped once, here: writeConfig and forgetUnlisted compare as is.
 	cfg.CaptureNameservers = UnmapCaptureNameservers(cfg.CaptureNameservers)
-	if err := checkCgroup(cfg.CgroupPath); err != nil {
-		return nil, err
-	}
-	if err := checkKernel(); err != nil {
+	if err := checkHost(cfg.CgroupPath); err != nil {
 		return nil, err
 	}
 	if err := ensureBPFFS(cfg.Logger, cfg.BPFFS, !cfg.RequireBPFFS); err != nil {
@@ -534,4 +531,22 @@ func (r *Redirector) Close() error {
 	r.links = nil
 	errs = append(errs, r.objs.Close())
 	return errors.Join(errs...)
+}
+
+// CheckHost checks, changing nothing, that Load can attach to cgroupPath
+// (empty: the cgroup v2 root) on this kernel: callers that set the node up
+// for the programs first (the resolver's interface) ask before they do.
+func CheckHost(cgroupPath string) error {
+	cfg, err := Config{CgroupPath: cgroupPath}.withDefaults()
+	if err != nil {
+		return err
+	}
+	return checkHost(cfg.CgroupPath)
+}
+
+func checkHost(cgroupPath string) error {
+	if err := checkCgroup(cgroupPath); err != nil {
+		return err
+	}
+	return checkKernel()
 }

@@ -1,0 +1,49 @@
+package agent
+
+import (
+	"context"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/ztdns/ztdns/internal/testenv"
+	"github.com/ztdns/ztdns/pkg/redirect"
+	"github.com/ztdns/ztdns/pkg/source/configdir"
+)
+
+// TestCaptureThatCannotAttachLeavesNoInterface: an agent whose --cgroup
+// is no cgroup fails at start, and leaves the node as it found it: no
+// resolver interface (before: ztdns0 with its six addresses stayed).
+func TestCaptureThatCannotAttachLeavesNoInterface(t *testing.T) {
+	testenv.RequireRoot(t)
+	node := testenv.NewNode(t)
+	dir, socket, _, up := handoffSetup(t)
+	a, err := newAgent(Config{
+		Source:    configdir.New(dir),
+		Listen:    []netip.AddrPort{netip.MustParseAddrPort("169.254.20.53:53")},
+		Upstreams: []netip.AddrPort{up},
+		Socket:    socket,
+		Logger:    slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+		Capture:   &CaptureConfig{BPFFS: filepath.Join(testenv.NewBPFFS(t), "ztdns"), Cgroup: filepath.Join(t.TempDir(), "no-cgroup")},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	err = node.Do(func() error { return a.run(ctx) })
+	if err == nil || !strings.Contains(err.Error(), "no-cgroup") {
+		t.Fatalf("run = %v, want the cgroup refused", err)
+	}
+	_ = node.Do(func() error {
+		if _, lerr := netlink.LinkByName(redirect.DefaultInterface); lerr == nil {
+			t.Errorf("%s exists after a start that failed on the cgroup", redirect.DefaultInterface)
+		}
+		return nil
+	})
+}
