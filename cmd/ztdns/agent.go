@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/signal"
 	"os/user"
+	"path/filepath"
 	"runtime/debug"
 	"strconv"
 	"strings"
@@ -171,6 +172,21 @@ directory of YAML manifests (--config-dir).`,
 		if err := control.CheckNoDotDot(*stateDir); err != nil {
 			return usagef("--state-dir %w", err)
 		}
+		// The plugin checks its conflist entry at every ADD and fails the
+		// pod when it is wrong, under "allow" too: refused here, before
+		// anything is installed.
+		if p := *cniPolicy; p != cni.PolicyAllow && p != cni.PolicyFail {
+			return usagef("--cni-on-agent-unreachable %q: want %s or %s", p, cni.PolicyAllow, cni.PolicyFail)
+		}
+		cniPlugin := cni.Config{SocketPath: *socket, OnAgentUnreachable: *cniPolicy}
+		if *cniInstall {
+			if !filepath.IsAbs(*socket) {
+				return usagef("--socket %q with --cni-install: want an absolute path, which the CNI plugin is given", *socket)
+			}
+			if err := cniPlugin.Validate(); err != nil {
+				return usagef("--cni-install: the CNI plugin would refuse its configuration: %w", err)
+			}
+		}
 		al, closeAccessLog, err := openAccessLog(*accessLog, *accessLogSample, *logFormat)
 		if err != nil {
 			return err
@@ -215,7 +231,7 @@ directory of YAML manifests (--config-dir).`,
 		}
 		var cniCfg *agent.CNIConfig
 		if *cniInstall {
-			cniCfg = &agent.CNIConfig{BinDir: *cniBinDir, ConfDir: *cniConfDir, Plugin: cni.Config{SocketPath: *socket, OnAgentUnreachable: *cniPolicy}}
+			cniCfg = &agent.CNIConfig{BinDir: *cniBinDir, ConfDir: *cniConfDir, Plugin: cniPlugin}
 		}
 		var captureCfg *agent.CaptureConfig
 		if *capture {

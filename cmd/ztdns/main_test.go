@@ -663,3 +663,33 @@ func TestLogCommand(t *testing.T) {
 		t.Errorf("after usage errors, ztdns status: access log %q", got)
 	}
 }
+
+// TestAgentRefusesPluginConfig: a policy or a --socket the CNI plugin would
+// refuse in its conflist entry (failing every pod's ADD, under allow too)
+// is a usage error, before anything is installed.
+func TestAgentRefusesPluginConfig(t *testing.T) {
+	dir := t.TempDir()
+	t.Chdir(dir) // a relative --socket, should it be taken, lands here
+	bin, conf := filepath.Join(dir, "bin"), filepath.Join(dir, "net.d")
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--cni-on-agent-unreachable", "Fail"}, `--cni-on-agent-unreachable "Fail": want allow or fail`},
+		{[]string{"--cni-on-agent-unreachable", "deny", "--cni-install=false"}, `--cni-on-agent-unreachable "deny": want allow or fail`},
+		{[]string{"--socket", "run/ztdns.sock"}, `--socket "run/ztdns.sock" with --cni-install: want an absolute path, which the CNI plugin is given`},
+	} {
+		args := append([]string{"agent", "--config-dir", dir, "--cni-install", "--cni-bin-dir", bin, "--cni-conf-dir", conf}, tc.args...)
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			r := ztdns(t, args...)
+			if r.code != 2 || !strings.HasPrefix(r.stderr, "ztdns agent: "+tc.want+"\n") {
+				t.Errorf("want exit status 2 and %q, got %v", tc.want, r)
+			}
+			for _, d := range []string{bin, conf, filepath.Join(dir, "run")} {
+				if _, err := os.Stat(d); err == nil {
+					t.Errorf("%s was made", d)
+				}
+			}
+		})
+	}
+}
