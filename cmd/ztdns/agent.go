@@ -41,6 +41,10 @@ var defaultListen = []netip.AddrPort{
 	netip.AddrPortFrom(redirect.DefaultResolver6()[0].Addr(), 53),
 }
 
+// maxTTL bounds --ttl (RFC 2181 allows 2^31-1 s): past it, a Service's
+// changed address would reach pods that late.
+const maxTTL = 24 * time.Hour
+
 // defaultGCPercent is the agent's GOGC unless the environment sets one. Its
 // heap is mostly the name table and the source's objects, which live long,
 // and a local answer allocates nothing: collecting when the heap has grown
@@ -76,7 +80,7 @@ directory of YAML manifests (--config-dir).`,
 	fs.Var(upstream, "upstream", "nameserver `ADDR`(s) for names the table does not know, when the pod's own is unknown; repeatable (default: the nameservers in --resolv-conf)")
 	resolvConf := fs.String("resolv-conf", "/etc/resolv.conf", "the node's resolv.conf: default upstreams and search domains")
 	domain := fs.String("cluster-domain", "cluster.local", "the cluster's DNS domain")
-	ttl := fs.Duration("ttl", 30*time.Second, "TTL of local answers")
+	ttl := fs.Duration("ttl", 30*time.Second, "TTL of local answers: whole seconds, 1s to 24h")
 	fwdTimeout := fs.Duration("forward-timeout", 2*time.Second, "bound on one forwarded query across all upstreams")
 	cacheSize := fs.Int("cache-size", 10000, "entries in the cache of upstream answers (0 disables it); once it is full, a pod over its share (an eighth) replaces only its own answers, and other pods' misses take back what it holds past its share")
 	vipSource := fs.String("vip-source", string(vip.SourceAuto), "where auto-allocated ServiceEntry VIPs come from: auto (istiod's status.addresses when istiod allocates, else ztdns's allocator), istiod (status.addresses only) or ztdns (its own allocator only); see README")
@@ -147,6 +151,11 @@ directory of YAML manifests (--config-dir).`,
 		// it is written, not when capture is next turned on.
 		if *capturePort == 0 || *capturePort > 65535 {
 			return usagef("--capture-port %d: want 1-65535", *capturePort)
+		}
+		// The TTL goes on the wire in whole seconds; past a day, a
+		// Service's new address would take that long to reach pods.
+		if *ttl < time.Second || *ttl > maxTTL || *ttl%time.Second != 0 {
+			return usagef("--ttl %s: want whole seconds from 1s to %s", *ttl, maxTTL)
 		}
 		if err := redirect.ValidateCaptureNameservers(captureNameservers.vals); err != nil {
 			return usagef("--capture-nameservers: %w", err)
