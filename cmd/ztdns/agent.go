@@ -113,7 +113,7 @@ directory of YAML manifests (--config-dir).`,
 	captureNameservers := prefixList()
 	fs.Var(captureNameservers, "capture-nameservers", fmt.Sprintf("capture only queries to these nameserver `CIDR`s (a bare address is /32 or /128; a CIDR must be masked: 10.96.0.0/16, not 10.96.0.10/16), at most %d, repeatable or comma-separated: e.g. the cluster DNS Service IP and NodeLocal DNSCache's address; a pod's queries to any other nameserver are left alone, under its own NetworkPolicy (default: every destination on port 53, forwarded from the node to what the pod addressed)",
 		redirect.MaxCaptureNameservers))
-	stale := fs.Duration("heartbeat-stale", redirect.DefaultStaleAfter, "stop redirecting (fail open) when the agent has been silent this long")
+	stale := fs.Duration("heartbeat-stale", redirect.DefaultStaleAfter, fmt.Sprintf("stop redirecting (fail open) when the agent has been silent this long; at least %s, twice its heartbeat", 2*agent.HeartbeatEvery))
 	dnsCaptureDefault := fs.Bool("dns-capture-default", true, "capture every ambient pod's DNS (values.cni.ambient.dnsCapture); when false only pods annotated ztdns.io/dns-capture: \"true\" (see README)")
 	excludeNamespaces := fs.StringSlice("exclude-namespaces", []string{"kube-system"}, "`NAMESPACES`, comma-separated, whose pods are never captured, whatever their labels: istio-cni's excludeNamespaces, whose pods Istio never enrolls (empty: none)")
 	nodeName := fs.String("node-name", os.Getenv("NODE_NAME"), "this node's name: the pods the agent watches and adopts (default $NODE_NAME)")
@@ -156,6 +156,11 @@ directory of YAML manifests (--config-dir).`,
 		// Service's new address would take that long to reach pods.
 		if *ttl < time.Second || *ttl > maxTTL || *ttl%time.Second != 0 {
 			return usagef("--ttl %s: want whole seconds from 1s to %s", *ttl, maxTTL)
+		}
+		// The agent beats every HeartbeatEvery: a bound within a beat or
+		// two of it would fail pods open at every late one.
+		if *stale < 2*agent.HeartbeatEvery {
+			return usagef("--heartbeat-stale %s: want at least %s, twice the agent's heartbeat", *stale, 2*agent.HeartbeatEvery)
 		}
 		if err := redirect.ValidateCaptureNameservers(captureNameservers.vals); err != nil {
 			return usagef("--capture-nameservers: %w", err)
