@@ -152,6 +152,11 @@ directory of YAML manifests (--config-dir).`,
 		if *capturePort == 0 || *capturePort > 65535 {
 			return usagef("--capture-port %d: want 1-65535", *capturePort)
 		}
+		// istio-cni's in-pod DNS rules take port 53 before the programs see
+		// it: captured queries would go to ztunnel's proxy instead.
+		if *capturePort == 53 {
+			return usagef("--capture-port 53: want another port, which istio-cni's in-pod DNS rules leave alone")
+		}
 		// The TTL goes on the wire in whole seconds; past a day, a
 		// Service's new address would take that long to reach pods.
 		if *ttl < time.Second || *ttl > maxTTL || *ttl%time.Second != 0 {

@@ -237,6 +237,7 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"agent", "--config-dir", dir, "--capture-port", "70000"}, "ztdns agent: --capture-port 70000: want 1-65535"},
 		{[]string{"agent", "--config-dir", dir, "--capture-port", "0", "--resolv-conf", "/nonexistent"}, "ztdns agent: --capture-port 0: want 1-65535"},
 		{[]string{"agent", "--config-dir", dir, "--udp-sockets", "0"}, "ztdns agent: --udp-sockets 0: want 1 to 64"},
+		{[]string{"agent", "--config-dir", dir, "--capture-port", "53"}, "ztdns agent: --capture-port 53: want another port, which istio-cni's in-pod DNS rules leave alone"},
 		{[]string{"agent", "--config-dir", dir, "--heartbeat-stale", "0"}, "ztdns agent: --heartbeat-stale 0s: want at least 2s, twice the agent's heartbeat"},
 		{[]string{"agent", "--config-dir", dir, "--heartbeat-stale", "1s"}, "ztdns agent: --heartbeat-stale 1s: want at least 2s, twice the agent's heartbeat"},
 		{[]string{"agent", "--config-dir", dir, "--heartbeat-stale", "-3s"}, "ztdns agent: --heartbeat-stale -3s: want at least 2s, twice the agent's heartbeat"},
