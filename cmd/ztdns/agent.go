@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/netip"
 	"os"
 	"os/signal"
@@ -217,7 +218,10 @@ directory of YAML manifests (--config-dir).`,
 		}
 		gid, err := groupID(*socketGroup)
 		if err != nil {
-			return err
+			return usageError{err}
+		}
+		if err := checkMetricsAddr(*metrics); err != nil {
+			return usagef("--metrics %q: %w", *metrics, err)
 		}
 		var src source.Source
 		switch {
@@ -228,6 +232,10 @@ directory of YAML manifests (--config-dir).`,
 				FileBytes: *configMaxFileBytes, ObjectsPerFile: *configMaxObjectsPerFile, Objects: *configMaxObjects, Files: *configMaxFiles}))
 		default:
 			rc, err := kube.RESTConfig(*kubeconfig)
+			if err != nil && !fs.Changed("kubeconfig") {
+				// Nothing on the command line says where names come from.
+				return usagef("no source: give --config-dir, or --kubeconfig, or run in a pod: %w", err)
+			}
 			if err != nil {
 				return fmt.Errorf("no source: give --config-dir, or --kubeconfig, or run in a pod: %w", err)
 			}
@@ -367,6 +375,26 @@ func cacheSizeFlag(n int) int {
 		return -1
 	}
 	return n
+}
+
+// checkMetricsAddr checks --metrics as the agent will listen on it:
+// HOST:PORT, an IPv6 address with or without brackets, a numeric port.
+func checkMetricsAddr(s string) error {
+	if s == "" {
+		return nil
+	}
+	_, port, err := net.SplitHostPort(s)
+	if err != nil {
+		i := strings.LastIndexByte(s, ':')
+		if ip, perr := netip.ParseAddr(s[:max(i, 0)]); i <= 0 || perr != nil || !ip.Is6() {
+			return errors.New("want ADDR:PORT, e.g. 127.0.0.1:15053")
+		}
+		port = s[i+1:]
+	}
+	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+		return fmt.Errorf("port %q: want a number up to 65535", port)
+	}
+	return nil
 }
 
 // groupID resolves --socket-group to a gid; empty is 0 (root only). Group 0

@@ -47,6 +47,10 @@ func newCaptureVerbCmd(verb, short string) *cobra.Command {
 	}
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		req := control.CaptureRequest{Netns: *netns, Namespace: *ns, Name: *name}
+		// What the agent would refuse (400) is the command line's fault.
+		if err := req.Validate(); err != nil {
+			return usageError{err}
+		}
 		ctx, cancel := callContext(cmd)
 		defer cancel()
 		c := client(*socket)

@@ -217,6 +217,10 @@ func TestCacheFlagsSayWhatTheShareDoes(t *testing.T) {
 // names the command and where its usage is, and does nothing.
 func TestUsageErrors(t *testing.T) {
 	dir := t.TempDir()
+	// Not in a pod, whatever runs the test: `agent` alone has no source.
+	t.Setenv("KUBERNETES_SERVICE_HOST", "")
+	t.Setenv("KUBERNETES_SERVICE_PORT", "")
+	noAgent := filepath.Join(dir, "no-agent.sock") // should a capture line get that far
 	for _, tc := range []struct {
 		args []string
 		want string
@@ -237,6 +241,16 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"agent", "--config-dir", dir, "--capture-port", "70000"}, "ztdns agent: --capture-port 70000: want 1-65535"},
 		{[]string{"agent", "--config-dir", dir, "--capture-port", "0", "--resolv-conf", "/nonexistent"}, "ztdns agent: --capture-port 0: want 1-65535"},
 		{[]string{"agent", "--config-dir", dir, "--udp-sockets", "0"}, "ztdns agent: --udp-sockets 0: want 1 to 64"},
+		{[]string{"agent", "--config-dir", dir, "--socket-group", "ztdns-nosuchgroup"}, `ztdns agent: --socket-group "ztdns-nosuchgroup": group: unknown group ztdns-nosuchgroup`},
+		{[]string{"agent", "--config-dir", dir, "--metrics", "foo"}, `ztdns agent: --metrics "foo": want ADDR:PORT, e.g. 127.0.0.1:15053`},
+		{[]string{"agent", "--config-dir", dir, "--metrics", "127.0.0.1:http"}, `ztdns agent: --metrics "127.0.0.1:http": port "http": want a number up to 65535`},
+		{[]string{"agent"}, "ztdns agent: no source: give --config-dir, or --kubeconfig, or run in a pod: in-cluster Kubernetes config (give --kubeconfig when not running in a pod): unable to load in-cluster configuration, KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT must be defined"},
+		{[]string{"capture", "add", "--socket", noAgent, "--netns", "./x"}, `ztdns capture add: netns "./x" is not an absolute path`},
+		{[]string{"capture", "del", "--socket", noAgent, "--netns", "x"}, `ztdns capture del: netns "x" is not an absolute path`},
+		{[]string{"capture", "add", "--socket", noAgent, "--netns", "/run/netns/x", "-n", "BAD_NS"},
+			`ztdns capture add: namespace "BAD_NS": a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')`},
+		{[]string{"completion", "nosh"}, `ztdns completion: unknown command "nosh" for "ztdns completion"`},
+		{[]string{"completion"}, `ztdns completion: give bash, zsh, fish or powershell`},
 		{[]string{"agent", "--config-dir", dir, "--capture-port", "53"}, "ztdns agent: --capture-port 53: want another port, which istio-cni's in-pod DNS rules leave alone"},
 		{[]string{"agent", "--config-dir", dir, "--heartbeat-stale", "0"}, "ztdns agent: --heartbeat-stale 0s: want at least 2s, twice the agent's heartbeat"},
 		{[]string{"agent", "--config-dir", dir, "--heartbeat-stale", "1s"}, "ztdns agent: --heartbeat-stale 1s: want at least 2s, twice the agent's heartbeat"},
