@@ -71,10 +71,10 @@ directory of YAML manifests (--config-dir).`,
 	fs := cmd.Flags()
 	kubeconfig := fs.String("kubeconfig", "", "watch the Kubernetes API server with this kubeconfig `PATH` (in-cluster config when empty and running in a pod)")
 	configDir := fs.String("config-dir", "", "read Services, ServiceEntries, Namespaces, Pods and EndpointSlices from the YAML manifests in `DIR` and watch it (standalone mode)")
-	configMaxFileBytes := fs.Int64("config-max-file-bytes", configdir.DefaultMaxFileBytes, "--config-dir: skip a file larger than this many `BYTES`")
-	configMaxObjectsPerFile := fs.Int("config-max-objects-per-file", configdir.DefaultMaxObjectsPerFile, "--config-dir: refuse a file with more objects than `N`")
-	configMaxObjects := fs.Int("config-max-objects", configdir.DefaultMaxObjects, "--config-dir: serve at most `N` objects from the whole directory")
-	configMaxFiles := fs.Int("config-max-files", configdir.DefaultMaxFiles, "--config-dir: read at most `N` manifest files; the rest are skipped and reported")
+	configMaxFileBytes := fs.Int64("config-max-file-bytes", configdir.DefaultMaxFileBytes, "--config-dir: skip a file larger than this many `BYTES` (0: the default)")
+	configMaxObjectsPerFile := fs.Int("config-max-objects-per-file", configdir.DefaultMaxObjectsPerFile, "--config-dir: refuse a file with more objects than `N` (0: the default)")
+	configMaxObjects := fs.Int("config-max-objects", configdir.DefaultMaxObjects, "--config-dir: serve at most `N` objects from the whole directory (0: the default)")
+	configMaxFiles := fs.Int("config-max-files", configdir.DefaultMaxFiles, "--config-dir: read at most `N` manifest files; the rest are skipped and reported (0: the default)")
 	listen := addrPortList(defaultListen, 53)
 	fs.Var(listen, "listen", "resolver `ADDR`ess(es), UDP and TCP on each; repeatable or comma-separated")
 	upstream := addrPortList(nil, 53)
@@ -82,7 +82,7 @@ directory of YAML manifests (--config-dir).`,
 	resolvConf := fs.String("resolv-conf", "/etc/resolv.conf", "the node's resolv.conf: default upstreams and search domains")
 	domain := fs.String("cluster-domain", "cluster.local", "the cluster's DNS domain")
 	ttl := fs.Duration("ttl", 30*time.Second, "TTL of local answers: whole seconds, 1s to 24h")
-	fwdTimeout := fs.Duration("forward-timeout", 2*time.Second, "bound on one forwarded query across all upstreams")
+	fwdTimeout := fs.Duration("forward-timeout", 2*time.Second, "bound on one forwarded query across all upstreams (0: the default)")
 	cacheSize := fs.Int("cache-size", 10000, "entries in the cache of upstream answers (0 disables it); once it is full, a pod over its share (an eighth) replaces only its own answers, and other pods' misses take back what it holds past its share")
 	vipSource := fs.String("vip-source", string(vip.SourceAuto), "where auto-allocated ServiceEntry VIPs come from: auto (istiod's status.addresses when istiod allocates, else ztdns's allocator), istiod (status.addresses only) or ztdns (its own allocator only); see README")
 	istioNamespace := fs.String("istio-namespace", "istio-system", "istiod's `NAMESPACE`, where --vip-source=auto looks for its VIP allocator")
@@ -92,10 +92,10 @@ directory of YAML manifests (--config-dir).`,
 	podBurst := fs.Int("pod-qps-burst", 0, "queries one pod may send at once above --pod-qps (default: twice --pod-qps)")
 	podForwarding := fs.Int("pod-max-forwarding", resolver.DefaultPodForwarding, "forwarded queries one pod may have in flight; more get SERVFAIL at once (0: no limit)")
 	podTCP := fs.Int("pod-max-tcp", resolver.DefaultPodTCPConns, "TCP connections one pod may have open; more are closed at once (0: no limit)")
-	maxForwarding := fs.Int("max-forwarding", resolver.DefaultMaxInflight, "forwarded queries in flight from all pods together; more get SERVFAIL at once")
-	maxTCP := fs.Int("max-tcp", resolver.DefaultTCPMaxConns, "open TCP connections from all pods together")
+	maxForwarding := fs.Int("max-forwarding", resolver.DefaultMaxInflight, "forwarded queries in flight from all pods together; more get SERVFAIL at once (0: the default)")
+	maxTCP := fs.Int("max-tcp", resolver.DefaultTCPMaxConns, "open TCP connections from all pods together (0: the default)")
 	udpSockets := fs.Int("udp-sockets", agent.DefaultSocketsPerAddr, "SO_REUSEPORT UDP sockets on each resolver address, each read by a goroutine of its own: more answer more queries a second at full speed, at more CPU per query")
-	tcpIdle := fs.Duration("tcp-idle-timeout", resolver.DefaultTCPIdleTimeout, "close a TCP connection idle this long (a tenth of it with half of --max-tcp open, a hundredth with three quarters)")
+	tcpIdle := fs.Duration("tcp-idle-timeout", resolver.DefaultTCPIdleTimeout, "close a TCP connection idle this long (a tenth of it with half of --max-tcp open, a hundredth with three quarters; 0: the default)")
 	inflightBytes := &byteSize{n: resolver.DefaultInflightBytes}
 	fs.Var(inflightBytes, "inflight-bytes", fmt.Sprintf("bytes of upstream replies held at once, read or waiting to be written, e.g. 8Mi, at least %v (one reply of the largest size); a reply that does not fit is refused: its query gets SERVFAIL, or, for a lookup of its own (a CNAME's target), an answer without it",
 		&byteSize{n: resolver.MinInflightBytes}))
@@ -138,6 +138,29 @@ directory of YAML manifests (--config-dir).`,
 		log, err := newLogger(*logLevel, *logFormat)
 		if err != nil {
 			return usageError{err}
+		}
+		// Negative bounds are refused rather than read as 0 (the default),
+		// or, for --cache-size, as 0 (no cache).
+		for _, f := range []struct {
+			name string
+			n    int64
+		}{
+			{"config-max-file-bytes", *configMaxFileBytes}, {"config-max-objects-per-file", int64(*configMaxObjectsPerFile)},
+			{"config-max-objects", int64(*configMaxObjects)}, {"config-max-files", int64(*configMaxFiles)},
+			{"forward-timeout", int64(*fwdTimeout)}, {"tcp-idle-timeout", int64(*tcpIdle)},
+			{"max-forwarding", int64(*maxForwarding)}, {"max-tcp", int64(*maxTCP)}, {"cache-size", int64(*cacheSize)},
+			{"pod-max-forwarding", int64(*podForwarding)}, {"pod-max-tcp", int64(*podTCP)}, {"pod-qps-burst", int64(*podBurst)},
+		} {
+			if f.n < 0 {
+				return usagef("--%s %s: want 0 or more", f.name, fs.Lookup(f.name).Value)
+			}
+		}
+		if *podQPS < 0 {
+			return usagef("--pod-qps %v: want 0 or more", *podQPS)
+		}
+		// Nothing would sample: refused rather than ignored.
+		if fs.Changed("access-log-sample") && *accessLog == "" {
+			return usagef("--access-log-sample without --access-log: the log is off (ztdns log on --sample N sets it at run time)")
 		}
 		if *accessLogSample < 1 || *accessLogSample > accesslog.MaxSample {
 			return usagef("--access-log-sample %d: want 1 to %d", *accessLogSample, accesslog.MaxSample)
