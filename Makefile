@@ -10,6 +10,11 @@
 #                  in bin/image (and bin/image.tar); IMAGE_TAG names it
 
 GO        ?= go
+# Go where the README's set-up installs it, when PATH lacks it (sudo's
+# secure_path drops it); exported for the tests and scripts that run go.
+ifeq ($(shell command -v go 2>/dev/null),)
+export PATH := $(PATH):/usr/local/go/bin
+endif
 BIN       := bin/ztdns
 # What `ztdns version`, `ztdns status` and ztdns_build_info report: the
 # release tag (or commit) and the full commit hash, when this is a git

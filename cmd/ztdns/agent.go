@@ -4,10 +4,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/netip"
 	"os"
 	"os/signal"
 	"os/user"
+	"path/filepath"
 	"runtime/debug"
 	"strconv"
 	"strings"
@@ -40,6 +42,10 @@ var defaultListen = []netip.AddrPort{
 	netip.AddrPortFrom(redirect.DefaultResolver6()[0].Addr(), 53),
 }
 
+// maxTTL bounds --ttl (RFC 2181 allows 2^31-1 s): past it, a Service's
+// changed address would reach pods that late.
+const maxTTL = 24 * time.Hour
+
 // defaultGCPercent is the agent's GOGC unless the environment sets one. Its
 // heap is mostly the name table and the source's objects, which live long,
 // and a local answer allocates nothing: collecting when the heap has grown
@@ -65,18 +71,18 @@ directory of YAML manifests (--config-dir).`,
 	fs := cmd.Flags()
 	kubeconfig := fs.String("kubeconfig", "", "watch the Kubernetes API server with this kubeconfig `PATH` (in-cluster config when empty and running in a pod)")
 	configDir := fs.String("config-dir", "", "read Services, ServiceEntries, Namespaces, Pods and EndpointSlices from the YAML manifests in `DIR` and watch it (standalone mode)")
-	configMaxFileBytes := fs.Int64("config-max-file-bytes", configdir.DefaultMaxFileBytes, "--config-dir: skip a file larger than this many `BYTES`")
-	configMaxObjectsPerFile := fs.Int("config-max-objects-per-file", configdir.DefaultMaxObjectsPerFile, "--config-dir: refuse a file with more objects than `N`")
-	configMaxObjects := fs.Int("config-max-objects", configdir.DefaultMaxObjects, "--config-dir: serve at most `N` objects from the whole directory")
-	configMaxFiles := fs.Int("config-max-files", configdir.DefaultMaxFiles, "--config-dir: read at most `N` manifest files; the rest are skipped and reported")
+	configMaxFileBytes := fs.Int64("config-max-file-bytes", configdir.DefaultMaxFileBytes, "--config-dir: skip a file larger than this many `BYTES` (0: the default)")
+	configMaxObjectsPerFile := fs.Int("config-max-objects-per-file", configdir.DefaultMaxObjectsPerFile, "--config-dir: refuse a file with more objects than `N` (0: the default)")
+	configMaxObjects := fs.Int("config-max-objects", configdir.DefaultMaxObjects, "--config-dir: serve at most `N` objects from the whole directory (0: the default)")
+	configMaxFiles := fs.Int("config-max-files", configdir.DefaultMaxFiles, "--config-dir: read at most `N` manifest files; the rest are skipped and reported (0: the default)")
 	listen := addrPortList(defaultListen, 53)
 	fs.Var(listen, "listen", "resolver `ADDR`ess(es), UDP and TCP on each; repeatable or comma-separated")
 	upstream := addrPortList(nil, 53)
 	fs.Var(upstream, "upstream", "nameserver `ADDR`(s) for names the table does not know, when the pod's own is unknown; repeatable (default: the nameservers in --resolv-conf)")
 	resolvConf := fs.String("resolv-conf", "/etc/resolv.conf", "the node's resolv.conf: default upstreams and search domains")
 	domain := fs.String("cluster-domain", "cluster.local", "the cluster's DNS domain")
-	ttl := fs.Duration("ttl", 30*time.Second, "TTL of local answers")
-	fwdTimeout := fs.Duration("forward-timeout", 2*time.Second, "bound on one forwarded query across all upstreams")
+	ttl := fs.Duration("ttl", 30*time.Second, "TTL of local answers: whole seconds, 1s to 24h")
+	fwdTimeout := fs.Duration("forward-timeout", 2*time.Second, "bound on one forwarded query across all upstreams (0: the default)")
 	cacheSize := fs.Int("cache-size", 10000, "entries in the cache of upstream answers (0 disables it); once it is full, a pod over its share (an eighth) replaces only its own answers, and other pods' misses take back what it holds past its share")
 	vipSource := fs.String("vip-source", string(vip.SourceAuto), "where auto-allocated ServiceEntry VIPs come from: auto (istiod's status.addresses when istiod allocates, else ztdns's allocator), istiod (status.addresses only) or ztdns (its own allocator only); see README")
 	istioNamespace := fs.String("istio-namespace", "istio-system", "istiod's `NAMESPACE`, where --vip-source=auto looks for its VIP allocator")
@@ -86,10 +92,10 @@ directory of YAML manifests (--config-dir).`,
 	podBurst := fs.Int("pod-qps-burst", 0, "queries one pod may send at once above --pod-qps (default: twice --pod-qps)")
 	podForwarding := fs.Int("pod-max-forwarding", resolver.DefaultPodForwarding, "forwarded queries one pod may have in flight; more get SERVFAIL at once (0: no limit)")
 	podTCP := fs.Int("pod-max-tcp", resolver.DefaultPodTCPConns, "TCP connections one pod may have open; more are closed at once (0: no limit)")
-	maxForwarding := fs.Int("max-forwarding", resolver.DefaultMaxInflight, "forwarded queries in flight from all pods together; more get SERVFAIL at once")
-	maxTCP := fs.Int("max-tcp", resolver.DefaultTCPMaxConns, "open TCP connections from all pods together")
+	maxForwarding := fs.Int("max-forwarding", resolver.DefaultMaxInflight, "forwarded queries in flight from all pods together; more get SERVFAIL at once (0: the default)")
+	maxTCP := fs.Int("max-tcp", resolver.DefaultTCPMaxConns, "open TCP connections from all pods together (0: the default)")
 	udpSockets := fs.Int("udp-sockets", agent.DefaultSocketsPerAddr, "SO_REUSEPORT UDP sockets on each resolver address, each read by a goroutine of its own: more answer more queries a second at full speed, at more CPU per query")
-	tcpIdle := fs.Duration("tcp-idle-timeout", resolver.DefaultTCPIdleTimeout, "close a TCP connection idle this long (a tenth of it with half of --max-tcp open, a hundredth with three quarters)")
+	tcpIdle := fs.Duration("tcp-idle-timeout", resolver.DefaultTCPIdleTimeout, "close a TCP connection idle this long (a tenth of it with half of --max-tcp open, a hundredth with three quarters; 0: the default)")
 	inflightBytes := &byteSize{n: resolver.DefaultInflightBytes}
 	fs.Var(inflightBytes, "inflight-bytes", fmt.Sprintf("bytes of upstream replies held at once, read or waiting to be written, e.g. 8Mi, at least %v (one reply of the largest size); a reply that does not fit is refused: its query gets SERVFAIL, or, for a lookup of its own (a CNAME's target), an answer without it",
 		&byteSize{n: resolver.MinInflightBytes}))
@@ -108,7 +114,7 @@ directory of YAML manifests (--config-dir).`,
 	captureNameservers := prefixList()
 	fs.Var(captureNameservers, "capture-nameservers", fmt.Sprintf("capture only queries to these nameserver `CIDR`s (a bare address is /32 or /128; a CIDR must be masked: 10.96.0.0/16, not 10.96.0.10/16), at most %d, repeatable or comma-separated: e.g. the cluster DNS Service IP and NodeLocal DNSCache's address; a pod's queries to any other nameserver are left alone, under its own NetworkPolicy (default: every destination on port 53, forwarded from the node to what the pod addressed)",
 		redirect.MaxCaptureNameservers))
-	stale := fs.Duration("heartbeat-stale", redirect.DefaultStaleAfter, "stop redirecting (fail open) when the agent has been silent this long")
+	stale := fs.Duration("heartbeat-stale", redirect.DefaultStaleAfter, fmt.Sprintf("stop redirecting (fail open) when the agent has been silent this long; at least %s, twice its heartbeat", 2*agent.HeartbeatEvery))
 	dnsCaptureDefault := fs.Bool("dns-capture-default", true, "capture every ambient pod's DNS (values.cni.ambient.dnsCapture); when false only pods annotated ztdns.io/dns-capture: \"true\" (see README)")
 	excludeNamespaces := fs.StringSlice("exclude-namespaces", []string{"kube-system"}, "`NAMESPACES`, comma-separated, whose pods are never captured, whatever their labels: istio-cni's excludeNamespaces, whose pods Istio never enrolls (empty: none)")
 	nodeName := fs.String("node-name", os.Getenv("NODE_NAME"), "this node's name: the pods the agent watches and adopts (default $NODE_NAME)")
@@ -133,6 +139,29 @@ directory of YAML manifests (--config-dir).`,
 		if err != nil {
 			return usageError{err}
 		}
+		// Negative bounds are refused rather than read as 0 (the default),
+		// or, for --cache-size, as 0 (no cache).
+		for _, f := range []struct {
+			name string
+			n    int64
+		}{
+			{"config-max-file-bytes", *configMaxFileBytes}, {"config-max-objects-per-file", int64(*configMaxObjectsPerFile)},
+			{"config-max-objects", int64(*configMaxObjects)}, {"config-max-files", int64(*configMaxFiles)},
+			{"forward-timeout", int64(*fwdTimeout)}, {"tcp-idle-timeout", int64(*tcpIdle)},
+			{"max-forwarding", int64(*maxForwarding)}, {"max-tcp", int64(*maxTCP)}, {"cache-size", int64(*cacheSize)},
+			{"pod-max-forwarding", int64(*podForwarding)}, {"pod-max-tcp", int64(*podTCP)}, {"pod-qps-burst", int64(*podBurst)},
+		} {
+			if f.n < 0 {
+				return usagef("--%s %s: want 0 or more", f.name, fs.Lookup(f.name).Value)
+			}
+		}
+		if *podQPS < 0 {
+			return usagef("--pod-qps %v: want 0 or more", *podQPS)
+		}
+		// Nothing would sample: refused rather than ignored.
+		if fs.Changed("access-log-sample") && *accessLog == "" {
+			return usagef("--access-log-sample without --access-log: the log is off (ztdns log on --sample N sets it at run time)")
+		}
 		if *accessLogSample < 1 || *accessLogSample > accesslog.MaxSample {
 			return usagef("--access-log-sample %d: want 1 to %d", *accessLogSample, accesslog.MaxSample)
 		}
@@ -146,6 +175,21 @@ directory of YAML manifests (--config-dir).`,
 		// it is written, not when capture is next turned on.
 		if *capturePort == 0 || *capturePort > 65535 {
 			return usagef("--capture-port %d: want 1-65535", *capturePort)
+		}
+		// istio-cni's in-pod DNS rules take port 53 before the programs see
+		// it: captured queries would go to ztunnel's proxy instead.
+		if *capturePort == 53 {
+			return usagef("--capture-port 53: want another port, which istio-cni's in-pod DNS rules leave alone")
+		}
+		// The TTL goes on the wire in whole seconds; past a day, a
+		// Service's new address would take that long to reach pods.
+		if *ttl < time.Second || *ttl > maxTTL || *ttl%time.Second != 0 {
+			return usagef("--ttl %s: want whole seconds from 1s to %s", *ttl, maxTTL)
+		}
+		// The agent beats every HeartbeatEvery: a bound within a beat or
+		// two of it would fail pods open at every late one.
+		if *stale < 2*agent.HeartbeatEvery {
+			return usagef("--heartbeat-stale %s: want at least %s, twice the agent's heartbeat", *stale, 2*agent.HeartbeatEvery)
 		}
 		if err := redirect.ValidateCaptureNameservers(captureNameservers.vals); err != nil {
 			return usagef("--capture-nameservers: %w", err)
@@ -171,6 +215,21 @@ directory of YAML manifests (--config-dir).`,
 		if err := control.CheckNoDotDot(*stateDir); err != nil {
 			return usagef("--state-dir %w", err)
 		}
+		// The plugin checks its conflist entry at every ADD and fails the
+		// pod when it is wrong, under "allow" too: refused here, before
+		// anything is installed.
+		if p := *cniPolicy; p != cni.PolicyAllow && p != cni.PolicyFail {
+			return usagef("--cni-on-agent-unreachable %q: want %s or %s", p, cni.PolicyAllow, cni.PolicyFail)
+		}
+		cniPlugin := cni.Config{SocketPath: *socket, OnAgentUnreachable: *cniPolicy}
+		if *cniInstall {
+			if !filepath.IsAbs(*socket) {
+				return usagef("--socket %q with --cni-install: want an absolute path, which the CNI plugin is given", *socket)
+			}
+			if err := cniPlugin.Validate(); err != nil {
+				return usagef("--cni-install: the CNI plugin would refuse its configuration: %w", err)
+			}
+		}
 		al, closeAccessLog, err := openAccessLog(*accessLog, *accessLogSample, *logFormat)
 		if err != nil {
 			return err
@@ -182,7 +241,10 @@ directory of YAML manifests (--config-dir).`,
 		}
 		gid, err := groupID(*socketGroup)
 		if err != nil {
-			return err
+			return usageError{err}
+		}
+		if err := checkMetricsAddr(*metrics); err != nil {
+			return usagef("--metrics %q: %w", *metrics, err)
 		}
 		var src source.Source
 		switch {
@@ -193,6 +255,10 @@ directory of YAML manifests (--config-dir).`,
 				FileBytes: *configMaxFileBytes, ObjectsPerFile: *configMaxObjectsPerFile, Objects: *configMaxObjects, Files: *configMaxFiles}))
 		default:
 			rc, err := kube.RESTConfig(*kubeconfig)
+			if err != nil && !fs.Changed("kubeconfig") {
+				// Nothing on the command line says where names come from.
+				return usagef("no source: give --config-dir, or --kubeconfig, or run in a pod: %w", err)
+			}
 			if err != nil {
 				return fmt.Errorf("no source: give --config-dir, or --kubeconfig, or run in a pod: %w", err)
 			}
@@ -215,7 +281,7 @@ directory of YAML manifests (--config-dir).`,
 		}
 		var cniCfg *agent.CNIConfig
 		if *cniInstall {
-			cniCfg = &agent.CNIConfig{BinDir: *cniBinDir, ConfDir: *cniConfDir, Plugin: cni.Config{SocketPath: *socket, OnAgentUnreachable: *cniPolicy}}
+			cniCfg = &agent.CNIConfig{BinDir: *cniBinDir, ConfDir: *cniConfDir, Plugin: cniPlugin}
 		}
 		var captureCfg *agent.CaptureConfig
 		if *capture {
@@ -332,6 +398,26 @@ func cacheSizeFlag(n int) int {
 		return -1
 	}
 	return n
+}
+
+// checkMetricsAddr checks --metrics as the agent will listen on it:
+// HOST:PORT, an IPv6 address with or without brackets, a numeric port.
+func checkMetricsAddr(s string) error {
+	if s == "" {
+		return nil
+	}
+	_, port, err := net.SplitHostPort(s)
+	if err != nil {
+		i := strings.LastIndexByte(s, ':')
+		if ip, perr := netip.ParseAddr(s[:max(i, 0)]); i <= 0 || perr != nil || !ip.Is6() {
+			return errors.New("want ADDR:PORT, e.g. 127.0.0.1:15053")
+		}
+		port = s[i+1:]
+	}
+	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+		return fmt.Errorf("port %q: want a number up to 65535", port)
+	}
+	return nil
 }
 
 // groupID resolves --socket-group to a gid; empty is 0 (root only). Group 0

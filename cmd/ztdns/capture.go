@@ -39,14 +39,22 @@ itself; what it finds there (cookie, addresses) is what it records.`,
 func newCaptureVerbCmd(verb, short string) *cobra.Command {
 	cmd := &cobra.Command{Use: verb + " --netns PATH", Short: short, Args: cobra.NoArgs}
 	netns := cmd.Flags().String("netns", "", "the network namespace's `PATH`, e.g. /run/netns/pod1 (required)")
-	ns := cmd.Flags().StringP("namespace", "n", "default", "the pod's namespace `NS`: which names it sees")
-	name := cmd.Flags().String("name", "", "the pod's `NAME` (default: the netns path)")
+	// del finds the namespace by its path alone: no -n or --name to ignore.
+	ns, name := new(string), new(string)
+	if verb == "add" {
+		ns = cmd.Flags().StringP("namespace", "n", "default", "the pod's namespace `NS`: which names it sees")
+		name = cmd.Flags().String("name", "", "the pod's `NAME` (default: the netns path)")
+	}
 	socket := socketFlag(cmd)
 	if err := cmd.MarkFlagRequired("netns"); err != nil {
 		panic(err) // the flag was added just above
 	}
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		req := control.CaptureRequest{Netns: *netns, Namespace: *ns, Name: *name}
+		// What the agent would refuse (400) is the command line's fault.
+		if err := req.Validate(); err != nil {
+			return usageError{err}
+		}
 		ctx, cancel := callContext(cmd)
 		defer cancel()
 		c := client(*socket)

@@ -32,3 +32,19 @@ func TestCaptureNameserversFlag(t *testing.T) {
 		t.Errorf("ValidateCaptureNameservers(%v): %v", l.vals, err)
 	}
 }
+
+// TestCheckMetricsAddr: --metrics takes what the agent listens on (an IPv6
+// address with or without brackets, as the chart's "$(HOST_IP):PORT"
+// gives) and refuses what it cannot.
+func TestCheckMetricsAddr(t *testing.T) {
+	for _, s := range []string{"", "127.0.0.1:15053", "[fd00::1]:15053", "fd00::1:15053", "127.0.0.1:0", "localhost:9090"} {
+		if err := checkMetricsAddr(s); err != nil {
+			t.Errorf("%q: %v", s, err)
+		}
+	}
+	for _, s := range []string{"foo", "127.0.0.1", "fd00::1", "127.0.0.1:70000", "127.0.0.1:", "127.0.0.1:http", "10.0.0.1:15053:1"} {
+		if err := checkMetricsAddr(s); err == nil {
+			t.Errorf("%q: accepted", s)
+		}
+	}
+}

@@ -96,6 +96,11 @@ single-dash long spellings of earlier releases (-socket PATH) still work.`,
 	root.InitDefaultHelpCmd()
 	root.InitDefaultCompletionCmd()
 	for _, c := range root.Commands() {
+		if c.Name() == "completion" { // `completion nosh`: a usage error, not a help page and success
+			// Runnable, cobra refuses an unknown shell as it does an
+			// unknown command; this is for none at all.
+			c.RunE = func(*cobra.Command, []string) error { return usagef("give bash, zsh, fish or powershell") }
+		}
 		if c.Name() == "help" { // `help bogus`: a usage error, not a help page and success
 			show := c.Run
 			c.RunE = func(c *cobra.Command, args []string) error {

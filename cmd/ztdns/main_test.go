@@ -217,6 +217,10 @@ func TestCacheFlagsSayWhatTheShareDoes(t *testing.T) {
 // names the command and where its usage is, and does nothing.
 func TestUsageErrors(t *testing.T) {
 	dir := t.TempDir()
+	// Not in a pod, whatever runs the test: `agent` alone has no source.
+	t.Setenv("KUBERNETES_SERVICE_HOST", "")
+	t.Setenv("KUBERNETES_SERVICE_PORT", "")
+	noAgent := filepath.Join(dir, "no-agent.sock") // should a capture line get that far
 	for _, tc := range []struct {
 		args []string
 		want string
@@ -237,6 +241,32 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"agent", "--config-dir", dir, "--capture-port", "70000"}, "ztdns agent: --capture-port 70000: want 1-65535"},
 		{[]string{"agent", "--config-dir", dir, "--capture-port", "0", "--resolv-conf", "/nonexistent"}, "ztdns agent: --capture-port 0: want 1-65535"},
 		{[]string{"agent", "--config-dir", dir, "--udp-sockets", "0"}, "ztdns agent: --udp-sockets 0: want 1 to 64"},
+		{[]string{"capture", "del", "--socket", noAgent, "--netns", "/run/netns/x", "-n", "default"}, "ztdns capture del: unknown shorthand flag: 'n' in -n"},
+		{[]string{"agent", "--config-dir", dir, "--max-tcp", "-1"}, "ztdns agent: --max-tcp -1: want 0 or more"},
+		{[]string{"agent", "--config-dir", dir, "--cache-size", "-5"}, "ztdns agent: --cache-size -5: want 0 or more"},
+		{[]string{"agent", "--config-dir", dir, "--forward-timeout", "-1s"}, "ztdns agent: --forward-timeout -1s: want 0 or more"},
+		{[]string{"agent", "--config-dir", dir, "--config-max-files", "-1"}, "ztdns agent: --config-max-files -1: want 0 or more"},
+		{[]string{"agent", "--config-dir", dir, "--access-log-sample", "10"},
+			"ztdns agent: --access-log-sample without --access-log: the log is off (ztdns log on --sample N sets it at run time)"},
+		{[]string{"agent", "--config-dir", dir, "--socket-group", "ztdns-nosuchgroup"}, `ztdns agent: --socket-group "ztdns-nosuchgroup": group: unknown group ztdns-nosuchgroup`},
+		{[]string{"agent", "--config-dir", dir, "--metrics", "foo"}, `ztdns agent: --metrics "foo": want ADDR:PORT, e.g. 127.0.0.1:15053`},
+		{[]string{"agent", "--config-dir", dir, "--metrics", "127.0.0.1:http"}, `ztdns agent: --metrics "127.0.0.1:http": port "http": want a number up to 65535`},
+		{[]string{"agent"}, "ztdns agent: no source: give --config-dir, or --kubeconfig, or run in a pod: in-cluster Kubernetes config (give --kubeconfig when not running in a pod): unable to load in-cluster configuration, KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT must be defined"},
+		{[]string{"capture", "add", "--socket", noAgent, "--netns", "./x"}, `ztdns capture add: netns "./x" is not an absolute path`},
+		{[]string{"capture", "del", "--socket", noAgent, "--netns", "x"}, `ztdns capture del: netns "x" is not an absolute path`},
+		{[]string{"capture", "add", "--socket", noAgent, "--netns", "/run/netns/x", "-n", "BAD_NS"},
+			`ztdns capture add: namespace "BAD_NS": a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')`},
+		{[]string{"completion", "nosh"}, `ztdns completion: unknown command "nosh" for "ztdns completion"`},
+		{[]string{"completion"}, `ztdns completion: give bash, zsh, fish or powershell`},
+		{[]string{"agent", "--config-dir", dir, "--capture-port", "53"}, "ztdns agent: --capture-port 53: want another port, which istio-cni's in-pod DNS rules leave alone"},
+		{[]string{"agent", "--config-dir", dir, "--heartbeat-stale", "0"}, "ztdns agent: --heartbeat-stale 0s: want at least 2s, twice the agent's heartbeat"},
+		{[]string{"agent", "--config-dir", dir, "--heartbeat-stale", "1s"}, "ztdns agent: --heartbeat-stale 1s: want at least 2s, twice the agent's heartbeat"},
+		{[]string{"agent", "--config-dir", dir, "--heartbeat-stale", "-3s"}, "ztdns agent: --heartbeat-stale -3s: want at least 2s, twice the agent's heartbeat"},
+		{[]string{"agent", "--config-dir", dir, "--ttl", "0"}, "ztdns agent: --ttl 0s: want whole seconds from 1s to 24h0m0s"},
+		{[]string{"agent", "--config-dir", dir, "--ttl", "500ms"}, "ztdns agent: --ttl 500ms: want whole seconds from 1s to 24h0m0s"},
+		{[]string{"agent", "--config-dir", dir, "--ttl", "1500ms"}, "ztdns agent: --ttl 1.5s: want whole seconds from 1s to 24h0m0s"},
+		{[]string{"agent", "--config-dir", dir, "--ttl", "-5s"}, "ztdns agent: --ttl -5s: want whole seconds from 1s to 24h0m0s"},
+		{[]string{"agent", "--config-dir", dir, "--ttl", "200000h"}, "ztdns agent: --ttl 200000h0m0s: want whole seconds from 1s to 24h0m0s"},
 		{[]string{"agent", "--config-dir", dir, "--capture-nameservers", "10.96.0.10,cluster-dns"},
 			`ztdns agent: invalid argument "10.96.0.10,cluster-dns" for "--capture-nameservers" flag: "cluster-dns" is not an address or CIDR`},
 		{[]string{"agent", "--config-dir", dir, "--capture-nameservers", "10.96.0.0/33"},
@@ -661,5 +691,35 @@ func TestLogCommand(t *testing.T) {
 	}
 	if got := status(); got != "off (to the test's buffer when on)" {
 		t.Errorf("after usage errors, ztdns status: access log %q", got)
+	}
+}
+
+// TestAgentRefusesPluginConfig: a policy or a --socket the CNI plugin would
+// refuse in its conflist entry (failing every pod's ADD, under allow too)
+// is a usage error, before anything is installed.
+func TestAgentRefusesPluginConfig(t *testing.T) {
+	dir := t.TempDir()
+	t.Chdir(dir) // a relative --socket, should it be taken, lands here
+	bin, conf := filepath.Join(dir, "bin"), filepath.Join(dir, "net.d")
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--cni-on-agent-unreachable", "Fail"}, `--cni-on-agent-unreachable "Fail": want allow or fail`},
+		{[]string{"--cni-on-agent-unreachable", "deny", "--cni-install=false"}, `--cni-on-agent-unreachable "deny": want allow or fail`},
+		{[]string{"--socket", "run/ztdns.sock"}, `--socket "run/ztdns.sock" with --cni-install: want an absolute path, which the CNI plugin is given`},
+	} {
+		args := append([]string{"agent", "--config-dir", dir, "--cni-install", "--cni-bin-dir", bin, "--cni-conf-dir", conf}, tc.args...)
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			r := ztdns(t, args...)
+			if r.code != 2 || !strings.HasPrefix(r.stderr, "ztdns agent: "+tc.want+"\n") {
+				t.Errorf("want exit status 2 and %q, got %v", tc.want, r)
+			}
+			for _, d := range []string{bin, conf, filepath.Join(dir, "run")} {
+				if _, err := os.Stat(d); err == nil {
+					t.Errorf("%s was made", d)
+				}
+			}
+		})
 	}
 }

@@ -95,6 +95,13 @@ func (c Config) Entry() (json.RawMessage, error) {
 	}{PluginType, c})
 }
 
+// Validate runs on c the checks the plugin runs on its conflist entry
+// (defaults applied, set fields checked): an entry it fails would fail
+// every pod's ADD, whatever OnAgentUnreachable says.
+func (c Config) Validate() error {
+	return (&netConf{Config: c}).applyDefaults()
+}
+
 // netConf is the network configuration the runtime gives the plugin on
 // stdin, with Config's defaults applied and its values parsed.
 type netConf struct {

@@ -191,6 +191,22 @@ func TestConfigEntry(t *testing.T) {
 	}
 }
 
+// TestConfigValidate: Validate refuses what the plugin refuses in its
+// entry, and accepts what it accepts.
+func TestConfigValidate(t *testing.T) {
+	t.Parallel()
+	for _, c := range []Config{{}, {SocketPath: "/run/z.sock", OnAgentUnreachable: PolicyFail}} {
+		if err := c.Validate(); err != nil {
+			t.Errorf("%+v: %v", c, err)
+		}
+	}
+	for _, c := range []Config{{OnAgentUnreachable: "Fail"}, {SocketPath: "run/z.sock"}, {Timeout: "2m"}} {
+		if err := c.Validate(); err == nil {
+			t.Errorf("%+v: accepted", c)
+		}
+	}
+}
+
 func TestPodIPs(t *testing.T) {
 	t.Parallel()
 	idx := func(i int) *int { return &i }
