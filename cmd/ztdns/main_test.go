@@ -285,10 +285,11 @@ func TestUsageErrors(t *testing.T) {
 			"ztdns agent: --inflight-bytes 32Ki: want at least 64Ki, one reply of the largest size"},
 		{[]string{"agent", "--config-dir", dir, "--inflight-bytes", "65535"},
 			"ztdns agent: --inflight-bytes 65535: want at least 64Ki, one reply of the largest size"},
-		{[]string{"agent", "--config-dir", dir, "--socket", "/tmp/l/../z/ztdns.sock"},
-			`ztdns agent: --socket /tmp/l/../z/ztdns.sock has a ".." component, which symbolic links before it may send elsewhere: give the path without it`},
-		{[]string{"agent", "--config-dir", dir, "--state-dir", "/tmp/l/../z"},
-			`ztdns agent: --state-dir /tmp/l/../z has a ".." component, which symbolic links before it may send elsewhere: give the path without it`},
+		// Under dir: if the check regressed, the agent makes only dir/z.
+		{[]string{"agent", "--config-dir", dir, "--socket", dir + "/l/../z/ztdns.sock"},
+			"ztdns agent: --socket " + dir + `/l/../z/ztdns.sock has a ".." component, which symbolic links before it may send elsewhere: give the path without it`},
+		{[]string{"agent", "--config-dir", dir, "--state-dir", dir + "/l/../z"},
+			"ztdns agent: --state-dir " + dir + `/l/../z has a ".." component, which symbolic links before it may send elsewhere: give the path without it`},
 		{[]string{"agent", "--config-dir", dir, "--inflight-bytes", "0"},
 			`ztdns agent: invalid argument "0" for "--inflight-bytes" flag: "0" is not a positive size in bytes (e.g. 4Mi)`},
 	} {
