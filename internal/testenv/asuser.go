@@ -29,13 +29,8 @@ var Nobody = syscall.Credential{Uid: 65534, Gid: 0}
 func AsUser(tb testing.TB, ctx context.Context, cred syscall.Credential, bin string, args ...string) *exec.Cmd {
 	tb.Helper()
 	RequireRoot(tb)
-	dir := filepath.Join(os.TempDir(), UniqueName(asUserPrefix))
-	record(tb, ledgerTempDir, dir)
-	if err := os.Mkdir(dir, 0o755); err != nil {
-		tb.Fatalf("testenv: %v", err)
-	}
-	tb.Cleanup(func() { os.RemoveAll(dir) })
-	if err := os.Chmod(dir, 0o755); err != nil { // whatever the umask
+	dir := MkdirTemp(tb, asUserPrefix)
+	if err := os.Chmod(dir, 0o755); err != nil {
 		tb.Fatalf("testenv: %v", err)
 	}
 	dst := filepath.Join(dir, filepath.Base(bin))

@@ -149,24 +149,21 @@ func waitGone(pid int, within time.Duration) error {
 
 // TestSweepRemovesOnlyTestTempDirs: a recorded temporary directory is
 // removed only when it is directly under os.TempDir() with a name tests
-// use; anything else a ledger names is left.
+// use; anything else a ledger names is left. It asks isTempDir, which
+// removeTempDir consults, so that a regression cannot remove "/".
 func TestSweepRemovesOnlyTestTempDirs(t *testing.T) {
-	base := t.TempDir()
-	nested := filepath.Join(base, "ztcni-nested") // a known prefix, not under os.TempDir() itself
-	if err := os.Mkdir(nested, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	other, err := os.MkdirTemp("", "ztdns-other-") // under os.TempDir(), not a test's prefix
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(other) })
-	for _, dir := range []string{nested, other, "ztcni-relative", "/", os.TempDir()} {
-		removeTempDir(dir)
-	}
-	for _, dir := range []string{nested, other, os.TempDir()} {
-		if _, err := os.Stat(dir); err != nil {
-			t.Errorf("%s: %v; want it left", dir, err)
+	for _, dir := range []string{
+		filepath.Join(os.TempDir(), "sub", "ztcni-nested"), // a known prefix, not under os.TempDir() itself
+		filepath.Join(os.TempDir(), "ztdns-other-x"),       // under os.TempDir(), not a test's prefix
+		"ztcni-relative",
+		"/",
+		os.TempDir(),
+	} {
+		if isTempDir(dir) {
+			t.Errorf("isTempDir(%q) = true; want it left", dir)
 		}
+	}
+	if dir := filepath.Join(os.TempDir(), "ztcni-x"); !isTempDir(dir) {
+		t.Errorf("isTempDir(%q) = false; want it removed", dir)
 	}
 }

@@ -18,12 +18,9 @@ const asUserPrefix = "ztdns-asuser-"
 // is there and named so.
 var tempDirPrefixes = []string{
 	asUserPrefix,
-	"ztcni-",            // test/cni: a runtime's directories and socket
-	"ztdns-cni-e2e-",    // test/cni: builds
-	"ztdns-e2e-bin-",    // test/e2e: the ztdns build
-	"ztdns-testbin-",    // Build
-	"ztdns-deploy-bin-", // test/deploy: the ztdns build
-	"ztdns-bench-",      // test/bench: generated clusters
+	"ztcni-",         // test/cni: a runtime's directories and socket
+	"ztdns-testbin-", // Build
+	"ztdns-bench-",   // test/bench: generated clusters
 }
 
 // isTempDir reports whether dir is one tests make: directly under

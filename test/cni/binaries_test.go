@@ -30,14 +30,11 @@ const binaryEnv = "ZTDNS_CNI_TEST_BINARY"
 // chains ztdns after.
 var referencePlugins = []string{"bridge", "host-local", "loopback"}
 
-// shared holds what every test of the package uses and builds once: the
-// ztdns binary and the reference plugins' directory. It is removed by
-// TestMain.
+// shared holds what every test of the package uses and checks or builds
+// once: the ztdns binary (removed by TestMain) and the reference plugins'
+// directory.
 var shared struct {
-	dir string // temporary, for the ztdns build
-
 	ztdnsOnce sync.Once
-	ztdns     string
 	ztdnsErr  error
 
 	pluginsOnce sync.Once
@@ -46,49 +43,25 @@ var shared struct {
 }
 
 func TestMain(m *testing.M) {
-	dir, remove, err := testenv.MkdirTempForProcess("ztdns-cni-e2e-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	shared.dir = dir
 	code := m.Run()
-	remove()
+	testenv.RemoveBuilds()
 	os.Exit(code)
 }
 
-// ztdnsBinary returns the ztdns binary under test, built once per run from
-// ./cmd/ztdns, and checks that it acts as a CNI plugin when a runtime runs
-// it.
+// ztdnsBinary returns the ztdns binary under test: the one binaryEnv names,
+// or ./cmd/ztdns built once per run. It checks once that the binary acts as
+// a CNI plugin when a runtime runs it.
 func ztdnsBinary(tb testing.TB) string {
 	tb.Helper()
-	shared.ztdnsOnce.Do(func() {
-		shared.ztdns, shared.ztdnsErr = buildZtdns()
-		if shared.ztdnsErr == nil {
-			shared.ztdnsErr = checkActsAsPlugin(shared.ztdns)
-		}
-	})
+	bin := os.Getenv(binaryEnv)
+	if bin == "" {
+		bin = testenv.Build(tb, "github.com/ztdns/ztdns/cmd/ztdns")
+	}
+	shared.ztdnsOnce.Do(func() { shared.ztdnsErr = checkActsAsPlugin(bin) })
 	if shared.ztdnsErr != nil {
 		tb.Fatal(shared.ztdnsErr)
 	}
-	return shared.ztdns
-}
-
-func buildZtdns() (string, error) {
-	if bin := os.Getenv(binaryEnv); bin != "" {
-		return bin, nil
-	}
-	root, err := repoRoot()
-	if err != nil {
-		return "", err
-	}
-	bin := filepath.Join(shared.dir, "ztdns")
-	cmd := exec.Command("go", "build", "-o", bin, "./cmd/ztdns")
-	cmd.Dir = root
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("go build ./cmd/ztdns: %w\n%s", err, out)
-	}
-	return bin, nil
+	return bin
 }
 
 // checkActsAsPlugin runs bin the way a runtime asks a plugin for its

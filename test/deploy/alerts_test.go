@@ -264,15 +264,7 @@ func evalRates(t *testing.T, e parser.Expr, series []rateSeries) []rateSeries {
 		if e.Func.Name != "rate" || len(e.Args) != 1 || !ok {
 			t.Fatalf("the test does not evaluate %s", e)
 		}
-		var out []rateSeries
-		for _, s := range series {
-			if matches(ms.VectorSelector.(*parser.VectorSelector), s.labels) {
-				l := maps.Clone(s.labels)
-				delete(l, "__name__")
-				out = append(out, rateSeries{labels: l, rate: s.rate})
-			}
-		}
-		return out
+		return evalRates(t, ms.VectorSelector, series)
 	case *parser.AggregateExpr:
 		if e.Op != parser.SUM && e.Op != parser.MAX || e.Without || e.Param != nil {
 			t.Fatalf("the test does not evaluate %s", e)

@@ -466,7 +466,7 @@ func checkAgentDaemonSet(t *testing.T, c *chart, want podWant) {
 			"prometheus.io/path":   "/metrics",
 		}
 	}
-	if got := annotations; !maps.Equal(got, wantAnnotations) && len(got)+len(wantAnnotations) > 0 {
+	if got := annotations; !maps.Equal(got, wantAnnotations) {
 		t.Errorf("pod annotations %v, want %v", got, wantAnnotations)
 	}
 }

@@ -11,7 +11,6 @@ import (
 	"regexp"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/ztdns/ztdns/internal/testenv"
@@ -144,39 +143,15 @@ func subcommandFlags(t *testing.T, bin, cmd string) map[string]bool {
 	return flags
 }
 
-// ztdnsOnce is the ztdns binary, built once per test binary.
-var ztdnsOnce struct {
-	sync.Once
-	dir, bin string
-	remove   func()
-	err      error
-}
-
-// buildZtdns builds ./cmd/ztdns once per test binary into a temporary
-// directory, removed when the tests end (TestMain).
+// buildZtdns returns ./cmd/ztdns, built once per test binary (removed by
+// TestMain).
 func buildZtdns(t *testing.T) string {
 	t.Helper()
-	ztdnsOnce.Do(func() {
-		if ztdnsOnce.dir, ztdnsOnce.remove, ztdnsOnce.err = testenv.MkdirTempForProcess("ztdns-deploy-bin-"); ztdnsOnce.err != nil {
-			return
-		}
-		ztdnsOnce.bin = filepath.Join(ztdnsOnce.dir, "ztdns")
-		cmd := exec.Command("go", "build", "-o", ztdnsOnce.bin, "./cmd/ztdns")
-		cmd.Dir = repoRoot(t)
-		if out, err := cmd.CombinedOutput(); err != nil {
-			ztdnsOnce.err = fmt.Errorf("go build ./cmd/ztdns: %w\n%s", err, out)
-		}
-	})
-	if ztdnsOnce.err != nil {
-		t.Fatal(ztdnsOnce.err)
-	}
-	return ztdnsOnce.bin
+	return testenv.Build(t, "github.com/ztdns/ztdns/cmd/ztdns")
 }
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if ztdnsOnce.remove != nil {
-		ztdnsOnce.remove()
-	}
+	testenv.RemoveBuilds()
 	os.Exit(code)
 }

@@ -130,13 +130,11 @@ func dashboardPanels(t *testing.T) []dashboardPanel {
 func TestChartProcessMetricsAreZtdns(t *testing.T) {
 	t.Parallel()
 	check := func(where string, e parser.Expr) {
-		seen := 0
 		parser.Inspect(e, func(n parser.Node, _ []parser.Node) error {
 			vs, ok := n.(*parser.VectorSelector)
 			if !ok || !strings.HasPrefix(vs.Name, "process_") && !strings.HasPrefix(vs.Name, "go_") {
 				return nil
 			}
-			seen++
 			if !slices.ContainsFunc(vs.LabelMatchers, func(m *labels.Matcher) bool {
 				return m.Name == "job" && m.Type == labels.MatchEqual && m.Value == "ztdns"
 			}) {

@@ -74,7 +74,6 @@ func TestCaptureNameserversLeavesOthersAlone(t *testing.T) {
 	c := newCluster(t)
 	listed, unlisted := podNameserver1, podNameserver2
 	markers, servers := c.servePodNameservers(t)
-	const metricsAddr = "127.0.0.1:19153" // inside the node namespace
 	a := testenv.StartAgent(t, c.node, c.bin, append(c.agentArgs(), "--capture-nameservers", listed, "--metrics", metricsAddr)...)
 	c.waitReady(t, a)
 	if got, want := c.status(t).CaptureNameservers, []string{listed + "/32"}; !slices.Equal(got, want) {

@@ -44,7 +44,6 @@ func TestBesideIstioCNIDNSRules(t *testing.T) {
 	testenv.LookPath(t, "getent")
 	testenv.LookPath(t, "curl")
 	musl := testenv.BuildMuslGetaddrinfo(t)
-	const metricsAddr = "127.0.0.1:19153" // inside the node namespace, which is the test's own
 	a := testenv.StartAgent(t, c.node, c.bin, append(c.agentArgs(), "--metrics", metricsAddr)...)
 	c.waitReady(t, a)
 

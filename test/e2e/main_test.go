@@ -14,10 +14,6 @@ package e2e
 import (
 	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
-	"runtime"
-	"sync"
 	"testing"
 
 	"github.com/ztdns/ztdns/internal/testenv"
@@ -33,9 +29,7 @@ func TestMain(m *testing.M) {
 	}
 	testenv.RunHelper()
 	code := m.Run()
-	if built.remove != nil {
-		built.remove()
-	}
+	testenv.RemoveBuilds()
 	os.Exit(code)
 }
 
@@ -49,35 +43,9 @@ func runHelper(name string, args []string) int {
 	return 2
 }
 
-// built is the ztdns binary, compiled on first use.
-var built struct {
-	once   sync.Once
-	dir    string
-	remove func()
-	bin    string
-	err    error
-}
-
-// ztdnsBinary builds ./cmd/ztdns once per test binary into a temporary
-// directory (removed by TestMain) and returns its path.
+// ztdnsBinary is ./cmd/ztdns, built once per test binary (removed by
+// TestMain).
 func ztdnsBinary(tb testing.TB) string {
 	tb.Helper()
-	built.once.Do(func() {
-		gobin, err := exec.LookPath("go")
-		if err != nil {
-			gobin = filepath.Join(runtime.GOROOT(), "bin", "go")
-		}
-		if built.dir, built.remove, built.err = testenv.MkdirTempForProcess("ztdns-e2e-bin-"); built.err != nil {
-			return
-		}
-		built.bin = filepath.Join(built.dir, "ztdns")
-		out, err := exec.Command(gobin, "build", "-o", built.bin, "github.com/ztdns/ztdns/cmd/ztdns").CombinedOutput()
-		if err != nil {
-			built.err = fmt.Errorf("go build ./cmd/ztdns: %w\n%s", err, out)
-		}
-	})
-	if built.err != nil {
-		tb.Fatal(built.err)
-	}
-	return built.bin
+	return testenv.Build(tb, "github.com/ztdns/ztdns/cmd/ztdns")
 }

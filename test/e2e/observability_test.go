@@ -56,7 +56,6 @@ func TestObservability(t *testing.T) {
 	c := newCluster(t)
 	c.serve(t, podNameserver1, ownMarker)
 	accessLog := filepath.Join(t.TempDir(), "access.log")
-	const metricsAddr = "127.0.0.1:19153" // inside the node namespace
 	a := testenv.StartAgent(t, c.node, c.bin, append(c.agentArgs(), "--metrics", metricsAddr, "--access-log", accessLog)...)
 	c.waitReady(t, a)
 	p := c.markedPod(t, "observed", podNameserver1)
@@ -290,6 +289,10 @@ func matches(values, want map[string]float64) bool {
 	}
 	return true
 }
+
+// metricsAddr is where tests start the agent's --metrics: inside the
+// cluster's node namespace, each test's own, so parallel tests share it.
+const metricsAddr = "127.0.0.1:19153"
 
 // scrape is one read of /metrics.
 type scrape struct {
