@@ -260,8 +260,11 @@ func evalRates(t *testing.T, e parser.Expr, series []rateSeries) []rateSeries {
 		}
 		return out
 	case *parser.Call:
+		if e.Func.Name != "rate" || len(e.Args) != 1 {
+			t.Fatalf("the test does not evaluate %s", e)
+		}
 		ms, ok := e.Args[0].(*parser.MatrixSelector)
-		if e.Func.Name != "rate" || len(e.Args) != 1 || !ok {
+		if !ok {
 			t.Fatalf("the test does not evaluate %s", e)
 		}
 		return evalRates(t, ms.VectorSelector, series)
