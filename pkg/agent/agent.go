@@ -744,7 +744,7 @@ func (a *Agent) finishTakeover() error {
 // old port only, and its liveness probe would restart it, taking the old
 // listener again each time.
 func (a *Agent) listenMetrics(in *inherited) error {
-	addr := metricsListenAddr(a.cfg.MetricsAddr)
+	addr := MetricsListenAddr(a.cfg.MetricsAddr)
 	if in != nil && in.metrics != nil {
 		if sameTCPAddr(in.metrics.Addr(), addr) {
 			a.metrics, in.metrics = in.metrics, nil
@@ -783,9 +783,9 @@ func sameTCPAddr(got net.Addr, addr string) bool {
 	return want.IP.Equal(g.IP)
 }
 
-// metricsListenAddr accepts an IPv6 address without brackets before the
+// MetricsListenAddr accepts an IPv6 address without brackets before the
 // port, as the chart's "$(HOST_IP):15053" gives on an IPv6 node.
-func metricsListenAddr(s string) string {
+func MetricsListenAddr(s string) string {
 	if _, _, err := net.SplitHostPort(s); err == nil {
 		return s
 	}
