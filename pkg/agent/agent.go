@@ -369,7 +369,7 @@ func (a *Agent) run(ctx context.Context) error {
 		if err := a.listenMetrics(in); err != nil {
 			return abort(err)
 		}
-		g.spawn("metrics", a.unlessHandedOver(func() error { return control.Serve(metricsCtx, a.metrics, a.httpHandler()) }))
+		g.spawn("metrics", unlessSet(&a.handedOver, func() error { return control.Serve(metricsCtx, a.metrics, a.httpHandler()) }))
 	}
 	if err := a.listen(g.spawn, in); err != nil {
 		return abort(err)
@@ -396,7 +396,7 @@ func (a *Agent) run(ctx context.Context) error {
 	}
 	ctlCtx, stopControl := context.WithCancel(ctx)
 	defer stopControl()
-	g.spawn("control socket", a.unlessHandedOver(func() error {
+	g.spawn("control socket", unlessSet(&a.handedOver, func() error {
 		return control.Serve(ctlCtx, ctl, control.NewHandler(controlAPI{a}, a.log))
 	}))
 	g.spawn("housekeeping", func() error { a.keepHouse(ctx); return nil })
@@ -545,12 +545,13 @@ func (g *group) waitStopped(log *slog.Logger, within time.Duration) {
 	}
 }
 
-// unlessHandedOver wraps a server whose socket the successor took: its end
-// is then no failure.
-func (a *Agent) unlessHandedOver(serve func() error) func() error {
+// unlessSet wraps a server whose end is no failure once done is set: the
+// successor took its socket (handedOver), or it served a retired one
+// (retiredDone).
+func unlessSet(done *atomic.Bool, serve func() error) func() error {
 	return func() error {
 		err := serve()
-		if a.handedOver.Load() {
+		if done.Load() {
 			return nil
 		}
 		return err
@@ -691,29 +692,17 @@ func (a *Agent) listen(spawn func(string, func() error), in *inherited) error {
 		for addr, cs := range in.udp {
 			for _, c := range cs {
 				a.retired = append(a.retired, c)
-				spawn("udp "+addr.String()+" (previous)", a.unlessRetired(func() error { return a.server.ServeUDP(c) }))
+				spawn("udp "+addr.String()+" (previous)", unlessSet(&a.retiredDone, func() error { return a.server.ServeUDP(c) }))
 			}
 		}
 		for addr, ln := range in.tcp {
 			a.retired = append(a.retired, ln)
-			spawn("tcp "+addr.String()+" (previous)", a.unlessRetired(func() error { return a.server.ServeTCP(ln) }))
+			spawn("tcp "+addr.String()+" (previous)", unlessSet(&a.retiredDone, func() error { return a.server.ServeTCP(ln) }))
 		}
 		in.udp, in.tcp = nil, nil
 	}
 	in.closeSockets() // addresses this agent no longer listens on
 	return nil
-}
-
-// unlessRetired wraps a server of a retired socket: its end is then no
-// failure.
-func (a *Agent) unlessRetired(serve func() error) func() error {
-	return func() error {
-		err := serve()
-		if a.retiredDone.Load() {
-			return nil
-		}
-		return err
-	}
 }
 
 // finishTakeover, once the predecessor has stopped serving, points the
