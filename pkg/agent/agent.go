@@ -308,7 +308,7 @@ func (a *Agent) run(ctx context.Context) error {
 	// Take over a running agent's sockets, if there is one, before binding:
 	// a restart then loses no query (see handoff.go).
 	in, err := takeOver(a.cfg.Socket, a.log)
-	if errors.Is(err, errHandoffFailed) {
+	if err != nil && !errors.Is(err, errPeerNotRoot) {
 		// It serves on: a second agent with fresh sockets beside it would
 		// split the queries between two tables, and both mark and beat.
 		a.server.Close()
