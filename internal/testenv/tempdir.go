@@ -24,6 +24,8 @@ var tempDirPrefixes = []string{
 	"ztdns-testbin-",    // Build
 	"ztdns-deploy-bin-", // test/deploy: the ztdns build
 	"ztdns-bench-",      // test/bench: generated clusters
+	"ztctl-",            // pkg/control: sockets (t.TempDir's path is too long for one)
+	"ztdns-cmd-",        // cmd/ztdns: an agent's control socket (likewise)
 }
 
 // isTempDir reports whether dir is one tests make: directly under
