@@ -406,13 +406,9 @@ func checkMetricsAddr(s string) error {
 	if s == "" {
 		return nil
 	}
-	_, port, err := net.SplitHostPort(s)
+	_, port, err := net.SplitHostPort(agent.MetricsListenAddr(s))
 	if err != nil {
-		i := strings.LastIndexByte(s, ':')
-		if ip, perr := netip.ParseAddr(s[:max(i, 0)]); i <= 0 || perr != nil || !ip.Is6() {
-			return errors.New("want ADDR:PORT, e.g. 127.0.0.1:15053")
-		}
-		port = s[i+1:]
+		return errors.New("want ADDR:PORT, e.g. 127.0.0.1:15053")
 	}
 	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
 		return fmt.Errorf("port %q: want a number up to 65535", port)

@@ -48,11 +48,7 @@ func ztdns(t *testing.T, args ...string) result {
 	t.Helper()
 	ctx := t.Context()
 	if len(args) > 0 && args[0] == "agent" {
-		dir, err := os.MkdirTemp("", "ztdns-cmd") // short: a socket path has 108 bytes
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { os.RemoveAll(dir) })
+		dir := testenv.MkdirTemp(t, "ztdns-cmd-") // short: a socket path has 108 bytes
 		args = confineAgent(args, filepath.Join(dir, "s.sock"))
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, 15*time.Second)

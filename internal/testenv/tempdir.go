@@ -21,6 +21,8 @@ var tempDirPrefixes = []string{
 	"ztcni-",         // test/cni: a runtime's directories and socket
 	"ztdns-testbin-", // Build
 	"ztdns-bench-",   // test/bench: generated clusters
+	"ztctl-",         // pkg/control: sockets (t.TempDir's path is too long for one)
+	"ztdns-cmd-",     // cmd/ztdns: an agent's control socket (likewise)
 }
 
 // isTempDir reports whether dir is one tests make: directly under

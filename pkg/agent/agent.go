@@ -308,7 +308,7 @@ func (a *Agent) run(ctx context.Context) error {
 	// Take over a running agent's sockets, if there is one, before binding:
 	// a restart then loses no query (see handoff.go).
 	in, err := takeOver(a.cfg.Socket, a.log)
-	if errors.Is(err, errHandoffFailed) {
+	if err != nil && !errors.Is(err, errPeerNotRoot) {
 		// It serves on: a second agent with fresh sockets beside it would
 		// split the queries between two tables, and both mark and beat.
 		a.server.Close()
@@ -369,7 +369,7 @@ func (a *Agent) run(ctx context.Context) error {
 		if err := a.listenMetrics(in); err != nil {
 			return abort(err)
 		}
-		g.spawn("metrics", a.unlessHandedOver(func() error { return control.Serve(metricsCtx, a.metrics, a.httpHandler()) }))
+		g.spawn("metrics", unlessSet(&a.handedOver, func() error { return control.Serve(metricsCtx, a.metrics, a.httpHandler()) }))
 	}
 	if err := a.listen(g.spawn, in); err != nil {
 		return abort(err)
@@ -396,7 +396,7 @@ func (a *Agent) run(ctx context.Context) error {
 	}
 	ctlCtx, stopControl := context.WithCancel(ctx)
 	defer stopControl()
-	g.spawn("control socket", a.unlessHandedOver(func() error {
+	g.spawn("control socket", unlessSet(&a.handedOver, func() error {
 		return control.Serve(ctlCtx, ctl, control.NewHandler(controlAPI{a}, a.log))
 	}))
 	g.spawn("housekeeping", func() error { a.keepHouse(ctx); return nil })
@@ -545,12 +545,13 @@ func (g *group) waitStopped(log *slog.Logger, within time.Duration) {
 	}
 }
 
-// unlessHandedOver wraps a server whose socket the successor took: its end
-// is then no failure.
-func (a *Agent) unlessHandedOver(serve func() error) func() error {
+// unlessSet wraps a server whose end is no failure once done is set: the
+// successor took its socket (handedOver), or it served a retired one
+// (retiredDone).
+func unlessSet(done *atomic.Bool, serve func() error) func() error {
 	return func() error {
 		err := serve()
-		if a.handedOver.Load() {
+		if done.Load() {
 			return nil
 		}
 		return err
@@ -691,29 +692,17 @@ func (a *Agent) listen(spawn func(string, func() error), in *inherited) error {
 		for addr, cs := range in.udp {
 			for _, c := range cs {
 				a.retired = append(a.retired, c)
-				spawn("udp "+addr.String()+" (previous)", a.unlessRetired(func() error { return a.server.ServeUDP(c) }))
+				spawn("udp "+addr.String()+" (previous)", unlessSet(&a.retiredDone, func() error { return a.server.ServeUDP(c) }))
 			}
 		}
 		for addr, ln := range in.tcp {
 			a.retired = append(a.retired, ln)
-			spawn("tcp "+addr.String()+" (previous)", a.unlessRetired(func() error { return a.server.ServeTCP(ln) }))
+			spawn("tcp "+addr.String()+" (previous)", unlessSet(&a.retiredDone, func() error { return a.server.ServeTCP(ln) }))
 		}
 		in.udp, in.tcp = nil, nil
 	}
 	in.closeSockets() // addresses this agent no longer listens on
 	return nil
-}
-
-// unlessRetired wraps a server of a retired socket: its end is then no
-// failure.
-func (a *Agent) unlessRetired(serve func() error) func() error {
-	return func() error {
-		err := serve()
-		if a.retiredDone.Load() {
-			return nil
-		}
-		return err
-	}
 }
 
 // finishTakeover, once the predecessor has stopped serving, points the
@@ -744,7 +733,7 @@ func (a *Agent) finishTakeover() error {
 // old port only, and its liveness probe would restart it, taking the old
 // listener again each time.
 func (a *Agent) listenMetrics(in *inherited) error {
-	addr := metricsListenAddr(a.cfg.MetricsAddr)
+	addr := MetricsListenAddr(a.cfg.MetricsAddr)
 	if in != nil && in.metrics != nil {
 		if sameTCPAddr(in.metrics.Addr(), addr) {
 			a.metrics, in.metrics = in.metrics, nil
@@ -783,9 +772,9 @@ func sameTCPAddr(got net.Addr, addr string) bool {
 	return want.IP.Equal(g.IP)
 }
 
-// metricsListenAddr accepts an IPv6 address without brackets before the
+// MetricsListenAddr accepts an IPv6 address without brackets before the
 // port, as the chart's "$(HOST_IP):15053" gives on an IPv6 node.
-func metricsListenAddr(s string) string {
+func MetricsListenAddr(s string) string {
 	if _, _, err := net.SplitHostPort(s); err == nil {
 		return s
 	}

@@ -45,9 +45,10 @@ type CaptureConfig struct {
 	Nameservers []netip.Prefix
 }
 
-// heartbeatEvery is how often the agent proves it is alive; a third of the
-// default staleness bound, so one late beat never fails pods open.
-const heartbeatEvery = time.Second
+// HeartbeatEvery is how often the agent proves it is alive; a third of the
+// default staleness bound, so one late beat never fails pods open. A bound
+// at or near it fails pods open at every late beat.
+const HeartbeatEvery = time.Second
 
 // stopGrace is how long an agent that stops without a successor keeps
 // answering after it failed pods open: queries redirected just before are
@@ -147,7 +148,7 @@ func (c *dataplane) dropOtherAddrs() {
 }
 
 // startBeating turns capture on: it writes the heartbeat now and every
-// heartbeatEvery until stopBeating. Only an agent that serves a table may
+// HeartbeatEvery until stopBeating. Only an agent that serves a table may
 // call it, or pods would be sent to a resolver that cannot answer them.
 func (c *dataplane) startBeating() {
 	c.beatMu.Lock()
@@ -162,7 +163,7 @@ func (c *dataplane) startBeating() {
 	c.beating.Add(1)
 	go func() {
 		defer c.beating.Done()
-		t := time.NewTicker(heartbeatEvery)
+		t := time.NewTicker(HeartbeatEvery)
 		defer t.Stop()
 		for {
 			select {

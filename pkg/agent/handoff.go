@@ -64,10 +64,11 @@ const (
 	maxHandoffFDs = 253
 )
 
-// errHandoffFailed says a running agent answered at the hand-off path but
-// did not hand its sockets over: binding fresh ones would put a second
-// agent beside it, both serving, marking and beating.
-var errHandoffFailed = errors.New("the running agent answered but its sockets could not be taken over")
+// errPeerNotRoot marks a process at the hand-off path that is not (or
+// cannot be shown to be) root: nothing is taken from it, and a fresh start
+// is right. Any other failure of takeOver is a running agent that did not
+// hand its sockets over.
+var errPeerNotRoot = errors.New("refused")
 
 // handoffPath is where an agent offers its sockets to its successor.
 func handoffPath(controlSocket string) string { return controlSocket + ".handoff" }
@@ -99,25 +100,8 @@ type inherited struct {
 
 // takeOver asks a running agent for its sockets. It returns nil and no error
 // when no agent answers, and an error (and nothing adopted) when the one
-// that answers is not root, or (errHandoffFailed) when a root one answers
-// but the exchange fails.
+// that answers is not root (errPeerNotRoot) or the exchange fails.
 func takeOver(controlSocket string, log *slog.Logger) (*inherited, error) {
-	in, err := takeOverFrom(controlSocket, log)
-	var refused *refusedPeer
-	if err != nil && !errors.As(err, &refused) {
-		err = fmt.Errorf("%w: %w", errHandoffFailed, err)
-	}
-	return in, err
-}
-
-// refusedPeer is a process at the hand-off path that is not root: nothing
-// is taken from it, and a fresh start is right.
-type refusedPeer struct{ err error }
-
-func (e *refusedPeer) Error() string { return e.err.Error() }
-func (e *refusedPeer) Unwrap() error { return e.err }
-
-func takeOverFrom(controlSocket string, log *slog.Logger) (*inherited, error) {
 	c, err := net.DialTimeout("unix", handoffPath(controlSocket), time.Second)
 	if err != nil {
 		return nil, nil // nobody to take over from
@@ -126,7 +110,7 @@ func takeOverFrom(controlSocket string, log *slog.Logger) (*inherited, error) {
 	if err := requireRoot(conn); err != nil {
 		conn.Close()
 		log.Warn("refusing the sockets offered at the hand-off path", "path", handoffPath(controlSocket), "err", err)
-		return nil, &refusedPeer{fmt.Errorf("handoff: %w", err)}
+		return nil, fmt.Errorf("handoff: %w: %w", errPeerNotRoot, err)
 	}
 	asked := time.Now()
 	conn.SetDeadline(asked.Add(handoffTimeout))

@@ -10,8 +10,8 @@ func TestMetricsListenAddr(t *testing.T) {
 		"2001:db8::7:15053":   "[2001:db8::7]:15053", // "$(HOST_IP):15053" on an IPv6 node
 		":15053":              ":15053",
 	} {
-		if got := metricsListenAddr(in); got != want {
-			t.Errorf("metricsListenAddr(%q) = %q, want %q", in, got, want)
+		if got := MetricsListenAddr(in); got != want {
+			t.Errorf("MetricsListenAddr(%q) = %q, want %q", in, got, want)
 		}
 	}
 }

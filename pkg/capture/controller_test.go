@@ -141,18 +141,27 @@ type fixture struct {
 
 func newFixture(t *testing.T, dnsCaptureDefault bool) *fixture {
 	t.Helper()
+	netns := &fakeNamespaces{byPath: map[string]Netns{}}
+	f := newFixtureOver(t, dnsCaptureDefault, []uint64{hostCookie}, netns)
+	f.netns = netns
+	return f
+}
+
+// newFixtureOver is newFixture over the namespaces ns, hostCookies being
+// the node's.
+func newFixtureOver(t *testing.T, dnsCaptureDefault bool, hostCookies []uint64, ns Namespaces) *fixture {
+	t.Helper()
 	f := &fixture{
 		pods:   podcache.New("cluster.local"),
 		marker: newFakeMarker(),
-		netns:  &fakeNamespaces{byPath: map[string]Netns{}},
 		dir:    t.TempDir(),
 		now:    time.Unix(1_700_000_000, 0),
 	}
 	f.ctl = New(Config{
-		StateDir: f.dir, NodeName: node, DNSCaptureDefault: dnsCaptureDefault, HostCookies: []uint64{hostCookie},
+		StateDir: f.dir, NodeName: node, DNSCaptureDefault: dnsCaptureDefault, HostCookies: hostCookies,
 		ExcludeNamespaces: []string{"kube-system"}, // the agent's default
 		Logger:            slog.New(slog.DiscardHandler), Now: func() time.Time { return f.now },
-	}, f.pods, f.marker, f.netns)
+	}, f.pods, f.marker, ns)
 	t.Cleanup(f.ctl.Close)
 	// As the agent starts: the record (none yet) is read before anything
 	// is decided.

@@ -5,7 +5,6 @@ package capture
 import (
 	"context"
 	"errors"
-	"log/slog"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -17,7 +16,6 @@ import (
 
 	"github.com/ztdns/ztdns/internal/testenv"
 	"github.com/ztdns/ztdns/pkg/model"
-	"github.com/ztdns/ztdns/pkg/podcache"
 	"github.com/ztdns/ztdns/pkg/redirect"
 )
 
@@ -145,13 +143,7 @@ func TestAdoptedPodOutlivesItsProcess(t *testing.T) {
 	}
 	pathOf := func(c *exec.Cmd) string { return "/proc/" + strconv.Itoa(c.Process.Pid) + "/ns/net" }
 
-	f := &fixture{pods: podcache.New("cluster.local"), marker: newFakeMarker(), dir: t.TempDir(), now: time.Unix(1_700_000_000, 0)}
-	f.ctl = New(Config{StateDir: f.dir, NodeName: node, DNSCaptureDefault: true, HostCookies: ownCookie(t),
-		Logger: slog.New(slog.DiscardHandler), Now: func() time.Time { return f.now }}, f.pods, f.marker, ProcNamespaces{})
-	t.Cleanup(f.ctl.Close)
-	if err := f.ctl.Restore(); err != nil {
-		t.Fatal(err)
-	}
+	f := newProcFixture(t)
 	f.source([]model.Namespace{ambientNS}, pod("web", addr, nil))
 	p := f.pods.Get("shop", "web")
 	if p.Attachment == nil || p.Attachment.NetnsPath != pathOf(procs[0]) {
@@ -178,6 +170,13 @@ func TestAdoptedPodOutlivesItsProcess(t *testing.T) {
 	if rec := f.savedRecord(t); len(rec) != 1 || rec[0].NetnsPath != pathOf(procs[1]) {
 		t.Errorf("record %+v, want web's through %s", rec, pathOf(procs[1]))
 	}
+}
+
+// newProcFixture is newFixture over the machine's namespaces, found
+// through /proc; the test's own is the node's.
+func newProcFixture(t *testing.T) *fixture {
+	t.Helper()
+	return newFixtureOver(t, true, ownCookie(t), ProcNamespaces{})
 }
 
 // ownCookie is the test's own network namespace, the node's: never
@@ -237,13 +236,7 @@ func TestAdoptionPrefersTheNodesUserNamespace(t *testing.T) {
 	hostUsersFalse := userns(api)
 	pathOf := func(c *exec.Cmd) string { return "/proc/" + strconv.Itoa(c.Process.Pid) + "/ns/net" }
 
-	f := &fixture{pods: podcache.New("cluster.local"), marker: newFakeMarker(), dir: t.TempDir(), now: time.Unix(1_700_000_000, 0)}
-	f.ctl = New(Config{StateDir: f.dir, NodeName: node, DNSCaptureDefault: true, HostCookies: ownCookie(t),
-		Logger: slog.New(slog.DiscardHandler), Now: func() time.Time { return f.now }}, f.pods, f.marker, ProcNamespaces{})
-	t.Cleanup(f.ctl.Close)
-	if err := f.ctl.Restore(); err != nil {
-		t.Fatal(err)
-	}
+	f := newProcFixture(t)
 	f.source([]model.Namespace{ambientNS}, pod("web", web, nil), pod("api", api, nil))
 	if p := f.pods.Get("shop", "web"); p.Attachment == nil || p.Attachment.NetnsPath != pathOf(pause) {
 		t.Errorf("web's attachment %+v, want adopted through its own namespace, %s", p.Attachment, pathOf(pause))

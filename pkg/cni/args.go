@@ -8,7 +8,7 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 
-	"github.com/ztdns/ztdns/pkg/redirect"
+	"github.com/ztdns/ztdns/pkg/model"
 )
 
 // podArgs is the pod's identity from CNI_ARGS.
@@ -68,7 +68,7 @@ func podIPs(res *current.Result) []netip.Addr {
 				continue
 			}
 		}
-		if a, ok := netip.AddrFromSlice(ipc.Address.IP); ok && redirect.PodAddr(a) {
+		if a, ok := netip.AddrFromSlice(ipc.Address.IP); ok && model.PodAddr(a) {
 			ips = append(ips, a.Unmap())
 		}
 	}

@@ -102,7 +102,8 @@ type server struct {
 func serve(t *testing.T, access control.Access) *server {
 	t.Helper()
 	testenv.RequireRoot(t)
-	dir := shortTempDir(t, 0o755) // MkdirTemp's 0700 would keep every other user out
+	dir := testenv.MkdirTemp(t, "ztctl-") // short: a socket path has 108 bytes
+	chmod(t, dir, 0o755)                  // MkdirTemp's 0700 would keep every other user out
 	s := &server{socket: filepath.Join(dir, "run", "ztdns.sock"), api: &recorder{}, log: &testenv.Log{}}
 	access.Logger = slog.New(slog.NewTextHandler(s.log, nil))
 	ln, err := control.Listen(s.socket, access)
@@ -216,7 +217,8 @@ func TestRefusesSharedDirectories(t *testing.T) {
 		// taken textually, the path would pass as dir/z.
 		{"through \"..\" after a symbolic link another user owns", func(t *testing.T, dir string) string {
 			chmod(t, dir, os.ModeSticky|0o777)
-			own := shortTempDir(t, 0o755)
+			own := testenv.MkdirTemp(t, "ztctl-")
+			chmod(t, own, 0o755)
 			for _, d := range []string{own, filepath.Join(own, "home"), filepath.Join(own, "z")} {
 				if d != own {
 					if err := os.Mkdir(d, 0o755); err != nil {
@@ -235,7 +237,7 @@ func TestRefusesSharedDirectories(t *testing.T) {
 		}, `has a ".." component`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			dir := shortTempDir(t, 0)
+			dir := testenv.MkdirTemp(t, "ztctl-")
 			socket := tc.setup(t, dir)
 			ln, err := control.Listen(socket, control.Access{})
 			if err == nil {
@@ -263,7 +265,8 @@ func TestRefusesSharedDirectories(t *testing.T) {
 // through the path as written.
 func TestRootsSymbolicLinkFollowed(t *testing.T) {
 	testenv.RequireRoot(t)
-	dir := shortTempDir(t, 0o755)
+	dir := testenv.MkdirTemp(t, "ztctl-")
+	chmod(t, dir, 0o755)
 	for _, d := range []string{"run", "var"} {
 		if err := os.Mkdir(filepath.Join(dir, d), 0o755); err != nil {
 			t.Fatal(err)
@@ -299,7 +302,8 @@ func TestRootsSymbolicLinkFollowed(t *testing.T) {
 // listener with SO_PEERCRED, as the agent checks its callers.
 func TestClientRefusesPlantedSocket(t *testing.T) {
 	testenv.RequireRoot(t)
-	dir := shortTempDir(t, 0o777)
+	dir := testenv.MkdirTemp(t, "ztctl-")
+	chmod(t, dir, 0o777)
 	socket := filepath.Join(dir, "ztdns.sock")
 	testenv.ListenAsUser(t, testenv.Nobody, socket)
 	st, err := control.NewClient(socket, 5*time.Second).Status(context.Background())
@@ -335,22 +339,6 @@ func symlink(t *testing.T, target, link string, uid int) {
 	if err := os.Lchown(link, uid, 0); err != nil {
 		t.Fatal(err)
 	}
-}
-
-// shortTempDir returns a new directory under /tmp, removed when the test
-// ends: t.TempDir's path can be too long for a unix socket's. Its mode is
-// set to m unless m is 0, which leaves MkdirTemp's 0700.
-func shortTempDir(t *testing.T, m os.FileMode) string {
-	t.Helper()
-	dir, err := os.MkdirTemp("", "ztctl-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	if m != 0 {
-		chmod(t, dir, m)
-	}
-	return dir
 }
 
 func chmod(t *testing.T, path string, m os.FileMode) {

@@ -221,8 +221,6 @@ func (r *Redirector) SweepNameservers() (int, error) {
 			marked[key.NetnsCookie] = m
 		}
 		return !m, nil
-	}, func(k ztdnsNameserverKey, err error) error {
-		return fmt.Errorf("sweep nameservers: forget netns cookie %d slot %d: %w", k.NetnsCookie, k.Slot, err)
 	})
 	return removed, err
 }
@@ -240,8 +238,6 @@ func (r *Redirector) forgetUnlisted() error {
 	unlisted, _, err := r.forgetSlots("forget unlisted nameservers", func(_ ztdnsNameserverKey, val ztdnsNameserver) (bool, error) {
 		ap, ok := val.Server.addrPort()
 		return !ok || !Listed(r.cfg.CaptureNameservers, ap.Addr()), nil
-	}, func(k ztdnsNameserverKey, err error) error {
-		return fmt.Errorf("forget netns cookie %d slot %d, not a listed nameserver: %w", k.NetnsCookie, k.Slot, err)
 	})
 	if unlisted > 0 {
 		r.log.Info("forgot learned nameservers outside the capture list", "slots", unlisted)
@@ -252,8 +248,8 @@ func (r *Redirector) forgetUnlisted() error {
 // forgetSlots deletes the nameserver slots drop picks, after the walk:
 // deleting during it can make a hash map's iteration start over. It returns
 // how many slots drop picked and how many it removed (a slot already gone is
-// not an error); failed words a failed delete, what names a failed walk.
-func (r *Redirector) forgetSlots(what string, drop func(ztdnsNameserverKey, ztdnsNameserver) (bool, error), failed func(ztdnsNameserverKey, error) error) (picked, removed int, err error) {
+// not an error); what names the errors.
+func (r *Redirector) forgetSlots(what string, drop func(ztdnsNameserverKey, ztdnsNameserver) (bool, error)) (picked, removed int, err error) {
 	var (
 		key   ztdnsNameserverKey
 		val   ztdnsNameserver
@@ -279,7 +275,7 @@ func (r *Redirector) forgetSlots(what string, drop func(ztdnsNameserverKey, ztdn
 		case err == nil:
 			removed++
 		case !errors.Is(err, ebpf.ErrKeyNotExist):
-			errs = append(errs, failed(k, err))
+			errs = append(errs, fmt.Errorf("%s: netns cookie %d slot %d: %w", what, k.NetnsCookie, k.Slot, err))
 		}
 	}
 	return len(picks), removed, errors.Join(errs...)

@@ -11,7 +11,10 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+
 	"golang.org/x/sys/unix"
+
+	"github.com/ztdns/ztdns/pkg/model"
 )
 
 // ErrNoNetns is in NetnsCookie's error when nothing is at the path, or
@@ -76,7 +79,7 @@ func NetnsAddrs(netnsPath string) ([]netip.Addr, error) {
 		if !ok {
 			continue
 		}
-		if !PodAddr(ip) {
+		if !model.PodAddr(ip) {
 			continue
 		}
 		addrs = append(addrs, ip.Unmap())
