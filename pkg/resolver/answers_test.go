@@ -359,10 +359,7 @@ func TestTruncatedReplyRefusedNotCounted(t *testing.T) {
 	b := quota.NewBudget(DefaultInflightBytes, MinPodInflightBytes)
 	addr := bigHeadlessServer(t, Options{Pods: pods, Budget: b})
 	pod := pods.Lookup(victimIP).Quota
-	if v := b.TryTake(pod, MinPodInflightBytes); v != quota.Taken { // no reply of the pod's fits now
-		t.Fatalf("could not take the pod's %d bytes: %d", MinPodInflightBytes, v)
-	}
-	t.Cleanup(func() { b.Give(pod, MinPodInflightBytes) })
+	useUpBytes(t, b, pod, MinPodInflightBytes) // no reply of the pod's fits now
 	query := new(dns.Msg)
 	query.SetQuestion("web.ns.default.svc.cluster.local.", dns.TypeA)
 	c := &dns.Client{Net: "tcp", Timeout: 5 * time.Second, Dialer: &net.Dialer{LocalAddr: &net.TCPAddr{IP: victimIP.AsSlice()}, Timeout: 5 * time.Second}}

@@ -146,7 +146,23 @@ func startSilentUpstream(t *testing.T) *silentUpstream {
 // liveUpstream answers every A question with 203.0.113.7 (TTL 0).
 func liveUpstream(t *testing.T) netip.AddrPort {
 	t.Helper()
-	return dnstest.Start(t, "127.0.0.1:0", dnstest.Marker(netip.MustParseAddr("203.0.113.7"), netip.MustParseAddr("2001:db8::7"))).Addr
+	return dnstest.Start(t, "127.0.0.1:0", liveAnswers()).Addr
+}
+
+// liveAnswers are liveUpstream's: 203.0.113.7 for every A question,
+// 2001:db8::7 for every AAAA (TTL 0).
+func liveAnswers() dnstest.Answerer {
+	return dnstest.Marker(netip.MustParseAddr("203.0.113.7"), netip.MustParseAddr("2001:db8::7"))
+}
+
+// useUpBytes takes n of the source's bytes of b until the test ends: no
+// reply of the source's fits meanwhile.
+func useUpBytes(t *testing.T, b *quota.Budget, source *quota.Source, n int) {
+	t.Helper()
+	if v := b.TryTake(source, n); v != quota.Taken {
+		t.Fatalf("could not take the source's %d bytes: %d", n, v)
+	}
+	t.Cleanup(func() { b.Give(source, n) })
 }
 
 func packQuery(t testing.TB, name string, qtype uint16) []byte {
@@ -717,10 +733,7 @@ func TestReplyRefusedOnTheConnectionsSource(t *testing.T) {
 	if pod == nil || pod == conn {
 		t.Fatalf("the pod's source %p, the connection's %p: want one of the pod's own", pod, conn)
 	}
-	if v := b.TryTake(conn, perSource); v != quota.Taken { // no reply of the connection's fits now
-		t.Fatalf("could not take the connection's source's %d bytes: %d", perSource, v)
-	}
-	t.Cleanup(func() { b.Give(conn, perSource) })
+	useUpBytes(t, b, conn, perSource) // no reply of the connection's fits now
 	// A search-list expansion, the slow path answered from the table, and
 	// a name forwarded.
 	for i, name := range []string{aliasName, "who.example."} {
