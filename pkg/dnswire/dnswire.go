@@ -207,6 +207,12 @@ func skipRR(msg []byte, off int) (fixed, end int, err error) {
 	return fixed, end, nil
 }
 
+// isOPT reports whether the record at off, its fixed part at fixed (see
+// skipRR), is an OPT record: type 41 owned by the root.
+func isOPT(msg []byte, off, fixed int) bool {
+	return fixed == off+1 && binary.BigEndian.Uint16(msg[fixed:]) == typeOPT
+}
+
 // readTTL reads the TTL at off, treating values with the top bit set as 0
 // (RFC 2181 8).
 func readTTL(msg []byte, off int) uint32 {

@@ -1,7 +1,6 @@
 package dnswire
 
 import (
-	"encoding/binary"
 	"errors"
 )
 
@@ -52,7 +51,7 @@ func PlanFit(msg []byte, limit int) (Fit, error) {
 		if err != nil {
 			return f, err
 		}
-		if i >= authorityEnd && fixed == off+1 && binary.BigEndian.Uint16(msg[fixed:]) == typeOPT {
+		if i >= authorityEnd && isOPT(msg, off, fixed) {
 			if f.optOff >= 0 {
 				return f, errTwoOPT
 			}
@@ -104,7 +103,7 @@ func (f Fit) Apply(msg []byte) []byte {
 	}
 	SetANCount(msg, f.an)
 	SetNSCount(msg, f.ns)
-	binary.BigEndian.PutUint16(msg[10:], ar)
+	SetARCount(msg, ar)
 	if f.Dropped {
 		msg[2] |= FlagTC >> 8
 	}

@@ -147,9 +147,9 @@ func ParseQuery(msg []byte, q *Query, name *NameBuf) error {
 		if err != nil {
 			return err
 		}
-		// OPT: type 41 owned by the root; class is the UDP size, TTL
-		// the extended rcode, version and flags.
-		if fixed == off+1 && binary.BigEndian.Uint16(msg[fixed:]) == typeOPT {
+		// OPT: class is the UDP size, TTL the extended rcode, version
+		// and flags.
+		if isOPT(msg, off, fixed) {
 			if q.EDNS {
 				return errTwoOPT // RFC 6891 6.1.1: FORMERR
 			}

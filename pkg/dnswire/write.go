@@ -36,6 +36,9 @@ func SetANCount(msg []byte, n uint16) { binary.BigEndian.PutUint16(msg[6:], n) }
 // SetNSCount sets the authority count of the message starting at msg[0].
 func SetNSCount(msg []byte, n uint16) { binary.BigEndian.PutUint16(msg[8:], n) }
 
+// SetARCount sets the additional count of the message starting at msg[0].
+func SetARCount(msg []byte, n uint16) { binary.BigEndian.PutUint16(msg[10:], n) }
+
 // AddARCount adds n to the additional count of the message starting at
 // msg[0].
 func AddARCount(msg []byte, n uint16) {

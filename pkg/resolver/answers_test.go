@@ -314,41 +314,6 @@ func TestForwardedReplyCutOnTheWire(t *testing.T) {
 	}
 }
 
-// TestFitUDPAllocates: cutting a forwarded reply to the client's UDP
-// buffer is a walk over its bytes, not a decoding into records and a
-// packing (before: some 1,000 allocations for a 4,033-byte reply).
-func TestFitUDPAllocates(t *testing.T) {
-	s := New(Options{})
-	defer s.Close()
-	msg := packQuery(t, "big.example.", dns.TypeA)
-	q := &slowQuery{s: s, msg: msg, src: netip.AddrPortFrom(victimIP, 5353)}
-	if v := parse(msg, &q.r, new(nameBuf)); v != verdictOK {
-		t.Fatalf("the query parsed as %d", v)
-	}
-	m := new(dns.Msg)
-	m.SetReply(dnstest.Unpack(t, msg))
-	for i := range 250 {
-		m.Answer = append(m.Answer, &dns.A{Hdr: dns.RR_Header{Name: "big.example.", Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60},
-			A: net.IPv4(203, 0, 113, byte(i+1))})
-	}
-	m.Compress = true
-	reply, err := m.Pack()
-	if err != nil {
-		t.Fatal(err)
-	}
-	buf := make([]byte, len(reply))
-	var out []byte
-	if n := testing.AllocsPerRun(100, func() {
-		copy(buf, reply)
-		out = q.fitUDP(buf)
-	}); n > 2 {
-		t.Errorf("%v allocations to cut a reply, want at most 2", n)
-	}
-	if r := dnstest.Unpack(t, out); !r.Truncated || len(r.Answer) != (512-12-17)/16 {
-		t.Errorf("TC %v, %d records, want TC and %d", r.Truncated, len(r.Answer), (512-12-17)/16)
-	}
-}
-
 // TestTruncatedReplyRefusedNotCounted: a slow-path TCP answer cut to fit a
 // message whose hold is refused (the pod's bytes taken) goes out as
 // SERVFAIL, without TC: ztdns_resolver_truncated_total, replies sent with
@@ -359,10 +324,7 @@ func TestTruncatedReplyRefusedNotCounted(t *testing.T) {
 	b := quota.NewBudget(DefaultInflightBytes, MinPodInflightBytes)
 	addr := bigHeadlessServer(t, Options{Pods: pods, Budget: b})
 	pod := pods.Lookup(victimIP).Quota
-	if v := b.TryTake(pod, MinPodInflightBytes); v != quota.Taken { // no reply of the pod's fits now
-		t.Fatalf("could not take the pod's %d bytes: %d", MinPodInflightBytes, v)
-	}
-	t.Cleanup(func() { b.Give(pod, MinPodInflightBytes) })
+	useUpBytes(t, b, pod, MinPodInflightBytes) // no reply of the pod's fits now
 	query := new(dns.Msg)
 	query.SetQuestion("web.ns.default.svc.cluster.local.", dns.TypeA)
 	c := &dns.Client{Net: "tcp", Timeout: 5 * time.Second, Dialer: &net.Dialer{LocalAddr: &net.TCPAddr{IP: victimIP.AsSlice()}, Timeout: 5 * time.Second}}

@@ -146,7 +146,23 @@ func startSilentUpstream(t *testing.T) *silentUpstream {
 // liveUpstream answers every A question with 203.0.113.7 (TTL 0).
 func liveUpstream(t *testing.T) netip.AddrPort {
 	t.Helper()
-	return dnstest.Start(t, "127.0.0.1:0", dnstest.Marker(netip.MustParseAddr("203.0.113.7"), netip.MustParseAddr("2001:db8::7"))).Addr
+	return dnstest.Start(t, "127.0.0.1:0", liveAnswers()).Addr
+}
+
+// liveAnswers are liveUpstream's: 203.0.113.7 for every A question,
+// 2001:db8::7 for every AAAA (TTL 0).
+func liveAnswers() dnstest.Answerer {
+	return dnstest.Marker(netip.MustParseAddr("203.0.113.7"), netip.MustParseAddr("2001:db8::7"))
+}
+
+// useUpBytes takes n of the source's bytes of b until the test ends: no
+// reply of the source's fits meanwhile.
+func useUpBytes(t *testing.T, b *quota.Budget, source *quota.Source, n int) {
+	t.Helper()
+	if v := b.TryTake(source, n); v != quota.Taken {
+		t.Fatalf("could not take the source's %d bytes: %d", n, v)
+	}
+	t.Cleanup(func() { b.Give(source, n) })
 }
 
 func packQuery(t testing.TB, name string, qtype uint16) []byte {
@@ -403,18 +419,10 @@ func TestIdleTimeoutShortensUnderPressure(t *testing.T) {
 	const maxConns = 40
 	ls := startLimitsServer(t, Options{Limits: quota.Limits{QPS: -1, TCPConns: -1}, TCPMaxConns: maxConns, TCPIdleTimeout: 10 * time.Minute},
 		liveUpstream(t), liveUpstream(t))
-	dial := func(from netip.Addr) net.Conn {
-		c, err := (&net.Dialer{LocalAddr: &net.TCPAddr{IP: from.AsSlice()}}).Dial("tcp4", ls.addr.String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		return c
-	}
 	// Ten connections that each get an answer and then go idle.
 	var early []net.Conn
 	for range 10 {
-		c := dial(flooderIP)
+		c := ls.dialFrom(t, flooderIP)
 		exchangeTCP(t, c, packQuery(t, tableName, dns.TypeA))
 		early = append(early, c)
 	}
@@ -422,7 +430,7 @@ func TestIdleTimeoutShortensUnderPressure(t *testing.T) {
 	// each, none over its fair share): idle connections get a hundredth
 	// of the timeout (6 s of ten minutes) from when they went idle...
 	for i := range maxConns*3/4 - 10 {
-		dial(netip.AddrFrom4([4]byte{127, 0, 1, byte(1 + i/5)}))
+		ls.dialFrom(t, netip.AddrFrom4([4]byte{127, 0, 1, byte(1 + i/5)}))
 	}
 	closed := make(chan int, len(early))
 	for i, c := range early {
@@ -504,11 +512,7 @@ func TestRateLimitPerSource(t *testing.T) {
 
 	// Over TCP, from an address that is no pod: REFUSED past the burst.
 	other := netip.MustParseAddr("127.0.0.4")
-	c, err := (&net.Dialer{LocalAddr: &net.TCPAddr{IP: other.AsSlice()}}).Dial("tcp4", ls.addr.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := ls.dialFrom(t, other)
 	var queries [][]byte
 	for range burst + 5 {
 		queries = append(queries, packQuery(t, tableName, dns.TypeA))
@@ -587,11 +591,7 @@ func TestLargeAnswersKeepTheCacheWithinItsBytes(t *testing.T) {
 	const cacheBytes, answer, names = 1 << 20, 16 << 10, 2000
 	up := dnstest.Start(t, "127.0.0.1:0", dnstest.LargeTXT(answer)).Addr
 	ls := startLimitsServer(t, Options{Limits: quota.Limits{QPS: -1}}, up, up, forward.WithCacheBytes(cacheBytes))
-	c, err := (&net.Dialer{LocalAddr: &net.TCPAddr{IP: flooderIP.AsSlice()}}).Dial("tcp4", ls.addr.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := ls.dialFrom(t, flooderIP)
 	queries := uniqueTXTQueries(t, names)
 	most := int64(0)
 	for batch := range names / 100 {
@@ -622,11 +622,7 @@ func TestInflightBytesAreBounded(t *testing.T) {
 	up := dnstest.Start(t, "127.0.0.1:0", dnstest.LargeTXT(answer)).Addr
 	b := quota.NewBudget(budget, 0)
 	ls := startLimitsServer(t, Options{Limits: quota.Limits{QPS: -1}, Budget: b}, up, up, forward.WithCacheSize(0))
-	c, err := (&net.Dialer{LocalAddr: &net.TCPAddr{IP: flooderIP.AsSlice()}}).Dial("tcp4", ls.addr.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := ls.dialFrom(t, flooderIP)
 	rcodes := map[int]int{}
 	for _, r := range pipelineTCP(t, c, uniqueTXTQueries(t, names), 64) {
 		rcodes[r.Rcode]++
@@ -654,11 +650,7 @@ func TestRepliesOverTheSourcesBytesAreItsOutcome(t *testing.T) {
 	up := dnstest.Start(t, "127.0.0.1:0", dnstest.LargeTXT(2000)).Addr
 	b := quota.NewBudget(budget, perSource)
 	ls := startLimitsServer(t, Options{Limits: quota.Limits{QPS: -1}, Budget: b}, up, up)
-	c, err := (&net.Dialer{LocalAddr: &net.TCPAddr{IP: flooderIP.AsSlice()}}).Dial("tcp4", ls.addr.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := ls.dialFrom(t, flooderIP)
 	q := packQuery(t, "big.example.", dns.TypeTXT)
 	// Now cached: the answers below take bytes only while written.
 	if r := exchangeTCP(t, c, q); r.Rcode != dns.RcodeSuccess {
@@ -725,11 +717,7 @@ func TestReplyRefusedOnTheConnectionsSource(t *testing.T) {
 	newcomerIP := netip.MustParseAddr("127.0.0.9")
 	b := quota.NewBudget(budget, perSource)
 	ls := startLimitsServer(t, Options{Limits: quota.Limits{QPS: -1}, Budget: b}, liveUpstream(t), liveUpstream(t))
-	c, err := (&net.Dialer{LocalAddr: &net.TCPAddr{IP: newcomerIP.AsSlice()}}).Dial("tcp4", ls.addr.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := ls.dialFrom(t, newcomerIP)
 	// Answered: the connection was accepted, its source the address's
 	// among unknown sources.
 	if r := exchangeTCP(t, c, packQuery(t, tableName, dns.TypeA)); r.Rcode != dns.RcodeSuccess {
@@ -745,10 +733,7 @@ func TestReplyRefusedOnTheConnectionsSource(t *testing.T) {
 	if pod == nil || pod == conn {
 		t.Fatalf("the pod's source %p, the connection's %p: want one of the pod's own", pod, conn)
 	}
-	if v := b.TryTake(conn, perSource); v != quota.Taken { // no reply of the connection's fits now
-		t.Fatalf("could not take the connection's source's %d bytes: %d", perSource, v)
-	}
-	t.Cleanup(func() { b.Give(conn, perSource) })
+	useUpBytes(t, b, conn, perSource) // no reply of the connection's fits now
 	// A search-list expansion, the slow path answered from the table, and
 	// a name forwarded.
 	for i, name := range []string{aliasName, "who.example."} {
@@ -834,11 +819,7 @@ const (
 func TestLongTCPQueryRefused(t *testing.T) {
 	const announced, rounds = 60000, 50
 	ls := startLimitsServer(t, Options{Limits: quota.Limits{QPS: -1}}, liveUpstream(t), liveUpstream(t))
-	c, err := (&net.Dialer{LocalAddr: &net.TCPAddr{IP: flooderIP.AsSlice()}}).Dial("tcp4", ls.addr.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := ls.dialFrom(t, flooderIP)
 	long := make([]byte, 2+announced)
 	binary.BigEndian.PutUint16(long, announced)
 	copy(long[2:], packQuery(t, "who.example.", dns.TypeA)) // a query, then junk
@@ -890,11 +871,7 @@ func TestLongTCPMessagesChargeTheRate(t *testing.T) {
 	now := func() time.Time { return time.Unix(0, clock.Load()) }
 	ls := startLimitsServer(t, Options{Limits: quota.Limits{QPS: 1, Burst: burst}, Now: now}, liveUpstream(t), liveUpstream(t))
 	dial := func() net.Conn {
-		c, err := (&net.Dialer{LocalAddr: &net.TCPAddr{IP: flooderIP.AsSlice()}}).Dial("tcp4", ls.addr.String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
+		c := ls.dialFrom(t, flooderIP)
 		c.SetDeadline(time.Now().Add(30 * time.Second))
 		return c
 	}
@@ -928,11 +905,7 @@ func startStalledReplies(t *testing.T, perPod, sent int, b *quota.Budget) (*limi
 	stalling := dnstest.StartStalling(t, sent)
 	ls := startLimitsServer(t, Options{Limits: quota.Limits{QPS: -1, Forwarding: perPod}, Budget: b}, stalling.Addr, liveUpstream(t),
 		forward.WithCacheSize(0))
-	c, err := (&net.Dialer{LocalAddr: &net.TCPAddr{IP: flooderIP.AsSlice()}}).Dial("tcp4", ls.addr.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
+	c := ls.dialFrom(t, flooderIP)
 	for i := range perPod {
 		if err := dnstest.WriteTCP(c, packQuery(t, fmt.Sprintf("n%d.stall.example.", i), dns.TypeTXT)); err != nil {
 			t.Fatal(err)

@@ -284,12 +284,13 @@ func (s *Server) sourceOf(ip netip.Addr, now int64) (*podcache.Pod, *quota.Sourc
 // chargeRate charges msg to its source's rate, where the resolver applies
 // it (rateHere), before anything else is done with it, and finds the pod
 // that asks. over reports the source past its rate; refused is then what
-// to send (nil: nothing), parsed into r.
+// to send (nil: nothing), parsed into r. The source charged is kept in sc.
 func (s *Server) chargeRate(msg []byte, r *request, src netip.AddrPort, tcp bool, out []byte, sc *scratch, now int64) (pod *podcache.Pod, refused []byte, over bool) {
 	if !s.rateHere(sc) {
 		return s.opts.Pods.Lookup(src.Addr()), nil, false
 	}
 	pod, source := s.sourceOf(src.Addr(), now)
+	sc.charged = source
 	if source.Allow(now, s.rate) {
 		return pod, nil, false
 	}
@@ -502,6 +503,9 @@ type scratch struct {
 	// kernelRated: the kernel's filter applies the query rate to this UDP
 	// socket, and the resolver does not again.
 	kernelRated bool
+	// charged is the source chargeRate charged last: the one a TCP reader
+	// waits on before its next query (pauseForRate).
+	charged *quota.Source
 }
 
 // answerFast tries to answer msg from the table. It returns the reply

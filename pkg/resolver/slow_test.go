@@ -58,6 +58,18 @@ func (ss *slowServer) askType(t *testing.T, proto, name string, qtype uint16) *d
 	return r
 }
 
+// dialUDP opens a UDP socket from the pod to the server, closed when the
+// test ends.
+func (ss *slowServer) dialUDP(t *testing.T) *net.UDPConn {
+	t.Helper()
+	c, err := net.DialUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(victimIP, 0)), net.UDPAddrFromAddrPort(ss.addr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
 // replyText is a reply's rcode and its answer and authority sections, one
 // string a record, TTLs left out.
 func replyText(r *dns.Msg) (rcode string, answer, ns []string) {
@@ -225,15 +237,12 @@ func TestLookupsOverThePodsBytesAreCounted(t *testing.T) {
 	b := quota.NewBudget(64<<10, perSource)
 	ss := startSlowServerWith(t, Options{Autopath: true, Limits: quota.Limits{QPS: -1}, Budget: b}, &model.Snapshot{
 		Services: []model.Service{{Namespace: "ns1", Name: "out", ExternalName: "out.example"}},
-	}, dnstest.Marker(netip.MustParseAddr("203.0.113.7"), netip.MustParseAddr("2001:db8::7")))
+	}, liveAnswers())
 	if r := ss.askType(t, "udp", "out.ns1.svc.cluster.local.", dns.TypeA); len(r.Answer) != 2 {
 		t.Fatalf("with the pod's bytes free: %v, want the CNAME and its target's address", r.Answer)
 	}
 	pod := ss.pods.Lookup(victimIP).Quota
-	if v := b.TryTake(pod, perSource); v != quota.Taken { // no reply of the pod's fits now
-		t.Fatalf("could not take the pod's %d bytes: %d", perSource, v)
-	}
-	t.Cleanup(func() { b.Give(pod, perSource) })
+	useUpBytes(t, b, pod, perSource) // no reply of the pod's fits now
 	for _, tc := range []struct{ what, name string }{
 		{"a CNAME chased", "out.ns1.svc.cluster.local."},
 		// A lookup (corp.internal's candidate), then the query forwarded
@@ -282,10 +291,7 @@ func testAutopathStopsAtABytesRefusal(t *testing.T) {
 		}
 	}
 	pod := ss.pods.Lookup(victimIP).Quota
-	if v := b.TryTake(pod, perSource); v != quota.Taken { // no upstream reply of the pod's fits now
-		t.Fatalf("could not take the pod's %d bytes: %d", perSource, v)
-	}
-	t.Cleanup(func() { b.Give(pod, perSource) })
+	useUpBytes(t, b, pod, perSource) // no upstream reply of the pod's fits now
 	// Over UDP: over TCP the reply's own hold would refuse any answer.
 	for _, name := range []string{"db.ns1.svc.cluster.local.", "web.ns1.svc.cluster.local."} {
 		limited := testutil.ToFloat64(metricQueries.forwardLimited)
@@ -314,10 +320,7 @@ func TestRefusedForwardAfterACachedCandidateIsFromNone(t *testing.T) {
 		t.Fatalf("db.corp.internal. with the pod's bytes free: %s, want NXDOMAIN", dns.RcodeToString[r.Rcode])
 	}
 	pod := ss.pods.Lookup(victimIP).Quota
-	if v := b.TryTake(pod, perSource); v != quota.Taken { // no upstream reply of the pod's fits now
-		t.Fatalf("could not take the pod's %d bytes: %d", perSource, v)
-	}
-	t.Cleanup(func() { b.Give(pod, perSource) })
+	useUpBytes(t, b, pod, perSource) // no upstream reply of the pod's fits now
 	// Over UDP: over TCP the reply's own hold is refused too, and its
 	// SERVFAIL is from "none" whatever the forward's was.
 	requests := scrape(t, ss.Collector(), "ztdns_dns_requests_total")
@@ -342,7 +345,7 @@ func TestRefusedForwardAfterACachedCandidateIsFromNone(t *testing.T) {
 // the answer to the name it asked, not a CNAME to a later candidate (the
 // bare name, which the upstream answers too).
 func testAutopathStopsAtAnUpstreamsSERVFAIL(t *testing.T) {
-	marker := dnstest.Marker(netip.MustParseAddr("203.0.113.7"), netip.MustParseAddr("2001:db8::7"))
+	marker := liveAnswers()
 	ss := startSlowServerWith(t, Options{Autopath: true}, &model.Snapshot{}, respondFunc(func(req *dns.Msg, local netip.AddrPort) *dns.Msg {
 		if dns.IsSubDomain("corp.internal.", dns.CanonicalName(req.Question[0].Name)) {
 			return new(dns.Msg).SetRcode(req, dns.RcodeServerFailure)
@@ -369,7 +372,7 @@ func TestEndedForwardOfARefusedLookupCountedOnce(t *testing.T) {
 	release := make(chan struct{})
 	// corp.internal's names are answered (and refused for the pod's
 	// bytes); any other query waits until the test ends.
-	marker := dnstest.Marker(netip.MustParseAddr("203.0.113.7"), netip.MustParseAddr("2001:db8::7"))
+	marker := liveAnswers()
 	up := respondFunc(func(req *dns.Msg, local netip.AddrPort) *dns.Msg {
 		if !dns.IsSubDomain("corp.internal.", dns.CanonicalName(req.Question[0].Name)) {
 			<-release
@@ -379,16 +382,9 @@ func TestEndedForwardOfARefusedLookupCountedOnce(t *testing.T) {
 	ss := startSlowServerWith(t, Options{Autopath: true, MaxInflight: 2, Limits: quota.Limits{QPS: -1, Forwarding: -1}, Budget: b}, &model.Snapshot{}, up)
 	t.Cleanup(func() { close(release) }) // before the upstream stops
 	pod := ss.pods.Lookup(victimIP).Quota
-	if v := b.TryTake(pod, perSource); v != quota.Taken { // no upstream reply of the pod's fits now
-		t.Fatalf("could not take the pod's %d bytes: %d", perSource, v)
-	}
-	t.Cleanup(func() { b.Give(pod, perSource) })
+	useUpBytes(t, b, pod, perSource) // no upstream reply of the pod's fits now
 
-	c, err := net.DialUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(victimIP, 0)), net.UDPAddrFromAddrPort(ss.addr))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
+	c := ss.dialUDP(t)
 	limited, refused := testutil.ToFloat64(metricQueries.forwardLimited), ss.usage(victimIP).BytesRefused
 	// Both slots the pod's: each query's candidate (…corp.internal)
 	// refused for its bytes, then its forward, as it is, waiting.
@@ -447,7 +443,7 @@ func TestTruncatedUDPReplyOfAnEndedForwardNotCounted(t *testing.T) {
 	target := label("x") + "." + label("y") + "." + label("z") + ".example."
 	release := make(chan struct{})
 	arrived := make(chan string, 16)
-	marker := dnstest.Marker(netip.MustParseAddr("203.0.113.7"), netip.MustParseAddr("2001:db8::7"))
+	marker := liveAnswers()
 	// The chain's target: A waits until the test ends, any other type
 	// fails (the chain alone answers). So does wait.example.; the rest is
 	// answered at once.
@@ -478,11 +474,7 @@ func TestTruncatedUDPReplyOfAnEndedForwardNotCounted(t *testing.T) {
 		t.Errorf("the chain sent with TC: ztdns_resolver_truncated_total rose by %v over UDP and %v over TCP, want 1 and 0", got.udp, got.tcp)
 	}
 
-	c, err := net.DialUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(victimIP, 0)), net.UDPAddrFromAddrPort(ss.addr))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
+	c := ss.dialUDP(t)
 	truncated = truncatedCounts()
 	// Both slots the pod's: the chain's target's lookup waiting, the
 	// oldest, then a forward waiting.

@@ -589,7 +589,7 @@ func (s *Server) serveTCPConn(tc *tcpConn, local netip.AddrPort) {
 				return
 			}
 			w.writeNow(reply)
-			if !s.pauseForRate(tc, reply) {
+			if !s.pauseForRate(tc, sc) {
 				return
 			}
 			continue
@@ -620,7 +620,7 @@ func (s *Server) serveTCPConn(tc *tcpConn, local netip.AddrPort) {
 			if !s.opts.NoRequestMetrics {
 				s.observeLocal(reply, s.clock()-start)
 			}
-			if !s.pauseForRate(tc, reply) {
+			if !s.pauseForRate(tc, sc) {
 				return
 			}
 			if cap(reply) <= tcpKeepBuf {
@@ -637,7 +637,7 @@ func (s *Server) serveTCPConn(tc *tcpConn, local netip.AddrPort) {
 		// The reply holds its bytes of the budget until it is written;
 		// one that does not fit becomes SERVFAIL (finishing).
 		s.slow(msg, tc.src, local, tc, w.send)
-		if !s.pauseForRate(tc, nil) {
+		if !s.pauseForRate(tc, sc) {
 			return
 		}
 	}
@@ -647,20 +647,14 @@ func (s *Server) serveTCPConn(tc *tcpConn, local netip.AddrPort) {
 // until the rate allows the source's next query, at most the connection's
 // idle timeout: a client pipelining over its rate is read at the rate, its
 // burst at once, rather than answered and REFUSED in turn. The source is
-// the connection's (one atomic load); after a REFUSED for the rate, the one
-// charged, looked up again (a pod may own the address since the connection
-// was accepted). reply is the query's, nil for one on the slow path. It
-// reports false when the server stops meanwhile.
-func (s *Server) pauseForRate(tc *tcpConn, reply []byte) bool {
+// the one the query was charged to (sc.charged, by chargeRate): a pod may
+// own the address since the connection was accepted. It reports false
+// when the server stops meanwhile.
+func (s *Server) pauseForRate(tc *tcpConn, sc *scratch) bool {
 	if s.rate == (quota.Rate{}) {
 		return true
 	}
-	now := s.clock()
-	source := tc.source
-	if len(reply) >= dnswire.HeaderLen && dnswire.HeaderRcode(reply) == dnswire.RcodeRefused {
-		_, source = s.sourceOf(tc.src.Addr(), now)
-	}
-	d := min(source.Wait(now, s.rate), s.idleTimeout(s.tcpLevel.Load()))
+	d := min(sc.charged.Wait(s.clock(), s.rate), s.idleTimeout(s.tcpLevel.Load()))
 	return d <= 0 || tc.pause(d)
 }
 

@@ -198,7 +198,7 @@ func (g gated) Reply(req *dns.Msg, local netip.AddrPort) *dns.Msg {
 // first pod has every one, its idle connection is closed for it, not the
 // one waiting (before: both counted idle, and either could be closed).
 func TestHalfClosedConnectionWaitingForRepliesKept(t *testing.T) {
-	g := gated{open: make(chan struct{}), r: dnstest.Marker(netip.MustParseAddr("203.0.113.7"), netip.MustParseAddr("2001:db8::7"))}
+	g := gated{open: make(chan struct{}), r: liveAnswers()}
 	upstream := dnstest.Start(t, "127.0.0.1:0", g)
 	var opened sync.Once
 	openGate := func() { opened.Do(func() { close(g.open) }) }

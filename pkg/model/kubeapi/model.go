@@ -291,11 +291,12 @@ func (p *Pod) Model() (model.Pod, error) {
 	return out, errors.Join(errs...)
 }
 
-// finished says whether a pod in this phase has ended (or its node is
-// lost): CoreDNS leaves such pods out for the same reason.
-func finished(phase string) bool {
-	return phase == "Succeeded" || phase == "Failed" || phase == "Unknown"
-}
+// FinishedPhases are those of a pod that has ended (or whose node is lost):
+// it keeps its status.podIPs, which IPAM may have given a new pod already,
+// so its IPs are no longer its own. CoreDNS leaves such pods out too.
+var FinishedPhases = []string{"Succeeded", "Failed", "Unknown"}
+
+func finished(phase string) bool { return slices.Contains(FinishedPhases, phase) }
 
 func namespaceOf(m *ObjectMeta) string {
 	if m.Namespace == "" {

@@ -324,10 +324,8 @@ func (t *Table) Resolve(qname, ns string) (r Result) {
 }
 
 func (t *Table) resolve(r *Result, qname, ns string) {
-	if e := t.claim(t.lookup(qname), ns); e != nil {
-		if !e.forward {
-			r.Entry = e
-		}
+	if e, claimed := t.claim(t.lookup(qname), ns); claimed {
+		r.Entry = e
 		return
 	}
 	if a, ok := parseReverse(qname); ok {
@@ -417,10 +415,7 @@ func (t *Table) SearchBase(qname, ns string) string {
 func (t *Table) Find(name, ns string) *Entry { return t.find(name, ns) }
 
 func (t *Table) find(name, ns string) *Entry {
-	if e := t.claim(t.lookup(name), ns); e != nil {
-		if e.forward {
-			return nil
-		}
+	if e, claimed := t.claim(t.lookup(name), ns); claimed {
 		return e
 	}
 	return t.wildcard(name, ns)
@@ -432,24 +427,28 @@ func (t *Table) find(name, ns string) *Entry {
 // ExternalName Service).
 // A name claimed without records (Entry.forward) is none.
 func (t *Table) pick(entries bucket, ns string) *Entry {
-	if e := t.claim(entries, ns); e != nil && !e.forward {
-		return e
-	}
-	return nil
+	e, _ := t.claim(entries, ns)
+	return e
 }
 
-// claim is pick's choice, a claim without records included.
-func (t *Table) claim(entries bucket, ns string) *Entry {
+// claim is pick's choice; claimed also reports a name claimed without
+// records (Entry.forward), for which e is nil: forwarded, not looked up
+// further.
+func (t *Table) claim(entries bucket, ns string) (e *Entry, claimed bool) {
 	if entries.many == nil { // one entry, or none: the usual case
 		if entries.one != nil && entries.one.VisibleFrom(ns) {
-			return entries.one
+			e = entries.one
 		}
-		return nil
+	} else if i := pickIndex(entries.many, ns); i >= 0 {
+		e = entries.many[i]
 	}
-	if i := pickIndex(entries.many, ns); i >= 0 {
-		return entries.many[i]
+	if e == nil {
+		return nil, false
 	}
-	return nil
+	if e.forward {
+		return nil, true
+	}
+	return e, true
 }
 
 // pickIndex is pick's choice among several entries, as an index, -1 for

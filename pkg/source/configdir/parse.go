@@ -405,18 +405,24 @@ func (k kind) apiVersions() string {
 	return strings.Join(out, ", ")
 }
 
+// kinds are the kinds ztdns reads, by their name: the table kindNamed
+// finds a kind in and lookalike compares a misspelt one with.
+var kinds = []struct {
+	name string
+	kind kind
+}{
+	{"Namespace", kind{id: "namespace", versions: []string{"v1"}, decode: decodeNamespace}},
+	{"Service", kind{id: "service", versions: []string{"v1"}, namespaced: true, decode: decodeService}},
+	{"Pod", kind{id: "pod", versions: []string{"v1"}, namespaced: true, decode: decodePod}},
+	{"EndpointSlice", kind{id: "endpointslice", group: "discovery.k8s.io", versions: []string{"v1"}, namespaced: true, decode: decodeEndpointSlice}},
+	{"ServiceEntry", kind{id: "serviceentry", group: "networking.istio.io", versions: []string{"v1", "v1beta1", "v1alpha3"}, namespaced: true, decode: decodeServiceEntry}},
+}
+
 func kindNamed(name string) (kind, bool) {
-	switch name {
-	case "Namespace":
-		return kind{id: "namespace", versions: []string{"v1"}, decode: decodeNamespace}, true
-	case "Service":
-		return kind{id: "service", versions: []string{"v1"}, namespaced: true, decode: decodeService}, true
-	case "Pod":
-		return kind{id: "pod", versions: []string{"v1"}, namespaced: true, decode: decodePod}, true
-	case "EndpointSlice":
-		return kind{id: "endpointslice", group: "discovery.k8s.io", versions: []string{"v1"}, namespaced: true, decode: decodeEndpointSlice}, true
-	case "ServiceEntry":
-		return kind{id: "serviceentry", group: "networking.istio.io", versions: []string{"v1", "v1beta1", "v1alpha3"}, namespaced: true, decode: decodeServiceEntry}, true
+	for _, k := range kinds {
+		if k.name == name {
+			return k.kind, true
+		}
 	}
 	return kind{}, false
 }
@@ -426,11 +432,11 @@ func kindNamed(name string) (kind, bool) {
 // one or two letters off (or "core" for the core group). Another group
 // altogether (Knative's serving.knative.dev Service) is another resource.
 func lookalike(kindName, group string) (string, bool) {
-	for _, name := range []string{"Namespace", "Service", "Pod", "EndpointSlice", "ServiceEntry"} {
+	for _, kk := range kinds {
+		name, k := kk.name, kk.kind
 		if !strings.EqualFold(kindName, name) {
 			continue
 		}
-		k, _ := kindNamed(name)
 		want := name + " of apiVersion " + k.apiVersions()
 		switch {
 		case kindName != name:

@@ -64,16 +64,13 @@ func (r *run) endpointFor(k kind) endpoint {
 	case kindPods:
 		e := endpoint{client: c.core, resource: "pods", example: &kubeapi.Pod{},
 			newList: func() runtime.Object { return &kubeapi.PodList{} }}
-		// A finished pod keeps its status.podIPs, which IPAM may have given
-		// a new pod already: its IPs are no longer its own (CoreDNS filters
-		// the same phases).
-		sel := []fields.Selector{
-			fields.OneTermNotEqualSelector("status.phase", "Succeeded"),
-			fields.OneTermNotEqualSelector("status.phase", "Failed"),
-			fields.OneTermNotEqualSelector("status.phase", "Unknown"),
-		}
+		// Finished pods' IPs are no longer their own: not asked for.
+		var sel []fields.Selector
 		if r.src.nodeName != "" {
-			sel = append([]fields.Selector{fields.OneTermEqualSelector("spec.nodeName", r.src.nodeName)}, sel...)
+			sel = append(sel, fields.OneTermEqualSelector("spec.nodeName", r.src.nodeName))
+		}
+		for _, phase := range kubeapi.FinishedPhases {
+			sel = append(sel, fields.OneTermNotEqualSelector("status.phase", phase))
 		}
 		e.fieldSelector = fields.AndSelectors(sel...).String()
 		return e
