@@ -351,7 +351,8 @@ func PeerOf(c *net.UnixConn) (Peer, error) {
 // slots, and root always has the rest.
 type guardedListener struct {
 	*net.UnixListener
-	access Access
+	access  Access
+	refused refusalLog
 
 	mu     sync.Mutex
 	ended  *sync.Cond  // signalled when a connection ends or stops being answered
@@ -386,7 +387,7 @@ func (l *guardedListener) Accept() (net.Conn, error) {
 		peer, err := PeerOf(c)
 		if err != nil || !l.access.allowed(peer) {
 			metricRefused.Inc()
-			l.access.log().Warn("control socket: refused a caller that is not root", "uid", peer.UID, "gid", peer.GID, "pid", peer.PID, "err", err)
+			l.refused.warn(l.access.log(), "control socket: refused a caller that is not root", "uid", peer.UID, "gid", peer.GID, "pid", peer.PID, "err", err)
 			c.Close()
 			continue
 		}

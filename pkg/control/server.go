@@ -148,8 +148,9 @@ func NewHandler(api API, log *slog.Logger) http.Handler {
 }
 
 type handler struct {
-	api API
-	log *slog.Logger
+	api     API
+	log     *slog.Logger
+	refused refusalLog
 }
 
 func (h *handler) handle(mux *http.ServeMux, route Route, serve func(*http.Request) (any, error)) {
@@ -164,7 +165,7 @@ func (h *handler) handle(mux *http.ServeMux, route Route, serve func(*http.Reque
 		}
 		if route.Mutates && !root {
 			// A socket-group member: it may look, not steer.
-			h.log.Warn("control socket: refused a request that only root may make", "route", route.Name, "uid", peer.UID, "gid", peer.GID, "pid", peer.PID)
+			h.refused.warn(h.log, "control socket: refused a request that only root may make", "route", route.Name, "uid", peer.UID, "gid", peer.GID, "pid", peer.PID)
 			metricRequests.WithLabelValues(route.Name, "403").Inc()
 			writeError(w, http.StatusForbidden, fmt.Errorf("%s needs root (uid %d may only read)", route.Path, peer.UID))
 			return

@@ -404,6 +404,40 @@ func TestSocketGroupMayOnlyRead(t *testing.T) {
 	}
 }
 
+// TestRefusalsLoggedSparingly: a caller refused again and again gets a
+// log line now and then, not one per refusal, so a socket-group member, or
+// anyone a loosened mode lets in, cannot fill the node's logs. Every
+// refusal is still counted.
+func TestRefusalsLoggedSparingly(t *testing.T) {
+	const group, tries = 65533, 12
+	s := serve(t, control.Access{Group: group})
+	member := syscall.Credential{Uid: 65534, Gid: group}
+	for range tries {
+		if out, ok := testenv.ControlCallAsUser(t, member, s.socket, testenv.CallCaptureAdd, "/run/netns/x"); ok || !strings.Contains(out, "needs root") {
+			t.Fatalf("capture add as a member of the socket group: ok=%v %q, want refused: only root may", ok, out)
+		}
+	}
+	// A mistake: the socket opened to everyone.
+	chmod(t, filepath.Dir(s.socket), 0o755)
+	chmod(t, s.socket, 0o666)
+	before := value(t, "ztdns_control_refused_connections_total")
+	for range tries {
+		if out, ok := testenv.ControlCallAsUser(t, testenv.Nobody, s.socket, testenv.CallStatus, ""); ok {
+			t.Fatalf("status as uid 65534 gid 0: %q, want refused", out)
+		}
+	}
+	if got := value(t, "ztdns_control_refused_connections_total") - before; got < tries {
+		t.Errorf("ztdns_control_refused_connections_total went up by %v, want at least %d", got, tries)
+	}
+	// A line every 10 s at most: the calls above take a few seconds, so
+	// at most a few lines, however slow the machine.
+	for _, msg := range []string{"refused a request that only root may make", "refused a caller that is not root"} {
+		if n := strings.Count(s.log.String(), msg); n == 0 || n > tries/3 {
+			t.Errorf("%d refusals gave %d log lines %q, want at least 1 and at most %d:\n%s", tries, n, msg, tries/3, s.log)
+		}
+	}
+}
+
 // TestOversizedRequest sends a body of 110 MB: the server answers 413 after
 // reading little more than MaxRequestBytes, and the agent never sees it. A
 // request with more IPs than MaxPodIPs is a 400.
