@@ -341,6 +341,27 @@ func (c *Controller) moveAdopted(key string, a podcache.Attachment, live *liveNe
 	if !strings.HasPrefix(key, AdoptedPrefix) {
 		return false
 	}
+	path, held := c.heldAt(a.NetnsCookie, live)
+	if !held || path == "" {
+		return held
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	cur, ok := c.pods.Attachment(key)
+	if !ok || cur.NetnsCookie != a.NetnsCookie || c.fenced.Load() {
+		return true // forgotten or replaced meanwhile: nothing to move
+	}
+	cur.NetnsPath = path
+	c.pods.Attach(cur)
+	c.saveOrRetry()
+	c.log.Info("adopted pod's process is gone; following another process of its network namespace", "pod", cur.Namespace+"/"+cur.Name, "netns", path)
+	return true
+}
+
+// heldAt returns where a live process holds the network namespace with
+// that cookie, by a scan made once per pass (live). held is false when no
+// process holds it; a failed scan is no proof of that: held, at no path.
+func (c *Controller) heldAt(cookie uint64, live *liveNetns) (path string, held bool) {
 	if !live.scanned {
 		live.scanned = true
 		scan, err := c.netns.Scan()
@@ -354,23 +375,10 @@ func (c *Controller) moveAdopted(key string, a podcache.Attachment, live *liveNe
 		}
 	}
 	if live.err != nil {
-		return true // no proof that no process holds it: the record stays
+		return "", true
 	}
-	path, ok := live.paths[a.NetnsCookie]
-	if !ok {
-		return false
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	cur, ok := c.pods.Attachment(key)
-	if !ok || cur.NetnsCookie != a.NetnsCookie || c.fenced.Load() {
-		return true // forgotten or replaced meanwhile: nothing to move
-	}
-	cur.NetnsPath = path
-	c.pods.Attach(cur)
-	c.saveOrRetry()
-	c.log.Info("adopted pod's process is gone; following another process of its network namespace", "pod", cur.Namespace+"/"+cur.Name, "netns", path)
-	return true
+	path, held = live.paths[cookie]
+	return path, held
 }
 
 // sourceLost reports whether the source no longer has the pod an

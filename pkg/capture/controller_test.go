@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"maps"
 	"net/netip"
@@ -12,6 +13,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -82,14 +84,19 @@ func (m *fakeMarker) marked() []uint64 {
 type fakeNamespaces struct {
 	mu     sync.Mutex
 	byPath map[string]Netns
-	denied int
-	scans  int
-	onScan func() // runs in each Scan, without the lock
+	// cookieErr fails Cookie for these paths.
+	cookieErr map[string]error
+	denied    int
+	scans     int
+	onScan    func() // runs in each Scan, without the lock
 }
 
 func (n *fakeNamespaces) Cookie(path string) (uint64, error) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	if err := n.cookieErr[path]; err != nil {
+		return 0, err
+	}
 	ns, ok := n.byPath[path]
 	if !ok {
 		return 0, os.ErrNotExist
@@ -438,6 +445,49 @@ func TestRestore(t *testing.T) {
 		keys = append(keys, a.Key())
 	}
 	if want := []string{"ctr-kept", "ctr-lost-mark", "netns-cookie:20"}; !slices.Equal(keys, want) {
+		t.Errorf("record after restore %q, want %q", keys, want)
+	}
+}
+
+// TestRestoreKeepsWhatItCannotLookInto: a restarted controller that cannot
+// look into a recorded network namespace for a reason that does not say it
+// is gone (EACCES, EMFILE) keeps the record and its mark; an adopted pod
+// whose namespace no process holds any more is forgotten.
+func TestRestoreKeepsWhatItCannotLookInto(t *testing.T) {
+	f := newFixture(t, true)
+	f.netns.add("/host/proc/100/ns/net", 100, "10.0.0.2")
+	f.netns.add("/host/proc/200/ns/net", 200, "10.0.0.3")
+	f.source([]model.Namespace{ambientNS}, pod("web", "10.0.0.2", nil), pod("gone", "10.0.0.3", nil))
+	api := f.attach(t, cniAttachment("api", 10, "10.0.0.4"))
+	if got := f.marker.marked(); !slices.Equal(got, []uint64{10, 100, 200}) {
+		t.Fatalf("marks %v, want two adopted pods and api", got)
+	}
+	f.ctl.Close()
+
+	f.netns.cookieErr = map[string]error{
+		api.NetnsPath:           &fs.PathError{Op: "open", Path: api.NetnsPath, Err: syscall.EMFILE},
+		"/host/proc/100/ns/net": &fs.PathError{Op: "open", Path: "/host/proc/100/ns/net", Err: syscall.EACCES},
+	}
+	delete(f.netns.byPath, "/host/proc/200/ns/net") // gone's pod is gone
+
+	g := &fixture{pods: podcache.New("cluster.local"), marker: f.marker, netns: f.netns, dir: f.dir}
+	g.ctl = New(Config{StateDir: f.dir, NodeName: node, DNSCaptureDefault: true, HostCookies: []uint64{hostCookie},
+		Logger: slog.New(slog.DiscardHandler)}, g.pods, g.marker, g.netns)
+	t.Cleanup(g.ctl.Close)
+	if err := g.ctl.Restore(); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := g.marker.marked(), []uint64{10, 100}; !slices.Equal(got, want) {
+		t.Errorf("marks after restore %v, want %v (api's and web's, which could not be looked into)", got, want)
+	}
+	if got, want := g.marker.unmarks(), []uint64{200}; !slices.Equal(got, want) {
+		t.Errorf("unmarked %v, want %v: gone's alone", got, want)
+	}
+	var keys []string
+	for _, a := range g.savedRecord(t) {
+		keys = append(keys, a.Key())
+	}
+	if want := []string{"adopted-100", api.Key()}; !slices.Equal(keys, want) {
 		t.Errorf("record after restore %q, want %q", keys, want)
 	}
 }

@@ -5,6 +5,7 @@ package capture
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/ztdns/ztdns/internal/testenv"
 	"github.com/ztdns/ztdns/pkg/model"
+	"github.com/ztdns/ztdns/pkg/podcache"
 	"github.com/ztdns/ztdns/pkg/redirect"
 )
 
@@ -169,6 +171,67 @@ func TestAdoptedPodOutlivesItsProcess(t *testing.T) {
 	}
 	if rec := f.savedRecord(t); len(rec) != 1 || rec[0].NetnsPath != pathOf(procs[1]) {
 		t.Errorf("record %+v, want web's through %s", rec, pathOf(procs[1]))
+	}
+}
+
+// TestRestoreKeepsAnAdoptedPodWhoseProcessExited: an adopted record names
+// one process's ns/net; when that process exits while no agent runs and
+// another still holds the namespace, a restarted agent keeps the pod
+// captured, never unmarked, its record naming the live process.
+func TestRestoreKeepsAnAdoptedPodWhoseProcessExited(t *testing.T) {
+	testenv.RequireRoot(t)
+	n := testenv.NewNetns(t, testenv.UniqueName("ztcap-"))
+	addr := "203.0.113.81"
+	if out, err := exec.Command("ip", "-n", n.Name, "addr", "add", addr+"/32", "dev", "lo").CombinedOutput(); err != nil {
+		t.Fatalf("ip addr add: %v\n%s", err, out)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	var procs []*exec.Cmd
+	for range 2 {
+		cmd := n.Command(ctx, nil, "sleep", "600")
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cancel(); _ = cmd.Wait() })
+		procs = append(procs, cmd)
+	}
+	slices.SortFunc(procs, func(a, b *exec.Cmd) int { return a.Process.Pid - b.Process.Pid })
+	cookie, err := redirect.NetnsCookie(n.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	pathOf := func(c *exec.Cmd) string { return "/proc/" + strconv.Itoa(c.Process.Pid) + "/ns/net" }
+
+	f := newProcFixture(t)
+	f.source([]model.Namespace{ambientNS}, pod("web", addr, nil))
+	if p := f.pods.Get("shop", "web"); p.Attachment == nil || p.Attachment.NetnsPath != pathOf(procs[0]) {
+		t.Fatalf("web's attachment %+v, want adopted through the lower PID, %s", p.Attachment, pathOf(procs[0]))
+	}
+	f.ctl.Close()
+
+	// While no agent runs, the adopted process exits; the other holds the
+	// namespace.
+	_ = procs[0].Process.Kill()
+	_ = procs[0].Wait()
+
+	g := &fixture{pods: podcache.New("cluster.local"), marker: f.marker, dir: f.dir}
+	g.ctl = New(Config{StateDir: f.dir, NodeName: node, DNSCaptureDefault: true, HostCookies: ownCookie(t),
+		Logger: slog.New(slog.DiscardHandler)}, g.pods, g.marker, ProcNamespaces{})
+	t.Cleanup(g.ctl.Close)
+	if err := g.ctl.Restore(); err != nil {
+		t.Fatal(err)
+	}
+	if got := g.marker.marked(); !slices.Equal(got, []uint64{cookie}) {
+		t.Errorf("marks after restore %v, want the running pod's (%d)", got, cookie)
+	}
+	// Not even for a moment: an unmark lets queries out, and forgets the
+	// nameservers the pod addressed.
+	if got := g.marker.unmarks(); len(got) != 0 {
+		t.Errorf("unmarked %v while the pod ran", got)
+	}
+	if rec := g.savedRecord(t); len(rec) != 1 || rec[0].NetnsPath != pathOf(procs[1]) || rec[0].NetnsCookie != cookie {
+		t.Errorf("record after restore %+v, want web's through %s", rec, pathOf(procs[1]))
 	}
 }
 

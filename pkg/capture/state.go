@@ -22,10 +22,10 @@ const StateFile = "attachments.json"
 const stateRetryEvery = 5 * time.Second
 
 // Restore reads the attachments a previous agent recorded, drops those
-// whose network namespace is gone (or is another one at the same path), and
-// makes the pods map agree: marks nobody recorded are removed, recorded
-// captured pods that lost their mark get it back. Redecide does nothing
-// until it has run.
+// whose network namespace is gone (netnsGone; an adopted record follows
+// another process of its namespace, as moveAdopted does), and makes the
+// pods map agree: marks nobody recorded are removed, recorded captured pods
+// that lost their mark get it back. Redecide does nothing until it has run.
 func (c *Controller) Restore() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -38,12 +38,20 @@ func (c *Controller) Restore() error {
 		c.log.Warn("ignoring unreadable capture state; marks are rebuilt from the source and the runtime", "err", err)
 		c.keepAside()
 	}
+	var live liveNetns
 	for _, a := range saved {
-		if a.NetnsPath != "" {
-			cookie, err := c.netns.Cookie(a.NetnsPath)
-			if err != nil || cookie != a.NetnsCookie {
+		if c.netnsGone(a) {
+			path, held := "", false
+			if strings.HasPrefix(a.Key(), AdoptedPrefix) {
+				path, held = c.heldAt(a.NetnsCookie, &live)
+			}
+			if !held {
 				c.log.Info("pod's network namespace is gone; forgetting it", "pod", a.Namespace+"/"+a.Name, "netns", a.NetnsPath)
 				continue
+			}
+			if path != "" {
+				a.NetnsPath = path
+				c.log.Info("adopted pod's process is gone; following another process of its network namespace", "pod", a.Namespace+"/"+a.Name, "netns", path)
 			}
 		}
 		c.pods.Attach(a)
