@@ -423,9 +423,15 @@ func (a *Agent) run(ctx context.Context) error {
 			if a.capture != nil {
 				a.capture.stopBeating(false) // the successor beats now
 			}
+			// Before "released" too: a successor that dies before it
+			// listens at the hand-off path leaves this listener there,
+			// which would take the next agent's request and never answer
+			// it. Closed, it refuses, and that agent starts afresh on
+			// sockets nobody else holds.
+			a.closeHandedOver()
+			hs.Close()
 		})
 		if a.handedOver.Load() {
-			a.closeHandedOver()
 			return nil
 		}
 		if ctx.Err() != nil {

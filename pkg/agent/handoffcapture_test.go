@@ -204,3 +204,31 @@ func TestHandoffToANewCapturePort(t *testing.T) {
 		})
 	}
 }
+
+// TestCaptureRestartAfterASuccessorDiedBeforeListening: with capture, the
+// agent restarted in place of a successor that died right after the
+// hand-over starts afresh beside the old agent (handed over and fenced, its
+// programs and maps still open) and captures the pod again. (Before: it
+// could not start at all, see TestRestartAfterASuccessorDiedBeforeListening.)
+func TestCaptureRestartAfterASuccessorDiedBeforeListening(t *testing.T) {
+	n := newCaptureNode(t)
+	dir, socket, _, up := handoffSetup(t)
+	pod := n.node.AddPod(t, testenv.PodConfig{Nameservers: []string{"10.96.0.10"}})
+	listen := []netip.AddrPort{netip.MustParseAddrPort("169.254.20.53:53")}
+	old, oldTA := n.start(t, configdir.New(dir), socket, listen, up)
+	waitServedBy(t, socket, oldTA, up)
+	if _, err := old.captureNetns(control.CaptureRequest{Netns: pod.Path(), Namespace: "default", Name: "pod"}); err != nil {
+		t.Fatal(err)
+	}
+	testenv.EventuallyNil(t, 10*time.Second, func() error { return n.askFromPod(t, pod) })
+
+	takeOverAndDie(t, socket)
+	upNew := netip.MustParseAddrPort("127.0.0.1:9")
+	_, succTA := n.start(t, configdir.New(dir), socket, listen, upNew)
+	waitServedBy(t, socket, succTA, upNew)
+	testenv.EventuallyNil(t, 10*time.Second, func() error { return n.askFromPod(t, pod) })
+	oldTA.stop() // the DaemonSet controller deletes the old pod
+	if err := n.askFromPod(t, pod); err != nil {
+		t.Errorf("after the old agent stopped: %v", err)
+	}
+}
