@@ -570,9 +570,11 @@ func unlessSet(done *atomic.Bool, serve func() error) func() error {
 // heartbeat still fresh): pods then use their own nameservers until this
 // agent serves its first table.
 //
-// With a predecessor, the programs keep its config, and the interface its
-// addresses, until finishTakeover: pods are sent where it serves until this
-// agent serves too, and a start that fails leaves them so.
+// With a predecessor, its programs stay attached, with its maps and config,
+// and the interface keeps its addresses, until finishTakeover: pods are sent
+// where it serves until this agent serves too, and a start that fails or
+// stops before the hand-over leaves the predecessor marking pods in the maps
+// its programs read, even when this agent's maps have another layout.
 func (a *Agent) startCapture(predecessor bool) error {
 	if a.slot6[0].IsValid() {
 		if why := redirect.IPv6Off(cmp.Or(a.cfg.Capture.Interface, redirect.DefaultInterface)); why != "" {
