@@ -423,9 +423,15 @@ func (a *Agent) run(ctx context.Context) error {
 			if a.capture != nil {
 				a.capture.stopBeating(false) // the successor beats now
 			}
+			// Before "released" too: a successor that dies before it
+			// listens at the hand-off path leaves this listener there,
+			// which would take the next agent's request and never answer
+			// it. Closed, it refuses, and that agent starts afresh on
+			// sockets nobody else holds.
+			a.closeHandedOver()
+			hs.Close()
 		})
 		if a.handedOver.Load() {
-			a.closeHandedOver()
 			return nil
 		}
 		if ctx.Err() != nil {
@@ -564,9 +570,11 @@ func unlessSet(done *atomic.Bool, serve func() error) func() error {
 // heartbeat still fresh): pods then use their own nameservers until this
 // agent serves its first table.
 //
-// With a predecessor, the programs keep its config, and the interface its
-// addresses, until finishTakeover: pods are sent where it serves until this
-// agent serves too, and a start that fails leaves them so.
+// With a predecessor, its programs stay attached, with its maps and config,
+// and the interface keeps its addresses, until finishTakeover: pods are sent
+// where it serves until this agent serves too, and a start that fails or
+// stops before the hand-over leaves the predecessor marking pods in the maps
+// its programs read, even when this agent's maps have another layout.
 func (a *Agent) startCapture(predecessor bool) error {
 	if a.slot6[0].IsValid() {
 		if why := redirect.IPv6Off(cmp.Or(a.cfg.Capture.Interface, redirect.DefaultInterface)); why != "" {

@@ -83,8 +83,8 @@ type dataplane struct {
 
 // newDataplane makes the resolver's interface, loads (or takes over) the
 // programs and puts a capture controller, configured by ctl, on them.
-// takingOver keeps the running agent's interface addresses and the
-// programs' config (its addresses and port) until takeOverConfig.
+// takingOver keeps the running agent's interface addresses, programs, maps
+// and config (its addresses and port) until takeOverConfig.
 func newDataplane(cfg CaptureConfig, ctl capture.Config, namespaces capture.Namespaces, log *slog.Logger, pods *podcache.Cache, socket string,
 	r4, r6 [redirect.Slots]netip.AddrPort, takingOver bool) (*dataplane, error) {
 	if cfg.StateDir == "" {
@@ -134,7 +134,8 @@ func newDataplane(cfg CaptureConfig, ctl capture.Config, namespaces capture.Name
 }
 
 // takeOverConfig points the programs at this agent's resolver addresses and
-// port, once it serves them and the agent it took over from has stopped.
+// port, and swaps in its programs (and maps of a changed layout), once it
+// serves them and the agent it took over from has stopped.
 func (c *dataplane) takeOverConfig() error {
 	return c.r.ApplyConfig()
 }

@@ -48,7 +48,10 @@ import (
 // The old agent then stays up, idle and not ready, until it is told to stop:
 // in a DaemonSet rolling update (maxSurge) the old pod is deleted once the new
 // one is ready, and an old agent that exited by itself would be restarted by
-// the kubelet and take the sockets back.
+// the kubelet and take the sockets back. Before "released" it closes its
+// copies of the sockets and its hand-off listener: a successor that dies
+// before listening at the path itself leaves a socket nobody accepts on, and
+// the agent restarted in its place starts afresh.
 
 // handoffTimeout bounds each step of the exchange (a variable: tests
 // shorten it).

@@ -689,3 +689,48 @@ func TestFailedHandoffFromALiveAgentStops(t *testing.T) {
 		t.Error("the new agent answered on its address: it bound fresh sockets")
 	}
 }
+
+// takeOverAndDie is a successor killed right after the hand-over, before
+// it listens at the hand-off path itself: it takes the sockets, has the
+// running agent release them, and dies with its copies.
+func takeOverAndDie(t *testing.T, socket string) {
+	t.Helper()
+	in, err := takeOver(socket, slog.New(slog.DiscardHandler))
+	if err != nil || in == nil {
+		t.Fatalf("takeOver = %v, %v", in, err)
+	}
+	if err := in.release(); err != nil {
+		in.closeSockets()
+		t.Fatal(err)
+	}
+	in.closeSockets()
+}
+
+// TestRestartAfterASuccessorDiedBeforeListening: a successor that dies
+// after the hand-over, while the hand-off path still leads to the old
+// agent, is restarted and serves: DNS over UDP and TCP, and the probes.
+// (Before: the old agent, handed over and idle until deleted, kept its
+// hand-off listener open but accepted nothing; every restart's request for
+// the sockets timed out and it exited, and the node had no agent.)
+func TestRestartAfterASuccessorDiedBeforeListening(t *testing.T) {
+	shortenHandoffTimeout(t, 2*time.Second)
+	dir, socket, listen, up := handoffSetup(t)
+	metrics := testenv.FreePort(t).String()
+	startTestAgent(t, dir, socket, listen, up, metrics) // stays up, handed over
+	takeOverAndDie(t, socket)
+	upNew := netip.MustParseAddrPort("127.0.0.1:9")
+	succ := runTestAgent(t, dir, socket, listen, upNew, metrics)
+	waitServedBy(t, socket, succ, upNew)
+	for i := range 16 {
+		if err := askAddress("udp", listen); err != nil {
+			t.Fatalf("UDP query %d: %v", i, err)
+		}
+	}
+	for i := range 4 {
+		if err := askAddress("tcp", listen); err != nil {
+			t.Fatalf("TCP query %d: %v", i, err)
+		}
+	}
+	wantProbe(t, metrics, "/readyz", http.StatusOK, "after the restart")
+	wantProbe(t, metrics, "/healthz", http.StatusOK, "after the restart")
+}

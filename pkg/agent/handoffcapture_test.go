@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"github.com/miekg/dns"
 
 	"github.com/ztdns/ztdns/internal/dnstest"
@@ -200,6 +201,109 @@ func TestHandoffToANewCapturePort(t *testing.T) {
 			oldTA.stop()
 			if err := n.askFromPod(t, pod); err != nil {
 				t.Errorf("after the old agent stopped: %v", err)
+			}
+		})
+	}
+}
+
+// TestCaptureRestartAfterASuccessorDiedBeforeListening: with capture, the
+// agent restarted in place of a successor that died right after the
+// hand-over starts afresh beside the old agent (handed over and fenced, its
+// programs and maps still open) and captures the pod again. (Before: it
+// could not start at all, see TestRestartAfterASuccessorDiedBeforeListening.)
+func TestCaptureRestartAfterASuccessorDiedBeforeListening(t *testing.T) {
+	n := newCaptureNode(t)
+	dir, socket, _, up := handoffSetup(t)
+	pod := n.node.AddPod(t, testenv.PodConfig{Nameservers: []string{"10.96.0.10"}})
+	listen := []netip.AddrPort{netip.MustParseAddrPort("169.254.20.53:53")}
+	old, oldTA := n.start(t, configdir.New(dir), socket, listen, up)
+	waitServedBy(t, socket, oldTA, up)
+	if _, err := old.captureNetns(control.CaptureRequest{Netns: pod.Path(), Namespace: "default", Name: "pod"}); err != nil {
+		t.Fatal(err)
+	}
+	testenv.EventuallyNil(t, 10*time.Second, func() error { return n.askFromPod(t, pod) })
+
+	takeOverAndDie(t, socket)
+	upNew := netip.MustParseAddrPort("127.0.0.1:9")
+	_, succTA := n.start(t, configdir.New(dir), socket, listen, upNew)
+	waitServedBy(t, socket, succTA, upNew)
+	testenv.EventuallyNil(t, 10*time.Second, func() error { return n.askFromPod(t, pod) })
+	oldTA.stop() // the DaemonSet controller deletes the old pod
+	if err := n.askFromPod(t, pod); err != nil {
+		t.Errorf("after the old agent stopped: %v", err)
+	}
+}
+
+// plantIncompatiblePods pins, in place of the pods map, one of another
+// layout: what a successor built with a changed layout finds. The running
+// agent keeps its own map open; only the pin changes.
+func (n *captureNode) plantIncompatiblePods(t *testing.T) {
+	t.Helper()
+	if err := os.Remove(filepath.Join(n.bpffs, "pods")); err != nil {
+		t.Fatal(err)
+	}
+	m, err := ebpf.NewMapWithOptions(&ebpf.MapSpec{Name: "pods", Type: ebpf.Hash, KeySize: 8, ValueSize: 4, MaxEntries: 1,
+		Pinning: ebpf.PinByName}, ebpf.MapOptions{PinPath: n.bpffs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Close()
+}
+
+// TestHandoffWithAnIncompatibleMap: a successor that finds a pinned map of
+// another layout (an upgrade changed it) replaces it, and swaps in its
+// programs, only once it has taken over: should it stop before, the
+// running agent captures on as before, with its programs and its maps;
+// once it has, the pod is captured through its own map, pinned in place of
+// the other. (Before: it replaced the map and its programs as it started;
+// stopped then, it left the programs reading an empty map, and the running
+// agent, ready again, marking pods in one no program read: no pod was
+// captured.)
+func TestHandoffWithAnIncompatibleMap(t *testing.T) {
+	for _, successorServes := range []bool{true, false} {
+		name := map[bool]string{true: "successor serves", false: "successor stopped"}[successorServes]
+		t.Run(name, func(t *testing.T) {
+			n := newCaptureNode(t)
+			dir, socket, _, up := handoffSetup(t)
+			pod := n.node.AddPod(t, testenv.PodConfig{Nameservers: []string{"10.96.0.10"}})
+			listen := []netip.AddrPort{netip.MustParseAddrPort("169.254.20.53:53")}
+			old, oldTA := n.start(t, configdir.New(dir), socket, listen, up)
+			waitServedBy(t, socket, oldTA, up)
+			if _, err := old.captureNetns(control.CaptureRequest{Netns: pod.Path(), Namespace: "default", Name: "pod"}); err != nil {
+				t.Fatal(err)
+			}
+			testenv.EventuallyNil(t, 10*time.Second, func() error { return n.askFromPod(t, pod) })
+
+			n.plantIncompatiblePods(t)
+			src := gated(configdir.New(dir))
+			upNew := netip.MustParseAddrPort("127.0.0.1:9")
+			_, succTA := n.start(t, src, socket, listen, upNew)
+			<-src.started // capture loaded, the first table held back
+			if err := n.askFromPod(t, pod); err != nil {
+				t.Errorf("while the successor waits for its table: %v", err)
+			}
+			if !successorServes {
+				succTA.stopChecked(t, "the stopped successor")
+				waitServedBy(t, socket, oldTA, up)
+				if err := n.askFromPod(t, pod); err != nil {
+					t.Errorf("after the successor stopped: %v", err)
+				}
+				return
+			}
+			close(src.open)
+			waitServedBy(t, socket, succTA, upNew)
+			testenv.EventuallyNil(t, 10*time.Second, func() error { return n.askFromPod(t, pod) })
+			oldTA.stop()
+			if err := n.askFromPod(t, pod); err != nil {
+				t.Errorf("after the old agent stopped: %v", err)
+			}
+			m, err := ebpf.LoadPinnedMap(filepath.Join(n.bpffs, "pods"), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer m.Close()
+			if m.ValueSize() == 4 {
+				t.Error("the map of the other layout is still pinned: an agent started next would replace the successor's marks")
 			}
 		})
 	}

@@ -230,6 +230,101 @@ func TestLoadChecksFirst(t *testing.T) {
 	})
 }
 
+// TestKeepConfigReplacesNothingUntilApplied: a Load with KeepConfig (a new
+// agent taking over) that finds a pinned map of another layout leaves it
+// pinned and the running programs attached, and closed without ApplyConfig
+// leaves them so: the running agent marks pods in the map its programs
+// read. ApplyConfig then pins the new map in its place and attaches the
+// new programs. (Before: Load replaced the pin and swapped the programs in
+// at once, and a new agent that stopped before taking over left the
+// programs reading an empty map.)
+func TestKeepConfigReplacesNothingUntilApplied(t *testing.T) {
+	t.Parallel()
+	testenv.RequireRoot(t)
+	bpffs := mkdirAll(t, filepath.Join(testenv.NewBPFFS(t), "ztdns"))
+	cfg := Config{BPFFS: bpffs, CgroupPath: testenv.NewCgroup(t).Path, Resolver4: DefaultResolver4(), Logger: testLogger(t)}
+	running := mustLoad(t, cfg)
+	links, err := running.Links()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pin := pinPath(bpffs, ztdnsMapPods)
+	if err := os.Remove(pin); err != nil {
+		t.Fatal(err)
+	}
+	other, err := ebpf.NewMapWithOptions(&ebpf.MapSpec{
+		Name: ztdnsMapPods, Type: ebpf.Hash, KeySize: 8, ValueSize: 4, MaxEntries: 1, Pinning: ebpf.PinByName,
+	}, ebpf.MapOptions{PinPath: bpffs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	// pinned returns the id of the map pinned as pods.
+	pinned := func() ebpf.MapID {
+		t.Helper()
+		m, err := ebpf.LoadPinnedMap(pin, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer m.Close()
+		info, err := m.Info()
+		if err != nil {
+			t.Fatal(err)
+		}
+		id, _ := info.ID()
+		return id
+	}
+	otherInfo, err := other.Info()
+	if err != nil {
+		t.Fatal(err)
+	}
+	otherID, _ := otherInfo.ID()
+	// attached fails unless each hook runs exactly the program of want.
+	attached := func(when string, want []Link) {
+		t.Helper()
+		for _, l := range want {
+			if got := attachedPrograms(t, cfg.CgroupPath, l.Attach); !slices.Equal(got, []ebpf.ProgramID{l.ProgramID}) {
+				t.Errorf("%s: %s runs programs %v, want %d", when, l.Program, got, l.ProgramID)
+			}
+		}
+	}
+
+	keep := cfg
+	keep.KeepConfig = true
+	stopped, err := Load(keep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := pinned(); got != otherID {
+		t.Errorf("after a Load with KeepConfig, map %d is pinned as pods, want %d, the one there", got, otherID)
+	}
+	attached("after a Load with KeepConfig", links)
+	if err := stopped.Close(); err != nil {
+		t.Fatal(err)
+	}
+	attached("after it closed without ApplyConfig", links)
+
+	taking := mustLoad(t, keep)
+	if err := taking.ApplyConfig(); err != nil {
+		t.Fatal(err)
+	}
+	takingInfo, err := taking.objs.Pods.Info()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want, _ := takingInfo.ID(); pinned() != want {
+		t.Errorf("after ApplyConfig, map %d is pinned as pods, want %d, the new one", pinned(), want)
+	}
+	newLinks, err := taking.Links()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(newLinks) != len(hooks) {
+		t.Fatalf("%d links after ApplyConfig, want %d", len(newLinks), len(hooks))
+	}
+	attached("after ApplyConfig", newLinks)
+}
+
 // TestUpgradeReplacesConfigWithItsIndex: an upgrade that changes the
 // config's layout replaces config_index with it. The programs attached
 // until Load swaps them hold the maps they were loaded with, so their

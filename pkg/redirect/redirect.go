@@ -111,10 +111,14 @@ type Config struct {
 	// query to any other nameserver is left alone and leaves the pod under
 	// its own network policy. Empty: every destination on port 53.
 	CaptureNameservers []netip.Prefix
-	// KeepConfig leaves the programs on the pinned config (the resolver
-	// addresses, port, staleness bound and capture list a running agent
-	// wrote) until ApplyConfig: a new agent taking over must not send pods
-	// to addresses it does not serve yet.
+	// KeepConfig leaves the running programs, with their maps and config
+	// (the resolver addresses, port, staleness bound and capture list a
+	// running agent wrote), as they are until ApplyConfig: a new agent
+	// taking over must not send pods to addresses it does not serve yet,
+	// and one that stops before it takes over must leave the running agent
+	// the programs and maps it marks pods in. Load then only loads: a
+	// pinned map of another layout is left pinned, and one of this layout
+	// loaded unpinned in its place; ApplyConfig pins it and attaches.
 	KeepConfig bool
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
@@ -302,6 +306,12 @@ type Redirector struct {
 	objs  ztdnsObjects
 	links []attachedLink
 
+	// unattached is set by a Load with KeepConfig until ApplyConfig has
+	// attached the programs; replaced names the maps it loaded unpinned in
+	// place of pinned ones of another layout.
+	unattached bool
+	replaced   []string
+
 	mu        sync.Mutex // guards closed and the heartbeat mapping against Close
 	closed    bool
 	heartbeat []byte  // mmap of the heartbeat map
@@ -351,38 +361,44 @@ func Load(cfg Config) (*Redirector, error) {
 }
 
 func (r *Redirector) setup() error {
-	if !r.cfg.KeepConfig {
-		if err := r.writeConfig(); err != nil {
-			return err
-		}
-	}
 	if err := r.mapHeartbeat(); err != nil {
 		return err
 	}
-	if err := r.attachAll(); err != nil {
-		return err
-	}
+	r.unattached = true
 	if r.cfg.KeepConfig {
 		return nil
+	}
+	return r.ApplyConfig()
+}
+
+// ApplyConfig, after a Load with KeepConfig, writes this Redirector's
+// config for the programs, pins the maps it loaded in place of pinned ones
+// of another layout, attaches its programs and forgets the nameservers its
+// capture list leaves out. (Load without KeepConfig does all this.)
+func (r *Redirector) ApplyConfig() error {
+	// The config first: a config map loaded afresh holds none until then.
+	if err := r.writeConfig(); err != nil {
+		return err
+	}
+	if r.unattached {
+		if err := r.pinReplaced(); err != nil {
+			return err
+		}
+		if err := r.attachAll(); err != nil {
+			return err
+		}
+		r.unattached = false
 	}
 	// After attachAll: until then the previous programs, which may have
 	// had no list or a longer one, can still learn.
 	return r.forgetUnlisted()
 }
 
-// ApplyConfig writes this Redirector's config for the programs, after a
-// Load with KeepConfig, and forgets the nameservers its capture list
-// leaves out.
-func (r *Redirector) ApplyConfig() error {
-	if err := r.writeConfig(); err != nil {
-		return err
-	}
-	return r.forgetUnlisted()
-}
-
 // loadObjects loads programs and maps, reusing pinned maps. A pinned map
 // whose layout no longer matches (an upgrade changed ztdns.h) is replaced:
-// marks in it are lost and the agent's reconcile writes them again.
+// marks in it are lost and the agent's reconcile writes them again. With
+// KeepConfig its pin stays until ApplyConfig: the running programs, and
+// the agent marking pods for them, still use it.
 func (r *Redirector) loadObjects() error {
 	spec, err := loadZtdns()
 	if err != nil {
@@ -391,10 +407,20 @@ func (r *Redirector) loadObjects() error {
 	opts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: r.cfg.BPFFS}}
 	err = spec.LoadAndAssign(&r.objs, opts)
 	if errors.Is(err, ebpf.ErrMapIncompatible) {
-		if rerr := r.removeIncompatiblePins(spec); rerr != nil {
+		replace, rerr := r.incompatiblePins(spec)
+		if rerr != nil {
 			return errors.Join(err, rerr)
 		}
-		err = spec.LoadAndAssign(&r.objs, opts)
+		for _, name := range replace {
+			if r.cfg.KeepConfig {
+				spec.Maps[name].Pinning = ebpf.PinNone // pinned by ApplyConfig
+			} else if rerr := r.removePin(name); rerr != nil {
+				return errors.Join(err, rerr)
+			}
+		}
+		if err = spec.LoadAndAssign(&r.objs, opts); err == nil && r.cfg.KeepConfig {
+			r.replaced = replace
+		}
 	}
 	if err != nil {
 		return fmt.Errorf("load ztdns programs: %w", err)
@@ -402,8 +428,34 @@ func (r *Redirector) loadObjects() error {
 	return nil
 }
 
-// removeIncompatiblePins removes the pins of maps whose layout no longer
-// matches spec. config and config_index are replaced together: the
+// mapNamed is the loaded map of that name.
+func (r *Redirector) mapNamed(name string) *ebpf.Map {
+	return map[string]*ebpf.Map{
+		ztdnsMapConfig: r.objs.Config, ztdnsMapConfigIndex: r.objs.ConfigIndex, ztdnsMapCounters: r.objs.Counters,
+		ztdnsMapHeartbeat: r.objs.Heartbeat, ztdnsMapNameservers: r.objs.Nameservers, ztdnsMapPods: r.objs.Pods,
+		ztdnsMapSockets: r.objs.Sockets,
+	}[name]
+}
+
+// pinReplaced pins the maps a Load with KeepConfig loaded in place of
+// pinned ones of another layout, replacing those pins.
+func (r *Redirector) pinReplaced() error {
+	for len(r.replaced) > 0 {
+		name := r.replaced[0]
+		if err := r.removePin(name); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+		pin := pinPath(r.cfg.BPFFS, name)
+		if err := r.mapNamed(name).Pin(pin); err != nil {
+			return fmt.Errorf("pin map %s: %w", pin, err)
+		}
+		r.replaced = r.replaced[1:]
+	}
+	return nil
+}
+
+// incompatiblePins names the pinned maps to replace: those whose layout no
+// longer matches spec. config and config_index are replaced together: the
 // programs read them as one, config_index naming an entry of config. A
 // replaced map's pin goes, but the programs attached until attachAll keep
 // the map they were loaded with; a partner kept would be shared by old and
@@ -418,7 +470,7 @@ func (r *Redirector) loadObjects() error {
 // The other maps are read on their own and may be replaced alone: a new
 // counters map only misses what the old programs count before attachAll,
 // and the heartbeat is meant to be shared (old programs stay fresh).
-func (r *Redirector) removeIncompatiblePins(spec *ebpf.CollectionSpec) error {
+func (r *Redirector) incompatiblePins(spec *ebpf.CollectionSpec) ([]string, error) {
 	replace := map[string]bool{} // by name, for the maps pinned
 	for name, ms := range spec.Maps {
 		pin := pinPath(r.cfg.BPFFS, name)
@@ -427,7 +479,7 @@ func (r *Redirector) removeIncompatiblePins(spec *ebpf.CollectionSpec) error {
 			continue
 		}
 		if err != nil {
-			return fmt.Errorf("open pinned map %s: %w", pin, err)
+			return nil, fmt.Errorf("open pinned map %s: %w", pin, err)
 		}
 		replace[name] = ms.Compatible(m) != nil
 		m.Close()
@@ -439,15 +491,21 @@ func (r *Redirector) removeIncompatiblePins(spec *ebpf.CollectionSpec) error {
 			}
 		}
 	}
+	var names []string
 	for name, incompatible := range replace {
-		if !incompatible {
-			continue
+		if incompatible {
+			names = append(names, name)
 		}
-		pin := pinPath(r.cfg.BPFFS, name)
-		r.log.Warn("replacing pinned map with an incompatible layout (or read with one)", "pin", pin)
-		if err := os.Remove(pin); err != nil {
-			return fmt.Errorf("remove incompatible map pin: %w", err)
-		}
+	}
+	return names, nil
+}
+
+// removePin removes the pin of a map of another layout, to replace it.
+func (r *Redirector) removePin(name string) error {
+	pin := pinPath(r.cfg.BPFFS, name)
+	r.log.Warn("replacing pinned map with an incompatible layout (or read with one)", "pin", pin)
+	if err := os.Remove(pin); err != nil {
+		return fmt.Errorf("remove incompatible map pin: %w", err)
 	}
 	return nil
 }
