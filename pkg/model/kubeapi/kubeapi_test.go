@@ -169,6 +169,14 @@ func TestReduceErrors(t *testing.T) {
 		{name: "Service without externalName",
 			doc:  `{"apiVersion": "v1", "kind": "Service", "metadata": {"name": "x", "namespace": "n"}, "spec": {"type": "ExternalName"}}`,
 			want: "service n/x: type ExternalName without spec.externalName"},
+		// An API server always sets a clusterIP (an address, or None); a
+		// manifest without one would serve a Service that answers nothing.
+		{name: "Service without clusterIP",
+			doc:  `{"apiVersion": "v1", "kind": "Service", "metadata": {"name": "x", "namespace": "n"}, "spec": {"ports": [{"port": 80}]}}`,
+			want: "service n/x: type ClusterIP without spec.clusterIP: give the address its name answers with, or clusterIP: None for a headless Service"},
+		{name: "LoadBalancer Service with empty clusterIPs",
+			doc:  `{"apiVersion": "v1", "kind": "Service", "metadata": {"name": "x", "namespace": "n"}, "spec": {"type": "LoadBalancer", "clusterIP": "", "clusterIPs": []}}`,
+			want: "service n/x: type LoadBalancer without spec.clusterIP: give the address its name answers with, or clusterIP: None for a headless Service"},
 		{name: "EndpointSlice address",
 			doc:  `{"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "metadata": {"name": "s", "namespace": "n"}, "addressType": "IPv4", "endpoints": [{"addresses": ["10.0.0"]}]}`,
 			want: `endpointslice n/s: address "10.0.0" is not an IP address`},

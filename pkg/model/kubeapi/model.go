@@ -18,6 +18,7 @@ import (
 // Values of the API that the reduction reads.
 const (
 	serviceTypeExternalName = "ExternalName"
+	serviceTypeClusterIP    = "ClusterIP"
 	clusterIPNone           = "None"
 	addressTypeFQDN         = "FQDN"
 	protocolTCP             = "TCP"
@@ -45,7 +46,17 @@ func (s *Service) Model() (model.Service, error) {
 		if len(ips) == 0 && s.Spec.ClusterIP != "" {
 			ips = []string{s.Spec.ClusterIP}
 		}
-		if len(ips) > 0 && ips[0] == clusterIPNone {
+		if len(ips) == 0 {
+			// The API server always sets one (it allocates an address, or
+			// keeps None); without, the name would answer nothing and, as a
+			// Service, hide a ServiceEntry naming the same host.
+			typ := s.Spec.Type
+			if typ == "" {
+				typ = serviceTypeClusterIP
+			}
+			return out, fmt.Errorf("service %s: type %s without spec.clusterIP: give the address its name answers with, or clusterIP: None for a headless Service", out.Key(), typ)
+		}
+		if ips[0] == clusterIPNone {
 			out.Headless = true
 		} else {
 			var errs []error

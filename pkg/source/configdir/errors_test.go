@@ -1,6 +1,7 @@
 package configdir
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"os"
@@ -11,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/ztdns/ztdns/pkg/model"
+	"github.com/ztdns/ztdns/pkg/resolver/table"
 )
 
 // goodNamespace is a valid first document, so that every error below sits
@@ -255,12 +257,14 @@ items:
 			yaml: `apiVersion: v1
 kind: Service
 metadata: {name: web, namespace: default}
+spec: {clusterIP: None}
 ---
 apiVersion: v1
 kind: Service
 metadata: {name: web}
+spec: {clusterIP: None}
 `,
-			want: []string{`bad.yaml:9: service default/web is defined twice (first at line 5)`},
+			want: []string{`bad.yaml:10: service default/web is defined twice (first at line 5)`},
 		},
 	}
 	for _, tc := range tests {
@@ -277,6 +281,57 @@ metadata: {name: web}
 			// good first document.
 			if n := names(got); len(n) > 0 {
 				t.Errorf("broken file served %q", n)
+			}
+		})
+	}
+}
+
+// TestServiceWithoutClusterIP: an API server never serves a Service of a
+// type other than ExternalName without a clusterIP (it allocates one, or
+// keeps None). Written so in a manifest it is reported and left out; served,
+// its name answered nothing and, as a Service, it hid a ServiceEntry naming
+// the same host.
+func TestServiceWithoutClusterIP(t *testing.T) {
+	const entry = `apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: cart, namespace: mesh}
+spec:
+  hosts: [cart.shop.svc.cluster.local]
+  addresses: [198.51.100.10]
+  ports: [{name: http, number: 80, protocol: HTTP}]
+  resolution: STATIC
+`
+	for _, typ := range []string{"", "ClusterIP", "NodePort", "LoadBalancer"} {
+		t.Run("type "+cmp.Or(typ, "unset"), func(t *testing.T) {
+			spec := "ports: [{name: http, port: 80}]"
+			if typ != "" {
+				spec = "type: " + typ + ", " + spec
+			}
+			dir, got, errs := loadFiles(t, map[string]string{
+				"entry.yaml": entry,
+				"svc.yaml":   goodNamespace + "apiVersion: v1\nkind: Service\nmetadata: {name: cart, namespace: shop}\nspec: {" + spec + "}\n",
+			})
+			want := []string{filepath.Join(dir, "svc.yaml:5: service shop/cart: type "+cmp.Or(typ, "ClusterIP")+
+				" without spec.clusterIP: give the address its name answers with, or clusterIP: None for a headless Service")}
+			if g := errorStrings(errs); !reflect.DeepEqual(g, want) {
+				t.Errorf("errors\n%s\nwant\n%s", strings.Join(g, "\n"), strings.Join(want, "\n"))
+			}
+			// What `ztdns table --namespace shop` shows: the ServiceEntry's
+			// address, not a Service's empty answer.
+			tbl, buildErrs := table.Build(got, table.Options{Domain: table.DefaultDomain, TTL: table.DefaultTTL})
+			if len(buildErrs) > 0 {
+				t.Fatalf("build: %v", buildErrs)
+			}
+			var rows []table.Row
+			for _, r := range tbl.Rows("shop") {
+				if r.Name == "cart.shop.svc.cluster.local." && r.Type == "A" {
+					rows = append(rows, r)
+				}
+			}
+			wantRows := []table.Row{{Name: "cart.shop.svc.cluster.local.", Type: "A", Values: []string{"198.51.100.10"},
+				Origin: "ServiceEntry mesh/cart", AddrSource: "spec"}}
+			if !reflect.DeepEqual(rows, wantRows) {
+				t.Errorf("A rows of cart.shop.svc.cluster.local. from shop: %+v, want %+v", rows, wantRows)
 			}
 		})
 	}

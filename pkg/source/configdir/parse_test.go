@@ -423,7 +423,7 @@ spec:
 apiVersion: v1
 kind: Service
 metadata: {name: typo}
-spec: {clusterIp: 10.96.0.1}
+spec: {clusterIP: 10.96.0.1, publishNotReadyAdresses: true}
 `})
 	log, logs := testLogger(t)
 	got, errs := load(t, dir, WithLogger(log))
@@ -436,7 +436,7 @@ spec: {clusterIp: 10.96.0.1}
 	out := logs.String()
 	for _, want := range []string{
 		`at=` + dir + `/m.yaml:5 object="serviceentry default/typo" fields="unknown field \"spec.adresses\""`,
-		`at=` + dir + `/m.yaml:12 object="service default/typo" fields="unknown field \"spec.clusterIp\""`,
+		`at=` + dir + `/m.yaml:12 object="service default/typo" fields="unknown field \"spec.publishNotReadyAdresses\""`,
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("log lacks %s:\n%s", want, out)
