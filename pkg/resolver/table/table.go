@@ -106,9 +106,15 @@ type Entry struct {
 	// ptr says whether the reverse names of Addrs point here.
 	ptr bool
 	// forward marks a name claimed without records (a headless Service
-	// without a ready endpoint): a pod that picks it is forwarded, and gets
-	// no other object's answer for the name.
+	// without a ready endpoint, a ServiceEntry host under .svc.<domain>
+	// without a VIP): a pod that picks it is forwarded, and gets no other
+	// object's answer for the name.
 	forward bool
+	// passed marks a ServiceEntry host without a VIP outside .svc.<domain>:
+	// istiod keeps it as its namespace's object for the name (newer ones
+	// there never reach ztunnel), and ztunnel passes over it, to other
+	// namespaces' objects and to wildcards.
+	passed bool
 }
 
 // addrSource says where an entry's addresses came from: one value per
@@ -291,8 +297,8 @@ func (t *Table) Domain() string { return t.domain }
 // TTL returns the TTL of local answers, in seconds.
 func (t *Table) TTL() uint32 { return t.ttl }
 
-// Len returns the number of distinct names (exact and wildcard; reverse and
-// SRV names not counted).
+// Len returns the number of distinct names (exact and wildcard, those held
+// without records included; reverse and SRV names not counted).
 func (t *Table) Len() int { return t.size }
 
 // Result is the outcome of resolving a query name in a namespace.
@@ -424,8 +430,10 @@ func (t *Table) find(name, ns string) *Entry {
 // pick chooses among the entries for one key as ztunnel does: one from the
 // asker's own namespace first, else the first visible in build order (the
 // Service, else the oldest ServiceEntry: istiod's canonical one, else an
-// ExternalName Service).
-// A name claimed without records (Entry.forward) is none.
+// ExternalName Service). Of each namespace only its first entry the asker
+// sees counts: istiod sends ztunnel one object per namespace and name.
+// A name claimed without records (Entry.forward) is none, and so is one
+// passed over (Entry.passed).
 func (t *Table) pick(entries bucket, ns string) *Entry {
 	e, _ := t.claim(entries, ns)
 	return e
@@ -442,7 +450,7 @@ func (t *Table) claim(entries bucket, ns string) (e *Entry, claimed bool) {
 	} else if i := pickIndex(entries.many, ns); i >= 0 {
 		e = entries.many[i]
 	}
-	if e == nil {
+	if e == nil || e.passed {
 		return nil, false
 	}
 	if e.forward {
@@ -452,21 +460,60 @@ func (t *Table) claim(entries bucket, ns string) (e *Entry, claimed bool) {
 }
 
 // pickIndex is pick's choice among several entries, as an index, -1 for
-// none.
+// none. An entry passed over leaves out its namespace's newer ones.
 func pickIndex(entries []*Entry, ns string) int {
-	first := -1
+	first, ownOut := -1, false
+	var out nsSet // namespaces whose first entry is passed over
 	for i, e := range entries {
 		if !e.VisibleFrom(ns) {
 			continue
 		}
-		if ns != "" && e.src.namespace == ns && e.src.rank != rankExternalName {
+		own := ns != "" && e.src.namespace == ns
+		switch {
+		case e.passed:
+			out.add(e.src.namespace)
+			ownOut = ownOut || own
+		case out.has(e.src.namespace):
+		case own && e.src.rank != rankExternalName:
 			return i
-		}
-		if first < 0 {
+		case first < 0:
 			first = i
+		}
+		if first >= 0 && (ns == "" || ownOut) {
+			return first
 		}
 	}
 	return first
+}
+
+// nsSet is a set of namespaces that allocates nothing while it is small.
+type nsSet struct {
+	few  [4]string
+	n    int
+	many map[string]bool
+}
+
+func (s *nsSet) add(ns string) {
+	switch {
+	case s.has(ns):
+	case s.n < len(s.few):
+		s.few[s.n] = ns
+		s.n++
+	default:
+		if s.many == nil {
+			s.many = map[string]bool{}
+		}
+		s.many[ns] = true
+	}
+}
+
+func (s *nsSet) has(ns string) bool {
+	for _, x := range s.few[:s.n] {
+		if x == ns {
+			return true
+		}
+	}
+	return s.many[ns]
 }
 
 // shortForm maps the names a pod may use for a Service to the full name. The
