@@ -128,3 +128,30 @@ func TestManyServiceEntriesWithoutVIP(t *testing.T) {
 		t.Errorf("Resolve allocates %.1f times, want 0", n)
 	}
 }
+
+// istiod sends ztunnel no ExternalName Service, so ztunnel finds a
+// wildcard ServiceEntry covering its name: so does a pod, there and
+// through the Service's short forms. Where no wildcard is visible the
+// CNAME answers.
+func TestWildcardCoversExternalName(t *testing.T) {
+	snap := &model.Snapshot{
+		Services: []model.Service{{Namespace: "shop", Name: "foo", ExternalName: "foo.example.com"}},
+		ServiceEntries: []model.ServiceEntry{{Namespace: "mesh", Name: "wild", Created: t0, Hosts: []string{"*.shop.svc.cluster.local"},
+			Addresses: addrs("198.51.100.9"), Resolution: "STATIC"}},
+	}
+	tbl, _ := Build(snap, Options{})
+	want := addrs("198.51.100.9")
+	resolvesTo(t, tbl, "foo.shop.svc.cluster.local.", want, "shop", "mesh", "other", "")
+	resolvesTo(t, tbl, "foo.", want, "shop")
+	resolvesTo(t, tbl, "foo.shop.", want, "mesh")
+	if e := tbl.Find("foo.shop.svc.cluster.local.", "other"); e == nil || !slices.Equal(e.Addrs, want) {
+		t.Errorf("Find (a CNAME target): %v, want the wildcard's %v", e, want)
+	}
+
+	snap.ServiceEntries[0].ExportTo = []string{"."}
+	tbl, _ = Build(snap, Options{})
+	resolvesTo(t, tbl, "foo.shop.svc.cluster.local.", want, "mesh")
+	if e := tbl.Resolve("foo.shop.svc.cluster.local.", "shop").Entry; e == nil || e.Alias != "foo.example.com." {
+		t.Errorf("from shop, the wildcard exported to mesh only: %+v, want the CNAME", e)
+	}
+}

@@ -318,7 +318,7 @@ type Result struct {
 }
 
 // Resolve finds what a pod in namespace ns gets for qname (lower case, fully
-// qualified). In order: the exact name; a reverse name (PTR); an SRV name of
+// qualified). In order: the exact name (see exact); a reverse name (PTR); an SRV name of
 // a Service; a Kubernetes short form ("svc" from the pod's own namespace,
 // "svc.ns", "svc.ns.svc"); a wildcard ServiceEntry; and finally a
 // search-list expansion (see expansion). qname must stay unchanged while the
@@ -330,7 +330,7 @@ func (t *Table) Resolve(qname, ns string) (r Result) {
 }
 
 func (t *Table) resolve(r *Result, qname, ns string) {
-	if e, claimed := t.claim(t.lookup(qname), ns); claimed {
+	if e, claimed := t.exact(qname, ns); claimed {
 		r.Entry = e
 		return
 	}
@@ -421,10 +421,23 @@ func (t *Table) SearchBase(qname, ns string) string {
 func (t *Table) Find(name, ns string) *Entry { return t.find(name, ns) }
 
 func (t *Table) find(name, ns string) *Entry {
-	if e, claimed := t.claim(t.lookup(name), ns); claimed {
+	if e, claimed := t.exact(name, ns); claimed {
 		return e
 	}
 	return t.wildcard(name, ns)
+}
+
+// exact is claim's choice for name itself, but an ExternalName Service
+// yields to a wildcard covering its name: istiod sends ztunnel no
+// ExternalName Service, so ztunnel finds the wildcard.
+func (t *Table) exact(name, ns string) (*Entry, bool) {
+	e, claimed := t.claim(t.lookup(name), ns)
+	if e != nil && e.src.rank == rankExternalName {
+		if w := t.wildcard(name, ns); w != nil {
+			return w, true
+		}
+	}
+	return e, claimed
 }
 
 // pick chooses among the entries for one key as ztunnel does: one from the
@@ -535,7 +548,8 @@ func (t *Table) shortForm(qname, ns string) *Entry {
 	if len(b) > len(buf) {
 		return nil
 	}
-	return t.pick(t.lookup(unsafe.String(&b[0], len(b))), ns) // b lives on this frame; lookup keeps nothing
+	e, _ := t.exact(unsafe.String(&b[0], len(b)), ns) // b lives on this frame; exact keeps nothing
+	return e
 }
 
 // wildcard finds the most specific "*.suffix" entry covering qname.
