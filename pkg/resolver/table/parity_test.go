@@ -155,3 +155,65 @@ func TestWildcardCoversExternalName(t *testing.T) {
 		t.Errorf("from shop, the wildcard exported to mesh only: %+v, want the CNAME", e)
 	}
 }
+
+// ztunnel tries the name asked and the wildcards covering it before it
+// reads the name as a Kubernetes short form, and then tries the full
+// cluster name and the wildcards covering that: one answer however the
+// name is asked.
+func TestWildcardBeforeShortForm(t *testing.T) {
+	tbl, _ := Build(&model.Snapshot{
+		Services: []model.Service{{Namespace: "corp", Name: "git", ClusterIPs: addrs("10.96.0.50")}},
+		ServiceEntries: []model.ServiceEntry{
+			{Namespace: "mesh", Name: "corp", Created: t0, Hosts: []string{"*.corp"}, Addresses: addrs("198.51.100.11"), Resolution: "STATIC"},
+			{Namespace: "mesh", Name: "shop", Created: t0, Hosts: []string{"*.shop.svc.cluster.local"}, Addresses: addrs("198.51.100.9"), Resolution: "STATIC"},
+		},
+	}, Options{})
+	resolvesTo(t, tbl, "git.corp.", addrs("198.51.100.11"), "mesh", "corp", "other", "")
+	if r := tbl.Resolve("git.corp.mesh.svc.cluster.local.", "mesh"); r.Entry == nil || r.Alias != "git.corp." ||
+		!slices.Equal(r.Entry.Addrs, addrs("198.51.100.11")) {
+		t.Errorf("search-list form: %+v, want the CNAME to git.corp. and 198.51.100.11", r)
+	}
+	resolvesTo(t, tbl, "git.corp.svc.", addrs("10.96.0.50"), "mesh")
+	resolvesTo(t, tbl, "git.corp.svc.cluster.local.", addrs("10.96.0.50"), "mesh")
+	resolvesTo(t, tbl, "git.", addrs("10.96.0.50"), "corp")
+
+	// A short form no object names is the full name's wildcard's.
+	resolvesTo(t, tbl, "cart.", addrs("198.51.100.9"), "shop")
+	resolvesTo(t, tbl, "cart.shop.", addrs("198.51.100.9"), "other")
+	resolvesTo(t, tbl, "cart.shop.svc.", addrs("198.51.100.9"), "other")
+	if r := tbl.Resolve("cart.shop.other.svc.cluster.local.", "other"); r.Entry == nil || r.Alias != "cart.shop." ||
+		!slices.Equal(r.Entry.Addrs, addrs("198.51.100.9")) {
+		t.Errorf("search-list form of cart.shop: %+v, want the CNAME to cart.shop. and 198.51.100.9", r)
+	}
+	for _, q := range []string{"cart.", "nope.", "git.corp."} {
+		if n := testing.AllocsPerRun(100, func() { tbl.Resolve(q, "shop") }); n != 0 {
+			t.Errorf("Resolve(%s) allocates %.1f times, want 0", q, n)
+		}
+	}
+}
+
+// A name ztunnel finds without a VIP under .svc.<domain> (a headless
+// Service without endpoints, a wildcard ServiceEntry without addresses)
+// ends its search, however the name was asked: no less specific wildcard,
+// and no later search-list base, answers it.
+func TestClaimedNameEndsTheSearch(t *testing.T) {
+	snap := &model.Snapshot{
+		Services: []model.Service{{Namespace: "shop", Name: "db", Headless: true}},
+		ServiceEntries: []model.ServiceEntry{
+			{Namespace: "mesh", Name: "shop", Created: t0, Hosts: []string{"*.shop.svc.cluster.local"}, Resolution: "NONE"},
+			{Namespace: "mesh", Name: "other", Created: t0, Hosts: []string{"*.other"}, Addresses: addrs("198.51.100.14"), Resolution: "STATIC"},
+		},
+	}
+	tbl, _ := Build(snap, Options{})
+	resolvesTo(t, tbl, "db.", nil, "shop")
+	resolvesTo(t, tbl, "db.shop.", nil, "other")
+	// db.shop, then db.shop.svc.cluster.local: not db.shop.other.
+	resolvesTo(t, tbl, "db.shop.other.svc.cluster.local.", nil, "other")
+
+	snap.ServiceEntries = append(snap.ServiceEntries, model.ServiceEntry{Namespace: "mesh", Name: "svc", Created: t0,
+		Hosts: []string{"*.svc.cluster.local"}, Addresses: addrs("198.51.100.13"), Resolution: "STATIC"})
+	tbl, _ = Build(snap, Options{})
+	resolvesTo(t, tbl, "web.other.svc.cluster.local.", addrs("198.51.100.13"), "other")
+	resolvesTo(t, tbl, "x.shop.svc.cluster.local.", nil, "shop", "other", "")
+	resolvesTo(t, tbl, "x.shop.", nil, "other")
+}

@@ -318,11 +318,13 @@ type Result struct {
 }
 
 // Resolve finds what a pod in namespace ns gets for qname (lower case, fully
-// qualified). In order: the exact name (see exact); a reverse name (PTR); an SRV name of
-// a Service; a Kubernetes short form ("svc" from the pod's own namespace,
-// "svc.ns", "svc.ns.svc"); a wildcard ServiceEntry; and finally a
-// search-list expansion (see expansion). qname must stay unchanged while the
-// result is used.
+// qualified). In order: the exact name (see exact); a reverse name (PTR); an
+// SRV name of a Service; a wildcard ServiceEntry covering it; a Kubernetes
+// short form ("svc" from the pod's own namespace, "svc.ns", "svc.ns.svc"),
+// its full name or a wildcard covering that; and finally a search-list
+// expansion (see expansion). The names and wildcards come in the order
+// ztunnel tries them (find_server), and a name claimed without records ends
+// the search: forwarded. qname must stay unchanged while the result is used.
 func (t *Table) Resolve(qname, ns string) (r Result) {
 	t.resolve(&r, qname, ns)
 	r.t, r.qname = t, qname
@@ -347,10 +349,12 @@ func (t *Table) resolve(r *Result, qname, ns string) {
 	if t.srvName(r, qname, ns) {
 		return
 	}
-	if r.Entry = t.shortForm(qname, ns); r.Entry != nil {
+	if e, claimed := t.wildcard(qname, ns); claimed {
+		r.Entry = e
 		return
 	}
-	if r.Entry = t.wildcard(qname, ns); r.Entry != nil {
+	if e, claimed := t.shortForm(qname, ns); claimed {
+		r.Entry = e
 		return
 	}
 	r.Alias, r.Entry = t.expansion(qname, ns)
@@ -418,11 +422,16 @@ func (t *Table) SearchBase(qname, ns string) string {
 
 // Find resolves a fully qualified name exactly or through a wildcard, without
 // short forms or search expansions: the lookup for CNAME targets.
-func (t *Table) Find(name, ns string) *Entry { return t.find(name, ns) }
+func (t *Table) Find(name, ns string) *Entry {
+	e, _ := t.find(name, ns)
+	return e
+}
 
-func (t *Table) find(name, ns string) *Entry {
+// find is one name ztunnel tries: the name, then the wildcards covering it;
+// claimed as claim.
+func (t *Table) find(name, ns string) (*Entry, bool) {
 	if e, claimed := t.exact(name, ns); claimed {
-		return e
+		return e, true
 	}
 	return t.wildcard(name, ns)
 }
@@ -433,7 +442,7 @@ func (t *Table) find(name, ns string) *Entry {
 func (t *Table) exact(name, ns string) (*Entry, bool) {
 	e, claimed := t.claim(t.lookup(name), ns)
 	if e != nil && e.src.rank == rankExternalName {
-		if w := t.wildcard(name, ns); w != nil {
+		if w, ok := t.wildcard(name, ns); ok {
 			return w, true
 		}
 	}
@@ -529,9 +538,10 @@ func (s *nsSet) has(ns string) bool {
 	return s.many[ns]
 }
 
-// shortForm maps the names a pod may use for a Service to the full name. The
-// candidate is assembled in a stack buffer so a miss costs no allocation.
-func (t *Table) shortForm(qname, ns string) *Entry {
+// shortForm maps the names a pod may use for a Service to the full name,
+// found as find finds it. The candidate is assembled in a stack buffer so a
+// miss costs no allocation.
+func (t *Table) shortForm(qname, ns string) (*Entry, bool) {
 	var buf [256]byte
 	dots := strings.Count(qname, ".")
 	var b []byte
@@ -543,24 +553,24 @@ func (t *Table) shortForm(qname, ns string) *Entry {
 	case dots == 3 && strings.HasSuffix(qname, ".svc."): // "svc.ns.svc."
 		b = append(append(buf[:0], qname...), t.domain...)
 	default:
-		return nil
+		return nil, false
 	}
 	if len(b) > len(buf) {
-		return nil
+		return nil, false
 	}
-	e, _ := t.exact(unsafe.String(&b[0], len(b)), ns) // b lives on this frame; exact keeps nothing
-	return e
+	return t.find(unsafe.String(&b[0], len(b)), ns) // b lives on this frame; find keeps nothing
 }
 
-// wildcard finds the most specific "*.suffix" entry covering qname.
-func (t *Table) wildcard(qname, ns string) *Entry {
+// wildcard finds the most specific "*.suffix" entry covering qname; claimed
+// as claim.
+func (t *Table) wildcard(qname, ns string) (*Entry, bool) {
 	if len(t.wildcards.one) == 0 {
-		return nil
+		return nil, false
 	}
 	for i := strings.IndexByte(qname, '.'); i >= 0 && i+1 < len(qname); {
 		suffix := qname[i+1:]
-		if e := t.pick(t.wildcards.get(suffix), ns); e != nil {
-			return e
+		if e, claimed := t.claim(t.wildcards.get(suffix), ns); claimed {
+			return e, true
 		}
 		j := strings.IndexByte(suffix, '.')
 		if j < 0 {
@@ -568,7 +578,7 @@ func (t *Table) wildcard(qname, ns string) *Entry {
 		}
 		i += j + 1
 	}
-	return nil
+	return nil, false
 }
 
 // expansion finds the name qname is a search-list expansion of, and its
@@ -585,13 +595,15 @@ func (t *Table) expansion(qname, ns string) (string, *Entry) {
 		if t.inDomain(base) {
 			continue
 		}
-		if e := t.find(base, ns); e != nil {
-			return base, e
+		e, claimed := t.find(base, ns)
+		if !claimed && i == 0 && own && strings.Count(base, ".") >= 2 {
+			e, claimed = t.shortForm(base, ns)
 		}
-		if i == 0 && own && strings.Count(base, ".") >= 2 {
-			if e := t.shortForm(base, ns); e != nil {
-				return base, e
-			}
+		switch {
+		case e != nil:
+			return base, e
+		case claimed:
+			return "", nil
 		}
 	}
 	return "", nil
