@@ -4,6 +4,7 @@ import (
 	"net/netip"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/miekg/dns"
 
@@ -66,6 +67,47 @@ func TestServiceEntryOtherTypesForwarded(t *testing.T) {
 			tableSOA := len(r.Ns) == 1 && r.Ns[0].Header().Rrtype == dns.TypeSOA && r.Ns[0].(*dns.SOA).Ns != "ns.test."
 			if len(answer) == 0 && tableSOA != c.soa {
 				t.Errorf("%s %s %s: authority %q; want the table's SOA: %v", proto, c.name, dns.TypeToString[c.qtype], ns, c.soa)
+			}
+		}
+	}
+}
+
+// TestZtunnelsChoice: a pod gets the answer ztunnel would give it. A
+// ServiceEntry istiod discards (a newer one in the namespace of an older
+// one without a VIP) does not answer: the host is forwarded. A wildcard
+// ServiceEntry covering an ExternalName Service's name answers it (istiod
+// sends ztunnel no ExternalName Service), and one covering a two-label
+// name answers it before the Kubernetes short form does. Before: the
+// discarded VIP, the CNAME, the Service's address.
+func TestZtunnelsChoice(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	ss := startSlowServer(t, Options{}, &model.Snapshot{
+		ServiceEntries: []model.ServiceEntry{
+			{Namespace: "a", Name: "old", Created: t0, Hosts: []string{"api.example.com"}, Resolution: "DNS"},
+			{Namespace: "a", Name: "new", Created: t0.Add(time.Hour), Hosts: []string{"api.example.com"}, Resolution: "DNS", AutoAllocate: true,
+				StatusAddresses: []model.HostAddress{{Host: "api.example.com", Address: netip.MustParseAddr("240.240.0.5")}}},
+			{Namespace: "mesh", Name: "shop", Created: t0, Hosts: []string{"*.shop.svc.cluster.local"}, Resolution: "STATIC",
+				Addresses: []netip.Addr{netip.MustParseAddr("198.51.100.9")}},
+			{Namespace: "mesh", Name: "corp", Created: t0, Hosts: []string{"*.corp"}, Resolution: "STATIC",
+				Addresses: []netip.Addr{netip.MustParseAddr("198.51.100.11")}},
+		},
+		Services: []model.Service{
+			{Namespace: "shop", Name: "foo", ExternalName: "foo.example.com"},
+			{Namespace: "corp", Name: "git", ClusterIPs: []netip.Addr{netip.MustParseAddr("10.96.0.50")}},
+		},
+	},
+		`api.example.com. 60 IN A 203.0.113.50`,
+		`foo.example.com. 60 IN A 203.0.113.51`,
+	)
+	for _, proto := range []string{"udp", "tcp"} {
+		for _, c := range []struct{ name, answer string }{
+			{"api.example.com.", "api.example.com.\t0\tIN\tA\t203.0.113.50"},
+			{"foo.shop.svc.cluster.local.", "foo.shop.svc.cluster.local.\t0\tIN\tA\t198.51.100.9"},
+			{"git.corp.", "git.corp.\t0\tIN\tA\t198.51.100.11"},
+		} {
+			rcode, answer, _ := replyText(ss.askType(t, proto, c.name, dns.TypeA))
+			if rcode != "NOERROR" || !slices.Equal(answer, []string{c.answer}) {
+				t.Errorf("%s %s A: %s %q, want %q", proto, c.name, rcode, answer, c.answer)
 			}
 		}
 	}

@@ -587,7 +587,7 @@ func (b *Builder) rebuildServiceEntry(w *walker[*seState], i int, se *model.Serv
 	}
 	st = &seState{se: se, resolved: own}
 	st.source = serviceEntrySource(b.n, se, &st.ext)
-	st.entries = b.made(key, serviceEntryEntries(&st.source, se, own, b.fromStatus))
+	st.entries = b.made(key, serviceEntryEntries(b.n, &st.source, se, own, b.fromStatus))
 	w.put(key, i, st)
 }
 

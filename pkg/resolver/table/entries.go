@@ -511,13 +511,18 @@ func serviceEntrySource(n names, se *model.ServiceEntry, ext *seSource) source {
 // resolvedOf; nil when none has any), fromStatus as resolveHosts. src is
 // its serviceEntrySource.
 //
+// A host without addresses answers nothing, but istiod still sends it to
+// ztunnel, as its namespace's object for the name when it is the oldest
+// there: it gets an entry without records (vipless), so that a newer
+// ServiceEntry of its namespace, which ztunnel never sees, does not answer.
+//
 // spec.addresses are shared by all its hosts, made once. Their reverse
 // names point at one host only, the first by name: a PTR answer for a
 // ServiceEntry's address names one host (Table.ptrOwners), the one that
 // comes first among those visible to the asker, and every host of one
 // entry is visible to the same pods. So an entry's hosts times its
 // addresses cost no more than the hosts plus the addresses.
-func serviceEntryEntries(src *source, se *model.ServiceEntry, own []hostAddrs, fromStatus bool) entrySet {
+func serviceEntryEntries(n names, src *source, se *model.ServiceEntry, own []hostAddrs, fromStatus bool) entrySet {
 	var out entrySet
 	var spec []netip.Addr
 	var spec4 uint32
@@ -542,30 +547,42 @@ func serviceEntryEntries(src *source, se *model.ServiceEntry, own []hostAddrs, f
 			out.keep(e, false)
 			continue
 		case se.HasSpecAddresses || len(se.CIDRs) > 0:
-			continue // ranges route traffic but answer no query: forwarded
-		case !vip.Eligible(se) || !vip.HostEligible(se, h):
-			continue // nothing to answer: the name is forwarded
-		default:
+			// Ranges route traffic but answer no query.
+		case vip.Eligible(se) && vip.HostEligible(se, h):
 			var r hostAddrs
 			if i < len(own) {
 				r = own[i]
 			}
-			if r.addrSource == addrNone {
-				// With istiod allocating, a host it has not written yet
-				// is forwarded (what kube-dns answers) until it does.
-				if !fromStatus {
-					out.warn("%s: no VIP left for host %q", originOf(src), h)
-				}
+			if r.addrSource != addrNone {
+				e.addrSource, e.Addrs = r.addrSource, r.addrs
+				out.add(e, !isWildcard(name))
 				continue
 			}
-			e.addrSource, e.Addrs = r.addrSource, r.addrs
+			// With istiod allocating, a host it has not written yet
+			// has no VIP in ztunnel either, until it does.
+			if !fromStatus {
+				out.warn("%s: no VIP left for host %q", originOf(src), h)
+			}
 		}
-		out.add(e, !isWildcard(name))
+		out.keep(vipless(n, e), false)
 	}
 	if ptrHost != nil {
 		ptrHost.ptr = true
 	}
 	return out
+}
+
+// vipless makes e, a ServiceEntry host without addresses, the entry
+// ztunnel's find_server makes of it: under .svc.<domain> it keeps the name
+// (taken for a headless Service's, answered from endpoints ztdns does not
+// have: forwarded), elsewhere it is passed over.
+func vipless(n names, e *Entry) *Entry {
+	if strings.HasSuffix(e.Name, n.svcDomain) {
+		e.forward = true
+	} else {
+		e.passed = true
+	}
+	return e
 }
 
 // exportSet turns spec.exportTo into the namespaces that see an entry; nil

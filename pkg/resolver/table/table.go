@@ -106,9 +106,15 @@ type Entry struct {
 	// ptr says whether the reverse names of Addrs point here.
 	ptr bool
 	// forward marks a name claimed without records (a headless Service
-	// without a ready endpoint): a pod that picks it is forwarded, and gets
-	// no other object's answer for the name.
+	// without a ready endpoint, a ServiceEntry host under .svc.<domain>
+	// without a VIP): a pod that picks it is forwarded, and gets no other
+	// object's answer for the name.
 	forward bool
+	// passed marks a ServiceEntry host without a VIP outside .svc.<domain>:
+	// istiod keeps it as its namespace's object for the name (newer ones
+	// there never reach ztunnel), and ztunnel passes over it, to other
+	// namespaces' objects and to wildcards.
+	passed bool
 }
 
 // addrSource says where an entry's addresses came from: one value per
@@ -291,8 +297,8 @@ func (t *Table) Domain() string { return t.domain }
 // TTL returns the TTL of local answers, in seconds.
 func (t *Table) TTL() uint32 { return t.ttl }
 
-// Len returns the number of distinct names (exact and wildcard; reverse and
-// SRV names not counted).
+// Len returns the number of distinct names (exact and wildcard, those held
+// without records included; reverse and SRV names not counted).
 func (t *Table) Len() int { return t.size }
 
 // Result is the outcome of resolving a query name in a namespace.
@@ -312,11 +318,13 @@ type Result struct {
 }
 
 // Resolve finds what a pod in namespace ns gets for qname (lower case, fully
-// qualified). In order: the exact name; a reverse name (PTR); an SRV name of
-// a Service; a Kubernetes short form ("svc" from the pod's own namespace,
-// "svc.ns", "svc.ns.svc"); a wildcard ServiceEntry; and finally a
-// search-list expansion (see expansion). qname must stay unchanged while the
-// result is used.
+// qualified). In order: the exact name (see exact); a reverse name (PTR); an
+// SRV name of a Service; a wildcard ServiceEntry covering it; a Kubernetes
+// short form ("svc" from the pod's own namespace, "svc.ns", "svc.ns.svc"),
+// its full name or a wildcard covering that; and finally a search-list
+// expansion (see expansion). The names and wildcards come in the order
+// ztunnel tries them (find_server), and a name claimed without records ends
+// the search: forwarded. qname must stay unchanged while the result is used.
 func (t *Table) Resolve(qname, ns string) (r Result) {
 	t.resolve(&r, qname, ns)
 	r.t, r.qname = t, qname
@@ -324,7 +332,7 @@ func (t *Table) Resolve(qname, ns string) (r Result) {
 }
 
 func (t *Table) resolve(r *Result, qname, ns string) {
-	if e, claimed := t.claim(t.lookup(qname), ns); claimed {
+	if e, claimed := t.exact(qname, ns); claimed {
 		r.Entry = e
 		return
 	}
@@ -341,10 +349,12 @@ func (t *Table) resolve(r *Result, qname, ns string) {
 	if t.srvName(r, qname, ns) {
 		return
 	}
-	if r.Entry = t.shortForm(qname, ns); r.Entry != nil {
+	if e, claimed := t.wildcard(qname, ns); claimed {
+		r.Entry = e
 		return
 	}
-	if r.Entry = t.wildcard(qname, ns); r.Entry != nil {
+	if e, claimed := t.shortForm(qname, ns); claimed {
+		r.Entry = e
 		return
 	}
 	r.Alias, r.Entry = t.expansion(qname, ns)
@@ -412,20 +422,40 @@ func (t *Table) SearchBase(qname, ns string) string {
 
 // Find resolves a fully qualified name exactly or through a wildcard, without
 // short forms or search expansions: the lookup for CNAME targets.
-func (t *Table) Find(name, ns string) *Entry { return t.find(name, ns) }
+func (t *Table) Find(name, ns string) *Entry {
+	e, _ := t.find(name, ns)
+	return e
+}
 
-func (t *Table) find(name, ns string) *Entry {
-	if e, claimed := t.claim(t.lookup(name), ns); claimed {
-		return e
+// find is one name ztunnel tries: the name, then the wildcards covering it;
+// claimed as claim.
+func (t *Table) find(name, ns string) (*Entry, bool) {
+	if e, claimed := t.exact(name, ns); claimed {
+		return e, true
 	}
 	return t.wildcard(name, ns)
+}
+
+// exact is claim's choice for name itself, but an ExternalName Service
+// yields to a wildcard covering its name: istiod sends ztunnel no
+// ExternalName Service, so ztunnel finds the wildcard.
+func (t *Table) exact(name, ns string) (*Entry, bool) {
+	e, claimed := t.claim(t.lookup(name), ns)
+	if e != nil && e.src.rank == rankExternalName {
+		if w, ok := t.wildcard(name, ns); ok {
+			return w, true
+		}
+	}
+	return e, claimed
 }
 
 // pick chooses among the entries for one key as ztunnel does: one from the
 // asker's own namespace first, else the first visible in build order (the
 // Service, else the oldest ServiceEntry: istiod's canonical one, else an
-// ExternalName Service).
-// A name claimed without records (Entry.forward) is none.
+// ExternalName Service). Of each namespace only its first entry the asker
+// sees counts: istiod sends ztunnel one object per namespace and name.
+// A name claimed without records (Entry.forward) is none, and so is one
+// passed over (Entry.passed).
 func (t *Table) pick(entries bucket, ns string) *Entry {
 	e, _ := t.claim(entries, ns)
 	return e
@@ -442,7 +472,7 @@ func (t *Table) claim(entries bucket, ns string) (e *Entry, claimed bool) {
 	} else if i := pickIndex(entries.many, ns); i >= 0 {
 		e = entries.many[i]
 	}
-	if e == nil {
+	if e == nil || e.passed {
 		return nil, false
 	}
 	if e.forward {
@@ -452,26 +482,66 @@ func (t *Table) claim(entries bucket, ns string) (e *Entry, claimed bool) {
 }
 
 // pickIndex is pick's choice among several entries, as an index, -1 for
-// none.
+// none. An entry passed over leaves out its namespace's newer ones.
 func pickIndex(entries []*Entry, ns string) int {
-	first := -1
+	first, ownOut := -1, false
+	var out nsSet // namespaces whose first entry is passed over
 	for i, e := range entries {
 		if !e.VisibleFrom(ns) {
 			continue
 		}
-		if ns != "" && e.src.namespace == ns && e.src.rank != rankExternalName {
+		own := ns != "" && e.src.namespace == ns
+		switch {
+		case e.passed:
+			out.add(e.src.namespace)
+			ownOut = ownOut || own
+		case out.has(e.src.namespace):
+		case own && e.src.rank != rankExternalName:
 			return i
-		}
-		if first < 0 {
+		case first < 0:
 			first = i
+		}
+		if first >= 0 && (ns == "" || ownOut) {
+			return first
 		}
 	}
 	return first
 }
 
-// shortForm maps the names a pod may use for a Service to the full name. The
-// candidate is assembled in a stack buffer so a miss costs no allocation.
-func (t *Table) shortForm(qname, ns string) *Entry {
+// nsSet is a set of namespaces that allocates nothing while it is small.
+type nsSet struct {
+	few  [4]string
+	n    int
+	many map[string]bool
+}
+
+func (s *nsSet) add(ns string) {
+	switch {
+	case s.has(ns):
+	case s.n < len(s.few):
+		s.few[s.n] = ns
+		s.n++
+	default:
+		if s.many == nil {
+			s.many = map[string]bool{}
+		}
+		s.many[ns] = true
+	}
+}
+
+func (s *nsSet) has(ns string) bool {
+	for _, x := range s.few[:s.n] {
+		if x == ns {
+			return true
+		}
+	}
+	return s.many[ns]
+}
+
+// shortForm maps the names a pod may use for a Service to the full name,
+// found as find finds it. The candidate is assembled in a stack buffer so a
+// miss costs no allocation.
+func (t *Table) shortForm(qname, ns string) (*Entry, bool) {
 	var buf [256]byte
 	dots := strings.Count(qname, ".")
 	var b []byte
@@ -483,23 +553,24 @@ func (t *Table) shortForm(qname, ns string) *Entry {
 	case dots == 3 && strings.HasSuffix(qname, ".svc."): // "svc.ns.svc."
 		b = append(append(buf[:0], qname...), t.domain...)
 	default:
-		return nil
+		return nil, false
 	}
 	if len(b) > len(buf) {
-		return nil
+		return nil, false
 	}
-	return t.pick(t.lookup(unsafe.String(&b[0], len(b))), ns) // b lives on this frame; lookup keeps nothing
+	return t.find(unsafe.String(&b[0], len(b)), ns) // b lives on this frame; find keeps nothing
 }
 
-// wildcard finds the most specific "*.suffix" entry covering qname.
-func (t *Table) wildcard(qname, ns string) *Entry {
+// wildcard finds the most specific "*.suffix" entry covering qname; claimed
+// as claim.
+func (t *Table) wildcard(qname, ns string) (*Entry, bool) {
 	if len(t.wildcards.one) == 0 {
-		return nil
+		return nil, false
 	}
 	for i := strings.IndexByte(qname, '.'); i >= 0 && i+1 < len(qname); {
 		suffix := qname[i+1:]
-		if e := t.pick(t.wildcards.get(suffix), ns); e != nil {
-			return e
+		if e, claimed := t.claim(t.wildcards.get(suffix), ns); claimed {
+			return e, true
 		}
 		j := strings.IndexByte(suffix, '.')
 		if j < 0 {
@@ -507,7 +578,7 @@ func (t *Table) wildcard(qname, ns string) *Entry {
 		}
 		i += j + 1
 	}
-	return nil
+	return nil, false
 }
 
 // expansion finds the name qname is a search-list expansion of, and its
@@ -524,13 +595,15 @@ func (t *Table) expansion(qname, ns string) (string, *Entry) {
 		if t.inDomain(base) {
 			continue
 		}
-		if e := t.find(base, ns); e != nil {
-			return base, e
+		e, claimed := t.find(base, ns)
+		if !claimed && i == 0 && own && strings.Count(base, ".") >= 2 {
+			e, claimed = t.shortForm(base, ns)
 		}
-		if i == 0 && own && strings.Count(base, ".") >= 2 {
-			if e := t.shortForm(base, ns); e != nil {
-				return base, e
-			}
+		switch {
+		case e != nil:
+			return base, e
+		case claimed:
+			return "", nil
 		}
 	}
 	return "", nil

@@ -1,0 +1,219 @@
+package table
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/ztdns/ztdns/pkg/model"
+)
+
+// resolvesTo fails t unless qname from each of namespaces resolves to an
+// entry with exactly want (nil: forwarded), reached without a search-list
+// alias.
+func resolvesTo(t *testing.T, tbl *Table, qname string, want []netip.Addr, namespaces ...string) {
+	t.Helper()
+	for _, ns := range namespaces {
+		r := tbl.Resolve(qname, ns)
+		switch {
+		case want == nil && r.Entry != nil:
+			t.Errorf("%s from %q: %s %v (%s), want it forwarded", qname, ns, r.Entry.Name, r.Entry.Addrs, r.Entry.Origin())
+		case want == nil:
+		case r.Entry == nil:
+			t.Errorf("%s from %q: forwarded, want %v", qname, ns, want)
+		case r.Alias != "" || r.Entry.Alias != "" || !slices.Equal(r.Entry.Addrs, want):
+			t.Errorf("%s from %q: %s %v alias %q CNAME %q (%s), want %v", qname, ns, r.Entry.Name, r.Entry.Addrs,
+				r.Alias, r.Entry.Alias, r.Entry.Origin(), want)
+		}
+	}
+}
+
+// istiod keeps one object per namespace and host (the Service, else the
+// oldest ServiceEntry, VIP or not) and sends ztunnel only those; ztunnel
+// passes over one without a VIP outside .svc.<domain>, to other
+// namespaces' and to wildcards. A newer ServiceEntry in the namespace of
+// an older one without a VIP never reaches ztunnel: its VIP must not be
+// answered, from any namespace.
+func TestDiscardedServiceEntryDoesNotAnswer(t *testing.T) {
+	// The older one opted out of auto-allocation, the newer one has the
+	// VIP istiod wrote in its status: ztunnel knows no address for the
+	// host and forwards it.
+	tbl, _ := Build(&model.Snapshot{ServiceEntries: []model.ServiceEntry{
+		{Namespace: "a", Name: "old", Created: t0, Hosts: []string{"api.example.com"}, Resolution: "DNS", AutoAllocate: false},
+		{Namespace: "a", Name: "new", Created: t0.Add(time.Hour), Hosts: []string{"api.example.com"}, Resolution: "DNS", AutoAllocate: true,
+			StatusAddresses: status("api.example.com", "240.240.0.5", "2001:2::5")},
+	}}, Options{})
+	resolvesTo(t, tbl, "api.example.com.", nil, "a", "b", "")
+	resolvesTo(t, tbl, "api.example.com.a.svc.cluster.local.", nil, "a")
+
+	// Another namespace's object answers instead, there and everywhere.
+	ses := []model.ServiceEntry{
+		{Namespace: "a", Name: "old", Created: t0, Hosts: []string{"api.example.com"}, Resolution: "NONE"},
+		{Namespace: "a", Name: "new", Created: t0.Add(time.Hour), Hosts: []string{"api.example.com"}, Resolution: "STATIC",
+			Addresses: addrs("198.51.100.7")},
+		{Namespace: "b", Name: "bee", Created: t0.Add(2 * time.Hour), Hosts: []string{"api.example.com"}, Resolution: "STATIC",
+			Addresses: addrs("198.51.100.8")},
+	}
+	tbl, _ = Build(&model.Snapshot{ServiceEntries: ses}, Options{})
+	resolvesTo(t, tbl, "api.example.com.", addrs("198.51.100.8"), "a", "b", "c", "")
+	if e := tbl.Find("api.example.com.", "c"); e == nil || !slices.Equal(e.Addrs, addrs("198.51.100.8")) {
+		t.Errorf("Find from c: %v, want b/bee", e)
+	}
+	for _, row := range tbl.Rows("c") {
+		if row.Name == "api.example.com." && row.Origin != "ServiceEntry b/bee" {
+			t.Errorf("table from c lists %+v, want b/bee's", row)
+		}
+	}
+
+	// Passed over, it leaves the name to a wildcard covering it.
+	ses[2].Hosts = []string{"*.example.com"}
+	tbl, _ = Build(&model.Snapshot{ServiceEntries: ses}, Options{})
+	resolvesTo(t, tbl, "api.example.com.", addrs("198.51.100.8"), "a", "b", "c")
+
+	// So does a wildcard host without a VIP for a less specific one.
+	ses[0].Hosts, ses[1].Hosts = []string{"*.api.example.com"}, []string{"*.api.example.com"}
+	tbl, _ = Build(&model.Snapshot{ServiceEntries: ses}, Options{})
+	resolvesTo(t, tbl, "v1.api.example.com.", addrs("198.51.100.8"), "a", "c")
+
+	// exportTo still decides what a pod sees (as the sidecar's proxy): an
+	// older object the pod cannot see is not its namespace's choice.
+	ses = []model.ServiceEntry{
+		{Namespace: "a", Name: "old", Created: t0, Hosts: []string{"api.example.com"}, Resolution: "NONE", ExportTo: []string{"."}},
+		{Namespace: "a", Name: "new", Created: t0.Add(time.Hour), Hosts: []string{"api.example.com"}, Resolution: "STATIC",
+			Addresses: addrs("198.51.100.7")},
+	}
+	tbl, _ = Build(&model.Snapshot{ServiceEntries: ses}, Options{})
+	resolvesTo(t, tbl, "api.example.com.", nil, "a")
+	resolvesTo(t, tbl, "api.example.com.", addrs("198.51.100.7"), "c")
+}
+
+// Under .svc.<domain> ztunnel keeps a ServiceEntry host without a VIP (it
+// takes it for a headless Service's) and answers it, never another
+// namespace's object: ztdns forwards it, as a headless Service without
+// endpoints, wherever ztunnel would pick it.
+func TestServiceEntryWithoutVIPKeepsClusterName(t *testing.T) {
+	tbl, _ := Build(&model.Snapshot{ServiceEntries: []model.ServiceEntry{
+		{Namespace: "mesh", Name: "old", Created: t0, Hosts: []string{"legacy.shop.svc.cluster.local"}, Resolution: "NONE"},
+		{Namespace: "other", Name: "new", Created: t0.Add(time.Hour), Hosts: []string{"legacy.shop.svc.cluster.local"},
+			Resolution: "STATIC", Addresses: addrs("198.51.100.10")},
+		{Namespace: "mesh", Name: "wild", Created: t0, Hosts: []string{"*.shop.svc.cluster.local"},
+			Resolution: "STATIC", Addresses: addrs("198.51.100.12")},
+	}}, Options{})
+	resolvesTo(t, tbl, "legacy.shop.svc.cluster.local.", nil, "mesh", "c", "")
+	resolvesTo(t, tbl, "legacy.shop.svc.cluster.local.", addrs("198.51.100.10"), "other")
+	resolvesTo(t, tbl, "legacy.", nil, "shop")
+}
+
+// Many namespaces whose object has no VIP cost no more than a look at
+// each, and nothing allocated for a few of them.
+func TestManyServiceEntriesWithoutVIP(t *testing.T) {
+	var ses []model.ServiceEntry
+	for i := range 200 {
+		ns := fmt.Sprintf("ns%03d", i)
+		ses = append(ses,
+			model.ServiceEntry{Namespace: ns, Name: "old", Created: t0.Add(time.Duration(i) * time.Second), Hosts: []string{"api.example.com"}, Resolution: "NONE"},
+			model.ServiceEntry{Namespace: ns, Name: "new", Created: t0.Add(time.Hour), Hosts: []string{"api.example.com"}, Resolution: "STATIC",
+				Addresses: addrs("198.51.100.7")})
+	}
+	ses = append(ses, model.ServiceEntry{Namespace: "zz", Name: "last", Created: t0.Add(2 * time.Hour), Hosts: []string{"api.example.com"},
+		Resolution: "STATIC", Addresses: addrs("198.51.100.8")})
+	tbl, _ := Build(&model.Snapshot{ServiceEntries: ses}, Options{})
+	resolvesTo(t, tbl, "api.example.com.", addrs("198.51.100.8"), "ns000", "ns150", "zz", "c", "")
+
+	tbl, _ = Build(&model.Snapshot{ServiceEntries: append(ses[:6:6], ses[len(ses)-1])}, Options{})
+	resolvesTo(t, tbl, "api.example.com.", addrs("198.51.100.8"), "ns001", "c")
+	if n := testing.AllocsPerRun(100, func() { tbl.Resolve("api.example.com.", "c") }); n != 0 {
+		t.Errorf("Resolve allocates %.1f times, want 0", n)
+	}
+}
+
+// istiod sends ztunnel no ExternalName Service, so ztunnel finds a
+// wildcard ServiceEntry covering its name: so does a pod, there and
+// through the Service's short forms. Where no wildcard is visible the
+// CNAME answers.
+func TestWildcardCoversExternalName(t *testing.T) {
+	snap := &model.Snapshot{
+		Services: []model.Service{{Namespace: "shop", Name: "foo", ExternalName: "foo.example.com"}},
+		ServiceEntries: []model.ServiceEntry{{Namespace: "mesh", Name: "wild", Created: t0, Hosts: []string{"*.shop.svc.cluster.local"},
+			Addresses: addrs("198.51.100.9"), Resolution: "STATIC"}},
+	}
+	tbl, _ := Build(snap, Options{})
+	want := addrs("198.51.100.9")
+	resolvesTo(t, tbl, "foo.shop.svc.cluster.local.", want, "shop", "mesh", "other", "")
+	resolvesTo(t, tbl, "foo.", want, "shop")
+	resolvesTo(t, tbl, "foo.shop.", want, "mesh")
+	if e := tbl.Find("foo.shop.svc.cluster.local.", "other"); e == nil || !slices.Equal(e.Addrs, want) {
+		t.Errorf("Find (a CNAME target): %v, want the wildcard's %v", e, want)
+	}
+
+	snap.ServiceEntries[0].ExportTo = []string{"."}
+	tbl, _ = Build(snap, Options{})
+	resolvesTo(t, tbl, "foo.shop.svc.cluster.local.", want, "mesh")
+	if e := tbl.Resolve("foo.shop.svc.cluster.local.", "shop").Entry; e == nil || e.Alias != "foo.example.com." {
+		t.Errorf("from shop, the wildcard exported to mesh only: %+v, want the CNAME", e)
+	}
+}
+
+// ztunnel tries the name asked and the wildcards covering it before it
+// reads the name as a Kubernetes short form, and then tries the full
+// cluster name and the wildcards covering that: one answer however the
+// name is asked.
+func TestWildcardBeforeShortForm(t *testing.T) {
+	tbl, _ := Build(&model.Snapshot{
+		Services: []model.Service{{Namespace: "corp", Name: "git", ClusterIPs: addrs("10.96.0.50")}},
+		ServiceEntries: []model.ServiceEntry{
+			{Namespace: "mesh", Name: "corp", Created: t0, Hosts: []string{"*.corp"}, Addresses: addrs("198.51.100.11"), Resolution: "STATIC"},
+			{Namespace: "mesh", Name: "shop", Created: t0, Hosts: []string{"*.shop.svc.cluster.local"}, Addresses: addrs("198.51.100.9"), Resolution: "STATIC"},
+		},
+	}, Options{})
+	resolvesTo(t, tbl, "git.corp.", addrs("198.51.100.11"), "mesh", "corp", "other", "")
+	if r := tbl.Resolve("git.corp.mesh.svc.cluster.local.", "mesh"); r.Entry == nil || r.Alias != "git.corp." ||
+		!slices.Equal(r.Entry.Addrs, addrs("198.51.100.11")) {
+		t.Errorf("search-list form: %+v, want the CNAME to git.corp. and 198.51.100.11", r)
+	}
+	resolvesTo(t, tbl, "git.corp.svc.", addrs("10.96.0.50"), "mesh")
+	resolvesTo(t, tbl, "git.corp.svc.cluster.local.", addrs("10.96.0.50"), "mesh")
+	resolvesTo(t, tbl, "git.", addrs("10.96.0.50"), "corp")
+
+	// A short form no object names is the full name's wildcard's.
+	resolvesTo(t, tbl, "cart.", addrs("198.51.100.9"), "shop")
+	resolvesTo(t, tbl, "cart.shop.", addrs("198.51.100.9"), "other")
+	resolvesTo(t, tbl, "cart.shop.svc.", addrs("198.51.100.9"), "other")
+	if r := tbl.Resolve("cart.shop.other.svc.cluster.local.", "other"); r.Entry == nil || r.Alias != "cart.shop." ||
+		!slices.Equal(r.Entry.Addrs, addrs("198.51.100.9")) {
+		t.Errorf("search-list form of cart.shop: %+v, want the CNAME to cart.shop. and 198.51.100.9", r)
+	}
+	for _, q := range []string{"cart.", "nope.", "git.corp."} {
+		if n := testing.AllocsPerRun(100, func() { tbl.Resolve(q, "shop") }); n != 0 {
+			t.Errorf("Resolve(%s) allocates %.1f times, want 0", q, n)
+		}
+	}
+}
+
+// A name ztunnel finds without a VIP under .svc.<domain> (a headless
+// Service without endpoints, a wildcard ServiceEntry without addresses)
+// ends its search, however the name was asked: no less specific wildcard,
+// and no later search-list base, answers it.
+func TestClaimedNameEndsTheSearch(t *testing.T) {
+	snap := &model.Snapshot{
+		Services: []model.Service{{Namespace: "shop", Name: "db", Headless: true}},
+		ServiceEntries: []model.ServiceEntry{
+			{Namespace: "mesh", Name: "shop", Created: t0, Hosts: []string{"*.shop.svc.cluster.local"}, Resolution: "NONE"},
+			{Namespace: "mesh", Name: "other", Created: t0, Hosts: []string{"*.other"}, Addresses: addrs("198.51.100.14"), Resolution: "STATIC"},
+		},
+	}
+	tbl, _ := Build(snap, Options{})
+	resolvesTo(t, tbl, "db.", nil, "shop")
+	resolvesTo(t, tbl, "db.shop.", nil, "other")
+	// db.shop, then db.shop.svc.cluster.local: not db.shop.other.
+	resolvesTo(t, tbl, "db.shop.other.svc.cluster.local.", nil, "other")
+
+	snap.ServiceEntries = append(snap.ServiceEntries, model.ServiceEntry{Namespace: "mesh", Name: "svc", Created: t0,
+		Hosts: []string{"*.svc.cluster.local"}, Addresses: addrs("198.51.100.13"), Resolution: "STATIC"})
+	tbl, _ = Build(snap, Options{})
+	resolvesTo(t, tbl, "web.other.svc.cluster.local.", addrs("198.51.100.13"), "other")
+	resolvesTo(t, tbl, "x.shop.svc.cluster.local.", nil, "shop", "other", "")
+	resolvesTo(t, tbl, "x.shop.", nil, "other")
+}
