@@ -265,7 +265,8 @@ func newAgent(cfg Config) (*Agent, error) {
 	}
 	inflight := cmp.Or(cfg.InflightBytes, resolver.DefaultInflightBytes)
 	budget := quota.NewBudget(inflight, resolver.PodInflightBytes(cfg.PodInflightBytes, inflight))
-	fwdOpts = append(fwdOpts, forward.WithCacheBytes(cfg.CacheBytes), forward.WithBudget(budget), forward.WithMaxUpstreamSeries(cfg.MaxUpstreamSeries))
+	fwdOpts = append(fwdOpts, forward.WithCacheBytes(cfg.CacheBytes), forward.WithBudget(budget), forward.WithMaxUpstreamSeries(cfg.MaxUpstreamSeries),
+		forward.WithKnownUpstreams(knownUpstreams(cfg)...))
 	a.fwd = forward.New(fwdOpts...)
 	a.server = resolver.New(resolver.Options{
 		Pods:       a.pods,
@@ -907,4 +908,20 @@ func (a *Agent) upstreamsFor(client, local netip.AddrPort) ([]netip.AddrPort, bo
 		}
 	}
 	return a.cfg.Upstreams, false
+}
+
+// knownUpstreams are the nameservers the operator named: the configured
+// upstreams and each single address of the capture list (the cluster DNS,
+// typically), asked on port 53 as pods ask it. Their metrics keep their own
+// label whatever addresses pods ask first.
+func knownUpstreams(cfg Config) []netip.AddrPort {
+	known := slices.Clone(cfg.Upstreams)
+	if cfg.Capture != nil {
+		for _, p := range cfg.Capture.Nameservers {
+			if p.IsSingleIP() {
+				known = append(known, netip.AddrPortFrom(p.Addr(), 53))
+			}
+		}
+	}
+	return known
 }

@@ -1,12 +1,20 @@
 package agent
 
 import (
+	"context"
+	"maps"
 	"net/netip"
 	"slices"
 	"testing"
+	"time"
 
+	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ztdns/ztdns/internal/dnstest"
 	"github.com/ztdns/ztdns/pkg/model"
 	"github.com/ztdns/ztdns/pkg/podcache"
+	"github.com/ztdns/ztdns/pkg/source/configdir"
 )
 
 // TestUpstreamsForFallback: without a nameserver capture learned for the
@@ -42,5 +50,67 @@ func TestUpstreamsForFallback(t *testing.T) {
 		if !slices.Equal(addrs, configured) || own {
 			t.Errorf("%s: %v, own %v; want the configured %v, not own", tc.what, addrs, own, configured)
 		}
+	}
+}
+
+// TestConfiguredUpstreamsKeepTheirLabel: with the --metrics-max-upstreams
+// labels all taken by addresses pods chose, queries to --upstream and to a
+// single address of --capture-nameservers (the cluster DNS, as pods ask it
+// on port 53) are still counted under their own `to`, not as "other".
+func TestConfiguredUpstreamsKeepTheirLabel(t *testing.T) {
+	upstream := dnstest.Start(t, "127.0.0.1:0", dnstest.Zone{}).Addr
+	chosen := dnstest.Start(t, "127.0.0.1:0", dnstest.Zone{}).Addr
+	unlabelled := dnstest.Start(t, "127.0.0.1:0", dnstest.Zone{}).Addr
+	// Nothing need answer there: a refused query is counted under its
+	// upstream too. Loopback, so that no packet leaves the machine.
+	clusterDNS := netip.MustParseAddrPort("127.0.0.153:53")
+	reg := prometheus.NewRegistry()
+	a, err := newAgent(Config{
+		Source:            configdir.New(t.TempDir()),
+		Listen:            []netip.AddrPort{netip.MustParseAddrPort("169.254.20.53:53")},
+		Upstreams:         []netip.AddrPort{upstream},
+		Capture:           &CaptureConfig{Nameservers: []netip.Prefix{netip.PrefixFrom(clusterDNS.Addr(), 32), netip.MustParsePrefix("10.96.0.0/12")}},
+		ForwardTimeout:    time.Second,
+		MaxUpstreamSeries: 1,
+		Registry:          reg,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		a.server.Close()
+		a.fwd.Close()
+	})
+	q := new(dns.Msg)
+	q.SetQuestion("www.example.com.", dns.TypeA)
+	query, err := q.Pack()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, u := range []netip.AddrPort{chosen, unlabelled, upstream, clusterDNS} {
+		if _, err := a.fwd.Forward(context.Background(), query, false, []netip.AddrPort{u}); err != nil {
+			t.Fatalf("forward to %s: %v", u, err)
+		}
+	}
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]bool{}
+	for _, mf := range families {
+		if mf.GetName() != "ztdns_forward_upstream_queries_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "to" {
+					got[l.GetValue()] = true
+				}
+			}
+		}
+	}
+	want := map[string]bool{chosen.String(): true, "other": true, upstream.String(): true, clusterDNS.String(): true}
+	if !maps.Equal(got, want) {
+		t.Errorf("upstream queries counted to %v, want %v", slices.Sorted(maps.Keys(got)), slices.Sorted(maps.Keys(want)))
 	}
 }

@@ -37,6 +37,7 @@ type Forwarder struct {
 	log        *slog.Logger
 
 	maxUpstreamSeries int
+	knownUpstreams    []netip.AddrPort
 	upstreams         *upstreamMetrics
 
 	cache *cache // nil when caching is disabled
@@ -101,7 +102,7 @@ func New(opts ...Option) *Forwarder {
 	if f.cacheSize > 0 {
 		f.cache = newCache(f.cacheSize, f.cacheBytes)
 	}
-	f.upstreams = newUpstreamMetrics(f.maxUpstreamSeries)
+	f.upstreams = newUpstreamMetrics(f.maxUpstreamSeries, f.knownUpstreams)
 	f.base, f.stop = context.WithCancel(context.Background())
 	return f
 }

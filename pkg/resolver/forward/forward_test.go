@@ -882,6 +882,34 @@ func TestUpstreamSeriesAreBounded(t *testing.T) {
 	}
 }
 
+// TestKnownUpstreamsKeepTheirLabel: upstreams the operator configured
+// (WithKnownUpstreams) are counted under their own address even after
+// addresses pods chose took every other label, so the nameserver every pod
+// uses does not vanish into "other" when a pod asks many addresses first.
+func TestKnownUpstreamsKeepTheirLabel(t *testing.T) {
+	t.Parallel()
+	known := startUpstream(t, answerA(60, "198.51.100.1"))
+	mapped := startUpstream(t, answerA(60, "198.51.100.2"))
+	chosen := startUpstream(t, answerA(60, "198.51.100.3"))
+	extra := startUpstream(t, answerA(60, "198.51.100.4"))
+	// The second known upstream is configured IPv4-mapped, as it is asked
+	// for IPv4: it is the same upstream.
+	mappedAddr := netip.AddrPortFrom(netip.AddrFrom16(mapped.addr.Addr().As16()), mapped.addr.Port())
+	f := newForwarder(t, WithMaxUpstreamSeries(1), WithKnownUpstreams(known.addr, mappedAddr), WithCacheSize(0))
+	for _, u := range []netip.AddrPort{chosen.addr, extra.addr, known.addr, mapped.addr, known.addr} {
+		forward(t, f, query(t, "www.example.com.", dns.TypeA), false, u)
+	}
+	want := map[[2]string]float64{
+		{chosen.addr.String(), resultOK}: 1,
+		{otherUpstreams, resultOK}:       1,
+		{known.addr.String(), resultOK}:  2,
+		{mapped.addr.String(), resultOK}: 1,
+	}
+	if got := upstreamCounts(t, f); !maps.Equal(got, want) {
+		t.Errorf("upstream queries %v, want %v", got, want)
+	}
+}
+
 // TestRefusedReplyBytesSayWhose: a reply that does not fit what its
 // source may hold counts as the result source_limited; one that does not
 // fit the node's budget as no_memory.

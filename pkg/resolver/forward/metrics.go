@@ -83,14 +83,14 @@ func Collectors() []prometheus.Collector {
 }
 
 // otherUpstreams is the "to" label of every upstream past the first
-// maxUpstreamSeries: the nameservers come from pods' resolv.conf, so their
-// number is the pods' choice, not ours.
+// maxUpstreamSeries not known: the nameservers come from pods' resolv.conf,
+// so their number is the pods' choice, not ours.
 const otherUpstreams = "other"
 
 // upstreamMetrics are a Forwarder's per-upstream metrics (Istio's
 // istio_dns_upstream_*, CoreDNS's coredns_forward_*), labelled by the
-// upstream's address for the first maxSeries upstreams it asks and
-// otherUpstreams after.
+// upstream's address for the known upstreams and the first maxSeries others
+// it asks, and otherUpstreams after.
 type upstreamMetrics struct {
 	queries  *prometheus.CounterVec
 	duration *prometheus.HistogramVec
@@ -98,16 +98,17 @@ type upstreamMetrics struct {
 	maxSeries int
 	mu        sync.Mutex
 	labels    map[netip.AddrPort]string
+	chosen    int // labels given to upstreams not known, at most maxSeries
 }
 
-func newUpstreamMetrics(maxSeries int) *upstreamMetrics {
-	return &upstreamMetrics{
+func newUpstreamMetrics(maxSeries int, known []netip.AddrPort) *upstreamMetrics {
+	m := &upstreamMetrics{
 		// queries counts attempts sent to upstream nameservers, by result.
 		queries: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "ztdns",
 			Subsystem: "forward",
 			Name:      "upstream_queries_total",
-			Help: "Queries sent to upstream nameservers, by upstream (to: its address, or \"other\" past --metrics-max-upstreams) " +
+			Help: "Queries sent to upstream nameservers, by upstream (to: its address, or \"other\" past --metrics-max-upstreams upstreams not configured) " +
 				"and result (ok, servfail, timeout, error, canceled, no_memory, source_limited); servfail, timeout and error are the upstream's failures, " +
 				"canceled, no_memory and source_limited say nothing of it (canceled: another upstream answered first). " +
 				"no_memory: the reply did not fit the node's budget of replies in flight (--inflight-bytes); " +
@@ -124,6 +125,13 @@ func newUpstreamMetrics(maxSeries int) *upstreamMetrics {
 		maxSeries: maxSeries,
 		labels:    map[netip.AddrPort]string{},
 	}
+	for _, u := range known {
+		if u.IsValid() && u.Port() != 0 { // as distinctUpstreams has them
+			u = netip.AddrPortFrom(u.Addr().Unmap(), u.Port())
+			m.labels[u] = u.String()
+		}
+	}
+	return m
 }
 
 // label is the "to" label of upstream u.
@@ -133,9 +141,10 @@ func (m *upstreamMetrics) label(u netip.AddrPort) string {
 	if l, ok := m.labels[u]; ok {
 		return l
 	}
-	if len(m.labels) >= m.maxSeries {
+	if m.chosen >= m.maxSeries {
 		return otherUpstreams
 	}
+	m.chosen++
 	l := u.String()
 	m.labels[u] = l
 	return l

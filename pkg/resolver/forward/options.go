@@ -2,6 +2,7 @@ package forward
 
 import (
 	"log/slog"
+	"net/netip"
 	"time"
 
 	"github.com/ztdns/ztdns/pkg/resolver/quota"
@@ -90,11 +91,19 @@ func WithLogger(l *slog.Logger) Option {
 }
 
 // WithMaxUpstreamSeries bounds the upstreams whose metrics carry their own
-// address (the first n asked); the others are labelled "other".
+// address (the first n asked, known upstreams aside); the others are
+// labelled "other".
 func WithMaxUpstreamSeries(n int) Option {
 	return func(f *Forwarder) {
 		if n > 0 {
 			f.maxUpstreamSeries = n
 		}
 	}
+}
+
+// WithKnownUpstreams names the upstreams the operator configured: their
+// metrics always carry their own address, on top of WithMaxUpstreamSeries,
+// so that addresses pods choose cannot take every label first.
+func WithKnownUpstreams(us ...netip.AddrPort) Option {
+	return func(f *Forwarder) { f.knownUpstreams = append(f.knownUpstreams, us...) }
 }
