@@ -353,7 +353,11 @@ func (a *Agent) run(ctx context.Context) error {
 		select {
 		case <-a.firstTable:
 		case <-time.After(time.Until(in.syncBy)):
-			a.log.Warn("no table yet; taking over anyway", "waited", handoffSyncWait)
+			// Taking over without a table would answer names from an
+			// empty one and never beat (capture fails open on the whole
+			// node), with the predecessor drained for good: it serves on
+			// instead, ready again, and this agent exits to be restarted.
+			return abort(a.noTableInTime())
 		case <-ctx.Done():
 			// Stopped (or failed) before taking over: the predecessor must
 			// keep serving, or nothing would.
@@ -478,6 +482,20 @@ func (a *Agent) run(ctx context.Context) error {
 		return nil
 	}
 	return err
+}
+
+// noTableInTime is the error of a successor that gives the hand-over up
+// for want of a table: on one line, what its source reports, so that the
+// log of the restarted pod says what to fix.
+func (a *Agent) noTableInTime() error {
+	why := "it has delivered nothing"
+	if h, ok := a.cfg.Source.(source.HealthReporter); ok {
+		if err := h.Healthy(); err != nil {
+			why = strings.ReplaceAll(err.Error(), "\n", "; ")
+		}
+	}
+	return fmt.Errorf("no name table %s after asking the running agent for its sockets: it keeps serving, and this agent gives the hand-over up; "+
+		"check the source (access to the API server; RBAC: list and watch on every resource it watches): %s", handoffSyncWait, why)
 }
 
 // successorAsking is told when a successor asks for the sockets and when

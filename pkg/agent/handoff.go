@@ -43,7 +43,9 @@ import (
 // still serves): both share the probe port, which only the old agent serves
 // until the successor has its table, and the successor's pod must not turn
 // ready, and get the old pod deleted, before the handoff. An exchange that
-// ends without "serving" makes it ready again.
+// ends without "serving" makes it ready again: so does a successor with no
+// table handoffSyncWait after asking, which gives up and exits (the kubelet
+// restarts it, and it asks again).
 //
 // The old agent then stays up, idle and not ready, until it is told to stop:
 // in a DaemonSet rolling update (maxSurge) the old pod is deleted once the new
@@ -57,15 +59,18 @@ import (
 // shorten it).
 var handoffTimeout = 10 * time.Second
 
-const (
-	// handoffSyncWait bounds how long a successor waits for its first table
-	// before it takes over anyway (the source may be unreachable).
-	handoffSyncWait = 30 * time.Second
-	// maxHandoffFDs bounds the descriptors one message carries: Linux's
-	// SCM_MAX_FD. More (many --udp-sockets on many addresses) go in
-	// further messages of one byte each.
-	maxHandoffFDs = 253
-)
+// handoffSyncWait bounds how long a successor waits for its first table
+// before it gives the hand-over up and exits (a variable: tests shorten
+// it). The running agent's table, however stale, beats none: a successor
+// whose source cannot list a resource (RBAC) or reach the API server would
+// otherwise answer every name from an empty table, and never beat, so
+// every pod on the node would fail open.
+var handoffSyncWait = 30 * time.Second
+
+// maxHandoffFDs bounds the descriptors one message carries: Linux's
+// SCM_MAX_FD. More (many --udp-sockets on many addresses) go in further
+// messages of one byte each.
+const maxHandoffFDs = 253
 
 // errPeerNotRoot marks a process at the hand-off path that is not (or
 // cannot be shown to be) root: nothing is taken from it, and a fresh start
@@ -93,8 +98,8 @@ type inherited struct {
 	metrics *net.TCPListener
 	conn    *net.UnixConn
 	r       *bufio.Reader
-	// syncBy is when the successor takes over whether it has a table or
-	// not: handoffSyncWait from its asking, so before the old agent, whose
+	// syncBy is when the successor gives up if it has no table yet:
+	// handoffSyncWait from its asking, so before the old agent, whose
 	// wait for "serving" starts later (once it has sent the sockets) and
 	// lasts handoffTimeout longer, gives up. What the successor does
 	// meanwhile (loading the capture programs) counts.

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -296,6 +297,107 @@ func shortenHandoffTimeout(t *testing.T, d time.Duration) {
 	old := handoffTimeout
 	handoffTimeout = d
 	t.Cleanup(func() { handoffTimeout = old }) // runs after the agents' stops
+}
+
+// shortenHandoffSyncWait sets handoffSyncWait to d until the test's agents
+// have stopped.
+func shortenHandoffSyncWait(t *testing.T, d time.Duration) {
+	old := handoffSyncWait
+	handoffSyncWait = d
+	t.Cleanup(func() { handoffSyncWait = old }) // runs after the agents' stops
+}
+
+// failingSource is a source that never delivers (its gate stays shut) and
+// reports why, as the Kubernetes source does when it may not list a
+// resource.
+type failingSource struct {
+	*gatedSource
+	err error
+}
+
+func (f failingSource) Healthy() error { return f.err }
+
+// errForbidden is what failingSource reports: two lines, as errors.Join
+// gives them.
+var errForbidden = errors.Join(errors.New("kubernetes source: waiting for the first full sync"),
+	errors.New(`watch of serviceentries failing: serviceentries.networking.istio.io is forbidden`))
+
+// neverSyncs is a source of dir that never delivers and says why.
+func neverSyncs(dir string) failingSource {
+	return failingSource{gated(configdir.New(dir)), errForbidden}
+}
+
+// gaveUp waits for the successor ta to stop by itself and returns its
+// error; the test fails if it is still running after a minute.
+func gaveUp(t *testing.T, ta *testAgent) error {
+	t.Helper()
+	select {
+	case err := <-ta.done:
+		ta.done <- nil
+		return err
+	case <-time.After(time.Minute):
+		t.Fatal("the successor without a table is still running: it took over")
+		return nil
+	}
+}
+
+// wantGaveUpError fails the test unless err says why the successor gave up
+// and what its source reports, on one line.
+func wantGaveUpError(t *testing.T, err error) {
+	t.Helper()
+	if err == nil {
+		t.Fatal("the successor without a table stopped without an error")
+	}
+	msg := err.Error()
+	for _, want := range []string{"no name table", "keeps serving", "RBAC", "waiting for the first full sync", "serviceentries.networking.istio.io is forbidden"} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("the successor's error lacks %q: %s", want, msg)
+		}
+	}
+	if strings.Contains(msg, "\n") {
+		t.Errorf("the successor's error spans lines: %q", msg)
+	}
+}
+
+// TestSuccessorWithoutATableGivesUp: a successor with no table
+// handoffSyncWait after asking for the sockets (its source may not list a
+// resource, or cannot reach the API server) gives the hand-over up and
+// exits with an error naming what its source reports; the running agent
+// serves on, answers its names, and is ready again, restart after
+// restart. (Before: the successor took over with an empty table, forwarded
+// every name, and was never ready; the old agent had drained for good.)
+func TestSuccessorWithoutATableGivesUp(t *testing.T) {
+	shortenHandoffSyncWait(t, time.Second)
+	dir, socket, listen, up := handoffSetup(t)
+	metrics := testenv.FreePort(t).String()
+	old := startTestAgent(t, dir, socket, listen, up, metrics)
+	upNew := netip.MustParseAddrPort("127.0.0.1:9")
+	for restart := range 2 { // the kubelet restarts the successor
+		src := neverSyncs(dir)
+		succ := runTestAgent(t, dir, socket, listen, upNew, metrics, func(c *Config) { c.Source = src })
+		<-src.started
+		err := gaveUp(t, succ)
+		t.Logf("start %d: %v", restart+1, err)
+		wantGaveUpError(t, err)
+		for range 10 {
+			if err := askAddress("udp", listen); err != nil {
+				t.Fatalf("start %d: after the successor gave up: udp: %v", restart+1, err)
+			}
+		}
+		if err := askAddress("tcp", listen); err != nil {
+			t.Fatalf("start %d: after the successor gave up: tcp: %v", restart+1, err)
+		}
+		waitServedBy(t, socket, old, up)
+		wantProbe(t, metrics, "/readyz", http.StatusOK, fmt.Sprintf("start %d: after the successor gave up", restart+1))
+		wantProbe(t, metrics, "/healthz", http.StatusOK, fmt.Sprintf("start %d: after the successor gave up", restart+1))
+	}
+	// Once its source delivers, a successor takes over as ever.
+	succ := runTestAgent(t, dir, socket, listen, upNew, metrics)
+	waitServedBy(t, socket, succ, upNew)
+	old.stop()
+	if err := askAddress("udp", listen); err != nil {
+		t.Errorf("after the hand-over: %v", err)
+	}
 }
 
 // TestHandoffWaitsForASlowFirstTable: a successor whose first table comes

@@ -308,3 +308,64 @@ func TestHandoffWithAnIncompatibleMap(t *testing.T) {
 		})
 	}
 }
+
+// TestCaptureSurvivesASuccessorWithoutATable: with capture, a successor
+// that gives the hand-over up for want of a table leaves capture on: the
+// old agent beats throughout, before, during and long after the exchange,
+// and answers a captured pod's query for a ServiceEntry host. (Before: the
+// successor took over with no table and never beat, the old agent stopped
+// beating as it drained, and once the heartbeat was stale every pod on the
+// node failed open.)
+func TestCaptureSurvivesASuccessorWithoutATable(t *testing.T) {
+	shortenHandoffSyncWait(t, 2*time.Second)
+	n := newCaptureNode(t)
+	dir, socket, _, up := handoffSetup(t)
+	pod := n.node.AddPod(t, testenv.PodConfig{Nameservers: []string{"10.96.0.10"}})
+	listen := []netip.AddrPort{netip.MustParseAddrPort("169.254.20.53:53")}
+	old, oldTA := n.start(t, configdir.New(dir), socket, listen, up)
+	waitServedBy(t, socket, oldTA, up)
+	if _, err := old.captureNetns(control.CaptureRequest{Netns: pod.Path(), Namespace: "default", Name: "pod"}); err != nil {
+		t.Fatal(err)
+	}
+	testenv.EventuallyNil(t, 10*time.Second, func() error { return n.askFromPod(t, pod) })
+
+	src := neverSyncs(dir)
+	_, succTA := n.start(t, src, socket, listen, netip.MustParseAddrPort("127.0.0.1:9"))
+	<-src.started
+	// Watch the heartbeat as the programs judge it until the successor has
+	// been gone for twice the staleness bound.
+	var failedOpen int
+	var gaveUp error
+	var goneAt time.Time
+	deadline := time.Now().Add(time.Minute)
+	for goneAt.IsZero() || time.Since(goneAt) < 2*redirect.DefaultStaleAfter {
+		if open, err := old.capture.r.FailingOpen(); err != nil {
+			t.Fatal(err)
+		} else if open {
+			failedOpen++
+		}
+		if goneAt.IsZero() {
+			select {
+			case gaveUp = <-succTA.done:
+				succTA.done <- nil
+				goneAt = time.Now()
+			default:
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Error("the successor without a table is still running after a minute: it took over")
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if failedOpen > 0 {
+		t.Errorf("capture failed open (seen %d times)", failedOpen)
+	}
+	if !goneAt.IsZero() {
+		wantGaveUpError(t, gaveUp)
+	}
+	if err := n.askFromPod(t, pod); err != nil {
+		t.Errorf("after the successor gave up: %v", err)
+	}
+	waitServedBy(t, socket, oldTA, up)
+}
