@@ -282,9 +282,10 @@ func (c *Controller) adoptRunningPods() {
 }
 
 // candidates indexes by IP the namespaces a scan found that may be a wanted
-// pod's. The node's own are not, nor those with more addresses than a pod
-// has: whoever owns a namespace decides how many, and they are not read
-// past that. Namespaces
+// pod's. The node's own are not, nor those recorded for a pod: any pod may
+// add another's IP to its own namespace, and two holding it would name
+// neither. Nor are those with more addresses than a pod has: whoever owns a
+// namespace decides how many, and they are not read past that. Namespaces
 // another user namespace owns are read only for an IP that none the node's
 // owns holds: of several holding an IP, findByIP prefers those.
 func (c *Controller) candidates(found []Netns, want []*podcache.Pod) map[netip.Addr][]Netns {
@@ -293,7 +294,7 @@ func (c *Controller) candidates(found []Netns, want []*podcache.Pod) map[netip.A
 	var tooMany []string
 	for _, n := range found {
 		switch {
-		case slices.Contains(c.cfg.HostCookies, n.Cookie):
+		case slices.Contains(c.cfg.HostCookies, n.Cookie), c.pods.ByCookie(n.Cookie) != nil:
 		case n.TooManyAddrs:
 			tooMany = append(tooMany, n.Path)
 		case n.ForeignUserns:

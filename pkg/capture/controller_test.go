@@ -1024,3 +1024,21 @@ func TestAdoptionReadsOtherUserNamespacesOnlyWhenNeeded(t *testing.T) {
 		t.Errorf("read the addresses of %v, want %v", f.netns.addrReads, want)
 	}
 }
+
+// TestAdoptionIgnoresARecordedNamespaceHoldingAnotherPodsIP: a pod the
+// runtime recorded that adds another pod's IP to its namespace does not
+// keep that pod from being adopted.
+func TestAdoptionIgnoresARecordedNamespaceHoldingAnotherPodsIP(t *testing.T) {
+	f := newFixture(t, true)
+	f.source([]model.Namespace{ambientNS}, pod("web", "10.0.0.2", nil))
+	f.attach(t, cniAttachment("web", 10, "10.0.0.2"))
+	f.netns.add("/var/run/netns/web", 10, "10.0.0.2", "10.0.0.3") // api's IP too
+	f.netns.add("/host/proc/200/ns/net", 200, "10.0.0.3")
+	f.source([]model.Namespace{ambientNS}, pod("web", "10.0.0.2", nil), pod("api", "10.0.0.3", nil))
+	if p := f.pods.Get("shop", "api"); p.Attachment == nil || p.Attachment.NetnsCookie != 200 {
+		t.Errorf("api's attachment %+v, want adopted through its own namespace (200)", p.Attachment)
+	}
+	if p := f.pods.Get("shop", "web"); p.Attachment == nil || p.Attachment.NetnsCookie != 10 {
+		t.Errorf("web's attachment %+v, want its CNI record's (10)", p.Attachment)
+	}
+}

@@ -436,3 +436,29 @@ func TestAdoptionSkipsNamespacesWithTooManyAddresses(t *testing.T) {
 		}
 	}
 }
+
+// TestRecordedPodCannotBlockAnothersAdoption: any pod may add another pod's
+// IP to its own network namespace. Once it is recorded (captured) its
+// namespace is its own, and names no other pod: the pod whose IP it took
+// is still adopted, through its own namespace.
+func TestRecordedPodCannotBlockAnothersAdoption(t *testing.T) {
+	testenv.RequireRoot(t)
+	web, api := "203.0.113.85", "203.0.113.86"
+	hostile := testenv.NewNetns(t, testenv.UniqueName("ztcap-"))
+	webPath := startIn(t, hostile, addrBatch(0, web))
+	f := newProcFixture(t)
+	f.source([]model.Namespace{ambientNS}, pod("web", web, nil))
+	if p := f.pods.Get("shop", "web"); p.Attachment == nil || p.Attachment.NetnsPath != webPath {
+		t.Fatalf("web's attachment %+v, want adopted through %s", p.Attachment, webPath)
+	}
+
+	// web, captured, takes api's IP too; then api shows up.
+	if out, err := exec.Command("ip", "-n", hostile.Name, "addr", "add", api+"/32", "dev", "lo").CombinedOutput(); err != nil {
+		t.Fatalf("ip addr add: %v\n%s", err, out)
+	}
+	apiPath := startIn(t, testenv.NewNetns(t, testenv.UniqueName("ztcap-")), addrBatch(0, api))
+	f.source([]model.Namespace{ambientNS}, pod("web", web, nil), pod("api", api, nil))
+	if p := f.pods.Get("shop", "api"); p.Attachment == nil || p.Attachment.NetnsPath != apiPath {
+		t.Errorf("api's attachment %+v, want adopted through its own namespace, %s", p.Attachment, apiPath)
+	}
+}
