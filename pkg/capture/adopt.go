@@ -2,6 +2,7 @@ package capture
 
 import (
 	"errors"
+	"fmt"
 	"io/fs"
 	"net/netip"
 	"os"
@@ -32,9 +33,16 @@ type Namespaces interface {
 	// there (any more).
 	Cookie(path string) (uint64, error)
 	// Scan lists the network namespaces the node's processes live in, each
-	// once (through its lowest PID), with its addresses. Namespaces it could not open are counted
-	// in the result, not returned as an error.
+	// once (through its lowest PID), with its addresses, except those of
+	// namespaces another user namespace owns (ForeignUserns: any user can
+	// make one, with as many as it likes), which Addrs reads when needed.
+	// Namespaces it could not open are counted in the result, not returned
+	// as an error.
 	Scan() (ScanResult, error)
+	// Addrs reads the addresses of a namespace a scan found, if the process
+	// at its path still lives in it. An error that wraps
+	// redirect.ErrTooManyAddrs says it has more than a pod has.
+	Addrs(n Netns) ([]netip.Addr, error)
 }
 
 // Netns is one network namespace a scan found.
@@ -42,11 +50,17 @@ type Netns struct {
 	// Path opens it: a process's ns/net link under the proc root.
 	Path   string
 	Cookie uint64
-	Addrs  []netip.Addr
+	// Addrs are its addresses; a scan leaves them unread when
+	// ForeignUserns or TooManyAddrs.
+	Addrs []netip.Addr
 	// ForeignUserns says a user namespace other than the node's initial
 	// one owns it: an unprivileged user's (unshare -Urn), or a pod's with
 	// hostUsers: false.
 	ForeignUserns bool
+	// TooManyAddrs says it has more addresses than a pod has
+	// (redirect.MaxNetnsAddrs), which were not read past that: it is no
+	// pod's.
+	TooManyAddrs bool
 }
 
 // ScanResult is what a scan found, and what it could not look into.
@@ -84,6 +98,26 @@ func (p ProcNamespaces) NodePath(path string) string {
 		return filepath.Join(p.Root, rest)
 	}
 	return path
+}
+
+// Addrs implements Namespaces.
+func (p ProcNamespaces) Addrs(n Netns) ([]netip.Addr, error) {
+	fd, err := unix.Open(n.Path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, &fs.PathError{Op: "open", Path: n.Path, Err: err}
+	}
+	defer unix.Close(fd)
+	// Read through the one open file: the process may exit, and its PID
+	// be reused, since the scan.
+	self := "/proc/self/fd/" + strconv.Itoa(fd)
+	cookie, err := redirect.NetnsCookie(self)
+	if err != nil {
+		return nil, err
+	}
+	if cookie != n.Cookie {
+		return nil, fmt.Errorf("%s: %w: the process there now lives in another one", n.Path, redirect.ErrNoNetns)
+	}
+	return redirect.NetnsAddrs(self)
 }
 
 // Scan implements Namespaces.
@@ -149,9 +183,9 @@ func usernsID(path string) (nsID, bool) {
 const nsGetUserns = 0xb701
 
 // inspect opens one process's network namespace and reads its cookie,
-// addresses and owning user namespace through that one open file (the
-// process may exit, and its PID be reused, between the listing and the
-// reads).
+// owning user namespace and, unless that is foreign, addresses through that
+// one open file (the process may exit, and its PID be reused, between the
+// listing and the reads).
 func inspect(path string, initial nsID, haveInitial bool) (Netns, error) {
 	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
@@ -163,11 +197,7 @@ func inspect(path string, initial nsID, haveInitial bool) (Netns, error) {
 	if err != nil {
 		return Netns{}, err
 	}
-	addrs, err := redirect.NetnsAddrs(self)
-	if err != nil {
-		return Netns{}, err
-	}
-	n := Netns{Path: path, Cookie: cookie, Addrs: addrs}
+	n := Netns{Path: path, Cookie: cookie}
 	if haveInitial {
 		ufd, err := unix.IoctlRetInt(fd, nsGetUserns)
 		if err != nil {
@@ -180,6 +210,15 @@ func inspect(path string, initial nsID, haveInitial bool) (Netns, error) {
 			return Netns{}, &fs.PathError{Op: "fstat user namespace", Path: path, Err: err}
 		}
 		n.ForeignUserns = (nsID{uint64(st.Dev), st.Ino} != initial)
+	}
+	if n.ForeignUserns {
+		return n, nil
+	}
+	n.Addrs, err = redirect.NetnsAddrs(self)
+	if errors.Is(err, redirect.ErrTooManyAddrs) {
+		n.TooManyAddrs = true
+	} else if err != nil {
+		return Netns{}, err
 	}
 	return n, nil
 }
@@ -217,15 +256,7 @@ func (c *Controller) adoptRunningPods() {
 		c.log.Error("scanning the node's processes for running pods failed", "err", err)
 		return
 	}
-	byIP := map[netip.Addr][]Netns{}
-	for _, n := range scan.Found {
-		if slices.Contains(c.cfg.HostCookies, n.Cookie) {
-			continue
-		}
-		for _, ip := range n.Addrs {
-			byIP[ip] = append(byIP[ip], n)
-		}
-	}
+	byIP := c.candidates(scan.Found, want)
 	var missing []string
 	for _, p := range want {
 		n, ok := c.findByIP(byIP, p)
@@ -248,6 +279,57 @@ func (c *Controller) adoptRunningPods() {
 		c.log.Warn("running pods not found: the network namespaces of some processes cannot be opened (the agent needs CAP_SYS_PTRACE and CAP_SYS_ADMIN)",
 			"pods", missing, "processes", scan.Denied, "err", scan.DeniedErr)
 	}
+}
+
+// candidates indexes by IP the namespaces a scan found that may be a wanted
+// pod's. The node's own are not, nor those recorded for a pod: any pod may
+// add another's IP to its own namespace, and two holding it would name
+// neither. Nor are those with more addresses than a pod has: whoever owns a
+// namespace decides how many, and they are not read past that. Namespaces
+// another user namespace owns are read only for an IP that none the node's
+// owns holds: of several holding an IP, findByIP prefers those.
+func (c *Controller) candidates(found []Netns, want []*podcache.Pod) map[netip.Addr][]Netns {
+	byIP := map[netip.Addr][]Netns{}
+	var foreign []Netns
+	var tooMany []string
+	for _, n := range found {
+		switch {
+		case slices.Contains(c.cfg.HostCookies, n.Cookie), c.pods.ByCookie(n.Cookie) != nil:
+		case n.TooManyAddrs:
+			tooMany = append(tooMany, n.Path)
+		case n.ForeignUserns:
+			foreign = append(foreign, n)
+		default:
+			for _, ip := range n.Addrs {
+				byIP[ip] = append(byIP[ip], n)
+			}
+		}
+	}
+	unheld := false
+	for _, p := range want {
+		for _, ip := range p.IPs {
+			unheld = unheld || len(byIP[ip]) == 0
+		}
+	}
+	for i := 0; unheld && i < len(foreign); i++ {
+		n := foreign[i]
+		addrs, err := c.netns.Addrs(n)
+		switch {
+		case errors.Is(err, redirect.ErrTooManyAddrs):
+			tooMany = append(tooMany, n.Path)
+		case err != nil: // e.g. its process exited since the scan
+			c.log.Debug("cannot read a network namespace's addresses", "netns", n.Path, "err", err)
+		default:
+			n.Addrs = addrs
+			for _, ip := range addrs {
+				byIP[ip] = append(byIP[ip], n)
+			}
+		}
+	}
+	if len(tooMany) > 0 {
+		c.log.Warn("network namespaces with more addresses than a pod has are taken for no pod", "max", redirect.MaxNetnsAddrs, "netns", tooMany)
+	}
+	return byIP
 }
 
 // adopt records and marks a pod found running, unless a CNI ADD recorded

@@ -88,6 +88,8 @@ type fakeNamespaces struct {
 	cookieErr map[string]error
 	denied    int
 	scans     int
+	// addrReads are the paths Addrs read, in order.
+	addrReads []string
 	onScan    func() // runs in each Scan, without the lock
 }
 
@@ -116,9 +118,27 @@ func (n *fakeNamespaces) Scan() (ScanResult, error) {
 		res.DeniedErr = os.ErrPermission
 	}
 	for _, p := range slices.Sorted(maps.Keys(n.byPath)) {
-		res.Found = append(res.Found, n.byPath[p])
+		ns := n.byPath[p]
+		if ns.ForeignUserns || ns.TooManyAddrs { // as ProcNamespaces: not read
+			ns.Addrs = nil
+		}
+		res.Found = append(res.Found, ns)
 	}
 	return res, nil
+}
+
+func (n *fakeNamespaces) Addrs(ns Netns) ([]netip.Addr, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.addrReads = append(n.addrReads, ns.Path)
+	cur, ok := n.byPath[ns.Path]
+	switch {
+	case !ok || cur.Cookie != ns.Cookie:
+		return nil, redirect.ErrNoNetns
+	case cur.TooManyAddrs:
+		return nil, redirect.ErrTooManyAddrs
+	}
+	return cur.Addrs, nil
 }
 
 func (n *fakeNamespaces) add(path string, cookie uint64, addrs ...string) {
@@ -968,5 +988,57 @@ func TestAdoptionSkipsAnIPSeveralNamespacesHold(t *testing.T) {
 	}
 	if !slices.Contains(warned, "10.0.0.2") {
 		t.Errorf("warnings named IPs %v, want 10.0.0.2", warned)
+	}
+}
+
+// TestAdoptionReadsOtherUserNamespacesOnlyWhenNeeded: any user may make
+// network namespaces (unshare -Urn), as many as it may and with what
+// addresses it likes, so their addresses are read only for an IP none of
+// the node's own namespaces holds (a pod with hostUsers: false).
+func TestAdoptionReadsOtherUserNamespacesOnlyWhenNeeded(t *testing.T) {
+	f := newFixture(t, true)
+	f.netns.add("/host/proc/100/ns/net", 100, "10.0.0.2")
+	f.netns.add("/host/proc/300/ns/net", 300, "10.0.0.2", "10.0.0.3")
+	f.netns.add("/host/proc/400/ns/net", 400, "10.0.0.2")
+	f.netns.mu.Lock()
+	for _, p := range []string{"/host/proc/300/ns/net", "/host/proc/400/ns/net"} {
+		n := f.netns.byPath[p]
+		n.ForeignUserns = true
+		f.netns.byPath[p] = n
+	}
+	f.netns.mu.Unlock()
+
+	f.source([]model.Namespace{ambientNS}, pod("web", "10.0.0.2", nil))
+	if p := f.pods.Get("shop", "web"); p.Attachment == nil || p.Attachment.NetnsCookie != 100 {
+		t.Errorf("web's attachment %+v, want adopted through the node's user namespace's (100)", p.Attachment)
+	}
+	if len(f.netns.addrReads) != 0 {
+		t.Errorf("read the addresses of %v, want none: the node's own namespaces held every IP", f.netns.addrReads)
+	}
+
+	f.source([]model.Namespace{ambientNS}, pod("web", "10.0.0.2", nil), pod("api", "10.0.0.3", nil))
+	if p := f.pods.Get("shop", "api"); p.Attachment == nil || p.Attachment.NetnsCookie != 300 {
+		t.Errorf("api's attachment %+v, want adopted through the one namespace holding its IP (300)", p.Attachment)
+	}
+	if want := []string{"/host/proc/300/ns/net", "/host/proc/400/ns/net"}; !slices.Equal(f.netns.addrReads, want) {
+		t.Errorf("read the addresses of %v, want %v", f.netns.addrReads, want)
+	}
+}
+
+// TestAdoptionIgnoresARecordedNamespaceHoldingAnotherPodsIP: a pod the
+// runtime recorded that adds another pod's IP to its namespace does not
+// keep that pod from being adopted.
+func TestAdoptionIgnoresARecordedNamespaceHoldingAnotherPodsIP(t *testing.T) {
+	f := newFixture(t, true)
+	f.source([]model.Namespace{ambientNS}, pod("web", "10.0.0.2", nil))
+	f.attach(t, cniAttachment("web", 10, "10.0.0.2"))
+	f.netns.add("/var/run/netns/web", 10, "10.0.0.2", "10.0.0.3") // api's IP too
+	f.netns.add("/host/proc/200/ns/net", 200, "10.0.0.3")
+	f.source([]model.Namespace{ambientNS}, pod("web", "10.0.0.2", nil), pod("api", "10.0.0.3", nil))
+	if p := f.pods.Get("shop", "api"); p.Attachment == nil || p.Attachment.NetnsCookie != 200 {
+		t.Errorf("api's attachment %+v, want adopted through its own namespace (200)", p.Attachment)
+	}
+	if p := f.pods.Get("shop", "web"); p.Attachment == nil || p.Attachment.NetnsCookie != 10 {
+		t.Errorf("web's attachment %+v, want its CNI record's (10)", p.Attachment)
 	}
 }

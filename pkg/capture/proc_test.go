@@ -3,8 +3,10 @@
 package capture
 
 import (
+	"bufio"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/netip"
 	"os"
@@ -12,6 +14,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -306,5 +309,156 @@ func TestAdoptionPrefersTheNodesUserNamespace(t *testing.T) {
 	}
 	if p := f.pods.Get("shop", "api"); p.Attachment == nil || p.Attachment.NetnsPath != pathOf(hostUsersFalse) {
 		t.Errorf("api's attachment %+v, want adopted through the one namespace holding its IP, %s", p.Attachment, pathOf(hostUsersFalse))
+	}
+}
+
+// addrBatch is `ip -batch` input adding ips, then count more addresses
+// (in 198.51.100.0/24 and 203.0.113.0/24, from 198.51.100.1), to lo.
+func addrBatch(count int, ips ...string) string {
+	var b strings.Builder
+	for _, ip := range ips {
+		fmt.Fprintf(&b, "addr add %s/32 dev lo\n", ip)
+	}
+	for i := 1; i <= count; i++ {
+		ip := netip.AddrFrom4([4]byte{198, 51, 100, byte(i)})
+		if i > 255 {
+			ip = netip.AddrFrom4([4]byte{203, 0, 113, byte(i - 255)})
+		}
+		fmt.Fprintf(&b, "addr add %s/32 dev lo\n", ip)
+	}
+	return b.String()
+}
+
+// startIn runs a process (like a pod's pause) in n, holding ips on lo,
+// and returns its ns/net path.
+func startIn(t *testing.T, n *testenv.Netns, batch string) string {
+	t.Helper()
+	cmd := exec.Command("ip", "-n", n.Name, "-batch", "-")
+	cmd.Stdin = strings.NewReader(batch)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("ip -batch: %v\n%s", err, out)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	proc := n.Command(ctx, nil, "sleep", "600")
+	if err := proc.Start(); err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cancel(); _ = proc.Wait() })
+	return "/proc/" + strconv.Itoa(proc.Process.Pid) + "/ns/net"
+}
+
+// TestAdoptionSkipsNamespacesWithTooManyAddresses: whoever owns a network
+// namespace decides how many addresses it has. A scan reads no more than
+// redirect.MaxNetnsAddrs of them, and takes a namespace with more for no
+// pod's, naming it in a warning: neither the pod whose IP is among them is
+// adopted, nor does another pod whose IP it added lose its adoption. A
+// scan leaves the addresses of a namespace another user namespace owns
+// (unshare -Urn) unread, and they too are read only up to the bound.
+func TestAdoptionSkipsNamespacesWithTooManyAddresses(t *testing.T) {
+	testenv.RequireRoot(t)
+	unshare := testenv.LookPath(t, "unshare")
+	web, api, db := "203.0.113.82", "203.0.113.83", "203.0.113.84"
+	flooded := startIn(t, testenv.NewNetns(t, testenv.UniqueName("ztcap-")), addrBatch(300, web, api))
+	apiPath := startIn(t, testenv.NewNetns(t, testenv.UniqueName("ztcap-")), addrBatch(0, api))
+	dbPath := startIn(t, testenv.NewNetns(t, testenv.UniqueName("ztcap-")), addrBatch(0, db))
+
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	script := filepath.Join(t.TempDir(), "addrs")
+	if err := os.WriteFile(script, []byte(addrBatch(300, db)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	userns := exec.CommandContext(ctx, unshare, "-Urn", "sh", "-c",
+		"ip link set lo up && ip -batch "+script+" && echo ready && exec sleep 600")
+	userns.WaitDelay = 2 * time.Second
+	ready, err := userns.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := userns.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cancel(); _ = userns.Wait() })
+	if line, err := bufio.NewReader(ready).ReadString('\n'); err != nil || line != "ready\n" {
+		t.Fatalf("unshare: %q, %v", line, err)
+	}
+	usernsPath := "/proc/" + strconv.Itoa(userns.Process.Pid) + "/ns/net"
+
+	res, err := ProcNamespaces{}.Scan()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range res.Found {
+		switch n.Path {
+		case flooded:
+			if !n.TooManyAddrs || len(n.Addrs) != 0 {
+				t.Errorf("scan found %s with TooManyAddrs %v and %d addresses, want TooManyAddrs and none read", n.Path, n.TooManyAddrs, len(n.Addrs))
+			}
+		case usernsPath:
+			if !n.ForeignUserns || n.TooManyAddrs || len(n.Addrs) != 0 {
+				t.Errorf("scan found %s with ForeignUserns %v, TooManyAddrs %v and %d addresses, want another user namespace's, unread",
+					n.Path, n.ForeignUserns, n.TooManyAddrs, len(n.Addrs))
+			}
+			if _, err := (ProcNamespaces{}).Addrs(n); !errors.Is(err, redirect.ErrTooManyAddrs) {
+				t.Errorf("Addrs(%s) = %v, want ErrTooManyAddrs", n.Path, err)
+			}
+		}
+	}
+
+	f := newProcFixture(t)
+	var warned [][]string
+	f.ctl.log = slog.New(hookHandler{func(msg string, r slog.Record) {
+		r.Attrs(func(at slog.Attr) bool {
+			if r.Level == slog.LevelWarn && at.Key == "netns" {
+				if paths, ok := at.Value.Any().([]string); ok {
+					warned = append(warned, paths)
+				}
+			}
+			return true
+		})
+	}})
+	f.source([]model.Namespace{ambientNS}, pod("web", web, nil), pod("api", api, nil), pod("db", db, nil))
+	if p := f.pods.Get("shop", "web"); p.Attachment != nil {
+		t.Errorf("web adopted as %+v, through a namespace of 302 addresses", p.Attachment)
+	}
+	if p := f.pods.Get("shop", "api"); p.Attachment == nil || p.Attachment.NetnsPath != apiPath {
+		t.Errorf("api's attachment %+v, want adopted through its own namespace, %s", p.Attachment, apiPath)
+	}
+	if p := f.pods.Get("shop", "db"); p.Attachment == nil || p.Attachment.NetnsPath != dbPath {
+		t.Errorf("db's attachment %+v, want adopted through its own namespace, %s", p.Attachment, dbPath)
+	}
+	// web's IP is held by none of the node's namespaces left, so the other
+	// user namespace's addresses are read too.
+	for _, path := range []string{flooded, usernsPath} {
+		if !slices.ContainsFunc(warned, func(paths []string) bool { return slices.Contains(paths, path) }) {
+			t.Errorf("warnings named namespaces %v, want %s among them", warned, path)
+		}
+	}
+}
+
+// TestRecordedPodCannotBlockAnothersAdoption: any pod may add another pod's
+// IP to its own network namespace. Once it is recorded (captured) its
+// namespace is its own, and names no other pod: the pod whose IP it took
+// is still adopted, through its own namespace.
+func TestRecordedPodCannotBlockAnothersAdoption(t *testing.T) {
+	testenv.RequireRoot(t)
+	web, api := "203.0.113.85", "203.0.113.86"
+	hostile := testenv.NewNetns(t, testenv.UniqueName("ztcap-"))
+	webPath := startIn(t, hostile, addrBatch(0, web))
+	f := newProcFixture(t)
+	f.source([]model.Namespace{ambientNS}, pod("web", web, nil))
+	if p := f.pods.Get("shop", "web"); p.Attachment == nil || p.Attachment.NetnsPath != webPath {
+		t.Fatalf("web's attachment %+v, want adopted through %s", p.Attachment, webPath)
+	}
+
+	// web, captured, takes api's IP too; then api shows up.
+	if out, err := exec.Command("ip", "-n", hostile.Name, "addr", "add", api+"/32", "dev", "lo").CombinedOutput(); err != nil {
+		t.Fatalf("ip addr add: %v\n%s", err, out)
+	}
+	apiPath := startIn(t, testenv.NewNetns(t, testenv.UniqueName("ztcap-")), addrBatch(0, api))
+	f.source([]model.Namespace{ambientNS}, pod("web", web, nil), pod("api", api, nil))
+	if p := f.pods.Get("shop", "api"); p.Attachment == nil || p.Attachment.NetnsPath != apiPath {
+		t.Errorf("api's attachment %+v, want adopted through its own namespace, %s", p.Attachment, apiPath)
 	}
 }

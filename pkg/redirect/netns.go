@@ -3,14 +3,14 @@
 package redirect
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
+	"syscall"
 
 	"github.com/containernetworking/plugins/pkg/ns"
-	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 
 	"golang.org/x/sys/unix"
 
@@ -55,38 +55,150 @@ func NetnsCookie(netnsPath string) (uint64, error) {
 	return cookie, nil
 }
 
+// MaxNetnsAddrs bounds the addresses read from one network namespace. A
+// pod has a handful; whoever owns a namespace (a pod with CAP_NET_ADMIN,
+// any user with unshare -Urn) may give it as many as they like, and a
+// namespace holding more is no pod's.
+const MaxNetnsAddrs = 64
+
+// ErrTooManyAddrs is in NetnsAddrs's error when the namespace has more than
+// MaxNetnsAddrs addresses.
+var ErrTooManyAddrs = fmt.Errorf("more than %d addresses", MaxNetnsAddrs)
+
+// netlinkRecvSize holds any datagram of a dump: the kernel sizes them by
+// the reader's buffer, up to 32 KiB.
+const netlinkRecvSize = 32 << 10
+
 // NetnsAddrs lists the unicast addresses of the interfaces in the network
 // namespace at netnsPath, without loopback and link-local ones: the pod IPs
-// to record with Mark. IPv4 addresses come first.
+// to record with Mark. IPv4 addresses come first. It reads the kernel's
+// dump itself and stops past MaxNetnsAddrs addresses of any kind
+// (ErrTooManyAddrs): a netlink library reads a dump whole into memory
+// (1.35 KB an address), and never stopping would read all of a namespace
+// made to hold tens of thousands.
 func NetnsAddrs(netnsPath string) ([]netip.Addr, error) {
-	h, err := netns.GetFromPath(netnsPath)
-	if err != nil {
-		return nil, fmt.Errorf("open netns %s: %w", netnsPath, err)
-	}
-	defer h.Close()
-	nl, err := netlink.NewHandleAt(h)
+	fd := -1
+	err := ns.WithNetNSPath(netnsPath, func(ns.NetNS) error {
+		var err error
+		fd, err = unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_ROUTE)
+		return err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("netlink in %s: %w", netnsPath, err)
 	}
-	defer nl.Close()
-	list, err := nl.AddrList(nil, netlink.FAMILY_ALL)
-	if err != nil {
-		return nil, fmt.Errorf("list addresses in %s: %w", netnsPath, err)
-	}
-	var addrs []netip.Addr
-	for _, a := range list {
-		ip, ok := netip.AddrFromSlice(a.IP)
-		if !ok {
-			continue
+	// Closing the socket ends a dump left unread.
+	defer unix.Close(fd)
+	buf := make([]byte, netlinkRecvSize)
+	// A dump the addresses changed under (NLM_F_DUMP_INTR) may miss some:
+	// it is asked again once.
+	for seq := uint32(1); ; seq++ {
+		addrs, interrupted, err := dumpAddrs(fd, seq, buf)
+		if err != nil {
+			return nil, fmt.Errorf("list addresses in %s: %w", netnsPath, err)
 		}
-		if !model.PodAddr(ip) {
-			continue
+		if interrupted {
+			if seq == 1 {
+				continue
+			}
+			return nil, fmt.Errorf("list addresses in %s: they changed during the listing, twice", netnsPath)
 		}
-		addrs = append(addrs, ip.Unmap())
+		slices.SortFunc(addrs, func(a, b netip.Addr) int { return a.Compare(b) })
+		return slices.Compact(addrs), nil
 	}
-	slices.SortFunc(addrs, func(a, b netip.Addr) int { return a.Compare(b) })
-	return slices.Compact(addrs), nil
 }
+
+// dumpAddrs asks the kernel for every address (RTM_GETADDR, any family) and
+// reads its answer one datagram at a time into buf, keeping pod addresses,
+// until NLMSG_DONE, an error, or an address past MaxNetnsAddrs.
+func dumpAddrs(fd int, seq uint32, buf []byte) (addrs []netip.Addr, interrupted bool, err error) {
+	const reqLen = unix.SizeofNlMsghdr + unix.SizeofIfAddrmsg
+	var req [reqLen]byte
+	binary.NativeEndian.PutUint32(req[0:], reqLen)
+	binary.NativeEndian.PutUint16(req[4:], unix.RTM_GETADDR)
+	binary.NativeEndian.PutUint16(req[6:], unix.NLM_F_REQUEST|unix.NLM_F_DUMP)
+	binary.NativeEndian.PutUint32(req[8:], seq)
+	req[unix.SizeofNlMsghdr] = unix.AF_UNSPEC // ifa_family: all
+	if err := unix.Sendto(fd, req[:], 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		return nil, false, fmt.Errorf("send netlink request: %w", err)
+	}
+	seen := 0
+	for {
+		n, _, err := unix.Recvfrom(fd, buf, unix.MSG_TRUNC)
+		if err != nil {
+			return nil, false, fmt.Errorf("receive netlink answer: %w", err)
+		}
+		if n > len(buf) {
+			return nil, false, fmt.Errorf("netlink answer of %d bytes, more than %d", n, len(buf))
+		}
+		for b := buf[:n]; len(b) >= unix.SizeofNlMsghdr; {
+			l := int(binary.NativeEndian.Uint32(b[0:]))
+			typ := binary.NativeEndian.Uint16(b[4:])
+			flags := binary.NativeEndian.Uint16(b[6:])
+			mseq := binary.NativeEndian.Uint32(b[8:])
+			if l < unix.SizeofNlMsghdr || l > len(b) {
+				return nil, false, errors.New("malformed netlink message")
+			}
+			data := b[unix.SizeofNlMsghdr:l]
+			b = b[min(nlmAlign(l), len(b)):]
+			if mseq != seq {
+				continue // an answer to an earlier request
+			}
+			if flags&unix.NLM_F_DUMP_INTR != 0 {
+				interrupted = true
+			}
+			switch typ {
+			case unix.NLMSG_DONE, unix.NLMSG_ERROR:
+				// NLMSG_DONE's payload, when there is one, is an error as
+				// NLMSG_ERROR's: the dump failed part way.
+				if len(data) >= 4 {
+					if errno := -int32(binary.NativeEndian.Uint32(data)); errno != 0 {
+						return nil, false, syscall.Errno(errno)
+					}
+				} else if typ == unix.NLMSG_ERROR {
+					return nil, false, errors.New("short netlink error message")
+				}
+				return addrs, interrupted, nil
+			case unix.RTM_NEWADDR:
+				if seen++; seen > MaxNetnsAddrs {
+					return nil, false, ErrTooManyAddrs
+				}
+				if ip, ok := ifaddrIP(data); ok && model.PodAddr(ip) {
+					addrs = append(addrs, ip.Unmap())
+				}
+			}
+		}
+	}
+}
+
+// ifaddrIP returns the address of an RTM_NEWADDR message: IFA_LOCAL, which
+// is the interface's own on a point-to-point link (IFA_ADDRESS is then the
+// peer's), or else IFA_ADDRESS.
+func ifaddrIP(data []byte) (netip.Addr, bool) {
+	if len(data) < unix.SizeofIfAddrmsg {
+		return netip.Addr{}, false
+	}
+	var address, local netip.Addr
+	for b := data[nlmAlign(unix.SizeofIfAddrmsg):]; len(b) >= unix.SizeofRtAttr; {
+		l := int(binary.NativeEndian.Uint16(b[0:]))
+		if l < unix.SizeofRtAttr || l > len(b) {
+			break
+		}
+		v := b[unix.SizeofRtAttr:l]
+		switch binary.NativeEndian.Uint16(b[2:]) {
+		case unix.IFA_ADDRESS:
+			address, _ = netip.AddrFromSlice(v)
+		case unix.IFA_LOCAL:
+			local, _ = netip.AddrFromSlice(v)
+		}
+		b = b[min(nlmAlign(l), len(b)):]
+	}
+	if local.IsValid() {
+		return local, true
+	}
+	return address, address.IsValid()
+}
+
+func nlmAlign(n int) int { return (n + unix.NLMSG_ALIGNTO - 1) &^ (unix.NLMSG_ALIGNTO - 1) }
 
 // PodInfoFromNetns fills a PodInfo with the first IPv4 and IPv6 address of
 // the network namespace at netnsPath.
