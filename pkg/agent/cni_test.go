@@ -5,6 +5,7 @@ package agent
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"maps"
 	"net/http"
@@ -187,6 +188,33 @@ func TestAddWithALinkLocalAddress(t *testing.T) {
 	}
 	if p := a.pods.Lookup(linkLocal); p != nil {
 		t.Errorf("the link-local %s is %s's", linkLocal, p.Key())
+	}
+}
+
+// TestAddOfANamespaceWithManyAddresses: the namespace of an ADD is the
+// runtime's, so more addresses than a scan reads before taking a namespace
+// for no pod's (redirect.MaxNetnsAddrs) do not fail the pod; the agent
+// reads up to maxAddedNetnsAddrs, and refuses past that.
+func TestAddOfANamespaceWithManyAddresses(t *testing.T) {
+	a, m := cniAgent(t)
+	var addrs []string
+	for i := range redirect.MaxNetnsAddrs + 36 {
+		addrs = append(addrs, fmt.Sprintf("198.18.%d.%d/32", 100+i/200, 1+i%200))
+	}
+	n := podNetns(t, addrs...)
+	cookie, err := redirect.NetnsCookie(n.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	feedSource(a)
+	ip := netip.MustParseAddr("198.18.100.1")
+	resp, err := a.cniAdd(control.CNIAddRequest{ContainerID: "6b1e0c9d2f", Netns: n.Path(), IfName: "eth0", PodNamespace: "shop", PodName: "web-0",
+		IPs: []netip.Addr{ip}, NetnsCookie: cookie})
+	if err != nil || !resp.Captured {
+		t.Fatalf("ADD of a namespace with %d addresses = %+v, %v; want captured", len(addrs), resp, err)
+	}
+	if got := m.cookies(); !slices.Equal(got, []uint64{cookie}) {
+		t.Errorf("marks %v, want the pod's", got)
 	}
 }
 

@@ -37,6 +37,13 @@ import (
 //     source agrees. A new pod the source has not seen yet is taken on the
 //     runtime's word, which the source's object then replaces.
 
+// maxAddedNetnsAddrs bounds the addresses read from the namespace a CNI ADD
+// or `capture add` names. That namespace is the runtime's, set up by its
+// plugins (or root's choice), not a scan's find, so the bound is far above
+// a pod's few; it only keeps one namespace from costing the agent more than
+// a few hundred KB.
+const maxAddedNetnsAddrs = 4096
+
 // netnsSeen is what the agent found in a network namespace itself.
 type netnsSeen struct {
 	cookie uint64
@@ -69,7 +76,7 @@ func (a *Agent) inspectNetns(path string) (netnsSeen, error) {
 	if slices.Contains(a.hostCookies, cookie) {
 		return netnsSeen{}, control.Refused(fmt.Errorf("%s is the node's own network namespace (cookie %d): the agent never captures it", path, cookie))
 	}
-	addrs, err := redirect.NetnsAddrs(self)
+	addrs, err := redirect.NetnsAddrs(self, maxAddedNetnsAddrs)
 	if err != nil {
 		return netnsSeen{}, fmt.Errorf("%s: %w", path, err)
 	}

@@ -117,7 +117,7 @@ func (p ProcNamespaces) Addrs(n Netns) ([]netip.Addr, error) {
 	if cookie != n.Cookie {
 		return nil, fmt.Errorf("%s: %w: the process there now lives in another one", n.Path, redirect.ErrNoNetns)
 	}
-	return redirect.NetnsAddrs(self)
+	return redirect.NetnsAddrs(self, redirect.MaxNetnsAddrs)
 }
 
 // Scan implements Namespaces.
@@ -214,7 +214,7 @@ func inspect(path string, initial nsID, haveInitial bool) (Netns, error) {
 	if n.ForeignUserns {
 		return n, nil
 	}
-	n.Addrs, err = redirect.NetnsAddrs(self)
+	n.Addrs, err = redirect.NetnsAddrs(self, redirect.MaxNetnsAddrs)
 	if errors.Is(err, redirect.ErrTooManyAddrs) {
 		n.TooManyAddrs = true
 	} else if err != nil {

@@ -289,7 +289,7 @@ func TestAdoptionPrefersTheNodesUserNamespace(t *testing.T) {
 		path := "/proc/" + strconv.Itoa(cmd.Process.Pid) + "/ns/net"
 		want := netip.MustParseAddr(ip)
 		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-			if addrs, _ := redirect.NetnsAddrs(path); slices.Contains(addrs, want) {
+			if addrs, _ := redirect.NetnsAddrs(path, redirect.MaxNetnsAddrs); slices.Contains(addrs, want) {
 				return cmd
 			}
 			if time.Now().After(deadline) {

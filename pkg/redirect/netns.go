@@ -55,15 +55,15 @@ func NetnsCookie(netnsPath string) (uint64, error) {
 	return cookie, nil
 }
 
-// MaxNetnsAddrs bounds the addresses read from one network namespace. A
-// pod has a handful; whoever owns a namespace (a pod with CAP_NET_ADMIN,
-// any user with unshare -Urn) may give it as many as they like, and a
-// namespace holding more is no pod's.
+// MaxNetnsAddrs bounds the addresses read from a network namespace found
+// by a scan. A pod has a handful; whoever owns a namespace (a pod with
+// CAP_NET_ADMIN, any user with unshare -Urn) may give it as many as they
+// like, and a namespace holding more is no pod's.
 const MaxNetnsAddrs = 64
 
-// ErrTooManyAddrs is in NetnsAddrs's error when the namespace has more than
-// MaxNetnsAddrs addresses.
-var ErrTooManyAddrs = fmt.Errorf("more than %d addresses", MaxNetnsAddrs)
+// ErrTooManyAddrs is in NetnsAddrs's error when the namespace has more
+// addresses than it was asked to read.
+var ErrTooManyAddrs = errors.New("too many addresses")
 
 // netlinkRecvSize holds any datagram of a dump: the kernel sizes them by
 // the reader's buffer, up to 32 KiB.
@@ -72,11 +72,11 @@ const netlinkRecvSize = 32 << 10
 // NetnsAddrs lists the unicast addresses of the interfaces in the network
 // namespace at netnsPath, without loopback and link-local ones: the pod IPs
 // to record with Mark. IPv4 addresses come first. It reads the kernel's
-// dump itself and stops past MaxNetnsAddrs addresses of any kind
-// (ErrTooManyAddrs): a netlink library reads a dump whole into memory
-// (1.35 KB an address), and never stopping would read all of a namespace
-// made to hold tens of thousands.
-func NetnsAddrs(netnsPath string) ([]netip.Addr, error) {
+// dump itself and stops past max addresses of any kind (ErrTooManyAddrs):
+// a netlink library reads a dump whole into memory (1.35 KB an address),
+// and never stopping would read all of a namespace made to hold tens of
+// thousands.
+func NetnsAddrs(netnsPath string, max int) ([]netip.Addr, error) {
 	fd := -1
 	err := ns.WithNetNSPath(netnsPath, func(ns.NetNS) error {
 		var err error
@@ -92,7 +92,7 @@ func NetnsAddrs(netnsPath string) ([]netip.Addr, error) {
 	// A dump the addresses changed under (NLM_F_DUMP_INTR) may miss some:
 	// it is asked again once.
 	for seq := uint32(1); ; seq++ {
-		addrs, interrupted, err := dumpAddrs(fd, seq, buf)
+		addrs, interrupted, err := dumpAddrs(fd, seq, buf, max)
 		if err != nil {
 			return nil, fmt.Errorf("list addresses in %s: %w", netnsPath, err)
 		}
@@ -109,8 +109,8 @@ func NetnsAddrs(netnsPath string) ([]netip.Addr, error) {
 
 // dumpAddrs asks the kernel for every address (RTM_GETADDR, any family) and
 // reads its answer one datagram at a time into buf, keeping pod addresses,
-// until NLMSG_DONE, an error, or an address past MaxNetnsAddrs.
-func dumpAddrs(fd int, seq uint32, buf []byte) (addrs []netip.Addr, interrupted bool, err error) {
+// until NLMSG_DONE, an error, or an address past max.
+func dumpAddrs(fd int, seq uint32, buf []byte, max int) (addrs []netip.Addr, interrupted bool, err error) {
 	const reqLen = unix.SizeofNlMsghdr + unix.SizeofIfAddrmsg
 	var req [reqLen]byte
 	binary.NativeEndian.PutUint32(req[0:], reqLen)
@@ -159,8 +159,8 @@ func dumpAddrs(fd int, seq uint32, buf []byte) (addrs []netip.Addr, interrupted 
 				}
 				return addrs, interrupted, nil
 			case unix.RTM_NEWADDR:
-				if seen++; seen > MaxNetnsAddrs {
-					return nil, false, ErrTooManyAddrs
+				if seen++; seen > max {
+					return nil, false, fmt.Errorf("%w: more than %d", ErrTooManyAddrs, max)
 				}
 				if ip, ok := ifaddrIP(data); ok && model.PodAddr(ip) {
 					addrs = append(addrs, ip.Unmap())
@@ -203,7 +203,7 @@ func nlmAlign(n int) int { return (n + unix.NLMSG_ALIGNTO - 1) &^ (unix.NLMSG_AL
 // PodInfoFromNetns fills a PodInfo with the first IPv4 and IPv6 address of
 // the network namespace at netnsPath.
 func PodInfoFromNetns(netnsPath string) (PodInfo, error) {
-	addrs, err := NetnsAddrs(netnsPath)
+	addrs, err := NetnsAddrs(netnsPath, MaxNetnsAddrs)
 	if err != nil {
 		return PodInfo{}, err
 	}

@@ -38,7 +38,7 @@ func TestNetnsCookieAndAddrs(t *testing.T) {
 			t.Errorf("second read: %d, %v; want %d", again, err, c)
 		}
 
-		addrs, err := NetnsAddrs(p.Path())
+		addrs, err := NetnsAddrs(p.Path(), MaxNetnsAddrs)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -90,19 +90,19 @@ func TestNetnsAddrsStopsPastTheCap(t *testing.T) {
 
 	// lo's own 127.0.0.1 and ::1 count too, but are no pod's.
 	want := addAddrs(1, MaxNetnsAddrs-2)
-	if got, err := NetnsAddrs(n.Path()); err != nil || !slices.Equal(got, want) {
+	if got, err := NetnsAddrs(n.Path(), MaxNetnsAddrs); err != nil || !slices.Equal(got, want) {
 		t.Fatalf("NetnsAddrs with %d addresses = %v, %v; want them all", MaxNetnsAddrs, got, err)
 	}
 
 	addAddrs(MaxNetnsAddrs-1, 300)
-	if got, err := NetnsAddrs(n.Path()); !errors.Is(err, ErrTooManyAddrs) {
+	if got, err := NetnsAddrs(n.Path(), MaxNetnsAddrs); !errors.Is(err, ErrTooManyAddrs) {
 		t.Fatalf("NetnsAddrs with %d addresses = %d of them, %v; want ErrTooManyAddrs", MaxNetnsAddrs+300, len(got), err)
 	}
 	const runs = 10
 	var before, after runtime.MemStats
 	runtime.ReadMemStats(&before)
 	for range runs {
-		if _, err := NetnsAddrs(n.Path()); !errors.Is(err, ErrTooManyAddrs) {
+		if _, err := NetnsAddrs(n.Path(), MaxNetnsAddrs); !errors.Is(err, ErrTooManyAddrs) {
 			t.Fatal(err)
 		}
 	}

@@ -64,7 +64,7 @@ func requireBridgeResult(tb testing.TB, r *Runtime, p *Pod, res *current.Result,
 	if len(ips) != wantFamilies || !podSubnet4.Contains(ips[0]) || (ipv6 && !podSubnet6.Contains(ips[1])) {
 		tb.Fatalf("IPs = %v, want one from %s (and %s with IPv6)", ips, podSubnet4, podSubnet6)
 	}
-	onEth0, err := redirect.NetnsAddrs(p.Path())
+	onEth0, err := redirect.NetnsAddrs(p.Path(), redirect.MaxNetnsAddrs)
 	if err != nil {
 		tb.Fatal(err)
 	}
