@@ -14,9 +14,10 @@
  *    rewritten query must not match istio-cni's in-pod DNS capture (nat
  *    OUTPUT, destination port 53, REDIRECT to ztunnel's 15053), or ztunnel
  *    would answer a pod ztdns captured. A destination on the pod's own
- *    loopback or the unspecified address is left alone (is_local), and so
- *    are a DNS server's replies (from_dns_server) and a send to the peer
- *    of a socket connected before the pod was captured (to_own_peer4/6).
+ *    loopback, the unspecified address or an IPv6 link-local address is
+ *    left alone (is_local), and so are a DNS server's replies
+ *    (from_dns_server) and a send to the peer of a socket connected
+ *    before the pod was captured (to_own_peer4/6).
  *    When the agent lists the nameservers to capture (capture_only), a
  *    destination outside them is left alone too (is_listed);
  *  - recvmsg4/6 (UDP replies) and getpeername4/6 (connected sockets) rewrite
@@ -249,17 +250,24 @@ static __always_inline bool is_resolver(const struct redirect_config *cfg,
 }
 
 /* A destination on the pod's own host: 127.0.0.0/8, 0.0.0.0, ::1 or ::
- * (IPv4-mapped forms arrive here as IPv4: redirect6 unmaps them). Such a
- * query is for a server in the pod's own network namespace (a local cache
- * or DNS sidecar) and is never redirected nor learned into a slot:
+ * (IPv4-mapped forms arrive here as IPv4: redirect6 unmaps them), or on its
+ * own link: fe80::/10. Such a query is for a server in the pod's own
+ * network namespace (a local cache or DNS sidecar) or its link neighbour,
+ * and is never redirected nor learned into a slot:
  *  - the agent runs in the node's network namespace (hostNetwork), so a
  *    loopback nameserver learned here would have it forward the pod's
  *    query to the NODE's loopback (systemd-resolved, a node-local cache),
  *    with the node as the source, and the pod would get the node's server
  *    instead of its own;
- *  - istio-cni's in-pod DNS capture leaves it alone too (UDP only
+ *  - a link-local one cannot be forwarded to at all: a slot holds no scope
+ *    id, and the pod's link is none of the node's. Nor would a stub that
+ *    names it with its scope accept a reply restored without one (musl
+ *    compares the whole sockaddr_in6);
+ *  - istio-cni's in-pod DNS capture leaves loopback alone too (UDP only
  *    `! -o lo`, TCP only `! -d 127.0.0.1/32` / `::1/128`: TCP to another
- *    127/8 address is the one case it sends to ztunnel and we do not). */
+ *    127/8 address is the one case it sends to ztunnel and we do not).
+ * IPv4 169.254.0.0/16 is captured: NodeLocal DNSCache listens there, on
+ * the node, where the agent reaches it as the pod would. */
 static __always_inline bool is_local(const struct endpoint *dst)
 {
 	const __u32 *w = words(dst);
@@ -267,6 +275,8 @@ static __always_inline bool is_local(const struct endpoint *dst)
 	if (dst->family == ZTDNS_AF_INET)
 		return (w[0] & bpf_htonl(0xff000000)) == bpf_htonl(0x7f000000) ||
 		       w[0] == 0;
+	if ((w[0] & bpf_htonl(0xffc00000)) == bpf_htonl(0xfe800000))
+		return true;
 	return w[0] == 0 && w[1] == 0 && w[2] == 0 &&
 	       (w[3] == 0 || w[3] == bpf_htonl(1));
 }
@@ -659,13 +669,14 @@ static __always_inline int redirect6(struct bpf_sock_addr *ctx, bool sendmsg)
 /* Returns what this socket originally addressed through the resolver
  * endpoint src (IPv4 or IPv6, per its family), or NULL when src is not a
  * resolver address or ztdns did not redirect this socket there. A reply
- * from a pod-local server (is_local) comes from its loopback address, which
- * is no resolver endpoint, and nothing local is ever recorded in sent_to:
- * its source stays as it came, even on a socket ztdns redirected for another
- * nameserver (musl with a local and a remote one in resolv.conf). Restoring
- * depends neither on the heartbeat nor on the pods map: replies to queries
- * sent before the agent died, or before the pod was unmarked, are still in
- * flight. The pods map is only read to count and to keep the slot busy. */
+ * from a pod-local server or link neighbour (is_local) comes from its
+ * loopback or link-local address, which is no resolver endpoint, and
+ * nothing local is ever recorded in sent_to: its source stays as it came,
+ * even on a socket ztdns redirected for another nameserver (musl with a
+ * local and a remote one in resolv.conf). Restoring depends neither on the
+ * heartbeat nor on the pods map: replies to queries sent before the agent
+ * died, or before the pod was unmarked, are still in flight. The pods map is
+ * only read to count and to keep the slot busy. */
 static __always_inline const struct endpoint *
 original_destination(struct bpf_sock_addr *ctx, const struct endpoint *src)
 {

@@ -620,33 +620,31 @@ func (a *Agent) startCapture(predecessor bool) error {
 	return nil
 }
 
-// dropIPv6 leaves the IPv6 resolver addresses out, on a node whose kernel
-// refuses IPv6 (why): they could be put neither on the resolver's interface
-// nor bound, and the chart's default listen has one of each family, for
-// every node of a cluster. The programs then redirect no IPv6 destination
-// (a family with no resolver is left alone), so pods asking an IPv6
-// nameserver reach it themselves. With no IPv4 address to serve on, capture
-// cannot start.
+// dropIPv6 leaves every IPv6 address out of the resolver's (the slots' and
+// any other --listen one), on a node whose kernel refuses IPv6 (why): they
+// could be put neither on the resolver's interface nor bound, and the
+// chart's default listen has one of each family, for every node of a
+// cluster. An IPv4-mapped one goes too: it is bound with an IPv6 socket.
+// The programs then redirect no IPv6 destination (a family with no
+// resolver is left alone), so pods asking an IPv6 nameserver reach it
+// themselves. With no IPv4 address to serve on, capture cannot start.
 func (a *Agent) dropIPv6(why string) error {
 	if !a.slot4[0].IsValid() {
 		return fmt.Errorf("IPv6 is off on this node (%s), and the resolver has no IPv4 --listen address", why)
 	}
-	off := map[netip.Addr]bool{}
-	for _, s := range a.slot6 {
-		off[s.Addr()] = true
-	}
 	var dropped []string
 	a.addrs = slices.DeleteFunc(a.addrs, func(ap netip.AddrPort) bool {
-		if off[ap.Addr()] {
+		if ap.Addr().Is6() {
 			dropped = append(dropped, ap.String())
 			return true
 		}
 		return false
 	})
 	a.slot6 = [redirect.Slots]netip.AddrPort{}
-	a.ipv6Off = fmt.Sprintf("IPv6 is off on this node (%s): the resolver serves on IPv4 only, without %s; queries to IPv6 nameservers are not captured",
+	a.ipv6Off = fmt.Sprintf("IPv6 is off on this node (%s): the resolver serves on IPv4 only, without its IPv6 addresses %s; queries to IPv6 nameservers are not captured",
 		why, strings.Join(dropped, ", "))
-	a.log.Warn("IPv6 is off on this node: serving on IPv4 only; queries to IPv6 nameservers are not captured", "reason", why, "dropped", dropped)
+	a.log.Warn("IPv6 is off on this node: serving on IPv4 only, without any IPv6 address; queries to IPv6 nameservers are not captured",
+		"reason", why, "dropped", dropped)
 	return nil
 }
 

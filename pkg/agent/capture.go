@@ -226,13 +226,18 @@ func (c *dataplane) upstream(client, local netip.AddrPort) (netip.AddrPort, bool
 //     The programs never redirect or learn such a destination (is_local in
 //     bpf/ztdns.c); this holds even if a slot says otherwise (a map written
 //     by an older program, or by hand);
+//   - an IPv6 link-local address (fe80::/10): the pod's link neighbour, on
+//     a link that is none of the node's, and a slot holds no scope id to
+//     dial it with. The programs leave it alone too (is_local). IPv4
+//     169.254.0.0/16 is forwarded to: NodeLocal DNSCache, on the node;
 //   - with a capture list (CaptureConfig.Nameservers, unmapped as
 //     Redirector.CaptureNameservers gives it), one outside it: a slot
 //     learned before the list was set, which a pod could keep using, must
 //     not reach past its NetworkPolicy either.
 func forwardable(ns netip.AddrPort, resolvers map[netip.Addr]bool, listed []netip.Prefix) bool {
 	a := ns.Addr().Unmap()
-	return a.IsValid() && !resolvers[a] && !a.IsLoopback() && !a.IsUnspecified() && redirect.Listed(listed, a)
+	return a.IsValid() && !resolvers[a] && !a.IsLoopback() && !a.IsUnspecified() && !(a.Is6() && a.IsLinkLocalUnicast()) &&
+		redirect.Listed(listed, a)
 }
 
 // close releases this process's hold on the programs; the pins and marks

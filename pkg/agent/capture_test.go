@@ -10,8 +10,9 @@ import (
 )
 
 // A learned nameserver on loopback or the unspecified address is the pod's
-// own host, not the node's: the resolver must never forward there, nor to
-// itself.
+// own host, not the node's, and one on an IPv6 link-local address is on the
+// pod's link: the resolver must never forward there, nor to itself. IPv4
+// link-local is the node's own (NodeLocal DNSCache).
 func TestForwardable(t *testing.T) {
 	resolvers := map[netip.Addr]bool{
 		netip.MustParseAddr("169.254.20.53"):      true,
@@ -35,6 +36,12 @@ func TestForwardable(t *testing.T) {
 		{"169.254.20.53:53", false},
 		{"[::ffff:169.254.20.53]:53", false},
 		{"[fd00:7a74:646e::53]:53", false},
+		{"[fe80::1]:53", false},
+		{"[fe80::1%eth0]:53", false},
+		{"[febf:ffff::1]:53", false},
+		{"[fec0::1]:53", true},
+		{"169.254.20.10:53", true},
+		{"[::ffff:169.254.20.10]:53", true},
 	} {
 		if got := forwardable(netip.MustParseAddrPort(tt.ns), resolvers, nil); got != tt.want {
 			t.Errorf("forwardable(%s) = %v, want %v", tt.ns, got, tt.want)

@@ -91,3 +91,40 @@ func TestCaptureOnANodeWithoutIPv6(t *testing.T) {
 		t.Errorf("IPv6 slots %v: the programs would redirect IPv6 nameservers to addresses nobody serves", a.slot6)
 	}
 }
+
+// TestDropIPv6LeavesOutEveryIPv6Address: on a node that refuses IPv6, every
+// IPv6 --listen address is left out, not only the slots' (the first IPv6
+// one and the two after it): another could not be bound either, and the
+// agent would not start. The warning names each.
+func TestDropIPv6LeavesOutEveryIPv6Address(t *testing.T) {
+	listen := []netip.AddrPort{
+		netip.MustParseAddrPort("169.254.20.53:53"),
+		netip.MustParseAddrPort("[fd00:7a74:646e::53]:53"),
+		netip.MustParseAddrPort("[fd00:7a74:646e::99]:53"),
+		netip.MustParseAddrPort("198.51.100.7:53"),
+		netip.MustParseAddrPort("[::ffff:198.51.100.8]:53"), // an IPv6 socket
+	}
+	slot4, slot6, err := redirect.ResolverSlots(listen, redirect.DefaultPort)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := &Agent{log: slog.New(slog.DiscardHandler), slot4: slot4, slot6: slot6, addrs: slices.Clone(listen)}
+	for _, s := range append(slot4[:], slot6[:]...) { // as newAgent adds them
+		a.addrs = append(a.addrs, s)
+	}
+	if err := a.dropIPv6("net.ipv6.conf.default.disable_ipv6=1"); err != nil {
+		t.Fatal(err)
+	}
+	want := append([]netip.AddrPort{listen[0], listen[3]}, slot4[:]...)
+	if !slices.Equal(a.addrs, want) {
+		t.Errorf("serving on %v, want %v: IPv4 only", a.addrs, want)
+	}
+	if a.slot6 != [redirect.Slots]netip.AddrPort{} {
+		t.Errorf("IPv6 slots %v, want none", a.slot6)
+	}
+	for _, ap := range append([]netip.AddrPort{listen[1], listen[2], listen[4]}, slot6[:]...) {
+		if !strings.Contains(a.ipv6Off, ap.String()) {
+			t.Errorf("warning %q does not name %s", a.ipv6Off, ap)
+		}
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"context"
 	"net"
 	"net/netip"
+	"os/exec"
 	"slices"
 	"strconv"
 	"strings"
@@ -314,10 +315,13 @@ func keys(m map[string]bool) []string {
 }
 
 // What a pod's own DNS server, on its loopback, answers: an answer with
-// these came from inside the pod, not through the redirect.
+// these came from inside the pod, not through the redirect. Its link
+// neighbour answers the others.
 var (
-	podLocal4 = netip.MustParseAddr("198.51.100.127")
-	podLocal6 = netip.MustParseAddr("2001:db8:7f::1")
+	podLocal4  = netip.MustParseAddr("198.51.100.127")
+	podLocal6  = netip.MustParseAddr("2001:db8:7f::1")
+	neighbour4 = netip.MustParseAddr("198.51.100.254")
+	neighbour6 = netip.MustParseAddr("2001:db8:fe80::1")
 )
 
 // TestPodLocalNameserverIsLeftAlone runs a DNS server on a marked pod's own
@@ -326,8 +330,12 @@ var (
 // the query is neither redirected nor learned into a slot (the agent, in
 // the node's network namespace, would forward it to the node's loopback),
 // nor is the reply's source rewritten. istio-cni's in-pod rules leave such
-// queries alone too. A query to the pod's ordinary nameserver, from the same
-// pod, is still captured.
+// queries alone too. So with a nameserver on the pod's link, fe80::1%eth0
+// (dnsPolicy: Default on a node whose resolv.conf names one): the agent
+// could not reach it, a slot holding no scope id, and musl would drop a
+// reply restored without one. A query to the pod's ordinary nameserver, or
+// to an IPv4 link-local one (NodeLocal DNSCache's 169.254.20.10, on the
+// node), from the same pod, is still captured.
 func TestPodLocalNameserverIsLeftAlone(t *testing.T) {
 	t.Parallel()
 	e := newCaptureEnv(t, envOptions{})
@@ -339,6 +347,14 @@ func TestPodLocalNameserverIsLeftAlone(t *testing.T) {
 	// resolvers that read it.
 	localPod, localCookie := e.markedPod(t, 0, "127.0.0.1")
 	local6Pod, local6Cookie := e.markedPod(t, 0, "::1", "127.0.0.1")
+	// A pod whose nameserver is its link neighbour: the node's end of its
+	// veth, on fe80::1.
+	linkPod, linkCookie := e.markedPod(t, 0, "fe80::1%eth0")
+	if out, err := exec.Command("ip", "-n", e.node.Name, "addr", "add", "fe80::1/64", "dev", linkPod.HostVeth, "nodad").CombinedOutput(); err != nil {
+		t.Fatalf("ip addr add: %v\n%s", err, out)
+	}
+	neighbour := e.node.StartDNSServer(t, []netip.AddrPort{netip.MustParseAddrPort("[fe80::1%" + linkPod.HostVeth + "]:53")},
+		dnstest.Marker(neighbour4, neighbour6))
 
 	have6 := true
 	var servers []*dnstest.Server
@@ -389,6 +405,14 @@ func TestPodLocalNameserverIsLeftAlone(t *testing.T) {
 		// redirected (nothing is sent), so only the query is checked.
 		{name: "Go resolver, nameserver 127.0.0.1", pod: localPod, client: testenv.GoClient,
 			wantOut: []netip.Addr{podLocal4, podLocal6}, wantNet: "udp", sortConnects: true},
+		{name: "dig @fe80::1%eth0", pod: linkPod, client: dig("@fe80::1%eth0", "AAAA"), wantOut: []netip.Addr{neighbour6}, wantNet: "udp"},
+		{name: "dig TCP @fe80::1%eth0", pod: linkPod, client: dig("+tcp", "@fe80::1%eth0", "AAAA"), wantOut: []netip.Addr{neighbour6}, wantNet: "tcp"},
+		{name: "glibc getent ahosts, nameserver fe80::1%eth0", pod: linkPod, client: testenv.CommandClient("getent", "ahosts"),
+			wantOut: []netip.Addr{neighbour4, neighbour6}, wantNet: "udp"},
+		// musl accepts a reply only from the whole sockaddr_in6 it sent
+		// to, scope id included.
+		{name: "musl getaddrinfo, nameserver fe80::1%eth0", pod: linkPod, client: testenv.CommandClient(musl),
+			wantOut: []netip.Addr{neighbour4, neighbour6}, wantNet: "udp"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -396,11 +420,18 @@ func TestPodLocalNameserverIsLeftAlone(t *testing.T) {
 				testenv.Unavailable(t, "no ::1 in the pod's namespace")
 			}
 			p, c, local := pod, cookie, servers[0]
+			// Whether a query the server saw came from the pod itself.
+			fromPod := func(a netip.Addr) bool { return a.IsLoopback() }
 			switch tt.pod {
 			case localPod:
 				p, c, local = localPod, localCookie, servers[1]
 			case local6Pod:
 				p, c, local = local6Pod, local6Cookie, servers[2]
+			case linkPod:
+				p, c, local = linkPod, linkCookie, neighbour
+				fromPod = func(a netip.Addr) bool {
+					return a.WithZone("") == linkPod.IPv6 || a.IsLinkLocalUnicast() && a.Zone() == linkPod.HostVeth
+				}
 			}
 			before, beforePod := e.counters(t), e.podCounters(t, c)
 			name := uniqueName("local")
@@ -414,7 +445,7 @@ func TestPodLocalNameserverIsLeftAlone(t *testing.T) {
 			got := testenv.ParseAddrs(string(out))
 			for _, want := range tt.wantOut {
 				if !slices.Contains(got, want) {
-					t.Errorf("client printed %q, want it to contain %s (the pod's own server)", out, want)
+					t.Errorf("client printed %q, want it to contain %s (the pod's own server or link neighbour)", out, want)
 				}
 			}
 			if slices.Contains(got, marker4) || slices.Contains(got, marker6) {
@@ -426,7 +457,7 @@ func TestPodLocalNameserverIsLeftAlone(t *testing.T) {
 			}
 			qs := local.ReceivedFor(name)
 			if len(qs) == 0 {
-				t.Errorf("the pod's own server saw no query for %s", name)
+				t.Errorf("the pod's own server or link neighbour saw no query for %s", name)
 			}
 			// musl exits with the first answer, maybe before the server
 			// has taken the other queries off its sockets.
@@ -438,13 +469,13 @@ func TestPodLocalNameserverIsLeftAlone(t *testing.T) {
 				t.Errorf("the pod's own server saw %+v, want queries on each of %v", qs, tt.wantLocal)
 			}
 			for _, q := range qs {
-				if !q.Remote.Addr().IsLoopback() || q.Net != tt.wantNet {
-					t.Errorf("the pod's own server saw %+v, want it from loopback over %s", q, tt.wantNet)
+				if !fromPod(q.Remote.Addr()) || q.Net != tt.wantNet {
+					t.Errorf("the pod's own server or link neighbour saw %+v, want it from the pod over %s", q, tt.wantNet)
 				}
 			}
 
 			for slot := range Slots {
-				if ns, ok := e.r.Nameserver(c, slot); ok && (ns.Addr().Unmap().IsLoopback() || ns.Addr().Unmap().IsUnspecified()) {
+				if ns, ok := e.r.Nameserver(c, slot); ok && (ns.Addr().Unmap().IsLoopback() || ns.Addr().Unmap().IsUnspecified() || ns.Addr().IsLinkLocalUnicast()) {
 					t.Errorf("slot %d learned %s, want no local address in any slot", slot, ns)
 				}
 			}
@@ -463,24 +494,29 @@ func TestPodLocalNameserverIsLeftAlone(t *testing.T) {
 	}
 
 	// The same pod's queries to its ordinary nameserver are still captured,
-	// over both transports.
-	for _, args := range [][]string{nil, {"+tcp"}} {
-		t.Run("dig "+strings.Join(append(args, "@"+nowhere4), " ")+", still captured", func(t *testing.T) {
-			name := uniqueName("captured")
-			out, err := dig(append(args, "@"+nowhere4)...)(t.Context(), pod, e.cg, name).CombinedOutput()
-			if err != nil || !slices.Contains(testenv.ParseAddrs(string(out)), marker4) {
-				t.Fatalf("dig: %v, printed %q; want %s from the node's resolver", err, out, marker4)
-			}
-			if qs := servers[0].ReceivedFor(name); len(qs) != 0 {
-				t.Errorf("the pod's own server saw %+v, want nothing", qs)
-			}
-			if qs := e.dns.ReceivedFor(name); len(qs) != 1 || e.slotOf(qs[0].Local) < 0 {
-				t.Errorf("the node's resolver saw %+v, want one query on a slot address", qs)
-			}
-			if ns, ok := e.r.Nameserver(cookie, 0); !ok || ns.String() != nowhere4+":53" {
-				t.Errorf("slot 0 holds %s, %v; want %s:53", ns, ok, nowhere4)
-			}
-		})
+	// over both transports, and so are those to an IPv4 link-local one: on
+	// a node, 169.254.0.0/16 is NodeLocal DNSCache's, not the pod's link.
+	for _, ns := range []string{nowhere4, "169.254.20.10"} {
+		for _, args := range [][]string{nil, {"+tcp"}} {
+			t.Run("dig "+strings.Join(append(args, "@"+ns), " ")+", still captured", func(t *testing.T) {
+				name := uniqueName("captured")
+				out, err := dig(append(args, "@"+ns)...)(t.Context(), pod, e.cg, name).CombinedOutput()
+				if err != nil || !slices.Contains(testenv.ParseAddrs(string(out)), marker4) {
+					t.Fatalf("dig: %v, printed %q; want %s from the node's resolver", err, out, marker4)
+				}
+				if qs := servers[0].ReceivedFor(name); len(qs) != 0 {
+					t.Errorf("the pod's own server saw %+v, want nothing", qs)
+				}
+				qs := e.dns.ReceivedFor(name)
+				if len(qs) != 1 || e.slotOf(qs[0].Local) < 0 {
+					t.Fatalf("the node's resolver saw %+v, want one query on a slot address", qs)
+				}
+				slot := e.slotOf(qs[0].Local)
+				if held, ok := e.r.Nameserver(cookie, slot); !ok || held.String() != ns+":53" {
+					t.Errorf("slot %d, where the query arrived, holds %s, %v; want %s:53", slot, held, ok, ns)
+				}
+			})
+		}
 	}
 }
 
