@@ -204,9 +204,30 @@ func ValidateCaptureNameservers(ps []netip.Prefix) error {
 			return fmt.Errorf("prefix %s is not valid", p)
 		case p.Masked() != p:
 			return fmt.Errorf("%s has bits set past /%d: give %s, or the address alone", p, p.Bits(), p.Masked())
+		case neverCaptured(p):
+			return fmt.Errorf("%s is on the pod's own host or link (loopback, IPv6 link-local): queries there are never captured", p)
 		}
 	}
 	return nil
+}
+
+// podLocal are the destinations the programs leave alone whatever the list
+// says (is_local in the C).
+var podLocal = []netip.Prefix{
+	netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("0.0.0.0/32"),
+	netip.MustParsePrefix("::1/128"), netip.MustParsePrefix("::/128"), netip.MustParsePrefix("fe80::/10"),
+}
+
+// neverCaptured reports whether every address of p is one the programs
+// leave alone: listing it could only mislead.
+func neverCaptured(p netip.Prefix) bool {
+	p = UnmapCaptureNameservers([]netip.Prefix{p})[0]
+	for _, l := range podLocal {
+		if l.Addr().Is4() == p.Addr().Is4() && p.Bits() >= l.Bits() && l.Contains(p.Addr()) {
+			return true
+		}
+	}
+	return false
 }
 
 // UnmapCaptureNameservers returns a valid Config.CaptureNameservers list as
