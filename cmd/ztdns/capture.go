@@ -76,7 +76,7 @@ func newPodsCmd() *cobra.Command {
 		Use:   "pods",
 		Short: "List the pods the agent knows, with their capture state and counters",
 		Example: `  ztdns pods
-  ztdns pods -o wide    # also the container ID and the netns path`,
+  ztdns pods -o wide    # also queries let out while failing open, the container ID and the netns path`,
 	}, (*control.Client).Pods, listPrinter(podColumns))
 }
 
@@ -90,6 +90,9 @@ var podColumns = []column[control.PodRow]{
 	{header: "MARKED", value: func(r control.PodRow, _ bool) string { return fmt.Sprint(r.Marked) }},
 	{header: "REDIRECTED", value: func(r control.PodRow, _ bool) string { return fmt.Sprint(r.Redirected) }},
 	{header: "RESTORED", value: func(r control.PodRow, _ bool) string { return fmt.Sprint(r.Restored) }},
+	// SKIPPED STALE counts queries let out to the pod's own nameservers
+	// while capture failed open.
+	{header: "SKIPPED STALE", wide: true, value: func(r control.PodRow, _ bool) string { return fmt.Sprint(r.SkippedStale) }},
 	{header: "NAMESERVERS", value: func(r control.PodRow, _ bool) string { return strings.Join(r.Nameservers, ",") }},
 	{header: "ISTIO DNS RULES", value: func(r control.PodRow, _ bool) string {
 		if r.IstioDNSRules == "" {

@@ -480,7 +480,8 @@ func TestReadCommands(t *testing.T) {
 		if got := headerCells(table); !slices.Equal(got, header) {
 			t.Errorf("ztdns pods header %q, want %q", got, header)
 		}
-		if got, want := headerCells(wide), append(header, "CONTAINER ID", "NETNS PATH"); !slices.Equal(got, want) {
+		wideHeader := slices.Concat(header[:9], []string{"SKIPPED STALE"}, header[9:], []string{"CONTAINER ID", "NETNS PATH"})
+		if got, want := headerCells(wide), wideHeader; !slices.Equal(got, want) {
 			t.Errorf("ztdns pods -o wide header %q, want %q", got, want)
 		}
 		for _, p := range pods {

@@ -51,6 +51,9 @@ func statusTable(w io.Writer, st control.Status, wide bool) {
 	line("Names", fmt.Sprint(st.Names))
 	line("Pods", fmt.Sprint(st.Pods))
 	line("Capture", onOff(st.Capture))
+	if st.FailingOpen {
+		line("Failing open", "yes: the agent's heartbeat is stale; captured pods' queries go to their own nameservers, around ztdns")
+	}
 	if len(st.CaptureNameservers) > 0 {
 		line("Capture only", strings.Join(st.CaptureNameservers, ", "))
 	}

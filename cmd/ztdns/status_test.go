@@ -21,3 +21,18 @@ func TestStatusShowsCaptureNameservers(t *testing.T) {
 		t.Errorf("status with no list shows one:\n%s", all.String())
 	}
 }
+
+// TestStatusShowsFailingOpen: `ztdns status` warns while capture fails
+// open, its pods' queries going around ztdns, and says nothing of it
+// otherwise.
+func TestStatusShowsFailingOpen(t *testing.T) {
+	var open, beating strings.Builder
+	statusTable(&open, control.Status{Ready: true, Capture: true, FailingOpen: true}, false)
+	statusTable(&beating, control.Status{Ready: true, Capture: true}, false)
+	if want := "Failing open:\tyes: the agent's heartbeat is stale; captured pods' queries go to their own nameservers, around ztdns\n"; !strings.Contains(open.String(), want) {
+		t.Errorf("status lacks %q:\n%s", want, open.String())
+	}
+	if strings.Contains(beating.String(), "Failing open") {
+		t.Errorf("status of an agent that beats warns of failing open:\n%s", beating.String())
+	}
+}

@@ -72,6 +72,9 @@ func (a *Agent) status() control.Status {
 	}
 	st.Capture = a.capture != nil
 	if a.capture != nil {
+		// What ztdns_capture_fail_open says; it errs only on a closed
+		// redirector (the agent stopping) or an unreadable clock.
+		st.FailingOpen, _ = a.capture.r.FailingOpen()
 		for _, p := range a.capture.cfg.Nameservers {
 			st.CaptureNameservers = append(st.CaptureNameservers, p.String())
 		}

@@ -160,7 +160,7 @@ func (a *Agent) podRows() ([]control.PodRow, error) {
 			row.Captured, row.Reason = att.Captured, att.Reason
 			row.IstioDNSRules = a.istioRules.look(a.log, *att).String()
 			if m, ok := marks[att.NetnsCookie]; ok {
-				row.Marked, row.Redirected, row.Restored = true, m.Counters.Redirected, m.Counters.Restored
+				row.Marked, row.Redirected, row.Restored, row.SkippedStale = true, m.Counters.Redirected, m.Counters.Restored, m.Counters.SkippedStale
 				row.Nameservers = nameserverStrings(m)
 				delete(marks, att.NetnsCookie)
 			}
@@ -168,7 +168,8 @@ func (a *Agent) podRows() ([]control.PodRow, error) {
 		rows = append(rows, row)
 	}
 	for cookie, m := range marks { // marked, but no record says whose
-		row := control.PodRow{NetnsCookie: cookie, Marked: true, Redirected: m.Counters.Redirected, Restored: m.Counters.Restored, Nameservers: nameserverStrings(m)}
+		row := control.PodRow{NetnsCookie: cookie, Marked: true, Redirected: m.Counters.Redirected, Restored: m.Counters.Restored,
+			SkippedStale: m.Counters.SkippedStale, Nameservers: nameserverStrings(m)}
 		for _, ip := range []netip.Addr{m.IPv4, m.IPv6} {
 			if ip.IsValid() {
 				row.IPs = append(row.IPs, ip.String())

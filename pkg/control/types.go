@@ -26,6 +26,10 @@ type Status struct {
 	Pods     int      `json:"pods"`
 	Listen   []string `json:"listen"`
 	Capture  bool     `json:"capture"`
+	// FailingOpen is set while the capture programs let marked pods'
+	// queries go to their own nameservers, around the resolver, because
+	// the agent's heartbeat is stale (starting, stopping, or stuck).
+	FailingOpen bool `json:"failingOpen"`
 	// CaptureNameservers are the only nameservers captured
 	// (--capture-nameservers); empty: every destination.
 	CaptureNameservers []string `json:"captureNameservers,omitempty"`
@@ -101,12 +105,15 @@ type PodRow struct {
 	NetnsPath   string   `json:"netnsPath,omitempty"`
 	IPs         []string `json:"ips"`
 	// Captured is the decision; Marked says whether the pods map holds it.
-	Captured    bool     `json:"captured"`
-	Reason      string   `json:"reason,omitempty"`
-	Marked      bool     `json:"marked"`
-	Redirected  uint64   `json:"redirected"`
-	Restored    uint64   `json:"restored"`
-	Nameservers []string `json:"nameservers,omitempty"`
+	Captured   bool   `json:"captured"`
+	Reason     string `json:"reason,omitempty"`
+	Marked     bool   `json:"marked"`
+	Redirected uint64 `json:"redirected"`
+	Restored   uint64 `json:"restored"`
+	// SkippedStale counts the pod's queries the programs let go to its own
+	// nameservers because the agent's heartbeat was stale (fail open).
+	SkippedStale uint64   `json:"skippedStale"`
+	Nameservers  []string `json:"nameservers,omitempty"`
 	// IstioDNSRules names the backends (nftables, iptables-nft,
 	// iptables-legacy) holding istio-cni's DNS capture rules in a captured
 	// pod: Istio's DNS capture is on for it too (ztdns still answers it).

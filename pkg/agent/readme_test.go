@@ -1,0 +1,161 @@
+package agent
+
+import (
+	"log/slog"
+	"maps"
+	"net/netip"
+	"os"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"k8s.io/client-go/rest"
+
+	"github.com/ztdns/ztdns/pkg/source/kube"
+)
+
+// TestREADMEListsEveryMetric: the README's metrics table names every
+// metric the agent registers (the Kubernetes source's too), each with its
+// labels, and none it does not register.
+func TestREADMEListsEveryMetric(t *testing.T) {
+	registered := registeredMetrics(t)
+	listed := readmeMetrics(t, registered)
+	for name, labels := range registered {
+		got, ok := listed[name]
+		switch {
+		case !ok:
+			t.Errorf("the README's metrics table lacks %s (labels %v)", name, labels)
+		case !slices.Equal(got, labels):
+			t.Errorf("the README's metrics table gives %s the labels %v; it has %v", name, got, labels)
+		}
+	}
+	for name := range listed {
+		if _, ok := registered[name]; !ok {
+			t.Errorf("the README's metrics table lists %s, which the agent does not register", name)
+		}
+	}
+}
+
+// registeredMetrics are the ztdns_ metrics an agent with the Kubernetes
+// source registers, each with its labels (constant and variable), sorted.
+func registeredMetrics(t *testing.T) map[string][]string {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	a, err := newAgent(Config{
+		Source:    kube.New(&rest.Config{Host: "https://203.0.113.1"}), // never run
+		Listen:    []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:53")},
+		Upstreams: []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:9")},
+		Logger:    slog.New(slog.DiscardHandler),
+		Registry:  reg,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.server.Close(); a.fwd.Close() })
+	ch := make(chan *prometheus.Desc)
+	go func() { reg.Describe(ch); close(ch) }()
+	// Desc has no accessors; its String is
+	// Desc{fqName: "…", help: "…", unit: "…", constLabels: {k="v",…}, variableLabels: {a,c(b),…}}.
+	fqName := regexp.MustCompile(`^Desc\{fqName: "([^"]+)"`)
+	constName := regexp.MustCompile(`(\w+)="`)
+	out := map[string][]string{}
+	for d := range ch {
+		s := d.String()
+		m := fqName.FindStringSubmatch(s)
+		if m == nil {
+			t.Fatalf("cannot read %s", s)
+		}
+		if !strings.HasPrefix(m[1], "ztdns_") {
+			continue // the Go runtime's and the process's
+		}
+		c := strings.LastIndex(s, ", constLabels: {")
+		v := strings.LastIndex(s, ", variableLabels: {")
+		if c < 0 || v < c {
+			t.Fatalf("cannot read %s", s)
+		}
+		var labels []string
+		for _, lm := range constName.FindAllStringSubmatch(s[c:v], -1) {
+			labels = append(labels, lm[1])
+		}
+		if vl := strings.TrimSuffix(s[v+len(", variableLabels: {"):], "}}"); vl != "" {
+			for _, l := range strings.Split(vl, ",") {
+				labels = append(labels, strings.TrimSuffix(strings.TrimPrefix(l, "c("), ")"))
+			}
+		}
+		slices.Sort(labels)
+		out[m[1]] = labels
+	}
+	if len(out) < 30 {
+		t.Fatalf("read only %d metrics from the registry: %v", len(out), slices.Sorted(maps.Keys(out)))
+	}
+	return out
+}
+
+// readmeMetrics reads the README's metrics table: each metric it names,
+// with the labels it gives it (in braces after the name, or in the labels
+// column), sorted. A name written `_suffix` continues the first full name
+// of its cell: the registered metric that is one of that name's prefixes
+// (ending before a "_") and the suffix.
+func readmeMetrics(t *testing.T, registered map[string][]string) map[string][]string {
+	t.Helper()
+	b, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, table, ok := strings.Cut(string(b), "\n| metric | labels | counts |")
+	if !ok {
+		t.Fatal("the README has no metrics table (| metric | labels | counts |)")
+	}
+	table, _, _ = strings.Cut(table, "\n\n")
+	code := regexp.MustCompile("`([^`]*)`")
+	named := regexp.MustCompile(`^(\w+)(?:\{([\w,]*)\})?$`)
+	out := map[string][]string{}
+	for _, row := range strings.Split(table, "\n")[2:] { // after the header's rule
+		// | name | labels | counts | …, a \| inside a cell escaped
+		cells := strings.Split(strings.ReplaceAll(row, `\|`, ""), "|")
+		if len(cells) < 4 || strings.TrimSpace(cells[0]) != "" {
+			t.Fatalf("README metrics table row %q: fewer than 3 cells", row)
+		}
+		cells = cells[1:]
+		var rowLabels []string
+		for _, m := range code.FindAllStringSubmatch(cells[1], -1) {
+			rowLabels = append(rowLabels, m[1])
+		}
+		first := ""
+		for _, m := range code.FindAllStringSubmatch(cells[0], -1) {
+			nm := named.FindStringSubmatch(m[1])
+			if nm == nil {
+				t.Errorf("README metrics table row %q: %q is no metric name", row, m[1])
+				continue
+			}
+			name, labels := nm[1], rowLabels
+			if nm[2] != "" {
+				labels = strings.Split(nm[2], ",")
+			}
+			if strings.HasPrefix(name, "_") {
+				full := ""
+				for i := len(first) - 1; i > 0 && full == ""; i-- {
+					if _, ok := registered[first[:i]+name]; ok && first[i] == '_' {
+						full = first[:i] + name
+					}
+				}
+				if full == "" {
+					t.Errorf("README metrics table row %q: %s continues %q into no registered metric", row, name, first)
+					continue
+				}
+				name = full
+			} else if first == "" {
+				first = name
+			}
+			labels = slices.Clone(labels)
+			slices.Sort(labels)
+			out[name] = labels
+		}
+	}
+	if len(out) < 20 {
+		t.Fatalf("read only %d metrics from the README's table: %v", len(out), out)
+	}
+	return out
+}
