@@ -369,6 +369,8 @@ func startAgentWith(t *testing.T, edit func(*agent.Config)) testAgent {
 		many += fmt.Sprintf("---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: bad-%d, namespace: default}\n"+
 			"spec: {hosts: [bad_%d!.internal], addresses: [198.51.100.%d], ports: [{name: http, number: 80, protocol: HTTP}]}\n", i, i, 20+i)
 	}
+	// A headless Service without endpoints: a name held without records.
+	many += "---\napiVersion: v1\nkind: Service\nmetadata: {name: empty, namespace: default}\nspec: {clusterIP: None, ports: [{name: http, port: 80}]}\n"
 	files["many.yaml"] = many
 	for name, text := range files {
 		if err := os.WriteFile(filepath.Join(dir, name), []byte(text), 0o644); err != nil {
@@ -504,6 +506,9 @@ func TestReadCommands(t *testing.T) {
 		many := "198.51.100.11,198.51.100.12,198.51.100.13,198.51.100.14,198.51.100.15,198.51.100.16"
 		if !strings.Contains(table, "198.51.100.11,198.51.100.12,198.51.100.13 + 3 more...") || strings.Contains(table, many) {
 			t.Errorf("ztdns table shows many.internal's six addresses in full, or not the first three:\n%s", table)
+		}
+		if !regexp.MustCompile(`(?m)^empty\.default\.svc\.cluster\.local\.\s+-\s+\(forwarded\)\s+Service default/empty\s*$`).MatchString(table) {
+			t.Errorf("ztdns table lacks the forwarded row of the headless Service without endpoints:\n%s", table)
 		}
 		want := []string{"NAME", "TYPE", "VALUES", "FROM", "ADDRESSES"}
 		if got := headerCells(table); !slices.Equal(got, want) {

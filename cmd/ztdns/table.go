@@ -14,7 +14,10 @@ func newTableCmd() *cobra.Command {
 		Short: "Print what a pod in a namespace can resolve locally",
 		Long: `Print every name the agent answers itself for a pod in a namespace: Services,
 ServiceEntry hosts, their VIPs, SRV and PTR records, and where each came from.
-Names the namespace cannot see (exportTo) are left out.`,
+Names the namespace cannot see (exportTo) are left out. A name held without
+records (a headless Service without a ready endpoint, a ServiceEntry host
+under .svc.<domain> without a VIP) is listed as forwarded: type -, value
+(forwarded), and the object holding it.`,
 		Example: `  ztdns table -n default
   ztdns table -n default -o wide    # every value, not the first few
   ztdns table -o yaml               # the view of a client that is no known pod`,

@@ -34,7 +34,7 @@ var (
 	// metricTableNames is the number of names in the current table.
 	metricTableNames = prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "ztdns_table_names",
-		Help: "Distinct names (exact and wildcard) in the current name table.",
+		Help: "Distinct names (exact and wildcard) in the current name table, those held without records (forwarded) and ServiceEntry hosts without a VIP included; not ztdns table's row count (a row per record type, SRV and PTR names, one namespace's view).",
 	})
 )
 

@@ -18,18 +18,39 @@ type Row struct {
 	// AddrSource says where addresses came from: clusterIP, endpoints, spec,
 	// status or allocated.
 	AddrSource string `json:"addrSource,omitempty"`
+	// Forwarded marks a name Origin holds without records (a headless
+	// Service without a ready endpoint, a ServiceEntry host under
+	// .svc.<domain> without a VIP): every query for it is forwarded, and no
+	// wildcard or other object answers it. Its row has type ForwardedType
+	// and the one value ForwardedValue.
+	Forwarded bool `json:"forwarded,omitempty"`
 }
 
+// The type and value of a Forwarded row.
+const (
+	ForwardedType  = "-"
+	ForwardedValue = "(forwarded)"
+)
+
 // Rows lists every name a pod in namespace ns can resolve, with what it
-// resolves to and where that came from. Names the namespace cannot see are
-// left out. The empty namespace lists what an unknown client sees.
+// resolves to and where that came from, as the resolver decides it: a name
+// whose ExternalName Service yields to a wildcard shows the wildcard's
+// addresses, and a name held without records is listed as forwarded. Names
+// the namespace cannot see, and ServiceEntry hosts without a VIP that pods
+// pass over (to the object or wildcard listed instead), are left out. The
+// empty namespace lists what an unknown client sees.
 func (t *Table) Rows(ns string) []Row {
 	var rows []Row
-	for _, sh := range append(t.names[:], t.wildcards) {
-		for k := range sh.one {
-			if e := t.pick(sh.get(k), ns); e != nil {
-				rows = append(rows, e.rows()...)
+	for i := range t.names {
+		for k := range t.names[i].one {
+			if e := t.exactChoice(k, ns); e != nil {
+				rows = append(rows, e.rows(k)...)
 			}
+		}
+	}
+	for k := range t.wildcards.one {
+		if e := choose(t.wildcards.get(k), ns); e != nil {
+			rows = append(rows, e.rows(e.Name)...)
 		}
 	}
 	for _, sh := range t.reverse {
@@ -60,8 +81,13 @@ func isReverse(name string) int {
 	return 0
 }
 
-func (e *Entry) rows() []Row {
+// rows are e's record sets as the answer for name: e's own name, or one its
+// wildcard answers in place of an ExternalName Service.
+func (e *Entry) rows(name string) []Row {
 	origin := e.Origin().String()
+	if e.forward {
+		return []Row{{Name: name, Type: ForwardedType, Values: []string{ForwardedValue}, Origin: origin, Forwarded: true}}
+	}
 	row := func(name, typ string, values []string, src string) Row {
 		return Row{Name: name, Type: typ, Values: values, Origin: origin, AddrSource: src}
 	}
@@ -75,13 +101,16 @@ func (e *Entry) rows() []Row {
 		}
 	}
 	if len(v4) > 0 {
-		rows = append(rows, row(e.Name, "A", v4, e.AddrSource()))
+		rows = append(rows, row(name, "A", v4, e.AddrSource()))
 	}
 	if len(v6) > 0 {
-		rows = append(rows, row(e.Name, "AAAA", v6, e.AddrSource()))
+		rows = append(rows, row(name, "AAAA", v6, e.AddrSource()))
 	}
 	if e.Alias != "" {
-		rows = append(rows, row(e.Name, "CNAME", []string{e.Alias}, ""))
+		rows = append(rows, row(name, "CNAME", []string{e.Alias}, ""))
+	}
+	if name != e.Name {
+		return rows // SRV names are looked up under the entry's own name
 	}
 	for _, set := range e.srv {
 		var vals []string

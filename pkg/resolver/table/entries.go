@@ -18,7 +18,7 @@ import (
 
 // Ranks order entries that claim the same name as istiod does for ambient
 // mode: a Kubernetes Service before ServiceEntries (then the oldest first).
-// With Table.pick's own-namespace rule, a pod gets the object ztunnel routes:
+// With choose's own-namespace rule, a pod gets the object ztunnel routes:
 // its own namespace's (so the seed's tcp-echo.external-1 ServiceEntry in the
 // client's namespace still wins), else the Service. An ExternalName Service
 // comes last and is no own-namespace choice: istiod sends ztunnel none

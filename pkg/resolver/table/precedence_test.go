@@ -84,10 +84,14 @@ func TestEmptyHeadlessServiceKeepsItsName(t *testing.T) {
 	if e := tbl.Resolve("db.shop.svc.cluster.local.", "mesh").Entry; e == nil || !slices.Equal(e.Addrs, addrs("198.51.100.71")) {
 		t.Errorf("from the ServiceEntry's namespace: %+v, want its 198.51.100.71", e)
 	}
+	var db []Row
 	for _, row := range tbl.Rows("other") {
 		if row.Name == "db.shop.svc.cluster.local." {
-			t.Errorf("table from other lists %+v, want the name absent", row)
+			db = append(db, row)
 		}
+	}
+	if len(db) != 1 || !db[0].Forwarded || db[0].Origin != "Service shop/db" {
+		t.Errorf("table from other lists %+v, want the name forwarded, held by Service shop/db", db)
 	}
 
 	snap.EndpointSlices[0].Endpoints[0].Ready = true

@@ -428,7 +428,7 @@ func (t *Table) Find(name, ns string) *Entry {
 }
 
 // find is one name ztunnel tries: the name, then the wildcards covering it;
-// claimed as claim.
+// claimed as held.
 func (t *Table) find(name, ns string) (*Entry, bool) {
 	if e, claimed := t.exact(name, ns); claimed {
 		return e, true
@@ -436,35 +436,44 @@ func (t *Table) find(name, ns string) (*Entry, bool) {
 	return t.wildcard(name, ns)
 }
 
-// exact is claim's choice for name itself, but an ExternalName Service
-// yields to a wildcard covering its name: istiod sends ztunnel no
-// ExternalName Service, so ztunnel finds the wildcard.
+// exact is what a pod in ns gets for name itself (see exactChoice); claimed
+// as held.
 func (t *Table) exact(name, ns string) (*Entry, bool) {
-	e, claimed := t.claim(t.lookup(name), ns)
-	if e != nil && e.src.rank == rankExternalName {
-		if w, ok := t.wildcard(name, ns); ok {
-			return w, true
-		}
-	}
-	return e, claimed
+	return held(t.exactChoice(name, ns))
 }
 
-// pick chooses among the entries for one key as ztunnel does: one from the
-// asker's own namespace first, else the first visible in build order (the
-// Service, else the oldest ServiceEntry: istiod's canonical one, else an
-// ExternalName Service). Of each namespace only its first entry the asker
-// sees counts: istiod sends ztunnel one object per namespace and name.
-// A name claimed without records (Entry.forward) is none, and so is one
-// passed over (Entry.passed).
-func (t *Table) pick(entries bucket, ns string) *Entry {
-	e, _ := t.claim(entries, ns)
+// exactChoice is the entry that decides name itself for a pod in ns:
+// choose's, but an ExternalName Service yields to a wildcard covering its
+// name (istiod sends ztunnel no ExternalName Service, so ztunnel finds the
+// wildcard). Rows shows this choice, so `ztdns table` cannot tell another
+// story than the resolver.
+func (t *Table) exactChoice(name, ns string) *Entry {
+	e := choose(t.lookup(name), ns)
+	if e != nil && e.src.rank == rankExternalName {
+		if w := t.wildcardChoice(name, ns); w != nil {
+			return w
+		}
+	}
 	return e
 }
 
-// claim is pick's choice; claimed also reports a name claimed without
-// records (Entry.forward), for which e is nil: forwarded, not looked up
-// further.
-func (t *Table) claim(entries bucket, ns string) (e *Entry, claimed bool) {
+// pick is choose's entry when it has records: nil also for a name held
+// without records (Entry.forward).
+func (t *Table) pick(entries bucket, ns string) *Entry {
+	e, _ := held(choose(entries, ns))
+	return e
+}
+
+// choose is the entry that decides one key for a pod in ns, as ztunnel
+// chooses: one from the asker's own namespace first, else the first visible
+// in build order (the Service, else the oldest ServiceEntry: istiod's
+// canonical one, else an ExternalName Service). Of each namespace only its
+// first entry the asker sees counts: istiod sends ztunnel one object per
+// namespace and name. One held without records (Entry.forward) decides too;
+// nil when none does (none visible, or the one chosen is passed over:
+// Entry.passed).
+func choose(entries bucket, ns string) *Entry {
+	var e *Entry
 	if entries.many == nil { // one entry, or none: the usual case
 		if entries.one != nil && entries.one.VisibleFrom(ns) {
 			e = entries.one
@@ -473,15 +482,22 @@ func (t *Table) claim(entries bucket, ns string) (e *Entry, claimed bool) {
 		e = entries.many[i]
 	}
 	if e == nil || e.passed {
-		return nil, false
+		return nil
 	}
-	if e.forward {
-		return nil, true
-	}
-	return e, true
+	return e
 }
 
-// pickIndex is pick's choice among several entries, as an index, -1 for
+// held is what a lookup gets from the entry that decides a name: its
+// records; (nil, true), claimed, from one held without records: forwarded,
+// not looked up further; (nil, false) when no entry decides it.
+func held(e *Entry) (*Entry, bool) {
+	if e != nil && e.forward {
+		return nil, true
+	}
+	return e, e != nil
+}
+
+// pickIndex is choose's choice among several entries, as an index, -1 for
 // none. An entry passed over leaves out its namespace's newer ones.
 func pickIndex(entries []*Entry, ns string) int {
 	first, ownOut := -1, false
@@ -562,15 +578,21 @@ func (t *Table) shortForm(qname, ns string) (*Entry, bool) {
 }
 
 // wildcard finds the most specific "*.suffix" entry covering qname; claimed
-// as claim.
+// as held.
 func (t *Table) wildcard(qname, ns string) (*Entry, bool) {
+	return held(t.wildcardChoice(qname, ns))
+}
+
+// wildcardChoice is the entry of the most specific wildcard that decides
+// qname for a pod in ns (as choose), or nil.
+func (t *Table) wildcardChoice(qname, ns string) *Entry {
 	if len(t.wildcards.one) == 0 {
-		return nil, false
+		return nil
 	}
 	for i := strings.IndexByte(qname, '.'); i >= 0 && i+1 < len(qname); {
 		suffix := qname[i+1:]
-		if e, claimed := t.claim(t.wildcards.get(suffix), ns); claimed {
-			return e, true
+		if e := choose(t.wildcards.get(suffix), ns); e != nil {
+			return e
 		}
 		j := strings.IndexByte(suffix, '.')
 		if j < 0 {
@@ -578,7 +600,7 @@ func (t *Table) wildcard(qname, ns string) (*Entry, bool) {
 		}
 		i += j + 1
 	}
-	return nil, false
+	return nil
 }
 
 // expansion finds the name qname is a search-list expansion of, and its
