@@ -67,6 +67,9 @@ func (r *run) tolerateForbidden(
 		}, func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
 			w, err := watchFn(ctx, o)
 			if forbidden(err) {
+				// Running without the lock is no failure: this stand-in
+				// is the watch that works.
+				r.health.observe(ctx, kindIstiodAllocator.String(), nil)
 				return noLock(o, r.src.forbiddenRetry), nil
 			}
 			return w, err
