@@ -154,12 +154,20 @@ func (r *run) listWatch(k kind, e endpoint) *cache.ListWatch {
 		},
 		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
 			w, err := watchFn(ctx, o)
-			if err != nil {
+			if err != nil && !watchListRefused(o, err) {
 				observe(ctx, err)
 			}
 			return w, err
 		},
 	}
+}
+
+// watchListRefused reports whether err is an API server's refusal of a
+// watch-list request (sendInitialEvents): one without the WatchList
+// feature (before Kubernetes 1.32 by default) answers it as invalid, and
+// the reflector then lists and watches as before, which is no failure.
+func watchListRefused(o metav1.ListOptions, err error) bool {
+	return o.SendInitialEvents != nil && *o.SendInitialEvents && apierrors.IsInvalid(err)
 }
 
 // start runs k's reflector until ctx ends, filling a new store for k.

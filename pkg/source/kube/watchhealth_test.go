@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/watch"
@@ -37,6 +38,10 @@ type breaker struct {
 	watches, lists             atomic.Bool
 	brokenWatches, brokenLists atomic.Int64
 }
+
+// statusWatchListForbidden is how an API server without the WatchList
+// feature refuses a watch-list request.
+const statusWatchListForbidden = `{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"ListOptions.meta.k8s.io \"\" is invalid: sendInitialEvents: Forbidden: sendInitialEvents is forbidden for watch unless the WatchList feature gate is enabled","reason":"Invalid","code":422}`
 
 const status500 = `{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"injected","reason":"InternalError","code":500}`
 
@@ -154,6 +159,52 @@ func TestWatchStreamFailureIsFailure(t *testing.T) {
 				t.Errorf("logged %q %d times, want once", logFailing, n)
 			}
 		})
+	}
+}
+
+// TestWatchListRefusedIsNoFailure: an API server without the WatchList
+// feature refuses every watch-list request (sendInitialEvents) as invalid,
+// and the reflector lists and watches instead, at its start and at each
+// relist. That is no failure: the source is healthy, logs none, and
+// follows changes.
+func TestWatchListRefusedIsNoFailure(t *testing.T) {
+	env := kubetest.Start(t)
+	var refused atomic.Int64
+	cfg := rest.CopyConfig(env.Config)
+	cfg.Wrap(func(rt http.RoundTripper) http.RoundTripper {
+		return roundTripFunc(func(r *http.Request) (*http.Response, error) {
+			if r.URL.Query().Get("sendInitialEvents") == "true" {
+				refused.Add(1)
+				return jsonResponse(r, http.StatusUnprocessableEntity, statusWatchListForbidden), nil
+			}
+			return rt.RoundTrip(r)
+		})
+	})
+	logs := newLogWatcher()
+	rec := runSource(t, cfg, WithLogger(slog.New(logs)))
+	rec.waitFor(t, "the first sync", func(*model.Snapshot) error { return nil })
+	if refused.Load() == 0 {
+		t.Fatal("no watch-list request was made: the test shows nothing")
+	}
+	kube := env.Client()
+	ns := createNamespace(t, kube, "refused")
+	if _, err := kube.CoreV1().Services(ns).Create(t.Context(), &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "web"},
+		Spec:       corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "http", Port: 80}}},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("create Service: %v", err)
+	}
+	rec.waitFor(t, "the new Service", func(s *model.Snapshot) error {
+		if find(s.Services, serviceKey, ns, "web") == nil {
+			return errors.New("service web missing")
+		}
+		return nil
+	})
+	if err := rec.src.Healthy(); err != nil {
+		t.Errorf("Healthy() = %v with watch-list refused and lists and watches working", err)
+	}
+	if n := logs.count(logFailing); n != 0 {
+		t.Errorf("logged %q %d times for refused watch-list requests, want never", logFailing, n)
 	}
 }
 
