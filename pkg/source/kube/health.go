@@ -10,6 +10,7 @@ import (
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/watch"
 )
 
 // errNotSynced is the health of a source before its first snapshot.
@@ -24,9 +25,10 @@ type failure struct {
 // health follows whether the source's list and watch calls are succeeding.
 // client-go's reflectors retry on their own, with backoff, and tell nobody:
 // a watch that cannot reconnect (connection refused) backs off and retries
-// without ever reaching a watch error handler. So every list
-// and watch call reports its outcome here, and a resource counts as failing
-// from its first error until its next successful call.
+// without ever reaching a watch error handler. So every failed list and
+// watch call, and every watch stream that fails (see judgeWatch), reports
+// here, and a resource counts as failing from its first failure until a
+// watch of it works again.
 type health struct {
 	log     *slog.Logger
 	metrics *metrics
@@ -40,10 +42,11 @@ func newHealth(log *slog.Logger, m *metrics) *health {
 	return &health{log: log, metrics: m, failing: make(map[string]failure)}
 }
 
-// observe records the outcome of a list or watch call for resource, made
-// with ctx. Calls whose ctx has ended are ignored: they belong to a watch
-// that was stopped on purpose (see forget), and checking under the lock
-// keeps a late call from marking a stopped watch failing.
+// observe records a failure (err) or a watch that works (nil) of
+// resource, for a call made with ctx. Calls whose ctx has ended are
+// ignored: they belong to a watch that was stopped on purpose (see forget),
+// and checking under the lock keeps a late call from marking a stopped
+// watch failing.
 func (h *health) observe(ctx context.Context, resource string, err error) {
 	if expected(err) {
 		return
@@ -126,4 +129,81 @@ func (h *health) setUnsynced() {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.synced = false
+}
+
+// minWatchOpen is how long a watch stream must stay open to count as
+// working: client-go's reflector takes one that closes sooner with no event
+// for a failure (VeryShortWatchError) and lists again only after backoff.
+const minWatchOpen = time.Second
+
+// errShortWatch is a watch stream that closed within minWatchOpen with no
+// event: cut by a proxy, say.
+var errShortWatch = fmt.Errorf("watch stream closed within %v, with no event", minWatchOpen)
+
+// judgedWatch passes a watch's events on, reporting how its stream fares.
+// The API server's answer (HTTP 200) proves nothing: a proxy that cuts
+// streams, or a server that ends every watch with an error event, answers
+// too. So the watch works once its stream has stayed open minWatchOpen
+// (a quiet resource's stream may carry nothing for minutes), and fails at
+// an error event or when the stream closes sooner with no event. One that
+// ends sooner after events is neither: the reflector watches again at once.
+type judgedWatch struct {
+	in   watch.Interface
+	out  chan watch.Event
+	stop chan struct{}
+	once sync.Once
+}
+
+// judgeWatch wraps in, whose request was sent at start: report gets nil
+// once the stream has stayed open minWatchOpen, and its error when it
+// fails, after which nothing.
+func judgeWatch(in watch.Interface, start time.Time, report func(error)) watch.Interface {
+	w := &judgedWatch{in: in, out: make(chan watch.Event), stop: make(chan struct{})}
+	go w.run(start, report)
+	return w
+}
+
+func (w *judgedWatch) ResultChan() <-chan watch.Event { return w.out }
+
+func (w *judgedWatch) Stop() {
+	w.once.Do(func() { close(w.stop) })
+	w.in.Stop()
+}
+
+func (w *judgedWatch) run(start time.Time, report func(error)) {
+	defer close(w.out)
+	timer := time.NewTimer(time.Until(start.Add(minWatchOpen)))
+	defer timer.Stop()
+	opened := timer.C // nil once the stream worked or failed
+	events, failed := 0, false
+	for {
+		select {
+		case <-opened:
+			opened = nil
+			report(nil)
+		case ev, ok := <-w.in.ResultChan():
+			if !ok {
+				select {
+				case <-w.stop: // stopped by the reflector
+				default:
+					if opened != nil && events == 0 {
+						report(errShortWatch)
+					}
+				}
+				return
+			}
+			events++
+			if ev.Type == watch.Error && !failed {
+				opened, failed = nil, true
+				report(apierrors.FromObject(ev.Object))
+			}
+			select {
+			case w.out <- ev:
+			case <-w.stop:
+				return
+			}
+		case <-w.stop:
+			return
+		}
+	}
 }

@@ -67,6 +67,9 @@ func (r *run) tolerateForbidden(
 		}, func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
 			w, err := watchFn(ctx, o)
 			if forbidden(err) {
+				// Running without the lock is no failure: this stand-in
+				// is the watch that works.
+				r.health.observe(ctx, kindIstiodAllocator.String(), nil)
 				return noLock(o, r.src.forbiddenRetry), nil
 			}
 			return w, err
@@ -80,11 +83,12 @@ func (r *run) tolerateForbidden(
 // since, the API server's watch then starts with the lock if it exists.
 func noLock(o metav1.ListOptions, retry time.Duration) watch.Interface {
 	w := watch.NewFakeWithChanSize(1, false)
-	time.AfterFunc(retry, w.Stop)
 	if o.SendInitialEvents != nil && *o.SendInitialEvents {
 		end := "true"
 		w.Action(watch.Bookmark, &kubeapi.ConfigMap{ObjectMeta: kubeapi.ObjectMeta{
 			Annotations: kubeapi.Annotations{InitialEventsEnd: &end}}})
 	}
+	// Armed after the send: a Stop closing the channel must not race it.
+	time.AfterFunc(retry, w.Stop)
 	return w
 }

@@ -5,7 +5,8 @@ import "github.com/prometheus/client_golang/prometheus"
 // metrics belong to one Source (not to the package), so that several sources
 // in one process, as in the two-node tests, do not overwrite each other.
 type metrics struct {
-	// watchFailing is 1 while list or watch calls for a resource fail.
+	// watchFailing is 1 from a failed list or watch of a resource until a
+	// watch of it works again.
 	watchFailing *prometheus.GaugeVec
 	// snapshots counts snapshots delivered.
 	snapshots prometheus.Counter
@@ -20,7 +21,7 @@ func newMetrics() *metrics {
 	return &metrics{
 		watchFailing: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "ztdns_kube_watch_failing",
-			Help: "1 while list or watch calls to the API server fail for the resource; the last state is served meanwhile.",
+			Help: "1 from a failed list or watch call to the API server for the resource, or a watch stream that ended in an error or within 1 s with no event, until a watch of it stays open 1 s; the last state is served meanwhile.",
 		}, []string{"resource"}),
 		snapshots: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "ztdns_kube_snapshots_total",

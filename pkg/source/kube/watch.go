@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"time"
 
 	"github.com/go-logr/logr"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -116,17 +117,10 @@ func (r *run) newStore(k kind) objectStore {
 	panic(fmt.Sprintf("kube: no store for kind %d", k))
 }
 
-// listWatch is k's list and watch calls at e, each reporting to health.
+// listWatch is k's list and watch calls at e, each reporting to health. A
+// list that works clears no failure: the reflector lists exactly when its
+// watches fail, so only a watch that works (see judgeWatch) does.
 func (r *run) listWatch(k kind, e endpoint) *cache.ListWatch {
-	list := func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
-		return r.clients.list(ctx, e, o)
-	}
-	watchFn := func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
-		return r.clients.watch(ctx, e, o)
-	}
-	if k == kindIstiodAllocator {
-		list, watchFn = r.tolerateForbidden(list, watchFn)
-	}
 	observe := func(ctx context.Context, err error) {
 		r.health.observe(ctx, k.String(), err)
 		if k == kindServiceEntries && apierrors.IsNotFound(err) {
@@ -136,18 +130,44 @@ func (r *run) listWatch(k kind, e endpoint) *cache.ListWatch {
 			}
 		}
 	}
+	list := func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+		return r.clients.list(ctx, e, o)
+	}
+	watchFn := func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+		start := time.Now()
+		w, err := r.clients.watch(ctx, e, o)
+		if err != nil {
+			return nil, err
+		}
+		return judgeWatch(w, start, func(err error) { observe(ctx, err) }), nil
+	}
+	if k == kindIstiodAllocator {
+		list, watchFn = r.tolerateForbidden(list, watchFn)
+	}
 	return &cache.ListWatch{
 		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
 			obj, err := list(ctx, o)
-			observe(ctx, err)
+			if err != nil {
+				observe(ctx, err)
+			}
 			return obj, err
 		},
 		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
 			w, err := watchFn(ctx, o)
-			observe(ctx, err)
+			if err != nil && !watchListRefused(o, err) {
+				observe(ctx, err)
+			}
 			return w, err
 		},
 	}
+}
+
+// watchListRefused reports whether err is an API server's refusal of a
+// watch-list request (sendInitialEvents): one without the WatchList
+// feature (before Kubernetes 1.32 by default) answers it as invalid, and
+// the reflector then lists and watches as before, which is no failure.
+func watchListRefused(o metav1.ListOptions, err error) bool {
+	return o.SendInitialEvents != nil && *o.SendInitialEvents && apierrors.IsInvalid(err)
 }
 
 // start runs k's reflector until ctx ends, filling a new store for k.
