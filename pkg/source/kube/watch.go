@@ -164,7 +164,7 @@ func (r *run) listWatch(k kind, e endpoint) *cache.ListWatch {
 
 // watchListRefused reports whether err is an API server's refusal of a
 // watch-list request (sendInitialEvents): one without the WatchList
-// feature (before Kubernetes 1.32 by default) answers it as invalid, and
+// feature gate on answers it as invalid, and
 // the reflector then lists and watches as before, which is no failure.
 func watchListRefused(o metav1.ListOptions, err error) bool {
 	return o.SendInitialEvents != nil && *o.SendInitialEvents && apierrors.IsInvalid(err)
