@@ -61,6 +61,10 @@ type Builder struct {
 	last *Table
 	// warnings are the objects' warnings, for those that have any.
 	warnings map[objKey][]error
+	// hidden are, for names several entries hold, the warnings of the
+	// ServiceEntries among them that never answer (hiddenEntries); nil
+	// until one has any.
+	hidden map[nameKey][]objWarning
 	// added and dropped are this build's changes: the entries of new and
 	// changed objects, and those of the last table that go. Kept between
 	// builds for their capacity.
@@ -383,7 +387,8 @@ func ptrAddrs(e *Entry) []netip.Addr {
 
 // Build returns the table for s. Problems with single objects (a host that
 // is not a valid DNS name, say) come back as warnings and leave that object
-// out; everything else is built.
+// out; everything else is built. So do ServiceEntries built but never
+// answered, an older one of their namespace naming the host (hiddenEntries).
 func (b *Builder) Build(s *model.Snapshot) (*Table, []error) {
 	b.gen++
 	b.buildServices(s)
@@ -394,14 +399,66 @@ func (b *Builder) Build(s *model.Snapshot) (*Table, []error) {
 	clear(b.discarded)
 	// In the objects' order, not the map's: the agent keeps and shows the
 	// first few, which must not change from one build to the next.
-	keys := slices.SortedFunc(maps.Keys(b.warnings), func(x, y objKey) int {
-		return cmp.Or(strings.Compare(x.ns, y.ns), strings.Compare(x.name, y.name))
+	keys := slices.SortedFunc(maps.Keys(b.warnings), compareObjKeys)
+	var hidden []objWarning
+	for _, ws := range b.hidden {
+		hidden = append(hidden, ws...)
+	}
+	slices.SortFunc(hidden, func(x, y objWarning) int {
+		return cmp.Or(compareObjKeys(x.key, y.key), strings.Compare(x.err.Error(), y.err.Error()))
 	})
 	var warnings []error
 	for _, k := range keys {
+		for ; len(hidden) > 0 && compareObjKeys(hidden[0].key, k) < 0; hidden = hidden[1:] {
+			warnings = append(warnings, hidden[0].err)
+		}
 		warnings = append(warnings, b.warnings[k]...)
 	}
+	for _, w := range hidden {
+		warnings = append(warnings, w.err)
+	}
 	return t, warnings
+}
+
+func compareObjKeys(x, y objKey) int {
+	return cmp.Or(strings.Compare(x.ns, y.ns), strings.Compare(x.name, y.name))
+}
+
+// objWarning is a warning about the object key.
+type objWarning struct {
+	key objKey
+	err error
+}
+
+// nameKey is a key of the table's names: an exact name, or the suffix of
+// a wildcard.
+type nameKey struct {
+	wildcard bool
+	k        string
+}
+
+// checkHidden remakes the warnings of the hidden ServiceEntries of the
+// names whose lists this build remade: only names several entries hold,
+// or held, are in ed, so a build that changes none costs nothing here.
+func (b *Builder) checkHidden(t *Table, ed *edits[string]) {
+	check := func(key editKey[string]) {
+		k := nameKey{wildcard: key.sh == &t.wildcards, k: key.k}
+		delete(b.hidden, k)
+		if ws := hiddenEntries(key.sh.many[key.k]); len(ws) > 0 {
+			if b.hidden == nil {
+				b.hidden = map[nameKey][]objWarning{}
+			}
+			b.hidden[k] = ws
+		}
+	}
+	for key := range ed.removed {
+		if _, added := ed.adds[key]; !added {
+			check(key)
+		}
+	}
+	for key := range ed.adds {
+		check(key)
+	}
 }
 
 // keptEntries bounds the capacity of a list of changed entries kept for the
@@ -708,6 +765,7 @@ func (b *Builder) assemble() *Table {
 		}
 	}
 	t.size += nameEdits.apply(gone, compareEntries, 0, nil)
+	b.checkHidden(t, &nameEdits)
 	addrEdits.apply(gone, compareOwners, maxPTROwners, b.moreOwners)
 	return t
 }

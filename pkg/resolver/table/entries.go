@@ -585,6 +585,126 @@ func vipless(n names, e *Entry) *Entry {
 	return e
 }
 
+// hiddenEntries warns of the ServiceEntries among the entries of one name
+// (in compareEntries order) that no pod gets: istiod keeps one object per
+// namespace and host, its Service, else its oldest ServiceEntry with or
+// without an address (choose), so a newer ServiceEntry there with
+// addresses never answers a pod that sees an older one. One warning per
+// object and name; none for one that some pods still get (an older one
+// exported to fewer namespaces), nor for one hidden by a Service.
+func hiddenEntries(list []*Entry) []objWarning {
+	if len(list) < 2 {
+		return nil
+	}
+	// Per namespace, its first entry and its first visible from every
+	// namespace: the two that may hide the rest. Searched for in a short
+	// list, kept in a map for a long one.
+	var heads map[string]nsHeads
+	if len(list) > shortList {
+		heads = map[string]nsHeads{}
+	}
+	var out []objWarning
+	for j, e := range list {
+		var h nsHeads
+		if heads == nil {
+			for _, x := range list[:j] {
+				if x.src.namespace == e.src.namespace {
+					h = h.with(x)
+				}
+			}
+		} else {
+			h = heads[e.src.namespace]
+			heads[e.src.namespace] = h.with(e)
+		}
+		if j > 0 && list[j-1].src == e.src {
+			continue // a host the object lists twice: warned of once
+		}
+		if by := h.hider(e); by != nil {
+			out = append(out, objWarning{key: e.src.objKey(), err: hiddenWarning(e, by)})
+		}
+	}
+	return out
+}
+
+// nsHeads are a namespace's first entry of a name, and its first visible
+// from every namespace.
+type nsHeads struct{ first, all *Entry }
+
+func (h nsHeads) with(e *Entry) nsHeads {
+	if h.first == nil {
+		h.first = e
+	}
+	if h.all == nil && exportToOf(e) == nil {
+		h.all = e
+	}
+	return h
+}
+
+// hider is the older ServiceEntry of its namespace that keeps e, a later
+// entry of that namespace, from every pod that sees e; nil when there is
+// none, or e answers nothing anyway.
+func (h nsHeads) hider(e *Entry) *Entry {
+	if e.src.kind != kindServiceEntry || e.passed || e.forward || !seenBySome(e) {
+		return nil
+	}
+	for _, x := range [2]*Entry{h.first, h.all} {
+		if x != nil && x.src != e.src && coversExport(x, e) {
+			if x.src.kind != kindServiceEntry {
+				return nil
+			}
+			return x
+		}
+	}
+	return nil
+}
+
+// exportToOf is e's exportSet: nil when every namespace sees it.
+func exportToOf(e *Entry) []string {
+	if e.src.se == nil {
+		return nil
+	}
+	return e.src.se.exportTo
+}
+
+// seenBySome reports whether some pod sees e.
+func seenBySome(e *Entry) bool {
+	ns := exportToOf(e)
+	return ns == nil || slices.ContainsFunc(ns, func(n string) bool { return n != "" })
+}
+
+// coversExport reports whether every namespace that sees e sees x.
+func coversExport(x, e *Entry) bool {
+	xs, es := exportToOf(x), exportToOf(e)
+	if xs == nil {
+		return true
+	}
+	if es == nil {
+		return false
+	}
+	for _, n := range es {
+		if _, found := slices.BinarySearch(xs, n); !found { // exportSet sorts
+			return false
+		}
+	}
+	return true
+}
+
+// hiddenWarning says why e never answers, by being its namespace's
+// object for the name.
+func hiddenWarning(e, by *Entry) error {
+	host := strings.TrimSuffix(e.Name, ".")
+	older := "the older " + originOf(by.src).String()
+	if !by.src.created().Before(e.src.created()) {
+		older = originOf(by.src).String() + ", as old and first by name,"
+	}
+	if by.passed || by.forward {
+		return fmt.Errorf("%s: host %q is not answered: %s names it in namespace %s without an address, and one object per namespace and host is served (as istiod sends ztunnel); give %s/%s an address or remove the host from it",
+			originOf(e.src), host, older, by.src.namespace, by.src.namespace, by.src.name)
+	}
+	return fmt.Errorf("%s: host %q is not answered: %s names it in namespace %s too, and one object per namespace and host is served (as istiod sends ztunnel); remove the host from one of them",
+		originOf(e.src), host, older, by.src.namespace)
+}
+
 // exportSet turns spec.exportTo into the namespaces that see an entry; nil
 // means all. "." is the entry's own namespace, "*" everyone, "~" nobody.
 // A list Istio's validation rejects (checkExportTo) still means something:

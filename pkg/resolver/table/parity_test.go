@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -87,6 +88,103 @@ func TestDiscardedServiceEntryDoesNotAnswer(t *testing.T) {
 	tbl, _ = Build(&model.Snapshot{ServiceEntries: ses}, Options{})
 	resolvesTo(t, tbl, "api.example.com.", nil, "a")
 	resolvesTo(t, tbl, "api.example.com.", addrs("198.51.100.7"), "c")
+}
+
+// A ServiceEntry that never answers, being newer than its namespace's
+// object for a host, gets a warning naming both and saying why: the
+// operator who adds it sees it ignored otherwise. Once per object and
+// host; none for one some pods still get, nor for one that has no address
+// to answer with anyway.
+func TestHiddenServiceEntryWarns(t *testing.T) {
+	old := func(hosts ...string) model.ServiceEntry {
+		return model.ServiceEntry{Namespace: "a", Name: "old", Created: t0, Hosts: hosts, Resolution: "NONE"}
+	}
+	newer := func(hosts ...string) model.ServiceEntry {
+		return model.ServiceEntry{Namespace: "a", Name: "new", Created: t0.Add(time.Hour), Hosts: hosts, Resolution: "STATIC",
+			Addresses: addrs("198.51.100.7")}
+	}
+	const noAddress = `ServiceEntry a/new: host "api.example.com" is not answered: the older ServiceEntry a/old names it in namespace a without an address, ` +
+		`and one object per namespace and host is served (as istiod sends ztunnel); give a/old an address or remove the host from it`
+	const withAddress = `ServiceEntry a/new: host "api.example.com" is not answered: the older ServiceEntry a/old names it in namespace a too, ` +
+		`and one object per namespace and host is served (as istiod sends ztunnel); remove the host from one of them`
+	withVIP := old("api.example.com")
+	withVIP.Resolution, withVIP.Addresses = "STATIC", addrs("198.51.100.6")
+	optedOut := old("api.example.com")
+	optedOut.Resolution = "DNS"
+	autoNew := newer("api.example.com")
+	autoNew.Resolution, autoNew.Addresses, autoNew.AutoAllocate = "DNS", nil, true
+	exportedHere := old("api.example.com")
+	exportedHere.ExportTo = []string{"."}
+	onlyHere := newer("api.example.com")
+	onlyHere.ExportTo = []string{"."}
+	twice := newer("api.example.com", "API.example.com")
+	vipless := newer("api.example.com")
+	vipless.Addresses = nil
+	elsewhere := newer("api.example.com")
+	elsewhere.Namespace = "b"
+	same := newer("api.example.com")
+	same.Created = t0
+
+	cases := []struct {
+		name string
+		ses  []model.ServiceEntry
+		want []string // substrings of the warnings, in order
+	}{
+		{"older without an address", []model.ServiceEntry{old("api.example.com"), newer("api.example.com")}, []string{noAddress}},
+		{"older opted out, newer auto-allocated", []model.ServiceEntry{optedOut, autoNew}, []string{noAddress}},
+		{"older with an address", []model.ServiceEntry{withVIP, newer("api.example.com")}, []string{withAddress}},
+		{"as old", []model.ServiceEntry{same, withVIP}, []string{`ServiceEntry a/new, as old and first by name, names it in namespace a too`}},
+		{"under .svc", []model.ServiceEntry{old("legacy.shop.svc.cluster.local"), newer("legacy.shop.svc.cluster.local")},
+			[]string{`ServiceEntry a/new: host "legacy.shop.svc.cluster.local" is not answered: the older ServiceEntry a/old names it in namespace a without an address`}},
+		{"wildcard", []model.ServiceEntry{old("*.example.com"), newer("*.example.com")},
+			[]string{`ServiceEntry a/new: host "*.example.com" is not answered: the older ServiceEntry a/old names it in namespace a without an address`}},
+		{"listed twice", []model.ServiceEntry{old("api.example.com"), twice}, []string{noAddress}},
+		{"newer seen only where the older is", []model.ServiceEntry{exportedHere, onlyHere}, []string{noAddress}},
+		{"newer seen where the older is not", []model.ServiceEntry{exportedHere, newer("api.example.com")}, nil},
+		{"newer without an address either", []model.ServiceEntry{old("api.example.com"), vipless}, nil},
+		{"another namespace", []model.ServiceEntry{old("api.example.com"), elsewhere}, nil},
+		{"other hosts", []model.ServiceEntry{old("api.example.com"), newer("web.example.com")}, nil},
+	}
+	for _, c := range cases {
+		_, warnings := Build(&model.Snapshot{ServiceEntries: c.ses}, Options{})
+		if len(warnings) != len(c.want) {
+			t.Errorf("%s: warnings %v, want %d", c.name, warnings, len(c.want))
+			continue
+		}
+		for i, w := range c.want {
+			if !strings.Contains(warnings[i].Error(), w) {
+				t.Errorf("%s: warning %q, want %q", c.name, warnings[i], w)
+			}
+		}
+	}
+
+	// Kept while nothing changes, gone with the older one, back with it,
+	// and once among many namespaces naming the host (more than a short
+	// list), incrementally as in a fresh build.
+	bld := NewBuilder(Options{})
+	ses := []model.ServiceEntry{old("api.example.com"), newer("api.example.com")}
+	for i := range 12 {
+		ses = append(ses, model.ServiceEntry{Namespace: fmt.Sprintf("ns%02d", i), Name: "se", Created: t0.Add(time.Minute),
+			Hosts: []string{"api.example.com"}, Resolution: "STATIC", Addresses: addrs("198.51.100.8")})
+	}
+	steps := []struct {
+		ses  []model.ServiceEntry
+		want int
+	}{
+		{ses[:2], 1}, {ses[:2], 1}, {ses[1:2], 0}, {ses[:2], 1}, {ses, 1}, {ses[1:], 0}, {ses[:3], 1},
+	}
+	for i, step := range steps {
+		snap := &model.Snapshot{ServiceEntries: slices.Clone(step.ses)}
+		_, warnings := bld.Build(snap)
+		_, fresh := Build(snap, Options{})
+		if len(warnings) != step.want || !slices.EqualFunc(warnings, fresh, func(a, b error) bool { return a.Error() == b.Error() }) {
+			t.Errorf("step %d: warnings %v, fresh %v, want %d", i, warnings, fresh, step.want)
+			continue
+		}
+		if step.want > 0 && warnings[0].Error() != noAddress {
+			t.Errorf("step %d: warning %q, want %q", i, warnings[0], noAddress)
+		}
+	}
 }
 
 // Under .svc.<domain> ztunnel keeps a ServiceEntry host without a VIP (it
