@@ -54,18 +54,22 @@ func TestUpstreamsForFallback(t *testing.T) {
 }
 
 // TestConfiguredUpstreamsKeepTheirLabel: with the --metrics-max-upstreams
-// labels all taken by addresses pods chose, queries to --upstream and to a
-// single address of --capture-nameservers (the cluster DNS, as pods ask it
-// on port 53) are still counted under their own `to`, not as "other".
+// labels all taken by addresses pods chose, queries to --upstream are still
+// counted under their own `to`, not as "other"; so would those to a single
+// address of --capture-nameservers (the cluster DNS, as pods ask it on port
+// 53), which is among the known upstreams.
 func TestConfiguredUpstreamsKeepTheirLabel(t *testing.T) {
 	upstream := dnstest.Start(t, "127.0.0.1:0", dnstest.Zone{}).Addr
 	chosen := dnstest.Start(t, "127.0.0.1:0", dnstest.Zone{}).Addr
 	unlabelled := dnstest.Start(t, "127.0.0.1:0", dnstest.Zone{}).Addr
-	// Nothing need answer there: a refused query is counted under its
-	// upstream too. Loopback, so that no packet leaves the machine.
-	clusterDNS := netip.MustParseAddrPort("127.0.0.153:53")
+	// The cluster DNS of the capture list is never asked here: no packet
+	// may leave the machine, and the programs never capture a loopback
+	// nameserver, so none can stand in for it. That it is known is checked
+	// on knownUpstreams; that known upstreams keep their label, on the
+	// configured upstream (and in forward's tests).
+	clusterDNS := netip.MustParseAddrPort("198.51.100.53:53")
 	reg := prometheus.NewRegistry()
-	a, err := newAgent(Config{
+	cfg := Config{
 		Source:            configdir.New(t.TempDir()),
 		Listen:            []netip.AddrPort{netip.MustParseAddrPort("169.254.20.53:53")},
 		Upstreams:         []netip.AddrPort{upstream},
@@ -73,7 +77,11 @@ func TestConfiguredUpstreamsKeepTheirLabel(t *testing.T) {
 		ForwardTimeout:    time.Second,
 		MaxUpstreamSeries: 1,
 		Registry:          reg,
-	})
+	}
+	if got, want := knownUpstreams(cfg), []netip.AddrPort{upstream, clusterDNS}; !slices.Equal(got, want) {
+		t.Errorf("known upstreams %v, want %v: the configured upstream and the capture list's single address, on port 53", got, want)
+	}
+	a, err := newAgent(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -87,7 +95,7 @@ func TestConfiguredUpstreamsKeepTheirLabel(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, u := range []netip.AddrPort{chosen, unlabelled, upstream, clusterDNS} {
+	for _, u := range []netip.AddrPort{chosen, unlabelled, upstream} {
 		if _, err := a.fwd.Forward(context.Background(), query, false, []netip.AddrPort{u}); err != nil {
 			t.Fatalf("forward to %s: %v", u, err)
 		}
@@ -109,7 +117,7 @@ func TestConfiguredUpstreamsKeepTheirLabel(t *testing.T) {
 			}
 		}
 	}
-	want := map[string]bool{chosen.String(): true, "other": true, upstream.String(): true, clusterDNS.String(): true}
+	want := map[string]bool{chosen.String(): true, "other": true, upstream.String(): true}
 	if !maps.Equal(got, want) {
 		t.Errorf("upstream queries counted to %v, want %v", slices.Sorted(maps.Keys(got)), slices.Sorted(maps.Keys(want)))
 	}
