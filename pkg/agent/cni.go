@@ -224,8 +224,8 @@ func (a *Agent) replayAdd(dir string, ad control.CNIAddRequest) {
 
 // housekeepingInterval is how often a serving agent looks again at what no
 // event tells it: CNI events recorded while no agent answered, network
-// namespaces gone without a DEL (capture's Redecide), and nameserver slots
-// an unmark left behind.
+// namespaces gone without a DEL (capture's Redecide, or dropGoneRecords
+// without capture), and nameserver slots an unmark left behind.
 var housekeepingInterval = 30 * time.Second
 
 // keepHouse runs the looks of housekeepingInterval until ctx ends or the
@@ -243,11 +243,39 @@ func (a *Agent) keepHouse(ctx context.Context) {
 		if a.handedOver.Load() {
 			return
 		}
-		a.replayPending()
-		if a.capture != nil {
-			a.capture.ctl.Redecide()
-			a.capture.ctl.SweepNameservers()
+		a.housekeep()
+	}
+}
+
+// housekeep is one of keepHouse's looks.
+func (a *Agent) housekeep() {
+	a.replayPending()
+	if a.capture == nil {
+		a.dropGoneRecords()
+		return
+	}
+	a.capture.ctl.Redecide()
+	a.capture.ctl.SweepNameservers()
+}
+
+// dropGoneRecords forgets, without capture (whose Redecide does it), the
+// ADDs' records whose network namespace is gone: a lost DEL would leave the
+// record claiming its IP, and the pod given that IP next would be answered
+// as the dead pod (its namespace's names) for as long as the agent runs.
+// The namespaces are looked at outside cniMu, so no ADD waits for them; a
+// record an event replaced meanwhile is left.
+func (a *Agent) dropGoneRecords() {
+	ns := capture.ProcNamespaces{Root: a.cfg.ProcRoot}
+	for key, att := range a.pods.Attachments() {
+		if !capture.NetnsGone(ns, att) {
+			continue
 		}
+		a.cniMu.Lock()
+		if cur, ok := a.pods.Attachment(key); ok && cur.NetnsCookie == att.NetnsCookie && cur.NetnsPath == att.NetnsPath {
+			a.pods.Detach(key)
+			a.log.Info("pod's network namespace is gone; forgetting it", "pod", att.Namespace+"/"+att.Name, "container", att.ContainerID, "netns", att.NetnsPath)
+		}
+		a.cniMu.Unlock()
 	}
 }
 

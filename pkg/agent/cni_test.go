@@ -492,3 +492,54 @@ func TestAddWithAnIPv4MappedAddress(t *testing.T) {
 		t.Errorf("%s is %v's, want shop/web-0's", ip, p)
 	}
 }
+
+// TestGoneNetnsRecordDroppedWithoutCapture: with --capture=false an ADD
+// still records its pod (it tells the resolver who is asking), and only a
+// DEL removed the record: after a lost DEL the dead pod's record kept its
+// IP, and the next pod given that IP was answered as the dead one (its
+// namespace's view). Housekeeping drops a record whose network namespace is
+// gone, as capture's Redecide does, and keeps one whose namespace lives.
+func TestGoneNetnsRecordDroppedWithoutCapture(t *testing.T) {
+	testenv.RequireRoot(t)
+	a := &Agent{cfg: Config{NodeName: testNode, ProcRoot: "/proc", Socket: filepath.Join(t.TempDir(), "ztdns.sock")},
+		log: slog.New(slog.DiscardHandler), pods: podcache.New("cluster.local"), hostCookies: nodeCookies("/proc")}
+	add := func(n *testenv.Netns, namespace, name, id string, ip netip.Addr) {
+		t.Helper()
+		cookie, err := redirect.NetnsCookie(n.Path())
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := a.cniAdd(control.CNIAddRequest{ContainerID: id, Netns: n.Path(), IfName: "eth0", PodNamespace: namespace, PodName: name,
+			IPs: []netip.Addr{ip}, NetnsCookie: cookie})
+		if err != nil || resp.Captured {
+			t.Fatalf("ADD of %s/%s = %+v, %v; want not captured", namespace, name, resp, err)
+		}
+	}
+	ip, liveIP := netip.MustParseAddr("203.0.113.41"), netip.MustParseAddr("203.0.113.42")
+	dead, live := podNetns(t, ip.String()+"/32"), podNetns(t, liveIP.String()+"/32")
+	add(dead, "zeta", "old", "c0ffee10", ip)
+	add(live, "shop", "kept", "c0ffee11", liveIP)
+	if p := a.pods.Lookup(ip); p == nil || p.Key() != "zeta/old" {
+		t.Fatalf("%s is %v's, want zeta/old's", ip, p)
+	}
+
+	// The runtime removes the sandbox (unmounting its namespace); the DEL
+	// never arrives.
+	if out, err := exec.Command("umount", dead.Path()).CombinedOutput(); err != nil {
+		t.Fatalf("umount %s: %v\n%s", dead.Path(), err, out)
+	}
+	a.housekeep()
+	if p := a.pods.Get("zeta", "old"); p != nil {
+		t.Errorf("zeta/old still recorded (%+v) after its network namespace is gone", p.Attachment)
+	}
+	if p := a.pods.Lookup(liveIP); p == nil || p.Key() != "shop/kept" {
+		t.Errorf("%s is %v's, want shop/kept's: its namespace lives", liveIP, p)
+	}
+
+	// The next pod given the IP is answered as itself (the dead one, whose
+	// name sorts after, would take the IP if it were still recorded).
+	add(podNetns(t, ip.String()+"/32"), "shop", "web", "c0ffee12", ip)
+	if p := a.pods.Lookup(ip); p == nil || p.Key() != "shop/web" {
+		t.Errorf("%s is %v's, want shop/web's", ip, p)
+	}
+}

@@ -271,15 +271,19 @@ func (c *Controller) ForgetAdopted(namespace, name, netnsPath string) ([]podcach
 	return released, errors.Join(errs...)
 }
 
-// netnsGone reports whether the network namespace an attachment records is
-// known to be gone: nothing is at its path any more, or another namespace
-// is (a process's ns/net whose PID was reused). An error that says neither
-// (the agent may not open it, say) is no proof: the record stays.
-func (c *Controller) netnsGone(a podcache.Attachment) bool {
+func (c *Controller) netnsGone(a podcache.Attachment) bool { return NetnsGone(c.netns, a) }
+
+// NetnsGone reports whether the network namespace an attachment records is
+// known to be gone, looking through ns: nothing is at its path any more, or
+// another namespace is (a process's ns/net whose PID was reused). An error
+// that says neither (the agent may not open it, say) is no proof: the
+// record stays. Exported for an agent without capture, which keeps records
+// but no controller.
+func NetnsGone(ns Namespaces, a podcache.Attachment) bool {
 	if a.NetnsPath == "" {
 		return false
 	}
-	cookie, err := c.netns.Cookie(a.NetnsPath)
+	cookie, err := ns.Cookie(a.NetnsPath)
 	if err != nil {
 		return errors.Is(err, redirect.ErrNoNetns) || errors.Is(err, fs.ErrNotExist)
 	}
