@@ -122,7 +122,8 @@ func (c *Cache) Owners() map[netip.Addr]*Pod { return c.view.Load().byIP }
 // OnChange calls f after every change of the registry, until stop is
 // called. Calls come one at a time, in order, while writers wait: f must
 // be quick, and may read the cache only through the methods that take no
-// lock (Lookup, Owners, ByCookie); any other call from f deadlocks.
+// lock (Lookup, Owners, ByCookie, Get, List); any other call from f
+// deadlocks.
 func (c *Cache) OnChange(f func()) (stop func()) {
 	c.mu.Lock()
 	defer c.mu.Unlock()

@@ -1,7 +1,6 @@
 package resolver
 
 import (
-	"slices"
 	"sync"
 	"sync/atomic"
 
@@ -224,17 +223,31 @@ const (
 )
 
 // namespaceCounts counts answered queries per namespace of the asking pod:
-// the first max namespaces that ask get a slot of their own, the rest share
-// namespaceOther, so the series stay bounded however many namespaces come
-// and go. A pod remembers its slot (podcache.Pod.NamespaceSlot), so the hot
-// path takes no lock and makes no map lookup.
+// a namespace gets a slot of its own when it asks while fewer than max
+// namespaces have one, else it shares namespaceOther. A slot is freed when
+// the registry has no pod of its namespace left (forget), for the next
+// namespace to ask: the series are bounded and follow the namespaces of
+// the node's pods, not the first ones ever seen. A pod remembers its slot
+// (podcache.Pod.NamespaceSlot), so the hot path takes no lock and makes no
+// map lookup.
+//
+// A slot number may outlive its namespace's hold on it: in the memo of a
+// pod object a query in flight still holds (the registry makes new pod
+// objects, their memo unset, on every change), or in a UDP batch's counts
+// not yet flushed. Such a count is added to counts[slot], which stays in
+// range and is atomic: the worst it does is count those few queries of a
+// namespace that is gone in the slot's next namespace, or in a free slot,
+// whose count is dropped when the slot is taken again. Such a query may
+// also take a slot for its gone namespace, until the registry's next
+// change frees it.
 type namespaceCounts struct {
-	counts []atomic.Uint64 // by slot: slotUnknown, slotOther, then namespaces
+	counts []atomic.Uint64 // by slot: slotUnknown, slotOther, then namespaces; never resized
 
 	mu    sync.Mutex
 	max   int
 	slots map[string]int32
-	names []string // by slot
+	names []string // by slot; "" for a free one
+	free  []int32  // slots freed by forget, taken before namespaceOther
 }
 
 const (
@@ -268,7 +281,14 @@ func (nc *namespaceCounts) assign(pod *podcache.Pod) int32 {
 	s, ok := nc.slots[pod.Namespace]
 	if !ok {
 		s = slotOther
-		if len(nc.names)-2 < nc.max {
+		switch {
+		case len(nc.free) > 0:
+			s = nc.free[len(nc.free)-1]
+			nc.free = nc.free[:len(nc.free)-1]
+			nc.counts[s].Store(0) // what queries in flight added since it was freed
+			nc.names[s] = pod.Namespace
+			nc.slots[pod.Namespace] = s
+		case len(nc.names)-2 < nc.max:
 			s = int32(len(nc.names))
 			nc.names = append(nc.names, pod.Namespace)
 			nc.slots[pod.Namespace] = s
@@ -277,6 +297,40 @@ func (nc *namespaceCounts) assign(pod *podcache.Pod) int32 {
 	nc.mu.Unlock()
 	pod.NamespaceSlot.Store(s)
 	return s
+}
+
+// forget frees the slots of the namespaces none of pods (every pod of the
+// registry, host-network and address-less ones included) is in: their
+// series leave the output, and a namespace that comes back starts again at
+// 0, as a Prometheus counter may.
+func (nc *namespaceCounts) forget(pods []*podcache.Pod) {
+	nc.mu.Lock()
+	defer nc.mu.Unlock()
+	if len(nc.slots) == 0 {
+		return
+	}
+	live := make(map[string]struct{}, len(nc.slots))
+	for _, p := range pods {
+		live[p.Namespace] = struct{}{}
+	}
+	freed := false
+	for ns, s := range nc.slots {
+		if _, ok := live[ns]; !ok {
+			delete(nc.slots, ns)
+			nc.names[s] = ""
+			nc.free = append(nc.free, s)
+			freed = true
+		}
+	}
+	if !freed {
+		return
+	}
+	// A pod that asked between the registry's change and this call may
+	// have taken namespaceOther for want of the slot just freed: let it
+	// look again.
+	for _, p := range pods {
+		p.NamespaceSlot.CompareAndSwap(slotOther, slotUnknown)
+	}
 }
 
 // batchCounts gathers one UDP batch's counts in plain integers: the loop
@@ -369,7 +423,8 @@ var (
 			"UDP answers from the table are timed per batch of datagrams read at once: each counts the batch's time.",
 		[]string{"source"}, nil)
 	namespaceDesc = prometheus.NewDesc("ztdns_dns_namespace_requests_total",
-		"DNS queries answered, by the asking pod's namespace: the first --metrics-max-namespaces namespaces to ask have their own; "+
+		"DNS queries answered, by the asking pod's namespace: up to --metrics-max-namespaces namespaces have their own, "+
+			"taken when one asks and given up when the node has no pod of it left (it starts again at 0 if it comes back); "+
 			"the rest count as \"_other\", and sources that are no known pod (the node, host-network pods) as \"_unknown\".",
 		[]string{"namespace"}, nil)
 )
@@ -407,13 +462,22 @@ func (m *requestMetrics) collect(ch chan<- prometheus.Metric) {
 		}
 		ch <- prometheus.MustNewConstHistogram(durationDesc, count, float64(h.sumNs.Load())/1e9, buckets, sourceLabels[src])
 	}
+	// The counts are read with the names, so that a slot freed and taken
+	// again meanwhile cannot show one namespace's count under another's.
+	type series struct {
+		name string
+		v    uint64
+	}
+	var ns []series
 	nc := &m.namespaces
 	nc.mu.Lock()
-	names := slices.Clone(nc.names)
-	nc.mu.Unlock()
-	for slot, name := range names {
-		if v := nc.counts[slot].Load(); v > 0 {
-			ch <- prometheus.MustNewConstMetric(namespaceDesc, prometheus.CounterValue, float64(v), name)
+	for slot, name := range nc.names {
+		if v := nc.counts[slot].Load(); v > 0 && name != "" {
+			ns = append(ns, series{name, v})
 		}
+	}
+	nc.mu.Unlock()
+	for _, s := range ns {
+		ch <- prometheus.MustNewConstMetric(namespaceDesc, prometheus.CounterValue, float64(s.v), s.name)
 	}
 }

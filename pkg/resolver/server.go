@@ -61,7 +61,9 @@ type Pods interface {
 	// Owners is every address Lookup finds a pod for, with the pod; the
 	// kernel's rate filter charges them to their pod.
 	Owners() map[netip.Addr]*podcache.Pod
-	// OnChange calls f after each change of Owners, until stop.
+	// List is every pod, those Owners leaves out included.
+	List() []*podcache.Pod
+	// OnChange calls f after each change of the pods, until stop.
 	OnChange(f func()) (stop func())
 }
 
@@ -169,9 +171,9 @@ type Server struct {
 	rate    quota.Rate
 	unknown *quota.Table
 	kernel  *kernelRate // nil: the rate is applied here only
-	// stopPods ends the kernel's filter following the pods (nil: it
-	// does not).
-	stopPods func()
+	// stopPods end the kernel's filter and the namespace series
+	// following the pods.
+	stopPods []func()
 	// attachRate puts the kernel's rate filter on a UDP socket (tests
 	// make it fail).
 	attachRate func(*net.UDPConn) error
@@ -242,6 +244,9 @@ func New(opts Options) *Server {
 	}
 	s.table.Store(&table.Table{})
 	s.metrics.namespaces.init(orDefault(opts.MaxNamespaceSeries, DefaultMaxNamespaceSeries))
+	if !opts.NoRequestMetrics {
+		s.stopPods = append(s.stopPods, opts.Pods.OnChange(func() { s.metrics.namespaces.forget(opts.Pods.List()) }))
+	}
 	if opts.KernelRate && s.rate != (quota.Rate{}) {
 		var err error
 		if s.kernel, err = newKernelRate(s.rate, s.log); err != nil {
@@ -249,7 +254,7 @@ func New(opts Options) *Server {
 		} else {
 			s.attachRate = s.kernel.attach
 			follow := func() { s.kernel.followPods(opts.Pods.Owners) }
-			s.stopPods = opts.Pods.OnChange(follow)
+			s.stopPods = append(s.stopPods, opts.Pods.OnChange(follow))
 			follow()
 		}
 	}
@@ -326,6 +331,7 @@ type noPods struct{}
 
 func (noPods) Lookup(netip.Addr) *podcache.Pod      { return nil }
 func (noPods) Owners() map[netip.Addr]*podcache.Pod { return nil }
+func (noPods) List() []*podcache.Pod                { return nil }
 func (noPods) OnChange(func()) (stop func())        { return func() {} }
 
 // SetTable swaps in a new table; queries already running finish on the old.
@@ -459,8 +465,8 @@ func (s *Server) Close() error {
 	s.cancel()
 	s.loops.Wait()
 	s.wg.Wait()
-	if s.stopPods != nil {
-		s.stopPods()
+	for _, stop := range s.stopPods {
+		stop()
 	}
 	if s.kernel != nil {
 		errs = append(errs, s.kernel.Close())
