@@ -20,7 +20,6 @@ import (
 
 	"github.com/ztdns/ztdns/internal/testenv"
 	"github.com/ztdns/ztdns/pkg/model"
-	"github.com/ztdns/ztdns/pkg/podcache"
 	"github.com/ztdns/ztdns/pkg/redirect"
 )
 
@@ -218,13 +217,7 @@ func TestRestoreKeepsAnAdoptedPodWhoseProcessExited(t *testing.T) {
 	_ = procs[0].Process.Kill()
 	_ = procs[0].Wait()
 
-	g := &fixture{pods: podcache.New("cluster.local"), marker: f.marker, dir: f.dir}
-	g.ctl = New(Config{StateDir: f.dir, NodeName: node, DNSCaptureDefault: true, HostCookies: ownCookie(t),
-		Logger: slog.New(slog.DiscardHandler)}, g.pods, g.marker, ProcNamespaces{})
-	t.Cleanup(g.ctl.Close)
-	if err := g.ctl.Restore(); err != nil {
-		t.Fatal(err)
-	}
+	g := f.restarted(t)
 	if got := g.marker.marked(); !slices.Equal(got, []uint64{cookie}) {
 		t.Errorf("marks after restore %v, want the running pod's (%d)", got, cookie)
 	}
