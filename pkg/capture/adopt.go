@@ -100,24 +100,20 @@ func (p ProcNamespaces) NodePath(path string) string {
 	return path
 }
 
-// Addrs implements Namespaces.
+// Addrs implements Namespaces. It reads through one open file, as a scan
+// does (inspect): the process may exit, and its PID be reused, since the
+// scan.
 func (p ProcNamespaces) Addrs(n Netns) ([]netip.Addr, error) {
-	fd, err := unix.Open(n.Path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, &fs.PathError{Op: "open", Path: n.Path, Err: err}
-	}
-	defer unix.Close(fd)
-	// Read through the one open file: the process may exit, and its PID
-	// be reused, since the scan.
-	self := "/proc/self/fd/" + strconv.Itoa(fd)
-	cookie, err := redirect.NetnsCookie(self)
-	if err != nil {
+	m, err := inspect(n.Path, nsID{}, false)
+	switch {
+	case err != nil:
 		return nil, err
-	}
-	if cookie != n.Cookie {
+	case m.Cookie != n.Cookie:
 		return nil, fmt.Errorf("%s: %w: the process there now lives in another one", n.Path, redirect.ErrNoNetns)
+	case m.TooManyAddrs:
+		return nil, fmt.Errorf("%s: %w: more than %d", n.Path, redirect.ErrTooManyAddrs, redirect.MaxNetnsAddrs)
 	}
-	return redirect.NetnsAddrs(self, redirect.MaxNetnsAddrs)
+	return m.Addrs, nil
 }
 
 // Scan implements Namespaces.
@@ -183,9 +179,9 @@ func usernsID(path string) (nsID, bool) {
 const nsGetUserns = 0xb701
 
 // inspect opens one process's network namespace and reads its cookie,
-// owning user namespace and, unless that is foreign, addresses through that
-// one open file (the process may exit, and its PID be reused, between the
-// listing and the reads).
+// owning user namespace (unless !haveInitial) and, unless that is foreign,
+// addresses through that one open file (the process may exit, and its PID
+// be reused, between the listing and the reads).
 func inspect(path string, initial nsID, haveInitial bool) (Netns, error) {
 	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {

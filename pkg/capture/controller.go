@@ -333,21 +333,14 @@ type liveNetns struct {
 }
 
 // moveAdopted keeps an adopted record whose path is gone (netnsGone) when
-// another process still holds its network namespace: an adopted record
-// names a process's ns/net, and that process (the lowest PID when it was
-// adopted, or a record an older agent made from another PID) can exit
-// while the pod runs on. The record
-// then names a live process of the namespace, found by a fresh scan (live
-// keeps it for the rest of the pass). It reports whether the record stays:
-// false for records that are not adopted, and when no process holds the
-// namespace; true, without a move, when the scan failed.
+// another process still holds its network namespace (follow), and records
+// the path of that process. It reports whether the record stays: false for
+// records that are not adopted, and when no process holds the namespace;
+// true, without a move, when the scan failed.
 func (c *Controller) moveAdopted(key string, a podcache.Attachment, live *liveNetns) bool {
-	if !strings.HasPrefix(key, AdoptedPrefix) {
-		return false
-	}
-	path, held := c.heldAt(a.NetnsCookie, live)
-	if !held || path == "" {
-		return held
+	moved, keep := c.follow(key, a, live)
+	if !keep || moved.NetnsPath == a.NetnsPath {
+		return keep
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -355,11 +348,34 @@ func (c *Controller) moveAdopted(key string, a podcache.Attachment, live *liveNe
 	if !ok || cur.NetnsCookie != a.NetnsCookie || c.fenced.Load() {
 		return true // forgotten or replaced meanwhile: nothing to move
 	}
-	cur.NetnsPath = path
+	cur.NetnsPath = moved.NetnsPath
 	c.pods.Attach(cur)
 	c.saveOrRetry()
-	c.log.Info("adopted pod's process is gone; following another process of its network namespace", "pod", cur.Namespace+"/"+cur.Name, "netns", path)
+	c.logFollowing(cur)
 	return true
+}
+
+// follow decides for a record whose path is gone (netnsGone) whether it
+// stays: an adopted record names a process's ns/net, and that process (the
+// lowest PID when it was adopted, or a record an older agent made from
+// another PID) can exit while the pod runs on. The record stays while a
+// live process holds its namespace, found by a fresh scan (live keeps it for
+// the rest of the pass), and is returned naming that process; a failed scan
+// keeps it as it is. Records that are not adopted do not stay. It takes no
+// lock: Restore calls it holding mu, moveAdopted without.
+func (c *Controller) follow(key string, a podcache.Attachment, live *liveNetns) (podcache.Attachment, bool) {
+	if !strings.HasPrefix(key, AdoptedPrefix) {
+		return a, false
+	}
+	path, held := c.heldAt(a.NetnsCookie, live)
+	if held && path != "" {
+		a.NetnsPath = path
+	}
+	return a, held
+}
+
+func (c *Controller) logFollowing(a podcache.Attachment) {
+	c.log.Info("adopted pod's process is gone; following another process of its network namespace", "pod", a.Namespace+"/"+a.Name, "netns", a.NetnsPath)
 }
 
 // heldAt returns where a live process holds the network namespace with

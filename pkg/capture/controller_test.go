@@ -235,6 +235,29 @@ func (f *fixture) attach(t *testing.T, a podcache.Attachment) podcache.Attachmen
 	return a
 }
 
+// restart is a new agent's controller over f's marks, record and
+// namespaces, with f's configuration; it has not read the record yet
+// (restarted has).
+func (f *fixture) restart(t *testing.T) *fixture {
+	t.Helper()
+	g := &fixture{pods: podcache.New("cluster.local"), marker: f.marker, netns: f.netns, dir: f.dir, now: f.now}
+	cfg := f.ctl.cfg
+	cfg.Now = func() time.Time { return g.now }
+	g.ctl = New(cfg, g.pods, g.marker, f.ctl.netns)
+	t.Cleanup(g.ctl.Close)
+	return g
+}
+
+// restarted is restart, the record read (Restore) as the agent starts.
+func (f *fixture) restarted(t *testing.T) *fixture {
+	t.Helper()
+	g := f.restart(t)
+	if err := g.ctl.Restore(); err != nil {
+		t.Fatal(err)
+	}
+	return g
+}
+
 func (f *fixture) savedRecord(t *testing.T) []podcache.Attachment {
 	t.Helper()
 	b, err := os.ReadFile(filepath.Join(f.dir, StateFile))
@@ -450,13 +473,7 @@ func TestRestore(t *testing.T) {
 	f.netns.add("/var/run/netns/replaced", 99, "10.0.0.5") // another netns at replaced's path
 	f.marker.Mark(30, redirect.PodInfo{})                  // a mark nobody records
 
-	g := &fixture{pods: podcache.New("cluster.local"), marker: f.marker, netns: f.netns, dir: f.dir}
-	g.ctl = New(Config{StateDir: f.dir, NodeName: node, DNSCaptureDefault: true, HostCookies: []uint64{hostCookie},
-		Logger: slog.New(slog.DiscardHandler)}, g.pods, g.marker, g.netns)
-	t.Cleanup(g.ctl.Close)
-	if err := g.ctl.Restore(); err != nil {
-		t.Fatal(err)
-	}
+	g := f.restarted(t)
 	if got, want := g.marker.marked(), []uint64{10, 11, 20}; !slices.Equal(got, want) {
 		t.Errorf("marks after restore %v, want %v (kept, lost-mark put back, the hand-marked one without a path)", got, want)
 	}
@@ -490,13 +507,7 @@ func TestRestoreKeepsWhatItCannotLookInto(t *testing.T) {
 	}
 	delete(f.netns.byPath, "/host/proc/200/ns/net") // gone's pod is gone
 
-	g := &fixture{pods: podcache.New("cluster.local"), marker: f.marker, netns: f.netns, dir: f.dir}
-	g.ctl = New(Config{StateDir: f.dir, NodeName: node, DNSCaptureDefault: true, HostCookies: []uint64{hostCookie},
-		Logger: slog.New(slog.DiscardHandler)}, g.pods, g.marker, g.netns)
-	t.Cleanup(g.ctl.Close)
-	if err := g.ctl.Restore(); err != nil {
-		t.Fatal(err)
-	}
+	g := f.restarted(t)
 	if got, want := g.marker.marked(), []uint64{10, 100}; !slices.Equal(got, want) {
 		t.Errorf("marks after restore %v, want %v (api's and web's, which could not be looked into)", got, want)
 	}
@@ -527,10 +538,7 @@ func TestRedecideWaitsForRestore(t *testing.T) {
 	}
 	f.ctl.Close()
 
-	g := &fixture{pods: podcache.New("cluster.local"), marker: f.marker, netns: f.netns, dir: f.dir}
-	g.ctl = New(Config{StateDir: f.dir, NodeName: node, DNSCaptureDefault: true, HostCookies: []uint64{hostCookie},
-		Logger: slog.New(slog.DiscardHandler)}, g.pods, g.marker, g.netns)
-	t.Cleanup(g.ctl.Close)
+	g := f.restart(t)
 	g.source([]model.Namespace{ambientNS}, pod("web", "10.0.0.2", nil)) // the first table, before Restore
 	if err := g.ctl.Restore(); err != nil {
 		t.Fatal(err)

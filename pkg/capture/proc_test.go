@@ -20,7 +20,6 @@ import (
 
 	"github.com/ztdns/ztdns/internal/testenv"
 	"github.com/ztdns/ztdns/pkg/model"
-	"github.com/ztdns/ztdns/pkg/podcache"
 	"github.com/ztdns/ztdns/pkg/redirect"
 )
 
@@ -125,28 +124,8 @@ func TestProcNamespacesScanKeepsTheLowestPID(t *testing.T) {
 // the pod stays captured and its record names the other process.
 func TestAdoptedPodOutlivesItsProcess(t *testing.T) {
 	testenv.RequireRoot(t)
-	n := testenv.NewNetns(t, testenv.UniqueName("ztcap-"))
 	addr := "203.0.113.78"
-	if out, err := exec.Command("ip", "-n", n.Name, "addr", "add", addr+"/32", "dev", "lo").CombinedOutput(); err != nil {
-		t.Fatalf("ip addr add: %v\n%s", err, out)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	var procs []*exec.Cmd
-	for range 2 {
-		cmd := n.Command(ctx, nil, "sleep", "600")
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { cancel(); _ = cmd.Wait() })
-		procs = append(procs, cmd)
-	}
-	slices.SortFunc(procs, func(a, b *exec.Cmd) int { return a.Process.Pid - b.Process.Pid })
-	cookie, err := redirect.NetnsCookie(n.Path())
-	if err != nil {
-		t.Fatal(err)
-	}
-	pathOf := func(c *exec.Cmd) string { return "/proc/" + strconv.Itoa(c.Process.Pid) + "/ns/net" }
+	procs, cookie := twoProcessNetns(t, addr)
 
 	f := newProcFixture(t)
 	f.source([]model.Namespace{ambientNS}, pod("web", addr, nil))
@@ -183,8 +162,41 @@ func TestAdoptedPodOutlivesItsProcess(t *testing.T) {
 // captured, never unmarked, its record naming the live process.
 func TestRestoreKeepsAnAdoptedPodWhoseProcessExited(t *testing.T) {
 	testenv.RequireRoot(t)
-	n := testenv.NewNetns(t, testenv.UniqueName("ztcap-"))
 	addr := "203.0.113.81"
+	procs, cookie := twoProcessNetns(t, addr)
+
+	f := newProcFixture(t)
+	f.source([]model.Namespace{ambientNS}, pod("web", addr, nil))
+	if p := f.pods.Get("shop", "web"); p.Attachment == nil || p.Attachment.NetnsPath != pathOf(procs[0]) {
+		t.Fatalf("web's attachment %+v, want adopted through the lower PID, %s", p.Attachment, pathOf(procs[0]))
+	}
+	f.ctl.Close()
+
+	// While no agent runs, the adopted process exits; the other holds the
+	// namespace.
+	_ = procs[0].Process.Kill()
+	_ = procs[0].Wait()
+
+	g := f.restarted(t)
+	if got := g.marker.marked(); !slices.Equal(got, []uint64{cookie}) {
+		t.Errorf("marks after restore %v, want the running pod's (%d)", got, cookie)
+	}
+	// Not even for a moment: an unmark lets queries out, and forgets the
+	// nameservers the pod addressed.
+	if got := g.marker.unmarks(); len(got) != 0 {
+		t.Errorf("unmarked %v while the pod ran", got)
+	}
+	if rec := g.savedRecord(t); len(rec) != 1 || rec[0].NetnsPath != pathOf(procs[1]) || rec[0].NetnsCookie != cookie {
+		t.Errorf("record after restore %+v, want web's through %s", rec, pathOf(procs[1]))
+	}
+}
+
+// twoProcessNetns makes a network namespace holding addr, in which two
+// processes sleep (as a pod's pause and another container), and returns
+// them sorted by PID, with the namespace's cookie.
+func twoProcessNetns(t *testing.T, addr string) ([]*exec.Cmd, uint64) {
+	t.Helper()
+	n := testenv.NewNetns(t, testenv.UniqueName("ztcap-"))
 	if out, err := exec.Command("ip", "-n", n.Name, "addr", "add", addr+"/32", "dev", "lo").CombinedOutput(); err != nil {
 		t.Fatalf("ip addr add: %v\n%s", err, out)
 	}
@@ -204,39 +216,12 @@ func TestRestoreKeepsAnAdoptedPodWhoseProcessExited(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pathOf := func(c *exec.Cmd) string { return "/proc/" + strconv.Itoa(c.Process.Pid) + "/ns/net" }
-
-	f := newProcFixture(t)
-	f.source([]model.Namespace{ambientNS}, pod("web", addr, nil))
-	if p := f.pods.Get("shop", "web"); p.Attachment == nil || p.Attachment.NetnsPath != pathOf(procs[0]) {
-		t.Fatalf("web's attachment %+v, want adopted through the lower PID, %s", p.Attachment, pathOf(procs[0]))
-	}
-	f.ctl.Close()
-
-	// While no agent runs, the adopted process exits; the other holds the
-	// namespace.
-	_ = procs[0].Process.Kill()
-	_ = procs[0].Wait()
-
-	g := &fixture{pods: podcache.New("cluster.local"), marker: f.marker, dir: f.dir}
-	g.ctl = New(Config{StateDir: f.dir, NodeName: node, DNSCaptureDefault: true, HostCookies: ownCookie(t),
-		Logger: slog.New(slog.DiscardHandler)}, g.pods, g.marker, ProcNamespaces{})
-	t.Cleanup(g.ctl.Close)
-	if err := g.ctl.Restore(); err != nil {
-		t.Fatal(err)
-	}
-	if got := g.marker.marked(); !slices.Equal(got, []uint64{cookie}) {
-		t.Errorf("marks after restore %v, want the running pod's (%d)", got, cookie)
-	}
-	// Not even for a moment: an unmark lets queries out, and forgets the
-	// nameservers the pod addressed.
-	if got := g.marker.unmarks(); len(got) != 0 {
-		t.Errorf("unmarked %v while the pod ran", got)
-	}
-	if rec := g.savedRecord(t); len(rec) != 1 || rec[0].NetnsPath != pathOf(procs[1]) || rec[0].NetnsCookie != cookie {
-		t.Errorf("record after restore %+v, want web's through %s", rec, pathOf(procs[1]))
-	}
+	return procs, cookie
 }
+
+// pathOf is the network namespace of a process, as a scan of /proc names
+// it.
+func pathOf(c *exec.Cmd) string { return "/proc/" + strconv.Itoa(c.Process.Pid) + "/ns/net" }
 
 // newProcFixture is newFixture over the machine's namespaces, found
 // through /proc; the test's own is the node's.
@@ -286,7 +271,7 @@ func TestAdoptionPrefersTheNodesUserNamespace(t *testing.T) {
 		t.Helper()
 		cmd := start(exec.CommandContext(ctx, unshare, "-Urn", "sh", "-c",
 			"ip link set lo up && ip addr add "+ip+"/32 dev lo && exec sleep 600"))
-		path := "/proc/" + strconv.Itoa(cmd.Process.Pid) + "/ns/net"
+		path := pathOf(cmd)
 		want := netip.MustParseAddr(ip)
 		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
 			if addrs, _ := redirect.NetnsAddrs(path, redirect.MaxNetnsAddrs); slices.Contains(addrs, want) {
@@ -300,7 +285,6 @@ func TestAdoptionPrefersTheNodesUserNamespace(t *testing.T) {
 	pause := start(n.Command(ctx, nil, "sleep", "600"))
 	userns(web)
 	hostUsersFalse := userns(api)
-	pathOf := func(c *exec.Cmd) string { return "/proc/" + strconv.Itoa(c.Process.Pid) + "/ns/net" }
 
 	f := newProcFixture(t)
 	f.source([]model.Namespace{ambientNS}, pod("web", web, nil), pod("api", api, nil))

@@ -23,9 +23,9 @@ const stateRetryEvery = 5 * time.Second
 
 // Restore reads the attachments a previous agent recorded, drops those
 // whose network namespace is gone (netnsGone; an adopted record follows
-// another process of its namespace, as moveAdopted does), and makes the
-// pods map agree: marks nobody recorded are removed, recorded captured pods
-// that lost their mark get it back. Redecide does nothing until it has run.
+// another process of its namespace: follow), and makes the pods map agree:
+// marks nobody recorded are removed, recorded captured pods that lost their
+// mark get it back. Redecide does nothing until it has run.
 func (c *Controller) Restore() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -41,18 +41,15 @@ func (c *Controller) Restore() error {
 	var live liveNetns
 	for _, a := range saved {
 		if c.netnsGone(a) {
-			path, held := "", false
-			if strings.HasPrefix(a.Key(), AdoptedPrefix) {
-				path, held = c.heldAt(a.NetnsCookie, &live)
-			}
-			if !held {
+			moved, keep := c.follow(a.Key(), a, &live)
+			if !keep {
 				c.log.Info("pod's network namespace is gone; forgetting it", "pod", a.Namespace+"/"+a.Name, "netns", a.NetnsPath)
 				continue
 			}
-			if path != "" {
-				a.NetnsPath = path
-				c.log.Info("adopted pod's process is gone; following another process of its network namespace", "pod", a.Namespace+"/"+a.Name, "netns", path)
+			if moved.NetnsPath != a.NetnsPath {
+				c.logFollowing(moved)
 			}
+			a = moved
 		}
 		c.pods.Attach(a)
 	}
