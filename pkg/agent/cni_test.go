@@ -110,9 +110,7 @@ func podNetns(t *testing.T, addrs ...string) *testenv.Netns {
 	t.Helper()
 	n := testenv.NewNetns(t, testenv.UniqueName("ztcni-"))
 	for _, addr := range addrs {
-		if out, err := exec.Command("ip", "-n", n.Name, "addr", "add", addr, "dev", "lo").CombinedOutput(); err != nil {
-			t.Fatalf("ip addr add %s: %v\n%s", addr, err, out)
-		}
+		n.AddAddr(t, addr, "lo")
 	}
 	return n
 }
