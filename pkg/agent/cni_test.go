@@ -140,19 +140,27 @@ func cookieOf(t *testing.T, n *testenv.Netns) uint64 {
 	return cookie
 }
 
+// adoptedPod runs a pod with the address ip before the source names it,
+// shop/web-0, and checks that the agent adopted it (found it in /proc by
+// its IP, and marked it). It returns the pod's namespace and cookie.
+func adoptedPod(t *testing.T, a *Agent, m *marks, ip string) (*testenv.Netns, uint64) {
+	t.Helper()
+	n := podNetns(t, ip+"/32")
+	cookie := runPause(t, n)
+	feedSource(a, model.Pod{Namespace: "shop", Name: "web-0", UID: "uid-1", NodeName: testNode, IPs: []netip.Addr{netip.MustParseAddr(ip)}})
+	if p := a.pods.Get("shop", "web-0"); p.Attachment == nil || !slices.Equal(m.cookies(), []uint64{cookie}) {
+		t.Fatalf("the running pod was not adopted: attachment %+v, marks %v", p.Attachment, m.cookies())
+	}
+	return n, cookie
+}
+
 // TestDelReleasesAnAdoptedPod: a pod that ran before the agent was adopted
 // (found in /proc by its IP); the runtime's DEL names its sandbox's
 // container ID, which the agent never heard, and the pod's name: its mark
 // and record go.
 func TestDelReleasesAnAdoptedPod(t *testing.T) {
 	a, m := cniAgent(t)
-	n := podNetns(t, "198.18.77.2/32")
-	cookie := runPause(t, n)
-	ip := netip.MustParseAddr("198.18.77.2")
-	feedSource(a, model.Pod{Namespace: "shop", Name: "web-0", UID: "uid-1", NodeName: testNode, IPs: []netip.Addr{ip}})
-	if p := a.pods.Get("shop", "web-0"); p.Attachment == nil || !slices.Equal(m.cookies(), []uint64{cookie}) {
-		t.Fatalf("the running pod was not adopted: attachment %+v, marks %v", p.Attachment, m.cookies())
-	}
+	n, _ := adoptedPod(t, a, m, "198.18.77.2")
 
 	del := control.CNIDelRequest{ContainerID: "6b1e0c9d2f", Netns: n.Path(), PodNamespace: "shop", PodName: "web-0"}
 	if err := a.cniDel(del); err != nil {

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/ztdns/ztdns/pkg/control"
-	"github.com/ztdns/ztdns/pkg/model"
 	"github.com/ztdns/ztdns/pkg/resolver"
 )
 
@@ -141,13 +140,7 @@ func TestCaptureWaitsForCNIEvents(t *testing.T) {
 // recorded it.
 func TestCaptureRefusalsNameAnAdoptedPod(t *testing.T) {
 	a, m := cniAgent(t)
-	n := podNetns(t, "203.0.113.98/32")
-	cookie := runPause(t, n)
-	ip := netip.MustParseAddr("203.0.113.98")
-	feedSource(a, model.Pod{Namespace: "shop", Name: "web-0", UID: "uid-1", NodeName: testNode, IPs: []netip.Addr{ip}})
-	if p := a.pods.Get("shop", "web-0"); p.Attachment == nil || !slices.Equal(m.cookies(), []uint64{cookie}) {
-		t.Fatalf("the running pod was not adopted: attachment %+v, marks %v", p.Attachment, m.cookies())
-	}
+	n, cookie := adoptedPod(t, a, m, "203.0.113.98")
 	other := podNetns(t, "203.0.113.99/32")
 	for _, step := range []struct {
 		name string
