@@ -27,24 +27,10 @@ func TestFailingOpenShows(t *testing.T) {
 		}
 		return st
 	}
-	row := func() control.PodRow {
-		t.Helper()
-		rows, err := ctl.Pods(t.Context())
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, r := range rows {
-			if r.Namespace == "default" && r.Name == "pod" {
-				return r
-			}
-		}
-		t.Fatalf("default/pod is not among the pods: %+v", rows)
-		return control.PodRow{}
-	}
 	if st := status(); st.FailingOpen {
 		t.Errorf("status says failing open while the agent beats: %+v", st)
 	}
-	if r := row(); r.SkippedStale != 0 || r.Redirected == 0 {
+	if r := podRow(t, ctl, "default", "pod"); r.SkippedStale != 0 || r.Redirected == 0 {
 		t.Errorf("while beating: %+v; want redirected queries and none skipped", r)
 	}
 
@@ -58,7 +44,7 @@ func TestFailingOpenShows(t *testing.T) {
 	if st := status(); !st.FailingOpen {
 		t.Errorf("status does not say failing open with the heartbeat stale: %+v", st)
 	}
-	r := row()
+	r := podRow(t, ctl, "default", "pod")
 	if r.SkippedStale == 0 {
 		t.Errorf("the pod's row counts no query let out while failing open: %+v", r)
 	}
