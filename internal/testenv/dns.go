@@ -19,14 +19,9 @@ func (n *Netns) StartDNSServer(tb testing.TB, addrs []netip.AddrPort, r dnstest.
 
 // ServeNameserver puts addr on the namespace's loopback and runs a dnstest
 // server on addr:53 there: a nameserver that pods behind the namespace can
-// reach over their default route. An IPv6 address is added without DAD
-// (nodad): a tentative one cannot be bound until DAD's work runs, even on lo.
+// reach over their default route.
 func (n *Netns) ServeNameserver(tb testing.TB, addr netip.Addr, r dnstest.Responder) *dnstest.Server {
 	tb.Helper()
-	args := []string{"-n", n.Name, "addr", "add", netip.PrefixFrom(addr, addr.BitLen()).String(), "dev", "lo"}
-	if addr.Is6() {
-		args = append(args, "nodad")
-	}
-	run(tb, "ip", args...)
+	n.AddAddr(tb, netip.PrefixFrom(addr, addr.BitLen()).String(), "lo")
 	return n.StartDNSServer(tb, []netip.AddrPort{netip.AddrPortFrom(addr, 53)}, r)
 }

@@ -43,6 +43,20 @@ func NewNetns(tb testing.TB, name string) *Netns {
 	return &Netns{Name: name}
 }
 
+// AddAddr adds cidr (address/prefix) to the namespace's interface dev. An
+// IPv6 address is added without DAD (nodad): a tentative one cannot be
+// bound until DAD's work runs, even on lo.
+func (n *Netns) AddAddr(tb testing.TB, cidr, dev string) {
+	tb.Helper()
+	args := []string{"-n", n.Name, "addr", "add", cidr, "dev", dev}
+	if p, err := netip.ParsePrefix(cidr); err != nil {
+		tb.Fatalf("AddAddr %q: %v", cidr, err)
+	} else if p.Addr().Is6() {
+		args = append(args, "nodad")
+	}
+	run(tb, "ip", args...)
+}
+
 // Do runs fn on an OS thread switched into the namespace; sockets fn opens
 // stay in it.
 func (n *Netns) Do(fn func() error) error {

@@ -110,9 +110,7 @@ func podNetns(t *testing.T, addrs ...string) *testenv.Netns {
 	t.Helper()
 	n := testenv.NewNetns(t, testenv.UniqueName("ztcni-"))
 	for _, addr := range addrs {
-		if out, err := exec.Command("ip", "-n", n.Name, "addr", "add", addr, "dev", "lo").CombinedOutput(); err != nil {
-			t.Fatalf("ip addr add %s: %v\n%s", addr, err, out)
-		}
+		n.AddAddr(t, addr, "lo")
 	}
 	return n
 }
@@ -129,11 +127,31 @@ func runPause(t *testing.T, n *testenv.Netns) uint64 {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cancel(); _ = pause.Wait() })
+	return cookieOf(t, n)
+}
+
+// cookieOf is the network namespace's cookie, as the plugin sends it.
+func cookieOf(t *testing.T, n *testenv.Netns) uint64 {
+	t.Helper()
 	cookie, err := redirect.NetnsCookie(n.Path())
 	if err != nil {
 		t.Fatal(err)
 	}
 	return cookie
+}
+
+// adoptedPod runs a pod with the address ip before the source names it,
+// shop/web-0, and checks that the agent adopted it (found it in /proc by
+// its IP, and marked it). It returns the pod's namespace and cookie.
+func adoptedPod(t *testing.T, a *Agent, m *marks, ip string) (*testenv.Netns, uint64) {
+	t.Helper()
+	n := podNetns(t, ip+"/32")
+	cookie := runPause(t, n)
+	feedSource(a, model.Pod{Namespace: "shop", Name: "web-0", UID: "uid-1", NodeName: testNode, IPs: []netip.Addr{netip.MustParseAddr(ip)}})
+	if p := a.pods.Get("shop", "web-0"); p.Attachment == nil || !slices.Equal(m.cookies(), []uint64{cookie}) {
+		t.Fatalf("the running pod was not adopted: attachment %+v, marks %v", p.Attachment, m.cookies())
+	}
+	return n, cookie
 }
 
 // TestDelReleasesAnAdoptedPod: a pod that ran before the agent was adopted
@@ -142,13 +160,7 @@ func runPause(t *testing.T, n *testenv.Netns) uint64 {
 // and record go.
 func TestDelReleasesAnAdoptedPod(t *testing.T) {
 	a, m := cniAgent(t)
-	n := podNetns(t, "198.18.77.2/32")
-	cookie := runPause(t, n)
-	ip := netip.MustParseAddr("198.18.77.2")
-	feedSource(a, model.Pod{Namespace: "shop", Name: "web-0", UID: "uid-1", NodeName: testNode, IPs: []netip.Addr{ip}})
-	if p := a.pods.Get("shop", "web-0"); p.Attachment == nil || !slices.Equal(m.cookies(), []uint64{cookie}) {
-		t.Fatalf("the running pod was not adopted: attachment %+v, marks %v", p.Attachment, m.cookies())
-	}
+	n, _ := adoptedPod(t, a, m, "198.18.77.2")
 
 	del := control.CNIDelRequest{ContainerID: "6b1e0c9d2f", Netns: n.Path(), PodNamespace: "shop", PodName: "web-0"}
 	if err := a.cniDel(del); err != nil {
@@ -169,10 +181,7 @@ func TestDelReleasesAnAdoptedPod(t *testing.T) {
 func TestAddWithALinkLocalAddress(t *testing.T) {
 	a, m := cniAgent(t)
 	n := podNetns(t, "198.18.77.3/32", "169.254.77.3/16")
-	cookie, err := redirect.NetnsCookie(n.Path())
-	if err != nil {
-		t.Fatal(err)
-	}
+	cookie := cookieOf(t, n)
 	feedSource(a)
 	ip, linkLocal := netip.MustParseAddr("198.18.77.3"), netip.MustParseAddr("169.254.77.3")
 	resp, err := a.cniAdd(control.CNIAddRequest{ContainerID: "6b1e0c9d2f", Netns: n.Path(), IfName: "eth0", PodNamespace: "shop", PodName: "web-0",
@@ -202,10 +211,7 @@ func TestAddOfANamespaceWithManyAddresses(t *testing.T) {
 		addrs = append(addrs, fmt.Sprintf("198.18.%d.%d/32", 100+i/200, 1+i%200))
 	}
 	n := podNetns(t, addrs...)
-	cookie, err := redirect.NetnsCookie(n.Path())
-	if err != nil {
-		t.Fatal(err)
-	}
+	cookie := cookieOf(t, n)
 	feedSource(a)
 	ip := netip.MustParseAddr("198.18.100.1")
 	resp, err := a.cniAdd(control.CNIAddRequest{ContainerID: "6b1e0c9d2f", Netns: n.Path(), IfName: "eth0", PodNamespace: "shop", PodName: "web-0",
@@ -225,10 +231,7 @@ func TestReplayedAddWithALoopbackAddress(t *testing.T) {
 	a, m := cniAgent(t)
 	a.cfg.Socket = filepath.Join(t.TempDir(), "ztdns.sock")
 	n := podNetns(t, "198.18.77.6/32")
-	cookie, err := redirect.NetnsCookie(n.Path())
-	if err != nil {
-		t.Fatal(err)
-	}
+	cookie := cookieOf(t, n)
 	feedSource(a)
 	ip := netip.MustParseAddr("198.18.77.6")
 	recordPending(t, a.pendingDir(), "add", "c0ffee0c", control.CNIAddRequest{ContainerID: "c0ffee0c", Netns: n.Path(), IfName: "eth0",
@@ -329,14 +332,8 @@ func TestPendingReplayedWhileServing(t *testing.T) {
 	a.cfg.Socket = filepath.Join(t.TempDir(), "ztdns.sock")
 	dir := a.pendingDir()
 	gone, added := podNetns(t, "198.18.77.4/32"), podNetns(t, "198.18.77.5/32")
-	cookieGone, err := redirect.NetnsCookie(gone.Path())
-	if err != nil {
-		t.Fatal(err)
-	}
-	cookieAdded, err := redirect.NetnsCookie(added.Path())
-	if err != nil {
-		t.Fatal(err)
-	}
+	cookieGone := cookieOf(t, gone)
+	cookieAdded := cookieOf(t, added)
 	feedSource(a)
 	if _, err := a.cniAdd(control.CNIAddRequest{ContainerID: "c0ffee01", Netns: gone.Path(), IfName: "eth0", PodNamespace: "shop", PodName: "old",
 		IPs: []netip.Addr{netip.MustParseAddr("198.18.77.4")}, NetnsCookie: cookieGone}); err != nil {
@@ -407,10 +404,7 @@ func TestHandedOverAgentLeavesCapture(t *testing.T) {
 	a.cfg.Socket = filepath.Join(t.TempDir(), "ztdns.sock")
 	dir := a.pendingDir()
 	n := podNetns(t, "198.18.77.6/32")
-	cookie, err := redirect.NetnsCookie(n.Path())
-	if err != nil {
-		t.Fatal(err)
-	}
+	cookie := cookieOf(t, n)
 	feedSource(a)
 	a.handedOver.Store(true)
 	a.fenceCapture()
@@ -437,15 +431,12 @@ func TestHandedOverAgentLeavesCapture(t *testing.T) {
 func TestCNIEventsAfterTheHandoffAreUnavailable(t *testing.T) {
 	a, m := cniAgent(t)
 	n := podNetns(t, "198.18.77.7/32")
-	cookie, err := redirect.NetnsCookie(n.Path())
-	if err != nil {
-		t.Fatal(err)
-	}
+	cookie := cookieOf(t, n)
 	feedSource(a)
 	a.handedOver.Store(true)
 	a.fenceCapture()
 
-	_, err = a.cniAdd(control.CNIAddRequest{ContainerID: "c0ffee0a", Netns: n.Path(), IfName: "eth0", PodNamespace: "shop", PodName: "late",
+	_, err := a.cniAdd(control.CNIAddRequest{ContainerID: "c0ffee0a", Netns: n.Path(), IfName: "eth0", PodNamespace: "shop", PodName: "late",
 		IPs: []netip.Addr{netip.MustParseAddr("198.18.77.7")}, NetnsCookie: cookie})
 	if got := control.StatusOf(err); err == nil || got != http.StatusServiceUnavailable {
 		t.Errorf("ADD after the handoff = %v (status %d), want 503", err, got)
@@ -471,10 +462,7 @@ func TestCNIEventsAfterTheHandoffAreUnavailable(t *testing.T) {
 func TestAddWithAnIPv4MappedAddress(t *testing.T) {
 	a, m := cniAgent(t)
 	n := podNetns(t, "203.0.113.94/32")
-	cookie, err := redirect.NetnsCookie(n.Path())
-	if err != nil {
-		t.Fatal(err)
-	}
+	cookie := cookieOf(t, n)
 	feedSource(a)
 	ip := netip.MustParseAddr("203.0.113.94")
 	resp, err := a.cniAdd(control.CNIAddRequest{ContainerID: "6b1e0c9d2f", Netns: n.Path(), IfName: "eth0", PodNamespace: "shop", PodName: "web-0",
@@ -505,10 +493,7 @@ func TestGoneNetnsRecordDroppedWithoutCapture(t *testing.T) {
 		log: slog.New(slog.DiscardHandler), pods: podcache.New("cluster.local"), hostCookies: nodeCookies("/proc")}
 	add := func(n *testenv.Netns, namespace, name, id string, ip netip.Addr) {
 		t.Helper()
-		cookie, err := redirect.NetnsCookie(n.Path())
-		if err != nil {
-			t.Fatal(err)
-		}
+		cookie := cookieOf(t, n)
 		resp, err := a.cniAdd(control.CNIAddRequest{ContainerID: id, Netns: n.Path(), IfName: "eth0", PodNamespace: namespace, PodName: name,
 			IPs: []netip.Addr{ip}, NetnsCookie: cookie})
 		if err != nil || resp.Captured {

@@ -3,13 +3,10 @@
 package agent
 
 import (
-	"net/netip"
 	"testing"
 	"time"
 
-	"github.com/ztdns/ztdns/internal/testenv"
 	"github.com/ztdns/ztdns/pkg/control"
-	"github.com/ztdns/ztdns/pkg/source/configdir"
 )
 
 // TestFailingOpenShows: while capture fails open (the agent up, its
@@ -19,57 +16,35 @@ import (
 // counters frozen, as if ztdns still answered it.)
 func TestFailingOpenShows(t *testing.T) {
 	n := newCaptureNode(t)
-	dir, socket, _, up := handoffSetup(t)
-	pod := n.node.AddPod(t, testenv.PodConfig{Nameservers: []string{"10.96.0.10"}})
-	listen := []netip.AddrPort{netip.MustParseAddrPort("169.254.20.53:53")}
-	a, ta := n.start(t, configdir.New(dir), socket, listen, up)
-	waitServedBy(t, socket, ta, up)
-	if _, err := a.captureNetns(control.CaptureRequest{Netns: pod.Path(), Namespace: "default", Name: "pod"}); err != nil {
-		t.Fatal(err)
-	}
-	testenv.EventuallyNil(t, 10*time.Second, func() error { return n.askFromPod(t, pod) })
+	c := n.startCapturing(t)
 
-	c := control.NewClient(socket, 5*time.Second)
+	ctl := control.NewClient(c.socket, 5*time.Second)
 	status := func() control.Status {
 		t.Helper()
-		st, err := c.Status(t.Context())
+		st, err := ctl.Status(t.Context())
 		if err != nil {
 			t.Fatal(err)
 		}
 		return st
 	}
-	row := func() control.PodRow {
-		t.Helper()
-		rows, err := c.Pods(t.Context())
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, r := range rows {
-			if r.Namespace == "default" && r.Name == "pod" {
-				return r
-			}
-		}
-		t.Fatalf("default/pod is not among the pods: %+v", rows)
-		return control.PodRow{}
-	}
 	if st := status(); st.FailingOpen {
 		t.Errorf("status says failing open while the agent beats: %+v", st)
 	}
-	if r := row(); r.SkippedStale != 0 || r.Redirected == 0 {
+	if r := podRow(t, ctl, "default", "pod"); r.SkippedStale != 0 || r.Redirected == 0 {
 		t.Errorf("while beating: %+v; want redirected queries and none skipped", r)
 	}
 
 	// Up, serving, but beating no more: what a stuck agent leaves.
-	a.capture.stopBeating(true)
+	c.a.capture.stopBeating(true)
 	// The pod's own nameserver does not exist here: the query, let out,
 	// dies on the node.
-	if err := n.askFromPod(t, pod); err == nil {
+	if err := n.askFromPod(t, c.pod); err == nil {
 		t.Fatal("the pod was answered while capture failed open")
 	}
 	if st := status(); !st.FailingOpen {
 		t.Errorf("status does not say failing open with the heartbeat stale: %+v", st)
 	}
-	r := row()
+	r := podRow(t, ctl, "default", "pod")
 	if r.SkippedStale == 0 {
 		t.Errorf("the pod's row counts no query let out while failing open: %+v", r)
 	}

@@ -155,6 +155,33 @@ func (n *captureNode) askFromPod(t *testing.T, pod *testenv.Pod) error {
 	return nil
 }
 
+// capturing is a capture agent serving on a node (handoffSetup's table and
+// upstream) and a pod it captures.
+type capturing struct {
+	dir, socket string
+	up          netip.AddrPort
+	listen      []netip.AddrPort
+	pod         *testenv.Pod
+	a           *Agent
+	ta          *testAgent
+}
+
+// startCapturing starts a capture agent on the node, captures a pod as
+// default/pod once the agent serves, and waits until the pod is answered.
+func (n *captureNode) startCapturing(t *testing.T) capturing {
+	t.Helper()
+	c := capturing{listen: []netip.AddrPort{netip.MustParseAddrPort("169.254.20.53:53")}}
+	c.dir, c.socket, _, c.up = handoffSetup(t)
+	c.pod = n.node.AddPod(t, testenv.PodConfig{Nameservers: []string{"10.96.0.10"}})
+	c.a, c.ta = n.start(t, configdir.New(c.dir), c.socket, c.listen, c.up)
+	waitServedBy(t, c.socket, c.ta, c.up)
+	if _, err := c.a.captureNetns(control.CaptureRequest{Netns: c.pod.Path(), Namespace: "default", Name: "pod"}); err != nil {
+		t.Fatal(err)
+	}
+	testenv.EventuallyNil(t, 10*time.Second, func() error { return n.askFromPod(t, c.pod) })
+	return c
+}
+
 // TestHandoffToANewCapturePort: a successor whose --capture-port differs
 // from the running agent's keeps the programs on the running agent's
 // addresses until it serves its own: a captured pod is answered while the
@@ -168,38 +195,30 @@ func TestHandoffToANewCapturePort(t *testing.T) {
 		name := map[bool]string{true: "successor serves", false: "successor stopped"}[successorServes]
 		t.Run(name, func(t *testing.T) {
 			n := newCaptureNode(t)
-			dir, socket, _, up := handoffSetup(t)
-			pod := n.node.AddPod(t, testenv.PodConfig{Nameservers: []string{"10.96.0.10"}})
-			listen := []netip.AddrPort{netip.MustParseAddrPort("169.254.20.53:53")}
-			old, oldTA := n.start(t, configdir.New(dir), socket, listen, up)
-			waitServedBy(t, socket, oldTA, up)
-			if _, err := old.captureNetns(control.CaptureRequest{Netns: pod.Path(), Namespace: "default", Name: "pod"}); err != nil {
-				t.Fatal(err)
-			}
-			testenv.EventuallyNil(t, 10*time.Second, func() error { return n.askFromPod(t, pod) })
+			old := n.startCapturing(t)
 
-			src := gated(configdir.New(dir))
+			src := gated(configdir.New(old.dir))
 			upNew := netip.MustParseAddrPort("127.0.0.1:9")
-			_, succTA := n.start(t, src, socket, listen, upNew, func(c *Config) { c.Capture.Port = redirect.DefaultPort + 1 })
+			_, succTA := n.start(t, src, old.socket, old.listen, upNew, func(c *Config) { c.Capture.Port = redirect.DefaultPort + 1 })
 			<-src.started // capture loaded, the first table held back
-			if err := n.askFromPod(t, pod); err != nil {
+			if err := n.askFromPod(t, old.pod); err != nil {
 				t.Errorf("while the successor waits for its table: %v", err)
 			}
 			if !successorServes {
 				succTA.stopChecked(t, "the stopped successor")
-				if err := n.askFromPod(t, pod); err != nil {
+				if err := n.askFromPod(t, old.pod); err != nil {
 					t.Errorf("after the successor stopped: %v", err)
 				}
-				waitServedBy(t, socket, oldTA, up)
+				waitServedBy(t, old.socket, old.ta, old.up)
 				return
 			}
 			close(src.open)
-			waitServedBy(t, socket, succTA, upNew)
-			if err := n.askFromPod(t, pod); err != nil {
+			waitServedBy(t, old.socket, succTA, upNew)
+			if err := n.askFromPod(t, old.pod); err != nil {
 				t.Errorf("after the hand-over: %v", err)
 			}
-			oldTA.stop()
-			if err := n.askFromPod(t, pod); err != nil {
+			old.ta.stop()
+			if err := n.askFromPod(t, old.pod); err != nil {
 				t.Errorf("after the old agent stopped: %v", err)
 			}
 		})
@@ -213,23 +232,15 @@ func TestHandoffToANewCapturePort(t *testing.T) {
 // could not start at all, see TestRestartAfterASuccessorDiedBeforeListening.)
 func TestCaptureRestartAfterASuccessorDiedBeforeListening(t *testing.T) {
 	n := newCaptureNode(t)
-	dir, socket, _, up := handoffSetup(t)
-	pod := n.node.AddPod(t, testenv.PodConfig{Nameservers: []string{"10.96.0.10"}})
-	listen := []netip.AddrPort{netip.MustParseAddrPort("169.254.20.53:53")}
-	old, oldTA := n.start(t, configdir.New(dir), socket, listen, up)
-	waitServedBy(t, socket, oldTA, up)
-	if _, err := old.captureNetns(control.CaptureRequest{Netns: pod.Path(), Namespace: "default", Name: "pod"}); err != nil {
-		t.Fatal(err)
-	}
-	testenv.EventuallyNil(t, 10*time.Second, func() error { return n.askFromPod(t, pod) })
+	old := n.startCapturing(t)
 
-	takeOverAndDie(t, socket)
+	takeOverAndDie(t, old.socket)
 	upNew := netip.MustParseAddrPort("127.0.0.1:9")
-	_, succTA := n.start(t, configdir.New(dir), socket, listen, upNew)
-	waitServedBy(t, socket, succTA, upNew)
-	testenv.EventuallyNil(t, 10*time.Second, func() error { return n.askFromPod(t, pod) })
-	oldTA.stop() // the DaemonSet controller deletes the old pod
-	if err := n.askFromPod(t, pod); err != nil {
+	_, succTA := n.start(t, configdir.New(old.dir), old.socket, old.listen, upNew)
+	waitServedBy(t, old.socket, succTA, upNew)
+	testenv.EventuallyNil(t, 10*time.Second, func() error { return n.askFromPod(t, old.pod) })
+	old.ta.stop() // the DaemonSet controller deletes the old pod
+	if err := n.askFromPod(t, old.pod); err != nil {
 		t.Errorf("after the old agent stopped: %v", err)
 	}
 }
@@ -264,37 +275,29 @@ func TestHandoffWithAnIncompatibleMap(t *testing.T) {
 		name := map[bool]string{true: "successor serves", false: "successor stopped"}[successorServes]
 		t.Run(name, func(t *testing.T) {
 			n := newCaptureNode(t)
-			dir, socket, _, up := handoffSetup(t)
-			pod := n.node.AddPod(t, testenv.PodConfig{Nameservers: []string{"10.96.0.10"}})
-			listen := []netip.AddrPort{netip.MustParseAddrPort("169.254.20.53:53")}
-			old, oldTA := n.start(t, configdir.New(dir), socket, listen, up)
-			waitServedBy(t, socket, oldTA, up)
-			if _, err := old.captureNetns(control.CaptureRequest{Netns: pod.Path(), Namespace: "default", Name: "pod"}); err != nil {
-				t.Fatal(err)
-			}
-			testenv.EventuallyNil(t, 10*time.Second, func() error { return n.askFromPod(t, pod) })
+			old := n.startCapturing(t)
 
 			n.plantIncompatiblePods(t)
-			src := gated(configdir.New(dir))
+			src := gated(configdir.New(old.dir))
 			upNew := netip.MustParseAddrPort("127.0.0.1:9")
-			_, succTA := n.start(t, src, socket, listen, upNew)
+			_, succTA := n.start(t, src, old.socket, old.listen, upNew)
 			<-src.started // capture loaded, the first table held back
-			if err := n.askFromPod(t, pod); err != nil {
+			if err := n.askFromPod(t, old.pod); err != nil {
 				t.Errorf("while the successor waits for its table: %v", err)
 			}
 			if !successorServes {
 				succTA.stopChecked(t, "the stopped successor")
-				waitServedBy(t, socket, oldTA, up)
-				if err := n.askFromPod(t, pod); err != nil {
+				waitServedBy(t, old.socket, old.ta, old.up)
+				if err := n.askFromPod(t, old.pod); err != nil {
 					t.Errorf("after the successor stopped: %v", err)
 				}
 				return
 			}
 			close(src.open)
-			waitServedBy(t, socket, succTA, upNew)
-			testenv.EventuallyNil(t, 10*time.Second, func() error { return n.askFromPod(t, pod) })
-			oldTA.stop()
-			if err := n.askFromPod(t, pod); err != nil {
+			waitServedBy(t, old.socket, succTA, upNew)
+			testenv.EventuallyNil(t, 10*time.Second, func() error { return n.askFromPod(t, old.pod) })
+			old.ta.stop()
+			if err := n.askFromPod(t, old.pod); err != nil {
 				t.Errorf("after the old agent stopped: %v", err)
 			}
 			m, err := ebpf.LoadPinnedMap(filepath.Join(n.bpffs, "pods"), nil)
@@ -319,18 +322,10 @@ func TestHandoffWithAnIncompatibleMap(t *testing.T) {
 func TestCaptureSurvivesASuccessorWithoutATable(t *testing.T) {
 	shortenHandoffSyncWait(t, 2*time.Second)
 	n := newCaptureNode(t)
-	dir, socket, _, up := handoffSetup(t)
-	pod := n.node.AddPod(t, testenv.PodConfig{Nameservers: []string{"10.96.0.10"}})
-	listen := []netip.AddrPort{netip.MustParseAddrPort("169.254.20.53:53")}
-	old, oldTA := n.start(t, configdir.New(dir), socket, listen, up)
-	waitServedBy(t, socket, oldTA, up)
-	if _, err := old.captureNetns(control.CaptureRequest{Netns: pod.Path(), Namespace: "default", Name: "pod"}); err != nil {
-		t.Fatal(err)
-	}
-	testenv.EventuallyNil(t, 10*time.Second, func() error { return n.askFromPod(t, pod) })
+	old := n.startCapturing(t)
 
-	src := neverSyncs(dir)
-	_, succTA := n.start(t, src, socket, listen, netip.MustParseAddrPort("127.0.0.1:9"))
+	src := neverSyncs(old.dir)
+	_, succTA := n.start(t, src, old.socket, old.listen, netip.MustParseAddrPort("127.0.0.1:9"))
 	<-src.started
 	// Watch the heartbeat as the programs judge it until the successor has
 	// been gone for twice the staleness bound.
@@ -339,7 +334,7 @@ func TestCaptureSurvivesASuccessorWithoutATable(t *testing.T) {
 	var goneAt time.Time
 	deadline := time.Now().Add(time.Minute)
 	for goneAt.IsZero() || time.Since(goneAt) < 2*redirect.DefaultStaleAfter {
-		if open, err := old.capture.r.FailingOpen(); err != nil {
+		if open, err := old.a.capture.r.FailingOpen(); err != nil {
 			t.Fatal(err)
 		} else if open {
 			failedOpen++
@@ -364,8 +359,8 @@ func TestCaptureSurvivesASuccessorWithoutATable(t *testing.T) {
 	if !goneAt.IsZero() {
 		wantGaveUpError(t, gaveUp)
 	}
-	if err := n.askFromPod(t, pod); err != nil {
+	if err := n.askFromPod(t, old.pod); err != nil {
 		t.Errorf("after the successor gave up: %v", err)
 	}
-	waitServedBy(t, socket, oldTA, up)
+	waitServedBy(t, old.socket, old.ta, old.up)
 }

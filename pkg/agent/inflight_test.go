@@ -195,20 +195,7 @@ status: {phase: Running, podIP: 127.0.0.2, podIPs: [{ip: 127.0.0.2}]}
 	// it adds.
 	limitedBefore := metricValue(t, reg, "ztdns_resolver_queries_total", map[string]string{"outcome": "forward_limited"})
 	ctl := control.NewClient(socket, 2*time.Second)
-	usage := func() quota.Usage {
-		t.Helper()
-		rows, err := ctl.Pods(t.Context())
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, r := range rows {
-			if r.Name == "asker" {
-				return r.Resolver
-			}
-		}
-		t.Fatalf("ztdns pods has no row for the pod: %+v", rows)
-		return quota.Usage{}
-	}
+	usage := func() quota.Usage { return podRow(t, ctl, "default", "asker").Resolver }
 
 	c, err := (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}}).Dial("tcp4", listen.String())
 	if err != nil {
@@ -262,6 +249,22 @@ status: {phase: Running, podIP: 127.0.0.2, podIPs: [{ip: 127.0.0.2}]}
 		t.Errorf("metrics: forward_limited rose by %v, SERVFAIL from none %v and from upstream %v; want %d, %d and 0",
 			limited, servfail("none"), servfail("upstream"), refused, refused)
 	}
+}
+
+// podRow is the row `ztdns pods` shows for the pod namespace/name.
+func podRow(t *testing.T, ctl *control.Client, namespace, name string) control.PodRow {
+	t.Helper()
+	rows, err := ctl.Pods(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range rows {
+		if r.Namespace == namespace && r.Name == name {
+			return r
+		}
+	}
+	t.Fatalf("ztdns pods has no row for %s/%s: %+v", namespace, name, rows)
+	return control.PodRow{}
 }
 
 // metricValue is the value of the series of the counter name in reg with

@@ -6,15 +6,12 @@ import (
 	"context"
 	"log/slog"
 	"net/netip"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/ztdns/ztdns/internal/testenv"
 	"github.com/ztdns/ztdns/pkg/control"
 	"github.com/ztdns/ztdns/pkg/redirect"
 	"github.com/ztdns/ztdns/pkg/source/configdir"
@@ -27,33 +24,17 @@ import (
 // left IPv6 out. (Before: adding the IPv6 address to ztdns0 failed, capture
 // did not start, and the agent crash-looped on every such node.)
 func TestCaptureOnANodeWithoutIPv6(t *testing.T) {
-	testenv.RequireRoot(t)
-	node := testenv.NewNode(t)
+	n := newCaptureNode(t)
 	for _, conf := range []string{"all", "default"} {
-		if out, err := exec.Command("ip", "netns", "exec", node.Name, "sysctl", "-w", "net.ipv6.conf."+conf+".disable_ipv6=1").CombinedOutput(); err != nil {
+		if out, err := exec.Command("ip", "netns", "exec", n.node.Name, "sysctl", "-w", "net.ipv6.conf."+conf+".disable_ipv6=1").CombinedOutput(); err != nil {
 			t.Fatalf("sysctl: %v\n%s", err, out)
 		}
 	}
 	dir, socket, _, up := handoffSetup(t)
 	listen4, listen6 := netip.MustParseAddrPort("169.254.20.53:53"), netip.MustParseAddrPort("[fd00:7a74:646e::53]:53")
-	a, err := newAgent(Config{
-		Source:    configdir.New(dir),
-		Listen:    []netip.AddrPort{listen4, listen6},
-		Upstreams: []netip.AddrPort{up},
-		Socket:    socket,
-		Logger:    slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
-		Capture:   &CaptureConfig{BPFFS: filepath.Join(testenv.NewBPFFS(t), "ztdns"), Cgroup: testenv.NewCgroup(t).Path},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	// The agent starts on a thread in the node's namespace: the interface,
-	// the programs' resolver addresses and the resolver's sockets are
-	// made there, as `ztdns agent` makes them in the host's.
-	ctx, cancel := context.WithCancel(context.Background())
-	ta := &testAgent{cancel: cancel, done: make(chan error, 1)}
-	go func() { ta.done <- node.Do(func() error { return a.run(ctx) }) }()
-	t.Cleanup(ta.stop)
+	// The interface, the programs' resolver addresses and the resolver's
+	// sockets are made in the node's namespace, where IPv6 is off.
+	a, ta := n.start(t, configdir.New(dir), socket, []netip.AddrPort{listen4, listen6}, up)
 	waitServedBy(t, socket, ta, up)
 
 	ask := []netip.AddrPort{listen4}
@@ -62,7 +43,7 @@ func TestCaptureOnANodeWithoutIPv6(t *testing.T) {
 	}
 	for _, addr := range ask {
 		for _, network := range []string{"udp", "tcp"} {
-			if err := node.Do(func() error { return askAddress(network, addr) }); err != nil {
+			if err := n.node.Do(func() error { return askAddress(network, addr) }); err != nil {
 				t.Errorf("%s %s: %v", network, addr, err)
 			}
 		}

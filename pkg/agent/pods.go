@@ -160,16 +160,15 @@ func (a *Agent) podRows() ([]control.PodRow, error) {
 			row.Captured, row.Reason = att.Captured, att.Reason
 			row.IstioDNSRules = a.istioRules.look(a.log, *att).String()
 			if m, ok := marks[att.NetnsCookie]; ok {
-				row.Marked, row.Redirected, row.Restored, row.SkippedStale = true, m.Counters.Redirected, m.Counters.Restored, m.Counters.SkippedStale
-				row.Nameservers = nameserverStrings(m)
+				fillMarked(&row, m)
 				delete(marks, att.NetnsCookie)
 			}
 		}
 		rows = append(rows, row)
 	}
 	for cookie, m := range marks { // marked, but no record says whose
-		row := control.PodRow{NetnsCookie: cookie, Marked: true, Redirected: m.Counters.Redirected, Restored: m.Counters.Restored,
-			SkippedStale: m.Counters.SkippedStale, Nameservers: nameserverStrings(m)}
+		row := control.PodRow{NetnsCookie: cookie}
+		fillMarked(&row, m)
 		for _, ip := range []netip.Addr{m.IPv4, m.IPv6} {
 			if ip.IsValid() {
 				row.IPs = append(row.IPs, ip.String())
@@ -178,6 +177,14 @@ func (a *Agent) podRows() ([]control.PodRow, error) {
 		rows = append(rows, row)
 	}
 	return rows, nil
+}
+
+// fillMarked fills in what the pods map holds of a marked namespace: one
+// place for both kinds of row, so a counter added to the map shows in each.
+func fillMarked(row *control.PodRow, m redirect.MarkedPod) {
+	row.Marked = true
+	row.Redirected, row.Restored, row.SkippedStale = m.Counters.Redirected, m.Counters.Restored, m.Counters.SkippedStale
+	row.Nameservers = nameserverStrings(m)
 }
 
 func nameserverStrings(m redirect.MarkedPod) []string {

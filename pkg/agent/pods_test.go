@@ -11,8 +11,6 @@ import (
 	"time"
 
 	"github.com/ztdns/ztdns/pkg/control"
-	"github.com/ztdns/ztdns/pkg/model"
-	"github.com/ztdns/ztdns/pkg/redirect"
 	"github.com/ztdns/ztdns/pkg/resolver"
 )
 
@@ -55,10 +53,7 @@ func TestCaptureAddAgainKeepsTheMark(t *testing.T) {
 	a.server = &resolver.Server{} // the pods' rows ask it for their usage
 	feedSource(a)
 	n := podNetns(t, "203.0.113.92/32")
-	cookie, err := redirect.NetnsCookie(n.Path())
-	if err != nil {
-		t.Fatal(err)
-	}
+	cookie := cookieOf(t, n)
 	for _, name := range []string{"first", "second"} {
 		if _, err := a.captureNetns(control.CaptureRequest{Netns: n.Path(), Namespace: "default", Name: name}); err != nil {
 			t.Fatalf("capture add as %s: %v", name, err)
@@ -83,14 +78,11 @@ func TestCaptureAddRefusesANameTaken(t *testing.T) {
 	a.server = &resolver.Server{}
 	feedSource(a)
 	first, second := podNetns(t, "203.0.113.95/32"), podNetns(t, "203.0.113.96/32")
-	cookie, err := redirect.NetnsCookie(first.Path())
-	if err != nil {
-		t.Fatal(err)
-	}
+	cookie := cookieOf(t, first)
 	if _, err := a.captureNetns(control.CaptureRequest{Netns: first.Path(), Namespace: "default", Name: "vm"}); err != nil {
 		t.Fatal(err)
 	}
-	_, err = a.captureNetns(control.CaptureRequest{Netns: second.Path(), Namespace: "default", Name: "vm"})
+	_, err := a.captureNetns(control.CaptureRequest{Netns: second.Path(), Namespace: "default", Name: "vm"})
 	if control.StatusOf(err) != http.StatusForbidden || !strings.Contains(err.Error(), first.Path()) {
 		t.Errorf("second capture add as default/vm = %v, want refused naming %s", err, first.Path())
 	}
@@ -148,13 +140,7 @@ func TestCaptureWaitsForCNIEvents(t *testing.T) {
 // recorded it.
 func TestCaptureRefusalsNameAnAdoptedPod(t *testing.T) {
 	a, m := cniAgent(t)
-	n := podNetns(t, "203.0.113.98/32")
-	cookie := runPause(t, n)
-	ip := netip.MustParseAddr("203.0.113.98")
-	feedSource(a, model.Pod{Namespace: "shop", Name: "web-0", UID: "uid-1", NodeName: testNode, IPs: []netip.Addr{ip}})
-	if p := a.pods.Get("shop", "web-0"); p.Attachment == nil || !slices.Equal(m.cookies(), []uint64{cookie}) {
-		t.Fatalf("the running pod was not adopted: attachment %+v, marks %v", p.Attachment, m.cookies())
-	}
+	n, cookie := adoptedPod(t, a, m, "203.0.113.98")
 	other := podNetns(t, "203.0.113.99/32")
 	for _, step := range []struct {
 		name string
