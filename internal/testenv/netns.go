@@ -163,12 +163,12 @@ func (n *Node) AddPod(tb testing.TB, cfg PodConfig) *Pod {
 	// The veth is created in the node namespace with its peer directly in
 	// the pod: nothing touches the machine's own namespace.
 	run(tb, "ip", "-n", n.Name, "link", "add", p.HostVeth, "type", "veth", "peer", "name", "eth0", "netns", pod.Name)
-	run(tb, "ip", "-n", n.Name, "addr", "add", gw4+"/24", "dev", p.HostVeth)
-	run(tb, "ip", "-n", n.Name, "addr", "add", gw6+"/64", "dev", p.HostVeth, "nodad")
+	n.AddAddr(tb, gw4+"/24", p.HostVeth)
+	n.AddAddr(tb, gw6+"/64", p.HostVeth)
 	run(tb, "ip", "-n", n.Name, "link", "set", p.HostVeth, "up")
 
-	run(tb, "ip", "-n", pod.Name, "addr", "add", p.IPv4.String()+"/24", "dev", "eth0")
-	run(tb, "ip", "-n", pod.Name, "addr", "add", p.IPv6.String()+"/64", "dev", "eth0", "nodad")
+	pod.AddAddr(tb, p.IPv4.String()+"/24", "eth0")
+	pod.AddAddr(tb, p.IPv6.String()+"/64", "eth0")
 	run(tb, "ip", "-n", pod.Name, "link", "set", "eth0", "up")
 	run(tb, "ip", "-n", pod.Name, "route", "add", "default", "via", gw4)
 	run(tb, "ip", "-n", pod.Name, "-6", "route", "add", "default", "via", gw6)
