@@ -223,9 +223,9 @@ func (c *dataplane) upstream(client, local netip.AddrPort) (netip.AddrPort, bool
 //     IPv4-mapped): it means the pod's own network namespace, but the agent
 //     runs in the node's, so the query would go to the node's loopback
 //     (systemd-resolved, a node-local cache) with the node as its source.
-//     The programs never redirect or learn such a destination (is_local in
-//     bpf/ztdns.c); this holds even if a slot says otherwise (a map written
-//     by an older program, or by hand);
+//     The programs never redirect or learn such a destination
+//     (redirect.PodLocal, is_local in bpf/ztdns.c); this holds even if a
+//     slot says otherwise (a map written by an older program, or by hand);
 //   - an IPv6 link-local address (fe80::/10): the pod's link neighbour, on
 //     a link that is none of the node's, and a slot holds no scope id to
 //     dial it with. The programs leave it alone too (is_local). IPv4
@@ -236,8 +236,7 @@ func (c *dataplane) upstream(client, local netip.AddrPort) (netip.AddrPort, bool
 //     not reach past its NetworkPolicy either.
 func forwardable(ns netip.AddrPort, resolvers map[netip.Addr]bool, listed []netip.Prefix) bool {
 	a := ns.Addr().Unmap()
-	return a.IsValid() && !resolvers[a] && !a.IsLoopback() && !a.IsUnspecified() && !(a.Is6() && a.IsLinkLocalUnicast()) &&
-		redirect.Listed(listed, a)
+	return a.IsValid() && !resolvers[a] && !redirect.PodLocal(a) && redirect.Listed(listed, a)
 }
 
 // close releases this process's hold on the programs; the pins and marks

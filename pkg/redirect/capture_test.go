@@ -475,7 +475,7 @@ func TestPodLocalNameserverIsLeftAlone(t *testing.T) {
 			}
 
 			for slot := range Slots {
-				if ns, ok := e.r.Nameserver(c, slot); ok && (ns.Addr().Unmap().IsLoopback() || ns.Addr().Unmap().IsUnspecified() || ns.Addr().IsLinkLocalUnicast()) {
+				if ns, ok := e.r.Nameserver(c, slot); ok && PodLocal(ns.Addr()) {
 					t.Errorf("slot %d learned %s, want no local address in any slot", slot, ns)
 				}
 			}
@@ -515,6 +515,80 @@ func TestPodLocalNameserverIsLeftAlone(t *testing.T) {
 				if held, ok := e.r.Nameserver(cookie, slot); !ok || held.String() != ns+":53" {
 					t.Errorf("slot %d, where the query arrived, holds %s, %v; want %s:53", slot, held, ok, ns)
 				}
+			})
+		}
+	}
+}
+
+// TestPodLocalMatchesThePrograms keeps PodLocal, which the agent and the
+// capture list go by, in step with the programs' is_local: a marked pod
+// sends a query with sendto() to each edge of each pod-local prefix and to
+// the addresses just outside, IPv4 ones also IPv4-mapped from an AF_INET6
+// socket. The programs leave it alone (skipped_local) exactly when
+// PodLocal says so, and otherwise send it to the node's resolver. Nothing
+// leaves the machine either way: the pod's routes lead only to the node
+// namespace, which has none off it.
+func TestPodLocalMatchesThePrograms(t *testing.T) {
+	t.Parallel()
+	e := newCaptureEnv(t, envOptions{})
+	pod, cookie := e.markedPod(t, 0)
+	h := startHelper(t, t.Context(), pod, e.cg, "ready", helperEnv+"="+helperSendTo)
+	for _, tt := range []struct {
+		addr  string
+		local bool
+	}{
+		{"126.255.255.255", false},
+		{"127.0.0.0", true},
+		{"127.0.0.1", true},
+		{"127.255.255.255", true},
+		{"128.0.0.0", false},
+		{"0.0.0.0", true},
+		{"0.0.0.1", false},
+		{"::", true},
+		{"::1", true},
+		{"::2", false},
+		{"::7f00:1", false}, // IPv4-compatible ::127.0.0.1, no loopback
+		{"fe7f:ffff:ffff:ffff:ffff:ffff:ffff:ffff", false},
+		{"fe80::%eth0", true},
+		{"febf:ffff:ffff:ffff:ffff:ffff:ffff:ffff%eth0", true},
+		{"fec0::", false},
+	} {
+		a := netip.MustParseAddr(tt.addr)
+		dsts := []netip.Addr{a}
+		if a.Is4() {
+			dsts = append(dsts, netip.AddrFrom16(a.As16()))
+		}
+		for _, dst := range dsts {
+			if got := PodLocal(dst); got != tt.local {
+				t.Errorf("PodLocal(%s) = %v, want %v", dst, got, tt.local)
+			}
+			// Each destination takes a slot of its own, and the pod has
+			// only Slots: unmarked, the pod's slots are forgotten.
+			if err := e.r.Unmark(cookie); err != nil {
+				t.Fatal(err)
+			}
+			e.mark(t, pod, 0)
+			name := uniqueName("edge")
+			before := e.counters(t)
+			sent := h.do(t, dst.String()+" "+name)
+			after := e.counters(t)
+			skipped := after.SkippedLocal - before.SkippedLocal
+			redirected := after.Redirected - before.Redirected
+			if tt.local {
+				// Delivered in the pod, or dropped on its link; the send
+				// may fail after the programs ran (127.255.255.255 is
+				// loopback's broadcast).
+				if skipped != 1 || redirected != 0 {
+					t.Errorf("a query to %s (%s) counted %d skipped_local, %d redirected; want 1, 0 (is_local)", dst, sent, skipped, redirected)
+				}
+				continue
+			}
+			if sent != "sent" || skipped != 0 || redirected != 1 {
+				t.Errorf("a query to %s (%s) counted %d skipped_local, %d redirected; want sent, 0, 1 (not is_local)", dst, sent, skipped, redirected)
+				continue
+			}
+			testenv.Eventually(t, 10*time.Second, "the node's resolver sees the query to "+dst.String(), func() bool {
+				return len(e.dns.ReceivedFor(name)) == 1
 			})
 		}
 	}

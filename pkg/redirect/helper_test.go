@@ -7,6 +7,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -38,6 +39,11 @@ const (
 	// and kept, as c-ares keeps one per nameserver; prints "connected",
 	// then answers each line on stdin with one line (see keeperClient).
 	helperKeeper = "keeper"
+	// helperSendTo: prints "ready", then for each line "ADDR NAME" on
+	// stdin sends an A query for NAME to ADDR port 53 from a new
+	// unconnected UDP socket (see sendQuery) and prints "sent" or
+	// "error: ...".
+	helperSendTo = "sendto"
 
 	helperFamily = "ZTDNS_REDIRECT_FAMILY"
 	helperAddr   = "ZTDNS_REDIRECT_ADDR"
@@ -57,6 +63,8 @@ func runHelper() {
 		err = echoServer53()
 	case helperKeeper:
 		err = keeperClient(os.Getenv(helperFamily), os.Getenv(helperAddr))
+	case helperSendTo:
+		err = sendToClient()
 	default:
 		err = fmt.Errorf("unknown %s=%q", helperEnv, mode)
 	}
@@ -153,6 +161,68 @@ func connectUDP(family, addr string) (int, unix.Sockaddr, error) {
 		return -1, nil, err
 	}
 	return fd, sa, nil
+}
+
+// sendToClient is helperSendTo.
+func sendToClient() error {
+	fmt.Println("ready")
+	in := bufio.NewScanner(os.Stdin)
+	for in.Scan() {
+		err := fmt.Errorf("want ADDR NAME, got %q", in.Text())
+		if f := strings.Fields(in.Text()); len(f) == 2 {
+			err = sendQuery(f[0], f[1])
+		}
+		if err != nil {
+			fmt.Println("error: " + err.Error())
+		} else {
+			fmt.Println("sent")
+		}
+	}
+	return in.Err()
+}
+
+// sendQuery sends an A query for name to addr port 53 with sendto() from a
+// new UDP socket, as musl sends its queries: AF_INET for an IPv4 addr,
+// else dual-stack AF_INET6 (an IPv4-mapped addr goes out as IPv4), with
+// addr's zone as the scope id.
+func sendQuery(addr, name string) error {
+	a, err := netip.ParseAddr(addr)
+	if err != nil {
+		return err
+	}
+	b, err := packQuery(name)
+	if err != nil {
+		return err
+	}
+	var fd int
+	var sa unix.Sockaddr
+	if a.Is4() {
+		fd, err = unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+		sa = &unix.SockaddrInet4{Port: 53, Addr: a.As4()}
+	} else {
+		fd, err = unix.Socket(unix.AF_INET6, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+		sa6 := &unix.SockaddrInet6{Port: 53, Addr: a.As16()}
+		if z := a.Zone(); z != "" && err == nil {
+			var ifi *net.Interface
+			if ifi, err = net.InterfaceByName(z); err == nil {
+				sa6.ZoneId = uint32(ifi.Index)
+			}
+		}
+		if err == nil {
+			err = unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 0)
+		}
+		sa = sa6
+	}
+	if fd >= 0 {
+		defer unix.Close(fd)
+	}
+	if err != nil {
+		return err
+	}
+	if err := unix.Sendto(fd, b, 0, sa); err != nil {
+		return fmt.Errorf("sendto: %w", err)
+	}
+	return nil
 }
 
 func packQuery(name string) ([]byte, error) {

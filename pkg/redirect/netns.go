@@ -8,12 +8,12 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
-	"syscall"
 
 	"github.com/containernetworking/plugins/pkg/ns"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/ztdns/ztdns/internal/netlinkdump"
 	"github.com/ztdns/ztdns/pkg/model"
 )
 
@@ -91,20 +91,19 @@ func NetnsAddrs(netnsPath string, max int) ([]netip.Addr, error) {
 	buf := make([]byte, netlinkRecvSize)
 	// A dump the addresses changed under (NLM_F_DUMP_INTR) may miss some:
 	// it is asked again once.
-	for seq := uint32(1); ; seq++ {
-		addrs, interrupted, err := dumpAddrs(fd, seq, buf, max)
-		if err != nil {
-			return nil, fmt.Errorf("list addresses in %s: %w", netnsPath, err)
-		}
-		if interrupted {
-			if seq == 1 {
-				continue
-			}
-			return nil, fmt.Errorf("list addresses in %s: they changed during the listing, twice", netnsPath)
-		}
-		slices.SortFunc(addrs, func(a, b netip.Addr) int { return a.Compare(b) })
-		return slices.Compact(addrs), nil
+	var addrs []netip.Addr
+	err = netlinkdump.RetryOnce(func(attempt int) (interrupted bool, err error) {
+		addrs, interrupted, err = dumpAddrs(fd, uint32(attempt)+1, buf, max)
+		return interrupted, err
+	})
+	if errors.Is(err, netlinkdump.ErrInterrupted) {
+		return nil, fmt.Errorf("list addresses in %s: they %w", netnsPath, err)
 	}
+	if err != nil {
+		return nil, fmt.Errorf("list addresses in %s: %w", netnsPath, err)
+	}
+	slices.SortFunc(addrs, func(a, b netip.Addr) int { return a.Compare(b) })
+	return slices.Compact(addrs), nil
 }
 
 // dumpAddrs asks the kernel for every address (RTM_GETADDR, any family) and
@@ -121,53 +120,33 @@ func dumpAddrs(fd int, seq uint32, buf []byte, max int) (addrs []netip.Addr, int
 	if err := unix.Sendto(fd, req[:], 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
 		return nil, false, fmt.Errorf("send netlink request: %w", err)
 	}
-	seen := 0
-	for {
+	recv := func() ([]byte, error) {
 		n, _, err := unix.Recvfrom(fd, buf, unix.MSG_TRUNC)
 		if err != nil {
-			return nil, false, fmt.Errorf("receive netlink answer: %w", err)
+			return nil, fmt.Errorf("receive netlink answer: %w", err)
 		}
 		if n > len(buf) {
-			return nil, false, fmt.Errorf("netlink answer of %d bytes, more than %d", n, len(buf))
+			return nil, fmt.Errorf("netlink answer of %d bytes, more than %d", n, len(buf))
 		}
-		for b := buf[:n]; len(b) >= unix.SizeofNlMsghdr; {
-			l := int(binary.NativeEndian.Uint32(b[0:]))
-			typ := binary.NativeEndian.Uint16(b[4:])
-			flags := binary.NativeEndian.Uint16(b[6:])
-			mseq := binary.NativeEndian.Uint32(b[8:])
-			if l < unix.SizeofNlMsghdr || l > len(b) {
-				return nil, false, errors.New("malformed netlink message")
-			}
-			data := b[unix.SizeofNlMsghdr:l]
-			b = b[min(nlmAlign(l), len(b)):]
-			if mseq != seq {
-				continue // an answer to an earlier request
-			}
-			if flags&unix.NLM_F_DUMP_INTR != 0 {
-				interrupted = true
-			}
-			switch typ {
-			case unix.NLMSG_DONE, unix.NLMSG_ERROR:
-				// NLMSG_DONE's payload, when there is one, is an error as
-				// NLMSG_ERROR's: the dump failed part way.
-				if len(data) >= 4 {
-					if errno := -int32(binary.NativeEndian.Uint32(data)); errno != 0 {
-						return nil, false, syscall.Errno(errno)
-					}
-				} else if typ == unix.NLMSG_ERROR {
-					return nil, false, errors.New("short netlink error message")
-				}
-				return addrs, interrupted, nil
-			case unix.RTM_NEWADDR:
-				if seen++; seen > max {
-					return nil, false, fmt.Errorf("%w: more than %d", ErrTooManyAddrs, max)
-				}
-				if ip, ok := ifaddrIP(data); ok && model.PodAddr(ip) {
-					addrs = append(addrs, ip.Unmap())
-				}
-			}
-		}
+		return buf[:n], nil
 	}
+	seen := 0
+	interrupted, err = netlinkdump.Read(recv, seq, func(typ, _ uint16, data []byte) error {
+		if typ != unix.RTM_NEWADDR {
+			return nil
+		}
+		if seen++; seen > max {
+			return fmt.Errorf("%w: more than %d", ErrTooManyAddrs, max)
+		}
+		if ip, ok := ifaddrIP(data); ok && model.PodAddr(ip) {
+			addrs = append(addrs, ip.Unmap())
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, false, err
+	}
+	return addrs, interrupted, nil
 }
 
 // ifaddrIP returns the address of an RTM_NEWADDR message: IFA_LOCAL, which
@@ -178,7 +157,7 @@ func ifaddrIP(data []byte) (netip.Addr, bool) {
 		return netip.Addr{}, false
 	}
 	var address, local netip.Addr
-	for b := data[nlmAlign(unix.SizeofIfAddrmsg):]; len(b) >= unix.SizeofRtAttr; {
+	for b := data[netlinkdump.Align(unix.SizeofIfAddrmsg):]; len(b) >= unix.SizeofRtAttr; {
 		l := int(binary.NativeEndian.Uint16(b[0:]))
 		if l < unix.SizeofRtAttr || l > len(b) {
 			break
@@ -190,15 +169,13 @@ func ifaddrIP(data []byte) (netip.Addr, bool) {
 		case unix.IFA_LOCAL:
 			local, _ = netip.AddrFromSlice(v)
 		}
-		b = b[min(nlmAlign(l), len(b)):]
+		b = b[min(netlinkdump.Align(l), len(b)):]
 	}
 	if local.IsValid() {
 		return local, true
 	}
 	return address, address.IsValid()
 }
-
-func nlmAlign(n int) int { return (n + unix.NLMSG_ALIGNTO - 1) &^ (unix.NLMSG_ALIGNTO - 1) }
 
 // PodInfoFromNetns fills a PodInfo with the first IPv4 and IPv6 address of
 // the network namespace at netnsPath.

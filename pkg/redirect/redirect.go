@@ -218,6 +218,21 @@ var podLocal = []netip.Prefix{
 	netip.MustParsePrefix("::1/128"), netip.MustParsePrefix("::/128"), netip.MustParsePrefix("fe80::/10"),
 }
 
+// PodLocal reports whether a is on the pod's own host or link, where the
+// programs never redirect a query nor learn a nameserver (is_local in
+// bpf/ztdns.c): loopback (127.0.0.0/8, ::1), unspecified (0.0.0.0, ::) or
+// IPv6 link-local (fe80::/10). An IPv4-mapped address counts as IPv4, as in
+// the programs; a zone is ignored.
+func PodLocal(a netip.Addr) bool {
+	a = a.Unmap().WithZone("")
+	for _, l := range podLocal {
+		if l.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
 // neverCaptured reports whether every address of p is one the programs
 // leave alone: listing it could only mislead.
 func neverCaptured(p netip.Prefix) bool {

@@ -30,7 +30,6 @@ import (
 	"os"
 	"slices"
 	"strings"
-	"syscall"
 	"unsafe"
 
 	"github.com/containernetworking/plugins/pkg/ns"
@@ -40,6 +39,7 @@ import (
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/ztdns/ztdns/internal/netlinkdump"
 	"github.com/ztdns/ztdns/pkg/redirect"
 )
 
@@ -372,23 +372,22 @@ func (b *boundedNetlink) exchange(reqs []netlink.Message) ([]netlink.Message, er
 		}
 		// A dump the rules changed under (NLM_F_DUMP_INTR) may miss some or
 		// list some twice: it is asked again once.
-		for attempt := 0; ; attempt++ {
+		var msgs []netlink.Message
+		err = netlinkdump.RetryOnce(func(int) (interrupted bool, err error) {
 			// Unaddressed, a netlink socket sends to the kernel.
 			if _, err := unix.Write(b.fd, data); err != nil {
-				return nil, fmt.Errorf("send netlink request: %w", err)
+				return false, fmt.Errorf("send netlink request: %w", err)
 			}
-			msgs, interrupted, err := b.readDump(req.Header)
-			if err != nil {
-				return nil, err
-			}
-			if !interrupted {
-				out = append(out, msgs...)
-				break
-			}
-			if attempt > 0 {
-				return nil, errors.New("netfilter rules changed during the listing, twice")
-			}
+			msgs, interrupted, err = b.readDump(req.Header)
+			return interrupted, err
+		})
+		if errors.Is(err, netlinkdump.ErrInterrupted) {
+			return nil, fmt.Errorf("netfilter rules %w", err)
 		}
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, msgs...)
 	}
 	return out, nil
 }
@@ -398,60 +397,37 @@ func (b *boundedNetlink) exchange(reqs []netlink.Message) ([]netlink.Message, er
 // a message flagged NLM_F_DUMP_INTR: the rules changed during the dump.
 func (b *boundedNetlink) readDump(h netlink.Header) (out []netlink.Message, interrupted bool, err error) {
 	var peek [1]byte
-	for {
+	recv := func() ([]byte, error) {
 		// The datagram's size first, so a buffer too small truncates
-		// nothing; a buffer of its own, since the messages returned point
+		// nothing; a buffer of its own, since the messages kept point
 		// into it.
 		n, _, err := unix.Recvfrom(b.fd, peek[:], unix.MSG_PEEK|unix.MSG_TRUNC)
 		if err != nil {
-			return nil, false, fmt.Errorf("receive netlink answer: %w", err)
+			return nil, fmt.Errorf("receive netlink answer: %w", err)
 		}
 		if n > b.left {
-			return nil, false, fmt.Errorf("netfilter listing of more than %d bytes", b.limit)
+			return nil, fmt.Errorf("netfilter listing of more than %d bytes", b.limit)
 		}
 		buf := make([]byte, n)
 		n, _, err = unix.Recvfrom(b.fd, buf, 0)
 		if err != nil {
-			return nil, false, fmt.Errorf("receive netlink answer: %w", err)
+			return nil, fmt.Errorf("receive netlink answer: %w", err)
 		}
 		b.left -= n
-		msgs, err := syscall.ParseNetlinkMessage(buf[:n])
-		if err != nil {
-			return nil, false, fmt.Errorf("parse netlink answer: %w", err)
-		}
-		for _, m := range msgs {
-			if m.Header.Seq != h.Sequence {
-				continue // an answer to an earlier request
-			}
-			if m.Header.Flags&unix.NLM_F_DUMP_INTR != 0 {
-				interrupted = true
-			}
-			switch m.Header.Type {
-			case unix.NLMSG_DONE:
-				// Its payload, when there is one, is an error as in
-				// NLMSG_ERROR: the dump failed part way.
-				if len(m.Data) >= 4 {
-					if errno := -int32(binary.NativeEndian.Uint32(m.Data)); errno != 0 {
-						return nil, false, syscall.Errno(errno)
-					}
-				}
-				return out, interrupted, nil
-			case unix.NLMSG_ERROR:
-				if len(m.Data) < 4 {
-					return nil, false, errors.New("short netlink error message")
-				}
-				if errno := -int32(binary.NativeEndian.Uint32(m.Data)); errno != 0 {
-					return nil, false, syscall.Errno(errno)
-				}
-				return out, interrupted, nil
-			}
-			out = append(out, netlink.Message{
-				Header: netlink.Header{
-					Length: m.Header.Len, Type: netlink.HeaderType(m.Header.Type),
-					Flags: netlink.HeaderFlags(m.Header.Flags) &^ netlink.Multi, Sequence: h.Sequence, PID: h.PID,
-				},
-				Data: m.Data,
-			})
-		}
+		return buf[:n], nil
 	}
+	interrupted, err = netlinkdump.Read(recv, h.Sequence, func(typ, flags uint16, data []byte) error {
+		out = append(out, netlink.Message{
+			Header: netlink.Header{
+				Length: uint32(unix.NLMSG_HDRLEN + len(data)), Type: netlink.HeaderType(typ),
+				Flags: netlink.HeaderFlags(flags) &^ netlink.Multi, Sequence: h.Sequence, PID: h.PID,
+			},
+			Data: data,
+		})
+		return nil
+	})
+	if err != nil {
+		return nil, false, err
+	}
+	return out, interrupted, nil
 }
