@@ -1,6 +1,7 @@
 package resolver
 
 import (
+	"slices"
 	"sync"
 	"sync/atomic"
 
@@ -246,8 +247,7 @@ type namespaceCounts struct {
 	mu    sync.Mutex
 	max   int
 	slots map[string]int32
-	names []string // by slot; "" for a free one
-	free  []int32  // slots freed by forget, taken before namespaceOther
+	names []string // by slot; "" for a free one, taken before namespaceOther
 }
 
 const (
@@ -281,14 +281,14 @@ func (nc *namespaceCounts) assign(pod *podcache.Pod) int32 {
 	s, ok := nc.slots[pod.Namespace]
 	if !ok {
 		s = slotOther
-		switch {
-		case len(nc.free) > 0:
-			s = nc.free[len(nc.free)-1]
-			nc.free = nc.free[:len(nc.free)-1]
+		// A free slot first: a scan of at most max names, on a namespace's
+		// first query only.
+		if i := slices.Index(nc.names[slotOther+1:], ""); i >= 0 {
+			s = int32(slotOther + 1 + i)
 			nc.counts[s].Store(0) // what queries in flight added since it was freed
 			nc.names[s] = pod.Namespace
 			nc.slots[pod.Namespace] = s
-		case len(nc.names)-2 < nc.max:
+		} else if len(nc.names)-2 < nc.max {
 			s = int32(len(nc.names))
 			nc.names = append(nc.names, pod.Namespace)
 			nc.slots[pod.Namespace] = s
@@ -318,7 +318,6 @@ func (nc *namespaceCounts) forget(pods []*podcache.Pod) {
 		if _, ok := live[ns]; !ok {
 			delete(nc.slots, ns)
 			nc.names[s] = ""
-			nc.free = append(nc.free, s)
 			freed = true
 		}
 	}

@@ -411,11 +411,8 @@ func (f *Forwarder) goTracked(fn func()) bool {
 func distinctUpstreams(upstreams []netip.AddrPort) []netip.AddrPort {
 	out := make([]netip.AddrPort, 0, min(len(upstreams), maxUpstreams))
 	for _, u := range upstreams {
-		if !u.IsValid() || u.Port() == 0 {
-			continue
-		}
-		u = netip.AddrPortFrom(u.Addr().Unmap(), u.Port())
-		if slices.Contains(out, u) {
+		u, ok := canonicalUpstream(u)
+		if !ok || slices.Contains(out, u) {
 			continue
 		}
 		if out = append(out, u); len(out) == maxUpstreams {
@@ -423,6 +420,15 @@ func distinctUpstreams(upstreams []netip.AddrPort) []netip.AddrPort {
 		}
 	}
 	return out
+}
+
+// canonicalUpstream is u as the forwarder keeps it: IPv4-mapped IPv6 as
+// IPv4; false for an address or port that cannot be sent to.
+func canonicalUpstream(u netip.AddrPort) (netip.AddrPort, bool) {
+	if !u.IsValid() || u.Port() == 0 {
+		return netip.AddrPort{}, false
+	}
+	return netip.AddrPortFrom(u.Addr().Unmap(), u.Port()), true
 }
 
 // finish turns an upstream reply into the client's: a copy with the client's

@@ -126,8 +126,7 @@ func newUpstreamMetrics(maxSeries int, known []netip.AddrPort) *upstreamMetrics 
 		labels:    map[netip.AddrPort]string{},
 	}
 	for _, u := range known {
-		if u.IsValid() && u.Port() != 0 { // as distinctUpstreams has them
-			u = netip.AddrPortFrom(u.Addr().Unmap(), u.Port())
+		if u, ok := canonicalUpstream(u); ok {
 			m.labels[u] = u.String()
 		}
 	}

@@ -397,24 +397,24 @@ func (b *Builder) Build(s *model.Snapshot) (*Table, []error) {
 	b.last = t
 	b.added, b.dropped = reuse(b.added), reuse(b.dropped)
 	clear(b.discarded)
-	// In the objects' order, not the map's: the agent keeps and shows the
-	// first few, which must not change from one build to the next.
-	keys := slices.SortedFunc(maps.Keys(b.warnings), compareObjKeys)
-	var hidden []objWarning
-	for _, ws := range b.hidden {
-		hidden = append(hidden, ws...)
-	}
-	slices.SortFunc(hidden, func(x, y objWarning) int {
-		return cmp.Or(compareObjKeys(x.key, y.key), strings.Compare(x.err.Error(), y.err.Error()))
-	})
-	var warnings []error
-	for _, k := range keys {
-		for ; len(hidden) > 0 && compareObjKeys(hidden[0].key, k) < 0; hidden = hidden[1:] {
-			warnings = append(warnings, hidden[0].err)
+	// In the objects' order, not the maps': the agent keeps and shows the
+	// first few, which must not change from one build to the next. An
+	// object's own warnings keep their order and come before its hidden
+	// ones, which are sorted by text.
+	var all []objWarning
+	for k, ws := range b.warnings {
+		for _, err := range ws {
+			all = append(all, objWarning{key: k, err: err})
 		}
-		warnings = append(warnings, b.warnings[k]...)
 	}
-	for _, w := range hidden {
+	own := len(all)
+	for _, ws := range b.hidden {
+		all = append(all, ws...)
+	}
+	slices.SortFunc(all[own:], func(x, y objWarning) int { return strings.Compare(x.err.Error(), y.err.Error()) })
+	slices.SortStableFunc(all, func(x, y objWarning) int { return compareObjKeys(x.key, y.key) })
+	var warnings []error
+	for _, w := range all {
 		warnings = append(warnings, w.err)
 	}
 	return t, warnings

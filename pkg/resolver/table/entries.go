@@ -597,25 +597,12 @@ func hiddenEntries(list []*Entry) []objWarning {
 		return nil
 	}
 	// Per namespace, its first entry and its first visible from every
-	// namespace: the two that may hide the rest. Searched for in a short
-	// list, kept in a map for a long one.
-	var heads map[string]nsHeads
-	if len(list) > shortList {
-		heads = map[string]nsHeads{}
-	}
+	// namespace: the two that may hide the rest.
+	heads := map[string]nsHeads{}
 	var out []objWarning
 	for j, e := range list {
-		var h nsHeads
-		if heads == nil {
-			for _, x := range list[:j] {
-				if x.src.namespace == e.src.namespace {
-					h = h.with(x)
-				}
-			}
-		} else {
-			h = heads[e.src.namespace]
-			heads[e.src.namespace] = h.with(e)
-		}
+		h := heads[e.src.namespace]
+		heads[e.src.namespace] = h.with(e)
 		if j > 0 && list[j-1].src == e.src {
 			continue // a host the object lists twice: warned of once
 		}

@@ -318,13 +318,14 @@ type Result struct {
 }
 
 // Resolve finds what a pod in namespace ns gets for qname (lower case, fully
-// qualified). In order: the exact name (see exact); a reverse name (PTR); an
-// SRV name of a Service; a wildcard ServiceEntry covering it; a Kubernetes
-// short form ("svc" from the pod's own namespace, "svc.ns", "svc.ns.svc"),
-// its full name or a wildcard covering that; and finally a search-list
-// expansion (see expansion). The names and wildcards come in the order
-// ztunnel tries them (find_server), and a name claimed without records ends
-// the search: forwarded. qname must stay unchanged while the result is used.
+// qualified). In order: the exact name (see yieldExternal); a reverse name
+// (PTR); an SRV name of a Service; a wildcard ServiceEntry covering it; a
+// Kubernetes short form ("svc" from the pod's own namespace, "svc.ns",
+// "svc.ns.svc"), its full name or a wildcard covering that; and finally a
+// search-list expansion (see expansion). The names and wildcards come in the
+// order ztunnel tries them (find_server), and a name claimed without records
+// ends the search: forwarded. qname must stay unchanged while the result is
+// used.
 func (t *Table) Resolve(qname, ns string) (r Result) {
 	t.resolve(&r, qname, ns)
 	r.t, r.qname = t, qname
@@ -332,7 +333,7 @@ func (t *Table) Resolve(qname, ns string) (r Result) {
 }
 
 func (t *Table) resolve(r *Result, qname, ns string) {
-	if e, claimed := t.exact(qname, ns); claimed {
+	if e, claimed := held(t.yieldExternal(choose(t.lookup(qname), ns), qname, ns)); claimed {
 		r.Entry = e
 		return
 	}
@@ -430,29 +431,37 @@ func (t *Table) Find(name, ns string) *Entry {
 // find is one name ztunnel tries: the name, then the wildcards covering it;
 // claimed as held.
 func (t *Table) find(name, ns string) (*Entry, bool) {
-	if e, claimed := t.exact(name, ns); claimed {
+	if e, claimed := held(t.yieldExternal(choose(t.lookup(name), ns), name, ns)); claimed {
 		return e, true
 	}
 	return t.wildcard(name, ns)
 }
 
-// exact is what a pod in ns gets for name itself (see exactChoice); claimed
-// as held.
-func (t *Table) exact(name, ns string) (*Entry, bool) {
-	return held(t.exactChoice(name, ns))
+// exactChoice is the entry that decides name itself for a pod in ns, as
+// resolve and find choose it. Rows shows this choice, so `ztdns table`
+// cannot tell another story than the resolver.
+func (t *Table) exactChoice(name, ns string) *Entry {
+	return t.yieldExternal(choose(t.lookup(name), ns), name, ns)
 }
 
-// exactChoice is the entry that decides name itself for a pod in ns:
-// choose's, but an ExternalName Service yields to a wildcard covering its
-// name (istiod sends ztunnel no ExternalName Service, so ztunnel finds the
-// wildcard). Rows shows this choice, so `ztdns table` cannot tell another
-// story than the resolver.
-func (t *Table) exactChoice(name, ns string) *Entry {
-	e := choose(t.lookup(name), ns)
+// yieldExternal is e, choose's entry for name itself, but an ExternalName
+// Service yields to a wildcard covering its name (istiod sends ztunnel no
+// ExternalName Service, so ztunnel finds the wildcard). Small enough to
+// inline: the usual entry costs resolve no call here.
+func (t *Table) yieldExternal(e *Entry, name, ns string) *Entry {
 	if e != nil && e.src.rank == rankExternalName {
-		if w := t.wildcardChoice(name, ns); w != nil {
-			return w
-		}
+		return t.wildcardOr(e, name, ns)
+	}
+	return e
+}
+
+// wildcardOr is the wildcard that decides name for a pod in ns, else e:
+// yieldExternal's rare path, kept out of line so yieldExternal inlines.
+//
+//go:noinline
+func (t *Table) wildcardOr(e *Entry, name, ns string) *Entry {
+	if w := t.wildcardChoice(name, ns); w != nil {
+		return w
 	}
 	return e
 }

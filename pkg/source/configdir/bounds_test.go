@@ -59,9 +59,7 @@ spec: {clusterIP: 10.96.0.1, selector: *l}
 		filepath.Join(dir, "bomb.yaml") + ":11: YAML aliases (the first: *x) expand this document to more than 8388608 bytes: write the values out instead (Kubernetes manifests do not need anchors and aliases)",
 		filepath.Join(dir, "cycle.yaml") + ":3: YAML aliases (the first: *m) expand this document to more than 8388608 bytes: write the values out instead (Kubernetes manifests do not need anchors and aliases)",
 	}
-	if g := errorStrings(errs); !reflect.DeepEqual(g, want) {
-		t.Errorf("errors\n%s\nwant\n%s", strings.Join(g, "\n"), strings.Join(want, "\n"))
-	}
+	wantErrors(t, errs, want)
 	if w := []string{"service default/web"}; !reflect.DeepEqual(gotNames, w) {
 		t.Errorf("objects %q, want %q (other files still apply)", gotNames, w)
 	}
@@ -92,9 +90,7 @@ func TestAliasesOfSmallValuesRefused(t *testing.T) {
 	want := []string{filepath.Join(dir, "maps.yaml") + fmt.Sprintf(
 		":6: YAML aliases (the first: *m) expand this document to more than %d values: write the values out instead (Kubernetes manifests do not need anchors and aliases)",
 		maxExpandedNodes)}
-	if g := errorStrings(errs); !reflect.DeepEqual(g, want) {
-		t.Errorf("errors\n%s\nwant\n%s", strings.Join(g, "\n"), strings.Join(want, "\n"))
-	}
+	wantErrors(t, errs, want)
 	if g := names(snap); len(g) > 0 {
 		t.Errorf("objects %q, want none", g)
 	}
@@ -413,9 +409,7 @@ func TestDeeplyNestedListsRefused(t *testing.T) {
 		filepath.Join(dir, "big.yaml") + ":5: " + msg,
 		filepath.Join(dir, "empty.yaml") + ":1: " + msg,
 	}
-	if g := errorStrings(errs); !reflect.DeepEqual(g, want) {
-		t.Errorf("errors\n%s\nwant\n%s", strings.Join(g, "\n"), strings.Join(want, "\n"))
-	}
+	wantErrors(t, errs, want)
 	if w := []string{"namespace deep", "service default/web"}; !reflect.DeepEqual(gotNames, w) {
 		t.Errorf("objects %q, want %q (other files still apply)", gotNames, w)
 	}

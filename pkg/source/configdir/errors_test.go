@@ -274,9 +274,7 @@ spec: {clusterIP: None}
 			for _, w := range tc.want {
 				want = append(want, filepath.Join(dir, w))
 			}
-			if g := errorStrings(errs); !reflect.DeepEqual(g, want) {
-				t.Errorf("errors\n%s\nwant\n%s", strings.Join(g, "\n"), strings.Join(want, "\n"))
-			}
+			wantErrors(t, errs, want)
 			// A file broken from the start contributes nothing, not even its
 			// good first document.
 			if n := names(got); len(n) > 0 {
@@ -313,9 +311,7 @@ spec:
 			})
 			want := []string{filepath.Join(dir, "svc.yaml:5: service shop/cart: type "+cmp.Or(typ, "ClusterIP")+
 				" without spec.clusterIP: give the address its name answers with, or clusterIP: None for a headless Service")}
-			if g := errorStrings(errs); !reflect.DeepEqual(g, want) {
-				t.Errorf("errors\n%s\nwant\n%s", strings.Join(g, "\n"), strings.Join(want, "\n"))
-			}
+			wantErrors(t, errs, want)
 			// What `ztdns table --namespace shop` shows: the ServiceEntry's
 			// address, not a Service's empty answer.
 			tbl, buildErrs := table.Build(got, table.Options{Domain: table.DefaultDomain, TTL: table.DefaultTTL})
@@ -395,9 +391,7 @@ func TestFileLevelErrors(t *testing.T) {
 			log, _ := testLogger(t)
 			got, errs := load(t, dir, WithLogger(log))
 			want := []string{filepath.Join(dir, strings.ReplaceAll(tc.want, "DIR", dir))}
-			if g := errorStrings(errs); !reflect.DeepEqual(g, want) {
-				t.Errorf("errors %q, want %q", g, want)
-			}
+			wantErrors(t, errs, want)
 			if n, w := names(got), []string{"namespace fine"}; !reflect.DeepEqual(n, w) {
 				t.Errorf("objects %q, want %q (other files still apply)", n, w)
 			}
@@ -443,9 +437,7 @@ func TestObjectLimits(t *testing.T) {
 		filepath.Join(dir, "c.yaml") + ":1: more than 5 objects in one file (--config-max-objects-per-file): split it",
 		filepath.Join(dir, "e.yaml") + ": serving its 1 objects would make 9 in the directory, more than the limit of 8 (--config-max-objects)",
 	}
-	if g := errorStrings(errs); !reflect.DeepEqual(g, want) {
-		t.Errorf("errors\n%s\nwant\n%s", strings.Join(g, "\n"), strings.Join(want, "\n"))
-	}
+	wantErrors(t, errs, want)
 	if n := len(got.Namespaces); n != 8 {
 		t.Errorf("served %d namespaces (%q), want the 8 of a.yaml and d.yaml", n, names(got))
 	}
@@ -472,9 +464,7 @@ func TestEveryDocumentCounts(t *testing.T) {
 		filepath.Join(dir, "list.yaml") + ":1: more than 3 objects in one file (--config-max-objects-per-file): split it",
 		filepath.Join(dir, "nulls.yaml") + ":4: more than 3 objects in one file (--config-max-objects-per-file): split it",
 	}
-	if g := errorStrings(errs); !reflect.DeepEqual(g, want) {
-		t.Errorf("errors\n%s\nwant\n%s", strings.Join(g, "\n"), strings.Join(want, "\n"))
-	}
+	wantErrors(t, errs, want)
 	if g, w := names(got), []string{"namespace b"}; !reflect.DeepEqual(g, w) {
 		t.Errorf("objects %q, want %q", g, w)
 	}
@@ -493,9 +483,7 @@ func TestLargeDocumentRefused(t *testing.T) {
 	dir, got, errs := loadFiles(t, map[string]string{"list.yaml": list.String(), "docs.yaml": docs.String()})
 	want := []string{fmt.Sprintf("%s:1: a document of %d bytes, more than %d: write its objects as separate documents (---)",
 		filepath.Join(dir, "list.yaml"), list.Len(), maxDocumentBytes)}
-	if g := errorStrings(errs); !reflect.DeepEqual(g, want) {
-		t.Errorf("errors %q, want %q", g, want)
-	}
+	wantErrors(t, errs, want)
 	if len(got.Namespaces) == 0 || !strings.HasPrefix(got.Namespaces[0].Name, "doc-") {
 		t.Errorf("the separate documents were not served: %d namespaces", len(got.Namespaces))
 	}
@@ -557,9 +545,7 @@ func TestDuplicateAcrossFiles(t *testing.T) {
 		"b.yaml": goodNamespace + svc("10.96.0.2"),
 	})
 	want := []string{filepath.Join(dir, "b.yaml") + ":5: service default/web is already defined at " + filepath.Join(dir, "a.yaml") + ":1"}
-	if g := errorStrings(errs); !reflect.DeepEqual(g, want) {
-		t.Errorf("errors %q, want %q", g, want)
-	}
+	wantErrors(t, errs, want)
 	if n, w := names(got), []string{"service default/web"}; !reflect.DeepEqual(n, w) || got.Services[0].ClusterIPs[0].String() != "10.96.0.1" {
 		t.Errorf("objects %q (%+v), want %q from a.yaml", n, got.Services, w)
 	}

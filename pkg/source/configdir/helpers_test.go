@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"reflect"
 	"runtime"
 	"strings"
 	"sync"
@@ -218,6 +219,14 @@ func (r *running) waitForErrors(tb testing.TB, want ...string) {
 			tb.Fatalf("errors are\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// wantErrors checks that errs are want, in order (as errorStrings has them).
+func wantErrors(tb testing.TB, errs []error, want []string) {
+	tb.Helper()
+	if got := errorStrings(errs); !reflect.DeepEqual(got, want) {
+		tb.Errorf("errors\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 }
 

@@ -560,9 +560,7 @@ func TestNoDocumentDropped(t *testing.T) {
 		filepath.Join(dir, "nul.yaml") + ":7: a NUL byte: YAML manifests are UTF-8 text (a file saved as UTF-16 has one in every ASCII character)",
 		filepath.Join(dir, "utf16.yaml") + ": the file is UTF-16LE (it starts with that byte order mark): save it as UTF-8",
 	}
-	if got := errorStrings(errs); !reflect.DeepEqual(got, want) {
-		t.Errorf("errors\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
-	}
+	wantErrors(t, errs, want)
 	wantNames := []string{"namespace cr1", "namespace cr2", "namespace crlf1", "namespace crlf2",
 		"namespace dir1", "namespace dir2", "namespace ended1", "namespace ended2", "namespace ls1", "namespace ls2",
 		"namespace nel1", "namespace nel2", "namespace ps1", "namespace ps2"}
@@ -585,9 +583,7 @@ func TestEncodingErrorsNameTheirLine(t *testing.T) {
 		filepath.Join(dir, "ctrl.yaml") + ":4: control character U+0001, which YAML does not allow",
 		filepath.Join(dir, "latin1.yaml") + ":4: byte 0xE9 is not UTF-8: save the file as UTF-8",
 	}
-	if got := errorStrings(errs); !reflect.DeepEqual(got, want) {
-		t.Errorf("errors\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
-	}
+	wantErrors(t, errs, want)
 }
 
 func fmtDocs(docs []document) string {

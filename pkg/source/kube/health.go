@@ -175,7 +175,7 @@ func (w *judgedWatch) run(start time.Time, report func(error)) {
 	timer := time.NewTimer(time.Until(start.Add(minWatchOpen)))
 	defer timer.Stop()
 	opened := timer.C // nil once the stream worked or failed
-	events, failed := 0, false
+	gotEvent, failed := false, false
 	for {
 		select {
 		case <-opened:
@@ -186,13 +186,13 @@ func (w *judgedWatch) run(start time.Time, report func(error)) {
 				select {
 				case <-w.stop: // stopped by the reflector
 				default:
-					if opened != nil && events == 0 {
+					if opened != nil && !gotEvent {
 						report(errShortWatch)
 					}
 				}
 				return
 			}
-			events++
+			gotEvent = true
 			if ev.Type == watch.Error && !failed {
 				opened, failed = nil, true
 				report(apierrors.FromObject(ev.Object))

@@ -97,6 +97,22 @@ func failingEntry(src *Source, resource string) string {
 	return ""
 }
 
+// stillFailing checks that Services still fail since the same moment after
+// more retries (after): Errors() still says failing, as it did then, the
+// gauge stays 1, and the failure was logged once, its recovery never.
+func stillFailing(t *testing.T, src *Source, logs *logWatcher, failing, after string) {
+	t.Helper()
+	if got := failingEntry(src, "services"); got != failing {
+		t.Errorf("after %s Errors() says %q, want still %q", after, got, failing)
+	}
+	if v := testutil.ToFloat64(src.metrics.watchFailing.WithLabelValues("services")); v != 1 {
+		t.Errorf("ztdns_kube_watch_failing{resource=services} = %v after %s, want 1", v, after)
+	}
+	if n, m := logs.count(logFailing), logs.count(logRecovered); n != 1 || m != 0 {
+		t.Errorf("logged %q %d times and %q %d times, want once and never", logFailing, n, logRecovered, m)
+	}
+}
+
 // TestWatchStreamFailureIsFailure: an API server (or a proxy) that
 // accepts every watch of Services and then ends it with an error event, or
 // closes it at once, while lists work, leaves new Services to the
@@ -139,15 +155,7 @@ func TestWatchStreamFailureIsFailure(t *testing.T) {
 			// Each retry is a watch-list, a list that works and a watch:
 			// three more broken watches take in a list that works.
 			waitCount(t, "broken watches", &b.brokenWatches, b.brokenWatches.Load()+3)
-			if got := failingEntry(rec.src, "services"); got != failing {
-				t.Errorf("after more broken watches Errors() says %q, want still %q", got, failing)
-			}
-			if v := testutil.ToFloat64(gauge); v != 1 {
-				t.Errorf("ztdns_kube_watch_failing{resource=services} = %v after more broken watches, want 1", v)
-			}
-			if n, m := logs.count(logFailing), logs.count(logRecovered); n != 1 || m != 0 {
-				t.Errorf("logged %q %d times and %q %d times, want once and never", logFailing, n, logRecovered, m)
-			}
+			stillFailing(t, rec.src, logs, failing, "more broken watches")
 
 			b.watches.Store(false)
 			rec.waitHealth(t, "healthy once watches work", func(err error) bool { return err == nil })
@@ -221,7 +229,6 @@ func TestWatchOpenClearsNoFailure(t *testing.T) {
 	cfg.Wrap(b.wrap)
 	logs := newLogWatcher()
 	rec := runSource(t, cfg, WithLogger(slog.New(logs)))
-	gauge := rec.src.metrics.watchFailing.WithLabelValues("services")
 
 	logs.waitFor(t, logFailing, 1)
 	failing := failingEntry(rec.src, "services")
@@ -231,15 +238,7 @@ func TestWatchOpenClearsNoFailure(t *testing.T) {
 	// Two more retries, each a broken watch and a broken list.
 	waitCount(t, "broken watches", &b.brokenWatches, b.brokenWatches.Load()+2)
 	waitCount(t, "broken lists", &b.brokenLists, b.brokenLists.Load()+2)
-	if got := failingEntry(rec.src, "services"); got != failing {
-		t.Errorf("after more retries Errors() says %q, want still %q", got, failing)
-	}
-	if v := testutil.ToFloat64(gauge); v != 1 {
-		t.Errorf("ztdns_kube_watch_failing{resource=services} = %v, want 1", v)
-	}
-	if n, m := logs.count(logFailing), logs.count(logRecovered); n != 1 || m != 0 {
-		t.Errorf("logged %q %d times and %q %d times, want once and never", logFailing, n, logRecovered, m)
-	}
+	stillFailing(t, rec.src, logs, failing, "more retries")
 	if err := rec.src.Healthy(); err == nil {
 		t.Errorf("Healthy() = nil with every list and watch of Services failing")
 	}
