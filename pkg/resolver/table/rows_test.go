@@ -2,6 +2,7 @@ package table
 
 import (
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -122,13 +123,7 @@ func rowsText(rows []Row) string {
 		parts = append(parts, r.Type+" "+strings.Join(r.Values, ","))
 	}
 	slices.Sort(parts)
-	return strings.Join(slices.Sorted(func(yield func(string) bool) {
-		for o := range origins {
-			if !yield(o) {
-				return
-			}
-		}
-	}), "+") + ": " + strings.Join(parts, "; ")
+	return strings.Join(slices.Sorted(maps.Keys(origins)), "+") + ": " + strings.Join(parts, "; ")
 }
 
 // answerText is what Resolve gives, as rowsText writes it.

@@ -326,13 +326,14 @@ func (j *judged) end(tb testing.TB) []error {
 // closes sooner with no event; one closed sooner after events, or stopped
 // by the reflector, is neither.
 func TestJudgeWatch(t *testing.T) {
-	// A start this far off never reaches the one-second mark in the test.
-	notYet := time.Now().Add(time.Hour)
+	// A start this far off never reaches the one-second mark in the test;
+	// one a second ago reaches it at once, without the test waiting.
+	notYet, aSecondAgo := time.Now().Add(time.Hour), time.Now().Add(-minWatchOpen)
 	internal := &metav1.Status{Status: metav1.StatusFailure, Code: http.StatusInternalServerError,
 		Reason: metav1.StatusReasonInternalError, Message: "injected"}
 
 	t.Run("quiet stream works", func(t *testing.T) {
-		j := judge(time.Now())
+		j := judge(aSecondAgo)
 		if err := j.next(t); err != nil {
 			t.Errorf("a quiet stream open a second reported %v, want nil", err)
 		}
@@ -361,7 +362,7 @@ func TestJudgeWatch(t *testing.T) {
 		}
 	})
 	t.Run("error event after working", func(t *testing.T) {
-		j := judge(time.Now())
+		j := judge(aSecondAgo)
 		if err := j.next(t); err != nil {
 			t.Fatalf("first report %v, want nil", err)
 		}
