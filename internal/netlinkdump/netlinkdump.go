@@ -11,8 +11,22 @@ import (
 	"errors"
 	"syscall"
 
+	"github.com/containernetworking/plugins/pkg/ns"
 	"golang.org/x/sys/unix"
 )
+
+// Socket opens a netlink socket of protocol proto (unix.NETLINK_ROUTE,
+// unix.NETLINK_NETFILTER) in the network namespace at netnsPath; it stays
+// there whatever thread later uses it.
+func Socket(netnsPath string, proto int) (int, error) {
+	fd := -1
+	err := ns.WithNetNSPath(netnsPath, func(ns.NetNS) error {
+		var err error
+		fd, err = unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, proto)
+		return err
+	})
+	return fd, err
+}
 
 // ErrInterrupted is RetryOnce's error when the dumped objects changed
 // during both dumps.

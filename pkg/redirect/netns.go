@@ -77,12 +77,7 @@ const netlinkRecvSize = 32 << 10
 // and never stopping would read all of a namespace made to hold tens of
 // thousands.
 func NetnsAddrs(netnsPath string, max int) ([]netip.Addr, error) {
-	fd := -1
-	err := ns.WithNetNSPath(netnsPath, func(ns.NetNS) error {
-		var err error
-		fd, err = unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_ROUTE)
-		return err
-	})
+	fd, err := netlinkdump.Socket(netnsPath, unix.NETLINK_ROUTE)
 	if err != nil {
 		return nil, fmt.Errorf("netlink in %s: %w", netnsPath, err)
 	}

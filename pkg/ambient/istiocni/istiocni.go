@@ -338,12 +338,7 @@ type boundedNetlink struct {
 }
 
 func dialBounded(netnsPath string, limit int) (*boundedNetlink, error) {
-	fd := -1
-	err := ns.WithNetNSPath(netnsPath, func(ns.NetNS) error {
-		var err error
-		fd, err = unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_NETFILTER)
-		return err
-	})
+	fd, err := netlinkdump.Socket(netnsPath, unix.NETLINK_NETFILTER)
 	if err != nil {
 		return nil, fmt.Errorf("netfilter netlink socket: %w", err)
 	}
