@@ -685,9 +685,9 @@ original_destination(struct bpf_sock_addr *ctx, const struct endpoint *src)
 	struct socket_destinations *sd;
 	struct redirect_config *cfg;
 	struct nameserver_key key = {};
-	struct pod_key pk = {};
 	struct nameserver *ns;
 	struct pod_info *pod;
+	__u64 cookie;
 	__u32 idx;
 	int slot = -1;
 
@@ -733,13 +733,12 @@ original_destination(struct bpf_sock_addr *ctx, const struct endpoint *src)
 	 * while the pod was captured still sends through them once it is
 	 * released; the resolver forwards those queries to what the slot
 	 * holds, the pod's own nameserver, for as long as the socket is used. */
-	pk.netns_cookie = bpf_get_netns_cookie(ctx);
-	key.netns_cookie = pk.netns_cookie;
+	pod = marked_pod(ctx, &cookie);
+	key.netns_cookie = cookie;
 	key.slot = idx;
 	ns = bpf_map_lookup_elem(&nameservers, &key);
 	if (ns && same_endpoint(&ns->server, orig))
 		touch_slot(ns, bpf_ktime_get_ns());
-	pod = bpf_map_lookup_elem(&pods, &pk);
 	COUNT(pod, restored);
 	return orig;
 }
