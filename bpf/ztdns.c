@@ -675,14 +675,17 @@ static __always_inline int redirect6(struct bpf_sock_addr *ctx, bool sendmsg)
  * even on a socket ztdns redirected for another nameserver (musl with a
  * local and a remote one in resolv.conf). Restoring depends neither on the
  * heartbeat nor on the pods map: replies to queries sent before the agent
- * died, or before the pod was unmarked, are still in flight. The pods map is
- * only read to count and to keep the slot busy. */
+ * died, or before the pod was unmarked, are still in flight, and a socket
+ * connected while its pod was captured keeps sending to the resolver after
+ * the pod is released. The pods map is only read to count. */
 static __always_inline const struct endpoint *
 original_destination(struct bpf_sock_addr *ctx, const struct endpoint *src)
 {
 	const struct endpoint *resolvers, *orig;
 	struct socket_destinations *sd;
 	struct redirect_config *cfg;
+	struct nameserver_key key = {};
+	struct nameserver *ns;
 	struct pod_info *pod;
 	__u64 cookie;
 	__u32 idx;
@@ -719,26 +722,24 @@ original_destination(struct bpf_sock_addr *ctx, const struct endpoint *src)
 		return NULL;
 
 	COUNT(get_counters(), restored);
+	/* A reply keeps its slot busy: a socket connected once (c-ares keeps
+	 * one per server) sends with send() or write(), which no hook sees as
+	 * a query to the nameserver, so without this its slot would look idle
+	 * after ZTDNS_SLOT_IDLE_NS and could be given to another destination,
+	 * and its later queries forwarded there. Only while the slot still
+	 * holds what this socket addressed: a reply to a slot given away must
+	 * not keep its new holder busy. Marked or not: the agent keeps an
+	 * unmarked pod's slots until they are idle, and a socket connected
+	 * while the pod was captured still sends through them once it is
+	 * released; the resolver forwards those queries to what the slot
+	 * holds, the pod's own nameserver, for as long as the socket is used. */
 	pod = marked_pod(ctx, &cookie);
-	if (pod) {
-		/* A reply keeps its slot busy: a socket connected once (c-ares
-		 * keeps one per server) sends with send() or write(), which no
-		 * hook sees as a query to the nameserver, so without this its
-		 * slot would look idle after ZTDNS_SLOT_IDLE_NS and could be
-		 * given to another destination, and its later queries
-		 * forwarded there. Only while the slot still holds what this
-		 * socket addressed: a reply to a slot given away must not keep
-		 * its new holder busy. An unmarked pod has no slots to keep. */
-		struct nameserver_key key = {};
-		struct nameserver *ns;
-
-		key.netns_cookie = cookie;
-		key.slot = idx;
-		ns = bpf_map_lookup_elem(&nameservers, &key);
-		if (ns && same_endpoint(&ns->server, orig))
-			touch_slot(ns, bpf_ktime_get_ns());
-		COUNT(pod, restored);
-	}
+	key.netns_cookie = cookie;
+	key.slot = idx;
+	ns = bpf_map_lookup_elem(&nameservers, &key);
+	if (ns && same_endpoint(&ns->server, orig))
+		touch_slot(ns, bpf_ktime_get_ns());
+	COUNT(pod, restored);
 	return orig;
 }
 

@@ -26,7 +26,9 @@
 #define ZTDNS_AF_INET6 10
 
 /* Sizes of the hash maps. Both are BPF_F_NO_PREALLOC, so memory is only
- * used for pods that are actually marked. */
+ * used for pods that are actually marked, and for the slots of pods
+ * unmarked less than ZTDNS_SLOT_IDLE_NS after their last use (the agent
+ * sweeps those; see struct nameserver). */
 #define ZTDNS_MAX_PODS 16384
 #define ZTDNS_MAX_NAMESERVERS (ZTDNS_MAX_PODS * ZTDNS_SLOTS)
 
@@ -83,7 +85,11 @@ struct nameserver {
 	 * a send naming the destination) or reply restored from it (recvmsg,
 	 * getpeername). A slot idle for ZTDNS_SLOT_IDLE_NS may be given to
 	 * another destination; a busy one never is, so the resolver forwards
-	 * what is in flight right. */
+	 * what is in flight right. A pod's slots outlive its mark: a socket
+	 * connected while the pod was captured keeps sending to the resolver
+	 * once it is released, and the resolver forwards those queries to what
+	 * the slot holds. The agent removes an unmarked pod's slot once it is
+	 * idle. */
 	__u64 last_used_ns;
 };
 

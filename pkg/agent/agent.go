@@ -269,12 +269,13 @@ func newAgent(cfg Config) (*Agent, error) {
 		forward.WithKnownUpstreams(knownUpstreams(cfg)...))
 	a.fwd = forward.New(fwdOpts...)
 	a.server = resolver.New(resolver.Options{
-		Pods:       a.pods,
-		Forwarder:  a.fwd,
-		Upstreams:  a.upstreamsFor,
-		Autopath:   cfg.Autopath,
-		NodeSearch: cfg.NodeSearch,
-		Logger:     cfg.Logger,
+		Pods:        a.pods,
+		Forwarder:   a.fwd,
+		Upstreams:   a.upstreamsFor,
+		CaptureSlot: a.captureSlot,
+		Autopath:    cfg.Autopath,
+		NodeSearch:  cfg.NodeSearch,
+		Logger:      cfg.Logger,
 
 		Limits:         cfg.Limits,
 		MaxInflight:    cfg.MaxForwarding,
@@ -924,6 +925,16 @@ func (a *Agent) upstreamsFor(client, local netip.AddrPort) ([]netip.AddrPort, bo
 		}
 	}
 	return a.cfg.Upstreams, false
+}
+
+// captureSlot is the resolver's CaptureSlot: whether local is a resolver
+// slot the programs send pods' queries to.
+func (a *Agent) captureSlot(local netip.AddrPort) bool {
+	if a.capture == nil {
+		return false
+	}
+	_, ok := a.capture.slots[local]
+	return ok
 }
 
 // knownUpstreams are the nameservers the operator named: the configured

@@ -37,7 +37,9 @@ func (a *Agent) captureNetns(req control.CaptureRequest) (control.PodRow, error)
 	if req.Name == "" {
 		req.Name = req.Netns
 	}
-	for _, att := range a.pods.Attachments() {
+	// Namespaces released by hand under this name: the new one takes it.
+	var released []string
+	for key, att := range a.pods.Attachments() {
 		switch {
 		case att.NetnsCookie == ns.cookie && att.ContainerID != "":
 			return control.PodRow{}, control.Refused(fmt.Errorf("%s is pod %s/%s's, %s: capture add is for namespaces no runtime manages",
@@ -50,6 +52,8 @@ func (a *Agent) captureNetns(req control.CaptureRequest) (control.PodRow, error)
 		case att.Namespace == req.Namespace && att.Name == req.Name && att.ContainerID != "": // adopted
 			return control.PodRow{}, control.Refused(fmt.Errorf("%s/%s is already the name of network namespace %s, %s: capture add needs another --name",
 				req.Namespace, req.Name, att.NetnsPath, recordedBy(att)))
+		case att.Namespace == req.Namespace && att.Name == req.Name && att.NetnsCookie != ns.cookie && !att.Captured:
+			released = append(released, key)
 		case att.Namespace == req.Namespace && att.Name == req.Name && att.NetnsCookie != ns.cookie:
 			// Another namespace marked by hand under this name: merged by
 			// name, one would hide the other.
@@ -60,6 +64,11 @@ func (a *Agent) captureNetns(req control.CaptureRequest) (control.PodRow, error)
 	// The same netns marked again (under another name, say) has the same
 	// key: Apply replaces its record and keeps its mark and nameserver
 	// slots, which an unmark would drop.
+	for _, key := range released {
+		if _, _, err := a.capture.ctl.Forget(key); err != nil {
+			return control.PodRow{}, err
+		}
+	}
 	att := podcache.Attachment{Namespace: req.Namespace, Name: req.Name, NetnsPath: req.Netns, NetnsCookie: ns.cookie, IPs: ns.addrs,
 		Captured: true, Reason: capture.ReasonByHand}
 	if err := a.capture.ctl.Apply(att); err != nil {
@@ -75,9 +84,11 @@ func (a *Agent) captureNetns(req control.CaptureRequest) (control.PodRow, error)
 	return control.PodRow{}, errors.Join(err, errors.New("marked, but the pod is not listed"))
 }
 
-// releaseNetns unmarks a network namespace marked by hand. The netns may
-// be gone already: the record is then found by its path. A pod the
-// container runtime recorded is released by its DEL, not by hand.
+// releaseNetns unmarks a network namespace marked by hand. Its record
+// stays, not captured, while the namespace lives (capture.Release). The
+// netns may be gone already: the record is then found by its path, and
+// forgotten. A pod the container runtime recorded is released by its DEL,
+// not by hand.
 func (a *Agent) releaseNetns(req control.CaptureRequest) error {
 	if a.capture == nil {
 		return errNoCapture
@@ -90,7 +101,10 @@ func (a *Agent) releaseNetns(req control.CaptureRequest) error {
 	atts := a.pods.Attachments()
 	for key, att := range atts {
 		if att.NetnsPath == req.Netns && att.ContainerID == "" {
-			_, _, err := a.capture.ctl.Forget(key)
+			if !att.Captured {
+				return control.Invalid(fmt.Errorf("%s is not captured: released already", req.Netns))
+			}
+			_, _, err := a.capture.ctl.Release(key)
 			a.log.Info("released a network namespace", "netns", req.Netns, "pod", att.Namespace+"/"+att.Name)
 			return err
 		}

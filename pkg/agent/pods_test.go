@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ztdns/ztdns/pkg/capture"
 	"github.com/ztdns/ztdns/pkg/control"
 	"github.com/ztdns/ztdns/pkg/resolver"
 )
@@ -91,6 +92,45 @@ func TestCaptureAddRefusesANameTaken(t *testing.T) {
 	}
 	if p := a.pods.Lookup(netip.MustParseAddr("203.0.113.95")); p == nil || p.Key() != "default/vm" {
 		t.Errorf("203.0.113.95 is %v's, want default/vm's", p)
+	}
+}
+
+// TestCaptureDelKeepsAReleasedRecord: capture del unmarks a namespace and
+// keeps its record, not captured, so that its address stays known as an
+// uncaptured pod's (the resolver forwards what its sockets connected while
+// captured still send). A second capture del says it is not captured;
+// another namespace may take the released one's name, whose record then
+// goes.
+func TestCaptureDelKeepsAReleasedRecord(t *testing.T) {
+	a, m := cniAgent(t)
+	a.server = &resolver.Server{}
+	feedSource(a)
+	first, second := podNetns(t, "203.0.113.97/32"), podNetns(t, "203.0.113.98/32")
+	ip := netip.MustParseAddr("203.0.113.97")
+	if _, err := a.captureNetns(control.CaptureRequest{Netns: first.Path(), Namespace: "default", Name: "vm"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.releaseNetns(control.CaptureRequest{Netns: first.Path()}); err != nil {
+		t.Fatalf("capture del: %v", err)
+	}
+	if got := m.cookies(); len(got) != 0 {
+		t.Errorf("marks %v after capture del, want none", got)
+	}
+	if p := a.pods.Lookup(ip); !p.Uncaptured() || p.Attachment.Reason != capture.ReasonReleased {
+		t.Errorf("%s after capture del is %+v, want its record, released", ip, p)
+	}
+	if err := a.releaseNetns(control.CaptureRequest{Netns: first.Path()}); control.StatusOf(err) != http.StatusBadRequest {
+		t.Errorf("second capture del = %v (status %d), want not captured (400)", err, control.StatusOf(err))
+	}
+
+	if _, err := a.captureNetns(control.CaptureRequest{Netns: second.Path(), Namespace: "default", Name: "vm"}); err != nil {
+		t.Fatalf("capture add of another namespace as the released one's name: %v", err)
+	}
+	if got, want := m.cookies(), []uint64{cookieOf(t, second)}; !slices.Equal(got, want) {
+		t.Errorf("marks %v, want the second namespace's %v", got, want)
+	}
+	if p := a.pods.Lookup(ip); p != nil || len(a.pods.Attachments()) != 1 {
+		t.Errorf("%s is %v's, records %v; want the released record gone", ip, p, a.pods.Attachments())
 	}
 }
 

@@ -38,6 +38,9 @@ const (
 	ReasonHostNetns = "host-netns"
 	// ReasonByHand: marked with `ztdns capture add`.
 	ReasonByHand = "by-hand"
+	// ReasonReleased: marked with `ztdns capture add`, then released with
+	// `ztdns capture del` (Release).
+	ReasonReleased = "released"
 	// ReasonSourceMismatch: a CNI ADD the source contradicts (another UID,
 	// another node, the host's network), given by the agent: the pod is not
 	// captured and not recorded until the source agrees.
@@ -122,10 +125,12 @@ func New(cfg Config, pods *podcache.Cache, m Marker, ns Namespaces) *Controller 
 
 // Decide applies Istio's ambient rules to an attachment, with what the
 // source knows about the pod and its namespace right now. Namespaces marked
-// by hand are always captured, the node's own never; then pods in an
-// excluded namespace (Config.ExcludeNamespaces) never are.
+// by hand are captured until released by hand, the node's own never; then
+// pods in an excluded namespace (Config.ExcludeNamespaces) never are.
 func (c *Controller) Decide(att podcache.Attachment) (bool, string) {
 	switch {
+	case att.ContainerID == "" && att.Reason == ReasonReleased:
+		return false, ReasonReleased
 	case att.ContainerID == "":
 		return true, ReasonByHand
 	case slices.Contains(c.cfg.HostCookies, att.NetnsCookie):
@@ -191,6 +196,34 @@ func (c *Controller) Forget(key string) (podcache.Attachment, bool, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.forgetLocked(key)
+}
+
+// Release stops capturing the network namespace of a record made by hand
+// (`ztdns capture del`) and keeps the record, not captured
+// (ReasonReleased), for as long as the namespace lives, as a pod's
+// record stays when Istio's rules stop capturing it. A socket connected
+// while the namespace was captured stays connected to a resolver slot, and
+// its queries still reach the resolver: the record tells the resolver
+// whose they are, and that they are no longer captured, so it forwards
+// them to the pod's own nameserver instead of answering from the table. A
+// record whose namespace is gone is forgotten. It returns the record as it
+// was.
+func (c *Controller) Release(key string) (podcache.Attachment, bool, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.fenced.Load() {
+		return podcache.Attachment{}, false, ErrFenced
+	}
+	a, ok := c.pods.Attachment(key)
+	if !ok {
+		return a, false, nil
+	}
+	if c.netnsGone(a) {
+		return c.forgetLocked(key)
+	}
+	released := a
+	released.Captured, released.Reason = false, ReasonReleased
+	return a, true, c.applyLocked(released)
 }
 
 // forgetIf forgets the attachment with that key if it still records the

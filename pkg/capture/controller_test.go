@@ -1050,3 +1050,59 @@ func TestAdoptionIgnoresARecordedNamespaceHoldingAnotherPodsIP(t *testing.T) {
 		t.Errorf("web's attachment %+v, want its CNI record's (10)", p.Attachment)
 	}
 }
+
+// TestReleaseKeepsTheRecord: a namespace marked by hand and released
+// (`ztdns capture del`) is unmarked, and its record stays, not captured,
+// through decisions and a restart, so the resolver still knows whose its
+// addresses are (a socket connected while captured still reaches it); the
+// record goes once the namespace is gone. Released again, or released
+// when its namespace is gone already, it is forgotten at once.
+func TestReleaseKeepsTheRecord(t *testing.T) {
+	f := newFixture(t, true)
+	f.source([]model.Namespace{ambientNS})
+	f.netns.add("/run/netns/vm", 20, "10.0.0.9")
+	hand := podcache.Attachment{Namespace: "default", Name: "vm", NetnsPath: "/run/netns/vm", NetnsCookie: 20,
+		IPs: []netip.Addr{netip.MustParseAddr("10.0.0.9")}, Captured: true, Reason: ReasonByHand}
+	if err := f.ctl.Apply(hand); err != nil {
+		t.Fatal(err)
+	}
+
+	if _, ok, err := f.ctl.Release(hand.Key()); !ok || err != nil {
+		t.Fatalf("Release = %v, %v; want the record released", ok, err)
+	}
+	released := func(t *testing.T, g *fixture) {
+		t.Helper()
+		if got := g.marker.marked(); len(got) != 0 {
+			t.Errorf("marks %v, want none", got)
+		}
+		p := g.pods.Lookup(netip.MustParseAddr("10.0.0.9"))
+		if p == nil || p.Attachment == nil || p.Attachment.Captured || p.Attachment.Reason != ReasonReleased || !p.Uncaptured() {
+			t.Errorf("the released namespace's address is %+v, want its record, not captured, reason %s", p, ReasonReleased)
+		}
+	}
+	released(t, f)
+	f.ctl.Redecide()
+	released(t, f)
+	g := f.restarted(t)
+	g.ctl.SetNamespaces([]model.Namespace{ambientNS})
+	g.ctl.Redecide()
+	released(t, g)
+
+	delete(g.netns.byPath, "/run/netns/vm")
+	g.now = g.now.Add(adoptInterval)
+	g.ctl.Redecide()
+	if _, ok := g.pods.Attachment(hand.Key()); ok {
+		t.Errorf("the released record outlived its network namespace")
+	}
+
+	// Its namespace gone before the release: forgotten at once.
+	if err := g.ctl.Apply(hand); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok, err := g.ctl.Release(hand.Key()); !ok || err != nil {
+		t.Fatalf("Release = %v, %v; want the record released", ok, err)
+	}
+	if _, ok := g.pods.Attachment(hand.Key()); ok || len(g.marker.marked()) != 0 {
+		t.Errorf("a release of a namespace that is gone kept its record or mark")
+	}
+}

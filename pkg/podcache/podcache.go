@@ -75,6 +75,14 @@ type Pod struct {
 	NamespaceSlot atomic.Int32
 }
 
+// Uncaptured reports whether the runtime's record of the pod says its DNS
+// is not captured: never was, or was released. False for a nil pod and for
+// one without a record, whose capture the agent does not know. The
+// resolver reads it on its hot path.
+func (p *Pod) Uncaptured() bool {
+	return p != nil && p.Attachment != nil && !p.Attachment.Captured
+}
+
 // Key returns "namespace/name".
 func (p *Pod) Key() string { return p.Namespace + "/" + p.Name }
 

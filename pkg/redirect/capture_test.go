@@ -563,11 +563,8 @@ func TestPodLocalMatchesThePrograms(t *testing.T) {
 				t.Errorf("PodLocal(%s) = %v, want %v", dst, got, tt.local)
 			}
 			// Each destination takes a slot of its own, and the pod has
-			// only Slots: unmarked, the pod's slots are forgotten.
-			if err := e.r.Unmark(cookie); err != nil {
-				t.Fatal(err)
-			}
-			e.mark(t, pod, 0)
+			// only Slots: idle, the pod's slots may be given to the next.
+			e.idleSlots(t, cookie)
 			name := uniqueName("edge")
 			before := e.counters(t)
 			sent := h.do(t, dst.String()+" "+name)

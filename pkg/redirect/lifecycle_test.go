@@ -376,7 +376,9 @@ func TestBPFToolShowsFieldNames(t *testing.T) {
 }
 
 // TestMarkUnmark: Mark records what Pods reports and keeps counters and
-// learned nameservers when re-marking; Unmark forgets both.
+// learned nameservers when re-marking; Unmark forgets the pod and its
+// counters, and leaves its learned nameservers to SweepNameservers
+// (TestReleasedPodKeepsItsSlots).
 func TestMarkUnmark(t *testing.T) {
 	t.Parallel()
 	e := newCaptureEnv(t, envOptions{})
@@ -413,10 +415,8 @@ func TestMarkUnmark(t *testing.T) {
 	if pods, err := e.r.Pods(); err != nil || len(pods) != 0 {
 		t.Errorf("Pods() after Unmark = %+v, %v; want none", pods, err)
 	}
-	for slot := range Slots {
-		if ns, ok := e.r.Nameserver(cookie, slot); ok {
-			t.Errorf("slot %d still holds %s after Unmark", slot, ns)
-		}
+	if ns, ok := e.r.Nameserver(cookie, 0); !ok || ns.String() != nowhere4+":53" {
+		t.Errorf("slot 0 after Unmark = %s, %v; want %s:53 kept until it is idle", ns, ok, nowhere4)
 	}
 	if err := e.r.Unmark(cookie); err != nil {
 		t.Errorf("second Unmark: %v, want no error", err)
@@ -452,9 +452,10 @@ func attachedPrograms(tb testing.TB, cgroupPath string, at ebpf.AttachType) []eb
 	return ids
 }
 
-// TestSweepNameservers: slots whose network namespace is not marked (left
-// by a program racing Unmark, or by marks lost with a replaced pods map)
-// are forgotten; a marked pod's learned nameservers stay.
+// TestSweepNameservers: idle slots whose network namespace is not marked
+// (left by Unmark, by a program racing it, or by marks lost with a replaced
+// pods map) are forgotten; a marked pod's learned nameservers stay, and so
+// does an unmarked one's slot used within SlotIdle.
 func TestSweepNameservers(t *testing.T) {
 	t.Parallel()
 	e := newCaptureEnv(t, envOptions{})
@@ -475,6 +476,18 @@ func TestSweepNameservers(t *testing.T) {
 		}
 	}
 
+	// Slots of an unmarked cookie used a moment ago: kept.
+	const recent = 1<<62 + 3
+	now, err := monotonicNow()
+	if err != nil {
+		t.Fatal(err)
+	}
+	used := ztdnsNameserver{Server: learned.Server, LastUsedNs: now}
+	usedKey := ztdnsNameserverKey{NetnsCookie: recent, Slot: 1}
+	if err := e.r.objs.Nameservers.Put(&usedKey, &used); err != nil {
+		t.Fatal(err)
+	}
+
 	removed, err := e.r.SweepNameservers()
 	if err != nil || removed != len(orphans) {
 		t.Errorf("SweepNameservers() = %d, %v; want %d removed", removed, err, len(orphans))
@@ -483,6 +496,13 @@ func TestSweepNameservers(t *testing.T) {
 		if ns, ok := e.r.Nameserver(k.NetnsCookie, int(k.Slot)); ok {
 			t.Errorf("netns cookie %d slot %d still holds %s", k.NetnsCookie, k.Slot, ns)
 		}
+	}
+	if _, ok := e.r.Nameserver(recent, 1); !ok {
+		t.Errorf("an unmarked cookie's slot used within %v was forgotten", SlotIdle)
+	}
+	e.setLastUsed(t, recent, 1, SlotIdle+time.Second)
+	if removed, err := e.r.SweepNameservers(); err != nil || removed != 1 {
+		t.Errorf("SweepNameservers() once that slot is idle = %d, %v; want it removed", removed, err)
 	}
 	if ns, ok := e.r.Nameserver(cookie, 0); !ok || ns.String() != nowhere4+":53" {
 		t.Errorf("the marked pod's slot 0 = %s, %v; want %s:53 kept", ns, ok, nowhere4)

@@ -54,7 +54,7 @@ type MarkedPod struct {
 type LearnedNameserver struct {
 	Addr netip.AddrPort
 	// Idle is how long ago a query, a restored reply or a getpeername
-	// last went through the slot; after 30 s (ZTDNS_SLOT_IDLE_NS) the slot may be given to
+	// last went through the slot; after SlotIdle the slot may be given to
 	// another destination.
 	Idle time.Duration
 }
@@ -182,36 +182,56 @@ func (r *Redirector) Mark(cookie uint64, pod PodInfo) error {
 	return nil
 }
 
-// Unmark stops redirecting the network namespace and forgets the
-// nameservers learned for it. Unmarking an unmarked cookie is not an error.
+// SlotIdle is ZTDNS_SLOT_IDLE_NS: a slot no query, restored reply or
+// getpeername went through for this long may be given to another
+// destination of its pod, and an unmarked pod's is forgotten
+// (SweepNameservers).
+const SlotIdle = 30 * time.Second
+
+// Unmark stops redirecting the network namespace. Unmarking an unmarked
+// cookie is not an error.
+//
+// The nameservers learned for it stay until they are idle
+// (SweepNameservers forgets them then): a UDP socket connected while the
+// pod was captured (c-ares keeps one per nameserver) stays connected to a
+// resolver slot, and no hook sees its later sends, so its queries still
+// reach the resolver after the pod is released. The resolver forwards them
+// to what the slot holds, the nameserver the socket meant, and each reply
+// restored to that socket keeps the slot busy.
 func (r *Redirector) Unmark(cookie uint64) error {
-	var errs []error
 	if err := r.objs.Pods.Delete(&ztdnsPodKey{NetnsCookie: cookie}); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-		errs = append(errs, fmt.Errorf("unmark netns cookie %d: %w", cookie, err))
+		return fmt.Errorf("unmark netns cookie %d: %w", cookie, err)
 	}
-	for slot := range Slots {
-		key := ztdnsNameserverKey{NetnsCookie: cookie, Slot: uint32(slot)}
-		if err := r.objs.Nameservers.Delete(&key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			errs = append(errs, fmt.Errorf("unmark netns cookie %d: forget slot %d: %w", cookie, slot, err))
-		}
-	}
-	return errors.Join(errs...)
+	return nil
 }
 
 // SweepNameservers forgets the nameservers learned for network namespaces
-// that are not marked, and returns how many slots it removed. Unmark alone
-// leaves such slots behind: a program that found the pod marked just before
-// Unmark removed it can learn a slot just after Unmark forgot its slots, and
-// a pods map replaced for an incompatible layout (an upgrade) loses marks
-// whose slots stay. Nothing else removes them, and once the nameservers map
-// is full no pod learns a new nameserver (nameserver_failed counts it).
+// that are not marked once they have been idle for SlotIdle, and returns
+// how many slots it removed. Unmark leaves them for the sockets connected
+// while the pod was captured; a program that found the pod marked just
+// before Unmark removed it can learn one just after; and a pods map
+// replaced for an incompatible layout (an upgrade) loses marks whose slots
+// stay. Nothing else removes them, and once the nameservers map is full no
+// pod learns a new nameserver (nameserver_failed counts it). A slot stays
+// at most SlotIdle after its last use plus the time to the next sweep; a
+// released pod keeps at most its Slots slots for as long as its sockets
+// are answered through them.
 //
 // Callers do not Mark concurrently (the capture controller holds its lock):
 // a slot learned by a pod marked between the sweep's look at the pods map
 // and its delete would be forgotten, and learned again by its next query.
 func (r *Redirector) SweepNameservers() (int, error) {
+	now, err := monotonicNow()
+	if err != nil {
+		return 0, fmt.Errorf("sweep nameservers: %w", err)
+	}
 	marked := map[uint64]bool{}
-	_, removed, err := r.forgetSlots("sweep nameservers", func(key ztdnsNameserverKey, _ ztdnsNameserver) (bool, error) {
+	_, removed, err := r.forgetSlots("sweep nameservers", func(key ztdnsNameserverKey, val ztdnsNameserver) (bool, error) {
+		// last_used_ns a hair ahead of now (written by another CPU):
+		// busy.
+		if now <= val.LastUsedNs || time.Duration(now-val.LastUsedNs) <= SlotIdle {
+			return false, nil
+		}
 		m, seen := marked[key.NetnsCookie]
 		if !seen {
 			var err error

@@ -12,10 +12,6 @@ import (
 	"github.com/ztdns/ztdns/internal/testenv"
 )
 
-// slotIdle is ZTDNS_SLOT_IDLE_NS: a slot unused for longer may be given to
-// another destination.
-const slotIdle = 30 * time.Second
-
 // TestReplyKeepsSlotBusy: a UDP socket connected once and kept (c-ares
 // keeps one per nameserver) sends with send(), which runs neither the
 // connect nor the sendmsg hook. The replies it reads, asking their source
@@ -71,7 +67,7 @@ func TestReplyKeepsSlotBusy(t *testing.T) {
 				// 30 s of only send() on the kept socket: every slot
 				// looks idle, A's the longest.
 				for slot := range Slots {
-					back := slotIdle + 5*time.Second
+					back := SlotIdle + 5*time.Second
 					if slot == slotA {
 						back += 5 * time.Second
 					}
@@ -86,7 +82,7 @@ func TestReplyKeepsSlotBusy(t *testing.T) {
 						t.Fatalf("getpeername: %s, want %s", out, a)
 					}
 				}
-				if idle := e.learned(t, cookie)[slotA].Idle; idle >= slotIdle {
+				if idle := e.learned(t, cookie)[slotA].Idle; idle >= SlotIdle {
 					t.Errorf("after a %s on the kept socket, its slot %d has been idle for %v, want it busy", read, slotA, idle)
 				}
 
@@ -130,14 +126,14 @@ func TestReplyKeepsSlotBusy(t *testing.T) {
 		if slotA < 0 {
 			t.Fatalf("no slot learned %s at connect; slots: %v", a, e.learned(t, cookie))
 		}
-		e.setLastUsed(t, cookie, slotA, slotIdle+5*time.Second)
+		e.setLastUsed(t, cookie, slotA, SlotIdle+5*time.Second)
 		if out := h.do(t, "connect "+dests[3].String()); out != "ok" {
 			t.Fatalf("connect %s: %s", dests[3], out)
 		}
 		if got := e.learned(t, cookie); !sameAddrPort(got[slotA].Addr, dests[3]) {
 			t.Fatalf("slots %v, want %s in slot %d, the idle one", got, dests[3], slotA)
 		}
-		e.setLastUsed(t, cookie, slotA, slotIdle+5*time.Second)
+		e.setLastUsed(t, cookie, slotA, SlotIdle+5*time.Second)
 
 		// The socket still sends through slotA; its reply is restored to
 		// A, what it addressed.
@@ -145,10 +141,71 @@ func TestReplyKeepsSlotBusy(t *testing.T) {
 		if out := h.do(t, "query "+name); !strings.HasPrefix(out, a.String()+" ") {
 			t.Fatalf("query on the kept socket: %q, want a reply from %s", out, a)
 		}
-		if idle := e.learned(t, cookie)[slotA].Idle; idle < slotIdle {
+		if idle := e.learned(t, cookie)[slotA].Idle; idle < SlotIdle {
 			t.Errorf("slot %d, now %s's, has been idle for %v after a reply to %s's socket; want it still idle", slotA, dests[3], idle, a)
 		}
 	})
+}
+
+// TestReleasedPodKeepsItsSlots: a socket connected while its pod was
+// captured keeps sending to the resolver slot once the pod is unmarked (no
+// hook runs for its send()), and the resolver forwards those queries to
+// what the slot holds. Unmark leaves the slot, the socket's restored
+// replies keep it busy as they do for a marked pod, and SweepNameservers
+// forgets it only once it is idle.
+func TestReleasedPodKeepsItsSlots(t *testing.T) {
+	t.Parallel()
+	e := newCaptureEnv(t, envOptions{})
+	p, cookie := e.markedPod(t, 0)
+	a := netip.AddrPortFrom(netip.MustParseAddr(nowhere4), 53)
+	h := startHelper(t, t.Context(), p, e.cg, "connected",
+		helperEnv+"="+helperKeeper, helperFamily+"=inet", helperAddr+"="+a.String())
+	slotA := e.slotHolding(cookie, a)
+	if slotA < 0 {
+		t.Fatalf("no slot learned %s at connect; slots: %v", a, e.learned(t, cookie))
+	}
+
+	if err := e.r.Unmark(cookie); err != nil {
+		t.Fatal(err)
+	}
+	if ns, ok := e.r.Nameserver(cookie, slotA); !ok || !sameAddrPort(ns, a) {
+		t.Fatalf("after Unmark, slot %d holds %s, %v; want %s kept", slotA, ns, ok, a)
+	}
+	// Its last use long ago; then a query on the kept socket.
+	e.setLastUsed(t, cookie, slotA, SlotIdle+5*time.Second)
+	e.queryKeeper(t, h, cookie, a)
+	if idle := e.slotIdleFor(t, cookie, slotA); idle >= SlotIdle {
+		t.Errorf("after a reply on the released pod's kept socket, its slot %d has been idle for %v, want it busy", slotA, idle)
+	}
+	if removed, err := e.r.SweepNameservers(); err != nil || removed != 0 {
+		t.Errorf("SweepNameservers() = %d, %v; want the busy slot kept", removed, err)
+	}
+
+	e.setLastUsed(t, cookie, slotA, SlotIdle+5*time.Second)
+	if removed, err := e.r.SweepNameservers(); err != nil || removed != 1 {
+		t.Errorf("SweepNameservers() once idle = %d, %v; want the slot removed", removed, err)
+	}
+	if ns, ok := e.r.Nameserver(cookie, slotA); ok {
+		t.Errorf("slot %d still holds %s after the sweep", slotA, ns)
+	}
+}
+
+// slotIdleFor returns how long ago the slot was last used, read from the
+// map: Pods lists only marked pods.
+func (e *captureEnv) slotIdleFor(tb testing.TB, cookie uint64, slot int) time.Duration {
+	tb.Helper()
+	ns, err := e.r.nameserver(cookie, slot)
+	if err != nil {
+		tb.Fatalf("slot %d: %v", slot, err)
+	}
+	now, err := monotonicNow()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if now <= ns.LastUsedNs {
+		return 0
+	}
+	return time.Duration(now - ns.LastUsedNs)
 }
 
 // queryKeeper has the keeper helper send a query on its kept socket and
@@ -211,5 +268,16 @@ func (e *captureEnv) setLastUsed(tb testing.TB, cookie uint64, slot int, back ti
 	key := ztdnsNameserverKey{NetnsCookie: cookie, Slot: uint32(slot)}
 	if err := e.r.objs.Nameservers.Put(&key, &ns); err != nil {
 		tb.Fatalf("slot %d: %v", slot, err)
+	}
+}
+
+// idleSlots makes every slot the pod holds look unused for longer than
+// SlotIdle: the next destination may take any of them.
+func (e *captureEnv) idleSlots(tb testing.TB, cookie uint64) {
+	tb.Helper()
+	for slot := range Slots {
+		if _, ok := e.r.Nameserver(cookie, slot); ok {
+			e.setLastUsed(tb, cookie, slot, SlotIdle+5*time.Second)
+		}
 	}
 }

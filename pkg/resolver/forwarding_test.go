@@ -11,6 +11,7 @@ import (
 
 	"github.com/ztdns/ztdns/internal/dnstest"
 	"github.com/ztdns/ztdns/pkg/model"
+	"github.com/ztdns/ztdns/pkg/podcache"
 	"github.com/ztdns/ztdns/pkg/resolver/forward"
 	"github.com/ztdns/ztdns/pkg/resolver/quota"
 	"github.com/ztdns/ztdns/pkg/resolver/table"
@@ -245,4 +246,87 @@ func (us *upstreamsServer) answer(t *testing.T, c net.Conn, name string) string 
 		t.Fatalf("%s: the last record is %v, want an address", name, r.Answer[len(r.Answer)-1])
 	}
 	return a.A.String()
+}
+
+// TestReleasedPodOnCaptureSlotIsForwarded: a query that arrives on a
+// capture slot from a pod whose record says it is not captured (released:
+// a socket it connected while captured) gets what its upstream says, over
+// UDP and TCP, never the table's answer; a captured pod, and a source
+// without a record (the agent's records not read yet), get the table's. On
+// an address that is no capture slot, asked directly, a released pod gets
+// the table's too.
+func TestReleasedPodOnCaptureSlotIsForwarded(t *testing.T) {
+	const vip, marker = "198.51.100.1", "203.0.113.7"
+	up := dnstest.Start(t, "127.0.0.1:0", dnstest.ZoneOf(t, "address.internal. 300 IN A "+marker)).Addr
+	captured, released, unrecorded := netip.MustParseAddr("127.0.0.2"), netip.MustParseAddr("127.0.0.3"), netip.MustParseAddr("127.0.0.4")
+	pods := podcache.New("cluster.local")
+	pods.SetSourcePods([]model.Pod{{Namespace: "default", Name: "unrecorded", IPs: []netip.Addr{unrecorded}}})
+	pods.Attach(podcache.Attachment{Namespace: "default", Name: "captured", NetnsCookie: 1, IPs: []netip.Addr{captured}, Captured: true})
+	pods.Attach(podcache.Attachment{Namespace: "default", Name: "released", NetnsCookie: 2, IPs: []netip.Addr{released}, Reason: "released"})
+
+	slotUDP, slotTCP := listenPair(t)
+	directUDP, directTCP := listenPair(t)
+	slot := addrPortOf(slotUDP.LocalAddr())
+	fwd := forward.New(forward.WithTimeout(5 * time.Second))
+	s := New(Options{
+		Pods:        pods,
+		Forwarder:   fwd,
+		Upstreams:   func(_, _ netip.AddrPort) ([]netip.AddrPort, bool) { return []netip.AddrPort{up}, true },
+		CaptureSlot: func(local netip.AddrPort) bool { return local == slot },
+	})
+	t.Cleanup(func() {
+		s.Close()
+		fwd.Close()
+	})
+	tbl, _ := table.Build(&model.Snapshot{ServiceEntries: []model.ServiceEntry{
+		{Namespace: "default", Name: "a", Hosts: []string{"address.internal"}, Addresses: []netip.Addr{netip.MustParseAddr(vip)}},
+	}}, table.Options{})
+	s.SetTable(tbl)
+	for _, c := range []*net.UDPConn{slotUDP, directUDP} {
+		go s.ServeUDP(c)
+	}
+	for _, ln := range []*net.TCPListener{slotTCP, directTCP} {
+		go s.ServeTCP(ln)
+	}
+
+	for _, tt := range []struct {
+		name string
+		from netip.Addr
+		at   *net.UDPConn
+		want string
+	}{
+		{"captured pod, capture slot", captured, slotUDP, vip},
+		{"released pod, capture slot", released, slotUDP, marker},
+		{"pod without a record, capture slot", unrecorded, slotUDP, vip},
+		{"released pod, asking the resolver directly", released, directUDP, vip},
+	} {
+		for _, proto := range []string{"udp", "tcp"} {
+			t.Run(tt.name+", "+proto, func(t *testing.T) {
+				c := dnsClientFrom(t, tt.from, proto)
+				m := new(dns.Msg).SetQuestion("address.internal.", dns.TypeA)
+				r, _, err := c.Exchange(m, tt.at.LocalAddr().String())
+				if err != nil {
+					t.Fatal(err)
+				}
+				if len(r.Answer) != 1 {
+					t.Fatalf("%s: %s, %v; want one address", proto, dns.RcodeToString[r.Rcode], r.Answer)
+				}
+				if a, ok := r.Answer[0].(*dns.A); !ok || a.A.String() != tt.want {
+					t.Errorf("answer %v, want %s", r.Answer[0], tt.want)
+				}
+			})
+		}
+	}
+}
+
+// dnsClientFrom is a client that asks over proto from the address from.
+func dnsClientFrom(t *testing.T, from netip.Addr, proto string) *dns.Client {
+	t.Helper()
+	d := &net.Dialer{Timeout: 5 * time.Second}
+	if proto == "udp" {
+		d.LocalAddr = &net.UDPAddr{IP: from.AsSlice()}
+	} else {
+		d.LocalAddr = &net.TCPAddr{IP: from.AsSlice()}
+	}
+	return &dns.Client{Net: proto, Dialer: d, Timeout: 5 * time.Second}
 }

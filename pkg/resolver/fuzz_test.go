@@ -3,6 +3,7 @@ package resolver
 import (
 	"context"
 	"encoding/binary"
+	"fmt"
 	"net"
 	"net/netip"
 	"runtime"
@@ -12,6 +13,7 @@ import (
 	"github.com/miekg/dns"
 
 	"github.com/ztdns/ztdns/pkg/model"
+	"github.com/ztdns/ztdns/pkg/podcache"
 	"github.com/ztdns/ztdns/pkg/resolver/quota"
 	"github.com/ztdns/ztdns/pkg/resolver/table"
 )
@@ -27,8 +29,12 @@ var (
 )
 
 func fuzzServer(tb testing.TB, limits quota.Limits) *Server {
+	return fuzzServerWith(tb, Options{Limits: limits})
+}
+
+func fuzzServerWith(tb testing.TB, opts Options) *Server {
 	// No forwarder: misses get SERVFAIL without a network.
-	s := New(Options{Limits: limits})
+	s := New(opts)
 	tbl, _ := table.Build(&model.Snapshot{
 		Services: []model.Service{
 			{Namespace: "default", Name: "web", ClusterIPs: []netip.Addr{netip.MustParseAddr("10.96.0.1")}, Ports: []model.Port{{Name: "http", Protocol: "TCP", Port: 80}}},
@@ -138,10 +144,28 @@ func BenchmarkFastPath(b *testing.B) { benchmarkFastPath(b, rateInKernel) }
 func BenchmarkFastPathRateInResolver(b *testing.B) { benchmarkFastPath(b, rateInResolver) }
 
 func benchmarkFastPath(b *testing.B, limits quota.Limits) {
-	s := fuzzServer(b, limits)
+	benchmarkFastPathFrom(b, fuzzServer(b, limits), false)
+}
+
+// BenchmarkFastPathCapturedPod is BenchmarkFastPath with the query from a
+// captured pod the registry knows, on a socket that is a capture slot
+// (captureSlot) or not: what capture costs the fast path beyond the pod
+// lookup is the check for a released pod (Options.CaptureSlot).
+func BenchmarkFastPathCapturedPod(b *testing.B) {
+	pods := podcache.New("cluster.local")
+	pods.Attach(podcache.Attachment{Namespace: "default", Name: "client", NetnsCookie: 1,
+		IPs: []netip.Addr{netip.MustParseAddr("127.0.0.2")}, Captured: true})
+	for _, slot := range []bool{false, true} {
+		b.Run(fmt.Sprintf("captureSlot=%v", slot), func(b *testing.B) {
+			benchmarkFastPathFrom(b, fuzzServerWith(b, Options{Limits: rateInKernel, Pods: pods}), slot)
+		})
+	}
+}
+
+func benchmarkFastPathFrom(b *testing.B, s *Server, captureSlot bool) {
 	q := query("address.internal.", dns.TypeA, true)
 	out := make([]byte, 0, 512)
-	sc := &scratch{batch: s.newBatchCounts()}
+	sc := &scratch{batch: s.newBatchCounts(), captureSlot: captureSlot}
 	src := netip.MustParseAddrPort("127.0.0.2:5000")
 	b.ReportAllocs()
 	n := 0

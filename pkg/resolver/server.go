@@ -119,6 +119,17 @@ type Options struct {
 	Pods      Pods
 	Forwarder Forwarder
 	Upstreams UpstreamFunc
+	// CaptureSlot reports whether local, an address the server listens
+	// on, is one the capture programs send pods' queries to (a resolver
+	// slot); nil: none is. A query that arrives there from a pod whose
+	// record says it is not captured (podcache.Pod.Uncaptured: released)
+	// comes from a socket it connected while it was captured, which no
+	// hook sees again: it is forwarded whole to the pod's upstreams (the
+	// nameserver it addressed through the slot, as Upstreams finds it),
+	// never answered from the table, whose VIPs a pod out of the mesh
+	// cannot reach. Asked once per socket or connection, and on the slow
+	// path for such a pod's queries.
+	CaptureSlot func(local netip.AddrPort) bool
 	// Autopath answers a search-list expansion of an unknown name in one
 	// round trip (CoreDNS's autopath). Off by default: see the README.
 	Autopath bool
@@ -512,6 +523,14 @@ type scratch struct {
 	// charged is the source chargeRate charged last: the one a TCP reader
 	// waits on before its next query (pauseForRate).
 	charged *quota.Source
+	// captureSlot: the socket or connection is on a capture slot
+	// (Options.CaptureSlot), where an uncaptured pod gets no table answer.
+	captureSlot bool
+}
+
+// captureSlot reports whether local is a capture slot (Options.CaptureSlot).
+func (s *Server) captureSlot(local netip.AddrPort) bool {
+	return s.opts.CaptureSlot != nil && s.opts.CaptureSlot(local)
 }
 
 // answerFast tries to answer msg from the table. It returns the reply
@@ -527,6 +546,9 @@ func (s *Server) answerFast(msg []byte, src netip.AddrPort, tcp bool, out []byte
 	pod, refused, over := s.chargeRate(msg, &r, src, tcp, out, sc, now)
 	if over {
 		return refused, false
+	}
+	if sc.captureSlot && pod.Uncaptured() {
+		return nil, true // released: forwarded (slowQuery.answer)
 	}
 	switch parse(msg, &r, name) {
 	case verdictDrop:

@@ -197,6 +197,11 @@ func (q *slowQuery) answer(ctx context.Context) []byte {
 	}
 	pod := s.opts.Pods.Lookup(q.src.Addr())
 	q.pod = pod
+	if pod.Uncaptured() && s.captureSlot(q.local) {
+		// Released, on a socket connected while captured: what its own
+		// nameserver says (Options.CaptureSlot).
+		return q.forward(ctx)
+	}
 	var ns string
 	if pod != nil {
 		ns = pod.Namespace

@@ -562,7 +562,7 @@ func (s *Server) serveTCPConn(tc *tcpConn, local netip.AddrPort) {
 			return // idle, closed, or the server is stopping
 		}
 		if br == nil {
-			br, out, sc = bufio.NewReaderSize(c, tcpQueryBuf), make([]byte, 0, tcpAnswerBuf), new(scratch)
+			br, out, sc = bufio.NewReaderSize(c, tcpQueryBuf), make([]byte, 0, tcpAnswerBuf), &scratch{captureSlot: s.captureSlot(local)}
 		}
 		// The rest of the frame within tcpReadTimeout, the deadline set
 		// only when the reader has to wait for it.

@@ -141,6 +141,7 @@ func (s *Server) serveUDPBatches(conn *net.UDPConn, local netip.AddrPort, kernel
 	}
 	b := s.newUDPBatch(conn, rc, local)
 	b.sc.kernelRated = kernelRated
+	b.sc.captureSlot = s.captureSlot(local)
 	for {
 		b.readErr = 0
 		err := rc.Read(b.serveFn)

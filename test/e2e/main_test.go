@@ -38,6 +38,8 @@ func runHelper(name string, args []string) int {
 	switch name {
 	case "dnsloop":
 		return dnsLoop(args)
+	case "kept":
+		return keptSocket()
 	}
 	fmt.Fprintf(os.Stderr, "unknown %s=%q\n", helperEnv, name)
 	return 2

@@ -1,0 +1,198 @@
+//go:build linux
+
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+
+	"github.com/ztdns/ztdns/internal/testenv"
+)
+
+// TestReleasedPodKeptSocket: a client that keeps one UDP socket connected
+// to its nameserver (c-ares, in gRPC C++ and Node's dns.resolve*) opened it
+// while its pod was captured, so the socket is connected to a resolver
+// slot, and no hook sees its later sends. Once the pod is released
+// (`ztdns capture del`), its queries on that socket still reach the
+// resolver: they must get what the pod's own nameserver answers, as a new
+// socket does, not ztdns's table, whose VIPs a pod out of the mesh cannot
+// reach. Its replies still appear to come from the nameserver it
+// addressed.
+func TestReleasedPodKeptSocket(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t)
+	own := c.serve(t, podNameserver1, ownMarker)
+	c.startReadyAgent(t)
+	const name = "released"
+	p := c.markedPod(t, name, podNameserver1)
+	k := c.startKept(t, p)
+	want := podNameserver1 + ":53"
+
+	if from, got := k.ask(t, addressHost); from != want || got != addressVIP.String() {
+		t.Fatalf("captured, kept socket: %s answered %s, want %s answering ztdns's %s", from, got, want, addressVIP)
+	}
+
+	c.release(t, p)
+	if got, err := c.dig(t, p, addressHost); err != nil || len(got) != 1 || got[0] != ownMarker {
+		t.Fatalf("released, dig %s = %v, %v; want %s from the pod's own nameserver", addressHost, got, err, ownMarker)
+	}
+	asked := len(askersOf(own, addressHost))
+
+	for _, host := range []string{addressHost, autoHost} {
+		from, got := k.ask(t, host)
+		if from != want || got != ownMarker.String() {
+			t.Errorf("released, kept socket: %s answered %s for %s, want %s answering %s, the pod's own nameserver's answer",
+				from, got, host, want, ownMarker)
+		}
+	}
+	// Asked by the agent, which forwarded the kept socket's queries.
+	if askers := askersOf(own, addressHost); len(askers) != asked+1 {
+		t.Errorf("the pod's nameserver was asked for %s by %v; want one more query, the kept socket's, forwarded", addressHost, askers)
+	}
+
+	row := c.podRow(t, name)
+	if row.Marked || row.Captured || row.Reason != "released" {
+		t.Errorf("ztdns pods after capture del: %+v; want the pod listed, not marked nor captured, reason released", row)
+	}
+}
+
+// keptSocket is a client that keeps one UDP socket connected to the pod's
+// first nameserver, as c-ares does (run by the test binary in a pod: see
+// startKept). For each name it reads on stdin it writes an A query on that
+// socket, reads the reply with recvfrom, as c-ares does, and prints the
+// reply's source and its first address, or the outcome ("timeout", ...).
+func keptSocket() int {
+	conf, err := dns.ClientConfigFromFile("/etc/resolv.conf")
+	if err != nil || len(conf.Servers) == 0 {
+		fmt.Fprintf(os.Stderr, "kept: no nameserver in /etc/resolv.conf: %v\n", err)
+		return 2
+	}
+	server, err := net.ResolveUDPAddr("udp", net.JoinHostPort(conf.Servers[0], "53"))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	conn, err := net.DialUDP("udp", nil, server)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	defer conn.Close()
+	fmt.Println("ready")
+	in := bufio.NewScanner(os.Stdin)
+	buf := make([]byte, 4096)
+	for in.Scan() {
+		q := new(dns.Msg).SetQuestion(dns.Fqdn(in.Text()), dns.TypeA)
+		wire, err := q.Pack()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 2
+		}
+		if _, err := conn.Write(wire); err != nil {
+			fmt.Println("- error:" + strings.ReplaceAll(err.Error(), " ", "_"))
+			continue
+		}
+		conn.SetReadDeadline(time.Now().Add(3 * time.Second))
+		n, from, err := conn.ReadFromUDPAddrPort(buf)
+		var nerr net.Error
+		switch {
+		case errors.As(err, &nerr) && nerr.Timeout():
+			fmt.Println("- timeout")
+			continue
+		case err != nil:
+			fmt.Println("- error:" + strings.ReplaceAll(err.Error(), " ", "_"))
+			continue
+		}
+		fmt.Println(netip.AddrPortFrom(from.Addr().Unmap(), from.Port()).String() + " " + firstA(buf[:n]))
+	}
+	return 0
+}
+
+// firstA is the first address of an A answer, or what the reply is
+// instead.
+func firstA(wire []byte) string {
+	r := new(dns.Msg)
+	if err := r.Unpack(wire); err != nil {
+		return "unparsable"
+	}
+	if r.Rcode != dns.RcodeSuccess {
+		return "rcode:" + dns.RcodeToString[r.Rcode]
+	}
+	for _, rr := range r.Answer {
+		if a, ok := rr.(*dns.A); ok {
+			return a.A.String()
+		}
+	}
+	return "empty"
+}
+
+// kept is a keptSocket client running in a pod.
+type kept struct {
+	stdin  io.WriteCloser
+	stdout *bufio.Reader
+}
+
+// startKept starts a keptSocket client in the pod and the test cgroup, and
+// waits until its socket is connected.
+func (c *cluster) startKept(t *testing.T, p *testenv.Pod) *kept {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	cmd := p.Command(ctx, c.cg, os.Args[0])
+	cmd.Env = append(os.Environ(), helperEnv+"=kept")
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start kept: %v", err)
+	}
+	t.Cleanup(func() {
+		stdin.Close() // it exits at the end of its input
+		if err := cmd.Wait(); err != nil {
+			t.Errorf("kept client: %v\n%s", err, stderr.String())
+		}
+		cancel()
+	})
+	k := &kept{stdin: stdin, stdout: bufio.NewReader(stdout)}
+	if line := k.line(t); line != "ready" {
+		t.Fatalf("kept client printed %q, want ready\n%s", line, stderr.String())
+	}
+	return k
+}
+
+// ask has the client query name on its kept socket and returns the
+// reply's source and its first address (or outcome).
+func (k *kept) ask(t *testing.T, name string) (from, answer string) {
+	t.Helper()
+	if _, err := fmt.Fprintln(k.stdin, name); err != nil {
+		t.Fatalf("kept client: %v", err)
+	}
+	from, answer, _ = strings.Cut(k.line(t), " ")
+	return from, answer
+}
+
+func (k *kept) line(t *testing.T) string {
+	t.Helper()
+	line, err := k.stdout.ReadString('\n')
+	if err != nil {
+		t.Fatalf("kept client: %v (printed %q)", err, line)
+	}
+	return strings.TrimSpace(line)
+}
