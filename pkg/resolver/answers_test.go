@@ -147,6 +147,17 @@ func headlessServer(t *testing.T, opts Options, n int) string {
 	t.Helper()
 	s := New(opts)
 	t.Cleanup(func() { s.Close() })
+	s.SetTable(headlessTable(t, n))
+	udp, tcp := listenPair(t)
+	go s.ServeUDP(udp)
+	go s.ServeTCP(tcp)
+	return udp.LocalAddr().String()
+}
+
+// headlessTable is a table with a headless Service web.ns of n ready
+// endpoints behind the named port http.
+func headlessTable(t *testing.T, n int) *table.Table {
+	t.Helper()
 	es := model.EndpointSlice{Namespace: "ns", Name: "web-a", ServiceName: "web",
 		Ports: []model.Port{{Name: "http", Protocol: "TCP", Port: 8080}}}
 	for i := range n {
@@ -160,11 +171,7 @@ func headlessServer(t *testing.T, opts Options, n int) string {
 	if len(warnings) > 0 {
 		t.Fatal(warnings)
 	}
-	s.SetTable(tbl)
-	udp, tcp := listenPair(t)
-	go s.ServeUDP(udp)
-	go s.ServeTCP(tcp)
-	return udp.LocalAddr().String()
+	return tbl
 }
 
 // TestSlowAnswerOverAMessage asks over TCP for a search-list expansion of

@@ -369,8 +369,8 @@ func (s *Server) ServeTCP(ln *net.TCPListener) error {
 		return net.ErrClosed
 	}
 	defer s.loops.Done()
-	if err := limitSendBuffer(ln); err != nil {
-		s.log.Warn("cannot bound the TCP connections' send buffers", "listen", ln.Addr(), "err", err)
+	if err := limitBuffers(ln); err != nil {
+		s.log.Warn("cannot bound the TCP connections' buffers", "listen", ln.Addr(), "err", err)
 	}
 	local := addrPortOf(ln.Addr())
 	for {
