@@ -512,6 +512,11 @@ type scratch struct {
 	// charged is the source chargeRate charged last: the one a TCP reader
 	// waits on before its next query (pauseForRate).
 	charged *quota.Source
+	// conn is a TCP connection's source, which holds its large answers
+	// (holdAnswer); held is the bytes the answer being written holds,
+	// given back once it is (giveBack).
+	conn *quota.Source
+	held int
 }
 
 // answerFast tries to answer msg from the table. It returns the reply
@@ -523,7 +528,7 @@ func (s *Server) answerFast(msg []byte, src netip.AddrPort, tcp bool, out []byte
 		r   request
 		pod *podcache.Pod
 	)
-	name, hdr := &sc.name, len(out)
+	name, hdr, buf := &sc.name, len(out), out
 	pod, refused, over := s.chargeRate(msg, &r, src, tcp, out, sc, now)
 	if over {
 		return refused, false
@@ -575,10 +580,47 @@ func (s *Server) answerFast(msg []byte, src netip.AddrPort, tcp bool, out []byte
 	if r.EDNS {
 		out = dnswire.AppendOPT(out, &r, 0)
 	}
+	if tcp && cap(out) > tcpKeepBuf {
+		var held bool
+		if out, held = s.holdAnswer(out, buf, msg, &r, sc); !held {
+			cut = false
+		}
+	}
 	if cut {
 		metricTruncated[protoOf(tcp)].Inc()
 	}
 	return s.answered(sc, out, hdr, &r, tcp, pod, src, now), false
+}
+
+// holdAnswer holds reply (out[len(buf):]), a TCP answer that took a buffer
+// of its own (larger than a connection keeps: tcpKeepBuf), as its
+// connection source's bytes of replies in flight, as a slow-path reply's
+// are, until the reader has written it (giveBack): up to tcpWriteTimeout
+// for a client that does not read. An answer whose hold is refused
+// becomes SERVFAIL (held false), written in buf, the reader's own, and
+// is counted as finishing counts a slow-path reply refused so.
+func (s *Server) holdAnswer(out, buf, msg []byte, r *request, sc *scratch) (reply []byte, held bool) {
+	hdr := len(buf)
+	n := len(out) - hdr
+	switch s.opts.Budget.TryTake(sc.conn, n) {
+	case quota.Taken:
+		sc.held = n
+		return out, true
+	case quota.OverSource:
+		sc.conn.CountBytesRefused()
+		metricQueries.forwardLimited.Inc()
+	default:
+		metricQueries.overload.Inc()
+	}
+	return dnswire.AppendErrorReply(buf, msg, r, dnswire.RcodeServFail), false
+}
+
+// giveBack gives back what the answer the reader wrote held (holdAnswer).
+func (s *Server) giveBack(sc *scratch) {
+	if sc.held > 0 {
+		s.opts.Budget.Give(sc.conn, sc.held)
+		sc.held = 0
+	}
 }
 
 // answered counts a reply of the fast path (out[hdr:]), made from the table
