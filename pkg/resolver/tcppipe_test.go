@@ -157,10 +157,14 @@ func TestUnreadRepliesHeldByTheKernelAreBounded(t *testing.T) {
 	ls, b := cachedBigAnswer(t, answer)
 	c := slowTCPClient(t, ls.addr)
 	pipeline(c, packQuery(t, "big.example.", dns.TypeTXT), 3000)
-	// Once replies wait in the budget, the kernel has taken all it will.
-	testenv.Eventually(t, 30*time.Second, "replies waiting to be written", func() bool { return b.Used() >= answer })
+	// Once maxTCPPending replies wait, one of them being written, the
+	// kernel has taken all it will.
+	testenv.Eventually(t, 30*time.Second, "maxTCPPending replies waiting", func() bool { return b.Used() >= maxTCPPending*answer })
 	queued, _ := tcpQueues(t, ls.addr, addrPortOf(c.LocalAddr()))
 	t.Logf("the kernel holds %d bytes of replies for the connection", queued)
+	if queued == 0 {
+		t.Fatal("no reply queued in the kernel while replies wait to be written")
+	}
 	if queued > 2*tcpSendBuffer {
 		t.Errorf("the kernel holds %d bytes of replies for a client that reads nothing, want at most %d", queued, 2*tcpSendBuffer)
 	}
