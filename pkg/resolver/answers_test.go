@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/ztdns/ztdns/internal/dnstest"
+	"github.com/ztdns/ztdns/internal/testenv"
 	"github.com/ztdns/ztdns/pkg/model"
 	"github.com/ztdns/ztdns/pkg/podcache"
 	"github.com/ztdns/ztdns/pkg/resolver/quota"
@@ -147,6 +148,17 @@ func headlessServer(t *testing.T, opts Options, n int) string {
 	t.Helper()
 	s := New(opts)
 	t.Cleanup(func() { s.Close() })
+	s.SetTable(headlessTable(t, n))
+	udp, tcp := listenPair(t)
+	go s.ServeUDP(udp)
+	go s.ServeTCP(tcp)
+	return udp.LocalAddr().String()
+}
+
+// headlessTable is a table with a headless Service web.ns of n ready
+// endpoints behind the named port http.
+func headlessTable(t *testing.T, n int) *table.Table {
+	t.Helper()
 	es := model.EndpointSlice{Namespace: "ns", Name: "web-a", ServiceName: "web",
 		Ports: []model.Port{{Name: "http", Protocol: "TCP", Port: 8080}}}
 	for i := range n {
@@ -160,11 +172,7 @@ func headlessServer(t *testing.T, opts Options, n int) string {
 	if len(warnings) > 0 {
 		t.Fatal(warnings)
 	}
-	s.SetTable(tbl)
-	udp, tcp := listenPair(t)
-	go s.ServeUDP(udp)
-	go s.ServeTCP(tcp)
-	return udp.LocalAddr().String()
+	return tbl
 }
 
 // TestSlowAnswerOverAMessage asks over TCP for a search-list expansion of
@@ -311,6 +319,53 @@ func TestForwardedReplyCutOnTheWire(t *testing.T) {
 	}
 	if got := truncatedCounts().minus(truncated); got != (protoCounts{udp: 1}) {
 		t.Errorf("ztdns_resolver_truncated_total rose by %v over UDP and %v over TCP, want 1 and 0", got.udp, got.tcp)
+	}
+}
+
+// TestLargeTableAnswerHoldsThePodsBytes: a table answer over TCP larger
+// than a connection keeps (the fast path's, here a Service's 65,535 bytes
+// of addresses) holds its bytes of the pod's replies in flight while it is
+// written, as a slow-path reply does: given back once written, and with
+// the pod's bytes held elsewhere, refused: SERVFAIL without TC, counted
+// forward_limited and in the pod's bytesRefused. Before: it was held
+// outside every bound (a client that reads nothing kept it up to
+// tcpWriteTimeout), and answered whatever the pod held.
+func TestLargeTableAnswerHoldsThePodsBytes(t *testing.T) {
+	pods := podcache.New("cluster.local")
+	pods.SetSourcePods([]model.Pod{{Namespace: "default", Name: "client", IPs: []netip.Addr{victimIP}}})
+	b := quota.NewBudget(DefaultInflightBytes, MinPodInflightBytes)
+	addr := bigHeadlessServer(t, Options{Pods: pods, Budget: b})
+	pod := pods.Lookup(victimIP).Quota
+	query := new(dns.Msg)
+	query.SetQuestion("web.ns.svc.cluster.local.", dns.TypeA)
+	c := &dns.Client{Net: "tcp", Timeout: 5 * time.Second, Dialer: &net.Dialer{LocalAddr: &net.TCPAddr{IP: victimIP.AsSlice()}, Timeout: 5 * time.Second}}
+	m, _, err := c.Exchange(query, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Rcode != dns.RcodeSuccess || !m.Truncated || len(m.Answer) < 4000 {
+		t.Fatalf("%s, TC %v, %d records; want NOERROR, TC and as many addresses as fit", dns.RcodeToString[m.Rcode], m.Truncated, len(m.Answer))
+	}
+	testenv.Eventually(t, 30*time.Second, "the answer's bytes given back once written", func() bool { return b.Used() == 0 })
+
+	useUpBytes(t, b, pod, MinPodInflightBytes) // no reply of the pod's fits now
+	truncated, limited := truncatedCounts(), testutil.ToFloat64(metricQueries.forwardLimited)
+	if m, _, err = c.Exchange(query, addr); err != nil {
+		t.Fatal(err)
+	}
+	if m.Rcode != dns.RcodeServerFailure || m.Truncated || len(m.Answer) != 0 {
+		t.Errorf("with the pod's bytes held: %s, TC %v, %d records; want SERVFAIL without TC", dns.RcodeToString[m.Rcode], m.Truncated, len(m.Answer))
+	}
+	if got := truncatedCounts().minus(truncated); got != (protoCounts{}) {
+		t.Errorf("ztdns_resolver_truncated_total rose by %v over UDP and %v over TCP, want 0 and 0", got.udp, got.tcp)
+	}
+	if got := testutil.ToFloat64(metricQueries.forwardLimited) - limited; got != 1 || pod.Usage().BytesRefused != 1 {
+		t.Errorf("forward_limited rose by %v and the pod's bytesRefused is %d, want 1 and 1", got, pod.Usage().BytesRefused)
+	}
+	// A small answer is the connection's own, held by no budget.
+	query.SetQuestion("web.ns.svc.cluster.local.", dns.TypeSOA)
+	if m, _, err = c.Exchange(query, addr); err != nil || m.Rcode != dns.RcodeSuccess {
+		t.Errorf("a small answer with the pod's bytes held: %v %v, want NOERROR", m, err)
 	}
 }
 

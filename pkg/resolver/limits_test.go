@@ -765,13 +765,6 @@ func TestMemoryPerConnectionAndForward(t *testing.T) {
 	silent := startSilentUpstream(t)
 	ls := startLimitsServer(t, Options{Limits: quota.Limits{QPS: -1, TCPConns: -1, Forwarding: -1}, TCPMaxConns: 2 * n, MaxInflight: 2 * n,
 		TCPIdleTimeout: time.Hour}, silent.addr, silent.addr)
-	held := func() int64 {
-		var m runtime.MemStats
-		runtime.GC()
-		runtime.ReadMemStats(&m)
-		return int64(m.HeapInuse + m.StackInuse)
-	}
-
 	before := held()
 	for range n {
 		c, err := net.Dial("tcp4", ls.addr.String())
@@ -805,11 +798,65 @@ func TestMemoryPerConnectionAndForward(t *testing.T) {
 	}
 }
 
-// What the README's memory bound counts per idle TCP connection and per
-// forwarded query in flight.
+// TestMemoryPerConnectionWritingALargeAnswer: connections whose clients
+// ask for a large answer of the table (a headless Service of 5,000
+// endpoints: 65,535 bytes, more than the kernel takes for a client that
+// does not read) and read nothing hold no more than the README's memory
+// bound counts per TCP connection, beyond what the budget of replies in
+// flight counts: the answer is held as its source's bytes while it is
+// written (up to tcpWriteTimeout). Before: it was counted nowhere, some
+// 75 KiB a connection against the 24 KiB the bound counts.
+func TestMemoryPerConnectionWritingALargeAnswer(t *testing.T) {
+	if raceEnabled {
+		t.Skip("the race detector makes memory cost more than it does")
+	}
+	old := tcpWriteTimeout
+	tcpWriteTimeout = 10 * time.Minute // the answers wait while the test measures
+	t.Cleanup(func() { tcpWriteTimeout = old })
+	const n = 32 // a pod's connections
+	b := quota.NewBudget(64<<20, 0)
+	addr := netip.MustParseAddrPort(headlessServer(t, Options{Limits: quota.Limits{QPS: -1, TCPConns: -1}, Budget: b}, 5000))
+	q := packQuery(t, "web.ns.svc.cluster.local.", dns.TypeA)
+
+	before := held()
+	var clients []netip.AddrPort
+	for range n {
+		c := slowTCPClient(t, addr)
+		if err := dnstest.WriteTCP(c, q); err != nil {
+			t.Fatal(err)
+		}
+		clients = append(clients, addrPortOf(c.LocalAddr()))
+	}
+	testenv.Eventually(t, 30*time.Second, "every connection writing its answer", func() bool {
+		for _, c := range clients {
+			if send, _, ok := tcpQueuesIf(t, addr, c); !ok || send == 0 {
+				return false
+			}
+		}
+		return true
+	})
+	heap, budget := held()-before, b.Used()
+	perConn := (heap - budget) / n
+	t.Logf("%d bytes per TCP connection writing a large answer (both ends), %d of them the budget's", heap/n, budget/n)
+	if perConn > tcpBusyConnBound {
+		t.Errorf("%d bytes per TCP connection writing a large answer beyond the budget of replies in flight, over the %d the memory bound uses", perConn, tcpBusyConnBound)
+	}
+}
+
+// held is the heap and stacks in use after a collection.
+func held() int64 {
+	var m runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&m)
+	return int64(m.HeapInuse + m.StackInuse)
+}
+
+// What the README's memory bound counts per idle TCP connection, per
+// connection writing its replies, and per forwarded query in flight.
 const (
-	tcpConnBound = 16 << 10
-	forwardBound = 16 << 10
+	tcpConnBound     = 16 << 10
+	tcpBusyConnBound = 24 << 10
+	forwardBound     = 16 << 10
 )
 
 // TestLongTCPQueryRefused: a TCP message longer than any query we take

@@ -14,7 +14,9 @@ import (
 // listenConfig binds with SO_REUSEPORT, so several sockets (--udp-sockets,
 // or an old and a new agent's during a restart) share an address, and with
 // IP_FREEBIND, so the agent can bind its resolver address before the
-// interface that carries it is up.
+// interface that carries it is up. A TCP listener gets its connections'
+// buffers before listen(2): the kernel accepts connections from then on,
+// each with the listener's buffers of that moment.
 var listenConfig = net.ListenConfig{
 	Control: func(network, address string, c syscall.RawConn) error {
 		var serr error
@@ -26,7 +28,12 @@ var listenConfig = net.ListenConfig{
 				return
 			}
 			if network == "udp6" || network == "tcp6" {
-				serr = unix.SetsockoptInt(int(fd), unix.SOL_IPV6, unix.IPV6_FREEBIND, 1)
+				if serr = unix.SetsockoptInt(int(fd), unix.SOL_IPV6, unix.IPV6_FREEBIND, 1); serr != nil {
+					return
+				}
+			}
+			if network == "tcp4" || network == "tcp6" {
+				serr = limitTCPBuffers(int(fd))
 			}
 		})
 		if err != nil {
@@ -76,11 +83,40 @@ func ListenUDP(addr netip.AddrPort) (*net.UDPConn, error) {
 // within the connection's write deadline.
 const tcpSendBuffer = 32 << 10
 
-// limitSendBuffer sets tcpSendBuffer on ln, which the connections it
-// accepts inherit. It is set on every listener served, an inherited one
-// too (a predecessor's may predate it).
-func limitSendBuffer(ln *net.TCPListener) error {
-	return setsockoptInt(ln, unix.SOL_SOCKET, unix.SO_SNDBUF, tcpSendBuffer)
+// tcpReceiveBuffer is each TCP client connection's receive buffer
+// (SO_RCVBUF; the kernel doubles it too). Left to the kernel, it starts at
+// net.ipv4.tcp_rmem's default (128 KiB), and the kernel queues that much
+// of what a client sends while the connection's reader waits (for the
+// pod's rate, or for a slot of the slow path), charged to the agent's
+// memory cgroup: 4 MiB for a pod's 32 connections, 128 MiB for --max-tcp's
+// 1,024. At 4 KiB a connection holds at most 8 KiB, a hundred queries of
+// the usual size; the largest (4 KiB) comes in pieces as it is read.
+const tcpReceiveBuffer = 4 << 10
+
+// limitTCPBuffers sets tcpSendBuffer and tcpReceiveBuffer on fd, a TCP
+// listener's socket: the connections the kernel accepts on it inherit
+// them (instead of autotuned ones, which the kernel also turns off).
+func limitTCPBuffers(fd int) error {
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF, tcpSendBuffer); err != nil {
+		return err
+	}
+	return unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, tcpReceiveBuffer)
+}
+
+// limitBuffers sets the connections' buffers on ln (limitTCPBuffers).
+// ListenTCP's listeners have them from before they listen; ServeTCP sets
+// them again on every listener, for one inherited from a predecessor,
+// which may predate them.
+func limitBuffers(ln *net.TCPListener) error {
+	rc, err := ln.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) { serr = limitTCPBuffers(int(fd)) }); err != nil {
+		return err
+	}
+	return serr
 }
 
 // setsockoptInt sets the socket option level/opt of c to value: the error

@@ -380,8 +380,8 @@ func (s *Server) ServeTCP(ln *net.TCPListener) error {
 		return net.ErrClosed
 	}
 	defer s.loops.Done()
-	if err := limitSendBuffer(ln); err != nil {
-		s.log.Warn("cannot bound the TCP connections' send buffers", "listen", ln.Addr(), "err", err)
+	if err := limitBuffers(ln); err != nil {
+		s.log.Warn("cannot bound the TCP connections' buffers", "listen", ln.Addr(), "err", err)
 	}
 	local := addrPortOf(ln.Addr())
 	for {
@@ -526,6 +526,11 @@ type scratch struct {
 	// captureSlot: the socket or connection is on a capture slot
 	// (Options.CaptureSlot), where an uncaptured pod gets no table answer.
 	captureSlot bool
+	// conn is a TCP connection's source, which holds its large answers
+	// (holdAnswer); held is the bytes the answer being written holds,
+	// given back once it is (giveBack).
+	conn *quota.Source
+	held int
 }
 
 // captureSlot reports whether local is a capture slot (Options.CaptureSlot).
@@ -542,7 +547,7 @@ func (s *Server) answerFast(msg []byte, src netip.AddrPort, tcp bool, out []byte
 		r   request
 		pod *podcache.Pod
 	)
-	name, hdr := &sc.name, len(out)
+	name, hdr, buf := &sc.name, len(out), out
 	pod, refused, over := s.chargeRate(msg, &r, src, tcp, out, sc, now)
 	if over {
 		return refused, false
@@ -597,10 +602,47 @@ func (s *Server) answerFast(msg []byte, src netip.AddrPort, tcp bool, out []byte
 	if r.EDNS {
 		out = dnswire.AppendOPT(out, &r, 0)
 	}
+	if tcp && cap(out) > tcpKeepBuf {
+		var held bool
+		if out, held = s.holdAnswer(out, buf, msg, &r, sc); !held {
+			cut = false
+		}
+	}
 	if cut {
 		metricTruncated[protoOf(tcp)].Inc()
 	}
 	return s.answered(sc, out, hdr, &r, tcp, pod, src, now), false
+}
+
+// holdAnswer holds reply (out[len(buf):]), a TCP answer that took a buffer
+// of its own (larger than a connection keeps: tcpKeepBuf), as its
+// connection source's bytes of replies in flight, as a slow-path reply's
+// are, until the reader has written it (giveBack): up to tcpWriteTimeout
+// for a client that does not read. An answer whose hold is refused
+// becomes SERVFAIL (held false), written in buf, the reader's own, and
+// is counted as finishing counts a slow-path reply refused so.
+func (s *Server) holdAnswer(out, buf, msg []byte, r *request, sc *scratch) (reply []byte, held bool) {
+	hdr := len(buf)
+	n := len(out) - hdr
+	switch s.opts.Budget.TryTake(sc.conn, n) {
+	case quota.Taken:
+		sc.held = n
+		return out, true
+	case quota.OverSource:
+		sc.conn.CountBytesRefused()
+		metricQueries.forwardLimited.Inc()
+	default:
+		metricQueries.overload.Inc()
+	}
+	return dnswire.AppendErrorReply(buf, msg, r, dnswire.RcodeServFail), false
+}
+
+// giveBack gives back what the answer the reader wrote held (holdAnswer).
+func (s *Server) giveBack(sc *scratch) {
+	if sc.held > 0 {
+		s.opts.Budget.Give(sc.conn, sc.held)
+		sc.held = 0
+	}
 }
 
 // answered counts a reply of the fast path (out[hdr:]), made from the table

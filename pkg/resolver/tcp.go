@@ -562,7 +562,7 @@ func (s *Server) serveTCPConn(tc *tcpConn, local netip.AddrPort) {
 			return // idle, closed, or the server is stopping
 		}
 		if br == nil {
-			br, out, sc = bufio.NewReaderSize(c, tcpQueryBuf), make([]byte, 0, tcpAnswerBuf), &scratch{captureSlot: s.captureSlot(local)}
+			br, out, sc = bufio.NewReaderSize(c, tcpQueryBuf), make([]byte, 0, tcpAnswerBuf), &scratch{captureSlot: s.captureSlot(local), conn: tc.source}
 		}
 		// The rest of the frame within tcpReadTimeout, the deadline set
 		// only when the reader has to wait for it.
@@ -617,6 +617,7 @@ func (s *Server) serveTCPConn(tc *tcpConn, local netip.AddrPort) {
 				return // no query (counted dropped): the stream is not DNS
 			}
 			w.writeNow(reply)
+			s.giveBack(sc)
 			if !s.opts.NoRequestMetrics {
 				s.observeLocal(reply, s.clock()-start)
 			}

@@ -2,6 +2,7 @@ package resolver
 
 import (
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+	"golang.org/x/sys/unix"
 
 	"github.com/ztdns/ztdns/internal/dnstest"
 	"github.com/ztdns/ztdns/internal/testenv"
@@ -155,19 +157,122 @@ func TestUnreadRepliesHeldByTheKernelAreBounded(t *testing.T) {
 	ls, b := cachedBigAnswer(t, answer)
 	c := slowTCPClient(t, ls.addr)
 	pipeline(c, packQuery(t, "big.example.", dns.TypeTXT), 3000)
-	// Once replies wait in the budget, the kernel has taken all it will.
-	testenv.Eventually(t, 30*time.Second, "replies waiting to be written", func() bool { return b.Used() >= answer })
-	client := netip.MustParseAddrPort(c.LocalAddr().String())
-	queued := sendQueue(t, ls.addr, client)
+	// Once maxTCPPending replies wait, one of them being written, the
+	// kernel has taken all it will.
+	testenv.Eventually(t, 30*time.Second, "maxTCPPending replies waiting", func() bool { return b.Used() >= maxTCPPending*answer })
+	queued, _ := tcpQueues(t, ls.addr, addrPortOf(c.LocalAddr()))
 	t.Logf("the kernel holds %d bytes of replies for the connection", queued)
+	if queued == 0 {
+		t.Fatal("no reply queued in the kernel while replies wait to be written")
+	}
 	if queued > 2*tcpSendBuffer {
 		t.Errorf("the kernel holds %d bytes of replies for a client that reads nothing, want at most %d", queued, 2*tcpSendBuffer)
 	}
 }
 
-// sendQueue reads, from /proc/net/tcp, the bytes queued to send on the
-// IPv4 connection from local to remote.
-func sendQueue(t *testing.T, local, remote netip.AddrPort) int {
+// TestRepliesOfAConnectionAcceptedBeforeServingAreBounded: a connection
+// the kernel accepted on a listener before ServeTCP took it (the agent
+// opens its listeners, then serves them) has the same bounded send buffer
+// as the others: a client that asks for large answers and reads nothing
+// gets at most tcpSendBuffer's worth of them queued in the kernel. Before:
+// the buffer was set on the listener by ServeTCP, and a connection
+// accepted before kept the kernel's autotuned one for its life (megabytes,
+// up to net.ipv4.tcp_wmem's 4 MiB).
+func TestRepliesOfAConnectionAcceptedBeforeServingAreBounded(t *testing.T) {
+	s := New(Options{Limits: quota.Limits{QPS: -1}})
+	t.Cleanup(func() { s.Close() })
+	s.SetTable(headlessTable(t, 5000))
+	ln, err := ListenTCP(netip.MustParseAddrPort("127.0.0.1:0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	addr := addrPortOf(ln.Addr())
+	c := slowTCPClient(t, addr)
+	pipeline(c, packQuery(t, "web.ns.svc.cluster.local.", dns.TypeA), 200) // 65,535-byte answers
+	client := addrPortOf(c.LocalAddr())
+	go s.ServeTCP(ln)
+	// The reader writes answers until one waits longer than the write
+	// timeout, and the connection is closed: by then the kernel has
+	// taken all it will.
+	most, served := 0, false
+	testenv.Eventually(t, 30*time.Second, "the connection served, then closed for an answer that waited too long", func() bool {
+		if queued, _, ok := tcpQueuesIf(t, addr, client); ok {
+			most = max(most, queued)
+		}
+		open := s.tcpOpen.Used()
+		served = served || open > 0
+		return served && open == 0
+	})
+	t.Logf("the kernel held at most %d bytes of answers for the connection", most)
+	if most == 0 {
+		t.Fatal("no answer was ever seen queued in the kernel")
+	}
+	if most > 2*tcpSendBuffer {
+		t.Errorf("the kernel held %d bytes of answers for a client that reads nothing, want at most %d", most, 2*tcpSendBuffer)
+	}
+}
+
+// TestQueriesOverTheRateHeldByTheKernelAreBounded: a pod pipelining
+// queries over its rate on one TCP connection has its reader wait
+// (pauseForRate) while it sends on, and the kernel queues what it sends
+// on the server's socket until its window closes: at most
+// tcpReceiveBuffer's worth (which the kernel doubles). Before: the
+// kernel's default, 128 KiB a connection (113 KB queued seen), charged to
+// the agent: 4 MB for a pod's 32 connections, 128 MiB for --max-tcp's
+// 1,024.
+func TestQueriesOverTheRateHeldByTheKernelAreBounded(t *testing.T) {
+	ls := startLimitsServer(t, Options{Limits: quota.Limits{QPS: 1, Burst: 1}, TCPIdleTimeout: time.Minute}, liveUpstream(t), liveUpstream(t))
+	c := ls.dialFrom(t, flooderIP)
+	go io.Copy(io.Discard, c) // it reads its replies
+	pipeline(c, packQuery(t, tableName, dns.TypeA), 1<<20)
+	client := addrPortOf(c.LocalAddr())
+	// The window closed, with queries waiting to be sent and others to be
+	// read (not a window the reader has just emptied, the update to come).
+	most := 0
+	testenv.Eventually(t, 30*time.Second, "the server's receive window closed, the client's queries waiting", func() bool {
+		_, queued := tcpQueues(t, ls.addr, client)
+		most = max(most, queued)
+		info := tcpInfo(t, c)
+		return info.Snd_wnd == 0 && info.Notsent_bytes > 0 && queued > 0
+	})
+	t.Logf("the kernel held at most %d bytes of queries for the server to read", most)
+	if most > 2*tcpReceiveBuffer {
+		t.Errorf("the kernel held %d bytes of queries the server did not read, want at most %d", most, 2*tcpReceiveBuffer)
+	}
+}
+
+// tcpInfo is the kernel's TCP_INFO of c.
+func tcpInfo(t *testing.T, c *net.TCPConn) *unix.TCPInfo {
+	t.Helper()
+	rc, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var info *unix.TCPInfo
+	if err := rc.Control(func(fd uintptr) { info, err = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO) }); err != nil {
+		t.Fatal(err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info
+}
+
+// tcpQueues reads, from /proc/net/tcp, the bytes queued to send and
+// received but not read on the IPv4 connection from local to remote.
+func tcpQueues(t *testing.T, local, remote netip.AddrPort) (send, recv int) {
+	t.Helper()
+	send, recv, ok := tcpQueuesIf(t, local, remote)
+	if !ok {
+		t.Fatalf("no connection %s -> %s in /proc/net/tcp", local, remote)
+	}
+	return send, recv
+}
+
+// tcpQueuesIf is tcpQueues, with ok false when there is no such
+// connection.
+func tcpQueuesIf(t *testing.T, local, remote netip.AddrPort) (send, recv int, ok bool) {
 	t.Helper()
 	b, err := os.ReadFile("/proc/net/tcp")
 	if err != nil {
@@ -181,16 +286,19 @@ func sendQueue(t *testing.T, local, remote netip.AddrPort) int {
 	for _, line := range strings.Split(string(b), "\n") {
 		f := strings.Fields(line)
 		if len(f) > 4 && f[1]+" "+f[2] == want {
-			tx, _, _ := strings.Cut(f[4], ":")
-			n, err := strconv.ParseInt(tx, 16, 64)
+			tx, rx, _ := strings.Cut(f[4], ":")
+			s, err := strconv.ParseInt(tx, 16, 64)
 			if err != nil {
 				t.Fatal(err)
 			}
-			return int(n)
+			r, err := strconv.ParseInt(rx, 16, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return int(s), int(r), true
 		}
 	}
-	t.Fatalf("no connection %s -> %s in /proc/net/tcp", local, remote)
-	return 0
+	return 0, 0, false
 }
 
 // cachedBigAnswer starts a server whose flooder pod may forward without
