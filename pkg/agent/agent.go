@@ -392,8 +392,16 @@ func (a *Agent) run(ctx context.Context) error {
 	if a.capture != nil {
 		a.reconcileCapture(ctx, in != nil)
 	}
+	// A handed-over agent leaves the plugin to its successor, which installs
+	// its own: two installers would rewrite the binary and the conflist
+	// entry in turn until the old pod is deleted. stopCNI returns once the
+	// installer has.
+	stopCNI := func() {}
 	if a.cfg.CNI != nil {
-		g.spawn("cni install", func() error { return a.installCNI(ctx) })
+		cniCtx, cancelCNI := context.WithCancel(ctx)
+		installing := make(chan struct{})
+		g.spawn("cni install", func() error { defer close(installing); return a.installCNI(cniCtx) })
+		stopCNI = func() { cancelCNI(); <-installing }
 	}
 	ctl, err := control.Listen(a.cfg.Socket, access)
 	if err != nil {
@@ -420,6 +428,7 @@ func (a *Agent) run(ctx context.Context) error {
 			ctl.Close()      // before "released": the successor binds the path next
 			stopControl()    // and clients still connected move on to it
 			stopMetrics()    // the successor answers probes and scrapes on the same socket
+			stopCNI()        // the successor installs its plugin from "released" on
 			a.server.Drain()
 			// Beating on while draining: the successor starts only after
 			// "released", and a drain as long as the staleness bound would
