@@ -118,6 +118,7 @@ directory of YAML manifests (--config-dir).`,
 	dnsCaptureDefault := fs.Bool("dns-capture-default", true, "capture every ambient pod's DNS (values.cni.ambient.dnsCapture); when false only pods annotated ztdns.io/dns-capture: \"true\" (see README)")
 	excludeNamespaces := fs.StringSlice("exclude-namespaces", []string{"kube-system"}, "`NAMESPACES`, comma-separated, whose pods are never captured, whatever their labels: istio-cni's excludeNamespaces, whose pods Istio never enrolls (empty: none)")
 	nodeName := fs.String("node-name", os.Getenv("NODE_NAME"), "this node's name: the pods the agent watches and adopts (default $NODE_NAME)")
+	podUID := fs.String("pod-uid", os.Getenv("POD_UID"), "the UID of the agent's pod: a hand-over refuses the pod it took over from, whose container restarted (default $POD_UID; empty outside Kubernetes)")
 	cniInstall := fs.Bool("cni-install", false, "install the chained CNI plugin into --cni-conf-dir and keep it there")
 	cniBinDir := fs.String("cni-bin-dir", "/opt/cni/bin", "the container runtime's CNI plugin `DIR`")
 	cniConfDir := fs.String("cni-conf-dir", "/etc/cni/net.d", "the container runtime's CNI configuration `DIR`")
@@ -295,6 +296,7 @@ directory of YAML manifests (--config-dir).`,
 			DNSCaptureDefault: *dnsCaptureDefault,
 			ExcludeNamespaces: namespaceList(*excludeNamespaces),
 			NodeName:          *nodeName,
+			PodUID:            *podUID,
 			ProcRoot:          *procRoot,
 			CNI:               cniCfg,
 			Source:            src,

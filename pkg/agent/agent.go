@@ -80,6 +80,13 @@ type Config struct {
 	// NodeName scopes the pods this agent adopts from /proc; empty in
 	// standalone mode.
 	NodeName string
+	// PodUID is the UID of the agent's pod (the chart's POD_UID, from the
+	// downward API): what a hand-over knows the agent by. A container
+	// restarted in the same pod keeps it and a new pod has another, so an
+	// agent can refuse to hand its sockets back to the pod it took them
+	// from (see handoff.go). Empty outside Kubernetes: an identity of this
+	// process, so a restarted agent is not refused.
+	PodUID string
 	// ProcRoot is the node's proc filesystem (default /proc): where the
 	// agent finds running pods' network namespaces and the node's own
 	// (PID 1's). In a pod without hostPID, the node's /proc mounted
@@ -144,6 +151,10 @@ type Agent struct {
 	ready      atomic.Bool
 	firstTable chan struct{} // closed when the first table is served
 	handedOver atomic.Bool
+	// id is this agent's identity in a hand-over (agentIdentity), and
+	// predecessor that of the agent it took over from, to which it never
+	// hands over (empty: none, or one from before identities).
+	id, predecessor string
 	// successor is set while a newer agent that asked for the sockets has
 	// not yet taken over: this one still serves, but is not ready.
 	successor atomic.Bool
@@ -197,6 +208,9 @@ func newAgent(cfg Config) (*Agent, error) {
 		return nil, fmt.Errorf("InflightBytes %d: want 0 (the default) or at least %d, one reply of the largest size",
 			n, resolver.MinInflightBytes)
 	}
+	if err := validPodUID(cfg.PodUID); err != nil {
+		return nil, err
+	}
 	if n := cfg.PodInflightBytes; n > 0 && n < resolver.MinPodInflightBytes {
 		return nil, fmt.Errorf("PodInflightBytes %d: want 0 (the default), negative (no bound of its own) or at least %d, one reply of the largest size",
 			n, resolver.MinPodInflightBytes)
@@ -238,7 +252,7 @@ func newAgent(cfg Config) (*Agent, error) {
 			return nil, err
 		}
 	}
-	a := &Agent{cfg: cfg, log: cfg.Logger, reg: cfg.Registry, pods: podcache.New(cfg.ClusterDomain), firstTable: make(chan struct{}),
+	a := &Agent{cfg: cfg, log: cfg.Logger, reg: cfg.Registry, pods: podcache.New(cfg.ClusterDomain), firstTable: make(chan struct{}), id: agentIdentity(cfg.PodUID),
 		builder: table.NewBuilder(table.Options{Domain: cfg.ClusterDomain, TTL: uint32(cfg.TTL / time.Second), VIPSource: cfg.VIPSource}),
 		addrs:   slices.Clone(cfg.Listen), hostCookies: nodeCookies(cfg.ProcRoot)}
 	if cfg.Capture != nil {
@@ -309,7 +323,17 @@ func (a *Agent) run(ctx context.Context) error {
 	}
 	// Take over a running agent's sockets, if there is one, before binding:
 	// a restart then loses no query (see handoff.go).
-	in, err := takeOver(a.cfg.Socket, a.log)
+	in, err := takeOver(a.cfg.Socket, a.id, a.log)
+	if errors.Is(err, errRefusedRestart) {
+		// This agent's pod handed the node over, and its container was
+		// restarted (OOM-killed, its liveness probe) before the pod was
+		// deleted: serving, or starting capture afresh, would take the node
+		// from the new agent, or fail its pods open.
+		a.server.Close()
+		a.fwd.Close()
+		return fmt.Errorf("this agent's pod handed the node over, and the agent that took it (at %s) keeps serving: "+
+			"this agent, its container restarted since, serves nothing and exits; the rollout deletes its pod: %w", handoffPath(a.cfg.Socket), err)
+	}
 	if err != nil && !errors.Is(err, errPeerNotRoot) {
 		// It serves on: a second agent with fresh sockets beside it would
 		// split the queries between two tables, and both mark and beat.
@@ -320,6 +344,9 @@ func (a *Agent) run(ctx context.Context) error {
 	}
 	if err != nil {
 		a.log.Warn("could not take over the running agent's sockets; binding fresh ones", "err", err)
+	}
+	if in != nil {
+		a.predecessor = in.from
 	}
 	// abort undoes a start that failed half-way.
 	abort := func(err error) error {
@@ -393,8 +420,16 @@ func (a *Agent) run(ctx context.Context) error {
 	if a.capture != nil {
 		a.reconcileCapture(ctx, in != nil)
 	}
+	// A handed-over agent leaves the plugin to its successor, which installs
+	// its own: two installers would rewrite the binary and the conflist
+	// entry in turn until the old pod is deleted. stopCNI returns once the
+	// installer has.
+	stopCNI := func() {}
 	if a.cfg.CNI != nil {
-		g.spawn("cni install", func() error { return a.installCNI(ctx) })
+		cniCtx, cancelCNI := context.WithCancel(ctx)
+		installing := make(chan struct{})
+		g.spawn("cni install", func() error { defer close(installing); return a.installCNI(cniCtx) })
+		stopCNI = func() { cancelCNI(); <-installing }
 	}
 	ctl, err := control.Listen(a.cfg.Socket, access)
 	if err != nil {
@@ -413,7 +448,7 @@ func (a *Agent) run(ctx context.Context) error {
 	}
 	go func() { <-ctx.Done(); hs.Close() }()
 	g.spawn("handoff", func() error {
-		err := offerSockets(ctx, hs, a.log, a.handoffSockets, a.successorAsking, func() {
+		err := offerSockets(ctx, hs, a.log, identities{self: a.id, predecessor: a.predecessor}, a.handoffSockets, a.successorAsking, func() {
 			a.log.Info("handing the resolver's sockets to a new agent; this one stops serving")
 			a.handedOver.Store(true)
 			a.ready.Store(false)
@@ -421,6 +456,7 @@ func (a *Agent) run(ctx context.Context) error {
 			ctl.Close()      // before "released": the successor binds the path next
 			stopControl()    // and clients still connected move on to it
 			stopMetrics()    // the successor answers probes and scrapes on the same socket
+			stopCNI()        // the successor installs its plugin from "released" on
 			a.server.Drain()
 			// Beating on while draining: the successor starts only after
 			// "released", and a drain as long as the staleness bound would

@@ -26,8 +26,9 @@ type CNIConfig struct {
 
 // cniInstallInterval is how often the installer looks again: for the
 // primary plugin's configuration to appear, and for it to be rewritten
-// without our entry (primary plugins regenerate their conflist).
-const cniInstallInterval = 5 * time.Second
+// without our entry (primary plugins regenerate their conflist). A
+// variable: tests shorten it.
+var cniInstallInterval = 5 * time.Second
 
 // cniAdd records a new sandbox, decides whether its DNS is captured and
 // marks it. A repeated ADD changes nothing. What the request says is checked
@@ -301,7 +302,8 @@ func (a *Agent) pendingDir() string {
 }
 
 // installCNI puts the plugin into the node's CNI configuration and keeps it
-// there until ctx ends.
+// there until ctx ends: when the agent stops, or hands over to a successor,
+// which keeps its own there.
 func (a *Agent) installCNI(ctx context.Context) error {
 	self, err := os.Executable()
 	if err != nil {

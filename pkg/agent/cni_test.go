@@ -456,6 +456,83 @@ func TestCNIEventsAfterTheHandoffAreUnavailable(t *testing.T) {
 	}
 }
 
+// installingCNI has an agent install the plugin into binDir and confDir,
+// its conflist entry saying onAgentUnreachable policy.
+func installingCNI(binDir, confDir, policy string) func(*Config) {
+	return func(c *Config) {
+		c.CNI = &CNIConfig{BinDir: binDir, ConfDir: confDir, Plugin: cni.Config{OnAgentUnreachable: policy}}
+	}
+}
+
+// ztdnsPolicy reads the onAgentUnreachable of the ztdns entry in the
+// conflist at path ("" without one) and the file's identity: every write
+// renames a new file into place.
+func ztdnsPolicy(t *testing.T, path string) (string, os.FileInfo) {
+	t.Helper()
+	info, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var list struct {
+		Plugins []struct {
+			Type               string `json:"type"`
+			OnAgentUnreachable string `json:"onAgentUnreachable"`
+		} `json:"plugins"`
+	}
+	if err := json.Unmarshal(data, &list); err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+	for _, p := range list.Plugins {
+		if p.Type == cni.PluginType {
+			return p.OnAgentUnreachable, info
+		}
+	}
+	return "", info
+}
+
+// TestHandedOverAgentStopsInstallingCNI: after a hand-over the plugin's
+// conflist entry is the new agent's (an upgrade changed its
+// onAgentUnreachable), and stays so, unwritten, while the old agent
+// lingers until its pod is deleted. (Before: the old agent's installer ran
+// on, and the two wrote their entries in turn every 5 s.)
+func TestHandedOverAgentStopsInstallingCNI(t *testing.T) {
+	old := cniInstallInterval
+	cniInstallInterval = 20 * time.Millisecond
+	t.Cleanup(func() { cniInstallInterval = old }) // runs after the agents' stops
+	binDir, confDir := t.TempDir(), t.TempDir()
+	conflist := filepath.Join(confDir, "10-net.conflist")
+	if err := os.WriteFile(conflist, []byte(`{"cniVersion": "1.0.0", "name": "net", "plugins": [{"type": "bridge", "bridge": "cni0"}]}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	dir, socket, listen, up := handoffSetup(t)
+	startTestAgent(t, dir, socket, listen, up, "", installingCNI(binDir, confDir, cni.PolicyAllow)) // lingers, handed over
+	testenv.Eventually(t, 10*time.Second, "the old agent's entry installed", func() bool {
+		policy, _ := ztdnsPolicy(t, conflist)
+		return policy == cni.PolicyAllow
+	})
+	upNew := netip.MustParseAddrPort("127.0.0.1:9")
+	succ := runTestAgent(t, dir, socket, listen, upNew, "", installingCNI(binDir, confDir, cni.PolicyFail))
+	waitServedBy(t, socket, succ, upNew)
+	testenv.Eventually(t, 10*time.Second, "the new agent's entry installed", func() bool {
+		policy, _ := ztdnsPolicy(t, conflist)
+		return policy == cni.PolicyFail
+	})
+	_, installed := ztdnsPolicy(t, conflist)
+	// Many installer periods, in which nobody should write: this wait
+	// gives a writer the time to show, and passing does not depend on it.
+	for range 25 {
+		time.Sleep(cniInstallInterval)
+		policy, info := ztdnsPolicy(t, conflist)
+		if policy != cni.PolicyFail || !os.SameFile(info, installed) {
+			t.Fatalf("the conflist was written again after the hand-over: onAgentUnreachable %q, want the new agent's %q", policy, cni.PolicyFail)
+		}
+	}
+}
+
 // TestAddWithAnIPv4MappedAddress: an ADD may give a pod's IPv4 address
 // IPv4-mapped (::ffff:a.b.c.d). The pod is marked with its IPv4 address
 // and its queries from that address are its own.

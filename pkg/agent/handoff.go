@@ -2,16 +2,22 @@ package agent
 
 import (
 	"bufio"
+	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
 	"os"
+	"strings"
 	"syscall"
 	"time"
+	"unicode"
 
 	"golang.org/x/sys/unix"
 
@@ -27,11 +33,34 @@ import (
 //
 // The exchange, one line each way:
 //
-//	new → old: "sockets"
-//	old → new: JSON list of {network, addr}, with the file descriptors attached
-//	           (at most maxHandoffFDs; the rest follow in one-byte messages)
+//	new → old: "sockets ID"        (ID: the new agent's identity, see below)
+//	old → new: JSON {agent, sockets: [{network, addr}…]}, with the file
+//	           descriptors attached (at most maxHandoffFDs; the rest follow in
+//	           one-byte messages); or {refused} or {error}, with none
 //	new → old: "serving"           (new reads from the sockets now)
 //	old → new: "released"          (old stopped reading, closed its control socket)
+//
+// An agent is known by its pod's UID (Config.PodUID, the chart's POD_UID),
+// which a container restarted in the same pod keeps and a new pod does
+// not; outside Kubernetes, by a random identity of its process. An agent
+// refuses to hand over to the one it took over from. In a DaemonSet rolling
+// update the old pod stays, its agent idle, until the new pod has been
+// ready for minReadySeconds; should the old pod's container be restarted
+// meanwhile (OOM-killed, its liveness probe), the restarted agent, with
+// the old pod's UID, would otherwise take the node back, leave the new
+// agent idle, and stop with no successor when its pod is deleted next:
+// the node would have no resolver. Refused ({refused}), it binds, marks
+// and installs nothing and exits with an error saying why
+// (errRefusedRestart): its pod is not ready while the kubelet restarts it,
+// refused again each time, until the pod is deleted. Outside Kubernetes a
+// restarted process has a new identity, and is not refused.
+//
+// An agent from before identities ignores "sockets ID" and closes the
+// connection: the new agent then asks again with a bare "sockets", which
+// is answered, as one from before identities asks, with the bare JSON list
+// of sockets. Such an agent neither tells its identity nor refuses anyone,
+// so the refusal needs both pods to carry identities: not in the rolling
+// update that first brings them.
 //
 // Both ends must be root (SO_PEERCRED): a process that planted a socket at
 // the hand-off path would otherwise be handed the queries meant for the
@@ -50,7 +79,8 @@ import (
 // The old agent then stays up, idle and not ready, until it is told to stop:
 // in a DaemonSet rolling update (maxSurge) the old pod is deleted once the new
 // one is ready, and an old agent that exited by itself would be restarted by
-// the kubelet and take the sockets back. Before "released" it closes its
+// the kubelet, and refused, restart after restart (or, from before
+// identities, take the sockets back). Before "released" it closes its
 // copies of the sockets and its hand-off listener: a successor that dies
 // before listening at the path itself leaves a socket nobody accepts on, and
 // the agent restarted in its place starts afresh.
@@ -78,6 +108,55 @@ const maxHandoffFDs = 253
 // hand its sockets over.
 var errPeerNotRoot = errors.New("refused")
 
+// errRefusedRestart is takeOver's error when the running agent took over
+// from this agent's pod: this agent's container was restarted after its
+// hand-over, and the new agent keeps the node.
+var errRefusedRestart = errors.New("the running agent took over from this agent's pod")
+
+// errNoAnswer is a running agent that closed the connection without a
+// word: one from before identities, which ignores "sockets ID".
+var errNoAnswer = errors.New("the running agent closed the connection without answering")
+
+// maxIdentityLen bounds an identity on the wire (a pod's UID is 36 bytes).
+const maxIdentityLen = 128
+
+// agentIdentity is what a hand-over knows an agent by: its pod's UID, or,
+// with none (outside Kubernetes), a random identity of this process.
+func agentIdentity(podUID string) string {
+	if podUID != "" {
+		return "pod/" + podUID
+	}
+	var b [8]byte
+	rand.Read(b[:])
+	return "process/" + hex.EncodeToString(b[:])
+}
+
+// validPodUID checks that a pod UID can go on the hand-over's line.
+func validPodUID(uid string) error {
+	if len(agentIdentity(uid)) > maxIdentityLen || strings.ContainsFunc(uid, func(r rune) bool { return unicode.IsSpace(r) || !unicode.IsPrint(r) }) {
+		return fmt.Errorf("pod UID %q: want the pod's metadata.uid, printable, without spaces, at most %d bytes", uid, maxIdentityLen-len("pod/"))
+	}
+	return nil
+}
+
+// offerReply is a running agent's answer to a successor that said who it
+// is: its own identity and the sockets, or why it hands nothing over.
+type offerReply struct {
+	Agent   string       `json:"agent,omitempty"`
+	Sockets []socketDesc `json:"sockets,omitempty"`
+	// Refused says why the successor is refused (errRefusedRestart).
+	Refused string `json:"refused,omitempty"`
+	// Error is why the running agent could not list its sockets.
+	Error string `json:"error,omitempty"`
+}
+
+// identities are who the agents of a hand-over are: self, the agent that
+// offers its sockets, and predecessor, the agent self took over from
+// (empty: none, or one from before identities), which is refused.
+type identities struct {
+	self, predecessor string
+}
+
 // handoffPath is where an agent offers its sockets to its successor.
 func handoffPath(controlSocket string) string { return controlSocket + ".handoff" }
 
@@ -104,12 +183,27 @@ type inherited struct {
 	// lasts handoffTimeout longer, gives up. What the successor does
 	// meanwhile (loading the capture programs) counts.
 	syncBy time.Time
+	// from is the old agent's identity; empty for one from before
+	// identities.
+	from string
 }
 
-// takeOver asks a running agent for its sockets. It returns nil and no error
-// when no agent answers, and an error (and nothing adopted) when the one
-// that answers is not root (errPeerNotRoot) or the exchange fails.
-func takeOver(controlSocket string, log *slog.Logger) (*inherited, error) {
+// takeOver asks a running agent for its sockets, saying that self asks. It
+// returns nil and no error when no agent answers, and an error (and nothing
+// adopted) when the one that answers is not root (errPeerNotRoot), took over
+// from self's pod (errRefusedRestart), or the exchange fails.
+func takeOver(controlSocket, self string, log *slog.Logger) (*inherited, error) {
+	in, err := askForSockets(controlSocket, "sockets "+self+"\n", log)
+	if errors.Is(err, errNoAnswer) {
+		log.Info("the running agent predates identities in the hand-over; asking it again without one")
+		in, err = askForSockets(controlSocket, "sockets\n", log)
+	}
+	return in, err
+}
+
+// askForSockets is one exchange of takeOver, up to the sockets adopted,
+// opened with greeting.
+func askForSockets(controlSocket, greeting string, log *slog.Logger) (*inherited, error) {
 	c, err := net.DialTimeout("unix", handoffPath(controlSocket), time.Second)
 	if err != nil {
 		return nil, nil // nobody to take over from
@@ -122,13 +216,17 @@ func takeOver(controlSocket string, log *slog.Logger) (*inherited, error) {
 	}
 	asked := time.Now()
 	conn.SetDeadline(asked.Add(handoffTimeout))
-	if _, err := conn.Write([]byte("sockets\n")); err != nil {
+	if _, err := conn.Write([]byte(greeting)); err != nil {
 		conn.Close()
 		return nil, fmt.Errorf("handoff: %w", err)
 	}
 	buf := make([]byte, 64<<10)
 	oob := make([]byte, unix.CmsgSpace(maxHandoffFDs*4))
 	n, oobn, _, _, err := conn.ReadMsgUnix(buf, oob)
+	if n == 0 && oobn == 0 && (err == nil || errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET)) {
+		conn.Close()
+		return nil, fmt.Errorf("handoff: %w", errNoAnswer)
+	}
 	if err != nil {
 		conn.Close()
 		return nil, fmt.Errorf("handoff: reading sockets: %w", err)
@@ -139,11 +237,25 @@ func takeOver(controlSocket string, log *slog.Logger) (*inherited, error) {
 		conn.Close()
 		return nil, err
 	}
-	var descs []socketDesc
-	if err := json.Unmarshal(buf[:n], &descs); err != nil {
+	var reply offerReply
+	if bytes.HasPrefix(buf[:n], []byte("[")) { // the bare list, to a bare "sockets"
+		err = json.Unmarshal(buf[:n], &reply.Sockets)
+	} else {
+		err = json.Unmarshal(buf[:n], &reply)
+	}
+	if err != nil {
 		conn.Close()
 		return nil, fmt.Errorf("handoff: reading the sockets' descriptions: %w", err)
 	}
+	switch {
+	case reply.Refused != "":
+		conn.Close()
+		return nil, fmt.Errorf("handoff: %w (%s)", errRefusedRestart, reply.Refused)
+	case reply.Error != "":
+		conn.Close()
+		return nil, fmt.Errorf("handoff: the running agent could not hand its sockets over: %s", reply.Error)
+	}
+	descs := reply.Sockets
 	// Descriptors beyond one message's maxHandoffFDs follow, one byte each.
 	for len(files) < len(descs) {
 		_, oobn, _, _, err := conn.ReadMsgUnix(buf[:1], oob)
@@ -166,7 +278,7 @@ func takeOver(controlSocket string, log *slog.Logger) (*inherited, error) {
 		return nil, fmt.Errorf("handoff: %d descriptions for %d sockets", len(descs), len(files))
 	}
 	in := &inherited{udp: map[netip.AddrPort][]*net.UDPConn{}, tcp: map[netip.AddrPort]*net.TCPListener{}, conn: conn, r: bufio.NewReader(conn),
-		syncBy: asked.Add(handoffSyncWait)}
+		syncBy: asked.Add(handoffSyncWait), from: reply.Agent}
 	for i, d := range descs {
 		addr, err := netip.ParseAddrPort(d.Addr)
 		if err == nil {
@@ -260,8 +372,9 @@ func (in *inherited) closeSockets() {
 // successor serves, calls stop (which drains this agent) and confirms. It
 // returns after a completed handoff, or when ln is closed; ctx ending ends an
 // exchange in progress. asking(true) is called as a successor asks for the
-// sockets, asking(false) when its exchange ends without a handoff.
-func offerSockets(ctx context.Context, ln *net.UnixListener, log *slog.Logger, sockets func() ([]socketDesc, []*os.File, error),
+// sockets, asking(false) when its exchange ends without a handoff. ids says
+// who this agent is, and whom it refuses: its predecessor.
+func offerSockets(ctx context.Context, ln *net.UnixListener, log *slog.Logger, ids identities, sockets func() ([]socketDesc, []*os.File, error),
 	asking func(bool), stop func()) error {
 	for {
 		c, err := ln.AcceptUnix()
@@ -276,11 +389,16 @@ func offerSockets(ctx context.Context, ln *net.UnixListener, log *slog.Logger, s
 		// An exchange waits up to handoffSyncWait for "serving": an agent
 		// stopped meanwhile ends it rather than its own stop.
 		unwatch := context.AfterFunc(ctx, func() { c.Close() })
-		done, err := offerOnce(c, sockets, asking, stop)
+		done, err := offerOnce(c, ids, sockets, asking, stop)
 		unwatch()
 		c.Close()
 		if done {
 			return err
+		}
+		if errors.Is(err, errRefusedRestart) {
+			log.Warn("refused the resolver's sockets to the agent this one took over from: its container was restarted, "+
+				"and it would take the node back until its pod is deleted; serving on", "refused", ids.predecessor)
+			continue
 		}
 		if err != nil {
 			log.Error("could not hand the resolver's sockets over; serving on", "err", err)
@@ -290,12 +408,33 @@ func offerSockets(ctx context.Context, ln *net.UnixListener, log *slog.Logger, s
 
 // offerOnce runs one exchange; done is true once this agent has stopped.
 // From the successor's "sockets" until the exchange ends, asking says so
-// (see offerSockets).
-func offerOnce(c *net.UnixConn, sockets func() ([]socketDesc, []*os.File, error), asking func(bool), stop func()) (done bool, err error) {
+// (see offerSockets); a successor refused (errRefusedRestart) never asks.
+func offerOnce(c *net.UnixConn, ids identities, sockets func() ([]socketDesc, []*os.File, error), asking func(bool), stop func()) (done bool, err error) {
 	c.SetDeadline(time.Now().Add(handoffTimeout))
 	r := bufio.NewReader(c)
-	if line, err := r.ReadString('\n'); err != nil || line != "sockets\n" {
+	line, err := r.ReadString('\n')
+	successor, identified := strings.CutPrefix(strings.TrimSuffix(line, "\n"), "sockets ")
+	switch {
+	case err != nil:
 		return false, nil // not a successor: ignore
+	case identified && (successor == "" || len(successor) > maxIdentityLen):
+		return false, nil
+	case !identified && line != "sockets\n":
+		return false, nil
+	}
+	// replyOnly answers an identified successor without sockets.
+	replyOnly := func(reply offerReply) error {
+		payload, err := json.Marshal(reply)
+		if err == nil {
+			_, err = c.Write(payload)
+		}
+		return err
+	}
+	if identified && ids.predecessor != "" && successor == ids.predecessor {
+		if err := replyOnly(offerReply{Agent: ids.self, Refused: fmt.Sprintf("%s took over from %s", ids.self, successor)}); err != nil {
+			return false, fmt.Errorf("handoff: refusing %s: %w", successor, err)
+		}
+		return false, fmt.Errorf("%w: %s", errRefusedRestart, successor)
 	}
 	asking(true)
 	defer func() {
@@ -305,10 +444,18 @@ func offerOnce(c *net.UnixConn, sockets func() ([]socketDesc, []*os.File, error)
 	}()
 	descs, files, err := sockets()
 	if err != nil {
+		if identified {
+			replyOnly(offerReply{Agent: ids.self, Error: err.Error()})
+		}
 		return false, err
 	}
 	defer closeAll(files)
-	payload, err := json.Marshal(descs)
+	var payload []byte
+	if identified {
+		payload, err = json.Marshal(offerReply{Agent: ids.self, Sockets: descs})
+	} else { // a successor from before identities reads the list alone
+		payload, err = json.Marshal(descs)
+	}
 	if err != nil {
 		return false, err
 	}

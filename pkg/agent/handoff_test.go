@@ -1,8 +1,10 @@
 package agent
 
 import (
+	"bufio"
 	"context"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -515,7 +517,7 @@ func TestTakeOverClosesWhatItRefuses(t *testing.T) {
 	}
 	before := openFDs(t)
 	offered := offerInBackground(t, ln, sockets, "a failed takeover")
-	in, err := takeOver(socket, slog.New(slog.DiscardHandler))
+	in, err := takeOver(socket, agentIdentity(""), slog.New(slog.DiscardHandler))
 	if err == nil || in != nil {
 		t.Fatalf("takeOver = %v, %v; want an error", in, err)
 	}
@@ -670,7 +672,7 @@ func TestTakeOverSetsTheSyncDeadline(t *testing.T) {
 	}
 	offered := offerInBackground(t, ln, sockets, "an abandoned takeover")
 	before := time.Now()
-	in, err := takeOver(socket, slog.New(slog.DiscardHandler))
+	in, err := takeOver(socket, agentIdentity(""), slog.New(slog.DiscardHandler))
 	after := time.Now()
 	if err != nil || in == nil {
 		t.Fatalf("takeOver = %v, %v", in, err)
@@ -698,7 +700,7 @@ func offerInBackground(t *testing.T, ln *net.UnixListener, sockets func() ([]soc
 			return
 		}
 		defer c.Close()
-		offerOnce(c, sockets, func(bool) {}, func() { t.Error("stopped for " + why) })
+		offerOnce(c, identities{}, sockets, func(bool) {}, func() { t.Error("stopped for " + why) })
 	}()
 	return offered
 }
@@ -797,7 +799,7 @@ func TestFailedHandoffFromALiveAgentStops(t *testing.T) {
 // running agent release them, and dies with its copies.
 func takeOverAndDie(t *testing.T, socket string) {
 	t.Helper()
-	in, err := takeOver(socket, slog.New(slog.DiscardHandler))
+	in, err := takeOver(socket, agentIdentity(""), slog.New(slog.DiscardHandler))
 	if err != nil || in == nil {
 		t.Fatalf("takeOver = %v, %v", in, err)
 	}
@@ -835,4 +837,170 @@ func TestRestartAfterASuccessorDiedBeforeListening(t *testing.T) {
 	}
 	wantProbe(t, metrics, "/readyz", http.StatusOK, "after the restart")
 	wantProbe(t, metrics, "/healthz", http.StatusOK, "after the restart")
+}
+
+// inPod gives an agent the UID of its pod, as the chart's POD_UID does.
+func inPod(uid string) func(*Config) { return func(c *Config) { c.PodUID = uid } }
+
+// whoUpstream is an upstream that answers who.test. with addr: which
+// agent forwarded a query shows in its answer.
+func whoUpstream(t *testing.T, addr string) netip.AddrPort {
+	t.Helper()
+	return dnstest.Start(t, "127.0.0.1:0", dnstest.ZoneOf(t, "who.test. 60 IN A "+addr)).Addr
+}
+
+// answeredBy asks for who.test. over network and returns the address in
+// the answer: that of the agent whose upstream answered.
+func answeredBy(t *testing.T, network string, listen netip.AddrPort) string {
+	t.Helper()
+	c := &dns.Client{Net: network, Timeout: 2 * time.Second}
+	m := new(dns.Msg)
+	m.SetQuestion("who.test.", dns.TypeA)
+	r, _, err := c.Exchange(m, listen.String())
+	if err != nil {
+		t.Fatalf("%s query for who.test.: %v", network, err)
+	}
+	if len(r.Answer) != 1 {
+		t.Fatalf("%s query for who.test.: answer %v", network, r.Answer)
+	}
+	return r.Answer[0].(*dns.A).A.String()
+}
+
+// TestRestartedPredecessorIsRefused: in a DaemonSet rolling update the new
+// pod's agent takes over from the old pod's, which stays, idle, until the
+// old pod is deleted. When the old pod's container is restarted meanwhile
+// (OOM-killed, its liveness probe), the restarted agent, with the old
+// pod's UID, asks the new agent for the sockets: it is refused, serves
+// nothing and exits saying why, and the new agent serves on, ready; once
+// the old pod is gone it still does. (Before: the new agent handed the
+// node back and sat idle, its pod still ready on the shared probe port;
+// when the old pod was deleted, its agent stopped with no successor, and
+// the node had no resolver until the new pod's liveness probe restarted
+// it.)
+func TestRestartedPredecessorIsRefused(t *testing.T) {
+	dir, socket, listen, _ := handoffSetup(t)
+	metrics := testenv.FreePort(t).String() // shared, as in a DaemonSet
+	upOld, upNew := whoUpstream(t, "192.0.2.1"), whoUpstream(t, "192.0.2.2")
+	old := startTestAgent(t, dir, socket, listen, upOld, metrics, inPod("0d1f0000-0000-4000-8000-000000000001"))
+	var newLog testenv.Log
+	succ := runTestAgent(t, dir, socket, listen, upNew, metrics, inPod("0d1f0000-0000-4000-8000-000000000002"),
+		func(c *Config) { c.Logger = slog.New(slog.NewTextHandler(&newLog, nil)) })
+	waitServedBy(t, socket, succ, upNew)
+
+	// The old pod's container restarts: the same pod, so the same UID.
+	upRestarted := whoUpstream(t, "192.0.2.3")
+	restarted := runTestAgent(t, dir, socket, listen, upRestarted, metrics, inPod("0d1f0000-0000-4000-8000-000000000001"))
+	var err error
+	testenv.EventuallyNil(t, 30*time.Second, func() error {
+		select {
+		case err = <-restarted.done:
+			restarted.done <- nil
+			return nil
+		default:
+		}
+		st, serr := control.NewClient(socket, time.Second).Status(context.Background())
+		if serr == nil && slices.Equal(st.Upstreams, []string{upRestarted.String()}) {
+			t.Fatal("the restarted old agent took the node back from the new one")
+		}
+		return errors.New("the restarted old agent is still running")
+	})
+	if err == nil || !strings.Contains(err.Error(), "handed the node over") || !strings.Contains(err.Error(), "serves nothing") {
+		t.Errorf("the restarted old agent: Run = %v; want an error saying its pod handed the node over", err)
+	}
+	t.Logf("the restarted old agent: %v", err)
+	if !newLog.Contains("refused the resolver's sockets to the agent this one took over from") {
+		t.Errorf("the new agent does not log the refusal:\n%s", newLog.String())
+	}
+	// The new agent serves on, ready, and answers every query itself.
+	waitServedBy(t, socket, succ, upNew)
+	wantProbe(t, metrics, "/readyz", http.StatusOK, "after the refusal")
+	for _, network := range []string{"udp", "udp", "udp", "tcp"} {
+		if got := answeredBy(t, network, listen); got != "192.0.2.2" {
+			t.Fatalf("%s: who.test. answered %s, want 192.0.2.2 (the new agent's upstream)", network, got)
+		}
+	}
+	// The DaemonSet deletes the old pod: the node keeps its resolver.
+	old.stopChecked(t, "the old agent")
+	waitServedBy(t, socket, succ, upNew)
+	if got := answeredBy(t, "udp", listen); got != "192.0.2.2" {
+		t.Errorf("after the old pod is gone: who.test. answered %s, want 192.0.2.2", got)
+	}
+	// A newer pod (another UID) still takes over from the new agent.
+	upNewer := netip.MustParseAddrPort("127.0.0.1:9")
+	newer := runTestAgent(t, dir, socket, listen, upNewer, metrics, inPod("0d1f0000-0000-4000-8000-000000000003"))
+	waitServedBy(t, socket, newer, upNewer)
+}
+
+// TestHandoffWithAnAgentFromBeforeIdentities: an agent from before the
+// hand-over carried identities ignores "sockets ID" and closes the
+// connection; a new agent asks it again with a bare "sockets" and takes
+// the sockets over. And a successor from before identities, asking with a
+// bare "sockets", is sent the bare list of sockets it reads.
+func TestHandoffWithAnAgentFromBeforeIdentities(t *testing.T) {
+	socket := filepath.Join(t.TempDir(), "ztdns.sock")
+	ln, err := listenHandoff(socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	sockets := func() ([]socketDesc, []*os.File, error) {
+		f, err := c.File()
+		if err != nil {
+			return nil, nil, err
+		}
+		return []socketDesc{{Network: "udp", Addr: c.LocalAddr().String()}}, []*os.File{f}, nil
+	}
+	greetings := make(chan string, 1)
+	go func() { // the old agent ignores what is not "sockets\n", as it did
+		c, err := ln.AcceptUnix()
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		line, _ := bufio.NewReader(c).ReadString('\n')
+		greetings <- line
+		c.Close()
+	}()
+	offered := offerInBackground(t, ln, sockets, "an abandoned takeover") // answers a bare "sockets" as it did
+	in, err := takeOver(socket, "pod/new", slog.New(slog.DiscardHandler))
+	if err != nil || in == nil {
+		t.Fatalf("takeOver from an agent from before identities = %v, %v", in, err)
+	}
+	if got := <-greetings; got != "sockets pod/new\n" {
+		t.Errorf("first asked with %q, want %q", got, "sockets pod/new\n")
+	}
+	if len(in.udp) != 1 || in.from != "" {
+		t.Errorf("adopted %d UDP addresses from %q; want one, from an agent without identity", len(in.udp), in.from)
+	}
+	in.abandon()
+	<-offered
+
+	// A successor from before identities.
+	offered = offerInBackground(t, ln, sockets, "an abandoned takeover")
+	conn, err := net.Dial("unix", handoffPath(socket))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := conn.Write([]byte("sockets\n")); err != nil {
+		t.Fatal(err)
+	}
+	buf, oob := make([]byte, 4096), make([]byte, unix.CmsgSpace(4))
+	n, oobn, _, _, err := conn.(*net.UnixConn).ReadMsgUnix(buf, oob)
+	if err != nil {
+		t.Fatal(err)
+	}
+	files, err := parseRights(oob[:oobn])
+	closeAll(files)
+	var descs []socketDesc
+	if err := json.Unmarshal(buf[:n], &descs); err != nil || len(descs) != 1 || len(files) != 1 {
+		t.Errorf("a successor from before identities got %q with %d sockets (%v); want the bare list of one", buf[:n], len(files), err)
+	}
+	conn.Close()
+	<-offered
 }

@@ -153,7 +153,7 @@ func TestPlantedHandoffSocketRefused(t *testing.T) {
 		t.Fatalf("the planter did not start: %q %v", line, err)
 	}
 	var log bytes.Buffer
-	in, err := takeOver(socket, slog.New(slog.NewTextHandler(&log, nil)))
+	in, err := takeOver(socket, agentIdentity(""), slog.New(slog.NewTextHandler(&log, nil)))
 	if in != nil || err == nil || !strings.Contains(err.Error(), "runs as uid 65534, not root") {
 		t.Fatalf("takeOver from a planted socket = %v, %v; want nothing adopted and a refusal", in, err)
 	}
@@ -206,7 +206,7 @@ func TestHandoffRefusesSuccessorNotRoot(t *testing.T) {
 	var log testenv.Log
 	done := make(chan error, 1)
 	go func() {
-		done <- offerSockets(t.Context(), ln, slog.New(slog.NewTextHandler(&log, nil)), func() ([]socketDesc, []*os.File, error) {
+		done <- offerSockets(t.Context(), ln, slog.New(slog.NewTextHandler(&log, nil)), identities{}, func() ([]socketDesc, []*os.File, error) {
 			asked.Store(true)
 			return nil, nil, nil
 		}, func(bool) { asked.Store(true) }, func() { stopped.Store(true) })
@@ -300,7 +300,7 @@ func TestHandoffEndedByStop(t *testing.T) {
 	var stopped atomic.Bool
 	done := make(chan error, 1)
 	go func() {
-		done <- offerSockets(ctx, ln, slog.New(slog.DiscardHandler), func() ([]socketDesc, []*os.File, error) {
+		done <- offerSockets(ctx, ln, slog.New(slog.DiscardHandler), identities{}, func() ([]socketDesc, []*os.File, error) {
 			f, err := udp.File()
 			return []socketDesc{{Network: "udp", Addr: udp.LocalAddr().String()}}, []*os.File{f}, err
 		}, func(bool) {}, func() { stopped.Store(true) })

@@ -541,6 +541,7 @@ func checkEnv(t *testing.T, agent corev1.Container) {
 	limit := agent.Resources.Limits[corev1.ResourceMemory]
 	want := map[string]string{
 		"NODE_NAME":  "field:spec.nodeName", // --node-name=$(NODE_NAME)
+		"POD_UID":    "field:metadata.uid",  // --pod-uid's default: whom a hand-over refuses
 		"HOST_IP":    "field:status.hostIP",
 		"GOMEMLIMIT": strconv.FormatInt(limit.Value()*4/5, 10),
 	}
