@@ -200,8 +200,9 @@ func (g gated) Reply(req *dns.Msg, local netip.AddrPort) *dns.Msg {
 // first pod has every one, its idle connection is closed for it, not one
 // waiting, and every waiting one gets its reply. Before: a connection left
 // open counted idle as soon as its query was handed off, and was as likely
-// as the idle one to be closed, its reply lost (the test then failed 7
-// times in 8); only a half-closed one was kept.
+// as the idle one to be closed, its reply lost (the test then passed only
+// when the pick fell on the idle one, 1 time in 8); only a half-closed one
+// was kept.
 func TestConnectionWaitingForRepliesKept(t *testing.T) {
 	for _, halfClosed := range []bool{false, true} {
 		name := "open"
