@@ -11,6 +11,8 @@ import (
 	"net"
 	"net/http"
 	"time"
+
+	"github.com/ztdns/ztdns/internal/ratelog"
 )
 
 // Bounds of the server. They hold for every caller, root included: a stuck
@@ -150,7 +152,7 @@ func NewHandler(api API, log *slog.Logger) http.Handler {
 type handler struct {
 	api     API
 	log     *slog.Logger
-	refused refusalLog
+	refused ratelog.Limiter // refused callers, logged sparingly
 }
 
 func (h *handler) handle(mux *http.ServeMux, route Route, serve func(*http.Request) (any, error)) {
@@ -165,7 +167,7 @@ func (h *handler) handle(mux *http.ServeMux, route Route, serve func(*http.Reque
 		}
 		if route.Mutates && !root {
 			// A socket-group member: it may look, not steer.
-			h.refused.warn(h.log, "control socket: refused a request that only root may make", "route", route.Name, "uid", peer.UID, "gid", peer.GID, "pid", peer.PID)
+			h.refused.Log(h.log, slog.LevelWarn, "control socket: refused a request that only root may make", "route", route.Name, "uid", peer.UID, "gid", peer.GID, "pid", peer.PID)
 			metricRequests.WithLabelValues(route.Name, "403").Inc()
 			writeError(w, http.StatusForbidden, fmt.Errorf("%s needs root (uid %d may only read)", route.Path, peer.UID))
 			return

@@ -39,6 +39,23 @@ var (
 			"or its fair share of --max-tcp; or closed later, a connection of a source over its share, to make room for one within it) " +
 			"or total (refused at once, --max-tcp open).",
 	}, []string{"limit"})
+	// metricTCPClosedVec counts the TCP connections served, by why they
+	// were closed.
+	metricTCPClosedVec = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "ztdns_resolver_tcp_closed_total",
+		Help: "TCP connections served, by why they were closed: client (it closed or reset the connection), " +
+			"idle (no query within the idle timeout, counted from its last reply), read_stall (a started message not whole within 2 s), " +
+			"not_dns (a message that is no query), write_timeout (a reply not written within 2 s of being ready), " +
+			"evicted (to make room for a source within its share; also in ztdns_resolver_tcp_rejected_total), " +
+			"stopped (the agent stopped or handed its sockets over).",
+	}, []string{"reason"})
+	// metricTCPUnsentVec counts replies to TCP queries, counted as
+	// answered, that were never written.
+	metricTCPUnsentVec = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "ztdns_resolver_tcp_unsent_replies_total",
+		Help: "Replies to TCP queries, counted as answered (ztdns_dns_requests_total, ztdns_resolver_queries_total), " +
+			"that were not written: their connection was closed first, by the reason it was (as in ztdns_resolver_tcp_closed_total).",
+	}, []string{"reason"})
 	// metricTCPConns is the number of open TCP connections.
 	metricTCPConns = prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "ztdns_resolver_tcp_connections",
@@ -78,6 +95,16 @@ var metricTCPRejected = struct{ source, total prometheus.Counter }{
 	total:  metricTCPRejectedVec.WithLabelValues("total"),
 }
 
+// metricTCPClosed and metricTCPUnsent are ztdns_resolver_tcp_closed_total
+// and ztdns_resolver_tcp_unsent_replies_total by closeReason.
+var metricTCPClosed, metricTCPUnsent = func() (closed, unsent [nCloseReasons]prometheus.Counter) {
+	for r, label := range closeReasonLabels {
+		closed[r] = metricTCPClosedVec.WithLabelValues(label)
+		unsent[r] = metricTCPUnsentVec.WithLabelValues(label)
+	}
+	return closed, unsent
+}()
+
 // kernelDropsDesc describes the UDP queries the kernel dropped over their
 // source's rate.
 var kernelDropsDesc = prometheus.NewDesc("ztdns_resolver_kernel_rate_limited_total",
@@ -105,7 +132,8 @@ func (c serverCollector) Collect(ch chan<- prometheus.Metric) {
 
 // Collectors returns the package's metrics for registration.
 func Collectors() []prometheus.Collector {
-	return []prometheus.Collector{metricQueriesVec, metricTruncatedVec, metricTCPRejectedVec, metricTCPConns, metricForwarding}
+	return []prometheus.Collector{metricQueriesVec, metricTruncatedVec, metricTCPRejectedVec, metricTCPClosedVec, metricTCPUnsentVec,
+		metricTCPConns, metricForwarding}
 }
 
 // Labels of ztdns_dns_requests_total. Every label takes a value from a

@@ -24,6 +24,7 @@ import (
 
 	"github.com/miekg/dns"
 
+	"github.com/ztdns/ztdns/internal/ratelog"
 	"github.com/ztdns/ztdns/pkg/accesslog"
 	"github.com/ztdns/ztdns/pkg/dnswire"
 	"github.com/ztdns/ztdns/pkg/podcache"
@@ -198,6 +199,9 @@ type Server struct {
 	tcpOpen    *quota.Pool
 	tcpLevel   atomic.Int32
 	metrics    requestMetrics
+	// tcpCloseLog logs TCP connections closed for what their client did,
+	// or with replies lost, sparingly: a client may repeat it at will.
+	tcpCloseLog ratelog.Limiter
 
 	ctx    context.Context // cancelled by Close: ends slow-path work
 	cancel context.CancelFunc

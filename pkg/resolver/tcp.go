@@ -3,9 +3,12 @@ package resolver
 import (
 	"bufio"
 	"encoding/binary"
+	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -64,14 +67,17 @@ const (
 
 // tcpConn is one client connection.
 type tcpConn struct {
+	s      *Server
 	c      *net.TCPConn
 	src    netip.AddrPort
 	source *quota.Source
 
-	mu        sync.Mutex
-	idle      bool // waiting for the first byte of a query
-	idleSince time.Time
-	stopped   bool // the server stops: the connection waits for no further query
+	mu sync.Mutex
+	// waiting: the reader waits for the first byte of a query; idle: it
+	// waits with no reply to come, since idleSince (settle).
+	waiting, idle bool
+	idleSince     time.Time
+	stopped       bool // the server stops: the connection waits for no further query
 	// wake is closed by stop: it ends a pause (made at the first pause).
 	wake chan struct{}
 
@@ -82,6 +88,23 @@ type tcpConn struct {
 	up connUpstreams
 	w  tcpWriter
 }
+
+// closeReason is why a connection was closed: the reason label of
+// ztdns_resolver_tcp_closed_total and _unsent_replies_total.
+type closeReason uint8
+
+const (
+	closedByClient     closeReason = iota // it closed or reset the connection
+	closedIdle                            // no query within the idle timeout
+	closedReadStall                       // a started message not whole within tcpReadTimeout
+	closedNotDNS                          // a message that is no query
+	closedWriteTimeout                    // a reply not written within tcpWriteTimeout of being ready
+	closedEvicted                         // to make room for a source within its share (makeRoom)
+	closedStopped                         // the server stopped or drained
+	nCloseReasons
+)
+
+var closeReasonLabels = [nCloseReasons]string{"client", "idle", "read_stall", "not_dns", "write_timeout", "evicted", "stopped"}
 
 // connUpstreams are where a TCP connection's misses go: the pod's own
 // nameserver, once a lookup found it, kept for the connection's life. The
@@ -117,7 +140,13 @@ func (u *connUpstreams) get(s *Server, src, local netip.AddrPort) []netip.AddrPo
 // budget of replies in flight until it is written, for at most
 // tcpWriteTimeout from when it was ready: past that, the connection is
 // closed, and every queued reply given back.
+//
+// A reply that is not written (its connection closed first, or its write
+// failed) was counted answered as it was made: it counts in
+// ztdns_resolver_tcp_unsent_replies_total too, by why its connection was
+// closed.
 type tcpWriter struct {
+	tc *tcpConn
 	c  *net.TCPConn
 	mu sync.Mutex
 	// changed is broadcast when a slot frees, the turn to write is given
@@ -126,6 +155,7 @@ type tcpWriter struct {
 	pending int  // slow-path queries not yet written or dropped
 	writing bool // someone writes: the turn is taken
 	closed  bool
+	reason  closeReason   // why it was closed, once closed
 	queue   []queuedReply // ready, waiting for the turn
 }
 
@@ -137,14 +167,17 @@ type queuedReply struct {
 	release func()
 }
 
-func (w *tcpWriter) init(c *net.TCPConn) {
-	w.c = c
+func (w *tcpWriter) init(tc *tcpConn) {
+	w.tc, w.c = tc, tc.c
 	w.changed.L = &w.mu
 }
 
 // acquire takes a slot for a query on the slow path, waiting while the
 // connection has maxTCPPending of them. It reports false when the
-// connection closed meanwhile.
+// connection closed meanwhile. The server stopping does not end the wait:
+// the query was read, and a stopping server answers what it read (Drain);
+// the slots free as the replies before it are written, each within
+// slowPathTimeout and tcpWriteTimeout.
 func (w *tcpWriter) acquire() bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -173,11 +206,18 @@ func (w *tcpWriter) send(reply []byte, release func()) {
 	ready := time.Now()
 	w.mu.Lock()
 	if w.closed || reply == nil {
+		if w.closed && reply != nil {
+			metricTCPUnsent[w.reason].Inc()
+		}
 		w.pending--
+		quiet := w.pending == 0 && !w.closed
 		w.changed.Broadcast()
 		w.mu.Unlock()
 		if release != nil {
 			release()
+		}
+		if quiet {
+			w.tc.quiet()
 		}
 		return
 	}
@@ -201,13 +241,14 @@ func (w *tcpWriter) writeNow(reply []byte) {
 		w.changed.Wait()
 	}
 	if w.closed {
+		metricTCPUnsent[w.reason].Inc()
 		w.mu.Unlock()
 		return
 	}
 	w.writing = true
 	w.mu.Unlock()
-	if !w.write(reply, ready) {
-		w.close()
+	if err := w.write(reply, ready); err != nil {
+		w.writeFailed(err)
 	}
 	w.drain()
 }
@@ -228,58 +269,93 @@ func (w *tcpWriter) drain() {
 		w.queue[n] = queuedReply{}
 		w.queue = w.queue[:n]
 		w.mu.Unlock()
-		ok := w.write(r.reply, r.ready)
+		err := w.write(r.reply, r.ready)
 		if r.release != nil {
 			r.release()
 		}
 		w.mu.Lock()
 		w.pending--
+		quiet := w.pending == 0 && err == nil
 		w.changed.Broadcast()
 		w.mu.Unlock()
-		if !ok {
-			w.close()
+		if err != nil {
+			w.writeFailed(err)
+		} else if quiet {
+			w.tc.quiet()
 		}
 	}
 }
 
+// errWaitedTooLong: a reply waited for its turn to be written until
+// tcpWriteTimeout after it was ready.
+const errWaitedTooLong = constError("the reply waited too long for its turn to be written")
+
 // write writes one reply, framed, within tcpWriteTimeout of ready. It
-// reports false when the reply waited too long already, or the write did
-// not end in time or failed: the connection is then to be closed.
-func (w *tcpWriter) write(reply []byte, ready time.Time) bool {
+// fails when the reply waited too long already, or the write did not end
+// in time or failed: the connection is then to be closed (writeFailed).
+func (w *tcpWriter) write(reply []byte, ready time.Time) error {
 	deadline := ready.Add(tcpWriteTimeout)
 	if !time.Now().Before(deadline) {
-		return false
+		return errWaitedTooLong
 	}
 	var length [2]byte
 	binary.BigEndian.PutUint16(length[:], uint16(len(reply)))
 	w.c.SetWriteDeadline(deadline)
 	frame := net.Buffers{length[:], reply} // one writev, no copy of the reply
 	_, err := frame.WriteTo(w.c)
-	return err == nil
+	return err
 }
 
-// close closes the connection, and gives back at once what the replies
-// queued on it hold: a query that is still being answered gives back its
-// reply as it comes (send), and the one being written when its write
-// fails, at once, as the connection is closed.
-func (w *tcpWriter) close() {
+// writeFailed closes the connection after the write of a reply failed
+// with err, the reply unsent: for write_timeout when it did not end within
+// tcpWriteTimeout of the reply being ready, for the client otherwise (it
+// reset the connection, say). A write that failed for the connection
+// being closed meanwhile counts for why it was.
+func (w *tcpWriter) writeFailed(err error) {
+	reason := closedByClient
+	if errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, errWaitedTooLong) {
+		reason = closedWriteTimeout
+	}
+	w.close(reason, 1)
+}
+
+// close closes the connection for reason, and gives back at once what
+// the replies queued on it hold: a query that is still being answered
+// gives back its reply as it comes (send), and the one being written when
+// its write fails, at once, as the connection is closed. lost is the
+// replies the caller could not write (counted unsent with the queued
+// ones). The first close says why the connection was closed; a later one
+// only counts what it lost.
+func (w *tcpWriter) close(reason closeReason, lost int) {
 	w.mu.Lock()
 	if w.closed {
+		reason = w.reason
 		w.mu.Unlock()
+		if lost > 0 {
+			metricTCPUnsent[reason].Add(float64(lost))
+		}
 		return
 	}
-	w.closed = true
+	w.closed, w.reason = true, reason
 	queued := w.queue
 	w.queue = nil
+	// Every reply still to come is lost: those queued, the one being
+	// written, those being answered.
+	dropped := lost + w.pending
 	w.pending -= len(queued)
 	w.changed.Broadcast()
 	w.mu.Unlock()
 	w.c.Close()
+	metricTCPClosed[reason].Inc()
+	if n := lost + len(queued); n > 0 {
+		metricTCPUnsent[reason].Add(float64(n))
+	}
 	for _, r := range queued {
 		if r.release != nil {
 			r.release()
 		}
 	}
+	w.tc.logClose(reason, dropped)
 }
 
 // wait returns once every slow-path query of the connection has its reply
@@ -292,33 +368,64 @@ func (w *tcpWriter) wait() {
 	}
 }
 
-// isIdle reports whether the connection waits for a query.
+// isIdle reports whether the connection waits for a query with no reply
+// to come.
 func (tc *tcpConn) isIdle() bool {
 	tc.mu.Lock()
 	defer tc.mu.Unlock()
 	return tc.idle
 }
 
-// waitForQuery marks the connection idle from now, for at most timeout,
-// unless the next query has started arriving (buffered): it is then read
-// at once. It reports false when the server stops (stop): the connection
-// is to end. Checked under mu, where stop sets it, so that the deadline
-// set here never replaces the one stop set.
-func (tc *tcpConn) waitForQuery(timeout time.Duration, buffered bool) bool {
+// waitForQuery has the reader wait for the next query, at once when it
+// has started arriving (buffered). It reports false when the server stops
+// (stop): the connection is to end, unless a whole query is buffered
+// (whole), read with the ones before it: that is answered first, as Drain
+// promises. Checked under mu, where stop sets it, so that the deadline set
+// here never replaces the one stop set.
+func (tc *tcpConn) waitForQuery(buffered, whole bool) bool {
 	tc.mu.Lock()
 	defer tc.mu.Unlock()
 	if tc.stopped {
-		return false
+		return whole
 	}
 	if !buffered {
-		tc.idle, tc.idleSince = true, time.Now()
-		tc.c.SetReadDeadline(tc.idleSince.Add(timeout))
+		tc.waiting = true
+		tc.settle()
 	}
 	return true
 }
 
-// stop has the connection read no further query: an idle or pausing one
-// ends at once, a busy one once its query is answered.
+// settle starts a waiting connection's idle timeout now, unless replies
+// are still to be written: it is not idle then, as a client that waits
+// for its answers on an open connection (glibc, Go, dig +tcp) expects,
+// and waits with no read deadline (its replies each end within
+// slowPathTimeout and tcpWriteTimeout) until the last one is (quiet).
+// The caller holds mu.
+func (tc *tcpConn) settle() {
+	tc.w.mu.Lock()
+	pending := tc.w.pending
+	tc.w.mu.Unlock()
+	if pending > 0 {
+		tc.c.SetReadDeadline(time.Time{})
+		return
+	}
+	tc.idle, tc.idleSince = true, time.Now()
+	tc.c.SetReadDeadline(tc.idleSince.Add(tc.s.idleTimeout(tc.s.tcpLevel.Load())))
+}
+
+// quiet is called once the last reply to come is written or dropped: a
+// connection waiting for a query is idle from now.
+func (tc *tcpConn) quiet() {
+	tc.mu.Lock()
+	defer tc.mu.Unlock()
+	if tc.waiting && !tc.idle && !tc.stopped {
+		tc.settle()
+	}
+}
+
+// stop has the connection read no further query: a waiting or pausing
+// one ends at once (once its replies are written), a busy one once its
+// query is answered.
 func (tc *tcpConn) stop() {
 	tc.mu.Lock()
 	defer tc.mu.Unlock()
@@ -326,7 +433,7 @@ func (tc *tcpConn) stop() {
 		return
 	}
 	tc.stopped = true
-	if tc.idle {
+	if tc.waiting {
 		tc.c.SetReadDeadline(time.Now())
 	}
 	if tc.wake != nil {
@@ -334,13 +441,20 @@ func (tc *tcpConn) stop() {
 	}
 }
 
-// pause holds the reader for d, reading nothing. It reports false when the
-// server stops (stop) before or meanwhile: the connection is to end.
-func (tc *tcpConn) pause(d time.Duration) bool {
+// isStopped reports whether stop was called.
+func (tc *tcpConn) isStopped() bool {
+	tc.mu.Lock()
+	defer tc.mu.Unlock()
+	return tc.stopped
+}
+
+// pause holds the reader for d, reading nothing. It returns at once when
+// the server stops (stop) before or meanwhile.
+func (tc *tcpConn) pause(d time.Duration) {
 	tc.mu.Lock()
 	if tc.stopped {
 		tc.mu.Unlock()
-		return false
+		return
 	}
 	if tc.wake == nil {
 		tc.wake = make(chan struct{})
@@ -351,9 +465,7 @@ func (tc *tcpConn) pause(d time.Duration) bool {
 	defer t.Stop()
 	select {
 	case <-t.C:
-		return true
 	case <-wake:
-		return false
 	}
 }
 
@@ -361,7 +473,7 @@ func (tc *tcpConn) pause(d time.Duration) bool {
 func (tc *tcpConn) busy() {
 	tc.mu.Lock()
 	defer tc.mu.Unlock()
-	tc.idle = false
+	tc.waiting, tc.idle = false, false
 }
 
 // shortenIdle moves the deadline of an idle connection to timeout after it
@@ -372,6 +484,21 @@ func (tc *tcpConn) shortenIdle(timeout time.Duration) {
 	if tc.idle {
 		tc.c.SetReadDeadline(tc.idleSince.Add(timeout))
 	}
+}
+
+// logClose logs the close of the connection, sparingly (tcpCloseLog),
+// when it lost replies (dropped) or was closed for what its client did
+// or to make room; not the usual ends: the client's close, the idle
+// timeout, the server stopping.
+func (tc *tcpConn) logClose(reason closeReason, dropped int) {
+	switch reason {
+	case closedByClient, closedIdle, closedStopped:
+		if dropped == 0 {
+			return
+		}
+	}
+	tc.s.tcpCloseLog.Log(tc.s.log, slog.LevelInfo, "closed a client's TCP connection",
+		"client", tc.src, "reason", closeReasonLabels[reason], "repliesDropped", dropped)
 }
 
 // admitConn starts serving a new connection unless its source has all the
@@ -398,8 +525,8 @@ func (s *Server) admitConn(c *net.TCPConn, local netip.AddrPort) bool {
 		metricTCPRejected.total.Inc()
 		return false
 	}
-	tc := &tcpConn{c: c, src: src, source: source}
-	tc.w.init(c)
+	tc := &tcpConn{s: s, c: c, src: src, source: source}
+	tc.w.init(tc)
 	metricTCPConns.Inc()
 	if !s.trackConn(tc) {
 		s.releaseConn(tc)
@@ -456,8 +583,11 @@ func (s *Server) makeRoom(asking *quota.Source) bool {
 	metricTCPRejected.source.Inc()
 	s.releaseConn(pick)
 	pick.c.SetLinger(0)
-	pick.stop()    // a pausing reader too
-	pick.w.close() // its goroutine ends at once, without waiting for its forwarded queries
+	// Closed before it stops, which would have a waiting reader end for
+	// the server stopping; its goroutine ends at once, without waiting for
+	// its forwarded queries.
+	pick.w.close(closedEvicted, 0)
+	pick.stop() // a pausing reader too
 	return true
 }
 
@@ -523,16 +653,24 @@ func (s *Server) raiseConnLevel() {
 // the next one (pauseForRate), so TCP holds the client back instead of the
 // resolver reading and refusing as fast as it sends.
 func (s *Server) serveTCPConn(tc *tcpConn, local netip.AddrPort) {
+	reason := s.readQueries(tc, local)
+	// The replies still to come are written before the connection closes
+	// (a client that half-closed waits for them); an evicted connection,
+	// or one closed for a reply that waited too long, holds no goroutine
+	// while its forwarded queries finish: their replies are dropped as
+	// they come.
+	tc.w.wait()
+	tc.w.close(reason, 0) // the connection too
+}
+
+// errNotQuery: a TCP message that is no query (shorter than a header, a
+// response).
+const errNotQuery = constError("a message that is no query")
+
+// readQueries reads and answers the connection's queries until it is to
+// be closed, and says why.
+func (s *Server) readQueries(tc *tcpConn, local netip.AddrPort) closeReason {
 	c, w := tc.c, &tc.w
-	defer func() {
-		// The replies still to come are written before the connection
-		// closes (a client that half-closed waits for them); an evicted
-		// connection, or one closed for a reply that waited too long,
-		// holds no goroutine while its forwarded queries finish: their
-		// replies are dropped as they come.
-		w.wait()
-		w.close() // the connection too
-	}()
 	// Made at the first query: an idle connection that never asked holds
 	// no buffer.
 	var (
@@ -542,8 +680,8 @@ func (s *Server) serveTCPConn(tc *tcpConn, local netip.AddrPort) {
 	)
 	for {
 		buffered := br != nil && br.Buffered() > 0
-		if !tc.waitForQuery(s.idleTimeout(s.tcpLevel.Load()), buffered) {
-			return
+		if !tc.waitForQuery(buffered, buffered && wholeFrame(br)) {
+			return closedStopped
 		}
 		var (
 			first [1]byte
@@ -555,11 +693,17 @@ func (s *Server) serveTCPConn(tc *tcpConn, local netip.AddrPort) {
 			first[0], err = br.ReadByte()
 		}
 		// Busy even when the read failed: a client that half-closed may
-		// wait for its forwarded replies (the deferred wait), and is not
-		// an idle connection to close for another source's.
+		// wait for its forwarded replies (serveTCPConn's wait), and is
+		// not an idle connection to close for another source's.
 		tc.busy()
 		if err != nil {
-			return // idle, closed, or the server is stopping
+			switch {
+			case !errors.Is(err, os.ErrDeadlineExceeded):
+				return closedByClient // or closed by the writer, which said why
+			case tc.isStopped():
+				return closedStopped
+			}
+			return closedIdle
 		}
 		if br == nil {
 			br, out, sc = bufio.NewReaderSize(c, tcpQueryBuf), make([]byte, 0, tcpAnswerBuf), &scratch{captureSlot: s.captureSlot(local), conn: tc.source}
@@ -576,7 +720,7 @@ func (s *Server) serveTCPConn(tc *tcpConn, local netip.AddrPort) {
 		arm(1)
 		second, err := br.ReadByte()
 		if err != nil {
-			return
+			return readFailed(err)
 		}
 		n := int(first[0])<<8 | int(second)
 		if n > maxQuery {
@@ -584,14 +728,12 @@ func (s *Server) serveTCPConn(tc *tcpConn, local netip.AddrPort) {
 			// the rest read off the connection and thrown away, so a
 			// pod cannot make the resolver hold 64 KiB per query.
 			arm(n)
-			reply, ok := s.answerLong(br, n, tc.src, out[:0], sc)
-			if !ok {
-				return
+			reply, err := s.answerLong(br, n, tc.src, out[:0], sc)
+			if err != nil {
+				return readFailed(err)
 			}
 			w.writeNow(reply)
-			if !s.pauseForRate(tc, sc) {
-				return
-			}
+			s.pauseForRate(tc, sc)
 			continue
 		}
 		arm(n)
@@ -608,29 +750,30 @@ func (s *Server) serveTCPConn(tc *tcpConn, local netip.AddrPort) {
 		}
 		if err != nil {
 			metricQueries.drop.Inc()
-			return // a truncated frame: nothing sensible to answer
+			return readFailed(err) // a truncated frame: nothing sensible to answer
 		}
 		start := s.clock()
 		reply, slow := s.answerFast(msg, tc.src, true, out[:0], sc, start)
 		if !slow {
 			if reply == nil {
-				return // no query (counted dropped): the stream is not DNS
+				return closedNotDNS // no query (counted dropped): the stream is not DNS
 			}
 			w.writeNow(reply)
 			s.giveBack(sc)
 			if !s.opts.NoRequestMetrics {
 				s.observeLocal(reply, s.clock()-start)
 			}
-			if !s.pauseForRate(tc, sc) {
-				return
-			}
+			s.pauseForRate(tc, sc)
 			if cap(reply) <= tcpKeepBuf {
 				out = reply[:0]
 			}
 			continue
 		}
 		if !w.acquire() {
-			return // closed: a reply waited too long, or evicted
+			// Closed: a reply waited too long, or evicted (the writer
+			// said which). The query read is not answered.
+			metricQueries.drop.Inc()
+			return closedByClient
 		}
 		if !own { // the reader's buffer: the next query reuses it
 			msg = slices.Clone(msg)
@@ -638,10 +781,32 @@ func (s *Server) serveTCPConn(tc *tcpConn, local netip.AddrPort) {
 		// The reply holds its bytes of the budget until it is written;
 		// one that does not fit becomes SERVFAIL (finishing).
 		s.slow(msg, tc.src, local, tc, w.send)
-		if !s.pauseForRate(tc, sc) {
-			return
-		}
+		s.pauseForRate(tc, sc)
 	}
+}
+
+// readFailed is why a read of a started message that failed with err
+// ends its connection: it did not arrive within tcpReadTimeout, it is no
+// query, or the client closed or reset the connection (or the writer
+// closed it, and said why).
+func readFailed(err error) closeReason {
+	switch {
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		return closedReadStall
+	case errors.Is(err, errNotQuery):
+		return closedNotDNS
+	}
+	return closedByClient
+}
+
+// wholeFrame reports whether br holds a whole frame, its length and its
+// message, which can be read without reading the connection.
+func wholeFrame(br *bufio.Reader) bool {
+	if br.Buffered() < 2 {
+		return false
+	}
+	b, _ := br.Peek(2) // buffered: no read
+	return br.Buffered() >= 2+int(binary.BigEndian.Uint16(b))
 }
 
 // pauseForRate holds the reader after a query, before it reads the next,
@@ -649,45 +814,50 @@ func (s *Server) serveTCPConn(tc *tcpConn, local netip.AddrPort) {
 // idle timeout: a client pipelining over its rate is read at the rate, its
 // burst at once, rather than answered and REFUSED in turn. The source is
 // the one the query was charged to (sc.charged, by chargeRate): a pod may
-// own the address since the connection was accepted. It reports false
-// when the server stops meanwhile.
-func (s *Server) pauseForRate(tc *tcpConn, sc *scratch) bool {
+// own the address since the connection was accepted. The server stopping
+// ends the pause (the reader then answers what it read, and reads no
+// more: waitForQuery).
+func (s *Server) pauseForRate(tc *tcpConn, sc *scratch) {
 	if s.rate == (quota.Rate{}) {
-		return true
+		return
 	}
-	d := min(sc.charged.Wait(s.clock(), s.rate), s.idleTimeout(s.tcpLevel.Load()))
-	return d <= 0 || tc.pause(d)
+	if d := min(sc.charged.Wait(s.clock(), s.rate), s.idleTimeout(s.tcpLevel.Load())); d > 0 {
+		tc.pause(d)
+	}
 }
 
 // answerLong answers a TCP query of n octets, longer than maxQuery, from its
 // header: FORMERR (REFUSED over the source's rate). The rest of the
 // message is read off the connection, a few KiB at a time, and thrown
-// away. It reports false when the connection is to be closed: the message
-// was cut short, or is no query (QR set, say). As in answerFast, every
-// message is charged to its source's rate before it is parsed, those that
-// are no query included.
-func (s *Server) answerLong(c io.Reader, n int, src netip.AddrPort, out []byte, sc *scratch) ([]byte, bool) {
+// away. It fails when the connection is to be closed: the message was cut
+// short (the read's error), or is no query (errNotQuery: QR set, say). As
+// in answerFast, every message is charged to its source's rate before it
+// is parsed, those that are no query included.
+func (s *Server) answerLong(c io.Reader, n int, src netip.AddrPort, out []byte, sc *scratch) ([]byte, error) {
 	var hdr [dnswire.HeaderLen]byte
 	if _, err := io.ReadFull(c, hdr[:]); err != nil {
 		metricQueries.drop.Inc()
-		return nil, false
+		return nil, err
 	}
 	if _, err := io.CopyN(io.Discard, c, int64(n-len(hdr))); err != nil {
 		metricQueries.drop.Inc()
-		return nil, false
+		return nil, err
 	}
 	var r request
 	now := s.clock()
 	pod, refused, over := s.chargeRate(hdr[:], &r, src, true, out, sc, now)
 	if over {
-		return refused, refused != nil
+		if refused == nil {
+			return nil, errNotQuery
+		}
+		return refused, nil
 	}
 	if parse(hdr[:], &r, &sc.name) == verdictDrop {
 		metricQueries.drop.Inc()
-		return nil, false
+		return nil, errNotQuery
 	}
 	metricQueries.formerr.Inc()
-	return s.answered(sc, dnswire.AppendErrorReply(out, hdr[:], &r, dnswire.RcodeFormErr), 0, &r, true, pod, src, now), true
+	return s.answered(sc, dnswire.AppendErrorReply(out, hdr[:], &r, dnswire.RcodeFormErr), 0, &r, true, pod, src, now), nil
 }
 
 // isServFail reports whether reply is a SERVFAIL.

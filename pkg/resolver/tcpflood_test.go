@@ -3,6 +3,7 @@ package resolver
 import (
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -192,51 +193,81 @@ func (g gated) Reply(req *dns.Msg, local netip.AddrPort) *dns.Msg {
 	return g.r.Reply(req, local)
 }
 
-// TestHalfClosedConnectionWaitingForRepliesKept: a client that sent a
-// forwarded query and half-closed its connection waits for the reply; its
+// TestConnectionWaitingForRepliesKept: a client that sent forwarded
+// queries waits for their replies on its connection, whether it
+// half-closed it or not (glibc, Go and dig +tcp keep it open); such a
 // connection is not idle. When another pod needs a connection and the
-// first pod has every one, its idle connection is closed for it, not the
-// one waiting (before: both counted idle, and either could be closed).
-func TestHalfClosedConnectionWaitingForRepliesKept(t *testing.T) {
-	g := gated{open: make(chan struct{}), r: liveAnswers()}
-	upstream := dnstest.Start(t, "127.0.0.1:0", g)
-	var opened sync.Once
-	openGate := func() { opened.Do(func() { close(g.open) }) }
-	t.Cleanup(openGate)
-	ls := startLimitsServer(t, Options{Limits: quota.Limits{QPS: -1}, TCPMaxConns: 2, TCPIdleTimeout: time.Hour}, upstream.Addr, liveUpstream(t))
+// first pod has every one, its idle connection is closed for it, not one
+// waiting, and every waiting one gets its reply. Before: a connection left
+// open counted idle as soon as its query was handed off, and was as likely
+// as the idle one to be closed, its reply lost (the test then passed only
+// when the pick fell on the idle one, 1 time in 8); only a half-closed one
+// was kept.
+func TestConnectionWaitingForRepliesKept(t *testing.T) {
+	for _, halfClosed := range []bool{false, true} {
+		name := "open"
+		if halfClosed {
+			name = "half-closed"
+		}
+		t.Run(name, func(t *testing.T) {
+			const conns = 8
+			g := gated{open: make(chan struct{}), r: liveAnswers()}
+			upstream := dnstest.Start(t, "127.0.0.1:0", g)
+			var opened sync.Once
+			openGate := func() { opened.Do(func() { close(g.open) }) }
+			t.Cleanup(openGate)
+			ls := startLimitsServer(t, Options{Limits: quota.Limits{QPS: -1}, TCPMaxConns: conns, TCPIdleTimeout: time.Hour}, upstream.Addr, liveUpstream(t))
 
-	idle := ls.dialFrom(t, flooderIP)
-	waiting := ls.dialFrom(t, flooderIP)
-	testenv.Eventually(t, 30*time.Second, "both connections served", func() bool { return ls.tcpOpen.Used() == 2 })
-	q := packQuery(t, "who.example.", dns.TypeA)
-	if err := dnstest.WriteTCP(waiting, q); err != nil {
-		t.Fatal(err)
-	}
-	testenv.Eventually(t, 30*time.Second, "the query forwarded, its connection waiting for the next", func() bool {
-		tc := ls.connOf(waiting)
-		return upstream.Queries("who.example.") == 1 && tc != nil && tc.isIdle()
-	})
-	tc := ls.connOf(waiting)
-	if err := waiting.CloseWrite(); err != nil {
-		t.Fatal(err)
-	}
-	testenv.Eventually(t, 10*time.Second, "the half-closed connection waiting for its reply no longer idle", func() bool { return !tc.isIdle() })
+			idle := ls.dialFrom(t, flooderIP)
+			waiting := make([]*net.TCPConn, conns-1)
+			for i := range waiting {
+				waiting[i] = ls.dialFrom(t, flooderIP)
+			}
+			testenv.Eventually(t, 30*time.Second, "every connection served", func() bool { return ls.tcpOpen.Used() == conns })
+			names := make([]string, len(waiting))
+			for i, c := range waiting {
+				names[i] = fmt.Sprintf("w%d.example.", i)
+				if err := dnstest.WriteTCP(c, packQuery(t, names[i], dns.TypeA)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			testenv.Eventually(t, 30*time.Second, "every query forwarded", func() bool {
+				for _, name := range names {
+					if upstream.Queries(name) != 1 {
+						return false
+					}
+				}
+				return true
+			})
+			if halfClosed {
+				for _, c := range waiting {
+					if err := c.CloseWrite(); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
 
-	// The other pod needs a connection: one of the first pod's is closed.
-	if r := ls.ask(t, victimIP, "tcp", tableName); r == nil || r.Rcode != dns.RcodeSuccess {
-		t.Fatalf("the other pod's TCP query: %v", r)
-	}
-	idle.SetReadDeadline(time.Now().Add(30 * time.Second))
-	if _, err := idle.Read(make([]byte, 1)); errors.Is(err, os.ErrDeadlineExceeded) || err == nil {
-		t.Errorf("the idle connection: %v, want it closed for the other pod", err)
-	}
-	openGate()
-	waiting.SetReadDeadline(time.Now().Add(30 * time.Second))
-	r, err := readTCPReply(waiting)
-	if err != nil {
-		t.Fatalf("the half-closed connection: %v, want its reply", err)
-	}
-	if r.Rcode != dns.RcodeSuccess || len(r.Answer) != 1 {
-		t.Errorf("the half-closed connection's reply: %s %v, want the upstream's answer", dns.RcodeToString[r.Rcode], r.Answer)
+			// The other pod needs a connection: one of the first pod's is
+			// closed, the idle one.
+			if r := ls.ask(t, victimIP, "tcp", tableName); r == nil || r.Rcode != dns.RcodeSuccess {
+				t.Fatalf("the other pod's TCP query: %v", r)
+			}
+			idle.SetReadDeadline(time.Now().Add(30 * time.Second))
+			if _, err := idle.Read(make([]byte, 1)); errors.Is(err, os.ErrDeadlineExceeded) || err == nil {
+				t.Errorf("the idle connection: %v, want it closed for the other pod", err)
+			}
+			openGate()
+			for i, c := range waiting {
+				c.SetReadDeadline(time.Now().Add(30 * time.Second))
+				r, err := readTCPReply(c)
+				if err != nil {
+					t.Errorf("the connection waiting for %s: %v, want its reply", names[i], err)
+					continue
+				}
+				if r.Rcode != dns.RcodeSuccess || len(r.Answer) != 1 {
+					t.Errorf("the reply for %s: %s %v, want the upstream's answer", names[i], dns.RcodeToString[r.Rcode], r.Answer)
+				}
+			}
+		})
 	}
 }

@@ -307,9 +307,17 @@ func tcpQueuesIf(t *testing.T, local, remote netip.AddrPort) (send, recv int, ok
 // answer of size bytes cached.
 func cachedBigAnswer(t *testing.T, size int) (*limitsServer, *quota.Budget) {
 	t.Helper()
+	return cachedBigAnswerWith(t, size, Options{})
+}
+
+// cachedBigAnswerWith is cachedBigAnswer with opts (their limits and
+// budget replaced).
+func cachedBigAnswerWith(t *testing.T, size int, opts Options) (*limitsServer, *quota.Budget) {
+	t.Helper()
 	up := dnstest.Start(t, "127.0.0.1:0", dnstest.LargeTXT(size)).Addr
 	b := quota.NewBudget(64<<20, 0)
-	ls := startLimitsServer(t, Options{Limits: quota.Limits{QPS: -1, Forwarding: -1}, Budget: b}, up, liveUpstream(t))
+	opts.Limits, opts.Budget = quota.Limits{QPS: -1, Forwarding: -1}, b
+	ls := startLimitsServer(t, opts, up, liveUpstream(t))
 	m := new(dns.Msg)
 	m.SetQuestion("big.example.", dns.TypeTXT)
 	if r, err := ls.tryExchange(flooderIP, "tcp", m); err != nil || txtBytes(r) != size {
