@@ -79,8 +79,11 @@ func TestKernelRate(t *testing.T) {
 // the rest is dropped and counted.
 func TestKernelRateBurst(t *testing.T) {
 	testenv.RequireRoot(t)
+	// One token a second: sending the 150 takes far less than that even
+	// on a loaded machine (at 100 q/s a send slowed past 10 ms let a
+	// 101st through).
 	const burst, sent = 100, 150
-	ls := startLimitsServer(t, Options{Limits: quota.Limits{QPS: 100, Burst: burst}, KernelRate: true}, liveUpstream(t), liveUpstream(t))
+	ls := startLimitsServer(t, Options{Limits: quota.Limits{QPS: 1, Burst: burst}, KernelRate: true}, liveUpstream(t), liveUpstream(t))
 	if ls.kernel == nil {
 		testenv.Unavailable(t, "the resolver could not load its socket filter (see the log)")
 	}
