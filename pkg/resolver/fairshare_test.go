@@ -259,18 +259,30 @@ func TestStalledRepliesWithinTheSourcesBytes(t *testing.T) {
 	ls, stalling, c := startStalledReplies(t, perPod, sent, b)
 	// Replies refused their bytes get SERVFAIL; the rest hold a 64 KiB
 	// buffer each once they have read what was sent.
-	servfails := 0
-	testenv.Eventually(t, 30*time.Second, "every reply refused or holding what was sent", func() bool {
-		for ls.usage(flooderIP).Forwarding+servfails < perPod {
-			c.SetReadDeadline(time.Now().Add(10 * time.Millisecond))
+	// Replies are read whole by a reader of their own: a read deadline
+	// could end a read between a reply's length and its body.
+	rcodes := make(chan int, perPod)
+	go func() {
+		for {
 			r, err := readTCPReply(c)
 			if err != nil {
-				break
+				return // the connection closed at the test's end
 			}
-			if r.Rcode != dns.RcodeServerFailure {
-				t.Fatalf("a stalled reply's query: %s, want SERVFAIL", dns.RcodeToString[r.Rcode])
+			rcodes <- r.Rcode
+		}
+	}()
+	servfails := 0
+	testenv.Eventually(t, 30*time.Second, "every reply refused or holding what was sent", func() bool {
+		for drained := false; !drained; {
+			select {
+			case rcode := <-rcodes:
+				if rcode != dns.RcodeServerFailure {
+					t.Fatalf("a stalled reply's query: %s, want SERVFAIL", dns.RcodeToString[rcode])
+				}
+				servfails++
+			default:
+				drained = true
 			}
-			servfails++
 		}
 		u := ls.usage(flooderIP)
 		return stalling.Stalled() == perPod && u.Forwarding+servfails == perPod && b.Used() == int64(u.Forwarding)*0xFFFF
