@@ -284,12 +284,15 @@ func (a *Agent) dropGoneRecords() {
 // record from the moment it hears "released": no CNI event or replay is
 // half-way once cniMu is held, and replays left stop at the next event;
 // the controller's fence waits for a Redecide under way, then makes every
-// later one, housekeeping's sweep, and any mark or write do nothing.
+// later one, housekeeping's sweep, and any mark or write do nothing; and
+// the dataplane's fence ends its repairs of the links (keepAttached), which
+// the successor replaces.
 func (a *Agent) fenceCapture() {
 	a.cniMu.Lock()
 	defer a.cniMu.Unlock()
 	if a.capture != nil {
 		a.capture.ctl.Fence()
+		a.capture.fence()
 	}
 }
 
