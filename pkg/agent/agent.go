@@ -149,9 +149,11 @@ type Agent struct {
 	successor atomic.Bool
 	// cniMu serialises CNI events (the plugin's and the recorded ones
 	// replayed) and capture add|del.
-	cniMu    sync.Mutex
-	mu       sync.Mutex
-	warnings []string // from the last table build, at most control.MaxStoredWarnings
+	cniMu sync.Mutex
+	// failedAdds spaces the log lines of failed CNI ADDs (cniAddLocked).
+	failedAdds control.SparseLog
+	mu         sync.Mutex
+	warnings   []string // from the last table build, at most control.MaxStoredWarnings
 	// warningsOmitted counts the last build's warnings beyond those kept.
 	warningsOmitted int
 	vipsFrom        string // where the last table's VIPs came from

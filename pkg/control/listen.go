@@ -352,7 +352,7 @@ func PeerOf(c *net.UnixConn) (Peer, error) {
 type guardedListener struct {
 	*net.UnixListener
 	access  Access
-	refused refusalLog
+	refused SparseLog
 
 	mu     sync.Mutex
 	ended  *sync.Cond  // signalled when a connection ends or stops being answered
@@ -387,7 +387,7 @@ func (l *guardedListener) Accept() (net.Conn, error) {
 		peer, err := PeerOf(c)
 		if err != nil || !l.access.allowed(peer) {
 			metricRefused.Inc()
-			l.refused.warn(l.access.log(), "control socket: refused a caller that is not root", "uid", peer.UID, "gid", peer.GID, "pid", peer.PID, "err", err)
+			l.refused.Warn(l.access.log(), "control socket: refused a caller that is not root", "uid", peer.UID, "gid", peer.GID, "pid", peer.PID, "err", err)
 			c.Close()
 			continue
 		}

@@ -150,7 +150,7 @@ func NewHandler(api API, log *slog.Logger) http.Handler {
 type handler struct {
 	api     API
 	log     *slog.Logger
-	refused refusalLog
+	refused SparseLog
 }
 
 func (h *handler) handle(mux *http.ServeMux, route Route, serve func(*http.Request) (any, error)) {
@@ -165,7 +165,7 @@ func (h *handler) handle(mux *http.ServeMux, route Route, serve func(*http.Reque
 		}
 		if route.Mutates && !root {
 			// A socket-group member: it may look, not steer.
-			h.refused.warn(h.log, "control socket: refused a request that only root may make", "route", route.Name, "uid", peer.UID, "gid", peer.GID, "pid", peer.PID)
+			h.refused.Warn(h.log, "control socket: refused a request that only root may make", "route", route.Name, "uid", peer.UID, "gid", peer.GID, "pid", peer.PID)
 			metricRequests.WithLabelValues(route.Name, "403").Inc()
 			writeError(w, http.StatusForbidden, fmt.Errorf("%s needs root (uid %d may only read)", route.Path, peer.UID))
 			return
