@@ -91,7 +91,7 @@ var problemsDesc = prometheus.NewDesc("ztdns_capture_problems",
 
 var mapEntriesDesc = prometheus.NewDesc("ztdns_capture_map_entries",
 	"Entries of the BPF maps pods fill (pods: one per marked pod; nameservers: one per nameserver a pod addressed); "+
-		"a full map captures no more.", []string{"map"}, nil)
+		"a full pods map fails the CNI ADD of a pod to capture, a full nameservers map lets queries to nameservers not learned yet go around ztdns.", []string{"map"}, nil)
 
 var mapCapacityDesc = prometheus.NewDesc("ztdns_capture_map_capacity",
 	"Entries the BPF maps pods fill can hold.", []string{"map"}, nil)
