@@ -36,3 +36,22 @@ func TestStatusShowsFailingOpen(t *testing.T) {
 		t.Errorf("status of an agent that beats warns of failing open:\n%s", beating.String())
 	}
 }
+
+// TestStatusShowsCaptureBroken: `ztdns status` lists what the agent found
+// undone in capture and could not put back, a line each, and says nothing
+// of it when capture is whole.
+func TestStatusShowsCaptureBroken(t *testing.T) {
+	var broken, whole strings.Builder
+	problems := []string{
+		"ztdns_connect4: link 7 is detached from cgroup /sys/fs/cgroup: pods' queries are not captured; re-attaching failed: boom",
+		"map pods: pin /sys/fs/bpf/ztdns/pods holds map 9, not this agent's map 4",
+	}
+	statusTable(&broken, control.Status{Ready: true, Capture: true, CaptureProblems: problems}, false)
+	statusTable(&whole, control.Status{Ready: true, Capture: true}, false)
+	if want := "Capture broken:\t" + problems[0] + "\n\t" + problems[1] + "\n"; !strings.Contains(broken.String(), want) {
+		t.Errorf("status lacks %q:\n%s", want, broken.String())
+	}
+	if strings.Contains(whole.String(), "Capture broken") {
+		t.Errorf("status of a whole capture says it is broken:\n%s", whole.String())
+	}
+}

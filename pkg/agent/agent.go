@@ -25,6 +25,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/ztdns/ztdns/internal/ratelog"
 	"github.com/ztdns/ztdns/pkg/accesslog"
 	"github.com/ztdns/ztdns/pkg/capture"
 	"github.com/ztdns/ztdns/pkg/control"
@@ -160,9 +161,11 @@ type Agent struct {
 	successor atomic.Bool
 	// cniMu serialises CNI events (the plugin's and the recorded ones
 	// replayed) and capture add|del.
-	cniMu    sync.Mutex
-	mu       sync.Mutex
-	warnings []string // from the last table build, at most control.MaxStoredWarnings
+	cniMu sync.Mutex
+	// failedAdds spaces the log lines of failed CNI ADDs (cniAddLocked).
+	failedAdds ratelog.Limiter
+	mu         sync.Mutex
+	warnings   []string // from the last table build, at most control.MaxStoredWarnings
 	// warningsOmitted counts the last build's warnings beyond those kept.
 	warningsOmitted int
 	vipsFrom        string // where the last table's VIPs came from

@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -50,6 +51,13 @@ type CaptureConfig struct {
 // at or near it fails pods open at every late beat.
 const HeartbeatEvery = time.Second
 
+// attachmentCheckEvery is how often a beating agent checks that the
+// programs are still attached and pinned as it left them, and puts back
+// what was undone (keepAttached): a few dozen bpf system calls each time.
+// (A variable: tests that look at what is broken before it is put back
+// lengthen it.)
+var attachmentCheckEvery = 5 * time.Second
+
 // stopGrace is how long an agent that stops without a successor keeps
 // answering after it failed pods open: queries redirected just before are
 // already on their way to its sockets.
@@ -79,6 +87,13 @@ type dataplane struct {
 	beatStarted, stopped bool
 	stopBeat             chan struct{}
 	beating              sync.WaitGroup
+
+	// attachMu orders keepAttached and fence: once fenced (the agent
+	// handed over), the successor owns the links, and this agent repairs
+	// none. attachProblems are the problems keepAttached logged last.
+	attachMu       sync.Mutex
+	fenced         bool
+	attachProblems []string
 }
 
 // newDataplane makes the resolver's interface, loads (or takes over) the
@@ -166,6 +181,8 @@ func (c *dataplane) startBeating() {
 		defer c.beating.Done()
 		t := time.NewTicker(HeartbeatEvery)
 		defer t.Stop()
+		check := time.NewTicker(attachmentCheckEvery)
+		defer check.Stop()
 		for {
 			select {
 			case <-c.stopBeat:
@@ -174,9 +191,51 @@ func (c *dataplane) startBeating() {
 				if err := c.r.Heartbeat(); err != nil {
 					c.log.Error("heartbeat failed: pods fail open once it is stale", "err", err)
 				}
+			case <-check.C:
+				c.keepAttached()
 			}
 		}
 	}()
+}
+
+// keepAttached puts back what was undone behind the agent's back (a link
+// detached from the cgroup, a pin removed: redirect.RepairAttachment) and
+// logs it, each repair as it is made and what is left when that changes.
+// It runs while the agent beats: without the heartbeat the programs
+// redirect nothing anyway. A fenced agent repairs nothing: its successor
+// attaches its own links next, and the two would replace each other's.
+func (c *dataplane) keepAttached() {
+	c.attachMu.Lock()
+	defer c.attachMu.Unlock()
+	if c.fenced {
+		return
+	}
+	left, repaired, err := c.r.RepairAttachment()
+	if err != nil {
+		c.log.Debug("not checking the programs' attachment", "err", err)
+		return
+	}
+	for _, what := range repaired {
+		metricCaptureRepairs.Inc()
+		c.log.Warn("capture was undone behind the agent's back; put it back", "repaired", what)
+	}
+	if slices.Equal(left.Problems, c.attachProblems) {
+		return
+	}
+	if len(left.Problems) > 0 {
+		c.log.Error("capture is broken and the agent cannot put it back: pods may reach their own nameservers, around ztdns",
+			"problems", left.Problems, "linksAttached", left.Attached, "hooks", left.Hooks)
+	} else {
+		c.log.Info("capture is whole again")
+	}
+	c.attachProblems = left.Problems
+}
+
+// fence stops keepAttached for good, waiting for one under way.
+func (c *dataplane) fence() {
+	c.attachMu.Lock()
+	defer c.attachMu.Unlock()
+	c.fenced = true
 }
 
 // stopBeating stops writing the heartbeat. With failOpen it also makes the

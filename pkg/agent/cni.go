@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -51,17 +52,24 @@ func (a *Agent) cniAdd(req control.CNIAddRequest) (control.CNIAddResponse, error
 // instead of failing the pod.
 var errHandedOver = control.Unavailable(errors.New("this agent handed over to a new one: try the new one"))
 
+// cniAddLocked is cniAdd under cniMu, for the plugin's ADDs and replayed
+// ones. Every failed ADD is logged with its pod and cause, at most one line
+// per ratelog.Every (failedAdds): the plugin fails the pod's
+// sandbox with it, and the kubelet retries it, so a cause that lasts (a
+// full pods map, say) would fail every new pod on the node again and again.
 func (a *Agent) cniAddLocked(req control.CNIAddRequest) (control.CNIAddResponse, error) {
 	resp, err := a.addSandbox(req)
-	switch {
-	case err == nil:
+	if err == nil {
 		metricCNIEvents.WithLabelValues("add", resp.Reason).Inc()
-	case control.StatusOf(err) == http.StatusForbidden:
-		metricCNIEvents.WithLabelValues("add", "refused").Inc()
-		a.log.Warn("refused a CNI ADD", "pod", req.PodNamespace+"/"+req.PodName, "container", req.ContainerID, "netns", req.Netns, "err", err)
-	default:
-		metricCNIEvents.WithLabelValues("add", "error").Inc()
+		return resp, nil
 	}
+	outcome, msg := "error", "a CNI ADD failed: the plugin fails the pod's sandbox"
+	if control.StatusOf(err) == http.StatusForbidden {
+		outcome, msg = "refused", "refused a CNI ADD"
+	}
+	metricCNIEvents.WithLabelValues("add", outcome).Inc()
+	a.failedAdds.Log(a.log, slog.LevelWarn, msg, "pod", req.PodNamespace+"/"+req.PodName, "container", req.ContainerID, "netns", req.Netns,
+		"status", control.StatusOf(err), "err", err)
 	return resp, err
 }
 
@@ -285,12 +293,15 @@ func (a *Agent) dropGoneRecords() {
 // record from the moment it hears "released": no CNI event or replay is
 // half-way once cniMu is held, and replays left stop at the next event;
 // the controller's fence waits for a Redecide under way, then makes every
-// later one, housekeeping's sweep, and any mark or write do nothing.
+// later one, housekeeping's sweep, and any mark or write do nothing; and
+// the dataplane's fence ends its repairs of the links (keepAttached), which
+// the successor replaces.
 func (a *Agent) fenceCapture() {
 	a.cniMu.Lock()
 	defer a.cniMu.Unlock()
 	if a.capture != nil {
 		a.capture.ctl.Fence()
+		a.capture.fence()
 	}
 }
 

@@ -5,6 +5,7 @@ package agent
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
@@ -14,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -36,6 +38,7 @@ type marks struct {
 	m       map[uint64]redirect.PodInfo
 	sweeps  int // SweepNameservers calls
 	unmarks int
+	fail    error // what Mark answers, when set
 }
 
 func (m *marks) SweepNameservers() (int, error) {
@@ -48,6 +51,9 @@ func (m *marks) SweepNameservers() (int, error) {
 func (m *marks) Mark(cookie uint64, pod redirect.PodInfo) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if m.fail != nil {
+		return m.fail
+	}
 	m.m[cookie] = pod
 	return nil
 }
@@ -603,5 +609,66 @@ func TestGoneNetnsRecordDroppedWithoutCapture(t *testing.T) {
 	add(podNetns(t, ip.String()+"/32"), "shop", "web", "c0ffee12", ip)
 	if p := a.pods.Lookup(ip); p == nil || p.Key() != "shop/web" {
 		t.Errorf("%s is %v's, want shop/web's", ip, p)
+	}
+}
+
+// TestFailedAddIsLogged: every ADD the agent fails is logged with the pod
+// and the cause, whatever the status: a network namespace that cannot be
+// opened (400), a mark that fails (500: a full pods map, say); the plugin
+// fails the pod's sandbox with it. A cause that lasts fails pod after pod,
+// retried by the kubelet: a second failure within ratelog.Every
+// is counted, not logged. (Before: only a refused ADD, 403, was logged; the
+// others were only counted in ztdns_cni_events_total{outcome="error"}.)
+func TestFailedAddIsLogged(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		netns  func(t *testing.T) (path string, cookie uint64)
+		fail   error
+		status string
+		cause  string
+	}{
+		{
+			name:   "network namespace gone",
+			netns:  func(*testing.T) (string, uint64) { return "/run/netns/" + testenv.UniqueName("ztcni-gone-"), 7 },
+			status: "status=400",
+			cause:  "no such file or directory",
+		},
+		{
+			name: "mark failed",
+			netns: func(t *testing.T) (string, uint64) {
+				n := podNetns(t, "198.18.77.9/32")
+				return n.Path(), cookieOf(t, n)
+			},
+			fail:   errors.New("mark netns cookie 7: update: argument list too long"),
+			status: "status=500",
+			cause:  "marking shop/web-9: mark netns cookie 7: update: argument list too long",
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a, m := cniAgent(t)
+			var log testenv.Log
+			a.log = slog.New(slog.NewTextHandler(&log, nil))
+			m.fail = tc.fail
+			feedSource(a)
+			path, cookie := tc.netns(t)
+			add := control.CNIAddRequest{ContainerID: "6b1e0c9d2f", Netns: path, IfName: "eth0", PodNamespace: "shop", PodName: "web-9",
+				IPs: []netip.Addr{netip.MustParseAddr("198.18.77.9")}, NetnsCookie: cookie}
+			if _, err := a.cniAdd(add); err == nil {
+				t.Fatal("ADD succeeded")
+			}
+			line := log.String()
+			for _, want := range []string{"a CNI ADD failed", "pod=shop/web-9", "container=6b1e0c9d2f", tc.status, tc.cause} {
+				if !strings.Contains(line, want) {
+					t.Errorf("the log lacks %q:\n%s", want, line)
+				}
+			}
+			add.ContainerID, add.PodName = "9d2f6b1e0c", "web-10"
+			if _, err := a.cniAdd(add); err == nil {
+				t.Fatal("second ADD succeeded")
+			}
+			if strings.Contains(log.String(), "web-10") {
+				t.Errorf("a second failure right after the first is logged too:\n%s", log.String())
+			}
+		})
 	}
 }

@@ -168,12 +168,13 @@ type capturing struct {
 
 // startCapturing starts a capture agent on the node, captures a pod as
 // default/pod once the agent serves, and waits until the pod is answered.
-func (n *captureNode) startCapturing(t *testing.T) capturing {
+// Each of extra adjusts the agent's Config first.
+func (n *captureNode) startCapturing(t *testing.T, extra ...func(*Config)) capturing {
 	t.Helper()
 	c := capturing{listen: []netip.AddrPort{netip.MustParseAddrPort("169.254.20.53:53")}}
 	c.dir, c.socket, _, c.up = handoffSetup(t)
 	c.pod = n.node.AddPod(t, testenv.PodConfig{Nameservers: []string{"10.96.0.10"}})
-	c.a, c.ta = n.start(t, configdir.New(c.dir), c.socket, c.listen, c.up)
+	c.a, c.ta = n.start(t, configdir.New(c.dir), c.socket, c.listen, c.up, extra...)
 	waitServedBy(t, c.socket, c.ta, c.up)
 	if _, err := c.a.captureNetns(control.CaptureRequest{Netns: c.pod.Path(), Namespace: "default", Name: "pod"}); err != nil {
 		t.Fatal(err)

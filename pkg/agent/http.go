@@ -75,6 +75,11 @@ func (a *Agent) status() control.Status {
 		// What ztdns_capture_fail_open says; it errs only on a closed
 		// redirector (the agent stopping) or an unreadable clock.
 		st.FailingOpen, _ = a.capture.r.FailingOpen()
+		// Errs before the hand-over attaches this agent's programs, or
+		// once it is closed: nothing to tell then.
+		if at, err := a.capture.r.CheckAttachment(); err == nil {
+			st.CaptureProblems = at.Problems
+		}
 		for _, p := range a.capture.cfg.Nameservers {
 			st.CaptureNameservers = append(st.CaptureNameservers, p.String())
 		}

@@ -267,8 +267,8 @@ func podRow(t *testing.T, ctl *control.Client, namespace, name string) control.P
 	return control.PodRow{}
 }
 
-// metricValue is the value of the series of the counter name in reg with
-// the labels want (others any, summed); 0 when there is none.
+// metricValue is the value of the series of the counter or gauge name in
+// reg with the labels want (others any, summed); 0 when there is none.
 func metricValue(t *testing.T, reg *prometheus.Registry, name string, want map[string]string) float64 {
 	t.Helper()
 	families, err := reg.Gather()
@@ -291,7 +291,7 @@ func metricValue(t *testing.T, reg *prometheus.Registry, name string, want map[s
 					continue series
 				}
 			}
-			sum += m.GetCounter().GetValue()
+			sum += m.GetCounter().GetValue() + m.GetGauge().GetValue()
 		}
 	}
 	return sum

@@ -26,6 +26,12 @@ var (
 		Name: "ztdns_cni_events_total",
 		Help: "CNI events from the chained plugin by command (add, del) and outcome (the decision's reason, ok, refused, error).",
 	}, []string{"command", "outcome"})
+	// metricCaptureRepairs counts what keepAttached put back: links
+	// re-attached, pins made again.
+	metricCaptureRepairs = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "ztdns_capture_repairs_total",
+		Help: "Capture links re-attached and pins made again by the agent after something else detached or removed them.",
+	})
 	// metricTableWarnings is the number of objects the last build left out.
 	metricTableWarnings = prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "ztdns_table_warnings",
@@ -40,7 +46,7 @@ var (
 
 func (a *Agent) registerMetrics() error {
 	cs := []prometheus.Collector{
-		metricTableBuild, metricTableNames, metricTableWarnings, metricCNIEvents, captureCollector{a},
+		metricTableBuild, metricTableNames, metricTableWarnings, metricCNIEvents, metricCaptureRepairs, captureCollector{a},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	}
 	cs = append(cs, resolver.Collectors()...)
@@ -79,9 +85,13 @@ var failOpenDesc = prometheus.NewDesc("ztdns_capture_fail_open",
 	"1 while the capture programs let marked pods' queries go to their own nameservers because the agent's heartbeat is stale "+
 		"(starting, stopping, or stuck), else 0.", nil, nil)
 
+var problemsDesc = prometheus.NewDesc("ztdns_capture_problems",
+	"What is not as the agent attached and pinned it (a link detached from the cgroup or running another program, a pin gone or "+
+		"holding something else), as ztdns status lists it; 0 when capture is whole.", nil, nil)
+
 var mapEntriesDesc = prometheus.NewDesc("ztdns_capture_map_entries",
 	"Entries of the BPF maps pods fill (pods: one per marked pod; nameservers: one per nameserver a pod addressed); "+
-		"a full map captures no more.", []string{"map"}, nil)
+		"a full pods map fails the CNI ADD of a pod to capture, a full nameservers map lets queries to nameservers not learned yet go around ztdns.", []string{"map"}, nil)
 
 var mapCapacityDesc = prometheus.NewDesc("ztdns_capture_map_capacity",
 	"Entries the BPF maps pods fill can hold.", []string{"map"}, nil)
@@ -92,6 +102,7 @@ func (c captureCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- doubleCaptureDesc
 	ch <- istioRulesUnknownDesc
 	ch <- failOpenDesc
+	ch <- problemsDesc
 	ch <- mapEntriesDesc
 	ch <- mapCapacityDesc
 }
@@ -120,6 +131,9 @@ func (c captureCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(istioRulesUnknownDesc, prometheus.GaugeValue, float64(len(unknown)))
 	if open, err := cp.r.FailingOpen(); err == nil {
 		ch <- prometheus.MustNewConstMetric(failOpenDesc, prometheus.GaugeValue, boolValue(open))
+	}
+	if at, err := cp.r.CheckAttachment(); err == nil {
+		ch <- prometheus.MustNewConstMetric(problemsDesc, prometheus.GaugeValue, float64(len(at.Problems)))
 	}
 	if uses, err := cp.r.MapUses(); err == nil {
 		for _, u := range uses {

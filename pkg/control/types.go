@@ -30,6 +30,12 @@ type Status struct {
 	// queries go to their own nameservers, around the resolver, because
 	// the agent's heartbeat is stale (starting, stopping, or stuck).
 	FailingOpen bool `json:"failingOpen"`
+	// CaptureProblems says what is not as the agent attached and pinned
+	// it: a program's link detached from the cgroup (its queries go
+	// around the resolver, though pods stay marked) or running another
+	// program, a pin gone or holding something else. The agent puts back
+	// what it can within seconds (ztdns_capture_repairs_total counts it).
+	CaptureProblems []string `json:"captureProblems,omitempty"`
 	// CaptureNameservers are the only nameservers captured
 	// (--capture-nameservers); empty: every destination.
 	CaptureNameservers []string `json:"captureNameservers,omitempty"`

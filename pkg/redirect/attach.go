@@ -68,14 +68,36 @@ func (r *Redirector) attachAll() error {
 	if err := r.leavePreviousCgroup(cgID); err != nil {
 		return err
 	}
+	mapIDs, err := r.loadedMapIDs()
+	if err != nil {
+		return err
+	}
+	r.mu.Lock()
+	r.cgroupID, r.mapIDs = cgID, mapIDs
+	r.mu.Unlock()
 	for _, h := range hooks {
-		l, err := r.attach(h)
+		al, err := r.attachHook(h)
 		if err != nil {
-			return fmt.Errorf("attach %s to %s: %w", h.name, r.cfg.CgroupPath, err)
+			return err
 		}
-		r.links = append(r.links, attachedLink{hook: h, link: l})
+		r.mu.Lock() // CheckAttachment may look meanwhile (a scrape)
+		r.links = append(r.links, al)
+		r.mu.Unlock()
 	}
 	return nil
+}
+
+// attachHook attaches h (attach) and notes which link and program that is.
+func (r *Redirector) attachHook(h hook) (attachedLink, error) {
+	l, err := r.attach(h)
+	if err != nil {
+		return attachedLink{}, fmt.Errorf("attach %s to %s: %w", h.name, r.cfg.CgroupPath, err)
+	}
+	info, err := l.Info()
+	if err != nil {
+		return attachedLink{}, errors.Join(fmt.Errorf("attach %s: link info: %w", h.name, err), l.Close())
+	}
+	return attachedLink{hook: h, link: l, id: info.ID, program: info.Program}, nil
 }
 
 // leavePreviousCgroup detaches, in detach order, the pinned links that
@@ -260,6 +282,8 @@ type Link struct {
 
 // Links reports the links this Redirector holds.
 func (r *Redirector) Links() ([]Link, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	out := make([]Link, 0, len(r.links))
 	for _, al := range r.links {
 		info, err := al.link.Info()
@@ -290,7 +314,7 @@ func Uninstall(bpffs, cgroupPath string) error {
 		errs = append(errs, removePinnedLink(linkPinPath(cfg.BPFFS, h.name)))
 	}
 	errs = append(errs, detachCgroupLinks(cfg.CgroupPath))
-	for _, name := range []string{ztdnsMapPods, ztdnsMapNameservers, ztdnsMapSockets, ztdnsMapConfig, ztdnsMapConfigIndex, ztdnsMapHeartbeat, ztdnsMapCounters} {
+	for _, name := range mapNames {
 		errs = append(errs, removeMapPin(pinPath(cfg.BPFFS, name)))
 	}
 	for _, dir := range []string{filepath.Join(cfg.BPFFS, linksDir), cfg.BPFFS} {

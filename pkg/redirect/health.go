@@ -34,8 +34,9 @@ type MapUse struct {
 }
 
 // MapUses reports the maps with one entry per marked pod (pods) or per
-// nameserver a pod addressed (nameservers): when one is full, new pods
-// are not captured.
+// nameserver a pod addressed (nameservers). When pods is full, Mark fails
+// (and with it the CNI ADD of a pod to capture); when nameservers is, the
+// programs learn no new nameserver and leave a query to one alone.
 func (r *Redirector) MapUses() ([]MapUse, error) {
 	var uses []MapUse
 	for _, m := range []struct {

@@ -348,16 +348,25 @@ type Redirector struct {
 	unattached bool
 	replaced   []string
 
-	mu        sync.Mutex // guards closed and the heartbeat mapping against Close
+	// mu guards closed and the heartbeat mapping against Close, and links,
+	// cgroupID and mapIDs against CheckAttachment and RepairAttachment.
+	mu        sync.Mutex
 	closed    bool
-	heartbeat []byte  // mmap of the heartbeat map
-	beat      *uint64 // &heartbeat[0]
+	cgroupID  uint64                // the cgroup the links attach to
+	mapIDs    map[string]ebpf.MapID // the maps this Redirector uses, by pin name
+	heartbeat []byte                // mmap of the heartbeat map
+	beat      *uint64               // &heartbeat[0]
 }
 
 type attachedLink struct {
-	hook hook
-	link link.Link
+	hook    hook
+	link    link.Link
+	id      link.ID        // the link's, as attached
+	program ebpf.ProgramID // the program it ran then: this Redirector's
 }
+
+// mapNames are the maps ztdns pins, by name.
+var mapNames = []string{ztdnsMapPods, ztdnsMapNameservers, ztdnsMapSockets, ztdnsMapConfig, ztdnsMapConfigIndex, ztdnsMapHeartbeat, ztdnsMapCounters}
 
 // Load checks the kernel, loads the programs, reopens or creates the pinned
 // maps, writes the resolver addresses, and attaches the programs to

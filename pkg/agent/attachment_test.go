@@ -1,0 +1,120 @@
+//go:build linux
+
+package agent
+
+import (
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf/link"
+
+	"github.com/ztdns/ztdns/internal/testenv"
+	"github.com/ztdns/ztdns/pkg/control"
+)
+
+// TestDetachedCaptureShowsAndIsRepaired: with every capture link detached
+// behind the agent's back (`bpftool link detach`, as a tool cleaning up
+// cgroup programs does), a marked pod's queries go straight to its own
+// nameserver; `ztdns status` says so, naming each program, as
+// ztdns_capture_problems does; the agent's check re-attaches them, logs
+// it and counts it in ztdns_capture_repairs_total, and the pod is answered
+// again. (Before: status said "Capture: on", not failing open, the pod
+// showed marked, and nothing was logged, counted or put back until the
+// agent restarted.)
+func TestDetachedCaptureShowsAndIsRepaired(t *testing.T) {
+	old := attachmentCheckEvery
+	attachmentCheckEvery = time.Hour // the test repairs, when it has looked
+	t.Cleanup(func() { attachmentCheckEvery = old })
+	n := newCaptureNode(t)
+	var log testenv.Log
+	c := n.startCapturing(t, func(cfg *Config) { cfg.Logger = slog.New(slog.NewTextHandler(&log, nil)) })
+	ctl := control.NewClient(c.socket, 5*time.Second)
+	status := func() control.Status {
+		t.Helper()
+		st, err := ctl.Status(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st
+	}
+	if st := status(); len(st.CaptureProblems) > 0 {
+		t.Fatalf("status of a whole capture lists problems: %q", st.CaptureProblems)
+	}
+
+	pins, err := filepath.Glob(filepath.Join(n.bpffs, "links", "ztdns_*"))
+	if err != nil || len(pins) == 0 {
+		t.Fatalf("no link pins under %s: %v", n.bpffs, err)
+	}
+	for _, pin := range pins {
+		l, err := link.LoadPinnedLink(pin, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = l.Detach()
+		l.Close()
+		if err != nil {
+			t.Fatalf("detach %s: %v", pin, err)
+		}
+	}
+	// The pod's own nameserver does not exist here: the query, no longer
+	// captured, dies on the node.
+	if err := n.askFromPod(t, c.pod); err == nil {
+		t.Fatal("the pod was answered with every capture link detached")
+	}
+	st := status()
+	if len(st.CaptureProblems) != len(pins) {
+		t.Errorf("status lists %d problems with %d links detached, want one per link: %q", len(st.CaptureProblems), len(pins), st.CaptureProblems)
+	}
+	for _, pin := range pins {
+		want := filepath.Base(pin) + ": link "
+		if !containsAll(st.CaptureProblems, want, "is detached from cgroup") {
+			t.Errorf("status does not say %s is detached: %q", filepath.Base(pin), st.CaptureProblems)
+		}
+	}
+	if got := metricValue(t, c.a.reg, "ztdns_capture_problems", nil); got != float64(len(pins)) {
+		t.Errorf("ztdns_capture_problems = %v, want %d", got, len(pins))
+	}
+	repairs := metricValue(t, c.a.reg, "ztdns_capture_repairs_total", nil)
+
+	// What the agent does every attachmentCheckEvery while it beats.
+	c.a.capture.keepAttached()
+	if st := status(); len(st.CaptureProblems) > 0 {
+		t.Errorf("status after the repair lists problems: %q", st.CaptureProblems)
+	}
+	if got := metricValue(t, c.a.reg, "ztdns_capture_problems", nil); got != 0 {
+		t.Errorf("ztdns_capture_problems after the repair = %v, want 0", got)
+	}
+	if got := metricValue(t, c.a.reg, "ztdns_capture_repairs_total", nil) - repairs; got != float64(len(pins)) {
+		t.Errorf("ztdns_capture_repairs_total grew by %v, want %d", got, len(pins))
+	}
+	if !log.Contains("capture was undone behind the agent's back; put it back") || !log.Contains("re-attached to cgroup") {
+		t.Errorf("the repair is not logged:\n%s", log.String())
+	}
+	if err := n.askFromPod(t, c.pod); err != nil {
+		t.Errorf("the pod is not answered after the repair: %v", err)
+	}
+	// The pins hold the new links: a restarted agent updates them.
+	for _, pin := range pins {
+		if _, err := os.Stat(pin); err != nil {
+			t.Errorf("after the repair: %v", err)
+		}
+	}
+}
+
+// containsAll reports whether one of lines contains every one of parts.
+func containsAll(lines []string, parts ...string) bool {
+	for _, l := range lines {
+		ok := true
+		for _, p := range parts {
+			ok = ok && strings.Contains(l, p)
+		}
+		if ok {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,257 @@
+//go:build linux
+
+package redirect
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+)
+
+// Attachment is what CheckAttachment found: whether the programs still
+// capture as this Redirector attached them. Anyone with CAP_BPF or
+// CAP_SYS_ADMIN can undo that behind the agent's back: `bpftool link
+// detach`, a tool that cleans up cgroup programs, or removing a pin. The
+// maps the agent reads (marked pods, counters) say nothing of it: a pod
+// stays marked while its queries go straight to its own nameserver.
+type Attachment struct {
+	// Hooks is how many hooks the programs attach to; Attached how many of
+	// them have this Redirector's link attached to the cgroup, running its
+	// program.
+	Hooks, Attached int
+	// Problems says, one line each, what is not as this Redirector left
+	// it: a link detached from the cgroup or running another program, a
+	// pin gone or holding another link or map. Empty when all is well.
+	Problems []string
+}
+
+// errNotAttached is CheckAttachment's answer before ApplyConfig attached
+// the programs (a Load with KeepConfig): the running agent's are attached.
+var errNotAttached = errors.New("the programs are not attached yet")
+
+// CheckAttachment looks, changing nothing, whether each link this
+// Redirector holds is still attached to its cgroup and runs its program,
+// and whether each pin (the links' and the maps') still holds this
+// Redirector's link or map. It costs a few dozen bpf system calls.
+func (r *Redirector) CheckAttachment() (Attachment, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	a, _, err := r.inspectLocked(false)
+	return a, err
+}
+
+// RepairAttachment does what CheckAttachment does, and puts back what it
+// finds broken and can put back, as Load would: a link detached from the
+// cgroup is replaced by a new one, attached and pinned (attach: the
+// defunct link's pin is removed first); a pin gone is made again for the
+// link or map this Redirector holds. It repairs nothing that is someone
+// else's: a link that runs another program (another agent updated it), a
+// pin that holds another link or map. repaired says what it did, one line
+// each; the Attachment is what is left after it.
+//
+// The caller must be the only agent using the pins: an agent handing over
+// to a successor stops repairing before the successor attaches, or the two
+// would each replace the other's links.
+func (r *Redirector) RepairAttachment() (left Attachment, repaired []string, err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.inspectLocked(true)
+}
+
+func (r *Redirector) inspectLocked(repair bool) (Attachment, []string, error) {
+	if r.closed {
+		return Attachment{}, nil, errors.New("redirector is closed")
+	}
+	if len(r.links) != len(hooks) {
+		return Attachment{}, nil, errNotAttached
+	}
+	a := Attachment{Hooks: len(hooks)}
+	var repaired []string
+	for i, al := range r.links {
+		ok, problem, fixed := r.inspectLink(i, al, repair)
+		if ok {
+			a.Attached++
+		}
+		if problem != "" {
+			a.Problems = append(a.Problems, problem)
+		}
+		if fixed != "" {
+			repaired = append(repaired, fixed)
+		}
+	}
+	for _, name := range mapNames {
+		problem, fixed := r.inspectMapPin(name, repair)
+		if problem != "" {
+			a.Problems = append(a.Problems, problem)
+		}
+		if fixed != "" {
+			repaired = append(repaired, fixed)
+		}
+	}
+	return a, repaired, nil
+}
+
+// inspectLink checks r.links[i] (al) and its pin, and with repair puts
+// back what it can. ok: the link is attached (again) and runs this
+// Redirector's program; problem: what is still wrong; fixed: what was put
+// back.
+func (r *Redirector) inspectLink(i int, al attachedLink, repair bool) (ok bool, problem, fixed string) {
+	name, pin := al.hook.name, linkPinPath(r.cfg.BPFFS, al.hook.name)
+	info, err := al.link.Info()
+	if err != nil {
+		return false, fmt.Sprintf("%s: link %d: %v", name, al.id, err), ""
+	}
+	var cg uint64
+	if c := info.Cgroup(); c != nil {
+		cg = c.CgroupId
+	}
+	pinned, pinErr := pinnedLinkID(pin)
+	pinOurs := pinErr == nil && (pinned == 0 || pinned == al.id) // gone, or ours
+	pinProblem := ""
+	switch {
+	case pinErr != nil:
+		pinProblem = fmt.Sprintf("%s: pin %s: %v", name, pin, pinErr)
+	case pinned == 0:
+		pinProblem = fmt.Sprintf("%s: pin %s is gone (the next agent would attach the program a second time)", name, pin)
+	case pinned != al.id:
+		pinProblem = fmt.Sprintf("%s: pin %s holds link %d, not the attached link %d", name, pin, pinned, al.id)
+	}
+
+	switch {
+	case info.Program != al.program: // detached or not: it is theirs now
+		return false, fmt.Sprintf("%s: link %d runs program %d, not this agent's (%d): another agent replaced it", name, al.id, info.Program, al.program), ""
+	case cg != r.cgroupID:
+		problem = fmt.Sprintf("%s: link %d is detached from cgroup %s: pods' queries are not captured", name, al.id, r.cfg.CgroupPath)
+		if !repair {
+			return false, problem, ""
+		}
+		if !pinOurs { // someone else's pin: not ours to replace
+			return false, problem + "; not re-attached: " + pinProblem, ""
+		}
+		nl, err := r.attachHook(al.hook)
+		if err != nil {
+			return false, problem + "; re-attaching failed: " + err.Error(), ""
+		}
+		al.link.Close()
+		r.links[i] = nl
+		return true, "", fmt.Sprintf("%s: re-attached to cgroup %s as link %d (link %d had been detached)", name, r.cfg.CgroupPath, nl.id, al.id)
+	case pinProblem == "":
+		return true, "", ""
+	case !repair || pinErr != nil || pinned != 0:
+		return true, pinProblem, ""
+	}
+	if err := pinAgain(pin, func() (interface{ Pin(string) error }, func() error, error) {
+		l, err := link.NewFromID(al.id)
+		if err != nil {
+			return nil, nil, err
+		}
+		return l, l.Close, nil
+	}); err != nil {
+		return true, pinProblem + "; pinning it again failed: " + err.Error(), ""
+	}
+	return true, "", fmt.Sprintf("%s: pinned link %d again at %s", name, al.id, pin)
+}
+
+// inspectMapPin checks that the pin of the map name holds the map this
+// Redirector uses, and with repair pins it again when the pin is gone.
+func (r *Redirector) inspectMapPin(name string, repair bool) (problem, fixed string) {
+	want := r.mapIDs[name]
+	pin := pinPath(r.cfg.BPFFS, name)
+	got, err := pinnedMapID(pin)
+	switch {
+	case err != nil:
+		return fmt.Sprintf("map %s: pin %s: %v", name, pin, err), ""
+	case got == want:
+		return "", ""
+	case got != 0:
+		return fmt.Sprintf("map %s: pin %s holds map %d, not this agent's map %d", name, pin, got, want), ""
+	}
+	problem = fmt.Sprintf("map %s: pin %s is gone (the next agent would start with an empty map)", name, pin)
+	if !repair {
+		return problem, ""
+	}
+	if err := pinAgain(pin, func() (interface{ Pin(string) error }, func() error, error) {
+		m, err := ebpf.NewMapFromID(want)
+		if err != nil {
+			return nil, nil, err
+		}
+		return m, m.Close, nil
+	}); err != nil {
+		return problem + "; pinning it again failed: " + err.Error(), ""
+	}
+	return "", fmt.Sprintf("map %s: pinned map %d again at %s", name, want, pin)
+}
+
+// pinAgain pins at pin a fresh handle of an object this Redirector holds:
+// its own handle believes it is pinned there still, and would not pin.
+// The pin directory is made again if it went too.
+func pinAgain(pin string, open func() (interface{ Pin(string) error }, func() error, error)) error {
+	if err := os.MkdirAll(filepath.Dir(pin), 0o700); err != nil {
+		return err
+	}
+	obj, closeObj, err := open()
+	if err != nil {
+		return err
+	}
+	defer closeObj()
+	return obj.Pin(pin)
+}
+
+// pinnedLinkID is the id of the link pinned at pin, 0 when there is none.
+func pinnedLinkID(pin string) (link.ID, error) {
+	l, err := link.LoadPinnedLink(pin, nil)
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	info, err := l.Info()
+	if err != nil {
+		return 0, err
+	}
+	return info.ID, nil
+}
+
+// pinnedMapID is the id of the map pinned at pin, 0 when there is none.
+func pinnedMapID(pin string) (ebpf.MapID, error) {
+	m, err := ebpf.LoadPinnedMap(pin, nil)
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	defer m.Close()
+	return mapID(m)
+}
+
+func mapID(m *ebpf.Map) (ebpf.MapID, error) {
+	info, err := m.Info()
+	if err != nil {
+		return 0, err
+	}
+	id, ok := info.ID()
+	if !ok {
+		return 0, errors.New("the kernel reports no map id")
+	}
+	return id, nil
+}
+
+// loadedMapIDs are the ids of the maps this Redirector uses, by pin name.
+func (r *Redirector) loadedMapIDs() (map[string]ebpf.MapID, error) {
+	ids := make(map[string]ebpf.MapID, len(mapNames))
+	for _, name := range mapNames {
+		id, err := mapID(r.mapNamed(name))
+		if err != nil {
+			return nil, fmt.Errorf("map %s: %w", name, err)
+		}
+		ids[name] = id
+	}
+	return ids, nil
+}
