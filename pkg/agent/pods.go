@@ -163,6 +163,8 @@ func (a *Agent) podRows() ([]control.PodRow, error) {
 				fillMarked(&row, m)
 				delete(marks, att.NetnsCookie)
 			}
+		} else if a.capture != nil {
+			row.Reason = a.capture.ctl.Unrecorded(p)
 		}
 		rows = append(rows, row)
 	}
