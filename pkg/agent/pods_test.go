@@ -3,9 +3,11 @@
 package agent
 
 import (
+	"encoding/json"
 	"maps"
 	"net/http"
 	"net/netip"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -15,6 +17,7 @@ import (
 	"github.com/ztdns/ztdns/pkg/capture"
 	"github.com/ztdns/ztdns/pkg/control"
 	"github.com/ztdns/ztdns/pkg/model"
+	"github.com/ztdns/ztdns/pkg/redirect"
 	"github.com/ztdns/ztdns/pkg/resolver"
 )
 
@@ -205,5 +208,29 @@ func TestPodsSayWhyAPodIsNotRecorded(t *testing.T) {
 	}
 	if !maps.Equal(got, want) {
 		t.Errorf("reasons %v, want %v", got, want)
+	}
+}
+
+// TestPodsJSONKeepsNameserverSlots: `ztdns pods -o json` gives each learned
+// nameserver its slot and idle time; a pod that learned slot 1 alone shows
+// slot 1, not a list whose first entry reads as slot 0.
+func TestPodsJSONKeepsNameserverSlots(t *testing.T) {
+	var m redirect.MarkedPod
+	m.Nameservers[1] = redirect.LearnedNameserver{Addr: netip.MustParseAddrPort("10.96.0.10:53"), Idle: 4200 * time.Millisecond}
+	var row control.PodRow
+	fillMarked(&row, m)
+	b, err := json.Marshal(row)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got struct {
+		Nameservers any `json:"nameservers"`
+	}
+	if err := json.Unmarshal(b, &got); err != nil {
+		t.Fatal(err)
+	}
+	want := []any{map[string]any{"slot": 1.0, "address": "10.96.0.10:53", "idle": "4.2s"}}
+	if !reflect.DeepEqual(got.Nameservers, want) {
+		t.Errorf("nameservers %s, want %v", b, want)
 	}
 }
