@@ -26,10 +26,10 @@ var (
 		Name: "ztdns_cni_events_total",
 		Help: "CNI events from the chained plugin by command (add, del) and outcome (the decision's reason, ok, refused, error).",
 	}, []string{"command", "outcome"})
-	// metricTableWarnings is the number of objects the last build left out.
+	// metricTableWarnings is the number of warnings of the last build.
 	metricTableWarnings = prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "ztdns_table_warnings",
-		Help: "Objects the last name-table build left out (ztdns status lists the first of them).",
+		Help: "Warnings of the last name-table build: objects or parts of them left out, exportTo lists Istio rejects, ServiceEntries an older one of their namespace hides (ztdns status lists the first of them).",
 	})
 	// metricTableNames is the number of names in the current table.
 	metricTableNames = prometheus.NewGauge(prometheus.GaugeOpts{
