@@ -80,6 +80,20 @@ func newPodsCmd() *cobra.Command {
 	}, (*control.Client).Pods, listPrinter(podColumns))
 }
 
+// nameserversText is a pod's learned nameservers for its table row:
+// "10.96.0.10:53 (slot 1)", with "idle 2s" too when wide.
+func nameserversText(nss []control.PodNameserver, wide bool) string {
+	var parts []string
+	for _, ns := range nss {
+		if wide {
+			parts = append(parts, fmt.Sprintf("%s (slot %d, idle %s)", ns.Address, ns.Slot, ns.Idle))
+		} else {
+			parts = append(parts, fmt.Sprintf("%s (slot %d)", ns.Address, ns.Slot))
+		}
+	}
+	return strings.Join(parts, ", ")
+}
+
 var podColumns = []column[control.PodRow]{
 	{header: "NAMESPACE", value: func(r control.PodRow, _ bool) string { return r.Namespace }},
 	{header: "NAME", value: func(r control.PodRow, _ bool) string { return r.Name }},
@@ -93,7 +107,9 @@ var podColumns = []column[control.PodRow]{
 	// SKIPPED STALE counts queries let out to the pod's own nameservers
 	// while capture failed open.
 	{header: "SKIPPED STALE", wide: true, value: func(r control.PodRow, _ bool) string { return fmt.Sprint(r.SkippedStale) }},
-	{header: "NAMESERVERS", value: func(r control.PodRow, _ bool) string { return strings.Join(r.Nameservers, ",") }},
+	// NAMESERVERS: each learned slot's, with its number (-o wide: and how
+	// long it has been idle).
+	{header: "NAMESERVERS", value: func(r control.PodRow, wide bool) string { return nameserversText(r.Nameservers, wide) }},
 	{header: "ISTIO DNS RULES", value: func(r control.PodRow, _ bool) string {
 		if r.IstioDNSRules == "" {
 			return "-"

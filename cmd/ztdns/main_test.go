@@ -371,6 +371,9 @@ func startAgentWith(t *testing.T, edit func(*agent.Config)) testAgent {
 	}
 	// A headless Service without endpoints: a name held without records.
 	many += "---\napiVersion: v1\nkind: Service\nmetadata: {name: empty, namespace: default}\nspec: {clusterIP: None, ports: [{name: http, port: 80}]}\n"
+	// A ServiceEntry host without a VIP, which pods pass over: forwarded.
+	many += "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: novip, namespace: default}\n" +
+		"spec: {hosts: [novip.internal], resolution: NONE, ports: [{name: http, number: 80, protocol: HTTP}]}\n"
 	files["many.yaml"] = many
 	for name, text := range files {
 		if err := os.WriteFile(filepath.Join(dir, name), []byte(text), 0o644); err != nil {
@@ -507,10 +510,13 @@ func TestReadCommands(t *testing.T) {
 		if !strings.Contains(table, "198.51.100.11,198.51.100.12,198.51.100.13 + 3 more...") || strings.Contains(table, many) {
 			t.Errorf("ztdns table shows many.internal's six addresses in full, or not the first three:\n%s", table)
 		}
-		if !regexp.MustCompile(`(?m)^empty\.default\.svc\.cluster\.local\.\s+-\s+\(forwarded\)\s+Service default/empty\s*$`).MatchString(table) {
+		if !regexp.MustCompile(`(?m)^empty\.default\.svc\.cluster\.local\.\s+-\s+\(forwarded\)\s+Service default/empty\s+no ready endpoint\s*$`).MatchString(table) {
 			t.Errorf("ztdns table lacks the forwarded row of the headless Service without endpoints:\n%s", table)
 		}
-		want := []string{"NAME", "TYPE", "VALUES", "FROM", "ADDRESSES"}
+		if !regexp.MustCompile(`(?m)^novip\.internal\.\s+-\s+\(forwarded\)\s+ServiceEntry default/novip\s+no VIP: resolution NONE gets none\s*$`).MatchString(table) {
+			t.Errorf("ztdns table lacks the forwarded row of the ServiceEntry host without a VIP:\n%s", table)
+		}
+		want := []string{"NAME", "TYPE", "VALUES", "FROM", "ADDRESSES", "REASON"}
 		if got := headerCells(table); !slices.Equal(got, want) {
 			t.Errorf("ztdns table header %q, want %q", got, want)
 		}

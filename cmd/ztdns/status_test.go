@@ -55,3 +55,22 @@ func TestStatusShowsCaptureBroken(t *testing.T) {
 		t.Errorf("status of a whole capture says it is broken:\n%s", whole.String())
 	}
 }
+
+// TestPodsTableShowsNameserverSlots: `ztdns pods` names each learned
+// nameserver's slot (-o wide: and how long it has been idle), so a pod
+// that learned slot 1 alone does not read as one with slot 0.
+func TestPodsTableShowsNameserverSlots(t *testing.T) {
+	rows := []control.PodRow{{Namespace: "shop", Name: "web", Nameservers: []control.PodNameserver{{Slot: 1, Address: "10.96.0.10:53", Idle: "4.2s"}}}}
+	for _, tc := range []struct{ format, want string }{
+		{"", "10.96.0.10:53 (slot 1)"},
+		{"wide", "10.96.0.10:53 (slot 1, idle 4.2s)"},
+	} {
+		var out strings.Builder
+		if err := printList(&out, tc.format, rows, podColumns); err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(out.String(), tc.want) {
+			t.Errorf("ztdns pods -o %q lacks %q:\n%s", tc.format, tc.want, out.String())
+		}
+	}
+}

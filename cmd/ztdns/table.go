@@ -14,10 +14,14 @@ func newTableCmd() *cobra.Command {
 		Short: "Print what a pod in a namespace can resolve locally",
 		Long: `Print every name the agent answers itself for a pod in a namespace: Services,
 ServiceEntry hosts, their VIPs, SRV and PTR records, and where each came from.
-Names the namespace cannot see (exportTo) are left out. A name held without
-records (a headless Service without a ready endpoint, a ServiceEntry host
-under .svc.<domain> without a VIP) is listed as forwarded: type -, value
-(forwarded), and the object holding it.`,
+Names the namespace cannot see (exportTo) are left out: they are the only
+names missing. A name held without records is listed as forwarded: type -,
+value (forwarded), the object holding it, and the REASON: a headless Service
+without a ready endpoint, or a ServiceEntry host without a VIP ("no VIP:
+istiod has not allocated one" with --vip-source=istiod and no
+status.addresses yet, resolution NONE, auto-allocation off, ...). Such a host
+that a wildcard covers is listed with the wildcard's answer, and the REASON
+it has none of its own.`,
 		Example: `  ztdns table -n default
   ztdns table -n default -o wide    # every value, not the first few
   ztdns table -o yaml               # the view of a client that is no known pod`,
@@ -34,4 +38,5 @@ var tableColumns = []column[control.TableRow]{
 	{header: "VALUES", value: func(r control.TableRow, wide bool) string { return shortList(r.Values, wide) }},
 	{header: "FROM", value: func(r control.TableRow, _ bool) string { return r.Origin }},
 	{header: "ADDRESSES", value: func(r control.TableRow, _ bool) string { return r.AddrSource }},
+	{header: "REASON", value: func(r control.TableRow, _ bool) string { return r.Reason }},
 }

@@ -44,9 +44,17 @@ type Entry struct {
 	// Answered is where the answer came from: "table", "cache",
 	// "upstream", or "none" for an error the resolver gave itself.
 	Answered string
-	// Upstream is the nameserver whose answer it was; not valid for table
-	// answers.
+	// Upstream is the nameserver whose answer it was, or with Result the
+	// one asked that gave none; not valid for table answers.
 	Upstream netip.AddrPort
+	// Result says why no upstream's answer came, for a SERVFAIL made in
+	// its place: "timeout", "refused", "error", … (forward.Origin.Failure);
+	// empty otherwise.
+	Result string
+	// Limit names the bound that refused the query, or a part of it (a
+	// lookup it needed): "pod" (the asking pod's own, or its fair share of
+	// the node's) or "node" (the node's); empty when none did.
+	Limit string
 	// Latency is from reading the query to its answer being ready.
 	Latency time.Duration
 }
@@ -168,6 +176,12 @@ func (l *Log) write(e Entry) {
 	)
 	if e.Upstream.IsValid() {
 		r.AddAttrs(slog.String("upstream", e.Upstream.String()))
+	}
+	if e.Result != "" {
+		r.AddAttrs(slog.String("result", e.Result))
+	}
+	if e.Limit != "" {
+		r.AddAttrs(slog.String("limit", e.Limit))
 	}
 	r.AddAttrs(slog.Duration("latency", e.Latency))
 	// A failed write has nowhere to be reported but here; it is not

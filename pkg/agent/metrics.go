@@ -32,10 +32,10 @@ var (
 		Name: "ztdns_capture_repairs_total",
 		Help: "Capture links re-attached and pins made again by the agent after something else detached or removed them.",
 	})
-	// metricTableWarnings is the number of objects the last build left out.
+	// metricTableWarnings is the number of warnings of the last build.
 	metricTableWarnings = prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "ztdns_table_warnings",
-		Help: "Objects the last name-table build left out (ztdns status lists the first of them).",
+		Help: "Warnings of the last name-table build: objects or parts of them left out, exportTo lists Istio rejects, ServiceEntries an older one of their namespace hides (ztdns status lists the first of them).",
 	})
 	// metricTableNames is the number of names in the current table.
 	metricTableNames = prometheus.NewGauge(prometheus.GaugeOpts{

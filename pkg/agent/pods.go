@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
+	"time"
 
 	"github.com/ztdns/ztdns/pkg/capture"
 	"github.com/ztdns/ztdns/pkg/control"
@@ -177,6 +178,8 @@ func (a *Agent) podRows() ([]control.PodRow, error) {
 				fillMarked(&row, m)
 				delete(marks, att.NetnsCookie)
 			}
+		} else if a.capture != nil {
+			row.Reason = a.capture.ctl.Unrecorded(p)
 		}
 		rows = append(rows, row)
 	}
@@ -198,14 +201,16 @@ func (a *Agent) podRows() ([]control.PodRow, error) {
 func fillMarked(row *control.PodRow, m redirect.MarkedPod) {
 	row.Marked = true
 	row.Redirected, row.Restored, row.SkippedStale = m.Counters.Redirected, m.Counters.Restored, m.Counters.SkippedStale
-	row.Nameservers = nameserverStrings(m)
+	row.Nameservers = learnedNameservers(m)
 }
 
-func nameserverStrings(m redirect.MarkedPod) []string {
-	var out []string
-	for _, ns := range m.Nameservers {
+// learnedNameservers are the pod's learned slots, each with its number: a
+// free slot is left out, and the rest keep theirs.
+func learnedNameservers(m redirect.MarkedPod) []control.PodNameserver {
+	var out []control.PodNameserver
+	for slot, ns := range m.Nameservers {
 		if ns.Addr.IsValid() {
-			out = append(out, ns.Addr.String())
+			out = append(out, control.PodNameserver{Slot: slot, Address: ns.Addr.String(), Idle: ns.Idle.Round(time.Millisecond).String()})
 		}
 	}
 	return out

@@ -3,15 +3,21 @@
 package agent
 
 import (
+	"encoding/json"
+	"maps"
 	"net/http"
 	"net/netip"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/ztdns/ztdns/pkg/ambient"
 	"github.com/ztdns/ztdns/pkg/capture"
 	"github.com/ztdns/ztdns/pkg/control"
+	"github.com/ztdns/ztdns/pkg/model"
+	"github.com/ztdns/ztdns/pkg/redirect"
 	"github.com/ztdns/ztdns/pkg/resolver"
 )
 
@@ -203,5 +209,67 @@ func TestCaptureRefusalsNameAnAdoptedPod(t *testing.T) {
 	}
 	if got := m.cookies(); !slices.Equal(got, []uint64{cookie}) {
 		t.Errorf("marks %v, want the adopted pod's alone (%d)", got, cookie)
+	}
+}
+
+// TestPodsSayWhyAPodIsNotRecorded: `ztdns pods` gives a pod of the source
+// that no record holds a reason: one the rules capture whose network
+// namespace the scan for running pods did not find (not-found-running),
+// one in a namespace the source does not know, which is not read as one
+// without the ambient label (namespace-unknown), and one the rules leave
+// alone (theirs).
+func TestPodsSayWhyAPodIsNotRecorded(t *testing.T) {
+	a, _ := cniAgent(t)
+	a.server = &resolver.Server{}
+	pod := func(ns, name, ip string, annotations map[string]string) model.Pod {
+		return model.Pod{Namespace: ns, Name: name, UID: "uid-" + name, NodeName: testNode, IPs: []netip.Addr{netip.MustParseAddr(ip)}, Annotations: annotations}
+	}
+	feedSource(a,
+		pod("shop", "ghost", "192.0.2.201", nil), // no network namespace holds it
+		pod("shop", "opted-out", "192.0.2.202", map[string]string{model.AnnotationDNSCapture: "false"}),
+		pod("unseen", "web", "192.0.2.203", nil),
+	)
+	rows, err := a.podRows()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for _, r := range rows {
+		if r.Captured {
+			t.Errorf("%s/%s captured, want not", r.Namespace, r.Name)
+		}
+		got[r.Namespace+"/"+r.Name] = r.Reason
+	}
+	want := map[string]string{
+		"shop/ghost":     capture.ReasonNotFoundRunning,
+		"shop/opted-out": ambient.ReasonAnnotationOff,
+		"unseen/web":     ambient.ReasonNamespaceUnknown,
+	}
+	if !maps.Equal(got, want) {
+		t.Errorf("reasons %v, want %v", got, want)
+	}
+}
+
+// TestPodsJSONKeepsNameserverSlots: `ztdns pods -o json` gives each learned
+// nameserver its slot and idle time; a pod that learned slot 1 alone shows
+// slot 1, not a list whose first entry reads as slot 0.
+func TestPodsJSONKeepsNameserverSlots(t *testing.T) {
+	var m redirect.MarkedPod
+	m.Nameservers[1] = redirect.LearnedNameserver{Addr: netip.MustParseAddrPort("10.96.0.10:53"), Idle: 4200 * time.Millisecond}
+	var row control.PodRow
+	fillMarked(&row, m)
+	b, err := json.Marshal(row)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got struct {
+		Nameservers any `json:"nameservers"`
+	}
+	if err := json.Unmarshal(b, &got); err != nil {
+		t.Fatal(err)
+	}
+	want := []any{map[string]any{"slot": 1.0, "address": "10.96.0.10:53", "idle": "4.2s"}}
+	if !reflect.DeepEqual(got.Nameservers, want) {
+		t.Errorf("nameservers %s, want %v", b, want)
 	}
 }

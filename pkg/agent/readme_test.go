@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"encoding/json"
 	"log/slog"
 	"maps"
 	"net/netip"
@@ -158,4 +159,60 @@ func readmeMetrics(t *testing.T, registered map[string][]string) map[string][]st
 		t.Fatalf("read only %d metrics from the README's table: %v", len(out), out)
 	}
 	return out
+}
+
+// dashboardFile is the chart's Grafana dashboard.
+const dashboardFile = "../../deploy/charts/ztdns/files/dashboard.json"
+
+// dashboardExceptions are the metrics of the README's table that the
+// dashboard leaves out on purpose, each with why.
+var dashboardExceptions = map[string]string{}
+
+// TestDashboardShowsEveryMetric: every metric of the README's metrics table
+// is on a panel of the chart's dashboard, which the README says shows "all
+// of the above", but those dashboardExceptions names. (Before, the stale
+// table, CNI, control-socket and truncation metrics were on none.)
+func TestDashboardShowsEveryMetric(t *testing.T) {
+	registered := registeredMetrics(t)
+	listed := readmeMetrics(t, registered)
+	raw, err := os.ReadFile(dashboardFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dash struct {
+		Panels []struct {
+			Targets []struct {
+				Expr string `json:"expr"`
+			} `json:"targets"`
+		} `json:"panels"`
+	}
+	if err := json.Unmarshal(raw, &dash); err != nil {
+		t.Fatal(err)
+	}
+	// A metric's name in PromQL: no label name starts with ztdns_. A
+	// histogram is on the dashboard through its series.
+	name := regexp.MustCompile(`\bztdns_[a-z0-9_]+`)
+	onDashboard := map[string]bool{}
+	for _, p := range dash.Panels {
+		for _, tg := range p.Targets {
+			for _, n := range name.FindAllString(tg.Expr, -1) {
+				onDashboard[n] = true
+				for _, suffix := range []string{"_bucket", "_count", "_sum"} {
+					if base, ok := strings.CutSuffix(n, suffix); ok {
+						onDashboard[base] = true
+					}
+				}
+			}
+		}
+	}
+	for _, n := range slices.Sorted(maps.Keys(listed)) {
+		if _, excepted := dashboardExceptions[n]; !onDashboard[n] && !excepted {
+			t.Errorf("the README's metrics table lists %s, which no panel of the dashboard shows", n)
+		}
+	}
+	for n := range dashboardExceptions {
+		if _, ok := listed[n]; !ok {
+			t.Errorf("dashboardExceptions names %s, which the README's metrics table does not list", n)
+		}
+	}
 }

@@ -78,6 +78,11 @@ const (
 	ReasonDefaultOff = "default-off"
 	// ReasonNotAmbient: neither the pod nor its namespace is labelled ambient.
 	ReasonNotAmbient = "not-ambient"
+	// ReasonNamespaceUnknown: the pod is not labelled ambient and the
+	// source does not know its namespace (a namespace made a moment ago,
+	// or the namespaces watch failing since before it was made): not
+	// captured until the namespace, and its label, is known.
+	ReasonNamespaceUnknown = "namespace-unknown"
 	// ReasonDataplaneNone: the pod is labelled istio.io/dataplane-mode=none.
 	ReasonDataplaneNone = "dataplane-none"
 	// ReasonHostNetwork: the pod shares the node's network namespace;
@@ -122,13 +127,16 @@ func (p Policy) Decide(namespace string, pod *model.Pod, ns *model.Namespace) (c
 // arrives before the watch event): the decision then rests on the namespace
 // alone, as if the pod carried no labels or annotations, and the caller
 // decides again once the pod is known. ns is nil when the namespace is not
-// known either, which counts as no labels.
+// known either: a pod that is not enrolled by its own label is then not
+// captured, as in a namespace without the label, but for its own reason
+// (ReasonNamespaceUnknown), so that an operator does not read a namespace
+// the agent has not seen as one without the label.
 //
 // The rules apply in order and the first that settles the question gives
 // the reason (after Policy.Decide's excluded namespaces): host network, sidecar, gateway, dataplane-mode=none,
 // enrollment, ztdns's annotation, Istio's annotation's opt-out, the default.
 func decide(pod *model.Pod, ns *model.Namespace, dnsCaptureDefault bool) (capture bool, reason string) {
-	var podLabels, podAnnotations, nsLabels map[string]string
+	var podLabels, podAnnotations map[string]string
 	if pod != nil {
 		switch {
 		case pod.HostNetwork:
@@ -137,9 +145,6 @@ func decide(pod *model.Pod, ns *model.Namespace, dnsCaptureDefault bool) (captur
 			return false, ReasonSidecar
 		}
 		podLabels, podAnnotations = pod.Labels, pod.Annotations
-	}
-	if ns != nil {
-		nsLabels = ns.Labels
 	}
 
 	if _, ok := podLabels[model.LabelGatewayManaged]; ok {
@@ -150,7 +155,10 @@ func decide(pod *model.Pod, ns *model.Namespace, dnsCaptureDefault bool) (captur
 		return false, ReasonDataplaneNone
 	case DataplaneModeAmbient:
 	default:
-		if nsLabels[model.LabelDataplaneMode] != DataplaneModeAmbient {
+		if ns == nil {
+			return false, ReasonNamespaceUnknown
+		}
+		if ns.Labels[model.LabelDataplaneMode] != DataplaneModeAmbient {
 			return false, ReasonNotAmbient
 		}
 	}

@@ -46,7 +46,9 @@ func TestDecide(t *testing.T) {
 		{"namespace label with another value", pod(nil, nil), &model.Namespace{Labels: l(mode, "Ambient")}, true, false, ReasonNotAmbient},
 		{"pod label with another value in ambient namespace", pod(l(mode, "sidecar"), nil), ambientNS, true, true, ReasonAmbient},
 		{"pod label with another value in plain namespace", pod(l(mode, "sidecar"), nil), plainNS, true, false, ReasonNotAmbient},
-		{"nothing known", nil, nil, true, false, ReasonNotAmbient},
+		{"nothing known", nil, nil, true, false, ReasonNamespaceUnknown},
+		{"pod not labelled, namespace unknown", pod(nil, nil), nil, true, false, ReasonNamespaceUnknown},
+		{"pod none, namespace unknown", pod(l(mode, "none"), nil), nil, true, false, ReasonDataplaneNone},
 
 		// Opt-outs that no label or annotation overrides.
 		{"pod none in ambient namespace", pod(l(mode, "none"), nil), ambientNS, true, false, ReasonDataplaneNone},
@@ -154,7 +156,7 @@ func TestDecideReasonsAreDistinct(t *testing.T) {
 	reasons := []string{
 		ReasonAmbient, ReasonAnnotationOn, ReasonAnnotationOff, ReasonDefaultOff, ReasonNotAmbient,
 		ReasonDataplaneNone, ReasonHostNetwork, ReasonSidecar, ReasonGateway, ReasonIstioAnnotationOff,
-		ReasonExcludedNamespace,
+		ReasonExcludedNamespace, ReasonNamespaceUnknown,
 	}
 	seen := map[string]bool{}
 	for _, r := range reasons {

@@ -230,7 +230,7 @@ func (c *Controller) adoptRunningPods() {
 	}
 	var want []*podcache.Pod
 	for _, p := range c.pods.List() {
-		if p.Attachment == nil && p.Spec != nil && p.Spec.NodeName == c.cfg.NodeName && len(p.IPs) > 0 {
+		if p.Attachment == nil && c.adoptable(p) {
 			if captured, _ := c.policy().Decide(p.Namespace, p.Spec, c.namespaceOf(p.Namespace)); captured {
 				want = append(want, p)
 			}
@@ -243,6 +243,9 @@ func (c *Controller) adoptRunningPods() {
 		key.WriteString(p.Key() + "/" + p.UID + ",")
 	}
 	now := c.cfg.Now()
+	if len(want) == 0 {
+		c.missing = nil // none is missing: one wanted again is news
+	}
 	if len(want) == 0 || (key.String() == c.adoptKey && now.Sub(c.adoptedAt) < adoptInterval) {
 		return
 	}
@@ -254,10 +257,18 @@ func (c *Controller) adoptRunningPods() {
 	}
 	byIP := c.candidates(scan.Found, want)
 	var missing []string
+	wasMissing := c.missing
+	c.missing = map[string]bool{}
 	for _, p := range want {
 		n, ok := c.findByIP(byIP, p)
 		if !ok {
 			missing = append(missing, p.Key())
+			k := p.Key() + "/" + p.UID
+			if !wasMissing[k] {
+				c.log.Warn("a pod to capture is not found running: no network namespace of the node holds its IP; not captured until a CNI ADD or a later scan finds it",
+					"pod", p.Key(), "uid", p.UID, "ips", p.IPs)
+			}
+			c.missing[k] = true
 			continue
 		}
 		att := podcache.Attachment{ContainerID: AdoptedPrefix + strconv.FormatUint(n.Cookie, 10), Namespace: p.Namespace, Name: p.Name,
@@ -275,6 +286,12 @@ func (c *Controller) adoptRunningPods() {
 		c.log.Warn("running pods not found: the network namespaces of some processes cannot be opened (the agent needs CAP_SYS_PTRACE and CAP_SYS_ADMIN)",
 			"pods", missing, "processes", scan.Denied, "err", scan.DeniedErr)
 	}
+}
+
+// adoptable reports whether p is a pod adoption would look for, should
+// the rules capture it: one of this node's, with an IP.
+func (c *Controller) adoptable(p *podcache.Pod) bool {
+	return c.cfg.NodeName != "" && p.Spec != nil && p.Spec.NodeName == c.cfg.NodeName && len(p.IPs) > 0
 }
 
 // candidates indexes by IP the namespaces a scan found that may be a wanted

@@ -45,6 +45,11 @@ const (
 	// another node, the host's network), given by the agent: the pod is not
 	// captured and not recorded until the source agrees.
 	ReasonSourceMismatch = "source-mismatch"
+	// ReasonNotFoundRunning: a pod of this node the rules capture, that no
+	// CNI ADD announced and whose network namespace the scan for running
+	// pods did not find (none of the node's holds its IP): not captured,
+	// and not recorded, until an ADD or a later scan finds it.
+	ReasonNotFoundRunning = "not-found-running"
 )
 
 // Marker is what the controller does to the capture programs' pods map.
@@ -108,6 +113,9 @@ type Controller struct {
 	decideMu  sync.Mutex // serialises Redecide
 	adoptKey  string     // the pods the last scan looked for; guarded by decideMu
 	adoptedAt time.Time
+	// missing are the wanted pods (key/UID) the last scan did not find,
+	// each logged once; guarded by decideMu.
+	missing   map[string]bool
 	checkedAt time.Time // when dropGone last looked; guarded by decideMu
 }
 
@@ -141,6 +149,25 @@ func (c *Controller) Decide(att podcache.Attachment) (bool, string) {
 		spec = p.Spec
 	}
 	return c.policy().Decide(att.Namespace, spec, c.namespaceOf(att.Namespace))
+}
+
+// Unrecorded is the capture decision's reason for p, a pod of the source's
+// that no attachment records: the rules' reason when they leave it alone;
+// ReasonNotFoundRunning when they capture it, and it is one adoption looks
+// for (a pod of this node with an IP), whose network namespace has not
+// been found; "" for a pod neither (standalone, or without an IP yet).
+func (c *Controller) Unrecorded(p *podcache.Pod) string {
+	if p.Spec == nil {
+		return ""
+	}
+	captured, reason := c.policy().Decide(p.Namespace, p.Spec, c.namespaceOf(p.Namespace))
+	switch {
+	case !captured:
+		return reason
+	case c.adoptable(p):
+		return ReasonNotFoundRunning
+	}
+	return ""
 }
 
 // policy is the node-wide part of Istio's ambient rules.

@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -655,6 +656,66 @@ func TestAdoptRunningPods(t *testing.T) {
 	f.ctl.Redecide()
 	if f.netns.scans != scans+1 {
 		t.Errorf("%d scans after adoptInterval, want one", f.netns.scans-scans)
+	}
+}
+
+// TestMissingPodLoggedOnce: a pod to capture that adoption looks for and
+// does not find is logged once, however often it is looked for again, and
+// `ztdns pods` gives it a reason (Unrecorded); found, it is adopted.
+func TestMissingPodLoggedOnce(t *testing.T) {
+	f := newFixture(t, true)
+	var log strings.Builder
+	f.ctl.log = slog.New(slog.NewTextHandler(&log, nil))
+	const missing = "a pod to capture is not found running"
+	f.source([]model.Namespace{ambientNS}, pod("ghost", "10.0.0.9", nil))
+	for range 3 {
+		f.now = f.now.Add(adoptInterval)
+		f.ctl.Redecide()
+	}
+	if f.netns.scans < 4 {
+		t.Fatalf("%d scans, want at least 4", f.netns.scans)
+	}
+	if n := strings.Count(log.String(), missing); n != 1 {
+		t.Errorf("logged %d times that ghost is missing, want once:\n%s", n, log.String())
+	}
+	if !strings.Contains(log.String(), "pod=shop/ghost") {
+		t.Errorf("the log does not name the pod:\n%s", log.String())
+	}
+	if got := f.ctl.Unrecorded(f.pods.Get("shop", "ghost")); got != ReasonNotFoundRunning {
+		t.Errorf("ghost's reason %q, want %q", got, ReasonNotFoundRunning)
+	}
+	f.netns.add("/host/proc/900/ns/net", 900, "10.0.0.9")
+	f.now = f.now.Add(adoptInterval)
+	f.ctl.Redecide()
+	if p := f.pods.Get("shop", "ghost"); p.Attachment == nil || !p.Attachment.Captured {
+		t.Errorf("ghost's attachment %+v, want adopted, captured", p.Attachment)
+	}
+}
+
+// TestAddInANamespaceNotYetKnown: a CNI ADD for a pod whose namespace the
+// source has not seen yet (the ADD usually comes first) is not captured,
+// as in a namespace without the label, but says why (namespace-unknown);
+// once the namespace arrives labelled ambient, the pod is captured.
+func TestAddInANamespaceNotYetKnown(t *testing.T) {
+	f := newFixture(t, true)
+	f.source([]model.Namespace{ambientNS})
+	att := podcache.Attachment{ContainerID: "ctr-new", Namespace: "fresh", Name: "web", UID: "uid-web",
+		NetnsPath: "/var/run/netns/fresh-web", NetnsCookie: 30, IPs: []netip.Addr{netip.MustParseAddr("10.0.3.2")}}
+	att = f.attach(t, att)
+	if att.Captured || att.Reason != ambient.ReasonNamespaceUnknown {
+		t.Errorf("ADD decided captured=%v, %q; want false, %q", att.Captured, att.Reason, ambient.ReasonNamespaceUnknown)
+	}
+	if got := f.marker.marked(); len(got) != 0 {
+		t.Errorf("marks %v, want none", got)
+	}
+	fresh := model.Namespace{Name: "fresh", Labels: ambientNS.Labels}
+	web := model.Pod{Namespace: "fresh", Name: "web", UID: "uid-web", NodeName: node, IPs: att.IPs}
+	f.source([]model.Namespace{ambientNS, fresh}, web)
+	if p := f.pods.Get("fresh", "web"); p.Attachment == nil || !p.Attachment.Captured || p.Attachment.Reason != ambient.ReasonAmbient {
+		t.Errorf("fresh/web's attachment %+v, want captured, %q", p.Attachment, ambient.ReasonAmbient)
+	}
+	if got := f.marker.marked(); !slices.Equal(got, []uint64{30}) {
+		t.Errorf("marks %v, want fresh/web's (30)", got)
 	}
 }
 

@@ -99,6 +99,27 @@ func (r *AccessLogRequest) Validate() error {
 // directory of broken objects cannot make it hold an unbounded list.
 const MaxStoredWarnings = 100
 
+// PodNameserver is a nameserver the capture programs learned for a pod:
+// what it addressed through slot Slot (0 to 2; the slot's queries go to
+// the resolver's slot address Slot, 169.254.20.53 + Slot by default), and
+// how long ago the slot was last used (after 30 s idle it may be given to
+// another destination), as a duration ("2.5s").
+type PodNameserver struct {
+	Slot    int    `json:"slot"`
+	Address string `json:"address"`
+	Idle    string `json:"idle"`
+}
+
+// NameserverAddrs are the addresses of r's learned nameservers, in slot
+// order.
+func (r PodRow) NameserverAddrs() []string {
+	var out []string
+	for _, ns := range r.Nameservers {
+		out = append(out, ns.Address)
+	}
+	return out
+}
+
 // TableRow is one name of `ztdns table` (GET RouteTable).
 type TableRow = table.Row
 
@@ -118,8 +139,10 @@ type PodRow struct {
 	Restored   uint64 `json:"restored"`
 	// SkippedStale counts the pod's queries the programs let go to its own
 	// nameservers because the agent's heartbeat was stale (fail open).
-	SkippedStale uint64   `json:"skippedStale"`
-	Nameservers  []string `json:"nameservers,omitempty"`
+	SkippedStale uint64 `json:"skippedStale"`
+	// Nameservers are the pod's learned slots, in slot order; a free slot
+	// is left out.
+	Nameservers []PodNameserver `json:"nameservers,omitempty"`
 	// IstioDNSRules names the backends (nftables, iptables-nft,
 	// iptables-legacy) holding istio-cni's DNS capture rules in a captured
 	// pod: Istio's DNS capture is on for it too (ztdns still answers it).

@@ -18,6 +18,8 @@ import (
 	"github.com/ztdns/ztdns/internal/dnstest"
 	"github.com/ztdns/ztdns/internal/testenv"
 	"github.com/ztdns/ztdns/pkg/accesslog"
+	"github.com/ztdns/ztdns/pkg/resolver/forward"
+	"github.com/ztdns/ztdns/pkg/resolver/quota"
 )
 
 // metricsServer is a limitsServer whose pods' nameserver answers from a
@@ -31,6 +33,15 @@ type metricsServer struct {
 func startMetricsServer(t *testing.T, opts Options) *metricsServer {
 	t.Helper()
 	up := dnstest.Start(t, "127.0.0.1:0", dnstest.ZoneOf(t, "who.example. 300 IN A 203.0.113.7")).Addr
+	var buf *testenv.Log
+	opts.AccessLog, buf = startAccessLog(t)
+	return &metricsServer{limitsServer: startLimitsServer(t, opts, up, up), upstream: up, log: buf}
+}
+
+// startAccessLog returns an access log, on for every query, writing JSON
+// to the returned buffer until the test ends.
+func startAccessLog(t *testing.T) (*accesslog.Log, *testenv.Log) {
+	t.Helper()
 	buf := &testenv.Log{}
 	al, err := accesslog.New(buf, "test", "json", 0)
 	if err != nil {
@@ -40,8 +51,35 @@ func startMetricsServer(t *testing.T, opts Options) *metricsServer {
 		t.Fatal(err)
 	}
 	runAccessLog(t, al)
-	opts.AccessLog = al
-	return &metricsServer{limitsServer: startLimitsServer(t, opts, up, up), upstream: up, log: buf}
+	return al, buf
+}
+
+// accessLine is an access log line in JSON, as a test reads it.
+type accessLine struct {
+	Msg, Client, Namespace, Pod, Name, Type, Proto, Rcode, Answered, Upstream, Result, Limit string
+	Latency                                                                                  int64
+}
+
+// accessLines waits for n lines in buf and returns them.
+func accessLines(t *testing.T, buf *testenv.Log, n int) []accessLine {
+	t.Helper()
+	var lines []accessLine
+	testenv.Eventually(t, 30*time.Second, fmt.Sprintf("%d access log lines", n), func() bool {
+		lines = nil
+		text := strings.TrimSpace(buf.String())
+		if text == "" {
+			return false
+		}
+		for _, l := range strings.Split(text, "\n") {
+			var got accessLine
+			if err := json.Unmarshal([]byte(l), &got); err != nil {
+				t.Fatalf("access log line %q: %v", l, err)
+			}
+			lines = append(lines, got)
+		}
+		return len(lines) == n
+	})
+	return lines
 }
 
 // runAccessLog runs l's writer until the test ends.
@@ -192,28 +230,9 @@ func TestAccessLogLines(t *testing.T) {
 	badVers.SetEdns0(1232, false)
 	badVers.IsEdns0().SetVersion(1)
 	ms.exchange(t, victimIP, "udp", badVers)
-	type line struct {
-		Msg, Client, Namespace, Pod, Name, Type, Proto, Rcode, Answered, Upstream string
-		Latency                                                                   int64
-	}
-	var lines []line
-	testenv.Eventually(t, 30*time.Second, "six access log lines", func() bool {
-		lines = nil
-		text := strings.TrimSpace(ms.log.String())
-		if text == "" {
-			return false
-		}
-		for _, l := range strings.Split(text, "\n") {
-			var got line
-			if err := json.Unmarshal([]byte(l), &got); err != nil {
-				t.Fatalf("access log line %q: %v", l, err)
-			}
-			lines = append(lines, got)
-		}
-		return len(lines) == 6
-	})
+	lines := accessLines(t, ms.log, 6)
 	up := ms.upstream.String()
-	want := []line{
+	want := []accessLine{
 		{Name: tableName, Proto: "udp", Answered: "table"}, // startLimitsServer's, from no pod
 		{Namespace: "default", Pod: "victim", Name: tableName, Proto: "udp", Answered: "table"},
 		{Namespace: "default", Pod: "victim", Name: aliasName, Proto: "tcp", Answered: "table"},
@@ -238,6 +257,51 @@ func TestAccessLogLines(t *testing.T) {
 		if w.Rcode == "" {
 			w.Rcode = "NOERROR"
 		}
+		if got != w {
+			t.Errorf("line %d: %+v\nwant %+v", i, got, w)
+		}
+	}
+}
+
+// TestAccessLogSaysWhyNoUpstreamAnswered: a SERVFAIL made for want of an
+// upstream's answer names the upstream asked and how its exchange ended
+// (refused, or no answer within the forwarder's timeout); one made for a
+// limit names the limit.
+func TestAccessLogSaysWhyNoUpstreamAnswered(t *testing.T) {
+	silent, dead := startSilentUpstream(t), testenv.DeadAddr(t)
+	al, buf := startAccessLog(t)
+	ls := startLimitsServer(t, Options{AccessLog: al, Limits: quota.Limits{QPS: -1, Forwarding: 1}}, dead, silent.addr, forward.WithTimeout(time.Second))
+
+	if r := ls.ask(t, flooderIP, "udp", "refused.example."); r == nil || r.Rcode != dns.RcodeServerFailure {
+		t.Fatalf("a query to a nameserver that refuses: %v, want SERVFAIL", r)
+	}
+	// The victim's nameserver never answers: its forward waits for the
+	// forwarder's timeout, holding the victim's one forward meanwhile, so
+	// that a second query is over the victim's bound.
+	m := new(dns.Msg)
+	m.SetQuestion("silent.example.", dns.TypeA)
+	timedOut := make(chan *dns.Msg, 1)
+	go func() {
+		r, _ := ls.tryExchange(victimIP, "udp", m)
+		timedOut <- r
+	}()
+	testenv.Eventually(t, 30*time.Second, "the silent nameserver got the victim's query", func() bool { return silent.received.Load() == 1 })
+	if r := ls.ask(t, victimIP, "udp", "limited.example."); r == nil || r.Rcode != dns.RcodeServerFailure {
+		t.Fatalf("a query over the pod's bound: %v, want SERVFAIL", r)
+	}
+	if r := <-timedOut; r == nil || r.Rcode != dns.RcodeServerFailure {
+		t.Fatalf("a query to a nameserver that never answers: %v, want SERVFAIL", r)
+	}
+
+	lines := accessLines(t, buf, 4)[1:] // the first is startLimitsServer's table answer
+	want := []accessLine{
+		{Namespace: "flood", Pod: "flooder", Name: "refused.example.", Answered: "upstream", Upstream: dead.String(), Result: "refused"},
+		{Namespace: "default", Pod: "victim", Name: "limited.example.", Answered: "none", Limit: "pod"},
+		{Namespace: "default", Pod: "victim", Name: "silent.example.", Answered: "upstream", Upstream: silent.addr.String(), Result: "timeout"},
+	}
+	for i, got := range lines {
+		w := want[i]
+		w.Msg, w.Client, w.Type, w.Proto, w.Rcode, w.Latency = "dns query", got.Client, "A", "udp", "SERVFAIL", got.Latency
 		if got != w {
 			t.Errorf("line %d: %+v\nwant %+v", i, got, w)
 		}

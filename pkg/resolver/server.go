@@ -674,13 +674,14 @@ func (s *Server) answered(sc *scratch, out []byte, hdr int, r *request, tcp bool
 		}
 	}
 	if s.opts.AccessLog.Sampled() {
-		s.logAccess(r, src, tcp, pod, rcode, from, netip.AddrPort{}, s.clock()-now)
+		s.logAccess(r, src, tcp, pod, rcode, from, netip.AddrPort{}, "", "", s.clock()-now)
 	}
 	return out
 }
 
-// logAccess hands one answered query to the access log.
-func (s *Server) logAccess(r *request, src netip.AddrPort, tcp bool, pod *podcache.Pod, rcode int, from source, upstream netip.AddrPort, latency int64) {
+// logAccess hands one answered query to the access log: upstream, result
+// and limit as accesslog.Entry has them.
+func (s *Server) logAccess(r *request, src netip.AddrPort, tcp bool, pod *podcache.Pod, rcode int, from source, upstream netip.AddrPort, result, limit string, latency int64) {
 	e := accesslog.Entry{
 		Time:     time.Now().Add(-time.Duration(latency)),
 		Client:   src,
@@ -690,6 +691,8 @@ func (s *Server) logAccess(r *request, src netip.AddrPort, tcp bool, pod *podcac
 		Rcode:    rcode,
 		Answered: sourceLabels[from],
 		Upstream: upstream,
+		Result:   result,
+		Limit:    limit,
 		Latency:  time.Duration(latency),
 	}
 	if tcp {
@@ -739,12 +742,12 @@ func (s *Server) slow(msg []byte, src, local netip.AddrPort, tc *tcpConn, done f
 	switch s.startForward(fw) {
 	case quota.OverSource: // its own bound, or its fair share of the node's
 		q.countLimited()
-		q.from = sourceNone
+		q.limitedBy(limitPod)
 		finish(dnswire.AppendErrorReply(nil, msg, &q.r, dnswire.RcodeServFail))
 		return
 	case quota.OverPool:
 		metricQueries.overload.Inc()
-		q.from = sourceNone
+		q.limitedBy(limitNode)
 		finish(dnswire.AppendErrorReply(nil, msg, &q.r, dnswire.RcodeServFail))
 		return
 	}
@@ -768,7 +771,7 @@ func (s *Server) slow(msg []byte, src, local netip.AddrPort, tc *tcpConn, done f
 			// SERVFAIL, whatever its work got if it started (a CNAME
 			// chase cut short would answer NOERROR with no address).
 			q.countLimited()
-			q.from, q.upstream = sourceNone, netip.AddrPort{}
+			q.limitedBy(limitPod)
 			reply = dnswire.AppendErrorReply(nil, msg, &q.r, dnswire.RcodeServFail)
 		}
 		finish(reply)

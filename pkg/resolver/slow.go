@@ -40,12 +40,15 @@ type slowQuery struct {
 
 	// What the metrics and the access log say of the answer: when the query
 	// was read (the server's clock), where its answer came from and which
-	// upstream gave it, and the asking pod.
-	start    int64
-	from     source
-	upstream netip.AddrPort
-	badVers  bool
-	pod      *podcache.Pod
+	// upstream gave it (or was asked and gave none: result says why), the
+	// limit that refused it or a lookup of it (limitPod, limitNode), and
+	// the asking pod.
+	start         int64
+	from          source
+	upstream      netip.AddrPort
+	result, limit string
+	badVers       bool
+	pod           *podcache.Pod
 	// source is the asking source: its TCP connection's, found as it was
 	// accepted (whose bytes hold its replies), or over UDP the one looked
 	// up to forward (slow). What is refused for it is counted on it.
@@ -91,7 +94,11 @@ func (q *slowQuery) finishing(done func(reply []byte, release func())) func(repl
 					metricQueries.overload.Inc()
 				}
 				reply = dnswire.AppendErrorReply(nil, q.msg, &q.r, dnswire.RcodeServFail) // q.r: parsed, the reply not nil
-				q.from, q.upstream = sourceNone, netip.AddrPort{}
+				if v == quota.OverSource {
+					q.limitedBy(limitPod)
+				} else {
+					q.limitedBy(limitNode)
+				}
 			}
 		}
 		if len(reply) >= dnswire.HeaderLen {
@@ -120,20 +127,33 @@ func (q *slowQuery) finish(reply []byte) {
 		s.metrics.durations[q.from].observe(took, 1)
 	}
 	if s.opts.AccessLog.Sampled() {
-		s.logAccess(&q.r, q.src, q.tcp, q.pod, rcode, q.from, q.upstream, took)
+		s.logAccess(&q.r, q.src, q.tcp, q.pod, rcode, q.from, q.upstream, q.result, q.limit, took)
 	}
 }
 
+// The access log's limit: what refused a query, or a lookup of it.
+const (
+	limitPod  = "pod"  // the asking pod's own bound, or its fair share of the node's
+	limitNode = "node" // the node's bound, spent
+)
+
+// limitedBy records that the query's answer is a SERVFAIL of the
+// resolver's own, made for limit: whatever an upstream gave is not it.
+func (q *slowQuery) limitedBy(limit string) {
+	q.from, q.upstream, q.result, q.limit = sourceNone, netip.AddrPort{}, "", limit
+}
+
 // answeredBy records that an upstream exchange (or the cache) gave part of
-// the answer: an exchange outweighs the cache.
+// the answer, or failed to: an exchange outweighs the cache.
 func (q *slowQuery) answeredBy(o forward.Origin) {
 	switch {
 	case o.BytesRefused: // no upstream's reply: a SERVFAIL of ztdns's own
 		q.refusedForBytes()
+		q.limit = limitPod
 	case !o.Cached:
-		q.from, q.upstream = sourceUpstream, o.Upstream
+		q.from, q.upstream, q.result = sourceUpstream, o.Upstream, o.Failure
 	case q.from != sourceUpstream:
-		q.from, q.upstream = sourceCache, o.Upstream
+		q.from, q.upstream, q.result = sourceCache, o.Upstream, ""
 	}
 }
 
@@ -396,12 +416,13 @@ func (q *slowQuery) forward(ctx context.Context) []byte {
 	metricQueries.forwarded.Inc()
 	s, msg, r := q.s, q.msg, &q.r
 	upstreams := q.upstreams()
-	if len(upstreams) == 0 || s.opts.Forwarder == nil {
-		return dnswire.AppendErrorReply(nil, msg, r, dnswire.RcodeServFail)
-	}
 	// The forward's reply is the whole answer: an autopath candidate's
 	// lookup answered before it is not where this reply came from.
-	q.from, q.upstream = sourceNone, netip.AddrPort{}
+	q.from, q.upstream, q.result, q.limit = sourceNone, netip.AddrPort{}, "", ""
+	if len(upstreams) == 0 || s.opts.Forwarder == nil {
+		q.result = forward.FailureNoUpstream
+		return dnswire.AppendErrorReply(nil, msg, r, dnswire.RcodeServFail)
+	}
 	out, from, err := s.opts.Forwarder.ForwardFrom(ctx, msg, q.tcp, upstreams)
 	if err != nil {
 		s.log.Debug("forward failed", "client", q.src, "err", err)

@@ -58,7 +58,7 @@ func TestAddCapturesAndResolves(t *testing.T) {
 	if row.Redirected < 3 || row.Restored < 3 {
 		t.Errorf("counters after three queries: redirected %d, restored %d; want at least 3 each", row.Redirected, row.Restored)
 	}
-	if !slices.Contains(row.Nameservers, ownNameserver+":53") {
+	if !slices.Contains(row.NameserverAddrs(), ownNameserver+":53") {
 		t.Errorf("learned nameservers %v lack the one the pod addressed, %s:53", row.Nameservers, ownNameserver)
 	}
 	if log := n.Log(t); !strings.Contains(log, "pod handed to the agent") || !strings.Contains(log, "captured=true") {

@@ -19,6 +19,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/ztdns/ztdns/pkg/dnswire"
@@ -56,7 +57,9 @@ type Forwarder struct {
 type flight struct {
 	done  chan struct{}
 	reply []byte         // the upstream's reply with our ID, or nil if none came
-	from  netip.AddrPort // the upstream that sent reply
+	from  netip.AddrPort // the upstream that sent reply, or the one asked that sent none
+	// failure says why no reply came (Origin.Failure); empty with one.
+	failure string
 	// leaderOnly: no reply, for a reason of the leader's own: a reply was
 	// refused for want of bytes of its source (its bound, or its fair
 	// share of the budget), or its context ended (the resolver cancels a
@@ -74,14 +77,33 @@ type Origin struct {
 	// Cached is true when the reply came from the cache.
 	Cached bool
 	// Upstream is the nameserver whose reply it is (for a cached reply, the
-	// one that sent it then); not valid when none answered and the reply is
-	// a SERVFAIL made here.
+	// one that sent it then). When none answered and the reply is a
+	// SERVFAIL made here, it is the upstream asked (of several, the first
+	// given), and Failure says how its exchange ended; not valid when none
+	// was asked.
 	Upstream netip.AddrPort
+	// Failure is empty when an upstream replied (whatever its rcode), else
+	// why no reply came: one of the Failure constants.
+	Failure string
 	// BytesRefused: the reply is a SERVFAIL made here because an upstream's
 	// reply did not fit what the source (quota.WithSource) may hold of the
 	// budget of replies in flight, its own bound or its fair share.
 	BytesRefused bool
 }
+
+// Why no upstream reply came (Origin.Failure): the values of the
+// upstream query counter's result label, but that a connection refused (an
+// ICMP port unreachable over UDP, a reset over TCP), counted as "error",
+// is told apart here.
+const (
+	FailureTimeout       = resultTimeout       // no valid reply within the timeout
+	FailureRefused       = "refused"           // the upstream refused the connection
+	FailureError         = resultError         // any other socket error
+	FailureNoMemory      = resultNoMemory      // the reply did not fit the node's budget of replies in flight
+	FailureSourceLimited = resultSourceLimited // the reply did not fit what the asking source may hold of it
+	FailureCanceled      = resultCanceled      // the query's context ended (the resolver gave up on it) or the Forwarder closed
+	FailureNoUpstream    = "no_upstream"       // no valid upstream to ask
+)
 
 // New returns a Forwarder; Close it to stop its upstream exchanges.
 func New(opts ...Option) *Forwarder {
@@ -190,7 +212,7 @@ func (f *Forwarder) ForwardFrom(ctx context.Context, req []byte, tcp bool, upstr
 		fl, leader := f.joinFlight(flightKey)
 		switch {
 		case fl == nil:
-			return servfail(req, r), Origin{}, nil
+			return servfail(req, r), Origin{Failure: FailureCanceled}, nil
 		case !leader && !joined: // a query that asks again is coalesced once
 			coalesced.Inc()
 			joined = true
@@ -199,16 +221,16 @@ func (f *Forwarder) ForwardFrom(ctx context.Context, req []byte, tcp bool, upstr
 			// Only the leader builds the query: the waiters never send one.
 			sent := appendUpstreamQuery(make([]byte, 0, r.End+dnswire.OPTLen), req, &r)
 			f.fly(ctx, fl, flightKey, src, sent, r, tcp, upstreams)
-			return f.finish(req, r, fl.reply, true), Origin{Upstream: fl.from, BytesRefused: fl.bytesRefused}, nil
+			return f.finish(req, r, fl.reply, true), Origin{Upstream: fl.from, Failure: fl.failure, BytesRefused: fl.bytesRefused}, nil
 		}
 		select {
 		case <-fl.done:
 			if fl.leaderOnly { // set only without a reply
 				continue // the leader's source was full or it was cancelled, not ours
 			}
-			return f.finish(req, r, fl.reply, true), Origin{Upstream: fl.from}, nil
+			return f.finish(req, r, fl.reply, true), Origin{Upstream: fl.from, Failure: fl.failure}, nil
 		case <-ctx.Done():
-			return servfail(req, r), Origin{}, nil
+			return servfail(req, r), Origin{Failure: ctxFailure(ctx)}, nil
 		}
 	}
 }
@@ -242,7 +264,7 @@ func (f *Forwarder) fly(ctx context.Context, fl *flight, flightKey string, src *
 	defer cancel()
 	defer context.AfterFunc(f.base, cancel)()
 	a := f.resolve(ctx, query, r, tcp, upstreams)
-	fl.reply, fl.from = a.reply, a.upstream
+	fl.reply, fl.from, fl.failure = a.reply, a.upstream, a.failure
 	// The caller's context, not the exchange's: an upstream silent for the
 	// whole timeout is no reason for the waiters to ask it again.
 	fl.bytesRefused = a.reply == nil && a.overSource
@@ -283,7 +305,8 @@ func (f *Forwarder) store(key string, reply []byte, from netip.AddrPort, src *qu
 type attempt struct {
 	reply    []byte
 	good     bool
-	upstream netip.AddrPort // who sent reply
+	upstream netip.AddrPort // who sent reply, or was asked and sent none
+	failure  string         // why no reply came (a Failure constant); empty with one
 	// overSource: no reply, and one was refused for want of bytes of the
 	// source the exchange ran for (its bound or its fair share).
 	overSource bool
@@ -291,14 +314,15 @@ type attempt struct {
 
 func (a attempt) origin() Origin {
 	if a.reply == nil {
-		return Origin{BytesRefused: a.overSource}
+		return Origin{Upstream: a.upstream, Failure: a.failure, BytesRefused: a.overSource}
 	}
 	return Origin{Upstream: a.upstream}
 }
 
 // resolve asks every upstream at once and returns the first good reply, else
 // the first reply of any kind, else none (a nil reply; overSource when a
-// reply was refused for want of the source's bytes). Losing exchanges are
+// reply was refused for want of the source's bytes; the upstream and
+// failure of the first upstream given). Losing exchanges are
 // canceled; they end on their own and are not waited for. The reply's bytes
 // are taken from the budget: the caller gives them back when done with it.
 // query is resolve's own: its ID is overwritten with a random one.
@@ -306,7 +330,7 @@ func (f *Forwarder) resolve(ctx context.Context, query []byte, r dnswire.Query, 
 	upstreams = distinctUpstreams(upstreams)
 	if len(upstreams) == 0 {
 		f.log.Debug("no upstream to forward to")
-		return attempt{}
+		return attempt{failure: FailureNoUpstream}
 	}
 	src := quota.SourceFrom(ctx) // whose bytes the replies are
 	// The upstream sees an ID of ours (crypto/rand never fails since Go 1.24).
@@ -314,19 +338,29 @@ func (f *Forwarder) resolve(ctx context.Context, query []byte, r dnswire.Query, 
 	if len(upstreams) == 1 { // the usual case with capture: no race to run
 		return f.ask(ctx, upstreams[0], query, r.Question, tcp)
 	}
+	return f.race(ctx, src, query, r, tcp, upstreams)
+}
 
+// race is resolve's for several upstreams, in a function of its own: a
+// query to one upstream waits with resolve's frame on its goroutine's
+// stack, which race's would make larger.
+func (f *Forwarder) race(ctx context.Context, src *quota.Source, query []byte, r dnswire.Query, tcp bool, upstreams []netip.AddrPort) attempt {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	// Exchanges that finish after resolve returned give their reply's bytes
 	// back themselves.
-	results, returned := make(chan attempt), make(chan struct{})
+	type result struct {
+		attempt
+		i int // the upstream's place in upstreams
+	}
+	results, returned := make(chan result), make(chan struct{})
 	defer close(returned)
 	started := 0
-	for _, u := range upstreams {
+	for i, u := range upstreams {
 		ok := f.goTracked(func() {
 			a := f.ask(ctx, u, query, r.Question, tcp)
 			select {
-			case results <- a:
+			case results <- result{a, i}:
 			case <-returned:
 				f.budget.Give(src, len(a.reply))
 			}
@@ -337,21 +371,32 @@ func (f *Forwarder) resolve(ctx context.Context, query []byte, r dnswire.Query, 
 		started++
 	}
 	var fallback attempt
+	failed := result{i: len(upstreams)} // the first upstream's of those that sent nothing
 	overSource := false
 	for range started {
-		a := <-results
+		res := <-results
+		a := res.attempt
 		if a.good {
 			f.budget.Give(src, len(fallback.reply))
 			return a
 		}
 		overSource = overSource || a.overSource
-		if fallback.reply == nil {
+		switch {
+		case a.reply == nil:
+			if res.i < failed.i {
+				failed = res
+			}
+		case fallback.reply == nil:
 			fallback = a
-		} else {
+		default:
 			f.budget.Give(src, len(a.reply))
 		}
 	}
 	if fallback.reply == nil {
+		fallback = failed.attempt
+		if started == 0 {
+			fallback.failure = FailureCanceled // closed before any was asked
+		}
 		fallback.overSource = overSource
 	}
 	return fallback
@@ -381,7 +426,11 @@ func (f *Forwarder) ask(ctx context.Context, upstream netip.AddrPort, query []by
 		if result != resultCanceled {
 			f.log.Debug("upstream exchange failed", "upstream", upstream, "proto", proto, "result", result, "error", err)
 		}
-		return attempt{overSource: result == resultSourceLimited}
+		failure := result
+		if result == resultError && errors.Is(err, syscall.ECONNREFUSED) {
+			failure = FailureRefused
+		}
+		return attempt{upstream: upstream, failure: failure, overSource: result == resultSourceLimited}
 	}
 	f.upstreams.observe(upstream, proto, time.Since(start))
 	rh, _ := dnswire.ReadHeader(reply) // matches() checked the length
@@ -393,6 +442,14 @@ func (f *Forwarder) ask(ctx context.Context, upstream netip.AddrPort, query []by
 		f.log.Debug("upstream answered with an error", "upstream", upstream, "proto", proto, "rcode", rh.Rcode())
 	}
 	return attempt{reply: reply, good: good, upstream: upstream}
+}
+
+// ctxFailure is the failure of a query whose context ended.
+func ctxFailure(ctx context.Context) string {
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		return FailureTimeout
+	}
+	return FailureCanceled
 }
 
 // goTracked runs fn in a goroutine Close waits for, unless already closed.

@@ -948,11 +948,13 @@ func TestRefusedReplyBytesSayWhose(t *testing.T) {
 }
 
 // TestForwardFromSaysWhereTheReplyCameFrom: the upstream that answered, and
-// whether the cache did.
+// whether the cache did; when none did, the one asked (of several, the
+// first given) and how its exchange ended.
 func TestForwardFromSaysWhereTheReplyCameFrom(t *testing.T) {
 	t.Parallel()
 	up := startUpstream(t, answerA(60, "198.51.100.1"))
 	dead := testenv.DeadAddr(t)
+	silent := silentUpstream(t).addr
 	f := newForwarder(t, WithTimeout(time.Second))
 	ask := func(upstreams ...netip.AddrPort) Origin {
 		t.Helper()
@@ -967,7 +969,9 @@ func TestForwardFromSaysWhereTheReplyCameFrom(t *testing.T) {
 		upstreams []netip.AddrPort
 		want      Origin
 	}{
-		{"none answers", []netip.AddrPort{dead}, Origin{}},
+		{"refused", []netip.AddrPort{dead}, Origin{Upstream: dead, Failure: FailureRefused}},
+		{"silent", []netip.AddrPort{silent}, Origin{Upstream: silent, Failure: FailureTimeout}},
+		{"neither of two, the first given", []netip.AddrPort{silent, dead}, Origin{Upstream: silent, Failure: FailureTimeout}},
 		{"the live one of two", []netip.AddrPort{dead, up.addr}, Origin{Upstream: up.addr}},
 		{"the cache, keyed by the same upstreams", []netip.AddrPort{up.addr, dead}, Origin{Cached: true, Upstream: up.addr}},
 	} {

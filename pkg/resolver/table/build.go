@@ -706,7 +706,7 @@ func sameResolved(resolved map[vip.Key]hostAddrs, se *model.ServiceEntry, was []
 func (b *Builder) assemble() *Table {
 	last := b.last
 	t := &Table{domain: b.domain, svcDomain: b.n.svcDomain, ttl: b.n.ttl, serial: uint32(time.Now().Unix()),
-		names: last.names, reverse: last.reverse, wildcards: last.wildcards, size: last.size}
+		names: last.names, reverse: last.reverse, wildcards: last.wildcards, size: last.size, vipsFromStatus: b.fromStatus}
 	var names, addrs [numShards]bool // copied
 	wildcards := false
 	name := func(e *Entry) (*shard[string], string) {

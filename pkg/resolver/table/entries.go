@@ -502,8 +502,25 @@ func istiodAllocates(s *model.Snapshot) bool {
 
 // serviceEntrySource is what a ServiceEntry's entries share.
 func serviceEntrySource(n names, se *model.ServiceEntry, ext *seSource) source {
-	*ext = seSource{exportTo: exportSet(se.Namespace, se.ExportTo), created: se.Created}
+	*ext = seSource{exportTo: exportSet(se.Namespace, se.ExportTo), created: se.Created,
+		noVIP: noVIPOf(se), dynamicDNS: se.Resolution == model.ResolutionDynamicDNS}
 	return source{namespace: se.Namespace, name: se.Name, se: ext, ttl: n.ttl, kind: kindServiceEntry, rank: rankServiceEntry}
+}
+
+// noVIPOf says why se's hosts get no VIP whatever the allocator does, as
+// serviceEntryEntries decides it: "" when they may get one.
+func noVIPOf(se *model.ServiceEntry) string {
+	switch {
+	case len(se.Addresses) > 0:
+		return ""
+	case se.HasSpecAddresses || len(se.CIDRs) > 0:
+		return "no VIP: its spec.addresses are ranges, which answer no query"
+	case se.Resolution == model.ResolutionNone:
+		return "no VIP: resolution NONE gets none"
+	case !se.AutoAllocate:
+		return "no VIP: auto-allocation is off (networking.istio.io/enable-autoallocate-ip)"
+	}
+	return ""
 }
 
 // serviceEntryEntries is what a ServiceEntry puts in the table, given the

@@ -75,6 +75,12 @@ type seSource struct {
 	// non-nil list: nobody).
 	exportTo []string
 	created  time.Time
+	// noVIP says why none of its hosts gets a VIP, whatever the allocator
+	// does ("": they may get one); dynamicDNS: its resolution is
+	// DYNAMIC_DNS, with which a wildcard host may get one too. For
+	// Table.noRecordsReason.
+	noVIP      string
+	dynamicDNS bool
 }
 
 // kinds are the Kind* constants by source.kind.
@@ -213,6 +219,10 @@ type Table struct {
 	// CoreDNS's kubernetes plugin counts it.
 	serial uint32
 	size   int
+	// vipsFromStatus: the ServiceEntries' VIPs came from istiod's
+	// status.addresses (Builder.VIPsFromStatus), which a host without one
+	// waits for.
+	vipsFromStatus bool
 }
 
 // numShards trades the cost of copying a shard on a change (a 1/256th of
