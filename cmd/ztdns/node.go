@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/ztdns/ztdns/pkg/control"
 	"github.com/ztdns/ztdns/pkg/redirect"
 )
 
@@ -44,10 +45,12 @@ func mountBPFFS(path string) error {
 	return nil
 }
 
-// newRemoveStateCmd empties the agent's state directory (the control
-// socket, the record of captured pods, the CNI events recorded while it was
-// away), keeping the directory itself: the last step of the chart's cleanup
-// mode.
+// newRemoveStateCmd empties the agent's state directory (the marker that
+// says ztdns is installed, the control socket, the record of captured pods,
+// the CNI events recorded while it was away), keeping the directory itself,
+// which the chart's hostPath volume makes anyway: the last step of the
+// chart's cleanup mode. Without the marker, the CNI plugin left behind for
+// the pods created under ztdns records nothing more.
 func newRemoveStateCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "remove-state",
@@ -65,6 +68,11 @@ func newRemoveStateCmd() *cobra.Command {
 }
 
 func removeState(dir string) error {
+	// The marker first: a plugin that finds it gone records nothing more,
+	// so nothing lands among what is removed below.
+	if err := os.Remove(filepath.Join(dir, control.InstalledFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
 	entries, err := os.ReadDir(dir)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil

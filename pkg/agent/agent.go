@@ -324,6 +324,14 @@ func (a *Agent) run(ctx context.Context) error {
 		a.fwd.Close()
 		return err
 	}
+	// At every start: the CNI plugin records what this agent misses while
+	// it restarts only when it finds the marker, which only an uninstall
+	// removes.
+	if err := control.MarkInstalled(a.cfg.Socket); err != nil {
+		a.server.Close()
+		a.fwd.Close()
+		return err
+	}
 	// Take over a running agent's sockets, if there is one, before binding:
 	// a restart then loses no query (see handoff.go).
 	in, err := takeOver(a.cfg.Socket, a.id, a.log)

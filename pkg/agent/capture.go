@@ -122,8 +122,11 @@ func newDataplane(cfg CaptureConfig, ctl capture.Config, namespaces capture.Name
 		}
 	}
 	c.prefixes = prefixes
-	// Before the interface: an agent that cannot attach leaves the node
-	// as it found it.
+	// Before the interface: an agent that cannot attach, or would take
+	// addresses another interface carries, leaves the node as it found it.
+	if err := redirect.CheckAddrsFree(cfg.Interface, prefixes); err != nil {
+		return nil, err
+	}
 	if err := redirect.CheckHost(cfg.Cgroup); err != nil {
 		return nil, err
 	}

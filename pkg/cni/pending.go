@@ -27,10 +27,12 @@ import (
 // ADD its pending DEL, so replaying never resurrects a deleted pod nor
 // deletes a live one.
 //
-// Nothing is recorded while the agent's socket directory does not exist:
-// ztdns is not installed on the node (a `helm uninstall` without the
-// cleanup left the plugin in the chain), or /var/run was emptied by a
-// reboot and the agent has not started yet. No agent would replay such a
+// Nothing is recorded unless the agent's marker is in its socket directory
+// (control.MarkInstalled): the agent writes it at every start, and the
+// uninstall removes it (`ztdns remove-state`, the chart's cleanup: the
+// plugin stays behind for the pods created under ztdns, whose DELs run it
+// with the configuration cached at their ADD), as does a reboot, which
+// empties /var/run, until the agent starts. No agent would replay such a
 // record, and one that starts later has nothing to undo: its record of
 // captured pods lived in that directory too. And at most MaxPendingRecords
 // of each kind are kept, so that an agent that crash-loops does not let the
@@ -52,9 +54,9 @@ const (
 const MaxPendingRecords = 4096
 
 var (
-	// errNoAgentDir: the agent's socket directory does not exist, so no
-	// agent will replay a record.
-	errNoAgentDir = errors.New("the ztdns agent's directory does not exist: ztdns is not installed on this node, and no agent will replay the event")
+	// errNotInstalled: the agent's marker is not in its socket directory,
+	// so no agent will replay a record.
+	errNotInstalled = errors.New("the ztdns agent's marker is missing: ztdns is not installed on this node, and no agent will replay the event")
 	// errPendingFull: the most records of the kind are there already.
 	errPendingFull = errors.New("too many events of this kind are recorded already")
 )
@@ -127,10 +129,10 @@ func HasPendingAdd(dir, containerID string) bool {
 // recordForAgent writes v as the pending event of kind for containerID in
 // dir, for the agent whose control socket is socketPath, keeping at most
 // limit records of the kind (0: MaxPendingRecords). It records nothing and
-// returns errNoAgentDir when the socket's directory does not exist.
+// returns errNotInstalled when the agent's marker is not beside the socket.
 func recordForAgent(socketPath, dir, kind, containerID string, v any, limit int) error {
-	if _, err := os.Stat(filepath.Dir(socketPath)); errors.Is(err, os.ErrNotExist) {
-		return errNoAgentDir
+	if _, err := os.Stat(control.InstalledMarker(socketPath)); errors.Is(err, os.ErrNotExist) {
+		return errNotInstalled
 	}
 	return recordPending(dir, kind, containerID, v, limit)
 }

@@ -124,25 +124,37 @@ func TestPendingRecordsAreCapped(t *testing.T) {
 	}
 }
 
-// TestNothingRecordedWithoutTheAgentsDirectory: with the agent's socket
-// directory gone (ztdns uninstalled), nothing is recorded and no directory
-// is made again.
-func TestNothingRecordedWithoutTheAgentsDirectory(t *testing.T) {
+// TestNothingRecordedWithoutTheAgentsMarker: without the agent's marker
+// (ztdns uninstalled, whether its directory is gone or left empty by the
+// cleanup's remove-state), nothing is recorded and no directory is made
+// again; with it (an agent that is restarting), the event is recorded.
+func TestNothingRecordedWithoutTheAgentsMarker(t *testing.T) {
 	t.Parallel()
 	agentDir := filepath.Join(t.TempDir(), "ztdns")
 	socket, pending := filepath.Join(agentDir, "ztdns.sock"), filepath.Join(agentDir, "pending")
-	err := recordForAgent(socket, pending, pendingDelDir, "c0ffee", control.CNIDelRequest{ContainerID: "c0ffee"}, 0)
-	if !errors.Is(err, errNoAgentDir) {
-		t.Errorf("recordForAgent without the agent's directory = %v, want errNoAgentDir", err)
+	record := func() error {
+		return recordForAgent(socket, pending, pendingDelDir, "c0ffee", control.CNIDelRequest{ContainerID: "c0ffee"}, 0)
+	}
+	if err := record(); !errors.Is(err, errNotInstalled) {
+		t.Errorf("recordForAgent without the agent's directory = %v, want errNotInstalled", err)
 	}
 	if _, err := os.Stat(agentDir); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("the agent's directory was made: %v", err)
 	}
-	// With the directory there (an agent that is restarting), it records.
-	if err := os.Mkdir(agentDir, 0o750); err != nil {
+	// The directory alone (the cleanup pod's hostPath volume makes it).
+	if err := os.Mkdir(agentDir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	if err := recordForAgent(socket, pending, pendingDelDir, "c0ffee", control.CNIDelRequest{ContainerID: "c0ffee"}, 0); err != nil {
+	if err := record(); !errors.Is(err, errNotInstalled) {
+		t.Errorf("recordForAgent with an empty directory = %v, want errNotInstalled", err)
+	}
+	if _, err := os.Stat(pending); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the pending directory was made: %v", err)
+	}
+	if err := control.MarkInstalled(socket); err != nil {
+		t.Fatal(err)
+	}
+	if err := record(); err != nil {
 		t.Fatal(err)
 	}
 	if dels, err := PendingDeletes(pending); err != nil || len(dels) != 1 {

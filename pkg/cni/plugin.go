@@ -11,7 +11,6 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
-	"path/filepath"
 	"runtime/debug"
 
 	"github.com/containernetworking/cni/pkg/skel"
@@ -128,8 +127,8 @@ func (p *plugin) add(args *skel.CmdArgs) error {
 		log.Warn("ztdns agent unreachable: the pod starts WITHOUT DNS capture until the agent is back and reconciles it (onAgentUnreachable: allow)",
 			"socket", conf.SocketPath, "error", err)
 		switch err := recordForAgent(conf.SocketPath, conf.PendingDir, pendingAddDir, req.ContainerID, req, p.maxPending); {
-		case errors.Is(err, errNoAgentDir):
-			log.Info("not recording the ADD: no ztdns agent on this node to replay it", "dir", filepath.Dir(conf.SocketPath))
+		case errors.Is(err, errNotInstalled):
+			log.Info("not recording the ADD: no ztdns agent on this node to replay it", "marker", control.InstalledMarker(conf.SocketPath))
 		case errors.Is(err, errPendingFull):
 			log.Error("dropping the ADD instead of recording it; the agent still finds the pod from its pod source and adopts it",
 				"pendingDir", conf.PendingDir, "error", err)
@@ -151,7 +150,7 @@ func (p *plugin) add(args *skel.CmdArgs) error {
 // del tells the agent to unmark and forget the pod. It never fails: when
 // the agent cannot take the DEL (unreachable, or failing: 5xx), it is
 // recorded for the agent to replay
-// (unless no agent directory exists, or too many are recorded: see
+// (unless the agent's marker is missing, or too many are recorded: see
 // MaxPendingRecords); and
 // a config the plugin cannot use is logged, not returned, because the
 // runtime runs DEL in reverse order and a failing ztdns would keep the
@@ -222,8 +221,8 @@ func (p *plugin) del(args *skel.CmdArgs) error {
 	switch rerr := recordForAgent(conf.SocketPath, conf.PendingDir, pendingDelDir, req.ContainerID, req, p.maxPending); {
 	case rerr == nil:
 		log.Warn("the agent could not take the DEL; recorded it for the agent to replay", "socket", conf.SocketPath, "error", err)
-	case errors.Is(rerr, errNoAgentDir):
-		log.Debug("no ztdns agent on this node (its directory is gone): nothing to tell or record", "dir", filepath.Dir(conf.SocketPath))
+	case errors.Is(rerr, errNotInstalled):
+		log.Debug("no ztdns agent on this node (its marker is gone): nothing to tell or record", "marker", control.InstalledMarker(conf.SocketPath))
 	case errors.Is(rerr, errPendingFull):
 		log.Error("the agent could not take the DEL, and too many are recorded already: dropping it; the agent drops the pod's record and mark once its network namespace is gone",
 			"socket", conf.SocketPath, "pendingDir", conf.PendingDir, "error", err, "recordError", rerr)

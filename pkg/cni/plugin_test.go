@@ -137,12 +137,18 @@ func newPluginEnv(tb testing.TB) *pluginEnv {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() { os.RemoveAll(dir) })
-	return &pluginEnv{
+	e := &pluginEnv{
 		netns:   netns,
 		dir:     dir,
 		socket:  filepath.Join(dir, "ztdns.sock"),
 		pending: filepath.Join(dir, "pending"),
 	}
+	// As the agent does at start: ztdns is installed, so the plugin records
+	// what the agent misses.
+	if err := control.MarkInstalled(e.socket); err != nil {
+		tb.Fatal(err)
+	}
+	return e
 }
 
 // args returns the CmdArgs a runtime would pass for the pod, with the
@@ -545,8 +551,9 @@ func TestDel(t *testing.T) {
 	}
 }
 
-// TestNoAgentNoRecord: with the agent's directory gone (ztdns uninstalled
-// without its cleanup), DEL and ADD under "allow" succeed and record
+// TestNoAgentNoRecord: with the agent's directory gone (/var/run emptied
+// by a reboot, and no agent started since), DEL and ADD under "allow"
+// succeed and record
 // nothing: no file per pod grows on the node's tmpfs for an agent that
 // will never come, and the directory is not made again.
 func TestNoAgentNoRecord(t *testing.T) {

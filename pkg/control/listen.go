@@ -52,12 +52,36 @@ func (a Access) allowed(p Peer) bool {
 }
 
 // OwnFiles are the names the agent keeps in its socket directory besides
-// the socket: the hand-off socket, the record of captured pods and the
-// plugin's pending events. A directory holding nothing else (or nothing) is
-// the agent's own, and PrepareDir sets its mode.
+// the socket: the hand-off socket, the record of captured pods, the
+// plugin's pending events and the installed marker. A directory holding
+// nothing else (or nothing) is the agent's own, and PrepareDir sets its
+// mode.
 func ownFiles(socket string) []string {
 	base := filepath.Base(socket)
-	return []string{base, base + ".handoff", "attachments.json", "attachments.json.tmp", "pending"}
+	return []string{base, base + ".handoff", "attachments.json", "attachments.json.tmp", "pending", InstalledFile}
+}
+
+// InstalledFile is the name of the marker the agent keeps beside its
+// socket (see MarkInstalled).
+const InstalledFile = "installed"
+
+// InstalledMarker returns the path of the marker beside socket.
+func InstalledMarker(socket string) string {
+	return filepath.Join(filepath.Dir(socket), InstalledFile)
+}
+
+// MarkInstalled writes the marker that says an agent serves at socket, or
+// will again once it restarts: the CNI plugin records the events the agent
+// misses, for it to replay, only while the marker is there. The agent
+// writes it at every start; only an uninstall removes it (`ztdns
+// remove-state`, the chart's cleanup). The directory itself is no such
+// sign: a hostPath volume, the cleanup pod's for one, makes it again.
+func MarkInstalled(socket string) error {
+	const text = "The ztdns agent serves at this directory's socket: while this file exists, its CNI plugin records the events the agent misses, for it to replay.\n"
+	if err := os.WriteFile(InstalledMarker(socket), []byte(text), 0o644); err != nil {
+		return fmt.Errorf("marking ztdns installed: %w", err)
+	}
+	return nil
 }
 
 // PrepareDir makes the socket's directory safe to listen in, before the

@@ -122,6 +122,41 @@ func ensureInterface(log *slog.Logger, name string, addrs []netip.Prefix, keep b
 	return l.Type(), nil
 }
 
+// CheckAddrsFree refuses, before the interface name is touched, addrs that
+// another interface of the current network namespace carries (NodeLocal
+// DNSCache's 169.254.20.10, say, on its own interface): on name as well,
+// the address would answer locally for whoever set it up there, and
+// EnsureInterface would take it away again when it drops its own.
+func CheckAddrsFree(name string, addrs []netip.Prefix) error {
+	want := map[netip.Addr]bool{}
+	for _, p := range addrs {
+		want[p.Addr()] = true
+	}
+	have, err := netlink.AddrList(nil, netlink.FAMILY_ALL)
+	if err != nil {
+		return fmt.Errorf("list the node's addresses: %w", err)
+	}
+	var taken []string
+	for _, a := range have {
+		ip, _ := netip.AddrFromSlice(a.IP)
+		if ip = ip.Unmap(); !want[ip] {
+			continue
+		}
+		l, err := netlink.LinkByIndex(a.LinkIndex)
+		if err != nil {
+			return fmt.Errorf("look up the interface of %s: %w", ip, err)
+		}
+		if l.Attrs().Name != name {
+			taken = append(taken, fmt.Sprintf("%s is on interface %s", ip, l.Attrs().Name))
+		}
+	}
+	if len(taken) > 0 {
+		return fmt.Errorf("resolver addresses the node uses already (%s): give --listen addresses it does not use, for %s alone to carry",
+			strings.Join(taken, ", "), name)
+	}
+	return nil
+}
+
 // waitLocal returns once the kernel delivers every address locally. Even
 // with NODAD, an IPv6 address gets its local route from addrconf's work
 // queue a moment after it was added: a socket connected before that routes

@@ -3,6 +3,7 @@
 package cnie2e
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -346,6 +347,56 @@ func TestAgentRestartReconciles(t *testing.T) {
 	}
 	if !second.LogContains("removing a stale mark") {
 		t.Errorf("the agent did not log removing the stale marks:\n%s", second.Log())
+	}
+}
+
+// TestNothingRecordedAfterTheCleanup: after the chart's cleanup (`ztdns
+// uninstall`, then `ztdns remove-state` on the agent's directory, which the
+// cleanup pod's hostPath volume keeps), the plugin left behind for the pods
+// created under ztdns answers their DELs, run with the configuration cached
+// at their ADD, with success and records nothing: no agent will come to
+// replay it, and a file per pod would gather on the node's tmpfs until a
+// reboot. Before the cleanup, a DEL the stopped agent misses is recorded.
+func TestNothingRecordedAfterTheCleanup(t *testing.T) {
+	t.Parallel()
+	n := newCapturingNode(t, NodeOptions{})
+	a := n.startAgent(t)
+	before, _ := n.addPod(t, ambientNS, "before")
+	after, _ := n.addPod(t, ambientNS, "after")
+	a.Stop(t, 10*time.Second)
+
+	if err := n.Del(t, before); err != nil {
+		t.Fatalf("DEL while the agent is down: %v", err)
+	}
+	if pending, err := cni.PendingDeletes(n.PendingDir); err != nil || len(pending) != 1 || pending[0].ContainerID != before.ContainerID {
+		t.Fatalf("pending DELs = %+v, %v; want the pod deleted while the agent is down", pending, err)
+	}
+
+	dir := filepath.Dir(n.Socket)
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	for _, args := range [][]string{
+		{"uninstall", "--bpffs", n.bpffs, "--cgroup", n.cg.Path, "--cni-bin-dir", n.BinDir, "--cni-conf-dir", n.ConfDir},
+		{"remove-state", "--dir", dir},
+	} {
+		if out, err := n.Node.Nsenter(ctx, n.bin, args...).CombinedOutput(); err != nil {
+			t.Fatalf("ztdns %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+	}
+
+	if err := n.Del(t, after); err != nil {
+		t.Fatalf("DEL after the cleanup: %v", err)
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var left []string
+	for _, e := range entries {
+		left = append(left, e.Name())
+	}
+	if len(left) != 0 {
+		t.Errorf("after the cleanup, a DEL left %v in the agent's directory %s, want nothing", left, dir)
 	}
 }
 

@@ -105,6 +105,7 @@ func TestInstalledConflistIsValid(t *testing.T) {
 func TestAgentDownPolicyAllow(t *testing.T) {
 	t.Parallel()
 	r := NewRuntime(t, RuntimeOptions{IPv6: true, Plugin: cni.Config{OnAgentUnreachable: cni.PolicyAllow, Timeout: "500ms"}})
+	r.MarkAgentInstalled(t)
 	p := r.NewPod(t, PodOptions{Namespace: "shop", Name: "web-0"})
 	res, err := r.Add(t, p)
 	if err != nil {
@@ -136,6 +137,7 @@ func TestAgentDownPolicyAllow(t *testing.T) {
 func TestAgentDownPolicyFail(t *testing.T) {
 	t.Parallel()
 	r := NewRuntime(t, RuntimeOptions{Plugin: cni.Config{OnAgentUnreachable: cni.PolicyFail, Timeout: "500ms"}})
+	r.MarkAgentInstalled(t)
 	p := r.NewPod(t, PodOptions{})
 	_, err := r.Add(t, p)
 	requireCNIError(t, err, types.ErrTryAgainLater, "ztdns agent unreachable at "+r.Socket)
@@ -160,6 +162,7 @@ func TestAgentDownDel(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
 			r := NewRuntime(t, RuntimeOptions{Plugin: cni.Config{Timeout: "500ms"}})
+			r.MarkAgentInstalled(t)
 			p := r.NewPod(t, PodOptions{})
 			if _, err := r.Add(t, p); err != nil {
 				t.Fatalf("ADD: %v", err)

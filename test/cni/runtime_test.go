@@ -32,6 +32,7 @@ import (
 
 	"github.com/ztdns/ztdns/internal/testenv"
 	"github.com/ztdns/ztdns/pkg/cni"
+	"github.com/ztdns/ztdns/pkg/control"
 )
 
 // Pod addresses the bridge's host-local IPAM hands out. They exist only in
@@ -65,8 +66,8 @@ type Runtime struct {
 	BinDir     string // CNI_PATH
 	ConfDir    string // the CNI conf dir
 	ConfFile   string // the primary conflist, ztdns installed
-	Socket     string // the agent's control socket the plugin talks to
-	PendingDir string // where the plugin records what the agent missed
+	Socket     string // the agent's control socket the plugin talks to, in a directory of its own as /var/run/ztdns
+	PendingDir string // where the plugin records what the agent missed: pending beside Socket, its default
 	LogFile    string // the plugin's log
 	Bridge     string // the bridge device in the node namespace
 	Gateway4   netip.Addr
@@ -96,8 +97,8 @@ func NewRuntime(tb testing.TB, opts RuntimeOptions) *Runtime {
 		Dir:        dir,
 		BinDir:     filepath.Join(dir, "bin"),
 		ConfDir:    filepath.Join(dir, "net.d"),
-		Socket:     filepath.Join(dir, "ztdns.sock"),
-		PendingDir: filepath.Join(dir, "pending"),
+		Socket:     filepath.Join(dir, "run", "ztdns.sock"),
+		PendingDir: filepath.Join(dir, "run", "pending"),
 		LogFile:    filepath.Join(dir, "cni.log"),
 		Bridge:     testenv.UniqueName("ztbr"),
 		Gateway4:   podSubnet4.Addr().Next(),
@@ -166,6 +167,19 @@ func NewRuntime(tb testing.TB, opts RuntimeOptions) *Runtime {
 	}
 	r.cni = libcni.NewCNIConfigWithCacheDir([]string{r.BinDir}, filepath.Join(dir, "cache"), pluginExec)
 	return r
+}
+
+// MarkAgentInstalled leaves the socket's directory as an agent that started
+// and stopped leaves it (control.MarkInstalled): ztdns is installed, its
+// agent down, so the plugin records what the agent misses.
+func (r *Runtime) MarkAgentInstalled(tb testing.TB) {
+	tb.Helper()
+	if err := os.MkdirAll(filepath.Dir(r.Socket), 0o700); err != nil {
+		tb.Fatal(err)
+	}
+	if err := control.MarkInstalled(r.Socket); err != nil {
+		tb.Fatal(err)
+	}
 }
 
 // PodOptions describe a pod the runtime creates.

@@ -358,6 +358,31 @@ func TestChartAgent(t *testing.T) {
 			}),
 		},
 		{
+			// Only the first IPv4 and IPv6 address go on ztdns0; others
+			// are served as they are.
+			name:  "capture on with the node's address after the slots' bases",
+			sets:  []string{"resolver.listen={169.254.20.53:53,[FD00:7a74:646e::53]:53,$(HOST_IP):53}"},
+			kinds: defaultKinds,
+			pod: defaultPod().change(func(w *podWant) {
+				w.args = w.args.with("--listen=169.254.20.53:53,[FD00:7a74:646e::53]:53,$(HOST_IP):53")
+			}),
+		},
+		{
+			name:  "capture off on a link-local address outside ztdns0's range",
+			sets:  []string{"capture.enabled=false", "resolver.listen={169.254.21.53:53}"},
+			kinds: defaultKinds,
+			pod: podWant{
+				args:           defaultArgs().with("--capture=false", "--listen=169.254.21.53:53").without(captureOnlyFlags...),
+				caps:           []string{"NET_BIND_SERVICE"},
+				initContainers: []string{"remove-capture"},
+				mounts: map[string]mount{
+					socketDir:             socketMount,
+					"/host/opt/cni/bin":   cniBinMount,
+					"/host/etc/cni/net.d": cniConfMnt,
+				},
+			},
+		},
+		{
 			name: "ResourceQuota for system-node-critical outside kube-system",
 			sets: []string{"resourceQuota.enabled=true"},
 			kinds: []string{
@@ -846,6 +871,14 @@ func TestChartRejectsBadValues(t *testing.T) {
 		{"capture nameservers with capture off", "capture.enabled=false,capture.nameservers={10.96.0.10}", "capture.nameservers needs capture.enabled=true"},
 		{"capture off serving on ztdns0's address, which only capture makes", "capture.enabled=false", "resolver.listen has 169.254.20.53:53"},
 		{"capture off serving on ztdns0's IPv6 address", "capture.enabled=false,resolver.listen={10.0.0.1:53,[fd00:7a74:646e::53]:53}", "resolver.listen has [fd00:7a74:646e::53]:53"},
+		{"capture off serving on another address of ztdns0's IPv4 range", "capture.enabled=false,resolver.listen={169.254.20.60:53}", "resolver.listen has 169.254.20.60:53, in 169.254.20.0/24"},
+		{"capture off serving on another address of ztdns0's IPv6 range", "capture.enabled=false,resolver.listen={10.0.0.1:53,[FD00:7a74:646e:1::1]:53}", "resolver.listen has [FD00:7a74:646e:1::1]:53, in 169.254.20.0/24 or fd00:7a74:646e::/48"},
+		// As `helm upgrade --reuse-values --set capture.enabled=true` keeps
+		// the listen address capture off asked for: on ztdns0, the node's
+		// address would take the routes to its neighbours.
+		{"capture on with the node's address first", "resolver.listen={$(HOST_IP):53}", "resolver.listen's first IPv4 address, $(HOST_IP):53, is not link-local (169.254.0.0/16)"},
+		{"capture on with a routable IPv4 address first", "resolver.listen={10.0.0.1:53,169.254.20.53:53}", "resolver.listen's first IPv4 address, 10.0.0.1:53, is not link-local"},
+		{"capture on with a non-ULA IPv6 address first", "resolver.listen={169.254.20.53:53,[2001:db8::1]:53,[fd00:7a74:646e::53]:53}", "resolver.listen's first IPv6 address, [2001:db8::1]:53, is not a ULA (fd00::/8)"},
 		{"more capture nameservers than the agent takes", "capture.nameservers={10.0.0.1,10.0.0.2,10.0.0.3,10.0.0.4,10.0.0.5,10.0.0.6,10.0.0.7,10.0.0.8,10.0.0.9}", "/capture/nameservers"},
 		{"unknown VIP source", "resolver.vipSource=kube", "/resolver/vipSource"},
 		{"unknown log format", "logFormat=xml", "/logFormat"},
