@@ -871,8 +871,8 @@ func TestChartRejectsBadValues(t *testing.T) {
 		{"capture nameservers with capture off", "capture.enabled=false,capture.nameservers={10.96.0.10}", "capture.nameservers needs capture.enabled=true"},
 		{"capture off serving on ztdns0's address, which only capture makes", "capture.enabled=false", "resolver.listen has 169.254.20.53:53"},
 		{"capture off serving on ztdns0's IPv6 address", "capture.enabled=false,resolver.listen={10.0.0.1:53,[fd00:7a74:646e::53]:53}", "resolver.listen has [fd00:7a74:646e::53]:53"},
-		{"capture off serving on another address of ztdns0's IPv4 range", "capture.enabled=false,resolver.listen={169.254.20.60:53}", "resolver.listen has 169.254.20.60:53, in 169.254.20.0/24"},
-		{"capture off serving on another address of ztdns0's IPv6 range", "capture.enabled=false,resolver.listen={10.0.0.1:53,[FD00:7a74:646e:1::1]:53}", "resolver.listen has [FD00:7a74:646e:1::1]:53, in 169.254.20.0/24 or fd00:7a74:646e::/48"},
+		{"capture off serving on another slot address of ztdns0", "capture.enabled=false,resolver.listen={169.254.20.55:53}", "resolver.listen has 169.254.20.55:53, an address of the ztdns0 interface"},
+		{"capture off serving on another IPv6 slot address of ztdns0", "capture.enabled=false,resolver.listen={10.0.0.1:53,[FD00:7a74:646e::54]:53}", "resolver.listen has [FD00:7a74:646e::54]:53, an address of the ztdns0 interface"},
 		// As `helm upgrade --reuse-values --set capture.enabled=true` keeps
 		// the listen address capture off asked for: on ztdns0, the node's
 		// address would take the routes to its neighbours.
