@@ -4,9 +4,10 @@
 //
 // Istio enrolls a pod when its namespace or the pod itself carries
 // istio.io/dataplane-mode=ambient, unless the pod says
-// istio.io/dataplane-mode=none (the chart's default enablement selectors:
-// a pod label "ambient", or a namespace label "ambient" with a pod label
-// NotIn ["none"]). Host-network pods and pods with a sidecar are never
+// istio.io/dataplane-mode=none (the default of istio-cni's
+// ambient.enablementSelectors: a pod label "ambient", or a namespace label
+// "ambient" with a pod label NotIn ["none"]; custom selectors are not
+// read, see README's Known limits). Host-network pods and pods with a sidecar are never
 // enrolled: istio-cni takes a pod for a sidecar pod when it carries the
 // injector's sidecar.istio.io/status annotation, whatever its value, which
 // proxyless gRPC pods carry too without an istio-proxy container; ztdns
