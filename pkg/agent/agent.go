@@ -947,9 +947,13 @@ func (a *Agent) apply(s *model.Snapshot) {
 	}
 	a.mu.Lock()
 	a.warnings, a.warningsOmitted = msgs, len(warnings)-len(kept)
-	a.vipsFrom = "ztdns's allocator"
-	if a.builder.VIPsFromStatus() {
+	switch a.builder.VIPsFrom() {
+	case vip.FromStatus:
 		a.vipsFrom = "istiod's status.addresses"
+	case vip.FromNowhere:
+		a.vipsFrom = "none, hosts without spec.addresses forwarded"
+	default:
+		a.vipsFrom = "ztdns's allocator"
 	}
 	a.mu.Unlock()
 	a.log.Info("name table updated", "names", tbl.Len(), "services", len(s.Services), "serviceEntries", len(s.ServiceEntries),

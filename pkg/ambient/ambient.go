@@ -4,11 +4,16 @@
 //
 // Istio enrolls a pod when its namespace or the pod itself carries
 // istio.io/dataplane-mode=ambient, unless the pod says
-// istio.io/dataplane-mode=none (the chart's default enablement selectors:
-// a pod label "ambient", or a namespace label "ambient" with a pod label
-// NotIn ["none"]). Host-network pods and pods with an istio-proxy sidecar are
-// never enrolled. Waypoints and gateways are proxies that resolve names for
-// others; capturing their DNS loops it back through ztdns, so a pod labelled
+// istio.io/dataplane-mode=none (the default of istio-cni's
+// ambient.enablementSelectors: a pod label "ambient", or a namespace label
+// "ambient" with a pod label NotIn ["none"]; custom selectors are not
+// read, see README's Known limits). Host-network pods and pods with a sidecar are never
+// enrolled: istio-cni takes a pod for a sidecar pod when it carries the
+// injector's sidecar.istio.io/status annotation, whatever its value, which
+// proxyless gRPC pods carry too without an istio-proxy container; ztdns
+// also counts a pod running an istio-proxy container (model.Pod.HasSidecar).
+// Waypoints and gateways are proxies that resolve names for others;
+// capturing their DNS loops it back through ztdns, so a pod labelled
 // gateway.istio.io/managed (any value: istiod sets "istio.io-mesh-controller"
 // on waypoints and "istio.io-gateway-controller" on gateways) is left alone
 // even when someone removed the dataplane-mode=none label Istio's templates
@@ -88,8 +93,8 @@ const (
 	// ReasonHostNetwork: the pod shares the node's network namespace;
 	// marking it would capture the node's own DNS.
 	ReasonHostNetwork = "host-network"
-	// ReasonSidecar: the pod runs an istio-proxy container, which handles
-	// its DNS itself.
+	// ReasonSidecar: Istio injected the pod (sidecar.istio.io/status, which
+	// keeps it out of ambient) or it runs an istio-proxy container.
 	ReasonSidecar = "sidecar"
 	// ReasonGateway: the pod is a waypoint or gateway (gateway.istio.io/managed).
 	ReasonGateway = "gateway"

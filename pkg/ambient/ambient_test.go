@@ -1,9 +1,15 @@
 package ambient
 
 import (
+	"encoding/json"
 	"testing"
 
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
 	"github.com/ztdns/ztdns/pkg/model"
+	"github.com/ztdns/ztdns/pkg/model/kubeapi"
+	"github.com/ztdns/ztdns/pkg/model/typed"
 )
 
 func TestDecide(t *testing.T) {
@@ -164,5 +170,45 @@ func TestDecideReasonsAreDistinct(t *testing.T) {
 			t.Errorf("reason %q is empty or used twice", r)
 		}
 		seen[r] = true
+	}
+}
+
+// TestDecideInjectedPod: a pod Istio's injector annotated with
+// sidecar.istio.io/status, as it does for proxyless gRPC pods that get no
+// istio-proxy container, is a sidecar pod to istio-cni, which never
+// enrolls it, whatever the annotation's value; ztdns leaves it alone for
+// the same reason, whether the pod comes from a watch or a manifest.
+func TestDecideInjectedPod(t *testing.T) {
+	t.Parallel()
+	ambientNS := &model.Namespace{Name: "shop", Labels: map[string]string{model.LabelDataplaneMode: "ambient"}}
+	for _, status := range []string{`{"initContainers":null,"containers":null,"volumes":["istio-xds"],"imagePullSecrets":null}`, ""} {
+		annotations := map[string]string{model.AnnotationSidecarStatus: status, model.AnnotationDNSCapture: "true"}
+		doc, err := json.Marshal(map[string]any{"apiVersion": "v1", "kind": "Pod",
+			"metadata": map[string]any{"name": "grpc", "namespace": "shop", "annotations": annotations},
+			"spec":     map[string]any{"containers": []any{map[string]any{"name": "app"}}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var watched kubeapi.Pod
+		if err := json.Unmarshal(doc, &watched); err != nil {
+			t.Fatal(err)
+		}
+		fromWatch, err := watched.Model()
+		if err != nil {
+			t.Fatal(err)
+		}
+		fromManifest, err := typed.FromPod(&corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: "grpc", Namespace: "shop", Annotations: annotations},
+			Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "app"}}},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for source, pod := range map[string]model.Pod{"watch": fromWatch, "manifest": fromManifest} {
+			p := Policy{DNSCaptureDefault: true}
+			if gotCap, gotReason := p.Decide("shop", &pod, ambientNS); gotCap || gotReason != ReasonSidecar {
+				t.Errorf("status %q from a %s: Decide = (%t, %q), want (false, %q)", status, source, gotCap, gotReason, ReasonSidecar)
+			}
+		}
 	}
 }

@@ -20,6 +20,12 @@ const (
 	// AnnotationIstioDNSCapture is istio-cni's per-pod switch for Istio's
 	// own DNS capture; ztdns honours only its "false" (see pkg/ambient).
 	AnnotationIstioDNSCapture = "ambient.istio.io/dns-capture"
+	// AnnotationSidecarStatus is written by Istio's sidecar injector on
+	// every pod it injects, whatever the template, including proxyless gRPC
+	// ("grpc-simple"), which adds no istio-proxy container. istio-cni never
+	// enrolls a pod carrying it, whatever its value, and neither does ztdns
+	// (Pod.HasSidecar). Only its presence is kept.
+	AnnotationSidecarStatus = "sidecar.istio.io/status"
 	// LabelServiceName links an EndpointSlice to its Service.
 	LabelServiceName = "kubernetes.io/service-name"
 	// SidecarContainer is the name of Istio's injected proxy container.
@@ -147,7 +153,9 @@ type Pod struct {
 	// Labels and Annotations keep only the keys ztdns reads (see kube.go).
 	Labels      map[string]string
 	Annotations map[string]string
-	// HasSidecar is true when the pod runs an istio-proxy container.
+	// HasSidecar is true when the pod runs an istio-proxy container or
+	// carries AnnotationSidecarStatus (any value, even empty, as istio-cni
+	// reads it).
 	HasSidecar bool
 	DNSPolicy  string
 	// DNSSearches and DNSNameservers are spec.dnsConfig's.

@@ -309,6 +309,15 @@ func TestChartAgent(t *testing.T) {
 			}),
 		},
 		{
+			// For istiod with PILOT_ENABLE_IP_AUTOALLOCATE=false.
+			name:  "no VIPs",
+			sets:  []string{"resolver.vipSource=none"},
+			kinds: defaultKinds,
+			pod: defaultPod().change(func(w *podWant) {
+				w.args = w.args.with("--vip-source=none")
+			}),
+		},
+		{
 			name: "metrics on loopback: probed there, nothing to scrape",
 			sets: []string{"metrics.bind=loopback"},
 			kinds: []string{

@@ -52,11 +52,26 @@ type Labels struct {
 type Annotations struct {
 	DNSCapture      *string `json:"ztdns.io/dns-capture,omitempty"`
 	IstioDNSCapture *string `json:"ambient.istio.io/dns-capture,omitempty"`
+	// SidecarStatus is Istio's injector's record of what it injected, a
+	// JSON document of a few hundred bytes; only its presence counts (see
+	// model.AnnotationSidecarStatus), so its value is never kept.
+	SidecarStatus *Present `json:"sidecar.istio.io/status,omitempty"`
 	// InitialEventsEnd marks the bookmark that ends a watch's initial
 	// events (metav1.InitialEventsAnnotationKey), which client-go's
 	// reflector reads to know it has every object.
 	InitialEventsEnd *string `json:"k8s.io/initial-events-end,omitempty"`
 }
+
+// Present stands for a label or annotation of which only the presence is
+// read: decoding it keeps nothing of the value, and a pointer to it costs
+// no allocation.
+type Present struct{}
+
+// UnmarshalJSON skips the value.
+func (*Present) UnmarshalJSON([]byte) error { return nil }
+
+// MarshalJSON writes an empty value, so that a copy still has the key.
+func (Present) MarshalJSON() ([]byte, error) { return []byte(`""`), nil }
 
 // LabelsOf picks the labels ztdns reads out of a label map, by the keys the
 // fields' JSON tags name, so that sources holding maps (package typed) need
@@ -75,14 +90,21 @@ func AnnotationsOf(m map[string]string) Annotations {
 	return a
 }
 
-// fromMap sets each *string field of the struct v points to from m, keyed
-// exactly (case and all) as the watch decodes it: by the field's JSON name.
+// fromMap sets each *string or *Present field of the struct v points to
+// from m, keyed exactly (case and all) as the watch decodes it: by the
+// field's JSON name.
 func fromMap(v any, m map[string]string) {
 	s := reflect.ValueOf(v).Elem()
 	for i := range s.NumField() {
 		key, _, _ := strings.Cut(s.Type().Field(i).Tag.Get("json"), ",")
-		if val, ok := m[key]; ok {
-			s.Field(i).Set(reflect.ValueOf(&val))
+		val, ok := m[key]
+		if !ok {
+			continue
+		}
+		if f := s.Field(i); f.Type() == reflect.TypeFor[*Present]() {
+			f.Set(reflect.ValueOf(&Present{}))
+		} else {
+			f.Set(reflect.ValueOf(&val))
 		}
 	}
 }

@@ -103,6 +103,19 @@ func TestDecodeAndReduce(t *testing.T) {
 			DNSSearches:    []string{"corp.example"},
 			DNSNameservers: []netip.Addr{netip.MustParseAddr("198.51.100.53")}},
 	}, {
+		// Istio's injector annotates a proxyless gRPC pod (template
+		// grpc-simple) but adds no istio-proxy container.
+		name: "Pod injected without a proxy",
+		doc: `{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "grpc", "namespace": "shop",
+			"annotations": {"sidecar.istio.io/status": "{\"initContainers\":null,\"containers\":null,\"volumes\":[\"istio-xds\"],\"imagePullSecrets\":null}"}},
+			"spec": {"containers": [{"name": "app", "image": "app"}]}}`,
+		want: model.Pod{Namespace: "shop", Name: "grpc", HasSidecar: true},
+	}, {
+		name: "Pod with an empty sidecar status",
+		doc: `{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "grpc", "namespace": "shop",
+			"annotations": {"sidecar.istio.io/status": ""}}, "spec": {"containers": [{"name": "app"}]}}`,
+		want: model.Pod{Namespace: "shop", Name: "grpc", HasSidecar: true},
+	}, {
 		name: "ServiceEntry",
 		doc: `{"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry", "metadata": {"name": "ext", "namespace": "mesh",
 			"creationTimestamp": "2025-03-01T12:00:00Z", "labels": {"networking.istio.io/enable-autoallocate-ip": "False"}},
@@ -374,7 +387,7 @@ func TestTagsAreTheModelsKeys(t *testing.T) {
 	if got, w := tags(Labels{}), want(model.LabelDataplaneMode, model.LabelGatewayManaged, model.LabelEnableAutoallocate, model.LabelServiceName); !slices.Equal(got, w) {
 		t.Errorf("label tags %q, model's keys %q", got, w)
 	}
-	if got, w := tags(Annotations{}), want(model.AnnotationDNSCapture, model.AnnotationIstioDNSCapture); !slices.Equal(got, w) {
+	if got, w := tags(Annotations{}), want(model.AnnotationDNSCapture, model.AnnotationIstioDNSCapture, model.AnnotationSidecarStatus); !slices.Equal(got, w) {
 		t.Errorf("annotation tags %q, model's keys %q", got, w)
 	}
 }

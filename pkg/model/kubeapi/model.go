@@ -259,7 +259,8 @@ func (p *Pod) Model() (model.Pod, error) {
 			kv{model.LabelGatewayManaged, p.Labels.GatewayManaged}),
 		Annotations: keep(kv{model.AnnotationDNSCapture, p.Annotations.DNSCapture},
 			kv{model.AnnotationIstioDNSCapture, p.Annotations.IstioDNSCapture}),
-		DNSPolicy: p.Spec.DNSPolicy,
+		DNSPolicy:  p.Spec.DNSPolicy,
+		HasSidecar: p.Annotations.SidecarStatus != nil,
 	}
 	for _, c := range p.Spec.Containers {
 		out.HasSidecar = out.HasSidecar || c.Name == model.SidecarContainer

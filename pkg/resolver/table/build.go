@@ -52,10 +52,10 @@ type Builder struct {
 	slicesFrom   []model.EndpointSlice
 	sesFrom      []model.ServiceEntry
 	walks        uint32 // numbers walks (walker.id)
-	// vipSource and fromStatus say where VIPs come from (fromStatus: as
+	// vipSource and vipsFrom say where VIPs come from (vipsFrom: as
 	// decided for the last build).
-	vipSource  vip.Source
-	fromStatus bool
+	vipSource vip.Source
+	vipsFrom  vip.From
 	// gen counts builds (mark.built).
 	gen  uint32
 	last *Table
@@ -545,17 +545,17 @@ func (b *Builder) buildServices(s *model.Snapshot) {
 }
 
 func (b *Builder) buildServiceEntries(s *model.Snapshot) {
-	fromStatus := b.vipSource.FromStatus(istiodAllocates(s))
-	if b.gen > 1 && fromStatus == b.fromStatus && sameSlice(s.ServiceEntries, b.sesFrom) {
+	from := b.vipSource.From(istiodAllocates(s))
+	if b.gen > 1 && from == b.vipsFrom && sameSlice(s.ServiceEntries, b.sesFrom) {
 		return
 	}
-	if b.gen > 1 && fromStatus == b.fromStatus && b.buildChangedServiceEntries(s) {
+	if b.gen > 1 && from == b.vipsFrom && b.buildChangedServiceEntries(s) {
 		return
 	}
 	// VIPs are decided over all ServiceEntries at once: a host's VIP may
 	// move when another entry claims or frees one.
-	b.fromStatus = fromStatus
-	resolved := resolveHosts(s.ServiceEntries, fromStatus)
+	b.vipsFrom = from
+	resolved := resolveHosts(s.ServiceEntries, from)
 	w := walk(b, &b.ses, len(s.ServiceEntries))
 	for i := range s.ServiceEntries {
 		se := &s.ServiceEntries[i]
@@ -577,11 +577,12 @@ func (b *Builder) buildServiceEntries(s *model.Snapshot) {
 
 // buildChangedServiceEntries builds a snapshot whose changes leave every
 // VIP where it was: no auto-allocated host comes, goes or changes its
-// claim (and, with VIPs from istiod's status, a changed entry's VIPs are
-// its own). Only the changed entries are rebuilt, the VIPs of the others
+// claim (and, with VIPs from istiod's status or none at all, a changed
+// entry's VIPs are its own). Only the changed entries are rebuilt, the VIPs of the others
 // kept. It reports false, having changed nothing, for any other snapshot.
 func (b *Builder) buildChangedServiceEntries(s *model.Snapshot) bool {
 	ses := s.ServiceEntries
+	allocating := b.vipsFrom == vip.FromAllocator
 	// First only look: a claim that changed needs the whole allocation.
 	w := walk(b, &b.ses, len(ses))
 	var changed []int
@@ -590,12 +591,12 @@ func (b *Builder) buildChangedServiceEntries(s *model.Snapshot) bool {
 		st := w.find(objKey{se.Namespace, se.Name}, i)
 		switch {
 		case st == nil:
-			if !b.fromStatus && hasClaims(se) {
+			if allocating && hasClaims(se) {
 				return w.abandon()
 			}
 			changed = append(changed, i)
 		case !equalServiceEntry(st.se, se):
-			if !b.fromStatus && !sameClaims(st, se) {
+			if allocating && !sameClaims(st, se) {
 				return w.abandon()
 			}
 			changed = append(changed, i)
@@ -605,7 +606,7 @@ func (b *Builder) buildChangedServiceEntries(s *model.Snapshot) bool {
 		return w.abandon() // take the long way
 	}
 	for _, st := range w.unseen() {
-		if !b.fromStatus && st.resolved != nil {
+		if allocating && st.resolved != nil {
 			return w.abandon() // its VIPs go, and may let others move
 		}
 	}
@@ -621,8 +622,8 @@ func (b *Builder) buildChangedServiceEntries(s *model.Snapshot) bool {
 		st := w.order[i]
 		var own []hostAddrs
 		switch {
-		case b.fromStatus:
-			own = resolvedOf(resolveHosts(ses[i:i+1], true), se)
+		case !allocating:
+			own = resolvedOf(resolveHosts(ses[i:i+1], b.vipsFrom), se)
 		case st != nil:
 			own = st.resolved
 		}
@@ -644,7 +645,7 @@ func (b *Builder) rebuildServiceEntry(w *walker[*seState], i int, se *model.Serv
 	}
 	st = &seState{se: se, resolved: own}
 	st.source = serviceEntrySource(b.n, se, &st.ext)
-	st.entries = b.made(key, serviceEntryEntries(b.n, &st.source, se, own, b.fromStatus))
+	st.entries = b.made(key, serviceEntryEntries(b.n, &st.source, se, own, b.vipsFrom))
 	w.put(key, i, st)
 }
 
@@ -664,9 +665,8 @@ func sameClaims(st *seState, se *model.ServiceEntry) bool {
 		old.Resolution == se.Resolution
 }
 
-// VIPsFromStatus reports whether the last build took VIPs from istiod's
-// status.addresses (true) or from vip.Allocate.
-func (b *Builder) VIPsFromStatus() bool { return b.fromStatus }
+// VIPsFrom reports where the last build took VIPs from.
+func (b *Builder) VIPsFrom() vip.From { return b.vipsFrom }
 
 // resolvedOf is what se's hosts resolved to, nil when none has a VIP.
 func resolvedOf(resolved map[vip.Key]hostAddrs, se *model.ServiceEntry) []hostAddrs {
@@ -706,7 +706,7 @@ func sameResolved(resolved map[vip.Key]hostAddrs, se *model.ServiceEntry, was []
 func (b *Builder) assemble() *Table {
 	last := b.last
 	t := &Table{domain: b.domain, svcDomain: b.n.svcDomain, ttl: b.n.ttl, serial: uint32(time.Now().Unix()),
-		names: last.names, reverse: last.reverse, wildcards: last.wildcards, size: last.size, vipsFromStatus: b.fromStatus}
+		names: last.names, reverse: last.reverse, wildcards: last.wildcards, size: last.size, vipsFrom: b.vipsFrom}
 	var names, addrs [numShards]bool // copied
 	wildcards := false
 	name := func(e *Entry) (*shard[string], string) {

@@ -6,6 +6,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/ztdns/ztdns/pkg/resolver/vip"
 )
 
 // Row is one record set as an operator sees it in `ztdns table`.
@@ -142,8 +144,10 @@ func (t *Table) noRecordsReason(e *Entry) string {
 		return e.src.se.noVIP
 	case isWildcard(e.Name) && !e.src.se.dynamicDNS:
 		return "no VIP: a wildcard host gets one only with resolution DYNAMIC_DNS"
-	case t.vipsFromStatus:
+	case t.vipsFrom == vip.FromStatus:
 		return "no VIP: istiod has not allocated one (no status.addresses)"
+	case t.vipsFrom == vip.FromNowhere:
+		return "no VIP: --vip-source=none"
 	}
 	return "no VIP: none left to allocate"
 }

@@ -442,11 +442,16 @@ func (h hostAddrs) equal(o hostAddrs) bool {
 
 // resolveHosts decides the VIP of every host that auto-allocates (istiod's
 // rules: vip.Eligible, vip.HostEligible), per ServiceEntry and host as istiod
-// allocates them. fromStatus: from each entry's own status.addresses only,
-// so a host istiod has not allocated yet has none (it is forwarded until
-// istiod writes it); otherwise from vip.Allocate, status ignored.
-func resolveHosts(ses []model.ServiceEntry, fromStatus bool) map[vip.Key]hostAddrs {
+// allocates them. vip.FromStatus: from each entry's own status.addresses
+// only, so a host istiod has not allocated yet has none (it is forwarded
+// until istiod writes it); vip.FromAllocator: from vip.Allocate, status
+// ignored; vip.FromNowhere: none, every host forwarded.
+func resolveHosts(ses []model.ServiceEntry, from vip.From) map[vip.Key]hostAddrs {
 	out := map[vip.Key]hostAddrs{}
+	if from == vip.FromNowhere {
+		return out
+	}
+	fromStatus := from == vip.FromStatus
 	var claims []vip.Claim
 	for i := range ses {
 		se := &ses[i]
@@ -525,7 +530,7 @@ func noVIPOf(se *model.ServiceEntry) string {
 
 // serviceEntryEntries is what a ServiceEntry puts in the table, given the
 // addresses of its auto-allocating hosts: own[i] is se.Hosts[i]'s (as
-// resolvedOf; nil when none has any), fromStatus as resolveHosts. src is
+// resolvedOf; nil when none has any), from as resolveHosts. src is
 // its serviceEntrySource.
 //
 // A host without addresses answers nothing, but istiod still sends it to
@@ -539,7 +544,7 @@ func noVIPOf(se *model.ServiceEntry) string {
 // comes first among those visible to the asker, and every host of one
 // entry is visible to the same pods. So an entry's hosts times its
 // addresses cost no more than the hosts plus the addresses.
-func serviceEntryEntries(n names, src *source, se *model.ServiceEntry, own []hostAddrs, fromStatus bool) entrySet {
+func serviceEntryEntries(n names, src *source, se *model.ServiceEntry, own []hostAddrs, from vip.From) entrySet {
 	var out entrySet
 	var spec []netip.Addr
 	var spec4 uint32
@@ -576,8 +581,9 @@ func serviceEntryEntries(n names, src *source, se *model.ServiceEntry, own []hos
 				continue
 			}
 			// With istiod allocating, a host it has not written yet
-			// has no VIP in ztunnel either, until it does.
-			if !fromStatus {
+			// has no VIP in ztunnel either, until it does; with none,
+			// no host has one.
+			if from == vip.FromAllocator {
 				out.warn("%s: no VIP left for host %q", originOf(src), h)
 			}
 		}

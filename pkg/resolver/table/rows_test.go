@@ -305,6 +305,13 @@ func TestRowsListHostsWithoutVIP(t *testing.T) {
 			t.Errorf("table -n %q:\n%s\nwant\n%s", ns, rowLines(got), rowLines(want))
 		}
 	}
+	// --vip-source=none: the host waits for no one, and says so.
+	none, _ := Build(&model.Snapshot{ServiceEntries: snap.ServiceEntries[:1]}, Options{VIPSource: vip.SourceNone})
+	want := []Row{{Name: "pending.example.", Type: "-", Values: []string{"(forwarded)"}, Origin: "ServiceEntry a/pending", Forwarded: true,
+		Reason: "no VIP: --vip-source=none"}}
+	if got := none.Rows(""); !slices.EqualFunc(got, want, rowEqual) {
+		t.Errorf("table with --vip-source=none:\n%s\nwant\n%s", rowLines(got), rowLines(want))
+	}
 }
 
 func rowLines(rows []Row) string {

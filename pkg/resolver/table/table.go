@@ -219,10 +219,9 @@ type Table struct {
 	// CoreDNS's kubernetes plugin counts it.
 	serial uint32
 	size   int
-	// vipsFromStatus: the ServiceEntries' VIPs came from istiod's
-	// status.addresses (Builder.VIPsFromStatus), which a host without one
-	// waits for.
-	vipsFromStatus bool
+	// vipsFrom: where the ServiceEntries' VIPs came from
+	// (Builder.VIPsFrom), which says why a host has none.
+	vipsFrom vip.From
 }
 
 // numShards trades the cost of copying a shard on a change (a 1/256th of

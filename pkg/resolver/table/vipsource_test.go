@@ -38,6 +38,9 @@ func TestVIPSource(t *testing.T) {
 			StatusAddresses: status("shared.example", "240.240.0.5", "2001:2::5")},
 		{Namespace: "b", Name: "shared-new", Created: t0.Add(time.Minute), Hosts: []string{"shared.example"}, Resolution: "DNS", AutoAllocate: true,
 			StatusAddresses: status("shared.example", "240.240.0.6", "2001:2::6")},
+		// spec.addresses answer in every mode.
+		{Namespace: "a", Name: "fixed", Created: t0, Hosts: []string{"fixed.example"}, Resolution: "STATIC", AutoAllocate: true,
+			Addresses: []netip.Addr{netip.MustParseAddr("198.51.100.7")}, HasSpecAddresses: true},
 	}
 	statusOnly := map[string][]string{
 		"written.example.":    {"240.240.0.1"},
@@ -59,6 +62,7 @@ func TestVIPSource(t *testing.T) {
 		withLock  bool // the source saw istiod's allocator
 		noStatus  bool // no entry carries status.addresses
 		allocated bool // every eligible host gets a VIP from vip.Allocate
+		noVIPs    bool // every host is forwarded, status or not
 	}{
 		{name: "auto, status present", source: vip.SourceAuto},
 		{name: "auto, allocator lock seen", source: vip.SourceAuto, withLock: true, noStatus: true},
@@ -66,6 +70,10 @@ func TestVIPSource(t *testing.T) {
 		{name: "istiod", source: vip.SourceIstiod},
 		{name: "istiod, nothing written yet", source: vip.SourceIstiod, noStatus: true},
 		{name: "ztdns ignores status", source: vip.SourceZtdns, withLock: true, allocated: true},
+		// istiod with PILOT_ENABLE_IP_AUTOALLOCATE off serves no VIP, but
+		// leaves the lock and the status it wrote while it was on.
+		{name: "none ignores status", source: vip.SourceNone, withLock: true, noVIPs: true},
+		{name: "none, no sign of istiod", source: vip.SourceNone, noStatus: true, noVIPs: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -78,6 +86,11 @@ func TestVIPSource(t *testing.T) {
 			tbl, warnings := Build(snap, Options{VIPSource: tt.source})
 			if len(warnings) > 0 {
 				t.Errorf("warnings: %v", warnings)
+			}
+			if e := tbl.Resolve("fixed.example.", "a").Entry; e == nil || e.AddrSource() != FromSpec {
+				t.Errorf("fixed.example = %+v, want its spec.addresses", e)
+			} else if got := answerOf(t, tbl.Resolve("fixed.example.", "a"), "fixed.example.", dns.TypeA); !slices.Equal(got, []string{"198.51.100.7"}) {
+				t.Errorf("fixed.example A = %v, want its spec.addresses' 198.51.100.7", got)
 			}
 			for qname, want := range statusOnly {
 				e := tbl.Resolve(qname, "a").Entry
@@ -93,6 +106,10 @@ func TestVIPSource(t *testing.T) {
 					}
 					if e == nil || e.AddrSource() != FromAllocated || !vip.PrefixV4.Contains(e.Addrs[0]) {
 						t.Errorf("%s = %+v, want a VIP from ztdns's allocator", qname, e)
+					}
+				case tt.noVIPs:
+					if e != nil {
+						t.Errorf("%s answered %v from %s, want forwarded: ztunnel knows no VIP", qname, e.Addrs, e.AddrSource())
 					}
 				case tt.noStatus || want == nil:
 					if e != nil {

@@ -36,23 +36,48 @@ const (
 	SourceZtdns Source = "ztdns"
 	// SourceIstiod answers only what istiod wrote into status.addresses.
 	SourceIstiod Source = "istiod"
+	// SourceNone answers no auto-allocated VIP: every host without
+	// spec.addresses is forwarded, status.addresses ignored. It is what
+	// ztunnel gets from an istiod run with PILOT_ENABLE_IP_AUTOALLOCATE
+	// off, which neither writes nor serves status.addresses, and leaves
+	// what it wrote while it was on where it is.
+	SourceNone Source = "none"
 )
 
 // ParseSource parses a --vip-source value.
 func ParseSource(s string) (Source, error) {
 	switch src := Source(s); src {
-	case SourceAuto, SourceZtdns, SourceIstiod:
+	case SourceAuto, SourceZtdns, SourceIstiod, SourceNone:
 		return src, nil
 	case "":
 		return SourceAuto, nil
 	}
-	return "", fmt.Errorf("VIP source %q: want auto, ztdns or istiod", s)
+	return "", fmt.Errorf("VIP source %q: want auto, ztdns, istiod or none", s)
 }
 
-// FromStatus reports whether VIPs come from status.addresses: with source
-// istiod, or auto when istiod allocates.
-func (s Source) FromStatus(istiodAllocates bool) bool {
-	return s == SourceIstiod || (s != SourceZtdns && istiodAllocates)
+// From is where a name table takes the VIPs of auto-allocating hosts.
+type From int
+
+const (
+	// FromAllocator: Allocate's.
+	FromAllocator From = iota
+	// FromStatus: each ServiceEntry's status.addresses; a host istiod has
+	// not written has none.
+	FromStatus
+	// FromNowhere: none at all.
+	FromNowhere
+)
+
+// From reports where VIPs come from: status.addresses with source istiod,
+// or auto when istiod allocates; nowhere with source none; else Allocate.
+func (s Source) From(istiodAllocates bool) From {
+	switch {
+	case s == SourceNone:
+		return FromNowhere
+	case s == SourceIstiod, s != SourceZtdns && istiodAllocates:
+		return FromStatus
+	}
+	return FromAllocator
 }
 
 // The ranges istiod allocates from (PILOT_IP_AUTOALLOCATE_IPV4_PREFIX and

@@ -147,7 +147,7 @@ func TestEligible(t *testing.T) {
 }
 
 func TestParseSource(t *testing.T) {
-	for in, want := range map[string]Source{"": SourceAuto, "auto": SourceAuto, "ztdns": SourceZtdns, "istiod": SourceIstiod} {
+	for in, want := range map[string]Source{"": SourceAuto, "auto": SourceAuto, "ztdns": SourceZtdns, "istiod": SourceIstiod, "none": SourceNone} {
 		if got, err := ParseSource(in); err != nil || got != want {
 			t.Errorf("ParseSource(%q) = %q, %v; want %q", in, got, err, want)
 		}
@@ -158,13 +158,14 @@ func TestParseSource(t *testing.T) {
 	for _, tt := range []struct {
 		src             Source
 		istiodAllocates bool
-		want            bool
+		want            From
 	}{
-		{SourceAuto, false, false}, {SourceAuto, true, true},
-		{SourceZtdns, true, false}, {SourceIstiod, false, true},
+		{SourceAuto, false, FromAllocator}, {SourceAuto, true, FromStatus},
+		{SourceZtdns, true, FromAllocator}, {SourceIstiod, false, FromStatus},
+		{SourceNone, false, FromNowhere}, {SourceNone, true, FromNowhere},
 	} {
-		if got := tt.src.FromStatus(tt.istiodAllocates); got != tt.want {
-			t.Errorf("%s.FromStatus(%v) = %v, want %v", tt.src, tt.istiodAllocates, got, tt.want)
+		if got := tt.src.From(tt.istiodAllocates); got != tt.want {
+			t.Errorf("%s.From(%v) = %v, want %v", tt.src, tt.istiodAllocates, got, tt.want)
 		}
 	}
 }

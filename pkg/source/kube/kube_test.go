@@ -459,6 +459,40 @@ func testPods(t *testing.T, kube kubernetes.Interface, rec *recorder) {
 		},
 		want: expect("pod", get, nil),
 	}})
+
+	// Istio's injector annotates every pod it injects, proxyless gRPC ones
+	// ("grpc-simple") too, which get no istio-proxy container: istio-cni
+	// keeps such a pod out of ambient by the annotation alone.
+	getGRPC := func(s *model.Snapshot) *model.Pod { return find(s.Pods, podKey, ns, "grpc") }
+	runSteps(t, rec, []step{{
+		name: "create a proxyless gRPC pod",
+		write: func(ctx context.Context) error {
+			p, err := pods.Create(ctx, &corev1.Pod{
+				ObjectMeta: metav1.ObjectMeta{
+					Name:   "grpc",
+					Labels: map[string]string{model.LabelDataplaneMode: "ambient"},
+					Annotations: map[string]string{model.AnnotationSidecarStatus: `{"initContainers":null,"containers":null,` +
+						`"volumes":["istio-xds","istio-data","istio-podinfo","istio-token","istiod-ca-cert"],"imagePullSecrets":null}`},
+				},
+				Spec: corev1.PodSpec{NodeName: "node-a", Containers: []corev1.Container{{Name: "app", Image: "example.invalid/app"}}},
+			}, metav1.CreateOptions{})
+			if err != nil {
+				return err
+			}
+			uid = string(p.UID)
+			return nil
+		},
+		want: func(s *model.Snapshot) error {
+			return expect("pod", getGRPC, &model.Pod{Namespace: ns, Name: "grpc", UID: uid, NodeName: "node-a",
+				Labels: map[string]string{model.LabelDataplaneMode: "ambient"}, HasSidecar: true, DNSPolicy: model.DNSClusterFirst})(s)
+		},
+	}, {
+		name: "delete the proxyless gRPC pod",
+		write: func(ctx context.Context) error {
+			return pods.Delete(ctx, "grpc", metav1.DeleteOptions{GracePeriodSeconds: new(int64)})
+		},
+		want: expect("pod", getGRPC, nil),
+	}})
 }
 
 // testConversionFailure writes a ServiceEntry the CRD's schema accepts but
