@@ -908,9 +908,11 @@ func TestRestartedPredecessorIsRefused(t *testing.T) {
 		t.Errorf("the restarted old agent: Run = %v; want an error saying its pod handed the node over", err)
 	}
 	t.Logf("the restarted old agent: %v", err)
-	if !newLog.Contains("refused the resolver's sockets to the agent this one took over from") {
-		t.Errorf("the new agent does not log the refusal:\n%s", newLog.String())
-	}
+	// The new agent logs once the exchange is over, which may be after the
+	// restarted agent has read the refusal and returned.
+	testenv.Eventually(t, 10*time.Second, "the new agent logs the refusal", func() bool {
+		return newLog.Contains("refused the resolver's sockets to the agent this one took over from")
+	})
 	// The new agent serves on, ready, and answers every query itself.
 	waitServedBy(t, socket, succ, upNew)
 	wantProbe(t, metrics, "/readyz", http.StatusOK, "after the refusal")
