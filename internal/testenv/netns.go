@@ -130,8 +130,26 @@ type Pod struct {
 	Netns
 	Node     *Node
 	HostVeth string     // the veth end in the node namespace
-	IPv4     netip.Addr // 10.253.N.2/24, default route via 10.253.N.1
-	IPv6     netip.Addr // 2001:db8:N::2/64, default route via 2001:db8:N::1
+	// IPv4 is 10.253.N.2/24, with its default route via 10.253.N.1, and
+	// IPv6 2001:db8:N::2/64 via 2001:db8:N::1: N is unique on the machine
+	// while the test runs (podSubnet).
+	IPv4 netip.Addr
+	IPv6 netip.Addr
+}
+
+// Gateway4 is the node's address on the pod's veth, the pod's IPv4
+// default route (10.253.N.1).
+func (p *Pod) Gateway4() netip.Addr {
+	a := p.IPv4.As4()
+	a[3] = 1
+	return netip.AddrFrom4(a)
+}
+
+// Gateway6 is the node's IPv6 address on the pod's veth (2001:db8:N::1).
+func (p *Pod) Gateway6() netip.Addr {
+	a := p.IPv6.As16()
+	a[15] = 1
+	return netip.AddrFrom16(a)
 }
 
 // AddPod creates a pod namespace with a veth to the node, addresses,
@@ -146,6 +164,7 @@ func (n *Node) AddPod(tb testing.TB, cfg PodConfig) *Pod {
 		tb.Fatal("testenv: at most 250 pods per node")
 	}
 
+	subnet := podSubnet(tb) // given back after the namespace goes
 	name := fmt.Sprintf("%s-pod%d", strings.TrimSuffix(n.Name, "-node"), idx)
 	WriteResolvConf(tb, name, cfg)
 	pod := NewNetns(tb, name)
@@ -154,11 +173,10 @@ func (n *Node) AddPod(tb testing.TB, cfg PodConfig) *Pod {
 		Netns:    *pod,
 		Node:     n,
 		HostVeth: fmt.Sprintf("veth%d", idx),
-		IPv4:     netip.AddrFrom4([4]byte{10, 253, byte(idx), 2}),
-		IPv6:     netip.MustParseAddr(fmt.Sprintf("2001:db8:%x::2", idx)),
+		IPv4:     netip.AddrFrom4([4]byte{10, 253, byte(subnet), 2}),
+		IPv6:     netip.MustParseAddr(fmt.Sprintf("2001:db8:%x::2", subnet)),
 	}
-	gw4 := fmt.Sprintf("10.253.%d.1", idx)
-	gw6 := fmt.Sprintf("2001:db8:%x::1", idx)
+	gw4, gw6 := p.Gateway4().String(), p.Gateway6().String()
 
 	// The veth is created in the node namespace with its peer directly in
 	// the pod: nothing touches the machine's own namespace.

@@ -32,9 +32,9 @@ func TestCaptureRefusesSlotAddressesTheNodeUses(t *testing.T) {
 	testenv.RequireRoot(t)
 	tests := []struct {
 		name string
-		// listen is the --listen address, given the pod's veth on the node
-		// (its gateway addresses 10.253.1.1 and 2001:db8:1::1; the pod
-		// holds .2 and ::2).
+		// listen is the --listen address, given the pod's veth on the node:
+		// GW4 and GW6 stand for its addresses there (the pod's gateways,
+		// 10.253.N.1 and 2001:db8:N::1), POD4 and POD6 for the pod's.
 		listen string
 		// nodeAddr is put on the pod's veth on the node first, when set.
 		nodeAddr string
@@ -45,15 +45,15 @@ func TestCaptureRefusesSlotAddressesTheNodeUses(t *testing.T) {
 	}{
 		{
 			name:   "the node's own IPv4 address, as $(HOST_IP)",
-			listen: "10.253.1.1:53",
-			want:   "resolver address 10.253.1.1 (slot 0, from the --listen address 10.253.1.1) is neither IPv4 link-local (169.254.0.0/16) nor IPv6 ULA (fd00::/8)",
-			routed: "10.253.1.2",
+			listen: "GW4:53",
+			want:   "resolver address GW4 (slot 0, from the --listen address GW4) is neither IPv4 link-local (169.254.0.0/16) nor IPv6 ULA (fd00::/8)",
+			routed: "POD4",
 		},
 		{
 			name:   "the node's own IPv6 address",
-			listen: "[2001:db8:1::1]:53",
-			want:   "resolver address 2001:db8:1::1 (slot 0, from the --listen address 2001:db8:1::1) is neither IPv4 link-local",
-			routed: "2001:db8:1::2",
+			listen: "[GW6]:53",
+			want:   "resolver address GW6 (slot 0, from the --listen address GW6) is neither IPv4 link-local",
+			routed: "POD6",
 		},
 		{
 			name:   "an IPv4 link-local base whose slots run past 169.254.255.255",
@@ -77,6 +77,9 @@ func TestCaptureRefusesSlotAddressesTheNodeUses(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			node := testenv.NewNode(t)
 			pod := node.AddPod(t, testenv.PodConfig{})
+			addrs := strings.NewReplacer("GW4", pod.Gateway4().String(), "GW6", pod.Gateway6().String(),
+				"POD4", pod.IPv4.String(), "POD6", pod.IPv6.String())
+			tt.listen, tt.want, tt.routed = addrs.Replace(tt.listen), addrs.Replace(tt.want), addrs.Replace(tt.routed)
 			if tt.nodeAddr != "" {
 				node.AddAddr(t, tt.nodeAddr, pod.HostVeth)
 			}
