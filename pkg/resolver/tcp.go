@@ -857,7 +857,7 @@ func (s *Server) answerLong(c io.Reader, n int, src netip.AddrPort, out []byte, 
 		return nil, errNotQuery
 	}
 	metricQueries.formerr.Inc()
-	return s.answered(sc, dnswire.AppendErrorReply(out, hdr[:], &r, dnswire.RcodeFormErr), 0, &r, true, pod, src, now), nil
+	return s.answered(sc, dnswire.AppendErrorReply(out, hdr[:], &r, dnswire.RcodeFormErr), 0, &r, true, pod, src, now, ""), nil
 }
 
 // isServFail reports whether reply is a SERVFAIL.
