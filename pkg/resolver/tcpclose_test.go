@@ -140,7 +140,18 @@ func TestDrainAnswersQueriesRead(t *testing.T) {
 		t.Fatalf("the first reply: %v %v", r, err)
 	}
 	// The reader pauses (its clock stands still: for the idle timeout, a
-	// minute); once it is woken, the rate allows the second query.
+	// minute); once it is woken, the rate allows the second query. The
+	// clock moves only once it is paused: moved before the reader computes
+	// its pause, nothing would pause, and the drain would prove nothing.
+	testenv.Eventually(t, 30*time.Second, "the reader paused for the rate", func() bool {
+		tc := ls.connOf(c)
+		if tc == nil {
+			return false
+		}
+		tc.mu.Lock()
+		defer tc.mu.Unlock()
+		return tc.wake != nil
+	})
 	clock.Add(int64(time.Hour))
 	drained := make(chan struct{})
 	go func() {
