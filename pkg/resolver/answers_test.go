@@ -191,7 +191,7 @@ func TestSlowAnswerOverAMessage(t *testing.T) {
 	addr := bigHeadlessServer(t, Options{Pods: pods, Budget: b})
 	query := new(dns.Msg)
 	query.SetQuestion("web.ns.default.svc.cluster.local.", dns.TypeA)
-	c := &dns.Client{Net: "tcp", Timeout: 5 * time.Second, Dialer: &net.Dialer{LocalAddr: &net.TCPAddr{IP: victimIP.AsSlice()}, Timeout: 5 * time.Second}}
+	c := dnsClientFrom(victimIP, "tcp")
 	truncated := truncatedCounts()
 	m, _, err := c.Exchange(query, addr)
 	if err != nil {
@@ -208,7 +208,7 @@ func TestSlowAnswerOverAMessage(t *testing.T) {
 	}
 	// Over UDP without EDNS: the CNAME and the addresses that fit in 512
 	// bytes, with TC (before: an empty reply).
-	uc := &dns.Client{Timeout: 5 * time.Second, Dialer: &net.Dialer{LocalAddr: &net.UDPAddr{IP: victimIP.AsSlice()}, Timeout: 5 * time.Second}}
+	uc := dnsClientFrom(victimIP, "udp")
 	m, _, err = uc.Exchange(query, addr)
 	if err != nil {
 		t.Fatal(err)
@@ -340,7 +340,7 @@ func TestLargeTableAnswerHoldsThePodsBytes(t *testing.T) {
 	pod := pods.Lookup(victimIP).Quota
 	query := new(dns.Msg)
 	query.SetQuestion("web.ns.svc.cluster.local.", dns.TypeA)
-	c := &dns.Client{Net: "tcp", Timeout: 5 * time.Second, Dialer: &net.Dialer{LocalAddr: &net.TCPAddr{IP: victimIP.AsSlice()}, Timeout: 5 * time.Second}}
+	c := dnsClientFrom(victimIP, "tcp")
 	m, _, err := c.Exchange(query, addr)
 	if err != nil {
 		t.Fatal(err)
@@ -390,7 +390,7 @@ func TestTruncatedReplyRefusedNotCounted(t *testing.T) {
 	useUpBytes(t, b, pod, MinPodInflightBytes) // no reply of the pod's fits now
 	query := new(dns.Msg)
 	query.SetQuestion("web.ns.default.svc.cluster.local.", dns.TypeA)
-	c := &dns.Client{Net: "tcp", Timeout: 5 * time.Second, Dialer: &net.Dialer{LocalAddr: &net.TCPAddr{IP: victimIP.AsSlice()}, Timeout: 5 * time.Second}}
+	c := dnsClientFrom(victimIP, "tcp")
 	truncated, limited := truncatedCounts(), testutil.ToFloat64(metricQueries.forwardLimited)
 	m, _, err := c.Exchange(query, addr)
 	if err != nil {
