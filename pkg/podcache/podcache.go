@@ -73,6 +73,10 @@ type Pod struct {
 	// queries count in (0: not looked up yet): the one field a reader may
 	// set, so that the hot path finds it without a map lookup.
 	NamespaceSlot atomic.Int32
+	// uncaptured is Uncaptured's answer, set with Attachment: the hot path
+	// reads it without following Attachment into an allocation of its own.
+	// (Here, it takes NamespaceSlot's padding: a Pod's size is unchanged.)
+	uncaptured bool
 }
 
 // Uncaptured reports whether the runtime's record of the pod says its DNS
@@ -80,7 +84,7 @@ type Pod struct {
 // one without a record, whose capture the agent does not know. The
 // resolver reads it on its hot path.
 func (p *Pod) Uncaptured() bool {
-	return p != nil && p.Attachment != nil && !p.Attachment.Captured
+	return p != nil && p.uncaptured
 }
 
 // Key returns "namespace/name".
@@ -231,7 +235,7 @@ func (c *Cache) rebuild() {
 			p = &Pod{Namespace: a.Namespace, Name: a.Name, UID: a.UID}
 			pods[k] = p
 		}
-		p.Attachment = &a
+		p.Attachment, p.uncaptured = &a, !a.Captured
 		if len(a.IPs) > 0 { // the runtime knows the live sandbox's IPs first
 			p.IPs = a.IPs
 		}

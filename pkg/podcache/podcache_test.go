@@ -182,3 +182,31 @@ func TestByCookieFindsEveryRecord(t *testing.T) {
 		}
 	}
 }
+
+// TestUncaptured: a pod is uncaptured when the runtime's record says so;
+// one the source alone knows, and no pod, are not.
+func TestUncaptured(t *testing.T) {
+	c := New("cluster.local")
+	c.SetSourcePods([]model.Pod{{Namespace: "default", Name: "source-only", IPs: []netip.Addr{ip2}}})
+	c.Attach(Attachment{ContainerID: "c1", Namespace: "default", Name: "captured", IPs: []netip.Addr{ip3}, Captured: true})
+	c.Attach(Attachment{ContainerID: "c2", Namespace: "default", Name: "released", Reason: "released"})
+	for _, tc := range []struct {
+		name string
+		pod  *Pod
+		want bool
+	}{
+		{"no pod", c.Get("default", "nobody"), false},
+		{"source only", c.Get("default", "source-only"), false},
+		{"captured", c.Get("default", "captured"), false},
+		{"released", c.Get("default", "released"), true},
+	} {
+		if got := tc.pod.Uncaptured(); got != tc.want {
+			t.Errorf("%s: Uncaptured() = %v, want %v", tc.name, got, tc.want)
+		}
+	}
+	// Captured again: the rebuilt pod says so.
+	c.Attach(Attachment{ContainerID: "c2", Namespace: "default", Name: "released", Captured: true})
+	if c.Get("default", "released").Uncaptured() {
+		t.Error("captured again: Uncaptured() = true, want false")
+	}
+}

@@ -191,7 +191,7 @@ func TestSlowAnswerOverAMessage(t *testing.T) {
 	addr := bigHeadlessServer(t, Options{Pods: pods, Budget: b})
 	query := new(dns.Msg)
 	query.SetQuestion("web.ns.default.svc.cluster.local.", dns.TypeA)
-	c := &dns.Client{Net: "tcp", Timeout: 5 * time.Second, Dialer: &net.Dialer{LocalAddr: &net.TCPAddr{IP: victimIP.AsSlice()}, Timeout: 5 * time.Second}}
+	c := dnsClientFrom(victimIP, "tcp")
 	truncated := truncatedCounts()
 	m, _, err := c.Exchange(query, addr)
 	if err != nil {
@@ -208,7 +208,7 @@ func TestSlowAnswerOverAMessage(t *testing.T) {
 	}
 	// Over UDP without EDNS: the CNAME and the addresses that fit in 512
 	// bytes, with TC (before: an empty reply).
-	uc := &dns.Client{Timeout: 5 * time.Second, Dialer: &net.Dialer{LocalAddr: &net.UDPAddr{IP: victimIP.AsSlice()}, Timeout: 5 * time.Second}}
+	uc := dnsClientFrom(victimIP, "udp")
 	m, _, err = uc.Exchange(query, addr)
 	if err != nil {
 		t.Fatal(err)
@@ -327,18 +327,20 @@ func TestForwardedReplyCutOnTheWire(t *testing.T) {
 // of addresses) holds its bytes of the pod's replies in flight while it is
 // written, as a slow-path reply does: given back once written, and with
 // the pod's bytes held elsewhere, refused: SERVFAIL without TC, counted
-// forward_limited and in the pod's bytesRefused. Before: it was held
-// outside every bound (a client that reads nothing kept it up to
-// tcpWriteTimeout), and answered whatever the pod held.
+// forward_limited and in the pod's bytesRefused, and logged as a SERVFAIL
+// the pod's limit made (answered=none, limit=pod; before: no limit).
+// Before: it was held outside every bound (a client that reads nothing
+// kept it up to tcpWriteTimeout), and answered whatever the pod held.
 func TestLargeTableAnswerHoldsThePodsBytes(t *testing.T) {
 	pods := podcache.New("cluster.local")
 	pods.SetSourcePods([]model.Pod{{Namespace: "default", Name: "client", IPs: []netip.Addr{victimIP}}})
 	b := quota.NewBudget(DefaultInflightBytes, MinPodInflightBytes)
-	addr := bigHeadlessServer(t, Options{Pods: pods, Budget: b})
+	al, log := startAccessLog(t)
+	addr := bigHeadlessServer(t, Options{Pods: pods, Budget: b, AccessLog: al})
 	pod := pods.Lookup(victimIP).Quota
 	query := new(dns.Msg)
 	query.SetQuestion("web.ns.svc.cluster.local.", dns.TypeA)
-	c := &dns.Client{Net: "tcp", Timeout: 5 * time.Second, Dialer: &net.Dialer{LocalAddr: &net.TCPAddr{IP: victimIP.AsSlice()}, Timeout: 5 * time.Second}}
+	c := dnsClientFrom(victimIP, "tcp")
 	m, _, err := c.Exchange(query, addr)
 	if err != nil {
 		t.Fatal(err)
@@ -362,6 +364,12 @@ func TestLargeTableAnswerHoldsThePodsBytes(t *testing.T) {
 	if got := testutil.ToFloat64(metricQueries.forwardLimited) - limited; got != 1 || pod.Usage().BytesRefused != 1 {
 		t.Errorf("forward_limited rose by %v and the pod's bytesRefused is %d, want 1 and 1", got, pod.Usage().BytesRefused)
 	}
+	got := accessLines(t, log, 2)[1]
+	want := accessLine{Msg: "dns query", Client: got.Client, Namespace: "default", Pod: "client", Name: "web.ns.svc.cluster.local.",
+		Type: "A", Proto: "tcp", Rcode: "SERVFAIL", Answered: "none", Limit: "pod", Latency: got.Latency}
+	if got != want {
+		t.Errorf("access log: %+v\nwant %+v", got, want)
+	}
 	// A small answer is the connection's own, held by no budget.
 	query.SetQuestion("web.ns.svc.cluster.local.", dns.TypeSOA)
 	if m, _, err = c.Exchange(query, addr); err != nil || m.Rcode != dns.RcodeSuccess {
@@ -382,7 +390,7 @@ func TestTruncatedReplyRefusedNotCounted(t *testing.T) {
 	useUpBytes(t, b, pod, MinPodInflightBytes) // no reply of the pod's fits now
 	query := new(dns.Msg)
 	query.SetQuestion("web.ns.default.svc.cluster.local.", dns.TypeA)
-	c := &dns.Client{Net: "tcp", Timeout: 5 * time.Second, Dialer: &net.Dialer{LocalAddr: &net.TCPAddr{IP: victimIP.AsSlice()}, Timeout: 5 * time.Second}}
+	c := dnsClientFrom(victimIP, "tcp")
 	truncated, limited := truncatedCounts(), testutil.ToFloat64(metricQueries.forwardLimited)
 	m, _, err := c.Exchange(query, addr)
 	if err != nil {

@@ -302,7 +302,7 @@ func TestReleasedPodOnCaptureSlotIsForwarded(t *testing.T) {
 	} {
 		for _, proto := range []string{"udp", "tcp"} {
 			t.Run(tt.name+", "+proto, func(t *testing.T) {
-				c := dnsClientFrom(t, tt.from, proto)
+				c := dnsClientFrom(tt.from, proto)
 				m := new(dns.Msg).SetQuestion("address.internal.", dns.TypeA)
 				r, _, err := c.Exchange(m, tt.at.LocalAddr().String())
 				if err != nil {
@@ -319,9 +319,9 @@ func TestReleasedPodOnCaptureSlotIsForwarded(t *testing.T) {
 	}
 }
 
-// dnsClientFrom is a client that asks over proto from the address from.
-func dnsClientFrom(t *testing.T, from netip.Addr, proto string) *dns.Client {
-	t.Helper()
+// dnsClientFrom is a client that asks over proto ("udp" or "tcp") from
+// the address from, giving up after 5 s.
+func dnsClientFrom(from netip.Addr, proto string) *dns.Client {
 	d := &net.Dialer{Timeout: 5 * time.Second}
 	if proto == "udp" {
 		d.LocalAddr = &net.UDPAddr{IP: from.AsSlice()}

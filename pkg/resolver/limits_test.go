@@ -193,12 +193,7 @@ func (ls *limitsServer) ask(t *testing.T, from netip.Addr, proto, name string) *
 // tryExchange sends m from the source address over proto and returns the
 // reply.
 func (ls *limitsServer) tryExchange(from netip.Addr, proto string, m *dns.Msg) (*dns.Msg, error) {
-	var local net.Addr = &net.UDPAddr{IP: from.AsSlice()}
-	if proto == "tcp" {
-		local = &net.TCPAddr{IP: from.AsSlice()}
-	}
-	c := &dns.Client{Net: proto, Timeout: 5 * time.Second, Dialer: &net.Dialer{LocalAddr: local, Timeout: 5 * time.Second}}
-	r, _, err := c.Exchange(m, ls.addr.String())
+	r, _, err := dnsClientFrom(from, proto).Exchange(m, ls.addr.String())
 	if err != nil {
 		return nil, fmt.Errorf("%s query %v from %s: %w", proto, m.Question, from, err)
 	}

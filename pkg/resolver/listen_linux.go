@@ -108,31 +108,26 @@ func limitTCPBuffers(fd int) error {
 // them again on every listener, for one inherited from a predecessor,
 // which may predate them.
 func limitBuffers(ln *net.TCPListener) error {
-	rc, err := ln.SyscallConn()
-	if err != nil {
-		return err
-	}
-	var serr error
-	if err := rc.Control(func(fd uintptr) { serr = limitTCPBuffers(int(fd)) }); err != nil {
-		return err
-	}
-	return serr
+	return control(ln, limitTCPBuffers)
 }
 
-// setsockoptInt sets the socket option level/opt of c to value: the error
-// is that of reaching c's descriptor, or else the option's.
+// setsockoptInt sets the socket option level/opt of c to value.
 func setsockoptInt(c syscall.Conn, level, opt, value int) error {
+	return control(c, func(fd int) error { return unix.SetsockoptInt(fd, level, opt, value) })
+}
+
+// control runs f on c's descriptor: the error is that of reaching it, or
+// else f's.
+func control(c syscall.Conn, f func(fd int) error) error {
 	rc, err := c.SyscallConn()
 	if err != nil {
 		return err
 	}
-	var serr error
-	if err := rc.Control(func(fd uintptr) {
-		serr = unix.SetsockoptInt(int(fd), level, opt, value)
-	}); err != nil {
+	var ferr error
+	if err := rc.Control(func(fd uintptr) { ferr = f(int(fd)) }); err != nil {
 		return err
 	}
-	return serr
+	return ferr
 }
 
 // ListenTCP opens a TCP listener on addr for ServeTCP.

@@ -270,7 +270,10 @@ func TestAccessLogLines(t *testing.T) {
 func TestAccessLogSaysWhyNoUpstreamAnswered(t *testing.T) {
 	silent, dead := startSilentUpstream(t), testenv.DeadAddr(t)
 	al, buf := startAccessLog(t)
-	ls := startLimitsServer(t, Options{AccessLog: al, Limits: quota.Limits{QPS: -1, Forwarding: 1}}, dead, silent.addr, forward.WithTimeout(time.Second))
+	// The forwarder's timeout leaves the limited query ample time to
+	// arrive while the silent one holds the victim's forward (before: 1 s),
+	// within slowPathTimeout and the client's 5 s.
+	ls := startLimitsServer(t, Options{AccessLog: al, Limits: quota.Limits{QPS: -1, Forwarding: 1}}, dead, silent.addr, forward.WithTimeout(3*time.Second))
 
 	if r := ls.ask(t, flooderIP, "udp", "refused.example."); r == nil || r.Rcode != dns.RcodeServerFailure {
 		t.Fatalf("a query to a nameserver that refuses: %v, want SERVFAIL", r)
@@ -293,17 +296,25 @@ func TestAccessLogSaysWhyNoUpstreamAnswered(t *testing.T) {
 		t.Fatalf("a query to a nameserver that never answers: %v, want SERVFAIL", r)
 	}
 
-	lines := accessLines(t, buf, 4)[1:] // the first is startLimitsServer's table answer
-	want := []accessLine{
+	// Each line by its name: the order they were written in is not the
+	// point (the first is startLimitsServer's table answer).
+	got := map[string]accessLine{}
+	for _, l := range accessLines(t, buf, 4) {
+		got[l.Name] = l
+	}
+	for _, w := range []accessLine{
 		{Namespace: "flood", Pod: "flooder", Name: "refused.example.", Answered: "upstream", Upstream: dead.String(), Result: "refused"},
 		{Namespace: "default", Pod: "victim", Name: "limited.example.", Answered: "none", Limit: "pod"},
 		{Namespace: "default", Pod: "victim", Name: "silent.example.", Answered: "upstream", Upstream: silent.addr.String(), Result: "timeout"},
-	}
-	for i, got := range lines {
-		w := want[i]
-		w.Msg, w.Client, w.Type, w.Proto, w.Rcode, w.Latency = "dns query", got.Client, "A", "udp", "SERVFAIL", got.Latency
-		if got != w {
-			t.Errorf("line %d: %+v\nwant %+v", i, got, w)
+	} {
+		g, ok := got[w.Name]
+		if !ok {
+			t.Errorf("no line for %s", w.Name)
+			continue
+		}
+		w.Msg, w.Client, w.Type, w.Proto, w.Rcode, w.Latency = "dns query", g.Client, "A", "udp", "SERVFAIL", g.Latency
+		if g != w {
+			t.Errorf("%s: %+v\nwant %+v", w.Name, g, w)
 		}
 	}
 }

@@ -321,7 +321,7 @@ func (s *Server) chargeRate(msg []byte, r *request, src netip.AddrPort, tcp bool
 	if !tcp || parse(msg, r, &sc.name) == verdictDrop {
 		return pod, nil, true
 	}
-	return pod, s.answered(sc, dnswire.AppendErrorReply(out, msg, r, dnswire.RcodeRefused), len(out), r, tcp, pod, src, now), true
+	return pod, s.answered(sc, dnswire.AppendErrorReply(out, msg, r, dnswire.RcodeRefused), len(out), r, tcp, pod, src, now, ""), true
 }
 
 // rateHere reports whether the resolver applies the query rate itself to
@@ -565,7 +565,7 @@ func (s *Server) answerFast(msg []byte, src netip.AddrPort, tcp bool, out []byte
 		return nil, false
 	case verdictFormErr:
 		metricQueries.formerr.Inc()
-		return s.answered(sc, dnswire.AppendErrorReply(out, msg, &r, dnswire.RcodeFormErr), hdr, &r, tcp, pod, src, now), false
+		return s.answered(sc, dnswire.AppendErrorReply(out, msg, &r, dnswire.RcodeFormErr), hdr, &r, tcp, pod, src, now, ""), false
 	case verdictOther:
 		return nil, true
 	}
@@ -606,16 +606,16 @@ func (s *Server) answerFast(msg []byte, src netip.AddrPort, tcp bool, out []byte
 	if r.EDNS {
 		out = dnswire.AppendOPT(out, &r, 0)
 	}
+	var limit string
 	if tcp && cap(out) > tcpKeepBuf {
-		var held bool
-		if out, held = s.holdAnswer(out, buf, msg, &r, sc); !held {
+		if out, limit = s.holdAnswer(out, buf, msg, &r, sc); limit != "" {
 			cut = false
 		}
 	}
 	if cut {
 		metricTruncated[protoOf(tcp)].Inc()
 	}
-	return s.answered(sc, out, hdr, &r, tcp, pod, src, now), false
+	return s.answered(sc, out, hdr, &r, tcp, pod, src, now, limit), false
 }
 
 // holdAnswer holds reply (out[len(buf):]), a TCP answer that took a buffer
@@ -623,22 +623,17 @@ func (s *Server) answerFast(msg []byte, src netip.AddrPort, tcp bool, out []byte
 // connection source's bytes of replies in flight, as a slow-path reply's
 // are, until the reader has written it (giveBack): up to tcpWriteTimeout
 // for a client that does not read. An answer whose hold is refused
-// becomes SERVFAIL (held false), written in buf, the reader's own, and
-// is counted as finishing counts a slow-path reply refused so.
-func (s *Server) holdAnswer(out, buf, msg []byte, r *request, sc *scratch) (reply []byte, held bool) {
-	hdr := len(buf)
-	n := len(out) - hdr
-	switch s.opts.Budget.TryTake(sc.conn, n) {
-	case quota.Taken:
+// becomes SERVFAIL, written in buf, the reader's own, counted as
+// holdReply counts a slow-path reply refused so, and limit is the limit
+// that refused it ("": held).
+func (s *Server) holdAnswer(out, buf, msg []byte, r *request, sc *scratch) (reply []byte, limit string) {
+	n := len(out) - len(buf)
+	var counted refusals
+	if limit = s.holdReply(sc.conn, n, &counted); limit == "" {
 		sc.held = n
-		return out, true
-	case quota.OverSource:
-		sc.conn.CountBytesRefused()
-		metricQueries.forwardLimited.Inc()
-	default:
-		metricQueries.overload.Inc()
+		return out, ""
 	}
-	return dnswire.AppendErrorReply(buf, msg, r, dnswire.RcodeServFail), false
+	return dnswire.AppendErrorReply(buf, msg, r, dnswire.RcodeServFail), limit
 }
 
 // giveBack gives back what the answer the reader wrote held (holdAnswer).
@@ -650,8 +645,9 @@ func (s *Server) giveBack(sc *scratch) {
 }
 
 // answered counts a reply of the fast path (out[hdr:]), made from the table
-// or an error of its own, and logs it when the access log samples it.
-func (s *Server) answered(sc *scratch, out []byte, hdr int, r *request, tcp bool, pod *podcache.Pod, src netip.AddrPort, now int64) []byte {
+// or an error of its own, and logs it when the access log samples it,
+// with the limit that made it a SERVFAIL ("": none did).
+func (s *Server) answered(sc *scratch, out []byte, hdr int, r *request, tcp bool, pod *podcache.Pod, src netip.AddrPort, now int64, limit string) []byte {
 	rcode := dnswire.HeaderRcode(out[hdr:])
 	from := sourceTable
 	if rcode != 0 {
@@ -674,7 +670,7 @@ func (s *Server) answered(sc *scratch, out []byte, hdr int, r *request, tcp bool
 		}
 	}
 	if s.opts.AccessLog.Sampled() {
-		s.logAccess(r, src, tcp, pod, rcode, from, netip.AddrPort{}, "", "", s.clock()-now)
+		s.logAccess(r, src, tcp, pod, rcode, from, netip.AddrPort{}, "", limit, s.clock()-now)
 	}
 	return out
 }

@@ -53,11 +53,9 @@ type slowQuery struct {
 	// accepted (whose bytes hold its replies), or over UDP the one looked
 	// up to forward (slow). What is refused for it is counted on it.
 	source *quota.Source
-	// limited: the query was counted forward_limited, once however many
-	// of its parts (lookups, forward, reply) were refused or ended for its
-	// source. bytesRefused: a reply of its was refused for the source's
-	// bytes, and counted in the source's bytesRefused.
-	limited, bytesRefused bool
+	// What was counted of its parts (lookups, forward, reply) refused or
+	// ended for its source.
+	refusals
 
 	// slot is its place among the forwards in flight while it holds one.
 	slot forwardSlot
@@ -70,35 +68,25 @@ type slowQuery struct {
 // tcpWriteTimeout); done gets what gives them back (nil: nothing held), to
 // call once the reply is sent or dropped.
 //
-// A reply whose hold is refused (OverSource: the source's bound or fair
-// share; OverPool: the budget) becomes SERVFAIL, counted and logged as
-// such: over the source's bound or share, the source's outcome
-// (forward_limited, and the pod's bytesRefused, once per query); with the
-// budget spent, the node's (overload). A reply that was a SERVFAIL already
-// is counted for neither: the hold changes nothing the client gets. One
-// made as its bytes were refused as they were read was counted then; an
-// upstream's own SERVFAIL is no refusal.
+// A reply whose hold is refused becomes SERVFAIL, counted and logged as
+// holdReply says. A reply that was a SERVFAIL already is counted for
+// neither: the hold changes nothing the client gets. One made as its
+// bytes were refused as they were read was counted then; an upstream's
+// own SERVFAIL is no refusal.
 func (q *slowQuery) finishing(done func(reply []byte, release func())) func(reply []byte) {
 	return func(reply []byte) {
 		var release func()
 		if q.tcp && reply != nil {
+			counted := &q.refusals
+			if isServFail(reply) {
+				counted = nil
+			}
 			budget, source, n := q.s.opts.Budget, q.source, len(reply)
-			if v := budget.TryTake(source, n); v == quota.Taken {
+			if limit := q.s.holdReply(source, n, counted); limit == "" {
 				release = func() { budget.Give(source, n) }
 			} else {
-				switch {
-				case isServFail(reply):
-				case v == quota.OverSource:
-					q.refusedForBytes()
-				default:
-					metricQueries.overload.Inc()
-				}
 				reply = dnswire.AppendErrorReply(nil, q.msg, &q.r, dnswire.RcodeServFail) // q.r: parsed, the reply not nil
-				if v == quota.OverSource {
-					q.limitedBy(limitPod)
-				} else {
-					q.limitedBy(limitNode)
-				}
+				q.limitedBy(limit)
 			}
 		}
 		if len(reply) >= dnswire.HeaderLen {
@@ -148,7 +136,7 @@ func (q *slowQuery) limitedBy(limit string) {
 func (q *slowQuery) answeredBy(o forward.Origin) {
 	switch {
 	case o.BytesRefused: // no upstream's reply: a SERVFAIL of ztdns's own
-		q.refusedForBytes()
+		q.refusedForBytes(q.source)
 		q.limit = limitPod
 	case !o.Cached:
 		q.from, q.upstream, q.result = sourceUpstream, o.Upstream, o.Failure
@@ -157,24 +145,57 @@ func (q *slowQuery) answeredBy(o forward.Origin) {
 	}
 }
 
+// holdReply holds n bytes of a TCP reply as source's, in the budget of
+// replies in flight, until it is written (the caller gives them back). It
+// returns "" when they are held, or the limit that refused them, which
+// the reply's SERVFAIL names in the access log: limitPod over the
+// source's bound or fair share, counted as the source's doing (counted's
+// refusedForBytes); limitNode with the budget spent, counted as overload.
+// counted nil counts nothing (the reply was a SERVFAIL already).
+func (s *Server) holdReply(source *quota.Source, n int, counted *refusals) (limit string) {
+	switch s.opts.Budget.TryTake(source, n) {
+	case quota.Taken:
+		return ""
+	case quota.OverSource:
+		if counted != nil {
+			counted.refusedForBytes(source)
+		}
+		return limitPod
+	}
+	if counted != nil {
+		metricQueries.overload.Inc()
+	}
+	return limitNode
+}
+
+// refusals is what was counted of one query's refusals for its source,
+// each once however many of its parts were refused or ended.
+type refusals struct {
+	// limited: counted forward_limited. bytesRefused: a reply of its was
+	// refused for the source's bytes, and counted in the source's
+	// bytesRefused.
+	limited, bytesRefused bool
+}
+
 // refusedForBytes counts a reply of the query's refused for its source's
 // bytes: a lookup's (a CNAME's target, autopath's candidates), its
-// forward's, or the reply waiting to be written to its TCP client. It is
-// the pod's doing, as a forward over its bound is: it counts in `ztdns
-// pods` and as forward_limited, once per query however many were.
-func (q *slowQuery) refusedForBytes() {
-	if !q.bytesRefused {
-		q.bytesRefused = true
-		q.source.CountBytesRefused()
+// forward's, the reply waiting to be written to its TCP client, or a
+// large table answer's. It is the pod's doing, as a forward over its
+// bound is: it counts in `ztdns pods` and as forward_limited, once per
+// query however many were.
+func (c *refusals) refusedForBytes(source *quota.Source) {
+	if !c.bytesRefused {
+		c.bytesRefused = true
+		source.CountBytesRefused()
 	}
-	q.countLimited()
+	c.countLimited()
 }
 
 // countLimited counts the query forward_limited, its source's doing:
 // once, whatever of it was refused or ended.
-func (q *slowQuery) countLimited() {
-	if !q.limited {
-		q.limited = true
+func (c *refusals) countLimited() {
+	if !c.limited {
+		c.limited = true
 		metricQueries.forwardLimited.Inc()
 	}
 }

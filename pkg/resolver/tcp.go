@@ -339,23 +339,25 @@ func (w *tcpWriter) close(reason closeReason, lost int) {
 	w.closed, w.reason = true, reason
 	queued := w.queue
 	w.queue = nil
-	// Every reply still to come is lost: those queued, the one being
-	// written, those being answered.
-	dropped := lost + w.pending
+	// Every reply still to come is lost: those queued and the one being
+	// written, counted unsent now, and those being answered, counted as
+	// they come (send; a query that ends with nothing to send counts
+	// nothing).
+	dropped, answering := lost+len(queued), w.pending-len(queued)
 	w.pending -= len(queued)
 	w.changed.Broadcast()
 	w.mu.Unlock()
 	w.c.Close()
 	metricTCPClosed[reason].Inc()
-	if n := lost + len(queued); n > 0 {
-		metricTCPUnsent[reason].Add(float64(n))
+	if dropped > 0 {
+		metricTCPUnsent[reason].Add(float64(dropped))
 	}
 	for _, r := range queued {
 		if r.release != nil {
 			r.release()
 		}
 	}
-	w.tc.logClose(reason, dropped)
+	w.tc.logClose(reason, dropped, answering)
 }
 
 // wait returns once every slow-path query of the connection has its reply
@@ -487,18 +489,20 @@ func (tc *tcpConn) shortenIdle(timeout time.Duration) {
 }
 
 // logClose logs the close of the connection, sparingly (tcpCloseLog),
-// when it lost replies (dropped) or was closed for what its client did
-// or to make room; not the usual ends: the client's close, the idle
-// timeout, the server stopping.
-func (tc *tcpConn) logClose(reason closeReason, dropped int) {
+// when it lost replies or was closed for what its client did or to make
+// room; not the usual ends: the client's close, the idle timeout, the
+// server stopping. dropped is the replies counted unsent as it closed
+// (ztdns_resolver_tcp_unsent_replies_total); answering, the queries still
+// being answered, whose replies count unsent as they come.
+func (tc *tcpConn) logClose(reason closeReason, dropped, answering int) {
 	switch reason {
 	case closedByClient, closedIdle, closedStopped:
-		if dropped == 0 {
+		if dropped == 0 && answering == 0 {
 			return
 		}
 	}
 	tc.s.tcpCloseLog.Log(tc.s.log, slog.LevelInfo, "closed a client's TCP connection",
-		"client", tc.src, "reason", closeReasonLabels[reason], "repliesDropped", dropped)
+		"client", tc.src, "reason", closeReasonLabels[reason], "repliesDropped", dropped, "queriesAnswering", answering)
 }
 
 // admitConn starts serving a new connection unless its source has all the
@@ -769,11 +773,9 @@ func (s *Server) readQueries(tc *tcpConn, local netip.AddrPort) closeReason {
 			}
 			continue
 		}
-		if !w.acquire() {
-			// Closed: a reply waited too long, or evicted (the writer
-			// said which). The query read is not answered.
-			metricQueries.drop.Inc()
-			return closedByClient
+		if !w.acquire() { // closed by the writer (a reply waited too long, evicted), which said why
+			metricQueries.drop.Inc() // the query read is not answered
+			return closedByClient    // as after a read's error: not counted, the writer's reason stands
 		}
 		if !own { // the reader's buffer: the next query reuses it
 			msg = slices.Clone(msg)
@@ -857,7 +859,7 @@ func (s *Server) answerLong(c io.Reader, n int, src netip.AddrPort, out []byte, 
 		return nil, errNotQuery
 	}
 	metricQueries.formerr.Inc()
-	return s.answered(sc, dnswire.AppendErrorReply(out, hdr[:], &r, dnswire.RcodeFormErr), 0, &r, true, pod, src, now), nil
+	return s.answered(sc, dnswire.AppendErrorReply(out, hdr[:], &r, dnswire.RcodeFormErr), 0, &r, true, pod, src, now, ""), nil
 }
 
 // isServFail reports whether reply is a SERVFAIL.

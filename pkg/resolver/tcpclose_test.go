@@ -2,7 +2,9 @@ package resolver
 
 import (
 	"encoding/binary"
+	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -64,6 +66,8 @@ func TestUnsentRepliesCounted(t *testing.T) {
 	testenv.Eventually(t, 60*time.Second, "the connection closed for a reply not written in time", func() bool {
 		return ls.usage(flooderIP).TCPConns == 0
 	})
+	// Logged once what the close counted is: its counts are all in.
+	testenv.Eventually(t, 30*time.Second, "the close logged", func() bool { return log.Contains("repliesDropped=") })
 	got := countsSince(before, tcpCloseCounts(t))
 	answered := testutil.ToFloat64(metricQueries.forwarded) - forwarded
 	unsent := got[`ztdns_resolver_tcp_unsent_replies_total{reason="write_timeout"}`]
@@ -76,6 +80,15 @@ func TestUnsentRepliesCounted(t *testing.T) {
 	}
 	if !log.Contains("reason=write_timeout") {
 		t.Errorf("no line logged for the connection closed with its replies unsent:\n%s", log)
+	}
+	// The line says what was counted unsent as the connection closed, and
+	// what was still being answered, counted as it came.
+	var dropped, answering float64
+	if _, err := fmt.Sscanf(log.String()[strings.Index(log.String(), "repliesDropped="):], "repliesDropped=%v queriesAnswering=%v", &dropped, &answering); err != nil {
+		t.Fatalf("the close line: %v\n%s", err, log)
+	}
+	if dropped == 0 || dropped > unsent || unsent > dropped+answering {
+		t.Errorf("logged %v replies dropped and %v queries answering; %v counted unsent: want the dropped among them, and no more than both", dropped, answering, unsent)
 	}
 }
 
@@ -140,7 +153,18 @@ func TestDrainAnswersQueriesRead(t *testing.T) {
 		t.Fatalf("the first reply: %v %v", r, err)
 	}
 	// The reader pauses (its clock stands still: for the idle timeout, a
-	// minute); once it is woken, the rate allows the second query.
+	// minute); once it is woken, the rate allows the second query. The
+	// clock moves only once it is paused: moved before the reader computes
+	// its pause, nothing would pause, and the drain would prove nothing.
+	testenv.Eventually(t, 30*time.Second, "the reader paused for the rate", func() bool {
+		tc := ls.connOf(c)
+		if tc == nil {
+			return false
+		}
+		tc.mu.Lock()
+		defer tc.mu.Unlock()
+		return tc.wake != nil
+	})
 	clock.Add(int64(time.Hour))
 	drained := make(chan struct{})
 	go func() {
