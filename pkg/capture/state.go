@@ -103,7 +103,8 @@ func (c *Controller) reconcileLocked() error {
 }
 
 // SweepNameservers forgets the nameservers learned for network namespaces
-// no longer marked, which an unmark racing a program can leave behind.
+// no longer marked, once they are idle (redirect.SweepNameservers): Unmark
+// leaves them for sockets connected while the pod was captured.
 func (c *Controller) SweepNameservers() {
 	c.mu.Lock()
 	defer c.mu.Unlock()

@@ -147,7 +147,8 @@ func WaitAndInstall(ctx context.Context, cfg InstallConfig, interval time.Durati
 // stops the primary plugin's DEL too: veths and IPAM addresses never
 // released, pods stuck Terminating. The binary left behind only answers
 // those DELs, with success (plugin.del never fails), and records nothing
-// once the agent's directory is gone (recordForAgent). A later Install
+// once the agent's installed marker is gone (recordForAgent), which
+// remove-state deletes. A later Install
 // overwrites it atomically; an operator
 // removes it by hand once no pod created under ztdns remains on the node
 // (deploy/README.md, Uninstall).

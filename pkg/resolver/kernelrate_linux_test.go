@@ -75,7 +75,7 @@ func TestKernelRate(t *testing.T) {
 }
 
 // TestKernelRateBurst: a fresh source sending a burst at once gets exactly
-// its burst through the kernel (its next query is 10 ms of rate away);
+// its burst through the kernel (its next query is a second of rate away);
 // the rest is dropped and counted.
 func TestKernelRateBurst(t *testing.T) {
 	testenv.RequireRoot(t)

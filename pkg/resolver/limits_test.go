@@ -800,7 +800,7 @@ func TestMemoryPerConnectionAndForward(t *testing.T) {
 // bound counts per TCP connection, beyond what the budget of replies in
 // flight counts: the answer is held as its source's bytes while it is
 // written (up to tcpWriteTimeout). Before: it was counted nowhere, some
-// 75 KiB a connection against the 24 KiB the bound counts.
+// 83 KB a connection against the 24 KiB the bound counts.
 func TestMemoryPerConnectionWritingALargeAnswer(t *testing.T) {
 	if raceEnabled {
 		t.Skip("the race detector makes memory cost more than it does")
