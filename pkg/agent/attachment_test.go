@@ -13,7 +13,6 @@ import (
 	"github.com/cilium/ebpf/link"
 
 	"github.com/ztdns/ztdns/internal/testenv"
-	"github.com/ztdns/ztdns/pkg/control"
 )
 
 // TestDetachedCaptureShowsAndIsRepaired: with every capture link detached
@@ -32,16 +31,7 @@ func TestDetachedCaptureShowsAndIsRepaired(t *testing.T) {
 	n := newCaptureNode(t)
 	var log testenv.Log
 	c := n.startCapturing(t, func(cfg *Config) { cfg.Logger = slog.New(slog.NewTextHandler(&log, nil)) })
-	ctl := control.NewClient(c.socket, 5*time.Second)
-	status := func() control.Status {
-		t.Helper()
-		st, err := ctl.Status(t.Context())
-		if err != nil {
-			t.Fatal(err)
-		}
-		return st
-	}
-	if st := status(); len(st.CaptureProblems) > 0 {
+	if st := c.status(t); len(st.CaptureProblems) > 0 {
 		t.Fatalf("status of a whole capture lists problems: %q", st.CaptureProblems)
 	}
 
@@ -65,7 +55,7 @@ func TestDetachedCaptureShowsAndIsRepaired(t *testing.T) {
 	if err := n.askFromPod(t, c.pod); err == nil {
 		t.Fatal("the pod was answered with every capture link detached")
 	}
-	st := status()
+	st := c.status(t)
 	if len(st.CaptureProblems) != len(pins) {
 		t.Errorf("status lists %d problems with %d links detached, want one per link: %q", len(st.CaptureProblems), len(pins), st.CaptureProblems)
 	}
@@ -82,7 +72,7 @@ func TestDetachedCaptureShowsAndIsRepaired(t *testing.T) {
 
 	// What the agent does every attachmentCheckEvery while it beats.
 	c.a.capture.keepAttached()
-	if st := status(); len(st.CaptureProblems) > 0 {
+	if st := c.status(t); len(st.CaptureProblems) > 0 {
 		t.Errorf("status after the repair lists problems: %q", st.CaptureProblems)
 	}
 	if got := metricValue(t, c.a.reg, "ztdns_capture_problems", nil); got != 0 {

@@ -652,24 +652,7 @@ func TestProbesDuringHandoff(t *testing.T) {
 // than handoffTimeout to start had the old agent give up first, and the
 // successor fail at "released".)
 func TestTakeOverSetsTheSyncDeadline(t *testing.T) {
-	socket := filepath.Join(t.TempDir(), "ztdns.sock")
-	ln, err := listenHandoff(socket)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	sockets := func() ([]socketDesc, []*os.File, error) {
-		f, err := c.File()
-		if err != nil {
-			return nil, nil, err
-		}
-		return []socketDesc{{Network: "udp", Addr: c.LocalAddr().String()}}, []*os.File{f}, nil
-	}
+	socket, ln, sockets := handoffWithOneSocket(t)
 	offered := offerInBackground(t, ln, sockets, "an abandoned takeover")
 	before := time.Now()
 	in, err := takeOver(socket, agentIdentity(""), slog.New(slog.DiscardHandler))
@@ -682,6 +665,33 @@ func TestTakeOverSetsTheSyncDeadline(t *testing.T) {
 	if in.syncBy.Before(before.Add(handoffSyncWait)) || in.syncBy.After(after.Add(handoffSyncWait)) {
 		t.Errorf("the wait for a table ends at %v, want handoffSyncWait after asking, between %v and %v",
 			in.syncBy, before.Add(handoffSyncWait), after.Add(handoffSyncWait))
+	}
+}
+
+// handoffWithOneSocket listens at the hand-off path of a control socket
+// in a temporary directory, as a running agent does, and returns that
+// socket's path, the listener and a sockets function offering one UDP
+// socket on 127.0.0.1 (offerOnce closes the files it returns). Both are
+// closed when the test ends.
+func handoffWithOneSocket(t *testing.T) (socket string, ln *net.UnixListener, sockets func() ([]socketDesc, []*os.File, error)) {
+	t.Helper()
+	socket = filepath.Join(t.TempDir(), "ztdns.sock")
+	ln, err := listenHandoff(socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return socket, ln, func() ([]socketDesc, []*os.File, error) {
+		f, err := c.File()
+		if err != nil {
+			return nil, nil, err
+		}
+		return []socketDesc{{Network: "udp", Addr: c.LocalAddr().String()}}, []*os.File{f}, nil
 	}
 }
 
@@ -939,24 +949,7 @@ func TestRestartedPredecessorIsRefused(t *testing.T) {
 // the sockets over. And a successor from before identities, asking with a
 // bare "sockets", is sent the bare list of sockets it reads.
 func TestHandoffWithAnAgentFromBeforeIdentities(t *testing.T) {
-	socket := filepath.Join(t.TempDir(), "ztdns.sock")
-	ln, err := listenHandoff(socket)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	sockets := func() ([]socketDesc, []*os.File, error) {
-		f, err := c.File()
-		if err != nil {
-			return nil, nil, err
-		}
-		return []socketDesc{{Network: "udp", Addr: c.LocalAddr().String()}}, []*os.File{f}, nil
-	}
+	socket, ln, sockets := handoffWithOneSocket(t)
 	greetings := make(chan string, 1)
 	go func() { // the old agent ignores what is not "sockets\n", as it did
 		c, err := ln.AcceptUnix()
