@@ -951,7 +951,9 @@ func TestRestartedPredecessorIsRefused(t *testing.T) {
 func TestHandoffWithAnAgentFromBeforeIdentities(t *testing.T) {
 	socket, ln, sockets := handoffWithOneSocket(t)
 	greetings := make(chan string, 1)
+	exchanges := make(chan (<-chan struct{}), 1)
 	go func() { // the old agent ignores what is not "sockets\n", as it did
+		defer close(exchanges)
 		c, err := ln.AcceptUnix()
 		if err != nil {
 			t.Error(err)
@@ -959,15 +961,21 @@ func TestHandoffWithAnAgentFromBeforeIdentities(t *testing.T) {
 		}
 		line, _ := bufio.NewReader(c).ReadString('\n')
 		greetings <- line
+		// The next connection, not the first (whichever accepts first
+		// takes it), is answered as it did to a bare "sockets".
+		exchanges <- offerInBackground(t, ln, sockets, "an abandoned takeover")
 		c.Close()
 	}()
-	offered := offerInBackground(t, ln, sockets, "an abandoned takeover") // answers a bare "sockets" as it did
 	in, err := takeOver(socket, "pod/new", slog.New(slog.DiscardHandler))
 	if err != nil || in == nil {
 		t.Fatalf("takeOver from an agent from before identities = %v, %v", in, err)
 	}
 	if got := <-greetings; got != "sockets pod/new\n" {
 		t.Errorf("first asked with %q, want %q", got, "sockets pod/new\n")
+	}
+	offered, ok := <-exchanges
+	if !ok {
+		t.FailNow() // the old agent failed to accept (reported)
 	}
 	if len(in.udp) != 1 || in.from != "" {
 		t.Errorf("adopted %d UDP addresses from %q; want one, from an agent without identity", len(in.udp), in.from)
