@@ -35,21 +35,7 @@ func TestDetachedCaptureShowsAndIsRepaired(t *testing.T) {
 		t.Fatalf("status of a whole capture lists problems: %q", st.CaptureProblems)
 	}
 
-	pins, err := filepath.Glob(filepath.Join(n.bpffs, "links", "ztdns_*"))
-	if err != nil || len(pins) == 0 {
-		t.Fatalf("no link pins under %s: %v", n.bpffs, err)
-	}
-	for _, pin := range pins {
-		l, err := link.LoadPinnedLink(pin, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		err = l.Detach()
-		l.Close()
-		if err != nil {
-			t.Fatalf("detach %s: %v", pin, err)
-		}
-	}
+	pins := detachLinks(t, n)
 	// The pod's own nameserver does not exist here: the query, no longer
 	// captured, dies on the node.
 	if err := n.askFromPod(t, c.pod); err == nil {
@@ -107,4 +93,48 @@ func containsAll(lines []string, parts ...string) bool {
 		}
 	}
 	return false
+}
+
+// TestDetachedCaptureRepairsItself: the agent puts detached links back by
+// itself, every attachmentCheckEvery while it beats, with nobody asking:
+// the status soon lists no problem, ztdns_capture_repairs_total counts
+// the repairs, and the pod is answered again.
+func TestDetachedCaptureRepairsItself(t *testing.T) {
+	old := attachmentCheckEvery
+	attachmentCheckEvery = 20 * time.Millisecond
+	t.Cleanup(func() { attachmentCheckEvery = old })
+	n := newCaptureNode(t)
+	c := n.startCapturing(t)
+	repairs := metricValue(t, c.a.reg, "ztdns_capture_repairs_total", nil)
+
+	pins := detachLinks(t, n)
+	testenv.Eventually(t, 30*time.Second, "the agent re-attaches every detached link", func() bool {
+		return len(c.status(t).CaptureProblems) == 0 &&
+			metricValue(t, c.a.reg, "ztdns_capture_repairs_total", nil)-repairs >= float64(len(pins))
+	})
+	if err := n.askFromPod(t, c.pod); err != nil {
+		t.Errorf("the pod is not answered after the repair: %v", err)
+	}
+}
+
+// detachLinks detaches every capture link pinned on n behind the agent's
+// back, as `bpftool link detach` does, and returns their pins.
+func detachLinks(t *testing.T, n *captureNode) []string {
+	t.Helper()
+	pins, err := filepath.Glob(filepath.Join(n.bpffs, "links", "ztdns_*"))
+	if err != nil || len(pins) == 0 {
+		t.Fatalf("no link pins under %s: %v", n.bpffs, err)
+	}
+	for _, pin := range pins {
+		l, err := link.LoadPinnedLink(pin, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = l.Detach()
+		l.Close()
+		if err != nil {
+			t.Fatalf("detach %s: %v", pin, err)
+		}
+	}
+	return pins
 }
