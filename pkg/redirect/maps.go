@@ -205,6 +205,16 @@ func (r *Redirector) Unmark(cookie uint64) error {
 	return nil
 }
 
+// idleFor is how long a slot last used at last (its last_used_ns) has
+// been idle at now, both CLOCK_MONOTONIC in nanoseconds. A last_used_ns a
+// hair ahead of now (written by another CPU) is no idleness at all.
+func idleFor(now, last uint64) time.Duration {
+	if now <= last {
+		return 0
+	}
+	return time.Duration(now - last)
+}
+
 // SweepNameservers forgets the nameservers learned for network namespaces
 // that are not marked once they have been idle for SlotIdle, and returns
 // how many slots it removed. Unmark leaves them for the sockets connected
@@ -227,9 +237,7 @@ func (r *Redirector) SweepNameservers() (int, error) {
 	}
 	marked := map[uint64]bool{}
 	_, removed, err := r.forgetSlots("sweep nameservers", func(key ztdnsNameserverKey, val ztdnsNameserver) (bool, error) {
-		// last_used_ns a hair ahead of now (written by another CPU):
-		// busy.
-		if now <= val.LastUsedNs || time.Duration(now-val.LastUsedNs) <= SlotIdle {
+		if idleFor(now, val.LastUsedNs) <= SlotIdle {
 			return false, nil
 		}
 		m, seen := marked[key.NetnsCookie]
@@ -368,9 +376,7 @@ func (r *Redirector) Pods() ([]MarkedPod, error) {
 			}
 			learned := &p.Nameservers[slot]
 			learned.Addr, _ = ns.Server.addrPort()
-			if now > ns.LastUsedNs {
-				learned.Idle = time.Duration(now - ns.LastUsedNs)
-			}
+			learned.Idle = idleFor(now, ns.LastUsedNs)
 		}
 		pods = append(pods, p)
 	}
