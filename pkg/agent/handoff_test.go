@@ -1007,3 +1007,25 @@ func TestHandoffWithAnAgentFromBeforeIdentities(t *testing.T) {
 	conn.Close()
 	<-offered
 }
+
+// TestValidPodUID: a pod UID goes on the hand-over's line as "pod/UID",
+// at most maxIdentityLen bytes; none (outside Kubernetes) is fine.
+func TestValidPodUID(t *testing.T) {
+	for _, tc := range []struct {
+		name, uid string
+		ok        bool
+	}{
+		{"none", "", true},
+		{"a pod's UID", "0d1f0000-0000-4000-8000-000000000001", true},
+		{"longest", strings.Repeat("a", maxIdentityLen-len("pod/")), true},
+		{"a byte too long", strings.Repeat("a", maxIdentityLen-len("pod/")+1), false},
+		{"a space", "0d1f0000 0000", false},
+		{"a control character", "0d1f\n", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if err := validPodUID(tc.uid); (err == nil) != tc.ok {
+				t.Errorf("validPodUID(%q) = %v, want ok %v", tc.uid, err, tc.ok)
+			}
+		})
+	}
+}
