@@ -191,13 +191,9 @@ const SlotIdle = 30 * time.Second
 // Unmark stops redirecting the network namespace. Unmarking an unmarked
 // cookie is not an error.
 //
-// The nameservers learned for it stay until they are idle
-// (SweepNameservers forgets them then): a UDP socket connected while the
-// pod was captured (c-ares keeps one per nameserver) stays connected to a
-// resolver slot, and no hook sees its later sends, so its queries still
-// reach the resolver after the pod is released. The resolver forwards them
-// to what the slot holds, the nameserver the socket meant, and each reply
-// restored to that socket keeps the slot busy.
+// The nameservers learned for it stay until they are idle, when
+// SweepNameservers forgets them: released pods keep their slots (why: struct
+// nameserver in bpf/ztdns.h).
 func (r *Redirector) Unmark(cookie uint64) error {
 	if err := r.objs.Pods.Delete(&ztdnsPodKey{NetnsCookie: cookie}); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("unmark netns cookie %d: %w", cookie, err)
@@ -218,14 +214,14 @@ func idleFor(now, last uint64) time.Duration {
 // SweepNameservers forgets the nameservers learned for network namespaces
 // that are not marked once they have been idle for SlotIdle, and returns
 // how many slots it removed. Unmark leaves them for the sockets connected
-// while the pod was captured; a program that found the pod marked just
-// before Unmark removed it can learn one just after; and a pods map
-// replaced for an incompatible layout (an upgrade) loses marks whose slots
-// stay. Nothing else removes them, and once the nameservers map is full no
-// pod learns a new nameserver (nameserver_failed counts it). A slot stays
-// at most SlotIdle after its last use plus the time to the next sweep; a
-// released pod keeps at most its Slots slots for as long as its sockets
-// are answered through them.
+// while the pod was captured (struct nameserver in bpf/ztdns.h); a program
+// that found the pod marked just before Unmark removed it can learn one
+// just after; and a pods map replaced for an incompatible layout (an
+// upgrade) loses marks whose slots stay. Nothing else removes them, and
+// once the nameservers map is full no pod learns a new nameserver
+// (nameserver_failed counts it). A slot stays at most SlotIdle after its
+// last use plus the time to the next sweep; a released pod keeps at most
+// its Slots slots for as long as its sockets are answered through them.
 //
 // Callers do not Mark concurrently (the capture controller holds its lock):
 // a slot learned by a pod marked between the sweep's look at the pods map
