@@ -675,9 +675,9 @@ static __always_inline int redirect6(struct bpf_sock_addr *ctx, bool sendmsg)
  * even on a socket ztdns redirected for another nameserver (musl with a
  * local and a remote one in resolv.conf). Restoring depends neither on the
  * heartbeat nor on the pods map: replies to queries sent before the agent
- * died, or before the pod was unmarked, are still in flight, and a socket
- * connected while its pod was captured keeps sending to the resolver after
- * the pod is released. The pods map is only read to count. */
+ * died, or before the pod was unmarked, are still in flight, and released
+ * pods keep their slots (see struct nameserver in ztdns.h). The pods map is
+ * only read to count. */
 static __always_inline const struct endpoint *
 original_destination(struct bpf_sock_addr *ctx, const struct endpoint *src)
 {
@@ -728,11 +728,8 @@ original_destination(struct bpf_sock_addr *ctx, const struct endpoint *src)
 	 * after ZTDNS_SLOT_IDLE_NS and could be given to another destination,
 	 * and its later queries forwarded there. Only while the slot still
 	 * holds what this socket addressed: a reply to a slot given away must
-	 * not keep its new holder busy. Marked or not: the agent keeps an
-	 * unmarked pod's slots until they are idle, and a socket connected
-	 * while the pod was captured still sends through them once it is
-	 * released; the resolver forwards those queries to what the slot
-	 * holds, the pod's own nameserver, for as long as the socket is used. */
+	 * not keep its new holder busy. Marked or not: released pods keep
+	 * their slots while their sockets use them (struct nameserver). */
 	pod = marked_pod(ctx, &cookie);
 	key.netns_cookie = cookie;
 	key.slot = idx;

@@ -26,9 +26,8 @@
 #define ZTDNS_AF_INET6 10
 
 /* Sizes of the hash maps. Both are BPF_F_NO_PREALLOC, so memory is only
- * used for pods that are actually marked, and for the slots of pods
- * unmarked less than ZTDNS_SLOT_IDLE_NS after their last use (the agent
- * sweeps those; see struct nameserver). */
+ * used for pods that are actually marked, and for the slots released pods
+ * keep until the agent sweeps them (see struct nameserver). */
 #define ZTDNS_MAX_PODS 16384
 #define ZTDNS_MAX_NAMESERVERS (ZTDNS_MAX_PODS * ZTDNS_SLOTS)
 
@@ -85,11 +84,19 @@ struct nameserver {
 	 * a send naming the destination) or reply restored from it (recvmsg,
 	 * getpeername). A slot idle for ZTDNS_SLOT_IDLE_NS may be given to
 	 * another destination; a busy one never is, so the resolver forwards
-	 * what is in flight right. A pod's slots outlive its mark: a socket
-	 * connected while the pod was captured keeps sending to the resolver
-	 * once it is released, and the resolver forwards those queries to what
-	 * the slot holds. The agent removes an unmarked pod's slot once it is
-	 * idle. */
+	 * what is in flight right.
+	 *
+	 * Released pods keep their slots: a pod's slots outlive its mark. A
+	 * UDP socket connected while the pod was captured (c-ares keeps one
+	 * per nameserver) stays connected to a resolver slot, and no hook sees
+	 * its later sends (send, write), so its queries still reach the
+	 * resolver once the pod is released. The resolver forwards them to
+	 * what the slot holds, the nameserver the socket meant, and each reply
+	 * restored to that socket keeps the slot busy (original_destination).
+	 * The agent removes an unmarked pod's slot at its first sweep after
+	 * the slot has been idle for ZTDNS_SLOT_IDLE_NS: the sweep runs with
+	 * its housekeeping, every 30 s, so up to about a minute after the last
+	 * use. */
 	__u64 last_used_ns;
 };
 

@@ -18,8 +18,9 @@ const Every = 10 * time.Second
 // Limiter logs at most one line per Every; its zero value is ready.
 type Limiter struct {
 	mu       sync.Mutex
-	next     time.Time // when the next line may be written
-	unlogged int       // events since the last line
+	next     time.Time        // when the next line may be written
+	unlogged int              // events since the last line
+	now      func() time.Time // nil: time.Now (a test's clock)
 }
 
 // Log writes the line at level unless one was written within Every; it
@@ -27,6 +28,9 @@ type Limiter struct {
 func (r *Limiter) Log(log *slog.Logger, level slog.Level, msg string, args ...any) {
 	r.mu.Lock()
 	now := time.Now()
+	if r.now != nil {
+		now = r.now()
+	}
 	if now.Before(r.next) {
 		r.unlogged++
 		r.mu.Unlock()

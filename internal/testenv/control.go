@@ -20,6 +20,16 @@ import (
 	"github.com/ztdns/ztdns/pkg/control"
 )
 
+// NameserverAddrs are the addresses of the nameservers row learned, in
+// slot order.
+func NameserverAddrs(row control.PodRow) []string {
+	var out []string
+	for _, ns := range row.Nameservers {
+		out = append(out, ns.Address)
+	}
+	return out
+}
+
 // What a misbehaving local process does to a control socket, for the tests
 // that check the agent survives it.
 

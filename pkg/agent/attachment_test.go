@@ -13,7 +13,6 @@ import (
 	"github.com/cilium/ebpf/link"
 
 	"github.com/ztdns/ztdns/internal/testenv"
-	"github.com/ztdns/ztdns/pkg/control"
 )
 
 // TestDetachedCaptureShowsAndIsRepaired: with every capture link detached
@@ -32,40 +31,17 @@ func TestDetachedCaptureShowsAndIsRepaired(t *testing.T) {
 	n := newCaptureNode(t)
 	var log testenv.Log
 	c := n.startCapturing(t, func(cfg *Config) { cfg.Logger = slog.New(slog.NewTextHandler(&log, nil)) })
-	ctl := control.NewClient(c.socket, 5*time.Second)
-	status := func() control.Status {
-		t.Helper()
-		st, err := ctl.Status(t.Context())
-		if err != nil {
-			t.Fatal(err)
-		}
-		return st
-	}
-	if st := status(); len(st.CaptureProblems) > 0 {
+	if st := c.status(t); len(st.CaptureProblems) > 0 {
 		t.Fatalf("status of a whole capture lists problems: %q", st.CaptureProblems)
 	}
 
-	pins, err := filepath.Glob(filepath.Join(n.bpffs, "links", "ztdns_*"))
-	if err != nil || len(pins) == 0 {
-		t.Fatalf("no link pins under %s: %v", n.bpffs, err)
-	}
-	for _, pin := range pins {
-		l, err := link.LoadPinnedLink(pin, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		err = l.Detach()
-		l.Close()
-		if err != nil {
-			t.Fatalf("detach %s: %v", pin, err)
-		}
-	}
+	pins := detachLinks(t, n)
 	// The pod's own nameserver does not exist here: the query, no longer
 	// captured, dies on the node.
 	if err := n.askFromPod(t, c.pod); err == nil {
 		t.Fatal("the pod was answered with every capture link detached")
 	}
-	st := status()
+	st := c.status(t)
 	if len(st.CaptureProblems) != len(pins) {
 		t.Errorf("status lists %d problems with %d links detached, want one per link: %q", len(st.CaptureProblems), len(pins), st.CaptureProblems)
 	}
@@ -82,7 +58,7 @@ func TestDetachedCaptureShowsAndIsRepaired(t *testing.T) {
 
 	// What the agent does every attachmentCheckEvery while it beats.
 	c.a.capture.keepAttached()
-	if st := status(); len(st.CaptureProblems) > 0 {
+	if st := c.status(t); len(st.CaptureProblems) > 0 {
 		t.Errorf("status after the repair lists problems: %q", st.CaptureProblems)
 	}
 	if got := metricValue(t, c.a.reg, "ztdns_capture_problems", nil); got != 0 {
@@ -117,4 +93,48 @@ func containsAll(lines []string, parts ...string) bool {
 		}
 	}
 	return false
+}
+
+// TestDetachedCaptureRepairsItself: the agent puts detached links back by
+// itself, every attachmentCheckEvery while it beats, with nobody asking:
+// the status soon lists no problem, ztdns_capture_repairs_total counts
+// the repairs, and the pod is answered again.
+func TestDetachedCaptureRepairsItself(t *testing.T) {
+	old := attachmentCheckEvery
+	attachmentCheckEvery = 20 * time.Millisecond
+	t.Cleanup(func() { attachmentCheckEvery = old })
+	n := newCaptureNode(t)
+	c := n.startCapturing(t)
+	repairs := metricValue(t, c.a.reg, "ztdns_capture_repairs_total", nil)
+
+	pins := detachLinks(t, n)
+	testenv.Eventually(t, 30*time.Second, "the agent re-attaches every detached link", func() bool {
+		return len(c.status(t).CaptureProblems) == 0 &&
+			metricValue(t, c.a.reg, "ztdns_capture_repairs_total", nil)-repairs >= float64(len(pins))
+	})
+	if err := n.askFromPod(t, c.pod); err != nil {
+		t.Errorf("the pod is not answered after the repair: %v", err)
+	}
+}
+
+// detachLinks detaches every capture link pinned on n behind the agent's
+// back, as `bpftool link detach` does, and returns their pins.
+func detachLinks(t *testing.T, n *captureNode) []string {
+	t.Helper()
+	pins, err := filepath.Glob(filepath.Join(n.bpffs, "links", "ztdns_*"))
+	if err != nil || len(pins) == 0 {
+		t.Fatalf("no link pins under %s: %v", n.bpffs, err)
+	}
+	for _, pin := range pins {
+		l, err := link.LoadPinnedLink(pin, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = l.Detach()
+		l.Close()
+		if err != nil {
+			t.Fatalf("detach %s: %v", pin, err)
+		}
+	}
+	return pins
 }

@@ -207,6 +207,13 @@ func (c *dataplane) startBeating() {
 // It runs while the agent beats: without the heartbeat the programs
 // redirect nothing anyway. A fenced agent repairs nothing: its successor
 // attaches its own links next, and the two would replace each other's.
+// Stopping the heartbeat would not do: a handed-over agent beats on while
+// it drains, and its successor goes on without "released" when that does
+// not come (the old agent stopped mid-way closes the connection; a drain
+// longer than handoffTimeout), attaching while the old one still checks:
+// between its detaching a link from a previous cgroup and attaching anew,
+// or unpinning a replaced map and pinning its own, the old agent would
+// see its own link detached, or the pin gone, and put back its own.
 func (c *dataplane) keepAttached() {
 	c.attachMu.Lock()
 	defer c.attachMu.Unlock()

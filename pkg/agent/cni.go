@@ -53,10 +53,12 @@ func (a *Agent) cniAdd(req control.CNIAddRequest) (control.CNIAddResponse, error
 var errHandedOver = control.Unavailable(errors.New("this agent handed over to a new one: try the new one"))
 
 // cniAddLocked is cniAdd under cniMu, for the plugin's ADDs and replayed
-// ones. Every failed ADD is logged with its pod and cause, at most one line
-// per ratelog.Every (failedAdds): the plugin fails the pod's
-// sandbox with it, and the kubelet retries it, so a cause that lasts (a
-// full pods map, say) would fail every new pod on the node again and again.
+// ones. A failed ADD, refused (403) or failing (400, 500), is logged with
+// its pod and cause, one line per ratelog.Every (10 s) across all failed
+// ADDs (failedAdds); the next line says how many went unlogged, and
+// ztdns_cni_events_total counts each. The plugin fails the pod's sandbox
+// with it, and the kubelet retries it, so a cause that lasts (a full pods
+// map, say) fails every new pod on the node again and again.
 func (a *Agent) cniAddLocked(req control.CNIAddRequest) (control.CNIAddResponse, error) {
 	resp, err := a.addSandbox(req)
 	if err == nil {

@@ -612,12 +612,13 @@ func TestGoneNetnsRecordDroppedWithoutCapture(t *testing.T) {
 	}
 }
 
-// TestFailedAddIsLogged: every ADD the agent fails is logged with the pod
-// and the cause, whatever the status: a network namespace that cannot be
+// TestFailedAddIsLogged: an ADD the agent fails is logged with the pod and
+// the cause, whatever the status: a network namespace that cannot be
 // opened (400), a mark that fails (500: a full pods map, say); the plugin
 // fails the pod's sandbox with it. A cause that lasts fails pod after pod,
-// retried by the kubelet: a second failure within ratelog.Every
-// is counted, not logged. (Before: only a refused ADD, 403, was logged; the
+// retried by the kubelet: one line per ratelog.Every (10 s) across all
+// failed ADDs, so a second failure within it is counted, not logged
+// (internal/ratelog's test checks the count on the line after). (Before: only a refused ADD, 403, was logged; the
 // others were only counted in ztdns_cni_events_total{outcome="error"}.)
 func TestFailedAddIsLogged(t *testing.T) {
 	for _, tc := range []struct {

@@ -19,15 +19,7 @@ func TestFailingOpenShows(t *testing.T) {
 	c := n.startCapturing(t)
 
 	ctl := control.NewClient(c.socket, 5*time.Second)
-	status := func() control.Status {
-		t.Helper()
-		st, err := ctl.Status(t.Context())
-		if err != nil {
-			t.Fatal(err)
-		}
-		return st
-	}
-	if st := status(); st.FailingOpen {
+	if st := c.status(t); st.FailingOpen {
 		t.Errorf("status says failing open while the agent beats: %+v", st)
 	}
 	if r := podRow(t, ctl, "default", "pod"); r.SkippedStale != 0 || r.Redirected == 0 {
@@ -41,7 +33,7 @@ func TestFailingOpenShows(t *testing.T) {
 	if err := n.askFromPod(t, c.pod); err == nil {
 		t.Fatal("the pod was answered while capture failed open")
 	}
-	if st := status(); !st.FailingOpen {
+	if st := c.status(t); !st.FailingOpen {
 		t.Errorf("status does not say failing open with the heartbeat stale: %+v", st)
 	}
 	r := podRow(t, ctl, "default", "pod")

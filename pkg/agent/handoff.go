@@ -133,8 +133,10 @@ func agentIdentity(podUID string) string {
 
 // validPodUID checks that a pod UID can go on the hand-over's line.
 func validPodUID(uid string) error {
-	if len(agentIdentity(uid)) > maxIdentityLen || strings.ContainsFunc(uid, func(r rune) bool { return unicode.IsSpace(r) || !unicode.IsPrint(r) }) {
-		return fmt.Errorf("pod UID %q: want the pod's metadata.uid, printable, without spaces, at most %d bytes", uid, maxIdentityLen-len("pod/"))
+	// Its identity is "pod/" + uid (agentIdentity).
+	const maxLen = maxIdentityLen - len("pod/")
+	if len(uid) > maxLen || strings.ContainsFunc(uid, func(r rune) bool { return unicode.IsSpace(r) || !unicode.IsPrint(r) }) {
+		return fmt.Errorf("pod UID %q: want the pod's metadata.uid, printable, without spaces, at most %d bytes", uid, maxLen)
 	}
 	return nil
 }

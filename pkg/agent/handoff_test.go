@@ -652,24 +652,7 @@ func TestProbesDuringHandoff(t *testing.T) {
 // than handoffTimeout to start had the old agent give up first, and the
 // successor fail at "released".)
 func TestTakeOverSetsTheSyncDeadline(t *testing.T) {
-	socket := filepath.Join(t.TempDir(), "ztdns.sock")
-	ln, err := listenHandoff(socket)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	sockets := func() ([]socketDesc, []*os.File, error) {
-		f, err := c.File()
-		if err != nil {
-			return nil, nil, err
-		}
-		return []socketDesc{{Network: "udp", Addr: c.LocalAddr().String()}}, []*os.File{f}, nil
-	}
+	socket, ln, sockets := handoffWithOneSocket(t)
 	offered := offerInBackground(t, ln, sockets, "an abandoned takeover")
 	before := time.Now()
 	in, err := takeOver(socket, agentIdentity(""), slog.New(slog.DiscardHandler))
@@ -682,6 +665,33 @@ func TestTakeOverSetsTheSyncDeadline(t *testing.T) {
 	if in.syncBy.Before(before.Add(handoffSyncWait)) || in.syncBy.After(after.Add(handoffSyncWait)) {
 		t.Errorf("the wait for a table ends at %v, want handoffSyncWait after asking, between %v and %v",
 			in.syncBy, before.Add(handoffSyncWait), after.Add(handoffSyncWait))
+	}
+}
+
+// handoffWithOneSocket listens at the hand-off path of a control socket
+// in a temporary directory, as a running agent does, and returns that
+// socket's path, the listener and a sockets function offering one UDP
+// socket on 127.0.0.1 (offerOnce closes the files it returns). Both are
+// closed when the test ends.
+func handoffWithOneSocket(t *testing.T) (socket string, ln *net.UnixListener, sockets func() ([]socketDesc, []*os.File, error)) {
+	t.Helper()
+	socket = filepath.Join(t.TempDir(), "ztdns.sock")
+	ln, err := listenHandoff(socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return socket, ln, func() ([]socketDesc, []*os.File, error) {
+		f, err := c.File()
+		if err != nil {
+			return nil, nil, err
+		}
+		return []socketDesc{{Network: "udp", Addr: c.LocalAddr().String()}}, []*os.File{f}, nil
 	}
 }
 
@@ -939,26 +949,11 @@ func TestRestartedPredecessorIsRefused(t *testing.T) {
 // the sockets over. And a successor from before identities, asking with a
 // bare "sockets", is sent the bare list of sockets it reads.
 func TestHandoffWithAnAgentFromBeforeIdentities(t *testing.T) {
-	socket := filepath.Join(t.TempDir(), "ztdns.sock")
-	ln, err := listenHandoff(socket)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	sockets := func() ([]socketDesc, []*os.File, error) {
-		f, err := c.File()
-		if err != nil {
-			return nil, nil, err
-		}
-		return []socketDesc{{Network: "udp", Addr: c.LocalAddr().String()}}, []*os.File{f}, nil
-	}
+	socket, ln, sockets := handoffWithOneSocket(t)
 	greetings := make(chan string, 1)
+	exchanges := make(chan (<-chan struct{}), 1)
 	go func() { // the old agent ignores what is not "sockets\n", as it did
+		defer close(exchanges)
 		c, err := ln.AcceptUnix()
 		if err != nil {
 			t.Error(err)
@@ -966,15 +961,21 @@ func TestHandoffWithAnAgentFromBeforeIdentities(t *testing.T) {
 		}
 		line, _ := bufio.NewReader(c).ReadString('\n')
 		greetings <- line
+		// The next connection, not the first (whichever accepts first
+		// takes it), is answered as it did to a bare "sockets".
+		exchanges <- offerInBackground(t, ln, sockets, "an abandoned takeover")
 		c.Close()
 	}()
-	offered := offerInBackground(t, ln, sockets, "an abandoned takeover") // answers a bare "sockets" as it did
 	in, err := takeOver(socket, "pod/new", slog.New(slog.DiscardHandler))
 	if err != nil || in == nil {
 		t.Fatalf("takeOver from an agent from before identities = %v, %v", in, err)
 	}
 	if got := <-greetings; got != "sockets pod/new\n" {
 		t.Errorf("first asked with %q, want %q", got, "sockets pod/new\n")
+	}
+	offered, ok := <-exchanges
+	if !ok {
+		t.FailNow() // the old agent failed to accept (reported)
 	}
 	if len(in.udp) != 1 || in.from != "" {
 		t.Errorf("adopted %d UDP addresses from %q; want one, from an agent without identity", len(in.udp), in.from)
@@ -1005,4 +1006,26 @@ func TestHandoffWithAnAgentFromBeforeIdentities(t *testing.T) {
 	}
 	conn.Close()
 	<-offered
+}
+
+// TestValidPodUID: a pod UID goes on the hand-over's line as "pod/UID",
+// at most maxIdentityLen bytes; none (outside Kubernetes) is fine.
+func TestValidPodUID(t *testing.T) {
+	for _, tc := range []struct {
+		name, uid string
+		ok        bool
+	}{
+		{"none", "", true},
+		{"a pod's UID", "0d1f0000-0000-4000-8000-000000000001", true},
+		{"longest", strings.Repeat("a", maxIdentityLen-len("pod/")), true},
+		{"a byte too long", strings.Repeat("a", maxIdentityLen-len("pod/")+1), false},
+		{"a space", "0d1f0000 0000", false},
+		{"a control character", "0d1f\n", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if err := validPodUID(tc.uid); (err == nil) != tc.ok {
+				t.Errorf("validPodUID(%q) = %v, want ok %v", tc.uid, err, tc.ok)
+			}
+		})
+	}
 }

@@ -183,6 +183,17 @@ func (n *captureNode) startCapturing(t *testing.T, extra ...func(*Config)) captu
 	return c
 }
 
+// status asks the agent for its status over its control socket, as
+// `ztdns status` does.
+func (c capturing) status(t *testing.T) control.Status {
+	t.Helper()
+	st, err := control.NewClient(c.socket, 5*time.Second).Status(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
 // TestHandoffToANewCapturePort: a successor whose --capture-port differs
 // from the running agent's keeps the programs on the running agent's
 // addresses until it serves its own: a captured pod is answered while the

@@ -164,13 +164,9 @@ func readmeMetrics(t *testing.T, registered map[string][]string) map[string][]st
 // dashboardFile is the chart's Grafana dashboard.
 const dashboardFile = "../../deploy/charts/ztdns/files/dashboard.json"
 
-// dashboardExceptions are the metrics of the README's table that the
-// dashboard leaves out on purpose, each with why.
-var dashboardExceptions = map[string]string{}
-
 // TestDashboardShowsEveryMetric: every metric of the README's metrics table
 // is on a panel of the chart's dashboard, which the README says shows "all
-// of the above", but those dashboardExceptions names. (Before, the stale
+// of the above". (Before, the stale
 // table, CNI, control-socket and truncation metrics were on none.)
 func TestDashboardShowsEveryMetric(t *testing.T) {
 	registered := registeredMetrics(t)
@@ -206,13 +202,8 @@ func TestDashboardShowsEveryMetric(t *testing.T) {
 		}
 	}
 	for _, n := range slices.Sorted(maps.Keys(listed)) {
-		if _, excepted := dashboardExceptions[n]; !onDashboard[n] && !excepted {
+		if !onDashboard[n] {
 			t.Errorf("the README's metrics table lists %s, which no panel of the dashboard shows", n)
-		}
-	}
-	for n := range dashboardExceptions {
-		if _, ok := listed[n]; !ok {
-			t.Errorf("dashboardExceptions names %s, which the README's metrics table does not list", n)
 		}
 	}
 }

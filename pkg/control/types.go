@@ -110,16 +110,6 @@ type PodNameserver struct {
 	Idle    string `json:"idle"`
 }
 
-// NameserverAddrs are the addresses of r's learned nameservers, in slot
-// order.
-func (r PodRow) NameserverAddrs() []string {
-	var out []string
-	for _, ns := range r.Nameservers {
-		out = append(out, ns.Address)
-	}
-	return out
-}
-
 // TableRow is one name of `ztdns table` (GET RouteTable).
 type TableRow = table.Row
 

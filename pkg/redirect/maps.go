@@ -191,13 +191,9 @@ const SlotIdle = 30 * time.Second
 // Unmark stops redirecting the network namespace. Unmarking an unmarked
 // cookie is not an error.
 //
-// The nameservers learned for it stay until they are idle
-// (SweepNameservers forgets them then): a UDP socket connected while the
-// pod was captured (c-ares keeps one per nameserver) stays connected to a
-// resolver slot, and no hook sees its later sends, so its queries still
-// reach the resolver after the pod is released. The resolver forwards them
-// to what the slot holds, the nameserver the socket meant, and each reply
-// restored to that socket keeps the slot busy.
+// The nameservers learned for it stay until they are idle, when
+// SweepNameservers forgets them: released pods keep their slots (why: struct
+// nameserver in bpf/ztdns.h).
 func (r *Redirector) Unmark(cookie uint64) error {
 	if err := r.objs.Pods.Delete(&ztdnsPodKey{NetnsCookie: cookie}); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("unmark netns cookie %d: %w", cookie, err)
@@ -205,17 +201,27 @@ func (r *Redirector) Unmark(cookie uint64) error {
 	return nil
 }
 
+// idleFor is how long a slot last used at last (its last_used_ns) has
+// been idle at now, both CLOCK_MONOTONIC in nanoseconds. A last_used_ns a
+// hair ahead of now (written by another CPU) is no idleness at all.
+func idleFor(now, last uint64) time.Duration {
+	if now <= last {
+		return 0
+	}
+	return time.Duration(now - last)
+}
+
 // SweepNameservers forgets the nameservers learned for network namespaces
 // that are not marked once they have been idle for SlotIdle, and returns
 // how many slots it removed. Unmark leaves them for the sockets connected
-// while the pod was captured; a program that found the pod marked just
-// before Unmark removed it can learn one just after; and a pods map
-// replaced for an incompatible layout (an upgrade) loses marks whose slots
-// stay. Nothing else removes them, and once the nameservers map is full no
-// pod learns a new nameserver (nameserver_failed counts it). A slot stays
-// at most SlotIdle after its last use plus the time to the next sweep; a
-// released pod keeps at most its Slots slots for as long as its sockets
-// are answered through them.
+// while the pod was captured (struct nameserver in bpf/ztdns.h); a program
+// that found the pod marked just before Unmark removed it can learn one
+// just after; and a pods map replaced for an incompatible layout (an
+// upgrade) loses marks whose slots stay. Nothing else removes them, and
+// once the nameservers map is full no pod learns a new nameserver
+// (nameserver_failed counts it). A slot stays at most SlotIdle after its
+// last use plus the time to the next sweep; a released pod keeps at most
+// its Slots slots for as long as its sockets are answered through them.
 //
 // Callers do not Mark concurrently (the capture controller holds its lock):
 // a slot learned by a pod marked between the sweep's look at the pods map
@@ -227,9 +233,7 @@ func (r *Redirector) SweepNameservers() (int, error) {
 	}
 	marked := map[uint64]bool{}
 	_, removed, err := r.forgetSlots("sweep nameservers", func(key ztdnsNameserverKey, val ztdnsNameserver) (bool, error) {
-		// last_used_ns a hair ahead of now (written by another CPU):
-		// busy.
-		if now <= val.LastUsedNs || time.Duration(now-val.LastUsedNs) <= SlotIdle {
+		if idleFor(now, val.LastUsedNs) <= SlotIdle {
 			return false, nil
 		}
 		m, seen := marked[key.NetnsCookie]
@@ -368,9 +372,7 @@ func (r *Redirector) Pods() ([]MarkedPod, error) {
 			}
 			learned := &p.Nameservers[slot]
 			learned.Addr, _ = ns.Server.addrPort()
-			if now > ns.LastUsedNs {
-				learned.Idle = time.Duration(now - ns.LastUsedNs)
-			}
+			learned.Idle = idleFor(now, ns.LastUsedNs)
 		}
 		pods = append(pods, p)
 	}

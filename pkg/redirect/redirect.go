@@ -300,20 +300,18 @@ func validateResolvers(family string, rs [Slots]netip.AddrPort, ok func(netip.Ad
 	return nil
 }
 
-// SlotPrefixes are where the resolver's slot addresses may lie: IPv4
+// slotPrefixes are where the resolver's slot addresses may lie: IPv4
 // link-local and IPv6 unique local (the ULA half, fd00::/8). The agent puts
 // them on its interface, which makes them local to the node, so an address
 // from the node's or the pods' networks there (the node's own, say, in
 // --listen) would take it, and the two after it, other nodes' or pods',
 // off the network; no other host ever holds one of these.
-func SlotPrefixes() []netip.Prefix {
-	return []netip.Prefix{netip.MustParsePrefix("169.254.0.0/16"), netip.MustParsePrefix("fd00::/8")}
-}
+var slotPrefixes = [2]netip.Prefix{netip.MustParsePrefix("169.254.0.0/16"), netip.MustParsePrefix("fd00::/8")}
 
 // ResolverSlots derives the per-slot resolver endpoints from the first IPv4
 // and the first IPv6 listen address: slot i is that address plus i, on port.
 // The agent gives it its --listen addresses, and Config.Resolver4/6 the
-// result. Every slot address must lie in SlotPrefixes.
+// result. Every slot address must lie in slotPrefixes.
 func ResolverSlots(listen []netip.AddrPort, port uint16) (r4, r6 [Slots]netip.AddrPort, err error) {
 	var have4, have6 bool
 	for _, l := range listen {
@@ -341,10 +339,10 @@ func consecutive(base netip.Addr, port uint16) (out [Slots]netip.AddrPort, err e
 		if !a.IsValid() {
 			return out, fmt.Errorf("resolver address %s: the %d addresses after it must exist too (one per nameserver slot)", base, Slots-1)
 		}
-		if !slices.ContainsFunc(SlotPrefixes(), func(p netip.Prefix) bool { return p.Contains(a) }) {
-			return out, fmt.Errorf("resolver address %s (slot %d, from the --listen address %s) is neither IPv4 link-local (169.254.0.0/16) nor IPv6 ULA (fd00::/8): "+
+		if !slices.ContainsFunc(slotPrefixes[:], func(p netip.Prefix) bool { return p.Contains(a) }) {
+			return out, fmt.Errorf("resolver address %s (slot %d, from the --listen address %s) is neither IPv4 link-local (%s) nor IPv6 ULA (%s): "+
 				"capture puts the slot addresses on its own interface, where an address of the node's or the pods' networks would stop reaching its owner; "+
-				"give --listen such an address first, as the default 169.254.20.53:53 and [fd00:7a74:646e::53]:53", a, i, base)
+				"give --listen such an address first, as the default 169.254.20.53:53 and [fd00:7a74:646e::53]:53", a, i, base, slotPrefixes[0], slotPrefixes[1])
 		}
 		out[i] = netip.AddrPortFrom(a, port)
 		a = a.Next()

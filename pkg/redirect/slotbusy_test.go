@@ -202,10 +202,7 @@ func (e *captureEnv) slotIdleFor(tb testing.TB, cookie uint64, slot int) time.Du
 	if err != nil {
 		tb.Fatal(err)
 	}
-	if now <= ns.LastUsedNs {
-		return 0
-	}
-	return time.Duration(now - ns.LastUsedNs)
+	return idleFor(now, ns.LastUsedNs)
 }
 
 // queryKeeper has the keeper helper send a query on its kept socket and

@@ -17,6 +17,7 @@ import (
 	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/types"
 
+	"github.com/ztdns/ztdns/internal/testenv"
 	"github.com/ztdns/ztdns/pkg/ambient"
 	"github.com/ztdns/ztdns/pkg/cni"
 	"github.com/ztdns/ztdns/pkg/model"
@@ -59,7 +60,7 @@ func TestAddCapturesAndResolves(t *testing.T) {
 	if row.Redirected < 3 || row.Restored < 3 {
 		t.Errorf("counters after three queries: redirected %d, restored %d; want at least 3 each", row.Redirected, row.Restored)
 	}
-	if !slices.Contains(row.NameserverAddrs(), ownNameserver+":53") {
+	if !slices.Contains(testenv.NameserverAddrs(row), ownNameserver+":53") {
 		t.Errorf("learned nameservers %v lack the one the pod addressed, %s:53", row.Nameservers, ownNameserver)
 	}
 	if log := n.Log(t); !strings.Contains(log, "pod handed to the agent") || !strings.Contains(log, "captured=true") {

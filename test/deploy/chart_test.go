@@ -163,6 +163,23 @@ func defaultPod() podWant {
 	}
 }
 
+// captureOffPod is the agent's pod with capture.enabled=false and these
+// flags: it serves with no privileges but the port, and its init container
+// removes what an agent with capture left on the node (the programs, the
+// pins, ztdns0), the CNI entry too when none is installed.
+func captureOffPod(flags ...string) podWant {
+	return podWant{
+		args:           defaultArgs().with(append([]string{"--capture=false"}, flags...)...).without(captureOnlyFlags...),
+		caps:           []string{"NET_BIND_SERVICE"},
+		initContainers: []string{"remove-capture"},
+		mounts: map[string]mount{
+			socketDir:             socketMount,
+			"/host/opt/cni/bin":   cniBinMount,
+			"/host/etc/cni/net.d": cniConfMnt,
+		},
+	}
+}
+
 // change returns a copy of want changed by f.
 func (w podWant) change(f func(*podWant)) podWant {
 	w.mounts = maps.Clone(w.mounts)
@@ -249,28 +266,18 @@ func TestChartAgent(t *testing.T) {
 			name:  "capture disabled: the capture path removed, only serving, with no privileges but the port",
 			sets:  []string{"capture.enabled=false", "resolver.listen={$(HOST_IP):53}"},
 			kinds: defaultKinds,
-			pod: podWant{
-				args:           defaultArgs().with("--capture=false", "--listen=$(HOST_IP):53").without(captureOnlyFlags...),
-				caps:           []string{"NET_BIND_SERVICE"},
-				initContainers: []string{"remove-capture"},
-				mounts: map[string]mount{
-					socketDir:             socketMount,
-					"/host/opt/cni/bin":   cniBinMount,
-					"/host/etc/cni/net.d": cniConfMnt,
-				},
-			},
+			pod:   captureOffPod("--listen=$(HOST_IP):53"),
 		},
 		{
 			name:  "capture disabled and CNI install off: the CNI entry removed too",
 			sets:  []string{"capture.enabled=false", "resolver.listen={$(HOST_IP):53}", "cni.install=false"},
 			kinds: defaultKinds,
-			pod: podWant{
-				args:           defaultArgs().with("--capture=false", "--listen=$(HOST_IP):53", "--cni-install=false").without(slices.Concat(captureOnlyFlags, []string{"--cni-bin-dir", "--cni-conf-dir"})...),
-				caps:           []string{"NET_BIND_SERVICE"},
-				initContainers: []string{"remove-capture"},
-				removeCNI:      true,
-				mounts:         map[string]mount{socketDir: socketMount},
-			},
+			pod: captureOffPod("--listen=$(HOST_IP):53", "--cni-install=false").change(func(w *podWant) {
+				w.args = w.args.without("--cni-bin-dir", "--cni-conf-dir")
+				w.removeCNI = true
+				delete(w.mounts, "/host/opt/cni/bin")
+				delete(w.mounts, "/host/etc/cni/net.d")
+			}),
 		},
 		{
 			name:  "CNI install off",
@@ -380,16 +387,7 @@ func TestChartAgent(t *testing.T) {
 			name:  "capture off on a link-local address outside ztdns0's range",
 			sets:  []string{"capture.enabled=false", "resolver.listen={169.254.21.53:53}"},
 			kinds: defaultKinds,
-			pod: podWant{
-				args:           defaultArgs().with("--capture=false", "--listen=169.254.21.53:53").without(captureOnlyFlags...),
-				caps:           []string{"NET_BIND_SERVICE"},
-				initContainers: []string{"remove-capture"},
-				mounts: map[string]mount{
-					socketDir:             socketMount,
-					"/host/opt/cni/bin":   cniBinMount,
-					"/host/etc/cni/net.d": cniConfMnt,
-				},
-			},
+			pod:   captureOffPod("--listen=169.254.21.53:53"),
 		},
 		{
 			name: "ResourceQuota for system-node-critical outside kube-system",

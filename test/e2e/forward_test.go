@@ -151,7 +151,7 @@ func TestCaptureNameserversForgetsEarlierSlots(t *testing.T) {
 	a = testenv.StartAgent(t, c.node, c.bin, append(c.agentArgs(), "--capture-nameservers", listed)...)
 	c.waitReady(t, a)
 
-	if ns := c.podRow(t, "pod-a").NameserverAddrs(); slices.Contains(ns, unlisted+":53") || !slices.Contains(ns, listed+":53") {
+	if ns := testenv.NameserverAddrs(c.podRow(t, "pod-a")); slices.Contains(ns, unlisted+":53") || !slices.Contains(ns, listed+":53") {
 		t.Errorf("ztdns pods: slots hold %v, want %s:53 kept and %s:53 forgotten", ns, listed, unlisted)
 	}
 	got := viaSlots(p)

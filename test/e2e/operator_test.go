@@ -70,7 +70,7 @@ func TestPodsAndCaptureDel(t *testing.T) {
 	if row.Redirected < 2 || row.Restored == 0 {
 		t.Errorf("counters after two queries: redirected %d, restored %d; want at least 2 and more than 0", row.Redirected, row.Restored)
 	}
-	if !slices.Contains(row.NameserverAddrs(), nowhere4+":53") {
+	if !slices.Contains(testenv.NameserverAddrs(row), nowhere4+":53") {
 		t.Errorf("nameservers %v, want the pod's %s:53 among them", row.Nameservers, nowhere4)
 	}
 	table := c.ztdns(t, "pods", "--socket", c.socket)

@@ -1,0 +1,45 @@
+package ratelog
+
+import (
+	"bytes"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestLineAfterAQuietSpell: within Every of a line, events are counted,
+// not logged; the first line after says how many went unlogged, and one
+// with none unlogged says nothing of it.
+func TestLineAfterAQuietSpell(t *testing.T) {
+	clock := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	r := Limiter{now: func() time.Time { return clock }}
+	var buf bytes.Buffer
+	log := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{ReplaceAttr: func(_ []string, a slog.Attr) slog.Attr {
+		if a.Key == slog.TimeKey {
+			return slog.Attr{}
+		}
+		return a
+	}}))
+	at := func(d time.Duration, event string) {
+		clock = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).Add(d)
+		r.Log(log, slog.LevelWarn, "refused", "event", event)
+	}
+	at(0, "first")
+	at(time.Second, "a")
+	at(Every-time.Nanosecond, "b")
+	at(Every, "after two")
+	at(Every+time.Second, "c")
+	at(3*Every, "after one")
+	at(5*Every, "after none")
+
+	want := []string{
+		"level=WARN msg=refused event=first",
+		"level=WARN msg=refused event=\"after two\" unloggedBefore=2",
+		"level=WARN msg=refused event=\"after one\" unloggedBefore=1",
+		"level=WARN msg=refused event=\"after none\"",
+	}
+	if got := strings.Split(strings.TrimSuffix(buf.String(), "\n"), "\n"); strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("logged:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
