@@ -194,6 +194,14 @@ func TestReleasedPodKeepsItsSlots(t *testing.T) {
 // map: Pods lists only marked pods.
 func (e *captureEnv) slotIdleFor(tb testing.TB, cookie uint64, slot int) time.Duration {
 	tb.Helper()
+	ns, now := e.slotNow(tb, cookie, slot)
+	return idleFor(now, ns.LastUsedNs)
+}
+
+// slotNow reads the slot from the map, and the clock its last use is
+// counted on.
+func (e *captureEnv) slotNow(tb testing.TB, cookie uint64, slot int) (ztdnsNameserver, uint64) {
+	tb.Helper()
 	ns, err := e.r.nameserver(cookie, slot)
 	if err != nil {
 		tb.Fatalf("slot %d: %v", slot, err)
@@ -202,7 +210,7 @@ func (e *captureEnv) slotIdleFor(tb testing.TB, cookie uint64, slot int) time.Du
 	if err != nil {
 		tb.Fatal(err)
 	}
-	return idleFor(now, ns.LastUsedNs)
+	return ns, now
 }
 
 // queryKeeper has the keeper helper send a query on its kept socket and
@@ -253,14 +261,7 @@ func (e *captureEnv) slotHolding(cookie uint64, ns netip.AddrPort) int {
 // through it since.
 func (e *captureEnv) setLastUsed(tb testing.TB, cookie uint64, slot int, back time.Duration) {
 	tb.Helper()
-	ns, err := e.r.nameserver(cookie, slot)
-	if err != nil {
-		tb.Fatalf("slot %d: %v", slot, err)
-	}
-	now, err := monotonicNow()
-	if err != nil {
-		tb.Fatal(err)
-	}
+	ns, now := e.slotNow(tb, cookie, slot)
 	ns.LastUsedNs = now - uint64(back)
 	key := ztdnsNameserverKey{NetnsCookie: cookie, Slot: uint32(slot)}
 	if err := e.r.objs.Nameservers.Put(&key, &ns); err != nil {
