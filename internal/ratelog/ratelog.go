@@ -27,10 +27,11 @@ type Limiter struct {
 // then counts the event, for the next line to say.
 func (r *Limiter) Log(log *slog.Logger, level slog.Level, msg string, args ...any) {
 	r.mu.Lock()
-	now := time.Now()
+	clock := time.Now
 	if r.now != nil {
-		now = r.now()
+		clock = r.now
 	}
+	now := clock()
 	if now.Before(r.next) {
 		r.unlogged++
 		r.mu.Unlock()

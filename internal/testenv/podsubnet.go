@@ -61,13 +61,38 @@ func claimPodSubnet(dir string) (int, error) {
 		case err != nil:
 			return 0, err
 		case processGone(string(owner)):
-			// Its holder was killed before its cleanup.
+			// Its holder was killed before its cleanup: what it left,
+			// a namespace holding the subnet's IP among it, goes first.
+			if err := sweepGone(string(owner)); err != nil {
+				continue
+			}
 		default:
 			continue
 		}
 		return n, os.WriteFile(path, []byte(me), 0o600)
 	}
 	return 0, errors.New("all " + strconv.Itoa(maxPodSubnets) + " are in use by running tests")
+}
+
+// sweepGone removes what the process id named, gone, left in its ledger,
+// and the ledger; nothing if another process swept it first.
+func sweepGone(id string) error {
+	path := filepath.Join(ledgerDir, id)
+	if err := sweepLedger(path); err != nil {
+		return err
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+// isProcessID reports whether name has a processID's form, PID-start.
+func isProcessID(name string) bool {
+	pid, start, ok := strings.Cut(name, "-")
+	_, perr := strconv.Atoi(pid)
+	_, serr := strconv.ParseUint(start, 10, 64)
+	return ok && perr == nil && serr == nil
 }
 
 // processGone reports whether the process a processID names has exited.

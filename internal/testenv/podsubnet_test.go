@@ -13,6 +13,9 @@ import (
 // its cleanup), so that pods of tests running at once never share an IP.
 func TestPodSubnetsAreTheMachines(t *testing.T) {
 	dir := t.TempDir()
+	oldLedgers := ledgerDir
+	ledgerDir = t.TempDir()
+	t.Cleanup(func() { ledgerDir = oldLedgers })
 	claim := func() int {
 		t.Helper()
 		n, err := claimPodSubnet(dir)
@@ -36,8 +39,17 @@ func TestPodSubnetsAreTheMachines(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "4"), []byte(me), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// The gone process's ledger: swept before its subnet is taken back,
+	// so no namespace it left holds the subnet's IP.
+	gone := filepath.Join(ledgerDir, "1-0")
+	if err := os.WriteFile(gone, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	if n := claim(); n != 3 {
 		t.Errorf("with 3 held by a process that is gone, the claim took %d, want 3", n)
+	}
+	if _, err := os.Stat(gone); err == nil {
+		t.Errorf("subnet 3 was taken back with its holder's ledger not swept")
 	}
 	if n := claim(); n != 5 {
 		t.Errorf("with 1 to 4 held by running processes, the claim took %d, want 5", n)

@@ -161,13 +161,8 @@ func sweepLeftovers() error {
 	}
 	var errs []error
 	for _, e := range entries {
-		pid, _, ok := strings.Cut(e.Name(), "-")
-		n, err := strconv.Atoi(pid)
-		if !ok || err != nil {
-			continue
-		}
-		if id, err := processID(n); err == nil && id == e.Name() {
-			continue // still running
+		if !isProcessID(e.Name()) || !processGone(e.Name()) {
+			continue // no ledger, or its process still running
 		}
 		path := filepath.Join(ledgerDir, e.Name())
 		if err := sweepLedger(path); err != nil {

@@ -339,10 +339,11 @@ func (w *tcpWriter) close(reason closeReason, lost int) {
 	w.closed, w.reason = true, reason
 	queued := w.queue
 	w.queue = nil
-	// Every reply still to come is lost: those queued and the one being
-	// written, counted unsent now, and those being answered, counted as
-	// they come (send; a query that ends with nothing to send counts
-	// nothing).
+	// Every reply still to come is lost: those queued, and the one whose
+	// write failed (lost), counted unsent now; those being answered,
+	// counted as they come (send; a query that ends with nothing to send
+	// counts nothing), as is one being written when another party closes
+	// the connection (an eviction), counted when its write fails.
 	dropped, answering := lost+len(queued), w.pending-len(queued)
 	w.pending -= len(queued)
 	w.changed.Broadcast()
