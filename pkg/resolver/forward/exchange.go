@@ -43,26 +43,33 @@ func refused(v quota.Verdict) error {
 // truncated UDP reply is returned as it is: the client sees TC and retries
 // over TCP, which reaches the upstream over TCP in turn. The reply's bytes
 // are taken from budget, for the source ctx carries (quota.WithSource), and
-// stay taken when it is returned.
-func exchange(ctx context.Context, upstream netip.AddrPort, query []byte, q dnswire.Question, tcp bool, budget *quota.Budget) ([]byte, error) {
+// stay taken when it is returned. Over UDP, rs (nil: none) may send the
+// query again on the exchange's socket while it waits.
+func exchange(ctx context.Context, upstream netip.AddrPort, query []byte, q dnswire.Question, tcp bool, budget *quota.Budget, rs *resender) ([]byte, error) {
 	if tcp {
 		return exchangeTCP(ctx, upstream, query, q, budget)
 	}
-	return exchangeUDP(ctx, upstream, query, q, budget)
+	return exchangeUDP(ctx, upstream, query, q, budget, rs)
 }
 
 // exchangeUDP reads from a connected socket of its own, so packets from other
 // addresses never reach it, and skips replies whose ID or question differ.
 // It holds no buffer while it waits: it learns each datagram's size first
 // and reads it into a buffer of exactly that size, so a query waiting on a
-// slow upstream costs no 64 KiB, and a big reply only what it is.
-func exchangeUDP(ctx context.Context, upstream netip.AddrPort, query []byte, q dnswire.Question, budget *quota.Budget) ([]byte, error) {
+// slow upstream costs no 64 KiB, and a big reply only what it is. The
+// socket is rs's to send the query on again until the exchange ends: the
+// reply to either datagram, which carry the same ID, is the one.
+func exchangeUDP(ctx context.Context, upstream netip.AddrPort, query []byte, q dnswire.Question, budget *quota.Budget, rs *resender) ([]byte, error) {
 	conn, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(upstream))
 	if err != nil {
 		return nil, fmt.Errorf("dial udp %s: %w", upstream, err)
 	}
 	defer conn.Close()
 	defer interruptOnDone(ctx, conn)()
+	// Known to rs before the upstream can get the query; forgotten before
+	// the socket is closed.
+	rs.sent(conn, upstream, query)
+	defer rs.done(conn)
 	if _, err := conn.Write(query); err != nil {
 		return nil, ctxErrOr(ctx, fmt.Errorf("send udp %s: %w", upstream, err))
 	}

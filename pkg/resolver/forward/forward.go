@@ -70,6 +70,8 @@ type flight struct {
 	leaderOnly, bytesRefused bool
 	// joined counts the queries that joined it (the tests wait on it).
 	joined atomic.Int32
+	// resend sends a UDP exchange's query again (nil over TCP).
+	resend *resender
 }
 
 // Origin says where a reply came from.
@@ -179,7 +181,7 @@ func (f *Forwarder) ForwardFrom(ctx context.Context, req []byte, tcp bool, upstr
 		ctx, cancel := context.WithTimeout(ctx, f.timeout)
 		defer cancel()
 		defer context.AfterFunc(f.base, cancel)()
-		a := f.resolve(ctx, slices.Clone(req), r, tcp, upstreams) // req keeps its ID: finish writes it
+		a := f.resolve(ctx, slices.Clone(req), r, tcp, upstreams, nil) // req keeps its ID: finish writes it
 		defer f.budget.Give(quota.SourceFrom(ctx), len(a.reply))
 		return f.finish(req, r, a.reply, false), a.origin(), nil
 	}
@@ -203,25 +205,30 @@ func (f *Forwarder) ForwardFrom(ctx context.Context, req []byte, tcp bool, upstr
 	// context: when they did not fit what its source may hold, or the
 	// leader was cancelled, the waiters do not take that failure, but join
 	// or lead a new exchange under their own sources and contexts.
+	// A query that joins a UDP exchange whose query went out a while ago
+	// (resendInterval) has it sent again: it may be its client's retry
+	// because that datagram, or its reply, was lost.
 	proto := byte('u')
 	if tcp {
 		proto = 't'
 	}
 	flightKey := string(append(key, proto))
 	for joined := false; ; {
-		fl, leader := f.joinFlight(flightKey)
+		fl, leader := f.joinFlight(flightKey, tcp)
 		switch {
 		case fl == nil:
 			return servfail(req, r), Origin{Failure: FailureCanceled}, nil
-		case !leader && !joined: // a query that asks again is coalesced once
-			coalesced.Inc()
-			joined = true
-			fl.joined.Add(1)
 		case leader:
-			// Only the leader builds the query: the waiters never send one.
+			// Only the leader builds the query: the waiters never build one.
 			sent := appendUpstreamQuery(make([]byte, 0, r.End+dnswire.OPTLen), req, &r)
 			f.fly(ctx, fl, flightKey, src, sent, r, tcp, upstreams)
 			return f.finish(req, r, fl.reply, true), Origin{Upstream: fl.from, Failure: fl.failure, BytesRefused: fl.bytesRefused}, nil
+		}
+		fl.resend.resend(resendJoined)
+		if !joined { // a query that asks again is coalesced once
+			coalesced.Inc()
+			joined = true
+			fl.joined.Add(1)
 		}
 		select {
 		case <-fl.done:
@@ -238,7 +245,7 @@ func (f *Forwarder) ForwardFrom(ctx context.Context, req []byte, tcp bool, upstr
 // joinFlight returns the flight for flightKey, and whether the caller
 // starts it (then it must call fly). It returns nil once the Forwarder is
 // closed.
-func (f *Forwarder) joinFlight(flightKey string) (fl *flight, leader bool) {
+func (f *Forwarder) joinFlight(flightKey string, tcp bool) (fl *flight, leader bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.closed {
@@ -248,6 +255,9 @@ func (f *Forwarder) joinFlight(flightKey string) (fl *flight, leader bool) {
 		return fl, false
 	}
 	fl = &flight{done: make(chan struct{})}
+	if !tcp {
+		fl.resend = newResender(f.now, f.upstreams)
+	}
 	f.flights[flightKey] = fl
 	f.wg.Add(1) // Close waits for the exchange
 	return fl, true
@@ -256,14 +266,19 @@ func (f *Forwarder) joinFlight(flightKey string) (fl *flight, leader bool) {
 // fly runs the exchange of a flight the caller started, sending query (the
 // key's, appendUpstreamQuery; fly's own, its ID overwritten), bounded by
 // the timeout, the caller's context and Close, caches the reply (charged
-// to src, the caller's source) and hands it to the flight's waiters.
+// to src, the caller's source) and hands it to the flight's waiters. A UDP
+// exchange not answered half-way through the timeout sends its query
+// again, unless it went out less than resendInterval before.
 func (f *Forwarder) fly(ctx context.Context, fl *flight, flightKey string, src *quota.Source, query []byte, r dnswire.Query, tcp bool, upstreams []netip.AddrPort) {
 	defer f.wg.Done()
 	caller := ctx
 	ctx, cancel := context.WithTimeout(ctx, f.timeout)
 	defer cancel()
 	defer context.AfterFunc(f.base, cancel)()
-	a := f.resolve(ctx, query, r, tcp, upstreams)
+	if fl.resend != nil && f.timeout/2 > resendInterval {
+		defer time.AfterFunc(f.timeout/2, func() { fl.resend.resend(resendTimer) }).Stop()
+	}
+	a := f.resolve(ctx, query, r, tcp, upstreams, fl.resend)
 	fl.reply, fl.from, fl.failure = a.reply, a.upstream, a.failure
 	// The caller's context, not the exchange's: an upstream silent for the
 	// whole timeout is no reason for the waiters to ask it again.
@@ -325,8 +340,9 @@ func (a attempt) origin() Origin {
 // failure of the first upstream given). Losing exchanges are
 // canceled; they end on their own and are not waited for. The reply's bytes
 // are taken from the budget: the caller gives them back when done with it.
-// query is resolve's own: its ID is overwritten with a random one.
-func (f *Forwarder) resolve(ctx context.Context, query []byte, r dnswire.Query, tcp bool, upstreams []netip.AddrPort) attempt {
+// query is resolve's own: its ID is overwritten with a random one. rs
+// (nil: none) may send it again over UDP while the exchanges wait.
+func (f *Forwarder) resolve(ctx context.Context, query []byte, r dnswire.Query, tcp bool, upstreams []netip.AddrPort, rs *resender) attempt {
 	upstreams = distinctUpstreams(upstreams)
 	if len(upstreams) == 0 {
 		f.log.Debug("no upstream to forward to")
@@ -336,15 +352,15 @@ func (f *Forwarder) resolve(ctx context.Context, query []byte, r dnswire.Query, 
 	// The upstream sees an ID of ours (crypto/rand never fails since Go 1.24).
 	_, _ = rand.Read(query[:2])
 	if len(upstreams) == 1 { // the usual case with capture: no race to run
-		return f.ask(ctx, upstreams[0], query, r.Question, tcp)
+		return f.ask(ctx, upstreams[0], query, r.Question, tcp, rs)
 	}
-	return f.race(ctx, src, query, r, tcp, upstreams)
+	return f.race(ctx, src, query, r, tcp, upstreams, rs)
 }
 
 // race is resolve's for several upstreams, in a function of its own: a
 // query to one upstream waits with resolve's frame on its goroutine's
 // stack, which race's would make larger.
-func (f *Forwarder) race(ctx context.Context, src *quota.Source, query []byte, r dnswire.Query, tcp bool, upstreams []netip.AddrPort) attempt {
+func (f *Forwarder) race(ctx context.Context, src *quota.Source, query []byte, r dnswire.Query, tcp bool, upstreams []netip.AddrPort, rs *resender) attempt {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	// Exchanges that finish after resolve returned give their reply's bytes
@@ -358,7 +374,7 @@ func (f *Forwarder) race(ctx context.Context, src *quota.Source, query []byte, r
 	started := 0
 	for i, u := range upstreams {
 		ok := f.goTracked(func() {
-			a := f.ask(ctx, u, query, r.Question, tcp)
+			a := f.ask(ctx, u, query, r.Question, tcp, rs)
 			select {
 			case results <- result{a, i}:
 			case <-returned:
@@ -403,13 +419,13 @@ func (f *Forwarder) race(ctx context.Context, src *quota.Source, query []byte, r
 }
 
 // ask runs one exchange and records its outcome.
-func (f *Forwarder) ask(ctx context.Context, upstream netip.AddrPort, query []byte, q dnswire.Question, tcp bool) attempt {
+func (f *Forwarder) ask(ctx context.Context, upstream netip.AddrPort, query []byte, q dnswire.Question, tcp bool, rs *resender) attempt {
 	proto := "udp"
 	if tcp {
 		proto = "tcp"
 	}
 	start := time.Now()
-	reply, err := exchange(ctx, upstream, query, q, tcp, f.budget)
+	reply, err := exchange(ctx, upstream, query, q, tcp, f.budget, rs)
 	if err != nil {
 		result := resultError
 		switch {

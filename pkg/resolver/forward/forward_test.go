@@ -984,8 +984,15 @@ func TestForwardFromSaysWhereTheReplyCameFrom(t *testing.T) {
 // upstreamCounts reads f's upstream query counter: value by (to, result).
 func upstreamCounts(t *testing.T, f *Forwarder) map[[2]string]float64 {
 	t.Helper()
+	return counterVecValues(t, f.upstreams.queries, "to", "result")
+}
+
+// counterVecValues reads a counter vector of two labels: value by the
+// values of first and second.
+func counterVecValues(t *testing.T, vec *prometheus.CounterVec, first, second string) map[[2]string]float64 {
+	t.Helper()
 	ch := make(chan prometheus.Metric, 100)
-	f.upstreams.queries.Collect(ch)
+	vec.Collect(ch)
 	close(ch)
 	got := map[[2]string]float64{}
 	for m := range ch {
@@ -996,9 +1003,9 @@ func upstreamCounts(t *testing.T, f *Forwarder) map[[2]string]float64 {
 		var key [2]string
 		for _, l := range d.GetLabel() {
 			switch l.GetName() {
-			case "to":
+			case first:
 				key[0] = l.GetValue()
-			case "result":
+			case second:
 				key[1] = l.GetValue()
 			}
 		}

@@ -94,6 +94,7 @@ const otherUpstreams = "other"
 type upstreamMetrics struct {
 	queries  *prometheus.CounterVec
 	duration *prometheus.HistogramVec
+	resends  *prometheus.CounterVec
 
 	maxSeries int
 	mu        sync.Mutex
@@ -122,6 +123,15 @@ func newUpstreamMetrics(maxSeries int, known []netip.AddrPort) *upstreamMetrics 
 			Help:      "Time from sending a query to an upstream nameserver to its valid reply, by upstream (to) and protocol.",
 			Buckets:   []float64{.00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
 		}, []string{"to", "proto"}),
+		// resends counts UDP queries sent again within their exchange.
+		resends: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "ztdns",
+			Subsystem: "forward",
+			Name:      "upstream_resends_total",
+			Help: "UDP queries sent again to an upstream nameserver that had not answered, within the same exchange (same ID, same socket), " +
+				"by upstream (to) and reason: joined (an identical query joined the exchange, its own query at least 400 ms old: a client's retry, or another pod's query) " +
+				"or timer (no reply half-way through --forward-timeout).",
+		}, []string{"to", "reason"}),
 		maxSeries: maxSeries,
 		labels:    map[netip.AddrPort]string{},
 	}
@@ -153,6 +163,10 @@ func (m *upstreamMetrics) attempt(u netip.AddrPort, result string) {
 	m.queries.WithLabelValues(m.label(u), result).Inc()
 }
 
+func (m *upstreamMetrics) resent(u netip.AddrPort, reason string) {
+	m.resends.WithLabelValues(m.label(u), reason).Inc()
+}
+
 func (m *upstreamMetrics) observe(u netip.AddrPort, proto string, d time.Duration) {
 	m.duration.WithLabelValues(m.label(u), proto).Observe(d.Seconds())
 }
@@ -160,5 +174,5 @@ func (m *upstreamMetrics) observe(u netip.AddrPort, proto string, d time.Duratio
 // Collectors returns the Forwarder's own metrics (per upstream), for the
 // agent to register beside the package's.
 func (f *Forwarder) Collectors() []prometheus.Collector {
-	return []prometheus.Collector{f.upstreams.queries, f.upstreams.duration}
+	return []prometheus.Collector{f.upstreams.queries, f.upstreams.duration, f.upstreams.resends}
 }

@@ -9,7 +9,7 @@ import (
 )
 
 const (
-	// DefaultTimeout bounds one forwarded query, all upstreams and retries included.
+	// DefaultTimeout bounds one forwarded query, all upstreams and resends included.
 	DefaultTimeout = 2 * time.Second
 	// DefaultCacheSize is the number of replies the cache keeps.
 	DefaultCacheSize = 10000
@@ -22,6 +22,18 @@ const (
 	// DefaultMaxUpstreamSeries bounds the upstreams with metrics of their
 	// own; the rest share the label "other".
 	DefaultMaxUpstreamSeries = 32
+	// resendInterval is how long a UDP exchange's query must have been out
+	// before a query joining the exchange sends it again (resender), and
+	// so the least time between two of its sends. Under a second, the
+	// shortest retry of the usual clients (glibc's and Go's "options
+	// timeout:1", dig +time=1), with room for the time between a client's
+	// first query and ours; not under musl's 500 ms between retries with
+	// "timeout:1 attempts:2". Above what an upstream takes to answer all
+	// but a few queries (unbound starts at 376 ms for a server it knows
+	// nothing of), so a query joining sooner finds its answer on the way
+	// far more often than lost. With the default timeout, an exchange
+	// sends at most five datagrams to each upstream.
+	resendInterval = 400 * time.Millisecond
 	// maxUpstreams bounds how many upstreams one query is sent to in parallel
 	// (resolv.conf allows three); the rest of a longer list is ignored.
 	maxUpstreams = 8
@@ -72,7 +84,9 @@ func WithMaxTTL(d time.Duration) Option {
 	}
 }
 
-// WithNow replaces the clock the cache ages entries by (tests inject one).
+// WithNow replaces the clock the cache ages entries by, and by which a
+// query joining a UDP exchange finds whether to send its query again
+// (tests inject one).
 func WithNow(now func() time.Time) Option {
 	return func(f *Forwarder) {
 		if now != nil {

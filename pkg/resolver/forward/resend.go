@@ -1,0 +1,97 @@
+package forward
+
+import (
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+)
+
+// Why a UDP exchange's query was sent again, the values of the resend
+// counter's "reason" label.
+const (
+	resendJoined = "joined" // a query joined the exchange (a client's retry, or another pod's query)
+	resendTimer  = "timer"  // the exchange's own, half-way through the timeout
+)
+
+// resender sends the query of a shared UDP exchange again, with the same
+// ID and from the same sockets, to every upstream it asked that has not
+// answered yet: a datagram lost on the way to the upstream, or the reply
+// on its way back, would otherwise cost every query sharing the exchange
+// a SERVFAIL at the timeout, their clients' own retries included (they
+// join the exchange and send nothing). It sends at most once per
+// resendInterval, whatever the number of queries joining, so an exchange
+// sends at most 1 + timeout/resendInterval datagrams to each upstream.
+// A nil resender (a TCP exchange, which the kernel retransmits, or a
+// query forwarded for its client alone) sends nothing.
+type resender struct {
+	now     func() time.Time
+	metrics *upstreamMetrics
+
+	mu      sync.Mutex
+	query   []byte    // as sent, with the exchange's ID
+	waiting []waiter  // the sockets of the exchanges still waiting for a reply
+	last    time.Time // when the query last went out
+}
+
+// waiter is an exchange waiting for its upstream's reply on conn.
+type waiter struct {
+	conn     *net.UDPConn
+	upstream netip.AddrPort
+}
+
+func newResender(now func() time.Time, m *upstreamMetrics) *resender {
+	return &resender{now: now, metrics: m}
+}
+
+// sent records that query went to upstream on conn, which waits for the
+// reply until done is called with it.
+func (r *resender) sent(conn *net.UDPConn, upstream netip.AddrPort, query []byte) {
+	if r == nil {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.query = query
+	r.waiting = append(r.waiting, waiter{conn, upstream})
+	r.last = r.now()
+}
+
+// done forgets conn: its exchange ended.
+func (r *resender) done(conn *net.UDPConn) {
+	if r == nil {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for i, w := range r.waiting {
+		if w.conn == conn {
+			r.waiting = append(r.waiting[:i], r.waiting[i+1:]...)
+			return
+		}
+	}
+}
+
+// resend sends the query again on every socket still waiting, if it last
+// went out resendInterval ago or more, and counts it under reason.
+func (r *resender) resend(reason string) {
+	if r == nil {
+		return
+	}
+	r.mu.Lock()
+	now := r.now()
+	if len(r.waiting) == 0 || now.Sub(r.last) < resendInterval {
+		r.mu.Unlock()
+		return
+	}
+	r.last = now
+	query, waiting := r.query, append([]waiter(nil), r.waiting...)
+	r.mu.Unlock()
+	// A socket whose exchange ends meanwhile is closed: the write fails,
+	// and nothing is counted.
+	for _, w := range waiting {
+		if _, err := w.conn.Write(query); err == nil {
+			r.metrics.resent(w.upstream, reason)
+		}
+	}
+}
