@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/ztdns/ztdns/pkg/capture"
@@ -106,6 +108,7 @@ func (a *Agent) addSandbox(req control.CNIAddRequest) (control.CNIAddResponse, e
 		NetnsPath: req.Netns, NetnsCookie: req.NetnsCookie, IPs: req.IPs,
 	}
 	att.Captured, att.Reason = a.decide(att)
+	a.forgetGoneClaims(att)
 	if a.capture == nil {
 		a.pods.Attach(att) // still tells the resolver who is asking
 		return control.CNIAddResponse{Captured: false, Reason: att.Reason}, nil
@@ -287,6 +290,30 @@ func (a *Agent) dropGoneRecords() {
 			a.log.Info("pod's network namespace is gone; forgetting it", "pod", att.Namespace+"/"+att.Name, "container", att.ContainerID, "netns", att.NetnsPath)
 		}
 		a.cniMu.Unlock()
+	}
+}
+
+// forgetGoneClaims forgets, for an ADD about to be recorded, the other
+// records that claim one of its IPs and whose network namespace is gone:
+// the old pod's DEL is late (saved to pending/ while no agent answered),
+// or never comes for a pod the source keeps (a completed Job's). The new
+// record owns the IP anyway, being the newest (podcache's AttachOrder);
+// this forgets the dead one now rather than at the next housekeeping.
+// Callers hold cniMu.
+func (a *Agent) forgetGoneClaims(att podcache.Attachment) {
+	if a.capture != nil {
+		a.capture.ctl.ForgetGoneClaims(att) // it logs what it forgets
+		return
+	}
+	ns := capture.ProcNamespaces{Root: a.cfg.ProcRoot}
+	for key, b := range a.pods.Attachments() {
+		if key == att.Key() || !slices.ContainsFunc(b.IPs, func(ip netip.Addr) bool { return slices.Contains(att.IPs, ip) }) ||
+			!capture.NetnsGone(ns, b) {
+			continue
+		}
+		a.pods.Detach(key)
+		a.log.Info("pod's network namespace is gone, and a new pod claims its IP; forgetting it", "pod", b.Namespace+"/"+b.Name,
+			"container", b.ContainerID, "netns", b.NetnsPath, "ips", b.IPs, "by", att.Namespace+"/"+att.Name)
 	}
 }
 

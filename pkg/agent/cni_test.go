@@ -673,3 +673,50 @@ func TestFailedAddIsLogged(t *testing.T) {
 		})
 	}
 }
+
+// TestAddClaimingTheIPOfAGoneSandbox: a pod's sandbox is gone, its DEL not
+// heard (saved to pending/ while no agent answered, say), and the runtime
+// gives its IP to a new pod. The new pod's ADD owns
+// the IP and forgets the dead record at once, with its mark; a record
+// whose namespace lives keeps its claim. (Before: the record whose
+// namespace/name sorts last, team-a/api's, answered for the IP, and the
+// dead one stayed, marked, until housekeeping forgot it.)
+func TestAddClaimingTheIPOfAGoneSandbox(t *testing.T) {
+	a, m := cniAgent(t)
+	ip := netip.MustParseAddr("198.18.77.13")
+	dead := podNetns(t, ip.String()+"/32")
+	deadCookie := cookieOf(t, dead)
+	feedSource(a)
+	add := func(n *testenv.Netns, namespace, name, id string) {
+		t.Helper()
+		if _, err := a.cniAdd(control.CNIAddRequest{ContainerID: id, Netns: n.Path(), IfName: "eth0", PodNamespace: namespace, PodName: name,
+			IPs: []netip.Addr{ip}, NetnsCookie: cookieOf(t, n)}); err != nil {
+			t.Fatalf("ADD of %s/%s: %v", namespace, name, err)
+		}
+	}
+	add(dead, "shop", "zz-job", "c0ffee30")
+	if !slices.Contains(m.cookies(), deadCookie) {
+		t.Fatalf("marks %v, want shop/zz-job's (%d)", m.cookies(), deadCookie)
+	}
+	if out, err := exec.Command("umount", dead.Path()).CombinedOutput(); err != nil {
+		t.Fatalf("umount %s: %v\n%s", dead.Path(), err, out)
+	}
+	// Two sandboxes share the IP for a moment: the older's namespace lives.
+	live := podNetns(t, ip.String()+"/32")
+	add(live, "team-a", "api", "c0ffee31")
+	web := podNetns(t, ip.String()+"/32")
+	add(web, "shop", "web", "c0ffee32")
+
+	if p := a.pods.Lookup(ip); p == nil || p.Key() != "shop/web" {
+		t.Errorf("%s is %v's, want shop/web's: the newest ADD", ip, p)
+	}
+	if _, ok := a.pods.Attachment("c0ffee30"); ok {
+		t.Error("the gone sandbox's record stays after a new pod claimed its IP")
+	}
+	if slices.Contains(m.cookies(), deadCookie) {
+		t.Errorf("the gone sandbox's mark stays: marks %v", m.cookies())
+	}
+	if _, ok := a.pods.Attachment("c0ffee31"); !ok {
+		t.Error("team-a/api's record, whose namespace lives, was forgotten")
+	}
+}
