@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/ztdns/ztdns/pkg/capture"
@@ -36,14 +38,91 @@ var cniInstallInterval = 5 * time.Second
 // first: it must match the network namespace it names (verifyAdd), or it is
 // refused; and the source's view of the pod (sourceDisagrees), or it is
 // answered "not captured" and not recorded.
+//
+// An ADD that arrived before a DEL of its container was carried out is
+// refused (staleAdd): the plugin gave up waiting for it (under
+// onAgentUnreachable "fail" the runtime then tears the sandbox down), and
+// carrying it out after the DEL, while the namespace still exists (ztdns's
+// DEL runs before the primary plugin's), would record and mark a dead
+// sandbox. cniMu does not keep the order in which events arrive.
 func (a *Agent) cniAdd(req control.CNIAddRequest) (control.CNIAddResponse, error) {
+	a.addsWaiting.Add(1)
+	arrived := a.cniSeq.Add(1)
 	a.cniMu.Lock()
 	defer a.cniMu.Unlock()
+	defer a.addDone()
 	if a.handedOver.Load() {
 		return control.CNIAddResponse{}, errHandedOver
 	}
+	if err := a.staleAdd(req.ContainerID, arrived); err != nil {
+		metricCNIEvents.WithLabelValues("add", "refused").Inc()
+		a.log.Info("not carrying out a CNI ADD whose container was deleted after it arrived", "pod", req.PodNamespace+"/"+req.PodName,
+			"container", req.ContainerID)
+		return control.CNIAddResponse{}, err
+	}
 	return a.cniAddLocked(req)
 }
+
+// staleAdd refuses an ADD of container id that arrived (cniSeq) before a
+// DEL of it was carried out. Callers hold cniMu.
+func (a *Agent) staleAdd(id string, arrived uint64) error {
+	if deleted, ok := a.deleted.at(id); ok && deleted > arrived {
+		return control.Refused(fmt.Errorf("container %s was deleted after this ADD was sent: the runtime gave up on it", id))
+	}
+	return nil
+}
+
+// addDone ends an ADD (cniAdd): the last one waiting takes the DELs'
+// record with it, since every later ADD arrives after them. Callers hold
+// cniMu.
+func (a *Agent) addDone() {
+	if a.addsWaiting.Add(-1) == 0 {
+		a.deleted.clear()
+	}
+}
+
+// deletedNow records that a DEL of container id was carried out, for the ADDs
+// that arrived before it and still wait (staleAdd); with none waiting,
+// every later ADD arrives after it, and nothing is kept. Callers hold
+// cniMu.
+func (a *Agent) deletedNow(id string) {
+	seq := a.cniSeq.Add(1)
+	if a.addsWaiting.Load() > 0 {
+		a.deleted.put(id, seq)
+	}
+}
+
+// maxRecentDels bounds the DELs kept for ADDs that wait (recentDels): an
+// ADD would have to wait through that many DELs to outlast its own.
+const maxRecentDels = 1024
+
+// recentDels is the DELs carried out while ADDs wait, by container ID, at
+// most maxRecentDels, the oldest forgotten first.
+type recentDels struct {
+	seq   map[string]uint64
+	order []string // the keys of seq, oldest first
+}
+
+func (r *recentDels) at(id string) (uint64, bool) {
+	seq, ok := r.seq[id]
+	return seq, ok
+}
+
+func (r *recentDels) put(id string, seq uint64) {
+	if r.seq == nil {
+		r.seq = map[string]uint64{}
+	}
+	if _, ok := r.seq[id]; !ok {
+		if len(r.order) == maxRecentDels {
+			delete(r.seq, r.order[0])
+			r.order = r.order[1:]
+		}
+		r.order = append(r.order, id)
+	}
+	r.seq[id] = seq
+}
+
+func (r *recentDels) clear() { r.seq, r.order = nil, nil }
 
 // errHandedOver answers a CNI event (or capture add/del) that waited for
 // cniMu while the agent handed over (fenceCapture holds it): the successor
@@ -106,6 +185,7 @@ func (a *Agent) addSandbox(req control.CNIAddRequest) (control.CNIAddResponse, e
 		NetnsPath: req.Netns, NetnsCookie: req.NetnsCookie, IPs: req.IPs,
 	}
 	att.Captured, att.Reason = a.decide(att)
+	a.forgetGoneClaims(att)
 	if a.capture == nil {
 		a.pods.Attach(att) // still tells the resolver who is asking
 		return control.CNIAddResponse{Captured: false, Reason: att.Reason}, nil
@@ -135,6 +215,7 @@ func (a *Agent) cniDelLocked(req control.CNIDelRequest) error {
 		metricCNIEvents.WithLabelValues("del", "error").Inc()
 		return control.Invalid(err)
 	}
+	a.deletedNow(req.ContainerID)
 	if a.capture == nil {
 		a.pods.Detach(req.ContainerID)
 		metricCNIEvents.WithLabelValues("del", "ok").Inc()
@@ -287,6 +368,30 @@ func (a *Agent) dropGoneRecords() {
 			a.log.Info("pod's network namespace is gone; forgetting it", "pod", att.Namespace+"/"+att.Name, "container", att.ContainerID, "netns", att.NetnsPath)
 		}
 		a.cniMu.Unlock()
+	}
+}
+
+// forgetGoneClaims forgets, for an ADD about to be recorded, the other
+// records that claim one of its IPs and whose network namespace is gone:
+// the old pod's DEL is late (saved to pending/ while no agent answered),
+// or never comes for a pod the source keeps (a completed Job's). The new
+// record owns the IP anyway, being the newest (podcache's AttachOrder);
+// this forgets the dead one now rather than at the next housekeeping.
+// Callers hold cniMu.
+func (a *Agent) forgetGoneClaims(att podcache.Attachment) {
+	if a.capture != nil {
+		a.capture.ctl.ForgetGoneClaims(att) // it logs what it forgets
+		return
+	}
+	ns := capture.ProcNamespaces{Root: a.cfg.ProcRoot}
+	for key, b := range a.pods.Attachments() {
+		if key == att.Key() || !slices.ContainsFunc(b.IPs, func(ip netip.Addr) bool { return slices.Contains(att.IPs, ip) }) ||
+			!capture.NetnsGone(ns, b) {
+			continue
+		}
+		a.pods.Detach(key)
+		a.log.Info("pod's network namespace is gone, and a new pod claims its IP; forgetting it", "pod", b.Namespace+"/"+b.Name,
+			"container", b.ContainerID, "netns", b.NetnsPath, "ips", b.IPs, "by", att.Namespace+"/"+att.Name)
 	}
 }
 

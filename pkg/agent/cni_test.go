@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/ztdns/ztdns/internal/testenv"
@@ -671,5 +672,142 @@ func TestFailedAddIsLogged(t *testing.T) {
 				t.Errorf("a second failure right after the first is logged too:\n%s", log.String())
 			}
 		})
+	}
+}
+
+// serveControl serves the agent's control socket, as run does, until the
+// test ends, and returns its path.
+func serveControl(t *testing.T, a *Agent) string {
+	t.Helper()
+	socket := filepath.Join(t.TempDir(), "ztdns.sock")
+	ln, err := control.Listen(socket, control.Access{Logger: a.log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- control.Serve(ctx, ln, control.NewHandler(controlAPI{a}, a.log)) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("control socket: %v", err)
+		}
+	})
+	return socket
+}
+
+// TestAddTheRuntimeGaveUpOn: an ADD waits for the agent (another event
+// holds it) until the plugin gives up on it; under onAgentUnreachable
+// "fail" the runtime then tears the sandbox down with a DEL of the same
+// container, whose network namespace still exists (ztdns's DEL runs before
+// the primary plugin's). The DEL gets the agent first (a mutex keeps no
+// order): the ADD that comes after it is stale, and the dead sandbox is
+// neither recorded nor marked. (Before: the ADD was carried out after the
+// DEL, and the record and the mark stayed until housekeeping found the
+// namespace gone.) An ADD of the same container sent after the DEL is
+// carried out.
+func TestAddTheRuntimeGaveUpOn(t *testing.T) {
+	a, m := cniAgent(t)
+	ip := netip.MustParseAddr("198.18.77.12")
+	n := podNetns(t, ip.String()+"/32")
+	cookie := cookieOf(t, n)
+	feedSource(a)
+	socket := serveControl(t, a)
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(metricCNIEvents)
+	addsDone := func() float64 {
+		return metricValue(t, reg, "ztdns_cni_events_total", map[string]string{"command": "add"})
+	}
+	before := addsDone()
+
+	add := control.CNIAddRequest{ContainerID: "c0ffee20", Netns: n.Path(), IfName: "eth0", PodNamespace: "shop", PodName: "late",
+		IPs: []netip.Addr{ip}, NetnsCookie: cookie}
+	a.cniMu.Lock() // another event is under way
+	locked := true
+	t.Cleanup(func() {
+		if locked {
+			a.cniMu.Unlock()
+		}
+	})
+	if _, err := control.NewClient(socket, 200*time.Millisecond).CNIAdd(t.Context(), add); !errors.Is(err, control.ErrUnreachable) {
+		t.Fatalf("ADD while the agent is busy = %v, want the plugin to give up (%v)", err, control.ErrUnreachable)
+	}
+	// The runtime's DEL, carried out before the ADD that waits.
+	if err := a.cniDelLocked(control.CNIDelRequest{ContainerID: add.ContainerID, Netns: n.Path(),
+		PodNamespace: "shop", PodName: "late"}); err != nil {
+		t.Fatal(err)
+	}
+	locked = false
+	a.cniMu.Unlock()
+	for deadline := time.Now().Add(10 * time.Second); addsDone() == before; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the waiting ADD never ended")
+		}
+	}
+	if att, ok := a.pods.Attachment(add.ContainerID); ok {
+		t.Errorf("the deleted sandbox is recorded: %+v", att)
+	}
+	if p := a.pods.Lookup(ip); p != nil {
+		t.Errorf("%s is %s's after its sandbox's DEL", ip, p.Key())
+	}
+	if got := m.cookies(); len(got) != 0 {
+		t.Errorf("marks %v after the sandbox's DEL, want none", got)
+	}
+
+	// The runtime sets the sandbox up again under the same ID (CNI allows
+	// it): that ADD came after the DEL.
+	resp, err := control.NewClient(socket, 10*time.Second).CNIAdd(t.Context(), add)
+	if err != nil || !resp.Captured {
+		t.Fatalf("ADD after the DEL = %+v, %v; want captured", resp, err)
+	}
+	if got := m.cookies(); !slices.Equal(got, []uint64{cookie}) {
+		t.Errorf("marks %v, want the sandbox's (%d)", got, cookie)
+	}
+}
+
+// TestAddClaimingTheIPOfAGoneSandbox: a pod's sandbox is gone, its DEL not
+// heard (saved to pending/ while no agent answered, say), and the runtime
+// gives its IP to a new pod. The new pod's ADD owns
+// the IP and forgets the dead record at once, with its mark; a record
+// whose namespace lives keeps its claim. (Before: the record whose
+// namespace/name sorts last, team-a/api's, answered for the IP, and the
+// dead one stayed, marked, until housekeeping forgot it.)
+func TestAddClaimingTheIPOfAGoneSandbox(t *testing.T) {
+	a, m := cniAgent(t)
+	ip := netip.MustParseAddr("198.18.77.13")
+	dead := podNetns(t, ip.String()+"/32")
+	deadCookie := cookieOf(t, dead)
+	feedSource(a)
+	add := func(n *testenv.Netns, namespace, name, id string) {
+		t.Helper()
+		if _, err := a.cniAdd(control.CNIAddRequest{ContainerID: id, Netns: n.Path(), IfName: "eth0", PodNamespace: namespace, PodName: name,
+			IPs: []netip.Addr{ip}, NetnsCookie: cookieOf(t, n)}); err != nil {
+			t.Fatalf("ADD of %s/%s: %v", namespace, name, err)
+		}
+	}
+	add(dead, "shop", "zz-job", "c0ffee30")
+	if !slices.Contains(m.cookies(), deadCookie) {
+		t.Fatalf("marks %v, want shop/zz-job's (%d)", m.cookies(), deadCookie)
+	}
+	if out, err := exec.Command("umount", dead.Path()).CombinedOutput(); err != nil {
+		t.Fatalf("umount %s: %v\n%s", dead.Path(), err, out)
+	}
+	// Two sandboxes share the IP for a moment: the older's namespace lives.
+	live := podNetns(t, ip.String()+"/32")
+	add(live, "team-a", "api", "c0ffee31")
+	web := podNetns(t, ip.String()+"/32")
+	add(web, "shop", "web", "c0ffee32")
+
+	if p := a.pods.Lookup(ip); p == nil || p.Key() != "shop/web" {
+		t.Errorf("%s is %v's, want shop/web's: the newest ADD", ip, p)
+	}
+	if _, ok := a.pods.Attachment("c0ffee30"); ok {
+		t.Error("the gone sandbox's record stays after a new pod claimed its IP")
+	}
+	if slices.Contains(m.cookies(), deadCookie) {
+		t.Errorf("the gone sandbox's mark stays: marks %v", m.cookies())
+	}
+	if _, ok := a.pods.Attachment("c0ffee31"); !ok {
+		t.Error("team-a/api's record, whose namespace lives, was forgotten")
 	}
 }

@@ -21,7 +21,8 @@ var (
 	// metricCNIEvents counts the CNI plugin's events by outcome: the capture
 	// decision's reason for ADD (source-mismatch: one the source contradicts,
 	// not recorded), ok for DEL, refused (claims that do not
-	// match the network namespace) or error.
+	// match the network namespace; an ADD that arrived before its
+	// container's DEL was carried out) or error.
 	metricCNIEvents = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "ztdns_cni_events_total",
 		Help: "CNI events from the chained plugin by command (add, del) and outcome (the decision's reason, ok, refused, error).",

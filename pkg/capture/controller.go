@@ -17,6 +17,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"maps"
+	"net/netip"
 	"slices"
 	"strings"
 	"sync"
@@ -382,6 +383,32 @@ func (c *Controller) dropGone() {
 				"netns", a.NetnsPath, "err", err)
 		}
 	}
+}
+
+// ForgetGoneClaims forgets the records other than a's that claim one of
+// a's IPs and whose network namespace is gone (for an adopted record: that
+// no process holds any more), with their marks: a sandbox's record whose
+// DEL is late, or was never heard, must not keep an IP the runtime gave
+// another pod. The newer record owns the IP either way (podcache's
+// AttachOrder); this makes the old one go at once rather than at the next
+// full look (dropGone), when it was the old pod's last claim. A record
+// whose namespace lives stays (two sandboxes may claim one IP while one of
+// them is torn down). It returns the records it forgot.
+func (c *Controller) ForgetGoneClaims(a podcache.Attachment) []podcache.Attachment {
+	var forgot []podcache.Attachment
+	var live liveNetns
+	for key, b := range c.pods.Attachments() {
+		if key == a.Key() || !slices.ContainsFunc(b.IPs, func(ip netip.Addr) bool { return slices.Contains(a.IPs, ip) }) ||
+			!c.netnsLost(key, b, &live) {
+			continue
+		}
+		if _, ok, err := c.forgetIf(key, b.NetnsCookie); ok {
+			c.log.Info("pod's network namespace is gone, and a new pod claims its IP; forgetting it", "pod", b.Namespace+"/"+b.Name,
+				"container", b.ContainerID, "netns", b.NetnsPath, "ips", b.IPs, "by", a.Namespace+"/"+a.Name, "err", err)
+			forgot = append(forgot, b)
+		}
+	}
+	return forgot
 }
 
 // liveNetns is where a scan found each network namespace: one scan at

@@ -1167,3 +1167,28 @@ func TestReleaseKeepsTheRecord(t *testing.T) {
 		t.Errorf("a release of a namespace that is gone kept its record or mark")
 	}
 }
+
+// TestRestoreKeepsTheAttachOrder: two records claim one IP (the old pod's
+// DEL is late) when the agent restarts: the restarted agent reads which is
+// newer from the record, and the new pod keeps its IP. (Before: the record
+// whose name sorts last, the old pod's, took it after a restart.)
+func TestRestoreKeepsTheAttachOrder(t *testing.T) {
+	f := newFixture(t, true)
+	f.source([]model.Namespace{ambientNS})
+	f.attach(t, cniAttachment("zz-job", 10, "10.0.0.2"))
+	f.attach(t, cniAttachment("web", 11, "10.0.0.2"))
+	ip := netip.MustParseAddr("10.0.0.2")
+	if p := f.pods.Lookup(ip); p == nil || p.Name != "web" {
+		t.Fatalf("%s is %v's, want shop/web's: the newer record", ip, p)
+	}
+	f.ctl.Close()
+
+	g := f.restarted(t)
+	if p := g.pods.Lookup(ip); p == nil || p.Name != "web" {
+		t.Errorf("after a restart %s is %v's, want shop/web's", ip, p)
+	}
+	g.attach(t, cniAttachment("api", 12, "10.0.0.2"))
+	if p := g.pods.Lookup(ip); p == nil || p.Name != "api" {
+		t.Errorf("%s is %v's, want shop/api's: added after the restart", ip, p)
+	}
+}

@@ -13,6 +13,7 @@
 package podcache
 
 import (
+	"cmp"
 	"fmt"
 	"maps"
 	"net/netip"
@@ -40,6 +41,12 @@ type Attachment struct {
 	// Reason why (or why not).
 	Captured bool   `json:"captured"`
 	Reason   string `json:"reason,omitempty"`
+	// AttachOrder is when the cache first recorded the sandbox, as a
+	// count: of two records claiming one IP, or two of one pod, the later
+	// (the higher) is the live one (see Cache.Attach). Kept in the agent's
+	// record on disk, so that a restarted agent orders them the same; 0 in
+	// what is handed to Attach for a new record.
+	AttachOrder uint64 `json:"attachOrder,omitempty"`
 }
 
 // Key identifies an attachment: its container ID, or its netns cookie for
@@ -109,6 +116,8 @@ type Cache struct {
 	attachments map[string]Attachment
 	quotas      map[string]*quota.Source // by pod key
 	watchers    map[*func()]struct{}
+	// lastOrder is the highest AttachOrder given or restored.
+	lastOrder uint64
 
 	view atomic.Pointer[index]
 }
@@ -193,11 +202,26 @@ func (c *Cache) SetSourcePods(pods []model.Pod) {
 	c.rebuild()
 }
 
-// Attach records (or replaces) a runtime attachment.
+// Attach records (or replaces) a runtime attachment. A record of a
+// sandbox the cache did not hold is given the next AttachOrder: the newest
+// record owns its IPs, and its pod's lookups, over older ones that still
+// claim them (a pod whose DEL is late, or pending while no agent answered;
+// a completed Job pod whose Pod object stays). A replaced record (the same
+// key, the same network namespace: a repeated ADD, a changed decision)
+// keeps its order, and a record that comes with one (restored from disk)
+// keeps that.
 func (c *Cache) Attach(a Attachment) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	a.IPs = slices.Clone(a.IPs)
+	if a.AttachOrder == 0 {
+		if cur, ok := c.attachments[a.Key()]; ok && cur.NetnsCookie == a.NetnsCookie {
+			a.AttachOrder = cur.AttachOrder
+		} else {
+			a.AttachOrder = c.lastOrder + 1
+		}
+	}
+	c.lastOrder = max(c.lastOrder, a.AttachOrder)
 	c.attachments[a.Key()] = a
 	c.rebuild()
 }
@@ -214,6 +238,16 @@ func (c *Cache) Detach(key string) (Attachment, bool) {
 	return a, ok
 }
 
+// attachOrder returns the attachments' keys, oldest first: by AttachOrder,
+// then by key. Callers hold mu.
+func (c *Cache) attachOrder() []string {
+	keys := slices.Sorted(maps.Keys(c.attachments))
+	slices.SortStableFunc(keys, func(a, b string) int {
+		return cmp.Compare(c.attachments[a].AttachOrder, c.attachments[b].AttachOrder)
+	})
+	return keys
+}
+
 // rebuild makes a new index from both feeds. Callers hold mu.
 func (c *Cache) rebuild() {
 	pods := map[string]*Pod{}
@@ -221,10 +255,11 @@ func (c *Cache) rebuild() {
 		spec := sp
 		pods[k] = &Pod{Namespace: sp.Namespace, Name: sp.Name, UID: sp.UID, IPs: sp.IPs, Spec: &spec}
 	}
-	// Attachments in a stable order, so two of one pod (a sandbox restart
-	// before the old DEL) resolve the same way on every rebuild.
+	// Attachments oldest first (by AttachOrder, then key), so that of two
+	// of one pod (a sandbox restart before the old DEL) the pod shows the
+	// newer: its IPs, its capture.
 	cookies := map[uint64]string{}
-	for _, key := range slices.Sorted(maps.Keys(c.attachments)) {
+	for _, key := range c.attachOrder() {
 		a := c.attachments[key]
 		k := a.Namespace + "/" + a.Name
 		if a.NetnsCookie != 0 {
@@ -260,23 +295,28 @@ func (c *Cache) rebuild() {
 	slices.SortFunc(idx.all, func(a, b *Pod) int { return strings.Compare(a.Key(), b.Key()) })
 	// Attached pods own their IPs over source-only ones: an IP reused by a
 	// new pod before the old pod object is gone must point at the new one.
-	// Pods on the host's network are never indexed by IP: they share the
-	// node's addresses, so a query from the node's IP is nobody's in
-	// particular and gets the view of a client outside every namespace.
+	// Among attached pods, the one whose record is newest owns it: the old
+	// pod's record may linger (a late DEL, a Job pod that completed), and
+	// its namespace's view must not answer the new pod. Pods on the host's
+	// network are never indexed by IP: they share the node's addresses, so
+	// a query from the node's IP is nobody's in particular and gets the view
+	// of a client outside every namespace.
+	var attached []*Pod
 	for _, p := range idx.all {
-		if p.Attachment == nil && !p.hostNetwork() {
+		switch {
+		case p.hostNetwork():
+		case p.Attachment != nil:
+			attached = append(attached, p)
+		default:
 			for _, ip := range p.IPs {
 				idx.byIP[ip] = p
 			}
 		}
 	}
-	for _, p := range idx.all {
-		if p.Attachment != nil {
-			if !p.hostNetwork() {
-				for _, ip := range p.IPs {
-					idx.byIP[ip] = p
-				}
-			}
+	slices.SortStableFunc(attached, func(a, b *Pod) int { return cmp.Compare(a.Attachment.AttachOrder, b.Attachment.AttachOrder) })
+	for _, p := range attached {
+		for _, ip := range p.IPs {
+			idx.byIP[ip] = p
 		}
 	}
 	// Every record's namespace, not only the one its pod shows: a

@@ -210,3 +210,71 @@ func TestUncaptured(t *testing.T) {
 		t.Error("captured again: Uncaptured() = true, want false")
 	}
 }
+
+// TestNewestRecordOwnsAReusedIP: an old pod's record lingers (its DEL late,
+// or pending while no agent answered; a completed Job pod whose Pod object
+// stays) when a new pod is given its IP. The new pod's queries are its
+// own, whichever pod's name sorts last. (Before: the record of
+// team-z/job-1, sorting after team-b/web, kept the IP.)
+func TestNewestRecordOwnsAReusedIP(t *testing.T) {
+	c := New("cluster.local")
+	c.Attach(Attachment{ContainerID: "c-old", Namespace: "team-z", Name: "job-1", NetnsCookie: 7, IPs: []netip.Addr{ip2}})
+	c.Attach(Attachment{ContainerID: "c-new", Namespace: "team-b", Name: "web", NetnsCookie: 8, IPs: []netip.Addr{ip2}})
+	if p := c.Lookup(ip2); p == nil || p.Key() != "team-b/web" {
+		t.Fatalf("Lookup(%s) = %v, want team-b/web: the newer record", ip2, p)
+	}
+	// A decision changed on the old record (Redecide re-applies it) does
+	// not make it the newer.
+	old, _ := c.Attachment("c-old")
+	old.Captured = true
+	c.Attach(old)
+	if p := c.Lookup(ip2); p == nil || p.Key() != "team-b/web" {
+		t.Errorf("after the old record is re-applied, Lookup(%s) = %v, want team-b/web", ip2, p)
+	}
+	// The old pod's DEL comes at last: the IP stays the new pod's.
+	c.Detach("c-old")
+	if p := c.Lookup(ip2); p == nil || p.Key() != "team-b/web" {
+		t.Errorf("after the old DEL, Lookup(%s) = %v, want team-b/web", ip2, p)
+	}
+}
+
+// TestNewestSandboxIsThePods: a pod's sandbox was replaced before the old
+// one's DEL came: the pod is the new sandbox's (its IPs, its capture),
+// whichever container ID sorts last. (Before: the old sandbox ffff-old
+// sorted after 0000-new, so the pod showed the old IP and the new
+// sandbox's IP was nobody's: a client outside every namespace.)
+func TestNewestSandboxIsThePods(t *testing.T) {
+	c := New("cluster.local")
+	ip9 := netip.MustParseAddr("10.0.0.9")
+	c.Attach(Attachment{ContainerID: "ffff-old", Namespace: "prod", Name: "web", NetnsCookie: 7, IPs: []netip.Addr{ip2}, Captured: true})
+	c.Attach(Attachment{ContainerID: "0000-new", Namespace: "prod", Name: "web", NetnsCookie: 8, IPs: []netip.Addr{ip9}, Reason: "released"})
+	p := c.Lookup(ip9)
+	if p == nil || p.Key() != "prod/web" {
+		t.Fatalf("Lookup(%s) = %v, want prod/web: its live sandbox's IP", ip9, p)
+	}
+	if p.Attachment.ContainerID != "0000-new" || !slices.Equal(p.IPs, []netip.Addr{ip9}) || !p.Uncaptured() {
+		t.Errorf("prod/web shows record %s with IPs %v (uncaptured %v), want 0000-new's", p.Attachment.ContainerID, p.IPs, p.Uncaptured())
+	}
+	if got := c.Get("prod", "web"); got != p {
+		t.Errorf("Get = %+v, want the pod Lookup found", got)
+	}
+}
+
+// TestAttachOrderComesBack: records restored with their AttachOrder (a
+// restarted agent reads them from disk, in any order) keep it, and a
+// record attached after them is newer than all.
+func TestAttachOrderComesBack(t *testing.T) {
+	c := New("cluster.local")
+	c.Attach(Attachment{ContainerID: "c-new", Namespace: "team-b", Name: "web", NetnsCookie: 8, IPs: []netip.Addr{ip2}, AttachOrder: 41})
+	c.Attach(Attachment{ContainerID: "c-old", Namespace: "team-z", Name: "job-1", NetnsCookie: 7, IPs: []netip.Addr{ip2}, AttachOrder: 40})
+	if p := c.Lookup(ip2); p == nil || p.Key() != "team-b/web" {
+		t.Fatalf("Lookup(%s) = %v, want team-b/web: restored as the newer", ip2, p)
+	}
+	c.Attach(Attachment{ContainerID: "c-next", Namespace: "team-a", Name: "api", NetnsCookie: 9, IPs: []netip.Addr{ip2}})
+	if a, _ := c.Attachment("c-next"); a.AttachOrder != 42 {
+		t.Errorf("the next record's order is %d, want 42", a.AttachOrder)
+	}
+	if p := c.Lookup(ip2); p == nil || p.Key() != "team-a/api" {
+		t.Errorf("Lookup(%s) = %v, want team-a/api: attached after the restored ones", ip2, p)
+	}
+}
