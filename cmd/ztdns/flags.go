@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -24,7 +25,8 @@ type listFlag[T fmt.Stringer] struct {
 	set   bool
 }
 
-// addrPortList is a list of addresses; a bare IP gets defaultPort.
+// addrPortList is a list of addresses (see parseAddrPort); a bare IP gets
+// defaultPort.
 func addrPortList(defaults []netip.AddrPort, defaultPort uint16) *listFlag[netip.AddrPort] {
 	return &listFlag[netip.AddrPort]{vals: defaults, typ: "addrs",
 		parse: func(s string) (netip.AddrPort, error) { return parseAddrPort(s, defaultPort) }}
@@ -64,15 +66,69 @@ func (l *listFlag[T]) Set(v string) error {
 	return nil
 }
 
+// parseAddrPort reads an address of --listen or --upstream: 10.0.0.5:53,
+// [2001:db8::5]:53, or an address alone, which gets defaultPort. Brackets
+// are taken around an IPv4 address too ([10.0.0.5]:53), so that one
+// "[$(HOST_IP)]:53" serves nodes of either family. An IPv6 address without
+// brackets is all address, and a port after it needs the brackets: where
+// the last group could be a port (2001:db8::5:53, as "$(HOST_IP):53" gives
+// on an IPv6 node), it is refused with the bracketed forms to write, rather
+// than read as another host's address (the resolver binds with
+// IP_FREEBIND, and a nameserver is not dialled first: nothing would fail).
 func parseAddrPort(s string, defaultPort uint16) (netip.AddrPort, error) {
-	if ap, err := netip.ParseAddrPort(s); err == nil {
-		return ap, nil
+	if inner, ok := strings.CutPrefix(s, "["); ok {
+		host, rest, closed := strings.Cut(inner, "]")
+		a, err := netip.ParseAddr(host)
+		if !closed || err != nil {
+			return netip.AddrPort{}, fmt.Errorf("%q is not an address or address:port", s)
+		}
+		if rest == "" {
+			return netip.AddrPortFrom(a.Unmap(), defaultPort), nil
+		}
+		port, ok := strings.CutPrefix(rest, ":")
+		n, err := strconv.ParseUint(port, 10, 16)
+		if !ok || err != nil {
+			return netip.AddrPort{}, fmt.Errorf("%q: want [ADDR]:PORT with a port up to 65535", s)
+		}
+		return netip.AddrPortFrom(a.Unmap(), uint16(n)), nil
 	}
-	a, err := netip.ParseAddr(strings.Trim(s, "[]"))
-	if err != nil {
+	if ap, err := netip.ParseAddrPort(s); err == nil {
+		return ap, nil // IPv4
+	}
+	a, err := netip.ParseAddr(s)
+	ap, withPort := v6AndPort(s)
+	switch {
+	case err == nil && withPort:
+		return netip.AddrPort{}, fmt.Errorf("%q: address %s or port %d of %s? An IPv6 address goes in brackets: write [%s] or %s",
+			s, a, ap.Port(), ap.Addr(), a, ap)
+	case withPort:
+		return netip.AddrPort{}, fmt.Errorf("%q: an IPv6 address with a port goes in brackets: %s", s, ap)
+	case err != nil:
 		return netip.AddrPort{}, fmt.Errorf("%q is not an address or address:port", s)
 	}
 	return netip.AddrPortFrom(a.Unmap(), defaultPort), nil
+}
+
+// v6AndPort reads s, written without brackets, as an IPv6 address and a
+// port split at its last colon, as "$(HOST_IP):53" gives on an IPv6 node.
+func v6AndPort(s string) (netip.AddrPort, bool) {
+	i := strings.LastIndexByte(s, ':')
+	if i < 0 || strings.HasPrefix(s, "[") {
+		return netip.AddrPort{}, false
+	}
+	a, err := netip.ParseAddr(s[:i])
+	if err != nil || !a.Is6() || a.Is4In6() {
+		return netip.AddrPort{}, false
+	}
+	port := s[i+1:]
+	if port == "" || strings.Trim(port, "0123456789") != "" {
+		return netip.AddrPort{}, false
+	}
+	n, err := strconv.ParseUint(port, 10, 16)
+	if err != nil {
+		return netip.AddrPort{}, false
+	}
+	return netip.AddrPortFrom(a, uint16(n)), true
 }
 
 // byteSize is a flag of bytes in Kubernetes quantity form: 4Mi, 512Ki,

@@ -292,6 +292,16 @@ func TestUsageErrors(t *testing.T) {
 			"ztdns agent: --state-dir " + dir + `/l/../z has a ".." component, which symbolic links before it may send elsewhere: give the path without it`},
 		{[]string{"agent", "--config-dir", dir, "--inflight-bytes", "0"},
 			`ztdns agent: invalid argument "0" for "--inflight-bytes" flag: "0" is not a positive size in bytes (e.g. 4Mi)`},
+		// "$(HOST_IP):53" on a node with an IPv6 address of eight groups.
+		{[]string{"agent", "--config-dir", dir, "--listen", "2001:db8:1:2:3:4:5:6:53"},
+			`ztdns agent: invalid argument "2001:db8:1:2:3:4:5:6:53" for "--listen" flag: "2001:db8:1:2:3:4:5:6:53": an IPv6 address with a port goes in brackets: [2001:db8:1:2:3:4:5:6]:53`},
+		// On a node with 2001:db8::5: the resolver would bind another
+		// address (IP_FREEBIND), and nothing would fail.
+		{[]string{"agent", "--config-dir", dir, "--listen", "2001:db8::5:53"},
+			`ztdns agent: invalid argument "2001:db8::5:53" for "--listen" flag: "2001:db8::5:53": address 2001:db8::5:53 or port 53 of 2001:db8::5? An IPv6 address goes in brackets: write [2001:db8::5:53] or [2001:db8::5]:53`},
+		// Another host: a nameserver on port 5353 goes in brackets.
+		{[]string{"agent", "--config-dir", dir, "--upstream", "fd00:10:96::a:5353"},
+			`ztdns agent: invalid argument "fd00:10:96::a:5353" for "--upstream" flag: "fd00:10:96::a:5353": address fd00:10:96::a:5353 or port 5353 of fd00:10:96::a? An IPv6 address goes in brackets: write [fd00:10:96::a:5353] or [fd00:10:96::a]:5353`},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			r := ztdns(t, tc.args...)

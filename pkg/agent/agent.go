@@ -854,7 +854,9 @@ func sameTCPAddr(got net.Addr, addr string) bool {
 }
 
 // MetricsListenAddr accepts an IPv6 address without brackets before the
-// port, as the chart's "$(HOST_IP):15053" gives on an IPv6 node.
+// port, as "$(HOST_IP):15053" gives on an IPv6 node (earlier charts passed
+// it so; now "[$(HOST_IP)]:15053", which net.SplitHostPort takes for both
+// families).
 func MetricsListenAddr(s string) string {
 	if _, _, err := net.SplitHostPort(s); err == nil {
 		return s

@@ -58,7 +58,7 @@ func TestChartOnAPIServer(t *testing.T) {
 	t.Run("every variant validates", func(t *testing.T) {
 		for _, sets := range [][]string{
 			{"mode=cleanup"},
-			{"capture.enabled=false", "resolver.listen={$(HOST_IP):53}"},
+			{"capture.enabled=false", "resolver.listen={[$(HOST_IP)]:53}"},
 			{"bpf.mountFS=true"},
 			{"seLinuxOptions.type=spc_t", "logFormat=json", "cni.netnsDir=/run/netns"},
 			{"cni.install=false", "cni.ambient.dnsCapture=false"},

@@ -45,7 +45,7 @@ func defaultArgs() argList {
 		"--node-name=$(NODE_NAME)",
 		"--listen=169.254.20.53:53,[fd00:7a74:646e::53]:53",
 		"--cluster-domain=cluster.local",
-		"--metrics=$(HOST_IP):15053", // the node's IP, never every interface
+		"--metrics=[$(HOST_IP)]:15053", // the node's IP, never every interface
 		"--socket=/var/run/ztdns/ztdns.sock",
 		"--bpffs=/sys/fs/bpf/ztdns",
 		"--capture=true",
@@ -264,15 +264,15 @@ func TestChartAgent(t *testing.T) {
 			// with an upgrade, the programs stayed attached, the pins and
 			// ztdns0 in place), the CNI entry too when none is installed.
 			name:  "capture disabled: the capture path removed, only serving, with no privileges but the port",
-			sets:  []string{"capture.enabled=false", "resolver.listen={$(HOST_IP):53}"},
+			sets:  []string{"capture.enabled=false", "resolver.listen={[$(HOST_IP)]:53}"},
 			kinds: defaultKinds,
-			pod:   captureOffPod("--listen=$(HOST_IP):53"),
+			pod:   captureOffPod("--listen=[$(HOST_IP)]:53"),
 		},
 		{
 			name:  "capture disabled and CNI install off: the CNI entry removed too",
-			sets:  []string{"capture.enabled=false", "resolver.listen={$(HOST_IP):53}", "cni.install=false"},
+			sets:  []string{"capture.enabled=false", "resolver.listen={[$(HOST_IP)]:53}", "cni.install=false"},
 			kinds: defaultKinds,
-			pod: captureOffPod("--listen=$(HOST_IP):53", "--cni-install=false").change(func(w *podWant) {
+			pod: captureOffPod("--listen=[$(HOST_IP)]:53", "--cni-install=false").change(func(w *podWant) {
 				w.args = w.args.without("--cni-bin-dir", "--cni-conf-dir")
 				w.removeCNI = true
 				delete(w.mounts, "/host/opt/cni/bin")
@@ -377,10 +377,10 @@ func TestChartAgent(t *testing.T) {
 			// Only the first IPv4 and IPv6 address go on ztdns0; others
 			// are served as they are.
 			name:  "capture on with the node's address after the slots' bases",
-			sets:  []string{"resolver.listen={169.254.20.53:53,[FD00:7a74:646e::53]:53,$(HOST_IP):53}"},
+			sets:  []string{"resolver.listen={169.254.20.53:53,[FD00:7a74:646e::53]:53,[$(HOST_IP)]:53}"},
 			kinds: defaultKinds,
 			pod: defaultPod().change(func(w *podWant) {
-				w.args = w.args.with("--listen=169.254.20.53:53,[FD00:7a74:646e::53]:53,$(HOST_IP):53")
+				w.args = w.args.with("--listen=169.254.20.53:53,[FD00:7a74:646e::53]:53,[$(HOST_IP)]:53")
 			}),
 		},
 		{
@@ -883,7 +883,12 @@ func TestChartRejectsBadValues(t *testing.T) {
 		// As `helm upgrade --reuse-values --set capture.enabled=true` keeps
 		// the listen address capture off asked for: on ztdns0, the node's
 		// address would take the routes to its neighbours.
-		{"capture on with the node's address first", "resolver.listen={$(HOST_IP):53}", "resolver.listen's first IPv4 address, $(HOST_IP):53, is not link-local (169.254.0.0/16)"},
+		{"capture on with the node's address first", "resolver.listen={[$(HOST_IP)]:53}", "resolver.listen has [$(HOST_IP)]:53 before an IPv4 and an IPv6 address: on the node it could be the first of its family"},
+		{"capture on with the node's address first unbracketed", "resolver.listen={$(HOST_IP):53}", "resolver.listen has $(HOST_IP):53 before an IPv4 and an IPv6 address"},
+		// On an IPv6 node it would be the first IPv6 address.
+		{"capture on with the node's address before any IPv6 one", "resolver.listen={169.254.20.53:53,[$(HOST_IP)]:53}", "resolver.listen has [$(HOST_IP)]:53 before an IPv4 and an IPv6 address"},
+		{"capture on with a routable IPv4 address in brackets first", "resolver.listen={[10.0.0.1]:53,169.254.20.53:53}", "resolver.listen's first IPv4 address, [10.0.0.1]:53, is not link-local"},
+		{"capture off serving on ztdns0's address in brackets", "capture.enabled=false,resolver.listen={[169.254.20.53]:53}", "resolver.listen has [169.254.20.53]:53, an address of the ztdns0 interface"},
 		{"capture on with a routable IPv4 address first", "resolver.listen={10.0.0.1:53,169.254.20.53:53}", "resolver.listen's first IPv4 address, 10.0.0.1:53, is not link-local"},
 		{"capture on with a non-ULA IPv6 address first", "resolver.listen={169.254.20.53:53,[2001:db8::1]:53,[fd00:7a74:646e::53]:53}", "resolver.listen's first IPv6 address, [2001:db8::1]:53, is not a ULA (fd00::/8)"},
 		{"more capture nameservers than the agent takes", "capture.nameservers={10.0.0.1,10.0.0.2,10.0.0.3,10.0.0.4,10.0.0.5,10.0.0.6,10.0.0.7,10.0.0.8,10.0.0.9}", "/capture/nameservers"},
@@ -1000,7 +1005,7 @@ func TestChartLint(t *testing.T) {
 		sets []string
 	}{
 		{"defaults", nil},
-		{"capture disabled", []string{"capture.enabled=false", "resolver.listen={$(HOST_IP):53}"}},
+		{"capture disabled", []string{"capture.enabled=false", "resolver.listen={[$(HOST_IP)]:53}"}},
 		{"capture nameservers", []string{"capture.nameservers={10.96.0.10,fd00:10:96::a}"}},
 		{"DNS capture switch off", []string{"cni.ambient.dnsCapture=false"}},
 		{"ServiceMonitor on", []string{"metrics.serviceMonitor.enabled=true"}},

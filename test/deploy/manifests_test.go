@@ -79,7 +79,7 @@ func firstDifference(got, want []byte) string {
 func TestAgentAcceptsChartFlags(t *testing.T) {
 	variants := [][]string{
 		nil,
-		{"capture.enabled=false", "resolver.listen={$(HOST_IP):53}"},
+		{"capture.enabled=false", "resolver.listen={[$(HOST_IP)]:53}"},
 		{"cni.install=false"},
 		{"upstreams={203.0.113.53}"},
 		{"bpf.mountFS=true"},

@@ -343,7 +343,7 @@ func TestChartNothingPrivilegedByDefault(t *testing.T) {
 	for _, sets := range [][]string{
 		nil,
 		{"mode=cleanup"},
-		{"capture.enabled=false", "resolver.listen={$(HOST_IP):53}"},
+		{"capture.enabled=false", "resolver.listen={[$(HOST_IP)]:53}"},
 		{"cni.install=false"},
 		{"metrics.bind=loopback"},
 		{"bpf.mountFS=true"},
