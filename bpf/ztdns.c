@@ -9,7 +9,8 @@
  *    pod rewrite a destination on port 53 to the resolver endpoint of the
  *    slot that destination holds in the pod's nameservers (learning it into
  *    a slot when new, for the resolver to forward to), and record it on the
- *    socket. The resolver endpoints listen on a port other than 53 by
+ *    socket (a slot learned by a UDP connect starts unconfirmed: see
+ *    learn_slot). The resolver endpoints listen on a port other than 53 by
  *    default: these hooks run before the pod's netfilter rules, and a
  *    rewritten query must not match istio-cni's in-pod DNS capture (nat
  *    OUTPUT, destination port 53, REDIRECT to ztunnel's 15053), or ztunnel
@@ -23,7 +24,8 @@
  *  - recvmsg4/6 (UDP replies) and getpeername4/6 (connected sockets) rewrite
  *    a source / peer that is a resolver slot address back to what that
  *    socket addressed through the slot, so the stub resolver accepts the
- *    reply as coming from the server it asked, and keep that slot busy.
+ *    reply as coming from the server it asked, and keep that slot busy
+ *    (a reply read asking its source also confirms the slot).
  *
  * The map layouts are in ztdns.h.
  */
@@ -336,21 +338,55 @@ static __always_inline void touch_slot(struct nameserver *ns, __u64 now)
 		ns->last_used_ns = now;
 }
 
+/* Clears ZTDNS_NS_UNCONFIRMED: real DNS traffic went through the slot. Only
+ * ever cleared in place (a slot is learned with its flags whole), and only
+ * written when set, so a confirmed slot's value is not written again. */
+static __always_inline void confirm_slot(struct nameserver *ns)
+{
+	if (ns->flags & ZTDNS_NS_UNCONFIRMED)
+		ns->flags &= ~ZTDNS_NS_UNCONFIRMED;
+}
+
+/* Whether a slot may be given to another destination at now: idle for
+ * ZTDNS_SLOT_IDLE_NS, or ZTDNS_SLOT_UNCONFIRMED_IDLE_NS when unconfirmed.
+ * last_used_ns may be a hair ahead of now when another CPU wrote it: not
+ * idle then. */
+static __always_inline bool slot_idle(__u64 last, __u32 flags, __u64 now)
+{
+	if (last >= now)
+		return false;
+	if (flags & ZTDNS_NS_UNCONFIRMED)
+		return now - last > ZTDNS_SLOT_UNCONFIRMED_IDLE_NS;
+	return now - last > ZTDNS_SLOT_IDLE_NS;
+}
+
 /* Returns the slot that holds dst for this network namespace, learning dst
  * into a free or idle slot when it is new; -1 when every slot is busy with
- * another destination or the map refused.
+ * another destination or the map refused. confirm: this use of dst is real
+ * DNS traffic (a send naming it, a TCP connect), not only a UDP connect.
  *
  * Not every connect to port 53 is a query: Go's resolver sorts its answers
  * (RFC 6724) by connecting a UDP socket to each answer address on port 53,
  * and glibc does the same for getaddrinfo(host, "53"); nothing is sent.
- * Such a destination takes a free slot, but never one that carried a query
- * or a reply in the last ZTDNS_SLOT_IDLE_NS: overwriting a busy slot would
- * make the resolver forward the queries in flight through it to the wrong
- * server, and a burst of such connects would keep evicting the pod's real
- * nameserver. A destination that finds every slot busy is left alone (not
- * redirected). A query is seen here only when its destination is (connect,
- * or a send naming it); a UDP socket connected once and kept (c-ares) sends
- * with neither, so original_destination marks the slot busy too when such a
+ * So a slot learned by a UDP connect starts unconfirmed
+ * (ZTDNS_NS_UNCONFIRMED); a send naming its destination, a TCP connect to
+ * it, or a reply restored to a read that asks its source (recvmsg, in
+ * original_destination) confirms it. Another UDP connect or a getpeername
+ * keeps it busy but does not confirm it: Go's resolver does both for its
+ * probes and for its queries alike. A new destination takes a free slot,
+ * else an idle one (slot_idle), unconfirmed before confirmed, the longest
+ * idle first. So an answer address Go's resolver sorted holds its slot for
+ * at most ZTDNS_SLOT_UNCONFIRMED_IDLE_NS after the last lookup that sorted
+ * it (with ZTDNS_SLOT_IDLE_NS for all, a pod resolving it more often kept
+ * it for good), and the pod's nameservers, confirmed by the queries of any
+ * other stub (glibc, musl, c-ares and dig all read their replies asking
+ * the source), get their slots back. A slot that carried a query or a
+ * reply more recently is never taken: overwriting a busy slot would make the resolver
+ * forward the queries in flight through it to the wrong server. A
+ * destination that finds every slot busy is left alone (not redirected).
+ * A query is seen here only when its destination is (connect, or a send
+ * naming it); a UDP socket connected once and kept (c-ares) sends with
+ * neither, so original_destination marks the slot busy too when such a
  * socket receives the reply.
  *
  * Concurrent first queries of one pod (glibc's A and AAAA, musl's parallel
@@ -360,21 +396,28 @@ static __always_inline void touch_slot(struct nameserver *ns, __u64 now)
  * does not return turns a free or idle slot into a busy one, so
  * 2 * ZTDNS_SLOTS + 1 rounds always end with dst found or every slot busy. */
 static __always_inline int learn_slot(__u64 cookie, const struct endpoint *dst,
-				      __u64 now, struct node_counters *cnt)
+				      __u64 now, bool confirm,
+				      struct node_counters *cnt)
 {
 	struct nameserver_key key = {};
 	struct nameserver fresh = {};
 
 	key.netns_cookie = cookie;
 	fresh.server = *dst;
+	fresh.flags = confirm ? 0 : ZTDNS_NS_UNCONFIRMED;
 	fresh.last_used_ns = now;
 
 	for (int round = 0; round < 2 * ZTDNS_SLOTS + 1; round++) {
 		int free_slot = -1, idle_slot = -1;
+		/* idle_slot's rank: 2 unconfirmed, 1 confirmed, 0 none. */
+		int idle_rank = 0;
 		__u64 idle_since = now;
 
 		for (__u32 i = 0; i < ZTDNS_SLOTS; i++) {
 			struct nameserver *ns;
+			__u64 last;
+			__u32 flags;
+			int rank;
 
 			key.slot = i;
 			ns = bpf_map_lookup_elem(&nameservers, &key);
@@ -385,14 +428,20 @@ static __always_inline int learn_slot(__u64 cookie, const struct endpoint *dst,
 			}
 			if (same_endpoint(&ns->server, dst)) {
 				touch_slot(ns, now);
+				if (confirm)
+					confirm_slot(ns);
 				return i;
 			}
-			/* last_used_ns may be a hair ahead of now when
-			 * another CPU wrote it: not idle then. */
-			if (ns->last_used_ns < idle_since &&
-			    now - ns->last_used_ns > ZTDNS_SLOT_IDLE_NS) {
+			last = ns->last_used_ns;
+			flags = ns->flags;
+			if (!slot_idle(last, flags, now))
+				continue;
+			rank = flags & ZTDNS_NS_UNCONFIRMED ? 2 : 1;
+			if (rank > idle_rank ||
+			    (rank == idle_rank && last < idle_since)) {
 				idle_slot = i;
-				idle_since = ns->last_used_ns;
+				idle_rank = rank;
+				idle_since = last;
 			}
 		}
 
@@ -449,9 +498,11 @@ static __always_inline bool remember_destination(struct bpf_sock_addr *ctx,
 /* The decision shared by connect and sendmsg: returns the resolver endpoint
  * that dst (the destination the application gave, IPv4-mapped addresses
  * already turned into IPv4) must be rewritten to, or NULL to leave the
- * socket alone. */
+ * socket alone. A send naming dst and a TCP connect confirm dst's slot; a
+ * UDP connect does not (learn_slot). */
 static __always_inline const struct endpoint *
-pick_resolver(struct bpf_sock_addr *ctx, const struct endpoint *dst)
+pick_resolver(struct bpf_sock_addr *ctx, const struct endpoint *dst,
+	      bool sendmsg)
 {
 	const struct endpoint *resolvers;
 	struct pod_info *pod;
@@ -503,7 +554,8 @@ pick_resolver(struct bpf_sock_addr *ctx, const struct endpoint *dst)
 		return NULL;
 	}
 
-	slot = learn_slot(cookie, dst, now, cnt);
+	slot = learn_slot(cookie, dst, now,
+			  sendmsg || ctx->protocol == IPPROTO_TCP, cnt);
 	if (slot < 0)
 		return NULL;
 	idx = slot;
@@ -610,7 +662,7 @@ static __always_inline int redirect4(struct bpf_sock_addr *ctx, bool sendmsg)
 	/* Also reached by AF_INET6 sockets sending to ::ffff:a.b.c.d: the
 	 * kernel hands those to the IPv4 path with an IPv4 address. */
 	set_v4(&dst, ctx->user_ip4, DNS_PORT);
-	res = pick_resolver(ctx, &dst);
+	res = pick_resolver(ctx, &dst, sendmsg);
 	if (res) {
 		ctx->user_ip4 = words(res)[0];
 		ctx->user_port = bpf_htons(res->port);
@@ -641,7 +693,7 @@ static __always_inline int redirect6(struct bpf_sock_addr *ctx, bool sendmsg)
 		 * of one pod addressing one nameserver share its slot; the
 		 * redirect stays v4-mapped, as the socket requires. */
 		set_v4(&dst, w3, DNS_PORT);
-		res = pick_resolver(ctx, &dst);
+		res = pick_resolver(ctx, &dst, sendmsg);
 		if (res) {
 			ctx->user_ip6[0] = 0;
 			ctx->user_ip6[1] = 0;
@@ -653,7 +705,7 @@ static __always_inline int redirect6(struct bpf_sock_addr *ctx, bool sendmsg)
 	}
 
 	set_v6(&dst, w0, w1, w2, w3, DNS_PORT);
-	res = pick_resolver(ctx, &dst);
+	res = pick_resolver(ctx, &dst, sendmsg);
 	if (res) {
 		const __u32 *w = words(res);
 
@@ -677,9 +729,12 @@ static __always_inline int redirect6(struct bpf_sock_addr *ctx, bool sendmsg)
  * heartbeat nor on the pods map: replies to queries sent before the agent
  * died, or before the pod was unmarked, are still in flight, and released
  * pods keep their slots (see struct nameserver in ztdns.h). The pods map is
- * only read to count. */
+ * only read to count. recvmsg: the socket reads a reply asking its source,
+ * which confirms the slot (a getpeername does not: Go's resolver calls it
+ * on every socket it connects, probes included). */
 static __always_inline const struct endpoint *
-original_destination(struct bpf_sock_addr *ctx, const struct endpoint *src)
+original_destination(struct bpf_sock_addr *ctx, const struct endpoint *src,
+		     bool recvmsg)
 {
 	const struct endpoint *resolvers, *orig;
 	struct socket_destinations *sd;
@@ -722,11 +777,12 @@ original_destination(struct bpf_sock_addr *ctx, const struct endpoint *src)
 		return NULL;
 
 	COUNT(get_counters(), restored);
-	/* A reply keeps its slot busy: a socket connected once (c-ares keeps
-	 * one per server) sends with send() or write(), which no hook sees as
-	 * a query to the nameserver, so without this its slot would look idle
-	 * after ZTDNS_SLOT_IDLE_NS and could be given to another destination,
-	 * and its later queries forwarded there. Only while the slot still
+	/* A reply keeps its slot busy, and confirms it: a socket connected
+	 * once (c-ares keeps one per server) sends with send() or write(),
+	 * which no hook sees as a query to the nameserver, so without this its
+	 * slot would look idle after ZTDNS_SLOT_UNCONFIRMED_IDLE_NS and could
+	 * be given to another destination, and its later queries forwarded
+	 * there. A getpeername keeps it busy only. Only while the slot still
 	 * holds what this socket addressed: a reply to a slot given away must
 	 * not keep its new holder busy. Marked or not: released pods keep
 	 * their slots while their sockets use them (struct nameserver). */
@@ -734,19 +790,22 @@ original_destination(struct bpf_sock_addr *ctx, const struct endpoint *src)
 	key.netns_cookie = cookie;
 	key.slot = idx;
 	ns = bpf_map_lookup_elem(&nameservers, &key);
-	if (ns && same_endpoint(&ns->server, orig))
+	if (ns && same_endpoint(&ns->server, orig)) {
 		touch_slot(ns, bpf_ktime_get_ns());
+		if (recvmsg)
+			confirm_slot(ns);
+	}
 	COUNT(pod, restored);
 	return orig;
 }
 
-static __always_inline int restore4(struct bpf_sock_addr *ctx)
+static __always_inline int restore4(struct bpf_sock_addr *ctx, bool recvmsg)
 {
 	const struct endpoint *orig;
 	struct endpoint src;
 
 	set_v4(&src, ctx->user_ip4, bpf_ntohs(ctx->user_port));
-	orig = original_destination(ctx, &src);
+	orig = original_destination(ctx, &src, recvmsg);
 	if (orig) {
 		ctx->user_ip4 = words(orig)[0];
 		ctx->user_port = bpf_htons(orig->port);
@@ -754,7 +813,7 @@ static __always_inline int restore4(struct bpf_sock_addr *ctx)
 	return ZTDNS_ALLOW;
 }
 
-static __always_inline int restore6(struct bpf_sock_addr *ctx)
+static __always_inline int restore6(struct bpf_sock_addr *ctx, bool recvmsg)
 {
 	const struct endpoint *orig;
 	struct endpoint src;
@@ -770,7 +829,7 @@ static __always_inline int restore6(struct bpf_sock_addr *ctx)
 		/* An IPv4 reply on an AF_INET6 socket: match it against the
 		 * IPv4 resolvers and restore it v4-mapped. */
 		set_v4(&src, w3, port);
-		orig = original_destination(ctx, &src);
+		orig = original_destination(ctx, &src, recvmsg);
 		if (orig) {
 			ctx->user_ip6[3] = words(orig)[0];
 			ctx->user_port = bpf_htons(orig->port);
@@ -779,7 +838,7 @@ static __always_inline int restore6(struct bpf_sock_addr *ctx)
 	}
 
 	set_v6(&src, w0, w1, w2, w3, port);
-	orig = original_destination(ctx, &src);
+	orig = original_destination(ctx, &src, recvmsg);
 	if (orig) {
 		const __u32 *w = words(orig);
 
@@ -807,13 +866,13 @@ int ztdns_sendmsg4(struct bpf_sock_addr *ctx)
 SEC("cgroup/recvmsg4")
 int ztdns_recvmsg4(struct bpf_sock_addr *ctx)
 {
-	return restore4(ctx);
+	return restore4(ctx, true);
 }
 
 SEC("cgroup/getpeername4")
 int ztdns_getpeername4(struct bpf_sock_addr *ctx)
 {
-	return restore4(ctx);
+	return restore4(ctx, false);
 }
 
 SEC("cgroup/connect6")
@@ -831,11 +890,11 @@ int ztdns_sendmsg6(struct bpf_sock_addr *ctx)
 SEC("cgroup/recvmsg6")
 int ztdns_recvmsg6(struct bpf_sock_addr *ctx)
 {
-	return restore6(ctx);
+	return restore6(ctx, true);
 }
 
 SEC("cgroup/getpeername6")
 int ztdns_getpeername6(struct bpf_sock_addr *ctx)
 {
-	return restore6(ctx);
+	return restore6(ctx, false);
 }

@@ -73,18 +73,33 @@ struct nameserver_key {
 	__u32 pad;		/* always zero: part of the hash key */
 };
 
+/* nameserver.flags */
+/* Nothing but a UDP connect or a getpeername has gone through the slot yet:
+ * no send naming the destination (sendmsg), no TCP connect, no reply read
+ * asking its source (recvmsg). A connect alone may be no query at all: Go's
+ * resolver sorts a multi-address answer (RFC 6724) by connecting a UDP
+ * socket to port 53 of each answer address, reading its local address and
+ * closing it, and glibc does the same for getaddrinfo(host, "53"). Such a
+ * slot may be given to another destination once it has been idle for
+ * ZTDNS_SLOT_UNCONFIRMED_IDLE_NS instead of ZTDNS_SLOT_IDLE_NS, so answer
+ * addresses do not keep the pod's own nameservers out of its three slots.
+ * Set only when a slot is learned; the programs clear it in place. Zero in
+ * slots that programs before it learned: they keep ZTDNS_SLOT_IDLE_NS. */
+#define ZTDNS_NS_UNCONFIRMED (1U << 0)
+
 /* nameservers: value. The ORIGINAL destination the pod addressed, learned by
  * connect/sendmsg. A query redirected through slot i arrives at the resolver
  * on resolver4[i] or resolver6[i] (struct redirect_config), and the
  * resolver forwards a miss to nameservers[{cookie of the pod IP, i}]. */
 struct nameserver {
 	struct endpoint server;
-	__u32 pad;		/* always zero */
+	__u32 flags;		/* ZTDNS_NS_* */
 	/* bpf_ktime_get_ns of the last query through this slot (connect, or
 	 * a send naming the destination) or reply restored from it (recvmsg,
-	 * getpeername). A slot idle for ZTDNS_SLOT_IDLE_NS may be given to
-	 * another destination; a busy one never is, so the resolver forwards
-	 * what is in flight right.
+	 * getpeername). A slot idle for ZTDNS_SLOT_IDLE_NS (an unconfirmed
+	 * one: ZTDNS_SLOT_UNCONFIRMED_IDLE_NS) may be given to another
+	 * destination; a busy one never is, so the resolver forwards what is
+	 * in flight right.
 	 *
 	 * Released pods keep their slots: a pod's slots outlive its mark. A
 	 * UDP socket connected while the pod was captured (c-ares keeps one
@@ -103,6 +118,16 @@ struct nameserver {
 /* Long enough that no reply or forwarded query of the slot's previous
  * server can still be in flight (stub resolvers give up after 5 s). */
 #define ZTDNS_SLOT_IDLE_NS (30ULL * 1000 * 1000 * 1000)
+/* The same for a slot marked ZTDNS_NS_UNCONFIRMED. What such a slot may have
+ * in flight is a query on a socket connected through it (Go's resolver
+ * connects a new socket per query, writes and reads without naming any
+ * address), and the resolver reads the slot's destination when the query
+ * arrives, milliseconds after the connect; the reply is restored from the
+ * socket's own record (struct socket_destinations), not from the slot. A
+ * connect refreshes last_used_ns only when it is ZTDNS_SLOT_TOUCH_NS old,
+ * so a slot stays busy for at least this minus ZTDNS_SLOT_TOUCH_NS, 1 s,
+ * after any connect through it. */
+#define ZTDNS_SLOT_UNCONFIRMED_IDLE_NS (2ULL * 1000 * 1000 * 1000)
 /* How stale a busy slot's last_used_ns may get before a query refreshes it;
  * far below ZTDNS_SLOT_IDLE_NS, so a busy slot never looks idle. */
 #define ZTDNS_SLOT_TOUCH_NS (1000ULL * 1000 * 1000)

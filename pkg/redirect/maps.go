@@ -19,6 +19,9 @@ const (
 	afInet6 = 10
 )
 
+// nsUnconfirmed is ZTDNS_NS_UNCONFIRMED, a flag of nameserver.flags.
+const nsUnconfirmed = 1 << 0
+
 // PodFlags is pod_info.flags.
 type PodFlags uint32
 
@@ -54,9 +57,13 @@ type MarkedPod struct {
 type LearnedNameserver struct {
 	Addr netip.AddrPort
 	// Idle is how long ago a query, a restored reply or a getpeername
-	// last went through the slot; after SlotIdle the slot may be given to
-	// another destination.
+	// last went through the slot; after SlotIdle (SlotUnconfirmedIdle
+	// when Unconfirmed) the slot may be given to another destination.
 	Idle time.Duration
+	// Unconfirmed: only UDP connects and getpeername have gone through
+	// the slot, as Go's resolver does to sort the addresses of an answer
+	// (ZTDNS_NS_UNCONFIRMED in bpf/ztdns.h).
+	Unconfirmed bool
 }
 
 // Counters are the node-wide counters, summed over CPUs.
@@ -187,6 +194,13 @@ func (r *Redirector) Mark(cookie uint64, pod PodInfo) error {
 // destination of its pod, and an unmarked pod's is forgotten
 // (SweepNameservers).
 const SlotIdle = 30 * time.Second
+
+// SlotUnconfirmedIdle is ZTDNS_SLOT_UNCONFIRMED_IDLE_NS, SlotIdle for a
+// slot nothing but UDP connects and getpeername went through
+// (LearnedNameserver.Unconfirmed), such as an answer address Go's resolver
+// connects to only to sort the answer: idle this long, it may be given to
+// another destination of its pod.
+const SlotUnconfirmedIdle = 2 * time.Second
 
 // Unmark stops redirecting the network namespace. Unmarking an unmarked
 // cookie is not an error.
@@ -373,6 +387,7 @@ func (r *Redirector) Pods() ([]MarkedPod, error) {
 			learned := &p.Nameservers[slot]
 			learned.Addr, _ = ns.Server.addrPort()
 			learned.Idle = idleFor(now, ns.LastUsedNs)
+			learned.Unconfirmed = ns.Flags&nsUnconfirmed != 0
 		}
 		pods = append(pods, p)
 	}

@@ -42,7 +42,7 @@ type ztdnsEndpoint struct {
 type ztdnsNameserver struct {
 	_          structs.HostLayout
 	Server     ztdnsEndpoint
-	Pad        uint32
+	Flags      uint32
 	LastUsedNs uint64
 }
 
