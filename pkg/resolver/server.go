@@ -582,6 +582,7 @@ func (s *Server) answerFast(msg []byte, src netip.AddrPort, tcp bool, out []byte
 	// The name bytes do not change during the lookup and Resolve keeps no
 	// reference to them: no need to copy them into a string.
 	res := s.table.Load().Resolve(unsafe.String(&r.Name[0], len(r.Name)), ns)
+	res.Restrict(familiesOf(pod))
 	if res.Entry == nil || res.Alias != "" || res.Chases(r.Type) || res.Forwards(r.Type) {
 		return nil, true
 	}
@@ -616,6 +617,23 @@ func (s *Server) answerFast(msg []byte, src netip.AddrPort, tcp bool, out []byte
 		metricTruncated[protoOf(tcp)].Inc()
 	}
 	return s.answered(sc, out, hdr, &r, tcp, pod, src, now, limit), false
+}
+
+// familiesOf is the families of a pod's addresses, 0 for a client that is
+// no known pod: which auto-allocated VIPs it gets (table.Result.Restrict).
+func familiesOf(p *podcache.Pod) table.Families {
+	if p == nil {
+		return 0
+	}
+	var f table.Families
+	for _, ip := range p.IPs {
+		if ip.Unmap().Is4() {
+			f |= table.IPv4
+		} else {
+			f |= table.IPv6
+		}
+	}
+	return f
 }
 
 // holdAnswer holds reply (out[len(buf):]), a TCP answer that took a buffer

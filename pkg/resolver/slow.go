@@ -249,6 +249,7 @@ func (q *slowQuery) answer(ctx context.Context) []byte {
 	}
 	tbl := s.table.Load()
 	res := tbl.Resolve(string(r.Name), ns)
+	res.Restrict(familiesOf(pod))
 	if res.Forwards(r.Type) {
 		return q.forward(ctx)
 	}
@@ -313,13 +314,15 @@ func (q *slowQuery) chase(ctx context.Context, reply *dns.Msg, res table.Result,
 		alias := res.Entry.Alias
 		reply.Answer = append(reply.Answer, cname(owner, alias, tbl.TTL()))
 		owner = alias
-		if next := tbl.Find(alias, ns); next != nil && !next.ForwardsType(q.r.Type) {
-			if slices.Contains(seen[:i+1], next) {
+		next := table.Result{Entry: tbl.Find(alias, ns)}
+		next.Restrict(familiesOf(q.pod))
+		if next.Entry != nil && !next.Entry.ForwardsType(q.r.Type) {
+			if slices.Contains(seen[:i+1], next.Entry) {
 				reply.Answer = reply.Answer[:start]
 				reply.Ns = append(reply.Ns, tbl.SOA(first))
 				return
 			}
-			res = table.Result{Entry: next}
+			res = next
 			continue
 		}
 		// The target lives outside: resolve it so clients that do not chase
@@ -381,12 +384,17 @@ func (q *slowQuery) autopath(ctx context.Context, pod *podcache.Pod, tbl *table.
 		cand := base + dns.CanonicalName(d)
 		if dns.IsSubDomain(tbl.Domain(), strings.ToLower(cand)) {
 			if e := tbl.Find(strings.ToLower(cand), pod.Namespace); e != nil {
-				if e.ForwardsType(r.Type) {
-					return nil // the candidate's records are upstream: forward the query as it is
+				res := table.Result{Entry: e}
+				res.Restrict(familiesOf(pod))
+				if res.Entry == nil || e.ForwardsType(r.Type) {
+					// The candidate's records are upstream (or, a host
+					// without a VIP of the pod's family, its name is):
+					// forward the query as it is.
+					return nil
 				}
 				reply := replyTo(req, r)
 				reply.Answer = append(reply.Answer, cname(owner, cand, tbl.TTL()))
-				q.chase(ctx, reply, table.Result{Entry: e}, cand, tbl, pod.Namespace)
+				q.chase(ctx, reply, res, cand, tbl, pod.Namespace)
 				if q.needsUpstream {
 					return nil
 				}

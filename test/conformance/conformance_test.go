@@ -85,6 +85,8 @@ func TestAnswers(t *testing.T) {
 			answer: []string{"address.internal. AAAA 2001:db8::1"}, aa: true},
 		{name: "auto-allocated VIP v4", from: fromDefault, qname: "auto.internal.", qtype: dns.TypeA, prefix: []string{"240.240."}, aa: true},
 		{name: "auto-allocated VIP v6", from: fromTeamB, qname: "auto.internal.", qtype: dns.TypeAAAA, prefix: []string{"2001:2::"}, aa: true},
+		{name: "auto-allocated VIP v6 to an IPv4-only pod: NODATA", from: fromDefault, qname: "auto.internal.", qtype: dns.TypeAAAA,
+			answer: []string{}, aa: true},
 		{name: "opted out: forwarded", from: fromDefault, qname: "optout.internal.", qtype: dns.TypeA, rcode: dns.RcodeNameError},
 		{name: "resolution NONE: forwarded", from: fromDefault, qname: "none.internal.", qtype: dns.TypeA, rcode: dns.RcodeNameError},
 		{name: "CIDR address: forwarded, no VIP", from: fromDefault, qname: "range.internal.", qtype: dns.TypeA, rcode: dns.RcodeNameError},

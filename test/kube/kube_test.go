@@ -29,9 +29,12 @@ import (
 
 const node = "node-a"
 
-// Askers: pods on node-a whose status.podIP the tests set to these.
+// Askers: pods on node-a whose status.podIP the tests set to these. curl
+// is dual-stack (curlIP6 is never a source): it gets both families'
+// auto-allocated VIPs, where an IPv4-only pod gets IPv4's alone.
 var (
 	curlIP  = netip.MustParseAddr("127.0.0.2")
+	curlIP6 = netip.MustParseAddr("fd00::2")
 	teamAIP = netip.MustParseAddr("127.0.0.4")
 	teamBIP = netip.MustParseAddr("127.0.0.5")
 )
@@ -51,7 +54,7 @@ func newCluster(t *testing.T) *cluster {
 	for _, ns := range []string{"team-a", "team-b"} {
 		c.namespace(t, ns, nil)
 	}
-	c.pod(t, "default", "curl", curlIP)
+	c.pod(t, "default", "curl", curlIP, curlIP6)
 	c.pod(t, "team-a", "app", teamAIP)
 	c.pod(t, "team-b", "app", teamBIP)
 	return c
@@ -65,9 +68,9 @@ func (c *cluster) namespace(t *testing.T, name string, labels map[string]string)
 	}
 }
 
-// pod creates a pod on node-a and writes its IP into its status, as the
+// pod creates a pod on node-a and writes its IPs into its status, as the
 // kubelet would.
-func (c *cluster) pod(t *testing.T, ns, name string, ip netip.Addr) {
+func (c *cluster) pod(t *testing.T, ns, name string, ip netip.Addr, more ...netip.Addr) {
 	t.Helper()
 	pods := c.env.Client().CoreV1().Pods(ns)
 	p, err := pods.Create(c.ctx, &corev1.Pod{
@@ -78,6 +81,9 @@ func (c *cluster) pod(t *testing.T, ns, name string, ip netip.Addr) {
 		t.Fatal(err)
 	}
 	p.Status = corev1.PodStatus{Phase: corev1.PodRunning, PodIP: ip.String(), PodIPs: []corev1.PodIP{{IP: ip.String()}}}
+	for _, a := range more {
+		p.Status.PodIPs = append(p.Status.PodIPs, corev1.PodIP{IP: a.String()})
+	}
 	if _, err := pods.UpdateStatus(c.ctx, p, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}

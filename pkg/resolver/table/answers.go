@@ -66,15 +66,15 @@ func (r *Result) AppendAnswer(out []byte, hdr int, qtype uint16, rot uint16, roo
 			w.nameRR(dns.TypePTR, ttl, e.Name)
 		}
 	case qtype == dns.TypeANY:
-		w.addrs(e.Addrs[:e.n4], ttl, 0)
-		w.addrs(e.Addrs[e.n4:], ttl, 0)
+		w.addrs(r.addrs4(), ttl, 0)
+		w.addrs(r.addrs6(), ttl, 0)
 		if e.Alias != "" {
 			w.nameRR(dns.TypeCNAME, ttl, e.Alias)
 		}
 	case qtype == dns.TypeA:
-		w.addrs(e.Addrs[:e.n4], ttl, rot)
+		w.addrs(r.addrs4(), ttl, rot)
 	case qtype == dns.TypeAAAA:
-		w.addrs(e.Addrs[e.n4:], ttl, rot)
+		w.addrs(r.addrs6(), ttl, rot)
 	case qtype == dns.TypeCNAME:
 		if e.Alias != "" {
 			w.nameRR(dns.TypeCNAME, ttl, e.Alias)
@@ -362,11 +362,13 @@ func (r *Result) Records(owner string, qtype uint16, ttl uint32, rot uint16) []d
 		}
 	default:
 		var v4, v6 []dns.RR
-		for _, a := range e.Addrs {
-			switch {
-			case a.Is4() && (anyType || qtype == dns.TypeA):
+		if anyType || qtype == dns.TypeA {
+			for _, a := range r.addrs4() {
 				v4 = append(v4, &dns.A{Hdr: hdr(dns.TypeA), A: a.AsSlice()})
-			case a.Is6() && (anyType || qtype == dns.TypeAAAA):
+			}
+		}
+		if anyType || qtype == dns.TypeAAAA {
+			for _, a := range r.addrs6() {
 				v6 = append(v6, &dns.AAAA{Hdr: hdr(dns.TypeAAAA), AAAA: a.AsSlice()})
 			}
 		}

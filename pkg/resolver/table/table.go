@@ -324,6 +324,68 @@ type Result struct {
 	// t and qname make the SOA of a negative answer.
 	t     *Table
 	qname string
+	// hide are the families whose auto-allocated VIPs the asker does not
+	// get (Restrict).
+	hide Families
+}
+
+// Families is a set of IP families: those a client has addresses of.
+type Families uint8
+
+const (
+	IPv4 Families = 1 << iota
+	IPv6
+	// BothFamilies is a dual-stack client's.
+	BothFamilies = IPv4 | IPv6
+)
+
+// Restrict makes r what a client whose addresses are of the families f
+// gets (0: not known, as BothFamilies): of a ServiceEntry host's
+// auto-allocated VIPs (istiod's status.addresses, ztdns's allocator) only
+// those of its families, as Istio's sidecar proxy filters them
+// (getAllAddressesForProxy: a proxy that is not dual-stack gets its own
+// family's). Its query for the other family is NODATA, and a host none of
+// whose VIPs it can use is no name of the sidecar's: r becomes unknown
+// (forwarded). A ServiceEntry's own spec.addresses, which the sidecar
+// leaves alone, and a Service's addresses, kube-dns's answer, are kept.
+// Small enough to inline: a dual-stack or unknown client costs a compare.
+func (r *Result) Restrict(f Families) {
+	if f != 0 && f != BothFamilies && r.Entry != nil {
+		r.restrict(f)
+	}
+}
+
+// restrict is Restrict for a single-family client.
+func (r *Result) restrict(f Families) {
+	e := r.Entry
+	if !e.autoVIPs() || r.srv != nil || r.owners.one != nil {
+		return
+	}
+	r.hide = BothFamilies &^ f
+	if len(r.addrs4())+len(r.addrs6()) == 0 {
+		r.Entry, r.Alias = nil, ""
+	}
+}
+
+// autoVIPs reports whether e's addresses are auto-allocated VIPs.
+func (e *Entry) autoVIPs() bool {
+	return e.addrSource == addrStatus || e.addrSource == addrAllocated
+}
+
+// addrs4 are the IPv4 addresses of r's entry the asker gets (Restrict).
+func (r *Result) addrs4() []netip.Addr {
+	if r.hide&IPv4 != 0 {
+		return nil
+	}
+	return r.Entry.Addrs[:r.Entry.n4]
+}
+
+// addrs6 are the IPv6 addresses of r's entry the asker gets (Restrict).
+func (r *Result) addrs6() []netip.Addr {
+	if r.hide&IPv6 != 0 {
+		return nil
+	}
+	return r.Entry.Addrs[r.Entry.n4:]
 }
 
 // Resolve finds what a pod in namespace ns gets for qname (lower case, fully
