@@ -55,7 +55,9 @@ struct pod_key {
 };
 
 /* pods (hash): value, written by the agent (Mark), counters updated by the
- * programs with atomic adds. The agent keeps the counters when it re-marks. */
+ * programs with atomic adds. The agent keeps the counters when it re-marks:
+ * it writes the value only when flags or addresses change, since a write
+ * puts back the counters it read before, without the adds in between. */
 struct pod_info {
 	__u32 flags;		/* ZTDNS_POD_* */
 	__u8 ipv4[4];		/* pod IPv4 address, zero if none */

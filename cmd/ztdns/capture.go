@@ -81,15 +81,20 @@ func newPodsCmd() *cobra.Command {
 }
 
 // nameserversText is a pod's learned nameservers for its table row:
-// "10.96.0.10:53 (slot 1)", with "idle 2s" too when wide.
+// "10.96.0.10:53 (slot 1)", with "idle 2s" too when wide, and
+// "unconfirmed" for a slot only UDP connects went through (given away
+// after 2 s idle instead of 30 s).
 func nameserversText(nss []control.PodNameserver, wide bool) string {
 	var parts []string
 	for _, ns := range nss {
+		about := []string{fmt.Sprintf("slot %d", ns.Slot)}
 		if wide {
-			parts = append(parts, fmt.Sprintf("%s (slot %d, idle %s)", ns.Address, ns.Slot, ns.Idle))
-		} else {
-			parts = append(parts, fmt.Sprintf("%s (slot %d)", ns.Address, ns.Slot))
+			about = append(about, "idle "+ns.Idle)
 		}
+		if ns.Unconfirmed {
+			about = append(about, "unconfirmed")
+		}
+		parts = append(parts, fmt.Sprintf("%s (%s)", ns.Address, strings.Join(about, ", ")))
 	}
 	return strings.Join(parts, ", ")
 }
@@ -108,7 +113,7 @@ var podColumns = []column[control.PodRow]{
 	// while capture failed open.
 	{header: "SKIPPED STALE", wide: true, value: func(r control.PodRow, _ bool) string { return fmt.Sprint(r.SkippedStale) }},
 	// NAMESERVERS: each learned slot's, with its number (-o wide: and how
-	// long it has been idle).
+	// long it has been idle) and whether it is unconfirmed.
 	{header: "NAMESERVERS", value: func(r control.PodRow, wide bool) string { return nameserversText(r.Nameservers, wide) }},
 	{header: "ISTIO DNS RULES", value: func(r control.PodRow, _ bool) string {
 		if r.IstioDNSRules == "" {

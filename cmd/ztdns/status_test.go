@@ -58,12 +58,17 @@ func TestStatusShowsCaptureBroken(t *testing.T) {
 
 // TestPodsTableShowsNameserverSlots: `ztdns pods` names each learned
 // nameserver's slot (-o wide: and how long it has been idle), so a pod
-// that learned slot 1 alone does not read as one with slot 0.
+// that learned slot 1 alone does not read as one with slot 0, and says
+// which slots are unconfirmed, so an operator sees why one idle for 2 s
+// went to another destination.
 func TestPodsTableShowsNameserverSlots(t *testing.T) {
-	rows := []control.PodRow{{Namespace: "shop", Name: "web", Nameservers: []control.PodNameserver{{Slot: 1, Address: "10.96.0.10:53", Idle: "4.2s"}}}}
+	rows := []control.PodRow{{Namespace: "shop", Name: "web", Nameservers: []control.PodNameserver{
+		{Slot: 1, Address: "10.96.0.10:53", Idle: "4.2s"},
+		{Slot: 2, Address: "10.0.3.7:53", Idle: "1.5s", Unconfirmed: true},
+	}}}
 	for _, tc := range []struct{ format, want string }{
-		{"", "10.96.0.10:53 (slot 1)"},
-		{"wide", "10.96.0.10:53 (slot 1, idle 4.2s)"},
+		{"", "10.96.0.10:53 (slot 1), 10.0.3.7:53 (slot 2, unconfirmed)"},
+		{"wide", "10.96.0.10:53 (slot 1, idle 4.2s), 10.0.3.7:53 (slot 2, idle 1.5s, unconfirmed)"},
 	} {
 		var out strings.Builder
 		if err := printList(&out, tc.format, rows, podColumns); err != nil {

@@ -210,7 +210,8 @@ func learnedNameservers(m redirect.MarkedPod) []control.PodNameserver {
 	var out []control.PodNameserver
 	for slot, ns := range m.Nameservers {
 		if ns.Addr.IsValid() {
-			out = append(out, control.PodNameserver{Slot: slot, Address: ns.Addr.String(), Idle: ns.Idle.Round(time.Millisecond).String()})
+			out = append(out, control.PodNameserver{Slot: slot, Address: ns.Addr.String(), Idle: ns.Idle.Round(time.Millisecond).String(),
+				Unconfirmed: ns.Unconfirmed})
 		}
 	}
 	return out

@@ -251,11 +251,13 @@ func TestPodsSayWhyAPodIsNotRecorded(t *testing.T) {
 }
 
 // TestPodsJSONKeepsNameserverSlots: `ztdns pods -o json` gives each learned
-// nameserver its slot and idle time; a pod that learned slot 1 alone shows
-// slot 1, not a list whose first entry reads as slot 0.
+// nameserver its slot and idle time, and "unconfirmed": true to a slot
+// only UDP connects went through; a pod that learned slots 1 and 2 shows
+// them as such, not as a list whose first entry reads as slot 0.
 func TestPodsJSONKeepsNameserverSlots(t *testing.T) {
 	var m redirect.MarkedPod
 	m.Nameservers[1] = redirect.LearnedNameserver{Addr: netip.MustParseAddrPort("10.96.0.10:53"), Idle: 4200 * time.Millisecond}
+	m.Nameservers[2] = redirect.LearnedNameserver{Addr: netip.MustParseAddrPort("10.0.3.7:53"), Idle: 1500 * time.Millisecond, Unconfirmed: true}
 	var row control.PodRow
 	fillMarked(&row, m)
 	b, err := json.Marshal(row)
@@ -268,7 +270,10 @@ func TestPodsJSONKeepsNameserverSlots(t *testing.T) {
 	if err := json.Unmarshal(b, &got); err != nil {
 		t.Fatal(err)
 	}
-	want := []any{map[string]any{"slot": 1.0, "address": "10.96.0.10:53", "idle": "4.2s"}}
+	want := []any{
+		map[string]any{"slot": 1.0, "address": "10.96.0.10:53", "idle": "4.2s"},
+		map[string]any{"slot": 2.0, "address": "10.0.3.7:53", "idle": "1.5s", "unconfirmed": true},
+	}
 	if !reflect.DeepEqual(got.Nameservers, want) {
 		t.Errorf("nameservers %s, want %v", b, want)
 	}

@@ -103,11 +103,15 @@ const MaxStoredWarnings = 100
 // what it addressed through slot Slot (0 to 2; the slot's queries go to
 // the resolver's slot address Slot, 169.254.20.53 + Slot by default), and
 // how long ago the slot was last used (after 30 s idle it may be given to
-// another destination), as a duration ("2.5s").
+// another destination; after 2 s when Unconfirmed), as a duration ("2.5s").
 type PodNameserver struct {
 	Slot    int    `json:"slot"`
 	Address string `json:"address"`
 	Idle    string `json:"idle"`
+	// Unconfirmed: only UDP connects and getpeername went through the
+	// slot, no query naming the address, TCP connect or reply read with
+	// its source (Go's resolver connects to answer addresses to sort them).
+	Unconfirmed bool `json:"unconfirmed,omitempty"`
 }
 
 // TableRow is one name of `ztdns table` (GET RouteTable).

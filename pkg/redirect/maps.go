@@ -162,6 +162,16 @@ func (r *Redirector) writeConfig() error {
 // Mark makes the programs redirect the DNS queries of the network namespace
 // with this cookie (see NetnsCookie). Marking a marked pod updates its info
 // and keeps its counters and learned nameservers.
+//
+// Re-marking a pod with the info it has writes nothing: the agent does it
+// at every replayed CNI ADD, unchanged decision and adoption. A write
+// replaces the whole value, counters included, with what Mark read just
+// before; counts the programs add in between (microseconds), or add to the
+// old value as the write replaces it, are lost. Only a real change (a pod
+// paused or resumed, a new IP) takes that chance: the programs' atomic adds
+// and a write from user space cannot be ordered against each other, with
+// or without BPF_F_LOCK, which makes the copy itself atomic but not the
+// read before it.
 func (r *Redirector) Mark(cookie uint64, pod PodInfo) error {
 	if pod.IPv4.IsValid() && !pod.IPv4.Is4() {
 		return fmt.Errorf("mark: %s is not an IPv4 address", pod.IPv4)
@@ -175,14 +185,20 @@ func (r *Redirector) Mark(cookie uint64, pod PodInfo) error {
 	if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("mark: read pod: %w", err)
 	}
-	val.Flags = uint32(pod.Flags)
-	val.Ipv4, val.Ipv6 = [4]byte{}, [16]byte{}
+	marked := err == nil
+	flags := uint32(pod.Flags)
+	var ipv4 [4]byte
+	var ipv6 [16]byte
 	if pod.IPv4.IsValid() {
-		val.Ipv4 = pod.IPv4.As4()
+		ipv4 = pod.IPv4.As4()
 	}
 	if pod.IPv6.IsValid() {
-		val.Ipv6 = pod.IPv6.As16()
+		ipv6 = pod.IPv6.As16()
 	}
+	if marked && val.Flags == flags && val.Ipv4 == ipv4 && val.Ipv6 == ipv6 {
+		return nil
+	}
+	val.Flags, val.Ipv4, val.Ipv6 = flags, ipv4, ipv6
 	if err := r.objs.Pods.Update(&key, &val, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("mark netns cookie %d: %w", cookie, err)
 	}
