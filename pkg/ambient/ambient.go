@@ -46,6 +46,14 @@
 // nowhere. In kube-system that also keeps CoreDNS's own upstream queries,
 // the whole cluster's external DNS, from funnelling through one node's
 // ztdns under per-pod limits.
+//
+// Then a pod the source has not seen, where the source watches every pod of
+// the node (a Kubernetes API server), is left alone until the watch
+// delivers it: a CNI ADD names the pod and nothing more, and any of its
+// labels or annotations may keep it out. istio-cni likewise enrolls no pod
+// it has not read from the API server. A directory of manifests names only
+// the pods someone wrote down, so there a pod it does not name is decided
+// on its namespace.
 package ambient
 
 import (
@@ -88,6 +96,11 @@ const (
 	// or the namespaces watch failing since before it was made): not
 	// captured until the namespace, and its label, is known.
 	ReasonNamespaceUnknown = "namespace-unknown"
+	// ReasonPodUnknown: the source watches the node's pods (Policy.PodsWatched)
+	// and has not seen this one: its pods watch lags behind the container
+	// runtime, or is failing. Not captured until the pod, with its labels
+	// and annotations, is known.
+	ReasonPodUnknown = "pod-unknown"
 	// ReasonDataplaneNone: the pod is labelled istio.io/dataplane-mode=none.
 	ReasonDataplaneNone = "dataplane-none"
 	// ReasonHostNetwork: the pod shares the node's network namespace;
@@ -109,18 +122,30 @@ type Policy struct {
 	// istio-cni's excludeNamespaces (--exclude-namespaces). Names match
 	// exactly, as istio-cni matches them.
 	ExcludeNamespaces []string
+	// PodsWatched says the pods come from a watch of every pod of the node
+	// (a Kubernetes API server): a pod missing from it is one the watch
+	// has not delivered yet, about whose labels and annotations nothing is
+	// known, and it is not captured (ReasonPodUnknown). Without it (a
+	// directory of manifests, which need name no pod) such a pod is decided
+	// on its namespace alone, as if it carried no label or annotation.
+	PodsWatched bool
 }
 
 // Decide reports whether the DNS of pod, in the namespace named namespace
 // (ns, when the source knows it), is captured, and why.
 //
 // A namespace in p.ExcludeNamespaces settles it first
-// (ReasonExcludedNamespace); then decide applies Istio's enrollment rules.
-// namespace is given apart from pod and ns because either may be unknown
-// yet.
+// (ReasonExcludedNamespace); then, with p.PodsWatched, a pod the source has
+// not seen (pod nil) is not captured (ReasonPodUnknown): any of its labels
+// or annotations may leave it out, and istio-cni enrolls no pod it has not
+// seen either. Then decide applies Istio's enrollment rules. namespace is
+// given apart from pod and ns because either may be unknown yet.
 func (p Policy) Decide(namespace string, pod *model.Pod, ns *model.Namespace) (capture bool, reason string) {
-	if slices.Contains(p.ExcludeNamespaces, namespace) {
+	switch {
+	case slices.Contains(p.ExcludeNamespaces, namespace):
 		return false, ReasonExcludedNamespace
+	case pod == nil && p.PodsWatched:
+		return false, ReasonPodUnknown
 	}
 	return decide(pod, ns, p.DNSCaptureDefault)
 }
@@ -128,18 +153,19 @@ func (p Policy) Decide(namespace string, pod *model.Pod, ns *model.Namespace) (c
 // decide applies Istio's enrollment rules and ztdns's annotations to pod, in
 // namespace ns. dnsCaptureDefault is the node-wide switch.
 //
-// pod is nil when the pod source has not seen the pod yet (a CNI ADD usually
-// arrives before the watch event): the decision then rests on the namespace
-// alone, as if the pod carried no labels or annotations, and the caller
-// decides again once the pod is known. ns is nil when the namespace is not
-// known either: a pod that is not enrolled by its own label is then not
-// captured, as in a namespace without the label, but for its own reason
-// (ReasonNamespaceUnknown), so that an operator does not read a namespace
-// the agent has not seen as one without the label.
+// pod is nil when the source names no such pod (Policy.Decide settles that
+// first when the source watches the node's pods): the decision then rests
+// on the namespace alone, as if the pod carried no labels or annotations,
+// and the caller decides again if the pod becomes known. ns is nil when the
+// namespace is not known: a pod that is not enrolled by its own label is
+// then not captured, as in a namespace without the label, but for its own
+// reason (ReasonNamespaceUnknown), so that an operator does not read a
+// namespace the agent has not seen as one without the label.
 //
 // The rules apply in order and the first that settles the question gives
-// the reason (after Policy.Decide's excluded namespaces): host network, sidecar, gateway, dataplane-mode=none,
-// enrollment, ztdns's annotation, Istio's annotation's opt-out, the default.
+// the reason (after Policy.Decide's excluded namespaces and unseen pods):
+// host network, sidecar, gateway, dataplane-mode=none, enrollment, ztdns's
+// annotation, Istio's annotation's opt-out, the default.
 func decide(pod *model.Pod, ns *model.Namespace, dnsCaptureDefault bool) (capture bool, reason string) {
 	var podLabels, podAnnotations map[string]string
 	if pod != nil {

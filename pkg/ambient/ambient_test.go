@@ -155,6 +155,45 @@ func TestDecideExcludedNamespaces(t *testing.T) {
 	}
 }
 
+// TestDecidePodsWatched: where the source watches the node's pods, a pod
+// it has not seen is not captured (pod-unknown), whatever its namespace
+// says: the pod may be opted out. An excluded namespace still says so
+// first, and a pod the source knows is decided as without the watch.
+func TestDecidePodsWatched(t *testing.T) {
+	t.Parallel()
+	const mode = model.LabelDataplaneMode
+	ambientNS := &model.Namespace{Name: "shop", Labels: map[string]string{mode: "ambient"}}
+	watched := Policy{DNSCaptureDefault: true, ExcludeNamespaces: []string{"kube-system"}, PodsWatched: true}
+	tests := []struct {
+		name       string
+		policy     Policy
+		namespace  string
+		pod        *model.Pod
+		ns         *model.Namespace
+		wantCap    bool
+		wantReason string
+	}{
+		{"pod unseen, namespace ambient", watched, "shop", nil, ambientNS, false, ReasonPodUnknown},
+		{"pod unseen, namespace ambient, default off", Policy{PodsWatched: true}, "shop", nil, ambientNS, false, ReasonPodUnknown},
+		{"pod and namespace unseen", watched, "shop", nil, nil, false, ReasonPodUnknown},
+		{"pod unseen in an excluded namespace", watched, "kube-system", nil, ambientNS, false, ReasonExcludedNamespace},
+		{"pod seen, namespace ambient", watched, "shop", &model.Pod{Namespace: "shop", Name: "web"}, ambientNS, true, ReasonAmbient},
+		{"pod seen, labelled none", watched, "shop", &model.Pod{Namespace: "shop", Name: "web", Labels: map[string]string{mode: "none"}},
+			ambientNS, false, ReasonDataplaneNone},
+		{"pod seen, namespace unseen", watched, "shop", &model.Pod{Namespace: "shop", Name: "web"}, nil, false, ReasonNamespaceUnknown},
+		{"no pods watched: pod unseen, namespace ambient", Policy{DNSCaptureDefault: true}, "shop", nil, ambientNS, true, ReasonAmbient},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			gotCap, gotReason := tt.policy.Decide(tt.namespace, tt.pod, tt.ns)
+			if gotCap != tt.wantCap || gotReason != tt.wantReason {
+				t.Errorf("Decide = (%t, %q), want (%t, %q)", gotCap, gotReason, tt.wantCap, tt.wantReason)
+			}
+		})
+	}
+}
+
 // TestDecideReasonsAreDistinct guards the promise that a reason names one
 // rule: two rules sharing a string would merge their metric series.
 func TestDecideReasonsAreDistinct(t *testing.T) {
@@ -162,7 +201,7 @@ func TestDecideReasonsAreDistinct(t *testing.T) {
 	reasons := []string{
 		ReasonAmbient, ReasonAnnotationOn, ReasonAnnotationOff, ReasonDefaultOff, ReasonNotAmbient,
 		ReasonDataplaneNone, ReasonHostNetwork, ReasonSidecar, ReasonGateway, ReasonIstioAnnotationOff,
-		ReasonExcludedNamespace, ReasonNamespaceUnknown,
+		ReasonExcludedNamespace, ReasonNamespaceUnknown, ReasonPodUnknown,
 	}
 	seen := map[string]bool{}
 	for _, r := range reasons {

@@ -80,6 +80,12 @@ type Config struct {
 	// istio-cni's excludeNamespaces (agent --exclude-namespaces), whose pods
 	// Istio never enrolls.
 	ExcludeNamespaces []string
+	// PodsWatched says the source watches every pod of the node (a
+	// Kubernetes API server; ambient.Policy.PodsWatched): a pod it has not
+	// delivered is not captured (ambient.ReasonPodUnknown) until it is,
+	// rather than decided on its namespace alone. Redecide, after each
+	// snapshot, decides it again.
+	PodsWatched bool
 	// HostCookies are the node's own network namespaces: never captured.
 	HostCookies []uint64
 	Logger      *slog.Logger
@@ -173,7 +179,7 @@ func (c *Controller) Unrecorded(p *podcache.Pod) string {
 
 // policy is the node-wide part of Istio's ambient rules.
 func (c *Controller) policy() ambient.Policy {
-	return ambient.Policy{DNSCaptureDefault: c.cfg.DNSCaptureDefault, ExcludeNamespaces: c.cfg.ExcludeNamespaces}
+	return ambient.Policy{DNSCaptureDefault: c.cfg.DNSCaptureDefault, ExcludeNamespaces: c.cfg.ExcludeNamespaces, PodsWatched: c.cfg.PodsWatched}
 }
 
 // Apply records an attachment and marks or unmarks its netns to match

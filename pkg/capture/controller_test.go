@@ -286,7 +286,7 @@ func TestDecide(t *testing.T) {
 	}{
 		{"an ambient pod", cniAttachment("web", 10, "10.0.0.2"), true, ambient.ReasonAmbient},
 		{"annotated off", cniAttachment("opted-out", 11, "10.0.0.3"), false, ambient.ReasonAnnotationOff},
-		{"a pod the source has not seen yet, in an ambient namespace", cniAttachment("new", 12, "10.0.0.4"), true, ambient.ReasonAmbient},
+		{"a pod a source of manifests does not name, in an ambient namespace", cniAttachment("new", 12, "10.0.0.4"), true, ambient.ReasonAmbient},
 		{"a namespace not in ambient", podcache.Attachment{ContainerID: "c", Namespace: "plain", Name: "x", NetnsCookie: 13}, false, ambient.ReasonNotAmbient},
 		{"the node's own namespace, whatever the pod says", cniAttachment("web", hostCookie, "10.0.0.2"), false, ReasonHostNetns},
 		{"marked by hand", podcache.Attachment{Namespace: "plain", Name: "vm", NetnsCookie: 14}, true, ReasonByHand},
@@ -689,6 +689,64 @@ func TestMissingPodLoggedOnce(t *testing.T) {
 	f.ctl.Redecide()
 	if p := f.pods.Get("shop", "ghost"); p.Attachment == nil || !p.Attachment.Captured {
 		t.Errorf("ghost's attachment %+v, want adopted, captured", p.Attachment)
+	}
+}
+
+// TestAddOfAPodTheWatchHasNotDelivered: with a source that watches the
+// node's pods, a CNI ADD of a pod the watch has not delivered (its watch
+// failing, a 429 from API priority and fairness, or lagging behind the
+// runtime) is not captured, although its namespace is ambient: the pod
+// may opt out, by its label istio.io/dataplane-mode=none or its annotation
+// ztdns.io/dns-capture: "false", and ztunnel routes none of the VIPs ztdns
+// would answer such a pod with. Each says why (pod-unknown), and stays so
+// while the watch delivers nothing; once it delivers the pods, the rules
+// decide: the opted-out ones stay uncaptured, the other is captured.
+func TestAddOfAPodTheWatchHasNotDelivered(t *testing.T) {
+	f := newFixture(t, true)
+	f.ctl.cfg.PodsWatched = true
+	web := pod("web", "10.0.0.2", nil)
+	f.source([]model.Namespace{ambientNS}, web) // the last snapshot before the watch fails
+	f.attach(t, cniAttachment("web", 10, "10.0.0.2"))
+
+	quiet := pod("quiet", "10.0.0.3", nil)
+	quiet.Labels = map[string]string{model.LabelDataplaneMode: ambient.DataplaneModeNone}
+	optedOut := pod("opted-out", "10.0.0.4", map[string]string{model.AnnotationDNSCapture: "false"})
+	plain := pod("plain", "10.0.0.5", nil)
+	unseen := []struct {
+		pod      model.Pod
+		cookie   uint64
+		captured bool   // once the watch delivers the pod
+		reason   string // likewise
+	}{
+		{quiet, 11, false, ambient.ReasonDataplaneNone},
+		{optedOut, 12, false, ambient.ReasonAnnotationOff},
+		{plain, 13, true, ambient.ReasonAmbient},
+	}
+	for _, u := range unseen {
+		att := f.attach(t, cniAttachment(u.pod.Name, u.cookie, u.pod.IPs[0].String()))
+		if att.Captured || att.Reason != ambient.ReasonPodUnknown {
+			t.Errorf("ADD of %s, unseen: captured=%v, %q; want false, %q", u.pod.Name, att.Captured, att.Reason, ambient.ReasonPodUnknown)
+		}
+	}
+	f.now = f.now.Add(adoptInterval)
+	f.ctl.Redecide() // housekeeping, while the watch still delivers nothing
+	for _, u := range unseen {
+		if p := f.pods.Get("shop", u.pod.Name); p.Attachment == nil || p.Attachment.Captured || p.Attachment.Reason != ambient.ReasonPodUnknown {
+			t.Errorf("%s, still unseen: attachment %+v, want not captured, %q", u.pod.Name, p.Attachment, ambient.ReasonPodUnknown)
+		}
+	}
+	if got := f.marker.marked(); !slices.Equal(got, []uint64{10}) {
+		t.Errorf("marks %v while the pods are unseen, want web's alone (10)", got)
+	}
+
+	f.source([]model.Namespace{ambientNS}, web, quiet, optedOut, plain) // the watch recovers
+	for _, u := range unseen {
+		if p := f.pods.Get("shop", u.pod.Name); p.Attachment == nil || p.Attachment.Captured != u.captured || p.Attachment.Reason != u.reason {
+			t.Errorf("%s, delivered: attachment %+v, want captured=%v, %q", u.pod.Name, p.Attachment, u.captured, u.reason)
+		}
+	}
+	if got := f.marker.marked(); !slices.Equal(got, []uint64{10, 13}) {
+		t.Errorf("marks %v once the pods are delivered, want web's and plain's (10, 13)", got)
 	}
 }
 

@@ -37,3 +37,14 @@ type ErrorReporter interface {
 type HealthReporter interface {
 	Healthy() error
 }
+
+// PodWatcher is implemented by sources whose snapshots hold every pod of the
+// node as a watch of the API server delivers it (kube), rather than only
+// the pods someone wrote down (configdir): a pod missing from the last
+// snapshot is one the watch has not delivered yet, lagging behind the
+// container runtime or failing. The capture decision leaves such a pod
+// alone until it arrives (reason pod-unknown).
+type PodWatcher interface {
+	// WatchesPods reports whether the snapshots hold every pod of the node.
+	WatchesPods() bool
+}

@@ -4,8 +4,8 @@ package cnie2e
 
 import (
 	"context"
-	"io"
 	"net"
+	"net/netip"
 	"net/url"
 	"sync"
 	"testing"
@@ -54,12 +54,7 @@ func TestKubeNamespaceLabelledAtRunTime(t *testing.T) {
 	if _, err := kc.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: nsName}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	se := &istionetworkingv1.ServiceEntry{ObjectMeta: metav1.ObjectMeta{Name: "external-address", Namespace: "default"}}
-	se.Spec.Hosts, se.Spec.Addresses = []string{addressHost}, []string{addressVIP.String()}
-	se.Spec.Ports = []*networkingv1alpha3.ServicePort{{Name: "http", Number: 80, Protocol: "HTTP"}}
-	if _, err := env.IstioClient().NetworkingV1().ServiceEntries("default").Create(ctx, se, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	createAddressEntry(t, env)
 	pods := kc.CoreV1().Pods(nsName)
 	pod, err := pods.Create(ctx, &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: podName, Namespace: nsName},
@@ -120,10 +115,140 @@ func TestKubeNamespaceLabelledAtRunTime(t *testing.T) {
 	n.requireCaptured(t, p)
 }
 
+// TestKubeUnseenPodLeftAloneUntilTheWatchDeliversIt runs the agent against
+// a real API server whose pods watch stalls: the bytes between them wait
+// in a forwarder that holds the connection open, as across a partition
+// client-go has not noticed yet, or behind an API server that lags, so the
+// agent still counts its watches as working. Pods created meanwhile in an
+// ambient namespace, one labelled istio.io/dataplane-mode=none and one
+// without a label, are added through CNI: neither is captured, and `ztdns
+// pods` says why (pod-unknown), for the agent cannot know whether the pod
+// opted out (before, it was captured on its namespace's label alone, and
+// answered with VIPs ztunnel would not route for it). Once the watch
+// delivers them, the rules decide: the opted-out pod stays uncaptured
+// (dataplane-none), the other is captured.
+func TestKubeUnseenPodLeftAloneUntilTheWatchDeliversIt(t *testing.T) {
+	t.Parallel()
+	env := kubetest.Start(t)
+	ctx := context.Background()
+	n := newCapturingNode(t, NodeOptions{SourceArgs: []string{"--kubeconfig", env.Kubeconfig, "--node-name", kubeNode}})
+	apiserver, err := url.Parse(env.Config.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fwd := forwardTCP(t, &n.Node.Netns, apiserver.Host)
+
+	const nsName = "shop"
+	kc := env.Client()
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: nsName,
+		Labels: map[string]string{model.LabelDataplaneMode: ambient.DataplaneModeAmbient}}}
+	if _, err := kc.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	createAddressEntry(t, env)
+	n.startAgent(t) // its first table has the namespace and the ServiceEntry
+
+	fwd.hold()
+	// Created in this order, so that once the watch delivers the second,
+	// it has delivered the first.
+	cases := []struct {
+		name     string
+		labels   map[string]string
+		captured bool
+		reason   string // once the watch delivers the pod
+	}{
+		{"quiet", map[string]string{model.LabelDataplaneMode: ambient.DataplaneModeNone}, false, ambient.ReasonDataplaneNone},
+		{"plain", nil, true, ambient.ReasonAmbient},
+	}
+	type added struct {
+		p   *Pod
+		ips []netip.Addr
+	}
+	var pods []added
+	for _, tc := range cases {
+		pod, err := kc.CoreV1().Pods(nsName).Create(ctx, &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: tc.name, Namespace: nsName, Labels: tc.labels},
+			Spec:       corev1.PodSpec{NodeName: kubeNode, Containers: []corev1.Container{{Name: "app", Image: "example"}}},
+		}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := n.NewPod(t, PodOptions{Namespace: nsName, Name: tc.name, UID: string(pod.UID), Nameservers: []string{ownNameserver}})
+		res, err := n.Add(t, p)
+		if err != nil {
+			t.Fatalf("ADD of %s: %v", tc.name, err)
+		}
+		ips := requireBridgeResult(t, n.Runtime, p, res, false)
+		if n.isMarked(t, p) {
+			t.Errorf("ADD of %s/%s, which the agent's watch has not delivered, marked it", nsName, tc.name)
+		}
+		n.requireRow(t, p, ips, false, ambient.ReasonPodUnknown)
+		n.requireNotCaptured(t, p)
+		pods = append(pods, added{p, ips})
+	}
+
+	fwd.release()
+	took := n.waitMarked(t, pods[1].p, true, markBound)
+	t.Logf("the pod was marked %v after the watch went on", took.Round(time.Millisecond))
+	for i, tc := range cases {
+		p := pods[i]
+		n.requireRow(t, p.p, p.ips, tc.captured, tc.reason)
+		if tc.captured {
+			n.requireCaptured(t, p.p)
+		} else {
+			n.requireNotCaptured(t, p.p)
+		}
+	}
+}
+
+// createAddressEntry creates the ServiceEntry that gives addressHost
+// addressVIP, which requireCaptured asks for.
+func createAddressEntry(t *testing.T, env *kubetest.Env) {
+	t.Helper()
+	se := &istionetworkingv1.ServiceEntry{ObjectMeta: metav1.ObjectMeta{Name: "external-address", Namespace: "default"}}
+	se.Spec.Hosts, se.Spec.Addresses = []string{addressHost}, []string{addressVIP.String()}
+	se.Spec.Ports = []*networkingv1alpha3.ServicePort{{Name: "http", Number: 80, Protocol: "HTTP"}}
+	if _, err := env.IstioClient().NetworkingV1().ServiceEntries("default").Create(context.Background(), se, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// tcpForward is what forwardTCP runs: hold stops the bytes either way,
+// without closing anything, and release lets what waited through.
+type tcpForward struct {
+	mu   sync.Mutex
+	cond *sync.Cond
+	held bool
+}
+
+func (f *tcpForward) hold() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.held = true
+}
+
+func (f *tcpForward) release() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.held = false
+	f.cond.Broadcast()
+}
+
+// wait returns once the forwarder is not held.
+func (f *tcpForward) wait() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for f.held {
+		f.cond.Wait()
+	}
+}
+
 // forwardTCP listens on addr inside netns and forwards each connection to
 // the same address in the test's own namespace, until cleanup.
-func forwardTCP(t *testing.T, netns *testenv.Netns, addr string) {
+func forwardTCP(t *testing.T, netns *testenv.Netns, addr string) *tcpForward {
 	t.Helper()
+	f := &tcpForward{}
+	f.cond = sync.NewCond(&f.mu)
 	var ln net.Listener
 	err := netns.Do(func() error {
 		var err error
@@ -168,11 +293,12 @@ func forwardTCP(t *testing.T, netns *testenv.Netns, addr string) {
 					in.Close()
 					return
 				}
-				pipe(in, out)
+				pipe(in, out, f.wait)
 			}()
 		}
 	}()
 	t.Cleanup(func() {
+		f.release() // a test that failed while held
 		ln.Close()
 		mu.Lock()
 		for _, c := range conns {
@@ -182,14 +308,28 @@ func forwardTCP(t *testing.T, netns *testenv.Netns, addr string) {
 		mu.Unlock()
 		wg.Wait()
 	})
+	return f
 }
 
-// pipe copies both ways until either side ends, then closes both.
-func pipe(a, b net.Conn) {
+// pipe copies both ways until either side ends, then closes both; each
+// chunk read waits for gate before it is written.
+func pipe(a, b net.Conn, gate func()) {
 	done := make(chan struct{}, 2)
 	cp := func(dst, src net.Conn) {
-		_, _ = io.Copy(dst, src) // ends when either side goes away
-		done <- struct{}{}
+		defer func() { done <- struct{}{} }()
+		buf := make([]byte, 32<<10)
+		for {
+			n, err := src.Read(buf)
+			if n > 0 {
+				gate()
+				if _, err := dst.Write(buf[:n]); err != nil {
+					return
+				}
+			}
+			if err != nil { // either side went away
+				return
+			}
+		}
 	}
 	go cp(a, b)
 	go cp(b, a)

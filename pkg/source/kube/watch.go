@@ -18,6 +18,7 @@ import (
 
 	"github.com/ztdns/ztdns/pkg/model"
 	"github.com/ztdns/ztdns/pkg/model/kubeapi"
+	"github.com/ztdns/ztdns/pkg/source"
 )
 
 // Labels of EndpointSlices (k8s.io/api: discovery/v1 LabelManagedBy, core/v1
@@ -39,6 +40,13 @@ var (
 	headlessSlices = labelHeadless
 	otherSlices    = labelManagedBy + "!=" + endpointSliceController + ",!" + labelHeadless
 )
+
+var _ source.PodWatcher = (*Source)(nil)
+
+// WatchesPods is true: the source watches every pod of its node (of the
+// cluster without a node name), so a pod a CNI ADD names that its last
+// snapshot lacks is one its watch has not delivered yet.
+func (s *Source) WatchesPods() bool { return true }
 
 // endpointFor says where objects of k are listed and watched: cluster-wide,
 // except Pods, which are those of the source's node when it has one, and
