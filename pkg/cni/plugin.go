@@ -12,6 +12,8 @@ import (
 	"net/http"
 	"os"
 	"runtime/debug"
+	"syscall"
+	"time"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
@@ -284,11 +286,42 @@ func agentFailed(err error) bool {
 
 // call runs one call of the agent's control API, bounded by the config's
 // timeout. Errors where no agent answered wrap control.ErrUnreachable; an
-// answer with an error status is the agent's verdict (*control.Error).
+// answer with an error status is the agent's verdict (*control.Error). A
+// connection cut or refused before the agent took the request (see
+// connectionLost) is tried once more, after retryPause, within the same
+// timeout: an agent restarting, or one that had to close the connection
+// (a slow or stalled caller's, to make room for others), is not yet an
+// agent that cannot be reached.
 func (p *plugin) call(conf *netConf, do func(context.Context, *control.Client) error) error {
 	ctx, cancel := context.WithTimeout(context.Background(), conf.timeout)
 	defer cancel()
-	return do(ctx, control.NewClient(conf.SocketPath, conf.timeout))
+	c := control.NewClient(conf.SocketPath, conf.timeout)
+	err := do(ctx, c)
+	if !connectionLost(err) {
+		return err
+	}
+	t := time.NewTimer(retryPause)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return err
+	case <-t.C:
+	}
+	return do(ctx, c)
+}
+
+// retryPause is how long the plugin waits before its one retry of a call
+// whose connection was lost.
+const retryPause = 100 * time.Millisecond
+
+// connectionLost reports whether err is a connection the agent's socket
+// refused (nobody listening, or its backlog full) or reset (closed with
+// the request unread), or one the plugin could not finish writing to: in
+// each case the agent did not take the request, so sending it again cannot
+// do it twice.
+func connectionLost(err error) bool {
+	return errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) ||
+		errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.EAGAIN)
 }
 
 // logger returns the plugin's log for conf and a function that closes it.

@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -15,12 +16,14 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/containernetworking/cni/pkg/version"
+	"golang.org/x/sys/unix"
 
 	"github.com/ztdns/ztdns/internal/testenv"
 	"github.com/ztdns/ztdns/pkg/control"
@@ -46,6 +49,10 @@ type fakeAgent struct {
 	release chan struct{}
 	// delErr answers every DEL when set (a 500 unless it says otherwise).
 	delErr error
+	// resets is how many connections, the first ones, are closed once
+	// their request has arrived, unread: their callers read a reset, as
+	// from an agent that closed them to make room for others.
+	resets int
 }
 
 func startFakeAgent(tb testing.TB, socket string, configure func(*fakeAgent)) *fakeAgent {
@@ -58,6 +65,9 @@ func startFakeAgent(tb testing.TB, socket string, configure func(*fakeAgent)) *f
 	if err != nil {
 		tb.Fatal(err)
 	}
+	if a.resets > 0 {
+		ln = &resettingListener{Listener: ln, resets: a.resets}
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- control.Serve(ctx, ln, control.NewHandler(a, nil)) }()
@@ -69,6 +79,32 @@ func startFakeAgent(tb testing.TB, socket string, configure func(*fakeAgent)) *f
 		}
 	})
 	return a
+}
+
+// resettingListener closes its first resets connections once something
+// has arrived on them, without reading it: the kernel tells their callers
+// ECONNRESET.
+type resettingListener struct {
+	net.Listener
+	resets int
+}
+
+func (l *resettingListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil || l.resets == 0 {
+			return c, err
+		}
+		l.resets--
+		if raw, err := c.(syscall.Conn).SyscallConn(); err == nil {
+			var b [1]byte
+			raw.Read(func(fd uintptr) bool { // wait until the request arrives; leave it unread
+				_, _, err := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+				return !errors.Is(err, unix.EAGAIN)
+			})
+		}
+		c.Close()
+	}
 }
 
 // hang holds an answer back until the test ends, if the agent is hung.
@@ -410,6 +446,73 @@ func TestAddWhenTheAgentIsUnreachable(t *testing.T) {
 			pending, err := PendingAdds(e.pending)
 			if err != nil || len(pending) != 1 || pending[0].ContainerID != args.ContainerID || pending[0].NetnsCookie != e.cookie(t) {
 				t.Errorf("pending ADDs = %+v, %v; want the pod's request", pending, err)
+			}
+		})
+	}
+}
+
+// TestAgentResetRetriedOnce: the agent's socket closes the plugin's first
+// connection with its request unread (a reset, as when it closes one to
+// make room for others). The plugin tries once more: the ADD (under
+// "fail") and the DEL reach the agent, and nothing is taken for an agent
+// away or recorded for a replay. A second reset in a row is an agent that
+// cannot be reached.
+func TestAgentResetRetriedOnce(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		name      string
+		resets    int
+		delivered bool
+	}{
+		{"one reset", 1, true},
+		{"two resets", 2, false},
+	} {
+		t.Run(tt.name+", ADD", func(t *testing.T) {
+			t.Parallel()
+			e := newPluginEnv(t)
+			agent := startFakeAgent(t, e.socket, func(a *fakeAgent) { a.resets = tt.resets })
+			args := e.args(t, "1.0.0", map[string]any{"onAgentUnreachable": PolicyFail})
+			err := e.plugin().add(args)
+			adds, _ := agent.requests()
+			if !tt.delivered {
+				requireCNIError(t, err, types.ErrTryAgainLater, "ztdns agent unreachable at "+e.socket)
+				if len(adds) != 0 {
+					t.Errorf("the agent got %+v, want nothing", adds)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("ADD after a reset: %v", err)
+			}
+			requirePrevResult(t, "1.0.0", args.StdinData, e.stdout.Bytes())
+			if len(adds) != 1 || adds[0].ContainerID != args.ContainerID {
+				t.Errorf("the agent got %+v, want the pod's ADD once", adds)
+			}
+		})
+		t.Run(tt.name+", DEL", func(t *testing.T) {
+			t.Parallel()
+			e := newPluginEnv(t)
+			agent := startFakeAgent(t, e.socket, func(a *fakeAgent) { a.resets = tt.resets })
+			args := e.args(t, "1.0.0", nil)
+			if err := e.plugin().del(args); err != nil {
+				t.Fatalf("DEL: %v", err)
+			}
+			_, dels := agent.requests()
+			pending, err := PendingDeletes(e.pending)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !tt.delivered {
+				if len(dels) != 0 || len(pending) != 1 {
+					t.Errorf("the agent got %+v, pending %+v; want nothing, and the DEL recorded", dels, pending)
+				}
+				return
+			}
+			if len(dels) != 1 || dels[0].ContainerID != args.ContainerID || len(pending) != 0 {
+				t.Errorf("the agent got %+v, pending %+v; want the pod's DEL once, nothing recorded", dels, pending)
+			}
+			if log := e.stderr.String(); strings.Contains(log, "could not take") {
+				t.Errorf("the plugin took the agent for away:\n%s", log)
 			}
 		})
 	}

@@ -368,23 +368,38 @@ func PeerOf(c *net.UnixConn) (Peer, error) {
 // guardedListener hands out only connections of allowed peers, at most
 // MaxConns at a time, of which at most MaxGroupConns are socket-group
 // members'. At the bound, a new connection takes the place of the oldest
-// one that is not being answered (a request still being sent, or a
-// kept-alive idle connection): callers that send nothing cannot keep those
-// that do waiting. A member's takes only a member's place, never root's.
-// When every connection root's could take is being answered, Accept waits
-// for one to end; a member's that finds no place is closed at once instead.
-// So Accept never waits on a member: members can hold at most their own
-// slots, and root always has the rest.
+// one that has no request in (see evictable): a kept-alive idle
+// connection, a half-sent request (part of its headers, and nothing more
+// waiting to be read), or a new connection that has sent nothing for
+// newConnGrace. A request that has
+// arrived, read or not, is never cut: its caller (a CNI ADD in a Job's
+// fan-out) would take the agent for unreachable. So callers that send
+// nothing cannot keep those that do waiting for long, and those that do
+// never lose their call to them. A member's takes only a member's place,
+// never root's. When no connection root's could take may be closed,
+// Accept waits for one to end, to be answered, or to become evictable; a
+// member's that finds no place is closed at once instead. So Accept never
+// waits on a member: members can hold at most their own slots, and root
+// always has the rest.
 type guardedListener struct {
 	*net.UnixListener
 	access  Access
 	refused ratelog.Limiter // refused callers, logged sparingly
 
-	mu     sync.Mutex
-	ended  *sync.Cond  // signalled when a connection ends or stops being answered
-	conns  []*peerConn // open connections, oldest first
-	closed bool
+	mu    sync.Mutex
+	ended *sync.Cond // signalled when a connection ends, is answered, or may be closed to make room
+	// waiting counts root connections waiting in admit (read without
+	// the lock by a connection's reads, to wake them only then).
+	waiting atomic.Int32
+	conns   []*peerConn // open connections, oldest first
+	closed  bool
 }
+
+// newConnGrace is how long a new connection may send nothing before it
+// may be closed to make room. A caller writes its request as soon as it
+// has connected; on a loaded node (150 CNI ADDs at once on two cores) the
+// write can lag the connect by a scheduler's round, well under this.
+const newConnGrace = time.Second
 
 func newGuardedListener(ln *net.UnixListener, access Access) *guardedListener {
 	l := &guardedListener{UnixListener: ln, access: access}
@@ -400,8 +415,15 @@ func (l *guardedListener) Close() error {
 	return l.UnixListener.Close()
 }
 
-// errNoRoom is admit's answer to a member when every member's connection is
-// being answered.
+// wake makes root connections waiting in admit look again.
+func (l *guardedListener) wake() {
+	l.mu.Lock()
+	l.ended.Broadcast()
+	l.mu.Unlock()
+}
+
+// errNoRoom is admit's answer to a member when no member's connection may
+// be closed to make room.
 var errNoRoom = errors.New("no room for another connection of the socket group")
 
 func (l *guardedListener) Accept() (net.Conn, error) {
@@ -423,7 +445,7 @@ func (l *guardedListener) Accept() (net.Conn, error) {
 			return pc, nil
 		case errors.Is(err, errNoRoom):
 			metricTurnedAway.Inc()
-			l.access.log().Debug("control socket: closed a socket-group member's connection: the group's connections are all being answered", "uid", peer.UID, "pid", peer.PID)
+			l.access.log().Debug("control socket: closed a socket-group member's connection: the group's connections all have requests in", "uid", peer.UID, "pid", peer.PID)
 			c.Close()
 		default:
 			c.Close()
@@ -439,22 +461,43 @@ func (l *guardedListener) admit(pc *peerConn) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if pc.peer.root() {
+		if len(l.conns) >= MaxConns {
+			// Counted before the first look: a read that makes room after
+			// it then wakes the wait.
+			l.waiting.Add(1)
+			defer l.waiting.Add(-1)
+		}
+		waited := false
 		for len(l.conns) >= MaxConns && !l.closed {
-			if !l.evictOldest(func(*peerConn) bool { return true }) {
-				l.ended.Wait()
+			evicted, next := l.evictOldest(func(*peerConn) bool { return true })
+			if evicted {
+				continue
+			}
+			if !waited {
+				waited = true
+				metricWaited.Inc()
+			}
+			var timer *time.Timer
+			if !next.IsZero() {
+				timer = time.AfterFunc(time.Until(next), l.wake)
+			}
+			l.ended.Wait()
+			if timer != nil {
+				timer.Stop()
 			}
 		}
 	} else if len(l.conns) >= MaxConns || l.members() >= MaxGroupConns {
 		// A member's connection never waits for room: Accept is the one
 		// loop that admits root's connections too (a CNI ADD, with its own
 		// few seconds to be answered).
-		if !l.evictOldest(func(c *peerConn) bool { return !c.peer.root() }) {
+		if evicted, _ := l.evictOldest(func(c *peerConn) bool { return !c.peer.root() }); !evicted {
 			return errNoRoom
 		}
 	}
 	if l.closed {
 		return net.ErrClosed
 	}
+	pc.admitted = time.Now()
 	l.conns = append(l.conns, pc)
 	metricConns.Set(float64(len(l.conns)))
 	return nil
@@ -471,19 +514,30 @@ func (l *guardedListener) members() int {
 	return n
 }
 
-// evictOldest closes the oldest connection that is not being answered,
-// among those of which may holds; false when there is none.
-func (l *guardedListener) evictOldest(may func(*peerConn) bool) bool {
-	i := slices.IndexFunc(l.conns, func(c *peerConn) bool { return may(c) && !c.answering.Load() })
-	if i < 0 {
-		return false
+// evictOldest closes the oldest connection that may be closed to make room
+// (evictable), among those of which may holds. When there is none, next is
+// the earliest time one of them will be (a new connection that goes on
+// sending nothing), zero if none will by waiting alone.
+func (l *guardedListener) evictOldest(may func(*peerConn) bool) (evicted bool, next time.Time) {
+	now := time.Now()
+	for i, c := range l.conns {
+		if !may(c) {
+			continue
+		}
+		ok, at := c.evictable(now)
+		if !ok {
+			if !at.IsZero() && (next.IsZero() || at.Before(next)) {
+				next = at
+			}
+			continue
+		}
+		l.conns = slices.Delete(l.conns, i, i+1)
+		c.UnixConn.Close() // the server's read fails, and it lets go of it
+		metricEvicted.Inc()
+		l.access.log().Debug("control socket: closed a connection that had no request in, to make room", "pid", c.peer.PID)
+		return true, time.Time{}
 	}
-	victim := l.conns[i]
-	l.conns = slices.Delete(l.conns, i, i+1)
-	victim.UnixConn.Close() // the server's read fails, and it lets go of it
-	metricEvicted.Inc()
-	l.access.log().Debug("control socket: closed a connection that sent no whole request, to make room", "pid", victim.peer.PID)
-	return true
+	return false, next
 }
 
 func (l *guardedListener) forget(pc *peerConn) {
@@ -501,9 +555,105 @@ type peerConn struct {
 	*net.UnixConn
 	peer Peer
 	l    *guardedListener
-	// answering is set while a handler serves a request on it.
+	// answering is set from the moment a request's headers have been read
+	// (the server calls the handler next) until its answer has been
+	// written out (answered).
 	answering atomic.Bool
-	once      sync.Once
+	// received is set when the server has read part of a request's headers
+	// and not the rest, until it is answered.
+	received atomic.Bool
+	// served is set once an answer was written: the connection is kept
+	// alive.
+	served atomic.Bool
+	// admitted is when the listener took the connection, for
+	// newConnGrace (under the listener's lock).
+	admitted time.Time
+	// newlines counts the line feeds at the end of what the server read
+	// last: the blank line that ends a request's headers may straddle
+	// reads. Reads on a connection follow one another (the server's own
+	// goroutine, or its background read, which it waits for).
+	newlines int
+	once     sync.Once
+}
+
+// Read is the server's read: it follows how far a request has arrived.
+func (c *peerConn) Read(b []byte) (int, error) {
+	n, err := c.UnixConn.Read(b)
+	if n > 0 && c.l != nil {
+		if c.headersEnd(b[:n]) {
+			c.answering.Store(true)
+		} else if !c.answering.Load() {
+			// Part of a request's headers, all that has come: if no more
+			// is on its way, the connection may be closed to make room.
+			c.received.Store(true)
+			if c.l.waiting.Load() > 0 {
+				c.l.wake()
+			}
+		}
+	}
+	return n, err
+}
+
+// headersEnd reports whether b, following what was read before, holds the
+// blank line that ends a request's headers: two line feeds, carriage
+// returns aside. (One in a body counts too: it only keeps that connection
+// from being closed for room, which its request being answered does
+// already.)
+func (c *peerConn) headersEnd(b []byte) bool {
+	found := false
+	for _, x := range b {
+		switch x {
+		case '\n':
+			if c.newlines++; c.newlines == 2 {
+				found, c.newlines = true, 0
+			}
+		case '\r':
+		default:
+			c.newlines = 0
+		}
+	}
+	return found
+}
+
+// evictable reports whether the connection may be closed to make room
+// (the caller holds the listener's lock): not while a request is being
+// answered, nor while bytes it sent wait unread (the server is behind, not
+// the caller); a request's headers the server has read part of and no
+// more arrived of (a stalled caller: one that sends a request writes its
+// headers whole), or a kept-alive idle connection, at once; a new
+// connection that has sent nothing, after newConnGrace, the time it may be
+// closed being returned until then.
+func (c *peerConn) evictable(now time.Time) (bool, time.Time) {
+	if c.answering.Load() || c.unread() != 0 {
+		return false, time.Time{}
+	}
+	if c.received.Load() || c.served.Load() {
+		return true, time.Time{}
+	}
+	at := c.admitted.Add(newConnGrace)
+	if now.Before(at) {
+		return false, at
+	}
+	return true, time.Time{}
+}
+
+// unread returns how many bytes the caller sent that the server has not
+// read yet (SIOCINQ); -1 when that cannot be told (the connection is being
+// closed).
+func (c *peerConn) unread() int {
+	raw, err := c.UnixConn.SyscallConn()
+	if err != nil {
+		return -1
+	}
+	n := -1
+	if err := raw.Control(func(fd uintptr) {
+		if v, err := unix.IoctlGetInt(int(fd), unix.SIOCINQ); err == nil {
+			n = v
+		}
+	}); err != nil {
+		return -1
+	}
+	return n
 }
 
 func (c *peerConn) Close() error {
@@ -525,6 +675,7 @@ func PeerFrom(ctx context.Context) (Peer, bool) {
 
 // markAnswering marks the request's connection as being answered: it is
 // not closed to make room until its answer has been written (answered).
+// (Its reads have marked it already, once they held the whole headers.)
 func markAnswering(ctx context.Context) {
 	if pc, ok := ctx.Value(connKey{}).(*peerConn); ok {
 		pc.answering.Store(true)
@@ -532,16 +683,16 @@ func markAnswering(ctx context.Context) {
 }
 
 // answered says the connection's answer has been written out whole (the
-// server is idle on it again): it may now be closed to make room, and a
-// root connection waiting in admit looks again (under the lock, so the
-// wake-up cannot fall between its look and its wait). Not when the
-// handler returns: the answer may still be in the server's buffer then,
-// and closing the connection would cut it short.
+// server is idle on it again, kept alive): it may now be closed to make
+// room, and a root connection waiting in admit looks again (under the
+// lock, so the wake-up cannot fall between its look and its wait). Not
+// when the handler returns: the answer may still be in the server's buffer
+// then, and closing the connection would cut it short.
 func (c *peerConn) answered() {
+	c.served.Store(true)
+	c.received.Store(false)
 	if !c.answering.Swap(false) || c.l == nil { // nil: a connection no listener admitted (tests)
 		return
 	}
-	c.l.mu.Lock()
-	c.l.ended.Broadcast()
-	c.l.mu.Unlock()
+	c.l.wake()
 }

@@ -35,15 +35,17 @@ const (
 	// encoded answer) as soon as a half-sent request would.
 	memberWriteTimeout = ReadTimeout
 	// MaxConns bounds the connections open at once. A new one takes the
-	// place of the oldest that is not being answered; when all are, root's
-	// waits in the kernel's backlog for one to end (see MaxGroupConns for a
-	// member's).
+	// place of the oldest that has no request in (a kept-alive idle one, a
+	// half-sent request, or a new one that sent nothing for newConnGrace);
+	// when none may be closed, root's waits, the rest in the kernel's
+	// backlog behind it, for one to end, be answered, or become closable
+	// (see MaxGroupConns for a member's).
 	MaxConns = 32
 	// MaxGroupConns bounds the connections of socket-group members, all
 	// together, among the MaxConns: the other MaxConns-MaxGroupConns are
 	// root's alone. A member's new connection only ever takes the place of
-	// another member's that is not being answered; when there is none, it
-	// is closed unserved rather than waited for, since waiting would stop
+	// another member's that has no request in; when there is none, it is
+	// closed unserved rather than waited for, since waiting would stop
 	// accepting root's connections too.
 	MaxGroupConns = 4
 )

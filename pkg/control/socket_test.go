@@ -699,3 +699,72 @@ func TestStateDirMade(t *testing.T) {
 		t.Errorf("state directory %v (%v), want mode 0750", fi.Mode(), err)
 	}
 }
+
+// TestStormOfRootCalls: many more root callers than MaxConns call at once,
+// as the CNI plugins of a Job's fan-out do. Every call is answered: none
+// is cut to make room for another (a cut call is, to the plugin, an agent
+// it cannot reach), they wait their turn.
+func TestStormOfRootCalls(t *testing.T) {
+	s := serve(t, control.Access{})
+	evicted := value(t, "ztdns_control_evicted_connections_total")
+	const callers = 150
+	add := control.CNIAddRequest{ContainerID: "c", Netns: "/run/netns/p", PodNamespace: "ns", PodName: "p", NetnsCookie: 7, IPs: []netip.Addr{netip.MustParseAddr("10.0.0.1")}}
+	errs := make(chan error, callers)
+	var wg sync.WaitGroup
+	for range callers {
+		wg.Go(func() {
+			_, err := control.NewClient(s.socket, 20*time.Second).CNIAdd(context.Background(), add)
+			errs <- err
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Errorf("a CNI ADD of the storm: %v", err)
+		}
+	}
+	if got := count(s.api.seen(), "cni add"); got != callers {
+		t.Errorf("the agent was handed %d ADDs, want %d", got, callers)
+	}
+	if got := value(t, "ztdns_control_evicted_connections_total") - evicted; got != 0 {
+		t.Errorf("%v connections closed to make room, want none", got)
+	}
+}
+
+// TestSilentConnectionsMakeRoom: root holds every connection open and
+// sends nothing on any (a broken caller). Root's next call waits for room
+// instead of cutting one that might be about to send, until the oldest
+// has sent nothing for a while; that one is closed for it, and the call is
+// answered.
+func TestSilentConnectionsMakeRoom(t *testing.T) {
+	s := serve(t, control.Access{})
+	evicted := value(t, "ztdns_control_evicted_connections_total")
+	waited := value(t, "ztdns_control_waited_connections_total")
+	var silent []net.Conn
+	for range control.MaxConns {
+		silent = append(silent, dial(t, s.socket))
+	}
+	testenv.Eventually(t, 10*time.Second, "every silent connection admitted", func() bool {
+		return value(t, "ztdns_control_connections") == control.MaxConns
+	})
+	start := time.Now()
+	st, err := control.NewClient(s.socket, 20*time.Second).Status(context.Background())
+	if err != nil || !st.Ready {
+		t.Fatalf("status behind %d silent connections: %+v, %v", control.MaxConns, st, err)
+	}
+	t.Logf("status answered %v after %d silent connections", time.Since(start), control.MaxConns)
+	if got := value(t, "ztdns_control_evicted_connections_total") - evicted; got != 1 {
+		t.Errorf("%v connections closed to make room, want one", got)
+	}
+	if got := value(t, "ztdns_control_waited_connections_total") - waited; got != 1 {
+		t.Errorf("%v connections waited for room, want the status call's", got)
+	}
+	testenv.RequireClosedByPeer(t, silent[:1], 5*time.Second)
+	for i, c := range silent[1:] {
+		c.SetReadDeadline(time.Now().Add(10 * time.Millisecond))
+		if _, err := c.Read(make([]byte, 1)); !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Errorf("silent connection %d, not the oldest: %v, want it still open", i+1, err)
+		}
+	}
+}
