@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/pflag"
 	"k8s.io/apimachinery/pkg/api/resource"
 
+	"github.com/ztdns/ztdns/pkg/agent"
 	"github.com/ztdns/ztdns/pkg/redirect"
 )
 
@@ -96,7 +97,10 @@ func parseAddrPort(s string, defaultPort uint16) (netip.AddrPort, error) {
 		return ap, nil // IPv4
 	}
 	a, err := netip.ParseAddr(s)
-	ap, withPort := v6AndPort(s)
+	// Read as an IPv6 address and a port split at the last colon, as
+	// "$(HOST_IP):53" gives on an IPv6 node.
+	ap, perr := netip.ParseAddrPort(agent.MetricsListenAddr(s))
+	withPort := perr == nil && ap.Addr().Is6()
 	switch {
 	case err == nil && withPort:
 		return netip.AddrPort{}, fmt.Errorf("%q: address %s or port %d of %s? An IPv6 address goes in brackets: write [%s] or %s",
@@ -107,28 +111,6 @@ func parseAddrPort(s string, defaultPort uint16) (netip.AddrPort, error) {
 		return netip.AddrPort{}, fmt.Errorf("%q is not an address or address:port", s)
 	}
 	return netip.AddrPortFrom(a.Unmap(), defaultPort), nil
-}
-
-// v6AndPort reads s, written without brackets, as an IPv6 address and a
-// port split at its last colon, as "$(HOST_IP):53" gives on an IPv6 node.
-func v6AndPort(s string) (netip.AddrPort, bool) {
-	i := strings.LastIndexByte(s, ':')
-	if i < 0 || strings.HasPrefix(s, "[") {
-		return netip.AddrPort{}, false
-	}
-	a, err := netip.ParseAddr(s[:i])
-	if err != nil || !a.Is6() || a.Is4In6() {
-		return netip.AddrPort{}, false
-	}
-	port := s[i+1:]
-	if port == "" || strings.Trim(port, "0123456789") != "" {
-		return netip.AddrPort{}, false
-	}
-	n, err := strconv.ParseUint(port, 10, 16)
-	if err != nil {
-		return netip.AddrPort{}, false
-	}
-	return netip.AddrPortFrom(a, uint16(n)), true
 }
 
 // byteSize is a flag of bytes in Kubernetes quantity form: 4Mi, 512Ki,

@@ -83,6 +83,8 @@ func TestAddrPortFlag(t *testing.T) {
 		// "$(HOST_IP):53" on a node with 2001:db8:1:2:3:4:5:6.
 		{"IPv6 of eight groups and a port", "2001:db8:1:2:3:4:5:6:53", "", `"2001:db8:1:2:3:4:5:6:53": an IPv6 address with a port goes in brackets: [2001:db8:1:2:3:4:5:6]:53`},
 		{"IPv6 ending in :: and a port", "2001:db8:1:::53", "", "goes in brackets: [2001:db8:1::]:53"},
+		// "$(HOST_IP):53" written with a node's v4-mapped address.
+		{"IPv4-mapped IPv6 and a port", "::ffff:10.0.0.5:53", "", `"::ffff:10.0.0.5:53": an IPv6 address with a port goes in brackets: [::ffff:10.0.0.5]:53`},
 		{"IPv6 of eight groups and no port number", "2001:db8:1:2:3:4:5:6:x", "", "is not an address"},
 		{"no closing bracket", "[2001:db8::5:53", "", "is not an address"},
 		{"bracket, no colon before the port", "[10.0.0.5]53", "", "want [ADDR]:PORT"},

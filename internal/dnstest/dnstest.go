@@ -28,6 +28,7 @@ type Query struct {
 	Remote netip.AddrPort // who sent it (IPv4 unmapped)
 	Name   string         // fully qualified, lower case
 	Type   uint16         // dns.TypeA, ...
+	EDNS   bool           // it came with an OPT record
 }
 
 // Server is a running test server.
@@ -161,6 +162,7 @@ func (s *Server) handler(local netip.AddrPort) dns.Handler {
 				Remote: netip.AddrPortFrom(remote.Addr().Unmap(), remote.Port()),
 				Name:   dns.CanonicalName(q.Name),
 				Type:   q.Qtype,
+				EDNS:   req.IsEdns0() != nil,
 			})
 		}
 		s.mu.Unlock()

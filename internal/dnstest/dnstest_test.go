@@ -92,7 +92,8 @@ func TestZoneAndMarkerReplies(t *testing.T) {
 }
 
 // TestRecordsQueries: a server on several addresses records each question
-// with the protocol, the address it arrived on and who sent it.
+// with the protocol, the address it arrived on, who sent it and whether it
+// came with an OPT record.
 func TestRecordsQueries(t *testing.T) {
 	t.Parallel()
 	srv := StartAt(t, []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:0"), netip.MustParseAddrPort("127.0.0.2:0")}, Zone{})
@@ -104,14 +105,19 @@ func TestRecordsQueries(t *testing.T) {
 		network string
 		server  netip.AddrPort
 		name    string
+		edns    bool
 	}{
-		{"udp", srv.Addrs[0], "One.Test."},
-		{"tcp", srv.Addrs[0], "two.test."},
-		{"udp", srv.Addrs[1], "two.test."},
-		{"tcp", srv.Addrs[1], "one.test"},
+		{"udp", srv.Addrs[0], "One.Test.", false},
+		{"tcp", srv.Addrs[0], "two.test.", true},
+		{"udp", srv.Addrs[1], "two.test.", true},
+		{"tcp", srv.Addrs[1], "one.test", false},
 	} {
-		_, from := exchange(t, tc.network, tc.server, new(dns.Msg).SetQuestion(dns.Fqdn(tc.name), dns.TypeAAAA))
-		want = append(want, Query{Net: tc.network, Local: tc.server, Remote: from, Name: dns.CanonicalName(tc.name), Type: dns.TypeAAAA})
+		q := new(dns.Msg).SetQuestion(dns.Fqdn(tc.name), dns.TypeAAAA)
+		if tc.edns {
+			q.SetEdns0(1232, false)
+		}
+		_, from := exchange(t, tc.network, tc.server, q)
+		want = append(want, Query{Net: tc.network, Local: tc.server, Remote: from, Name: dns.CanonicalName(tc.name), Type: dns.TypeAAAA, EDNS: tc.edns})
 	}
 	if got := srv.Received(); !slices.Equal(got, want) {
 		t.Errorf("Received() = %+v\nwant %+v", got, want)

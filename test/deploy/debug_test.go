@@ -117,8 +117,7 @@ func TestDebugCommandInTheContainer(t *testing.T) {
 		t.Errorf("the agent's arguments %q do not put the socket at the default %s: commands in the container would need --socket", args, control.DefaultSocket)
 	}
 	dir := t.TempDir()
-	manifests := "apiVersion: v1\nkind: Namespace\nmetadata: {name: " + cmd.podNamespace + "}\n---\n" +
-		"apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: " + cmd.podNamespace + "}\nspec: {clusterIP: 10.96.0.10, ports: [{port: 80}]}\n"
+	manifests := "apiVersion: v1\nkind: Namespace\nmetadata: {name: " + cmd.podNamespace + "}\n---\n" + serviceManifest(cmd.podNamespace)
 	if err := os.WriteFile(filepath.Join(dir, "objects.yaml"), []byte(manifests), 0o644); err != nil {
 		t.Fatal(err)
 	}

@@ -15,12 +15,15 @@ import (
 	"github.com/ztdns/ztdns/internal/testenv"
 )
 
-// serviceManifest is one Service for the agent's --config-dir.
-const serviceManifest = `apiVersion: v1
+// serviceManifest is the one Service the agent's --config-dir holds in
+// these tests, web in namespace, at 10.96.0.10.
+func serviceManifest(namespace string) string {
+	return `apiVersion: v1
 kind: Service
-metadata: {name: web, namespace: shop}
+metadata: {name: web, namespace: ` + namespace + `}
 spec: {clusterIP: 10.96.0.10, ports: [{port: 80}]}
 `
+}
 
 // TestCaptureOffServesOnTheNodesAddress: with capture.enabled=false the
 // chart refuses the default resolver.listen and names the value to set
@@ -57,7 +60,7 @@ func TestCaptureOffServesOnTheNodesAddress(t *testing.T) {
 				hostIP = pod.Gateway6()
 			}
 			dir := t.TempDir()
-			if err := os.WriteFile(filepath.Join(dir, "service.yaml"), []byte(serviceManifest), 0o644); err != nil {
+			if err := os.WriteFile(filepath.Join(dir, "service.yaml"), []byte(serviceManifest("shop")), 0o644); err != nil {
 				t.Fatal(err)
 			}
 			socket := filepath.Join(dir, "run", "ztdns.sock")

@@ -32,15 +32,11 @@ var capNumbers = map[string]int{
 
 // The pod the agent must adopt: it runs, as the chart's agent starts, in a
 // namespace labelled ambient, with no CNI event ever announcing it.
-const runningPodManifests = `apiVersion: v1
+var runningPodManifests = `apiVersion: v1
 kind: Namespace
 metadata: {name: shop, labels: {istio.io/dataplane-mode: ambient}}
 ---
-apiVersion: v1
-kind: Service
-metadata: {name: web, namespace: shop}
-spec: {clusterIP: 10.96.0.10, ports: [{port: 80}]}
----
+` + serviceManifest("shop") + `---
 apiVersion: v1
 kind: Pod
 metadata: {name: client, namespace: shop, uid: 6b1e3c2a-0000-4000-8000-000000000001}

@@ -35,18 +35,7 @@ func TestClientsResolveThroughCapture(t *testing.T) {
 			p := c.markedPod(t, podName(cl.name), cl.nameservers...)
 			for _, h := range hosts {
 				t.Run(h.name, func(t *testing.T) {
-					ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
-					defer cancel()
-					out, err := cl.command(ctx, p, c.cg, h.name).CombinedOutput()
-					if err != nil {
-						t.Fatalf("%v\n%s", err, out)
-					}
-					got, want := testenv.ParseAddrs(string(out)), cl.prints(h.v4, h.v6)
-					slices.SortFunc(got, netip.Addr.Compare)
-					slices.SortFunc(want, netip.Addr.Compare)
-					if !slices.Equal(got, want) {
-						t.Errorf("printed %q: addresses %v, want %v", out, got, want)
-					}
+					c.checkPrints(t, cl, p, h.name, cl.prints(h.v4, h.v6))
 				})
 			}
 		})
@@ -187,12 +176,41 @@ type clientCase struct {
 	prints      printsFunc
 }
 
+// checkPrints runs cl in the pod for host and checks that it prints the
+// addresses want, in any order.
+func (c *cluster) checkPrints(t *testing.T, cl clientCase, p *testenv.Pod, host string, want []netip.Addr) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	out, err := cl.command(ctx, p, c.cg, host).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", cl.name, host, err, out)
+	}
+	got := slices.SortedFunc(slices.Values(testenv.ParseAddrs(string(out))), netip.Addr.Compare)
+	if want = slices.SortedFunc(slices.Values(want), netip.Addr.Compare); !slices.Equal(got, want) {
+		t.Errorf("%s %s printed %q: addresses %v, want %v", cl.name, host, out, got, want)
+	}
+}
+
+// glibc's clients, without nameservers: realClients gives them some, and
+// TestClientOptionsResolveThroughCapture its pods' own.
+var (
+	getentHosts  = clientCase{name: "glibc getent hosts", command: testenv.CommandClient("getent", "hosts"), prints: ipv6First}
+	getentAhosts = clientCase{name: "glibc getent ahosts", command: testenv.CommandClient("getent", "ahosts"), prints: both}
+)
+
+// asking returns cl run in pods whose resolv.conf names nameservers.
+func (cl clientCase) asking(nameservers ...string) clientCase {
+	cl.nameservers = nameservers
+	return cl
+}
+
 // realClients are glibc, musl (built at musl), Go and dig, over UDP and
 // TCP, to IPv4 and IPv6 nameservers; the nameservers exist nowhere.
 func realClients(musl string) []clientCase {
 	return []clientCase{
-		{name: "glibc getent hosts", nameservers: []string{nowhere4}, command: testenv.CommandClient("getent", "hosts"), prints: ipv6First},
-		{name: "glibc getent ahosts", nameservers: []string{nowhere4}, command: testenv.CommandClient("getent", "ahosts"), prints: both},
+		getentHosts.asking(nowhere4),
+		getentAhosts.asking(nowhere4),
 		// musl sends every query to both nameservers at once from one
 		// unconnected socket and drops replies from addresses it did not
 		// send to.

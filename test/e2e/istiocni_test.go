@@ -3,7 +3,6 @@
 package e2e
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"maps"
@@ -69,18 +68,7 @@ func TestBesideIstioCNIDNSRules(t *testing.T) {
 							c.capture(t, p, name)
 							want = cl.prints(addressVIP, netip.Addr{})
 						}
-						ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
-						defer cancel()
-						out, err := cl.command(ctx, p, c.cg, addressHost).CombinedOutput()
-						if err != nil {
-							t.Fatalf("%v\n%s", err, out)
-						}
-						got := testenv.ParseAddrs(string(out))
-						slices.SortFunc(got, netip.Addr.Compare)
-						slices.SortFunc(want, netip.Addr.Compare)
-						if !slices.Equal(got, want) {
-							t.Errorf("printed %q: addresses %v, want %v (captured by ztdns: %v)", out, got, want, captured)
-						}
+						c.checkPrints(t, cl, p, addressHost, want)
 						if asked := ztunnel.Queries(addressHost + "."); captured && asked > 0 {
 							t.Errorf("ztunnel's DNS proxy was asked %d times for a pod ztdns captured", asked)
 						} else if !captured && asked == 0 {
@@ -162,15 +150,7 @@ func TestDNSOverTCPThroughZtunnel(t *testing.T) {
 			passthrough := p.StartPassthrough(t, 15001)
 			c.capture(t, p, podName("ambient-"+cl.name))
 
-			ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
-			defer cancel()
-			out, err := cl.command(ctx, p, c.cg, addressHost).CombinedOutput()
-			if err != nil {
-				t.Fatalf("%v\n%s", err, out)
-			}
-			if got, want := testenv.ParseAddrs(string(out)), cl.prints(addressVIP, netip.Addr{}); !slices.Equal(got, want) {
-				t.Errorf("printed %q: addresses %v, want ztdns's %v", out, got, want)
-			}
+			c.checkPrints(t, cl, p, addressHost, cl.prints(addressVIP, netip.Addr{}))
 			if asked := ztunnelDNS.Queries(addressHost + "."); asked > 0 {
 				t.Errorf("ztunnel's DNS proxy was asked %d times for a pod ztdns captured", asked)
 			}

@@ -3,7 +3,6 @@
 package e2e
 
 import (
-	"context"
 	"fmt"
 	"net/netip"
 	"os"
@@ -38,15 +37,16 @@ var (
 // whose resolv.conf has less common options and nameserver lists, and
 // checks that each prints what ztdns serves for the ServiceEntry hosts and
 // what the pod's own nameserver answers for a name ztdns does not know,
-// asked by the agent (the pod's query went through ztdns). podNameserver1
-// and podNameserver2 answer every name, ServiceEntry hosts included, with
-// forwarded4 and forwarded6, so a query that missed the capture prints
-// those instead of the VIPs.
+// asked by the agent (the pod's query went through ztdns), and that every
+// nameserver the agent forwarded the pod's queries to holds exactly one of
+// its slots. podNameserver1 and podNameserver2 answer every name,
+// ServiceEntry hosts included, with forwarded4 and forwarded6, so a query
+// that missed the capture prints those instead of the VIPs.
 func TestClientOptionsResolveThroughCapture(t *testing.T) {
 	t.Parallel()
 	c := newCluster(t)
 	testenv.LookPath(t, "getent")
-	musl := testenv.BuildMuslGetaddrinfo(t)
+	musl := clientCase{name: "musl getaddrinfo", command: testenv.CommandClient(testenv.BuildMuslGetaddrinfo(t)), prints: both}
 	for _, ns := range []string{podNameserver1, podNameserver2} {
 		c.node.AddAddr(t, ns+"/32", "lo")
 	}
@@ -60,9 +60,7 @@ func TestClientOptionsResolveThroughCapture(t *testing.T) {
 	c.waitReady(t, a)
 	hosts := c.serviceEntryHosts(t)
 
-	getentHosts := optionsClient{"getent hosts", testenv.CommandClient("getent", "hosts"), ipv6First}
-	getentAhosts := optionsClient{"getent ahosts", testenv.CommandClient("getent", "ahosts"), both}
-	glibc := []optionsClient{getentHosts, getentAhosts}
+	glibc := []clientCase{getentHosts, getentAhosts}
 	ns12 := []string{podNameserver1, podNameserver2}
 	for _, tc := range []optionsCase{
 		{
@@ -71,7 +69,7 @@ func TestClientOptionsResolveThroughCapture(t *testing.T) {
 			name: "glibc use-vc", nameservers: ns12, options: []string{"use-vc"}, clients: glibc,
 			check: func(t *testing.T, pod, name string) {
 				for _, n := range []string{autoHost, name} {
-					oneTCPConnection(t, accessLog, pod, n)
+					clientSockets(t, accessLog, pod, n, "tcp", true)
 				}
 			},
 		},
@@ -82,33 +80,42 @@ func TestClientOptionsResolveThroughCapture(t *testing.T) {
 			options: []string{"rotate", "timeout:1", "attempts:5"}, clients: glibc,
 		},
 		{
-			// An OPT record and the AD bit on every query.
+			// An OPT record (and the AD bit) on every query: the agent
+			// asks the pod's nameserver with an OPT record of its own
+			// for an EDNS client, and with none for another. (It sets AD
+			// on every query it forwards: trust-ad leaves no trace there.)
 			name: "glibc edns0 trust-ad", nameservers: ns12, options: []string{"edns0", "trust-ad"}, clients: glibc,
+			check: func(t *testing.T, _, name string) {
+				asked := own.ReceivedFor(name)
+				if len(asked) == 0 || slices.ContainsFunc(asked, func(q dnstest.Query) bool { return !q.EDNS }) {
+					t.Errorf("the pod's nameserver got %+v for %s, want queries with an OPT record only", asked, name)
+				}
+			},
 		},
 		{
-			// A, then AAAA, from one socket.
+			// A, then AAAA, from one socket: the access log shows one
+			// client port for both.
 			name: "glibc single-request", nameservers: ns12, options: []string{"single-request"}, clients: glibc,
+			check: func(t *testing.T, pod, name string) { clientSockets(t, accessLog, pod, name, "udp", true) },
 		},
 		{
-			// A, then AAAA from a new socket.
+			// A, then AAAA from a new socket: the access log shows
+			// another client port for each.
 			name: "glibc single-request-reopen", nameservers: ns12, options: []string{"single-request-reopen"}, clients: glibc,
+			check: func(t *testing.T, pod, name string) { clientSockets(t, accessLog, pod, name, "udp", false) },
 		},
 		{
 			// No AAAA query at all (glibc 2.36): only IPv4 addresses.
 			name: "glibc no-aaaa", nameservers: ns12, options: []string{"no-aaaa"}, minGlibc: 36,
-			clients: []optionsClient{
-				{"getent hosts", getentHosts.command, ipv4Only},
-				{"getent ahosts", getentAhosts.command, ipv4Only},
-			},
-		},
-		{
-			name: "glibc same nameserver twice", nameservers: []string{podNameserver1, podNameserver1}, clients: glibc,
+			clients: []clientCase{printing(getentHosts, ipv4Only), printing(getentAhosts, ipv4Only)},
 		},
 		{
 			// musl asks all three at once from one socket: the loopback
 			// one is left alone, the same nameserver is asked twice.
+			// (glibc would ask the second listing only after the first
+			// failed, which it never does.)
 			name: "musl loopback and the same nameserver twice", nameservers: []string{loopbackNS, podNameserver1, podNameserver1},
-			clients: []optionsClient{{"musl getaddrinfo", testenv.CommandClient(musl), both}},
+			clients: []clientCase{musl},
 		},
 		{
 			// The first nameserver (through slot 0) never answers: glibc
@@ -116,13 +123,15 @@ func TestClientOptionsResolveThroughCapture(t *testing.T) {
 			// second's answer.
 			name: "second nameserver answers when the first is silent", nameservers: []string{silentNS, podNameserver2},
 			options: []string{"timeout:1", "attempts:2"},
-			clients: slices.Concat(glibc, []optionsClient{{"musl getaddrinfo", testenv.CommandClient(musl), both}}),
+			clients: slices.Concat(glibc, []clientCase{musl}),
 		},
 		{
 			// The first nameserver exists nowhere: the agent cannot
-			// forward to it, and glibc asks the second on its SERVFAIL.
+			// forward to it and answers SERVFAIL at once, not at
+			// --forward-timeout, and glibc asks the second on it.
 			name: "second nameserver answers when the first is absent", nameservers: []string{nowhere4, podNameserver2},
 			options: []string{"timeout:1", "attempts:2"}, clients: glibc,
+			check: func(t *testing.T, pod, name string) { unreachedAtOnce(t, accessLog, pod, name, nowhere4) },
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -137,18 +146,7 @@ func TestClientOptionsResolveThroughCapture(t *testing.T) {
 			for _, cl := range tc.clients {
 				for _, h := range slices.Concat(hosts, []serviceEntryHost{{name: fwd, v4: forwarded4, v6: forwarded6}}) {
 					t.Run(cl.name+" "+h.name, func(t *testing.T) {
-						ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
-						defer cancel()
-						out, err := cl.command(ctx, p, c.cg, h.name).CombinedOutput()
-						if err != nil {
-							t.Fatalf("%v\n%s", err, out)
-						}
-						got, want := testenv.ParseAddrs(string(out)), cl.prints(h.v4, h.v6)
-						slices.SortFunc(got, netip.Addr.Compare)
-						slices.SortFunc(want, netip.Addr.Compare)
-						if !slices.Equal(got, want) {
-							t.Errorf("printed %q: addresses %v, want %v", out, got, want)
-						}
+						c.checkPrints(t, cl, p, h.name, cl.prints(h.v4, h.v6))
 					})
 				}
 			}
@@ -161,12 +159,19 @@ func TestClientOptionsResolveThroughCapture(t *testing.T) {
 			} else if len(askers) == 0 && slices.Contains(tc.nameservers, silentNS) {
 				t.Errorf("%s, the pod's first nameserver, was never asked for %s", silentNS, fwd)
 			}
-			// Each nameserver the pod asked holds one slot, however often
-			// resolv.conf lists it; a loopback one holds none.
+			// Each nameserver the pod's queries were forwarded to holds
+			// one slot, however often resolv.conf lists it; a loopback
+			// one holds none.
+			reached := forwardedTo(t, accessLog, name, fwd)
 			slots := testenv.NameserverAddrs(c.podRow(t, name))
-			for i, ns := range slots {
+			for _, ns := range reached {
+				if n := countOf(slots, ns); n != 1 {
+					t.Errorf("ztdns pods: the pod's slots hold %v, %d of them %s, which its queries were forwarded to; want one", slots, n, ns)
+				}
+			}
+			for _, ns := range slots {
 				if ap, err := netip.ParseAddrPort(ns); err != nil || ap.Port() != 53 || !slices.Contains(tc.nameservers, ap.Addr().String()) ||
-					ap.Addr().IsLoopback() || slices.Contains(slots[:i], ns) {
+					ap.Addr().IsLoopback() || countOf(slots, ns) > 1 {
 					t.Errorf("ztdns pods: the pod's slots hold %v, want each of its non-loopback nameservers %v at most once", slots, tc.nameservers)
 					break
 				}
@@ -178,23 +183,34 @@ func TestClientOptionsResolveThroughCapture(t *testing.T) {
 	}
 }
 
-// optionsCase is a pod's resolv.conf and the clients run in it.
+// optionsCase is a pod's resolv.conf and the clients run in it (their own
+// nameservers unused).
 type optionsCase struct {
 	name        string
 	nameservers []string
 	options     []string
-	clients     []optionsClient
+	clients     []clientCase
 	minGlibc    int // glibc 2.minGlibc or later, for the options
 	// check, if set, runs after the clients with the pod's name and the
 	// forwarded name they resolved.
 	check func(t *testing.T, pod, name string)
 }
 
-// optionsClient is a client and what it prints for a host.
-type optionsClient struct {
-	name    string
-	command testenv.Client
-	prints  printsFunc
+// printing returns cl expected to print what prints gives.
+func printing(cl clientCase, prints printsFunc) clientCase {
+	cl.prints = prints
+	return cl
+}
+
+// countOf returns how many of s are v.
+func countOf(s []string, v string) int {
+	n := 0
+	for _, x := range s {
+		if x == v {
+			n++
+		}
+	}
+	return n
 }
 
 // requireGlibc stops the test unless the machine's glibc is 2.minor or
@@ -211,33 +227,109 @@ func requireGlibc(t *testing.T, minor int) {
 	}
 }
 
-// oneTCPConnection checks, in the access log, that the pod asked for name
-// only over TCP, and A and AAAA both from one client address and port:
-// glibc's use-vc getaddrinfo.
-func oneTCPConnection(t *testing.T, accessLog, pod, name string) {
+// accessLogLines waits until check accepts the access log's lines of pod
+// (their key=value fields), and fails the test with check's last error if
+// it never does.
+func accessLogLines(t *testing.T, accessLog, pod string, check func(lines []map[string]string) error) {
 	t.Helper()
 	testenv.EventuallyNil(t, 5*time.Second, func() error {
 		b, err := os.ReadFile(accessLog)
 		if err != nil {
 			return err
 		}
-		var lines []string
-		udp := false
-		types := map[string][]string{} // client address and port → the types it asked
+		var lines []map[string]string
+		var raw []string
 		for _, l := range strings.Split(string(b), "\n") {
-			if f := logfmtFields(l); f["pod"] == pod && f["name"] == name+"." {
-				lines = append(lines, l)
-				udp = udp || f["proto"] != "tcp"
+			if f := logfmtFields(l); f["pod"] == pod {
+				lines = append(lines, f)
+				raw = append(raw, l)
+			}
+		}
+		if err := check(lines); err != nil {
+			return fmt.Errorf("%w; access log lines of pod %s:\n%s", err, pod, strings.Join(raw, "\n"))
+		}
+		return nil
+	})
+}
+
+// clientSockets checks, in the access log, that the pod asked for name
+// only over proto, and, if one, A and AAAA both from one client address and
+// port (glibc's getaddrinfo over one socket; with use-vc, one TCP
+// connection), else A and AAAA each from another.
+func clientSockets(t *testing.T, accessLog, pod, name, proto string, one bool) {
+	t.Helper()
+	accessLogLines(t, accessLog, pod, func(lines []map[string]string) error {
+		other, a, aaaa, both := false, false, false, false
+		types := map[string][]string{} // client address and port → the types it asked
+		for _, f := range lines {
+			if f["name"] == name+"." {
+				other = other || f["proto"] != proto
 				types[f["client"]] = append(types[f["client"]], f["type"])
 			}
 		}
 		for _, ts := range types {
-			if !udp && slices.Contains(ts, "A") && slices.Contains(ts, "AAAA") {
-				return nil
+			a, aaaa = a || slices.Contains(ts, "A"), aaaa || slices.Contains(ts, "AAAA")
+			both = both || slices.Contains(ts, "A") && slices.Contains(ts, "AAAA")
+		}
+		switch {
+		case other:
+			return fmt.Errorf("want every query for %s over %s", name, proto)
+		case one && !both:
+			return fmt.Errorf("want A and AAAA for %s from one client port", name)
+		case !one && (!a || !aaaa || both):
+			return fmt.Errorf("want A and AAAA for %s, each from another client port", name)
+		}
+		return nil
+	})
+}
+
+// unreachedAtOnce checks, in the access log, that the pod's queries for
+// name forwarded to nameserver, which exists nowhere, got the agent's
+// SERVFAIL with a result other than timeout: it told at once that it could
+// not reach the nameserver, as it cannot tell of a silent one.
+func unreachedAtOnce(t *testing.T, accessLog, pod, name, nameserver string) {
+	t.Helper()
+	upstream := nameserver + ":53"
+	accessLogLines(t, accessLog, pod, func(lines []map[string]string) error {
+		n := 0
+		for _, f := range lines {
+			if f["name"] != name+"." || f["upstream"] != upstream {
+				continue
+			}
+			if f["rcode"] != "SERVFAIL" || f["result"] == "" || f["result"] == "timeout" {
+				return fmt.Errorf("a query for %s forwarded to %s got rcode=%s result=%s, want SERVFAIL with a result other than timeout", name, upstream, f["rcode"], f["result"])
+			}
+			n++
+		}
+		if n == 0 {
+			return fmt.Errorf("no query for %s was forwarded to %s", name, upstream)
+		}
+		return nil
+	})
+}
+
+// forwardedTo returns the nameservers (address:port) the access log shows
+// the pod's queries forwarded to, once it shows one for name.
+func forwardedTo(t *testing.T, accessLog, pod, name string) []string {
+	t.Helper()
+	var upstreams []string
+	accessLogLines(t, accessLog, pod, func(lines []map[string]string) error {
+		upstreams = nil
+		seen := false
+		for _, f := range lines {
+			if u := f["upstream"]; u != "" {
+				seen = seen || f["name"] == name+"."
+				if !slices.Contains(upstreams, u) {
+					upstreams = append(upstreams, u)
+				}
 			}
 		}
-		return fmt.Errorf("access log lines of pod %s for %s:\n%s\nwant all over TCP, A and AAAA from one client port", pod, name, strings.Join(lines, "\n"))
+		if !seen {
+			return fmt.Errorf("no query for %s was forwarded", name)
+		}
+		return nil
 	})
+	return upstreams
 }
 
 // logfmtFields returns the key=value fields of an access log line whose
