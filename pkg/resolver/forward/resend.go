@@ -31,6 +31,7 @@ type resender struct {
 	mu      sync.Mutex
 	query   []byte    // as sent, with the exchange's ID
 	waiting []waiter  // the sockets of the exchanges still waiting for a reply
+	one     [1]waiter // waiting's first backing: one upstream, the usual case, costs no allocation
 	last    time.Time // when the query last went out
 }
 
@@ -40,8 +41,10 @@ type waiter struct {
 	upstream netip.AddrPort
 }
 
-func newResender(now func() time.Time, m *upstreamMetrics) *resender {
-	return &resender{now: now, metrics: m}
+// init readies a resender in place (it lives in its flight).
+func (r *resender) init(now func() time.Time, m *upstreamMetrics) {
+	r.now, r.metrics = now, m
+	r.waiting = r.one[:0]
 }
 
 // sent records that query went to upstream on conn, which waits for the
