@@ -348,7 +348,9 @@ const (
 // whose VIPs it can use is no name of the sidecar's: r becomes unknown
 // (forwarded). A ServiceEntry's own spec.addresses, which the sidecar
 // leaves alone, and a Service's addresses, kube-dns's answer, are kept.
-// Small enough to inline: a dual-stack or unknown client costs a compare.
+// Small enough to inline: for a client that is no known pod (0) it costs
+// a compare, for a dual-stack one two; the pod cache has worked out the
+// pod's families when it was rebuilt (podcache.Pod.Families).
 func (r *Result) Restrict(f Families) {
 	if f != 0 && f != BothFamilies && r.Entry != nil {
 		r.restrict(f)
