@@ -23,6 +23,8 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/miekg/dns"
+
 	"github.com/ztdns/ztdns/pkg/resolver/vip"
 )
 
@@ -364,7 +366,7 @@ func (r *Result) restrict(f Families) {
 		return
 	}
 	r.hide = BothFamilies &^ f
-	if len(r.addrs4())+len(r.addrs6()) == 0 {
+	if len(r.family(dns.TypeA))+len(r.family(dns.TypeAAAA)) == 0 {
 		r.Entry, r.Alias = nil, ""
 	}
 }
@@ -374,20 +376,25 @@ func (e *Entry) autoVIPs() bool {
 	return e.addrSource == addrStatus || e.addrSource == addrAllocated
 }
 
-// addrs4 are the IPv4 addresses of r's entry the asker gets (Restrict).
-func (r *Result) addrs4() []netip.Addr {
-	if r.hide&IPv4 != 0 {
+// family returns the addresses of r's entry of qtype's family (A: IPv4;
+// AAAA, or any other: IPv6) that the asker gets (Restrict).
+func (r *Result) family(qtype uint16) []netip.Addr {
+	hidden := IPv6
+	if qtype == dns.TypeA {
+		hidden = IPv4
+	}
+	if r.hide&hidden != 0 {
 		return nil
 	}
-	return r.Entry.Addrs[:r.Entry.n4]
+	return r.Entry.family(qtype)
 }
 
-// addrs6 are the IPv6 addresses of r's entry the asker gets (Restrict).
-func (r *Result) addrs6() []netip.Addr {
-	if r.hide&IPv6 != 0 {
-		return nil
+// family returns e's IPv4 addresses for A, its IPv6 ones otherwise.
+func (e *Entry) family(qtype uint16) []netip.Addr {
+	if qtype == dns.TypeA {
+		return e.Addrs[:e.n4]
 	}
-	return r.Entry.Addrs[r.Entry.n4:]
+	return e.Addrs[e.n4:]
 }
 
 // Resolve finds what a pod in namespace ns gets for qname (lower case, fully
