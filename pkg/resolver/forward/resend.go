@@ -19,9 +19,11 @@ const (
 // answered yet: a datagram lost on the way to the upstream, or the reply
 // on its way back, would otherwise cost every query sharing the exchange
 // a SERVFAIL at the timeout, their clients' own retries included (they
-// join the exchange and send nothing). It sends at most once per
-// resendInterval, whatever the number of queries joining, so an exchange
-// sends at most 1 + timeout/resendInterval datagrams to each upstream.
+// join the exchange and send nothing). It sends only once the query has
+// been out resendInterval since it last went out (to any upstream),
+// whatever the number of queries joining, so two datagrams of an exchange
+// to one upstream are at least resendInterval apart, and it sends at most
+// 1 + timeout/resendInterval to each.
 // A nil resender (a TCP exchange, which the kernel retransmits, or a
 // query forwarded for its client alone) sends nothing.
 type resender struct {
