@@ -84,6 +84,10 @@ type Pod struct {
 	// reads it without following Attachment into an allocation of its own.
 	// (Here, it takes NamespaceSlot's padding: a Pod's size is unchanged.)
 	uncaptured bool
+	// families is Families' answer, set when the cache is rebuilt: the
+	// resolver reads it for every query without going over IPs. (It too
+	// takes NamespaceSlot's padding.)
+	families uint8
 }
 
 // Uncaptured reports whether the runtime's record of the pod says its DNS
@@ -92,6 +96,29 @@ type Pod struct {
 // resolver reads it on its hot path.
 func (p *Pod) Uncaptured() bool {
 	return p != nil && p.uncaptured
+}
+
+// Families returns the IP families of the pod's addresses: 1 for IPv4, 2
+// for IPv6, 3 for both (the resolver's table.Families); 0 for a nil pod or
+// one without addresses. The resolver reads it on its hot path.
+func (p *Pod) Families() uint8 {
+	if p == nil {
+		return 0
+	}
+	return p.families
+}
+
+// familiesOf is Families' value for a pod with addresses ips.
+func familiesOf(ips []netip.Addr) uint8 {
+	var f uint8
+	for _, ip := range ips {
+		if ip.Unmap().Is4() {
+			f |= 1
+		} else {
+			f |= 2
+		}
+	}
+	return f
 }
 
 // Key returns "namespace/name".
@@ -285,6 +312,7 @@ func (c *Cache) rebuild() {
 			p.Quota = new(quota.Source)
 		}
 		quotas[k] = p.Quota
+		p.families = familiesOf(p.IPs)
 		if p.Spec != nil {
 			p.Search = p.Spec.SearchList(c.domain)
 		} else {

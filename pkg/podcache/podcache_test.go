@@ -278,3 +278,30 @@ func TestAttachOrderComesBack(t *testing.T) {
 		t.Errorf("Lookup(%s) = %v, want team-a/api: attached after the restored ones", ip2, p)
 	}
 }
+
+// TestFamilies: a pod's families are those of its addresses, the runtime's
+// when it has a record (the live sandbox's), and follow a rebuild.
+func TestFamilies(t *testing.T) {
+	c := New("cluster.local")
+	v6, mapped := netip.MustParseAddr("fd00::7"), netip.MustParseAddr("::ffff:10.0.0.8")
+	c.SetSourcePods([]model.Pod{
+		{Namespace: "default", Name: "v4", IPs: []netip.Addr{ip2}},
+		{Namespace: "default", Name: "v6", IPs: []netip.Addr{v6}},
+		{Namespace: "default", Name: "dual", IPs: []netip.Addr{ip3, netip.MustParseAddr("fd00::3")}},
+		{Namespace: "default", Name: "mapped", IPs: []netip.Addr{mapped}},
+		{Namespace: "default", Name: "none"},
+		{Namespace: "default", Name: "moved", IPs: []netip.Addr{netip.MustParseAddr("fd00::9")}},
+	})
+	c.Attach(Attachment{ContainerID: "c1", Namespace: "default", Name: "moved", IPs: []netip.Addr{netip.MustParseAddr("10.0.0.9")}, Captured: true})
+	for _, tc := range []struct {
+		name string
+		want uint8
+	}{{"v4", 1}, {"v6", 2}, {"dual", 3}, {"mapped", 1}, {"none", 0}, {"moved", 1}} {
+		if got := c.Get("default", tc.name).Families(); got != tc.want {
+			t.Errorf("%s: Families() = %d, want %d", tc.name, got, tc.want)
+		}
+	}
+	if got := (*Pod)(nil).Families(); got != 0 {
+		t.Errorf("nil pod: Families() = %d, want 0", got)
+	}
+}

@@ -149,7 +149,7 @@ func headlessServer(t *testing.T, opts Options, n int) string {
 	s := New(opts)
 	t.Cleanup(func() { s.Close() })
 	s.SetTable(headlessTable(t, n))
-	udp, tcp := listenPair(t)
+	udp, tcp := listenPair(t, "127.0.0.1:0")
 	go s.ServeUDP(udp)
 	go s.ServeTCP(tcp)
 	return udp.LocalAddr().String()

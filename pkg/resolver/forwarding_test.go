@@ -197,7 +197,7 @@ func startUpstreamsServer(t *testing.T) *upstreamsServer {
 		},
 	}, table.Options{})
 	s.SetTable(tbl)
-	udp, tcp := listenPair(t)
+	udp, tcp := listenPair(t, "127.0.0.1:0")
 	go s.ServeUDP(udp)
 	go s.ServeTCP(tcp)
 	us.addr = udp.LocalAddr().String()
@@ -264,8 +264,8 @@ func TestReleasedPodOnCaptureSlotIsForwarded(t *testing.T) {
 	pods.Attach(podcache.Attachment{Namespace: "default", Name: "captured", NetnsCookie: 1, IPs: []netip.Addr{captured}, Captured: true})
 	pods.Attach(podcache.Attachment{Namespace: "default", Name: "released", NetnsCookie: 2, IPs: []netip.Addr{released}, Reason: "released"})
 
-	slotUDP, slotTCP := listenPair(t)
-	directUDP, directTCP := listenPair(t)
+	slotUDP, slotTCP := listenPair(t, "127.0.0.1:0")
+	directUDP, directTCP := listenPair(t, "127.0.0.1:0")
 	slot := addrPortOf(slotUDP.LocalAddr())
 	fwd := forward.New(forward.WithTimeout(5 * time.Second))
 	s := New(Options{

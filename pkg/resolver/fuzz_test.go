@@ -12,6 +12,7 @@ import (
 
 	"github.com/miekg/dns"
 
+	"github.com/ztdns/ztdns/internal/dnstest"
 	"github.com/ztdns/ztdns/pkg/model"
 	"github.com/ztdns/ztdns/pkg/podcache"
 	"github.com/ztdns/ztdns/pkg/resolver/quota"
@@ -108,27 +109,61 @@ func FuzzAnswer(f *testing.F) {
 }
 
 func TestFastPathAllocatesNothing(t *testing.T) {
-	for name, limits := range map[string]quota.Limits{"rate in the kernel": rateInKernel, "rate in the resolver": rateInResolver} {
-		t.Run(name, func(t *testing.T) {
-			s := fuzzServer(t, limits)
+	type fastQuery struct {
+		q           []byte
+		answer, soa int // records in the answer and authority sections
+	}
+	// An answer, NODATA (which carries the zone's SOA), and SRV (with its
+	// target's address in the additional section).
+	common := []fastQuery{
+		{query("address.internal.", dns.TypeA, true), 1, 0},
+		{query("web.default.svc.cluster.local.", dns.TypeTXT, true), 0, 1},
+		{query("_http._tcp.web.default.svc.cluster.local.", dns.TypeSRV, true), 1, 0},
+	}
+	// A pod whose addresses are all IPv6: the family filter keeps its
+	// queries on the fast path, its own family's VIP and NODATA with the
+	// SOA for the other.
+	v6 := podcache.New("cluster.local")
+	v6.SetSourcePods([]model.Pod{{Namespace: "default", Name: "v6", IPs: []netip.Addr{netip.MustParseAddr("fd00::2")}}})
+	for _, c := range []struct {
+		name    string
+		opts    Options
+		src     string
+		queries []fastQuery
+	}{
+		{"rate in the kernel", Options{Limits: rateInKernel}, "127.0.0.2:5000", common},
+		{"rate in the resolver", Options{Limits: rateInResolver}, "127.0.0.2:5000", common},
+		{"single-stack pod", Options{Limits: rateInKernel, Pods: v6}, "[fd00::2]:5000", []fastQuery{
+			{query("auto.internal.", dns.TypeA, true), 0, 1},
+			{query("auto.internal.", dns.TypeAAAA, true), 1, 0},
+		}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			s := fuzzServerWith(t, c.opts)
 			out := make([]byte, 0, 512)
 			// Counted per batch, as over UDP, and at once, as over TCP.
 			batched, unbatched := &scratch{batch: s.newBatchCounts()}, new(scratch)
-			src := netip.MustParseAddrPort("127.0.0.2:5000")
-			// An answer, NODATA (which carries the zone's SOA), and SRV
-			// (with its target's address in the additional section).
-			for _, q := range [][]byte{query("address.internal.", dns.TypeA, true), query("web.default.svc.cluster.local.", dns.TypeTXT, true),
-				query("_http._tcp.web.default.svc.cluster.local.", dns.TypeSRV, true)} {
+			src := netip.MustParseAddrPort(c.src)
+			for _, fq := range c.queries {
+				what := dnstest.Unpack(t, fq.q).Question[0].String()
+				reply, slow := s.answerFast(fq.q, src, false, out, batched, 0)
+				if slow {
+					t.Fatalf("%s: took the slow path", what)
+				}
+				m := dnstest.Unpack(t, reply)
+				if len(m.Answer) != fq.answer || len(m.Ns) != fq.soa || m.Rcode != dns.RcodeSuccess {
+					t.Errorf("%s: %s, answer %v, authority %v; want %d answers, %d SOA", what, dns.RcodeToString[m.Rcode], m.Answer, m.Ns, fq.answer, fq.soa)
+				}
 				allocs := testing.AllocsPerRun(1000, func() {
 					for _, sc := range []*scratch{batched, unbatched} {
-						if _, slow := s.answerFast(q, src, false, out, sc, 0); slow {
+						if _, slow := s.answerFast(fq.q, src, false, out, sc, 0); slow {
 							t.Fatal("took the slow path")
 						}
 					}
 					s.flush(batched.batch, 1000)
 				})
 				if allocs != 0 {
-					t.Errorf("fast path allocates %.1f times per query, want 0", allocs)
+					t.Errorf("%s: fast path allocates %.1f times per query, want 0", what, allocs)
 				}
 			}
 		})

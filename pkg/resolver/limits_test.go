@@ -81,7 +81,7 @@ func startLimitsServer(t *testing.T, opts Options, flooderUp, victimUp netip.Add
 	}}, table.Options{})
 	s.SetTable(tbl)
 
-	udp, tcp := listenPair(t)
+	udp, tcp := listenPair(t, "127.0.0.1:0")
 	addr := addrPortOf(udp.LocalAddr())
 	go s.ServeUDP(udp)
 	go s.ServeTCP(tcp)
@@ -96,12 +96,17 @@ func startLimitsServer(t *testing.T, opts Options, flooderUp, victimUp netip.Add
 	return ls
 }
 
-// listenPair opens UDP and TCP on one free loopback port.
-func listenPair(t *testing.T) (*net.UDPConn, *net.TCPListener) {
+// listenPair opens UDP and TCP on one free port of addr, a loopback
+// address and port 0 ("127.0.0.1:0", "[::1]:0").
+func listenPair(t *testing.T, addr string) (*net.UDPConn, *net.TCPListener) {
 	t.Helper()
+	ap := netip.MustParseAddrPort(addr)
 	for range 20 { // the TCP port may be taken when the UDP one was free
-		udp, err := ListenUDP(netip.MustParseAddrPort("127.0.0.1:0"))
+		udp, err := ListenUDP(ap)
 		if err != nil {
+			if ap.Addr().Is6() {
+				testenv.Unavailable(t, "no IPv6 loopback: %v", err)
+			}
 			t.Fatal(err)
 		}
 		if tcp, err := ListenTCP(addrPortOf(udp.LocalAddr())); err == nil {
@@ -109,7 +114,7 @@ func listenPair(t *testing.T) (*net.UDPConn, *net.TCPListener) {
 		}
 		udp.Close()
 	}
-	t.Fatal("no loopback port free for both UDP and TCP")
+	t.Fatalf("no port of %s free for both UDP and TCP", ap.Addr())
 	return nil, nil
 }
 

@@ -621,20 +621,8 @@ func (s *Server) answerFast(msg []byte, src netip.AddrPort, tcp bool, out []byte
 
 // familiesOf is the families of a pod's addresses, 0 for a client that is
 // no known pod: which auto-allocated VIPs it gets (table.Result.Restrict).
-func familiesOf(p *podcache.Pod) table.Families {
-	if p == nil {
-		return 0
-	}
-	var f table.Families
-	for _, ip := range p.IPs {
-		if ip.Unmap().Is4() {
-			f |= table.IPv4
-		} else {
-			f |= table.IPv6
-		}
-	}
-	return f
-}
+// The pod cache works them out when it is rebuilt, as table.Families.
+func familiesOf(p *podcache.Pod) table.Families { return table.Families(p.Families()) }
 
 // holdAnswer holds reply (out[len(buf):]), a TCP answer that took a buffer
 // of its own (larger than a connection keeps: tcpKeepBuf), as its

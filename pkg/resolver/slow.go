@@ -49,6 +49,7 @@ type slowQuery struct {
 	result, limit string
 	badVers       bool
 	pod           *podcache.Pod
+	families      table.Families // pod's (familiesOf), for each name the query looks up
 	// source is the asking source: its TCP connection's, found as it was
 	// accepted (whose bytes hold its replies), or over UDP the one looked
 	// up to forward (slow). What is refused for it is counted on it.
@@ -237,7 +238,7 @@ func (q *slowQuery) answer(ctx context.Context) []byte {
 		return q.forward(ctx)
 	}
 	pod := s.opts.Pods.Lookup(q.src.Addr())
-	q.pod = pod
+	q.pod, q.families = pod, familiesOf(pod)
 	if pod.Uncaptured() && s.captureSlot(q.local) {
 		// Released, on a socket connected while captured: what its own
 		// nameserver says (Options.CaptureSlot).
@@ -249,7 +250,7 @@ func (q *slowQuery) answer(ctx context.Context) []byte {
 	}
 	tbl := s.table.Load()
 	res := tbl.Resolve(string(r.Name), ns)
-	res.Restrict(familiesOf(pod))
+	res.Restrict(q.families)
 	if res.Forwards(r.Type) {
 		return q.forward(ctx)
 	}
@@ -315,7 +316,7 @@ func (q *slowQuery) chase(ctx context.Context, reply *dns.Msg, res table.Result,
 		reply.Answer = append(reply.Answer, cname(owner, alias, tbl.TTL()))
 		owner = alias
 		next := table.Result{Entry: tbl.Find(alias, ns)}
-		next.Restrict(familiesOf(q.pod))
+		next.Restrict(q.families)
 		if next.Entry != nil && !next.Entry.ForwardsType(q.r.Type) {
 			if slices.Contains(seen[:i+1], next.Entry) {
 				reply.Answer = reply.Answer[:start]
@@ -385,7 +386,7 @@ func (q *slowQuery) autopath(ctx context.Context, pod *podcache.Pod, tbl *table.
 		if dns.IsSubDomain(tbl.Domain(), strings.ToLower(cand)) {
 			if e := tbl.Find(strings.ToLower(cand), pod.Namespace); e != nil {
 				res := table.Result{Entry: e}
-				res.Restrict(familiesOf(pod))
+				res.Restrict(q.families)
 				if res.Entry == nil || e.ForwardsType(r.Type) {
 					// The candidate's records are upstream (or, a host
 					// without a VIP of the pod's family, its name is):

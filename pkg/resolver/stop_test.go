@@ -25,7 +25,7 @@ func TestStopEndsIdleConnections(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			s := New(Options{TCPIdleTimeout: idle})
 			t.Cleanup(func() { s.Close() })
-			udp, ln := listenPair(t)
+			udp, ln := listenPair(t, "127.0.0.1:0")
 			t.Cleanup(func() { udp.Close(); ln.Close() })
 			go s.ServeUDP(udp)
 			go s.ServeTCP(ln)

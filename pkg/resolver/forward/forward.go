@@ -70,9 +70,24 @@ type flight struct {
 	leaderOnly, bytesRefused bool
 	// joined counts the queries that joined it (the tests wait on it).
 	joined atomic.Int32
-	// resend sends a UDP exchange's query again (nil over TCP).
-	resend *resender
+	// udp: the exchange is over UDP, and resend is its to send the query
+	// again (the kernel retransmits over TCP). In the flight, not beside
+	// it: a UDP exchange costs no allocation more for it.
+	udp    bool
+	resend resender
 }
+
+// resender returns the flight's resender, or nil over TCP.
+func (fl *flight) resender() *resender {
+	if !fl.udp {
+		return nil
+	}
+	return &fl.resend
+}
+
+// resendOnTimer is the UDP exchange's own resend, half-way through the
+// timeout.
+func (fl *flight) resendOnTimer() { fl.resend.resend(resendTimer) }
 
 // Origin says where a reply came from.
 type Origin struct {
@@ -224,7 +239,7 @@ func (f *Forwarder) ForwardFrom(ctx context.Context, req []byte, tcp bool, upstr
 			f.fly(ctx, fl, flightKey, src, sent, r, tcp, upstreams)
 			return f.finish(req, r, fl.reply, true), Origin{Upstream: fl.from, Failure: fl.failure, BytesRefused: fl.bytesRefused}, nil
 		}
-		fl.resend.resend(resendJoined)
+		fl.resender().resend(resendJoined)
 		if !joined { // a query that asks again is coalesced once
 			coalesced.Inc()
 			joined = true
@@ -254,10 +269,8 @@ func (f *Forwarder) joinFlight(flightKey string, tcp bool) (fl *flight, leader b
 	if fl := f.flights[flightKey]; fl != nil {
 		return fl, false
 	}
-	fl = &flight{done: make(chan struct{})}
-	if !tcp {
-		fl.resend = newResender(f.now, f.upstreams)
-	}
+	fl = &flight{done: make(chan struct{}), udp: !tcp}
+	fl.resend.init(f.now, f.upstreams)
 	f.flights[flightKey] = fl
 	f.wg.Add(1) // Close waits for the exchange
 	return fl, true
@@ -275,10 +288,11 @@ func (f *Forwarder) fly(ctx context.Context, fl *flight, flightKey string, src *
 	ctx, cancel := context.WithTimeout(ctx, f.timeout)
 	defer cancel()
 	defer context.AfterFunc(f.base, cancel)()
-	if fl.resend != nil && f.timeout/2 > resendInterval {
-		defer time.AfterFunc(f.timeout/2, func() { fl.resend.resend(resendTimer) }).Stop()
+	rs := fl.resender()
+	if rs != nil && f.timeout/2 > resendInterval {
+		defer time.AfterFunc(f.timeout/2, fl.resendOnTimer).Stop()
 	}
-	a := f.resolve(ctx, query, r, tcp, upstreams, fl.resend)
+	a := f.resolve(ctx, query, r, tcp, upstreams, rs)
 	fl.reply, fl.from, fl.failure = a.reply, a.upstream, a.failure
 	// The caller's context, not the exchange's: an upstream silent for the
 	// whole timeout is no reason for the waiters to ask it again.

@@ -24,9 +24,10 @@ const (
 	DefaultMaxUpstreamSeries = 32
 	// resendInterval is how long a UDP exchange's query must have been out
 	// before a query joining the exchange sends it again (resender), and
-	// so the least time between two of its sends. Under a second, the
-	// shortest retry of the usual clients (glibc's and Go's "options
-	// timeout:1", dig +time=1), with room for the time between a client's
+	// so the least time between two datagrams it sends to one upstream
+	// (its first, one to each upstream asked, go out together). Under a
+	// second, the shortest retry of the usual clients (glibc's and Go's
+	// "options timeout:1", dig +time=1), with room for the time between a client's
 	// first query and ours; not under musl's 500 ms between retries with
 	// "timeout:1 attempts:2". Above what an upstream takes to answer all
 	// but a few queries (unbound starts at 376 ms for a server it knows

@@ -19,9 +19,11 @@ const (
 // answered yet: a datagram lost on the way to the upstream, or the reply
 // on its way back, would otherwise cost every query sharing the exchange
 // a SERVFAIL at the timeout, their clients' own retries included (they
-// join the exchange and send nothing). It sends at most once per
-// resendInterval, whatever the number of queries joining, so an exchange
-// sends at most 1 + timeout/resendInterval datagrams to each upstream.
+// join the exchange and send nothing). It sends only once the query has
+// been out resendInterval since it last went out (to any upstream),
+// whatever the number of queries joining, so two datagrams of an exchange
+// to one upstream are at least resendInterval apart, and it sends at most
+// 1 + timeout/resendInterval to each.
 // A nil resender (a TCP exchange, which the kernel retransmits, or a
 // query forwarded for its client alone) sends nothing.
 type resender struct {
@@ -31,6 +33,7 @@ type resender struct {
 	mu      sync.Mutex
 	query   []byte    // as sent, with the exchange's ID
 	waiting []waiter  // the sockets of the exchanges still waiting for a reply
+	one     [1]waiter // waiting's first backing: one upstream, the usual case, costs no allocation
 	last    time.Time // when the query last went out
 }
 
@@ -40,8 +43,10 @@ type waiter struct {
 	upstream netip.AddrPort
 }
 
-func newResender(now func() time.Time, m *upstreamMetrics) *resender {
-	return &resender{now: now, metrics: m}
+// init readies a resender in place (it lives in its flight).
+func (r *resender) init(now func() time.Time, m *upstreamMetrics) {
+	r.now, r.metrics = now, m
+	r.waiting = r.one[:0]
 }
 
 // sent records that query went to upstream on conn, which waits for the

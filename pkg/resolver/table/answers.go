@@ -66,15 +66,13 @@ func (r *Result) AppendAnswer(out []byte, hdr int, qtype uint16, rot uint16, roo
 			w.nameRR(dns.TypePTR, ttl, e.Name)
 		}
 	case qtype == dns.TypeANY:
-		w.addrs(r.addrs4(), ttl, 0)
-		w.addrs(r.addrs6(), ttl, 0)
+		w.addrs(r.family(dns.TypeA), ttl, 0)
+		w.addrs(r.family(dns.TypeAAAA), ttl, 0)
 		if e.Alias != "" {
 			w.nameRR(dns.TypeCNAME, ttl, e.Alias)
 		}
-	case qtype == dns.TypeA:
-		w.addrs(r.addrs4(), ttl, rot)
-	case qtype == dns.TypeAAAA:
-		w.addrs(r.addrs6(), ttl, rot)
+	case qtype == dns.TypeA, qtype == dns.TypeAAAA:
+		w.addrs(r.family(qtype), ttl, rot)
 	case qtype == dns.TypeCNAME:
 		if e.Alias != "" {
 			w.nameRR(dns.TypeCNAME, ttl, e.Alias)
@@ -161,25 +159,17 @@ func srvLen(s SRV) int { return rrFixed + 6 + nameLen(s.Target) }
 // otherwise every address of the set's targets (a headless Service's
 // endpoints), each target once, starting at the rot-th.
 func (r *Result) appendSRVAddrs(w *answer, qtype uint16, ttl uint32, rot uint16) {
-	e, recs := r.Entry, r.srv.records
+	recs := r.srv.records
 	if recs == nil {
-		w.addrs(familyOf(e, qtype), ttl, rot)
+		w.addrs(r.family(qtype), ttl, rot)
 		return
 	}
 	cut := int(uint32(rot) % uint32(len(recs)))
 	for i := range recs {
 		if t := r.targetAt(recs, (cut+i)%len(recs)); t != nil {
-			w.addrs(familyOf(t, qtype), ttl, 0)
+			w.addrs(t.family(qtype), ttl, 0)
 		}
 	}
-}
-
-// familyOf returns e's IPv4 addresses for A, its IPv6 ones otherwise.
-func familyOf(e *Entry, qtype uint16) []netip.Addr {
-	if qtype == dns.TypeA {
-		return e.Addrs[:e.n4]
-	}
-	return e.Addrs[e.n4:]
 }
 
 // targetAt returns the entry recs[i] names, or nil when that is not found
@@ -363,12 +353,12 @@ func (r *Result) Records(owner string, qtype uint16, ttl uint32, rot uint16) []d
 	default:
 		var v4, v6 []dns.RR
 		if anyType || qtype == dns.TypeA {
-			for _, a := range r.addrs4() {
+			for _, a := range r.family(dns.TypeA) {
 				v4 = append(v4, &dns.A{Hdr: hdr(dns.TypeA), A: a.AsSlice()})
 			}
 		}
 		if anyType || qtype == dns.TypeAAAA {
-			for _, a := range r.addrs6() {
+			for _, a := range r.family(dns.TypeAAAA) {
 				v6 = append(v6, &dns.AAAA{Hdr: hdr(dns.TypeAAAA), AAAA: a.AsSlice()})
 			}
 		}

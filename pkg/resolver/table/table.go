@@ -23,6 +23,8 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/miekg/dns"
+
 	"github.com/ztdns/ztdns/pkg/resolver/vip"
 )
 
@@ -348,7 +350,9 @@ const (
 // whose VIPs it can use is no name of the sidecar's: r becomes unknown
 // (forwarded). A ServiceEntry's own spec.addresses, which the sidecar
 // leaves alone, and a Service's addresses, kube-dns's answer, are kept.
-// Small enough to inline: a dual-stack or unknown client costs a compare.
+// Small enough to inline: for a client that is no known pod (0) it costs
+// a compare, for a dual-stack one two; the pod cache has worked out the
+// pod's families when it was rebuilt (podcache.Pod.Families).
 func (r *Result) Restrict(f Families) {
 	if f != 0 && f != BothFamilies && r.Entry != nil {
 		r.restrict(f)
@@ -362,7 +366,7 @@ func (r *Result) restrict(f Families) {
 		return
 	}
 	r.hide = BothFamilies &^ f
-	if len(r.addrs4())+len(r.addrs6()) == 0 {
+	if len(r.family(dns.TypeA))+len(r.family(dns.TypeAAAA)) == 0 {
 		r.Entry, r.Alias = nil, ""
 	}
 }
@@ -372,20 +376,25 @@ func (e *Entry) autoVIPs() bool {
 	return e.addrSource == addrStatus || e.addrSource == addrAllocated
 }
 
-// addrs4 are the IPv4 addresses of r's entry the asker gets (Restrict).
-func (r *Result) addrs4() []netip.Addr {
-	if r.hide&IPv4 != 0 {
+// family returns the addresses of r's entry of qtype's family (A: IPv4;
+// AAAA, or any other: IPv6) that the asker gets (Restrict).
+func (r *Result) family(qtype uint16) []netip.Addr {
+	hidden := IPv6
+	if qtype == dns.TypeA {
+		hidden = IPv4
+	}
+	if r.hide&hidden != 0 {
 		return nil
 	}
-	return r.Entry.Addrs[:r.Entry.n4]
+	return r.Entry.family(qtype)
 }
 
-// addrs6 are the IPv6 addresses of r's entry the asker gets (Restrict).
-func (r *Result) addrs6() []netip.Addr {
-	if r.hide&IPv6 != 0 {
-		return nil
+// family returns e's IPv4 addresses for A, its IPv6 ones otherwise.
+func (e *Entry) family(qtype uint16) []netip.Addr {
+	if qtype == dns.TypeA {
+		return e.Addrs[:e.n4]
 	}
-	return r.Entry.Addrs[r.Entry.n4:]
+	return e.Addrs[e.n4:]
 }
 
 // Resolve finds what a pod in namespace ns gets for qname (lower case, fully
