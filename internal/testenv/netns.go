@@ -129,7 +129,7 @@ type PodConfig struct {
 type Pod struct {
 	Netns
 	Node     *Node
-	HostVeth string     // the veth end in the node namespace
+	HostVeth string // the veth end in the node namespace
 	// IPv4 is 10.253.N.2/24, with its default route via 10.253.N.1, and
 	// IPv6 2001:db8:N::2/64 via 2001:db8:N::1: N is unique on the machine
 	// while the test runs (podSubnet).
