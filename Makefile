@@ -61,6 +61,8 @@ generate:
 # The tests, then each wire-format benchmark once: every implementation
 # still does the job it is timed on (each checks its result first).
 test:
+	@unformatted=$$("$$($(GO) env GOROOT)/bin/gofmt" -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	  if [ -n "$$unformatted" ]; then echo "not gofmt'd (run gofmt -w):" $$unformatted; exit 1; fi
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) $(TEST_FLAGS) ./...
 	$(GO) test -run '^$$' -bench . -benchtime 1x ./pkg/dnswire/
