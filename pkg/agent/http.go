@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
+	"strings"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
@@ -51,6 +52,13 @@ func (a *Agent) readiness() error {
 		return errors.New("a newer agent is taking the resolver over: serving until it has its table")
 	}
 	if !a.ready.Load() {
+		// The source says why, if it knows: a resource RBAC refuses, an
+		// API server it cannot reach.
+		if h, ok := a.cfg.Source.(source.HealthReporter); ok {
+			if err := h.Healthy(); err != nil {
+				return fmt.Errorf("waiting for the first full sync of the source: %s", strings.ReplaceAll(err.Error(), "\n", "; "))
+			}
+		}
 		return errors.New("waiting for the first full sync of the source")
 	}
 	if h, ok := a.cfg.Source.(source.HealthReporter); ok {

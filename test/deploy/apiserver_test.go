@@ -12,13 +12,17 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
 	istioclient "istio.io/client-go/pkg/clientset/versioned"
 
 	"github.com/ztdns/ztdns/internal/kubetest"
+	"github.com/ztdns/ztdns/pkg/source/kube"
 )
 
 // nodeName is the node the test plays the DaemonSet controller for.
@@ -97,6 +101,10 @@ func TestChartOnAPIServer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	agentDynamic, err := dynamic.NewForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
 
 	t.Run("reads what it watches", func(t *testing.T) {
 		reads := []struct {
@@ -159,8 +167,28 @@ func TestChartOnAPIServer(t *testing.T) {
 				w.Stop()
 			})
 		}
-		// The source asks discovery whether ServiceEntries are served; no
-		// rule grants it: every authenticated user may.
+		// The ServiceEntry CRD, by name (a field selector the API server
+		// authorizes as the rule's resourceName), and no other CRD.
+		crds := agentDynamic.Resource(schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"})
+		byName := func(name string) metav1.ListOptions {
+			return metav1.ListOptions{FieldSelector: fields.OneTermEqualSelector("metadata.name", name).String()}
+		}
+		l, err := crds.List(ctx, byName(kube.ServiceEntryCRD))
+		if err != nil || len(l.Items) != 1 {
+			t.Errorf("list of the ServiceEntry CRD by name: %v, want it", err)
+		}
+		w, err := crds.Watch(ctx, byName(kube.ServiceEntryCRD))
+		if err != nil {
+			t.Errorf("watch of the ServiceEntry CRD by name: %v", err)
+		} else {
+			w.Stop()
+		}
+		if _, err := crds.List(ctx, byName("gateways.networking.istio.io")); !apierrors.IsForbidden(err) {
+			t.Errorf("list of another CRD by name: %v, want Forbidden", err)
+		}
+		// Where the CRD may not be read (a ClusterRole from before its
+		// rule), the source asks discovery, which every authenticated user
+		// may.
 		if _, err := agent.Discovery().ServerResourcesForGroupVersion("networking.istio.io/v1"); err != nil {
 			t.Errorf("discovery of networking.istio.io/v1: %v", err)
 		}

@@ -276,6 +276,64 @@ type ServiceEntryAddress struct {
 	Host  string `json:"host,omitempty"`
 }
 
+// CustomResourceDefinition is an apiextensions.k8s.io/v1
+// CustomResourceDefinition: which versions it serves, and whether the API
+// server serves it yet (its Established condition). ztdns reads only
+// Istio's ServiceEntry CRD, to know whether and how ServiceEntries are
+// served.
+type CustomResourceDefinition struct {
+	metav1.TypeMeta `json:",inline"`
+	ObjectMeta      `json:"metadata"`
+	Spec            struct {
+		Versions []CRDVersion `json:"versions"`
+	} `json:"spec"`
+	Status struct {
+		Conditions []CRDCondition `json:"conditions,omitempty"`
+	} `json:"status"`
+}
+
+// CRDVersion is one version of a CRD.
+type CRDVersion struct {
+	Name   string `json:"name"`
+	Served bool   `json:"served"`
+}
+
+// CRDCondition is one of a CRD's status conditions.
+type CRDCondition struct {
+	Type   string `json:"type"`
+	Status string `json:"status"`
+}
+
+// ServedVersions are the versions the CRD serves, once the API server has
+// taken it up (Established): none before, whatever its spec says.
+func (c *CustomResourceDefinition) ServedVersions() []string {
+	established := false
+	for _, cond := range c.Status.Conditions {
+		established = established || (cond.Type == "Established" && cond.Status == "True")
+	}
+	if !established {
+		return nil
+	}
+	var out []string
+	for _, v := range c.Spec.Versions {
+		if v.Served {
+			out = append(out, v.Name)
+		}
+	}
+	return out
+}
+
+// Terminating reports whether the CRD is being deleted (its Terminating
+// condition): its objects are being deleted with it.
+func (c *CustomResourceDefinition) Terminating() bool {
+	for _, cond := range c.Status.Conditions {
+		if cond.Type == "Terminating" && cond.Status == "True" {
+			return true
+		}
+	}
+	return false
+}
+
 // List is a list of objects of one kind, as a list call returns it.
 type List[T any] struct {
 	metav1.TypeMeta `json:",inline"`
@@ -291,13 +349,15 @@ type (
 	ConfigMapList     = List[ConfigMap]
 	PodList           = List[Pod]
 	ServiceEntryList  = List[ServiceEntry]
+	CRDList           = List[CustomResourceDefinition]
 )
 
 // The API groups and versions ztdns reads.
 var (
-	CoreV1         = schema.GroupVersion{Version: "v1"}
-	DiscoveryV1    = schema.GroupVersion{Group: "discovery.k8s.io", Version: "v1"}
-	IstioNetworkV1 = schema.GroupVersion{Group: "networking.istio.io", Version: "v1"}
+	CoreV1          = schema.GroupVersion{Version: "v1"}
+	DiscoveryV1     = schema.GroupVersion{Group: "discovery.k8s.io", Version: "v1"}
+	IstioNetworkV1  = schema.GroupVersion{Group: "networking.istio.io", Version: "v1"}
+	APIExtensionsV1 = schema.GroupVersion{Group: "apiextensions.k8s.io", Version: "v1"}
 )
 
 // AddToScheme registers the objects under their API kinds, with the
@@ -308,19 +368,21 @@ func AddToScheme(s *runtime.Scheme) error {
 	s.AddKnownTypes(CoreV1, &Service{}, &Namespace{}, &Pod{}, &ConfigMap{})
 	s.AddKnownTypes(DiscoveryV1, &EndpointSlice{})
 	s.AddKnownTypes(IstioNetworkV1, &ServiceEntry{})
+	s.AddKnownTypes(APIExtensionsV1, &CustomResourceDefinition{})
 	// A list's kind is its item's kind and "List"; the name of an
 	// instantiated List says neither, so each is registered by name.
 	for gvk, list := range map[schema.GroupVersionKind]runtime.Object{
-		CoreV1.WithKind("ServiceList"):              &ServiceList{},
-		CoreV1.WithKind("NamespaceList"):            &NamespaceList{},
-		CoreV1.WithKind("PodList"):                  &PodList{},
-		CoreV1.WithKind("ConfigMapList"):            &ConfigMapList{},
-		DiscoveryV1.WithKind("EndpointSliceList"):   &EndpointSliceList{},
-		IstioNetworkV1.WithKind("ServiceEntryList"): &ServiceEntryList{},
+		CoreV1.WithKind("ServiceList"):                           &ServiceList{},
+		CoreV1.WithKind("NamespaceList"):                         &NamespaceList{},
+		CoreV1.WithKind("PodList"):                               &PodList{},
+		CoreV1.WithKind("ConfigMapList"):                         &ConfigMapList{},
+		DiscoveryV1.WithKind("EndpointSliceList"):                &EndpointSliceList{},
+		IstioNetworkV1.WithKind("ServiceEntryList"):              &ServiceEntryList{},
+		APIExtensionsV1.WithKind("CustomResourceDefinitionList"): &CRDList{},
 	} {
 		s.AddKnownTypeWithName(gvk, list)
 	}
-	for _, gv := range []schema.GroupVersion{CoreV1, DiscoveryV1, IstioNetworkV1} {
+	for _, gv := range []schema.GroupVersion{CoreV1, DiscoveryV1, IstioNetworkV1, APIExtensionsV1} {
 		metav1.AddToGroupVersion(s, gv)
 	}
 	return nil
@@ -341,10 +403,11 @@ func deepCopy[T any](in *T) *T {
 	return out
 }
 
-func (o *Service) DeepCopyObject() runtime.Object       { return deepCopy(o) }
-func (o *EndpointSlice) DeepCopyObject() runtime.Object { return deepCopy(o) }
-func (o *Namespace) DeepCopyObject() runtime.Object     { return deepCopy(o) }
-func (o *ConfigMap) DeepCopyObject() runtime.Object     { return deepCopy(o) }
-func (o *Pod) DeepCopyObject() runtime.Object           { return deepCopy(o) }
-func (o *ServiceEntry) DeepCopyObject() runtime.Object  { return deepCopy(o) }
-func (o *List[T]) DeepCopyObject() runtime.Object       { return deepCopy(o) }
+func (o *Service) DeepCopyObject() runtime.Object                  { return deepCopy(o) }
+func (o *EndpointSlice) DeepCopyObject() runtime.Object            { return deepCopy(o) }
+func (o *Namespace) DeepCopyObject() runtime.Object                { return deepCopy(o) }
+func (o *ConfigMap) DeepCopyObject() runtime.Object                { return deepCopy(o) }
+func (o *Pod) DeepCopyObject() runtime.Object                      { return deepCopy(o) }
+func (o *ServiceEntry) DeepCopyObject() runtime.Object             { return deepCopy(o) }
+func (o *CustomResourceDefinition) DeepCopyObject() runtime.Object { return deepCopy(o) }
+func (o *List[T]) DeepCopyObject() runtime.Object                  { return deepCopy(o) }

@@ -45,8 +45,8 @@ func RESTConfig(path string) (*rest.Config, error) {
 // clientset is linked: their schemes register hundreds of types ztdns never
 // reads.
 type clients struct {
-	core, discovery, istio *rest.RESTClient
-	params                 runtime.ParameterCodec
+	core, discovery, istio, apiextensions *rest.RESTClient
+	params                                runtime.ParameterCodec
 }
 
 func newClients(cfg *rest.Config) (*clients, error) {
@@ -89,6 +89,9 @@ func newClients(cfg *rest.Config) (*clients, error) {
 		return nil, err
 	}
 	if c.istio, err = client("/apis", kubeapi.IstioNetworkV1); err != nil {
+		return nil, err
+	}
+	if c.apiextensions, err = client("/apis", kubeapi.APIExtensionsV1); err != nil {
 		return nil, err
 	}
 	return c, nil

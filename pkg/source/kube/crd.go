@@ -4,30 +4,136 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
+	"strings"
+	"sync"
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/watch"
+
+	"github.com/ztdns/ztdns/pkg/model/kubeapi"
 )
+
+// Whether ServiceEntries are served is Istio's CRD's to say: the source
+// watches that one object (a list and watch of customresourcedefinitions
+// with the field selector metadata.name, which the API server authorizes
+// as that resourceName, so RBAC grants exactly it, see PolicyRules), and
+// starts or stops the ServiceEntry watch as it comes, changes the
+// versions it serves, and goes. An idle watch costs the API server
+// nothing until client-go renews it (every 5 to 10 minutes), where asking
+// the discovery API cost a request every few seconds on every node for as
+// long as the CRD was missing, and, with the API server down, every
+// second. Like every watch, it backs off with jitter (0.8 s doubling to
+// 30 s) while the API server does not answer.
+//
+// A ClusterRole from before this rule (a hand-made one, or manifests
+// applied without it) may refuse the CRD: the source then asks discovery,
+// open to every authenticated user, once per forbiddenRetry (2 minutes,
+// with jitter), and says so in Errors().
 
 const (
 	// serviceEntryGroupVersion and serviceEntryResource are the ServiceEntry
 	// API ztdns watches. Istio serves networking.istio.io/v1 since 1.22; the
 	// older versions carry the same spec and status.
 	serviceEntryGroupVersion = "networking.istio.io/v1"
+	serviceEntryVersion      = "v1"
 	serviceEntryResource     = "serviceentries"
+	// ServiceEntryCRD is the name of Istio's ServiceEntry CRD, the one
+	// CustomResourceDefinition the source reads (see PolicyRules).
+	ServiceEntryCRD = serviceEntryResource + ".networking.istio.io"
 	// discoveryTimeout bounds one question to the discovery API.
 	discoveryTimeout = 10 * time.Second
-	// discoveryRetry is how soon a discovery question that failed (as
-	// opposed to one answered "not served") is asked again before the first
-	// snapshot, which waits for the answer.
-	discoveryRetry = time.Second
 )
 
-// serviceEntriesServed asks the API server whether it serves ServiceEntries
-// (networking.istio.io/v1), which it does from the moment Istio's CRD is
-// established until the CRD is deleted. An error means no answer (the API
-// server is unreachable, say), not "absent".
+// Why ServiceEntries are not in the snapshots: the reason label of
+// ztdns_kube_serviceentries_unavailable.
+const (
+	seNotInstalled = "not-installed"
+	seNotServed    = "v1-not-served"
+	seForbidden    = "forbidden"
+)
+
+// seReasons are the reasons, in the order the metric lists them.
+var seReasons = []string{seNotInstalled, seNotServed, seForbidden}
+
+// crdState is what the source keeps of the CRD.
+type crdState struct {
+	name string
+	// served are the versions it serves, sorted: none before it is
+	// Established, or while it is being deleted.
+	served      []string
+	terminating bool
+}
+
+func crdStateOf(o kubeapi.Object) (crdState, error) {
+	c := o.(*kubeapi.CustomResourceDefinition)
+	st := crdState{name: c.Name, served: slices.Sorted(slices.Values(c.ServedVersions())), terminating: c.Terminating()}
+	if st.terminating {
+		st.served = nil
+	}
+	return st, nil
+}
+
+// crdEndpoint is where the CRD is listed and watched: that one object.
+func (c *clients) crdEndpoint() endpoint {
+	return endpoint{client: c.apiextensions, resource: "customresourcedefinitions",
+		fieldSelector: fields.OneTermEqualSelector("metadata.name", ServiceEntryCRD).String(),
+		example:       &kubeapi.CustomResourceDefinition{},
+		newList:       func() runtime.Object { return &kubeapi.CRDList{} }}
+}
+
+// followCRD starts or stops the ServiceEntry watch as the CRD store says,
+// and records why ServiceEntries are missing, if they are. It does nothing
+// before the CRD's first list. Called by Run's goroutine whenever a store
+// notifies.
+func (r *run) followCRD(ctx context.Context, wg *sync.WaitGroup) {
+	st := storeOf[crdState](r.stores[kindServiceEntryCRD])
+	if st == nil || !st.hasSynced() {
+		return
+	}
+	crds, _ := collect(st)
+	first := !r.crdKnown
+	r.crdKnown = true
+	var served []string
+	installed := len(crds) > 0 && !crds[0].terminating
+	if installed {
+		served = crds[0].served
+	}
+	watching := r.stopServiceEntryWatch != nil
+	wanted := slices.Contains(served, serviceEntryVersion)
+	var reason, msg string
+	switch {
+	case !installed:
+		reason = seNotInstalled
+		msg = fmt.Sprintf("ServiceEntries: CRD %s not installed; running without ServiceEntries until it is", ServiceEntryCRD)
+	case !wanted:
+		reason = seNotServed
+		have := "no version yet (not Established)"
+		if len(served) > 0 {
+			have = strings.Join(served, ", ")
+		}
+		msg = fmt.Sprintf("ServiceEntries: CRD %s does not serve %s (it serves %s; Istio serves v1 since 1.22); running without ServiceEntries until it does",
+			ServiceEntryCRD, serviceEntryGroupVersion, have)
+	}
+	r.health.setServiceEntryCRD(reason, msg)
+	switch {
+	case wanted && !watching:
+		r.startServiceEntries(ctx, wg)
+	case !wanted && watching:
+		r.stopServiceEntries(!installed)
+	case first && !installed:
+		r.log.Info("ServiceEntry CRD not installed; running without ServiceEntries until it appears", "crd", ServiceEntryCRD)
+	}
+}
+
+// serviceEntriesServed asks the discovery API whether ServiceEntries are
+// served (networking.istio.io/v1), for when the CRD may not be read. An
+// error means no answer (the API server is unreachable, say), not
+// "absent".
 func (r *run) serviceEntriesServed(ctx context.Context) (bool, error) {
 	ctx, cancel := context.WithTimeout(ctx, discoveryTimeout)
 	defer cancel()
@@ -50,59 +156,79 @@ func (r *run) serviceEntriesServed(ctx context.Context) (bool, error) {
 	return false, nil
 }
 
-// awaitDiscovery asks whether ServiceEntries are served until the API server
-// answers. It reports false for ok when ctx ends first.
-func (r *run) awaitDiscovery(ctx context.Context) (served, ok bool) {
-	for {
-		served, err := r.serviceEntriesServed(ctx)
-		r.health.observe(ctx, "discovery", err)
-		if err == nil {
-			return served, true
-		}
-		select {
-		case <-ctx.Done():
-			return false, false
-		case <-time.After(discoveryRetry):
-		}
+// discoveredCRD is the CRD as discovery shows it: serving v1, or absent
+// (nil). Discovery shows no other version of it, so a CRD without v1 reads
+// as absent here.
+func (r *run) discoveredCRD(ctx context.Context) (*kubeapi.CustomResourceDefinition, error) {
+	served, err := r.serviceEntriesServed(ctx)
+	if err != nil || !served {
+		return nil, err
 	}
+	c := &kubeapi.CustomResourceDefinition{ObjectMeta: kubeapi.ObjectMeta{Name: ServiceEntryCRD}}
+	c.Spec.Versions = []kubeapi.CRDVersion{{Name: serviceEntryVersion, Served: true}}
+	c.Status.Conditions = []kubeapi.CRDCondition{{Type: "Established", Status: "True"}}
+	return c, nil
 }
 
-// followServiceEntryAPI sends on changes every change in whether
-// ServiceEntries are served, starting from served. While they are not, it
-// asks discovery every pollInterval; once they are, it stops polling and asks
-// again only when the ServiceEntry watch reports the resource missing (on
-// recheck), which is what happens when the CRD is deleted.
-func (r *run) followServiceEntryAPI(ctx context.Context, served bool, pollInterval time.Duration, recheck <-chan struct{}, changes chan<- bool) {
-	poll := time.NewTimer(pollInterval)
-	defer poll.Stop()
-	for {
-		if served {
-			select {
-			case <-ctx.Done():
-				return
-			case <-recheck:
-			}
-		} else {
-			poll.Reset(pollInterval)
-			select {
-			case <-ctx.Done():
-				return
-			case <-poll.C:
-			}
+// crdFromDiscovery wraps the CRD's list and watch: refused by RBAC, the
+// list is discovery's answer, and the watch a stand-in that asks
+// discovery again after forbiddenRetry and ends, so that the reflector
+// watches again (and gets the real watch once it is allowed).
+func (r *run) crdFromDiscovery(
+	list func(context.Context, metav1.ListOptions) (runtime.Object, error),
+	watchFn func(context.Context, metav1.ListOptions) (watch.Interface, error),
+) (func(context.Context, metav1.ListOptions) (runtime.Object, error), func(context.Context, metav1.ListOptions) (watch.Interface, error)) {
+	refused := func(ctx context.Context, err error) bool {
+		switch {
+		case ctx.Err() != nil: // stopped: says nothing of RBAC
+		case err == nil:
+			r.health.setCRDForbidden(nil, 0)
+		case apierrors.IsForbidden(err):
+			r.health.setCRDForbidden(err, r.src.forbiddenRetry)
+			return true
 		}
-		now, err := r.serviceEntriesServed(ctx)
-		if err != nil {
-			r.log.Debug("ServiceEntry API discovery failed; asking again later", "error", err)
-			continue
-		}
-		if now == served {
-			continue
-		}
-		served = now
-		select {
-		case changes <- served:
-		case <-ctx.Done():
-			return
-		}
+		return false
 	}
+	return func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			l, err := list(ctx, o)
+			if !refused(ctx, err) {
+				return l, err
+			}
+			c, err := r.discoveredCRD(ctx)
+			if err != nil {
+				return nil, err
+			}
+			out := &kubeapi.CRDList{}
+			if c != nil {
+				out.Items = append(out.Items, *c)
+			}
+			return out, nil
+		}, func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			w, err := watchFn(ctx, o)
+			if !refused(ctx, err) {
+				return w, err
+			}
+			var initial []watch.Event
+			if initialEvents(o) {
+				c, err := r.discoveredCRD(ctx)
+				if err != nil {
+					return nil, err
+				}
+				if c != nil {
+					initial = append(initial, watch.Event{Type: watch.Added, Object: c})
+				}
+			}
+			r.health.observe(ctx, kindServiceEntryCRD.String(), nil)
+			return standIn(ctx, o, &kubeapi.CustomResourceDefinition{}, initial, r.src.forbiddenRetry, func(ctx context.Context) []watch.Event {
+				c, err := r.discoveredCRD(ctx)
+				switch {
+				case err != nil:
+					return nil // asked again at the next watch
+				case c == nil:
+					gone := &kubeapi.CustomResourceDefinition{ObjectMeta: kubeapi.ObjectMeta{Name: ServiceEntryCRD}}
+					return []watch.Event{{Type: watch.Deleted, Object: gone}}
+				}
+				return []watch.Event{{Type: watch.Modified, Object: c}}
+			}), nil
+		}
 }

@@ -20,9 +20,6 @@ import (
 	"github.com/ztdns/ztdns/pkg/model"
 )
 
-// testCRDPollInterval keeps the CRD tests short; the default is seconds.
-const testCRDPollInterval = 100 * time.Millisecond
-
 // Messages the CRD test waits for.
 const (
 	msgWatchingServiceEntries = "watching ServiceEntries"
@@ -44,7 +41,7 @@ func TestServiceEntryCRDComesAndGoes(t *testing.T) {
 		t.Fatalf("create Service: %v", err)
 	}
 	logs := newLogWatcher()
-	rec := runSource(t, env.Config, WithCRDPollInterval(testCRDPollInterval), WithLogger(slog.New(logs)))
+	rec := runSource(t, env.Config, WithLogger(slog.New(logs)))
 
 	serviceEntries := func(want ...string) func(*model.Snapshot) error {
 		return func(s *model.Snapshot) error {
@@ -83,13 +80,13 @@ func TestServiceEntryCRDComesAndGoes(t *testing.T) {
 
 	deleteServiceEntryCRD(t, env)
 	rec.waitFor(t, "no ServiceEntries after the CRD is deleted", serviceEntries())
-	logs.waitFor(t, msgCRDDeleted, 1)
+	logs.waitFor(t, 1, msgCRDDeleted)
 	if err := rec.src.Healthy(); err != nil {
 		t.Errorf("Healthy() after the CRD is deleted = %v, want nil", err)
 	}
 
 	env.InstallCRDs()
-	logs.waitFor(t, msgWatchingServiceEntries, 2)
+	logs.waitFor(t, 2, msgWatchingServiceEntries)
 	createServiceEntry("second")
 	rec.waitFor(t, "the ServiceEntry made after the CRD came back", serviceEntries("second"))
 	if err := rec.src.Healthy(); err != nil {

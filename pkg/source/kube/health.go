@@ -36,6 +36,17 @@ type health struct {
 	mu      sync.Mutex
 	synced  bool
 	failing map[string]failure // by resource
+
+	// Why ServiceEntries are missing from the snapshots, if they are: the
+	// CRD's reason and message (followCRD), else seForbidden, RBAC's
+	// refusal of them. seReason is what the metric and the log say now.
+	seCRDReason, seCRDMsg string
+	seForbidden           error
+	seReason, seMsg       string
+	// crdForbidden is RBAC's refusal of the CRD, which discovery stands in
+	// for every crdRetry.
+	crdForbidden error
+	crdRetry     time.Duration
 }
 
 func newHealth(log *slog.Logger, m *metrics) *health {
@@ -65,7 +76,11 @@ func (h *health) observe(ctx context.Context, resource string, err error) {
 	case err != nil && !wasFailing:
 		h.failing[resource] = failure{since: time.Now(), err: err}
 		h.metrics.watchFailing.WithLabelValues(resource).Set(1)
-		h.log.Warn("watch failing; serving the last state while client-go retries", "resource", resource, "error", err)
+		msg := "watch failing; serving the last state while client-go retries"
+		if !h.synced {
+			msg = "watch failing before the first full sync; no snapshot until every resource is listed, client-go retries"
+		}
+		h.log.Warn(msg, "resource", resource, "error", err)
 	case err != nil:
 		f.err = err
 		h.failing[resource] = f
@@ -88,6 +103,62 @@ func (h *health) setSynced() {
 	h.synced = true
 }
 
+// setServiceEntryCRD records why the CRD keeps ServiceEntries from the
+// snapshots (reason and message), or that it does not (both empty).
+func (h *health) setServiceEntryCRD(reason, msg string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.seCRDReason, h.seCRDMsg = reason, msg
+	h.updateServiceEntries()
+}
+
+// setServiceEntriesForbidden records RBAC's refusal of ServiceEntries
+// (err), or that they may be read (nil).
+func (h *health) setServiceEntriesForbidden(err error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.seForbidden = err
+	h.updateServiceEntries()
+}
+
+// updateServiceEntries brings the metric and the log in step with why
+// ServiceEntries are missing. Called with h.mu held.
+func (h *health) updateServiceEntries() {
+	reason, msg := h.seCRDReason, h.seCRDMsg
+	if reason == "" && h.seForbidden != nil {
+		reason = seForbidden
+		msg = fmt.Sprintf("ServiceEntries: %v; running without ServiceEntries, asking again every few minutes", h.seForbidden)
+	}
+	if reason == h.seReason && (reason != seNotServed || msg == h.seMsg) {
+		return // a refusal's message may say list or watch: the first one stays
+	}
+	h.seReason, h.seMsg = reason, msg
+	for _, r := range seReasons {
+		v := 0.0
+		if r == reason {
+			v = 1
+		}
+		h.metrics.serviceEntriesUnavailable.WithLabelValues(r).Set(v)
+	}
+	switch reason {
+	case "", seNotInstalled: // the log of followCRD and startServiceEntries says it
+	default:
+		h.log.Warn("running without ServiceEntries", "reason", reason, "detail", msg)
+	}
+}
+
+// setCRDForbidden records RBAC's refusal of the CRD (err; discovery is
+// asked every retry instead), or that it may be read (nil).
+func (h *health) setCRDForbidden(err error, retry time.Duration) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if err != nil && h.crdForbidden == nil {
+		h.log.Warn("cannot watch the ServiceEntry CRD; asking the discovery API instead, which sees the CRD come and go only that often",
+			"crd", ServiceEntryCRD, "every", retry, "error", err)
+	}
+	h.crdForbidden, h.crdRetry = err, retry
+}
+
 // errors lists the failing resources, in name order.
 func (h *health) errors() []error {
 	h.mu.Lock()
@@ -103,6 +174,22 @@ func (h *health) errors() []error {
 		errs = append(errs, fmt.Errorf("watch of %s failing since %s: %w", name, f.since.UTC().Format(time.RFC3339), f.err))
 	}
 	return errs
+}
+
+// notes says what the source runs without, or how, though nothing fails:
+// ServiceEntries missing, the CRD read through discovery.
+func (h *health) notes() []error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var notes []error
+	if h.seMsg != "" {
+		notes = append(notes, errors.New(h.seMsg))
+	}
+	if h.crdForbidden != nil {
+		notes = append(notes, fmt.Errorf("ServiceEntries: the CRD may not be watched, %v; asking the discovery API every %v instead",
+			h.crdForbidden, h.crdRetry))
+	}
+	return notes
 }
 
 // err is nil when the source is synced and nothing is failing.

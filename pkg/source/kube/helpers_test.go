@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -68,34 +69,35 @@ func (w *logWatcher) WithGroup(name string) slog.Handler {
 	return &c
 }
 
-// count returns how many records had message msg.
-func (w *logWatcher) count(msg string) int {
+// count returns how many records had one of msgs as their message.
+func (w *logWatcher) count(msgs ...string) int {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	n := 0
 	for _, m := range *w.msgs {
-		if m == msg {
+		if slices.Contains(msgs, m) {
 			n++
 		}
 	}
 	return n
 }
 
-// waitFor waits until n records with message msg were logged.
-func (w *logWatcher) waitFor(tb testing.TB, msg string, n int) {
+// waitFor waits until n records with one of msgs as their message were
+// logged.
+func (w *logWatcher) waitFor(tb testing.TB, n int, msgs ...string) {
 	tb.Helper()
 	deadline := time.After(waitTimeout)
 	for {
 		w.mu.Lock()
 		next := *w.next
 		w.mu.Unlock()
-		if w.count(msg) >= n {
+		if w.count(msgs...) >= n {
 			return
 		}
 		select {
 		case <-next:
 		case <-deadline:
-			tb.Fatalf("%q not logged %d times within %v", msg, n, waitTimeout)
+			tb.Fatalf("%q not logged %d times within %v", msgs, n, waitTimeout)
 		}
 	}
 }

@@ -8,6 +8,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/apimachinery/pkg/watch"
 
 	"github.com/ztdns/ztdns/pkg/model/kubeapi"
@@ -37,58 +38,125 @@ func withForbiddenRetry(d time.Duration) Option { return func(s *Source) { s.for
 // allocatorLock is what the source keeps of the lock: that it exists.
 type allocatorLock struct{ namespace, name string }
 
-// tolerateForbidden wraps the lock's list and watch (by name: RBAC grants
-// exactly that name, see PolicyRules). Without that permission (a chart
-// from before it was needed, or one whose binding the API server has not
-// applied yet when the agent starts) the source runs as if istiod did not
-// allocate, says so once, relies on status.addresses alone, and asks again
-// every forbiddenRetry.
-func (r *run) tolerateForbidden(
-	list func(context.Context, metav1.ListOptions) (runtime.Object, error),
-	watchFn func(context.Context, metav1.ListOptions) (watch.Interface, error),
-) (func(context.Context, metav1.ListOptions) (runtime.Object, error), func(context.Context, metav1.ListOptions) (watch.Interface, error)) {
+// lockForbidden is told whether the lock may be read. Without that
+// permission (a chart from before it was needed, or one whose binding the
+// API server has not applied yet when the agent starts) the source runs as
+// if istiod did not allocate, says so once, relies on status.addresses
+// alone, and asks again every forbiddenRetry (see tolerateForbidden).
+func (r *run) lockForbidden() func(error) {
 	var once sync.Once
-	forbidden := func(err error) bool {
-		if !apierrors.IsForbidden(err) {
-			return false
+	return func(err error) {
+		if err == nil {
+			return
 		}
 		once.Do(func() {
 			r.log.Warn("cannot read istiod's VIP allocator lock; --vip-source=auto then sees istiod allocate only from status.addresses",
 				"namespace", r.src.istioNamespace, "configMap", IstiodAllocatorLock, "err", err)
 		})
-		return true
+	}
+}
+
+// tolerateForbidden wraps the list and watch of a resource the source can
+// run without (istiod's lock, ServiceEntries). Refused by RBAC, the list
+// is empty (newList), the watch a stand-in that ends after forbiddenRetry
+// (with jitter, so that a DaemonSet's agents do not ask together), and
+// forbidden is told the error; a call that is not refused tells it nil.
+// The reflector then watches again: with the permission granted since,
+// the API server's watch starts with every object there is.
+func (r *run) tolerateForbidden(k kind, e endpoint, forbidden func(error),
+	list func(context.Context, metav1.ListOptions) (runtime.Object, error),
+	watchFn func(context.Context, metav1.ListOptions) (watch.Interface, error),
+) (func(context.Context, metav1.ListOptions) (runtime.Object, error), func(context.Context, metav1.ListOptions) (watch.Interface, error)) {
+	refused := func(ctx context.Context, err error) bool {
+		switch {
+		case ctx.Err() != nil: // stopped: says nothing of RBAC
+		case err == nil:
+			forbidden(nil)
+		case apierrors.IsForbidden(err):
+			forbidden(err)
+			return true
+		}
+		return false
 	}
 	return func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
 			l, err := list(ctx, o)
-			if forbidden(err) {
-				return &kubeapi.ConfigMapList{}, nil
+			if refused(ctx, err) {
+				return e.newList(), nil
 			}
 			return l, err
 		}, func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
 			w, err := watchFn(ctx, o)
-			if forbidden(err) {
-				// Running without the lock is no failure: this stand-in
-				// is the watch that works.
-				r.health.observe(ctx, kindIstiodAllocator.String(), nil)
-				return noLock(o, r.src.forbiddenRetry), nil
+			if refused(ctx, err) {
+				// Running without the resource is no failure: this
+				// stand-in is the watch that works.
+				r.health.observe(ctx, k.String(), nil)
+				return standIn(ctx, o, e.example.(kubeapi.Object), nil, r.src.forbiddenRetry, nil), nil
 			}
 			return w, err
 		}
 }
 
-// noLock is the watch of a lock the source may not read: nothing comes,
-// but a watch that was asked for its initial events ends them, as the API
-// server would, so that the reflector counts itself synced. It ends after
-// retry, and the reflector watches again: with the permission granted
-// since, the API server's watch then starts with the lock if it exists.
-func noLock(o metav1.ListOptions, retry time.Duration) watch.Interface {
-	w := watch.NewFakeWithChanSize(1, false)
-	if o.SendInitialEvents != nil && *o.SendInitialEvents {
+// initialEvents reports whether a watch asks for the initial events
+// (client-go's WatchList) rather than following a list.
+func initialEvents(o metav1.ListOptions) bool {
+	return o.SendInitialEvents != nil && *o.SendInitialEvents
+}
+
+// standInWatch is the watch of a resource the source may not watch.
+type standInWatch struct {
+	ch   chan watch.Event
+	stop chan struct{}
+	once sync.Once
+}
+
+// standIn returns a stand-in watch: it sends initial, and when the watch
+// asks for initial events (o) ends them as the API server would, with a
+// bookmark of example's kind, so that the reflector counts itself synced.
+// After retry, with jitter, it sends what atEnd (if any) returns and ends,
+// and the reflector watches again.
+func standIn(ctx context.Context, o metav1.ListOptions, example kubeapi.Object, initial []watch.Event, retry time.Duration, atEnd func(context.Context) []watch.Event) watch.Interface {
+	if initialEvents(o) {
 		end := "true"
-		w.Action(watch.Bookmark, &kubeapi.ConfigMap{ObjectMeta: kubeapi.ObjectMeta{
-			Annotations: kubeapi.Annotations{InitialEventsEnd: &end}}})
+		b := example.DeepCopyObject().(kubeapi.Object)
+		b.Meta().Annotations.InitialEventsEnd = &end
+		initial = append(initial, watch.Event{Type: watch.Bookmark, Object: b})
 	}
-	// Armed after the send: a Stop closing the channel must not race it.
-	time.AfterFunc(retry, w.Stop)
+	w := &standInWatch{ch: make(chan watch.Event), stop: make(chan struct{})}
+	go w.run(ctx, initial, wait.Jitter(retry, 0.5), atEnd)
 	return w
+}
+
+func (w *standInWatch) ResultChan() <-chan watch.Event { return w.ch }
+
+func (w *standInWatch) Stop() { w.once.Do(func() { close(w.stop) }) }
+
+func (w *standInWatch) run(ctx context.Context, initial []watch.Event, retry time.Duration, atEnd func(context.Context) []watch.Event) {
+	defer close(w.ch)
+	send := func(evs []watch.Event) bool {
+		for _, ev := range evs {
+			select {
+			case w.ch <- ev:
+			case <-w.stop:
+				return false
+			case <-ctx.Done():
+				return false
+			}
+		}
+		return true
+	}
+	if !send(initial) {
+		return
+	}
+	t := time.NewTimer(retry)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-w.stop:
+		return
+	case <-ctx.Done():
+		return
+	}
+	if atEnd != nil {
+		send(atEnd(ctx))
+	}
 }

@@ -22,10 +22,11 @@
 // snapshot is complete, so the name table built from it never shows half of
 // a change.
 //
-// The ServiceEntry CRD may be missing: the source then runs without
-// ServiceEntries, asks the discovery API every few seconds, and starts
-// watching them once the CRD is there. A deleted CRD is noticed through the
-// watch and polling starts again.
+// The ServiceEntry CRD may be missing, or serve no networking.istio.io/v1,
+// or RBAC may refuse ServiceEntries: the source then runs without them and
+// says why (Errors, ztdns_kube_serviceentries_unavailable). It watches the
+// CRD object itself, so it starts watching ServiceEntries as soon as they
+// are served, and stops when the CRD is deleted (see crd.go).
 //
 // When the API server is unreachable client-go retries with backoff; the
 // source delivers nothing new, so the agent keeps serving the last table, and
@@ -55,9 +56,6 @@ const (
 	// back a snapshot: the first change of a burst is delivered within this
 	// time plus the time to build the snapshot.
 	DefaultMaxDelay = 50 * time.Millisecond
-	// DefaultCRDPollInterval is how often the discovery API is asked whether
-	// the ServiceEntry CRD has appeared, while it is missing.
-	DefaultCRDPollInterval = 5 * time.Second
 	// syncCheckInterval is how often the stores are checked for their
 	// first sync besides when they notify: a store's first list notifies,
 	// so this is only a safety net, and slow enough that an agent waiting
@@ -69,16 +67,17 @@ const (
 // Source watches one Kubernetes API server. It implements source.Source and
 // source.ErrorReporter.
 type Source struct {
-	cfg             *rest.Config
-	log             *slog.Logger
-	nodeName        string
-	debounce        time.Duration
-	maxDelay        time.Duration
-	crdPollInterval time.Duration
-	istioNamespace  string
-	forbiddenRetry  time.Duration // how often a forbidden lock is asked for again
-	metrics         *metrics
-	health          *health
+	cfg            *rest.Config
+	log            *slog.Logger
+	nodeName       string
+	debounce       time.Duration
+	maxDelay       time.Duration
+	istioNamespace string
+	// forbiddenRetry is how often what RBAC refuses, and the source can run
+	// without, is asked for again.
+	forbiddenRetry time.Duration
+	metrics        *metrics
+	health         *health
 
 	mu      sync.Mutex
 	objErrs []error // objects left out of the last snapshot
@@ -100,23 +99,18 @@ func WithLogger(l *slog.Logger) Option { return func(s *Source) { s.log = l } }
 // with an empty name, all Pods are watched (standalone runs and tests).
 func WithNodeName(node string) Option { return func(s *Source) { s.nodeName = node } }
 
-// WithCRDPollInterval sets how often discovery is asked whether the
-// ServiceEntry CRD has appeared (default DefaultCRDPollInterval).
-func WithCRDPollInterval(d time.Duration) Option { return func(s *Source) { s.crdPollInterval = d } }
-
 // New returns a source that watches the API server cfg points at. Nothing
 // is contacted until Run. See RESTConfig for --kubeconfig and in-cluster
 // configuration.
 func New(cfg *rest.Config, opts ...Option) *Source {
 	s := &Source{
-		cfg:             cfg,
-		log:             slog.Default(),
-		debounce:        DefaultDebounce,
-		maxDelay:        DefaultMaxDelay,
-		crdPollInterval: DefaultCRDPollInterval,
-		istioNamespace:  DefaultIstioNamespace,
-		forbiddenRetry:  2 * time.Minute,
-		metrics:         newMetrics(),
+		cfg:            cfg,
+		log:            slog.Default(),
+		debounce:       DefaultDebounce,
+		maxDelay:       DefaultMaxDelay,
+		istioNamespace: DefaultIstioNamespace,
+		forbiddenRetry: 2 * time.Minute,
+		metrics:        newMetrics(),
 	}
 	for _, o := range opts {
 		o(s)
@@ -138,12 +132,16 @@ func New(cfg *rest.Config, opts ...Option) *Source {
 func (s *Source) Healthy() error { return s.health.err() }
 
 // Errors lists the objects left out of the last snapshot because they cannot
-// be converted, then the watches that are currently failing.
+// be converted, then the watches that are currently failing, then what the
+// source runs without though nothing fails: ServiceEntries, when their CRD
+// is not installed, does not serve networking.istio.io/v1, or RBAC refuses
+// them.
 func (s *Source) Errors() []error {
 	s.mu.Lock()
 	errs := slices.Clone(s.objErrs)
 	s.mu.Unlock()
-	return append(errs, s.health.errors()...)
+	errs = append(errs, s.health.errors()...)
+	return append(errs, s.health.notes()...)
 }
 
 // Run starts the watches, delivers the first snapshot once every one of
@@ -167,36 +165,24 @@ func (s *Source) Run(ctx context.Context, deliver func(*model.Snapshot)) error {
 	}()
 
 	r := newRun(s, c)
-	kinds := []kind{kindNamespaces, kindServices, kindEndpointSlices, kindOtherEndpointSlices, kindPods}
+	kinds := []kind{kindNamespaces, kindServices, kindEndpointSlices, kindOtherEndpointSlices, kindPods, kindServiceEntryCRD}
 	if s.istioNamespace != "" {
 		kinds = append(kinds, kindIstiodAllocator)
 	}
 	for _, k := range kinds {
 		r.start(ctx, &wg, k)
 	}
-	// Whether ServiceEntries exist must be known before the first snapshot:
-	// a table without them would make every ServiceEntry host unknown for a
-	// while after each restart.
-	served, ok := r.awaitDiscovery(ctx)
-	if !ok {
-		return nil
-	}
-	if served {
-		r.startServiceEntries(ctx, &wg)
-	} else {
-		s.log.Info("ServiceEntry CRD not installed; running without ServiceEntries until it appears",
-			"groupVersion", serviceEntryGroupVersion, "pollInterval", s.crdPollInterval)
-	}
-	crdChanges := make(chan bool)
-	wg.Go(func() { r.followServiceEntryAPI(ctx, served, s.crdPollInterval, r.recheck, crdChanges) })
 	defer s.health.setUnsynced()
-	return r.follow(ctx, &wg, crdChanges, deliver)
+	return r.follow(ctx, &wg, deliver)
 }
 
 // follow delivers the first snapshot once every watch has synced, then a
 // snapshot after each burst of changes, and starts and stops the
-// ServiceEntry watch as the CRD comes and goes.
-func (r *run) follow(ctx context.Context, wg *sync.WaitGroup, crdChanges <-chan bool, deliver func(*model.Snapshot)) error {
+// ServiceEntry watch as the CRD comes and goes. Whether ServiceEntries are
+// served is known before the first snapshot (hasSynced waits for the CRD):
+// a table without them would make every ServiceEntry host unknown for a
+// while after each restart.
+func (r *run) follow(ctx context.Context, wg *sync.WaitGroup, deliver func(*model.Snapshot)) error {
 	syncCheck := time.NewTicker(syncCheckInterval)
 	defer syncCheck.Stop()
 	synced := false
@@ -209,10 +195,12 @@ func (r *run) follow(ctx context.Context, wg *sync.WaitGroup, crdChanges <-chan 
 		case <-ctx.Done():
 			return nil
 		case <-syncCheck.C:
+			r.followCRD(ctx, wg)
 			if synced = r.deliverFirst(synced, deliver); synced {
 				syncCheck.Stop()
 			}
 		case <-r.notify:
+			r.followCRD(ctx, wg)
 			if !synced {
 				if synced = r.deliverFirst(synced, deliver); synced {
 					syncCheck.Stop()
@@ -229,12 +217,6 @@ func (r *run) follow(ctx context.Context, wg *sync.WaitGroup, crdChanges <-chan 
 			due = nil
 			snap, since := r.snapshot()
 			r.deliver(snap, since, deliver)
-		case served := <-crdChanges:
-			if served {
-				r.startServiceEntries(ctx, wg)
-			} else {
-				r.stopServiceEntries()
-			}
 		}
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -612,6 +613,11 @@ func testLeastPrivilege(t *testing.T, env *kubetest.Env) {
 		return nil
 	})
 	rec.waitHealth(t, "healthy with only PolicyRules", func(err error) bool { return err == nil })
+	// Nothing refused either: not ServiceEntries, not their CRD (read by
+	// name, which the API server authorizes through the field selector).
+	rec.waitHealth(t, "refused nothing", func(error) bool {
+		return !slices.ContainsFunc(rec.src.Errors(), func(err error) bool { return apierrors.IsForbidden(err) || strings.Contains(err.Error(), "forbidden") })
+	})
 
 	// istiod's VIP allocator lock, readable by name only: the snapshot
 	// says istiod allocates once it exists, and no other ConfigMap is

@@ -15,10 +15,13 @@ type metrics struct {
 	delay prometheus.Histogram
 	// leftOut is the number of objects that could not be converted.
 	leftOut prometheus.Gauge
+	// serviceEntriesUnavailable is 1 for the reason ServiceEntries are
+	// missing from the snapshots, if they are.
+	serviceEntriesUnavailable *prometheus.GaugeVec
 }
 
 func newMetrics() *metrics {
-	return &metrics{
+	m := &metrics{
 		watchFailing: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "ztdns_kube_watch_failing",
 			Help: "1 from a failed list or watch call to the API server for the resource, or a watch stream that ended in an error or within 1 s with no event, until a watch of it stays open 1 s; the last state is served meanwhile.",
@@ -36,10 +39,18 @@ func newMetrics() *metrics {
 			Name: "ztdns_kube_objects_left_out",
 			Help: "Objects in the cluster that cannot be converted and are left out of the name table.",
 		}),
+		serviceEntriesUnavailable: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "ztdns_kube_serviceentries_unavailable",
+			Help: "1 for why ServiceEntries are left out of the name table (not-installed: no ServiceEntry CRD; v1-not-served: the CRD does not serve networking.istio.io/v1; forbidden: RBAC refuses them), 0 for the others; all 0 while they are watched.",
+		}, []string{"reason"}),
 	}
+	for _, r := range seReasons {
+		m.serviceEntriesUnavailable.WithLabelValues(r).Set(0)
+	}
+	return m
 }
 
 // Collectors returns the source's metrics, for the agent to register.
 func (s *Source) Collectors() []prometheus.Collector {
-	return []prometheus.Collector{s.metrics.watchFailing, s.metrics.snapshots, s.metrics.delay, s.metrics.leftOut}
+	return []prometheus.Collector{s.metrics.watchFailing, s.metrics.snapshots, s.metrics.delay, s.metrics.leftOut, s.metrics.serviceEntriesUnavailable}
 }

@@ -148,7 +148,7 @@ func TestAllocatorLockForbidden(t *testing.T) {
 	})
 	rec.waitHealth(t, "healthy without the lock", func(err error) bool { return err == nil })
 	const msg = "cannot read istiod's VIP allocator lock; --vip-source=auto then sees istiod allocate only from status.addresses"
-	logs.waitFor(t, msg, 1)
+	logs.waitFor(t, 1, msg)
 	if n := logs.count(msg); n != 1 {
 		t.Errorf("%q logged %d times, want once", msg, n)
 	}

@@ -28,11 +28,14 @@ const (
 	kindServiceEntries
 	kindPods
 	kindIstiodAllocator // istiod's VIP allocator lock (istiod.go)
+	// kindServiceEntryCRD is Istio's ServiceEntry CRD (crd.go): whether,
+	// and in which versions, ServiceEntries are served.
+	kindServiceEntryCRD
 	numKinds
 )
 
 // kindNames are the resources' names, as in logs and metrics.
-var kindNames = [numKinds]string{"namespaces", "services", "endpointslices", "endpointslices-other", "serviceentries", "pods", "istiod-allocator"}
+var kindNames = [numKinds]string{"namespaces", "services", "endpointslices", "endpointslices-other", "serviceentries", "pods", "istiod-allocator", "serviceentry-crd"}
 
 func (k kind) String() string { return kindNames[k] }
 
@@ -55,9 +58,10 @@ type run struct {
 	stores [numKinds]objectStore
 	// stopServiceEntryWatch stops the ServiceEntry reflector.
 	stopServiceEntryWatch context.CancelFunc
-	// recheck asks followServiceEntryAPI to look again: the ServiceEntry
-	// watch found its resource missing.
-	recheck chan struct{}
+	// crdKnown is set once the CRD's first list has been acted on: the
+	// first snapshot waits for it, so that it has the ServiceEntries
+	// whenever they are served.
+	crdKnown bool
 
 	mu      sync.Mutex
 	pending [numKinds]bool // kinds changed since the last snapshot
@@ -79,7 +83,6 @@ func newRun(s *Source, c *clients) *run {
 		log:     s.log,
 		clients: c,
 		health:  s.health,
-		recheck: make(chan struct{}, 1),
 		notify:  make(chan struct{}, 1),
 	}
 }

@@ -21,6 +21,15 @@ func (r *run) changed(k kind) {
 	}
 }
 
+// wake wakes the delivery loop with no change for a snapshot: the CRD
+// changed (followCRD).
+func (r *run) wake() {
+	select {
+	case r.notify <- struct{}{}:
+	default:
+	}
+}
+
 // pendingSince is the time of the oldest change not in a snapshot yet, or
 // zero when there is none.
 func (r *run) pendingSince() time.Time {

@@ -87,6 +87,8 @@ func (r *run) endpointFor(k kind) endpoint {
 		return endpoint{client: c.core, namespace: r.src.istioNamespace, resource: "configmaps",
 			fieldSelector: fields.OneTermEqualSelector("metadata.name", IstiodAllocatorLock).String(), example: &kubeapi.ConfigMap{},
 			newList: func() runtime.Object { return &kubeapi.ConfigMapList{} }}
+	case kindServiceEntryCRD:
+		return c.crdEndpoint()
 	}
 	panic(fmt.Sprintf("kube: no endpoint for kind %d", k))
 }
@@ -121,36 +123,40 @@ func (r *run) newStore(k kind) objectStore {
 			return allocatorLock{o.Meta().Namespace, o.Meta().Name}, nil
 		},
 			func(l *allocatorLock) objKey { return objKey{l.namespace, l.name} }, r.changed)
+	case kindServiceEntryCRD:
+		// Not part of snapshots: a change only wakes Run (followCRD).
+		return newStore(k, r.log, crdStateOf, func(c *crdState) objKey { return objKey{name: c.name} }, func(kind) { r.wake() })
 	}
 	panic(fmt.Sprintf("kube: no store for kind %d", k))
 }
 
 // listWatch is k's list and watch calls at e, each reporting to health. A
 // list that works clears no failure: the reflector lists exactly when its
-// watches fail, so only a watch that works (see judgeWatch) does.
+// watches fail, so only a watch that works (see judgeWatch) does. A call
+// refused by RBAC names what was refused.
 func (r *run) listWatch(k kind, e endpoint) *cache.ListWatch {
-	observe := func(ctx context.Context, err error) {
-		r.health.observe(ctx, k.String(), err)
-		if k == kindServiceEntries && apierrors.IsNotFound(err) {
-			select { // the CRD may be gone
-			case r.recheck <- struct{}{}:
-			default:
-			}
-		}
-	}
+	observe := func(ctx context.Context, err error) { r.health.observe(ctx, k.String(), err) }
 	list := func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
-		return r.clients.list(ctx, e, o)
+		out, err := r.clients.list(ctx, e, o)
+		return out, refusal("list", e, err)
 	}
 	watchFn := func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
 		start := time.Now()
 		w, err := r.clients.watch(ctx, e, o)
 		if err != nil {
-			return nil, err
+			return nil, refusal("watch", e, err)
 		}
 		return judgeWatch(w, start, func(err error) { observe(ctx, err) }), nil
 	}
-	if k == kindIstiodAllocator {
-		list, watchFn = r.tolerateForbidden(list, watchFn)
+	switch k {
+	case kindIstiodAllocator:
+		list, watchFn = r.tolerateForbidden(k, e, r.lockForbidden(), list, watchFn)
+	case kindServiceEntries:
+		// As without the CRD: snapshots without ServiceEntries, and a
+		// note in Errors() and the metric.
+		list, watchFn = r.tolerateForbidden(k, e, r.health.setServiceEntriesForbidden, list, watchFn)
+	case kindServiceEntryCRD:
+		list, watchFn = r.crdFromDiscovery(list, watchFn)
 	}
 	return &cache.ListWatch{
 		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
@@ -169,6 +175,31 @@ func (r *run) listWatch(k kind, e endpoint) *cache.ListWatch {
 		},
 	}
 }
+
+// refusal adds to an RBAC refusal (403) of verb on e what was refused, in
+// the terms of a ClusterRole rule; other errors pass unchanged. The API
+// server's own message says it too, but in a sentence that is easy to miss
+// in a list of failing watches.
+func refusal(verb string, e endpoint, err error) error {
+	if !apierrors.IsForbidden(err) {
+		return err
+	}
+	res := e.resource
+	if g := e.client.APIVersion().Group; g != "" {
+		res += "." + g
+	}
+	return &forbiddenError{what: fmt.Sprintf("forbidden to %s %s (RBAC)", verb, res), err: err}
+}
+
+// forbiddenError is an RBAC refusal with what was refused; errors.As and
+// apierrors.IsForbidden see the API server's error through it.
+type forbiddenError struct {
+	what string
+	err  error
+}
+
+func (e *forbiddenError) Error() string { return e.what + ": " + e.err.Error() }
+func (e *forbiddenError) Unwrap() error { return e.err }
 
 // watchListRefused reports whether err is an API server's refusal of a
 // watch-list request (sendInitialEvents): one without the WatchList
@@ -204,8 +235,8 @@ func (r *run) startServiceEntries(ctx context.Context, wg *sync.WaitGroup) {
 }
 
 // stopServiceEntries stops the ServiceEntry watch after the CRD was
-// deleted (which deletes every ServiceEntry with it).
-func (r *run) stopServiceEntries() {
+// deleted (which deletes every ServiceEntry with it) or stopped serving v1.
+func (r *run) stopServiceEntries(deleted bool) {
 	if r.stopServiceEntryWatch == nil {
 		return
 	}
@@ -213,13 +244,21 @@ func (r *run) stopServiceEntries() {
 	r.stopServiceEntryWatch = nil
 	r.stores[kindServiceEntries] = nil
 	r.health.forget(kindServiceEntries.String())
+	r.health.setServiceEntriesForbidden(nil)
 	r.changed(kindServiceEntries)
-	r.log.Info("ServiceEntry CRD deleted; running without ServiceEntries until it is back",
-		"pollInterval", r.src.crdPollInterval)
+	if deleted {
+		r.log.Info("ServiceEntry CRD deleted; running without ServiceEntries until it is back")
+	} else {
+		r.log.Info("ServiceEntry CRD no longer serves " + serviceEntryGroupVersion + "; running without ServiceEntries until it does")
+	}
 }
 
-// hasSynced reports whether every running store has its first list.
+// hasSynced reports whether every running store has its first list, and
+// the CRD's has been acted on.
 func (r *run) hasSynced() bool {
+	if !r.crdKnown {
+		return false
+	}
 	for _, st := range r.stores {
 		if st != nil && !st.hasSynced() {
 			return false

@@ -24,8 +24,11 @@ import (
 )
 
 const (
-	logFailing   = "watch failing; serving the last state while client-go retries"
-	logRecovered = "watch recovered"
+	logFailing = "watch failing; serving the last state while client-go retries"
+	// logFailingUnsynced is the log of a failure that starts before the
+	// first sync, when there is no last state to serve.
+	logFailingUnsynced = "watch failing before the first full sync; no snapshot until every resource is listed, client-go retries"
+	logRecovered       = "watch recovered"
 )
 
 // breaker answers the source's requests for path as a failing API server
@@ -108,8 +111,8 @@ func stillFailing(t *testing.T, src *Source, logs *logWatcher, failing, after st
 	if v := testutil.ToFloat64(src.metrics.watchFailing.WithLabelValues("services")); v != 1 {
 		t.Errorf("ztdns_kube_watch_failing{resource=services} = %v after %s, want 1", v, after)
 	}
-	if n, m := logs.count(logFailing), logs.count(logRecovered); n != 1 || m != 0 {
-		t.Errorf("logged %q %d times and %q %d times, want once and never", logFailing, n, logRecovered, m)
+	if n, m := logs.count(logFailing, logFailingUnsynced), logs.count(logRecovered); n != 1 || m != 0 {
+		t.Errorf("logged the failure %d times and %q %d times, want once and never", n, logRecovered, m)
 	}
 }
 
@@ -143,7 +146,7 @@ func TestWatchStreamFailureIsFailure(t *testing.T) {
 			rec.waitHealth(t, "failing for Services", func(err error) bool {
 				return err != nil && strings.Contains(err.Error(), "watch of services failing")
 			})
-			logs.waitFor(t, logFailing, 1)
+			logs.waitFor(t, 1, logFailing, logFailingUnsynced) // the first may come before the first sync
 			failing := failingEntry(rec.src, "services")
 			if !strings.Contains(failing, tc.want) {
 				t.Errorf("Errors() says %q, want it to say %q", failing, tc.want)
@@ -159,12 +162,12 @@ func TestWatchStreamFailureIsFailure(t *testing.T) {
 
 			b.watches.Store(false)
 			rec.waitHealth(t, "healthy once watches work", func(err error) bool { return err == nil })
-			logs.waitFor(t, logRecovered, 1)
+			logs.waitFor(t, 1, logRecovered)
 			if v := testutil.ToFloat64(gauge); v != 0 {
 				t.Errorf("ztdns_kube_watch_failing{resource=services} = %v after recovery, want 0", v)
 			}
-			if n := logs.count(logFailing); n != 1 {
-				t.Errorf("logged %q %d times, want once", logFailing, n)
+			if n := logs.count(logFailing, logFailingUnsynced); n != 1 {
+				t.Errorf("logged the failure %d times, want once", n)
 			}
 		})
 	}
@@ -211,8 +214,8 @@ func TestWatchListRefusedIsNoFailure(t *testing.T) {
 	if err := rec.src.Healthy(); err != nil {
 		t.Errorf("Healthy() = %v with watch-list refused and lists and watches working", err)
 	}
-	if n := logs.count(logFailing); n != 0 {
-		t.Errorf("logged %q %d times for refused watch-list requests, want never", logFailing, n)
+	if n := logs.count(logFailing, logFailingUnsynced); n != 0 {
+		t.Errorf("logged a failure %d times for refused watch-list requests, want never", n)
 	}
 }
 
@@ -230,7 +233,7 @@ func TestWatchOpenClearsNoFailure(t *testing.T) {
 	logs := newLogWatcher()
 	rec := runSource(t, cfg, WithLogger(slog.New(logs)))
 
-	logs.waitFor(t, logFailing, 1)
+	logs.waitFor(t, 1, logFailingUnsynced) // lists fail: no first sync
 	failing := failingEntry(rec.src, "services")
 	if failing == "" {
 		t.Fatalf("Errors() = %v, want Services failing", rec.src.Errors())
