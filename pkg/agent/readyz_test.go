@@ -50,11 +50,12 @@ func TestReadyzSaysWhyNoTable(t *testing.T) {
 		}
 		return wantWhy("/readyz", string(body))
 	})
-	st, err := control.NewClient(socket, time.Second).Status(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := wantWhy("status's notReady", st.NotReady); err != nil {
-		t.Error(err)
-	}
+	// The metrics listener can answer before the control socket listens.
+	testenv.EventuallyNil(t, 10*time.Second, func() error {
+		st, err := control.NewClient(socket, time.Second).Status(context.Background())
+		if err != nil {
+			return err
+		}
+		return wantWhy("status's notReady", st.NotReady)
+	})
 }
