@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -383,14 +382,10 @@ func (a *Agent) forgetGoneClaims(att podcache.Attachment) {
 		return
 	}
 	ns := capture.ProcNamespaces{Root: a.cfg.ProcRoot}
-	for key, b := range a.pods.Attachments() {
-		if key == att.Key() || !slices.ContainsFunc(b.IPs, func(ip netip.Addr) bool { return slices.Contains(att.IPs, ip) }) ||
-			!capture.NetnsGone(ns, b) {
-			continue
-		}
+	gone := func(_ string, b podcache.Attachment) bool { return capture.NetnsGone(ns, b) }
+	for key, b := range a.pods.GoneClaims(att, gone) {
 		a.pods.Detach(key)
-		a.log.Info("pod's network namespace is gone, and a new pod claims its IP; forgetting it", "pod", b.Namespace+"/"+b.Name,
-			"container", b.ContainerID, "netns", b.NetnsPath, "ips", b.IPs, "by", att.Namespace+"/"+att.Name)
+		capture.LogForgottenClaim(a.log, b, att, nil)
 	}
 }
 

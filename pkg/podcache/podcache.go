@@ -183,6 +183,20 @@ func (c *Cache) Attachments() map[string]Attachment {
 	return maps.Clone(c.attachments)
 }
 
+// GoneClaims returns, by key, the runtime records other than a's that
+// claim one of a's IPs and for which gone (called without the cache's
+// lock held) reports true: a sandbox's record whose DEL is late, or was
+// never heard, whose namespace is gone, and which is to go when a new
+// pod claims its IP.
+func (c *Cache) GoneClaims(a Attachment, gone func(key string, b Attachment) bool) map[string]Attachment {
+	claims := c.Attachments()
+	maps.DeleteFunc(claims, func(key string, b Attachment) bool {
+		return key == a.Key() || !slices.ContainsFunc(b.IPs, func(ip netip.Addr) bool { return slices.Contains(a.IPs, ip) }) ||
+			!gone(key, b)
+	})
+	return claims
+}
+
 // Attachment returns the runtime record with that key.
 func (c *Cache) Attachment(key string) (Attachment, bool) {
 	c.mu.Lock()
