@@ -653,9 +653,9 @@ func (a *Agent) startCapture(predecessor bool) error {
 			}
 		}
 	}
-	pw, ok := a.cfg.Source.(source.PodWatcher)
+	_, podsWatched := a.cfg.Source.(source.PodWatcher)
 	ctl := capture.Config{NodeName: a.cfg.NodeName, DNSCaptureDefault: a.cfg.DNSCaptureDefault,
-		ExcludeNamespaces: a.cfg.ExcludeNamespaces, PodsWatched: ok && pw.WatchesPods(), HostCookies: a.hostCookies}
+		ExcludeNamespaces: a.cfg.ExcludeNamespaces, PodsWatched: podsWatched, HostCookies: a.hostCookies}
 	c, err := newDataplane(*a.cfg.Capture, ctl, capture.ProcNamespaces{Root: a.cfg.ProcRoot}, a.log, a.pods, a.cfg.Socket, a.slot4, a.slot6,
 		predecessor)
 	if err != nil {
