@@ -363,31 +363,14 @@ static __always_inline bool slot_idle(__u64 last, __u32 flags, __u64 now)
 /* Returns the slot that holds dst for this network namespace, learning dst
  * into a free or idle slot when it is new; -1 when every slot is busy with
  * another destination or the map refused. confirm: this use of dst is real
- * DNS traffic (a send naming it, a TCP connect), not only a UDP connect.
+ * DNS traffic (a send naming it, a TCP connect), not only a UDP connect; a
+ * slot learned without it starts unconfirmed (ZTDNS_NS_UNCONFIRMED).
  *
- * Not every connect to port 53 is a query: Go's resolver sorts its answers
- * (RFC 6724) by connecting a UDP socket to each answer address on port 53,
- * and glibc does the same for getaddrinfo(host, "53"); nothing is sent.
- * So a slot learned by a UDP connect starts unconfirmed
- * (ZTDNS_NS_UNCONFIRMED); a send naming its destination, a TCP connect to
- * it, or a reply restored to a read that asks its source (recvmsg, in
- * original_destination) confirms it. Another UDP connect or a getpeername
- * keeps it busy but does not confirm it: Go's resolver does both for its
- * probes and for its queries alike. A new destination takes a free slot,
- * else an idle one (slot_idle), unconfirmed before confirmed, the longest
- * idle first. So an answer address Go's resolver sorted holds its slot for
- * at most ZTDNS_SLOT_UNCONFIRMED_IDLE_NS after the last lookup that sorted
- * it (with ZTDNS_SLOT_IDLE_NS for all, a pod resolving it more often kept
- * it for good), and the pod's nameservers, confirmed by the queries of any
- * other stub (glibc, musl, c-ares and dig all read their replies asking
- * the source), get their slots back. A slot that carried a query or a
- * reply more recently is never taken: overwriting a busy slot would make the resolver
- * forward the queries in flight through it to the wrong server. A
- * destination that finds every slot busy is left alone (not redirected).
- * A query is seen here only when its destination is (connect, or a send
- * naming it); a UDP socket connected once and kept (c-ares) sends with
- * neither, so original_destination marks the slot busy too when such a
- * socket receives the reply.
+ * A new destination takes a free slot, else an idle one (slot_idle),
+ * unconfirmed before confirmed, the longest idle first. A busy slot is
+ * never taken: the resolver would forward the queries in flight through it
+ * to the wrong server. A destination that finds every slot busy is left
+ * alone (not redirected).
  *
  * Concurrent first queries of one pod (glibc's A and AAAA, musl's parallel
  * sends) race for slots: BPF_NOEXIST lets exactly one insert into a free

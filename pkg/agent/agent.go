@@ -162,14 +162,9 @@ type Agent struct {
 	// cniMu serialises CNI events (the plugin's and the recorded ones
 	// replayed) and capture add|del.
 	cniMu sync.Mutex
-	// cniSeq counts CNI ADDs as they arrive and DELs as they are carried
-	// out; addsWaiting counts the ADDs that arrived and are not done; and
-	// deleted holds, while an ADD waits, each DEL carried out since, by
-	// container ID: an ADD that arrived before its container's DEL is
-	// stale (see cniAdd). deleted is guarded by cniMu.
-	cniSeq      atomic.Uint64
-	addsWaiting atomic.Int64
-	deleted     recentDels
+	// waitingAdds holds the CNI ADDs waiting for cniMu, for the DELs
+	// carried out meanwhile to flag (see cniAdd).
+	waitingAdds waitingAdds
 	// failedAdds spaces the log lines of failed CNI ADDs (cniAddLocked).
 	failedAdds ratelog.Limiter
 	mu         sync.Mutex
@@ -658,9 +653,9 @@ func (a *Agent) startCapture(predecessor bool) error {
 			}
 		}
 	}
-	pw, ok := a.cfg.Source.(source.PodWatcher)
+	_, podsWatched := a.cfg.Source.(source.PodWatcher)
 	ctl := capture.Config{NodeName: a.cfg.NodeName, DNSCaptureDefault: a.cfg.DNSCaptureDefault,
-		ExcludeNamespaces: a.cfg.ExcludeNamespaces, PodsWatched: ok && pw.WatchesPods(), HostCookies: a.hostCookies}
+		ExcludeNamespaces: a.cfg.ExcludeNamespaces, PodsWatched: podsWatched, HostCookies: a.hostCookies}
 	c, err := newDataplane(*a.cfg.Capture, ctl, capture.ProcNamespaces{Root: a.cfg.ProcRoot}, a.log, a.pods, a.cfg.Socket, a.slot4, a.slot6,
 		predecessor)
 	if err != nil {

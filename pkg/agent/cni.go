@@ -6,10 +6,10 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/ztdns/ztdns/pkg/capture"
@@ -40,89 +40,87 @@ var cniInstallInterval = 5 * time.Second
 // answered "not captured" and not recorded.
 //
 // An ADD that arrived before a DEL of its container was carried out is
-// refused (staleAdd): the plugin gave up waiting for it (under
-// onAgentUnreachable "fail" the runtime then tears the sandbox down), and
-// carrying it out after the DEL, while the namespace still exists (ztdns's
-// DEL runs before the primary plugin's), would record and mark a dead
-// sandbox. cniMu does not keep the order in which events arrive.
+// refused: the plugin gave up waiting for it (under onAgentUnreachable
+// "fail" the runtime then tears the sandbox down), and carrying it out
+// after the DEL, while the namespace still exists (ztdns's DEL runs before
+// the primary plugin's), would record and mark a dead sandbox. cniMu does
+// not keep the order in which events arrive, so the ADD waits for it in
+// waitingAdds, where the DEL finds it.
 func (a *Agent) cniAdd(req control.CNIAddRequest) (control.CNIAddResponse, error) {
-	a.addsWaiting.Add(1)
-	arrived := a.cniSeq.Add(1)
+	w := a.waitingAdds.add(req.ContainerID)
+	defer a.waitingAdds.remove(w)
 	a.cniMu.Lock()
 	defer a.cniMu.Unlock()
-	defer a.addDone()
 	if a.handedOver.Load() {
 		return control.CNIAddResponse{}, errHandedOver
 	}
-	if err := a.staleAdd(req.ContainerID, arrived); err != nil {
+	if a.waitingAdds.deletedSince(w) {
 		metricCNIEvents.WithLabelValues("add", "refused").Inc()
 		a.log.Info("not carrying out a CNI ADD whose container was deleted after it arrived", "pod", req.PodNamespace+"/"+req.PodName,
 			"container", req.ContainerID)
-		return control.CNIAddResponse{}, err
+		return control.CNIAddResponse{}, control.Refused(fmt.Errorf("container %s was deleted after this ADD was sent: the runtime gave up on it",
+			req.ContainerID))
 	}
 	return a.cniAddLocked(req)
 }
 
-// staleAdd refuses an ADD of container id that arrived (cniSeq) before a
-// DEL of it was carried out. Callers hold cniMu.
-func (a *Agent) staleAdd(id string, arrived uint64) error {
-	if deleted, ok := a.deleted.at(id); ok && deleted > arrived {
-		return control.Refused(fmt.Errorf("container %s was deleted after this ADD was sent: the runtime gave up on it", id))
+// waitingAdds is the CNI ADDs that arrived and are not done (cniAdd), by
+// container ID: as many as the control socket's connections answered at
+// once. A DEL carried out meanwhile flags its container's (deleted).
+type waitingAdds struct {
+	mu   sync.Mutex
+	byID map[string][]*waitingAdd
+}
+
+type waitingAdd struct {
+	id      string
+	deleted bool // a DEL of id was carried out since the ADD arrived
+}
+
+func (w *waitingAdds) add(id string) *waitingAdd {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.byID == nil {
+		w.byID = map[string][]*waitingAdd{}
 	}
-	return nil
+	add := &waitingAdd{id: id}
+	w.byID[id] = append(w.byID[id], add)
+	return add
 }
 
-// addDone ends an ADD (cniAdd): the last one waiting takes the DELs'
-// record with it, since every later ADD arrives after them. Callers hold
-// cniMu.
-func (a *Agent) addDone() {
-	if a.addsWaiting.Add(-1) == 0 {
-		a.deleted.clear()
+func (w *waitingAdds) remove(add *waitingAdd) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	rest := slices.DeleteFunc(w.byID[add.id], func(o *waitingAdd) bool { return o == add })
+	if len(rest) == 0 {
+		delete(w.byID, add.id)
+	} else {
+		w.byID[add.id] = rest
 	}
 }
 
-// deletedNow records that a DEL of container id was carried out, for the ADDs
-// that arrived before it and still wait (staleAdd); with none waiting,
-// every later ADD arrives after it, and nothing is kept. Callers hold
-// cniMu.
-func (a *Agent) deletedNow(id string) {
-	seq := a.cniSeq.Add(1)
-	if a.addsWaiting.Load() > 0 {
-		a.deleted.put(id, seq)
+// deleted flags the waiting ADDs of container id: a DEL of it was carried
+// out after they arrived.
+func (w *waitingAdds) deleted(id string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, add := range w.byID[id] {
+		add.deleted = true
 	}
 }
 
-// maxRecentDels bounds the DELs kept for ADDs that wait (recentDels): an
-// ADD would have to wait through that many DELs to outlast its own.
-const maxRecentDels = 1024
-
-// recentDels is the DELs carried out while ADDs wait, by container ID, at
-// most maxRecentDels, the oldest forgotten first.
-type recentDels struct {
-	seq   map[string]uint64
-	order []string // the keys of seq, oldest first
+func (w *waitingAdds) deletedSince(add *waitingAdd) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return add.deleted
 }
 
-func (r *recentDels) at(id string) (uint64, bool) {
-	seq, ok := r.seq[id]
-	return seq, ok
+// waiting is how many ADDs of container id wait.
+func (w *waitingAdds) waiting(id string) int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return len(w.byID[id])
 }
-
-func (r *recentDels) put(id string, seq uint64) {
-	if r.seq == nil {
-		r.seq = map[string]uint64{}
-	}
-	if _, ok := r.seq[id]; !ok {
-		if len(r.order) == maxRecentDels {
-			delete(r.seq, r.order[0])
-			r.order = r.order[1:]
-		}
-		r.order = append(r.order, id)
-	}
-	r.seq[id] = seq
-}
-
-func (r *recentDels) clear() { r.seq, r.order = nil, nil }
 
 // errHandedOver answers a CNI event (or capture add/del) that waited for
 // cniMu while the agent handed over (fenceCapture holds it): the successor
@@ -215,7 +213,7 @@ func (a *Agent) cniDelLocked(req control.CNIDelRequest) error {
 		metricCNIEvents.WithLabelValues("del", "error").Inc()
 		return control.Invalid(err)
 	}
-	a.deletedNow(req.ContainerID)
+	a.waitingAdds.deleted(req.ContainerID)
 	if a.capture == nil {
 		a.pods.Detach(req.ContainerID)
 		metricCNIEvents.WithLabelValues("del", "ok").Inc()
@@ -384,14 +382,10 @@ func (a *Agent) forgetGoneClaims(att podcache.Attachment) {
 		return
 	}
 	ns := capture.ProcNamespaces{Root: a.cfg.ProcRoot}
-	for key, b := range a.pods.Attachments() {
-		if key == att.Key() || !slices.ContainsFunc(b.IPs, func(ip netip.Addr) bool { return slices.Contains(att.IPs, ip) }) ||
-			!capture.NetnsGone(ns, b) {
-			continue
-		}
+	gone := func(_ string, b podcache.Attachment) bool { return capture.NetnsGone(ns, b) }
+	for key, b := range a.pods.GoneClaims(att, gone) {
 		a.pods.Detach(key)
-		a.log.Info("pod's network namespace is gone, and a new pod claims its IP; forgetting it", "pod", b.Namespace+"/"+b.Name,
-			"container", b.ContainerID, "netns", b.NetnsPath, "ips", b.IPs, "by", att.Namespace+"/"+att.Name)
+		capture.LogForgottenClaim(a.log, b, att, nil)
 	}
 }
 

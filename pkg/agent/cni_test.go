@@ -732,6 +732,13 @@ func TestAddTheRuntimeGaveUpOn(t *testing.T) {
 	if _, err := control.NewClient(socket, 200*time.Millisecond).CNIAdd(t.Context(), add); !errors.Is(err, control.ErrUnreachable) {
 		t.Fatalf("ADD while the agent is busy = %v, want the plugin to give up (%v)", err, control.ErrUnreachable)
 	}
+	// The server may take the request only after the plugin gave up: the
+	// DEL comes once the ADD waits.
+	for deadline := time.Now().Add(10 * time.Second); a.waitingAdds.waiting(add.ContainerID) == 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the ADD never reached the agent")
+		}
+	}
 	// The runtime's DEL, carried out before the ADD that waits.
 	if err := a.cniDelLocked(control.CNIDelRequest{ContainerID: add.ContainerID, Netns: n.Path(),
 		PodNamespace: "shop", PodName: "late"}); err != nil {

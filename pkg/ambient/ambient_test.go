@@ -113,19 +113,25 @@ func TestDecide(t *testing.T) {
 	}
 }
 
-// TestDecideExcludedNamespaces checks that a namespace istio-cni excludes
-// settles the decision before any label, annotation or default: Istio never
-// enrolls its pods, so ztunnel would route none of the VIPs ztdns answers.
-func TestDecideExcludedNamespaces(t *testing.T) {
+// TestDecideExcludedNamespacesAndPodsWatched checks that a namespace
+// istio-cni excludes settles the decision before any label, annotation or
+// default: Istio never enrolls its pods, so ztunnel would route none of the
+// VIPs ztdns answers. And where the source watches the node's pods, a pod
+// it has not seen is not captured (pod-unknown), whatever its namespace
+// says: the pod may be opted out. An excluded namespace still says so
+// first, and a pod the source knows is decided as without the watch.
+func TestDecideExcludedNamespacesAndPodsWatched(t *testing.T) {
 	t.Parallel()
 	const (
 		mode = model.LabelDataplaneMode
 		dns  = model.AnnotationDNSCapture
 	)
 	ambientKS := &model.Namespace{Name: "kube-system", Labels: map[string]string{mode: "ambient"}}
+	ambientNS := &model.Namespace{Name: "shop", Labels: map[string]string{mode: "ambient"}}
 	coredns := &model.Pod{Namespace: "kube-system", Name: "coredns", Labels: map[string]string{mode: "ambient"},
 		Annotations: map[string]string{dns: "true"}}
 	kubeSystem := Policy{DNSCaptureDefault: true, ExcludeNamespaces: []string{"kube-system"}}
+	watched := Policy{DNSCaptureDefault: true, ExcludeNamespaces: []string{"kube-system"}, PodsWatched: true}
 	tests := []struct {
 		name       string
 		policy     Policy
@@ -143,36 +149,8 @@ func TestDecideExcludedNamespaces(t *testing.T) {
 		{"names match exactly, as istio-cni's", kubeSystem, "kube-system-extra", nil,
 			&model.Namespace{Name: "kube-system-extra", Labels: map[string]string{mode: "ambient"}}, true, ReasonAmbient},
 		{"an empty list excludes nothing", Policy{DNSCaptureDefault: true}, "kube-system", coredns, ambientKS, true, ReasonAnnotationOn},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			t.Parallel()
-			gotCap, gotReason := tt.policy.Decide(tt.namespace, tt.pod, tt.ns)
-			if gotCap != tt.wantCap || gotReason != tt.wantReason {
-				t.Errorf("Decide = (%t, %q), want (%t, %q)", gotCap, gotReason, tt.wantCap, tt.wantReason)
-			}
-		})
-	}
-}
 
-// TestDecidePodsWatched: where the source watches the node's pods, a pod
-// it has not seen is not captured (pod-unknown), whatever its namespace
-// says: the pod may be opted out. An excluded namespace still says so
-// first, and a pod the source knows is decided as without the watch.
-func TestDecidePodsWatched(t *testing.T) {
-	t.Parallel()
-	const mode = model.LabelDataplaneMode
-	ambientNS := &model.Namespace{Name: "shop", Labels: map[string]string{mode: "ambient"}}
-	watched := Policy{DNSCaptureDefault: true, ExcludeNamespaces: []string{"kube-system"}, PodsWatched: true}
-	tests := []struct {
-		name       string
-		policy     Policy
-		namespace  string
-		pod        *model.Pod
-		ns         *model.Namespace
-		wantCap    bool
-		wantReason string
-	}{
+		// Pods watched.
 		{"pod unseen, namespace ambient", watched, "shop", nil, ambientNS, false, ReasonPodUnknown},
 		{"pod unseen, namespace ambient, default off", Policy{PodsWatched: true}, "shop", nil, ambientNS, false, ReasonPodUnknown},
 		{"pod and namespace unseen", watched, "shop", nil, nil, false, ReasonPodUnknown},

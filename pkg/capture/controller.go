@@ -17,7 +17,6 @@ import (
 	"io/fs"
 	"log/slog"
 	"maps"
-	"net/netip"
 	"slices"
 	"strings"
 	"sync"
@@ -399,22 +398,27 @@ func (c *Controller) dropGone() {
 // AttachOrder); this makes the old one go at once rather than at the next
 // full look (dropGone), when it was the old pod's last claim. A record
 // whose namespace lives stays (two sandboxes may claim one IP while one of
-// them is torn down). It returns the records it forgot.
-func (c *Controller) ForgetGoneClaims(a podcache.Attachment) []podcache.Attachment {
-	var forgot []podcache.Attachment
+// them is torn down).
+func (c *Controller) ForgetGoneClaims(a podcache.Attachment) {
 	var live liveNetns
-	for key, b := range c.pods.Attachments() {
-		if key == a.Key() || !slices.ContainsFunc(b.IPs, func(ip netip.Addr) bool { return slices.Contains(a.IPs, ip) }) ||
-			!c.netnsLost(key, b, &live) {
-			continue
-		}
+	gone := func(key string, b podcache.Attachment) bool { return c.netnsLost(key, b, &live) }
+	for key, b := range c.pods.GoneClaims(a, gone) {
 		if _, ok, err := c.forgetIf(key, b.NetnsCookie); ok {
-			c.log.Info("pod's network namespace is gone, and a new pod claims its IP; forgetting it", "pod", b.Namespace+"/"+b.Name,
-				"container", b.ContainerID, "netns", b.NetnsPath, "ips", b.IPs, "by", a.Namespace+"/"+a.Name, "err", err)
-			forgot = append(forgot, b)
+			LogForgottenClaim(c.log, b, a, err)
 		}
 	}
-	return forgot
+}
+
+// LogForgottenClaim logs that gone's record was forgotten for by's claim on
+// one of its IPs (ForgetGoneClaims, and an agent without capture); err is
+// the unmark's, if any.
+func LogForgottenClaim(log *slog.Logger, gone, by podcache.Attachment, err error) {
+	args := []any{"pod", gone.Namespace + "/" + gone.Name, "container", gone.ContainerID, "netns", gone.NetnsPath, "ips", gone.IPs,
+		"by", by.Namespace + "/" + by.Name}
+	if err != nil {
+		args = append(args, "err", err)
+	}
+	log.Info("pod's network namespace is gone, and a new pod claims its IP; forgetting it", args...)
 }
 
 // liveNetns is where a scan found each network namespace: one scan at

@@ -109,8 +109,7 @@ type PodNameserver struct {
 	Address string `json:"address"`
 	Idle    string `json:"idle"`
 	// Unconfirmed: only UDP connects and getpeername went through the
-	// slot, no query naming the address, TCP connect or reply read with
-	// its source (Go's resolver connects to answer addresses to sort them).
+	// slot (ZTDNS_NS_UNCONFIRMED in bpf/ztdns.h).
 	Unconfirmed bool `json:"unconfirmed,omitempty"`
 }
 

@@ -210,6 +210,20 @@ func (c *Cache) Attachments() map[string]Attachment {
 	return maps.Clone(c.attachments)
 }
 
+// GoneClaims returns, by key, the runtime records other than a's that
+// claim one of a's IPs and for which gone (called without the cache's
+// lock held) reports true: a sandbox's record whose DEL is late, or was
+// never heard, whose namespace is gone, and which is to go when a new
+// pod claims its IP.
+func (c *Cache) GoneClaims(a Attachment, gone func(key string, b Attachment) bool) map[string]Attachment {
+	claims := c.Attachments()
+	maps.DeleteFunc(claims, func(key string, b Attachment) bool {
+		return key == a.Key() || !slices.ContainsFunc(b.IPs, func(ip netip.Addr) bool { return slices.Contains(a.IPs, ip) }) ||
+			!gone(key, b)
+	})
+	return claims
+}
+
 // Attachment returns the runtime record with that key.
 func (c *Cache) Attachment(key string) (Attachment, bool) {
 	c.mu.Lock()
@@ -268,9 +282,9 @@ func (c *Cache) Detach(key string) (Attachment, bool) {
 // attachOrder returns the attachments' keys, oldest first: by AttachOrder,
 // then by key. Callers hold mu.
 func (c *Cache) attachOrder() []string {
-	keys := slices.Sorted(maps.Keys(c.attachments))
-	slices.SortStableFunc(keys, func(a, b string) int {
-		return cmp.Compare(c.attachments[a].AttachOrder, c.attachments[b].AttachOrder)
+	keys := slices.Collect(maps.Keys(c.attachments))
+	slices.SortFunc(keys, func(a, b string) int {
+		return cmp.Or(cmp.Compare(c.attachments[a].AttachOrder, c.attachments[b].AttachOrder), strings.Compare(a, b))
 	})
 	return keys
 }
@@ -284,8 +298,10 @@ func (c *Cache) rebuild() {
 	}
 	// Attachments oldest first (by AttachOrder, then key), so that of two
 	// of one pod (a sandbox restart before the old DEL) the pod shows the
-	// newer: its IPs, its capture.
+	// newer: its IPs, its capture. attached is the pods in that order,
+	// once per record: a pod's last place is its newest record's.
 	cookies := map[uint64]string{}
+	var attached []*Pod
 	for _, key := range c.attachOrder() {
 		a := c.attachments[key]
 		k := a.Namespace + "/" + a.Name
@@ -304,6 +320,7 @@ func (c *Cache) rebuild() {
 		if p.UID == "" {
 			p.UID = a.UID
 		}
+		attached = append(attached, p)
 	}
 	idx := &index{byIP: map[netip.Addr]*Pod{}, byCookie: map[uint64]*Pod{}}
 	quotas := make(map[string]*quota.Source, len(pods))
@@ -323,28 +340,24 @@ func (c *Cache) rebuild() {
 	slices.SortFunc(idx.all, func(a, b *Pod) int { return strings.Compare(a.Key(), b.Key()) })
 	// Attached pods own their IPs over source-only ones: an IP reused by a
 	// new pod before the old pod object is gone must point at the new one.
-	// Among attached pods, the one whose record is newest owns it: the old
-	// pod's record may linger (a late DEL, a Job pod that completed), and
-	// its namespace's view must not answer the new pod. Pods on the host's
-	// network are never indexed by IP: they share the node's addresses, so
-	// a query from the node's IP is nobody's in particular and gets the view
-	// of a client outside every namespace.
-	var attached []*Pod
+	// Among attached pods, the one whose record is newest owns it (it comes
+	// last in attached): the old pod's record may linger (a late DEL, a Job
+	// pod that completed), and its namespace's view must not answer the new
+	// pod. Pods on the host's network are never indexed by IP: they share
+	// the node's addresses, so a query from the node's IP is nobody's in
+	// particular and gets the view of a client outside every namespace.
 	for _, p := range idx.all {
-		switch {
-		case p.hostNetwork():
-		case p.Attachment != nil:
-			attached = append(attached, p)
-		default:
+		if p.Attachment == nil && !p.hostNetwork() {
 			for _, ip := range p.IPs {
 				idx.byIP[ip] = p
 			}
 		}
 	}
-	slices.SortStableFunc(attached, func(a, b *Pod) int { return cmp.Compare(a.Attachment.AttachOrder, b.Attachment.AttachOrder) })
 	for _, p := range attached {
-		for _, ip := range p.IPs {
-			idx.byIP[ip] = p
+		if !p.hostNetwork() {
+			for _, ip := range p.IPs {
+				idx.byIP[ip] = p
+			}
 		}
 	}
 	// Every record's namespace, not only the one its pod shows: a

@@ -61,8 +61,7 @@ type LearnedNameserver struct {
 	// when Unconfirmed) the slot may be given to another destination.
 	Idle time.Duration
 	// Unconfirmed: only UDP connects and getpeername have gone through
-	// the slot, as Go's resolver does to sort the addresses of an answer
-	// (ZTDNS_NS_UNCONFIRMED in bpf/ztdns.h).
+	// the slot (ZTDNS_NS_UNCONFIRMED in bpf/ztdns.h).
 	Unconfirmed bool
 }
 
@@ -163,15 +162,9 @@ func (r *Redirector) writeConfig() error {
 // with this cookie (see NetnsCookie). Marking a marked pod updates its info
 // and keeps its counters and learned nameservers.
 //
-// Re-marking a pod with the info it has writes nothing: the agent does it
-// at every replayed CNI ADD, unchanged decision and adoption. A write
-// replaces the whole value, counters included, with what Mark read just
-// before; counts the programs add in between (microseconds), or add to the
-// old value as the write replaces it, are lost. Only a real change (a pod
-// paused or resumed, a new IP) takes that chance: the programs' atomic adds
-// and a write from user space cannot be ordered against each other, with
-// or without BPF_F_LOCK, which makes the copy itself atomic but not the
-// read before it.
+// Re-marking a pod with the info it has writes nothing: a write replaces
+// the counters with what Mark read, losing what the programs added since
+// (BPF_F_LOCK would not order the read against their atomic adds).
 func (r *Redirector) Mark(cookie uint64, pod PodInfo) error {
 	if pod.IPv4.IsValid() && !pod.IPv4.Is4() {
 		return fmt.Errorf("mark: %s is not an IPv4 address", pod.IPv4)
@@ -211,11 +204,9 @@ func (r *Redirector) Mark(cookie uint64, pod PodInfo) error {
 // (SweepNameservers).
 const SlotIdle = 30 * time.Second
 
-// SlotUnconfirmedIdle is ZTDNS_SLOT_UNCONFIRMED_IDLE_NS, SlotIdle for a
-// slot nothing but UDP connects and getpeername went through
-// (LearnedNameserver.Unconfirmed), such as an answer address Go's resolver
-// connects to only to sort the answer: idle this long, it may be given to
-// another destination of its pod.
+// SlotUnconfirmedIdle is ZTDNS_SLOT_UNCONFIRMED_IDLE_NS, SlotIdle for an
+// unconfirmed slot (LearnedNameserver.Unconfirmed; why: ZTDNS_NS_UNCONFIRMED
+// in bpf/ztdns.h).
 const SlotUnconfirmedIdle = 2 * time.Second
 
 // Unmark stops redirecting the network namespace. Unmarking an unmarked

@@ -43,8 +43,8 @@ type HealthReporter interface {
 // the pods someone wrote down (configdir): a pod missing from the last
 // snapshot is one the watch has not delivered yet, lagging behind the
 // container runtime or failing. The capture decision leaves such a pod
-// alone until it arrives (reason pod-unknown).
+// alone until it arrives (reason pod-unknown). A marker: implementing it
+// says so.
 type PodWatcher interface {
-	// WatchesPods reports whether the snapshots hold every pod of the node.
-	WatchesPods() bool
+	WatchesPods()
 }

@@ -43,10 +43,10 @@ var (
 
 var _ source.PodWatcher = (*Source)(nil)
 
-// WatchesPods is true: the source watches every pod of its node (of the
-// cluster without a node name), so a pod a CNI ADD names that its last
-// snapshot lacks is one its watch has not delivered yet.
-func (s *Source) WatchesPods() bool { return true }
+// WatchesPods marks a source.PodWatcher: the source watches every pod of
+// its node (of the cluster without a node name), so a pod a CNI ADD names
+// that its last snapshot lacks is one its watch has not delivered yet.
+func (s *Source) WatchesPods() {}
 
 // endpointFor says where objects of k are listed and watched: cluster-wide,
 // except Pods, which are those of the source's node when it has one, and
