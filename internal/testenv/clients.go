@@ -24,7 +24,7 @@ const (
 )
 
 // RunHelper makes the test binary act as a client when GoLookup,
-// ControlCallAsUser, StalledReadersAsUser or StartFlood started it (or as
+// ControlCallAsUser, StalledReadersAsUser, ConnectFloodAsUser or StartFlood started it (or as
 // a server, when ListenAsUser did); call it
 // first in TestMain. It returns when the binary runs as tests.
 func RunHelper() {
@@ -41,6 +41,8 @@ func RunHelper() {
 		os.Exit(stalledReaders())
 	case "flood":
 		os.Exit(flood())
+	case "connect-flood":
+		os.Exit(connectFlood())
 	default:
 		fmt.Fprintf(os.Stderr, "unknown %s=%q\n", helperEnv, os.Getenv(helperEnv))
 		os.Exit(2)

@@ -13,6 +13,7 @@ import (
 	"os"
 	"runtime"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -148,5 +149,44 @@ func stalledReaders() int {
 	fmt.Println("sent")
 	io.Copy(io.Discard, os.Stdin) // holds the connections, unread, until the test lets go
 	runtime.KeepAlive(conns)      // (a collected connection is closed)
+	return 0
+}
+
+// ConnectFloodAsUser runs a process as cred that connects to the socket n
+// times, closing each connection at once without sending anything, as a
+// socket-group member flooding the agent's backlog would. It returns how
+// many connects failed and the first failure ("" when none did).
+func ConnectFloodAsUser(tb testing.TB, cred syscall.Credential, socket string, n int) (failed int, first string) {
+	tb.Helper()
+	cmd := AsUser(tb, context.Background(), cred, os.Args[0])
+	cmd.Env = append(os.Environ(), helperEnv+"=connect-flood", "ZTDNS_TESTENV_SOCKET="+socket, "ZTDNS_TESTENV_CONNS="+strconv.Itoa(n))
+	out, err := cmd.Output()
+	if err != nil {
+		tb.Fatalf("testenv: the connect flood as uid %d: %v %s", cred.Uid, err, out)
+	}
+	line, first, _ := strings.Cut(strings.TrimSpace(string(out)), " ")
+	failed, err = strconv.Atoi(line)
+	if err != nil {
+		tb.Fatalf("testenv: the connect flood said %q", out)
+	}
+	return failed, first
+}
+
+// connectFlood is the process ConnectFloodAsUser runs: it prints the
+// number of failed connects and the first failure.
+func connectFlood() int {
+	n, _ := strconv.Atoi(os.Getenv("ZTDNS_TESTENV_CONNS"))
+	failed, first := 0, ""
+	for range n {
+		c, err := net.Dial("unix", os.Getenv("ZTDNS_TESTENV_SOCKET"))
+		if err != nil {
+			if failed++; first == "" {
+				first = err.Error()
+			}
+			continue
+		}
+		c.Close()
+	}
+	fmt.Println(failed, first)
 	return 0
 }

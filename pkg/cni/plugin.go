@@ -318,7 +318,10 @@ const retryPause = 100 * time.Millisecond
 // refused (nobody listening, or its backlog full) or reset (closed with
 // the request unread), or one the plugin could not finish writing to: in
 // each case the agent did not take the request, so sending it again cannot
-// do it twice.
+// do it twice. Not a connection that ended before any answer came (EOF):
+// the agent may have taken the request by then, and it closes no
+// connection for room once its request has arrived (nor a new one), so an
+// EOF is no sign that it did not.
 func connectionLost(err error) bool {
 	return errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) ||
 		errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.EAGAIN)

@@ -20,10 +20,10 @@
 //     must arrive within ReadTimeout) and in number (MaxConns connections
 //     at once, of which the socket group's members hold at most
 //     MaxGroupConns: the rest are root's, so no member can keep a CNI ADD
-//     waiting; at the bound a connection with no request in makes room,
-//     and one with a request in is never cut: a storm of root's callers
-//     waits its turn), and every field is validated before the agent sees
-//     it.
+//     waiting; at the bound an idle or half-sent connection makes room,
+//     and one with a request in, or a new one, is never cut: a storm of
+//     root's callers waits its turn in the listener's queue, bounded by
+//     MaxQueued), and every field is validated before the agent sees it.
 package control
 
 import "net/http"

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -11,7 +12,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -367,71 +367,110 @@ func PeerOf(c *net.UnixConn) (Peer, error) {
 
 // guardedListener hands out only connections of allowed peers, at most
 // MaxConns at a time, of which at most MaxGroupConns are socket-group
-// members'. At the bound, a new connection takes the place of the oldest
-// one that has no request in (see evictable): a kept-alive idle
-// connection, a half-sent request (part of its headers, and nothing more
-// waiting to be read), or a new connection that has sent nothing for
-// newConnGrace. A request that has
-// arrived, read or not, is never cut: its caller (a CNI ADD in a Job's
-// fan-out) would take the agent for unreachable. So callers that send
-// nothing cannot keep those that do waiting for long, and those that do
-// never lose their call to them. A member's takes only a member's place,
-// never root's. When no connection root's could take may be closed,
-// Accept waits for one to end, to be answered, or to become evictable; a
-// member's that finds no place is closed at once instead. So Accept never
-// waits on a member: members can hold at most their own slots, and root
-// always has the rest.
+// members'. Its own goroutine accepts (acceptLoop) and never waits for
+// room, so the kernel's backlog never fills behind a full house, whoever
+// connects. At the bound, a new connection takes the place of the oldest
+// one that has no request in (see tryEvict): a kept-alive idle
+// connection, or a half-sent request (part of its headers, and nothing
+// more waiting to be read). A new connection that has sent nothing yet is
+// never closed for another: its caller is between its connect and its
+// write, and on a busy node that gap can be long; the server's header
+// timeout (ReadTimeout) bounds one that never writes. A request that has
+// arrived, read or not, is never cut either: its caller (a CNI ADD in a
+// Job's fan-out) would take the agent for unreachable. A member's takes
+// only a member's place, never root's, and one that finds none is closed
+// at once. Root's that finds none waits in the listener's queue (its peer
+// checked), at most MaxQueued of them, and the queue is admitted in order
+// as connections end, are answered, or become closable. So members can
+// hold at most their own slots, and root always has the rest.
 type guardedListener struct {
 	*net.UnixListener
 	access  Access
 	refused ratelog.Limiter // refused callers, logged sparingly
+	full    ratelog.Limiter // root's turned away with the queue full
 
-	mu    sync.Mutex
-	ended *sync.Cond // signalled when a connection ends, is answered, or may be closed to make room
-	// waiting counts root connections waiting in admit (read without
-	// the lock by a connection's reads, to wake them only then).
-	waiting atomic.Int32
-	conns   []*peerConn // open connections, oldest first
-	closed  bool
+	// ready holds the admitted connections Accept has yet to hand out: at
+	// most MaxConns, being admitted, so a send never blocks.
+	ready chan *peerConn
+	done  chan struct{} // closed when acceptLoop has stopped, err saying why
+	err   error
+
+	mu     sync.Mutex
+	conns  []*peerConn // admitted connections, oldest first
+	queue  []*peerConn // root's waiting for room, oldest first
+	closed bool
+	stats  listenerStats
 }
 
-// newConnGrace is how long a new connection may send nothing before it
-// may be closed to make room. A caller writes its request as soon as it
-// has connected; on a loaded node (150 CNI ADDs at once on two cores) the
-// write can lag the connect by a scheduler's round, well under this.
-const newConnGrace = time.Second
+// listenerStats counts what one listener did, for its tests (the metrics
+// are the process's).
+type listenerStats struct {
+	evicted, queued, turnedAway int
+}
 
 func newGuardedListener(ln *net.UnixListener, access Access) *guardedListener {
-	l := &guardedListener{UnixListener: ln, access: access}
-	l.ended = sync.NewCond(&l.mu)
+	l := &guardedListener{
+		UnixListener: ln,
+		access:       access,
+		ready:        make(chan *peerConn, MaxConns),
+		done:         make(chan struct{}),
+	}
+	go l.acceptLoop()
 	return l
 }
 
+// Close stops accepting and closes the connections queued or admitted
+// that Accept never handed out.
 func (l *guardedListener) Close() error {
 	l.mu.Lock()
 	l.closed = true
-	l.ended.Broadcast()
+	queue := l.queue
+	l.queue = nil
 	l.mu.Unlock()
-	return l.UnixListener.Close()
+	for _, pc := range queue {
+		pc.UnixConn.Close()
+	}
+	err := l.UnixListener.Close()
+	<-l.done
+	for {
+		select {
+		case pc := <-l.ready:
+			pc.Close()
+		default:
+			return err
+		}
+	}
 }
 
-// wake makes root connections waiting in admit look again.
-func (l *guardedListener) wake() {
-	l.mu.Lock()
-	l.ended.Broadcast()
-	l.mu.Unlock()
-}
-
-// errNoRoom is admit's answer to a member when no member's connection may
-// be closed to make room.
-var errNoRoom = errors.New("no room for another connection of the socket group")
-
+// Accept hands out the next connection admitted.
 func (l *guardedListener) Accept() (net.Conn, error) {
+	select {
+	case pc := <-l.ready:
+		return pc, nil
+	case <-l.done:
+		return nil, l.err
+	}
+}
+
+// acceptLoop accepts connections until the listener closes: it checks
+// each one's peer and admits, queues, or closes it (arrive), never
+// waiting for room.
+func (l *guardedListener) acceptLoop() {
+	defer close(l.done)
+	var pause time.Duration
 	for {
 		c, err := l.AcceptUnix()
 		if err != nil {
-			return nil, err
+			if ne, ok := err.(net.Error); ok && ne.Temporary() { //nolint:staticcheck // as net/http: out of descriptors, say
+				pause = min(max(2*pause, 5*time.Millisecond), time.Second)
+				l.access.log().Warn("control socket: accept failed, retrying", "err", err, "in", pause)
+				time.Sleep(pause)
+				continue
+			}
+			l.err = err
+			return
 		}
+		pause = 0
 		peer, err := PeerOf(c)
 		if err != nil || !l.access.allowed(peer) {
 			metricRefused.Inc()
@@ -439,68 +478,88 @@ func (l *guardedListener) Accept() (net.Conn, error) {
 			c.Close()
 			continue
 		}
-		pc := &peerConn{UnixConn: c, peer: peer, l: l}
-		switch err := l.admit(pc); {
-		case err == nil:
-			return pc, nil
-		case errors.Is(err, errNoRoom):
-			metricTurnedAway.Inc()
-			l.access.log().Debug("control socket: closed a socket-group member's connection: the group's connections all have requests in", "uid", peer.UID, "pid", peer.PID)
-			c.Close()
-		default:
-			c.Close()
-			return nil, err
-		}
+		l.arrive(&peerConn{UnixConn: c, peer: peer, l: l})
 	}
 }
 
-// admit makes room for pc and records it. It fails with errNoRoom for a
-// member's connection that finds no place, net.ErrClosed when the listener
-// closed.
-func (l *guardedListener) admit(pc *peerConn) error {
+// arrive admits pc, queues it (root's), or closes it (a member's that
+// finds no place, root's when MaxQueued already wait).
+func (l *guardedListener) arrive(pc *peerConn) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if pc.peer.root() {
-		if len(l.conns) >= MaxConns {
-			// Counted before the first look: a read that makes room after
-			// it then wakes the wait.
-			l.waiting.Add(1)
-			defer l.waiting.Add(-1)
+	switch {
+	case l.closed:
+		pc.UnixConn.Close()
+	case pc.peer.root():
+		if len(l.queue) >= MaxQueued {
+			l.pruneQueue()
 		}
-		waited := false
-		for len(l.conns) >= MaxConns && !l.closed {
-			evicted, next := l.evictOldest(func(*peerConn) bool { return true })
-			if evicted {
-				continue
-			}
-			if !waited {
-				waited = true
-				metricWaited.Inc()
-			}
-			var timer *time.Timer
-			if !next.IsZero() {
-				timer = time.AfterFunc(time.Until(next), l.wake)
-			}
-			l.ended.Wait()
-			if timer != nil {
-				timer.Stop()
-			}
+		if len(l.queue) >= MaxQueued {
+			l.turnAway(pc)
+			l.full.Log(l.access.log(), slog.LevelWarn, "control socket: closed a root connection: as many as the queue holds already wait for room", "queued", len(l.queue), "pid", pc.peer.PID)
+			return
 		}
-	} else if len(l.conns) >= MaxConns || l.members() >= MaxGroupConns {
-		// A member's connection never waits for room: Accept is the one
-		// loop that admits root's connections too (a CNI ADD, with its own
-		// few seconds to be answered).
-		if evicted, _ := l.evictOldest(func(c *peerConn) bool { return !c.peer.root() }); !evicted {
-			return errNoRoom
+		l.queue = append(l.queue, pc)
+		l.admitQueued()
+		if len(l.queue) > 0 && l.queue[len(l.queue)-1] == pc {
+			l.stats.queued++
+			metricWaited.Inc()
 		}
+	case len(l.queue) > 0:
+		// Root's are waiting: what room there is goes to them.
+		l.turnAway(pc)
+	case len(l.conns) < MaxConns && l.members() < MaxGroupConns:
+		l.admit(pc)
+	default:
+		if !l.evictOldest(func(c *peerConn) bool { return !c.peer.root() }) {
+			l.turnAway(pc)
+			return
+		}
+		l.admit(pc)
 	}
-	if l.closed {
-		return net.ErrClosed
+}
+
+// turnAway closes a connection for want of room (the caller holds l.mu).
+func (l *guardedListener) turnAway(pc *peerConn) {
+	l.stats.turnedAway++
+	metricTurnedAway.Inc()
+	if !pc.peer.root() {
+		l.access.log().Debug("control socket: closed a socket-group member's connection: the group's connections all have requests in", "uid", pc.peer.UID, "pid", pc.peer.PID)
 	}
-	pc.admitted = time.Now()
+	pc.UnixConn.Close()
+}
+
+// admitQueued admits root's queued connections in order, while there is
+// room or a connection may be closed to make it (the caller holds l.mu).
+func (l *guardedListener) admitQueued() {
+	for len(l.queue) > 0 && !l.closed {
+		if len(l.conns) >= MaxConns && !l.evictOldest(func(*peerConn) bool { return true }) {
+			return
+		}
+		pc := l.queue[0]
+		l.queue[0] = nil
+		l.queue = l.queue[1:]
+		l.admit(pc)
+	}
+}
+
+// pruneQueue drops the queued connections whose callers have gone (hung
+// up while waiting), for a full queue to hold only live ones.
+func (l *guardedListener) pruneQueue() {
+	l.queue = slices.DeleteFunc(l.queue, func(pc *peerConn) bool {
+		if pc.hungUp() {
+			pc.UnixConn.Close()
+			return true
+		}
+		return false
+	})
+}
+
+// admit records pc and hands it to Accept (the caller holds l.mu).
+func (l *guardedListener) admit(pc *peerConn) {
 	l.conns = append(l.conns, pc)
-	metricConns.Set(float64(len(l.conns)))
-	return nil
+	metricConns.Inc()
+	l.ready <- pc
 }
 
 // members counts the open connections of socket-group members.
@@ -515,29 +574,29 @@ func (l *guardedListener) members() int {
 }
 
 // evictOldest closes the oldest connection that may be closed to make room
-// (evictable), among those of which may holds. When there is none, next is
-// the earliest time one of them will be (a new connection that goes on
-// sending nothing), zero if none will by waiting alone.
-func (l *guardedListener) evictOldest(may func(*peerConn) bool) (evicted bool, next time.Time) {
-	now := time.Now()
+// (tryEvict), among those of which may holds (the caller holds l.mu).
+func (l *guardedListener) evictOldest(may func(*peerConn) bool) bool {
 	for i, c := range l.conns {
-		if !may(c) {
-			continue
-		}
-		ok, at := c.evictable(now)
-		if !ok {
-			if !at.IsZero() && (next.IsZero() || at.Before(next)) {
-				next = at
-			}
+		if !may(c) || !c.tryEvict() {
 			continue
 		}
 		l.conns = slices.Delete(l.conns, i, i+1)
+		metricConns.Dec()
 		c.UnixConn.Close() // the server's read fails, and it lets go of it
+		l.stats.evicted++
 		metricEvicted.Inc()
 		l.access.log().Debug("control socket: closed a connection that had no request in, to make room", "pid", c.peer.PID)
-		return true, time.Time{}
+		return true
 	}
-	return false, next
+	return false
+}
+
+// kick admits queued connections, if any: a connection ended, was
+// answered, or has read part of a request and may be closable.
+func (l *guardedListener) kick() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.admitQueued()
 }
 
 func (l *guardedListener) forget(pc *peerConn) {
@@ -545,9 +604,9 @@ func (l *guardedListener) forget(pc *peerConn) {
 	defer l.mu.Unlock()
 	if i := slices.Index(l.conns, pc); i >= 0 {
 		l.conns = slices.Delete(l.conns, i, i+1)
+		metricConns.Dec()
 	}
-	metricConns.Set(float64(len(l.conns)))
-	l.ended.Broadcast()
+	l.admitQueued()
 }
 
 // peerConn is an accepted connection with its caller.
@@ -555,19 +614,25 @@ type peerConn struct {
 	*net.UnixConn
 	peer Peer
 	l    *guardedListener
+
+	// mu makes a read (its receive and what it records) and tryEvict's
+	// look and verdict exclusive: a connection is never closed for room
+	// between the moment its request is received and the moment that is
+	// recorded. A read does not hold it while it waits for data.
+	mu sync.Mutex
 	// answering is set from the moment a request's headers have been read
 	// (the server calls the handler next) until its answer has been
 	// written out (answered).
-	answering atomic.Bool
+	answering bool
 	// received is set when the server has read part of a request's headers
 	// and not the rest, until it is answered.
-	received atomic.Bool
+	received bool
 	// served is set once an answer was written: the connection is kept
 	// alive.
-	served atomic.Bool
-	// admitted is when the listener took the connection, for
-	// newConnGrace (under the listener's lock).
-	admitted time.Time
+	served bool
+	// evicted is set when tryEvict chose the connection: reads from then
+	// on fail, as on a closed connection.
+	evicted bool
 	// newlines counts the line feeds at the end of what the server read
 	// last: the blank line that ends a request's headers may straddle
 	// reads. Reads on a connection follow one another (the server's own
@@ -577,21 +642,59 @@ type peerConn struct {
 }
 
 // Read is the server's read: it follows how far a request has arrived.
+// The receive itself and what it records happen under mu, so tryEvict
+// sees a connection either before the bytes were taken (still waiting in
+// the socket) or after they were recorded, never in between.
 func (c *peerConn) Read(b []byte) (int, error) {
-	n, err := c.UnixConn.Read(b)
-	if n > 0 && c.l != nil {
-		if c.headersEnd(b[:n]) {
-			c.answering.Store(true)
-		} else if !c.answering.Load() {
-			// Part of a request's headers, all that has come: if no more
-			// is on its way, the connection may be closed to make room.
-			c.received.Store(true)
-			if c.l.waiting.Load() > 0 {
-				c.l.wake()
+	if c.l == nil || len(b) == 0 {
+		return c.UnixConn.Read(b)
+	}
+	raw, err := c.UnixConn.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	var n int
+	var rerr error
+	partial := false
+	err = raw.Read(func(fd uintptr) bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if c.evicted {
+			rerr = net.ErrClosed
+			return true
+		}
+		for {
+			n, rerr = unix.Read(int(fd), b)
+			if rerr != unix.EINTR {
+				break
 			}
 		}
+		switch {
+		case rerr == unix.EAGAIN:
+			return false // nothing yet: wait, without mu
+		case rerr != nil:
+			n = 0
+		case n == 0:
+			rerr = io.EOF
+		case c.headersEnd(b[:n]):
+			c.answering = true
+		case !c.answering:
+			// Part of a request's headers, all that has come: if no more
+			// is on its way, the connection may be closed to make room.
+			c.received, partial = true, true
+		}
+		return true
+	})
+	if err != nil {
+		return 0, err // closed, or past the deadline: a *net.OpError
 	}
-	return n, err
+	if partial {
+		c.l.kick()
+	}
+	if rerr != nil && rerr != io.EOF {
+		rerr = &net.OpError{Op: "read", Net: "unix", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: os.NewSyscallError("read", rerr)}
+	}
+	return n, rerr
 }
 
 // headersEnd reports whether b, following what was read before, holds the
@@ -615,26 +718,25 @@ func (c *peerConn) headersEnd(b []byte) bool {
 	return found
 }
 
-// evictable reports whether the connection may be closed to make room
-// (the caller holds the listener's lock): not while a request is being
-// answered, nor while bytes it sent wait unread (the server is behind, not
-// the caller); a request's headers the server has read part of and no
-// more arrived of (a stalled caller: one that sends a request writes its
-// headers whole), or a kept-alive idle connection, at once; a new
-// connection that has sent nothing, after newConnGrace, the time it may be
-// closed being returned until then.
-func (c *peerConn) evictable(now time.Time) (bool, time.Time) {
-	if c.answering.Load() || c.unread() != 0 {
-		return false, time.Time{}
+// tryEvict reports whether the connection may be closed to make room, and
+// if so marks it so its reads fail from then on (the caller, holding the
+// listener's lock, closes it): a kept-alive idle connection, or a
+// request's headers the server has read part of and no more arrived of (a
+// stalled caller: one that sends a request writes its headers whole). Not
+// while it is being read from (mu held: skipped), nor while a request is
+// being answered, nor while bytes it sent wait unread (the server is
+// behind, not the caller), nor a new connection that has sent nothing
+// (its caller may not have had the CPU to write yet).
+func (c *peerConn) tryEvict() bool {
+	if !c.mu.TryLock() {
+		return false
 	}
-	if c.received.Load() || c.served.Load() {
-		return true, time.Time{}
+	defer c.mu.Unlock()
+	if c.answering || !(c.received || c.served) || c.unread() != 0 {
+		return false
 	}
-	at := c.admitted.Add(newConnGrace)
-	if now.Before(at) {
-		return false, at
-	}
-	return true, time.Time{}
+	c.evicted = true
+	return true
 }
 
 // unread returns how many bytes the caller sent that the server has not
@@ -654,6 +756,23 @@ func (c *peerConn) unread() int {
 		return -1
 	}
 	return n
+}
+
+// hungUp reports whether the caller of a queued connection has closed its
+// end.
+func (c *peerConn) hungUp() bool {
+	raw, err := c.UnixConn.SyscallConn()
+	if err != nil {
+		return true
+	}
+	hup := false
+	raw.Control(func(fd uintptr) {
+		p := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		if n, err := unix.Poll(p, 0); err == nil && n > 0 {
+			hup = p[0].Revents&unix.POLLHUP != 0
+		}
+	})
+	return hup
 }
 
 func (c *peerConn) Close() error {
@@ -678,21 +797,22 @@ func PeerFrom(ctx context.Context) (Peer, bool) {
 // (Its reads have marked it already, once they held the whole headers.)
 func markAnswering(ctx context.Context) {
 	if pc, ok := ctx.Value(connKey{}).(*peerConn); ok {
-		pc.answering.Store(true)
+		pc.mu.Lock()
+		pc.answering = true
+		pc.mu.Unlock()
 	}
 }
 
 // answered says the connection's answer has been written out whole (the
 // server is idle on it again, kept alive): it may now be closed to make
-// room, and a root connection waiting in admit looks again (under the
-// lock, so the wake-up cannot fall between its look and its wait). Not
-// when the handler returns: the answer may still be in the server's buffer
-// then, and closing the connection would cut it short.
+// room, and root's queued connections look again. Not when the handler
+// returns: the answer may still be in the server's buffer then, and
+// closing the connection would cut it short.
 func (c *peerConn) answered() {
-	c.served.Store(true)
-	c.received.Store(false)
-	if !c.answering.Swap(false) || c.l == nil { // nil: a connection no listener admitted (tests)
-		return
+	c.mu.Lock()
+	c.served, c.received, c.answering = true, false, false
+	c.mu.Unlock()
+	if c.l != nil { // nil: a connection no listener admitted (tests)
+		c.l.kick()
 	}
-	c.l.wake()
 }

@@ -29,17 +29,17 @@ var (
 	// metricEvicted counts connections closed to make room for a new one.
 	metricEvicted = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "ztdns_control_evicted_connections_total",
-		Help: fmt.Sprintf("Connections to the control socket closed to make room for a new one at the bound of %d: kept-alive idle ones, half-sent requests, and new ones that sent nothing for %v; never one with a request in.", MaxConns, newConnGrace),
+		Help: fmt.Sprintf("Connections to the control socket closed to make room for a new one at the bound of %d: kept-alive idle ones and half-sent requests; never one with a request in, nor a new one that has sent nothing yet.", MaxConns),
 	})
 	// metricWaited counts root's connections that waited for room.
 	metricWaited = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "ztdns_control_waited_connections_total",
-		Help: fmt.Sprintf("Root's connections to the control socket that found all %d with requests in (or new) and waited for one to be answered, end, or be closable: a storm of callers, or root's connections held by a stuck one.", MaxConns),
+		Help: fmt.Sprintf("Root's connections to the control socket that found all %d with requests in (or new) and waited in the listener's queue for one to be answered, end, or be closable: a storm of callers, or root's connections held by a stuck one.", MaxConns),
 	})
-	// metricTurnedAway counts members' connections closed for want of room.
+	// metricTurnedAway counts connections closed for want of room.
 	metricTurnedAway = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "ztdns_control_turned_away_connections_total",
-		Help: fmt.Sprintf("Connections of socket-group members closed unserved for want of room: no members' connection could be closed for them (all %d with requests in, or root's holding every one of the %d); root's are never turned away.", MaxGroupConns, MaxConns),
+		Help: fmt.Sprintf("Connections to the control socket closed unserved for want of room: a socket-group member's when no member's connection could be closed for it (all %d with requests in, or root's holding every one of the %d, or root's waiting); root's only when %d of root's already wait.", MaxGroupConns, MaxConns, MaxQueued),
 	})
 )
 

@@ -35,19 +35,28 @@ const (
 	// encoded answer) as soon as a half-sent request would.
 	memberWriteTimeout = ReadTimeout
 	// MaxConns bounds the connections open at once. A new one takes the
-	// place of the oldest that has no request in (a kept-alive idle one, a
-	// half-sent request, or a new one that sent nothing for newConnGrace);
-	// when none may be closed, root's waits, the rest in the kernel's
-	// backlog behind it, for one to end, be answered, or become closable
-	// (see MaxGroupConns for a member's).
+	// place of the oldest that has no request in (a kept-alive idle one,
+	// or a half-sent request); when none may be closed, root's waits in
+	// the listener's queue (see MaxQueued), a member's is closed (see
+	// MaxGroupConns). A new connection that has sent nothing yet is never
+	// closed for another: the header timeout (ReadTimeout) bounds it.
 	MaxConns = 32
 	// MaxGroupConns bounds the connections of socket-group members, all
 	// together, among the MaxConns: the other MaxConns-MaxGroupConns are
 	// root's alone. A member's new connection only ever takes the place of
-	// another member's that has no request in; when there is none, it is
-	// closed unserved rather than waited for, since waiting would stop
-	// accepting root's connections too.
+	// another member's that has no request in; when there is none, or
+	// root's are queued, it is closed unserved at once.
 	MaxGroupConns = 4
+	// MaxQueued bounds root's connections waiting for room, admitted in
+	// the order they came as connections end, are answered, or become
+	// closable. The listener keeps accepting meanwhile, so the kernel's
+	// backlog does not fill behind a full house (then a connect fails at
+	// once). Each holds one descriptor and nothing read; a node runs a few
+	// hundred pods at most (the kubelet's maxPods is 110 by default), and
+	// each pod's plugin makes one call at a time. With MaxQueued waiting,
+	// those whose callers hung up are dropped first, then root's new one
+	// is closed unserved.
+	MaxQueued = 1024
 )
 
 // API is what the agent does for the control socket. Requests reach it

@@ -1,0 +1,25 @@
+package control
+
+import "net"
+
+// ListenerStats is what one listener from Listen did, for tests: the
+// metrics are the process's, which a listener closed by an earlier test
+// may still move.
+type ListenerStats struct {
+	// Open and Queued are the connections admitted and waiting now.
+	Open, Queued int
+	// Evicted, Waited and TurnedAway count the connections closed to make
+	// room, queued for room, and closed for want of it.
+	Evicted, Waited, TurnedAway int
+}
+
+// StatsOf returns ln's ListenerStats; ln must come from Listen.
+func StatsOf(ln net.Listener) ListenerStats {
+	l := ln.(*guardedListener)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return ListenerStats{
+		Open: len(l.conns), Queued: len(l.queue),
+		Evicted: l.stats.evicted, Waited: l.stats.queued, TurnedAway: l.stats.turnedAway,
+	}
+}
