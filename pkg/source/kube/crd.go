@@ -178,17 +178,7 @@ func (r *run) crdFromDiscovery(
 	list func(context.Context, metav1.ListOptions) (runtime.Object, error),
 	watchFn func(context.Context, metav1.ListOptions) (watch.Interface, error),
 ) (func(context.Context, metav1.ListOptions) (runtime.Object, error), func(context.Context, metav1.ListOptions) (watch.Interface, error)) {
-	refused := func(ctx context.Context, err error) bool {
-		switch {
-		case ctx.Err() != nil: // stopped: says nothing of RBAC
-		case err == nil:
-			r.health.setCRDForbidden(nil, 0)
-		case apierrors.IsForbidden(err):
-			r.health.setCRDForbidden(err, r.src.forbiddenRetry)
-			return true
-		}
-		return false
-	}
+	refused := refusedBy(func(err error) { r.health.setCRDForbidden(err, r.src.forbiddenRetry) })
 	return func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
 			l, err := list(ctx, o)
 			if !refused(ctx, err) {
