@@ -86,15 +86,28 @@ func (c *clients) crdEndpoint() endpoint {
 		newList:       func() runtime.Object { return &kubeapi.CRDList{} }}
 }
 
+// followCRDChange follows the CRD if its store changed since the last
+// time. What followCRD does depends on that store alone (and on what it
+// did before), and the store tells of its first list and of every change
+// (crdChanged), so a wake-up without one has nothing for it. Called by
+// Run's goroutine whenever it wakes.
+func (r *run) followCRDChange(ctx context.Context, wg *sync.WaitGroup) {
+	// Cleared before the store is read: a change after that marks it
+	// again, and wakes the loop again.
+	if r.crdPending.Swap(false) {
+		r.followCRD(ctx, wg)
+	}
+}
+
 // followCRD starts or stops the ServiceEntry watch as the CRD store says,
 // and records why ServiceEntries are missing, if they are. It does nothing
-// before the CRD's first list. Called by Run's goroutine whenever a store
-// notifies.
+// before the CRD's first list.
 func (r *run) followCRD(ctx context.Context, wg *sync.WaitGroup) {
 	st := storeOf[crdState](r.stores[kindServiceEntryCRD])
 	if st == nil || !st.hasSynced() {
 		return
 	}
+	r.src.crdFollows.Add(1)
 	crds, _ := collect(st)
 	first := !r.crdKnown
 	r.crdKnown = true
@@ -178,17 +191,7 @@ func (r *run) crdFromDiscovery(
 	list func(context.Context, metav1.ListOptions) (runtime.Object, error),
 	watchFn func(context.Context, metav1.ListOptions) (watch.Interface, error),
 ) (func(context.Context, metav1.ListOptions) (runtime.Object, error), func(context.Context, metav1.ListOptions) (watch.Interface, error)) {
-	refused := func(ctx context.Context, err error) bool {
-		switch {
-		case ctx.Err() != nil: // stopped: says nothing of RBAC
-		case err == nil:
-			r.health.setCRDForbidden(nil, 0)
-		case apierrors.IsForbidden(err):
-			r.health.setCRDForbidden(err, r.src.forbiddenRetry)
-			return true
-		}
-		return false
-	}
+	refused := refusedBy(func(err error) { r.health.setCRDForbidden(err, r.src.forbiddenRetry) })
 	return func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
 			l, err := list(ctx, o)
 			if !refused(ctx, err) {

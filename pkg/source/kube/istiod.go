@@ -56,6 +56,25 @@ func (r *run) lockForbidden() func(error) {
 	}
 }
 
+// refusedBy returns the judge of a list or watch call's outcome (err,
+// for a call made with ctx) that tolerateForbidden and crdFromDiscovery
+// share: it reports whether RBAC refused the call, and tells forbidden the
+// refusal, or nil for a call that was not refused. A call whose ctx has
+// ended tells nothing.
+func refusedBy(forbidden func(error)) func(ctx context.Context, err error) bool {
+	return func(ctx context.Context, err error) bool {
+		switch {
+		case ctx.Err() != nil: // stopped: says nothing of RBAC
+		case err == nil:
+			forbidden(nil)
+		case apierrors.IsForbidden(err):
+			forbidden(err)
+			return true
+		}
+		return false
+	}
+}
+
 // tolerateForbidden wraps the list and watch of a resource the source can
 // run without (istiod's lock, ServiceEntries). Refused by RBAC, the list
 // is empty (newList), the watch a stand-in that ends after forbiddenRetry
@@ -67,17 +86,7 @@ func (r *run) tolerateForbidden(k kind, e endpoint, forbidden func(error),
 	list func(context.Context, metav1.ListOptions) (runtime.Object, error),
 	watchFn func(context.Context, metav1.ListOptions) (watch.Interface, error),
 ) (func(context.Context, metav1.ListOptions) (runtime.Object, error), func(context.Context, metav1.ListOptions) (watch.Interface, error)) {
-	refused := func(ctx context.Context, err error) bool {
-		switch {
-		case ctx.Err() != nil: // stopped: says nothing of RBAC
-		case err == nil:
-			forbidden(nil)
-		case apierrors.IsForbidden(err):
-			forbidden(err)
-			return true
-		}
-		return false
-	}
+	refused := refusedBy(forbidden)
 	return func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
 			l, err := list(ctx, o)
 			if refused(ctx, err) {

@@ -38,6 +38,7 @@ import (
 	"log/slog"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"k8s.io/client-go/rest"
@@ -78,6 +79,9 @@ type Source struct {
 	forbiddenRetry time.Duration
 	metrics        *metrics
 	health         *health
+	// crdFollows counts followCRD's runs on a synced CRD store, so that
+	// tests can check it runs when the CRD changes, not on every change.
+	crdFollows atomic.Int64
 
 	mu      sync.Mutex
 	objErrs []error // objects left out of the last snapshot
@@ -195,12 +199,12 @@ func (r *run) follow(ctx context.Context, wg *sync.WaitGroup, deliver func(*mode
 		case <-ctx.Done():
 			return nil
 		case <-syncCheck.C:
-			r.followCRD(ctx, wg)
+			r.followCRDChange(ctx, wg)
 			if synced = r.deliverFirst(synced, deliver); synced {
 				syncCheck.Stop()
 			}
 		case <-r.notify:
-			r.followCRD(ctx, wg)
+			r.followCRDChange(ctx, wg)
 			if !synced {
 				if synced = r.deliverFirst(synced, deliver); synced {
 					syncCheck.Stop()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"k8s.io/client-go/tools/cache"
@@ -62,6 +63,10 @@ type run struct {
 	// first snapshot waits for it, so that it has the ServiceEntries
 	// whenever they are served.
 	crdKnown bool
+	// crdPending is set by the CRD's store when it changed, and cleared
+	// by Run's goroutine before it follows the change: the other stores'
+	// changes, far more frequent, leave the CRD alone.
+	crdPending atomic.Bool
 
 	mu      sync.Mutex
 	pending [numKinds]bool // kinds changed since the last snapshot

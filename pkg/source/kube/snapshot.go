@@ -21,9 +21,12 @@ func (r *run) changed(k kind) {
 	}
 }
 
-// wake wakes the delivery loop with no change for a snapshot: the CRD
-// changed (followCRD).
-func (r *run) wake() {
+// crdChanged marks the CRD changed and wakes the delivery loop, with no
+// change for a snapshot: the loop follows the CRD (followCRD). Called by
+// the CRD's store: on its first list, and whenever what it keeps of the
+// CRD changes, also when discovery stands in for the CRD's watch.
+func (r *run) crdChanged() {
+	r.crdPending.Store(true)
 	select {
 	case r.notify <- struct{}{}:
 	default:

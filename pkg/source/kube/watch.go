@@ -124,8 +124,8 @@ func (r *run) newStore(k kind) objectStore {
 		},
 			func(l *allocatorLock) objKey { return objKey{l.namespace, l.name} }, r.changed)
 	case kindServiceEntryCRD:
-		// Not part of snapshots: a change only wakes Run (followCRD).
-		return newStore(k, r.log, crdStateOf, func(c *crdState) objKey { return objKey{name: c.name} }, func(kind) { r.wake() })
+		// Not part of snapshots: a change only wakes Run to follow it.
+		return newStore(k, r.log, crdStateOf, func(c *crdState) objKey { return objKey{name: c.name} }, func(kind) { r.crdChanged() })
 	}
 	panic(fmt.Sprintf("kube: no store for kind %d", k))
 }
