@@ -38,16 +38,8 @@ const kubeNode = "cni-node"
 // entry of the pods map, counters included.
 func TestKubeNamespaceLabelledAtRunTime(t *testing.T) {
 	t.Parallel()
-	env := kubetest.Start(t)
+	env, n, _ := newKubeNode(t)
 	ctx := context.Background()
-	n := newCapturingNode(t, NodeOptions{SourceArgs: []string{"--kubeconfig", env.Kubeconfig, "--node-name", kubeNode}})
-	// The API server listens on the machine's loopback; the agent lives in
-	// the node namespace, which has a loopback of its own.
-	apiserver, err := url.Parse(env.Config.Host)
-	if err != nil {
-		t.Fatal(err)
-	}
-	forwardTCP(t, &n.Node.Netns, apiserver.Host)
 
 	const nsName, podName = "orders", "orders-0"
 	kc := env.Client()
@@ -129,14 +121,8 @@ func TestKubeNamespaceLabelledAtRunTime(t *testing.T) {
 // (dataplane-none), the other is captured.
 func TestKubeUnseenPodLeftAloneUntilTheWatchDeliversIt(t *testing.T) {
 	t.Parallel()
-	env := kubetest.Start(t)
+	env, n, fwd := newKubeNode(t)
 	ctx := context.Background()
-	n := newCapturingNode(t, NodeOptions{SourceArgs: []string{"--kubeconfig", env.Kubeconfig, "--node-name", kubeNode}})
-	apiserver, err := url.Parse(env.Config.Host)
-	if err != nil {
-		t.Fatal(err)
-	}
-	fwd := forwardTCP(t, &n.Node.Netns, apiserver.Host)
 
 	const nsName = "shop"
 	kc := env.Client()
@@ -241,6 +227,22 @@ func (f *tcpForward) wait() {
 	for f.held {
 		f.cond.Wait()
 	}
+}
+
+// newKubeNode starts a real API server and a capturing node whose agent
+// reads it (--kubeconfig, --node-name kubeNode). The API server listens on
+// the machine's loopback and the agent lives in the node namespace, which
+// has a loopback of its own: the returned forward carries the agent's
+// connections across.
+func newKubeNode(t *testing.T) (*kubetest.Env, *capturingNode, *tcpForward) {
+	t.Helper()
+	env := kubetest.Start(t)
+	n := newCapturingNode(t, NodeOptions{SourceArgs: []string{"--kubeconfig", env.Kubeconfig, "--node-name", kubeNode}})
+	apiserver, err := url.Parse(env.Config.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return env, n, forwardTCP(t, &n.Node.Netns, apiserver.Host)
 }
 
 // forwardTCP listens on addr inside netns and forwards each connection to
