@@ -34,7 +34,7 @@ var (
 	// metricWaited counts root's connections that waited for room.
 	metricWaited = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "ztdns_control_waited_connections_total",
-		Help: fmt.Sprintf("Root's connections to the control socket that found all %d with requests in (or new) and waited in the listener's queue for one to be answered, end, or be closable: a storm of callers, or root's connections held by a stuck one.", MaxConns),
+		Help: fmt.Sprintf("Root's connections to the control socket that found all %d with requests in (or new) and waited in the listener's queue for one to end or be closable (answered, or stalled half-sent, and waited on): a storm of callers, or root's connections held by a stuck one.", MaxConns),
 	})
 	// metricTurnedAway counts connections closed for want of room.
 	metricTurnedAway = prometheus.NewCounter(prometheus.CounterOpts{

@@ -36,7 +36,8 @@ const (
 	memberWriteTimeout = ReadTimeout
 	// MaxConns bounds the connections open at once. A new one takes the
 	// place of the oldest that has no request in (a kept-alive idle one,
-	// or a half-sent request); when none may be closed, root's waits in
+	// or a half-sent request) while the server waits on it; when none may
+	// be closed, root's waits in
 	// the listener's queue (see MaxQueued), a member's is closed (see
 	// MaxGroupConns). A new connection that has sent nothing yet is never
 	// closed for another: the header timeout (ReadTimeout) bounds it.

@@ -844,3 +844,41 @@ func TestRootPastMembersConnectFlood(t *testing.T) {
 		t.Errorf("the agent was asked for %d tables, want root's", got)
 	}
 }
+
+// TestPipelinedRequestNotCut: every slot is root's, each connection having
+// sent two status requests in one write, and root's callers wait for room.
+// When a connection's first answer is sent, its second request is already
+// in the server's hands (read along with the first): the connection is
+// not closed for room then, and both its answers come. The callers waiting
+// are served once connections are idle, waited on with nothing in.
+func TestPipelinedRequestNotCut(t *testing.T) {
+	s := serve(t, control.Access{})
+	held, _, release := holdEverySlot(t, s, 2)
+	const queued = 40
+	calls := make(chan error, queued)
+	for range queued {
+		go func() {
+			_, err := control.NewClient(s.socket, 20*time.Second).Table(context.Background(), "")
+			calls <- err
+		}()
+	}
+	testenv.Eventually(t, 10*time.Second, "root's callers to wait for room", func() bool {
+		return control.StatsOf(s.ln).Queued == queued
+	})
+	release()
+	for i, a := range held {
+		for j := range 2 {
+			if err := a.answer(); err != nil {
+				t.Errorf("connection %d, answer %d of 2: %v", i, j+1, err)
+			}
+		}
+	}
+	for range queued {
+		if err := <-calls; err != nil {
+			t.Errorf("a root caller that waited for room: %v", err)
+		}
+	}
+	if got := count(s.api.seen(), "status"); got != 2*control.MaxConns {
+		t.Errorf("the agent answered %d statuses, want %d", got, 2*control.MaxConns)
+	}
+}
