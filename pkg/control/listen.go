@@ -710,15 +710,29 @@ func (c *peerConn) Read(b []byte) (int, error) {
 		err = raw.Read(read)
 	}
 	if err != nil {
+		// Closed (for room, say), or past the deadline: as a read of the
+		// net package's fails, for the server to take it as one, not as a
+		// malformed request it would answer 400.
 		c.mu.Lock()
 		c.waiting = false
 		c.mu.Unlock()
-		return 0, err // closed, or past the deadline: a *net.OpError
+		if oe, ok := err.(*net.OpError); ok {
+			err = oe.Err
+		}
+		return 0, c.readError(err)
 	}
-	if rerr != nil && rerr != io.EOF {
-		rerr = &net.OpError{Op: "read", Net: "unix", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: os.NewSyscallError("read", rerr)}
+	switch {
+	case rerr == net.ErrClosed:
+		return 0, c.readError(rerr)
+	case rerr != nil && rerr != io.EOF:
+		return 0, c.readError(os.NewSyscallError("read", rerr))
 	}
 	return n, rerr
+}
+
+// readError is a failed read of c, as the net package reports one.
+func (c *peerConn) readError(err error) error {
+	return &net.OpError{Op: "read", Net: "unix", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
 }
 
 // headersEnd reports whether b, following what was read before, holds the
