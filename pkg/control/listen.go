@@ -526,7 +526,7 @@ func (l *guardedListener) turnAway(pc *peerConn) {
 	l.stats.turnedAway++
 	metricTurnedAway.Inc()
 	if !pc.peer.root() {
-		l.access.log().Debug("control socket: closed a socket-group member's connection: the group's connections all have requests in", "uid", pc.peer.UID, "pid", pc.peer.PID)
+		l.access.log().Debug("control socket: closed a socket-group member's connection: the group's connections all have requests in or are new", "uid", pc.peer.UID, "pid", pc.peer.PID)
 	}
 	pc.UnixConn.Close()
 }

@@ -39,7 +39,7 @@ var (
 	// metricTurnedAway counts connections closed for want of room.
 	metricTurnedAway = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "ztdns_control_turned_away_connections_total",
-		Help: fmt.Sprintf("Connections to the control socket closed unserved for want of room: a socket-group member's when no member's connection could be closed for it (all %d with requests in, or root's holding every one of the %d, or root's waiting); root's only when %d of root's already wait.", MaxGroupConns, MaxConns, MaxQueued),
+		Help: fmt.Sprintf("Connections to the control socket closed unserved for want of room: a socket-group member's when no member's connection could be closed for it (all %d with requests in or new, or root's holding every one of the %d, or root's waiting); root's only when %d of root's already wait.", MaxGroupConns, MaxConns, MaxQueued),
 	})
 )
 

@@ -45,8 +45,11 @@ const (
 	// MaxGroupConns bounds the connections of socket-group members, all
 	// together, among the MaxConns: the other MaxConns-MaxGroupConns are
 	// root's alone. A member's new connection only ever takes the place of
-	// another member's that has no request in; when there is none, or
-	// root's are queued, it is closed unserved at once.
+	// another member's that may be closed (see MaxConns: neither one with
+	// a request in nor a new one); when there is none, or root's are
+	// queued, it is closed unserved at once. So a member that keeps the 4
+	// busy, or opens them anew every ReadTimeout, keeps other members out,
+	// never root.
 	MaxGroupConns = 4
 	// MaxQueued bounds root's connections waiting for room, admitted in
 	// the order they came as connections end, are answered, or become
