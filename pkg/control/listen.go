@@ -402,6 +402,9 @@ type guardedListener struct {
 	queue  []*peerConn // root's waiting for room, oldest first
 	closed bool
 	stats  listenerStats
+	// pruned is when a full queue was last looked through for callers
+	// that hung up (pruneQueue).
+	pruned time.Time
 }
 
 // listenerStats counts what one listener did, for its tests (the metrics
@@ -493,7 +496,7 @@ func (l *guardedListener) arrive(pc *peerConn) {
 	case l.closed:
 		pc.UnixConn.Close()
 	case pc.peer.root():
-		if len(l.queue) >= MaxQueued {
+		if len(l.queue) >= MaxQueued && time.Since(l.pruned) >= pruneEvery {
 			l.pruneQueue()
 		}
 		if len(l.queue) >= MaxQueued {
@@ -545,9 +548,16 @@ func (l *guardedListener) admitQueued() {
 	}
 }
 
+// pruneEvery bounds how often a full queue is looked through (one poll
+// per connection, under the listener's lock): not on every one of root's
+// connects while it stays full.
+const pruneEvery = 100 * time.Millisecond
+
 // pruneQueue drops the queued connections whose callers have gone (hung
-// up while waiting), for a full queue to hold only live ones.
+// up while waiting), for a full queue to hold only live ones (the caller
+// holds l.mu).
 func (l *guardedListener) pruneQueue() {
+	l.pruned = time.Now()
 	l.queue = slices.DeleteFunc(l.queue, func(pc *peerConn) bool {
 		if pc.hungUp() {
 			pc.UnixConn.Close()
