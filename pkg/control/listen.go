@@ -372,7 +372,8 @@ func PeerOf(c *net.UnixConn) (Peer, error) {
 // connects. At the bound, a new connection takes the place of the oldest
 // one that has no request in (see tryEvict): a kept-alive idle
 // connection, or a half-sent request (part of its headers, and nothing
-// more waiting to be read). A new connection that has sent nothing yet is
+// more waiting to be read), either only while the server waits on its
+// socket. A new connection that has sent nothing yet is
 // never closed for another: its caller is between its connect and its
 // write, and on a busy node that gap can be long; the server's header
 // timeout (ReadTimeout) bounds one that never writes. A request that has
@@ -381,8 +382,9 @@ func PeerOf(c *net.UnixConn) (Peer, error) {
 // only a member's place, never root's, and one that finds none is closed
 // at once. Root's that finds none waits in the listener's queue (its peer
 // checked), at most MaxQueued of them, and the queue is admitted in order
-// as connections end, are answered, or become closable. So members can
-// hold at most their own slots, and root always has the rest.
+// as connections end or become closable (their server waits on them, with
+// no request in). So members can hold at most their own slots, and root
+// always has the rest.
 type guardedListener struct {
 	*net.UnixListener
 	access  Access
@@ -400,6 +402,9 @@ type guardedListener struct {
 	queue  []*peerConn // root's waiting for room, oldest first
 	closed bool
 	stats  listenerStats
+	// pruned is when a full queue was last looked through for callers
+	// that hung up (pruneQueue).
+	pruned time.Time
 }
 
 // listenerStats counts what one listener did, for its tests (the metrics
@@ -491,7 +496,7 @@ func (l *guardedListener) arrive(pc *peerConn) {
 	case l.closed:
 		pc.UnixConn.Close()
 	case pc.peer.root():
-		if len(l.queue) >= MaxQueued {
+		if len(l.queue) >= MaxQueued && time.Since(l.pruned) >= pruneEvery {
 			l.pruneQueue()
 		}
 		if len(l.queue) >= MaxQueued {
@@ -524,7 +529,7 @@ func (l *guardedListener) turnAway(pc *peerConn) {
 	l.stats.turnedAway++
 	metricTurnedAway.Inc()
 	if !pc.peer.root() {
-		l.access.log().Debug("control socket: closed a socket-group member's connection: the group's connections all have requests in", "uid", pc.peer.UID, "pid", pc.peer.PID)
+		l.access.log().Debug("control socket: closed a socket-group member's connection: the group's connections all have requests in or are new", "uid", pc.peer.UID, "pid", pc.peer.PID)
 	}
 	pc.UnixConn.Close()
 }
@@ -543,9 +548,16 @@ func (l *guardedListener) admitQueued() {
 	}
 }
 
+// pruneEvery bounds how often a full queue is looked through (one poll
+// per connection, under the listener's lock): not on every one of root's
+// connects while it stays full.
+const pruneEvery = 100 * time.Millisecond
+
 // pruneQueue drops the queued connections whose callers have gone (hung
-// up while waiting), for a full queue to hold only live ones.
+// up while waiting), for a full queue to hold only live ones (the caller
+// holds l.mu).
 func (l *guardedListener) pruneQueue() {
+	l.pruned = time.Now()
 	l.queue = slices.DeleteFunc(l.queue, func(pc *peerConn) bool {
 		if pc.hungUp() {
 			pc.UnixConn.Close()
@@ -591,8 +603,8 @@ func (l *guardedListener) evictOldest(may func(*peerConn) bool) bool {
 	return false
 }
 
-// kick admits queued connections, if any: a connection ended, was
-// answered, or has read part of a request and may be closable.
+// kick admits queued connections, if any: a connection's server has
+// started waiting on it, and it may be closable.
 func (l *guardedListener) kick() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -618,8 +630,15 @@ type peerConn struct {
 	// mu makes a read (its receive and what it records) and tryEvict's
 	// look and verdict exclusive: a connection is never closed for room
 	// between the moment its request is received and the moment that is
-	// recorded. A read does not hold it while it waits for data.
+	// recorded. A read does not hold it while it waits for data, and
+	// nothing holds it while it takes the listener's lock.
 	mu sync.Mutex
+	// waiting is set when a read found nothing in the socket, and the
+	// server waits on it, until a read takes bytes or fails: only then may
+	// the connection be closed for room. Not when the server has let go of
+	// its answer (answered): the next request may be in its buffer already,
+	// sent along with the last one, and read without the socket.
+	waiting bool
 	// answering is set from the moment a request's headers have been read
 	// (the server calls the handler next) until its answer has been
 	// written out (answered).
@@ -641,12 +660,15 @@ type peerConn struct {
 	once     sync.Once
 }
 
-// Read is the server's read: it follows how far a request has arrived.
-// The receive itself and what it records happen under mu, so tryEvict
-// sees a connection either before the bytes were taken (still waiting in
-// the socket) or after they were recorded, never in between.
+// Read is the server's read: it follows how far a request has arrived,
+// and whether the server waits on the socket. The receive itself and what
+// it records happen under mu, so tryEvict sees a connection either before
+// the bytes were taken (still waiting in the socket) or after they were
+// recorded, never in between. When a read starts waiting on a connection
+// that may be closed for room, it kicks the queue first (outside mu and
+// the descriptor: the kick may close the connection).
 func (c *peerConn) Read(b []byte) (int, error) {
-	if c.l == nil || len(b) == 0 {
+	if len(b) == 0 {
 		return c.UnixConn.Read(b)
 	}
 	raw, err := c.UnixConn.SyscallConn()
@@ -655,8 +677,8 @@ func (c *peerConn) Read(b []byte) (int, error) {
 	}
 	var n int
 	var rerr error
-	partial := false
-	err = raw.Read(func(fd uintptr) bool {
+	kick := false
+	read := func(fd uintptr) bool {
 		c.mu.Lock()
 		defer c.mu.Unlock()
 		if c.evicted {
@@ -669,9 +691,16 @@ func (c *peerConn) Read(b []byte) (int, error) {
 				break
 			}
 		}
-		switch {
-		case rerr == unix.EAGAIN:
+		if rerr == unix.EAGAIN {
+			if !c.waiting {
+				c.waiting = true
+				kick = c.closable()
+				return kick // out to kick, then back to wait
+			}
 			return false // nothing yet: wait, without mu
+		}
+		c.waiting = false
+		switch {
 		case rerr != nil:
 			n = 0
 		case n == 0:
@@ -681,20 +710,39 @@ func (c *peerConn) Read(b []byte) (int, error) {
 		case !c.answering:
 			// Part of a request's headers, all that has come: if no more
 			// is on its way, the connection may be closed to make room.
-			c.received, partial = true, true
+			c.received = true
 		}
 		return true
-	})
-	if err != nil {
-		return 0, err // closed, or past the deadline: a *net.OpError
 	}
-	if partial {
+	err = raw.Read(read)
+	if err == nil && kick {
 		c.l.kick()
+		err = raw.Read(read)
 	}
-	if rerr != nil && rerr != io.EOF {
-		rerr = &net.OpError{Op: "read", Net: "unix", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: os.NewSyscallError("read", rerr)}
+	if err != nil {
+		// Closed (for room, say), or past the deadline: as a read of the
+		// net package's fails, for the server to take it as one, not as a
+		// malformed request it would answer 400.
+		c.mu.Lock()
+		c.waiting = false
+		c.mu.Unlock()
+		if oe, ok := err.(*net.OpError); ok {
+			err = oe.Err
+		}
+		return 0, c.readError(err)
+	}
+	switch {
+	case rerr == net.ErrClosed:
+		return 0, c.readError(rerr)
+	case rerr != nil && rerr != io.EOF:
+		return 0, c.readError(os.NewSyscallError("read", rerr))
 	}
 	return n, rerr
+}
+
+// readError is a failed read of c, as the net package reports one.
+func (c *peerConn) readError(err error) error {
+	return &net.OpError{Op: "read", Net: "unix", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
 }
 
 // headersEnd reports whether b, following what was read before, holds the
@@ -722,21 +770,27 @@ func (c *peerConn) headersEnd(b []byte) bool {
 // if so marks it so its reads fail from then on (the caller, holding the
 // listener's lock, closes it): a kept-alive idle connection, or a
 // request's headers the server has read part of and no more arrived of (a
-// stalled caller: one that sends a request writes its headers whole). Not
-// while it is being read from (mu held: skipped), nor while a request is
-// being answered, nor while bytes it sent wait unread (the server is
-// behind, not the caller), nor a new connection that has sent nothing
-// (its caller may not have had the CPU to write yet).
+// stalled caller: one that sends a request writes its headers whole),
+// either only while the server waits on the socket (not while a read
+// takes bytes: it waits for mu), with nothing in it (bytes it sent wait
+// unread: the server is behind, not the caller). Never while a request is
+// being answered, nor a new connection that has sent nothing (its caller
+// may not have had the CPU to write yet).
 func (c *peerConn) tryEvict() bool {
-	if !c.mu.TryLock() {
-		return false
-	}
+	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.answering || !(c.received || c.served) || c.unread() != 0 {
+	if !c.waiting || !c.closable() || c.unread() != 0 {
 		return false
 	}
 	c.evicted = true
 	return true
+}
+
+// closable reports whether the connection has no request in, and has
+// sent something (the caller holds mu): once its server waits on it with
+// nothing unread, it may be closed for room.
+func (c *peerConn) closable() bool {
+	return !c.answering && (c.received || c.served)
 }
 
 // unread returns how many bytes the caller sent that the server has not
@@ -804,15 +858,12 @@ func markAnswering(ctx context.Context) {
 }
 
 // answered says the connection's answer has been written out whole (the
-// server is idle on it again, kept alive): it may now be closed to make
-// room, and root's queued connections look again. Not when the handler
-// returns: the answer may still be in the server's buffer then, and
-// closing the connection would cut it short.
+// server is idle on it again, kept alive): it may be closed to make room
+// once the server waits on it (its next read kicks root's queue then).
+// Not when the handler returns: the answer may still be in the server's
+// buffer then, and closing the connection would cut it short.
 func (c *peerConn) answered() {
 	c.mu.Lock()
 	c.served, c.received, c.answering = true, false, false
 	c.mu.Unlock()
-	if c.l != nil { // nil: a connection no listener admitted (tests)
-		c.l.kick()
-	}
 }

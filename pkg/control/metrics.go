@@ -34,12 +34,12 @@ var (
 	// metricWaited counts root's connections that waited for room.
 	metricWaited = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "ztdns_control_waited_connections_total",
-		Help: fmt.Sprintf("Root's connections to the control socket that found all %d with requests in (or new) and waited in the listener's queue for one to be answered, end, or be closable: a storm of callers, or root's connections held by a stuck one.", MaxConns),
+		Help: fmt.Sprintf("Root's connections to the control socket that found all %d with requests in (or new) and waited in the listener's queue for one to end or be closable (answered, or stalled half-sent, and waited on): a storm of callers, or root's connections held by a stuck one.", MaxConns),
 	})
 	// metricTurnedAway counts connections closed for want of room.
 	metricTurnedAway = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "ztdns_control_turned_away_connections_total",
-		Help: fmt.Sprintf("Connections to the control socket closed unserved for want of room: a socket-group member's when no member's connection could be closed for it (all %d with requests in, or root's holding every one of the %d, or root's waiting); root's only when %d of root's already wait.", MaxGroupConns, MaxConns, MaxQueued),
+		Help: fmt.Sprintf("Connections to the control socket closed unserved for want of room: a socket-group member's when no member's connection could be closed for it (all %d with requests in or new, or root's holding every one of the %d, or root's waiting); root's only when %d of root's already wait.", MaxGroupConns, MaxConns, MaxQueued),
 	})
 )
 

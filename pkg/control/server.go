@@ -36,7 +36,8 @@ const (
 	memberWriteTimeout = ReadTimeout
 	// MaxConns bounds the connections open at once. A new one takes the
 	// place of the oldest that has no request in (a kept-alive idle one,
-	// or a half-sent request); when none may be closed, root's waits in
+	// or a half-sent request) while the server waits on it; when none may
+	// be closed, root's waits in
 	// the listener's queue (see MaxQueued), a member's is closed (see
 	// MaxGroupConns). A new connection that has sent nothing yet is never
 	// closed for another: the header timeout (ReadTimeout) bounds it.
@@ -44,8 +45,11 @@ const (
 	// MaxGroupConns bounds the connections of socket-group members, all
 	// together, among the MaxConns: the other MaxConns-MaxGroupConns are
 	// root's alone. A member's new connection only ever takes the place of
-	// another member's that has no request in; when there is none, or
-	// root's are queued, it is closed unserved at once.
+	// another member's that may be closed (see MaxConns: neither one with
+	// a request in nor a new one); when there is none, or root's are
+	// queued, it is closed unserved at once. So a member that keeps the 4
+	// busy, or opens them anew every ReadTimeout, keeps other members out,
+	// never root.
 	MaxGroupConns = 4
 	// MaxQueued bounds root's connections waiting for room, admitted in
 	// the order they came as connections end, are answered, or become

@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -34,6 +35,9 @@ func TestMain(m *testing.M) {
 	testenv.RunHelper() // the control client ControlCallAsUser runs
 	os.Exit(m.Run())
 }
+
+// testAdd is a valid CNI ADD.
+var testAdd = control.CNIAddRequest{ContainerID: "c", Netns: "/run/netns/p", PodNamespace: "ns", PodName: "p", NetnsCookie: 7, IPs: []netip.Addr{netip.MustParseAddr("10.0.0.1")}}
 
 // recorder is an API that counts what reaches it.
 type recorder struct {
@@ -510,8 +514,7 @@ func TestRootPastStalledMembers(t *testing.T) {
 	testenv.Eventually(t, 20*time.Second, "the member's tables to be asked for", func() bool {
 		return count(s.api.seen(), "table") >= control.MaxGroupConns
 	})
-	add := control.CNIAddRequest{ContainerID: "c", Netns: "/run/netns/p", PodNamespace: "ns", PodName: "p", NetnsCookie: 7, IPs: []netip.Addr{netip.MustParseAddr("10.0.0.1")}}
-	if _, err := control.NewClient(s.socket, 20*time.Second).CNIAdd(context.Background(), add); err != nil {
+	if _, err := control.NewClient(s.socket, 20*time.Second).CNIAdd(context.Background(), testAdd); err != nil {
 		t.Fatalf("root's CNI ADD behind a member's %d stalled readers: %v", control.MaxConns, err)
 	}
 	// Root was answered while the member still held its connections, and it
@@ -544,46 +547,12 @@ func TestRootPastStalledMembers(t *testing.T) {
 // went idle for ReadTimeout, 5 s.)
 func TestRootWokenByAnAnswerSent(t *testing.T) {
 	s := serve(t, control.Access{})
-	gate := make(chan struct{})
-	s.api.mu.Lock()
-	s.api.statusGate = gate
-	s.api.mu.Unlock()
-	t.Cleanup(func() { close(gate) }) // before the server stops (cleanups run last first)
-
-	type answer struct {
-		conn net.Conn
-		r    *bufio.Reader
-		req  *http.Request
-	}
-	ask := func(route control.Route) answer {
-		c := dial(t, s.socket)
-		req, _ := http.NewRequest(route.Method, "http://ztdns"+route.Path, nil)
-		if err := req.Write(c); err != nil {
-			t.Fatal(err)
-		}
-		return answer{c, bufio.NewReader(c), req}
-	}
-	var held []answer
-	for range control.MaxConns {
-		held = append(held, ask(control.RouteStatus))
-	}
-	testenv.Eventually(t, 10*time.Second, "every status asked for", func() bool {
-		return count(s.api.seen(), "status") == control.MaxConns
-	})
+	held, gate, _ := holdEverySlot(t, s, 1)
 
 	// One connection more, root's: it waits, every slot being answered.
-	last := ask(control.RouteTable)
+	last := ask(t, s.socket, control.RouteTable, 1)
 	served := make(chan error, 1)
-	go func() {
-		resp, err := http.ReadResponse(last.r, last.req)
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode != http.StatusOK {
-				err = fmt.Errorf("status %d", resp.StatusCode)
-			}
-		}
-		served <- err
-	}()
+	go func() { served <- last.answer() }()
 	time.Sleep(200 * time.Millisecond)
 	if calls := count(s.api.seen(), "table"); calls != 0 {
 		t.Fatalf("the connection past %d being answered was served before any answer was sent", control.MaxConns)
@@ -593,13 +562,7 @@ func TestRootWokenByAnAnswerSent(t *testing.T) {
 	// open.
 	answered := make(chan error, len(held))
 	for _, a := range held {
-		go func() {
-			resp, err := http.ReadResponse(a.r, a.req)
-			if err == nil {
-				resp.Body.Close()
-			}
-			answered <- err
-		}()
+		go func() { answered <- a.answer() }()
 	}
 	gate <- struct{}{}
 	select {
@@ -628,6 +591,71 @@ func TestRootWokenByAnAnswerSent(t *testing.T) {
 	if open := control.StatsOf(s.ln).Open; open != control.MaxConns {
 		t.Errorf("%v connections open, want the %d others being answered and the new one", open, control.MaxConns-1)
 	}
+}
+
+// asked is a request written on a connection of its own, its answers yet
+// to be read.
+type asked struct {
+	conn net.Conn
+	r    *bufio.Reader
+	req  *http.Request
+}
+
+// ask opens a connection and writes route's request on it n times over,
+// in one write (pipelined).
+func ask(t *testing.T, socket string, route control.Route, n int) asked {
+	t.Helper()
+	c := dial(t, socket)
+	req, _ := http.NewRequest(route.Method, "http://ztdns"+route.Path, nil)
+	var b strings.Builder
+	for range n {
+		if err := req.Write(&b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := io.WriteString(c, b.String()); err != nil {
+		t.Fatal(err)
+	}
+	return asked{c, bufio.NewReader(c), req}
+}
+
+// answer reads the next answer: an error unless it is a 200.
+func (a asked) answer() error {
+	resp, err := http.ReadResponse(a.r, a.req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if _, err := io.Copy(io.Discard, resp.Body); err != nil {
+		return err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("status %d", resp.StatusCode)
+	}
+	return nil
+}
+
+// holdEverySlot has root take every slot: MaxConns connections each ask
+// for the status n times (in one write), and the agent holds every Status
+// call until a send on gate lets one through, or release lets all (and
+// those to come) through, as the test's end does. It returns once the
+// first request of each connection is held.
+func holdEverySlot(t *testing.T, s *server, n int) (held []asked, gate chan<- struct{}, release func()) {
+	t.Helper()
+	g := make(chan struct{})
+	s.api.mu.Lock()
+	s.api.statusGate = g
+	s.api.mu.Unlock()
+	var once sync.Once
+	release = func() { once.Do(func() { close(g) }) }
+	t.Cleanup(release) // before the server stops (cleanups run last first)
+	for range control.MaxConns {
+		held = append(held, ask(t, s.socket, control.RouteStatus, n))
+	}
+	testenv.Eventually(t, 10*time.Second, "every connection's status asked for", func() bool {
+		return count(s.api.seen(), "status") == control.MaxConns
+	})
+	return held, g, release
 }
 
 func count(calls []string, call string) int {
@@ -710,12 +738,11 @@ func TestStateDirMade(t *testing.T) {
 func TestStormOfRootCalls(t *testing.T) {
 	s := serve(t, control.Access{})
 	const callers = 150
-	add := control.CNIAddRequest{ContainerID: "c", Netns: "/run/netns/p", PodNamespace: "ns", PodName: "p", NetnsCookie: 7, IPs: []netip.Addr{netip.MustParseAddr("10.0.0.1")}}
 	errs := make(chan error, callers)
 	var wg sync.WaitGroup
 	for range callers {
 		wg.Go(func() {
-			_, err := control.NewClient(s.socket, 20*time.Second).CNIAdd(context.Background(), add)
+			_, err := control.NewClient(s.socket, 20*time.Second).CNIAdd(context.Background(), testAdd)
 			errs <- err
 		})
 	}
@@ -778,32 +805,15 @@ func TestSilentConnectionsNotCut(t *testing.T) {
 func TestRootPastMembersConnectFlood(t *testing.T) {
 	const group = 65533
 	s := serve(t, control.Access{Group: group})
-	gate := make(chan struct{})
-	s.api.mu.Lock()
-	s.api.statusGate = gate
-	s.api.mu.Unlock()
-	var release sync.Once
-	open := func() { release.Do(func() { close(gate) }) }
-	t.Cleanup(open) // before the server stops (cleanups run last first)
-
-	for range control.MaxConns {
-		c := dial(t, s.socket)
-		req, _ := http.NewRequest(control.RouteStatus.Method, "http://ztdns"+control.RouteStatus.Path, nil)
-		if err := req.Write(c); err != nil {
-			t.Fatal(err)
-		}
-	}
-	testenv.Eventually(t, 10*time.Second, "every status asked for", func() bool {
-		return count(s.api.seen(), "status") == control.MaxConns
-	})
-	waited := value(t, "ztdns_control_waited_connections_total")
+	_, _, open := holdEverySlot(t, s, 1)
+	waited := control.StatsOf(s.ln).Waited
 	calls := make(chan error, 2)
 	go func() {
 		_, err := control.NewClient(s.socket, 20*time.Second).Table(context.Background(), "")
 		calls <- err
 	}()
 	testenv.Eventually(t, 10*time.Second, "root's table call to wait for room", func() bool {
-		return value(t, "ztdns_control_waited_connections_total") > waited
+		return control.StatsOf(s.ln).Waited > waited
 	})
 
 	backlog := 4096
@@ -814,13 +824,12 @@ func TestRootPastMembersConnectFlood(t *testing.T) {
 	if failed, first := testenv.ConnectFloodAsUser(t, member, s.socket, backlog+1000); failed != 0 {
 		t.Errorf("%d of the member's %d connects failed (%s), want none: the backlog filled", failed, backlog+1000, first)
 	}
-	add := control.CNIAddRequest{ContainerID: "c", Netns: "/run/netns/p", PodNamespace: "ns", PodName: "p", NetnsCookie: 7, IPs: []netip.Addr{netip.MustParseAddr("10.0.0.1")}}
 	go func() {
-		_, err := control.NewClient(s.socket, 20*time.Second).CNIAdd(context.Background(), add)
+		_, err := control.NewClient(s.socket, 20*time.Second).CNIAdd(context.Background(), testAdd)
 		calls <- err
 	}()
 	testenv.Eventually(t, 10*time.Second, "root's ADD to wait for room (or fail)", func() bool {
-		return value(t, "ztdns_control_waited_connections_total") > waited+1 || len(calls) > 0
+		return control.StatsOf(s.ln).Waited > waited+1 || len(calls) > 0
 	})
 	open() // the held answers go out, and make room
 	for range 2 {
@@ -833,5 +842,43 @@ func TestRootPastMembersConnectFlood(t *testing.T) {
 	}
 	if got := count(s.api.seen(), "table"); got != 1 {
 		t.Errorf("the agent was asked for %d tables, want root's", got)
+	}
+}
+
+// TestPipelinedRequestNotCut: every slot is root's, each connection having
+// sent two status requests in one write, and root's callers wait for room.
+// When a connection's first answer is sent, its second request is already
+// in the server's hands (read along with the first): the connection is
+// not closed for room then, and both its answers come. The callers waiting
+// are served once connections are idle, waited on with nothing in.
+func TestPipelinedRequestNotCut(t *testing.T) {
+	s := serve(t, control.Access{})
+	held, _, release := holdEverySlot(t, s, 2)
+	const queued = 40
+	calls := make(chan error, queued)
+	for range queued {
+		go func() {
+			_, err := control.NewClient(s.socket, 20*time.Second).Table(context.Background(), "")
+			calls <- err
+		}()
+	}
+	testenv.Eventually(t, 10*time.Second, "root's callers to wait for room", func() bool {
+		return control.StatsOf(s.ln).Queued == queued
+	})
+	release()
+	for i, a := range held {
+		for j := range 2 {
+			if err := a.answer(); err != nil {
+				t.Errorf("connection %d, answer %d of 2: %v", i, j+1, err)
+			}
+		}
+	}
+	for range queued {
+		if err := <-calls; err != nil {
+			t.Errorf("a root caller that waited for room: %v", err)
+		}
+	}
+	if got := count(s.api.seen(), "status"); got != 2*control.MaxConns {
+		t.Errorf("the agent answered %d statuses, want %d", got, 2*control.MaxConns)
 	}
 }
