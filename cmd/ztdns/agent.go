@@ -408,7 +408,7 @@ func checkMetricsAddr(s string) error {
 	if s == "" {
 		return nil
 	}
-	_, port, err := net.SplitHostPort(agent.MetricsListenAddr(s))
+	_, port, err := net.SplitHostPort(agent.BracketIPv6HostPort(s))
 	if err != nil {
 		return errors.New("want ADDR:PORT, e.g. 127.0.0.1:15053")
 	}

@@ -99,7 +99,7 @@ func parseAddrPort(s string, defaultPort uint16) (netip.AddrPort, error) {
 	a, err := netip.ParseAddr(s)
 	// Read as an IPv6 address and a port split at the last colon, as
 	// "$(HOST_IP):53" gives on an IPv6 node.
-	ap, perr := netip.ParseAddrPort(agent.MetricsListenAddr(s))
+	ap, perr := netip.ParseAddrPort(agent.BracketIPv6HostPort(s))
 	withPort := perr == nil && ap.Addr().Is6()
 	switch {
 	case err == nil && withPort:

@@ -810,7 +810,7 @@ func (a *Agent) finishTakeover() error {
 // old port only, and its liveness probe would restart it, taking the old
 // listener again each time.
 func (a *Agent) listenMetrics(in *inherited) error {
-	addr := MetricsListenAddr(a.cfg.MetricsAddr)
+	addr := BracketIPv6HostPort(a.cfg.MetricsAddr)
 	if in != nil && in.metrics != nil {
 		if sameTCPAddr(in.metrics.Addr(), addr) {
 			a.metrics, in.metrics = in.metrics, nil
@@ -849,11 +849,13 @@ func sameTCPAddr(got net.Addr, addr string) bool {
 	return want.IP.Equal(g.IP)
 }
 
-// MetricsListenAddr accepts an IPv6 address without brackets before the
-// port, as "$(HOST_IP):15053" gives on an IPv6 node (earlier charts passed
-// it so; now "[$(HOST_IP)]:15053", which net.SplitHostPort takes for both
-// families).
-func MetricsListenAddr(s string) string {
+// BracketIPv6HostPort puts brackets around an IPv6 address written without
+// them before its port, reading the last colon as the port's: the metrics
+// address "$(HOST_IP):15053" on an IPv6 node (earlier charts passed it so;
+// now "[$(HOST_IP)]:15053", which net.SplitHostPort takes for both
+// families), and the DNS flags' way of telling an address with a port from
+// one without. Anything else comes back as it was.
+func BracketIPv6HostPort(s string) string {
 	if _, _, err := net.SplitHostPort(s); err == nil {
 		return s
 	}
