@@ -85,7 +85,8 @@ struct nameserver_key {
  * slot may be given to another destination once it has been idle for
  * ZTDNS_SLOT_UNCONFIRMED_IDLE_NS instead of ZTDNS_SLOT_IDLE_NS, so answer
  * addresses do not keep the pod's own nameservers out of its three slots.
- * Set only when a slot is learned; the programs clear it in place. Zero in
+ * Set only when a slot is learned; the programs clear it in place, and the
+ * agent when it forwards a query that arrived on the slot. Zero in
  * slots that programs before it learned: they keep ZTDNS_SLOT_IDLE_NS. */
 #define ZTDNS_NS_UNCONFIRMED (1U << 0)
 
@@ -121,14 +122,19 @@ struct nameserver {
  * server can still be in flight (stub resolvers give up after 5 s). */
 #define ZTDNS_SLOT_IDLE_NS (30ULL * 1000 * 1000 * 1000)
 /* The same for a slot marked ZTDNS_NS_UNCONFIRMED. What such a slot may have
- * in flight is a query on a socket connected through it (Go's resolver
- * connects a new socket per query, writes and reads without naming any
- * address), and the resolver reads the slot's destination when the query
- * arrives, milliseconds after the connect; the reply is restored from the
- * socket's own record (struct socket_destinations), not from the slot. A
- * connect refreshes last_used_ns only when it is ZTDNS_SLOT_TOUCH_NS old,
- * so a slot stays busy for at least this minus ZTDNS_SLOT_TOUCH_NS, 1 s,
- * after any connect through it. */
+ * in flight is a query on a socket connected through it, written without
+ * naming any address. Go's resolver connects a new socket per query and
+ * writes at once: the resolver reads the slot's destination when the query
+ * arrives, milliseconds after the connect, and the reply is restored from
+ * the socket's own record (struct socket_destinations), not from the slot.
+ * A socket connected once and kept (c-ares keeps one per nameserver) may
+ * send its next queries seconds later, with its first reply still unread
+ * (a slow upstream, a retry on the same socket): the agent confirms the
+ * slot when it forwards a query that arrived on it
+ * (Redirector.ConfirmNameserver), so it is not given away under the kept
+ * socket. A connect refreshes last_used_ns only when it is
+ * ZTDNS_SLOT_TOUCH_NS old, so a slot stays busy for at least this minus
+ * ZTDNS_SLOT_TOUCH_NS, 1 s, after any connect through it. */
 #define ZTDNS_SLOT_UNCONFIRMED_IDLE_NS (2ULL * 1000 * 1000 * 1000)
 /* How stale a busy slot's last_used_ns may get before a query refreshes it;
  * far below ZTDNS_SLOT_IDLE_NS, so a busy slot never looks idle. */

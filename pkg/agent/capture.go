@@ -276,9 +276,17 @@ func (c *dataplane) upstream(client, local netip.AddrPort) (netip.AddrPort, bool
 	if p == nil || p.Attachment == nil || p.Attachment.NetnsCookie == 0 {
 		return netip.AddrPort{}, false
 	}
-	ns, ok := c.r.Nameserver(p.Attachment.NetnsCookie, slot)
+	ns, unconfirmed, ok := c.r.ForwardedNameserver(p.Attachment.NetnsCookie, slot)
 	if !ok || !forwardable(ns, c.resolvers, c.r.CaptureNameservers()) {
 		return netip.AddrPort{}, false
+	}
+	if unconfirmed {
+		// A query through the slot: keep it from going to another
+		// destination after SlotUnconfirmedIdle while a kept socket waits
+		// for its first reply (why: Redirector.ConfirmNameserver).
+		if err := c.r.ConfirmNameserver(p.Attachment.NetnsCookie, slot, ns); err != nil {
+			c.log.Warn("could not confirm a nameserver slot", "err", err)
+		}
 	}
 	return ns, true
 }

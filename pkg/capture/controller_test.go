@@ -1250,3 +1250,32 @@ func TestRestoreKeepsTheAttachOrder(t *testing.T) {
 		t.Errorf("%s is %v's, want shop/api's: added after the restart", ip, p)
 	}
 }
+
+// TestRestoreMarksFromTheNewestRecord: of two captured records for one
+// network namespace (a re-ADD of the sandbox before the old record's DEL),
+// a lost mark is put back with the newest record's IPs. (Before: from
+// whichever a map's iteration gave last, half the time the older's.)
+func TestRestoreMarksFromTheNewestRecord(t *testing.T) {
+	f := newFixture(t, true)
+	f.source([]model.Namespace{ambientNS})
+	older := cniAttachment("web", 10, "10.0.0.2")
+	newer := older
+	newer.ContainerID, newer.IPs = "ctr-web-again", []netip.Addr{netip.MustParseAddr("10.0.0.3")}
+	f.attach(t, older)
+	f.attach(t, newer)
+	f.netns.add(older.NetnsPath, older.NetnsCookie, "10.0.0.2", "10.0.0.3")
+	f.ctl.Close()
+	// Map iteration order is random: restore often enough that the older
+	// record would come last at least once.
+	for range 20 {
+		f.marker.Unmark(10)
+		g := f.restarted(t)
+		g.ctl.Close()
+		f.marker.mu.Lock()
+		got, ok := f.marker.marks[10]
+		f.marker.mu.Unlock()
+		if want := netip.MustParseAddr("10.0.0.3"); !ok || got.IPv4 != want {
+			t.Fatalf("mark after restore %+v (%v), want the newest record's %s", got, ok, want)
+		}
+	}
+}

@@ -75,8 +75,10 @@ func (c *Controller) reconcileLocked() error {
 	if err != nil {
 		return err
 	}
+	// Of two captured records for one network namespace (a re-ADD before
+	// the old sandbox's DEL), the newest gives a restored mark its IPs.
 	want := map[uint64]podcache.Attachment{}
-	for _, a := range c.pods.Attachments() {
+	for _, a := range c.pods.AttachmentsOldestFirst() {
 		if a.Captured {
 			want[a.NetnsCookie] = a
 		}

@@ -210,6 +210,20 @@ func (c *Cache) Attachments() map[string]Attachment {
 	return maps.Clone(c.attachments)
 }
 
+// AttachmentsOldestFirst returns the runtime records in attach order,
+// oldest first (by AttachOrder, then key): of two for one pod, IP or
+// network namespace, the later is the live one.
+func (c *Cache) AttachmentsOldestFirst() []Attachment {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	keys := c.attachOrder()
+	out := make([]Attachment, len(keys))
+	for i, k := range keys {
+		out[i] = c.attachments[k]
+	}
+	return out
+}
+
 // GoneClaims returns, by key, the runtime records other than a's that
 // claim one of a's IPs and for which gone (called without the cache's
 // lock held) reports true: a sandbox's record whose DEL is late, or was

@@ -237,6 +237,8 @@ func packQuery(name string) ([]byte, error) {
 //     connect or sendmsg hook runs), reads the reply with recvfrom() asking
 //     its source, as glibc, musl and c-ares do, and prints the source and
 //     then the reply's addresses;
+//   - "send NAME": sends as "query" does but reads no reply, as a
+//     resolver whose upstream has not answered yet; prints "sent";
 //   - "peer": prints what getpeername() says;
 //   - "connect ADDR": connects another socket of the family to ADDR, then
 //     closes it, as Go's resolver does to sort its answers; prints "ok".
@@ -288,6 +290,15 @@ func keeperDo(fd int, family string, cmd []string) (string, error) {
 			}
 		}
 		return strings.Join(fields, " "), nil
+	case len(cmd) == 2 && cmd[0] == "send":
+		b, err := packQuery(cmd[1])
+		if err != nil {
+			return "", err
+		}
+		if err := unix.Sendto(fd, b, 0, nil); err != nil {
+			return "", fmt.Errorf("send: %w", err)
+		}
+		return "sent", nil
 	case len(cmd) == 1 && cmd[0] == "peer":
 		sa, err := unix.Getpeername(fd)
 		if err != nil {

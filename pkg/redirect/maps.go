@@ -346,6 +346,52 @@ func (r *Redirector) Nameserver(cookie uint64, slot int) (netip.AddrPort, bool) 
 	return ns.Server.addrPort()
 }
 
+// ForwardedNameserver is Nameserver for a query the resolver forwards: it
+// also reports whether the slot is still unconfirmed
+// (LearnedNameserver.Unconfirmed), which ConfirmNameserver then clears.
+func (r *Redirector) ForwardedNameserver(cookie uint64, slot int) (ns netip.AddrPort, unconfirmed, ok bool) {
+	val, err := r.nameserver(cookie, slot)
+	if err != nil {
+		return netip.AddrPort{}, false, false
+	}
+	ns, ok = val.Server.addrPort()
+	return ns, ok && val.Flags&nsUnconfirmed != 0, ok
+}
+
+// ConfirmNameserver clears the slot's ZTDNS_NS_UNCONFIRMED when it still
+// holds server: a query that arrived on it is being forwarded there, so the
+// slot is real DNS traffic, not an address-sorting probe. A socket
+// connected once and kept (c-ares keeps one per nameserver) sends with
+// send(), which no hook sees; the programs confirm its slot only when it
+// reads a reply asking its source. Until then the slot could be given to
+// another destination after SlotUnconfirmedIdle, and the kept socket's next
+// queries forwarded there; a slow first reply (an upstream that takes
+// seconds, a resolver retrying on the same socket) would take that long.
+//
+// It writes only when the flag is set and the slot holds server, and never
+// creates a slot (BPF_F_EXIST). A lookup and an update are no
+// compare-and-swap: a program may give the slot away, or touch it, between
+// the two; the slot was just used by the forwarded query, so the window is
+// a few microseconds in the rare case that it was idle anyway.
+func (r *Redirector) ConfirmNameserver(cookie uint64, slot int, server netip.AddrPort) error {
+	val, err := r.nameserver(cookie, slot)
+	if errors.Is(err, ebpf.ErrKeyNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("confirm netns cookie %d slot %d: %w", cookie, slot, err)
+	}
+	if ap, ok := val.Server.addrPort(); !ok || ap != netip.AddrPortFrom(server.Addr().Unmap(), server.Port()) || val.Flags&nsUnconfirmed == 0 {
+		return nil
+	}
+	val.Flags &^= nsUnconfirmed
+	key := ztdnsNameserverKey{NetnsCookie: cookie, Slot: uint32(slot)}
+	if err := r.objs.Nameservers.Update(&key, &val, ebpf.UpdateExist); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("confirm netns cookie %d slot %d: %w", cookie, slot, err)
+	}
+	return nil
+}
+
 func (r *Redirector) nameserver(cookie uint64, slot int) (ztdnsNameserver, error) {
 	var ns ztdnsNameserver
 	if slot < 0 || slot >= Slots {

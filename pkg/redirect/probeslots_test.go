@@ -243,6 +243,84 @@ func TestUnconfirmedSlotKeepsItsQueryInFlight(t *testing.T) {
 	}
 }
 
+// TestForwardConfirmsKeptSlot: a kept socket (c-ares keeps one per
+// nameserver) whose first reply it has not read yet sends with send(),
+// which no hook sees, so its slot is still unconfirmed when the query
+// arrives. Forwarding the query confirms it (ConfirmNameserver, as the
+// agent does), so once every slot has been idle for SlotUnconfirmedIdle a
+// new destination does not take it, and the kept socket's next query is
+// still meant for its nameserver. (Before: the longest idle unconfirmed
+// slot, the kept socket's, went to the new destination, and the socket's
+// next queries were forwarded there while their replies looked like its
+// own nameserver's.)
+func TestForwardConfirmsKeptSlot(t *testing.T) {
+	t.Parallel()
+	e := newCaptureEnv(t, envOptions{})
+	p, cookie := e.markedPod(t, 0)
+	a := ns53(nowhere4)
+	others := []netip.AddrPort{ns53("203.0.113.54"), ns53("203.0.113.55"), ns53("203.0.113.56")}
+	k := startHelper(t, t.Context(), p, e.cg, "connected",
+		helperEnv+"="+helperKeeper, helperFamily+"=inet", helperAddr+"="+a.String())
+	h := startHelper(t, t.Context(), p, e.cg, "connected",
+		helperEnv+"="+helperKeeper, helperFamily+"=inet", helperAddr+"="+others[0].String())
+	if out := h.do(t, "connect "+others[1].String()); out != "ok" {
+		t.Fatalf("connect %s: %s", others[1], out)
+	}
+
+	// The kept socket's first query, its reply not read yet.
+	name := uniqueName("first")
+	if out := k.do(t, "send "+name); out != "sent" {
+		t.Fatalf("send on the kept socket: %s", out)
+	}
+	testenv.Eventually(t, 10*time.Second, "the resolver sees the kept socket's query", func() bool {
+		return len(e.dns.ReceivedFor(name)) > 0
+	})
+	slotA := e.slotOf(e.dns.ReceivedFor(name)[0].Local)
+	ns, unconfirmed, ok := e.r.ForwardedNameserver(cookie, slotA)
+	if !ok || !sameAddrPort(ns, a) || !unconfirmed {
+		t.Fatalf("the query arrived on slot %d holding %s (unconfirmed %v, %v); want %s, unconfirmed", slotA, ns, unconfirmed, ok, a)
+	}
+	// Forwarded to a: the agent confirms the slot. Another slot, named
+	// with a server it does not hold, stays unconfirmed.
+	if err := e.r.ConfirmNameserver(cookie, slotA, ns); err != nil {
+		t.Fatal(err)
+	}
+	slotB := e.slotHolding(cookie, others[0])
+	if err := e.r.ConfirmNameserver(cookie, slotB, others[1]); err != nil {
+		t.Fatal(err)
+	}
+	got := e.learned(t, cookie)
+	if got[slotA].Unconfirmed || !got[slotB].Unconfirmed {
+		t.Errorf("slots %v, want slot %d (%s) confirmed and slot %d (%s) not", got, slotA, a, slotB, others[0])
+	}
+
+	// Every slot idle for SlotUnconfirmedIdle, the kept socket's the
+	// longest: a new destination takes another.
+	for slot := range Slots {
+		back := SlotUnconfirmedIdle + time.Second
+		if slot == slotA {
+			back += time.Second
+		}
+		e.setLastUsed(t, cookie, slot, back)
+	}
+	if out := h.do(t, "connect "+others[2].String()); out != "ok" {
+		t.Fatalf("connect %s: %s", others[2], out)
+	}
+	if got := e.learned(t, cookie); !sameAddrPort(got[slotA].Addr, a) {
+		t.Errorf("slots %v, want %s kept in slot %d", got, a, slotA)
+	}
+	name2 := uniqueName("kept")
+	if out := k.do(t, "send "+name2); out != "sent" {
+		t.Fatalf("send on the kept socket: %s", out)
+	}
+	testenv.Eventually(t, 10*time.Second, "the resolver sees the kept socket's next query", func() bool {
+		return len(e.dns.ReceivedFor(name2)) > 0
+	})
+	if got := e.meantFor(t, cookie, name2); !slices.Equal(got, []netip.AddrPort{a}) {
+		t.Errorf("the kept socket's next query reached the resolver meant for %v, want %s", got, a)
+	}
+}
+
 // ns53 is port 53 of addr.
 func ns53(addr string) netip.AddrPort {
 	return netip.AddrPortFrom(netip.MustParseAddr(addr), 53)
