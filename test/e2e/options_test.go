@@ -80,6 +80,14 @@ func TestClientOptionsResolveThroughCapture(t *testing.T) {
 			options: []string{"rotate", "timeout:1", "attempts:5"}, clients: glibc,
 		},
 		{
+			// Go's resolver connects a UDP socket, writes and reads: no
+			// hook sees a send naming the nameserver or a reply read with
+			// its source, so only the agent's forwarding confirms the slot
+			// (checked for every case below).
+			name: "Go resolver", nameservers: ns12,
+			clients: []clientCase{{name: "Go resolver PreferGo", command: testenv.GoClient, prints: both}},
+		},
+		{
 			// An OPT record (and the AD bit) on every query: the agent
 			// asks the pod's nameserver with an OPT record of its own
 			// for an EDNS client, and with none for another. (It sets AD
@@ -161,15 +169,30 @@ func TestClientOptionsResolveThroughCapture(t *testing.T) {
 			}
 			// Each nameserver the pod's queries were forwarded to holds
 			// one slot, however often resolv.conf lists it; a loopback
-			// one holds none.
+			// one holds none. Forwarding confirmed it: Go's sockets (a
+			// connect, then write and read) confirm nothing in the
+			// programs, and an unconfirmed slot may be taken after 2 s.
 			reached := forwardedTo(t, accessLog, name, fwd)
-			slots := testenv.NameserverAddrs(c.podRow(t, name))
+			row := c.podRow(t, name)
+			slots := testenv.NameserverAddrs(row)
 			for _, ns := range reached {
 				if n := countOf(slots, ns); n != 1 {
 					t.Errorf("ztdns pods: the pod's slots hold %v, %d of them %s, which its queries were forwarded to; want one", slots, n, ns)
 				}
+				for _, slot := range row.Nameservers {
+					if slot.Address == ns && slot.Unconfirmed {
+						t.Errorf("ztdns pods: slot %d (%s) is unconfirmed, though the agent forwarded the pod's queries through it", slot.Slot, ns)
+					}
+				}
 			}
-			for _, ns := range slots {
+			// Besides them, only Go's address-sorting probes (a UDP
+			// connect to port 53 of each answer address, never sent on)
+			// hold slots, unconfirmed.
+			for _, slot := range row.Nameservers {
+				if slot.Unconfirmed && !slices.Contains(reached, slot.Address) {
+					continue
+				}
+				ns := slot.Address
 				if ap, err := netip.ParseAddrPort(ns); err != nil || ap.Port() != 53 || !slices.Contains(tc.nameservers, ap.Addr().String()) ||
 					ap.Addr().IsLoopback() || countOf(slots, ns) > 1 {
 					t.Errorf("ztdns pods: the pod's slots hold %v, want each of its non-loopback nameservers %v at most once", slots, tc.nameservers)
