@@ -113,27 +113,13 @@ func keptSocket() int {
 			fmt.Println("- error:" + strings.ReplaceAll(err.Error(), " ", "_"))
 			continue
 		}
-		fmt.Println(netip.AddrPortFrom(from.Addr().Unmap(), from.Port()).String() + " " + firstA(buf[:n]))
+		answer := "unparsable"
+		if r := new(dns.Msg); r.Unpack(buf[:n]) == nil {
+			answer = outcome(r)
+		}
+		fmt.Println(netip.AddrPortFrom(from.Addr().Unmap(), from.Port()).String() + " " + answer)
 	}
 	return 0
-}
-
-// firstA is the first address of an A answer, or what the reply is
-// instead.
-func firstA(wire []byte) string {
-	r := new(dns.Msg)
-	if err := r.Unpack(wire); err != nil {
-		return "unparsable"
-	}
-	if r.Rcode != dns.RcodeSuccess {
-		return "rcode:" + dns.RcodeToString[r.Rcode]
-	}
-	for _, rr := range r.Answer {
-		if a, ok := rr.(*dns.A); ok {
-			return a.A.String()
-		}
-	}
-	return "empty"
 }
 
 // startKept starts a keptSocket client in the pod and the test cgroup,
