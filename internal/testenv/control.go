@@ -108,28 +108,12 @@ func RequireClosedByPeer(tb testing.TB, conns []net.Conn, within time.Duration) 
 // does. The package's TestMain must call RunHelper.
 func StalledReadersAsUser(tb testing.TB, cred syscall.Credential, socket string, route control.Route, n int) {
 	tb.Helper()
-	cmd := AsUser(tb, context.Background(), cred, os.Args[0])
+	ctx, cancel := context.WithCancel(context.Background())
+	tb.Cleanup(cancel)
+	cmd := AsUser(tb, ctx, cred, os.Args[0])
 	cmd.Env = append(os.Environ(), helperEnv+"=stalled-readers", "ZTDNS_TESTENV_SOCKET="+socket,
 		"ZTDNS_TESTENV_PATH="+route.Path, "ZTDNS_TESTENV_CONNS="+strconv.Itoa(n))
-	cmd.Stderr = os.Stderr
-	stdin, err := cmd.StdinPipe() // closed at cleanup: the process then exits
-	if err != nil {
-		tb.Fatalf("testenv: %v", err)
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		tb.Fatalf("testenv: %v", err)
-	}
-	if err := cmd.Start(); err != nil {
-		tb.Fatalf("testenv: running the stalled readers as uid %d: %v", cred.Uid, err)
-	}
-	tb.Cleanup(func() {
-		stdin.Close()
-		cmd.Wait()
-	})
-	if line, err := bufio.NewReader(stdout).ReadString('\n'); line != "sent\n" {
-		tb.Fatalf("testenv: the stalled readers did not send their requests: %q, %v", line, err)
-	}
+	startHelper(tb, cmd, cancel, fmt.Sprintf("the stalled readers (uid %d)", cred.Uid), "sent")
 }
 
 // stalledReaders is the process StalledReadersAsUser runs.

@@ -734,11 +734,7 @@ func TestAddTheRuntimeGaveUpOn(t *testing.T) {
 	}
 	// The server may take the request only after the plugin gave up: the
 	// DEL comes once the ADD waits.
-	for deadline := time.Now().Add(10 * time.Second); a.waitingAdds.waiting(add.ContainerID) == 0; time.Sleep(time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("the ADD never reached the agent")
-		}
-	}
+	testenv.Eventually(t, 10*time.Second, "the ADD reaches the agent", func() bool { return a.waitingAdds.waiting(add.ContainerID) > 0 })
 	// The runtime's DEL, carried out before the ADD that waits.
 	if err := a.cniDelLocked(control.CNIDelRequest{ContainerID: add.ContainerID, Netns: n.Path(),
 		PodNamespace: "shop", PodName: "late"}); err != nil {
@@ -746,11 +742,7 @@ func TestAddTheRuntimeGaveUpOn(t *testing.T) {
 	}
 	locked = false
 	a.cniMu.Unlock()
-	for deadline := time.Now().Add(10 * time.Second); addsDone() == before; time.Sleep(10 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("the waiting ADD never ended")
-		}
-	}
+	testenv.Eventually(t, 10*time.Second, "the waiting ADD ends", func() bool { return addsDone() != before })
 	if att, ok := a.pods.Attachment(add.ContainerID); ok {
 		t.Errorf("the deleted sandbox is recorded: %+v", att)
 	}

@@ -990,22 +990,34 @@ func TestHandoffWithAnAgentFromBeforeIdentities(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	if _, err := conn.Write([]byte("sockets\n")); err != nil {
-		t.Fatal(err)
-	}
-	buf, oob := make([]byte, 4096), make([]byte, unix.CmsgSpace(4))
-	n, oobn, _, _, err := conn.(*net.UnixConn).ReadMsgUnix(buf, oob)
+	payload, files, err := askSockets(conn.(*net.UnixConn))
 	if err != nil {
 		t.Fatal(err)
 	}
-	files, err := parseRights(oob[:oobn])
 	closeAll(files)
 	var descs []socketDesc
-	if err := json.Unmarshal(buf[:n], &descs); err != nil || len(descs) != 1 || len(files) != 1 {
-		t.Errorf("a successor from before identities got %q with %d sockets (%v); want the bare list of one", buf[:n], len(files), err)
+	if err := json.Unmarshal(payload, &descs); err != nil || len(descs) != 1 || len(files) != 1 {
+		t.Errorf("a successor from before identities got %q with %d sockets (%v); want the bare list of one", payload, len(files), err)
 	}
 	conn.Close()
 	<-offered
+}
+
+// askSockets asks the agent at the other end of c for its sockets as a
+// successor from before identities does ("sockets\n"), and returns the
+// list it answers and the descriptors that came with it.
+func askSockets(c *net.UnixConn) ([]byte, []*os.File, error) {
+	if _, err := c.Write([]byte("sockets\n")); err != nil {
+		return nil, nil, err
+	}
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	buf, oob := make([]byte, 64<<10), make([]byte, unix.CmsgSpace(maxHandoffFDs*4))
+	n, oobn, _, _, err := c.ReadMsgUnix(buf, oob)
+	if err != nil { // nothing came (n is -1)
+		return nil, nil, err
+	}
+	files, err := parseRights(oob[:oobn])
+	return buf[:n], files, err
 }
 
 // TestValidPodUID: a pod UID goes on the hand-over's line as "pod/UID",

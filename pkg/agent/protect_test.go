@@ -93,13 +93,7 @@ func takeHandoff(path string) int {
 		fmt.Println("dial:", err)
 		return 1
 	}
-	uc := c.(*net.UnixConn)
-	uc.Write([]byte("sockets\n"))
-	uc.SetReadDeadline(time.Now().Add(5 * time.Second))
-	buf := make([]byte, 64<<10)
-	oob := make([]byte, unix.CmsgSpace(maxHandoffFDs*4))
-	_, oobn, _, _, err := uc.ReadMsgUnix(buf, oob)
-	files, _ := parseRights(oob[:oobn])
+	_, files, err := askSockets(c.(*net.UnixConn))
 	fmt.Printf("received %d descriptors (%v)\n", len(files), err)
 	return 0
 }
@@ -312,16 +306,10 @@ func TestHandoffEndedByStop(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	if _, err := c.Write([]byte("sockets\n")); err != nil {
-		t.Fatal(err)
-	}
-	oob := make([]byte, unix.CmsgSpace(4))
-	if _, oobn, _, _, err := c.(*net.UnixConn).ReadMsgUnix(make([]byte, 4096), oob); err != nil {
-		t.Fatal(err)
-	} else if files, err := parseRights(oob[:oobn]); err != nil || len(files) != 1 {
+	_, files, err := askSockets(c.(*net.UnixConn))
+	closeAll(files)
+	if err != nil || len(files) != 1 {
 		t.Fatalf("received %d sockets: %v", len(files), err)
-	} else {
-		closeAll(files)
 	}
 
 	cancel()

@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"encoding/json"
 	"log/slog"
 	"maps"
 	"net/netip"
@@ -14,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/client-go/rest"
 
+	"github.com/ztdns/ztdns/internal/testenv"
 	"github.com/ztdns/ztdns/pkg/source/kube"
 )
 
@@ -161,9 +161,6 @@ func readmeMetrics(t *testing.T, registered map[string][]string) map[string][]st
 	return out
 }
 
-// dashboardFile is the chart's Grafana dashboard.
-const dashboardFile = "../../deploy/charts/ztdns/files/dashboard.json"
-
 // TestDashboardShowsEveryMetric: every metric of the README's metrics table
 // is on a panel of the chart's dashboard, which the README says shows "all
 // of the above". (Before, the stale
@@ -171,27 +168,14 @@ const dashboardFile = "../../deploy/charts/ztdns/files/dashboard.json"
 func TestDashboardShowsEveryMetric(t *testing.T) {
 	registered := registeredMetrics(t)
 	listed := readmeMetrics(t, registered)
-	raw, err := os.ReadFile(dashboardFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var dash struct {
-		Panels []struct {
-			Targets []struct {
-				Expr string `json:"expr"`
-			} `json:"targets"`
-		} `json:"panels"`
-	}
-	if err := json.Unmarshal(raw, &dash); err != nil {
-		t.Fatal(err)
-	}
+	dash := testenv.ReadDashboard(t, "../../"+testenv.DashboardFile)
 	// A metric's name in PromQL: no label name starts with ztdns_. A
 	// histogram is on the dashboard through its series.
 	name := regexp.MustCompile(`\bztdns_[a-z0-9_]+`)
 	onDashboard := map[string]bool{}
 	for _, p := range dash.Panels {
-		for _, tg := range p.Targets {
-			for _, n := range name.FindAllString(tg.Expr, -1) {
+		for _, expr := range p.Exprs {
+			for _, n := range name.FindAllString(expr, -1) {
 				onDashboard[n] = true
 				for _, suffix := range []string{"_bucket", "_count", "_sum"} {
 					if base, ok := strings.CutSuffix(n, suffix); ok {

@@ -532,7 +532,7 @@ func TestPodLocalMatchesThePrograms(t *testing.T) {
 	t.Parallel()
 	e := newCaptureEnv(t, envOptions{})
 	pod, cookie := e.markedPod(t, 0)
-	h := startHelper(t, t.Context(), pod, e.cg, "ready", helperEnv+"="+helperSendTo)
+	h := testenv.StartHelper(t, t.Context(), pod, e.cg, "ready", helperEnv+"="+helperSendTo)
 	for _, tt := range []struct {
 		addr  string
 		local bool
@@ -567,7 +567,7 @@ func TestPodLocalMatchesThePrograms(t *testing.T) {
 			e.idleSlots(t, cookie)
 			name := uniqueName("edge")
 			before := e.counters(t)
-			sent := h.do(t, dst.String()+" "+name)
+			sent := h.Do(t, dst.String()+" "+name)
 			after := e.counters(t)
 			skipped := after.SkippedLocal - before.SkippedLocal
 			redirected := after.Redirected - before.Redirected

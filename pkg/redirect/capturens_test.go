@@ -293,10 +293,10 @@ func runConnected(t *testing.T, e *captureEnv, p *testenv.Pod, family string, pe
 
 func runConnectedSend(t *testing.T, e *captureEnv, p *testenv.Pod, family string, peer netip.AddrPort, send, name string) (string, error) {
 	t.Helper()
-	h := startHelper(t, t.Context(), p, e.cg, "connected",
+	h := testenv.StartHelper(t, t.Context(), p, e.cg, "connected",
 		helperEnv+"="+helperConnected, helperFamily+"="+family, helperAddr+"="+peer.String(),
 		helperSend+"="+send, helperName+"="+name)
-	return h.finish()
+	return h.Finish("go")
 }
 
 // learnedAddrs lists the addresses the pod's slots hold (IPv4 unmapped).

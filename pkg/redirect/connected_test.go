@@ -58,13 +58,13 @@ func TestConnectedBeforeCaptureKeepsItsPeer(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			p := e.pod(t)
 			name := uniqueName("connected")
-			h := startHelper(t, t.Context(), p, e.cg, "connected",
+			h := testenv.StartHelper(t, t.Context(), p, e.cg, "connected",
 				helperEnv+"="+helperConnected, helperFamily+"="+tt.family, helperAddr+"="+tt.peer.String(),
 				helperSend+"="+tt.send, helperName+"="+name)
 
 			// Captured only now, the heartbeat fresh.
 			cookie := e.mark(t, p, 0)
-			out, err := h.finish()
+			out, err := h.Finish("go")
 			if err != nil || !slices.Contains(testenv.ParseAddrs(out), direct4) {
 				t.Fatalf("client: %v, printed %q; want %s from the nameserver it is connected to", err, out, direct4)
 			}
@@ -84,10 +84,10 @@ func TestConnectedBeforeCaptureKeepsItsPeer(t *testing.T) {
 	t.Run("AF_INET6 connected to ::ffff:a.b.c.d once captured, write", func(t *testing.T) {
 		p, cookie := e.markedPod(t, 0)
 		name := uniqueName("connected")
-		h := startHelper(t, t.Context(), p, e.cg, "connected",
+		h := testenv.StartHelper(t, t.Context(), p, e.cg, "connected",
 			helperEnv+"="+helperConnected, helperFamily+"=inet6", helperAddr+"="+netip.AddrPortFrom(netip.AddrFrom16(ns4.As16()), 53).String(),
 			helperSend+"=write", helperName+"="+name)
-		out, err := h.finish()
+		out, err := h.Finish("go")
 		if err != nil || !slices.Contains(testenv.ParseAddrs(out), marker4) {
 			t.Fatalf("client: %v, printed %q; want %s from the resolver", err, out, marker4)
 		}
@@ -108,7 +108,7 @@ func TestDNSServerInPodAnswersFromPort53(t *testing.T) {
 	t.Parallel()
 	e := newCaptureEnv(t, envOptions{})
 	p, cookie := e.markedPod(t, 0)
-	startHelper(t, t.Context(), p, e.cg, "ready", helperEnv+"="+helperEcho)
+	testenv.StartHelper(t, t.Context(), p, e.cg, "ready", helperEnv+"="+helperEcho)
 
 	name := uniqueName("server")
 	q := new(dns.Msg)

@@ -4,26 +4,20 @@ package redirect
 
 import (
 	"bufio"
-	"context"
 	"fmt"
-	"io"
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
 	"strings"
-	"testing"
 	"time"
 
 	"github.com/miekg/dns"
 	"golang.org/x/sys/unix"
-
-	"github.com/ztdns/ztdns/internal/testenv"
 )
 
 // Clients and servers that must run inside the test cgroup (only sockets a
 // process of the cgroup opens are subject to the programs) run as this test
-// binary, started by startHelper with helperEnv set; TestMain hands them to
+// binary, started by testenv.StartHelper with helperEnv set; TestMain hands them to
 // runHelper.
 const (
 	helperEnv = "ZTDNS_REDIRECT_HELPER"
@@ -348,93 +342,4 @@ func echoServer53() error {
 			return fmt.Errorf("sendto %v: %w", from, err)
 		}
 	}
-}
-
-// helperProc is a running helper.
-type helperProc struct {
-	cmd   *exec.Cmd
-	stdin io.WriteCloser
-	out   *bufio.Reader
-}
-
-// helperReadyWithin bounds the wait for a helper's first line.
-const helperReadyWithin = 30 * time.Second
-
-// startHelper starts helper mode with env in the pod's network namespace
-// and the test cgroup, waits until it printed ready (its first line, within
-// helperReadyWithin), and ends it at cleanup.
-func startHelper(tb testing.TB, ctx context.Context, p *testenv.Pod, cg *testenv.Cgroup, ready string, env ...string) *helperProc {
-	tb.Helper()
-	ctx, cancel := context.WithCancel(ctx)
-	tb.Cleanup(cancel) // whichever Fatal comes first
-	cmd := p.Command(ctx, cg, os.Args[0])
-	cmd.Env = append(append(os.Environ(), env...), "GOTRACEBACK=none")
-	cmd.Stderr = &strings.Builder{}
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		tb.Fatal(err)
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		tb.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		tb.Fatal(err)
-	}
-	h := &helperProc{cmd: cmd, stdin: stdin, out: bufio.NewReader(stdout)}
-	tb.Cleanup(func() {
-		cancel()
-		stdin.Close()
-		_ = cmd.Wait()
-	})
-	type firstLine struct {
-		line string
-		err  error
-	}
-	read := make(chan firstLine, 1)
-	go func() {
-		line, err := h.out.ReadString('\n')
-		read <- firstLine{line, err}
-	}()
-	select {
-	case r := <-read:
-		if strings.TrimSpace(r.line) != ready {
-			cancel()
-			_ = cmd.Wait()
-			tb.Fatalf("helper %v printed %q, %v, want %q; stderr: %s", env, r.line, r.err, ready, cmd.Stderr)
-		}
-	case <-time.After(helperReadyWithin):
-		cancel() // the read ends with the helper's stdout
-		_ = cmd.Wait()
-		<-read
-		tb.Fatalf("helper %v printed no line within %v, want %q; stderr: %s", env, helperReadyWithin, ready, cmd.Stderr)
-	}
-	return h
-}
-
-// do sends the helper one command line and returns the line it answers.
-func (h *helperProc) do(tb testing.TB, cmd string) string {
-	tb.Helper()
-	if _, err := io.WriteString(h.stdin, cmd+"\n"); err != nil {
-		tb.Fatalf("helper: %s: %v; stderr: %s", cmd, err, h.cmd.Stderr)
-	}
-	line, err := h.out.ReadString('\n')
-	if err != nil {
-		tb.Fatalf("helper: %s: %v; stderr: %s", cmd, err, h.cmd.Stderr)
-	}
-	return strings.TrimSpace(line)
-}
-
-// finish lets the helper go on, then returns what else it printed and how
-// it ended.
-func (h *helperProc) finish() (string, error) {
-	if _, err := io.WriteString(h.stdin, "go\n"); err != nil {
-		return "", err
-	}
-	rest, _ := io.ReadAll(h.out)
-	err := h.cmd.Wait()
-	if err != nil {
-		err = fmt.Errorf("%w: %s", err, h.cmd.Stderr)
-	}
-	return string(rest), err
 }

@@ -111,7 +111,7 @@ func TestConfirmedSlotsKeepSlotIdle(t *testing.T) {
 	others := []netip.AddrPort{ns53("203.0.113.56"), ns53("203.0.113.57")}
 
 	// A kept socket, confirmed by the reply it reads with recvfrom.
-	h := startHelper(t, t.Context(), p, e.cg, "connected",
+	h := testenv.StartHelper(t, t.Context(), p, e.cg, "connected",
 		helperEnv+"="+helperKeeper, helperFamily+"=inet", helperAddr+"="+kept.String())
 	slotKept := e.slotHolding(cookie, kept)
 	if slotKept < 0 || !e.learned(t, cookie)[slotKept].Unconfirmed {
@@ -119,8 +119,8 @@ func TestConfirmedSlotsKeepSlotIdle(t *testing.T) {
 	}
 	e.queryKeeper(t, h, cookie, kept)
 	// A send naming its nameserver, as musl sends.
-	s := startHelper(t, t.Context(), p, e.cg, "ready", helperEnv+"="+helperSendTo)
-	if out := s.do(t, sent.Addr().String()+" "+uniqueName("sent")); out != "sent" {
+	s := testenv.StartHelper(t, t.Context(), p, e.cg, "ready", helperEnv+"="+helperSendTo)
+	if out := s.Do(t, sent.Addr().String()+" "+uniqueName("sent")); out != "sent" {
 		t.Fatalf("sendto %s: %s", sent, out)
 	}
 	// A TCP connection.
@@ -141,7 +141,7 @@ func TestConfirmedSlotsKeepSlotIdle(t *testing.T) {
 		e.setLastUsed(t, cookie, slot, SlotUnconfirmedIdle+3*time.Second)
 	}
 	skipped := e.counters(t).SkippedSlotsFull
-	if out := h.do(t, "connect "+others[0].String()); out != "ok" {
+	if out := h.Do(t, "connect "+others[0].String()); out != "ok" {
 		t.Fatalf("connect %s: %s", others[0], out)
 	}
 	for slot, ns := range e.learned(t, cookie) {
@@ -156,7 +156,7 @@ func TestConfirmedSlotsKeepSlotIdle(t *testing.T) {
 	// Idle for SlotIdle, a confirmed slot is given away.
 	slotSent := e.slotHolding(cookie, sent)
 	e.setLastUsed(t, cookie, slotSent, SlotIdle+5*time.Second)
-	if out := h.do(t, "connect "+others[0].String()); out != "ok" {
+	if out := h.Do(t, "connect "+others[0].String()); out != "ok" {
 		t.Fatalf("connect %s: %s", others[0], out)
 	}
 	if got := e.learned(t, cookie)[slotSent]; !sameAddrPort(got.Addr, others[0]) || !got.Unconfirmed {
@@ -166,7 +166,7 @@ func TestConfirmedSlotsKeepSlotIdle(t *testing.T) {
 	// An idle unconfirmed slot goes before a confirmed one idle longer.
 	e.setLastUsed(t, cookie, slotKept, SlotIdle+10*time.Second)
 	e.setLastUsed(t, cookie, slotSent, SlotUnconfirmedIdle+time.Second)
-	if out := h.do(t, "connect "+others[1].String()); out != "ok" {
+	if out := h.Do(t, "connect "+others[1].String()); out != "ok" {
 		t.Fatalf("connect %s: %s", others[1], out)
 	}
 	if got := e.learned(t, cookie); !sameAddrPort(got[slotSent].Addr, others[1]) || !sameAddrPort(got[slotKept].Addr, kept) {
@@ -189,12 +189,12 @@ func TestUnconfirmedSlotKeepsItsQueryInFlight(t *testing.T) {
 
 	// A connected, its query not written yet; two probes fill the slots.
 	name := uniqueName("inflight")
-	c := startHelper(t, t.Context(), p, e.cg, "connected",
+	c := testenv.StartHelper(t, t.Context(), p, e.cg, "connected",
 		helperEnv+"="+helperConnected, helperFamily+"=inet", helperAddr+"="+a.String(),
 		helperSend+"=write", helperName+"="+name)
-	h := startHelper(t, t.Context(), p, e.cg, "connected",
+	h := testenv.StartHelper(t, t.Context(), p, e.cg, "connected",
 		helperEnv+"="+helperKeeper, helperFamily+"=inet", helperAddr+"="+others[0].String())
-	if out := h.do(t, "connect "+others[1].String()); out != "ok" {
+	if out := h.Do(t, "connect "+others[1].String()); out != "ok" {
 		t.Fatalf("connect %s: %s", others[1], out)
 	}
 	slotA := e.slotHolding(cookie, a)
@@ -207,7 +207,7 @@ func TestUnconfirmedSlotKeepsItsQueryInFlight(t *testing.T) {
 		e.setLastUsed(t, cookie, slot, -time.Minute)
 	}
 	skipped := e.counters(t).SkippedSlotsFull
-	if out := h.do(t, "connect "+others[2].String()); out != "ok" {
+	if out := h.Do(t, "connect "+others[2].String()); out != "ok" {
 		t.Fatalf("connect %s: %s", others[2], out)
 	}
 	if got := e.counters(t).SkippedSlotsFull; got != skipped+1 {
@@ -215,7 +215,7 @@ func TestUnconfirmedSlotKeepsItsQueryInFlight(t *testing.T) {
 	}
 
 	// The query arrives on A's slot, which still holds A.
-	out, err := c.finish()
+	out, err := c.Finish("go")
 	if got := testenv.ParseAddrs(out); err != nil || !slices.Equal(got, []netip.Addr{marker4}) {
 		t.Fatalf("query on the connected socket: %v, %q; want %s", err, out, marker4)
 	}
@@ -235,7 +235,7 @@ func TestUnconfirmedSlotKeepsItsQueryInFlight(t *testing.T) {
 		}
 		e.setLastUsed(t, cookie, slot, back)
 	}
-	if out := h.do(t, "connect "+others[2].String()); out != "ok" {
+	if out := h.Do(t, "connect "+others[2].String()); out != "ok" {
 		t.Fatalf("connect %s: %s", others[2], out)
 	}
 	if got := e.learned(t, cookie); !sameAddrPort(got[slotA].Addr, others[2]) {

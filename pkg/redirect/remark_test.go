@@ -7,6 +7,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/ztdns/ztdns/internal/testenv"
 )
 
 // TestRemarkKeepsEveryCount: re-marking a pod with what it is marked with
@@ -22,7 +24,7 @@ func TestRemarkKeepsEveryCount(t *testing.T) {
 	e := newCaptureEnv(t, envOptions{})
 	pod, cookie := e.markedPod(t, 0, nowhere4)
 	info := e.reported(t, cookie).PodInfo
-	h := startHelper(t, t.Context(), pod, e.cg, "ready", helperEnv+"="+helperSendTo)
+	h := testenv.StartHelper(t, t.Context(), pod, e.cg, "ready", helperEnv+"="+helperSendTo)
 
 	done := make(chan struct{})
 	var (
@@ -30,6 +32,11 @@ func TestRemarkKeepsEveryCount(t *testing.T) {
 		remarks int
 		markErr error
 	)
+	stop := sync.OnceFunc(func() {
+		close(done)
+		wg.Wait()
+	})
+	defer stop() // when the helper fails the test
 	wg.Go(func() {
 		for {
 			select {
@@ -46,21 +53,14 @@ func TestRemarkKeepsEveryCount(t *testing.T) {
 	// All the lines at once, so queries follow each other as fast as the
 	// helper sends them.
 	lines := strings.Repeat(nowhere4+" "+uniqueName("remark")+"\n", queries)
-	wg.Go(func() { _, _ = io.WriteString(h.stdin, lines) })
+	wg.Go(func() { _, _ = io.WriteString(h.Stdin(), lines) })
 	var failed []string
 	for range queries {
-		line, err := h.out.ReadString('\n')
-		if err != nil {
-			close(done)
-			wg.Wait()
-			t.Fatalf("helper: %v; stderr: %s", err, h.cmd.Stderr)
-		}
-		if line = strings.TrimSpace(line); line != "sent" {
+		if line := h.Line(t); line != "sent" {
 			failed = append(failed, line)
 		}
 	}
-	close(done)
-	wg.Wait()
+	stop()
 	if markErr != nil {
 		t.Fatalf("Mark: %v", markErr)
 	}

@@ -51,7 +51,7 @@ func TestReplyKeepsSlotBusy(t *testing.T) {
 			t.Run(fam.name+", "+read, func(t *testing.T) {
 				p, cookie := e.markedPod(t, 0)
 				a := fam.dests[0]
-				h := startHelper(t, t.Context(), p, e.cg, "connected",
+				h := testenv.StartHelper(t, t.Context(), p, e.cg, "connected",
 					helperEnv+"="+helperKeeper, helperFamily+"="+fam.family, helperAddr+"="+a.String())
 				slotA := e.slotHolding(cookie, a)
 				if slotA < 0 {
@@ -59,7 +59,7 @@ func TestReplyKeepsSlotBusy(t *testing.T) {
 				}
 				// Two more nameservers of the pod fill the other slots.
 				for _, d := range fam.dests[1:3] {
-					if out := h.do(t, "connect "+d.String()); out != "ok" {
+					if out := h.Do(t, "connect "+d.String()); out != "ok" {
 						t.Fatalf("connect %s: %s", d, out)
 					}
 				}
@@ -78,7 +78,7 @@ func TestReplyKeepsSlotBusy(t *testing.T) {
 				case "recvfrom":
 					e.queryKeeper(t, h, cookie, a)
 				case "getpeername":
-					if out := h.do(t, "peer"); out != a.String() {
+					if out := h.Do(t, "peer"); out != a.String() {
 						t.Fatalf("getpeername: %s, want %s", out, a)
 					}
 				}
@@ -89,7 +89,7 @@ func TestReplyKeepsSlotBusy(t *testing.T) {
 				// Three new destinations: two take the idle slots, the
 				// third finds every slot busy; none takes A's.
 				for _, d := range fam.dests[3:] {
-					if out := h.do(t, "connect "+d.String()); out != "ok" {
+					if out := h.Do(t, "connect "+d.String()); out != "ok" {
 						t.Fatalf("connect %s: %s", d, out)
 					}
 				}
@@ -115,10 +115,10 @@ func TestReplyKeepsSlotBusy(t *testing.T) {
 		p, cookie := e.markedPod(t, 0)
 		dests := families[0].dests
 		a := dests[0]
-		h := startHelper(t, t.Context(), p, e.cg, "connected",
+		h := testenv.StartHelper(t, t.Context(), p, e.cg, "connected",
 			helperEnv+"="+helperKeeper, helperFamily+"=inet", helperAddr+"="+a.String())
 		for _, d := range dests[1:3] {
-			if out := h.do(t, "connect "+d.String()); out != "ok" {
+			if out := h.Do(t, "connect "+d.String()); out != "ok" {
 				t.Fatalf("connect %s: %s", d, out)
 			}
 		}
@@ -127,7 +127,7 @@ func TestReplyKeepsSlotBusy(t *testing.T) {
 			t.Fatalf("no slot learned %s at connect; slots: %v", a, e.learned(t, cookie))
 		}
 		e.setLastUsed(t, cookie, slotA, SlotIdle+5*time.Second)
-		if out := h.do(t, "connect "+dests[3].String()); out != "ok" {
+		if out := h.Do(t, "connect "+dests[3].String()); out != "ok" {
 			t.Fatalf("connect %s: %s", dests[3], out)
 		}
 		if got := e.learned(t, cookie); !sameAddrPort(got[slotA].Addr, dests[3]) {
@@ -138,7 +138,7 @@ func TestReplyKeepsSlotBusy(t *testing.T) {
 		// The socket still sends through slotA; its reply is restored to
 		// A, what it addressed.
 		name := uniqueName("kept")
-		if out := h.do(t, "query "+name); !strings.HasPrefix(out, a.String()+" ") {
+		if out := h.Do(t, "query "+name); !strings.HasPrefix(out, a.String()+" ") {
 			t.Fatalf("query on the kept socket: %q, want a reply from %s", out, a)
 		}
 		if idle := e.learned(t, cookie)[slotA].Idle; idle < SlotIdle {
@@ -158,7 +158,7 @@ func TestReleasedPodKeepsItsSlots(t *testing.T) {
 	e := newCaptureEnv(t, envOptions{})
 	p, cookie := e.markedPod(t, 0)
 	a := netip.AddrPortFrom(netip.MustParseAddr(nowhere4), 53)
-	h := startHelper(t, t.Context(), p, e.cg, "connected",
+	h := testenv.StartHelper(t, t.Context(), p, e.cg, "connected",
 		helperEnv+"="+helperKeeper, helperFamily+"=inet", helperAddr+"="+a.String())
 	slotA := e.slotHolding(cookie, a)
 	if slotA < 0 {
@@ -216,10 +216,10 @@ func (e *captureEnv) slotNow(tb testing.TB, cookie uint64, slot int) (ztdnsNames
 // queryKeeper has the keeper helper send a query on its kept socket and
 // checks that the reply was restored to a and answered by the resolver,
 // which saw it on the slot that holds a: a miss is forwarded to a.
-func (e *captureEnv) queryKeeper(tb testing.TB, h *helperProc, cookie uint64, a netip.AddrPort) {
+func (e *captureEnv) queryKeeper(tb testing.TB, h *testenv.Helper, cookie uint64, a netip.AddrPort) {
 	tb.Helper()
 	name := uniqueName("kept")
-	out := h.do(tb, "query "+name)
+	out := h.Do(tb, "query "+name)
 	fields := strings.Fields(out)
 	if len(fields) == 0 || fields[0] != a.String() || !slices.Contains(testenv.ParseAddrs(strings.Join(fields[1:], "\n")), marker4) {
 		tb.Fatalf("query %s on the kept socket: %q, want a reply from %s with %s", name, out, a, marker4)

@@ -16,13 +16,15 @@ import (
 	"github.com/prometheus/prometheus/model/labels"
 	"github.com/prometheus/prometheus/promql/parser"
 	"sigs.k8s.io/yaml"
+
+	"github.com/ztdns/ztdns/internal/testenv"
 )
 
 // The dashboard and the alerts, in the chart so that its templates can
 // read them (test/e2e checks that their expressions parse and name only
 // metrics a running agent exports).
 const (
-	dashboardFile = chartDir + "/files/dashboard.json"
+	dashboardFile = testenv.DashboardFile
 	rulesFile     = chartDir + "/files/prometheus-rules.yaml"
 )
 
@@ -85,41 +87,18 @@ func TestChartDashboardAndRules(t *testing.T) {
 	}
 }
 
-// dashboardPanel is one panel of the chart's dashboard with its queries,
-// Grafana's variables replaced as with the node "All".
-type dashboardPanel struct {
-	title string
-	exprs []string
-}
-
-// dashboardPanels reads the chart's dashboard.
-func dashboardPanels(t *testing.T) []dashboardPanel {
+// dashboardPanels reads the chart's dashboard, Grafana's variables
+// replaced as with the node "All".
+func dashboardPanels(t *testing.T) []testenv.DashboardPanel {
 	t.Helper()
-	raw, err := os.ReadFile(filepath.Join(repoRoot(t), dashboardFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var dash struct {
-		Panels []struct {
-			Title   string `json:"title"`
-			Targets []struct {
-				Expr string `json:"expr"`
-			} `json:"targets"`
-		} `json:"panels"`
-	}
-	if err := json.Unmarshal(raw, &dash); err != nil {
-		t.Fatal(err)
-	}
+	panels := testenv.ReadDashboard(t, filepath.Join(repoRoot(t), dashboardFile)).Panels
 	vars := strings.NewReplacer("$__rate_interval", "5m", "$node", ".*")
-	var out []dashboardPanel
-	for _, p := range dash.Panels {
-		dp := dashboardPanel{title: p.Title}
-		for _, tg := range p.Targets {
-			dp.exprs = append(dp.exprs, vars.Replace(tg.Expr))
+	for _, p := range panels {
+		for i, expr := range p.Exprs {
+			p.Exprs[i] = vars.Replace(expr)
 		}
-		out = append(out, dp)
 	}
-	return out
+	return panels
 }
 
 // TestChartProcessMetricsAreZtdns: every selector of a process_ or go_
@@ -148,14 +127,14 @@ func TestChartProcessMetricsAreZtdns(t *testing.T) {
 	}
 	panels := 0
 	for _, p := range dashboardPanels(t) {
-		for _, expr := range p.exprs {
+		for _, expr := range p.Exprs {
 			e, err := parser.NewParser(parser.Options{}).ParseExpr(expr)
 			if err != nil {
-				t.Fatalf("panel %q: %v", p.title, err)
+				t.Fatalf("panel %q: %v", p.Title, err)
 			}
-			check("panel "+p.title, e)
+			check("panel "+p.Title, e)
 		}
-		if p.title == "Memory" || p.title == "CPU" {
+		if p.Title == "Memory" || p.Title == "CPU" {
 			panels++
 		}
 	}
@@ -180,18 +159,18 @@ func TestChartDashboardRatiosAreTheAlerts(t *testing.T) {
 	}
 	found := 0
 	for _, p := range dashboardPanels(t) {
-		name, ok := byPanel[p.title]
+		name, ok := byPanel[p.Title]
 		if !ok {
 			continue
 		}
 		found++
-		if len(p.exprs) != 1 {
-			t.Errorf("panel %q has %d queries, want 1", p.title, len(p.exprs))
+		if len(p.Exprs) != 1 {
+			t.Errorf("panel %q has %d queries, want 1", p.Title, len(p.Exprs))
 			continue
 		}
-		panel, err := parser.NewParser(parser.Options{}).ParseExpr(p.exprs[0])
+		panel, err := parser.NewParser(parser.Options{}).ParseExpr(p.Exprs[0])
 		if err != nil {
-			t.Fatalf("panel %q: %v", p.title, err)
+			t.Fatalf("panel %q: %v", p.Title, err)
 		}
 		// The panel's node variable (here "All") and rate interval are the
 		// dashboard's; the rest must be the alert's ratio.
@@ -211,7 +190,7 @@ func TestChartDashboardRatiosAreTheAlerts(t *testing.T) {
 			t.Fatalf("alert %s: no ratio compared with a threshold in %v", name, alerts[name])
 		}
 		if panel.String() != ratio.String() {
-			t.Errorf("panel %q plots\n %s\nbut %s compares\n %s", p.title, panel, name, ratio)
+			t.Errorf("panel %q plots\n %s\nbut %s compares\n %s", p.Title, panel, name, ratio)
 		}
 	}
 	if found != len(byPanel) {

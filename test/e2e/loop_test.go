@@ -101,7 +101,14 @@ func queryOnce(server, name string, timeout time.Duration) string {
 		return "timeout"
 	case err != nil:
 		return "error:" + strings.ReplaceAll(err.Error(), " ", "_")
-	case r.Rcode != dns.RcodeSuccess:
+	}
+	return outcome(r)
+}
+
+// outcome is the first address of an A answer, or what the reply is
+// instead.
+func outcome(r *dns.Msg) string {
+	if r.Rcode != dns.RcodeSuccess {
 		return "rcode:" + dns.RcodeToString[r.Rcode]
 	}
 	for _, rr := range r.Answer {

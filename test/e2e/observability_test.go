@@ -3,7 +3,6 @@
 package e2e
 
 import (
-	"encoding/json"
 	"fmt"
 	"net/netip"
 	"os"
@@ -26,7 +25,7 @@ import (
 
 // The chart's dashboard and alerts.
 const (
-	dashboardFile = "../../deploy/charts/ztdns/files/dashboard.json"
+	dashboardFile = "../../" + testenv.DashboardFile
 	rulesFile     = "../../deploy/charts/ztdns/files/prometheus-rules.yaml"
 )
 
@@ -170,40 +169,20 @@ func monitoringMetrics(t *testing.T) map[string][]string {
 		})
 	}
 
-	b, err := os.ReadFile(dashboardFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var dash struct {
-		Panels []struct {
-			Title   string `json:"title"`
-			Targets []struct {
-				Expr string `json:"expr"`
-			} `json:"targets"`
-		} `json:"panels"`
-		Templating struct {
-			List []struct {
-				Name       string `json:"name"`
-				Definition string `json:"definition"`
-			} `json:"list"`
-		} `json:"templating"`
-	}
-	if err := json.Unmarshal(b, &dash); err != nil {
-		t.Fatalf("%s: %v", dashboardFile, err)
-	}
+	dash := testenv.ReadDashboard(t, dashboardFile)
 	grafanaVars := strings.NewReplacer("$__rate_interval", "5m", "$node", ".*", "${datasource}", "prometheus")
 	targets := 0
 	for _, panel := range dash.Panels {
-		for _, target := range panel.Targets {
+		for _, expr := range panel.Exprs {
 			targets++
-			use("dashboard panel "+panel.Title, grafanaVars.Replace(target.Expr))
+			use("dashboard panel "+panel.Title, grafanaVars.Replace(expr))
 		}
 	}
 	if targets < 20 {
 		t.Errorf("%s has %d queries", dashboardFile, targets)
 	}
 	labelValues := regexp.MustCompile(`^label_values\((\w+), *\w+\)$`)
-	for _, v := range dash.Templating.List {
+	for _, v := range dash.Variables {
 		if v.Definition == "" {
 			continue
 		}
@@ -215,7 +194,7 @@ func monitoringMetrics(t *testing.T) map[string][]string {
 		use("dashboard variable "+v.Name, m[1])
 	}
 
-	b, err = os.ReadFile(rulesFile)
+	b, err := os.ReadFile(rulesFile)
 	if err != nil {
 		t.Fatal(err)
 	}

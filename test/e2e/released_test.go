@@ -7,7 +7,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -114,85 +113,39 @@ func keptSocket() int {
 			fmt.Println("- error:" + strings.ReplaceAll(err.Error(), " ", "_"))
 			continue
 		}
-		fmt.Println(netip.AddrPortFrom(from.Addr().Unmap(), from.Port()).String() + " " + firstA(buf[:n]))
+		answer := "unparsable"
+		if r := new(dns.Msg); r.Unpack(buf[:n]) == nil {
+			answer = outcome(r)
+		}
+		fmt.Println(netip.AddrPortFrom(from.Addr().Unmap(), from.Port()).String() + " " + answer)
 	}
 	return 0
 }
 
-// firstA is the first address of an A answer, or what the reply is
-// instead.
-func firstA(wire []byte) string {
-	r := new(dns.Msg)
-	if err := r.Unpack(wire); err != nil {
-		return "unparsable"
-	}
-	if r.Rcode != dns.RcodeSuccess {
-		return "rcode:" + dns.RcodeToString[r.Rcode]
-	}
-	for _, rr := range r.Answer {
-		if a, ok := rr.(*dns.A); ok {
-			return a.A.String()
+// startKept starts a keptSocket client in the pod and the test cgroup,
+// waits until its socket is connected, and checks at cleanup that it
+// exits cleanly at the end of its input.
+func (c *cluster) startKept(t *testing.T, p *testenv.Pod) *kept {
+	t.Helper()
+	// Not t.Context(): it ends before the cleanup that lets the client exit.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	t.Cleanup(cancel)
+	h := testenv.StartHelper(t, ctx, p, c.cg, "ready", helperEnv+"=kept")
+	t.Cleanup(func() {
+		if _, err := h.Finish(""); err != nil {
+			t.Errorf("kept client: %v", err)
 		}
-	}
-	return "empty"
+	})
+	return &kept{h}
 }
 
 // kept is a keptSocket client running in a pod.
-type kept struct {
-	stdin  io.WriteCloser
-	stdout *bufio.Reader
-}
-
-// startKept starts a keptSocket client in the pod and the test cgroup, and
-// waits until its socket is connected.
-func (c *cluster) startKept(t *testing.T, p *testenv.Pod) *kept {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	cmd := p.Command(ctx, c.cg, os.Args[0])
-	cmd.Env = append(os.Environ(), helperEnv+"=kept")
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start kept: %v", err)
-	}
-	t.Cleanup(func() {
-		stdin.Close() // it exits at the end of its input
-		if err := cmd.Wait(); err != nil {
-			t.Errorf("kept client: %v\n%s", err, stderr.String())
-		}
-		cancel()
-	})
-	k := &kept{stdin: stdin, stdout: bufio.NewReader(stdout)}
-	if line := k.line(t); line != "ready" {
-		t.Fatalf("kept client printed %q, want ready\n%s", line, stderr.String())
-	}
-	return k
-}
+type kept struct{ *testenv.Helper }
 
 // ask has the client query name on its kept socket and returns the
 // reply's source and its first address (or outcome).
 func (k *kept) ask(t *testing.T, name string) (from, answer string) {
 	t.Helper()
-	if _, err := fmt.Fprintln(k.stdin, name); err != nil {
-		t.Fatalf("kept client: %v", err)
-	}
-	from, answer, _ = strings.Cut(k.line(t), " ")
+	from, answer, _ = strings.Cut(k.Do(t, name), " ")
 	return from, answer
-}
-
-func (k *kept) line(t *testing.T) string {
-	t.Helper()
-	line, err := k.stdout.ReadString('\n')
-	if err != nil {
-		t.Fatalf("kept client: %v (printed %q)", err, line)
-	}
-	return strings.TrimSpace(line)
 }

@@ -54,6 +54,16 @@ func resendTotal(t *testing.T, f *Forwarder) float64 {
 	return n
 }
 
+// wantResends waits until f counted a resend, then checks its resend
+// counter is want.
+func wantResends(t *testing.T, f *Forwarder, want map[[2]string]float64) {
+	t.Helper()
+	testenv.Eventually(t, guard, "the resend is counted", func() bool { return resendTotal(t, f) >= 1 })
+	if got := resendCounts(t, f); !maps.Equal(got, want) {
+		t.Errorf("resends %v, want %v", got, want)
+	}
+}
+
 // TestClientRetryAnsweredWhenTheFirstQueryIsLost: a client tuned against
 // lost datagrams (glibc's "options timeout:1 attempts:2", dig +time=1
 // +tries=2) asks again after a second. Its retry joins the exchange of its
@@ -83,11 +93,7 @@ func TestClientRetryAnsweredWhenTheFirstQueryIsLost(t *testing.T) {
 	if n := up.queries.Load(); n != 2 {
 		t.Errorf("the upstream got %d queries, want 2: the lost one, and the one sent again", n)
 	}
-	testenv.Eventually(t, guard, "the resend is counted", func() bool { return resendTotal(t, f) >= 1 })
-	want := map[[2]string]float64{{up.addr.String(), resendJoined}: 1}
-	if got := resendCounts(t, f); !maps.Equal(got, want) {
-		t.Errorf("resends %v, want %v", got, want)
-	}
+	wantResends(t, f, map[[2]string]float64{{up.addr.String(), resendJoined}: 1})
 }
 
 // TestExchangeResendsOnceOnItsOwn: a query alone, whose datagram the
@@ -108,11 +114,7 @@ func TestExchangeResendsOnceOnItsOwn(t *testing.T) {
 		if n := up.queries.Load(); n != 2 {
 			t.Errorf("the upstream got %d queries, want 2", n)
 		}
-		testenv.Eventually(t, guard, "the resend is counted", func() bool { return resendTotal(t, f) >= 1 })
-		want := map[[2]string]float64{{up.addr.String(), resendTimer}: 1}
-		if got := resendCounts(t, f); !maps.Equal(got, want) {
-			t.Errorf("resends %v, want %v", got, want)
-		}
+		wantResends(t, f, map[[2]string]float64{{up.addr.String(), resendTimer}: 1})
 	})
 	t.Run("silent", func(t *testing.T) {
 		t.Parallel()
@@ -169,11 +171,7 @@ func TestJoinersResendAtMostOncePerInterval(t *testing.T) {
 						t.Errorf("%s: upstream %s got %d queries, want %d", step, u.addr, n, sent)
 					}
 				}
-				var got float64
-				for _, v := range resendCounts(t, f) {
-					got += v
-				}
-				if got != 2*resent {
+				if got := resendTotal(t, f); got != 2*resent {
 					t.Errorf("%s: resends counted %v, want %v (%v)", step, got, 2*resent, resendCounts(t, f))
 				}
 			}
