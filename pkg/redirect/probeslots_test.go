@@ -259,17 +259,17 @@ func TestForwardConfirmsKeptSlot(t *testing.T) {
 	p, cookie := e.markedPod(t, 0)
 	a := ns53(nowhere4)
 	others := []netip.AddrPort{ns53("203.0.113.54"), ns53("203.0.113.55"), ns53("203.0.113.56")}
-	k := startHelper(t, t.Context(), p, e.cg, "connected",
+	k := testenv.StartHelper(t, t.Context(), p, e.cg, "connected",
 		helperEnv+"="+helperKeeper, helperFamily+"=inet", helperAddr+"="+a.String())
-	h := startHelper(t, t.Context(), p, e.cg, "connected",
+	h := testenv.StartHelper(t, t.Context(), p, e.cg, "connected",
 		helperEnv+"="+helperKeeper, helperFamily+"=inet", helperAddr+"="+others[0].String())
-	if out := h.do(t, "connect "+others[1].String()); out != "ok" {
+	if out := h.Do(t, "connect "+others[1].String()); out != "ok" {
 		t.Fatalf("connect %s: %s", others[1], out)
 	}
 
 	// The kept socket's first query, its reply not read yet.
 	name := uniqueName("first")
-	if out := k.do(t, "send "+name); out != "sent" {
+	if out := k.Do(t, "send "+name); out != "sent" {
 		t.Fatalf("send on the kept socket: %s", out)
 	}
 	testenv.Eventually(t, 10*time.Second, "the resolver sees the kept socket's query", func() bool {
@@ -303,14 +303,14 @@ func TestForwardConfirmsKeptSlot(t *testing.T) {
 		}
 		e.setLastUsed(t, cookie, slot, back)
 	}
-	if out := h.do(t, "connect "+others[2].String()); out != "ok" {
+	if out := h.Do(t, "connect "+others[2].String()); out != "ok" {
 		t.Fatalf("connect %s: %s", others[2], out)
 	}
 	if got := e.learned(t, cookie); !sameAddrPort(got[slotA].Addr, a) {
 		t.Errorf("slots %v, want %s kept in slot %d", got, a, slotA)
 	}
 	name2 := uniqueName("kept")
-	if out := k.do(t, "send "+name2); out != "sent" {
+	if out := k.Do(t, "send "+name2); out != "sent" {
 		t.Fatalf("send on the kept socket: %s", out)
 	}
 	testenv.Eventually(t, 10*time.Second, "the resolver sees the kept socket's next query", func() bool {
