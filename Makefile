@@ -1,6 +1,7 @@
 # ztdns: the five targets the README promises.
 #   make build     the ztdns binary into bin/
 #   make generate  rebuild the BPF objects and their Go bindings (needs clang)
+#   make helpers   build the test helpers into their cache (before the first make test)
 #   make test      every test (as root: the data-path tests load BPF programs)
 #   make demo      the DNS Proxying walkthrough, live (as root)
 #   make bench     ztdns vs. its peers, side by side, as ratios
@@ -50,13 +51,21 @@ BENCH_TIMEOUT ?= 4h
 # make bench-wire: runs of each wire-format benchmark.
 WIRE_COUNT    ?= 10
 
-.PHONY: build generate test demo demo-standalone bench bench-wire fuzz image clean
+.PHONY: build generate helpers test demo demo-standalone bench bench-wire fuzz image clean
 
 build:
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/ztdns
 
 generate:
 	$(GO) generate ./pkg/redirect/
+
+# The heavy test helpers (kube-apiserver and etcd, the reference CNI plugins,
+# helm, CoreDNS, istiod), each built by its scripts/build-*.sh into a cache
+# outside the repository (ZTDNS_CACHE, default ~/.cache/ztdns): about 25
+# minutes on 2 cores with the cache empty, a no-op once it is warm (each
+# script prints its cache directory).
+helpers:
+	@set -e; for script in $(sort $(wildcard scripts/build-*.sh)); do echo "$$script" >&2; "./$$script"; done
 
 # The tests, then each wire-format benchmark once: every implementation
 # still does the job it is timed on (each checks its result first).

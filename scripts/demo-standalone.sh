@@ -12,6 +12,10 @@ source scripts/lib/unbound.sh
 PORT=${PORT:-5353}
 UPSTREAM_PORT=${UPSTREAM_PORT:-5399}
 
+for cmd in dig unbound; do
+  command -v "$cmd" >/dev/null || { echo "missing $cmd: see the README's set-up" >&2; exit 1; }
+done
+
 work=$(mktemp -d)
 pids=()
 cleanup() {

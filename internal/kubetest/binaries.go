@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ztdns/ztdns/internal/testenv"
 )
 
 // buildScript is the script, relative to the repo root, that builds and
@@ -30,21 +32,19 @@ type binaries struct {
 	etcd      string
 }
 
-// requireBuilt ends the test when a cached helper could not be had: a
-// failure, except outside CI when it was only not built (a skip).
+// requireBuilt ends the test when a cached helper could not be had (not
+// built in time, or its build failed: no network, say): a failure under
+// CI=true, a skip with the reason outside CI, as testenv.Unavailable does
+// for every missing tool.
 func requireBuilt(tb testing.TB, err error) {
 	tb.Helper()
-	if errors.Is(err, errNotBuilt) && os.Getenv("CI") != "true" {
-		tb.Skipf("kubetest: %v", err)
-	}
 	if err != nil {
-		tb.Fatalf("kubetest: %v", err)
+		testenv.Unavailable(tb, "kubetest: %v", err)
 	}
 }
 
 // requireBinaries returns the binaries from findBinaries, and ends the test
-// when there are none: a failure under CI=true, a skip outside CI when they
-// were only not built.
+// when there are none: a failure under CI=true, a skip outside CI.
 func requireBinaries(tb testing.TB) binaries {
 	tb.Helper()
 	bins, err := findBinaries(tb)

@@ -104,8 +104,9 @@ func WithServiceCIDRs(v4, v6 string) Option {
 // and removes their data when the test ends.
 //
 // Missing binaries are built first (about 12 minutes) when the test's
-// deadline leaves time for it; otherwise the test fails under CI=true and is
-// skipped outside CI, with the command to run.
+// deadline leaves time for it; when they cannot be had (no time, or the
+// build fails) the test fails under CI=true and is skipped outside CI, with
+// the reason.
 func Start(tb testing.TB, opts ...Option) *Env {
 	tb.Helper()
 	o := options{serviceCIDRs: ServiceCIDRv4 + "," + ServiceCIDRv6}

@@ -1,11 +1,11 @@
 //go:build linux
 
-// Package testenv builds the test topology of TESTING.md on the running
-// kernel: a "node" network namespace, pod network namespaces wired to it
-// with veth pairs and their own resolv.conf, a child cgroup v2 for the
-// processes under test, a private bpffs mount, dnstest servers listening
-// inside a namespace, `ztdns agent` processes, and real client commands run
-// inside a pod and the cgroup. Everything is removed with tb.Cleanup, also
+// Package testenv builds the test topology of README.md ("The two
+// commands") on the running kernel: a "node" network namespace, pod
+// network namespaces wired to it with veth pairs and their own
+// resolv.conf, a child cgroup v2 for the processes under test, a private
+// bpffs mount, dnstest servers listening inside a namespace, `ztdns agent`
+// processes, and real client commands run inside a pod and the cgroup. Everything is removed with tb.Cleanup, also
 // when the test fails, and every name is unique so tests can run in
 // parallel.
 package testenv

@@ -41,9 +41,9 @@ func testLogger(tb testing.TB) *slog.Logger {
 	return slog.New(slog.NewTextHandler(tb.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
 
-// captureEnv is the topology of TESTING.md with the programs attached to a
-// test cgroup and a test DNS server standing in for the resolver on every
-// slot address in the node namespace.
+// captureEnv is the test topology (README.md, "The two commands") with the
+// programs attached to a test cgroup and a test DNS server standing in for
+// the resolver on every slot address in the node namespace.
 type captureEnv struct {
 	node *testenv.Node
 	cg   *testenv.Cgroup

@@ -4,8 +4,8 @@
 // does: libcni executing a conflist of the real reference plugins (bridge
 // with host-local IPAM) with the real ztdns binary chained after them, on
 // network namespaces the test creates. Everything runs inside a "node"
-// network namespace of its own (TESTING.md: the bridge plugin turns on IP
-// forwarding where it runs). Most tests also run the real `ztdns agent`
+// network namespace of its own, for the bridge plugin turns on IP
+// forwarding where it runs. Most tests also run the real `ztdns agent`
 // there, with capture on a test cgroup, and ask real DNS clients inside the
 // pods who answers them.
 //

@@ -61,10 +61,11 @@ var (
 	upstreamMarker = netip.MustParseAddr("203.0.113.3")
 )
 
-// cluster is one node of the topology in TESTING.md: a node network
-// namespace where `ztdns agent` runs (started with nsenter, so it sees the
-// real /sys), its programs attached to a test cgroup and pinned in a
-// private bpffs, test DNS servers on node addresses, and pods behind veths.
+// cluster is one node of the test topology (README.md, "The two
+// commands"): a node network namespace where `ztdns agent` runs (started
+// with nsenter, so it sees the real /sys), its programs attached to a test
+// cgroup and pinned in a private bpffs, test DNS servers on node addresses,
+// and pods behind veths.
 // Everything goes at cleanup, also when the test fails.
 type cluster struct {
 	bin        string // the ztdns binary
