@@ -441,7 +441,7 @@ func (in *inherited) abandon() {
 }
 
 // closeControl closes the control socket's listener, unless it was
-// adopted (control.Adopt, which takes it out of in).
+// served (Agent.listenControl takes it out of in).
 func (in *inherited) closeControl() {
 	if in.control != nil {
 		in.control.Close() // this agent's copy: no path is removed
