@@ -176,6 +176,7 @@ type Agent struct {
 	udp     []*net.UDPConn
 	tcp     []*net.TCPListener
 	metrics *net.TCPListener
+	ctl     net.Listener // the control socket's
 	// retired are the sockets taken over on addresses this agent does not
 	// listen on (a changed --listen or --capture-port): served until the
 	// programs point at this agent's own (finishTakeover), then closed.
@@ -361,6 +362,9 @@ func (a *Agent) run(ctx context.Context) error {
 	}
 	if in != nil {
 		a.predecessor = in.from
+		// Held open while this agent runs, for its predecessor to watch
+		// (see handoff.go); the process's end closes it too.
+		defer in.conn.Close()
 	}
 	// abort undoes a start that failed half-way.
 	abort := func(err error) error {
@@ -445,13 +449,16 @@ func (a *Agent) run(ctx context.Context) error {
 		g.spawn("cni install", func() error { defer close(installing); return a.installCNI(cniCtx) })
 		stopCNI = func() { cancelCNI(); <-installing }
 	}
-	ctl, err := control.Listen(a.cfg.Socket, access)
+	ctl, err := a.listenControl(in, access)
 	if err != nil {
 		return abort(err)
 	}
+	a.ctl = ctl
 	ctlCtx, stopControl := context.WithCancel(ctx)
 	defer stopControl()
+	controlStopped := make(chan struct{})
 	g.spawn("control socket", unlessSet(&a.handedOver, func() error {
+		defer close(controlStopped)
 		return control.Serve(ctlCtx, ctl, control.NewHandler(controlAPI{a}, a.log))
 	}))
 	g.spawn("housekeeping", func() error { a.keepHouse(ctx); return nil })
@@ -462,13 +469,23 @@ func (a *Agent) run(ctx context.Context) error {
 	}
 	go func() { <-ctx.Done(); hs.Close() }()
 	g.spawn("handoff", func() error {
-		err := offerSockets(ctx, hs, a.log, identities{self: a.id, predecessor: a.predecessor}, a.handoffSockets, a.successorAsking, func() {
+		to, err := offerSockets(ctx, hs, a.log, identities{self: a.id, predecessor: a.predecessor}, a.handoffSockets, a.successorAsking, func(takesControl bool) {
 			a.log.Info("handing the resolver's sockets to a new agent; this one stops serving")
+			// The control socket first, while this agent still acts on
+			// what it is asked: it stops accepting, answers the requests
+			// it has read (a CNI ADD is carried out, not answered "handed
+			// over"), and closes those it has not, which their callers
+			// see reset and send again. A successor that took the socket
+			// accepts what comes next, from the same path, once it
+			// serves; one that did not binds the path after "released".
+			if takesControl {
+				control.KeepPathOnClose(ctl)
+			}
+			stopControl()
+			<-controlStopped
 			a.handedOver.Store(true)
 			a.ready.Store(false)
 			a.fenceCapture() // before "released": the successor marks pods next
-			ctl.Close()      // before "released": the successor binds the path next
-			stopControl()    // and clients still connected move on to it
 			stopMetrics()    // the successor answers probes and scrapes on the same socket
 			stopCNI()        // the successor installs its plugin from "released" on
 			a.server.Drain()
@@ -487,10 +504,12 @@ func (a *Agent) run(ctx context.Context) error {
 			a.closeHandedOver()
 			hs.Close()
 		})
-		if a.handedOver.Load() {
-			return nil
-		}
-		if ctx.Err() != nil {
+		switch {
+		case to != nil && to.conn != nil:
+			// Idle from here until this pod is deleted, unless the
+			// successor goes first (a rollback deletes its pod).
+			return watchSuccessor(ctx, to, a.cfg.Socket, a.log)
+		case to != nil, ctx.Err() != nil:
 			return nil
 		}
 		return err
@@ -804,6 +823,25 @@ func (a *Agent) finishTakeover() error {
 	return nil
 }
 
+// listenControl serves the control socket on the listener the predecessor
+// handed over, if it did: connections made since it stopped accepting wait
+// in that socket's backlog, at the path that never went missing. Else, or
+// if that listener cannot be served (it is no longer at the path), it binds
+// the path.
+func (a *Agent) listenControl(in *inherited, access control.Access) (net.Listener, error) {
+	if in != nil && in.control != nil {
+		ln := in.control
+		in.control = nil
+		ctl, err := control.Adopt(a.cfg.Socket, ln, access)
+		if err == nil {
+			return ctl, nil
+		}
+		a.log.Warn("not serving the control socket the previous agent handed over; binding its path afresh", "err", err)
+		ln.Close() // this agent's copy, the last: the path is free to bind
+	}
+	return control.Listen(a.cfg.Socket, access)
+}
+
 // listenMetrics opens the HTTP listener, or adopts the predecessor's when
 // it is bound where this agent's --metrics says: one on another address
 // (the port changed in an upgrade) would answer this pod's probes on the
@@ -897,6 +935,15 @@ func (a *Agent) handoffSockets() ([]socketDesc, []*os.File, error) {
 			closeAll(files)
 			return nil, nil, err
 		}
+	}
+	if a.ctl != nil {
+		f, err := control.ListenerFile(a.ctl)
+		if err != nil {
+			closeAll(files)
+			return nil, nil, err
+		}
+		descs = append(descs, socketDesc{Network: "control", Addr: a.cfg.Socket})
+		files = append(files, f)
 	}
 	return descs, files, nil
 }

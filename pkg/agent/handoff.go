@@ -33,12 +33,36 @@ import (
 //
 // The exchange, one line each way:
 //
-//	new → old: "sockets ID"        (ID: the new agent's identity, see below)
+//	new → old: "takeover ID"       (ID: the new agent's identity, see below)
 //	old → new: JSON {agent, sockets: [{network, addr}…]}, with the file
 //	           descriptors attached (at most maxHandoffFDs; the rest follow in
 //	           one-byte messages); or {refused} or {error}, with none
 //	new → old: "serving"           (new reads from the sockets now)
-//	old → new: "released"          (old stopped reading, closed its control socket)
+//	old → new: "released"          (old stopped reading and stopped serving
+//	                               its control socket)
+//
+// The sockets are the resolver's, the metrics listener ("metrics") and the
+// control socket's listener ("control", its addr the socket's path). The
+// control socket is handed over rather than bound again: its path never
+// goes missing, so the CNI plugin never finds no agent there mid-upgrade
+// (under onAgentUnreachable "allow" its pod would start uncaptured, under
+// "fail" its ADD would fail). The old agent stops accepting on it, without
+// removing the path, and answers the requests it has read, before it
+// fences capture; connections made from then on wait in the socket's
+// backlog until the new agent, having taken over and reconciled, accepts
+// them (within the plugin's timeout, 5 s by default; one the old agent
+// accepted and closed unread, the plugin sees reset, and tries again).
+//
+// The new agent then holds the connection open for as long as it runs, and
+// the old one, idle until its pod is deleted, watches it: when it ends, the
+// new agent's process has ended. Should the new pod be deleted before the
+// old one (a `helm rollback` mid-rollout) or its agent stop for good, the
+// old agent would otherwise stay idle while the node had no resolver, no
+// control socket and no heartbeat, until its liveness probe restarted it.
+// It exits instead (errSuccessorGone), unless an agent serves at the
+// hand-off path: the new one handed over in turn, to an agent that serves
+// on (a fresh old agent would take the node from it). The kubelet restarts
+// it, and it starts afresh.
 //
 // An agent is known by its pod's UID (Config.PodUID, the chart's POD_UID),
 // which a container restarted in the same pod keeps and a new pod does
@@ -55,12 +79,16 @@ import (
 // refused again each time, until the pod is deleted. Outside Kubernetes a
 // restarted process has a new identity, and is not refused.
 //
-// An agent from before identities ignores "sockets ID" and closes the
-// connection: the new agent then asks again with a bare "sockets", which
-// is answered, as one from before identities asks, with the bare JSON list
-// of sockets. Such an agent neither tells its identity nor refuses anyone,
-// so the refusal needs both pods to carry identities: not in the rolling
-// update that first brings them.
+// An agent from before the control socket's hand-over ignores "takeover
+// ID" and closes the connection: the new agent then asks again with
+// "sockets ID", which is answered as above but without the control
+// socket, and the connection closed after "released" (the old agent then
+// removes the control socket's path, and the new one binds it again). An
+// agent from before identities ignores that too: the new agent asks again
+// with a bare "sockets", which is answered, as one from before identities
+// asks, with the bare JSON list of sockets. Such an agent neither tells its
+// identity nor refuses anyone, so the refusal needs both pods to carry
+// identities: not in the rolling update that first brings them.
 //
 // Both ends must be root (SO_PEERCRED): a process that planted a socket at
 // the hand-off path would otherwise be handed the queries meant for the
@@ -114,8 +142,20 @@ var errPeerNotRoot = errors.New("refused")
 var errRefusedRestart = errors.New("the running agent took over from this agent's pod")
 
 // errNoAnswer is a running agent that closed the connection without a
-// word: one from before identities, which ignores "sockets ID".
+// word: one from before the control socket's hand-over, which ignores
+// "takeover ID", or from before identities, which ignores "sockets ID".
 var errNoAnswer = errors.New("the running agent closed the connection without answering")
+
+// errSuccessorGone is the error of an agent that handed over when the agent
+// it handed over to stopped, and no other serves in its place.
+var errSuccessorGone = errors.New("the agent this one handed the node over to has stopped, and no agent serves at the hand-off path")
+
+// The greetings of a successor, newest first (see the exchange above).
+const (
+	greetTakeover = "takeover " // + identity: takes the control socket, holds the connection
+	greetSockets  = "sockets "  // + identity
+	greetBare     = "sockets"
+)
 
 // maxIdentityLen bounds an identity on the wire (a pod's UID is 36 bytes).
 const maxIdentityLen = 128
@@ -164,8 +204,11 @@ func handoffPath(controlSocket string) string { return controlSocket + ".handoff
 
 // socketDesc describes one handed-over descriptor.
 type socketDesc struct {
-	Network string `json:"network"` // "udp", "tcp", or "metrics" (the HTTP listener)
-	Addr    string `json:"addr"`
+	// Network is "udp", "tcp", "metrics" (the HTTP listener) or "control"
+	// (the control socket's listener, sent only to a successor that says
+	// "takeover").
+	Network string `json:"network"`
+	Addr    string `json:"addr"` // address and port; the path of "control"
 }
 
 // inherited holds what an old agent handed over.
@@ -177,8 +220,14 @@ type inherited struct {
 	// successor binding the port afresh would fail while its predecessor
 	// holds it.
 	metrics *net.TCPListener
+	// control is the control socket's listener, from a predecessor that
+	// hands it over; nil from one that does not (the path is bound again).
+	control *net.UnixListener
 	conn    *net.UnixConn
 	r       *bufio.Reader
+	// held says the connection is to stay open while this agent runs: the
+	// predecessor watches it (a "takeover", see the exchange above).
+	held bool
 	// syncBy is when the successor gives up if it has no table yet:
 	// handoffSyncWait from its asking, so before the old agent, whose
 	// wait for "serving" starts later (once it has sent the sockets) and
@@ -195,10 +244,17 @@ type inherited struct {
 // adopted) when the one that answers is not root (errPeerNotRoot), took over
 // from self's pod (errRefusedRestart), or the exchange fails.
 func takeOver(controlSocket, self string, log *slog.Logger) (*inherited, error) {
-	in, err := askForSockets(controlSocket, "sockets "+self+"\n", log)
+	in, err := askForSockets(controlSocket, greetTakeover+self+"\n", log)
+	if err == nil && in != nil {
+		in.held = true
+	}
+	if errors.Is(err, errNoAnswer) {
+		log.Info("the running agent predates the control socket's hand-over; asking it again as it asks")
+		in, err = askForSockets(controlSocket, greetSockets+self+"\n", log)
+	}
 	if errors.Is(err, errNoAnswer) {
 		log.Info("the running agent predates identities in the hand-over; asking it again without one")
-		in, err = askForSockets(controlSocket, "sockets\n", log)
+		in, err = askForSockets(controlSocket, greetBare+"\n", log)
 	}
 	return in, err
 }
@@ -282,12 +338,18 @@ func askForSockets(controlSocket, greeting string, log *slog.Logger) (*inherited
 	in := &inherited{udp: map[netip.AddrPort][]*net.UDPConn{}, tcp: map[netip.AddrPort]*net.TCPListener{}, conn: conn, r: bufio.NewReader(conn),
 		syncBy: asked.Add(handoffSyncWait), from: reply.Agent}
 	for i, d := range descs {
-		addr, err := netip.ParseAddrPort(d.Addr)
-		if err == nil {
-			err = in.adopt(d.Network, addr, files[i])
+		var err error
+		if d.Network == "control" {
+			err = in.adoptControl(files[i])
+		} else {
+			var addr netip.AddrPort
+			if addr, err = netip.ParseAddrPort(d.Addr); err == nil {
+				err = in.adopt(d.Network, addr, files[i])
+			}
 		}
 		if err != nil {
 			in.closeSockets()
+			in.closeControl()
 			conn.Close()
 			return nil, fmt.Errorf("handoff: socket %s %s: %w", d.Network, d.Addr, err)
 		}
@@ -329,10 +391,32 @@ func (in *inherited) adopt(network string, addr netip.AddrPort, f *os.File) erro
 	return nil
 }
 
+// adoptControl takes the control socket's listener.
+func (in *inherited) adoptControl(f *os.File) error {
+	ln, err := net.FileListener(f)
+	if err != nil {
+		return err
+	}
+	ul, ok := ln.(*net.UnixListener)
+	if !ok {
+		ln.Close()
+		return errors.New("not a unix listener")
+	}
+	if in.control != nil { // one at most
+		ul.Close()
+		return errors.New("a second control socket")
+	}
+	in.control = ul
+	return nil
+}
+
 // release tells the old agent we serve now and waits until it has stopped
-// reading and let go of the control socket.
+// reading and let go of the control socket. The connection stays open if
+// held (the agent closes it as it ends); else it is closed.
 func (in *inherited) release() error {
-	defer in.conn.Close()
+	if !in.held {
+		defer in.conn.Close()
+	}
 	// Up to handoffSyncWait may have passed since takeOver's deadline was set.
 	in.conn.SetDeadline(time.Now().Add(handoffTimeout))
 	if _, err := in.conn.Write([]byte("serving\n")); err != nil {
@@ -352,10 +436,21 @@ func (in *inherited) abandon() {
 		return
 	}
 	in.closeSockets()
+	in.closeControl()
 	in.conn.Close()
 }
 
-// closeSockets closes whatever was adopted but not used.
+// closeControl closes the control socket's listener, unless it was
+// served (Agent.listenControl takes it out of in).
+func (in *inherited) closeControl() {
+	if in.control != nil {
+		in.control.Close() // this agent's copy: no path is removed
+		in.control = nil
+	}
+}
+
+// closeSockets closes the DNS and metrics sockets adopted but not used (not
+// the control socket's listener: see closeControl).
 func (in *inherited) closeSockets() {
 	for _, cs := range in.udp {
 		for _, c := range cs {
@@ -370,18 +465,28 @@ func (in *inherited) closeSockets() {
 	}
 }
 
+// handedTo is the successor a hand-over went to.
+type handedTo struct {
+	id string // its identity; empty from before identities
+	// conn is the exchange's connection, which a successor that took the
+	// control socket holds open while it runs; nil for another.
+	conn *net.UnixConn
+}
+
 // offerSockets serves one successor on ln: it sends the sockets and, once the
-// successor serves, calls stop (which drains this agent) and confirms. It
-// returns after a completed handoff, or when ln is closed; ctx ending ends an
-// exchange in progress. asking(true) is called as a successor asks for the
-// sockets, asking(false) when its exchange ends without a handoff. ids says
-// who this agent is, and whom it refuses: its predecessor.
+// successor serves, calls stop (which drains this agent; takesControl says
+// the successor took the control socket's listener) and confirms. It
+// returns the successor after a completed handoff, or nil and an error when
+// ln is closed; ctx ending ends an exchange in progress. asking(true) is
+// called as a successor asks for the sockets, asking(false) when its
+// exchange ends without a handoff. ids says who this agent is, and whom it
+// refuses: its predecessor.
 func offerSockets(ctx context.Context, ln *net.UnixListener, log *slog.Logger, ids identities, sockets func() ([]socketDesc, []*os.File, error),
-	asking func(bool), stop func()) error {
+	asking func(bool), stop func(takesControl bool)) (*handedTo, error) {
 	for {
 		c, err := ln.AcceptUnix()
 		if err != nil {
-			return err
+			return nil, err
 		}
 		if err := requireRoot(c); err != nil {
 			log.Warn("refusing a hand-off to a process that is not root", "err", err)
@@ -391,12 +496,18 @@ func offerSockets(ctx context.Context, ln *net.UnixListener, log *slog.Logger, i
 		// An exchange waits up to handoffSyncWait for "serving": an agent
 		// stopped meanwhile ends it rather than its own stop.
 		unwatch := context.AfterFunc(ctx, func() { c.Close() })
-		done, err := offerOnce(c, ids, sockets, asking, stop)
+		to, err := offerOnce(c, ids, sockets, asking, stop)
 		unwatch()
-		c.Close()
-		if done {
-			return err
+		if to != nil {
+			if err != nil {
+				log.Warn("could not confirm the hand-over to the new agent", "err", err)
+			}
+			if to.conn == nil {
+				c.Close()
+			}
+			return to, nil
 		}
+		c.Close()
 		if errors.Is(err, errRefusedRestart) {
 			log.Warn("refused the resolver's sockets to the agent this one took over from: its container was restarted, "+
 				"and it would take the node back until its pod is deleted; serving on", "refused", ids.predecessor)
@@ -408,21 +519,29 @@ func offerSockets(ctx context.Context, ln *net.UnixListener, log *slog.Logger, i
 	}
 }
 
-// offerOnce runs one exchange; done is true once this agent has stopped.
-// From the successor's "sockets" until the exchange ends, asking says so
-// (see offerSockets); a successor refused (errRefusedRestart) never asks.
-func offerOnce(c *net.UnixConn, ids identities, sockets func() ([]socketDesc, []*os.File, error), asking func(bool), stop func()) (done bool, err error) {
+// offerOnce runs one exchange; it returns the successor once this agent has
+// stopped, nil before. From the successor's "takeover" (or "sockets") until
+// the exchange ends, asking says so (see offerSockets); a successor refused
+// (errRefusedRestart) never asks.
+func offerOnce(c *net.UnixConn, ids identities, sockets func() ([]socketDesc, []*os.File, error), asking func(bool),
+	stop func(takesControl bool)) (to *handedTo, err error) {
 	c.SetDeadline(time.Now().Add(handoffTimeout))
 	r := bufio.NewReader(c)
 	line, err := r.ReadString('\n')
-	successor, identified := strings.CutPrefix(strings.TrimSuffix(line, "\n"), "sockets ")
+	if err != nil {
+		return nil, nil // not a successor: ignore
+	}
+	line = strings.TrimSuffix(line, "\n")
+	successor, takesControl := strings.CutPrefix(line, greetTakeover)
+	identified := takesControl
+	if !identified {
+		successor, identified = strings.CutPrefix(line, greetSockets)
+	}
 	switch {
-	case err != nil:
-		return false, nil // not a successor: ignore
 	case identified && (successor == "" || len(successor) > maxIdentityLen):
-		return false, nil
-	case !identified && line != "sockets\n":
-		return false, nil
+		return nil, nil
+	case !identified && line != greetBare:
+		return nil, nil
 	}
 	// replyOnly answers an identified successor without sockets.
 	replyOnly := func(reply offerReply) error {
@@ -434,13 +553,13 @@ func offerOnce(c *net.UnixConn, ids identities, sockets func() ([]socketDesc, []
 	}
 	if identified && ids.predecessor != "" && successor == ids.predecessor {
 		if err := replyOnly(offerReply{Agent: ids.self, Refused: fmt.Sprintf("%s took over from %s", ids.self, successor)}); err != nil {
-			return false, fmt.Errorf("handoff: refusing %s: %w", successor, err)
+			return nil, fmt.Errorf("handoff: refusing %s: %w", successor, err)
 		}
-		return false, fmt.Errorf("%w: %s", errRefusedRestart, successor)
+		return nil, fmt.Errorf("%w: %s", errRefusedRestart, successor)
 	}
 	asking(true)
 	defer func() {
-		if !done {
+		if to == nil {
 			asking(false)
 		}
 	}()
@@ -449,9 +568,12 @@ func offerOnce(c *net.UnixConn, ids identities, sockets func() ([]socketDesc, []
 		if identified {
 			replyOnly(offerReply{Agent: ids.self, Error: err.Error()})
 		}
-		return false, err
+		return nil, err
 	}
 	defer closeAll(files)
+	if !takesControl { // a successor from before could not adopt it
+		descs, files = withoutControl(descs, files)
+	}
 	var payload []byte
 	if identified {
 		payload, err = json.Marshal(offerReply{Agent: ids.self, Sockets: descs})
@@ -459,7 +581,7 @@ func offerOnce(c *net.UnixConn, ids identities, sockets func() ([]socketDesc, []
 		payload, err = json.Marshal(descs)
 	}
 	if err != nil {
-		return false, err
+		return nil, err
 	}
 	fds := make([]int, len(files))
 	for i, f := range files {
@@ -467,13 +589,13 @@ func offerOnce(c *net.UnixConn, ids identities, sockets func() ([]socketDesc, []
 	}
 	first := fds[:min(len(fds), maxHandoffFDs)]
 	if _, _, err := c.WriteMsgUnix(payload, unix.UnixRights(first...), nil); err != nil {
-		return false, fmt.Errorf("handoff: sending %d sockets: %w", len(fds), err)
+		return nil, fmt.Errorf("handoff: sending %d sockets: %w", len(fds), err)
 	}
 	for rest := fds[len(first):]; len(rest) > 0; {
 		chunk := rest[:min(len(rest), maxHandoffFDs)]
 		rest = rest[len(chunk):]
 		if _, _, err := c.WriteMsgUnix([]byte{'+'}, unix.UnixRights(chunk...), nil); err != nil {
-			return false, fmt.Errorf("handoff: sending %d sockets: %w", len(fds), err)
+			return nil, fmt.Errorf("handoff: sending %d sockets: %w", len(fds), err)
 		}
 	}
 	// Until the successor says it serves, this agent keeps serving: a
@@ -481,12 +603,81 @@ func offerOnce(c *net.UnixConn, ids identities, sockets func() ([]socketDesc, []
 	// handoffSyncWait for its table.
 	c.SetDeadline(time.Now().Add(handoffSyncWait + handoffTimeout))
 	if line, err := r.ReadString('\n'); err != nil || line != "serving\n" {
-		return false, nil
+		return nil, nil
 	}
-	stop()
+	stop(takesControl)
 	_, err = c.Write([]byte("released\n"))
-	return true, err
+	to = &handedTo{id: successor}
+	if takesControl {
+		to.conn = c
+	}
+	return to, err
 }
+
+// withoutControl leaves the control socket out of what is sent (files
+// stays whole, for the caller to close).
+func withoutControl(descs []socketDesc, files []*os.File) ([]socketDesc, []*os.File) {
+	var d []socketDesc
+	var f []*os.File
+	for i := range descs {
+		if descs[i].Network != "control" {
+			d, f = append(d, descs[i]), append(f, files[i])
+		}
+	}
+	return d, f
+}
+
+// watchSuccessor waits, once this agent has handed over to to (a successor
+// that holds the exchange's connection open while it runs), for the
+// successor's end. It returns nil when ctx ends first, or when an agent
+// serves at the hand-off path as the successor ends: the successor handed
+// over in turn, and that agent serves on. Otherwise nobody serves the
+// node: it returns errSuccessorGone, for this agent to exit and be
+// restarted afresh.
+func watchSuccessor(ctx context.Context, to *handedTo, controlSocket string, log *slog.Logger) error {
+	defer to.conn.Close()
+	stop := context.AfterFunc(ctx, func() { to.conn.Close() })
+	defer stop()
+	to.conn.SetDeadline(time.Time{})
+	buf := make([]byte, 64)
+	for { // the successor sends nothing more: this ends with its process
+		if _, err := to.conn.Read(buf); err != nil {
+			break
+		}
+	}
+	if ctx.Err() != nil {
+		return nil
+	}
+	path := handoffPath(controlSocket)
+	if handoffServed(path) {
+		log.Info("the agent this one handed the node over to has stopped; another agent serves at the hand-off path, which it handed over to: staying idle",
+			"successor", to.id, "path", path)
+		return nil
+	}
+	err := fmt.Errorf("%w (successor %q, %s): this agent, handed over and idle, exits for a fresh start to serve the node", errSuccessorGone, to.id, path)
+	log.Error("the agent this one handed the node over to has stopped, and no agent serves in its place: exiting, to be restarted afresh",
+		"successor", to.id, "path", path)
+	return err
+}
+
+// handoffServed reports whether an agent listens at the hand-off path
+// path. A listener whose process is exiting may still take the connection,
+// and reset it as it closes: only one that holds it open, waiting for a
+// greeting, serves.
+func handoffServed(path string) bool {
+	c, err := net.DialTimeout("unix", path, time.Second)
+	if err != nil {
+		return false
+	}
+	defer c.Close()
+	c.SetReadDeadline(time.Now().Add(handoffServedWait))
+	_, err = c.Read(make([]byte, 1))
+	return errors.Is(err, os.ErrDeadlineExceeded)
+}
+
+// handoffServedWait is how long handoffServed waits for a connection it
+// made to be reset.
+const handoffServedWait = 200 * time.Millisecond
 
 // requireRoot checks that the process at the other end of c is root.
 func requireRoot(c *net.UnixConn) error {

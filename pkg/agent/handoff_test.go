@@ -710,7 +710,7 @@ func offerInBackground(t *testing.T, ln *net.UnixListener, sockets func() ([]soc
 			return
 		}
 		defer c.Close()
-		offerOnce(c, identities{}, sockets, func(bool) {}, func() { t.Error("stopped for " + why) })
+		offerOnce(c, identities{}, sockets, func(bool) {}, func(bool) { t.Error("stopped for " + why) })
 	}()
 	return offered
 }
@@ -813,11 +813,10 @@ func takeOverAndDie(t *testing.T, socket string) {
 	if err != nil || in == nil {
 		t.Fatalf("takeOver = %v, %v", in, err)
 	}
+	defer in.abandon() // dies: every descriptor it holds closes
 	if err := in.release(); err != nil {
-		in.closeSockets()
 		t.Fatal(err)
 	}
-	in.closeSockets()
 }
 
 // TestRestartAfterASuccessorDiedBeforeListening: a successor that dies
@@ -943,71 +942,127 @@ func TestRestartedPredecessorIsRefused(t *testing.T) {
 	waitServedBy(t, socket, newer, upNewer)
 }
 
-// TestHandoffWithAnAgentFromBeforeIdentities: an agent from before the
-// hand-over carried identities ignores "sockets ID" and closes the
-// connection; a new agent asks it again with a bare "sockets" and takes
-// the sockets over. And a successor from before identities, asking with a
-// bare "sockets", is sent the bare list of sockets it reads.
-func TestHandoffWithAnAgentFromBeforeIdentities(t *testing.T) {
-	socket, ln, sockets := handoffWithOneSocket(t)
-	greetings := make(chan string, 1)
-	exchanges := make(chan (<-chan struct{}), 1)
-	go func() { // the old agent ignores what is not "sockets\n", as it did
-		defer close(exchanges)
-		c, err := ln.AcceptUnix()
-		if err != nil {
-			t.Error(err)
-			return
-		}
-		line, _ := bufio.NewReader(c).ReadString('\n')
-		greetings <- line
-		// The next connection, not the first (whichever accepts first
-		// takes it), is answered as it did to a bare "sockets".
-		exchanges <- offerInBackground(t, ln, sockets, "an abandoned takeover")
-		c.Close()
-	}()
-	in, err := takeOver(socket, "pod/new", slog.New(slog.DiscardHandler))
-	if err != nil || in == nil {
-		t.Fatalf("takeOver from an agent from before identities = %v, %v", in, err)
+// TestHandoffWithOlderAgents: a running agent from before the control
+// socket's hand-over ignores "takeover ID" and closes the connection, and
+// one from before identities ignores "sockets ID" too: a new agent asks
+// again as each understands, and takes the sockets over, without the
+// control socket and without holding the connection. And a successor from
+// before either, asking as it does, is sent what it can read: without the
+// control socket's listener, which it could not adopt (and would fail the
+// hand-over on), and for a bare "sockets", the bare list.
+func TestHandoffWithOlderAgents(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		ignored []string // the greetings it closes the connection on
+	}{
+		{"running agent from before the control socket's hand-over", []string{"takeover pod/new\n"}},
+		{"running agent from before identities", []string{"takeover pod/new\n", "sockets pod/new\n"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			socket, ln, sockets := handoffWithOneSocket(t)
+			greetings := make(chan string, len(tc.ignored))
+			exchanges := make(chan (<-chan struct{}), 1)
+			go func() { // the old agent ignores what it does not know, as it did
+				defer close(exchanges)
+				for i := range tc.ignored {
+					c, err := ln.AcceptUnix()
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					line, _ := bufio.NewReader(c).ReadString('\n')
+					greetings <- line
+					if i == len(tc.ignored)-1 {
+						// The next connection, not this one (whichever
+						// accepts first takes it), is answered as it was.
+						exchanges <- offerInBackground(t, ln, sockets, "an abandoned takeover")
+					}
+					c.Close()
+				}
+			}()
+			in, err := takeOver(socket, "pod/new", slog.New(slog.DiscardHandler))
+			if err != nil || in == nil {
+				t.Fatalf("takeOver = %v, %v", in, err)
+			}
+			for _, want := range tc.ignored {
+				if got := <-greetings; got != want {
+					t.Errorf("asked with %q, want %q", got, want)
+				}
+			}
+			offered, ok := <-exchanges
+			if !ok {
+				t.FailNow() // the old agent failed to accept (reported)
+			}
+			if len(in.udp) != 1 || in.from != "" || in.control != nil || in.held {
+				t.Errorf("adopted %d UDP addresses from %q, a control socket: %v, holding the connection: %v; want one, from an agent without identity, and neither",
+					len(in.udp), in.from, in.control != nil, in.held)
+			}
+			in.abandon()
+			<-offered
+		})
 	}
-	if got := <-greetings; got != "sockets pod/new\n" {
-		t.Errorf("first asked with %q, want %q", got, "sockets pod/new\n")
+	for _, tc := range []struct {
+		name, greeting string
+	}{
+		{"successor from before the control socket's hand-over", "sockets pod/old\n"},
+		{"successor from before identities", "sockets\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			socket, ln, sockets := handoffWithOneSocket(t)
+			ctl, err := net.ListenUnix("unix", &net.UnixAddr{Name: filepath.Join(t.TempDir(), "control.sock"), Net: "unix"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ctl.Close()
+			withControl := func() ([]socketDesc, []*os.File, error) {
+				descs, files, err := sockets()
+				if err != nil {
+					return nil, nil, err
+				}
+				f, err := ctl.File()
+				if err != nil {
+					closeAll(files)
+					return nil, nil, err
+				}
+				return append(descs, socketDesc{Network: "control", Addr: ctl.Addr().String()}), append(files, f), nil
+			}
+			offered := offerInBackground(t, ln, withControl, "an abandoned takeover")
+			conn, err := net.Dial("unix", handoffPath(socket))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			payload, files, err := greet(conn.(*net.UnixConn), tc.greeting)
+			if err != nil {
+				t.Fatal(err)
+			}
+			closeAll(files)
+			var descs []socketDesc
+			if tc.greeting == "sockets\n" {
+				err = json.Unmarshal(payload, &descs)
+			} else {
+				var reply offerReply
+				err = json.Unmarshal(payload, &reply)
+				descs = reply.Sockets
+			}
+			if err != nil || len(descs) != 1 || descs[0].Network != "udp" || len(files) != 1 {
+				t.Errorf("asking with %q got %q with %d sockets (%v); want the UDP socket alone", tc.greeting, payload, len(files), err)
+			}
+			conn.Close()
+			<-offered
+		})
 	}
-	offered, ok := <-exchanges
-	if !ok {
-		t.FailNow() // the old agent failed to accept (reported)
-	}
-	if len(in.udp) != 1 || in.from != "" {
-		t.Errorf("adopted %d UDP addresses from %q; want one, from an agent without identity", len(in.udp), in.from)
-	}
-	in.abandon()
-	<-offered
-
-	// A successor from before identities.
-	offered = offerInBackground(t, ln, sockets, "an abandoned takeover")
-	conn, err := net.Dial("unix", handoffPath(socket))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	payload, files, err := askSockets(conn.(*net.UnixConn))
-	if err != nil {
-		t.Fatal(err)
-	}
-	closeAll(files)
-	var descs []socketDesc
-	if err := json.Unmarshal(payload, &descs); err != nil || len(descs) != 1 || len(files) != 1 {
-		t.Errorf("a successor from before identities got %q with %d sockets (%v); want the bare list of one", payload, len(files), err)
-	}
-	conn.Close()
-	<-offered
 }
 
 // askSockets asks the agent at the other end of c for its sockets as a
 // successor from before identities does ("sockets\n"), and returns the
 // list it answers and the descriptors that came with it.
-func askSockets(c *net.UnixConn) ([]byte, []*os.File, error) {
-	if _, err := c.Write([]byte("sockets\n")); err != nil {
+func askSockets(c *net.UnixConn) ([]byte, []*os.File, error) { return greet(c, "sockets\n") }
+
+// greet asks the agent at the other end of c for its sockets with greeting,
+// and returns its answer and the descriptors that came with it.
+func greet(c *net.UnixConn, greeting string) ([]byte, []*os.File, error) {
+	if _, err := c.Write([]byte(greeting)); err != nil {
 		return nil, nil, err
 	}
 	c.SetReadDeadline(time.Now().Add(10 * time.Second))

@@ -200,10 +200,11 @@ func TestHandoffRefusesSuccessorNotRoot(t *testing.T) {
 	var log testenv.Log
 	done := make(chan error, 1)
 	go func() {
-		done <- offerSockets(t.Context(), ln, slog.New(slog.NewTextHandler(&log, nil)), identities{}, func() ([]socketDesc, []*os.File, error) {
+		_, err := offerSockets(t.Context(), ln, slog.New(slog.NewTextHandler(&log, nil)), identities{}, func() ([]socketDesc, []*os.File, error) {
 			asked.Store(true)
 			return nil, nil, nil
-		}, func(bool) { asked.Store(true) }, func() { stopped.Store(true) })
+		}, func(bool) { asked.Store(true) }, func(bool) { stopped.Store(true) })
+		done <- err
 	}()
 	taker, out, _ := helper(t, "take-handoff", handoffPath(socket))
 	got, _ := io.ReadAll(out)
@@ -294,10 +295,11 @@ func TestHandoffEndedByStop(t *testing.T) {
 	var stopped atomic.Bool
 	done := make(chan error, 1)
 	go func() {
-		done <- offerSockets(ctx, ln, slog.New(slog.DiscardHandler), identities{}, func() ([]socketDesc, []*os.File, error) {
+		_, err := offerSockets(ctx, ln, slog.New(slog.DiscardHandler), identities{}, func() ([]socketDesc, []*os.File, error) {
 			f, err := udp.File()
 			return []socketDesc{{Network: "udp", Addr: udp.LocalAddr().String()}}, []*os.File{f}, err
-		}, func(bool) {}, func() { stopped.Store(true) })
+		}, func(bool) {}, func(bool) { stopped.Store(true) })
+		done <- err
 	}()
 
 	// A successor that takes the sockets and then never says "serving".

@@ -332,6 +332,59 @@ func Listen(path string, access Access) (net.Listener, error) {
 	return newGuardedListener(ln, access), nil
 }
 
+// An agent that takes over from a running one takes its control socket
+// too (the agent's hand-over): the listening socket itself, passed between
+// the agents, so the path never goes missing and a connection made
+// meanwhile waits in the socket's backlog for the agent that serves next.
+
+// ListenerFile returns a duplicate of the socket of ln, a listener of
+// Listen or Adopt, to hand to the agent that takes over.
+func ListenerFile(ln net.Listener) (*os.File, error) {
+	l, ok := ln.(*guardedListener)
+	if !ok {
+		return nil, fmt.Errorf("%T is not a control listener", ln)
+	}
+	return l.UnixListener.File()
+}
+
+// KeepPathOnClose makes closing ln, a listener of Listen or Adopt, leave
+// its path in place: the agent it was handed to serves the same socket
+// there.
+func KeepPathOnClose(ln net.Listener) {
+	if l, ok := ln.(*guardedListener); ok {
+		l.SetUnlinkOnClose(false)
+	}
+}
+
+// Adopt serves the control socket at path (after PrepareDir) on ln, the
+// listener a running agent handed over, with access's checks and modes as
+// Listen gives them. Closed, it removes the path, as one of Listen does,
+// unless KeepPathOnClose says otherwise. A listener bound elsewhere, or one
+// whose path is no longer a socket, is refused (and left open).
+func Adopt(path string, ln *net.UnixListener, access Access) (net.Listener, error) {
+	if err := PrepareDir(path, access); err != nil {
+		return nil, err
+	}
+	if got := ln.Addr().String(); got != path {
+		return nil, fmt.Errorf("the control socket handed over is bound at %q, not %s", got, path)
+	}
+	if fi, err := os.Lstat(path); err != nil {
+		return nil, fmt.Errorf("the control socket handed over: %w", err)
+	} else if fi.Mode().Type() != os.ModeSocket {
+		return nil, fmt.Errorf("the control socket handed over: %s is no longer a socket (mode %s)", path, fi.Mode())
+	}
+	_, sockMode := access.modes()
+	err := chgrp(path, access.Group)
+	if err == nil {
+		err = os.Chmod(path, sockMode)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("control socket permissions: %w", err)
+	}
+	ln.SetUnlinkOnClose(true)
+	return newGuardedListener(ln, access), nil
+}
+
 // Peer is the process at the other end of a unix socket, as the kernel
 // recorded it when that process connected (or listened).
 type Peer struct {

@@ -253,8 +253,17 @@ func writeError(w http.ResponseWriter, code int, err error) {
 	writeJSON(w, code, errorBody{Error: err.Error()})
 }
 
+// shutdownTimeout bounds how long a stopped server waits for the requests
+// it has read to be answered.
+const shutdownTimeout = 2 * time.Second
+
 // Serve serves h on ln until ctx is done, with the server's bounds on time
-// and header size. The agent serves its metrics endpoint with it too.
+// and header size, and returns once the requests it read are answered (or
+// shutdownTimeout has passed): an agent handing over carries out the CNI
+// events it took before its successor acts. It closes ln; connections ln
+// admitted that the server never read are closed unread (a caller that
+// had written its request sees a reset, and the CNI plugin sends it
+// again). The agent serves its metrics endpoint with it too.
 func Serve(ctx context.Context, ln net.Listener, h http.Handler) error {
 	srv := &http.Server{
 		Handler:           h,
@@ -275,14 +284,17 @@ func Serve(ctx context.Context, ln net.Listener, h http.Handler) error {
 			return ctx
 		},
 	}
+	shutDown := make(chan struct{})
 	go func() {
+		defer close(shutDown)
 		<-ctx.Done()
-		shutdownCtx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		shutdownCtx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
 		defer cancel()
 		srv.Shutdown(shutdownCtx)
 	}()
 	if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
 		return err
 	}
+	<-shutDown
 	return nil
 }
