@@ -27,7 +27,8 @@ type CNIConfig struct {
 	Plugin cni.Config
 }
 
-// cniInstallInterval is how often the installer looks again: for the
+// cniInstallInterval is how often the installer looks again, besides
+// whenever a file in the conf dir changes (cni.KeepInstalled): for the
 // primary plugin's configuration to appear, and for it to be rewritten
 // without our entry (primary plugins regenerate their conflist). A
 // variable: tests shorten it.
@@ -430,22 +431,5 @@ func (a *Agent) installCNI(ctx context.Context) error {
 		return err
 	}
 	cfg := cni.InstallConfig{BinDir: a.cfg.CNI.BinDir, ConfDir: a.cfg.CNI.ConfDir, Binary: self, PluginConf: entry, Logger: a.log}
-	if err := cni.WaitAndInstall(ctx, cfg, cniInstallInterval); err != nil {
-		if ctx.Err() != nil {
-			return nil
-		}
-		return err
-	}
-	t := time.NewTicker(cniInstallInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-			if err := cni.Install(cfg); err != nil {
-				a.log.Error("keeping the CNI plugin installed failed", "err", err)
-			}
-		}
-	}
+	return cni.KeepInstalled(ctx, cfg, cniInstallInterval)
 }

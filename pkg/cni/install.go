@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/containernetworking/cni/libcni"
+	"github.com/fsnotify/fsnotify"
 )
 
 // InstallConfig says where the node's container runtime looks for CNI
@@ -53,6 +54,12 @@ var confExtensions = []string{".conf", ".conflist", ".json"}
 // original plugin followed by ztdns, with the same name and cniVersion,
 // replacing a .conflist of that name, and the original file is removed
 // (istio-cni does the same).
+//
+// When that file is istio-cni's own copy of the primary plugin's
+// configuration (istio-cni's istioOwnedCNIConfig: 02-istio-cni.conflist,
+// which sorts first), the entry also goes into the configuration it copies
+// (see istioCopySource): istio-cni writes its copy again from that one
+// whenever its pod starts, and the copy then keeps ztdns.
 //
 // The binary goes in first and the entry second, so a runtime never finds the
 // entry without the plugin. Both are written to a temporary file renamed
@@ -107,7 +114,95 @@ func Install(cfg InstallConfig) error {
 	} else {
 		log.Debug("ztdns is already in the primary CNI network configuration", "file", path)
 	}
+
+	// istio-cni's own copy (istioOwnedCNIConfig) is written again from
+	// the configuration it copies at every start of istio-cni's pod: that
+	// one holds ztdns too, so the copy keeps it.
+	source, err := istioCopySource(cfg.ConfDir, path)
+	if err != nil || source == "" {
+		if err != nil {
+			log.Warn("cannot tell whether the primary CNI network configuration is istio-cni's copy of another", "file", path, "err", err)
+		}
+		return nil
+	}
+	source, changed, err = insertEntry(source, cfg.PluginConf)
+	switch {
+	case err != nil:
+		// The runtime's configuration holds ztdns: not a reason to fail.
+		log.Warn("cannot add ztdns to the CNI network configuration istio-cni copies its own from: "+
+			"the next time istio-cni writes its copy again, ztdns is out of it until the installer looks again",
+			"file", path, "source", source, "err", err)
+	case changed:
+		log.Info("added ztdns to the CNI network configuration istio-cni copies its own from", "file", source, "copy", path)
+	}
 	return nil
+}
+
+// istioCNIType is the type of istio-cni's conflist entry.
+const istioCNIType = "istio-cni"
+
+// istioCopySource returns the network configuration in dir that the
+// conflist at path copies, when path is istio-cni's own copy of the
+// primary plugin's (its istioOwnedCNIConfig, written as
+// 02-istio-cni.conflist unless renamed): path holds an istio-cni entry, and
+// the first other valid configuration in lexical order whose plugins are
+// path's, in order, without istio-cni's and ztdns's entries, is the one it
+// was copied from (istio-cni copies the configuration after its own in
+// lexical order, or the one named by its cniConfFileName, and checks that
+// its copy holds every plugin type of it). It returns "" when path is not
+// such a copy, or no configuration matches it.
+func istioCopySource(dir, path string) (string, error) {
+	types, err := confTypes(path)
+	if err != nil {
+		return "", err
+	}
+	if !slices.Contains(types, istioCNIType) {
+		return "", nil
+	}
+	want := slices.DeleteFunc(types, func(t string) bool { return t == istioCNIType || t == PluginType })
+	if len(want) == 0 {
+		return "", nil
+	}
+	files, err := libcni.ConfFiles(dir, confExtensions)
+	if err != nil {
+		return "", err
+	}
+	sort.Strings(files)
+	for _, f := range files {
+		if f == path || validNetworkConfig(f) != nil {
+			continue
+		}
+		got, err := confTypes(f)
+		if err != nil {
+			continue
+		}
+		got = slices.DeleteFunc(got, func(t string) bool { return t == PluginType })
+		if slices.Equal(got, want) {
+			return f, nil
+		}
+	}
+	return "", nil
+}
+
+// confTypes returns the plugin types of the network configuration at
+// path, in order: a conflist's entries, or a single-plugin config's type.
+func confTypes(path string) ([]string, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	if strings.HasSuffix(path, ".conflist") {
+		list, err := parsePluginList(data)
+		if err != nil {
+			return nil, err
+		}
+		return list.types, nil
+	}
+	conf, err := libcni.NetworkPluginConfFromBytes(data)
+	if err != nil {
+		return nil, err
+	}
+	return []string{conf.Network.Type}, nil
 }
 
 // WaitAndInstall calls Install, and while ConfDir has no network
@@ -115,6 +210,48 @@ func Install(cfg InstallConfig) error {
 // new node the primary plugin's agent may start after ztdns's). It returns
 // Install's first other error, or ctx's when it ends first.
 func WaitAndInstall(ctx context.Context, cfg InstallConfig, interval time.Duration) error {
+	return waitAndInstall(ctx, cfg, interval, nil)
+}
+
+// KeepInstalled installs as WaitAndInstall does and keeps the entry there
+// until ctx ends: it calls Install again as soon as a network
+// configuration in ConfDir is written, renamed or removed (inotify), so a
+// conflist another installer writes again without ztdns's entry (a primary
+// plugin regenerating its own, istio-cni its copy) has it back within
+// milliseconds, and every interval besides (the binary; a ConfDir that
+// could not be watched). While it waits for a first configuration, its
+// appearance is seen at once too. It returns nil when ctx ends, or
+// Install's first error other than ErrNoNetworkConfig before the entry was
+// in; later errors are logged, and tried again.
+func KeepInstalled(ctx context.Context, cfg InstallConfig, interval time.Duration) error {
+	log := cfg.logger()
+	var changes <-chan fsnotify.Event
+	if w, err := watchConfDir(cfg.ConfDir); err != nil {
+		log.Warn("cannot watch the CNI conf dir: looking again only every interval", "dir", cfg.ConfDir, "interval", interval, "err", err)
+	} else {
+		defer w.Close()
+		changes = w.Events
+		go drainErrors(w, log)
+	}
+	if err := waitAndInstall(ctx, cfg, interval, changes); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	for {
+		if !waitForChange(ctx, tick.C, changes) {
+			return nil
+		}
+		if err := Install(cfg); err != nil {
+			log.Error("keeping the CNI plugin installed failed", "err", err)
+		}
+	}
+}
+
+func waitAndInstall(ctx context.Context, cfg InstallConfig, interval time.Duration, changes <-chan fsnotify.Event) error {
 	logged := false
 	for {
 		err := Install(cfg)
@@ -125,12 +262,82 @@ func WaitAndInstall(ctx context.Context, cfg InstallConfig, interval time.Durati
 			cfg.logger().Info("waiting for the primary network plugin to write its configuration", "dir", cfg.ConfDir)
 			logged = true
 		}
-		select {
-		case <-ctx.Done():
+		timer := time.NewTimer(interval)
+		ok := waitForChange(ctx, timer.C, changes)
+		timer.Stop()
+		if !ok {
 			return fmt.Errorf("%w (%w)", ctx.Err(), err)
-		case <-time.After(interval):
 		}
 	}
+}
+
+// watchConfDir watches dir for changes to the files a runtime loads.
+func watchConfDir(dir string) (*fsnotify.Watcher, error) {
+	w, err := fsnotify.NewWatcher()
+	if err != nil {
+		return nil, err
+	}
+	if err := w.Add(dir); err != nil {
+		w.Close()
+		return nil, err
+	}
+	return w, nil
+}
+
+// drainErrors logs the watch's errors until it is closed. A queue that
+// overflowed lost events: the interval's Install catches up.
+func drainErrors(w *fsnotify.Watcher, log *slog.Logger) {
+	for err := range w.Errors {
+		log.Warn("watching the CNI conf dir", "err", err)
+	}
+}
+
+// waitForChange waits for a tick, or for a change to a network
+// configuration in changes; the changes queued behind it are taken along,
+// so a burst (a write, then a rename into place) makes one Install. It
+// reports false when ctx ended first.
+func waitForChange(ctx context.Context, tick <-chan time.Time, changes <-chan fsnotify.Event) bool {
+	for {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-tick:
+			return true
+		case ev, ok := <-changes:
+			if !ok {
+				changes = nil // closed: the ticks remain
+				continue
+			}
+			if !confChange(ev) {
+				continue
+			}
+		drain:
+			for range maxCoalesced {
+				select {
+				case _, ok := <-changes:
+					if !ok {
+						break drain
+					}
+				default:
+					break drain
+				}
+			}
+			return true
+		}
+	}
+}
+
+// maxCoalesced bounds the changes taken along with one, so that another
+// installer writing without pause still leaves room for an Install.
+const maxCoalesced = 64
+
+// confChange reports whether ev changes a file a runtime loads: not a
+// temporary file (ours end in .tmp), not a mode change.
+func confChange(ev fsnotify.Event) bool {
+	if ev.Op == fsnotify.Chmod {
+		return false
+	}
+	return slices.Contains(confExtensions, filepath.Ext(ev.Name))
 }
 
 // Uninstall removes every ztdns entry from the conflists in ConfDir. The

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -689,4 +690,176 @@ func mapsEqual(a, b map[string]string) bool {
 		}
 	}
 	return true
+}
+
+// istioCNIEntry is istio-cni's conflist entry as its installer writes it
+// (cni/pkg/install/cniconfig.go: createCNIConfigFile).
+const istioCNIEntry = `{"name": "istio-cni", "type": "istio-cni", "plugin_log_level": "info",
+	"cni_agent_run_dir": "/var/run/istio-cni", "ambient_enabled": true,
+	"enablement_selectors": [{"podSelector": {"matchLabels": {"istio.io/dataplane-mode": "ambient"}}}],
+	"exclude_namespaces": ["kube-system"], "pod_namespace": "istio-system"}`
+
+// istioOwnedConfig does what istio-cni's installer does with
+// istioOwnedCNIConfig on (writeCNIConfig, insertCNIConfig): it reads the
+// primary configuration it copies from (CNIConfName, or its .conflist when
+// the .conf is gone), drops any istio-cni entry, appends its own and writes
+// the result, re-marshalled, to its own file, by rename. It does this at
+// every start of its pod, and whenever its check finds the copy lacking a
+// plugin type of the primary's.
+func istioOwnedConfig(tb testing.TB, dir, primary, owned string) {
+	tb.Helper()
+	src := filepath.Join(dir, primary)
+	if _, err := os.Stat(src); errors.Is(err, os.ErrNotExist) && strings.HasSuffix(src, ".conf") {
+		src += "list"
+	}
+	var istio, existing map[string]any
+	if err := json.Unmarshal([]byte(istioCNIEntry), &istio); err != nil {
+		tb.Fatal(err)
+	}
+	if err := json.Unmarshal([]byte(readFile(tb, src)), &existing); err != nil {
+		tb.Fatal(err)
+	}
+	var out map[string]any
+	if _, ok := existing["type"]; ok {
+		delete(existing, "cniVersion")
+		out = map[string]any{"name": "k8s-pod-network", "cniVersion": "0.3.1", "plugins": []any{existing, istio}}
+	} else {
+		out = existing
+		plugins := slices.DeleteFunc(existing["plugins"].([]any), func(p any) bool { return p.(map[string]any)["type"] == "istio-cni" })
+		out["plugins"] = append(plugins, istio)
+	}
+	data, err := json.MarshalIndent(out, "", "  ")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tmp := filepath.Join(dir, "."+owned+".tmp")
+	if err := os.WriteFile(tmp, append(data, '\n'), 0o644); err != nil {
+		tb.Fatal(err)
+	}
+	if err := os.Rename(tmp, filepath.Join(dir, owned)); err != nil {
+		tb.Fatal(err)
+	}
+}
+
+// TestIstioOwnedConfigKeepsZtdns: with istio-cni's istioOwnedCNIConfig on,
+// the runtime's configuration is istio-cni's own 02-istio-cni.conflist, a
+// copy of the primary plugin's with istio-cni appended, which istio-cni
+// writes again from the primary's at every restart of its pod (a
+// `helm upgrade` of istio-cni, say). ztdns's entry goes into the primary's
+// too, so the copy istio-cni writes again still has it: no pod starts
+// uncaptured while ztdns's installer has not looked again. (Before: the
+// copy lost ztdns at each istio-cni restart.) Removing istio-cni's file
+// leaves the primary's, which the runtime then uses, with ztdns in it, and
+// Uninstall gives back both files without it.
+func TestIstioOwnedConfigKeepsZtdns(t *testing.T) {
+	for _, tc := range []struct{ name, primary, content string }{
+		{"conflist", "10-containerd-net.conflist", runtimeConflist},
+		{"conf", "10-mynet.conf", runtimeConf},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			e := newInstallEnv(t, Config{})
+			dir := e.cfg.ConfDir
+			e.write(t, tc.primary, tc.content)
+			// Another network of the node's, not the one istio-cni copied.
+			other := e.write(t, "20-other.conflist", `{"cniVersion": "1.0.0", "name": "other", "plugins": [{"type": "macvlan", "master": "eth1"}]}`)
+			istioOwnedConfig(t, dir, tc.primary, "02-istio-cni.conflist")
+			owned := filepath.Join(dir, "02-istio-cni.conflist")
+			e.install(t)
+			if got := pluginTypes(t, owned); !slices.Contains(got, "ztdns") {
+				t.Fatalf("istio-cni's file after Install: plugins %v, want ztdns among them", got)
+			}
+
+			istioOwnedConfig(t, dir, tc.primary, "02-istio-cni.conflist") // istio-cni's pod restarts
+			got := pluginTypes(t, owned)
+			if !slices.Contains(got, "ztdns") || got[len(got)-1] != "istio-cni" {
+				t.Fatalf("istio-cni's file written again from the primary's: plugins %v, want ztdns's entry kept, and istio-cni's", got)
+			}
+			before := e.snapshot(t)
+			e.install(t)
+			if after := e.snapshot(t); !mapsEqual(before, after) {
+				t.Errorf("Install after istio-cni's rewrite wrote again: the two would rewrite each other")
+			}
+			if strings.Contains(readFile(t, other), "ztdns") {
+				t.Errorf("%s, which istio-cni did not copy, changed", filepath.Base(other))
+			}
+
+			// istio-cni uninstalled: its file goes, the primary's is used.
+			if err := os.Remove(owned); err != nil {
+				t.Fatal(err)
+			}
+			primary, err := primaryConfFile(dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := pluginTypes(t, primary); !slices.Contains(got, "ztdns") {
+				t.Errorf("the primary's %s once istio-cni's file is gone: plugins %v, want ztdns among them", filepath.Base(primary), got)
+			}
+			istioOwnedConfig(t, dir, tc.primary, "02-istio-cni.conflist") // and reinstalled
+			e.uninstall(t)
+			for _, path := range []string{owned, primary} {
+				if got := pluginTypes(t, path); slices.Contains(got, "ztdns") {
+					t.Errorf("%s after Uninstall: plugins %v", filepath.Base(path), got)
+				}
+			}
+			if tc.primary == filepath.Base(primary) && readFile(t, primary) != tc.content {
+				t.Errorf("%s after Uninstall is not the original:\n%s", filepath.Base(primary), readFile(t, primary))
+			}
+		})
+	}
+}
+
+// TestKeepInstalledRepairsARewrite: KeepInstalled chains ztdns in as soon
+// as the primary plugin writes its configuration, and puts its entry back
+// as soon as the primary plugin writes it again without it, on the
+// directory's change: the interval here is an hour, so nothing else could.
+// (Before: the installer looked every 5 s, so a rewrite left ztdns out of
+// the chain for up to 5 s, and new pods started uncaptured meanwhile.) The
+// test logs how long each took.
+func TestKeepInstalledRepairsARewrite(t *testing.T) {
+	t.Parallel()
+	e := newInstallEnv(t, Config{})
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- KeepInstalled(ctx, e.cfg, time.Hour) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("KeepInstalled: %v", err)
+		}
+	})
+
+	primary := filepath.Join(e.cfg.ConfDir, "10-containerd-net.conflist")
+	// As a primary plugin writes it: a temporary file renamed into place.
+	writePrimary := func() time.Time {
+		tmp := filepath.Join(e.cfg.ConfDir, ".10-containerd-net.tmp")
+		if err := os.WriteFile(tmp, []byte(runtimeConflist), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		if err := os.Rename(tmp, primary); err != nil {
+			t.Fatal(err)
+		}
+		return start
+	}
+	chained := func() bool {
+		data, err := os.ReadFile(primary)
+		return err == nil && bytes.Contains(data, []byte(`"ztdns"`))
+	}
+	waitChained := func(what string, start time.Time) {
+		t.Helper()
+		for !chained() {
+			if time.Since(start) > 30*time.Second {
+				t.Fatalf("ztdns not in the chain 30 s after %s", what)
+			}
+			time.Sleep(time.Millisecond)
+		}
+		t.Logf("ztdns in the chain %v after %s", time.Since(start).Round(time.Millisecond), what)
+	}
+
+	time.Sleep(20 * time.Millisecond) // let it start waiting: passing does not depend on it
+	waitChained("the primary plugin wrote its configuration", writePrimary())
+	for i := range 3 {
+		waitChained(fmt.Sprintf("the primary plugin wrote it again without ztdns (%d)", i+1), writePrimary())
+	}
 }

@@ -5,7 +5,9 @@
 // the agent's flags, privileges, mounts, RBAC, rollout and probes; that the
 // plain manifests under deploy/manifests are what the chart renders; and,
 // against a real API server, that the objects are accepted and that the
-// agent's ServiceAccount can read what it watches and change nothing. As
+// agent's ServiceAccount can read what it watches and change nothing, and
+// that the upgrade and uninstall commands the chart's NOTES and
+// deploy/README.md give work on a release of an older chart. As
 // root, it runs the real agent as the chart's pod runs it (its command line,
 // PID and mount namespaces, the node's /proc, the chart's capabilities
 // alone) and probes it as the kubelet would; and it builds the image
