@@ -14,6 +14,8 @@ import (
 	"k8s.io/client-go/rest"
 
 	"github.com/ztdns/ztdns/internal/testenv"
+	"github.com/ztdns/ztdns/pkg/source"
+	"github.com/ztdns/ztdns/pkg/source/configdir"
 	"github.com/ztdns/ztdns/pkg/source/kube"
 )
 
@@ -21,8 +23,35 @@ import (
 // metric the agent registers (the Kubernetes source's too), each with its
 // labels, and none it does not register.
 func TestREADMEListsEveryMetric(t *testing.T) {
-	registered := registeredMetrics(t)
-	listed := readmeMetrics(t, registered)
+	registered := registeredMetrics(t, kube.New(&rest.Config{Host: "https://203.0.113.1"})) // never run
+	listed := readmeMetrics(t, metricsTable, registered)
+	compareMetrics(t, registered, listed)
+}
+
+// TestREADMEListsEveryConfigDirMetric: the README's table of the metrics
+// of a standalone agent (--config-dir) names every metric its source
+// registers, with its labels, and none it does not.
+func TestREADMEListsEveryConfigDirMetric(t *testing.T) {
+	registered := registeredMetrics(t, configdir.New(t.TempDir()))
+	for name := range registered {
+		if !strings.HasPrefix(name, "ztdns_configdir_") {
+			delete(registered, name)
+		}
+	}
+	if len(registered) < 3 {
+		t.Fatalf("the config-dir source registers only %v", registered)
+	}
+	compareMetrics(t, registered, readmeMetrics(t, configDirMetricsTable, registered))
+}
+
+// The headers of the README's metrics tables.
+const (
+	metricsTable          = "| metric | labels | counts |"
+	configDirMetricsTable = "| metric (`--config-dir`) | labels | says |"
+)
+
+func compareMetrics(t *testing.T, registered, listed map[string][]string) {
+	t.Helper()
 	for name, labels := range registered {
 		got, ok := listed[name]
 		switch {
@@ -39,13 +68,13 @@ func TestREADMEListsEveryMetric(t *testing.T) {
 	}
 }
 
-// registeredMetrics are the ztdns_ metrics an agent with the Kubernetes
-// source registers, each with its labels (constant and variable), sorted.
-func registeredMetrics(t *testing.T) map[string][]string {
+// registeredMetrics are the ztdns_ metrics an agent with the source
+// registers, each with its labels (constant and variable), sorted.
+func registeredMetrics(t *testing.T, src source.Source) map[string][]string {
 	t.Helper()
 	reg := prometheus.NewRegistry()
 	a, err := newAgent(Config{
-		Source:    kube.New(&rest.Config{Host: "https://203.0.113.1"}), // never run
+		Source:    src,
 		Listen:    []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:53")},
 		Upstreams: []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:9")},
 		Logger:    slog.New(slog.DiscardHandler),
@@ -94,20 +123,21 @@ func registeredMetrics(t *testing.T) map[string][]string {
 	return out
 }
 
-// readmeMetrics reads the README's metrics table: each metric it names,
+// readmeMetrics reads the README's metrics table that starts with header:
+// each metric it names,
 // with the labels it gives it (in braces after the name, or in the labels
 // column), sorted. A name written `_suffix` continues the first full name
 // of its cell: the registered metric that is one of that name's prefixes
 // (ending before a "_") and the suffix.
-func readmeMetrics(t *testing.T, registered map[string][]string) map[string][]string {
+func readmeMetrics(t *testing.T, header string, registered map[string][]string) map[string][]string {
 	t.Helper()
 	b, err := os.ReadFile("../../README.md")
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, table, ok := strings.Cut(string(b), "\n| metric | labels | counts |")
+	_, table, ok := strings.Cut(string(b), "\n"+header)
 	if !ok {
-		t.Fatal("the README has no metrics table (| metric | labels | counts |)")
+		t.Fatalf("the README has no metrics table (%s)", header)
 	}
 	table, _, _ = strings.Cut(table, "\n\n")
 	code := regexp.MustCompile("`([^`]*)`")
@@ -155,7 +185,7 @@ func readmeMetrics(t *testing.T, registered map[string][]string) map[string][]st
 			out[name] = labels
 		}
 	}
-	if len(out) < 20 {
+	if len(out) < min(20, len(registered)) {
 		t.Fatalf("read only %d metrics from the README's table: %v", len(out), out)
 	}
 	return out
@@ -166,8 +196,8 @@ func readmeMetrics(t *testing.T, registered map[string][]string) map[string][]st
 // of the above". (Before, the stale
 // table, CNI, control-socket and truncation metrics were on none.)
 func TestDashboardShowsEveryMetric(t *testing.T) {
-	registered := registeredMetrics(t)
-	listed := readmeMetrics(t, registered)
+	registered := registeredMetrics(t, kube.New(&rest.Config{Host: "https://203.0.113.1"})) // never run
+	listed := readmeMetrics(t, metricsTable, registered)
 	dash := testenv.ReadDashboard(t, "../../"+testenv.DashboardFile)
 	// A metric's name in PromQL: no label name starts with ztdns_. A
 	// histogram is on the dashboard through its series.

@@ -10,6 +10,15 @@
 // an IP, an object another file already defines) is reported with its path
 // and line, through the log and Errors, and keeps serving what it served
 // before the edit: nothing is lost while someone is halfway through editing.
+// A file written within the last DefaultSettle is not read until it has
+// been left alone that long, so that a writer's half-written file is not
+// served (a writer that pauses longer still can be seen half-written: the
+// safe way is to write a hidden file, which is not read, and rename it).
+//
+// Scans are paced: one starts no sooner after the last one ended than that
+// one took, so a writer rewriting a large file over and over keeps parsing
+// to about half a core, and a change to another file waits about two scans
+// at most.
 //
 // A ServiceEntry without metadata.creationTimestamp is given the time of
 // the scan that first read it, kept while the directory defines it (and
@@ -32,10 +41,13 @@ package configdir
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -54,6 +66,15 @@ const (
 	// maxDebounceRounds bounds how long a steady stream of events (a slow
 	// copy) can hold back a scan, in debounce periods.
 	maxDebounceRounds = 10
+	// DefaultSettle is how long a file must have been left unwritten (its
+	// modification and status change times that much in the past) before
+	// it is read: a writer truncates and writes a file in place in steps,
+	// and a read between them would serve part of it.
+	DefaultSettle = 300 * time.Millisecond
+	// maxStartSettle bounds how long the first snapshot waits for files
+	// being written to settle; the files still being written then are
+	// served once they do.
+	maxStartSettle = 2 * time.Second
 )
 
 // Limits bound what the directory can make the agent read and keep: a stray
@@ -84,10 +105,13 @@ const (
 )
 
 // Bounds on the problems kept for Errors (and so for `ztdns status`): the
-// first ones say what is wrong; the rest are counted.
+// first ones say what is wrong; the rest are counted. Every file with a
+// problem gets one line before any file gets a second, and the line that
+// counts the rest names up to maxNamedFiles of the files it covers.
 const (
 	maxProblemsPerFile = 20
 	maxProblems        = 100
+	maxNamedFiles      = 10
 )
 
 func (l Limits) withDefaults() Limits {
@@ -115,10 +139,34 @@ type Source struct {
 	// startNotify starts an inotify watch; a field so a test can make it fail.
 	startNotify func(dir string, log *slog.Logger, known func() []string) (watcher, error)
 	limits      Limits
+	// settle is how long a file must be left unwritten before it is read
+	// (DefaultSettle; 0 in tests about parsing).
+	settle time.Duration
+	// clock paces and settles scans: the system's but in tests.
+	clock clock
+	// parsed, set by tests, is called after each file is parsed.
+	parsed func(path string)
 
-	mu   sync.Mutex
-	errs []error
+	// readyAt is when the next scan may start; lastScan is how long the
+	// last one took. Only Run's goroutine uses them.
+	readyAt  time.Time
+	lastScan time.Duration
+
+	mu    sync.Mutex
+	errs  []error
+	stats dirStats
 }
+
+// clock is time.Now and time.After, or a test's fake.
+type clock interface {
+	Now() time.Time
+	After(d time.Duration) <-chan time.Time
+}
+
+type systemClock struct{}
+
+func (systemClock) Now() time.Time                         { return time.Now() }
+func (systemClock) After(d time.Duration) <-chan time.Time { return time.After(d) }
 
 var _ source.Source = (*Source)(nil)
 
@@ -144,7 +192,8 @@ func WithPolling(interval time.Duration) Option {
 
 // New returns a source for the manifests in dir. Nothing is read until Run.
 func New(dir string, opts ...Option) *Source {
-	s := &Source{dir: dir, log: slog.Default(), debounce: DefaultDebounce, startNotify: startNotify}
+	s := &Source{dir: dir, log: slog.Default(), debounce: DefaultDebounce, startNotify: startNotify,
+		settle: DefaultSettle, clock: systemClock{}}
 	for _, o := range opts {
 		o(s)
 	}
@@ -180,14 +229,28 @@ func (s *Source) Run(ctx context.Context, deliver func(*model.Snapshot)) error {
 	}
 	// Watch before the first scan, so that no change after it is missed.
 	st := newState(s.dir, parser{log: s.log, limits: s.limits})
+	st.now, st.settle, st.parsed = s.clock.Now, s.settle, s.parsed
 	w := s.startWatching(st.lastRead)
 	defer w.close()
 
-	if _, err := st.scan(ctx); err != nil {
-		if ctx.Err() != nil {
-			return nil
+	// The first snapshot waits a moment for files being written, rather
+	// than start with them missing.
+	start := s.clock.Now()
+	for {
+		if _, err := s.scan(ctx, st); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
 		}
-		return err
+		if st.settleAt.IsZero() || st.settleAt.Sub(start) > maxStartSettle {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-s.clock.After(st.settleAt.Sub(s.clock.Now())):
+		}
 	}
 	w.rearm() // watches what symlinked manifests point at
 	s.record(st)
@@ -212,28 +275,35 @@ func (s *Source) startWatching(known func() []string) watcher {
 	return w
 }
 
-// follow scans the directory after each burst of events.
+// follow scans the directory after each burst of events, and when a file
+// being written has settled. A scan starts no sooner after the last one
+// ended than that one took (the files a rewrite storm makes it parse are
+// parsed at most half the time), and at most maxDebounceRounds debounce
+// periods after the first event of a burst otherwise.
 func (s *Source) follow(ctx context.Context, w watcher, st *state, deliver func(*model.Snapshot)) error {
-	timer := time.NewTimer(time.Hour)
-	timer.Stop()
-	defer timer.Stop()
 	var due <-chan time.Time
-	var burstStart time.Time
+	var burstStart time.Time // the first event since the last scan
+	schedule := func(at time.Time) {
+		at = maxTime(at, s.readyAt)
+		due = s.clock.After(max(at.Sub(s.clock.Now()), 0))
+	}
+	if !st.settleAt.IsZero() {
+		schedule(st.settleAt)
+	}
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-w.changes():
-			now := time.Now()
-			if due == nil {
+			now := s.clock.Now()
+			if burstStart.IsZero() {
 				burstStart = now
 			}
-			latest := burstStart.Add(maxDebounceRounds * s.debounce)
-			timer.Reset(max(min(s.debounce, latest.Sub(now)), 0))
-			due = timer.C
+			at := minTime(now.Add(s.debounce), burstStart.Add(maxDebounceRounds*s.debounce))
+			schedule(at)
 		case <-due:
-			due = nil
-			changed, err := st.scan(ctx)
+			due, burstStart = nil, time.Time{}
+			changed, err := s.scan(ctx, st)
 			if ctx.Err() != nil {
 				return nil
 			}
@@ -247,20 +317,48 @@ func (s *Source) follow(ctx context.Context, w watcher, st *state, deliver func(
 				s.log.Info("manifests changed", counts(snap)...)
 				deliver(snap)
 			}
+			if !st.settleAt.IsZero() {
+				schedule(st.settleAt)
+			}
 		}
 	}
 }
 
+// scan scans st and sets when the next scan may start: as long after this
+// one ends as this one took.
+func (s *Source) scan(ctx context.Context, st *state) (changed bool, err error) {
+	start := s.clock.Now()
+	changed, err = st.scan(ctx)
+	end := s.clock.Now()
+	s.lastScan = max(end.Sub(start), 0)
+	s.readyAt = end.Add(s.lastScan)
+	return changed, err
+}
+
+func minTime(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
+}
+
+func maxTime(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
+}
+
 // record publishes the state's problems and logs those that are new. At
-// most maxProblems are kept; the last one counts the rest.
+// most maxProblems are kept (see fairShare).
 func (s *Source) record(st *state) {
-	errs := st.errors()
-	errs = capped(errs, len(errs), maxProblems, func(n int) error {
-		return &FileError{Path: s.dir, Err: fmt.Errorf("%d more problems not listed", n)}
-	})
+	errs := fairShare(s.dir, st.errors(), maxProblems)
+	stats := st.stats()
+	stats.scan = s.lastScan
 	s.mu.Lock()
 	old := s.errs
 	s.errs = errs
+	s.stats = stats
 	s.mu.Unlock()
 
 	seen := make(map[string]bool, len(old))
@@ -268,13 +366,89 @@ func (s *Source) record(st *state) {
 		seen[err.Error()] = true
 	}
 	for _, err := range errs {
-		if !seen[err.Error()] {
+		if seen[err.Error()] {
+			continue
+		}
+		var fe *FileError
+		switch serves, ok := st.serves(err); {
+		case errors.As(err, &fe) && fe.Path == s.dir:
+			s.log.Error("manifest problems", "error", err)
+		case ok && serves:
 			s.log.Error("manifest problem; the file keeps serving its last good objects", "error", err)
+		default:
+			s.log.Error("manifest problem; the file serves nothing", "error", err)
 		}
 	}
 	if len(old) > 0 && len(errs) == 0 {
 		s.log.Info("all manifest problems are fixed")
 	}
+}
+
+// fairShare keeps at most limit of errs, in their order: first the first
+// problem of every file, then the others in order, so that many problems
+// in the first files do not hide that a later file is broken. When there
+// are more, the last one kept counts the rest and names (up to
+// maxNamedFiles of) the files they are in.
+func fairShare(dir string, errs []error, limit int) []error {
+	if len(errs) <= limit {
+		return errs
+	}
+	keep := make([]bool, len(errs))
+	kept := 0
+	first := map[string]bool{}
+	for i, err := range errs {
+		if kept == limit-1 {
+			break
+		}
+		if p := pathOf(err); !first[p] {
+			first[p], keep[i] = true, true
+			kept++
+		}
+	}
+	for i := range errs {
+		if kept == limit-1 {
+			break
+		}
+		if !keep[i] {
+			keep[i] = true
+			kept++
+		}
+	}
+	out := make([]error, 0, limit)
+	var files []string
+	named := map[string]bool{}
+	for i, err := range errs {
+		if keep[i] {
+			out = append(out, err)
+			continue
+		}
+		if p := pathOf(err); !named[p] {
+			named[p] = true
+			files = append(files, relTo(dir, p))
+		}
+	}
+	in := strings.Join(files[:min(len(files), maxNamedFiles)], ", ")
+	if len(files) > maxNamedFiles {
+		in += fmt.Sprintf(" and %d more files", len(files)-maxNamedFiles)
+	}
+	return append(out, &FileError{Path: dir, Err: fmt.Errorf("%d more problems not listed, in %s", len(errs)-kept, in)})
+}
+
+// pathOf is the file a problem is in.
+func pathOf(err error) string {
+	var fe *FileError
+	if errors.As(err, &fe) {
+		return fe.Path
+	}
+	return ""
+}
+
+// relTo names path relative to dir when it is in dir.
+func relTo(dir, path string) string {
+	if rel, err := filepath.Rel(dir, path); err == nil && !strings.HasPrefix(rel, "..") {
+		return rel
+	}
+	return path
 }
 
 func counts(s *model.Snapshot) []any {

@@ -94,12 +94,13 @@ func writeFiles(tb testing.TB, dir string, files map[string]string) {
 }
 
 // load runs a Source on dir until its first snapshot and returns it with the
-// source's errors.
+// source's errors. The files just written are read at once (they are not
+// being written any more: see withoutSettle).
 func load(tb testing.TB, dir string, opts ...Option) (*model.Snapshot, []error) {
 	tb.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	s := New(dir, opts...)
+	s := New(dir, append([]Option{withoutSettle()}, opts...)...)
 	var snap *model.Snapshot
 	err := s.Run(ctx, func(got *model.Snapshot) {
 		snap = got
@@ -123,6 +124,10 @@ func loadFiles(tb testing.TB, files map[string]string) (dir string, snap *model.
 	snap, errs = load(tb, dir, WithLogger(log))
 	return dir, snap, errs
 }
+
+// withoutSettle reads files at once, however recently written: for tests
+// about what a file says, not about when it is read.
+func withoutSettle() Option { return func(s *Source) { s.settle = 0 } }
 
 // running is a Source running in the background for the length of a test.
 type running struct {

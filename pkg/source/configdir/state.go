@@ -56,6 +56,9 @@ type fileState struct {
 	blockedAt uint64
 	blockedBy []string
 	latestLen int
+	// unsettled: the last scan left the file unread, as it was written
+	// within the state's settle time; it is read once it has settled.
+	unsettled bool
 }
 
 // pending reports whether the file has a clean parse it does not serve yet.
@@ -67,8 +70,10 @@ type state struct {
 	parser parser
 	files  map[string]*fileState // by file name
 	names  []string              // the manifest files present, sorted
-	// skipped are the problems of files past limits.Files.
-	skipped []error
+	// skipped are the problems of files past limits.Files, skippedFiles
+	// how many files those are.
+	skipped      []error
+	skippedFiles int
 	// gen counts changes to what files serve.
 	gen uint64
 	// reads counts the files read, for tests.
@@ -92,6 +97,13 @@ type state struct {
 	// now and stat are time.Now and statOf but in tests.
 	now  func() time.Time
 	stat func(path string) (fileStat, error)
+	// settle is how long a file must have been left unwritten before it
+	// is read (0: read at once). settleAt is when the first file the last
+	// scan left unread for it has settled; zero when it left none.
+	settle   time.Duration
+	settleAt time.Time
+	// parsed, set by tests, is called after a file is parsed.
+	parsed func(path string)
 	// beforeRetry, set by tests, is called before a blocked file is read
 	// again, to change the directory at that moment.
 	beforeRetry func(name string)
@@ -107,14 +119,15 @@ func newState(dir string, p parser) *state {
 // their fileState. It stops between files when ctx is done.
 func (st *state) scan(ctx context.Context) (changed bool, err error) {
 	st.scanAt = st.now().Round(0) // no monotonic reading: it is an object's time
-	names, skipped, err := listManifests(st.dir, st.parser.limits.Files, func(name string) bool {
+	st.settleAt = time.Time{}
+	names, skipped, over, err := listManifests(st.dir, st.parser.limits.Files, func(name string) bool {
 		_, ok := st.files[name]
 		return ok
 	})
 	if err != nil {
 		return false, err
 	}
-	st.skipped = skipped
+	st.skipped, st.skippedFiles = skipped, over
 	present := make(map[string]bool, len(names))
 	st.names = st.names[:0]
 	pending := 0 // objects parsed and not served yet
@@ -157,7 +170,7 @@ func (st *state) scan(ctx context.Context) (changed bool, err error) {
 				return false, err
 			}
 			f := st.files[name]
-			if !f.blocked || !st.couldServe(f) {
+			if !f.blocked || f.unsettled || !st.couldServe(f) {
 				continue
 			}
 			if st.beforeRetry != nil {
@@ -173,7 +186,7 @@ func (st *state) scan(ctx context.Context) (changed bool, err error) {
 				break // st.names changed under the range
 			}
 			changed = st.resolve() || changed
-			progress = true
+			progress = true // an unsettled one is not tried again this scan
 		}
 	}
 	st.forgetUnseen()
@@ -297,8 +310,20 @@ func (st *state) refresh(f *fileState, force bool) (gone bool) {
 	now := st.now()
 	stat, statErr := st.stat(f.path)
 	if statErr == nil && f.hasDigest && stat == f.stat && !force {
+		f.unsettled = false
 		return false
 	}
+	// Written a moment ago: the writer may be halfway through (a shell's
+	// `cat saved > f` truncates, then writes in steps). Read it once it has
+	// been left alone for st.settle; until then it serves what it did.
+	if statErr == nil && st.settle > 0 && !stat.settledAt(now, st.settle) {
+		f.unsettled = true
+		if at := stat.settlesAt(now, st.settle); st.settleAt.IsZero() || at.Before(st.settleAt) {
+			st.settleAt = at
+		}
+		return false
+	}
+	f.unsettled = false
 	st.reads++
 	data, err := readManifest(f.path, st.parser.limits.FileBytes)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -325,6 +350,9 @@ func (st *state) refresh(f *fileState, force bool) (gone bool) {
 	f.digest, f.hasDigest = digest, true
 	f.blocked, f.blockedBy, f.conflicts = false, nil, nil
 	f.latest, f.problems = st.parser.parseFile(f.path, data)
+	if st.parsed != nil {
+		st.parsed(f.path)
+	}
 	if f.latest != nil {
 		st.stamp(f.latest)
 	}
@@ -435,6 +463,52 @@ func concat[T any](list, more []T) []T {
 	return append(list, more...)
 }
 
+// dirStats counts the manifest files by what they serve, for metrics.
+type dirStats struct {
+	// served: files that serve their content as it is. refused: files
+	// whose content has problems (they serve their last good objects, if
+	// any). blocked: files whose content is valid but collides with
+	// objects other files serve, or would go past --config-max-objects.
+	// skipped: files past --config-max-files. unsettled: new files not read
+	// yet, written within the settle time.
+	served, refused, blocked, skipped, unsettled int
+	// scan is how long the last scan took.
+	scan time.Duration
+}
+
+// stats counts the files by state.
+func (st *state) stats() dirStats {
+	d := dirStats{skipped: st.skippedFiles}
+	for _, name := range st.names {
+		f := st.files[name]
+		switch {
+		case len(f.problems) > 0:
+			d.refused++
+		case f.blocked || len(f.conflicts) > 0:
+			d.blocked++
+		case f.served == nil:
+			d.unsettled++
+		default:
+			d.served++
+		}
+	}
+	return d
+}
+
+// serves reports whether the file a problem is in serves objects; ok is
+// false when the problem is in no file read.
+func (st *state) serves(err error) (serves, ok bool) {
+	p := pathOf(err)
+	if filepath.Dir(p) != filepath.Clean(st.dir) {
+		return false, false
+	}
+	f := st.files[filepath.Base(p)]
+	if f == nil {
+		return false, false
+	}
+	return f.served.len() > 0, true
+}
+
 // errors lists the current problems, file by file.
 func (st *state) errors() []error {
 	var errs []error
@@ -452,10 +526,10 @@ func (st *state) errors() []error {
 // problem (the first few named, the others counted). Names are read in
 // batches and trimmed as they come, so a directory of millions of files
 // costs no more memory than a few times limit names.
-func listManifests(dir string, limit int, known func(name string) bool) (names []string, skipped []error, err error) {
+func listManifests(dir string, limit int, known func(name string) bool) (names []string, skipped []error, over int, err error) {
 	d, err := os.Open(dir)
 	if err != nil {
-		return nil, nil, fmt.Errorf("reading config dir: %w", err)
+		return nil, nil, 0, fmt.Errorf("reading config dir: %w", err)
 	}
 	defer d.Close()
 	const named = maxProblemsPerFile // skipped files named in problems
@@ -490,12 +564,12 @@ func listManifests(dir string, limit int, known func(name string) bool) (names [
 			break
 		}
 		if err != nil {
-			return nil, nil, fmt.Errorf("reading config dir: %w", err)
+			return nil, nil, 0, fmt.Errorf("reading config dir: %w", err)
 		}
 	}
 	if len(names) <= limit { // the usual case: no file to choose against
 		slices.Sort(names)
-		return names, nil, nil
+		return names, nil, 0, nil
 	}
 	slices.SortFunc(names, less)
 	rest := names[limit:]
@@ -509,7 +583,7 @@ func listManifests(dir string, limit int, known func(name string) bool) (names [
 		skipped = append(skipped, &FileError{Path: filepath.Join(dir, name), Err: fmt.Errorf(
 			"skipped: the directory has %d manifest files, more than the limit of %d (--config-max-files)", total, limit)})
 	}
-	return names, skipped, nil
+	return names, skipped, total - limit, nil
 }
 
 // isManifestName accepts *.yaml and *.yml, but not hidden files: editors'

@@ -345,7 +345,7 @@ func (w *pollWatcher) close()                   { close(w.stop); <-w.done }
 // maxFiles, chosen as scan chooses them (those in known, sorted, first), are
 // only counted.
 func fingerprint(dir string, maxFiles int, known []string, now time.Time) (fp string, racy bool) {
-	names, skipped, err := listManifests(dir, maxFiles, func(name string) bool {
+	names, skipped, _, err := listManifests(dir, maxFiles, func(name string) bool {
 		_, ok := slices.BinarySearch(known, name)
 		return ok
 	})
@@ -406,6 +406,27 @@ const racyWindow = 2 * time.Second
 // back) is not trusted.
 func (s fileStat) trustedAt(now time.Time) bool {
 	return s.ctime < now.Add(-racyWindow).UnixNano()
+}
+
+// settledAt reports whether, at now, the file has been left unwritten for
+// settle: neither its modification nor its status change time (which
+// writes, renames and mode changes set) is within settle of now. A time
+// further ahead (a clock set back, a modification time set ahead) says
+// nothing of a writer.
+func (s fileStat) settledAt(now time.Time, settle time.Duration) bool {
+	return s.settlesAt(now, settle).IsZero()
+}
+
+// settlesAt is when a file not settled at now will be, if left alone;
+// zero when it is settled.
+func (s fileStat) settlesAt(now time.Time, settle time.Duration) time.Time {
+	var at time.Time
+	for _, t := range []int64{s.mtime, s.ctime} {
+		if d := now.Sub(time.Unix(0, t)); d < settle && d > -settle {
+			at = maxTime(at, time.Unix(0, t).Add(settle))
+		}
+	}
+	return at
 }
 
 // statOf stats path, following symlinks as readManifest does.

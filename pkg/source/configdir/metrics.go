@@ -1,0 +1,42 @@
+package configdir
+
+import "github.com/prometheus/client_golang/prometheus"
+
+var (
+	problemsDesc = prometheus.NewDesc("ztdns_configdir_problems",
+		"Problems in the --config-dir manifests as ztdns status lists them (at most 20 a file and 100 in all, a line counting the rest counted as one); 0 when every file is served as written.",
+		nil, nil)
+	filesDesc = prometheus.NewDesc("ztdns_configdir_files",
+		"Manifest files in --config-dir by state: served (as written), refused (problems: its last good objects, if any, are served), "+
+			"blocked (valid, but colliding with objects another file serves, or past --config-max-objects), "+
+			"skipped (past --config-max-files), unsettled (new, written within the last 0.3 s: read once left alone).",
+		[]string{"state"}, nil)
+	scanDesc = prometheus.NewDesc("ztdns_configdir_scan_seconds",
+		"Time the last scan of --config-dir took (reading and parsing the files that changed); the next scan starts no sooner after it ended.",
+		nil, nil)
+)
+
+// Collectors returns the source's metrics, for the agent to register. They
+// belong to one Source, as the agent's registry does.
+func (s *Source) Collectors() []prometheus.Collector { return []prometheus.Collector{collector{s}} }
+
+type collector struct{ s *Source }
+
+func (c collector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- problemsDesc
+	ch <- filesDesc
+	ch <- scanDesc
+}
+
+func (c collector) Collect(ch chan<- prometheus.Metric) {
+	c.s.mu.Lock()
+	d, problems := c.s.stats, len(c.s.errs)
+	c.s.mu.Unlock()
+	ch <- prometheus.MustNewConstMetric(problemsDesc, prometheus.GaugeValue, float64(problems))
+	for state, n := range map[string]int{
+		"served": d.served, "refused": d.refused, "blocked": d.blocked, "skipped": d.skipped, "unsettled": d.unsettled,
+	} {
+		ch <- prometheus.MustNewConstMetric(filesDesc, prometheus.GaugeValue, float64(n), state)
+	}
+	ch <- prometheus.MustNewConstMetric(scanDesc, prometheus.GaugeValue, d.scan.Seconds())
+}
