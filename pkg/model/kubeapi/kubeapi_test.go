@@ -199,6 +199,20 @@ func TestReduceErrors(t *testing.T) {
 		{name: "Pod IP",
 			doc:  `{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "n"}, "spec": {"containers": []}, "status": {"podIP": "x"}}`,
 			want: `pod n/p: podIP "x" is not an IP address`},
+		// netip keeps an IPv6 zone; the API server refuses one, and no
+		// answer can carry it.
+		{name: "Service clusterIP with a zone",
+			doc:  `{"apiVersion": "v1", "kind": "Service", "metadata": {"name": "x", "namespace": "n"}, "spec": {"clusterIP": "fe80::1%eth0"}}`,
+			want: `service n/x: clusterIP "fe80::1%eth0" is not an IP address: an IPv6 zone (%eth0) is not allowed`},
+		{name: "ServiceEntry address with a zone",
+			doc:  `{"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry", "metadata": {"name": "se", "namespace": "n"}, "spec": {"hosts": ["a.example"], "addresses": ["fe80::1%eth0"]}}`,
+			want: `serviceentry n/se: address "fe80::1%eth0" is not an IP address or CIDR: an IPv6 zone (%eth0) is not allowed`},
+		{name: "Pod nameserver with a zone",
+			doc:  `{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "n"}, "spec": {"containers": [], "dnsConfig": {"nameservers": ["fe80::53%eth0"]}}}`,
+			want: `pod n/p: dnsConfig nameserver "fe80::53%eth0" is not an IP address: an IPv6 zone (%eth0) is not allowed`},
+		{name: "ServiceEntry host that is the root",
+			doc:  `{"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry", "metadata": {"name": "se", "namespace": "n"}, "spec": {"hosts": ["a.example", "."]}}`,
+			want: `serviceentry n/se: host "." is not a valid DNS name: it is the root, no host`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -215,6 +229,51 @@ func TestReduceErrors(t *testing.T) {
 			}
 			if err == nil || err.Error() != tt.want {
 				t.Errorf("err = %v, want %q", err, tt.want)
+			}
+		})
+	}
+}
+
+// TestPortsPastTheRangeAreLeftOut: a port number outside 0-65535 (the API
+// server does not check an EndpointSlice's, nor a ServiceEntry's under a
+// CRD without its rules and no webhook) is left out of a watched object,
+// the rest of it kept: before, it was served wrapped around (70000 as 4464,
+// -1 as 65535).
+func TestPortsPastTheRangeAreLeftOut(t *testing.T) {
+	http := model.Port{Name: "http", Protocol: "TCP", Port: 80}
+	tests := []struct {
+		name, doc string
+	}{
+		{name: "Service",
+			doc: `{"apiVersion": "v1", "kind": "Service", "metadata": {"name": "x", "namespace": "n"}, "spec": {"clusterIP": "10.96.0.1",
+				"ports": [{"name": "big", "port": 70000}, {"name": "http", "port": 80}, {"name": "neg", "port": -1}]}}`},
+		{name: "EndpointSlice",
+			doc: `{"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "metadata": {"name": "s", "namespace": "n"}, "addressType": "IPv4",
+				"ports": [{"name": "big", "port": 70000}, {"name": "http", "port": 80}, {"name": "neg", "port": -1}]}`},
+		{name: "ServiceEntry",
+			doc: `{"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry", "metadata": {"name": "se", "namespace": "n"}, "spec": {"hosts": ["a.example"],
+				"ports": [{"name": "big", "number": 70000, "protocol": "TCP"}, {"name": "http", "number": 80, "protocol": "tcp"}]}}`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var got []model.Port
+			var err error
+			switch o := decode(t, tt.doc).(type) {
+			case *Service:
+				m, e := o.Model()
+				got, err = m.Ports, e
+			case *EndpointSlice:
+				m, e := o.Model()
+				got, err = m.Ports, e
+			case *ServiceEntry:
+				m, e := o.Model()
+				got, err = m.Ports, e
+			}
+			if err != nil {
+				t.Fatalf("err = %v: the object must be kept", err)
+			}
+			if !slices.Equal(got, []model.Port{http}) {
+				t.Errorf("ports %+v, want only %+v", got, http)
 			}
 		})
 	}

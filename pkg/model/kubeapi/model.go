@@ -61,12 +61,12 @@ func (s *Service) Model() (model.Service, error) {
 		} else {
 			var errs []error
 			for _, ip := range ips {
-				a, err := netip.ParseAddr(ip)
-				if err != nil {
-					errs = append(errs, fmt.Errorf("service %s: clusterIP %q is not an IP address", out.Key(), ip))
+				a, why := addrOf(ip)
+				if !a.IsValid() {
+					errs = append(errs, fmt.Errorf("service %s: clusterIP %q is not an IP address%s", out.Key(), ip, why))
 					continue
 				}
-				out.ClusterIPs = append(out.ClusterIPs, a.Unmap())
+				out.ClusterIPs = append(out.ClusterIPs, a)
 			}
 			if err := errors.Join(errs...); err != nil {
 				return out, err
@@ -74,7 +74,9 @@ func (s *Service) Model() (model.Service, error) {
 		}
 	}
 	for _, p := range s.Spec.Ports {
-		out.Ports = append(out.Ports, model.Port{Name: intern(p.Name), Protocol: protocolOf(p.Protocol), Port: uint16(p.Port)})
+		if n, ok := portNumber(int64(p.Port)); ok {
+			out.Ports = append(out.Ports, model.Port{Name: intern(p.Name), Protocol: protocolOf(p.Protocol), Port: n})
+		}
 	}
 	out.Ports = sharedPorts(out.Ports)
 	return out, nil
@@ -94,7 +96,11 @@ func (s *EndpointSlice) Model() (model.EndpointSlice, error) {
 			port.Protocol = protocolOf(*p.Protocol)
 		}
 		if p.Port != nil {
-			port.Port = uint16(*p.Port)
+			n, ok := portNumber(int64(*p.Port))
+			if !ok {
+				continue
+			}
+			port.Port = n
 		}
 		out.Ports = append(out.Ports, port)
 	}
@@ -109,12 +115,12 @@ func (s *EndpointSlice) Model() (model.EndpointSlice, error) {
 			ep.Hostname = strings.ToLower(*e.Hostname)
 		}
 		for _, a := range e.Addresses {
-			ip, err := netip.ParseAddr(a)
-			if err != nil {
-				errs = append(errs, fmt.Errorf("endpointslice %s/%s: address %q is not an IP address", out.Namespace, out.Name, a))
+			ip, why := addrOf(a)
+			if !ip.IsValid() {
+				errs = append(errs, fmt.Errorf("endpointslice %s/%s: address %q is not an IP address%s", out.Namespace, out.Name, a, why))
 				continue
 			}
-			ep.Addresses = append(ep.Addresses, ip.Unmap())
+			ep.Addresses = append(ep.Addresses, ip)
 		}
 		out.Endpoints = append(out.Endpoints, ep)
 	}
@@ -153,10 +159,16 @@ func (se *ServiceEntry) ModelSkipping() (out model.ServiceEntry, skipped, err er
 	} else {
 		errs = append(errs, fmt.Errorf("serviceentry %s: resolution %q is none of %s", out.Key(), out.Resolution, strings.Join(resolutions, ", ")))
 	}
-	for _, h := range spec.Hosts {
-		h = strings.ToLower(strings.TrimSuffix(h, "."))
+	for _, written := range spec.Hosts {
+		h := strings.ToLower(strings.TrimSuffix(written, "."))
 		if h == "" {
-			errs = append(errs, fmt.Errorf("serviceentry %s: empty host", out.Key()))
+			// Other hosts Istio's validation refuses reach the table, which
+			// leaves them out with a warning; these two are no name at all.
+			if written == "" {
+				errs = append(errs, fmt.Errorf("serviceentry %s: empty host", out.Key()))
+			} else {
+				errs = append(errs, fmt.Errorf("serviceentry %s: host %q is not a valid DNS name: it is the root, no host", out.Key(), written))
+			}
 			continue
 		}
 		out.Hosts = append(out.Hosts, h)
@@ -178,16 +190,18 @@ func (se *ServiceEntry) ModelSkipping() (out model.ServiceEntry, skipped, err er
 			}
 			continue
 		}
-		ip, err := netip.ParseAddr(a)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("serviceentry %s: address %q is not an IP address or CIDR", out.Key(), a))
+		ip, why := addrOf(a)
+		if !ip.IsValid() {
+			errs = append(errs, fmt.Errorf("serviceentry %s: address %q is not an IP address or CIDR%s", out.Key(), a, why))
 			continue
 		}
-		out.Addresses = append(out.Addresses, ip.Unmap())
+		out.Addresses = append(out.Addresses, ip)
 	}
 	out.StatusAddresses, skipped = statusAddresses(out.Key(), se.Status.Addresses)
 	for _, p := range spec.Ports {
-		out.Ports = append(out.Ports, model.Port{Name: intern(p.Name), Protocol: intern(strings.ToUpper(p.Protocol)), Port: uint16(p.Number)})
+		if n, ok := portNumber(int64(p.Number)); ok {
+			out.Ports = append(out.Ports, model.Port{Name: intern(p.Name), Protocol: intern(strings.ToUpper(p.Protocol)), Port: n})
+		}
 	}
 	out.Ports = sharedPorts(out.Ports)
 	return out, skipped, errors.Join(errs...)
@@ -222,14 +236,14 @@ func statusAddresses(key string, raw json.RawMessage) (out []model.HostAddress, 
 			skip("[%d] is not {value, host} strings", i)
 			continue
 		}
-		ip, err := netip.ParseAddr(a.Value)
-		if err != nil {
-			skip("[%d] value %q is not an IP address", i, a.Value)
+		ip, why := addrOf(a.Value)
+		if !ip.IsValid() {
+			skip("[%d] value %q is not an IP address%s", i, a.Value, why)
 			continue
 		}
 		out = append(out, model.HostAddress{
 			Host:    strings.ToLower(strings.TrimSuffix(a.Host, ".")),
-			Address: ip.Unmap(),
+			Address: ip,
 		})
 	}
 	if n == 0 {
@@ -282,22 +296,22 @@ func (p *Pod) Model() (model.Pod, error) {
 	}
 	var errs []error
 	for _, s := range ips {
-		ip, err := netip.ParseAddr(s)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("pod %s: podIP %q is not an IP address", out.Key(), s))
+		ip, why := addrOf(s)
+		if !ip.IsValid() {
+			errs = append(errs, fmt.Errorf("pod %s: podIP %q is not an IP address%s", out.Key(), s, why))
 			continue
 		}
-		out.IPs = append(out.IPs, ip.Unmap())
+		out.IPs = append(out.IPs, ip)
 	}
 	if dc := p.Spec.DNSConfig; dc != nil {
 		out.DNSSearches = append(out.DNSSearches, dc.Searches...)
 		for _, s := range dc.Nameservers {
-			ip, err := netip.ParseAddr(s)
-			if err != nil {
-				errs = append(errs, fmt.Errorf("pod %s: dnsConfig nameserver %q is not an IP address", out.Key(), s))
+			ip, why := addrOf(s)
+			if !ip.IsValid() {
+				errs = append(errs, fmt.Errorf("pod %s: dnsConfig nameserver %q is not an IP address%s", out.Key(), s, why))
 				continue
 			}
-			out.DNSNameservers = append(out.DNSNameservers, ip.Unmap())
+			out.DNSNameservers = append(out.DNSNameservers, ip)
 		}
 	}
 	return out, errors.Join(errs...)
@@ -309,6 +323,35 @@ func (p *Pod) Model() (model.Pod, error) {
 var FinishedPhases = []string{"Succeeded", "Failed", "Unknown"}
 
 func finished(phase string) bool { return slices.Contains(FinishedPhases, phase) }
+
+// addrOf parses an address as the API server's validation reads one,
+// unmapped; on failure it returns the zero Addr and what to add to "… is
+// not an IP address". netip keeps an IPv6 zone ("fe80::1%eth0"), which
+// the API server refuses (net.ParseIP does) and no answer can carry: it is
+// refused here too, so that a manifest cannot serve one.
+func addrOf(s string) (netip.Addr, string) {
+	a, err := netip.ParseAddr(s)
+	switch {
+	case err != nil:
+		return netip.Addr{}, ""
+	case a.Zone() != "":
+		return netip.Addr{}, ": an IPv6 zone (%" + a.Zone() + ") is not allowed"
+	}
+	return a.Unmap(), ""
+}
+
+// portNumber is n as a port, false when n cannot be one. The API server
+// refuses a Service or ServiceEntry port outside 1-65535, but not an
+// EndpointSlice's (nor a ServiceEntry's under a CRD without its CEL rules
+// and no webhook): such a port is left out, the rest of the object kept,
+// rather than served wrapped around (70000 as 4464). Manifests refuse them
+// (package typed).
+func portNumber(n int64) (uint16, bool) {
+	if n < 0 || n > 65535 {
+		return 0, false
+	}
+	return uint16(n), true
+}
 
 func namespaceOf(m *ObjectMeta) string {
 	if m.Namespace == "" {

@@ -6,6 +6,7 @@ package typed
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 
 	networkingv1alpha3 "istio.io/api/networking/v1alpha3"
@@ -18,8 +19,11 @@ import (
 	"github.com/ztdns/ztdns/pkg/model/kubeapi"
 )
 
-// FromService reduces a v1 Service.
+// FromService reduces a v1 Service, refusing (as checkMeta, checkPort) what
+// the API server refuses and the reduction would serve wrong.
 func FromService(s *corev1.Service) (model.Service, error) {
+	what := objectName("service", &s.ObjectMeta)
+	errs := checkMeta(what, &s.ObjectMeta, serviceName, true)
 	out := kubeapi.Service{ObjectMeta: meta(&s.ObjectMeta), Spec: kubeapi.ServiceSpec{
 		Type:                     string(s.Spec.Type),
 		ClusterIP:                s.Spec.ClusterIP,
@@ -28,15 +32,28 @@ func FromService(s *corev1.Service) (model.Service, error) {
 		PublishNotReadyAddresses: s.Spec.PublishNotReadyAddresses,
 	}}
 	for _, p := range s.Spec.Ports {
+		if err := checkPort(what, "port", int64(p.Port)); err != nil {
+			errs = append(errs, err)
+		}
 		out.Spec.Ports = append(out.Spec.Ports, kubeapi.ServicePort{Name: p.Name, Protocol: string(p.Protocol), Port: p.Port})
 	}
-	return out.Model()
+	svc, err := out.Model()
+	return svc, joined(errs, err)
 }
 
-// FromEndpointSlice reduces a discovery.k8s.io/v1 EndpointSlice.
+// FromEndpointSlice reduces a discovery.k8s.io/v1 EndpointSlice. A port
+// outside 1-65535 is refused: the API server does not check them, but no
+// controller writes one, and it could not be served.
 func FromEndpointSlice(s *discoveryv1.EndpointSlice) (model.EndpointSlice, error) {
+	what := objectName("endpointslice", &s.ObjectMeta)
+	errs := checkMeta(what, &s.ObjectMeta, subdomainName, true)
 	out := kubeapi.EndpointSlice{ObjectMeta: meta(&s.ObjectMeta), AddressType: string(s.AddressType)}
 	for _, p := range s.Ports {
+		if p.Port != nil {
+			if err := checkPort(what, "port", int64(*p.Port)); err != nil {
+				errs = append(errs, err)
+			}
+		}
 		out.Ports = append(out.Ports, kubeapi.EndpointPort{Name: p.Name, Protocol: (*string)(p.Protocol), Port: p.Port})
 	}
 	for _, e := range s.Endpoints {
@@ -44,7 +61,8 @@ func FromEndpointSlice(s *discoveryv1.EndpointSlice) (model.EndpointSlice, error
 		ep.Conditions.Ready = e.Conditions.Ready
 		out.Endpoints = append(out.Endpoints, ep)
 	}
-	return out.Model()
+	es, err := out.Model()
+	return es, joined(errs, err)
 }
 
 // FromServiceEntry reduces a ServiceEntry of any served version (v1,
@@ -53,6 +71,13 @@ func FromEndpointSlice(s *discoveryv1.EndpointSlice) (model.EndpointSlice, error
 // host's address is skipped, reported in skipped (see
 // kubeapi.ServiceEntry.ModelSkipping).
 func FromServiceEntry(m *metav1.ObjectMeta, spec *networkingv1alpha3.ServiceEntry, status json.RawMessage) (se model.ServiceEntry, skipped, err error) {
+	what := objectName("serviceentry", m)
+	errs := checkMeta(what, m, subdomainName, true)
+	for _, h := range spec.GetHosts() {
+		if err := checkHost(what, h); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	out := kubeapi.ServiceEntry{ObjectMeta: meta(m), Spec: kubeapi.ServiceEntrySpec{
 		Hosts:      spec.GetHosts(),
 		Addresses:  spec.GetAddresses(),
@@ -60,6 +85,9 @@ func FromServiceEntry(m *metav1.ObjectMeta, spec *networkingv1alpha3.ServiceEntr
 		ExportTo:   spec.GetExportTo(),
 	}}
 	for _, p := range spec.GetPorts() {
+		if err := checkPort(what, "number", int64(p.GetNumber())); err != nil {
+			errs = append(errs, err)
+		}
 		out.Spec.Ports = append(out.Spec.Ports, kubeapi.ServiceEntryPort{Number: p.GetNumber(), Protocol: p.GetProtocol(), Name: p.GetName()})
 	}
 	notObject := false
@@ -71,17 +99,20 @@ func FromServiceEntry(m *metav1.ObjectMeta, spec *networkingv1alpha3.ServiceEntr
 	if notObject {
 		skipped = fmt.Errorf("serviceentry %s: status is not an object: skipped", se.Key())
 	}
-	return se, skipped, err
+	return se, skipped, joined(errs, err)
 }
 
-// FromNamespace reduces a v1 Namespace.
-func FromNamespace(n *corev1.Namespace) model.Namespace {
+// FromNamespace reduces a v1 Namespace, refusing a name the API server
+// refuses.
+func FromNamespace(n *corev1.Namespace) (model.Namespace, error) {
 	out, _ := (&kubeapi.Namespace{ObjectMeta: meta(&n.ObjectMeta)}).Model() // never fails
-	return out
+	return out, errors.Join(checkMeta("namespace "+n.Name, &n.ObjectMeta, namespaceName, false)...)
 }
 
-// FromPod reduces a v1 Pod.
+// FromPod reduces a v1 Pod, refusing a name or namespace the API server
+// refuses.
 func FromPod(p *corev1.Pod) (model.Pod, error) {
+	errs := checkMeta(objectName("pod", &p.ObjectMeta), &p.ObjectMeta, subdomainName, true)
 	out := kubeapi.Pod{ObjectMeta: meta(&p.ObjectMeta),
 		Spec: kubeapi.PodSpec{
 			NodeName:    p.Spec.NodeName,
@@ -102,7 +133,19 @@ func FromPod(p *corev1.Pod) (model.Pod, error) {
 	for _, ip := range p.Status.PodIPs {
 		out.Status.PodIPs = append(out.Status.PodIPs, kubeapi.PodIP{IP: ip.IP})
 	}
-	return out.Model()
+	pod, err := out.Model()
+	return pod, joined(errs, err)
+}
+
+// joined joins errs and the reduction's err into one flat list (err may be
+// a join itself), so that a manifest reports each problem on its own line.
+func joined(errs []error, err error) error {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		errs = append(errs, j.Unwrap()...)
+	} else if err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
 }
 
 // meta keeps what kubeapi.ObjectMeta holds.

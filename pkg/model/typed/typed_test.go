@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -156,5 +157,23 @@ func TestFromPod(t *testing.T) {
 	got.DNSPolicy = model.DNSClusterFirstWithHostNet
 	if s := got.SearchList("cluster.local"); len(s) != 4 {
 		t.Errorf("ClusterFirstWithHostNet search %v", s)
+	}
+}
+
+// TestCheckHost holds checkHost to Istio's validation of ServiceEntry
+// hosts (pkg/config/validation: ValidateWildcardDomain, and "*" refused).
+func TestCheckHost(t *testing.T) {
+	label63 := strings.Repeat("a", 63)
+	for _, h := range []string{"a", "a.example", "A.Example.COM.", "*.example", "*foo.example", "*-foo.example", "x-1.example",
+		"foo.123.", label63 + ".example", "", "."} { // "" and "." are the reduction's (kubeapi)
+		if err := checkHost("serviceentry n/se", h); err != nil {
+			t.Errorf("%q: %v, want accepted", h, err)
+		}
+	}
+	for _, h := range []string{"*", "*.", "a..b", "foo.*.x", "*.*.x", "_x.example", "-a.example", "a-.example", "10.0.0.1", "a.b..",
+		label63 + "a.example", "*" + label63 + ".example", strings.Repeat("a.", 128)} {
+		if err := checkHost("serviceentry n/se", h); err == nil || !strings.HasPrefix(err.Error(), "serviceentry n/se: host "+strconv.Quote(h)+" ") {
+			t.Errorf("%q: %v, want refused", h, err)
+		}
 	}
 }

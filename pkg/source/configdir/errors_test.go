@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -564,5 +565,220 @@ func TestMissingDirectory(t *testing.T) {
 	writeFiles(t, filepath.Dir(file), map[string]string{"file": ""})
 	if err := New(file).Run(t.Context(), func(*model.Snapshot) {}); err == nil || !strings.Contains(err.Error(), "not a directory") {
 		t.Errorf("Run on a file = %v, want a 'not a directory' error", err)
+	}
+}
+
+// label1123 and subdomain1123 are the API server's words for a name that is
+// not a lowercase DNS-1123 label or subdomain (k8s.io/apimachinery).
+const (
+	label1123     = `a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')`
+	subdomain1123 = `a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')`
+)
+
+// TestValuesTheAPIServerRefuses: a manifest value the API server (or
+// Istio's validation) refuses is a problem of the file, on its line. Before,
+// ports outside 1-65535 were served wrapped around (a Service port 70000
+// answered SRV with 4464, -1 with 65535), names in upper case were listed
+// by `ztdns table` but never answered (queries match in lower case), an
+// address kept its IPv6 zone, and a ServiceEntry host that is no DNS name
+// was dropped from the table with a warning that named no file, while an
+// empty host or "." refused the file as "empty host".
+func TestValuesTheAPIServerRefuses(t *testing.T) {
+	tests := []struct {
+		name string
+		yaml string // written to bad.yaml after goodNamespace (4 lines)
+		want []string
+	}{
+		{
+			name: "Service ports",
+			yaml: `apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  clusterIP: 10.96.0.1
+  ports:
+  - {name: a, port: 70000}
+  - {name: b, port: 0}
+  - {name: c, port: -1}
+  - {name: d, port: 65535}
+`,
+			want: []string{
+				`bad.yaml:11: service default/web: port "70000" must be between 1 and 65535, inclusive`,
+				`bad.yaml:12: service default/web: port "0" must be between 1 and 65535, inclusive`,
+				`bad.yaml:13: service default/web: port "-1" must be between 1 and 65535, inclusive`,
+			},
+		},
+		{
+			name: "ServiceEntry ports",
+			yaml: `apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: ext}
+spec:
+  hosts: [ext.example]
+  ports:
+  - {name: a, number: 70000, protocol: TCP}
+  - {name: b, number: 0, protocol: TCP}
+`,
+			want: []string{
+				`bad.yaml:11: serviceentry default/ext: number "70000" must be between 1 and 65535, inclusive`,
+				`bad.yaml:12: serviceentry default/ext: number "0" must be between 1 and 65535, inclusive`,
+			},
+		},
+		{
+			name: "negative ServiceEntry port",
+			yaml: `apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: ext}
+spec:
+  hosts: [ext.example]
+  ports:
+  - {name: a, number: -1, protocol: TCP}
+`,
+			// Istio's type has no room for it: refused where it is decoded.
+			want: []string{`bad.yaml:5: serviceentry default/ext: json: cannot unmarshal number -1 into Go struct field serviceEntryManifest.spec of type uint32`},
+		},
+		{
+			name: "EndpointSlice port",
+			yaml: `apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: db-1, labels: {kubernetes.io/service-name: db}}
+addressType: IPv4
+endpoints:
+- addresses: [10.0.0.1]
+ports:
+- {name: pg, port: 70000}
+`,
+			want: []string{`bad.yaml:12: endpointslice default/db-1: port "70000" must be between 1 and 65535, inclusive`},
+		},
+		{
+			name: "names in upper case",
+			yaml: `apiVersion: v1
+kind: Service
+metadata: {name: UpperSvc}
+spec: {clusterIP: 10.96.0.1}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: UpperNS
+spec: {clusterIP: 10.96.0.2}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: UpperNS}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: Ext}
+spec: {hosts: [ext.example]}
+`,
+			want: []string{
+				`bad.yaml:7: service default/UpperSvc: metadata.name "UpperSvc" is not valid: ` + label1123,
+				`bad.yaml:14: service UpperNS/web: metadata.namespace "UpperNS" is not valid: ` + label1123,
+				`bad.yaml:19: namespace UpperNS: metadata.name "UpperNS" is not valid: ` + label1123,
+				`bad.yaml:23: serviceentry default/Ext: metadata.name "Ext" is not valid: ` + subdomain1123,
+			},
+		},
+		{
+			name: "addresses with a zone",
+			yaml: `apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  clusterIPs:
+  - fe80::1%eth0
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: db-1}
+addressType: IPv6
+endpoints:
+- addresses: ["fe80::2%eth0"]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: ext}
+spec:
+  hosts: [ext.example]
+  addresses: ["fe80::3%eth0"]
+`,
+			want: []string{
+				`bad.yaml:10: service default/web: clusterIP "fe80::1%eth0" is not an IP address: an IPv6 zone (%eth0) is not allowed`,
+				`bad.yaml:17: endpointslice default/db-1: address "fe80::2%eth0" is not an IP address: an IPv6 zone (%eth0) is not allowed`,
+				`bad.yaml:24: serviceentry default/ext: address "fe80::3%eth0" is not an IP address or CIDR: an IPv6 zone (%eth0) is not allowed`,
+			},
+		},
+		{
+			name: "ServiceEntry hosts",
+			yaml: `apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: ext}
+spec:
+  hosts:
+  - ok.example
+  - "*.wild.example"
+  - ""
+  - "."
+  - "*"
+  - a..b
+  - foo.*.x
+  - _x.example
+  - 198.51.100.1
+`,
+			// The empty host and "." come last: the reduction refuses them
+			// in every mode, after the manifest's own checks.
+			want: []string{
+				`bad.yaml:14: serviceentry default/ext: host "*" is not a valid DNS name: it would be every name`,
+				`bad.yaml:15: serviceentry default/ext: host "a..b" is not a valid DNS name: labels are 1 to 63 letters, digits or '-' (not first or last), and only the first may be a wildcard (*, *name)`,
+				`bad.yaml:16: serviceentry default/ext: host "foo.*.x" is not a valid DNS name: labels are 1 to 63 letters, digits or '-' (not first or last), and only the first may be a wildcard (*, *name)`,
+				`bad.yaml:17: serviceentry default/ext: host "_x.example" is not a valid DNS name: labels are 1 to 63 letters, digits or '-' (not first or last), and only the first may be a wildcard (*, *name)`,
+				`bad.yaml:18: serviceentry default/ext: host "198.51.100.1" is not a valid DNS name: its last label is all digits (an address is written in spec.addresses)`,
+				`bad.yaml:5: serviceentry default/ext: empty host`,
+				`bad.yaml:13: serviceentry default/ext: host "." is not a valid DNS name: it is the root, no host`,
+			},
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			dir, got, errs := loadFiles(t, map[string]string{"bad.yaml": goodNamespace + tc.yaml})
+			var want []string
+			for _, w := range tc.want {
+				want = append(want, filepath.Join(dir, w))
+			}
+			wantErrors(t, errs, want)
+			if n := names(got); len(n) > 0 {
+				t.Errorf("broken file served %q", n)
+			}
+		})
+	}
+}
+
+// TestValuesTheAPIServerAccepts: the checks above refuse no more than the
+// API server and Istio do: a Service name with a leading digit (a DNS-1123
+// label, since Kubernetes 1.37), hosts in upper case (served in lower
+// case), a trailing dot, a partial wildcard (Istio warns of it; the table
+// leaves it out), port 65535.
+func TestValuesTheAPIServerAccepts(t *testing.T) {
+	_, got, errs := loadFiles(t, map[string]string{"ok.yaml": `apiVersion: v1
+kind: Service
+metadata: {name: 1web, namespace: shop-2}
+spec:
+  clusterIP: 10.96.0.1
+  ports: [{name: top, port: 65535}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: ext.v2, namespace: shop-2}
+spec:
+  hosts: [API.Example.com., "*.wild.example", "*foo.example", short]
+  ports: [{name: top, number: 65535, protocol: TCP}]
+`})
+	wantErrors(t, errs, nil)
+	if n := names(got); !slices.Equal(n, []string{"service shop-2/1web", "serviceentry shop-2/ext.v2"}) {
+		t.Errorf("served %q", n)
+	}
+	if len(got.Services) == 1 && !slices.Equal(got.Services[0].Ports, []model.Port{{Name: "top", Protocol: "TCP", Port: 65535}}) {
+		t.Errorf("ports %+v", got.Services[0].Ports)
 	}
 }

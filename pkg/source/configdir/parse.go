@@ -12,7 +12,6 @@ import (
 
 	"google.golang.org/protobuf/encoding/protojson"
 	networkingv1alpha3api "istio.io/api/networking/v1alpha3"
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	sigsjson "sigs.k8s.io/json"
 	"sigs.k8s.io/yaml"
@@ -496,7 +495,7 @@ func decodeAs[T, M any](raw []byte, convert func(*T) (M, error), into *[]M) deco
 }
 
 func decodeNamespace(raw []byte, _ string, m *manifests) decodeResult {
-	return decodeAs(raw, func(n *corev1.Namespace) (model.Namespace, error) { return typed.FromNamespace(n), nil }, &m.namespaces)
+	return decodeAs(raw, typed.FromNamespace, &m.namespaces)
 }
 
 func decodeService(raw []byte, _ string, m *manifests) decodeResult {
