@@ -95,6 +95,29 @@ func TestAnswerOverAMessage(t *testing.T) {
 	}
 }
 
+// TestTruncatedAnswerRotates: a headless Service of 100 endpoints asked
+// over UDP without EDNS gets the 29 addresses that fit in 512 bytes, and
+// 20 queries do not all get the same 29: each starts where its ID rotates
+// the set, as a whole answer does. Before: every one started at the first
+// address.
+func TestTruncatedAnswerRotates(t *testing.T) {
+	addr := headlessServer(t, Options{}, 100)
+	firsts := map[string]bool{}
+	for id := range 20 {
+		query := new(dns.Msg)
+		query.SetQuestion("web.ns.svc.cluster.local.", dns.TypeA)
+		query.Id = uint16(1000 + id)
+		m, size := exchangeUDP(t, query, addr)
+		if !m.Truncated || len(m.Answer) != (512-12-30)/16 || size > 512 {
+			t.Fatalf("ID %d: TC %v, %d records in %d bytes; want TC and %d", query.Id, m.Truncated, len(m.Answer), size, (512-12-30)/16)
+		}
+		firsts[m.Answer[0].(*dns.A).A.String()] = true
+	}
+	if len(firsts) < 10 {
+		t.Errorf("20 queries got %d distinct first addresses, want the set rotated (at least 10)", len(firsts))
+	}
+}
+
 // exchangeUDP sends query to addr over UDP and returns the reply and its
 // size.
 func exchangeUDP(t *testing.T, query *dns.Msg, addr string) (*dns.Msg, int) {

@@ -44,12 +44,22 @@ func fuzzServerWith(tb testing.TB, opts Options) *Server {
 		ServiceEntries: []model.ServiceEntry{
 			{Namespace: "default", Name: "a", Hosts: []string{"address.internal", "*.wild.example"}, Addresses: []netip.Addr{netip.MustParseAddr("198.51.100.1")}, AutoAllocate: true},
 			{Namespace: "default", Name: "b", Hosts: []string{"auto.internal"}, Resolution: "DNS", AutoAllocate: true},
+			{Namespace: "default", Name: "c", Hosts: []string{"big.internal"}, Addresses: bigSet},
 		},
 	}, table.Options{})
 	s.SetTable(tbl)
 	tb.Cleanup(func() { s.Close() })
 	return s
 }
+
+// bigSet is 40 addresses, more than a reply of 512 bytes holds.
+var bigSet = func() []netip.Addr {
+	var as []netip.Addr
+	for i := range 40 {
+		as = append(as, netip.AddrFrom4([4]byte{198, 51, 100, byte(10 + i)}))
+	}
+	return as
+}()
 
 func query(name string, qtype uint16, edns bool) []byte {
 	m := new(dns.Msg)
@@ -113,12 +123,14 @@ func TestFastPathAllocatesNothing(t *testing.T) {
 		q           []byte
 		answer, soa int // records in the answer and authority sections
 	}
-	// An answer, NODATA (which carries the zone's SOA), and SRV (with its
-	// target's address in the additional section).
+	// An answer, NODATA (which carries the zone's SOA), SRV (with its
+	// target's address in the additional section), and a rotated set cut
+	// to the 30 addresses that fit in 512 bytes (12 header, 18 question).
 	common := []fastQuery{
 		{query("address.internal.", dns.TypeA, true), 1, 0},
 		{query("web.default.svc.cluster.local.", dns.TypeTXT, true), 0, 1},
 		{query("_http._tcp.web.default.svc.cluster.local.", dns.TypeSRV, true), 1, 0},
+		{query("big.internal.", dns.TypeA, false), (512 - 12 - 18) / 16, 0},
 	}
 	// A pod whose addresses are all IPv6: the family filter keeps its
 	// queries on the fast path, its own family's VIP and NODATA with the
