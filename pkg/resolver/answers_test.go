@@ -120,6 +120,36 @@ func TestTruncatedAnswerRotates(t *testing.T) {
 	}
 }
 
+// TestSRVGlueLeftOutSetsNoTC: a headless Service of 8 endpoints asked for
+// SRV over UDP without EDNS: its 8 records fit in 512 bytes, its targets'
+// addresses (the additional section) do not all; the reply has them all,
+// the addresses that fit, and no TC, so that the client keeps the answer
+// rather than asking again over TCP (RFC 2181 9), where CoreDNS sets TC
+// (miekg's Msg.Truncate, for any record left out). It is not counted
+// truncated. Over TCP every address is there.
+func TestSRVGlueLeftOutSetsNoTC(t *testing.T) {
+	addr := headlessServer(t, Options{}, 8)
+	query := new(dns.Msg)
+	query.SetQuestion("_http._tcp.web.ns.svc.cluster.local.", dns.TypeSRV)
+	truncated := truncatedCounts()
+	m, size := exchangeUDP(t, query, addr)
+	if m.Rcode != dns.RcodeSuccess || m.Truncated || len(m.Answer) != 8 || len(m.Extra) == 0 || len(m.Extra) >= 8 || size > 512 {
+		t.Errorf("UDP: %s, TC %v, %d answers, %d additional in %d bytes; want NOERROR, no TC, all 8 answers and the addresses that fit in 512",
+			dns.RcodeToString[m.Rcode], m.Truncated, len(m.Answer), len(m.Extra), size)
+	}
+	if got := truncatedCounts().minus(truncated); got != (protoCounts{}) {
+		t.Errorf("ztdns_resolver_truncated_total rose by %v over UDP and %v over TCP, want 0", got.udp, got.tcp)
+	}
+	c := &dns.Client{Net: "tcp", Timeout: 5 * time.Second}
+	m, _, err := c.Exchange(query, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Truncated || len(m.Answer) != 8 || len(m.Extra) != 8 {
+		t.Errorf("TCP: TC %v, %d answers, %d additional; want all 8 of each", m.Truncated, len(m.Answer), len(m.Extra))
+	}
+}
+
 // exchangeUDP sends query to addr over UDP and returns the reply and its
 // size.
 func exchangeUDP(t *testing.T, query *dns.Msg, addr string) (*dns.Msg, int) {

@@ -35,8 +35,11 @@ import (
 // that would go past it are left out, as many as fit are kept, and the
 // header gets TC (as miekg's Msg.Truncate, which CoreDNS applies to every
 // reply); truncated reports it. An SRV answer's additional records (its
-// targets' addresses) go in only where they fit, and never cause TC (RFC
-// 2181 9).
+// targets' addresses) go in only where they fit, and never cause TC, where
+// Msg.Truncate, which cannot tell which records a reply needs, sets it for
+// any left out: RFC 2181 9 says TC is not to be set for what additional
+// section processing could not fit, and a client that gets TC drops the
+// reply and asks again over TCP, for an answer it already has whole.
 func (r *Result) AppendAnswer(out []byte, hdr int, qtype uint16, rot uint16, room int) (_ []byte, truncated bool) {
 	e := r.Entry
 	ttl := e.src.ttl
