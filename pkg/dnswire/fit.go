@@ -83,13 +83,18 @@ func PlanFit(msg []byte, limit int) (Fit, error) {
 		}
 		f.keep, off = end, end
 	}
-	kept := int(f.an) + int(f.ns) + int(f.ar)
-	if f.optOff >= 0 {
-		kept++
-	}
-	f.Dropped = kept < records
+	f.Dropped = f.Kept() < records
 	f.size = f.keep + optLen
 	return f, nil
+}
+
+// Kept is the number of records the cut keeps, the OPT record included.
+func (f Fit) Kept() int {
+	n := int(f.an) + int(f.ns) + int(f.ar)
+	if f.optOff >= 0 {
+		n++
+	}
+	return n
 }
 
 // Apply cuts msg, the message f was planned for, in place: the kept

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"testing"
 	"time"
 
@@ -12,6 +13,7 @@ import (
 
 	"github.com/ztdns/ztdns/internal/dnstest"
 	"github.com/ztdns/ztdns/internal/testenv"
+	"github.com/ztdns/ztdns/pkg/dnswire"
 	"github.com/ztdns/ztdns/pkg/model"
 	"github.com/ztdns/ztdns/pkg/podcache"
 	"github.com/ztdns/ztdns/pkg/resolver/quota"
@@ -92,6 +94,59 @@ func TestAnswerOverAMessage(t *testing.T) {
 	query.SetQuestion("web.ns.svc.cluster.local.", dns.TypeA)
 	if m, size := exchangeUDP(t, query, addr); !m.Truncated || len(m.Answer) != (512-12-30)/16 || size > 512 {
 		t.Errorf("UDP without EDNS: TC %v, %d records in %d bytes; want TC and %d", m.Truncated, len(m.Answer), size, (512-12-30)/16)
+	}
+}
+
+// TestTruncatedAnswerRotates: a headless Service of 100 endpoints asked
+// over UDP without EDNS gets the 29 addresses that fit in 512 bytes, and
+// 20 queries do not all get the same 29: each starts where its ID rotates
+// the set, as a whole answer does. Before: every one started at the first
+// address.
+func TestTruncatedAnswerRotates(t *testing.T) {
+	addr := headlessServer(t, Options{}, 100)
+	firsts := map[string]bool{}
+	for id := range 20 {
+		query := new(dns.Msg)
+		query.SetQuestion("web.ns.svc.cluster.local.", dns.TypeA)
+		query.Id = uint16(1000 + id)
+		m, size := exchangeUDP(t, query, addr)
+		if !m.Truncated || len(m.Answer) != (512-12-30)/16 || size > 512 {
+			t.Fatalf("ID %d: TC %v, %d records in %d bytes; want TC and %d", query.Id, m.Truncated, len(m.Answer), size, (512-12-30)/16)
+		}
+		firsts[m.Answer[0].(*dns.A).A.String()] = true
+	}
+	if len(firsts) < 10 {
+		t.Errorf("20 queries got %d distinct first addresses, want the set rotated (at least 10)", len(firsts))
+	}
+}
+
+// TestSRVGlueLeftOutSetsNoTC: a headless Service of 8 endpoints asked for
+// SRV over UDP without EDNS: its 8 records fit in 512 bytes, its targets'
+// addresses (the additional section) do not all; the reply has them all,
+// the addresses that fit, and no TC, so that the client keeps the answer
+// rather than asking again over TCP (RFC 2181 9), where CoreDNS sets TC
+// (miekg's Msg.Truncate, for any record left out). It is not counted
+// truncated. Over TCP every address is there.
+func TestSRVGlueLeftOutSetsNoTC(t *testing.T) {
+	addr := headlessServer(t, Options{}, 8)
+	query := new(dns.Msg)
+	query.SetQuestion("_http._tcp.web.ns.svc.cluster.local.", dns.TypeSRV)
+	truncated := truncatedCounts()
+	m, size := exchangeUDP(t, query, addr)
+	if m.Rcode != dns.RcodeSuccess || m.Truncated || len(m.Answer) != 8 || len(m.Extra) == 0 || len(m.Extra) >= 8 || size > 512 {
+		t.Errorf("UDP: %s, TC %v, %d answers, %d additional in %d bytes; want NOERROR, no TC, all 8 answers and the addresses that fit in 512",
+			dns.RcodeToString[m.Rcode], m.Truncated, len(m.Answer), len(m.Extra), size)
+	}
+	if got := truncatedCounts().minus(truncated); got != (protoCounts{}) {
+		t.Errorf("ztdns_resolver_truncated_total rose by %v over UDP and %v over TCP, want 0", got.udp, got.tcp)
+	}
+	c := &dns.Client{Net: "tcp", Timeout: 5 * time.Second}
+	m, _, err := c.Exchange(query, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Truncated || len(m.Answer) != 8 || len(m.Extra) != 8 {
+		t.Errorf("TCP: TC %v, %d answers, %d additional; want all 8 of each", m.Truncated, len(m.Answer), len(m.Extra))
 	}
 }
 
@@ -263,7 +318,8 @@ func TestSlowAnswerCompressed(t *testing.T) {
 // the client's UDP buffer (60 addresses, asked without EDNS: 512 bytes)
 // keeps the whole records that fit, with TC, as CoreDNS's forward plugin
 // cuts it (before: an empty reply with TC). This upstream does not
-// compress, and its records are kept as it wrote them.
+// compress; the cut does, as miekg's Msg.Truncate (CoreDNS's): 30
+// records, not the 17 that fit as the upstream wrote them (before).
 func TestForwardedReplyOverTheClientsBuffer(t *testing.T) {
 	var zone []string
 	for i := range 60 {
@@ -273,9 +329,9 @@ func TestForwardedReplyOverTheClientsBuffer(t *testing.T) {
 	query := new(dns.Msg)
 	query.SetQuestion("big.example.", dns.TypeA)
 	m, size := exchangeUDP(t, query, ss.addr.String())
-	// 12 header, 17 question, 27 an uncompressed address.
-	if m.Rcode != dns.RcodeSuccess || !m.Truncated || len(m.Answer) != (512-12-17)/27 || size > 512 {
-		t.Errorf("%s, TC %v, %d records in %d bytes; want NOERROR, TC and the %d that fit in 512", dns.RcodeToString[m.Rcode], m.Truncated, len(m.Answer), size, (512-12-17)/27)
+	// 12 header, 17 question, 16 an address compressed.
+	if m.Rcode != dns.RcodeSuccess || !m.Truncated || len(m.Answer) != (512-12-17)/16 || size > 512 {
+		t.Errorf("%s, TC %v, %d records in %d bytes; want NOERROR, TC and the %d that fit in 512", dns.RcodeToString[m.Rcode], m.Truncated, len(m.Answer), size, (512-12-17)/16)
 	}
 }
 
@@ -319,6 +375,159 @@ func TestForwardedReplyCutOnTheWire(t *testing.T) {
 	}
 	if got := truncatedCounts().minus(truncated); got != (protoCounts{udp: 1}) {
 		t.Errorf("ztdns_resolver_truncated_total rose by %v over UDP and %v over TCP, want 1 and 0", got.udp, got.tcp)
+	}
+}
+
+// compressingWhenItMust answers as r does, compressing only a reply that
+// does not fit a TCP message otherwise: as CoreDNS writes every reply
+// (miekg's Msg.Truncate turns compression off for one that fits).
+type compressingWhenItMust struct{ r dnstest.Responder }
+
+func (c compressingWhenItMust) Reply(req *dns.Msg, local netip.AddrPort) *dns.Msg {
+	m := c.r.Reply(req, local)
+	if m != nil {
+		m.Truncate(dns.MaxMsgSize)
+	}
+	return m
+}
+
+// TestForwardedReplyCompressedForTheClient: a forwarded reply from an
+// upstream that compresses only when it must (CoreDNS), asked over TCP
+// (300 addresses, some 8 KB uncompressed) and so cached, then asked from
+// the cache over UDP without EDNS and with 1,232 bytes, keeps as many
+// records as fit compressed, with TC, the client's ID and spelling of the
+// question, the upstream's flags and the OPT record: nearly twice as many
+// as the upstream's bytes cut as they came (before: 17 in 512 bytes, 44
+// in 1,232, where CoreDNS's cut, miekg's Msg.Truncate, keeps 29 and 73).
+func TestForwardedReplyCompressedForTheClient(t *testing.T) {
+	var zone []string
+	for i := range 300 {
+		zone = append(zone, fmt.Sprintf("big.example. 60 IN A 203.0.%d.%d", 113+i/250, i%250+1))
+	}
+	up := dnstest.Start(t, "127.0.0.1:0", compressingWhenItMust{dnstest.ZoneOf(t, zone...)})
+	ls := startLimitsServer(t, Options{}, up.Addr, up.Addr)
+	for _, c := range []struct {
+		name string
+		edns uint16 // 0: none
+		want int
+	}{
+		// 12 header, 17 question, 11 OPT, 16 an address compressed, and
+		// 11 more for the first, whose owner is written out: spelled as
+		// the upstream wrote it (big.example.), it is no repeat of the
+		// question (BIG.Example.).
+		{"without EDNS", 0, (512 - 12 - 17 - 11) / 16},
+		{"EDNS 1232", 1232, (1232 - 12 - 17 - 11 - 11) / 16},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			query := new(dns.Msg)
+			query.SetQuestion("BIG.Example.", dns.TypeA)
+			query.Id = 0xBEEF
+			limit := 512
+			if c.edns > 0 {
+				query.SetEdns0(c.edns, false)
+				limit = int(c.edns)
+			}
+			// Over TCP first, with another ID and spelling: the whole
+			// reply, cached as it came.
+			tcpQuery := query.Copy()
+			tcpQuery.Id, tcpQuery.Question[0].Name = 0x1234, "big.example."
+			m, err := ls.tryExchange(victimIP, "tcp", tcpQuery)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if m.Truncated || len(m.Answer) != 300 {
+				t.Fatalf("TCP: TC %v, %d records; want all 300", m.Truncated, len(m.Answer))
+			}
+			m, size := exchangeUDP(t, query, ls.addr.String())
+			if m.Id != 0xBEEF || m.Rcode != dns.RcodeSuccess || !m.Truncated || !m.Authoritative || !m.RecursionDesired ||
+				len(m.Answer) < c.want || size > limit {
+				t.Errorf("ID %#x, %s, TC %v, AA %v, RD %v, %d records in %d bytes; want ID 0xbeef, NOERROR, TC, AA, RD and the %d that fit in %d compressed",
+					m.Id, dns.RcodeToString[m.Rcode], m.Truncated, m.Authoritative, m.RecursionDesired, len(m.Answer), size, c.want, limit)
+			}
+			if len(m.Question) != 1 || m.Question[0].Name != "BIG.Example." {
+				t.Errorf("question %v, want the client's BIG.Example.", m.Question)
+			}
+			if opt := m.IsEdns0(); (c.edns > 0) != (opt != nil) {
+				t.Errorf("OPT %v, want one for a client with EDNS, none otherwise", opt)
+			}
+		})
+	}
+	for _, q := range up.Received() {
+		if q.Net != "tcp" {
+			t.Errorf("the upstream was asked %v, want only the TCP queries: the UDP replies from the cache", q)
+		}
+	}
+}
+
+// TestCompressedFitKeepsTheReplysHeader: the compressed cut of an
+// uncompressed reply keeps what the cut on the wire keeps, ID, flags
+// (AD, CD, the Z bit, an RA the client never set), the question as
+// spelled, the OPT record with DO and an extended error, and more records;
+// one already compressed is left to the wire cut (nil).
+func TestCompressedFitKeepsTheReplysHeader(t *testing.T) {
+	m := new(dns.Msg)
+	m.SetQuestion("Big.EXAMPLE.", dns.TypeA)
+	m.Id = 0xBEEF
+	m.Response, m.Authoritative, m.RecursionAvailable, m.AuthenticatedData, m.CheckingDisabled, m.Zero = true, true, true, true, true, true
+	for i := range 100 {
+		m.Answer = append(m.Answer, &dns.A{Hdr: dns.RR_Header{Name: "big.example.", Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60},
+			A: net.IPv4(203, 0, 113, byte(i+1))})
+	}
+	m.SetEdns0(1232, true)
+	opt := m.IsEdns0()
+	opt.Option = append(opt.Option, &dns.EDNS0_EDE{InfoCode: dns.ExtendedErrorCodeStaleAnswer, ExtraText: "stale"})
+	uncompressed, err := m.Pack()
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Compress = true
+	compressed, err := m.Pack()
+	if err != nil {
+		t.Fatal(err)
+	}
+	const limit = 512
+	f, err := dnswire.PlanFit(slices.Clone(uncompressed), limit)
+	if err != nil || !f.Dropped {
+		t.Fatalf("the wire cut: dropped %v, %v", f.Dropped, err)
+	}
+	onTheWire := dnstest.Unpack(t, f.Apply(slices.Clone(uncompressed)))
+	out := compressedFit(uncompressed, limit, f.Kept())
+	if out == nil || len(out) > limit {
+		t.Fatalf("compressed cut of %d bytes, want one within %d", len(out), limit)
+	}
+	got := dnstest.Unpack(t, out)
+	if got.MsgHdr != onTheWire.MsgHdr || !got.Truncated || !slices.Equal(got.Question, onTheWire.Question) ||
+		got.IsEdns0().String() != onTheWire.IsEdns0().String() {
+		t.Errorf("compressed: %v %v %v\nwant as on the wire: %v %v %v",
+			got.MsgHdr, got.Question, got.IsEdns0(), onTheWire.MsgHdr, onTheWire.Question, onTheWire.IsEdns0())
+	}
+	if len(got.Answer) <= len(onTheWire.Answer) || len(got.Ns) != 0 || len(got.Extra) != 1 {
+		t.Errorf("%d/%d/%d records, want more answers than the %d on the wire and the OPT record alone", len(got.Answer), len(got.Ns), len(got.Extra), len(onTheWire.Answer))
+	}
+	for i, rr := range got.Answer {
+		if rr.String() != m.Answer[i].String() {
+			t.Fatalf("answer %d: %v, want %v", i, rr, m.Answer[i])
+		}
+	}
+	f, err = dnswire.PlanFit(slices.Clone(compressed), limit)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out := compressedFit(compressed, limit, f.Kept()); out != nil {
+		t.Errorf("a compressed reply decoded and cut again (%d bytes): the wire cut keeps as much", len(out))
+	}
+	// 25 addresses: over 700 bytes uncompressed, under 512 compressed:
+	// whole, without TC.
+	m.Answer, m.Compress = m.Answer[:25], false
+	uncompressed, err = m.Pack()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f, err = dnswire.PlanFit(slices.Clone(uncompressed), limit); err != nil || !f.Dropped {
+		t.Fatalf("25 addresses uncompressed: dropped %v, %v; want records dropped", f.Dropped, err)
+	}
+	if got := dnstest.Unpack(t, compressedFit(uncompressed, limit, f.Kept())); got.Truncated || len(got.Answer) != 25 {
+		t.Errorf("25 addresses: TC %v, %d records; want all, no TC", got.Truncated, len(got.Answer))
 	}
 }
 

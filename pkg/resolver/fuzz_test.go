@@ -13,6 +13,7 @@ import (
 	"github.com/miekg/dns"
 
 	"github.com/ztdns/ztdns/internal/dnstest"
+	"github.com/ztdns/ztdns/pkg/dnswire"
 	"github.com/ztdns/ztdns/pkg/model"
 	"github.com/ztdns/ztdns/pkg/podcache"
 	"github.com/ztdns/ztdns/pkg/resolver/quota"
@@ -44,12 +45,22 @@ func fuzzServerWith(tb testing.TB, opts Options) *Server {
 		ServiceEntries: []model.ServiceEntry{
 			{Namespace: "default", Name: "a", Hosts: []string{"address.internal", "*.wild.example"}, Addresses: []netip.Addr{netip.MustParseAddr("198.51.100.1")}, AutoAllocate: true},
 			{Namespace: "default", Name: "b", Hosts: []string{"auto.internal"}, Resolution: "DNS", AutoAllocate: true},
+			{Namespace: "default", Name: "c", Hosts: []string{"big.internal"}, Addresses: bigSet},
 		},
 	}, table.Options{})
 	s.SetTable(tbl)
 	tb.Cleanup(func() { s.Close() })
 	return s
 }
+
+// bigSet is 40 addresses, more than a reply of 512 bytes holds.
+var bigSet = func() []netip.Addr {
+	var as []netip.Addr
+	for i := range 40 {
+		as = append(as, netip.AddrFrom4([4]byte{198, 51, 100, byte(10 + i)}))
+	}
+	return as
+}()
 
 func query(name string, qtype uint16, edns bool) []byte {
 	m := new(dns.Msg)
@@ -108,17 +119,64 @@ func FuzzAnswer(f *testing.F) {
 	})
 }
 
+// FuzzCompressedFit checks the decoded cut fitUDP sends when the cut on
+// the wire drops records: it never panics, and a cut it makes is within
+// the limit, parses, has the reply's ID, and TC unless it kept every
+// record. Seeds: a reply of 60 addresses, uncompressed and compressed,
+// with and without an OPT record.
+func FuzzCompressedFit(f *testing.F) {
+	for _, compress := range []bool{false, true} {
+		for _, edns := range []bool{false, true} {
+			m := new(dns.Msg)
+			m.SetQuestion("Big.example.", dns.TypeA)
+			m.Response = true
+			for i := range 60 {
+				m.Answer = append(m.Answer, &dns.A{Hdr: dns.RR_Header{Name: "big.example.", Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60},
+					A: net.IPv4(203, 0, 113, byte(i+1))})
+			}
+			m.Ns = append(m.Ns, &dns.NS{Hdr: dns.RR_Header{Name: "example.", Rrtype: dns.TypeNS, Class: dns.ClassINET, Ttl: 60}, Ns: "ns.example."})
+			if edns {
+				m.SetEdns0(1232, true)
+			}
+			m.Compress = compress
+			b, _ := m.Pack()
+			f.Add(b, uint16(512))
+		}
+	}
+	f.Fuzz(func(t *testing.T, msg []byte, limit uint16) {
+		fit, err := dnswire.PlanFit(msg, int(limit))
+		if err != nil || !fit.Dropped {
+			return
+		}
+		out := compressedFit(msg, int(limit), fit.Kept())
+		if out == nil {
+			return
+		}
+		m := new(dns.Msg)
+		if err := m.Unpack(out); err != nil {
+			t.Fatalf("the cut does not parse: %v\nreply %x\ncut %x", err, msg, out)
+		}
+		records := int(binary.BigEndian.Uint16(msg[6:])) + int(binary.BigEndian.Uint16(msg[8:])) + int(binary.BigEndian.Uint16(msg[10:]))
+		whole := len(m.Answer)+len(m.Ns)+len(m.Extra) == records
+		if len(out) > int(limit) || !m.Truncated && !whole || binary.BigEndian.Uint16(out) != binary.BigEndian.Uint16(msg) {
+			t.Fatalf("cut to %d octets (limit %d), TC %v, whole %v, ID %#x for %#x", len(out), limit, m.Truncated, whole, m.Id, binary.BigEndian.Uint16(msg))
+		}
+	})
+}
+
 func TestFastPathAllocatesNothing(t *testing.T) {
 	type fastQuery struct {
 		q           []byte
 		answer, soa int // records in the answer and authority sections
 	}
-	// An answer, NODATA (which carries the zone's SOA), and SRV (with its
-	// target's address in the additional section).
+	// An answer, NODATA (which carries the zone's SOA), SRV (with its
+	// target's address in the additional section), and a rotated set cut
+	// to the 30 addresses that fit in 512 bytes (12 header, 18 question).
 	common := []fastQuery{
 		{query("address.internal.", dns.TypeA, true), 1, 0},
 		{query("web.default.svc.cluster.local.", dns.TypeTXT, true), 0, 1},
 		{query("_http._tcp.web.default.svc.cluster.local.", dns.TypeSRV, true), 1, 0},
+		{query("big.internal.", dns.TypeA, false), (512 - 12 - 18) / 16, 0},
 	}
 	// A pod whose addresses are all IPv6: the family filter keeps its
 	// queries on the fast path, its own family's VIP and NODATA with the

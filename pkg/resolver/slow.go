@@ -467,18 +467,51 @@ func (q *slowQuery) forward(ctx context.Context) []byte {
 
 // fitUDP cuts a forwarded reply larger than the client's UDP buffer to the
 // whole records that fit, with TC, as CoreDNS's forward plugin does
-// (request.Scrub): on the wire, without decoding it, in place (the
-// forwarder's reply is a copy of its own). The records stay as the
-// upstream wrote them, so fewer fit from one that does not compress; the
-// cost stays a walk over the reply. One that does not parse becomes an
-// empty reply with TC.
+// (request.Scrub). The cut is planned on the wire, without decoding the
+// reply; where it drops records, the reply is decoded and cut compressed
+// (compressedFit), as CoreDNS's is, and that is sent if it keeps more.
+// CoreDNS compresses only a reply that does not fit otherwise, so what it
+// answers ztdns over TCP, cached and then served to a client over UDP,
+// keeps half the records cut as it came. Otherwise the wire cut is
+// applied in place (the forwarder's reply is a copy of its own). One that
+// does not parse becomes an empty reply with TC.
 func (q *slowQuery) fitUDP(reply []byte) []byte {
-	f, err := dnswire.PlanFit(reply, q.r.UDPLimit())
+	limit := q.r.UDPLimit()
+	f, err := dnswire.PlanFit(reply, limit)
 	if err != nil {
 		return q.truncated()
 	}
 	q.cut = f.Dropped
+	if f.Dropped {
+		if out := compressedFit(reply, limit, f.Kept()); out != nil {
+			return out
+		}
+	}
 	return f.Apply(reply)
+}
+
+// compressedFit is reply cut to limit as miekg's Msg.Truncate cuts it
+// (CoreDNS's server, for every reply), its names compressed, with TC: the
+// ID, flags, question (as the client spelled it) and OPT record (its
+// options, an extended error among them) are the reply's. It is nil when
+// the reply does not decode or pack within limit, or when the cut keeps no
+// more records than kept, those that fit as the reply came (one that was
+// compressed already): that cut is cheaper and changes nothing.
+func compressedFit(reply []byte, limit, kept int) []byte {
+	m := new(dns.Msg)
+	if m.Unpack(reply) != nil {
+		return nil
+	}
+	m.Truncate(limit)
+	if len(m.Answer)+len(m.Ns)+len(m.Extra) <= kept {
+		return nil
+	}
+	m.Compress = true
+	out, err := m.Pack()
+	if err != nil || len(out) > limit {
+		return nil
+	}
+	return out
 }
 
 // upstreams are where the query's misses go: its TCP connection's, or

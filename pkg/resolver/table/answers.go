@@ -35,8 +35,11 @@ import (
 // that would go past it are left out, as many as fit are kept, and the
 // header gets TC (as miekg's Msg.Truncate, which CoreDNS applies to every
 // reply); truncated reports it. An SRV answer's additional records (its
-// targets' addresses) go in only where they fit, and never cause TC (RFC
-// 2181 9).
+// targets' addresses) go in only where they fit, and never cause TC, where
+// Msg.Truncate, which cannot tell which records a reply needs, sets it for
+// any left out: RFC 2181 9 says TC is not to be set for what additional
+// section processing could not fit, and a client that gets TC drops the
+// reply and asks again over TCP, for an answer it already has whole.
 func (r *Result) AppendAnswer(out []byte, hdr int, qtype uint16, rot uint16, room int) (_ []byte, truncated bool) {
 	e := r.Entry
 	ttl := e.src.ttl
@@ -113,18 +116,20 @@ func (w *answer) fits(size int) bool {
 }
 
 // addrs appends the A or AAAA records of addrs (of one family), starting
-// with the rot-th and wrapping around, as many as fit.
+// with the rot-th and wrapping around, as many as fit: a set cut short
+// starts at the rotation point too, so that clients that get only part of
+// it (without EDNS, 29 IPv4 addresses) do not all get the same part.
 func (w *answer) addrs(addrs []netip.Addr, ttl uint32, rot uint16) {
 	if len(addrs) == 0 || w.cut {
 		return
 	}
-	if size := addrLen(addrs[0]); len(w.out)+len(addrs)*size > w.end {
+	n := len(addrs)
+	if size := addrLen(addrs[0]); len(w.out)+n*size > w.end {
 		w.cut = true
-		addrs = addrs[:max(0, (w.end-len(w.out))/size)] // the first that fit, unrotated: a rare reply
-		rot = 0
+		n = max(0, (w.end-len(w.out))/size)
 	}
-	w.out = appendAddrs(w.out, addrs, ttl, rot)
-	w.n += uint16(len(addrs))
+	w.out = appendAddrs(w.out, addrs, n, ttl, rot)
+	w.n += uint16(n)
 }
 
 func (w *answer) nameRR(rrtype uint16, ttl uint32, target string) {
@@ -253,20 +258,24 @@ func appendExtraAddr(out []byte, owner uint16, name string, ttl uint32, a netip.
 	return append(dnswire.AppendRRFixed(out, dns.TypeAAAA, dns.ClassINET, ttl, 16), b[:]...)
 }
 
-// appendAddrs appends the A or AAAA records of addrs (of one family),
-// starting with the rot-th and wrapping around.
-func appendAddrs(out []byte, addrs []netip.Addr, ttl uint32, rot uint16) []byte {
+// appendAddrs appends n (at most len(addrs)) of the A or AAAA records of
+// addrs (of one family), starting with the rot-th and wrapping around.
+func appendAddrs(out []byte, addrs []netip.Addr, n int, ttl uint32, rot uint16) []byte {
 	if len(addrs) < 2 { // the usual case: no rotation, no division
-		for _, a := range addrs {
+		for _, a := range addrs[:n] {
 			out = appendAddr(out, ttl, a)
 		}
 		return out
 	}
-	cut := uint32(rot) % uint32(len(addrs))
-	for _, a := range addrs[cut:] {
+	cut := int(uint32(rot) % uint32(len(addrs)))
+	head := addrs[cut:]
+	if n < len(head) {
+		head = head[:n]
+	}
+	for _, a := range head {
 		out = appendAddr(out, ttl, a)
 	}
-	for _, a := range addrs[:cut] {
+	for _, a := range addrs[:n-len(head)] {
 		out = appendAddr(out, ttl, a)
 	}
 	return out

@@ -483,3 +483,44 @@ func TestAddressesRotate(t *testing.T) {
 		}
 	}
 }
+
+// TestTruncatedAddressesRotate: an answer cut to the records that fit (100
+// addresses in 512 bytes) starts at the query's rotation point too, and
+// wraps around: a client without EDNS gets a different first address for
+// each ID, as it does from a set that fits. Before: the first that fit,
+// unrotated, the same 29 addresses for every query.
+func TestTruncatedAddressesRotate(t *testing.T) {
+	var as []netip.Addr
+	for i := range 100 {
+		as = append(as, netip.AddrFrom4([4]byte{198, 51, 100, byte(i + 1)}))
+	}
+	tbl, _ := Build(&model.Snapshot{ServiceEntries: []model.ServiceEntry{{Namespace: "a", Name: "x", Hosts: []string{"x.example"},
+		Addresses: as}}}, Options{})
+	r := tbl.Resolve("x.example.", "a")
+	m := new(dns.Msg)
+	m.SetQuestion("x.example.", dns.TypeA)
+	head, _ := m.Pack()
+	const room = 512
+	fit := (room - len(head)) / (rrFixed + 4)
+	firsts := map[string]bool{}
+	for rot := range 10 {
+		wire, truncated := r.AppendAnswer(slices.Clone(head), 0, dns.TypeA, uint16(95+rot), room)
+		if err := m.Unpack(wire); err != nil {
+			t.Fatal(err)
+		}
+		if !truncated || !m.Truncated || len(m.Answer) != fit || len(wire) > room {
+			t.Fatalf("rot %d: truncated %v, TC %v, %d records in %d bytes; want TC and the %d that fit in %d",
+				95+rot, truncated, m.Truncated, len(m.Answer), len(wire), fit, room)
+		}
+		// In order from the rotation point, wrapping past the last.
+		for i, rr := range m.Answer {
+			if want := as[(95+rot+i)%len(as)]; rr.(*dns.A).A.String() != want.String() {
+				t.Fatalf("rot %d: record %d is %v, want %s", 95+rot, i, rr, want)
+			}
+		}
+		firsts[m.Answer[0].(*dns.A).A.String()] = true
+	}
+	if len(firsts) != 10 {
+		t.Errorf("10 rotations start at %d distinct addresses, want 10", len(firsts))
+	}
+}
