@@ -377,7 +377,7 @@ func startAgentWith(t *testing.T, edit func(*agent.Config)) testAgent {
 		"spec: {hosts: [many.internal], addresses: [198.51.100.11, 198.51.100.12, 198.51.100.13, 198.51.100.14, 198.51.100.15, 198.51.100.16], ports: [{name: http, number: 80, protocol: HTTP}]}\n"
 	for i := range 7 {
 		many += fmt.Sprintf("---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: bad-%d, namespace: default}\n"+
-			"spec: {hosts: [bad_%d!.internal], addresses: [198.51.100.%d], ports: [{name: http, number: 80, protocol: HTTP}]}\n", i, i, 20+i)
+			"spec: {hosts: [\"*bad%d.internal\"], addresses: [198.51.100.%d], ports: [{name: http, number: 80, protocol: HTTP}]}\n", i, i, 20+i)
 	}
 	// A headless Service without endpoints: a name held without records.
 	many += "---\napiVersion: v1\nkind: Service\nmetadata: {name: empty, namespace: default}\nspec: {clusterIP: None, ports: [{name: http, port: 80}]}\n"
