@@ -291,7 +291,7 @@ directory of YAML manifests (--config-dir).`,
 		}
 		ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 		defer stop()
-		return agent.Run(ctx, agent.Config{
+		err = agent.Run(ctx, agent.Config{
 			Capture:           captureCfg,
 			DNSCaptureDefault: *dnsCaptureDefault,
 			ExcludeNamespaces: namespaceList(*excludeNamespaces),
@@ -331,6 +331,12 @@ directory of YAML manifests (--config-dir).`,
 			MaxNamespaceSeries: *maxNamespaces,
 			MaxUpstreamSeries:  *maxUpstreams,
 		})
+		if errors.Is(err, syscall.EADDRINUSE) {
+			// Another process serves where --listen or --metrics says: the
+			// agent refused to serve beside it, and did nothing.
+			return usageError{err}
+		}
+		return err
 	}
 	return cmd
 }

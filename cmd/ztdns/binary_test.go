@@ -54,7 +54,8 @@ func TestBuiltBinary(t *testing.T) {
 	metrics := testenv.FreePort(t).String()
 	// Killed at cleanup, or when the test binary dies without one (a
 	// -timeout panic); its log is printed if the test failed.
-	agent := testenv.StartLocal(t, bin, "agent", "-capture=false", "-config-dir", "../../examples", "-listen", testenv.FreePort(t).String(),
+	listen := testenv.FreePort(t).String()
+	agent := testenv.StartLocal(t, bin, "agent", "-capture=false", "-config-dir", "../../examples", "-listen", listen,
 		"-upstream", up.Addr.String(), "-socket", socket, "-metrics", metrics, "-log-level", "info")
 
 	var st control.Status
@@ -78,6 +79,27 @@ func TestBuiltBinary(t *testing.T) {
 	wantMetric := fmt.Sprintf(`ztdns_build_info{goversion=%q,revision=%q,version=%q} 1`, info.GoVersion, info.Revision, info.Version)
 	if body := scrape(t, metrics); !strings.Contains(body, wantMetric+"\n") {
 		t.Errorf("/metrics lacks %s", wantMetric)
+	}
+
+	// A second agent on the address (run by hand beside the first, with
+	// a control socket of its own) refuses to serve beside it: exit 2.
+	second := testenv.StartLocal(t, bin, "agent", "--capture=false", "--config-dir", t.TempDir(), "--listen", listen,
+		"--upstream", testenv.DeadAddr(t).String(), "--socket", filepath.Join(t.TempDir(), "ztdns.sock"))
+	agenttest.Eventually(t, 30*time.Second, func() error {
+		if second.Running() && !second.LogContains(`msg="agent started"`) {
+			return errors.New("the second agent neither exited nor started")
+		}
+		return nil
+	})
+	if second.Running() {
+		t.Errorf("a second agent on --listen %s started beside the first:\n%s", listen, second.Log())
+	} else {
+		err := second.Wait(t, 0)
+		var exit *exec.ExitError
+		if !errors.As(err, &exit) || exit.ExitCode() != exitUsage ||
+			!second.LogContains("ztdns agent: udp "+listen+": another process already serves on this address") {
+			t.Errorf("a second agent on --listen %s: %v, output:\n%s\nwant exit status %d, saying that another process serves there", listen, err, second.Log(), exitUsage)
+		}
 	}
 
 	if err := agent.Signal(syscall.SIGTERM); err != nil {

@@ -375,6 +375,12 @@ func (a *Agent) run(ctx context.Context) error {
 		g.waitStopped(a.log, a.stopTimeout())
 		return err
 	}
+	// Before anything is bound or attached: an agent beside another
+	// resolver would take part of its queries, and with capture would
+	// point the node's programs at itself.
+	if err := a.checkNotServed(in); err != nil {
+		return abort(err)
+	}
 	if a.cfg.Capture != nil {
 		if err := a.startCapture(in != nil); err != nil {
 			return abort(fmt.Errorf("capture: %w", err))
@@ -798,6 +804,41 @@ func (a *Agent) listen(spawn func(string, func() error), in *inherited) error {
 		in.udp, in.tcp = nil, nil
 	}
 	in.closeSockets() // addresses this agent no longer listens on
+	return nil
+}
+
+// checkNotServed refuses to start where another process already serves:
+// a resolver address, whose SO_REUSEPORT sockets the kernel would let this
+// agent bind beside the other's, taking about half of its queries (see
+// resolver.CheckNotServed), or the --metrics address. The sockets of a
+// predecessor that hands them over are not another's: it serves there
+// until this agent takes over, and a new UDP socket (a larger
+// --udp-sockets) joins theirs. The error wraps EADDRINUSE.
+func (a *Agent) checkNotServed(in *inherited) error {
+	for _, addr := range a.addrs {
+		if in.covers(addr) {
+			continue
+		}
+		if err := resolver.CheckNotServed(addr); err != nil {
+			return fmt.Errorf("%w; not serving beside it: stop that one, or give this agent another --listen address", err)
+		}
+	}
+	addr := BracketIPv6HostPort(a.cfg.MetricsAddr)
+	if addr == "" || in != nil && in.metrics != nil && sameTCPAddr(in.metrics.Addr(), addr) {
+		return nil
+	}
+	// As listenMetrics binds it, and let go at once; another failure is
+	// its to report.
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		if errors.Is(err, syscall.EADDRINUSE) {
+			_, port, _ := net.SplitHostPort(addr)
+			return fmt.Errorf("--metrics %s: another process already serves on this address (a second ztdns agent?): find it with ss -ltnp 'sport = :%s'; "+
+				"not serving beside it: stop that one, or give this agent another --metrics address: %w", addr, port, err)
+		}
+		return nil
+	}
+	ln.Close()
 	return nil
 }
 

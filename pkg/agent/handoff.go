@@ -410,6 +410,31 @@ func (in *inherited) adoptControl(f *os.File) error {
 	return nil
 }
 
+// covers reports whether a socket handed over is bound where addr would
+// bind, or could share its port with it (one of the two the wildcard
+// address): the predecessor serves there, and this agent takes over from
+// it. A nil inherited covers nothing.
+func (in *inherited) covers(addr netip.AddrPort) bool {
+	if in == nil {
+		return false
+	}
+	overlaps := func(b netip.AddrPort) bool {
+		a, b2 := addr.Addr().Unmap(), b.Addr().Unmap()
+		return addr.Port() == b.Port() && (a == b2 || a.IsUnspecified() || b2.IsUnspecified())
+	}
+	for b := range in.udp {
+		if overlaps(b) {
+			return true
+		}
+	}
+	for b := range in.tcp {
+		if overlaps(b) {
+			return true
+		}
+	}
+	return false
+}
+
 // release tells the old agent we serve now and waits until it has stopped
 // reading and let go of the control socket. The connection stays open if
 // held (the agent closes it as it ends); else it is closed.

@@ -4,6 +4,8 @@ package resolver
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"syscall"
@@ -17,30 +19,97 @@ import (
 // interface that carries it is up. A TCP listener gets its connections'
 // buffers before listen(2): the kernel accepts connections from then on,
 // each with the listener's buffers of that moment.
+//
+// SO_REUSEPORT also lets any other process of the same user bind the
+// address beside this one, and the kernel then spreads the queries over
+// both: CheckNotServed, before the first socket is bound, is what keeps a
+// second resolver off an address (ListenUDP and ListenTCP do not check,
+// for they open each socket of a group).
 var listenConfig = net.ListenConfig{
 	Control: func(network, address string, c syscall.RawConn) error {
-		var serr error
-		err := c.Control(func(fd uintptr) {
-			if serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1); serr != nil {
-				return
+		return control(rawConn{c}, func(fd int) error {
+			if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1); err != nil {
+				return err
 			}
-			if serr = unix.SetsockoptInt(int(fd), unix.SOL_IP, unix.IP_FREEBIND, 1); serr != nil {
-				return
-			}
-			if network == "udp6" || network == "tcp6" {
-				if serr = unix.SetsockoptInt(int(fd), unix.SOL_IPV6, unix.IPV6_FREEBIND, 1); serr != nil {
-					return
-				}
+			if err := freebind(network, fd); err != nil {
+				return err
 			}
 			if network == "tcp4" || network == "tcp6" {
-				serr = limitTCPBuffers(int(fd))
+				return limitTCPBuffers(fd)
 			}
+			return nil
 		})
-		if err != nil {
-			return err
-		}
-		return serr
 	},
+}
+
+// probeConfig binds as listenConfig does, without SO_REUSEPORT: where any
+// other socket serves, its bind fails with EADDRINUSE. Go sets
+// SO_REUSEADDR on a TCP listener (not on a unicast UDP socket), with which
+// Linux refuses the bind while another socket listens on the address, but
+// not for connections of a listener gone (TIME_WAIT) that a restart leaves
+// behind. None of the resolver's UDP sockets has SO_REUSEADDR, which would
+// let the probe share their address.
+var probeConfig = net.ListenConfig{
+	Control: func(network, address string, c syscall.RawConn) error {
+		return control(rawConn{c}, func(fd int) error { return freebind(network, fd) })
+	},
+}
+
+// freebind sets IP_FREEBIND (and IPV6_FREEBIND on an IPv6 socket) on fd.
+func freebind(network string, fd int) error {
+	if err := unix.SetsockoptInt(fd, unix.SOL_IP, unix.IP_FREEBIND, 1); err != nil {
+		return err
+	}
+	if network == "udp6" || network == "tcp6" {
+		return unix.SetsockoptInt(fd, unix.SOL_IPV6, unix.IPV6_FREEBIND, 1)
+	}
+	return nil
+}
+
+// rawConn makes a RawConn a syscall.Conn, for control.
+type rawConn struct{ syscall.RawConn }
+
+func (c rawConn) SyscallConn() (syscall.RawConn, error) { return c.RawConn, nil }
+
+// ServedError is CheckNotServed's error: a socket this resolver did not
+// open is bound to Addr.
+type ServedError struct {
+	Network string // "udp" or "tcp"
+	Addr    netip.AddrPort
+}
+
+func (e *ServedError) Error() string {
+	return fmt.Sprintf("%s %s: another process already serves on this address (another resolver, or a second ztdns agent), "+
+		"and would get part of the queries: find it with ss -l%snp 'sport = :%d'",
+		e.Network, e.Addr, e.Network[:1], e.Addr.Port())
+}
+
+func (e *ServedError) Unwrap() error { return syscall.EADDRINUSE }
+
+// CheckNotServed returns a *ServedError when a UDP or TCP socket is bound
+// to addr (or to the wildcard address of its port), or nil. A resolver
+// calls it before it binds its first socket there: with SO_REUSEPORT the
+// kernel would let it bind, and split the queries between the two. A
+// TCP connection left in TIME_WAIT by a resolver gone does not count.
+// Another failure is not reported here: the bind that follows reports it.
+// Port 0 (a port of the kernel's choosing) is never served.
+func CheckNotServed(addr netip.AddrPort) error {
+	if addr.Port() == 0 {
+		return nil
+	}
+	pc, err := probeConfig.ListenPacket(context.Background(), network("udp", addr), addr.String())
+	if err == nil {
+		pc.Close()
+	} else if errors.Is(err, syscall.EADDRINUSE) {
+		return &ServedError{Network: "udp", Addr: addr}
+	}
+	ln, err := probeConfig.Listen(context.Background(), network("tcp", addr), addr.String())
+	if err == nil {
+		ln.Close()
+	} else if errors.Is(err, syscall.EADDRINUSE) {
+		return &ServedError{Network: "tcp", Addr: addr}
+	}
+	return nil
 }
 
 // udpReceiveBuffer is each UDP socket's receive buffer (SO_RCVBUF; the
