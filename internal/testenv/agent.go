@@ -111,6 +111,11 @@ func (a *Agent) Signal(sig syscall.Signal) error { return a.cmd.Process.Signal(s
 func (a *Agent) Wait(tb testing.TB, within time.Duration) error {
 	tb.Helper()
 	select {
+	case <-a.done: // first: with within 0 both cases below are ready at once
+		return a.err
+	default:
+	}
+	select {
 	case <-a.done:
 		return a.err
 	case <-time.After(within):
