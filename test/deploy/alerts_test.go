@@ -107,7 +107,12 @@ func TestChartAlertsNodeOrPod(t *testing.T) {
 // renders it, parsed with Prometheus's parser.
 func chartAlerts(t *testing.T) map[string]parser.Expr {
 	t.Helper()
-	c := renderChart(t, "metrics.prometheusRule.enabled=true")
+	return renderedAlerts(t, renderChart(t, "metrics.prometheusRule.enabled=true"))
+}
+
+// renderedAlerts is every alert of c's PrometheusRule, parsed.
+func renderedAlerts(t *testing.T, c *chart) map[string]parser.Expr {
+	t.Helper()
 	if c.prometheusRule == nil {
 		t.Fatalf("no PrometheusRule: %q", c.kinds)
 	}
