@@ -3,8 +3,11 @@
 package deploy
 
 import (
+	"cmp"
 	"maps"
+	"math"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -143,44 +146,90 @@ func renderedAlerts(t *testing.T, c *chart) map[string]parser.Expr {
 // query a second, as one pod's own unreachable nameserver is. (Before,
 // no_memory counted as its failure and source_limited diluted its failures;
 // and a pod's `dig @203.0.113.9` every two minutes held it at 100%.)
+// ZtdnsUpstreamSlow fires for a nameserver that answers, but more than 1%
+// of its replies take over 0.5 s, again only at more than a reply a
+// second. (Before, a nameserver answering every query after 1.6 s, within
+// --forward-timeout, counted ok and set off no alert.)
 func TestChartUpstreamAlert(t *testing.T) {
 	t.Parallel()
-	const name = "ZtdnsUpstreamFailureRatioHigh"
-	e := chartAlerts(t)[name]
-	if e == nil {
-		t.Fatalf("the PrometheusRule has no alert %s", name)
+	const failing, slow = "ZtdnsUpstreamFailureRatioHigh", "ZtdnsUpstreamSlow"
+	exprs := chartAlerts(t)
+	for _, name := range []string{failing, slow} {
+		if exprs[name] == nil {
+			t.Fatalf("the PrometheusRule has no alert %s: %v", name, slices.Sorted(maps.Keys(exprs)))
+		}
 	}
+	// The buckets of ztdns_forward_upstream_duration_seconds
+	// (pkg/resolver/forward/metrics.go).
+	bounds := []float64{.00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, math.Inf(1)}
 	for _, tc := range []struct {
-		name   string
-		rates  map[string]float64 // attempts a second to one nameserver, by result
-		firing bool
+		name  string
+		rates map[string]float64 // attempts a second to one nameserver, by result
+		// The share of the replies (ok and servfail) that take "after"
+		// seconds; the others take 3 ms.
+		slowShare, after float64
+		firing           []string
 	}{
-		{"all answered", map[string]float64{"ok": 100}, false},
-		{"timeouts", map[string]float64{"ok": 80, "timeout": 20}, true},
-		{"error rcodes", map[string]float64{"ok": 80, "servfail": 20}, true},
-		{"the node's budget of replies spent", map[string]float64{"ok": 50, "no_memory": 50}, false},
-		{"a pod over its bytes, and timeouts", map[string]float64{"ok": 80, "timeout": 20, "source_limited": 400}, true},
-		{"cancelled for a faster nameserver", map[string]float64{"ok": 50, "canceled": 50}, false},
+		{name: "all answered", rates: map[string]float64{"ok": 100}},
+		{name: "timeouts", rates: map[string]float64{"ok": 80, "timeout": 20}, firing: []string{failing}},
+		{name: "error rcodes", rates: map[string]float64{"ok": 80, "servfail": 20}, firing: []string{failing}},
+		{name: "the node's budget of replies spent", rates: map[string]float64{"ok": 50, "no_memory": 50}},
+		{name: "a pod over its bytes, and timeouts", rates: map[string]float64{"ok": 80, "timeout": 20, "source_limited": 400}, firing: []string{failing}},
+		{name: "cancelled for a faster nameserver", rates: map[string]float64{"ok": 50, "canceled": 50}},
 		// A pod's own nameserver (dig @, its dnsConfig), unreachable: one
 		// query every two minutes is all its failures, and says nothing of
 		// the cluster's DNS.
-		{"a pod's own unreachable nameserver, a query every two minutes", map[string]float64{"timeout": 1.0 / 120}, false},
-		{"a nameserver failing under load", map[string]float64{"ok": 1, "timeout": 1}, true},
+		{name: "a pod's own unreachable nameserver, a query every two minutes", rates: map[string]float64{"timeout": 1.0 / 120}},
+		{name: "a nameserver failing under load", rates: map[string]float64{"ok": 1, "timeout": 1}, firing: []string{failing}},
+		// As reproduced: every cache miss answered after 1.6 s, all ok.
+		{name: "every reply after 1.6 s, within the forward timeout", rates: map[string]float64{"ok": 20}, slowShare: 1, after: 1.6, firing: []string{slow}},
+		{name: "5% of the replies after 1.6 s", rates: map[string]float64{"ok": 100}, slowShare: 0.05, after: 1.6, firing: []string{slow}},
+		{name: "half a percent of the replies after 1.6 s", rates: map[string]float64{"ok": 100}, slowShare: 0.005, after: 1.6},
+		{name: "every reply after 0.3 s", rates: map[string]float64{"ok": 100}, slowShare: 1, after: 0.3},
+		{name: "slow and failing", rates: map[string]float64{"ok": 80, "timeout": 20}, slowShare: 0.5, after: 1.6, firing: []string{failing, slow}},
+		{name: "a pod's own slow nameserver, a query every two minutes", rates: map[string]float64{"ok": 1.0 / 120}, slowShare: 1, after: 1.6},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			nameserver := map[string]string{"node": "n1", "instance": "10.0.0.1:15053", "job": "ztdns", "to": "10.96.0.10:53"}
+			s := func(name string, perSecond float64, kv ...string) rateSeries {
+				l := maps.Clone(nameserver)
+				l["__name__"] = name
+				for i := 0; i < len(kv); i += 2 {
+					l[kv[i]] = kv[i+1]
+				}
+				return rateSeries{labels: l, rate: perSecond}
+			}
 			var series []rateSeries
 			for result, rate := range tc.rates {
-				series = append(series, rateSeries{rate: rate, labels: map[string]string{
-					"__name__": "ztdns_forward_upstream_queries_total", "node": "n1", "instance": "10.0.0.1:15053",
-					"to": "10.96.0.10:53", "result": result,
-				}})
+				series = append(series, s("ztdns_forward_upstream_queries_total", rate, "result", result))
 			}
-			v := evalRates(t, e, series)
-			if got := len(v) > 0; got != tc.firing {
-				t.Errorf("%s firing: %v, want %v (%v)", name, got, tc.firing, v)
+			// The histogram has the replies, not timeouts nor errors.
+			if replies := tc.rates["ok"] + tc.rates["servfail"]; replies > 0 {
+				for _, le := range bounds {
+					n := 0.0
+					if le >= 0.003 {
+						n += replies * (1 - tc.slowShare)
+					}
+					if le >= tc.after {
+						n += replies * tc.slowShare
+					}
+					series = append(series, s("ztdns_forward_upstream_duration_seconds_bucket", n, "proto", "udp", "le", strconv.FormatFloat(le, 'g', -1, 64)))
+				}
+				series = append(series, s("ztdns_forward_upstream_duration_seconds_count", replies, "proto", "udp"))
 			}
-			if len(v) > 0 && v[0].labels["to"] != "10.96.0.10:53" {
-				t.Errorf("%s fires without the nameserver: %v", name, v[0].labels)
+			var firing []string
+			for _, name := range []string{failing, slow} {
+				v := evalRates(t, exprs[name], series)
+				if len(v) == 0 {
+					continue
+				}
+				firing = append(firing, name)
+				if v[0].labels["to"] != "10.96.0.10:53" || v[0].labels["node"] != "n1" {
+					t.Errorf("%s fires without the nameserver and the node: %v", name, v[0].labels)
+				}
+			}
+			if !slices.Equal(firing, tc.firing) {
+				t.Errorf("alerts firing: %q, want %q", firing, tc.firing)
 			}
 		})
 	}
@@ -246,7 +295,7 @@ func (s rateSeries) key() string {
 // evalRates evaluates e at an instant over counters that rose at steady
 // rates: rate() of a counter is its rate; a selector outside rate() is a
 // gauge, whose value is "rate". It knows what the chart's alerts use (rate,
-// a gauge, sum and max by, arithmetic and comparison between vectors matched on
+// a gauge, sum and max by, histogram_quantile, arithmetic and comparison between vectors matched on
 // all their labels or with a number, and, or, parentheses) and fails the test
 // on anything else, rather than guess.
 func evalRates(t *testing.T, e parser.Expr, series []rateSeries) []rateSeries {
@@ -265,6 +314,13 @@ func evalRates(t *testing.T, e parser.Expr, series []rateSeries) []rateSeries {
 		}
 		return out
 	case *parser.Call:
+		if e.Func.Name == "histogram_quantile" {
+			q, ok := e.Args[0].(*parser.NumberLiteral)
+			if !ok {
+				t.Fatalf("the test does not evaluate %s", e)
+			}
+			return histogramQuantile(t, q.Val, evalRates(t, e.Args[1], series))
+		}
 		if e.Func.Name != "rate" || len(e.Args) != 1 {
 			t.Fatalf("the test does not evaluate %s", e)
 		}
@@ -348,6 +404,60 @@ func evalRates(t *testing.T, e parser.Expr, series []rateSeries) []rateSeries {
 	}
 	t.Fatalf("the test does not evaluate %s (%T)", e, e)
 	return nil
+}
+
+// histogramQuantile is Prometheus's histogram_quantile over classic
+// buckets (series with an "le" label), grouped by their other labels: the
+// q-quantile interpolated linearly within the bucket it falls in; the
+// upper bound of the last finite bucket when it falls in +Inf's.
+func histogramQuantile(t *testing.T, q float64, buckets []rateSeries) []rateSeries {
+	t.Helper()
+	type bucket struct{ upper, count float64 }
+	groups := map[string][]bucket{}
+	labelsOf := map[string]map[string]string{}
+	var order []string
+	for _, s := range buckets {
+		upper, err := strconv.ParseFloat(s.labels["le"], 64)
+		if err != nil {
+			t.Fatalf("bucket without a bound: %v", s.labels)
+		}
+		l := maps.Clone(s.labels)
+		delete(l, "le")
+		k := rateSeries{labels: l}.key()
+		if labelsOf[k] == nil {
+			labelsOf[k] = l
+			order = append(order, k)
+		}
+		groups[k] = append(groups[k], bucket{upper, s.rate})
+	}
+	var out []rateSeries
+	for _, k := range order {
+		bs := groups[k]
+		slices.SortFunc(bs, func(a, b bucket) int { return cmp.Compare(a.upper, b.upper) })
+		n := len(bs)
+		if n < 2 || !math.IsInf(bs[n-1].upper, 1) || bs[n-1].count == 0 {
+			continue // NaN: no comparison keeps it
+		}
+		rank := q * bs[n-1].count
+		b := slices.IndexFunc(bs, func(b bucket) bool { return b.count >= rank })
+		var v float64
+		switch {
+		case b == n-1:
+			v = bs[n-2].upper
+		case b == 0 && bs[0].upper <= 0:
+			v = bs[0].upper
+		default:
+			start, count := 0.0, bs[b].count
+			if b > 0 {
+				start = bs[b-1].upper
+				count -= bs[b-1].count
+				rank -= bs[b-1].count
+			}
+			v = start + (bs[b].upper-start)*(rank/count)
+		}
+		out = append(out, rateSeries{labels: labelsOf[k], rate: v})
+	}
+	return out
 }
 
 // apply is e's operator on l and r, and whether the element stays (a
