@@ -276,6 +276,49 @@ func TestChartKubeWatchAlert(t *testing.T) {
 	}
 }
 
+// TestChartCNIAddAlert: ZtdnsCNIAddFailing fires, naming the node, when
+// the agent failed a CNI ADD in the last 10 minutes (each fails a pod's
+// sandbox), not for ADDs it refused (claims that do not match their
+// network namespace, late ADDs of deleted containers: refused as
+// designed), nor for failed DELs, which are replayed and fail no pod.
+// (Before, no alert said that pods failed to start on a node.)
+func TestChartCNIAddAlert(t *testing.T) {
+	t.Parallel()
+	const name = "ZtdnsCNIAddFailing"
+	e := chartAlerts(t)[name]
+	if e == nil {
+		t.Fatalf("the PrometheusRule has no alert %s", name)
+	}
+	for _, tc := range []struct {
+		name   string
+		rates  map[[2]string]float64 // events a second by command and outcome
+		firing bool
+	}{
+		{"every ADD and DEL works", map[[2]string]float64{{"add", "ambient"}: 1, {"add", "not-ambient"}: 1, {"del", "ok"}: 2}, false},
+		{"one ADD failed in 10 minutes", map[[2]string]float64{{"add", "ambient"}: 1, {"add", "error"}: 1.0 / 600, {"del", "ok"}: 1}, true},
+		{"ADDs refused", map[[2]string]float64{{"add", "ambient"}: 1, {"add", "refused"}: 0.1}, false},
+		{"DELs failing", map[[2]string]float64{{"add", "ambient"}: 1, {"del", "error"}: 0.1}, false},
+		{"no ADD failed since the agent started", map[[2]string]float64{{"add", "error"}: 0}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var series []rateSeries
+			for k, rate := range tc.rates {
+				series = append(series, rateSeries{rate: rate, labels: map[string]string{
+					"__name__": "ztdns_cni_events_total", "node": "n1", "instance": "10.0.0.1:15053", "job": "ztdns",
+					"command": k[0], "outcome": k[1],
+				}})
+			}
+			v := evalRates(t, e, series)
+			if got := len(v) > 0; got != tc.firing {
+				t.Errorf("%s firing: %v, want %v (%v)", name, got, tc.firing, v)
+			}
+			if len(v) > 0 && v[0].labels["node"] != "n1" {
+				t.Errorf("%s fires without the node: %v", name, v[0].labels)
+			}
+		})
+	}
+}
+
 // rateSeries is a counter's labels and its steady rate per second.
 type rateSeries struct {
 	labels map[string]string
@@ -294,8 +337,8 @@ func (s rateSeries) key() string {
 
 // evalRates evaluates e at an instant over counters that rose at steady
 // rates: rate() of a counter is its rate; a selector outside rate() is a
-// gauge, whose value is "rate". It knows what the chart's alerts use (rate,
-// a gauge, sum and max by, histogram_quantile, arithmetic and comparison between vectors matched on
+// gauge, whose value is "rate"; increase() is the rate times the range. It
+// knows what the chart's alerts use (rate, increase, a gauge, sum and max by, histogram_quantile, arithmetic and comparison between vectors matched on
 // all their labels or with a number, and, or, parentheses) and fails the test
 // on anything else, rather than guess.
 func evalRates(t *testing.T, e parser.Expr, series []rateSeries) []rateSeries {
@@ -321,14 +364,20 @@ func evalRates(t *testing.T, e parser.Expr, series []rateSeries) []rateSeries {
 			}
 			return histogramQuantile(t, q.Val, evalRates(t, e.Args[1], series))
 		}
-		if e.Func.Name != "rate" || len(e.Args) != 1 {
+		if e.Func.Name != "rate" && e.Func.Name != "increase" || len(e.Args) != 1 {
 			t.Fatalf("the test does not evaluate %s", e)
 		}
 		ms, ok := e.Args[0].(*parser.MatrixSelector)
 		if !ok {
 			t.Fatalf("the test does not evaluate %s", e)
 		}
-		return evalRates(t, ms.VectorSelector, series)
+		out := evalRates(t, ms.VectorSelector, series)
+		if e.Func.Name == "increase" { // the steady rate over the range
+			for i := range out {
+				out[i].rate *= ms.Range.Seconds()
+			}
+		}
+		return out
 	case *parser.AggregateExpr:
 		if e.Op != parser.SUM && e.Op != parser.MAX || e.Without || e.Param != nil {
 			t.Fatalf("the test does not evaluate %s", e)
