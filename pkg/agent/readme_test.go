@@ -5,6 +5,7 @@ import (
 	"maps"
 	"net/netip"
 	"os"
+	"reflect"
 	"regexp"
 	"slices"
 	"strings"
@@ -14,6 +15,7 @@ import (
 	"k8s.io/client-go/rest"
 
 	"github.com/ztdns/ztdns/internal/testenv"
+	"github.com/ztdns/ztdns/pkg/redirect"
 	"github.com/ztdns/ztdns/pkg/source/kube"
 )
 
@@ -188,6 +190,58 @@ func TestDashboardShowsEveryMetric(t *testing.T) {
 	for _, n := range slices.Sorted(maps.Keys(listed)) {
 		if !onDashboard[n] {
 			t.Errorf("the README's metrics table lists %s, which no panel of the dashboard shows", n)
+		}
+	}
+}
+
+// TestREADMEExplainsEveryCaptureEvent: the agent exports each of the
+// capture programs' counters under an event of its own, and the README's
+// Capture events list explains every event it exports, and no other.
+// (Before, only bpf/ztdns.h's comments said what nameserver_failed,
+// socket_storage_failed, skipped_no_resolver or skipped_slots_full mean,
+// each a captured pod's query sent around ztdns.)
+func TestREADMEExplainsEveryCaptureEvent(t *testing.T) {
+	var n redirect.Counters
+	fields := reflect.ValueOf(&n).Elem()
+	for i := range fields.NumField() {
+		fields.Field(i).SetUint(uint64(i + 1))
+	}
+	exported := captureEvents(n)
+	byCounter := map[uint64]string{}
+	for event, v := range exported {
+		if other, ok := byCounter[v]; ok {
+			t.Errorf("events %s and %s export the same counter", event, other)
+		}
+		byCounter[v] = event
+	}
+	for i := range fields.NumField() {
+		if _, ok := byCounter[uint64(i+1)]; !ok {
+			t.Errorf("the counter %s is exported under no event", fields.Type().Field(i).Name)
+		}
+	}
+
+	b, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, section, ok := strings.Cut(string(b), "\n**Capture events.**")
+	if !ok {
+		t.Fatal("the README has no Capture events paragraph (**Capture events.**)")
+	}
+	section, _, _ = strings.Cut(section, "\n\n**")
+	item := regexp.MustCompile("(?m)^- `(\\w+)`: ")
+	explained := map[string]bool{}
+	for _, m := range item.FindAllStringSubmatch(section, -1) {
+		explained[m[1]] = true
+	}
+	for _, event := range slices.Sorted(maps.Keys(exported)) {
+		if !explained[event] {
+			t.Errorf("the README's Capture events list does not explain %s", event)
+		}
+	}
+	for _, event := range slices.Sorted(maps.Keys(explained)) {
+		if _, ok := exported[event]; !ok {
+			t.Errorf("the README's Capture events list explains %s, which the agent does not export", event)
 		}
 	}
 }

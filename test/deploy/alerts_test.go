@@ -319,6 +319,72 @@ func TestChartCNIAddAlert(t *testing.T) {
 	}
 }
 
+// TestChartCaptureEventAlerts: ZtdnsCaptureBypassed fires, naming the
+// node and the event, when in the last 10 minutes a captured pod's query
+// went to its own nameserver for the node's reasons (the nameservers map
+// refused it, no socket storage, no resolver of its family): each one
+// lost that pod its ServiceEntry names. Not for what is by design (local
+// destinations, nameservers outside --capture-nameservers) nor failing
+// open (ZtdnsFailOpen's). ZtdnsCaptureSlotsFull (info) fires for a pod
+// that keeps sending queries around ztdns because its three slots are
+// busy, not for one such query now and then (a dig @ a fourth
+// nameserver). (Before, no alert read ztdns_capture_events_total.)
+func TestChartCaptureEventAlerts(t *testing.T) {
+	t.Parallel()
+	const bypassed, slotsFull = "ZtdnsCaptureBypassed", "ZtdnsCaptureSlotsFull"
+	exprs := chartAlerts(t)
+	for _, name := range []string{bypassed, slotsFull} {
+		if exprs[name] == nil {
+			t.Fatalf("the PrometheusRule has no alert %s: %v", name, slices.Sorted(maps.Keys(exprs)))
+		}
+	}
+	// Every event the agent exports, from its start (pkg/agent,
+	// captureEvents).
+	events := []string{"redirected", "restored", "skipped_stale", "skipped_paused", "skipped_no_resolver", "skipped_slots_full",
+		"skipped_local", "nameserver_learned", "nameserver_replaced", "nameserver_failed", "socket_storage_failed", "skipped_not_listed"}
+	for _, tc := range []struct {
+		name   string
+		rates  map[string]float64 // events a second
+		firing []string
+		event  string // the event ZtdnsCaptureBypassed names
+	}{
+		{name: "all redirected", rates: map[string]float64{"redirected": 50, "restored": 50, "nameserver_learned": 0.01}},
+		{name: "left alone by design", rates: map[string]float64{"redirected": 50, "skipped_local": 5, "skipped_not_listed": 5}},
+		{name: "failing open", rates: map[string]float64{"skipped_stale": 50}},
+		{name: "the nameservers map refused one nameserver in 10 minutes", rates: map[string]float64{"redirected": 50, "nameserver_failed": 1.0 / 600}, firing: []string{bypassed}, event: "nameserver_failed"},
+		{name: "no socket storage", rates: map[string]float64{"redirected": 50, "socket_storage_failed": 0.5}, firing: []string{bypassed}, event: "socket_storage_failed"},
+		{name: "no resolver of the family", rates: map[string]float64{"redirected": 50, "skipped_no_resolver": 0.5}, firing: []string{bypassed}, event: "skipped_no_resolver"},
+		{name: "slots full for one query now and then", rates: map[string]float64{"redirected": 50, "skipped_slots_full": 1.0 / 120}},
+		{name: "slots full for a pod's queries all along", rates: map[string]float64{"redirected": 50, "skipped_slots_full": 1}, firing: []string{slotsFull}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var series []rateSeries
+			for _, event := range events {
+				series = append(series, rateSeries{rate: tc.rates[event], labels: map[string]string{
+					"__name__": "ztdns_capture_events_total", "node": "n1", "instance": "10.0.0.1:15053", "job": "ztdns", "event": event,
+				}})
+			}
+			var firing []string
+			for _, name := range []string{bypassed, slotsFull} {
+				v := evalRates(t, exprs[name], series)
+				if len(v) == 0 {
+					continue
+				}
+				firing = append(firing, name)
+				if v[0].labels["node"] != "n1" {
+					t.Errorf("%s fires without the node: %v", name, v[0].labels)
+				}
+				if name == bypassed && (len(v) != 1 || v[0].labels["event"] != tc.event) {
+					t.Errorf("%s fires for %v, want the event %s", name, v, tc.event)
+				}
+			}
+			if !slices.Equal(firing, tc.firing) {
+				t.Errorf("alerts firing: %q, want %q", firing, tc.firing)
+			}
+		})
+	}
+}
+
 // rateSeries is a counter's labels and its steady rate per second.
 type rateSeries struct {
 	labels map[string]string
