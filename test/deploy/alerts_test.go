@@ -10,7 +10,9 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/promql/parser"
 )
 
@@ -111,6 +113,30 @@ func TestChartAlertsNodeOrPod(t *testing.T) {
 func chartAlerts(t *testing.T) map[string]parser.Expr {
 	t.Helper()
 	return renderedAlerts(t, renderChart(t, "metrics.prometheusRule.enabled=true"))
+}
+
+// renderedAlertFor is every alert's "for" in c's PrometheusRule (0 where
+// it has none).
+func renderedAlertFor(t *testing.T, c *chart) map[string]time.Duration {
+	t.Helper()
+	out := map[string]time.Duration{}
+	groups, _ := lookup(c.prometheusRule, "spec", "groups").([]any)
+	for _, g := range groups {
+		rules, _ := lookup(g.(map[string]any), "rules").([]any)
+		for _, r := range rules {
+			r, _ := r.(map[string]any)
+			name, _ := r["alert"].(string)
+			var d model.Duration
+			if f, ok := r["for"].(string); ok {
+				var err error
+				if d, err = model.ParseDuration(f); err != nil {
+					t.Fatalf("%s: for %q: %v", name, f, err)
+				}
+			}
+			out[name] = time.Duration(d)
+		}
+	}
+	return out
 }
 
 // renderedAlerts is every alert of c's PrometheusRule, parsed.
@@ -240,13 +266,34 @@ func TestChartUpstreamAlert(t *testing.T) {
 // fail (ztdns_kube_watch_failing is 1): it serves the names it last saw, so
 // new Services and ServiceEntries do not resolve there and deleted ones
 // still do. Not while every watch works, nor on an agent with no API
-// source (no such series). (Before, no alert said so.)
+// source (no such series). (Before, no alert said so.) And an outage of 10
+// minutes fires it: the agent stays ready through one (/readyz), so this
+// alert is what says so. (Before, it waited 10 minutes after the gauge
+// turned 1 as scraped and evaluated, and a 10-minute outage never fired
+// it.)
 func TestChartKubeWatchAlert(t *testing.T) {
 	t.Parallel()
 	const name = "ZtdnsKubeWatchFailing"
-	e := chartAlerts(t)[name]
+	c := renderChart(t, "metrics.prometheusRule.enabled=true", "metrics.serviceMonitor.enabled=true")
+	e := renderedAlerts(t, c)[name]
 	if e == nil {
 		t.Fatalf("the PrometheusRule has no alert %s", name)
+	}
+	// The gauge turns 1 at the first failed call; the ServiceMonitor
+	// scrapes every interval, and Prometheus evaluates rules every minute
+	// by default: the alert fires at most that long after its "for".
+	const outage, evaluation = 10 * time.Minute, time.Minute
+	endpoints, _ := lookup(c.serviceMonitor, "spec", "endpoints").([]any)
+	if len(endpoints) != 1 {
+		t.Fatalf("ServiceMonitor endpoints %v, want one", endpoints)
+	}
+	interval, _ := endpoints[0].(map[string]any)["interval"].(string)
+	scrape, err := model.ParseDuration(interval)
+	if err != nil {
+		t.Fatalf("ServiceMonitor interval %q: %v", interval, err)
+	}
+	if latest := renderedAlertFor(t, c)[name] + time.Duration(scrape) + evaluation; latest >= outage {
+		t.Errorf("%s fires up to %v into an outage: one of %v would pass unreported", name, latest, outage)
 	}
 	for _, tc := range []struct {
 		name    string
