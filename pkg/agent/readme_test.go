@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"encoding/json"
 	"log/slog"
 	"maps"
 	"net/netip"
@@ -242,6 +243,50 @@ func TestREADMEExplainsEveryCaptureEvent(t *testing.T) {
 	for _, event := range slices.Sorted(maps.Keys(explained)) {
 		if _, ok := exported[event]; !ok {
 			t.Errorf("the README's Capture events list explains %s, which the agent does not export", event)
+		}
+	}
+}
+
+// TestDashboardNamespacePanelCountsEveryNamespaceMetric: the dashboard's
+// top-10 namespaces panel reads every metric the agent counts queries by
+// namespace with, so that a namespace whose queries are refused or dropped
+// does not look small there for want of a series; and its description
+// says what it leaves out: dropped queries, which no metric counts by
+// namespace.
+func TestDashboardNamespacePanelCountsEveryNamespaceMetric(t *testing.T) {
+	const title = "Queries by namespace (top 10)"
+	dash := testenv.ReadDashboard(t, "../../"+testenv.DashboardFile)
+	i := slices.IndexFunc(dash.Panels, func(p testenv.DashboardPanel) bool { return p.Title == title })
+	if i < 0 {
+		t.Fatalf("the dashboard has no panel %q", title)
+	}
+	exprs := strings.Join(dash.Panels[i].Exprs, "\n")
+	found := 0
+	for name, labels := range registeredMetrics(t) {
+		if !slices.Contains(labels, "namespace") {
+			continue
+		}
+		found++
+		if !strings.Contains(exprs, name) {
+			t.Errorf("panel %q does not read %s, which counts queries by namespace", title, name)
+		}
+	}
+	if found == 0 {
+		t.Fatal("the agent registers no metric with a namespace label")
+	}
+	b, err := os.ReadFile("../../" + testenv.DashboardFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var raw struct {
+		Panels []struct{ Title, Description string } `json:"panels"`
+	}
+	if err := json.Unmarshal(b, &raw); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range raw.Panels {
+		if p.Title == title && !strings.Contains(p.Description, "Queries dropped unanswered are not here") {
+			t.Errorf("panel %q's description does not say that dropped queries are left out: %q", title, p.Description)
 		}
 	}
 }
