@@ -38,9 +38,12 @@ func statusTable(w io.Writer, st control.Status, wide bool) {
 			}
 		}
 	}
-	if st.Ready {
+	switch {
+	case st.Ready && st.SourceFailing != "":
+		line("Ready", "yes, "+st.SourceFailing)
+	case st.Ready:
 		line("Ready", "yes")
-	} else {
+	default:
 		line("Ready", "no: "+st.NotReady)
 	}
 	line("Version", st.Build.Version)

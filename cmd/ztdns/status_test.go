@@ -37,6 +37,21 @@ func TestStatusShowsFailingOpen(t *testing.T) {
 	}
 }
 
+// TestStatusShowsSourceFailing: `ztdns status` of a ready agent whose
+// source fails says it is ready and serves its last table, and why.
+func TestStatusShowsSourceFailing(t *testing.T) {
+	var failing, fine strings.Builder
+	why := "serving the last table; the source is failing: watch of services failing since 2026-12-05T21:16:56Z: connection refused"
+	statusTable(&failing, control.Status{Ready: true, SourceFailing: why}, false)
+	statusTable(&fine, control.Status{Ready: true}, false)
+	if want := "Ready:\tyes, " + why + "\n"; !strings.Contains(failing.String(), want) {
+		t.Errorf("status lacks %q:\n%s", want, failing.String())
+	}
+	if want := "Ready:\tyes\n"; !strings.Contains(fine.String(), want) {
+		t.Errorf("status lacks %q:\n%s", want, fine.String())
+	}
+}
+
 // TestStatusShowsCaptureBroken: `ztdns status` lists what the agent found
 // undone in capture and could not put back, a line each, and says nothing
 // of it when capture is whole.

@@ -16,7 +16,8 @@ import (
 
 // httpHandler serves /metrics, /healthz (the resolver answers on every
 // address, see resolverAnswers) and /readyz (the first table is built and
-// being served).
+// being served; 200 also while the source fails since, with a body that
+// says so).
 func (a *Agent) httpHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{}))
@@ -32,6 +33,10 @@ func (a *Agent) httpHandler() http.Handler {
 			http.Error(w, err.Error(), http.StatusServiceUnavailable)
 			return
 		}
+		if err := a.sourceFailing(); err != nil {
+			fmt.Fprintf(w, "ok, %s\n", err)
+			return
+		}
 		fmt.Fprintln(w, "ok")
 	})
 	return mux
@@ -43,7 +48,12 @@ func (a *Agent) accessLogStatus() control.AccessLog {
 	return control.AccessLog{On: on, Sample: sample, Destination: l.Destination(), Dropped: l.Dropped()}
 }
 
-// readiness is nil once the agent serves its first table.
+// readiness is nil once the agent serves its first table, until it hands
+// the resolver over. A source that fails after that does not make the
+// agent unready (sourceFailing says so instead): it serves its last table,
+// as CoreDNS's ready plugin and NodeLocal DNSCache stay ready once synced.
+// Were it unready, an API server's restart would turn every node's agent
+// NotReady at once, for nothing a kubelet or a rollout could mend.
 func (a *Agent) readiness() error {
 	if a.handedOver.Load() {
 		return errors.New("handed the resolver over to a newer agent")
@@ -61,9 +71,20 @@ func (a *Agent) readiness() error {
 		}
 		return errors.New("waiting for the first full sync of the source")
 	}
+	return nil
+}
+
+// sourceFailing says, on one line, that a ready agent serves its last
+// table because its source fails (an API server it cannot reach); nil
+// while the source keeps up, or before the first table (readiness says
+// it then).
+func (a *Agent) sourceFailing() error {
+	if !a.ready.Load() {
+		return nil
+	}
 	if h, ok := a.cfg.Source.(source.HealthReporter); ok {
 		if err := h.Healthy(); err != nil {
-			return fmt.Errorf("serving the last table; the source is failing: %w", err)
+			return fmt.Errorf("serving the last table; the source is failing: %s", strings.ReplaceAll(err.Error(), "\n", "; "))
 		}
 	}
 	return nil
@@ -77,6 +98,9 @@ func (a *Agent) status() control.Status {
 		st.NotReady = err.Error()
 	} else {
 		st.Ready = true
+		if err := a.sourceFailing(); err != nil {
+			st.SourceFailing = err.Error()
+		}
 	}
 	st.Capture = a.capture != nil
 	if a.capture != nil {

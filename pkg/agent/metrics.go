@@ -6,6 +6,7 @@ import (
 
 	"github.com/ztdns/ztdns/pkg/capture"
 	"github.com/ztdns/ztdns/pkg/control"
+	"github.com/ztdns/ztdns/pkg/redirect"
 	"github.com/ztdns/ztdns/pkg/resolver"
 	"github.com/ztdns/ztdns/pkg/resolver/forward"
 	"github.com/ztdns/ztdns/pkg/version"
@@ -114,13 +115,7 @@ func (c captureCollector) Collect(ch chan<- prometheus.Metric) {
 		return
 	}
 	if n, err := cp.r.Counters(); err == nil {
-		for event, v := range map[string]uint64{
-			"redirected": n.Redirected, "restored": n.Restored, "skipped_stale": n.SkippedStale,
-			"skipped_paused": n.SkippedPaused, "skipped_no_resolver": n.SkippedNoResolver,
-			"skipped_slots_full": n.SkippedSlotsFull, "skipped_local": n.SkippedLocal, "nameserver_learned": n.NameserverLearned,
-			"nameserver_replaced": n.NameserverReplaced, "nameserver_failed": n.NameserverFailed,
-			"socket_storage_failed": n.SocketStorageFailed, "skipped_not_listed": n.SkippedNotListed,
-		} {
+		for event, v := range captureEvents(n) {
 			ch <- prometheus.MustNewConstMetric(captureDesc, prometheus.CounterValue, float64(v), event)
 		}
 	}
@@ -141,6 +136,19 @@ func (c captureCollector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(mapEntriesDesc, prometheus.GaugeValue, float64(u.Entries), u.Name)
 			ch <- prometheus.MustNewConstMetric(mapCapacityDesc, prometheus.GaugeValue, float64(u.Capacity), u.Name)
 		}
+	}
+}
+
+// captureEvents names the programs' counters, the values of
+// ztdns_capture_events_total's "event" label (README.md, Metrics, explains
+// each).
+func captureEvents(n redirect.Counters) map[string]uint64 {
+	return map[string]uint64{
+		"redirected": n.Redirected, "restored": n.Restored, "skipped_stale": n.SkippedStale,
+		"skipped_paused": n.SkippedPaused, "skipped_no_resolver": n.SkippedNoResolver,
+		"skipped_slots_full": n.SkippedSlotsFull, "skipped_local": n.SkippedLocal, "nameserver_learned": n.NameserverLearned,
+		"nameserver_replaced": n.NameserverReplaced, "nameserver_failed": n.NameserverFailed,
+		"socket_storage_failed": n.SocketStorageFailed, "skipped_not_listed": n.SkippedNotListed,
 	}
 }
 

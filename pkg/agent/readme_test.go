@@ -1,10 +1,12 @@
 package agent
 
 import (
+	"encoding/json"
 	"log/slog"
 	"maps"
 	"net/netip"
 	"os"
+	"reflect"
 	"regexp"
 	"slices"
 	"strings"
@@ -14,6 +16,7 @@ import (
 	"k8s.io/client-go/rest"
 
 	"github.com/ztdns/ztdns/internal/testenv"
+	"github.com/ztdns/ztdns/pkg/redirect"
 	"github.com/ztdns/ztdns/pkg/source"
 	"github.com/ztdns/ztdns/pkg/source/configdir"
 	"github.com/ztdns/ztdns/pkg/source/kube"
@@ -218,6 +221,102 @@ func TestDashboardShowsEveryMetric(t *testing.T) {
 	for _, n := range slices.Sorted(maps.Keys(listed)) {
 		if !onDashboard[n] {
 			t.Errorf("the README's metrics table lists %s, which no panel of the dashboard shows", n)
+		}
+	}
+}
+
+// TestREADMEExplainsEveryCaptureEvent: the agent exports each of the
+// capture programs' counters under an event of its own, and the README's
+// Capture events list explains every event it exports, and no other.
+// (Before, only bpf/ztdns.h's comments said what nameserver_failed,
+// socket_storage_failed, skipped_no_resolver or skipped_slots_full mean,
+// each a captured pod's query sent around ztdns.)
+func TestREADMEExplainsEveryCaptureEvent(t *testing.T) {
+	var n redirect.Counters
+	fields := reflect.ValueOf(&n).Elem()
+	for i := range fields.NumField() {
+		fields.Field(i).SetUint(uint64(i + 1))
+	}
+	exported := captureEvents(n)
+	byCounter := map[uint64]string{}
+	for event, v := range exported {
+		if other, ok := byCounter[v]; ok {
+			t.Errorf("events %s and %s export the same counter", event, other)
+		}
+		byCounter[v] = event
+	}
+	for i := range fields.NumField() {
+		if _, ok := byCounter[uint64(i+1)]; !ok {
+			t.Errorf("the counter %s is exported under no event", fields.Type().Field(i).Name)
+		}
+	}
+
+	b, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, section, ok := strings.Cut(string(b), "\n**Capture events.**")
+	if !ok {
+		t.Fatal("the README has no Capture events paragraph (**Capture events.**)")
+	}
+	section, _, _ = strings.Cut(section, "\n\n**")
+	item := regexp.MustCompile("(?m)^- `(\\w+)`: ")
+	explained := map[string]bool{}
+	for _, m := range item.FindAllStringSubmatch(section, -1) {
+		explained[m[1]] = true
+	}
+	for _, event := range slices.Sorted(maps.Keys(exported)) {
+		if !explained[event] {
+			t.Errorf("the README's Capture events list does not explain %s", event)
+		}
+	}
+	for _, event := range slices.Sorted(maps.Keys(explained)) {
+		if _, ok := exported[event]; !ok {
+			t.Errorf("the README's Capture events list explains %s, which the agent does not export", event)
+		}
+	}
+}
+
+// TestDashboardNamespacePanelCountsEveryNamespaceMetric: the dashboard's
+// top-10 namespaces panel reads every metric the agent counts queries by
+// namespace with, so that a namespace whose queries are refused or dropped
+// does not look small there for want of a series; and its description
+// says what it leaves out: dropped queries, which no metric counts by
+// namespace.
+func TestDashboardNamespacePanelCountsEveryNamespaceMetric(t *testing.T) {
+	const title = "Queries by namespace (top 10)"
+	dash := testenv.ReadDashboard(t, "../../"+testenv.DashboardFile)
+	i := slices.IndexFunc(dash.Panels, func(p testenv.DashboardPanel) bool { return p.Title == title })
+	if i < 0 {
+		t.Fatalf("the dashboard has no panel %q", title)
+	}
+	exprs := strings.Join(dash.Panels[i].Exprs, "\n")
+	found := 0
+	for name, labels := range registeredMetrics(t, kube.New(&rest.Config{Host: "https://203.0.113.1"})) {
+		if !slices.Contains(labels, "namespace") {
+			continue
+		}
+		found++
+		if !strings.Contains(exprs, name) {
+			t.Errorf("panel %q does not read %s, which counts queries by namespace", title, name)
+		}
+	}
+	if found == 0 {
+		t.Fatal("the agent registers no metric with a namespace label")
+	}
+	b, err := os.ReadFile("../../" + testenv.DashboardFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var raw struct {
+		Panels []struct{ Title, Description string } `json:"panels"`
+	}
+	if err := json.Unmarshal(b, &raw); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range raw.Panels {
+		if p.Title == title && !strings.Contains(p.Description, "Queries dropped unanswered are not here") {
+			t.Errorf("panel %q's description does not say that dropped queries are left out: %q", title, p.Description)
 		}
 	}
 }

@@ -20,12 +20,16 @@ import (
 
 // Status is what `ztdns status` prints (GET RouteStatus).
 type Status struct {
-	Ready    bool     `json:"ready"`
-	NotReady string   `json:"notReady,omitempty"`
-	Names    int      `json:"names"`
-	Pods     int      `json:"pods"`
-	Listen   []string `json:"listen"`
-	Capture  bool     `json:"capture"`
+	Ready    bool   `json:"ready"`
+	NotReady string `json:"notReady,omitempty"`
+	// SourceFailing is set while the agent is ready but its source fails
+	// (an API server it cannot reach): it serves its last table, and
+	// /readyz says the same in its body.
+	SourceFailing string   `json:"sourceFailing,omitempty"`
+	Names         int      `json:"names"`
+	Pods          int      `json:"pods"`
+	Listen        []string `json:"listen"`
+	Capture       bool     `json:"capture"`
 	// FailingOpen is set while the capture programs let marked pods'
 	// queries go to their own nameservers, around the resolver, because
 	// the agent's heartbeat is stale (starting, stopping, or stuck).

@@ -3,11 +3,16 @@
 package deploy
 
 import (
+	"cmp"
 	"maps"
+	"math"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/promql/parser"
 )
 
@@ -107,7 +112,36 @@ func TestChartAlertsNodeOrPod(t *testing.T) {
 // renders it, parsed with Prometheus's parser.
 func chartAlerts(t *testing.T) map[string]parser.Expr {
 	t.Helper()
-	c := renderChart(t, "metrics.prometheusRule.enabled=true")
+	return renderedAlerts(t, renderChart(t, "metrics.prometheusRule.enabled=true"))
+}
+
+// renderedAlertFor is every alert's "for" in c's PrometheusRule (0 where
+// it has none).
+func renderedAlertFor(t *testing.T, c *chart) map[string]time.Duration {
+	t.Helper()
+	out := map[string]time.Duration{}
+	groups, _ := lookup(c.prometheusRule, "spec", "groups").([]any)
+	for _, g := range groups {
+		rules, _ := lookup(g.(map[string]any), "rules").([]any)
+		for _, r := range rules {
+			r, _ := r.(map[string]any)
+			name, _ := r["alert"].(string)
+			var d model.Duration
+			if f, ok := r["for"].(string); ok {
+				var err error
+				if d, err = model.ParseDuration(f); err != nil {
+					t.Fatalf("%s: for %q: %v", name, f, err)
+				}
+			}
+			out[name] = time.Duration(d)
+		}
+	}
+	return out
+}
+
+// renderedAlerts is every alert of c's PrometheusRule, parsed.
+func renderedAlerts(t *testing.T, c *chart) map[string]parser.Expr {
+	t.Helper()
 	if c.prometheusRule == nil {
 		t.Fatalf("no PrometheusRule: %q", c.kinds)
 	}
@@ -138,44 +172,90 @@ func chartAlerts(t *testing.T) map[string]parser.Expr {
 // query a second, as one pod's own unreachable nameserver is. (Before,
 // no_memory counted as its failure and source_limited diluted its failures;
 // and a pod's `dig @203.0.113.9` every two minutes held it at 100%.)
+// ZtdnsUpstreamSlow fires for a nameserver that answers, but more than 1%
+// of its replies take over 0.5 s, again only at more than a reply a
+// second. (Before, a nameserver answering every query after 1.6 s, within
+// --forward-timeout, counted ok and set off no alert.)
 func TestChartUpstreamAlert(t *testing.T) {
 	t.Parallel()
-	const name = "ZtdnsUpstreamFailureRatioHigh"
-	e := chartAlerts(t)[name]
-	if e == nil {
-		t.Fatalf("the PrometheusRule has no alert %s", name)
+	const failing, slow = "ZtdnsUpstreamFailureRatioHigh", "ZtdnsUpstreamSlow"
+	exprs := chartAlerts(t)
+	for _, name := range []string{failing, slow} {
+		if exprs[name] == nil {
+			t.Fatalf("the PrometheusRule has no alert %s: %v", name, slices.Sorted(maps.Keys(exprs)))
+		}
 	}
+	// The buckets of ztdns_forward_upstream_duration_seconds
+	// (pkg/resolver/forward/metrics.go).
+	bounds := []float64{.00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, math.Inf(1)}
 	for _, tc := range []struct {
-		name   string
-		rates  map[string]float64 // attempts a second to one nameserver, by result
-		firing bool
+		name  string
+		rates map[string]float64 // attempts a second to one nameserver, by result
+		// The share of the replies (ok and servfail) that take "after"
+		// seconds; the others take 3 ms.
+		slowShare, after float64
+		firing           []string
 	}{
-		{"all answered", map[string]float64{"ok": 100}, false},
-		{"timeouts", map[string]float64{"ok": 80, "timeout": 20}, true},
-		{"error rcodes", map[string]float64{"ok": 80, "servfail": 20}, true},
-		{"the node's budget of replies spent", map[string]float64{"ok": 50, "no_memory": 50}, false},
-		{"a pod over its bytes, and timeouts", map[string]float64{"ok": 80, "timeout": 20, "source_limited": 400}, true},
-		{"cancelled for a faster nameserver", map[string]float64{"ok": 50, "canceled": 50}, false},
+		{name: "all answered", rates: map[string]float64{"ok": 100}},
+		{name: "timeouts", rates: map[string]float64{"ok": 80, "timeout": 20}, firing: []string{failing}},
+		{name: "error rcodes", rates: map[string]float64{"ok": 80, "servfail": 20}, firing: []string{failing}},
+		{name: "the node's budget of replies spent", rates: map[string]float64{"ok": 50, "no_memory": 50}},
+		{name: "a pod over its bytes, and timeouts", rates: map[string]float64{"ok": 80, "timeout": 20, "source_limited": 400}, firing: []string{failing}},
+		{name: "cancelled for a faster nameserver", rates: map[string]float64{"ok": 50, "canceled": 50}},
 		// A pod's own nameserver (dig @, its dnsConfig), unreachable: one
 		// query every two minutes is all its failures, and says nothing of
 		// the cluster's DNS.
-		{"a pod's own unreachable nameserver, a query every two minutes", map[string]float64{"timeout": 1.0 / 120}, false},
-		{"a nameserver failing under load", map[string]float64{"ok": 1, "timeout": 1}, true},
+		{name: "a pod's own unreachable nameserver, a query every two minutes", rates: map[string]float64{"timeout": 1.0 / 120}},
+		{name: "a nameserver failing under load", rates: map[string]float64{"ok": 1, "timeout": 1}, firing: []string{failing}},
+		// As reproduced: every cache miss answered after 1.6 s, all ok.
+		{name: "every reply after 1.6 s, within the forward timeout", rates: map[string]float64{"ok": 20}, slowShare: 1, after: 1.6, firing: []string{slow}},
+		{name: "5% of the replies after 1.6 s", rates: map[string]float64{"ok": 100}, slowShare: 0.05, after: 1.6, firing: []string{slow}},
+		{name: "half a percent of the replies after 1.6 s", rates: map[string]float64{"ok": 100}, slowShare: 0.005, after: 1.6},
+		{name: "every reply after 0.3 s", rates: map[string]float64{"ok": 100}, slowShare: 1, after: 0.3},
+		{name: "slow and failing", rates: map[string]float64{"ok": 80, "timeout": 20}, slowShare: 0.5, after: 1.6, firing: []string{failing, slow}},
+		{name: "a pod's own slow nameserver, a query every two minutes", rates: map[string]float64{"ok": 1.0 / 120}, slowShare: 1, after: 1.6},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			nameserver := map[string]string{"node": "n1", "instance": "10.0.0.1:15053", "job": "ztdns", "to": "10.96.0.10:53"}
+			s := func(name string, perSecond float64, kv ...string) rateSeries {
+				l := maps.Clone(nameserver)
+				l["__name__"] = name
+				for i := 0; i < len(kv); i += 2 {
+					l[kv[i]] = kv[i+1]
+				}
+				return rateSeries{labels: l, rate: perSecond}
+			}
 			var series []rateSeries
 			for result, rate := range tc.rates {
-				series = append(series, rateSeries{rate: rate, labels: map[string]string{
-					"__name__": "ztdns_forward_upstream_queries_total", "node": "n1", "instance": "10.0.0.1:15053",
-					"to": "10.96.0.10:53", "result": result,
-				}})
+				series = append(series, s("ztdns_forward_upstream_queries_total", rate, "result", result))
 			}
-			v := evalRates(t, e, series)
-			if got := len(v) > 0; got != tc.firing {
-				t.Errorf("%s firing: %v, want %v (%v)", name, got, tc.firing, v)
+			// The histogram has the replies, not timeouts nor errors.
+			if replies := tc.rates["ok"] + tc.rates["servfail"]; replies > 0 {
+				for _, le := range bounds {
+					n := 0.0
+					if le >= 0.003 {
+						n += replies * (1 - tc.slowShare)
+					}
+					if le >= tc.after {
+						n += replies * tc.slowShare
+					}
+					series = append(series, s("ztdns_forward_upstream_duration_seconds_bucket", n, "proto", "udp", "le", strconv.FormatFloat(le, 'g', -1, 64)))
+				}
+				series = append(series, s("ztdns_forward_upstream_duration_seconds_count", replies, "proto", "udp"))
 			}
-			if len(v) > 0 && v[0].labels["to"] != "10.96.0.10:53" {
-				t.Errorf("%s fires without the nameserver: %v", name, v[0].labels)
+			var firing []string
+			for _, name := range []string{failing, slow} {
+				v := evalRates(t, exprs[name], series)
+				if len(v) == 0 {
+					continue
+				}
+				firing = append(firing, name)
+				if v[0].labels["to"] != "10.96.0.10:53" || v[0].labels["node"] != "n1" {
+					t.Errorf("%s fires without the nameserver and the node: %v", name, v[0].labels)
+				}
+			}
+			if !slices.Equal(firing, tc.firing) {
+				t.Errorf("alerts firing: %q, want %q", firing, tc.firing)
 			}
 		})
 	}
@@ -186,13 +266,34 @@ func TestChartUpstreamAlert(t *testing.T) {
 // fail (ztdns_kube_watch_failing is 1): it serves the names it last saw, so
 // new Services and ServiceEntries do not resolve there and deleted ones
 // still do. Not while every watch works, nor on an agent with no API
-// source (no such series). (Before, no alert said so.)
+// source (no such series). (Before, no alert said so.) And an outage of 10
+// minutes fires it: the agent stays ready through one (/readyz), so this
+// alert is what says so. (Before, it waited 10 minutes after the gauge
+// turned 1 as scraped and evaluated, and a 10-minute outage never fired
+// it.)
 func TestChartKubeWatchAlert(t *testing.T) {
 	t.Parallel()
 	const name = "ZtdnsKubeWatchFailing"
-	e := chartAlerts(t)[name]
+	c := renderChart(t, "metrics.prometheusRule.enabled=true", "metrics.serviceMonitor.enabled=true")
+	e := renderedAlerts(t, c)[name]
 	if e == nil {
 		t.Fatalf("the PrometheusRule has no alert %s", name)
+	}
+	// The gauge turns 1 at the first failed call; the ServiceMonitor
+	// scrapes every interval, and Prometheus evaluates rules every minute
+	// by default: the alert fires at most that long after its "for".
+	const outage, evaluation = 10 * time.Minute, time.Minute
+	endpoints, _ := lookup(c.serviceMonitor, "spec", "endpoints").([]any)
+	if len(endpoints) != 1 {
+		t.Fatalf("ServiceMonitor endpoints %v, want one", endpoints)
+	}
+	interval, _ := endpoints[0].(map[string]any)["interval"].(string)
+	scrape, err := model.ParseDuration(interval)
+	if err != nil {
+		t.Fatalf("ServiceMonitor interval %q: %v", interval, err)
+	}
+	if latest := renderedAlertFor(t, c)[name] + time.Duration(scrape) + evaluation; latest >= outage {
+		t.Errorf("%s fires up to %v into an outage: one of %v would pass unreported", name, latest, outage)
 	}
 	for _, tc := range []struct {
 		name    string
@@ -222,6 +323,115 @@ func TestChartKubeWatchAlert(t *testing.T) {
 	}
 }
 
+// TestChartCNIAddAlert: ZtdnsCNIAddFailing fires, naming the node, when
+// the agent failed a CNI ADD in the last 10 minutes (each fails a pod's
+// sandbox), not for ADDs it refused (claims that do not match their
+// network namespace, late ADDs of deleted containers: refused as
+// designed), nor for failed DELs, which are replayed and fail no pod.
+// (Before, no alert said that pods failed to start on a node.)
+func TestChartCNIAddAlert(t *testing.T) {
+	t.Parallel()
+	const name = "ZtdnsCNIAddFailing"
+	e := chartAlerts(t)[name]
+	if e == nil {
+		t.Fatalf("the PrometheusRule has no alert %s", name)
+	}
+	for _, tc := range []struct {
+		name   string
+		rates  map[[2]string]float64 // events a second by command and outcome
+		firing bool
+	}{
+		{"every ADD and DEL works", map[[2]string]float64{{"add", "ambient"}: 1, {"add", "not-ambient"}: 1, {"del", "ok"}: 2}, false},
+		{"one ADD failed in 10 minutes", map[[2]string]float64{{"add", "ambient"}: 1, {"add", "error"}: 1.0 / 600, {"del", "ok"}: 1}, true},
+		{"ADDs refused", map[[2]string]float64{{"add", "ambient"}: 1, {"add", "refused"}: 0.1}, false},
+		{"DELs failing", map[[2]string]float64{{"add", "ambient"}: 1, {"del", "error"}: 0.1}, false},
+		{"no ADD failed since the agent started", map[[2]string]float64{{"add", "error"}: 0}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var series []rateSeries
+			for k, rate := range tc.rates {
+				series = append(series, rateSeries{rate: rate, labels: map[string]string{
+					"__name__": "ztdns_cni_events_total", "node": "n1", "instance": "10.0.0.1:15053", "job": "ztdns",
+					"command": k[0], "outcome": k[1],
+				}})
+			}
+			v := evalRates(t, e, series)
+			if got := len(v) > 0; got != tc.firing {
+				t.Errorf("%s firing: %v, want %v (%v)", name, got, tc.firing, v)
+			}
+			if len(v) > 0 && v[0].labels["node"] != "n1" {
+				t.Errorf("%s fires without the node: %v", name, v[0].labels)
+			}
+		})
+	}
+}
+
+// TestChartCaptureEventAlerts: ZtdnsCaptureBypassed fires, naming the
+// node and the event, when in the last 10 minutes a captured pod's query
+// went to its own nameserver for the node's reasons (the nameservers map
+// refused it, no socket storage, no resolver of its family): each one
+// lost that pod its ServiceEntry names. Not for what is by design (local
+// destinations, nameservers outside --capture-nameservers) nor failing
+// open (ZtdnsFailOpen's). ZtdnsCaptureSlotsFull (info) fires for a pod
+// that keeps sending queries around ztdns because its three slots are
+// busy, not for one such query now and then (a dig @ a fourth
+// nameserver). (Before, no alert read ztdns_capture_events_total.)
+func TestChartCaptureEventAlerts(t *testing.T) {
+	t.Parallel()
+	const bypassed, slotsFull = "ZtdnsCaptureBypassed", "ZtdnsCaptureSlotsFull"
+	exprs := chartAlerts(t)
+	for _, name := range []string{bypassed, slotsFull} {
+		if exprs[name] == nil {
+			t.Fatalf("the PrometheusRule has no alert %s: %v", name, slices.Sorted(maps.Keys(exprs)))
+		}
+	}
+	// Every event the agent exports, from its start (pkg/agent,
+	// captureEvents).
+	events := []string{"redirected", "restored", "skipped_stale", "skipped_paused", "skipped_no_resolver", "skipped_slots_full",
+		"skipped_local", "nameserver_learned", "nameserver_replaced", "nameserver_failed", "socket_storage_failed", "skipped_not_listed"}
+	for _, tc := range []struct {
+		name   string
+		rates  map[string]float64 // events a second
+		firing []string
+		event  string // the event ZtdnsCaptureBypassed names
+	}{
+		{name: "all redirected", rates: map[string]float64{"redirected": 50, "restored": 50, "nameserver_learned": 0.01}},
+		{name: "left alone by design", rates: map[string]float64{"redirected": 50, "skipped_local": 5, "skipped_not_listed": 5}},
+		{name: "failing open", rates: map[string]float64{"skipped_stale": 50}},
+		{name: "the nameservers map refused one nameserver in 10 minutes", rates: map[string]float64{"redirected": 50, "nameserver_failed": 1.0 / 600}, firing: []string{bypassed}, event: "nameserver_failed"},
+		{name: "no socket storage", rates: map[string]float64{"redirected": 50, "socket_storage_failed": 0.5}, firing: []string{bypassed}, event: "socket_storage_failed"},
+		{name: "no resolver of the family", rates: map[string]float64{"redirected": 50, "skipped_no_resolver": 0.5}, firing: []string{bypassed}, event: "skipped_no_resolver"},
+		{name: "slots full for one query now and then", rates: map[string]float64{"redirected": 50, "skipped_slots_full": 1.0 / 120}},
+		{name: "slots full for a pod's queries all along", rates: map[string]float64{"redirected": 50, "skipped_slots_full": 1}, firing: []string{slotsFull}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var series []rateSeries
+			for _, event := range events {
+				series = append(series, rateSeries{rate: tc.rates[event], labels: map[string]string{
+					"__name__": "ztdns_capture_events_total", "node": "n1", "instance": "10.0.0.1:15053", "job": "ztdns", "event": event,
+				}})
+			}
+			var firing []string
+			for _, name := range []string{bypassed, slotsFull} {
+				v := evalRates(t, exprs[name], series)
+				if len(v) == 0 {
+					continue
+				}
+				firing = append(firing, name)
+				if v[0].labels["node"] != "n1" {
+					t.Errorf("%s fires without the node: %v", name, v[0].labels)
+				}
+				if name == bypassed && (len(v) != 1 || v[0].labels["event"] != tc.event) {
+					t.Errorf("%s fires for %v, want the event %s", name, v, tc.event)
+				}
+			}
+			if !slices.Equal(firing, tc.firing) {
+				t.Errorf("alerts firing: %q, want %q", firing, tc.firing)
+			}
+		})
+	}
+}
+
 // rateSeries is a counter's labels and its steady rate per second.
 type rateSeries struct {
 	labels map[string]string
@@ -240,8 +450,8 @@ func (s rateSeries) key() string {
 
 // evalRates evaluates e at an instant over counters that rose at steady
 // rates: rate() of a counter is its rate; a selector outside rate() is a
-// gauge, whose value is "rate". It knows what the chart's alerts use (rate,
-// a gauge, sum and max by, arithmetic and comparison between vectors matched on
+// gauge, whose value is "rate"; increase() is the rate times the range. It
+// knows what the chart's alerts use (rate, increase, a gauge, sum and max by, histogram_quantile, arithmetic and comparison between vectors matched on
 // all their labels or with a number, and, or, parentheses) and fails the test
 // on anything else, rather than guess.
 func evalRates(t *testing.T, e parser.Expr, series []rateSeries) []rateSeries {
@@ -260,14 +470,27 @@ func evalRates(t *testing.T, e parser.Expr, series []rateSeries) []rateSeries {
 		}
 		return out
 	case *parser.Call:
-		if e.Func.Name != "rate" || len(e.Args) != 1 {
+		if e.Func.Name == "histogram_quantile" {
+			q, ok := e.Args[0].(*parser.NumberLiteral)
+			if !ok {
+				t.Fatalf("the test does not evaluate %s", e)
+			}
+			return histogramQuantile(t, q.Val, evalRates(t, e.Args[1], series))
+		}
+		if e.Func.Name != "rate" && e.Func.Name != "increase" || len(e.Args) != 1 {
 			t.Fatalf("the test does not evaluate %s", e)
 		}
 		ms, ok := e.Args[0].(*parser.MatrixSelector)
 		if !ok {
 			t.Fatalf("the test does not evaluate %s", e)
 		}
-		return evalRates(t, ms.VectorSelector, series)
+		out := evalRates(t, ms.VectorSelector, series)
+		if e.Func.Name == "increase" { // the steady rate over the range
+			for i := range out {
+				out[i].rate *= ms.Range.Seconds()
+			}
+		}
+		return out
 	case *parser.AggregateExpr:
 		if e.Op != parser.SUM && e.Op != parser.MAX || e.Without || e.Param != nil {
 			t.Fatalf("the test does not evaluate %s", e)
@@ -343,6 +566,60 @@ func evalRates(t *testing.T, e parser.Expr, series []rateSeries) []rateSeries {
 	}
 	t.Fatalf("the test does not evaluate %s (%T)", e, e)
 	return nil
+}
+
+// histogramQuantile is Prometheus's histogram_quantile over classic
+// buckets (series with an "le" label), grouped by their other labels: the
+// q-quantile interpolated linearly within the bucket it falls in; the
+// upper bound of the last finite bucket when it falls in +Inf's.
+func histogramQuantile(t *testing.T, q float64, buckets []rateSeries) []rateSeries {
+	t.Helper()
+	type bucket struct{ upper, count float64 }
+	groups := map[string][]bucket{}
+	labelsOf := map[string]map[string]string{}
+	var order []string
+	for _, s := range buckets {
+		upper, err := strconv.ParseFloat(s.labels["le"], 64)
+		if err != nil {
+			t.Fatalf("bucket without a bound: %v", s.labels)
+		}
+		l := maps.Clone(s.labels)
+		delete(l, "le")
+		k := rateSeries{labels: l}.key()
+		if labelsOf[k] == nil {
+			labelsOf[k] = l
+			order = append(order, k)
+		}
+		groups[k] = append(groups[k], bucket{upper, s.rate})
+	}
+	var out []rateSeries
+	for _, k := range order {
+		bs := groups[k]
+		slices.SortFunc(bs, func(a, b bucket) int { return cmp.Compare(a.upper, b.upper) })
+		n := len(bs)
+		if n < 2 || !math.IsInf(bs[n-1].upper, 1) || bs[n-1].count == 0 {
+			continue // NaN: no comparison keeps it
+		}
+		rank := q * bs[n-1].count
+		b := slices.IndexFunc(bs, func(b bucket) bool { return b.count >= rank })
+		var v float64
+		switch {
+		case b == n-1:
+			v = bs[n-2].upper
+		case b == 0 && bs[0].upper <= 0:
+			v = bs[0].upper
+		default:
+			start, count := 0.0, bs[b].count
+			if b > 0 {
+				start = bs[b-1].upper
+				count -= bs[b-1].count
+				rank -= bs[b-1].count
+			}
+			v = start + (bs[b].upper-start)*(rank/count)
+		}
+		out = append(out, rateSeries{labels: labelsOf[k], rate: v})
+	}
+	return out
 }
 
 // apply is e's operator on l and r, and whether the element stays (a

@@ -866,6 +866,8 @@ func TestChartRejectsBadValues(t *testing.T) {
 		{"metrics on every interface", "metrics.bind=all", "/metrics/bind"},
 		{"a ServiceMonitor for metrics on loopback", "metrics.bind=loopback,metrics.serviceMonitor.enabled=true", "nothing off the node can scrape loopback"},
 		{"scrape annotations for metrics on loopback", "metrics.bind=loopback,metrics.scrapeAnnotations=true", "nothing off the node can scrape loopback"},
+		// Nothing would feed them: every alert would stay silent.
+		{"alerts for metrics on loopback", "metrics.bind=loopback,metrics.prometheusRule.enabled=true", "metrics.prometheusRule.enabled needs metrics.bind=hostIP"},
 		{"no resolver address", "resolver.listen=null", "/resolver"},
 		{"misspelt value", "capture.enable=false", "/capture"},
 		{"capture port 53: istio-cni's in-pod rules would take the queries", "capture.port=53", "/capture/port"},

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -81,10 +82,136 @@ func TestChartDashboardAndRules(t *testing.T) {
 	if got := pr["spec"]; !reflect.DeepEqual(got, rules) {
 		t.Errorf("PrometheusRule spec differs from %s:\n%v", rulesFile, got)
 	}
+}
 
-	if got := lookup(c.serviceMonitor, "spec", "jobLabel"); got != "app.kubernetes.io/name" || c.service.Labels["app.kubernetes.io/name"] != "ztdns" {
-		t.Errorf("ServiceMonitor jobLabel %v, Service labels %v: the job would not be \"ztdns\", which the rules select", got, c.service.Labels)
+// TestChartJobIsTheRulesJob: the job the ServiceMonitor gives the agents'
+// series is the one every alert and every dashboard panel selects, whatever
+// nameOverride or fullnameOverride name the objects. (Before, the job was
+// the Service's app.kubernetes.io/name, which nameOverride sets: with
+// nameOverride=foo, ZtdnsResolverDown, ZtdnsMemoryNearLimit and the Memory
+// and CPU panels selected job="ztdns" and matched nothing.)
+func TestChartJobIsTheRulesJob(t *testing.T) {
+	t.Parallel()
+	panels := dashboardPanels(t)
+	for _, sets := range [][]string{nil, {"nameOverride=foo"}, {"fullnameOverride=bar"}} {
+		name := strings.Join(sets, ",")
+		if name == "" {
+			name = "defaults"
+		}
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			c := renderChart(t, append([]string{"metrics.serviceMonitor.enabled=true", "metrics.prometheusRule.enabled=true"}, sets...)...)
+			if c.serviceMonitor == nil || c.service == nil || c.prometheusRule == nil {
+				t.Fatalf("missing objects: %q", c.kinds)
+			}
+			job := serviceMonitorJob(t, c)
+			matchers := 0
+			check := func(where string, e parser.Expr) {
+				parser.Inspect(e, func(n parser.Node, _ []parser.Node) error {
+					vs, ok := n.(*parser.VectorSelector)
+					if !ok {
+						return nil
+					}
+					for _, m := range vs.LabelMatchers {
+						if m.Name != "job" {
+							continue
+						}
+						matchers++
+						if !m.Matches(job) {
+							t.Errorf("%s: %s does not select the ServiceMonitor's job %q", where, vs, job)
+						}
+					}
+					return nil
+				})
+			}
+			for name, e := range renderedAlerts(t, c) {
+				check("alert "+name, e)
+			}
+			for _, p := range panels {
+				for _, expr := range p.Exprs {
+					e, err := parser.NewParser(parser.Options{}).ParseExpr(expr)
+					if err != nil {
+						t.Fatalf("panel %q: %v", p.Title, err)
+					}
+					check("panel "+p.Title, e)
+				}
+			}
+			if matchers == 0 {
+				t.Error("no alert or panel selects a job")
+			}
+		})
 	}
+}
+
+// TestChartAlertTextNamesTheirLabels: what an alert's summary and
+// description take from its labels ({{ $labels.X }}) is a label its
+// series has: one its aggregation keeps, or for a series not aggregated
+// one the ServiceMonitor's target carries; and none names a namespace,
+// which is the release's. (Before, ZtdnsResolverDown told to look in
+// kube-system for pods labelled app.kubernetes.io/name=ztdns, neither of
+// which the chart fixes.)
+func TestChartAlertTextNamesTheirLabels(t *testing.T) {
+	t.Parallel()
+	c := renderChart(t, "metrics.prometheusRule.enabled=true")
+	exprs := renderedAlerts(t, c)
+	// What the Prometheus Operator puts on a target of a ServiceMonitor,
+	// and the node its relabeling adds.
+	targetLabels := []string{"job", "instance", "namespace", "service", "pod", "container", "endpoint", "node"}
+	ref := regexp.MustCompile(`\$labels\.(\w+)`)
+	groups, _ := lookup(c.prometheusRule, "spec", "groups").([]any)
+	for _, g := range groups {
+		rules, _ := lookup(g.(map[string]any), "rules").([]any)
+		for _, r := range rules {
+			r, _ := r.(map[string]any)
+			name, _ := r["alert"].(string)
+			var kept []string
+			aggregated := false
+			parser.Inspect(exprs[name], func(n parser.Node, _ []parser.Node) error {
+				if a, ok := n.(*parser.AggregateExpr); ok {
+					aggregated = true
+					kept = append(kept, a.Grouping...)
+				}
+				return nil
+			})
+			if !aggregated {
+				kept = targetLabels
+			}
+			annotations, _ := r["annotations"].(map[string]any)
+			for key, text := range annotations {
+				text, _ := text.(string)
+				for _, m := range ref.FindAllStringSubmatch(text, -1) {
+					if !slices.Contains(kept, m[1]) {
+						t.Errorf("%s's %s names $labels.%s, which its series lack (they have %v)", name, key, m[1], kept)
+					}
+				}
+				if strings.Contains(text, "kube-system") {
+					t.Errorf("%s's %s names kube-system; the chart installs into the release's namespace: %q", name, key, text)
+				}
+			}
+		}
+	}
+}
+
+// serviceMonitorJob is the job label the Prometheus Operator gives the
+// series it scrapes through c's ServiceMonitor: the value of the
+// Service's label that jobLabel names, else the Service's name.
+func serviceMonitorJob(t *testing.T, c *chart) string {
+	t.Helper()
+	endpoints, _ := lookup(c.serviceMonitor, "spec", "endpoints").([]any)
+	for _, ep := range endpoints {
+		rs, _ := ep.(map[string]any)["relabelings"].([]any)
+		for _, r := range rs {
+			if r.(map[string]any)["targetLabel"] == "job" {
+				t.Fatalf("the test does not read a relabeling of job: %v", r)
+			}
+		}
+	}
+	if l, _ := lookup(c.serviceMonitor, "spec", "jobLabel").(string); l != "" {
+		if v, ok := c.service.Labels[l]; ok {
+			return v
+		}
+	}
+	return c.service.Name
 }
 
 // dashboardPanels reads the chart's dashboard, Grafana's variables

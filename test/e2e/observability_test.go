@@ -226,7 +226,7 @@ func monitoringMetrics(t *testing.T) map[string][]string {
 			}
 		}
 	}
-	wantAlerts := []string{"ZtdnsResolverDown", "ZtdnsServfailRatioHigh", "ZtdnsPodThrottled", "ZtdnsUpstreamFailureRatioHigh", "ZtdnsFailOpen", "ZtdnsCaptureBroken", "ZtdnsCaptureMapNearFull", "ZtdnsMemoryNearLimit", "ZtdnsKubeWatchFailing"}
+	wantAlerts := []string{"ZtdnsResolverDown", "ZtdnsServfailRatioHigh", "ZtdnsPodThrottled", "ZtdnsUpstreamFailureRatioHigh", "ZtdnsUpstreamSlow", "ZtdnsFailOpen", "ZtdnsCaptureBroken", "ZtdnsCaptureBypassed", "ZtdnsCaptureSlotsFull", "ZtdnsCaptureMapNearFull", "ZtdnsCNIAddFailing", "ZtdnsMemoryNearLimit", "ZtdnsKubeWatchFailing"}
 	if !slices.Equal(alerts, wantAlerts) {
 		t.Errorf("alerts %v, want %v", alerts, wantAlerts)
 	}
