@@ -6,7 +6,6 @@ import (
 	"context"
 	"log/slog"
 	"net/netip"
-	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -25,17 +24,8 @@ import (
 // did not start, and the agent crash-looped on every such node.)
 func TestCaptureOnANodeWithoutIPv6(t *testing.T) {
 	n := newCaptureNode(t)
-	// What `sysctl -w net.ipv6.conf.{all,default}.disable_ipv6=1` does, without
-	// procps: /proc/sys/net is the namespace of the thread that opens it.
-	if err := n.node.Do(func() error {
-		for _, conf := range []string{"all", "default"} {
-			if err := os.WriteFile("/proc/sys/net/ipv6/conf/"+conf+"/disable_ipv6", []byte("1\n"), 0o644); err != nil {
-				return err
-			}
-		}
-		return nil
-	}); err != nil {
-		t.Fatalf("turn IPv6 off in the node's namespace: %v", err)
+	for _, conf := range []string{"all", "default"} {
+		n.node.WriteSysctl(t, "net.ipv6.conf."+conf+".disable_ipv6", "1")
 	}
 	dir, socket, _, up := handoffSetup(t)
 	listen4, listen6 := netip.MustParseAddrPort("169.254.20.53:53"), netip.MustParseAddrPort("[fd00:7a74:646e::53]:53")
