@@ -63,6 +63,18 @@ func (n *Netns) Do(fn func() error) error {
 	return ns.WithNetNSPath(n.Path(), func(ns.NetNS) error { return fn() })
 }
 
+// WriteSysctl sets the sysctl name (dotted, as `sysctl -w` takes it:
+// "net.ipv6.conf.lo.disable_ipv6"; no interface name with a dot) to value
+// in the namespace, as `sysctl -w` run there does, without procps:
+// /proc/sys/net is the namespace of the thread that opens it.
+func (n *Netns) WriteSysctl(tb testing.TB, name, value string) {
+	tb.Helper()
+	path := "/proc/sys/" + strings.ReplaceAll(name, ".", "/")
+	if err := n.Do(func() error { return os.WriteFile(path, []byte(value+"\n"), 0o644) }); err != nil {
+		tb.Fatalf("testenv: sysctl %s=%s in %s: %v", name, value, n.Name, err)
+	}
+}
+
 // Command prepares name+args to run inside the namespace with `ip netns
 // exec`, which also bind-mounts /etc/netns/NAME/* (the pod's resolv.conf)
 // over /etc. With a cgroup, the process is created directly inside it

@@ -185,9 +185,19 @@ type Agent struct {
 	// addrs is cfg.Listen plus, with capture, every slot address.
 	addrs        []netip.AddrPort
 	slot4, slot6 [redirect.Slots]netip.AddrPort
-	// ipv6Off is the status warning of a node that refuses IPv6: capture
-	// then serves IPv4 only (dropIPv6).
-	ipv6Off    string
+	// ipv6Off is the status warning of a node that refuses IPv6, where
+	// capture serves IPv4 only (dropIPv6), or of one whose IPv6 setting
+	// changed since (checkIPv6); under mu once capture beats.
+	ipv6Off string
+	// ipv6 is what capture started with, for checkIPv6.
+	ipv6 struct {
+		watch   bool     // the resolver had IPv6 addresses to serve on
+		netns   uint64   // the cookie of the network namespace read then
+		atStart string   // why IPv6 was off then (redirect.IPv6Off), "" if on
+		now     string   // why it was off at the last check; under mu
+		dropped []string // the IPv6 addresses dropIPv6 left out
+		kept    []string // or those it served on
+	}
 	capture    *dataplane // nil without capture
 	istioRules istioRules // istio-cni's DNS rules in captured pods
 	// hostCookies are the node's own netns cookies (the agent's and PID
@@ -672,9 +682,17 @@ func unlessSet(done *atomic.Bool, serve func() error) func() error {
 // its programs read, even when this agent's maps have another layout.
 func (a *Agent) startCapture(predecessor bool) error {
 	if a.slot6[0].IsValid() {
-		if why := redirect.IPv6Off(cmp.Or(a.cfg.Capture.Interface, redirect.DefaultInterface)); why != "" {
+		a.ipv6.netns, _ = ownNetnsCookie()
+		a.ipv6.watch = a.ipv6.netns != 0
+		if why := redirect.IPv6Off(a.resolverInterface()); why != "" {
 			if err := a.dropIPv6(why); err != nil {
 				return err
+			}
+		} else {
+			for _, ap := range a.addrs {
+				if ap.Addr().Is6() {
+					a.ipv6.kept = append(a.ipv6.kept, ap.String())
+				}
 			}
 		}
 	}
@@ -689,6 +707,7 @@ func (a *Agent) startCapture(predecessor bool) error {
 	if !predecessor {
 		c.r.StopHeartbeat()
 	}
+	c.onCheck = a.checkIPv6
 	if len(a.hostCookies) == 0 {
 		c.close()
 		return errors.New("cannot read the node's own network namespace cookie (SO_NETNS_COOKIE)")
@@ -718,11 +737,79 @@ func (a *Agent) dropIPv6(why string) error {
 		return false
 	})
 	a.slot6 = [redirect.Slots]netip.AddrPort{}
-	a.ipv6Off = fmt.Sprintf("IPv6 is off on this node (%s): the resolver serves on IPv4 only, without its IPv6 addresses %s; queries to IPv6 nameservers are not captured",
-		why, strings.Join(dropped, ", "))
+	a.mu.Lock()
+	a.ipv6.atStart, a.ipv6.now, a.ipv6.dropped = why, why, dropped
+	a.ipv6Off = a.ipv6Warning()
+	a.mu.Unlock()
 	a.log.Warn("IPv6 is off on this node: serving on IPv4 only, without any IPv6 address; queries to IPv6 nameservers are not captured",
 		"reason", why, "dropped", dropped)
 	return nil
+}
+
+// resolverInterface is the interface capture puts the resolver's addresses
+// on.
+func (a *Agent) resolverInterface() string {
+	return cmp.Or(a.cfg.Capture.Interface, redirect.DefaultInterface)
+}
+
+// checkIPv6 reads again, at each attachment check, whether the node takes
+// IPv6, and when that changed since the last check, says so in the log and
+// turns the status warning to what holds now. The addresses stay as
+// capture started: IPv6 turned on after the start is served and captured
+// from the next start on; turned off, the IPv6 addresses kept may no
+// longer answer (from the node itself they do not, so /healthz fails and
+// the liveness probe restarts the agent, which then leaves them out).
+//
+// The settings are those of the calling thread's network namespace
+// (/proc/sys/net is the opener's): a check from another one than capture
+// started in (a test starts the agent in a node's namespace, and runs its
+// other goroutines in its own) reads nothing.
+func (a *Agent) checkIPv6() {
+	if !a.ipv6.watch {
+		return
+	}
+	if c, err := ownNetnsCookie(); err != nil || c != a.ipv6.netns {
+		return
+	}
+	why := redirect.IPv6Off(a.resolverInterface())
+	a.mu.Lock()
+	if why == a.ipv6.now {
+		a.mu.Unlock()
+		return
+	}
+	a.ipv6.now = why
+	a.ipv6Off = a.ipv6Warning()
+	a.mu.Unlock()
+	switch {
+	case why == "" && a.ipv6.atStart != "":
+		a.log.Warn("IPv6 is on again on this node: the resolver still serves on IPv4 only until the agent restarts",
+			"offAtStart", a.ipv6.atStart, "dropped", a.ipv6.dropped)
+	case why == "":
+		a.log.Info("IPv6 is on again on this node, as when the agent started")
+	case a.ipv6.atStart != "":
+		a.log.Warn("IPv6 is still off on this node, for another reason", "reason", why, "offAtStart", a.ipv6.atStart)
+	default:
+		a.log.Warn("IPv6 was turned off on this node after the agent started: its IPv6 addresses may no longer answer until it restarts and leaves them out",
+			"reason", why, "addresses", a.ipv6.kept)
+	}
+}
+
+// ipv6Warning is the status warning for what capture started with and the
+// node's IPv6 setting now (a.ipv6.now), "" when IPv6 is on as at the start.
+func (a *Agent) ipv6Warning() string {
+	now, atStart := a.ipv6.now, a.ipv6.atStart
+	switch {
+	case now != "" && atStart != "":
+		return fmt.Sprintf("IPv6 is off on this node (%s): the resolver serves on IPv4 only, without its IPv6 addresses %s; queries to IPv6 nameservers are not captured",
+			now, strings.Join(a.ipv6.dropped, ", "))
+	case atStart != "":
+		return fmt.Sprintf("IPv6 is on again on this node, but was off when the agent started (%s): the resolver serves on IPv4 only, without its IPv6 addresses %s, and queries to IPv6 nameservers are not captured until the agent restarts",
+			atStart, strings.Join(a.ipv6.dropped, ", "))
+	case now != "":
+		return fmt.Sprintf("IPv6 was turned off on this node after the agent started (%s): its IPv6 addresses %s may no longer answer (from the node itself they do not: /healthz fails) until the agent restarts and serves on IPv4 only",
+			now, strings.Join(a.ipv6.kept, ", "))
+	}
+	return ""
 }
 
 // reconcileCapture makes the marks right once this agent serves (and, after

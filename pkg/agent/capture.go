@@ -94,6 +94,11 @@ type dataplane struct {
 	attachMu       sync.Mutex
 	fenced         bool
 	attachProblems []string
+
+	// onCheck, when set, runs at each attachment check, after
+	// keepAttached: the agent reads again there whether the node takes
+	// IPv6 (Agent.checkIPv6).
+	onCheck func()
 }
 
 // newDataplane makes the resolver's interface, loads (or takes over) the
@@ -196,6 +201,9 @@ func (c *dataplane) startBeating() {
 				}
 			case <-check.C:
 				c.keepAttached()
+				if c.onCheck != nil {
+					c.onCheck()
+				}
 			}
 		}
 	}()

@@ -24,29 +24,42 @@ const healthQueryTimeout = 2 * time.Second
 // 6.1.3). A slow upstream must not get the agent restarted; a resolver that
 // stopped reading, lost its addresses or deadlocked must.
 func (a *Agent) resolverAnswers(ctx context.Context) error {
-	type probe struct {
-		network string
-		addr    netip.AddrPort
-	}
-	var probes []probe
-	for i, addr := range a.addrs {
-		addr = netip.AddrPortFrom(askable(addr.Addr()), addr.Port())
-		probes = append(probes, probe{"udp", addr})
-		if i == 0 {
-			probes = append(probes, probe{"tcp", addr})
-		}
-	}
+	probes := a.healthProbes()
 	errs := make([]error, len(probes))
 	var wg sync.WaitGroup
 	for i, p := range probes {
-		wg.Go(func() {
-			if err := askBadVers(ctx, p.network, p.addr); err != nil {
-				errs[i] = fmt.Errorf("%s %s: %w", p.network, p.addr, err)
-			}
-		})
+		wg.Go(func() { errs[i] = p.ask(ctx) })
 	}
 	wg.Wait()
 	return errors.Join(errs...)
+}
+
+// healthProbe is one of /healthz's questions: over network, to addr.
+type healthProbe struct {
+	network string
+	addr    netip.AddrPort
+}
+
+// healthProbes are the questions /healthz asks: one over UDP to every
+// address the resolver serves, one over TCP to the first.
+func (a *Agent) healthProbes() []healthProbe {
+	var probes []healthProbe
+	for i, addr := range a.addrs {
+		addr = netip.AddrPortFrom(askable(addr.Addr()), addr.Port())
+		probes = append(probes, healthProbe{"udp", addr})
+		if i == 0 {
+			probes = append(probes, healthProbe{"tcp", addr})
+		}
+	}
+	return probes
+}
+
+// ask asks the probe's question, and names it in the error.
+func (p healthProbe) ask(ctx context.Context) error {
+	if err := askBadVers(ctx, p.network, p.addr); err != nil {
+		return fmt.Errorf("%s %s: %w", p.network, p.addr, err)
+	}
+	return nil
 }
 
 // askable is where a query to a listen address goes: the loopback address of

@@ -127,9 +127,10 @@ func (a *Agent) status() control.Status {
 	if a.vipsFrom != "" {
 		st.VIPs = string(a.cfg.VIPSource) + ": " + a.vipsFrom
 	}
+	ipv6Off := a.ipv6Off
 	a.mu.Unlock()
-	if a.ipv6Off != "" { // the node's, first: it holds as long as the agent runs
-		st.Warnings = append([]string{a.ipv6Off}, st.Warnings...)
+	if ipv6Off != "" { // the node's, first: it holds until the agent restarts
+		st.Warnings = append([]string{ipv6Off}, st.Warnings...)
 	}
 	if w := a.istioRulesWarnings(); len(w) > 0 {
 		st.Warnings = append(slices.Clone(st.Warnings), w...)

@@ -4,9 +4,9 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"net/netip"
-	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -25,17 +25,8 @@ import (
 // did not start, and the agent crash-looped on every such node.)
 func TestCaptureOnANodeWithoutIPv6(t *testing.T) {
 	n := newCaptureNode(t)
-	// What `sysctl -w net.ipv6.conf.{all,default}.disable_ipv6=1` does, without
-	// procps: /proc/sys/net is the namespace of the thread that opens it.
-	if err := n.node.Do(func() error {
-		for _, conf := range []string{"all", "default"} {
-			if err := os.WriteFile("/proc/sys/net/ipv6/conf/"+conf+"/disable_ipv6", []byte("1\n"), 0o644); err != nil {
-				return err
-			}
-		}
-		return nil
-	}); err != nil {
-		t.Fatalf("turn IPv6 off in the node's namespace: %v", err)
+	for _, conf := range []string{"all", "default"} {
+		n.node.WriteSysctl(t, "net.ipv6.conf."+conf+".disable_ipv6", "1")
 	}
 	dir, socket, _, up := handoffSetup(t)
 	listen4, listen6 := netip.MustParseAddrPort("169.254.20.53:53"), netip.MustParseAddrPort("[fd00:7a74:646e::53]:53")
@@ -114,5 +105,67 @@ func TestDropIPv6LeavesOutEveryIPv6Address(t *testing.T) {
 		if !strings.Contains(a.ipv6Off, ap.String()) {
 			t.Errorf("warning %q does not name %s", a.ipv6Off, ap)
 		}
+	}
+}
+
+// healthzFromNode asks /healthz's questions (healthProbes: every address
+// the resolver serves) from the node's namespace, as /healthz does from
+// the node. (The in-process agent's /healthz handler would ask from the
+// test's own namespace, where those addresses are not.)
+func healthzFromNode(n *captureNode, a *Agent) error {
+	var errs []error
+	for _, p := range a.healthProbes() {
+		errs = append(errs, n.node.Do(func() error { return p.ask(context.Background()) }))
+	}
+	return errors.Join(errs...)
+}
+
+// TestCaptureOnANodeWithIPv6OffOnLoopback: on a node whose loopback refuses
+// IPv6 (net.ipv6.conf.lo.disable_ipv6=1 alone, or all=1 then default=0,
+// which leaves lo off and ztdns0 on), the agent leaves its IPv6 addresses
+// out, as on a node without IPv6: /healthz, which asks every resolver
+// address from the node, where each goes through lo, answers, and
+// `ztdns status` says why, naming lo. (Before: the agent kept its IPv6
+// addresses without a word; pods were answered on them, but the node's own
+// queries to them were dropped by lo, /healthz timed out on each, and the
+// liveness probe restarted the agent for ever.)
+func TestCaptureOnANodeWithIPv6OffOnLoopback(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		set  [][2]string // conf, value, in order
+	}{
+		{"lo alone", [][2]string{{"lo", "1"}}},
+		{"all then default", [][2]string{{"all", "1"}, {"default", "0"}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			n := newCaptureNode(t)
+			for _, s := range tc.set {
+				n.node.WriteSysctl(t, "net.ipv6.conf."+s[0]+".disable_ipv6", s[1])
+			}
+			dir, socket, _, up := handoffSetup(t)
+			listen4, listen6 := netip.MustParseAddrPort("169.254.20.53:53"), netip.MustParseAddrPort("[fd00:7a74:646e::53]:53")
+			a, ta := n.start(t, configdir.New(dir), socket, []netip.AddrPort{listen4, listen6}, up)
+			waitServedBy(t, socket, ta, up)
+
+			if err := healthzFromNode(n, a); err != nil {
+				t.Errorf("/healthz from the node fails: %v", err)
+			}
+			st, err := control.NewClient(socket, time.Second).Status(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !st.Capture {
+				t.Error("capture is off")
+			}
+			for _, l := range st.Listen {
+				if netip.MustParseAddrPort(l).Addr().Is6() {
+					t.Errorf("listening on %s: want IPv4 only, %v", l, st.Listen)
+				}
+			}
+			if len(st.Warnings) == 0 || !strings.Contains(st.Warnings[0], "IPv6 is off on this node (net.ipv6.conf.lo.disable_ipv6=1") ||
+				!strings.Contains(st.Warnings[0], listen6.String()) {
+				t.Errorf("status warnings %q: want the first to say IPv6 is off on lo and %s was left out", st.Warnings, listen6)
+			}
+		})
 	}
 }

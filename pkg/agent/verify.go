@@ -124,18 +124,25 @@ func (a *Agent) sourceDisagrees(req control.CNIAddRequest) error {
 	return nil
 }
 
+// ownNetnsCookie returns the cookie of the calling thread's network
+// namespace. It needs no setns (nor the privilege for it): a socket opened
+// here is in it.
+func ownNetnsCookie() (uint64, error) {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return 0, err
+	}
+	defer unix.Close(fd)
+	return unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_NETNS_COOKIE)
+}
+
 // nodeCookies returns the cookies of the agent's own network namespace and
 // of the node's PID 1 (under procRoot, the node's /proc): namespaces never
 // captured.
 func nodeCookies(procRoot string) []uint64 {
 	var cookies []uint64
-	// The agent's own needs no setns (nor the privilege for it): a socket
-	// opened here is in it.
-	if fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0); err == nil {
-		if c, err := unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_NETNS_COOKIE); err == nil {
-			cookies = append(cookies, c)
-		}
-		unix.Close(fd)
+	if c, err := ownNetnsCookie(); err == nil {
+		cookies = append(cookies, c)
 	}
 	// In a test's node namespace PID 1's namespace is another one, and it
 	// may be out of reach.

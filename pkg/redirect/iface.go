@@ -34,12 +34,18 @@ func DefaultInterfaceAddrs() []netip.Prefix {
 	return out
 }
 
-// IPv6Off says why the kernel would refuse IPv6 addresses on the interface
-// name in the current network namespace, or returns "" when it takes them:
-// IPv6 disabled at boot (ipv6.disable=1: there is no /proc/sys/net/ipv6),
-// or by the interface's net.ipv6.conf.NAME.disable_ipv6, which an interface
-// not created yet takes from net.ipv6.conf.default (writing
-// net.ipv6.conf.all sets both). Hardened node images often set these. A
+// IPv6Off says why the resolver cannot serve on IPv6 addresses of the
+// interface name in the current network namespace, or returns "" when it
+// can: IPv6 disabled at boot (ipv6.disable=1: there is no
+// /proc/sys/net/ipv6), or by the interface's net.ipv6.conf.NAME.disable_ipv6,
+// which an interface not created yet takes from net.ipv6.conf.default
+// (writing net.ipv6.conf.all sets both), or by loopback's
+// net.ipv6.conf.lo.disable_ipv6. With lo's set the interface takes the
+// addresses and pods reach them, but the node itself does not: whatever it
+// sends to one of its own addresses goes through lo, which drops IPv6, so
+// the agent's /healthz (which asks every resolver address from the node)
+// and forwarding to a node-local IPv6 nameserver would time out. Hardened
+// node images often set these (all=1 then default=0 leaves lo off). A
 // setting it cannot read does not count: adding the address says then.
 func IPv6Off(name string) string {
 	return ipv6Off("/proc/sys/net/ipv6", name)
@@ -49,18 +55,25 @@ func ipv6Off(root, name string) string {
 	if _, err := os.Stat(root); errors.Is(err, os.ErrNotExist) {
 		return "IPv6 is disabled in the kernel (ipv6.disable=1)"
 	}
-	for _, conf := range []string{name, "default"} {
+	disabled := func(conf string) (string, error) {
 		b, err := os.ReadFile(filepath.Join(root, "conf", conf, "disable_ipv6"))
-		if errors.Is(err, os.ErrNotExist) && conf == name {
-			continue // not created yet
-		}
 		if err != nil {
-			return ""
+			return "", err
 		}
-		if strings.TrimSpace(string(b)) != "0" {
-			return fmt.Sprintf("net.ipv6.conf.%s.disable_ipv6=%s", conf, strings.TrimSpace(string(b)))
+		if v := strings.TrimSpace(string(b)); v != "0" {
+			return fmt.Sprintf("net.ipv6.conf.%s.disable_ipv6=%s", conf, v), nil
 		}
-		return ""
+		return "", nil
+	}
+	why, err := disabled(name)
+	if errors.Is(err, os.ErrNotExist) { // not created yet
+		why, err = disabled("default")
+	}
+	if err != nil || why != "" {
+		return why
+	}
+	if why, _ := disabled("lo"); why != "" {
+		return why + ": the node cannot reach its own IPv6 addresses"
 	}
 	return ""
 }

@@ -201,15 +201,7 @@ func udpRoundTrip(ns *testenv.Netns, addr netip.AddrPort) error {
 // sysctl tree: the interface's own setting once it exists, default's before.
 func TestIPv6Off(t *testing.T) {
 	root := filepath.Join(t.TempDir(), "ipv6")
-	set := func(conf, v string) {
-		t.Helper()
-		if err := os.MkdirAll(filepath.Join(root, "conf", conf), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(root, "conf", conf, "disable_ipv6"), []byte(v+"\n"), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	set := func(conf, v string) { t.Helper(); setDisableIPv6(t, root, conf, v) }
 	if got := ipv6Off(root, "ztdns0"); !strings.Contains(got, "ipv6.disable=1") {
 		t.Errorf("no sysctl tree: %q, want ipv6.disable=1", got)
 	}
@@ -228,5 +220,47 @@ func TestIPv6Off(t *testing.T) {
 	set("ztdns0", "1")
 	if got := ipv6Off(root, "ztdns0"); got != "net.ipv6.conf.ztdns0.disable_ipv6=1" {
 		t.Errorf("the interface's own setting off: %q", got)
+	}
+}
+
+// setDisableIPv6 writes net.ipv6.conf.CONF.disable_ipv6 into the sysctl
+// tree root.
+func setDisableIPv6(t *testing.T, root, conf, v string) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Join(root, "conf", conf), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(root, "conf", conf, "disable_ipv6"), []byte(v+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestIPv6OffOnLoopback: with loopback's IPv6 off (net.ipv6.conf.lo, which
+// net.ipv6.conf.all=1 then default=0 leaves set), IPv6 counts as off
+// although the interface takes the addresses: the node reaches its own
+// IPv6 addresses only through lo, so /healthz, which asks each resolver
+// address from the node, would time out on them. (Before: "", and the
+// agent kept IPv6 on such a node.)
+func TestIPv6OffOnLoopback(t *testing.T) {
+	root := filepath.Join(t.TempDir(), "ipv6")
+	set := func(conf, v string) { t.Helper(); setDisableIPv6(t, root, conf, v) }
+	const loOff = "net.ipv6.conf.lo.disable_ipv6=1: the node cannot reach its own IPv6 addresses"
+	set("default", "0")
+	set("lo", "1")
+	if got := ipv6Off(root, "ztdns0"); got != loOff {
+		t.Errorf("lo off, no interface yet: %q, want %q", got, loOff)
+	}
+	set("ztdns0", "0")
+	if got := ipv6Off(root, "ztdns0"); got != loOff {
+		t.Errorf("lo off, the interface's own setting on: %q, want %q", got, loOff)
+	}
+	set("ztdns0", "1") // the interface's own reason comes first
+	if got := ipv6Off(root, "ztdns0"); got != "net.ipv6.conf.ztdns0.disable_ipv6=1" {
+		t.Errorf("lo and the interface off: %q", got)
+	}
+	set("ztdns0", "0")
+	set("lo", "0")
+	if got := ipv6Off(root, "ztdns0"); got != "" {
+		t.Errorf("IPv6 on, lo too: %q", got)
 	}
 }
