@@ -203,6 +203,9 @@ type Agent struct {
 	// hostCookies are the node's own netns cookies (the agent's and PID
 	// 1's): never marked.
 	hostCookies []uint64
+	// programsSwitched, when set (tests), runs once finishTakeover has
+	// attached this agent's programs, before the agent goes on.
+	programsSwitched func()
 }
 
 // Run starts the agent and blocks until ctx is done or a part fails.
@@ -938,6 +941,9 @@ func (a *Agent) finishTakeover() error {
 	}
 	if err := a.capture.takeOverConfig(); err != nil {
 		return fmt.Errorf("capture: pointing the programs at this agent's addresses: %w", err)
+	}
+	if a.programsSwitched != nil {
+		a.programsSwitched()
 	}
 	if len(a.retired) > 0 {
 		time.Sleep(stopGrace) // queries redirected just before are on their way

@@ -158,8 +158,21 @@ func newDataplane(cfg CaptureConfig, ctl capture.Config, namespaces capture.Name
 
 // takeOverConfig points the programs at this agent's resolver addresses and
 // port, and swaps in its programs (and maps of a changed layout), once it
-// serves them and the agent it took over from has stopped.
+// serves them and the agent it took over from has stopped. A pods map of a
+// changed layout is given the marks the previous agent recorded first: the
+// programs read it from the moment they are attached, and reconcileCapture
+// (Restore, which checks each pod's network namespace, a while with many
+// pods) comes after; meanwhile every pod it lacked would go uncaptured.
 func (c *dataplane) takeOverConfig() error {
+	if c.r.ReplacingPods() {
+		n, err := c.ctl.MarkRecorded()
+		if err != nil {
+			c.log.Warn("could not mark every recorded pod in the new pods map before switching to it: those go uncaptured until reconciled",
+				"marked", n, "err", err)
+		} else {
+			c.log.Info("marked the recorded pods in the new pods map before switching to it", "pods", n)
+		}
+	}
 	return c.r.ApplyConfig()
 }
 

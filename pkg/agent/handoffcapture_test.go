@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -45,6 +46,14 @@ func newCaptureNode(t *testing.T) *captureNode {
 func (n *captureNode) start(t *testing.T, src source.Source, socket string, listen []netip.AddrPort, upstream netip.AddrPort,
 	extra ...func(*Config)) (*Agent, *testAgent) {
 	t.Helper()
+	a := n.newAgent(t, src, socket, listen, upstream, extra...)
+	return a, n.run(t, a)
+}
+
+// newAgent makes the capture agent start runs.
+func (n *captureNode) newAgent(t *testing.T, src source.Source, socket string, listen []netip.AddrPort, upstream netip.AddrPort,
+	extra ...func(*Config)) *Agent {
+	t.Helper()
 	cfg := Config{
 		Source:    src,
 		Listen:    listen,
@@ -60,11 +69,16 @@ func (n *captureNode) start(t *testing.T, src source.Source, socket string, list
 	if err != nil {
 		t.Fatal(err)
 	}
+	return a
+}
+
+// run runs a on a thread in the node's namespace until the test ends.
+func (n *captureNode) run(t *testing.T, a *Agent) *testAgent {
 	ctx, cancel := context.WithCancel(context.Background())
 	ta := &testAgent{cancel: cancel, done: make(chan error, 1)}
 	go func() { ta.done <- n.node.Do(func() error { return a.run(ctx) }) }()
 	t.Cleanup(ta.stop)
-	return a, ta
+	return ta
 }
 
 // TestHandoffKeepsCaptureFresh: an old agent that drains a slow forward
@@ -278,21 +292,40 @@ func (n *captureNode) plantIncompatiblePods(t *testing.T) {
 // programs, only once it has taken over: should it stop before, the
 // running agent captures on as before, with its programs and its maps;
 // once it has, the pod is captured through its own map, pinned in place of
-// the other. (Before: it replaced the map and its programs as it started;
+// the other, which holds the pod's mark from the moment its programs are
+// attached. (Before: it replaced the map and its programs as it started;
 // stopped then, it left the programs reading an empty map, and the running
 // agent, ready again, marking pods in one no program read: no pod was
-// captured.)
+// captured. And later: its programs read the new map empty until its
+// reconcile marked the pods again, a few milliseconds for one pod, longer
+// the more pods, in which every pod's queries went to its own nameserver.)
 func TestHandoffWithAnIncompatibleMap(t *testing.T) {
 	for _, successorServes := range []bool{true, false} {
 		name := map[bool]string{true: "successor serves", false: "successor stopped"}[successorServes]
 		t.Run(name, func(t *testing.T) {
 			n := newCaptureNode(t)
 			old := n.startCapturing(t)
+			cookie, err := redirect.NetnsCookie(old.pod.Path())
+			if err != nil {
+				t.Fatal(err)
+			}
 
 			n.plantIncompatiblePods(t)
 			src := gated(configdir.New(old.dir))
 			upNew := netip.MustParseAddrPort("127.0.0.1:9")
-			_, succTA := n.start(t, src, old.socket, old.listen, upNew)
+			succ := n.newAgent(t, src, old.socket, old.listen, upNew)
+			// What the successor's programs find in their pods map as they
+			// are attached: read before the agent goes on.
+			type marks struct {
+				pods []redirect.MarkedPod
+				err  error
+			}
+			attached := make(chan marks, 1)
+			succ.programsSwitched = func() {
+				pods, err := succ.capture.r.Pods()
+				attached <- marks{pods, err}
+			}
+			succTA := n.run(t, succ)
 			<-src.started // capture loaded, the first table held back
 			if err := n.askFromPod(t, old.pod); err != nil {
 				t.Errorf("while the successor waits for its table: %v", err)
@@ -307,6 +340,18 @@ func TestHandoffWithAnIncompatibleMap(t *testing.T) {
 			}
 			close(src.open)
 			waitServedBy(t, old.socket, succTA, upNew)
+			select {
+			case m := <-attached:
+				if m.err != nil {
+					t.Fatal(m.err)
+				}
+				if !slices.ContainsFunc(m.pods, func(p redirect.MarkedPod) bool { return p.NetnsCookie == cookie }) {
+					t.Errorf("the successor's programs were attached to a pods map without the captured pod (netns cookie %d), which holds %v: "+
+						"its queries went to its own nameserver until the successor marked it again", cookie, m.pods)
+				}
+			default:
+				t.Fatal("the successor serves, but never switched the programs to its own")
+			}
 			testenv.EventuallyNil(t, 10*time.Second, func() error { return n.askFromPod(t, old.pod) })
 			old.ta.stop()
 			if err := n.askFromPod(t, old.pod); err != nil {

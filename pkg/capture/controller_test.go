@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -484,6 +485,61 @@ func TestRestore(t *testing.T) {
 	}
 	if want := []string{"ctr-kept", "ctr-lost-mark", "netns-cookie:20"}; !slices.Equal(keys, want) {
 		t.Errorf("record after restore %q, want %q", keys, want)
+	}
+}
+
+// TestMarkRecorded: a successor whose pods map is new (an upgrade changed
+// its layout) marks there, before its programs read it, every pod its
+// predecessor's record captures, without looking at their network
+// namespaces and changing no record; Restore then checks them as ever and
+// removes the mark of a namespace that is gone. Of two records of one
+// namespace, the newer gives the mark its IPs.
+func TestMarkRecorded(t *testing.T) {
+	f := newFixture(t, true)
+	f.source([]model.Namespace{ambientNS})
+	f.attach(t, cniAttachment("web", 10, "10.0.0.2"))
+	f.attach(t, cniAttachment("gone", 11, "10.0.0.3"))
+	old := cniAttachment("z-old", 12, "10.0.0.4")
+	f.attach(t, old)
+	readd := cniAttachment("a-new", 12, "10.0.0.5") // filed before z-old, attached after
+	readd.NetnsPath = old.NetnsPath
+	f.attach(t, readd)
+	hand := podcache.Attachment{Namespace: "default", Name: "vm", NetnsCookie: 20, Captured: true, Reason: ReasonByHand}
+	if err := f.ctl.Apply(hand); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := f.ctl.Release(hand.Key()); err != nil {
+		t.Fatal(err)
+	}
+	f.ctl.Close()
+	record := f.savedRecord(t)
+	delete(f.netns.byPath, "/var/run/netns/gone") // gone's sandbox went since
+
+	g := &fixture{pods: podcache.New("cluster.local"), marker: newFakeMarker(), netns: f.netns, dir: f.dir, now: f.now}
+	g.ctl = New(f.ctl.cfg, g.pods, g.marker, f.netns)
+	t.Cleanup(g.ctl.Close)
+	n, err := g.ctl.MarkRecorded()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := g.marker.marked(), []uint64{10, 11, 12}; n != 3 || !slices.Equal(got, want) {
+		t.Errorf("marked %v (%d), want %v: web, gone (not looked at yet) and the re-added pod, not the released one", got, n, want)
+	}
+	if got, want := g.marker.marks[12].IPv4, netip.MustParseAddr("10.0.0.5"); got != want {
+		t.Errorf("the re-added pod's mark has IPv4 %s, want the newer record's %s", got, want)
+	}
+	if atts := g.pods.Attachments(); len(atts) != 0 {
+		t.Errorf("records in memory before Restore: %v", atts)
+	}
+	if got := g.savedRecord(t); !reflect.DeepEqual(got, record) {
+		t.Errorf("record changed: %v, was %v", got, record)
+	}
+
+	if err := g.ctl.Restore(); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := g.marker.marked(), []uint64{10, 12}; !slices.Equal(got, want) {
+		t.Errorf("marks after Restore %v, want %v (gone's removed)", got, want)
 	}
 }
 

@@ -1,6 +1,7 @@
 package capture
 
 import (
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -58,6 +59,52 @@ func (c *Controller) Restore() error {
 	return err
 }
 
+// MarkRecorded marks, without looking at their network namespaces, the
+// pods captured in the record a previous agent left, and returns how many:
+// for a pods map that holds no mark yet (one an upgrade replaced), before
+// the programs that read it are attached, so that no captured pod goes
+// uncaptured until Restore. A mark whose namespace is gone is harmless (a
+// netns cookie is never reused) until Restore, which checks every record,
+// removes it. It changes no record, in memory or on disk; an unreadable
+// record marks nothing (Restore keeps it aside).
+func (c *Controller) MarkRecorded() (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.fenced.Load() {
+		return 0, ErrFenced
+	}
+	saved, err := c.load()
+	if err != nil {
+		return 0, err
+	}
+	slices.SortFunc(saved, func(a, b podcache.Attachment) int {
+		return cmp.Or(cmp.Compare(a.AttachOrder, b.AttachOrder), strings.Compare(a.Key(), b.Key()))
+	})
+	var errs []error
+	marked := 0
+	for _, a := range capturedByNetns(saved) {
+		if err := c.setMark(a); err != nil {
+			errs = append(errs, err)
+		} else {
+			marked++
+		}
+	}
+	return marked, errors.Join(errs...)
+}
+
+// capturedByNetns returns the captured records by netns cookie: of two for
+// one network namespace (a re-ADD before the old sandbox's DEL), the
+// newest, which gives the mark its IPs. atts are oldest first.
+func capturedByNetns(atts []podcache.Attachment) map[uint64]podcache.Attachment {
+	want := map[uint64]podcache.Attachment{}
+	for _, a := range atts {
+		if a.Captured {
+			want[a.NetnsCookie] = a
+		}
+	}
+	return want
+}
+
 // keepAside renames an unreadable record before a new one replaces it: it
 // may hold what nothing else can rebuild (pods captured by hand).
 func (c *Controller) keepAside() {
@@ -75,14 +122,7 @@ func (c *Controller) reconcileLocked() error {
 	if err != nil {
 		return err
 	}
-	// Of two captured records for one network namespace (a re-ADD before
-	// the old sandbox's DEL), the newest gives a restored mark its IPs.
-	want := map[uint64]podcache.Attachment{}
-	for _, a := range c.pods.AttachmentsOldestFirst() {
-		if a.Captured {
-			want[a.NetnsCookie] = a
-		}
-	}
+	want := capturedByNetns(c.pods.AttachmentsOldestFirst())
 	var errs []error
 	have := map[uint64]bool{}
 	for _, m := range marked {

@@ -234,16 +234,20 @@ func TestLoadChecksFirst(t *testing.T) {
 // agent taking over) that finds a pinned map of another layout leaves it
 // pinned and the running programs attached, and closed without ApplyConfig
 // leaves them so: the running agent marks pods in the map its programs
-// read. ApplyConfig then pins the new map in its place and attaches the
-// new programs. (Before: Load replaced the pin and swapped the programs in
-// at once, and a new agent that stopped before taking over left the
-// programs reading an empty map.)
+// read. ApplyConfig then pins the new map in its place, with the marks
+// written to it before (ReplacingPods says to), and attaches the new
+// programs. (Before: Load replaced the pin and swapped the programs in at
+// once, and a new agent that stopped before taking over left the programs
+// reading an empty map.)
 func TestKeepConfigReplacesNothingUntilApplied(t *testing.T) {
 	t.Parallel()
 	testenv.RequireRoot(t)
 	bpffs := mkdirAll(t, filepath.Join(testenv.NewBPFFS(t), "ztdns"))
 	cfg := Config{BPFFS: bpffs, CgroupPath: testenv.NewCgroup(t).Path, Resolver4: DefaultResolver4(), Logger: testLogger(t)}
 	running := mustLoad(t, cfg)
+	if running.ReplacingPods() {
+		t.Error("a Load without KeepConfig has a pods map left to replace")
+	}
 	links, err := running.Links()
 	if err != nil {
 		t.Fatal(err)
@@ -305,8 +309,27 @@ func TestKeepConfigReplacesNothingUntilApplied(t *testing.T) {
 	attached("after it closed without ApplyConfig", links)
 
 	taking := mustLoad(t, keep)
+	if !taking.ReplacingPods() {
+		t.Error("a Load with KeepConfig over a pods map of another layout is not replacing it")
+	}
+	const cookie = 4242
+	if err := taking.Mark(cookie, PodInfo{IPv4: netip.MustParseAddr("10.0.0.2")}); err != nil {
+		t.Fatal(err)
+	}
 	if err := taking.ApplyConfig(); err != nil {
 		t.Fatal(err)
+	}
+	if taking.ReplacingPods() {
+		t.Error("still replacing the pods map after ApplyConfig")
+	}
+	pods, err := ebpf.LoadPinnedMap(pin, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pods.Close()
+	var val ztdnsPodInfo
+	if err := pods.Lookup(&ztdnsPodKey{NetnsCookie: cookie}, &val); err != nil {
+		t.Errorf("the mark written before ApplyConfig is not in the map pinned as pods: %v", err)
 	}
 	takingInfo, err := taking.objs.Pods.Info()
 	if err != nil {

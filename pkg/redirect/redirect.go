@@ -454,11 +454,21 @@ func (r *Redirector) ApplyConfig() error {
 	return r.forgetUnlisted()
 }
 
+// ReplacingPods reports whether ApplyConfig is to pin and attach a pods
+// map this Load (with KeepConfig) made in place of a pinned one of another
+// layout. It holds no mark until written one: Mark writes to it, and the
+// programs ApplyConfig attaches read it from their first query on, so a
+// caller taking over writes the marks it knows before ApplyConfig.
+func (r *Redirector) ReplacingPods() bool {
+	return slices.Contains(r.replaced, ztdnsMapPods)
+}
+
 // loadObjects loads programs and maps, reusing pinned maps. A pinned map
 // whose layout no longer matches (an upgrade changed ztdns.h) is replaced:
-// marks in it are lost and the agent's reconcile writes them again. With
-// KeepConfig its pin stays until ApplyConfig: the running programs, and
-// the agent marking pods for them, still use it.
+// marks in it are lost and the agent writes them again (a pods map, with
+// KeepConfig, before ApplyConfig: ReplacingPods). With KeepConfig its pin
+// stays until ApplyConfig: the running programs, and the agent marking
+// pods for them, still use it.
 func (r *Redirector) loadObjects() error {
 	spec, err := loadZtdns()
 	if err != nil {
