@@ -378,6 +378,10 @@ func (a *Agent) run(ctx context.Context) error {
 		// Held open while this agent runs, for its predecessor to watch
 		// (see handoff.go); the process's end closes it too.
 		defer in.conn.Close()
+	} else if a.cfg.PodUID != "" {
+		// Restarted in a pod whose agent took over before: it refuses the
+		// same agent (see handoff.go).
+		a.predecessor = recordedPredecessor(a.cfg.Socket, a.id, a.log)
 	}
 	// abort undoes a start that failed half-way.
 	abort := func(err error) error {
@@ -445,6 +449,13 @@ func (a *Agent) run(ctx context.Context) error {
 		return abort(err)
 	}
 	if in != nil {
+		// Before "serving": from then on the predecessor is idle, and a
+		// restart of this agent must still refuse it.
+		if a.cfg.PodUID != "" {
+			if err := recordPredecessor(a.cfg.Socket, a.id, in.from); err != nil {
+				a.log.Warn("could not record whom this agent takes over from: restarted, it would not refuse that agent", "err", err)
+			}
+		}
 		if err := in.release(); err != nil {
 			a.log.Warn("the previous agent did not confirm the handoff", "err", err)
 		} else {

@@ -79,6 +79,17 @@ import (
 // refused again each time, until the pod is deleted. Outside Kubernetes a
 // restarted process has a new identity, and is not refused.
 //
+// Whom an agent took over from outlives its process: as it takes over, an
+// agent with a pod UID records it beside the hand-off socket
+// (predecessorPath), and one restarted in the same pod reads it as it
+// starts. Else, should the new pod's container be restarted too (OOM), the
+// old agent, finding nobody at the hand-off path, would exit; the new
+// pod's agent, restarted with no predecessor, would hand the node to the
+// old pod's restarted one if it asked second, and sit idle, and the old
+// pod's deletion would leave the node without a resolver. A later
+// take-over, by this agent's successor, replaces the record; asked by any
+// agent but its predecessor, an agent hands over as ever.
+//
 // An agent from before the control socket's hand-over ignores "takeover
 // ID" and closes the connection: the new agent then asks again with
 // "sockets ID", which is answered as above but without the control
@@ -175,10 +186,125 @@ func agentIdentity(podUID string) string {
 func validPodUID(uid string) error {
 	// Its identity is "pod/" + uid (agentIdentity).
 	const maxLen = maxIdentityLen - len("pod/")
-	if len(uid) > maxLen || strings.ContainsFunc(uid, func(r rune) bool { return unicode.IsSpace(r) || !unicode.IsPrint(r) }) {
+	if len(uid) > maxLen || strings.ContainsFunc(uid, notInIdentity) {
 		return fmt.Errorf("pod UID %q: want the pod's metadata.uid, printable, without spaces, at most %d bytes", uid, maxLen)
 	}
 	return nil
+}
+
+// notInIdentity reports the runes an identity may not hold: a line of the
+// exchange carries it, after a space.
+func notInIdentity(r rune) bool { return unicode.IsSpace(r) || !unicode.IsPrint(r) }
+
+// validIdentity checks an identity read from outside this process.
+func validIdentity(id string) error {
+	if id == "" || len(id) > maxIdentityLen || strings.ContainsFunc(id, notInIdentity) {
+		return fmt.Errorf("identity %q: want printable, without spaces, 1 to %d bytes", id, maxIdentityLen)
+	}
+	return nil
+}
+
+// predecessorPath is where an agent records whom it took over from.
+func predecessorPath(controlSocket string) string { return controlSocket + ".predecessor" }
+
+// takeoverRecord is the record at predecessorPath: Agent took over from
+// Predecessor (empty: one from before identities).
+type takeoverRecord struct {
+	Agent       string `json:"agent"`
+	Predecessor string `json:"predecessor,omitempty"`
+}
+
+// maxTakeoverRecord bounds the record read: two identities and their
+// names fit many times over.
+const maxTakeoverRecord = 1024
+
+// recordPredecessor writes, atomically, that self took over from
+// predecessor, replacing the record of an earlier take-over.
+func recordPredecessor(controlSocket, self, predecessor string) error {
+	b, err := json.Marshal(takeoverRecord{Agent: self, Predecessor: predecessor})
+	if err != nil {
+		return err
+	}
+	path := predecessorPath(controlSocket)
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|unix.O_NOFOLLOW, 0o600)
+	if err != nil {
+		return fmt.Errorf("recording the predecessor: %w", err)
+	}
+	err = f.Chmod(0o600) // a leftover keeps its mode through O_TRUNC
+	if err == nil {
+		_, err = f.Write(append(b, '\n'))
+	}
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("recording the predecessor: %w", err)
+	}
+	return nil
+}
+
+// recordedPredecessor returns the agent self took over from, as recorded
+// at predecessorPath by self before a restart: empty with no record, or
+// one of another agent (a later take-over replaced it). A record that is
+// not a regular file, is too long or does not parse counts as none, and
+// is logged.
+func recordedPredecessor(controlSocket, self string, log *slog.Logger) string {
+	path := predecessorPath(controlSocket)
+	b, err := readRecord(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return ""
+	}
+	var rec takeoverRecord
+	if err == nil {
+		if err = json.Unmarshal(b, &rec); err == nil {
+			err = validIdentity(rec.Agent)
+		}
+		if err == nil && rec.Predecessor != "" {
+			err = validIdentity(rec.Predecessor)
+		}
+	}
+	if err != nil {
+		log.Warn("ignoring the unreadable record of whom this pod's agent took over from; a restart of the agent it took over from is not refused",
+			"path", path, "err", err)
+		return ""
+	}
+	if rec.Agent != self {
+		return ""
+	}
+	if rec.Predecessor != "" {
+		log.Info("this pod's agent took over from another before this restart: it is refused the node", "predecessor", rec.Predecessor, "path", path)
+	}
+	return rec.Predecessor
+}
+
+// readRecord reads the regular file at path, up to maxTakeoverRecord bytes.
+func readRecord(path string) ([]byte, error) {
+	// O_NONBLOCK: a FIFO planted there must not hang the start.
+	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("not a regular file (mode %s)", fi.Mode())
+	}
+	b, err := io.ReadAll(io.LimitReader(f, maxTakeoverRecord+1))
+	if err == nil && len(b) > maxTakeoverRecord {
+		err = fmt.Errorf("longer than %d bytes", maxTakeoverRecord)
+	}
+	return b, err
 }
 
 // offerReply is a running agent's answer to a successor that said who it

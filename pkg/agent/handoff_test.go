@@ -899,24 +899,7 @@ func TestRestartedPredecessorIsRefused(t *testing.T) {
 	// The old pod's container restarts: the same pod, so the same UID.
 	upRestarted := whoUpstream(t, "192.0.2.3")
 	restarted := runTestAgent(t, dir, socket, listen, upRestarted, metrics, inPod("0d1f0000-0000-4000-8000-000000000001"))
-	var err error
-	testenv.EventuallyNil(t, 30*time.Second, func() error {
-		select {
-		case err = <-restarted.done:
-			restarted.done <- nil
-			return nil
-		default:
-		}
-		st, serr := control.NewClient(socket, time.Second).Status(context.Background())
-		if serr == nil && slices.Equal(st.Upstreams, []string{upRestarted.String()}) {
-			t.Fatal("the restarted old agent took the node back from the new one")
-		}
-		return errors.New("the restarted old agent is still running")
-	})
-	if err == nil || !strings.Contains(err.Error(), "handed the node over") || !strings.Contains(err.Error(), "serves nothing") {
-		t.Errorf("the restarted old agent: Run = %v; want an error saying its pod handed the node over", err)
-	}
-	t.Logf("the restarted old agent: %v", err)
+	wantRefused(t, socket, restarted, upRestarted)
 	// The new agent logs once the exchange is over, which may be after the
 	// restarted agent has read the refusal and returned.
 	testenv.Eventually(t, 10*time.Second, "the new agent logs the refusal", func() bool {
@@ -940,6 +923,87 @@ func TestRestartedPredecessorIsRefused(t *testing.T) {
 	upNewer := netip.MustParseAddrPort("127.0.0.1:9")
 	newer := runTestAgent(t, dir, socket, listen, upNewer, metrics, inPod("0d1f0000-0000-4000-8000-000000000003"))
 	waitServedBy(t, socket, newer, upNewer)
+}
+
+// wantRefused waits for restarted, an old pod's agent restarted after its
+// pod handed the node over, to exit, refused, with an error saying why;
+// the test fails at once if the agent on socket forwards to upRestarted
+// (restarted took the node back).
+func wantRefused(t *testing.T, socket string, restarted *testAgent, upRestarted netip.AddrPort) {
+	t.Helper()
+	var err error
+	testenv.EventuallyNil(t, 30*time.Second, func() error {
+		select {
+		case err = <-restarted.done:
+			restarted.done <- nil
+			return nil
+		default:
+		}
+		st, serr := control.NewClient(socket, time.Second).Status(context.Background())
+		if serr == nil && slices.Equal(st.Upstreams, []string{upRestarted.String()}) {
+			t.Fatal("the restarted old agent took the node back from the new one")
+		}
+		return errors.New("the restarted old agent is still running")
+	})
+	if err == nil || !strings.Contains(err.Error(), "handed the node over") || !strings.Contains(err.Error(), "serves nothing") {
+		t.Errorf("the restarted old agent: Run = %v; want an error saying its pod handed the node over", err)
+	}
+	t.Logf("the restarted old agent: %v", err)
+}
+
+// TestRestartedSuccessorRefusesItsPredecessor: A hands the node over to B;
+// B's container is restarted (OOM-killed), and A, finding nobody at the
+// hand-off path, exits; B' (B's pod, so B's UID) starts afresh and serves.
+// When A's container is restarted next, A' asks B' for the node: B' refuses
+// it, as B would have, from the record B left beside the socket, and
+// serves on. A new rollout's agent still takes the node over from B'.
+// (Before: B' knew nothing of A, as B had known it only in memory, and
+// handed the node back to A'; B' sat idle, its probes answered by A' on
+// the shared port, and once the rollout deleted A's pod the node had no
+// resolver until B' noticed and restarted.)
+func TestRestartedSuccessorRefusesItsPredecessor(t *testing.T) {
+	dir, socket, listen, _ := handoffSetup(t)
+	metrics := testenv.FreePort(t).String() // shared, as in a DaemonSet
+	const podA, podB = "0d1f0000-0000-4000-8000-000000000011", "0d1f0000-0000-4000-8000-000000000012"
+	upA, upB := whoUpstream(t, "192.0.2.1"), whoUpstream(t, "192.0.2.2")
+	a := startTestAgent(t, dir, socket, listen, upA, metrics, inPod(podA))
+	b := runTestAgent(t, dir, socket, listen, upB, metrics, inPod(podB))
+	waitServedBy(t, socket, b, upB)
+
+	b.stopChecked(t, "B") // its container is restarted
+	select {
+	case err := <-a.done:
+		a.done <- nil
+		if !errors.Is(err, errSuccessorGone) {
+			t.Fatalf("A: Run = %v; want it to exit, its successor gone", err)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("A is still idle a minute after B stopped")
+	}
+
+	// B's container restarts first, with nobody to take over from.
+	upB2 := whoUpstream(t, "192.0.2.3")
+	b2 := runTestAgent(t, dir, socket, listen, upB2, metrics, inPod(podB))
+	waitServedBy(t, socket, b2, upB2)
+	// Then A's.
+	upA2 := whoUpstream(t, "192.0.2.4")
+	a2 := runTestAgent(t, dir, socket, listen, upA2, metrics, inPod(podA))
+	wantRefused(t, socket, a2, upA2)
+	waitServedBy(t, socket, b2, upB2)
+	wantProbe(t, metrics, "/readyz", http.StatusOK, "after the refusal")
+	for _, network := range []string{"udp", "tcp"} {
+		if got := answeredBy(t, network, listen); got != "192.0.2.3" {
+			t.Fatalf("%s: who.test. answered %s, want 192.0.2.3 (B's restarted agent's upstream)", network, got)
+		}
+	}
+
+	// A new rollout's agent (another UID) takes over from B'.
+	upC := whoUpstream(t, "192.0.2.5")
+	c := runTestAgent(t, dir, socket, listen, upC, metrics, inPod("0d1f0000-0000-4000-8000-000000000013"))
+	waitServedBy(t, socket, c, upC)
+	if got := answeredBy(t, "udp", listen); got != "192.0.2.5" {
+		t.Errorf("after the new rollout: who.test. answered %s, want 192.0.2.5", got)
+	}
 }
 
 // TestHandoffWithOlderAgents: a running agent from before the control
@@ -1092,6 +1156,80 @@ func TestValidPodUID(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			if err := validPodUID(tc.uid); (err == nil) != tc.ok {
 				t.Errorf("validPodUID(%q) = %v, want ok %v", tc.uid, err, tc.ok)
+			}
+		})
+	}
+}
+
+// TestTakeoverRecord: the record of whom an agent took over from names
+// the predecessor to the agent that wrote it (its pod's restarted agent),
+// and nobody to another agent; a later take-over replaces it. A record
+// that is not a small regular file of the agent's JSON counts as none,
+// and is logged.
+func TestTakeoverRecord(t *testing.T) {
+	socket := filepath.Join(t.TempDir(), "ztdns.sock")
+	path := predecessorPath(socket)
+	nolog := slog.New(slog.DiscardHandler)
+	if got := recordedPredecessor(socket, "pod/b", nolog); got != "" {
+		t.Errorf("with no record: predecessor %q, want none", got)
+	}
+	if err := recordPredecessor(socket, "pod/b", "pod/a"); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Lstat(path); err != nil || fi.Mode() != 0o600 {
+		t.Errorf("the record: %v %v, want a regular file, mode 0600", fi, err)
+	}
+	if _, err := os.Lstat(path + ".tmp"); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the temporary file is left: %v", err)
+	}
+	for _, tc := range []struct{ self, want string }{{"pod/b", "pod/a"}, {"pod/a", ""}, {"pod/c", ""}} {
+		if got := recordedPredecessor(socket, tc.self, nolog); got != tc.want {
+			t.Errorf("B took over from A; read by %s: predecessor %q, want %q", tc.self, got, tc.want)
+		}
+	}
+	if err := recordPredecessor(socket, "pod/c", "pod/b"); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ self, want string }{{"pod/b", ""}, {"pod/c", "pod/b"}} {
+		if got := recordedPredecessor(socket, tc.self, nolog); got != tc.want {
+			t.Errorf("C took over from B; read by %s: predecessor %q, want %q", tc.self, got, tc.want)
+		}
+	}
+
+	valid := `{"agent":"pod/b","predecessor":"pod/a"}`
+	for _, tc := range []struct {
+		name  string
+		plant func(path string) error
+	}{
+		{"not JSON", func(p string) error { return os.WriteFile(p, []byte("pod/b took over from pod/a\n"), 0o600) }},
+		{"too long", func(p string) error {
+			return os.WriteFile(p, []byte(valid+strings.Repeat(" ", maxTakeoverRecord)), 0o600)
+		}},
+		{"no agent", func(p string) error { return os.WriteFile(p, []byte(`{"predecessor":"pod/a"}`), 0o600) }},
+		{"a space in the predecessor", func(p string) error {
+			return os.WriteFile(p, []byte(`{"agent":"pod/b","predecessor":"pod/a pod/x"}`), 0o600)
+		}},
+		{"a directory", func(p string) error { return os.Mkdir(p, 0o700) }},
+		{"a FIFO", func(p string) error { return unix.Mkfifo(p, 0o600) }},
+		{"a symbolic link", func(p string) error {
+			target := filepath.Join(t.TempDir(), "record")
+			if err := os.WriteFile(target, []byte(valid), 0o600); err != nil {
+				return err
+			}
+			return os.Symlink(target, p)
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			socket := filepath.Join(t.TempDir(), "ztdns.sock")
+			if err := tc.plant(predecessorPath(socket)); err != nil {
+				t.Fatal(err)
+			}
+			var log testenv.Log
+			if got := recordedPredecessor(socket, "pod/b", slog.New(slog.NewTextHandler(&log, nil))); got != "" {
+				t.Errorf("predecessor %q, want none", got)
+			}
+			if !log.Contains("ignoring the unreadable record") {
+				t.Errorf("nothing logged: %q", log.String())
 			}
 		})
 	}

@@ -52,13 +52,13 @@ func (a Access) allowed(p Peer) bool {
 }
 
 // OwnFiles are the names the agent keeps in its socket directory besides
-// the socket: the hand-off socket, the record of captured pods, the
-// plugin's pending events and the installed marker. A directory holding
-// nothing else (or nothing) is the agent's own, and PrepareDir sets its
-// mode.
+// the socket: the hand-off socket, the record of whom the agent took over
+// from, the record of captured pods, the plugin's pending events and the
+// installed marker. A directory holding nothing else (or nothing) is the
+// agent's own, and PrepareDir sets its mode.
 func ownFiles(socket string) []string {
 	base := filepath.Base(socket)
-	return []string{base, base + ".handoff", "attachments.json", "attachments.json.tmp", "pending", InstalledFile}
+	return []string{base, base + ".handoff", base + ".predecessor", base + ".predecessor.tmp", "attachments.json", "attachments.json.tmp", "pending", InstalledFile}
 }
 
 // InstalledFile is the name of the marker the agent keeps beside its
