@@ -28,10 +28,10 @@ type CNIConfig struct {
 }
 
 // cniInstallInterval is how often the installer looks again, besides
-// whenever a file in the conf dir changes (cni.KeepInstalled): for the
-// primary plugin's configuration to appear, and for it to be rewritten
-// without our entry (primary plugins regenerate their conflist). A
-// variable: tests shorten it.
+// whenever a file in the conf dir changes (cni.KeepInstalled, which looks
+// at most once a second): for the primary plugin's configuration to
+// appear, and for it to be rewritten without our entry (primary plugins
+// regenerate their conflist). A variable: tests shorten it.
 var cniInstallInterval = 5 * time.Second
 
 // cniAdd records a new sandbox, decides whether its DNS is captured and
@@ -430,6 +430,8 @@ func (a *Agent) installCNI(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	cfg := cni.InstallConfig{BinDir: a.cfg.CNI.BinDir, ConfDir: a.cfg.CNI.ConfDir, Binary: self, PluginConf: entry, Logger: a.log}
+	cfg := cni.InstallConfig{BinDir: a.cfg.CNI.BinDir, ConfDir: a.cfg.CNI.ConfDir, Binary: self, PluginConf: entry, Logger: a.log,
+		OnRepair:    metricCNIConfigRepairs.Inc,
+		OnContested: func(on bool) { metricCNIConfigContested.Set(boolValue(on)) }}
 	return cni.KeepInstalled(ctx, cfg, cniInstallInterval)
 }

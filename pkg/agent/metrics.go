@@ -28,6 +28,19 @@ var (
 		Name: "ztdns_cni_events_total",
 		Help: "CNI events from the chained plugin by command (add, del) and outcome (the decision's reason, ok, refused, error).",
 	}, []string{"command", "outcome"})
+	// metricCNIConfigRepairs counts what cni.KeepInstalled put back: the
+	// plugin's entry or binary, after something removed or changed them.
+	metricCNIConfigRepairs = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "ztdns_cni_config_repairs_total",
+		Help: "Times the agent put the CNI plugin's entry or binary back after something removed or changed them (at most one a second).",
+	})
+	// metricCNIConfigContested is 1 while another installer takes the
+	// plugin's entry out whenever it is back (cni.KeepInstalled's contest).
+	metricCNIConfigContested = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "ztdns_cni_config_contested",
+		Help: "1 while another installer takes the CNI plugin's entry out of the node's CNI configuration whenever the agent puts it back " +
+			"(5 repairs within 10 s, until 10 s pass without one), else 0.",
+	})
 	// metricCaptureRepairs counts what keepAttached put back: links
 	// re-attached, pins made again.
 	metricCaptureRepairs = prometheus.NewCounter(prometheus.CounterOpts{
@@ -48,7 +61,7 @@ var (
 
 func (a *Agent) registerMetrics() error {
 	cs := []prometheus.Collector{
-		metricTableBuild, metricTableNames, metricTableWarnings, metricCNIEvents, metricCaptureRepairs, captureCollector{a},
+		metricTableBuild, metricTableNames, metricTableWarnings, metricCNIEvents, metricCNIConfigRepairs, metricCNIConfigContested, metricCaptureRepairs, captureCollector{a},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	}
 	cs = append(cs, resolver.Collectors()...)

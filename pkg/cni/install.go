@@ -13,10 +13,8 @@ import (
 	"slices"
 	"sort"
 	"strings"
-	"time"
 
 	"github.com/containernetworking/cni/libcni"
-	"github.com/fsnotify/fsnotify"
 )
 
 // InstallConfig says where the node's container runtime looks for CNI
@@ -35,11 +33,20 @@ type InstallConfig struct {
 	PluginConf json.RawMessage
 	// Logger reports what changed; nil discards.
 	Logger *slog.Logger
+
+	// OnRepair, when set, is called each time KeepInstalled puts back the
+	// binary or the entry after something removed or changed them.
+	OnRepair func()
+	// OnContested, when set, is called with true when KeepInstalled finds
+	// another installer taking the entry out whenever it is back (see
+	// KeepInstalled), and with false once it stopped, or KeepInstalled
+	// returned.
+	OnContested func(bool)
 }
 
 // ErrNoNetworkConfig means ConfDir holds no valid network configuration yet:
 // the primary network plugin writes one when it starts, and ztdns can only
-// chain after it. Install fails with it; WaitAndInstall waits.
+// chain after it. Install fails with it; KeepInstalled waits.
 var ErrNoNetworkConfig = errors.New("no CNI network configuration yet")
 
 // confExtensions are the files a runtime (containerd, CRI-O) loads from the
@@ -71,21 +78,61 @@ var confExtensions = []string{".conf", ".conflist", ".json"}
 // With no network configuration in ConfDir, Install returns an error
 // wrapping ErrNoNetworkConfig and changes nothing, not even the binary.
 func Install(cfg InstallConfig) error {
+	r, err := install(cfg, nil)
+	r.log(cfg.logger(), slog.LevelInfo)
+	return err
+}
+
+// installResult is what an Install wrote: the paths, "" for what it left as it
+// was.
+type installResult struct {
+	binary string // the plugin binary
+	entry  string // the conflist it put the entry into
+	source string // the configuration istio-cni's copy (entry) is made from
+	// conflist is the conflist that holds the entry, written or not.
+	conflist string
+}
+
+// wrote reports whether the Install wrote anything.
+func (r installResult) wrote() bool { return r.binary != "" || r.entry != "" || r.source != "" }
+
+// log logs what the Install wrote at level.
+func (r installResult) log(log *slog.Logger, level slog.Level) {
+	ctx := context.Background()
+	if r.binary != "" {
+		log.Log(ctx, level, "installed the CNI plugin binary", "path", r.binary)
+	}
+	switch {
+	case r.entry != "":
+		log.Log(ctx, level, "added ztdns to the primary CNI network configuration", "file", r.entry)
+	case r.conflist != "":
+		log.Debug("ztdns is already in the primary CNI network configuration", "file", r.conflist)
+	}
+	if r.source != "" {
+		log.Log(ctx, level, "added ztdns to the CNI network configuration istio-cni copies its own from", "file", r.source, "copy", r.conflist)
+	}
+}
+
+// install is Install, which bin, when not nil, spares reading the binary
+// and the installed one when they are as they were the last time (see
+// binCache). Nothing is logged of what it wrote: that is returned.
+func install(cfg InstallConfig, bin *binCache) (installResult, error) {
+	var r installResult
 	log := cfg.logger()
 	if err := cfg.validate(); err != nil {
-		return err
+		return r, err
 	}
 	if len(cfg.PluginConf) == 0 {
-		return errors.New("cni install: PluginConf is empty")
+		return r, errors.New("cni install: PluginConf is empty")
 	}
 	var entry struct {
 		Type string `json:"type"`
 	}
 	if err := json.Unmarshal(cfg.PluginConf, &entry); err != nil {
-		return fmt.Errorf("cni install: PluginConf is not a JSON object: %w", err)
+		return r, fmt.Errorf("cni install: PluginConf is not a JSON object: %w", err)
 	}
 	if entry.Type != PluginType {
-		return fmt.Errorf("cni install: PluginConf has type %q, want %q", entry.Type, PluginType)
+		return r, fmt.Errorf("cni install: PluginConf has type %q, want %q", entry.Type, PluginType)
 	}
 
 	// What an Install killed between writing and renaming left.
@@ -94,25 +141,25 @@ func Install(cfg InstallConfig) error {
 
 	primary, err := primaryConfFile(cfg.ConfDir)
 	if err != nil {
-		return fmt.Errorf("cni install: %w", err)
+		return r, fmt.Errorf("cni install: %w", err)
 	}
 
-	changed, err := installBinary(cfg.Binary, filepath.Join(cfg.BinDir, PluginType))
+	dst := filepath.Join(cfg.BinDir, PluginType)
+	changed, err := installBinary(cfg.Binary, dst, bin)
 	if err != nil {
-		return fmt.Errorf("cni install: %w", err)
+		return r, fmt.Errorf("cni install: %w", err)
 	}
 	if changed {
-		log.Info("installed the CNI plugin binary", "path", filepath.Join(cfg.BinDir, PluginType))
+		r.binary = dst
 	}
 
 	path, changed, err := insertEntry(primary, cfg.PluginConf)
 	if err != nil {
-		return fmt.Errorf("cni install: %s: %w", primary, err)
+		return r, fmt.Errorf("cni install: %s: %w", primary, err)
 	}
+	r.conflist = path
 	if changed {
-		log.Info("added ztdns to the primary CNI network configuration", "file", path)
-	} else {
-		log.Debug("ztdns is already in the primary CNI network configuration", "file", path)
+		r.entry = path
 	}
 
 	// istio-cni's own copy (istioOwnedCNIConfig) is written again from
@@ -123,7 +170,7 @@ func Install(cfg InstallConfig) error {
 		if err != nil {
 			log.Warn("cannot tell whether the primary CNI network configuration is istio-cni's copy of another", "file", path, "err", err)
 		}
-		return nil
+		return r, nil
 	}
 	source, changed, err = insertEntry(source, cfg.PluginConf)
 	switch {
@@ -133,9 +180,9 @@ func Install(cfg InstallConfig) error {
 			"the next time istio-cni writes its copy again, ztdns is out of it until the installer looks again",
 			"file", path, "source", source, "err", err)
 	case changed:
-		log.Info("added ztdns to the CNI network configuration istio-cni copies its own from", "file", source, "copy", path)
+		r.source = source
 	}
-	return nil
+	return r, nil
 }
 
 // istioCNIType is the type of istio-cni's conflist entry.
@@ -203,141 +250,6 @@ func confTypes(path string) ([]string, error) {
 		return nil, err
 	}
 	return []string{conf.Network.Type}, nil
-}
-
-// WaitAndInstall calls Install, and while ConfDir has no network
-// configuration, again every interval (istio-cni waits the same way: on a
-// new node the primary plugin's agent may start after ztdns's). It returns
-// Install's first other error, or ctx's when it ends first.
-func WaitAndInstall(ctx context.Context, cfg InstallConfig, interval time.Duration) error {
-	return waitAndInstall(ctx, cfg, interval, nil)
-}
-
-// KeepInstalled installs as WaitAndInstall does and keeps the entry there
-// until ctx ends: it calls Install again as soon as a network
-// configuration in ConfDir is written, renamed or removed (inotify), so a
-// conflist another installer writes again without ztdns's entry (a primary
-// plugin regenerating its own, istio-cni its copy) has it back within
-// milliseconds, and every interval besides (the binary; a ConfDir that
-// could not be watched). While it waits for a first configuration, its
-// appearance is seen at once too. It returns nil when ctx ends, or
-// Install's first error other than ErrNoNetworkConfig before the entry was
-// in; later errors are logged, and tried again.
-func KeepInstalled(ctx context.Context, cfg InstallConfig, interval time.Duration) error {
-	log := cfg.logger()
-	var changes <-chan fsnotify.Event
-	if w, err := watchConfDir(cfg.ConfDir); err != nil {
-		log.Warn("cannot watch the CNI conf dir: looking again only every interval", "dir", cfg.ConfDir, "interval", interval, "err", err)
-	} else {
-		defer w.Close()
-		changes = w.Events
-		go drainErrors(w, log)
-	}
-	if err := waitAndInstall(ctx, cfg, interval, changes); err != nil {
-		if ctx.Err() != nil {
-			return nil
-		}
-		return err
-	}
-	tick := time.NewTicker(interval)
-	defer tick.Stop()
-	for {
-		if !waitForChange(ctx, tick.C, changes) {
-			return nil
-		}
-		if err := Install(cfg); err != nil {
-			log.Error("keeping the CNI plugin installed failed", "err", err)
-		}
-	}
-}
-
-func waitAndInstall(ctx context.Context, cfg InstallConfig, interval time.Duration, changes <-chan fsnotify.Event) error {
-	logged := false
-	for {
-		err := Install(cfg)
-		if !errors.Is(err, ErrNoNetworkConfig) {
-			return err
-		}
-		if !logged {
-			cfg.logger().Info("waiting for the primary network plugin to write its configuration", "dir", cfg.ConfDir)
-			logged = true
-		}
-		timer := time.NewTimer(interval)
-		ok := waitForChange(ctx, timer.C, changes)
-		timer.Stop()
-		if !ok {
-			return fmt.Errorf("%w (%w)", ctx.Err(), err)
-		}
-	}
-}
-
-// watchConfDir watches dir for changes to the files a runtime loads.
-func watchConfDir(dir string) (*fsnotify.Watcher, error) {
-	w, err := fsnotify.NewWatcher()
-	if err != nil {
-		return nil, err
-	}
-	if err := w.Add(dir); err != nil {
-		w.Close()
-		return nil, err
-	}
-	return w, nil
-}
-
-// drainErrors logs the watch's errors until it is closed. A queue that
-// overflowed lost events: the interval's Install catches up.
-func drainErrors(w *fsnotify.Watcher, log *slog.Logger) {
-	for err := range w.Errors {
-		log.Warn("watching the CNI conf dir", "err", err)
-	}
-}
-
-// waitForChange waits for a tick, or for a change to a network
-// configuration in changes; the changes queued behind it are taken along,
-// so a burst (a write, then a rename into place) makes one Install. It
-// reports false when ctx ended first.
-func waitForChange(ctx context.Context, tick <-chan time.Time, changes <-chan fsnotify.Event) bool {
-	for {
-		select {
-		case <-ctx.Done():
-			return false
-		case <-tick:
-			return true
-		case ev, ok := <-changes:
-			if !ok {
-				changes = nil // closed: the ticks remain
-				continue
-			}
-			if !confChange(ev) {
-				continue
-			}
-		drain:
-			for range maxCoalesced {
-				select {
-				case _, ok := <-changes:
-					if !ok {
-						break drain
-					}
-				default:
-					break drain
-				}
-			}
-			return true
-		}
-	}
-}
-
-// maxCoalesced bounds the changes taken along with one, so that another
-// installer writing without pause still leaves room for an Install.
-const maxCoalesced = 64
-
-// confChange reports whether ev changes a file a runtime loads: not a
-// temporary file (ours end in .tmp), not a mode change.
-func confChange(ev fsnotify.Event) bool {
-	if ev.Op == fsnotify.Chmod {
-		return false
-	}
-	return slices.Contains(confExtensions, filepath.Ext(ev.Name))
 }
 
 // Uninstall removes every ztdns entry from the conflists in ConfDir. The
@@ -531,15 +443,27 @@ func removeEntryFromFile(path string) (bool, error) {
 }
 
 // installBinary copies src to dst unless dst already has its content, and
-// reports whether it wrote.
-func installBinary(src, dst string) (bool, error) {
+// reports whether it wrote. With cache, it compares the two only when
+// either changed since they were last found the same (binCache).
+func installBinary(src, dst string, cache *binCache) (bool, error) {
 	if src == "" {
 		return false, errors.New("Binary is empty")
 	}
-	same, err := sameContent(src, dst)
-	if err != nil || same {
+	if cache.unchanged(src, dst) {
+		return false, nil
+	}
+	if cache != nil {
+		cache.compared.Add(1)
+	}
+	same, stamps, err := sameContent(src, dst)
+	if err != nil {
 		return false, err
 	}
+	if same {
+		cache.verified(stamps)
+		return false, nil
+	}
+	cache.forget()
 	in, err := os.Open(src)
 	if err != nil {
 		return false, err
@@ -573,47 +497,49 @@ func installBinary(src, dst string) (bool, error) {
 }
 
 // sameContent reports whether the files at a and b hold the same bytes; a
-// missing b is a difference, a missing a an error.
-func sameContent(a, b string) (bool, error) {
+// missing b is a difference, a missing a an error. When they are the same,
+// stamps are what the two were before they were read.
+func sameContent(a, b string) (same bool, stamps [2]fileStamp, err error) {
 	fa, err := os.Open(a)
 	if err != nil {
-		return false, err
+		return false, stamps, err
 	}
 	defer fa.Close()
 	fb, err := os.Open(b)
 	if errors.Is(err, os.ErrNotExist) {
-		return false, nil
+		return false, stamps, nil
 	}
 	if err != nil {
-		return false, err
+		return false, stamps, err
 	}
 	defer fb.Close()
 	sa, err := fa.Stat()
 	if err != nil {
-		return false, err
+		return false, stamps, err
 	}
 	sb, err := fb.Stat()
 	if err != nil {
-		return false, err
+		return false, stamps, err
 	}
 	if sa.Size() != sb.Size() || sb.Mode().Perm()&0o111 == 0 {
-		return false, nil
+		return false, stamps, nil
 	}
+	stamps = [2]fileStamp{stampOf(sa), stampOf(sb)}
 	bufA, bufB := make([]byte, 1<<16), make([]byte, 1<<16)
 	for {
 		na, errA := io.ReadFull(fa, bufA)
 		nb, errB := io.ReadFull(fb, bufB)
 		if na != nb || !bytes.Equal(bufA[:na], bufB[:nb]) {
-			return false, nil
+			return false, stamps, nil
 		}
 		if errA == io.EOF || errA == io.ErrUnexpectedEOF {
-			return errB == io.EOF || errB == io.ErrUnexpectedEOF, nil
+			return errB == io.EOF || errB == io.ErrUnexpectedEOF, stamps, nil
 		}
 		if errA != nil {
-			return false, errA
+			return false, stamps, errA
 		}
 		if errB != nil {
-			return false, errB
+			return false, stamps, errB
 		}
 	}
 }

@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -361,36 +360,6 @@ func TestInstallWithoutNetworkConfig(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(e.cfg.BinDir, "ztdns")); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("binary installed without a config to chain into: %v", err)
-	}
-}
-
-func TestWaitAndInstall(t *testing.T) {
-	t.Parallel()
-	e := newInstallEnv(t, Config{})
-	// The primary plugin writes its config a little after ztdns starts.
-	written := make(chan error, 1)
-	go func() {
-		time.Sleep(50 * time.Millisecond)
-		written <- os.WriteFile(filepath.Join(e.cfg.ConfDir, "10-containerd-net.conflist"), []byte(runtimeConflist), 0o644)
-	}()
-	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
-	defer cancel()
-	if err := WaitAndInstall(ctx, e.cfg, 10*time.Millisecond); err != nil {
-		t.Fatalf("WaitAndInstall: %v", err)
-	}
-	if err := <-written; err != nil {
-		t.Fatal(err)
-	}
-	if got := pluginTypes(t, filepath.Join(e.cfg.ConfDir, "10-containerd-net.conflist")); !slices.Contains(got, "ztdns") {
-		t.Errorf("plugins = %v", got)
-	}
-
-	empty := newInstallEnv(t, Config{})
-	ctx, cancel = context.WithTimeout(t.Context(), 50*time.Millisecond)
-	defer cancel()
-	err := WaitAndInstall(ctx, empty.cfg, 10*time.Millisecond)
-	if !errors.Is(err, context.DeadlineExceeded) || !errors.Is(err, ErrNoNetworkConfig) {
-		t.Errorf("WaitAndInstall without config = %v, want the deadline and ErrNoNetworkConfig", err)
 	}
 }
 
@@ -806,60 +775,5 @@ func TestIstioOwnedConfigKeepsZtdns(t *testing.T) {
 				t.Errorf("%s after Uninstall is not the original:\n%s", filepath.Base(primary), readFile(t, primary))
 			}
 		})
-	}
-}
-
-// TestKeepInstalledRepairsARewrite: KeepInstalled chains ztdns in as soon
-// as the primary plugin writes its configuration, and puts its entry back
-// as soon as the primary plugin writes it again without it, on the
-// directory's change: the interval here is an hour, so nothing else could.
-// (Before: the installer looked every 5 s, so a rewrite left ztdns out of
-// the chain for up to 5 s, and new pods started uncaptured meanwhile.) The
-// test logs how long each took.
-func TestKeepInstalledRepairsARewrite(t *testing.T) {
-	t.Parallel()
-	e := newInstallEnv(t, Config{})
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan error, 1)
-	go func() { done <- KeepInstalled(ctx, e.cfg, time.Hour) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("KeepInstalled: %v", err)
-		}
-	})
-
-	primary := filepath.Join(e.cfg.ConfDir, "10-containerd-net.conflist")
-	// As a primary plugin writes it: a temporary file renamed into place.
-	writePrimary := func() time.Time {
-		tmp := filepath.Join(e.cfg.ConfDir, ".10-containerd-net.tmp")
-		if err := os.WriteFile(tmp, []byte(runtimeConflist), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		start := time.Now()
-		if err := os.Rename(tmp, primary); err != nil {
-			t.Fatal(err)
-		}
-		return start
-	}
-	chained := func() bool {
-		data, err := os.ReadFile(primary)
-		return err == nil && bytes.Contains(data, []byte(`"ztdns"`))
-	}
-	waitChained := func(what string, start time.Time) {
-		t.Helper()
-		for !chained() {
-			if time.Since(start) > 30*time.Second {
-				t.Fatalf("ztdns not in the chain 30 s after %s", what)
-			}
-			time.Sleep(time.Millisecond)
-		}
-		t.Logf("ztdns in the chain %v after %s", time.Since(start).Round(time.Millisecond), what)
-	}
-
-	time.Sleep(20 * time.Millisecond) // let it start waiting: passing does not depend on it
-	waitChained("the primary plugin wrote its configuration", writePrimary())
-	for i := range 3 {
-		waitChained(fmt.Sprintf("the primary plugin wrote it again without ztdns (%d)", i+1), writePrimary())
 	}
 }
