@@ -94,7 +94,9 @@ func Invalid(err error) error { return &statusError{http.StatusBadRequest, err} 
 func Refused(err error) error { return &statusError{http.StatusForbidden, err} }
 
 // Unavailable marks err as a request this agent can no longer carry out but
-// another will (503): it handed over to a successor mid-request.
+// another will (503): it handed over to a successor mid-request, and did
+// nothing of it. Only that is answered 503: a caller may send the request
+// again, and the socket's next server (the successor) takes it.
 func Unavailable(err error) error { return &statusError{http.StatusServiceUnavailable, err} }
 
 // StatusOf is the HTTP status err is answered with: that of Invalid,
