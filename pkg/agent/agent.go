@@ -502,11 +502,13 @@ func (a *Agent) run(ctx context.Context) error {
 		to, err := offerSockets(ctx, hs, a.log, identities{self: a.id, predecessor: a.predecessor}, a.handoffSockets, a.successorAsking, func(takesControl bool) {
 			a.log.Info("handing the resolver's sockets to a new agent; this one stops serving")
 			// The control socket first, while this agent still acts on
-			// what it is asked: it stops accepting, answers the requests
-			// it has read (a CNI ADD is carried out, not answered "handed
-			// over"), and closes those it has not, which their callers
-			// see reset and send again. A successor that took the socket
-			// accepts what comes next, from the same path, once it
+			// what it is asked: it stops accepting, and answers a request
+			// on every connection it took, however late the request
+			// comes (a CNI ADD is carried out, not answered "handed
+			// over"), for 2 s at most; one that comes later is left
+			// unread, which its caller sees reset and sends again (see
+			// control.Serve). A successor that took the socket accepts
+			// what waits in its backlog, and what comes next, once it
 			// serves; one that did not binds the path after "released".
 			if takesControl {
 				control.KeepPathOnClose(ctl)

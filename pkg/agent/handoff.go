@@ -47,11 +47,13 @@ import (
 // goes missing, so the CNI plugin never finds no agent there mid-upgrade
 // (under onAgentUnreachable "allow" its pod would start uncaptured, under
 // "fail" its ADD would fail). The old agent stops accepting on it, without
-// removing the path, and answers the requests it has read, before it
-// fences capture; connections made from then on wait in the socket's
-// backlog until the new agent, having taken over and reconciled, accepts
-// them (within the plugin's timeout, 5 s by default; one the old agent
-// accepted and closed unread, the plugin sees reset, and tries again).
+// removing the path, and answers a request on every connection it took
+// (for 2 s at most, see control.Serve), before it fences capture;
+// connections it has not taken wait in the socket's backlog until the new
+// agent, having taken over and reconciled, accepts them (within the
+// plugin's timeout, 5 s by default). A request the old agent could not
+// answer within its 2 s it leaves unread, or answers 503 having done
+// nothing of it, and the plugin sends it again, to the new agent.
 //
 // The new agent then holds the connection open for as long as it runs, and
 // the old one, idle until its pod is deleted, watches it: when it ends, the

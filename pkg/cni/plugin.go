@@ -271,10 +271,18 @@ func (p *plugin) status(args *skel.CmdArgs) error {
 }
 
 // agentAway reports whether err means no agent could take the call: none
-// answered, or the one that did is handing over to a successor (503).
+// answered, or the one that did had handed over to a successor (503), and
+// so did the one asked again.
 func agentAway(err error) bool {
+	return errors.Is(err, control.ErrUnreachable) || handedOver(err)
+}
+
+// handedOver reports whether err is an agent's answer that it handed the
+// node over to a successor before it acted on the request (503, see
+// control.Unavailable): the socket is the successor's by then.
+func handedOver(err error) bool {
 	var ce *control.Error
-	return errors.Is(err, control.ErrUnreachable) || errors.As(err, &ce) && ce.Code == http.StatusServiceUnavailable
+	return errors.As(err, &ce) && ce.Code == http.StatusServiceUnavailable
 }
 
 // agentFailed reports whether the agent answered err with a failure of its
@@ -287,17 +295,20 @@ func agentFailed(err error) bool {
 // call runs one call of the agent's control API, bounded by the config's
 // timeout. Errors where no agent answered wrap control.ErrUnreachable; an
 // answer with an error status is the agent's verdict (*control.Error). A
-// connection cut or refused before the agent took the request (see
-// connectionLost) is tried once more, after retryPause, within the same
-// timeout: an agent restarting, or one that had to close the connection
-// (a slow or stalled caller's, to make room for others), is not yet an
-// agent that cannot be reached.
+// call the agent did not act on is tried once more, after retryPause,
+// within the same timeout: a connection cut or refused before the agent
+// took the request (see connectionLost), as from an agent restarting, or
+// one that had to close the connection (a slow or stalled caller's, to
+// make room for others, or one it gave up as it handed over); or an
+// answer that the agent handed over to its successor meanwhile (see
+// handedOver), whose socket it is by then. Neither is yet an agent that
+// cannot be reached.
 func (p *plugin) call(conf *netConf, do func(context.Context, *control.Client) error) error {
 	ctx, cancel := context.WithTimeout(context.Background(), conf.timeout)
 	defer cancel()
 	c := control.NewClient(conf.SocketPath, conf.timeout)
 	err := do(ctx, c)
-	if !connectionLost(err) {
+	if !connectionLost(err) && !handedOver(err) {
 		return err
 	}
 	t := time.NewTimer(retryPause)
@@ -311,7 +322,7 @@ func (p *plugin) call(conf *netConf, do func(context.Context, *control.Client) e
 }
 
 // retryPause is how long the plugin waits before its one retry of a call
-// whose connection was lost.
+// the agent did not act on.
 const retryPause = 100 * time.Millisecond
 
 // connectionLost reports whether err is a connection the agent's socket

@@ -23,7 +23,8 @@ type Error struct {
 	// Code is the HTTP status: 400 for an invalid request, 403 for one the
 	// agent refuses (a caller that may not, claims that do not match the
 	// network namespace), 413 for one too large, 500 when the agent failed,
-	// 503 when it handed over to a successor while the request waited.
+	// 503 when it handed over to a successor while the request waited,
+	// having done nothing of it (sent again, it reaches the successor).
 	Code    int
 	Message string
 }

@@ -23,3 +23,9 @@ func StatsOf(ln net.Listener) ListenerStats {
 		Evicted: l.stats.evicted, Waited: l.stats.queued, TurnedAway: l.stats.turnedAway,
 	}
 }
+
+// AcceptStopped is closed once ln, from Listen, takes no more connections
+// from the socket: its server has begun to stop.
+func AcceptStopped(ln net.Listener) <-chan struct{} {
+	return ln.(*guardedListener).done
+}

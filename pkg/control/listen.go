@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -449,12 +450,26 @@ type guardedListener struct {
 	ready chan *peerConn
 	done  chan struct{} // closed when acceptLoop has stopped, err saying why
 	err   error
+	// emptied is closed once acceptLoop has stopped and the queue is
+	// empty: Accept has nothing more to wait for than what ready holds.
+	emptied chan struct{}
+	// draining is set when the server stops (drain): acceptLoop takes no
+	// more connections from the kernel's backlog, and answers say that
+	// their connection closes.
+	draining atomic.Bool
+	// refusing is set when a stopping server gives up waiting for
+	// requests (see drain): from then on a request that arrives on a
+	// connection is left unread and the connection closed, which its
+	// caller sees reset.
+	refusing atomic.Bool
 
-	mu     sync.Mutex
-	conns  []*peerConn // admitted connections, oldest first
-	queue  []*peerConn // root's waiting for room, oldest first
-	closed bool
-	stats  listenerStats
+	mu        sync.Mutex
+	conns     []*peerConn // admitted connections, oldest first
+	queue     []*peerConn // root's waiting for room, oldest first
+	closed    bool
+	stopped   bool // acceptLoop has stopped (see emptied)
+	emptyOnce sync.Once
+	stats     listenerStats
 	// pruned is when a full queue was last looked through for callers
 	// that hung up (pruneQueue).
 	pruned time.Time
@@ -472,18 +487,21 @@ func newGuardedListener(ln *net.UnixListener, access Access) *guardedListener {
 		access:       access,
 		ready:        make(chan *peerConn, MaxConns),
 		done:         make(chan struct{}),
+		emptied:      make(chan struct{}),
 	}
 	go l.acceptLoop()
 	return l
 }
 
 // Close stops accepting and closes the connections queued or admitted
-// that Accept never handed out.
+// that Accept never handed out. (Serve drains the listener first, so that
+// none is left: see drain.)
 func (l *guardedListener) Close() error {
 	l.mu.Lock()
 	l.closed = true
 	queue := l.queue
 	l.queue = nil
+	l.checkEmptied()
 	l.mu.Unlock()
 	for _, pc := range queue {
 		pc.UnixConn.Close()
@@ -500,13 +518,101 @@ func (l *guardedListener) Close() error {
 	}
 }
 
-// Accept hands out the next connection admitted.
+// Accept hands out the next connection admitted. Once the listener has
+// stopped accepting (drained or closed), it still hands out those admitted
+// and, as they are admitted, those queued, and fails only then.
 func (l *guardedListener) Accept() (net.Conn, error) {
 	select {
 	case pc := <-l.ready:
 		return pc, nil
-	case <-l.done:
+	case <-l.emptied:
+	}
+	select {
+	case pc := <-l.ready: // admitted before the queue emptied
+		return pc, nil
+	default:
 		return nil, l.err
+	}
+}
+
+// checkEmptied closes emptied once acceptLoop has stopped and no
+// connection waits in the queue (the caller holds l.mu): from then on
+// nothing is admitted any more.
+func (l *guardedListener) checkEmptied() {
+	if l.stopped && len(l.queue) == 0 {
+		l.emptyOnce.Do(func() { close(l.emptied) })
+	}
+}
+
+// drain is how a stopping server lets go of the listener (see Serve): it
+// takes no more connections from the kernel's backlog, where those made
+// from then on wait for whoever serves the socket next (the agent it was
+// handed to; one that binds the path anew finds them reset), and it waits,
+// until deadline at most, for every connection it took to be answered and
+// closed: those admitted and queued are handed out to the server as ever,
+// which answers each request that arrives on them with its connection
+// closed after it. Kept-alive connections with no request in are closed
+// as they become idle. At deadline, it gives the rest up: from then on a
+// request arriving on one of them is left unread and its connection
+// closed, which the caller sees reset (and the CNI plugin sends again, to
+// the socket's next server); a connection that was never handed out is
+// closed that way too. Never is a request read and then dropped: its
+// caller would see the connection end with no answer (EOF), which it
+// cannot tell from an agent that took the request and died.
+func (l *guardedListener) drain(deadline time.Time) {
+	l.draining.Store(true)
+	// An accept past its deadline fails without taking a connection from
+	// the backlog; acceptLoop stops on that.
+	l.UnixListener.SetDeadline(time.Unix(1, 0))
+	<-l.done
+	for pause := time.Millisecond; !l.quiet(); pause = min(2*pause, 50*time.Millisecond) {
+		left := time.Until(deadline)
+		if left <= 0 {
+			l.abandon()
+			return
+		}
+		time.Sleep(min(pause, left))
+	}
+}
+
+// quiet reports whether every connection the listener took is closed,
+// after closing those kept alive that wait with no request in.
+func (l *guardedListener) quiet() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.conns = slices.DeleteFunc(l.conns, func(c *peerConn) bool {
+		if !c.tryCloseIdle() {
+			return false
+		}
+		metricConns.Dec()
+		c.UnixConn.Close()
+		return true
+	})
+	return len(l.conns) == 0 && len(l.queue) == 0
+}
+
+// abandon gives up the connections a draining listener still holds (see
+// drain): requests arriving on them are refused, and those never handed
+// out are closed as soon as their request has arrived (or their caller
+// hung up, or ReadTimeout passed).
+func (l *guardedListener) abandon() {
+	l.refusing.Store(true)
+	l.mu.Lock()
+	left := l.queue
+	l.queue = nil
+	l.checkEmptied()
+	l.mu.Unlock()
+	for {
+		select {
+		case pc := <-l.ready:
+			left = append(left, pc)
+			continue
+		default:
+		}
+		break
+	}
+	for _, pc := range left {
+		go pc.refuse()
 	}
 }
 
@@ -514,18 +620,21 @@ func (l *guardedListener) Accept() (net.Conn, error) {
 // each one's peer and admits, queues, or closes it (arrive), never
 // waiting for room.
 func (l *guardedListener) acceptLoop() {
-	defer close(l.done)
 	var pause time.Duration
 	for {
 		c, err := l.AcceptUnix()
 		if err != nil {
+			if l.draining.Load() {
+				l.stop(&net.OpError{Op: "accept", Net: "unix", Addr: l.Addr(), Err: net.ErrClosed})
+				return
+			}
 			if ne, ok := err.(net.Error); ok && ne.Temporary() { //nolint:staticcheck // as net/http: out of descriptors, say
 				pause = min(max(2*pause, 5*time.Millisecond), time.Second)
 				l.access.log().Warn("control socket: accept failed, retrying", "err", err, "in", pause)
 				time.Sleep(pause)
 				continue
 			}
-			l.err = err
+			l.stop(err)
 			return
 		}
 		pause = 0
@@ -538,6 +647,16 @@ func (l *guardedListener) acceptLoop() {
 		}
 		l.arrive(&peerConn{UnixConn: c, peer: peer, l: l})
 	}
+}
+
+// stop records why acceptLoop stopped, and that it did.
+func (l *guardedListener) stop(err error) {
+	l.err = err
+	close(l.done)
+	l.mu.Lock()
+	l.stopped = true
+	l.checkEmptied()
+	l.mu.Unlock()
 }
 
 // arrive admits pc, queues it (root's), or closes it (a member's that
@@ -599,6 +718,7 @@ func (l *guardedListener) admitQueued() {
 		l.queue = l.queue[1:]
 		l.admit(pc)
 	}
+	l.checkEmptied()
 }
 
 // pruneEvery bounds how often a full queue is looked through (one poll
@@ -730,13 +850,25 @@ func (c *peerConn) Read(b []byte) (int, error) {
 	}
 	var n int
 	var rerr error
-	kick := false
+	kick, refused := false, false
 	read := func(fd uintptr) bool {
 		c.mu.Lock()
 		defer c.mu.Unlock()
 		if c.evicted {
 			rerr = net.ErrClosed
 			return true
+		}
+		if !c.answering && c.l.refusing.Load() {
+			// Given up by a stopped server (see drain): a request that
+			// arrives now is left unread; an end or an error is read as
+			// ever.
+			switch peekRead(fd) {
+			case unix.EAGAIN:
+				return false // nothing yet: wait
+			case nil:
+				refused = true
+				return true
+			}
 		}
 		for {
 			n, rerr = unix.Read(int(fd), b)
@@ -772,6 +904,10 @@ func (c *peerConn) Read(b []byte) (int, error) {
 		c.l.kick()
 		err = raw.Read(read)
 	}
+	if err == nil && refused {
+		c.Close() // with the request unread: the caller reads ECONNRESET
+		return 0, c.readError(net.ErrClosed)
+	}
 	if err != nil {
 		// Closed (for room, say), or past the deadline: as a read of the
 		// net package's fails, for the server to take it as one, not as a
@@ -791,6 +927,36 @@ func (c *peerConn) Read(b []byte) (int, error) {
 		return 0, c.readError(os.NewSyscallError("read", rerr))
 	}
 	return n, rerr
+}
+
+// peekRead looks at what the socket fd holds without taking it: nil when
+// there are bytes to read, EAGAIN when there is nothing yet, another error
+// (io.EOF when the caller hung up) otherwise.
+func peekRead(fd uintptr) error {
+	var b [1]byte
+	for {
+		n, _, err := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err != nil:
+			return err
+		case n == 0:
+			return io.EOF
+		}
+		return nil
+	}
+}
+
+// refuse closes a connection a draining listener gave up before the
+// server took it (see drain): once its request has arrived, unread, so
+// that its caller reads a reset; or when its caller hangs up, or after
+// ReadTimeout.
+func (c *peerConn) refuse() {
+	c.SetReadDeadline(time.Now().Add(ReadTimeout))
+	var b [1]byte
+	c.Read(b[:]) // refusing: takes nothing of a request
+	c.Close()
 }
 
 // readError is a failed read of c, as the net package reports one.
@@ -833,6 +999,19 @@ func (c *peerConn) tryEvict() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if !c.waiting || !c.closable() || c.unread() != 0 {
+		return false
+	}
+	c.evicted = true
+	return true
+}
+
+// tryCloseIdle is tryEvict for a draining listener: it lets go of a
+// kept-alive connection that waits with no request in, not of a half-sent
+// request (at the deadline, the rest of it is refused unread).
+func (c *peerConn) tryCloseIdle() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.waiting || !c.served || c.answering || c.received || c.unread() != 0 {
 		return false
 	}
 	c.evicted = true

@@ -94,7 +94,9 @@ func Invalid(err error) error { return &statusError{http.StatusBadRequest, err} 
 func Refused(err error) error { return &statusError{http.StatusForbidden, err} }
 
 // Unavailable marks err as a request this agent can no longer carry out but
-// another will (503): it handed over to a successor mid-request.
+// another will (503): it handed over to a successor mid-request, and did
+// nothing of it. Only that is answered 503: a caller may send the request
+// again, and the socket's next server (the successor) takes it.
 func Unavailable(err error) error { return &statusError{http.StatusServiceUnavailable, err} }
 
 // StatusOf is the HTTP status err is answered with: that of Invalid,
@@ -254,17 +256,31 @@ func writeError(w http.ResponseWriter, code int, err error) {
 }
 
 // shutdownTimeout bounds how long a stopped server waits for the requests
-// it has read to be answered.
+// it has read, or on connections it has taken, to be answered.
 const shutdownTimeout = 2 * time.Second
 
 // Serve serves h on ln until ctx is done, with the server's bounds on time
-// and header size, and returns once the requests it read are answered (or
+// and header size, and returns once the requests it took are answered (or
 // shutdownTimeout has passed): an agent handing over carries out the CNI
-// events it took before its successor acts. It closes ln; connections ln
-// admitted that the server never read are closed unread (a caller that
-// had written its request sees a reset, and the CNI plugin sends it
-// again). The agent serves its metrics endpoint with it too.
+// events it took before its successor acts. It closes ln.
+//
+// On a listener of Listen or Adopt, stopping leaves the connections not
+// yet taken in the socket's backlog, for whoever serves it next (the agent
+// it was handed to; closed for good, the socket resets them), and answers
+// a request on every connection it took, however late the request arrives
+// within shutdownTimeout, each connection closed after its answer. Past
+// that, a request that arrives is left unread and its connection closed:
+// its caller sees a reset, and the CNI plugin sends it again. No
+// connection of a request the server read ends without an answer (EOF):
+// the plugin cannot tell that from an agent that took the request. (The
+// net/http server's own Shutdown would do that: it drops a request it
+// reads on a new connection once it is shutting down.) The agent serves
+// its metrics endpoint with it too, shut down as net/http does.
 func Serve(ctx context.Context, ln net.Listener, h http.Handler) error {
+	gl, guarded := ln.(*guardedListener)
+	if guarded {
+		h = closingWhenDrained(gl, h)
+	}
 	srv := &http.Server{
 		Handler:           h,
 		ReadHeaderTimeout: ReadTimeout,
@@ -288,13 +304,33 @@ func Serve(ctx context.Context, ln net.Listener, h http.Handler) error {
 	go func() {
 		defer close(shutDown)
 		<-ctx.Done()
+		if guarded {
+			// Not srv.Shutdown: see above. Once drained, ln fails Accept,
+			// and srv.Serve returns; connections given up are served on
+			// by their goroutines, refusing what arrives.
+			gl.drain(time.Now().Add(shutdownTimeout))
+			return
+		}
 		shutdownCtx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
 		defer cancel()
 		srv.Shutdown(shutdownCtx)
 	}()
-	if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+	err := srv.Serve(ln)
+	if ctx.Err() == nil || !guarded && !errors.Is(err, http.ErrServerClosed) {
 		return err
 	}
 	<-shutDown
 	return nil
+}
+
+// closingWhenDrained serves h, and once l drains, says in each answer
+// that the connection closes after it: a kept-alive caller sends its next
+// request on a new connection, which the socket's next server takes.
+func closingWhenDrained(l *guardedListener, h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if l.draining.Load() {
+			w.Header().Set("Connection", "close")
+		}
+		h.ServeHTTP(w, r)
+	})
 }
