@@ -497,11 +497,19 @@ func (q *slowQuery) fitUDP(reply []byte) []byte {
 // the reply does not decode or pack within limit, or when the cut keeps no
 // more records than kept, those that fit as the reply came (one that was
 // compressed already): that cut is cheaper and changes nothing.
+//
+// Only the records that can fit are decoded (mostFit): a cached reply of
+// 64 KB, cut again for each UDP query of a pod, costs what one of limit
+// octets does.
 func compressedFit(reply []byte, limit, kept int) []byte {
+	first, dropped, err := dnswire.FirstRecords(reply, mostFit(limit))
 	m := new(dns.Msg)
-	if m.Unpack(reply) != nil {
+	if err != nil || m.Unpack(first) != nil {
 		return nil
 	}
+	// The records left out would have been cut: Truncate, which sees
+	// only those decoded, may find them all fit.
+	m.Truncated = m.Truncated || dropped
 	m.Truncate(limit)
 	if len(m.Answer)+len(m.Ns)+len(m.Extra) <= kept {
 		return nil
@@ -512,6 +520,20 @@ func compressedFit(reply []byte, limit, kept int) []byte {
 		return nil
 	}
 	return out
+}
+
+// minPackedRR is the fewest octets a record takes packed, compressed or
+// not: a root owner (a compression pointer takes 2), type, class, TTL and
+// data length, and no data.
+const minPackedRR = 1 + 10
+
+// mostFit is the most records, besides the OPT record, that miekg's
+// Msg.Truncate keeps of any reply cut to limit: it keeps whole records in
+// order and at least minPackedRR octets each after the header, within
+// limit or 512 (dns.MinMsgSize), whichever is larger. Decoding the first
+// mostFit records of a reply, the cut is the same as decoding all.
+func mostFit(limit int) int {
+	return (max(limit, dns.MinMsgSize) - dnswire.HeaderLen) / minPackedRR
 }
 
 // upstreams are where the query's misses go: its TCP connection's, or
