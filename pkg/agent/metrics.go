@@ -47,6 +47,12 @@ var (
 )
 
 func (a *Agent) registerMetrics() error {
+	// The failures exist from the start, at 0: a series that first
+	// appears at its first event, at 1, has risen by nothing for
+	// increase(), and ZtdnsCNIAddFailing would never see that one.
+	for _, failed := range [][2]string{{"add", "error"}, {"add", "refused"}, {"del", "error"}} {
+		metricCNIEvents.WithLabelValues(failed[0], failed[1])
+	}
 	cs := []prometheus.Collector{
 		metricTableBuild, metricTableNames, metricTableWarnings, metricCNIEvents, metricCaptureRepairs, captureCollector{a},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),

@@ -450,7 +450,12 @@ func (s rateSeries) key() string {
 
 // evalRates evaluates e at an instant over counters that rose at steady
 // rates: rate() of a counter is its rate; a selector outside rate() is a
-// gauge, whose value is "rate"; increase() is the rate times the range. It
+// gauge, whose value is "rate"; increase() is the rate times the range.
+// So it cannot model a series that first appears at its first event (a
+// CounterVec's cell made by its first Inc): Prometheus's increase() sees
+// no rise from nothing to 1, whereas here it is the rate's share of the
+// range. What an alert's increase() reads must exist from the start, at 0
+// (the agent's failed CNI events, say: cmd/ztdns TestBuiltBinary). It
 // knows what the chart's alerts use (rate, increase, a gauge, sum and max by, histogram_quantile, arithmetic and comparison between vectors matched on
 // all their labels or with a number, and, or, parentheses) and fails the test
 // on anything else, rather than guess.
