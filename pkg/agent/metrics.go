@@ -1,6 +1,9 @@
 package agent
 
 import (
+	"maps"
+	"slices"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
@@ -143,6 +146,12 @@ func (c captureCollector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(mapCapacityDesc, prometheus.GaugeValue, float64(u.Capacity), u.Name)
 		}
 	}
+}
+
+// CaptureEvents returns the values of ztdns_capture_events_total's
+// "event" label, sorted: every one is exported from the agent's start.
+func CaptureEvents() []string {
+	return slices.Sorted(maps.Keys(captureEvents(redirect.Counters{})))
 }
 
 // captureEvents names the programs' counters, the values of
