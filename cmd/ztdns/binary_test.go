@@ -32,8 +32,11 @@ const (
 
 // TestBuiltBinary runs the binary `make build` makes, stamped with a
 // version. It reports that version in `ztdns version`, in the agent's start
-// log line, in `ztdns status` and in ztdns_build_info; the agent takes the
-// single-dash flags of earlier releases; the process exits 0, 1 and 2 as
+// log line, in `ztdns status` and in ztdns_build_info; the fresh agent
+// exports its failed CNI events at 0 (before: such a series appeared at
+// its first event, at 1, and ZtdnsCNIAddFailing's increase() never saw
+// it); the agent takes the single-dash flags of earlier releases; the
+// process exits 0, 1 and 2 as
 // documented; the CNI path still comes first; and the binary never executes
 // a text/template (cobra's templates keep every exported method of every
 // linked type: some 30 MB more binary).
@@ -76,9 +79,19 @@ func TestBuiltBinary(t *testing.T) {
 	if !agent.LogContains(`msg="agent started"`) || !agent.LogContains(wantLog) {
 		t.Errorf("the agent's start line lacks %q:\n%s", wantLog, agent.Log())
 	}
-	wantMetric := fmt.Sprintf(`ztdns_build_info{goversion=%q,revision=%q,version=%q} 1`, info.GoVersion, info.Revision, info.Version)
-	if body := scrape(t, metrics); !strings.Contains(body, wantMetric+"\n") {
-		t.Errorf("/metrics lacks %s", wantMetric)
+	wantMetrics := []string{
+		fmt.Sprintf(`ztdns_build_info{goversion=%q,revision=%q,version=%q} 1`, info.GoVersion, info.Revision, info.Version),
+		// The CNI failures from the start, at 0, so that an alert's
+		// increase() sees the first (ZtdnsCNIAddFailing).
+		`ztdns_cni_events_total{command="add",outcome="error"} 0`,
+		`ztdns_cni_events_total{command="add",outcome="refused"} 0`,
+		`ztdns_cni_events_total{command="del",outcome="error"} 0`,
+	}
+	body := scrape(t, metrics)
+	for _, want := range wantMetrics {
+		if !strings.Contains(body, "\n"+want+"\n") {
+			t.Errorf("/metrics lacks %s", want)
+		}
 	}
 
 	// A second agent on the address (run by hand beside the first, with

@@ -185,14 +185,15 @@ type Agent struct {
 	// addrs is cfg.Listen plus, with capture, every slot address.
 	addrs        []netip.AddrPort
 	slot4, slot6 [redirect.Slots]netip.AddrPort
-	// ipv6Off is the status warning of a node that refuses IPv6, where
-	// capture serves IPv4 only (dropIPv6), or of one whose IPv6 setting
-	// changed since (checkIPv6); under mu once capture beats.
-	ipv6Off string
-	// ipv6 is what capture started with, for checkIPv6.
+	// ipv6 is what capture started with, for checkIPv6, and what the
+	// status warning (ipv6Warning) of a node that refuses IPv6 says: that
+	// capture serves IPv4 only (dropIPv6), or that the node's IPv6 setting
+	// changed since.
 	ipv6 struct {
-		watch   bool     // the resolver had IPv6 addresses to serve on
-		netns   uint64   // the cookie of the network namespace read then
+		// netns is the cookie of the network namespace read then; 0 if
+		// none was (the resolver had no IPv6 address to serve on, or the
+		// cookie could not be read): nothing to check.
+		netns   uint64
 		atStart string   // why IPv6 was off then (redirect.IPv6Off), "" if on
 		now     string   // why it was off at the last check; under mu
 		dropped []string // the IPv6 addresses dropIPv6 left out
@@ -699,7 +700,6 @@ func unlessSet(done *atomic.Bool, serve func() error) func() error {
 func (a *Agent) startCapture(predecessor bool) error {
 	if a.slot6[0].IsValid() {
 		a.ipv6.netns, _ = ownNetnsCookie()
-		a.ipv6.watch = a.ipv6.netns != 0
 		if why := redirect.IPv6Off(a.resolverInterface()); why != "" {
 			if err := a.dropIPv6(why); err != nil {
 				return err
@@ -755,7 +755,6 @@ func (a *Agent) dropIPv6(why string) error {
 	a.slot6 = [redirect.Slots]netip.AddrPort{}
 	a.mu.Lock()
 	a.ipv6.atStart, a.ipv6.now, a.ipv6.dropped = why, why, dropped
-	a.ipv6Off = a.ipv6Warning()
 	a.mu.Unlock()
 	a.log.Warn("IPv6 is off on this node: serving on IPv4 only, without any IPv6 address; queries to IPv6 nameservers are not captured",
 		"reason", why, "dropped", dropped)
@@ -781,7 +780,7 @@ func (a *Agent) resolverInterface() string {
 // started in (a test starts the agent in a node's namespace, and runs its
 // other goroutines in its own) reads nothing.
 func (a *Agent) checkIPv6() {
-	if !a.ipv6.watch {
+	if a.ipv6.netns == 0 {
 		return
 	}
 	if c, err := ownNetnsCookie(); err != nil || c != a.ipv6.netns {
@@ -794,7 +793,6 @@ func (a *Agent) checkIPv6() {
 		return
 	}
 	a.ipv6.now = why
-	a.ipv6Off = a.ipv6Warning()
 	a.mu.Unlock()
 	switch {
 	case why == "" && a.ipv6.atStart != "":
@@ -811,7 +809,8 @@ func (a *Agent) checkIPv6() {
 }
 
 // ipv6Warning is the status warning for what capture started with and the
-// node's IPv6 setting now (a.ipv6.now), "" when IPv6 is on as at the start.
+// node's IPv6 setting now (a.ipv6.now), "" when IPv6 is on as at the start;
+// under mu.
 func (a *Agent) ipv6Warning() string {
 	now, atStart := a.ipv6.now, a.ipv6.atStart
 	switch {

@@ -127,9 +127,9 @@ func (a *Agent) status() control.Status {
 	if a.vipsFrom != "" {
 		st.VIPs = string(a.cfg.VIPSource) + ": " + a.vipsFrom
 	}
-	ipv6Off := a.ipv6Off
+	ipv6Off := a.ipv6Warning()
 	a.mu.Unlock()
-	if ipv6Off != "" { // the node's, first: it holds until the agent restarts
+	if ipv6Off != "" { // the node's, first
 		st.Warnings = append([]string{ipv6Off}, st.Warnings...)
 	}
 	if w := a.istioRulesWarnings(); len(w) > 0 {

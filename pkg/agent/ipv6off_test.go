@@ -17,60 +17,6 @@ import (
 	"github.com/ztdns/ztdns/pkg/source/configdir"
 )
 
-// TestCaptureOnANodeWithoutIPv6: on a node with IPv6 disabled by sysctl
-// (hardened images), an agent given the chart's default listen addresses,
-// one of each family, starts, serves on IPv4 (the listen address and the
-// slot addresses the programs redirect to), and says in its status that it
-// left IPv6 out. (Before: adding the IPv6 address to ztdns0 failed, capture
-// did not start, and the agent crash-looped on every such node.)
-func TestCaptureOnANodeWithoutIPv6(t *testing.T) {
-	n := newCaptureNode(t)
-	for _, conf := range []string{"all", "default"} {
-		n.node.WriteSysctl(t, "net.ipv6.conf."+conf+".disable_ipv6", "1")
-	}
-	dir, socket, _, up := handoffSetup(t)
-	listen4, listen6 := netip.MustParseAddrPort("169.254.20.53:53"), netip.MustParseAddrPort("[fd00:7a74:646e::53]:53")
-	// The interface, the programs' resolver addresses and the resolver's
-	// sockets are made in the node's namespace, where IPv6 is off.
-	a, ta := n.start(t, configdir.New(dir), socket, []netip.AddrPort{listen4, listen6}, up)
-	waitServedBy(t, socket, ta, up)
-
-	ask := []netip.AddrPort{listen4}
-	for _, s := range a.slot4 { // where the programs send captured queries
-		ask = append(ask, s)
-	}
-	for _, addr := range ask {
-		for _, network := range []string{"udp", "tcp"} {
-			if err := n.node.Do(func() error { return askAddress(network, addr) }); err != nil {
-				t.Errorf("%s %s: %v", network, addr, err)
-			}
-		}
-	}
-
-	st, err := control.NewClient(socket, time.Second).Status(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !st.Capture {
-		t.Error("capture is off")
-	}
-	for _, l := range st.Listen {
-		if netip.MustParseAddrPort(l).Addr().Is6() {
-			t.Errorf("listening on %s: want IPv4 only, %v", l, st.Listen)
-		}
-	}
-	if !slices.Contains(st.Listen, listen4.String()) {
-		t.Errorf("listen %v lacks %s", st.Listen, listen4)
-	}
-	if len(st.Warnings) == 0 || !strings.Contains(st.Warnings[0], "IPv6 is off on this node (net.ipv6.conf.default.disable_ipv6=1)") ||
-		!strings.Contains(st.Warnings[0], listen6.String()) {
-		t.Errorf("status warnings %q: want the first to say IPv6 is off and %s was left out", st.Warnings, listen6)
-	}
-	if a.slot6 != [redirect.Slots]netip.AddrPort{} {
-		t.Errorf("IPv6 slots %v: the programs would redirect IPv6 nameservers to addresses nobody serves", a.slot6)
-	}
-}
-
 // TestDropIPv6LeavesOutEveryIPv6Address: on a node that refuses IPv6, every
 // IPv6 --listen address is left out, not only the slots' (the first IPv6
 // one and the two after it): another could not be bound either, and the
@@ -101,9 +47,10 @@ func TestDropIPv6LeavesOutEveryIPv6Address(t *testing.T) {
 	if a.slot6 != [redirect.Slots]netip.AddrPort{} {
 		t.Errorf("IPv6 slots %v, want none", a.slot6)
 	}
+	warning := a.ipv6Warning()
 	for _, ap := range append([]netip.AddrPort{listen[1], listen[2], listen[4]}, slot6[:]...) {
-		if !strings.Contains(a.ipv6Off, ap.String()) {
-			t.Errorf("warning %q does not name %s", a.ipv6Off, ap)
+		if !strings.Contains(warning, ap.String()) {
+			t.Errorf("warning %q does not name %s", warning, ap)
 		}
 	}
 }
@@ -120,22 +67,29 @@ func healthzFromNode(n *captureNode, a *Agent) error {
 	return errors.Join(errs...)
 }
 
-// TestCaptureOnANodeWithIPv6OffOnLoopback: on a node whose loopback refuses
-// IPv6 (net.ipv6.conf.lo.disable_ipv6=1 alone, or all=1 then default=0,
-// which leaves lo off and ztdns0 on), the agent leaves its IPv6 addresses
-// out, as on a node without IPv6: /healthz, which asks every resolver
-// address from the node, where each goes through lo, answers, and
-// `ztdns status` says why, naming lo. (Before: the agent kept its IPv6
-// addresses without a word; pods were answered on them, but the node's own
-// queries to them were dropped by lo, /healthz timed out on each, and the
-// liveness probe restarted the agent for ever.)
-func TestCaptureOnANodeWithIPv6OffOnLoopback(t *testing.T) {
+// TestCaptureOnANodeWithoutIPv6: on a node with IPv6 disabled by sysctl
+// (hardened images: all and default), or on its loopback only
+// (net.ipv6.conf.lo.disable_ipv6=1 alone, or all=1 then default=0, which
+// leaves lo off and ztdns0 on), an agent given the chart's default listen
+// addresses, one of each family, starts, serves on IPv4 (the listen
+// address and the slot addresses the programs redirect to), /healthz,
+// which asks every resolver address from the node, where each goes
+// through lo, answers, and `ztdns status` says first that it left IPv6
+// out and why. (Before: adding the IPv6 address to ztdns0 failed, capture
+// did not start, and the agent crash-looped on every node without IPv6;
+// and with lo alone off, the agent kept its IPv6 addresses without a word:
+// pods were answered on them, but the node's own queries to them were
+// dropped by lo, /healthz timed out on each, and the liveness probe
+// restarted the agent for ever.)
+func TestCaptureOnANodeWithoutIPv6(t *testing.T) {
 	for _, tc := range []struct {
-		name string
-		set  [][2]string // conf, value, in order
+		name    string
+		set     [][2]string // conf, value, in order
+		warning string      // what the first status warning starts with
 	}{
-		{"lo alone", [][2]string{{"lo", "1"}}},
-		{"all then default", [][2]string{{"all", "1"}, {"default", "0"}}},
+		{"all and default", [][2]string{{"all", "1"}, {"default", "1"}}, "IPv6 is off on this node (net.ipv6.conf.default.disable_ipv6=1)"},
+		{"lo alone", [][2]string{{"lo", "1"}}, "IPv6 is off on this node (net.ipv6.conf.lo.disable_ipv6=1"},
+		{"all then default", [][2]string{{"all", "1"}, {"default", "0"}}, "IPv6 is off on this node (net.ipv6.conf.lo.disable_ipv6=1"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			n := newCaptureNode(t)
@@ -144,12 +98,27 @@ func TestCaptureOnANodeWithIPv6OffOnLoopback(t *testing.T) {
 			}
 			dir, socket, _, up := handoffSetup(t)
 			listen4, listen6 := netip.MustParseAddrPort("169.254.20.53:53"), netip.MustParseAddrPort("[fd00:7a74:646e::53]:53")
+			// The interface, the programs' resolver addresses and the
+			// resolver's sockets are made in the node's namespace, where
+			// IPv6 is off.
 			a, ta := n.start(t, configdir.New(dir), socket, []netip.AddrPort{listen4, listen6}, up)
 			waitServedBy(t, socket, ta, up)
 
+			ask := []netip.AddrPort{listen4}
+			for _, s := range a.slot4 { // where the programs send captured queries
+				ask = append(ask, s)
+			}
+			for _, addr := range ask {
+				for _, network := range []string{"udp", "tcp"} {
+					if err := n.node.Do(func() error { return askAddress(network, addr) }); err != nil {
+						t.Errorf("%s %s: %v", network, addr, err)
+					}
+				}
+			}
 			if err := healthzFromNode(n, a); err != nil {
 				t.Errorf("/healthz from the node fails: %v", err)
 			}
+
 			st, err := control.NewClient(socket, time.Second).Status(context.Background())
 			if err != nil {
 				t.Fatal(err)
@@ -162,9 +131,14 @@ func TestCaptureOnANodeWithIPv6OffOnLoopback(t *testing.T) {
 					t.Errorf("listening on %s: want IPv4 only, %v", l, st.Listen)
 				}
 			}
-			if len(st.Warnings) == 0 || !strings.Contains(st.Warnings[0], "IPv6 is off on this node (net.ipv6.conf.lo.disable_ipv6=1") ||
-				!strings.Contains(st.Warnings[0], listen6.String()) {
-				t.Errorf("status warnings %q: want the first to say IPv6 is off on lo and %s was left out", st.Warnings, listen6)
+			if !slices.Contains(st.Listen, listen4.String()) {
+				t.Errorf("listen %v lacks %s", st.Listen, listen4)
+			}
+			if len(st.Warnings) == 0 || !strings.Contains(st.Warnings[0], tc.warning) || !strings.Contains(st.Warnings[0], listen6.String()) {
+				t.Errorf("status warnings %q: want the first to say %q and that %s was left out", st.Warnings, tc.warning, listen6)
+			}
+			if a.slot6 != [redirect.Slots]netip.AddrPort{} {
+				t.Errorf("IPv6 slots %v: the programs would redirect IPv6 nameservers to addresses nobody serves", a.slot6)
 			}
 		})
 	}

@@ -1,6 +1,9 @@
 package agent
 
 import (
+	"maps"
+	"slices"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
@@ -60,6 +63,12 @@ var (
 )
 
 func (a *Agent) registerMetrics() error {
+	// The failures exist from the start, at 0: a series that first
+	// appears at its first event, at 1, has risen by nothing for
+	// increase(), and ZtdnsCNIAddFailing would never see that one.
+	for _, failed := range [][2]string{{"add", "error"}, {"add", "refused"}, {"del", "error"}} {
+		metricCNIEvents.WithLabelValues(failed[0], failed[1])
+	}
 	cs := []prometheus.Collector{
 		metricTableBuild, metricTableNames, metricTableWarnings, metricCNIEvents, metricCNIConfigRepairs, metricCNIConfigContested, metricCaptureRepairs, captureCollector{a},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
@@ -150,6 +159,12 @@ func (c captureCollector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(mapCapacityDesc, prometheus.GaugeValue, float64(u.Capacity), u.Name)
 		}
 	}
+}
+
+// CaptureEvents returns the values of ztdns_capture_events_total's
+// "event" label, sorted: every one is exported from the agent's start.
+func CaptureEvents() []string {
+	return slices.Sorted(maps.Keys(captureEvents(redirect.Counters{})))
 }
 
 // captureEvents names the programs' counters, the values of

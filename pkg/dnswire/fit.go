@@ -114,3 +114,78 @@ func (f Fit) Apply(msg []byte) []byte {
 	}
 	return msg[:f.size]
 }
+
+// FirstRecords is msg with only its first n records, those other than the
+// OPT record, and the OPT record: what a cut of msg that keeps at most n
+// records reads, as miekg's Msg.Truncate keeps whole records in order, the
+// OPT record aside. It is msg itself when msg has no more than n records
+// besides the OPT; otherwise a new message, dropped true, with the counts
+// set and the OPT record after the n when it came later (its owner is the
+// root, so moving it breaks no pointer); the TC flag is left as it was.
+// Kept records stay where they are, so their compression pointers to
+// earlier names stay valid. It fails on a malformed message.
+func FirstRecords(msg []byte, n int) (first []byte, dropped bool, err error) {
+	h, err := ReadHeader(msg)
+	if err != nil {
+		return nil, false, err
+	}
+	off := HeaderLen
+	for range int(h.QDCount) {
+		if off, err = skipName(msg, off); err != nil {
+			return nil, false, err
+		}
+		if off += 4; off > len(msg) {
+			return nil, false, errShort
+		}
+	}
+	answers := int(h.ANCount)
+	authorityEnd := answers + int(h.NSCount)
+	records := authorityEnd + int(h.ARCount)
+	var an, ns, ar uint16
+	keep, kept := off, 0 // the first records end at keep
+	optOff, optEnd := -1, -1
+	for i := range records {
+		fixed, end, err := skipRR(msg, off)
+		if err != nil {
+			return nil, false, err
+		}
+		switch {
+		case i >= authorityEnd && isOPT(msg, off, fixed):
+			if optOff >= 0 {
+				return nil, false, errTwoOPT
+			}
+			optOff, optEnd = off, end
+			if !dropped { // among the first: it stays
+				ar++
+				keep = end
+			}
+		case kept == n:
+			dropped = true
+		default:
+			switch {
+			case i < answers:
+				an++
+			case i < authorityEnd:
+				ns++
+			default:
+				ar++
+			}
+			kept++
+			keep = end
+		}
+		off = end
+	}
+	if !dropped {
+		return msg, false, nil
+	}
+	first = make([]byte, keep, keep+max(optEnd-optOff, 0))
+	copy(first, msg)
+	if optOff >= keep {
+		first = append(first, msg[optOff:optEnd]...)
+		ar++
+	}
+	SetANCount(first, an)
+	SetNSCount(first, ns)
+	SetARCount(first, ar)
+	return first, true, nil
+}

@@ -156,3 +156,53 @@ func TestFitReplyAllocatesNothing(t *testing.T) {
 		t.Errorf("%v allocations a cut, want 0", n)
 	}
 }
+
+// TestFirstRecords: the first n records, whatever section they end in, and
+// the OPT record wherever it was, parse as the reply's records did, with
+// the reply's header and question; a reply with no more than n is itself.
+func TestFirstRecords(t *testing.T) {
+	for _, tc := range []struct {
+		n, opt, records int // records: answers (60), NS (2) and glue (2)
+	}{
+		{10, 2, 64}, {10, -1, 64}, {61, 2, 64}, {62, 2, 64}, {63, 0, 64}, {63, 1, 64}, {63, 2, 64},
+	} {
+		t.Run(fmt.Sprintf("%d records, OPT %d", tc.n, tc.opt), func(t *testing.T) {
+			msg := bigReply(t, 60, tc.opt)
+			whole := new(dns.Msg)
+			if err := whole.Unpack(msg); err != nil {
+				t.Fatal(err)
+			}
+			first, dropped, err := FirstRecords(msg, tc.n)
+			if err != nil || !dropped {
+				t.Fatalf("dropped %v, %v; want records dropped", dropped, err)
+			}
+			got := new(dns.Msg)
+			if err := got.Unpack(first); err != nil {
+				t.Fatalf("does not parse: %v", err)
+			}
+			wantRRs := slices.Concat(whole.Answer, whole.Ns, whole.Extra)
+			wantRRs = slices.DeleteFunc(wantRRs, func(rr dns.RR) bool { return rr.Header().Rrtype == dns.TypeOPT })[:tc.n]
+			gotRRs := slices.DeleteFunc(slices.Concat(got.Answer, got.Ns, got.Extra), func(rr dns.RR) bool { return rr.Header().Rrtype == dns.TypeOPT })
+			if got.MsgHdr != whole.MsgHdr || !slices.Equal(got.Question, whole.Question) || len(gotRRs) != tc.n ||
+				(got.IsEdns0() == nil) != (tc.opt < 0) || tc.opt >= 0 && got.IsEdns0().String() != whole.IsEdns0().String() {
+				t.Fatalf("%v %v, %d records, OPT %v; want %v %v, %d and %v", got.MsgHdr, got.Question, len(gotRRs), got.IsEdns0(),
+					whole.MsgHdr, whole.Question, tc.n, whole.IsEdns0())
+			}
+			for i, rr := range gotRRs {
+				if rr.String() != wantRRs[i].String() {
+					t.Errorf("record %d: %v, want %v", i, rr, wantRRs[i])
+				}
+			}
+			if len(got.Answer) != min(tc.n, 60) {
+				t.Errorf("%d answers, want %d: the sections as they came", len(got.Answer), min(tc.n, 60))
+			}
+		})
+	}
+	msg := bigReply(t, 60, 2)
+	if first, dropped, err := FirstRecords(msg, 64); err != nil || dropped || &first[0] != &msg[0] || len(first) != len(msg) {
+		t.Errorf("all 64 records: dropped %v, %v, a copy %v; want the reply itself", dropped, err, &first[0] != &msg[0])
+	}
+	if _, _, err := FirstRecords(msg[:len(msg)-3], 10); err == nil {
+		t.Error("a reply cut short: no error")
+	}
+}

@@ -497,21 +497,58 @@ func (q *slowQuery) fitUDP(reply []byte) []byte {
 // the reply does not decode or pack within limit, or when the cut keeps no
 // more records than kept, those that fit as the reply came (one that was
 // compressed already): that cut is cheaper and changes nothing.
+//
+// Only the records that can fit are decoded (mostFit): a cached reply of
+// 64 KB, cut again for each UDP query of a pod, costs what one of limit
+// octets does.
 func compressedFit(reply []byte, limit, kept int) []byte {
+	first, dropped, err := dnswire.FirstRecords(reply, mostFit(limit))
 	m := new(dns.Msg)
-	if m.Unpack(reply) != nil {
+	if err != nil || m.Unpack(first) != nil {
 		return nil
 	}
-	m.Truncate(limit)
-	if len(m.Answer)+len(m.Ns)+len(m.Extra) <= kept {
-		return nil
-	}
-	m.Compress = true
-	out, err := m.Pack()
-	if err != nil || len(out) > limit {
+	// The records left out would have been cut: Truncate, which sees
+	// only those decoded, may find them all fit.
+	m.Truncated = m.Truncated || dropped
+	out, err := truncateAndPack(m, limit, kept)
+	if err != nil {
 		return nil
 	}
 	return out
+}
+
+// truncateAndPack cuts m to the whole records that fit in size, with TC
+// when it leaves some out (miekg's Msg.Truncate, as CoreDNS's server cuts
+// every reply), and packs it with its names compressed: after Truncate,
+// which turns compression off for a reply that fits without it, as
+// compressed it only gets smaller. It is nil, not packed, when the cut
+// keeps no more than noBetter records (the OPT record counted), and fails
+// with errTooLarge when the reply still packs larger than size.
+func truncateAndPack(m *dns.Msg, size, noBetter int) ([]byte, error) {
+	m.Truncate(size)
+	if len(m.Answer)+len(m.Ns)+len(m.Extra) <= noBetter {
+		return nil, nil
+	}
+	m.Compress = true
+	out, err := m.Pack()
+	if err == nil && len(out) > size {
+		return nil, errTooLarge
+	}
+	return out, err
+}
+
+// minPackedRR is the fewest octets a record takes packed, compressed or
+// not: a root owner (a compression pointer takes 2), type, class, TTL and
+// data length, and no data.
+const minPackedRR = 1 + 10
+
+// mostFit is the most records, besides the OPT record, that miekg's
+// Msg.Truncate keeps of any reply cut to limit: it keeps whole records in
+// order and at least minPackedRR octets each after the header, within
+// limit or 512 (dns.MinMsgSize), whichever is larger. Decoding the first
+// mostFit records of a reply, the cut is the same as decoding all.
+func mostFit(limit int) int {
+	return (max(limit, dns.MinMsgSize) - dnswire.HeaderLen) / minPackedRR
 }
 
 // upstreams are where the query's misses go: its TCP connection's, or
@@ -576,6 +613,7 @@ func (e constError) Error() string { return string(e) }
 const (
 	errNoUpstream    = constError("no upstream nameserver for this client")
 	errNeedsUpstream = constError("the answer needs an upstream")
+	errTooLarge      = constError("the reply packs larger than its limit")
 )
 
 // replyTo starts an authoritative reply to req.
@@ -603,18 +641,14 @@ func (q *slowQuery) pack(reply *dns.Msg) []byte {
 	if !q.tcp {
 		size = q.r.UDPLimit()
 	}
-	reply.Truncate(size) // sets TC when it drops records: replyTo's never has it
-	q.cut = reply.Truncated
-	// After Truncate, which turns compression off for a reply that fits
-	// without it: compressed, it only gets smaller.
-	reply.Compress = true
-	out, err := reply.Pack()
-	if err != nil {
+	out, err := truncateAndPack(reply, size, -1)
+	q.cut = reply.Truncated // set when records were dropped: replyTo's never has it
+	switch {
+	case err == errTooLarge && !q.tcp:
+		return q.truncated()
+	case err != nil:
 		q.s.log.Debug("packing a reply failed", "client", q.src, "name", string(q.r.Name), "err", err)
 		return dnswire.AppendErrorReply(nil, q.msg, &q.r, dnswire.RcodeServFail)
-	}
-	if !q.tcp && len(out) > q.r.UDPLimit() {
-		return q.truncated()
 	}
 	return out
 }

@@ -158,35 +158,29 @@ func TestChartAlertTextNamesTheirLabels(t *testing.T) {
 	// and the node its relabeling adds.
 	targetLabels := []string{"job", "instance", "namespace", "service", "pod", "container", "endpoint", "node"}
 	ref := regexp.MustCompile(`\$labels\.(\w+)`)
-	groups, _ := lookup(c.prometheusRule, "spec", "groups").([]any)
-	for _, g := range groups {
-		rules, _ := lookup(g.(map[string]any), "rules").([]any)
-		for _, r := range rules {
-			r, _ := r.(map[string]any)
-			name, _ := r["alert"].(string)
-			var kept []string
-			aggregated := false
-			parser.Inspect(exprs[name], func(n parser.Node, _ []parser.Node) error {
-				if a, ok := n.(*parser.AggregateExpr); ok {
-					aggregated = true
-					kept = append(kept, a.Grouping...)
-				}
-				return nil
-			})
-			if !aggregated {
-				kept = targetLabels
+	for name, r := range alertRules(t, c) {
+		var kept []string
+		aggregated := false
+		parser.Inspect(exprs[name], func(n parser.Node, _ []parser.Node) error {
+			if a, ok := n.(*parser.AggregateExpr); ok {
+				aggregated = true
+				kept = append(kept, a.Grouping...)
 			}
-			annotations, _ := r["annotations"].(map[string]any)
-			for key, text := range annotations {
-				text, _ := text.(string)
-				for _, m := range ref.FindAllStringSubmatch(text, -1) {
-					if !slices.Contains(kept, m[1]) {
-						t.Errorf("%s's %s names $labels.%s, which its series lack (they have %v)", name, key, m[1], kept)
-					}
+			return nil
+		})
+		if !aggregated {
+			kept = targetLabels
+		}
+		annotations, _ := r["annotations"].(map[string]any)
+		for key, text := range annotations {
+			text, _ := text.(string)
+			for _, m := range ref.FindAllStringSubmatch(text, -1) {
+				if !slices.Contains(kept, m[1]) {
+					t.Errorf("%s's %s names $labels.%s, which its series lack (they have %v)", name, key, m[1], kept)
 				}
-				if strings.Contains(text, "kube-system") {
-					t.Errorf("%s's %s names kube-system; the chart installs into the release's namespace: %q", name, key, text)
-				}
+			}
+			if strings.Contains(text, "kube-system") {
+				t.Errorf("%s's %s names kube-system; the chart installs into the release's namespace: %q", name, key, text)
 			}
 		}
 	}

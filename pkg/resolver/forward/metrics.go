@@ -2,6 +2,7 @@ package forward
 
 import (
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
@@ -121,7 +122,7 @@ func newUpstreamMetrics(maxSeries int, known []netip.AddrPort) *upstreamMetrics 
 			Subsystem: "forward",
 			Name:      "upstream_duration_seconds",
 			Help:      "Time from sending a query to an upstream nameserver to its valid reply, by upstream (to) and protocol.",
-			Buckets:   []float64{.00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
+			Buckets:   durationBuckets,
 		}, []string{"to", "proto"}),
 		// resends counts UDP queries sent again within their exchange.
 		resends: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -142,6 +143,15 @@ func newUpstreamMetrics(maxSeries int, known []netip.AddrPort) *upstreamMetrics 
 	}
 	return m
 }
+
+// durationBuckets are ztdns_forward_upstream_duration_seconds's upper
+// bounds, +Inf aside.
+var durationBuckets = []float64{.00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5}
+
+// DurationBuckets returns the upper bounds of the buckets of
+// ztdns_forward_upstream_duration_seconds, +Inf aside: what an alert on
+// it (the chart's ZtdnsUpstreamSlow) can tell apart.
+func DurationBuckets() []float64 { return slices.Clone(durationBuckets) }
 
 // label is the "to" label of upstream u.
 func (m *upstreamMetrics) label(u netip.AddrPort) string {
