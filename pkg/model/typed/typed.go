@@ -78,6 +78,11 @@ func FromServiceEntry(m *metav1.ObjectMeta, spec *networkingv1alpha3.ServiceEntr
 			errs = append(errs, err)
 		}
 	}
+	for _, a := range spec.GetAddresses() {
+		if err := checkAddress(what, a); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	out := kubeapi.ServiceEntry{ObjectMeta: meta(m), Spec: kubeapi.ServiceEntrySpec{
 		Hosts:      spec.GetHosts(),
 		Addresses:  spec.GetAddresses(),
