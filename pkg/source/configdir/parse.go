@@ -187,7 +187,7 @@ func (p *problems) addAt(line func() int, err error) {
 // kept gives way to their count.
 func (p *problems) list() []error {
 	return capped(p.kept, p.count(), maxProblemsPerFile, func(n int) error {
-		return &FileError{Path: p.path, Err: fmt.Errorf("%d more problems not listed", n)}
+		return &FileError{Path: p.path, Err: moreProblemsf(n, "%d more problems not listed", n)}
 	})
 }
 
