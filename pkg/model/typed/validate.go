@@ -84,15 +84,16 @@ const maxHostLength = 255
 // the whole ServiceEntry: a host that is no DNS name ("a..b", "foo.*.x",
 // "_x.example"), "*", or all digits in its last label (an address). The
 // empty host and "." are the reduction's to report (package kubeapi), in
-// every mode. A partial wildcard ("*foo.example") Istio only warns of: it
-// is left to the name table, which leaves it out with a warning.
+// every mode. A partial wildcard ("*foo.example") Istio only warns of, and
+// "*.", which it accepts: they are left to the name table, which leaves
+// them out with a warning, as in Kubernetes mode.
 func checkHost(what, host string) error {
 	if strings.TrimSuffix(host, ".") == "" {
 		return nil
 	}
 	var why string
 	switch {
-	case strings.TrimSuffix(host, ".") == "*": // Istio's CRD refuses "*"; "*." is the same name
+	case host == "*": // Istio's CRD (self != "*") and webhook refuse only "*": "*." is left to the table
 		why = "it would be every name"
 	case len(host) > maxHostLength:
 		why = fmt.Sprintf("longer than %d characters", maxHostLength)

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -761,7 +762,8 @@ spec:
 // API server and Istio do: a Service name with a leading digit (a DNS-1123
 // label, since Kubernetes 1.37), hosts in upper case (served in lower
 // case), a trailing dot, a partial wildcard (Istio warns of it; the table
-// leaves it out), port 65535.
+// leaves it out), "*." (Istio's CRD and webhook refuse only "*"; the table
+// leaves it out, as in Kubernetes mode), port 65535.
 func TestValuesTheAPIServerAccepts(t *testing.T) {
 	_, got, errs := loadFiles(t, map[string]string{"ok.yaml": `apiVersion: v1
 kind: Service
@@ -774,7 +776,7 @@ apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata: {name: ext.v2, namespace: shop-2}
 spec:
-  hosts: [API.Example.com., "*.wild.example", "*foo.example", short]
+  hosts: [API.Example.com., "*.wild.example", "*foo.example", short, "*."]
   ports: [{name: top, number: 65535, protocol: TCP}]
 `})
 	wantErrors(t, errs, nil)
@@ -783,5 +785,19 @@ spec:
 	}
 	if len(got.Services) == 1 && !slices.Equal(got.Services[0].Ports, []model.Port{{Name: "top", Protocol: "TCP", Port: 65535}}) {
 		t.Errorf("ports %+v", got.Services[0].Ports)
+	}
+	// The table leaves out "*foo.example" and "*." (read as "*", as a
+	// watch reads it), each with a warning.
+	_, warnings := table.Build(got, table.Options{Domain: table.DefaultDomain, TTL: table.DefaultTTL})
+	var hosts []string
+	for _, w := range warnings {
+		for _, h := range []string{"*foo.example", "*"} {
+			if strings.HasSuffix(w.Error(), ": host "+strconv.Quote(h)+" is not a valid DNS name") {
+				hosts = append(hosts, h)
+			}
+		}
+	}
+	if slices.Sort(hosts); !slices.Equal(hosts, []string{"*", "*foo.example"}) {
+		t.Errorf("table warnings %v, want one for each of \"*foo.example\" and \"*\"", warnings)
 	}
 }
