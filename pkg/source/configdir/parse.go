@@ -588,10 +588,17 @@ func jsonKind(raw []byte) string {
 	}
 }
 
-// splitJoined undoes errors.Join, so that each problem gets its own line.
+// splitJoined undoes errors.Join, nested joins too (the converters join
+// their own checks with the reduction's), so that each problem gets its
+// own line.
 func splitJoined(err error) []error {
-	if j, ok := err.(interface{ Unwrap() []error }); ok {
-		return j.Unwrap()
+	j, ok := err.(interface{ Unwrap() []error })
+	if !ok {
+		return []error{err}
 	}
-	return []error{err}
+	var out []error
+	for _, e := range j.Unwrap() {
+		out = append(out, splitJoined(e)...)
+	}
+	return out
 }
