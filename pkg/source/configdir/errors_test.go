@@ -270,19 +270,23 @@ spec: {clusterIP: None}
 		},
 	}
 	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			dir, got, errs := loadFiles(t, map[string]string{"bad.yaml": goodNamespace + tc.yaml})
-			var want []string
-			for _, w := range tc.want {
-				want = append(want, filepath.Join(dir, w))
-			}
-			wantErrors(t, errs, want)
-			// A file broken from the start contributes nothing, not even its
-			// good first document.
-			if n := names(got); len(n) > 0 {
-				t.Errorf("broken file served %q", n)
-			}
-		})
+		t.Run(tc.name, func(t *testing.T) { checkBrokenFile(t, tc.yaml, tc.want) })
+	}
+}
+
+// checkBrokenFile loads bad.yaml, goodNamespace then yaml, and checks that
+// it reports the problems want (paths relative to its directory) and,
+// broken from the start, serves nothing, not even its good first document.
+func checkBrokenFile(t *testing.T, yaml string, want []string) {
+	t.Helper()
+	dir, got, errs := loadFiles(t, map[string]string{"bad.yaml": goodNamespace + yaml})
+	var paths []string
+	for _, w := range want {
+		paths = append(paths, filepath.Join(dir, w))
+	}
+	wantErrors(t, errs, paths)
+	if n := names(got); len(n) > 0 {
+		t.Errorf("broken file served %q", n)
 	}
 }
 
@@ -744,17 +748,7 @@ spec:
 		},
 	}
 	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			dir, got, errs := loadFiles(t, map[string]string{"bad.yaml": goodNamespace + tc.yaml})
-			var want []string
-			for _, w := range tc.want {
-				want = append(want, filepath.Join(dir, w))
-			}
-			wantErrors(t, errs, want)
-			if n := names(got); len(n) > 0 {
-				t.Errorf("broken file served %q", n)
-			}
-		})
+		t.Run(tc.name, func(t *testing.T) { checkBrokenFile(t, tc.yaml, tc.want) })
 	}
 }
 
