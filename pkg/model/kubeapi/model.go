@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"unique"
@@ -128,18 +129,22 @@ func (s *EndpointSlice) Model() (model.EndpointSlice, error) {
 }
 
 // Model reduces a ServiceEntry. What status.addresses holds that is not a
-// host's address is skipped; ModelSkipping also says what.
+// host's address, and an address in spec.addresses with an IPv6 zone, are
+// skipped; ModelSkipping also says what.
 func (se *ServiceEntry) Model() (model.ServiceEntry, error) {
 	out, _, err := se.ModelSkipping()
 	return out, err
 }
 
 // ModelSkipping reduces a ServiceEntry, and reports in skipped (nil when
-// nothing) what it left out of status.addresses, naming the object. Status
+// nothing) what it left out of its addresses, naming the object. Status
 // has no schema: anyone who may write the status subresource can put
 // anything there, so like istiod (getHostAddressesFromServiceEntryStatus)
 // a value that is no address is skipped, never a reason to leave out the
-// ServiceEntry, its spec.addresses or its other status addresses.
+// ServiceEntry, its spec.addresses or its other status addresses. Istio's
+// validation of spec.addresses (netip) accepts an IPv6 zone
+// ("fe80::1%eth0"), which no answer can carry: that address is skipped
+// too, the others served (manifests refuse it: package typed).
 func (se *ServiceEntry) ModelSkipping() (out model.ServiceEntry, skipped, err error) {
 	spec := &se.Spec
 	out = model.ServiceEntry{
@@ -152,6 +157,7 @@ func (se *ServiceEntry) ModelSkipping() (out model.ServiceEntry, skipped, err er
 		HasSpecAddresses: len(spec.Addresses) > 0,
 	}
 	var errs []error
+	var zoned []string // spec.addresses skipped
 	if i := slices.Index(resolutions, out.Resolution); i >= 0 {
 		out.Resolution = resolutions[i] // the constant, not the decoded copy
 	} else if out.Resolution == "" {
@@ -190,6 +196,12 @@ func (se *ServiceEntry) ModelSkipping() (out model.ServiceEntry, skipped, err er
 			}
 			continue
 		}
+		if ip, err := netip.ParseAddr(a); err == nil && ip.Zone() != "" {
+			// Istio's validation (netip) accepts a zone; no answer can
+			// carry one: the address is skipped, the others served.
+			zoned = append(zoned, strconv.Quote(a))
+			continue
+		}
 		ip, why := addrOf(a)
 		if !ip.IsValid() {
 			errs = append(errs, fmt.Errorf("serviceentry %s: address %q is not an IP address or CIDR%s", out.Key(), a, why))
@@ -197,7 +209,18 @@ func (se *ServiceEntry) ModelSkipping() (out model.ServiceEntry, skipped, err er
 		}
 		out.Addresses = append(out.Addresses, ip)
 	}
-	out.StatusAddresses, skipped = statusAddresses(out.Key(), se.Status.Addresses)
+	var skips []string
+	if len(zoned) > 0 {
+		skips = append(skips, "skipped in spec.addresses: "+strings.Join(zoned, ", ")+" (an IPv6 zone, which no answer can carry)")
+	}
+	var inStatus string
+	out.StatusAddresses, inStatus = statusAddresses(se.Status.Addresses)
+	if inStatus != "" {
+		skips = append(skips, inStatus)
+	}
+	if len(skips) > 0 {
+		skipped = fmt.Errorf("serviceentry %s: %s", out.Key(), strings.Join(skips, "; "))
+	}
 	for _, p := range spec.Ports {
 		if n, ok := portNumber(int64(p.Number)); ok {
 			out.Ports = append(out.Ports, model.Port{Name: intern(p.Name), Protocol: intern(strings.ToUpper(p.Protocol)), Port: n})
@@ -212,15 +235,15 @@ func (se *ServiceEntry) ModelSkipping() (out model.ServiceEntry, skipped, err er
 const maxSkipsNamed = 3
 
 // statusAddresses reads a ServiceEntry's status.addresses, raw as written,
-// skipping what is not a host's address; skipped says what, naming the
-// ServiceEntry by key, nil when nothing was.
-func statusAddresses(key string, raw json.RawMessage) (out []model.HostAddress, skipped error) {
+// skipping what is not a host's address; skipped says what, "" when
+// nothing was.
+func statusAddresses(raw json.RawMessage) (out []model.HostAddress, skipped string) {
 	if len(raw) == 0 || string(raw) == "null" {
-		return nil, nil
+		return nil, ""
 	}
 	var items []json.RawMessage
 	if err := sigsjson.UnmarshalCaseSensitivePreserveInts(raw, &items); err != nil {
-		return nil, fmt.Errorf("serviceentry %s: status.addresses is not a list: skipped", key)
+		return nil, "status.addresses is not a list: skipped"
 	}
 	var named []string
 	n := 0
@@ -247,13 +270,13 @@ func statusAddresses(key string, raw json.RawMessage) (out []model.HostAddress, 
 		})
 	}
 	if n == 0 {
-		return out, nil
+		return out, ""
 	}
 	msg := strings.Join(named, ", ")
 	if n > len(named) {
 		msg += fmt.Sprintf(" and %d more", n-len(named))
 	}
-	return out, fmt.Errorf("serviceentry %s: skipped in status.addresses: %s", key, msg)
+	return out, "skipped in status.addresses: " + msg
 }
 
 // Model reduces a Namespace; it never fails.
@@ -327,8 +350,10 @@ func finished(phase string) bool { return slices.Contains(FinishedPhases, phase)
 // addrOf parses an address as the API server's validation reads one,
 // unmapped; on failure it returns the zero Addr and what to add to "… is
 // not an IP address". netip keeps an IPv6 zone ("fe80::1%eth0"), which
-// the API server refuses (net.ParseIP does) and no answer can carry: it is
-// refused here too, so that a manifest cannot serve one.
+// the API server refuses in the objects of its own types (net.ParseIP
+// does) and no answer can carry: it is refused here too, so that a
+// manifest cannot serve one. A ServiceEntry's spec.addresses, which Istio
+// checks with netip, skip a zoned address before (ModelSkipping).
 func addrOf(s string) (netip.Addr, string) {
 	a, err := netip.ParseAddr(s)
 	switch {

@@ -38,7 +38,7 @@ func FromService(s *corev1.Service) (model.Service, error) {
 		out.Spec.Ports = append(out.Spec.Ports, kubeapi.ServicePort{Name: p.Name, Protocol: string(p.Protocol), Port: p.Port})
 	}
 	svc, err := out.Model()
-	return svc, joined(errs, err)
+	return svc, errors.Join(append(errs, err)...)
 }
 
 // FromEndpointSlice reduces a discovery.k8s.io/v1 EndpointSlice. A port
@@ -62,7 +62,7 @@ func FromEndpointSlice(s *discoveryv1.EndpointSlice) (model.EndpointSlice, error
 		out.Endpoints = append(out.Endpoints, ep)
 	}
 	es, err := out.Model()
-	return es, joined(errs, err)
+	return es, errors.Join(append(errs, err)...)
 }
 
 // FromServiceEntry reduces a ServiceEntry of any served version (v1,
@@ -75,6 +75,11 @@ func FromServiceEntry(m *metav1.ObjectMeta, spec *networkingv1alpha3.ServiceEntr
 	errs := checkMeta(what, m, subdomainName, true)
 	for _, h := range spec.GetHosts() {
 		if err := checkHost(what, h); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for _, a := range spec.GetAddresses() {
+		if err := checkAddress(what, a); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -99,7 +104,7 @@ func FromServiceEntry(m *metav1.ObjectMeta, spec *networkingv1alpha3.ServiceEntr
 	if notObject {
 		skipped = fmt.Errorf("serviceentry %s: status is not an object: skipped", se.Key())
 	}
-	return se, skipped, joined(errs, err)
+	return se, skipped, errors.Join(append(errs, err)...)
 }
 
 // FromNamespace reduces a v1 Namespace, refusing a name the API server
@@ -134,18 +139,7 @@ func FromPod(p *corev1.Pod) (model.Pod, error) {
 		out.Status.PodIPs = append(out.Status.PodIPs, kubeapi.PodIP{IP: ip.IP})
 	}
 	pod, err := out.Model()
-	return pod, joined(errs, err)
-}
-
-// joined joins errs and the reduction's err into one flat list (err may be
-// a join itself), so that a manifest reports each problem on its own line.
-func joined(errs []error, err error) error {
-	if j, ok := err.(interface{ Unwrap() []error }); ok {
-		errs = append(errs, j.Unwrap()...)
-	} else if err != nil {
-		errs = append(errs, err)
-	}
-	return errors.Join(errs...)
+	return pod, errors.Join(append(errs, err)...)
 }
 
 // meta keeps what kubeapi.ObjectMeta holds.

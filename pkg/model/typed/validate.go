@@ -2,6 +2,7 @@ package typed
 
 import (
 	"fmt"
+	"net/netip"
 	"strconv"
 	"strings"
 
@@ -62,6 +63,18 @@ func checkPort(what, field string, n int64) error {
 	return fmt.Errorf("%s: %s %q must be between 1 and 65535, inclusive", what, field, strconv.FormatInt(n, 10))
 }
 
+// checkAddress reports a ServiceEntry address with an IPv6 zone
+// ("fe80::1%eth0"), which Istio's validation accepts and no answer can
+// carry: a watch skips it (kubeapi.ServiceEntry.ModelSkipping), a manifest
+// is refused, as the objects of the API server's own types are.
+func checkAddress(what, a string) error {
+	ip, err := netip.ParseAddr(a)
+	if err != nil || ip.Zone() == "" {
+		return nil
+	}
+	return fmt.Errorf("%s: address %q is not an IP address or CIDR: an IPv6 zone (%%%s) is not allowed", what, a, ip.Zone())
+}
+
 // maxHostLength is the longest ServiceEntry host Istio's validation
 // accepts.
 const maxHostLength = 255
@@ -71,15 +84,16 @@ const maxHostLength = 255
 // the whole ServiceEntry: a host that is no DNS name ("a..b", "foo.*.x",
 // "_x.example"), "*", or all digits in its last label (an address). The
 // empty host and "." are the reduction's to report (package kubeapi), in
-// every mode. A partial wildcard ("*foo.example") Istio only warns of: it
-// is left to the name table, which leaves it out with a warning.
+// every mode. A partial wildcard ("*foo.example") Istio only warns of, and
+// "*.", which it accepts: they are left to the name table, which leaves
+// them out with a warning, as in Kubernetes mode.
 func checkHost(what, host string) error {
 	if strings.TrimSuffix(host, ".") == "" {
 		return nil
 	}
 	var why string
 	switch {
-	case strings.TrimSuffix(host, ".") == "*": // Istio's CRD refuses "*"; "*." is the same name
+	case host == "*": // Istio's CRD (self != "*") and webhook refuse only "*": "*." is left to the table
 		why = "it would be every name"
 	case len(host) > maxHostLength:
 		why = fmt.Sprintf("longer than %d characters", maxHostLength)

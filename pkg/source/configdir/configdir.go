@@ -387,8 +387,9 @@ func (s *Source) record(st *state) {
 // fairShare keeps at most limit of errs, in their order: first the first
 // problem of every file, then the others in order, so that many problems
 // in the first files do not hide that a later file is broken. When there
-// are more, the last one kept counts the rest and names (up to
-// maxNamedFiles of) the files they are in.
+// are more, the last one kept counts the rest (a line left out that counts
+// problems itself, such as a file's "981 more problems not listed", counts
+// as those) and names (up to maxNamedFiles of) the files they are in.
 func fairShare(dir string, errs []error, limit int) []error {
 	if len(errs) <= limit {
 		return errs
@@ -417,11 +418,13 @@ func fairShare(dir string, errs []error, limit int) []error {
 	out := make([]error, 0, limit)
 	var files []string
 	named := map[string]bool{}
+	left := 0 // problems left out
 	for i, err := range errs {
 		if keep[i] {
 			out = append(out, err)
 			continue
 		}
+		left += problemsIn(err)
 		if p := pathOf(err); !named[p] {
 			named[p] = true
 			files = append(files, relTo(dir, p))
@@ -431,7 +434,7 @@ func fairShare(dir string, errs []error, limit int) []error {
 	if len(files) > maxNamedFiles {
 		in += fmt.Sprintf(" and %d more files", len(files)-maxNamedFiles)
 	}
-	return append(out, &FileError{Path: dir, Err: fmt.Errorf("%d more problems not listed, in %s", len(errs)-kept, in)})
+	return append(out, &FileError{Path: dir, Err: moreProblemsf(left, "%d more problems not listed, in %s", left, in)})
 }
 
 // pathOf is the file a problem is in.

@@ -1,6 +1,9 @@
 package configdir
 
-import "fmt"
+import (
+	"errors"
+	"fmt"
+)
 
 // FileError is a problem found in one manifest file, located by line so an
 // operator can jump to it.
@@ -21,3 +24,28 @@ func (e *FileError) Error() string {
 }
 
 func (e *FileError) Unwrap() error { return e.Err }
+
+// moreProblems is a line that stands for n problems left out of a list (a
+// file's "981 more problems not listed", "30 more files skipped"): a list
+// that leaves out such a line in turn (fairShare) counts all n.
+type moreProblems struct {
+	n   int
+	msg string
+}
+
+func (e *moreProblems) Error() string { return e.msg }
+
+// moreProblemsf is a moreProblems of n, saying format.
+func moreProblemsf(n int, format string, args ...any) error {
+	return &moreProblems{n: n, msg: fmt.Sprintf(format, args...)}
+}
+
+// problemsIn is how many problems err stands for: one, or a moreProblems'
+// count.
+func problemsIn(err error) int {
+	var m *moreProblems
+	if errors.As(err, &m) {
+		return m.n
+	}
+	return 1
+}

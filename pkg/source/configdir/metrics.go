@@ -1,15 +1,20 @@
 package configdir
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"fmt"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
 
 var (
 	problemsDesc = prometheus.NewDesc("ztdns_configdir_problems",
-		"Problems in the --config-dir manifests as ztdns status lists them (at most 20 a file and 100 in all, a line counting the rest counted as one); 0 when every file is served as written.",
+		fmt.Sprintf("Problems in the --config-dir manifests as ztdns status lists them (at most %d a file and %d in all, "+
+			"a line counting the rest counted as one); 0 when every file is served as written.", maxProblemsPerFile, maxProblems),
 		nil, nil)
 	filesDesc = prometheus.NewDesc("ztdns_configdir_files",
 		"Manifest files in --config-dir by state: served (as written), refused (problems: its last good objects, if any, are served), "+
 			"blocked (valid, but colliding with objects another file serves, or past --config-max-objects), "+
-			"skipped (past --config-max-files), unsettled (new, written within the last 0.3 s: read once left alone).",
+			fmt.Sprintf("skipped (past --config-max-files), unsettled (new, written within the last %g s: read once left alone).", DefaultSettle.Seconds()),
 		[]string{"state"}, nil)
 	scanDesc = prometheus.NewDesc("ztdns_configdir_scan_seconds",
 		"Time the last scan of --config-dir took (reading and parsing the files that changed); the next scan starts no sooner after it ended.",

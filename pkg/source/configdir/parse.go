@@ -187,7 +187,7 @@ func (p *problems) addAt(line func() int, err error) {
 // kept gives way to their count.
 func (p *problems) list() []error {
 	return capped(p.kept, p.count(), maxProblemsPerFile, func(n int) error {
-		return &FileError{Path: p.path, Err: fmt.Errorf("%d more problems not listed", n)}
+		return &FileError{Path: p.path, Err: moreProblemsf(n, "%d more problems not listed", n)}
 	})
 }
 
@@ -588,10 +588,17 @@ func jsonKind(raw []byte) string {
 	}
 }
 
-// splitJoined undoes errors.Join, so that each problem gets its own line.
+// splitJoined undoes errors.Join, nested joins too (the converters join
+// their own checks with the reduction's), so that each problem gets its
+// own line.
 func splitJoined(err error) []error {
-	if j, ok := err.(interface{ Unwrap() []error }); ok {
-		return j.Unwrap()
+	j, ok := err.(interface{ Unwrap() []error })
+	if !ok {
+		return []error{err}
 	}
-	return []error{err}
+	var out []error
+	for _, e := range j.Unwrap() {
+		out = append(out, splitJoined(e)...)
+	}
+	return out
 }

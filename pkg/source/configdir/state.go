@@ -576,7 +576,7 @@ func listManifests(dir string, limit int, known func(name string) bool) (names [
 	names = slices.Sorted(slices.Values(names[:limit]))
 	for i, name := range rest {
 		if i == named-1 && total-limit > named {
-			skipped = append(skipped, &FileError{Path: dir, Err: fmt.Errorf(
+			skipped = append(skipped, &FileError{Path: dir, Err: moreProblemsf(total-limit-i,
 				"%d more files skipped: more than %d manifest files (--config-max-files)", total-limit-i, limit)})
 			break
 		}

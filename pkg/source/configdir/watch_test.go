@@ -129,7 +129,8 @@ func TestWatchConfigMapVolume(t *testing.T) {
 			}
 		}
 		publish("1", map[string]string{"ns.yaml": namespaceYAML("v1")})
-		r := startSource(t, dir, opts...)
+		// Each version is whole before ..data points at it.
+		r := startSource(t, dir, append(opts, withoutSettle())...)
 		if got := names(r.latest()); strings.Join(got, ",") != "namespace v1" {
 			t.Fatalf("first snapshot %q", got)
 		}
@@ -232,7 +233,9 @@ func TestSymlinkedDirectoryRepointed(t *testing.T) {
 		if err := os.Symlink("rel1", current); err != nil {
 			t.Fatal(err)
 		}
-		r := startSource(t, current, opts...)
+		// Waits for eventual content only: a read of b.yaml halfway
+		// through its write is read again.
+		r := startSource(t, current, append(opts, withoutSettle())...)
 		r.waitFor(t, "the first release's objects", hasNames("namespace old"))
 
 		tmp := filepath.Join(parent, "current.tmp")

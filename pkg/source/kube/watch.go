@@ -94,12 +94,13 @@ func (r *run) endpointFor(k kind) endpoint {
 }
 
 // serviceEntryModel reduces a ServiceEntry, warning of what it skipped in
-// status.addresses (which has no schema): the rest is served.
+// its addresses (status.addresses, which has no schema; an address with an
+// IPv6 zone): the rest is served.
 func (r *run) serviceEntryModel(o kubeapi.Object) (model.ServiceEntry, error) {
 	out, skipped, err := o.(*kubeapi.ServiceEntry).ModelSkipping()
 	if skipped != nil && err == nil {
 		m := o.Meta()
-		r.log.Warn("object's status.addresses hold values that are no host's address; they are skipped",
+		r.log.Warn("object's addresses hold values no answer can carry; they are skipped, the rest is served",
 			"kind", kindServiceEntries.String(), "namespace", m.Namespace, "name", m.Name, "skipped", skipped)
 	}
 	return out, err
