@@ -13,71 +13,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ztdns/ztdns/internal/clock"
 	"github.com/ztdns/ztdns/pkg/model"
 )
-
-// fakeClock is a clock that moves only when told to.
-type fakeClock struct {
-	mu      sync.Mutex
-	now     time.Time
-	waiters []fakeWaiter
-	afters  int       // After calls
-	last    time.Time // the deadline of the last After call
-}
-
-type fakeWaiter struct {
-	at time.Time
-	ch chan time.Time
-}
-
-func newFakeClock(now time.Time) *fakeClock { return &fakeClock{now: now} }
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) After(d time.Duration) <-chan time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	ch := make(chan time.Time, 1)
-	c.afters++
-	c.last = c.now.Add(d)
-	if d <= 0 {
-		ch <- c.now
-	} else {
-		c.waiters = append(c.waiters, fakeWaiter{c.last, ch})
-	}
-	return ch
-}
-
-// Advance moves the clock on by d, firing the timers due by then.
-func (c *fakeClock) Advance(d time.Duration) { c.AdvanceTo(c.Now().Add(d)) }
-
-// AdvanceTo moves the clock on to t (if it is later), firing the timers
-// due by then.
-func (c *fakeClock) AdvanceTo(t time.Time) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if t.After(c.now) {
-		c.now = t
-	}
-	c.waiters = slices.DeleteFunc(c.waiters, func(w fakeWaiter) bool {
-		if w.at.After(c.now) {
-			return false
-		}
-		w.ch <- c.now
-		return true
-	})
-}
-
-// calls returns how many timers were asked for, and the last one's deadline.
-func (c *fakeClock) calls() (n int, last time.Time) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.afters, c.last
-}
 
 // fakeWatcher signals changes when the test says so.
 type fakeWatcher struct{ ch chan struct{} }
@@ -89,14 +27,14 @@ func (w *fakeWatcher) close()                   {}
 // clocked is a Source on a fake clock and a fake watcher, running until
 // the test ends, with each delivery's time on that clock.
 type clocked struct {
-	clock   *fakeClock
+	clock   *clock.Fake
 	watcher *fakeWatcher
 	mu      sync.Mutex
 	snaps   []*model.Snapshot
 	at      []time.Time
 }
 
-func startClocked(t *testing.T, dir string, clk *fakeClock, setup func(s *Source), opts ...Option) *clocked {
+func startClocked(t *testing.T, dir string, clk *clock.Fake, setup func(s *Source), opts ...Option) *clocked {
 	t.Helper()
 	log, _ := testLogger(t)
 	c := &clocked{clock: clk, watcher: &fakeWatcher{ch: make(chan struct{}, 1)}}
@@ -128,9 +66,9 @@ func startClocked(t *testing.T, dir string, clk *fakeClock, setup func(s *Source
 // has taken the signal and set a timer for its scan.
 func (c *clocked) change(t *testing.T) {
 	t.Helper()
-	n, _ := c.clock.calls()
+	n, _ := c.clock.Calls()
 	c.watcher.ch <- struct{}{}
-	waitUntil(t, "timer set after the change", func() bool { m, _ := c.clock.calls(); return m > n })
+	waitUntil(t, "timer set after the change", func() bool { m, _ := c.clock.Calls(); return m > n })
 }
 
 // waitFor waits for a delivery that satisfies ok and returns its time on
@@ -165,7 +103,7 @@ func TestRewriteStormIsPaced(t *testing.T) {
 	dir := t.TempDir()
 	big, other := filepath.Join(dir, "big.yaml"), filepath.Join(dir, "other.yaml")
 	writeFiles(t, dir, map[string]string{"big.yaml": namespaceYAML("big"), "other.yaml": namespaceYAML("other")})
-	clk := newFakeClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	clk := clock.NewFake(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
 	var parses atomic.Int32 // of big.yaml
 	c := startClocked(t, dir, clk, func(s *Source) {
 		s.parsed = func(path string) {
@@ -191,7 +129,7 @@ func TestRewriteStormIsPaced(t *testing.T) {
 	replaceFile(t, other, namespaceYAML("other2"))
 	edited := clk.Now()
 	c.change(t)
-	_, due := clk.calls()
+	_, due := clk.Calls()
 	clk.AdvanceTo(due)
 	served := c.waitFor(t, "other.yaml's edit", hasNames("namespace big", "namespace other2"))
 	if wait := served.Sub(edited); wait > 2*cost+DefaultDebounce {
@@ -209,7 +147,7 @@ func TestHalfWrittenFileNotServed(t *testing.T) {
 	const settle = time.Hour
 	dir := t.TempDir()
 	path := filepath.Join(dir, "se.yaml")
-	clk := newFakeClock(time.Now())
+	clk := clock.NewFake(time.Now())
 	c := startClocked(t, dir, clk, func(s *Source) { s.settle = settle })
 	full := `apiVersion: networking.istio.io/v1
 kind: ServiceEntry
@@ -229,17 +167,17 @@ spec:
 		t.Fatal(err)
 	}
 	c.change(t)
-	n, _ := clk.calls()
+	n, _ := clk.Calls()
 	clk.Advance(DefaultDebounce) // the scan: se.yaml is not read yet
 	waitUntil(t, "scan", func() bool {
-		m, _ := clk.calls()
+		m, _ := clk.Calls()
 		return m > n || c.delivered(func(s *model.Snapshot) bool { return len(s.ServiceEntries) > 0 })
 	})
 	c.checkAddresses(t, "halfway through the write", "[10.1.2.34]")
 	if _, err := f.WriteString("4\n"); err != nil {
 		t.Fatal(err)
 	}
-	_, due := clk.calls() // the rescan once se.yaml has settled
+	_, due := clk.Calls() // the rescan once se.yaml has settled
 	if want := clk.Now().Add(settle - time.Minute); due.Before(want) {
 		t.Fatalf("rescan at %v, want one once se.yaml has settled, after %v", due, want)
 	}
