@@ -387,6 +387,9 @@ func (a *Agent) run(ctx context.Context) error {
 	// abort undoes a start that failed half-way.
 	abort := func(err error) error {
 		in.abandon()
+		if a.metrics != nil {
+			a.metrics.Close() // its server, if it runs, closes it too
+		}
 		cancel(err)
 		a.server.Close()
 		a.fwd.Close()
@@ -398,6 +401,13 @@ func (a *Agent) run(ctx context.Context) error {
 	// point the node's programs at itself.
 	if err := a.checkNotServed(in); err != nil {
 		return abort(err)
+	}
+	// Bound, or adopted, here, and served once this agent takes over: a
+	// --metrics address another process serves is refused before capture.
+	if a.cfg.MetricsAddr != "" {
+		if err := a.listenMetrics(in); err != nil {
+			return abort(err)
+		}
 	}
 	if a.cfg.Capture != nil {
 		if err := a.startCapture(in != nil); err != nil {
@@ -440,10 +450,7 @@ func (a *Agent) run(ctx context.Context) error {
 	}
 	metricsCtx, stopMetrics := context.WithCancel(ctx)
 	defer stopMetrics()
-	if a.cfg.MetricsAddr != "" {
-		if err := a.listenMetrics(in); err != nil {
-			return abort(err)
-		}
+	if a.metrics != nil {
 		g.spawn("metrics", unlessSet(&a.handedOver, func() error { return control.Serve(metricsCtx, a.metrics, a.httpHandler()) }))
 	}
 	if err := a.listen(g.spawn, in); err != nil {
@@ -909,12 +916,12 @@ func (a *Agent) listen(spawn func(string, func() error), in *inherited) error {
 	return nil
 }
 
-// checkNotServed refuses to start where another process already serves:
+// checkNotServed refuses to start where another process already serves
 // a resolver address, whose SO_REUSEPORT sockets the kernel would let this
 // agent bind beside the other's, taking about half of its queries (see
-// resolver.CheckNotServed), or the --metrics address. The sockets of a
-// predecessor that hands them over are not another's: it serves there
-// until this agent takes over, and a new UDP socket (a larger
+// resolver.CheckNotServed); listenMetrics refuses the --metrics address.
+// The sockets of a predecessor that hands them over are not another's: it
+// serves there until this agent takes over, and a new UDP socket (a larger
 // --udp-sockets) joins theirs. The error wraps EADDRINUSE.
 func (a *Agent) checkNotServed(in *inherited) error {
 	for _, addr := range a.addrs {
@@ -925,22 +932,6 @@ func (a *Agent) checkNotServed(in *inherited) error {
 			return fmt.Errorf("%w; not serving beside it: stop that one, or give this agent another --listen address", err)
 		}
 	}
-	addr := BracketIPv6HostPort(a.cfg.MetricsAddr)
-	if addr == "" || in != nil && in.metrics != nil && sameTCPAddr(in.metrics.Addr(), addr) {
-		return nil
-	}
-	// As listenMetrics binds it, and let go at once; another failure is
-	// its to report.
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		if errors.Is(err, syscall.EADDRINUSE) {
-			_, port, _ := net.SplitHostPort(addr)
-			return fmt.Errorf("--metrics %s: another process already serves on this address (a second ztdns agent?): find it with ss -ltnp 'sport = :%s'; "+
-				"not serving beside it: stop that one, or give this agent another --metrics address: %w", addr, port, err)
-		}
-		return nil
-	}
-	ln.Close()
 	return nil
 }
 
@@ -1005,6 +996,11 @@ func (a *Agent) listenMetrics(in *inherited) error {
 		in.metrics = nil
 	}
 	ln, err := net.Listen("tcp", addr)
+	if errors.Is(err, syscall.EADDRINUSE) {
+		_, port, _ := net.SplitHostPort(addr)
+		return fmt.Errorf("--metrics %s: another process already serves on this address (a second ztdns agent?): find it with ss -ltnp 'sport = :%s'; "+
+			"not serving beside it: stop that one, or give this agent another --metrics address: %w", addr, port, err)
+	}
 	if err != nil {
 		return fmt.Errorf("metrics listener: %w", err)
 	}

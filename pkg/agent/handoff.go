@@ -109,10 +109,11 @@ import (
 // socket directory is root's alone, see control.PrepareDir, so nobody else
 // can plant one there in the first place.)
 //
-// From the successor's "sockets" on, the old agent reports not ready (it
-// still serves): both share the probe port, which only the old agent serves
-// until the successor has its table, and the successor's pod must not turn
-// ready, and get the old pod deleted, before the handoff. An exchange that
+// From the successor's "takeover" (or "sockets") on, the old agent reports
+// not ready (it still serves): both share the probe port, which only the
+// old agent serves until the successor has its table, and the successor's
+// pod must not turn ready, and get the old pod deleted, before the
+// handoff. An exchange that
 // ends without "serving" makes it ready again: so does a successor with no
 // table handoffSyncWait after asking, which gives up and exits (the kubelet
 // restarts it, and it asks again).
@@ -466,28 +467,23 @@ func askForSockets(controlSocket, greeting string, log *slog.Logger) (*inherited
 	in := &inherited{udp: map[netip.AddrPort][]*net.UDPConn{}, tcp: map[netip.AddrPort]*net.TCPListener{}, conn: conn, r: bufio.NewReader(conn),
 		syncBy: asked.Add(handoffSyncWait), from: reply.Agent}
 	for i, d := range descs {
-		var err error
-		if d.Network == "control" {
-			err = in.adoptControl(files[i])
-		} else {
-			var addr netip.AddrPort
-			if addr, err = netip.ParseAddrPort(d.Addr); err == nil {
-				err = in.adopt(d.Network, addr, files[i])
-			}
-		}
-		if err != nil {
-			in.closeSockets()
-			in.closeControl()
-			conn.Close()
+		if err := in.adopt(d, files[i]); err != nil {
+			in.abandon()
 			return nil, fmt.Errorf("handoff: socket %s %s: %w", d.Network, d.Addr, err)
 		}
 	}
 	return in, nil
 }
 
-func (in *inherited) adopt(network string, addr netip.AddrPort, f *os.File) error {
-	switch network {
+// adopt takes the socket d describes, whose descriptor f is (a duplicate
+// is kept).
+func (in *inherited) adopt(d socketDesc, f *os.File) error {
+	switch d.Network {
 	case "udp":
+		addr, err := netip.ParseAddrPort(d.Addr)
+		if err != nil {
+			return err
+		}
 		pc, err := net.FilePacketConn(f)
 		if err != nil {
 			return err
@@ -499,6 +495,10 @@ func (in *inherited) adopt(network string, addr netip.AddrPort, f *os.File) erro
 		}
 		in.udp[addr] = append(in.udp[addr], uc)
 	case "tcp", "metrics":
+		addr, err := netip.ParseAddrPort(d.Addr)
+		if err != nil {
+			return err
+		}
 		ln, err := net.FileListener(f)
 		if err != nil {
 			return err
@@ -508,33 +508,29 @@ func (in *inherited) adopt(network string, addr netip.AddrPort, f *os.File) erro
 			ln.Close()
 			return errors.New("not a TCP listener")
 		}
-		if network == "metrics" {
+		if d.Network == "metrics" {
 			in.metrics = tl
 		} else {
 			in.tcp[addr] = tl
 		}
+	case "control": // d.Addr is its path
+		ln, err := net.FileListener(f)
+		if err != nil {
+			return err
+		}
+		ul, ok := ln.(*net.UnixListener)
+		if !ok {
+			ln.Close()
+			return errors.New("not a unix listener")
+		}
+		if in.control != nil { // one at most
+			ul.Close()
+			return errors.New("a second control socket")
+		}
+		in.control = ul
 	default:
-		return fmt.Errorf("unknown network %q", network)
+		return fmt.Errorf("unknown network %q", d.Network)
 	}
-	return nil
-}
-
-// adoptControl takes the control socket's listener.
-func (in *inherited) adoptControl(f *os.File) error {
-	ln, err := net.FileListener(f)
-	if err != nil {
-		return err
-	}
-	ul, ok := ln.(*net.UnixListener)
-	if !ok {
-		ln.Close()
-		return errors.New("not a unix listener")
-	}
-	if in.control != nil { // one at most
-		ul.Close()
-		return errors.New("a second control socket")
-	}
-	in.control = ul
 	return nil
 }
 

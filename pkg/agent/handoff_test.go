@@ -3,7 +3,6 @@ package agent
 import (
 	"bufio"
 	"context"
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -201,12 +200,7 @@ func TestSocketsPerAddr(t *testing.T) {
 		func(c *Config) { c.SocketsPerAddr = 3 })
 	// /proc/net/udp lists every socket of this network namespace; the
 	// port is this test's alone.
-	table, err := os.ReadFile("/proc/self/net/udp")
-	if err != nil {
-		t.Fatal(err)
-	}
-	local := fmt.Sprintf(" %08X:%04X ", binary.LittleEndian.Uint32(listen.Addr().AsSlice()), listen.Port())
-	if n := strings.Count(string(table), local); n != 3 {
+	if n := len(testenv.SocketStates(t, "udp", listen)); n != 3 {
 		t.Fatalf("%d UDP sockets on %s, want 3", n, listen)
 	}
 	c := &dns.Client{Net: "udp", Timeout: 5 * time.Second}
@@ -754,13 +748,8 @@ func TestHandoffOfMoreSocketsThanOneMessageCarries(t *testing.T) {
 	upNew := netip.MustParseAddrPort("127.0.0.1:9")
 	succ := runTestAgent(t, dir, socket, listen, upNew, "", many)
 	waitServedBy(t, socket, succ, upNew)
-	table, err := os.ReadFile("/proc/self/net/udp")
-	if err != nil {
-		t.Fatal(err)
-	}
 	for _, a := range addrs {
-		local := fmt.Sprintf(" %08X:%04X ", binary.LittleEndian.Uint32(a.Addr().AsSlice()), a.Port())
-		if n := strings.Count(string(table), local); n != MaxSocketsPerAddr {
+		if n := len(testenv.SocketStates(t, "udp", a)); n != MaxSocketsPerAddr {
 			t.Errorf("%d UDP sockets on %s after the handoff, want %d (those handed over)", n, a, MaxSocketsPerAddr)
 		}
 	}

@@ -2,11 +2,9 @@ package agent
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -103,12 +101,7 @@ func TestHandoffToMoreUDPSockets(t *testing.T) {
 	upNew := testenv.DeadAddr(t) // names the successor in the status
 	succ := runTestAgent(t, dir, socket, listen, upNew, "", func(c *Config) { c.SocketsPerAddr = 3 })
 	waitServedBy(t, socket, succ, upNew)
-	table, err := os.ReadFile("/proc/self/net/udp")
-	if err != nil {
-		t.Fatal(err)
-	}
-	local := fmt.Sprintf(" %08X:%04X ", binary.LittleEndian.Uint32(listen.Addr().AsSlice()), listen.Port())
-	if n := strings.Count(string(table), local); n != 3 {
+	if n := len(testenv.SocketStates(t, "udp", listen)); n != 3 {
 		t.Errorf("%d UDP sockets on %s after the handoff, want 3", n, listen)
 	}
 	for i := range 20 {

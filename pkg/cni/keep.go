@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/fsnotify/fsnotify"
+
+	"github.com/ztdns/ztdns/internal/clock"
 )
 
 // Pacing of KeepInstalled.
@@ -58,25 +60,14 @@ const (
 // ErrNoNetworkConfig before the entry was in; later errors are logged, and
 // tried again.
 func KeepInstalled(ctx context.Context, cfg InstallConfig, interval time.Duration) error {
-	return newKeeper(cfg, interval, systemClock{}).run(ctx)
+	return newKeeper(cfg, interval, clock.System{}).run(ctx)
 }
-
-// clock is time.Now and time.After, or a test's fake.
-type clock interface {
-	Now() time.Time
-	After(d time.Duration) <-chan time.Time
-}
-
-type systemClock struct{}
-
-func (systemClock) Now() time.Time                         { return time.Now() }
-func (systemClock) After(d time.Duration) <-chan time.Time { return time.After(d) }
 
 // keeper is KeepInstalled's state; only its run's goroutine uses it.
 type keeper struct {
 	cfg      InstallConfig
 	log      *slog.Logger
-	clock    clock
+	clock    clock.Clock
 	interval time.Duration
 	bin      binCache
 	// watch starts watching the conf dir: watchConfDir but in tests.
@@ -91,7 +82,7 @@ type keeper struct {
 	contested bool
 }
 
-func newKeeper(cfg InstallConfig, interval time.Duration, clk clock) *keeper {
+func newKeeper(cfg InstallConfig, interval time.Duration, clk clock.Clock) *keeper {
 	k := &keeper{cfg: cfg, log: cfg.logger(), clock: clk, interval: interval, watch: watchConfDir}
 	k.bin.now = clk.Now
 	return k

@@ -17,61 +17,9 @@ import (
 
 	"github.com/fsnotify/fsnotify"
 
+	"github.com/ztdns/ztdns/internal/clock"
 	"github.com/ztdns/ztdns/internal/testenv"
 )
-
-// fakeClock is a clock that moves only when told to.
-type fakeClock struct {
-	mu      sync.Mutex
-	now     time.Time
-	waiters []fakeWaiter
-}
-
-type fakeWaiter struct {
-	at time.Time
-	ch chan time.Time
-}
-
-func newFakeClock(now time.Time) *fakeClock { return &fakeClock{now: now} }
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) After(d time.Duration) <-chan time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	ch := make(chan time.Time, 1)
-	if d <= 0 {
-		ch <- c.now
-	} else {
-		c.waiters = append(c.waiters, fakeWaiter{c.now.Add(d), ch})
-	}
-	return ch
-}
-
-// Advance moves the clock on by d, firing the timers due by then.
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-	c.waiters = slices.DeleteFunc(c.waiters, func(w fakeWaiter) bool {
-		if w.at.After(c.now) {
-			return false
-		}
-		w.ch <- c.now
-		return true
-	})
-}
-
-// waitingWithin reports whether a timer is set to fire within d.
-func (c *fakeClock) waitingWithin(d time.Duration) bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return slices.ContainsFunc(c.waiters, func(w fakeWaiter) bool { return w.at.Before(c.now.Add(d)) })
-}
 
 // syncBuffer is a log's output, read while it is written.
 type syncBuffer struct {
@@ -209,7 +157,7 @@ func TestKeepInstalledPacesAContest(t *testing.T) {
 	contests := func() []bool { mu.Lock(); defer mu.Unlock(); return slices.Clone(contested) }
 
 	const interval = time.Hour
-	clk := newFakeClock(time.Now())
+	clk := clock.NewFake(time.Now())
 	k := newKeeper(e.cfg, interval, clk)
 	runKeeper(t, k)
 	testenv.Eventually(t, 30*time.Second, "ztdns chained into the primary configuration", func() bool { return hasZtdns(primary) })
@@ -223,7 +171,7 @@ func TestKeepInstalledPacesAContest(t *testing.T) {
 	start := clk.Now()
 	for clk.Now().Sub(start) < simulated {
 		testenv.Eventually(t, 30*time.Second, "KeepInstalled waiting for its pace, the entry taken out again", func() bool {
-			return repairs.Load() > bound || (!hasZtdns(primary) && clk.waitingWithin(interval/2))
+			return repairs.Load() > bound || (!hasZtdns(primary) && clk.WaitingWithin(interval/2))
 		})
 		if n := repairs.Load(); n > bound {
 			t.Fatalf("within %v on KeepInstalled's clock, against an installer that takes ztdns's entry out whenever it is back, "+
@@ -323,7 +271,7 @@ func TestKeepInstalledWaitsForANetworkConfig(t *testing.T) {
 	t.Parallel()
 	e := newInstallEnv(t, Config{})
 	logs := e.logTo()
-	runKeeper(t, newKeeper(e.cfg, time.Hour, systemClock{}))
+	runKeeper(t, newKeeper(e.cfg, time.Hour, clock.System{}))
 	testenv.Eventually(t, 30*time.Second, "KeepInstalled saying it waits", func() bool {
 		return len(logs.lines(slog.LevelInfo, "waiting for the primary network plugin")) == 1
 	})
@@ -361,7 +309,7 @@ func TestKeepInstalledLooksAgainAfterAnOverflow(t *testing.T) {
 	e := newInstallEnv(t, Config{})
 	primary := e.write(t, "10-containerd-net.conflist", runtimeConflist)
 	errs := make(chan error, 1)
-	clk := newFakeClock(time.Now())
+	clk := clock.NewFake(time.Now())
 	k := newKeeper(e.cfg, time.Hour, clk)
 	k.watch = func(string) (<-chan fsnotify.Event, <-chan error, func(), error) { return nil, errs, func() {}, nil }
 	runKeeper(t, k)
@@ -382,7 +330,7 @@ func TestKeepInstalledNoticesAChangedBinary(t *testing.T) {
 	e := newInstallEnv(t, Config{})
 	e.write(t, "10-containerd-net.conflist", runtimeConflist)
 	// Late enough for every file's stamp to be trusted.
-	k := newKeeper(e.cfg, time.Hour, newFakeClock(time.Now().Add(time.Hour)))
+	k := newKeeper(e.cfg, time.Hour, clock.NewFake(time.Now().Add(time.Hour)))
 	installAgain := func(what string) {
 		t.Helper()
 		if err := k.install(); err != nil {

@@ -8,7 +8,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"os"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -130,17 +130,5 @@ func TestCheckNotServed(t *testing.T) {
 // TIME_WAIT from addr (an IPv4 address).
 func timeWait(t *testing.T, addr netip.AddrPort) bool {
 	t.Helper()
-	table, err := os.ReadFile("/proc/self/net/tcp")
-	if err != nil {
-		t.Fatal(err)
-	}
-	a := addr.Addr().As4()
-	local := fmt.Sprintf("%02X%02X%02X%02X:%04X", a[3], a[2], a[1], a[0], addr.Port())
-	for _, line := range strings.Split(string(table), "\n") {
-		// sl local_address rem_address st ...; 06 is TIME_WAIT.
-		if f := strings.Fields(line); len(f) > 3 && f[1] == local && f[3] == "06" {
-			return true
-		}
-	}
-	return false
+	return slices.Contains(testenv.SocketStates(t, "tcp", addr), "06") // TIME_WAIT
 }

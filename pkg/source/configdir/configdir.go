@@ -51,6 +51,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ztdns/ztdns/internal/clock"
 	"github.com/ztdns/ztdns/pkg/model"
 	"github.com/ztdns/ztdns/pkg/source"
 )
@@ -143,7 +144,7 @@ type Source struct {
 	// (DefaultSettle; 0 in tests about parsing).
 	settle time.Duration
 	// clock paces and settles scans: the system's but in tests.
-	clock clock
+	clock clock.Clock
 	// parsed, set by tests, is called after each file is parsed.
 	parsed func(path string)
 
@@ -156,17 +157,6 @@ type Source struct {
 	errs  []error
 	stats dirStats
 }
-
-// clock is time.Now and time.After, or a test's fake.
-type clock interface {
-	Now() time.Time
-	After(d time.Duration) <-chan time.Time
-}
-
-type systemClock struct{}
-
-func (systemClock) Now() time.Time                         { return time.Now() }
-func (systemClock) After(d time.Duration) <-chan time.Time { return time.After(d) }
 
 var _ source.Source = (*Source)(nil)
 
@@ -193,7 +183,7 @@ func WithPolling(interval time.Duration) Option {
 // New returns a source for the manifests in dir. Nothing is read until Run.
 func New(dir string, opts ...Option) *Source {
 	s := &Source{dir: dir, log: slog.Default(), debounce: DefaultDebounce, startNotify: startNotify,
-		settle: DefaultSettle, clock: systemClock{}}
+		settle: DefaultSettle, clock: clock.System{}}
 	for _, o := range opts {
 		o(s)
 	}

@@ -13,71 +13,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ztdns/ztdns/internal/clock"
 	"github.com/ztdns/ztdns/pkg/model"
 )
-
-// fakeClock is a clock that moves only when told to.
-type fakeClock struct {
-	mu      sync.Mutex
-	now     time.Time
-	waiters []fakeWaiter
-	afters  int       // After calls
-	last    time.Time // the deadline of the last After call
-}
-
-type fakeWaiter struct {
-	at time.Time
-	ch chan time.Time
-}
-
-func newFakeClock(now time.Time) *fakeClock { return &fakeClock{now: now} }
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) After(d time.Duration) <-chan time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	ch := make(chan time.Time, 1)
-	c.afters++
-	c.last = c.now.Add(d)
-	if d <= 0 {
-		ch <- c.now
-	} else {
-		c.waiters = append(c.waiters, fakeWaiter{c.last, ch})
-	}
-	return ch
-}
-
-// Advance moves the clock on by d, firing the timers due by then.
-func (c *fakeClock) Advance(d time.Duration) { c.AdvanceTo(c.Now().Add(d)) }
-
-// AdvanceTo moves the clock on to t (if it is later), firing the timers
-// due by then.
-func (c *fakeClock) AdvanceTo(t time.Time) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if t.After(c.now) {
-		c.now = t
-	}
-	c.waiters = slices.DeleteFunc(c.waiters, func(w fakeWaiter) bool {
-		if w.at.After(c.now) {
-			return false
-		}
-		w.ch <- c.now
-		return true
-	})
-}
-
-// calls returns how many timers were asked for, and the last one's deadline.
-func (c *fakeClock) calls() (n int, last time.Time) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.afters, c.last
-}
 
 // fakeWatcher signals changes when the test says so.
 type fakeWatcher struct{ ch chan struct{} }
@@ -89,14 +27,14 @@ func (w *fakeWatcher) close()                   {}
 // clocked is a Source on a fake clock and a fake watcher, running until
 // the test ends, with each delivery's time on that clock.
 type clocked struct {
-	clock   *fakeClock
+	clock   *clock.Fake
 	watcher *fakeWatcher
 	mu      sync.Mutex
 	snaps   []*model.Snapshot
 	at      []time.Time
 }
 
-func startClocked(t *testing.T, dir string, clk *fakeClock, setup func(s *Source), opts ...Option) *clocked {
+func startClocked(t *testing.T, dir string, clk *clock.Fake, setup func(s *Source), opts ...Option) *clocked {
 	t.Helper()
 	log, _ := testLogger(t)
 	c := &clocked{clock: clk, watcher: &fakeWatcher{ch: make(chan struct{}, 1)}}
@@ -128,9 +66,9 @@ func startClocked(t *testing.T, dir string, clk *fakeClock, setup func(s *Source
 // has taken the signal and set a timer for its scan.
 func (c *clocked) change(t *testing.T) {
 	t.Helper()
-	n, _ := c.clock.calls()
+	n, _ := c.clock.Calls()
 	c.watcher.ch <- struct{}{}
-	waitUntil(t, "timer set after the change", func() bool { m, _ := c.clock.calls(); return m > n })
+	waitUntil(t, "timer set after the change", func() bool { m, _ := c.clock.Calls(); return m > n })
 }
 
 // waitFor waits for a delivery that satisfies ok and returns its time on
@@ -176,7 +114,7 @@ func TestRewriteStormIsPaced(t *testing.T) {
 	// than the settle time, which says nothing of a writer (settledAt), and
 	// their modification times, set to the fake clock's at each write, are
 	// what settles.
-	clk := newFakeClock(time.Now().Add(-time.Hour))
+	clk := clock.NewFake(time.Now().Add(-time.Hour))
 	write := func(path, content string, at time.Time) {
 		t.Helper()
 		tmp := filepath.Join(dir, "."+filepath.Base(path)+".tmp")
@@ -210,7 +148,7 @@ func TestRewriteStormIsPaced(t *testing.T) {
 		// The writer waits as long as the source takes to act on its
 		// rewrite (a scan now due), as it would on the system's clock.
 		n := parses.Load()
-		_, due := clk.calls()
+		_, due := clk.Calls()
 		clk.Advance(every)
 		if !due.After(clk.Now()) {
 			waitUntil(t, "big.yaml parsed", func() bool { return parses.Load() > n })
@@ -264,7 +202,7 @@ func (c *clocked) runUntil(t *testing.T, what string, ok func(*model.Snapshot) b
 			}
 		}
 		c.mu.Unlock()
-		_, due := c.clock.calls()
+		_, due := c.clock.Calls()
 		c.clock.AdvanceTo(due)
 		return false
 	})
@@ -281,7 +219,7 @@ func TestHalfWrittenFileNotServed(t *testing.T) {
 	const settle = time.Hour
 	dir := t.TempDir()
 	path := filepath.Join(dir, "se.yaml")
-	clk := newFakeClock(time.Now())
+	clk := clock.NewFake(time.Now())
 	c := startClocked(t, dir, clk, func(s *Source) { s.settle = settle })
 	full := `apiVersion: networking.istio.io/v1
 kind: ServiceEntry
@@ -301,17 +239,17 @@ spec:
 		t.Fatal(err)
 	}
 	c.change(t)
-	n, _ := clk.calls()
+	n, _ := clk.Calls()
 	clk.Advance(DefaultDebounce) // the scan: se.yaml is not read yet
 	waitUntil(t, "scan", func() bool {
-		m, _ := clk.calls()
+		m, _ := clk.Calls()
 		return m > n || c.delivered(func(s *model.Snapshot) bool { return len(s.ServiceEntries) > 0 })
 	})
 	c.checkAddresses(t, "halfway through the write", "[10.1.2.34]")
 	if _, err := f.WriteString("4\n"); err != nil {
 		t.Fatal(err)
 	}
-	_, due := clk.calls() // the rescan once se.yaml has settled
+	_, due := clk.Calls() // the rescan once se.yaml has settled
 	if want := clk.Now().Add(settle - time.Minute); due.Before(want) {
 		t.Fatalf("rescan at %v, want one once se.yaml has settled, after %v", due, want)
 	}
