@@ -6,8 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -87,7 +85,7 @@ func TestBuiltBinary(t *testing.T) {
 		`ztdns_cni_events_total{command="add",outcome="refused"} 0`,
 		`ztdns_cni_events_total{command="del",outcome="error"} 0`,
 	}
-	body := scrape(t, metrics)
+	body := testenv.Metrics(t, metrics)
 	for _, want := range wantMetrics {
 		if !strings.Contains(body, "\n"+want+"\n") {
 			t.Errorf("/metrics lacks %s", want)
@@ -176,19 +174,4 @@ func makeBuild(t *testing.T) string {
 		t.Fatalf("make build: %v\n%s", err, out)
 	}
 	return bin
-}
-
-// scrape returns the agent's /metrics.
-func scrape(t *testing.T, addr string) string {
-	t.Helper()
-	resp, err := http.Get("http://" + addr + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(body)
 }

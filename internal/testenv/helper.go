@@ -24,7 +24,7 @@ type Helper struct {
 	cmd    *exec.Cmd
 	stdin  io.WriteCloser
 	out    *bufio.Reader
-	stderr lockedBuilder
+	stderr Log
 
 	waitOnce sync.Once
 	waitErr  error
@@ -140,23 +140,4 @@ func (h *Helper) Stderr() string { return h.stderr.String() }
 func (h *Helper) wait() error {
 	h.waitOnce.Do(func() { h.waitErr = h.cmd.Wait() })
 	return h.waitErr
-}
-
-// lockedBuilder is a strings.Builder safe to read while a process writes
-// to it.
-type lockedBuilder struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuilder) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuilder) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }

@@ -3,15 +3,12 @@
 package agent_test
 
 import (
-	"io"
-	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/ztdns/ztdns/internal/agenttest"
 	"github.com/ztdns/ztdns/internal/testenv"
@@ -35,17 +32,8 @@ func TestConfigDirProblemsOnMetrics(t *testing.T) {
 	metrics := testenv.FreePort(t)
 	agenttest.Start(t, agent.Config{Source: configdir.New(dir), MetricsAddr: metrics.String(),
 		Upstreams: []netip.AddrPort{testenv.DeadAddr(t)}})
-	c := &http.Client{Timeout: 5 * time.Second}
-	resp, err := c.Get("http://" + metrics.String() + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	lines := strings.Split(string(body), "\n")
+	body := testenv.Metrics(t, metrics.String())
+	lines := strings.Split(body, "\n")
 	for _, want := range []string{
 		"ztdns_configdir_problems 1",
 		`ztdns_configdir_files{state="served"} 1`,
@@ -58,7 +46,7 @@ func TestConfigDirProblemsOnMetrics(t *testing.T) {
 			t.Errorf("/metrics lacks %q", want)
 		}
 	}
-	if !strings.Contains(string(body), "\nztdns_configdir_scan_seconds ") {
+	if !strings.Contains(body, "\nztdns_configdir_scan_seconds ") {
 		t.Error("/metrics lacks ztdns_configdir_scan_seconds")
 	}
 }

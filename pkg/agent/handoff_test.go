@@ -179,14 +179,9 @@ func TestRestartLosesNoQuery(t *testing.T) {
 	if resp.StatusCode != http.StatusOK {
 		t.Errorf("/readyz after the restart: %s", resp.Status)
 	}
-	resp, err = http.Get("http://" + metrics + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
+	body := testenv.Metrics(t, metrics)
 	for _, m := range []string{`ztdns_resolver_queries_total{outcome="local"}`, "ztdns_table_names", "ztdns_forward_cache_hits_total", "go_goroutines"} {
-		if !strings.Contains(string(body), m) {
+		if !strings.Contains(body, m) {
 			t.Errorf("/metrics lacks %s", m)
 		}
 	}

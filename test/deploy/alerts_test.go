@@ -68,14 +68,7 @@ func TestChartAlertsNodeOrPod(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			agent := map[string]string{"node": "n1", "instance": "10.0.0.1:15053", "job": "ztdns"}
-			s := func(name string, perSecond float64, kv ...string) rateSeries {
-				l := maps.Clone(agent)
-				l["__name__"] = name
-				for i := 0; i < len(kv); i += 2 {
-					l[kv[i]] = kv[i+1]
-				}
-				return rateSeries{labels: l, rate: perSecond}
-			}
+			s := seriesWith(agent)
 			series := []rateSeries{
 				s("ztdns_dns_requests_total", tc.noerror, "rcode", "NOERROR", "source", "upstream", "type", "A", "proto", "udp"),
 				s("ztdns_dns_requests_total", tc.servfailUpstream, "rcode", "SERVFAIL", "source", "upstream", "type", "A", "proto", "udp"),
@@ -227,14 +220,7 @@ func TestChartUpstreamAlert(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			nameserver := map[string]string{"node": "n1", "instance": "10.0.0.1:15053", "job": "ztdns", "to": "10.96.0.10:53"}
-			s := func(name string, perSecond float64, kv ...string) rateSeries {
-				l := maps.Clone(nameserver)
-				l["__name__"] = name
-				for i := 0; i < len(kv); i += 2 {
-					l[kv[i]] = kv[i+1]
-				}
-				return rateSeries{labels: l, rate: perSecond}
-			}
+			s := seriesWith(nameserver)
 			var series []rateSeries
 			for result, rate := range tc.rates {
 				series = append(series, s("ztdns_forward_upstream_queries_total", rate, "result", result))
@@ -444,6 +430,19 @@ func TestChartCaptureEventAlerts(t *testing.T) {
 type rateSeries struct {
 	labels map[string]string
 	rate   float64
+}
+
+// seriesWith makes series with the labels of base: the series name, at
+// perSecond, with the label pairs kv besides.
+func seriesWith(base map[string]string) func(name string, perSecond float64, kv ...string) rateSeries {
+	return func(name string, perSecond float64, kv ...string) rateSeries {
+		l := maps.Clone(base)
+		l["__name__"] = name
+		for i := 0; i < len(kv); i += 2 {
+			l[kv[i]] = kv[i+1]
+		}
+		return rateSeries{labels: l, rate: perSecond}
+	}
 }
 
 func (s rateSeries) key() string {
