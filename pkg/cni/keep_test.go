@@ -297,7 +297,14 @@ func TestKeepInstalledLooksAgainAfterAnOverflow(t *testing.T) {
 	k := newKeeper(e.cfg, time.Hour, clk)
 	k.watch = func(string) (<-chan fsnotify.Event, <-chan error, func(), error) { return nil, errs, func() {}, nil }
 	runKeeper(t, k)
-	testenv.Eventually(t, 30*time.Second, "ztdns chained in", func() bool { return hasZtdns(primary) })
+	// Chained in, and the first Install over: its pace is set (on the
+	// clock as it stood) once KeepInstalled asked for its second timer,
+	// the interval's; a clock moved before that would put the pace out of
+	// reach.
+	testenv.Eventually(t, 30*time.Second, "ztdns chained in", func() bool {
+		n, _ := clk.Calls()
+		return hasZtdns(primary) && n == 2
+	})
 
 	writeAtomic(t, primary, runtimeConflist) // its event lost
 	clk.Advance(minInstallGap)
