@@ -20,6 +20,14 @@ type System struct{}
 func (System) Now() time.Time                         { return time.Now() }
 func (System) After(d time.Duration) <-chan time.Time { return time.After(d) }
 
+// Later returns the later of a and b.
+func Later(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
+}
+
 // Fake is a Clock that moves only when told to.
 type Fake struct {
 	mu      sync.Mutex

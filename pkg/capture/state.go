@@ -1,7 +1,6 @@
 package capture
 
 import (
-	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -77,9 +76,7 @@ func (c *Controller) MarkRecorded() (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	slices.SortFunc(saved, func(a, b podcache.Attachment) int {
-		return cmp.Or(cmp.Compare(a.AttachOrder, b.AttachOrder), strings.Compare(a.Key(), b.Key()))
-	})
+	slices.SortFunc(saved, func(a, b podcache.Attachment) int { return podcache.OldestFirst(&a, &b) })
 	var errs []error
 	marked := 0
 	for _, a := range capturedByNetns(saved) {

@@ -108,7 +108,7 @@ func (k *keeper) run(ctx context.Context) error {
 			}
 			// The interval's look, paced as well.
 			now := k.clock.Now()
-			next = maxTime(now.Add(k.interval), k.readyAt)
+			next = clock.Later(now.Add(k.interval), k.readyAt)
 			due = k.clock.After(next.Sub(now))
 			continue
 		case ev, ok := <-changes:
@@ -134,7 +134,7 @@ func (k *keeper) run(ctx context.Context) error {
 		// A change: Install as soon as the pace allows, once for all the
 		// changes until then.
 		now := k.clock.Now()
-		if at := maxTime(k.readyAt, now); at.Before(next) {
+		if at := clock.Later(k.readyAt, now); at.Before(next) {
 			next, due = at, k.clock.After(at.Sub(now))
 		}
 	}
@@ -237,13 +237,6 @@ func confChange(ev fsnotify.Event) bool {
 		return false
 	}
 	return slices.Contains(confExtensions, filepath.Ext(ev.Name))
-}
-
-func maxTime(a, b time.Time) time.Time {
-	if b.After(a) {
-		return b
-	}
-	return a
 }
 
 // binCache remembers the plugin binary and its installed copy as they were

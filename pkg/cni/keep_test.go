@@ -21,28 +21,11 @@ import (
 	"github.com/ztdns/ztdns/internal/testenv"
 )
 
-// syncBuffer is a log's output, read while it is written.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-// lines returns the lines logged at level whose message starts with msg.
-func (b *syncBuffer) lines(level slog.Level, msg string) []string {
+// logLines returns the lines log holds at level whose message starts with
+// msg.
+func logLines(log *testenv.Log, level slog.Level, msg string) []string {
 	var out []string
-	for line := range strings.Lines(b.String()) {
+	for line := range strings.Lines(log.String()) {
 		if strings.Contains(line, "level="+level.String()+" msg=\""+msg) {
 			out = append(out, line)
 		}
@@ -50,11 +33,11 @@ func (b *syncBuffer) lines(level slog.Level, msg string) []string {
 	return out
 }
 
-// logTo makes e's installs log at debug level into a buffer.
-func (e *installEnv) logTo() *syncBuffer {
-	b := &syncBuffer{}
-	e.cfg.Logger = slog.New(slog.NewTextHandler(b, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	return b
+// logTo makes e's installs log at debug level into a Log.
+func (e *installEnv) logTo() *testenv.Log {
+	l := &testenv.Log{}
+	e.cfg.Logger = slog.New(slog.NewTextHandler(l, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	return l
 }
 
 // runKeeper runs k until the test ends.
@@ -185,7 +168,7 @@ func TestKeepInstalledPacesAContest(t *testing.T) {
 	if n < bound/2 {
 		t.Errorf("ztdns put its entry back %d times over %v of contest, want it kept repairing about once a second", n, simulated)
 	}
-	warnings := logs.lines(slog.LevelWarn, "another installer writes the CNI network configuration again")
+	warnings := logLines(logs, slog.LevelWarn, "another installer writes the CNI network configuration again")
 	if len(warnings) != 1 {
 		t.Errorf("%d warnings of the contest, want 1:\n%s", len(warnings), strings.Join(warnings, ""))
 	}
@@ -194,7 +177,7 @@ func TestKeepInstalledPacesAContest(t *testing.T) {
 			t.Errorf("the warning does not say %q: %s", want, warnings[0])
 		}
 	}
-	if info := logs.lines(slog.LevelInfo, "added ztdns to the primary CNI network configuration"); len(info) > contestedRepairs+1 {
+	if info := logLines(logs, slog.LevelInfo, "added ztdns to the primary CNI network configuration"); len(info) > contestedRepairs+1 {
 		t.Errorf("%d info lines for repairs, want the first install's and those before the warning (%d); the rest at debug level", len(info), contestedRepairs+1)
 	}
 	if got := contests(); !slices.Equal(got, []bool{true}) {
@@ -217,7 +200,7 @@ func TestKeepInstalledPacesAContest(t *testing.T) {
 	if got := contests(); !slices.Equal(got, []bool{true, false}) {
 		t.Errorf("OnContested calls %v, want [true false]", got)
 	}
-	if got := logs.lines(slog.LevelInfo, "the CNI network configuration is no longer written again"); len(got) != 1 {
+	if got := logLines(logs, slog.LevelInfo, "the CNI network configuration is no longer written again"); len(got) != 1 {
 		t.Errorf("%d lines saying the contest is over, want 1", len(got))
 	}
 }
@@ -274,7 +257,7 @@ func TestKeepInstalledWaitsForANetworkConfig(t *testing.T) {
 	logs := e.logTo()
 	runKeeper(t, newKeeper(e.cfg, time.Hour, clock.System{}))
 	testenv.Eventually(t, 30*time.Second, "KeepInstalled saying it waits", func() bool {
-		return len(logs.lines(slog.LevelInfo, "waiting for the primary network plugin")) == 1
+		return len(logLines(logs, slog.LevelInfo, "waiting for the primary network plugin")) == 1
 	})
 	if _, err := os.Stat(filepath.Join(e.cfg.BinDir, PluginType)); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("binary installed without a configuration to chain into: %v", err)
@@ -314,7 +297,14 @@ func TestKeepInstalledLooksAgainAfterAnOverflow(t *testing.T) {
 	k := newKeeper(e.cfg, time.Hour, clk)
 	k.watch = func(string) (<-chan fsnotify.Event, <-chan error, func(), error) { return nil, errs, func() {}, nil }
 	runKeeper(t, k)
-	testenv.Eventually(t, 30*time.Second, "ztdns chained in", func() bool { return hasZtdns(primary) })
+	// Chained in, and the first Install over: its pace is set (on the
+	// clock as it stood) once KeepInstalled asked for its second timer,
+	// the interval's; a clock moved before that would put the pace out of
+	// reach.
+	testenv.Eventually(t, 30*time.Second, "ztdns chained in", func() bool {
+		n, _ := clk.Calls()
+		return hasZtdns(primary) && n == 2
+	})
 
 	writeAtomic(t, primary, runtimeConflist) // its event lost
 	clk.Advance(minInstallGap)

@@ -293,14 +293,24 @@ func (c *Cache) Detach(key string) (Attachment, bool) {
 	return a, ok
 }
 
-// attachOrder returns the attachments' keys, oldest first: by AttachOrder,
-// then by key. Callers hold mu.
+// attachOrder returns the attachments' keys, oldest first (OldestFirst).
+// Callers hold mu.
 func (c *Cache) attachOrder() []string {
 	keys := slices.Collect(maps.Keys(c.attachments))
 	slices.SortFunc(keys, func(a, b string) int {
-		return cmp.Or(cmp.Compare(c.attachments[a].AttachOrder, c.attachments[b].AttachOrder), strings.Compare(a, b))
+		x, y := c.attachments[a], c.attachments[b]
+		return OldestFirst(&x, &y)
 	})
 	return keys
+}
+
+// OldestFirst orders attachments as AttachmentsOldestFirst returns them:
+// by AttachOrder, then by key.
+func OldestFirst(a, b *Attachment) int {
+	if c := cmp.Compare(a.AttachOrder, b.AttachOrder); c != 0 {
+		return c
+	}
+	return strings.Compare(a.Key(), b.Key())
 }
 
 // rebuild makes a new index from both feeds. Callers hold mu.

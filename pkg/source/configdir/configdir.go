@@ -274,7 +274,7 @@ func (s *Source) follow(ctx context.Context, w watcher, st *state, deliver func(
 	var due <-chan time.Time
 	var burstStart time.Time // the first event since the last scan
 	schedule := func(at time.Time) {
-		at = maxTime(at, s.readyAt)
+		at = clock.Later(at, s.readyAt)
 		due = s.clock.After(max(at.Sub(s.clock.Now()), 0))
 	}
 	if !st.settleAt.IsZero() {
@@ -327,13 +327,6 @@ func (s *Source) scan(ctx context.Context, st *state) (changed bool, err error) 
 
 func minTime(a, b time.Time) time.Time {
 	if b.Before(a) {
-		return b
-	}
-	return a
-}
-
-func maxTime(a, b time.Time) time.Time {
-	if b.After(a) {
 		return b
 	}
 	return a

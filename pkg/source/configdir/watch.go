@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/fsnotify/fsnotify"
+
+	"github.com/ztdns/ztdns/internal/clock"
 )
 
 // watcher tells the scan loop that the directory may have changed. It does
@@ -423,7 +425,7 @@ func (s fileStat) settlesAt(now time.Time, settle time.Duration) time.Time {
 	var at time.Time
 	for _, t := range []int64{s.mtime, s.ctime} {
 		if d := now.Sub(time.Unix(0, t)); d < settle && d > -settle {
-			at = maxTime(at, time.Unix(0, t).Add(settle))
+			at = clock.Later(at, time.Unix(0, t).Add(settle))
 		}
 	}
 	return at
