@@ -98,6 +98,21 @@ func (ta *testAgent) stopChecked(t *testing.T, who string) {
 	ta.done <- nil
 }
 
+// exited waits up to a minute for the agent to return on its own, and
+// returns what Run returned; the test fails at once if it has not, saying
+// what that means.
+func (ta *testAgent) exited(t *testing.T, stillRunning string) error {
+	t.Helper()
+	select {
+	case err := <-ta.done:
+		ta.done <- nil
+		return err
+	case <-time.After(time.Minute):
+		t.Fatal(stillRunning)
+		return nil
+	}
+}
+
 func waitReady(t *testing.T, socket string) {
 	t.Helper()
 	c := control.NewClient(socket, time.Second)
@@ -318,20 +333,6 @@ func neverSyncs(dir string) failingSource {
 	return failingSource{gated(configdir.New(dir)), errForbidden}
 }
 
-// gaveUp waits for the successor ta to stop by itself and returns its
-// error; the test fails if it is still running after a minute.
-func gaveUp(t *testing.T, ta *testAgent) error {
-	t.Helper()
-	select {
-	case err := <-ta.done:
-		ta.done <- nil
-		return err
-	case <-time.After(time.Minute):
-		t.Fatal("the successor without a table is still running: it took over")
-		return nil
-	}
-}
-
 // wantGaveUpError fails the test unless err says why the successor gave up
 // and what its source reports, on one line.
 func wantGaveUpError(t *testing.T, err error) {
@@ -367,7 +368,7 @@ func TestSuccessorWithoutATableGivesUp(t *testing.T) {
 		src := neverSyncs(dir)
 		succ := runTestAgent(t, dir, socket, listen, upNew, metrics, func(c *Config) { c.Source = src })
 		<-src.started
-		err := gaveUp(t, succ)
+		err := succ.exited(t, "the successor without a table is still running: it took over")
 		t.Logf("start %d: %v", restart+1, err)
 		wantGaveUpError(t, err)
 		for range 10 {
@@ -772,13 +773,7 @@ func TestFailedHandoffFromALiveAgentStops(t *testing.T) {
 	sockets := func() ([]socketDesc, []*os.File, error) { return nil, nil, fmt.Errorf("cannot list them") }
 	offered := offerInBackground(t, ln, sockets, "a failed hand-over")
 	ta := runTestAgent(t, dir, socket, listen, up, "")
-	var err2 error
-	select {
-	case err2 = <-ta.done:
-		ta.done <- nil
-	case <-time.After(30 * time.Second):
-		t.Fatal("the new agent is still running")
-	}
+	err2 := ta.exited(t, "the new agent is still running")
 	<-offered
 	if err2 == nil || !strings.Contains(err2.Error(), "taking its sockets over failed") {
 		t.Errorf("Run = %v, want an error saying the hand-over failed", err2)
@@ -955,14 +950,8 @@ func TestRestartedSuccessorRefusesItsPredecessor(t *testing.T) {
 	waitServedBy(t, socket, b, upB)
 
 	b.stopChecked(t, "B") // its container is restarted
-	select {
-	case err := <-a.done:
-		a.done <- nil
-		if !errors.Is(err, errSuccessorGone) {
-			t.Fatalf("A: Run = %v; want it to exit, its successor gone", err)
-		}
-	case <-time.After(time.Minute):
-		t.Fatal("A is still idle a minute after B stopped")
+	if err := a.exited(t, "A is still idle a minute after B stopped"); !errors.Is(err, errSuccessorGone) {
+		t.Fatalf("A: Run = %v; want it to exit, its successor gone", err)
 	}
 
 	// B's container restarts first, with nobody to take over from.

@@ -105,13 +105,7 @@ func TestHandedOverAgentRestartsWhenItsSuccessorStops(t *testing.T) {
 	}
 
 	succTA.stopChecked(t, "the new agent") // the rollback deletes the new pod
-	var err error
-	select {
-	case err = <-old.ta.done:
-		old.ta.done <- nil
-	case <-time.After(time.Minute):
-		t.Fatal("the old agent is still idle a minute after its successor stopped: the node has no resolver")
-	}
+	err := old.ta.exited(t, "the old agent is still idle a minute after its successor stopped: the node has no resolver")
 	t.Logf("the old agent: %v", err)
 	if !errors.Is(err, errSuccessorGone) || !strings.Contains(err.Error(), "exits for a fresh start") {
 		t.Errorf("the old agent: Run = %v; want an error saying its successor stopped", err)

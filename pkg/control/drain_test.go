@@ -8,11 +8,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
-	"path/filepath"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -27,31 +24,6 @@ import (
 // CNI plugin sends again); none sees it end with no answer (EOF), which
 // the plugin cannot tell from an agent that took its request.
 
-// stoppable is a control socket served until stop.
-type stoppable struct {
-	*server
-	stop func() error // stops the server, and returns once Serve has
-}
-
-func serveStoppable(t *testing.T) *stoppable {
-	t.Helper()
-	testenv.RequireRoot(t)
-	dir := testenv.MkdirTemp(t, "ztctl-")
-	s := &server{socket: filepath.Join(dir, "run", "ztdns.sock"), api: &recorder{}, log: &testenv.Log{}}
-	access := control.Access{Logger: slog.New(slog.NewTextHandler(s.log, nil))}
-	ln, err := control.Listen(s.socket, access)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.ln = ln
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- control.Serve(ctx, ln, control.NewHandler(s.api, access.Logger)) }()
-	stop := sync.OnceValue(func() error { cancel(); return <-done })
-	t.Cleanup(func() { stop() })
-	return &stoppable{server: s, stop: stop}
-}
-
 // statusRequest is a GET of the status, as the control client writes it.
 const statusRequest = "GET /v1/status HTTP/1.1\r\nHost: ztdns\r\nConnection: close\r\n\r\n"
 
@@ -62,7 +34,7 @@ const statusRequest = "GET /v1/status HTTP/1.1\r\nHost: ztdns\r\nConnection: clo
 // unanswered, or the listener closed the connection unread, as the server
 // had not taken it yet: the caller read EOF, or a reset.)
 func TestRequestAfterStopAnswered(t *testing.T) {
-	s := serveStoppable(t)
+	s := serve(t, control.Access{})
 	c := dial(t, s.socket)
 	testenv.Eventually(t, 10*time.Second, "the connection taken", func() bool { return control.StatsOf(s.ln).Open == 1 })
 	stopped := make(chan error, 1)
@@ -90,14 +62,8 @@ func TestRequestAfterStopAnswered(t *testing.T) {
 // then their callers hang up. The queued call is answered.
 // (Before: the listener closed it unread as it stopped: a reset.)
 func TestQueuedCallAnsweredAtStop(t *testing.T) {
-	s := serveStoppable(t)
-	silent := fillWithSilentConns(t, s)
-	answered := make(chan error, 1)
-	go func() {
-		_, err := control.NewClient(s.socket, time.Minute).Status(context.Background())
-		answered <- err
-	}()
-	testenv.Eventually(t, 10*time.Second, "the call queued", func() bool { return control.StatsOf(s.ln).Queued == 1 })
+	s := serve(t, control.Access{})
+	silent, answered := queueBehindSilentConns(t, s)
 	stopped := make(chan error, 1)
 	go func() { stopped <- s.stop() }()
 	<-control.AcceptStopped(s.ln)
@@ -121,14 +87,8 @@ func TestQueuedCallAnsweredAtStop(t *testing.T) {
 // next. (Before: the queued call was reset, but a late request on a
 // connection the server had taken was read and dropped: EOF.)
 func TestCallsPastTheStopBoundReset(t *testing.T) {
-	s := serveStoppable(t)
-	silent := fillWithSilentConns(t, s)
-	answered := make(chan error, 1)
-	go func() {
-		_, err := control.NewClient(s.socket, time.Minute).Status(context.Background())
-		answered <- err
-	}()
-	testenv.Eventually(t, 10*time.Second, "the call queued", func() bool { return control.StatsOf(s.ln).Queued == 1 })
+	s := serve(t, control.Access{})
+	silent, answered := queueBehindSilentConns(t, s)
 	if err := s.stop(); err != nil {
 		t.Errorf("Serve: %v", err)
 	}
@@ -155,7 +115,7 @@ func TestCallsPastTheStopBoundReset(t *testing.T) {
 
 // fillWithSilentConns opens control.MaxConns connections that send
 // nothing, and waits until the server has taken them all.
-func fillWithSilentConns(t *testing.T, s *stoppable) []net.Conn {
+func fillWithSilentConns(t *testing.T, s *server) []net.Conn {
 	t.Helper()
 	var silent []net.Conn
 	for range control.MaxConns {
@@ -165,4 +125,19 @@ func fillWithSilentConns(t *testing.T, s *stoppable) []net.Conn {
 		return control.StatsOf(s.ln).Open == control.MaxConns
 	})
 	return silent
+}
+
+// queueBehindSilentConns fills the server with silent connections
+// (fillWithSilentConns), then has root ask for the status, and waits until
+// that call is queued; answered receives the call's error.
+func queueBehindSilentConns(t *testing.T, s *server) (silent []net.Conn, answered <-chan error) {
+	t.Helper()
+	silent = fillWithSilentConns(t, s)
+	errc := make(chan error, 1)
+	go func() {
+		_, err := control.NewClient(s.socket, time.Minute).Status(context.Background())
+		errc <- err
+	}()
+	testenv.Eventually(t, 10*time.Second, "the call queued", func() bool { return control.StatsOf(s.ln).Queued == 1 })
+	return silent, errc
 }

@@ -321,16 +321,24 @@ func Listen(path string, access Access) (net.Listener, error) {
 	if err != nil {
 		return nil, fmt.Errorf("control socket: %w", err)
 	}
+	if err := setSocketModes(path, access); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	return newGuardedListener(ln, access), nil
+}
+
+// setSocketModes gives the socket at path access's group and mode.
+func setSocketModes(path string, access Access) error {
 	_, sockMode := access.modes()
-	err = chgrp(path, access.Group)
+	err := chgrp(path, access.Group)
 	if err == nil {
 		err = os.Chmod(path, sockMode)
 	}
 	if err != nil {
-		ln.Close()
-		return nil, fmt.Errorf("control socket permissions: %w", err)
+		return fmt.Errorf("control socket permissions: %w", err)
 	}
-	return newGuardedListener(ln, access), nil
+	return nil
 }
 
 // An agent that takes over from a running one takes its control socket
@@ -374,13 +382,8 @@ func Adopt(path string, ln *net.UnixListener, access Access) (net.Listener, erro
 	} else if fi.Mode().Type() != os.ModeSocket {
 		return nil, fmt.Errorf("the control socket handed over: %s is no longer a socket (mode %s)", path, fi.Mode())
 	}
-	_, sockMode := access.modes()
-	err := chgrp(path, access.Group)
-	if err == nil {
-		err = os.Chmod(path, sockMode)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("control socket permissions: %w", err)
+	if err := setSocketModes(path, access); err != nil {
+		return nil, err
 	}
 	ln.SetUnlinkOnClose(true)
 	return newGuardedListener(ln, access), nil

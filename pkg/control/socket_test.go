@@ -100,6 +100,9 @@ type server struct {
 	ln     net.Listener // the listener's own counts: control.StatsOf
 	api    *recorder
 	log    *testenv.Log
+	// stop stops serving and returns Serve's error once it has returned;
+	// the test's end calls it too.
+	stop func() error
 }
 
 // serve listens on a socket in a new directory under /tmp (a unix socket
@@ -119,9 +122,9 @@ func serve(t *testing.T, access control.Access) *server {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- control.Serve(ctx, ln, control.NewHandler(s.api, access.Logger)) }()
+	s.stop = sync.OnceValue(func() error { cancel(); return <-done })
 	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
+		if err := s.stop(); err != nil {
 			t.Errorf("serve: %v", err)
 		}
 	})
