@@ -10,6 +10,12 @@ import (
 // root.
 const DashboardFile = "deploy/charts/ztdns/files/dashboard.json"
 
+// OperatorTargetLabels are the labels the Prometheus Operator puts on
+// every target of a ServiceMonitor's endpoint (job from jobLabel, else the
+// Service's name), before the endpoint's own relabelings: on every series
+// scraped from it, in place of any the agent exports under those names.
+var OperatorTargetLabels = []string{"job", "instance", "namespace", "service", "pod", "container", "endpoint"}
+
 // A Dashboard is what tests check of a Grafana dashboard, its queries as
 // written (Grafana's variables in them are for the caller to replace).
 type Dashboard struct {

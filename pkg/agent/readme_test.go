@@ -279,10 +279,11 @@ func TestREADMEExplainsEveryCaptureEvent(t *testing.T) {
 
 // TestDashboardNamespacePanelCountsEveryNamespaceMetric: the dashboard's
 // top-10 namespaces panel reads every metric the agent counts queries by
-// namespace with, so that a namespace whose queries are refused or dropped
-// does not look small there for want of a series; and its description
-// says what it leaves out: dropped queries, which no metric counts by
-// namespace.
+// the asking pod's namespace (client_namespace) with, so that a namespace
+// whose queries are refused or dropped does not look small there for want
+// of a series, and groups by that label, not by the target's namespace
+// (the agent's own); and its description says what it leaves out: dropped
+// queries, which no metric counts by namespace.
 func TestDashboardNamespacePanelCountsEveryNamespaceMetric(t *testing.T) {
 	const title = "Queries by namespace (top 10)"
 	dash := testenv.ReadDashboard(t, "../../"+testenv.DashboardFile)
@@ -293,7 +294,7 @@ func TestDashboardNamespacePanelCountsEveryNamespaceMetric(t *testing.T) {
 	exprs := strings.Join(dash.Panels[i].Exprs, "\n")
 	found := 0
 	for name, labels := range registeredMetrics(t, kube.New(&rest.Config{Host: "https://203.0.113.1"})) {
-		if !slices.Contains(labels, "namespace") {
+		if !slices.Contains(labels, "client_namespace") {
 			continue
 		}
 		found++
@@ -302,7 +303,12 @@ func TestDashboardNamespacePanelCountsEveryNamespaceMetric(t *testing.T) {
 		}
 	}
 	if found == 0 {
-		t.Fatal("the agent registers no metric with a namespace label")
+		t.Fatal("the agent registers no metric with a client_namespace label")
+	}
+	for _, expr := range dash.Panels[i].Exprs {
+		if !strings.Contains(expr, "by (client_namespace)") {
+			t.Errorf("panel %q does not sum by client_namespace: %s", title, expr)
+		}
 	}
 	b, err := os.ReadFile("../../" + testenv.DashboardFile)
 	if err != nil {

@@ -453,7 +453,7 @@ var (
 		"DNS queries answered, by the asking pod's namespace: up to --metrics-max-namespaces namespaces have their own, "+
 			"taken when one asks and given up when the node has no pod of it left (it starts again at 0 if it comes back); "+
 			"the rest count as \"_other\", and sources that are no known pod (the node, host-network pods) as \"_unknown\".",
-		[]string{"namespace"}, nil)
+		[]string{"client_namespace"}, nil)
 )
 
 func (m *requestMetrics) describe(ch chan<- *prometheus.Desc) {

@@ -164,9 +164,9 @@ func TestRequestMetrics(t *testing.T) {
 		`ztdns_dns_requests_total{proto="udp",rcode="NOERROR",source="table",type="other"}`: 1,
 		`ztdns_dns_requests_total{proto="udp",rcode="NOERROR",source="upstream",type="A"}`:  1,
 		`ztdns_dns_requests_total{proto="udp",rcode="NXDOMAIN",source="upstream",type="A"}`: 1,
-		`ztdns_dns_namespace_requests_total{namespace="_other"}`:                            1,
-		`ztdns_dns_namespace_requests_total{namespace="_unknown"}`:                          1,
-		`ztdns_dns_namespace_requests_total{namespace="default"}`:                           11,
+		`ztdns_dns_namespace_requests_total{client_namespace="_other"}`:                     1,
+		`ztdns_dns_namespace_requests_total{client_namespace="_unknown"}`:                   1,
+		`ztdns_dns_namespace_requests_total{client_namespace="default"}`:                    11,
 	}
 	// The UDP loop adds a batch's counts after writing its answers: the
 	// last ones may come a moment after the client has its answer.

@@ -15,12 +15,12 @@ import (
 	"github.com/ztdns/ztdns/pkg/podcache"
 )
 
-// namespaceSeries scrapes ztdns_dns_namespace_requests_total by namespace.
+// namespaceSeries scrapes ztdns_dns_namespace_requests_total by client_namespace.
 func namespaceSeries(t *testing.T, s *Server) map[string]float64 {
 	t.Helper()
 	out := map[string]float64{}
 	for k, v := range scrape(t, s.Collector(), "ztdns_dns_namespace_requests_total") {
-		out[k[len(`ztdns_dns_namespace_requests_total{namespace="`):len(k)-2]] = v
+		out[k[len(`ztdns_dns_namespace_requests_total{client_namespace="`):len(k)-2]] = v
 	}
 	return out
 }

@@ -156,7 +156,7 @@ func TestChartAlertTextNamesTheirLabels(t *testing.T) {
 	exprs := renderedAlerts(t, c)
 	// What the Prometheus Operator puts on a target of a ServiceMonitor,
 	// and the node its relabeling adds.
-	targetLabels := []string{"job", "instance", "namespace", "service", "pod", "container", "endpoint", "node"}
+	targetLabels := append(slices.Clone(testenv.OperatorTargetLabels), "node")
 	ref := regexp.MustCompile(`\$labels\.(\w+)`)
 	for name, r := range alertRules(t, c) {
 		var kept []string

@@ -105,7 +105,7 @@ func TestObservability(t *testing.T) {
 		`ztdns_dns_requests_total{proto="udp",rcode="NOERROR",source="table",type="A"}`:    6,
 		`ztdns_dns_requests_total{proto="udp",rcode="NOERROR",source="upstream",type="A"}`: 1,
 		`ztdns_dns_requests_total{proto="udp",rcode="NOERROR",source="cache",type="A"}`:    1,
-		`ztdns_dns_namespace_requests_total{namespace="default"}`:                          8,
+		`ztdns_dns_namespace_requests_total{client_namespace="default"}`:                   8,
 		`ztdns_forward_upstream_queries_total{result="ok",to="` + podNameserver1 + `:53"}`: 1,
 		`ztdns_dns_request_duration_seconds_count{source="table"}`:                         6,
 		`ztdns_capture_map_entries{map="pods"}`:                                            1,
