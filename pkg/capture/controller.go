@@ -17,6 +17,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"maps"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -87,7 +88,12 @@ type Config struct {
 	PodsWatched bool
 	// HostCookies are the node's own network namespaces: never captured.
 	HostCookies []uint64
-	Logger      *slog.Logger
+	// BootID is the kernel's boot ID (BootID()), kept with the record on
+	// disk: a record of another boot is forgotten, as its netns cookies
+	// name this boot's namespaces by chance. Empty: New reads it; a
+	// kernel that has none keeps every record.
+	BootID string
+	Logger *slog.Logger
 	// Now is the clock (default time.Now); tests move it.
 	Now func() time.Time
 }
@@ -134,7 +140,20 @@ func New(cfg Config, pods *podcache.Cache, m Marker, ns Namespaces) *Controller 
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	if cfg.BootID == "" {
+		cfg.BootID = BootID()
+	}
 	return &Controller{cfg: cfg, log: cfg.Logger, pods: pods, marker: m, netns: ns}
+}
+
+// BootID returns the kernel's boot ID, a random UUID made at each boot, or
+// "" when it cannot be read.
+func BootID() string {
+	b, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(b))
 }
 
 // Decide applies Istio's ambient rules to an attachment, with what the

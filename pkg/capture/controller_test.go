@@ -1307,6 +1307,60 @@ func TestRestoreKeepsTheAttachOrder(t *testing.T) {
 	}
 }
 
+// TestRestoreForgetsRecordsOfAnotherBoot: a record kept on disk across a
+// reboot (a --state-dir that is no tmpfs) names netns cookies of the boot
+// before, which count from 1 again: a pod adopted early then has the cookie
+// of a pod started as early in this boot. Restore forgets every record of
+// another boot, marking nothing for it, and keeps one an older agent wrote
+// without a boot ID. (Before: the adopted record followed this boot's
+// process holding its cookie, and marked that pod with the dead one's IPs.)
+func TestRestoreForgetsRecordsOfAnotherBoot(t *testing.T) {
+	f := newFixture(t, true)
+	f.netns.add("/host/proc/100/ns/net", 12, "10.0.0.2")
+	f.source([]model.Namespace{ambientNS}, pod("web-old", "10.0.0.2", nil))
+	f.attach(t, cniAttachment("api-old", 13, "10.0.0.3"))
+	if got := f.marker.marked(); !slices.Equal(got, []uint64{12, 13}) {
+		t.Fatalf("marks %v, want web-old's (adopted) and api-old's", got)
+	}
+	f.ctl.Close()
+
+	// The node reboots: the pods map starts empty, process 100 and the
+	// sandbox are gone, and this boot's process 999 (another pod) holds a
+	// namespace with web-old's cookie, one at api-old's path api-old's.
+	f.netns = &fakeNamespaces{byPath: map[string]Netns{}}
+	f.netns.add("/host/proc/999/ns/net", 12, "10.0.0.9")
+	f.netns.add("/var/run/netns/api-old", 13, "10.0.0.8")
+	f.marker = newFakeMarker()
+	g := &fixture{pods: podcache.New("cluster.local"), marker: f.marker, netns: f.netns, dir: f.dir, now: f.now}
+	cfg := f.ctl.cfg
+	cfg.BootID = "another-boot"
+	g.ctl = New(cfg, g.pods, g.marker, g.netns)
+	t.Cleanup(g.ctl.Close)
+	if n, err := g.ctl.MarkRecorded(); n != 0 || err != nil {
+		t.Errorf("MarkRecorded marked %d (%v), want none: the record is of another boot", n, err)
+	}
+	if err := g.ctl.Restore(); err != nil {
+		t.Fatal(err)
+	}
+	if got := g.marker.marked(); len(got) != 0 {
+		t.Errorf("marks after a reboot %v, want none", got)
+	}
+	if got := g.savedRecord(t); len(got) != 0 {
+		t.Errorf("record after a reboot %+v, want it empty", got)
+	}
+	g.ctl.Close()
+
+	// A record without a boot ID (an older agent's) is this boot's.
+	legacy := `[{"containerID": "ctr-api-old", "namespace": "shop", "name": "api-old", "netnsPath": "/var/run/netns/api-old", "netnsCookie": 13, "ips": ["10.0.0.8"], "captured": true}]`
+	if err := os.WriteFile(filepath.Join(f.dir, StateFile), []byte(legacy), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	h := g.restarted(t)
+	if got := h.marker.marked(); !slices.Equal(got, []uint64{13}) {
+		t.Errorf("marks from an older agent's record %v, want [13]", got)
+	}
+}
+
 // TestRestoreMarksFromTheNewestRecord: of two captured records for one
 // network namespace (a re-ADD of the sandbox before the old record's DEL),
 // a lost mark is put back with the newest record's IPs. (Before: from

@@ -17,6 +17,17 @@ import (
 // StateFile is the name of the record of attachments in Config.StateDir.
 const StateFile = "attachments.json"
 
+// record is one attachment as the record on disk keeps it: with the boot
+// its netns cookie belongs to. Cookies count from 1 again at every boot, so
+// a record that outlived a reboot (a --state-dir on disk) would otherwise
+// name, by chance, namespaces of this boot: those of pods that started as
+// early as the recorded ones did. An older agent's record has no boot ID and
+// is taken for this boot's; an older agent reading this one ignores it.
+type record struct {
+	podcache.Attachment
+	BootID string `json:"bootID,omitempty"`
+}
+
 // stateRetryEvery is how often a record that could not be written is tried
 // again.
 const stateRetryEvery = 5 * time.Second
@@ -39,7 +50,7 @@ func (c *Controller) Restore() error {
 		c.keepAside()
 	}
 	var live liveNetns
-	for _, a := range saved {
+	for _, a := range c.thisBoot(saved) {
 		if c.netnsGone(a) {
 			moved, keep := c.follow(a.Key(), a, &live)
 			if !keep {
@@ -63,8 +74,9 @@ func (c *Controller) Restore() error {
 // for a pods map that holds no mark yet (one an upgrade replaced), before
 // the programs that read it are attached, so that no captured pod goes
 // uncaptured until Restore. A mark whose namespace is gone is harmless (a
-// netns cookie is never reused) until Restore, which checks every record,
-// removes it. It changes no record, in memory or on disk; an unreadable
+// netns cookie is not reused within a boot, and a record of another boot
+// marks nothing) until Restore, which checks every record, removes it. It
+// changes no record, in memory or on disk; an unreadable
 // record marks nothing (Restore keeps it aside).
 func (c *Controller) MarkRecorded() (int, error) {
 	c.mu.Lock()
@@ -72,10 +84,11 @@ func (c *Controller) MarkRecorded() (int, error) {
 	if c.fenced.Load() {
 		return 0, ErrFenced
 	}
-	saved, err := c.load()
+	recorded, err := c.load()
 	if err != nil {
 		return 0, err
 	}
+	saved := c.thisBoot(recorded)
 	slices.SortFunc(saved, func(a, b podcache.Attachment) int { return podcache.OldestFirst(&a, &b) })
 	var errs []error
 	marked := 0
@@ -233,7 +246,7 @@ func (c *Controller) Unsaved() error {
 
 func (c *Controller) statePath() string { return filepath.Join(c.cfg.StateDir, StateFile) }
 
-func (c *Controller) load() ([]podcache.Attachment, error) {
+func (c *Controller) load() ([]record, error) {
 	b, err := os.ReadFile(c.statePath())
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
@@ -241,21 +254,35 @@ func (c *Controller) load() ([]podcache.Attachment, error) {
 	if err != nil {
 		return nil, err
 	}
-	var out []podcache.Attachment
+	var out []record
 	if err := json.Unmarshal(b, &out); err != nil {
 		return nil, fmt.Errorf("%s: %w", c.statePath(), err)
 	}
 	return out, nil
 }
 
+// thisBoot returns the attachments recorded in this boot (or by an agent
+// that recorded no boot), and logs those it leaves out.
+func (c *Controller) thisBoot(saved []record) []podcache.Attachment {
+	out := make([]podcache.Attachment, 0, len(saved))
+	for _, r := range saved {
+		if r.BootID != "" && c.cfg.BootID != "" && r.BootID != c.cfg.BootID {
+			c.log.Info("pod was recorded before the node restarted; forgetting it", "pod", r.Namespace+"/"+r.Name, "netns", r.NetnsPath)
+			continue
+		}
+		out = append(out, r.Attachment)
+	}
+	return out
+}
+
 // save writes the attachments atomically. Callers hold mu.
 func (c *Controller) save() error {
 	all := c.pods.Attachments()
-	list := make([]podcache.Attachment, 0, len(all))
+	list := make([]record, 0, len(all))
 	for _, a := range all {
-		list = append(list, a)
+		list = append(list, record{Attachment: a, BootID: c.cfg.BootID})
 	}
-	slices.SortFunc(list, func(a, b podcache.Attachment) int {
+	slices.SortFunc(list, func(a, b record) int {
 		return strings.Compare(a.Key(), b.Key())
 	})
 	b, err := json.MarshalIndent(list, "", "  ")

@@ -52,14 +52,20 @@ func (a Access) allowed(p Peer) bool {
 	return p.root() || (a.Group > 0 && p.GID == uint32(a.Group))
 }
 
-// OwnFiles are the names the agent keeps in its socket directory besides
-// the socket: the hand-off socket, the record of whom the agent took over
-// from, the record of captured pods, the plugin's pending events and the
-// installed marker. A directory holding nothing else (or nothing) is the
-// agent's own, and PrepareDir sets its mode.
-func ownFiles(socket string) []string {
+// ownFile reports whether name is one the agent keeps in its socket
+// directory besides the socket: the hand-off socket, the record of whom the
+// agent took over from, the record of captured pods (and unreadable ones set
+// aside, attachments.json.corrupt-TIME: see capture's keepAside), the
+// plugin's pending events and the installed marker. A directory holding
+// nothing else (or nothing) is the agent's own, and PrepareDir sets its
+// mode.
+func ownFile(socket, name string) bool {
 	base := filepath.Base(socket)
-	return []string{base, base + ".handoff", base + ".predecessor", base + ".predecessor.tmp", "attachments.json", "attachments.json.tmp", "pending", InstalledFile}
+	switch name {
+	case base, base + ".handoff", base + ".predecessor", base + ".predecessor.tmp", "attachments.json", "attachments.json.tmp", "pending", InstalledFile:
+		return true
+	}
+	return strings.HasPrefix(name, "attachments.json.corrupt-")
 }
 
 // InstalledFile is the name of the marker the agent keeps beside its
@@ -117,9 +123,8 @@ func PrepareDir(socket string, access Access) error {
 		if err != nil {
 			return fmt.Errorf("control socket directory: %w", err)
 		}
-		own := ownFiles(socket)
 		for _, e := range entries {
-			if !slices.Contains(own, e.Name()) {
+			if !ownFile(socket, e.Name()) {
 				fi, _ := os.Stat(real)
 				if fi != nil && fi.Mode().Perm() != dirMode {
 					access.log().Warn("the control socket's directory holds other files, so its mode is left alone; give the socket a directory of its own",

@@ -164,6 +164,35 @@ func TestSocketModes(t *testing.T) {
 	}
 }
 
+// TestSocketGroupSetBesideARecordSetAside: the agent's own directory, made
+// by an agent without a socket group, gets the group's mode when a later
+// agent has one, also once it holds an unreadable record of captured pods
+// set aside (attachments.json.corrupt-TIME): that file is the agent's own,
+// not a sign the directory is shared (before: the mode stayed 0700, and the
+// group's members could not reach the socket).
+func TestSocketGroupSetBesideARecordSetAside(t *testing.T) {
+	testenv.RequireRoot(t)
+	dir := testenv.MkdirTemp(t, "ztctl-")
+	chmod(t, dir, 0o755)
+	socket := filepath.Join(dir, "run", "ztdns.sock")
+	ln, err := control.Listen(socket, control.Access{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln.Close()
+	aside := filepath.Join(dir, "run", "attachments.json.corrupt-20261205T230000Z")
+	if err := os.WriteFile(aside, []byte("{"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	const group = 65533
+	if err := control.PrepareDir(socket, control.Access{Group: group}); err != nil {
+		t.Fatal(err)
+	}
+	if m, uid, gid := mode(t, filepath.Dir(socket)); m != 0o750 || uid != 0 || gid != group {
+		t.Errorf("directory %s %d:%d, want -rwxr-x--- 0:%d", m, uid, gid, group)
+	}
+}
+
 // TestRefusesSharedDirectories: a directory someone else owns or can write
 // in (where a socket could be planted next to the agent's) is refused, and
 // so is one below a directory others can write in without the sticky bit.

@@ -57,6 +57,26 @@ type kernelRate struct {
 // when it returns).
 const kernelRateSources = 4096
 
+// lruLocalFree is how many free entries each CPU of a common LRU map may
+// hold back for itself (LOCAL_FREE_TARGET in the kernel's bpf_lru_list.c).
+// Before Linux 6.16 ("bpf: Adjust free target to avoid global starvation
+// of LRU map") a CPU took free entries in batches of this many whatever the
+// map's size, so on a node with many CPUs a map of kernelRateSources began
+// forgetting keys (each back with a full burst) long before it held that
+// many.
+const lruLocalFree = 128
+
+// kernelRateSourcesMax is the sources map's size: kernelRateSources keys
+// with room besides for what the CPUs hold back (on 96 CPUs 12,288 entries
+// more, about 1.2 MB preallocated).
+func kernelRateSourcesMax() (uint32, error) {
+	cpus, err := ebpf.PossibleCPU()
+	if err != nil {
+		return 0, fmt.Errorf("counting CPUs: %w", err)
+	}
+	return uint32(kernelRateSources + lruLocalFree*cpus), nil
+}
+
 // kernelRatePodAddrs bounds the pod addresses with their pod's key: two
 // (IPv4 and IPv6) for each of the 16,384 pods capture can mark
 // (ZTDNS_MAX_PODS). The map is not preallocated: it takes memory for the
@@ -85,12 +105,16 @@ type kernelSource struct {
 }
 
 func newKernelRate(r quota.Rate, log *slog.Logger) (*kernelRate, error) {
+	size, err := kernelRateSourcesMax()
+	if err != nil {
+		return nil, err
+	}
 	sources, err := ebpf.NewMap(&ebpf.MapSpec{
 		Name:       "ztdns_sources",
 		Type:       ebpf.LRUHash,
 		KeySize:    16,
 		ValueSize:  16,
-		MaxEntries: kernelRateSources,
+		MaxEntries: size,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("sources map: %w", err)

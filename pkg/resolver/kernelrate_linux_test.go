@@ -107,6 +107,27 @@ func TestKernelRateBurst(t *testing.T) {
 	}
 }
 
+// TestKernelRateRemembersItsKeysOnEveryCPU: the sources map holds
+// kernelRateSources keys besides the free entries each CPU of a common LRU
+// map may hold back, so on a node with many CPUs a pod's key is not
+// forgotten (and its burst given back) before that many sources were seen.
+// Kernels since 6.16 size what a CPU holds back by the map instead; this
+// machine's kernel may not show the starvation, so the size is checked.
+func TestKernelRateRemembersItsKeysOnEveryCPU(t *testing.T) {
+	testenv.RequireRoot(t)
+	ls := startLimitsServer(t, Options{Limits: quota.Limits{QPS: 1, Burst: 1}, KernelRate: true}, liveUpstream(t), liveUpstream(t))
+	if ls.kernel == nil {
+		testenv.Unavailable(t, "the resolver could not load its socket filter (see the log)")
+	}
+	cpus, err := ebpf.PossibleCPU()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := ls.kernel.sources.MaxEntries(), uint32(kernelRateSources+128*cpus); got < want {
+		t.Errorf("the sources map holds %d keys, want at least %d: %d besides 128 for each of %d CPUs", got, want, kernelRateSources, cpus)
+	}
+}
+
 // TestRateOnASocketWithoutTheFilter: when the kernel's filter is loaded but
 // cannot be put on a UDP socket, the resolver applies the rate on that
 // socket itself: a source past its burst there is dropped and counted, not
