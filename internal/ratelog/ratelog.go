@@ -1,8 +1,8 @@
 // Package ratelog logs events a client can repeat at will (a caller
-// refused, a connection closed for what its client did) at most once per
-// Every: a client that repeats them must not fill the node's logs. The
-// line after a quiet spell says how many events went unlogged; the
-// metrics count every one.
+// refused, a connection closed for what its client did, a forwarded
+// query's upstream exchange failing) at most once per Every: a client that
+// repeats them must not fill the node's logs. The line after a quiet spell
+// says how many events went unlogged; the metrics count every one.
 package ratelog
 
 import (
@@ -24,8 +24,13 @@ type Limiter struct {
 }
 
 // Log writes the line at level unless one was written within Every; it
-// then counts the event, for the next line to say.
+// then counts the event, for the next line to say. At a level log leaves
+// out it does nothing, and takes no lock: a debug line costs nothing more
+// at the usual level than it did unspaced.
 func (r *Limiter) Log(log *slog.Logger, level slog.Level, msg string, args ...any) {
+	if !log.Enabled(context.Background(), level) {
+		return
+	}
 	r.mu.Lock()
 	clock := time.Now
 	if r.now != nil {

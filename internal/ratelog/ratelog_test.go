@@ -43,3 +43,18 @@ func TestLineAfterAQuietSpell(t *testing.T) {
 		t.Errorf("logged:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 }
+
+// TestLevelLeftOut: at a level the logger leaves out, nothing is logged or
+// counted, and the first line at one it writes is not held back.
+func TestLevelLeftOut(t *testing.T) {
+	var r Limiter
+	var buf bytes.Buffer
+	log := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	for range 3 {
+		r.Log(log, slog.LevelDebug, "failed")
+	}
+	r.Log(log, slog.LevelWarn, "refused")
+	if got := buf.String(); strings.Count(got, "\n") != 1 || !strings.Contains(got, "msg=refused") || strings.Contains(got, "unlogged") {
+		t.Errorf("logged %q, want one line, refused, with nothing unlogged", got)
+	}
+}

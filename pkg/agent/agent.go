@@ -1136,14 +1136,12 @@ func (a *Agent) apply(s *model.Snapshot) {
 	kept := warnings[:min(len(warnings), control.MaxStoredWarnings)]
 	msgs := make([]string, 0, len(kept))
 	for _, w := range kept {
-		a.log.Warn("left out of the name table", "err", w)
 		msgs = append(msgs, w.Error())
 	}
-	if omitted := len(warnings) - len(kept); omitted > 0 {
-		a.log.Warn("more objects left out of the name table; not listing them", "more", omitted)
-	}
+	omitted := len(warnings) - len(kept)
 	a.mu.Lock()
-	a.warnings, a.warningsOmitted = msgs, len(warnings)-len(kept)
+	lastMsgs, lastOmitted := a.warnings, a.warningsOmitted
+	a.warnings, a.warningsOmitted = msgs, omitted
 	switch a.builder.VIPsFrom() {
 	case vip.FromStatus:
 		a.vipsFrom = "istiod's status.addresses"
@@ -1153,6 +1151,7 @@ func (a *Agent) apply(s *model.Snapshot) {
 		a.vipsFrom = "ztdns's allocator"
 	}
 	a.mu.Unlock()
+	a.logWarnings(lastMsgs, lastOmitted, msgs, omitted, warnings)
 	a.log.Info("name table updated", "names", tbl.Len(), "services", len(s.Services), "serviceEntries", len(s.ServiceEntries),
 		"pods", len(s.Pods), "took", took)
 	if !a.ready.Swap(true) {
@@ -1160,6 +1159,46 @@ func (a *Agent) apply(s *model.Snapshot) {
 		// The first build replaces a lot of transient parsing garbage; hand
 		// it back to the OS now rather than whenever the scavenger gets to it.
 		debug.FreeOSMemory()
+	}
+}
+
+// logWarnings logs how the table's warnings changed since the last build
+// (last and lastOmitted, as kept then): each one listed now that was not
+// listed then, the count of those not listed when it changes, and how many
+// listed then are gone. A build repeats every warning that still holds,
+// and a snapshot follows any change in the cluster: logging them all on
+// every build would let whoever may write one bad ServiceEntry fill every
+// node's log. ztdns status lists those kept, ztdns_table_warnings counts
+// them all.
+func (a *Agent) logWarnings(last []string, lastOmitted int, kept []string, omitted int, all []error) {
+	listed := make(map[string]bool, len(last))
+	for _, m := range last {
+		listed[m] = true
+	}
+	for _, m := range kept {
+		if !listed[m] {
+			a.log.Warn("left out of the name table", "err", m)
+		}
+	}
+	if omitted > 0 && omitted != lastOmitted {
+		a.log.Warn("more objects left out of the name table; not listing them", "more", omitted)
+	}
+	if len(last) == 0 {
+		return
+	}
+	// Those listed then and gone now; one still there but no longer among
+	// the first kept is not cleared.
+	for _, m := range kept {
+		delete(listed, m)
+	}
+	for _, w := range all[len(kept):] {
+		if len(listed) == 0 {
+			break
+		}
+		delete(listed, w.Error())
+	}
+	if cleared := len(listed); cleared > 0 {
+		a.log.Info("table warnings cleared", "cleared", cleared, "remaining", len(all))
 	}
 }
 

@@ -202,6 +202,9 @@ type Server struct {
 	// tcpCloseLog logs TCP connections closed for what their client did,
 	// or with replies lost, sparingly: a client may repeat it at will.
 	tcpCloseLog ratelog.Limiter
+	// logs space the slow path's debug lines of what a client can make
+	// happen per query, as tcpCloseLog does: the access log has each one.
+	logs struct{ forwardFailed, packFailed ratelog.Limiter }
 
 	ctx    context.Context // cancelled by Close: ends slow-path work
 	cancel context.CancelFunc

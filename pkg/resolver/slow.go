@@ -2,6 +2,7 @@ package resolver
 
 import (
 	"context"
+	"log/slog"
 	"net/netip"
 	"slices"
 	"strings"
@@ -455,7 +456,7 @@ func (q *slowQuery) forward(ctx context.Context) []byte {
 	}
 	out, from, err := s.opts.Forwarder.ForwardFrom(ctx, msg, q.tcp, upstreams)
 	if err != nil {
-		s.log.Debug("forward failed", "client", q.src, "err", err)
+		s.logs.forwardFailed.Log(s.log, slog.LevelDebug, "forward failed", "client", q.src, "err", err)
 		return dnswire.AppendErrorReply(nil, msg, r, dnswire.RcodeServFail)
 	}
 	q.answeredBy(from) // a SERVFAIL for the source's bytes: from "none", counted
@@ -647,7 +648,7 @@ func (q *slowQuery) pack(reply *dns.Msg) []byte {
 	case err == errTooLarge && !q.tcp:
 		return q.truncated()
 	case err != nil:
-		q.s.log.Debug("packing a reply failed", "client", q.src, "name", string(q.r.Name), "err", err)
+		q.s.logs.packFailed.Log(q.s.log, slog.LevelDebug, "packing a reply failed", "client", q.src, "name", string(q.r.Name), "err", err)
 		return dnswire.AppendErrorReply(nil, q.msg, &q.r, dnswire.RcodeServFail)
 	}
 	return out

@@ -22,6 +22,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/ztdns/ztdns/internal/ratelog"
 	"github.com/ztdns/ztdns/pkg/dnswire"
 	"github.com/ztdns/ztdns/pkg/resolver/quota"
 )
@@ -36,6 +37,11 @@ type Forwarder struct {
 	budget     *quota.Budget // nil: unbounded
 	now        func() time.Time
 	log        *slog.Logger
+	// logs space its debug lines: a client can fail an exchange per query
+	// (an upstream that refuses every one), so each kind is logged at most
+	// once per ratelog.Every, saying how many went unlogged. The metrics
+	// count every one, the access log names each query's client.
+	logs struct{ noUpstream, failed, rcode, notCached ratelog.Limiter }
 
 	maxUpstreamSeries int
 	knownUpstreams    []netip.AddrPort
@@ -318,7 +324,7 @@ func (f *Forwarder) store(key string, reply []byte, from netip.AddrPort, src *qu
 	}
 	s, err := dnswire.ScanReply(reply)
 	if err != nil {
-		f.log.Debug("upstream reply not cached", "error", err)
+		f.logs.notCached.Log(f.log, slog.LevelDebug, "upstream reply not cached", "upstream", from, "error", err)
 		return
 	}
 	lifetime, ok := cacheLifetime(s, f.maxTTL)
@@ -359,7 +365,7 @@ func (a attempt) origin() Origin {
 func (f *Forwarder) resolve(ctx context.Context, query []byte, r dnswire.Query, tcp bool, upstreams []netip.AddrPort, rs *resender) attempt {
 	upstreams = distinctUpstreams(upstreams)
 	if len(upstreams) == 0 {
-		f.log.Debug("no upstream to forward to")
+		f.logs.noUpstream.Log(f.log, slog.LevelDebug, "no upstream to forward to")
 		return attempt{failure: FailureNoUpstream}
 	}
 	src := quota.SourceFrom(ctx) // whose bytes the replies are
@@ -454,7 +460,7 @@ func (f *Forwarder) ask(ctx context.Context, upstream netip.AddrPort, query []by
 		}
 		f.upstreams.attempt(upstream, result)
 		if result != resultCanceled {
-			f.log.Debug("upstream exchange failed", "upstream", upstream, "proto", proto, "result", result, "error", err)
+			f.logs.failed.Log(f.log, slog.LevelDebug, "upstream exchange failed", "upstream", upstream, "proto", proto, "result", result, "error", err)
 		}
 		failure := result
 		if result == resultError && errors.Is(err, syscall.ECONNREFUSED) {
@@ -469,7 +475,7 @@ func (f *Forwarder) ask(ctx context.Context, upstream netip.AddrPort, query []by
 		f.upstreams.attempt(upstream, resultOK)
 	} else {
 		f.upstreams.attempt(upstream, resultServfail)
-		f.log.Debug("upstream answered with an error", "upstream", upstream, "proto", proto, "rcode", rh.Rcode())
+		f.logs.rcode.Log(f.log, slog.LevelDebug, "upstream answered with an error", "upstream", upstream, "proto", proto, "rcode", rh.Rcode())
 	}
 	return attempt{reply: reply, good: good, upstream: upstream}
 }
