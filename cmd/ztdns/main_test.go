@@ -717,6 +717,47 @@ func TestLogCommand(t *testing.T) {
 	}
 }
 
+// TestStatusShowsManifestProblemsOnALineEach: a manifest whose file name
+// or kind holds line breaks and terminal escapes cannot forge a line of
+// `ztdns status` ("Ready: yes-FAKE") or move the cursor over the real
+// ones: each source error is one line, with no ESC in the output.
+func TestStatusShowsManifestProblemsOnALineEach(t *testing.T) {
+	dir := t.TempDir()
+	for name, text := range map[string]string{
+		"evil\n\x1b[2K\x1b[1AReady:\tyes-FAKE.yaml": "kind: Service\nmetadata: [\n",
+		"kind.yaml": "kind: \"\\e[2K\\e[1A\\nReady: yes-FAKE\"\nmetadata: {name: x}\n",
+		"web.yaml":  "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: shop}\nspec: {clusterIP: 10.96.0.20, ports: [{port: 80}]}\n",
+	} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	up := dnstest.Start(t, "127.0.0.1:0", dnstest.Marker(netip.MustParseAddr("203.0.113.99"), netip.MustParseAddr("2001:db8::99")))
+	a := agenttest.Start(t, agent.Config{Source: configdir.New(dir), Upstreams: []netip.AddrPort{up.Addr}, Registry: prometheus.NewRegistry()})
+	var st control.Status
+	agenttest.Eventually(t, 10*time.Second, func() (err error) {
+		if st, err = a.Status(); err == nil && (!st.Ready || len(st.SourceErrors) != 2) {
+			err = fmt.Errorf("want ready with 2 source errors: %+v", st)
+		}
+		return err
+	})
+	for _, format := range []string{"table", "wide"} {
+		out := ok(t, "status", "--socket", a.Socket, "-o", format)
+		if strings.ContainsRune(out, '\x1b') {
+			t.Errorf("ztdns status -o %s prints ESC:\n%q", format, out)
+		}
+		lines := strings.Split(out, "\n")
+		if ready := slices.DeleteFunc(slices.Clone(lines), func(l string) bool { return !strings.Contains(l, "Ready:") || strings.Contains(l, `\`) }); len(ready) != 1 || lines[0] != "Ready:          yes" {
+			t.Errorf("ztdns status -o %s: want one Ready line, first, saying yes:\n%s", format, out)
+		}
+		first := slices.IndexFunc(lines, func(l string) bool { return strings.HasPrefix(l, "Source errors:") })
+		if first < 0 || first+2 >= len(lines) || strings.HasPrefix(lines[first+1], "Source errors:") ||
+			!strings.HasPrefix(lines[first+1], "                /") || strings.HasPrefix(lines[first+2], " ") {
+			t.Errorf("ztdns status -o %s: want the 2 source errors on a line each:\n%s", format, out)
+		}
+	}
+}
+
 // TestAgentRefusesPluginConfig: a policy or a --socket the CNI plugin would
 // refuse in its conflist entry (failing every pod's ADD, under allow too)
 // is a usage error, before anything is installed.
