@@ -25,7 +25,7 @@ func (e *FileError) Error() string {
 }
 
 // quoted is a string from the directory (a file's name, a manifest's
-// kind or name) as a message shows it: as it is when %q would show it
+// kind) as a message shows it: as it is when %q would show it
 // the same between its quotes, else as %q shows it. A name like
 // "evil\n\x1b[1AReady: yes.yaml" then cannot put a line or a terminal
 // escape into `ztdns status`, while "bad.yaml:7" stays as editors read it.
