@@ -250,6 +250,9 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"agent"}, "ztdns agent: no source: give --config-dir, or --kubeconfig, or run in a pod: in-cluster Kubernetes config (give --kubeconfig when not running in a pod): unable to load in-cluster configuration, KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT must be defined"},
 		{[]string{"capture", "add", "--socket", noAgent, "--netns", "./x"}, `ztdns capture add: netns "./x" is not an absolute path`},
 		{[]string{"capture", "del", "--socket", noAgent, "--netns", "x"}, `ztdns capture del: netns "x" is not an absolute path`},
+		{[]string{"capture", "add", "--socket", noAgent, "--netns", "/run/netns/\xff"}, `ztdns capture add: netns "/run/netns/\xff": want printable UTF-8 characters`},
+		{[]string{"capture", "del", "--socket", noAgent, "--netns", "/run/netns/\x1b[2K"}, `ztdns capture del: netns "/run/netns/\x1b[2K": want printable UTF-8 characters`},
+		{[]string{"capture", "add", "--socket", noAgent, "--netns", "/run/netns/x", "--name", "web\xfe"}, `ztdns capture add: name "web\xfe": at most 4096 printable characters`},
 		{[]string{"capture", "add", "--socket", noAgent, "--netns", "/run/netns/x", "-n", "BAD_NS"},
 			`ztdns capture add: namespace "BAD_NS": a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')`},
 		{[]string{"completion", "nosh"}, `ztdns completion: unknown command "nosh" for "ztdns completion"`},
@@ -714,6 +717,47 @@ func TestLogCommand(t *testing.T) {
 	}
 	if got := status(); got != "off (to the test's buffer when on)" {
 		t.Errorf("after usage errors, ztdns status: access log %q", got)
+	}
+}
+
+// TestStatusShowsManifestProblemsOnALineEach: a manifest whose file name
+// or kind holds line breaks and terminal escapes cannot forge a line of
+// `ztdns status` ("Ready: yes-FAKE") or move the cursor over the real
+// ones: each source error is one line, with no ESC in the output.
+func TestStatusShowsManifestProblemsOnALineEach(t *testing.T) {
+	dir := t.TempDir()
+	for name, text := range map[string]string{
+		"evil\n\x1b[2K\x1b[1AReady:\tyes-FAKE.yaml": "kind: Service\nmetadata: [\n",
+		"kind.yaml": "kind: \"\\e[2K\\e[1A\\nReady: yes-FAKE\"\nmetadata: {name: x}\n",
+		"web.yaml":  "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: shop}\nspec: {clusterIP: 10.96.0.20, ports: [{port: 80}]}\n",
+	} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	up := dnstest.Start(t, "127.0.0.1:0", dnstest.Marker(netip.MustParseAddr("203.0.113.99"), netip.MustParseAddr("2001:db8::99")))
+	a := agenttest.Start(t, agent.Config{Source: configdir.New(dir), Upstreams: []netip.AddrPort{up.Addr}, Registry: prometheus.NewRegistry()})
+	var st control.Status
+	agenttest.Eventually(t, 10*time.Second, func() (err error) {
+		if st, err = a.Status(); err == nil && (!st.Ready || len(st.SourceErrors) != 2) {
+			err = fmt.Errorf("want ready with 2 source errors: %+v", st)
+		}
+		return err
+	})
+	for _, format := range []string{"table", "wide"} {
+		out := ok(t, "status", "--socket", a.Socket, "-o", format)
+		if strings.ContainsRune(out, '\x1b') {
+			t.Errorf("ztdns status -o %s prints ESC:\n%q", format, out)
+		}
+		lines := strings.Split(out, "\n")
+		if ready := slices.DeleteFunc(slices.Clone(lines), func(l string) bool { return !strings.Contains(l, "Ready:") || strings.Contains(l, `\`) }); len(ready) != 1 || lines[0] != "Ready:          yes" {
+			t.Errorf("ztdns status -o %s: want one Ready line, first, saying yes:\n%s", format, out)
+		}
+		first := slices.IndexFunc(lines, func(l string) bool { return strings.HasPrefix(l, "Source errors:") })
+		if first < 0 || first+2 >= len(lines) || strings.HasPrefix(lines[first+1], "Source errors:") ||
+			!strings.HasPrefix(lines[first+1], "                /") || strings.HasPrefix(lines[first+2], " ") {
+			t.Errorf("ztdns status -o %s: want the 2 source errors on a line each:\n%s", format, out)
+		}
 	}
 }
 

@@ -6,9 +6,12 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/spf13/cobra"
 	"sigs.k8s.io/yaml"
@@ -145,11 +148,40 @@ func printList[T any](w io.Writer, format string, rows []T, cols []column[T]) er
 		fmt.Fprintln(w, strings.Join(cells, "\t"))
 		for _, r := range rows {
 			for i, c := range cols {
-				cells[i] = c.value(r, wide)
+				cells[i] = shown(c.value(r, wide))
 			}
 			fmt.Fprintln(w, strings.Join(cells, "\t"))
 		}
 	})
+}
+
+// shown is a value from the agent (a file's name in an error, a pod's
+// name, a netns path) as a table shows it: a character that is not
+// printable (a control character, a tab, a line break, a terminal escape)
+// is written as Go escapes it (\x1b, \t, \n, \u202e), and an octet that is
+// not UTF-8 as \xff. No value then splits a line or a column, moves the
+// cursor or rewrites what the terminal shows: a file named
+// "evil\n\x1b[1AReady:\tyes.yaml" cannot forge a "Ready:" line. -o json
+// and -o yaml escape what they must themselves.
+func shown(s string) string {
+	if utf8.ValidString(s) && !strings.ContainsFunc(s, func(r rune) bool { return !unicode.IsPrint(r) }) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); {
+		r, n := utf8.DecodeRuneInString(s[i:])
+		switch {
+		case r == utf8.RuneError && n == 1:
+			fmt.Fprintf(&b, `\x%02x`, s[i])
+		case !unicode.IsPrint(r):
+			q := strconv.QuoteRune(r)
+			b.WriteString(q[1 : len(q)-1])
+		default:
+			b.WriteString(s[i : i+n])
+		}
+		i += n
+	}
+	return b.String()
 }
 
 // shortList joins values with commas; in a table (not wide) it shows the

@@ -26,15 +26,16 @@ func newStatusCmd() *cobra.Command {
 const statusShownWarnings = 5
 
 // statusTable writes st as "Field:<tab>value" lines; a list continues on
-// lines of its own in the value column.
+// lines of its own in the value column. Values are shown escaped (shown):
+// one line each, whatever a manifest's file name or an error holds.
 func statusTable(w io.Writer, st control.Status, wide bool) {
-	line := func(field, value string) { fmt.Fprintf(w, "%s:\t%s\n", field, value) }
+	line := func(field, value string) { fmt.Fprintf(w, "%s:\t%s\n", field, shown(value)) }
 	list := func(field string, values []string) {
 		for i, v := range values {
 			if i == 0 {
 				line(field, v)
 			} else {
-				fmt.Fprintf(w, "\t%s\n", v)
+				fmt.Fprintf(w, "\t%s\n", shown(v))
 			}
 		}
 	}

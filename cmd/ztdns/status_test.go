@@ -94,3 +94,36 @@ func TestPodsTableShowsNameserverSlots(t *testing.T) {
 		}
 	}
 }
+
+// TestTablesEscapeWhatTheyCannotShow: whatever the agent reports (a
+// source error naming a file, a pod's name, a netns path), `ztdns status`
+// and the lists print it on its own line and in its own column, with
+// control characters, tabs, line breaks and octets that are not UTF-8
+// escaped: no ESC reaches the terminal.
+func TestTablesEscapeWhatTheyCannotShow(t *testing.T) {
+	var status strings.Builder
+	statusTable(&status, control.Status{Ready: true, SourceErrors: []string{
+		"/etc/ztdns/a\x1b[2K\nReady:\tyes.yaml:3: bad",
+		"/etc/ztdns/b.yaml: \xff\u202e",
+	}}, false)
+	if want := "Source errors:\t/etc/ztdns/a\\x1b[2K\\nReady:\\tyes.yaml:3: bad\n\t/etc/ztdns/b.yaml: \\xff\\u202e\n"; !strings.HasSuffix(status.String(), want) {
+		t.Errorf("status does not end with %q:\n%q", want, status.String())
+	}
+	if strings.Count(status.String(), "Ready:") != 2 || !strings.HasPrefix(status.String(), "Ready:\tyes\n") {
+		t.Errorf("status has more than its own Ready line:\n%s", status.String())
+	}
+
+	var pods strings.Builder
+	rows := []control.PodRow{{Namespace: "shop", Name: "web\x1b]0;owned\a\tx\n", NetnsPath: "/run/netns/\xfe"}}
+	if err := printList(&pods, "wide", rows, podColumns); err != nil {
+		t.Fatal(err)
+	}
+	if strings.ContainsAny(pods.String(), "\x1b\a\t\xfe") || strings.Count(pods.String(), "\n") != 2 {
+		t.Errorf("ztdns pods -o wide prints raw control characters or more than 2 lines:\n%q", pods.String())
+	}
+	for _, want := range []string{`web\x1b]0;owned\a\tx\n`, `/run/netns/\xfe`} {
+		if !strings.Contains(pods.String(), want) {
+			t.Errorf("ztdns pods -o wide lacks %q:\n%s", want, pods.String())
+		}
+	}
+}

@@ -36,7 +36,10 @@ type Entry struct {
 	// Namespace and Pod name the pod behind Client; empty for an address
 	// that is no known pod.
 	Namespace, Pod string
-	// Name is the question's name, lower case, with its trailing dot.
+	// Name is the question's name, lower case, with its trailing dot, in
+	// presentation form: what a label holds that would read as something
+	// else (a dot, a backslash, a space, a control or non-ASCII octet) is
+	// escaped, as dnswire.Question.Name is.
 	Name  string
 	Type  uint16
 	Proto string // "udp" or "tcp"

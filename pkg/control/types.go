@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"unicode"
+	"unicode/utf8"
 
 	"github.com/containernetworking/cni/pkg/utils"
 	"k8s.io/apimachinery/pkg/util/validation"
@@ -325,8 +326,10 @@ func validNetnsPath(p string) error {
 		return errors.New("netns is required")
 	case len(p) > maxPath:
 		return fmt.Errorf("netns path of %d bytes, more than %d", len(p), maxPath)
-	case !filepath.IsAbs(p) || !printable(p):
+	case !filepath.IsAbs(p):
 		return fmt.Errorf("netns %q is not an absolute path", clip(p))
+	case !printable(p):
+		return fmt.Errorf("netns %q: want printable UTF-8 characters", clip(p))
 	}
 	return nil
 }
@@ -371,8 +374,13 @@ func (r *CNIAddRequest) KeepPodAddrs() {
 	r.IPs = ips
 }
 
+// printable reports whether s is UTF-8 of printable characters: what the
+// agent shows (`ztdns pods`) as it is. An octet that is not UTF-8 would
+// decode to U+FFFD, which is printable, yet reach a terminal raw, and
+// become U+FFFD in JSON: on the way to the agent, a name or path other
+// than the one given.
 func printable(s string) bool {
-	return !strings.ContainsFunc(s, func(r rune) bool { return !unicode.IsPrint(r) })
+	return utf8.ValidString(s) && !strings.ContainsFunc(s, func(r rune) bool { return !unicode.IsPrint(r) })
 }
 
 // clip shortens a value quoted in an error message.

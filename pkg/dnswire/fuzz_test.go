@@ -58,6 +58,16 @@ func FuzzParseQuery(f *testing.F) {
 		if q.Plain && !bytes.Equal(AppendName(nil, string(q.Name)), AppendLower(nil, msg[HeaderLen:q.NameEnd])) {
 			t.Fatalf("name %q does not spell % x", q.Name, msg[HeaderLen:q.NameEnd])
 		}
+		// Escaped or not, the name reads back (as miekg/dns reads
+		// presentation form) as the one asked, and holds nothing but
+		// printable ASCII.
+		wire := make([]byte, maxNameLen)
+		if n, err := dns.PackDomainName(string(q.Name), wire, 0, nil, false); err != nil || !bytes.Equal(wire[:n], AppendLower(nil, msg[HeaderLen:q.NameEnd])) {
+			t.Fatalf("name %q reads back as % x (%v); want % x", q.Name, wire[:n], err, msg[HeaderLen:q.NameEnd])
+		}
+		if i := bytes.IndexFunc(q.Name, func(r rune) bool { return r <= ' ' || r >= 0x7f }); i >= 0 {
+			t.Fatalf("name %q holds %#x", q.Name, q.Name[i])
+		}
 		if m := new(dns.Msg); m.Unpack(msg) == nil {
 			if m.Id != q.ID || m.Opcode != q.Opcode() || m.Question[0].Qtype != q.Type || m.Question[0].Qclass != q.Class {
 				t.Fatalf("miekg/dns reads %v; we read %+v", m, q)

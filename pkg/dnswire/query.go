@@ -2,10 +2,11 @@ package dnswire
 
 import "encoding/binary"
 
-// NameBuf holds a name in presentation form with its trailing dot, which is
-// at most 254 octets (maxNameLen-1). The caller owns it: a query path that keeps
+// NameBuf holds a name in presentation form with its trailing dot: at most
+// 254 octets (maxNameLen-1) for a plain name, four times that when every
+// octet has to be written \DDD. The caller owns it: a query path that keeps
 // one per socket reads names without allocating.
-type NameBuf [maxNameLen]byte
+type NameBuf [4 * (maxNameLen - 1)]byte
 
 // Question is the single question of a message.
 type Question struct {
@@ -15,12 +16,17 @@ type Question struct {
 	NameEnd, End int
 	// Name is the name in lower-case presentation form with a trailing dot
 	// ("www.example.com.", "." for the root), in the caller's NameBuf; nil
-	// when the caller gave none.
+	// when the caller gave none. An octet that would read as something else
+	// is escaped as dig writes it: a dot inside a label as "\.", a
+	// backslash as "\\", a space, a control or non-ASCII octet as "\DDD" in
+	// decimal. So the single label "a.b" reads `a\.b.`, not "a.b." as the
+	// two labels do, and a name never carries raw octets into a log line or
+	// a terminal. miekg/dns reads it back to the same name (it writes a
+	// space "\ ", and also escapes ' @ ; ( ) ", which end no label).
 	Name []byte
-	// Plain is false when a label holds an octet that presentation form
-	// would have to escape (a dot, a backslash, a space, a control or
-	// non-ASCII octet): no name built from Kubernetes objects looks like
-	// that. Only read with a NameBuf; true without one.
+	// Plain is false when a label holds an octet that Name escapes: no name
+	// built from Kubernetes objects looks like that. Only read with a
+	// NameBuf; true without one.
 	Plain bool
 }
 
@@ -50,8 +56,15 @@ func readQuestion(msg []byte, q *Question, name *NameBuf) error {
 				switch {
 				case 'A' <= c && c <= 'Z':
 					c += 'a' - 'A'
-				case c == '.' || c == '\\' || c <= ' ' || c >= 0x7f:
+				case c == '.' || c == '\\':
 					plain = false
+					name[n] = '\\'
+					n++
+				case c <= ' ' || c >= 0x7f:
+					plain = false
+					name[n], name[n+1], name[n+2] = '\\', '0'+c/100, '0'+c/10%10
+					n += 3
+					c = '0' + c%10
 				}
 				name[n] = c
 				n++

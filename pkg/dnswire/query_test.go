@@ -17,7 +17,8 @@ func TestParseQuery(t *testing.T) {
 		name string
 		msg  *dns.Msg
 		want Query // Name and Plain are checked through wantName
-		// wantName is the folded name, "" when it is not plain.
+		// wantName is the folded name in presentation form; it is plain
+		// when nothing in it is escaped.
 		wantName string
 	}{
 		{"plain", newMsg("www.example.com.", dns.TypeA),
@@ -39,7 +40,10 @@ func TestParseQuery(t *testing.T) {
 			"example.com."},
 		{"a label holding a dot is not plain", newMsg(`a\.b.example.`, dns.TypeA),
 			Query{Header: Header{ID: 0xBEEF, Flags: FlagRD, QDCount: 1}, Question: Question{Type: dns.TypeA, Class: dns.ClassINET, NameEnd: 25, End: 29}},
-			""},
+			`a\.b.example.`},
+		{"a backslash, a space, control and non-ASCII octets are escaped", newMsg(`X\\\032\027[2k\010\255.example.`, dns.TypeA),
+			Query{Header: Header{ID: 0xBEEF, Flags: FlagRD, QDCount: 1}, Question: Question{Type: dns.TypeA, Class: dns.ClassINET, NameEnd: 31, End: 35}},
+			`x\\\032\027[2k\010\255.example.`},
 		{"OPT not owned by the root is no EDNS", newMsg("a.example.", dns.TypeA, withEDNS(true), func(m *dns.Msg) { m.Extra[0].Header().Name = "x." }),
 			Query{Header: Header{ID: 0xBEEF, Flags: FlagRD, QDCount: 1, ARCount: 1}, Question: Question{Type: dns.TypeA, Class: dns.ClassINET, NameEnd: 23, End: 27}},
 			"a.example."},
@@ -56,7 +60,7 @@ func TestParseQuery(t *testing.T) {
 			if err := ParseQuery(msg, &q, &buf); err != nil {
 				t.Fatalf("ParseQuery: %v", err)
 			}
-			if q.Plain != (tc.wantName != "") || (q.Plain && string(q.Name) != tc.wantName) {
+			if q.Plain != !strings.Contains(tc.wantName, `\`) || string(q.Name) != tc.wantName {
 				t.Errorf("name %q (plain %v), want %q", q.Name, q.Plain, tc.wantName)
 			}
 			if q.Len != len(msg) {

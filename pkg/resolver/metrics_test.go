@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"maps"
 	"net/netip"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus"
@@ -42,8 +44,14 @@ func startMetricsServer(t *testing.T, opts Options) *metricsServer {
 // to the returned buffer until the test ends.
 func startAccessLog(t *testing.T) (*accesslog.Log, *testenv.Log) {
 	t.Helper()
+	return startAccessLogIn(t, "json")
+}
+
+// startAccessLogIn is startAccessLog writing format ("text" or "json").
+func startAccessLogIn(t *testing.T, format string) (*accesslog.Log, *testenv.Log) {
+	t.Helper()
 	buf := &testenv.Log{}
-	al, err := accesslog.New(buf, "test", "json", 0)
+	al, err := accesslog.New(buf, "test", format, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -260,6 +268,63 @@ func TestAccessLogLines(t *testing.T) {
 		if got != w {
 			t.Errorf("line %d: %+v\nwant %+v", i, got, w)
 		}
+	}
+}
+
+// TestAccessLogEscapesNames: a name whose labels hold a dot, a control or
+// a non-ASCII octet is logged in presentation form as dig writes it, in
+// either format, from the slow path (which forwards such names) and the
+// fast one (a FORMERR): the single label "a.b" does not read as the two
+// labels "a.b." do, two names that differ only in non-UTF-8 octets do
+// not both read as U+FFFD, and no raw control octet reaches an
+// operator's terminal, not even through `jq -r`.
+func TestAccessLogEscapesNames(t *testing.T) {
+	up := dnstest.Start(t, "127.0.0.1:0", dnstest.ZoneOf(t, "who.example. 300 IN A 203.0.113.7")).Addr
+	names := []string{`a\.b.`, `\255.`, `\254.`, `x\027[2k\010\\.`}
+	nameField := regexp.MustCompile(` name=(\S+)`)
+	for _, format := range []string{"text", "json"} {
+		t.Run(format, func(t *testing.T) {
+			al, buf := startAccessLogIn(t, format)
+			ls := startLimitsServer(t, Options{AccessLog: al}, up, up)
+			for _, name := range names {
+				if r := ls.ask(t, victimIP, "udp", name); r != nil && r.Question[0].Name != name {
+					t.Errorf("asked %s, the reply's question is %s", name, r.Question[0].Name)
+				}
+			}
+			twoOPT := new(dns.Msg)
+			twoOPT.SetQuestion(`a\.b.`, dns.TypeA)
+			twoOPT.SetEdns0(1232, false)
+			twoOPT.Extra = append(twoOPT.Extra, twoOPT.Extra[0])
+			if r, err := ls.tryExchange(victimIP, "udp", twoOPT); err != nil || r.Rcode != dns.RcodeFormatError {
+				t.Errorf("a query with two OPT records: %v, %v; want FORMERR", r, err)
+			}
+			want := append([]string{tableName}, names...) // startLimitsServer's first
+			want = append(want, `a\.b.`)
+			var got []string
+			testenv.Eventually(t, 30*time.Second, fmt.Sprintf("%d access log lines", len(want)), func() bool {
+				got = nil
+				for _, l := range strings.Split(strings.TrimSpace(buf.String()), "\n") {
+					if i := strings.IndexFunc(l, func(r rune) bool { return r < ' ' || r == 0x7f || r == utf8.RuneError }); i >= 0 {
+						t.Fatalf("access log line %q holds %q", l, l[i:])
+					}
+					var name string
+					if format == "json" {
+						var line accessLine
+						if err := json.Unmarshal([]byte(l), &line); err != nil {
+							t.Fatalf("access log line %q: %v", l, err)
+						}
+						name = line.Name
+					} else if m := nameField.FindStringSubmatch(l); m != nil {
+						name = m[1]
+					}
+					got = append(got, name)
+				}
+				return len(got) >= len(want)
+			})
+			if !slices.Equal(got, want) {
+				t.Errorf("access log names:\n%q\nwant\n%q\nlog:\n%s", got, want, buf.String())
+			}
+		})
 	}
 }
 

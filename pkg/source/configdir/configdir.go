@@ -410,7 +410,7 @@ func fairShare(dir string, errs []error, limit int) []error {
 		left += problemsIn(err)
 		if p := pathOf(err); !named[p] {
 			named[p] = true
-			files = append(files, relTo(dir, p))
+			files = append(files, quoted(relTo(dir, p)))
 		}
 	}
 	in := strings.Join(files[:min(len(files), maxNamedFiles)], ", ")

@@ -3,6 +3,7 @@ package configdir
 import (
 	"errors"
 	"fmt"
+	"strconv"
 )
 
 // FileError is a problem found in one manifest file, located by line so an
@@ -18,9 +19,21 @@ type FileError struct {
 
 func (e *FileError) Error() string {
 	if e.Line > 0 {
-		return fmt.Sprintf("%s:%d: %v", e.Path, e.Line, e.Err)
+		return fmt.Sprintf("%s:%d: %v", quoted(e.Path), e.Line, e.Err)
 	}
-	return fmt.Sprintf("%s: %v", e.Path, e.Err)
+	return fmt.Sprintf("%s: %v", quoted(e.Path), e.Err)
+}
+
+// quoted is a string from the directory (a file's name, a manifest's
+// kind) as a message shows it: as it is when %q would show it
+// the same between its quotes, else as %q shows it. A name like
+// "evil\n\x1b[1AReady: yes.yaml" then cannot put a line or a terminal
+// escape into `ztdns status`, while "bad.yaml:7" stays as editors read it.
+func quoted(s string) string {
+	if q := strconv.Quote(s); q[1:len(q)-1] != s {
+		return q
+	}
+	return s
 }
 
 func (e *FileError) Unwrap() error { return e.Err }

@@ -795,3 +795,22 @@ spec:
 		t.Errorf("table warnings %v, want one for each of \"*foo.example\" and \"*\"", warnings)
 	}
 }
+
+// TestErrorsQuoteWhatTheyCannotShow: a file's name or a kind that holds a
+// line break, a control character or a terminal escape is quoted (%q) in
+// the error that names it, which `ztdns status` prints: a file named
+// "evil\n\x1b[1AReady:\tyes.yaml" cannot put a line of its own there.
+// Names that need no quoting stay as they are ("ok.yaml:8").
+func TestErrorsQuoteWhatTheyCannotShow(t *testing.T) {
+	evil := "evil\n\x1b[2K\x1b[1AReady:\tyes-FAKE.yaml"
+	dir, _, errs := loadFiles(t, map[string]string{
+		evil:        "kind: Service\nmetadata: [\n",
+		"kind.yaml": goodNamespace + "kind: \"\\e[2K\\nReady: yes-FAKE\"\nmetadata: {name: x}\n",
+		"ok.yaml":   goodNamespace + "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: shop}\nspec: {clusterIP: 10.96.0.256, ports: [{port: 80}]}\n",
+	})
+	wantErrors(t, errs, []string{
+		strconv.Quote(filepath.Join(dir, evil)) + `:2: invalid YAML: did not find expected node content`,
+		filepath.Join(dir, "kind.yaml") + `:5: "\x1b[2K\nReady: yes-FAKE": missing apiVersion`,
+		filepath.Join(dir, "ok.yaml") + `:8: service shop/web: clusterIP "10.96.0.256" is not an IP address`,
+	})
+}

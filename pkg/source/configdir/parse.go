@@ -282,7 +282,7 @@ func (p parser) parseObject(pr *problems, raw []byte, loc *locator, at []int, m 
 		fail(errors.New("missing kind"))
 		return
 	case h.APIVersion == "":
-		fail(fmt.Errorf("%s: missing apiVersion", h.Kind))
+		fail(fmt.Errorf("%s: missing apiVersion", quoted(h.Kind)))
 		return
 	case h.Kind == "List" && len(at) >= maxListDepth:
 		// Refused before its items are decoded.

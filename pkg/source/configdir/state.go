@@ -397,7 +397,7 @@ func (st *state) resolve() (changed bool) {
 				if other, ok := owners[o.id]; ok && other.file != f {
 					blockers[filepath.Base(other.file.path)] = true
 					conflicts.addWith(func() (int, error) {
-						return o.line, fmt.Errorf("%s is already defined at %s:%d", o.id, other.file.path, other.line)
+						return o.line, fmt.Errorf("%s is already defined at %s:%d", o.id, quoted(other.file.path), other.line)
 					})
 				}
 			}
