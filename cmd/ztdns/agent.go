@@ -119,6 +119,7 @@ directory of YAML manifests (--config-dir).`,
 	excludeNamespaces := fs.StringSlice("exclude-namespaces", []string{"kube-system"}, "`NAMESPACES`, comma-separated, whose pods are never captured, whatever their labels: istio-cni's excludeNamespaces, whose pods Istio never enrolls (empty: none)")
 	nodeName := fs.String("node-name", os.Getenv("NODE_NAME"), "this node's name: the pods the agent watches and adopts (default $NODE_NAME)")
 	podUID := fs.String("pod-uid", os.Getenv("POD_UID"), "the UID of the agent's pod: a hand-over refuses the pod it took over from, whose container restarted (default $POD_UID; empty outside Kubernetes)")
+	generation := fs.String("pod-template-generation", os.Getenv("POD_TEMPLATE_GENERATION"), "the pod-template-generation label of the agent's pod, `N`: a hand-over refuses an agent of a lower one, an older release's (default $POD_TEMPLATE_GENERATION; empty outside Kubernetes: no order)")
 	cniInstall := fs.Bool("cni-install", false, "install the chained CNI plugin into --cni-conf-dir and keep it there")
 	cniBinDir := fs.String("cni-bin-dir", "/opt/cni/bin", "the container runtime's CNI plugin `DIR`")
 	cniConfDir := fs.String("cni-conf-dir", "/etc/cni/net.d", "the container runtime's CNI configuration `DIR`")
@@ -154,6 +155,12 @@ directory of YAML manifests (--config-dir).`,
 		} {
 			if f.n < 0 {
 				return usagef("--%s %s: want 0 or more", f.name, fs.Lookup(f.name).Value)
+			}
+		}
+		var podGeneration uint64
+		if *generation != "" {
+			if podGeneration, err = strconv.ParseUint(*generation, 10, 64); err != nil || podGeneration == 0 {
+				return usagef("--pod-template-generation %q: want the pod's pod-template-generation label, a number from 1, or empty", *generation)
 			}
 		}
 		if *podQPS < 0 {
@@ -297,6 +304,7 @@ directory of YAML manifests (--config-dir).`,
 			ExcludeNamespaces: namespaceList(*excludeNamespaces),
 			NodeName:          *nodeName,
 			PodUID:            *podUID,
+			Generation:        podGeneration,
 			ProcRoot:          *procRoot,
 			CNI:               cniCfg,
 			Source:            src,

@@ -88,6 +88,14 @@ type Config struct {
 	// from (see handoff.go). Empty outside Kubernetes: an identity of this
 	// process, so a restarted agent is not refused.
 	PodUID string
+	// Generation is the pod-template-generation label of the agent's pod
+	// (the chart's POD_TEMPLATE_GENERATION, from the downward API): the
+	// DaemonSet controller raises it with every change of the pod
+	// template, a `helm rollback` included. An agent refuses to hand over
+	// to one of a lower generation: an older release's pod, its container
+	// restarted (see handoff.go). 0 outside Kubernetes: no order, as
+	// before.
+	Generation uint64
 	// ProcRoot is the node's proc filesystem (default /proc): where the
 	// agent finds running pods' network namespaces and the node's own
 	// (PID 1's). In a pod without hostPID, the node's /proc mounted
@@ -352,7 +360,17 @@ func (a *Agent) run(ctx context.Context) error {
 	}
 	// Take over a running agent's sockets, if there is one, before binding:
 	// a restart then loses no query (see handoff.go).
-	in, err := takeOver(a.cfg.Socket, a.id, a.log)
+	in, err := takeOver(a.cfg.Socket, a.id, a.cfg.Generation, a.log)
+	if errors.Is(err, errRefusedOlder) {
+		// An older release's pod, its container restarted after the newer
+		// one's agent started (with or without a hand-over): taking the
+		// node would leave the newer agent idle, and the node without a
+		// resolver once the rollout deleted this pod.
+		a.server.Close()
+		a.fwd.Close()
+		return fmt.Errorf("the agent serving the node (at %s) is of a later pod template generation, a newer release's, and keeps serving: "+
+			"this agent, an older release's, serves nothing and exits; the rollout deletes its pod: %w", handoffPath(a.cfg.Socket), err)
+	}
 	if errors.Is(err, errRefusedRestart) {
 		// This agent's pod handed the node over, and its container was
 		// restarted (OOM-killed, its liveness probe) before the pod was
@@ -507,7 +525,7 @@ func (a *Agent) run(ctx context.Context) error {
 	}
 	go func() { <-ctx.Done(); hs.Close() }()
 	g.spawn("handoff", func() error {
-		to, err := offerSockets(ctx, hs, a.log, identities{self: a.id, predecessor: a.predecessor}, a.handoffSockets, a.successorAsking, func(takesControl bool) {
+		to, err := offerSockets(ctx, hs, a.log, identities{self: a.id, predecessor: a.predecessor, generation: a.cfg.Generation}, a.handoffSockets, a.successorAsking, func(takesControl bool) {
 			a.log.Info("handing the resolver's sockets to a new agent; this one stops serving")
 			// The control socket first, while this agent still acts on
 			// what it is asked: it stops accepting, and answers a request

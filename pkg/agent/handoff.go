@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -33,8 +34,10 @@ import (
 //
 // The exchange, one line each way:
 //
-//	new → old: "takeover ID"       (ID: the new agent's identity, see below)
-//	old → new: JSON {agent, sockets: [{network, addr}…]}, with the file
+//	new → old: "takeover2 ID generation=N" (ID: the new agent's identity,
+//	           N its pod template generation, see below), or, from an
+//	           agent without a generation, "takeover ID"
+//	old → new: JSON {agent, generation, sockets: [{network, addr}…]}, with the file
 //	           descriptors attached (at most maxHandoffFDs; the rest follow in
 //	           one-byte messages); or {refused} or {error}, with none
 //	new → old: "serving"           (new reads from the sockets now)
@@ -91,6 +94,33 @@ import (
 // pod's deletion would leave the node without a resolver. A later
 // take-over, by this agent's successor, replaces the record; asked by any
 // agent but its predecessor, an agent hands over as ever.
+//
+// Agents are ordered too, in Kubernetes: by the pod-template-generation
+// label of their pod (Config.Generation, the chart's
+// POD_TEMPLATE_GENERATION), which the DaemonSet controller raises with
+// every change of the pod template, a `helm rollback` included (it writes
+// the old template anew). An agent refuses to hand over to an agent of a
+// lower generation ({refused}, errRefusedOlder), whether or not it took
+// over from it: in a rolling update the old pod's container may be dead
+// (crash-looping, OOM-killed: just when a fix is rolled out) as the new
+// pod's agent starts, which then starts afresh, takes over from nobody and
+// records no predecessor. Handed the node when the old pod's container
+// restarted, it would sit idle, its pod ready on the shared probe port,
+// and the rollout would delete the old pod: the node would fail open,
+// with no resolver until the new agent noticed and the kubelet restarted
+// it, again at every crash of the old one. An agent of the same
+// generation (a container restarted, a pod deleted and made anew) or a
+// higher one is handed the node as ever, and so is one that tells none
+// (outside Kubernetes, or from before generations: an agent of an older
+// release restarted in the update that first brings generations is not
+// refused, and a rollback to a release from before them takes over as it
+// did); an agent without a generation refuses no generation.
+//
+// An agent from before generations ignores "takeover2 ID generation=N"
+// and closes the connection: the new agent then asks again with
+// "takeover ID", and tells no generation; the running agent's refusals by
+// identity (its predecessor) still apply. Further fields of "takeover2"
+// are KEY=VALUE after the identity; an agent ignores keys it does not know.
 //
 // An agent from before the control socket's hand-over ignores "takeover
 // ID" and closes the connection: the new agent then asks again with
@@ -155,6 +185,11 @@ var errPeerNotRoot = errors.New("refused")
 // hand-over, and the new agent keeps the node.
 var errRefusedRestart = errors.New("the running agent took over from this agent's pod")
 
+// errRefusedOlder is takeOver's error when the running agent is of a later
+// pod template generation than this agent: this agent is the older
+// release's, and the newer one keeps the node.
+var errRefusedOlder = errors.New("the running agent is of a later pod template generation")
+
 // errNoAnswer is a running agent that closed the connection without a
 // word: one from before the control socket's hand-over, which ignores
 // "takeover ID", or from before identities, which ignores "sockets ID".
@@ -166,9 +201,10 @@ var errSuccessorGone = errors.New("the agent this one handed the node over to ha
 
 // The greetings of a successor, newest first (see the exchange above).
 const (
-	greetTakeover = "takeover " // + identity: takes the control socket, holds the connection
-	greetSockets  = "sockets "  // + identity
-	greetBare     = "sockets"
+	greetTakeover2 = "takeover2 " // + identity and " KEY=VALUE" fields (generation): as "takeover"
+	greetTakeover  = "takeover "  // + identity: takes the control socket, holds the connection
+	greetSockets   = "sockets "   // + identity
+	greetBare      = "sockets"
 )
 
 // maxIdentityLen bounds an identity on the wire (a pod's UID is 36 bytes).
@@ -313,9 +349,13 @@ func readRecord(path string) ([]byte, error) {
 // offerReply is a running agent's answer to a successor that said who it
 // is: its own identity and the sockets, or why it hands nothing over.
 type offerReply struct {
-	Agent   string       `json:"agent,omitempty"`
-	Sockets []socketDesc `json:"sockets,omitempty"`
-	// Refused says why the successor is refused (errRefusedRestart).
+	Agent string `json:"agent,omitempty"`
+	// Generation is the running agent's pod template generation (0: none):
+	// a refused successor tells by it why.
+	Generation uint64       `json:"generation,omitempty"`
+	Sockets    []socketDesc `json:"sockets,omitempty"`
+	// Refused says why the successor is refused (errRefusedRestart,
+	// errRefusedOlder).
 	Refused string `json:"refused,omitempty"`
 	// Error is why the running agent could not list its sockets.
 	Error string `json:"error,omitempty"`
@@ -323,9 +363,12 @@ type offerReply struct {
 
 // identities are who the agents of a hand-over are: self, the agent that
 // offers its sockets, and predecessor, the agent self took over from
-// (empty: none, or one from before identities), which is refused.
+// (empty: none, or one from before identities), which is refused, as is
+// an agent of a generation below self's generation (0: none, which
+// refuses no generation).
 type identities struct {
 	self, predecessor string
+	generation        uint64
 }
 
 // handoffPath is where an agent offers its sockets to its successor.
@@ -368,29 +411,41 @@ type inherited struct {
 	from string
 }
 
-// takeOver asks a running agent for its sockets, saying that self asks. It
-// returns nil and no error when no agent answers, and an error (and nothing
-// adopted) when the one that answers is not root (errPeerNotRoot), took over
-// from self's pod (errRefusedRestart), or the exchange fails.
-func takeOver(controlSocket, self string, log *slog.Logger) (*inherited, error) {
-	in, err := askForSockets(controlSocket, greetTakeover+self+"\n", log)
+// takeOver asks a running agent for its sockets, saying that self, of
+// pod template generation gen (0: none), asks. It returns nil and no error
+// when no agent answers, and an error (and nothing adopted) when the one
+// that answers is not root (errPeerNotRoot), took over from self's pod
+// (errRefusedRestart), is of a later generation (errRefusedOlder), or the
+// exchange fails.
+func takeOver(controlSocket, self string, gen uint64, log *slog.Logger) (*inherited, error) {
+	var in *inherited
+	err := errNoAnswer
+	if gen != 0 {
+		in, err = askForSockets(controlSocket, fmt.Sprintf("%s%s generation=%d\n", greetTakeover2, self, gen), gen, log)
+		if errors.Is(err, errNoAnswer) {
+			log.Info("the running agent predates generations in the hand-over; asking it again without one")
+		}
+	}
+	if errors.Is(err, errNoAnswer) {
+		in, err = askForSockets(controlSocket, greetTakeover+self+"\n", 0, log)
+	}
 	if err == nil && in != nil {
 		in.held = true
 	}
 	if errors.Is(err, errNoAnswer) {
 		log.Info("the running agent predates the control socket's hand-over; asking it again as it asks")
-		in, err = askForSockets(controlSocket, greetSockets+self+"\n", log)
+		in, err = askForSockets(controlSocket, greetSockets+self+"\n", 0, log)
 	}
 	if errors.Is(err, errNoAnswer) {
 		log.Info("the running agent predates identities in the hand-over; asking it again without one")
-		in, err = askForSockets(controlSocket, greetBare+"\n", log)
+		in, err = askForSockets(controlSocket, greetBare+"\n", 0, log)
 	}
 	return in, err
 }
 
 // askForSockets is one exchange of takeOver, up to the sockets adopted,
-// opened with greeting.
-func askForSockets(controlSocket, greeting string, log *slog.Logger) (*inherited, error) {
+// opened with greeting, which tells generation gen (0: none).
+func askForSockets(controlSocket, greeting string, gen uint64, log *slog.Logger) (*inherited, error) {
 	c, err := net.DialTimeout("unix", handoffPath(controlSocket), time.Second)
 	if err != nil {
 		return nil, nil // nobody to take over from
@@ -435,6 +490,9 @@ func askForSockets(controlSocket, greeting string, log *slog.Logger) (*inherited
 		return nil, fmt.Errorf("handoff: reading the sockets' descriptions: %w", err)
 	}
 	switch {
+	case reply.Refused != "" && gen != 0 && reply.Generation > gen:
+		conn.Close()
+		return nil, fmt.Errorf("handoff: %w (%d, this agent's %d): %s", errRefusedOlder, reply.Generation, gen, reply.Refused)
 	case reply.Refused != "":
 		conn.Close()
 		return nil, fmt.Errorf("handoff: %w (%s)", errRefusedRestart, reply.Refused)
@@ -662,16 +720,65 @@ func offerSockets(ctx context.Context, ln *net.UnixListener, log *slog.Logger, i
 				"and it would take the node back until its pod is deleted; serving on", "refused", ids.predecessor)
 			continue
 		}
+		var older *olderSuccessor
+		if errors.As(err, &older) {
+			log.Warn("refused the resolver's sockets to an agent of an older pod template generation: an older release's pod, its container restarted, "+
+				"would take the node from this newer one, which would sit idle until the rollout deleted that pod; serving on",
+				"refused", older.id, "generation", older.generation, "this generation", ids.generation)
+			continue
+		}
 		if err != nil {
 			log.Error("could not hand the resolver's sockets over; serving on", "err", err)
 		}
 	}
 }
 
+// olderSuccessor is offerOnce's error for a successor of a lower pod
+// template generation than this agent's (errRefusedOlder).
+type olderSuccessor struct {
+	id         string
+	generation uint64
+}
+
+func (e *olderSuccessor) Error() string {
+	return fmt.Sprintf("%s: %s is of generation %d", errRefusedOlder, e.id, e.generation)
+}
+
+func (e *olderSuccessor) Unwrap() error { return errRefusedOlder }
+
+// parseGreeting reads a successor's greeting line (without its newline):
+// its identity (empty from before identities), its pod template
+// generation (0: none told), whether it takes the control socket, and
+// whether the line is a greeting at all.
+func parseGreeting(line string) (successor string, gen uint64, takesControl, ok bool) {
+	if rest, found := strings.CutPrefix(line, greetTakeover2); found {
+		fields := strings.Split(rest, " ")
+		for _, f := range fields[1:] {
+			k, v, _ := strings.Cut(f, "=")
+			if k != "generation" {
+				continue // a later agent's field
+			}
+			var err error
+			if gen, err = strconv.ParseUint(v, 10, 64); err != nil || gen == 0 {
+				return "", 0, false, false
+			}
+		}
+		successor, takesControl = fields[0], true
+	} else if successor, takesControl = strings.CutPrefix(line, greetTakeover); !takesControl {
+		if successor, ok = strings.CutPrefix(line, greetSockets); !ok {
+			return "", 0, false, line == greetBare
+		}
+	}
+	if successor == "" || len(successor) > maxIdentityLen {
+		return "", 0, false, false
+	}
+	return successor, gen, takesControl, true
+}
+
 // offerOnce runs one exchange; it returns the successor once this agent has
 // stopped, nil before. From the successor's "takeover" (or "sockets") until
 // the exchange ends, asking says so (see offerSockets); a successor refused
-// (errRefusedRestart) never asks.
+// (errRefusedRestart, errRefusedOlder) never asks.
 func offerOnce(c *net.UnixConn, ids identities, sockets func() ([]socketDesc, []*os.File, error), asking func(bool),
 	stop func(takesControl bool)) (to *handedTo, err error) {
 	c.SetDeadline(time.Now().Add(handoffTimeout))
@@ -680,18 +787,11 @@ func offerOnce(c *net.UnixConn, ids identities, sockets func() ([]socketDesc, []
 	if err != nil {
 		return nil, nil // not a successor: ignore
 	}
-	line = strings.TrimSuffix(line, "\n")
-	successor, takesControl := strings.CutPrefix(line, greetTakeover)
-	identified := takesControl
-	if !identified {
-		successor, identified = strings.CutPrefix(line, greetSockets)
-	}
-	switch {
-	case identified && (successor == "" || len(successor) > maxIdentityLen):
-		return nil, nil
-	case !identified && line != greetBare:
+	successor, gen, takesControl, ok := parseGreeting(strings.TrimSuffix(line, "\n"))
+	if !ok {
 		return nil, nil
 	}
+	identified := successor != ""
 	// replyOnly answers an identified successor without sockets.
 	replyOnly := func(reply offerReply) error {
 		payload, err := json.Marshal(reply)
@@ -705,6 +805,13 @@ func offerOnce(c *net.UnixConn, ids identities, sockets func() ([]socketDesc, []
 			return nil, fmt.Errorf("handoff: refusing %s: %w", successor, err)
 		}
 		return nil, fmt.Errorf("%w: %s", errRefusedRestart, successor)
+	}
+	if gen != 0 && ids.generation != 0 && gen < ids.generation {
+		refused := fmt.Sprintf("%s is of pod template generation %d, below %s's %d", successor, gen, ids.self, ids.generation)
+		if err := replyOnly(offerReply{Agent: ids.self, Generation: ids.generation, Refused: refused}); err != nil {
+			return nil, fmt.Errorf("handoff: refusing %s: %w", successor, err)
+		}
+		return nil, &olderSuccessor{id: successor, generation: gen}
 	}
 	asking(true)
 	defer func() {
@@ -725,7 +832,7 @@ func offerOnce(c *net.UnixConn, ids identities, sockets func() ([]socketDesc, []
 	}
 	var payload []byte
 	if identified {
-		payload, err = json.Marshal(offerReply{Agent: ids.self, Sockets: descs})
+		payload, err = json.Marshal(offerReply{Agent: ids.self, Generation: ids.generation, Sockets: descs})
 	} else { // a successor from before identities reads the list alone
 		payload, err = json.Marshal(descs)
 	}

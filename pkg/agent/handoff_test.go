@@ -507,7 +507,7 @@ func TestTakeOverClosesWhatItRefuses(t *testing.T) {
 	}
 	before := openFDs(t)
 	offered := offerInBackground(t, ln, sockets, "a failed takeover")
-	in, err := takeOver(socket, agentIdentity(""), slog.New(slog.DiscardHandler))
+	in, err := takeOver(socket, agentIdentity(""), 0, slog.New(slog.DiscardHandler))
 	if err == nil || in != nil {
 		t.Fatalf("takeOver = %v, %v; want an error", in, err)
 	}
@@ -645,7 +645,7 @@ func TestTakeOverSetsTheSyncDeadline(t *testing.T) {
 	socket, ln, sockets := handoffWithOneSocket(t)
 	offered := offerInBackground(t, ln, sockets, "an abandoned takeover")
 	before := time.Now()
-	in, err := takeOver(socket, agentIdentity(""), slog.New(slog.DiscardHandler))
+	in, err := takeOver(socket, agentIdentity(""), 0, slog.New(slog.DiscardHandler))
 	after := time.Now()
 	if err != nil || in == nil {
 		t.Fatalf("takeOver = %v, %v", in, err)
@@ -788,7 +788,7 @@ func TestFailedHandoffFromALiveAgentStops(t *testing.T) {
 // running agent release them, and dies with its copies.
 func takeOverAndDie(t *testing.T, socket string) {
 	t.Helper()
-	in, err := takeOver(socket, agentIdentity(""), slog.New(slog.DiscardHandler))
+	in, err := takeOver(socket, agentIdentity(""), 0, slog.New(slog.DiscardHandler))
 	if err != nil || in == nil {
 		t.Fatalf("takeOver = %v, %v", in, err)
 	}
@@ -878,7 +878,7 @@ func TestRestartedPredecessorIsRefused(t *testing.T) {
 	// The old pod's container restarts: the same pod, so the same UID.
 	upRestarted := whoUpstream(t, "192.0.2.3")
 	restarted := runTestAgent(t, dir, socket, listen, upRestarted, metrics, inPod("0d1f0000-0000-4000-8000-000000000001"))
-	wantRefused(t, socket, restarted, upRestarted)
+	wantRefused(t, socket, restarted, upRestarted, errRefusedRestart)
 	// The new agent logs once the exchange is over, which may be after the
 	// restarted agent has read the refusal and returned.
 	testenv.Eventually(t, 10*time.Second, "the new agent logs the refusal", func() bool {
@@ -904,11 +904,11 @@ func TestRestartedPredecessorIsRefused(t *testing.T) {
 	waitServedBy(t, socket, newer, upNewer)
 }
 
-// wantRefused waits for restarted, an old pod's agent restarted after its
-// pod handed the node over, to exit, refused, with an error saying why;
-// the test fails at once if the agent on socket forwards to upRestarted
-// (restarted took the node back).
-func wantRefused(t *testing.T, socket string, restarted *testAgent, upRestarted netip.AddrPort) {
+// wantRefused waits for restarted, an old pod's agent restarted after a
+// newer one took the node, to exit, refused (why: errRefusedRestart, or
+// errRefusedOlder), with an error saying why; the test fails at once if
+// the agent on socket forwards to upRestarted (restarted took the node).
+func wantRefused(t *testing.T, socket string, restarted *testAgent, upRestarted netip.AddrPort, why error) {
 	t.Helper()
 	var err error
 	testenv.EventuallyNil(t, 30*time.Second, func() error {
@@ -924,8 +924,9 @@ func wantRefused(t *testing.T, socket string, restarted *testAgent, upRestarted 
 		}
 		return errors.New("the restarted old agent is still running")
 	})
-	if err == nil || !strings.Contains(err.Error(), "handed the node over") || !strings.Contains(err.Error(), "serves nothing") {
-		t.Errorf("the restarted old agent: Run = %v; want an error saying its pod handed the node over", err)
+	said := map[error]string{errRefusedRestart: "handed the node over", errRefusedOlder: "later pod template generation"}[why]
+	if !errors.Is(err, why) || !strings.Contains(err.Error(), said) || !strings.Contains(err.Error(), "serves nothing") {
+		t.Errorf("the restarted old agent: Run = %v; want an error saying %q", err, said)
 	}
 	t.Logf("the restarted old agent: %v", err)
 }
@@ -961,7 +962,7 @@ func TestRestartedSuccessorRefusesItsPredecessor(t *testing.T) {
 	// Then A's.
 	upA2 := whoUpstream(t, "192.0.2.4")
 	a2 := runTestAgent(t, dir, socket, listen, upA2, metrics, inPod(podA))
-	wantRefused(t, socket, a2, upA2)
+	wantRefused(t, socket, a2, upA2, errRefusedRestart)
 	waitServedBy(t, socket, b2, upB2)
 	wantProbe(t, metrics, "/readyz", http.StatusOK, "after the refusal")
 	for _, network := range []string{"udp", "tcp"} {
@@ -979,21 +980,77 @@ func TestRestartedSuccessorRefusesItsPredecessor(t *testing.T) {
 	}
 }
 
-// TestHandoffWithOlderAgents: a running agent from before the control
-// socket's hand-over ignores "takeover ID" and closes the connection, and
-// one from before identities ignores "sockets ID" too: a new agent asks
-// again as each understands, and takes the sockets over, without the
-// control socket and without holding the connection. And a successor from
+// ofGeneration gives an agent its pod's pod-template-generation label, as
+// the chart's POD_TEMPLATE_GENERATION does.
+func ofGeneration(n uint64) func(*Config) { return func(c *Config) { c.Generation = n } }
+
+// TestFreshSuccessorRefusesTheOldPodsRestart: a rollout (maxSurge) starts
+// while the old pod A's container is down (crash-looping, OOM-killed: just
+// when a fix is rolled out), so the new pod B's agent starts afresh, with
+// nobody to take over from. When A's container restarts, its agent asks B
+// for the node: B refuses it, A being of an older pod template generation,
+// and serves on, ready. A later template (a `helm rollback` writes one)
+// takes the node from B as ever. (Before: B had taken over from nobody and
+// refused nobody; it handed the node to A's restarted agent and sat idle,
+// ready on the shared probe port, and once the rollout deleted A's pod the
+// node failed open, with no resolver until B exited, its successor gone,
+// and was restarted: again at each of A's crashes.)
+func TestFreshSuccessorRefusesTheOldPodsRestart(t *testing.T) {
+	dir, socket, listen, _ := handoffSetup(t)
+	metrics := testenv.FreePort(t).String() // shared, as in a DaemonSet
+	const podA, podB, podC = "0d1f0000-0000-4000-8000-000000000021", "0d1f0000-0000-4000-8000-000000000022", "0d1f0000-0000-4000-8000-000000000023"
+	a := startTestAgent(t, dir, socket, listen, whoUpstream(t, "192.0.2.1"), metrics, inPod(podA), ofGeneration(1))
+	a.stopChecked(t, "A") // its container is killed
+
+	upB := whoUpstream(t, "192.0.2.2")
+	var logB testenv.Log
+	b := runTestAgent(t, dir, socket, listen, upB, metrics, inPod(podB), ofGeneration(2),
+		func(c *Config) { c.Logger = slog.New(slog.NewTextHandler(&logB, nil)) })
+	waitServedBy(t, socket, b, upB)
+
+	// A's container restarts: the same pod, so the same UID and generation.
+	upA2 := whoUpstream(t, "192.0.2.4")
+	a2 := runTestAgent(t, dir, socket, listen, upA2, metrics, inPod(podA), ofGeneration(1))
+	wantRefused(t, socket, a2, upA2, errRefusedOlder)
+	testenv.Eventually(t, 10*time.Second, "B logs the refusal", func() bool {
+		return logB.Contains("refused the resolver's sockets to an agent of an older pod template generation")
+	})
+	waitServedBy(t, socket, b, upB)
+	wantProbe(t, metrics, "/readyz", http.StatusOK, "after the refusal")
+	for _, network := range []string{"udp", "udp", "tcp"} {
+		if got := answeredBy(t, network, listen); got != "192.0.2.2" {
+			t.Fatalf("%s: who.test. answered %s, want 192.0.2.2 (B's upstream)", network, got)
+		}
+	}
+
+	// A rollback: a new template, generation 3, takes the node from B.
+	upC := whoUpstream(t, "192.0.2.5")
+	c := runTestAgent(t, dir, socket, listen, upC, metrics, inPod(podC), ofGeneration(3))
+	waitServedBy(t, socket, c, upC)
+	if got := answeredBy(t, "udp", listen); got != "192.0.2.5" {
+		t.Errorf("after the rollback: who.test. answered %s, want 192.0.2.5", got)
+	}
+}
+
+// TestHandoffWithOlderAgents: a running agent from before generations
+// ignores "takeover2 ID generation=N" and closes the connection, one from
+// before the control socket's hand-over ignores "takeover ID" too, and
+// one from before identities "sockets ID" as well: a new agent asks again
+// as each understands, and takes the sockets over (from the latter two
+// without the control socket and without holding the connection). And a successor from
 // before either, asking as it does, is sent what it can read: without the
 // control socket's listener, which it could not adopt (and would fail the
 // hand-over on), and for a bare "sockets", the bare list.
 func TestHandoffWithOlderAgents(t *testing.T) {
 	for _, tc := range []struct {
-		name    string
-		ignored []string // the greetings it closes the connection on
+		name       string
+		generation uint64   // the new agent's
+		ignored    []string // the greetings it closes the connection on
+		held       bool     // answered "takeover": the connection is held
 	}{
-		{"running agent from before the control socket's hand-over", []string{"takeover pod/new\n"}},
-		{"running agent from before identities", []string{"takeover pod/new\n", "sockets pod/new\n"}},
+		{"running agent from before generations", 2, []string{"takeover2 pod/new generation=2\n"}, true},
+		{"running agent from before the control socket's hand-over", 2, []string{"takeover2 pod/new generation=2\n", "takeover pod/new\n"}, false},
+		{"running agent from before identities", 0, []string{"takeover pod/new\n", "sockets pod/new\n"}, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			socket, ln, sockets := handoffWithOneSocket(t)
@@ -1017,7 +1074,7 @@ func TestHandoffWithOlderAgents(t *testing.T) {
 					c.Close()
 				}
 			}()
-			in, err := takeOver(socket, "pod/new", slog.New(slog.DiscardHandler))
+			in, err := takeOver(socket, "pod/new", tc.generation, slog.New(slog.DiscardHandler))
 			if err != nil || in == nil {
 				t.Fatalf("takeOver = %v, %v", in, err)
 			}
@@ -1030,9 +1087,9 @@ func TestHandoffWithOlderAgents(t *testing.T) {
 			if !ok {
 				t.FailNow() // the old agent failed to accept (reported)
 			}
-			if len(in.udp) != 1 || in.from != "" || in.control != nil || in.held {
-				t.Errorf("adopted %d UDP addresses from %q, a control socket: %v, holding the connection: %v; want one, from an agent without identity, and neither",
-					len(in.udp), in.from, in.control != nil, in.held)
+			if len(in.udp) != 1 || in.from != "" || in.control != nil || in.held != tc.held {
+				t.Errorf("adopted %d UDP addresses from %q, a control socket: %v, holding the connection: %v; want one, from an agent without identity, no control socket, holding it: %v",
+					len(in.udp), in.from, in.control != nil, in.held, tc.held)
 			}
 			in.abandon()
 			<-offered
@@ -1087,6 +1144,84 @@ func TestHandoffWithOlderAgents(t *testing.T) {
 			}
 			conn.Close()
 			<-offered
+		})
+	}
+}
+
+// TestHandoffByGeneration: a running agent of pod template generation 2
+// refuses a successor that tells a lower one, saying so and sending no
+// socket, and hands over to one of the same or a higher generation, and
+// to one that tells none (a release from before generations, as a
+// rollback to it brings; or outside Kubernetes); one without a generation
+// refuses no generation. A greeting whose generation does not parse is no
+// greeting, and fields it does not know are ignored.
+func TestHandoffByGeneration(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		running  uint64 // the running agent's generation
+		greeting string
+		want     string // "refused", "offered" or "ignored"
+	}{
+		{"lower generation", 2, "takeover2 pod/old generation=1\n", "refused"},
+		{"same generation", 2, "takeover2 pod/same generation=2\n", "offered"},
+		{"higher generation", 2, "takeover2 pod/rollback generation=3\n", "offered"},
+		{"a later agent's field", 2, "takeover2 pod/later generation=3 colour=blue\n", "offered"},
+		{"no generation told", 2, "takeover pod/before\n", "offered"},
+		{"running agent without a generation", 0, "takeover2 pod/old generation=1\n", "offered"},
+		{"generation 0", 2, "takeover2 pod/old generation=0\n", "ignored"},
+		{"generation not a number", 2, "takeover2 pod/old generation=one\n", "ignored"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			socket, ln, sockets := handoffWithOneSocket(t)
+			result := make(chan error, 1)
+			go func() {
+				c, err := ln.AcceptUnix()
+				if err != nil {
+					result <- err
+					return
+				}
+				defer c.Close()
+				ids := identities{self: "pod/running", generation: tc.running}
+				_, err = offerOnce(c, ids, sockets, func(bool) {}, func(bool) { t.Error("stopped: the exchange never completes") })
+				result <- err
+			}()
+			conn, err := net.Dial("unix", handoffPath(socket))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			payload, files, err := greet(conn.(*net.UnixConn), tc.greeting)
+			closeAll(files)
+			var reply offerReply
+			got := "ignored" // closed without a word
+			if err == nil {
+				if err := json.Unmarshal(payload, &reply); err != nil {
+					t.Fatalf("answer %q: %v", payload, err)
+				}
+				got = "offered"
+				if reply.Refused != "" {
+					got = "refused"
+				}
+			}
+			conn.Close()
+			offerErr := <-result
+			if got != tc.want {
+				t.Fatalf("%q to an agent of generation %d: %s (answer %q, offerOnce: %v), want %s", tc.greeting, tc.running, got, payload, offerErr, tc.want)
+			}
+			switch got {
+			case "refused":
+				if len(files) != 0 || reply.Generation != tc.running || !strings.Contains(reply.Refused, "generation 1, below pod/running's 2") {
+					t.Errorf("refused with %d sockets, generation %d, %q; want none, %d, and why", len(files), reply.Generation, reply.Refused, tc.running)
+				}
+				var older *olderSuccessor
+				if !errors.As(offerErr, &older) || !errors.Is(offerErr, errRefusedOlder) || older.generation != 1 {
+					t.Errorf("offerOnce: %v; want the successor's generation refused", offerErr)
+				}
+			case "offered":
+				if len(files) != 1 || reply.Generation != tc.running {
+					t.Errorf("offered %d sockets, telling generation %d; want 1 and %d", len(files), reply.Generation, tc.running)
+				}
+			}
 		})
 	}
 }

@@ -147,7 +147,7 @@ func TestPlantedHandoffSocketRefused(t *testing.T) {
 		t.Fatalf("the planter did not start: %q %v", line, err)
 	}
 	var log bytes.Buffer
-	in, err := takeOver(socket, agentIdentity(""), slog.New(slog.NewTextHandler(&log, nil)))
+	in, err := takeOver(socket, agentIdentity(""), 0, slog.New(slog.NewTextHandler(&log, nil)))
 	if in != nil || err == nil || !strings.Contains(err.Error(), "runs as uid 65534, not root") {
 		t.Fatalf("takeOver from a planted socket = %v, %v; want nothing adopted and a refusal", in, err)
 	}

@@ -572,10 +572,12 @@ func checkEnv(t *testing.T, agent corev1.Container) {
 	// runtime does not count (the binary's pages, socket buffers, maps).
 	limit := agent.Resources.Limits[corev1.ResourceMemory]
 	want := map[string]string{
-		"NODE_NAME":  "field:spec.nodeName", // --node-name=$(NODE_NAME)
-		"POD_UID":    "field:metadata.uid",  // --pod-uid's default: whom a hand-over refuses
-		"HOST_IP":    "field:status.hostIP",
-		"GOMEMLIMIT": strconv.FormatInt(limit.Value()*4/5, 10),
+		"NODE_NAME": "field:spec.nodeName", // --node-name=$(NODE_NAME)
+		"POD_UID":   "field:metadata.uid",  // --pod-uid's default: whom a hand-over refuses
+		// --pod-template-generation's default: a hand-over refuses a lower one
+		"POD_TEMPLATE_GENERATION": "field:metadata.labels['pod-template-generation']",
+		"HOST_IP":                 "field:status.hostIP",
+		"GOMEMLIMIT":              strconv.FormatInt(limit.Value()*4/5, 10),
 	}
 	if !maps.Equal(env, want) {
 		t.Errorf("env %v, want %v", env, want)
