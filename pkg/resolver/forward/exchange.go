@@ -8,10 +8,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"syscall"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/ztdns/ztdns/pkg/dnswire"
 	"github.com/ztdns/ztdns/pkg/resolver/quota"
@@ -44,48 +41,59 @@ func refused(v quota.Verdict) error {
 // over TCP, which reaches the upstream over TCP in turn. The reply's bytes
 // are taken from budget, for the source ctx carries (quota.WithSource), and
 // stay taken when it is returned. Over UDP, rs (nil: none) may send the
-// query again on the exchange's socket while it waits.
-func exchange(ctx context.Context, upstream netip.AddrPort, query []byte, q dnswire.Question, tcp bool, budget *quota.Budget, rs *resender) ([]byte, error) {
+// query again on the exchange's socket while it waits, and icmp is told of
+// the ICMP errors the exchange ignored.
+func exchange(ctx context.Context, upstream netip.AddrPort, query []byte, q dnswire.Question, tcp bool, budget *quota.Budget, rs *resender, icmp *icmpLog) ([]byte, error) {
 	if tcp {
 		return exchangeTCP(ctx, upstream, query, q, budget)
 	}
-	return exchangeUDP(ctx, upstream, query, q, budget, rs)
+	return exchangeUDP(ctx, upstream, query, q, budget, rs, icmp)
 }
 
 // exchangeUDP reads from a connected socket of its own, so packets from other
 // addresses never reach it, and skips replies whose ID or question differ.
+// An ICMP error ends it early only when the upstream sent it (icmp.go).
 // It holds no buffer while it waits: it learns each datagram's size first
 // and reads it into a buffer of exactly that size, so a query waiting on a
 // slow upstream costs no 64 KiB, and a big reply only what it is. The
 // socket is rs's to send the query on again until the exchange ends: the
 // reply to either datagram, which carry the same ID, is the one.
-func exchangeUDP(ctx context.Context, upstream netip.AddrPort, query []byte, q dnswire.Question, budget *quota.Budget, rs *resender) ([]byte, error) {
-	conn, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(upstream))
+func exchangeUDP(ctx context.Context, upstream netip.AddrPort, query []byte, q dnswire.Question, budget *quota.Budget, rs *resender, icmp *icmpLog) ([]byte, error) {
+	network := "udp4"
+	if upstream.Addr().Is6() {
+		network = "udp6"
+	}
+	conn, err := net.DialUDP(network, nil, net.UDPAddrFromAddrPort(upstream))
 	if err != nil {
 		return nil, fmt.Errorf("dial udp %s: %w", upstream, err)
 	}
 	defer conn.Close()
 	defer interruptOnDone(ctx, conn)()
-	// Known to rs before the upstream can get the query; forgotten before
-	// the socket is closed.
-	rs.sent(conn, upstream, query)
-	defer rs.done(conn)
-	if _, err := conn.Write(query); err != nil {
-		return nil, ctxErrOr(ctx, fmt.Errorf("send udp %s: %w", upstream, err))
-	}
 	rc, err := conn.SyscallConn()
 	if err != nil {
 		return nil, err
 	}
+	// Before the query goes out: an error about it is queued from then on.
+	if err := enableICMPErrors(rc, network == "udp6"); err != nil {
+		return nil, fmt.Errorf("udp %s: %w", upstream, err)
+	}
+	s := udpSocket{rc: rc, upstream: upstream, icmp: icmp}
+	// Known to rs before the upstream can get the query; forgotten before
+	// the socket is closed.
+	rs.sent(conn, upstream, query)
+	defer rs.done(conn)
+	if err := writeUDP(conn, query); err != nil {
+		return nil, ctxErrOr(ctx, fmt.Errorf("send udp %s: %w", upstream, err))
+	}
 	src := quota.SourceFrom(ctx)
 	for {
-		n, err := nextDatagramSize(rc)
+		n, err := s.recv(nil, true)
 		if err != nil {
 			return nil, ctxErrOr(ctx, fmt.Errorf("read udp %s: %w", upstream, err))
 		}
 		if n < dnswire.HeaderLen { // not a reply: read it off the socket and go on
 			var junk [dnswire.HeaderLen]byte
-			if _, err := conn.Read(junk[:]); err != nil {
+			if _, err := s.recv(junk[:], false); err != nil {
 				return nil, ctxErrOr(ctx, fmt.Errorf("read udp %s: %w", upstream, err))
 			}
 			continue
@@ -94,7 +102,7 @@ func exchangeUDP(ctx context.Context, upstream netip.AddrPort, query []byte, q d
 			return nil, fmt.Errorf("read udp %s: %d-octet reply: %w", upstream, n, refused(v))
 		}
 		buf := make([]byte, n)
-		n, err = conn.Read(buf)
+		n, err = s.recv(buf, false)
 		if err != nil {
 			budget.Give(src, len(buf))
 			return nil, ctxErrOr(ctx, fmt.Errorf("read udp %s: %w", upstream, err))
@@ -105,22 +113,6 @@ func exchangeUDP(ctx context.Context, upstream netip.AddrPort, query []byte, q d
 		// A stray or spoofed packet: keep waiting for ours.
 		budget.Give(src, len(buf))
 	}
-}
-
-// nextDatagramSize waits in the netpoller until a datagram is queued on the
-// socket and returns its size without reading it (MSG_PEEK|MSG_TRUNC with
-// no buffer: Linux returns the real length).
-func nextDatagramSize(rc syscall.RawConn) (int, error) {
-	var n int
-	var serr error
-	err := rc.Read(func(fd uintptr) bool {
-		n, _, serr = unix.Recvfrom(int(fd), nil, unix.MSG_PEEK|unix.MSG_TRUNC|unix.MSG_DONTWAIT)
-		return !errors.Is(serr, unix.EAGAIN)
-	})
-	if err != nil {
-		return 0, err
-	}
-	return n, serr
 }
 
 func exchangeTCP(ctx context.Context, upstream netip.AddrPort, query []byte, q dnswire.Question, budget *quota.Budget) ([]byte, error) {

@@ -46,6 +46,7 @@ type Forwarder struct {
 	maxUpstreamSeries int
 	knownUpstreams    []netip.AddrPort
 	upstreams         *upstreamMetrics
+	icmp              icmpLog // the ICMP errors UDP exchanges ignored
 
 	cache *cache // nil when caching is disabled
 
@@ -116,8 +117,8 @@ type Origin struct {
 
 // Why no upstream reply came (Origin.Failure): the values of the
 // upstream query counter's result label, but that a connection refused (an
-// ICMP port unreachable over UDP, a reset over TCP), counted as "error",
-// is told apart here.
+// ICMP port unreachable over UDP from the upstream's own address, a reset
+// over TCP), counted as "error", is told apart here.
 const (
 	FailureTimeout       = resultTimeout       // no valid reply within the timeout
 	FailureRefused       = "refused"           // the upstream refused the connection
@@ -148,6 +149,7 @@ func New(opts ...Option) *Forwarder {
 		f.cache = newCache(f.cacheSize, f.cacheBytes)
 	}
 	f.upstreams = newUpstreamMetrics(f.maxUpstreamSeries, f.knownUpstreams)
+	f.icmp.metrics, f.icmp.log = f.upstreams, f.log
 	f.base, f.stop = context.WithCancel(context.Background())
 	return f
 }
@@ -445,7 +447,7 @@ func (f *Forwarder) ask(ctx context.Context, upstream netip.AddrPort, query []by
 		proto = "tcp"
 	}
 	start := time.Now()
-	reply, err := exchange(ctx, upstream, query, q, tcp, f.budget, rs)
+	reply, err := exchange(ctx, upstream, query, q, tcp, f.budget, rs, &f.icmp)
 	if err != nil {
 		result := resultError
 		switch {

@@ -96,6 +96,7 @@ type upstreamMetrics struct {
 	queries  *prometheus.CounterVec
 	duration *prometheus.HistogramVec
 	resends  *prometheus.CounterVec
+	icmp     *prometheus.CounterVec
 
 	maxSeries int
 	mu        sync.Mutex
@@ -133,6 +134,15 @@ func newUpstreamMetrics(maxSeries int, known []netip.AddrPort) *upstreamMetrics 
 				"by upstream (to) and reason: joined (an identical query joined the exchange, its own query at least 400 ms old: a client's retry, or another pod's query) " +
 				"or timer (no reply half-way through --forward-timeout).",
 		}, []string{"to", "reason"}),
+		// icmp counts ICMP errors about a UDP query that did not come from
+		// its upstream, ignored.
+		icmp: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "ztdns",
+			Subsystem: "forward",
+			Name:      "upstream_icmp_ignored_total",
+			Help: "ICMP errors (port unreachable, …) about a UDP query to an upstream nameserver, by upstream (to), that did not come from the upstream's address, " +
+				"ignored: the exchange waited on for the reply. A router's, or forged: a pod guessing the forwarding sockets' ports to end forwarded queries early.",
+		}, []string{"to"}),
 		maxSeries: maxSeries,
 		labels:    map[netip.AddrPort]string{},
 	}
@@ -177,6 +187,10 @@ func (m *upstreamMetrics) resent(u netip.AddrPort, reason string) {
 	m.resends.WithLabelValues(m.label(u), reason).Inc()
 }
 
+func (m *upstreamMetrics) icmpIgnored(u netip.AddrPort) {
+	m.icmp.WithLabelValues(m.label(u)).Inc()
+}
+
 func (m *upstreamMetrics) observe(u netip.AddrPort, proto string, d time.Duration) {
 	m.duration.WithLabelValues(m.label(u), proto).Observe(d.Seconds())
 }
@@ -184,5 +198,5 @@ func (m *upstreamMetrics) observe(u netip.AddrPort, proto string, d time.Duratio
 // Collectors returns the Forwarder's own metrics (per upstream), for the
 // agent to register beside the package's.
 func (f *Forwarder) Collectors() []prometheus.Collector {
-	return []prometheus.Collector{f.upstreams.queries, f.upstreams.duration, f.upstreams.resends}
+	return []prometheus.Collector{f.upstreams.queries, f.upstreams.duration, f.upstreams.resends, f.upstreams.icmp}
 }

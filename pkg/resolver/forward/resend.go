@@ -95,7 +95,7 @@ func (r *resender) resend(reason string) {
 	// A socket whose exchange ends meanwhile is closed: the write fails,
 	// and nothing is counted.
 	for _, w := range waiting {
-		if _, err := w.conn.Write(query); err == nil {
+		if err := writeUDP(w.conn, query); err == nil {
 			r.metrics.resent(w.upstream, reason)
 		}
 	}
