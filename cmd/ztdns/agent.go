@@ -51,8 +51,9 @@ const maxTTL = 24 * time.Hour
 // and a local answer allocates nothing: collecting when the heap has grown
 // by half (not all) of what is live keeps it near 1.5 times the live heap
 // instead of 2, and costs GC work only where something allocates
-// (forwarding, table updates). GOMEMLIMIT (the chart sets it from the
-// memory limit) still applies.
+// (forwarding, table updates). A memory limit still applies: the agent
+// gives the runtime its cgroup's, less what the runtime does not count
+// (GOMEMLIMIT's when lower; pkg/agent's memoryLimiter).
 const defaultGCPercent = 50
 
 func newAgentCmd() *cobra.Command {

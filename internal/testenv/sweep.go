@@ -44,7 +44,7 @@ var ledger struct {
 // Ledger kinds: what a line records.
 const (
 	ledgerNetns   = "netns"   // a name under /run/netns and /etc/netns
-	ledgerCgroup  = "cgroup"  // a cgroup2 directory
+	ledgerCgroup  = "cgroup"  // a cgroup directory (v2, or v1's memory hierarchy)
 	ledgerMount   = "mount"   // a mount point (bpffs, tmpfs)
 	ledgerTempDir = "tempdir" // a directory under os.TempDir() (tempDirPrefixes)
 )

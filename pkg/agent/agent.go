@@ -212,6 +212,8 @@ type Agent struct {
 	// hostCookies are the node's own netns cookies (the agent's and PID
 	// 1's): never marked.
 	hostCookies []uint64
+	// memory keeps the Go runtime's memory limit under the cgroup's.
+	memory *memoryLimiter
 	// programsSwitched, when set (tests), runs once finishTakeover has
 	// attached this agent's programs, before the agent goes on.
 	programsSwitched func()
@@ -331,6 +333,7 @@ func newAgent(cfg Config) (*Agent, error) {
 		MaxNamespaceSeries: cfg.MaxNamespaceSeries,
 		NoRequestMetrics:   noMetrics,
 	})
+	a.memory = newMemoryLimiter(a)
 	if err := a.registerMetrics(); err != nil {
 		return nil, err
 	}
@@ -433,7 +436,10 @@ func (a *Agent) run(ctx context.Context) error {
 		}
 		defer a.capture.close()
 	}
-	g.spawn("memory", func() error { returnMemoryAfterBursts(ctx, a.log); return nil })
+	// Once the addresses are settled (dropIPv6) and before the source
+	// builds the first table, which then builds under the limit.
+	a.memory.check()
+	g.spawn("memory", func() error { returnMemoryAfterBursts(ctx, a.log, a.memory.check); return nil })
 	g.spawn("access log", func() error { a.cfg.AccessLog.Run(ctx); return nil })
 	g.spawn("source", func() error {
 		err := a.cfg.Source.Run(ctx, a.apply)

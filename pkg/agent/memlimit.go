@@ -2,14 +2,22 @@ package agent
 
 import (
 	"bufio"
+	"cmp"
+	"fmt"
+	"log/slog"
 	"math"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ztdns/ztdns/pkg/resolver"
+	"github.com/ztdns/ztdns/pkg/resolver/forward"
 )
 
 // memoryLimitDesc is the memory the agent may use before the kernel's OOM
@@ -19,15 +27,176 @@ var memoryLimitDesc = prometheus.NewDesc("ztdns_memory_limit_bytes",
 	"The agent's memory limit: the lowest memory.max (cgroup v2) or memory.limit_in_bytes (v1) of its cgroup and those above it; +Inf when there is none.",
 	nil, nil)
 
+// memoryBoundDesc is the memory the agent may hold at most whatever pods
+// ask (memoryBound.need): over ztdns_memory_limit_bytes, the kernel may
+// kill it.
+var memoryBoundDesc = prometheus.NewDesc("ztdns_memory_bound_bytes",
+	"The memory the agent holds at most whatever pods ask, with its flags and the names of its table (README, The memory bound): the binary's pages, the live heap and the kernel's memory. Over ztdns_memory_limit_bytes, the kernel may kill the agent.",
+	nil, nil)
+
 // memoryLimit reads the agent's cgroup memory limit at scrape time, so a
-// limit changed in place (a resized pod) shows.
-type memoryLimit struct{}
+// limit changed in place (a resized pod) shows, and the bound the agent
+// must fit in.
+type memoryLimit struct{ a *Agent }
 
-func (memoryLimit) Describe(ch chan<- *prometheus.Desc) { ch <- memoryLimitDesc }
-
-func (memoryLimit) Collect(ch chan<- prometheus.Metric) {
-	ch <- prometheus.MustNewConstMetric(memoryLimitDesc, prometheus.GaugeValue, cgroupMemoryLimit("/proc/self"))
+func (memoryLimit) Describe(ch chan<- *prometheus.Desc) {
+	ch <- memoryLimitDesc
+	ch <- memoryBoundDesc
 }
+
+func (m memoryLimit) Collect(ch chan<- prometheus.Metric) {
+	ch <- prometheus.MustNewConstMetric(memoryLimitDesc, prometheus.GaugeValue, cgroupMemoryLimit("/proc/self"))
+	ch <- prometheus.MustNewConstMetric(memoryBoundDesc, prometheus.GaugeValue, float64(m.a.memoryBound().need()))
+}
+
+// The terms of the memory bound, README "Limits and protections", "The
+// memory bound", which writes them out as a formula: the GC's limit
+// (gcMemoryLimit) and the check of the cgroup's limit (memoryLimiter)
+// are computed from them and the agent's flags.
+const (
+	// boundBinary is the binary's pages: ~20 MiB while starting, 4–15 MiB
+	// once serving.
+	boundBinary = 20 << 20
+	// boundPerName is the table and the source's objects per name: 31 MiB
+	// at 20,000 names, and 17 MiB more while a new table is built.
+	boundPerName = (31 + 17) << 20 / 20000
+	// The live heap's other terms: per forwarded query in flight
+	// (--max-forwarding), per TCP connection (--max-tcp), per UDP socket
+	// (batch buffers), and the per-source state; and 2 × --cache-bytes,
+	// + --inflight-bytes.
+	boundPerForwarding = 24 << 10
+	boundPerTCPConn    = 24 << 10
+	boundPerUDPSocket  = 280 << 10
+	boundSources       = 1 << 20
+	// The kernel's: each UDP socket's queue of queries, the BPF maps, and
+	// a TCP connection's unread replies and queries.
+	boundKernelPerUDPSocket = 2 << 20
+	boundKernelMaps         = 1 << 20
+	boundKernelPerTCPConn   = (64 + 8) << 10
+)
+
+// memoryBound is what the agent holds at most, by the README's formula.
+type memoryBound struct {
+	names                int   // the table's, for live
+	binary, live, kernel int64 // bytes
+}
+
+// need is what the agent may hold that no collection gives back: the
+// binary's pages, the live heap and the kernel's memory.
+func (b memoryBound) need() int64 { return b.binary + b.live + b.kernel }
+
+func (b memoryBound) String() string {
+	return fmt.Sprintf("%s: the binary's pages %s + a live heap of %s at %d names + the kernel's %s",
+		mib(b.need()), mib(b.binary), mib(b.live), b.names, mib(b.kernel))
+}
+
+// memoryBound is the bound for the agent's flags and the names of its
+// table now.
+func (a *Agent) memoryBound() memoryBound {
+	udpSockets := int64(len(a.addrs) * a.cfg.SocketsPerAddr)
+	tcp := int64(cmp.Or(max(a.cfg.TCPMaxConns, 0), resolver.DefaultTCPMaxConns))
+	forwarding := int64(cmp.Or(max(a.cfg.MaxForwarding, 0), resolver.DefaultMaxInflight))
+	cache := int64(cmp.Or(max(a.cfg.CacheBytes, 0), forward.DefaultCacheBytes))
+	if a.cfg.CacheSize < 0 {
+		cache = 0 // no cache
+	}
+	names := a.server.Table().Len()
+	return memoryBound{
+		names:  names,
+		binary: boundBinary,
+		live: int64(names)*boundPerName + 2*cache + cmp.Or(a.cfg.InflightBytes, resolver.DefaultInflightBytes) +
+			forwarding*boundPerForwarding + tcp*boundPerTCPConn + udpSockets*boundPerUDPSocket + boundSources,
+		kernel: udpSockets*boundKernelPerUDPSocket + boundKernelMaps + tcp*boundKernelPerTCPConn,
+	}
+}
+
+// envMemoryLimit is the Go runtime's memory limit as the process started:
+// GOMEMLIMIT's, or math.MaxInt64 (none) without it.
+var envMemoryLimit = debug.SetMemoryLimit(-1)
+
+// gcMemoryLimit is the memory limit the agent gives the Go runtime for a
+// cgroup limit (+Inf: none) and its bound: the limit less what the runtime
+// does not count, the kernel's memory and the binary's pages; never under
+// a quarter of the limit (a limit that small is warned about: under it the
+// runtime would collect without pause), and never over env (GOMEMLIMIT's).
+// Without a cgroup limit, env.
+func gcMemoryLimit(cgroup float64, b memoryBound, env int64) int64 {
+	if math.IsInf(cgroup, 1) || cgroup >= math.MaxInt64 {
+		return env
+	}
+	limit := int64(cgroup)
+	return min(max(limit-b.kernel-b.binary, limit/4), env)
+}
+
+// memoryLimiter keeps the Go runtime's memory limit at gcMemoryLimit of
+// the agent's cgroup limit, which may change in place (a resized pod, a
+// systemd unit's MemoryMax set again): checked at start and every
+// memoryCheckEvery. It warns (log, status) while the limit is under the
+// bound.
+type memoryLimiter struct {
+	proc  string             // the agent's /proc directory: /proc/self
+	env   int64              // envMemoryLimit
+	bound func() memoryBound // Agent.memoryBound
+	// set is debug.SetMemoryLimit.
+	set func(int64) int64
+	log *slog.Logger
+
+	mu      sync.Mutex
+	gcLimit int64  // what the last check set; 0 before the first
+	short   string // the warning while the limit is under the bound
+}
+
+func newMemoryLimiter(a *Agent) *memoryLimiter {
+	return &memoryLimiter{proc: "/proc/self", env: envMemoryLimit, bound: a.memoryBound, set: debug.SetMemoryLimit, log: a.log}
+}
+
+// check reads the cgroup's limit, sets the runtime's and warns once when
+// the limit falls under the bound (and says when it no longer is).
+func (m *memoryLimiter) check() {
+	cgroup, b := cgroupMemoryLimit(m.proc), m.bound()
+	gc := gcMemoryLimit(cgroup, b, m.env)
+	short := ""
+	if float64(b.need()) > cgroup {
+		short = fmt.Sprintf("the memory limit (%s) is below what the agent may hold whatever pods ask, %s: "+
+			"the kernel may kill it (pods captured fail open until it is back); raise the limit or lower the flags' bounds (README, The memory bound)",
+			mib(int64(cgroup)), b)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if gc != m.gcLimit {
+		if old := m.set(gc); old != gc {
+			m.log.Info("the Go runtime's memory limit set: the cgroup's, less the kernel's memory and the binary's pages, or GOMEMLIMIT if lower",
+				"gcLimit", gc, "was", old, "cgroupLimit", bytesOrNone(cgroup), "kernel", b.kernel, "binary", b.binary, "GOMEMLIMIT", bytesOrNone(float64(m.env)))
+		}
+		m.gcLimit = gc
+	}
+	switch {
+	case short != "" && m.short == "":
+		m.log.Warn("the memory limit is below what the agent may hold whatever pods ask: the kernel may kill it; raise the limit or lower the flags' bounds (README, The memory bound)",
+			"limit", bytesOrNone(cgroup), "bound", b.need(), "binary", b.binary, "live", b.live, "names", b.names, "kernel", b.kernel)
+	case short == "" && m.short != "":
+		m.log.Info("the memory limit now holds the agent's bound", "limit", bytesOrNone(cgroup), "bound", b.need())
+	}
+	m.short = short
+}
+
+// warning is check's warning, "" while the limit holds the bound.
+func (m *memoryLimiter) warning() string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.short
+}
+
+// bytesOrNone is a limit for the log: its bytes, or "none".
+func bytesOrNone(limit float64) any {
+	if limit >= math.MaxInt64 {
+		return "none"
+	}
+	return int64(limit)
+}
+
+// mib writes n bytes in MiB, to a tenth.
+func mib(n int64) string { return strconv.FormatFloat(float64(n)/(1<<20), 'f', 1, 64) + " MiB" }
 
 // cgroupMemoryLimit is the lowest memory limit of the cgroup of the process
 // whose /proc directory is proc, and of its ancestors up to the root of the

@@ -1,10 +1,16 @@
 package agent
 
 import (
+	"log/slog"
 	"math"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"testing"
+
+	"github.com/ztdns/ztdns/pkg/source/configdir"
 )
 
 // TestCgroupMemoryLimit reads limits from fake /proc files and cgroup
@@ -83,5 +89,105 @@ func write(t *testing.T, path, content string) {
 	}
 	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestMemoryLimiterFollowsTheCgroup: each check gives the Go runtime the
+// cgroup's limit less the kernel's memory and the binary's pages, or
+// GOMEMLIMIT when lower, or a quarter of the limit when that is more; no
+// cgroup limit leaves GOMEMLIMIT's (the runtime's default without it). The
+// warning of a limit below the bound is logged once when it falls below,
+// kept for status while it is, and cleared when it holds the bound again.
+func TestMemoryLimiterFollowsTheCgroup(t *testing.T) {
+	root, proc := t.TempDir(), t.TempDir()
+	write(t, filepath.Join(proc, "cgroup"), "12:memory:/a\n0::/a\n")
+	write(t, filepath.Join(proc, "mountinfo"), "31 24 0:27 / "+root+"/memory rw - cgroup cgroup rw,memory\n")
+	limit := func(n int64) {
+		write(t, filepath.Join(root, "memory/a/memory.limit_in_bytes"), strconv.FormatInt(n, 10)+"\n")
+	}
+	const mi = 1 << 20
+	bound := memoryBound{names: 100, binary: 20 * mi, live: 40 * mi, kernel: 8 * mi} // 68 MiB
+	var logged strings.Builder
+	set := int64(math.MaxInt64)
+	m := &memoryLimiter{proc: proc, env: math.MaxInt64, bound: func() memoryBound { return bound },
+		set: func(n int64) int64 { old := set; set = n; return old }, log: slog.New(slog.NewTextHandler(&logged, nil))}
+	warns := func() int { return strings.Count(logged.String(), "level=WARN") }
+
+	for _, step := range []struct {
+		name      string
+		limit     int64 // 0: none
+		env       int64
+		wantGC    int64
+		wantShort bool
+		wantWarns int // logged so far
+	}{
+		{"128 MiB", 128 * mi, math.MaxInt64, 100 * mi, false, 0},
+		{"lowered to 64 MiB", 64 * mi, math.MaxInt64, 36 * mi, true, 1},
+		{"checked again", 64 * mi, math.MaxInt64, 36 * mi, true, 1},
+		{"GOMEMLIMIT lower", 64 * mi, 30 * mi, 30 * mi, true, 1},
+		{"32 MiB: a quarter of it", 32 * mi, math.MaxInt64, 8 * mi, true, 1},
+		{"raised to 1 GiB", 1024 * mi, math.MaxInt64, 996 * mi, false, 1},
+		{"no limit, no GOMEMLIMIT", 0, math.MaxInt64, math.MaxInt64, false, 1},
+		{"no limit, GOMEMLIMIT", 0, 50 * mi, 50 * mi, false, 1},
+		{"64 MiB again", 64 * mi, math.MaxInt64, 36 * mi, true, 2},
+	} {
+		if step.limit == 0 {
+			limit(9223372036854771712) // v1's "no limit"
+		} else {
+			limit(step.limit)
+		}
+		m.env = step.env
+		m.check()
+		if set != step.wantGC {
+			t.Errorf("%s: the runtime's limit %d, want %d", step.name, set, step.wantGC)
+		}
+		if got := m.warning() != ""; got != step.wantShort {
+			t.Errorf("%s: warning %q, want one: %v", step.name, m.warning(), step.wantShort)
+		}
+		if got := warns(); got != step.wantWarns {
+			t.Errorf("%s: %d warnings logged, want %d:\n%s", step.name, got, step.wantWarns, logged.String())
+		}
+	}
+}
+
+// TestREADMEMemoryFigures: the figures README's "The memory bound" gives
+// for the defaults with capture (eight resolver addresses) are what the
+// agent computes from its terms: the kernel's 89 MiB, the GC's limit of
+// 211 MiB under the chart's 320 MiB, and a bound of 176 MiB with no names,
+// about 224 MiB at 20,000. (Before, it counted six addresses, the slots
+// alone: 4 MiB short.)
+func TestREADMEMemoryFigures(t *testing.T) {
+	a, err := newAgent(Config{Source: configdir.New(t.TempDir()), Capture: &CaptureConfig{},
+		Listen: []netip.AddrPort{netip.MustParseAddrPort("169.254.20.53:53"), netip.MustParseAddrPort("[fd00:7a74:646e::53]:53")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.server.Close(); a.fwd.Close() })
+	const mi = 1 << 20
+	b := a.memoryBound()
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	at20k := b
+	at20k.live += 20000 * boundPerName
+	for _, f := range []struct {
+		what     string
+		got      int64
+		want     int64
+		sentence string
+	}{
+		{"resolver addresses", int64(len(a.addrs)), 8, "capture on (eight resolver addresses"},
+		{"the kernel's term (MiB)", b.kernel / mi, 89, "the kernel ≤ 17 + 72 = 89 MiB"},
+		{"the GC's limit under 320 MiB (MiB)", gcMemoryLimit(320*mi, b, math.MaxInt64) / mi, 211, "320 − 89 − 20 = 211 MiB"},
+		{"the bound with no names (MiB, rounded)", (b.need() + mi/2) / mi, 176, "the bound is 20 + 67 + 89 = 176 MiB"},
+		{"the bound at 20,000 names (MiB, rounded)", (at20k.need() + mi/2) / mi, 224, "at 20,000 names it is about 224 MiB"},
+	} {
+		if f.got != f.want {
+			t.Errorf("%s: %d, want %d as README says", f.what, f.got, f.want)
+		}
+		if !strings.Contains(string(readme), f.sentence) {
+			t.Errorf("README does not say %q", f.sentence)
+		}
 	}
 }

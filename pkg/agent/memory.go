@@ -40,7 +40,10 @@ const (
 // collect and return everything free at once (debug.FreeOSMemory). A busy
 // agent collects on its own and is left alone; a quiet one that did not
 // grow costs nothing. After a burst, memory goes back within two checks.
-func returnMemoryAfterBursts(ctx context.Context, log *slog.Logger) {
+//
+// Each check first runs limit (memoryLimiter.check): the Go runtime's
+// memory limit follows the cgroup's.
+func returnMemoryAfterBursts(ctx context.Context, log *slog.Logger, limit func()) {
 	samples := []metrics.Sample{
 		{Name: "/gc/cycles/total:gc-cycles"},
 		{Name: "/memory/classes/total:bytes"},
@@ -59,6 +62,7 @@ func returnMemoryAfterBursts(ctx context.Context, log *slog.Logger) {
 			return
 		case <-tick.C:
 		}
+		limit()
 		cycles, held := read()
 		if cycles == lastCycles && held > floor+memorySlack {
 			debug.FreeOSMemory()

@@ -82,7 +82,7 @@ func (a *Agent) registerMetrics() error {
 	}
 	cs = append(cs, forward.Collectors()...)
 	cs = append(cs, a.fwd.Collectors()...)
-	cs = append(cs, a.cfg.AccessLog.Collector(), memoryLimit{})
+	cs = append(cs, a.cfg.AccessLog.Collector(), memoryLimit{a})
 	cs = append(cs, version.Collector())
 	for _, c := range cs {
 		if err := a.reg.Register(c); err != nil {

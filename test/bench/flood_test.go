@@ -25,8 +25,8 @@ import (
 // BenchmarkFlood: one captured pod floods the agent at full speed while
 // another captured pod asks for a table name 20 times a second over UDP
 // and 20 times over TCP, each query from a fresh socket as a stub resolver
-// asks. The agent runs with its default limits and the GOMEMLIMIT the Helm
-// chart gives it. One sub-benchmark per flood, and "none", the same
+// asks. The agent runs with its default limits in a cgroup with the Helm
+// chart's memory limit, from which it takes the Go runtime's as in a pod. One sub-benchmark per flood, and "none", the same
 // probes without a flood, the measure of what this machine gives:
 //
 //   - known: a table name over UDP, as fast as the pod can send;
@@ -106,8 +106,8 @@ func runFlood(b *testing.B, flood testenv.FloodConfig, ns dnstest.Responder) {
 			b.Errorf("cleanup: ztdns uninstall: %v\n%s", err, out)
 		}
 	})
-	b.Setenv("GOMEMLIMIT", chartGoMemLimit(b)) // the agent runs as the chart runs it
-	agent := testenv.StartAgent(b, node, bin, "agent", "--config-dir", examples, "--cgroup", cg.Path, "--bpffs", bpffs,
+	mem := testenv.NewMemoryCgroup(b, chartMemoryLimit(b)) // the agent runs as the chart runs it
+	agent := testenv.StartAgentIn(b, node, mem.Wrapper(), bin, "agent", "--config-dir", examples, "--cgroup", cg.Path, "--bpffs", bpffs,
 		"--socket", socket, "--state-dir", filepath.Join(dir, "state"), "--resolv-conf", resolvConf, "--log-level", "warn")
 	agent.WaitReady(b, socket, 30*time.Second)
 	flooder := node.AddPod(b, testenv.PodConfig{Nameservers: []string{floodNameserver}})
@@ -249,9 +249,9 @@ func rssOf(b *testing.B, pid int, field string) int64 {
 	return 0
 }
 
-// chartGoMemLimit is the GOMEMLIMIT the Helm chart gives the agent with its
-// default values: 80% of the container's memory limit.
-func chartGoMemLimit(b *testing.B) string {
+// chartMemoryLimit is the memory limit the Helm chart gives the agent with
+// its default values, in bytes.
+func chartMemoryLimit(b *testing.B) int64 {
 	b.Helper()
 	data, err := os.ReadFile("../../deploy/charts/ztdns/values.yaml")
 	if err != nil {
@@ -271,7 +271,7 @@ func chartGoMemLimit(b *testing.B) string {
 	if err != nil {
 		b.Fatalf("the chart's memory limit %q: %v", values.Resources.Limits.Memory, err)
 	}
-	return strconv.FormatInt(q.Value()*4/5, 10)
+	return q.Value()
 }
 
 // The flood and probe clients are this test binary in helper mode.

@@ -568,16 +568,14 @@ func checkEnv(t *testing.T, agent corev1.Container) {
 			env[e.Name] = e.Value
 		}
 	}
-	// GOMEMLIMIT is 80% of the memory limit: the rest is for what the Go
-	// runtime does not count (the binary's pages, socket buffers, maps).
-	limit := agent.Resources.Limits[corev1.ResourceMemory]
+	// No GOMEMLIMIT: the agent takes the Go runtime's limit from its
+	// cgroup's, and follows a resize, which a fixed figure would not.
 	want := map[string]string{
 		"NODE_NAME": "field:spec.nodeName", // --node-name=$(NODE_NAME)
 		"POD_UID":   "field:metadata.uid",  // --pod-uid's default: whom a hand-over refuses
 		// --pod-template-generation's default: a hand-over refuses a lower one
 		"POD_TEMPLATE_GENERATION": "field:metadata.labels['pod-template-generation']",
 		"HOST_IP":                 "field:status.hostIP",
-		"GOMEMLIMIT":              strconv.FormatInt(limit.Value()*4/5, 10),
 	}
 	if !maps.Equal(env, want) {
 		t.Errorf("env %v, want %v", env, want)
@@ -1069,66 +1067,4 @@ func toStrings(v any) []string {
 		out = append(out, s)
 	}
 	return out
-}
-
-// TestChartGoMemLimit: GOMEMLIMIT is 80% of the memory limit in every
-// form of a Kubernetes quantity a limit of bytes takes: plain, binary and
-// decimal suffixes, fractions, exponents, and a number from a values file
-// (which helm reads as a float). A limit the chart cannot scale fails the
-// render, naming the value. (Before, anything but a whole number of bytes,
-// Ki, Mi or Gi set GOMEMLIMIT to the limit itself: 256M or 0.25Gi left the
-// runtime no room below the limit values.yaml promises.)
-func TestChartGoMemLimit(t *testing.T) {
-	t.Parallel()
-	for _, limit := range []string{
-		"256Mi", "268435456", "256M", "0.25Gi", "1.5Gi", "1Gi", "1Ti", "0.5Ti", "1Pi",
-		"512k", "1G", "1.5G", "2T", "256000Ki", "1e9", "2.5E8", "2.5e+08",
-	} {
-		t.Run("--set "+limit, func(t *testing.T) {
-			t.Parallel()
-			c := renderChart(t, "resources.limits.memory="+limit)
-			checkGoMemLimit(t, c, limit)
-		})
-	}
-	for _, v := range []string{"268435456", "2.68435456e+08", "1e9", "0.25Gi"} {
-		t.Run("values file "+v, func(t *testing.T) {
-			t.Parallel()
-			f := filepath.Join(t.TempDir(), "values.yaml")
-			if err := os.WriteFile(f, []byte("resources:\n  limits:\n    memory: "+v+"\n"), 0o644); err != nil {
-				t.Fatal(err)
-			}
-			c := parseChart(t, runHelm(t, "template", release, chartDir, "--namespace", namespace, "-f", f))
-			checkGoMemLimit(t, c, v)
-		})
-	}
-	for _, limit := range []string{"256000000000m", "256MB", "-1Gi", "0x100", "1.5.5Gi"} {
-		t.Run("refused "+limit, func(t *testing.T) {
-			t.Parallel()
-			_, err := tryHelm(t, "template", release, chartDir, "--set", "resources.limits.memory="+limit)
-			if err == nil {
-				t.Fatalf("helm template with memory limit %q succeeded; want it refused", limit)
-			}
-			if !strings.Contains(err.Error(), "resources.limits.memory") {
-				t.Errorf("helm's error does not name resources.limits.memory:\n%v", err)
-			}
-		})
-	}
-}
-
-// checkGoMemLimit checks that the agent's GOMEMLIMIT is a number, 80% of
-// the limit, which must read as the Kubernetes quantity q.
-func checkGoMemLimit(t *testing.T, c *chart, q string) {
-	t.Helper()
-	agent := c.daemonSet.Spec.Template.Spec.Containers[0]
-	limit := agent.Resources.Limits[corev1.ResourceMemory]
-	if want := resource.MustParse(q); limit.Cmp(want) != 0 {
-		t.Fatalf("rendered memory limit %s, want %s", limit.String(), want.String())
-	}
-	i := slices.IndexFunc(agent.Env, func(e corev1.EnvVar) bool { return e.Name == "GOMEMLIMIT" })
-	if i < 0 {
-		t.Fatal("no GOMEMLIMIT")
-	}
-	if got, want := agent.Env[i].Value, strconv.FormatInt(limit.Value()*4/5, 10); got != want {
-		t.Errorf("memory limit %s: GOMEMLIMIT %q (from %+v), want %s, 80%% of it", q, got, agent.Env[i].ValueFrom, want)
-	}
 }

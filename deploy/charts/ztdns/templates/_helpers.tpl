@@ -62,45 +62,6 @@ agent with these alone.
 {{- end }}
 
 {{/*
-ztdns.goMemLimit is the agent's GOMEMLIMIT for a memory limit (the argument):
-80% of it in bytes, rounded down. It reads a Kubernetes quantity of bytes:
-digits with an optional fraction and decimal exponent (helm reads a number
-in a values file as a float: 2.68435456e+08), then no suffix or one of Ki
-Mi Gi Ti Pi Ei, k M G T P E. Anything else fails the render: falling back
-to the limit itself would leave the runtime no room below it. A fraction of
-a byte counts as a byte, as Kubernetes rounds it.
-*/}}
-{{- define "ztdns.goMemLimit" -}}
-{{- $limit := toString . -}}
-{{- $re := "^([0-9]+)(?:\\.([0-9]*))?(?:[eE]([+-]?[0-9]+))?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$" -}}
-{{- if not (regexMatch $re $limit) -}}
-{{- fail (printf "resources.limits.memory %q: the chart sets GOMEMLIMIT to 80%% of it and reads bytes as digits with an optional fraction and exponent, then no suffix or one of Ki Mi Gi Ti Pi Ei k M G T P E" $limit) -}}
-{{- end -}}
-{{- $units := dict "" 1 "Ki" 1024 "Mi" 1048576 "Gi" 1073741824 "Ti" 1099511627776 "Pi" 1125899906842624 "Ei" 1152921504606846976 "k" 1000 "M" 1000000 "G" 1000000000 "T" 1000000000000 "P" 1000000000000000 "E" 1000000000000000000 -}}
-{{- $frac := regexReplaceAll $re $limit "${2}" -}}
-{{- $exp := regexReplaceAll $re $limit "${3}" | default "0" | atoi -}}
-{{- $unit := get $units (regexReplaceAll $re $limit "${4}") | int64 -}}
-{{- /* The limit is mantissa × unit × 10^scale bytes. */ -}}
-{{- $digits := regexReplaceAll "^0+" (printf "%s%s" (regexReplaceAll $re $limit "${1}") $frac) "" -}}
-{{- $scale := sub $exp (len $frac) | int64 -}}
-{{- if or (gt (len $digits) 18) (gt $scale 18) (lt $scale -18) -}}
-{{- fail (printf "resources.limits.memory %q: too many digits or too large an exponent for the chart to compute GOMEMLIMIT" $limit) -}}
-{{- end -}}
-{{- $mantissa := $digits | default "0" | atoi | int64 -}}
-{{- $pow := 1 | int64 -}}
-{{- $approx := mulf $mantissa $unit -}}
-{{- range until (ternary $scale (sub 0 $scale) (ge $scale 0) | int) -}}
-{{- $pow = mul $pow 10 -}}
-{{- end -}}
-{{- $approx = ternary (mulf $approx $pow) (divf $approx $pow) (ge $scale 0) -}}
-{{- if or (gt (mulf $mantissa $unit) 9e18) (gt $approx 1e18) -}}
-{{- fail (printf "resources.limits.memory %q: too large for the chart to compute GOMEMLIMIT" $limit) -}}
-{{- end -}}
-{{- $bytes := ternary (mul $mantissa $unit $pow) (div (sub (add (mul $mantissa $unit) $pow) 1) $pow) (ge $scale 0) -}}
-{{- div (mul $bytes 4) 5 -}}
-{{- end }}
-
-{{/*
 ztdns.uninstallContainer is a container running `ztdns uninstall`: the
 capture path's programs, pins and ztdns0 interface, and with "cni" the
 plugin's CNI entry. Arguments: "root" (the chart's context), "name", "cni".
