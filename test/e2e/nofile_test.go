@@ -96,10 +96,20 @@ func TestAgentServesOnPastItsOpenFileLimit(t *testing.T) {
 	if got := askOver(ag, "udp", "address.internal."); got != "198.51.100.1" {
 		t.Errorf("address.internal over UDP at the open-file limit: %s", got)
 	}
-	// No socket for the exchange: SERVFAIL at once, and the agent serves on.
-	if got := askOver(ag, "udp", "at-the-limit.example."); got != "rcode:SERVFAIL" {
-		t.Errorf("a forwarded name at the open-file limit: %s, want SERVFAIL", got)
-	}
+	// No socket for the exchange: SERVFAIL at once, and the agent serves
+	// on. A name of its own each time: a descriptor the agent freed since
+	// (a control connection closing, say) stays free until its accept
+	// loop, pausing up to a second, takes the next waiting connection into
+	// it, and a forward in between gets its socket.
+	tries := 0
+	agenttest.Eventually(t, 30*time.Second, func() error {
+		tries++
+		name := fmt.Sprintf("at-the-limit-%d.example.", tries)
+		if got := askOver(ag, "udp", name); got != "rcode:SERVFAIL" {
+			return fmt.Errorf("%s at the open-file limit: %s, want SERVFAIL", name, got)
+		}
+		return nil
+	})
 
 	for _, c := range conns {
 		c.Close()
@@ -128,8 +138,8 @@ func TestAgentServesOnPastItsOpenFileLimit(t *testing.T) {
 		t.Errorf("ztdns_accept_errors_total{listener=\"dns\",reason=\"descriptors\"} = %v, want at least 1", n)
 	}
 	noSocket := fmt.Sprintf(`ztdns_forward_upstream_queries_total{result="no_socket",to=%q}`, up.Addr.String())
-	if n := metricValue(body, noSocket); n != 1 {
-		t.Errorf("%s = %v, want 1", noSocket, n)
+	if n := metricValue(body, noSocket); n < 1 {
+		t.Errorf("%s = %v, want at least 1", noSocket, n)
 	}
 	if !proc.Running() {
 		t.Fatalf("the agent exited: %v\n%s", proc.Wait(t, 0), proc.Log())
