@@ -214,6 +214,9 @@ type Agent struct {
 	hostCookies []uint64
 	// memory keeps the Go runtime's memory limit under the cgroup's.
 	memory *memoryLimiter
+	// nofile warns of an open-file limit below the descriptors the
+	// configured bounds may take (nofileWarning); set at start.
+	nofile string
 	// programsSwitched, when set (tests), runs once finishTakeover has
 	// attached this agent's programs, before the agent goes on.
 	programsSwitched func()
@@ -301,6 +304,8 @@ func newAgent(cfg Config) (*Agent, error) {
 			}
 		}
 	}
+	limit, ok := nofileLimit()
+	a.nofile = nofileWarning(limit, ok, a.descriptorBudget())
 	fwdOpts := []forward.Option{forward.WithLogger(cfg.Logger)}
 	if cfg.CacheSize != 0 {
 		fwdOpts = append(fwdOpts, forward.WithCacheSize(max(cfg.CacheSize, 0)))
@@ -344,6 +349,9 @@ func (a *Agent) run(ctx context.Context) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	g := &group{cancel: cancel}
+	if a.nofile != "" {
+		a.log.Warn(a.nofile)
+	}
 
 	// The socket directory is checked before anything in it is trusted: the
 	// hand-off socket a predecessor offers lives there too.

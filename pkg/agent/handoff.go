@@ -22,6 +22,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/ztdns/ztdns/internal/acceptretry"
 	"github.com/ztdns/ztdns/pkg/control"
 )
 
@@ -690,11 +691,16 @@ type handedTo struct {
 // refuses: its predecessor.
 func offerSockets(ctx context.Context, ln *net.UnixListener, log *slog.Logger, ids identities, sockets func() ([]socketDesc, []*os.File, error),
 	asking func(bool), stop func(takesControl bool)) (*handedTo, error) {
+	backoff := acceptretry.New(acceptretry.Handoff)
 	for {
 		c, err := ln.AcceptUnix()
 		if err != nil {
+			if ctx.Err() == nil && backoff.Wait(log, err) {
+				continue
+			}
 			return nil, err
 		}
+		backoff.Accepted()
 		if err := requireRoot(c); err != nil {
 			log.Warn("refusing a hand-off to a process that is not root", "err", err)
 			c.Close()

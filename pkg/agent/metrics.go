@@ -7,6 +7,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/ztdns/ztdns/internal/acceptretry"
 	"github.com/ztdns/ztdns/pkg/capture"
 	"github.com/ztdns/ztdns/pkg/control"
 	"github.com/ztdns/ztdns/pkg/redirect"
@@ -75,6 +76,7 @@ func (a *Agent) registerMetrics() error {
 	}
 	cs = append(cs, resolver.Collectors()...)
 	cs = append(cs, control.Collectors()...)
+	cs = append(cs, acceptretry.Collectors()...)
 	cs = append(cs, a.server.Collector())
 	cs = append(cs, capture.Collectors()...)
 	if mc, ok := a.cfg.Source.(interface{ Collectors() []prometheus.Collector }); ok {

@@ -18,6 +18,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/ztdns/ztdns/internal/acceptretry"
 	"github.com/ztdns/ztdns/internal/ratelog"
 )
 
@@ -628,7 +629,7 @@ func (l *guardedListener) abandon() {
 // each one's peer and admits, queues, or closes it (arrive), never
 // waiting for room.
 func (l *guardedListener) acceptLoop() {
-	var pause time.Duration
+	backoff := acceptretry.New(acceptretry.Control)
 	for {
 		c, err := l.AcceptUnix()
 		if err != nil {
@@ -636,16 +637,13 @@ func (l *guardedListener) acceptLoop() {
 				l.stop(&net.OpError{Op: "accept", Net: "unix", Addr: l.Addr(), Err: net.ErrClosed})
 				return
 			}
-			if ne, ok := err.(net.Error); ok && ne.Temporary() { //nolint:staticcheck // as net/http: out of descriptors, say
-				pause = min(max(2*pause, 5*time.Millisecond), time.Second)
-				l.access.log().Warn("control socket: accept failed, retrying", "err", err, "in", pause)
-				time.Sleep(pause)
+			if backoff.Wait(l.access.log(), err) { // out of descriptors, say
 				continue
 			}
 			l.stop(err)
 			return
 		}
-		pause = 0
+		backoff.Accepted()
 		peer, err := PeerOf(c)
 		if err != nil || !l.access.allowed(peer) {
 			metricRefused.Inc()

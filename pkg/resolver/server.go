@@ -24,6 +24,7 @@ import (
 
 	"github.com/miekg/dns"
 
+	"github.com/ztdns/ztdns/internal/acceptretry"
 	"github.com/ztdns/ztdns/internal/ratelog"
 	"github.com/ztdns/ztdns/pkg/accesslog"
 	"github.com/ztdns/ztdns/pkg/dnswire"
@@ -391,6 +392,10 @@ func (s *Server) ServeTCP(ln *net.TCPListener) error {
 		s.log.Warn("cannot bound the TCP connections' buffers", "listen", ln.Addr(), "err", err)
 	}
 	local := addrPortOf(ln.Addr())
+	// Out of descriptors (past the open-file limit), say: the connections
+	// wait in the backlog meanwhile, and the agent serves on.
+	backoff := acceptretry.New(acceptretry.DNS)
+	log := s.log.With("listen", ln.Addr())
 	for {
 		c, err := ln.AcceptTCP()
 		if err != nil {
@@ -401,8 +406,12 @@ func (s *Server) ServeTCP(ln *net.TCPListener) error {
 			if errors.As(err, &ne) && ne.Timeout() {
 				continue
 			}
+			if backoff.Wait(log, err) {
+				continue
+			}
 			return err
 		}
+		backoff.Accepted()
 		if !s.admitConn(c, local) {
 			// Over a connection bound: reset at once (no FIN exchange, no
 			// TIME_WAIT kept for it); the client retries.

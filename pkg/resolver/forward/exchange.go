@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"syscall"
 	"time"
 
 	"github.com/ztdns/ztdns/pkg/dnswire"
@@ -26,6 +27,22 @@ var (
 	errSourceMemory = errors.New("reply does not fit the bytes its source may hold")
 	errTakenBack    = fmt.Errorf("bytes taken back for a source within its share: %w", errSourceMemory)
 )
+
+// errNoSocket reports an exchange that could not open its socket: the agent
+// is out of file descriptors (EMFILE, ENFILE: its open-file limit) or the
+// kernel out of memory for one (ENOBUFS, ENOMEM). It says nothing of the
+// upstream; the client gets SERVFAIL, and the agent serves on.
+var errNoSocket = errors.New("no socket for the exchange")
+
+// dialError is the error of an exchange's failed dial: errNoSocket when
+// no socket could be opened.
+func dialError(ctx context.Context, proto string, upstream netip.AddrPort, err error) error {
+	switch {
+	case errors.Is(err, syscall.EMFILE), errors.Is(err, syscall.ENFILE), errors.Is(err, syscall.ENOBUFS), errors.Is(err, syscall.ENOMEM):
+		return fmt.Errorf("dial %s %s: %w: %w", proto, upstream, errNoSocket, err)
+	}
+	return ctxErrOr(ctx, fmt.Errorf("dial %s %s: %w", proto, upstream, err))
+}
 
 // refused is the error of a reply whose bytes the budget refused with v.
 func refused(v quota.Verdict) error {
@@ -65,7 +82,7 @@ func exchangeUDP(ctx context.Context, upstream netip.AddrPort, query []byte, q d
 	}
 	conn, err := net.DialUDP(network, nil, net.UDPAddrFromAddrPort(upstream))
 	if err != nil {
-		return nil, fmt.Errorf("dial udp %s: %w", upstream, err)
+		return nil, dialError(ctx, "udp", upstream, err)
 	}
 	defer conn.Close()
 	defer interruptOnDone(ctx, conn)()
@@ -119,7 +136,7 @@ func exchangeTCP(ctx context.Context, upstream netip.AddrPort, query []byte, q d
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "tcp", upstream.String())
 	if err != nil {
-		return nil, ctxErrOr(ctx, fmt.Errorf("dial tcp %s: %w", upstream, err))
+		return nil, dialError(ctx, "tcp", upstream, err)
 	}
 	// A connection per query, closed by us: with a normal close each would
 	// keep a local port in TIME_WAIT for a minute, and a pod asking over

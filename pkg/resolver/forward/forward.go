@@ -126,6 +126,7 @@ const (
 	FailureNoMemory      = resultNoMemory      // the reply did not fit the node's budget of replies in flight
 	FailureSourceLimited = resultSourceLimited // the reply did not fit what the asking source may hold of it
 	FailureCanceled      = resultCanceled      // the query's context ended (the resolver gave up on it) or the Forwarder closed
+	FailureNoSocket      = resultNoSocket      // the agent could not open a socket for the exchange (out of descriptors)
 	FailureNoUpstream    = "no_upstream"       // no valid upstream to ask
 )
 
@@ -459,6 +460,8 @@ func (f *Forwarder) ask(ctx context.Context, upstream netip.AddrPort, query []by
 			result = resultNoMemory
 		case errors.Is(err, errSourceMemory):
 			result = resultSourceLimited
+		case errors.Is(err, errNoSocket):
+			result = resultNoSocket
 		}
 		f.upstreams.attempt(upstream, result)
 		if result != resultCanceled {
@@ -502,15 +505,15 @@ func (f *Forwarder) goTracked(fn func()) bool {
 }
 
 // distinctUpstreams drops invalid and repeated upstreams (IPv4-mapped IPv6
-// counts as IPv4) and keeps at most maxUpstreams.
+// counts as IPv4) and keeps at most MaxUpstreams.
 func distinctUpstreams(upstreams []netip.AddrPort) []netip.AddrPort {
-	out := make([]netip.AddrPort, 0, min(len(upstreams), maxUpstreams))
+	out := make([]netip.AddrPort, 0, min(len(upstreams), MaxUpstreams))
 	for _, u := range upstreams {
 		u, ok := canonicalUpstream(u)
 		if !ok || slices.Contains(out, u) {
 			continue
 		}
-		if out = append(out, u); len(out) == maxUpstreams {
+		if out = append(out, u); len(out) == MaxUpstreams {
 			break
 		}
 	}

@@ -20,6 +20,9 @@ const (
 	// the reply did not fit what the asking source may hold of that budget:
 	// its own bound or its fair share
 	resultSourceLimited = "source_limited"
+	// no socket could be opened for the exchange: the agent out of file
+	// descriptors (its open-file limit), or the kernel of memory for one
+	resultNoSocket = "no_socket"
 )
 
 var (
@@ -112,10 +115,11 @@ func newUpstreamMetrics(maxSeries int, known []netip.AddrPort) *upstreamMetrics 
 			Subsystem: "forward",
 			Name:      "upstream_queries_total",
 			Help: "Queries sent to upstream nameservers, by upstream (to: its address, or \"other\" past --metrics-max-upstreams upstreams not configured) " +
-				"and result (ok, servfail, timeout, error, canceled, no_memory, source_limited); servfail, timeout and error are the upstream's failures, " +
-				"canceled, no_memory and source_limited say nothing of it (canceled: another upstream answered first). " +
+				"and result (ok, servfail, timeout, error, canceled, no_memory, source_limited, no_socket); servfail, timeout and error are the upstream's failures, " +
+				"canceled, no_memory, source_limited and no_socket say nothing of it (canceled: another upstream answered first). " +
 				"no_memory: the reply did not fit the node's budget of replies in flight (--inflight-bytes); " +
-				"source_limited: it did not fit what the asking pod may hold of it (--pod-inflight-bytes, or its fair share), the pod's doing.",
+				"source_limited: it did not fit what the asking pod may hold of it (--pod-inflight-bytes, or its fair share), the pod's doing; " +
+				"no_socket: the agent could not open a socket for the exchange, out of file descriptors (its open-file limit) or kernel memory.",
 		}, []string{"to", "result"}),
 		// duration measures how long upstreams take to send a valid reply.
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{

@@ -35,10 +35,12 @@ const (
 	// far more often than lost. With the default timeout, an exchange
 	// sends at most five datagrams to each upstream.
 	resendInterval = 400 * time.Millisecond
-	// maxUpstreams bounds how many upstreams one query is sent to in parallel
-	// (resolv.conf allows three); the rest of a longer list is ignored.
-	maxUpstreams = 8
 )
+
+// MaxUpstreams bounds how many upstreams one query is sent to in parallel
+// (resolv.conf allows three), each on a socket of its own; the rest of a
+// longer list is ignored.
+const MaxUpstreams = 8
 
 // Option configures a Forwarder.
 type Option func(*Forwarder)
