@@ -129,6 +129,22 @@ type Controller struct {
 	// each logged once; guarded by decideMu.
 	missing   map[string]bool
 	checkedAt time.Time // when dropGone last looked; guarded by decideMu
+	// pass counts Redecide's passes, and scan is the last scan of the
+	// node's processes (scanNode); guarded by decideMu.
+	pass uint64
+	scan nodeScan
+	// nsIDs are the NsIDs of recorded (and the node's own) network
+	// namespaces by cookie, as scans found them: a scan does not look
+	// into them again. Guarded by decideMu.
+	nsIDs map[uint64]NsID
+}
+
+// nodeScan is a scan of the node's processes and when it was made.
+type nodeScan struct {
+	res  ScanResult
+	ok   bool
+	pass uint64
+	at   time.Time
 }
 
 // New returns a controller over pods (the agent's registry, which it fills
@@ -143,7 +159,8 @@ func New(cfg Config, pods *podcache.Cache, m Marker, ns Namespaces) *Controller 
 	if cfg.BootID == "" {
 		cfg.BootID = BootID()
 	}
-	return &Controller{cfg: cfg, log: cfg.Logger, pods: pods, marker: m, netns: ns}
+	return &Controller{cfg: cfg, log: cfg.Logger, pods: pods, marker: m, netns: ns,
+		nsIDs: map[uint64]NsID{}}
 }
 
 // BootID returns the kernel's boot ID, a random UUID made at each boot, or
@@ -409,6 +426,47 @@ func (c *Controller) dropGone() {
 	}
 }
 
+// scanNode scans the node's processes, or returns the scan made in this
+// pass of Redecide, or within maxAge (0: this pass only). It looks into no
+// network namespace known to be a record's or the node's (nsIDs) and
+// learns those of the ones it looks into: on a dense node those are most
+// of them, each about half a millisecond to look into. ok is false when
+// the scan failed (logged). Callers hold decideMu.
+func (c *Controller) scanNode(maxAge time.Duration) (ScanResult, bool) {
+	now := c.cfg.Now()
+	if c.scan.ok && (c.scan.pass == c.pass || maxAge > 0 && now.Sub(c.scan.at) < maxAge) {
+		return c.scan.res, true
+	}
+	recorded := map[uint64]bool{}
+	for _, a := range c.pods.Attachments() {
+		recorded[a.NetnsCookie] = true
+	}
+	for _, cookie := range c.cfg.HostCookies {
+		recorded[cookie] = true
+	}
+	known := map[NsID]bool{}
+	for cookie, id := range c.nsIDs {
+		if recorded[cookie] {
+			known[id] = true
+		} else {
+			delete(c.nsIDs, cookie)
+		}
+	}
+	res, err := c.netns.Scan(known)
+	if err != nil {
+		c.log.Error("scanning the node's processes for running pods failed", "err", err)
+		c.scan = nodeScan{}
+		return res, false
+	}
+	for _, n := range res.Found {
+		if recorded[n.Cookie] {
+			c.nsIDs[n.Cookie] = n.ID
+		}
+	}
+	c.scan = nodeScan{res: res, ok: true, pass: c.pass, at: now}
+	return res, true
+}
+
 // ForgetGoneClaims forgets the records other than a's that claim one of
 // a's IPs and whose network namespace is gone (for an adopted record: that
 // no process holds any more), with their marks: a sandbox's record whose
@@ -500,7 +558,7 @@ func (c *Controller) logFollowing(a podcache.Attachment) {
 func (c *Controller) heldAt(cookie uint64, live *liveNetns) (path string, held bool) {
 	if !live.scanned {
 		live.scanned = true
-		scan, err := c.netns.Scan()
+		scan, err := c.netns.Scan(nil)
 		if err != nil {
 			c.log.Error("scanning the node's processes for adopted pods' network namespaces failed", "err", err)
 			live.err = err
@@ -593,6 +651,7 @@ func (c *Controller) Redecide() {
 	if c.fenced.Load() {
 		return
 	}
+	c.pass++
 	c.dropGone()
 	for _, att := range c.pods.Attachments() {
 		captured, reason := c.Decide(att)

@@ -93,7 +93,12 @@ type fakeNamespaces struct {
 	// addrReads are the paths Addrs read, in order.
 	addrReads []string
 	onScan    func() // runs in each Scan, without the lock
+	// inspected counts the namespaces scans looked into, by path.
+	inspected map[string]int
 }
+
+// fakeID is the NsID a fake namespace has: one per cookie.
+func fakeID(cookie uint64) NsID { return NsID{Dev: 4, Ino: cookie} }
 
 func (n *fakeNamespaces) Cookie(path string) (uint64, error) {
 	n.mu.Lock()
@@ -108,7 +113,7 @@ func (n *fakeNamespaces) Cookie(path string) (uint64, error) {
 	return ns.Cookie, nil
 }
 
-func (n *fakeNamespaces) Scan() (ScanResult, error) {
+func (n *fakeNamespaces) Scan(known map[NsID]bool) (ScanResult, error) {
 	if n.onScan != nil {
 		n.onScan()
 	}
@@ -119,8 +124,18 @@ func (n *fakeNamespaces) Scan() (ScanResult, error) {
 	if n.denied > 0 {
 		res.DeniedErr = os.ErrPermission
 	}
+	if n.inspected == nil {
+		n.inspected = map[string]int{}
+	}
 	for _, p := range slices.Sorted(maps.Keys(n.byPath)) {
 		ns := n.byPath[p]
+		ns.ID = fakeID(ns.Cookie)
+		switch {
+		case known[ns.ID]:
+			res.Known = append(res.Known, Netns{Path: ns.Path, ID: ns.ID})
+			continue
+		}
+		n.inspected[p]++
 		if ns.ForeignUserns || ns.TooManyAddrs { // as ProcNamespaces: not read
 			ns.Addrs = nil
 		}
@@ -1387,5 +1402,37 @@ func TestRestoreMarksFromTheNewestRecord(t *testing.T) {
 		if want := netip.MustParseAddr("10.0.0.3"); !ok || got.IPv4 != want {
 			t.Fatalf("mark after restore %+v (%v), want the newest record's %s", got, ok, want)
 		}
+	}
+}
+
+// TestAdoptionDoesNotLookIntoRecordedNamespacesAgain: on a dense node most
+// network namespaces are recorded pods'; a scan for running pods looks
+// into each once, and not again while it is recorded (a scan knows it by
+// its NsID). One no process holds any more is not listed.
+func TestAdoptionDoesNotLookIntoRecordedNamespacesAgain(t *testing.T) {
+	f := newFixture(t, true)
+	f.netns.add("/host/proc/1/ns/net", hostCookie, "192.0.2.1")
+	var pods []model.Pod
+	for i := range 20 {
+		name := fmt.Sprintf("p%d", i)
+		pods = append(pods, pod(name, fmt.Sprintf("10.0.1.%d", i+1), nil))
+		f.attach(t, cniAttachment(name, uint64(100+i), fmt.Sprintf("10.0.1.%d", i+1)))
+	}
+	ghost := pod("ghost", "10.0.2.1", nil) // never found: looked for every adoptInterval
+	f.source([]model.Namespace{ambientNS}, append(pods, ghost)...)
+	for range 3 {
+		f.now = f.now.Add(adoptInterval)
+		f.ctl.Redecide()
+	}
+	if f.netns.scans != 4 {
+		t.Fatalf("%d scans, want 4", f.netns.scans)
+	}
+	for path, n := range f.netns.inspected {
+		if n != 1 {
+			t.Errorf("%s looked into %d times in 4 scans, want once", path, n)
+		}
+	}
+	if n := len(f.netns.inspected); n != 21 {
+		t.Errorf("%d namespaces looked into, want the node's and the 20 pods'", n)
 	}
 }
