@@ -285,8 +285,12 @@ func (c *Controller) adoptRunningPods() {
 	if c.cfg.NodeName == "" {
 		return // standalone: pods in manifests are not processes here
 	}
+	deleted := c.recentlyDeleted()
 	var want []*podcache.Pod
 	for _, p := range c.pods.List() {
+		if d, ok := deleted[p.Key()]; ok && d.uid == p.UID {
+			continue // its DEL came before the source heard it ended
+		}
 		if p.Attachment == nil && c.adoptable(p) {
 			if captured, _ := c.policy().Decide(p.Namespace, p.Spec, c.namespaceOf(p.Namespace)); captured {
 				want = append(want, p)

@@ -137,6 +137,10 @@ type Controller struct {
 	// namespaces by cookie, as scans found them: a scan does not look
 	// into them again. Guarded by decideMu.
 	nsIDs map[uint64]NsID
+	// deleted are the pods whose sandbox a CNI DEL released, by
+	// namespace/name, that adoption does not look for while the source
+	// still lists them (rememberDeleted); guarded by mu.
+	deleted map[string]deletedPod
 }
 
 // nodeScan is a scan of the node's processes and when it was made.
@@ -145,6 +149,12 @@ type nodeScan struct {
 	ok   bool
 	pass uint64
 	at   time.Time
+}
+
+// deletedPod is a pod whose sandbox a CNI DEL released.
+type deletedPod struct {
+	namespace, name, uid string
+	at                   time.Time
 }
 
 // New returns a controller over pods (the agent's registry, which it fills
@@ -160,7 +170,7 @@ func New(cfg Config, pods *podcache.Cache, m Marker, ns Namespaces) *Controller 
 		cfg.BootID = BootID()
 	}
 	return &Controller{cfg: cfg, log: cfg.Logger, pods: pods, marker: m, netns: ns,
-		nsIDs: map[uint64]NsID{}}
+		nsIDs: map[uint64]NsID{}, deleted: map[string]deletedPod{}}
 }
 
 // BootID returns the kernel's boot ID, a random UUID made at each boot, or
@@ -234,6 +244,7 @@ func (c *Controller) applyLocked(a podcache.Attachment) error {
 		return err
 	}
 	if a.ContainerID != "" && !strings.HasPrefix(a.ContainerID, AdoptedPrefix) {
+		delete(c.deleted, a.Namespace+"/"+a.Name) // its sandbox is back
 		// A CNI ADD (a replayed one, say) of a sandbox adopted before it:
 		// the ADD's record is the one its DEL names, and two records of one
 		// namespace would leave a mark to whichever goes first.
@@ -260,11 +271,54 @@ func (c *Controller) reapply(a podcache.Attachment) (bool, error) {
 	return true, c.applyLocked(a)
 }
 
-// Forget unmarks and forgets the attachment with that key.
+// Forget unmarks and forgets the attachment with that key: a CNI DEL's.
+// Adoption does not look for its pod while the source still lists it
+// (rememberDeleted).
 func (c *Controller) Forget(key string) (podcache.Attachment, bool, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.forgetLocked(key)
+	a, ok, err := c.forgetLocked(key)
+	if ok {
+		c.rememberDeletedLocked(a)
+	}
+	return a, ok, err
+}
+
+// deletedMemory bounds how long adoption leaves alone a pod whose sandbox
+// a CNI DEL released while the source still lists it.
+const deletedMemory = 5 * time.Minute
+
+// rememberDeletedLocked keeps, for adoption, that a CNI DEL released a's
+// sandbox. The runtime tears a sandbox down (the DEL) before the source
+// hears that its pod finished or was deleted: the kubelet stops the
+// sandbox once the containers are killed or have ended, and the pod's
+// final status, and its removal, reach the source after. Until then the
+// source lists the pod, running, without a record: adoption
+// would look for it, scanning the node's processes for every pod deleted,
+// and warn that it is not found running. A pod is left alone while the
+// source lists it with that UID, until an ADD records it again, or for
+// deletedMemory at most. Records made by hand (no container ID) and
+// without a UID are not remembered. Callers hold mu.
+func (c *Controller) rememberDeletedLocked(a podcache.Attachment) {
+	if a.ContainerID == "" || a.UID == "" {
+		return
+	}
+	c.deleted[a.Namespace+"/"+a.Name] = deletedPod{namespace: a.Namespace, name: a.Name, uid: a.UID, at: c.cfg.Now()}
+}
+
+// recentlyDeleted returns the pods CNI DELs released that the source still
+// lists, by namespace/name, and forgets the others.
+func (c *Controller) recentlyDeleted() map[string]deletedPod {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	now := c.cfg.Now()
+	for key, d := range c.deleted {
+		p := c.pods.Get(d.namespace, d.name)
+		if p == nil || p.Spec == nil || p.Spec.UID != d.uid || now.Sub(d.at) >= deletedMemory {
+			delete(c.deleted, key)
+		}
+	}
+	return maps.Clone(c.deleted)
 }
 
 // Release stops capturing the network namespace of a record made by hand
@@ -304,6 +358,21 @@ func (c *Controller) forgetIf(key string, cookie uint64) (podcache.Attachment, b
 		return podcache.Attachment{}, false, nil
 	}
 	return c.forgetLocked(key)
+}
+
+// forgetDeletedIf is forgetIf for a CNI DEL: adoption does not look for
+// the pod while the source still lists it (rememberDeletedLocked).
+func (c *Controller) forgetDeletedIf(key string, cookie uint64) (podcache.Attachment, bool, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if cur, ok := c.pods.Attachment(key); !ok || cur.NetnsCookie != cookie {
+		return podcache.Attachment{}, false, nil
+	}
+	a, ok, err := c.forgetLocked(key)
+	if ok {
+		c.rememberDeletedLocked(a)
+	}
+	return a, ok, err
 }
 
 func (c *Controller) forgetLocked(key string) (podcache.Attachment, bool, error) {
@@ -364,7 +433,7 @@ func (c *Controller) ForgetAdopted(namespace, name, netnsPath string) ([]podcach
 		if a.NetnsCookie != delCookie && !c.netnsLost(key, a, &live) {
 			continue
 		}
-		a, ok, err := c.forgetIf(key, a.NetnsCookie)
+		a, ok, err := c.forgetDeletedIf(key, a.NetnsCookie)
 		if ok {
 			released = append(released, a)
 		}

@@ -1436,3 +1436,49 @@ func TestAdoptionDoesNotLookIntoRecordedNamespacesAgain(t *testing.T) {
 		t.Errorf("%d namespaces looked into, want the node's and the 20 pods'", n)
 	}
 }
+
+// TestDeletedPodIsNotLookedFor: the runtime tears a pod's sandbox down,
+// and its CNI DEL comes, before the source hears the pod ended (the kubelet
+// writes the final status after it stops the sandbox, and deletes the pod
+// after that): the pod is listed a while longer, without a record. It is
+// not looked for in the node's processes, nor warned about as not found
+// running, while the source lists it with that UID; a pod made again under
+// its name is.
+func TestDeletedPodIsNotLookedFor(t *testing.T) {
+	f := newFixture(t, true)
+	var log strings.Builder
+	f.ctl.log = slog.New(slog.NewTextHandler(&log, nil))
+	var pods []model.Pod
+	f.source([]model.Namespace{ambientNS})
+	for i := range 20 {
+		pods = append(pods, pod(fmt.Sprintf("p%d", i), fmt.Sprintf("10.0.1.%d", i+1), nil))
+		f.attach(t, cniAttachment(pods[i].Name, uint64(100+i), pods[i].IPs[0].String())) // ADDs come first
+	}
+	f.source([]model.Namespace{ambientNS}, pods...)
+	scans := f.netns.scans
+	for i, p := range pods {
+		att, ok, err := f.ctl.Forget("ctr-" + p.Name) // its DEL
+		if !ok || err != nil {
+			t.Fatalf("Forget(ctr-%s) = %v, %v", p.Name, ok, err)
+		}
+		delete(f.netns.byPath, att.NetnsPath)
+		f.source([]model.Namespace{ambientNS}, pods[i:]...) // the source lags by one
+	}
+	if n := f.netns.scans - scans; n != 0 {
+		t.Errorf("%d scans for 20 pods deleted, want none", n)
+	}
+	if strings.Contains(log.String(), "not found running") {
+		t.Errorf("warned about deleted pods:\n%s", log.String())
+	}
+	if got := f.marker.marked(); len(got) != 0 {
+		t.Errorf("marks %v, want none", got)
+	}
+
+	// p0 made again (a StatefulSet's), not running yet: looked for.
+	again := pods[0]
+	again.UID = "uid-p0-again"
+	f.source([]model.Namespace{ambientNS}, again, pods[19])
+	if n := f.netns.scans - scans; n != 1 {
+		t.Errorf("%d scans for a pod made again under a deleted one's name, want one", n)
+	}
+}
