@@ -93,6 +93,9 @@ type fakeNamespaces struct {
 	// addrReads are the paths Addrs read, in order.
 	addrReads []string
 	onScan    func() // runs in each Scan, without the lock
+	// mountOnly are paths of namespaces no process is in (a runtime's
+	// mount): Cookie finds them, Scan does not.
+	mountOnly map[string]bool
 	// inspected counts the namespaces scans looked into, by path.
 	inspected map[string]int
 }
@@ -131,6 +134,8 @@ func (n *fakeNamespaces) Scan(known map[NsID]bool) (ScanResult, error) {
 		ns := n.byPath[p]
 		ns.ID = fakeID(ns.Cookie)
 		switch {
+		case n.mountOnly[p]:
+			continue
 		case known[ns.ID]:
 			res.Known = append(res.Known, Netns{Path: ns.Path, ID: ns.ID})
 			continue
@@ -1480,5 +1485,66 @@ func TestDeletedPodIsNotLookedFor(t *testing.T) {
 	f.source([]model.Namespace{ambientNS}, again, pods[19])
 	if n := f.netns.scans - scans; n != 1 {
 		t.Errorf("%d scans for a pod made again under a deleted one's name, want one", n)
+	}
+}
+
+// TestRecordOfAPodTheSourceLostIsForgotten: a sandbox whose DEL never
+// comes (the runtime crashed) and whose network namespace stays mounted is
+// forgotten, and its namespace unmarked, once the source (which watches
+// the node's pods) has been without its pod for sourceLostGrace and no
+// process is in its namespace; one whose namespace a process still holds
+// is kept, and so is every record while a scan cannot open every
+// process's namespace.
+func TestRecordOfAPodTheSourceLostIsForgotten(t *testing.T) {
+	f := newFixture(t, true)
+	f.ctl.cfg.PodsWatched = true
+	var log strings.Builder
+	f.ctl.log = slog.New(slog.NewTextHandler(&log, nil))
+	f.source([]model.Namespace{ambientNS})
+	lost := f.attach(t, cniAttachment("p100", 100, "10.0.0.2"))
+	kept := f.attach(t, cniAttachment("p200", 200, "10.0.0.3"))
+	f.source([]model.Namespace{ambientNS}, pod("p100", "10.0.0.2", nil), pod("p200", "10.0.0.3", nil))
+	if got := f.marker.marked(); !slices.Equal(got, []uint64{100, 200}) {
+		t.Fatalf("marks %v, want both pods'", got)
+	}
+	recorded := func() []string {
+		var keys []string
+		for _, a := range f.savedRecord(t) {
+			keys = append(keys, a.Key())
+		}
+		return keys
+	}
+
+	// p100's processes are gone, its namespace still mounted; p200's run
+	// on. The source has lost both.
+	f.netns.mountOnly = map[string]bool{lost.NetnsPath: true}
+	f.source([]model.Namespace{ambientNS})
+	for elapsed := time.Duration(0); elapsed < sourceLostGrace; elapsed += adoptInterval {
+		if got, want := recorded(), []string{lost.Key(), kept.Key()}; !slices.Equal(got, want) {
+			t.Fatalf("record %q %v after the source lost the pods, want %q until sourceLostGrace", got, elapsed, want)
+		}
+		f.now = f.now.Add(adoptInterval)
+		f.ctl.Redecide()
+	}
+	if got, want := recorded(), []string{kept.Key()}; !slices.Equal(got, want) {
+		t.Errorf("record %q, want %q (p100's namespace holds no process)", got, want)
+	}
+	if p := f.pods.ByCookie(100); p != nil {
+		t.Errorf("cookie 100 is still %s's", p.Key())
+	}
+	if got := f.marker.marked(); slices.Contains(got, 100) {
+		t.Errorf("marks %v, want p100's namespace (100) unmarked", got)
+	}
+	if !strings.Contains(log.String(), "no process is in its network namespace") || !strings.Contains(log.String(), "pod=shop/p100") {
+		t.Errorf("the log does not say p100 was forgotten:\n%s", log.String())
+	}
+
+	// A scan that cannot open every process's namespace proves nothing.
+	f.netns.denied = 1
+	f.netns.mountOnly[kept.NetnsPath] = true
+	f.now = f.now.Add(adoptInterval)
+	f.ctl.Redecide()
+	if got, want := recorded(), []string{kept.Key()}; !slices.Equal(got, want) {
+		t.Errorf("record %q after a scan that could not open every namespace, want %q", got, want)
 	}
 }
