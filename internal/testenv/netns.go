@@ -57,6 +57,27 @@ func (n *Netns) AddAddr(tb testing.TB, cidr, dev string) {
 	run(tb, "ip", args...)
 }
 
+// WaitIn waits until the process pid lives in the namespace: one started
+// with Command is in the test's own until `ip netns exec` has entered it,
+// which a scan of /proc could see.
+func (n *Netns) WaitIn(tb testing.TB, pid int) {
+	tb.Helper()
+	var want syscall.Stat_t
+	if err := syscall.Stat(n.Path(), &want); err != nil {
+		tb.Fatalf("testenv: %v", err)
+	}
+	path := fmt.Sprintf("/proc/%d/ns/net", pid)
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		var st syscall.Stat_t
+		if err := syscall.Stat(path, &st); err == nil && st.Dev == want.Dev && st.Ino == want.Ino {
+			return
+		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("testenv: process %d never entered network namespace %s", pid, n.Name)
+		}
+	}
+}
+
 // Do runs fn on an OS thread switched into the namespace; sockets fn opens
 // stay in it.
 func (n *Netns) Do(fn func() error) error {

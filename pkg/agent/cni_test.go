@@ -134,6 +134,7 @@ func runPause(t *testing.T, n *testenv.Netns) uint64 {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cancel(); _ = pause.Wait() })
+	n.WaitIn(t, pause.Process.Pid)
 	return cookieOf(t, n)
 }
 

@@ -36,9 +36,11 @@ type Namespaces interface {
 	// once (through its lowest PID), with its addresses, except those of
 	// namespaces another user namespace owns (ForeignUserns: any user can
 	// make one, with as many as it likes), which Addrs reads when needed.
-	// Namespaces it could not open are counted in the result, not returned
-	// as an error.
-	Scan() (ScanResult, error)
+	// Each namespace is looked into once, however many processes share
+	// it, and those known (the namespaces of records, by NsID) not at all:
+	// they are listed in Known, by path and NsID alone. Namespaces it could
+	// not open are counted in the result, not returned as an error.
+	Scan(known map[NsID]bool) (ScanResult, error)
 	// Addrs reads the addresses of a namespace a scan found, if the process
 	// at its path still lives in it. An error that wraps
 	// redirect.ErrTooManyAddrs says it has more than a pod has.
@@ -48,7 +50,11 @@ type Namespaces interface {
 // Netns is one network namespace a scan found.
 type Netns struct {
 	// Path opens it: a process's ns/net link under the proc root.
-	Path   string
+	Path string
+	// ID is its nsfs identity, which a scan compares before it looks
+	// into a namespace. Unlike the cookie it is reused: a namespace made
+	// after another is gone may get its inode.
+	ID     NsID
 	Cookie uint64
 	// Addrs are its addresses; a scan leaves them unread when
 	// ForeignUserns or TooManyAddrs.
@@ -66,6 +72,9 @@ type Netns struct {
 // ScanResult is what a scan found, and what it could not look into.
 type ScanResult struct {
 	Found []Netns
+	// Known are the namespaces of the scan's known set that processes
+	// live in, by Path and ID alone: not looked into.
+	Known []Netns
 	// Denied counts processes whose namespace the agent may not open
 	// (EACCES, EPERM), and DeniedErr is the first such error.
 	Denied    int
@@ -81,6 +90,9 @@ type ScanResult struct {
 type ProcNamespaces struct {
 	// Root is the proc filesystem's mount point; empty means /proc.
 	Root string
+	// inspected, when set, is called with each path Scan looks into
+	// (tests count them).
+	inspected func(path string)
 }
 
 // Cookie implements Namespaces. A /proc/PID/ns/net path is looked up
@@ -104,7 +116,7 @@ func (p ProcNamespaces) NodePath(path string) string {
 // does (inspect): the process may exit, and its PID be reused, since the
 // scan.
 func (p ProcNamespaces) Addrs(n Netns) ([]netip.Addr, error) {
-	m, err := inspect(n.Path, nsID{}, false)
+	m, err := inspect(n.Path, NsID{}, false)
 	switch {
 	case err != nil:
 		return nil, err
@@ -116,8 +128,13 @@ func (p ProcNamespaces) Addrs(n Netns) ([]netip.Addr, error) {
 	return m.Addrs, nil
 }
 
-// Scan implements Namespaces.
-func (p ProcNamespaces) Scan() (ScanResult, error) {
+// Scan implements Namespaces. Looking into a namespace (inspect: setns,
+// a socket, a netlink dump) costs about half a millisecond, and a dense
+// node runs thousands of processes in a few hundred namespaces: each
+// process's ns/net is first stat'ed (its nsfs device and inode, one
+// system call), and only a namespace neither known nor seen before in
+// this scan is looked into.
+func (p ProcNamespaces) Scan(known map[NsID]bool) (ScanResult, error) {
 	root := p.Root
 	if root == "" {
 		root = "/proc"
@@ -141,59 +158,99 @@ func (p ProcNamespaces) Scan() (ScanResult, error) {
 	}
 	slices.Sort(pids)
 	var res ScanResult
-	seen := map[uint64]bool{}
+	denied := func(err error) {
+		res.Denied++
+		if res.DeniedErr == nil {
+			res.DeniedErr = err
+		}
+	}
+	// A namespace is seen once looked into, or known.
+	seen := map[NsID]bool{}
+	seenCookie := map[uint64]bool{}
 	initial, haveInitial := usernsID(filepath.Join(root, "1", "ns", "user"))
 	if !haveInitial {
 		initial, haveInitial = usernsID("/proc/self/ns/user")
 	}
 	for _, pid := range pids {
-		n, err := inspect(filepath.Join(root, strconv.FormatUint(pid, 10), "ns", "net"), initial, haveInitial)
+		path := filepath.Join(root, strconv.FormatUint(pid, 10), "ns", "net")
+		var st unix.Stat_t
+		if err := unix.Stat(path, &st); err != nil {
+			if errors.Is(err, fs.ErrPermission) {
+				denied(&fs.PathError{Op: "stat", Path: path, Err: err})
+			}
+			continue // e.g. a process that exited since the listing
+		}
+		id := NsID{uint64(st.Dev), st.Ino}
+		switch {
+		case seen[id]:
+			continue
+		case known[id]:
+			seen[id] = true
+			res.Known = append(res.Known, Netns{Path: path, ID: id})
+			continue
+		}
+		if p.inspected != nil {
+			p.inspected(path)
+		}
+		n, err := inspect(path, initial, haveInitial)
 		switch {
 		case errors.Is(err, fs.ErrPermission):
-			res.Denied++
-			if res.DeniedErr == nil {
-				res.DeniedErr = err
+			denied(err)
+		case errors.Is(err, fs.ErrNotExist), errors.Is(err, unix.ESRCH):
+			// The process exited since the stat: its namespace is tried
+			// through its next process.
+		case err != nil:
+			seen[id] = true // no other process's path reads it better
+		default:
+			// The open file is what was looked into: the PID may have
+			// moved to another namespace since the stat.
+			seen[id], seen[n.ID] = true, true
+			if !seenCookie[n.Cookie] {
+				seenCookie[n.Cookie] = true
+				res.Found = append(res.Found, n)
 			}
-		case err != nil: // e.g. a process that exited since the listing
-		case !seen[n.Cookie]:
-			seen[n.Cookie] = true
-			res.Found = append(res.Found, n)
 		}
 	}
 	return res, nil
 }
 
-// nsID identifies a namespace: its nsfs device and inode.
-type nsID struct{ dev, ino uint64 }
+// NsID identifies a namespace while it lives: its nsfs device and inode.
+// The kernel gives a new namespace the inode of one gone, so over time it
+// names several; a netns cookie never does within a boot.
+type NsID struct{ Dev, Ino uint64 }
 
-func usernsID(path string) (nsID, bool) {
+func usernsID(path string) (NsID, bool) {
 	var st unix.Stat_t
 	if err := unix.Stat(path, &st); err != nil {
-		return nsID{}, false
+		return NsID{}, false
 	}
-	return nsID{uint64(st.Dev), st.Ino}, true
+	return NsID{uint64(st.Dev), st.Ino}, true
 }
 
 // nsGetUserns is NS_GET_USERNS, _IO(0xb7, 0x1): a file descriptor of the
 // user namespace that owns a namespace.
 const nsGetUserns = 0xb701
 
-// inspect opens one process's network namespace and reads its cookie,
-// owning user namespace (unless !haveInitial) and, unless that is foreign,
-// addresses through that one open file (the process may exit, and its PID
-// be reused, between the listing and the reads).
-func inspect(path string, initial nsID, haveInitial bool) (Netns, error) {
+// inspect opens one process's network namespace and reads its identity,
+// cookie, owning user namespace (unless !haveInitial) and, unless that is
+// foreign, addresses through that one open file (the process may exit, and
+// its PID be reused, between the listing and the reads).
+func inspect(path string, initial NsID, haveInitial bool) (Netns, error) {
 	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return Netns{}, &fs.PathError{Op: "open", Path: path, Err: err}
 	}
 	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return Netns{}, &fs.PathError{Op: "fstat", Path: path, Err: err}
+	}
 	self := "/proc/self/fd/" + strconv.Itoa(fd)
 	cookie, err := redirect.NetnsCookie(self)
 	if err != nil {
 		return Netns{}, err
 	}
-	n := Netns{Path: path, Cookie: cookie}
+	n := Netns{Path: path, ID: NsID{uint64(st.Dev), st.Ino}, Cookie: cookie}
 	if haveInitial {
 		ufd, err := unix.IoctlRetInt(fd, nsGetUserns)
 		if err != nil {
@@ -205,7 +262,7 @@ func inspect(path string, initial nsID, haveInitial bool) (Netns, error) {
 		if err != nil {
 			return Netns{}, &fs.PathError{Op: "fstat user namespace", Path: path, Err: err}
 		}
-		n.ForeignUserns = (nsID{uint64(st.Dev), st.Ino} != initial)
+		n.ForeignUserns = (NsID{uint64(st.Dev), st.Ino} != initial)
 	}
 	if n.ForeignUserns {
 		return n, nil
@@ -228,8 +285,12 @@ func (c *Controller) adoptRunningPods() {
 	if c.cfg.NodeName == "" {
 		return // standalone: pods in manifests are not processes here
 	}
+	deleted := c.recentlyDeleted()
 	var want []*podcache.Pod
 	for _, p := range c.pods.List() {
+		if d, ok := deleted[p.Key()]; ok && d.uid == p.UID {
+			continue // its DEL came before the source heard it ended
+		}
 		if p.Attachment == nil && c.adoptable(p) {
 			if captured, _ := c.policy().Decide(p.Namespace, p.Spec, c.namespaceOf(p.Namespace)); captured {
 				want = append(want, p)
@@ -250,9 +311,8 @@ func (c *Controller) adoptRunningPods() {
 		return
 	}
 	c.adoptKey, c.adoptedAt = key.String(), now
-	scan, err := c.netns.Scan()
-	if err != nil {
-		c.log.Error("scanning the node's processes for running pods failed", "err", err)
+	scan, ok := c.scanNode(0)
+	if !ok {
 		return
 	}
 	byIP := c.candidates(scan.Found, want)

@@ -129,6 +129,42 @@ type Controller struct {
 	// each logged once; guarded by decideMu.
 	missing   map[string]bool
 	checkedAt time.Time // when dropGone last looked; guarded by decideMu
+	// pass counts Redecide's passes, and scan is the last scan of the
+	// node's processes (scanNode); guarded by decideMu.
+	pass uint64
+	scan nodeScan
+	// nsIDs are the NsIDs of recorded (and the node's own) network
+	// namespaces by cookie, as scans found them: a scan does not look
+	// into them again. Guarded by decideMu.
+	nsIDs map[uint64]NsID
+	// lostSince is when dropGone first saw the source without the pod of
+	// each record; guarded by decideMu.
+	lostSince map[string]lostRecord
+	// deleted are the pods whose sandbox a CNI DEL released, by
+	// namespace/name, that adoption does not look for while the source
+	// still lists them (rememberDeleted); guarded by mu.
+	deleted map[string]deletedPod
+}
+
+// nodeScan is a scan of the node's processes and when it was made.
+type nodeScan struct {
+	res  ScanResult
+	ok   bool
+	pass uint64
+	at   time.Time
+}
+
+// lostRecord is since when the source has lost the pod of a record of the
+// network namespace with that cookie.
+type lostRecord struct {
+	cookie uint64
+	since  time.Time
+}
+
+// deletedPod is a pod whose sandbox a CNI DEL released.
+type deletedPod struct {
+	namespace, name, uid string
+	at                   time.Time
 }
 
 // New returns a controller over pods (the agent's registry, which it fills
@@ -143,7 +179,8 @@ func New(cfg Config, pods *podcache.Cache, m Marker, ns Namespaces) *Controller 
 	if cfg.BootID == "" {
 		cfg.BootID = BootID()
 	}
-	return &Controller{cfg: cfg, log: cfg.Logger, pods: pods, marker: m, netns: ns}
+	return &Controller{cfg: cfg, log: cfg.Logger, pods: pods, marker: m, netns: ns,
+		nsIDs: map[uint64]NsID{}, lostSince: map[string]lostRecord{}, deleted: map[string]deletedPod{}}
 }
 
 // BootID returns the kernel's boot ID, a random UUID made at each boot, or
@@ -217,6 +254,7 @@ func (c *Controller) applyLocked(a podcache.Attachment) error {
 		return err
 	}
 	if a.ContainerID != "" && !strings.HasPrefix(a.ContainerID, AdoptedPrefix) {
+		delete(c.deleted, a.Namespace+"/"+a.Name) // its sandbox is back
 		// A CNI ADD (a replayed one, say) of a sandbox adopted before it:
 		// the ADD's record is the one its DEL names, and two records of one
 		// namespace would leave a mark to whichever goes first.
@@ -243,11 +281,54 @@ func (c *Controller) reapply(a podcache.Attachment) (bool, error) {
 	return true, c.applyLocked(a)
 }
 
-// Forget unmarks and forgets the attachment with that key.
+// Forget unmarks and forgets the attachment with that key: a CNI DEL's.
+// Adoption does not look for its pod while the source still lists it
+// (rememberDeleted).
 func (c *Controller) Forget(key string) (podcache.Attachment, bool, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.forgetLocked(key)
+	a, ok, err := c.forgetLocked(key)
+	if ok {
+		c.rememberDeletedLocked(a)
+	}
+	return a, ok, err
+}
+
+// deletedMemory bounds how long adoption leaves alone a pod whose sandbox
+// a CNI DEL released while the source still lists it.
+const deletedMemory = 5 * time.Minute
+
+// rememberDeletedLocked keeps, for adoption, that a CNI DEL released a's
+// sandbox. The runtime tears a sandbox down (the DEL) before the source
+// hears that its pod finished or was deleted: the kubelet stops the
+// sandbox once the containers are killed or have ended, and the pod's
+// final status, and its removal, reach the source after. Until then the
+// source lists the pod, running, without a record: adoption
+// would look for it, scanning the node's processes for every pod deleted,
+// and warn that it is not found running. A pod is left alone while the
+// source lists it with that UID, until an ADD records it again, or for
+// deletedMemory at most. Records made by hand (no container ID) and
+// without a UID are not remembered. Callers hold mu.
+func (c *Controller) rememberDeletedLocked(a podcache.Attachment) {
+	if a.ContainerID == "" || a.UID == "" {
+		return
+	}
+	c.deleted[a.Namespace+"/"+a.Name] = deletedPod{namespace: a.Namespace, name: a.Name, uid: a.UID, at: c.cfg.Now()}
+}
+
+// recentlyDeleted returns the pods CNI DELs released that the source still
+// lists, by namespace/name, and forgets the others.
+func (c *Controller) recentlyDeleted() map[string]deletedPod {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	now := c.cfg.Now()
+	for key, d := range c.deleted {
+		p := c.pods.Get(d.namespace, d.name)
+		if p == nil || p.Spec == nil || p.Spec.UID != d.uid || now.Sub(d.at) >= deletedMemory {
+			delete(c.deleted, key)
+		}
+	}
+	return maps.Clone(c.deleted)
 }
 
 // Release stops capturing the network namespace of a record made by hand
@@ -287,6 +368,21 @@ func (c *Controller) forgetIf(key string, cookie uint64) (podcache.Attachment, b
 		return podcache.Attachment{}, false, nil
 	}
 	return c.forgetLocked(key)
+}
+
+// forgetDeletedIf is forgetIf for a CNI DEL: adoption does not look for
+// the pod while the source still lists it (rememberDeletedLocked).
+func (c *Controller) forgetDeletedIf(key string, cookie uint64) (podcache.Attachment, bool, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if cur, ok := c.pods.Attachment(key); !ok || cur.NetnsCookie != cookie {
+		return podcache.Attachment{}, false, nil
+	}
+	a, ok, err := c.forgetLocked(key)
+	if ok {
+		c.rememberDeletedLocked(a)
+	}
+	return a, ok, err
 }
 
 func (c *Controller) forgetLocked(key string) (podcache.Attachment, bool, error) {
@@ -347,7 +443,7 @@ func (c *Controller) ForgetAdopted(namespace, name, netnsPath string) ([]podcach
 		if a.NetnsCookie != delCookie && !c.netnsLost(key, a, &live) {
 			continue
 		}
-		a, ok, err := c.forgetIf(key, a.NetnsCookie)
+		a, ok, err := c.forgetDeletedIf(key, a.NetnsCookie)
 		if ok {
 			released = append(released, a)
 		}
@@ -389,8 +485,9 @@ func (c *Controller) netnsLost(key string, a podcache.Attachment, live *liveNetn
 // runs). Each look enters the namespace, so it looks at every record at
 // most every adoptInterval, as adoption scans do, and at once at those
 // whose pod the source no longer has, or has with another UID (by the time
-// the API server forgets a pod, its sandbox is gone). Callers hold
-// decideMu.
+// the API server forgets a pod, its sandbox is gone). Then it forgets
+// those whose namespace lives on with no process in it (dropLost).
+// Callers hold decideMu.
 func (c *Controller) dropGone() {
 	now := c.cfg.Now()
 	all := c.checkedAt.IsZero() || now.Sub(c.checkedAt) >= adoptInterval
@@ -407,6 +504,123 @@ func (c *Controller) dropGone() {
 				"netns", a.NetnsPath, "err", err)
 		}
 	}
+	c.dropLost(now)
+}
+
+// sourceLostGrace is how long the source may go without the pod of a
+// record whose network namespace lives before the record is forgotten,
+// if no process holds the namespace: longer than a watch lags behind the
+// runtime (an ADD comes before the pod is delivered).
+const sourceLostGrace = 5 * time.Minute
+
+// dropLost forgets the records of pods the source has lost (sourceLost)
+// for sourceLostGrace, whose network namespace lives on with no process
+// in it: a sandbox whose DEL never came (the runtime crashed, or was
+// restarted without it) and whose namespace stayed mounted
+// (/var/run/netns/cni-…) would otherwise keep its record, mark and slots
+// until the node reboots. That no process holds the namespace is read
+// from one scan of the node's processes, the adoption scan's when it is
+// recent (scanNode): a scan that failed, or could not open every
+// process's namespace, proves nothing and forgets nothing. Only where the
+// source watches every pod of the node (PodsWatched): other sources name
+// only the pods someone wrote down. Records made by hand have no pod.
+// Callers hold decideMu.
+func (c *Controller) dropLost(now time.Time) {
+	if !c.cfg.PodsWatched || c.cfg.NodeName == "" {
+		return
+	}
+	atts := c.pods.Attachments()
+	lost := map[string]lostRecord{}
+	var due []string
+	for key, a := range atts {
+		if a.ContainerID == "" || !c.sourceLost(a) {
+			continue
+		}
+		l, ok := c.lostSince[key]
+		if !ok || l.cookie != a.NetnsCookie {
+			l = lostRecord{cookie: a.NetnsCookie, since: now}
+		}
+		lost[key] = l
+		if now.Sub(l.since) >= sourceLostGrace {
+			due = append(due, key)
+		}
+	}
+	c.lostSince = lost
+	if len(due) == 0 {
+		return
+	}
+	scan, ok := c.scanNode(adoptInterval)
+	if !ok {
+		return
+	}
+	if scan.Denied > 0 {
+		c.log.Debug("not forgetting pods the source lost: the network namespaces of some processes cannot be opened", "processes", scan.Denied)
+		return
+	}
+	held := map[uint64]bool{}
+	for _, n := range scan.Found {
+		held[n.Cookie] = true
+	}
+	heldID := map[NsID]bool{}
+	for _, n := range scan.Known {
+		heldID[n.ID] = true
+	}
+	slices.Sort(due)
+	for _, key := range due {
+		a := atts[key]
+		// A recorded namespace that lives (its record is still there,
+		// not gone) is the only one with its NsID.
+		if id, ok := c.nsIDs[a.NetnsCookie]; held[a.NetnsCookie] || ok && heldID[id] {
+			continue
+		}
+		if _, ok, err := c.forgetIf(key, a.NetnsCookie); ok {
+			delete(c.lostSince, key)
+			c.log.Info("pod is gone from the source and no process is in its network namespace; forgetting it",
+				"pod", a.Namespace+"/"+a.Name, "container", a.ContainerID, "netns", a.NetnsPath,
+				"lostFor", now.Sub(lost[key].since).Round(time.Second), "err", err)
+		}
+	}
+}
+
+// scanNode scans the node's processes, or returns the scan made in this
+// pass of Redecide, or within maxAge (0: this pass only). It looks into no
+// network namespace known to be a record's or the node's (nsIDs) and
+// learns those of the ones it looks into: on a dense node those are most
+// of them, each about half a millisecond to look into. ok is false when
+// the scan failed (logged). Callers hold decideMu.
+func (c *Controller) scanNode(maxAge time.Duration) (ScanResult, bool) {
+	now := c.cfg.Now()
+	if c.scan.ok && (c.scan.pass == c.pass || maxAge > 0 && now.Sub(c.scan.at) < maxAge) {
+		return c.scan.res, true
+	}
+	recorded := map[uint64]bool{}
+	for _, a := range c.pods.Attachments() {
+		recorded[a.NetnsCookie] = true
+	}
+	for _, cookie := range c.cfg.HostCookies {
+		recorded[cookie] = true
+	}
+	known := map[NsID]bool{}
+	for cookie, id := range c.nsIDs {
+		if recorded[cookie] {
+			known[id] = true
+		} else {
+			delete(c.nsIDs, cookie)
+		}
+	}
+	res, err := c.netns.Scan(known)
+	if err != nil {
+		c.log.Error("scanning the node's processes for running pods failed", "err", err)
+		c.scan = nodeScan{}
+		return res, false
+	}
+	for _, n := range res.Found {
+		if recorded[n.Cookie] {
+			c.nsIDs[n.Cookie] = n.ID
+		}
+	}
+	c.scan = nodeScan{res: res, ok: true, pass: c.pass, at: now}
+	return res, true
 }
 
 // ForgetGoneClaims forgets the records other than a's that claim one of
@@ -500,7 +714,7 @@ func (c *Controller) logFollowing(a podcache.Attachment) {
 func (c *Controller) heldAt(cookie uint64, live *liveNetns) (path string, held bool) {
 	if !live.scanned {
 		live.scanned = true
-		scan, err := c.netns.Scan()
+		scan, err := c.netns.Scan(nil)
 		if err != nil {
 			c.log.Error("scanning the node's processes for adopted pods' network namespaces failed", "err", err)
 			live.err = err
@@ -593,6 +807,7 @@ func (c *Controller) Redecide() {
 	if c.fenced.Load() {
 		return
 	}
+	c.pass++
 	c.dropGone()
 	for _, att := range c.pods.Attachments() {
 		captured, reason := c.Decide(att)

@@ -93,7 +93,15 @@ type fakeNamespaces struct {
 	// addrReads are the paths Addrs read, in order.
 	addrReads []string
 	onScan    func() // runs in each Scan, without the lock
+	// mountOnly are paths of namespaces no process is in (a runtime's
+	// mount): Cookie finds them, Scan does not.
+	mountOnly map[string]bool
+	// inspected counts the namespaces scans looked into, by path.
+	inspected map[string]int
 }
+
+// fakeID is the NsID a fake namespace has: one per cookie.
+func fakeID(cookie uint64) NsID { return NsID{Dev: 4, Ino: cookie} }
 
 func (n *fakeNamespaces) Cookie(path string) (uint64, error) {
 	n.mu.Lock()
@@ -108,7 +116,7 @@ func (n *fakeNamespaces) Cookie(path string) (uint64, error) {
 	return ns.Cookie, nil
 }
 
-func (n *fakeNamespaces) Scan() (ScanResult, error) {
+func (n *fakeNamespaces) Scan(known map[NsID]bool) (ScanResult, error) {
 	if n.onScan != nil {
 		n.onScan()
 	}
@@ -119,8 +127,20 @@ func (n *fakeNamespaces) Scan() (ScanResult, error) {
 	if n.denied > 0 {
 		res.DeniedErr = os.ErrPermission
 	}
+	if n.inspected == nil {
+		n.inspected = map[string]int{}
+	}
 	for _, p := range slices.Sorted(maps.Keys(n.byPath)) {
 		ns := n.byPath[p]
+		ns.ID = fakeID(ns.Cookie)
+		switch {
+		case n.mountOnly[p]:
+			continue
+		case known[ns.ID]:
+			res.Known = append(res.Known, Netns{Path: ns.Path, ID: ns.ID})
+			continue
+		}
+		n.inspected[p]++
 		if ns.ForeignUserns || ns.TooManyAddrs { // as ProcNamespaces: not read
 			ns.Addrs = nil
 		}
@@ -1387,5 +1407,144 @@ func TestRestoreMarksFromTheNewestRecord(t *testing.T) {
 		if want := netip.MustParseAddr("10.0.0.3"); !ok || got.IPv4 != want {
 			t.Fatalf("mark after restore %+v (%v), want the newest record's %s", got, ok, want)
 		}
+	}
+}
+
+// TestAdoptionDoesNotLookIntoRecordedNamespacesAgain: on a dense node most
+// network namespaces are recorded pods'; a scan for running pods looks
+// into each once, and not again while it is recorded (a scan knows it by
+// its NsID). One no process holds any more is not listed.
+func TestAdoptionDoesNotLookIntoRecordedNamespacesAgain(t *testing.T) {
+	f := newFixture(t, true)
+	f.netns.add("/host/proc/1/ns/net", hostCookie, "192.0.2.1")
+	var pods []model.Pod
+	for i := range 20 {
+		name := fmt.Sprintf("p%d", i)
+		pods = append(pods, pod(name, fmt.Sprintf("10.0.1.%d", i+1), nil))
+		f.attach(t, cniAttachment(name, uint64(100+i), fmt.Sprintf("10.0.1.%d", i+1)))
+	}
+	ghost := pod("ghost", "10.0.2.1", nil) // never found: looked for every adoptInterval
+	f.source([]model.Namespace{ambientNS}, append(pods, ghost)...)
+	for range 3 {
+		f.now = f.now.Add(adoptInterval)
+		f.ctl.Redecide()
+	}
+	if f.netns.scans != 4 {
+		t.Fatalf("%d scans, want 4", f.netns.scans)
+	}
+	for path, n := range f.netns.inspected {
+		if n != 1 {
+			t.Errorf("%s looked into %d times in 4 scans, want once", path, n)
+		}
+	}
+	if n := len(f.netns.inspected); n != 21 {
+		t.Errorf("%d namespaces looked into, want the node's and the 20 pods'", n)
+	}
+}
+
+// TestDeletedPodIsNotLookedFor: the runtime tears a pod's sandbox down,
+// and its CNI DEL comes, before the source hears the pod ended (the kubelet
+// writes the final status after it stops the sandbox, and deletes the pod
+// after that): the pod is listed a while longer, without a record. It is
+// not looked for in the node's processes, nor warned about as not found
+// running, while the source lists it with that UID; a pod made again under
+// its name is.
+func TestDeletedPodIsNotLookedFor(t *testing.T) {
+	f := newFixture(t, true)
+	var log strings.Builder
+	f.ctl.log = slog.New(slog.NewTextHandler(&log, nil))
+	var pods []model.Pod
+	f.source([]model.Namespace{ambientNS})
+	for i := range 20 {
+		pods = append(pods, pod(fmt.Sprintf("p%d", i), fmt.Sprintf("10.0.1.%d", i+1), nil))
+		f.attach(t, cniAttachment(pods[i].Name, uint64(100+i), pods[i].IPs[0].String())) // ADDs come first
+	}
+	f.source([]model.Namespace{ambientNS}, pods...)
+	scans := f.netns.scans
+	for i, p := range pods {
+		att, ok, err := f.ctl.Forget("ctr-" + p.Name) // its DEL
+		if !ok || err != nil {
+			t.Fatalf("Forget(ctr-%s) = %v, %v", p.Name, ok, err)
+		}
+		delete(f.netns.byPath, att.NetnsPath)
+		f.source([]model.Namespace{ambientNS}, pods[i:]...) // the source lags by one
+	}
+	if n := f.netns.scans - scans; n != 0 {
+		t.Errorf("%d scans for 20 pods deleted, want none", n)
+	}
+	if strings.Contains(log.String(), "not found running") {
+		t.Errorf("warned about deleted pods:\n%s", log.String())
+	}
+	if got := f.marker.marked(); len(got) != 0 {
+		t.Errorf("marks %v, want none", got)
+	}
+
+	// p0 made again (a StatefulSet's), not running yet: looked for.
+	again := pods[0]
+	again.UID = "uid-p0-again"
+	f.source([]model.Namespace{ambientNS}, again, pods[19])
+	if n := f.netns.scans - scans; n != 1 {
+		t.Errorf("%d scans for a pod made again under a deleted one's name, want one", n)
+	}
+}
+
+// TestRecordOfAPodTheSourceLostIsForgotten: a sandbox whose DEL never
+// comes (the runtime crashed) and whose network namespace stays mounted is
+// forgotten, and its namespace unmarked, once the source (which watches
+// the node's pods) has been without its pod for sourceLostGrace and no
+// process is in its namespace; one whose namespace a process still holds
+// is kept, and so is every record while a scan cannot open every
+// process's namespace.
+func TestRecordOfAPodTheSourceLostIsForgotten(t *testing.T) {
+	f := newFixture(t, true)
+	f.ctl.cfg.PodsWatched = true
+	var log strings.Builder
+	f.ctl.log = slog.New(slog.NewTextHandler(&log, nil))
+	f.source([]model.Namespace{ambientNS})
+	lost := f.attach(t, cniAttachment("p100", 100, "10.0.0.2"))
+	kept := f.attach(t, cniAttachment("p200", 200, "10.0.0.3"))
+	f.source([]model.Namespace{ambientNS}, pod("p100", "10.0.0.2", nil), pod("p200", "10.0.0.3", nil))
+	if got := f.marker.marked(); !slices.Equal(got, []uint64{100, 200}) {
+		t.Fatalf("marks %v, want both pods'", got)
+	}
+	recorded := func() []string {
+		var keys []string
+		for _, a := range f.savedRecord(t) {
+			keys = append(keys, a.Key())
+		}
+		return keys
+	}
+
+	// p100's processes are gone, its namespace still mounted; p200's run
+	// on. The source has lost both.
+	f.netns.mountOnly = map[string]bool{lost.NetnsPath: true}
+	f.source([]model.Namespace{ambientNS})
+	for elapsed := time.Duration(0); elapsed < sourceLostGrace; elapsed += adoptInterval {
+		if got, want := recorded(), []string{lost.Key(), kept.Key()}; !slices.Equal(got, want) {
+			t.Fatalf("record %q %v after the source lost the pods, want %q until sourceLostGrace", got, elapsed, want)
+		}
+		f.now = f.now.Add(adoptInterval)
+		f.ctl.Redecide()
+	}
+	if got, want := recorded(), []string{kept.Key()}; !slices.Equal(got, want) {
+		t.Errorf("record %q, want %q (p100's namespace holds no process)", got, want)
+	}
+	if p := f.pods.ByCookie(100); p != nil {
+		t.Errorf("cookie 100 is still %s's", p.Key())
+	}
+	if got := f.marker.marked(); slices.Contains(got, 100) {
+		t.Errorf("marks %v, want p100's namespace (100) unmarked", got)
+	}
+	if !strings.Contains(log.String(), "no process is in its network namespace") || !strings.Contains(log.String(), "pod=shop/p100") {
+		t.Errorf("the log does not say p100 was forgotten:\n%s", log.String())
+	}
+
+	// A scan that cannot open every process's namespace proves nothing.
+	f.netns.denied = 1
+	f.netns.mountOnly[kept.NetnsPath] = true
+	f.now = f.now.Add(adoptInterval)
+	f.ctl.Redecide()
+	if got, want := recorded(), []string{kept.Key()}; !slices.Equal(got, want) {
+		t.Errorf("record %q after a scan that could not open every namespace, want %q", got, want)
 	}
 }

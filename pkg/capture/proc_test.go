@@ -12,11 +12,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/ztdns/ztdns/internal/testenv"
 	"github.com/ztdns/ztdns/pkg/model"
@@ -50,7 +53,7 @@ func TestProcNamespacesScan(t *testing.T) {
 	}
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		res, err := ProcNamespaces{}.Scan()
+		res, err := ProcNamespaces{}.Scan(nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -110,7 +113,7 @@ func TestProcNamespacesScanKeepsTheLowestPID(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	res, err := ProcNamespaces{Root: root}.Scan()
+	res, err := ProcNamespaces{Root: root}.Scan(nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -209,6 +212,7 @@ func twoProcessNetns(t *testing.T, addr string) ([]*exec.Cmd, uint64) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { cancel(); _ = cmd.Wait() })
+		n.WaitIn(t, cmd.Process.Pid)
 		procs = append(procs, cmd)
 	}
 	slices.SortFunc(procs, func(a, b *exec.Cmd) int { return a.Process.Pid - b.Process.Pid })
@@ -283,6 +287,7 @@ func TestAdoptionPrefersTheNodesUserNamespace(t *testing.T) {
 		}
 	}
 	pause := start(n.Command(ctx, nil, "sleep", "600"))
+	n.WaitIn(t, pause.Process.Pid)
 	userns(web)
 	hostUsersFalse := userns(api)
 
@@ -329,6 +334,7 @@ func startIn(t *testing.T, n *testenv.Netns, batch string) string {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cancel(); _ = proc.Wait() })
+	n.WaitIn(t, proc.Process.Pid)
 	return "/proc/" + strconv.Itoa(proc.Process.Pid) + "/ns/net"
 }
 
@@ -369,7 +375,7 @@ func TestAdoptionSkipsNamespacesWithTooManyAddresses(t *testing.T) {
 	}
 	usernsPath := "/proc/" + strconv.Itoa(userns.Process.Pid) + "/ns/net"
 
-	res, err := ProcNamespaces{}.Scan()
+	res, err := ProcNamespaces{}.Scan(nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -445,4 +451,80 @@ func TestRecordedPodCannotBlockAnothersAdoption(t *testing.T) {
 	if p := f.pods.Get("shop", "api"); p.Attachment == nil || p.Attachment.NetnsPath != apiPath {
 		t.Errorf("api's attachment %+v, want adopted through its own namespace, %s", p.Attachment, apiPath)
 	}
+}
+
+// TestProcNamespacesScanLooksIntoEachNamespaceOnce: looking into a
+// namespace costs about half a millisecond (setns, a socket, a netlink
+// dump), and a dense node runs thousands of processes in a few hundred
+// namespaces. A scan looks into each namespace once however many
+// processes share it, through its lowest PID, and into a known one not at
+// all: that one it lists in Known, by path and ID.
+func TestProcNamespacesScanLooksIntoEachNamespaceOnce(t *testing.T) {
+	testenv.RequireRoot(t)
+	n := testenv.NewNetns(t, testenv.UniqueName("ztcap-"))
+	if out, err := exec.Command("ip", "-n", n.Name, "addr", "add", "203.0.113.87/32", "dev", "lo").CombinedOutput(); err != nil {
+		t.Fatalf("ip addr add: %v\n%s", err, out)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	var procs []string
+	for range 4 {
+		cmd := n.Command(ctx, nil, "sleep", "600")
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cancel(); _ = cmd.Wait() })
+		n.WaitIn(t, cmd.Process.Pid)
+		procs = append(procs, pathOf(cmd))
+	}
+	slices.SortFunc(procs, func(a, b string) int { return pidOf(a) - pidOf(b) })
+	id := func(path string) (NsID, bool) {
+		var st unix.Stat_t
+		if err := unix.Stat(path, &st); err != nil {
+			return NsID{}, false
+		}
+		return NsID{uint64(st.Dev), st.Ino}, true
+	}
+	podNs, _ := id(n.Path())
+	own, _ := id("/proc/self/ns/net")
+
+	var looked []string
+	scanner := ProcNamespaces{inspected: func(path string) { looked = append(looked, path) }}
+	res, err := scanner.Scan(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Looked into, by namespace: the processes' paths are read again now
+	// (one that exited since counts for none).
+	times := map[NsID]int{}
+	for _, path := range looked {
+		if ns, ok := id(path); ok {
+			times[ns]++
+		}
+	}
+	if times[podNs] != 1 || times[own] != 1 {
+		t.Errorf("the pod's namespace (4 processes) was looked into %d times, the test's own %d times; want once each", times[podNs], times[own])
+	}
+	found := slices.IndexFunc(res.Found, func(f Netns) bool { return f.ID == podNs })
+	if found < 0 || res.Found[found].Path != procs[0] {
+		t.Errorf("scan found %+v, want the pod's namespace through the lowest PID, %s", res.Found, procs[0])
+	}
+
+	looked = nil
+	res, err = scanner.Scan(map[NsID]bool{podNs: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if slices.Contains(looked, procs[0]) || slices.ContainsFunc(res.Found, func(f Netns) bool { return f.ID == podNs }) {
+		t.Errorf("a scan that knows the pod's namespace looked into it (%v) or found it (%+v)", looked, res.Found)
+	}
+	if want := []Netns{{Path: procs[0], ID: podNs}}; !reflect.DeepEqual(res.Known, want) {
+		t.Errorf("scan's known namespaces %+v, want %+v", res.Known, want)
+	}
+}
+
+// pidOf is the PID of a /proc/PID/ns/net path.
+func pidOf(path string) int {
+	pid, _ := strconv.Atoi(strings.Split(path, "/")[2])
+	return pid
 }
