@@ -15,8 +15,8 @@
  *    rewritten query must not match istio-cni's in-pod DNS capture (nat
  *    OUTPUT, destination port 53, REDIRECT to ztunnel's 15053), or ztunnel
  *    would answer a pod ztdns captured. A destination on the pod's own
- *    loopback, the unspecified address or an IPv6 link-local address is
- *    left alone (is_local), and so are a DNS server's replies
+ *    loopback, the unspecified address, an IPv6 link-local address, a
+ *    multicast group or the limited broadcast is left alone (is_local), and so are a DNS server's replies
  *    (from_dns_server) and a send to the peer of a socket connected
  *    before the pod was captured (to_own_peer4/6).
  *    When the agent lists the nameservers to capture (capture_only), a
@@ -253,9 +253,11 @@ static __always_inline bool is_resolver(const struct redirect_config *cfg,
 
 /* A destination on the pod's own host: 127.0.0.0/8, 0.0.0.0, ::1 or ::
  * (IPv4-mapped forms arrive here as IPv4: redirect6 unmaps them), or on its
- * own link: fe80::/10. Such a query is for a server in the pod's own
- * network namespace (a local cache or DNS sidecar) or its link neighbour,
- * and is never redirected nor learned into a slot:
+ * own link: fe80::/10, and the addresses of many hosts: multicast
+ * (224.0.0.0/4, ff00::/8) and the limited broadcast 255.255.255.255. Such
+ * a query is for a server in the pod's own network namespace (a local
+ * cache or DNS sidecar), its link neighbour, or whoever hears it on the
+ * pod's link, and is never redirected nor learned into a slot:
  *  - the agent runs in the node's network namespace (hostNetwork), so a
  *    loopback nameserver learned here would have it forward the pod's
  *    query to the NODE's loopback (systemd-resolved, a node-local cache),
@@ -265,6 +267,11 @@ static __always_inline bool is_resolver(const struct redirect_config *cfg,
  *    id, and the pod's link is none of the node's. Nor would a stub that
  *    names it with its scope accept a reply restored without one (musl
  *    compares the whole sockaddr_in6);
+ *  - a multicast or broadcast query stays on the pod's link without
+ *    ztdns; forwarded, it would leave from the node, onto the node's
+ *    network (the resolver turns SO_BROADCAST off, which covers only a
+ *    broadcast; a subnet-directed one is not known here and is refused
+ *    there);
  *  - istio-cni's in-pod DNS capture leaves loopback alone too (UDP only
  *    `! -o lo`, TCP only `! -d 127.0.0.1/32` / `::1/128`: TCP to another
  *    127/8 address is the one case it sends to ztunnel and we do not).
@@ -276,8 +283,10 @@ static __always_inline bool is_local(const struct endpoint *dst)
 
 	if (dst->family == ZTDNS_AF_INET)
 		return (w[0] & bpf_htonl(0xff000000)) == bpf_htonl(0x7f000000) ||
-		       w[0] == 0;
-	if ((w[0] & bpf_htonl(0xffc00000)) == bpf_htonl(0xfe800000))
+		       w[0] == 0 || w[0] == 0xffffffff ||
+		       (w[0] & bpf_htonl(0xf0000000)) == bpf_htonl(0xe0000000);
+	if ((w[0] & bpf_htonl(0xffc00000)) == bpf_htonl(0xfe800000) ||
+	    (w[0] & bpf_htonl(0xff000000)) == bpf_htonl(0xff000000))
 		return true;
 	return w[0] == 0 && w[1] == 0 && w[2] == 0 &&
 	       (w[3] == 0 || w[3] == bpf_htonl(1));

@@ -219,7 +219,7 @@ struct node_counters {
 	__u64 skipped_paused;	/* left alone: pod has ZTDNS_POD_PAUSED */
 	__u64 skipped_no_resolver; /* left alone: no resolver for that family */
 	__u64 skipped_slots_full; /* left alone: every slot busy with another server */
-	__u64 skipped_local;	/* left alone: loopback, unspecified or IPv6 link-local destination */
+	__u64 skipped_local;	/* left alone: is_local (pod-side, many-host) destination */
 	__u64 nameserver_learned; /* a new destination took a free slot */
 	__u64 nameserver_replaced; /* a new destination took an idle slot */
 	__u64 nameserver_failed; /* the nameservers map refused an update */

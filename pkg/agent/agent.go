@@ -191,8 +191,11 @@ type Agent struct {
 	retired     []io.Closer
 	retiredDone atomic.Bool
 	// addrs is cfg.Listen plus, with capture, every slot address.
-	addrs        []netip.AddrPort
-	slot4, slot6 [redirect.Slots]netip.AddrPort
+	addrs []netip.AddrPort
+	// selfUpstreams are the upstreams given that are addrs (withoutSelf),
+	// left out of cfg.Upstreams.
+	selfUpstreams []netip.AddrPort
+	slot4, slot6  [redirect.Slots]netip.AddrPort
 	// ipv6 is what capture started with, for checkIPv6, and what the
 	// status warning (ipv6Warning) of a node that refuses IPv6 says: that
 	// capture serves IPv4 only (dropIPv6), or that the node's IPv6 setting
@@ -304,6 +307,18 @@ func newAgent(cfg Config) (*Agent, error) {
 			}
 		}
 	}
+	kept, self := withoutSelf(cfg.Upstreams, a.addrs, localAddrs)
+	if len(self) > 0 {
+		if len(kept) == 0 {
+			return nil, fmt.Errorf("no upstream: %s %s the agent's own address, where it would forward its misses to itself: "+
+				"give --upstream other nameservers (the node's resolv.conf, whose nameservers are the default, names the agent)",
+				joinAddrs(self), pluralIs(len(self)))
+		}
+		a.cfg.Upstreams = kept
+		a.selfUpstreams = self
+		a.log.Warn("upstreams left out: they are the agent's own addresses, where it would forward its misses to itself",
+			"left", self, "upstreams", kept)
+	}
 	limit, ok := nofileLimit()
 	a.nofile = nofileWarning(limit, ok, a.descriptorBudget())
 	fwdOpts := []forward.Option{forward.WithLogger(cfg.Logger)}
@@ -316,7 +331,7 @@ func newAgent(cfg Config) (*Agent, error) {
 	inflight := cmp.Or(cfg.InflightBytes, resolver.DefaultInflightBytes)
 	budget := quota.NewBudget(inflight, resolver.PodInflightBytes(cfg.PodInflightBytes, inflight))
 	fwdOpts = append(fwdOpts, forward.WithCacheBytes(cfg.CacheBytes), forward.WithBudget(budget), forward.WithMaxUpstreamSeries(cfg.MaxUpstreamSeries),
-		forward.WithKnownUpstreams(knownUpstreams(cfg)...))
+		forward.WithKnownUpstreams(knownUpstreams(a.cfg)...))
 	a.fwd = forward.New(fwdOpts...)
 	a.server = resolver.New(resolver.Options{
 		Pods:        a.pods,
@@ -1244,6 +1259,93 @@ func (a *Agent) upstreamsFor(client, local netip.AddrPort) ([]netip.AddrPort, bo
 		}
 	}
 	return a.cfg.Upstreams, false
+}
+
+// withoutSelf splits upstreams into those kept and those that are the
+// agent itself: one of its addresses (addrs, with the same port), or, for
+// an unspecified one (0.0.0.0, ::), any address local returns (the node's
+// own) or loopback. A node whose resolv.conf names the agent (so that node
+// processes use it) would otherwise have it forward its misses to itself:
+// identical-query sharing ends the loop, but every such query waits for
+// the timeout and fails. IPv4-mapped addresses count as IPv4.
+func withoutSelf(upstreams, addrs []netip.AddrPort, local func() []netip.Addr) (kept, self []netip.AddrPort) {
+	var own []netip.Addr // the node's addresses, read once if needed
+	read := false
+	isSelf := func(u netip.AddrPort) bool {
+		ua := u.Addr().Unmap().WithZone("")
+		for _, l := range addrs {
+			la := l.Addr().Unmap().WithZone("")
+			if l.Port() != u.Port() {
+				continue
+			}
+			if la == ua {
+				return true
+			}
+			if !la.IsUnspecified() || (la.Is4() && !ua.Is4()) {
+				continue
+			}
+			if ua.IsLoopback() {
+				return true
+			}
+			if !read {
+				own, read = local(), true
+			}
+			if slices.Contains(own, ua) {
+				return true
+			}
+		}
+		return false
+	}
+	for _, u := range upstreams {
+		if isSelf(u) {
+			self = append(self, u)
+		} else {
+			kept = append(kept, u)
+		}
+	}
+	return kept, self
+}
+
+// localAddrs are the addresses of the network namespace's interfaces, the
+// node's, IPv4-mapped ones unmapped; none when they cannot be read.
+func localAddrs() []netip.Addr {
+	ifas, err := net.InterfaceAddrs()
+	if err != nil {
+		return nil
+	}
+	var out []netip.Addr
+	for _, ifa := range ifas {
+		if p, err := netip.ParsePrefix(ifa.String()); err == nil {
+			out = append(out, p.Addr().Unmap())
+		}
+	}
+	return out
+}
+
+// selfUpstreamsWarning is status's warning about upstreams left out
+// because they are the agent itself; "" if none were.
+func (a *Agent) selfUpstreamsWarning() string {
+	if len(a.selfUpstreams) == 0 {
+		return ""
+	}
+	return fmt.Sprintf("upstream %s left out: the agent's own address, where it would forward its misses to itself (the node's resolv.conf names the agent?); misses that are not a captured pod's go to %s",
+		joinAddrs(a.selfUpstreams), joinAddrs(a.cfg.Upstreams))
+}
+
+// joinAddrs lists addresses for a message.
+func joinAddrs(as []netip.AddrPort) string {
+	s := make([]string, len(as))
+	for i, a := range as {
+		s[i] = a.String()
+	}
+	return strings.Join(s, ", ")
+}
+
+func pluralIs(n int) string {
+	if n == 1 {
+		return "is"
+	}
+	return "are"
 }
 
 // captureSlot is the resolver's CaptureSlot: whether local is a resolver

@@ -328,6 +328,13 @@ func (c *dataplane) upstream(client, local netip.AddrPort) (netip.AddrPort, bool
 //     a link that is none of the node's, and a slot holds no scope id to
 //     dial it with. The programs leave it alone too (is_local). IPv4
 //     169.254.0.0/16 is forwarded to: NodeLocal DNSCache, on the node;
+//   - a multicast group (224.0.0.0/4, ff00::/8) or the limited broadcast
+//     (255.255.255.255): without ztdns the pod's query stays on its own
+//     link, forwarded it would leave from the node onto the node's
+//     network. The programs leave these alone too (is_local). A subnet's
+//     broadcast address is not known here: the forwarder's sockets have
+//     SO_BROADCAST off, so the kernel refuses it and the pod gets SERVFAIL
+//     at once;
 //   - with a capture list (CaptureConfig.Nameservers, unmapped as
 //     Redirector.CaptureNameservers gives it), one outside it: a slot
 //     learned before the list was set, which a pod could keep using, must

@@ -11,8 +11,10 @@ import (
 
 // A learned nameserver on loopback or the unspecified address is the pod's
 // own host, not the node's, and one on an IPv6 link-local address is on the
-// pod's link: the resolver must never forward there, nor to itself. IPv4
-// link-local is the node's own (NodeLocal DNSCache).
+// pod's link: the resolver must never forward there, nor to itself, nor to
+// a multicast group or the limited broadcast, which would carry the pod's
+// query from the node onto the node's network. IPv4 link-local is the
+// node's own (NodeLocal DNSCache).
 func TestForwardable(t *testing.T) {
 	resolvers := map[netip.Addr]bool{
 		netip.MustParseAddr("169.254.20.53"):      true,
@@ -51,6 +53,20 @@ func TestForwardable(t *testing.T) {
 		{"[fec0::]:53", true},
 		{"169.254.20.10:53", true},
 		{"[::ffff:169.254.20.10]:53", true},
+		// Many hosts: forwarded from the node, onto its network.
+		{"224.0.0.1:53", false},
+		{"224.0.0.0:53", false},
+		{"239.255.255.255:53", false},
+		{"[::ffff:224.0.0.251]:53", false},
+		{"223.255.255.255:53", true},
+		{"240.0.0.0:53", true},
+		{"255.255.255.255:53", false},
+		{"[::ffff:255.255.255.255]:53", false},
+		{"255.255.255.254:53", true},
+		{"[ff02::1]:53", false},
+		{"[ff02::fb%eth0]:53", false},
+		{"[ff05::1:3]:53", false},
+		{"[feff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:53", true},
 	} {
 		if got := forwardable(netip.MustParseAddrPort(tt.ns), resolvers, nil); got != tt.want {
 			t.Errorf("forwardable(%s) = %v, want %v", tt.ns, got, tt.want)

@@ -132,6 +132,9 @@ func (a *Agent) status() control.Status {
 	if ipv6Off != "" { // the node's, first
 		st.Warnings = append([]string{ipv6Off}, st.Warnings...)
 	}
+	if w := a.selfUpstreamsWarning(); w != "" {
+		st.Warnings = append([]string{w}, st.Warnings...)
+	}
 	if a.nofile != "" { // the process's, before
 		st.Warnings = append([]string{a.nofile}, st.Warnings...)
 	}

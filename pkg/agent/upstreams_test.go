@@ -122,3 +122,50 @@ func TestConfiguredUpstreamsKeepTheirLabel(t *testing.T) {
 		t.Errorf("upstream queries counted to %v, want %v", slices.Sorted(maps.Keys(got)), slices.Sorted(maps.Keys(want)))
 	}
 }
+
+// TestWithoutSelf: an upstream that is one of the agent's own addresses
+// (a listen or slot address, same port; any address of the node or
+// loopback behind an unspecified listen address of its family) is left
+// out, so that the agent never forwards its misses to itself.
+func TestWithoutSelf(t *testing.T) {
+	ap := netip.MustParseAddrPort
+	node := func() []netip.Addr {
+		return []netip.Addr{netip.MustParseAddr("10.0.0.5"), netip.MustParseAddr("2001:db8::5")}
+	}
+	for _, tc := range []struct {
+		name      string
+		addrs     []netip.AddrPort
+		upstreams []netip.AddrPort
+		self      []netip.AddrPort
+	}{
+		{"listen address", []netip.AddrPort{ap("169.254.20.53:53"), ap("[fd00:7a74:646e::53]:53")},
+			[]netip.AddrPort{ap("169.254.20.53:53"), ap("10.96.0.10:53"), ap("[fd00:7a74:646e::53]:53")},
+			[]netip.AddrPort{ap("169.254.20.53:53"), ap("[fd00:7a74:646e::53]:53")}},
+		{"IPv4-mapped", []netip.AddrPort{ap("169.254.20.53:53")},
+			[]netip.AddrPort{ap("[::ffff:169.254.20.53]:53"), ap("10.96.0.10:53")}, []netip.AddrPort{ap("[::ffff:169.254.20.53]:53")}},
+		{"slot address", []netip.AddrPort{ap("169.254.20.53:53"), ap("169.254.20.54:10053")},
+			[]netip.AddrPort{ap("169.254.20.54:10053"), ap("10.96.0.10:53")}, []netip.AddrPort{ap("169.254.20.54:10053")}},
+		{"another port", []netip.AddrPort{ap("169.254.20.53:53"), ap("169.254.20.54:10053")},
+			[]netip.AddrPort{ap("169.254.20.54:53"), ap("169.254.20.53:5353")}, nil},
+		{"node address behind 0.0.0.0", []netip.AddrPort{ap("0.0.0.0:53")},
+			[]netip.AddrPort{ap("10.0.0.5:53"), ap("127.0.0.53:53"), ap("10.0.0.6:53"), ap("[2001:db8::5]:53")},
+			[]netip.AddrPort{ap("10.0.0.5:53"), ap("127.0.0.53:53")}},
+		{"node address behind ::", []netip.AddrPort{ap("[::]:53")},
+			[]netip.AddrPort{ap("10.0.0.5:53"), ap("[2001:db8::5]:53"), ap("[::1]:53"), ap("[2001:db8::6]:53")},
+			[]netip.AddrPort{ap("10.0.0.5:53"), ap("[2001:db8::5]:53"), ap("[::1]:53")}},
+		{"none", []netip.AddrPort{ap("169.254.20.53:53")}, []netip.AddrPort{ap("10.96.0.10:53")}, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var want []netip.AddrPort
+			for _, u := range tc.upstreams {
+				if !slices.Contains(tc.self, u) {
+					want = append(want, u)
+				}
+			}
+			kept, self := withoutSelf(tc.upstreams, tc.addrs, node)
+			if !slices.Equal(kept, want) || !slices.Equal(self, tc.self) {
+				t.Errorf("withoutSelf(%v, %v) = %v, %v; want %v kept, %v left out", tc.upstreams, tc.addrs, kept, self, want, tc.self)
+			}
+		})
+	}
+}

@@ -50,8 +50,9 @@ type Status struct {
 	// Warnings are objects left out of the name table (at most
 	// MaxStoredWarnings of them; WarningsOmitted counts the rest), captured
 	// pods that istio-cni's DNS rules claim too, IPv6 resolver addresses
-	// left out on a node that refuses IPv6, and an open-file limit below
-	// the descriptors the agent's bounds may take.
+	// left out on a node that refuses IPv6, an open-file limit below the
+	// descriptors the agent's bounds may take, and upstreams left out
+	// because they are the agent's own addresses.
 	Warnings        []string `json:"warnings,omitempty"`
 	WarningsOmitted int      `json:"warningsOmitted,omitempty"`
 	// SourceErrors are inputs the source could not read; their previous

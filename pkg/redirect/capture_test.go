@@ -524,10 +524,11 @@ func TestPodLocalNameserverIsLeftAlone(t *testing.T) {
 // capture list go by, in step with the programs' is_local: a marked pod
 // sends a query with sendto() to each edge of each pod-local prefix and to
 // the addresses just outside, IPv4 ones also IPv4-mapped from an AF_INET6
-// socket. The programs leave it alone (skipped_local) exactly when
-// PodLocal says so, and otherwise send it to the node's resolver. Nothing
-// leaves the machine either way: the pod's routes lead only to the node
-// namespace, which has none off it.
+// socket, and so to multicast groups and the limited broadcast. The
+// programs leave it alone (skipped_local) exactly when PodLocal says so,
+// and otherwise send it to the node's resolver. Nothing leaves the
+// machine either way: the pod's routes lead only to the node namespace,
+// which has none off it.
 func TestPodLocalMatchesThePrograms(t *testing.T) {
 	t.Parallel()
 	e := newCaptureEnv(t, envOptions{})
@@ -552,6 +553,19 @@ func TestPodLocalMatchesThePrograms(t *testing.T) {
 		{"fe80::%eth0", true},
 		{"febf:ffff:ffff:ffff:ffff:ffff:ffff:ffff%eth0", true},
 		{"fec0::", false},
+		// The addresses of many hosts: a query to them stays on the
+		// pod's link without ztdns, and must not leave from the node.
+		{"223.255.255.255", false},
+		{"224.0.0.0", true},
+		{"224.0.0.1", true},
+		{"239.255.255.255", true},
+		{"240.0.0.0", false},
+		{"255.255.255.254", false},
+		{"255.255.255.255", true},
+		{"feff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", false},
+		{"ff02::1%eth0", true},
+		{"ff0e::1", true},
+		{"ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", true},
 	} {
 		a := netip.MustParseAddr(tt.addr)
 		dsts := []netip.Addr{a}

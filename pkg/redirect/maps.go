@@ -73,7 +73,7 @@ type Counters struct {
 	SkippedPaused       uint64 // not redirected: pod paused
 	SkippedNoResolver   uint64 // not redirected: no resolver of that family
 	SkippedSlotsFull    uint64 // not redirected: every slot busy with another server
-	SkippedLocal        uint64 // not redirected: loopback, unspecified or IPv6 link-local destination, the pod's own host or link
+	SkippedLocal        uint64 // not redirected: loopback, unspecified, IPv6 link-local, multicast or limited broadcast destination (PodLocal)
 	NameserverLearned   uint64 // a destination took a free slot
 	NameserverReplaced  uint64 // a destination took an idle slot
 	NameserverFailed    uint64 // the nameservers map refused an update

@@ -206,7 +206,7 @@ func ValidateCaptureNameservers(ps []netip.Prefix) error {
 		case p.Masked() != p:
 			return fmt.Errorf("%s has bits set past /%d: give %s, or the address alone", p, p.Bits(), p.Masked())
 		case neverCaptured(p):
-			return fmt.Errorf("%s is on the pod's own host or link (loopback, IPv6 link-local): queries there are never captured", p)
+			return fmt.Errorf("%s is on the pod's own host or link (loopback, IPv6 link-local, multicast, broadcast): queries there are never captured", p)
 		}
 	}
 	return nil
@@ -216,14 +216,19 @@ func ValidateCaptureNameservers(ps []netip.Prefix) error {
 // says (is_local in the C).
 var podLocal = []netip.Prefix{
 	netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("0.0.0.0/32"),
+	netip.MustParsePrefix("224.0.0.0/4"), netip.MustParsePrefix("255.255.255.255/32"),
 	netip.MustParsePrefix("::1/128"), netip.MustParsePrefix("::/128"), netip.MustParsePrefix("fe80::/10"),
+	netip.MustParsePrefix("ff00::/8"),
 }
 
 // PodLocal reports whether a is on the pod's own host or link, where the
 // programs never redirect a query nor learn a nameserver (is_local in
-// bpf/ztdns.c): loopback (127.0.0.0/8, ::1), unspecified (0.0.0.0, ::) or
-// IPv6 link-local (fe80::/10). An IPv4-mapped address counts as IPv4, as in
-// the programs; a zone is ignored.
+// bpf/ztdns.c): loopback (127.0.0.0/8, ::1), unspecified (0.0.0.0, ::),
+// IPv6 link-local (fe80::/10), or the address of many hosts, multicast
+// (224.0.0.0/4, ff00::/8) or the limited broadcast (255.255.255.255): a
+// query to those stays on the pod's link without ztdns, and forwarded it
+// would leave from the node, onto the node's network. An IPv4-mapped
+// address counts as IPv4, as in the programs; a zone is ignored.
 func PodLocal(a netip.Addr) bool {
 	a = a.Unmap().WithZone("")
 	for _, l := range podLocal {

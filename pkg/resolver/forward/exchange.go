@@ -80,7 +80,7 @@ func exchangeUDP(ctx context.Context, upstream netip.AddrPort, query []byte, q d
 	if upstream.Addr().Is6() {
 		network = "udp6"
 	}
-	conn, err := net.DialUDP(network, nil, net.UDPAddrFromAddrPort(upstream))
+	conn, err := dialUDP(network, upstream)
 	if err != nil {
 		return nil, dialError(ctx, "udp", upstream, err)
 	}
