@@ -144,10 +144,48 @@ struct nameserver {
  * socket addressed through each slot. recvmsg and getpeername restore from
  * here, so a reply is set back to exactly what its socket sent to (musl
  * sends to several nameservers from one socket), and only on sockets ztdns
- * redirected. Freed with the socket. */
+ * redirected. Freed with the socket.
+ *
+ * The kernel charges socket storage to the memory cgroup of the process
+ * that created the map, the agent, not to the pod's: about 450 bytes a
+ * socket. So each pod holds at most redirect_config.sockets_per_pod of
+ * them at once (struct pod_socket_count); a socket over that is not
+ * redirected and reaches its own nameserver, as without ztdns. */
 struct socket_destinations {
 	struct endpoint sent_to[ZTDNS_SLOTS];	/* family 0: slot unused */
+	/* How many times this socket was added to its pod's
+	 * pod_sockets.held: 1 once it holds its record, 2 in the rare case
+	 * that two threads sent its first query at the same moment, each
+	 * believing it created the record. The sock_release program takes
+	 * exactly this much off again, so the count neither leaks nor goes
+	 * below what the pod holds. (Records made by programs before this
+	 * field are in the sockets map those programs used, which an agent
+	 * with this layout replaces: never counted, never taken off.) */
+	__u32 charged;
 };
+
+/* The default of redirect_config.sockets_per_pod (--capture-sockets-per-pod):
+ * far above what a stub resolver keeps open (one socket per query in
+ * flight, c-ares one per nameserver), and about 450 KiB of the agent's
+ * memory for a pod that holds them all. */
+#define ZTDNS_DEFAULT_SOCKETS_PER_POD 1024
+
+/* pod_sockets (hash, BPF_F_NO_PREALLOC, key struct pod_key): value. How
+ * many of the network namespace's sockets hold a record in sockets (their
+ * charged summed), added to with atomic adds by connect/sendmsg when they
+ * create a record and taken off by sock_release when such a socket is
+ * closed. Kept apart from pod_info, which the agent writes whole when it
+ * re-marks a pod: the write would put back a count it read before, without
+ * the adds in between. Outlives the mark, like the sockets it counts; the
+ * agent removes the entry of a namespace that is not marked and holds
+ * none (SweepNameservers). */
+struct pod_socket_count {
+	__s64 held;
+};
+
+/* Entries of pod_sockets: the marked pods, and as many released ones whose
+ * sockets are still open. */
+#define ZTDNS_MAX_POD_SOCKETS (ZTDNS_MAX_PODS * 2)
 
 /* config (array, ZTDNS_CONFIG_COPIES entries): written by the agent at
  * start. The programs read the entry config_index names; the agent writes a
@@ -189,6 +227,11 @@ struct redirect_config {
 	 * out under the pod's own network policy. All unused: every
 	 * destination is redirected. */
 	struct capture_prefix capture_only[ZTDNS_MAX_CAPTURE_PREFIXES];
+	/* At most this many sockets of one pod hold a record in sockets at
+	 * once (struct pod_socket_count); a query on any other socket of the
+	 * pod is left alone. */
+	__u32 sockets_per_pod;
+	__u32 pad;		/* always zero */
 };
 
 /* config_index (array, 1 entry): the config entry the programs read. A
@@ -225,6 +268,7 @@ struct node_counters {
 	__u64 nameserver_failed; /* the nameservers map refused an update */
 	__u64 socket_storage_failed; /* left alone: no socket storage */
 	__u64 skipped_not_listed; /* left alone: destination not in capture_only */
+	__u64 skipped_sockets_full; /* left alone: the pod holds sockets_per_pod sockets with records */
 };
 
 #endif /* ZTDNS_H */
