@@ -498,10 +498,24 @@ static __always_inline struct pod_socket_count *pod_sockets_of(__u64 cookie)
  * the socket is to be left alone: over the cap (skipped_sockets_full), or
  * no storage (socket_storage_failed).
  *
- * A socket that has its record is never counted again. The cap is read
- * before the add, so CPUs making records for one pod at the same moment
- * may pass it by one each; what a pod holds stays within the cap plus the
- * number of CPUs. */
+ * The pod's count (struct pod_socket_count) goes up by one exactly when
+ * this run made the record. bpf_sk_storage_get with
+ * BPF_SK_STORAGE_GET_F_CREATE looks the record up first and returns one
+ * that exists; only then does it create one, with BPF_NOEXIST, and a run
+ * that loses a race to create it gets NULL, not the record. Between the
+ * lookup here and the create no other program makes this socket's record:
+ * the kernel runs the connect and sendmsg programs of a socket under the
+ * socket's lock (lock_sock: BPF_CGROUP_RUN_SA_PROG_LOCK, and TCP's connect
+ * with the lock already held), and only they make records. So a create
+ * that returns a record made it, and is counted; one that returns NULL (a
+ * lost race, which that lock rules out, or no memory for the record) is
+ * the storage failure it always was: the query is not redirected, and
+ * goes to the pod's own nameserver around ztdns (socket_storage_failed).
+ * A socket that has its record is never counted again.
+ *
+ * The cap is read before the add, so CPUs making records for one pod's
+ * sockets at the same moment may pass it by one each; what a pod holds
+ * stays within the cap plus the number of CPUs. */
 static __always_inline struct socket_destinations *
 socket_record(struct bpf_sock_addr *ctx, __u64 cookie,
 	      const struct redirect_config *cfg, struct node_counters *cnt)
@@ -526,12 +540,9 @@ socket_record(struct bpf_sock_addr *ctx, __u64 cookie,
 		COUNT(cnt, socket_storage_failed);
 		return NULL;
 	}
-	/* The pod's count first, then the socket's share of it: sock_release
-	 * takes off what charged says, and runs only once every system call
-	 * on the socket has returned. Should another thread have made the
-	 * record between the two lookups, both add, and charged says 2. */
+	/* sock_release, which takes it off, runs only once every system
+	 * call on the socket has returned: after this add. */
 	__sync_fetch_and_add(&held->held, 1);
-	__sync_fetch_and_add(&sd->charged, 1);
 	return sd;
 }
 
@@ -963,34 +974,33 @@ int ztdns_getpeername6(struct bpf_sock_addr *ctx)
 	return restore6(ctx, false);
 }
 
-/* A closed socket that held a record is taken off its pod's count by as
- * much as it was added (socket_destinations.charged). The kernel runs this
- * in inet_release for every IPv4 and IPv6 socket, UDP and TCP, once its
- * last file descriptor is closed (the process exiting included), in the
- * cgroup the socket was created in: the cgroup its connect and sendmsg
- * ran in. It is attached before those, and replaced with them on an
- * upgrade (link.Update, never a moment without one), so every record
- * counted is taken off. The record itself is freed with the
- * socket, shortly after for TCP (its orphan lingers until the peer
- * acknowledges the close). */
+/* A closed socket that holds a record is taken off its pod's count, by
+ * one. The kernel runs this in inet_release for every IPv4 and IPv6
+ * socket, UDP and TCP, once its last file descriptor is closed (the
+ * process exiting included), in the cgroup the socket was created in: the
+ * cgroup its connect and sendmsg ran in. It is attached before those, and
+ * replaced with them on an upgrade (link.Update, never a moment without
+ * one), so every record counted is taken off. The record itself is freed
+ * with the socket, shortly after for TCP (its orphan lingers until the
+ * peer acknowledges the close).
+ *
+ * A socket whose record the programs of an agent before the cap made was
+ * never counted, and the record does not say so (its layout is theirs, so
+ * that an upgrade keeps it: ztdns.h). Taking it off too would leave its
+ * pod that much room over the cap for as long as its count lives; so the
+ * count is taken off only while above zero, and such sockets cost at most
+ * their number, once (struct pod_socket_count). */
 SEC("cgroup/sock_release")
 int ztdns_sock_release(struct bpf_sock *ctx)
 {
-	struct socket_destinations *sd;
 	struct pod_socket_count *held;
 	struct pod_key key = {};
-	__u32 charged;
 
-	sd = bpf_sk_storage_get(&sockets, ctx, 0, 0);
-	if (!sd)
+	if (!bpf_sk_storage_get(&sockets, ctx, 0, 0))
 		return ZTDNS_ALLOW;
-	charged = sd->charged;
-	if (charged == 0)
-		return ZTDNS_ALLOW;
-	sd->charged = 0;
 	key.netns_cookie = bpf_get_netns_cookie(ctx);
 	held = bpf_map_lookup_elem(&pod_sockets, &key);
-	if (held)
-		__sync_fetch_and_add(&held->held, -(__s64)charged);
+	if (held && *(volatile __s64 *)&held->held > 0)
+		__sync_fetch_and_add(&held->held, -1);
 	return ZTDNS_ALLOW;
 }

@@ -153,15 +153,12 @@ struct nameserver {
  * redirected and reaches its own nameserver, as without ztdns. */
 struct socket_destinations {
 	struct endpoint sent_to[ZTDNS_SLOTS];	/* family 0: slot unused */
-	/* How many times this socket was added to its pod's
-	 * pod_sockets.held: 1 once it holds its record, 2 in the rare case
-	 * that two threads sent its first query at the same moment, each
-	 * believing it created the record. The sock_release program takes
-	 * exactly this much off again, so the count neither leaks nor goes
-	 * below what the pod holds. (Records made by programs before this
-	 * field are in the sockets map those programs used, which an agent
-	 * with this layout replaces: never counted, never taken off.) */
-	__u32 charged;
+	/* Nothing else: the layout is the one agents before the cap wrote
+	 * (60 bytes), so an upgrade reuses the pinned map and every socket
+	 * keeps its record (a connected socket kept open, as c-ares keeps
+	 * one per nameserver, goes on getting its replies restored). Whether
+	 * a socket was counted in its pod's pod_socket_count is not kept
+	 * here; see there. */
 };
 
 /* The default of redirect_config.sockets_per_pod (--capture-sockets-per-pod):
@@ -171,14 +168,25 @@ struct socket_destinations {
 #define ZTDNS_DEFAULT_SOCKETS_PER_POD 1024
 
 /* pod_sockets (hash, BPF_F_NO_PREALLOC, key struct pod_key): value. How
- * many of the network namespace's sockets hold a record in sockets (their
- * charged summed), added to with atomic adds by connect/sendmsg when they
- * create a record and taken off by sock_release when such a socket is
- * closed. Kept apart from pod_info, which the agent writes whole when it
- * re-marks a pod: the write would put back a count it read before, without
- * the adds in between. Outlives the mark, like the sockets it counts; the
- * agent removes the entry of a namespace that is not marked and holds
- * none (SweepNameservers). */
+ * many of the network namespace's sockets hold a record in sockets, added
+ * to with an atomic add by connect/sendmsg when their own
+ * bpf_sk_storage_get made a socket's record, and taken off one by
+ * sock_release when a socket with a record is closed. Exact, as the kernel
+ * runs the connect and sendmsg programs of one socket under its lock
+ * (ztdns.c, socket_record), with one exception: sockets whose records the
+ * programs of an agent before the cap made were never added, and each is
+ * taken off when it closes. sock_release takes off only while the count is
+ * above zero, so such sockets leave the count low by at most their number,
+ * once: a pod may hold that many records over the cap, at most the sockets
+ * with records it had open at the upgrade to the cap, until its count
+ * reaches zero again. (Two sockets released at the same instant may both
+ * see 1 and leave -1, which the next record made brings back up.)
+ *
+ * Kept apart from pod_info, which the agent writes whole when it re-marks
+ * a pod: the write would put back a count it read before, without the adds
+ * in between. Outlives the mark, like the sockets it counts; the agent
+ * removes the entry of a namespace that is not marked and holds none
+ * (SweepNameservers). */
 struct pod_socket_count {
 	__s64 held;
 };

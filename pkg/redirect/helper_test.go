@@ -378,7 +378,9 @@ func packQuery(name string) ([]byte, error) {
 //     resolver whose upstream has not answered yet; prints "sent";
 //   - "peer": prints what getpeername() says;
 //   - "connect ADDR": connects another socket of the family to ADDR, then
-//     closes it, as Go's resolver does to sort its answers; prints "ok".
+//     closes it, as Go's resolver does to sort its answers; prints "ok";
+//   - "whoami": prints its process ID and the socket's descriptor, for a
+//     test to take a copy of the socket (pidfd_getfd).
 func keeperClient(family, addr string) error {
 	fd, _, err := connectUDP(family, addr)
 	if err != nil {
@@ -436,6 +438,8 @@ func keeperDo(fd int, family string, cmd []string) (string, error) {
 			return "", fmt.Errorf("send: %w", err)
 		}
 		return "sent", nil
+	case len(cmd) == 1 && cmd[0] == "whoami":
+		return fmt.Sprintf("%d %d", os.Getpid(), fd), nil
 	case len(cmd) == 1 && cmd[0] == "peer":
 		sa, err := unix.Getpeername(fd)
 		if err != nil {

@@ -52,8 +52,10 @@ type MarkedPod struct {
 	// is the zero AddrPort when the slot is free.
 	Nameservers [Slots]LearnedNameserver
 	// Sockets is how many of the pod's sockets hold a record of what they
-	// addressed, at most Config.SocketsPerPod (plus a few, see struct
-	// pod_socket_count in bpf/ztdns.h).
+	// addressed, at most Config.SocketsPerPod (plus a few), as the
+	// programs count them (struct pod_socket_count in bpf/ztdns.h): the
+	// sockets whose records programs before the count made, open at the
+	// upgrade that brought it, are not in it.
 	Sockets int64
 }
 

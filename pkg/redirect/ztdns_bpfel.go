@@ -101,9 +101,8 @@ type ztdnsRedirectConfig struct {
 }
 
 type ztdnsSocketDestinations struct {
-	_       structs.HostLayout
-	SentTo  [3]ztdnsEndpoint
-	Charged uint32
+	_      structs.HostLayout
+	SentTo [3]ztdnsEndpoint
 }
 
 // Names of all BPF objects in the ELF.
