@@ -27,6 +27,11 @@
  *    reply as coming from the server it asked, and keep that slot busy
  *    (a reply read asking its source also confirms the slot).
  *
+ * A cgroup sock program, attached with them:
+ *  - sock_release takes a closed socket that held a record off its pod's
+ *    count (struct pod_socket_count), which bounds the records a pod can
+ *    make the agent pay for.
+ *
  * The map layouts are in ztdns.h.
  */
 #include <stdbool.h>
@@ -43,7 +48,7 @@
 
 /* A cgroup sock_addr program returns 1 to let the syscall proceed (with the
  * address as the program left it). recvmsg and getpeername programs must
- * return 1. ztdns never blocks a syscall. */
+ * return 1, and so must sock_release. ztdns never blocks a syscall. */
 #define ZTDNS_ALLOW 1
 
 #define DNS_PORT 53
@@ -117,6 +122,17 @@ struct {
 	 * are still restored by the programs that replace these. */
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sockets SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, ZTDNS_MAX_POD_SOCKETS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct pod_key);
+	__type(value, struct pod_socket_count);
+	/* Pinned: the sockets it counts outlive the agent, and the programs
+	 * that replace these take them off as they close. */
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} pod_sockets SEC(".maps");
 
 /* Atomic because a program can be preempted by another run of itself on the
  * same CPU (PREEMPT kernels), and pod_info is shared by all CPUs. */
@@ -466,18 +482,95 @@ static __always_inline int learn_slot(__u64 cookie, const struct endpoint *dst,
 	return -1;
 }
 
+/* The pod's count of sockets holding a record (struct pod_socket_count),
+ * created at zero when it has none yet; NULL when the map refused. */
+static __always_inline struct pod_socket_count *pod_sockets_of(__u64 cookie)
+{
+	struct pod_key key = {};
+	struct pod_socket_count zero = {};
+	struct pod_socket_count *held;
+
+	key.netns_cookie = cookie;
+	held = bpf_map_lookup_elem(&pod_sockets, &key);
+	if (held)
+		return held;
+	/* BPF_NOEXIST: another CPU may have created it just now; either way
+	 * the lookup below finds the one entry. */
+	bpf_map_update_elem(&pod_sockets, &key, &zero, BPF_NOEXIST);
+	return bpf_map_lookup_elem(&pod_sockets, &key);
+}
+
+/* The socket's record (struct socket_destinations), made when it has none
+ * and its pod holds fewer than cfg->sockets_per_pod: the kernel charges
+ * each record to the agent's memory, so a pod opening sockets without end
+ * must not make the agent pay for them all (ztdns.h). NULL, counted, when
+ * the socket is to be left alone: over the cap (skipped_sockets_full), or
+ * no storage (socket_storage_failed).
+ *
+ * The pod's count (struct pod_socket_count) goes up by one exactly when
+ * this run made the record. bpf_sk_storage_get with
+ * BPF_SK_STORAGE_GET_F_CREATE looks the record up first and returns one
+ * that exists; only then does it create one, with BPF_NOEXIST, and a run
+ * that loses a race to create it gets NULL, not the record. Between the
+ * lookup here and the create no other program makes this socket's record:
+ * the kernel runs the connect and sendmsg programs of a socket under the
+ * socket's lock (lock_sock: BPF_CGROUP_RUN_SA_PROG_LOCK, and TCP's connect
+ * with the lock already held), and only they make records. So a create
+ * that returns a record made it, and is counted; one that returns NULL (a
+ * lost race, which that lock rules out, or no memory for the record) is
+ * the storage failure it always was: the query is not redirected, and
+ * goes to the pod's own nameserver around ztdns (socket_storage_failed).
+ * A socket that has its record is never counted again.
+ *
+ * The cap is read before the add, so CPUs making records for one pod's
+ * sockets at the same moment may pass it by one each; what a pod holds
+ * stays within the cap plus the number of CPUs. */
+static __always_inline struct socket_destinations *
+socket_record(struct bpf_sock_addr *ctx, __u64 cookie,
+	      const struct redirect_config *cfg, struct node_counters *cnt)
+{
+	struct socket_destinations *sd;
+	struct pod_socket_count *held;
+
+	sd = bpf_sk_storage_get(&sockets, ctx->sk, 0, 0);
+	if (sd)
+		return sd;
+	held = pod_sockets_of(cookie);
+	if (!held) {
+		COUNT(cnt, socket_storage_failed);
+		return NULL;
+	}
+	if (*(volatile __s64 *)&held->held >= cfg->sockets_per_pod) {
+		COUNT(cnt, skipped_sockets_full);
+		return NULL;
+	}
+	sd = bpf_sk_storage_get(&sockets, ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!sd) {
+		COUNT(cnt, socket_storage_failed);
+		return NULL;
+	}
+	/* sock_release, which takes it off, runs only once every system
+	 * call on the socket has returned: after this add. */
+	__sync_fetch_and_add(&held->held, 1);
+	return sd;
+}
+
 /* Records, on the socket itself, that it addressed dst through slot idx.
  * recvmsg and getpeername restore from this record only: exactly what this
  * socket sent to, whatever the pod's slots hold by the time the reply comes,
  * and nothing for a socket ztdns did not redirect (a pod that queries a
- * resolver address directly sees it unchanged). */
+ * resolver address directly sees it unchanged). false (counted by
+ * socket_record) when the socket has no record and may not make one. */
 static __always_inline bool remember_destination(struct bpf_sock_addr *ctx,
+						 __u64 cookie,
+						 const struct redirect_config *cfg,
+						 struct node_counters *cnt,
 						 __u32 idx,
 						 const struct endpoint *dst)
 {
 	struct socket_destinations *sd;
 
-	sd = bpf_sk_storage_get(&sockets, ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	sd = socket_record(ctx, cookie, cfg, cnt);
 	if (!sd)
 		return false;
 	barrier_var(idx);
@@ -561,10 +654,9 @@ pick_resolver(struct bpf_sock_addr *ctx, const struct endpoint *dst,
 		COUNT(cnt, skipped_no_resolver);
 		return NULL;
 	}
-	if (!remember_destination(ctx, idx, dst)) {
+	if (!remember_destination(ctx, cookie, cfg, cnt, idx, dst)) {
 		/* Without it the reply could not be restored, and the client
 		 * would drop it: better not redirect at all. */
-		COUNT(cnt, socket_storage_failed);
 		return NULL;
 	}
 
@@ -889,4 +981,35 @@ SEC("cgroup/getpeername6")
 int ztdns_getpeername6(struct bpf_sock_addr *ctx)
 {
 	return restore6(ctx, false);
+}
+
+/* A closed socket that holds a record is taken off its pod's count, by
+ * one. The kernel runs this in inet_release for every IPv4 and IPv6
+ * socket, UDP and TCP, once its last file descriptor is closed (the
+ * process exiting included), in the cgroup the socket was created in: the
+ * cgroup its connect and sendmsg ran in. It is attached before those, and
+ * replaced with them on an upgrade (link.Update, never a moment without
+ * one), so every record counted is taken off. The record itself is freed
+ * with the socket, shortly after for TCP (its orphan lingers until the
+ * peer acknowledges the close).
+ *
+ * A socket whose record the programs of an agent before the cap made was
+ * never counted, and the record does not say so (its layout is theirs, so
+ * that an upgrade keeps it: ztdns.h). Taking it off too would leave its
+ * pod that much room over the cap for as long as its count lives; so the
+ * count is taken off only while above zero, and such sockets cost at most
+ * their number, once (struct pod_socket_count). */
+SEC("cgroup/sock_release")
+int ztdns_sock_release(struct bpf_sock *ctx)
+{
+	struct pod_socket_count *held;
+	struct pod_key key = {};
+
+	if (!bpf_sk_storage_get(&sockets, ctx, 0, 0))
+		return ZTDNS_ALLOW;
+	key.netns_cookie = bpf_get_netns_cookie(ctx);
+	held = bpf_map_lookup_elem(&pod_sockets, &key);
+	if (held && *(volatile __s64 *)&held->held > 0)
+		__sync_fetch_and_add(&held->held, -1);
+	return ZTDNS_ALLOW;
 }

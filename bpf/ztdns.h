@@ -144,10 +144,56 @@ struct nameserver {
  * socket addressed through each slot. recvmsg and getpeername restore from
  * here, so a reply is set back to exactly what its socket sent to (musl
  * sends to several nameservers from one socket), and only on sockets ztdns
- * redirected. Freed with the socket. */
+ * redirected. Freed with the socket.
+ *
+ * The kernel charges socket storage to the memory cgroup of the process
+ * that created the map, the agent, not to the pod's: about 450 bytes a
+ * socket. So each pod holds at most redirect_config.sockets_per_pod of
+ * them at once (struct pod_socket_count); a socket over that is not
+ * redirected and reaches its own nameserver, as without ztdns. */
 struct socket_destinations {
 	struct endpoint sent_to[ZTDNS_SLOTS];	/* family 0: slot unused */
+	/* Nothing else: the layout is the one agents before the cap wrote
+	 * (60 bytes), so an upgrade reuses the pinned map and every socket
+	 * keeps its record (a connected socket kept open, as c-ares keeps
+	 * one per nameserver, goes on getting its replies restored). Whether
+	 * a socket was counted in its pod's pod_socket_count is not kept
+	 * here; see there. */
 };
+
+/* The default of redirect_config.sockets_per_pod (--capture-sockets-per-pod):
+ * far above what a stub resolver keeps open (one socket per query in
+ * flight, c-ares one per nameserver), and about 450 KiB of the agent's
+ * memory for a pod that holds them all. */
+#define ZTDNS_DEFAULT_SOCKETS_PER_POD 1024
+
+/* pod_sockets (hash, BPF_F_NO_PREALLOC, key struct pod_key): value. How
+ * many of the network namespace's sockets hold a record in sockets, added
+ * to with an atomic add by connect/sendmsg when their own
+ * bpf_sk_storage_get made a socket's record, and taken off one by
+ * sock_release when a socket with a record is closed. Exact, as the kernel
+ * runs the connect and sendmsg programs of one socket under its lock
+ * (ztdns.c, socket_record), with one exception: sockets whose records the
+ * programs of an agent before the cap made were never added, and each is
+ * taken off when it closes. sock_release takes off only while the count is
+ * above zero, so such sockets leave the count low by at most their number,
+ * once: a pod may hold that many records over the cap, at most the sockets
+ * with records it had open at the upgrade to the cap, until its count
+ * reaches zero again. (Two sockets released at the same instant may both
+ * see 1 and leave -1, which the next record made brings back up.)
+ *
+ * Kept apart from pod_info, which the agent writes whole when it re-marks
+ * a pod: the write would put back a count it read before, without the adds
+ * in between. Outlives the mark, like the sockets it counts; the agent
+ * removes the entry of a namespace that is not marked and holds none
+ * (SweepNameservers). */
+struct pod_socket_count {
+	__s64 held;
+};
+
+/* Entries of pod_sockets: the marked pods, and as many released ones whose
+ * sockets are still open. */
+#define ZTDNS_MAX_POD_SOCKETS (ZTDNS_MAX_PODS * 2)
 
 /* config (array, ZTDNS_CONFIG_COPIES entries): written by the agent at
  * start. The programs read the entry config_index names; the agent writes a
@@ -189,6 +235,11 @@ struct redirect_config {
 	 * out under the pod's own network policy. All unused: every
 	 * destination is redirected. */
 	struct capture_prefix capture_only[ZTDNS_MAX_CAPTURE_PREFIXES];
+	/* At most this many sockets of one pod hold a record in sockets at
+	 * once (struct pod_socket_count); a query on any other socket of the
+	 * pod is left alone. */
+	__u32 sockets_per_pod;
+	__u32 pad;		/* always zero */
 };
 
 /* config_index (array, 1 entry): the config entry the programs read. A
@@ -225,6 +276,7 @@ struct node_counters {
 	__u64 nameserver_failed; /* the nameservers map refused an update */
 	__u64 socket_storage_failed; /* left alone: no socket storage */
 	__u64 skipped_not_listed; /* left alone: destination not in capture_only */
+	__u64 skipped_sockets_full; /* left alone: the pod holds sockets_per_pod sockets with records */
 };
 
 #endif /* ZTDNS_H */

@@ -115,6 +115,7 @@ directory of YAML manifests (--config-dir).`,
 	captureNameservers := prefixList()
 	fs.Var(captureNameservers, "capture-nameservers", fmt.Sprintf("capture only queries to these nameserver `CIDR`s (a bare address is /32 or /128; a CIDR must be masked: 10.96.0.0/16, not 10.96.0.10/16), at most %d, repeatable or comma-separated: e.g. the cluster DNS Service IP and NodeLocal DNSCache's address; a pod's queries to any other nameserver are left alone, under its own NetworkPolicy (default: every destination on port 53, forwarded from the node to what the pod addressed)",
 		redirect.MaxCaptureNameservers))
+	socketsPerPod := fs.Int("capture-sockets-per-pod", redirect.DefaultSocketsPerPod, fmt.Sprintf("`N` sockets of one pod that may be redirected at once: each keeps a record of what it addressed (about %d bytes) in the kernel, charged to the agent's memory, until it is closed; a query on a further open socket of the pod goes to its own nameserver, around ztdns (ztdns_capture_events_total{event=\"skipped_sockets_full\"})", redirect.SocketRecordBytes))
 	stale := fs.Duration("heartbeat-stale", redirect.DefaultStaleAfter, fmt.Sprintf("stop redirecting (fail open) when the agent has been silent this long; at least %s, twice its heartbeat", 2*agent.HeartbeatEvery))
 	dnsCaptureDefault := fs.Bool("dns-capture-default", true, "capture every ambient pod's DNS (values.cni.ambient.dnsCapture); when false only pods annotated ztdns.io/dns-capture: \"true\" (see README)")
 	excludeNamespaces := fs.StringSlice("exclude-namespaces", []string{"kube-system"}, "`NAMESPACES`, comma-separated, whose pods are never captured, whatever their labels: istio-cni's excludeNamespaces, whose pods Istio never enrolls (empty: none)")
@@ -202,6 +203,9 @@ directory of YAML manifests (--config-dir).`,
 		}
 		if err := redirect.ValidateCaptureNameservers(captureNameservers.vals); err != nil {
 			return usagef("--capture-nameservers: %w", err)
+		}
+		if *socketsPerPod < 1 || *socketsPerPod > redirect.MaxSocketsPerPod {
+			return usagef("--capture-sockets-per-pod %d: want 1 to %d", *socketsPerPod, redirect.MaxSocketsPerPod)
 		}
 		// Nothing would apply the list: refused rather than ignored, so
 		// that nobody believes capture is limited to it.
@@ -295,7 +299,7 @@ directory of YAML manifests (--config-dir).`,
 		var captureCfg *agent.CaptureConfig
 		if *capture {
 			captureCfg = &agent.CaptureConfig{BPFFS: *bpffs, RequireBPFFS: !*mountBPFFS, Cgroup: *cgroup, Interface: *iface, StaleAfter: *stale, StateDir: *stateDir, Port: uint16(*capturePort),
-				Nameservers: captureNameservers.vals}
+				Nameservers: captureNameservers.vals, SocketsPerPod: *socketsPerPod}
 		}
 		ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 		defer stop()

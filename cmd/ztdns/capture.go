@@ -112,6 +112,9 @@ var podColumns = []column[control.PodRow]{
 	// SKIPPED STALE counts queries let out to the pod's own nameservers
 	// while capture failed open.
 	{header: "SKIPPED STALE", wide: true, value: func(r control.PodRow, _ bool) string { return fmt.Sprint(r.SkippedStale) }},
+	// SOCKETS counts the pod's open sockets holding a record of what they
+	// addressed (at most --capture-sockets-per-pod).
+	{header: "SOCKETS", wide: true, value: func(r control.PodRow, _ bool) string { return fmt.Sprint(r.Sockets) }},
 	// NAMESERVERS: each learned slot's, with its number (-o wide: and how
 	// long it has been idle) and whether it is unconfirmed.
 	{header: "NAMESERVERS", value: func(r control.PodRow, wide bool) string { return nameserversText(r.Nameservers, wide) }},

@@ -502,7 +502,7 @@ func TestReadCommands(t *testing.T) {
 		if got := headerCells(table); !slices.Equal(got, header) {
 			t.Errorf("ztdns pods header %q, want %q", got, header)
 		}
-		wideHeader := slices.Concat(header[:9], []string{"SKIPPED STALE"}, header[9:], []string{"CONTAINER ID", "NETNS PATH"})
+		wideHeader := slices.Concat(header[:9], []string{"SKIPPED STALE", "SOCKETS"}, header[9:], []string{"CONTAINER ID", "NETNS PATH"})
 		if got, want := headerCells(wide), wideHeader; !slices.Equal(got, want) {
 			t.Errorf("ztdns pods -o wide header %q, want %q", got, want)
 		}

@@ -44,6 +44,9 @@ type CaptureConfig struct {
 	// NetworkPolicy, instead of being forwarded from the node's network
 	// namespace. Empty: every destination on port 53.
 	Nameservers []netip.Prefix
+	// SocketsPerPod is how many of a pod's sockets may be redirected at
+	// once (redirect.Config.SocketsPerPod; 0: redirect.DefaultSocketsPerPod).
+	SocketsPerPod int
 }
 
 // HeartbeatEvery is how often the agent proves it is alive; a third of the
@@ -146,7 +149,7 @@ func newDataplane(cfg CaptureConfig, ctl capture.Config, namespaces capture.Name
 	log.Info("resolver addresses ready", "interface", cfg.Interface, "kind", kind, "addresses", prefixes)
 	c.r, err = redirect.Load(redirect.Config{
 		BPFFS: cfg.BPFFS, RequireBPFFS: cfg.RequireBPFFS, CgroupPath: cfg.Cgroup, Resolver4: r4, Resolver6: r6, StaleAfter: cfg.StaleAfter, Logger: log,
-		CaptureNameservers: cfg.Nameservers, KeepConfig: takingOver,
+		CaptureNameservers: cfg.Nameservers, SocketsPerPod: cfg.SocketsPerPod, KeepConfig: takingOver,
 	})
 	if err != nil {
 		return nil, err

@@ -16,6 +16,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/ztdns/ztdns/pkg/redirect"
 	"github.com/ztdns/ztdns/pkg/resolver"
 	"github.com/ztdns/ztdns/pkg/resolver/forward"
 )
@@ -69,7 +70,9 @@ const (
 	boundPerUDPSocket  = 280 << 10
 	boundSources       = 1 << 20
 	// The kernel's: each UDP socket's queue of queries, the BPF maps, and
-	// a TCP connection's unread replies and queries.
+	// a TCP connection's unread replies and queries; and each captured
+	// pod's redirected sockets' records (--capture-sockets-per-pod ×
+	// redirect.SocketRecordBytes), which the kernel charges to the agent.
 	boundKernelPerUDPSocket = 2 << 20
 	boundKernelMaps         = 1 << 20
 	boundKernelPerTCPConn   = (64 + 8) << 10
@@ -78,6 +81,7 @@ const (
 // memoryBound is what the agent holds at most, by the README's formula.
 type memoryBound struct {
 	names                int   // the table's, for live
+	pods                 int   // captured, for kernel
 	binary, live, kernel int64 // bytes
 }
 
@@ -86,8 +90,8 @@ type memoryBound struct {
 func (b memoryBound) need() int64 { return b.binary + b.live + b.kernel }
 
 func (b memoryBound) String() string {
-	return fmt.Sprintf("%s: the binary's pages %s + a live heap of %s at %d names + the kernel's %s",
-		mib(b.need()), mib(b.binary), mib(b.live), b.names, mib(b.kernel))
+	return fmt.Sprintf("%s: the binary's pages %s + a live heap of %s at %d names + the kernel's %s with %d pods captured",
+		mib(b.need()), mib(b.binary), mib(b.live), b.names, mib(b.kernel), b.pods)
 }
 
 // memoryBound is the bound for the agent's flags and the names of its
@@ -101,12 +105,22 @@ func (a *Agent) memoryBound() memoryBound {
 		cache = 0 // no cache
 	}
 	names := a.server.Table().Len()
+	pods, socketRecords := 0, int64(0)
+	if a.cfg.Capture != nil {
+		for _, att := range a.pods.Attachments() {
+			if att.Captured {
+				pods++
+			}
+		}
+		socketRecords = int64(pods) * int64(cmp.Or(a.cfg.Capture.SocketsPerPod, redirect.DefaultSocketsPerPod)) * redirect.SocketRecordBytes
+	}
 	return memoryBound{
 		names:  names,
+		pods:   pods,
 		binary: boundBinary,
 		live: int64(names)*boundPerName + 2*cache + cmp.Or(a.cfg.InflightBytes, resolver.DefaultInflightBytes) +
 			forwarding*boundPerForwarding + tcp*boundPerTCPConn + udpSockets*boundPerUDPSocket + boundSources,
-		kernel: udpSockets*boundKernelPerUDPSocket + boundKernelMaps + tcp*boundKernelPerTCPConn,
+		kernel: udpSockets*boundKernelPerUDPSocket + boundKernelMaps + tcp*boundKernelPerTCPConn + socketRecords,
 	}
 }
 

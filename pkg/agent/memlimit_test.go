@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/ztdns/ztdns/pkg/redirect"
 	"github.com/ztdns/ztdns/pkg/source/configdir"
 )
 
@@ -152,10 +153,10 @@ func TestMemoryLimiterFollowsTheCgroup(t *testing.T) {
 
 // TestREADMEMemoryFigures: the figures README's "The memory bound" gives
 // for the defaults with capture (eight resolver addresses) are what the
-// agent computes from its terms: the kernel's 89 MiB, the GC's limit of
-// 211 MiB under the chart's 320 MiB, and a bound of 176 MiB with no names,
-// about 224 MiB at 20,000. (Before, it counted six addresses, the slots
-// alone: 4 MiB short.)
+// agent computes from its terms: the kernel's 89 MiB, 137.3 MiB with 110
+// pods' sockets' records, the GC's limit under the chart's 384 MiB, and a
+// bound of 176 MiB with no names, about 224 MiB at 20,000. (Before, it
+// counted six addresses, the slots alone: 4 MiB short.)
 func TestREADMEMemoryFigures(t *testing.T) {
 	a, err := newAgent(Config{Source: configdir.New(t.TempDir()), Capture: &CaptureConfig{},
 		Listen: []netip.AddrPort{netip.MustParseAddrPort("169.254.20.53:53"), netip.MustParseAddrPort("[fd00:7a74:646e::53]:53")}})
@@ -171,6 +172,14 @@ func TestREADMEMemoryFigures(t *testing.T) {
 	}
 	at20k := b
 	at20k.live += 20000 * boundPerName
+	// 110 captured pods (the kubelet's default --max-pods), each at the
+	// default cap of redirected sockets.
+	pods110 := int64(110 * redirect.DefaultSocketsPerPod * redirect.SocketRecordBytes)
+	with110 := b
+	with110.kernel += pods110
+	at20kWith110 := at20k
+	at20kWith110.kernel += pods110
+	tenth := func(n int64) int64 { return (n*10 + mi/2) / mi } // MiB to a tenth, times ten
 	for _, f := range []struct {
 		what     string
 		got      int64
@@ -179,7 +188,11 @@ func TestREADMEMemoryFigures(t *testing.T) {
 	}{
 		{"resolver addresses", int64(len(a.addrs)), 8, "capture on (eight resolver addresses"},
 		{"the kernel's term (MiB)", b.kernel / mi, 89, "the kernel ≤ 17 + 72 = 89 MiB"},
-		{"the GC's limit under 320 MiB (MiB)", gcMemoryLimit(320*mi, b, math.MaxInt64) / mi, 211, "320 − 89 − 20 = 211 MiB"},
+		{"the sockets' records of 110 pods (MiB × 10)", tenth(pods110), 483, "48.3 MiB more with 110 captured pods"},
+		{"the kernel's term with 110 pods (MiB × 10)", tenth(with110.kernel), 1373, "each holding 1,024 redirected sockets open at once: 137.3 MiB"},
+		{"the GC's limit under 384 MiB with 110 pods (MiB × 10)", tenth(gcMemoryLimit(384*mi, with110, math.MaxInt64)), 2267, "384 − 137.3 − 20 = 226.7 MiB"},
+		{"the GC's limit under 384 MiB (MiB)", gcMemoryLimit(384*mi, b, math.MaxInt64) / mi, 275, "384 MiB\nand capture, 275 MiB with no pod captured"},
+		{"the bound at 20,000 names with 110 pods (MiB, rounded)", (at20kWith110.need() + mi/2) / mi, 273, "about 273 MiB with 110\npods captured"},
 		{"the bound with no names (MiB, rounded)", (b.need() + mi/2) / mi, 176, "the bound is 20 + 67 + 89 = 176 MiB"},
 		{"the bound at 20,000 names (MiB, rounded)", (at20k.need() + mi/2) / mi, 224, "at 20,000 names it is about 224 MiB"},
 	} {

@@ -179,6 +179,7 @@ func captureEvents(n redirect.Counters) map[string]uint64 {
 		"skipped_slots_full": n.SkippedSlotsFull, "skipped_local": n.SkippedLocal, "nameserver_learned": n.NameserverLearned,
 		"nameserver_replaced": n.NameserverReplaced, "nameserver_failed": n.NameserverFailed,
 		"socket_storage_failed": n.SocketStorageFailed, "skipped_not_listed": n.SkippedNotListed,
+		"skipped_sockets_full": n.SkippedSocketsFull,
 	}
 }
 

@@ -201,6 +201,7 @@ func (a *Agent) podRows() ([]control.PodRow, error) {
 func fillMarked(row *control.PodRow, m redirect.MarkedPod) {
 	row.Marked = true
 	row.Redirected, row.Restored, row.SkippedStale = m.Counters.Redirected, m.Counters.Restored, m.Counters.SkippedStale
+	row.Sockets = m.Sockets
 	row.Nameservers = learnedNameservers(m)
 }
 

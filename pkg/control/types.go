@@ -140,6 +140,10 @@ type PodRow struct {
 	// SkippedStale counts the pod's queries the programs let go to its own
 	// nameservers because the agent's heartbeat was stale (fail open).
 	SkippedStale uint64 `json:"skippedStale"`
+	// Sockets is how many of the pod's open sockets hold a record of what
+	// they addressed, at most --capture-sockets-per-pod: a query on any
+	// other is left alone (skipped_sockets_full).
+	Sockets int64 `json:"sockets"`
 	// Nameservers are the pod's learned slots, in slot order; a free slot
 	// is left out.
 	Nameservers []PodNameserver `json:"nameservers,omitempty"`

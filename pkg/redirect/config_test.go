@@ -39,6 +39,10 @@ func TestConfigValidate(t *testing.T) {
 		{name: "no port", cfg: Config{Resolver4: with4(1, ap("169.254.20.99:0"))}, wantErr: "has no port"},
 		{name: "duplicate", cfg: Config{Resolver4: with4(1, r4[0])}, wantErr: "used by two slots"},
 		{name: "negative staleness", cfg: Config{Resolver4: r4, StaleAfter: -1}, wantErr: "negative"},
+		{name: "sockets per pod", cfg: Config{Resolver4: r4, SocketsPerPod: 1}},
+		{name: "sockets per pod, the most", cfg: Config{Resolver4: r4, SocketsPerPod: MaxSocketsPerPod}},
+		{name: "sockets per pod, too many", cfg: Config{Resolver4: r4, SocketsPerPod: MaxSocketsPerPod + 1}, wantErr: "sockets per pod 1048577: want 1 to 1048576"},
+		{name: "sockets per pod negative", cfg: Config{Resolver4: r4, SocketsPerPod: -1}, wantErr: "sockets per pod -1"},
 		{name: "capture nameservers", cfg: Config{Resolver4: r4, CaptureNameservers: prefixes("10.96.0.10/32", "169.254.20.10/32", "fd00:10:96::/112", "::ffff:10.0.0.0/104")}},
 		{name: "capture nameservers, the most", cfg: Config{Resolver4: r4, CaptureNameservers: prefixes(
 			"10.0.0.1/32", "10.0.0.2/32", "10.0.0.3/32", "10.0.0.4/32", "10.0.0.5/32", "10.0.0.6/32", "10.0.0.7/32", "10.0.0.8/32")}},
@@ -407,31 +411,43 @@ func TestUpgradeReplacesConfigWithItsIndex(t *testing.T) {
 // TestDetachOrder: every hook is detached once, the redirecting ones
 // (connect, sendmsg) before any restoring one (recvmsg, getpeername): a
 // query redirected after its socket's restoring hook is gone would get a
-// reply from the resolver's address, which the client drops.
+// reply from the resolver's address, which the client drops. sock_release
+// goes last: a socket the redirecting hooks counted against its pod while
+// it was attached is taken off when it closes.
 func TestDetachOrder(t *testing.T) {
-	restores := func(h hook) bool {
-		return strings.Contains(h.name, "recvmsg") || strings.Contains(h.name, "getpeername")
+	// stage: 0 redirecting, 1 restoring, 2 releasing.
+	stage := func(h hook) int {
+		switch {
+		case strings.Contains(h.name, "sock_release"):
+			return 2
+		case strings.Contains(h.name, "recvmsg") || strings.Contains(h.name, "getpeername"):
+			return 1
+		}
+		return 0
 	}
 	order := detachOrder()
 	if len(order) != len(hooks) {
 		t.Fatalf("detachOrder has %d hooks, want %d", len(order), len(hooks))
 	}
 	seen := map[string]bool{}
-	restoring := false
+	reached := 0
+	stages := map[int]bool{}
 	for i, h := range order {
 		if seen[h.name] {
 			t.Errorf("%s detached twice", h.name)
 		}
 		seen[h.name] = true
-		if restoring && !restores(h) {
-			t.Errorf("%s detached after a restoring hook", h.name)
+		if s := stage(h); s < reached {
+			t.Errorf("%s (stage %d) detached after a hook of stage %d (redirecting 0, restoring 1, releasing 2)", h.name, s, reached)
+		} else {
+			reached = s
 		}
-		restoring = restoring || restores(h)
+		stages[stage(h)] = true
 		if got := detachRank(h.attach); got != i {
 			t.Errorf("detachRank(%s) = %d, want %d", h.name, got, i)
 		}
 	}
-	if !restoring {
-		t.Error("no restoring hook in detachOrder")
+	if len(stages) != 3 {
+		t.Errorf("detachOrder has hooks of stages %v, want a redirecting, a restoring and a releasing one", stages)
 	}
 }

@@ -58,6 +58,8 @@ type envOptions struct {
 	answer     dnstest.Answerer
 	// captureOnly is Config.CaptureNameservers (nil: every destination).
 	captureOnly []netip.Prefix
+	// socketsPerPod is Config.SocketsPerPod (0: DefaultSocketsPerPod).
+	socketsPerPod int
 }
 
 func newCaptureEnv(tb testing.TB, opts envOptions) *captureEnv {
@@ -89,6 +91,7 @@ func newCaptureEnv(tb testing.TB, opts envOptions) *captureEnv {
 		Logger:     testLogger(tb),
 
 		CaptureNameservers: opts.captureOnly,
+		SocketsPerPod:      opts.socketsPerPod,
 	}
 	e.r = mustLoad(tb, e.cfg)
 	if !opts.manualBeat {

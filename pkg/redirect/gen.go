@@ -9,4 +9,4 @@ package redirect
 // so one little-endian object serves amd64 and arm64 alike.
 // -nostdlibinc: every header comes from bpf/ and bpf/include/ (clang's own
 // stdbool.h aside), so any host generates the same bytes with the same clang.
-//go:generate go tool bpf2go -tags linux -target bpfel -type pod_key -type pod_info -type nameserver_key -type nameserver -type endpoint -type socket_destinations -type redirect_config -type capture_prefix -type active_config -type agent_heartbeat -type node_counters ztdns ../../bpf/ztdns.c -- -nostdlibinc -I../../bpf -I../../bpf/include -Wall -Werror
+//go:generate go tool bpf2go -tags linux -target bpfel -type pod_key -type pod_info -type nameserver_key -type nameserver -type endpoint -type socket_destinations -type redirect_config -type capture_prefix -type active_config -type agent_heartbeat -type node_counters -type pod_socket_count ztdns ../../bpf/ztdns.c -- -nostdlibinc -I../../bpf -I../../bpf/include -Wall -Werror

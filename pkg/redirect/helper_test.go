@@ -4,10 +4,12 @@ package redirect
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -38,6 +40,9 @@ const (
 	// unconnected UDP socket (see sendQuery) and prints "sent" or
 	// "error: ...".
 	helperSendTo = "sendto"
+	// helperHold: prints "ready", then keeps the sockets it is told to
+	// open, answering each line on stdin with one line (see holdDo).
+	helperHold = "hold"
 
 	helperFamily = "ZTDNS_REDIRECT_FAMILY"
 	helperAddr   = "ZTDNS_REDIRECT_ADDR"
@@ -59,6 +64,8 @@ func runHelper() {
 		err = keeperClient(os.Getenv(helperFamily), os.Getenv(helperAddr))
 	case helperSendTo:
 		err = sendToClient()
+	case helperHold:
+		err = holdClient()
 	default:
 		err = fmt.Errorf("unknown %s=%q", helperEnv, mode)
 	}
@@ -219,6 +226,142 @@ func sendQuery(addr, name string) error {
 	return nil
 }
 
+// holdClient is helperHold: it opens sockets that send a query each and
+// keeps them open, as a pod that leaks its resolver's sockets does.
+func holdClient() error {
+	h := &holder{dest: map[int]unix.Sockaddr{}}
+	defer h.close()
+	fmt.Println("ready")
+	in := bufio.NewScanner(os.Stdin)
+	for in.Scan() {
+		out, err := h.do(strings.Fields(in.Text()))
+		if err != nil {
+			out = "error: " + err.Error()
+		}
+		fmt.Println(out)
+	}
+	return in.Err()
+}
+
+// holder holds helperHold's sockets, and where each UDP one sent its query.
+type holder struct {
+	fds  []int
+	dest map[int]unix.Sockaddr
+}
+
+func (h *holder) close() error {
+	var errs []error
+	for _, fd := range h.fds {
+		errs = append(errs, unix.Close(fd))
+	}
+	h.fds, h.dest = nil, map[int]unix.Sockaddr{}
+	return errors.Join(errs...)
+}
+
+// do runs one helperHold command and returns what to print:
+//   - "udp ADDR N": opens N UDP sockets, AF_INET for an IPv4 ADDR, else
+//     dual-stack AF_INET6, each sending an A query to ADDR port 53 with
+//     sendto(), and keeps them; prints "held" and how many it holds;
+//   - "tcp ADDR N": the same with TCP sockets, each connecting to ADDR
+//     port 53 without waiting for the connection;
+//   - "again": every socket held sends once more, UDP ones the same query
+//     to where they sent it, TCP ones a query on their connection (lost
+//     when it has not come up: what counts is that no hook runs for it);
+//     prints "sent";
+//   - "close": closes every socket held; once printed "closed", the kernel
+//     has released them all (close() of a socket's last descriptor
+//     releases it before it returns).
+func (h *holder) do(cmd []string) (string, error) {
+	switch {
+	case len(cmd) == 3 && (cmd[0] == "udp" || cmd[0] == "tcp"):
+		a, err := netip.ParseAddr(cmd[1])
+		if err != nil {
+			return "", err
+		}
+		n, err := strconv.Atoi(cmd[2])
+		if err != nil {
+			return "", err
+		}
+		for range n {
+			if err := h.open(cmd[0] == "tcp", a); err != nil {
+				return "", err
+			}
+		}
+		return fmt.Sprintf("held %d", len(h.fds)), nil
+	case len(cmd) == 1 && cmd[0] == "again":
+		b, err := packQuery("again.ztdns.test")
+		if err != nil {
+			return "", err
+		}
+		for _, fd := range h.fds {
+			sa, udp := h.dest[fd]
+			if !udp {
+				unix.Write(fd, b) // ENOTCONN or EAGAIN are fine
+				continue
+			}
+			if err := unix.Sendto(fd, b, 0, sa); err != nil {
+				return "", fmt.Errorf("sendto again: %w", err)
+			}
+		}
+		return "sent", nil
+	case len(cmd) == 1 && cmd[0] == "close":
+		if err := h.close(); err != nil {
+			return "", err
+		}
+		return "closed", nil
+	}
+	return "", fmt.Errorf("unknown command %q", cmd)
+}
+
+// open opens one more socket and sends (UDP) or connects (TCP) to port 53
+// of a.
+func (h *holder) open(tcp bool, a netip.Addr) error {
+	typ := unix.SOCK_DGRAM
+	if tcp {
+		typ = unix.SOCK_STREAM | unix.SOCK_NONBLOCK
+	}
+	var (
+		fd  int
+		sa  unix.Sockaddr
+		err error
+	)
+	if a.Is4() {
+		fd, err = unix.Socket(unix.AF_INET, typ|unix.SOCK_CLOEXEC, 0)
+		sa = &unix.SockaddrInet4{Port: 53, Addr: a.As4()}
+	} else {
+		fd, err = unix.Socket(unix.AF_INET6, typ|unix.SOCK_CLOEXEC, 0)
+		sa = &unix.SockaddrInet6{Port: 53, Addr: a.As16()}
+		if err == nil {
+			err = unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 0)
+		}
+	}
+	if err != nil {
+		if fd >= 0 {
+			unix.Close(fd)
+		}
+		return err
+	}
+	if tcp {
+		if err := unix.Connect(fd, sa); err != nil && !errors.Is(err, unix.EINPROGRESS) {
+			unix.Close(fd)
+			return fmt.Errorf("connect: %w", err)
+		}
+		h.fds = append(h.fds, fd)
+		return nil
+	}
+	b, err := packQuery("hold.ztdns.test")
+	if err == nil {
+		err = unix.Sendto(fd, b, 0, sa)
+	}
+	if err != nil {
+		unix.Close(fd)
+		return fmt.Errorf("sendto: %w", err)
+	}
+	h.fds = append(h.fds, fd)
+	h.dest[fd] = sa
+	return nil
+}
+
 func packQuery(name string) ([]byte, error) {
 	q := new(dns.Msg)
 	q.SetQuestion(dns.Fqdn(name), dns.TypeA)
@@ -235,7 +378,9 @@ func packQuery(name string) ([]byte, error) {
 //     resolver whose upstream has not answered yet; prints "sent";
 //   - "peer": prints what getpeername() says;
 //   - "connect ADDR": connects another socket of the family to ADDR, then
-//     closes it, as Go's resolver does to sort its answers; prints "ok".
+//     closes it, as Go's resolver does to sort its answers; prints "ok";
+//   - "whoami": prints its process ID and the socket's descriptor, for a
+//     test to take a copy of the socket (pidfd_getfd).
 func keeperClient(family, addr string) error {
 	fd, _, err := connectUDP(family, addr)
 	if err != nil {
@@ -293,6 +438,8 @@ func keeperDo(fd int, family string, cmd []string) (string, error) {
 			return "", fmt.Errorf("send: %w", err)
 		}
 		return "sent", nil
+	case len(cmd) == 1 && cmd[0] == "whoami":
+		return fmt.Sprintf("%d %d", os.Getpid(), fd), nil
 	case len(cmd) == 1 && cmd[0] == "peer":
 		sa, err := unix.Getpeername(fd)
 		if err != nil {

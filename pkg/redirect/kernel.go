@@ -18,26 +18,31 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// hook is one cgroup sock_addr attach point and the program ztdns runs there.
+// hook is one cgroup attach point and the program ztdns runs there.
 type hook struct {
 	name    string // pin name under <bpffs>/links, and the C function name
+	typ     ebpf.ProgramType
 	attach  ebpf.AttachType
 	since   string // first Linux release with this attach type
 	program func(*ztdnsPrograms) *ebpf.Program
 }
 
-// hooks lists every attach point, in attach order: the restoring hooks go
-// first so that no redirected query's reply arrives before its source can be
-// set back. They are detached in the reverse order (detachOrder).
+// hooks lists every attach point, in attach order: sock_release first, so
+// that every socket the redirecting hooks count against its pod's share is
+// taken off again when it closes (struct pod_socket_count in bpf/ztdns.h);
+// then the restoring hooks, so that no redirected query's reply arrives
+// before its source can be set back. They are detached in the reverse order
+// (detachOrder).
 var hooks = []hook{
-	{ztdnsProgZtdnsRecvmsg4, ebpf.AttachCGroupUDP4Recvmsg, "5.2", func(p *ztdnsPrograms) *ebpf.Program { return p.ZtdnsRecvmsg4 }},
-	{ztdnsProgZtdnsRecvmsg6, ebpf.AttachCGroupUDP6Recvmsg, "5.2", func(p *ztdnsPrograms) *ebpf.Program { return p.ZtdnsRecvmsg6 }},
-	{ztdnsProgZtdnsGetpeername4, ebpf.AttachCgroupInet4GetPeername, "5.8", func(p *ztdnsPrograms) *ebpf.Program { return p.ZtdnsGetpeername4 }},
-	{ztdnsProgZtdnsGetpeername6, ebpf.AttachCgroupInet6GetPeername, "5.8", func(p *ztdnsPrograms) *ebpf.Program { return p.ZtdnsGetpeername6 }},
-	{ztdnsProgZtdnsConnect4, ebpf.AttachCGroupInet4Connect, "4.17", func(p *ztdnsPrograms) *ebpf.Program { return p.ZtdnsConnect4 }},
-	{ztdnsProgZtdnsConnect6, ebpf.AttachCGroupInet6Connect, "4.17", func(p *ztdnsPrograms) *ebpf.Program { return p.ZtdnsConnect6 }},
-	{ztdnsProgZtdnsSendmsg4, ebpf.AttachCGroupUDP4Sendmsg, "4.18", func(p *ztdnsPrograms) *ebpf.Program { return p.ZtdnsSendmsg4 }},
-	{ztdnsProgZtdnsSendmsg6, ebpf.AttachCGroupUDP6Sendmsg, "4.18", func(p *ztdnsPrograms) *ebpf.Program { return p.ZtdnsSendmsg6 }},
+	{ztdnsProgZtdnsSockRelease, ebpf.CGroupSock, ebpf.AttachCgroupInetSockRelease, "5.9", func(p *ztdnsPrograms) *ebpf.Program { return p.ZtdnsSockRelease }},
+	{ztdnsProgZtdnsRecvmsg4, ebpf.CGroupSockAddr, ebpf.AttachCGroupUDP4Recvmsg, "5.2", func(p *ztdnsPrograms) *ebpf.Program { return p.ZtdnsRecvmsg4 }},
+	{ztdnsProgZtdnsRecvmsg6, ebpf.CGroupSockAddr, ebpf.AttachCGroupUDP6Recvmsg, "5.2", func(p *ztdnsPrograms) *ebpf.Program { return p.ZtdnsRecvmsg6 }},
+	{ztdnsProgZtdnsGetpeername4, ebpf.CGroupSockAddr, ebpf.AttachCgroupInet4GetPeername, "5.8", func(p *ztdnsPrograms) *ebpf.Program { return p.ZtdnsGetpeername4 }},
+	{ztdnsProgZtdnsGetpeername6, ebpf.CGroupSockAddr, ebpf.AttachCgroupInet6GetPeername, "5.8", func(p *ztdnsPrograms) *ebpf.Program { return p.ZtdnsGetpeername6 }},
+	{ztdnsProgZtdnsConnect4, ebpf.CGroupSockAddr, ebpf.AttachCGroupInet4Connect, "4.17", func(p *ztdnsPrograms) *ebpf.Program { return p.ZtdnsConnect4 }},
+	{ztdnsProgZtdnsConnect6, ebpf.CGroupSockAddr, ebpf.AttachCGroupInet6Connect, "4.17", func(p *ztdnsPrograms) *ebpf.Program { return p.ZtdnsConnect6 }},
+	{ztdnsProgZtdnsSendmsg4, ebpf.CGroupSockAddr, ebpf.AttachCGroupUDP4Sendmsg, "4.18", func(p *ztdnsPrograms) *ebpf.Program { return p.ZtdnsSendmsg4 }},
+	{ztdnsProgZtdnsSendmsg6, ebpf.CGroupSockAddr, ebpf.AttachCGroupUDP6Sendmsg, "4.18", func(p *ztdnsPrograms) *ebpf.Program { return p.ZtdnsSendmsg6 }},
 }
 
 // Cgroup2Mounts returns the mount points of cgroup2 filesystems listed in
@@ -157,7 +162,7 @@ func checkKernel() error {
 		return fmt.Errorf("kernel lacks cgroup sock_addr programs (Linux 4.17+): %w", err)
 	}
 	for _, h := range hooks {
-		if err := probeAttachType(h.attach); err != nil {
+		if err := probeAttachType(h.typ, h.attach); err != nil {
 			return fmt.Errorf("kernel lacks the cgroup/%s hook (Linux %s+): %w", strings.TrimPrefix(h.name, "ztdns_"), h.since, err)
 		}
 	}
@@ -170,15 +175,23 @@ func checkKernel() error {
 	if err := features.HaveProgramHelper(ebpf.CGroupSockAddr, asm.FnSkStorageGet); err != nil {
 		return fmt.Errorf("kernel lacks bpf_sk_storage_get in cgroup sock_addr programs (Linux 5.3+): %w", err)
 	}
+	// sock_release takes a closed socket off its pod's count.
+	if err := features.HaveProgramHelper(ebpf.CGroupSock, asm.FnSkStorageGet); err != nil {
+		return fmt.Errorf("kernel lacks bpf_sk_storage_get in cgroup sock programs (Linux 5.11+): %w", err)
+	}
+	if err := features.HaveProgramHelper(ebpf.CGroupSock, asm.FnGetNetnsCookie); err != nil {
+		return fmt.Errorf("kernel lacks bpf_get_netns_cookie in cgroup sock programs (Linux 5.8+): %w", err)
+	}
 	return nil
 }
 
-// probeAttachType loads the smallest valid program for one attach type: the
-// kernel rejects an expected_attach_type it does not know with EINVAL.
-func probeAttachType(at ebpf.AttachType) error {
+// probeAttachType loads the smallest valid program of type typ for one
+// attach type: the kernel rejects an expected_attach_type it does not know
+// with EINVAL.
+func probeAttachType(typ ebpf.ProgramType, at ebpf.AttachType) error {
 	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
 		Name:       "ztdns_probe",
-		Type:       ebpf.CGroupSockAddr,
+		Type:       typ,
 		AttachType: at,
 		License:    "Dual BSD/GPL",
 		Instructions: asm.Instructions{

@@ -51,6 +51,12 @@ type MarkedPod struct {
 	// Nameservers[i] is what the pod addressed through slot i; its Addr
 	// is the zero AddrPort when the slot is free.
 	Nameservers [Slots]LearnedNameserver
+	// Sockets is how many of the pod's sockets hold a record of what they
+	// addressed, at most Config.SocketsPerPod (plus a few), as the
+	// programs count them (struct pod_socket_count in bpf/ztdns.h): the
+	// sockets whose records programs before the count made, open at the
+	// upgrade that brought it, are not in it.
+	Sockets int64
 }
 
 // LearnedNameserver is a destination the programs learned for a slot.
@@ -79,6 +85,7 @@ type Counters struct {
 	NameserverFailed    uint64 // the nameservers map refused an update
 	SocketStorageFailed uint64 // not redirected: no socket storage to restore from
 	SkippedNotListed    uint64 // not redirected: destination outside Config.CaptureNameservers
+	SkippedSocketsFull  uint64 // not redirected: the pod's sockets hold Config.SocketsPerPod records
 }
 
 func endpointFrom(ap netip.AddrPort) ztdnsEndpoint {
@@ -130,6 +137,7 @@ func (r *Redirector) writeConfig() error {
 		want.Resolver6[i] = endpointFrom(r.cfg.Resolver6[i])
 	}
 	want.StaleAfterNs = uint64(r.cfg.StaleAfter.Nanoseconds())
+	want.SocketsPerPod = uint32(r.cfg.SocketsPerPod)
 	for i, p := range r.cfg.CaptureNameservers {
 		want.CaptureOnly[i] = capturePrefixFrom(p)
 	}
@@ -247,27 +255,77 @@ func idleFor(now, last uint64) time.Duration {
 // Callers do not Mark concurrently (the capture controller holds its lock):
 // a slot learned by a pod marked between the sweep's look at the pods map
 // and its delete would be forgotten, and learned again by its next query.
+//
+// It also removes the socket counts (struct pod_socket_count in
+// bpf/ztdns.h) of network namespaces that are not marked and hold no
+// socket with a record; they are not among the slots it returns. A count
+// outlives the mark while such sockets stay open, so that their closing is
+// still taken off it should the pod be marked again.
 func (r *Redirector) SweepNameservers() (int, error) {
 	now, err := monotonicNow()
 	if err != nil {
 		return 0, fmt.Errorf("sweep nameservers: %w", err)
 	}
 	marked := map[uint64]bool{}
+	isMarked := func(cookie uint64) (bool, error) {
+		m, seen := marked[cookie]
+		if !seen {
+			var err error
+			if m, err = r.isMarked(cookie); err != nil {
+				return false, fmt.Errorf("sweep nameservers: %w", err)
+			}
+			marked[cookie] = m
+		}
+		return m, nil
+	}
 	_, removed, err := r.forgetSlots("sweep nameservers", func(key ztdnsNameserverKey, val ztdnsNameserver) (bool, error) {
 		if idleFor(now, val.LastUsedNs) <= SlotIdle {
 			return false, nil
 		}
-		m, seen := marked[key.NetnsCookie]
-		if !seen {
-			var err error
-			if m, err = r.isMarked(key.NetnsCookie); err != nil {
-				return false, fmt.Errorf("sweep nameservers: %w", err)
-			}
-			marked[key.NetnsCookie] = m
-		}
-		return !m, nil
+		m, err := isMarked(key.NetnsCookie)
+		return !m, err
 	})
-	return removed, err
+	if err != nil {
+		return removed, err
+	}
+	return removed, r.forgetSocketCounts(isMarked)
+}
+
+// forgetSocketCounts removes the socket counts of network namespaces that
+// are not marked and hold no socket with a record, after the walk (as
+// forgetSlots). A program that found the pod marked just before Unmark can
+// count a socket between the look and the delete: that socket is then not
+// counted, and taken off nothing when it closes (sock_release finds no
+// count), one socket more the pod may hold until it closes.
+func (r *Redirector) forgetSocketCounts(isMarked func(uint64) (bool, error)) error {
+	var (
+		key   ztdnsPodKey
+		val   ztdnsPodSocketCount
+		picks []ztdnsPodKey
+	)
+	it := r.objs.PodSockets.Iterate()
+	for it.Next(&key, &val) {
+		if val.Held > 0 {
+			continue
+		}
+		m, err := isMarked(key.NetnsCookie)
+		if err != nil {
+			return err
+		}
+		if !m {
+			picks = append(picks, key)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("sweep socket counts: list: %w", err)
+	}
+	var errs []error
+	for _, k := range picks {
+		if err := r.objs.PodSockets.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			errs = append(errs, fmt.Errorf("sweep socket counts: netns cookie %d: %w", k.NetnsCookie, err))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // forgetUnlisted removes the slots holding a nameserver outside
@@ -429,6 +487,11 @@ func (r *Redirector) Pods() ([]MarkedPod, error) {
 		if val.Ipv6 != ([16]byte{}) {
 			p.IPv6 = netip.AddrFrom16(val.Ipv6)
 		}
+		var held ztdnsPodSocketCount
+		if err := r.objs.PodSockets.Lookup(&key, &held); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return nil, fmt.Errorf("read socket count: %w", err)
+		}
+		p.Sockets = held.Held
 		for slot := range Slots {
 			ns, err := r.nameserver(key.NetnsCookie, slot)
 			if errors.Is(err, ebpf.ErrKeyNotExist) {
@@ -471,6 +534,7 @@ func (r *Redirector) Counters() (Counters, error) {
 		c.NameserverFailed += v.NameserverFailed
 		c.SocketStorageFailed += v.SocketStorageFailed
 		c.SkippedNotListed += v.SkippedNotListed
+		c.SkippedSocketsFull += v.SkippedSocketsFull
 	}
 	return c, nil
 }

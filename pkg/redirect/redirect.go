@@ -51,6 +51,16 @@ const (
 	DefaultStaleAfter = 3 * time.Second
 	// DefaultInterface is the interface EnsureInterface creates.
 	DefaultInterface = "ztdns0"
+	// DefaultSocketsPerPod is Config.SocketsPerPod's default
+	// (ZTDNS_DEFAULT_SOCKETS_PER_POD).
+	DefaultSocketsPerPod = 1024
+	// MaxSocketsPerPod bounds Config.SocketsPerPod: a pod at it costs the
+	// agent about 450 MiB of kernel memory (SocketRecordBytes each).
+	MaxSocketsPerPod = 1 << 20
+	// SocketRecordBytes is about what the kernel charges the agent's
+	// memory cgroup for one socket's record (struct socket_destinations in
+	// bpf/ztdns.h), measured: the storage the kernel allocates around it.
+	SocketRecordBytes = 450
 
 	// linksDir holds one pinned bpf_link per hook.
 	linksDir = "links"
@@ -112,6 +122,14 @@ type Config struct {
 	// query to any other nameserver is left alone and leaves the pod under
 	// its own network policy. Empty: every destination on port 53.
 	CaptureNameservers []netip.Prefix
+	// SocketsPerPod is how many sockets of one pod may hold a record of
+	// what they addressed at once (default DefaultSocketsPerPod, at most
+	// MaxSocketsPerPod). The kernel charges each record, about
+	// SocketRecordBytes, to the agent's memory, not the pod's; a query on
+	// any other socket of the pod is left alone (not redirected) and
+	// counted as SkippedSocketsFull until some of them close. 0 means the
+	// default.
+	SocketsPerPod int
 	// KeepConfig leaves the running programs, with their maps and config
 	// (the resolver addresses, port, staleness bound and capture list a
 	// running agent wrote), as they are until ApplyConfig: a new agent
@@ -133,6 +151,9 @@ func (c Config) withDefaults() (Config, error) {
 	if c.StaleAfter == 0 {
 		c.StaleAfter = DefaultStaleAfter
 	}
+	if c.SocketsPerPod == 0 {
+		c.SocketsPerPod = DefaultSocketsPerPod
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -152,6 +173,9 @@ func (c Config) withDefaults() (Config, error) {
 func (c Config) validate() error {
 	if c.StaleAfter < 0 {
 		return fmt.Errorf("stale-after %s is negative", c.StaleAfter)
+	}
+	if c.SocketsPerPod < 0 || c.SocketsPerPod > MaxSocketsPerPod {
+		return fmt.Errorf("sockets per pod %d: want 1 to %d", c.SocketsPerPod, MaxSocketsPerPod)
 	}
 	if err := validateResolvers("IPv4", c.Resolver4, netip.Addr.Is4); err != nil {
 		return err
@@ -386,7 +410,7 @@ type attachedLink struct {
 }
 
 // mapNames are the maps ztdns pins, by name.
-var mapNames = []string{ztdnsMapPods, ztdnsMapNameservers, ztdnsMapSockets, ztdnsMapConfig, ztdnsMapConfigIndex, ztdnsMapHeartbeat, ztdnsMapCounters}
+var mapNames = []string{ztdnsMapPods, ztdnsMapNameservers, ztdnsMapSockets, ztdnsMapPodSockets, ztdnsMapConfig, ztdnsMapConfigIndex, ztdnsMapHeartbeat, ztdnsMapCounters}
 
 // Load checks the kernel, loads the programs, reopens or creates the pinned
 // maps, writes the resolver addresses, and attaches the programs to
@@ -508,7 +532,7 @@ func (r *Redirector) mapNamed(name string) *ebpf.Map {
 	return map[string]*ebpf.Map{
 		ztdnsMapConfig: r.objs.Config, ztdnsMapConfigIndex: r.objs.ConfigIndex, ztdnsMapCounters: r.objs.Counters,
 		ztdnsMapHeartbeat: r.objs.Heartbeat, ztdnsMapNameservers: r.objs.Nameservers, ztdnsMapPods: r.objs.Pods,
-		ztdnsMapSockets: r.objs.Sockets,
+		ztdnsMapSockets: r.objs.Sockets, ztdnsMapPodSockets: r.objs.PodSockets,
 	}[name]
 }
 

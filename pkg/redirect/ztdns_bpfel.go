@@ -67,6 +67,7 @@ type ztdnsNodeCounters struct {
 	NameserverFailed    uint64
 	SocketStorageFailed uint64
 	SkippedNotListed    uint64
+	SkippedSocketsFull  uint64
 }
 
 type ztdnsPodInfo struct {
@@ -84,12 +85,19 @@ type ztdnsPodKey struct {
 	NetnsCookie uint64
 }
 
+type ztdnsPodSocketCount struct {
+	_    structs.HostLayout
+	Held int64
+}
+
 type ztdnsRedirectConfig struct {
-	_            structs.HostLayout
-	Resolver4    [3]ztdnsEndpoint
-	Resolver6    [3]ztdnsEndpoint
-	StaleAfterNs uint64
-	CaptureOnly  [8]ztdnsCapturePrefix
+	_             structs.HostLayout
+	Resolver4     [3]ztdnsEndpoint
+	Resolver6     [3]ztdnsEndpoint
+	StaleAfterNs  uint64
+	CaptureOnly   [8]ztdnsCapturePrefix
+	SocketsPerPod uint32
+	Pad           uint32
 }
 
 type ztdnsSocketDestinations struct {
@@ -106,6 +114,7 @@ const (
 	ztdnsMapCounters           = "counters"
 	ztdnsMapHeartbeat          = "heartbeat"
 	ztdnsMapNameservers        = "nameservers"
+	ztdnsMapPodSockets         = "pod_sockets"
 	ztdnsMapPods               = "pods"
 	ztdnsMapSockets            = "sockets"
 	ztdnsProgZtdnsConnect4     = "ztdns_connect4"
@@ -116,6 +125,7 @@ const (
 	ztdnsProgZtdnsRecvmsg6     = "ztdns_recvmsg6"
 	ztdnsProgZtdnsSendmsg4     = "ztdns_sendmsg4"
 	ztdnsProgZtdnsSendmsg6     = "ztdns_sendmsg6"
+	ztdnsProgZtdnsSockRelease  = "ztdns_sock_release"
 )
 
 // loadZtdns returns the embedded CollectionSpec for ztdns.
@@ -168,6 +178,7 @@ type ztdnsProgramSpecs struct {
 	ZtdnsRecvmsg6     *ebpf.ProgramSpec `ebpf:"ztdns_recvmsg6"`
 	ZtdnsSendmsg4     *ebpf.ProgramSpec `ebpf:"ztdns_sendmsg4"`
 	ZtdnsSendmsg6     *ebpf.ProgramSpec `ebpf:"ztdns_sendmsg6"`
+	ZtdnsSockRelease  *ebpf.ProgramSpec `ebpf:"ztdns_sock_release"`
 }
 
 // ztdnsMapSpecs contains maps before they are loaded into the kernel.
@@ -179,6 +190,7 @@ type ztdnsMapSpecs struct {
 	Counters    *ebpf.MapSpec `ebpf:"counters"`
 	Heartbeat   *ebpf.MapSpec `ebpf:"heartbeat"`
 	Nameservers *ebpf.MapSpec `ebpf:"nameservers"`
+	PodSockets  *ebpf.MapSpec `ebpf:"pod_sockets"`
 	Pods        *ebpf.MapSpec `ebpf:"pods"`
 	Sockets     *ebpf.MapSpec `ebpf:"sockets"`
 }
@@ -214,6 +226,7 @@ type ztdnsMaps struct {
 	Counters    *ebpf.Map `ebpf:"counters"`
 	Heartbeat   *ebpf.Map `ebpf:"heartbeat"`
 	Nameservers *ebpf.Map `ebpf:"nameservers"`
+	PodSockets  *ebpf.Map `ebpf:"pod_sockets"`
 	Pods        *ebpf.Map `ebpf:"pods"`
 	Sockets     *ebpf.Map `ebpf:"sockets"`
 }
@@ -225,6 +238,7 @@ func (m *ztdnsMaps) Close() error {
 		m.Counters,
 		m.Heartbeat,
 		m.Nameservers,
+		m.PodSockets,
 		m.Pods,
 		m.Sockets,
 	)
@@ -248,6 +262,7 @@ type ztdnsPrograms struct {
 	ZtdnsRecvmsg6     *ebpf.Program `ebpf:"ztdns_recvmsg6"`
 	ZtdnsSendmsg4     *ebpf.Program `ebpf:"ztdns_sendmsg4"`
 	ZtdnsSendmsg6     *ebpf.Program `ebpf:"ztdns_sendmsg6"`
+	ZtdnsSockRelease  *ebpf.Program `ebpf:"ztdns_sock_release"`
 }
 
 func (p *ztdnsPrograms) Close() error {
@@ -260,6 +275,7 @@ func (p *ztdnsPrograms) Close() error {
 		p.ZtdnsRecvmsg6,
 		p.ZtdnsSendmsg4,
 		p.ZtdnsSendmsg6,
+		p.ZtdnsSockRelease,
 	)
 }
 

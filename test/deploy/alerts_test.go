@@ -371,12 +371,14 @@ func TestChartCNIAddAlert(t *testing.T) {
 // open (ZtdnsFailOpen's). ZtdnsCaptureSlotsFull (info) fires for a pod
 // that keeps sending queries around ztdns because its three slots are
 // busy, not for one such query now and then (a dig @ a fourth
-// nameserver). (Before, no alert read ztdns_capture_events_total.)
+// nameserver); ZtdnsCaptureSocketsFull (info) likewise for a pod whose
+// open sockets hold --capture-sockets-per-pod records. (Before, no alert
+// read ztdns_capture_events_total.)
 func TestChartCaptureEventAlerts(t *testing.T) {
 	t.Parallel()
-	const bypassed, slotsFull = "ZtdnsCaptureBypassed", "ZtdnsCaptureSlotsFull"
+	const bypassed, slotsFull, socketsFull = "ZtdnsCaptureBypassed", "ZtdnsCaptureSlotsFull", "ZtdnsCaptureSocketsFull"
 	exprs := chartAlerts(t)
-	for _, name := range []string{bypassed, slotsFull} {
+	for _, name := range []string{bypassed, slotsFull, socketsFull} {
 		if exprs[name] == nil {
 			t.Fatalf("the PrometheusRule has no alert %s: %v", name, slices.Sorted(maps.Keys(exprs)))
 		}
@@ -397,6 +399,8 @@ func TestChartCaptureEventAlerts(t *testing.T) {
 		{name: "no resolver of the family", rates: map[string]float64{"redirected": 50, "skipped_no_resolver": 0.5}, firing: []string{bypassed}, event: "skipped_no_resolver"},
 		{name: "slots full for one query now and then", rates: map[string]float64{"redirected": 50, "skipped_slots_full": 1.0 / 120}},
 		{name: "slots full for a pod's queries all along", rates: map[string]float64{"redirected": 50, "skipped_slots_full": 1}, firing: []string{slotsFull}},
+		{name: "sockets full for one query now and then", rates: map[string]float64{"redirected": 50, "skipped_sockets_full": 1.0 / 120}},
+		{name: "sockets full for a pod's queries all along", rates: map[string]float64{"redirected": 50, "skipped_sockets_full": 1}, firing: []string{socketsFull}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var series []rateSeries
@@ -406,7 +410,7 @@ func TestChartCaptureEventAlerts(t *testing.T) {
 				}})
 			}
 			var firing []string
-			for _, name := range []string{bypassed, slotsFull} {
+			for _, name := range []string{bypassed, slotsFull, socketsFull} {
 				v := evalRates(t, exprs[name], series)
 				if len(v) == 0 {
 					continue

@@ -50,6 +50,7 @@ func defaultArgs() argList {
 		"--bpffs=/sys/fs/bpf/ztdns",
 		"--capture=true",
 		"--capture-port=10053",
+		"--capture-sockets-per-pod=1024",
 		"--mount-bpffs=false", // bpffs is the node's: a mount of its own would die with the container
 		"--proc-root=/host/proc",
 		"--vip-source=auto",
@@ -64,7 +65,7 @@ func defaultArgs() argList {
 }
 
 // captureOnlyFlags are the agent flags the chart passes with capture alone.
-var captureOnlyFlags = []string{"--capture-port", "--mount-bpffs", "--proc-root"}
+var captureOnlyFlags = []string{"--capture-port", "--capture-sockets-per-pod", "--mount-bpffs", "--proc-root"}
 
 // argList is a command line whose flags are "--name=value".
 type argList []string
@@ -257,6 +258,24 @@ func TestChartAgent(t *testing.T) {
 			sets:  []string{"capture.nameservers=null"},
 			kinds: defaultKinds,
 			pod:   defaultPod(),
+		},
+		{
+			name:  "sockets per pod",
+			sets:  []string{"capture.socketsPerPod=256"},
+			kinds: defaultKinds,
+			pod: defaultPod().change(func(w *podWant) {
+				w.args = w.args.with("--capture-sockets-per-pod=256")
+			}),
+		},
+		{
+			// An upgrade with --reuse-values from a chart without the
+			// value: the agent's default.
+			name:  "sockets per pod absent: the agent's default",
+			sets:  []string{"capture.socketsPerPod=null"},
+			kinds: defaultKinds,
+			pod: defaultPod().change(func(w *podWant) {
+				w.args = w.args.without("--capture-sockets-per-pod")
+			}),
 		},
 		{
 			// The agent serves with no privileges but the port; what an

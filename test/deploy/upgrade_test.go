@@ -175,7 +175,7 @@ func helmUpgradeCommand(t *testing.T, where string, cmds []string) []string {
 type chartEdit struct{ file, old, new string }
 
 // The chart before updateStrategy.minReadySeconds, and before its memory
-// limit went from 256 MiB to 320 MiB.
+// limit went from 256 MiB to 320 MiB (and since to 384 MiB).
 var (
 	beforeMinReadySeconds = []chartEdit{
 		{"values.yaml", "\n  minReadySeconds: 40\n", "\n"},
@@ -183,7 +183,7 @@ var (
 		{"templates/daemonset.yaml", "\n  minReadySeconds: {{ .Values.updateStrategy.minReadySeconds }}\n", "\n"},
 	}
 	before320Mi = []chartEdit{
-		{"values.yaml", "\n  limits:\n    memory: 320Mi\n", "\n  limits:\n    memory: 256Mi\n"},
+		{"values.yaml", "\n  limits:\n    memory: 384Mi\n", "\n  limits:\n    memory: 256Mi\n"},
 	}
 )
 

@@ -1,0 +1,313 @@
+//go:build linux
+
+package redirect
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/btf"
+	"golang.org/x/sys/unix"
+
+	"github.com/ztdns/ztdns/internal/testenv"
+)
+
+// TestSocketsPerPodCapped: the kernel charges each redirected socket's
+// record to the agent's memory, so a pod that opens sockets without end
+// (each sending a query to port 53, none closed) must not make the agent
+// pay for them all. The first Config.SocketsPerPod of a pod's sockets are
+// redirected; queries on the ones after them are left alone, reaching the
+// pod's own nameserver as without ztdns, and counted (skipped_sockets_full).
+// A socket holding its record that sends again is redirected again and
+// counted once. Closed, UDP and TCP, IPv4 and IPv6, they are taken off the
+// pod's count, also by the programs of an agent started after they were
+// counted, and the pod's next sockets are redirected again.
+func TestSocketsPerPodCapped(t *testing.T) {
+	t.Parallel()
+	const capped, over = 20, 200
+	e := newCaptureEnv(t, envOptions{socketsPerPod: capped, manualBeat: true})
+	stopBeating := beatUntilStopped(t, e.r, 100*time.Millisecond)
+	t.Cleanup(func() { stopBeating() })
+	pod, cookie := e.markedPod(t, 0, nowhere4)
+	h := testenv.StartHelper(t, t.Context(), pod, e.cg, "ready", helperEnv+"="+helperHold)
+
+	// open has the helper open n more sockets of proto, each sending to
+	// or connecting to port 53 of addr, and checks how many of them were
+	// redirected and how many left alone.
+	opened := 0
+	open := func(proto, addr string, n, redirected int) {
+		t.Helper()
+		cmd := fmt.Sprintf("%s %s %d", proto, addr, n)
+		before := e.counters(t)
+		opened += n
+		if got := h.Do(t, cmd); got != fmt.Sprintf("held %d", opened) {
+			t.Fatalf("%s: %s", cmd, got)
+		}
+		after := e.counters(t)
+		if got := after.Redirected - before.Redirected; got != uint64(redirected) {
+			t.Errorf("%s: %d queries redirected, want %d", cmd, got, redirected)
+		}
+		if got := after.SkippedSocketsFull - before.SkippedSocketsFull; got != uint64(n-redirected) {
+			t.Errorf("%s: %d queries left alone for the cap (skipped_sockets_full), want %d", cmd, got, n-redirected)
+		}
+		if got := after.SocketStorageFailed - before.SocketStorageFailed; got != 0 {
+			t.Errorf("%s: socket_storage_failed went up by %d", cmd, got)
+		}
+	}
+	held := func(want int64) {
+		t.Helper()
+		if got := e.reported(t, cookie).Sockets; got != want {
+			t.Errorf("the pod holds %d sockets with records, want %d", got, want)
+		}
+	}
+	closeAll := func() {
+		t.Helper()
+		if got := h.Do(t, "close"); got != "closed" {
+			t.Fatalf("close: %s", got)
+		}
+		opened = 0
+		held(0)
+	}
+
+	open("udp", nowhere4, capped+over, capped)
+	held(capped)
+
+	// Each socket sends again: the first ones, which hold their records,
+	// are redirected without being counted again; the others are still
+	// over the cap.
+	before := e.counters(t)
+	if got := h.Do(t, "again"); got != "sent" {
+		t.Fatalf("again: %s", got)
+	}
+	after := e.counters(t)
+	if got := after.Redirected - before.Redirected; got != capped {
+		t.Errorf("sent again: %d queries redirected, want %d (the sockets holding records)", got, capped)
+	}
+	if got := after.SkippedSocketsFull - before.SkippedSocketsFull; got != over {
+		t.Errorf("sent again: %d queries left alone for the cap, want %d", got, over)
+	}
+	held(capped)
+	closeAll()
+
+	// Closed, they no longer count: the pod's next sockets are redirected
+	// again, TCP and IPv6 ones too, and taken off when they close, after
+	// the agent restarted and its programs replaced those that counted
+	// them.
+	open("tcp", nowhere4, capped/2, capped/2)
+	open("udp", nowhere6, capped/2+over, capped/2)
+	held(capped)
+	stopBeating()
+	stopBeating = func() {}
+	if err := e.r.Close(); err != nil {
+		t.Fatal(err)
+	}
+	e.r = mustLoad(t, e.cfg)
+	keepBeating(t, e.r)
+	closeAll()
+	open("tcp", nowhere6, capped, capped)
+	closeAll()
+	open("udp", nowhere4, capped+over, capped)
+	held(capped)
+}
+
+// TestSweepForgetsSocketCounts: a released pod's count of sockets holding
+// records stays while they are open, so that closing them is still taken
+// off it should the pod be captured again; SweepNameservers removes it once
+// they are closed.
+func TestSweepForgetsSocketCounts(t *testing.T) {
+	t.Parallel()
+	e := newCaptureEnv(t, envOptions{socketsPerPod: 4})
+	pod, cookie := e.markedPod(t, 0, nowhere4)
+	h := testenv.StartHelper(t, t.Context(), pod, e.cg, "ready", helperEnv+"="+helperHold)
+	if got := h.Do(t, "udp "+nowhere4+" 6"); got != "held 6" {
+		t.Fatal(got)
+	}
+	if err := e.r.Unmark(cookie); err != nil {
+		t.Fatal(err)
+	}
+	counted := func() (int64, bool) {
+		t.Helper()
+		if _, err := e.r.SweepNameservers(); err != nil {
+			t.Fatal(err)
+		}
+		var c ztdnsPodSocketCount
+		err := e.r.objs.PodSockets.Lookup(&ztdnsPodKey{NetnsCookie: cookie}, &c)
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return 0, false
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c.Held, true
+	}
+	if held, ok := counted(); !ok || held != 4 {
+		t.Errorf("released pod with its sockets open: count %d (kept: %v), want 4 kept", held, ok)
+	}
+	if got := h.Do(t, "close"); got != "closed" {
+		t.Fatal(got)
+	}
+	if held, ok := counted(); ok {
+		t.Errorf("released pod with its sockets closed: count %d kept, want it removed", held)
+	}
+}
+
+// TestUpgradeKeepsSocketRecords: an agent of this version started over one
+// from before the cap (main's socket_destinations: three endpoints, 60
+// bytes) reuses its pinned sockets map, so a socket kept open across the
+// upgrade (c-ares keeps one connected UDP socket per nameserver) still gets
+// its replies from the nameserver it addressed, not from the resolver's
+// address, which c-ares ignores. Its record, made by programs that counted
+// nothing, is taken off no count below zero when it closes, and the pod's
+// cap then holds as before. (Before, the layout gained a field, the upgrade
+// replaced the map, and the kept socket's replies came from the resolver.)
+func TestUpgradeKeepsSocketRecords(t *testing.T) {
+	t.Parallel()
+	const capped, over = 4, 3
+	e := newCaptureEnv(t, envOptions{socketsPerPod: capped, manualBeat: true})
+	stopBeating := beatUntilStopped(t, e.r, 100*time.Millisecond)
+	t.Cleanup(func() { stopBeating() })
+	pod, cookie := e.markedPod(t, 0, nowhere4)
+	ns := netip.AddrPortFrom(netip.MustParseAddr(nowhere4), 53)
+	keeper := testenv.StartHelper(t, t.Context(), pod, e.cg, "connected",
+		helperEnv+"="+helperKeeper, helperFamily+"=inet", helperAddr+"="+ns.String())
+	restored := ns.String() + " " + marker4.String()
+	if got := keeper.Do(t, "query before.ztdns.test"); got != restored {
+		t.Fatalf("before the upgrade the kept socket got %q, want %q", got, restored)
+	}
+
+	// The previous agent: its sockets map, of its layout, holding the
+	// kept socket's record as its programs made it, and no counts.
+	fd, closeFD := keptSocket(t, keeper)
+	var rec ztdnsSocketDestinations
+	if err := e.r.objs.Sockets.Lookup(uint32(fd), &rec); err != nil {
+		t.Fatalf("the kept socket has no record: %v", err)
+	}
+	stopBeating()
+	stopBeating = func() {}
+	if err := e.r.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{ztdnsMapSockets, ztdnsMapPodSockets} {
+		if err := os.Remove(pinPath(e.cfg.BPFFS, name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before := pinSocketsOfMain(t, e.cfg.BPFFS)
+	if err := before.Update(uint32(fd), socketDestinationsOfMain{SentTo: rec.SentTo}, ebpf.UpdateNoExist); err != nil {
+		t.Fatal(err)
+	}
+	beforeID := idOf(t, before)
+
+	e.r = mustLoad(t, e.cfg)
+	keepBeating(t, e.r)
+	if got := idOf(t, e.r.objs.Sockets); got != beforeID {
+		t.Errorf("the upgrade replaced the pinned sockets map of main's layout (map %d, was %d)", got, beforeID)
+	}
+	if got := keeper.Do(t, "query after.ztdns.test"); got != restored {
+		t.Errorf("after the upgrade the kept socket got %q, want %q: its record is lost", got, restored)
+	}
+
+	// The pod's count comes to 0 with one socket of its own, then the
+	// kept socket, counted by nobody, closes: taken off nothing, the
+	// count stays 0 and the cap holds.
+	h := testenv.StartHelper(t, t.Context(), pod, e.cg, "ready", helperEnv+"="+helperHold)
+	do := func(cmd, want string) {
+		t.Helper()
+		if got := h.Do(t, cmd); got != want {
+			t.Fatalf("%s: %s, want %s", cmd, got, want)
+		}
+	}
+	held := func(want int64) {
+		t.Helper()
+		if got := e.reported(t, cookie).Sockets; got != want {
+			t.Errorf("the pod holds %d sockets with records, want %d", got, want)
+		}
+	}
+	do("udp "+nowhere4+" 1", "held 1")
+	held(1)
+	do("close", "closed")
+	held(0)
+	closeFD() // the keeper's, closing, is then its last
+	if rest, err := keeper.Finish(""); err != nil {
+		t.Fatalf("keeper: %v (%s)", err, rest)
+	}
+	held(0)
+	c0 := e.counters(t)
+	do(fmt.Sprintf("udp %s %d", nowhere4, capped+over), fmt.Sprintf("held %d", capped+over))
+	c1 := e.counters(t)
+	if got := c1.Redirected - c0.Redirected; got != capped {
+		t.Errorf("after the kept socket closed, %d of the pod's %d new sockets redirected, want %d (the cap)", got, capped+over, capped)
+	}
+	held(capped)
+}
+
+// socketDestinationsOfMain is struct socket_destinations as agents before
+// the cap had it.
+type socketDestinationsOfMain struct {
+	SentTo [3]ztdnsEndpoint
+}
+
+// pinSocketsOfMain pins, under bpffs, a sockets map as an agent before the
+// cap made it: the layout an upgrade must find compatible.
+func pinSocketsOfMain(tb testing.TB, bpffs string) *ebpf.Map {
+	tb.Helper()
+	u8 := &btf.Int{Name: "__u8", Size: 1}
+	u16 := &btf.Int{Name: "__u16", Size: 2}
+	u32 := &btf.Int{Name: "__u32", Size: 4}
+	endpoint := &btf.Struct{Name: "endpoint", Size: 20, Members: []btf.Member{
+		{Name: "addr", Type: &btf.Array{Index: u32, Type: u8, Nelems: 16}},
+		{Name: "port", Type: u16, Offset: 16 * 8},
+		{Name: "family", Type: u8, Offset: 18 * 8},
+		{Name: "pad", Type: u8, Offset: 19 * 8},
+	}}
+	m, err := ebpf.NewMapWithOptions(&ebpf.MapSpec{
+		Name: ztdnsMapSockets, Type: ebpf.SkStorage, KeySize: 4, ValueSize: 60, Flags: unix.BPF_F_NO_PREALLOC,
+		Key: &btf.Int{Name: "int", Size: 4, Encoding: btf.Signed},
+		Value: &btf.Struct{Name: "socket_destinations", Size: 60, Members: []btf.Member{
+			{Name: "sent_to", Type: &btf.Array{Index: u32, Type: endpoint, Nelems: 3}},
+		}},
+		Pinning: ebpf.PinByName,
+	}, ebpf.MapOptions{PinPath: bpffs})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { m.Close() })
+	return m
+}
+
+func idOf(tb testing.TB, m *ebpf.Map) ebpf.MapID {
+	tb.Helper()
+	id, err := mapID(m)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return id
+}
+
+// keptSocket returns a descriptor of this process for the keeper's socket
+// (pidfd_getfd), and closes it: once, when called or at cleanup.
+func keptSocket(tb testing.TB, keeper *testenv.Helper) (int, func()) {
+	tb.Helper()
+	var pid, target int
+	if _, err := fmt.Sscanf(keeper.Do(tb, "whoami"), "%d %d", &pid, &target); err != nil {
+		tb.Fatal(err)
+	}
+	pidfd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer unix.Close(pidfd)
+	fd, err := unix.PidfdGetfd(pidfd, target, 0)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	closeFD := sync.OnceFunc(func() { unix.Close(fd) })
+	tb.Cleanup(closeFD)
+	return fd, closeFD
+}
