@@ -47,7 +47,9 @@ var eventOnly = []string{"ztdns_cni_events_total", "ztdns_forward_upstream_resen
 // cpuControllerOnly are metrics read from the cpu.stat of the agent's
 // cgroup: absent on cgroup v2 where the cpu controller is off for it (the
 // machine's root cgroup, say; v1's root has them, at 0). cmd/ztdns's
-// TestCPULimitThrottlingIsExported runs an agent under a CPU limit.
+// TestCPULimitThrottlingIsExported runs an agent under a CPU limit, and
+// test/deploy's TestChartCPUThrottledAlert evaluates the alert that uses
+// two of them.
 var cpuControllerOnly = []string{"ztdns_cpu_periods_total", "ztdns_cpu_throttled_periods_total", "ztdns_cpu_throttled_seconds_total"}
 
 // TestObservability runs an agent with capture on, its metrics endpoint and
@@ -232,7 +234,7 @@ func monitoringMetrics(t *testing.T) map[string][]string {
 			}
 		}
 	}
-	wantAlerts := []string{"ZtdnsResolverDown", "ZtdnsServfailRatioHigh", "ZtdnsPodThrottled", "ZtdnsUpstreamFailureRatioHigh", "ZtdnsUpstreamSlow", "ZtdnsFailOpen", "ZtdnsCaptureBroken", "ZtdnsCaptureBypassed", "ZtdnsCaptureSlotsFull", "ZtdnsCaptureMapNearFull", "ZtdnsCNIAddFailing", "ZtdnsMemoryNearLimit", "ZtdnsKubeWatchFailing"}
+	wantAlerts := []string{"ZtdnsResolverDown", "ZtdnsServfailRatioHigh", "ZtdnsPodThrottled", "ZtdnsUpstreamFailureRatioHigh", "ZtdnsUpstreamSlow", "ZtdnsFailOpen", "ZtdnsCaptureBroken", "ZtdnsCaptureBypassed", "ZtdnsCaptureSlotsFull", "ZtdnsCaptureMapNearFull", "ZtdnsCNIAddFailing", "ZtdnsMemoryNearLimit", "ZtdnsCPUThrottled", "ZtdnsKubeWatchFailing"}
 	if !slices.Equal(alerts, wantAlerts) {
 		t.Errorf("alerts %v, want %v", alerts, wantAlerts)
 	}
