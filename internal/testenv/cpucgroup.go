@@ -3,10 +3,8 @@
 package testenv
 
 import (
-	"bufio"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -25,7 +23,7 @@ type CPUCgroup struct{ Path string }
 func NewCPUCgroup(tb testing.TB, quota, period time.Duration) *CPUCgroup {
 	tb.Helper()
 	RequireRoot(tb)
-	root, v2 := cpuHierarchy()
+	root, v2 := cgroupHierarchy("cpu")
 	if root == "" {
 		Unavailable(tb, "needs the cpu cgroup controller, v2 (in the cgroup2 root's cgroup.subtree_control) or v1 (a cgroup mount with the cpu option)")
 	}
@@ -57,9 +55,7 @@ func NewCPUCgroup(tb testing.TB, quota, period time.Duration) *CPUCgroup {
 // bin and first arguments) that runs the command after it inside the
 // cgroup from its first instruction: a shell moves itself into the cgroup
 // and execs the command.
-func (c *CPUCgroup) Wrapper() []string {
-	return []string{"/bin/sh", "-c", `echo $$ > "$0" && exec "$@"`, filepath.Join(c.Path, "cgroup.procs")}
-}
+func (c *CPUCgroup) Wrapper() []string { return wrapperInto(c.Path) }
 
 // Throttled is the cgroup's nr_throttled, as the kernel counts it.
 func (c *CPUCgroup) Throttled(tb testing.TB) uint64 {
@@ -79,33 +75,4 @@ func (c *CPUCgroup) Throttled(tb testing.TB) uint64 {
 	}
 	tb.Fatalf("testenv: %s/cpu.stat has no nr_throttled:\n%s", c.Path, b)
 	return 0
-}
-
-// cpuHierarchy finds where child cgroups get the cpu controller, and
-// whether it is cgroup v2's; "" when nowhere.
-func cpuHierarchy() (root string, v2 bool) {
-	f, err := os.Open("/proc/mounts")
-	if err != nil {
-		return "", false
-	}
-	defer f.Close()
-	var v1 string
-	for sc := bufio.NewScanner(f); sc.Scan(); {
-		fields := strings.Fields(sc.Text())
-		if len(fields) < 4 {
-			continue
-		}
-		switch fields[2] {
-		case "cgroup2":
-			b, _ := os.ReadFile(filepath.Join(fields[1], "cgroup.subtree_control"))
-			if slices.Contains(strings.Fields(string(b)), "cpu") {
-				return fields[1], true
-			}
-		case "cgroup":
-			if v1 == "" && slices.Contains(strings.Split(fields[3], ","), "cpu") {
-				v1 = fields[1]
-			}
-		}
-	}
-	return v1, false
 }

@@ -1,10 +1,8 @@
 package agent
 
 import (
-	"bufio"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 
@@ -83,28 +81,6 @@ func cgroupCPUStat(proc string) (cpuStat, bool) {
 		}
 	}
 	return cpuStat{}, false
-}
-
-// cgroupPath reads a /proc/PID/cgroup file: the process's cgroup v2 path
-// (controller "") or the path in the v1 hierarchy that holds controller.
-func cgroupPath(file, controller string) (string, bool) {
-	f, err := os.Open(file)
-	if err != nil {
-		return "", false
-	}
-	defer f.Close()
-	for sc := bufio.NewScanner(f); sc.Scan(); {
-		// hierarchy-ID:controller-list:cgroup-path
-		parts := strings.SplitN(sc.Text(), ":", 3)
-		if len(parts) != 3 {
-			continue
-		}
-		if controller == "" && parts[0] == "0" && parts[1] == "" ||
-			controller != "" && slices.Contains(strings.Split(parts[1], ","), controller) {
-			return parts[2], true
-		}
-	}
-	return "", false
 }
 
 // readCPUStat reads a cpu.stat file: nr_periods, nr_throttled and the
