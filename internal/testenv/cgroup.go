@@ -7,6 +7,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -102,4 +103,41 @@ func killProcs(path string) {
 			_ = syscall.Kill(pid, syscall.SIGKILL)
 		}
 	}
+}
+
+// cgroupHierarchy finds where child cgroups get controller, and whether
+// it is cgroup v2's (its root hands the controller down) or v1's (a
+// cgroup mount with the controller's option); "" when nowhere.
+func cgroupHierarchy(controller string) (root string, v2 bool) {
+	f, err := os.Open("/proc/mounts")
+	if err != nil {
+		return "", false
+	}
+	defer f.Close()
+	var v1 string
+	for sc := bufio.NewScanner(f); sc.Scan(); {
+		fields := strings.Fields(sc.Text())
+		if len(fields) < 4 {
+			continue
+		}
+		switch fields[2] {
+		case "cgroup2":
+			b, _ := os.ReadFile(filepath.Join(fields[1], "cgroup.subtree_control"))
+			if slices.Contains(strings.Fields(string(b)), controller) {
+				return fields[1], true
+			}
+		case "cgroup":
+			if v1 == "" && slices.Contains(strings.Split(fields[3], ","), controller) {
+				v1 = fields[1]
+			}
+		}
+	}
+	return v1, false
+}
+
+// wrapperInto is a command line prefix that runs the command after it in
+// the cgroup at path from its first instruction: a shell moves itself
+// into the cgroup and execs the command.
+func wrapperInto(path string) []string {
+	return []string{"/bin/sh", "-c", `echo $$ > "$0" && exec "$@"`, filepath.Join(path, "cgroup.procs")}
 }

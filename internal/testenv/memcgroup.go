@@ -3,12 +3,9 @@
 package testenv
 
 import (
-	"bufio"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
-	"strings"
 	"testing"
 )
 
@@ -27,7 +24,11 @@ type MemoryCgroup struct {
 func NewMemoryCgroup(tb testing.TB, limit int64) *MemoryCgroup {
 	tb.Helper()
 	RequireRoot(tb)
-	root, file := memoryHierarchy()
+	root, v2 := cgroupHierarchy("memory")
+	file := "memory.limit_in_bytes"
+	if v2 {
+		file = "memory.max"
+	}
 	if root == "" {
 		Unavailable(tb, "needs the memory cgroup controller, v2 (in the cgroup2 root's cgroup.subtree_control) or v1 (a cgroup mount with the memory option)")
 	}
@@ -58,38 +59,4 @@ func (c *MemoryCgroup) SetLimit(tb testing.TB, limit int64) {
 // Wrapper is a command line prefix (StartAgentIn's wrapper) that runs the
 // command after it inside the cgroup from its first instruction: a shell
 // moves itself into the cgroup and execs the command.
-func (c *MemoryCgroup) Wrapper() []string {
-	return []string{"/bin/sh", "-c", `echo $$ > "$0" && exec "$@"`, filepath.Join(c.Path, "cgroup.procs")}
-}
-
-// memoryHierarchy finds where child cgroups get the memory controller,
-// and the name of their limit file; "" when nowhere.
-func memoryHierarchy() (root, limitFile string) {
-	f, err := os.Open("/proc/mounts")
-	if err != nil {
-		return "", ""
-	}
-	defer f.Close()
-	var v1 string
-	for sc := bufio.NewScanner(f); sc.Scan(); {
-		fields := strings.Fields(sc.Text())
-		if len(fields) < 4 {
-			continue
-		}
-		switch fields[2] {
-		case "cgroup2":
-			b, _ := os.ReadFile(filepath.Join(fields[1], "cgroup.subtree_control"))
-			if slices.Contains(strings.Fields(string(b)), "memory") {
-				return fields[1], "memory.max"
-			}
-		case "cgroup":
-			if v1 == "" && slices.Contains(strings.Split(fields[3], ","), "memory") {
-				v1 = fields[1]
-			}
-		}
-	}
-	if v1 != "" {
-		return v1, "memory.limit_in_bytes"
-	}
-	return "", ""
-}
+func (c *MemoryCgroup) Wrapper() []string { return wrapperInto(c.Path) }

@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"bufio"
 	"cmp"
 	"fmt"
 	"log/slog"
@@ -9,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/debug"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -217,7 +215,8 @@ func mib(n int64) string { return strconv.FormatFloat(float64(n)/(1<<20), 'f', 1
 // hierarchy as mounted; +Inf when none is set or none can be read.
 func cgroupMemoryLimit(proc string) float64 {
 	limit := math.Inf(1)
-	v2, v1 := cgroupPaths(filepath.Join(proc, "cgroup"))
+	v2, _ := cgroupPath(filepath.Join(proc, "cgroup"), "")
+	v1, _ := cgroupPath(filepath.Join(proc, "cgroup"), "memory")
 	for _, h := range []struct {
 		path, fstype, controller, file string
 	}{{v2, "cgroup2", "", "memory.max"}, {v1, "cgroup", "memory", "memory.limit_in_bytes"}} {
@@ -238,58 +237,6 @@ func cgroupMemoryLimit(proc string) float64 {
 		}
 	}
 	return limit
-}
-
-// cgroupPaths reads a /proc/PID/cgroup file: the process's cgroup v2 path
-// and, on a hybrid or v1 host, its memory controller's v1 path.
-func cgroupPaths(file string) (v2, v1memory string) {
-	f, err := os.Open(file)
-	if err != nil {
-		return "", ""
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		// hierarchy-ID:controller-list:cgroup-path
-		parts := strings.SplitN(sc.Text(), ":", 3)
-		if len(parts) != 3 {
-			continue
-		}
-		switch {
-		case parts[0] == "0" && parts[1] == "":
-			v2 = parts[2]
-		case slices.Contains(strings.Split(parts[1], ","), "memory"):
-			v1memory = parts[2]
-		}
-	}
-	return v2, v1memory
-}
-
-// cgroupMount finds where a cgroup hierarchy is mounted, from a
-// /proc/PID/mountinfo file: the cgroup2 one, or the v1 one holding
-// controller.
-func cgroupMount(file, fstype, controller string) string {
-	f, err := os.Open(file)
-	if err != nil {
-		return ""
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		// ID parent major:minor root mountpoint options [optional...] - fstype source superoptions
-		pre, post, ok := strings.Cut(sc.Text(), " - ")
-		if !ok {
-			continue
-		}
-		fields, after := strings.Fields(pre), strings.Fields(post)
-		if len(fields) < 5 || len(after) < 3 || after[0] != fstype || fields[3] != "/" {
-			continue // another type, or a bind mount of a cgroup below the root
-		}
-		if controller == "" || slices.Contains(strings.Split(after[2], ","), controller) {
-			return fields[4]
-		}
-	}
-	return ""
 }
 
 // readLimit reads a memory limit file; "max" (v2) and v1's page-rounded
