@@ -229,3 +229,35 @@ func TestAttachWorkDoesNotGrowWithThePods(t *testing.T) {
 		t.Errorf("an attach and a detach make %v allocations among 1,000 pods, %v among 10: the work grows with the pods", allocs[1000], allocs[10])
 	}
 }
+
+// TestAttachmentEqualSeesEveryField: a record that differs from another in
+// any field is not Equal to it (the agent writes a record again only when
+// it is not Equal to the one it wrote).
+func TestAttachmentEqualSeesEveryField(t *testing.T) {
+	a := Attachment{ContainerID: "c", Namespace: "n", Name: "p", UID: "u", NetnsPath: "/p", NetnsCookie: 1, IPs: []netip.Addr{ip2},
+		Captured: true, Reason: "r", AttachOrder: 1}
+	if b := a; !a.Equal(&b) {
+		t.Fatal("a copy is not Equal")
+	}
+	typ := reflect.TypeOf(a)
+	for i := range typ.NumField() {
+		b := a
+		b.IPs = slices.Clone(a.IPs)
+		f := reflect.ValueOf(&b).Elem().Field(i)
+		switch f.Kind() {
+		case reflect.String:
+			f.SetString(f.String() + "x")
+		case reflect.Uint64:
+			f.SetUint(f.Uint() + 1)
+		case reflect.Bool:
+			f.SetBool(!f.Bool())
+		case reflect.Slice:
+			f.Set(reflect.ValueOf([]netip.Addr{ip3}))
+		default:
+			t.Fatalf("field %s of kind %s: teach this test to change it", typ.Field(i).Name, f.Kind())
+		}
+		if a.Equal(&b) {
+			t.Errorf("records that differ in %s are Equal", typ.Field(i).Name)
+		}
+	}
+}
