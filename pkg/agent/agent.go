@@ -547,6 +547,9 @@ func (a *Agent) run(ctx context.Context) error {
 		return control.Serve(ctlCtx, ctl, control.NewHandler(controlAPI{a}, a.log))
 	}))
 	g.spawn("housekeeping", func() error { a.keepHouse(ctx); return nil })
+	if a.capture != nil {
+		g.spawn("istio rules", func() error { a.keepIstioRulesFresh(ctx); return nil })
+	}
 	hs, err := listenHandoff(a.cfg.Socket)
 	if err != nil {
 		ctl.Close()

@@ -194,6 +194,9 @@ func (a *Agent) addSandbox(req control.CNIAddRequest) (control.CNIAddResponse, e
 	}
 	a.log.Info("CNI ADD", "pod", req.PodNamespace+"/"+req.PodName, "container", req.ContainerID,
 		"netnsCookie", req.NetnsCookie, "ips", req.IPs, "captured", att.Captured, "reason", att.Reason)
+	if att.Captured {
+		a.istioRules.wake() // looked at once the ADD is answered, not before
+	}
 	return control.CNIAddResponse{Captured: att.Captured, Reason: att.Reason}, nil
 }
 

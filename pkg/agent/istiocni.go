@@ -1,9 +1,11 @@
 package agent
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"slices"
 	"strings"
@@ -16,10 +18,28 @@ import (
 	"github.com/ztdns/ztdns/pkg/podcache"
 )
 
-// istioRulesMaxAge is how long a look at a pod's netfilter rules stays
-// good: istio-cni installs them when the pod starts, or later when
-// ambient is turned on for it.
-const istioRulesMaxAge = 10 * time.Second
+// A captured pod's netfilter rules are looked at in the background, never
+// while a scrape, `ztdns pods` or `ztdns status` waits: each look enters
+// the pod's network namespace and lists its rules (0.5-0.9 ms), which on a
+// node of a thousand pods, at every scrape, took a second of CPU, and anyone
+// who reaches the metrics port can scrape. Every istioRulesTick the agent
+// looks at a bounded number of the captured pods whose look is due: first
+// those never looked at (captured since the last tick), then those whose
+// first look is istioRulesRecheck old (istio-cni installs its rules as the
+// pod starts, perhaps just after ztdns's ADD), then the others every
+// istioRulesRefreshEvery, oldest first. A CNI ADD that captures a pod wakes
+// the refresh for the pods never looked at (wake), after it is answered;
+// `ztdns capture add` looks at its namespace before it answers (lookNow).
+// What is reported is the last look.
+const (
+	istioRulesTick         = time.Second
+	istioRulesRecheck      = 10 * time.Second
+	istioRulesRefreshEvery = 5 * time.Minute
+	// istioRulesMinPerTick is the fewest pods a tick may look at; the
+	// most is twice the pods over the ticks of istioRulesRefreshEvery, so
+	// that a burst of new pods is caught up with.
+	istioRulesMinPerTick = 8
+)
 
 // istioRules remembers which captured pods also carry istio-cni's in-pod
 // DNS rules. Those rules cannot take ztdns's redirected queries (they match
@@ -31,6 +51,38 @@ type istioRules struct {
 	seen map[uint64]istioRulesLook // by netns cookie
 	// inspect is istiocni.Inspect; tests replace it.
 	inspect func(netnsPath string, cookie uint64) (istiocni.Finding, error)
+	// woken is wake's signal to keepIstioRulesFresh; made by woke.
+	woken chan struct{}
+}
+
+// woke returns the channel wake signals on.
+func (r *istioRules) woke() chan struct{} {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.woken == nil {
+		r.woken = make(chan struct{}, 1)
+	}
+	return r.woken
+}
+
+// wake has the refresh look at the pods never looked at now, rather than
+// at its next tick: a pod was just captured. It does not wait.
+func (r *istioRules) wake() {
+	select {
+	case r.woke() <- struct{}{}:
+	default:
+	}
+}
+
+// lookNow looks at a captured pod's rules at once, unless they were
+// looked at already.
+func (r *istioRules) lookNow(log *slog.Logger, a podcache.Attachment) {
+	r.mu.Lock()
+	_, seen := r.seen[a.NetnsCookie]
+	r.mu.Unlock()
+	if a.Captured && a.NetnsPath != "" && !seen {
+		r.look(log, a, time.Now())
+	}
 }
 
 type istioRulesLook struct {
@@ -40,6 +92,15 @@ type istioRulesLook struct {
 	unknown bool
 	logged  bool // the error was logged, once for the namespace
 	at      time.Time
+	looks   int
+}
+
+// due is when the namespace is to be looked at again.
+func (l istioRulesLook) due() time.Time {
+	if l.looks < 2 {
+		return l.at.Add(istioRulesRecheck)
+	}
+	return l.at.Add(istioRulesRefreshEvery)
 }
 
 // String is what ztdns shows: the backends found, and "unknown" when
@@ -51,23 +112,65 @@ func (l istioRulesLook) String() string {
 	return l.found.String()
 }
 
-// look returns what istio-cni left in the attachment's netns, looking again
-// when the last look is older than istioRulesMaxAge.
-func (r *istioRules) look(log *slog.Logger, a podcache.Attachment) istioRulesLook {
+// last returns the last look at the attachment's netns: nothing for a pod
+// not captured, or not looked at yet. It never looks itself.
+func (r *istioRules) last(a podcache.Attachment) istioRulesLook {
 	if !a.Captured || a.NetnsPath == "" {
 		return istioRulesLook{}
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	last, ok := r.seen[a.NetnsCookie]
-	if ok && time.Since(last.at) < istioRulesMaxAge {
-		return last
+	return r.seen[a.NetnsCookie]
+}
+
+// refresh is one tick: it looks at the captured pods whose look is due (at
+// most the tick's share of them, those never looked at first; with newOnly,
+// only those), and forgets the pods no longer captured. It returns how many
+// it looked at.
+func (r *istioRules) refresh(log *slog.Logger, pods *podcache.Cache, now time.Time, newOnly bool) int {
+	type target struct {
+		a   podcache.Attachment
+		due time.Time // zero: never looked at
 	}
+	var captured []target
+	live := map[uint64]bool{}
+	pods.RangeAttachments(func(_ string, a podcache.Attachment) {
+		if a.Captured && a.NetnsPath != "" && !live[a.NetnsCookie] {
+			live[a.NetnsCookie] = true
+			a.IPs = nil
+			captured = append(captured, target{a: a})
+		}
+	})
+	r.mu.Lock()
+	for i, t := range captured {
+		if l, ok := r.seen[t.a.NetnsCookie]; ok {
+			captured[i].due = l.due()
+		}
+	}
+	maps.DeleteFunc(r.seen, func(cookie uint64, _ istioRulesLook) bool { return !live[cookie] })
+	r.mu.Unlock()
+	n := len(captured)
+	due := slices.DeleteFunc(captured, func(t target) bool { return t.due.After(now) || newOnly && !t.due.IsZero() })
+	slices.SortFunc(due, func(x, y target) int { return x.due.Compare(y.due) })
+	most := max(istioRulesMinPerTick, int((2*int64(n)*int64(istioRulesTick)+int64(istioRulesRefreshEvery)-1)/int64(istioRulesRefreshEvery)))
+	due = due[:min(len(due), most)]
+	for _, t := range due {
+		r.look(log, t.a, now)
+	}
+	return len(due)
+}
+
+// look looks at what istio-cni left in the attachment's netns, and keeps
+// it. Only refresh calls it.
+func (r *istioRules) look(log *slog.Logger, a podcache.Attachment, now time.Time) {
+	r.mu.Lock()
+	last := r.seen[a.NetnsCookie]
 	inspect := r.inspect
+	r.mu.Unlock()
 	if inspect == nil {
 		inspect = istiocni.Inspect
 	}
-	l := istioRulesLook{logged: last.logged, at: time.Now()}
+	l := istioRulesLook{logged: last.logged, at: now, looks: last.looks + 1}
 	found, err := inspect(a.NetnsPath, a.NetnsCookie)
 	l.found = found
 	switch {
@@ -82,38 +185,57 @@ func (r *istioRules) look(log *slog.Logger, a podcache.Attachment) istioRulesLoo
 			l.logged = true
 		}
 	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	if r.seen == nil {
 		r.seen = map[uint64]istioRulesLook{}
 	}
 	r.seen[a.NetnsCookie] = l
-	return l
+}
+
+// keepIstioRulesFresh runs refresh every istioRulesTick, and for the new
+// pods when woken, until ctx ends or the agent hands over to a successor.
+func (a *Agent) keepIstioRulesFresh(ctx context.Context) {
+	t := time.NewTicker(istioRulesTick)
+	defer t.Stop()
+	woken := a.istioRules.woke()
+	for {
+		newOnly := false
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-woken:
+			newOnly = true
+		}
+		if a.handedOver.Load() {
+			return
+		}
+		a.istioRules.refresh(a.log, a.pods, time.Now(), newOnly)
+	}
 }
 
 // doublyCaptured lists "namespace/name (backends)" of captured pods with
 // istio-cni's DNS rules, and "namespace/name" of those whose rules could
-// not be read (nothing found, but unknown), and forgets pods no longer
-// captured.
+// not be read (nothing found, but unknown), as last looked at (refresh).
 func (a *Agent) doublyCaptured() (pods, unknown []string) {
 	if a.capture == nil {
 		return nil, nil
 	}
-	live := map[uint64]bool{}
-	for _, att := range a.pods.Attachments() {
-		live[att.NetnsCookie] = true
-		switch l := a.istioRules.look(a.log, att); {
+	a.istioRules.mu.Lock()
+	seen := maps.Clone(a.istioRules.seen)
+	a.istioRules.mu.Unlock()
+	a.pods.RangeAttachments(func(_ string, att podcache.Attachment) {
+		if !att.Captured || att.NetnsPath == "" {
+			return
+		}
+		switch l := seen[att.NetnsCookie]; {
 		case l.found.Present():
 			pods = append(pods, fmt.Sprintf("%s/%s (%s)", att.Namespace, att.Name, l))
 		case l.unknown:
 			unknown = append(unknown, att.Namespace+"/"+att.Name)
 		}
-	}
-	a.istioRules.mu.Lock()
-	for cookie := range a.istioRules.seen {
-		if !live[cookie] {
-			delete(a.istioRules.seen, cookie)
-		}
-	}
-	a.istioRules.mu.Unlock()
+	})
 	slices.Sort(pods)
 	slices.Sort(unknown)
 	return pods, unknown
@@ -154,3 +276,23 @@ var doubleCaptureDesc = prometheus.NewDesc("ztdns_capture_istio_dns_rules_pods",
 var istioRulesUnknownDesc = prometheus.NewDesc("ztdns_capture_istio_dns_rules_unknown_pods",
 	"Captured pods whose network namespace's netfilter rules could not be read: whether they hold istio-cni's DNS capture rules is unknown.",
 	nil, nil)
+
+// istioRulesCollector exports what the last looks at captured pods' rules
+// found (refresh); a scrape looks at no pod itself.
+type istioRulesCollector struct {
+	a *Agent
+}
+
+func (c istioRulesCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- doubleCaptureDesc
+	ch <- istioRulesUnknownDesc
+}
+
+func (c istioRulesCollector) Collect(ch chan<- prometheus.Metric) {
+	if c.a.capture == nil {
+		return
+	}
+	doubly, unknown := c.a.doublyCaptured()
+	ch <- prometheus.MustNewConstMetric(doubleCaptureDesc, prometheus.GaugeValue, float64(len(doubly)))
+	ch <- prometheus.MustNewConstMetric(istioRulesUnknownDesc, prometheus.GaugeValue, float64(len(unknown)))
+}

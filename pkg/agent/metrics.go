@@ -71,7 +71,7 @@ func (a *Agent) registerMetrics() error {
 		metricCNIEvents.WithLabelValues(failed[0], failed[1])
 	}
 	cs := []prometheus.Collector{
-		metricTableBuild, metricTableNames, metricTableWarnings, metricCNIEvents, metricCNIConfigRepairs, metricCNIConfigContested, metricCaptureRepairs, captureCollector{a},
+		metricTableBuild, metricTableNames, metricTableWarnings, metricCNIEvents, metricCNIConfigRepairs, metricCNIConfigContested, metricCaptureRepairs, captureCollector{a}, istioRulesCollector{a},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	}
 	cs = append(cs, resolver.Collectors()...)
@@ -126,8 +126,6 @@ var mapCapacityDesc = prometheus.NewDesc("ztdns_capture_map_capacity",
 func (c captureCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- captureDesc
 	ch <- capturePodsDesc
-	ch <- doubleCaptureDesc
-	ch <- istioRulesUnknownDesc
 	ch <- failOpenDesc
 	ch <- problemsDesc
 	ch <- mapEntriesDesc
@@ -147,9 +145,6 @@ func (c captureCollector) Collect(ch chan<- prometheus.Metric) {
 	if pods, err := cp.r.Pods(); err == nil {
 		ch <- prometheus.MustNewConstMetric(capturePodsDesc, prometheus.GaugeValue, float64(len(pods)))
 	}
-	doubly, unknown := c.a.doublyCaptured()
-	ch <- prometheus.MustNewConstMetric(doubleCaptureDesc, prometheus.GaugeValue, float64(len(doubly)))
-	ch <- prometheus.MustNewConstMetric(istioRulesUnknownDesc, prometheus.GaugeValue, float64(len(unknown)))
 	if open, err := cp.r.FailingOpen(); err == nil {
 		ch <- prometheus.MustNewConstMetric(failOpenDesc, prometheus.GaugeValue, boolValue(open))
 	}

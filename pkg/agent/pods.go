@@ -76,6 +76,7 @@ func (a *Agent) captureNetns(req control.CaptureRequest) (control.PodRow, error)
 		return control.PodRow{}, err
 	}
 	a.log.Info("captured a network namespace", "netns", req.Netns, "pod", req.Namespace+"/"+req.Name, "netnsCookie", ns.cookie, "ips", ns.addrs)
+	a.istioRules.lookNow(a.log, att) // the row shows it
 	rows, err := a.podRows()
 	for _, r := range rows {
 		if r.NetnsCookie == ns.cookie {
@@ -173,7 +174,7 @@ func (a *Agent) podRows() ([]control.PodRow, error) {
 		if att := p.Attachment; att != nil {
 			row.ContainerID, row.NetnsCookie, row.NetnsPath = att.ContainerID, att.NetnsCookie, att.NetnsPath
 			row.Captured, row.Reason = att.Captured, att.Reason
-			row.IstioDNSRules = a.istioRules.look(a.log, *att).String()
+			row.IstioDNSRules = a.istioRules.last(*att).String()
 			if m, ok := marks[att.NetnsCookie]; ok {
 				fillMarked(&row, m)
 				delete(marks, att.NetnsCookie)

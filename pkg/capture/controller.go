@@ -111,6 +111,13 @@ type Controller struct {
 	// record on disk is current. Guarded by mu, like closed.
 	retry  *time.Timer
 	closed bool
+	// encoded is each record as save last encoded it, by key; keys are
+	// their keys, sorted; saves counts the saves; savedSize is the last
+	// one's size. Guarded by mu.
+	encoded   map[string]*encodedRecord
+	keys      []string
+	saves     uint64
+	savedSize int
 	// fenced is set, holding decideMu and mu, when the agent hands over to
 	// a successor (Fence): the controller then changes nothing.
 	fenced atomic.Bool
@@ -258,8 +265,8 @@ func (c *Controller) applyLocked(a podcache.Attachment) error {
 		// A CNI ADD (a replayed one, say) of a sandbox adopted before it:
 		// the ADD's record is the one its DEL names, and two records of one
 		// namespace would leave a mark to whichever goes first.
-		for key, b := range c.pods.Attachments() {
-			if strings.HasPrefix(key, AdoptedPrefix) && b.NetnsCookie == a.NetnsCookie {
+		for key := range c.pods.AttachmentsInNetns(a.NetnsCookie) {
+			if strings.HasPrefix(key, AdoptedPrefix) {
 				c.pods.Detach(key)
 			}
 		}
@@ -405,8 +412,8 @@ func (c *Controller) forgetLocked(key string) (podcache.Attachment, bool, error)
 // capturedElsewhere reports whether a record captures the network
 // namespace with that cookie. Callers hold mu.
 func (c *Controller) capturedElsewhere(cookie uint64) bool {
-	for _, b := range c.pods.Attachments() {
-		if b.NetnsCookie == cookie && b.Captured {
+	for _, b := range c.pods.AttachmentsInNetns(cookie) {
+		if b.Captured {
 			return true
 		}
 	}

@@ -8,8 +8,12 @@
 // of the same pod (namespace/name) are merged.
 //
 // Readers are on the resolver's hot path: they load an immutable index with
-// one atomic read and take no lock. Writers rebuild the index, which is cheap
-// at node scale (a few hundred pods).
+// one atomic read and take no lock. A change of the source rebuilds the
+// index; a runtime record attached or detached (a CNI ADD or DEL, which the
+// agent answers one at a time) makes a new index from the last one, with new
+// objects for that record's pod only and the owners of its addresses and
+// network namespaces looked up again, so that an ADD on a node of a
+// thousand pods costs about what it does on a node of ten.
 package podcache
 
 import (
@@ -47,6 +51,13 @@ type Attachment struct {
 	// record on disk, so that a restarted agent orders them the same; 0 in
 	// what is handed to Attach for a new record.
 	AttachOrder uint64 `json:"attachOrder,omitempty"`
+}
+
+// Equal reports whether a and b record the same: every field alike.
+func (a *Attachment) Equal(b *Attachment) bool {
+	return a.ContainerID == b.ContainerID && a.Namespace == b.Namespace && a.Name == b.Name && a.UID == b.UID &&
+		a.NetnsPath == b.NetnsPath && a.NetnsCookie == b.NetnsCookie && slices.Equal(a.IPs, b.IPs) &&
+		a.Captured == b.Captured && a.Reason == b.Reason && a.AttachOrder == b.AttachOrder
 }
 
 // Key identifies an attachment: its container ID, or its netns cookie for
@@ -145,6 +156,20 @@ type Cache struct {
 	watchers    map[*func()]struct{}
 	// lastOrder is the highest AttachOrder given or restored.
 	lastOrder uint64
+	// What an attach or a detach looks up instead of going over every
+	// pod or record (see update, GoneClaims); rebuild makes them again
+	// (reindex).
+	//
+	// recordsOf is the keys of each pod's records, by pod key.
+	recordsOf map[string]map[string]struct{}
+	// claims is, by address, the keys of the pods whose IPs (as the index
+	// shows them) hold it, pods on the host's network left out.
+	claims map[netip.Addr]map[string]struct{}
+	// inNetns is the keys of the records of each network namespace, by
+	// cookie (0 left out).
+	inNetns map[uint64]map[string]struct{}
+	// recordsAt is the keys of the records that hold each address.
+	recordsAt map[netip.Addr]map[string]struct{}
 
 	view atomic.Pointer[index]
 }
@@ -153,7 +178,8 @@ type Cache struct {
 // pods' search lists).
 func New(clusterDomain string) *Cache {
 	c := &Cache{domain: clusterDomain, fromSource: map[string]model.Pod{}, attachments: map[string]Attachment{}, quotas: map[string]*quota.Source{},
-		watchers: map[*func()]struct{}{}}
+		watchers: map[*func()]struct{}{}, recordsOf: map[string]map[string]struct{}{}, claims: map[netip.Addr]map[string]struct{}{},
+		inNetns: map[uint64]map[string]struct{}{}, recordsAt: map[netip.Addr]map[string]struct{}{}}
 	c.view.Store(&index{})
 	return c
 }
@@ -230,12 +256,29 @@ func (c *Cache) AttachmentsOldestFirst() []Attachment {
 // never heard, whose namespace is gone, and which is to go when a new
 // pod claims its IP.
 func (c *Cache) GoneClaims(a Attachment, gone func(key string, b Attachment) bool) map[string]Attachment {
-	claims := c.Attachments()
-	maps.DeleteFunc(claims, func(key string, b Attachment) bool {
-		return key == a.Key() || !slices.ContainsFunc(b.IPs, func(ip netip.Addr) bool { return slices.Contains(a.IPs, ip) }) ||
-			!gone(key, b)
-	})
+	claims := map[string]Attachment{}
+	c.mu.Lock()
+	for _, ip := range a.IPs {
+		for key := range c.recordsAt[ip] {
+			if key != a.Key() {
+				claims[key] = c.attachments[key]
+			}
+		}
+	}
+	c.mu.Unlock()
+	maps.DeleteFunc(claims, func(key string, b Attachment) bool { return !gone(key, b) })
 	return claims
+}
+
+// RangeAttachments calls f with every runtime record, in no order, holding
+// the cache's lock: f must not call the cache, nor keep b's IPs. It copies
+// nothing, as Attachments does.
+func (c *Cache) RangeAttachments(f func(key string, b Attachment)) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for key, b := range c.attachments {
+		f(key, b)
+	}
 }
 
 // Attachment returns the runtime record with that key.
@@ -277,8 +320,17 @@ func (c *Cache) Attach(a Attachment) {
 		}
 	}
 	c.lastOrder = max(c.lastOrder, a.AttachOrder)
+	old, replaced := c.attachments[a.Key()]
+	if replaced {
+		c.unindexRecord(old)
+	}
 	c.attachments[a.Key()] = a
-	c.rebuild()
+	c.indexRecord(a)
+	if replaced {
+		c.update(old, a)
+	} else {
+		c.update(a)
+	}
 }
 
 // Detach forgets the attachment with that key and returns it.
@@ -288,9 +340,22 @@ func (c *Cache) Detach(key string) (Attachment, bool) {
 	a, ok := c.attachments[key]
 	if ok {
 		delete(c.attachments, key)
-		c.rebuild()
+		c.unindexRecord(a)
+		c.update(a)
 	}
 	return a, ok
+}
+
+// AttachmentsInNetns returns the runtime records of the network namespace
+// with that cookie, keyed by Attachment.Key.
+func (c *Cache) AttachmentsInNetns(cookie uint64) map[string]Attachment {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make(map[string]Attachment, len(c.inNetns[cookie]))
+	for key := range c.inNetns[cookie] {
+		out[key] = c.attachments[key]
+	}
+	return out
 }
 
 // attachOrder returns the attachments' keys, oldest first (OldestFirst).
@@ -390,8 +455,257 @@ func (c *Cache) rebuild() {
 		idx.byCookie[cookie] = pods[k]
 	}
 	c.quotas = quotas
+	c.reindex(idx)
+	c.publish(idx)
+}
+
+// publish makes idx the index readers see and tells the watchers. Callers
+// hold mu.
+func (c *Cache) publish(idx *index) {
 	c.view.Store(idx)
 	for f := range c.watchers {
 		(*f)()
 	}
+}
+
+// reindex makes recordsOf, inNetns and claims again, from the records and
+// idx. Callers hold mu.
+func (c *Cache) reindex(idx *index) {
+	c.recordsOf = map[string]map[string]struct{}{}
+	c.inNetns = map[uint64]map[string]struct{}{}
+	c.recordsAt = map[netip.Addr]map[string]struct{}{}
+	for _, a := range c.attachments {
+		c.indexRecord(a)
+	}
+	c.claims = map[netip.Addr]map[string]struct{}{}
+	for _, p := range idx.all {
+		c.claim(p)
+	}
+}
+
+// indexRecord enters a (just stored in attachments) in recordsOf, inNetns
+// and recordsAt. Callers hold mu.
+func (c *Cache) indexRecord(a Attachment) {
+	addKey(c.recordsOf, a.Namespace+"/"+a.Name, a.Key())
+	if a.NetnsCookie != 0 {
+		addKey(c.inNetns, a.NetnsCookie, a.Key())
+	}
+	for _, ip := range a.IPs {
+		addKey(c.recordsAt, ip, a.Key())
+	}
+}
+
+// unindexRecord takes a (just removed from attachments, or replaced) out of
+// recordsOf, inNetns and recordsAt. Callers hold mu.
+func (c *Cache) unindexRecord(a Attachment) {
+	removeKey(c.recordsOf, a.Namespace+"/"+a.Name, a.Key())
+	removeKey(c.inNetns, a.NetnsCookie, a.Key())
+	for _, ip := range a.IPs {
+		removeKey(c.recordsAt, ip, a.Key())
+	}
+}
+
+// claim enters p's addresses in claims, unless it is on the host's network.
+func (c *Cache) claim(p *Pod) {
+	if !p.hostNetwork() {
+		for _, ip := range p.IPs {
+			addKey(c.claims, ip, p.Key())
+		}
+	}
+}
+
+func addKey[K comparable](m map[K]map[string]struct{}, k K, key string) {
+	set := m[k]
+	if set == nil {
+		set = map[string]struct{}{}
+		m[k] = set
+	}
+	set[key] = struct{}{}
+}
+
+func removeKey[K comparable](m map[K]map[string]struct{}, k K, key string) {
+	if set := m[k]; set != nil {
+		delete(set, key)
+		if len(set) == 0 {
+			delete(m, k)
+		}
+	}
+}
+
+// update makes a new index from the last one after records were attached,
+// replaced or detached (changed: each as it was and as it is), as rebuild
+// would make it: new objects for the pods those records are of, and the
+// owners of their addresses and network namespaces decided again as rebuild
+// decides them. Callers hold mu, and have updated attachments, recordsOf and
+// inNetns.
+func (c *Cache) update(changed ...Attachment) {
+	old := c.view.Load()
+	idx := &index{byIP: maps.Clone(old.byIP), byCookie: maps.Clone(old.byCookie), all: slices.Clone(old.all)}
+	if idx.byIP == nil {
+		idx.byIP = map[netip.Addr]*Pod{}
+	}
+	if idx.byCookie == nil {
+		idx.byCookie = map[uint64]*Pod{}
+	}
+	var podKeys []string
+	cookies := map[uint64]struct{}{}
+	for _, a := range changed {
+		if k := a.Namespace + "/" + a.Name; !slices.Contains(podKeys, k) {
+			podKeys = append(podKeys, k)
+		}
+		cookies[a.NetnsCookie] = struct{}{}
+	}
+	ips := map[netip.Addr]struct{}{}
+	for _, k := range podKeys {
+		i, found := slices.BinarySearchFunc(idx.all, k, byKey)
+		if found {
+			was := idx.all[i]
+			for _, ip := range was.IPs {
+				removeKey(c.claims, ip, k)
+				ips[ip] = struct{}{}
+			}
+		}
+		p := c.pod(k)
+		switch {
+		case p == nil && found:
+			idx.all = slices.Delete(idx.all, i, i+1)
+			delete(c.quotas, k)
+		case p != nil && found:
+			idx.all[i] = p
+		case p != nil:
+			idx.all = slices.Insert(idx.all, i, p)
+		}
+		if p == nil {
+			continue
+		}
+		c.claim(p)
+		for _, ip := range p.IPs {
+			ips[ip] = struct{}{}
+		}
+		// The namespaces of the pod's records may name the new object.
+		for key := range c.recordsOf[k] {
+			cookies[c.attachments[key].NetnsCookie] = struct{}{}
+		}
+	}
+	for ip := range ips {
+		if p := c.owner(idx, ip); p != nil {
+			idx.byIP[ip] = p
+		} else {
+			delete(idx.byIP, ip)
+		}
+	}
+	for cookie := range cookies {
+		if p := c.netnsOwner(idx, cookie); p != nil {
+			idx.byCookie[cookie] = p
+		} else {
+			delete(idx.byCookie, cookie)
+		}
+	}
+	c.publish(idx)
+}
+
+func byKey(p *Pod, k string) int { return strings.Compare(p.Key(), k) }
+
+// find returns the pod with key k in idx, or nil.
+func (idx *index) find(k string) *Pod {
+	if i, ok := slices.BinarySearchFunc(idx.all, k, byKey); ok {
+		return idx.all[i]
+	}
+	return nil
+}
+
+// pod makes the object of pod k from what the source says and the pod's
+// records, as rebuild does; nil when neither knows it. Callers hold mu.
+func (c *Cache) pod(k string) *Pod {
+	recs := make([]Attachment, 0, len(c.recordsOf[k]))
+	for key := range c.recordsOf[k] {
+		recs = append(recs, c.attachments[key])
+	}
+	sp, known := c.fromSource[k]
+	if !known && len(recs) == 0 {
+		return nil
+	}
+	slices.SortFunc(recs, func(a, b Attachment) int { return OldestFirst(&a, &b) })
+	var p *Pod
+	if known {
+		spec := sp
+		p = &Pod{Namespace: sp.Namespace, Name: sp.Name, UID: sp.UID, IPs: sp.IPs, Spec: &spec}
+	} else {
+		p = &Pod{Namespace: recs[0].Namespace, Name: recs[0].Name, UID: recs[0].UID}
+	}
+	for i := range recs {
+		a := &recs[i]
+		p.Attachment, p.uncaptured = a, !a.Captured
+		if len(a.IPs) > 0 {
+			p.IPs = a.IPs
+		}
+		if p.UID == "" {
+			p.UID = a.UID
+		}
+	}
+	if p.Quota = c.quotas[k]; p.Quota == nil {
+		p.Quota = new(quota.Source)
+		c.quotas[k] = p.Quota
+	}
+	p.families = familiesOf(p.IPs)
+	if p.Spec != nil {
+		p.Search = p.Spec.SearchList(c.domain)
+	} else {
+		p.Search = (&model.Pod{Namespace: p.Namespace}).SearchList(c.domain)
+	}
+	return p
+}
+
+// newest returns the newest record of pod k (OldestFirst's last). Callers
+// hold mu.
+func (c *Cache) newest(k string) *Attachment {
+	var last *Attachment
+	for key := range c.recordsOf[k] {
+		if a := c.attachments[key]; last == nil || OldestFirst(last, &a) < 0 {
+			last = &a
+		}
+	}
+	return last
+}
+
+// owner decides who owns ip, as rebuild does: of the pods that claim it,
+// the one with a record whose newest record is newest; else the last by
+// key. Callers hold mu.
+func (c *Cache) owner(idx *index, ip netip.Addr) *Pod {
+	var best *Pod
+	var bestRec *Attachment
+	for k := range c.claims[ip] {
+		p := idx.find(k)
+		if p == nil {
+			continue
+		}
+		if p.Attachment == nil {
+			if bestRec == nil && (best == nil || p.Key() > best.Key()) {
+				best = p
+			}
+			continue
+		}
+		if a := c.newest(k); bestRec == nil || OldestFirst(bestRec, a) < 0 {
+			best, bestRec = p, a
+		}
+	}
+	return best
+}
+
+// netnsOwner decides whose the network namespace with that cookie is, as
+// rebuild does: the pod of its newest record. Callers hold mu.
+func (c *Cache) netnsOwner(idx *index, cookie uint64) *Pod {
+	if cookie == 0 {
+		return nil
+	}
+	var last *Attachment
+	for key := range c.inNetns[cookie] {
+		if a := c.attachments[key]; last == nil || OldestFirst(last, &a) < 0 {
+			last = &a
+		}
+	}
+	if last == nil {
+		return nil
+	}
+	return idx.find(last.Namespace + "/" + last.Name)
 }

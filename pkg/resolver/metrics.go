@@ -261,8 +261,9 @@ const (
 // map lookup.
 //
 // A slot number may outlive its namespace's hold on it: in the memo of a
-// pod object a query in flight still holds (the registry makes new pod
-// objects, their memo unset, on every change), or in a UDP batch's counts
+// pod object a query in flight still holds (the registry makes a new pod
+// object, its memo unset, on every change of the pod, and new objects of
+// every pod on every change of the source), or in a UDP batch's counts
 // not yet flushed. Such a count is added to counts[slot], which stays in
 // range and is atomic: the worst it does is count those few queries of a
 // namespace that is gone in the slot's next namespace, or in a free slot,
