@@ -114,3 +114,55 @@ func TestDefaultServiceExportTo(t *testing.T) {
 		})
 	}
 }
+
+// A namespace named like a top-level domain, with a Service named like a
+// registrable name under it.
+const tldManifests = `apiVersion: v1
+kind: Namespace
+metadata: {name: com}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: tenant}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: example-bank, namespace: com}
+spec: {clusterIP: 10.96.0.20, ports: [{port: 443}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: app, namespace: tenant}
+spec: {containers: [{name: c, image: x}]}
+status: {podIP: 127.0.0.4, podIPs: [{ip: 127.0.0.4}]}
+`
+
+// TestNamespaceNamedLikeTLD pins a deliberate behaviour: ztdns answers a
+// Service's short forms <svc>.<ns> and <svc>.<ns>.svc as absolute names,
+// as Istio's DNS proxy does (generateAltHosts), so whoever may create a
+// namespace "com" with a Service "example-bank" answers example-bank.com.
+// for every pod, authoritatively, with its ClusterIP (kube-dns reaches it
+// only through the search list and forwards the absolute name). Services
+// are seen from every namespace whatever --default-service-export-to says.
+// README: Differences from kube-dns and Istio. Change this test only with
+// that text.
+func TestNamespaceNamedLikeTLD(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "manifests.yaml"), []byte(tldManifests), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	up := dnstest.Start(t, "127.0.0.1:0", dnstest.Marker(netip.MustParseAddr("203.0.113.99"), netip.MustParseAddr("2001:db8::99")))
+	tenant := netip.MustParseAddr("127.0.0.4")
+	for _, defaults := range [][]string{nil, {"."}} {
+		t.Run(strings.Join(defaults, ","), func(t *testing.T) {
+			a := agenttest.Start(t, agent.Config{Source: configdir.New(dir), Upstreams: []netip.AddrPort{up.Addr},
+				DefaultExportTo: defaults})
+			for _, name := range []string{"example-bank.com.", "example-bank.com.svc.", "example-bank.com.svc.cluster.local."} {
+				r := a.Query(t, "udp", tenant, name, dns.TypeA, false)
+				if got := agenttest.RRText(r.Answer); !r.Authoritative || !slices.Equal(got, []string{name + " A 10.96.0.20"}) {
+					t.Errorf("%s from tenant: authoritative %v, %q; want ztdns's answer, the Service's 10.96.0.20", name, r.Authoritative, got)
+				}
+			}
+		})
+	}
+}
