@@ -28,6 +28,7 @@ import (
 	"github.com/ztdns/ztdns/pkg/resolver"
 	"github.com/ztdns/ztdns/pkg/resolver/forward"
 	"github.com/ztdns/ztdns/pkg/resolver/quota"
+	"github.com/ztdns/ztdns/pkg/resolver/table"
 	"github.com/ztdns/ztdns/pkg/resolver/vip"
 	"github.com/ztdns/ztdns/pkg/source"
 	"github.com/ztdns/ztdns/pkg/source/configdir"
@@ -86,6 +87,7 @@ directory of YAML manifests (--config-dir).`,
 	fwdTimeout := fs.Duration("forward-timeout", 2*time.Second, "bound on one forwarded query across all upstreams (0: the default)")
 	cacheSize := fs.Int("cache-size", 10000, "entries in the cache of upstream answers (0 disables it); once it is full, a pod over its share (an eighth) replaces only its own answers, and other pods' misses take back what it holds past its share")
 	vipSource := fs.String("vip-source", string(vip.SourceAuto), "where auto-allocated ServiceEntry VIPs come from: auto (istiod's status.addresses when istiod allocates, else ztdns's allocator), istiod (status.addresses only), ztdns (its own allocator only) or none (no VIP: hosts without spec.addresses are forwarded, for istiod with PILOT_ENABLE_IP_AUTOALLOCATE off); see README")
+	defaultExportTo := fs.String("default-service-export-to", "*", "exportTo of a ServiceEntry that gives none, as Istio's MeshConfig defaultServiceExportTo (set both alike): comma-separated, \".\" (its own namespace), \"*\" (every namespace), \"~\" (none) or namespace names; Services are seen from every namespace whatever it says")
 	istioNamespace := fs.String("istio-namespace", "istio-system", "istiod's `NAMESPACE`, where --vip-source=auto looks for its VIP allocator")
 	cacheBytes := &byteSize{n: forward.DefaultCacheBytes}
 	fs.Var(cacheBytes, "cache-bytes", "bytes the cache of upstream answers may hold, e.g. 4Mi; once it is full, a pod over its share (an eighth) replaces only its own answers, and other pods' misses take back what it holds past its share")
@@ -252,6 +254,10 @@ directory of YAML manifests (--config-dir).`,
 		if err != nil {
 			return usagef("--vip-source: %w", err)
 		}
+		exportTo, err := table.ParseExportTo(*defaultExportTo)
+		if err != nil {
+			return usagef("--default-service-export-to: %w", err)
+		}
 		gid, err := groupID(*socketGroup)
 		if err != nil {
 			return usageError{err}
@@ -322,6 +328,7 @@ directory of YAML manifests (--config-dir).`,
 			CacheSize:         cacheSizeFlag(*cacheSize),
 			Autopath:          *autopath,
 			VIPSource:         vips,
+			DefaultExportTo:   exportTo,
 			NodeSearch:        node.Search,
 			MetricsAddr:       *metrics,
 			Socket:            *socket,

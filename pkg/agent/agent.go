@@ -59,6 +59,10 @@ type Config struct {
 	Autopath  bool
 	// VIPSource says where auto-allocated VIPs come from (default auto).
 	VIPSource vip.Source
+	// DefaultExportTo is the exportTo of a ServiceEntry that gives none
+	// (--default-service-export-to, Istio's MeshConfig
+	// defaultServiceExportTo); nil: every namespace.
+	DefaultExportTo []string
 	// NodeSearch are the node's search domains (autopath only).
 	NodeSearch []string
 	// MetricsAddr serves /metrics, /healthz and /readyz; empty disables.
@@ -290,8 +294,9 @@ func newAgent(cfg Config) (*Agent, error) {
 		}
 	}
 	a := &Agent{cfg: cfg, log: cfg.Logger, reg: cfg.Registry, pods: podcache.New(cfg.ClusterDomain), firstTable: make(chan struct{}), id: agentIdentity(cfg.PodUID),
-		builder: table.NewBuilder(table.Options{Domain: cfg.ClusterDomain, TTL: uint32(cfg.TTL / time.Second), VIPSource: cfg.VIPSource}),
-		addrs:   slices.Clone(cfg.Listen), hostCookies: nodeCookies(cfg.ProcRoot)}
+		builder: table.NewBuilder(table.Options{Domain: cfg.ClusterDomain, TTL: uint32(cfg.TTL / time.Second), VIPSource: cfg.VIPSource,
+			DefaultExportTo: cfg.DefaultExportTo}),
+		addrs: slices.Clone(cfg.Listen), hostCookies: nodeCookies(cfg.ProcRoot)}
 	if cfg.Capture != nil {
 		var err error
 		port := cfg.Capture.Port

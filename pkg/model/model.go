@@ -114,7 +114,8 @@ type ServiceEntry struct {
 	// StatusAddresses are status.addresses, written by istiod's allocator.
 	StatusAddresses []HostAddress
 	Resolution      string
-	// ExportTo is spec.exportTo as written; empty means exported everywhere.
+	// ExportTo is spec.exportTo as written; empty means the mesh's default
+	// (table.Options.DefaultExportTo: everywhere unless set).
 	ExportTo []string
 	// AutoAllocate is false when the label
 	// networking.istio.io/enable-autoallocate-ip is "false" (any case, as

@@ -335,6 +335,15 @@ func TestChartAgent(t *testing.T) {
 			}),
 		},
 		{
+			// As Istio's meshConfig.defaultServiceExportTo.
+			name:  "ServiceEntries without exportTo seen in their own namespace only",
+			sets:  []string{"resolver.defaultServiceExportTo={.,shared}"},
+			kinds: defaultKinds,
+			pod: defaultPod().change(func(w *podWant) {
+				w.args = w.args.with("--default-service-export-to=.,shared")
+			}),
+		},
+		{
 			// For istiod with PILOT_ENABLE_IP_AUTOALLOCATE=false.
 			name:  "no VIPs",
 			sets:  []string{"resolver.vipSource=none"},
@@ -914,6 +923,7 @@ func TestChartRejectsBadValues(t *testing.T) {
 		{"capture on with a non-ULA IPv6 address first", "resolver.listen={169.254.20.53:53,[2001:db8::1]:53,[fd00:7a74:646e::53]:53}", "resolver.listen's first IPv6 address, [2001:db8::1]:53, is not a ULA (fd00::/8)"},
 		{"more capture nameservers than the agent takes", "capture.nameservers={10.0.0.1,10.0.0.2,10.0.0.3,10.0.0.4,10.0.0.5,10.0.0.6,10.0.0.7,10.0.0.8,10.0.0.9}", "/capture/nameservers"},
 		{"unknown VIP source", "resolver.vipSource=kube", "/resolver/vipSource"},
+		{"default exportTo that is no namespace", "resolver.defaultServiceExportTo={Team-A}", "/resolver/defaultServiceExportTo"},
 		{"unknown log format", "logFormat=xml", "/logFormat"},
 		{"relative netns dir", "cni.netnsDir=run/netns", "/cni/netnsDir"},
 		{"misspelt SELinux field", "seLinuxOptions.typ=spc_t", "/seLinuxOptions"},

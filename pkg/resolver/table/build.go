@@ -345,7 +345,7 @@ func NewBuilder(opts Options) *Builder {
 	}
 	domain := dns.CanonicalName(opts.Domain)
 	return &Builder{
-		n:          names{svcDomain: ".svc." + domain, ttl: opts.TTL, prefixes: map[string]string{}},
+		n:          names{svcDomain: ".svc." + domain, ttl: opts.TTL, defaultExportTo: opts.DefaultExportTo, prefixes: map[string]string{}},
 		domain:     domain,
 		vipSource:  opts.VIPSource,
 		services:   newStates[*serviceState](),

@@ -34,6 +34,9 @@ const (
 type names struct {
 	svcDomain string // ".svc.cluster.local."
 	ttl       uint32
+	// defaultExportTo is Options.DefaultExportTo: the exportTo of a
+	// ServiceEntry without one.
+	defaultExportTo []string
 	// prefixes interns SRV prefixes ("_http._tcp."): most Services share a
 	// handful. At most maxInternedPrefixes: it lives as long as the
 	// builder, and port names are the objects' choice.
@@ -507,7 +510,11 @@ func istiodAllocates(s *model.Snapshot) bool {
 
 // serviceEntrySource is what a ServiceEntry's entries share.
 func serviceEntrySource(n names, se *model.ServiceEntry, ext *seSource) source {
-	*ext = seSource{exportTo: exportSet(se.Namespace, se.ExportTo), created: se.Created,
+	exportTo := se.ExportTo
+	if len(exportTo) == 0 {
+		exportTo = n.defaultExportTo // Istio's serviceExportTo
+	}
+	*ext = seSource{exportTo: exportSet(se.Namespace, exportTo), created: se.Created,
 		noVIP: noVIPOf(se), dynamicDNS: se.Resolution == model.ResolutionDynamicDNS}
 	return source{namespace: se.Namespace, name: se.Name, se: ext, ttl: n.ttl, kind: kindServiceEntry, rank: rankServiceEntry}
 }
@@ -738,6 +745,31 @@ func exportSet(own string, exportTo []string) []string {
 	}
 	slices.Sort(out)
 	return slices.Compact(out)
+}
+
+// ParseExportTo parses a comma-separated exportTo list, as Istio's
+// MeshConfig defaultServiceExportTo holds it: "*" (every namespace), "."
+// (the object's own), "~" (none) or namespace names. "*" and "~" stand
+// alone, as Istio's validation wants them in an object's exportTo.
+func ParseExportTo(s string) ([]string, error) {
+	var out []string
+	for _, v := range strings.Split(s, ",") {
+		v = strings.TrimSpace(v)
+		switch {
+		case v == "." || v == "*" || v == "~" || isLabel(v):
+		case v == "":
+			return nil, fmt.Errorf("%q: an empty value matches no namespace", s)
+		default:
+			return nil, fmt.Errorf("%q: %q is not \".\", \"*\", \"~\" or a namespace name", s, v)
+		}
+		if !slices.Contains(out, v) {
+			out = append(out, v)
+		}
+	}
+	if len(out) > 1 && (slices.Contains(out, "*") || slices.Contains(out, "~")) {
+		return nil, fmt.Errorf("%q: \"*\" and \"~\" cannot be combined with other values", s)
+	}
+	return out, nil
 }
 
 // checkExportTo warns of what Istio's validation (validateExportTo)

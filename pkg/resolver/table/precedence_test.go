@@ -135,3 +135,27 @@ func TestInvalidExportToWarns(t *testing.T) {
 		}
 	}
 }
+
+// ParseExportTo reads --default-service-export-to as Istio's MeshConfig
+// defaultServiceExportTo lists it.
+func TestParseExportTo(t *testing.T) {
+	for _, c := range []struct {
+		in   string
+		want []string
+	}{
+		{"*", []string{"*"}},
+		{".", []string{"."}},
+		{"~", []string{"~"}},
+		{" ., shared ,.", []string{".", "shared"}},
+	} {
+		got, err := ParseExportTo(c.in)
+		if err != nil || !slices.Equal(got, c.want) {
+			t.Errorf("ParseExportTo(%q) = %q, %v; want %q", c.in, got, err, c.want)
+		}
+	}
+	for _, in := range []string{"", ".,", "Team-A", "*,.", "~,team-b", "a.b"} {
+		if got, err := ParseExportTo(in); err == nil {
+			t.Errorf("ParseExportTo(%q) = %q, want an error", in, got)
+		}
+	}
+}

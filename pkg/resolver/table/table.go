@@ -194,6 +194,11 @@ type Options struct {
 	TTL uint32
 	// VIPSource says where auto-allocated VIPs come from (default auto).
 	VIPSource vip.Source
+	// DefaultExportTo is the exportTo of a ServiceEntry that gives none, as
+	// Istio's MeshConfig defaultServiceExportTo: "." its own namespace, "*"
+	// all, "~" none, or namespace names (ParseExportTo). Empty means "*",
+	// Istio's default.
+	DefaultExportTo []string
 }
 
 // Defaults for Options.
