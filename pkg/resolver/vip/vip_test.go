@@ -102,13 +102,13 @@ func TestAllocateAddingNeverMovesExisting(t *testing.T) {
 }
 
 func TestAllocateExhaustion(t *testing.T) {
-	claims := make([]Claim, 0, slots+10)
-	for i := range slots + 10 {
+	claims := make([]Claim, 0, Slots+10)
+	for i := range Slots + 10 {
 		claims = append(claims, claim(fmt.Sprintf("h%d", i), 0))
 	}
 	got := Allocate(claims)
-	if len(got) != slots {
-		t.Fatalf("allocated %d VIPs, want all %d slots and no more", len(got), slots)
+	if len(got) != Slots {
+		t.Fatalf("allocated %d VIPs, want all %d slots and no more", len(got), Slots)
 	}
 }
 
@@ -192,7 +192,7 @@ func TestAllocateSharedHome(t *testing.T) {
 	got := Allocate(claims)
 	first := home("same.example")
 	for i, c := range claims {
-		if want := pairOf((first + uint32(i)) % slots); got[keyOf(c)] != want {
+		if want := pairOf((first + uint32(i)) % Slots); got[keyOf(c)] != want {
 			t.Fatalf("claim %d: %v, want %v", i, got[keyOf(c)], want)
 		}
 	}
