@@ -8,6 +8,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/ztdns/ztdns/pkg/control"
+	"github.com/ztdns/ztdns/pkg/resolver/table"
 )
 
 func newStatusCmd() *cobra.Command {
@@ -66,6 +67,15 @@ func statusTable(w io.Writer, st control.Status, wide bool) {
 	line("Upstreams", strings.Join(st.Upstreams, ", "))
 	if st.VIPs != "" {
 		line("VIPs", st.VIPs)
+	}
+	var noVIP []string
+	for _, reason := range table.NoVIPReasons {
+		if n := st.HostsWithoutVIP[reason]; n > 0 {
+			noVIP = append(noVIP, fmt.Sprintf("%d %s", n, reason))
+		}
+	}
+	if len(noVIP) > 0 {
+		line("Hosts without VIP", strings.Join(noVIP, ", ")+" (ztdns table -n NS lists them, forwarded, with why)")
 	}
 	line("Access log", accessLogText(st.AccessLog))
 	list("Source errors", st.SourceErrors)

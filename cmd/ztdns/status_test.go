@@ -127,3 +127,19 @@ func TestTablesEscapeWhatTheyCannotShow(t *testing.T) {
 		}
 	}
 }
+
+// TestStatusShowsHostsWithoutVIP: `ztdns status` counts the ServiceEntry
+// hosts that should have a VIP and have none, by reason in a fixed order,
+// and says nothing of them when every one has its VIP.
+func TestStatusShowsHostsWithoutVIP(t *testing.T) {
+	var missing, fine strings.Builder
+	statusTable(&missing, control.Status{Ready: true, VIPs: "auto: istiod's status.addresses",
+		HostsWithoutVIP: map[string]int{"istiod_no_ipv4": 7, "istiod_pending": 3}}, false)
+	statusTable(&fine, control.Status{Ready: true, VIPs: "auto: istiod's status.addresses"}, false)
+	if want := "Hosts without VIP:\t3 istiod_pending, 7 istiod_no_ipv4 (ztdns table -n NS lists them, forwarded, with why)\n"; !strings.Contains(missing.String(), want) {
+		t.Errorf("status lacks %q:\n%s", want, missing.String())
+	}
+	if strings.Contains(fine.String(), "without VIP") {
+		t.Errorf("status with every VIP says some are missing:\n%s", fine.String())
+	}
+}

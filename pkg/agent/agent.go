@@ -1186,6 +1186,10 @@ func (a *Agent) apply(s *model.Snapshot) {
 	metricTableBuild.Observe(took.Seconds())
 	metricTableNames.Set(float64(tbl.Len()))
 	metricTableWarnings.Set(float64(len(warnings)))
+	for reason, n := range tbl.HostsWithoutVIP() {
+		metricTableHostsWithoutVIP.WithLabelValues(reason).Set(float64(n))
+	}
+	metricTableAllocatedIPv4VIPs.Set(float64(tbl.AllocatedIPv4VIPs()))
 	// A directory of broken objects must not make the agent keep (or log)
 	// an unbounded list: the first ones say what is wrong.
 	kept := warnings[:min(len(warnings), control.MaxStoredWarnings)]

@@ -91,7 +91,16 @@ func (a *Agent) sourceFailing() error {
 }
 
 func (a *Agent) status() control.Status {
-	st := control.Status{Names: a.server.Table().Len(), Pods: len(a.pods.List())}
+	tbl := a.server.Table()
+	st := control.Status{Names: tbl.Len(), Pods: len(a.pods.List())}
+	for reason, n := range tbl.HostsWithoutVIP() {
+		if n > 0 {
+			if st.HostsWithoutVIP == nil {
+				st.HostsWithoutVIP = map[string]int{}
+			}
+			st.HostsWithoutVIP[reason] = n
+		}
+	}
 	st.Build = version.Get()
 	st.AccessLog = a.accessLogStatus()
 	if err := a.readiness(); err != nil {

@@ -13,6 +13,7 @@ import (
 	"github.com/ztdns/ztdns/pkg/redirect"
 	"github.com/ztdns/ztdns/pkg/resolver"
 	"github.com/ztdns/ztdns/pkg/resolver/forward"
+	"github.com/ztdns/ztdns/pkg/resolver/table"
 	"github.com/ztdns/ztdns/pkg/version"
 )
 
@@ -61,6 +62,22 @@ var (
 		Name: "ztdns_table_names",
 		Help: "Distinct names (exact and wildcard) in the current name table, those held without records (forwarded) and ServiceEntry hosts without a VIP included; not ztdns table's row count (a row per record type, SRV and PTR names, one namespace's view).",
 	})
+	// metricTableHostsWithoutVIP counts the ServiceEntry hosts that
+	// istiod's rules give a VIP but the current table has none for, by
+	// reason (table.NoVIPReasons).
+	metricTableHostsWithoutVIP = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "ztdns_table_hosts_without_vip",
+		Help: "ServiceEntry hosts that istiod's rules give a VIP but that the current name table has none for (forwarded, or answered by another object), " +
+			"per entry and host, by reason: istiod_pending (no status.addresses yet), istiod_no_ipv4 (istiod wrote an IPv6 VIP alone: its IPv4 range is exhausted), " +
+			"pool_exhausted (ztdns's allocator has none left), vip_source_none (--vip-source=none).",
+	}, []string{"reason"})
+	// metricTableAllocatedIPv4VIPs counts the hosts holding an
+	// auto-allocated IPv4 VIP in the current table.
+	metricTableAllocatedIPv4VIPs = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "ztdns_table_allocated_ipv4_vips",
+		Help: "ServiceEntry hosts the current name table answers with an auto-allocated IPv4 VIP (istiod's status.addresses or ztdns's allocator), per entry and host: " +
+			"ztdns's allocator has 65,024; istiod's 240.240.0.0/16 holds 65,534, less the VIPs of deleted entries, which istiod frees only when it restarts.",
+	})
 )
 
 func (a *Agent) registerMetrics() error {
@@ -70,8 +87,11 @@ func (a *Agent) registerMetrics() error {
 	for _, failed := range [][2]string{{"add", "error"}, {"add", "refused"}, {"del", "error"}} {
 		metricCNIEvents.WithLabelValues(failed[0], failed[1])
 	}
+	for _, r := range table.NoVIPReasons { // each exists from the start, at 0
+		metricTableHostsWithoutVIP.WithLabelValues(r)
+	}
 	cs := []prometheus.Collector{
-		metricTableBuild, metricTableNames, metricTableWarnings, metricCNIEvents, metricCNIConfigRepairs, metricCNIConfigContested, metricCaptureRepairs, captureCollector{a}, istioRulesCollector{a},
+		metricTableBuild, metricTableNames, metricTableWarnings, metricTableHostsWithoutVIP, metricTableAllocatedIPv4VIPs, metricCNIEvents, metricCNIConfigRepairs, metricCNIConfigContested, metricCaptureRepairs, captureCollector{a}, istioRulesCollector{a},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	}
 	cs = append(cs, resolver.Collectors()...)

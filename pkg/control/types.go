@@ -47,6 +47,10 @@ type Status struct {
 	Upstreams          []string `json:"upstreams"`
 	// VIPs says where ServiceEntry VIPs come from now (--vip-source).
 	VIPs string `json:"vips,omitempty"`
+	// HostsWithoutVIP counts, by reason (table.NoVIPReasons, those above
+	// 0), the ServiceEntry hosts that istiod's rules give a VIP but the
+	// table has none for, as ztdns_table_hosts_without_vip.
+	HostsWithoutVIP map[string]int `json:"hostsWithoutVIP,omitempty"`
 	// Warnings are objects left out of the name table (at most
 	// MaxStoredWarnings of them; WarningsOmitted counts the rest), captured
 	// pods that istio-cni's DNS rules claim too, IPv6 resolver addresses

@@ -319,6 +319,60 @@ func TestChartKubeWatchAlert(t *testing.T) {
 	}
 }
 
+// TestChartVIPsMissingAlert: ZtdnsVIPsMissing fires, naming the node and
+// the reason, while ServiceEntry hosts that should have a VIP have none
+// because istiod has not written it, istiod wrote IPv6 alone (its IPv4
+// range exhausted: it never frees a deleted entry's VIPs), or ztdns's own
+// allocator has none left; not for --vip-source=none, which gives none by
+// design, nor while every host has its VIP; and only after 10 to 15
+// minutes, past any lag of istiod's. (Before, no metric counted those
+// hosts, and no alert said that a tenant's new hosts were forwarded.)
+func TestChartVIPsMissingAlert(t *testing.T) {
+	t.Parallel()
+	const name = "ZtdnsVIPsMissing"
+	c := renderChart(t, "metrics.prometheusRule.enabled=true")
+	e := renderedAlerts(t, c)[name]
+	if e == nil {
+		t.Fatalf("the PrometheusRule has no alert %s", name)
+	}
+	if f := renderedAlertFor(t, c)[name]; f < 10*time.Minute || f > 15*time.Minute {
+		t.Errorf("%s waits %v: istiod writes VIPs within milliseconds, so 10 to 15 minutes tell a lag from a failure", name, f)
+	}
+	for _, tc := range []struct {
+		name    string
+		without map[string]float64 // the gauge by reason
+		firing  string             // the reason it fires for, "" none
+	}{
+		{"every host has its VIP", map[string]float64{"istiod_pending": 0, "istiod_no_ipv4": 0, "pool_exhausted": 0, "vip_source_none": 0}, ""},
+		{"--vip-source=none", map[string]float64{"istiod_pending": 0, "istiod_no_ipv4": 0, "pool_exhausted": 0, "vip_source_none": 40}, ""},
+		{"istiod has not allocated", map[string]float64{"istiod_pending": 3, "istiod_no_ipv4": 0, "pool_exhausted": 0, "vip_source_none": 0}, "istiod_pending"},
+		{"istiod's IPv4 range exhausted", map[string]float64{"istiod_pending": 0, "istiod_no_ipv4": 2, "pool_exhausted": 0, "vip_source_none": 0}, "istiod_no_ipv4"},
+		{"ztdns's allocator exhausted", map[string]float64{"istiod_pending": 0, "istiod_no_ipv4": 0, "pool_exhausted": 1, "vip_source_none": 0}, "pool_exhausted"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := seriesWith(map[string]string{"node": "n1", "instance": "10.0.0.1:15053", "job": "ztdns"})
+			var series []rateSeries
+			for reason, v := range tc.without {
+				series = append(series, s("ztdns_table_hosts_without_vip", v, "reason", reason))
+			}
+			v := evalRates(t, e, series)
+			var got string
+			if len(v) > 1 {
+				t.Fatalf("%s fires %d times, want at most one: %v", name, len(v), v)
+			}
+			if len(v) == 1 {
+				got = v[0].labels["reason"]
+				if v[0].labels["node"] != "n1" {
+					t.Errorf("%s fires without the node: %v", name, v[0].labels)
+				}
+			}
+			if got != tc.firing {
+				t.Errorf("%s fires for %q, want %q", name, got, tc.firing)
+			}
+		})
+	}
+}
+
 // TestChartCNIAddAlert: ZtdnsCNIAddFailing fires, naming the node, when
 // the agent failed a CNI ADD in the last 10 minutes (each fails a pod's
 // sandbox), not for ADDs it refused (claims that do not match their

@@ -706,7 +706,7 @@ func sameResolved(resolved map[vip.Key]hostAddrs, se *model.ServiceEntry, was []
 func (b *Builder) assemble() *Table {
 	last := b.last
 	t := &Table{domain: b.domain, svcDomain: b.n.svcDomain, ttl: b.n.ttl, serial: uint32(time.Now().Unix()),
-		names: last.names, reverse: last.reverse, wildcards: last.wildcards, size: last.size, vipsFrom: b.vipsFrom}
+		names: last.names, reverse: last.reverse, wildcards: last.wildcards, size: last.size, vipsFrom: b.vipsFrom, vips: last.vips}
 	var names, addrs [numShards]bool // copied
 	wildcards := false
 	name := func(e *Entry) (*shard[string], string) {
@@ -739,6 +739,7 @@ func (b *Builder) assemble() *Table {
 	var nameEdits edits[string]
 	var addrEdits edits[addrKey]
 	for _, e := range b.dropped {
+		t.vips.count(e, -1)
 		sh, k := name(e)
 		t.size += nameEdits.remove(sh, k, e)
 		for _, a := range ptrAddrs(e) {
@@ -750,6 +751,7 @@ func (b *Builder) assemble() *Table {
 		if b.discarded[e] {
 			continue
 		}
+		t.vips.count(e, 1)
 		sh, k := name(e)
 		t.size += nameEdits.insert(sh, k, e)
 		for _, a := range ptrAddrs(e) {

@@ -123,7 +123,19 @@ type Entry struct {
 	// there never reach ztunnel), and ztunnel passes over it, to other
 	// namespaces' objects and to wildcards.
 	passed bool
+	// lacks says which VIP a ServiceEntry host that istiod's rules give
+	// one lacks (Table.HostsWithoutVIP).
+	lacks vipLack
 }
+
+// vipLack is what an auto-allocating host lacks.
+type vipLack uint8
+
+const (
+	lacksNothing vipLack = iota
+	lacksVIP             // no VIP at all
+	lacksIPv4            // istiod's status has IPv6 ones only
+)
 
 // addrSource says where an entry's addresses came from: one value per
 // From* constant, kept in a byte; addrSources names them.
@@ -229,6 +241,15 @@ type Table struct {
 	// vipsFrom: where the ServiceEntries' VIPs came from
 	// (Builder.VIPsFrom), which says why a host has none.
 	vipsFrom vip.From
+	// vips counts the auto-allocating hosts by what they lack, and those
+	// holding an IPv4 VIP (countVIPs).
+	vips vipCounts
+}
+
+// vipCounts count ServiceEntry hosts that istiod's rules give a VIP, per
+// entry and host.
+type vipCounts struct {
+	noVIP, noIPv4, ipv4 int
 }
 
 // numShards trades the cost of copying a shard on a change (a 1/256th of

@@ -108,9 +108,9 @@ func HostEligible(se *model.ServiceEntry, host string) bool {
 	return !strings.HasPrefix(host, "*") || se.Resolution == model.ResolutionDynamicDNS
 }
 
-// slots is the number of addresses Allocate hands out: every third octet, and
+// Slots is the number of addresses Allocate hands out: every third octet, and
 // fourth octets 1..254 so no VIP ends in .0 or .255.
-const slots = 256 * 254
+const Slots = 256 * 254
 
 // Claim asks for a VIP for Host on behalf of the ServiceEntry Owner
 // ("namespace/name") created at Created.
@@ -139,7 +139,11 @@ type Pair struct {
 // others moves no existing VIP; one created at the same time as another
 // (creationTimestamp has whole seconds) is ordered by owner, and can take
 // the other's slot. Deleting one can let a host that once collided move
-// back to its own slot.
+// back to its own slot, and an older entry that gains a host (or becomes
+// eligible) can take a younger host's slot and move it: nothing in the
+// cluster records which VIP a host had, and every node must compute the
+// same ones from the entries as they are. An older entry with Slots hosts
+// leaves none for younger ones.
 //
 // istiod instead allocates sequentially in the order its informer delivers
 // the entries, which a node cannot reproduce on its own: where istiod
@@ -162,11 +166,11 @@ func Allocate(claims []Claim) map[Key]Pair {
 		if _, done := out[k]; done {
 			continue // a host listed twice in one entry gets one VIP
 		}
-		if len(next) >= slots {
+		if len(next) >= Slots {
 			break // exhausted: the remaining hosts get no VIP and are forwarded
 		}
 		s := freeFrom(next, home(c.Host))
-		next[s] = (s + 1) % slots
+		next[s] = (s + 1) % Slots
 		out[k] = pairOf(s)
 	}
 	return out
@@ -192,7 +196,7 @@ func freeFrom(next map[uint32]uint32, s uint32) uint32 {
 func home(host string) uint32 {
 	h := fnv.New32a()
 	h.Write([]byte(host))
-	return h.Sum32() % slots
+	return h.Sum32() % Slots
 }
 
 // pairOf turns a slot into 240.240.T.F and 2001:2::f0f0:TTFF.

@@ -102,13 +102,13 @@ func TestAllocateAddingNeverMovesExisting(t *testing.T) {
 }
 
 func TestAllocateExhaustion(t *testing.T) {
-	claims := make([]Claim, 0, slots+10)
-	for i := range slots + 10 {
+	claims := make([]Claim, 0, Slots+10)
+	for i := range Slots + 10 {
 		claims = append(claims, claim(fmt.Sprintf("h%d", i), 0))
 	}
 	got := Allocate(claims)
-	if len(got) != slots {
-		t.Fatalf("allocated %d VIPs, want all %d slots and no more", len(got), slots)
+	if len(got) != Slots {
+		t.Fatalf("allocated %d VIPs, want all %d slots and no more", len(got), Slots)
 	}
 }
 
@@ -192,8 +192,28 @@ func TestAllocateSharedHome(t *testing.T) {
 	got := Allocate(claims)
 	first := home("same.example")
 	for i, c := range claims {
-		if want := pairOf((first + uint32(i)) % slots); got[keyOf(c)] != want {
+		if want := pairOf((first + uint32(i)) % Slots); got[keyOf(c)] != want {
 			t.Fatalf("claim %d: %v, want %v", i, got[keyOf(c)], want)
 		}
+	}
+}
+
+// TestOlderEntryMovesYoungerVIP pins the limit the README states (VIPs:
+// istiod's or ztdns's): an older entry that gains a host landing on a
+// younger entry's slot takes it, and the younger host moves to the next
+// slot; removing the host moves it back. Nothing in the cluster records
+// the VIP a host had, so no node can keep it.
+func TestOlderEntryMovesYoungerVIP(t *testing.T) {
+	old := time.Date(2020, 1, 1, 0, 0, 0, 0, time.UTC)
+	victim := Claim{Host: "db.victim.example", Owner: "victim/db", Created: old.AddDate(6, 0, 0)}
+	k := Key{Owner: victim.Owner, Host: victim.Host}
+	alone := Allocate([]Claim{victim, {Host: "a.tenant", Owner: "tenant/old", Created: old}})[k].V4
+	taken := Allocate([]Claim{victim, {Host: "a.tenant", Owner: "tenant/old", Created: old},
+		{Host: "x44082.tenant", Owner: "tenant/old", Created: old}})[k].V4
+	if want := netip.MustParseAddr("240.240.165.86"); alone != want {
+		t.Fatalf("%s alone at %v, want %v", victim.Host, alone, want)
+	}
+	if want := netip.MustParseAddr("240.240.165.87"); taken != want {
+		t.Errorf("%s at %v after the older entry gained x44082.tenant, want %v", victim.Host, taken, want)
 	}
 }
