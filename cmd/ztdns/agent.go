@@ -124,6 +124,7 @@ directory of YAML manifests (--config-dir).`,
 	nodeName := fs.String("node-name", os.Getenv("NODE_NAME"), "this node's name: the pods the agent watches and adopts (default $NODE_NAME)")
 	podUID := fs.String("pod-uid", os.Getenv("POD_UID"), "the UID of the agent's pod: a hand-over refuses the pod it took over from, whose container restarted (default $POD_UID; empty outside Kubernetes)")
 	generation := fs.String("pod-template-generation", os.Getenv("POD_TEMPLATE_GENERATION"), "the pod-template-generation label of the agent's pod, `N`: a hand-over refuses an agent of a lower one, an older release's (default $POD_TEMPLATE_GENERATION; empty outside Kubernetes: no order)")
+	memoryLimit := fs.String("memory-limit", os.Getenv("MEMORY_LIMIT"), "the agent's memory limit in `BYTES` (e.g. 402653184 or 384Mi) when none can be read from its cgroup: its container's limit, which the chart gives from the downward API; a resize in place does not change it (default $MEMORY_LIMIT; empty: none)")
 	cniInstall := fs.Bool("cni-install", false, "install the chained CNI plugin into --cni-conf-dir and keep it there")
 	cniBinDir := fs.String("cni-bin-dir", "/opt/cni/bin", "the container runtime's CNI plugin `DIR`")
 	cniConfDir := fs.String("cni-conf-dir", "/etc/cni/net.d", "the container runtime's CNI configuration `DIR`")
@@ -160,6 +161,14 @@ directory of YAML manifests (--config-dir).`,
 			if f.n < 0 {
 				return usagef("--%s %s: want 0 or more", f.name, fs.Lookup(f.name).Value)
 			}
+		}
+		var memLimit int64
+		if *memoryLimit != "" {
+			b := &byteSize{}
+			if err := b.Set(*memoryLimit); err != nil {
+				return usagef("--memory-limit: %v, or empty", err)
+			}
+			memLimit = b.n
 		}
 		var podGeneration uint64
 		if *generation != "" {
@@ -316,6 +325,7 @@ directory of YAML manifests (--config-dir).`,
 			NodeName:          *nodeName,
 			PodUID:            *podUID,
 			Generation:        podGeneration,
+			MemoryLimit:       memLimit,
 			ProcRoot:          *procRoot,
 			CNI:               cniCfg,
 			Source:            src,

@@ -32,7 +32,13 @@ func NewMemoryCgroup(tb testing.TB, limit int64) *MemoryCgroup {
 	if root == "" {
 		Unavailable(tb, "needs the memory cgroup controller, v2 (in the cgroup2 root's cgroup.subtree_control) or v1 (a cgroup mount with the memory option)")
 	}
-	path := filepath.Join(root, UniqueName("ztdns-test-"))
+	return newMemoryCgroupAt(tb, filepath.Join(root, UniqueName("ztdns-test-")), file, limit)
+}
+
+// newMemoryCgroupAt creates the cgroup at path with a memory limit of
+// limit bytes (0: none), removed at cleanup.
+func newMemoryCgroupAt(tb testing.TB, path, file string, limit int64) *MemoryCgroup {
+	tb.Helper()
 	record(tb, ledgerCgroup, path)
 	if err := os.Mkdir(path, 0o755); err != nil {
 		tb.Fatalf("testenv: create cgroup: %v", err)
@@ -43,8 +49,42 @@ func NewMemoryCgroup(tb testing.TB, limit int64) *MemoryCgroup {
 		}
 	})
 	c := &MemoryCgroup{Path: path, limitFile: file}
-	c.SetLimit(tb, limit)
+	if limit > 0 {
+		c.SetLimit(tb, limit)
+	}
 	return c
+}
+
+// NewPodMemoryCgroups lays out a pod's cgroups as the kubelet's cgroupfs
+// driver names them, in the hierarchy NewMemoryCgroup uses:
+// ztdns-test-kubepods-<random>/pod<uid>, with a memory limit of podLimit
+// bytes, and a container's beneath it, ctr, with ctrLimit (its Wrapper
+// runs a command in it). At cleanup every process still in them is
+// killed and they are removed.
+func NewPodMemoryCgroups(tb testing.TB, uid string, podLimit, ctrLimit int64) (pod, ctr *MemoryCgroup) {
+	tb.Helper()
+	RequireRoot(tb)
+	root, v2 := cgroupHierarchy("memory")
+	if root == "" {
+		Unavailable(tb, "needs the memory cgroup controller, v2 (in the cgroup2 root's cgroup.subtree_control) or v1 (a cgroup mount with the memory option)")
+	}
+	file := "memory.limit_in_bytes"
+	if v2 {
+		file = "memory.max"
+	}
+	// Each level hands the controller down (v2; v1 has no such file).
+	down := func(c *MemoryCgroup) {
+		if v2 {
+			if err := os.WriteFile(filepath.Join(c.Path, "cgroup.subtree_control"), []byte("+memory"), 0); err != nil {
+				tb.Fatalf("testenv: enable memory under %s: %v", c.Path, err)
+			}
+		}
+	}
+	kubepods := newMemoryCgroupAt(tb, filepath.Join(root, UniqueName("ztdns-test-kubepods-")), file, 0)
+	down(kubepods)
+	pod = newMemoryCgroupAt(tb, filepath.Join(kubepods.Path, "pod"+uid), file, podLimit)
+	down(pod)
+	return pod, newMemoryCgroupAt(tb, filepath.Join(pod.Path, "ctr"), file, ctrLimit)
 }
 
 // SetLimit sets the cgroup's memory limit to limit bytes, in place, as a

@@ -100,6 +100,12 @@ type Config struct {
 	// restarted (see handoff.go). 0 outside Kubernetes: no order, as
 	// before.
 	Generation uint64
+	// MemoryLimit is the agent's container's memory limit in bytes, from
+	// the downward API (the chart's MEMORY_LIMIT, resourceFieldRef
+	// limits.memory): the agent's memory limit when none can be read from
+	// its cgroup (cgroup.go), which a resize in place does not change. 0:
+	// none.
+	MemoryLimit int64
 	// ProcRoot is the node's proc filesystem (default /proc): where the
 	// agent finds running pods' network namespaces and the node's own
 	// (PID 1's). In a pod without hostPID, the node's /proc mounted
@@ -219,6 +225,9 @@ type Agent struct {
 	// hostCookies are the node's own netns cookies (the agent's and PID
 	// 1's): never marked.
 	hostCookies []uint64
+	// limits are where the agent's own limits are read: its cgroup, found
+	// at start.
+	limits agentLimits
 	// memory keeps the Go runtime's memory limit under the cgroup's.
 	memory *memoryLimiter
 	// nofile warns of an open-file limit below the descriptors the
@@ -358,6 +367,7 @@ func newAgent(cfg Config) (*Agent, error) {
 		MaxNamespaceSeries: cfg.MaxNamespaceSeries,
 		NoRequestMetrics:   noMetrics,
 	})
+	a.limits = agentLimits{cgroup: findSelfCgroup("/proc/self", os.Getpid(), cfg.PodUID), downward: cfg.MemoryLimit}
 	a.memory = newMemoryLimiter(a)
 	if err := a.registerMetrics(); err != nil {
 		return nil, err

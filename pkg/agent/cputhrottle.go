@@ -32,7 +32,7 @@ var (
 // with nr_periods: cgroup v2 without the cpu controller for the agent's
 // cgroup (no limit can be set there), or no cgroup it can read.
 type cpuThrottling struct {
-	proc string // the agent's /proc directory: /proc/self
+	cgroup selfCgroup // the agent's, found at start
 }
 
 func (cpuThrottling) Describe(ch chan<- *prometheus.Desc) {
@@ -42,7 +42,7 @@ func (cpuThrottling) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c cpuThrottling) Collect(ch chan<- prometheus.Metric) {
-	st, ok := cgroupCPUStat(c.proc)
+	st, ok := cgroupCPUStat(c.cgroup)
 	if !ok {
 		return
 	}
@@ -57,26 +57,22 @@ type cpuStat struct {
 	throttledSeconds   float64
 }
 
-// cgroupCPUStat reads the CFS bandwidth statistics of the cgroup of the
-// process whose /proc directory is proc: cgroup v2's cpu.stat when the
-// cpu controller is on for that cgroup, else the v1 cpu controller's (a
-// v1 or hybrid host). Only the process's own cgroup: a container's limit
-// is set there (the pod's cgroup above holds their sum).
-func cgroupCPUStat(proc string) (cpuStat, bool) {
-	cgroups, mountinfo := filepath.Join(proc, "cgroup"), filepath.Join(proc, "mountinfo")
+// cgroupCPUStat reads the CFS bandwidth statistics of the cgroup c
+// names: cgroup v2's cpu.stat when the cpu controller is on for that
+// cgroup, else the v1 cpu controller's (a v1 or hybrid host). Only the
+// agent's own cgroup: a container's limit is set there (the pod's cgroup
+// above holds their sum, and is what c names when the container's could
+// not be found).
+func cgroupCPUStat(c selfCgroup) (cpuStat, bool) {
 	for _, h := range []struct {
-		fstype, controller, throttled string
-		perSecond                     float64 // throttled's units in a second
-	}{{"cgroup2", "", "throttled_usec", 1e6}, {"cgroup", "cpu", "throttled_time", 1e9}} {
-		path, ok := cgroupPath(cgroups, h.controller)
-		if !ok {
+		c         cgroupDir
+		throttled string
+		perSecond float64 // throttled's units in a second
+	}{{c.v2, "throttled_usec", 1e6}, {c.cpu, "throttled_time", 1e9}} {
+		if h.c.dir == "" {
 			continue
 		}
-		mount := cgroupMount(mountinfo, h.fstype, h.controller)
-		if mount == "" {
-			continue
-		}
-		if st, ok := readCPUStat(filepath.Join(mount, path, "cpu.stat"), h.throttled, h.perSecond); ok {
+		if st, ok := readCPUStat(filepath.Join(h.c.dir, "cpu.stat"), h.throttled, h.perSecond); ok {
 			return st, true
 		}
 	}

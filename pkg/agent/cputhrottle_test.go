@@ -79,7 +79,7 @@ func TestCgroupCPUStat(t *testing.T) {
 			for path, content := range tc.files {
 				write(t, filepath.Join(root, path), content)
 			}
-			got, ok := cgroupCPUStat(proc)
+			got, ok := cgroupCPUStat(findSelfCgroup(proc, 7, ""))
 			if got != tc.want || ok != tc.ok {
 				t.Errorf("cgroupCPUStat = %+v, %v; want %+v, %v", got, ok, tc.want, tc.ok)
 			}

@@ -23,7 +23,7 @@ import (
 // killer takes it: what "memory near limit" alerts compare
 // process_resident_memory_bytes with.
 var memoryLimitDesc = prometheus.NewDesc("ztdns_memory_limit_bytes",
-	"The agent's memory limit: the lowest memory.max (cgroup v2) or memory.limit_in_bytes (v1) of its cgroup and those above it; +Inf when there is none.",
+	"The agent's memory limit: the lowest memory.max (cgroup v2) or memory.limit_in_bytes (v1) of its cgroup and those above it; without one, its container's limit from the downward API ($MEMORY_LIMIT, --memory-limit); +Inf when there is none.",
 	nil, nil)
 
 // memoryBoundDesc is the memory the agent may hold at most whatever pods
@@ -33,9 +33,9 @@ var memoryBoundDesc = prometheus.NewDesc("ztdns_memory_bound_bytes",
 	"The memory the agent holds at most whatever pods ask, with its flags and the names of its table (README, The memory bound): the binary's pages, the live heap and the kernel's memory. Over ztdns_memory_limit_bytes, the kernel may kill the agent.",
 	nil, nil)
 
-// memoryLimit reads the agent's cgroup memory limit at scrape time, so a
-// limit changed in place (a resized pod) shows, and the bound the agent
-// must fit in.
+// memoryLimit reads the agent's memory limit at scrape time, so a limit
+// changed in place (a resized pod) shows, and the bound the agent must fit
+// in.
 type memoryLimit struct{ a *Agent }
 
 func (memoryLimit) Describe(ch chan<- *prometheus.Desc) {
@@ -44,7 +44,7 @@ func (memoryLimit) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (m memoryLimit) Collect(ch chan<- prometheus.Metric) {
-	ch <- prometheus.MustNewConstMetric(memoryLimitDesc, prometheus.GaugeValue, cgroupMemoryLimit("/proc/self"))
+	ch <- prometheus.MustNewConstMetric(memoryLimitDesc, prometheus.GaugeValue, m.a.limits.memory().limit)
 	ch <- prometheus.MustNewConstMetric(memoryBoundDesc, prometheus.GaugeValue, float64(m.a.memoryBound().need()))
 }
 
@@ -146,26 +146,28 @@ func gcMemoryLimit(cgroup float64, b memoryBound, env int64) int64 {
 // memoryCheckEvery. It warns (log, status) while the limit is under the
 // bound.
 type memoryLimiter struct {
-	proc  string             // the agent's /proc directory: /proc/self
-	env   int64              // envMemoryLimit
-	bound func() memoryBound // Agent.memoryBound
+	limit func() memorySource // agentLimits.memory
+	env   int64               // envMemoryLimit
+	bound func() memoryBound  // Agent.memoryBound
 	// set is debug.SetMemoryLimit.
 	set func(int64) int64
 	log *slog.Logger
 
 	mu      sync.Mutex
 	gcLimit int64  // what the last check set; 0 before the first
+	from    string // where the limit of the last check came from
 	short   string // the warning while the limit is under the bound
 }
 
 func newMemoryLimiter(a *Agent) *memoryLimiter {
-	return &memoryLimiter{proc: "/proc/self", env: envMemoryLimit, bound: a.memoryBound, set: debug.SetMemoryLimit, log: a.log}
+	return &memoryLimiter{limit: a.limits.memory, env: envMemoryLimit, bound: a.memoryBound, set: debug.SetMemoryLimit, log: a.log}
 }
 
 // check reads the cgroup's limit, sets the runtime's and warns once when
 // the limit falls under the bound (and says when it no longer is).
 func (m *memoryLimiter) check() {
-	cgroup, b := cgroupMemoryLimit(m.proc), m.bound()
+	src, b := m.limit(), m.bound()
+	cgroup := src.limit
 	gc := gcMemoryLimit(cgroup, b, m.env)
 	short := ""
 	if float64(b.need()) > cgroup {
@@ -175,10 +177,14 @@ func (m *memoryLimiter) check() {
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if src.from != m.from {
+		m.log.Info("the agent's memory limit", "limit", bytesOrNone(cgroup), "from", src.from)
+		m.from = src.from
+	}
 	if gc != m.gcLimit {
 		if old := m.set(gc); old != gc {
 			m.log.Info("the Go runtime's memory limit set: the cgroup's, less the kernel's memory and the binary's pages, or GOMEMLIMIT if lower",
-				"gcLimit", gc, "was", old, "cgroupLimit", bytesOrNone(cgroup), "kernel", b.kernel, "binary", b.binary, "GOMEMLIMIT", bytesOrNone(float64(m.env)))
+				"gcLimit", gc, "was", old, "cgroupLimit", bytesOrNone(cgroup), "limitFrom", src.from, "kernel", b.kernel, "binary", b.binary, "GOMEMLIMIT", bytesOrNone(float64(m.env)))
 		}
 		m.gcLimit = gc
 	}
@@ -210,33 +216,67 @@ func bytesOrNone(limit float64) any {
 // mib writes n bytes in MiB, to a tenth.
 func mib(n int64) string { return strconv.FormatFloat(float64(n)/(1<<20), 'f', 1, 64) + " MiB" }
 
-// cgroupMemoryLimit is the lowest memory limit of the cgroup of the process
-// whose /proc directory is proc, and of its ancestors up to the root of the
-// hierarchy as mounted; +Inf when none is set or none can be read.
-func cgroupMemoryLimit(proc string) float64 {
-	limit := math.Inf(1)
-	v2, _ := cgroupPath(filepath.Join(proc, "cgroup"), "")
-	v1, _ := cgroupPath(filepath.Join(proc, "cgroup"), "memory")
+// agentLimits finds the agent's limits: its cgroup's (found at start),
+// else its container's memory limit from the downward API.
+type agentLimits struct {
+	cgroup selfCgroup
+	// downward is the container's memory limit as the pod spec had it when
+	// the container started (Config.MemoryLimit: the chart's MEMORY_LIMIT,
+	// from resourceFieldRef limits.memory); 0: none given.
+	downward int64
+}
+
+// memorySource is the agent's memory limit (+Inf: none) and where it
+// comes from, for the log.
+type memorySource struct {
+	limit float64
+	from  string
+}
+
+// memory is the lowest memory limit of the agent's cgroup and those above
+// it; without one that can be read, the downward API's, which a resize in
+// place does not change.
+func (l agentLimits) memory() memorySource {
+	limit, from := cgroupMemoryLimit(l.cgroup)
+	if math.IsInf(limit, 1) && l.downward > 0 {
+		return memorySource{float64(l.downward), "MEMORY_LIMIT (the container's limit from the downward API, as it started: a resize in place is not followed), for " + from}
+	}
+	return memorySource{limit, from}
+}
+
+// cgroupMemoryLimit is the lowest memory limit of the cgroup c names, and
+// of its ancestors up to the root of the hierarchy as mounted (+Inf when
+// none is set or none can be read), and where it was read, for the log.
+func cgroupMemoryLimit(c selfCgroup) (float64, string) {
+	limit, from := math.Inf(1), ""
 	for _, h := range []struct {
-		path, fstype, controller, file string
-	}{{v2, "cgroup2", "", "memory.max"}, {v1, "cgroup", "memory", "memory.limit_in_bytes"}} {
-		if h.path == "" {
+		c    cgroupDir
+		file string
+	}{{c.v2, "memory.max"}, {c.memory, "memory.limit_in_bytes"}} {
+		if h.c.dir == "" {
 			continue
 		}
-		mount := cgroupMount(filepath.Join(proc, "mountinfo"), h.fstype, h.controller)
-		if mount == "" {
-			continue
-		}
-		for dir := filepath.Join(mount, h.path); strings.HasPrefix(dir, mount); dir = filepath.Dir(dir) {
-			if n, ok := readLimit(filepath.Join(dir, h.file)); ok {
-				limit = min(limit, n)
+		for dir := h.c.dir; strings.HasPrefix(dir, h.c.mount); dir = filepath.Dir(dir) {
+			if n, ok := readLimit(filepath.Join(dir, h.file)); ok && n < limit {
+				limit, from = n, "cgroup "+dir+" (the agent's: "+h.c.found+")"
 			}
-			if dir == mount {
+			if dir == h.c.mount {
 				break
 			}
 		}
 	}
-	return limit
+	if from == "" {
+		from = "no cgroup limit: cgroup2 " + cmp.Or(cgroupFound(c.v2), "-") + "; v1 memory " + cmp.Or(cgroupFound(c.memory), "-")
+	}
+	return limit, from
+}
+
+// cgroupFound describes where a hierarchy's cgroup was found, for the log.
+func cgroupFound(c cgroupDir) string {
+	if c.dir == "" {
+		return c.found
+	}
+	return c.dir + " (" + c.found + ")"
 }
 
 // readLimit reads a memory limit file; "max" (v2) and v1's page-rounded

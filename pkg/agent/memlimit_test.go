@@ -76,7 +76,7 @@ func TestCgroupMemoryLimit(t *testing.T) {
 			for path, content := range tc.files {
 				write(t, filepath.Join(root, path), content)
 			}
-			if got := cgroupMemoryLimit(proc); got != tc.want {
+			if got, _ := cgroupMemoryLimit(findSelfCgroup(proc, 7, "")); got != tc.want {
 				t.Errorf("limit %v, want %v", got, tc.want)
 			}
 		})
@@ -110,7 +110,7 @@ func TestMemoryLimiterFollowsTheCgroup(t *testing.T) {
 	bound := memoryBound{names: 100, binary: 20 * mi, live: 40 * mi, kernel: 8 * mi} // 68 MiB
 	var logged strings.Builder
 	set := int64(math.MaxInt64)
-	m := &memoryLimiter{proc: proc, env: math.MaxInt64, bound: func() memoryBound { return bound },
+	m := &memoryLimiter{limit: agentLimits{cgroup: findSelfCgroup(proc, 7, "")}.memory, env: math.MaxInt64, bound: func() memoryBound { return bound },
 		set: func(n int64) int64 { old := set; set = n; return old }, log: slog.New(slog.NewTextHandler(&logged, nil))}
 	warns := func() int { return strings.Count(logged.String(), "level=WARN") }
 

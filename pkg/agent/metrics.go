@@ -106,7 +106,7 @@ func (a *Agent) registerMetrics() error {
 	cs = append(cs, a.fwd.Collectors()...)
 	cs = append(cs, a.cfg.AccessLog.Collector(), memoryLimit{a})
 	cs = append(cs, version.Collector())
-	cs = append(cs, cpuThrottling{proc: "/proc/self"})
+	cs = append(cs, cpuThrottling{cgroup: a.limits.cgroup})
 	for _, c := range cs {
 		if err := a.reg.Register(c); err != nil {
 			return err

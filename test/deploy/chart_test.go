@@ -597,13 +597,18 @@ func checkEnv(t *testing.T, agent corev1.Container) {
 		}
 	}
 	// No GOMEMLIMIT: the agent takes the Go runtime's limit from its
-	// cgroup's, and follows a resize, which a fixed figure would not.
+	// cgroup's, and follows a resize, which a fixed figure would not; its
+	// container's limit from the downward API only where it cannot find
+	// its cgroup.
 	want := map[string]string{
 		"NODE_NAME": "field:spec.nodeName", // --node-name=$(NODE_NAME)
 		"POD_UID":   "field:metadata.uid",  // --pod-uid's default: whom a hand-over refuses
 		// --pod-template-generation's default: a hand-over refuses a lower one
 		"POD_TEMPLATE_GENERATION": "field:metadata.labels['pod-template-generation']",
 		"HOST_IP":                 "field:status.hostIP",
+		// --memory-limit's default: the agent's limit where its cgroup's
+		// cannot be read (README, "The GC's limit follows the cgroup's")
+		"MEMORY_LIMIT": "resource:limits.memory",
 	}
 	if !maps.Equal(env, want) {
 		t.Errorf("env %v, want %v", env, want)
