@@ -586,13 +586,31 @@ func (b *Builder) buildChangedServiceEntries(s *model.Snapshot) bool {
 	// First only look: a claim that changed needs the whole allocation.
 	w := walk(b, &b.ses, len(ses))
 	var changed []int
+	var newKeys map[objKey]bool // the new objects' keys, made at the second
+	firstNew := -1              // the first new object
 	for i := range ses {
 		se := &ses[i]
-		st := w.find(objKey{se.Namespace, se.Name}, i)
+		key := objKey{se.Namespace, se.Name}
+		st := w.find(key, i)
 		switch {
 		case st == nil:
 			if allocating && hasClaims(se) {
 				return w.abandon()
+			}
+			// A new object twice (one a namespace's budget lets back in
+			// with its copy, say): this walk finds neither, and building
+			// both would leave the first one's entries in the table for
+			// good. The long way finds the first.
+			if firstNew >= 0 && newKeys == nil {
+				newKeys = map[objKey]bool{{ses[firstNew].Namespace, ses[firstNew].Name}: true}
+			}
+			if newKeys[key] {
+				return w.abandon()
+			}
+			if firstNew < 0 {
+				firstNew = i
+			} else {
+				newKeys[key] = true
 			}
 			changed = append(changed, i)
 		case !equalServiceEntry(st.se, se):

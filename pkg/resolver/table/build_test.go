@@ -37,6 +37,28 @@ func TestIncrementalMatchesFresh(t *testing.T) {
 	}
 }
 
+// A new ServiceEntry that comes twice in one snapshot (a namespace's
+// budget letting it back in with its copy) and then goes leaves none of
+// its names behind. (Before: a build that took only the changed entries
+// built both copies, and the first one's names stayed in every later
+// table.)
+func TestNewObjectTwiceThenGone(t *testing.T) {
+	bld := NewBuilder(Options{})
+	s := fixture()
+	bld.Build(s)
+	twice := *s
+	x := model.ServiceEntry{Namespace: "team-a", Name: "x", Hosts: []string{"h0.x.team-a.example"}, Addresses: addrs("198.51.100.50"),
+		Resolution: "STATIC"}
+	twice.ServiceEntries = append(slices.Clone(s.ServiceEntries), x, x)
+	tbl, _ := bld.Build(&twice)
+	resolvesTo(t, tbl, "h0.x.team-a.example.", addrs("198.51.100.50"), "team-a")
+	tbl, _ = bld.Build(s)
+	resolvesTo(t, tbl, "h0.x.team-a.example.", nil, "team-a", "")
+	if fresh, _ := Build(s, Options{}); tbl.Len() != fresh.Len() {
+		t.Errorf("%d names incrementally, %d fresh", tbl.Len(), fresh.Len())
+	}
+}
+
 // Tables handed out earlier never change when the builder moves on.
 func TestOldTablesStayPut(t *testing.T) {
 	s := fixture()
