@@ -59,6 +59,10 @@ type Config struct {
 	Autopath  bool
 	// VIPSource says where auto-allocated VIPs come from (default auto).
 	VIPSource vip.Source
+	// MaxNamesPerNamespace bounds the names one namespace's objects make
+	// in the table (table.Options): 0 means the default, a negative one
+	// no bound.
+	MaxNamesPerNamespace int
 	// NodeSearch are the node's search domains (autopath only).
 	NodeSearch []string
 	// MetricsAddr serves /metrics, /healthz and /readyz; empty disables.
@@ -287,8 +291,9 @@ func newAgent(cfg Config) (*Agent, error) {
 		}
 	}
 	a := &Agent{cfg: cfg, log: cfg.Logger, reg: cfg.Registry, pods: podcache.New(cfg.ClusterDomain), firstTable: make(chan struct{}), id: agentIdentity(cfg.PodUID),
-		builder: table.NewBuilder(table.Options{Domain: cfg.ClusterDomain, TTL: uint32(cfg.TTL / time.Second), VIPSource: cfg.VIPSource}),
-		addrs:   slices.Clone(cfg.Listen), hostCookies: nodeCookies(cfg.ProcRoot)}
+		builder: table.NewBuilder(table.Options{Domain: cfg.ClusterDomain, TTL: uint32(cfg.TTL / time.Second), VIPSource: cfg.VIPSource,
+			MaxNamesPerNamespace: cmp.Or(cfg.MaxNamesPerNamespace, table.DefaultMaxNamesPerNamespace)}),
+		addrs: slices.Clone(cfg.Listen), hostCookies: nodeCookies(cfg.ProcRoot)}
 	if cfg.Capture != nil {
 		var err error
 		port := cfg.Capture.Port
@@ -1163,6 +1168,9 @@ func (a *Agent) apply(s *model.Snapshot) {
 	metricTableBuild.Observe(took.Seconds())
 	metricTableNames.Set(float64(tbl.Len()))
 	metricTableWarnings.Set(float64(len(warnings)))
+	overNamespaces, overObjects := a.builder.OverBudget()
+	metricTableNamespacesOverBudget.Set(float64(overNamespaces))
+	metricTableObjectsOverBudget.Set(float64(overObjects))
 	// A directory of broken objects must not make the agent keep (or log)
 	// an unbounded list: the first ones say what is wrong.
 	kept := warnings[:min(len(warnings), control.MaxStoredWarnings)]

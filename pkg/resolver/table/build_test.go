@@ -15,14 +15,23 @@ import (
 // The incremental builder must produce exactly the table a fresh build
 // would, whatever sequence of changes it saw.
 func TestIncrementalMatchesFresh(t *testing.T) {
+	// Also with a budget of names per namespace that some namespaces go
+	// over and come back under as objects come, go and change.
+	for _, budget := range []int{0, 40} {
+		t.Run(fmt.Sprintf("budget=%d", budget), func(t *testing.T) { incrementalMatchesFresh(t, Options{MaxNamesPerNamespace: budget}) })
+	}
+}
+
+func incrementalMatchesFresh(t *testing.T, opts Options) {
 	rng := rand.New(rand.NewPCG(1, 2))
 	s := fixture()
-	bld := NewBuilder(Options{})
+	bld := NewBuilder(opts)
 	namespaces := []string{"", "default", "team-a", "team-b", "other"}
+	over := 0
 	for step := range 1000 {
 		s = mutate(rng, s, step)
 		inc, incWarn := bld.Build(s)
-		fresh, freshWarn := Build(s, Options{})
+		fresh, freshWarn := Build(s, opts)
 		if !slices.EqualFunc(incWarn, freshWarn, func(a, b error) bool { return a.Error() == b.Error() }) {
 			t.Fatalf("step %d: warnings differ\n inc %v\nfresh %v", step, incWarn, freshWarn)
 		}
@@ -34,6 +43,13 @@ func TestIncrementalMatchesFresh(t *testing.T) {
 				t.Fatalf("step %d, namespace %q: incremental table differs from a fresh build\n inc %v\nfresh %v", step, ns, a, b)
 			}
 		}
+		if n, _ := bld.OverBudget(); n > 0 {
+			over++
+		}
+	}
+	t.Logf("%d of 1000 builds had a namespace over its budget", over)
+	if opts.MaxNamesPerNamespace > 0 && (over == 0 || over == 1000) {
+		t.Errorf("%d of 1000 builds had a namespace over its budget: the budget is not exercised both ways", over)
 	}
 }
 

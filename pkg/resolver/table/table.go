@@ -194,6 +194,9 @@ type Options struct {
 	TTL uint32
 	// VIPSource says where auto-allocated VIPs come from (default auto).
 	VIPSource vip.Source
+	// MaxNamesPerNamespace bounds the names one namespace's objects make
+	// in the table (see nsBudget); 0: no bound.
+	MaxNamesPerNamespace int
 }
 
 // Defaults for Options.
