@@ -85,6 +85,7 @@ directory of YAML manifests (--config-dir).`,
 	domain := fs.String("cluster-domain", "cluster.local", "the cluster's DNS domain")
 	ttl := fs.Duration("ttl", 30*time.Second, "TTL of local answers: whole seconds, 1s to 24h")
 	fwdTimeout := fs.Duration("forward-timeout", 2*time.Second, "bound on one forwarded query across all upstreams (0: the default)")
+	maxNamesPerNS := fs.Int("max-names-per-namespace", table.DefaultMaxNamesPerNamespace, "names one namespace's Services, headless endpoints and ServiceEntries may make in the name table (0: no bound); past it the namespace's newest objects that do not fit are left out, with a table warning (see README, Limits and protections)")
 	cacheSize := fs.Int("cache-size", 10000, "entries in the cache of upstream answers (0 disables it); once it is full, a pod over its share (an eighth) replaces only its own answers, and other pods' misses take back what it holds past its share")
 	vipSource := fs.String("vip-source", string(vip.SourceAuto), "where auto-allocated ServiceEntry VIPs come from: auto (istiod's status.addresses when istiod allocates, else ztdns's allocator), istiod (status.addresses only), ztdns (its own allocator only) or none (no VIP: hosts without spec.addresses are forwarded, for istiod with PILOT_ENABLE_IP_AUTOALLOCATE off); see README")
 	defaultExportTo := fs.String("default-service-export-to", "*", "exportTo of a ServiceEntry that gives none, as Istio's MeshConfig defaultServiceExportTo (set both alike): comma-separated, \".\" (its own namespace), \"*\" (every namespace), \"~\" (none) or namespace names; Services are seen from every namespace whatever it says")
@@ -147,7 +148,8 @@ directory of YAML manifests (--config-dir).`,
 			return usageError{err}
 		}
 		// Negative bounds are refused rather than read as 0 (the default),
-		// or, for --cache-size, as 0 (no cache).
+		// or, for --cache-size and --max-names-per-namespace, as 0 (no cache,
+		// no bound).
 		for _, f := range []struct {
 			name string
 			n    int64
@@ -157,6 +159,7 @@ directory of YAML manifests (--config-dir).`,
 			{"forward-timeout", int64(*fwdTimeout)}, {"tcp-idle-timeout", int64(*tcpIdle)},
 			{"max-forwarding", int64(*maxForwarding)}, {"max-tcp", int64(*maxTCP)}, {"cache-size", int64(*cacheSize)},
 			{"pod-max-forwarding", int64(*podForwarding)}, {"pod-max-tcp", int64(*podTCP)}, {"pod-qps-burst", int64(*podBurst)},
+			{"max-names-per-namespace", int64(*maxNamesPerNS)},
 		} {
 			if f.n < 0 {
 				return usagef("--%s %s: want 0 or more", f.name, fs.Lookup(f.name).Value)
@@ -319,32 +322,33 @@ directory of YAML manifests (--config-dir).`,
 		ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 		defer stop()
 		err = agent.Run(ctx, agent.Config{
-			Capture:           captureCfg,
-			DNSCaptureDefault: *dnsCaptureDefault,
-			ExcludeNamespaces: namespaceList(*excludeNamespaces),
-			NodeName:          *nodeName,
-			PodUID:            *podUID,
-			Generation:        podGeneration,
-			MemoryLimit:       memLimit,
-			ProcRoot:          *procRoot,
-			CNI:               cniCfg,
-			Source:            src,
-			Listen:            listen.vals,
-			Upstreams:         upstreams,
-			SocketsPerAddr:    *udpSockets,
-			ClusterDomain:     *domain,
-			TTL:               *ttl,
-			ForwardTimeout:    *fwdTimeout,
-			CacheSize:         cacheSizeFlag(*cacheSize),
-			Autopath:          *autopath,
-			VIPSource:         vips,
-			DefaultExportTo:   exportTo,
-			NodeSearch:        node.Search,
-			MetricsAddr:       *metrics,
-			Socket:            *socket,
-			SocketGroup:       gid,
-			Logger:            log,
-			CacheBytes:        cacheBytes.n,
+			Capture:              captureCfg,
+			DNSCaptureDefault:    *dnsCaptureDefault,
+			ExcludeNamespaces:    namespaceList(*excludeNamespaces),
+			NodeName:             *nodeName,
+			PodUID:               *podUID,
+			Generation:           podGeneration,
+			MemoryLimit:          memLimit,
+			ProcRoot:             *procRoot,
+			CNI:                  cniCfg,
+			Source:               src,
+			Listen:               listen.vals,
+			Upstreams:            upstreams,
+			SocketsPerAddr:       *udpSockets,
+			ClusterDomain:        *domain,
+			TTL:                  *ttl,
+			ForwardTimeout:       *fwdTimeout,
+			CacheSize:            cacheSizeFlag(*cacheSize),
+			Autopath:             *autopath,
+			VIPSource:            vips,
+			DefaultExportTo:      exportTo,
+			MaxNamesPerNamespace: maxNamesFlag(*maxNamesPerNS),
+			NodeSearch:           node.Search,
+			MetricsAddr:          *metrics,
+			Socket:               *socket,
+			SocketGroup:          gid,
+			Logger:               log,
+			CacheBytes:           cacheBytes.n,
 			Limits: quota.Limits{
 				QPS:        limitFlag(*podQPS),
 				Burst:      *podBurst,
@@ -431,6 +435,15 @@ func podInflightBytesFlag(b *byteSize, set bool) int64 {
 
 // cacheSizeFlag maps --cache-size (0 disables) onto agent.Config.CacheSize
 // (0 is the default, negative disables).
+// maxNamesFlag turns --max-names-per-namespace into
+// agent.Config.MaxNamesPerNamespace: 0 (no bound) is negative there.
+func maxNamesFlag(n int) int {
+	if n <= 0 {
+		return -1
+	}
+	return n
+}
+
 func cacheSizeFlag(n int) int {
 	if n <= 0 {
 		return -1

@@ -63,6 +63,10 @@ type Config struct {
 	// (--default-service-export-to, Istio's MeshConfig
 	// defaultServiceExportTo); nil: every namespace.
 	DefaultExportTo []string
+	// MaxNamesPerNamespace bounds the names one namespace's objects make
+	// in the table (table.Options): 0 means the default, a negative one
+	// no bound.
+	MaxNamesPerNamespace int
 	// NodeSearch are the node's search domains (autopath only).
 	NodeSearch []string
 	// MetricsAddr serves /metrics, /healthz and /readyz; empty disables.
@@ -304,7 +308,8 @@ func newAgent(cfg Config) (*Agent, error) {
 	}
 	a := &Agent{cfg: cfg, log: cfg.Logger, reg: cfg.Registry, pods: podcache.New(cfg.ClusterDomain), firstTable: make(chan struct{}), id: agentIdentity(cfg.PodUID),
 		builder: table.NewBuilder(table.Options{Domain: cfg.ClusterDomain, TTL: uint32(cfg.TTL / time.Second), VIPSource: cfg.VIPSource,
-			DefaultExportTo: cfg.DefaultExportTo}),
+			DefaultExportTo:      cfg.DefaultExportTo,
+			MaxNamesPerNamespace: cmp.Or(cfg.MaxNamesPerNamespace, table.DefaultMaxNamesPerNamespace)}),
 		addrs: slices.Clone(cfg.Listen), hostCookies: nodeCookies(cfg.ProcRoot)}
 	if cfg.Capture != nil {
 		var err error
@@ -1200,6 +1205,9 @@ func (a *Agent) apply(s *model.Snapshot) {
 		metricTableHostsWithoutVIP.WithLabelValues(reason).Set(float64(n))
 	}
 	metricTableAllocatedIPv4VIPs.Set(float64(tbl.AllocatedIPv4VIPs()))
+	overNamespaces, overObjects := a.builder.OverBudget()
+	metricTableNamespacesOverBudget.Set(float64(overNamespaces))
+	metricTableObjectsOverBudget.Set(float64(overObjects))
 	// A directory of broken objects must not make the agent keep (or log)
 	// an unbounded list: the first ones say what is wrong.
 	kept := warnings[:min(len(warnings), control.MaxStoredWarnings)]

@@ -57,6 +57,18 @@ var (
 		Name: "ztdns_table_warnings",
 		Help: "Warnings of the last name-table build: objects or parts of them left out, exportTo lists Istio rejects, ServiceEntries an older one of their namespace hides (ztdns status lists the first of them).",
 	})
+	// metricTableNamespacesOverBudget and metricTableObjectsOverBudget
+	// count, for the last build, the namespaces over their budget of
+	// names and the objects they left out: no namespace label, the
+	// warnings name them.
+	metricTableNamespacesOverBudget = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "ztdns_table_namespaces_over_budget",
+		Help: "Namespaces whose objects make more names than --max-names-per-namespace in the last name-table build: their newest objects that do not fit are left out (a table warning per namespace names them).",
+	})
+	metricTableObjectsOverBudget = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "ztdns_table_objects_over_budget",
+		Help: "Services and ServiceEntries left out of the last name-table build because their namespace is over --max-names-per-namespace.",
+	})
 	// metricTableNames is the number of names in the current table.
 	metricTableNames = prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "ztdns_table_names",
@@ -91,7 +103,7 @@ func (a *Agent) registerMetrics() error {
 		metricTableHostsWithoutVIP.WithLabelValues(r)
 	}
 	cs := []prometheus.Collector{
-		metricTableBuild, metricTableNames, metricTableWarnings, metricTableHostsWithoutVIP, metricTableAllocatedIPv4VIPs, metricCNIEvents, metricCNIConfigRepairs, metricCNIConfigContested, metricCaptureRepairs, captureCollector{a}, istioRulesCollector{a},
+		metricTableBuild, metricTableNames, metricTableWarnings, metricTableHostsWithoutVIP, metricTableAllocatedIPv4VIPs, metricTableNamespacesOverBudget, metricTableObjectsOverBudget, metricCNIEvents, metricCNIConfigRepairs, metricCNIConfigContested, metricCaptureRepairs, captureCollector{a}, istioRulesCollector{a},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	}
 	cs = append(cs, resolver.Collectors()...)

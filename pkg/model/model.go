@@ -43,6 +43,10 @@ type Port struct {
 type Service struct {
 	Namespace string
 	Name      string
+	// Created is metadata.creationTimestamp (zero in a manifest without
+	// one). It orders a namespace's objects for its budget of names: the
+	// oldest are kept.
+	Created time.Time
 	// ClusterIPs holds the service's virtual IPs in ipFamilies order. Empty for
 	// headless and ExternalName services.
 	ClusterIPs []netip.Addr

@@ -54,6 +54,7 @@ func defaultArgs() argList {
 		"--mount-bpffs=false", // bpffs is the node's: a mount of its own would die with the container
 		"--proc-root=/host/proc",
 		"--vip-source=auto",
+		"--max-names-per-namespace=100000",
 		"--dns-capture-default=true",
 		"--exclude-namespaces=kube-system", // istio-cni's excludeNamespaces default
 		"--cni-install=true",
@@ -350,6 +351,14 @@ func TestChartAgent(t *testing.T) {
 			kinds: defaultKinds,
 			pod: defaultPod().change(func(w *podWant) {
 				w.args = w.args.with("--vip-source=none")
+			}),
+		},
+		{
+			name:  "no budget of names per namespace",
+			sets:  []string{"resolver.maxNamesPerNamespace=0"},
+			kinds: defaultKinds,
+			pod: defaultPod().change(func(w *podWant) {
+				w.args = w.args.with("--max-names-per-namespace=0")
 			}),
 		},
 		{

@@ -35,6 +35,7 @@ func (s *Service) Model() (model.Service, error) {
 	out := model.Service{
 		Namespace:       namespaceOf(&s.ObjectMeta),
 		Name:            s.Name,
+		Created:         s.CreationTimestamp,
 		PublishNotReady: s.Spec.PublishNotReadyAddresses,
 	}
 	if s.Spec.Type == serviceTypeExternalName {

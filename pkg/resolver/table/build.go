@@ -76,6 +76,9 @@ type Builder struct {
 	// names hold, those beyond the ones the table keeps, in order: the
 	// next to move up when one of those goes.
 	moreOwners map[addrKey][]*Entry
+	// budget leaves out the objects of a namespace past its budget of
+	// names before anything is built from them.
+	budget nsBudget
 }
 
 // maxPTROwners bounds the endpoint names the table keeps for one address:
@@ -354,6 +357,7 @@ func NewBuilder(opts Options) *Builder {
 		discarded:  map[*Entry]bool{},
 		warnings:   map[objKey][]error{},
 		moreOwners: map[addrKey][]*Entry{},
+		budget:     nsBudget{max: max(opts.MaxNamesPerNamespace, 0)},
 	}
 }
 
@@ -388,9 +392,12 @@ func ptrAddrs(e *Entry) []netip.Addr {
 // Build returns the table for s. Problems with single objects (a host that
 // is not a valid DNS name, say) come back as warnings and leave that object
 // out; everything else is built. So do ServiceEntries built but never
-// answered, an older one of their namespace naming the host (hiddenEntries).
+// answered, an older one of their namespace naming the host (hiddenEntries),
+// and the objects of a namespace over its budget of names that do not fit
+// (nsBudget), which are not built: one warning per namespace names them.
 func (b *Builder) Build(s *model.Snapshot) (*Table, []error) {
 	b.gen++
+	s = b.budget.apply(s)
 	b.buildServices(s)
 	b.buildServiceEntries(s)
 	t := b.assemble()
@@ -407,6 +414,7 @@ func (b *Builder) Build(s *model.Snapshot) (*Table, []error) {
 			all = append(all, objWarning{key: k, err: err})
 		}
 	}
+	all = append(all, b.budget.warnings...)
 	own := len(all)
 	for _, ws := range b.hidden {
 		all = append(all, ws...)
@@ -586,13 +594,31 @@ func (b *Builder) buildChangedServiceEntries(s *model.Snapshot) bool {
 	// First only look: a claim that changed needs the whole allocation.
 	w := walk(b, &b.ses, len(ses))
 	var changed []int
+	var newKeys map[objKey]bool // the new objects' keys, made at the second
+	firstNew := -1              // the first new object
 	for i := range ses {
 		se := &ses[i]
-		st := w.find(objKey{se.Namespace, se.Name}, i)
+		key := objKey{se.Namespace, se.Name}
+		st := w.find(key, i)
 		switch {
 		case st == nil:
 			if allocating && hasClaims(se) {
 				return w.abandon()
+			}
+			// A new object twice (one a namespace's budget lets back in
+			// with its copy, say): this walk finds neither, and building
+			// both would leave the first one's entries in the table for
+			// good. The long way finds the first.
+			if firstNew >= 0 && newKeys == nil {
+				newKeys = map[objKey]bool{{ses[firstNew].Namespace, ses[firstNew].Name}: true}
+			}
+			if newKeys[key] {
+				return w.abandon()
+			}
+			if firstNew < 0 {
+				firstNew = i
+			} else {
+				newKeys[key] = true
 			}
 			changed = append(changed, i)
 		case !equalServiceEntry(st.se, se):
@@ -663,6 +689,16 @@ func sameClaims(st *seState, se *model.ServiceEntry) bool {
 	}
 	return hasClaims(old) && hasClaims(se) && old.Created.Equal(se.Created) && slices.Equal(old.Hosts, se.Hosts) &&
 		old.Resolution == se.Resolution
+}
+
+// OverBudget reports, for the last build, the namespaces whose objects
+// make more names than Options.MaxNamesPerNamespace, and how many of
+// their objects were left out.
+func (b *Builder) OverBudget() (namespaces, objects int) {
+	if b.budget.max <= 0 {
+		return 0, 0
+	}
+	return b.budget.namespaces, b.budget.objects
 }
 
 // VIPsFrom reports where the last build took VIPs from.

@@ -15,14 +15,23 @@ import (
 // The incremental builder must produce exactly the table a fresh build
 // would, whatever sequence of changes it saw.
 func TestIncrementalMatchesFresh(t *testing.T) {
+	// Also with a budget of names per namespace that some namespaces go
+	// over and come back under as objects come, go and change.
+	for _, budget := range []int{0, 40} {
+		t.Run(fmt.Sprintf("budget=%d", budget), func(t *testing.T) { incrementalMatchesFresh(t, Options{MaxNamesPerNamespace: budget}) })
+	}
+}
+
+func incrementalMatchesFresh(t *testing.T, opts Options) {
 	rng := rand.New(rand.NewPCG(1, 2))
 	s := fixture()
-	bld := NewBuilder(Options{})
+	bld := NewBuilder(opts)
 	namespaces := []string{"", "default", "team-a", "team-b", "other"}
+	over := 0
 	for step := range 1000 {
 		s = mutate(rng, s, step)
 		inc, incWarn := bld.Build(s)
-		fresh, freshWarn := Build(s, Options{})
+		fresh, freshWarn := Build(s, opts)
 		if !slices.EqualFunc(incWarn, freshWarn, func(a, b error) bool { return a.Error() == b.Error() }) {
 			t.Fatalf("step %d: warnings differ\n inc %v\nfresh %v", step, incWarn, freshWarn)
 		}
@@ -34,6 +43,35 @@ func TestIncrementalMatchesFresh(t *testing.T) {
 				t.Fatalf("step %d, namespace %q: incremental table differs from a fresh build\n inc %v\nfresh %v", step, ns, a, b)
 			}
 		}
+		if n, _ := bld.OverBudget(); n > 0 {
+			over++
+		}
+	}
+	t.Logf("%d of 1000 builds had a namespace over its budget", over)
+	if opts.MaxNamesPerNamespace > 0 && (over == 0 || over == 1000) {
+		t.Errorf("%d of 1000 builds had a namespace over its budget: the budget is not exercised both ways", over)
+	}
+}
+
+// A new ServiceEntry that comes twice in one snapshot (a namespace's
+// budget letting it back in with its copy) and then goes leaves none of
+// its names behind. (Before: a build that took only the changed entries
+// built both copies, and the first one's names stayed in every later
+// table.)
+func TestNewObjectTwiceThenGone(t *testing.T) {
+	bld := NewBuilder(Options{})
+	s := fixture()
+	bld.Build(s)
+	twice := *s
+	x := model.ServiceEntry{Namespace: "team-a", Name: "x", Hosts: []string{"h0.x.team-a.example"}, Addresses: addrs("198.51.100.50"),
+		Resolution: "STATIC"}
+	twice.ServiceEntries = append(slices.Clone(s.ServiceEntries), x, x)
+	tbl, _ := bld.Build(&twice)
+	resolvesTo(t, tbl, "h0.x.team-a.example.", addrs("198.51.100.50"), "team-a")
+	tbl, _ = bld.Build(s)
+	resolvesTo(t, tbl, "h0.x.team-a.example.", nil, "team-a", "")
+	if fresh, _ := Build(s, Options{}); tbl.Len() != fresh.Len() {
+		t.Errorf("%d names incrementally, %d fresh", tbl.Len(), fresh.Len())
 	}
 }
 

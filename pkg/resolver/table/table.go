@@ -211,6 +211,9 @@ type Options struct {
 	// all, "~" none, or namespace names (ParseExportTo). Empty means "*",
 	// Istio's default.
 	DefaultExportTo []string
+	// MaxNamesPerNamespace bounds the names one namespace's objects make
+	// in the table (see nsBudget); 0: no bound.
+	MaxNamesPerNamespace int
 }
 
 // Defaults for Options.

@@ -730,9 +730,16 @@ func hasError(errs []error, substr string) bool {
 }
 
 // equalModel compares model objects field by field; times compare as
-// instants, whatever their location.
+// instants, whatever their location. A Service wanted without a creation
+// time takes any the API server stamped (it always stamps one).
 func equalModel[T any](got, want *T) bool {
 	g, w := *got, *want
+	if gs, ok := any(&g).(*model.Service); ok {
+		ws := any(&w).(*model.Service)
+		if ws.Created.IsZero() && !gs.Created.IsZero() {
+			ws.Created = gs.Created
+		}
+	}
 	if ge, ok := any(&g).(*model.ServiceEntry); ok {
 		we := any(&w).(*model.ServiceEntry)
 		if !ge.Created.Equal(we.Created) {
