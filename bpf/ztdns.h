@@ -161,12 +161,6 @@ struct socket_destinations {
 	 * here; see there. */
 };
 
-/* The default of redirect_config.sockets_per_pod (--capture-sockets-per-pod):
- * far above what a stub resolver keeps open (one socket per query in
- * flight, c-ares one per nameserver), and about 450 KiB of the agent's
- * memory for a pod that holds them all. */
-#define ZTDNS_DEFAULT_SOCKETS_PER_POD 1024
-
 /* pod_sockets (hash, BPF_F_NO_PREALLOC, key struct pod_key): value. How
  * many of the network namespace's sockets hold a record in sockets, added
  * to with an atomic add by connect/sendmsg when their own
@@ -237,7 +231,8 @@ struct redirect_config {
 	struct capture_prefix capture_only[ZTDNS_MAX_CAPTURE_PREFIXES];
 	/* At most this many sockets of one pod hold a record in sockets at
 	 * once (struct pod_socket_count); a query on any other socket of the
-	 * pod is left alone. */
+	 * pod is left alone. The agent writes it (--capture-sockets-per-pod,
+	 * default redirect.DefaultSocketsPerPod). */
 	__u32 sockets_per_pod;
 	__u32 pad;		/* always zero */
 };

@@ -167,9 +167,9 @@ func (p ProcNamespaces) Scan(known map[NsID]bool) (ScanResult, error) {
 	// A namespace is seen once looked into, or known.
 	seen := map[NsID]bool{}
 	seenCookie := map[uint64]bool{}
-	initial, haveInitial := usernsID(filepath.Join(root, "1", "ns", "user"))
+	initial, haveInitial := nsIDOf(filepath.Join(root, "1", "ns", "user"))
 	if !haveInitial {
-		initial, haveInitial = usernsID("/proc/self/ns/user")
+		initial, haveInitial = nsIDOf("/proc/self/ns/user")
 	}
 	for _, pid := range pids {
 		path := filepath.Join(root, strconv.FormatUint(pid, 10), "ns", "net")
@@ -219,7 +219,8 @@ func (p ProcNamespaces) Scan(known map[NsID]bool) (ScanResult, error) {
 // names several; a netns cookie never does within a boot.
 type NsID struct{ Dev, Ino uint64 }
 
-func usernsID(path string) (NsID, bool) {
+// nsIDOf returns the NsID of the namespace a /proc/PID/ns/* path names.
+func nsIDOf(path string) (NsID, bool) {
 	var st unix.Stat_t
 	if err := unix.Stat(path, &st); err != nil {
 		return NsID{}, false

@@ -367,26 +367,17 @@ func (c *Controller) Release(key string) (podcache.Attachment, bool, error) {
 }
 
 // forgetIf forgets the attachment with that key if it still records the
-// network namespace with that cookie.
-func (c *Controller) forgetIf(key string, cookie uint64) (podcache.Attachment, bool, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if cur, ok := c.pods.Attachment(key); !ok || cur.NetnsCookie != cookie {
-		return podcache.Attachment{}, false, nil
-	}
-	return c.forgetLocked(key)
-}
-
-// forgetDeletedIf is forgetIf for a CNI DEL: adoption does not look for
-// the pod while the source still lists it (rememberDeletedLocked).
-func (c *Controller) forgetDeletedIf(key string, cookie uint64) (podcache.Attachment, bool, error) {
+// network namespace with that cookie. For a CNI DEL's (cniDel), adoption
+// does not look for the pod while the source still lists it
+// (rememberDeletedLocked).
+func (c *Controller) forgetIf(key string, cookie uint64, cniDel bool) (podcache.Attachment, bool, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if cur, ok := c.pods.Attachment(key); !ok || cur.NetnsCookie != cookie {
 		return podcache.Attachment{}, false, nil
 	}
 	a, ok, err := c.forgetLocked(key)
-	if ok {
+	if ok && cniDel {
 		c.rememberDeletedLocked(a)
 	}
 	return a, ok, err
@@ -450,7 +441,7 @@ func (c *Controller) ForgetAdopted(namespace, name, netnsPath string) ([]podcach
 		if a.NetnsCookie != delCookie && !c.netnsLost(key, a, &live) {
 			continue
 		}
-		a, ok, err := c.forgetDeletedIf(key, a.NetnsCookie)
+		a, ok, err := c.forgetIf(key, a.NetnsCookie, true)
 		if ok {
 			released = append(released, a)
 		}
@@ -506,7 +497,7 @@ func (c *Controller) dropGone() {
 		if !all && !c.sourceLost(a) || !c.netnsLost(key, a, &live) {
 			continue
 		}
-		if _, ok, err := c.forgetIf(key, a.NetnsCookie); ok {
+		if _, ok, err := c.forgetIf(key, a.NetnsCookie, false); ok {
 			c.log.Info("pod's network namespace is gone; forgetting it", "pod", a.Namespace+"/"+a.Name, "container", a.ContainerID,
 				"netns", a.NetnsPath, "err", err)
 		}
@@ -580,7 +571,7 @@ func (c *Controller) dropLost(now time.Time) {
 		if id, ok := c.nsIDs[a.NetnsCookie]; held[a.NetnsCookie] || ok && heldID[id] {
 			continue
 		}
-		if _, ok, err := c.forgetIf(key, a.NetnsCookie); ok {
+		if _, ok, err := c.forgetIf(key, a.NetnsCookie, false); ok {
 			delete(c.lostSince, key)
 			c.log.Info("pod is gone from the source and no process is in its network namespace; forgetting it",
 				"pod", a.Namespace+"/"+a.Name, "container", a.ContainerID, "netns", a.NetnsPath,
@@ -643,7 +634,7 @@ func (c *Controller) ForgetGoneClaims(a podcache.Attachment) {
 	var live liveNetns
 	gone := func(key string, b podcache.Attachment) bool { return c.netnsLost(key, b, &live) }
 	for key, b := range c.pods.GoneClaims(a, gone) {
-		if _, ok, err := c.forgetIf(key, b.NetnsCookie); ok {
+		if _, ok, err := c.forgetIf(key, b.NetnsCookie, false); ok {
 			LogForgottenClaim(c.log, b, a, err)
 		}
 	}

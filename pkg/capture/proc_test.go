@@ -19,8 +19,6 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/ztdns/ztdns/internal/testenv"
 	"github.com/ztdns/ztdns/pkg/model"
 	"github.com/ztdns/ztdns/pkg/redirect"
@@ -478,15 +476,8 @@ func TestProcNamespacesScanLooksIntoEachNamespaceOnce(t *testing.T) {
 		procs = append(procs, pathOf(cmd))
 	}
 	slices.SortFunc(procs, func(a, b string) int { return pidOf(a) - pidOf(b) })
-	id := func(path string) (NsID, bool) {
-		var st unix.Stat_t
-		if err := unix.Stat(path, &st); err != nil {
-			return NsID{}, false
-		}
-		return NsID{uint64(st.Dev), st.Ino}, true
-	}
-	podNs, _ := id(n.Path())
-	own, _ := id("/proc/self/ns/net")
+	podNs, _ := nsIDOf(n.Path())
+	own, _ := nsIDOf("/proc/self/ns/net")
 
 	var looked []string
 	scanner := ProcNamespaces{inspected: func(path string) { looked = append(looked, path) }}
@@ -498,7 +489,7 @@ func TestProcNamespacesScanLooksIntoEachNamespaceOnce(t *testing.T) {
 	// (one that exited since counts for none).
 	times := map[NsID]int{}
 	for _, path := range looked {
-		if ns, ok := id(path); ok {
+		if ns, ok := nsIDOf(path); ok {
 			times[ns]++
 		}
 	}

@@ -291,10 +291,11 @@ func (c *Controller) save() error {
 	var err error
 	c.pods.RangeAttachments(func(key string, a podcache.Attachment) {
 		e := c.encoded[key]
-		if e != nil && e.a.Equal(&a) || err != nil {
-			if e != nil {
-				e.save = c.saves
-			}
+		if err != nil {
+			return
+		}
+		if e != nil && e.a.Equal(&a) {
+			e.save = c.saves
 			return
 		}
 		j, jerr := json.Marshal(record{Attachment: a, BootID: c.cfg.BootID})
@@ -308,10 +309,14 @@ func (c *Controller) save() error {
 		c.encoded[key] = &encodedRecord{a: a, json: j, save: c.saves}
 	})
 	if err != nil {
+		// Records encoded before the failure are in encoded but not in
+		// keys: the next save encodes every record again.
+		c.encoded, c.keys = nil, nil
 		return err
 	}
 	// keys stays sorted: the forgotten go, the new ones go in their place.
-	if len(c.encoded) > len(c.keys)+len(added) || slices.ContainsFunc(c.keys, func(k string) bool { return c.encoded[k].save != c.saves }) {
+	// encoded holds keys and added, and nothing else.
+	if slices.ContainsFunc(c.keys, func(k string) bool { return c.encoded[k].save != c.saves }) {
 		maps.DeleteFunc(c.encoded, func(_ string, e *encodedRecord) bool { return e.save != c.saves })
 		c.keys = slices.DeleteFunc(c.keys, func(k string) bool { return c.encoded[k] == nil })
 	}

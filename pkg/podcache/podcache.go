@@ -656,11 +656,11 @@ func (c *Cache) pod(k string) *Pod {
 	return p
 }
 
-// newest returns the newest record of pod k (OldestFirst's last). Callers
-// hold mu.
-func (c *Cache) newest(k string) *Attachment {
+// newest returns the newest of the records with those keys (OldestFirst's
+// last), nil for none. Callers hold mu.
+func (c *Cache) newest(keys map[string]struct{}) *Attachment {
 	var last *Attachment
-	for key := range c.recordsOf[k] {
+	for key := range keys {
 		if a := c.attachments[key]; last == nil || OldestFirst(last, &a) < 0 {
 			last = &a
 		}
@@ -685,7 +685,7 @@ func (c *Cache) owner(idx *index, ip netip.Addr) *Pod {
 			}
 			continue
 		}
-		if a := c.newest(k); bestRec == nil || OldestFirst(bestRec, a) < 0 {
+		if a := c.newest(c.recordsOf[k]); bestRec == nil || OldestFirst(bestRec, a) < 0 {
 			best, bestRec = p, a
 		}
 	}
@@ -698,12 +698,7 @@ func (c *Cache) netnsOwner(idx *index, cookie uint64) *Pod {
 	if cookie == 0 {
 		return nil
 	}
-	var last *Attachment
-	for key := range c.inNetns[cookie] {
-		if a := c.attachments[key]; last == nil || OldestFirst(last, &a) < 0 {
-			last = &a
-		}
-	}
+	last := c.newest(c.inNetns[cookie])
 	if last == nil {
 		return nil
 	}

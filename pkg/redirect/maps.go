@@ -292,40 +292,20 @@ func (r *Redirector) SweepNameservers() (int, error) {
 }
 
 // forgetSocketCounts removes the socket counts of network namespaces that
-// are not marked and hold no socket with a record, after the walk (as
-// forgetSlots). A program that found the pod marked just before Unmark can
-// count a socket between the look and the delete: that socket is then not
-// counted, and taken off nothing when it closes (sock_release finds no
-// count), one socket more the pod may hold until it closes.
+// are not marked and hold no socket with a record (deletePicked). A
+// program that found the pod marked just before Unmark can count a socket
+// between the look and the delete: that socket is then not counted, and
+// taken off nothing when it closes (sock_release finds no count), one
+// socket more the pod may hold until it closes.
 func (r *Redirector) forgetSocketCounts(isMarked func(uint64) (bool, error)) error {
-	var (
-		key   ztdnsPodKey
-		val   ztdnsPodSocketCount
-		picks []ztdnsPodKey
-	)
-	it := r.objs.PodSockets.Iterate()
-	for it.Next(&key, &val) {
+	_, _, err := deletePicked(r.objs.PodSockets, "sweep socket counts", func(key ztdnsPodKey, val ztdnsPodSocketCount) (bool, error) {
 		if val.Held > 0 {
-			continue
+			return false, nil
 		}
 		m, err := isMarked(key.NetnsCookie)
-		if err != nil {
-			return err
-		}
-		if !m {
-			picks = append(picks, key)
-		}
-	}
-	if err := it.Err(); err != nil {
-		return fmt.Errorf("sweep socket counts: list: %w", err)
-	}
-	var errs []error
-	for _, k := range picks {
-		if err := r.objs.PodSockets.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			errs = append(errs, fmt.Errorf("sweep socket counts: netns cookie %d: %w", k.NetnsCookie, err))
-		}
-	}
-	return errors.Join(errs...)
+		return !m, err
+	}, func(k ztdnsPodKey) string { return fmt.Sprintf("netns cookie %d", k.NetnsCookie) })
+	return err
 }
 
 // forgetUnlisted removes the slots holding a nameserver outside
@@ -348,17 +328,25 @@ func (r *Redirector) forgetUnlisted() error {
 	return err
 }
 
-// forgetSlots deletes the nameserver slots drop picks, after the walk:
-// deleting during it can make a hash map's iteration start over. It returns
-// how many slots drop picked and how many it removed (a slot already gone is
-// not an error); what names the errors.
+// forgetSlots deletes the nameserver slots drop picks (deletePicked). It
+// returns how many slots drop picked and how many it removed.
 func (r *Redirector) forgetSlots(what string, drop func(ztdnsNameserverKey, ztdnsNameserver) (bool, error)) (picked, removed int, err error) {
+	return deletePicked(r.objs.Nameservers, what, drop, func(k ztdnsNameserverKey) string {
+		return fmt.Sprintf("netns cookie %d slot %d", k.NetnsCookie, k.Slot)
+	})
+}
+
+// deletePicked deletes the entries of m that drop picks, after the walk:
+// deleting during it can make a hash map's iteration start over. It returns
+// how many entries drop picked and how many it removed (an entry already
+// gone is not an error); what and name name the errors.
+func deletePicked[K, V any](m *ebpf.Map, what string, drop func(K, V) (bool, error), name func(K) string) (picked, removed int, err error) {
 	var (
-		key   ztdnsNameserverKey
-		val   ztdnsNameserver
-		picks []ztdnsNameserverKey
+		key   K
+		val   V
+		picks []K
 	)
-	it := r.objs.Nameservers.Iterate()
+	it := m.Iterate()
 	for it.Next(&key, &val) {
 		d, err := drop(key, val)
 		if err != nil {
@@ -373,12 +361,12 @@ func (r *Redirector) forgetSlots(what string, drop func(ztdnsNameserverKey, ztdn
 	}
 	var errs []error
 	for _, k := range picks {
-		err := r.objs.Nameservers.Delete(&k)
+		err := m.Delete(&k)
 		switch {
 		case err == nil:
 			removed++
 		case !errors.Is(err, ebpf.ErrKeyNotExist):
-			errs = append(errs, fmt.Errorf("%s: netns cookie %d slot %d: %w", what, k.NetnsCookie, k.Slot, err))
+			errs = append(errs, fmt.Errorf("%s: %s: %w", what, name(k), err))
 		}
 	}
 	return len(picks), removed, errors.Join(errs...)

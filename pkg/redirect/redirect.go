@@ -51,8 +51,10 @@ const (
 	DefaultStaleAfter = 3 * time.Second
 	// DefaultInterface is the interface EnsureInterface creates.
 	DefaultInterface = "ztdns0"
-	// DefaultSocketsPerPod is Config.SocketsPerPod's default
-	// (ZTDNS_DEFAULT_SOCKETS_PER_POD).
+	// DefaultSocketsPerPod is Config.SocketsPerPod's default: far above
+	// what a stub resolver keeps open (one socket per query in flight,
+	// c-ares one per nameserver), and about 450 KiB of the agent's memory
+	// for a pod that holds them all.
 	DefaultSocketsPerPod = 1024
 	// MaxSocketsPerPod bounds Config.SocketsPerPod: a pod at it costs the
 	// agent about 450 MiB of kernel memory (SocketRecordBytes each).
