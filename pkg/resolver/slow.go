@@ -1,11 +1,13 @@
 package resolver
 
 import (
+	"bytes"
 	"context"
 	"log/slog"
 	"net/netip"
 	"slices"
 	"strings"
+	"sync"
 
 	"github.com/miekg/dns"
 
@@ -209,10 +211,25 @@ func (s *Server) answerSlow(ctx context.Context, msg []byte, src, local netip.Ad
 	return q.answer(ctx)
 }
 
+// slowNameBufs lend the slow path the buffer a query's name is read into
+// (escaped, a name may take four times its 255 octets).
+var slowNameBufs = sync.Pool{New: func() any { return new(nameBuf) }}
+
+// parseOwnName is parse with r.Name a copy of its own, exactly as long as
+// the name: a query waiting for its upstream holds its name's octets, not
+// a whole nameBuf.
+func parseOwnName(msg []byte, r *request) verdict {
+	buf := slowNameBufs.Get().(*nameBuf)
+	v := parse(msg, r, buf)
+	r.Name = bytes.Clone(r.Name)
+	slowNameBufs.Put(buf)
+	return v
+}
+
 // answer produces the reply, or nil to drop the query.
 func (q *slowQuery) answer(ctx context.Context) []byte {
 	s, msg, r := q.s, q.msg, &q.r
-	switch parse(msg, r, new(nameBuf)) {
+	switch parseOwnName(msg, r) {
 	case verdictDrop:
 		return nil
 	case verdictFormErr:

@@ -15,9 +15,11 @@ import (
 // multicast group.
 var errNotUnicast = errors.New("not a unicast address")
 
-// dialUDP connects a UDP socket of its own to upstream over network ("udp4"
-// or "udp6"), which must be a unicast address: a multicast group is
-// refused before any socket is made, a broadcast address by the kernel.
+// dialUDP connects a UDP socket of its own to upstream, which must be a
+// unicast address: a multicast group is refused before any socket is made,
+// a broadcast address by the kernel. The socket has IP_RECVERR (IPV6_RECVERR)
+// set before it is connected, so every ICMP error about what it sends is
+// queued for udpSocket to judge (icmp.go).
 // Go turns SO_BROADCAST on for every UDP socket it makes; this socket is
 // made without it, so a broadcast upstream (the limited 255.255.255.255,
 // or a subnet's broadcast address on the node's network) fails to connect
@@ -29,17 +31,25 @@ var errNotUnicast = errors.New("not a unicast address")
 // stack of every goroutine waiting on its exchange from 8 to 16 KiB
 // (resolver.TestMemoryPerConnectionAndForward: 22 KB per forwarded query
 // waiting, against 13.7 KB).
-func dialUDP(network string, upstream netip.AddrPort) (*net.UDPConn, error) {
+func dialUDP(upstream netip.AddrPort) (*net.UDPConn, error) {
 	if upstream.Addr().IsMulticast() {
 		return nil, errNotUnicast
 	}
-	family, sa, err := sockaddr(network, upstream)
+	family, sa, err := sockaddr(upstream)
 	if err != nil {
 		return nil, err
 	}
 	fd, err := unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return nil, os.NewSyscallError("socket", err)
+	}
+	level, opt := unix.IPPROTO_IP, unix.IP_RECVERR
+	if family == unix.AF_INET6 {
+		level, opt = unix.IPPROTO_IPV6, unix.IPV6_RECVERR
+	}
+	if err := unix.SetsockoptInt(fd, level, opt, 1); err != nil {
+		unix.Close(fd)
+		return nil, os.NewSyscallError("setsockopt IP_RECVERR", err)
 	}
 	if err := unix.Connect(fd, sa); err != nil {
 		unix.Close(fd)
@@ -54,10 +64,10 @@ func dialUDP(network string, upstream netip.AddrPort) (*net.UDPConn, error) {
 	return c.(*net.UDPConn), nil
 }
 
-// sockaddr is upstream as a socket address of network's family.
-func sockaddr(network string, upstream netip.AddrPort) (int, unix.Sockaddr, error) {
-	if network == "udp4" {
-		return unix.AF_INET, &unix.SockaddrInet4{Port: int(upstream.Port()), Addr: upstream.Addr().Unmap().As4()}, nil
+// sockaddr is upstream as a socket address, with its family.
+func sockaddr(upstream netip.AddrPort) (int, unix.Sockaddr, error) {
+	if upstream.Addr().Is4() {
+		return unix.AF_INET, &unix.SockaddrInet4{Port: int(upstream.Port()), Addr: upstream.Addr().As4()}, nil
 	}
 	sa := &unix.SockaddrInet6{Port: int(upstream.Port()), Addr: upstream.Addr().As16()}
 	if zone := upstream.Addr().Zone(); zone != "" {

@@ -76,11 +76,7 @@ func exchange(ctx context.Context, upstream netip.AddrPort, query []byte, q dnsw
 // socket is rs's to send the query on again until the exchange ends: the
 // reply to either datagram, which carry the same ID, is the one.
 func exchangeUDP(ctx context.Context, upstream netip.AddrPort, query []byte, q dnswire.Question, budget *quota.Budget, rs *resender, icmp *icmpLog) ([]byte, error) {
-	network := "udp4"
-	if upstream.Addr().Is6() {
-		network = "udp6"
-	}
-	conn, err := dialUDP(network, upstream)
+	conn, err := dialUDP(upstream) // IP_RECVERR set: an ICMP error about the query is queued
 	if err != nil {
 		return nil, dialError(ctx, "udp", upstream, err)
 	}
@@ -89,10 +85,6 @@ func exchangeUDP(ctx context.Context, upstream netip.AddrPort, query []byte, q d
 	rc, err := conn.SyscallConn()
 	if err != nil {
 		return nil, err
-	}
-	// Before the query goes out: an error about it is queued from then on.
-	if err := enableICMPErrors(rc, network == "udp6"); err != nil {
-		return nil, fmt.Errorf("udp %s: %w", upstream, err)
 	}
 	s := udpSocket{rc: rc, upstream: upstream, icmp: icmp}
 	// Known to rs before the upstream can get the query; forgotten before

@@ -316,25 +316,41 @@ func firstA(m *dns.Msg) string {
 // exactly chosen packets: serve gets each query and the address to answer.
 func rawUDPUpstream(tb testing.TB, serve func(pc net.PacketConn, from net.Addr, q []byte)) netip.AddrPort {
 	tb.Helper()
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatalf("listen udp: %v", err)
+	here := func(listen func() error) error { return listen() }
+	return udpUpstreamWith(tb, here, netip.MustParseAddrPort("127.0.0.1:0"), func(_ <-chan struct{}, pc net.PacketConn, from net.Addr, q []byte, _ bool) {
+		serve(pc, from, q)
+	})
+}
+
+// udpUpstreamWith serves UDP on addr, its socket opened inside open (a
+// network namespace's Do, say): serve gets each query, whether it is the
+// first, and a channel closed at cleanup. It returns the address.
+func udpUpstreamWith(tb testing.TB, open func(listen func() error) error, addr netip.AddrPort, serve func(stop <-chan struct{}, pc net.PacketConn, from net.Addr, q []byte, first bool)) netip.AddrPort {
+	tb.Helper()
+	var pc net.PacketConn
+	if err := open(func() (err error) {
+		pc, err = net.ListenPacket("udp", addr.String())
+		return err
+	}); err != nil {
+		tb.Fatalf("listen udp %s: %v", addr, err)
 	}
+	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Go(func() {
 		buf := make([]byte, 65535)
-		for {
+		for first := true; ; first = false {
 			n, from, err := pc.ReadFrom(buf)
 			if err != nil {
 				if !errors.Is(err, net.ErrClosed) {
-					tb.Errorf("raw upstream read: %v", err)
+					tb.Errorf("upstream read: %v", err)
 				}
 				return
 			}
-			serve(pc, from, append([]byte(nil), buf[:n]...))
+			serve(stop, pc, from, append([]byte(nil), buf[:n]...), first)
 		}
 	})
 	tb.Cleanup(func() {
+		close(stop)
 		pc.Close()
 		wg.Wait()
 	})

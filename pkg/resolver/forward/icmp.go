@@ -52,23 +52,6 @@ import (
 // after its entry was read, and it sets one too for an entry the queue
 // had no room for.
 
-// enableICMPErrors sets IP_RECVERR, or IPV6_RECVERR for an IPv6 socket, on
-// the socket of rc.
-func enableICMPErrors(rc syscall.RawConn, ipv6 bool) error {
-	level, opt := unix.IPPROTO_IP, unix.IP_RECVERR
-	if ipv6 {
-		level, opt = unix.IPPROTO_IPV6, unix.IPV6_RECVERR
-	}
-	var serr error
-	if err := rc.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), level, opt, 1) }); err != nil {
-		return err
-	}
-	if serr != nil {
-		return fmt.Errorf("set IP_RECVERR: %w", serr)
-	}
-	return nil
-}
-
 // udpSocket reads the datagrams of an exchange's connected socket, reading
 // its error queue on every error (see above).
 type udpSocket struct {

@@ -3,14 +3,12 @@ package forward
 import (
 	"context"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -113,7 +111,7 @@ func testForgedPortUnreachable(t *testing.T, fam icmpFamily, forged int) {
 		}
 		return true
 	}
-	up := udpUpstreamIn(t, n, netip.AddrPortFrom(fam.upstream, 0), func(stop <-chan struct{}, pc net.PacketConn, from net.Addr, q []byte, first bool) {
+	up := udpUpstreamWith(t, n.Do, netip.AddrPortFrom(fam.upstream, 0), func(stop <-chan struct{}, pc net.PacketConn, from net.Addr, q []byte, first bool) {
 		up := netip.MustParseAddrPort(pc.LocalAddr().String())
 		req := new(dns.Msg)
 		if err := req.Unpack(q); err != nil {
@@ -229,41 +227,6 @@ func TestRealRefusalServfailsAtOnce(t *testing.T) {
 			}
 		})
 	}
-}
-
-// udpUpstreamIn serves UDP on addr inside n: serve gets each query, whether
-// it is the first, and a channel closed at cleanup. It returns the address.
-func udpUpstreamIn(t *testing.T, n *testenv.Netns, addr netip.AddrPort, serve func(stop <-chan struct{}, pc net.PacketConn, from net.Addr, q []byte, first bool)) netip.AddrPort {
-	t.Helper()
-	var pc net.PacketConn
-	if err := n.Do(func() error {
-		var err error
-		pc, err = net.ListenPacket("udp", addr.String())
-		return err
-	}); err != nil {
-		t.Fatalf("listen udp in %s: %v", n.Name, err)
-	}
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		buf := make([]byte, 65535)
-		for first := true; ; first = false {
-			k, from, err := pc.ReadFrom(buf)
-			if err != nil {
-				if !errors.Is(err, net.ErrClosed) {
-					t.Errorf("upstream read: %v", err)
-				}
-				return
-			}
-			serve(stop, pc, from, append([]byte(nil), buf[:k]...), first)
-		}
-	})
-	t.Cleanup(func() {
-		close(stop)
-		pc.Close()
-		wg.Wait()
-	})
-	return netip.MustParseAddrPort(pc.LocalAddr().String())
 }
 
 // deadAddrIn is a UDP port of addr inside n where nothing listens.
