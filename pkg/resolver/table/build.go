@@ -690,9 +690,6 @@ func sameClaims(st *seState, se *model.ServiceEntry) bool {
 // make more names than Options.MaxNamesPerNamespace, and how many of
 // their objects were left out.
 func (b *Builder) OverBudget() (namespaces, objects int) {
-	if b.budget.max <= 0 {
-		return 0, 0
-	}
 	return b.budget.namespaces, b.budget.objects
 }
 
