@@ -4,8 +4,6 @@ package agent_test
 
 import (
 	"net/netip"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -13,7 +11,6 @@ import (
 	"github.com/miekg/dns"
 
 	"github.com/ztdns/ztdns/internal/agenttest"
-	"github.com/ztdns/ztdns/internal/dnstest"
 	"github.com/ztdns/ztdns/pkg/agent"
 	"github.com/ztdns/ztdns/pkg/source/configdir"
 )
@@ -72,13 +69,7 @@ status: {podIP: 127.0.0.4, podIPs: [{ip: 127.0.0.4}]}
 // Services are seen everywhere whatever the default. Before: the default
 // was ignored, and the tenant got the bank's 192.0.2.66.
 func TestDefaultServiceExportTo(t *testing.T) {
-	dir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, "manifests.yaml"), []byte(exportToManifests), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	marker := netip.MustParseAddr("203.0.113.99")
-	up := dnstest.Start(t, "127.0.0.1:0", dnstest.Marker(marker, netip.MustParseAddr("2001:db8::99")))
-	forwarded := marker.String()
+	dir, up := manifestsDir(t, exportToManifests), markerUpstream(t)
 	bank, tenant := netip.MustParseAddr("127.0.0.3"), netip.MustParseAddr("127.0.0.4")
 
 	for _, tc := range []struct {
@@ -94,7 +85,7 @@ func TestDefaultServiceExportTo(t *testing.T) {
 		{[]string{".", "tenant"}, "192.0.2.66", "192.0.2.66"},
 	} {
 		t.Run(strings.Join(tc.defaults, ","), func(t *testing.T) {
-			a := agenttest.Start(t, agent.Config{Source: configdir.New(dir), Upstreams: []netip.AddrPort{up.Addr},
+			a := agenttest.Start(t, agent.Config{Source: configdir.New(dir), Upstreams: []netip.AddrPort{up},
 				DefaultExportTo: tc.defaults})
 			for _, q := range []struct {
 				from       netip.Addr
@@ -147,15 +138,11 @@ status: {podIP: 127.0.0.4, podIPs: [{ip: 127.0.0.4}]}
 // README: Differences from kube-dns and Istio. Change this test only with
 // that text.
 func TestNamespaceNamedLikeTLD(t *testing.T) {
-	dir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, "manifests.yaml"), []byte(tldManifests), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	up := dnstest.Start(t, "127.0.0.1:0", dnstest.Marker(netip.MustParseAddr("203.0.113.99"), netip.MustParseAddr("2001:db8::99")))
+	dir, up := manifestsDir(t, tldManifests), markerUpstream(t)
 	tenant := netip.MustParseAddr("127.0.0.4")
 	for _, defaults := range [][]string{nil, {"."}} {
 		t.Run(strings.Join(defaults, ","), func(t *testing.T) {
-			a := agenttest.Start(t, agent.Config{Source: configdir.New(dir), Upstreams: []netip.AddrPort{up.Addr},
+			a := agenttest.Start(t, agent.Config{Source: configdir.New(dir), Upstreams: []netip.AddrPort{up},
 				DefaultExportTo: defaults})
 			for _, name := range []string{"example-bank.com.", "example-bank.com.svc.", "example-bank.com.svc.cluster.local."} {
 				r := a.Query(t, "udp", tenant, name, dns.TypeA, false)

@@ -67,13 +67,8 @@ status: {podIP: 127.0.0.3, podIPs: [{ip: 127.0.0.3}]}
 // claim that IP: no exportTo "." names, no short Service names. The pod with
 // an IP of its own still gets its namespace's view.
 func TestHostNetworkPodsGetTheOutsideView(t *testing.T) {
-	dir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, "manifests.yaml"), []byte(hostNetworkManifests), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	marker := netip.MustParseAddr("203.0.113.99")
-	up := dnstest.Start(t, "127.0.0.1:0", dnstest.Marker(marker, netip.MustParseAddr("2001:db8::99")))
-	a := agenttest.Start(t, agent.Config{Source: configdir.New(dir), Upstreams: []netip.AddrPort{up.Addr}})
+	a := agenttest.Start(t, agent.Config{Source: configdir.New(manifestsDir(t, hostNetworkManifests)),
+		Upstreams: []netip.AddrPort{markerUpstream(t)}})
 
 	node, app := netip.MustParseAddr("127.0.0.2"), netip.MustParseAddr("127.0.0.3")
 	for _, tc := range []struct {
@@ -82,12 +77,33 @@ func TestHostNetworkPodsGetTheOutsideView(t *testing.T) {
 	}{
 		{app, "private.internal", "198.51.100.7"},
 		{app, "web", "10.96.0.10"},
-		{node, "private.internal", marker.String()}, // not visible: forwarded
-		{node, "web", marker.String()},
+		{node, "private.internal", forwarded}, // not visible: forwarded
+		{node, "web", forwarded},
 		{node, "web.zeta.svc.cluster.local", "10.96.0.10"}, // the full name is everyone's
 	} {
 		if got := a.Addrs(t, tc.from, tc.name, dns.TypeA); !slices.Equal(got, []string{tc.want}) {
 			t.Errorf("%s from %s = %v, want %s", tc.name, tc.from, got, tc.want)
 		}
 	}
+}
+
+// manifestsDir is a --config-dir holding manifests.
+func manifestsDir(t *testing.T, manifests string) string {
+	t.Helper()
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "manifests.yaml"), []byte(manifests), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// forwarded is what markerUpstream answers every A query with: the
+// answer to a name the agent forwards.
+const forwarded = "203.0.113.99"
+
+// markerUpstream starts an upstream that answers every query with
+// forwarded (AAAA 2001:db8::99).
+func markerUpstream(t *testing.T) netip.AddrPort {
+	t.Helper()
+	return dnstest.Start(t, "127.0.0.1:0", dnstest.Marker(netip.MustParseAddr(forwarded), netip.MustParseAddr("2001:db8::99"))).Addr
 }

@@ -39,9 +39,7 @@ func TestChartAlertsNodeOrPod(t *testing.T) {
 	exprs := chartAlerts(t)
 	const node, pod = "ZtdnsServfailRatioHigh", "ZtdnsPodThrottled"
 	for _, name := range []string{node, pod} {
-		if exprs[name] == nil {
-			t.Fatalf("the PrometheusRule has no alert %s: %v", name, slices.Sorted(maps.Keys(exprs)))
-		}
+		alertExpr(t, exprs, name)
 	}
 
 	for _, tc := range []struct {
@@ -110,6 +108,17 @@ func TestChartAlertsNodeOrPod(t *testing.T) {
 func chartAlerts(t *testing.T) map[string]parser.Expr {
 	t.Helper()
 	return renderedAlerts(t, renderChart(t, "metrics.prometheusRule.enabled=true"))
+}
+
+// alertExpr is the expression of alert name in exprs; without it the test
+// stops, listing the alerts there are.
+func alertExpr(t *testing.T, exprs map[string]parser.Expr, name string) parser.Expr {
+	t.Helper()
+	e := exprs[name]
+	if e == nil {
+		t.Fatalf("the PrometheusRule has no alert %s: %v", name, slices.Sorted(maps.Keys(exprs)))
+	}
+	return e
 }
 
 // alertRules is every rule of c's PrometheusRule, by its alert's name, as
@@ -185,9 +194,7 @@ func TestChartUpstreamAlert(t *testing.T) {
 	const failing, slow = "ZtdnsUpstreamFailureRatioHigh", "ZtdnsUpstreamSlow"
 	exprs := chartAlerts(t)
 	for _, name := range []string{failing, slow} {
-		if exprs[name] == nil {
-			t.Fatalf("the PrometheusRule has no alert %s: %v", name, slices.Sorted(maps.Keys(exprs)))
-		}
+		alertExpr(t, exprs, name)
 	}
 	// The buckets of ztdns_forward_upstream_duration_seconds.
 	bounds := append(forward.DurationBuckets(), math.Inf(1))
@@ -271,10 +278,7 @@ func TestChartKubeWatchAlert(t *testing.T) {
 	t.Parallel()
 	const name = "ZtdnsKubeWatchFailing"
 	c := renderChart(t, "metrics.prometheusRule.enabled=true", "metrics.serviceMonitor.enabled=true")
-	e := renderedAlerts(t, c)[name]
-	if e == nil {
-		t.Fatalf("the PrometheusRule has no alert %s", name)
-	}
+	e := alertExpr(t, renderedAlerts(t, c), name)
 	// The gauge turns 1 at the first failed call; the ServiceMonitor
 	// scrapes every interval, and Prometheus evaluates rules every minute
 	// by default: the alert fires at most that long after its "for".
@@ -331,10 +335,7 @@ func TestChartVIPsMissingAlert(t *testing.T) {
 	t.Parallel()
 	const name = "ZtdnsVIPsMissing"
 	c := renderChart(t, "metrics.prometheusRule.enabled=true")
-	e := renderedAlerts(t, c)[name]
-	if e == nil {
-		t.Fatalf("the PrometheusRule has no alert %s", name)
-	}
+	e := alertExpr(t, renderedAlerts(t, c), name)
 	if f := renderedAlertFor(t, c)[name]; f < 10*time.Minute || f > 15*time.Minute {
 		t.Errorf("%s waits %v: istiod writes VIPs within milliseconds, so 10 to 15 minutes tell a lag from a failure", name, f)
 	}
@@ -382,10 +383,7 @@ func TestChartVIPsMissingAlert(t *testing.T) {
 func TestChartCNIAddAlert(t *testing.T) {
 	t.Parallel()
 	const name = "ZtdnsCNIAddFailing"
-	e := chartAlerts(t)[name]
-	if e == nil {
-		t.Fatalf("the PrometheusRule has no alert %s", name)
-	}
+	e := alertExpr(t, chartAlerts(t), name)
 	for _, tc := range []struct {
 		name   string
 		rates  map[[2]string]float64 // events a second by command and outcome
@@ -433,9 +431,7 @@ func TestChartCaptureEventAlerts(t *testing.T) {
 	const bypassed, slotsFull, socketsFull = "ZtdnsCaptureBypassed", "ZtdnsCaptureSlotsFull", "ZtdnsCaptureSocketsFull"
 	exprs := chartAlerts(t)
 	for _, name := range []string{bypassed, slotsFull, socketsFull} {
-		if exprs[name] == nil {
-			t.Fatalf("the PrometheusRule has no alert %s: %v", name, slices.Sorted(maps.Keys(exprs)))
-		}
+		alertExpr(t, exprs, name)
 	}
 	// Every event the agent exports, from its start.
 	events := agent.CaptureEvents()

@@ -362,6 +362,16 @@ func TestChartAgent(t *testing.T) {
 			}),
 		},
 		{
+			// An upgrade with --reuse-values from a chart without the
+			// value: the agent's default.
+			name:  "budget of names per namespace absent: the agent's default",
+			sets:  []string{"resolver.maxNamesPerNamespace=null"},
+			kinds: defaultKinds,
+			pod: defaultPod().change(func(w *podWant) {
+				w.args = w.args.without("--max-names-per-namespace")
+			}),
+		},
+		{
 			name: "metrics on loopback: probed there, nothing to scrape",
 			sets: []string{"metrics.bind=loopback"},
 			kinds: []string{

@@ -18,10 +18,7 @@ import (
 func TestChartCPUThrottledAlert(t *testing.T) {
 	t.Parallel()
 	const name = "ZtdnsCPUThrottled"
-	e := chartAlerts(t)[name]
-	if e == nil {
-		t.Fatalf("the PrometheusRule has no alert %s", name)
-	}
+	e := alertExpr(t, chartAlerts(t), name)
 	for _, tc := range []struct {
 		name               string
 		noSeries           bool

@@ -45,7 +45,6 @@ type nsBudget struct {
 	servicesFrom []model.Service
 	slicesFrom   []model.EndpointSlice
 	sesFrom      []model.ServiceEntry
-	decided      bool
 	// The slices the builder gets: the snapshot's without the objects left
 	// out (the snapshot's own when none is).
 	services []model.Service
@@ -126,7 +125,7 @@ func (nb *nsBudget) apply(s *model.Snapshot) *model.Snapshot {
 	if nb.max <= 0 {
 		return s
 	}
-	if !nb.decided || !sameSlice(s.Services, nb.servicesFrom) || !sameSlice(s.EndpointSlices, nb.slicesFrom) ||
+	if !sameSlice(s.Services, nb.servicesFrom) || !sameSlice(s.EndpointSlices, nb.slicesFrom) ||
 		!sameSlice(s.ServiceEntries, nb.sesFrom) {
 		nb.decide(s)
 	}
@@ -154,10 +153,12 @@ type budgeted struct {
 // costs a look at each namespace (a source's objects come grouped by
 // namespace: one map update per run of them).
 func (nb *nsBudget) decide(s *model.Snapshot) {
-	servicesKept := nb.decided && sameSlice(s.Services, nb.servicesFrom) && sameSlice(s.EndpointSlices, nb.slicesFrom)
-	sesKept := nb.decided && sameSlice(s.ServiceEntries, nb.sesFrom)
+	// Before the first decision the slices are nil: a kind the snapshot
+	// has none of is kept, with no names.
+	servicesKept := sameSlice(s.Services, nb.servicesFrom) && sameSlice(s.EndpointSlices, nb.slicesFrom)
+	sesKept := sameSlice(s.ServiceEntries, nb.sesFrom)
 	endpoints, svcTotal, seTotal := nb.endpoints, nb.svcTotal, nb.seTotal
-	*nb = nsBudget{max: nb.max, servicesFrom: s.Services, slicesFrom: s.EndpointSlices, sesFrom: s.ServiceEntries, decided: true,
+	*nb = nsBudget{max: nb.max, servicesFrom: s.Services, slicesFrom: s.EndpointSlices, sesFrom: s.ServiceEntries,
 		services: s.Services, slices: s.EndpointSlices, ses: s.ServiceEntries, endpoints: endpoints, svcTotal: svcTotal, seTotal: seTotal}
 	if !servicesKept {
 		nb.endpoints, nb.svcTotal = servicesTotal(s, nb.endpoints, nb.svcTotal)

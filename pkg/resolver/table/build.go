@@ -594,8 +594,7 @@ func (b *Builder) buildChangedServiceEntries(s *model.Snapshot) bool {
 	// First only look: a claim that changed needs the whole allocation.
 	w := walk(b, &b.ses, len(ses))
 	var changed []int
-	var newKeys map[objKey]bool // the new objects' keys, made at the second
-	firstNew := -1              // the first new object
+	var newKeys map[objKey]bool // the new objects' keys
 	for i := range ses {
 		se := &ses[i]
 		key := objKey{se.Namespace, se.Name}
@@ -609,17 +608,13 @@ func (b *Builder) buildChangedServiceEntries(s *model.Snapshot) bool {
 			// with its copy, say): this walk finds neither, and building
 			// both would leave the first one's entries in the table for
 			// good. The long way finds the first.
-			if firstNew >= 0 && newKeys == nil {
-				newKeys = map[objKey]bool{{ses[firstNew].Namespace, ses[firstNew].Name}: true}
-			}
 			if newKeys[key] {
 				return w.abandon()
 			}
-			if firstNew < 0 {
-				firstNew = i
-			} else {
-				newKeys[key] = true
+			if newKeys == nil {
+				newKeys = map[objKey]bool{}
 			}
+			newKeys[key] = true
 			changed = append(changed, i)
 		case !equalServiceEntry(st.se, se):
 			if allocating && !sameClaims(st, se) {
@@ -695,9 +690,6 @@ func sameClaims(st *seState, se *model.ServiceEntry) bool {
 // make more names than Options.MaxNamesPerNamespace, and how many of
 // their objects were left out.
 func (b *Builder) OverBudget() (namespaces, objects int) {
-	if b.budget.max <= 0 {
-		return 0, 0
-	}
 	return b.budget.namespaces, b.budget.objects
 }
 
