@@ -338,11 +338,11 @@ directory of YAML manifests (--config-dir).`,
 			ClusterDomain:        *domain,
 			TTL:                  *ttl,
 			ForwardTimeout:       *fwdTimeout,
-			CacheSize:            cacheSizeFlag(*cacheSize),
+			CacheSize:            offFlag(*cacheSize),
 			Autopath:             *autopath,
 			VIPSource:            vips,
 			DefaultExportTo:      exportTo,
-			MaxNamesPerNamespace: maxNamesFlag(*maxNamesPerNS),
+			MaxNamesPerNamespace: offFlag(*maxNamesPerNS),
 			NodeSearch:           node.Search,
 			MetricsAddr:          *metrics,
 			Socket:               *socket,
@@ -350,10 +350,10 @@ directory of YAML manifests (--config-dir).`,
 			Logger:               log,
 			CacheBytes:           cacheBytes.n,
 			Limits: quota.Limits{
-				QPS:        limitFlag(*podQPS),
+				QPS:        offFlag(*podQPS),
 				Burst:      *podBurst,
-				Forwarding: limitFlag(*podForwarding),
-				TCPConns:   limitFlag(*podTCP),
+				Forwarding: offFlag(*podForwarding),
+				TCPConns:   offFlag(*podTCP),
 			},
 			MaxForwarding:    *maxForwarding,
 			TCPMaxConns:      *maxTCP,
@@ -412,9 +412,11 @@ func openAccessLog(dest string, sample int, format string) (*accesslog.Log, func
 	return l, closeFile, nil
 }
 
-// limitFlag maps a per-pod bound's flag (0 disables it) onto quota.Limits
-// as agent.Config takes them (0 is the default, negative disables).
-func limitFlag[T int | float64](n T) T {
+// offFlag maps a bound's flag whose 0 disables it (--cache-size,
+// --max-names-per-namespace, the per-pod bounds) onto agent.Config and
+// quota.Limits as the agent takes them: 0 is the default there, negative
+// disables.
+func offFlag[T int | float64](n T) T {
 	if n <= 0 {
 		return -1
 	}
@@ -431,24 +433,6 @@ func podInflightBytesFlag(b *byteSize, set bool) int64 {
 		return -1
 	}
 	return b.n
-}
-
-// cacheSizeFlag maps --cache-size (0 disables) onto agent.Config.CacheSize
-// (0 is the default, negative disables).
-// maxNamesFlag turns --max-names-per-namespace into
-// agent.Config.MaxNamesPerNamespace: 0 (no bound) is negative there.
-func maxNamesFlag(n int) int {
-	if n <= 0 {
-		return -1
-	}
-	return n
-}
-
-func cacheSizeFlag(n int) int {
-	if n <= 0 {
-		return -1
-	}
-	return n
 }
 
 // checkMetricsAddr checks --metrics as the agent will listen on it:

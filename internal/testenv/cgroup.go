@@ -51,24 +51,29 @@ func Cgroup2Root(tb testing.TB) string {
 func NewCgroup(tb testing.TB) *Cgroup {
 	tb.Helper()
 	RequireRoot(tb)
-	path := filepath.Join(Cgroup2Root(tb), UniqueName("ztdns-test-"))
+	path := makeCgroup(tb, filepath.Join(Cgroup2Root(tb), UniqueName("ztdns-test-")))
+	dir, err := os.Open(path)
+	if err != nil {
+		tb.Fatalf("testenv: open cgroup: %v", err)
+	}
+	tb.Cleanup(func() { dir.Close() }) // before makeCgroup's removal
+	return &Cgroup{Path: path, dir: dir}
+}
+
+// makeCgroup creates the cgroup at path (recorded for the sweep); at
+// cleanup every process still in it is killed and it is removed.
+func makeCgroup(tb testing.TB, path string) string {
+	tb.Helper()
 	record(tb, ledgerCgroup, path)
 	if err := os.Mkdir(path, 0o755); err != nil {
 		tb.Fatalf("testenv: create cgroup: %v", err)
 	}
-	dir, err := os.Open(path)
-	if err != nil {
-		os.Remove(path)
-		tb.Fatalf("testenv: open cgroup: %v", err)
-	}
-	c := &Cgroup{Path: path, dir: dir}
 	tb.Cleanup(func() {
-		dir.Close()
 		if err := removeCgroup(path); err != nil {
 			tb.Errorf("cleanup: cgroup %s: %v", path, err)
 		}
 	})
-	return c
+	return path
 }
 
 // Remove kills the processes in the cgroup and removes it before cleanup,

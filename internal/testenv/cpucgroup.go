@@ -27,17 +27,7 @@ func NewCPUCgroup(tb testing.TB, quota, period time.Duration) *CPUCgroup {
 	if root == "" {
 		Unavailable(tb, "needs the cpu cgroup controller, v2 (in the cgroup2 root's cgroup.subtree_control) or v1 (a cgroup mount with the cpu option)")
 	}
-	path := filepath.Join(root, UniqueName("ztdns-test-"))
-	record(tb, ledgerCgroup, path)
-	if err := os.Mkdir(path, 0o755); err != nil {
-		tb.Fatalf("testenv: create cgroup: %v", err)
-	}
-	tb.Cleanup(func() {
-		if err := removeCgroup(path); err != nil {
-			tb.Errorf("cleanup: cgroup %s: %v", path, err)
-		}
-	})
-	c := &CPUCgroup{Path: path}
+	path := makeCgroup(tb, filepath.Join(root, UniqueName("ztdns-test-")))
 	us := func(d time.Duration) string { return strconv.FormatInt(d.Microseconds(), 10) }
 	files := [][2]string{{"cpu.max", us(quota) + " " + us(period)}}
 	if !v2 { // the period first: a quota over the old period may be refused
@@ -48,7 +38,7 @@ func NewCPUCgroup(tb testing.TB, quota, period time.Duration) *CPUCgroup {
 			tb.Fatalf("testenv: set %s of %s to %s: %v", f[0], path, f[1], err)
 		}
 	}
-	return c
+	return &CPUCgroup{Path: path}
 }
 
 // Wrapper is a command line prefix (StartAgentIn's wrapper; StartLocal's

@@ -23,32 +23,31 @@ type MemoryCgroup struct {
 // cleanup every process still in it is killed and it is removed.
 func NewMemoryCgroup(tb testing.TB, limit int64) *MemoryCgroup {
 	tb.Helper()
+	root, file, _ := memoryHierarchy(tb)
+	return newMemoryCgroupAt(tb, filepath.Join(root, UniqueName("ztdns-test-")), file, limit)
+}
+
+// memoryHierarchy is where child cgroups get the memory controller
+// (cgroupHierarchy), the name of its limit file there, and whether it is
+// cgroup v2's; the test is Unavailable without one. It requires root.
+func memoryHierarchy(tb testing.TB) (root, file string, v2 bool) {
+	tb.Helper()
 	RequireRoot(tb)
-	root, v2 := cgroupHierarchy("memory")
-	file := "memory.limit_in_bytes"
-	if v2 {
-		file = "memory.max"
-	}
+	root, v2 = cgroupHierarchy("memory")
 	if root == "" {
 		Unavailable(tb, "needs the memory cgroup controller, v2 (in the cgroup2 root's cgroup.subtree_control) or v1 (a cgroup mount with the memory option)")
 	}
-	return newMemoryCgroupAt(tb, filepath.Join(root, UniqueName("ztdns-test-")), file, limit)
+	if v2 {
+		return root, "memory.max", true
+	}
+	return root, "memory.limit_in_bytes", false
 }
 
 // newMemoryCgroupAt creates the cgroup at path with a memory limit of
 // limit bytes (0: none), removed at cleanup.
 func newMemoryCgroupAt(tb testing.TB, path, file string, limit int64) *MemoryCgroup {
 	tb.Helper()
-	record(tb, ledgerCgroup, path)
-	if err := os.Mkdir(path, 0o755); err != nil {
-		tb.Fatalf("testenv: create cgroup: %v", err)
-	}
-	tb.Cleanup(func() {
-		if err := removeCgroup(path); err != nil {
-			tb.Errorf("cleanup: cgroup %s: %v", path, err)
-		}
-	})
-	c := &MemoryCgroup{Path: path, limitFile: file}
+	c := &MemoryCgroup{Path: makeCgroup(tb, path), limitFile: file}
 	if limit > 0 {
 		c.SetLimit(tb, limit)
 	}
@@ -63,15 +62,7 @@ func newMemoryCgroupAt(tb testing.TB, path, file string, limit int64) *MemoryCgr
 // killed and they are removed.
 func NewPodMemoryCgroups(tb testing.TB, uid string, podLimit, ctrLimit int64) (pod, ctr *MemoryCgroup) {
 	tb.Helper()
-	RequireRoot(tb)
-	root, v2 := cgroupHierarchy("memory")
-	if root == "" {
-		Unavailable(tb, "needs the memory cgroup controller, v2 (in the cgroup2 root's cgroup.subtree_control) or v1 (a cgroup mount with the memory option)")
-	}
-	file := "memory.limit_in_bytes"
-	if v2 {
-		file = "memory.max"
-	}
+	root, file, v2 := memoryHierarchy(tb)
 	// Each level hands the controller down (v2; v1 has no such file).
 	down := func(c *MemoryCgroup) {
 		if v2 {

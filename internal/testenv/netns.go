@@ -67,15 +67,10 @@ func (n *Netns) WaitIn(tb testing.TB, pid int) {
 		tb.Fatalf("testenv: %v", err)
 	}
 	path := fmt.Sprintf("/proc/%d/ns/net", pid)
-	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+	Eventually(tb, 5*time.Second, fmt.Sprintf("process %d in network namespace %s", pid, n.Name), func() bool {
 		var st syscall.Stat_t
-		if err := syscall.Stat(path, &st); err == nil && st.Dev == want.Dev && st.Ino == want.Ino {
-			return
-		}
-		if time.Now().After(deadline) {
-			tb.Fatalf("testenv: process %d never entered network namespace %s", pid, n.Name)
-		}
-	}
+		return syscall.Stat(path, &st) == nil && st.Dev == want.Dev && st.Ino == want.Ino
+	})
 }
 
 // Do runs fn on an OS thread switched into the namespace; sockets fn opens

@@ -120,12 +120,11 @@ func TestCgroupNamespaceUnderTheNodesHierarchy(t *testing.T) {
 // /proc directory.
 func fakeCgroupNamespace(t *testing.T, mountinfo string, files map[string]string) string {
 	t.Helper()
-	root, proc := t.TempDir(), t.TempDir()
-	write(t, filepath.Join(proc, "cgroup"), "0::/\n")
-	write(t, filepath.Join(proc, "mountinfo"), strings.ReplaceAll(mountinfo, "%s", root))
+	under := make(map[string]string, len(files))
 	for path, content := range files {
-		write(t, filepath.Join(root, "sys/fs/cgroup", path), content)
+		under[filepath.Join("sys/fs/cgroup", path)] = content
 	}
+	proc, _ := fakeProc(t, "0::/\n", mountinfo, under)
 	return proc
 }
 

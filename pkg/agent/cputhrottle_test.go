@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"path/filepath"
 	"testing"
 )
 
@@ -13,17 +12,15 @@ func TestCgroupCPUStat(t *testing.T) {
 	for _, tc := range []struct {
 		name      string
 		cgroup    string
-		mountinfo func(root string) string
+		mountinfo string            // %s: where the cgroup trees are
 		files     map[string]string // under root
 		want      cpuStat
 		ok        bool
 	}{
 		{
-			name:   "v2: the container's own cgroup",
-			cgroup: "0::/kubepods/pod1/ctr\n",
-			mountinfo: func(root string) string {
-				return "30 24 0:26 / " + root + "/unified rw,nosuid - cgroup2 cgroup2 rw\n"
-			},
+			name:      "v2: the container's own cgroup",
+			cgroup:    "0::/kubepods/pod1/ctr\n",
+			mountinfo: "30 24 0:26 / %s/unified rw,nosuid - cgroup2 cgroup2 rw\n",
 			files: map[string]string{
 				"unified/kubepods/pod1/cpu.stat": "usage_usec 9\nnr_periods 1\nnr_throttled 1\nthrottled_usec 1\n",
 				"unified/kubepods/pod1/ctr/cpu.stat": "usage_usec 2400000\nuser_usec 2000000\nsystem_usec 400000\n" +
@@ -33,30 +30,24 @@ func TestCgroupCPUStat(t *testing.T) {
 			ok:   true,
 		},
 		{
-			name:   "v2: cpu controller on, no limit",
-			cgroup: "0::/a\n",
-			mountinfo: func(root string) string {
-				return "30 24 0:26 / " + root + "/unified rw - cgroup2 cgroup2 rw\n"
-			},
-			files: map[string]string{"unified/a/cpu.stat": "usage_usec 5\nnr_periods 0\nnr_throttled 0\nthrottled_usec 0\n"},
-			ok:    true,
+			name:      "v2: cpu controller on, no limit",
+			cgroup:    "0::/a\n",
+			mountinfo: "30 24 0:26 / %s/unified rw - cgroup2 cgroup2 rw\n",
+			files:     map[string]string{"unified/a/cpu.stat": "usage_usec 5\nnr_periods 0\nnr_throttled 0\nthrottled_usec 0\n"},
+			ok:        true,
 		},
 		{
-			name:   "v2: cpu controller off",
-			cgroup: "0::/a\n",
-			mountinfo: func(root string) string {
-				return "30 24 0:26 / " + root + "/unified rw - cgroup2 cgroup2 rw\n"
-			},
-			files: map[string]string{"unified/a/cpu.stat": "usage_usec 5\nuser_usec 3\nsystem_usec 2\n"},
+			name:      "v2: cpu controller off",
+			cgroup:    "0::/a\n",
+			mountinfo: "30 24 0:26 / %s/unified rw - cgroup2 cgroup2 rw\n",
+			files:     map[string]string{"unified/a/cpu.stat": "usage_usec 5\nuser_usec 3\nsystem_usec 2\n"},
 		},
 		{
 			name:   "hybrid: v1 cpu controller",
 			cgroup: "12:memory:/a/b\n11:cpu,cpuacct:/a/b\n0::/a/b\n",
-			mountinfo: func(root string) string {
-				return "30 24 0:26 / " + root + "/unified rw - cgroup2 cgroup2 rw\n" +
-					"31 24 0:27 / " + root + "/memory rw - cgroup cgroup rw,memory\n" +
-					"32 24 0:28 / " + root + "/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct\n"
-			},
+			mountinfo: "30 24 0:26 / %s/unified rw - cgroup2 cgroup2 rw\n" +
+				"31 24 0:27 / %s/memory rw - cgroup cgroup rw,memory\n" +
+				"32 24 0:28 / %s/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct\n",
 			files: map[string]string{
 				"unified/a/b/cpu.stat":     "usage_usec 5\n", // no controller in v2
 				"memory/a/b/cpu.stat":      "nr_periods 1\n", // not the cpu hierarchy
@@ -69,16 +60,11 @@ func TestCgroupCPUStat(t *testing.T) {
 		{
 			name:      "unreadable",
 			cgroup:    "",
-			mountinfo: func(string) string { return "" },
+			mountinfo: "",
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			root, proc := t.TempDir(), t.TempDir()
-			write(t, filepath.Join(proc, "cgroup"), tc.cgroup)
-			write(t, filepath.Join(proc, "mountinfo"), tc.mountinfo(root))
-			for path, content := range tc.files {
-				write(t, filepath.Join(root, path), content)
-			}
+			proc, _ := fakeProc(t, tc.cgroup, tc.mountinfo, tc.files)
 			got, ok := cgroupCPUStat(findSelfCgroup(proc, 7, ""))
 			if got != tc.want || ok != tc.ok {
 				t.Errorf("cgroupCPUStat = %+v, %v; want %+v, %v", got, ok, tc.want, tc.ok)

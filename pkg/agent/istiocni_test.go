@@ -119,6 +119,16 @@ func TestScrapesLookAtNoPod(t *testing.T) {
 		_ = a.istioRulesWarnings()
 		return doubly, row
 	}
+	// threeScrapes scrapes three times in a row, each seeing wantDoubly
+	// and wantRow.
+	threeScrapes := func(when string, wantDoubly float64, wantRow string) {
+		t.Helper()
+		for i := range 3 {
+			if doubly, row := scrape(); doubly != wantDoubly || row != wantRow {
+				t.Errorf("scrape %d%s: ztdns_capture_istio_dns_rules_pods %v, row %q; want %v and %q", i, when, doubly, row, wantDoubly, wantRow)
+			}
+		}
+	}
 
 	// capture add looked at the new pod; the next tick has nothing to do.
 	if got := looks.Load(); got != 1 {
@@ -128,11 +138,7 @@ func TestScrapesLookAtNoPod(t *testing.T) {
 	if got := a.istioRules.refresh(a.log, a.pods, now, false); got != 0 {
 		t.Errorf("the tick after capture add looked at %d pods, want none due", got)
 	}
-	for i := range 3 {
-		if doubly, row := scrape(); doubly != 0 || row != "" {
-			t.Errorf("scrape %d: ztdns_capture_istio_dns_rules_pods %v, row %q; want 0 and nothing", i, doubly, row)
-		}
-	}
+	threeScrapes("", 0, "")
 	if got := looks.Load(); got != 1 {
 		t.Errorf("%d looks after three scrapes, pods and status, want capture add's 1 alone", got)
 	}
@@ -147,11 +153,7 @@ func TestScrapesLookAtNoPod(t *testing.T) {
 	if got := a.istioRules.refresh(a.log, a.pods, now.Add(istioRulesRecheck), false); got != 1 {
 		t.Errorf("the recheck looked at %d pods, want 1", got)
 	}
-	for i := range 3 {
-		if doubly, row := scrape(); doubly != 1 || row != "nftables" {
-			t.Errorf("scrape %d after the refresh: ztdns_capture_istio_dns_rules_pods %v, row %q; want 1 and nftables", i, doubly, row)
-		}
-	}
+	threeScrapes(" after the refresh", 1, "nftables")
 	if got := looks.Load(); got != 2 {
 		t.Errorf("%d looks in all, want capture add's and the recheck's alone", got)
 	}

@@ -96,8 +96,8 @@ func (b memoryBound) String() string {
 // table now.
 func (a *Agent) memoryBound() memoryBound {
 	udpSockets := int64(len(a.addrs) * a.cfg.SocketsPerAddr)
-	tcp := int64(cmp.Or(max(a.cfg.TCPMaxConns, 0), resolver.DefaultTCPMaxConns))
-	forwarding := int64(cmp.Or(max(a.cfg.MaxForwarding, 0), resolver.DefaultMaxInflight))
+	tcp := int64(positiveOr(a.cfg.TCPMaxConns, resolver.DefaultTCPMaxConns))
+	forwarding := int64(positiveOr(a.cfg.MaxForwarding, resolver.DefaultMaxInflight))
 	cache := int64(cmp.Or(max(a.cfg.CacheBytes, 0), forward.DefaultCacheBytes))
 	if a.cfg.CacheSize < 0 {
 		cache = 0 // no cache

@@ -21,16 +21,14 @@ func TestCgroupMemoryLimit(t *testing.T) {
 	for _, tc := range []struct {
 		name      string
 		cgroup    string
-		mountinfo func(root string) string
+		mountinfo string            // %s: where the cgroup trees are
 		files     map[string]string // under root
 		want      float64
 	}{
 		{
-			name:   "v2: the pod's limit, lower than the container's",
-			cgroup: "0::/kubepods/pod1/ctr\n",
-			mountinfo: func(root string) string {
-				return "30 24 0:26 / " + root + "/unified rw,nosuid - cgroup2 cgroup2 rw\n"
-			},
+			name:      "v2: the pod's limit, lower than the container's",
+			cgroup:    "0::/kubepods/pod1/ctr\n",
+			mountinfo: "30 24 0:26 / %s/unified rw,nosuid - cgroup2 cgroup2 rw\n",
 			files: map[string]string{
 				"unified/kubepods/memory.max":          "max\n",
 				"unified/kubepods/pod1/memory.max":     "268435456\n",
@@ -39,22 +37,18 @@ func TestCgroupMemoryLimit(t *testing.T) {
 			want: 268435456,
 		},
 		{
-			name:   "v2: none",
-			cgroup: "0::/a\n",
-			mountinfo: func(root string) string {
-				return "30 24 0:26 / " + root + "/unified rw - cgroup2 cgroup2 rw\n"
-			},
-			files: map[string]string{"unified/a/memory.max": "max\n"},
-			want:  math.Inf(1),
+			name:      "v2: none",
+			cgroup:    "0::/a\n",
+			mountinfo: "30 24 0:26 / %s/unified rw - cgroup2 cgroup2 rw\n",
+			files:     map[string]string{"unified/a/memory.max": "max\n"},
+			want:      math.Inf(1),
 		},
 		{
 			name:   "hybrid: v1 memory controller",
 			cgroup: "12:memory:/a/b\n11:cpu,cpuacct:/a/b\n0::/a/b\n",
-			mountinfo: func(root string) string {
-				return "30 24 0:26 / " + root + "/unified rw - cgroup2 cgroup2 rw\n" +
-					"31 24 0:27 / " + root + "/memory rw - cgroup cgroup rw,memory\n" +
-					"32 24 0:28 / " + root + "/cpu rw - cgroup cgroup rw,cpu,cpuacct\n"
-			},
+			mountinfo: "30 24 0:26 / %s/unified rw - cgroup2 cgroup2 rw\n" +
+				"31 24 0:27 / %s/memory rw - cgroup cgroup rw,memory\n" +
+				"32 24 0:28 / %s/cpu rw - cgroup cgroup rw,cpu,cpuacct\n",
 			files: map[string]string{
 				"memory/a/memory.limit_in_bytes":   "9223372036854771712\n", // v1's "no limit"
 				"memory/a/b/memory.limit_in_bytes": "104857600\n",
@@ -65,22 +59,31 @@ func TestCgroupMemoryLimit(t *testing.T) {
 		{
 			name:      "unreadable",
 			cgroup:    "",
-			mountinfo: func(string) string { return "" },
+			mountinfo: "",
 			want:      math.Inf(1),
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			root, proc := t.TempDir(), t.TempDir()
-			write(t, filepath.Join(proc, "cgroup"), tc.cgroup)
-			write(t, filepath.Join(proc, "mountinfo"), tc.mountinfo(root))
-			for path, content := range tc.files {
-				write(t, filepath.Join(root, path), content)
-			}
+			proc, _ := fakeProc(t, tc.cgroup, tc.mountinfo, tc.files)
 			if got, _ := cgroupMemoryLimit(findSelfCgroup(proc, 7, "")); got != tc.want {
 				t.Errorf("limit %v, want %v", got, tc.want)
 			}
 		})
 	}
+}
+
+// fakeProc writes a /proc/self whose cgroup file is cgroup and whose
+// mountinfo is mountinfo with %s the directory of the cgroup trees, which
+// holds files; it returns the /proc directory and that one.
+func fakeProc(t *testing.T, cgroup, mountinfo string, files map[string]string) (proc, root string) {
+	t.Helper()
+	root, proc = t.TempDir(), t.TempDir()
+	write(t, filepath.Join(proc, "cgroup"), cgroup)
+	write(t, filepath.Join(proc, "mountinfo"), strings.ReplaceAll(mountinfo, "%s", root))
+	for path, content := range files {
+		write(t, filepath.Join(root, path), content)
+	}
+	return proc, root
 }
 
 func write(t *testing.T, path, content string) {
@@ -100,9 +103,7 @@ func write(t *testing.T, path, content string) {
 // warning of a limit below the bound is logged once when it falls below,
 // kept for status while it is, and cleared when it holds the bound again.
 func TestMemoryLimiterFollowsTheCgroup(t *testing.T) {
-	root, proc := t.TempDir(), t.TempDir()
-	write(t, filepath.Join(proc, "cgroup"), "12:memory:/a\n0::/a\n")
-	write(t, filepath.Join(proc, "mountinfo"), "31 24 0:27 / "+root+"/memory rw - cgroup cgroup rw,memory\n")
+	proc, root := fakeProc(t, "12:memory:/a\n0::/a\n", "31 24 0:27 / %s/memory rw - cgroup cgroup rw,memory\n", nil)
 	limit := func(n int64) {
 		write(t, filepath.Join(root, "memory/a/memory.limit_in_bytes"), strconv.FormatInt(n, 10)+"\n")
 	}

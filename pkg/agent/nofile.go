@@ -39,6 +39,9 @@ func (d descriptors) total() int {
 	return d.tcp + d.forwarding*d.upstreams + d.control + d.sockets + descriptorsBesides
 }
 
+// positiveOr is n, or def when n is not positive: a bound of the
+// resolver's options as resolver.New applies it (memoryBound and
+// descriptorBudget count the same ones).
 func positiveOr(n, def int) int {
 	if n <= 0 {
 		return def

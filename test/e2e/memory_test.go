@@ -8,9 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"slices"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -123,17 +121,13 @@ func (m *memoryAgent) status(t *testing.T) control.Status {
 	return st
 }
 
-// metric is the value of an unlabelled series on the agent's /metrics.
+// metric is the value of an unlabelled series on the agent's /metrics
+// (metricValue).
 func (m *memoryAgent) metric(t *testing.T, name string) float64 {
 	t.Helper()
-	page := testenv.Metrics(t, m.metrics)
-	match := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(name) + ` (\S+)$`).FindStringSubmatch(page)
-	if match == nil {
+	v := metricValue(testenv.Metrics(t, m.metrics), name)
+	if v == -1 {
 		t.Fatalf("no %s on /metrics", name)
-	}
-	v, err := strconv.ParseFloat(match[1], 64)
-	if err != nil {
-		t.Fatalf("%s: %v", name, err)
 	}
 	return v
 }
