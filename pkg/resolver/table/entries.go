@@ -585,14 +585,9 @@ func serviceEntryEntries(n names, src *source, se *model.ServiceEntry, own []hos
 			if r.addrSource != addrNone {
 				e.addrSource, e.Addrs = r.addrSource, r.addrs
 				out.add(e, !isWildcard(name))
-				if e.n4 == 0 {
-					// istiod writes the IPv6 VIP alone when its IPv4
-					// range is exhausted (nextAddresses).
-					e.lacks = lacksIPv4
-				}
 				continue
 			}
-			e.lacks = lacksVIP
+			e.addrSource = addrNoVIP
 			// With istiod allocating, a host it has not written yet
 			// has no VIP in ztunnel either, until it does; with none,
 			// no host has one.

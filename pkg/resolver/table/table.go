@@ -123,19 +123,7 @@ type Entry struct {
 	// there never reach ztunnel), and ztunnel passes over it, to other
 	// namespaces' objects and to wildcards.
 	passed bool
-	// lacks says which VIP a ServiceEntry host that istiod's rules give
-	// one lacks (Table.HostsWithoutVIP).
-	lacks vipLack
 }
-
-// vipLack is what an auto-allocating host lacks.
-type vipLack uint8
-
-const (
-	lacksNothing vipLack = iota
-	lacksVIP             // no VIP at all
-	lacksIPv4            // istiod's status has IPv6 ones only
-)
 
 // addrSource says where an entry's addresses came from: one value per
 // From* constant, kept in a byte; addrSources names them.
@@ -148,6 +136,10 @@ const (
 	addrSpec
 	addrStatus
 	addrAllocated
+	// addrNoVIP: none, although istiod's rules give the host a VIP
+	// (Table.HostsWithoutVIP). A value of its own rather than a field
+	// keeps Entry at 96 bytes: a field would cost 8 bytes a name.
+	addrNoVIP
 )
 
 // addrSources are the From* constants by addrSource.
@@ -158,6 +150,7 @@ var addrSources = [...]string{
 	addrSpec:      FromSpec,
 	addrStatus:    FromStatus,
 	addrAllocated: FromAllocated,
+	addrNoVIP:     "",
 }
 
 // AddrSource says where Addrs came from (one of the From* constants).

@@ -63,11 +63,14 @@ func (t *Table) AllocatedIPv4VIPs() int { return t.vips.ipv4 }
 // table, counts.
 func (c *vipCounts) count(e *Entry, d int) {
 	switch {
-	case e.lacks == lacksVIP:
+	case e.addrSource == addrNoVIP:
 		c.noVIP += d
-	case e.lacks == lacksIPv4:
+	case !e.autoVIPs():
+	case e.n4 == 0:
+		// istiod writes the IPv6 VIP alone when its IPv4 range is
+		// exhausted (nextAddresses).
 		c.noIPv4 += d
-	case e.n4 > 0 && e.autoVIPs():
+	default:
 		c.ipv4 += d
 	}
 }
