@@ -54,8 +54,9 @@ type MarkedPod struct {
 	// Sockets is how many of the pod's sockets hold a record of what they
 	// addressed, at most Config.SocketsPerPod (plus a few), as the
 	// programs count them (struct pod_socket_count in bpf/ztdns.h): the
-	// sockets whose records programs before the count made, open at the
-	// upgrade that brought it, are not in it.
+	// sockets whose records programs before the count made (open at the
+	// upgrade that brought it, or made after a rollback past it) are not
+	// in it.
 	Sockets int64
 }
 

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -247,6 +249,60 @@ func TestUpgradeKeepsSocketRecords(t *testing.T) {
 	held(capped)
 }
 
+// TestUncountedRecordsTakeNothingOff: after a rollback to a release before
+// the cap, this release's sock_release stays attached (the older release
+// does not know its link) and the older programs make records without
+// counting them. Closing such a socket takes nothing off its pod's count:
+// the count of the sockets that were counted stays right, and the cap
+// holds. (Before, each took one off, down to zero, and the pod could hold
+// that many sockets over the cap after the next upgrade.)
+func TestUncountedRecordsTakeNothingOff(t *testing.T) {
+	t.Parallel()
+	const capped = 4
+	e := newCaptureEnv(t, envOptions{socketsPerPod: capped})
+	pod, cookie := e.markedPod(t, 0, nowhere4)
+	counted := testenv.StartHelper(t, t.Context(), pod, e.cg, "ready", helperEnv+"="+helperHold)
+	old := testenv.StartHelper(t, t.Context(), pod, e.cg, "ready", helperEnv+"="+helperHold)
+	do := func(h *testenv.Helper, cmd, want string) {
+		t.Helper()
+		if got := h.Do(t, cmd); got != want {
+			t.Fatalf("%s: %s, want %s", cmd, got, want)
+		}
+	}
+	held := func(want int64) {
+		t.Helper()
+		if got := e.reported(t, cookie).Sockets; got != want {
+			t.Errorf("the pod holds %d sockets with records, want %d", got, want)
+		}
+	}
+
+	do(counted, "udp "+nowhere4+" 3", "held 3")
+	held(3)
+
+	// Three other sockets of the pod get records as the older programs
+	// write them: whole endpoints, nothing counted.
+	do(old, "plain 3", "held 3")
+	fds, closeFDs := heldSockets(t, old)
+	var rec ztdnsSocketDestinations
+	rec.SentTo[0] = endpointFrom(netip.AddrPortFrom(netip.MustParseAddr(nowhere4), 53))
+	for _, fd := range fds {
+		if err := e.r.objs.Sockets.Update(uint32(fd), &rec, ebpf.UpdateNoExist); err != nil {
+			t.Fatal(err)
+		}
+	}
+	closeFDs()
+	do(old, "close", "closed")
+	held(3)
+
+	c0 := e.counters(t)
+	do(counted, "udp "+nowhere4+" 2", "held 5")
+	c1 := e.counters(t)
+	if got := c1.Redirected - c0.Redirected; got != 1 {
+		t.Errorf("%d of the pod's 2 new sockets redirected, want 1 (up to the cap of %d)", got, capped)
+	}
+	held(capped)
+}
+
 // socketDestinationsOfMain is struct socket_destinations as agents before
 // the cap had it.
 type socketDestinationsOfMain struct {
@@ -291,13 +347,49 @@ func idOf(tb testing.TB, m *ebpf.Map) ebpf.MapID {
 }
 
 // keptSocket returns a descriptor of this process for the keeper's socket
-// (pidfd_getfd), and closes it: once, when called or at cleanup.
+// (takeSocket).
 func keptSocket(tb testing.TB, keeper *testenv.Helper) (int, func()) {
 	tb.Helper()
 	var pid, target int
 	if _, err := fmt.Sscanf(keeper.Do(tb, "whoami"), "%d %d", &pid, &target); err != nil {
 		tb.Fatal(err)
 	}
+	return takeSocket(tb, pid, target)
+}
+
+// heldSockets returns descriptors of this process for the sockets a
+// helperHold helper holds (takeSocket), and a func that closes them all.
+func heldSockets(tb testing.TB, h *testenv.Helper) ([]int, func()) {
+	tb.Helper()
+	fields := strings.Fields(h.Do(tb, "fds"))
+	pid, err := strconv.Atoi(fields[0])
+	if err != nil {
+		tb.Fatalf("fds: %v", fields)
+	}
+	var (
+		fds    []int
+		closes []func()
+	)
+	for _, f := range fields[1:] {
+		target, err := strconv.Atoi(f)
+		if err != nil {
+			tb.Fatalf("fds: %v", fields)
+		}
+		fd, closeFD := takeSocket(tb, pid, target)
+		fds, closes = append(fds, fd), append(closes, closeFD)
+	}
+	return fds, func() {
+		for _, c := range closes {
+			c()
+		}
+	}
+}
+
+// takeSocket returns a descriptor of this process for descriptor target
+// of process pid (pidfd_getfd), and closes it: once, when called or at
+// cleanup.
+func takeSocket(tb testing.TB, pid, target int) (int, func()) {
+	tb.Helper()
 	pidfd, err := unix.PidfdOpen(pid, 0)
 	if err != nil {
 		tb.Fatal(err)
