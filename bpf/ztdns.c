@@ -1010,7 +1010,9 @@ int ztdns_getpeername6(struct bpf_sock_addr *ctx)
  * counted, and carries no mark: it is taken off nothing. Such programs run
  * with this one after a rollback to them (they do not know its link), and
  * would otherwise wipe out the counts of the sockets counted here. The
- * count is taken off only while above zero (struct pod_socket_count). */
+ * count is taken off only while above zero: after the counts were
+ * forgotten (struct pod_socket_count), a socket counted before closes
+ * against a count that does not hold it. */
 SEC("cgroup/sock_release")
 int ztdns_sock_release(struct bpf_sock *ctx)
 {

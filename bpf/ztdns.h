@@ -187,9 +187,17 @@ struct socket_destinations {
  * the programs of an agent before the cap made are neither counted nor
  * taken off: a pod may hold those beyond the cap while they stay open,
  * after an upgrade from such an agent, or back to this one after a
- * rollback to it, and only those. sock_release takes off only while the
- * count is above zero. (Two sockets released at the same instant may both
- * see 1 and leave -1, which the next record made brings back up.)
+ * rollback to it, and only those.
+ *
+ * The counts are only right while sock_release stays attached: a Load or
+ * the agent's repair that attaches it anew (its link was detached, or
+ * gone) removes them all (Redirector.forgetAllSocketCounts), since the
+ * sockets closed meanwhile were never taken off. The counted sockets then
+ * still open are each taken off the count their pod starts again when
+ * they close, which sock_release does only while it is above zero: until
+ * they have closed, a pod may hold that many over the cap. (Two sockets
+ * released at the same instant may both see 1 and leave -1, which the next
+ * record made brings back up.)
  *
  * Kept apart from pod_info, which the agent writes whole when it re-marks
  * a pod: the write would put back a count it read before, without the adds

@@ -15,6 +15,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/btf"
+	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
 	"github.com/ztdns/ztdns/internal/testenv"
@@ -247,6 +248,94 @@ func TestUpgradeKeepsSocketRecords(t *testing.T) {
 		t.Errorf("after the kept socket closed, %d of the pod's %d new sockets redirected, want %d (the cap)", got, capped+over, capped)
 	}
 	held(capped)
+}
+
+// TestSockReleaseDetachedForgetsCounts: while the sock_release link is
+// detached and pod_sockets stays pinned (an older release's uninstall
+// after a rollback detaches every ztdns link but leaves the pins it does
+// not know; `bpftool link detach`), sockets that close are not taken off
+// their pod's count. A Load, or the agent's repair, that attaches
+// sock_release anew forgets the counts and says so once, at warn level:
+// kept, they would hold the pod at sockets it no longer has for as long as
+// it lives, and the cap would leave its queries alone.
+func TestSockReleaseDetachedForgetsCounts(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		name string
+		// putBack attaches sock_release again, as an agent does.
+		putBack func(t *testing.T, e *captureEnv, stopBeating func())
+	}{{
+		name: "Load",
+		putBack: func(t *testing.T, e *captureEnv, stopBeating func()) {
+			stopBeating()
+			if err := e.r.Close(); err != nil {
+				t.Fatal(err)
+			}
+			e.r = mustLoad(t, e.cfg)
+			keepBeating(t, e.r)
+		},
+	}, {
+		name: "RepairAttachment",
+		putBack: func(t *testing.T, e *captureEnv, _ func()) {
+			_, repaired, err := e.r.RepairAttachment()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(repaired) != 1 || !strings.Contains(repaired[0], ztdnsProgZtdnsSockRelease+": re-attached") {
+				t.Fatalf("repaired %q, want %s re-attached", repaired, ztdnsProgZtdnsSockRelease)
+			}
+		},
+	}} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			const capped = 4
+			var log testenv.Log
+			e := newCaptureEnv(t, envOptions{socketsPerPod: capped, manualBeat: true, log: &log})
+			stopBeating := sync.OnceFunc(beatUntilStopped(t, e.r, 100*time.Millisecond))
+			t.Cleanup(stopBeating)
+			pod, cookie := e.markedPod(t, 0, nowhere4)
+			h := testenv.StartHelper(t, t.Context(), pod, e.cg, "ready", helperEnv+"="+helperHold)
+			do := func(cmd, want string) {
+				t.Helper()
+				if got := h.Do(t, cmd); got != want {
+					t.Fatalf("%s: %s, want %s", cmd, got, want)
+				}
+			}
+			held := func(want int64) {
+				t.Helper()
+				if got := e.reported(t, cookie).Sockets; got != want {
+					t.Errorf("the pod holds %d sockets with records, want %d", got, want)
+				}
+			}
+
+			do("udp "+nowhere4+" 3", "held 3")
+			held(3)
+			l, err := link.LoadPinnedLink(linkPinPath(e.cfg.BPFFS, ztdnsProgZtdnsSockRelease), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = l.Detach()
+			l.Close()
+			if err != nil {
+				t.Fatal(err)
+			}
+			do("close", "closed")
+			held(3) // nothing took them off
+
+			tt.putBack(t, e, stopBeating)
+			c0 := e.counters(t)
+			do(fmt.Sprintf("udp %s %d", nowhere4, capped), fmt.Sprintf("held %d", capped))
+			c1 := e.counters(t)
+			if got := c1.Redirected - c0.Redirected; got != capped {
+				t.Errorf("after sock_release was put back, %d of the pod's %d new sockets redirected, want %d (the cap)", got, capped, capped)
+			}
+			held(capped)
+			const forgotten = `level=WARN msg="forgot the socket counts`
+			if got := strings.Count(log.String(), forgotten); got != 1 {
+				t.Errorf("%d warnings %s...\" logged, want 1", got, forgotten)
+			}
+		})
+	}
 }
 
 // TestUncountedRecordsTakeNothingOff: after a rollback to a release before
