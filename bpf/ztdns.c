@@ -164,7 +164,7 @@ static __always_inline void set_v4(struct endpoint *ep, __u32 ip4, __u16 port)
 	w[3] = 0;
 	ep->port = port;
 	ep->family = ZTDNS_AF_INET;
-	ep->pad = 0;
+	ep->flags = 0;
 }
 
 static __always_inline void set_v6(struct endpoint *ep, __u32 w0, __u32 w1,
@@ -178,7 +178,7 @@ static __always_inline void set_v6(struct endpoint *ep, __u32 w0, __u32 w1,
 	w[3] = w3;
 	ep->port = port;
 	ep->family = ZTDNS_AF_INET6;
-	ep->pad = 0;
+	ep->flags = 0;
 }
 
 static __always_inline bool same_addr(const struct endpoint *a,
@@ -482,6 +482,14 @@ static __always_inline int learn_slot(__u64 cookie, const struct endpoint *dst,
 	return -1;
 }
 
+/* Whether the socket's record was added to its pod's count
+ * (ZTDNS_SOCKET_COUNTED, kept in every slot: see there). */
+static __always_inline bool counted(const struct socket_destinations *sd)
+{
+	return (sd->sent_to[0].flags | sd->sent_to[1].flags |
+		sd->sent_to[2].flags) & ZTDNS_SOCKET_COUNTED;
+}
+
 /* The pod's count of sockets holding a record (struct pod_socket_count),
  * created at zero when it has none yet; NULL when the map refused. */
 static __always_inline struct pod_socket_count *pod_sockets_of(__u64 cookie)
@@ -550,7 +558,9 @@ socket_record(struct bpf_sock_addr *ctx, __u64 cookie,
 		return NULL;
 	}
 	/* sock_release, which takes it off, runs only once every system
-	 * call on the socket has returned: after this add. */
+	 * call on the socket has returned: after this add and the mark. */
+	for (int i = 0; i < ZTDNS_SLOTS; i++)
+		sd->sent_to[i].flags = ZTDNS_SOCKET_COUNTED;
 	__sync_fetch_and_add(&held->held, 1);
 	return sd;
 }
@@ -569,6 +579,7 @@ static __always_inline bool remember_destination(struct bpf_sock_addr *ctx,
 						 const struct endpoint *dst)
 {
 	struct socket_destinations *sd;
+	struct endpoint ep = *dst;
 
 	sd = socket_record(ctx, cookie, cfg, cnt);
 	if (!sd)
@@ -576,7 +587,9 @@ static __always_inline bool remember_destination(struct bpf_sock_addr *ctx,
 	barrier_var(idx);
 	if (idx >= ZTDNS_SLOTS)
 		return false;
-	sd->sent_to[idx] = *dst;
+	/* The mark goes with the record, whatever the slot held. */
+	ep.flags = counted(sd) ? ZTDNS_SOCKET_COUNTED : 0;
+	sd->sent_to[idx] = ep;
 	return true;
 }
 
@@ -983,29 +996,32 @@ int ztdns_getpeername6(struct bpf_sock_addr *ctx)
 	return restore6(ctx, false);
 }
 
-/* A closed socket that holds a record is taken off its pod's count, by
- * one. The kernel runs this in inet_release for every IPv4 and IPv6
- * socket, UDP and TCP, once its last file descriptor is closed (the
- * process exiting included), in the cgroup the socket was created in: the
- * cgroup its connect and sendmsg ran in. It is attached before those, and
- * replaced with them on an upgrade (link.Update, never a moment without
- * one), so every record counted is taken off. The record itself is freed
- * with the socket, shortly after for TCP (its orphan lingers until the
- * peer acknowledges the close).
+/* A closed socket whose record was counted (ZTDNS_SOCKET_COUNTED) is
+ * taken off its pod's count, by one. The kernel runs this in inet_release
+ * for every IPv4 and IPv6 socket, UDP and TCP, once its last file
+ * descriptor is closed (the process exiting included), in the cgroup the
+ * socket was created in: the cgroup its connect and sendmsg ran in. It is
+ * attached before those, and replaced with them on an upgrade
+ * (link.Update, never a moment without one), so every record counted is
+ * taken off. The record itself is freed with the socket, shortly after for
+ * TCP (its orphan lingers until the peer acknowledges the close).
  *
- * A socket whose record the programs of an agent before the cap made was
- * never counted, and the record does not say so (its layout is theirs, so
- * that an upgrade keeps it: ztdns.h). Taking it off too would leave its
- * pod that much room over the cap for as long as its count lives; so the
- * count is taken off only while above zero, and such sockets cost at most
- * their number, once (struct pod_socket_count). */
+ * A record the programs of an agent before the cap made was never
+ * counted, and carries no mark: it is taken off nothing. Such programs run
+ * with this one after a rollback to them (they do not know its link), and
+ * would otherwise wipe out the counts of the sockets counted here. The
+ * count is taken off only while above zero: after the counts were
+ * forgotten (struct pod_socket_count), a socket counted before closes
+ * against a count that does not hold it. */
 SEC("cgroup/sock_release")
 int ztdns_sock_release(struct bpf_sock *ctx)
 {
+	struct socket_destinations *sd;
 	struct pod_socket_count *held;
 	struct pod_key key = {};
 
-	if (!bpf_sk_storage_get(&sockets, ctx, 0, 0))
+	sd = bpf_sk_storage_get(&sockets, ctx, 0, 0);
+	if (!sd || !counted(sd))
 		return ZTDNS_ALLOW;
 	key.netns_cookie = bpf_get_netns_cookie(ctx);
 	held = bpf_map_lookup_elem(&pod_sockets, &key);

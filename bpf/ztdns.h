@@ -44,7 +44,10 @@ struct endpoint {
 	__u8 addr[16];
 	__u16 port;	/* host byte order */
 	__u8 family;	/* ZTDNS_AF_INET, ZTDNS_AF_INET6, or 0 for "unset" */
-	__u8 pad;	/* always zero */
+	/* Zero, but in struct socket_destinations, where it may hold
+	 * ZTDNS_SOCKET_COUNTED. Agents before the socket cap called it pad
+	 * and always wrote zero. */
+	__u8 flags;
 } __attribute__((aligned(4)));
 
 /* pods (hash): key of a marked pod. Only sockets whose network namespace
@@ -152,29 +155,49 @@ struct nameserver {
  * them at once (struct pod_socket_count); a socket over that is not
  * redirected and reaches its own nameserver, as without ztdns. */
 struct socket_destinations {
-	struct endpoint sent_to[ZTDNS_SLOTS];	/* family 0: slot unused */
+	/* family 0: slot unused. flags: ZTDNS_SOCKET_COUNTED in all three,
+	 * the slots used or not, when the socket was added to its pod's
+	 * count; zero in all three when it was not. */
+	struct endpoint sent_to[ZTDNS_SLOTS];
 	/* Nothing else: the layout is the one agents before the cap wrote
 	 * (60 bytes), so an upgrade reuses the pinned map and every socket
 	 * keeps its record (a connected socket kept open, as c-ares keeps
-	 * one per nameserver, goes on getting its replies restored). Whether
-	 * a socket was counted in its pod's pod_socket_count is not kept
-	 * here; see there. */
+	 * one per nameserver, goes on getting its replies restored). */
 };
 
+/* The socket was added to its pod's pod_socket_count, and sock_release
+ * takes it off when it closes. Programs before the cap made records
+ * without counting them: they write whole endpoints with flags zero (pad,
+ * to them), so their records never carry it, and closing such a socket
+ * takes nothing off a count. It is kept in every slot because those
+ * programs, after a rollback to them, may write a slot of a record made
+ * here (a socket kept open across the rollback that sends through another
+ * slot): only a socket that then sends through all three loses it, and is
+ * not taken off its pod's count when it closes, which stays that one high.
+ * The programs here write a slot keeping the mark whole. */
+#define ZTDNS_SOCKET_COUNTED (1U << 0)
+
 /* pod_sockets (hash, BPF_F_NO_PREALLOC, key struct pod_key): value. How
- * many of the network namespace's sockets hold a record in sockets, added
- * to with an atomic add by connect/sendmsg when their own
- * bpf_sk_storage_get made a socket's record, and taken off one by
- * sock_release when a socket with a record is closed. Exact, as the kernel
- * runs the connect and sendmsg programs of one socket under its lock
- * (ztdns.c, socket_record), with one exception: sockets whose records the
- * programs of an agent before the cap made were never added, and each is
- * taken off when it closes. sock_release takes off only while the count is
- * above zero, so such sockets leave the count low by at most their number,
- * once: a pod may hold that many records over the cap, at most the sockets
- * with records it had open at the upgrade to the cap, until its count
- * reaches zero again. (Two sockets released at the same instant may both
- * see 1 and leave -1, which the next record made brings back up.)
+ * many of the network namespace's sockets hold a record in sockets that
+ * is marked ZTDNS_SOCKET_COUNTED, added to with an atomic add by
+ * connect/sendmsg when their own bpf_sk_storage_get made a socket's
+ * record, and taken off one by sock_release when a socket with such a
+ * record is closed. Exact, as the kernel runs the connect and sendmsg
+ * programs of one socket under its lock (ztdns.c, socket_record). Records
+ * the programs of an agent before the cap made are neither counted nor
+ * taken off: a pod may hold those beyond the cap while they stay open,
+ * after an upgrade from such an agent, or back to this one after a
+ * rollback to it, and only those.
+ *
+ * The counts are only right while sock_release stays attached: a Load or
+ * the agent's repair that attaches it anew (its link was detached, or
+ * gone) removes them all (Redirector.forgetAllSocketCounts), since the
+ * sockets closed meanwhile were never taken off. The counted sockets then
+ * still open are each taken off the count their pod starts again when
+ * they close, which sock_release does only while it is above zero: until
+ * they have closed, a pod may hold that many over the cap. (Two sockets
+ * released at the same instant may both see 1 and leave -1, which the next
+ * record made brings back up.)
  *
  * Kept apart from pod_info, which the agent writes whole when it re-marks
  * a pod: the write would put back a count it read before, without the adds

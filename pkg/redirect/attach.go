@@ -88,14 +88,21 @@ func (r *Redirector) attachAll() error {
 }
 
 // attachHook attaches h (attach) and notes which link and program that is.
+// A sock_release attached anew (none was attached, or only a defunct link)
+// makes the pinned socket counts untrustworthy: forgetAllSocketCounts.
 func (r *Redirector) attachHook(h hook) (attachedLink, error) {
-	l, err := r.attach(h)
+	l, created, err := r.attach(h)
 	if err != nil {
 		return attachedLink{}, fmt.Errorf("attach %s to %s: %w", h.name, r.cfg.CgroupPath, err)
 	}
 	info, err := l.Info()
 	if err != nil {
 		return attachedLink{}, errors.Join(fmt.Errorf("attach %s: link info: %w", h.name, err), l.Close())
+	}
+	if created && h.attach == ebpf.AttachCgroupInetSockRelease {
+		if err := r.forgetAllSocketCounts(); err != nil {
+			return attachedLink{}, errors.Join(fmt.Errorf("attach %s: %w", h.name, err), l.Close())
+		}
 	}
 	return attachedLink{hook: h, link: l, id: info.ID, program: info.Program}, nil
 }
@@ -129,31 +136,33 @@ func (r *Redirector) leavePreviousCgroup(cgID uint64) error {
 // attach updates the pinned link of hook h to the newly loaded program, or
 // creates and pins a link when there is none (or only a defunct one: a link
 // on another cgroup, leavePreviousCgroup has detached, which makes it one).
-func (r *Redirector) attach(h hook) (link.Link, error) {
+// created: the link is a new one, so the hook ran no ztdns program of this
+// cgroup until now.
+func (r *Redirector) attach(h hook) (l link.Link, created bool, err error) {
 	prog := h.program(&r.objs.ztdnsPrograms)
 	pin := linkPinPath(r.cfg.BPFFS, h.name)
 
-	l, err := link.LoadPinnedLink(pin, nil)
+	l, err = link.LoadPinnedLink(pin, nil)
 	switch {
 	case errors.Is(err, os.ErrNotExist):
 		// First start.
 	case err != nil:
-		return nil, fmt.Errorf("open pinned link %s: %w", pin, err)
+		return nil, false, fmt.Errorf("open pinned link %s: %w", pin, err)
 	default:
 		updated, err := r.updatePinned(l, h, pin, prog)
 		if err != nil || updated {
 			if err != nil {
 				l.Close()
-				return nil, err
+				return nil, false, err
 			}
-			return l, nil
+			return l, false, nil
 		}
 		l.Close()
 	}
 
 	cg, err := os.Open(r.cfg.CgroupPath)
 	if err != nil {
-		return nil, fmt.Errorf("open cgroup: %w", err)
+		return nil, false, fmt.Errorf("open cgroup: %w", err)
 	}
 	defer cg.Close()
 	nl, err := link.AttachRawLink(link.RawLinkOptions{
@@ -162,22 +171,22 @@ func (r *Redirector) attach(h hook) (link.Link, error) {
 		Attach:  h.attach,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("create bpf_link (cgroup links need Linux 5.7+): %w", err)
+		return nil, false, fmt.Errorf("create bpf_link (cgroup links need Linux 5.7+): %w", err)
 	}
 	if err := nl.Pin(pin); err != nil {
-		return nil, errors.Join(fmt.Errorf("pin link: %w", err), nl.Close())
+		return nil, false, errors.Join(fmt.Errorf("pin link: %w", err), nl.Close())
 	}
 	// Reopen through the pin: that yields the cgroup link type, whose Info
 	// reports the cgroup (a raw link's does not).
 	typed, err := link.LoadPinnedLink(pin, nil)
 	if err != nil {
-		return nil, errors.Join(fmt.Errorf("reopen pinned link: %w", err), nl.Close())
+		return nil, false, errors.Join(fmt.Errorf("reopen pinned link: %w", err), nl.Close())
 	}
 	if err := nl.Close(); err != nil {
-		return nil, errors.Join(fmt.Errorf("close link: %w", err), typed.Close())
+		return nil, false, errors.Join(fmt.Errorf("close link: %w", err), typed.Close())
 	}
 	r.log.Info("attached", "program", h.name, "cgroup", r.cfg.CgroupPath, "pin", pin)
-	return typed, nil
+	return typed, true, nil
 }
 
 // updatePinned swaps prog into the pinned link l. It reports false when the

@@ -3,6 +3,7 @@
 package redirect
 
 import (
+	"io"
 	"log/slog"
 	"net/netip"
 	"os"
@@ -41,6 +42,11 @@ func testLogger(tb testing.TB) *slog.Logger {
 	return slog.New(slog.NewTextHandler(tb.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
 
+// teeLogger is testLogger that also writes to log, for a test to read.
+func teeLogger(tb testing.TB, log *testenv.Log) *slog.Logger {
+	return slog.New(slog.NewTextHandler(io.MultiWriter(tb.Output(), log), &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
 // captureEnv is the test topology (README.md, "The two commands") with the
 // programs attached to a test cgroup and a test DNS server standing in for
 // the resolver on every slot address in the node namespace.
@@ -60,6 +66,8 @@ type envOptions struct {
 	captureOnly []netip.Prefix
 	// socketsPerPod is Config.SocketsPerPod (0: DefaultSocketsPerPod).
 	socketsPerPod int
+	// log, when set, also gets what the Redirector logs.
+	log *testenv.Log
 }
 
 func newCaptureEnv(tb testing.TB, opts envOptions) *captureEnv {
@@ -92,6 +100,9 @@ func newCaptureEnv(tb testing.TB, opts envOptions) *captureEnv {
 
 		CaptureNameservers: opts.captureOnly,
 		SocketsPerPod:      opts.socketsPerPod,
+	}
+	if opts.log != nil {
+		e.cfg.Logger = teeLogger(tb, opts.log)
 	}
 	e.r = mustLoad(tb, e.cfg)
 	if !opts.manualBeat {

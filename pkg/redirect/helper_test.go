@@ -268,9 +268,14 @@ func (h *holder) close() error {
 //     to where they sent it, TCP ones a query on their connection (lost
 //     when it has not come up: what counts is that no hook runs for it);
 //     prints "sent";
+//   - "plain N": opens N UDP sockets (AF_INET) that send nothing, so no
+//     hook runs for them, and keeps them; prints "held" and how many it
+//     holds;
+//   - "fds": prints its process ID and the descriptors of the sockets it
+//     holds, for a test to take copies of them (pidfd_getfd);
 //   - "close": closes every socket held; once printed "closed", the kernel
 //     has released them all (close() of a socket's last descriptor
-//     releases it before it returns).
+//     releases it before it returns), unless the test holds copies.
 func (h *holder) do(cmd []string) (string, error) {
 	switch {
 	case len(cmd) == 3 && (cmd[0] == "udp" || cmd[0] == "tcp"):
@@ -288,6 +293,25 @@ func (h *holder) do(cmd []string) (string, error) {
 			}
 		}
 		return fmt.Sprintf("held %d", len(h.fds)), nil
+	case len(cmd) == 2 && cmd[0] == "plain":
+		n, err := strconv.Atoi(cmd[1])
+		if err != nil {
+			return "", err
+		}
+		for range n {
+			fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+			if err != nil {
+				return "", err
+			}
+			h.fds = append(h.fds, fd)
+		}
+		return fmt.Sprintf("held %d", len(h.fds)), nil
+	case len(cmd) == 1 && cmd[0] == "fds":
+		out := []string{strconv.Itoa(os.Getpid())}
+		for _, fd := range h.fds {
+			out = append(out, strconv.Itoa(fd))
+		}
+		return strings.Join(out, " "), nil
 	case len(cmd) == 1 && cmd[0] == "again":
 		b, err := packQuery("again.ztdns.test")
 		if err != nil {

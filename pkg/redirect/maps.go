@@ -54,8 +54,10 @@ type MarkedPod struct {
 	// Sockets is how many of the pod's sockets hold a record of what they
 	// addressed, at most Config.SocketsPerPod (plus a few), as the
 	// programs count them (struct pod_socket_count in bpf/ztdns.h): the
-	// sockets whose records programs before the count made, open at the
-	// upgrade that brought it, are not in it.
+	// sockets whose records programs before the count made (open at the
+	// upgrade that brought it, or made after a rollback past it) are not
+	// in it, nor, after the counts were forgotten (sock_release attached
+	// anew), the sockets counted before that.
 	Sockets int64
 }
 
@@ -307,6 +309,42 @@ func (r *Redirector) forgetSocketCounts(isMarked func(uint64) (bool, error)) err
 	}, func(k ztdnsPodKey) string { return fmt.Sprintf("netns cookie %d", k.NetnsCookie) })
 	return err
 }
+
+// forgetAllSocketCounts removes every pod's socket count (struct
+// pod_socket_count in bpf/ztdns.h), for attachHook when it has attached
+// sock_release anew: the link was gone or defunct (`bpftool link detach`,
+// an older release's uninstall after a rollback, which detaches every
+// ztdns link but leaves the pins it does not know, a move to another
+// cgroup), so sockets that closed meanwhile were never taken off, and the
+// pinned counts may hold pods at sockets they no longer have for as long as
+// they live. Forgotten, a pod's count starts again from its next socket:
+// the sockets counted before that are still open are not in it, and each
+// one takes one off it when it closes, so the pod may hold that many over
+// the cap until they have closed (the undercount an upgrade from a release
+// before the cap costs too). Called after sock_release is attached, so no
+// socket closes uncounted between the two.
+//
+// A recount would be exact: a BPF iterator over the sockets map
+// (bpf_iter__bpf_sk_storage_map) can count the records marked counted by
+// the network namespace of their socket. It is not worth a program of its
+// own for what only a detached link, or a rollback's uninstall, causes.
+func (r *Redirector) forgetAllSocketCounts() error {
+	var pods int
+	var sockets int64
+	_, removed, err := deletePicked(r.objs.PodSockets, "forget socket counts", func(_ ztdnsPodKey, val ztdnsPodSocketCount) (bool, error) {
+		pods++
+		sockets += max(val.Held, 0)
+		return true, nil
+	}, func(k ztdnsPodKey) string { return fmt.Sprintf("netns cookie %d", k.NetnsCookie) })
+	if pods > 0 {
+		r.log.Warn(socketCountsForgotten, "pods", pods, "removed", removed, "sockets", sockets)
+	}
+	return err
+}
+
+// socketCountsForgotten is forgetAllSocketCounts' warning.
+const socketCountsForgotten = "forgot the socket counts of every pod: sock_release was not attached, so sockets closed meanwhile were never taken off; " +
+	"until the sockets open now have closed, a pod may hold as many over the cap"
 
 // forgetUnlisted removes the slots holding a nameserver outside
 // Config.CaptureNameservers, when it is set. The programs check the list

@@ -7,12 +7,15 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/btf"
+	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
 	"github.com/ztdns/ztdns/internal/testenv"
@@ -247,6 +250,148 @@ func TestUpgradeKeepsSocketRecords(t *testing.T) {
 	held(capped)
 }
 
+// TestSockReleaseDetachedForgetsCounts: while the sock_release link is
+// detached and pod_sockets stays pinned (an older release's uninstall
+// after a rollback detaches every ztdns link but leaves the pins it does
+// not know; `bpftool link detach`), sockets that close are not taken off
+// their pod's count. A Load, or the agent's repair, that attaches
+// sock_release anew forgets the counts and says so once, at warn level:
+// kept, they would hold the pod at sockets it no longer has for as long as
+// it lives, and the cap would leave its queries alone.
+func TestSockReleaseDetachedForgetsCounts(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		name string
+		// putBack attaches sock_release again, as an agent does.
+		putBack func(t *testing.T, e *captureEnv, stopBeating func())
+	}{{
+		name: "Load",
+		putBack: func(t *testing.T, e *captureEnv, stopBeating func()) {
+			stopBeating()
+			if err := e.r.Close(); err != nil {
+				t.Fatal(err)
+			}
+			e.r = mustLoad(t, e.cfg)
+			keepBeating(t, e.r)
+		},
+	}, {
+		name: "RepairAttachment",
+		putBack: func(t *testing.T, e *captureEnv, _ func()) {
+			_, repaired, err := e.r.RepairAttachment()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(repaired) != 1 || !strings.Contains(repaired[0], ztdnsProgZtdnsSockRelease+": re-attached") {
+				t.Fatalf("repaired %q, want %s re-attached", repaired, ztdnsProgZtdnsSockRelease)
+			}
+		},
+	}} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			const capped = 4
+			var log testenv.Log
+			e := newCaptureEnv(t, envOptions{socketsPerPod: capped, manualBeat: true, log: &log})
+			stopBeating := sync.OnceFunc(beatUntilStopped(t, e.r, 100*time.Millisecond))
+			t.Cleanup(stopBeating)
+			pod, cookie := e.markedPod(t, 0, nowhere4)
+			h := testenv.StartHelper(t, t.Context(), pod, e.cg, "ready", helperEnv+"="+helperHold)
+			do := func(cmd, want string) {
+				t.Helper()
+				if got := h.Do(t, cmd); got != want {
+					t.Fatalf("%s: %s, want %s", cmd, got, want)
+				}
+			}
+			held := func(want int64) {
+				t.Helper()
+				if got := e.reported(t, cookie).Sockets; got != want {
+					t.Errorf("the pod holds %d sockets with records, want %d", got, want)
+				}
+			}
+
+			do("udp "+nowhere4+" 3", "held 3")
+			held(3)
+			l, err := link.LoadPinnedLink(linkPinPath(e.cfg.BPFFS, ztdnsProgZtdnsSockRelease), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = l.Detach()
+			l.Close()
+			if err != nil {
+				t.Fatal(err)
+			}
+			do("close", "closed")
+			held(3) // nothing took them off
+
+			tt.putBack(t, e, stopBeating)
+			c0 := e.counters(t)
+			do(fmt.Sprintf("udp %s %d", nowhere4, capped), fmt.Sprintf("held %d", capped))
+			c1 := e.counters(t)
+			if got := c1.Redirected - c0.Redirected; got != capped {
+				t.Errorf("after sock_release was put back, %d of the pod's %d new sockets redirected, want %d (the cap)", got, capped, capped)
+			}
+			held(capped)
+			const forgotten = `level=WARN msg="forgot the socket counts`
+			if got := strings.Count(log.String(), forgotten); got != 1 {
+				t.Errorf("%d warnings %s...\" logged, want 1", got, forgotten)
+			}
+		})
+	}
+}
+
+// TestUncountedRecordsTakeNothingOff: after a rollback to a release before
+// the cap, this release's sock_release stays attached (the older release
+// does not know its link) and the older programs make records without
+// counting them. Closing such a socket takes nothing off its pod's count:
+// the count of the sockets that were counted stays right, and the cap
+// holds. (Before, each took one off, down to zero, and the pod could hold
+// that many sockets over the cap after the next upgrade.)
+func TestUncountedRecordsTakeNothingOff(t *testing.T) {
+	t.Parallel()
+	const capped = 4
+	e := newCaptureEnv(t, envOptions{socketsPerPod: capped})
+	pod, cookie := e.markedPod(t, 0, nowhere4)
+	counted := testenv.StartHelper(t, t.Context(), pod, e.cg, "ready", helperEnv+"="+helperHold)
+	old := testenv.StartHelper(t, t.Context(), pod, e.cg, "ready", helperEnv+"="+helperHold)
+	do := func(h *testenv.Helper, cmd, want string) {
+		t.Helper()
+		if got := h.Do(t, cmd); got != want {
+			t.Fatalf("%s: %s, want %s", cmd, got, want)
+		}
+	}
+	held := func(want int64) {
+		t.Helper()
+		if got := e.reported(t, cookie).Sockets; got != want {
+			t.Errorf("the pod holds %d sockets with records, want %d", got, want)
+		}
+	}
+
+	do(counted, "udp "+nowhere4+" 3", "held 3")
+	held(3)
+
+	// Three other sockets of the pod get records as the older programs
+	// write them: whole endpoints, nothing counted.
+	do(old, "plain 3", "held 3")
+	fds, closeFDs := heldSockets(t, old)
+	var rec ztdnsSocketDestinations
+	rec.SentTo[0] = endpointFrom(netip.AddrPortFrom(netip.MustParseAddr(nowhere4), 53))
+	for _, fd := range fds {
+		if err := e.r.objs.Sockets.Update(uint32(fd), &rec, ebpf.UpdateNoExist); err != nil {
+			t.Fatal(err)
+		}
+	}
+	closeFDs()
+	do(old, "close", "closed")
+	held(3)
+
+	c0 := e.counters(t)
+	do(counted, "udp "+nowhere4+" 2", "held 5")
+	c1 := e.counters(t)
+	if got := c1.Redirected - c0.Redirected; got != 1 {
+		t.Errorf("%d of the pod's 2 new sockets redirected, want 1 (up to the cap of %d)", got, capped)
+	}
+	held(capped)
+}
+
 // socketDestinationsOfMain is struct socket_destinations as agents before
 // the cap had it.
 type socketDestinationsOfMain struct {
@@ -291,13 +436,49 @@ func idOf(tb testing.TB, m *ebpf.Map) ebpf.MapID {
 }
 
 // keptSocket returns a descriptor of this process for the keeper's socket
-// (pidfd_getfd), and closes it: once, when called or at cleanup.
+// (takeSocket).
 func keptSocket(tb testing.TB, keeper *testenv.Helper) (int, func()) {
 	tb.Helper()
 	var pid, target int
 	if _, err := fmt.Sscanf(keeper.Do(tb, "whoami"), "%d %d", &pid, &target); err != nil {
 		tb.Fatal(err)
 	}
+	return takeSocket(tb, pid, target)
+}
+
+// heldSockets returns descriptors of this process for the sockets a
+// helperHold helper holds (takeSocket), and a func that closes them all.
+func heldSockets(tb testing.TB, h *testenv.Helper) ([]int, func()) {
+	tb.Helper()
+	fields := strings.Fields(h.Do(tb, "fds"))
+	pid, err := strconv.Atoi(fields[0])
+	if err != nil {
+		tb.Fatalf("fds: %v", fields)
+	}
+	var (
+		fds    []int
+		closes []func()
+	)
+	for _, f := range fields[1:] {
+		target, err := strconv.Atoi(f)
+		if err != nil {
+			tb.Fatalf("fds: %v", fields)
+		}
+		fd, closeFD := takeSocket(tb, pid, target)
+		fds, closes = append(fds, fd), append(closes, closeFD)
+	}
+	return fds, func() {
+		for _, c := range closes {
+			c()
+		}
+	}
+}
+
+// takeSocket returns a descriptor of this process for descriptor target
+// of process pid (pidfd_getfd), and closes it: once, when called or at
+// cleanup.
+func takeSocket(tb testing.TB, pid, target int) (int, func()) {
+	tb.Helper()
 	pidfd, err := unix.PidfdOpen(pid, 0)
 	if err != nil {
 		tb.Fatal(err)

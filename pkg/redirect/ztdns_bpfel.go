@@ -36,7 +36,7 @@ type ztdnsEndpoint struct {
 	Addr   [16]uint8
 	Port   uint16
 	Family uint8
-	Pad    uint8
+	Flags  uint8
 }
 
 type ztdnsNameserver struct {
