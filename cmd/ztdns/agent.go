@@ -88,8 +88,9 @@ directory of YAML manifests (--config-dir).`,
 	maxNamesPerNS := fs.Int("max-names-per-namespace", table.DefaultMaxNamesPerNamespace, "names one namespace's Services, headless endpoints and ServiceEntries may make in the name table (0: no bound); past it the namespace's newest objects that do not fit are left out, with a table warning (see README, Limits and protections)")
 	cacheSize := fs.Int("cache-size", 10000, "entries in the cache of upstream answers (0 disables it); once it is full, a pod over its share (an eighth) replaces only its own answers, and other pods' misses take back what it holds past its share")
 	vipSource := fs.String("vip-source", string(vip.SourceAuto), "where auto-allocated ServiceEntry VIPs come from: auto (istiod's status.addresses when istiod allocates, else ztdns's allocator), istiod (status.addresses only), ztdns (its own allocator only) or none (no VIP: hosts without spec.addresses are forwarded, for istiod with PILOT_ENABLE_IP_AUTOALLOCATE off); see README")
-	defaultExportTo := fs.String("default-service-export-to", "*", "exportTo of a ServiceEntry that gives none, as Istio's MeshConfig defaultServiceExportTo (set both alike): comma-separated, \".\" (its own namespace), \"*\" (every namespace), \"~\" (none) or namespace names; Services are seen from every namespace whatever it says")
-	istioNamespace := fs.String("istio-namespace", "istio-system", "istiod's `NAMESPACE`, where --vip-source=auto looks for its VIP allocator")
+	defaultExportTo := fs.String("default-service-export-to", "", "exportTo of a ServiceEntry that gives none: comma-separated, \".\" (its own namespace), \"*\" (every namespace), \"~\" (none) or namespace names; Services are seen from every namespace whatever it says. Not given: Istio's MeshConfig defaultServiceExportTo, which the agent reads from istiod's istio ConfigMap in --istio-namespace (istio-REVISION with --istio-revision) and follows as it changes (with --config-dir, or when the mesh config gives none: \"*\", Istio's default); given, it wins over the mesh config")
+	istioNamespace := fs.String("istio-namespace", "istio-system", "istiod's `NAMESPACE`, where the agent reads its VIP allocator lock (--vip-source=auto) and its mesh config (--default-service-export-to)")
+	istioRevision := fs.String("istio-revision", "", "istiod's `REVISION`, whose mesh config the agent follows: the ConfigMap istio-REVISION in --istio-namespace, as istiod reads it (empty or default: istio)")
 	cacheBytes := &byteSize{n: forward.DefaultCacheBytes}
 	fs.Var(cacheBytes, "cache-bytes", "bytes the cache of upstream answers may hold, e.g. 4Mi; once it is full, a pod over its share (an eighth) replaces only its own answers, and other pods' misses take back what it holds past its share")
 	podQPS := fs.Float64("pod-qps", resolver.DefaultPodQPS, "queries a second one pod (or one address that is no known pod) may send; over it, UDP queries are dropped and TCP ones REFUSED (0: no limit)")
@@ -266,9 +267,12 @@ directory of YAML manifests (--config-dir).`,
 		if err != nil {
 			return usagef("--vip-source: %w", err)
 		}
-		exportTo, err := table.ParseExportTo(*defaultExportTo)
-		if err != nil {
-			return usagef("--default-service-export-to: %w", err)
+		// Not given: the source's, Istio's mesh config (or "*").
+		var exportTo []string
+		if fs.Changed("default-service-export-to") {
+			if exportTo, err = table.ParseExportTo(*defaultExportTo); err != nil {
+				return usagef("--default-service-export-to: %w", err)
+			}
 		}
 		gid, err := groupID(*socketGroup)
 		if err != nil {
@@ -295,7 +299,8 @@ directory of YAML manifests (--config-dir).`,
 			}
 			// client-go logs through klog: route it into the same structured log.
 			klog.SetSlogLogger(log)
-			src = kube.New(rc, kube.WithLogger(log), kube.WithNodeName(*nodeName), kube.WithIstioNamespace(*istioNamespace))
+			src = kube.New(rc, kube.WithLogger(log), kube.WithNodeName(*nodeName), kube.WithIstioNamespace(*istioNamespace),
+				kube.WithIstioRevision(*istioRevision))
 		}
 		node, err := resolvconf.ReadFile(*resolvConf)
 		if err != nil && !errors.Is(err, os.ErrNotExist) {

@@ -68,6 +68,9 @@ func statusTable(w io.Writer, st control.Status, wide bool) {
 	if st.VIPs != "" {
 		line("VIPs", st.VIPs)
 	}
+	if st.DefaultExportTo != "" {
+		line("ExportTo", "default "+st.DefaultExportTo)
+	}
 	var noVIP []string
 	for _, reason := range table.NoVIPReasons {
 		if n := st.HostsWithoutVIP[reason]; n > 0 {

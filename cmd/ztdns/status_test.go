@@ -143,3 +143,13 @@ func TestStatusShowsHostsWithoutVIP(t *testing.T) {
 		t.Errorf("status with every VIP says some are missing:\n%s", fine.String())
 	}
 }
+
+// TestStatusShowsDefaultExportTo: `ztdns status` says what exportTo a
+// ServiceEntry without one gets, and where it comes from.
+func TestStatusShowsDefaultExportTo(t *testing.T) {
+	var b strings.Builder
+	statusTable(&b, control.Status{Ready: true, DefaultExportTo: `"." (mesh config istio-system/istio)`}, false)
+	if want := "ExportTo:\tdefault \".\" (mesh config istio-system/istio)\n"; !strings.Contains(b.String(), want) {
+		t.Errorf("status lacks %q:\n%s", want, b.String())
+	}
+}

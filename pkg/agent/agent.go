@@ -17,6 +17,7 @@ import (
 	"os"
 	"runtime/debug"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -60,8 +61,11 @@ type Config struct {
 	// VIPSource says where auto-allocated VIPs come from (default auto).
 	VIPSource vip.Source
 	// DefaultExportTo is the exportTo of a ServiceEntry that gives none
-	// (--default-service-export-to, Istio's MeshConfig
-	// defaultServiceExportTo); nil: every namespace.
+	// (--default-service-export-to, as Istio's MeshConfig
+	// defaultServiceExportTo). Nil: the source's (Istio's mesh config, as
+	// the Kubernetes source reads it), else every namespace. When both are
+	// given this one wins, and the agent says once that the mesh config's
+	// differs.
 	DefaultExportTo []string
 	// MaxNamesPerNamespace bounds the names one namespace's objects make
 	// in the table (table.Options): 0 means the default, a negative one
@@ -194,6 +198,12 @@ type Agent struct {
 	// warningsOmitted counts the last build's warnings beyond those kept.
 	warningsOmitted int
 	vipsFrom        string // where the last table's VIPs came from
+	// exportToFrom is the last table's default exportTo and where it
+	// came from (exportToStatus).
+	exportToFrom string
+	// meshIgnored is set once the agent has said that
+	// --default-service-export-to overrides a mesh config that differs.
+	meshIgnored bool
 	// The resolver's sockets, kept to hand them to a successor.
 	udp     []*net.UDPConn
 	tcp     []*net.TCPListener
@@ -1216,9 +1226,11 @@ func (a *Agent) apply(s *model.Snapshot) {
 		msgs = append(msgs, w.Error())
 	}
 	omitted := len(warnings) - len(kept)
+	a.noteMeshExportTo(s)
 	a.mu.Lock()
 	lastMsgs, lastOmitted := a.warnings, a.warningsOmitted
 	a.warnings, a.warningsOmitted = msgs, omitted
+	a.exportToFrom = exportToStatus(a.builder.DefaultExportTo(), a.cfg.DefaultExportTo != nil, s.DefaultExportToFrom)
 	switch a.builder.VIPsFrom() {
 	case vip.FromStatus:
 		a.vipsFrom = "istiod's status.addresses"
@@ -1402,4 +1414,36 @@ func knownUpstreams(cfg Config) []netip.AddrPort {
 		}
 	}
 	return known
+}
+
+// exportToStatus says what the default exportTo of ServiceEntries is
+// (exportTo, nil for every namespace) and where it comes from: the flag
+// when given, else the mesh config named meshFrom, else Istio's default.
+func exportToStatus(exportTo []string, flag bool, meshFrom string) string {
+	value := `"*"`
+	if exportTo != nil {
+		value = strconv.Quote(strings.Join(exportTo, ","))
+	}
+	switch {
+	case flag:
+		return value + " (--default-service-export-to)"
+	case meshFrom != "":
+		return value + " (mesh config " + meshFrom + ")"
+	}
+	return value + " (Istio's default)"
+}
+
+// noteMeshExportTo says once that --default-service-export-to overrides
+// Istio's mesh config, the first time the source delivers one whose
+// defaultServiceExportTo differs: the two then scope ServiceEntries apart,
+// istiod by the mesh config, ztdns by the flag.
+func (a *Agent) noteMeshExportTo(s *model.Snapshot) {
+	if a.meshIgnored || a.cfg.DefaultExportTo == nil || s.DefaultExportToFrom == "" ||
+		slices.Equal(a.cfg.DefaultExportTo, s.DefaultExportTo) {
+		return
+	}
+	a.meshIgnored = true
+	a.log.Warn("--default-service-export-to differs from Istio's mesh config and wins: istiod scopes ServiceEntries without exportTo by the mesh config, ztdns by the flag; "+
+		"leave the flag out (chart: resolver.defaultServiceExportTo empty) to follow the mesh config",
+		"flag", a.cfg.DefaultExportTo, "meshConfig", s.DefaultExportToFrom, "defaultServiceExportTo", s.DefaultExportTo)
 }

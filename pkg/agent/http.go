@@ -136,6 +136,7 @@ func (a *Agent) status() control.Status {
 	if a.vipsFrom != "" {
 		st.VIPs = string(a.cfg.VIPSource) + ": " + a.vipsFrom
 	}
+	st.DefaultExportTo = a.exportToFrom
 	ipv6Off := a.ipv6Warning()
 	a.mu.Unlock()
 	if ipv6Off != "" { // the node's, first

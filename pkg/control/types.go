@@ -47,6 +47,11 @@ type Status struct {
 	Upstreams          []string `json:"upstreams"`
 	// VIPs says where ServiceEntry VIPs come from now (--vip-source).
 	VIPs string `json:"vips,omitempty"`
+	// DefaultExportTo is the exportTo of ServiceEntries that give none,
+	// and where it comes from: --default-service-export-to, Istio's mesh
+	// config (namespace/ConfigMap), or Istio's default, e.g. `"." (mesh
+	// config istio-system/istio)`.
+	DefaultExportTo string `json:"defaultExportTo,omitempty"`
 	// HostsWithoutVIP counts, by reason (table.NoVIPReasons, those above
 	// 0), the ServiceEntry hosts that istiod's rules give a VIP but the
 	// table has none for, as ztdns_table_hosts_without_vip.

@@ -204,6 +204,17 @@ type Snapshot struct {
 	// (its leader lock): VIPs then come from status.addresses only, also
 	// for entries istiod has not written yet (see vip.Source).
 	IstiodAllocates bool
+	// DefaultExportTo is Istio's mesh config's defaultServiceExportTo, as
+	// the source last read it (the `mesh` key of istiod's `istio`
+	// ConfigMap): the exportTo of a ServiceEntry that gives none. Nil when
+	// the source reads no mesh config (standalone mode), or the mesh
+	// config gives none or is absent: Istio's default then, every
+	// namespace. An explicit table.Options.DefaultExportTo (the agent's
+	// --default-service-export-to) wins over it.
+	DefaultExportTo []string
+	// DefaultExportToFrom names the mesh config DefaultExportTo was read
+	// from ("istio-system/istio"); empty when it is nil.
+	DefaultExportToFrom string
 }
 
 // PodAddr reports whether ip is an address of a pod's own: not loopback,

@@ -186,6 +186,22 @@ func TestChartOnAPIServer(t *testing.T) {
 		if _, err := crds.List(ctx, byName("gateways.networking.istio.io")); !apierrors.IsForbidden(err) {
 			t.Errorf("list of another CRD by name: %v, want Forbidden", err)
 		}
+		// istiod's ConfigMaps, by name: its VIP allocator lock and its mesh
+		// config, and no other.
+		cms := agent.CoreV1().ConfigMaps(kube.DefaultIstioNamespace)
+		for _, name := range []string{kube.IstiodAllocatorLock, kube.MeshConfigMap} {
+			if _, err := cms.List(ctx, byName(name)); err != nil {
+				t.Errorf("list of ConfigMap %s by name: %v", name, err)
+			}
+			if w, err := cms.Watch(ctx, byName(name)); err != nil {
+				t.Errorf("watch of ConfigMap %s by name: %v", name, err)
+			} else {
+				w.Stop()
+			}
+		}
+		if _, err := cms.List(ctx, byName("istio-sidecar-injector")); !apierrors.IsForbidden(err) {
+			t.Errorf("list of another ConfigMap by name: %v, want Forbidden", err)
+		}
 		// Where the CRD may not be read (a ClusterRole from before its
 		// rule), the source asks discovery, which every authenticated user
 		// may.

@@ -336,12 +336,22 @@ func TestChartAgent(t *testing.T) {
 			}),
 		},
 		{
-			// As Istio's meshConfig.defaultServiceExportTo.
+			// Set, it wins over Istio's meshConfig.defaultServiceExportTo,
+			// which the agent follows otherwise.
 			name:  "ServiceEntries without exportTo seen in their own namespace only",
 			sets:  []string{"resolver.defaultServiceExportTo={.,shared}"},
 			kinds: defaultKinds,
 			pod: defaultPod().change(func(w *podWant) {
 				w.args = w.args.with("--default-service-export-to=.,shared")
+			}),
+		},
+		{
+			// As Istio's `revision`: the agent follows istio-1-24's mesh config.
+			name:  "istiod of a revision",
+			sets:  []string{"resolver.istioRevision=1-24"},
+			kinds: defaultKinds,
+			pod: defaultPod().change(func(w *podWant) {
+				w.args = w.args.with("--istio-revision=1-24")
 			}),
 		},
 		{
@@ -755,9 +765,28 @@ func checkResources(t *testing.T, agent corev1.Container) {
 }
 
 // TestChartRBAC checks that the agent's ClusterRole grants exactly what its
-// Kubernetes source uses, read-only, and is bound to the pod's account.
+// Kubernetes source uses, read-only, and is bound to the pod's account: of
+// istiod's ConfigMaps, the VIP allocator lock and the mesh config of
+// istiod's revision (resolver.istioRevision), by name.
 func TestChartRBAC(t *testing.T) {
-	c := renderChart(t)
+	for _, rev := range []string{"", "default", "1-24"} {
+		t.Run("revision "+rev, func(t *testing.T) {
+			c := renderChart(t, "resolver.istioRevision="+rev)
+			checkRBAC(t, c, kube.PolicyRulesFor(rev))
+			mesh := kube.MeshConfigMapName(rev)
+			if !slices.ContainsFunc(c.clusterRole.Rules, func(r rbacv1.PolicyRule) bool {
+				return slices.Equal(r.Resources, []string{"configmaps"}) && slices.Equal(r.ResourceNames, []string{mesh})
+			}) {
+				t.Errorf("the ClusterRole does not let the agent read the mesh config %s: %+v", mesh, c.clusterRole.Rules)
+			}
+		})
+	}
+}
+
+// checkRBAC checks the chart's RBAC objects against the rules the agent's
+// source needs.
+func checkRBAC(t *testing.T, c *chart, rules []kube.PolicyRule) {
+	t.Helper()
 	if c.clusterRole == nil || c.clusterRoleBinding == nil || c.serviceAccount == nil {
 		t.Fatalf("RBAC objects missing: %q", c.kinds)
 	}
@@ -780,7 +809,7 @@ func TestChartRBAC(t *testing.T) {
 		}
 	}
 	needed := map[string][]string{}
-	for _, r := range kube.PolicyRules() {
+	for _, r := range rules {
 		for _, g := range r.APIGroups {
 			for _, res := range r.Resources {
 				k := fmt.Sprintf("%s/%s%v", g, res, r.ResourceNames)
@@ -922,6 +951,7 @@ func TestChartRejectsBadValues(t *testing.T) {
 		{"alerts for metrics on loopback", "metrics.bind=loopback,metrics.prometheusRule.enabled=true", "metrics.prometheusRule.enabled needs metrics.bind=hostIP"},
 		{"no resolver address", "resolver.listen=null", "/resolver"},
 		{"misspelt value", "capture.enable=false", "/capture"},
+		{"an Istio revision that names no ConfigMap", "resolver.istioRevision=Canary_1", "/resolver/istioRevision"},
 		{"capture port 53: istio-cni's in-pod rules would take the queries", "capture.port=53", "/capture/port"},
 		{"a capture nameserver by name: the agent takes addresses only", "capture.nameservers={kube-dns.kube-system}", "/capture/nameservers/0"},
 		{"two capture nameservers in one item", `capture.nameservers[0]=10.96.0.10\,169.254.20.10`, "/capture/nameservers/0"},

@@ -185,11 +185,13 @@ type Namespace struct {
 	ObjectMeta      `json:"metadata"`
 }
 
-// ConfigMap is a v1 ConfigMap: its metadata (ztdns reads only whether
-// istiod's allocator lock exists).
+// ConfigMap is a v1 ConfigMap: its metadata and data. ztdns reads two,
+// by name: whether istiod's allocator lock exists, and the mesh config's
+// `mesh` key.
 type ConfigMap struct {
 	metav1.TypeMeta `json:",inline"`
 	ObjectMeta      `json:"metadata"`
+	Data            map[string]string `json:"data,omitempty"`
 }
 
 // Pod is a v1 Pod.

@@ -56,6 +56,9 @@ type Builder struct {
 	// decided for the last build).
 	vipSource vip.Source
 	vipsFrom  vip.From
+	// exportTo is Options.DefaultExportTo: when set, it wins over the
+	// snapshots' DefaultExportTo (n.defaultExportTo is the one in force).
+	exportTo []string
 	// gen counts builds (mark.built).
 	gen  uint32
 	last *Table
@@ -350,6 +353,7 @@ func NewBuilder(opts Options) *Builder {
 	return &Builder{
 		n:          names{svcDomain: ".svc." + domain, ttl: opts.TTL, defaultExportTo: opts.DefaultExportTo, prefixes: map[string]string{}},
 		domain:     domain,
+		exportTo:   opts.DefaultExportTo,
 		vipSource:  opts.VIPSource,
 		services:   newStates[*serviceState](),
 		ses:        newStates[*seState](),
@@ -554,10 +558,14 @@ func (b *Builder) buildServices(s *model.Snapshot) {
 
 func (b *Builder) buildServiceEntries(s *model.Snapshot) {
 	from := b.vipSource.From(istiodAllocates(s))
-	if b.gen > 1 && from == b.vipsFrom && sameSlice(s.ServiceEntries, b.sesFrom) {
+	exportTo := b.defaultExportTo(s)
+	// A new default rebuilds every entry that takes it.
+	newDefault := !slices.Equal(exportTo, b.n.defaultExportTo)
+	b.n.defaultExportTo = exportTo
+	if b.gen > 1 && from == b.vipsFrom && !newDefault && sameSlice(s.ServiceEntries, b.sesFrom) {
 		return
 	}
-	if b.gen > 1 && from == b.vipsFrom && b.buildChangedServiceEntries(s) {
+	if b.gen > 1 && from == b.vipsFrom && !newDefault && b.buildChangedServiceEntries(s) {
 		return
 	}
 	// VIPs are decided over all ServiceEntries at once: a host's VIP may
@@ -571,7 +579,8 @@ func (b *Builder) buildServiceEntries(s *model.Snapshot) {
 		st := w.find(key, i)
 		// Its hosts' VIPs are part of what it answers: one that moved (a
 		// collision freed by a deletion, istiod's status arriving) rebuilds it.
-		if st != nil && equalServiceEntry(st.se, se) && sameResolved(resolved, se, st.resolved) {
+		if st != nil && equalServiceEntry(st.se, se) && sameResolved(resolved, se, st.resolved) &&
+			(!newDefault || len(se.ExportTo) > 0) {
 			st.se = se
 			continue
 		}
@@ -692,6 +701,20 @@ func sameClaims(st *seState, se *model.ServiceEntry) bool {
 func (b *Builder) OverBudget() (namespaces, objects int) {
 	return b.budget.namespaces, b.budget.objects
 }
+
+// defaultExportTo is the exportTo of s's ServiceEntries that give none:
+// Options.DefaultExportTo when set, else s's (Istio's mesh config), else
+// nil, every namespace.
+func (b *Builder) defaultExportTo(s *model.Snapshot) []string {
+	if len(b.exportTo) > 0 {
+		return b.exportTo
+	}
+	return s.DefaultExportTo
+}
+
+// DefaultExportTo reports the exportTo the last build gave ServiceEntries
+// that give none; nil: every namespace.
+func (b *Builder) DefaultExportTo() []string { return b.n.defaultExportTo }
 
 // VIPsFrom reports where the last build took VIPs from.
 func (b *Builder) VIPsFrom() vip.From { return b.vipsFrom }

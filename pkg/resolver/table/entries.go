@@ -34,8 +34,8 @@ const (
 type names struct {
 	svcDomain string // ".svc.cluster.local."
 	ttl       uint32
-	// defaultExportTo is Options.DefaultExportTo: the exportTo of a
-	// ServiceEntry without one.
+	// defaultExportTo is the exportTo of a ServiceEntry without one, as
+	// the last build decided it (Builder.defaultExportTo).
 	defaultExportTo []string
 	// prefixes interns SRV prefixes ("_http._tcp."): most Services share a
 	// handful. At most maxInternedPrefixes: it lives as long as the

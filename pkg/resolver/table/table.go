@@ -201,8 +201,9 @@ type Options struct {
 	VIPSource vip.Source
 	// DefaultExportTo is the exportTo of a ServiceEntry that gives none, as
 	// Istio's MeshConfig defaultServiceExportTo: "." its own namespace, "*"
-	// all, "~" none, or namespace names (ParseExportTo). Empty means "*",
-	// Istio's default.
+	// all, "~" none, or namespace names (ParseExportTo). Empty: the
+	// snapshot's (model.Snapshot.DefaultExportTo, Istio's mesh config as
+	// the source reads it), else "*", Istio's default.
 	DefaultExportTo []string
 	// MaxNamesPerNamespace bounds the names one namespace's objects make
 	// in the table (see nsBudget); 0: no bound.

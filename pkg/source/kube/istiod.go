@@ -26,11 +26,11 @@ const IstiodAllocatorLock = "istio-ip-autoallocate"
 const DefaultIstioNamespace = "istio-system"
 
 // WithIstioNamespace sets istiod's namespace, where the source looks for
-// IstiodAllocatorLock (default DefaultIstioNamespace); empty turns the look
-// off.
+// IstiodAllocatorLock and istiod's mesh config, MeshConfigMap (default
+// DefaultIstioNamespace); empty turns both looks off.
 func WithIstioNamespace(ns string) Option { return func(s *Source) { s.istioNamespace = ns } }
 
-// withForbiddenRetry sets how often a lock the source may not read is
+// withForbiddenRetry sets how often a ConfigMap the source may not read is
 // asked for again (default 2 minutes: a node's agent costs the API server
 // one refused list and watch per period until its RBAC is fixed).
 func withForbiddenRetry(d time.Duration) Option { return func(s *Source) { s.forbiddenRetry = d } }

@@ -1,7 +1,9 @@
 // Package kube is ztdns's Kubernetes source: it watches an API server and
 // hands the agent complete snapshots of Namespaces, Services, the
 // EndpointSlices of headless Services, ServiceEntries
-// (networking.istio.io/v1) and the Pods of one node.
+// (networking.istio.io/v1) and the Pods of one node, with what it reads of
+// istiod's ConfigMaps: its VIP allocator lock and its mesh config's
+// defaultServiceExportTo.
 //
 // client-go's reflectors list and watch each resource through plain REST
 // clients that decode into package kubeapi's cut-down objects; the source's
@@ -35,6 +37,7 @@ package kube
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"slices"
 	"sync"
@@ -74,6 +77,7 @@ type Source struct {
 	debounce       time.Duration
 	maxDelay       time.Duration
 	istioNamespace string
+	meshConfigMap  string // MeshConfigMapName of istiod's revision
 	// forbiddenRetry is how often what RBAC refuses, and the source can run
 	// without, is asked for again.
 	forbiddenRetry time.Duration
@@ -85,6 +89,9 @@ type Source struct {
 
 	mu      sync.Mutex
 	objErrs []error // objects left out of the last snapshot
+	// meshNote says why the mesh config is not followed, if it is not
+	// (followMeshConfig).
+	meshNote string
 }
 
 var (
@@ -113,6 +120,7 @@ func New(cfg *rest.Config, opts ...Option) *Source {
 		debounce:       DefaultDebounce,
 		maxDelay:       DefaultMaxDelay,
 		istioNamespace: DefaultIstioNamespace,
+		meshConfigMap:  MeshConfigMap,
 		forbiddenRetry: 2 * time.Minute,
 		metrics:        newMetrics(),
 	}
@@ -139,13 +147,18 @@ func (s *Source) Healthy() error { return s.health.err() }
 // be converted, then the watches that are currently failing, then what the
 // source runs without though nothing fails: ServiceEntries, when their CRD
 // is not installed, does not serve networking.istio.io/v1, or RBAC refuses
-// them.
+// them; Istio's mesh config, when RBAC refuses it or it does not parse.
 func (s *Source) Errors() []error {
 	s.mu.Lock()
 	errs := slices.Clone(s.objErrs)
+	note := s.meshNote
 	s.mu.Unlock()
 	errs = append(errs, s.health.errors()...)
-	return append(errs, s.health.notes()...)
+	errs = append(errs, s.health.notes()...)
+	if note != "" {
+		errs = append(errs, errors.New(note))
+	}
+	return errs
 }
 
 // Run starts the watches, delivers the first snapshot once every one of
@@ -171,7 +184,7 @@ func (s *Source) Run(ctx context.Context, deliver func(*model.Snapshot)) error {
 	r := newRun(s, c)
 	kinds := []kind{kindNamespaces, kindServices, kindEndpointSlices, kindOtherEndpointSlices, kindPods, kindServiceEntryCRD}
 	if s.istioNamespace != "" {
-		kinds = append(kinds, kindIstiodAllocator)
+		kinds = append(kinds, kindIstiodAllocator, kindMeshConfig)
 	}
 	for _, k := range kinds {
 		r.start(ctx, &wg, k)

@@ -32,11 +32,13 @@ const (
 	// kindServiceEntryCRD is Istio's ServiceEntry CRD (crd.go): whether,
 	// and in which versions, ServiceEntries are served.
 	kindServiceEntryCRD
+	// kindMeshConfig is Istio's mesh config ConfigMap (meshconfig.go).
+	kindMeshConfig
 	numKinds
 )
 
 // kindNames are the resources' names, as in logs and metrics.
-var kindNames = [numKinds]string{"namespaces", "services", "endpointslices", "endpointslices-other", "serviceentries", "pods", "istiod-allocator", "serviceentry-crd"}
+var kindNames = [numKinds]string{"namespaces", "services", "endpointslices", "endpointslices-other", "serviceentries", "pods", "istiod-allocator", "serviceentry-crd", "mesh-config"}
 
 func (k kind) String() string { return kindNames[k] }
 
@@ -67,6 +69,11 @@ type run struct {
 	// by Run's goroutine before it follows the change: the other stores'
 	// changes, far more frequent, leave the CRD alone.
 	crdPending atomic.Bool
+	// meshRefused is set while RBAC refuses the mesh config
+	// (meshConfigForbidden); meshState is what followMeshConfig last
+	// logged of it, owned by Run's goroutine.
+	meshRefused atomic.Bool
+	meshState   string
 
 	mu      sync.Mutex
 	pending [numKinds]bool // kinds changed since the last snapshot

@@ -78,6 +78,13 @@ func (r *run) snapshot() (*model.Snapshot, time.Time) {
 			var locks []allocatorLock
 			locks, r.errs[k] = collect(storeOf[allocatorLock](st))
 			r.last.IstiodAllocates = len(locks) > 0
+		case kindMeshConfig:
+			if st == nil {
+				break // not read (no --istio-namespace)
+			}
+			var cms []meshConfig
+			cms, r.errs[k] = collect(storeOf[meshConfig](st))
+			r.followMeshConfig(cms)
 		}
 	}
 	if slicesChanged {

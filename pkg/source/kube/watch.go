@@ -50,7 +50,7 @@ func (s *Source) WatchesPods() {}
 
 // endpointFor says where objects of k are listed and watched: cluster-wide,
 // except Pods, which are those of the source's node when it has one, and
-// istiod's lock, one ConfigMap.
+// istiod's lock and mesh config, one ConfigMap each.
 func (r *run) endpointFor(k kind) endpoint {
 	c := r.clients
 	switch k {
@@ -86,6 +86,10 @@ func (r *run) endpointFor(k kind) endpoint {
 	case kindIstiodAllocator:
 		return endpoint{client: c.core, namespace: r.src.istioNamespace, resource: "configmaps",
 			fieldSelector: fields.OneTermEqualSelector("metadata.name", IstiodAllocatorLock).String(), example: &kubeapi.ConfigMap{},
+			newList: func() runtime.Object { return &kubeapi.ConfigMapList{} }}
+	case kindMeshConfig:
+		return endpoint{client: c.core, namespace: r.src.istioNamespace, resource: "configmaps",
+			fieldSelector: fields.OneTermEqualSelector("metadata.name", r.src.meshConfigMap).String(), example: &kubeapi.ConfigMap{},
 			newList: func() runtime.Object { return &kubeapi.ConfigMapList{} }}
 	case kindServiceEntryCRD:
 		return c.crdEndpoint()
@@ -124,6 +128,8 @@ func (r *run) newStore(k kind) objectStore {
 			return allocatorLock{o.Meta().Namespace, o.Meta().Name}, nil
 		},
 			func(l *allocatorLock) objKey { return objKey{l.namespace, l.name} }, r.changed)
+	case kindMeshConfig:
+		return newStore(k, r.log, meshConfigOf, func(m *meshConfig) objKey { return objKey{m.namespace, m.name} }, r.changed)
 	case kindServiceEntryCRD:
 		// Not part of snapshots: a change only wakes Run to follow it.
 		return newStore(k, r.log, crdStateOf, func(c *crdState) objKey { return objKey{name: c.name} }, func(kind) { r.crdChanged() })
@@ -152,6 +158,8 @@ func (r *run) listWatch(k kind, e endpoint) *cache.ListWatch {
 	switch k {
 	case kindIstiodAllocator:
 		list, watchFn = r.tolerateForbidden(k, e, r.lockForbidden(), list, watchFn)
+	case kindMeshConfig:
+		list, watchFn = r.tolerateForbidden(k, e, r.meshConfigForbidden(), list, watchFn)
 	case kindServiceEntries:
 		// As without the CRD: snapshots without ServiceEntries, and a
 		// note in Errors() and the metric.

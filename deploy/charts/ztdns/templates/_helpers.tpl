@@ -110,3 +110,8 @@ plugin's CNI entry. Arguments: "root" (the chart's context), "name", "cni".
       mountPath: {{ include "ztdns.cniConfMount" $root }}
     {{- end }}
 {{- end }}
+{{- /* istiod's mesh config ConfigMap, as it names it (pkg/source/kube.MeshConfigMapName). */}}
+{{- define "ztdns.meshConfigMap" -}}
+{{- $rev := .Values.resolver.istioRevision | default "" -}}
+{{- if or (eq $rev "") (eq $rev "default") -}}istio{{- else -}}istio-{{ $rev }}{{- end -}}
+{{- end }}

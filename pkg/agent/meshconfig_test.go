@@ -1,0 +1,210 @@
+//go:build linux
+
+package agent_test
+
+import (
+	"bytes"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+	networkingv1 "istio.io/api/networking/v1"
+	istionetv1 "istio.io/client-go/pkg/apis/networking/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/ztdns/ztdns/internal/agenttest"
+	"github.com/ztdns/ztdns/internal/kubetest"
+	"github.com/ztdns/ztdns/pkg/agent"
+	"github.com/ztdns/ztdns/pkg/source/kube"
+)
+
+// TestDefaultServiceExportToFollowsMeshConfig: in Kubernetes mode, without
+// --default-service-export-to, a ServiceEntry without exportTo is scoped by
+// Istio's mesh config (defaultServiceExportTo in the `mesh` key of the
+// `istio` ConfigMap in istiod's namespace), as istiod scopes it, and
+// follows the ConfigMap as it changes, with no restart. A mesh config that
+// does not parse leaves the last value in force, as istiod does, and says
+// so once; an absent one is Istio's default, every namespace. `ztdns
+// status` says where the default comes from. Given, the flag wins, and the
+// agent says once that the mesh config differs. Before: the mesh config
+// was not read, and a mesh that keeps tenants apart with ["."] answered the
+// bank's ServiceEntry to the other tenant's pods.
+func TestDefaultServiceExportToFollowsMeshConfig(t *testing.T) {
+	env := kubetest.Start(t)
+	kc := env.Client()
+	ctx := t.Context()
+	up := markerUpstream(t)
+	const node, istioNS = "node-a", kube.DefaultIstioNamespace
+	bank, tenant := netip.MustParseAddr("127.0.0.3"), netip.MustParseAddr("127.0.0.4")
+	for _, ns := range []string{"bank", "tenant", istioNS} {
+		if _, err := kc.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := env.IstioClient().NetworkingV1().ServiceEntries("bank").Create(ctx, &istionetv1.ServiceEntry{
+		ObjectMeta: metav1.ObjectMeta{Name: "login", Namespace: "bank"},
+		Spec: networkingv1.ServiceEntry{Hosts: []string{"login.example-bank.com"}, Addresses: []string{"192.0.2.66"},
+			Ports: []*networkingv1.ServicePort{{Name: "https", Number: 443, Protocol: "TLS"}}},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	// No kubelet runs: the pods' IPs are reported as it would.
+	for ns, ip := range map[string]netip.Addr{"bank": bank, "tenant": tenant} {
+		pods := kc.CoreV1().Pods(ns)
+		p, err := pods.Create(ctx, &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: "app", Namespace: ns},
+			Spec:       corev1.PodSpec{NodeName: node, Containers: []corev1.Container{{Name: "c", Image: "x"}}},
+		}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.Status = corev1.PodStatus{Phase: corev1.PodRunning, PodIP: ip.String(), PodIPs: []corev1.PodIP{{IP: ip.String()}}}
+		if _, err := pods.UpdateStatus(ctx, p, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cms := kc.CoreV1().ConfigMaps(istioNS)
+	setMesh := func(mesh string) {
+		t.Helper()
+		cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: kube.MeshConfigMap, Namespace: istioNS},
+			Data: map[string]string{kube.MeshConfigKey: mesh, "meshNetworks": "networks: {}"}}
+		if _, err := cms.Update(ctx, cm, metav1.UpdateOptions{}); err != nil {
+			if _, err := cms.Create(ctx, cm, metav1.CreateOptions{}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	// As the Istio chart writes it, with fields ztdns does not read.
+	setMesh("defaultConfig:\n  discoveryAddress: istiod.istio-system.svc:15012\ndefaultServiceExportTo:\n- \".\"\nenablePrometheusMerge: true\n")
+
+	start := func(t *testing.T, flag []string) (*agenttest.Agent, *logBuffer) {
+		logs := &logBuffer{}
+		log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelWarn}))
+		a := agenttest.Start(t, agent.Config{Source: kube.New(env.Config, kube.WithNodeName(node), kube.WithLogger(log)),
+			Upstreams: []netip.AddrPort{up}, DefaultExportTo: flag, Logger: log})
+		return a, logs
+	}
+	login := func(t *testing.T, a *agenttest.Agent, bankWant, tenantWant string) {
+		t.Helper()
+		for _, q := range []struct {
+			from netip.Addr
+			want string
+		}{{bank, bankWant}, {tenant, tenantWant}} {
+			if got := a.Addrs(t, q.from, "login.example-bank.com", dns.TypeA); !slices.Equal(got, []string{q.want}) {
+				t.Errorf("login.example-bank.com from %s = %v, want %s", q.from, got, q.want)
+			}
+		}
+	}
+	exportToIs := func(a *agenttest.Agent, want string) func() error {
+		return func() error {
+			st, err := a.Status()
+			if err != nil {
+				return err
+			}
+			if st.DefaultExportTo != want {
+				return fmt.Errorf("status's default exportTo %q, want %q", st.DefaultExportTo, want)
+			}
+			return nil
+		}
+	}
+	const fromMesh = " (mesh config " + istioNS + "/" + kube.MeshConfigMap + ")"
+
+	t.Run("follows the mesh config", func(t *testing.T) {
+		a, logs := start(t, nil)
+		// The first table waits for the mesh config.
+		if err := exportToIs(a, `"."`+fromMesh)(); err != nil {
+			t.Error(err)
+		}
+		login(t, a, "192.0.2.66", forwarded)
+
+		// Changed: the table follows, no restart.
+		setMesh(`defaultServiceExportTo: ["*"]`)
+		agenttest.Eventually(t, 30*time.Second, exportToIs(a, `"*"`+fromMesh))
+		login(t, a, "192.0.2.66", "192.0.2.66")
+
+		// Does not parse: the last value stays, said once in the log and
+		// in status's source errors.
+		setMesh(`defaultServiceExportTo: ["."]`)
+		agenttest.Eventually(t, 30*time.Second, exportToIs(a, `"."`+fromMesh))
+		setMesh("defaultServiceExportTo: [\".\"\n")
+		const bad = "mesh config " + istioNS + "/" + kube.MeshConfigMap + ": mesh config does not parse"
+		agenttest.Eventually(t, 30*time.Second, func() error {
+			st, err := a.Status()
+			if err != nil {
+				return err
+			}
+			if !slices.ContainsFunc(st.SourceErrors, func(s string) bool { return strings.HasPrefix(s, bad) }) {
+				return fmt.Errorf("source errors %q lack %q", st.SourceErrors, bad)
+			}
+			return nil
+		})
+		if err := exportToIs(a, `"."`+fromMesh)(); err != nil {
+			t.Error(err)
+		}
+		login(t, a, "192.0.2.66", forwarded)
+		if n := logs.count("Istio's mesh config does not parse"); n != 1 {
+			t.Errorf("the bad mesh config logged %d times, want once:\n%s", n, logs)
+		}
+
+		// Absent: Istio's default, every namespace, as istiod has it.
+		if err := cms.Delete(ctx, kube.MeshConfigMap, metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		agenttest.Eventually(t, 30*time.Second, exportToIs(a, `"*" (Istio's default)`))
+		login(t, a, "192.0.2.66", "192.0.2.66")
+		if n := logs.count("Istio's mesh config is absent"); n != 1 {
+			t.Errorf("the absent mesh config logged %d times, want once:\n%s", n, logs)
+		}
+		setMesh(`defaultServiceExportTo: ["."]`)
+		agenttest.Eventually(t, 30*time.Second, exportToIs(a, `"."`+fromMesh))
+		login(t, a, "192.0.2.66", forwarded)
+	})
+
+	t.Run("the flag wins", func(t *testing.T) {
+		a, logs := start(t, []string{"*"})
+		if err := exportToIs(a, `"*" (--default-service-export-to)`)(); err != nil {
+			t.Error(err)
+		}
+		login(t, a, "192.0.2.66", "192.0.2.66")
+		const differs = "--default-service-export-to differs from Istio's mesh config and wins"
+		if n := logs.count(differs); n != 1 {
+			t.Errorf("%q logged %d times, want once:\n%s", differs, n, logs)
+		}
+	})
+}
+
+// logBuffer is a log destination tests can read while the agent writes.
+type logBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *logBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *logBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// count is how many lines hold s.
+func (b *logBuffer) count(s string) int {
+	n := 0
+	for line := range strings.Lines(b.String()) {
+		if strings.Contains(line, s) {
+			n++
+		}
+	}
+	return n
+}

@@ -1,0 +1,138 @@
+package kube
+
+import (
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/ztdns/ztdns/internal/kubetest"
+	"github.com/ztdns/ztdns/pkg/model"
+)
+
+// TestParseMeshExportTo reads defaultServiceExportTo as istiod merges the
+// mesh config over its defaults: given, it replaces the default; other
+// fields, known or not, do not matter; YAML that does not parse, or a
+// value that is no list of strings, makes the mesh config invalid.
+func TestParseMeshExportTo(t *testing.T) {
+	for _, tc := range []struct {
+		name, mesh string
+		want       []string
+		wantErr    bool
+	}{
+		{name: "empty", mesh: ""},
+		{name: "not given", mesh: "enableTracing: false\ndefaultConfig:\n  concurrency: 2\n"},
+		{name: "own namespace", mesh: "defaultServiceExportTo:\n- \".\"\n", want: []string{"."}},
+		{name: "flow list", mesh: `defaultServiceExportTo: [".", "shared"]`, want: []string{".", "shared"}},
+		{name: "unknown fields ignored", mesh: "someFutureField: {a: 1}\ndefaultServiceExportTo: [\"~\"]\n", want: []string{"~"}},
+		{name: "empty list is the default", mesh: "defaultServiceExportTo: []\n"},
+		{name: "does not parse", mesh: "defaultServiceExportTo: [\".\"\n", wantErr: true},
+		{name: "a string, not a list", mesh: `defaultServiceExportTo: "."`, wantErr: true},
+		{name: "another field does not parse", mesh: "defaultConfig: [\ndefaultServiceExportTo: [\".\"]\n", wantErr: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := parseMeshExportTo(tc.mesh)
+			if (err != nil) != tc.wantErr || !slices.Equal(got, tc.want) {
+				t.Errorf("parseMeshExportTo(%q) = %q, %v; want %q, error %v", tc.mesh, got, err, tc.want, tc.wantErr)
+			}
+		})
+	}
+}
+
+// TestMeshConfigForbidden runs the source as a ServiceAccount that may not
+// read Istio's mesh config (a chart from before it was needed, or a
+// binding the API server has not applied yet): the source syncs and stays
+// healthy, with no default exportTo of the mesh config's (Istio's "*"),
+// says so once in the log and in Errors(); once the permission is granted,
+// it follows the mesh config without a restart.
+func TestMeshConfigForbidden(t *testing.T) {
+	env := kubetest.Start(t)
+	kube := env.Client()
+	ctx := t.Context()
+	const ns, account = "ztdns-old", "ztdns"
+	createNamespace(t, kube, ns)
+	createNamespace(t, kube, DefaultIstioNamespace)
+	if _, err := kube.CoreV1().ConfigMaps(DefaultIstioNamespace).Create(ctx, &corev1.ConfigMap{
+		ObjectMeta: metav1.ObjectMeta{Name: MeshConfigMap},
+		Data:       map[string]string{MeshConfigKey: `defaultServiceExportTo: ["."]`},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	isMesh := func(r PolicyRule) bool { return slices.Contains(r.ResourceNames, MeshConfigMap) }
+	cfg := grant(t, env, "ztdns-old", ns, account, slices.DeleteFunc(PolicyRules(), isMesh))
+	logs := newLogWatcher()
+	rec := runSource(t, cfg, WithNodeName("node-a"), WithLogger(slog.New(logs)), withForbiddenRetry(500*time.Millisecond))
+	const note = "mesh config istio-system/istio may not be read (RBAC)"
+	hasNote := func() bool {
+		return slices.ContainsFunc(rec.src.Errors(), func(err error) bool { return strings.HasPrefix(err.Error(), note) })
+	}
+	rec.waitFor(t, "the first sync without the mesh config", func(s *model.Snapshot) error {
+		if s.DefaultExportTo != nil || s.DefaultExportToFrom != "" {
+			return fmt.Errorf("default exportTo %q from %q, but the mesh config cannot be read", s.DefaultExportTo, s.DefaultExportToFrom)
+		}
+		if find(s.Services, serviceKey, metav1.NamespaceDefault, "kubernetes") == nil {
+			return fmt.Errorf("service default/kubernetes missing")
+		}
+		return nil
+	})
+	rec.waitHealth(t, "healthy without the mesh config", func(err error) bool { return err == nil })
+	if !hasNote() {
+		t.Errorf("Errors() %v lack %q", rec.src.Errors(), note)
+	}
+	const msg = "cannot read Istio's mesh config: its defaultServiceExportTo is not followed; " +
+		"ServiceEntries without exportTo keep the last value read, or Istio's default \"*\" (every namespace); " +
+		"give --default-service-export-to, or let the agent read the ConfigMap"
+	logs.waitFor(t, 1, msg)
+	// Asked again meanwhile (every 500 ms): still said once.
+	grant(t, env, "ztdns-mesh", ns, account, slices.DeleteFunc(PolicyRules(), func(r PolicyRule) bool { return !isMesh(r) }))
+	rec.waitFor(t, "the mesh config once it may be read", func(s *model.Snapshot) error {
+		if !slices.Equal(s.DefaultExportTo, []string{"."}) || s.DefaultExportToFrom != "istio-system/istio" {
+			return fmt.Errorf("default exportTo %q from %q, want \".\" from istio-system/istio", s.DefaultExportTo, s.DefaultExportToFrom)
+		}
+		return nil
+	})
+	if n := logs.count(msg); n != 1 {
+		t.Errorf("%q logged %d times, want once", msg, n)
+	}
+	if hasNote() {
+		t.Errorf("Errors() %v still say the mesh config may not be read", rec.src.Errors())
+	}
+}
+
+// TestMeshConfigOfRevision: the source of istiod's revision "canary" reads
+// that istiod's mesh config, istio-canary, as istiod does, not the default
+// revision's, and PolicyRulesFor("canary") lets it.
+func TestMeshConfigOfRevision(t *testing.T) {
+	env := kubetest.Start(t)
+	kube := env.Client()
+	ctx := t.Context()
+	const ns, account = "ztdns-system", "ztdns"
+	createNamespace(t, kube, ns)
+	createNamespace(t, kube, DefaultIstioNamespace)
+	for name, mesh := range map[string]string{"istio": `defaultServiceExportTo: ["."]`, "istio-canary": `defaultServiceExportTo: ["tenant"]`} {
+		if _, err := kube.CoreV1().ConfigMaps(DefaultIstioNamespace).Create(ctx, &corev1.ConfigMap{
+			ObjectMeta: metav1.ObjectMeta{Name: name}, Data: map[string]string{MeshConfigKey: mesh},
+		}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg := grant(t, env, "ztdns", ns, account, PolicyRulesFor("canary"))
+	// The API server may apply the binding after the source's first list.
+	rec := runSource(t, cfg, WithNodeName("node-a"), WithIstioRevision("canary"), withForbiddenRetry(time.Second))
+	rec.waitFor(t, "the canary's mesh config", func(s *model.Snapshot) error {
+		if !slices.Equal(s.DefaultExportTo, []string{"tenant"}) || s.DefaultExportToFrom != "istio-system/istio-canary" {
+			return fmt.Errorf("default exportTo %q from %q, want \"tenant\" from istio-system/istio-canary", s.DefaultExportTo, s.DefaultExportToFrom)
+		}
+		return nil
+	})
+	for rev, want := range map[string]string{"": "istio", "default": "istio", "canary": "istio-canary"} {
+		if got := MeshConfigMapName(rev); got != want {
+			t.Errorf("MeshConfigMapName(%q) = %q, want %q", rev, got, want)
+		}
+	}
+}
