@@ -131,7 +131,7 @@ directory of YAML manifests (--config-dir).`,
 	cniBinDir := fs.String("cni-bin-dir", "/opt/cni/bin", "the container runtime's CNI plugin `DIR`")
 	cniConfDir := fs.String("cni-conf-dir", "/etc/cni/net.d", "the container runtime's CNI configuration `DIR`")
 	cniPolicy := fs.String("cni-on-agent-unreachable", cni.DefaultOnAgentUnreachable, "what the plugin does when the agent cannot be reached: allow (start the pod uncaptured) or fail")
-	stateDir := fs.String("state-dir", "", "`DIR` keeping the record of captured pods across restarts (default: the --socket directory)")
+	stateDir := fs.String("state-dir", "", "`DIR` keeping the record of captured pods across restarts, where nothing removes it while the agent is stopped (not a systemd RuntimeDirectory=; deploy/systemd/ztdns.service gives /var/lib/ztdns); default: the --socket directory")
 	socket := fs.String("socket", control.DefaultSocket, "control socket `PATH` for ztdns table, pods, capture and the CNI plugin")
 	socketGroup := fs.String("socket-group", "", "`GROUP` (name or gid) whose members may also connect to --socket, to read only (status, table, pods); default: root only")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")

@@ -66,6 +66,14 @@ func newCaptureVerbCmd(verb, short string) *cobra.Command {
 			return err
 		}
 		fmt.Fprintf(cmd.OutOrStdout(), "captured %s/%s (netns cookie %d, %s)\n", row.Namespace, row.Name, row.NetnsCookie, strings.Join(row.IPs, ", "))
+		// Marked, yet maybe never redirected: say so, with what to write.
+		var st *control.Status
+		if s, err := c.Status(ctx); err == nil {
+			st = &s
+		}
+		if w := uncapturedWarning(*netns, st); w != "" {
+			fmt.Fprintf(cmd.ErrOrStderr(), "%s: %s\n", cmd.CommandPath(), w)
+		}
 		return nil
 	}
 	return cmd

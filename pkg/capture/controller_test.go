@@ -508,6 +508,45 @@ func TestRestore(t *testing.T) {
 	}
 }
 
+// TestRestoreWarnsOnceOfMarksNoRecordHolds: the state directory removed
+// while no agent ran (a systemd unit's RuntimeDirectory, removed at every
+// stop) leaves marks that no record holds. The next agent removes them,
+// and says so once, at WARN, with their count and the state directory:
+// before, one INFO line a mark said only "removing a stale mark", and
+// namespaces captured by hand went uncaptured without a warning.
+func TestRestoreWarnsOnceOfMarksNoRecordHolds(t *testing.T) {
+	f := newFixture(t, true)
+	f.source([]model.Namespace{ambientNS})
+	f.attach(t, cniAttachment("web", 10, "10.0.0.2"))
+	for i, name := range []string{"vm1", "vm2"} {
+		hand := podcache.Attachment{Namespace: "default", Name: name, NetnsCookie: uint64(20 + i), Captured: true, Reason: ReasonByHand}
+		if err := f.ctl.Apply(hand); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.ctl.Close()
+	if err := os.Remove(filepath.Join(f.dir, StateFile)); err != nil {
+		t.Fatal(err)
+	}
+
+	var log strings.Builder
+	f.ctl.cfg.Logger = slog.New(slog.NewTextHandler(&log, nil))
+	g := f.restarted(t)
+	if got := g.marker.marked(); len(got) != 0 {
+		t.Errorf("marks after restore %v, want none: no record holds them", got)
+	}
+	var warns []string
+	for line := range strings.Lines(log.String()) {
+		if strings.Contains(line, "mark") {
+			warns = append(warns, line)
+		}
+	}
+	if len(warns) != 1 || !strings.Contains(warns[0], "level=WARN") || !strings.Contains(warns[0], "marks=3") ||
+		!strings.Contains(warns[0], "stateDir="+f.dir) || !strings.Contains(warns[0], "capture add them again") {
+		t.Errorf("log lines about marks:\n%s\nwant one WARN line with marks=3 and stateDir=%s, saying what to do", strings.Join(warns, ""), f.dir)
+	}
+}
+
 // TestMarkRecorded: a successor whose pods map is new (an upgrade changed
 // its layout) marks there, before its programs read it, every pod its
 // predecessor's record captures, without looking at their network

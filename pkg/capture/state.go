@@ -50,7 +50,9 @@ func (c *Controller) Restore() error {
 		c.keepAside()
 	}
 	var live liveNetns
+	recorded := map[uint64]bool{}
 	for _, a := range c.thisBoot(saved) {
+		recorded[a.NetnsCookie] = true
 		if c.netnsGone(a) {
 			moved, keep := c.follow(a.Key(), a, &live)
 			if !keep {
@@ -64,7 +66,7 @@ func (c *Controller) Restore() error {
 		}
 		c.pods.Attach(a)
 	}
-	err = c.reconcileLocked()
+	err = c.reconcileLocked(recorded)
 	c.saveOrRetry()
 	return err
 }
@@ -126,21 +128,41 @@ func (c *Controller) keepAside() {
 	c.log.Warn("kept the unreadable record of captured pods aside", "path", aside)
 }
 
-// reconcileLocked makes the pods map match the attachments. Callers hold mu.
-func (c *Controller) reconcileLocked() error {
+// reconcileLocked makes the pods map match the attachments. recorded are
+// the netns cookies of the record read (its namespaces gone included): a
+// mark of none of them nor of an attachment is one whose record was lost.
+// Callers hold mu.
+func (c *Controller) reconcileLocked(recorded map[uint64]bool) error {
 	marked, err := c.marker.Pods()
 	if err != nil {
 		return err
 	}
-	want := capturedByNetns(c.pods.AttachmentsOldestFirst())
+	atts := c.pods.AttachmentsOldestFirst()
+	want := capturedByNetns(atts)
+	for _, a := range atts {
+		recorded[a.NetnsCookie] = true
+	}
 	var errs []error
 	have := map[uint64]bool{}
+	unrecorded := 0
 	for _, m := range marked {
 		have[m.NetnsCookie] = true
-		if _, ok := want[m.NetnsCookie]; !ok {
-			c.log.Info("removing a stale mark", "netnsCookie", m.NetnsCookie)
-			errs = append(errs, c.marker.Unmark(m.NetnsCookie))
+		if _, ok := want[m.NetnsCookie]; ok {
+			continue
 		}
+		if recorded[m.NetnsCookie] {
+			c.log.Info("removing a stale mark", "netnsCookie", m.NetnsCookie)
+		} else {
+			unrecorded++
+		}
+		errs = append(errs, c.marker.Unmark(m.NetnsCookie))
+	}
+	if unrecorded > 0 {
+		// Once, not a line a mark: a state directory removed while the
+		// agent was stopped (a systemd RuntimeDirectory) loses them all.
+		c.log.Warn("removing marks no record of captured pods holds: the record in the state directory was lost since they were made (the directory removed or emptied while the agent was stopped?); "+
+			"pods of the source and the runtime are marked again as they are found, network namespaces captured by hand are not: capture add them again, and keep --state-dir where it survives the agent's stops",
+			"marks", unrecorded, "stateDir", c.cfg.StateDir)
 	}
 	for cookie, a := range want {
 		if !have[cookie] {
