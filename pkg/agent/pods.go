@@ -38,8 +38,11 @@ func (a *Agent) captureNetns(req control.CaptureRequest) (control.PodRow, error)
 	if req.Name == "" {
 		req.Name = req.Netns
 	}
-	// Namespaces released by hand under this name: the new one takes it.
+	// Namespaces released by hand under this name, and those gone (`ip
+	// netns del` and `add` again: another namespace at the path, which
+	// housekeeping would forget within 30 s): the new one takes it.
 	var released []string
+	nodeNS := capture.ProcNamespaces{Root: a.cfg.ProcRoot}
 	for key, att := range a.pods.Attachments() {
 		switch {
 		case att.NetnsCookie == ns.cookie && att.ContainerID != "":
@@ -53,7 +56,7 @@ func (a *Agent) captureNetns(req control.CaptureRequest) (control.PodRow, error)
 		case att.Namespace == req.Namespace && att.Name == req.Name && att.ContainerID != "": // adopted
 			return control.PodRow{}, control.Refused(fmt.Errorf("%s/%s is already the name of network namespace %s, %s: capture add needs another --name",
 				req.Namespace, req.Name, att.NetnsPath, recordedBy(att)))
-		case att.Namespace == req.Namespace && att.Name == req.Name && att.NetnsCookie != ns.cookie && !att.Captured:
+		case att.Namespace == req.Namespace && att.Name == req.Name && att.NetnsCookie != ns.cookie && (!att.Captured || capture.NetnsGone(nodeNS, att)):
 			released = append(released, key)
 		case att.Namespace == req.Namespace && att.Name == req.Name && att.NetnsCookie != ns.cookie:
 			// Another namespace marked by hand under this name: merged by
@@ -66,8 +69,13 @@ func (a *Agent) captureNetns(req control.CaptureRequest) (control.PodRow, error)
 	// key: Apply replaces its record and keeps its mark and nameserver
 	// slots, which an unmark would drop.
 	for _, key := range released {
-		if _, _, err := a.capture.ctl.Forget(key); err != nil {
+		old, ok, err := a.capture.ctl.Forget(key)
+		if err != nil {
 			return control.PodRow{}, err
+		}
+		if ok && old.Captured {
+			a.log.Info("network namespace captured by hand is gone; forgetting it for the one captured under its name",
+				"pod", old.Namespace+"/"+old.Name, "netns", old.NetnsPath, "netnsCookie", old.NetnsCookie, "ips", old.IPs)
 		}
 	}
 	att := podcache.Attachment{Namespace: req.Namespace, Name: req.Name, NetnsPath: req.Netns, NetnsCookie: ns.cookie, IPs: ns.addrs,

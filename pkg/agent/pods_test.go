@@ -7,6 +7,7 @@ import (
 	"maps"
 	"net/http"
 	"net/netip"
+	"os/exec"
 	"reflect"
 	"slices"
 	"strings"
@@ -137,6 +138,48 @@ func TestCaptureDelKeepsAReleasedRecord(t *testing.T) {
 	}
 	if p := a.pods.Lookup(ip); p != nil || len(a.pods.Attachments()) != 1 {
 		t.Errorf("%s is %v's, records %v; want the released record gone", ip, p, a.pods.Attachments())
+	}
+}
+
+// TestCaptureAddAgainAfterTheNamespaceWasMadeAgain: a namespace deleted
+// and made again under its name (`ip netns del vm; ip netns add vm`, a
+// start script run a second time) is captured again at once under the
+// name its gone predecessor held, which is forgotten with its mark. Before,
+// capture add was refused ("is already the name of network namespace")
+// until housekeeping forgot the gone one.
+func TestCaptureAddAgainAfterTheNamespaceWasMadeAgain(t *testing.T) {
+	a, m := cniAgent(t)
+	a.server = &resolver.Server{}
+	feedSource(a)
+	n := podNetns(t, "203.0.113.99/32")
+	before := cookieOf(t, n)
+	if _, err := a.captureNetns(control.CaptureRequest{Netns: n.Path(), Namespace: "default", Name: "vm"}); err != nil {
+		t.Fatal(err)
+	}
+	// The same name, another namespace: the cleanup podNetns registered
+	// deletes this one.
+	for _, args := range [][]string{{"netns", "del", n.Name}, {"netns", "add", n.Name}, {"-n", n.Name, "addr", "add", "203.0.113.100/32", "dev", "lo"}} {
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+	}
+	after := cookieOf(t, n)
+
+	row, err := a.captureNetns(control.CaptureRequest{Netns: n.Path(), Namespace: "default", Name: "vm"})
+	if err != nil {
+		t.Fatalf("capture add of the namespace made again: %v", err)
+	}
+	if row.NetnsCookie != after || row.Namespace != "default" || row.Name != "vm" || !row.Captured {
+		t.Errorf("capture add's row %+v, want default/vm captured, cookie %d", row, after)
+	}
+	if got := m.cookies(); !slices.Equal(got, []uint64{after}) {
+		t.Errorf("marks %v, want the new namespace's alone (%d, not the gone %d)", got, after, before)
+	}
+	if p := a.pods.Lookup(netip.MustParseAddr("203.0.113.100")); p == nil || p.Key() != "default/vm" || len(a.pods.Attachments()) != 1 {
+		t.Errorf("203.0.113.100 is %v's, records %v; want default/vm's, one record", p, a.pods.Attachments())
+	}
+	if p := a.pods.Lookup(netip.MustParseAddr("203.0.113.99")); p != nil {
+		t.Errorf("the gone namespace's 203.0.113.99 is still %v's", p)
 	}
 }
 
