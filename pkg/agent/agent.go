@@ -930,6 +930,7 @@ func (a *Agent) reconcileCapture(ctx context.Context, tookOver bool) {
 	}
 	a.replayPending()
 	a.capture.ctl.Redecide()
+	a.readdressByHand() // given an address while no agent ran
 	if !tookOver {
 		beat()
 	}

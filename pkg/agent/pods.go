@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"time"
 
@@ -92,6 +93,39 @@ func (a *Agent) captureNetns(req control.CaptureRequest) (control.PodRow, error)
 		}
 	}
 	return control.PodRow{}, errors.Join(err, errors.New("marked, but the pod is not listed"))
+}
+
+// readdressByHand reads again the addresses of the network namespaces
+// marked by hand (captured or released) and records those that changed: a
+// namespace captured before it was given its address (`ip netns add`,
+// `capture add`, then its veth and address) would otherwise stay unknown
+// by that address, its queries answered as those of a client outside every
+// namespace. It reads them as capture add does, one namespace at a time,
+// outside cniMu (about half a millisecond each); a namespace gone, or
+// another at the path, is left to housekeeping's Redecide, which forgets
+// its record.
+func (a *Agent) readdressByHand() {
+	if a.capture == nil {
+		return
+	}
+	for key, att := range a.pods.Attachments() {
+		if att.ContainerID != "" || a.handedOver.Load() {
+			continue
+		}
+		ns, err := a.inspectNetns(att.NetnsPath)
+		if err != nil || ns.cookie != att.NetnsCookie || slices.Equal(ns.addrs, att.IPs) {
+			continue
+		}
+		old, changed, err := a.capture.ctl.Readdress(key, att.NetnsCookie, ns.addrs)
+		switch {
+		case err != nil:
+			a.log.Error("recording the new addresses of a network namespace captured by hand failed", "netns", att.NetnsPath,
+				"pod", att.Namespace+"/"+att.Name, "ips", ns.addrs, "err", err)
+		case changed:
+			a.log.Info("a network namespace captured by hand has new addresses", "netns", att.NetnsPath,
+				"pod", old.Namespace+"/"+old.Name, "ips", ns.addrs, "before", old.IPs)
+		}
+	}
 }
 
 // releaseNetns unmarks a network namespace marked by hand. Its record

@@ -183,6 +183,59 @@ func TestCaptureAddAgainAfterTheNamespaceWasMadeAgain(t *testing.T) {
 	}
 }
 
+// TestCaptureByHandLearnsNewAddresses: a namespace captured before it was
+// given its address (its veth set up after `capture add`) is known by that
+// address after housekeeping, captured and marked with it, so its queries
+// get its own namespace's view; an address removed is forgotten. Before,
+// the record kept the addresses of capture add's time until the namespace
+// was captured again, and its queries got the view of a client outside
+// every namespace.
+func TestCaptureByHandLearnsNewAddresses(t *testing.T) {
+	a, m := cniAgent(t)
+	a.server = &resolver.Server{}
+	feedSource(a)
+	n := podNetns(t)
+	cookie := cookieOf(t, n)
+	if _, err := a.captureNetns(control.CaptureRequest{Netns: n.Path(), Namespace: "shop", Name: "vm"}); err != nil {
+		t.Fatal(err)
+	}
+	ip4, ip6 := netip.MustParseAddr("203.0.113.101"), netip.MustParseAddr("2001:db8::101")
+	n.AddAddr(t, ip4.String()+"/32", "lo")
+	n.AddAddr(t, ip6.String()+"/128", "lo")
+
+	a.housekeep()
+	for _, ip := range []netip.Addr{ip4, ip6} {
+		if p := a.pods.Lookup(ip); p == nil || p.Key() != "shop/vm" || p.Uncaptured() || p.Attachment == nil || !p.Attachment.Captured {
+			t.Errorf("after housekeeping %s is %+v, want shop/vm's, captured", ip, p)
+		}
+	}
+	m.mu.Lock()
+	got := m.m[cookie]
+	m.mu.Unlock()
+	if got.IPv4 != ip4 || got.IPv6 != ip6 {
+		t.Errorf("the namespace is marked with %+v, want %s and %s", got, ip4, ip6)
+	}
+	rows, err := a.podRows()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if i := slices.IndexFunc(rows, func(r control.PodRow) bool { return r.NetnsCookie == cookie }); i < 0 ||
+		!slices.Equal(rows[i].IPs, []string{ip4.String(), ip6.String()}) {
+		t.Errorf("ztdns pods rows %+v, want the namespace's with %s and %s", rows, ip4, ip6)
+	}
+
+	if out, err := exec.Command("ip", "-n", n.Name, "addr", "del", ip4.String()+"/32", "dev", "lo").CombinedOutput(); err != nil {
+		t.Fatalf("ip addr del: %v\n%s", err, out)
+	}
+	a.housekeep()
+	if p := a.pods.Lookup(ip4); p != nil {
+		t.Errorf("after %s was removed it is still %v's", ip4, p)
+	}
+	if p := a.pods.Lookup(ip6); p == nil || p.Key() != "shop/vm" {
+		t.Errorf("%s is %v's, want shop/vm's", ip6, p)
+	}
+}
+
 // TestCaptureWaitsForCNIEvents: capture add and del check the records and
 // then change them; a CNI event in between could record the same
 // namespace or name. They wait while a CNI event is handled.
