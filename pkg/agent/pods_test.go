@@ -4,16 +4,20 @@ package agent
 
 import (
 	"encoding/json"
+	"fmt"
 	"maps"
 	"net/http"
 	"net/netip"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"reflect"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/ztdns/ztdns/internal/testenv"
 	"github.com/ztdns/ztdns/pkg/ambient"
 	"github.com/ztdns/ztdns/pkg/capture"
 	"github.com/ztdns/ztdns/pkg/control"
@@ -233,6 +237,45 @@ func TestCaptureByHandLearnsNewAddresses(t *testing.T) {
 	}
 	if p := a.pods.Lookup(ip6); p == nil || p.Key() != "shop/vm" {
 		t.Errorf("%s is %v's, want shop/vm's", ip6, p)
+	}
+}
+
+// TestCaptureByHandResolvesFromANewAddress: a namespace captured by hand
+// asks, from an address it was given after `capture add`, for a host its
+// namespace alone sees (exportTo: ["."]): after housekeeping it is
+// answered as that namespace. Before, the query got the view of a client
+// outside every namespace, and the host was not resolved.
+func TestCaptureByHandResolvesFromANewAddress(t *testing.T) {
+	n := newCaptureNode(t)
+	c := n.startCapturing(t) // c.pod captured as default/pod
+	private := `apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: private, namespace: default}
+spec:
+  hosts: [private.internal]
+  addresses: [198.51.100.2]
+  exportTo: ["."]
+`
+	if err := os.WriteFile(filepath.Join(c.dir, "private.yaml"), []byte(private), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ask := func(from netip.Addr) (string, error) {
+		out, err := c.pod.Output(t, n.cg, 20*time.Second, "dig", "+short", "+time=2", "+tries=1", "-b", from.String(), "@10.96.0.10", "private.internal")
+		return strings.TrimSpace(out), err
+	}
+	testenv.EventuallyNil(t, 10*time.Second, func() error {
+		if out, err := ask(c.pod.IPv4); err != nil || out != "198.51.100.2" {
+			return fmt.Errorf("from the address of capture add's time: %q %v", out, err)
+		}
+		return nil
+	})
+
+	later := c.pod.IPv4.Next() // in the pod's /24: the node routes it back
+	c.pod.AddAddr(t, later.String()+"/24", "eth0")
+	c.a.housekeep()
+	if out, err := ask(later); err != nil || out != "198.51.100.2" {
+		t.Errorf("private.internal from %s, given after capture add, after housekeeping: %q (%v), want 198.51.100.2: "+
+			"the namespace's own view", later, out, err)
 	}
 }
 
