@@ -118,6 +118,8 @@ func (a *Agent) readdressByHand() {
 		}
 		old, changed, err := a.capture.ctl.Readdress(key, att.NetnsCookie, ns.addrs)
 		switch {
+		case errors.Is(err, capture.ErrFenced): // handed over: the successor reads them
+			return
 		case err != nil:
 			a.log.Error("recording the new addresses of a network namespace captured by hand failed", "netns", att.NetnsPath,
 				"pod", att.Namespace+"/"+att.Name, "ips", ns.addrs, "err", err)
