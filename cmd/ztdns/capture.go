@@ -19,7 +19,10 @@ func newCaptureCmd() *cobra.Command {
 		Short: "Capture a network namespace's DNS by hand (VMs, tests): add or del",
 		Long: `Capture a network namespace's DNS by hand, without a CNI plugin: for a VM, a
 test, or a process in a namespace of its own. The agent opens the namespace
-itself; what it finds there (cookie, addresses) is what it records.`,
+itself; what it finds there (cookie, addresses) is what it records, and it
+reads the addresses again every 30 s: an address given later is known
+within 30 s. A namespace gone (deleted, or made again at its path) frees
+its name for the next add.`,
 		Example: `  ztdns capture add --netns /run/netns/pod1 -n default --name pod1
   ztdns capture del --netns /run/netns/pod1`,
 		// Runnable only to turn "capture" alone, or an unknown verb, into a

@@ -320,7 +320,7 @@ func newAgent(cfg Config) (*Agent, error) {
 		builder: table.NewBuilder(table.Options{Domain: cfg.ClusterDomain, TTL: uint32(cfg.TTL / time.Second), VIPSource: cfg.VIPSource,
 			DefaultExportTo:      cfg.DefaultExportTo,
 			MaxNamesPerNamespace: cmp.Or(cfg.MaxNamesPerNamespace, table.DefaultMaxNamesPerNamespace)}),
-		addrs: slices.Clone(cfg.Listen), hostCookies: nodeCookies(cfg.ProcRoot)}
+		addrs: slices.Clone(cfg.Listen), hostCookies: nodeCookies(cfg.ProcRoot, cfg.Logger)}
 	if cfg.Capture != nil {
 		var err error
 		port := cfg.Capture.Port
@@ -940,6 +940,7 @@ func (a *Agent) reconcileCapture(ctx context.Context, tookOver bool) {
 	}
 	a.replayPending()
 	a.capture.ctl.Redecide()
+	a.readdressByHand() // given an address while no agent ran
 	if !tookOver {
 		beat()
 	}

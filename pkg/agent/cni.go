@@ -319,7 +319,8 @@ func (a *Agent) replayAdd(dir string, ad control.CNIAddRequest) {
 // housekeepingInterval is how often a serving agent looks again at what no
 // event tells it: CNI events recorded while no agent answered, network
 // namespaces gone without a DEL (capture's Redecide, or dropGoneRecords
-// without capture), and nameserver slots an unmark left behind.
+// without capture), the addresses of namespaces captured by hand
+// (readdressByHand), and nameserver slots an unmark left behind.
 var housekeepingInterval = 30 * time.Second
 
 // keepHouse runs the looks of housekeepingInterval until ctx ends or the
@@ -349,6 +350,7 @@ func (a *Agent) housekeep() {
 		return
 	}
 	a.capture.ctl.Redecide()
+	a.readdressByHand()
 	a.capture.ctl.SweepNameservers()
 }
 

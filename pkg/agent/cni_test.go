@@ -92,7 +92,7 @@ func cniAgent(t *testing.T) (*Agent, *marks) {
 	t.Helper()
 	testenv.RequireRoot(t)
 	a := &Agent{cfg: Config{NodeName: testNode, ProcRoot: "/proc"}, log: slog.New(slog.DiscardHandler), pods: podcache.New("cluster.local"),
-		hostCookies: nodeCookies("/proc")}
+		hostCookies: nodeCookies("/proc", slog.New(slog.DiscardHandler))}
 	m := &marks{m: map[uint64]redirect.PodInfo{}}
 	ctl := capture.New(capture.Config{StateDir: t.TempDir(), NodeName: testNode, DNSCaptureDefault: true, HostCookies: a.hostCookies, Logger: a.log},
 		a.pods, m, capture.ProcNamespaces{Root: "/proc"})
@@ -575,7 +575,7 @@ func TestAddWithAnIPv4MappedAddress(t *testing.T) {
 func TestGoneNetnsRecordDroppedWithoutCapture(t *testing.T) {
 	testenv.RequireRoot(t)
 	a := &Agent{cfg: Config{NodeName: testNode, ProcRoot: "/proc", Socket: filepath.Join(t.TempDir(), "ztdns.sock")},
-		log: slog.New(slog.DiscardHandler), pods: podcache.New("cluster.local"), hostCookies: nodeCookies("/proc")}
+		log: slog.New(slog.DiscardHandler), pods: podcache.New("cluster.local"), hostCookies: nodeCookies("/proc", slog.New(slog.DiscardHandler))}
 	add := func(n *testenv.Netns, namespace, name, id string, ip netip.Addr) {
 		t.Helper()
 		cookie := cookieOf(t, n)

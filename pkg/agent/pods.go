@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"time"
 
@@ -38,8 +39,11 @@ func (a *Agent) captureNetns(req control.CaptureRequest) (control.PodRow, error)
 	if req.Name == "" {
 		req.Name = req.Netns
 	}
-	// Namespaces released by hand under this name: the new one takes it.
+	// Namespaces released by hand under this name, and those gone (`ip
+	// netns del` and `add` again: another namespace at the path, which
+	// housekeeping would forget within 30 s): the new one takes it.
 	var released []string
+	nodeNS := capture.ProcNamespaces{Root: a.cfg.ProcRoot}
 	for key, att := range a.pods.Attachments() {
 		switch {
 		case att.NetnsCookie == ns.cookie && att.ContainerID != "":
@@ -53,7 +57,7 @@ func (a *Agent) captureNetns(req control.CaptureRequest) (control.PodRow, error)
 		case att.Namespace == req.Namespace && att.Name == req.Name && att.ContainerID != "": // adopted
 			return control.PodRow{}, control.Refused(fmt.Errorf("%s/%s is already the name of network namespace %s, %s: capture add needs another --name",
 				req.Namespace, req.Name, att.NetnsPath, recordedBy(att)))
-		case att.Namespace == req.Namespace && att.Name == req.Name && att.NetnsCookie != ns.cookie && !att.Captured:
+		case att.Namespace == req.Namespace && att.Name == req.Name && att.NetnsCookie != ns.cookie && (!att.Captured || capture.NetnsGone(nodeNS, att)):
 			released = append(released, key)
 		case att.Namespace == req.Namespace && att.Name == req.Name && att.NetnsCookie != ns.cookie:
 			// Another namespace marked by hand under this name: merged by
@@ -66,8 +70,13 @@ func (a *Agent) captureNetns(req control.CaptureRequest) (control.PodRow, error)
 	// key: Apply replaces its record and keeps its mark and nameserver
 	// slots, which an unmark would drop.
 	for _, key := range released {
-		if _, _, err := a.capture.ctl.Forget(key); err != nil {
+		old, ok, err := a.capture.ctl.Forget(key)
+		if err != nil {
 			return control.PodRow{}, err
+		}
+		if ok && old.Captured {
+			a.log.Info("network namespace captured by hand is gone; forgetting it for the one captured under its name",
+				"pod", old.Namespace+"/"+old.Name, "netns", old.NetnsPath, "netnsCookie", old.NetnsCookie, "ips", old.IPs)
 		}
 	}
 	att := podcache.Attachment{Namespace: req.Namespace, Name: req.Name, NetnsPath: req.Netns, NetnsCookie: ns.cookie, IPs: ns.addrs,
@@ -84,6 +93,41 @@ func (a *Agent) captureNetns(req control.CaptureRequest) (control.PodRow, error)
 		}
 	}
 	return control.PodRow{}, errors.Join(err, errors.New("marked, but the pod is not listed"))
+}
+
+// readdressByHand reads again the addresses of the network namespaces
+// marked by hand (captured or released) and records those that changed: a
+// namespace captured before it was given its address (`ip netns add`,
+// `capture add`, then its veth and address) would otherwise stay unknown
+// by that address, its queries answered as those of a client outside every
+// namespace. It reads them as capture add does, one namespace at a time,
+// outside cniMu (about half a millisecond each); a namespace gone, or
+// another at the path, is left to housekeeping's Redecide, which forgets
+// its record.
+func (a *Agent) readdressByHand() {
+	if a.capture == nil {
+		return
+	}
+	for key, att := range a.pods.Attachments() {
+		if att.ContainerID != "" || a.handedOver.Load() {
+			continue
+		}
+		ns, err := a.inspectNetns(att.NetnsPath)
+		if err != nil || ns.cookie != att.NetnsCookie || slices.Equal(ns.addrs, att.IPs) {
+			continue
+		}
+		old, changed, err := a.capture.ctl.Readdress(key, att.NetnsCookie, ns.addrs)
+		switch {
+		case errors.Is(err, capture.ErrFenced): // handed over: the successor reads them
+			return
+		case err != nil:
+			a.log.Error("recording the new addresses of a network namespace captured by hand failed", "netns", att.NetnsPath,
+				"pod", att.Namespace+"/"+att.Name, "ips", ns.addrs, "err", err)
+		case changed:
+			a.log.Info("a network namespace captured by hand has new addresses", "netns", att.NetnsPath,
+				"pod", old.Namespace+"/"+old.Name, "ips", ns.addrs, "before", old.IPs)
+		}
+	}
 }
 
 // releaseNetns unmarks a network namespace marked by hand. Its record

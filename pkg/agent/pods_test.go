@@ -4,15 +4,20 @@ package agent
 
 import (
 	"encoding/json"
+	"fmt"
 	"maps"
 	"net/http"
 	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"reflect"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/ztdns/ztdns/internal/testenv"
 	"github.com/ztdns/ztdns/pkg/ambient"
 	"github.com/ztdns/ztdns/pkg/capture"
 	"github.com/ztdns/ztdns/pkg/control"
@@ -137,6 +142,140 @@ func TestCaptureDelKeepsAReleasedRecord(t *testing.T) {
 	}
 	if p := a.pods.Lookup(ip); p != nil || len(a.pods.Attachments()) != 1 {
 		t.Errorf("%s is %v's, records %v; want the released record gone", ip, p, a.pods.Attachments())
+	}
+}
+
+// TestCaptureAddAgainAfterTheNamespaceWasMadeAgain: a namespace deleted
+// and made again under its name (`ip netns del vm; ip netns add vm`, a
+// start script run a second time) is captured again at once under the
+// name its gone predecessor held, which is forgotten with its mark. Before,
+// capture add was refused ("is already the name of network namespace")
+// until housekeeping forgot the gone one.
+func TestCaptureAddAgainAfterTheNamespaceWasMadeAgain(t *testing.T) {
+	a, m := cniAgent(t)
+	a.server = &resolver.Server{}
+	feedSource(a)
+	n := podNetns(t, "203.0.113.99/32")
+	before := cookieOf(t, n)
+	if _, err := a.captureNetns(control.CaptureRequest{Netns: n.Path(), Namespace: "default", Name: "vm"}); err != nil {
+		t.Fatal(err)
+	}
+	// The same name, another namespace: the cleanup podNetns registered
+	// deletes this one.
+	for _, args := range [][]string{{"netns", "del", n.Name}, {"netns", "add", n.Name}, {"-n", n.Name, "addr", "add", "203.0.113.100/32", "dev", "lo"}} {
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+	}
+	after := cookieOf(t, n)
+
+	row, err := a.captureNetns(control.CaptureRequest{Netns: n.Path(), Namespace: "default", Name: "vm"})
+	if err != nil {
+		t.Fatalf("capture add of the namespace made again: %v", err)
+	}
+	if row.NetnsCookie != after || row.Namespace != "default" || row.Name != "vm" || !row.Captured {
+		t.Errorf("capture add's row %+v, want default/vm captured, cookie %d", row, after)
+	}
+	if got := m.cookies(); !slices.Equal(got, []uint64{after}) {
+		t.Errorf("marks %v, want the new namespace's alone (%d, not the gone %d)", got, after, before)
+	}
+	if p := a.pods.Lookup(netip.MustParseAddr("203.0.113.100")); p == nil || p.Key() != "default/vm" || len(a.pods.Attachments()) != 1 {
+		t.Errorf("203.0.113.100 is %v's, records %v; want default/vm's, one record", p, a.pods.Attachments())
+	}
+	if p := a.pods.Lookup(netip.MustParseAddr("203.0.113.99")); p != nil {
+		t.Errorf("the gone namespace's 203.0.113.99 is still %v's", p)
+	}
+}
+
+// TestCaptureByHandLearnsNewAddresses: a namespace captured before it was
+// given its address (its veth set up after `capture add`) is known by that
+// address after housekeeping, captured and marked with it, so its queries
+// get its own namespace's view; an address removed is forgotten. Before,
+// the record kept the addresses of capture add's time until the namespace
+// was captured again, and its queries got the view of a client outside
+// every namespace.
+func TestCaptureByHandLearnsNewAddresses(t *testing.T) {
+	a, m := cniAgent(t)
+	a.server = &resolver.Server{}
+	feedSource(a)
+	n := podNetns(t)
+	cookie := cookieOf(t, n)
+	if _, err := a.captureNetns(control.CaptureRequest{Netns: n.Path(), Namespace: "shop", Name: "vm"}); err != nil {
+		t.Fatal(err)
+	}
+	ip4, ip6 := netip.MustParseAddr("203.0.113.101"), netip.MustParseAddr("2001:db8::101")
+	n.AddAddr(t, ip4.String()+"/32", "lo")
+	n.AddAddr(t, ip6.String()+"/128", "lo")
+
+	a.housekeep()
+	for _, ip := range []netip.Addr{ip4, ip6} {
+		if p := a.pods.Lookup(ip); p == nil || p.Key() != "shop/vm" || p.Uncaptured() || p.Attachment == nil || !p.Attachment.Captured {
+			t.Errorf("after housekeeping %s is %+v, want shop/vm's, captured", ip, p)
+		}
+	}
+	m.mu.Lock()
+	got := m.m[cookie]
+	m.mu.Unlock()
+	if got.IPv4 != ip4 || got.IPv6 != ip6 {
+		t.Errorf("the namespace is marked with %+v, want %s and %s", got, ip4, ip6)
+	}
+	rows, err := a.podRows()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if i := slices.IndexFunc(rows, func(r control.PodRow) bool { return r.NetnsCookie == cookie }); i < 0 ||
+		!slices.Equal(rows[i].IPs, []string{ip4.String(), ip6.String()}) {
+		t.Errorf("ztdns pods rows %+v, want the namespace's with %s and %s", rows, ip4, ip6)
+	}
+
+	if out, err := exec.Command("ip", "-n", n.Name, "addr", "del", ip4.String()+"/32", "dev", "lo").CombinedOutput(); err != nil {
+		t.Fatalf("ip addr del: %v\n%s", err, out)
+	}
+	a.housekeep()
+	if p := a.pods.Lookup(ip4); p != nil {
+		t.Errorf("after %s was removed it is still %v's", ip4, p)
+	}
+	if p := a.pods.Lookup(ip6); p == nil || p.Key() != "shop/vm" {
+		t.Errorf("%s is %v's, want shop/vm's", ip6, p)
+	}
+}
+
+// TestCaptureByHandResolvesFromANewAddress: a namespace captured by hand
+// asks, from an address it was given after `capture add`, for a host its
+// namespace alone sees (exportTo: ["."]): after housekeeping it is
+// answered as that namespace. Before, the query got the view of a client
+// outside every namespace, and the host was not resolved.
+func TestCaptureByHandResolvesFromANewAddress(t *testing.T) {
+	n := newCaptureNode(t)
+	c := n.startCapturing(t) // c.pod captured as default/pod
+	private := `apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: private, namespace: default}
+spec:
+  hosts: [private.internal]
+  addresses: [198.51.100.2]
+  exportTo: ["."]
+`
+	if err := os.WriteFile(filepath.Join(c.dir, "private.yaml"), []byte(private), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ask := func(from netip.Addr) (string, error) {
+		out, err := c.pod.Output(t, n.cg, 20*time.Second, "dig", "+short", "+time=2", "+tries=1", "-b", from.String(), "@10.96.0.10", "private.internal")
+		return strings.TrimSpace(out), err
+	}
+	testenv.EventuallyNil(t, 10*time.Second, func() error {
+		if out, err := ask(c.pod.IPv4); err != nil || out != "198.51.100.2" {
+			return fmt.Errorf("from the address of capture add's time: %q %v", out, err)
+		}
+		return nil
+	})
+
+	later := c.pod.IPv4.Next() // in the pod's /24: the node routes it back
+	c.pod.AddAddr(t, later.String()+"/24", "eth0")
+	c.a.housekeep()
+	if out, err := ask(later); err != nil || out != "198.51.100.2" {
+		t.Errorf("private.internal from %s, given after capture add, after housekeeping: %q (%v), want 198.51.100.2: "+
+			"the namespace's own view", later, out, err)
 	}
 }
 

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -138,15 +139,25 @@ func ownNetnsCookie() (uint64, error) {
 
 // nodeCookies returns the cookies of the agent's own network namespace and
 // of the node's PID 1 (under procRoot, the node's /proc): namespaces never
-// captured.
-func nodeCookies(procRoot string) []uint64 {
+// captured. One it cannot read is logged, once: the guard then knows only
+// the other (a container without the node's /proc, or without the
+// capability to open PID 1's namespace, knows only its own).
+func nodeCookies(procRoot string, log *slog.Logger) []uint64 {
 	var cookies []uint64
 	if c, err := ownNetnsCookie(); err == nil {
 		cookies = append(cookies, c)
+	} else {
+		log.Warn("cannot read the agent's own network namespace: it is not refused as the node's to capture add and CNI ADDs", "err", err)
 	}
 	// In a test's node namespace PID 1's namespace is another one, and it
 	// may be out of reach.
-	if c, err := redirect.NetnsCookie(filepath.Join(procRoot, "1/ns/net")); err == nil && !slices.Contains(cookies, c) {
+	pid1 := filepath.Join(procRoot, "1/ns/net")
+	c, err := redirect.NetnsCookie(pid1)
+	switch {
+	case err != nil:
+		log.Warn("cannot read the node's network namespace (PID 1's): only the agent's own is refused as the node's to capture add and CNI ADDs",
+			"path", pid1, "err", err)
+	case !slices.Contains(cookies, c):
 		cookies = append(cookies, c)
 	}
 	return cookies

@@ -3,15 +3,19 @@
 package agent
 
 import (
+	"bytes"
 	"errors"
+	"log/slog"
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/ztdns/ztdns/internal/testenv"
 	"github.com/ztdns/ztdns/pkg/control"
 )
 
@@ -42,5 +46,40 @@ func TestInspectNetnsOpensNothingElse(t *testing.T) {
 	buf := make([]byte, 4096)
 	if n, err := unix.Read(in, buf); !errors.Is(err, unix.EAGAIN) {
 		t.Errorf("inotify read %d bytes, %v: the agent opened %s", n, err, file)
+	}
+}
+
+// TestNodeCookiesWarnsWithoutPID1: where the node's /proc is not at the
+// proc root (a container started without it), PID 1's network namespace
+// cannot be read and the host-namespace guard knows only the agent's own:
+// a warning says so, naming the path. Where PID 1's can be read there is
+// none, and the guard knows both.
+func TestNodeCookiesWarnsWithoutPID1(t *testing.T) {
+	testenv.RequireRoot(t)
+	own, err := ownNetnsCookie()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logged bytes.Buffer
+	fake := t.TempDir() // a proc root without PID 1
+	if got := nodeCookies(fake, slog.New(slog.NewTextHandler(&logged, nil))); !slices.Equal(got, []uint64{own}) {
+		t.Errorf("without PID 1 the node's cookies are %v, want the agent's own alone (%d)", got, own)
+	}
+	if out := logged.String(); strings.Count(out, "level=WARN") != 1 ||
+		!strings.Contains(out, "cannot read the node's network namespace (PID 1's)") || !strings.Contains(out, filepath.Join(fake, "1/ns/net")) {
+		t.Errorf("logged %q, want one warning that PID 1's network namespace at %s cannot be read", out, filepath.Join(fake, "1/ns/net"))
+	}
+
+	// A proc root whose PID 1 lives in another namespace: it is the node's.
+	node := testenv.NewNetns(t, testenv.UniqueName("ztnode-"))
+	if err := os.MkdirAll(filepath.Join(fake, "1/ns"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(node.Path(), filepath.Join(fake, "1/ns/net")); err != nil {
+		t.Fatal(err)
+	}
+	logged.Reset()
+	if got, want := nodeCookies(fake, slog.New(slog.NewTextHandler(&logged, nil))), []uint64{own, cookieOf(t, node)}; !slices.Equal(got, want) || logged.Len() > 0 {
+		t.Errorf("with PID 1 in a namespace of its own: cookies %v, logged %q; want %v and nothing logged", got, logged.String(), want)
 	}
 }

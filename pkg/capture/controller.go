@@ -17,6 +17,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"maps"
+	"net/netip"
 	"os"
 	"slices"
 	"strings"
@@ -364,6 +365,27 @@ func (c *Controller) Release(key string) (podcache.Attachment, bool, error) {
 	released := a
 	released.Captured, released.Reason = false, ReasonReleased
 	return a, true, c.applyLocked(released)
+}
+
+// Readdress gives the record with that key, if it still records the
+// network namespace with that cookie, the addresses ips, marking its
+// namespace again with them when it is captured. A record made by hand has
+// the addresses its namespace had at `capture add`; the agent reads them
+// again at housekeeping, for a namespace given its address after. It
+// returns the record as it was, and whether it changed it.
+func (c *Controller) Readdress(key string, cookie uint64, ips []netip.Addr) (podcache.Attachment, bool, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	a, ok := c.pods.Attachment(key)
+	if !ok || a.NetnsCookie != cookie || slices.Equal(a.IPs, ips) {
+		return a, false, nil
+	}
+	b := a
+	b.IPs = slices.Clone(ips)
+	if err := c.applyLocked(b); err != nil {
+		return a, false, err
+	}
+	return a, true, nil
 }
 
 // forgetIf forgets the attachment with that key if it still records the

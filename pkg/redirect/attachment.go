@@ -138,6 +138,13 @@ func (r *Redirector) inspectLink(i int, al attachedLink, repair bool) (ok bool, 
 		}
 		al.link.Close()
 		r.links[i] = nl
+		// attachHook goes by path: a cgroup removed and made again there
+		// (`systemctl restart` of the service --cgroup names) is a new
+		// cgroup, with another id. It is the one the links attach to now;
+		// kept at the old id, every check would find them detached.
+		if info, err := nl.link.Info(); err == nil && info.Cgroup() != nil && info.Cgroup().CgroupId != 0 {
+			r.cgroupID = info.Cgroup().CgroupId
+		}
 		return true, "", fmt.Sprintf("%s: re-attached to cgroup %s as link %d (link %d had been detached)", name, r.cfg.CgroupPath, nl.id, al.id)
 	case pinProblem == "":
 		return true, "", ""

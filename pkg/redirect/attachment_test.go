@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -155,5 +156,60 @@ func TestRepairAttachmentLeavesAnotherAgentsLinks(t *testing.T) {
 	}
 	if _, repaired, err = r2.RepairAttachment(); err != nil || len(repaired) != 1 || !strings.Contains(repaired[0], "ztdns_connect4: re-attached") {
 		t.Errorf("the second agent repaired %q (%v), want its connect4 link re-attached", repaired, err)
+	}
+}
+
+// TestRepairAttachmentRecreatedCgroup: the cgroup removed and made again
+// at the same path (what `systemctl restart` does to a service's cgroup
+// given as --cgroup) leaves every link defunct; one repair attaches them
+// to the new cgroup, and the attachment is healthy afterwards, with
+// nothing more to repair.
+func TestRepairAttachmentRecreatedCgroup(t *testing.T) {
+	t.Parallel()
+	r, cfg := loadBare(t)
+	if err := os.Remove(cfg.CgroupPath); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(cfg.CgroupPath, 0o755); err != nil { // removed again at cleanup
+		t.Fatal(err)
+	}
+	newID, err := cgroupID(cfg.CgroupPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The kernel detaches the links from the removed cgroup from a
+	// workqueue, once no socket in it is left.
+	testenv.Eventually(t, 10*time.Second, "every link detached from the removed cgroup", func() bool {
+		return checkAttachment(t, r).Attached == 0
+	})
+
+	left, repaired, err := r.RepairAttachment()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(repaired) != len(hooks) || left.Attached != len(hooks) || len(left.Problems) > 0 {
+		t.Errorf("first repair after the cgroup was made again: repaired %q, %d attached, problems %q; want all %d hooks "+
+			"re-attached and no problem", repaired, left.Attached, left.Problems, len(hooks))
+	}
+	for _, p := range repaired {
+		if !strings.Contains(p, "re-attached to cgroup "+cfg.CgroupPath) {
+			t.Errorf("repaired %q, want it to say the link was re-attached to %s", p, cfg.CgroupPath)
+		}
+	}
+	if a := checkAttachment(t, r); a.Attached != len(hooks) || len(a.Problems) > 0 {
+		t.Errorf("checked after the repair: %d attached, problems %q; want all %d attached and no problem",
+			a.Attached, a.Problems, len(hooks))
+	}
+	if left, repaired, err = r.RepairAttachment(); err != nil || len(repaired) > 0 || len(left.Problems) > 0 {
+		t.Errorf("second repair: repaired %q, problems %q (%v); want nothing to repair", repaired, left.Problems, err)
+	}
+	links, err := r.Links()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range links {
+		if l.CgroupID != newID {
+			t.Errorf("%s: link %d attaches to cgroup %d, want the new cgroup %d", l.Program, l.LinkID, l.CgroupID, newID)
+		}
 	}
 }
