@@ -286,8 +286,15 @@ directory of YAML manifests (--config-dir).`,
 		case *configDir != "" && *kubeconfig != "":
 			return usagef("give --config-dir or --kubeconfig, not both")
 		case *configDir != "":
-			src = configdir.New(*configDir, configdir.WithLogger(log), configdir.WithLimits(configdir.Limits{
+			cd := configdir.New(*configDir, configdir.WithLogger(log), configdir.WithLimits(configdir.Limits{
 				FileBytes: *configMaxFileBytes, ObjectsPerFile: *configMaxObjectsPerFile, Objects: *configMaxObjects, Files: *configMaxFiles}))
+			// Before anything is bound or attached: a directory missing at
+			// the start is a mistyped path more often than a moment in a
+			// config tool's update (one that goes later is waited for).
+			if err := cd.Check(); err != nil {
+				return usagef("--config-dir %q: %w", *configDir, err)
+			}
+			src = cd
 		default:
 			rc, err := kube.RESTConfig(*kubeconfig)
 			if err != nil && !fs.Changed("kubeconfig") {

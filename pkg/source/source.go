@@ -15,7 +15,8 @@ type Source interface {
 	// Run calls deliver with a complete snapshot once the source has its first
 	// consistent view, and again after every change, until ctx is done. Calls
 	// to deliver are sequential. Run returns nil when ctx ends, or an error
-	// that makes the source unusable (bad flags, a directory that vanished).
+	// that makes the source unusable (bad flags, a directory missing at the
+	// start).
 	// Errors in individual objects are logged and the last good state kept.
 	//
 	// A delivered snapshot is never changed afterwards: the agent keeps

@@ -156,9 +156,17 @@ type Source struct {
 	mu    sync.Mutex
 	errs  []error
 	stats dirStats
+	// unreadable is why the directory could not be read at the last scan
+	// (removed, a symlink re-pointed at a directory not there yet), nil
+	// while it can: the last snapshot is served meanwhile.
+	unreadable error
 }
 
-var _ source.Source = (*Source)(nil)
+var (
+	_ source.Source         = (*Source)(nil)
+	_ source.ErrorReporter  = (*Source)(nil)
+	_ source.HealthReporter = (*Source)(nil)
+)
 
 // Option configures a Source.
 type Option func(*Source)
@@ -193,19 +201,54 @@ func New(dir string, opts ...Option) *Source {
 }
 
 // Errors returns the problems in the directory as of the last scan, each a
-// *FileError, for health endpoints and metrics. It is safe to call at any
-// time, also while Run is running.
+// *FileError, for health endpoints and metrics: first, while the directory
+// cannot be read, that. It is safe to call at any time, also while Run is
+// running.
 func (s *Source) Errors() []error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.unreadable != nil {
+		gone := fmt.Errorf("%w: serving the manifests last read until it is back", s.unreadable)
+		return append([]error{&FileError{Path: s.dir, Err: gone}}, s.errs...)
+	}
 	return slices.Clone(s.errs)
+}
+
+// Healthy is nil while the directory can be read, and says why not
+// otherwise: the agent then serves the last snapshot, and says so in
+// /readyz and `ztdns status`. It implements source.HealthReporter.
+func (s *Source) Healthy() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.unreadable
+}
+
+// Check reports whether the directory is there to read, for the agent to
+// refuse a --config-dir that is not before it starts anything: Run would
+// end at once.
+func (s *Source) Check() error {
+	fi, err := os.Stat(s.dir)
+	if err != nil {
+		return err
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("%s is not a directory", quoted(s.dir))
+	}
+	d, err := os.Open(s.dir)
+	if err != nil {
+		return err
+	}
+	return d.Close()
 }
 
 // Run reads the directory, delivers the first snapshot (even when some files
 // are broken), then watches the directory and delivers a new snapshot after
 // every change to what it serves, until ctx is done. It returns an error when
-// the directory does not exist or cannot be read any more. Run must not be
-// called again before it returns.
+// the directory does not exist or cannot be read at the start; one that goes
+// later (removed and made again, a symlink re-pointed at a directory not
+// there yet) keeps the last snapshot served, reported by Errors and
+// Healthy, until it is back. Run must not be called again before it
+// returns.
 //
 // Snapshots share the objects' inner slices and maps with the source and with
 // each other: receivers must treat them as read-only.
@@ -297,8 +340,10 @@ func (s *Source) follow(ctx context.Context, w watcher, st *state, deliver func(
 			if ctx.Err() != nil {
 				return nil
 			}
-			if err != nil {
-				return err
+			if s.setUnreadable(err); err != nil {
+				// The watcher signals again when the path leads to a
+				// directory again (it compares it every second).
+				continue
 			}
 			w.rearm()
 			s.record(st)
@@ -323,6 +368,21 @@ func (s *Source) scan(ctx context.Context, st *state) (changed bool, err error) 
 	s.lastScan = max(end.Sub(start), 0)
 	s.readyAt = end.Add(s.lastScan)
 	return changed, err
+}
+
+// setUnreadable records why the directory could not be read (nil: it
+// could), logging once when it goes and once when it is back.
+func (s *Source) setUnreadable(err error) {
+	s.mu.Lock()
+	was := s.unreadable
+	s.unreadable = err
+	s.mu.Unlock()
+	switch {
+	case err != nil && was == nil:
+		s.log.Warn("cannot read the config dir; serving the last manifests read until it is back", "error", err)
+	case err == nil && was != nil:
+		s.log.Info("the config dir is back; reading it again")
+	}
 }
 
 func minTime(a, b time.Time) time.Time {

@@ -9,7 +9,8 @@ import (
 var (
 	problemsDesc = prometheus.NewDesc("ztdns_configdir_problems",
 		fmt.Sprintf("Problems in the --config-dir manifests as ztdns status lists them (at most %d a file and %d in all, "+
-			"a line counting the rest counted as one); 0 when every file is served as written.", maxProblemsPerFile, maxProblems),
+			"a line counting the rest counted as one), and the directory itself while it cannot be read; 0 when every file is served as written.",
+			maxProblemsPerFile, maxProblems),
 		nil, nil)
 	filesDesc = prometheus.NewDesc("ztdns_configdir_files",
 		"Manifest files in --config-dir by state: served (as written), refused (problems: its last good objects, if any, are served), "+
@@ -36,6 +37,9 @@ func (c collector) Describe(ch chan<- *prometheus.Desc) {
 func (c collector) Collect(ch chan<- prometheus.Metric) {
 	c.s.mu.Lock()
 	d, problems := c.s.stats, len(c.s.errs)
+	if c.s.unreadable != nil {
+		problems++ // as Errors lists it
+	}
 	c.s.mu.Unlock()
 	ch <- prometheus.MustNewConstMetric(problemsDesc, prometheus.GaugeValue, float64(problems))
 	for state, n := range map[string]int{
