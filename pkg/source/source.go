@@ -31,6 +31,14 @@ type ErrorReporter interface {
 	Errors() []error
 }
 
+// WarningReporter is implemented by sources that serve some inputs other
+// than as written (a manifest's field ztdns does not know, ignored), and
+// can list where, for `ztdns status`. Unlike Errors, nothing in them keeps
+// an input from being served.
+type WarningReporter interface {
+	Warnings() []error
+}
+
 // HealthReporter is implemented by sources that can lose their connection
 // (a Kubernetes API server): Healthy is nil while the source keeps up, and
 // says what is failing otherwise. The agent keeps serving the last table and

@@ -155,6 +155,7 @@ type Source struct {
 
 	mu    sync.Mutex
 	errs  []error
+	warns []error
 	stats dirStats
 	// unreadable is why the directory could not be read at the last scan
 	// (removed, a symlink re-pointed at a directory not there yet), nil
@@ -163,9 +164,10 @@ type Source struct {
 }
 
 var (
-	_ source.Source         = (*Source)(nil)
-	_ source.ErrorReporter  = (*Source)(nil)
-	_ source.HealthReporter = (*Source)(nil)
+	_ source.Source          = (*Source)(nil)
+	_ source.ErrorReporter   = (*Source)(nil)
+	_ source.HealthReporter  = (*Source)(nil)
+	_ source.WarningReporter = (*Source)(nil)
 )
 
 // Option configures a Source.
@@ -212,6 +214,18 @@ func (s *Source) Errors() []error {
 		return append([]error{&FileError{Path: s.dir, Err: gone}}, s.errs...)
 	}
 	return slices.Clone(s.errs)
+}
+
+// Warnings returns what the directory's files serve other than as
+// written, as of the last scan, each a *FileError on the line it is about:
+// fields ztdns does not know (a misspelt one silently changes the answer),
+// values skipped, objects that look like a kind ztdns reads but are not.
+// At most maxProblems of them, kept as Errors keeps problems. It is safe to
+// call at any time, also while Run is running.
+func (s *Source) Warnings() []error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.warns)
 }
 
 // Healthy is nil while the directory can be read, and says why not
@@ -392,17 +406,28 @@ func minTime(a, b time.Time) time.Time {
 	return a
 }
 
-// record publishes the state's problems and logs those that are new. At
-// most maxProblems are kept (see fairShare).
+// record publishes the state's problems and warnings and logs those that
+// are new. At most maxProblems of each are kept (see fairShare).
 func (s *Source) record(st *state) {
-	errs := fairShare(s.dir, st.errors(), maxProblems)
+	errs := fairShare(s.dir, st.errors(), maxProblems, "problems")
+	warns := fairShare(s.dir, st.warnings(), maxProblems, "warnings")
 	stats := st.stats()
 	stats.scan = s.lastScan
 	s.mu.Lock()
-	old := s.errs
-	s.errs = errs
+	old, oldWarns := s.errs, s.warns
+	s.errs, s.warns = errs, warns
 	s.stats = stats
 	s.mu.Unlock()
+
+	warned := make(map[string]bool, len(oldWarns))
+	for _, w := range oldWarns {
+		warned[w.Error()] = true
+	}
+	for _, w := range warns {
+		if !warned[w.Error()] {
+			s.log.Warn("manifest warning: served, but not as written", "warning", w)
+		}
+	}
 
 	seen := make(map[string]bool, len(old))
 	for _, err := range old {
@@ -427,13 +452,14 @@ func (s *Source) record(st *state) {
 	}
 }
 
-// fairShare keeps at most limit of errs, in their order: first the first
+// fairShare keeps at most limit of errs (what they are: problems,
+// warnings), in their order: first the first
 // problem of every file, then the others in order, so that many problems
 // in the first files do not hide that a later file is broken. When there
 // are more, the last one kept counts the rest (a line left out that counts
 // problems itself, such as a file's "981 more problems not listed", counts
 // as those) and names (up to maxNamedFiles of) the files they are in.
-func fairShare(dir string, errs []error, limit int) []error {
+func fairShare(dir string, errs []error, limit int, what string) []error {
 	if len(errs) <= limit {
 		return errs
 	}
@@ -477,7 +503,7 @@ func fairShare(dir string, errs []error, limit int) []error {
 	if len(files) > maxNamedFiles {
 		in += fmt.Sprintf(" and %d more files", len(files)-maxNamedFiles)
 	}
-	return append(out, &FileError{Path: dir, Err: moreProblemsf(left, "%d more problems not listed, in %s", left, in)})
+	return append(out, &FileError{Path: dir, Err: moreProblemsf(left, "%d more %s not listed, in %s", left, what, in)})
 }
 
 // pathOf is the file a problem is in.
