@@ -288,11 +288,14 @@ directory of YAML manifests (--config-dir).`,
 		case *configDir != "":
 			cd := configdir.New(*configDir, configdir.WithLogger(log), configdir.WithLimits(configdir.Limits{
 				FileBytes: *configMaxFileBytes, ObjectsPerFile: *configMaxObjectsPerFile, Objects: *configMaxObjects, Files: *configMaxFiles}))
-			// Before anything is bound or attached: a directory missing at
-			// the start is a mistyped path more often than a moment in a
-			// config tool's update (one that goes later is waited for).
+			// Before anything is bound or attached: an agent that started
+			// on it would have nothing to answer from. A failure, not a
+			// usage error (status 2, which the systemd unit does not
+			// restart): the directory may yet come (a config tool, a
+			// mount), and a restart then serves it. One that goes later
+			// is waited for, its last manifests served.
 			if err := cd.Check(); err != nil {
-				return usagef("--config-dir %q: %w", *configDir, err)
+				return fmt.Errorf("--config-dir %q: %w", *configDir, err)
 			}
 			src = cd
 		default:

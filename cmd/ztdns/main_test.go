@@ -217,10 +217,6 @@ func TestUsageErrors(t *testing.T) {
 	t.Setenv("KUBERNETES_SERVICE_HOST", "")
 	t.Setenv("KUBERNETES_SERVICE_PORT", "")
 	noAgent := filepath.Join(dir, "no-agent.sock") // should a capture line get that far
-	notDir := filepath.Join(t.TempDir(), "manifests.yaml")
-	if err := os.WriteFile(notDir, nil, 0o644); err != nil {
-		t.Fatal(err)
-	}
 	for _, tc := range []struct {
 		args []string
 		want string
@@ -267,12 +263,6 @@ func TestUsageErrors(t *testing.T) {
 			`ztdns capture add: namespace "BAD_NS": a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')`},
 		{[]string{"completion", "nosh"}, `ztdns completion: unknown command "nosh" for "ztdns completion"`},
 		{[]string{"completion"}, `ztdns completion: give bash, zsh, fish or powershell`},
-		// Before anything is attached; before, the agent started, then
-		// exited 1 as its source ended.
-		{[]string{"agent", "--config-dir", dir + "/missing"},
-			`ztdns agent: --config-dir "` + dir + `/missing": stat ` + dir + `/missing: no such file or directory`},
-		{[]string{"agent", "--config-dir", notDir},
-			`ztdns agent: --config-dir "` + notDir + `": ` + notDir + ` is not a directory`},
 		{[]string{"agent", "--config-dir", dir, "--capture-port", "53"}, "ztdns agent: --capture-port 53: want another port, which istio-cni's in-pod DNS rules leave alone"},
 		{[]string{"agent", "--config-dir", dir, "--heartbeat-stale", "0"}, "ztdns agent: --heartbeat-stale 0s: want at least 2s, twice the agent's heartbeat"},
 		{[]string{"agent", "--config-dir", dir, "--heartbeat-stale", "1s"}, "ztdns agent: --heartbeat-stale 1s: want at least 2s, twice the agent's heartbeat"},
@@ -341,6 +331,11 @@ func TestUsageErrors(t *testing.T) {
 // until the tests' 15 s guard stopped it exits 1 too, with another).
 func TestFailures(t *testing.T) {
 	socket := filepath.Join(t.TempDir(), "no-agent.sock")
+	missing := filepath.Join(t.TempDir(), "missing")
+	notDir := filepath.Join(t.TempDir(), "manifests.yaml")
+	if err := os.WriteFile(notDir, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct {
 		args []string
 		want string // the error, after the command's name
@@ -353,6 +348,12 @@ func TestFailures(t *testing.T) {
 		{[]string{"agent", "--config-dir", t.TempDir(), "--resolv-conf", "/nonexistent"},
 			"no upstream: give --upstream or list a nameserver in /nonexistent\n"},
 		{[]string{"agent", "--config-dir", t.TempDir(), "--listen", ""}, "no --listen address\n"},
+		// Before anything is bound or attached, and not a usage error:
+		// the directory may yet come, and a restart serve it. Before, the
+		// agent started (logging "agent started"), then exited 1 as its
+		// source ended.
+		{[]string{"agent", "--config-dir", missing}, `--config-dir "` + missing + `": stat ` + missing + ": no such file or directory\n"},
+		{[]string{"agent", "--config-dir", notDir}, `--config-dir "` + notDir + `": ` + notDir + " is not a directory\n"},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			r := ztdns(t, tc.args...)
