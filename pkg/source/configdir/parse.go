@@ -96,13 +96,13 @@ func (p parser) tooManyObjects() error {
 // parseFile reduces every object in data, read from path, to its model form.
 // It returns the problems it finds as *FileError, at most
 // maxProblemsPerFile of them, the last of which then counts the rest; a
-// file with problems must not be served, so its manifests are then nil.
-// Warnings are what is served other than as written, each a *FileError on
-// the line of what it is about (an unknown field, a value skipped), as
-// many at most. A
+// file with problems must not be served, so its manifests are then nil. A
 // file with more than limits.ObjectsPerFile objects, or documents that are
 // not empty, is a problem, found as soon as those read pass the limit:
-// objects of kinds ztdns ignores count too.
+// objects of kinds ztdns ignores count too. Warnings are what is served
+// other than as written, each a *FileError on the line of what it is
+// about (an unknown field, a value skipped), kept and counted as problems
+// are.
 func (p parser) parseFile(path string, data []byte) (_ *manifests, errs, warnings []error) {
 	m := &manifests{warnings: &problems{path: path, what: "warnings"}}
 	pr := &problems{path: path}
