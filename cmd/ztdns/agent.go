@@ -286,8 +286,18 @@ directory of YAML manifests (--config-dir).`,
 		case *configDir != "" && *kubeconfig != "":
 			return usagef("give --config-dir or --kubeconfig, not both")
 		case *configDir != "":
-			src = configdir.New(*configDir, configdir.WithLogger(log), configdir.WithLimits(configdir.Limits{
+			cd := configdir.New(*configDir, configdir.WithLogger(log), configdir.WithLimits(configdir.Limits{
 				FileBytes: *configMaxFileBytes, ObjectsPerFile: *configMaxObjectsPerFile, Objects: *configMaxObjects, Files: *configMaxFiles}))
+			// Before anything is bound or attached: an agent that started
+			// on it would have nothing to answer from. A failure, not a
+			// usage error (status 2, which the systemd unit does not
+			// restart): the directory may yet come (a config tool, a
+			// mount), and a restart then serves it. One that goes later
+			// is waited for, its last manifests served.
+			if err := cd.Check(); err != nil {
+				return fmt.Errorf("--config-dir %q: %w", *configDir, err)
+			}
+			src = cd
 		default:
 			rc, err := kube.RESTConfig(*kubeconfig)
 			if err != nil && !fs.Changed("kubeconfig") {

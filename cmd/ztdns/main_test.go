@@ -331,6 +331,11 @@ func TestUsageErrors(t *testing.T) {
 // until the tests' 15 s guard stopped it exits 1 too, with another).
 func TestFailures(t *testing.T) {
 	socket := filepath.Join(t.TempDir(), "no-agent.sock")
+	missing := filepath.Join(t.TempDir(), "missing")
+	notDir := filepath.Join(t.TempDir(), "manifests.yaml")
+	if err := os.WriteFile(notDir, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct {
 		args []string
 		want string // the error, after the command's name
@@ -343,6 +348,12 @@ func TestFailures(t *testing.T) {
 		{[]string{"agent", "--config-dir", t.TempDir(), "--resolv-conf", "/nonexistent"},
 			"no upstream: give --upstream or list a nameserver in /nonexistent\n"},
 		{[]string{"agent", "--config-dir", t.TempDir(), "--listen", ""}, "no --listen address\n"},
+		// Before anything is bound or attached, and not a usage error:
+		// the directory may yet come, and a restart serve it. Before, the
+		// agent started (logging "agent started"), then exited 1 as its
+		// source ended.
+		{[]string{"agent", "--config-dir", missing}, `--config-dir "` + missing + `": stat ` + missing + ": no such file or directory\n"},
+		{[]string{"agent", "--config-dir", notDir}, `--config-dir "` + notDir + `": ` + notDir + " is not a directory\n"},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			r := ztdns(t, tc.args...)

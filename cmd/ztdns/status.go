@@ -82,6 +82,7 @@ func statusTable(w io.Writer, st control.Status, wide bool) {
 	}
 	line("Access log", accessLogText(st.AccessLog))
 	list("Source errors", st.SourceErrors)
+	list("Source warnings", st.SourceWarnings)
 	if st.StateUnsaved != "" {
 		line("State unsaved", st.StateUnsaved)
 	}

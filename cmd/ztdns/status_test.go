@@ -153,3 +153,22 @@ func TestStatusShowsDefaultExportTo(t *testing.T) {
 		t.Errorf("status lacks %q:\n%s", want, b.String())
 	}
 }
+
+// TestStatusListsSourceWarnings: what the source serves other than as
+// written (a manifest's misspelt field) is listed after its errors, a
+// line each, escaped as they are.
+func TestStatusListsSourceWarnings(t *testing.T) {
+	var status strings.Builder
+	statusTable(&status, control.Status{Ready: true,
+		SourceErrors: []string{"/etc/ztdns/a.yaml:3: bad"},
+		SourceWarnings: []string{
+			`/etc/ztdns/c.yaml:7: serviceentry shop/db: unknown field "spec.adresses" ignored: the object is served without it`,
+			"/etc/ztdns/d\x1b.yaml:2: x",
+		}}, false)
+	want := "Source errors:\t/etc/ztdns/a.yaml:3: bad\n" +
+		"Source warnings:\t/etc/ztdns/c.yaml:7: serviceentry shop/db: unknown field \"spec.adresses\" ignored: the object is served without it\n" +
+		"\t/etc/ztdns/d\\x1b.yaml:2: x\n"
+	if !strings.Contains(status.String(), want) {
+		t.Errorf("status lacks\n%s\ngot:\n%s", want, status.String())
+	}
+}

@@ -164,5 +164,10 @@ func (a *Agent) status() control.Status {
 			st.SourceErrors = append(st.SourceErrors, err.Error())
 		}
 	}
+	if wr, ok := a.cfg.Source.(source.WarningReporter); ok {
+		for _, err := range wr.Warnings() {
+			st.SourceWarnings = append(st.SourceWarnings, err.Error())
+		}
+	}
 	return st
 }

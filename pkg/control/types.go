@@ -67,6 +67,10 @@ type Status struct {
 	// SourceErrors are inputs the source could not read; their previous
 	// good state is still served.
 	SourceErrors []string `json:"sourceErrors,omitempty"`
+	// SourceWarnings are inputs served other than as written: a
+	// manifest's field ztdns does not know, ignored (a misspelt one
+	// changes the answer), a value skipped.
+	SourceWarnings []string `json:"sourceWarnings,omitempty"`
 	// StateUnsaved is set while the record of captured pods could not be
 	// written: the agent keeps retrying, and a restart now would rebuild
 	// its marks from the source and the runtime instead.

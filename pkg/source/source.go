@@ -15,7 +15,8 @@ type Source interface {
 	// Run calls deliver with a complete snapshot once the source has its first
 	// consistent view, and again after every change, until ctx is done. Calls
 	// to deliver are sequential. Run returns nil when ctx ends, or an error
-	// that makes the source unusable (bad flags, a directory that vanished).
+	// that makes the source unusable (bad flags, a directory missing at the
+	// start).
 	// Errors in individual objects are logged and the last good state kept.
 	//
 	// A delivered snapshot is never changed afterwards: the agent keeps
@@ -28,6 +29,14 @@ type Source interface {
 // for `ztdns status` and /readyz.
 type ErrorReporter interface {
 	Errors() []error
+}
+
+// WarningReporter is implemented by sources that serve some inputs other
+// than as written (a manifest's field ztdns does not know, ignored), and
+// can list where, for `ztdns status`. Unlike Errors, nothing in them keeps
+// an input from being served.
+type WarningReporter interface {
+	Warnings() []error
 }
 
 // HealthReporter is implemented by sources that can lose their connection

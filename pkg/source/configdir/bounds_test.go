@@ -133,7 +133,7 @@ func TestManyBrokenDocuments(t *testing.T) {
 	const n = 10_000
 	data := []byte(strings.Repeat("---\n[\n", n))
 	p := parser{log: quietLogger(), limits: Limits{}.withDefaults()}
-	_, errs := p.parseFile("broken.yaml", data)
+	_, errs, _ := p.parseFile("broken.yaml", data)
 	if len(errs) != maxProblemsPerFile {
 		t.Fatalf("%d problems, want %d", len(errs), maxProblemsPerFile)
 	}

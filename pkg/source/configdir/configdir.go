@@ -155,10 +155,20 @@ type Source struct {
 
 	mu    sync.Mutex
 	errs  []error
+	warns []error
 	stats dirStats
+	// unreadable is why the directory could not be read at the last scan
+	// (removed, a symlink re-pointed at a directory not there yet), nil
+	// while it can: the last snapshot is served meanwhile.
+	unreadable error
 }
 
-var _ source.Source = (*Source)(nil)
+var (
+	_ source.Source          = (*Source)(nil)
+	_ source.ErrorReporter   = (*Source)(nil)
+	_ source.HealthReporter  = (*Source)(nil)
+	_ source.WarningReporter = (*Source)(nil)
+)
 
 // Option configures a Source.
 type Option func(*Source)
@@ -193,19 +203,66 @@ func New(dir string, opts ...Option) *Source {
 }
 
 // Errors returns the problems in the directory as of the last scan, each a
-// *FileError, for health endpoints and metrics. It is safe to call at any
-// time, also while Run is running.
+// *FileError, for health endpoints and metrics: first, while the directory
+// cannot be read, that. It is safe to call at any time, also while Run is
+// running.
 func (s *Source) Errors() []error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.unreadable != nil {
+		gone := fmt.Errorf("%w: serving the manifests last read until it is back", s.unreadable)
+		return append([]error{&FileError{Path: s.dir, Err: gone}}, s.errs...)
+	}
 	return slices.Clone(s.errs)
+}
+
+// Warnings returns what the directory's files serve other than as
+// written, as of the last scan, each a *FileError on the line it is about:
+// fields ztdns does not know (a misspelt one silently changes the answer),
+// values skipped, objects that look like a kind ztdns reads but are not.
+// At most maxProblems of them, kept as Errors keeps problems. It is safe to
+// call at any time, also while Run is running.
+func (s *Source) Warnings() []error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.warns)
+}
+
+// Healthy is nil while the directory can be read, and says why not
+// otherwise: the agent then serves the last snapshot, and says so in
+// /readyz and `ztdns status`. It implements source.HealthReporter.
+func (s *Source) Healthy() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.unreadable
+}
+
+// Check reports whether the directory is there to read, for the agent to
+// refuse a --config-dir that is not before it starts anything: Run would
+// end at once.
+func (s *Source) Check() error {
+	fi, err := os.Stat(s.dir)
+	if err != nil {
+		return err
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("%s is not a directory", quoted(s.dir))
+	}
+	d, err := os.Open(s.dir)
+	if err != nil {
+		return err
+	}
+	return d.Close()
 }
 
 // Run reads the directory, delivers the first snapshot (even when some files
 // are broken), then watches the directory and delivers a new snapshot after
 // every change to what it serves, until ctx is done. It returns an error when
-// the directory does not exist or cannot be read any more. Run must not be
-// called again before it returns.
+// the directory does not exist or cannot be read at the start; one that goes
+// later (removed and made again, a symlink re-pointed at a directory not
+// there yet) keeps the last snapshot served, reported by Errors and
+// Healthy, until it is back. Run must not be called again before it
+// returns.
 //
 // Snapshots share the objects' inner slices and maps with the source and with
 // each other: receivers must treat them as read-only.
@@ -297,8 +354,10 @@ func (s *Source) follow(ctx context.Context, w watcher, st *state, deliver func(
 			if ctx.Err() != nil {
 				return nil
 			}
-			if err != nil {
-				return err
+			if s.setUnreadable(err); err != nil {
+				// The watcher signals again when the path leads to a
+				// directory again (it compares it every second).
+				continue
 			}
 			w.rearm()
 			s.record(st)
@@ -325,6 +384,21 @@ func (s *Source) scan(ctx context.Context, st *state) (changed bool, err error) 
 	return changed, err
 }
 
+// setUnreadable records why the directory could not be read (nil: it
+// could), logging once when it goes and once when it is back.
+func (s *Source) setUnreadable(err error) {
+	s.mu.Lock()
+	was := s.unreadable
+	s.unreadable = err
+	s.mu.Unlock()
+	switch {
+	case err != nil && was == nil:
+		s.log.Warn("cannot read the config dir; serving the last manifests read until it is back", "error", err)
+	case err == nil && was != nil:
+		s.log.Info("the config dir is back; reading it again")
+	}
+}
+
 func minTime(a, b time.Time) time.Time {
 	if b.Before(a) {
 		return b
@@ -332,17 +406,28 @@ func minTime(a, b time.Time) time.Time {
 	return a
 }
 
-// record publishes the state's problems and logs those that are new. At
-// most maxProblems are kept (see fairShare).
+// record publishes the state's problems and warnings and logs those that
+// are new. At most maxProblems of each are kept (see fairShare).
 func (s *Source) record(st *state) {
-	errs := fairShare(s.dir, st.errors(), maxProblems)
+	errs := fairShare(s.dir, st.errors(), maxProblems, "problems")
+	warns := fairShare(s.dir, st.warnings(), maxProblems, "warnings")
 	stats := st.stats()
 	stats.scan = s.lastScan
 	s.mu.Lock()
-	old := s.errs
-	s.errs = errs
+	old, oldWarns := s.errs, s.warns
+	s.errs, s.warns = errs, warns
 	s.stats = stats
 	s.mu.Unlock()
+
+	warned := make(map[string]bool, len(oldWarns))
+	for _, w := range oldWarns {
+		warned[w.Error()] = true
+	}
+	for _, w := range warns {
+		if !warned[w.Error()] {
+			s.log.Warn("manifest warning: served, but not as written", "warning", w)
+		}
+	}
 
 	seen := make(map[string]bool, len(old))
 	for _, err := range old {
@@ -367,13 +452,14 @@ func (s *Source) record(st *state) {
 	}
 }
 
-// fairShare keeps at most limit of errs, in their order: first the first
+// fairShare keeps at most limit of errs (what they are: problems,
+// warnings), in their order: first the first
 // problem of every file, then the others in order, so that many problems
 // in the first files do not hide that a later file is broken. When there
 // are more, the last one kept counts the rest (a line left out that counts
 // problems itself, such as a file's "981 more problems not listed", counts
 // as those) and names (up to maxNamedFiles of) the files they are in.
-func fairShare(dir string, errs []error, limit int) []error {
+func fairShare(dir string, errs []error, limit int, what string) []error {
 	if len(errs) <= limit {
 		return errs
 	}
@@ -417,7 +503,7 @@ func fairShare(dir string, errs []error, limit int) []error {
 	if len(files) > maxNamedFiles {
 		in += fmt.Sprintf(" and %d more files", len(files)-maxNamedFiles)
 	}
-	return append(out, &FileError{Path: dir, Err: moreProblemsf(left, "%d more problems not listed, in %s", left, in)})
+	return append(out, &FileError{Path: dir, Err: moreProblemsf(left, "%d more %s not listed, in %s", left, what, in)})
 }
 
 // pathOf is the file a problem is in.

@@ -203,6 +203,34 @@ spec:
 			want: []string{`bad.yaml:11: service default/web: clusterIP "10.96.0.256" is not an IP address`},
 		},
 		{
+			// Before, at the object's first line, by Go's names:
+			// "serviceEntryManifest.spec of type []json.RawMessage".
+			name: "ServiceEntry field of the wrong type",
+			yaml: `apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: x}
+spec:
+  hosts: [x.example]
+  addresses: 198.51.100.13
+  resolution: STATIC
+`,
+			want: []string{`bad.yaml:10: serviceentry default/x: spec.addresses: want a list, got a string`},
+		},
+		{
+			// Before: "ServicePort.spec.ports.port of type int32", at line 5.
+			name: "Service port of the wrong type, in the second item",
+			yaml: `apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  clusterIP: 10.96.0.20
+  ports:
+  - port: 81
+  - port: "80"
+`,
+			want: []string{`bad.yaml:12: service default/web: spec.ports[1].port: want a number, got a string`},
+		},
+		{
 			name: "Service field of the wrong type",
 			yaml: `apiVersion: v1
 kind: Service
@@ -210,7 +238,10 @@ metadata: {name: web}
 spec:
   ports: 80
 `,
-			want: []string{`bad.yaml:5: service default/web: json: cannot unmarshal number into Go struct field ServiceSpec.spec.ports of type []v1.ServicePort`},
+			// Named as written, on its line; before, at the object's first
+			// line, by Go's names (ServiceSpec.spec.ports of type
+			// []v1.ServicePort).
+			want: []string{`bad.yaml:9: service default/web: spec.ports: want a list, got a number`},
 		},
 		{
 			name: "invalid Pod IP",
@@ -643,7 +674,7 @@ spec:
   - {name: a, number: -1, protocol: TCP}
 `,
 			// Istio's type has no room for it: refused where it is decoded.
-			want: []string{`bad.yaml:5: serviceentry default/ext: json: cannot unmarshal number -1 into Go struct field serviceEntryManifest.spec of type uint32`},
+			want: []string{`bad.yaml:11: serviceentry default/ext: spec.ports[0].number: want a whole number from 0 to 4294967295, got -1`},
 		},
 		{
 			name: "EndpointSlice port",

@@ -25,15 +25,15 @@ func FuzzParseManifest(f *testing.F) {
 	}
 	p := parser{log: quietLogger(), limits: Limits{}.withDefaults()}
 	f.Fuzz(func(t *testing.T, data []byte) {
-		m, errs := p.parseFile("f.yaml", data)
-		if len(errs) > maxProblemsPerFile {
+		m, errs, warnings := p.parseFile("f.yaml", data)
+		if len(errs) > maxProblemsPerFile || len(warnings) > maxProblemsPerFile {
 			t.Fatalf("%d problems, more than %d", len(errs), maxProblemsPerFile)
 		}
 		if len(errs) > 0 && m != nil {
 			t.Fatalf("a file with problems serves %d objects", m.len())
 		}
 		lines := lineCount(data)
-		for _, err := range errs {
+		for _, err := range append(errs, warnings...) {
 			var fe *FileError
 			if !errors.As(err, &fe) {
 				t.Fatalf("problem %v is not a *FileError", err)

@@ -98,6 +98,13 @@ func writeFiles(tb testing.TB, dir string, files map[string]string) {
 // being written any more: see withoutSettle).
 func load(tb testing.TB, dir string, opts ...Option) (*model.Snapshot, []error) {
 	tb.Helper()
+	snap, errs, _ := loadWithWarnings(tb, dir, opts...)
+	return snap, errs
+}
+
+// loadWithWarnings is load, returning the source's warnings too.
+func loadWithWarnings(tb testing.TB, dir string, opts ...Option) (*model.Snapshot, []error, []error) {
+	tb.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	s := New(dir, append([]Option{withoutSettle()}, opts...)...)
@@ -112,7 +119,7 @@ func load(tb testing.TB, dir string, opts ...Option) (*model.Snapshot, []error) 
 	if snap == nil {
 		tb.Fatal("Run returned without delivering a snapshot")
 	}
-	return snap, s.Errors()
+	return snap, s.Errors(), s.Warnings()
 }
 
 // loadFiles writes files into a new directory and loads it.

@@ -8,9 +8,11 @@ import (
 	"log/slog"
 	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 
 	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/reflect/protoreflect"
 	networkingv1alpha3api "istio.io/api/networking/v1alpha3"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	sigsjson "sigs.k8s.io/json"
@@ -29,10 +31,11 @@ type manifests struct {
 	serviceEntries []model.ServiceEntry
 	pods           []model.Pod
 	placed         []placedObject
-	// While parsing: warnings (unknown fields, skipped values) logged and
-	// not logged, and whether a List had more items than a file may hold.
-	unknownWarned, unknownMore int
-	tooMany                    bool
+	// While parsing: the file's warnings (unknown fields, skipped values,
+	// objects that look like a kind ztdns reads but are not), and whether a
+	// List had more items than a file may hold.
+	warnings *problems
+	tooMany  bool
 	// ignored counts the objects of kinds ztdns does not read: they count
 	// against the limit on objects per file all the same.
 	ignored int
@@ -96,13 +99,16 @@ func (p parser) tooManyObjects() error {
 // file with problems must not be served, so its manifests are then nil. A
 // file with more than limits.ObjectsPerFile objects, or documents that are
 // not empty, is a problem, found as soon as those read pass the limit:
-// objects of kinds ztdns ignores count too.
-func (p parser) parseFile(path string, data []byte) (*manifests, []error) {
-	m := &manifests{}
+// objects of kinds ztdns ignores count too. Warnings are what is served
+// other than as written, each a *FileError on the line of what it is
+// about (an unknown field, a value skipped), kept and counted as problems
+// are.
+func (p parser) parseFile(path string, data []byte) (_ *manifests, errs, warnings []error) {
+	m := &manifests{warnings: &problems{path: path, what: "warnings"}}
 	pr := &problems{path: path}
 	if line, err := encodingError(data); err != nil {
 		pr.add(line, err)
-		return nil, pr.list()
+		return nil, pr.list(), nil
 	}
 	docs := 0
 	for doc := range documents(data) {
@@ -135,16 +141,15 @@ func (p parser) parseFile(path string, data []byte) (*manifests, []error) {
 		}
 	}
 	duplicatesWithin(pr, m.placed)
-	if m.unknownMore > 0 {
-		p.log.Warn("more objects with fields ztdns does not know or values it skips; not listing them", "path", path, "more", m.unknownMore)
-	}
+	warnings = m.warnings.list()
+	m.warnings = nil
 	if pr.count() > 0 {
-		return nil, pr.list()
+		return nil, pr.list(), warnings
 	}
 	// Kept until the file changes: without the room append left for more.
 	m.namespaces, m.services, m.endpointSlices = compact(m.namespaces), compact(m.services), compact(m.endpointSlices)
 	m.serviceEntries, m.pods, m.placed = compact(m.serviceEntries), compact(m.pods), compact(m.placed)
-	return m, nil
+	return m, nil, warnings
 }
 
 // problems collects the problems of one file as it is parsed. It keeps the
@@ -154,6 +159,7 @@ func (p parser) parseFile(path string, data []byte) (*manifests, []error) {
 // for problems that are kept.
 type problems struct {
 	path string
+	what string // what they are, in the line counting those not kept: "problems" if empty
 	kept []error
 	more int // problems found but not kept
 }
@@ -186,8 +192,12 @@ func (p *problems) addAt(line func() int, err error) {
 // list returns the problems kept; when some were only counted, the last one
 // kept gives way to their count.
 func (p *problems) list() []error {
+	what := p.what
+	if what == "" {
+		what = "problems"
+	}
 	return capped(p.kept, p.count(), maxProblemsPerFile, func(n int) error {
-		return &FileError{Path: p.path, Err: moreProblemsf(n, "%d more problems not listed", n)}
+		return &FileError{Path: p.path, Err: moreProblemsf(n, "%d more %s not listed", n, what)}
 	})
 }
 
@@ -212,9 +222,6 @@ func compact[T any](s []T) []T {
 // maxDocumentBytes bounds one YAML document (a kind: List of about 9,000
 // ServiceEntries).
 const maxDocumentBytes = 2 << 20
-
-// maxUnknownFieldWarnings bounds the log lines about unknown fields per file.
-const maxUnknownFieldWarnings = 20
 
 // maxListDepth bounds how deep kind: List objects nest. kubectl writes one
 // level and flattens a few; every level decodes and copies all it holds,
@@ -311,14 +318,9 @@ func (p parser) parseObject(pr *problems, raw []byte, loc *locator, at []int, m 
 		m.ignored++
 		if want, ok := lookalike(h.Kind, group); ok {
 			// A misspelt kind or group serves nothing, silently: say so.
-			if m.unknownWarned >= maxUnknownFieldWarnings {
-				m.unknownMore++
-				return
-			}
-			m.unknownWarned++
-			p.log.Warn("object ignored: its kind or apiVersion looks like one ztdns reads, but is not",
-				"at", fmt.Sprintf("%s:%d", path, loc.objectLine(at)), "apiVersion", h.APIVersion, "kind", h.Kind,
-				"name", h.Metadata.Name, "want", want)
+			m.warnings.addAt(func() int { return loc.objectLine(at) }, fmt.Errorf(
+				"%s %s of apiVersion %s ignored: it looks like a kind ztdns reads, but is not (want %s)",
+				quoted(h.Kind), quoted(h.Metadata.Name), quoted(h.APIVersion), want))
 			return
 		}
 		p.log.Debug("ignoring object of a kind ztdns does not read",
@@ -342,7 +344,25 @@ func (p parser) parseObject(pr *problems, raw []byte, loc *locator, at []int, m 
 	}
 	res := k.decode(raw, version, m)
 	if res.decodeErr != nil {
-		fail(fmt.Errorf("%s: %w", id, res.decodeErr))
+		pr.addWith(func() (int, error) {
+			// Decoders name a value of the wrong type by Go's names, at
+			// best by its path without indices: name it as written.
+			var line int
+			var err error
+			ok := false
+			opaque := ""
+			if k.spec != nil {
+				line, err, ok = loc.protoMismatch(at, k.spec)
+				opaque = "spec"
+			}
+			if !ok {
+				line, err, ok = loc.typeMismatch(at, res.decodeErr, opaque)
+			}
+			if !ok {
+				line, err = loc.objectLine(at), res.decodeErr
+			}
+			return line, fmt.Errorf("%s: %w", id, err)
+		})
 		return
 	}
 	if res.convertErr != nil {
@@ -353,26 +373,43 @@ func (p parser) parseObject(pr *problems, raw []byte, loc *locator, at []int, m 
 		}
 		return
 	}
-	line := loc.objectLine(at)
-	if (len(res.unknownFields) > 0 || res.skipped != nil) && m.unknownWarned >= maxUnknownFieldWarnings {
-		m.unknownMore++
-	} else {
-		if len(res.unknownFields) > 0 {
-			// Not an error (newer API versions add fields), but a misspelt
-			// field silently changes the answer, so say so.
-			m.unknownWarned++
-			p.log.Warn("manifest has fields ztdns does not know; they are ignored",
-				"at", fmt.Sprintf("%s:%d", path, line), "object", id.String(), "fields", errors.Join(res.unknownFields...).Error())
+	// Not errors (newer API versions add fields), but a misspelt field
+	// silently changes the answer (adresses: a ServiceEntry's fixed
+	// address becomes an allocated VIP), so each is a warning on its line.
+	for _, err := range res.unknownFields {
+		field, ok := unknownFieldPath(err)
+		if !ok {
+			m.warnings.addAt(func() int { return loc.objectLine(at) }, fmt.Errorf("%s: %w", id, err))
+			continue
 		}
-		if res.skipped != nil {
-			// status.addresses, which has no schema: skipped as istiod
-			// skips them, the rest of the object served.
-			m.unknownWarned++
-			p.log.Warn("manifest has values ztdns skips; the rest of the object is served",
-				"at", fmt.Sprintf("%s:%d", path, line), "object", id.String(), "skipped", res.skipped.Error())
+		m.warnings.addAt(func() int { return loc.fieldLine(at, field) }, unknownFieldWarning(id, field))
+	}
+	if res.specErr != nil && k.spec != nil {
+		// Found by protojson, which names neither the path nor the line,
+		// and only the first: look for them all.
+		if m.warnings.count() >= maxProblemsPerFile {
+			m.warnings.more++
+		} else {
+			unknown := loc.protoUnknown(at, k.spec)
+			for _, f := range unknown {
+				m.warnings.addAt(func() int { return loc.line(f.key) }, unknownFieldWarning(id, f.path))
+			}
+			if len(unknown) == 0 {
+				m.warnings.addAt(func() int { return loc.fieldLine(at, "spec") }, fmt.Errorf("%s: spec: %w", id, res.specErr))
+			}
 		}
 	}
-	m.placed = append(m.placed, placedObject{id: id, line: line})
+	if res.skipped != nil {
+		// status.addresses, which has no schema: skipped as istiod
+		// skips them, the rest of the object served.
+		m.warnings.addAt(func() int {
+			if line := loc.valueLine(at, res.skipped.Error()); line != loc.objectLine(at) {
+				return line
+			}
+			return loc.fieldLine(at, "status")
+		}, res.skipped)
+	}
+	m.placed = append(m.placed, placedObject{id: id, line: loc.objectLine(at)})
 }
 
 // kind is one object kind ztdns reads.
@@ -384,13 +421,21 @@ type kind struct {
 	// decode decodes raw into the API type of version and appends its model
 	// form to m.
 	decode func(raw []byte, version string, m *manifests) decodeResult
+	// spec is the protobuf message of the kind's spec, for a kind that
+	// decodes it with protojson (Istio's): its decoding errors and unknown
+	// fields name no path, which is then found walking it.
+	spec protoreflect.MessageDescriptor
 }
 
 type decodeResult struct {
 	decodeErr     error   // raw does not fit the API type
 	convertErr    error   // the converter rejected a value
 	unknownFields []error // fields the API type does not have
-	skipped       error   // values left out of the object, a warning
+	// specErr is protojson's complaint about the spec, decoded with
+	// Istio's types all the same: fields its protobuf message (kind.spec)
+	// does not have.
+	specErr error
+	skipped error // values left out of the object, a warning
 }
 
 func (k kind) apiVersions() string {
@@ -414,7 +459,8 @@ var kinds = []struct {
 	{"Service", kind{id: "service", versions: []string{"v1"}, namespaced: true, decode: decodeService}},
 	{"Pod", kind{id: "pod", versions: []string{"v1"}, namespaced: true, decode: decodePod}},
 	{"EndpointSlice", kind{id: "endpointslice", group: "discovery.k8s.io", versions: []string{"v1"}, namespaced: true, decode: decodeEndpointSlice}},
-	{"ServiceEntry", kind{id: "serviceentry", group: "networking.istio.io", versions: []string{"v1", "v1beta1", "v1alpha3"}, namespaced: true, decode: decodeServiceEntry}},
+	{"ServiceEntry", kind{id: "serviceentry", group: "networking.istio.io", versions: []string{"v1", "v1beta1", "v1alpha3"}, namespaced: true, decode: decodeServiceEntry,
+		spec: (&networkingv1alpha3api.ServiceEntry{}).ProtoReflect().Descriptor()}},
 }
 
 func kindNamed(name string) (kind, bool) {
@@ -529,35 +575,41 @@ func decodeServiceEntry(raw []byte, _ string, m *manifests) decodeResult {
 		return out, err
 	}, &m.serviceEntries)
 	if res.decodeErr == nil && res.convertErr == nil {
-		if err := unknownSpecFields(raw); err != nil {
-			res.unknownFields = append(res.unknownFields, err)
-		}
+		res.specErr = specFieldsError(raw)
 		res.skipped = skipped
 	}
 	return res
 }
 
-// unknownSpecFields reports spec fields of a ServiceEntry that the Istio
-// types do not have. Istio's generated UnmarshalJSON skips them silently, and
-// a misspelt "addresses" turns a fixed address into an auto-allocated VIP;
-// protojson with its default options rejects them, so it is asked only to
-// find them.
-func unknownSpecFields(raw []byte) error {
+// unknownFieldPath is the field an unknown field error of
+// sigs.k8s.io/json names: `unknown field "spec.ports[0].prot"`.
+func unknownFieldPath(err error) (string, bool) {
+	q, ok := strings.CutPrefix(err.Error(), "unknown field ")
+	if !ok {
+		return "", false
+	}
+	field, uerr := strconv.Unquote(q)
+	return field, uerr == nil
+}
+
+func unknownFieldWarning(id objectID, field string) error {
+	return fmt.Errorf("%s: unknown field %q ignored: the object is served without it", id, field)
+}
+
+// specFieldsError reports spec fields of a ServiceEntry that the Istio
+// types do not have. Istio's generated UnmarshalJSON skips them silently,
+// and a misspelt "addresses" turns a fixed address into an auto-allocated
+// VIP; protojson with its default options rejects them, so it is asked
+// only to find whether there are any (the locator finds them all, with
+// their paths and lines).
+func specFieldsError(raw []byte) error {
 	var probe struct {
 		Spec json.RawMessage `json:"spec"`
 	}
 	if json.Unmarshal(raw, &probe) != nil || len(probe.Spec) == 0 {
 		return nil
 	}
-	err := protojson.Unmarshal(probe.Spec, &networkingv1alpha3api.ServiceEntry{})
-	if err == nil {
-		return nil
-	}
-	msg := err.Error()
-	if _, field, ok := strings.Cut(msg, "unknown field "); ok {
-		return fmt.Errorf("unknown field \"spec.%s", strings.TrimPrefix(field, "\""))
-	}
-	return fmt.Errorf("spec: %s", msg)
+	return protojson.Unmarshal(probe.Spec, &networkingv1alpha3api.ServiceEntry{})
 }
 
 func duplicatesWithin(pr *problems, objs []placedObject) {

@@ -38,6 +38,9 @@ type fileState struct {
 	// it did not (problems says why).
 	latest   *manifests
 	problems []error
+	// warnings are what the content last parsed serves other than as
+	// written (fields ignored, values skipped).
+	warnings []error
 	// served is what the file contributes to snapshots: the newest content
 	// that parsed cleanly and did not collide with objects of other files.
 	// A broken edit leaves it alone, so nothing is lost.
@@ -334,7 +337,7 @@ func (st *state) refresh(f *fileState, force bool) (gone bool) {
 	}
 	if err != nil {
 		f.hasDigest, f.latest, f.blocked, f.conflicts = false, nil, false, nil
-		f.problems = []error{&FileError{Path: f.path, Err: err}}
+		f.problems, f.warnings = []error{&FileError{Path: f.path, Err: err}}, nil
 		return false
 	}
 	digest := sha256.Sum256(data)
@@ -349,7 +352,7 @@ func (st *state) refresh(f *fileState, force bool) (gone bool) {
 	}
 	f.digest, f.hasDigest = digest, true
 	f.blocked, f.blockedBy, f.conflicts = false, nil, nil
-	f.latest, f.problems = st.parser.parseFile(f.path, data)
+	f.latest, f.problems, f.warnings = st.parser.parseFile(f.path, data)
 	if st.parsed != nil {
 		st.parsed(f.path)
 	}
@@ -518,6 +521,15 @@ func (st *state) errors() []error {
 		errs = append(errs, f.conflicts...)
 	}
 	return append(errs, st.skipped...)
+}
+
+// warnings lists the current warnings, file by file.
+func (st *state) warnings() []error {
+	var out []error
+	for _, name := range st.names {
+		out = append(out, st.files[name].warnings...)
+	}
+	return out
 }
 
 // listManifests returns the names of the manifest files in dir to read,

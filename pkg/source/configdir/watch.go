@@ -150,6 +150,13 @@ func (w *notifyWatcher) replaced() bool {
 // (in the directory, or the directory's own).
 func (w *notifyWatcher) matters(ev fsnotify.Event) bool {
 	if ev.Name == filepath.Clean(w.dir) {
+		if ev.Has(fsnotify.Remove) || ev.Has(fsnotify.Rename) {
+			// The watch is gone with it, or on it elsewhere. A directory
+			// made again at the path may get the removed one's inode
+			// number: forget it, so that replaced tells any directory
+			// there, and rearm watches it.
+			w.watched.Store(&fileID{})
+		}
 		return true
 	}
 	w.mu.Lock()
@@ -190,7 +197,7 @@ func (w *notifyWatcher) rearm() {
 func (w *notifyWatcher) followLinks() {
 	self, err := filepath.EvalSymlinks(w.dir)
 	if err != nil {
-		return // gone: Run ends at the next scan
+		return // gone: watched again once it is back (rearm)
 	}
 	want := map[string]map[string]bool{}
 	over := false

@@ -251,26 +251,80 @@ func TestSymlinkedDirectoryRepointed(t *testing.T) {
 	})
 }
 
-func TestDirectoryRemovedEndsRun(t *testing.T) {
-	dir := filepath.Join(t.TempDir(), "manifests")
-	writeFiles(t, dir, map[string]string{"a.yaml": namespaceYAML("a")})
-	log, _ := testLogger(t)
-	done := make(chan error, 1)
-	first := make(chan struct{})
-	go func() {
-		done <- New(dir, WithLogger(log)).Run(t.Context(), func(*model.Snapshot) { close(first) })
-	}()
-	<-first
-	if err := os.RemoveAll(dir); err != nil {
-		t.Fatal(err)
+// TestDirectoryGoneKeepsServing: a --config-dir that goes for a moment (a
+// config tool's rm -rf dir && mkdir dir && cp …, or a current symlink
+// re-pointed at a release not there yet) keeps its last manifests served,
+// is reported as a problem and as the source failing, and is read again
+// once it is back, the watch following the new directory. Before, Run
+// ended with "reading config dir: … no such file or directory", and the
+// agent with it.
+func TestDirectoryGoneKeepsServing(t *testing.T) {
+	watchModes(t, func(t *testing.T, opts ...Option) {
+		t.Run("removed and made again", func(t *testing.T) {
+			dir := filepath.Join(t.TempDir(), "manifests")
+			writeFiles(t, dir, map[string]string{"a.yaml": namespaceYAML("a")})
+			testDirectoryGone(t, dir, opts, func() {
+				if err := os.RemoveAll(dir); err != nil {
+					t.Fatal(err)
+				}
+			}, func(files map[string]string) { writeFiles(t, dir, files) })
+		})
+		t.Run("symlink re-pointed at a release not there yet", func(t *testing.T) {
+			parent := t.TempDir()
+			writeFiles(t, filepath.Join(parent, "rel1"), map[string]string{"a.yaml": namespaceYAML("a")})
+			current := filepath.Join(parent, "current")
+			if err := os.Symlink("rel1", current); err != nil {
+				t.Fatal(err)
+			}
+			testDirectoryGone(t, current, opts, func() {
+				tmp := filepath.Join(parent, "current.tmp")
+				if err := os.Symlink("rel2", tmp); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.Rename(tmp, current); err != nil {
+					t.Fatal(err)
+				}
+			}, func(files map[string]string) { writeFiles(t, filepath.Join(parent, "rel2"), files) })
+		})
+	})
+}
+
+// testDirectoryGone runs a source on dir, which serves namespace a, makes
+// it go with gone, checks that namespace a is still served and the
+// directory reported, then makes it come back with back and checks that
+// its new content is served, and then its changes.
+func testDirectoryGone(t *testing.T, dir string, opts []Option, gone func(), back func(files map[string]string)) {
+	log, logs := testLogger(t)
+	r := &running{src: New(dir, append([]Option{WithLogger(log)}, opts...)...)}
+	r.start(t)
+	r.waitFor(t, "the directory's objects", hasNames("namespace a"))
+
+	gone()
+	waitUntil(t, "report of the missing directory", func() bool { return r.src.Healthy() != nil })
+	wantErrors(t, r.src.Errors(), []string{
+		dir + ": reading config dir: open " + dir + ": no such file or directory: serving the manifests last read until it is back"})
+	if got := r.src.Healthy().Error(); got != "reading config dir: open "+dir+": no such file or directory" {
+		t.Errorf("Healthy() = %q, want the directory missing", got)
 	}
-	select {
-	case err := <-done:
-		if err == nil || !strings.Contains(err.Error(), "no such file or directory") {
-			t.Errorf("Run = %v, want an error about the missing directory", err)
-		}
-	case <-time.After(waitTimeout):
-		t.Fatal("Run still running after its directory was removed")
+	if got := names(r.latest()); strings.Join(got, ",") != "namespace a" || r.deliveries() != 1 {
+		t.Errorf("after the directory went: %d snapshots, the latest %q; want the first, namespace a, still served", r.deliveries(), got)
+	}
+
+	back(map[string]string{"b.yaml": namespaceYAML("b")})
+	r.waitFor(t, "the new directory's objects", hasNames("namespace b"))
+	r.waitForErrors(t)
+	if err := r.src.Healthy(); err != nil {
+		t.Errorf("Healthy() = %v once the directory is back", err)
+	}
+	writeFile(t, filepath.Join(dir, "c.yaml"), namespaceYAML("c"))
+	r.waitFor(t, "a change in the new directory", hasNames("namespace b", "namespace c"))
+
+	out := logs.String()
+	if n := strings.Count(out, `level=WARN msg="cannot read the config dir; serving the last manifests read until it is back"`); n != 1 {
+		t.Errorf("%d warnings that the directory went, want 1:\n%s", n, out)
+	}
+	if n := strings.Count(out, `level=INFO msg="the config dir is back; reading it again"`); n != 1 {
+		t.Errorf("%d lines that the directory is back, want 1:\n%s", n, out)
 	}
 }
 
