@@ -259,22 +259,25 @@ type rowStream[T any] struct {
 
 func (s rowStream[T]) stream(w http.ResponseWriter, r *http.Request, root bool) (string, error) {
 	ctx := r.Context()
+	timeout := writeTimeout
+	if !root {
+		timeout = memberWriteTimeout
+	}
+	rc := http.NewResponseController(w)
 	wait := time.NewTimer(slotWait)
 	defer wait.Stop()
 	select {
 	case s.slot <- struct{}{}:
 		defer func() { <-s.slot }()
 	case <-wait.C:
+		// A member's deadline, set when its request came, has passed
+		// meanwhile: it is told all the same.
+		_ = rc.SetWriteDeadline(time.Now().Add(timeout))
 		code := http.StatusTooManyRequests
 		return fmt.Sprint(code), writeError(w, code, errors.New("another table answer is being written: try again"))
 	case <-ctx.Done():
 		return codeAborted, context.Cause(ctx)
 	}
-	timeout := writeTimeout
-	if !root {
-		timeout = memberWriteTimeout
-	}
-	rc := http.NewResponseController(w)
 	var buf bytes.Buffer
 	flush := func() error {
 		if err := ctx.Err(); err != nil {
