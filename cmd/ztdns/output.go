@@ -19,8 +19,13 @@ import (
 	"github.com/ztdns/ztdns/pkg/control"
 )
 
-// requestTimeout bounds one call to the agent's control socket.
+// requestTimeout bounds one call to the agent's control socket, and the
+// wait for the first of an answer written as it is made (`ztdns table`).
 const requestTimeout = 10 * time.Second
+
+// streamTimeout bounds reading an answer written as it is made: the table
+// of a million names is read in well under a minute.
+const streamTimeout = 10 * time.Minute
 
 // client returns a client of the agent's control socket.
 func client(socket string) *control.Client { return control.NewClient(socket, requestTimeout) }
@@ -200,4 +205,119 @@ func orList(words []string) string {
 		return strings.Join(words, "")
 	}
 	return strings.Join(words[:len(words)-1], ", ") + " or " + words[len(words)-1]
+}
+
+// listStream prints rows as they come, in the format -o asked for: JSON
+// and YAML a row at a time (the same list printList prints), a table in
+// blocks of streamBlock rows whose columns are as wide as the widest value
+// seen so far, so the first block's are those of printList for a list that
+// short, and no more than a block is held.
+type listStream[T any] struct {
+	w      io.Writer
+	format string
+	cols   []column[T]
+	widths []int      // of each column but the last, in runes
+	block  [][]string // the table's lines not yet written
+	n      int        // rows printed
+	err    error
+}
+
+// streamBlock is how many rows of a table are laid out together.
+const streamBlock = 1000
+
+func newListStream[T any](w io.Writer, format string, cols []column[T]) *listStream[T] {
+	wide := format == outputWide
+	s := &listStream[T]{w: w, format: format}
+	s.cols = slices.DeleteFunc(slices.Clone(cols), func(c column[T]) bool { return c.wide && !wide })
+	if s.tabular() {
+		header := make([]string, len(s.cols))
+		for i, c := range s.cols {
+			header[i] = c.header
+		}
+		s.widths = make([]int, len(s.cols)-1)
+		s.add(header)
+	}
+	return s
+}
+
+func (s *listStream[T]) tabular() bool { return s.format != outputJSON && s.format != outputYAML }
+
+// Row prints r, or holds it for the table's next block.
+func (s *listStream[T]) Row(r T) error {
+	if s.err != nil {
+		return s.err
+	}
+	s.n++
+	switch s.format {
+	case outputJSON:
+		b, err := json.MarshalIndent(r, "  ", "  ")
+		if err != nil {
+			return err
+		}
+		sep := ",\n  "
+		if s.n == 1 {
+			sep = "[\n  "
+		}
+		_, s.err = fmt.Fprintf(s.w, "%s%s", sep, b)
+		return s.err
+	case outputYAML:
+		b, err := yaml.Marshal([]T{r})
+		if err != nil {
+			return err
+		}
+		_, s.err = s.w.Write(b)
+		return s.err
+	}
+	cells := make([]string, len(s.cols))
+	for i, c := range s.cols {
+		cells[i] = shown(c.value(r, s.format == outputWide))
+	}
+	s.add(cells)
+	if len(s.block) >= streamBlock {
+		s.flush()
+	}
+	return s.err
+}
+
+// add holds a table's line, widening the columns to fit it.
+func (s *listStream[T]) add(cells []string) {
+	for i := range s.widths {
+		s.widths[i] = max(s.widths[i], utf8.RuneCountInString(cells[i]))
+	}
+	s.block = append(s.block, cells)
+}
+
+// flush writes the table's lines held, as text/tabwriter would lay them
+// out with printOutput's settings (two spaces between columns).
+func (s *listStream[T]) flush() {
+	var b strings.Builder
+	for _, cells := range s.block {
+		for i, c := range cells[:len(cells)-1] {
+			b.WriteString(c)
+			b.WriteString(strings.Repeat(" ", s.widths[i]-utf8.RuneCountInString(c)+2))
+		}
+		b.WriteString(cells[len(cells)-1])
+		b.WriteByte('\n')
+	}
+	s.block = s.block[:0]
+	if s.err == nil {
+		_, s.err = io.WriteString(s.w, b.String())
+	}
+}
+
+// Rows is how many rows were printed or held.
+func (s *listStream[T]) Rows() int { return s.n }
+
+// Close ends the list: what a table holds is written, a JSON list closed.
+func (s *listStream[T]) Close() error {
+	switch {
+	case s.tabular():
+		s.flush()
+	case s.err != nil:
+	case s.n == 0:
+		_, s.err = io.WriteString(s.w, "[]\n")
+	case s.format == outputJSON:
+		_, s.err = io.WriteString(s.w, "\n]\n")
+	}
+	return s.err
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 
 	"github.com/spf13/cobra"
 
@@ -27,9 +28,22 @@ it has none of its own.`,
   ztdns table -o yaml               # the view of a client that is no known pod`,
 	}
 	ns := cmd.Flags().StringP("namespace", "n", "", "show the view of a pod in `NS` (default: a client that is not a known pod)")
-	return readCommand(cmd, func(c *control.Client, ctx context.Context) ([]control.TableRow, error) {
-		return c.Table(ctx, *ns)
-	}, listPrinter(tableColumns))
+	socket := socketFlag(cmd)
+	output := outputFlag(cmd, outputTable, readFormats...)
+	cmd.Args = cobra.NoArgs
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		// The agent writes the rows as it makes them: the first come
+		// within requestTimeout, the last may take longer.
+		ctx, cancel := context.WithTimeout(cmd.Context(), streamTimeout)
+		defer cancel()
+		out := newListStream(cmd.OutOrStdout(), output.value, tableColumns)
+		err := control.NewStreamingClient(*socket, requestTimeout, streamTimeout).TableEach(ctx, *ns, out.Row)
+		if err != nil && out.Rows() == 0 {
+			return err // no answer: not even the header is printed
+		}
+		return errors.Join(out.Close(), err)
+	}
+	return cmd
 }
 
 var tableColumns = []column[control.TableRow]{

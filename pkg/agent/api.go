@@ -1,6 +1,10 @@
 package agent
 
-import "github.com/ztdns/ztdns/pkg/control"
+import (
+	"iter"
+
+	"github.com/ztdns/ztdns/pkg/control"
+)
 
 // controlAPI is what the agent does for its control socket (pkg/control
 // routes, decodes and validates the requests).
@@ -10,8 +14,8 @@ var _ control.API = controlAPI{}
 
 func (c controlAPI) Status() control.Status { return c.a.status() }
 
-func (c controlAPI) Table(namespace string) []control.TableRow {
-	return c.a.server.Table().Rows(namespace)
+func (c controlAPI) Table(namespace string) iter.Seq[control.TableRow] {
+	return c.a.server.Table().AllRows(namespace)
 }
 
 func (c controlAPI) Pods() ([]control.PodRow, error) { return c.a.podRows() }

@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"iter"
 	"net"
 	"net/netip"
 	"os"
@@ -135,8 +136,10 @@ func (a *fakeAgent) CNIDel(req control.CNIDelRequest) error {
 }
 
 // The plugin uses only the CNI routes.
-func (a *fakeAgent) Status() control.Status                  { return control.Status{} }
-func (a *fakeAgent) Table(string) []control.TableRow         { return nil }
+func (a *fakeAgent) Status() control.Status { return control.Status{} }
+func (a *fakeAgent) Table(string) iter.Seq[control.TableRow] {
+	return slices.Values([]control.TableRow(nil))
+}
 func (a *fakeAgent) Pods() ([]control.PodRow, error)         { return nil, nil }
 func (a *fakeAgent) CaptureDel(control.CaptureRequest) error { return nil }
 func (a *fakeAgent) CaptureAdd(control.CaptureRequest) (control.PodRow, error) {

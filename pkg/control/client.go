@@ -22,7 +22,8 @@ var ErrUnreachable = errors.New("agent not reachable")
 type Error struct {
 	// Code is the HTTP status: 400 for an invalid request, 403 for one the
 	// agent refuses (a caller that may not, claims that do not match the
-	// network namespace), 413 for one too large, 500 when the agent failed,
+	// network namespace), 413 for one too large, 429 for a table asked for
+	// while another's answer is written (ask again), 500 when the agent failed,
 	// 503 when it handed over to a successor while the request waited,
 	// having done nothing of it (sent again, it reaches the successor).
 	Code    int
@@ -39,9 +40,17 @@ type Client struct {
 // NewClient returns a client for the socket at path. Every call is bounded
 // by timeout.
 func NewClient(path string, timeout time.Duration) *Client {
+	return NewStreamingClient(path, timeout, timeout)
+}
+
+// NewStreamingClient returns a client for the socket at path whose calls
+// must begin to be answered within timeout and end within whole: an answer
+// written as it is made (TableEach) may take longer to read than to begin.
+func NewStreamingClient(path string, timeout, whole time.Duration) *Client {
 	return &Client{http: &http.Client{
-		Timeout: timeout,
+		Timeout: whole,
 		Transport: &http.Transport{
+			ResponseHeaderTimeout: timeout,
 			// One connection per request: a kept-alive connection would
 			// outlive an agent that handed its socket path to a successor.
 			DisableKeepAlives: true,
@@ -86,8 +95,56 @@ func (c *Client) Status(ctx context.Context) (Status, error) {
 // an empty namespace is a client outside every namespace.
 func (c *Client) Table(ctx context.Context, namespace string) ([]TableRow, error) {
 	var rows []TableRow
-	err := c.do(ctx, RouteTable, url.Values{"namespace": {namespace}}, nil, &rows)
+	err := c.TableEach(ctx, namespace, func(r TableRow) error {
+		rows = append(rows, r)
+		return nil
+	})
 	return rows, err
+}
+
+// TableEach hands each row of Table to each as it is read, in the agent's
+// order (by name, reverse names last), and stops at the first error each
+// returns. The agent writes the rows as it makes them, so the first come at
+// once however large the table; an answer cut short is an error wrapping
+// ErrUnreachable, after the rows read.
+func (c *Client) TableEach(ctx context.Context, namespace string, each func(TableRow) error) error {
+	resp, err := c.send(ctx, RouteTable, url.Values{"namespace": {namespace}}, nil)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	dec := json.NewDecoder(resp.Body)
+	if err := expectDelim(dec, '['); err != nil {
+		return fmt.Errorf("%w: reading the answer: %w", ErrUnreachable, err)
+	}
+	for dec.More() {
+		var r TableRow
+		if err := dec.Decode(&r); err != nil {
+			return fmt.Errorf("%w: reading the answer: %w", ErrUnreachable, err)
+		}
+		if err := each(r); err != nil {
+			return err
+		}
+	}
+	if err := expectDelim(dec, ']'); err != nil {
+		return fmt.Errorf("%w: reading the answer: %w", ErrUnreachable, err)
+	}
+	return nil
+}
+
+// expectDelim reads the JSON delimiter want from dec.
+func expectDelim(dec *json.Decoder, want json.Delim) error {
+	tok, err := dec.Token()
+	if err != nil {
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		return err
+	}
+	if tok != want {
+		return fmt.Errorf("got %v, want %v", tok, want)
+	}
+	return nil
 }
 
 // Pods returns the pods the agent knows.
@@ -133,34 +190,11 @@ func (c *Client) SetAccessLog(ctx context.Context, req AccessLogRequest) (Access
 // (if not nil). A non-2xx reply becomes an *Error carrying the agent's
 // message; a call nobody answered wraps ErrUnreachable.
 func (c *Client) do(ctx context.Context, route Route, query url.Values, in, out any) error {
-	var body io.Reader
-	if in != nil {
-		b, err := json.Marshal(in)
-		if err != nil {
-			return err
-		}
-		body = bytes.NewReader(b)
-	}
-	u := url.URL{Scheme: "http", Host: "ztdns", Path: route.Path, RawQuery: query.Encode()}
-	req, err := http.NewRequestWithContext(ctx, route.Method, u.String(), body)
+	resp, err := c.send(ctx, route, query, in)
 	if err != nil {
 		return err
 	}
-	if in != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	resp, err := c.http.Do(req)
-	if err != nil {
-		return fmt.Errorf("%w: %w", ErrUnreachable, err)
-	}
 	defer resp.Body.Close()
-	if resp.StatusCode/100 != 2 {
-		var e errorBody
-		if json.NewDecoder(resp.Body).Decode(&e) == nil && e.Error != "" {
-			return &Error{Code: resp.StatusCode, Message: e.Error}
-		}
-		return &Error{Code: resp.StatusCode, Message: "agent answered " + resp.Status}
-	}
 	if out == nil {
 		return nil
 	}
@@ -168,6 +202,42 @@ func (c *Client) do(ctx context.Context, route Route, query url.Values, in, out 
 		return fmt.Errorf("%w: reading the answer: %w", ErrUnreachable, err)
 	}
 	return nil
+}
+
+// send sends in (if not nil) as JSON to route and returns the agent's 2xx
+// answer, its body to be read and closed. A non-2xx reply becomes an
+// *Error carrying the agent's message; a call nobody answered wraps
+// ErrUnreachable.
+func (c *Client) send(ctx context.Context, route Route, query url.Values, in any) (*http.Response, error) {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return nil, err
+		}
+		body = bytes.NewReader(b)
+	}
+	u := url.URL{Scheme: "http", Host: "ztdns", Path: route.Path, RawQuery: query.Encode()}
+	req, err := http.NewRequestWithContext(ctx, route.Method, u.String(), body)
+	if err != nil {
+		return nil, err
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrUnreachable, err)
+	}
+	if resp.StatusCode/100 != 2 {
+		defer resp.Body.Close()
+		var e errorBody
+		if json.NewDecoder(resp.Body).Decode(&e) == nil && e.Error != "" {
+			return nil, &Error{Code: resp.StatusCode, Message: e.Error}
+		}
+		return nil, &Error{Code: resp.StatusCode, Message: "agent answered " + resp.Status}
+	}
+	return resp, nil
 }
 
 // errorBody is how the server reports failures.

@@ -23,7 +23,10 @@
 //     waiting; at the bound an idle or half-sent connection makes room,
 //     and one with a request in, or a new one, is never cut: a storm of
 //     root's callers waits its turn in the listener's queue, bounded by
-//     MaxQueued), and every field is validated before the agent sees it.
+//     MaxQueued), and every field is validated before the agent sees it;
+//   - the table, the one answer that grows with the cluster, is written as
+//     it is made, a chunk at a time, one table at a time, and stops when
+//     its caller goes away or stops reading (see rowStream).
 package control
 
 import "net/http"

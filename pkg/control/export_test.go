@@ -1,6 +1,10 @@
 package control
 
-import "net"
+import (
+	"net"
+
+	dto "github.com/prometheus/client_model/go"
+)
 
 // ListenerStats is what one listener from Listen did, for tests: the
 // metrics are the process's, which a listener closed by an earlier test
@@ -28,4 +32,13 @@ func StatsOf(ln net.Listener) ListenerStats {
 // from the socket: its server has begun to stop.
 func AcceptStopped(ln net.Listener) <-chan struct{} {
 	return ln.(*guardedListener).done
+}
+
+// Requests is ztdns_control_requests_total of route and code.
+func Requests(route Route, code string) float64 {
+	var m dto.Metric
+	if err := metricRequests.WithLabelValues(route.Name, code).Write(&m); err != nil {
+		panic(err)
+	}
+	return m.GetCounter().GetValue()
 }

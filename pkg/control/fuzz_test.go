@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"iter"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -22,8 +23,11 @@ type recordingAPI struct {
 	got any
 }
 
-func (a *recordingAPI) Status() Status                    { a.got = "status"; return Status{} }
-func (a *recordingAPI) Table(ns string) []TableRow        { a.got = "table " + ns; return nil }
+func (a *recordingAPI) Status() Status { a.got = "status"; return Status{} }
+func (a *recordingAPI) Table(ns string) iter.Seq[TableRow] {
+	a.got = "table " + ns
+	return slices.Values([]TableRow(nil))
+}
 func (a *recordingAPI) Pods() ([]PodRow, error)           { a.got = "pods"; return nil, nil }
 func (a *recordingAPI) CaptureDel(r CaptureRequest) error { a.got = r; return nil }
 func (a *recordingAPI) CNIDel(r CNIDelRequest) error      { a.got = r; return nil }

@@ -8,10 +8,10 @@ import (
 
 var (
 	// metricRequests counts the control socket's requests by route and
-	// answer status.
+	// outcome: the answer's status, or codeAborted.
 	metricRequests = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "ztdns_control_requests_total",
-		Help: "Requests on the control socket by route and HTTP status (400 invalid, 403 refused, 413 too large).",
+		Help: "Requests on the control socket by route and outcome: the HTTP status of an answer written out (400 invalid, 403 refused, 413 too large, 429 a table asked for while another is written), or aborted for one that did not reach its caller in full.",
 	}, []string{"route", "code"})
 	// metricRefused counts connections from callers that may not connect.
 	metricRefused = prometheus.NewCounter(prometheus.CounterOpts{

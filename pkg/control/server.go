@@ -7,9 +7,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"iter"
 	"log/slog"
 	"net"
 	"net/http"
+	"runtime"
+	"strconv"
 	"time"
 
 	"github.com/ztdns/ztdns/internal/ratelog"
@@ -27,7 +30,8 @@ const (
 	// is dropped then.
 	ReadTimeout = 5 * time.Second
 	// writeTimeout bounds the time from the end of the request to the end of
-	// the answer.
+	// the answer; for a table, written as it is made (rowStream), the time
+	// to take each chunk of it.
 	writeTimeout = 30 * time.Second
 	// memberWriteTimeout is writeTimeout for a socket-group member: what it
 	// may ask for is computed in memory and read in milliseconds, so a
@@ -68,7 +72,9 @@ const (
 // (see Invalid and Refused; anything else is a 500).
 type API interface {
 	Status() Status
-	Table(namespace string) []TableRow
+	// Table yields the rows one at a time, in order; the server stops
+	// pulling them when the caller goes away.
+	Table(namespace string) iter.Seq[TableRow]
 	Pods() ([]PodRow, error)
 	CaptureAdd(CaptureRequest) (PodRow, error)
 	CaptureDel(CaptureRequest) error
@@ -115,7 +121,7 @@ func NewHandler(api API, log *slog.Logger) http.Handler {
 	if log == nil {
 		log = slog.Default()
 	}
-	h := &handler{api: api, log: log}
+	h := &handler{api: api, log: log, tableSlot: make(chan struct{}, 1)}
 	mux := http.NewServeMux()
 	h.handle(mux, RouteStatus, func(*http.Request) (any, error) { return api.Status(), nil })
 	h.handle(mux, RouteTable, func(r *http.Request) (any, error) {
@@ -125,7 +131,7 @@ func NewHandler(api API, log *slog.Logger) http.Handler {
 				return nil, Invalid(err)
 			}
 		}
-		return api.Table(ns), nil
+		return rowStream[TableRow]{rows: api.Table(ns), slot: h.tableSlot}, nil
 	})
 	h.handle(mux, RoutePods, func(*http.Request) (any, error) { return api.Pods() })
 	h.handle(mux, RouteCaptureAdd, func(r *http.Request) (any, error) {
@@ -170,6 +176,8 @@ type handler struct {
 	api     API
 	log     *slog.Logger
 	refused ratelog.Limiter // refused callers, logged sparingly
+	// tableSlot is held while a table answer is written: one at a time.
+	tableSlot chan struct{}
 }
 
 func (h *handler) handle(mux *http.ServeMux, route Route, serve func(*http.Request) (any, error)) {
@@ -185,21 +193,130 @@ func (h *handler) handle(mux *http.ServeMux, route Route, serve func(*http.Reque
 		if route.Mutates && !root {
 			// A socket-group member: it may look, not steer.
 			h.refused.Log(h.log, slog.LevelWarn, "control socket: refused a request that only root may make", "route", route.Name, "uid", peer.UID, "gid", peer.GID, "pid", peer.PID)
-			metricRequests.WithLabelValues(route.Name, "403").Inc()
-			writeError(w, http.StatusForbidden, fmt.Errorf("%s needs root (uid %d may only read)", route.Path, peer.UID))
+			h.count(route, "403", writeError(w, http.StatusForbidden, fmt.Errorf("%s needs root (uid %d may only read)", route.Path, peer.UID)))
 			return
 		}
 		r.Body = http.MaxBytesReader(w, r.Body, MaxRequestBytes)
 		v, err := serve(r)
 		if err != nil {
 			code := StatusOf(err)
-			metricRequests.WithLabelValues(route.Name, fmt.Sprint(code)).Inc()
-			writeError(w, code, err)
+			h.count(route, fmt.Sprint(code), writeError(w, code, err))
 			return
 		}
-		metricRequests.WithLabelValues(route.Name, "200").Inc()
-		writeJSON(w, http.StatusOK, v)
+		if s, ok := v.(streamer); ok {
+			code, err := s.stream(w, r, root)
+			h.count(route, code, err)
+			return
+		}
+		h.count(route, "200", writeJSON(w, http.StatusOK, v))
 	})
+}
+
+// codeAborted labels a request whose answer did not reach its caller in
+// full: the caller went away, or stopped reading, while it was written.
+const codeAborted = "aborted"
+
+// count counts a request by its outcome: code when its answer was written
+// out, codeAborted when writing it failed (err).
+func (h *handler) count(route Route, code string, err error) {
+	if err != nil {
+		h.log.Debug("control socket: answer not delivered", "route", route.Name, "code", code, "err", err)
+		code = codeAborted
+	}
+	metricRequests.WithLabelValues(route.Name, code).Inc()
+}
+
+// streamer is an answer written out as it is made, not encoded whole.
+type streamer interface {
+	// stream writes the answer to r on w and says with what status, or
+	// why it did not reach the caller in full; root is whether the caller
+	// is root (see memberWriteTimeout).
+	stream(w http.ResponseWriter, r *http.Request, root bool) (code string, err error)
+}
+
+const (
+	// streamChunk is how much of a streamed answer is made before it is
+	// written out: what an answer holds of the agent's memory, beside the
+	// index of its rows (see table.Table.AllRows).
+	streamChunk = 32 << 10
+	// slotWait bounds how long a streamed answer waits for the one being
+	// written before it (see rowStream) before it is answered 429.
+	slotWait = ReadTimeout
+)
+
+// rowStream is a JSON array answered one row at a time: a chunk is made,
+// written out and let go of before the next is made, so an answer holds a
+// chunk of the agent's memory, whatever the number of rows. One is written
+// at a time (slot): others wait up to slotWait for their turn, then are
+// answered 429, to be asked again. Writing stops when the caller goes away
+// or does not read a chunk within the write timeout (each chunk written
+// extends it), and between chunks the answer yields the CPU to the DNS
+// server.
+type rowStream[T any] struct {
+	rows iter.Seq[T]
+	slot chan struct{}
+}
+
+func (s rowStream[T]) stream(w http.ResponseWriter, r *http.Request, root bool) (string, error) {
+	ctx := r.Context()
+	timeout := writeTimeout
+	if !root {
+		timeout = memberWriteTimeout
+	}
+	rc := http.NewResponseController(w)
+	wait := time.NewTimer(slotWait)
+	defer wait.Stop()
+	select {
+	case s.slot <- struct{}{}:
+		defer func() { <-s.slot }()
+	case <-wait.C:
+		// A member's deadline, set when its request came, has passed
+		// meanwhile: it is told all the same.
+		_ = rc.SetWriteDeadline(time.Now().Add(timeout))
+		code := http.StatusTooManyRequests
+		return fmt.Sprint(code), writeError(w, code, errors.New("another table answer is being written: try again"))
+	case <-ctx.Done():
+		return codeAborted, context.Cause(ctx)
+	}
+	var buf bytes.Buffer
+	flush := func() error {
+		if err := ctx.Err(); err != nil {
+			return context.Cause(ctx)
+		}
+		// The error is for a ResponseWriter without a deadline, in tests.
+		_ = rc.SetWriteDeadline(time.Now().Add(timeout))
+		if _, err := w.Write(buf.Bytes()); err != nil {
+			return err
+		}
+		buf.Reset()
+		if err := rc.Flush(); err != nil {
+			return err
+		}
+		runtime.Gosched() // let the DNS server's goroutines run
+		return nil
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusOK)
+	enc := json.NewEncoder(&buf)
+	buf.WriteByte('[')
+	sep := "\n"
+	for row := range s.rows {
+		buf.WriteString(sep)
+		sep = ","
+		if err := enc.Encode(row); err != nil {
+			return codeAborted, err // a row always encodes: not reached
+		}
+		if buf.Len() >= streamChunk {
+			if err := flush(); err != nil {
+				return codeAborted, err
+			}
+		}
+	}
+	buf.WriteString("]\n")
+	if err := flush(); err != nil {
+		return codeAborted, err
+	}
+	return "200", nil
 }
 
 // validator is a request type that checks its own fields.
@@ -245,14 +362,27 @@ func parseRequest[T any, PT validator[T]](data []byte) (T, error) {
 	return req, nil
 }
 
-func writeJSON(w http.ResponseWriter, code int, v any) {
+// writeJSON writes v as the answer, and says why when it did not reach
+// the caller in full.
+func writeJSON(w http.ResponseWriter, code int, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err // every answer type encodes: not reached
+	}
+	b = append(b, '\n')
 	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Length", strconv.Itoa(len(b)))
 	w.WriteHeader(code)
-	json.NewEncoder(w).Encode(v)
+	if _, err := w.Write(b); err != nil {
+		return err
+	}
+	// Written out now: a write that fails once the handler has returned,
+	// in net/http, goes unnoticed.
+	return http.NewResponseController(w).Flush()
 }
 
-func writeError(w http.ResponseWriter, code int, err error) {
-	writeJSON(w, code, errorBody{Error: err.Error()})
+func writeError(w http.ResponseWriter, code int, err error) error {
+	return writeJSON(w, code, errorBody{Error: err.Error()})
 }
 
 // shutdownTimeout bounds how long a stopped server waits for the requests

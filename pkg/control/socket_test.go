@@ -8,12 +8,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"iter"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -44,6 +46,8 @@ type recorder struct {
 	mu    sync.Mutex
 	calls []string
 	table []control.TableRow // what Table answers
+	// rows, when set, answers Table in place of table.
+	rows func(ns string) iter.Seq[control.TableRow]
 	// statusGate, when set, holds each Status call until it can receive
 	// from it (or it is closed).
 	statusGate chan struct{}
@@ -74,11 +78,14 @@ func (r *recorder) Status() control.Status {
 func (r *recorder) Pods() ([]control.PodRow, error)         { r.record("pods"); return nil, nil }
 func (r *recorder) CaptureDel(control.CaptureRequest) error { r.record("capture del"); return nil }
 func (r *recorder) CNIDel(control.CNIDelRequest) error      { r.record("cni del"); return nil }
-func (r *recorder) Table(string) []control.TableRow {
+func (r *recorder) Table(ns string) iter.Seq[control.TableRow] {
 	r.record("table")
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.table
+	if r.rows != nil {
+		return r.rows(ns)
+	}
+	return slices.Values(r.table)
 }
 func (r *recorder) CaptureAdd(req control.CaptureRequest) (control.PodRow, error) {
 	r.record("capture add")

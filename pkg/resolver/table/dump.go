@@ -2,10 +2,12 @@ package table
 
 import (
 	"cmp"
+	"iter"
 	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
+	"unsafe"
 
 	"github.com/ztdns/ztdns/pkg/resolver/vip"
 )
@@ -47,51 +49,327 @@ const (
 // reason it has no VIP (when another namespace's object answers it, that
 // one is listed). Names the namespace cannot see are left out. The empty
 // namespace lists what an unknown client sees.
+//
+// Rows are in the order of AllRows; Rows builds them all, AllRows one
+// name at a time.
 func (t *Table) Rows(ns string) []Row {
-	var rows []Row
+	return slices.Collect(t.AllRows(ns))
+}
+
+// AllRows yields the rows of Rows one name at a time, in order: names
+// first, reverse-lookup names (PTR) after them, each part by name, then
+// type. It first sorts an index of the names with rows (a string or an
+// address each, 16 bytes, 32 for an SRV name: no row), then makes each
+// name's rows when it comes to it: a caller that stops early has made no
+// more.
+func (t *Table) AllRows(ns string) iter.Seq[Row] {
+	return func(yield func(Row) bool) {
+		idx := t.rowIndex(ns)
+		var group []Row
+		var next [numLists]int // each list's next item
+		for {
+			// The items of the least name left, its rows sorted by type.
+			least, ok := idx.least(next)
+			if !ok {
+				return
+			}
+			group = group[:0]
+			for l := range numLists {
+				for ; next[l] < idx.len(l) && compareItems(idx.item(l, next[l]), least) == 0; next[l]++ {
+					if l == listSRV && next[l] > 0 && idx.srvs[next[l]] == idx.srvs[next[l]-1] {
+						continue // one SRV item stands for every set of its prefix
+					}
+					group = t.appendItemRows(group, idx.item(l, next[l]), ns)
+				}
+			}
+			slices.SortStableFunc(group, func(a, b Row) int { return cmp.Compare(a.Type, b.Type) })
+			for _, r := range group {
+				if !yield(r) {
+					return
+				}
+			}
+			clear(group) // no row outlives its name
+		}
+	}
+}
+
+// rowIndex is what AllRows walks: the names with rows for a namespace, in
+// three sorted lists merged as they are walked.
+type rowIndex struct {
+	// names are exact names (their keys in Table.names) and wildcards
+	// ("*.example.com.", under example.com. in Table.wildcards): their
+	// rows but SRV.
+	names []string
+	// srvs are the SRV sets' names.
+	srvs []srvItem
+	// ptrs are the addresses with a reverse name.
+	ptrs []addrKey
+}
+
+// The lists of a rowIndex.
+const (
+	listNames = iota
+	listSRV
+	listPTR
+	numLists
+)
+
+// srvItem is the name of the SRV sets of prefix of the entry of name.
+type srvItem struct{ prefix, name string }
+
+func (x *rowIndex) len(l int) int {
+	switch l {
+	case listNames:
+		return len(x.names)
+	case listSRV:
+		return len(x.srvs)
+	}
+	return len(x.ptrs)
+}
+
+func (x *rowIndex) item(l, i int) rowItem {
+	var it rowItem
+	switch l {
+	case listNames:
+		it = rowItem{name: x.names[i]}
+	case listSRV:
+		it = rowItem{prefix: x.srvs[i].prefix, name: x.srvs[i].name}
+	default:
+		return rowItem{addr: x.ptrs[i], kind: itemReverse}
+	}
+	if isWildcard(it.name) {
+		it.kind = itemWildcard
+	}
+	return it
+}
+
+// least is the least of the lists' next items.
+func (x *rowIndex) least(next [numLists]int) (rowItem, bool) {
+	var least rowItem
+	ok := false
+	for l := range numLists {
+		if next[l] == x.len(l) {
+			continue
+		}
+		if it := x.item(l, next[l]); !ok || compareItems(it, least) < 0 {
+			least, ok = it, true
+		}
+	}
+	return least, ok
+}
+
+// rowItem is one name of a rowIndex: prefix+name is a row's name. Its rows
+// are made from it when their turn comes.
+type rowItem struct {
+	// prefix is an SRV set's "_http._tcp." (its rows are that set's), ""
+	// for the name's other rows.
+	prefix string
+	// name is an exact name or a wildcard's; "" for a reverse name.
+	name string
+	// addr is the address of a reverse name.
+	addr addrKey
+	kind itemKind
+}
+
+type itemKind uint8
+
+const (
+	itemName itemKind = iota
+	itemWildcard
+	itemReverse
+)
+
+// rowIndex lists, sorted, the names with rows for ns.
+func (t *Table) rowIndex(ns string) *rowIndex {
+	// Sized for every name and address: an index held while the rows are
+	// written is not twice its size for having grown.
+	addrs := 0
+	for i := range t.reverse {
+		addrs += len(t.reverse[i].one)
+	}
+	x := &rowIndex{names: make([]string, 0, t.size), ptrs: make([]addrKey, 0, addrs)}
+	srvItems := func(e *Entry) {
+		for _, set := range e.srv {
+			x.srvs = append(x.srvs, srvItem{prefix: set.prefix, name: e.Name})
+		}
+	}
 	for i := range t.names {
 		for k := range t.names[i].one {
 			if e := t.exactChoice(k, ns); e != nil {
-				rows = append(rows, t.rowsOf(e, k)...)
-			} else if p := passedOver(t.lookup(k), ns); p != nil {
-				rows = append(rows, t.passedRows(p, k, ns)...)
+				x.names = append(x.names, k)
+				if e.Name == k && !e.forward {
+					srvItems(e)
+				}
+			} else if passedOver(t.lookup(k), ns) != nil {
+				x.names = append(x.names, k)
 			}
 		}
 	}
 	for k := range t.wildcards.one {
 		if e := choose(t.wildcards.get(k), ns); e != nil {
-			rows = append(rows, t.rowsOf(e, e.Name)...)
+			x.names = append(x.names, e.Name)
+			if !e.forward {
+				srvItems(e)
+			}
 		} else if p := passedOver(t.wildcards.get(k), ns); p != nil {
-			rows = append(rows, t.passedRows(p, p.Name, ns)...)
+			x.names = append(x.names, p.Name)
 		}
 	}
-	for _, sh := range t.reverse {
-		for k := range sh.one {
-			owners := t.ptrOwners(sh.get(k), ns)
-			if owners.one == nil {
-				continue
+	for i := range t.reverse {
+		for k := range t.reverse[i].one {
+			if t.ptrOwners(t.reverse[i].get(k), ns).one != nil {
+				x.ptrs = append(x.ptrs, k)
 			}
-			var names []string
-			for i := range owners.len() {
-				names = append(names, owners.at(i).Name)
-			}
-			a := netip.AddrFrom16(k).Unmap()
-			rows = append(rows, Row{Name: reverseName(a), Type: "PTR", Values: names, Origin: owners.one.Origin().String()})
 		}
 	}
-	// Names first, reverse-lookup names (PTR) after them.
-	slices.SortFunc(rows, func(a, b Row) int {
-		return cmp.Or(cmp.Compare(isReverse(a.Name), isReverse(b.Name)), cmp.Compare(a.Name, b.Name), cmp.Compare(a.Type, b.Type))
-	})
+	for l := range numLists {
+		sortList(x, l)
+	}
+	return x
+}
+
+func sortList(x *rowIndex, l int) {
+	switch l {
+	case listNames:
+		slices.SortFunc(x.names, func(a, b string) int {
+			return compareItems(rowItem{name: a}, rowItem{name: b})
+		})
+	case listSRV:
+		slices.SortFunc(x.srvs, func(a, b srvItem) int {
+			return compareItems(rowItem{prefix: a.prefix, name: a.name}, rowItem{prefix: b.prefix, name: b.name})
+		})
+	default:
+		slices.SortFunc(x.ptrs, func(a, b addrKey) int {
+			return compareItems(rowItem{addr: a, kind: itemReverse}, rowItem{addr: b, kind: itemReverse})
+		})
+	}
+}
+
+// compareItems orders items as their rows' names are ordered: names
+// first, reverse names after them, each by name.
+func compareItems(a, b rowItem) int {
+	var ba, bb [reverseNameMax]byte
+	na, nb := a.rowName(ba[:0]), b.rowName(bb[:0])
+	return cmp.Or(cmp.Compare(isReverseName(na), isReverseName(nb)), compareNames(na, nb))
+}
+
+// itemNameParts is an item's row name in parts: prefix and name, or a reverse
+// name written into buf. Comparing it allocates nothing.
+type itemNameParts struct{ prefix, name []byte }
+
+func (it rowItem) rowName(buf []byte) itemNameParts {
+	if it.kind == itemReverse {
+		return itemNameParts{name: appendReverseName(buf, netip.AddrFrom16(it.addr).Unmap())}
+	}
+	return itemNameParts{prefix: unsafeBytes(it.prefix), name: unsafeBytes(it.name)}
+}
+
+// compareNames compares a.prefix+a.name with b.prefix+b.name.
+func compareNames(a, b itemNameParts) int {
+	ai, bi := 0, 0
+	la, lb := len(a.prefix)+len(a.name), len(b.prefix)+len(b.name)
+	for ai < la && bi < lb {
+		ca, cb := a.at(ai), b.at(bi)
+		if ca != cb {
+			return cmp.Compare(ca, cb)
+		}
+		ai++
+		bi++
+	}
+	return cmp.Compare(la, lb)
+}
+
+func (p itemNameParts) at(i int) byte {
+	if i < len(p.prefix) {
+		return p.prefix[i]
+	}
+	return p.name[i-len(p.prefix)]
+}
+
+func isReverseName(p itemNameParts) int {
+	if len(p.name) < len(inAddrArpa) && len(p.prefix) > 0 {
+		return isReverse(string(p.prefix) + string(p.name))
+	}
+	return isReverse(unsafe.String(unsafe.SliceData(p.name), len(p.name)))
+}
+
+func unsafeBytes(s string) []byte { return unsafe.Slice(unsafe.StringData(s), len(s)) }
+
+// reverseNameMax is the length of the longest reverse name, an IPv6
+// address's: 32 nibbles and their dots, then "ip6.arpa.".
+const reverseNameMax = 64 + len("ip6.arpa.")
+
+// appendReverseName appends a's reverse name, as reverseName spells it.
+func appendReverseName(b []byte, a netip.Addr) []byte {
+	const hex = "0123456789abcdef"
+	if a.Is4() {
+		o := a.As4()
+		for i := 3; i >= 0; i-- {
+			b = strconv.AppendUint(b, uint64(o[i]), 10)
+			b = append(b, '.')
+		}
+		return append(b, inAddrArpa[1:]...)
+	}
+	o := a.As16()
+	for i := 15; i >= 0; i-- {
+		b = append(b, hex[o[i]&0xf], '.', hex[o[i]>>4], '.')
+	}
+	return append(b, ip6Arpa[1:]...)
+}
+
+// appendItemRows appends the rows of it, as Rows lists them for ns.
+func (t *Table) appendItemRows(rows []Row, it rowItem, ns string) []Row {
+	switch it.kind {
+	case itemReverse:
+		owners := t.ptrOwners(t.reverse[shardOfAddr(it.addr)].get(it.addr), ns)
+		if owners.one == nil {
+			return rows
+		}
+		names := make([]string, 0, owners.len())
+		for i := range owners.len() {
+			names = append(names, owners.at(i).Name)
+		}
+		a := netip.AddrFrom16(it.addr).Unmap()
+		return append(rows, Row{Name: reverseName(a), Type: "PTR", Values: names, Origin: owners.one.Origin().String()})
+	case itemWildcard:
+		k := it.name[len("*."):]
+		e := choose(t.wildcards.get(k), ns)
+		if e == nil {
+			if p := passedOver(t.wildcards.get(k), ns); p != nil && it.prefix == "" {
+				return append(rows, t.passedRows(p, p.Name, ns)...)
+			}
+			return rows
+		}
+		return t.appendEntryRows(rows, e, e.Name, it.prefix)
+	}
+	if e := t.exactChoice(it.name, ns); e != nil {
+		return t.appendEntryRows(rows, e, it.name, it.prefix)
+	}
+	if p := passedOver(t.lookup(it.name), ns); p != nil && it.prefix == "" {
+		return append(rows, t.passedRows(p, it.name, ns)...)
+	}
 	return rows
 }
 
-// rowsOf is e's rows as the answer for name, a forwarded one with the
-// reason it has no records.
-func (t *Table) rowsOf(e *Entry, name string) []Row {
-	rows := e.rows(name)
-	if e.forward {
-		rows[0].Reason = t.noRecordsReason(e)
+// appendEntryRows appends e's rows as the answer for name: its records'
+// (prefix ""), or those of its SRV sets of prefix.
+func (t *Table) appendEntryRows(rows []Row, e *Entry, name, prefix string) []Row {
+	if prefix == "" {
+		n := len(rows)
+		rows = e.appendRecordRows(rows, name)
+		if e.forward {
+			rows[n].Reason = t.noRecordsReason(e)
+		}
+		return rows
+	}
+	if name != e.Name {
+		return rows
+	}
+	origin := e.Origin().String()
+	for _, set := range e.srv {
+		if set.prefix == prefix {
+			rows = append(rows, e.srvRow(set, origin))
+		}
 	}
 	return rows
 }
@@ -162,14 +440,26 @@ func isReverse(name string) int {
 // rows are e's record sets as the answer for name: e's own name, or one its
 // wildcard answers in place of an ExternalName Service.
 func (e *Entry) rows(name string) []Row {
+	rows := e.appendRecordRows(nil, name)
+	if name != e.Name {
+		return rows // SRV names are looked up under the entry's own name
+	}
+	origin := e.Origin().String()
+	for _, set := range e.srv {
+		rows = append(rows, e.srvRow(set, origin))
+	}
+	return rows
+}
+
+// appendRecordRows appends e's record sets but SRV as the answer for name.
+func (e *Entry) appendRecordRows(rows []Row, name string) []Row {
 	origin := e.Origin().String()
 	if e.forward {
-		return []Row{{Name: name, Type: ForwardedType, Values: []string{ForwardedValue}, Origin: origin, Forwarded: true}}
+		return append(rows, Row{Name: name, Type: ForwardedType, Values: []string{ForwardedValue}, Origin: origin, Forwarded: true})
 	}
 	row := func(name, typ string, values []string, src string) Row {
 		return Row{Name: name, Type: typ, Values: values, Origin: origin, AddrSource: src}
 	}
-	var rows []Row
 	var v4, v6 []string
 	for _, a := range e.Addrs {
 		if a.Is4() {
@@ -187,15 +477,14 @@ func (e *Entry) rows(name string) []Row {
 	if e.Alias != "" {
 		rows = append(rows, row(name, "CNAME", []string{e.Alias}, ""))
 	}
-	if name != e.Name {
-		return rows // SRV names are looked up under the entry's own name
-	}
-	for _, set := range e.srv {
-		var vals []string
-		for _, s := range set.recordsOf(e) {
-			vals = append(vals, strings.Join([]string{"0", "100", strconv.Itoa(int(s.Port)), s.Target}, " "))
-		}
-		rows = append(rows, row(set.prefix+e.Name, "SRV", vals, ""))
-	}
 	return rows
+}
+
+// srvRow is the row of e's SRV set.
+func (e *Entry) srvRow(set srvSet, origin string) Row {
+	var vals []string
+	for _, s := range set.recordsOf(e) {
+		vals = append(vals, strings.Join([]string{"0", "100", strconv.Itoa(int(s.Port)), s.Target}, " "))
+	}
+	return Row{Name: set.prefix + e.Name, Type: "SRV", Values: vals, Origin: origin}
 }
