@@ -48,8 +48,13 @@ const (
 	rcodeMask  = 0xF
 )
 
-// OpcodeQuery is the opcode of a standard query.
-const OpcodeQuery = 0
+// Opcodes: a standard query, and the two others the resolver relays
+// (RFC 1996, RFC 2136).
+const (
+	OpcodeQuery  = 0
+	OpcodeNotify = 4
+	OpcodeUpdate = 5
+)
 
 // Rcodes (RFC 1035 4.1.1).
 const (
@@ -57,6 +62,7 @@ const (
 	RcodeFormErr  = 1
 	RcodeServFail = 2
 	RcodeNXDomain = 3
+	RcodeNotImp   = 4
 	RcodeRefused  = 5
 )
 

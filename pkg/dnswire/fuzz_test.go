@@ -143,3 +143,34 @@ func FuzzPlanFit(f *testing.F) {
 		}
 	})
 }
+
+// FuzzRotateAnswers checks the rotation of forwarded answers served again:
+// it never panics, keeps the length, and a reply miekg/dns reads reads the
+// same after it, header and records, whatever compression pointers it holds.
+// Seeds: the replies FuzzScanReply starts from and rotationSamples.
+func FuzzRotateAnswers(f *testing.F) {
+	for _, msg := range sampleReplies(f) {
+		f.Add(msg, uint16(1))
+	}
+	for _, msg := range rotationSamples(f) {
+		f.Add(msg, uint16(3))
+	}
+	f.Fuzz(func(t *testing.T, msg []byte, id uint16) {
+		out := slices.Clone(msg)
+		RotateAnswers(out, id)
+		if len(out) != len(msg) {
+			t.Fatalf("rotation changed the length from %d to %d", len(msg), len(out))
+		}
+		before := new(dns.Msg)
+		if before.Unpack(msg) != nil {
+			return
+		}
+		after := new(dns.Msg)
+		if err := after.Unpack(out); err != nil {
+			t.Fatalf("%x rotated by %d to %x, which does not parse: %v", msg, id, out, err)
+		}
+		if got, want := sections(after), sections(before); !slices.EqualFunc(got[:], want[:], slices.Equal) {
+			t.Fatalf("%x rotated by %d reads\n%v\nwant\n%v", msg, id, after, before)
+		}
+	})
+}

@@ -235,8 +235,8 @@ func (q *slowQuery) answer(ctx context.Context) []byte {
 	case verdictFormErr:
 		metricQueries.formerr.Inc()
 		return dnswire.AppendErrorReply(nil, msg, r, dnswire.RcodeFormErr)
-	case verdictOther: // NOTIFY, UPDATE, …: not ours to judge
-		return q.forward(ctx)
+	case verdictOther:
+		return q.other(ctx)
 	}
 	if r.EDNSVersion != 0 {
 		metricQueries.formerr.Inc()
@@ -453,6 +453,29 @@ func (q *slowQuery) autopath(ctx context.Context, pod *podcache.Pod, tbl *table.
 		return q.pack(reply)
 	}
 	return nil
+}
+
+// other answers a query of another opcode than QUERY. NOTIFY and UPDATE
+// with one question (UPDATE's zone) are relayed as they came: not ours to
+// judge. Either with none, several, or records that do not parse gets
+// FORMERR, as unbound and CoreDNS answer such a NOTIFY and RFC 2136 3.1.1
+// such an UPDATE: a forward needs the one question to match the reply to.
+// The other opcodes (IQUERY,
+// STATUS, DSO and the unassigned) get NOTIMP, as the upstreams answer
+// them, and DSO requires of a server that does not implement it (RFC 8490
+// 5.1): a relay could not tell one DSO message's reply from another's.
+// Neither is asked of an upstream; both count with formerr.
+func (q *slowQuery) other(ctx context.Context) []byte {
+	r := &q.r
+	switch op := r.Opcode(); {
+	case op != dnswire.OpcodeNotify && op != dnswire.OpcodeUpdate:
+		metricQueries.formerr.Inc()
+		return dnswire.AppendErrorReply(nil, q.msg, r, dnswire.RcodeNotImp)
+	case r.Len == 0: // set only when the query parsed
+		metricQueries.formerr.Inc()
+		return dnswire.AppendErrorReply(nil, q.msg, r, dnswire.RcodeFormErr)
+	}
+	return q.forward(ctx)
 }
 
 // forward relays the query to the pod's upstreams.

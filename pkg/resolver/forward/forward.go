@@ -207,7 +207,7 @@ func (f *Forwarder) ForwardFrom(ctx context.Context, req []byte, tcp bool, upstr
 		defer context.AfterFunc(f.base, cancel)()
 		a := f.resolve(ctx, slices.Clone(req), r, tcp, upstreams, nil) // req keeps its ID: finish writes it
 		defer f.budget.Give(quota.SourceFrom(ctx), len(a.reply))
-		return f.finish(req, r, a.reply, false), a.origin(), nil
+		return f.finish(req, r, a.reply, false, false), a.origin(), nil
 	}
 
 	var keyBuf [512]byte
@@ -246,7 +246,7 @@ func (f *Forwarder) ForwardFrom(ctx context.Context, req []byte, tcp bool, upstr
 			// Only the leader builds the query: the waiters never build one.
 			sent := appendUpstreamQuery(make([]byte, 0, r.End+dnswire.OPTLen), req, &r)
 			f.fly(ctx, fl, flightKey, src, sent, r, tcp, upstreams)
-			return f.finish(req, r, fl.reply, true), Origin{Upstream: fl.from, Failure: fl.failure, BytesRefused: fl.bytesRefused}, nil
+			return f.finish(req, r, fl.reply, true, false), Origin{Upstream: fl.from, Failure: fl.failure, BytesRefused: fl.bytesRefused}, nil
 		}
 		fl.resender().resend(resendJoined)
 		if !joined { // a query that asks again is coalesced once
@@ -259,7 +259,7 @@ func (f *Forwarder) ForwardFrom(ctx context.Context, req []byte, tcp bool, upstr
 			if fl.leaderOnly { // set only without a reply
 				continue // the leader's source was full or it was cancelled, not ours
 			}
-			return f.finish(req, r, fl.reply, true), Origin{Upstream: fl.from, Failure: fl.failure}, nil
+			return f.finish(req, r, fl.reply, true, true), Origin{Upstream: fl.from, Failure: fl.failure}, nil
 		case <-ctx.Done():
 			return servfail(req, r), Origin{Failure: ctxFailure(ctx)}, nil
 		}
@@ -532,19 +532,31 @@ func canonicalUpstream(u netip.AddrPort) (netip.AddrPort, bool) {
 // finish turns an upstream reply into the client's: a copy with the client's
 // ID, RD bit and question bytes (the reply's question has the same length,
 // see matches), and for the reply to a shared exchange the AD bit fitted
-// to the client. A nil reply becomes SERVFAIL.
-func (f *Forwarder) finish(req []byte, r dnswire.Query, reply []byte, shared bool) []byte {
+// to the client. A waiter's copy (rotate) has its answer's sets rotated by
+// its ID, as a cached one: the leader's keeps the upstream's order. A nil
+// reply becomes SERVFAIL.
+func (f *Forwarder) finish(req []byte, r dnswire.Query, reply []byte, shared, rotate bool) []byte {
 	if reply == nil {
 		return servfail(req, r)
 	}
-	return personalise(slices.Clone(reply), req, r, shared)
+	out := slices.Clone(reply)
+	if rotate {
+		dnswire.RotateAnswers(out, r.ID)
+	}
+	return personalise(out, req, r, shared)
 }
 
 // fromCache copies a cached reply, ages its TTLs by the time spent in the
-// cache and gives it the client's ID and question.
+// cache, rotates its answer's sets by the client's ID and gives it the
+// client's ID and question. Without the rotation every client would get
+// the order the upstream gave the first for the whole TTL, where a
+// kube-dns with loadbalance shuffles each reply: clients that take the
+// first address (Go's Dial, most HTTP clients, musl) would all pick the
+// same backend.
 func fromCache(req []byte, r dnswire.Query, e *entry, now time.Time) []byte {
 	out := slices.Clone(e.msg)
 	dnswire.AgeTTLs(out, e.ttlOffsets, uint32(now.Sub(e.stored)/time.Second))
+	dnswire.RotateAnswers(out, r.ID)
 	return personalise(out, req, r, true)
 }
 

@@ -267,7 +267,7 @@ func appendAddrs(out []byte, addrs []netip.Addr, n int, ttl uint32, rot uint16) 
 		}
 		return out
 	}
-	cut := int(uint32(rot) % uint32(len(addrs)))
+	cut := dnswire.RotationStart(rot, len(addrs))
 	head := addrs[cut:]
 	if n < len(head) {
 		head = head[:n]
@@ -384,7 +384,7 @@ func rotate(rrs []dns.RR, rot uint16) []dns.RR {
 	if len(rrs) < 2 {
 		return rrs
 	}
-	cut := int(rot) % len(rrs)
+	cut := dnswire.RotationStart(rot, len(rrs))
 	return append(rrs[cut:], rrs[:cut]...)
 }
 

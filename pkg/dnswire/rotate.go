@@ -1,0 +1,132 @@
+package dnswire
+
+// typeRRSIG is left where it is by RotateAnswers.
+const typeRRSIG = 46
+
+// maxRotatedRuns bounds RotateAnswers' work on one message: each run it
+// moves costs a pass over the message, and an answer has one or two sets.
+const maxRotatedRuns = 4
+
+// RotationStart is where a set of n records starts for the query whose ID
+// is id: ztdns's own answers (the table's) and the forwarded ones it
+// serves again (RotateAnswers) rotate by the same rule, so that clients do
+// not all get the same first address, and no counter is shared.
+func RotationStart(id uint16, n int) int { return int(uint32(id) % uint32(n)) }
+
+// RotateAnswers rotates, in place, each run of two or more records of the
+// answer section with the same owner (the same octets), type and class, so
+// that it starts with its RotationStart(id, n)-th record and wraps around.
+// The order of an RRset means nothing (RFC 2181 5), and RRSIGs sign it in
+// canonical order, so this changes no answer; RRSIG runs stay as they are.
+// A message that does not walk to its last record is left alone, and so
+// are runs past the first maxRotatedRuns. Nothing is allocated: the run's
+// octets are rotated by three reversals.
+//
+// Moving records moves the octets inside the run, and a compression
+// pointer anywhere in the message could lead into them (a later record's
+// owner pointing at one of the run's owners, say). The rule: a run is
+// moved only when no two octets anywhere in the message read as a pointer
+// into it, and none reads as a pointer to a name before it whose labels
+// run into it (safeToMove). That is a superset of the pointers a decoder
+// follows, so at worst it leaves a run alone that could have moved.
+func RotateAnswers(msg []byte, id uint16) {
+	h, err := ReadHeader(msg)
+	if err != nil || h.ANCount < 2 {
+		return
+	}
+	off := HeaderLen
+	for range int(h.QDCount) {
+		if off, err = skipName(msg, off); err != nil {
+			return
+		}
+		if off += 4; off > len(msg) {
+			return
+		}
+	}
+	answers := off
+	for range int(h.ANCount) + int(h.NSCount) + int(h.ARCount) {
+		if _, off, err = skipRR(msg, off); err != nil {
+			return
+		}
+	}
+	off = answers
+	runs := 0
+	for i := 0; i < int(h.ANCount) && runs < maxRotatedRuns; {
+		start := off
+		fixed, end, _ := skipRR(msg, off) // walked above
+		n := 1
+		for i+n < int(h.ANCount) {
+			f, e, _ := skipRR(msg, end)
+			if string(msg[start:fixed]) != string(msg[end:f]) || string(msg[fixed:fixed+4]) != string(msg[f:f+4]) {
+				break
+			}
+			n++
+			end = e
+		}
+		if n >= 2 && int(msg[fixed])<<8|int(msg[fixed+1]) != typeRRSIG {
+			runs++
+			rotateRun(msg, start, end, RotationStart(id, n))
+		}
+		i += n
+		off = end
+	}
+}
+
+// rotateRun moves the records of msg[start:end] so that its cut-th starts
+// it, when safeToMove allows.
+func rotateRun(msg []byte, start, end, cut int) {
+	if cut == 0 || !safeToMove(msg, start, end) {
+		return
+	}
+	mid := start
+	for range cut {
+		_, mid, _ = skipRR(msg, mid) // walked by RotateAnswers
+	}
+	reverse(msg[start:mid])
+	reverse(msg[mid:end])
+	reverse(msg[start:end])
+}
+
+// safeToMove reports whether no compression pointer can lead into
+// msg[start:end]: no two octets, at any offset, read as a pointer into it,
+// nor as a pointer to a name before it whose labels (not following
+// pointers: those are octet pairs checked in turn) reach it. A name that
+// starts more than maxNameLen octets before the run cannot reach it and
+// still be a name.
+func safeToMove(msg []byte, start, end int) bool {
+	for i := 0; i+1 < len(msg); i++ {
+		if msg[i]&0xC0 != 0xC0 {
+			continue
+		}
+		t := int(msg[i]&0x3F)<<8 | int(msg[i+1])
+		switch {
+		case t >= end || t+maxNameLen < start:
+			continue
+		case t >= start:
+			return false
+		}
+		for t < start {
+			c := int(msg[t])
+			if c == 0 || c&0xC0 == 0x40 || c&0xC0 == 0x80 {
+				break // the name ends, or is no name
+			}
+			if c&0xC0 == 0xC0 {
+				if t+1 >= start {
+					return false // a pointer whose second octet is the run's
+				}
+				break
+			}
+			t += 1 + c
+		}
+		if t >= start {
+			return false
+		}
+	}
+	return true
+}
+
+func reverse(b []byte) {
+	for i, j := 0, len(b)-1; i < j; i, j = i+1, j-1 {
+		b[i], b[j] = b[j], b[i]
+	}
+}
