@@ -139,7 +139,7 @@ directory of YAML manifests (--config-dir).`,
 	accessLog := fs.String("access-log", "", "write one line per query (--log-format) to `DEST`: stderr or a file's path; off when empty (ztdns log on|off switches it at run time, to DEST or stderr)")
 	accessLogSample := fs.Int("access-log-sample", 1, "with --access-log: one query in `N` gets a line")
 	maxNamespaces := fs.Int("metrics-max-namespaces", resolver.DefaultMaxNamespaceSeries, "namespaces with a series of their own in ztdns_dns_namespace_requests_total; the rest count as _other")
-	maxUpstreams := fs.Int("metrics-max-upstreams", forward.DefaultMaxUpstreamSeries, "nameservers pods ask, first come, with series of their own in ztdns_forward_upstream_*; the rest count as other (--upstream and single addresses of --capture-nameservers always have their own)")
+	maxUpstreams := fs.Int("metrics-max-upstreams", forward.DefaultMaxUpstreamSeries, "nameservers pods ask, first come (a label given back after 10 minutes unasked), with series of their own in ztdns_forward_upstream_*; the rest count as other (--upstream and single addresses of --capture-nameservers always have their own)")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		if _, set := os.LookupEnv("GOGC"); !set {
 			debug.SetGCPercent(defaultGCPercent)

@@ -13,7 +13,7 @@ import (
 // with none unlogged says nothing of it.
 func TestLineAfterAQuietSpell(t *testing.T) {
 	clock := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
-	r := Limiter{now: func() time.Time { return clock }}
+	r := Limiter{Now: func() time.Time { return clock }}
 	var buf bytes.Buffer
 	log := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{ReplaceAttr: func(_ []string, a slog.Attr) slog.Attr {
 		if a.Key == slog.TimeKey {

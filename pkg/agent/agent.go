@@ -193,8 +193,11 @@ type Agent struct {
 	waitingAdds waitingAdds
 	// failedAdds spaces the log lines of failed CNI ADDs (cniAddLocked).
 	failedAdds ratelog.Limiter
-	mu         sync.Mutex
-	warnings   []string // from the last table build, at most control.MaxStoredWarnings
+	// tableUpdates spaces the INFO lines of table builds
+	// (logTableUpdate); apply's to use.
+	tableUpdates ratelog.Limiter
+	mu           sync.Mutex
+	warnings     []string // from the last table build, at most control.MaxStoredWarnings
 	// warningsOmitted counts the last build's warnings beyond those kept.
 	warningsOmitted int
 	vipsFrom        string // where the last table's VIPs came from
@@ -320,7 +323,7 @@ func newAgent(cfg Config) (*Agent, error) {
 		builder: table.NewBuilder(table.Options{Domain: cfg.ClusterDomain, TTL: uint32(cfg.TTL / time.Second), VIPSource: cfg.VIPSource,
 			DefaultExportTo:      cfg.DefaultExportTo,
 			MaxNamesPerNamespace: cmp.Or(cfg.MaxNamesPerNamespace, table.DefaultMaxNamesPerNamespace)}),
-		addrs: slices.Clone(cfg.Listen), hostCookies: nodeCookies(cfg.ProcRoot, cfg.Logger)}
+		addrs: slices.Clone(cfg.Listen), hostCookies: nodeCookies(cfg.ProcRoot, cfg.Logger), tableUpdates: ratelog.Limiter{Interval: tableLogEvery}}
 	if cfg.Capture != nil {
 		var err error
 		port := cfg.Capture.Port
@@ -1242,13 +1245,29 @@ func (a *Agent) apply(s *model.Snapshot) {
 	}
 	a.mu.Unlock()
 	a.logWarnings(lastMsgs, lastOmitted, msgs, omitted, warnings)
-	a.log.Info("name table updated", "names", tbl.Len(), "services", len(s.Services), "serviceEntries", len(s.ServiceEntries),
+	a.logTableUpdate("names", tbl.Len(), "services", len(s.Services), "serviceEntries", len(s.ServiceEntries),
 		"pods", len(s.Pods), "took", took)
 	if !a.ready.Swap(true) {
 		close(a.firstTable)
 		// The first build replaces a lot of transient parsing garbage; hand
 		// it back to the OS now rather than whenever the scavenger gets to it.
 		debug.FreeOSMemory()
+	}
+}
+
+// tableLogEvery is the least time between two INFO lines of routine table
+// updates (tableUpdates).
+const tableLogEvery = time.Minute
+
+// logTableUpdate logs a table build at INFO, the first at once, the later
+// ones, which follow every change anywhere in the cluster (up to 20 a
+// second from Kubernetes, on every node), at most once per tableLogEvery,
+// saying how many went unlogged since the last (unloggedBefore); those
+// are logged at DEBUG. What warns is logged apart, each time
+// (logWarnings).
+func (a *Agent) logTableUpdate(args ...any) {
+	if !a.tableUpdates.Log(a.log, slog.LevelInfo, "name table updated", args...) {
+		a.log.Debug("name table updated", args...)
 	}
 }
 

@@ -149,7 +149,7 @@ func New(opts ...Option) *Forwarder {
 	if f.cacheSize > 0 {
 		f.cache = newCache(f.cacheSize, f.cacheBytes)
 	}
-	f.upstreams = newUpstreamMetrics(f.maxUpstreamSeries, f.knownUpstreams)
+	f.upstreams = newUpstreamMetrics(f.maxUpstreamSeries, f.knownUpstreams, f.now)
 	f.icmp.metrics, f.icmp.log = f.upstreams, f.log
 	f.base, f.stop = context.WithCancel(context.Background())
 	return f

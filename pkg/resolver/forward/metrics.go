@@ -91,10 +91,28 @@ func Collectors() []prometheus.Collector {
 // so their number is the pods' choice, not ours.
 const otherUpstreams = "other"
 
+// An upstream not known gives its label back once it has not been asked
+// for labelIdle (its series leave the output; asked again, it counts from
+// 0, as a Prometheus counter may), so that pods gone long ago (a custom
+// dnsConfig, a `dig @x` while debugging) do not keep a later nameserver
+// in "other" until the agent restarts. The labels are looked over at most
+// once per labelSweepEvery, on an upstream's use: a scan of at most
+// maxSeries labels, with no goroutine of its own.
+//
+// Why by use rather than by the nameservers the captured pods name (the
+// redirect's map, swept by capture's SweepNameservers): the forwarder asks
+// more than those (the --upstream fallbacks, a query sent straight to a
+// nameserver), a nameserver still named but no longer asked has nothing to
+// count, and the forwarder alone knows when it last asked one.
+const (
+	labelIdle       = 10 * time.Minute
+	labelSweepEvery = time.Minute
+)
+
 // upstreamMetrics are a Forwarder's per-upstream metrics (Istio's
 // istio_dns_upstream_*, CoreDNS's coredns_forward_*), labelled by the
-// upstream's address for the known upstreams and the first maxSeries others
-// it asks, and otherUpstreams after.
+// upstream's address for the known upstreams and at most maxSeries others
+// asked within labelIdle, and otherUpstreams for the rest.
 type upstreamMetrics struct {
 	queries  *prometheus.CounterVec
 	duration *prometheus.HistogramVec
@@ -102,12 +120,22 @@ type upstreamMetrics struct {
 	icmp     *prometheus.CounterVec
 
 	maxSeries int
+	now       func() time.Time
 	mu        sync.Mutex
-	labels    map[netip.AddrPort]string
-	chosen    int // labels given to upstreams not known, at most maxSeries
+	labels    map[netip.AddrPort]*upstreamLabel
+	chosen    int       // labels given to upstreams not known, at most maxSeries
+	nextSweep time.Time // when label may next look for idle labels
 }
 
-func newUpstreamMetrics(maxSeries int, known []netip.AddrPort) *upstreamMetrics {
+// upstreamLabel is the label of one upstream, and for one not known, when
+// it was last asked.
+type upstreamLabel struct {
+	to       string
+	known    bool
+	lastUsed time.Time
+}
+
+func newUpstreamMetrics(maxSeries int, known []netip.AddrPort, now func() time.Time) *upstreamMetrics {
 	m := &upstreamMetrics{
 		// queries counts attempts sent to upstream nameservers, by result.
 		queries: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -148,11 +176,12 @@ func newUpstreamMetrics(maxSeries int, known []netip.AddrPort) *upstreamMetrics 
 				"ignored: the exchange waited on for the reply. A router's, or forged: a pod guessing the forwarding sockets' ports to end forwarded queries early.",
 		}, []string{"to"}),
 		maxSeries: maxSeries,
-		labels:    map[netip.AddrPort]string{},
+		now:       now,
+		labels:    map[netip.AddrPort]*upstreamLabel{},
 	}
 	for _, u := range known {
 		if u, ok := canonicalUpstream(u); ok {
-			m.labels[u] = u.String()
+			m.labels[u] = &upstreamLabel{to: u.String(), known: true}
 		}
 	}
 	return m
@@ -169,18 +198,45 @@ func DurationBuckets() []float64 { return slices.Clone(durationBuckets) }
 
 // label is the "to" label of upstream u.
 func (m *upstreamMetrics) label(u netip.AddrPort) string {
+	now := m.now()
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if !now.Before(m.nextSweep) {
+		m.nextSweep = now.Add(labelSweepEvery)
+		m.forgetIdle(now)
+	}
 	if l, ok := m.labels[u]; ok {
-		return l
+		if !l.known {
+			l.lastUsed = now
+		}
+		return l.to
 	}
 	if m.chosen >= m.maxSeries {
 		return otherUpstreams
 	}
 	m.chosen++
-	l := u.String()
+	l := &upstreamLabel{to: u.String(), lastUsed: now}
 	m.labels[u] = l
-	return l
+	return l.to
+}
+
+// forgetIdle gives back the labels of upstreams not known and not asked
+// for labelIdle, and deletes their series. Whoever took one of them did so
+// over labelIdle ago (taking it makes it used), so no exchange in flight
+// counts under it again.
+func (m *upstreamMetrics) forgetIdle(now time.Time) {
+	for u, l := range m.labels {
+		if l.known || now.Sub(l.lastUsed) < labelIdle {
+			continue
+		}
+		delete(m.labels, u)
+		m.chosen--
+		to := prometheus.Labels{"to": l.to}
+		m.queries.DeletePartialMatch(to)
+		m.duration.DeletePartialMatch(to)
+		m.resends.DeletePartialMatch(to)
+		m.icmp.DeletePartialMatch(to)
+	}
 }
 
 func (m *upstreamMetrics) attempt(u netip.AddrPort, result string) {

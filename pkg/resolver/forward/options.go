@@ -87,9 +87,9 @@ func WithMaxTTL(d time.Duration) Option {
 	}
 }
 
-// WithNow replaces the clock the cache ages entries by, and by which a
-// query joining a UDP exchange finds whether to send its query again
-// (tests inject one).
+// WithNow replaces the clock the cache ages entries by, by which a query
+// joining a UDP exchange finds whether to send its query again, and by
+// which idle upstreams give back their metric label (tests inject one).
 func WithNow(now func() time.Time) Option {
 	return func(f *Forwarder) {
 		if now != nil {

@@ -52,6 +52,7 @@ import (
 	"time"
 
 	"github.com/ztdns/ztdns/internal/clock"
+	"github.com/ztdns/ztdns/internal/ratelog"
 	"github.com/ztdns/ztdns/pkg/model"
 	"github.com/ztdns/ztdns/pkg/source"
 )
@@ -131,6 +132,10 @@ func (l Limits) withDefaults() Limits {
 	return l
 }
 
+// changesLogEvery is the least time between two INFO lines "manifests
+// changed".
+const changesLogEvery = time.Minute
+
 // Source serves the manifests in one directory. It implements source.Source.
 type Source struct {
 	dir          string
@@ -152,6 +157,12 @@ type Source struct {
 	// last one took. Only Run's goroutine uses them.
 	readyAt  time.Time
 	lastScan time.Duration
+
+	// changes spaces the INFO lines of changes after the first snapshot
+	// (manifests loaded): at most one per changesLogEvery, saying how many
+	// went unlogged since (unloggedBefore); those are logged at DEBUG. A
+	// directory that a tool rewrites all day must not fill the log.
+	changes ratelog.Limiter
 
 	mu    sync.Mutex
 	errs  []error
@@ -197,6 +208,8 @@ func New(dir string, opts ...Option) *Source {
 	for _, o := range opts {
 		o(s)
 	}
+	s.changes.Interval = changesLogEvery
+	s.changes.Now = func() time.Time { return s.clock.Now() } // a test may set the clock after New
 	s.limits = s.limits.withDefaults()
 	s.log = s.log.With("source", "configdir", "dir", dir)
 	return s
@@ -363,7 +376,9 @@ func (s *Source) follow(ctx context.Context, w watcher, st *state, deliver func(
 			s.record(st)
 			if changed {
 				snap := st.snapshot()
-				s.log.Info("manifests changed", counts(snap)...)
+				if !s.changes.Log(s.log, slog.LevelInfo, "manifests changed", counts(snap)...) {
+					s.log.Debug("manifests changed", counts(snap)...)
+				}
 				deliver(snap)
 			}
 			if !st.settleAt.IsZero() {
