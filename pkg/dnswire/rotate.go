@@ -107,14 +107,12 @@ func safeToMove(msg []byte, start, end int) bool {
 		}
 		for t < start {
 			c := int(msg[t])
-			if c == 0 || c&0xC0 == 0x40 || c&0xC0 == 0x80 {
-				break // the name ends, or is no name
-			}
 			if c&0xC0 == 0xC0 {
-				if t+1 >= start {
-					return false // a pointer whose second octet is the run's
-				}
+				t++ // a pointer: only its second octet could be the run's
 				break
+			}
+			if c == 0 || c&0xC0 != 0 {
+				break // the name ends, or is no name
 			}
 			t += 1 + c
 		}

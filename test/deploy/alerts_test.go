@@ -404,12 +404,7 @@ func TestChartCNIAddAlert(t *testing.T) {
 				}})
 			}
 			v := evalRates(t, e, series)
-			if got := len(v) > 0; got != tc.firing {
-				t.Errorf("%s firing: %v, want %v (%v)", name, got, tc.firing, v)
-			}
-			if len(v) > 0 && v[0].labels["node"] != "n1" {
-				t.Errorf("%s fires without the node: %v", name, v[0].labels)
-			}
+			checkFiring(t, name, v, tc.firing)
 		})
 	}
 }
@@ -507,6 +502,18 @@ func (s rateSeries) key() string {
 		}
 	}
 	return strings.Join(parts, ",")
+}
+
+// checkFiring checks an alert's instances v (evalRates') against whether
+// it is to fire, and that, firing, it names the node (n1).
+func checkFiring(t *testing.T, name string, v []rateSeries, firing bool) {
+	t.Helper()
+	if got := len(v) > 0; got != firing {
+		t.Errorf("%s firing: %v, want %v (%v)", name, got, firing, v)
+	}
+	if len(v) > 0 && v[0].labels["node"] != "n1" {
+		t.Errorf("%s fires without the node: %v", name, v[0].labels)
+	}
 }
 
 // evalRates evaluates e at an instant over counters that rose at steady

@@ -45,12 +45,7 @@ func TestChartCPUThrottledAlert(t *testing.T) {
 				}
 			}
 			v := evalRates(t, e, series)
-			if got := len(v) > 0; got != tc.firing {
-				t.Errorf("%s firing: %v, want %v (%v)", name, got, tc.firing, v)
-			}
-			if len(v) > 0 && v[0].labels["node"] != "n1" {
-				t.Errorf("%s fires without the node: %v", name, v[0].labels)
-			}
+			checkFiring(t, name, v, tc.firing)
 		})
 	}
 }

@@ -78,12 +78,7 @@ func TestChartOpenFileLimitAlert(t *testing.T) {
 			if len(v) > 1 {
 				t.Fatalf("%s fires %d times, want at most once a node: %v", name, len(v), v)
 			}
-			if got := len(v) > 0; got != tc.firing {
-				t.Errorf("%s firing: %v, want %v (%v)", name, got, tc.firing, v)
-			}
-			if len(v) > 0 && v[0].labels["node"] != "n1" {
-				t.Errorf("%s fires without the node: %v", name, v[0].labels)
-			}
+			checkFiring(t, name, v, tc.firing)
 		})
 	}
 }
@@ -123,12 +118,7 @@ func TestChartMemoryBoundAlert(t *testing.T) {
 				s("process_resident_memory_bytes", 30*mib),
 			}
 			v := evalRates(t, e, series)
-			if got := len(v) > 0; got != tc.firing {
-				t.Errorf("%s firing: %v, want %v (%v)", name, got, tc.firing, v)
-			}
-			if len(v) > 0 && v[0].labels["node"] != "n1" {
-				t.Errorf("%s fires without the node: %v", name, v[0].labels)
-			}
+			checkFiring(t, name, v, tc.firing)
 		})
 	}
 }

@@ -463,7 +463,7 @@ func (f *Forwarder) ask(ctx context.Context, upstream netip.AddrPort, query []by
 		case errors.Is(err, errNoSocket):
 			result = resultNoSocket
 		}
-		f.upstreams.attempt(upstream, result)
+		f.upstreams.attempt(f.upstreams.label(upstream), result)
 		if result != resultCanceled {
 			f.logs.failed.Log(f.log, slog.LevelDebug, "upstream exchange failed", "upstream", upstream, "proto", proto, "result", result, "error", err)
 		}
@@ -473,13 +473,14 @@ func (f *Forwarder) ask(ctx context.Context, upstream netip.AddrPort, query []by
 		}
 		return attempt{upstream: upstream, failure: failure, overSource: result == resultSourceLimited}
 	}
-	f.upstreams.observe(upstream, proto, time.Since(start))
+	to := f.upstreams.label(upstream) // once: each look-up takes the lock and reads the clock
+	f.upstreams.observe(to, proto, time.Since(start))
 	rh, _ := dnswire.ReadHeader(reply) // matches() checked the length
 	good := rh.Rcode() == dnswire.RcodeSuccess || rh.Rcode() == dnswire.RcodeNXDomain
 	if good {
-		f.upstreams.attempt(upstream, resultOK)
+		f.upstreams.attempt(to, resultOK)
 	} else {
-		f.upstreams.attempt(upstream, resultServfail)
+		f.upstreams.attempt(to, resultServfail)
 		f.logs.rcode.Log(f.log, slog.LevelDebug, "upstream answered with an error", "upstream", upstream, "proto", proto, "rcode", rh.Rcode())
 	}
 	return attempt{reply: reply, good: good, upstream: upstream}

@@ -239,8 +239,9 @@ func (m *upstreamMetrics) forgetIdle(now time.Time) {
 	}
 }
 
-func (m *upstreamMetrics) attempt(u netip.AddrPort, result string) {
-	m.queries.WithLabelValues(m.label(u), result).Inc()
+// attempt counts an exchange with the upstream labelled to (label's).
+func (m *upstreamMetrics) attempt(to, result string) {
+	m.queries.WithLabelValues(to, result).Inc()
 }
 
 func (m *upstreamMetrics) resent(u netip.AddrPort, reason string) {
@@ -251,8 +252,9 @@ func (m *upstreamMetrics) icmpIgnored(u netip.AddrPort) {
 	m.icmp.WithLabelValues(m.label(u)).Inc()
 }
 
-func (m *upstreamMetrics) observe(u netip.AddrPort, proto string, d time.Duration) {
-	m.duration.WithLabelValues(m.label(u), proto).Observe(d.Seconds())
+// observe records how long the upstream labelled to (label's) took.
+func (m *upstreamMetrics) observe(to, proto string, d time.Duration) {
+	m.duration.WithLabelValues(to, proto).Observe(d.Seconds())
 }
 
 // Collectors returns the Forwarder's own metrics (per upstream), for the
