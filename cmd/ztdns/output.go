@@ -140,24 +140,16 @@ func listPrinter[T any](cols []column[T]) func(w io.Writer, format string, rows 
 	}
 }
 
+// printList prints rows as one block: the columns as wide as their widest
+// value, JSON and YAML the same list a stream prints.
 func printList[T any](w io.Writer, format string, rows []T, cols []column[T]) error {
-	if rows == nil {
-		rows = []T{}
+	s := newListStream(w, format, cols, 0)
+	for _, r := range rows {
+		if err := s.Row(r); err != nil {
+			return err
+		}
 	}
-	return printOutput(w, format, rows, func(w io.Writer, wide bool) {
-		cols := slices.DeleteFunc(slices.Clone(cols), func(c column[T]) bool { return c.wide && !wide })
-		cells := make([]string, len(cols))
-		for i, c := range cols {
-			cells[i] = c.header
-		}
-		fmt.Fprintln(w, strings.Join(cells, "\t"))
-		for _, r := range rows {
-			for i, c := range cols {
-				cells[i] = shown(c.value(r, wide))
-			}
-			fmt.Fprintln(w, strings.Join(cells, "\t"))
-		}
-	})
+	return s.Close()
 }
 
 // shown is a value from the agent (a file's name in an error, a pod's
@@ -208,26 +200,27 @@ func orList(words []string) string {
 }
 
 // listStream prints rows as they come, in the format -o asked for: JSON
-// and YAML a row at a time (the same list printList prints), a table in
-// blocks of streamBlock rows whose columns are as wide as the widest value
-// seen so far, so the first block's are those of printList for a list that
-// short, and no more than a block is held.
+// and YAML a row at a time, a table in blocks of blockLines lines (all in
+// one when 0) whose columns are as wide as the widest value seen so far,
+// laid out as text/tabwriter would with printOutput's settings; no more
+// than a block is held.
 type listStream[T any] struct {
-	w      io.Writer
-	format string
-	cols   []column[T]
-	widths []int      // of each column but the last, in runes
-	block  [][]string // the table's lines not yet written
-	n      int        // rows printed
-	err    error
+	w          io.Writer
+	format     string
+	cols       []column[T]
+	blockLines int
+	widths     []int      // of each column but the last, in runes
+	block      [][]string // the table's lines not yet written
+	n          int        // rows printed
+	err        error
 }
 
 // streamBlock is how many rows of a table are laid out together.
 const streamBlock = 1000
 
-func newListStream[T any](w io.Writer, format string, cols []column[T]) *listStream[T] {
+func newListStream[T any](w io.Writer, format string, cols []column[T], blockLines int) *listStream[T] {
 	wide := format == outputWide
-	s := &listStream[T]{w: w, format: format}
+	s := &listStream[T]{w: w, format: format, blockLines: blockLines}
 	s.cols = slices.DeleteFunc(slices.Clone(cols), func(c column[T]) bool { return c.wide && !wide })
 	if s.tabular() {
 		header := make([]string, len(s.cols))
@@ -273,7 +266,7 @@ func (s *listStream[T]) Row(r T) error {
 		cells[i] = shown(c.value(r, s.format == outputWide))
 	}
 	s.add(cells)
-	if len(s.block) >= streamBlock {
+	if s.blockLines > 0 && len(s.block) >= s.blockLines {
 		s.flush()
 	}
 	return s.err

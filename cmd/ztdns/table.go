@@ -36,7 +36,7 @@ it has none of its own.`,
 		// within requestTimeout, the last may take longer.
 		ctx, cancel := context.WithTimeout(cmd.Context(), streamTimeout)
 		defer cancel()
-		out := newListStream(cmd.OutOrStdout(), output.value, tableColumns)
+		out := newListStream(cmd.OutOrStdout(), output.value, tableColumns, streamBlock)
 		err := control.NewStreamingClient(*socket, requestTimeout, streamTimeout).TableEach(ctx, *ns, out.Row)
 		if err != nil && out.Rows() == 0 {
 			return err // no answer: not even the header is printed

@@ -193,14 +193,14 @@ func (h *handler) handle(mux *http.ServeMux, route Route, serve func(*http.Reque
 		if route.Mutates && !root {
 			// A socket-group member: it may look, not steer.
 			h.refused.Log(h.log, slog.LevelWarn, "control socket: refused a request that only root may make", "route", route.Name, "uid", peer.UID, "gid", peer.GID, "pid", peer.PID)
-			h.count(route, "403", writeError(w, http.StatusForbidden, fmt.Errorf("%s needs root (uid %d may only read)", route.Path, peer.UID)))
+			h.count(route, http.StatusForbidden, writeError(w, http.StatusForbidden, fmt.Errorf("%s needs root (uid %d may only read)", route.Path, peer.UID)))
 			return
 		}
 		r.Body = http.MaxBytesReader(w, r.Body, MaxRequestBytes)
 		v, err := serve(r)
 		if err != nil {
 			code := StatusOf(err)
-			h.count(route, fmt.Sprint(code), writeError(w, code, err))
+			h.count(route, code, writeError(w, code, err))
 			return
 		}
 		if s, ok := v.(streamer); ok {
@@ -208,7 +208,7 @@ func (h *handler) handle(mux *http.ServeMux, route Route, serve func(*http.Reque
 			h.count(route, code, err)
 			return
 		}
-		h.count(route, "200", writeJSON(w, http.StatusOK, v))
+		h.count(route, http.StatusOK, writeJSON(w, http.StatusOK, v))
 	})
 }
 
@@ -216,22 +216,23 @@ func (h *handler) handle(mux *http.ServeMux, route Route, serve func(*http.Reque
 // full: the caller went away, or stopped reading, while it was written.
 const codeAborted = "aborted"
 
-// count counts a request by its outcome: code when its answer was written
-// out, codeAborted when writing it failed (err).
-func (h *handler) count(route Route, code string, err error) {
+// count counts a request by its outcome: the status code of its answer
+// when it was written out, codeAborted when writing it failed (err).
+func (h *handler) count(route Route, code int, err error) {
 	if err != nil {
 		h.log.Debug("control socket: answer not delivered", "route", route.Name, "code", code, "err", err)
-		code = codeAborted
+		metricRequests.WithLabelValues(route.Name, codeAborted).Inc()
+		return
 	}
-	metricRequests.WithLabelValues(route.Name, code).Inc()
+	metricRequests.WithLabelValues(route.Name, strconv.Itoa(code)).Inc()
 }
 
 // streamer is an answer written out as it is made, not encoded whole.
 type streamer interface {
-	// stream writes the answer to r on w and says with what status, or
-	// why it did not reach the caller in full; root is whether the caller
-	// is root (see memberWriteTimeout).
-	stream(w http.ResponseWriter, r *http.Request, root bool) (code string, err error)
+	// stream writes the answer to r on w and says with what status (0:
+	// none written), and why it did not reach the caller in full; root is
+	// whether the caller is root (see memberWriteTimeout).
+	stream(w http.ResponseWriter, r *http.Request, root bool) (code int, err error)
 }
 
 const (
@@ -257,7 +258,7 @@ type rowStream[T any] struct {
 	slot chan struct{}
 }
 
-func (s rowStream[T]) stream(w http.ResponseWriter, r *http.Request, root bool) (string, error) {
+func (s rowStream[T]) stream(w http.ResponseWriter, r *http.Request, root bool) (int, error) {
 	ctx := r.Context()
 	timeout := writeTimeout
 	if !root {
@@ -273,10 +274,9 @@ func (s rowStream[T]) stream(w http.ResponseWriter, r *http.Request, root bool) 
 		// A member's deadline, set when its request came, has passed
 		// meanwhile: it is told all the same.
 		_ = rc.SetWriteDeadline(time.Now().Add(timeout))
-		code := http.StatusTooManyRequests
-		return fmt.Sprint(code), writeError(w, code, errors.New("another table answer is being written: try again"))
+		return http.StatusTooManyRequests, writeError(w, http.StatusTooManyRequests, errors.New("another table answer is being written: try again"))
 	case <-ctx.Done():
-		return codeAborted, context.Cause(ctx)
+		return 0, context.Cause(ctx)
 	}
 	var buf bytes.Buffer
 	flush := func() error {
@@ -304,19 +304,19 @@ func (s rowStream[T]) stream(w http.ResponseWriter, r *http.Request, root bool) 
 		buf.WriteString(sep)
 		sep = ","
 		if err := enc.Encode(row); err != nil {
-			return codeAborted, err // a row always encodes: not reached
+			return http.StatusOK, err // a row always encodes: not reached
 		}
 		if buf.Len() >= streamChunk {
 			if err := flush(); err != nil {
-				return codeAborted, err
+				return http.StatusOK, err
 			}
 		}
 	}
 	buf.WriteString("]\n")
 	if err := flush(); err != nil {
-		return codeAborted, err
+		return http.StatusOK, err
 	}
-	return "200", nil
+	return http.StatusOK, nil
 }
 
 // validator is a request type that checks its own fields.

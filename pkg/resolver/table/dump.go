@@ -58,10 +58,10 @@ func (t *Table) Rows(ns string) []Row {
 
 // AllRows yields the rows of Rows one name at a time, in order: names
 // first, reverse-lookup names (PTR) after them, each part by name, then
-// type. It first sorts an index of the names with rows (a string or an
-// address each, 16 bytes, 32 for an SRV name: no row), then makes each
-// name's rows when it comes to it: a caller that stops early has made no
-// more.
+// type. It first sorts an index of the names that may have rows (a
+// string or an address each, 16 bytes, 32 for an SRV name: no row), then
+// makes each name's rows when it comes to it: a caller that stops early
+// has made no more.
 func (t *Table) AllRows(ns string) iter.Seq[Row] {
 	return func(yield func(Row) bool) {
 		idx := t.rowIndex(ns)
@@ -102,7 +102,8 @@ type rowIndex struct {
 	names []string
 	// srvs are the SRV sets' names.
 	srvs []srvItem
-	// ptrs are the addresses with a reverse name.
+	// ptrs are every address with a reverse name: which of them ns sees
+	// is chosen once, when its row is made (appendItemRows).
 	ptrs []addrKey
 }
 
@@ -179,7 +180,7 @@ const (
 	itemReverse
 )
 
-// rowIndex lists, sorted, the names with rows for ns.
+// rowIndex lists, sorted, the names with rows for ns and every reverse name.
 func (t *Table) rowIndex(ns string) *rowIndex {
 	// Sized for every name and address: an index held while the rows are
 	// written is not twice its size for having grown.
@@ -217,9 +218,7 @@ func (t *Table) rowIndex(ns string) *rowIndex {
 	}
 	for i := range t.reverse {
 		for k := range t.reverse[i].one {
-			if t.ptrOwners(t.reverse[i].get(k), ns).one != nil {
-				x.ptrs = append(x.ptrs, k)
-			}
+			x.ptrs = append(x.ptrs, k)
 		}
 	}
 	for l := range numLists {
