@@ -15,7 +15,6 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/btf"
-	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
 	"github.com/ztdns/ztdns/internal/testenv"
@@ -274,15 +273,7 @@ func TestSockReleaseDetachedForgetsCounts(t *testing.T) {
 
 			mustDo(t, h, "udp "+nowhere4+" 3", "held 3")
 			e.wantSockets(t, cookie, 3)
-			l, err := link.LoadPinnedLink(linkPinPath(e.cfg.BPFFS, ztdnsProgZtdnsSockRelease), nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			err = l.Detach()
-			l.Close()
-			if err != nil {
-				t.Fatal(err)
-			}
+			detachPinnedLink(t, e.cfg.BPFFS, ztdnsProgZtdnsSockRelease)
 			mustDo(t, h, "close", "closed")
 			e.wantSockets(t, cookie, 3) // nothing took them off
 
