@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/ztdns/ztdns/pkg/control"
+	"github.com/ztdns/ztdns/pkg/redirect"
 	"github.com/ztdns/ztdns/pkg/resolvconf"
 )
 
@@ -95,10 +96,7 @@ func uncapturedReason(ns netip.Addr, st *control.Status) string {
 		return ""
 	}
 	for _, c := range st.CaptureNameservers {
-		if p, err := netip.ParsePrefix(c); err == nil && p.Contains(ns) {
-			return ""
-		}
-		if a, err := netip.ParseAddr(c); err == nil && a == ns {
+		if p, err := redirect.ParseCaptureNameserver(c); err == nil && p.Contains(ns) {
 			return ""
 		}
 	}

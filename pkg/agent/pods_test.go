@@ -162,11 +162,12 @@ func TestCaptureAddAgainAfterTheNamespaceWasMadeAgain(t *testing.T) {
 	}
 	// The same name, another namespace: the cleanup podNetns registered
 	// deletes this one.
-	for _, args := range [][]string{{"netns", "del", n.Name}, {"netns", "add", n.Name}, {"-n", n.Name, "addr", "add", "203.0.113.100/32", "dev", "lo"}} {
+	for _, args := range [][]string{{"netns", "del", n.Name}, {"netns", "add", n.Name}} {
 		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
 			t.Fatalf("ip %s: %v\n%s", strings.Join(args, " "), err, out)
 		}
 	}
+	n.AddAddr(t, "203.0.113.100/32", "lo")
 	after := cookieOf(t, n)
 
 	row, err := a.captureNetns(control.CaptureRequest{Netns: n.Path(), Namespace: "default", Name: "vm"})

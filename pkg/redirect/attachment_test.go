@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/link"
 
 	"github.com/ztdns/ztdns/internal/testenv"
 )
@@ -141,16 +140,7 @@ func TestRepairAttachmentLeavesAnotherAgentsLinks(t *testing.T) {
 
 	// A link of theirs detached (a cgroup change, say): still theirs, even
 	// though it is the link the first agent attached.
-	pin := linkPinPath(cfg.BPFFS, ztdnsProgZtdnsConnect4)
-	l, err := link.LoadPinnedLink(pin, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	err = l.Detach()
-	l.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
+	detachPinnedLink(t, cfg.BPFFS, ztdnsProgZtdnsConnect4)
 	if _, repaired, err = r.RepairAttachment(); err != nil || len(repaired) > 0 {
 		t.Errorf("the first agent repaired %q (%v) a link running the second one's program", repaired, err)
 	}

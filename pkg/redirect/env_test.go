@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf/link"
+
 	"github.com/ztdns/ztdns/internal/dnstest"
 	"github.com/ztdns/ztdns/internal/testenv"
 )
@@ -253,4 +255,19 @@ func dig(tb testing.TB, ns *testenv.Netns, cg *testenv.Cgroup, args ...string) (
 // queries in the server's log.
 func uniqueName(label string) string {
 	return testenv.UniqueName(label+"-") + ".ztdns.test"
+}
+
+// detachPinnedLink detaches the pinned link of program prog, as `bpftool
+// link detach` does: the pin stays, holding a defunct link.
+func detachPinnedLink(tb testing.TB, bpffs, prog string) {
+	tb.Helper()
+	l, err := link.LoadPinnedLink(linkPinPath(bpffs, prog), nil)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	err = l.Detach()
+	l.Close()
+	if err != nil {
+		tb.Fatal(err)
+	}
 }

@@ -15,7 +15,6 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/btf"
-	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
 	"github.com/ztdns/ztdns/internal/testenv"
@@ -63,23 +62,15 @@ func TestSocketsPerPodCapped(t *testing.T) {
 			t.Errorf("%s: socket_storage_failed went up by %d", cmd, got)
 		}
 	}
-	held := func(want int64) {
-		t.Helper()
-		if got := e.reported(t, cookie).Sockets; got != want {
-			t.Errorf("the pod holds %d sockets with records, want %d", got, want)
-		}
-	}
 	closeAll := func() {
 		t.Helper()
-		if got := h.Do(t, "close"); got != "closed" {
-			t.Fatalf("close: %s", got)
-		}
+		mustDo(t, h, "close", "closed")
 		opened = 0
-		held(0)
+		e.wantSockets(t, cookie, 0)
 	}
 
 	open("udp", nowhere4, capped+over, capped)
-	held(capped)
+	e.wantSockets(t, cookie, capped)
 
 	// Each socket sends again: the first ones, which hold their records,
 	// are redirected without being counted again; the others are still
@@ -95,7 +86,7 @@ func TestSocketsPerPodCapped(t *testing.T) {
 	if got := after.SkippedSocketsFull - before.SkippedSocketsFull; got != over {
 		t.Errorf("sent again: %d queries left alone for the cap, want %d", got, over)
 	}
-	held(capped)
+	e.wantSockets(t, cookie, capped)
 	closeAll()
 
 	// Closed, they no longer count: the pod's next sockets are redirected
@@ -104,7 +95,7 @@ func TestSocketsPerPodCapped(t *testing.T) {
 	// them.
 	open("tcp", nowhere4, capped/2, capped/2)
 	open("udp", nowhere6, capped/2+over, capped/2)
-	held(capped)
+	e.wantSockets(t, cookie, capped)
 	stopBeating()
 	stopBeating = func() {}
 	if err := e.r.Close(); err != nil {
@@ -116,7 +107,7 @@ func TestSocketsPerPodCapped(t *testing.T) {
 	open("tcp", nowhere6, capped, capped)
 	closeAll()
 	open("udp", nowhere4, capped+over, capped)
-	held(capped)
+	e.wantSockets(t, cookie, capped)
 }
 
 // TestSweepForgetsSocketCounts: a released pod's count of sockets holding
@@ -128,9 +119,7 @@ func TestSweepForgetsSocketCounts(t *testing.T) {
 	e := newCaptureEnv(t, envOptions{socketsPerPod: 4})
 	pod, cookie := e.markedPod(t, 0, nowhere4)
 	h := testenv.StartHelper(t, t.Context(), pod, e.cg, "ready", helperEnv+"="+helperHold)
-	if got := h.Do(t, "udp "+nowhere4+" 6"); got != "held 6" {
-		t.Fatal(got)
-	}
+	mustDo(t, h, "udp "+nowhere4+" 6", "held 6")
 	if err := e.r.Unmark(cookie); err != nil {
 		t.Fatal(err)
 	}
@@ -152,9 +141,7 @@ func TestSweepForgetsSocketCounts(t *testing.T) {
 	if held, ok := counted(); !ok || held != 4 {
 		t.Errorf("released pod with its sockets open: count %d (kept: %v), want 4 kept", held, ok)
 	}
-	if got := h.Do(t, "close"); got != "closed" {
-		t.Fatal(got)
-	}
+	mustDo(t, h, "close", "closed")
 	if held, ok := counted(); ok {
 		t.Errorf("released pod with its sockets closed: count %d kept, want it removed", held)
 	}
@@ -220,34 +207,22 @@ func TestUpgradeKeepsSocketRecords(t *testing.T) {
 	// kept socket, counted by nobody, closes: taken off nothing, the
 	// count stays 0 and the cap holds.
 	h := testenv.StartHelper(t, t.Context(), pod, e.cg, "ready", helperEnv+"="+helperHold)
-	do := func(cmd, want string) {
-		t.Helper()
-		if got := h.Do(t, cmd); got != want {
-			t.Fatalf("%s: %s, want %s", cmd, got, want)
-		}
-	}
-	held := func(want int64) {
-		t.Helper()
-		if got := e.reported(t, cookie).Sockets; got != want {
-			t.Errorf("the pod holds %d sockets with records, want %d", got, want)
-		}
-	}
-	do("udp "+nowhere4+" 1", "held 1")
-	held(1)
-	do("close", "closed")
-	held(0)
+	mustDo(t, h, "udp "+nowhere4+" 1", "held 1")
+	e.wantSockets(t, cookie, 1)
+	mustDo(t, h, "close", "closed")
+	e.wantSockets(t, cookie, 0)
 	closeFD() // the keeper's, closing, is then its last
 	if rest, err := keeper.Finish(""); err != nil {
 		t.Fatalf("keeper: %v (%s)", err, rest)
 	}
-	held(0)
+	e.wantSockets(t, cookie, 0)
 	c0 := e.counters(t)
-	do(fmt.Sprintf("udp %s %d", nowhere4, capped+over), fmt.Sprintf("held %d", capped+over))
+	mustDo(t, h, fmt.Sprintf("udp %s %d", nowhere4, capped+over), fmt.Sprintf("held %d", capped+over))
 	c1 := e.counters(t)
 	if got := c1.Redirected - c0.Redirected; got != capped {
 		t.Errorf("after the kept socket closed, %d of the pod's %d new sockets redirected, want %d (the cap)", got, capped+over, capped)
 	}
-	held(capped)
+	e.wantSockets(t, cookie, capped)
 }
 
 // TestSockReleaseDetachedForgetsCounts: while the sock_release link is
@@ -295,41 +270,21 @@ func TestSockReleaseDetachedForgetsCounts(t *testing.T) {
 			t.Cleanup(stopBeating)
 			pod, cookie := e.markedPod(t, 0, nowhere4)
 			h := testenv.StartHelper(t, t.Context(), pod, e.cg, "ready", helperEnv+"="+helperHold)
-			do := func(cmd, want string) {
-				t.Helper()
-				if got := h.Do(t, cmd); got != want {
-					t.Fatalf("%s: %s, want %s", cmd, got, want)
-				}
-			}
-			held := func(want int64) {
-				t.Helper()
-				if got := e.reported(t, cookie).Sockets; got != want {
-					t.Errorf("the pod holds %d sockets with records, want %d", got, want)
-				}
-			}
 
-			do("udp "+nowhere4+" 3", "held 3")
-			held(3)
-			l, err := link.LoadPinnedLink(linkPinPath(e.cfg.BPFFS, ztdnsProgZtdnsSockRelease), nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			err = l.Detach()
-			l.Close()
-			if err != nil {
-				t.Fatal(err)
-			}
-			do("close", "closed")
-			held(3) // nothing took them off
+			mustDo(t, h, "udp "+nowhere4+" 3", "held 3")
+			e.wantSockets(t, cookie, 3)
+			detachPinnedLink(t, e.cfg.BPFFS, ztdnsProgZtdnsSockRelease)
+			mustDo(t, h, "close", "closed")
+			e.wantSockets(t, cookie, 3) // nothing took them off
 
 			tt.putBack(t, e, stopBeating)
 			c0 := e.counters(t)
-			do(fmt.Sprintf("udp %s %d", nowhere4, capped), fmt.Sprintf("held %d", capped))
+			mustDo(t, h, fmt.Sprintf("udp %s %d", nowhere4, capped), fmt.Sprintf("held %d", capped))
 			c1 := e.counters(t)
 			if got := c1.Redirected - c0.Redirected; got != capped {
 				t.Errorf("after sock_release was put back, %d of the pod's %d new sockets redirected, want %d (the cap)", got, capped, capped)
 			}
-			held(capped)
+			e.wantSockets(t, cookie, capped)
 			const forgotten = `level=WARN msg="forgot the socket counts`
 			if got := strings.Count(log.String(), forgotten); got != 1 {
 				t.Errorf("%d warnings %s...\" logged, want 1", got, forgotten)
@@ -352,25 +307,13 @@ func TestUncountedRecordsTakeNothingOff(t *testing.T) {
 	pod, cookie := e.markedPod(t, 0, nowhere4)
 	counted := testenv.StartHelper(t, t.Context(), pod, e.cg, "ready", helperEnv+"="+helperHold)
 	old := testenv.StartHelper(t, t.Context(), pod, e.cg, "ready", helperEnv+"="+helperHold)
-	do := func(h *testenv.Helper, cmd, want string) {
-		t.Helper()
-		if got := h.Do(t, cmd); got != want {
-			t.Fatalf("%s: %s, want %s", cmd, got, want)
-		}
-	}
-	held := func(want int64) {
-		t.Helper()
-		if got := e.reported(t, cookie).Sockets; got != want {
-			t.Errorf("the pod holds %d sockets with records, want %d", got, want)
-		}
-	}
 
-	do(counted, "udp "+nowhere4+" 3", "held 3")
-	held(3)
+	mustDo(t, counted, "udp "+nowhere4+" 3", "held 3")
+	e.wantSockets(t, cookie, 3)
 
 	// Three other sockets of the pod get records as the older programs
 	// write them: whole endpoints, nothing counted.
-	do(old, "plain 3", "held 3")
+	mustDo(t, old, "plain 3", "held 3")
 	fds, closeFDs := heldSockets(t, old)
 	var rec ztdnsSocketDestinations
 	rec.SentTo[0] = endpointFrom(netip.AddrPortFrom(netip.MustParseAddr(nowhere4), 53))
@@ -380,16 +323,16 @@ func TestUncountedRecordsTakeNothingOff(t *testing.T) {
 		}
 	}
 	closeFDs()
-	do(old, "close", "closed")
-	held(3)
+	mustDo(t, old, "close", "closed")
+	e.wantSockets(t, cookie, 3)
 
 	c0 := e.counters(t)
-	do(counted, "udp "+nowhere4+" 2", "held 5")
+	mustDo(t, counted, "udp "+nowhere4+" 2", "held 5")
 	c1 := e.counters(t)
 	if got := c1.Redirected - c0.Redirected; got != 1 {
 		t.Errorf("%d of the pod's 2 new sockets redirected, want 1 (up to the cap of %d)", got, capped)
 	}
-	held(capped)
+	e.wantSockets(t, cookie, capped)
 }
 
 // socketDestinationsOfMain is struct socket_destinations as agents before
@@ -433,6 +376,24 @@ func idOf(tb testing.TB, m *ebpf.Map) ebpf.MapID {
 		tb.Fatal(err)
 	}
 	return id
+}
+
+// mustDo has the helper h run cmd, and stops the test unless it prints
+// want.
+func mustDo(tb testing.TB, h *testenv.Helper, cmd, want string) {
+	tb.Helper()
+	if got := h.Do(tb, cmd); got != want {
+		tb.Fatalf("%s: %s, want %s", cmd, got, want)
+	}
+}
+
+// wantSockets checks how many sockets with records the pod of the netns
+// cookie holds (MarkedPod.Sockets).
+func (e *captureEnv) wantSockets(tb testing.TB, cookie uint64, want int64) {
+	tb.Helper()
+	if got := e.reported(tb, cookie).Sockets; got != want {
+		tb.Errorf("the pod holds %d sockets with records, want %d", got, want)
+	}
 }
 
 // keptSocket returns a descriptor of this process for the keeper's socket
