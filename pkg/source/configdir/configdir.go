@@ -250,9 +250,9 @@ func (s *Source) Healthy() error {
 	return s.unreadable
 }
 
-// Check reports whether the directory is there to read, for the agent to
-// refuse a --config-dir that is not before it starts anything: Run would
-// end at once.
+// Check reports whether the directory is there to read, as Run requires
+// at the start: for the agent to refuse a --config-dir that is not before
+// it starts anything, rather than have Run end at once.
 func (s *Source) Check() error {
 	fi, err := os.Stat(s.dir)
 	if err != nil {
@@ -280,12 +280,8 @@ func (s *Source) Check() error {
 // Snapshots share the objects' inner slices and maps with the source and with
 // each other: receivers must treat them as read-only.
 func (s *Source) Run(ctx context.Context, deliver func(*model.Snapshot)) error {
-	fi, err := os.Stat(s.dir)
-	if err != nil {
+	if err := s.Check(); err != nil {
 		return fmt.Errorf("config dir: %w", err)
-	}
-	if !fi.IsDir() {
-		return fmt.Errorf("config dir %s is not a directory", s.dir)
 	}
 	// Watch before the first scan, so that no change after it is missed.
 	st := newState(s.dir, parser{log: s.log, limits: s.limits})
