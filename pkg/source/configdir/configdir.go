@@ -430,24 +430,10 @@ func (s *Source) record(st *state) {
 	s.stats = stats
 	s.mu.Unlock()
 
-	warned := make(map[string]bool, len(oldWarns))
-	for _, w := range oldWarns {
-		warned[w.Error()] = true
+	for _, w := range newSince(oldWarns, warns) {
+		s.log.Warn("manifest warning: served, but not as written", "warning", w)
 	}
-	for _, w := range warns {
-		if !warned[w.Error()] {
-			s.log.Warn("manifest warning: served, but not as written", "warning", w)
-		}
-	}
-
-	seen := make(map[string]bool, len(old))
-	for _, err := range old {
-		seen[err.Error()] = true
-	}
-	for _, err := range errs {
-		if seen[err.Error()] {
-			continue
-		}
+	for _, err := range newSince(old, errs) {
 		var fe *FileError
 		switch serves, ok := st.serves(err); {
 		case errors.As(err, &fe) && fe.Path == s.dir:
@@ -461,6 +447,22 @@ func (s *Source) record(st *state) {
 	if len(old) > 0 && len(errs) == 0 {
 		s.log.Info("all manifest problems are fixed")
 	}
+}
+
+// newSince returns those of errs whose text none of old has: what record
+// logs, each once.
+func newSince(old, errs []error) []error {
+	seen := make(map[string]bool, len(old))
+	for _, err := range old {
+		seen[err.Error()] = true
+	}
+	var out []error
+	for _, err := range errs {
+		if !seen[err.Error()] {
+			out = append(out, err)
+		}
+	}
+	return out
 }
 
 // fairShare keeps at most limit of errs (what they are: problems,
