@@ -372,9 +372,7 @@ func (s *Source) follow(ctx context.Context, w watcher, st *state, deliver func(
 			s.record(st)
 			if changed {
 				snap := st.snapshot()
-				if !s.changes.Log(s.log, slog.LevelInfo, "manifests changed", counts(snap)...) {
-					s.log.Debug("manifests changed", counts(snap)...)
-				}
+				s.changes.InfoElseDebug(s.log, "manifests changed", counts(snap)...)
 				deliver(snap)
 			}
 			if !st.settleAt.IsZero() {
