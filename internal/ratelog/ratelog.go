@@ -64,3 +64,12 @@ func (r *Limiter) Log(log *slog.Logger, level slog.Level, msg string, args ...an
 	log.Log(context.Background(), level, msg, args...)
 	return true
 }
+
+// InfoElseDebug logs routine events (a table build, a manifest change)
+// that churn repeats: at INFO as Log spaces them, and each one Log holds
+// back at DEBUG, for a debug log to have them all.
+func (r *Limiter) InfoElseDebug(log *slog.Logger, msg string, args ...any) {
+	if !r.Log(log, slog.LevelInfo, msg, args...) {
+		log.Debug(msg, args...)
+	}
+}

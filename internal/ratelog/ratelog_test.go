@@ -58,3 +58,32 @@ func TestLevelLeftOut(t *testing.T) {
 		t.Errorf("logged %q, want one line, refused, with nothing unlogged", got)
 	}
 }
+
+// TestInfoElseDebug: of events within the Interval, the first is logged at
+// INFO, the others at DEBUG; the first after it at INFO again, saying how
+// many INFO held back.
+func TestInfoElseDebug(t *testing.T) {
+	clock := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	r := Limiter{Interval: time.Minute, Now: func() time.Time { return clock }}
+	var buf bytes.Buffer
+	log := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug, ReplaceAttr: func(_ []string, a slog.Attr) slog.Attr {
+		if a.Key == slog.TimeKey {
+			return slog.Attr{}
+		}
+		return a
+	}}))
+	for i := range 3 {
+		r.InfoElseDebug(log, "updated", "n", i)
+	}
+	clock = clock.Add(time.Minute)
+	r.InfoElseDebug(log, "updated", "n", 3)
+	want := []string{
+		"level=INFO msg=updated n=0",
+		"level=DEBUG msg=updated n=1",
+		"level=DEBUG msg=updated n=2",
+		"level=INFO msg=updated n=3 unloggedBefore=2",
+	}
+	if got := strings.Split(strings.TrimSuffix(buf.String(), "\n"), "\n"); strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("logged:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}

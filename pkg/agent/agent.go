@@ -1266,9 +1266,7 @@ const tableLogEvery = time.Minute
 // are logged at DEBUG. What warns is logged apart, each time
 // (logWarnings).
 func (a *Agent) logTableUpdate(args ...any) {
-	if !a.tableUpdates.Log(a.log, slog.LevelInfo, "name table updated", args...) {
-		a.log.Debug("name table updated", args...)
-	}
+	a.tableUpdates.InfoElseDebug(a.log, "name table updated", args...)
 }
 
 // logWarnings logs how the table's warnings changed since the last build

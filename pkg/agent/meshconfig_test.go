@@ -3,13 +3,11 @@
 package agent_test
 
 import (
-	"bytes"
 	"fmt"
 	"log/slog"
 	"net/netip"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -21,6 +19,7 @@ import (
 
 	"github.com/ztdns/ztdns/internal/agenttest"
 	"github.com/ztdns/ztdns/internal/kubetest"
+	"github.com/ztdns/ztdns/internal/testenv"
 	"github.com/ztdns/ztdns/pkg/agent"
 	"github.com/ztdns/ztdns/pkg/source/kube"
 )
@@ -84,8 +83,8 @@ func TestDefaultServiceExportToFollowsMeshConfig(t *testing.T) {
 	// As the Istio chart writes it, with fields ztdns does not read.
 	setMesh("defaultConfig:\n  discoveryAddress: istiod.istio-system.svc:15012\ndefaultServiceExportTo:\n- \".\"\nenablePrometheusMerge: true\n")
 
-	start := func(t *testing.T, flag []string) (*agenttest.Agent, *logBuffer) {
-		logs := &logBuffer{}
+	start := func(t *testing.T, flag []string) (*agenttest.Agent, *testenv.Log) {
+		logs := &testenv.Log{}
 		log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelWarn}))
 		a := agenttest.Start(t, agent.Config{Source: kube.New(env.Config, kube.WithNodeName(node), kube.WithLogger(log)),
 			Upstreams: []netip.AddrPort{up}, DefaultExportTo: flag, Logger: log})
@@ -149,7 +148,7 @@ func TestDefaultServiceExportToFollowsMeshConfig(t *testing.T) {
 			t.Error(err)
 		}
 		login(t, a, "192.0.2.66", forwarded)
-		if n := logs.count("Istio's mesh config does not parse"); n != 1 {
+		if n := strings.Count(logs.String(), "Istio's mesh config does not parse"); n != 1 {
 			t.Errorf("the bad mesh config logged %d times, want once:\n%s", n, logs)
 		}
 
@@ -159,7 +158,7 @@ func TestDefaultServiceExportToFollowsMeshConfig(t *testing.T) {
 		}
 		agenttest.Eventually(t, 30*time.Second, exportToIs(a, `"*" (Istio's default)`))
 		login(t, a, "192.0.2.66", "192.0.2.66")
-		if n := logs.count("Istio's mesh config is absent"); n != 1 {
+		if n := strings.Count(logs.String(), "Istio's mesh config is absent"); n != 1 {
 			t.Errorf("the absent mesh config logged %d times, want once:\n%s", n, logs)
 		}
 		setMesh(`defaultServiceExportTo: ["."]`)
@@ -174,37 +173,8 @@ func TestDefaultServiceExportToFollowsMeshConfig(t *testing.T) {
 		}
 		login(t, a, "192.0.2.66", "192.0.2.66")
 		const differs = "--default-service-export-to differs from Istio's mesh config and wins"
-		if n := logs.count(differs); n != 1 {
+		if n := strings.Count(logs.String(), differs); n != 1 {
 			t.Errorf("%q logged %d times, want once:\n%s", differs, n, logs)
 		}
 	})
-}
-
-// logBuffer is a log destination tests can read while the agent writes.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *logBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-// count is how many lines hold s.
-func (b *logBuffer) count(s string) int {
-	n := 0
-	for line := range strings.Lines(b.String()) {
-		if strings.Contains(line, s) {
-			n++
-		}
-	}
-	return n
 }

@@ -250,9 +250,9 @@ func (s *Source) Healthy() error {
 	return s.unreadable
 }
 
-// Check reports whether the directory is there to read, for the agent to
-// refuse a --config-dir that is not before it starts anything: Run would
-// end at once.
+// Check reports whether the directory is there to read, as Run requires
+// at the start: for the agent to refuse a --config-dir that is not before
+// it starts anything, rather than have Run end at once.
 func (s *Source) Check() error {
 	fi, err := os.Stat(s.dir)
 	if err != nil {
@@ -280,12 +280,8 @@ func (s *Source) Check() error {
 // Snapshots share the objects' inner slices and maps with the source and with
 // each other: receivers must treat them as read-only.
 func (s *Source) Run(ctx context.Context, deliver func(*model.Snapshot)) error {
-	fi, err := os.Stat(s.dir)
-	if err != nil {
+	if err := s.Check(); err != nil {
 		return fmt.Errorf("config dir: %w", err)
-	}
-	if !fi.IsDir() {
-		return fmt.Errorf("config dir %s is not a directory", s.dir)
 	}
 	// Watch before the first scan, so that no change after it is missed.
 	st := newState(s.dir, parser{log: s.log, limits: s.limits})
@@ -376,9 +372,7 @@ func (s *Source) follow(ctx context.Context, w watcher, st *state, deliver func(
 			s.record(st)
 			if changed {
 				snap := st.snapshot()
-				if !s.changes.Log(s.log, slog.LevelInfo, "manifests changed", counts(snap)...) {
-					s.log.Debug("manifests changed", counts(snap)...)
-				}
+				s.changes.InfoElseDebug(s.log, "manifests changed", counts(snap)...)
 				deliver(snap)
 			}
 			if !st.settleAt.IsZero() {
@@ -434,24 +428,10 @@ func (s *Source) record(st *state) {
 	s.stats = stats
 	s.mu.Unlock()
 
-	warned := make(map[string]bool, len(oldWarns))
-	for _, w := range oldWarns {
-		warned[w.Error()] = true
+	for _, w := range newSince(oldWarns, warns) {
+		s.log.Warn("manifest warning: served, but not as written", "warning", w)
 	}
-	for _, w := range warns {
-		if !warned[w.Error()] {
-			s.log.Warn("manifest warning: served, but not as written", "warning", w)
-		}
-	}
-
-	seen := make(map[string]bool, len(old))
-	for _, err := range old {
-		seen[err.Error()] = true
-	}
-	for _, err := range errs {
-		if seen[err.Error()] {
-			continue
-		}
+	for _, err := range newSince(old, errs) {
 		var fe *FileError
 		switch serves, ok := st.serves(err); {
 		case errors.As(err, &fe) && fe.Path == s.dir:
@@ -465,6 +445,22 @@ func (s *Source) record(st *state) {
 	if len(old) > 0 && len(errs) == 0 {
 		s.log.Info("all manifest problems are fixed")
 	}
+}
+
+// newSince returns those of errs whose text none of old has: what record
+// logs, each once.
+func newSince(old, errs []error) []error {
+	seen := make(map[string]bool, len(old))
+	for _, err := range old {
+		seen[err.Error()] = true
+	}
+	var out []error
+	for _, err := range errs {
+		if !seen[err.Error()] {
+			out = append(out, err)
+		}
+	}
+	return out
 }
 
 // fairShare keeps at most limit of errs (what they are: problems,

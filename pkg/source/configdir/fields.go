@@ -20,7 +20,7 @@ import (
 // has the field) in the object at, or the object's line.
 func (l *locator) fieldLine(at []int, path string) int {
 	if found := findField(l.node(at), splitFieldPath(path), ""); found != nil {
-		return l.doc.line + found.key.Line - 1
+		return l.line(found.key)
 	}
 	return l.objectLine(at)
 }
@@ -222,9 +222,6 @@ func (l *locator) protoUnknown(at []int, md protoreflect.MessageDescriptor) (out
 	}, func(fieldAt, string) bool { return true })
 	return out
 }
-
-// line is the file line of a node of the document.
-func (l *locator) line(n *yamlv3.Node) int { return l.doc.line + n.Line - 1 }
 
 // protoFields walks the YAML map n as the protobuf message md (with the
 // names protojson reads: JSON names and field names), path being n's

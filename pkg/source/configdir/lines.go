@@ -306,11 +306,14 @@ func (l *locator) node(at []int) *yamlv3.Node {
 	return n
 }
 
+// line is the file line of a node of the document.
+func (l *locator) line(n *yamlv3.Node) int { return l.doc.line + n.Line - 1 }
+
 // objectLine is the file line where the object at starts.
 func (l *locator) objectLine(at []int) int {
 	if len(at) > 0 {
 		if n := l.node(at); n != nil {
-			return l.doc.line + n.Line - 1
+			return l.line(n)
 		}
 	}
 	return firstContentLine(l.doc)
@@ -321,7 +324,7 @@ func (l *locator) objectLine(at []int) int {
 // "1.2.3" is not an IP address`), or the object's line.
 func (l *locator) valueLine(at []int, msg string) int {
 	if n := findQuotedValue(l.node(at), msg); n != nil {
-		return l.doc.line + n.Line - 1
+		return l.line(n)
 	}
 	return l.objectLine(at)
 }

@@ -630,10 +630,7 @@ func testLeastPrivilege(t *testing.T, env *kubetest.Env) {
 	// readable.
 	createNamespace(t, kube, DefaultIstioNamespace)
 	for _, name := range []string{"other", IstiodAllocatorLock} {
-		if _, err := kube.CoreV1().ConfigMaps(DefaultIstioNamespace).Create(ctx, &corev1.ConfigMap{
-			ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{}); err != nil {
-			t.Fatalf("create ConfigMap %s: %v", name, err)
-		}
+		createIstiodConfigMap(t, kube, name, nil)
 	}
 	rec.waitFor(t, "istiod's allocator lock", func(s *model.Snapshot) error {
 		if !s.IstiodAllocates {
@@ -698,6 +695,16 @@ func createNamespace(tb testing.TB, kube kubernetes.Interface, name string) stri
 		tb.Fatalf("create namespace %s: %v", name, err)
 	}
 	return name
+}
+
+// createIstiodConfigMap creates ConfigMap name, with data, in istiod's
+// namespace (DefaultIstioNamespace, which must exist).
+func createIstiodConfigMap(tb testing.TB, kube kubernetes.Interface, name string, data map[string]string) {
+	tb.Helper()
+	if _, err := kube.CoreV1().ConfigMaps(DefaultIstioNamespace).Create(tb.Context(), &corev1.ConfigMap{
+		ObjectMeta: metav1.ObjectMeta{Name: name}, Data: data}, metav1.CreateOptions{}); err != nil {
+		tb.Fatalf("create ConfigMap %s/%s: %v", DefaultIstioNamespace, name, err)
+	}
 }
 
 func updateNamespace(ctx context.Context, kube kubernetes.Interface, name string, change func(*corev1.Namespace)) error {

@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/ztdns/ztdns/internal/kubetest"
@@ -53,16 +52,10 @@ func TestParseMeshExportTo(t *testing.T) {
 func TestMeshConfigForbidden(t *testing.T) {
 	env := kubetest.Start(t)
 	kube := env.Client()
-	ctx := t.Context()
 	const ns, account = "ztdns-old", "ztdns"
 	createNamespace(t, kube, ns)
 	createNamespace(t, kube, DefaultIstioNamespace)
-	if _, err := kube.CoreV1().ConfigMaps(DefaultIstioNamespace).Create(ctx, &corev1.ConfigMap{
-		ObjectMeta: metav1.ObjectMeta{Name: MeshConfigMap},
-		Data:       map[string]string{MeshConfigKey: `defaultServiceExportTo: ["."]`},
-	}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	createIstiodConfigMap(t, kube, MeshConfigMap, map[string]string{MeshConfigKey: `defaultServiceExportTo: ["."]`})
 	isMesh := func(r PolicyRule) bool { return slices.Contains(r.ResourceNames, MeshConfigMap) }
 	cfg := grant(t, env, "ztdns-old", ns, account, slices.DeleteFunc(PolicyRules(), isMesh))
 	logs := newLogWatcher()
@@ -110,16 +103,11 @@ func TestMeshConfigForbidden(t *testing.T) {
 func TestMeshConfigOfRevision(t *testing.T) {
 	env := kubetest.Start(t)
 	kube := env.Client()
-	ctx := t.Context()
 	const ns, account = "ztdns-system", "ztdns"
 	createNamespace(t, kube, ns)
 	createNamespace(t, kube, DefaultIstioNamespace)
 	for name, mesh := range map[string]string{"istio": `defaultServiceExportTo: ["."]`, "istio-canary": `defaultServiceExportTo: ["tenant"]`} {
-		if _, err := kube.CoreV1().ConfigMaps(DefaultIstioNamespace).Create(ctx, &corev1.ConfigMap{
-			ObjectMeta: metav1.ObjectMeta{Name: name}, Data: map[string]string{MeshConfigKey: mesh},
-		}, metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
+		createIstiodConfigMap(t, kube, name, map[string]string{MeshConfigKey: mesh})
 	}
 	cfg := grant(t, env, "ztdns", ns, account, PolicyRulesFor("canary"))
 	// The API server may apply the binding after the source's first list.

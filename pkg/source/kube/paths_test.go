@@ -42,8 +42,7 @@ func TestListThenWatch(t *testing.T) {
 		Labels: map[string]string{model.LabelDataplaneMode: "ambient"}}}, metav1.CreateOptions{})
 	must("namespace", err)
 	createNamespace(t, kube, DefaultIstioNamespace)
-	_, err = kube.CoreV1().ConfigMaps(DefaultIstioNamespace).Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: IstiodAllocatorLock}}, metav1.CreateOptions{})
-	must("allocator lock", err)
+	createIstiodConfigMap(t, kube, IstiodAllocatorLock, nil)
 	_, err = kube.CoreV1().Services(ns).Create(ctx, &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "db"},
 		Spec: corev1.ServiceSpec{ClusterIP: corev1.ClusterIPNone, Ports: []corev1.ServicePort{{Name: "pg", Port: 5432}}}}, metav1.CreateOptions{})
 	must("service", err)
@@ -126,13 +125,10 @@ func TestListThenWatch(t *testing.T) {
 func TestAllocatorLockForbidden(t *testing.T) {
 	env := kubetest.Start(t)
 	kube := env.Client()
-	ctx := t.Context()
 	const ns, account = "ztdns-old", "ztdns"
 	createNamespace(t, kube, ns)
 	createNamespace(t, kube, DefaultIstioNamespace)
-	if _, err := kube.CoreV1().ConfigMaps(DefaultIstioNamespace).Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: IstiodAllocatorLock}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	createIstiodConfigMap(t, kube, IstiodAllocatorLock, nil)
 	rules := slices.DeleteFunc(PolicyRules(), func(r PolicyRule) bool { return slices.Contains(r.Resources, "configmaps") })
 	cfg := grant(t, env, "ztdns-old", ns, account, rules)
 	logs := newLogWatcher()

@@ -84,17 +84,21 @@ func (r *run) endpointFor(k kind) endpoint {
 		e.fieldSelector = fields.AndSelectors(sel...).String()
 		return e
 	case kindIstiodAllocator:
-		return endpoint{client: c.core, namespace: r.src.istioNamespace, resource: "configmaps",
-			fieldSelector: fields.OneTermEqualSelector("metadata.name", IstiodAllocatorLock).String(), example: &kubeapi.ConfigMap{},
-			newList: func() runtime.Object { return &kubeapi.ConfigMapList{} }}
+		return r.istiodConfigMap(IstiodAllocatorLock)
 	case kindMeshConfig:
-		return endpoint{client: c.core, namespace: r.src.istioNamespace, resource: "configmaps",
-			fieldSelector: fields.OneTermEqualSelector("metadata.name", r.src.meshConfigMap).String(), example: &kubeapi.ConfigMap{},
-			newList: func() runtime.Object { return &kubeapi.ConfigMapList{} }}
+		return r.istiodConfigMap(r.src.meshConfigMap)
 	case kindServiceEntryCRD:
 		return c.crdEndpoint()
 	}
 	panic(fmt.Sprintf("kube: no endpoint for kind %d", k))
+}
+
+// istiodConfigMap is the endpoint of one ConfigMap in istiod's namespace,
+// by name: the only ConfigMaps PolicyRules grants, each by its name.
+func (r *run) istiodConfigMap(name string) endpoint {
+	return endpoint{client: r.clients.core, namespace: r.src.istioNamespace, resource: "configmaps",
+		fieldSelector: fields.OneTermEqualSelector("metadata.name", name).String(), example: &kubeapi.ConfigMap{},
+		newList: func() runtime.Object { return &kubeapi.ConfigMapList{} }}
 }
 
 // serviceEntryModel reduces a ServiceEntry, warning of what it skipped in
