@@ -39,7 +39,8 @@ type FloodConfig struct {
 	//     the server closes is opened again after Pause;
 	//   - "probe": one query every Every, each from a fresh socket (UDP,
 	//     or TCP with TCP set) as a stub resolver asks, waiting up to
-	//     Timeout for its answer.
+	//     Timeout for its answer; with InFlight set, at most that many
+	//     unanswered at once.
 	Mode string `json:"mode"`
 	// Server is the nameserver (ip:port); default the first nameserver of
 	// the pod's /etc/resolv.conf, as a stub would ask it.
@@ -58,6 +59,16 @@ type FloodConfig struct {
 	Every   time.Duration `json:"every,omitempty"`
 	Timeout time.Duration `json:"timeout,omitempty"`
 	Pause   time.Duration `json:"pause,omitempty"`
+	// InFlight bounds "probe": at most that many queries unanswered (and,
+	// over TCP, connections open) at once; the next waits for one to end
+	// and then goes at once, the pacing resuming after it (0: no bound).
+	// A pod that keeps it well under its per-pod shares (--pod-max-tcp,
+	// --pod-max-forwarding) stays within them however late the answers
+	// come (well under: a connection it closed counts until the resolver
+	// reads the close). Without it, a resolver slowed by a loaded machine
+	// finds the probes piled up, up to Timeout/Every of them, and refuses
+	// those over the pod's shares.
+	InFlight int `json:"inFlight,omitempty"`
 	// For is how long the load lasts.
 	For time.Duration `json:"for"`
 }
@@ -162,12 +173,7 @@ func flood() int {
 		}
 		cfg.Server = net.JoinHostPort(conf.Servers[0], "53")
 	}
-	cfg.Conns, cfg.Window = max(cfg.Conns, 1), max(cfg.Window, 1)
-	qtype := dns.TypeA
-	if cfg.Type != "" {
-		qtype = dns.StringToType[strings.ToUpper(cfg.Type)]
-	}
-	l := &floodLoad{cfg: cfg, qtype: qtype, end: time.Now().Add(cfg.For), res: FloodResult{Rcodes: map[string]int{}}}
+	l := newFloodLoad(cfg)
 	switch cfg.Mode {
 	case "udp":
 		l.run(l.udp)
@@ -196,6 +202,16 @@ type floodLoad struct {
 	mu  sync.Mutex
 	n   int // names asked so far, for unique names
 	res FloodResult
+}
+
+// newFloodLoad starts the load of cfg, its Server set, from now.
+func newFloodLoad(cfg FloodConfig) *floodLoad {
+	cfg.Conns, cfg.Window = max(cfg.Conns, 1), max(cfg.Window, 1)
+	qtype := dns.TypeA
+	if cfg.Type != "" {
+		qtype = dns.StringToType[strings.ToUpper(cfg.Type)]
+	}
+	return &floodLoad{cfg: cfg, qtype: qtype, end: time.Now().Add(cfg.For), res: FloodResult{Rcodes: map[string]int{}}}
 }
 
 // query packs the next question.
@@ -358,17 +374,33 @@ func (l *floodLoad) closed() {
 	l.mu.Unlock()
 }
 
-// probe asks one question every Every, each on a fresh socket.
+// probe asks one question every Every, each on a fresh socket; with
+// InFlight set, a question waits for room among the unanswered ones.
 func (l *floodLoad) probe() {
-	var wg sync.WaitGroup
+	var (
+		wg   sync.WaitGroup
+		room chan struct{} // a slot per unanswered question; nil: no bound
+	)
+	if l.cfg.InFlight > 0 {
+		room = make(chan struct{}, l.cfg.InFlight)
+	}
 	tick := time.NewTicker(l.cfg.Every)
 	defer tick.Stop()
 	for time.Now().Before(l.end) {
+		if room != nil {
+			room <- struct{}{}
+			if !time.Now().Before(l.end) { // the wait outlasted the load
+				break
+			}
+		}
 		q := l.query()
 		wg.Go(func() {
 			start := time.Now()
-			reply, err := l.exchange(q)
+			reply, err := l.exchange(q) // its socket closed when it returns
 			l.count(reply, err, time.Since(start), true)
+			if room != nil {
+				<-room
+			}
 		})
 		<-tick.C
 	}
