@@ -296,8 +296,12 @@ func TestResolverAddressesNeverSource(t *testing.T) {
 			}
 		}
 		for _, name := range []string{"eth0", "cali1", "cali1p"} {
-			if err := netlink.LinkSetUp(&netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Name: name}}); err != nil {
-				return err
+			l, err := netlink.LinkByName(name)
+			if err == nil {
+				err = netlink.LinkSetUp(l)
+			}
+			if err != nil {
+				return fmt.Errorf("set %s up: %w", name, err)
 			}
 		}
 		return nil
