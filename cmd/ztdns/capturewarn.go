@@ -48,8 +48,8 @@ func netnsResolvConf(path string) (read, write string, ok bool) {
 // uncapturedWarning says why no query of the namespace at path reaches
 // ztdns through capture, or "" when one does (or nothing can be said): its
 // resolv.conf names only nameservers capture never redirects (loopback,
-// which resolv.conf without a nameserver line means too; outside
-// --capture-nameservers), or the agent's own address, which answers while
+// which resolv.conf without a nameserver line means too; IPv6 link-local
+// or multicast; outside --capture-nameservers), or the agent's own address, which answers while
 // the agent runs and nothing does when it stops. st is the agent's status,
 // nil when it could not be read: then only loopback is judged.
 func uncapturedWarning(path string, st *control.Status) string {
@@ -78,29 +78,34 @@ func uncapturedWarning(path string, st *control.Status) string {
 		file, strings.Join(why, "; "), write, upstreamSuggestion(st))
 }
 
-// uncapturedReason says why capture leaves queries to ns alone, or "".
+// uncapturedReason says why capture leaves queries to ns alone, or "". As
+// in the programs, an IPv4-mapped ns counts as IPv4 and its zone is
+// ignored.
 func uncapturedReason(ns netip.Addr, st *control.Status) string {
-	ns = ns.WithZone("")
+	ns = ns.Unmap().WithZone("")
 	switch {
 	case ns.IsLoopback() || ns.IsUnspecified():
 		return "loopback, never captured"
+	case redirect.PodLocal(ns):
+		return "on the pod's own link (IPv6 link-local, multicast, broadcast), never captured"
 	case st == nil:
 		return ""
 	}
 	for _, l := range st.Listen {
-		if ap, err := netip.ParseAddrPort(l); err == nil && ap.Addr() == ns {
+		if ap, err := netip.ParseAddrPort(l); err == nil && ap.Addr().Unmap() == ns {
 			return "the agent's own address, answered while it runs, by nothing once it stops"
 		}
 	}
-	if len(st.CaptureNameservers) == 0 {
-		return ""
-	}
+	var list []netip.Prefix
 	for _, c := range st.CaptureNameservers {
-		if p, err := redirect.ParseCaptureNameserver(c); err == nil && p.Contains(ns) {
-			return ""
+		if p, err := redirect.ParseCaptureNameserver(c); err == nil {
+			list = append(list, p)
 		}
 	}
-	return "outside --capture-nameservers, never captured"
+	if len(st.CaptureNameservers) > 0 && !redirect.Listed(redirect.UnmapCaptureNameservers(list), ns) {
+		return "outside --capture-nameservers, never captured"
+	}
+	return ""
 }
 
 // upstreamSuggestion names nameservers the node reaches and a namespace can

@@ -46,6 +46,16 @@ func TestUncapturedReason(t *testing.T) {
 		{"10.0.2.3", limited, true},
 		{"10.96.0.10", limited, true},
 		{"192.0.2.1", limited, false},
+		// IPv4-mapped counts as IPv4, as in the programs; link-local and
+		// multicast are never captured (before: "outside
+		// --capture-nameservers" for the first, no warning for the last
+		// two).
+		{"::ffff:10.96.0.10", limited, true},
+		{"::ffff:192.0.2.1", limited, false},
+		{"::ffff:169.254.20.53", st, false},
+		{"fe80::1%eth0", nil, false},
+		{"ff02::fb", nil, false},
+		{"fe80::1%eth0", st, false},
 	} {
 		var name string
 		if tc.st == st {

@@ -1323,8 +1323,9 @@ func (a *Agent) upstreamsFor(client, local netip.AddrPort) ([]netip.AddrPort, bo
 
 // withoutSelf splits upstreams into those kept and those that are the
 // agent itself: one of its addresses (addrs, with the same port), or, for
-// an unspecified one (0.0.0.0, ::), any address local returns (the node's
-// own) or loopback. A node whose resolv.conf names the agent (so that node
+// an unspecified one (0.0.0.0, ::), any address of its family local
+// returns (the node's own) or loopback of its family: the resolver binds
+// [::] for IPv6 alone. A node whose resolv.conf names the agent (so that node
 // processes use it) would otherwise have it forward its misses to itself:
 // identical-query sharing ends the loop, but every such query waits for
 // the timeout and fails. IPv4-mapped addresses count as IPv4.
@@ -1341,8 +1342,8 @@ func withoutSelf(upstreams, addrs []netip.AddrPort, local func() []netip.Addr) (
 			if la == ua {
 				return true
 			}
-			if !la.IsUnspecified() || (la.Is4() && !ua.Is4()) {
-				continue
+			if !la.IsUnspecified() || la.Is4() != ua.Is4() {
+				continue // [::] binds IPv6 alone (IPV6_V6ONLY), 0.0.0.0 IPv4
 			}
 			if ua.IsLoopback() {
 				return true

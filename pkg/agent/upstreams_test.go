@@ -150,9 +150,12 @@ func TestWithoutSelf(t *testing.T) {
 		{"node address behind 0.0.0.0", []netip.AddrPort{ap("0.0.0.0:53")},
 			[]netip.AddrPort{ap("10.0.0.5:53"), ap("127.0.0.53:53"), ap("10.0.0.6:53"), ap("[2001:db8::5]:53")},
 			[]netip.AddrPort{ap("10.0.0.5:53"), ap("127.0.0.53:53")}},
+		// [::] binds IPv6 alone: IPv4 upstreams, the node's and loopback
+		// too, are others (before: left out, and with only 127.0.0.53
+		// named the agent refused to start, "no upstream").
 		{"node address behind ::", []netip.AddrPort{ap("[::]:53")},
-			[]netip.AddrPort{ap("10.0.0.5:53"), ap("[2001:db8::5]:53"), ap("[::1]:53"), ap("[2001:db8::6]:53")},
-			[]netip.AddrPort{ap("10.0.0.5:53"), ap("[2001:db8::5]:53"), ap("[::1]:53")}},
+			[]netip.AddrPort{ap("10.0.0.5:53"), ap("127.0.0.53:53"), ap("[::ffff:10.0.0.5]:53"), ap("[2001:db8::5]:53"), ap("[::1]:53"), ap("[2001:db8::6]:53")},
+			[]netip.AddrPort{ap("[2001:db8::5]:53"), ap("[::1]:53")}},
 		{"none", []netip.AddrPort{ap("169.254.20.53:53")}, []netip.AddrPort{ap("10.96.0.10:53")}, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

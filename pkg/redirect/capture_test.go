@@ -76,6 +76,47 @@ func TestRealClientsResolveThroughRedirect(t *testing.T) {
 		wantServers: []string{"[" + nowhere6 + "]:53", nowhere4 + ":53"},
 		wantRestore: true,
 	}, {
+		name:        "glibc getent ahosts IPv6-only resolv.conf",
+		nameservers: []string{nowhere6},
+		client:      testenv.CommandClient("getent", "ahosts"),
+		wantOut:     []netip.Addr{marker4, marker6},
+		wantNet:     "udp",
+		wantServers: []string{"[" + nowhere6 + "]:53"},
+		wantRestore: true,
+	}, {
+		// glibc keeps a v4-mapped nameserver as IPv6 and asks it from an
+		// AF_INET6 socket.
+		name:        "glibc getent ahosts v4-mapped nameserver",
+		nameservers: []string{"::ffff:" + nowhere4},
+		client:      testenv.CommandClient("getent", "ahosts"),
+		wantOut:     []netip.Addr{marker4, marker6},
+		wantNet:     "udp",
+		wantServers: []string{nowhere4 + ":53"},
+		wantRestore: true,
+	}, {
+		// TCP (use-vc) on that AF_INET6 socket: dig skips mapped
+		// nameservers.
+		name:        "glibc getent ahosts TCP v4-mapped nameserver",
+		nameservers: []string{"::ffff:" + nowhere4},
+		client:      testenv.CommandClient("env", "RES_OPTIONS=use-vc", "getent", "ahosts"),
+		wantOut:     []netip.Addr{marker4, marker6},
+		wantNet:     "tcp",
+		wantServers: []string{nowhere4 + ":53"},
+	}, {
+		name:        "Go resolver PreferGo IPv6-only resolv.conf",
+		nameservers: []string{nowhere6},
+		client:      testenv.GoClient,
+		wantOut:     []netip.Addr{marker4, marker6},
+		wantNet:     "udp",
+		wantServers: []string{"[" + nowhere6 + "]:53"},
+	}, {
+		name:        "Go resolver PreferGo v4-mapped nameserver",
+		nameservers: []string{"::ffff:" + nowhere4},
+		client:      testenv.GoClient,
+		wantOut:     []netip.Addr{marker4, marker6},
+		wantNet:     "udp",
+		wantServers: []string{nowhere4 + ":53"},
+	}, {
 		name:        "Go resolver PreferGo",
 		nameservers: []string{nowhere4},
 		client:      testenv.GoClient,

@@ -91,8 +91,8 @@ var interfaceKinds = []func(netlink.LinkAttrs) netlink.Link{
 
 // EnsureInterface makes sure the interface name exists in the current
 // network namespace, was created by ztdns, is up, and carries exactly addrs
-// (IPv6 ones without duplicate address detection, so they are usable at
-// once). It returns the device kind used ("dummy", "bridge", "ifb").
+// (IPv6 ones deprecated and without duplicate address detection, IPv4 ones
+// link-scoped: see resolverAddr). It returns the device kind used ("dummy", "bridge", "ifb").
 func EnsureInterface(log *slog.Logger, name string, addrs []netip.Prefix) (string, error) {
 	return ensureInterface(log, name, addrs, false)
 }
@@ -216,8 +216,49 @@ func createInterface(name string) (netlink.Link, error) {
 	return nil, fmt.Errorf("no device type for interface %s: %w", name, errors.Join(errs...))
 }
 
-// syncAddrs adds the missing addrs and, unless keep, removes other global
-// addresses.
+// infinityLifetime is the kernel's INFINITY_LIFE_TIME: valid_lft forever.
+const infinityLifetime = 0xffffffff
+
+// resolverAddr is p as the interface carries it: reachable and bindable,
+// but never the source address the kernel picks for another destination.
+// Without that, a node whose interface toward a pod has no address of its
+// own (Calico's veths: IPv4 none, IPv6 link-local only) would talk to pods
+// from a resolver address, which every node has (a NetworkPolicy allowing
+// the node no longer matches, replies crossing nodes go astray):
+//   - IPv6: deprecated (preferred_lft 0, valid forever). RFC 6724 source
+//     selection avoids a deprecated address but for a destination that is
+//     the address itself; without duplicate address detection (nodad),
+//     so it is usable at once.
+//   - IPv4: scope link. With no address on the outgoing device the kernel
+//     takes the first address of any device whose scope fits the route's
+//     (inet_select_addr), skipping link-scoped ones on other devices; the
+//     address's own local route still gives it as the source toward
+//     itself.
+func resolverAddr(p netip.Prefix) *netlink.Addr {
+	a := &netlink.Addr{IPNet: &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}}
+	if p.Addr().Is6() {
+		a.Flags = unix.IFA_F_NODAD
+		a.ValidLft = infinityLifetime
+		a.PreferedLft = 0
+	} else {
+		a.Scope = unix.RT_SCOPE_LINK
+	}
+	return a
+}
+
+// asWanted says whether have, an address of the interface, already is what
+// resolverAddr makes: an older agent added them preferred, and global in
+// IPv4.
+func asWanted(have netlink.Addr) bool {
+	if have.IP.To4() != nil {
+		return have.Scope == unix.RT_SCOPE_LINK
+	}
+	return have.Flags&unix.IFA_F_NODAD != 0 && have.PreferedLft == 0 && have.ValidLft == infinityLifetime
+}
+
+// syncAddrs adds the missing addrs, sets those an older agent added with
+// other lifetimes or scope right (see resolverAddr) and, unless keep,
+// removes other global addresses.
 func syncAddrs(l netlink.Link, addrs []netip.Prefix, keep bool) error {
 	have, err := netlink.AddrList(l, netlink.FAMILY_ALL)
 	if err != nil {
@@ -235,13 +276,17 @@ func syncAddrs(l netlink.Link, addrs []netip.Prefix, keep bool) error {
 		if ip.IsLinkLocalUnicast() && ip.Is6() {
 			continue // the kernel's own fe80:: address
 		}
-		if want[p] {
+		if want[p] && asWanted(a) {
 			present[p] = true
 			continue
 		}
-		if keep {
+		if want[p] && ip.Is6() {
+			continue // replacing it sets its lifetimes and flags
+		}
+		if keep && !want[p] {
 			continue
 		}
+		// An IPv4 address's scope changes only by adding it again.
 		if err := netlink.AddrDel(l, &a); err != nil {
 			return fmt.Errorf("remove %s: %w", p, err)
 		}
@@ -250,11 +295,7 @@ func syncAddrs(l netlink.Link, addrs []netip.Prefix, keep bool) error {
 		if present[p] {
 			continue
 		}
-		a := &netlink.Addr{IPNet: &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}}
-		if p.Addr().Is6() {
-			a.Flags = unix.IFA_F_NODAD
-		}
-		if err := netlink.AddrReplace(l, a); err != nil {
+		if err := netlink.AddrReplace(l, resolverAddr(p)); err != nil {
 			return fmt.Errorf("add %s: %w", p, err)
 		}
 	}

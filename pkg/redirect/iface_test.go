@@ -3,6 +3,8 @@
 package redirect
 
 import (
+	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -13,6 +15,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/ztdns/ztdns/internal/testenv"
 )
@@ -262,5 +265,129 @@ func TestIPv6OffOnLoopback(t *testing.T) {
 	set("lo", "0")
 	if got := ipv6Off(root, "ztdns0"); got != "" {
 		t.Errorf("IPv6 on, lo too: %q", got)
+	}
+}
+
+// TestResolverAddressesNeverSource: on a node whose interface toward a pod
+// has no address of its own (Calico's veths: IPv4 none, IPv6 link-local
+// only, pods on ULAs), the node still talks to the pod from its own
+// address, not from a resolver address every node has; also after an
+// older agent left the addresses preferred and, in IPv4, global, which
+// EnsureInterface and AddInterfaceAddrs set right. (Before: the route to
+// fd00:10:244::5 took src fd00:7a74:646e::53, the one to 10.244.0.5 src
+// 169.254.20.53.)
+func TestResolverAddressesNeverSource(t *testing.T) {
+	t.Parallel()
+	node := testenv.NewNode(t)
+	want := DefaultInterfaceAddrs()
+	inNode(t, node, func() error {
+		_, err := EnsureInterface(testLogger(t), DefaultInterface, want)
+		return err
+	})
+
+	// The node's own interface, after ztdns0 (IPv4's fallback takes
+	// devices in ifindex order), and a Calico-style veth to a pod.
+	inNode(t, node, func() error {
+		eth0 := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "eth0"}}
+		veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "cali1"}, PeerName: "cali1p"}
+		for _, l := range []netlink.Link{eth0, veth} {
+			if err := netlink.LinkAdd(l); err != nil {
+				return err
+			}
+		}
+		for _, name := range []string{"eth0", "cali1", "cali1p"} {
+			l, err := netlink.LinkByName(name)
+			if err == nil {
+				err = netlink.LinkSetUp(l)
+			}
+			if err != nil {
+				return fmt.Errorf("set %s up: %w", name, err)
+			}
+		}
+		return nil
+	})
+	for _, cidr := range []string{"2001:db8:50::5/64", "fd12:3456::5/64", "10.0.0.5/24"} {
+		node.AddAddr(t, cidr, "eth0")
+	}
+	pod4, pod6 := netip.MustParseAddr("10.244.0.5"), netip.MustParseAddr("fd00:10:244::5")
+	inNode(t, node, func() error {
+		cali, err := netlink.LinkByName("cali1")
+		if err != nil {
+			return err
+		}
+		for _, dst := range []netip.Addr{pod4, pod6} {
+			r := &netlink.Route{LinkIndex: cali.Attrs().Index, Scope: netlink.SCOPE_LINK,
+				Dst: &net.IPNet{IP: dst.AsSlice(), Mask: net.CIDRMask(dst.BitLen(), dst.BitLen())}}
+			if err := netlink.RouteAdd(r); err != nil {
+				return fmt.Errorf("route to %s: %w", dst, err)
+			}
+		}
+		return nil
+	})
+
+	wantSrc := map[netip.Addr]netip.Addr{
+		pod4: netip.MustParseAddr("10.0.0.5"),
+		pod6: netip.MustParseAddr("fd12:3456::5"),
+	}
+	checkSources := func(t *testing.T) {
+		t.Helper()
+		for dst, src := range wantSrc {
+			var got netip.Addr
+			inNode(t, node, func() error {
+				routes, err := netlink.RouteGet(dst.AsSlice())
+				if err != nil || len(routes) == 0 {
+					return fmt.Errorf("route to %s: %v, %v", dst, routes, err)
+				}
+				got, _ = netip.AddrFromSlice(routes[0].Src)
+				got = got.Unmap()
+				return nil
+			})
+			if got != src {
+				t.Errorf("route to pod %s: src %s, want %s (the node's own address)", dst, got, src)
+			}
+		}
+	}
+	t.Run("fresh", checkSources)
+
+	// An older agent's addresses: IPv6 preferred forever, IPv4 global.
+	older := func(t *testing.T) {
+		inNode(t, node, func() error {
+			l, err := netlink.LinkByName(DefaultInterface)
+			if err != nil {
+				return err
+			}
+			for _, p := range want {
+				a := &netlink.Addr{IPNet: &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}}
+				if p.Addr().Is6() {
+					a.Flags = unix.IFA_F_NODAD
+				}
+				if err := netlink.AddrDel(l, a); err != nil {
+					return err
+				}
+				if err := netlink.AddrAdd(l, a); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+	}
+	for _, tc := range []struct {
+		name   string
+		ensure func(*slog.Logger, string, []netip.Prefix) (string, error)
+	}{
+		{"upgraded", EnsureInterface},
+		{"upgraded, keeping the other agent's", AddInterfaceAddrs},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			older(t)
+			inNode(t, node, func() error {
+				_, err := tc.ensure(testLogger(t), DefaultInterface, want)
+				return err
+			})
+			if got := interfaceAddrs(t, node, DefaultInterface); !slices.Equal(got, sortedPrefixes(want)) {
+				t.Errorf("addresses %v, want %v", got, sortedPrefixes(want))
+			}
+			checkSources(t)
+		})
 	}
 }
