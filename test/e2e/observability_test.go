@@ -235,7 +235,7 @@ func monitoringMetrics(t *testing.T) map[string][]string {
 			}
 		}
 	}
-	wantAlerts := []string{"ZtdnsResolverDown", "ZtdnsServfailRatioHigh", "ZtdnsPodThrottled", "ZtdnsUpstreamFailureRatioHigh", "ZtdnsUpstreamSlow", "ZtdnsFailOpen", "ZtdnsCaptureBroken", "ZtdnsCaptureBypassed", "ZtdnsCaptureSlotsFull", "ZtdnsCaptureSocketsFull", "ZtdnsCaptureMapNearFull", "ZtdnsCNIAddFailing", "ZtdnsMemoryNearLimit", "ZtdnsMemoryBoundOverLimit", "ZtdnsOpenFileLimitReached", "ZtdnsCPUThrottled", "ZtdnsKubeWatchFailing", "ZtdnsVIPsMissing"}
+	wantAlerts := []string{"ZtdnsResolverDown", "ZtdnsServfailRatioHigh", "ZtdnsPodThrottled", "ZtdnsUpstreamFailureRatioHigh", "ZtdnsUpstreamSlow", "ZtdnsFailOpen", "ZtdnsCaptureBroken", "ZtdnsCaptureBypassed", "ZtdnsCaptureSlotsFull", "ZtdnsCaptureSocketsFull", "ZtdnsCaptureMapNearFull", "ZtdnsCNIAddFailing", "ZtdnsMemoryNearLimit", "ZtdnsMemoryBoundOverLimit", "ZtdnsOpenFileLimitReached", "ZtdnsCPUThrottled", "ZtdnsKubeWatchFailing", "ZtdnsServiceEntriesUnavailable", "ZtdnsVIPsMissing"}
 	if !slices.Equal(alerts, wantAlerts) {
 		t.Errorf("alerts %v, want %v", alerts, wantAlerts)
 	}
