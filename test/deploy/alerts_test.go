@@ -473,6 +473,41 @@ func TestChartCNIAddAlert(t *testing.T) {
 	}
 }
 
+// TestChartCNINotInstalledAlert: ZtdnsCNINotInstalled fires, naming the
+// node, while the agent's CNI plugin is out of the node's CNI
+// configuration (the agent serves, and new pods there start uncaptured),
+// within 5 minutes; not while it is in, nor on an agent without
+// --cni-install (no such series). (Before, no metric said so: a .conf
+// beside a .conflist ztdns did not write showed only in the log.)
+func TestChartCNINotInstalledAlert(t *testing.T) {
+	t.Parallel()
+	const name = "ZtdnsCNINotInstalled"
+	c := renderChart(t, "metrics.prometheusRule.enabled=true")
+	e := alertExpr(t, renderedAlerts(t, c), name)
+	if f := renderedAlertFor(t, c)[name]; f > 5*time.Minute {
+		t.Errorf("%s waits %v: every pod started meanwhile is uncaptured for up to 30 s, a short Job for good", name, f)
+	}
+	for _, tc := range []struct {
+		name      string
+		installed []float64 // the gauge: none without --cni-install
+		firing    bool
+	}{
+		{"installed", []float64{1}, false},
+		{"no --cni-install", nil, false},
+		{"not installed", []float64{0}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var series []rateSeries
+			for _, v := range tc.installed {
+				series = append(series, rateSeries{rate: v, labels: map[string]string{
+					"__name__": "ztdns_cni_config_installed", "node": "n1", "instance": "10.0.0.1:15053", "job": "ztdns",
+				}})
+			}
+			checkFiring(t, name, evalRates(t, e, series), tc.firing)
+		})
+	}
+}
+
 // TestChartCaptureEventAlerts: ZtdnsCaptureBypassed fires, naming the
 // node and the event, when in the last 10 minutes a captured pod's query
 // went to its own nameserver for the node's reasons (the nameservers map
