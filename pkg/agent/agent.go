@@ -193,6 +193,8 @@ type Agent struct {
 	waitingAdds waitingAdds
 	// failedAdds spaces the log lines of failed CNI ADDs (cniAddLocked).
 	failedAdds ratelog.Limiter
+	// cniInstall is how the CNI installer's last look went (installCNI).
+	cniInstall cniInstallState
 	// tableUpdates spaces the INFO lines of table builds
 	// (logTableUpdate); apply's to use.
 	tableUpdates ratelog.Limiter

@@ -437,6 +437,39 @@ func (a *Agent) installCNI(ctx context.Context) error {
 	}
 	cfg := cni.InstallConfig{BinDir: a.cfg.CNI.BinDir, ConfDir: a.cfg.CNI.ConfDir, Binary: self, PluginConf: entry, Logger: a.log,
 		OnRepair:    metricCNIConfigRepairs.Inc,
-		OnContested: func(on bool) { metricCNIConfigContested.Set(boolValue(on)) }}
+		OnContested: func(on bool) { metricCNIConfigContested.Set(boolValue(on)) },
+		OnInstalled: a.cniInstall.set}
 	return cni.KeepInstalled(ctx, cfg, cniInstallInterval)
+}
+
+// cniInstallState is how the CNI installer's last look went: what
+// ztdns_cni_config_installed and status's warning say.
+type cniInstallState struct {
+	mu        sync.Mutex
+	looked    bool  // the installer has looked once
+	err       error // why the plugin is not installed; nil once it is
+	installed bool
+}
+
+func (s *cniInstallState) set(err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.looked, s.err, s.installed = true, err, err == nil
+}
+
+// get reports whether the plugin is installed, and the status warning
+// saying why not ("" when it is).
+func (s *cniInstallState) get() (bool, string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.installed {
+		return true, ""
+	}
+	why := "its first look is under way"
+	if s.looked {
+		why = s.err.Error()
+	}
+	return false, "the CNI plugin is not installed, so pods that start now are captured only when the agent's scan " +
+		"finds them (within about 30 s; a pod that ends sooner, a short Job, never); trying again on every change " +
+		"in the conf dir and every 5 s: " + why
 }

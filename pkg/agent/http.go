@@ -151,6 +151,11 @@ func (a *Agent) status() control.Status {
 	if short := a.memory.warning(); short != "" { // the agent's own, first of all
 		st.Warnings = append([]string{short}, st.Warnings...)
 	}
+	if a.cfg.CNI != nil && !a.handedOver.Load() {
+		if _, w := a.cniInstall.get(); w != "" { // pods on the node uncaptured: first
+			st.Warnings = append([]string{w}, st.Warnings...)
+		}
+	}
 	if w := a.istioRulesWarnings(); len(w) > 0 {
 		st.Warnings = append(slices.Clone(st.Warnings), w...)
 	}

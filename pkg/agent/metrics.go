@@ -103,7 +103,7 @@ func (a *Agent) registerMetrics() error {
 		metricTableHostsWithoutVIP.WithLabelValues(r)
 	}
 	cs := []prometheus.Collector{
-		metricTableBuild, metricTableNames, metricTableWarnings, metricTableHostsWithoutVIP, metricTableAllocatedIPv4VIPs, metricTableNamespacesOverBudget, metricTableObjectsOverBudget, metricCNIEvents, metricCNIConfigRepairs, metricCNIConfigContested, metricCaptureRepairs, captureCollector{a}, istioRulesCollector{a},
+		metricTableBuild, metricTableNames, metricTableWarnings, metricTableHostsWithoutVIP, metricTableAllocatedIPv4VIPs, metricTableNamespacesOverBudget, metricTableObjectsOverBudget, metricCNIEvents, metricCNIConfigRepairs, metricCNIConfigContested, metricCaptureRepairs, captureCollector{a}, istioRulesCollector{a}, cniInstalledCollector{a},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	}
 	cs = append(cs, resolver.Collectors()...)
@@ -125,6 +125,29 @@ func (a *Agent) registerMetrics() error {
 		}
 	}
 	return nil
+}
+
+var cniInstalledDesc = prometheus.NewDesc("ztdns_cni_config_installed",
+	"1 while the CNI plugin's binary and entry are in the node's CNI configuration as the agent last looked (--cni-install), "+
+		"0 while they are not: waiting for the primary plugin's configuration, or one it cannot change (ztdns status and the log say why); "+
+		"pods that start meanwhile are captured only when the agent's scan finds them.",
+	nil, nil)
+
+// cniInstalledCollector exports ztdns_cni_config_installed, with
+// --cni-install only: without it the agent installs nothing, and a 0
+// would page.
+type cniInstalledCollector struct {
+	a *Agent
+}
+
+func (c cniInstalledCollector) Describe(ch chan<- *prometheus.Desc) { ch <- cniInstalledDesc }
+
+func (c cniInstalledCollector) Collect(ch chan<- prometheus.Metric) {
+	if c.a.cfg.CNI == nil {
+		return
+	}
+	installed, _ := c.a.cniInstall.get()
+	ch <- prometheus.MustNewConstMetric(cniInstalledDesc, prometheus.GaugeValue, boolValue(installed))
 }
 
 // captureCollector exports the programs' per-CPU counters, summed, at scrape

@@ -42,6 +42,12 @@ type InstallConfig struct {
 	// KeepInstalled), and with false once it stopped, or KeepInstalled
 	// returned.
 	OnContested func(bool)
+	// OnInstalled, when set, is called after each of KeepInstalled's
+	// Installs with nil when the binary and the entry are in place, or
+	// the error that keeps them out: one wrapping ErrNoNetworkConfig
+	// while there is no configuration to chain into, or why it cannot be
+	// changed (a .conf beside a .conflist ztdns did not write, say).
+	OnInstalled func(error)
 }
 
 // ErrNoNetworkConfig means ConfDir holds no valid network configuration yet:
@@ -80,7 +86,10 @@ var confExtensions = []string{".conf", ".conflist", ".json"}
 func Install(cfg InstallConfig) error {
 	r, err := install(cfg, nil)
 	r.log(cfg.logger(), slog.LevelInfo)
-	return err
+	if err != nil {
+		return fmt.Errorf("cni install: %w", err)
+	}
+	return nil
 }
 
 // installResult is what an Install wrote: the paths, "" for what it left as it
@@ -119,20 +128,8 @@ func (r installResult) log(log *slog.Logger, level slog.Level) {
 func install(cfg InstallConfig, bin *binCache) (installResult, error) {
 	var r installResult
 	log := cfg.logger()
-	if err := cfg.validate(); err != nil {
+	if err := cfg.check(); err != nil {
 		return r, err
-	}
-	if len(cfg.PluginConf) == 0 {
-		return r, errors.New("cni install: PluginConf is empty")
-	}
-	var entry struct {
-		Type string `json:"type"`
-	}
-	if err := json.Unmarshal(cfg.PluginConf, &entry); err != nil {
-		return r, fmt.Errorf("cni install: PluginConf is not a JSON object: %w", err)
-	}
-	if entry.Type != PluginType {
-		return r, fmt.Errorf("cni install: PluginConf has type %q, want %q", entry.Type, PluginType)
 	}
 
 	// What an Install killed between writing and renaming left.
@@ -141,13 +138,13 @@ func install(cfg InstallConfig, bin *binCache) (installResult, error) {
 
 	primary, err := primaryConfFile(cfg.ConfDir)
 	if err != nil {
-		return r, fmt.Errorf("cni install: %w", err)
+		return r, err
 	}
 
 	dst := filepath.Join(cfg.BinDir, PluginType)
 	changed, err := installBinary(cfg.Binary, dst, bin)
 	if err != nil {
-		return r, fmt.Errorf("cni install: %w", err)
+		return r, err
 	}
 	if changed {
 		r.binary = dst
@@ -155,7 +152,7 @@ func install(cfg InstallConfig, bin *binCache) (installResult, error) {
 
 	path, changed, err := insertEntry(primary, cfg.PluginConf)
 	if err != nil {
-		return r, fmt.Errorf("cni install: %s: %w", primary, err)
+		return r, fmt.Errorf("%s: %w", primary, err)
 	}
 	r.conflist = path
 	if changed {
@@ -300,12 +297,39 @@ func Uninstall(cfg InstallConfig) error {
 	return errors.Join(errs...)
 }
 
-func (cfg *InstallConfig) validate() error {
+// check finds what no later look can mend, as the agent's flags and
+// mounts give it: an empty setting, an entry not ztdns's, a dir that is
+// not a directory or cannot be looked at. A dir that does not exist yet
+// passes: the primary plugin may make the conf dir when it starts, and
+// Install then finds no configuration (ErrNoNetworkConfig); a missing bin
+// dir fails each Install, which says so.
+func (cfg *InstallConfig) check() error {
 	switch {
 	case cfg.BinDir == "":
-		return errors.New("cni: BinDir is empty")
+		return errors.New("BinDir is empty")
 	case cfg.ConfDir == "":
-		return errors.New("cni: ConfDir is empty")
+		return errors.New("ConfDir is empty")
+	case len(cfg.PluginConf) == 0:
+		return errors.New("PluginConf is empty")
+	}
+	var entry struct {
+		Type string `json:"type"`
+	}
+	if err := json.Unmarshal(cfg.PluginConf, &entry); err != nil {
+		return fmt.Errorf("PluginConf is not a JSON object: %w", err)
+	}
+	if entry.Type != PluginType {
+		return fmt.Errorf("PluginConf has type %q, want %q", entry.Type, PluginType)
+	}
+	for _, dir := range []string{cfg.ConfDir, cfg.BinDir} {
+		fi, err := os.Stat(dir)
+		switch {
+		case errors.Is(err, os.ErrNotExist):
+		case err != nil:
+			return err
+		case !fi.IsDir():
+			return fmt.Errorf("%s is not a directory", dir)
+		}
 	}
 	return nil
 }

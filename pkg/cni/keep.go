@@ -56,9 +56,15 @@ const (
 // warning naming the likely cause, calls cfg.OnContested, and logs the
 // repairs that follow at debug level until the contest is over.
 //
-// It returns nil when ctx ends, or Install's first error other than
-// ErrNoNetworkConfig before the entry was in; later errors are logged, and
-// tried again.
+// An Install that fails (a .conf beside a .conflist ztdns did not write,
+// say) is tried again on every change and every interval, at start as
+// later: the agent serves DNS meanwhile, and pods that start uncaptured are
+// found by its scan. Each failure is told to cfg.OnInstalled; the log has
+// an error when the failure starts or its message changes, and a line when
+// the plugin is installed again.
+//
+// It returns nil when ctx ends, or at once what no later look can mend:
+// an empty setting, an entry not ztdns's, a dir that is not a directory.
 func KeepInstalled(ctx context.Context, cfg InstallConfig, interval time.Duration) error {
 	return newKeeper(cfg, interval, clock.System{}).run(ctx)
 }
@@ -75,6 +81,8 @@ type keeper struct {
 
 	installed bool      // an Install succeeded
 	waiting   bool      // for a network configuration, logged
+	failing   string    // the last failure's message, logged; "" while installed
+	failSince time.Time // when the failing started
 	readyAt   time.Time // when the next Install may start
 	// repairs are the times of the last contestedRepairs repairs, oldest
 	// first; contested is set while they come as fast as a contest's.
@@ -89,6 +97,9 @@ func newKeeper(cfg InstallConfig, interval time.Duration, clk clock.Clock) *keep
 }
 
 func (k *keeper) run(ctx context.Context) error {
+	if err := k.cfg.check(); err != nil {
+		return err
+	}
 	defer k.setContested(false)
 	changes, errs, stop, err := k.watch(k.cfg.ConfDir)
 	if err != nil {
@@ -103,9 +114,7 @@ func (k *keeper) run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-due:
-			if err := k.install(); err != nil {
-				return err
-			}
+			k.install()
 			// The interval's look, paced as well.
 			now := k.clock.Now()
 			next = clock.Later(now.Add(k.interval), k.readyAt)
@@ -140,36 +149,56 @@ func (k *keeper) run(ctx context.Context) error {
 	}
 }
 
-// install calls Install and sets when the next may start. It returns the
-// error that ends KeepInstalled: one other than ErrNoNetworkConfig before
-// the first Install succeeded.
-func (k *keeper) install() error {
+// install calls Install, sets when the next may start, and tells and logs
+// how it went.
+func (k *keeper) install() {
 	start := k.clock.Now()
 	r, err := install(k.cfg, &k.bin)
 	end := k.clock.Now()
 	k.readyAt = end.Add(max(end.Sub(start), minInstallGap))
-	switch {
-	case err == nil:
-	case k.installed:
+	if f := k.cfg.OnInstalled; f != nil {
+		f(err)
+	}
+	if err != nil {
 		r.log(k.log, slog.LevelInfo) // the binary, maybe
-		k.log.Error("keeping the CNI plugin installed failed", "err", err)
-		return nil
-	case errors.Is(err, ErrNoNetworkConfig):
-		if !k.waiting {
-			k.log.Info("waiting for the primary network plugin to write its configuration", "dir", k.cfg.ConfDir)
-			k.waiting = true
-		}
-		return nil
-	default:
-		return err
+		k.failed(err, end)
+		return
+	}
+	if k.waiting || k.failing != "" {
+		k.log.Info("the CNI plugin is installed", "file", r.conflist, "notInstalledFor", end.Sub(k.failSince).Round(time.Millisecond))
+		k.waiting, k.failing = false, ""
 	}
 	if !k.installed {
 		k.installed = true
 		r.log(k.log, slog.LevelInfo)
-		return nil
+		return
 	}
 	k.track(r, end)
-	return nil
+}
+
+// failed logs a failed Install: the wait for a network configuration
+// once, another failure when it starts or its message changes, at debug
+// level while it stays the same.
+func (k *keeper) failed(err error, now time.Time) {
+	if !k.waiting && k.failing == "" {
+		k.failSince = now
+	}
+	if errors.Is(err, ErrNoNetworkConfig) {
+		if !k.waiting {
+			k.log.Info("waiting for the primary network plugin to write its configuration", "dir", k.cfg.ConfDir, "err", err)
+			k.waiting = true
+		}
+		k.failing = ""
+		return
+	}
+	k.waiting = false
+	if msg := err.Error(); msg != k.failing {
+		k.failing = msg
+		k.log.Error("the CNI plugin is not installed: pods that start meanwhile are not captured until the agent finds them; "+
+			"trying again on every change in the conf dir and every interval", "dir", k.cfg.ConfDir, "interval", k.interval, "err", err)
+		return
+	}
+	k.log.Debug("the CNI plugin is still not installed", "err", err)
 }
 
 // track counts an Install after the first that wrote as a repair, and

@@ -249,8 +249,9 @@ func TestKeepInstalledRepairsARewrite(t *testing.T) {
 // TestKeepInstalledWaitsForANetworkConfig: on a node whose primary plugin
 // has not written its configuration yet, KeepInstalled says it waits,
 // installs nothing, not even the binary, and chains in once the
-// configuration is there; ended before, it returns nil. Another error
-// before the first install ends it.
+// configuration is there; ended before, it returns nil. A setting no
+// look can mend (an entry not ztdns's, a conf dir that is a file) ends it
+// at once.
 func TestKeepInstalledWaitsForANetworkConfig(t *testing.T) {
 	t.Parallel()
 	e := newInstallEnv(t, Config{})
@@ -281,6 +282,11 @@ func TestKeepInstalledWaitsForANetworkConfig(t *testing.T) {
 	bad.cfg.PluginConf = []byte(`{"type": "other"}`)
 	if err := KeepInstalled(t.Context(), bad.cfg, time.Hour); err == nil || !strings.Contains(err.Error(), `want "ztdns"`) {
 		t.Errorf("KeepInstalled with another plugin's entry = %v, want Install's error", err)
+	}
+	file := newInstallEnv(t, Config{})
+	file.cfg.ConfDir = file.write(t, "10-containerd-net.conflist", runtimeConflist)
+	if err := KeepInstalled(t.Context(), file.cfg, time.Hour); err == nil || !strings.Contains(err.Error(), "is not a directory") {
+		t.Errorf("KeepInstalled with a file for its conf dir = %v, want it to say so", err)
 	}
 }
 
@@ -324,8 +330,9 @@ func TestKeepInstalledNoticesAChangedBinary(t *testing.T) {
 	k := newKeeper(e.cfg, time.Hour, clock.NewFake(time.Now().Add(time.Hour)))
 	installAgain := func(what string) {
 		t.Helper()
-		if err := k.install(); err != nil {
-			t.Fatalf("Install %s: %v", what, err)
+		k.install()
+		if k.failing != "" || k.waiting {
+			t.Fatalf("Install %s: %s", what, k.failing)
 		}
 	}
 	installAgain("first") // copies the binary
@@ -362,5 +369,100 @@ func TestKeepInstalledNoticesAChangedBinary(t *testing.T) {
 	installAgain("after the copy was overwritten")
 	if got := readFile(t, dst); got != string(e.bin) {
 		t.Errorf("installed binary %q after the copy was overwritten, want %q", got, e.bin)
+	}
+}
+
+// TestKeepInstalledThroughAClash: a .conf beside a .conflist of the same
+// name that ztdns did not write keeps the entry out (Install cannot turn
+// the one into the other), at start as later. KeepInstalled goes on: it
+// tells OnInstalled the error, which names the file and why, without a
+// "cni install:" prefix (the agent adds its own); logs it once however
+// many looks fail the same way; and once the clash is gone chains ztdns
+// in, tells OnInstalled nil and logs that the plugin is installed.
+// (Before: at start KeepInstalled returned the error, and the agent exited
+// 1 with "cni install: cni install: …"; later it logged an error every
+// look, 5 s apart, and nothing else said the plugin was out.)
+func TestKeepInstalledThroughAClash(t *testing.T) {
+	t.Parallel()
+	for _, when := range []string{"at start", "later"} {
+		t.Run(when, func(t *testing.T) {
+			t.Parallel()
+			e := newInstallEnv(t, Config{})
+			logs := e.logTo()
+			var mu sync.Mutex
+			var results []error
+			e.cfg.OnInstalled = func(err error) { mu.Lock(); defer mu.Unlock(); results = append(results, err) }
+			last := func() (int, error) {
+				mu.Lock()
+				defer mu.Unlock()
+				if len(results) == 0 {
+					return 0, errors.New("no Install yet")
+				}
+				return len(results), results[len(results)-1]
+			}
+			const interval = 5 * time.Second
+			// Looks come on the clock's timers, and the fsnotify
+			// events of the files written, paced on the clock too:
+			// while it stands still after a look, nothing is looked at.
+			clk := clock.NewFake(time.Now())
+			nextTimer := func() { _, due := clk.Calls(); clk.AdvanceTo(due) }
+			list := filepath.Join(e.cfg.ConfDir, "10-mynet.conflist")
+			clash := func() string {
+				// Another installer's own conflist of that name, and
+				// its .conf, which sorts first.
+				writeAtomic(t, list, runtimeConflist)
+				return e.write(t, "10-mynet.conf", runtimeConf)
+			}
+			var conf string
+			if when == "later" {
+				writeAtomic(t, list, runtimeConflist)
+				runKeeper(t, newKeeper(e.cfg, interval, clk))
+				testenv.Eventually(t, 30*time.Second, "ztdns chained in", func() bool { _, err := last(); return err == nil && hasZtdns(list) })
+				conf = clash()
+			} else {
+				conf = clash()
+				runKeeper(t, newKeeper(e.cfg, interval, clk))
+			}
+
+			// Several looks, each at the next timer, all failing.
+			for range 4 {
+				n0, _ := last()
+				testenv.Eventually(t, 30*time.Second, "KeepInstalled looking again", func() bool {
+					nextTimer()
+					n, _ := last()
+					return n > n0
+				})
+			}
+			n, _ := last()
+			_, err := last()
+			if err == nil {
+				t.Fatal("OnInstalled told nil with the clash in place")
+			}
+			for _, want := range []string{conf, "cannot turn it into 10-mynet.conflist", "not one ztdns wrote"} {
+				if !strings.Contains(err.Error(), want) {
+					t.Errorf("OnInstalled's error does not say %q: %v", want, err)
+				}
+			}
+			if strings.Contains(err.Error(), "cni install:") {
+				t.Errorf("OnInstalled's error has Install's prefix: %v", err)
+			}
+			if errs := logLines(logs, slog.LevelError, "the CNI plugin is not installed"); len(errs) != 1 {
+				t.Errorf("%d error lines over %d looks, want 1:\n%s", len(errs), n, strings.Join(errs, ""))
+			}
+
+			// The other installer's conflist goes: ztdns turns the .conf
+			// into its own, on the change.
+			if err := os.Remove(list); err != nil {
+				t.Fatal(err)
+			}
+			testenv.Eventually(t, 30*time.Second, "ztdns chained in after the clash", func() bool {
+				nextTimer()
+				_, err := last()
+				return err == nil && hasZtdns(list)
+			})
+			if got := logLines(logs, slog.LevelInfo, "the CNI plugin is installed"); len(got) != 1 {
+				t.Errorf("%d lines saying the plugin is installed, want 1", len(got))
+			}
+		})
 	}
 }

@@ -323,6 +323,70 @@ func TestChartKubeWatchAlert(t *testing.T) {
 	}
 }
 
+// TestChartServiceEntriesUnavailableAlert: ZtdnsServiceEntriesUnavailable
+// fires, naming the node and the reason, while the agent runs without
+// ServiceEntries because Istio is there but it cannot read them: RBAC
+// refuses them (forbidden), or the CRD serves no networking.istio.io/v1;
+// not in a cluster without Istio (not-installed), nor while they are
+// watched, nor on an agent with no API source (no such series). Its
+// description says what to do. (Before, a ClusterRole without
+// serviceentries left no watch failing and no host without a VIP: every
+// ServiceEntry host got NXDOMAIN on every node, and no alert fired.)
+func TestChartServiceEntriesUnavailableAlert(t *testing.T) {
+	t.Parallel()
+	const name = "ZtdnsServiceEntriesUnavailable"
+	c := renderChart(t, "metrics.prometheusRule.enabled=true")
+	e := alertExpr(t, renderedAlerts(t, c), name)
+	if f := renderedAlertFor(t, c)[name]; f < time.Minute || f > 15*time.Minute {
+		t.Errorf("%s waits %v: a CRD being installed serves no version for seconds; an outage of its names wants a page within 15 minutes", name, f)
+	}
+	for r, rule := range alertRules(t, c) {
+		if r != name {
+			continue
+		}
+		desc, _ := lookup(rule, "annotations", "description").(string)
+		for _, want := range []string{"serviceentries", "networking.istio.io", "ClusterRole", "Istio before 1.22", "ztdns status"} {
+			if !strings.Contains(desc, want) {
+				t.Errorf("%s's description does not say %q: %s", name, want, desc)
+			}
+		}
+	}
+	unavailable := func(reason string) map[string]float64 {
+		m := map[string]float64{"not-installed": 0, "v1-not-served": 0, "forbidden": 0}
+		if reason != "" {
+			m[reason] = 1
+		}
+		return m
+	}
+	for _, tc := range []struct {
+		name   string
+		gauge  map[string]float64 // by reason
+		firing string             // the reason it fires for, "" none
+	}{
+		{"ServiceEntries watched", unavailable(""), ""},
+		{"no API source", nil, ""},
+		{"no Istio in the cluster", unavailable("not-installed"), ""},
+		{"RBAC refuses serviceentries", unavailable("forbidden"), "forbidden"},
+		{"Istio before 1.22", unavailable("v1-not-served"), "v1-not-served"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := seriesWith(map[string]string{"node": "n1", "instance": "10.0.0.1:15053", "job": "ztdns"})
+			var series []rateSeries
+			for reason, v := range tc.gauge {
+				series = append(series, s("ztdns_kube_serviceentries_unavailable", v, "reason", reason))
+			}
+			v := evalRates(t, e, series)
+			checkFiring(t, name, v, tc.firing != "")
+			if len(v) == 1 && v[0].labels["reason"] != tc.firing {
+				t.Errorf("%s fires for %q, want %q", name, v[0].labels["reason"], tc.firing)
+			}
+			if len(v) > 1 {
+				t.Errorf("%s fires %d times, want at most one: %v", name, len(v), v)
+			}
+		})
+	}
+}
+
 // TestChartVIPsMissingAlert: ZtdnsVIPsMissing fires, naming the node and
 // the reason, while ServiceEntry hosts that should have a VIP have none
 // because istiod has not written it, istiod wrote IPv6 alone (its IPv4
@@ -405,6 +469,41 @@ func TestChartCNIAddAlert(t *testing.T) {
 			}
 			v := evalRates(t, e, series)
 			checkFiring(t, name, v, tc.firing)
+		})
+	}
+}
+
+// TestChartCNINotInstalledAlert: ZtdnsCNINotInstalled fires, naming the
+// node, while the agent's CNI plugin is out of the node's CNI
+// configuration (the agent serves, and new pods there start uncaptured),
+// within 5 minutes; not while it is in, nor on an agent without
+// --cni-install (no such series). (Before, no metric said so: a .conf
+// beside a .conflist ztdns did not write showed only in the log.)
+func TestChartCNINotInstalledAlert(t *testing.T) {
+	t.Parallel()
+	const name = "ZtdnsCNINotInstalled"
+	c := renderChart(t, "metrics.prometheusRule.enabled=true")
+	e := alertExpr(t, renderedAlerts(t, c), name)
+	if f := renderedAlertFor(t, c)[name]; f > 5*time.Minute {
+		t.Errorf("%s waits %v: every pod started meanwhile is uncaptured for up to 30 s, a short Job for good", name, f)
+	}
+	for _, tc := range []struct {
+		name      string
+		installed []float64 // the gauge: none without --cni-install
+		firing    bool
+	}{
+		{"installed", []float64{1}, false},
+		{"no --cni-install", nil, false},
+		{"not installed", []float64{0}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var series []rateSeries
+			for _, v := range tc.installed {
+				series = append(series, rateSeries{rate: v, labels: map[string]string{
+					"__name__": "ztdns_cni_config_installed", "node": "n1", "instance": "10.0.0.1:15053", "job": "ztdns",
+				}})
+			}
+			checkFiring(t, name, evalRates(t, e, series), tc.firing)
 		})
 	}
 }
