@@ -329,6 +329,8 @@ func TestUsageErrors(t *testing.T) {
 // TestFailures: a command that ran and failed exits 1 with one line naming
 // the command and the error, the one each line is for (an agent that ran
 // until the tests' 15 s guard stopped it exits 1 too, with another).
+// `ztdns status` with no agent adds a line: what captured pods do
+// meanwhile, and where to look for the agent.
 func TestFailures(t *testing.T) {
 	socket := filepath.Join(t.TempDir(), "no-agent.sock")
 	missing := filepath.Join(t.TempDir(), "missing")
@@ -336,6 +338,11 @@ func TestFailures(t *testing.T) {
 	if err := os.WriteFile(notDir, nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
+	// The line after the error, by command; none for the others.
+	hints := map[string]string{"status": "If the agent is down, captured pods fail open: their queries go to their own nameservers " +
+		"(the cluster DNS, usually), around ztdns, at once after a clean stop, within --heartbeat-stale (3s) after a crash. " +
+		"Check the agent: its pod (kubectl -n kube-system get pod -l app.kubernetes.io/name=ztdns --field-selector spec.nodeName=NODE), " +
+		"or its unit (systemctl status ztdns; journalctl -u ztdns), and --socket if the agent's is not the default.\n"}
 	for _, tc := range []struct {
 		args []string
 		want string // the error, after the command's name
@@ -361,8 +368,10 @@ func TestFailures(t *testing.T) {
 			if tc.args[0] == "capture" || tc.args[0] == "log" {
 				prefix = "ztdns " + tc.args[0] + " " + tc.args[1] + ": " + tc.want
 			}
-			if r.code != 1 || r.stdout != "" || strings.Count(r.stderr, "\n") != 1 || !strings.HasPrefix(r.stderr, prefix) {
-				t.Errorf("want exit status 1 and one line %q… on stderr, got %v", prefix, r)
+			hint := hints[tc.args[0]]
+			if r.code != 1 || r.stdout != "" || strings.Count(r.stderr, "\n") != 1+strings.Count(hint, "\n") ||
+				!strings.HasPrefix(r.stderr, prefix) || !strings.HasSuffix(r.stderr, "\n"+hint) {
+				t.Errorf("want exit status 1 and one line %q… on stderr, then %q; got %v", prefix, hint, r)
 			}
 		})
 	}

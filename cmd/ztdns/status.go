@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -12,7 +13,7 @@ import (
 )
 
 func newStatusCmd() *cobra.Command {
-	return readCommand(&cobra.Command{
+	cmd := readCommand(&cobra.Command{
 		Use:   "status",
 		Short: "Print the agent's status: ready, version, what it serves, inputs it could not read",
 		Example: `  ztdns status
@@ -20,7 +21,33 @@ func newStatusCmd() *cobra.Command {
 	}, (*control.Client).Status, func(w io.Writer, format string, st control.Status) error {
 		return printOutput(w, format, st, func(w io.Writer, wide bool) { statusTable(w, st, wide) })
 	})
+	get := cmd.RunE
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		err := get(cmd, args)
+		if errors.Is(err, control.ErrUnreachable) {
+			return hinted{err, agentDownHint}
+		}
+		return err
+	}
+	return cmd
 }
+
+// agentDownHint follows `ztdns status`'s error when no agent answers: what
+// captured pods get meanwhile (README, "Fail open") and where to look.
+const agentDownHint = "If the agent is down, captured pods fail open: their queries go to their own nameservers (the cluster DNS, usually), around ztdns, " +
+	"at once after a clean stop, within --heartbeat-stale (3s) after a crash. " +
+	"Check the agent: its pod (kubectl -n kube-system get pod -l app.kubernetes.io/name=ztdns --field-selector spec.nodeName=NODE), " +
+	"or its unit (systemctl status ztdns; journalctl -u ztdns), and --socket if the agent's is not the default."
+
+// hinted is an error followed, on a line of its own, by what to do about
+// it (run prints it).
+type hinted struct {
+	err  error
+	hint string
+}
+
+func (h hinted) Error() string { return h.err.Error() }
+func (h hinted) Unwrap() error { return h.err }
 
 // statusShownWarnings is how many table warnings `ztdns status` shows
 // without -o wide.
