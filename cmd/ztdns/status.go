@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/ztdns/ztdns/pkg/control"
+	"github.com/ztdns/ztdns/pkg/resolver/forward"
 	"github.com/ztdns/ztdns/pkg/resolver/table"
 )
 
@@ -91,7 +92,8 @@ func statusTable(w io.Writer, st control.Status, wide bool) {
 		line("Capture only", strings.Join(st.CaptureNameservers, ", "))
 	}
 	line("Listen", strings.Join(st.Listen, ", "))
-	line("Upstreams", strings.Join(st.Upstreams, ", "))
+	line("Fallback upstreams", strings.Join(st.FallbackUpstreams, ", ")+" (for clients whose own nameserver is not known; a captured pod's misses go to the nameserver it asked)")
+	askedTable(w, st.AskedUpstreams, wide)
 	if st.VIPs != "" {
 		line("VIPs", st.VIPs)
 	}
@@ -124,6 +126,40 @@ func statusTable(w io.Writer, st control.Status, wide bool) {
 		} else {
 			fmt.Fprintf(w, "\t... and %d more, not kept by the agent\n", more)
 		}
+	}
+}
+
+// statusShownUpstreams is how many of the upstreams asked recently
+// `ztdns status` shows without -o wide.
+const statusShownUpstreams = 5
+
+// askedTable writes the "Upstreams asked" lines of statusTable: each
+// nameserver asked within 10 minutes, with how its exchanges ended.
+func askedTable(w io.Writer, asked []control.AskedUpstream, wide bool) {
+	if len(asked) == 0 {
+		fmt.Fprintf(w, "Upstreams asked:\tnone in the last 10 minutes\n")
+		return
+	}
+	listed := asked
+	if !wide && len(listed) > statusShownUpstreams {
+		listed = listed[:statusShownUpstreams]
+	}
+	for i, u := range listed {
+		var results []string
+		for _, r := range forward.Results {
+			if n := u.Results[r]; n > 0 {
+				results = append(results, fmt.Sprintf("%d %s", n, r))
+			}
+		}
+		v := fmt.Sprintf("%s: %s (last %s ago)", u.Address, strings.Join(results, ", "), u.Idle)
+		if i == 0 {
+			fmt.Fprintf(w, "Upstreams asked:\t%s\n", shown(v))
+		} else {
+			fmt.Fprintf(w, "\t%s\n", shown(v))
+		}
+	}
+	if more := len(asked) - len(listed); more > 0 {
+		fmt.Fprintf(w, "\t... and %d more (-o wide shows them)\n", more)
 	}
 }
 
