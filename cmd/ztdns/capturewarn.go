@@ -114,7 +114,7 @@ func uncapturedReason(ns netip.Addr, st *control.Status) string {
 func upstreamSuggestion(st *control.Status) string {
 	var addrs []string
 	if st != nil {
-		for _, u := range st.Upstreams {
+		for _, u := range st.FallbackUpstreams {
 			if ap, err := netip.ParseAddrPort(u); err == nil && !ap.Addr().IsLoopback() && !slices.Contains(addrs, ap.Addr().String()) {
 				addrs = append(addrs, ap.Addr().String())
 			}

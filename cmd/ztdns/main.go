@@ -39,7 +39,8 @@ func main() {
 
 // run executes one command line (without the program name) and returns the
 // process's exit status. Errors go to stderr as one line naming the command,
-// plus, for usage errors, where to find the usage.
+// plus a line on what to do for a hinted error, and, for usage errors,
+// where to find the usage.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	root := newRoot()
 	root.SetArgs(oneDashLongFlags(root, args))
@@ -53,6 +54,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		cmd = root
 	}
 	fmt.Fprintf(stderr, "%s: %v\n", cmd.CommandPath(), err)
+	if h := new(hinted); errors.As(err, h) {
+		fmt.Fprintln(stderr, h.hint)
+	}
 	if errors.As(err, new(failure)) {
 		return exitFailure
 	}

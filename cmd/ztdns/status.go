@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -8,11 +9,12 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/ztdns/ztdns/pkg/control"
+	"github.com/ztdns/ztdns/pkg/resolver/forward"
 	"github.com/ztdns/ztdns/pkg/resolver/table"
 )
 
 func newStatusCmd() *cobra.Command {
-	return readCommand(&cobra.Command{
+	cmd := readCommand(&cobra.Command{
 		Use:   "status",
 		Short: "Print the agent's status: ready, version, what it serves, inputs it could not read",
 		Example: `  ztdns status
@@ -20,7 +22,33 @@ func newStatusCmd() *cobra.Command {
 	}, (*control.Client).Status, func(w io.Writer, format string, st control.Status) error {
 		return printOutput(w, format, st, func(w io.Writer, wide bool) { statusTable(w, st, wide) })
 	})
+	get := cmd.RunE
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		err := get(cmd, args)
+		if errors.Is(err, control.ErrUnreachable) {
+			return hinted{err, agentDownHint}
+		}
+		return err
+	}
+	return cmd
 }
+
+// agentDownHint follows `ztdns status`'s error when no agent answers: what
+// captured pods get meanwhile (README, "Fail open") and where to look.
+const agentDownHint = "If the agent is down, captured pods fail open: their queries go to their own nameservers (the cluster DNS, usually), around ztdns, " +
+	"at once after a clean stop, within --heartbeat-stale (3s) after a crash. " +
+	"Check the agent: its pod (kubectl -n kube-system get pod -l app.kubernetes.io/name=ztdns --field-selector spec.nodeName=NODE), " +
+	"or its unit (systemctl status ztdns; journalctl -u ztdns), and --socket if the agent's is not the default."
+
+// hinted is an error followed, on a line of its own, by what to do about
+// it (run prints it).
+type hinted struct {
+	err  error
+	hint string
+}
+
+func (h hinted) Error() string { return h.err.Error() }
+func (h hinted) Unwrap() error { return h.err }
 
 // statusShownWarnings is how many table warnings `ztdns status` shows
 // without -o wide.
@@ -64,7 +92,8 @@ func statusTable(w io.Writer, st control.Status, wide bool) {
 		line("Capture only", strings.Join(st.CaptureNameservers, ", "))
 	}
 	line("Listen", strings.Join(st.Listen, ", "))
-	line("Upstreams", strings.Join(st.Upstreams, ", "))
+	line("Fallback upstreams", strings.Join(st.FallbackUpstreams, ", ")+" (for clients whose own nameserver is not known; a captured pod's misses go to the nameserver it asked)")
+	askedTable(w, st.AskedUpstreams, wide)
 	if st.VIPs != "" {
 		line("VIPs", st.VIPs)
 	}
@@ -97,6 +126,40 @@ func statusTable(w io.Writer, st control.Status, wide bool) {
 		} else {
 			fmt.Fprintf(w, "\t... and %d more, not kept by the agent\n", more)
 		}
+	}
+}
+
+// statusShownUpstreams is how many of the upstreams asked recently
+// `ztdns status` shows without -o wide.
+const statusShownUpstreams = 5
+
+// askedTable writes the "Upstreams asked" lines of statusTable: each
+// nameserver asked within 10 minutes, with how its exchanges ended.
+func askedTable(w io.Writer, asked []control.AskedUpstream, wide bool) {
+	if len(asked) == 0 {
+		fmt.Fprintf(w, "Upstreams asked:\tnone in the last 10 minutes\n")
+		return
+	}
+	listed := asked
+	if !wide && len(listed) > statusShownUpstreams {
+		listed = listed[:statusShownUpstreams]
+	}
+	for i, u := range listed {
+		var results []string
+		for _, r := range forward.Results {
+			if n := u.Results[r]; n > 0 {
+				results = append(results, fmt.Sprintf("%d %s", n, r))
+			}
+		}
+		v := fmt.Sprintf("%s: %s (last %s ago)", u.Address, strings.Join(results, ", "), u.Idle)
+		if i == 0 {
+			fmt.Fprintf(w, "Upstreams asked:\t%s\n", shown(v))
+		} else {
+			fmt.Fprintf(w, "\t%s\n", shown(v))
+		}
+	}
+	if more := len(asked) - len(listed); more > 0 {
+		fmt.Fprintf(w, "\t... and %d more (-o wide shows them)\n", more)
 	}
 }
 

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 
@@ -170,5 +171,42 @@ func TestStatusListsSourceWarnings(t *testing.T) {
 		"\t/etc/ztdns/d\\x1b.yaml:2: x\n"
 	if !strings.Contains(status.String(), want) {
 		t.Errorf("status lacks\n%s\ngot:\n%s", want, status.String())
+	}
+}
+
+// TestStatusShowsUpstreamsAsked: `ztdns status` calls --upstream the
+// fallback, and lists the nameservers asked recently with their outcomes
+// in a fixed order, five of them without -o wide; with none asked, it
+// says so.
+func TestStatusShowsUpstreamsAsked(t *testing.T) {
+	var asked []control.AskedUpstream
+	for i := range 6 {
+		asked = append(asked, control.AskedUpstream{Address: fmt.Sprintf("10.96.0.%d:53", 10+i), Idle: "1.5s",
+			Results: map[string]uint64{"timeout": 2, "ok": 7, "source_limited": 1}})
+	}
+	st := control.Status{Ready: true, FallbackUpstreams: []string{"10.0.0.2:53"}, AskedUpstreams: asked}
+	var short, wide, none strings.Builder
+	statusTable(&short, st, false)
+	statusTable(&wide, st, true)
+	statusTable(&none, control.Status{Ready: true, FallbackUpstreams: []string{"10.0.0.2:53"}}, false)
+	fallback := "Fallback upstreams:\t10.0.0.2:53 (for clients whose own nameserver is not known; a captured pod's misses go to the nameserver it asked)\n"
+	first := "Upstreams asked:\t10.96.0.10:53: 7 ok, 2 timeout, 1 source_limited (last 1.5s ago)\n"
+	for _, tc := range []struct {
+		what, out string
+		want      []string
+		not       string
+	}{
+		{"status", short.String(), []string{fallback, first + "\t10.96.0.11:53: ", "\t10.96.0.14:53: 7 ok, 2 timeout, 1 source_limited (last 1.5s ago)\n\t... and 1 more (-o wide shows them)\n"}, "10.96.0.15"},
+		{"status -o wide", wide.String(), []string{fallback, first, "\t10.96.0.15:53: 7 ok, 2 timeout, 1 source_limited (last 1.5s ago)\n"}, "more"},
+		{"status with none asked", none.String(), []string{fallback, "Upstreams asked:\tnone in the last 10 minutes\n"}, "ago"},
+	} {
+		for _, want := range tc.want {
+			if !strings.Contains(tc.out, want) {
+				t.Errorf("%s lacks %q:\n%s", tc.what, want, tc.out)
+			}
+		}
+		if strings.Contains(tc.out, tc.not) {
+			t.Errorf("%s has %q:\n%s", tc.what, tc.not, tc.out)
+		}
 	}
 }

@@ -1286,11 +1286,13 @@ func (a *Agent) logWarnings(last []string, lastOmitted int, kept []string, omitt
 	}
 	for _, m := range kept {
 		if !listed[m] {
-			a.log.Warn("left out of the name table", "err", m)
+			// Not every warning leaves something out ("every namespace
+			// sees it"): the warning says what it did.
+			a.log.Warn("name table warning", "err", m)
 		}
 	}
 	if omitted > 0 && omitted != lastOmitted {
-		a.log.Warn("more objects left out of the name table; not listing them", "more", omitted)
+		a.log.Warn("more name table warnings; not listing them", "more", omitted)
 	}
 	if len(last) == 0 {
 		return

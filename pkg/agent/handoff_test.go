@@ -290,7 +290,7 @@ func waitServedBy(t *testing.T, socket string, ta *testAgent, upstream netip.Add
 		if err != nil {
 			return err
 		}
-		if !st.Ready || !slices.Equal(st.Upstreams, []string{upstream.String()}) {
+		if !st.Ready || !slices.Equal(st.FallbackUpstreams, []string{upstream.String()}) {
 			return fmt.Errorf("status %+v: want ready and upstreams [%s]", st, upstream)
 		}
 		return nil
@@ -919,7 +919,7 @@ func wantRefused(t *testing.T, socket string, restarted *testAgent, upRestarted 
 		default:
 		}
 		st, serr := control.NewClient(socket, time.Second).Status(context.Background())
-		if serr == nil && slices.Equal(st.Upstreams, []string{upRestarted.String()}) {
+		if serr == nil && slices.Equal(st.FallbackUpstreams, []string{upRestarted.String()}) {
 			t.Fatal("the restarted old agent took the node back from the new one")
 		}
 		return errors.New("the restarted old agent is still running")

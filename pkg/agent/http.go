@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
@@ -129,7 +130,12 @@ func (a *Agent) status() control.Status {
 		st.Listen = append(st.Listen, l.String())
 	}
 	for _, u := range a.cfg.Upstreams {
-		st.Upstreams = append(st.Upstreams, u.String())
+		st.FallbackUpstreams = append(st.FallbackUpstreams, u.String())
+	}
+	now := time.Now()
+	for _, u := range a.fwd.Asked() {
+		st.AskedUpstreams = append(st.AskedUpstreams, control.AskedUpstream{Address: u.Upstream,
+			Idle: now.Sub(u.Last).Round(time.Millisecond).String(), Results: u.Results})
 	}
 	a.mu.Lock()
 	st.Warnings, st.WarningsOmitted = a.warnings, a.warningsOmitted

@@ -24,8 +24,12 @@ import (
 // TestTableWarningsLoggedOnce: a ServiceEntry with a partial wildcard host
 // is left out of the table with a warning, logged when it appears, not
 // again on each of the builds that five edits of another file make; status
-// still lists it. Once it is fixed, a line says one warning cleared.
-// (Before: every build logged every warning again, six lines here.)
+// still lists it. Once it is fixed, a line says one warning cleared. A
+// warning that leaves nothing out (an exportTo with "*" and other values:
+// served to every namespace) is logged as a table warning too, not as
+// something left out of the table. (Before: every build logged every
+// warning again, six lines here; and every warning as "left out of the
+// name table".)
 func TestTableWarningsLoggedOnce(t *testing.T) {
 	dir := t.TempDir()
 	write := func(name, content string) {
@@ -39,6 +43,7 @@ func TestTableWarningsLoggedOnce(t *testing.T) {
 	}
 	write("bad.yaml", entry("bad", "*foo.example", "198.51.100.200"))
 	write("edited.yaml", entry("edited", "edited.example", "198.51.100.1"))
+	write("everyone.yaml", entry("everyone", "everyone.example", "198.51.100.201")+`  exportTo: ["*", "team-a"]`+"\n")
 	var log testenv.Log
 	a := agenttest.Start(t, agent.Config{Source: configdir.New(dir), Upstreams: []netip.AddrPort{testenv.DeadAddr(t)},
 		Logger: slog.New(slog.NewTextHandler(&log, &slog.HandlerOptions{Level: slog.LevelInfo}))})
@@ -58,25 +63,35 @@ func TestTableWarningsLoggedOnce(t *testing.T) {
 			return nil
 		})
 	}
-	if n := strings.Count(log.String(), `msg="left out of the name table"`); n != 1 {
-		t.Errorf("%d lines say the partial wildcard is left out, want 1", n)
+	var warned []string
+	for l := range strings.SplitSeq(log.String(), "\n") {
+		if strings.Contains(l, `msg="name table warning"`) {
+			warned = append(warned, l)
+		}
+	}
+	if len(warned) != 2 || !slices.ContainsFunc(warned, func(l string) bool { return strings.Contains(l, `\"*foo.example\"`) }) ||
+		!slices.ContainsFunc(warned, func(l string) bool { return strings.Contains(l, "every namespace sees it") }) {
+		t.Errorf("name table warning lines:\n%s\nwant two: the partial wildcard's and the exportTo's, once each", strings.Join(warned, "\n"))
+	}
+	if log.Contains("left out of the name table") {
+		t.Errorf("the log says something is left out of the name table for a warning that leaves nothing out:\n%s", log.String())
 	}
 	st, err := a.Status()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(st.Warnings) != 1 || !strings.Contains(st.Warnings[0], `"*foo.example"`) {
-		t.Errorf("status warnings %q, want the partial wildcard's", st.Warnings)
+	if len(st.Warnings) != 2 || !slices.ContainsFunc(st.Warnings, func(w string) bool { return strings.Contains(w, `"*foo.example"`) }) {
+		t.Errorf("status warnings %q, want the partial wildcard's and the exportTo's", st.Warnings)
 	}
 
 	write("bad.yaml", entry("bad", "foo.example", "198.51.100.200"))
 	agenttest.Eventually(t, 10*time.Second, func() error {
-		if want := `msg="table warnings cleared" cleared=1 remaining=0`; !log.Contains(want) {
+		if want := `msg="table warnings cleared" cleared=1 remaining=1`; !log.Contains(want) {
 			return fmt.Errorf("no line %s", want)
 		}
 		return nil
 	})
-	if st, err := a.Status(); err != nil || len(st.Warnings) > 0 {
-		t.Errorf("status warnings %q, %v; want none", st.Warnings, err)
+	if st, err := a.Status(); err != nil || len(st.Warnings) != 1 || !strings.Contains(st.Warnings[0], "every namespace sees it") {
+		t.Errorf("status warnings %q, %v; want the exportTo's alone", st.Warnings, err)
 	}
 }

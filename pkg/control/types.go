@@ -44,7 +44,17 @@ type Status struct {
 	// CaptureNameservers are the only nameservers captured
 	// (--capture-nameservers); empty: every destination.
 	CaptureNameservers []string `json:"captureNameservers,omitempty"`
-	Upstreams          []string `json:"upstreams"`
+	// FallbackUpstreams are where a miss goes when the asking pod's own
+	// nameserver is not known (--upstream, or the node's resolv.conf): a
+	// host-network client's, one sent straight to the listen address. A
+	// captured pod's misses go to the nameserver it addressed
+	// (AskedUpstreams).
+	FallbackUpstreams []string `json:"fallbackUpstreams"`
+	// AskedUpstreams are the nameservers the agent asked within the last
+	// 10 minutes, most recently asked first, with how those exchanges
+	// ended: at most --metrics-max-upstreams besides the fallbacks and
+	// the capture list's addresses, and "other" for the rest together.
+	AskedUpstreams []AskedUpstream `json:"askedUpstreams,omitempty"`
 	// VIPs says where ServiceEntry VIPs come from now (--vip-source).
 	VIPs string `json:"vips,omitempty"`
 	// DefaultExportTo is the exportTo of ServiceEntries that give none,
@@ -80,6 +90,20 @@ type Status struct {
 	Build version.Info `json:"build"`
 	// AccessLog is the access log's state (`ztdns log`).
 	AccessLog AccessLog `json:"accessLog"`
+}
+
+// AskedUpstream is a nameserver the agent asked recently (Status).
+type AskedUpstream struct {
+	// Address is the nameserver's, or "other" for those past
+	// --metrics-max-upstreams together.
+	Address string `json:"address"`
+	// Idle is how long since it was last asked.
+	Idle string `json:"idle"`
+	// Results counts its exchanges by how they ended, as the result label
+	// of ztdns_forward_upstream_queries_total (ok, servfail, timeout,
+	// error, …), since it was first asked after 10 minutes unasked or
+	// since the agent started.
+	Results map[string]uint64 `json:"results"`
 }
 
 // AccessLog is the state of the agent's access log: one line per sampled

@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -31,7 +32,8 @@ type debugCommand struct {
 	inContainer                   []string
 }
 
-var debugCommandRE = regexp.MustCompile(`^kubectl -n (\S+) exec \$\(kubectl -n (\S+) get pod -l (\S+) --field-selector spec\.nodeName=\$\(kubectl -n (\S+) get pod (\S+) -o jsonpath='\{\.spec\.nodeName\}'\) -o name\) -- (.+)$`)
+var debugCommandRE = regexp.MustCompile(`^kubectl -n (\S+) exec \$\(kubectl -n (\S+) get pod -l (\S+) --field-selector spec\.nodeName=\$\(kubectl -n (\S+) get pod (\S+) -o jsonpath='\{\.spec\.nodeName\}'\) ` +
+	`--sort-by=\.metadata\.creationTimestamp -o jsonpath='\{\.items\[-1:\]\.metadata\.name\}'\) -- (.+)$`)
 
 // readDebugCommand finds the command in deploy/README.md.
 func readDebugCommand(t *testing.T) debugCommand {
@@ -53,8 +55,11 @@ func readDebugCommand(t *testing.T) debugCommand {
 }
 
 // checkDebugLookup runs the command's two look-ups against a real API
-// server where the chart's agent runs on two nodes: the agent found is the
-// one on the pod's node. Called by TestChartOnAPIServer with its server.
+// server where the chart's agent runs on two nodes, twice on the pod's as
+// in a rollout (maxSurge): the agent found is one name, the newest on the
+// pod's node. (Before: `-o name` gave both of a rollout's pods, and
+// `kubectl exec` took the second for the command to run.) Called by
+// TestChartOnAPIServer with its server.
 func checkDebugLookup(t *testing.T, admin kubernetes.Interface, c *chart) {
 	cmd := readDebugCommand(t)
 	if cmd.agentNamespace != namespace {
@@ -65,8 +70,14 @@ func checkDebugLookup(t *testing.T, admin kubernetes.Interface, c *chart) {
 	}
 	ctx := t.Context()
 	const otherNode = "node-b"
-	if _, err := admin.CoreV1().Pods(namespace).Create(ctx, podFor(c, otherNode), metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
+	var newest string
+	for range 2 { // the old agent and its surge successor
+		p, err := admin.CoreV1().Pods(namespace).Create(ctx, podFor(c, otherNode), metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		newest = p.Name
+		time.Sleep(time.Second) // creationTimestamp has whole seconds
 	}
 	if _, err := admin.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: cmd.podNamespace}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
@@ -91,12 +102,19 @@ func checkDebugLookup(t *testing.T, admin kubernetes.Interface, c *chart) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(agents.Items) != 1 || agents.Items[0].Spec.NodeName != otherNode || !strings.HasPrefix(agents.Items[0].Name, c.daemonSet.Name+"-") {
-		var got []string
-		for _, a := range agents.Items {
-			got = append(got, a.Name+"@"+a.Spec.NodeName)
+	// --sort-by=.metadata.creationTimestamp -o jsonpath='{.items[-1:].metadata.name}'
+	var got []string
+	for _, a := range agents.Items {
+		if a.Spec.NodeName != otherNode {
+			t.Errorf("the look-up found %s on %s, want only pods on %s", a.Name, a.Spec.NodeName, otherNode)
 		}
-		t.Errorf("the look-up found %q, want the one agent pod on %s", got, otherNode)
+	}
+	slices.SortStableFunc(agents.Items, func(a, b corev1.Pod) int { return a.CreationTimestamp.Compare(b.CreationTimestamp.Time) })
+	for _, a := range agents.Items[max(len(agents.Items)-1, 0):] {
+		got = append(got, a.Name)
+	}
+	if !slices.Equal(got, []string{newest}) {
+		t.Errorf("the look-up found %q, want the newest agent pod on %s alone, %s", got, otherNode, newest)
 	}
 }
 
@@ -132,4 +150,95 @@ func TestDebugCommandInTheContainer(t *testing.T) {
 			t.Errorf("%q prints no %s:\n%s", cmd.inContainer, want, out)
 		}
 	}
+}
+
+// TestDebugGuideNamesRealCommands: every `ztdns SUBCOMMAND` the Debug
+// section of deploy/README.md names is one the binary has (a subcommand's
+// own subcommand too: `ztdns log on`, `ztdns capture del`), so the
+// symptom-to-cause guide sends an operator to commands that exist; and
+// its REASON table lists every reason `ztdns pods` can give (pkg/ambient's
+// and pkg/capture's Reason constants).
+func TestDebugGuideNamesRealCommands(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join(repoRoot(t), "deploy/README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	debug := string(b)
+	start := strings.Index(debug, "\n## Debug\n")
+	if start < 0 {
+		t.Fatal("deploy/README.md has no Debug section")
+	}
+	debug = debug[start+1:]
+	if end := strings.Index(debug, "\n## "); end >= 0 {
+		debug = debug[:end]
+	}
+	bin := buildZtdns(t)
+	// In code: a span's start, after kubectl exec's --, a line of its own.
+	commandRE := regexp.MustCompile("(?m)(?:^|`|-- )ztdns((?: [a-z][a-z-]*)+)")
+	checked := map[string]bool{}
+	for _, m := range commandRE.FindAllStringSubmatch(debug, -1) {
+		words := strings.Fields(m[1])
+		if checked[strings.Join(words[:min(2, len(words))], " ")] {
+			continue
+		}
+		checked[strings.Join(words[:min(2, len(words))], " ")] = true
+		out, err := exec.Command(bin, "help", words[0]).CombinedOutput()
+		if err != nil {
+			t.Errorf("the Debug section names `ztdns %s`: ztdns help %s: %v\n%s", m[1][1:], words[0], err, out)
+			continue
+		}
+		_, subs, has := strings.Cut(string(out), "\nAvailable Commands:\n")
+		if !has || len(words) < 2 {
+			continue
+		}
+		subs, _, _ = strings.Cut(subs, "\n\n")
+		if !regexp.MustCompile(`(?m)^  ` + regexp.QuoteMeta(words[1]) + ` `).MatchString(subs) {
+			t.Errorf("the Debug section names `ztdns %s`: ztdns %s has no subcommand %s:\n%s", m[1][1:], words[0], words[1], subs)
+		}
+	}
+	for _, want := range []string{"status", "pods", "table", "log on"} {
+		if !checked[want] {
+			t.Errorf("the Debug section never names `ztdns %s`", want)
+		}
+	}
+
+	listed := map[string]bool{}
+	for _, m := range regexp.MustCompile("(?m)^\\| `([a-z-]+)` \\| (?:yes|no) \\|").FindAllStringSubmatch(debug, -1) {
+		listed[m[1]] = true
+	}
+	for _, reason := range reasonConstants(t, "pkg/ambient", "pkg/capture") {
+		if !listed[reason] {
+			t.Errorf("the Debug section's REASON table lacks %q, a reason `ztdns pods` gives", reason)
+		}
+	}
+}
+
+// reasonConstants returns the values of the string constants named
+// Reason... in the Go files (tests aside) of the packages at dirs.
+func reasonConstants(t *testing.T, dirs ...string) []string {
+	t.Helper()
+	var reasons []string
+	constRE := regexp.MustCompile(`(?m)^\s+Reason\w+\s*=\s*"([^"]+)"`)
+	for _, dir := range dirs {
+		files, err := filepath.Glob(filepath.Join(repoRoot(t), dir, "*.go"))
+		if err != nil || len(files) == 0 {
+			t.Fatalf("no Go files in %s: %v", dir, err)
+		}
+		for _, f := range files {
+			if strings.HasSuffix(f, "_test.go") {
+				continue
+			}
+			b, err := os.ReadFile(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, m := range constRE.FindAllStringSubmatch(string(b), -1) {
+				reasons = append(reasons, m[1])
+			}
+		}
+	}
+	if len(reasons) < 10 {
+		t.Fatalf("found only the reasons %q in %v", reasons, dirs)
+	}
+	return reasons
 }

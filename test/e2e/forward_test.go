@@ -4,8 +4,10 @@ package e2e
 
 import (
 	"net/netip"
+	"regexp"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -61,6 +63,46 @@ func TestMissGoesToPodNameserver(t *testing.T) {
 	}
 	if askers := askersOf(c.upstream, whoHost); len(askers) > 0 {
 		t.Errorf("the agent's --upstream %s was asked for %s by %v; misses must go to the pod's nameserver", agentUpstream, whoHost, askers)
+	}
+}
+
+// TestStatusNamesTheUpstreamsAsked: `ztdns status` calls the agent's
+// --upstream what it is, the fallback, and lists the nameservers the agent
+// asked recently with how their exchanges ended: after a captured pod's
+// miss, the pod's own nameserver, not the fallback, which nothing asked.
+// -o json says the same. (Before: one "Upstreams" line named the fallback
+// alone, and nothing showed where pods' misses went.)
+func TestStatusNamesTheUpstreamsAsked(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t)
+	markers, _ := c.servePodNameservers(t)
+	c.startReadyAgent(t)
+	p := c.markedPod(t, "asker", podNameserver1)
+	if got, err := c.dig(t, p, whoHost); err != nil || !slices.Equal(got, []netip.Addr{markers[podNameserver1]}) {
+		t.Fatalf("dig %s = %v, %v; want %s from the pod's own nameserver", whoHost, got, err, markers[podNameserver1])
+	}
+
+	own, fallback := podNameserver1+":53", agentUpstream+":53"
+	st := c.status(t)
+	if !slices.Equal(st.FallbackUpstreams, []string{fallback}) {
+		t.Errorf("ztdns status -o json: fallbackUpstreams %v, want [%s]", st.FallbackUpstreams, fallback)
+	}
+	if len(st.AskedUpstreams) != 1 || st.AskedUpstreams[0].Address != own || st.AskedUpstreams[0].Results["ok"] != 1 ||
+		len(st.AskedUpstreams[0].Results) != 1 || st.AskedUpstreams[0].Idle == "" {
+		t.Errorf("ztdns status -o json: askedUpstreams %+v, want %s alone, with 1 ok and how long since", st.AskedUpstreams, own)
+	}
+
+	out := c.ztdns(t, "status", "--socket", c.socket)
+	for _, want := range []*regexp.Regexp{
+		regexp.MustCompile(`(?m)^Fallback upstreams: +` + regexp.QuoteMeta(fallback) + ` \(for clients whose own nameserver is not known; a captured pod's misses go to the nameserver it asked\)$`),
+		regexp.MustCompile(`(?m)^Upstreams asked: +` + regexp.QuoteMeta(own) + `: 1 ok \(last [0-9.]+m?s ago\)$`),
+	} {
+		if !want.MatchString(out) {
+			t.Errorf("ztdns status lacks a line matching %s:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "Upstreams:") {
+		t.Errorf("ztdns status still has an Upstreams line:\n%s", out)
 	}
 }
 

@@ -44,8 +44,8 @@ func TestResolvConfNamingTheAgent(t *testing.T) {
 
 	self := resolverAddr + ":53"
 	st := c.status(t)
-	if want := []string{agentUpstream + ":53"}; !slices.Equal(st.Upstreams, want) {
-		t.Errorf("ztdns status: upstreams %v, want %v: not the agent's own %s", st.Upstreams, want, self)
+	if want := []string{agentUpstream + ":53"}; !slices.Equal(st.FallbackUpstreams, want) {
+		t.Errorf("ztdns status: fallback upstreams %v, want %v: not the agent's own %s", st.FallbackUpstreams, want, self)
 	}
 	if !slices.ContainsFunc(st.Warnings, func(w string) bool { return strings.Contains(w, "upstream "+self+" left out") }) {
 		t.Errorf("ztdns status: warnings %q, want one saying that upstream %s is left out", st.Warnings, self)

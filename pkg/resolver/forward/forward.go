@@ -463,7 +463,7 @@ func (f *Forwarder) ask(ctx context.Context, upstream netip.AddrPort, query []by
 		case errors.Is(err, errNoSocket):
 			result = resultNoSocket
 		}
-		f.upstreams.attempt(f.upstreams.label(upstream), result)
+		f.upstreams.attempt(upstream, result)
 		if result != resultCanceled {
 			f.logs.failed.Log(f.log, slog.LevelDebug, "upstream exchange failed", "upstream", upstream, "proto", proto, "result", result, "error", err)
 		}
@@ -473,14 +473,15 @@ func (f *Forwarder) ask(ctx context.Context, upstream netip.AddrPort, query []by
 		}
 		return attempt{upstream: upstream, failure: failure, overSource: result == resultSourceLimited}
 	}
-	to := f.upstreams.label(upstream) // once: each look-up takes the lock and reads the clock
-	f.upstreams.observe(to, proto, time.Since(start))
+	took := time.Since(start)
 	rh, _ := dnswire.ReadHeader(reply) // matches() checked the length
 	good := rh.Rcode() == dnswire.RcodeSuccess || rh.Rcode() == dnswire.RcodeNXDomain
-	if good {
-		f.upstreams.attempt(to, resultOK)
-	} else {
-		f.upstreams.attempt(to, resultServfail)
+	result := resultOK
+	if !good {
+		result = resultServfail
+	}
+	f.upstreams.observe(f.upstreams.attempt(upstream, result), proto, took)
+	if !good {
 		f.logs.rcode.Log(f.log, slog.LevelDebug, "upstream answered with an error", "upstream", upstream, "proto", proto, "rcode", rh.Rcode())
 	}
 	return attempt{reply: reply, good: good, upstream: upstream}

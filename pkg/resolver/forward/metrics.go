@@ -1,8 +1,10 @@
 package forward
 
 import (
+	"maps"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -123,17 +125,46 @@ type upstreamMetrics struct {
 	now       func() time.Time
 	mu        sync.Mutex
 	labels    map[netip.AddrPort]*upstreamLabel
-	chosen    int       // labels given to upstreams not known, at most maxSeries
-	nextSweep time.Time // when label may next look for idle labels
+	other     upstreamLabel // what upstreams past maxSeries share
+	chosen    int           // labels given to upstreams not known, at most maxSeries
+	nextSweep time.Time     // when label may next look for idle labels
 }
 
-// upstreamLabel is the label of one upstream, and for one not known, when
-// it was last asked.
+// upstreamLabel is the label of one upstream, when it was last asked
+// (zero: not since the agent started), and how its exchanges ended since
+// it was first asked after labelIdle unasked (Asked).
 type upstreamLabel struct {
 	to       string
 	known    bool
 	lastUsed time.Time
+	results  map[string]uint64
 }
+
+// Results are the values of the "result" label, in the order Asked's
+// readers show them: the upstream's answers, its failures, then those that
+// say nothing of it.
+var Results = []string{resultOK, resultServfail, resultTimeout, resultError, resultCanceled, resultNoMemory, resultSourceLimited, resultNoSocket}
+
+// Asked is an upstream nameserver the Forwarder asked within the last 10
+// minutes (the time its metric series live on unasked), and how those
+// exchanges ended.
+type Asked struct {
+	// Upstream is the nameserver's address; "other" stands for those
+	// past --metrics-max-upstreams, together.
+	Upstream string
+	// Last is when it was last asked.
+	Last time.Time
+	// Results counts its exchanges by how they ended (Results' values),
+	// from the first after it had been 10 minutes unasked, or from the
+	// agent's start.
+	Results map[string]uint64
+}
+
+// Asked returns the upstreams asked within the last 10 minutes, most
+// recently asked first: at most --metrics-max-upstreams of them, the
+// known ones (--upstream, the capture list's single addresses) and
+// "other".
+func (f *Forwarder) Asked() []Asked { return f.upstreams.asked() }
 
 func newUpstreamMetrics(maxSeries int, known []netip.AddrPort, now func() time.Time) *upstreamMetrics {
 	m := &upstreamMetrics{
@@ -178,6 +209,7 @@ func newUpstreamMetrics(maxSeries int, known []netip.AddrPort, now func() time.T
 		maxSeries: maxSeries,
 		now:       now,
 		labels:    map[netip.AddrPort]*upstreamLabel{},
+		other:     upstreamLabel{to: otherUpstreams},
 	}
 	for _, u := range known {
 		if u, ok := canonicalUpstream(u); ok {
@@ -201,23 +233,55 @@ func (m *upstreamMetrics) label(u netip.AddrPort) string {
 	now := m.now()
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	return m.use(u, now).to
+}
+
+// use returns the label of u, asked at now, with m.mu held.
+func (m *upstreamMetrics) use(u netip.AddrPort, now time.Time) *upstreamLabel {
 	if !now.Before(m.nextSweep) {
 		m.nextSweep = now.Add(labelSweepEvery)
 		m.forgetIdle(now)
 	}
-	if l, ok := m.labels[u]; ok {
-		if !l.known {
-			l.lastUsed = now
+	l, ok := m.labels[u]
+	switch {
+	case ok:
+	case m.chosen >= m.maxSeries:
+		l = &m.other
+	default:
+		m.chosen++
+		l = &upstreamLabel{to: u.String()}
+		m.labels[u] = l
+	}
+	if now.Sub(l.lastUsed) >= labelIdle {
+		l.results = nil // unasked for labelIdle: Asked counts afresh
+	}
+	l.lastUsed = now
+	return l
+}
+
+// asked is Forwarder.Asked.
+func (m *upstreamMetrics) asked() []Asked {
+	now := m.now()
+	m.mu.Lock()
+	var out []Asked
+	add := func(l *upstreamLabel) {
+		if l.lastUsed.IsZero() || now.Sub(l.lastUsed) >= labelIdle || len(l.results) == 0 {
+			return
 		}
-		return l.to
+		out = append(out, Asked{Upstream: l.to, Last: l.lastUsed, Results: maps.Clone(l.results)})
 	}
-	if m.chosen >= m.maxSeries {
-		return otherUpstreams
+	for _, l := range m.labels {
+		add(l)
 	}
-	m.chosen++
-	l := &upstreamLabel{to: u.String(), lastUsed: now}
-	m.labels[u] = l
-	return l.to
+	add(&m.other)
+	m.mu.Unlock()
+	slices.SortFunc(out, func(a, b Asked) int {
+		if c := b.Last.Compare(a.Last); c != 0 {
+			return c
+		}
+		return strings.Compare(a.Upstream, b.Upstream)
+	})
+	return out
 }
 
 // forgetIdle gives back the labels of upstreams not known and not asked
@@ -239,9 +303,20 @@ func (m *upstreamMetrics) forgetIdle(now time.Time) {
 	}
 }
 
-// attempt counts an exchange with the upstream labelled to (label's).
-func (m *upstreamMetrics) attempt(to, result string) {
+// attempt counts an exchange with upstream u that ended with result, and
+// returns u's label.
+func (m *upstreamMetrics) attempt(u netip.AddrPort, result string) string {
+	now := m.now()
+	m.mu.Lock()
+	l := m.use(u, now)
+	if l.results == nil {
+		l.results = make(map[string]uint64, 2)
+	}
+	l.results[result]++
+	to := l.to
+	m.mu.Unlock()
 	m.queries.WithLabelValues(to, result).Inc()
+	return to
 }
 
 func (m *upstreamMetrics) resent(u netip.AddrPort, reason string) {

@@ -4,6 +4,7 @@ import (
 	"maps"
 	"net/netip"
 	"testing"
+	"time"
 
 	"github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus"
@@ -78,4 +79,50 @@ func TestIdleUpstreamsGiveBackTheirLabel(t *testing.T) {
 	if got := upstreamCounts(t, f); got[[2]string{chosen[0].String(), resultOK}] != 1 || got[[2]string{otherUpstreams, resultOK}] != 1 {
 		t.Errorf("upstream queries when the idle upstreams came back: %v, want each under its own address", got)
 	}
+}
+
+// TestAskedListsRecentUpstreams: Asked lists the upstreams asked within
+// labelIdle, most recently asked first, with how their exchanges ended
+// (`ztdns status` shows it); one unasked for labelIdle leaves the list,
+// and asked again it counts afresh. A configured upstream never asked is
+// not listed.
+func TestAskedListsRecentUpstreams(t *testing.T) {
+	t.Parallel()
+	fallback := startUpstream(t, answerA(60, "198.51.100.1"))
+	own := startUpstream(t, answerA(60, "198.51.100.2"))
+	failing := startUpstream(t, answerRcode(dns.RcodeServerFailure))
+	clock := newFakeClock()
+	f := newForwarder(t, WithNow(clock.Now), WithKnownUpstreams(fallback.addr), WithCacheSize(0))
+	ask := func(u netip.AddrPort) {
+		t.Helper()
+		forward(t, f, query(t, "www.example.com.", dns.TypeA), false, u)
+	}
+	check := func(when string, want ...Asked) {
+		t.Helper()
+		got := f.Asked()
+		ok := len(got) == len(want)
+		for i := 0; ok && i < len(got); i++ {
+			ok = got[i].Upstream == want[i].Upstream && got[i].Last.Equal(want[i].Last) && maps.Equal(got[i].Results, want[i].Results)
+		}
+		if !ok {
+			t.Errorf("%s: Asked() = %+v, want %+v", when, got, want)
+		}
+	}
+	check("before any query")
+
+	start := clock.Now()
+	ask(own.addr)
+	ask(own.addr)
+	clock.Advance(time.Second)
+	ask(failing.addr)
+	check("after three queries",
+		Asked{Upstream: failing.addr.String(), Last: start.Add(time.Second), Results: map[string]uint64{resultServfail: 1}},
+		Asked{Upstream: own.addr.String(), Last: start, Results: map[string]uint64{resultOK: 2}})
+
+	clock.Advance(labelIdle - time.Second)
+	check("labelIdle after the first", Asked{Upstream: failing.addr.String(), Last: start.Add(time.Second), Results: map[string]uint64{resultServfail: 1}})
+	clock.Advance(time.Second)
+	check("labelIdle after the last")
+	ask(failing.addr)
+	check("asked again", Asked{Upstream: failing.addr.String(), Last: clock.Now(), Results: map[string]uint64{resultServfail: 1}})
 }
