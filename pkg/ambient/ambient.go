@@ -164,23 +164,25 @@ func (p Policy) Decide(namespace string, pod *model.Pod, ns *model.Namespace) (c
 //
 // The rules apply in order and the first that settles the question gives
 // the reason (after Policy.Decide's excluded namespaces and unseen pods):
-// host network, sidecar, gateway, dataplane-mode=none, enrollment, ztdns's
+// host network, gateway, sidecar, dataplane-mode=none, enrollment, ztdns's
 // annotation, Istio's annotation's opt-out, the default.
 func decide(pod *model.Pod, ns *model.Namespace, dnsCaptureDefault bool) (capture bool, reason string) {
 	var podLabels, podAnnotations map[string]string
 	if pod != nil {
+		podLabels, podAnnotations = pod.Labels, pod.Annotations
+		// The gateway label before the sidecar: waypoints and gateways run
+		// an istio-proxy container, and are gateways, not sidecar pods.
+		_, gateway := podLabels[model.LabelGatewayManaged]
 		switch {
 		case pod.HostNetwork:
 			return false, ReasonHostNetwork
+		case gateway:
+			return false, ReasonGateway
 		case pod.HasSidecar:
 			return false, ReasonSidecar
 		}
-		podLabels, podAnnotations = pod.Labels, pod.Annotations
 	}
 
-	if _, ok := podLabels[model.LabelGatewayManaged]; ok {
-		return false, ReasonGateway
-	}
 	switch podLabels[model.LabelDataplaneMode] {
 	case DataplaneModeNone:
 		return false, ReasonDataplaneNone

@@ -69,6 +69,12 @@ func TestDecide(t *testing.T) {
 		{"managed label with empty value", pod(l(gw, ""), nil), ambientNS, true, false, ReasonGateway},
 		{"waypoint labelled ambient with annotation true", pod(l(gw, "istio.io-mesh-controller", mode, "ambient"), l(dns, "true")), ambientNS, true, false, ReasonGateway},
 		{"waypoint as Istio labels it", pod(l(gw, "istio.io-mesh-controller", mode, "none"), nil), ambientNS, true, false, ReasonGateway},
+		// As Istio's kube-gateway template makes the pod: the label, and an
+		// istio-proxy container (HasSidecar) without the injector's status.
+		{"gateway from Istio's template, with its istio-proxy container", &model.Pod{Namespace: "shop", Name: "gw",
+			Labels: l(gw, "istio.io-gateway-controller"), HasSidecar: true}, ambientNS, true, false, ReasonGateway},
+		{"waypoint with its istio-proxy container", &model.Pod{Namespace: "shop", Name: "waypoint",
+			Labels: l(gw, "istio.io-mesh-controller", mode, "none"), HasSidecar: true}, ambientNS, true, false, ReasonGateway},
 
 		// The annotation, for enrolled pods.
 		{"annotation false", pod(nil, l(dns, "false")), ambientNS, true, false, ReasonAnnotationOff},
@@ -227,5 +233,37 @@ func TestDecideInjectedPod(t *testing.T) {
 				t.Errorf("status %q from a %s: Decide = (%t, %q), want (false, %q)", status, source, gotCap, gotReason, ReasonSidecar)
 			}
 		}
+	}
+}
+
+// TestDecideGatewayPod: a pod made by Istio's kube-gateway template (a
+// Gateway's deployment; waypoints' is alike) carries
+// gateway.istio.io/managed and runs an istio-proxy container, without the
+// injector's annotation. It is a gateway, and `ztdns pods` says so, not
+// sidecar (before, the container was looked at first).
+func TestDecideGatewayPod(t *testing.T) {
+	t.Parallel()
+	ambientNS := &model.Namespace{Name: "shop", Labels: map[string]string{model.LabelDataplaneMode: "ambient"}}
+	doc := []byte(`{"apiVersion": "v1", "kind": "Pod",
+		"metadata": {"name": "ingress-istio-5d9c7", "namespace": "shop",
+			"annotations": {"istio.io/rev": "default", "prometheus.io/path": "/stats/prometheus", "prometheus.io/port": "15020", "prometheus.io/scrape": "true"},
+			"labels": {"sidecar.istio.io/inject": "false", "service.istio.io/canonical-name": "ingress-istio",
+				"service.istio.io/canonical-revision": "latest", "gateway.networking.k8s.io/gateway-name": "ingress",
+				"gateway.networking.k8s.io/gateway-class-name": "istio", "gateway.istio.io/managed": "istio.io-gateway-controller"}},
+		"spec": {"serviceAccountName": "ingress-istio", "containers": [{"name": "istio-proxy", "image": "docker.io/istio/proxyv2"}]}}`)
+	var watched kubeapi.Pod
+	if err := json.Unmarshal(doc, &watched); err != nil {
+		t.Fatal(err)
+	}
+	pod, err := watched.Model()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !pod.HasSidecar {
+		t.Fatalf("the gateway pod's istio-proxy container was not seen: %+v", pod)
+	}
+	p := Policy{DNSCaptureDefault: true, PodsWatched: true}
+	if gotCap, gotReason := p.Decide("shop", &pod, ambientNS); gotCap || gotReason != ReasonGateway {
+		t.Errorf("Decide = (%t, %q), want (false, %q)", gotCap, gotReason, ReasonGateway)
 	}
 }
