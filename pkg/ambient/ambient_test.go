@@ -138,6 +138,11 @@ func TestDecideExcludedNamespacesAndPodsWatched(t *testing.T) {
 		Annotations: map[string]string{dns: "true"}}
 	kubeSystem := Policy{DNSCaptureDefault: true, ExcludeNamespaces: []string{"kube-system"}}
 	watched := Policy{DNSCaptureDefault: true, ExcludeNamespaces: []string{"kube-system"}, PodsWatched: true}
+	enrolling := watched
+	enrolling.RequireEnrollment = true
+	web := func(e model.Enrollment, labels, annotations map[string]string) *model.Pod {
+		return &model.Pod{Namespace: "shop", Name: "web", Enrollment: e, Labels: labels, Annotations: annotations}
+	}
 	tests := []struct {
 		name       string
 		policy     Policy
@@ -166,6 +171,21 @@ func TestDecideExcludedNamespacesAndPodsWatched(t *testing.T) {
 			ambientNS, false, ReasonDataplaneNone},
 		{"pod seen, namespace unseen", watched, "shop", &model.Pod{Namespace: "shop", Name: "web"}, nil, false, ReasonNamespaceUnknown},
 		{"no pods watched: pod unseen, namespace ambient", Policy{DNSCaptureDefault: true}, "shop", nil, ambientNS, true, ReasonAmbient},
+
+		// istio-cni's enrollment, where required.
+		{"not enrolled", enrolling, "shop", web(model.EnrollmentAbsent, nil, nil), ambientNS, false, ReasonNotEnrolled},
+		{"enrolled", enrolling, "shop", web(model.EnrollmentEnabled, nil, nil), ambientNS, true, ReasonAmbient},
+		{"enrolled partly: its in-pod rules are in place", enrolling, "shop", web(model.EnrollmentPending, nil, nil), ambientNS, true, ReasonAmbient},
+		{"another enrollment value", enrolling, "shop", web(model.EnrollmentOther, nil, nil), ambientNS, false, ReasonNotEnrolled},
+		{"not enrolled, labelled ambient itself", enrolling, "shop", web(model.EnrollmentAbsent, map[string]string{mode: "ambient"}, nil), nil, false, ReasonNotEnrolled},
+		{"not enrolled, annotated true", enrolling, "shop", web(model.EnrollmentAbsent, nil, map[string]string{dns: "true"}), ambientNS, false, ReasonNotEnrolled},
+		{"enrolled, annotated false", enrolling, "shop", web(model.EnrollmentEnabled, nil, map[string]string{dns: "false"}), ambientNS, false, ReasonAnnotationOff},
+		{"not enrolled outside the mesh: not-ambient", enrolling, "shop", web(model.EnrollmentAbsent, nil, nil), &model.Namespace{Name: "shop"}, false, ReasonNotAmbient},
+		{"not enrolled, labelled none", enrolling, "shop", web(model.EnrollmentAbsent, map[string]string{mode: "none"}, nil), ambientNS, false, ReasonDataplaneNone},
+		{"not enrolled, not required", watched, "shop", web(model.EnrollmentAbsent, nil, nil), ambientNS, true, ReasonAmbient},
+		{"required without pods watched: manifests need no annotation", Policy{DNSCaptureDefault: true, RequireEnrollment: true}, "shop",
+			web(model.EnrollmentAbsent, nil, nil), ambientNS, true, ReasonAmbient},
+		{"pod unseen, enrollment required", enrolling, "shop", nil, ambientNS, false, ReasonPodUnknown},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -185,7 +205,7 @@ func TestDecideReasonsAreDistinct(t *testing.T) {
 	reasons := []string{
 		ReasonAmbient, ReasonAnnotationOn, ReasonAnnotationOff, ReasonDefaultOff, ReasonNotAmbient,
 		ReasonDataplaneNone, ReasonHostNetwork, ReasonSidecar, ReasonGateway, ReasonIstioAnnotationOff,
-		ReasonExcludedNamespace, ReasonNamespaceUnknown, ReasonPodUnknown,
+		ReasonExcludedNamespace, ReasonNamespaceUnknown, ReasonPodUnknown, ReasonNotEnrolled,
 	}
 	seen := map[string]bool{}
 	for _, r := range reasons {
