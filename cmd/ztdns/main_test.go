@@ -233,8 +233,6 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"capture", "mark"}, `ztdns capture: unknown command "mark": give add or del`},
 		{[]string{"capture", "add", "--name", "x"}, `ztdns capture add: required flag(s) "netns" not set`},
 		{[]string{"agent", "--config-dir", dir, "--kubeconfig", "/nonexistent"}, "ztdns agent: give --config-dir or --kubeconfig, not both"},
-		{[]string{"agent", "--config-dir", dir, "--require-istio-enrollment"},
-			"ztdns agent: --require-istio-enrollment with --config-dir: manifests need not carry istio-cni's annotation, so nothing is required of them"},
 		{[]string{"agent", "--config-dir", dir, "--log-level", "loud"}, `ztdns agent: --log-level "loud": want debug, info, warn or error`},
 		{[]string{"agent", "--config-dir", dir, "--capture-port", "70000"}, "ztdns agent: --capture-port 70000: want 1-65535"},
 		{[]string{"agent", "--config-dir", dir, "--capture-port", "0", "--resolv-conf", "/nonexistent"}, "ztdns agent: --capture-port 0: want 1-65535"},
