@@ -21,6 +21,7 @@ import (
 
 	"github.com/ztdns/ztdns/pkg/accesslog"
 	"github.com/ztdns/ztdns/pkg/agent"
+	capturectl "github.com/ztdns/ztdns/pkg/capture"
 	"github.com/ztdns/ztdns/pkg/cni"
 	"github.com/ztdns/ztdns/pkg/control"
 	"github.com/ztdns/ztdns/pkg/redirect"
@@ -123,6 +124,7 @@ directory of YAML manifests (--config-dir).`,
 	stale := fs.Duration("heartbeat-stale", redirect.DefaultStaleAfter, fmt.Sprintf("stop redirecting (fail open) when the agent has been silent this long; at least %s, twice its heartbeat", 2*agent.HeartbeatEvery))
 	dnsCaptureDefault := fs.Bool("dns-capture-default", true, "capture every ambient pod's DNS (values.cni.ambient.dnsCapture); when false only pods annotated ztdns.io/dns-capture: \"true\" (see README)")
 	excludeNamespaces := fs.StringSlice("exclude-namespaces", []string{"kube-system"}, "`NAMESPACES`, comma-separated, whose pods are never captured, whatever their labels: istio-cni's excludeNamespaces, whose pods Istio never enrolls (empty: none)")
+	requireEnrollment := fs.Bool("require-istio-enrollment", true, "with --kubeconfig, capture a pod its labels put in the ambient mesh only once istio-cni has enrolled it (annotation ambient.istio.io/redirection: enabled or pending; a new pod gets "+capturectl.EnrollmentGrace.String()+" to get it); false captures it on its labels alone, for clusters without istio-cni; ignored with --config-dir, whose manifests need not carry the annotation (see README)")
 	nodeName := fs.String("node-name", os.Getenv("NODE_NAME"), "this node's name: the pods the agent watches and adopts (default $NODE_NAME)")
 	podUID := fs.String("pod-uid", os.Getenv("POD_UID"), "the UID of the agent's pod: a hand-over refuses the pod it took over from, whose container restarted (default $POD_UID; empty outside Kubernetes)")
 	generation := fs.String("pod-template-generation", os.Getenv("POD_TEMPLATE_GENERATION"), "the pod-template-generation label of the agent's pod, `N`: a hand-over refuses an agent of a lower one, an older release's (default $POD_TEMPLATE_GENERATION; empty outside Kubernetes: no order)")
@@ -340,6 +342,7 @@ directory of YAML manifests (--config-dir).`,
 			Capture:              captureCfg,
 			DNSCaptureDefault:    *dnsCaptureDefault,
 			ExcludeNamespaces:    namespaceList(*excludeNamespaces),
+			IgnoreEnrollment:     !*requireEnrollment,
 			NodeName:             *nodeName,
 			PodUID:               *podUID,
 			Generation:           podGeneration,

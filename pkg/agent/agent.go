@@ -90,6 +90,14 @@ type Config struct {
 	// istio-cni's excludeNamespaces, whose pods Istio never enrolls
 	// (--exclude-namespaces; empty excludes none).
 	ExcludeNamespaces []string
+	// IgnoreEnrollment captures a pod the labels put in the ambient
+	// mesh whether or not istio-cni enrolled it (--require-istio-enrollment
+	// =false), for clusters where no istio-cni runs. Otherwise, with a
+	// source that watches the node's pods, such a pod is released after
+	// capture.EnrollmentGrace while it lacks ambient.istio.io/redirection
+	// "enabled" or "pending" (ambient.ReasonNotEnrolled). A source of
+	// manifests never requires it.
+	IgnoreEnrollment bool
 	// NodeName scopes the pods this agent adopts from /proc; empty in
 	// standalone mode.
 	NodeName string
@@ -806,7 +814,8 @@ func (a *Agent) startCapture(predecessor bool) error {
 	}
 	_, podsWatched := a.cfg.Source.(source.PodWatcher)
 	ctl := capture.Config{NodeName: a.cfg.NodeName, DNSCaptureDefault: a.cfg.DNSCaptureDefault,
-		ExcludeNamespaces: a.cfg.ExcludeNamespaces, PodsWatched: podsWatched, HostCookies: a.hostCookies}
+		ExcludeNamespaces: a.cfg.ExcludeNamespaces, PodsWatched: podsWatched, RequireEnrollment: podsWatched && !a.cfg.IgnoreEnrollment,
+		HostCookies: a.hostCookies}
 	c, err := newDataplane(*a.cfg.Capture, ctl, capture.ProcNamespaces{Root: a.cfg.ProcRoot}, a.log, a.pods, a.cfg.Socket, a.slot4, a.slot6,
 		predecessor)
 	if err != nil {

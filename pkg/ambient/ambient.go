@@ -47,6 +47,15 @@
 // the whole cluster's external DNS, from funnelling through one node's
 // ztdns under per-pod limits.
 //
+// Where the source watches every pod of the node, a pod the labels put in
+// the mesh is left alone unless istio-cni enrolled it
+// (ambient.istio.io/redirection "enabled" or "pending";
+// Policy.RequireEnrollment): istio-cni may not run on the node, may have
+// failed for good, or Istio may be gone with the labels left. ztunnel
+// routes nothing for such a pod, and istiod gives it no HBONE, so the VIPs
+// ztdns would answer with would lead nowhere. (pkg/capture gives a new pod
+// a grace: its watch may deliver the pod before istio-cni's annotation.)
+//
 // Then a pod the source has not seen, where the source watches every pod of
 // the node (a Kubernetes API server), is left alone until the watch
 // delivers it: a CNI ADD names the pod and nothing more, and any of its
@@ -111,6 +120,10 @@ const (
 	ReasonSidecar = "sidecar"
 	// ReasonGateway: the pod is a waypoint or gateway (gateway.istio.io/managed).
 	ReasonGateway = "gateway"
+	// ReasonNotEnrolled: the labels put the pod in the mesh, but istio-cni
+	// has not enrolled it (Policy.RequireEnrollment): no
+	// ambient.istio.io/redirection "enabled" or "pending".
+	ReasonNotEnrolled = "not-enrolled"
 )
 
 // Policy is the node-wide part of the decision, from the agent's flags.
@@ -129,6 +142,19 @@ type Policy struct {
 	// directory of manifests, which need name no pod) such a pod is decided
 	// on its namespace alone, as if it carried no label or annotation.
 	PodsWatched bool
+	// RequireEnrollment leaves alone a pod the labels put in the mesh that
+	// istio-cni has not enrolled (model.Pod.Enrollment neither enabled nor
+	// pending): ReasonNotEnrolled. Only with PodsWatched (a pod the source
+	// has not seen is ReasonPodUnknown already); a directory of manifests
+	// need not carry istio-cni's annotation.
+	//
+	// "pending" counts as enrolled: istio-cni writes it once its in-pod
+	// rules are in place, the pod's traffic (and its DNS, with Istio's DNS
+	// capture on) already goes to ztunnel's in-pod listeners, and istio-cni
+	// retries handing the pod to ztunnel until it takes it ("enabled").
+	// Until then the pod reaches nothing through the mesh whatever the
+	// answer; releasing it would only make its answers change twice.
+	RequireEnrollment bool
 }
 
 // Decide reports whether the DNS of pod, in the namespace named namespace
@@ -147,11 +173,12 @@ func (p Policy) Decide(namespace string, pod *model.Pod, ns *model.Namespace) (c
 	case pod == nil && p.PodsWatched:
 		return false, ReasonPodUnknown
 	}
-	return decide(pod, ns, p.DNSCaptureDefault)
+	return decide(pod, ns, p.DNSCaptureDefault, p.RequireEnrollment && p.PodsWatched)
 }
 
 // decide applies Istio's enrollment rules and ztdns's annotations to pod, in
-// namespace ns. dnsCaptureDefault is the node-wide switch.
+// namespace ns. dnsCaptureDefault is the node-wide switch;
+// requireEnrollment leaves alone a pod istio-cni has not enrolled.
 //
 // pod is nil when the source names no such pod (Policy.Decide settles that
 // first when the source watches the node's pods): the decision then rests
@@ -164,23 +191,26 @@ func (p Policy) Decide(namespace string, pod *model.Pod, ns *model.Namespace) (c
 //
 // The rules apply in order and the first that settles the question gives
 // the reason (after Policy.Decide's excluded namespaces and unseen pods):
-// host network, sidecar, gateway, dataplane-mode=none, enrollment, ztdns's
-// annotation, Istio's annotation's opt-out, the default.
-func decide(pod *model.Pod, ns *model.Namespace, dnsCaptureDefault bool) (capture bool, reason string) {
+// host network, gateway, sidecar, dataplane-mode=none, enrollment by the
+// labels, istio-cni's enrollment, ztdns's annotation, Istio's annotation's
+// opt-out, the default.
+func decide(pod *model.Pod, ns *model.Namespace, dnsCaptureDefault, requireEnrollment bool) (capture bool, reason string) {
 	var podLabels, podAnnotations map[string]string
 	if pod != nil {
+		podLabels, podAnnotations = pod.Labels, pod.Annotations
+		// The gateway label before the sidecar: waypoints and gateways run
+		// an istio-proxy container, and are gateways, not sidecar pods.
+		_, gateway := podLabels[model.LabelGatewayManaged]
 		switch {
 		case pod.HostNetwork:
 			return false, ReasonHostNetwork
+		case gateway:
+			return false, ReasonGateway
 		case pod.HasSidecar:
 			return false, ReasonSidecar
 		}
-		podLabels, podAnnotations = pod.Labels, pod.Annotations
 	}
 
-	if _, ok := podLabels[model.LabelGatewayManaged]; ok {
-		return false, ReasonGateway
-	}
 	switch podLabels[model.LabelDataplaneMode] {
 	case DataplaneModeNone:
 		return false, ReasonDataplaneNone
@@ -194,6 +224,9 @@ func decide(pod *model.Pod, ns *model.Namespace, dnsCaptureDefault bool) (captur
 		}
 	}
 
+	if requireEnrollment && pod != nil && !pod.Enrollment.Redirected() {
+		return false, ReasonNotEnrolled
+	}
 	if on, ok := boolAnnotation(podAnnotations, model.AnnotationDNSCapture); ok {
 		if on {
 			return true, ReasonAnnotationOn

@@ -69,6 +69,12 @@ func TestDecide(t *testing.T) {
 		{"managed label with empty value", pod(l(gw, ""), nil), ambientNS, true, false, ReasonGateway},
 		{"waypoint labelled ambient with annotation true", pod(l(gw, "istio.io-mesh-controller", mode, "ambient"), l(dns, "true")), ambientNS, true, false, ReasonGateway},
 		{"waypoint as Istio labels it", pod(l(gw, "istio.io-mesh-controller", mode, "none"), nil), ambientNS, true, false, ReasonGateway},
+		// As Istio's kube-gateway template makes the pod: the label, and an
+		// istio-proxy container (HasSidecar) without the injector's status.
+		{"gateway from Istio's template, with its istio-proxy container", &model.Pod{Namespace: "shop", Name: "gw",
+			Labels: l(gw, "istio.io-gateway-controller"), HasSidecar: true}, ambientNS, true, false, ReasonGateway},
+		{"waypoint with its istio-proxy container", &model.Pod{Namespace: "shop", Name: "waypoint",
+			Labels: l(gw, "istio.io-mesh-controller", mode, "none"), HasSidecar: true}, ambientNS, true, false, ReasonGateway},
 
 		// The annotation, for enrolled pods.
 		{"annotation false", pod(nil, l(dns, "false")), ambientNS, true, false, ReasonAnnotationOff},
@@ -132,6 +138,11 @@ func TestDecideExcludedNamespacesAndPodsWatched(t *testing.T) {
 		Annotations: map[string]string{dns: "true"}}
 	kubeSystem := Policy{DNSCaptureDefault: true, ExcludeNamespaces: []string{"kube-system"}}
 	watched := Policy{DNSCaptureDefault: true, ExcludeNamespaces: []string{"kube-system"}, PodsWatched: true}
+	enrolling := watched
+	enrolling.RequireEnrollment = true
+	web := func(e model.Enrollment, labels, annotations map[string]string) *model.Pod {
+		return &model.Pod{Namespace: "shop", Name: "web", Enrollment: e, Labels: labels, Annotations: annotations}
+	}
 	tests := []struct {
 		name       string
 		policy     Policy
@@ -160,6 +171,21 @@ func TestDecideExcludedNamespacesAndPodsWatched(t *testing.T) {
 			ambientNS, false, ReasonDataplaneNone},
 		{"pod seen, namespace unseen", watched, "shop", &model.Pod{Namespace: "shop", Name: "web"}, nil, false, ReasonNamespaceUnknown},
 		{"no pods watched: pod unseen, namespace ambient", Policy{DNSCaptureDefault: true}, "shop", nil, ambientNS, true, ReasonAmbient},
+
+		// istio-cni's enrollment, where required.
+		{"not enrolled", enrolling, "shop", web(model.EnrollmentAbsent, nil, nil), ambientNS, false, ReasonNotEnrolled},
+		{"enrolled", enrolling, "shop", web(model.EnrollmentEnabled, nil, nil), ambientNS, true, ReasonAmbient},
+		{"enrolled partly: its in-pod rules are in place", enrolling, "shop", web(model.EnrollmentPending, nil, nil), ambientNS, true, ReasonAmbient},
+		{"another enrollment value", enrolling, "shop", web(model.EnrollmentOther, nil, nil), ambientNS, false, ReasonNotEnrolled},
+		{"not enrolled, labelled ambient itself", enrolling, "shop", web(model.EnrollmentAbsent, map[string]string{mode: "ambient"}, nil), nil, false, ReasonNotEnrolled},
+		{"not enrolled, annotated true", enrolling, "shop", web(model.EnrollmentAbsent, nil, map[string]string{dns: "true"}), ambientNS, false, ReasonNotEnrolled},
+		{"enrolled, annotated false", enrolling, "shop", web(model.EnrollmentEnabled, nil, map[string]string{dns: "false"}), ambientNS, false, ReasonAnnotationOff},
+		{"not enrolled outside the mesh: not-ambient", enrolling, "shop", web(model.EnrollmentAbsent, nil, nil), &model.Namespace{Name: "shop"}, false, ReasonNotAmbient},
+		{"not enrolled, labelled none", enrolling, "shop", web(model.EnrollmentAbsent, map[string]string{mode: "none"}, nil), ambientNS, false, ReasonDataplaneNone},
+		{"not enrolled, not required", watched, "shop", web(model.EnrollmentAbsent, nil, nil), ambientNS, true, ReasonAmbient},
+		{"required without pods watched: manifests need no annotation", Policy{DNSCaptureDefault: true, RequireEnrollment: true}, "shop",
+			web(model.EnrollmentAbsent, nil, nil), ambientNS, true, ReasonAmbient},
+		{"pod unseen, enrollment required", enrolling, "shop", nil, ambientNS, false, ReasonPodUnknown},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -179,7 +205,7 @@ func TestDecideReasonsAreDistinct(t *testing.T) {
 	reasons := []string{
 		ReasonAmbient, ReasonAnnotationOn, ReasonAnnotationOff, ReasonDefaultOff, ReasonNotAmbient,
 		ReasonDataplaneNone, ReasonHostNetwork, ReasonSidecar, ReasonGateway, ReasonIstioAnnotationOff,
-		ReasonExcludedNamespace, ReasonNamespaceUnknown, ReasonPodUnknown,
+		ReasonExcludedNamespace, ReasonNamespaceUnknown, ReasonPodUnknown, ReasonNotEnrolled,
 	}
 	seen := map[string]bool{}
 	for _, r := range reasons {
@@ -227,5 +253,37 @@ func TestDecideInjectedPod(t *testing.T) {
 				t.Errorf("status %q from a %s: Decide = (%t, %q), want (false, %q)", status, source, gotCap, gotReason, ReasonSidecar)
 			}
 		}
+	}
+}
+
+// TestDecideGatewayPod: a pod made by Istio's kube-gateway template (a
+// Gateway's deployment; waypoints' is alike) carries
+// gateway.istio.io/managed and runs an istio-proxy container, without the
+// injector's annotation. It is a gateway, and `ztdns pods` says so, not
+// sidecar (before, the container was looked at first).
+func TestDecideGatewayPod(t *testing.T) {
+	t.Parallel()
+	ambientNS := &model.Namespace{Name: "shop", Labels: map[string]string{model.LabelDataplaneMode: "ambient"}}
+	doc := []byte(`{"apiVersion": "v1", "kind": "Pod",
+		"metadata": {"name": "ingress-istio-5d9c7", "namespace": "shop",
+			"annotations": {"istio.io/rev": "default", "prometheus.io/path": "/stats/prometheus", "prometheus.io/port": "15020", "prometheus.io/scrape": "true"},
+			"labels": {"sidecar.istio.io/inject": "false", "service.istio.io/canonical-name": "ingress-istio",
+				"service.istio.io/canonical-revision": "latest", "gateway.networking.k8s.io/gateway-name": "ingress",
+				"gateway.networking.k8s.io/gateway-class-name": "istio", "gateway.istio.io/managed": "istio.io-gateway-controller"}},
+		"spec": {"serviceAccountName": "ingress-istio", "containers": [{"name": "istio-proxy", "image": "docker.io/istio/proxyv2"}]}}`)
+	var watched kubeapi.Pod
+	if err := json.Unmarshal(doc, &watched); err != nil {
+		t.Fatal(err)
+	}
+	pod, err := watched.Model()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !pod.HasSidecar {
+		t.Fatalf("the gateway pod's istio-proxy container was not seen: %+v", pod)
+	}
+	p := Policy{DNSCaptureDefault: true, PodsWatched: true}
+	if gotCap, gotReason := p.Decide("shop", &pod, ambientNS); gotCap || gotReason != ReasonGateway {
+		t.Errorf("Decide = (%t, %q), want (false, %q)", gotCap, gotReason, ReasonGateway)
 	}
 }

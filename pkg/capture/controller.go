@@ -87,6 +87,11 @@ type Config struct {
 	// rather than decided on its namespace alone. Redecide, after each
 	// snapshot, decides it again.
 	PodsWatched bool
+	// RequireEnrollment leaves alone a pod the labels put in the mesh that
+	// istio-cni has not enrolled (ambient.Policy.RequireEnrollment, only
+	// with PodsWatched; agent --require-istio-enrollment): released, after
+	// EnrollmentGrace for a sandbox a CNI ADD announced.
+	RequireEnrollment bool
 	// HostCookies are the node's own network namespaces: never captured.
 	HostCookies []uint64
 	// BootID is the kernel's boot ID (BootID()), kept with the record on
@@ -152,6 +157,17 @@ type Controller struct {
 	// namespace/name, that adoption does not look for while the source
 	// still lists them (rememberDeleted); guarded by mu.
 	deleted map[string]deletedPod
+
+	// graceMu guards added, graceTimer and graceClosed (set by Close and
+	// Fence, holding mu: mu comes first).
+	graceMu sync.Mutex
+	// added is when a CNI ADD announced each sandbox (by key) that istio-cni
+	// had not enrolled then, while EnrollmentGrace runs (inEnrollmentGrace).
+	added map[string]time.Time
+	// graceTimer decides again when the first grace in added ends; nil
+	// when none is due.
+	graceTimer  *time.Timer
+	graceClosed bool
 }
 
 // nodeScan is a scan of the node's processes and when it was made.
@@ -188,7 +204,7 @@ func New(cfg Config, pods *podcache.Cache, m Marker, ns Namespaces) *Controller 
 		cfg.BootID = BootID()
 	}
 	return &Controller{cfg: cfg, log: cfg.Logger, pods: pods, marker: m, netns: ns,
-		nsIDs: map[uint64]NsID{}, lostSince: map[string]lostRecord{}, deleted: map[string]deletedPod{}}
+		nsIDs: map[uint64]NsID{}, lostSince: map[string]lostRecord{}, deleted: map[string]deletedPod{}, added: map[string]time.Time{}}
 }
 
 // BootID returns the kernel's boot ID, a random UUID made at each boot, or
@@ -204,7 +220,9 @@ func BootID() string {
 // Decide applies Istio's ambient rules to an attachment, with what the
 // source knows about the pod and its namespace right now. Namespaces marked
 // by hand are captured until released by hand, the node's own never; then
-// pods in an excluded namespace (Config.ExcludeNamespaces) never are.
+// pods in an excluded namespace (Config.ExcludeNamespaces) never are. A
+// sandbox a CNI ADD announced less than EnrollmentGrace ago that istio-cni
+// has not enrolled (yet, as the source has it) is decided as if it had.
 func (c *Controller) Decide(att podcache.Attachment) (bool, string) {
 	switch {
 	case att.ContainerID == "" && att.Reason == ReasonReleased:
@@ -218,7 +236,90 @@ func (c *Controller) Decide(att podcache.Attachment) (bool, string) {
 	if p := c.pods.Get(att.Namespace, att.Name); p != nil {
 		spec = p.Spec
 	}
-	return c.policy().Decide(att.Namespace, spec, c.namespaceOf(att.Namespace))
+	policy, ns := c.policy(), c.namespaceOf(att.Namespace)
+	inGrace := c.inEnrollmentGrace(att)
+	captured, reason := policy.Decide(att.Namespace, spec, ns)
+	if reason == ambient.ReasonNotEnrolled && inGrace {
+		policy.RequireEnrollment = false
+		captured, reason = policy.Decide(att.Namespace, spec, ns)
+	}
+	return captured, reason
+}
+
+// EnrollmentGrace is how long a sandbox a CNI ADD announced is decided as
+// if istio-cni had enrolled its pod when the source does not say so yet
+// (Config.RequireEnrollment). istio-cni annotates the pod
+// (ambient.istio.io/redirection) during its own CNI ADD, before ztdns's,
+// but the agent's watch may deliver the pod without the annotation first,
+// or deliver the pod only after the ADD: refusing then would release an
+// enrolled pod for as long as the watch lags. After the grace a pod still
+// without it is released (ambient.ReasonNotEnrolled), and captured again
+// whenever the annotation comes.
+const EnrollmentGrace = 5 * time.Second
+
+// inEnrollmentGrace reports whether att is a sandbox a CNI ADD announced
+// less than EnrollmentGrace ago, where enrollment is required. Its grace
+// starts at its first decision while no record holds it (the ADD's,
+// whatever it decided: the pod may be unknown to the source yet); a record
+// restored, adopted or made by hand gets none, as its pod has been running
+// and istio-cni has had its time. When the grace ends the controller
+// decides again (graceEnded).
+func (c *Controller) inEnrollmentGrace(att podcache.Attachment) bool {
+	if !c.cfg.RequireEnrollment || !c.cfg.PodsWatched || att.ContainerID == "" || strings.HasPrefix(att.ContainerID, AdoptedPrefix) {
+		return false
+	}
+	key := att.Key()
+	c.graceMu.Lock()
+	defer c.graceMu.Unlock()
+	now := c.cfg.Now()
+	since, ok := c.added[key]
+	if !ok {
+		if _, recorded := c.pods.Attachment(key); recorded {
+			return false
+		}
+		since = now
+		c.added[key] = now
+		if c.graceTimer == nil && !c.graceClosed {
+			c.graceTimer = time.AfterFunc(EnrollmentGrace, c.graceEnded)
+		}
+	}
+	return now.Sub(since) < EnrollmentGrace
+}
+
+// graceEnded forgets the graces that ended, waits for the next one to end,
+// and decides again (Redecide) if a sandbox whose grace ended is captured
+// while its pod is not enrolled.
+func (c *Controller) graceEnded() {
+	c.graceMu.Lock()
+	now := c.cfg.Now()
+	var ended []string
+	var next time.Duration
+	for key, since := range c.added {
+		left := EnrollmentGrace - now.Sub(since)
+		if left <= 0 {
+			ended = append(ended, key)
+			delete(c.added, key)
+			continue
+		}
+		if next == 0 || left < next {
+			next = left
+		}
+	}
+	c.graceTimer = nil
+	if next > 0 && !c.graceClosed {
+		c.graceTimer = time.AfterFunc(next, c.graceEnded)
+	}
+	c.graceMu.Unlock()
+	for _, key := range ended {
+		a, ok := c.pods.Attachment(key)
+		if !ok || !a.Captured {
+			continue
+		}
+		if p := c.pods.Get(a.Namespace, a.Name); p == nil || p.Spec == nil || !p.Spec.Enrollment.Redirected() {
+			c.Redecide()
+			return
+		}
+	}
 }
 
 // Unrecorded is the capture decision's reason for p, a pod of the source's
@@ -242,7 +343,8 @@ func (c *Controller) Unrecorded(p *podcache.Pod) string {
 
 // policy is the node-wide part of Istio's ambient rules.
 func (c *Controller) policy() ambient.Policy {
-	return ambient.Policy{DNSCaptureDefault: c.cfg.DNSCaptureDefault, ExcludeNamespaces: c.cfg.ExcludeNamespaces, PodsWatched: c.cfg.PodsWatched}
+	return ambient.Policy{DNSCaptureDefault: c.cfg.DNSCaptureDefault, ExcludeNamespaces: c.cfg.ExcludeNamespaces, PodsWatched: c.cfg.PodsWatched,
+		RequireEnrollment: c.cfg.RequireEnrollment}
 }
 
 // Apply records an attachment and marks or unmarks its netns to match
@@ -840,7 +942,13 @@ func (c *Controller) Redecide() {
 			c.log.Error("applying a changed capture decision failed", "pod", att.Namespace+"/"+att.Name, "err", err)
 			continue
 		}
-		if applied {
+		switch {
+		case !applied:
+		case reason == ambient.ReasonNotEnrolled:
+			// A partial Istio failure to see: kube-dns answers it now.
+			c.log.Warn("pod is in the ambient mesh by its labels, but istio-cni has not enrolled it (no ambient.istio.io/redirection: enabled or pending); not capturing its DNS",
+				"pod", att.Namespace+"/"+att.Name, "captured", captured, "reason", reason)
+		default:
 			c.log.Info("capture decision changed", "pod", att.Namespace+"/"+att.Name, "captured", captured, "reason", reason)
 		}
 	}
@@ -899,4 +1007,10 @@ func (c *Controller) closeLocked() {
 	if c.retry != nil {
 		c.retry.Stop()
 	}
+	c.graceMu.Lock()
+	c.graceClosed = true
+	if c.graceTimer != nil {
+		c.graceTimer.Stop()
+	}
+	c.graceMu.Unlock()
 }

@@ -865,6 +865,64 @@ func TestAddOfAPodTheWatchHasNotDelivered(t *testing.T) {
 	}
 }
 
+// TestEnrollmentRequired: where the source watches the node's pods and
+// enrollment is required, a pod of an ambient namespace that istio-cni has
+// not enrolled (no ambient.istio.io/redirection) is captured at its ADD,
+// for the watch may lag behind istio-cni's annotation, and released once
+// EnrollmentGrace has passed (not-enrolled); an annotation delivered within
+// the grace keeps it captured, one delivered after captures it again, and
+// its removal (istio-cni taking the pod out of the mesh) releases it. A pod
+// already recorded (restored, adopted) gets no grace, and adoption does not
+// take a pod that is not enrolled.
+func TestEnrollmentRequired(t *testing.T) {
+	f := newFixture(t, true)
+	f.ctl.cfg.PodsWatched, f.ctl.cfg.RequireEnrollment = true, true
+	enrolled := func(p model.Pod, e model.Enrollment) model.Pod { p.Enrollment = e; return p }
+	late, quick, pending := pod("late", "10.0.0.2", nil), pod("quick", "10.0.0.3", nil), pod("pending", "10.0.0.4", nil)
+	f.source([]model.Namespace{ambientNS}, late, quick, enrolled(pending, model.EnrollmentPending))
+	want := func(name string, captured bool, reason string) {
+		t.Helper()
+		if p := f.pods.Get("shop", name); p.Attachment == nil || p.Attachment.Captured != captured || p.Attachment.Reason != reason {
+			t.Errorf("%s: attachment %+v, want captured=%v, %q", name, p.Attachment, captured, reason)
+		}
+	}
+	for i, name := range []string{"late", "quick", "pending"} {
+		if att := f.attach(t, cniAttachment(name, uint64(10+i), fmt.Sprintf("10.0.0.%d", 2+i))); !att.Captured || att.Reason != ambient.ReasonAmbient {
+			t.Errorf("ADD of %s: captured=%v, %q; want true, %q (within the grace)", name, att.Captured, att.Reason, ambient.ReasonAmbient)
+		}
+	}
+	f.now = f.now.Add(EnrollmentGrace / 2)
+	f.source([]model.Namespace{ambientNS}, late, enrolled(quick, model.EnrollmentEnabled), enrolled(pending, model.EnrollmentPending))
+	want("late", true, ambient.ReasonAmbient)
+
+	f.now = f.now.Add(EnrollmentGrace)
+	f.ctl.Redecide() // as graceEnded does
+	want("late", false, ambient.ReasonNotEnrolled)
+	want("quick", true, ambient.ReasonAmbient)
+	want("pending", true, ambient.ReasonAmbient)
+	if got := f.marker.marked(); !slices.Equal(got, []uint64{11, 12}) {
+		t.Errorf("marks %v after the grace, want quick's and pending's (11, 12)", got)
+	}
+
+	f.source([]model.Namespace{ambientNS}, enrolled(late, model.EnrollmentEnabled), quick, enrolled(pending, model.EnrollmentPending))
+	want("late", true, ambient.ReasonAmbient)
+	want("quick", false, ambient.ReasonNotEnrolled) // istio-cni removed its annotation
+
+	// A restarted agent gives its records no grace.
+	g := f.restarted(t)
+	g.ctl.cfg.PodsWatched, g.ctl.cfg.RequireEnrollment = true, true
+	g.source([]model.Namespace{ambientNS}, late, quick, enrolled(pending, model.EnrollmentPending))
+	if p := g.pods.Get("shop", "late"); p.Attachment == nil || p.Attachment.Captured || p.Attachment.Reason != ambient.ReasonNotEnrolled {
+		t.Errorf("late, restored, not enrolled: attachment %+v, want not captured, %q", p.Attachment, ambient.ReasonNotEnrolled)
+	}
+	// Nor is a running pod that is not enrolled adopted.
+	g.netns.add("/proc/99/ns/net", 20, "10.0.0.9")
+	g.source([]model.Namespace{ambientNS}, late, quick, enrolled(pending, model.EnrollmentPending), pod("running", "10.0.0.9", nil))
+	if p := g.pods.Get("shop", "running"); p.Attachment != nil || g.ctl.Unrecorded(p) != ambient.ReasonNotEnrolled {
+		t.Errorf("running pod not enrolled: attachment %+v, reason %q; want none, %q", p.Attachment, g.ctl.Unrecorded(p), ambient.ReasonNotEnrolled)
+	}
+}
+
 // TestAddInANamespaceNotYetKnown: a CNI ADD for a pod whose namespace the
 // source has not seen yet (the ADD usually comes first) is not captured,
 // as in a namespace without the label, but says why (namespace-unknown);

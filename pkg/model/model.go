@@ -26,6 +26,14 @@ const (
 	// enrolls a pod carrying it, whatever its value, and neither does ztdns
 	// (Pod.HasSidecar). Only its presence is kept.
 	AnnotationSidecarStatus = "sidecar.istio.io/status"
+	// AnnotationAmbientRedirection is istio-cni's record of a pod it has
+	// set up for ambient (istio/istio cni/pkg/util/podutil.go): "enabled"
+	// once its in-pod rules are in place and ztunnel took the pod,
+	// "pending" while its rules are in place but ztunnel has not taken it
+	// yet; istio-cni removes it when it takes the pod out of the mesh.
+	// istiod gives a workload HBONE only with "enabled". Kept as
+	// Pod.Enrollment.
+	AnnotationAmbientRedirection = "ambient.istio.io/redirection"
 	// LabelServiceName links an EndpointSlice to its Service.
 	LabelServiceName = "kubernetes.io/service-name"
 	// SidecarContainer is the name of Istio's injected proxy container.
@@ -145,6 +153,61 @@ const (
 	DNSNone                    = "None"
 )
 
+// Enrollment is what a pod's AnnotationAmbientRedirection says of
+// istio-cni's work on it.
+type Enrollment uint8
+
+// Enrollment states. The zero value is EnrollmentAbsent.
+const (
+	// EnrollmentAbsent: no annotation. istio-cni has not enrolled the pod
+	// (not yet, never: not on this node pool, a failure it does not retry,
+	// Istio uninstalled), or has taken it out of the mesh.
+	EnrollmentAbsent Enrollment = iota
+	// EnrollmentEnabled: "enabled", the pod is in the mesh.
+	EnrollmentEnabled
+	// EnrollmentPending: "pending", istio-cni's in-pod rules are in place
+	// and ztunnel has not taken the pod yet; istio-cni retries.
+	EnrollmentPending
+	// EnrollmentOther: any other value, which Istio takes for not enrolled.
+	EnrollmentOther
+)
+
+// Values of AnnotationAmbientRedirection that istio-cni writes.
+const (
+	RedirectionEnabled = "enabled"
+	RedirectionPending = "pending"
+)
+
+// EnrollmentOf reads an AnnotationAmbientRedirection value; nil: absent.
+func EnrollmentOf(v *string) Enrollment {
+	switch {
+	case v == nil:
+		return EnrollmentAbsent
+	case *v == RedirectionEnabled:
+		return EnrollmentEnabled
+	case *v == RedirectionPending:
+		return EnrollmentPending
+	}
+	return EnrollmentOther
+}
+
+// Redirected reports whether istio-cni's in-pod rules are in place:
+// enabled or pending.
+func (e Enrollment) Redirected() bool { return e == EnrollmentEnabled || e == EnrollmentPending }
+
+// String returns "absent", "enabled", "pending" or "other".
+func (e Enrollment) String() string {
+	switch e {
+	case EnrollmentAbsent:
+		return "absent"
+	case EnrollmentEnabled:
+		return RedirectionEnabled
+	case EnrollmentPending:
+		return RedirectionPending
+	}
+	return "other"
+}
+
 // Pod is the part of a v1 Pod that identifies a DNS client and decides
 // whether its DNS is captured.
 type Pod struct {
@@ -162,6 +225,9 @@ type Pod struct {
 	// carries AnnotationSidecarStatus (any value, even empty, as istio-cni
 	// reads it).
 	HasSidecar bool
+	// Enrollment is AnnotationAmbientRedirection's state; only the state
+	// is kept.
+	Enrollment Enrollment
 	DNSPolicy  string
 	// DNSSearches and DNSNameservers are spec.dnsConfig's.
 	DNSSearches    []string

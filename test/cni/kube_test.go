@@ -32,8 +32,8 @@ const kubeNode = "cni-node"
 // namespace that is not ambient is created through the API on this node,
 // added through CNI (not captured), given its IP in status as a kubelet
 // would; then the namespace is labelled istio.io/dataplane-mode=ambient
-// through the API, and the running pod is captured (how long it took is
-// logged).
+// through the API, istio-cni enrolls the pod (its annotation), and the
+// running pod is captured (how long it took is logged).
 // Finally the agent is restarted, and the pod keeps its mark: the same
 // entry of the pods map, counters included.
 func TestKubeNamespaceLabelledAtRunTime(t *testing.T) {
@@ -79,6 +79,7 @@ func TestKubeNamespaceLabelledAtRunTime(t *testing.T) {
 	if _, err := kc.CoreV1().Namespaces().Update(ctx, ns, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	env.SetEnrollment(ctx, nsName, podName, model.RedirectionEnabled) // istio-cni, seeing the label
 	took := n.waitMarked(t, p, true, markBound)
 	t.Logf("the running pod was marked %v after the namespace label was written to the API server", took.Round(time.Millisecond))
 	n.requireCaptured(t, p)
@@ -159,6 +160,9 @@ func TestKubeUnseenPodLeftAloneUntilTheWatchDeliversIt(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		if tc.captured { // istio-cni's ADD, before ztdns's, enrolls it
+			env.SetEnrollment(ctx, nsName, tc.name, model.RedirectionEnabled)
+		}
 		p := n.NewPod(t, PodOptions{Namespace: nsName, Name: tc.name, UID: string(pod.UID), Nameservers: []string{ownNameserver}})
 		res, err := n.Add(t, p)
 		if err != nil {
@@ -185,6 +189,66 @@ func TestKubeUnseenPodLeftAloneUntilTheWatchDeliversIt(t *testing.T) {
 			n.requireNotCaptured(t, p.p)
 		}
 	}
+}
+
+// TestKubeNotEnrolledPodReleased: a pod of an ambient namespace that
+// istio-cni never enrolled (no ambient.istio.io/redirection: istio-cni not
+// on the node, a failure it does not retry, Istio uninstalled with the
+// labels left) is captured at its ADD, as the agent's watch may lag behind
+// istio-cni's annotation, and released once capture.EnrollmentGrace has
+// passed: no mark in the pods map, `ztdns pods` says not-enrolled, and the
+// pod's own nameserver answers, not a VIP ztunnel would not route for it
+// (before, it stayed captured, reason ambient). istio-cni enrolling it
+// captures it; istio-cni removing its annotation releases it again.
+func TestKubeNotEnrolledPodReleased(t *testing.T) {
+	t.Parallel()
+	env, n, _ := newKubeNode(t)
+	ctx := context.Background()
+
+	const nsName, podName = "billing", "billing-0"
+	kc := env.Client()
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: nsName,
+		Labels: map[string]string{model.LabelDataplaneMode: ambient.DataplaneModeAmbient}}}
+	if _, err := kc.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	createAddressEntry(t, env)
+	pods := kc.CoreV1().Pods(nsName)
+	pod, err := pods.Create(ctx, &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: podName, Namespace: nsName},
+		Spec:       corev1.PodSpec{NodeName: kubeNode, Containers: []corev1.Container{{Name: "app", Image: "example"}}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.startAgent(t)
+	n.waitSourceHas(t, nsName, podName)
+
+	p := n.NewPod(t, PodOptions{Namespace: nsName, Name: podName, UID: string(pod.UID), Nameservers: []string{ownNameserver}})
+	res, err := n.Add(t, p)
+	if err != nil {
+		t.Fatalf("ADD: %v", err)
+	}
+	ips := requireBridgeResult(t, n.Runtime, p, res, false)
+	pod.Status = corev1.PodStatus{Phase: corev1.PodRunning, PodIP: ips[0].String(), PodIPs: []corev1.PodIP{{IP: ips[0].String()}}}
+	if _, err := pods.UpdateStatus(ctx, pod, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+
+	took := n.waitMarked(t, p, false, capture.EnrollmentGrace+markBound)
+	t.Logf("the pod istio-cni did not enroll was released %v after the first look at its mark", took.Round(time.Millisecond))
+	n.requireRow(t, p, ips, false, ambient.ReasonNotEnrolled)
+	n.requireNotCaptured(t, p)
+
+	env.SetEnrollment(ctx, nsName, podName, model.RedirectionEnabled)
+	n.waitMarked(t, p, true, markBound)
+	n.requireRow(t, p, ips, true, ambient.ReasonAmbient)
+	n.requireCaptured(t, p)
+
+	env.SetEnrollment(ctx, nsName, podName, "") // istio-cni takes it out of the mesh
+	n.waitMarked(t, p, false, markBound)
+	n.requireRow(t, p, ips, false, ambient.ReasonNotEnrolled)
+	n.requireNotCaptured(t, p)
 }
 
 // createAddressEntry creates the ServiceEntry that gives addressHost

@@ -56,6 +56,7 @@ func defaultArgs() argList {
 		"--vip-source=auto",
 		"--max-names-per-namespace=100000",
 		"--dns-capture-default=true",
+		"--require-istio-enrollment=true",
 		"--exclude-namespaces=kube-system", // istio-cni's excludeNamespaces default
 		"--cni-install=true",
 		"--cni-bin-dir=/host/opt/cni/bin",
@@ -221,6 +222,21 @@ func TestChartAgent(t *testing.T) {
 			pod: defaultPod().change(func(w *podWant) {
 				w.args = w.args.with("--dns-capture-default=false")
 			}),
+		},
+		{
+			name:  "ambient pods captured without istio-cni's enrollment",
+			sets:  []string{"cni.ambient.requireEnrollment=false"},
+			kinds: defaultKinds,
+			pod: defaultPod().change(func(w *podWant) {
+				w.args = w.args.with("--require-istio-enrollment=false")
+			}),
+		},
+		{
+			// An upgrade with --reuse-values from a chart without the value.
+			name:  "enrollment requirement absent: the agent's default",
+			sets:  []string{"cni.ambient.requireEnrollment=null"},
+			kinds: defaultKinds,
+			pod:   defaultPod(),
 		},
 		{
 			name:  "namespaces excluded as istio-cni's excludeNamespaces",

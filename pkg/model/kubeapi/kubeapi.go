@@ -56,6 +56,9 @@ type Annotations struct {
 	// JSON document of a few hundred bytes; only its presence counts (see
 	// model.AnnotationSidecarStatus), so its value is never kept.
 	SidecarStatus *Present `json:"sidecar.istio.io/status,omitempty"`
+	// AmbientRedirection is istio-cni's enrollment record
+	// (model.AnnotationAmbientRedirection).
+	AmbientRedirection *string `json:"ambient.istio.io/redirection,omitempty"`
 	// InitialEventsEnd marks the bookmark that ends a watch's initial
 	// events (metav1.InitialEventsAnnotationKey), which client-go's
 	// reflector reads to know it has every object.

@@ -116,6 +116,22 @@ func TestDecodeAndReduce(t *testing.T) {
 			"annotations": {"sidecar.istio.io/status": ""}}, "spec": {"containers": [{"name": "app"}]}}`,
 		want: model.Pod{Namespace: "shop", Name: "grpc", HasSidecar: true},
 	}, {
+		// istio-cni's record of its work on the pod: only the state is kept.
+		name: "Pod istio-cni enrolled",
+		doc: `{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web", "namespace": "shop",
+			"annotations": {"ambient.istio.io/redirection": "enabled"}}, "spec": {"containers": [{"name": "app"}]}}`,
+		want: model.Pod{Namespace: "shop", Name: "web", Enrollment: model.EnrollmentEnabled},
+	}, {
+		name: "Pod istio-cni enrolled partly",
+		doc: `{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web", "namespace": "shop",
+			"annotations": {"ambient.istio.io/redirection": "pending"}}, "spec": {"containers": [{"name": "app"}]}}`,
+		want: model.Pod{Namespace: "shop", Name: "web", Enrollment: model.EnrollmentPending},
+	}, {
+		name: "Pod with another enrollment value",
+		doc: `{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web", "namespace": "shop",
+			"annotations": {"ambient.istio.io/redirection": "Enabled"}}, "spec": {"containers": [{"name": "app"}]}}`,
+		want: model.Pod{Namespace: "shop", Name: "web", Enrollment: model.EnrollmentOther},
+	}, {
 		name: "ServiceEntry",
 		doc: `{"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry", "metadata": {"name": "ext", "namespace": "mesh",
 			"creationTimestamp": "2025-03-01T12:00:00Z", "labels": {"networking.istio.io/enable-autoallocate-ip": "False"}},
@@ -470,7 +486,8 @@ func TestTagsAreTheModelsKeys(t *testing.T) {
 	if got, w := tags(Labels{}), want(model.LabelDataplaneMode, model.LabelGatewayManaged, model.LabelEnableAutoallocate, model.LabelServiceName); !slices.Equal(got, w) {
 		t.Errorf("label tags %q, model's keys %q", got, w)
 	}
-	if got, w := tags(Annotations{}), want(model.AnnotationDNSCapture, model.AnnotationIstioDNSCapture, model.AnnotationSidecarStatus); !slices.Equal(got, w) {
+	if got, w := tags(Annotations{}), want(model.AnnotationDNSCapture, model.AnnotationIstioDNSCapture, model.AnnotationSidecarStatus,
+		model.AnnotationAmbientRedirection); !slices.Equal(got, w) {
 		t.Errorf("annotation tags %q, model's keys %q", got, w)
 	}
 }

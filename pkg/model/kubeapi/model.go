@@ -299,6 +299,7 @@ func (p *Pod) Model() (model.Pod, error) {
 			kv{model.AnnotationIstioDNSCapture, p.Annotations.IstioDNSCapture}),
 		DNSPolicy:  p.Spec.DNSPolicy,
 		HasSidecar: p.Annotations.SidecarStatus != nil,
+		Enrollment: model.EnrollmentOf(p.Annotations.AmbientRedirection),
 	}
 	for _, c := range p.Spec.Containers {
 		out.HasSidecar = out.HasSidecar || c.Name == model.SidecarContainer

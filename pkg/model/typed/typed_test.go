@@ -124,7 +124,7 @@ func TestFromPod(t *testing.T) {
 	in := corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: "p", Namespace: "n", UID: "u",
 			Labels:      map[string]string{model.LabelDataplaneMode: "ambient", "app": "x"},
-			Annotations: map[string]string{model.AnnotationDNSCapture: "false", "other": "y"}},
+			Annotations: map[string]string{model.AnnotationDNSCapture: "false", model.AnnotationAmbientRedirection: "pending", "other": "y"}},
 		Spec: corev1.PodSpec{NodeName: "node-1", DNSPolicy: corev1.DNSClusterFirst,
 			InitContainers: []corev1.Container{{Name: model.SidecarContainer}},
 			DNSConfig:      &corev1.PodDNSConfig{Searches: []string{"corp.example"}, Nameservers: []string{"203.0.113.53"}}},
@@ -137,7 +137,7 @@ func TestFromPod(t *testing.T) {
 	if len(got.Labels) != 1 || len(got.Annotations) != 1 {
 		t.Errorf("kept labels %v annotations %v: only the keys ztdns reads belong", got.Labels, got.Annotations)
 	}
-	if !got.HasSidecar || got.NodeName != "node-1" || len(got.IPs) != 2 || got.DNSNameservers[0] != netip.MustParseAddr("203.0.113.53") {
+	if !got.HasSidecar || got.Enrollment != model.EnrollmentPending || got.NodeName != "node-1" || len(got.IPs) != 2 || got.DNSNameservers[0] != netip.MustParseAddr("203.0.113.53") {
 		t.Errorf("got %+v", got)
 	}
 	if s := got.SearchList("cluster.local"); !slices.Equal(s, []string{"n.svc.cluster.local", "svc.cluster.local", "cluster.local", "corp.example"}) {
