@@ -24,7 +24,7 @@ type gatedTable struct {
 	gate        chan struct{}
 }
 
-func (g *gatedTable) Table(string) iter.Seq[control.TableRow] {
+func (g *gatedTable) Table(context.Context, string) iter.Seq[control.TableRow] {
 	return func(yield func(control.TableRow) bool) {
 		for i, r := range g.rows {
 			if i == g.first {

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"context"
 	"iter"
 
 	"github.com/ztdns/ztdns/pkg/control"
@@ -14,8 +15,8 @@ var _ control.API = controlAPI{}
 
 func (c controlAPI) Status() control.Status { return c.a.status() }
 
-func (c controlAPI) Table(namespace string) iter.Seq[control.TableRow] {
-	return c.a.server.Table().AllRows(namespace)
+func (c controlAPI) Table(ctx context.Context, namespace string) iter.Seq[control.TableRow] {
+	return c.a.server.Table().AllRows(ctx, namespace)
 }
 
 func (c controlAPI) Pods() ([]control.PodRow, error) { return c.a.podRows() }

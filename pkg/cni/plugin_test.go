@@ -137,7 +137,7 @@ func (a *fakeAgent) CNIDel(req control.CNIDelRequest) error {
 
 // The plugin uses only the CNI routes.
 func (a *fakeAgent) Status() control.Status { return control.Status{} }
-func (a *fakeAgent) Table(string) iter.Seq[control.TableRow] {
+func (a *fakeAgent) Table(context.Context, string) iter.Seq[control.TableRow] {
 	return slices.Values([]control.TableRow(nil))
 }
 func (a *fakeAgent) Pods() ([]control.PodRow, error)         { return nil, nil }

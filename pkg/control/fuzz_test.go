@@ -24,7 +24,7 @@ type recordingAPI struct {
 }
 
 func (a *recordingAPI) Status() Status { a.got = "status"; return Status{} }
-func (a *recordingAPI) Table(ns string) iter.Seq[TableRow] {
+func (a *recordingAPI) Table(_ context.Context, ns string) iter.Seq[TableRow] {
 	a.got = "table " + ns
 	return slices.Values([]TableRow(nil))
 }

@@ -73,8 +73,9 @@ const (
 type API interface {
 	Status() Status
 	// Table yields the rows one at a time, in order; the server stops
-	// pulling them when the caller goes away.
-	Table(namespace string) iter.Seq[TableRow]
+	// pulling them when the caller goes away, and ctx, the request's, is
+	// done then too: rows made before the first (an index) stop with it.
+	Table(ctx context.Context, namespace string) iter.Seq[TableRow]
 	Pods() ([]PodRow, error)
 	CaptureAdd(CaptureRequest) (PodRow, error)
 	CaptureDel(CaptureRequest) error
@@ -131,7 +132,7 @@ func NewHandler(api API, log *slog.Logger) http.Handler {
 				return nil, Invalid(err)
 			}
 		}
-		return rowStream[TableRow]{rows: api.Table(ns), slot: h.tableSlot}, nil
+		return rowStream[TableRow]{rows: api.Table(r.Context(), ns), slot: h.tableSlot}, nil
 	})
 	h.handle(mux, RoutePods, func(*http.Request) (any, error) { return api.Pods() })
 	h.handle(mux, RouteCaptureAdd, func(r *http.Request) (any, error) {

@@ -47,7 +47,7 @@ type recorder struct {
 	calls []string
 	table []control.TableRow // what Table answers
 	// rows, when set, answers Table in place of table.
-	rows func(ns string) iter.Seq[control.TableRow]
+	rows func(ctx context.Context, ns string) iter.Seq[control.TableRow]
 	// statusGate, when set, holds each Status call until it can receive
 	// from it (or it is closed).
 	statusGate chan struct{}
@@ -78,12 +78,12 @@ func (r *recorder) Status() control.Status {
 func (r *recorder) Pods() ([]control.PodRow, error)         { r.record("pods"); return nil, nil }
 func (r *recorder) CaptureDel(control.CaptureRequest) error { r.record("capture del"); return nil }
 func (r *recorder) CNIDel(control.CNIDelRequest) error      { r.record("cni del"); return nil }
-func (r *recorder) Table(ns string) iter.Seq[control.TableRow] {
+func (r *recorder) Table(ctx context.Context, ns string) iter.Seq[control.TableRow] {
 	r.record("table")
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.rows != nil {
-		return r.rows(ns)
+		return r.rows(ctx, ns)
 	}
 	return slices.Values(r.table)
 }

@@ -45,10 +45,10 @@ func serveTable(t *testing.T, tbl *table.Table) (*server, *countedRows) {
 	s := serve(t, control.Access{})
 	c := &countedRows{done: make(chan struct{})}
 	s.api.mu.Lock()
-	s.api.rows = func(ns string) iter.Seq[control.TableRow] {
+	s.api.rows = func(ctx context.Context, ns string) iter.Seq[control.TableRow] {
 		return func(yield func(control.TableRow) bool) {
 			defer close(c.done)
-			for r := range tbl.AllRows(ns) {
+			for r := range tbl.AllRows(ctx, ns) {
 				c.made.Add(1)
 				if !yield(r) {
 					return
@@ -143,7 +143,7 @@ func TestTableCallerGone(t *testing.T) {
 	tbl := bigTable()
 	s, made := serveTable(t, tbl)
 	total := 0
-	for range tbl.AllRows("") {
+	for range tbl.AllRows(context.Background(), "") {
 		total++
 	}
 	ok := control.Requests(control.RouteTable, "200")
@@ -171,6 +171,90 @@ func TestTableCallerGone(t *testing.T) {
 	}
 }
 
+// lookingCtx is a request's context that counts how often the table looks
+// whether its caller is still there (Err): once a step of its work, each a
+// bounded number of names looked at, sorted or merged (table.Table.AllRows).
+// first is closed at the first look.
+type lookingCtx struct {
+	context.Context
+	looks *atomic.Int64
+	first chan struct{}
+}
+
+func newLookingCtx(ctx context.Context) lookingCtx {
+	return lookingCtx{Context: ctx, looks: new(atomic.Int64), first: make(chan struct{})}
+}
+
+func (c lookingCtx) Err() error {
+	if c.looks.Add(1) == 1 {
+		close(c.first)
+	}
+	return c.Context.Err()
+}
+
+// TestTableCallerGoneWhileIndexed: a caller that asks for the table of
+// 200,000 names and hangs up before its first byte, while the agent builds
+// the sorted index of the rows (a second or more of a core), stops that
+// work: the agent goes on for a few of the steps a whole index takes, not
+// all of them, makes no row, and counts the request aborted.
+func TestTableCallerGoneWhileIndexed(t *testing.T) {
+	tbl := bigTable()
+	whole := newLookingCtx(context.Background())
+	for range tbl.AllRows(whole, "") {
+		break // the index is built before the first row
+	}
+	steps := whole.looks.Load()
+
+	s := serve(t, control.Access{})
+	var made atomic.Int64
+	looking := make(chan lookingCtx, 1)
+	done := make(chan struct{})
+	s.api.mu.Lock()
+	s.api.rows = func(ctx context.Context, ns string) iter.Seq[control.TableRow] {
+		return func(yield func(control.TableRow) bool) {
+			defer close(done)
+			lc := newLookingCtx(ctx)
+			looking <- lc
+			for r := range tbl.AllRows(lc, ns) {
+				made.Add(1)
+				if !yield(r) {
+					return
+				}
+			}
+		}
+	}
+	s.api.mu.Unlock()
+	aborted := control.Requests(control.RouteTable, "aborted")
+
+	c := dial(t, s.socket)
+	req, _ := http.NewRequest(http.MethodGet, "http://ztdns"+control.RouteTable.Path, nil)
+	if err := req.Write(c); err != nil {
+		t.Fatal(err)
+	}
+	lc := <-looking
+	select {
+	case <-lc.first: // the index is being built
+	case <-time.After(time.Minute):
+		t.Fatal("the agent did not look at its caller in a minute of building the table's index")
+	}
+	c.Close()
+	select {
+	case <-done:
+	case <-time.After(time.Minute):
+		t.Fatal("the agent still builds the table of a caller gone for a minute")
+	}
+	t.Logf("the agent went on for %d of the %d steps of the index; made %d rows", lc.looks.Load(), steps, made.Load())
+	if n := lc.looks.Load(); n > steps/4 {
+		t.Errorf("the agent went on for %d of the %d steps of the table's index for a caller that hung up at the first", n, steps)
+	}
+	if n := made.Load(); n != 0 {
+		t.Errorf("the agent made %d rows for a caller that hung up before the first", n)
+	}
+	testenv.Eventually(t, 10*time.Second, "the request counted aborted", func() bool {
+		return control.Requests(control.RouteTable, "aborted")-aborted == 1
+	})
+}
+
 // TestTableOneAtATime: while one table answer is written, another caller
 // waits its turn, a bounded time, then is told to ask again (429), and
 // nothing of its table was made; once the first answer is written, the
@@ -180,7 +264,7 @@ func TestTableOneAtATime(t *testing.T) {
 	gate := make(chan struct{})
 	var made atomic.Int64
 	s.api.mu.Lock()
-	s.api.rows = func(string) iter.Seq[control.TableRow] {
+	s.api.rows = func(context.Context, string) iter.Seq[control.TableRow] {
 		return func(yield func(control.TableRow) bool) {
 			for i := range 10 {
 				if i == 5 {

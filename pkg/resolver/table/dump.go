@@ -2,11 +2,15 @@ package table
 
 import (
 	"cmp"
+	"context"
 	"iter"
 	"net/netip"
+	"runtime"
+	"runtime/metrics"
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 	"unsafe"
 
 	"github.com/ztdns/ztdns/pkg/resolver/vip"
@@ -53,7 +57,7 @@ const (
 // Rows are in the order of AllRows; Rows builds them all, AllRows one
 // name at a time.
 func (t *Table) Rows(ns string) []Row {
-	return slices.Collect(t.AllRows(ns))
+	return slices.Collect(t.AllRows(context.Background(), ns))
 }
 
 // AllRows yields the rows of Rows one name at a time, in order: names
@@ -62,12 +66,26 @@ func (t *Table) Rows(ns string) []Row {
 // string or an address each, 16 bytes, 32 for an SRV name: no row), then
 // makes each name's rows when it comes to it: a caller that stops early
 // has made no more.
-func (t *Table) AllRows(ns string) iter.Seq[Row] {
+//
+// It runs beside the DNS server, on the same cores: every paceYield of its
+// work it lets goroutines that wait for a core run, and it stops, yielding
+// no more, once ctx is done, which it looks at every paceSteps steps. So
+// the index of a table of 200,000 names, a second or more of a core, holds
+// no DNS server goroutine off a core for more than a millisecond, and a
+// caller that goes away while it is built costs no more of it.
+func (t *Table) AllRows(ctx context.Context, ns string) iter.Seq[Row] {
 	return func(yield func(Row) bool) {
-		idx := t.rowIndex(ns)
+		p := newPacer(ctx)
+		idx := t.rowIndex(ns, p)
+		if idx == nil {
+			return // ctx is done
+		}
 		var group []Row
 		var next [numLists]int // each list's next item
 		for {
+			if !p.step() {
+				return
+			}
 			// The items of the least name left, its rows sorted by type.
 			least, ok := idx.least(next)
 			if !ok {
@@ -180,8 +198,9 @@ const (
 	itemReverse
 )
 
-// rowIndex lists, sorted, the names with rows for ns and every reverse name.
-func (t *Table) rowIndex(ns string) *rowIndex {
+// rowIndex lists, sorted, the names with rows for ns and every reverse
+// name; nil when p stops it.
+func (t *Table) rowIndex(ns string, p *pacer) *rowIndex {
 	// Sized for every name and address: an index held while the rows are
 	// written is not twice its size for having grown.
 	addrs := 0
@@ -196,6 +215,9 @@ func (t *Table) rowIndex(ns string) *rowIndex {
 	}
 	for i := range t.names {
 		for k := range t.names[i].one {
+			if !p.step() {
+				return nil
+			}
 			if e := t.exactChoice(k, ns); e != nil {
 				x.names = append(x.names, k)
 				if e.Name == k && !e.forward {
@@ -207,6 +229,9 @@ func (t *Table) rowIndex(ns string) *rowIndex {
 		}
 	}
 	for k := range t.wildcards.one {
+		if !p.step() {
+			return nil
+		}
 		if e := choose(t.wildcards.get(k), ns); e != nil {
 			x.names = append(x.names, e.Name)
 			if !e.forward {
@@ -218,30 +243,119 @@ func (t *Table) rowIndex(ns string) *rowIndex {
 	}
 	for i := range t.reverse {
 		for k := range t.reverse[i].one {
+			if !p.step() {
+				return nil
+			}
 			x.ptrs = append(x.ptrs, k)
 		}
 	}
-	for l := range numLists {
-		sortList(x, l)
+	var ok bool
+	x.names, ok = sortPaced(x.names, p, func(a, b string) int {
+		return compareItems(rowItem{name: a}, rowItem{name: b})
+	})
+	if !ok {
+		return nil
+	}
+	x.srvs, ok = sortPaced(x.srvs, p, func(a, b srvItem) int {
+		return compareItems(rowItem{prefix: a.prefix, name: a.name}, rowItem{prefix: b.prefix, name: b.name})
+	})
+	if !ok {
+		return nil
+	}
+	x.ptrs, ok = sortPaced(x.ptrs, p, func(a, b addrKey) int {
+		return compareItems(rowItem{addr: a, kind: itemReverse}, rowItem{addr: b, kind: itemReverse})
+	})
+	if !ok {
+		return nil
 	}
 	return x
 }
 
-func sortList(x *rowIndex, l int) {
-	switch l {
-	case listNames:
-		slices.SortFunc(x.names, func(a, b string) int {
-			return compareItems(rowItem{name: a}, rowItem{name: b})
-		})
-	case listSRV:
-		slices.SortFunc(x.srvs, func(a, b srvItem) int {
-			return compareItems(rowItem{prefix: a.prefix, name: a.name}, rowItem{prefix: b.prefix, name: b.name})
-		})
-	default:
-		slices.SortFunc(x.ptrs, func(a, b addrKey) int {
-			return compareItems(rowItem{addr: a, kind: itemReverse}, rowItem{addr: b, kind: itemReverse})
-		})
+// Pacing of AllRows' work. Every paceSteps steps of it (a name looked at,
+// sorted or merged, a name's rows made) it looks whether its caller is
+// still there; a step is at most a sorted run's share of comparisons
+// (log2 of paceSteps, each of two names spelled out), so paceSteps of them
+// take well under a millisecond. Every paceYield it looks whether
+// goroutines wait for a core (those of the DNS server, when the node's
+// queries keep its other cores busy), and lets them run if so: they wait
+// that long behind it, not the 10 ms after which Go would make it let go.
+// When none waits it keeps its core: letting go then would only send it
+// to another core (woken for it), among the DNS server's goroutines.
+const (
+	paceSteps = 256
+	paceYield = 500 * time.Microsecond
+)
+
+// pacer spaces AllRows' work out: see paceSteps.
+type pacer struct {
+	ctx     context.Context
+	n       int       // steps since the last look at ctx
+	looked  time.Time // when it last looked for goroutines waiting
+	waiting []metrics.Sample
+}
+
+func newPacer(ctx context.Context) *pacer {
+	return &pacer{ctx: ctx, looked: time.Now(), waiting: []metrics.Sample{{Name: "/sched/goroutines/runnable:goroutines"}}}
+}
+
+// step counts a step of work, and every paceSteps pauses.
+func (p *pacer) step() bool {
+	if p.n++; p.n < paceSteps {
+		return true
 	}
+	return p.pause()
+}
+
+// pause lets goroutines that wait for a core run (every paceYield), and
+// says whether the caller is still there.
+func (p *pacer) pause() bool {
+	p.n = 0
+	if now := time.Now(); now.Sub(p.looked) >= paceYield {
+		p.looked = now
+		if metrics.Read(p.waiting); p.waiting[0].Value.Uint64() > 0 {
+			runtime.Gosched()
+		}
+	}
+	return p.ctx.Err() == nil
+}
+
+// sortPaced sorts s by cmp in steps p spaces out, and returns it sorted
+// (in s, or in a slice of its length) or, when p stops it, false. A
+// merge sort: runs of paceSteps sorted each in one go, merged pairwise in
+// passes, p stepped for each item merged. Items cmp finds equal keep no
+// order that callers rely on.
+func sortPaced[T any](s []T, p *pacer, cmp func(a, b T) int) ([]T, bool) {
+	for lo := 0; lo < len(s); lo += paceSteps {
+		slices.SortFunc(s[lo:min(lo+paceSteps, len(s))], cmp)
+		if !p.pause() {
+			return nil, false
+		}
+	}
+	if len(s) <= paceSteps {
+		return s, true
+	}
+	src, dst := s, make([]T, len(s))
+	for width := paceSteps; width < len(s); width *= 2 {
+		for lo := 0; lo < len(s); lo += 2 * width {
+			mid, hi := min(lo+width, len(s)), min(lo+2*width, len(s))
+			i, j, k := lo, mid, lo
+			for ; i < mid && j < hi; k++ {
+				if cmp(src[j], src[i]) < 0 {
+					dst[k], j = src[j], j+1
+				} else {
+					dst[k], i = src[i], i+1
+				}
+				if !p.step() {
+					return nil, false
+				}
+			}
+			k += copy(dst[k:], src[i:mid])
+			copy(dst[k:], src[j:hi])
+		}
+		src, dst = dst, src
+	}
+	clear(dst) // no name kept alive by the spare half
+	return src, true
 }
 
 // compareItems orders items as their rows' names are ordered: names
