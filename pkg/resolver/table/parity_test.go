@@ -383,3 +383,36 @@ func TestClaimedNameEndsTheSearch(t *testing.T) {
 	resolvesTo(t, tbl, "x.shop.svc.cluster.local.", nil, "shop", "other", "")
 	resolvesTo(t, tbl, "x.shop.", nil, "other")
 }
+
+// A Service's ClusterIP that a ServiceEntry elsewhere also lists in
+// spec.addresses (an alias) has the Service's name for its reverse name,
+// from every namespace, the ServiceEntry's own included: kube-dns answers
+// it so, and Istio's proxy forwards PTR queries to kube-dns. `ztdns table`
+// lists the same.
+func TestServicePTRBeforeServiceEntryAddress(t *testing.T) {
+	tbl, _ := Build(&model.Snapshot{
+		Services: []model.Service{{Namespace: "ns1", Name: "productpage", ClusterIPs: addrs("10.96.9.9")}},
+		ServiceEntries: []model.ServiceEntry{{Namespace: "ns2", Name: "alias", Created: t0, Hosts: []string{"alias.example.com"},
+			Resolution: "STATIC", Addresses: addrs("10.96.9.9"), HasSpecAddresses: true}},
+	}, Options{})
+	const want = "productpage.ns1.svc.cluster.local."
+	for _, ns := range []string{"ns1", "ns2", "other", ""} {
+		if r := tbl.Resolve("9.9.96.10.in-addr.arpa.", ns); r.Entry == nil || r.Entry.Name != want || r.owners.len() != 1 {
+			t.Errorf("PTR from %q: %+v, want %s alone", ns, r.Entry, want)
+		}
+		listed := false
+		for _, row := range tbl.Rows(ns) {
+			if row.Name == "9.9.96.10.in-addr.arpa." {
+				listed = true
+				if !slices.Equal(row.Values, []string{want}) {
+					t.Errorf("table from %q lists %+v, want %s", ns, row, want)
+				}
+			}
+		}
+		if !listed {
+			t.Errorf("table from %q lists no reverse name of 10.96.9.9", ns)
+		}
+	}
+	// The alias's name still answers with the address.
+	resolvesTo(t, tbl, "alias.example.com.", addrs("10.96.9.9"), "ns1", "ns2")
+}

@@ -521,14 +521,18 @@ func (t *Table) resolve(r *Result, qname, ns string) {
 // every endpoint with that address, as kube-dns answers (an endpoint's
 // hostname record is more specific than its Service, and a pod behind two
 // headless Services has a name in each), up to the maxPTROwners the table
-// keeps; otherwise the one owner pick chooses among all the others. The
-// result is a part of entries: nothing is allocated.
+// keeps; else a Service whose ClusterIP it is; otherwise the one owner pick
+// chooses among all the others. The result is a part of entries: nothing is
+// allocated.
 func (t *Table) ptrOwners(entries bucket, ns string) bucket {
 	if n := leadingEndpoints(entries.many); n > 1 {
 		return bucket{one: entries.many[0], many: entries.many[:n]}
 	}
-	if entries.one != nil && entries.one.isEndpoint() {
-		return bucket{one: entries.one} // the only endpoint: many[0] is one
+	if entries.one != nil && (entries.one.isEndpoint() || entries.one.src.kind == kindService) {
+		// The only endpoint (many[0] is one), or a Service's ClusterIP:
+		// kube-dns answers it, and Istio forwards PTR queries there, from
+		// every namespace, whatever ServiceEntry also lists the address.
+		return bucket{one: entries.one}
 	}
 	if e := t.pick(entries, ns); e != nil {
 		return bucket{one: e}
