@@ -685,7 +685,7 @@ func hiddenWarning(e, by *Entry) error {
 	}
 	served := "(as istiod sends ztunnel)"
 	if !coversExport(by, e) {
-		served = "(as istiod sends ztunnel, whatever their exportTo: pods " + originOf(by.src).String() + " is not exported to get neither)"
+		served = "(as istiod sends ztunnel, whatever their exportTo: pods outside " + originOf(by.src).String() + "'s exportTo get neither)"
 	}
 	if by.passed || by.forward {
 		return fmt.Errorf("%s: host %q is not answered: %s names it in namespace %s without an address, and one object per namespace and host is served %s; give %s/%s an address or remove the host from it",

@@ -208,7 +208,7 @@ func TestHiddenServiceEntryWarns(t *testing.T) {
 		{"listed twice", []model.ServiceEntry{old("api.example.com"), twice}, []string{noAddress}},
 		{"newer seen only where the older is", []model.ServiceEntry{exportedHere, onlyHere}, []string{noAddress}},
 		{"newer seen where the older is not", []model.ServiceEntry{exportedHere, newer("api.example.com")},
-			[]string{`without an address, and one object per namespace and host is served (as istiod sends ztunnel, whatever their exportTo: pods ServiceEntry a/old is not exported to get neither)`}},
+			[]string{`without an address, and one object per namespace and host is served (as istiod sends ztunnel, whatever their exportTo: pods outside ServiceEntry a/old's exportTo get neither)`}},
 		{"newer without an address either", []model.ServiceEntry{old("api.example.com"), vipless}, nil},
 		{"another namespace", []model.ServiceEntry{old("api.example.com"), elsewhere}, nil},
 		{"other hosts", []model.ServiceEntry{old("api.example.com"), newer("web.example.com")}, nil},
