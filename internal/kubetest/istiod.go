@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -52,6 +53,15 @@ type Istiod struct {
 	proc *process // nil while stopped
 }
 
+// IstiodOption changes how StartIstiod runs istiod.
+type IstiodOption func(*Istiod)
+
+// WithAmbient runs istiod with ambient mode on (PILOT_ENABLE_AMBIENT), so
+// that it builds what it sends ztunnel, which Ambientz returns.
+func WithAmbient() IstiodOption {
+	return func(i *Istiod) { i.environ = append(i.environ, "PILOT_ENABLE_AMBIENT=true") }
+}
+
 // StartIstiod installs every Istio CRD (from the istio.io/istio snapshot
 // istiod is built from) and the istio-system namespace, runs istiod, and
 // waits until it is ready (about 2 s). It is killed when the test ends.
@@ -59,7 +69,7 @@ type Istiod struct {
 // The binary comes from scripts/build-istiod.sh (built when missing and the
 // test's deadline allows; otherwise the test fails under CI=true and is
 // skipped outside CI).
-func (e *Env) StartIstiod() *Istiod {
+func (e *Env) StartIstiod(opts ...IstiodOption) *Istiod {
 	e.tb.Helper()
 	dir, err := cachedBuild(e.tb, istiodScript, "istiod (pilot-discovery)", "4-5 minutes", istiodBuildBudget)
 	requireBuilt(e.tb, err)
@@ -69,6 +79,9 @@ func (e *Env) StartIstiod() *Istiod {
 	i := &Istiod{env: e, bin: filepath.Join(dir, "pilot-discovery"), dir: e.tb.TempDir()}
 	if err := i.configure(); err != nil {
 		e.tb.Fatalf("kubetest: istiod: %v", err)
+	}
+	for _, o := range opts {
+		o(i)
 	}
 	e.tb.Cleanup(func() {
 		i.mu.Lock()
@@ -181,7 +194,71 @@ type RegistryService struct {
 
 // Registry returns istiod's service registry (/debug/registryz).
 func (i *Istiod) Registry(ctx context.Context) ([]RegistryService, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, i.HTTP+"/debug/registryz", nil)
+	body, err := i.debug(ctx, "/debug/registryz")
+	if err != nil {
+		return nil, err
+	}
+	var out []RegistryService
+	if err := json.Unmarshal(body, &out); err != nil {
+		return nil, fmt.Errorf("registryz: %w", err)
+	}
+	return out, nil
+}
+
+// AmbientService is one service istiod sends ztunnel, as /debug/ambientz
+// lists it.
+type AmbientService struct {
+	Name      string `json:"name"`
+	Namespace string `json:"namespace"`
+	Hostname  string `json:"hostname"`
+	// Addresses are its VIPs (a ServiceEntry's spec.addresses or allocated
+	// ones, a Service's ClusterIPs).
+	Addresses []netip.Addr `json:"-"`
+	// Canonical marks the one ztunnel takes for the hostname in namespaces
+	// without their own.
+	Canonical bool `json:"canonical"`
+}
+
+// Ambientz returns the services istiod sends ztunnel (/debug/ambientz; it
+// lists them only with WithAmbient).
+func (i *Istiod) Ambientz(ctx context.Context) ([]AmbientService, error) {
+	body, err := i.debug(ctx, "/debug/ambientz")
+	if err != nil {
+		return nil, err
+	}
+	var out struct {
+		Services []struct {
+			AmbientService
+			// Each address's bytes are the text of the IP (ambientz
+			// rewrites them so), base64 in JSON.
+			Addresses []struct {
+				Address []byte `json:"address"`
+			} `json:"addresses"`
+		} `json:"services"`
+	}
+	if err := json.Unmarshal(body, &out); err != nil {
+		return nil, fmt.Errorf("ambientz: %w", err)
+	}
+	services := make([]AmbientService, 0, len(out.Services))
+	for _, s := range out.Services {
+		for _, a := range s.Addresses {
+			ip, err := netip.ParseAddr(string(a.Address))
+			if err != nil {
+				var ok bool
+				if ip, ok = netip.AddrFromSlice(a.Address); !ok {
+					return nil, fmt.Errorf("ambientz: service %s/%s: address %q", s.Namespace, s.Name, a.Address)
+				}
+			}
+			s.AmbientService.Addresses = append(s.AmbientService.Addresses, ip.Unmap())
+		}
+		services = append(services, s.AmbientService)
+	}
+	return services, nil
+}
+
+// debug GETs one of istiod's debug endpoints.
+func (i *Istiod) debug(ctx context.Context, path string) ([]byte, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, i.HTTP+path, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -195,13 +272,9 @@ func (i *Istiod) Registry(ctx context.Context) ([]RegistryService, error) {
 		return nil, err
 	}
 	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("registryz: %s: %s", resp.Status, body)
+		return nil, fmt.Errorf("%s: %s: %s", path, resp.Status, body)
 	}
-	var out []RegistryService
-	if err := json.Unmarshal(body, &out); err != nil {
-		return nil, fmt.Errorf("registryz: %w", err)
-	}
-	return out, nil
+	return body, nil
 }
 
 // installIstio creates the istio-system namespace and every CRD of the

@@ -449,11 +449,13 @@ type nameKey struct {
 	k        string
 }
 
-// checkHidden remakes the warnings of the hidden ServiceEntries of the
-// names whose lists this build remade: only names several entries hold,
-// or held, are in ed, so a build that changes none costs nothing here.
+// checkHidden remakes the served lists (shard.serve) and the warnings of
+// the hidden ServiceEntries of the names whose lists this build remade:
+// only names several entries hold, or held, are in ed, so a build that
+// changes none costs nothing here.
 func (b *Builder) checkHidden(t *Table, ed *edits[string]) {
 	check := func(key editKey[string]) {
+		key.sh.serve(key.k)
 		k := nameKey{wildcard: key.sh == &t.wildcards, k: key.k}
 		delete(b.hidden, k)
 		if ws := hiddenEntries(key.sh.many[key.k]); len(ws) > 0 {
@@ -825,7 +827,7 @@ func (b *Builder) assemble() *Table {
 
 // clone returns a copy of s to change: the last table keeps s.
 func (s shard[K]) clone() shard[K] {
-	c := shard[K]{one: maps.Clone(s.one), many: maps.Clone(s.many)}
+	c := shard[K]{one: maps.Clone(s.one), many: maps.Clone(s.many), served: maps.Clone(s.served)}
 	if c.one == nil {
 		c.one = map[K]*Entry{}
 	}

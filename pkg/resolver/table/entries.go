@@ -619,61 +619,29 @@ func vipless(n names, e *Entry) *Entry {
 // hiddenEntries warns of the ServiceEntries among the entries of one name
 // (in compareEntries order) that no pod gets: istiod keeps one object per
 // namespace and host, its Service, else its oldest ServiceEntry with or
-// without an address (choose), so a newer ServiceEntry there with
-// addresses never answers a pod that sees an older one. One warning per
-// object and name; none for one that some pods still get (an older one
-// exported to fewer namespaces), nor for one hidden by a Service.
+// without an address, whatever their exportTo (servedOf), so a newer
+// ServiceEntry there with addresses never answers. One warning per object
+// and name; none for one hidden by a Service.
 func hiddenEntries(list []*Entry) []objWarning {
 	if len(list) < 2 {
 		return nil
 	}
-	// Per namespace, its first entry and its first visible from every
-	// namespace: the two that may hide the rest.
-	heads := map[string]nsHeads{}
+	first := map[string]*Entry{} // per namespace, its first entry
 	var out []objWarning
 	for j, e := range list {
-		h := heads[e.src.namespace]
-		heads[e.src.namespace] = h.with(e)
+		by, ok := first[e.src.namespace]
+		if !ok {
+			first[e.src.namespace] = e
+			continue
+		}
 		if j > 0 && list[j-1].src == e.src {
 			continue // a host the object lists twice: warned of once
 		}
-		if by := h.hider(e); by != nil {
+		if e.src.kind == kindServiceEntry && by.src.kind == kindServiceEntry && !e.passed && !e.forward && seenBySome(e) {
 			out = append(out, objWarning{key: e.src.objKey(), err: hiddenWarning(e, by)})
 		}
 	}
 	return out
-}
-
-// nsHeads are a namespace's first entry of a name, and its first visible
-// from every namespace.
-type nsHeads struct{ first, all *Entry }
-
-func (h nsHeads) with(e *Entry) nsHeads {
-	if h.first == nil {
-		h.first = e
-	}
-	if h.all == nil && exportToOf(e) == nil {
-		h.all = e
-	}
-	return h
-}
-
-// hider is the older ServiceEntry of its namespace that keeps e, a later
-// entry of that namespace, from every pod that sees e; nil when there is
-// none, or e answers nothing anyway.
-func (h nsHeads) hider(e *Entry) *Entry {
-	if e.src.kind != kindServiceEntry || e.passed || e.forward || !seenBySome(e) {
-		return nil
-	}
-	for _, x := range [2]*Entry{h.first, h.all} {
-		if x != nil && x.src != e.src && coversExport(x, e) {
-			if x.src.kind != kindServiceEntry {
-				return nil
-			}
-			return x
-		}
-	}
-	return nil
 }
 
 // exportToOf is e's exportSet: nil when every namespace sees it.
@@ -715,12 +683,16 @@ func hiddenWarning(e, by *Entry) error {
 	if !by.src.created().Before(e.src.created()) {
 		older = originOf(by.src).String() + ", as old and first by name,"
 	}
-	if by.passed || by.forward {
-		return fmt.Errorf("%s: host %q is not answered: %s names it in namespace %s without an address, and one object per namespace and host is served (as istiod sends ztunnel); give %s/%s an address or remove the host from it",
-			originOf(e.src), host, older, by.src.namespace, by.src.namespace, by.src.name)
+	served := "(as istiod sends ztunnel)"
+	if !coversExport(by, e) {
+		served = "(as istiod sends ztunnel, whatever their exportTo: pods outside " + originOf(by.src).String() + "'s exportTo get neither)"
 	}
-	return fmt.Errorf("%s: host %q is not answered: %s names it in namespace %s too, and one object per namespace and host is served (as istiod sends ztunnel); remove the host from one of them",
-		originOf(e.src), host, older, by.src.namespace)
+	if by.passed || by.forward {
+		return fmt.Errorf("%s: host %q is not answered: %s names it in namespace %s without an address, and one object per namespace and host is served %s; give %s/%s an address or remove the host from it",
+			originOf(e.src), host, older, by.src.namespace, served, by.src.namespace, by.src.name)
+	}
+	return fmt.Errorf("%s: host %q is not answered: %s names it in namespace %s too, and one object per namespace and host is served %s; remove the host from one of them",
+		originOf(e.src), host, older, by.src.namespace, served)
 }
 
 // exportSet turns spec.exportTo into the namespaces that see an entry; nil

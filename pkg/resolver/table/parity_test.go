@@ -78,23 +78,90 @@ func TestDiscardedServiceEntryDoesNotAnswer(t *testing.T) {
 	tbl, _ = Build(&model.Snapshot{ServiceEntries: ses}, Options{})
 	resolvesTo(t, tbl, "v1.api.example.com.", addrs("198.51.100.8"), "a", "c")
 
-	// exportTo still decides what a pod sees (as the sidecar's proxy): an
-	// older object the pod cannot see is not its namespace's choice.
+	// exportTo does not change which object is its namespace's: the older
+	// one is, seen from c or not, and the newer one answers nobody.
 	ses = []model.ServiceEntry{
 		{Namespace: "a", Name: "old", Created: t0, Hosts: []string{"api.example.com"}, Resolution: "NONE", ExportTo: []string{"."}},
 		{Namespace: "a", Name: "new", Created: t0.Add(time.Hour), Hosts: []string{"api.example.com"}, Resolution: "STATIC",
 			Addresses: addrs("198.51.100.7")},
 	}
 	tbl, _ = Build(&model.Snapshot{ServiceEntries: ses}, Options{})
-	resolvesTo(t, tbl, "api.example.com.", nil, "a")
-	resolvesTo(t, tbl, "api.example.com.", addrs("198.51.100.7"), "c")
+	resolvesTo(t, tbl, "api.example.com.", nil, "a", "c", "")
+}
+
+// istiod chooses each namespace's object for a host whatever its
+// exportTo (the Service, else the oldest ServiceEntry) and sends ztunnel
+// that one alone: exportTo then decides which pods see it. A pod that
+// cannot see its namespace's object gets nothing from that namespace,
+// not the VIP of a newer ServiceEntry there, which ztunnel has no service
+// for: the name is forwarded, unless another namespace's object answers.
+func TestHiddenOlderServiceEntryHidesTheNewer(t *testing.T) {
+	se := func(name string, created time.Duration, vip string, exportTo ...string) model.ServiceEntry {
+		return model.ServiceEntry{Namespace: "a", Name: name, Created: t0.Add(created), Hosts: []string{"hidden.example"},
+			Resolution: "DNS", AutoAllocate: true, ExportTo: exportTo,
+			StatusAddresses: []model.HostAddress{{Host: "hidden.example", Address: netip.MustParseAddr(vip)}}}
+	}
+	oldVIP, newVIP := addrs("240.240.0.1"), addrs("240.240.0.2")
+
+	// Exported to nobody: the host is forwarded everywhere.
+	snap := &model.Snapshot{ServiceEntries: []model.ServiceEntry{se("old", 0, "240.240.0.1", "~"), se("new", time.Hour, "240.240.0.2")}}
+	tbl, warnings := Build(snap, Options{})
+	resolvesTo(t, tbl, "hidden.example.", nil, "a", "b", "default", "")
+	resolvesTo(t, tbl, "hidden.example.a.svc.cluster.local.", nil, "a")
+	for _, row := range tbl.Rows("b") {
+		if strings.HasPrefix(row.Name, "hidden.example.") {
+			t.Errorf("table from b lists %+v, want no row for hidden.example", row)
+		}
+	}
+	if len(warnings) != 1 || !strings.Contains(warnings[0].Error(), `ServiceEntry a/new: host "hidden.example" is not answered: the older ServiceEntry a/old names it in namespace a too`) {
+		t.Errorf("warnings %v, want one naming a/new and a/old", warnings)
+	}
+
+	// Exported to b, the newer to its own namespace: b gets the older, a
+	// nothing.
+	snap.ServiceEntries = []model.ServiceEntry{se("old", 0, "240.240.0.1", "b"), se("new", time.Hour, "240.240.0.2", ".")}
+	tbl, _ = Build(snap, Options{})
+	resolvesTo(t, tbl, "hidden.example.", oldVIP, "b")
+	resolvesTo(t, tbl, "hidden.example.", nil, "a", "c")
+
+	// The same with the mesh's defaultServiceExportTo "." scoping the
+	// older: b gets nothing, though the newer is exported to it.
+	snap.ServiceEntries = []model.ServiceEntry{se("old", 0, "240.240.0.1"), se("new", time.Hour, "240.240.0.2", "*")}
+	snap.DefaultExportTo = []string{"."}
+	tbl, _ = Build(snap, Options{})
+	resolvesTo(t, tbl, "hidden.example.", oldVIP, "a")
+	resolvesTo(t, tbl, "hidden.example.", nil, "b")
+	snap.DefaultExportTo = nil
+
+	// Another namespace's object still answers where a's is not seen.
+	snap.ServiceEntries = []model.ServiceEntry{se("old", 0, "240.240.0.1", "~"), se("new", time.Hour, "240.240.0.2"),
+		{Namespace: "b", Name: "bee", Created: t0.Add(2 * time.Hour), Hosts: []string{"hidden.example"}, Resolution: "STATIC",
+			Addresses: addrs("198.51.100.8")}}
+	tbl, _ = Build(snap, Options{})
+	resolvesTo(t, tbl, "hidden.example.", addrs("198.51.100.8"), "a", "b", "c")
+
+	// Incrementally as in a fresh build: the older one going makes the
+	// newer answer, coming back (as old) hides it again.
+	bld := NewBuilder(Options{})
+	both := []model.ServiceEntry{se("old", 0, "240.240.0.1", "~"), se("new", time.Hour, "240.240.0.2")}
+	for i, step := range [][]model.ServiceEntry{both, both[1:], both} {
+		tbl, _ := bld.Build(&model.Snapshot{ServiceEntries: slices.Clone(step)})
+		var want []netip.Addr
+		if len(step) == 1 {
+			want = newVIP
+		}
+		resolvesTo(t, tbl, "hidden.example.", want, "a", "b")
+		if t.Failed() {
+			t.Fatalf("step %d", i)
+		}
+	}
 }
 
 // A ServiceEntry that never answers, being newer than its namespace's
 // object for a host, gets a warning naming both and saying why: the
-// operator who adds it sees it ignored otherwise. Once per object and
-// host; none for one some pods still get, nor for one that has no address
-// to answer with anyway.
+// operator who adds it sees it ignored otherwise, whatever the older
+// one's exportTo. Once per object and host; none for one that has no
+// address to answer with anyway, nor in another namespace.
 func TestHiddenServiceEntryWarns(t *testing.T) {
 	old := func(hosts ...string) model.ServiceEntry {
 		return model.ServiceEntry{Namespace: "a", Name: "old", Created: t0, Hosts: hosts, Resolution: "NONE"}
@@ -140,7 +207,8 @@ func TestHiddenServiceEntryWarns(t *testing.T) {
 			[]string{`ServiceEntry a/new: host "*.example.com" is not answered: the older ServiceEntry a/old names it in namespace a without an address`}},
 		{"listed twice", []model.ServiceEntry{old("api.example.com"), twice}, []string{noAddress}},
 		{"newer seen only where the older is", []model.ServiceEntry{exportedHere, onlyHere}, []string{noAddress}},
-		{"newer seen where the older is not", []model.ServiceEntry{exportedHere, newer("api.example.com")}, nil},
+		{"newer seen where the older is not", []model.ServiceEntry{exportedHere, newer("api.example.com")},
+			[]string{`without an address, and one object per namespace and host is served (as istiod sends ztunnel, whatever their exportTo: pods outside ServiceEntry a/old's exportTo get neither)`}},
 		{"newer without an address either", []model.ServiceEntry{old("api.example.com"), vipless}, nil},
 		{"another namespace", []model.ServiceEntry{old("api.example.com"), elsewhere}, nil},
 		{"other hosts", []model.ServiceEntry{old("api.example.com"), newer("web.example.com")}, nil},
@@ -314,4 +382,37 @@ func TestClaimedNameEndsTheSearch(t *testing.T) {
 	resolvesTo(t, tbl, "web.other.svc.cluster.local.", addrs("198.51.100.13"), "other")
 	resolvesTo(t, tbl, "x.shop.svc.cluster.local.", nil, "shop", "other", "")
 	resolvesTo(t, tbl, "x.shop.", nil, "other")
+}
+
+// A Service's ClusterIP that a ServiceEntry elsewhere also lists in
+// spec.addresses (an alias) has the Service's name for its reverse name,
+// from every namespace, the ServiceEntry's own included: kube-dns answers
+// it so, and Istio's proxy forwards PTR queries to kube-dns. `ztdns table`
+// lists the same.
+func TestServicePTRBeforeServiceEntryAddress(t *testing.T) {
+	tbl, _ := Build(&model.Snapshot{
+		Services: []model.Service{{Namespace: "ns1", Name: "productpage", ClusterIPs: addrs("10.96.9.9")}},
+		ServiceEntries: []model.ServiceEntry{{Namespace: "ns2", Name: "alias", Created: t0, Hosts: []string{"alias.example.com"},
+			Resolution: "STATIC", Addresses: addrs("10.96.9.9"), HasSpecAddresses: true}},
+	}, Options{})
+	const want = "productpage.ns1.svc.cluster.local."
+	for _, ns := range []string{"ns1", "ns2", "other", ""} {
+		if r := tbl.Resolve("9.9.96.10.in-addr.arpa.", ns); r.Entry == nil || r.Entry.Name != want || r.owners.len() != 1 {
+			t.Errorf("PTR from %q: %+v, want %s alone", ns, r.Entry, want)
+		}
+		listed := false
+		for _, row := range tbl.Rows(ns) {
+			if row.Name == "9.9.96.10.in-addr.arpa." {
+				listed = true
+				if !slices.Equal(row.Values, []string{want}) {
+					t.Errorf("table from %q lists %+v, want %s", ns, row, want)
+				}
+			}
+		}
+		if !listed {
+			t.Errorf("table from %q lists no reverse name of 10.96.9.9", ns)
+		}
+	}
+	// The alias's name still answers with the address.
+	resolvesTo(t, tbl, "alias.example.com.", addrs("10.96.9.9"), "ns1", "ns2")
 }

@@ -272,19 +272,71 @@ func shardOfAddr(k addrKey) uint32 {
 // shard maps keys to their entries. Nearly every key has one entry, kept in
 // one without a list; the keys that several entries claim (a host in two
 // ServiceEntries, a pod behind two headless Services) have their ordered
-// list in many, whose first element is also in one.
+// list in many, whose first element is also in one. A name's list in served
+// leaves out the entries that are not their namespace's object for it
+// (servedOf), for the few names that have such entries: lookups choose
+// among the rest.
 type shard[K comparable] struct {
-	one  map[K]*Entry
-	many map[K][]*Entry
+	one    map[K]*Entry
+	many   map[K][]*Entry
+	served map[K][]*Entry
 }
 
-// get returns the entries of k.
+// get returns the entries of k that lookups choose from.
 func (s *shard[K]) get(k K) bucket {
 	e := s.one[k]
 	if e == nil || len(s.many) == 0 {
 		return bucket{one: e}
 	}
-	return bucket{one: e, many: s.many[k]}
+	list := s.many[k]
+	if len(s.served) > 0 {
+		if l, ok := s.served[k]; ok {
+			list = l
+		}
+	}
+	if len(list) < 2 {
+		return bucket{one: e}
+	}
+	return bucket{one: e, many: list}
+}
+
+// serve remakes k's list in served from its list in many.
+func (s *shard[K]) serve(k K) {
+	l := servedOf(s.many[k])
+	if l == nil {
+		delete(s.served, k)
+		return
+	}
+	if s.served == nil {
+		s.served = map[K][]*Entry{}
+	}
+	s.served[k] = l
+}
+
+// servedOf is list, one name's entries in compareEntries order, without
+// those istiod does not serve: of each namespace it keeps one object per
+// name, its Service, else its oldest ServiceEntry, whatever their exportTo
+// (selectWorkloadServices), so a newer ServiceEntry there never reaches
+// ztunnel, from any namespace. An ExternalName Service is no namespace's
+// object (istiod sends ztunnel none) and stays. Nil when list loses none.
+func servedOf(list []*Entry) []*Entry {
+	var seen nsSet
+	var out []*Entry
+	for i, e := range list {
+		if e.src.rank != rankExternalName {
+			if seen.has(e.src.namespace) {
+				if out == nil {
+					out = append(make([]*Entry, 0, len(list)-1), list[:i]...)
+				}
+				continue
+			}
+			seen.add(e.src.namespace)
+		}
+		if out != nil {
+			out = append(out, e)
+		}
+	}
+	return out
 }
 
 // bucket is the entries of one key, in order: one, or many when several.
@@ -469,14 +521,18 @@ func (t *Table) resolve(r *Result, qname, ns string) {
 // every endpoint with that address, as kube-dns answers (an endpoint's
 // hostname record is more specific than its Service, and a pod behind two
 // headless Services has a name in each), up to the maxPTROwners the table
-// keeps; otherwise the one owner pick chooses among all the others. The
-// result is a part of entries: nothing is allocated.
+// keeps; else a Service whose ClusterIP it is; otherwise the one owner pick
+// chooses among all the others. The result is a part of entries: nothing is
+// allocated.
 func (t *Table) ptrOwners(entries bucket, ns string) bucket {
 	if n := leadingEndpoints(entries.many); n > 1 {
 		return bucket{one: entries.many[0], many: entries.many[:n]}
 	}
-	if entries.one != nil && entries.one.isEndpoint() {
-		return bucket{one: entries.one} // the only endpoint: many[0] is one
+	if entries.one != nil && (entries.one.isEndpoint() || entries.one.src.kind == kindService) {
+		// The only endpoint (many[0] is one), or a Service's ClusterIP:
+		// kube-dns answers it, and Istio forwards PTR queries there, from
+		// every namespace, whatever ServiceEntry also lists the address.
+		return bucket{one: entries.one}
 	}
 	if e := t.pick(entries, ns); e != nil {
 		return bucket{one: e}
@@ -579,11 +635,11 @@ func (t *Table) pick(entries bucket, ns string) *Entry {
 // choose is the entry that decides one key for a pod in ns, as ztunnel
 // chooses: one from the asker's own namespace first, else the first visible
 // in build order (the Service, else the oldest ServiceEntry: istiod's
-// canonical one, else an ExternalName Service). Of each namespace only its
-// first entry the asker sees counts: istiod sends ztunnel one object per
-// namespace and name. One held without records (Entry.forward) decides too;
-// nil when none does (none visible, or the one chosen is passed over:
-// Entry.passed).
+// canonical one, else an ExternalName Service). entries are the objects
+// istiod serves, one per namespace (shard.get), and exportTo applies to
+// those: a namespace whose object the asker cannot see gives it nothing,
+// as one whose object is passed over (Entry.passed). One held without
+// records (Entry.forward) decides too; nil when none does.
 func choose(entries bucket, ns string) *Entry {
 	var e *Entry
 	if entries.many == nil { // one entry, or none: the usual case
@@ -610,20 +666,14 @@ func held(e *Entry) (*Entry, bool) {
 }
 
 // pickIndex is choose's choice among several entries, as an index, -1 for
-// none. An entry passed over leaves out its namespace's newer ones.
+// none.
 func pickIndex(entries []*Entry, ns string) int {
 	first, ownOut := -1, false
-	var out nsSet // namespaces whose first entry is passed over
 	for i, e := range entries {
-		if !e.VisibleFrom(ns) {
-			continue
-		}
 		own := ns != "" && e.src.namespace == ns
 		switch {
-		case e.passed:
-			out.add(e.src.namespace)
+		case e.passed || !e.VisibleFrom(ns):
 			ownOut = ownOut || own
-		case out.has(e.src.namespace):
 		case own && e.src.rank != rankExternalName:
 			return i
 		case first < 0:
