@@ -434,9 +434,11 @@ const deletedMemory = 5 * time.Minute
 // and warn that it is not found running. A pod is left alone while the
 // source lists it with that UID, until an ADD records it again, or for
 // deletedMemory at most. Records made by hand (no container ID) and
-// without a UID are not remembered. Callers hold mu.
+// without a UID are not remembered, nor any without a NodeName: nothing is
+// adopted then (adoptRunningPods), so nothing would read, or forget, what
+// is remembered. Callers hold mu.
 func (c *Controller) rememberDeletedLocked(a podcache.Attachment) {
-	if a.ContainerID == "" || a.UID == "" {
+	if a.ContainerID == "" || a.UID == "" || c.cfg.NodeName == "" {
 		return
 	}
 	c.deleted[a.Namespace+"/"+a.Name] = deletedPod{namespace: a.Namespace, name: a.Name, uid: a.UID, at: c.cfg.Now()}
