@@ -320,7 +320,8 @@ func (a *Agent) replayAdd(dir string, ad control.CNIAddRequest) {
 // event tells it: CNI events recorded while no agent answered, network
 // namespaces gone without a DEL (capture's Redecide, or dropGoneRecords
 // without capture), the addresses of namespaces captured by hand
-// (readdressByHand), and nameserver slots an unmark left behind.
+// (readdressByHand), marks the pods map lost or no record holds
+// (RepairMarks), and nameserver slots an unmark left behind.
 var housekeepingInterval = 30 * time.Second
 
 // keepHouse runs the looks of housekeepingInterval until ctx ends or the
@@ -351,6 +352,7 @@ func (a *Agent) housekeep() {
 	}
 	a.capture.ctl.Redecide()
 	a.readdressByHand()
+	a.capture.ctl.RepairMarks()
 	a.capture.ctl.SweepNameservers()
 }
 

@@ -157,6 +157,9 @@ type Controller struct {
 	// namespace/name, that adoption does not look for while the source
 	// still lists them (rememberDeleted); guarded by mu.
 	deleted map[string]deletedPod
+	// repairFailures is how many marks RepairMarks's last pass failed to
+	// repair; guarded by mu.
+	repairFailures int
 
 	// graceMu guards added, graceTimer and graceClosed (set by Close and
 	// Fence, holding mu: mu comes first).
@@ -363,6 +366,7 @@ func (c *Controller) applyLocked(a podcache.Attachment) error {
 	if err := c.setMark(a); err != nil {
 		return err
 	}
+	prev, replaced := c.pods.Attachment(a.Key())
 	if a.ContainerID != "" && !strings.HasPrefix(a.ContainerID, AdoptedPrefix) {
 		delete(c.deleted, a.Namespace+"/"+a.Name) // its sandbox is back
 		// A CNI ADD (a replayed one, say) of a sandbox adopted before it:
@@ -375,6 +379,18 @@ func (c *Controller) applyLocked(a podcache.Attachment) error {
 		}
 	}
 	c.pods.Attach(a)
+	// The record replaced named another network namespace (an ADD that
+	// repeats a container ID with a new one): its mark goes with it, unless
+	// another record captures that namespace. Netns cookies are not reused,
+	// so such a mark would only hold a slot of the pods map, and keep its
+	// namespace's nameservers from SweepNameservers, until a restart. An
+	// unmark that fails is left to RepairMarks.
+	if replaced && prev.Captured && prev.NetnsCookie != a.NetnsCookie && !c.capturedElsewhere(prev.NetnsCookie) {
+		if err := c.marker.Unmark(prev.NetnsCookie); err != nil {
+			c.log.Warn("cannot unmark the network namespace a replaced record captured; removed at housekeeping",
+				"pod", prev.Namespace+"/"+prev.Name, "netnsCookie", prev.NetnsCookie, "err", err)
+		}
+	}
 	c.saveOrRetry()
 	return nil
 }
@@ -418,9 +434,11 @@ const deletedMemory = 5 * time.Minute
 // and warn that it is not found running. A pod is left alone while the
 // source lists it with that UID, until an ADD records it again, or for
 // deletedMemory at most. Records made by hand (no container ID) and
-// without a UID are not remembered. Callers hold mu.
+// without a UID are not remembered, nor any without a NodeName: nothing is
+// adopted then (adoptRunningPods), so nothing would read, or forget, what
+// is remembered. Callers hold mu.
 func (c *Controller) rememberDeletedLocked(a podcache.Attachment) {
-	if a.ContainerID == "" || a.UID == "" {
+	if a.ContainerID == "" || a.UID == "" || c.cfg.NodeName == "" {
 		return
 	}
 	c.deleted[a.Namespace+"/"+a.Name] = deletedPod{namespace: a.Namespace, name: a.Name, uid: a.UID, at: c.cfg.Now()}

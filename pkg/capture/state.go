@@ -133,29 +133,22 @@ func (c *Controller) keepAside() {
 // mark of none of them nor of an attachment is one whose record was lost.
 // Callers hold mu.
 func (c *Controller) reconcileLocked(recorded map[uint64]bool) error {
-	marked, err := c.marker.Pods()
+	stale, lost, err := c.markDriftLocked()
 	if err != nil {
 		return err
 	}
-	atts := c.pods.AttachmentsOldestFirst()
-	want := capturedByNetns(atts)
-	for _, a := range atts {
+	for _, a := range c.pods.Attachments() {
 		recorded[a.NetnsCookie] = true
 	}
 	var errs []error
-	have := map[uint64]bool{}
 	unrecorded := 0
-	for _, m := range marked {
-		have[m.NetnsCookie] = true
-		if _, ok := want[m.NetnsCookie]; ok {
-			continue
-		}
-		if recorded[m.NetnsCookie] {
-			c.log.Info("removing a stale mark", "netnsCookie", m.NetnsCookie)
+	for _, cookie := range stale {
+		if recorded[cookie] {
+			c.log.Info("removing a stale mark", "netnsCookie", cookie)
 		} else {
 			unrecorded++
 		}
-		errs = append(errs, c.marker.Unmark(m.NetnsCookie))
+		errs = append(errs, c.removeStaleMark(cookie))
 	}
 	if unrecorded > 0 {
 		// Once, not a line a mark: a state directory removed while the
@@ -164,16 +157,120 @@ func (c *Controller) reconcileLocked(recorded map[uint64]bool) error {
 			"pods of the source and the runtime are marked again as they are found, network namespaces captured by hand are not: capture add them again, and keep --state-dir where it survives the agent's stops",
 			"marks", unrecorded, "stateDir", c.cfg.StateDir)
 	}
-	for cookie, a := range want {
-		if !have[cookie] {
-			c.log.Info("restoring a lost mark", "pod", a.Namespace+"/"+a.Name, "netnsCookie", cookie)
-			errs = append(errs, c.setMark(a))
-		}
+	for _, a := range lost {
+		c.log.Info("restoring a lost mark", "pod", a.Namespace+"/"+a.Name, "netnsCookie", a.NetnsCookie)
+		errs = append(errs, c.restoreLostMark(a))
 	}
 	// Once the marks are right: the learned nameservers of what is no
 	// longer marked go too.
 	errs = append(errs, c.sweepLocked())
 	return errors.Join(errs...)
+}
+
+// markDriftLocked compares the pods map with the attachments: stale are
+// the marks of network namespaces no attachment captures, lost the
+// captured attachments (the newest of each namespace) whose namespace has
+// no mark, by cookie. Callers hold mu, under which an attachment is stored
+// in the same step as its mark (applyLocked): a CNI ADD's mark is never
+// seen without its record.
+func (c *Controller) markDriftLocked() (stale []uint64, lost []podcache.Attachment, err error) {
+	marked, err := c.marker.Pods()
+	if err != nil {
+		return nil, nil, err
+	}
+	want := capturedByNetns(c.pods.AttachmentsOldestFirst())
+	have := make(map[uint64]bool, len(marked))
+	for _, m := range marked {
+		have[m.NetnsCookie] = true
+		if _, ok := want[m.NetnsCookie]; !ok {
+			stale = append(stale, m.NetnsCookie)
+		}
+	}
+	slices.Sort(stale)
+	for _, cookie := range slices.Sorted(maps.Keys(want)) {
+		if !have[cookie] {
+			lost = append(lost, want[cookie])
+		}
+	}
+	return stale, lost, nil
+}
+
+// removeStaleMark and restoreLostMark repair one mark, counting it in
+// ztdns_capture_mark_repairs_total. Callers hold mu.
+func (c *Controller) removeStaleMark(cookie uint64) error {
+	if err := c.marker.Unmark(cookie); err != nil {
+		return err
+	}
+	metricStaleMarksRemoved.Inc()
+	return nil
+}
+
+func (c *Controller) restoreLostMark(a podcache.Attachment) error {
+	if err := c.setMark(a); err != nil {
+		return err
+	}
+	metricMarksRestored.Inc()
+	return nil
+}
+
+// repairsLogged bounds the pods or cookies a line of RepairMarks names.
+const repairsLogged = 10
+
+// RepairMarks makes the pods map match the attachments while the agent
+// runs, as Restore does when it starts: a captured pod whose mark is gone
+// (deleted from the map by hand, say) is marked again, and a mark no
+// attachment captures (one whose unmark failed when its record was
+// forgotten or replaced) is removed: it would hold a slot of the pods map,
+// count as a marked pod, and keep its namespace's nameservers from
+// SweepNameservers, which the agent runs after it. Each repair is counted
+// in ztdns_capture_mark_repairs_total; a pass that repaired something logs
+// one line of each kind. It holds mu, as applyLocked does from a mark to
+// its record, so a mark an ADD in flight makes is never taken for stale.
+// It does nothing before Restore (which reconciles itself, and before
+// which no attachment is in memory) and once fenced.
+func (c *Controller) RepairMarks() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.fenced.Load() || !c.restored.Load() {
+		return
+	}
+	stale, lost, err := c.markDriftLocked()
+	if err != nil {
+		c.log.Warn("cannot read the pods map to check the marks of captured pods", "err", err)
+		return
+	}
+	var errs []error
+	var removed []uint64
+	for _, cookie := range stale {
+		if err := c.removeStaleMark(cookie); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		removed = append(removed, cookie)
+	}
+	var restored []string
+	for _, a := range lost {
+		if err := c.restoreLostMark(a); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		restored = append(restored, a.Namespace+"/"+a.Name)
+	}
+	if len(removed) > 0 {
+		c.log.Info("removed marks no captured pod's record holds", "marks", len(removed), "netnsCookies", removed[:min(len(removed), repairsLogged)])
+	}
+	if len(restored) > 0 {
+		c.log.Warn("marked captured pods again whose mark was gone from the pods map (something else removed it)",
+			"pods", len(restored), "names", restored[:min(len(restored), repairsLogged)])
+	}
+	// A failure that lasts (a full pods map) is logged when it starts
+	// and when it changes, not at every pass.
+	if len(errs) != c.repairFailures {
+		c.repairFailures = len(errs)
+		if len(errs) > 0 {
+			c.log.Warn("could not repair every mark of captured pods; tried again at each housekeeping", "failed", len(errs), "err", errs[0])
+		}
+	}
 }
 
 // SweepNameservers forgets the nameservers learned for network namespaces
