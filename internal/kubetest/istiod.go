@@ -132,6 +132,7 @@ func (i *Istiod) configure() error {
 	i.environ = append(os.Environ(),
 		"POD_NAMESPACE="+IstioNamespace,
 		"POD_NAME=istiod-test",
+		"REVISION=default", // as the Istio chart sets it: objects of other revisions are ignored
 		"PILOT_ENABLE_IP_AUTOALLOCATE=true",
 		"ENABLE_CA_SERVER=false",
 		"INJECTION_WEBHOOK_CONFIG_NAME=",

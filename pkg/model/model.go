@@ -15,6 +15,9 @@ const (
 	LabelDataplaneMode      = "istio.io/dataplane-mode"
 	LabelGatewayManaged     = "gateway.istio.io/managed"
 	LabelEnableAutoallocate = "networking.istio.io/enable-autoallocate-ip"
+	// LabelIstioRev names the Istio revision whose istiod an object is for
+	// (ServiceEntry.Revision).
+	LabelIstioRev = "istio.io/rev"
 	// AnnotationDNSCapture is ztdns's own per-pod switch, "true" or "false".
 	AnnotationDNSCapture = "ztdns.io/dns-capture"
 	// AnnotationIstioDNSCapture is istio-cni's per-pod switch for Istio's
@@ -133,13 +136,17 @@ type ServiceEntry struct {
 	// networking.istio.io/enable-autoallocate-ip is "false" (any case, as
 	// istiod compares it).
 	AutoAllocate bool
-	Ports        []Port
+	// Revision is the label istio.io/rev, nil when absent: istiod of
+	// another revision ignores the entry (see package kube).
+	Revision *string
+	Ports    []Port
 }
 
 // Key returns "namespace/name".
 func (s *ServiceEntry) Key() string { return s.Namespace + "/" + s.Name }
 
-// Namespace is a v1 Namespace's name and labels.
+// Namespace is a v1 Namespace's name and labels, all of them (Istio's
+// discoverySelectors select namespaces by any label).
 type Namespace struct {
 	Name   string
 	Labels map[string]string
@@ -281,6 +288,18 @@ type Snapshot struct {
 	// DefaultExportToFrom names the mesh config DefaultExportTo was read
 	// from ("istio-system/istio"); empty when it is nil.
 	DefaultExportToFrom string
+	// IstiodIgnores are the ServiceEntries the source left out of
+	// ServiceEntries because istiod ignores them (another revision's, or
+	// of a namespace its discoverySelectors do not select), by why: their
+	// hosts are forwarded. The table shows each as a warning.
+	IstiodIgnores []LeftOut
+}
+
+// LeftOut are objects a source left out of a snapshot for one reason.
+type LeftOut struct {
+	Kind string   // the objects' kind: "ServiceEntry"
+	Why  string   // why, as a clause: "labelled … so istiod ignores them"
+	Keys []string // the objects, "namespace/name", in order
 }
 
 // PodAddr reports whether ip is an address of a pod's own: not loopback,

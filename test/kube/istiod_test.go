@@ -30,6 +30,11 @@ type seShape struct {
 	allocated bool
 	// answer, when set, is what every query answers instead (spec.addresses).
 	answer []string
+	// ignored: istiod (of revision "default") ignores the entry, which is
+	// labelled istio.io/rev with another revision: not in its registry,
+	// though its allocator, which ignores revisions, writes status; the
+	// agents forward its hosts.
+	ignored bool
 }
 
 // istiodShapes are the ServiceEntry shapes whose VIPs istiod decides
@@ -63,6 +68,9 @@ func istiodShapes() []seShape {
 			queries: map[string]string{"shared.example": "shared.example"}, allocated: true},
 		{name: "shared-newer", spec: seSpec{hosts: []string{"shared.example"}, resolution: dnsRes, ports: tcpPort("tcp")},
 			allocated: true},
+		{name: "canary", labels: map[string]string{"istio.io/rev": "canary"},
+			spec:    seSpec{hosts: []string{"canary.example"}, resolution: dnsRes, ports: httpPort()},
+			queries: map[string]string{"canary.example": "canary.example"}, allocated: true, ignored: true},
 	}
 }
 
@@ -70,8 +78,10 @@ func istiodShapes() []seShape {
 // (two nodes) with the default --vip-source=auto, and checks that for every
 // ServiceEntry shape both answer exactly what istiod wrote into
 // status.addresses (and what its registry says), that hosts istiod gives no
-// VIP are forwarded, and that this holds across an opt-out toggled both
-// ways, while istiod is down, and across its restart.
+// VIP are forwarded, as are those of an entry of another revision, which
+// istiod (revision "default") ignores but allocates, and that this holds
+// across an opt-out toggled both ways, while istiod is down, and across
+// its restart.
 func TestIstiodVIPs(t *testing.T) {
 	c := newCluster(t)
 	istiod := c.env.StartIstiod()
@@ -98,6 +108,7 @@ func TestIstiodVIPs(t *testing.T) {
 				switch {
 				case s.answer != nil:
 					want4, want6, v4only6 = s.answer, nil, nil
+				case s.ignored: // forwarded, whatever the status says
 				case len(status[s.name][host]) > 0:
 					want4, want6 = family(status[s.name][host], true), family(status[s.name][host], false)
 					// Istio's sidecar gives it its own family's VIPs only;
@@ -275,7 +286,8 @@ func (c *cluster) waitStatusGone(t *testing.T, name string) {
 }
 
 // checkRegistry compares istiod's own registry (/debug/registryz) with the
-// status it wrote: every allocated host's service carries those VIPs.
+// status it wrote: every allocated host's service carries those VIPs, and
+// an ignored entry's hosts are not there.
 func (c *cluster) checkRegistry(t *testing.T, istiod *kubetest.Istiod, shapes []seShape, status map[string]map[string][]string) {
 	t.Helper()
 	agenttest.Eventually(t, 10*time.Second, func() error {
@@ -291,6 +303,12 @@ func (c *cluster) checkRegistry(t *testing.T, istiod *kubetest.Istiod, shapes []
 				i := slices.IndexFunc(reg, func(r kubetest.RegistryService) bool {
 					return r.Hostname == host && r.Attributes.Namespace == "default" && r.Attributes.ObjectName == s.name
 				})
+				if s.ignored {
+					if i >= 0 {
+						return fmt.Errorf("registryz has service %s of ServiceEntry %s, which istiod should ignore", host, s.name)
+					}
+					continue
+				}
 				if i < 0 {
 					return fmt.Errorf("registryz has no service %s of ServiceEntry %s", host, s.name)
 				}

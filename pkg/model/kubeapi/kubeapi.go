@@ -45,6 +45,7 @@ type Labels struct {
 	DataplaneMode      *string `json:"istio.io/dataplane-mode,omitempty"`
 	GatewayManaged     *string `json:"gateway.istio.io/managed,omitempty"`
 	EnableAutoallocate *string `json:"networking.istio.io/enable-autoallocate-ip,omitempty"`
+	IstioRev           *string `json:"istio.io/rev,omitempty"`
 	ServiceName        *string `json:"kubernetes.io/service-name,omitempty"`
 }
 
@@ -182,10 +183,20 @@ type EndpointPort struct {
 	Port     *int32  `json:"port,omitempty"`
 }
 
-// Namespace is a v1 Namespace: its metadata.
+// Namespace is a v1 Namespace: its metadata, with every label.
 type Namespace struct {
 	metav1.TypeMeta `json:",inline"`
-	ObjectMeta      `json:"metadata"`
+	NamespaceMeta   `json:"metadata"`
+}
+
+// NamespaceMeta is a Namespace's metadata: ObjectMeta, but with every
+// label, for Istio's meshConfig discoverySelectors select namespaces by any
+// label. Its Labels hide ObjectMeta's (a shallower field wins, in Go and
+// in the JSON decoder alike), which stay empty. A cluster has few
+// namespaces, each with a few labels.
+type NamespaceMeta struct {
+	ObjectMeta
+	Labels map[string]string `json:"labels,omitempty"`
 }
 
 // ConfigMap is a v1 ConfigMap: its metadata and data. ztdns reads two,

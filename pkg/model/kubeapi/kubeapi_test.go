@@ -83,7 +83,7 @@ func TestDecodeAndReduce(t *testing.T) {
 		name: "Namespace",
 		doc: `{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop",
 			"labels": {"istio.io/dataplane-mode": "ambient", "kubernetes.io/metadata.name": "shop"}}, "spec": {"finalizers": ["kubernetes"]}}`,
-		want: model.Namespace{Name: "shop", Labels: map[string]string{model.LabelDataplaneMode: "ambient"}},
+		want: model.Namespace{Name: "shop", Labels: map[string]string{model.LabelDataplaneMode: "ambient", "kubernetes.io/metadata.name": "shop"}},
 	}, {
 		name: "Pod",
 		doc: `{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "client", "namespace": "shop", "uid": "u-1",
@@ -134,7 +134,7 @@ func TestDecodeAndReduce(t *testing.T) {
 	}, {
 		name: "ServiceEntry",
 		doc: `{"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry", "metadata": {"name": "ext", "namespace": "mesh",
-			"creationTimestamp": "2025-03-01T12:00:00Z", "labels": {"networking.istio.io/enable-autoallocate-ip": "False"}},
+			"creationTimestamp": "2025-03-01T12:00:00Z", "labels": {"networking.istio.io/enable-autoallocate-ip": "False", "istio.io/rev": "canary"}},
 			"spec": {"hosts": ["API.Example.COM.", "*.wild.example"], "addresses": ["198.51.100.1", "198.51.100.2/32", "10.0.0.0/8"],
 			  "ports": [{"number": 443, "protocol": "https", "name": "tls", "targetPort": 8443}],
 			  "location": "MESH_EXTERNAL", "resolution": "DNS_ROUND_ROBIN", "exportTo": ["."], "endpoints": [{"address": "203.0.113.1"}]},
@@ -147,6 +147,7 @@ func TestDecodeAndReduce(t *testing.T) {
 			StatusAddresses:  []model.HostAddress{{Host: "api.example.com", Address: netip.MustParseAddr("240.240.0.1")}},
 			Resolution:       model.ResolutionDNSRoundRobin,
 			ExportTo:         []string{"."},
+			Revision:         new("canary"),
 			Ports:            []model.Port{{Name: "tls", Protocol: "HTTPS", Port: 443}}},
 	}, {
 		name: "ServiceEntry without resolution",
@@ -483,7 +484,7 @@ func TestTagsAreTheModelsKeys(t *testing.T) {
 		return keys
 	}
 	want := func(keys ...string) []string { slices.Sort(keys); return keys }
-	if got, w := tags(Labels{}), want(model.LabelDataplaneMode, model.LabelGatewayManaged, model.LabelEnableAutoallocate, model.LabelServiceName); !slices.Equal(got, w) {
+	if got, w := tags(Labels{}), want(model.LabelDataplaneMode, model.LabelGatewayManaged, model.LabelEnableAutoallocate, model.LabelIstioRev, model.LabelServiceName); !slices.Equal(got, w) {
 		t.Errorf("label tags %q, model's keys %q", got, w)
 	}
 	if got, w := tags(Annotations{}), want(model.AnnotationDNSCapture, model.AnnotationIstioDNSCapture, model.AnnotationSidecarStatus,

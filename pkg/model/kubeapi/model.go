@@ -155,6 +155,7 @@ func (se *ServiceEntry) ModelSkipping() (out model.ServiceEntry, skipped, err er
 		Resolution:       spec.Resolution,
 		ExportTo:         spec.ExportTo, // the decoded object is dropped after Model
 		AutoAllocate:     !strings.EqualFold(deref(se.Labels.EnableAutoallocate), "false"),
+		Revision:         se.Labels.IstioRev,
 		HasSpecAddresses: len(spec.Addresses) > 0,
 	}
 	var errs []error
@@ -280,9 +281,13 @@ func statusAddresses(raw json.RawMessage) (out []model.HostAddress, skipped stri
 	return out, "skipped in status.addresses: " + msg
 }
 
-// Model reduces a Namespace; it never fails.
+// Model reduces a Namespace, keeping all its labels; it never fails.
 func (n *Namespace) Model() (model.Namespace, error) {
-	return model.Namespace{Name: n.Name, Labels: keep(kv{model.LabelDataplaneMode, n.Labels.DataplaneMode})}, nil
+	var labels map[string]string
+	if len(n.Labels) > 0 {
+		labels = n.Labels // the decoded object is dropped after Model
+	}
+	return model.Namespace{Name: n.Name, Labels: labels}, nil
 }
 
 // Model reduces a Pod.

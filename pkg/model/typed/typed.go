@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 
 	networkingv1alpha3 "istio.io/api/networking/v1alpha3"
 	corev1 "k8s.io/api/core/v1"
@@ -110,7 +111,7 @@ func FromServiceEntry(m *metav1.ObjectMeta, spec *networkingv1alpha3.ServiceEntr
 // FromNamespace reduces a v1 Namespace, refusing a name the API server
 // refuses.
 func FromNamespace(n *corev1.Namespace) (model.Namespace, error) {
-	out, _ := (&kubeapi.Namespace{ObjectMeta: meta(&n.ObjectMeta)}).Model() // never fails
+	out, _ := (&kubeapi.Namespace{NamespaceMeta: kubeapi.NamespaceMeta{ObjectMeta: meta(&n.ObjectMeta), Labels: maps.Clone(n.Labels)}}).Model() // never fails
 	return out, errors.Join(checkMeta("namespace "+n.Name, &n.ObjectMeta, namespaceName, false)...)
 }
 

@@ -21,7 +21,8 @@ import (
 const DefaultMaxNamesPerNamespace = 100_000
 
 // maxListedOverBudget bounds the objects a namespace's budget warning
-// names; it counts the rest.
+// names, and a warning of objects the source left out (leftOutWarning);
+// they count the rest.
 const maxListedOverBudget = 10
 
 // nsBudget keeps each namespace's objects within a budget of names
@@ -275,6 +276,29 @@ func budgetWarning(ns string, total, budget, used int, list []budgeted) error {
 	}
 	return fmt.Errorf("namespace %s: its objects make %d names, over the budget of %d per namespace (--max-names-per-namespace); the oldest that fit are served (%d names), the others left out: %s",
 		ns, total, budget, used, b.String())
+}
+
+// leftOutWarning says which objects the source left out, and why: one
+// warning for them all, naming the first few.
+func leftOutWarning(lo model.LeftOut) error {
+	named := lo.Keys[:min(len(lo.Keys), maxListedOverBudget)]
+	list := strings.Join(named, ", ")
+	if n := len(lo.Keys) - len(named); n > 0 {
+		list += fmt.Sprintf(" and %d more", n)
+	}
+	kind := lo.Kind
+	if len(lo.Keys) > 1 {
+		kind = plural(kind)
+	}
+	return fmt.Errorf("%d %s left out, their names forwarded: %s: %s", len(lo.Keys), kind, lo.Why, list)
+}
+
+// plural is the plural of a kind's name: ServiceEntry, ServiceEntries.
+func plural(kind string) string {
+	if k, ok := strings.CutSuffix(kind, "y"); ok {
+		return k + "ies"
+	}
+	return kind + "s"
 }
 
 // serviceCost is the names a Service makes in the table (an upper bound):

@@ -395,7 +395,8 @@ func ptrAddrs(e *Entry) []netip.Addr {
 
 // Build returns the table for s. Problems with single objects (a host that
 // is not a valid DNS name, say) come back as warnings and leave that object
-// out; everything else is built. So do ServiceEntries built but never
+// out; everything else is built. The objects the source left out
+// (s.IstiodIgnores) come back as one warning per reason. So do ServiceEntries built but never
 // answered, an older one of their namespace naming the host (hiddenEntries),
 // and the objects of a namespace over its budget of names that do not fit
 // (nsBudget), which are not built: one warning per namespace names them.
@@ -419,6 +420,9 @@ func (b *Builder) Build(s *model.Snapshot) (*Table, []error) {
 		}
 	}
 	all = append(all, b.budget.warnings...)
+	for _, lo := range s.IstiodIgnores {
+		all = append(all, objWarning{err: leftOutWarning(lo)})
+	}
 	own := len(all)
 	for _, ws := range b.hidden {
 		all = append(all, ws...)

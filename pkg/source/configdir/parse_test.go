@@ -62,14 +62,14 @@ status:
 		want model.Snapshot
 	}{
 		{
-			name: "v1 Namespace keeps only the dataplane label",
+			name: "v1 Namespace keeps every label",
 			yaml: `apiVersion: v1
 kind: Namespace
 metadata:
   name: shop
   labels: {istio.io/dataplane-mode: ambient, team: a}
 `,
-			want: model.Snapshot{Namespaces: []model.Namespace{{Name: "shop", Labels: map[string]string{"istio.io/dataplane-mode": "ambient"}}}},
+			want: model.Snapshot{Namespaces: []model.Namespace{{Name: "shop", Labels: map[string]string{"istio.io/dataplane-mode": "ambient", "team": "a"}}}},
 		},
 		{
 			name: "v1 Service dual-stack with named ports",

@@ -78,6 +78,7 @@ type Source struct {
 	maxDelay       time.Duration
 	istioNamespace string
 	meshConfigMap  string // MeshConfigMapName of istiod's revision
+	istioRevision  string // istiod's revision (WithIstioRevision)
 	// forbiddenRetry is how often what RBAC refuses, and the source can run
 	// without, is asked for again.
 	forbiddenRetry time.Duration
@@ -121,6 +122,7 @@ func New(cfg *rest.Config, opts ...Option) *Source {
 		maxDelay:       DefaultMaxDelay,
 		istioNamespace: DefaultIstioNamespace,
 		meshConfigMap:  MeshConfigMap,
+		istioRevision:  DefaultIstioRevision,
 		forbiddenRetry: 2 * time.Minute,
 		metrics:        newMetrics(),
 	}

@@ -104,7 +104,8 @@ func testNamespaces(t *testing.T, kube kubernetes.Interface, rec *recorder) {
 			_, err := nss.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{})
 			return err
 		},
-		want: expect("namespace", get, &model.Namespace{Name: name}),
+		// The API server labels every namespace with its name.
+		want: expect("namespace", get, &model.Namespace{Name: name, Labels: map[string]string{"kubernetes.io/metadata.name": name}}),
 	}, {
 		name: "label ambient",
 		write: func(ctx context.Context) error {
@@ -112,8 +113,9 @@ func testNamespaces(t *testing.T, kube kubernetes.Interface, rec *recorder) {
 				ns.Labels = map[string]string{model.LabelDataplaneMode: "ambient", "team": "dns"}
 			})
 		},
-		// Only the labels ztdns reads are kept.
-		want: expect("namespace", get, &model.Namespace{Name: name, Labels: map[string]string{model.LabelDataplaneMode: "ambient"}}),
+		// Every label is kept: discoverySelectors select by any.
+		want: expect("namespace", get, &model.Namespace{Name: name, Labels: map[string]string{
+			model.LabelDataplaneMode: "ambient", "team": "dns", "kubernetes.io/metadata.name": name}}),
 	}, {
 		name: "delete",
 		write: func(ctx context.Context) error {

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 
 	"github.com/ztdns/ztdns/internal/kubetest"
 	"github.com/ztdns/ztdns/pkg/model"
@@ -35,9 +36,67 @@ func TestParseMeshExportTo(t *testing.T) {
 		{name: "another field does not parse", mesh: "defaultConfig: [\ndefaultServiceExportTo: [\".\"]\n", wantErr: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got, err := parseMeshExportTo(tc.mesh)
-			if (err != nil) != tc.wantErr || !slices.Equal(got, tc.want) {
-				t.Errorf("parseMeshExportTo(%q) = %q, %v; want %q, error %v", tc.mesh, got, err, tc.want, tc.wantErr)
+			got, err := parseMesh(tc.mesh)
+			if (err != nil) != tc.wantErr || !slices.Equal(got.exportTo, tc.want) {
+				t.Errorf("parseMesh(%q) = exportTo %q, %v; want %q, error %v", tc.mesh, got.exportTo, err, tc.want, tc.wantErr)
+			}
+		})
+	}
+}
+
+// TestParseDiscoverySelectors reads discoverySelectors as istiod's
+// discovery namespaces filter converts them: each selector's matchLabels
+// and matchExpressions all hold, the selectors any; an empty selector
+// selects every namespace, a null one none; a list of something else makes
+// the mesh config invalid, a selector that does not convert only itself
+// (istiod keeps the selectors it had).
+func TestParseDiscoverySelectors(t *testing.T) {
+	for _, tc := range []struct {
+		name, mesh string
+		// selects is, for each namespace's labels, whether it is selected;
+		// nil for no selectors at all.
+		selects      map[string]bool
+		wantErr      bool
+		wantInvalid  string
+		wantNoSelect bool // no selectors
+	}{
+		{name: "none", mesh: "defaultServiceExportTo: [\".\"]\n", wantNoSelect: true},
+		{name: "empty list", mesh: "discoverySelectors: []\n", wantNoSelect: true},
+		{name: "matchLabels", mesh: "discoverySelectors:\n- matchLabels: {team: a}\n",
+			selects: map[string]bool{"team=a": true, "team=b,env=prod": false, "": false}},
+		{name: "any selector", mesh: "discoverySelectors:\n- matchLabels: {team: a}\n- matchExpressions: [{key: env, operator: In, values: [prod]}]\n",
+			selects: map[string]bool{"team=a": true, "team=b,env=prod": true, "": false}},
+		{name: "every requirement", mesh: "discoverySelectors:\n- matchLabels: {team: b}\n  matchExpressions: [{key: env, operator: NotIn, values: [prod]}]\n",
+			selects: map[string]bool{"team=a": false, "team=b,env=prod": false, "": false}},
+		{name: "DoesNotExist", mesh: "discoverySelectors:\n- matchExpressions: [{key: env, operator: DoesNotExist}]\n",
+			selects: map[string]bool{"team=a": true, "team=b,env=prod": false, "": true}},
+		{name: "empty selector is every namespace", mesh: "discoverySelectors:\n- {}\n",
+			selects: map[string]bool{"team=a": true, "team=b,env=prod": true, "": true}},
+		{name: "null selector is none", mesh: "discoverySelectors:\n- null\n- matchLabels: {team: a}\n",
+			selects: map[string]bool{"team=a": true, "team=b,env=prod": false, "": false}},
+		{name: "unknown operator", mesh: "discoverySelectors:\n- matchExpressions: [{key: env, operator: Like, values: [p]}]\n",
+			wantInvalid: `discoverySelectors[0]: "Like" is not a valid label selector operator`, wantNoSelect: true},
+		{name: "not a list", mesh: "discoverySelectors: {matchLabels: {team: a}}\n", wantErr: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := parseMesh(tc.mesh)
+			if (err != nil) != tc.wantErr {
+				t.Fatalf("parseMesh(%q): error %v, want one: %v", tc.mesh, err, tc.wantErr)
+			}
+			if got.selectorsInvalid != tc.wantInvalid {
+				t.Errorf("selectorsInvalid %q, want %q", got.selectorsInvalid, tc.wantInvalid)
+			}
+			if (got.selectors == nil) != (tc.wantNoSelect || tc.wantErr) {
+				t.Errorf("selectors %v, want none: %v", got.selectors, tc.wantNoSelect)
+			}
+			for lbls, want := range tc.selects {
+				set, err := labels.ConvertSelectorToLabelsMap(lbls)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if sel := slices.ContainsFunc(got.selectors, func(s labels.Selector) bool { return s.Matches(set) }); sel != want {
+					t.Errorf("namespace labelled %q selected: %v, want %v", lbls, sel, want)
+				}
 			}
 		})
 	}

@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/ztdns/ztdns/pkg/model"
@@ -74,6 +75,12 @@ type run struct {
 	// logged of it, owned by Run's goroutine.
 	meshRefused atomic.Bool
 	meshState   string
+	// selectors are the mesh config's discoverySelectors in force, nil
+	// when none (followMeshConfig). Owned by Run's goroutine.
+	selectors []labels.Selector
+	// ignored is what leaveOutIgnored last decided. Owned by Run's
+	// goroutine.
+	ignored ignored
 
 	mu      sync.Mutex
 	pending [numKinds]bool // kinds changed since the last snapshot

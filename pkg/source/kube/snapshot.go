@@ -71,13 +71,13 @@ func (r *run) snapshot() (*model.Snapshot, time.Time) {
 		case kindEndpointSlices, kindOtherEndpointSlices:
 			slicesChanged = true
 		case kindServiceEntries:
-			r.last.ServiceEntries, r.errs[k] = collect(storeOf[model.ServiceEntry](st))
+			r.ignored.all, r.errs[k] = collect(storeOf[model.ServiceEntry](st))
 		case kindPods:
 			r.last.Pods, r.errs[k] = collect(storeOf[model.Pod](st))
 		case kindIstiodAllocator:
 			var locks []allocatorLock
 			locks, r.errs[k] = collect(storeOf[allocatorLock](st))
-			r.last.IstiodAllocates = len(locks) > 0
+			r.ignored.lock = len(locks) > 0
 		case kindMeshConfig:
 			if st == nil {
 				break // not read (no --istio-namespace)
@@ -89,6 +89,9 @@ func (r *run) snapshot() (*model.Snapshot, time.Time) {
 	}
 	if slicesChanged {
 		r.last.EndpointSlices = r.endpointSlices()
+	}
+	if pending[kindServiceEntries] || pending[kindNamespaces] || pending[kindMeshConfig] || pending[kindIstiodAllocator] {
+		r.leaveOutIgnored()
 	}
 	snap := r.last
 	return &snap, since
