@@ -192,6 +192,9 @@ func TestKubeNotEnrolledPodReleased(t *testing.T) {
 	n.waitSourceHas(t, nsName, podName)
 
 	p, ips := n.addAPIPod(t, pod)
+	if !n.isMarked(t, p) {
+		t.Errorf("ADD of %s/%s within capture.EnrollmentGrace did not mark it: the watch may lag behind istio-cni's annotation", nsName, podName)
+	}
 	setRunning(t, env, pod, ips)
 
 	took := n.waitMarked(t, p, false, capture.EnrollmentGrace+markBound)
