@@ -49,9 +49,10 @@ func netnsResolvConf(path string) (read, write string, ok bool) {
 // ztdns through capture, or "" when one does (or nothing can be said): its
 // resolv.conf names only nameservers capture never redirects (loopback,
 // which resolv.conf without a nameserver line means too; IPv6 link-local
-// or multicast; outside --capture-nameservers), or the agent's own address, which answers while
-// the agent runs and nothing does when it stops. st is the agent's status,
-// nil when it could not be read: then only loopback is judged.
+// or multicast; outside --capture-nameservers), or the agent's own
+// address, which answers while the agent runs and nothing does when it
+// stops. st is the agent's status, nil when it could not be read: then
+// only loopback, link-local and multicast are judged.
 func uncapturedWarning(path string, st *control.Status) string {
 	file, write, ok := netnsResolvConf(path)
 	if !ok {
@@ -102,7 +103,7 @@ func uncapturedReason(ns netip.Addr, st *control.Status) string {
 			list = append(list, p)
 		}
 	}
-	if len(st.CaptureNameservers) > 0 && !redirect.Listed(redirect.UnmapCaptureNameservers(list), ns) {
+	if !redirect.Listed(redirect.UnmapCaptureNameservers(list), ns) { // an empty list captures all
 		return "outside --capture-nameservers, never captured"
 	}
 	return ""

@@ -20,7 +20,7 @@ import (
 func TestProbeKeepsWithinInFlight(t *testing.T) {
 	for _, tcp := range []bool{false, true} {
 		t.Run(map[bool]string{false: "udp", true: "tcp"}[tcp], func(t *testing.T) {
-			ns := &heldNameserver{hold: 100 * time.Millisecond, next: dnstest.Marker(netip.MustParseAddr("192.0.2.1"), netip.IPv6Unspecified())}
+			ns := &heldNameserver{next: dnstest.Delayed(100*time.Millisecond, dnstest.Marker(netip.MustParseAddr("192.0.2.1"), netip.IPv6Unspecified()))}
 			srv := dnstest.Start(t, "127.0.0.1:0", ns)
 			l := newFloodLoad(FloodConfig{Mode: "probe", Server: srv.Addr.String(), Name: "probe.example", TCP: tcp,
 				Every: 20 * time.Millisecond, Timeout: 10 * time.Second, InFlight: 2, For: 500 * time.Millisecond})
@@ -37,10 +37,9 @@ func TestProbeKeepsWithinInFlight(t *testing.T) {
 	}
 }
 
-// heldNameserver answers every query as next does, hold after it came,
-// and records the most queries it held at once.
+// heldNameserver answers every query as next (a dnstest.Delayed) does,
+// and records the most queries it held unanswered at once.
 type heldNameserver struct {
-	hold time.Duration
 	next dnstest.Responder
 
 	mu         sync.Mutex
@@ -52,12 +51,12 @@ func (s *heldNameserver) Reply(req *dns.Msg, local netip.AddrPort) *dns.Msg {
 	s.held++
 	s.most = max(s.most, s.held)
 	s.mu.Unlock()
-	time.Sleep(s.hold)
+	reply := s.next.Reply(req, local)
 	// Let go before the reply leaves: the probe cannot see it earlier.
 	s.mu.Lock()
 	s.held--
 	s.mu.Unlock()
-	return s.next.Reply(req, local)
+	return reply
 }
 
 func (s *heldNameserver) mostHeld() int {

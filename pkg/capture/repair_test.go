@@ -2,13 +2,11 @@ package capture
 
 import (
 	"fmt"
-	"log/slog"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/ztdns/ztdns/pkg/model"
-	"github.com/ztdns/ztdns/pkg/podcache"
 )
 
 // TestDeletedPodsNotKeptWithoutANodeName: without a NodeName (a standalone
@@ -16,14 +14,8 @@ import (
 // CNI DEL was remembered for adoption, which never runs then, and nothing
 // forgot it: about 190 bytes a DEL for as long as the agent ran.
 func TestDeletedPodsNotKeptWithoutANodeName(t *testing.T) {
-	f := &fixture{pods: podcache.New("cluster.local"), marker: newFakeMarker(), netns: &fakeNamespaces{byPath: map[string]Netns{}}, dir: t.TempDir(),
-		now: time.Unix(1_700_000_000, 0)}
-	f.ctl = New(Config{StateDir: f.dir, DNSCaptureDefault: true, HostCookies: []uint64{hostCookie},
-		Logger: slog.New(slog.DiscardHandler), Now: func() time.Time { return f.now }}, f.pods, f.marker, f.netns)
-	t.Cleanup(f.ctl.Close)
-	if err := f.ctl.Restore(); err != nil {
-		t.Fatal(err)
-	}
+	f := newFixture(t, true)
+	f.ctl.cfg.NodeName = ""
 	f.source([]model.Namespace{ambientNS})
 	for i := range 1000 {
 		name := fmt.Sprintf("job-%d", i)

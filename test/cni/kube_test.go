@@ -47,27 +47,12 @@ func TestKubeNamespaceLabelledAtRunTime(t *testing.T) {
 		t.Fatal(err)
 	}
 	createAddressEntry(t, env)
-	pods := kc.CoreV1().Pods(nsName)
-	pod, err := pods.Create(ctx, &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: podName, Namespace: nsName},
-		Spec:       corev1.PodSpec{NodeName: kubeNode, Containers: []corev1.Container{{Name: "app", Image: "example"}}},
-	}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	pod := createAPIPod(t, env, nsName, podName, nil)
 
 	first := n.startAgent(t)
 	n.waitSourceHas(t, nsName, podName)
-	p := n.NewPod(t, PodOptions{Namespace: nsName, Name: podName, UID: string(pod.UID), Nameservers: []string{ownNameserver}})
-	res, err := n.Add(t, p)
-	if err != nil {
-		t.Fatalf("ADD: %v", err)
-	}
-	ips := requireBridgeResult(t, n.Runtime, p, res, false)
-	pod.Status = corev1.PodStatus{Phase: corev1.PodRunning, PodIP: ips[0].String(), PodIPs: []corev1.PodIP{{IP: ips[0].String()}}}
-	if _, err := pods.UpdateStatus(ctx, pod, metav1.UpdateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	p, ips := n.addAPIPod(t, pod)
+	setRunning(t, env, pod, ips)
 	n.requireRow(t, p, ips, false, ambient.ReasonNotAmbient)
 	n.requireNotCaptured(t, p)
 
@@ -153,22 +138,11 @@ func TestKubeUnseenPodLeftAloneUntilTheWatchDeliversIt(t *testing.T) {
 	}
 	var pods []added
 	for _, tc := range cases {
-		pod, err := kc.CoreV1().Pods(nsName).Create(ctx, &corev1.Pod{
-			ObjectMeta: metav1.ObjectMeta{Name: tc.name, Namespace: nsName, Labels: tc.labels},
-			Spec:       corev1.PodSpec{NodeName: kubeNode, Containers: []corev1.Container{{Name: "app", Image: "example"}}},
-		}, metav1.CreateOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
+		pod := createAPIPod(t, env, nsName, tc.name, tc.labels)
 		if tc.captured { // istio-cni's ADD, before ztdns's, enrolls it
 			env.SetEnrollment(ctx, nsName, tc.name, model.RedirectionEnabled)
 		}
-		p := n.NewPod(t, PodOptions{Namespace: nsName, Name: tc.name, UID: string(pod.UID), Nameservers: []string{ownNameserver}})
-		res, err := n.Add(t, p)
-		if err != nil {
-			t.Fatalf("ADD of %s: %v", tc.name, err)
-		}
-		ips := requireBridgeResult(t, n.Runtime, p, res, false)
+		p, ips := n.addAPIPod(t, pod)
 		if n.isMarked(t, p) {
 			t.Errorf("ADD of %s/%s, which the agent's watch has not delivered, marked it", nsName, tc.name)
 		}
@@ -213,27 +187,15 @@ func TestKubeNotEnrolledPodReleased(t *testing.T) {
 		t.Fatal(err)
 	}
 	createAddressEntry(t, env)
-	pods := kc.CoreV1().Pods(nsName)
-	pod, err := pods.Create(ctx, &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: podName, Namespace: nsName},
-		Spec:       corev1.PodSpec{NodeName: kubeNode, Containers: []corev1.Container{{Name: "app", Image: "example"}}},
-	}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	pod := createAPIPod(t, env, nsName, podName, nil)
 	n.startAgent(t)
 	n.waitSourceHas(t, nsName, podName)
 
-	p := n.NewPod(t, PodOptions{Namespace: nsName, Name: podName, UID: string(pod.UID), Nameservers: []string{ownNameserver}})
-	res, err := n.Add(t, p)
-	if err != nil {
-		t.Fatalf("ADD: %v", err)
+	p, ips := n.addAPIPod(t, pod)
+	if !n.isMarked(t, p) {
+		t.Errorf("ADD of %s/%s within capture.EnrollmentGrace did not mark it: the watch may lag behind istio-cni's annotation", nsName, podName)
 	}
-	ips := requireBridgeResult(t, n.Runtime, p, res, false)
-	pod.Status = corev1.PodStatus{Phase: corev1.PodRunning, PodIP: ips[0].String(), PodIPs: []corev1.PodIP{{IP: ips[0].String()}}}
-	if _, err := pods.UpdateStatus(ctx, pod, metav1.UpdateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	setRunning(t, env, pod, ips)
 
 	took := n.waitMarked(t, p, false, capture.EnrollmentGrace+markBound)
 	t.Logf("the pod istio-cni did not enroll was released %v after the first look at its mark", took.Round(time.Millisecond))
@@ -249,6 +211,42 @@ func TestKubeNotEnrolledPodReleased(t *testing.T) {
 	n.waitMarked(t, p, false, markBound)
 	n.requireRow(t, p, ips, false, ambient.ReasonNotEnrolled)
 	n.requireNotCaptured(t, p)
+}
+
+// createAPIPod creates the pod namespace/name, with labels, through the
+// API on this node, as the scheduler would place it.
+func createAPIPod(t *testing.T, env *kubetest.Env, namespace, name string, labels map[string]string) *corev1.Pod {
+	t.Helper()
+	pod, err := env.Client().CoreV1().Pods(namespace).Create(context.Background(), &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: namespace, Labels: labels},
+		Spec:       corev1.PodSpec{NodeName: kubeNode, Containers: []corev1.Container{{Name: "app", Image: "example"}}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pod
+}
+
+// addAPIPod runs the CNI ADD of pod, one of createAPIPod's, with the
+// node's nameserver, and returns its IPs from the result.
+func (n *capturingNode) addAPIPod(t *testing.T, pod *corev1.Pod) (*Pod, []netip.Addr) {
+	t.Helper()
+	p := n.NewPod(t, PodOptions{Namespace: pod.Namespace, Name: pod.Name, UID: string(pod.UID), Nameservers: []string{ownNameserver}})
+	res, err := n.Add(t, p)
+	if err != nil {
+		t.Fatalf("ADD of %s/%s: %v", pod.Namespace, pod.Name, err)
+	}
+	return p, requireBridgeResult(t, n.Runtime, p, res, false)
+}
+
+// setRunning writes pod's status as a kubelet would once its sandbox has
+// ips: running, with its first IP.
+func setRunning(t *testing.T, env *kubetest.Env, pod *corev1.Pod, ips []netip.Addr) {
+	t.Helper()
+	pod.Status = corev1.PodStatus{Phase: corev1.PodRunning, PodIP: ips[0].String(), PodIPs: []corev1.PodIP{{IP: ips[0].String()}}}
+	if _, err := env.Client().CoreV1().Pods(pod.Namespace).UpdateStatus(context.Background(), pod, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // createAddressEntry creates the ServiceEntry that gives addressHost
