@@ -433,8 +433,7 @@ func TestKeepInstalledThroughAClash(t *testing.T) {
 					return n > n0
 				})
 			}
-			n, _ := last()
-			_, err := last()
+			n, err := last()
 			if err == nil {
 				t.Fatal("OnInstalled told nil with the clash in place")
 			}
