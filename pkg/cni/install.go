@@ -495,7 +495,7 @@ func installBinary(src, dst string, cache *binCache) (bool, error) {
 	defer in.Close()
 	f, err := os.CreateTemp(filepath.Dir(dst), "."+filepath.Base(dst)+".*.tmp")
 	if err != nil {
-		return false, err
+		return false, fmt.Errorf("copy %s to %s: %w", src, dst, templess(err))
 	}
 	tmp := f.Name()
 	defer os.Remove(tmp) // fails harmlessly once renamed
@@ -510,12 +510,12 @@ func installBinary(src, dst string, cache *binCache) (bool, error) {
 		err = cerr
 	}
 	if err != nil {
-		return false, fmt.Errorf("copy %s: %w", src, err)
+		return false, fmt.Errorf("copy %s to %s: %w", src, dst, templess(err))
 	}
 	// Renaming over a binary a runtime is executing is safe: the running
 	// process keeps the old inode.
 	if err := os.Rename(tmp, dst); err != nil {
-		return false, err
+		return false, fmt.Errorf("copy %s to %s: %w", src, dst, templess(err))
 	}
 	return true, nil
 }

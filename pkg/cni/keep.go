@@ -81,8 +81,8 @@ type keeper struct {
 
 	installed bool      // an Install succeeded
 	waiting   bool      // for a network configuration, logged
-	failing   string    // the last failure's message, logged; "" while installed
-	failSince time.Time // when the failing started
+	failing   string    // the last failure's message, logged; "" while installed or waiting
+	failSince time.Time // the first failed look since the plugin was in (or since start)
 	readyAt   time.Time // when the next Install may start
 	// repairs are the times of the last contestedRepairs repairs, oldest
 	// first; contested is set while they come as fast as a contest's.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -433,8 +434,7 @@ func TestKeepInstalledThroughAClash(t *testing.T) {
 					return n > n0
 				})
 			}
-			n, _ := last()
-			_, err := last()
+			n, err := last()
 			if err == nil {
 				t.Fatal("OnInstalled told nil with the clash in place")
 			}
@@ -464,5 +464,38 @@ func TestKeepInstalledThroughAClash(t *testing.T) {
 				t.Errorf("%d lines saying the plugin is installed, want 1", len(got))
 			}
 		})
+	}
+}
+
+// TestKeepInstalledLogsARecurringWriteFailureOnce: a failure to write the
+// binary or a conflist reads the same at every look (it names the file,
+// not the temporary file with a random name written for it), so
+// KeepInstalled logs it once: here a bin dir that does not exist, which
+// KeepInstalled waits for. (Before: each look's error named another
+// temporary file, and each was logged as a new failure.)
+func TestKeepInstalledLogsARecurringWriteFailureOnce(t *testing.T) {
+	t.Parallel()
+	e := newInstallEnv(t, Config{})
+	e.write(t, "10-containerd-net.conflist", runtimeConflist)
+	if err := os.Remove(e.cfg.BinDir); err != nil {
+		t.Fatal(err)
+	}
+	logs := e.logTo()
+	var errs []error
+	e.cfg.OnInstalled = func(err error) { errs = append(errs, err) }
+	k := newKeeper(e.cfg, time.Hour, clock.NewFake(time.Now()))
+	for range 3 {
+		k.install()
+	}
+	dst := filepath.Join(e.cfg.BinDir, PluginType)
+	for i, err := range errs {
+		if err == nil || !errors.Is(err, fs.ErrNotExist) || !strings.Contains(err.Error(), dst) || strings.Contains(err.Error(), ".tmp") {
+			t.Errorf("look %d: OnInstalled told %v, want a missing directory, naming %s and no temporary file", i, err, dst)
+		} else if err.Error() != errs[0].Error() {
+			t.Errorf("look %d: %v, unlike look 0's %v", i, err, errs[0])
+		}
+	}
+	if got := logLines(logs, slog.LevelError, "the CNI plugin is not installed"); len(got) != 1 {
+		t.Errorf("%d error lines over 3 looks failing alike, want 1:\n%s", len(got), strings.Join(got, ""))
 	}
 }

@@ -240,7 +240,16 @@ func readPending(dir, kind string, fn func(containerID string, data []byte) erro
 // temporary name starts with a dot and ends in ".tmp": neither the pending
 // readers nor a container runtime loading a CNI conf dir pick it up, and
 // the replay and Install remove one a killed writer left (removeStaleTemp).
+//
+// Its errors name path, not the temporary file (templess).
 func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
+	if err := writeThroughTemp(path, data, perm); err != nil {
+		return fmt.Errorf("write %s: %w", path, templess(err))
+	}
+	return nil
+}
+
+func writeThroughTemp(path string, data []byte, perm os.FileMode) error {
 	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*.tmp")
 	if err != nil {
 		return err
@@ -263,6 +272,24 @@ func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
 		return err
 	}
 	return os.Rename(tmp, path)
+}
+
+// templess returns the error under an *os.PathError or *os.LinkError,
+// whose path is a temporary file's random name, so that the caller names
+// the file it stood for: a failure that recurs (a bin or conf dir missing,
+// a full or read-only file system) reads the same at every look, and
+// KeepInstalled logs it once. errors.Is still finds the errno's kind
+// (fs.ErrNotExist, fs.ErrPermission).
+func templess(err error) error {
+	var pe *os.PathError
+	var le *os.LinkError
+	switch {
+	case errors.As(err, &pe):
+		return pe.Err
+	case errors.As(err, &le):
+		return le.Err
+	}
+	return err
 }
 
 // staleTempAge is how old a temporary file of writeFileAtomic's (or

@@ -497,11 +497,10 @@ func TestChartCNINotInstalledAlert(t *testing.T) {
 		{"not installed", []float64{0}, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			s := seriesWith(map[string]string{"node": "n1", "instance": "10.0.0.1:15053", "job": "ztdns"})
 			var series []rateSeries
 			for _, v := range tc.installed {
-				series = append(series, rateSeries{rate: v, labels: map[string]string{
-					"__name__": "ztdns_cni_config_installed", "node": "n1", "instance": "10.0.0.1:15053", "job": "ztdns",
-				}})
+				series = append(series, s("ztdns_cni_config_installed", v))
 			}
 			checkFiring(t, name, evalRates(t, e, series), tc.firing)
 		})

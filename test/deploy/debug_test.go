@@ -178,10 +178,11 @@ func TestDebugGuideNamesRealCommands(t *testing.T) {
 	checked := map[string]bool{}
 	for _, m := range commandRE.FindAllStringSubmatch(debug, -1) {
 		words := strings.Fields(m[1])
-		if checked[strings.Join(words[:min(2, len(words))], " ")] {
+		key := strings.Join(words[:min(2, len(words))], " ")
+		if checked[key] {
 			continue
 		}
-		checked[strings.Join(words[:min(2, len(words))], " ")] = true
+		checked[key] = true
 		out, err := exec.Command(bin, "help", words[0]).CombinedOutput()
 		if err != nil {
 			t.Errorf("the Debug section names `ztdns %s`: ztdns help %s: %v\n%s", m[1][1:], words[0], err, out)

@@ -1,7 +1,6 @@
 package forward
 
 import (
-	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -137,13 +136,15 @@ type upstreamLabel struct {
 	to       string
 	known    bool
 	lastUsed time.Time
-	results  map[string]uint64
+	// results counts the exchanges by result, indexed as Results: an
+	// array, so that counting one under mu is an index, not a map's hash.
+	results [len(Results)]uint64
 }
 
 // Results are the values of the "result" label, in the order Asked's
 // readers show them: the upstream's answers, its failures, then those that
 // say nothing of it.
-var Results = []string{resultOK, resultServfail, resultTimeout, resultError, resultCanceled, resultNoMemory, resultSourceLimited, resultNoSocket}
+var Results = [...]string{resultOK, resultServfail, resultTimeout, resultError, resultCanceled, resultNoMemory, resultSourceLimited, resultNoSocket}
 
 // Asked is an upstream nameserver the Forwarder asked within the last 10
 // minutes (the time its metric series live on unasked), and how those
@@ -253,7 +254,7 @@ func (m *upstreamMetrics) use(u netip.AddrPort, now time.Time) *upstreamLabel {
 		m.labels[u] = l
 	}
 	if now.Sub(l.lastUsed) >= labelIdle {
-		l.results = nil // unasked for labelIdle: Asked counts afresh
+		l.results = [len(Results)]uint64{} // unasked for labelIdle: Asked counts afresh
 	}
 	l.lastUsed = now
 	return l
@@ -265,10 +266,21 @@ func (m *upstreamMetrics) asked() []Asked {
 	m.mu.Lock()
 	var out []Asked
 	add := func(l *upstreamLabel) {
-		if l.lastUsed.IsZero() || now.Sub(l.lastUsed) >= labelIdle || len(l.results) == 0 {
+		if now.Sub(l.lastUsed) >= labelIdle { // never asked, too: lastUsed zero
 			return
 		}
-		out = append(out, Asked{Upstream: l.to, Last: l.lastUsed, Results: maps.Clone(l.results)})
+		var results map[string]uint64
+		for i, n := range l.results {
+			if n > 0 {
+				if results == nil {
+					results = make(map[string]uint64, 2)
+				}
+				results[Results[i]] = n
+			}
+		}
+		if results != nil { // not taken by resent or icmpIgnored alone
+			out = append(out, Asked{Upstream: l.to, Last: l.lastUsed, Results: results})
+		}
 	}
 	for _, l := range m.labels {
 		add(l)
@@ -309,10 +321,9 @@ func (m *upstreamMetrics) attempt(u netip.AddrPort, result string) string {
 	now := m.now()
 	m.mu.Lock()
 	l := m.use(u, now)
-	if l.results == nil {
-		l.results = make(map[string]uint64, 2)
+	if i := slices.Index(Results[:], result); i >= 0 {
+		l.results[i]++
 	}
-	l.results[result]++
 	to := l.to
 	m.mu.Unlock()
 	m.queries.WithLabelValues(to, result).Inc()
