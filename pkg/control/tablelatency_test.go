@@ -147,8 +147,8 @@ type probeResult struct {
 // busy cases.
 const busyClients = 2
 
-// probe asks q of addr one at a time, every apart, until ctx is done; an
-// unanswered probe counts as the client's timeout.
+// probe asks q of addr one at a time, pausing for every between them,
+// until ctx is done; an unanswered probe counts as the client's timeout.
 func probe(ctx context.Context, addr string, q *dns.Msg, every time.Duration) []probeResult {
 	c := &dns.Client{Net: "udp", Timeout: 2 * time.Second}
 	var res []probeResult
