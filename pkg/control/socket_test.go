@@ -114,7 +114,7 @@ type server struct {
 
 // serve listens on a socket in a new directory under /tmp (a unix socket
 // path must be short) and serves a recorder until the test ends.
-func serve(t *testing.T, access control.Access) *server {
+func serve(t testing.TB, access control.Access) *server {
 	t.Helper()
 	testenv.RequireRoot(t)
 	dir := testenv.MkdirTemp(t, "ztctl-") // short: a socket path has 108 bytes
@@ -386,7 +386,7 @@ func symlink(t *testing.T, target, link string, uid int) {
 	}
 }
 
-func chmod(t *testing.T, path string, m os.FileMode) {
+func chmod(t testing.TB, path string, m os.FileMode) {
 	t.Helper()
 	if err := os.Chmod(path, m); err != nil {
 		t.Fatal(err)

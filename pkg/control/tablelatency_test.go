@@ -5,9 +5,7 @@ package control_test
 import (
 	"context"
 	"io"
-	"iter"
 	"net"
-	"path/filepath"
 	"slices"
 	"sync"
 	"testing"
@@ -110,27 +108,11 @@ func serveDNS(b *testing.B, tbl *table.Table) string {
 // serveControl serves tbl's rows on a control socket until the benchmark
 // ends.
 func serveControl(b *testing.B, tbl *table.Table) string {
-	b.Helper()
-	socket := filepath.Join(testenv.MkdirTemp(b, "ztctl-"), "ztdns.sock")
-	ln, err := control.Listen(socket, control.Access{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	wg.Go(func() { control.Serve(ctx, ln, control.NewHandler(tableAPI{tbl: tbl}, nil)) })
-	b.Cleanup(func() { cancel(); wg.Wait() })
-	return socket
-}
-
-// tableAPI answers tbl's rows.
-type tableAPI struct {
-	control.API // nothing else is asked for
-	tbl         *table.Table
-}
-
-func (a tableAPI) Table(ctx context.Context, ns string) iter.Seq[control.TableRow] {
-	return a.tbl.AllRows(ctx, ns)
+	s := serve(b, control.Access{})
+	s.api.mu.Lock()
+	defer s.api.mu.Unlock()
+	s.api.rows = tbl.AllRows
+	return s.socket
 }
 
 // readTable reads the whole table from socket, as `ztdns table` does
@@ -165,8 +147,8 @@ type probeResult struct {
 // busy cases.
 const busyClients = 2
 
-// probe asks q of addr one at a time, every apart, until ctx is done; an
-// unanswered probe counts as the client's timeout.
+// probe asks q of addr one at a time, pausing for every between them,
+// until ctx is done; an unanswered probe counts as the client's timeout.
 func probe(ctx context.Context, addr string, q *dns.Msg, every time.Duration) []probeResult {
 	c := &dns.Client{Net: "udp", Timeout: 2 * time.Second}
 	var res []probeResult

@@ -289,10 +289,11 @@ func (s *shard[K]) get(k K) bucket {
 		return bucket{one: e}
 	}
 	list := s.many[k]
-	if len(s.served) > 0 {
-		if l, ok := s.served[k]; ok {
-			list = l
-		}
+	if list == nil {
+		return bucket{one: e} // one entry: no list in served either
+	}
+	if l, ok := s.served[k]; ok {
+		list = l
 	}
 	if len(list) < 2 {
 		return bucket{one: e}

@@ -174,14 +174,14 @@ func (r *run) meshConfigForbidden() func(error) {
 func (r *run) followMeshConfig(cms []meshConfig) {
 	where := r.src.meshConfigWhere()
 	keeping := func() string {
-		exportTo := `Istio's default "*"`
+		kept := `Istio's default "*"`
 		if r.last.DefaultExportTo != nil {
-			exportTo = fmt.Sprintf("%q, read before", strings.Join(r.last.DefaultExportTo, ","))
+			kept = fmt.Sprintf("%q, read before", strings.Join(r.last.DefaultExportTo, ","))
 		}
 		if r.selectors != nil {
-			exportTo += fmt.Sprintf(", and discoverySelectors %s, read before", selectorsString(r.selectors))
+			kept += fmt.Sprintf(", and discoverySelectors %s, read before", selectorsString(r.selectors))
 		}
-		return exportTo
+		return kept
 	}
 	var state, note string
 	switch {
