@@ -79,19 +79,7 @@ func TestIstiodIgnoredServiceEntriesAreForwarded(t *testing.T) {
 	create("shop", "ours-vip", "ours-vip.example", "", "", "240.240.0.8")
 	create("shop", "canary-vip", "canary-vip.example", "canary", "", "240.240.0.7")
 	create("lab", "lab", "lab.example", "", "192.0.2.4", "")
-	// No kubelet runs: the pod's IP is reported as it would.
-	pods := kc.CoreV1().Pods("shop")
-	p, err := pods.Create(ctx, &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: "app", Namespace: "shop"},
-		Spec:       corev1.PodSpec{NodeName: node, Containers: []corev1.Container{{Name: "c", Image: "x"}}},
-	}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.Status = corev1.PodStatus{Phase: corev1.PodRunning, PodIP: client.String(), PodIPs: []corev1.PodIP{{IP: client.String()}}}
-	if _, err := pods.UpdateStatus(ctx, p, metav1.UpdateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	env.RunningPod(ctx, "shop", "app", node, client)
 	cms := kc.CoreV1().ConfigMaps(istioNS)
 	setMesh := func(mesh string) {
 		t.Helper()

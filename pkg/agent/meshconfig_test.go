@@ -54,20 +54,8 @@ func TestDefaultServiceExportToFollowsMeshConfig(t *testing.T) {
 	}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	// No kubelet runs: the pods' IPs are reported as it would.
 	for ns, ip := range map[string]netip.Addr{"bank": bank, "tenant": tenant} {
-		pods := kc.CoreV1().Pods(ns)
-		p, err := pods.Create(ctx, &corev1.Pod{
-			ObjectMeta: metav1.ObjectMeta{Name: "app", Namespace: ns},
-			Spec:       corev1.PodSpec{NodeName: node, Containers: []corev1.Container{{Name: "c", Image: "x"}}},
-		}, metav1.CreateOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		p.Status = corev1.PodStatus{Phase: corev1.PodRunning, PodIP: ip.String(), PodIPs: []corev1.PodIP{{IP: ip.String()}}}
-		if _, err := pods.UpdateStatus(ctx, p, metav1.UpdateOptions{}); err != nil {
-			t.Fatal(err)
-		}
+		env.RunningPod(ctx, ns, "app", node, ip)
 	}
 	cms := kc.CoreV1().ConfigMaps(istioNS)
 	setMesh := func(mesh string) {

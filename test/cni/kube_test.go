@@ -52,7 +52,7 @@ func TestKubeNamespaceLabelledAtRunTime(t *testing.T) {
 	first := n.startAgent(t)
 	n.waitSourceHas(t, nsName, podName)
 	p, ips := n.addAPIPod(t, pod)
-	setRunning(t, env, pod, ips)
+	env.SetRunning(t.Context(), pod, ips[:1]...)
 	n.requireRow(t, p, ips, false, ambient.ReasonNotAmbient)
 	n.requireNotCaptured(t, p)
 
@@ -195,7 +195,7 @@ func TestKubeNotEnrolledPodReleased(t *testing.T) {
 	if !n.isMarked(t, p) {
 		t.Errorf("ADD of %s/%s within capture.EnrollmentGrace did not mark it: the watch may lag behind istio-cni's annotation", nsName, podName)
 	}
-	setRunning(t, env, pod, ips)
+	env.SetRunning(t.Context(), pod, ips[:1]...)
 
 	took := n.waitMarked(t, p, false, capture.EnrollmentGrace+markBound)
 	t.Logf("the pod istio-cni did not enroll was released %v after the first look at its mark", took.Round(time.Millisecond))
@@ -237,16 +237,6 @@ func (n *capturingNode) addAPIPod(t *testing.T, pod *corev1.Pod) (*Pod, []netip.
 		t.Fatalf("ADD of %s/%s: %v", pod.Namespace, pod.Name, err)
 	}
 	return p, requireBridgeResult(t, n.Runtime, p, res, false)
-}
-
-// setRunning writes pod's status as a kubelet would once its sandbox has
-// ips: running, with its first IP.
-func setRunning(t *testing.T, env *kubetest.Env, pod *corev1.Pod, ips []netip.Addr) {
-	t.Helper()
-	pod.Status = corev1.PodStatus{Phase: corev1.PodRunning, PodIP: ips[0].String(), PodIPs: []corev1.PodIP{{IP: ips[0].String()}}}
-	if _, err := env.Client().CoreV1().Pods(pod.Namespace).UpdateStatus(context.Background(), pod, metav1.UpdateOptions{}); err != nil {
-		t.Fatal(err)
-	}
 }
 
 // createAddressEntry creates the ServiceEntry that gives addressHost

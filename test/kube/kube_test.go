@@ -72,21 +72,7 @@ func (c *cluster) namespace(t *testing.T, name string, labels map[string]string)
 // kubelet would.
 func (c *cluster) pod(t *testing.T, ns, name string, ip netip.Addr, more ...netip.Addr) {
 	t.Helper()
-	pods := c.env.Client().CoreV1().Pods(ns)
-	p, err := pods.Create(c.ctx, &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
-		Spec:       corev1.PodSpec{NodeName: node, Containers: []corev1.Container{{Name: "c", Image: "example"}}},
-	}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.Status = corev1.PodStatus{Phase: corev1.PodRunning, PodIP: ip.String(), PodIPs: []corev1.PodIP{{IP: ip.String()}}}
-	for _, a := range more {
-		p.Status.PodIPs = append(p.Status.PodIPs, corev1.PodIP{IP: a.String()})
-	}
-	if _, err := pods.UpdateStatus(c.ctx, p, metav1.UpdateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	c.env.RunningPod(c.ctx, ns, name, node, append([]netip.Addr{ip}, more...)...)
 }
 
 // seSpec is the part of a ServiceEntry spec the tests vary. (The generated
