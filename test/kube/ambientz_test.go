@@ -46,16 +46,7 @@ func TestAnswersAreWhatIstiodSendsZtunnel(t *testing.T) {
 	up := dnstest.Start(t, "127.0.0.1:0", dnstest.Zone{})
 	a := startAgent(t, c, up.Addr)
 
-	svc, err := c.env.Client().CoreV1().Services("team-a").Create(c.ctx, &corev1.Service{
-		ObjectMeta: metav1.ObjectMeta{Name: "productpage", Namespace: "team-a"},
-		Spec:       corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "http", Port: 9080}}},
-	}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	clusterIP := svc.Spec.ClusterIP
 	const productpage = "productpage.team-a.svc.cluster.local."
-
 	dnsSE := func(host string, exportTo ...string) seSpec {
 		return seSpec{hosts: []string{host}, resolution: networkingv1alpha3.ServiceEntry_DNS, ports: httpPort(), exportTo: exportTo}
 	}
@@ -69,7 +60,24 @@ func TestAnswersAreWhatIstiodSendsZtunnel(t *testing.T) {
 		{ns: "team-a", name: "multi-a", spec: dnsSE("multi.example"), served: true},
 		// The older, canonical, exported to its own namespace only.
 		{ns: "team-b", name: "private", spec: dnsSE("private.example", "."), served: true},
+		// The Service's host, named by ServiceEntries older than the
+		// Service: in the Service's namespace the Service wins all the
+		// same, and is the canonical one; team-b's is team-b's own.
+		{ns: "team-a", name: "productpage-se", spec: dnsSE(strings.TrimSuffix(productpage, "."))},
+		{ns: "team-b", name: "productpage-b", spec: dnsSE(strings.TrimSuffix(productpage, ".")), served: true},
 	}
+	for _, o := range older {
+		c.serviceEntry(t, o.ns, o.name, nil, o.spec)
+	}
+	time.Sleep(1100 * time.Millisecond) // creationTimestamp has second resolution
+	svc, err := c.env.Client().CoreV1().Services("team-a").Create(c.ctx, &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "productpage", Namespace: "team-a"},
+		Spec:       corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "http", Port: 9080}}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	clusterIP := svc.Spec.ClusterIP
 	newer := []ambientObject{
 		{ns: "team-a", name: "hidden-new", spec: dnsSE("hidden.example")},
 		{ns: "team-a", name: "scoped-new", spec: dnsSE("scoped.example", ".")},
@@ -78,15 +86,7 @@ func TestAnswersAreWhatIstiodSendsZtunnel(t *testing.T) {
 		// An alias of the Service's ClusterIP.
 		{ns: "team-b", name: "alias", spec: seSpec{hosts: []string{"alias.example.com"}, addresses: []string{clusterIP},
 			resolution: networkingv1alpha3.ServiceEntry_STATIC, ports: httpPort()}, served: true},
-		// The Service's host named by a ServiceEntry: in the Service's
-		// namespace the Service wins; team-b's is team-b's own.
-		{ns: "team-a", name: "productpage-se", spec: dnsSE(strings.TrimSuffix(productpage, "."))},
-		{ns: "team-b", name: "productpage-b", spec: dnsSE(strings.TrimSuffix(productpage, ".")), served: true},
 	}
-	for _, o := range older {
-		c.serviceEntry(t, o.ns, o.name, nil, o.spec)
-	}
-	time.Sleep(1100 * time.Millisecond) // creationTimestamp has second resolution
 	for _, o := range newer {
 		c.serviceEntry(t, o.ns, o.name, nil, o.spec)
 	}
@@ -123,7 +123,8 @@ func TestAnswersAreWhatIstiodSendsZtunnel(t *testing.T) {
 	})
 
 	// The agent has seen every write above once it answers a ServiceEntry
-	// created after them (one watch, in order; the Service's came first).
+	// created after them (one watch, in order), and the Service (a watch of
+	// its own) once it answers that.
 	c.serviceEntry(t, "default", "sentinel", nil, seSpec{hosts: []string{"sentinel.example"}, addresses: []string{"198.51.100.99"},
 		resolution: networkingv1alpha3.ServiceEntry_STATIC, ports: httpPort()})
 	expect(t, a, curlIP, "sentinel.example", dns.TypeA, "198.51.100.99")
