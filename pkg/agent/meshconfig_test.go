@@ -30,7 +30,8 @@ import (
 // `istio` ConfigMap in istiod's namespace), as istiod scopes it, and
 // follows the ConfigMap as it changes, with no restart. A mesh config that
 // does not parse leaves the last value in force, as istiod does, and says
-// so once; an absent one is Istio's default, every namespace. `ztdns
+// so once; an absent one is Istio's default, every namespace, and so is
+// an empty list (istiod's reading, checked against istiod itself). `ztdns
 // status` says where the default comes from. Given, the flag wins, and the
 // agent says once that the mesh config differs. Before: the mesh config
 // was not read, and a mesh that keeps tenants apart with ["."] answered the
@@ -152,6 +153,27 @@ func TestDefaultServiceExportToFollowsMeshConfig(t *testing.T) {
 		setMesh(`defaultServiceExportTo: ["."]`)
 		agenttest.Eventually(t, 30*time.Second, exportToIs(a, `"."`+fromMesh))
 		login(t, a, "192.0.2.66", forwarded)
+
+		// An empty list is Istio's default, every namespace, as istiod has
+		// it: pkg/config/mesh ApplyMeshConfig decodes [] into a nil list
+		// over the default ["*"], which pilot/pkg/model
+		// PushContext.initDefaultExportMaps takes for "*" (istiod of
+		// test/kube's snapshot, so configured, sends a sidecar in another
+		// namespace the cluster of a ServiceEntry without exportTo, and
+		// /debug/mesh shows no defaultServiceExportTo).
+		setMesh("defaultServiceExportTo: []\n")
+		agenttest.Eventually(t, 30*time.Second, exportToIs(a, `"*" (Istio's default)`))
+		login(t, a, "192.0.2.66", "192.0.2.66")
+
+		// defaultServiceEntryExportTo is no MeshConfig field: istiod
+		// ignores it, as any field it does not know, and so does ztdns.
+		setMesh(`defaultServiceExportTo: ["."]`)
+		agenttest.Eventually(t, 30*time.Second, exportToIs(a, `"."`+fromMesh))
+		setMesh(`defaultServiceEntryExportTo: ["."]`)
+		agenttest.Eventually(t, 30*time.Second, exportToIs(a, `"*" (Istio's default)`))
+		login(t, a, "192.0.2.66", "192.0.2.66")
+		setMesh(`defaultServiceExportTo: ["."]`) // for the next subtest
+		agenttest.Eventually(t, 30*time.Second, exportToIs(a, `"."`+fromMesh))
 	})
 
 	t.Run("the flag wins", func(t *testing.T) {

@@ -95,8 +95,13 @@ func meshConfigOf(o kubeapi.Object) (meshConfig, error) {
 // replaces the default, unknown fields are ignored, and YAML that does not
 // parse, or a field of another type (defaultServiceExportTo no list of
 // strings, discoverySelectors no list of label selectors), makes the whole
-// mesh config invalid. exportTo is nil when it gives none, or an empty
-// list: Istio's default then, every namespace. Only these fields are read:
+// mesh config invalid. exportTo is nil when it gives none, null or an
+// empty list: Istio's default then, every namespace. istiod decodes an
+// empty list into a nil one, which replaces its default ["*"], and
+// pilot/pkg/model PushContext.initDefaultExportMaps takes nil for "*"
+// (agent.TestDefaultServiceExportToFollowsMeshConfig). A field it does not
+// know, such as defaultServiceEntryExportTo, which MeshConfig lacks, is
+// ignored, by istiod too. Only these fields are read:
 // a mesh config istiod refuses for another field's sake is not noticed
 // here.
 //

@@ -30,15 +30,24 @@ func TestParseMeshExportTo(t *testing.T) {
 		{name: "own namespace", mesh: "defaultServiceExportTo:\n- \".\"\n", want: []string{"."}},
 		{name: "flow list", mesh: `defaultServiceExportTo: [".", "shared"]`, want: []string{".", "shared"}},
 		{name: "unknown fields ignored", mesh: "someFutureField: {a: 1}\ndefaultServiceExportTo: [\"~\"]\n", want: []string{"~"}},
+		// istiod decodes [] into a nil list (pkg/config/mesh
+		// ApplyMeshConfig: jsonpb sets a new, empty list over the default
+		// ["*"]), and PushContext.initDefaultExportMaps takes nil for "*";
+		// null leaves the default ["*"] in place.
 		{name: "empty list is the default", mesh: "defaultServiceExportTo: []\n"},
+		{name: "null is the default", mesh: "defaultServiceExportTo: null\n"},
+		// No MeshConfig field has that name: istiod ignores it as it
+		// ignores any unknown field.
+		{name: "defaultServiceEntryExportTo is no field", mesh: "defaultServiceEntryExportTo: [\".\"]\n"},
 		{name: "does not parse", mesh: "defaultServiceExportTo: [\".\"\n", wantErr: true},
 		{name: "a string, not a list", mesh: `defaultServiceExportTo: "."`, wantErr: true},
 		{name: "another field does not parse", mesh: "defaultConfig: [\ndefaultServiceExportTo: [\".\"]\n", wantErr: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got, err := parseMesh(tc.mesh)
-			if (err != nil) != tc.wantErr || !slices.Equal(got.exportTo, tc.want) {
-				t.Errorf("parseMesh(%q) = exportTo %q, %v; want %q, error %v", tc.mesh, got.exportTo, err, tc.want, tc.wantErr)
+			// nil, not empty: an empty list would scope to no namespace.
+			if (err != nil) != tc.wantErr || !slices.Equal(got.exportTo, tc.want) || (got.exportTo == nil) != (tc.want == nil) {
+				t.Errorf("parseMesh(%q) = exportTo %#v, %v; want %#v, error %v", tc.mesh, got.exportTo, err, tc.want, tc.wantErr)
 			}
 		})
 	}
