@@ -194,7 +194,7 @@ type Server struct {
 	// forwarding is the pool of forwarded queries in flight, tcpOpen of
 	// open TCP connections, both shared fairly among sources (quota.Pool);
 	// forwards the queries holding its slots (forwarding.go); tcpLevel the
-	// idle-timeout level the connections set (tcp.go).
+	// idle-timeout level the connections set (tcpadmit.go).
 	forwarding *quota.Pool
 	forwards   forwardList
 	tcpOpen    *quota.Pool
