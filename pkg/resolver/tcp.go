@@ -314,26 +314,14 @@ func (s *Server) readQueries(tc *tcpConn, local netip.AddrPort) closeReason {
 		if br == nil {
 			br, out, sc = bufio.NewReaderSize(c, tcpQueryBuf), make([]byte, 0, tcpAnswerBuf), &scratch{captureSlot: s.captureSlot(local), conn: tc.source}
 		}
-		// The rest of the frame within tcpReadTimeout, the deadline set
-		// only when the reader has to wait for it.
-		armed := false
-		arm := func(need int) {
-			if !armed && br.Buffered() < need {
-				c.SetReadDeadline(time.Now().Add(tcpReadTimeout))
-				armed = true
-			}
-		}
-		arm(1)
-		second, err := br.ReadByte()
-		if err != nil {
+		msg, n, own, err := readFrame(c, br, first[0])
+		switch {
+		case err != nil:
 			return readFailed(err)
-		}
-		n := int(first[0])<<8 | int(second)
-		if n > maxQuery {
+		case n > maxQuery:
 			// Longer than any query we take: answered from its header,
 			// the rest read off the connection and thrown away, so a
 			// pod cannot make the resolver hold 64 KiB per query.
-			arm(n)
 			reply, err := s.answerLong(br, n, tc.src, out[:0], sc)
 			if err != nil {
 				return readFailed(err)
@@ -341,22 +329,6 @@ func (s *Server) readQueries(tc *tcpConn, local netip.AddrPort) closeReason {
 			w.writeNow(reply)
 			s.pauseForRate(tc, sc)
 			continue
-		}
-		arm(n)
-		var msg []byte
-		own := n > br.Size() // a buffer of its own, not the reader's
-		if own {
-			msg = make([]byte, n)
-			_, err = io.ReadFull(br, msg)
-		} else {
-			// The reader's own bytes, valid until its next read: the
-			// query is answered, or copied for the slow path, before.
-			msg, err = br.Peek(n)
-			br.Discard(len(msg))
-		}
-		if err != nil {
-			metricQueries.drop.Inc()
-			return readFailed(err) // a truncated frame: nothing sensible to answer
 		}
 		start := s.clock()
 		reply, slow := s.answerFast(msg, tc.src, true, out[:0], sc, start)
@@ -387,6 +359,47 @@ func (s *Server) readQueries(tc *tcpConn, local netip.AddrPort) closeReason {
 		s.slow(msg, tc.src, local, tc, w.send)
 		s.pauseForRate(tc, sc)
 	}
+}
+
+// readFrame reads the rest of a frame whose first octet, read already, is
+// first: the second octet of its length n, then its message, within
+// tcpReadTimeout, the deadline set only when the reader has to wait for
+// it. msg is the reader's own bytes, valid until its next read (the query
+// is answered, or copied for the slow path, before), unless own: a
+// message longer than the reader's buffer gets one of its own. A message
+// longer than maxQuery is left unread, msg nil, for answerLong, with the
+// deadline set for it. It fails with the read's error; a message cut
+// short is counted dropped.
+func readFrame(c *net.TCPConn, br *bufio.Reader, first byte) (msg []byte, n int, own bool, err error) {
+	armed := false
+	arm := func(need int) {
+		if !armed && br.Buffered() < need {
+			c.SetReadDeadline(time.Now().Add(tcpReadTimeout))
+			armed = true
+		}
+	}
+	arm(1)
+	second, err := br.ReadByte()
+	if err != nil {
+		return nil, 0, false, err
+	}
+	n = int(first)<<8 | int(second)
+	arm(n)
+	if n > maxQuery {
+		return nil, n, false, nil
+	}
+	if own = n > br.Size(); own {
+		msg = make([]byte, n)
+		_, err = io.ReadFull(br, msg)
+	} else {
+		msg, err = br.Peek(n)
+		br.Discard(len(msg))
+	}
+	if err != nil {
+		metricQueries.drop.Inc() // a truncated frame: nothing sensible to answer
+		return nil, n, own, err
+	}
+	return msg, n, own, nil
 }
 
 // readFailed is why a read of a started message that failed with err
