@@ -608,10 +608,7 @@ func (s *Server) answerFast(msg []byte, src netip.AddrPort, tcp bool, out []byte
 	// message, keeps the whole records that fit, with TC, as CoreDNS's
 	// (request.Scrub) and Istio's proxy's are: a client that cannot ask
 	// again over TCP (musl before 1.2.4) still gets addresses.
-	room := maxTCPMessage
-	if !tcp {
-		room = r.UDPLimit()
-	}
+	room := replyRoom(&r, tcp)
 	if r.EDNS {
 		room -= dnswire.OPTLen
 	}

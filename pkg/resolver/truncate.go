@@ -13,6 +13,16 @@ import (
 	"github.com/ztdns/ztdns/pkg/dnswire"
 )
 
+// replyRoom is the most octets a reply to r may take, the fast path's and
+// the slow path's alike: a TCP message, or over UDP what the client's
+// buffer takes (r.UDPLimit).
+func replyRoom(r *request, tcp bool) int {
+	if tcp {
+		return maxTCPMessage
+	}
+	return r.UDPLimit()
+}
+
 // fitUDP cuts a forwarded reply larger than the client's UDP buffer to the
 // whole records that fit, with TC, as CoreDNS's forward plugin does
 // (request.Scrub). The cut is planned on the wire, without decoding the
@@ -111,11 +121,7 @@ func mostFit(limit int) int {
 // names the pod chose, so a pod could repeat it at its query rate. The
 // SERVFAIL still counts in ztdns_dns_requests_total.
 func (q *slowQuery) pack(reply *dns.Msg) []byte {
-	size := maxTCPMessage
-	if !q.tcp {
-		size = q.r.UDPLimit()
-	}
-	out, err := truncateAndPack(reply, size, -1)
+	out, err := truncateAndPack(reply, replyRoom(&q.r, q.tcp), -1)
 	q.cut = reply.Truncated // set when records were dropped: replyTo's never has it
 	switch {
 	case err == errTooLarge && !q.tcp:
