@@ -633,32 +633,6 @@ func (s *Server) answerFast(msg []byte, src netip.AddrPort, tcp bool, out []byte
 // The pod cache works them out when it is rebuilt, as table.Families.
 func familiesOf(p *podcache.Pod) table.Families { return table.Families(p.Families()) }
 
-// holdAnswer holds reply (out[len(buf):]), a TCP answer that took a buffer
-// of its own (larger than a connection keeps: tcpKeepBuf), as its
-// connection source's bytes of replies in flight, as a slow-path reply's
-// are, until the reader has written it (giveBack): up to tcpWriteTimeout
-// for a client that does not read. An answer whose hold is refused
-// becomes SERVFAIL, written in buf, the reader's own, counted as
-// holdReply counts a slow-path reply refused so, and limit is the limit
-// that refused it ("": held).
-func (s *Server) holdAnswer(out, buf, msg []byte, r *request, sc *scratch) (reply []byte, limit string) {
-	n := len(out) - len(buf)
-	var counted refusals
-	if limit = s.holdReply(sc.conn, n, &counted); limit == "" {
-		sc.held = n
-		return out, ""
-	}
-	return dnswire.AppendErrorReply(buf, msg, r, dnswire.RcodeServFail), limit
-}
-
-// giveBack gives back what the answer the reader wrote held (holdAnswer).
-func (s *Server) giveBack(sc *scratch) {
-	if sc.held > 0 {
-		s.opts.Budget.Give(sc.conn, sc.held)
-		sc.held = 0
-	}
-}
-
 // answered counts a reply of the fast path (out[hdr:]), made from the table
 // or an error of its own, and logs it when the access log samples it,
 // with the limit that made it a SERVFAIL ("": none did).

@@ -476,8 +476,3 @@ func (s *Server) answerLong(c io.Reader, n int, src netip.AddrPort, out []byte, 
 	metricQueries.formerr.Inc()
 	return s.answered(sc, dnswire.AppendErrorReply(out, hdr[:], &r, dnswire.RcodeFormErr), 0, &r, true, pod, src, now, ""), nil
 }
-
-// isServFail reports whether reply is a SERVFAIL.
-func isServFail(reply []byte) bool {
-	return len(reply) >= dnswire.HeaderLen && dnswire.HeaderRcode(reply) == dnswire.RcodeServFail
-}
