@@ -1,5 +1,12 @@
 package resolver
 
+// The slow path: a query the fast path hands over (a CNAME chain, a
+// search-list alias, autopath, an error that needs a whole message, a
+// forward) is answered here, with miekg/dns. Server.slow is its entry: it
+// answers what the table can on the caller's goroutine, and runs a query
+// that needs an upstream in a goroutine of its own, within the bounds on
+// forwarded work.
+
 import (
 	"bytes"
 	"context"
@@ -63,6 +70,80 @@ type slowQuery struct {
 
 	// slot is its place among the forwards in flight while it holds one.
 	slot forwardSlot
+}
+
+// slow answers a query that needs more than a table copy; tc is its TCP
+// connection (nil: the query came over UDP, and its source is looked up
+// if it forwards), whose source holds the reply's bytes and whose
+// upstreams it forwards to. done is
+// called exactly once, with the reply or with nil when there is nothing to
+// send, and what gives back the reply's hold (nil without one), which done
+// calls once the reply is sent or dropped.
+//
+// What the table answers (search-list aliases, CNAME chains, errors) is
+// answered here, on the caller's goroutine: local answers never wait behind
+// forwarded work. A query that needs an upstream runs in its own goroutine,
+// within two bounds: its source's forwarded queries in flight, and
+// MaxInflight for all sources. Over either, the client gets SERVFAIL at
+// once instead of a place in a queue. Past half of MaxInflight, a source
+// holding more than its fair share of it gets the same (quota.Pool); one
+// within its share that finds MaxInflight reached takes the slot of a
+// source over its share (startForward). The forwarder learns the source
+// from the context, and charges the reply bytes it reads to it.
+func (s *Server) slow(msg []byte, src, local netip.AddrPort, tc *tcpConn, done func(reply []byte, release func())) {
+	q := &slowQuery{s: s, msg: msg, src: src, local: local, offline: true, start: s.clock(), from: sourceNone}
+	if tc != nil {
+		q.tcp, q.conn, q.source = true, &tc.up, tc.source
+	}
+	finish := q.finishing(done)
+	if reply := q.answer(s.ctx); !q.needsUpstream {
+		finish(reply)
+		return
+	}
+	source := q.source
+	if source == nil {
+		_, source = s.sourceOf(src.Addr(), s.clock())
+		q.source = source
+	}
+	fw := &q.slot
+	fw.source = source
+	switch s.startForward(fw) {
+	case quota.OverSource: // its own bound, or its fair share of the node's
+		q.countLimited()
+		q.limitedBy(limitPod)
+		finish(dnswire.AppendErrorReply(nil, msg, &q.r, dnswire.RcodeServFail))
+		return
+	case quota.OverPool:
+		metricQueries.overload.Inc()
+		q.limitedBy(limitNode)
+		finish(dnswire.AppendErrorReply(nil, msg, &q.r, dnswire.RcodeServFail))
+		return
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		ctx, cancel := context.WithTimeout(quota.WithSource(s.ctx, source), slowPathTimeout)
+		var reply []byte
+		if s.forwards.arm(fw, cancel) {
+			q.offline, q.needsUpstream, q.from = false, false, sourceNone
+			reply = q.answer(ctx)
+		}
+		cancel()
+		// The forward is over once answered: its slot is free before the
+		// reply goes out, so a client that asks again as soon as it has
+		// it (a stub's next question) finds the slot it just used.
+		if s.forwards.remove(fw) {
+			s.endForward(source)
+		} else {
+			// Ended for a source under its share, which has its slot:
+			// SERVFAIL, whatever its work got if it started (a CNAME
+			// chase cut short would answer NOERROR with no address).
+			q.countLimited()
+			q.limitedBy(limitPod)
+			reply = dnswire.AppendErrorReply(nil, msg, &q.r, dnswire.RcodeServFail)
+		}
+		finish(reply)
+	}()
 }
 
 func (q *slowQuery) finish(reply []byte) {
