@@ -17,6 +17,7 @@ import (
 	"sync"
 
 	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/ztdns/ztdns/pkg/dnswire"
 	"github.com/ztdns/ztdns/pkg/podcache"
@@ -286,10 +287,19 @@ func (q *slowQuery) answer(ctx context.Context) []byte {
 		owner = alias
 	}
 	q.chase(ctx, reply, res, owner, tbl, ns)
+	return q.localReply(reply, metricQueries.local)
+}
+
+// localReply ends a reply the table answered, as answer and autopath
+// built it and chase filled it: nil when it needs an upstream (offline:
+// slow runs the query again), otherwise counted with outcome (local or
+// autopath, of ztdns_resolver_queries_total), answered from the table
+// unless an upstream or the cache gave part of it, and packed.
+func (q *slowQuery) localReply(reply *dns.Msg, outcome prometheus.Counter) []byte {
 	if q.needsUpstream {
 		return nil
 	}
-	metricQueries.local.Inc()
+	outcome.Inc()
 	if q.from == sourceNone {
 		q.from = sourceTable
 	}
@@ -402,14 +412,7 @@ func (q *slowQuery) autopath(ctx context.Context, pod *podcache.Pod, tbl *table.
 				reply := replyTo(req, r)
 				reply.Answer = append(reply.Answer, cname(owner, cand, tbl.TTL()))
 				q.chase(ctx, reply, res, cand, tbl, pod.Namespace)
-				if q.needsUpstream {
-					return nil
-				}
-				metricQueries.autopath.Inc()
-				if q.from == sourceNone {
-					q.from = sourceTable
-				}
-				return q.pack(reply)
+				return q.localReply(reply, metricQueries.autopath)
 			}
 			continue
 		}
