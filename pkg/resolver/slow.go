@@ -193,13 +193,6 @@ func (q *slowQuery) answeredBy(o forward.Origin) {
 	}
 }
 
-// answerSlow produces the reply for a query the fast path handed over, or nil
-// to drop it.
-func (s *Server) answerSlow(ctx context.Context, msg []byte, src, local netip.AddrPort, tcp bool) []byte {
-	q := &slowQuery{s: s, msg: msg, src: src, local: local, tcp: tcp}
-	return q.answer(ctx)
-}
-
 // slowNameBufs lend the slow path the buffer a query's name is read into
 // (escaped, a name may take four times its 255 octets).
 var slowNameBufs = sync.Pool{New: func() any { return new(nameBuf) }}
