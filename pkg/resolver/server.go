@@ -666,7 +666,7 @@ func (s *Server) answered(sc *scratch, out []byte, hdr int, r *request, tcp bool
 
 // logAccess hands one answered query to the access log: upstream, result
 // and limit as accesslog.Entry has them.
-func (s *Server) logAccess(r *request, src netip.AddrPort, tcp bool, pod *podcache.Pod, rcode int, from source, upstream netip.AddrPort, result, limit string, latency int64) {
+func (s *Server) logAccess(r *request, src netip.AddrPort, tcp bool, pod *podcache.Pod, rcode int, from answeredFrom, upstream netip.AddrPort, result, limit string, latency int64) {
 	e := accesslog.Entry{
 		Time:     time.Now().Add(-time.Duration(latency)),
 		Client:   src,

@@ -55,7 +55,7 @@ type slowQuery struct {
 	// limit that refused it or a lookup of it (limitPod, limitNode), and
 	// the asking pod.
 	start         int64
-	from          source
+	from          answeredFrom
 	upstream      netip.AddrPort
 	result, limit string
 	badVers       bool
