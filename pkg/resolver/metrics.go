@@ -179,15 +179,17 @@ const (
 	nCells       = nTypes * nRcodes * 2 * nSources
 )
 
-// Where an answer came from: the source label, and the access log's
-// "answered".
-type source uint8
+// answeredFrom is where an answer came from: the value of the source label
+// of the request metrics (the constants are named for it, sourceLabels
+// spells them), and the access log's "answered". Not the asking source
+// (quota.Source).
+type answeredFrom uint8
 
 const (
-	sourceTable    source = iota // the name table
-	sourceCache                  // the cache of upstream answers
-	sourceUpstream               // an upstream exchange
-	sourceNone                   // an error the resolver gave itself: FORMERR, REFUSED, SERVFAIL over a limit or with no upstream
+	sourceTable    answeredFrom = iota // the name table
+	sourceCache                        // the cache of upstream answers
+	sourceUpstream                     // an upstream exchange
+	sourceNone                         // an error the resolver gave itself: FORMERR, REFUSED, SERVFAIL over a limit or with no upstream
 	nSources       = 4
 )
 
@@ -200,7 +202,7 @@ func protoOf(tcp bool) int {
 }
 
 // requestCell is the index of a (type, rcode, proto, source) counter.
-func requestCell(qtype uint16, rcode int, tcp bool, src source) int {
+func requestCell(qtype uint16, rcode int, tcp bool, from answeredFrom) int {
 	t := typeOther
 	if qtype < 256 {
 		t = typeIndex[qtype]
@@ -213,7 +215,7 @@ func requestCell(qtype uint16, rcode int, tcp bool, src source) int {
 		rc = labelOther
 	}
 	p := protoOf(tcp)
-	return ((int(t)*nRcodes+rc)*2+p)*nSources + int(src)
+	return ((int(t)*nRcodes+rc)*2+p)*nSources + int(from)
 }
 
 // durationBounds are the buckets of ztdns_dns_request_duration_seconds, in
@@ -386,7 +388,7 @@ func (s *Server) newBatchCounts() *batchCounts {
 }
 
 // add counts one answer.
-func (b *batchCounts) add(cell int, slot int32, from source) {
+func (b *batchCounts) add(cell int, slot int32, from answeredFrom) {
 	b.answered[from]++
 	if b.requests[cell] == 0 {
 		b.touched[b.nTouched] = int32(cell)

@@ -194,7 +194,7 @@ type Server struct {
 	// forwarding is the pool of forwarded queries in flight, tcpOpen of
 	// open TCP connections, both shared fairly among sources (quota.Pool);
 	// forwards the queries holding its slots (forwarding.go); tcpLevel the
-	// idle-timeout level the connections set (tcp.go).
+	// idle-timeout level the connections set (tcpadmit.go).
 	forwarding *quota.Pool
 	forwards   forwardList
 	tcpOpen    *quota.Pool
@@ -608,10 +608,7 @@ func (s *Server) answerFast(msg []byte, src netip.AddrPort, tcp bool, out []byte
 	// message, keeps the whole records that fit, with TC, as CoreDNS's
 	// (request.Scrub) and Istio's proxy's are: a client that cannot ask
 	// again over TCP (musl before 1.2.4) still gets addresses.
-	room := maxTCPMessage
-	if !tcp {
-		room = r.UDPLimit()
-	}
+	room := replyRoom(&r, tcp)
 	if r.EDNS {
 		room -= dnswire.OPTLen
 	}
@@ -635,32 +632,6 @@ func (s *Server) answerFast(msg []byte, src netip.AddrPort, tcp bool, out []byte
 // no known pod: which auto-allocated VIPs it gets (table.Result.Restrict).
 // The pod cache works them out when it is rebuilt, as table.Families.
 func familiesOf(p *podcache.Pod) table.Families { return table.Families(p.Families()) }
-
-// holdAnswer holds reply (out[len(buf):]), a TCP answer that took a buffer
-// of its own (larger than a connection keeps: tcpKeepBuf), as its
-// connection source's bytes of replies in flight, as a slow-path reply's
-// are, until the reader has written it (giveBack): up to tcpWriteTimeout
-// for a client that does not read. An answer whose hold is refused
-// becomes SERVFAIL, written in buf, the reader's own, counted as
-// holdReply counts a slow-path reply refused so, and limit is the limit
-// that refused it ("": held).
-func (s *Server) holdAnswer(out, buf, msg []byte, r *request, sc *scratch) (reply []byte, limit string) {
-	n := len(out) - len(buf)
-	var counted refusals
-	if limit = s.holdReply(sc.conn, n, &counted); limit == "" {
-		sc.held = n
-		return out, ""
-	}
-	return dnswire.AppendErrorReply(buf, msg, r, dnswire.RcodeServFail), limit
-}
-
-// giveBack gives back what the answer the reader wrote held (holdAnswer).
-func (s *Server) giveBack(sc *scratch) {
-	if sc.held > 0 {
-		s.opts.Budget.Give(sc.conn, sc.held)
-		sc.held = 0
-	}
-}
 
 // answered counts a reply of the fast path (out[hdr:]), made from the table
 // or an error of its own, and logs it when the access log samples it,
@@ -695,7 +666,7 @@ func (s *Server) answered(sc *scratch, out []byte, hdr int, r *request, tcp bool
 
 // logAccess hands one answered query to the access log: upstream, result
 // and limit as accesslog.Entry has them.
-func (s *Server) logAccess(r *request, src netip.AddrPort, tcp bool, pod *podcache.Pod, rcode int, from source, upstream netip.AddrPort, result, limit string, latency int64) {
+func (s *Server) logAccess(r *request, src netip.AddrPort, tcp bool, pod *podcache.Pod, rcode int, from answeredFrom, upstream netip.AddrPort, result, limit string, latency int64) {
 	e := accesslog.Entry{
 		Time:     time.Now().Add(-time.Duration(latency)),
 		Client:   src,
@@ -716,80 +687,6 @@ func (s *Server) logAccess(r *request, src netip.AddrPort, tcp bool, pod *podcac
 		e.Namespace, e.Pod = pod.Namespace, pod.Name
 	}
 	s.opts.AccessLog.Send(e)
-}
-
-// slow answers a query that needs more than a table copy; tc is its TCP
-// connection (nil: the query came over UDP, and its source is looked up
-// if it forwards), whose source holds the reply's bytes and whose
-// upstreams it forwards to. done is
-// called exactly once, with the reply or with nil when there is nothing to
-// send, and what gives back the reply's hold (nil without one), which done
-// calls once the reply is sent or dropped.
-//
-// What the table answers (search-list aliases, CNAME chains, errors) is
-// answered here, on the caller's goroutine: local answers never wait behind
-// forwarded work. A query that needs an upstream runs in its own goroutine,
-// within two bounds: its source's forwarded queries in flight, and
-// MaxInflight for all sources. Over either, the client gets SERVFAIL at
-// once instead of a place in a queue. Past half of MaxInflight, a source
-// holding more than its fair share of it gets the same (quota.Pool); one
-// within its share that finds MaxInflight reached takes the slot of a
-// source over its share (startForward). The forwarder learns the source
-// from the context, and charges the reply bytes it reads to it.
-func (s *Server) slow(msg []byte, src, local netip.AddrPort, tc *tcpConn, done func(reply []byte, release func())) {
-	q := &slowQuery{s: s, msg: msg, src: src, local: local, offline: true, start: s.clock(), from: sourceNone}
-	if tc != nil {
-		q.tcp, q.conn, q.source = true, &tc.up, tc.source
-	}
-	finish := q.finishing(done)
-	if reply := q.answer(s.ctx); !q.needsUpstream {
-		finish(reply)
-		return
-	}
-	source := q.source
-	if source == nil {
-		_, source = s.sourceOf(src.Addr(), s.clock())
-		q.source = source
-	}
-	fw := &q.slot
-	fw.source = source
-	switch s.startForward(fw) {
-	case quota.OverSource: // its own bound, or its fair share of the node's
-		q.countLimited()
-		q.limitedBy(limitPod)
-		finish(dnswire.AppendErrorReply(nil, msg, &q.r, dnswire.RcodeServFail))
-		return
-	case quota.OverPool:
-		metricQueries.overload.Inc()
-		q.limitedBy(limitNode)
-		finish(dnswire.AppendErrorReply(nil, msg, &q.r, dnswire.RcodeServFail))
-		return
-	}
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		ctx, cancel := context.WithTimeout(quota.WithSource(s.ctx, source), slowPathTimeout)
-		var reply []byte
-		if s.forwards.arm(fw, cancel) {
-			q.offline, q.needsUpstream, q.from = false, false, sourceNone
-			reply = q.answer(ctx)
-		}
-		cancel()
-		// The forward is over once answered: its slot is free before the
-		// reply goes out, so a client that asks again as soon as it has
-		// it (a stub's next question) finds the slot it just used.
-		if s.forwards.remove(fw) {
-			s.endForward(source)
-		} else {
-			// Ended for a source under its share, which has its slot:
-			// SERVFAIL, whatever its work got if it started (a CNAME
-			// chase cut short would answer NOERROR with no address).
-			q.countLimited()
-			q.limitedBy(limitPod)
-			reply = dnswire.AppendErrorReply(nil, msg, &q.r, dnswire.RcodeServFail)
-		}
-		finish(reply)
-	}()
 }
 
 func addrPortOf(a net.Addr) netip.AddrPort {

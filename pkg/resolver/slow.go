@@ -1,5 +1,12 @@
 package resolver
 
+// The slow path: a query the fast path hands over (a CNAME chain, a
+// search-list alias, autopath, an error that needs a whole message, a
+// forward) is answered here, with miekg/dns. Server.slow is its entry: it
+// answers what the table can on the caller's goroutine, and runs a query
+// that needs an upstream in a goroutine of its own, within the bounds on
+// forwarded work.
+
 import (
 	"bytes"
 	"context"
@@ -10,6 +17,7 @@ import (
 	"sync"
 
 	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/ztdns/ztdns/pkg/dnswire"
 	"github.com/ztdns/ztdns/pkg/podcache"
@@ -47,7 +55,7 @@ type slowQuery struct {
 	// limit that refused it or a lookup of it (limitPod, limitNode), and
 	// the asking pod.
 	start         int64
-	from          source
+	from          answeredFrom
 	upstream      netip.AddrPort
 	result, limit string
 	badVers       bool
@@ -65,42 +73,78 @@ type slowQuery struct {
 	slot forwardSlot
 }
 
-// finishing wraps done so that the reply is held, then counted, timed and
-// logged as what the client gets, before it is sent. Over TCP, a reply
-// holds its bytes of the budget of replies in flight, as its source's,
-// until it is written (a client that reads slowly holds it up to
-// tcpWriteTimeout); done gets what gives them back (nil: nothing held), to
-// call once the reply is sent or dropped.
+// slow answers a query that needs more than a table copy; tc is its TCP
+// connection (nil: the query came over UDP, and its source is looked up
+// if it forwards), whose source holds the reply's bytes and whose
+// upstreams it forwards to. done is
+// called exactly once, with the reply or with nil when there is nothing to
+// send, and what gives back the reply's hold (nil without one), which done
+// calls once the reply is sent or dropped.
 //
-// A reply whose hold is refused becomes SERVFAIL, counted and logged as
-// holdReply says. A reply that was a SERVFAIL already is counted for
-// neither: the hold changes nothing the client gets. One made as its
-// bytes were refused as they were read was counted then; an upstream's
-// own SERVFAIL is no refusal.
-func (q *slowQuery) finishing(done func(reply []byte, release func())) func(reply []byte) {
-	return func(reply []byte) {
-		var release func()
-		if q.tcp && reply != nil {
-			counted := &q.refusals
-			if isServFail(reply) {
-				counted = nil
-			}
-			budget, source, n := q.s.opts.Budget, q.source, len(reply)
-			if limit := q.s.holdReply(source, n, counted); limit == "" {
-				release = func() { budget.Give(source, n) }
-			} else {
-				reply = dnswire.AppendErrorReply(nil, q.msg, &q.r, dnswire.RcodeServFail) // q.r: parsed, the reply not nil
-				q.limitedBy(limit)
-			}
-		}
-		if len(reply) >= dnswire.HeaderLen {
-			if q.cut && dnswire.HeaderFlags(reply)&dnswire.FlagTC != 0 { // not a SERVFAIL in its place
-				metricTruncated[protoOf(q.tcp)].Inc()
-			}
-			q.finish(reply)
-		}
-		done(reply, release)
+// What the table answers (search-list aliases, CNAME chains, errors) is
+// answered here, on the caller's goroutine: local answers never wait behind
+// forwarded work. A query that needs an upstream runs in its own goroutine,
+// within two bounds: its source's forwarded queries in flight, and
+// MaxInflight for all sources. Over either, the client gets SERVFAIL at
+// once instead of a place in a queue. Past half of MaxInflight, a source
+// holding more than its fair share of it gets the same (quota.Pool); one
+// within its share that finds MaxInflight reached takes the slot of a
+// source over its share (startForward). The forwarder learns the source
+// from the context, and charges the reply bytes it reads to it.
+func (s *Server) slow(msg []byte, src, local netip.AddrPort, tc *tcpConn, done func(reply []byte, release func())) {
+	q := &slowQuery{s: s, msg: msg, src: src, local: local, offline: true, start: s.clock(), from: sourceNone}
+	if tc != nil {
+		q.tcp, q.conn, q.source = true, &tc.up, tc.source
 	}
+	finish := q.finishing(done)
+	if reply := q.answer(s.ctx); !q.needsUpstream {
+		finish(reply)
+		return
+	}
+	source := q.source
+	if source == nil {
+		_, source = s.sourceOf(src.Addr(), s.clock())
+		q.source = source
+	}
+	fw := &q.slot
+	fw.source = source
+	switch s.startForward(fw) {
+	case quota.OverSource: // its own bound, or its fair share of the node's
+		q.countLimited()
+		q.limitedBy(limitPod)
+		finish(dnswire.AppendErrorReply(nil, msg, &q.r, dnswire.RcodeServFail))
+		return
+	case quota.OverPool:
+		metricQueries.overload.Inc()
+		q.limitedBy(limitNode)
+		finish(dnswire.AppendErrorReply(nil, msg, &q.r, dnswire.RcodeServFail))
+		return
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		ctx, cancel := context.WithTimeout(quota.WithSource(s.ctx, source), slowPathTimeout)
+		var reply []byte
+		if s.forwards.arm(fw, cancel) {
+			q.offline, q.needsUpstream, q.from = false, false, sourceNone
+			reply = q.answer(ctx)
+		}
+		cancel()
+		// The forward is over once answered: its slot is free before the
+		// reply goes out, so a client that asks again as soon as it has
+		// it (a stub's next question) finds the slot it just used.
+		if s.forwards.remove(fw) {
+			s.endForward(source)
+		} else {
+			// Ended for a source under its share, which has its slot:
+			// SERVFAIL, whatever its work got if it started (a CNAME
+			// chase cut short would answer NOERROR with no address).
+			q.countLimited()
+			q.limitedBy(limitPod)
+			reply = dnswire.AppendErrorReply(nil, msg, &q.r, dnswire.RcodeServFail)
+		}
+		finish(reply)
+	}()
 }
 
 func (q *slowQuery) finish(reply []byte) {
@@ -147,68 +191,6 @@ func (q *slowQuery) answeredBy(o forward.Origin) {
 	case q.from != sourceUpstream:
 		q.from, q.upstream, q.result = sourceCache, o.Upstream, ""
 	}
-}
-
-// holdReply holds n bytes of a TCP reply as source's, in the budget of
-// replies in flight, until it is written (the caller gives them back). It
-// returns "" when they are held, or the limit that refused them, which
-// the reply's SERVFAIL names in the access log: limitPod over the
-// source's bound or fair share, counted as the source's doing (counted's
-// refusedForBytes); limitNode with the budget spent, counted as overload.
-// counted nil counts nothing (the reply was a SERVFAIL already).
-func (s *Server) holdReply(source *quota.Source, n int, counted *refusals) (limit string) {
-	switch s.opts.Budget.TryTake(source, n) {
-	case quota.Taken:
-		return ""
-	case quota.OverSource:
-		if counted != nil {
-			counted.refusedForBytes(source)
-		}
-		return limitPod
-	}
-	if counted != nil {
-		metricQueries.overload.Inc()
-	}
-	return limitNode
-}
-
-// refusals is what was counted of one query's refusals for its source,
-// each once however many of its parts were refused or ended.
-type refusals struct {
-	// limited: counted forward_limited. bytesRefused: a reply of its was
-	// refused for the source's bytes, and counted in the source's
-	// bytesRefused.
-	limited, bytesRefused bool
-}
-
-// refusedForBytes counts a reply of the query's refused for its source's
-// bytes: a lookup's (a CNAME's target, autopath's candidates), its
-// forward's, the reply waiting to be written to its TCP client, or a
-// large table answer's. It is the pod's doing, as a forward over its
-// bound is: it counts in `ztdns pods` and as forward_limited, once per
-// query however many were.
-func (c *refusals) refusedForBytes(source *quota.Source) {
-	if !c.bytesRefused {
-		c.bytesRefused = true
-		source.CountBytesRefused()
-	}
-	c.countLimited()
-}
-
-// countLimited counts the query forward_limited, its source's doing:
-// once, whatever of it was refused or ended.
-func (c *refusals) countLimited() {
-	if !c.limited {
-		c.limited = true
-		metricQueries.forwardLimited.Inc()
-	}
-}
-
-// answerSlow produces the reply for a query the fast path handed over, or nil
-// to drop it.
-func (s *Server) answerSlow(ctx context.Context, msg []byte, src, local netip.AddrPort, tcp bool) []byte {
-	q := &slowQuery{s: s, msg: msg, src: src, local: local, tcp: tcp}
-	return q.answer(ctx)
 }
 
 // slowNameBufs lend the slow path the buffer a query's name is read into
@@ -298,10 +280,19 @@ func (q *slowQuery) answer(ctx context.Context) []byte {
 		owner = alias
 	}
 	q.chase(ctx, reply, res, owner, tbl, ns)
+	return q.localReply(reply, metricQueries.local)
+}
+
+// localReply ends a reply the table answered, as answer and autopath
+// built it and chase filled it: nil when it needs an upstream (offline:
+// slow runs the query again), otherwise counted with outcome (local or
+// autopath, of ztdns_resolver_queries_total), answered from the table
+// unless an upstream or the cache gave part of it, and packed.
+func (q *slowQuery) localReply(reply *dns.Msg, outcome prometheus.Counter) []byte {
 	if q.needsUpstream {
 		return nil
 	}
-	metricQueries.local.Inc()
+	outcome.Inc()
 	if q.from == sourceNone {
 		q.from = sourceTable
 	}
@@ -414,14 +405,7 @@ func (q *slowQuery) autopath(ctx context.Context, pod *podcache.Pod, tbl *table.
 				reply := replyTo(req, r)
 				reply.Answer = append(reply.Answer, cname(owner, cand, tbl.TTL()))
 				q.chase(ctx, reply, res, cand, tbl, pod.Namespace)
-				if q.needsUpstream {
-					return nil
-				}
-				metricQueries.autopath.Inc()
-				if q.from == sourceNone {
-					q.from = sourceTable
-				}
-				return q.pack(reply)
+				return q.localReply(reply, metricQueries.autopath)
 			}
 			continue
 		}
@@ -506,92 +490,6 @@ func (q *slowQuery) forward(ctx context.Context) []byte {
 	return out
 }
 
-// fitUDP cuts a forwarded reply larger than the client's UDP buffer to the
-// whole records that fit, with TC, as CoreDNS's forward plugin does
-// (request.Scrub). The cut is planned on the wire, without decoding the
-// reply; where it drops records, the reply is decoded and cut compressed
-// (compressedFit), as CoreDNS's is, and that is sent if it keeps more.
-// CoreDNS compresses only a reply that does not fit otherwise, so what it
-// answers ztdns over TCP, cached and then served to a client over UDP,
-// keeps half the records cut as it came. Otherwise the wire cut is
-// applied in place (the forwarder's reply is a copy of its own). One that
-// does not parse becomes an empty reply with TC.
-func (q *slowQuery) fitUDP(reply []byte) []byte {
-	limit := q.r.UDPLimit()
-	f, err := dnswire.PlanFit(reply, limit)
-	if err != nil {
-		return q.truncated()
-	}
-	q.cut = f.Dropped
-	if f.Dropped {
-		if out := compressedFit(reply, limit, f.Kept()); out != nil {
-			return out
-		}
-	}
-	return f.Apply(reply)
-}
-
-// compressedFit is reply cut to limit as miekg's Msg.Truncate cuts it
-// (CoreDNS's server, for every reply), its names compressed, with TC: the
-// ID, flags, question (as the client spelled it) and OPT record (its
-// options, an extended error among them) are the reply's. It is nil when
-// the reply does not decode or pack within limit, or when the cut keeps no
-// more records than kept, those that fit as the reply came (one that was
-// compressed already): that cut is cheaper and changes nothing.
-//
-// Only the records that can fit are decoded (mostFit): a cached reply of
-// 64 KB, cut again for each UDP query of a pod, costs what one of limit
-// octets does.
-func compressedFit(reply []byte, limit, kept int) []byte {
-	first, dropped, err := dnswire.FirstRecords(reply, mostFit(limit))
-	m := new(dns.Msg)
-	if err != nil || m.Unpack(first) != nil {
-		return nil
-	}
-	// The records left out would have been cut: Truncate, which sees
-	// only those decoded, may find them all fit.
-	m.Truncated = m.Truncated || dropped
-	out, err := truncateAndPack(m, limit, kept)
-	if err != nil {
-		return nil
-	}
-	return out
-}
-
-// truncateAndPack cuts m to the whole records that fit in size, with TC
-// when it leaves some out (miekg's Msg.Truncate, as CoreDNS's server cuts
-// every reply), and packs it with its names compressed: after Truncate,
-// which turns compression off for a reply that fits without it, as
-// compressed it only gets smaller. It is nil, not packed, when the cut
-// keeps no more than noBetter records (the OPT record counted), and fails
-// with errTooLarge when the reply still packs larger than size.
-func truncateAndPack(m *dns.Msg, size, noBetter int) ([]byte, error) {
-	m.Truncate(size)
-	if len(m.Answer)+len(m.Ns)+len(m.Extra) <= noBetter {
-		return nil, nil
-	}
-	m.Compress = true
-	out, err := m.Pack()
-	if err == nil && len(out) > size {
-		return nil, errTooLarge
-	}
-	return out, err
-}
-
-// minPackedRR is the fewest octets a record takes packed, compressed or
-// not: a root owner (a compression pointer takes 2), type, class, TTL and
-// data length, and no data.
-const minPackedRR = 1 + 10
-
-// mostFit is the most records, besides the OPT record, that miekg's
-// Msg.Truncate keeps of any reply cut to limit: it keeps whole records in
-// order and at least minPackedRR octets each after the header, within
-// limit or 512 (dns.MinMsgSize), whichever is larger. Decoding the first
-// mostFit records of a reply, the cut is the same as decoding all.
-func mostFit(limit int) int {
-	return (max(limit, dns.MinMsgSize) - dnswire.HeaderLen) / minPackedRR
-}
-
 // upstreams are where the query's misses go: its TCP connection's, or
 // those of the address the datagram was sent to.
 func (q *slowQuery) upstreams() []netip.AddrPort {
@@ -654,7 +552,6 @@ func (e constError) Error() string { return string(e) }
 const (
 	errNoUpstream    = constError("no upstream nameserver for this client")
 	errNeedsUpstream = constError("the answer needs an upstream")
-	errTooLarge      = constError("the reply packs larger than its limit")
 )
 
 // replyTo starts an authoritative reply to req.
@@ -667,38 +564,6 @@ func replyTo(req *dns.Msg, r *request) *dns.Msg {
 		reply.SetEdns0(dnswire.EDNSUDPSize, r.DO)
 	}
 	return reply
-}
-
-// pack serialises a slow-path reply, truncating like the fast path: to the
-// records that fit in the client's UDP buffer or in a TCP message, with TC
-// (miekg's Msg.Truncate, as CoreDNS's server does), before it is packed,
-// so that what is held, counted and sent is the reply the client gets. A reply
-// that does not pack is a SERVFAIL, logged at Debug as a failed forward
-// is: what it holds comes from the query and the upstream's answer to
-// names the pod chose, so a pod could repeat it at its query rate. The
-// SERVFAIL still counts in ztdns_dns_requests_total.
-func (q *slowQuery) pack(reply *dns.Msg) []byte {
-	size := maxTCPMessage
-	if !q.tcp {
-		size = q.r.UDPLimit()
-	}
-	out, err := truncateAndPack(reply, size, -1)
-	q.cut = reply.Truncated // set when records were dropped: replyTo's never has it
-	switch {
-	case err == errTooLarge && !q.tcp:
-		return q.truncated()
-	case err != nil:
-		q.s.logs.packFailed.Log(q.s.log, slog.LevelDebug, "packing a reply failed", "client", q.src, "name", string(q.r.Name), "err", err)
-		return dnswire.AppendErrorReply(nil, q.msg, &q.r, dnswire.RcodeServFail)
-	}
-	return out
-}
-
-// truncated is an empty UDP reply with TC, counted once it goes out
-// (finishing): the last resort for a reply Truncate could not fit.
-func (q *slowQuery) truncated() []byte {
-	q.cut = true
-	return dnswire.AppendTruncated(nil, q.msg, &q.r)
 }
 
 // leadingLabels returns the first n labels of name, in presentation form,

@@ -1,5 +1,10 @@
 package resolver
 
+// A client's TCP connection: its state (waiting, idle, stopped, paused)
+// and its reader, which reads the framed queries and answers them, or
+// hands them to the slow path. Its replies are written by its tcpWriter
+// (tcpwrite.go); admitConn (tcpadmit.go) lets it in.
+
 import (
 	"bufio"
 	"encoding/binary"
@@ -22,24 +27,6 @@ import (
 // a truncated frame closes the connection instead of holding it open.
 const tcpReadTimeout = 2 * time.Second
 
-// tcpWriteTimeout bounds how long a reply may take from the moment it is
-// ready until it is written, its wait behind the connection's other
-// replies included: a client that reads slower than that has its
-// connection closed, and everything it held given back. A variable for
-// the tests alone, set before a server starts.
-var tcpWriteTimeout = 2 * time.Second
-
-// maxTCPPending bounds the queries of one connection on the slow path at
-// once: being answered (forwarded, say), or with a reply waiting to be
-// written. The connection's reader still reads and answers queries of the
-// fast path at the bound; the next slow-path query it reads, it holds
-// (one more) and waits with until one of them is written, reading nothing
-// meanwhile. So a client that pipelines faster than it reads its replies
-// is held back by TCP itself, and what a connection holds does not grow
-// with what it sends. BIND serves at most 23 pipelined queries of a
-// connection at once; CoreDNS (miekg/dns) one.
-const maxTCPPending = 16
-
 // Buffers a connection keeps between queries, made at its first query:
 // tcpQueryBuf the reader's (a frame's length and the query, read in one
 // syscall, several pipelined ones too). A larger query or local answer gets
@@ -54,16 +41,6 @@ const (
 // maxTCPMessage is the longest message a TCP frame carries: its length is
 // two octets (RFC 1035 4.2.2).
 const maxTCPMessage = 0xffff
-
-// Levels of TCP connection pressure, by the share of TCPMaxConns open. The
-// fuller the table, the sooner an idle connection is closed (unbound's
-// tcp-idle-timeout does the same): at half, a tenth of TCPIdleTimeout; at
-// three quarters, a hundredth.
-const (
-	connsRelaxed int32 = iota
-	connsBusy
-	connsCrowded
-)
 
 // tcpConn is one client connection.
 type tcpConn struct {
@@ -130,245 +107,6 @@ func (u *connUpstreams) get(s *Server, src, local netip.AddrPort) []netip.AddrPo
 		return addrs
 	}
 	return *u.addrs.Load()
-}
-
-// tcpWriter writes the replies of one connection, one at a time, and
-// bounds those of the slow path (maxTCPPending). Whoever has a reply
-// ready and finds no one writing writes it, and then those queued
-// meanwhile; the others queue theirs and return, so no goroutine waits
-// for its turn holding its stack. A queued reply holds its bytes of the
-// budget of replies in flight until it is written, for at most
-// tcpWriteTimeout from when it was ready: past that, the connection is
-// closed, and every queued reply given back.
-//
-// A reply that is not written (its connection closed first, or its write
-// failed) was counted answered as it was made: it counts in
-// ztdns_resolver_tcp_unsent_replies_total too, by why its connection was
-// closed.
-type tcpWriter struct {
-	tc *tcpConn
-	c  *net.TCPConn
-	mu sync.Mutex
-	// changed is broadcast when a slot frees, the turn to write is given
-	// up, or the connection closes.
-	changed sync.Cond
-	pending int  // slow-path queries not yet written or dropped
-	writing bool // someone writes: the turn is taken
-	closed  bool
-	reason  closeReason   // why it was closed, once closed
-	queue   []queuedReply // ready, waiting for the turn
-}
-
-// queuedReply is a slow-path reply waiting to be written; release gives
-// back its bytes of the budget (nil: it holds none).
-type queuedReply struct {
-	reply   []byte
-	ready   time.Time
-	release func()
-}
-
-func (w *tcpWriter) init(tc *tcpConn) {
-	w.tc, w.c = tc, tc.c
-	w.changed.L = &w.mu
-}
-
-// acquire takes a slot for a query on the slow path, waiting while the
-// connection has maxTCPPending of them. It reports false when the
-// connection closed meanwhile. The server stopping does not end the wait:
-// the query was read, and a stopping server answers what it read (Drain);
-// the slots free as the replies before it are written, each within
-// slowPathTimeout and tcpWriteTimeout.
-func (w *tcpWriter) acquire() bool {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	for w.pending >= maxTCPPending && !w.closed {
-		w.changed.Wait()
-	}
-	if w.closed {
-		return false
-	}
-	w.pending++
-	return true
-}
-
-// send writes reply, that of a query holding a slot (nil: there is
-// nothing to send), and gives back the slot and release once it is
-// written or dropped. It writes the reply itself when no one else is
-// writing; otherwise it queues it for whoever is, and returns at once.
-func (w *tcpWriter) send(reply []byte, release func()) {
-	if len(reply) > maxTCPMessage {
-		// Not framed: its length would not fit in two octets. None should
-		// come here (answers are cut to a message, and an upstream's came
-		// in one); every TCP reply passes here, so this one guard keeps
-		// the stream framed: dropped, the client retries.
-		reply = nil
-	}
-	ready := time.Now()
-	w.mu.Lock()
-	if w.closed || reply == nil {
-		if w.closed && reply != nil {
-			metricTCPUnsent[w.reason].Inc()
-		}
-		w.pending--
-		quiet := w.pending == 0 && !w.closed
-		w.changed.Broadcast()
-		w.mu.Unlock()
-		if release != nil {
-			release()
-		}
-		if quiet {
-			w.tc.quiet()
-		}
-		return
-	}
-	w.queue = append(w.queue, queuedReply{reply: reply, ready: ready, release: release})
-	if w.writing {
-		w.mu.Unlock()
-		return
-	}
-	w.writing = true
-	w.mu.Unlock()
-	w.drain()
-}
-
-// writeNow writes reply, the reader's own (its buffer is reused once this
-// returns), at its turn: the reader waits for it, reading nothing
-// meanwhile.
-func (w *tcpWriter) writeNow(reply []byte) {
-	ready := time.Now()
-	w.mu.Lock()
-	for w.writing && !w.closed {
-		w.changed.Wait()
-	}
-	if w.closed {
-		metricTCPUnsent[w.reason].Inc()
-		w.mu.Unlock()
-		return
-	}
-	w.writing = true
-	w.mu.Unlock()
-	if err := w.write(reply, ready); err != nil {
-		w.writeFailed(err)
-	}
-	w.drain()
-}
-
-// drain writes the queued replies, in turn, until none is left, then
-// gives up the turn; the caller has it.
-func (w *tcpWriter) drain() {
-	for {
-		w.mu.Lock()
-		if w.closed || len(w.queue) == 0 {
-			w.writing = false
-			w.changed.Broadcast()
-			w.mu.Unlock()
-			return
-		}
-		r := w.queue[0]
-		n := copy(w.queue, w.queue[1:])
-		w.queue[n] = queuedReply{}
-		w.queue = w.queue[:n]
-		w.mu.Unlock()
-		err := w.write(r.reply, r.ready)
-		if r.release != nil {
-			r.release()
-		}
-		w.mu.Lock()
-		w.pending--
-		quiet := w.pending == 0 && err == nil
-		w.changed.Broadcast()
-		w.mu.Unlock()
-		if err != nil {
-			w.writeFailed(err)
-		} else if quiet {
-			w.tc.quiet()
-		}
-	}
-}
-
-// errWaitedTooLong: a reply waited for its turn to be written until
-// tcpWriteTimeout after it was ready.
-const errWaitedTooLong = constError("the reply waited too long for its turn to be written")
-
-// write writes one reply, framed, within tcpWriteTimeout of ready. It
-// fails when the reply waited too long already, or the write did not end
-// in time or failed: the connection is then to be closed (writeFailed).
-func (w *tcpWriter) write(reply []byte, ready time.Time) error {
-	deadline := ready.Add(tcpWriteTimeout)
-	if !time.Now().Before(deadline) {
-		return errWaitedTooLong
-	}
-	var length [2]byte
-	binary.BigEndian.PutUint16(length[:], uint16(len(reply)))
-	w.c.SetWriteDeadline(deadline)
-	frame := net.Buffers{length[:], reply} // one writev, no copy of the reply
-	_, err := frame.WriteTo(w.c)
-	return err
-}
-
-// writeFailed closes the connection after the write of a reply failed
-// with err, the reply unsent: for write_timeout when it did not end within
-// tcpWriteTimeout of the reply being ready, for the client otherwise (it
-// reset the connection, say). A write that failed for the connection
-// being closed meanwhile counts for why it was.
-func (w *tcpWriter) writeFailed(err error) {
-	reason := closedByClient
-	if errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, errWaitedTooLong) {
-		reason = closedWriteTimeout
-	}
-	w.close(reason, 1)
-}
-
-// close closes the connection for reason, and gives back at once what
-// the replies queued on it hold: a query that is still being answered
-// gives back its reply as it comes (send), and the one being written when
-// its write fails, at once, as the connection is closed. lost is the
-// replies the caller could not write (counted unsent with the queued
-// ones). The first close says why the connection was closed; a later one
-// only counts what it lost.
-func (w *tcpWriter) close(reason closeReason, lost int) {
-	w.mu.Lock()
-	if w.closed {
-		reason = w.reason
-		w.mu.Unlock()
-		if lost > 0 {
-			metricTCPUnsent[reason].Add(float64(lost))
-		}
-		return
-	}
-	w.closed, w.reason = true, reason
-	queued := w.queue
-	w.queue = nil
-	// Every reply still to come is lost: those queued, and the one whose
-	// write failed (lost), counted unsent now; those being answered,
-	// counted as they come (send; a query that ends with nothing to send
-	// counts nothing), as is one being written when another party closes
-	// the connection (an eviction), counted when its write fails.
-	dropped, answering := lost+len(queued), w.pending-len(queued)
-	w.pending -= len(queued)
-	w.changed.Broadcast()
-	w.mu.Unlock()
-	w.c.Close()
-	metricTCPClosed[reason].Inc()
-	if dropped > 0 {
-		metricTCPUnsent[reason].Add(float64(dropped))
-	}
-	for _, r := range queued {
-		if r.release != nil {
-			r.release()
-		}
-	}
-	w.tc.logClose(reason, dropped, answering)
-}
-
-// wait returns once every slow-path query of the connection has its reply
-// written or dropped, or the connection is closed.
-func (w *tcpWriter) wait() {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	for w.pending > 0 && !w.closed {
-		w.changed.Wait()
-	}
 }
 
 // isIdle reports whether the connection waits for a query with no reply
@@ -506,143 +244,6 @@ func (tc *tcpConn) logClose(reason closeReason, dropped, answering int) {
 		"client", tc.src, "reason", closeReasonLabels[reason], "repliesDropped", dropped, "queriesAnswering", answering)
 }
 
-// admitConn starts serving a new connection unless its source has all the
-// connections it may have (its own bound, or past half of TCPMaxConns its
-// fair share: quota.Pool) or the server has. A source within its share
-// that finds every connection taken gets one anyway: a connection of the
-// source most over its share is closed for it (makeRoom). Connections do
-// not end on their own as forwarded queries do: one that keeps sending a
-// query now and then is never idle, and without this, sources that took
-// their connections while the server was quieter would keep the others
-// out for good.
-func (s *Server) admitConn(c *net.TCPConn, local netip.AddrPort) bool {
-	src := addrPortOf(c.RemoteAddr())
-	_, source := s.sourceOf(src.Addr(), s.clock())
-	v := source.OpenConn(s.opts.Limits.TCPConns, s.tcpOpen)
-	if v == quota.OverPool && s.makeRoom(source) {
-		v = source.OpenConn(s.opts.Limits.TCPConns, s.tcpOpen)
-	}
-	switch v {
-	case quota.OverSource:
-		metricTCPRejected.source.Inc()
-		return false
-	case quota.OverPool:
-		metricTCPRejected.total.Inc()
-		return false
-	}
-	tc := &tcpConn{s: s, c: c, src: src, source: source}
-	tc.w.init(tc)
-	metricTCPConns.Inc()
-	if !s.trackConn(tc) {
-		s.releaseConn(tc)
-		return false
-	}
-	s.raiseConnLevel()
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		defer s.releaseConn(tc)
-		defer s.untrackConn(tc)
-		s.serveTCPConn(tc, local)
-	}()
-	return true
-}
-
-// makeRoom closes a connection of the source that holds the most
-// connections beyond its fair share (an idle one if it has one), other
-// than asking, and gives its slot back at once. It reports false when no
-// source is over its share.
-func (s *Server) makeRoom(asking *quota.Source) bool {
-	share, some := s.tcpOpen.OverShare() // one reading for every connection compared
-	if !some {
-		return false
-	}
-	s.mu.Lock()
-	var (
-		pick     *tcpConn
-		most     int64
-		pickIdle bool
-	)
-	for tc := range s.tcp {
-		if tc.source == asking || tc.evicted.Load() {
-			continue
-		}
-		// The most over; of its connections, an idle one.
-		over := tc.source.ConnsOver(share)
-		if over <= 0 || over < most || over == most && (pick.source != tc.source || pickIdle) {
-			continue
-		}
-		idle := tc.isIdle()
-		if over == most && !idle {
-			continue
-		}
-		pick, most, pickIdle = tc, over, idle
-	}
-	if pick == nil {
-		s.mu.Unlock()
-		return false
-	}
-	pick.evicted.Store(true) // under mu, where the walk skips the evicted
-	s.mu.Unlock()
-	pick.source.CountTCPRefused()
-	metricTCPRejected.source.Inc()
-	s.releaseConn(pick)
-	pick.c.SetLinger(0)
-	// Closed before it stops, which would have a waiting reader end for
-	// the server stopping; its goroutine ends at once, without waiting for
-	// its forwarded queries.
-	pick.w.close(closedEvicted, 0)
-	pick.stop() // a pausing reader too
-	return true
-}
-
-func (s *Server) releaseConn(tc *tcpConn) {
-	if !tc.released.CompareAndSwap(false, true) {
-		return
-	}
-	tc.source.CloseConn(s.tcpOpen)
-	metricTCPConns.Dec()
-	s.tcpLevel.Store(s.connLevel())
-}
-
-// connLevel is the pressure the open connections put on the server.
-func (s *Server) connLevel() int32 {
-	open, max := int(s.tcpOpen.Used()), s.opts.TCPMaxConns
-	switch {
-	case 4*open >= 3*max:
-		return connsCrowded
-	case 2*open >= max:
-		return connsBusy
-	}
-	return connsRelaxed
-}
-
-// idleTimeout is how long a connection may sit idle at a pressure level.
-func (s *Server) idleTimeout(level int32) time.Duration {
-	switch level {
-	case connsCrowded:
-		return s.opts.TCPIdleTimeout / 100
-	case connsBusy:
-		return s.opts.TCPIdleTimeout / 10
-	}
-	return s.opts.TCPIdleTimeout
-}
-
-// raiseConnLevel records the pressure after a new connection; when it rose,
-// connections already idle get the shorter timeout too.
-func (s *Server) raiseConnLevel() {
-	level := s.connLevel()
-	if s.tcpLevel.Swap(level) >= level {
-		return
-	}
-	timeout := s.idleTimeout(level)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for tc := range s.tcp {
-		tc.shortenIdle(timeout)
-	}
-}
-
 // serveTCPConn answers the length-prefixed queries on one connection (RFC
 // 7766). Local answers are written in order as they are read; forwarded
 // answers are written when ready, which the RFC allows, so a slow upstream
@@ -713,26 +314,14 @@ func (s *Server) readQueries(tc *tcpConn, local netip.AddrPort) closeReason {
 		if br == nil {
 			br, out, sc = bufio.NewReaderSize(c, tcpQueryBuf), make([]byte, 0, tcpAnswerBuf), &scratch{captureSlot: s.captureSlot(local), conn: tc.source}
 		}
-		// The rest of the frame within tcpReadTimeout, the deadline set
-		// only when the reader has to wait for it.
-		armed := false
-		arm := func(need int) {
-			if !armed && br.Buffered() < need {
-				c.SetReadDeadline(time.Now().Add(tcpReadTimeout))
-				armed = true
-			}
-		}
-		arm(1)
-		second, err := br.ReadByte()
-		if err != nil {
+		msg, n, own, err := readFrame(c, br, first[0])
+		switch {
+		case err != nil:
 			return readFailed(err)
-		}
-		n := int(first[0])<<8 | int(second)
-		if n > maxQuery {
+		case n > maxQuery:
 			// Longer than any query we take: answered from its header,
 			// the rest read off the connection and thrown away, so a
 			// pod cannot make the resolver hold 64 KiB per query.
-			arm(n)
 			reply, err := s.answerLong(br, n, tc.src, out[:0], sc)
 			if err != nil {
 				return readFailed(err)
@@ -740,22 +329,6 @@ func (s *Server) readQueries(tc *tcpConn, local netip.AddrPort) closeReason {
 			w.writeNow(reply)
 			s.pauseForRate(tc, sc)
 			continue
-		}
-		arm(n)
-		var msg []byte
-		own := n > br.Size() // a buffer of its own, not the reader's
-		if own {
-			msg = make([]byte, n)
-			_, err = io.ReadFull(br, msg)
-		} else {
-			// The reader's own bytes, valid until its next read: the
-			// query is answered, or copied for the slow path, before.
-			msg, err = br.Peek(n)
-			br.Discard(len(msg))
-		}
-		if err != nil {
-			metricQueries.drop.Inc()
-			return readFailed(err) // a truncated frame: nothing sensible to answer
 		}
 		start := s.clock()
 		reply, slow := s.answerFast(msg, tc.src, true, out[:0], sc, start)
@@ -786,6 +359,47 @@ func (s *Server) readQueries(tc *tcpConn, local netip.AddrPort) closeReason {
 		s.slow(msg, tc.src, local, tc, w.send)
 		s.pauseForRate(tc, sc)
 	}
+}
+
+// readFrame reads the rest of a frame whose first octet, read already, is
+// first: the second octet of its length n, then its message, within
+// tcpReadTimeout, the deadline set only when the reader has to wait for
+// it. msg is the reader's own bytes, valid until its next read (the query
+// is answered, or copied for the slow path, before), unless own: a
+// message longer than the reader's buffer gets one of its own. A message
+// longer than maxQuery is left unread, msg nil, for answerLong, with the
+// deadline set for it. It fails with the read's error; a message cut
+// short is counted dropped.
+func readFrame(c *net.TCPConn, br *bufio.Reader, first byte) (msg []byte, n int, own bool, err error) {
+	armed := false
+	arm := func(need int) {
+		if !armed && br.Buffered() < need {
+			c.SetReadDeadline(time.Now().Add(tcpReadTimeout))
+			armed = true
+		}
+	}
+	arm(1)
+	second, err := br.ReadByte()
+	if err != nil {
+		return nil, 0, false, err
+	}
+	n = int(first)<<8 | int(second)
+	arm(n)
+	if n > maxQuery {
+		return nil, n, false, nil
+	}
+	if own = n > br.Size(); own {
+		msg = make([]byte, n)
+		_, err = io.ReadFull(br, msg)
+	} else {
+		msg, err = br.Peek(n)
+		br.Discard(len(msg))
+	}
+	if err != nil {
+		metricQueries.drop.Inc() // a truncated frame: nothing sensible to answer
+		return nil, n, own, err
+	}
+	return msg, n, own, nil
 }
 
 // readFailed is why a read of a started message that failed with err
@@ -861,9 +475,4 @@ func (s *Server) answerLong(c io.Reader, n int, src netip.AddrPort, out []byte, 
 	}
 	metricQueries.formerr.Inc()
 	return s.answered(sc, dnswire.AppendErrorReply(out, hdr[:], &r, dnswire.RcodeFormErr), 0, &r, true, pod, src, now, ""), nil
-}
-
-// isServFail reports whether reply is a SERVFAIL.
-func isServFail(reply []byte) bool {
-	return len(reply) >= dnswire.HeaderLen && dnswire.HeaderRcode(reply) == dnswire.RcodeServFail
 }

@@ -1,0 +1,141 @@
+package resolver
+
+// Truncation of the slow path's replies: a reply, forwarded or made here,
+// is cut to the whole records that fit the client's UDP buffer or a TCP
+// message, with TC, as CoreDNS cuts it, before it is held, counted and
+// sent.
+
+import (
+	"log/slog"
+
+	"github.com/miekg/dns"
+
+	"github.com/ztdns/ztdns/pkg/dnswire"
+)
+
+// replyRoom is the most octets a reply to r may take, the fast path's and
+// the slow path's alike: a TCP message, or over UDP what the client's
+// buffer takes (r.UDPLimit).
+func replyRoom(r *request, tcp bool) int {
+	if tcp {
+		return maxTCPMessage
+	}
+	return r.UDPLimit()
+}
+
+// fitUDP cuts a forwarded reply larger than the client's UDP buffer to the
+// whole records that fit, with TC, as CoreDNS's forward plugin does
+// (request.Scrub). The cut is planned on the wire, without decoding the
+// reply; where it drops records, the reply is decoded and cut compressed
+// (compressedFit), as CoreDNS's is, and that is sent if it keeps more.
+// CoreDNS compresses only a reply that does not fit otherwise, so what it
+// answers ztdns over TCP, cached and then served to a client over UDP,
+// keeps half the records cut as it came. Otherwise the wire cut is
+// applied in place (the forwarder's reply is a copy of its own). One that
+// does not parse becomes an empty reply with TC.
+func (q *slowQuery) fitUDP(reply []byte) []byte {
+	limit := q.r.UDPLimit()
+	f, err := dnswire.PlanFit(reply, limit)
+	if err != nil {
+		return q.truncated()
+	}
+	q.cut = f.Dropped
+	if f.Dropped {
+		if out := compressedFit(reply, limit, f.Kept()); out != nil {
+			return out
+		}
+	}
+	return f.Apply(reply)
+}
+
+// compressedFit is reply cut to limit as miekg's Msg.Truncate cuts it
+// (CoreDNS's server, for every reply), its names compressed, with TC: the
+// ID, flags, question (as the client spelled it) and OPT record (its
+// options, an extended error among them) are the reply's. It is nil when
+// the reply does not decode or pack within limit, or when the cut keeps no
+// more records than kept, those that fit as the reply came (one that was
+// compressed already): that cut is cheaper and changes nothing.
+//
+// Only the records that can fit are decoded (mostFit): a cached reply of
+// 64 KB, cut again for each UDP query of a pod, costs what one of limit
+// octets does.
+func compressedFit(reply []byte, limit, kept int) []byte {
+	first, dropped, err := dnswire.FirstRecords(reply, mostFit(limit))
+	m := new(dns.Msg)
+	if err != nil || m.Unpack(first) != nil {
+		return nil
+	}
+	// The records left out would have been cut: Truncate, which sees
+	// only those decoded, may find them all fit.
+	m.Truncated = m.Truncated || dropped
+	out, err := truncateAndPack(m, limit, kept)
+	if err != nil {
+		return nil
+	}
+	return out
+}
+
+// errTooLarge: a reply packs larger than its limit, even cut.
+const errTooLarge = constError("the reply packs larger than its limit")
+
+// truncateAndPack cuts m to the whole records that fit in size, with TC
+// when it leaves some out (miekg's Msg.Truncate, as CoreDNS's server cuts
+// every reply), and packs it with its names compressed: after Truncate,
+// which turns compression off for a reply that fits without it, as
+// compressed it only gets smaller. It is nil, not packed, when the cut
+// keeps no more than noBetter records (the OPT record counted), and fails
+// with errTooLarge when the reply still packs larger than size.
+func truncateAndPack(m *dns.Msg, size, noBetter int) ([]byte, error) {
+	m.Truncate(size)
+	if len(m.Answer)+len(m.Ns)+len(m.Extra) <= noBetter {
+		return nil, nil
+	}
+	m.Compress = true
+	out, err := m.Pack()
+	if err == nil && len(out) > size {
+		return nil, errTooLarge
+	}
+	return out, err
+}
+
+// minPackedRR is the fewest octets a record takes packed, compressed or
+// not: a root owner (a compression pointer takes 2), type, class, TTL and
+// data length, and no data.
+const minPackedRR = 1 + 10
+
+// mostFit is the most records, besides the OPT record, that miekg's
+// Msg.Truncate keeps of any reply cut to limit: it keeps whole records in
+// order and at least minPackedRR octets each after the header, within
+// limit or 512 (dns.MinMsgSize), whichever is larger. Decoding the first
+// mostFit records of a reply, the cut is the same as decoding all.
+func mostFit(limit int) int {
+	return (max(limit, dns.MinMsgSize) - dnswire.HeaderLen) / minPackedRR
+}
+
+// pack serialises a slow-path reply, truncating like the fast path: to the
+// records that fit in the client's UDP buffer or in a TCP message, with TC
+// (miekg's Msg.Truncate, as CoreDNS's server does), before it is packed,
+// so that what is held, counted and sent is the reply the client gets. A reply
+// that does not pack is a SERVFAIL, logged at Debug as a failed forward
+// is: what it holds comes from the query and the upstream's answer to
+// names the pod chose, so a pod could repeat it at its query rate. The
+// SERVFAIL still counts in ztdns_dns_requests_total.
+func (q *slowQuery) pack(reply *dns.Msg) []byte {
+	out, err := truncateAndPack(reply, replyRoom(&q.r, q.tcp), -1)
+	q.cut = reply.Truncated // set when records were dropped: replyTo's never has it
+	switch {
+	case err == errTooLarge && !q.tcp:
+		return q.truncated()
+	case err != nil:
+		q.s.logs.packFailed.Log(q.s.log, slog.LevelDebug, "packing a reply failed", "client", q.src, "name", string(q.r.Name), "err", err)
+		return dnswire.AppendErrorReply(nil, q.msg, &q.r, dnswire.RcodeServFail)
+	}
+	return out
+}
+
+// truncated is an empty UDP reply with TC, counted once it goes out
+// (finishing): the last resort for a reply Truncate could not fit.
+func (q *slowQuery) truncated() []byte {
+	q.cut = true
+	return dnswire.AppendTruncated(nil, q.msg, &q.r)
+}
