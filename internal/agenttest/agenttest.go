@@ -78,6 +78,12 @@ func (a *Agent) Status() (control.Status, error) {
 	return control.NewClient(a.Socket, 2*time.Second).Status(context.Background())
 }
 
+// Table asks the agent for its table as a pod in namespace ns sees it
+// (`ztdns table`; "" is a client outside every namespace).
+func (a *Agent) Table(ns string) ([]control.TableRow, error) {
+	return control.NewClient(a.Socket, 2*time.Second).Table(context.Background(), ns)
+}
+
 // Query asks one question from the source address from, over proto ("udp"
 // or "tcp").
 func (a *Agent) Query(tb testing.TB, proto string, from netip.Addr, qname string, qtype uint16, edns bool) *dns.Msg {

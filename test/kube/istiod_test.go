@@ -13,7 +13,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/ztdns/ztdns/internal/agenttest"
-	"github.com/ztdns/ztdns/internal/dnstest"
 	"github.com/ztdns/ztdns/internal/kubetest"
 )
 
@@ -85,7 +84,7 @@ func istiodShapes() []seShape {
 func TestIstiodVIPs(t *testing.T) {
 	c := newCluster(t)
 	istiod := c.env.StartIstiod()
-	up := dnstest.Start(t, "127.0.0.1:0", dnstest.Zone{})
+	up := markerUpstream(t)
 	nodeA := startAgent(t, c, up.Addr) // sees every write as an event
 
 	shapes := istiodShapes()
@@ -96,6 +95,12 @@ func TestIstiodVIPs(t *testing.T) {
 		}
 	}
 	status := c.waitStatus(t, shapes)
+	// An agent that lists this entry has had every write above (a watch
+	// delivers them in order), istiod's status writes included: a host
+	// checkAll expects forwarded is then forwarded because of its entry,
+	// not because the agent has not had it yet.
+	c.serviceEntry(t, "default", "sentinel", nil, seSpec{hosts: []string{"sentinel.example"},
+		addresses: []string{"198.51.100.99"}, resolution: networkingv1alpha3.ServiceEntry_STATIC, ports: httpPort()})
 	nodeB := startAgent(t, c, up.Addr) // lists everything at once
 	nodes := map[string]*agenttest.Agent{"A": nodeA, "B": nodeB}
 
@@ -103,7 +108,7 @@ func TestIstiodVIPs(t *testing.T) {
 		t.Helper()
 		for _, s := range shapes {
 			for host, q := range s.queries {
-				want4, want6 := []string{"NXDOMAIN"}, []string{"NXDOMAIN"}
+				want4, want6 := []string{forwarded4}, []string{forwarded6}
 				v4only6 := want6 // AAAA to an IPv4-only pod
 				switch {
 				case s.answer != nil:
@@ -114,7 +119,7 @@ func TestIstiodVIPs(t *testing.T) {
 					// Istio's sidecar gives it its own family's VIPs only;
 					// without one, the host is forwarded.
 					if v4only6 = nil; len(want4) == 0 {
-						v4only6 = []string{"NXDOMAIN"}
+						v4only6 = []string{forwarded6}
 					}
 				}
 				for _, n := range nodes {
@@ -126,6 +131,9 @@ func TestIstiodVIPs(t *testing.T) {
 		}
 	}
 	t.Run("every shape answers istiod's status", func(t *testing.T) {
+		for _, n := range nodes {
+			waitSeen(t, n, "default", "ServiceEntry default/sentinel")
+		}
 		checkAll(t, status)
 		for name, n := range nodes {
 			if st, err := n.Status(); err != nil || st.VIPs != "auto: istiod's status.addresses" {
@@ -145,7 +153,7 @@ func TestIstiodVIPs(t *testing.T) {
 			t.Fatal(err)
 		}
 		for _, n := range nodes {
-			expect(t, n, curlIP, "dns.example", dns.TypeA, "NXDOMAIN")
+			expect(t, n, curlIP, "dns.example", dns.TypeA, forwarded4)
 		}
 		c.waitStatusGone(t, "dns") // istiod clears what it wrote
 		se, err = c.env.IstioClient().NetworkingV1().ServiceEntries("default").Get(c.ctx, "dns", metav1.GetOptions{})
@@ -180,6 +188,11 @@ func TestIstiodVIPs(t *testing.T) {
 		shapes = append(shapes, after)
 		status = c.waitStatus(t, shapes)
 		t.Logf("dns.example: status %v", status["dns"]["dns.example"])
+		// An agent that has after-opt-in has had the update before it:
+		// dns.example is forwarded before and after.
+		for _, n := range nodes {
+			waitSeen(t, n, "default", "ServiceEntry default/"+after.name)
+		}
 		checkAll(t, status)
 	})
 
@@ -188,12 +201,17 @@ func TestIstiodVIPs(t *testing.T) {
 		c.serviceEntry(t, "default", "while-down", nil, seSpec{hosts: []string{"later.example"},
 			resolution: networkingv1alpha3.ServiceEntry_DNS, ports: httpPort()})
 		// No VIP istiod did not write: the new host is forwarded, and every
-		// other answer stays.
+		// other answer stays. It was forwarded too before the agents had the
+		// entry: ask once they do.
 		for _, n := range nodes {
-			expect(t, n, curlIP, "later.example", dns.TypeA, "NXDOMAIN")
+			waitSeen(t, n, "default", "ServiceEntry default/while-down")
+		}
+		asked := up.Queries("later.example.")
+		for _, n := range nodes {
+			expect(t, n, curlIP, "later.example", dns.TypeA, forwarded4)
 		}
 		checkAll(t, status)
-		if up.Queries("later.example.") == 0 {
+		if up.Queries("later.example.") == asked {
 			t.Error("later.example was answered locally, not forwarded")
 		}
 
