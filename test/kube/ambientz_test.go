@@ -16,7 +16,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/ztdns/ztdns/internal/agenttest"
-	"github.com/ztdns/ztdns/internal/dnstest"
 	"github.com/ztdns/ztdns/internal/kubetest"
 )
 
@@ -43,7 +42,7 @@ type ambientObject struct {
 func TestAnswersAreWhatIstiodSendsZtunnel(t *testing.T) {
 	c := newCluster(t)
 	istiod := c.env.StartIstiod(kubetest.WithAmbient())
-	up := dnstest.Start(t, "127.0.0.1:0", dnstest.Zone{})
+	up := markerUpstream(t)
 	a := startAgent(t, c, up.Addr)
 
 	const productpage = "productpage.team-a.svc.cluster.local."
@@ -154,8 +153,8 @@ func TestAnswersAreWhatIstiodSendsZtunnel(t *testing.T) {
 			for _, qtype := range []uint16{dns.TypeA, dns.TypeAAAA} {
 				for _, got := range a.Addrs(t, p.ip, host, qtype) {
 					ip, err := netip.ParseAddr(got)
-					if err != nil {
-						continue // an rcode: forwarded, or NODATA
+					if err != nil || got == forwarded4 || got == forwarded6 {
+						continue // forwarded, or an rcode
 					}
 					if !slices.Contains(vips[host], ip) {
 						t.Errorf("%s %s from %s answers %s, which istiod does not send ztunnel for the host (it sends %v)",
@@ -168,7 +167,7 @@ func TestAnswersAreWhatIstiodSendsZtunnel(t *testing.T) {
 	// Not all forwarded: the hosts every pod sees answer.
 	for _, host := range []string{"multi.example", "alias.example.com"} {
 		for _, p := range askers {
-			if got := a.Addrs(t, p.ip, host, dns.TypeA); len(got) == 0 || got[0] == "NXDOMAIN" {
+			if got := a.Addrs(t, p.ip, host, dns.TypeA); len(got) == 0 || got[0] == forwarded4 {
 				t.Errorf("%s from %s: %v, want an address", host, p.ns, got)
 			}
 		}
@@ -298,7 +297,7 @@ func (c *cluster) checkEveryAmbientHost(t *testing.T, a *agenttest.Agent, ambien
 					wants = append(wants, wantAddrs(s, qtype, p.v4Only))
 				}
 				if len(picks) == 0 {
-					wants = append(wants, []string{"NXDOMAIN"}) // forwarded
+					wants = append(wants, forwardedAnswer(qtype))
 				}
 				if !slices.ContainsFunc(wants, func(w []string) bool { return slices.Equal(got, w) }) {
 					var from []string
@@ -326,7 +325,16 @@ func wantAddrs(s ambientService, qtype uint16, v4Only bool) []string {
 		all = family(all, true)
 	}
 	if len(all) == 0 {
-		return []string{"NXDOMAIN"}
+		return forwardedAnswer(qtype)
 	}
 	return family(all, qtype == dns.TypeA)
+}
+
+// forwardedAnswer is what the marker upstream answers a forwarded query
+// of qtype.
+func forwardedAnswer(qtype uint16) []string {
+	if qtype == dns.TypeAAAA {
+		return []string{forwarded6}
+	}
+	return []string{forwarded4}
 }
