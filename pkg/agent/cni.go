@@ -16,6 +16,7 @@ import (
 	"github.com/ztdns/ztdns/pkg/cni"
 	"github.com/ztdns/ztdns/pkg/control"
 	"github.com/ztdns/ztdns/pkg/podcache"
+	"github.com/ztdns/ztdns/pkg/source"
 )
 
 // CNIConfig installs the chained plugin into the node's CNI configuration.
@@ -360,21 +361,65 @@ func (a *Agent) housekeep() {
 // ADDs' records whose network namespace is gone: a lost DEL would leave the
 // record claiming its IP, and the pod given that IP next would be answered
 // as the dead pod (its namespace's names) for as long as the agent runs.
-// The namespaces are looked at outside cniMu, so no ADD waits for them; a
-// record an event replaced meanwhile is left.
+// Then those whose pod the source has lost and whose namespace lives on
+// with no process in it (dropLostRecords). The namespaces are looked at
+// outside cniMu, so no ADD waits for them; a record an event replaced
+// meanwhile is left.
 func (a *Agent) dropGoneRecords() {
 	ns := capture.ProcNamespaces{Root: a.cfg.ProcRoot}
 	for key, att := range a.pods.Attachments() {
 		if !capture.NetnsGone(ns, att) {
 			continue
 		}
-		a.cniMu.Lock()
-		if cur, ok := a.pods.Attachment(key); ok && cur.NetnsCookie == att.NetnsCookie && cur.NetnsPath == att.NetnsPath {
-			a.pods.Detach(key)
+		if a.forgetRecord(key, att) {
 			a.log.Info("pod's network namespace is gone; forgetting it", "pod", att.Namespace+"/"+att.Name, "container", att.ContainerID, "netns", att.NetnsPath)
 		}
-		a.cniMu.Unlock()
 	}
+	a.dropLostRecords(ns)
+}
+
+// dropLostRecords forgets, without capture, the records whose pod the
+// source has lost for 5 minutes and whose network namespace lives on with
+// no process in it, as capture's Redecide does (capture.LostRecords): a
+// sandbox whose DEL never came and whose namespace stayed mounted would
+// otherwise keep its record, and its claim on an IP, until the agent
+// restarts. Only where the source watches the node's pods; the node's
+// processes are scanned only when a record is due.
+func (a *Agent) dropLostRecords(ns capture.ProcNamespaces) {
+	if _, watched := a.cfg.Source.(source.PodWatcher); !watched || a.cfg.NodeName == "" {
+		return
+	}
+	now := time.Now()
+	if a.now != nil {
+		now = a.now()
+	}
+	due := a.lostRecords.Due(a.pods, a.pods.Attachments(), now)
+	if len(due) == 0 {
+		return
+	}
+	scan, err := ns.Scan(nil)
+	if err != nil {
+		a.log.Error("scanning the node's processes for the network namespaces of pods the source lost failed", "err", err)
+		return
+	}
+	for _, r := range capture.Unheld(a.log, scan, nil, due) {
+		if a.forgetRecord(r.Key, r.Attachment) {
+			capture.LogLostForgotten(a.log, r, now, nil)
+		}
+	}
+}
+
+// forgetRecord forgets, without capture, the record with that key if it
+// still records att's network namespace, and reports whether it did.
+func (a *Agent) forgetRecord(key string, att podcache.Attachment) bool {
+	a.cniMu.Lock()
+	defer a.cniMu.Unlock()
+	cur, ok := a.pods.Attachment(key)
+	if !ok || cur.NetnsCookie != att.NetnsCookie || cur.NetnsPath != att.NetnsPath {
+		return false
+	}
+	a.pods.Detach(key)
+	return true
 }
 
 // forgetGoneClaims forgets, for an ADD about to be recorded, the other

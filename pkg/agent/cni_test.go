@@ -22,6 +22,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"k8s.io/client-go/rest"
 
 	"github.com/ztdns/ztdns/internal/testenv"
 	"github.com/ztdns/ztdns/pkg/ambient"
@@ -31,6 +32,8 @@ import (
 	"github.com/ztdns/ztdns/pkg/model"
 	"github.com/ztdns/ztdns/pkg/podcache"
 	"github.com/ztdns/ztdns/pkg/redirect"
+	"github.com/ztdns/ztdns/pkg/resolver"
+	"github.com/ztdns/ztdns/pkg/source/kube"
 )
 
 // marks is the capture programs' pods map, without the programs.
@@ -611,6 +614,94 @@ func TestGoneNetnsRecordDroppedWithoutCapture(t *testing.T) {
 	add(podNetns(t, ip.String()+"/32"), "shop", "web", "c0ffee12", ip)
 	if p := a.pods.Lookup(ip); p == nil || p.Key() != "shop/web" {
 		t.Errorf("%s is %v's, want shop/web's", ip, p)
+	}
+}
+
+// TestLostRecordDroppedWithoutCapture: with --capture=false, and a source
+// that watches the node's pods, the record of a pod the source lost whose
+// network namespace lives on with no process in it (a DEL lost, the
+// sandbox's namespace left mounted) is forgotten once the source has gone
+// without the pod for 5 minutes, as capture's Redecide forgets it: `ztdns
+// pods` no longer lists it, nor ztdns_capture_pods counts it. (Before, it
+// stayed until the agent restarted.) A record whose pod the source still
+// has stays, and so does one whose namespace a process still holds.
+func TestLostRecordDroppedWithoutCapture(t *testing.T) {
+	testenv.RequireRoot(t)
+	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	// The node's processes, as the agent sees them through --proc-root:
+	// one in the node's network namespace, one in busy's.
+	procRoot := t.TempDir()
+	process := func(pid, netns string) {
+		t.Helper()
+		if err := os.MkdirAll(filepath.Join(procRoot, pid, "ns"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink(netns, filepath.Join(procRoot, pid, "ns", "net")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	process("1", "/proc/self/ns/net")
+	a := &Agent{cfg: Config{NodeName: testNode, ProcRoot: procRoot, Socket: filepath.Join(t.TempDir(), "ztdns.sock"),
+		Source: kube.New(&rest.Config{Host: "https://203.0.113.1"})}, // never run: it watches the node's pods
+		log: slog.New(slog.DiscardHandler), pods: podcache.New("cluster.local"), hostCookies: nodeCookies("/proc", slog.New(slog.DiscardHandler)),
+		now:    func() time.Time { return now },
+		server: &resolver.Server{}} // the pods' rows ask it for their usage
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(podsCollector{a})
+	lostIP := netip.MustParseAddr("203.0.113.51")
+	old := model.Pod{Namespace: "zeta", Name: "old", UID: "uid-old", IPs: []netip.Addr{lostIP}}
+	busy := model.Pod{Namespace: "zeta", Name: "busy", UID: "uid-busy", IPs: []netip.Addr{netip.MustParseAddr("203.0.113.52")}}
+	kept := model.Pod{Namespace: "shop", Name: "kept", UID: "uid-kept", IPs: []netip.Addr{netip.MustParseAddr("203.0.113.53")}}
+	a.pods.SetSourcePods([]model.Pod{old, busy, kept})
+	for i, p := range []model.Pod{old, busy, kept} {
+		n := podNetns(t, p.IPs[0].String()+"/32") // mounted, no process in it
+		if p.Name == "busy" {
+			process("2", n.Path())
+		}
+		resp, err := a.cniAdd(control.CNIAddRequest{ContainerID: fmt.Sprintf("c0ffee2%d", i), Netns: n.Path(), IfName: "eth0",
+			PodNamespace: p.Namespace, PodName: p.Name, PodUID: p.UID, IPs: p.IPs, NetnsCookie: cookieOf(t, n)})
+		if err != nil || resp.Captured {
+			t.Fatalf("ADD of %s/%s = %+v, %v; want not captured", p.Namespace, p.Name, resp, err)
+		}
+	}
+	listed := func() []string {
+		t.Helper()
+		rows, err := a.podRows()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, r := range rows {
+			if r.ContainerID != "" {
+				out = append(out, r.Namespace+"/"+r.Name+" "+r.Reason)
+			}
+		}
+		slices.Sort(out)
+		return out
+	}
+	captureOff := map[string]string{"captured": "false", "reason": capture.ReasonCaptureOff}
+	check := func(when string, want []string) {
+		t.Helper()
+		if got := listed(); !slices.Equal(got, want) {
+			t.Errorf("%s: ztdns pods lists %q, want %q", when, got, want)
+		}
+		if got := metricValue(t, reg, "ztdns_capture_pods", captureOff); got != float64(len(want)) {
+			t.Errorf("%s: ztdns_capture_pods%v = %v, want %d", when, captureOff, got, len(want))
+		}
+	}
+	all := []string{"shop/kept capture-off", "zeta/busy capture-off", "zeta/old capture-off"}
+	check("every pod running", all)
+
+	// The pods of zeta are deleted; their DELs never come, and their
+	// namespaces stay (busy's held by a process the runtime left).
+	a.pods.SetSourcePods([]model.Pod{kept})
+	a.housekeep()
+	check("the source lost zeta's pods just now", all)
+	now = now.Add(5 * time.Minute)
+	a.housekeep()
+	check("the source lost zeta's pods 5 minutes ago", []string{"shop/kept capture-off", "zeta/busy capture-off"})
+	if p := a.pods.Lookup(lostIP); p != nil {
+		t.Errorf("%s is still %s's", lostIP, p.Key())
 	}
 }
 

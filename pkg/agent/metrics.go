@@ -3,11 +3,13 @@ package agent
 import (
 	"maps"
 	"slices"
+	"strconv"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/ztdns/ztdns/internal/acceptretry"
+	"github.com/ztdns/ztdns/pkg/ambient"
 	"github.com/ztdns/ztdns/pkg/capture"
 	"github.com/ztdns/ztdns/pkg/control"
 	"github.com/ztdns/ztdns/pkg/redirect"
@@ -103,7 +105,7 @@ func (a *Agent) registerMetrics() error {
 		metricTableHostsWithoutVIP.WithLabelValues(r)
 	}
 	cs := []prometheus.Collector{
-		metricTableBuild, metricTableNames, metricTableWarnings, metricTableHostsWithoutVIP, metricTableAllocatedIPv4VIPs, metricTableNamespacesOverBudget, metricTableObjectsOverBudget, metricCNIEvents, metricCNIConfigRepairs, metricCNIConfigContested, metricCaptureRepairs, captureCollector{a}, istioRulesCollector{a}, cniInstalledCollector{a},
+		metricTableBuild, metricTableNames, metricTableWarnings, metricTableHostsWithoutVIP, metricTableAllocatedIPv4VIPs, metricTableNamespacesOverBudget, metricTableObjectsOverBudget, metricCNIEvents, metricCNIConfigRepairs, metricCNIConfigContested, metricCaptureRepairs, captureCollector{a}, podsCollector{a}, istioRulesCollector{a}, cniInstalledCollector{a},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	}
 	cs = append(cs, resolver.Collectors()...)
@@ -148,6 +150,39 @@ func (c cniInstalledCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	installed, _ := c.a.cniInstall.get()
 	ch <- prometheus.MustNewConstMetric(cniInstalledDesc, prometheus.GaugeValue, boolValue(installed))
+}
+
+var podsDesc = prometheus.NewDesc("ztdns_capture_pods",
+	"Pods as ztdns pods lists them, by the capture decision: captured (true or false) and its reason (ambient, annotation-off, not-enrolled: "+
+		"labelled ambient, but istio-cni has not enrolled it, …); not-enrolled is exported from the start, at 0.",
+	[]string{"captured", "reason"}, nil)
+
+// podsCollector exports ztdns_capture_pods, counted at scrape time from
+// the pods the agent knows, as `ztdns pods` lists them (podDecision): what
+// is captured and why not, in one series per reason, and a pod istio-cni
+// never enrolled (released as not-enrolled after capture.EnrollmentGrace)
+// visible without reading the log.
+type podsCollector struct {
+	a *Agent
+}
+
+func (c podsCollector) Describe(ch chan<- *prometheus.Desc) { ch <- podsDesc }
+
+func (c podsCollector) Collect(ch chan<- prometheus.Metric) {
+	type decision struct {
+		captured bool
+		reason   string
+	}
+	// Exported from the start, at 0, for the alert ZtdnsPodsNotEnrolled.
+	counts := map[decision]int{{false, ambient.ReasonNotEnrolled}: 0}
+	for _, p := range c.a.pods.List() {
+		if captured, reason := c.a.podDecision(p); reason != "" {
+			counts[decision{captured, reason}]++
+		}
+	}
+	for d, n := range counts {
+		ch <- prometheus.MustNewConstMetric(podsDesc, prometheus.GaugeValue, float64(n), strconv.FormatBool(d.captured), d.reason)
+	}
 }
 
 // captureCollector exports the programs' per-CPU counters, summed, at scrape

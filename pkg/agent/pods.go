@@ -215,16 +215,14 @@ func (a *Agent) podRows() ([]control.PodRow, error) {
 		for _, ip := range p.IPs {
 			row.IPs = append(row.IPs, ip.String())
 		}
+		row.Captured, row.Reason = a.podDecision(p)
 		if att := p.Attachment; att != nil {
 			row.ContainerID, row.NetnsCookie, row.NetnsPath = att.ContainerID, att.NetnsCookie, att.NetnsPath
-			row.Captured, row.Reason = att.Captured, att.Reason
 			row.IstioDNSRules = a.istioRules.last(*att).String()
 			if m, ok := marks[att.NetnsCookie]; ok {
 				fillMarked(&row, m)
 				delete(marks, att.NetnsCookie)
 			}
-		} else if a.capture != nil {
-			row.Reason = a.capture.ctl.Unrecorded(p)
 		}
 		rows = append(rows, row)
 	}
@@ -239,6 +237,20 @@ func (a *Agent) podRows() ([]control.PodRow, error) {
 		rows = append(rows, row)
 	}
 	return rows, nil
+}
+
+// podDecision is p's capture decision as `ztdns pods` shows it (and
+// ztdns_capture_pods counts it): its record's; for a pod no record holds,
+// not captured, with the rules' reason for leaving it alone
+// (capture.Controller.Unrecorded), or none ("").
+func (a *Agent) podDecision(p *podcache.Pod) (captured bool, reason string) {
+	if att := p.Attachment; att != nil {
+		return att.Captured, att.Reason
+	}
+	if a.capture != nil {
+		return false, a.capture.ctl.Unrecorded(p)
+	}
+	return false, ""
 }
 
 // fillMarked fills in what the pods map holds of a marked namespace: one

@@ -192,8 +192,8 @@ func (p Policy) Decide(namespace string, pod *model.Pod, ns *model.Namespace) (c
 // The rules apply in order and the first that settles the question gives
 // the reason (after Policy.Decide's excluded namespaces and unseen pods):
 // host network, gateway, sidecar, dataplane-mode=none, enrollment by the
-// labels, istio-cni's enrollment, ztdns's annotation, Istio's annotation's
-// opt-out, the default.
+// labels, the pod's opt-out (ztdns's annotation false, or, without it,
+// Istio's), istio-cni's enrollment, ztdns's annotation true, the default.
 func decide(pod *model.Pod, ns *model.Namespace, dnsCaptureDefault, requireEnrollment bool) (capture bool, reason string) {
 	var podLabels, podAnnotations map[string]string
 	if pod != nil {
@@ -224,17 +224,23 @@ func decide(pod *model.Pod, ns *model.Namespace, dnsCaptureDefault, requireEnrol
 		}
 	}
 
+	// The pod's own opt-out before istio-cni's enrollment: it keeps the
+	// pod uncaptured whether or not istio-cni enrolls it, and is the reason
+	// its owner looks for.
+	on, annotated := boolAnnotation(podAnnotations, model.AnnotationDNSCapture)
+	switch {
+	case annotated && !on:
+		return false, ReasonAnnotationOff
+	case !annotated:
+		if istioOn, ok := boolAnnotation(podAnnotations, model.AnnotationIstioDNSCapture); ok && !istioOn {
+			return false, ReasonIstioAnnotationOff
+		}
+	}
 	if requireEnrollment && pod != nil && !pod.Enrollment.Redirected() {
 		return false, ReasonNotEnrolled
 	}
-	if on, ok := boolAnnotation(podAnnotations, model.AnnotationDNSCapture); ok {
-		if on {
-			return true, ReasonAnnotationOn
-		}
-		return false, ReasonAnnotationOff
-	}
-	if on, ok := boolAnnotation(podAnnotations, model.AnnotationIstioDNSCapture); ok && !on {
-		return false, ReasonIstioAnnotationOff
+	if annotated {
+		return true, ReasonAnnotationOn
 	}
 	if dnsCaptureDefault {
 		return true, ReasonAmbient

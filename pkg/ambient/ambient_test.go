@@ -129,8 +129,9 @@ func TestDecide(t *testing.T) {
 func TestDecideExcludedNamespacesAndPodsWatched(t *testing.T) {
 	t.Parallel()
 	const (
-		mode = model.LabelDataplaneMode
-		dns  = model.AnnotationDNSCapture
+		mode     = model.LabelDataplaneMode
+		dns      = model.AnnotationDNSCapture
+		istioDNS = model.AnnotationIstioDNSCapture
 	)
 	ambientKS := &model.Namespace{Name: "kube-system", Labels: map[string]string{mode: "ambient"}}
 	ambientNS := &model.Namespace{Name: "shop", Labels: map[string]string{mode: "ambient"}}
@@ -179,6 +180,9 @@ func TestDecideExcludedNamespacesAndPodsWatched(t *testing.T) {
 		{"another enrollment value", enrolling, "shop", web(model.EnrollmentOther, nil, nil), ambientNS, false, ReasonNotEnrolled},
 		{"not enrolled, labelled ambient itself", enrolling, "shop", web(model.EnrollmentAbsent, map[string]string{mode: "ambient"}, nil), nil, false, ReasonNotEnrolled},
 		{"not enrolled, annotated true", enrolling, "shop", web(model.EnrollmentAbsent, nil, map[string]string{dns: "true"}), ambientNS, false, ReasonNotEnrolled},
+		{"not enrolled, annotated false: the pod's own opt-out", enrolling, "shop", web(model.EnrollmentAbsent, nil, map[string]string{dns: "false"}), ambientNS, false, ReasonAnnotationOff},
+		{"not enrolled, Istio's annotation false", enrolling, "shop", web(model.EnrollmentAbsent, nil, map[string]string{istioDNS: "false"}), ambientNS, false, ReasonIstioAnnotationOff},
+		{"not enrolled, ztdns's true over Istio's false", enrolling, "shop", web(model.EnrollmentAbsent, nil, map[string]string{dns: "true", istioDNS: "false"}), ambientNS, false, ReasonNotEnrolled},
 		{"enrolled, annotated false", enrolling, "shop", web(model.EnrollmentEnabled, nil, map[string]string{dns: "false"}), ambientNS, false, ReasonAnnotationOff},
 		{"not enrolled outside the mesh: not-ambient", enrolling, "shop", web(model.EnrollmentAbsent, nil, nil), &model.Namespace{Name: "shop"}, false, ReasonNotAmbient},
 		{"not enrolled, labelled none", enrolling, "shop", web(model.EnrollmentAbsent, map[string]string{mode: "none"}, nil), ambientNS, false, ReasonDataplaneNone},

@@ -150,9 +150,9 @@ type Controller struct {
 	// namespaces by cookie, as scans found them: a scan does not look
 	// into them again. Guarded by decideMu.
 	nsIDs map[uint64]NsID
-	// lostSince is when dropGone first saw the source without the pod of
-	// each record; guarded by decideMu.
-	lostSince map[string]lostRecord
+	// lost is since when the source has lost the pod of each record
+	// (dropLost); guarded by decideMu.
+	lost LostRecords
 	// deleted are the pods whose sandbox a CNI DEL released, by
 	// namespace/name, that adoption does not look for while the source
 	// still lists them (rememberDeleted); guarded by mu.
@@ -207,7 +207,7 @@ func New(cfg Config, pods *podcache.Cache, m Marker, ns Namespaces) *Controller 
 		cfg.BootID = BootID()
 	}
 	return &Controller{cfg: cfg, log: cfg.Logger, pods: pods, marker: m, netns: ns,
-		nsIDs: map[uint64]NsID{}, lostSince: map[string]lostRecord{}, deleted: map[string]deletedPod{}, added: map[string]time.Time{}}
+		nsIDs: map[uint64]NsID{}, deleted: map[string]deletedPod{}, added: map[string]time.Time{}}
 }
 
 // BootID returns the kernel's boot ID, a random UUID made at each boot, or
@@ -647,45 +647,17 @@ func (c *Controller) dropGone() {
 	c.dropLost(now)
 }
 
-// sourceLostGrace is how long the source may go without the pod of a
-// record whose network namespace lives before the record is forgotten,
-// if no process holds the namespace: longer than a watch lags behind the
-// runtime (an ADD comes before the pod is delivered).
-const sourceLostGrace = 5 * time.Minute
-
-// dropLost forgets the records of pods the source has lost (sourceLost)
-// for sourceLostGrace, whose network namespace lives on with no process
-// in it: a sandbox whose DEL never came (the runtime crashed, or was
-// restarted without it) and whose namespace stayed mounted
-// (/var/run/netns/cni-…) would otherwise keep its record, mark and slots
-// until the node reboots. That no process holds the namespace is read
-// from one scan of the node's processes, the adoption scan's when it is
-// recent (scanNode): a scan that failed, or could not open every
-// process's namespace, proves nothing and forgets nothing. Only where the
-// source watches every pod of the node (PodsWatched): other sources name
-// only the pods someone wrote down. Records made by hand have no pod.
-// Callers hold decideMu.
+// dropLost forgets the records of pods the source has lost for
+// sourceLostGrace whose network namespace lives on with no process in it
+// (LostRecords). That no process holds the namespace is read from one
+// scan of the node's processes, the adoption scan's when it is recent
+// (scanNode): a scan that failed, or could not open every process's
+// namespace, proves nothing and forgets nothing. Callers hold decideMu.
 func (c *Controller) dropLost(now time.Time) {
 	if !c.cfg.PodsWatched || c.cfg.NodeName == "" {
 		return
 	}
-	atts := c.pods.Attachments()
-	lost := map[string]lostRecord{}
-	var due []string
-	for key, a := range atts {
-		if a.ContainerID == "" || !c.sourceLost(a) {
-			continue
-		}
-		l, ok := c.lostSince[key]
-		if !ok || l.cookie != a.NetnsCookie {
-			l = lostRecord{cookie: a.NetnsCookie, since: now}
-		}
-		lost[key] = l
-		if now.Sub(l.since) >= sourceLostGrace {
-			due = append(due, key)
-		}
-	}
-	c.lostSince = lost
+	due := c.lost.Due(c.pods, c.pods.Attachments(), now)
 	if len(due) == 0 {
 		return
 	}
@@ -693,31 +665,9 @@ func (c *Controller) dropLost(now time.Time) {
 	if !ok {
 		return
 	}
-	if scan.Denied > 0 {
-		c.log.Debug("not forgetting pods the source lost: the network namespaces of some processes cannot be opened", "processes", scan.Denied)
-		return
-	}
-	held := map[uint64]bool{}
-	for _, n := range scan.Found {
-		held[n.Cookie] = true
-	}
-	heldID := map[NsID]bool{}
-	for _, n := range scan.Known {
-		heldID[n.ID] = true
-	}
-	slices.Sort(due)
-	for _, key := range due {
-		a := atts[key]
-		// A recorded namespace that lives (its record is still there,
-		// not gone) is the only one with its NsID.
-		if id, ok := c.nsIDs[a.NetnsCookie]; held[a.NetnsCookie] || ok && heldID[id] {
-			continue
-		}
-		if _, ok, err := c.forgetIf(key, a.NetnsCookie, false); ok {
-			delete(c.lostSince, key)
-			c.log.Info("pod is gone from the source and no process is in its network namespace; forgetting it",
-				"pod", a.Namespace+"/"+a.Name, "container", a.ContainerID, "netns", a.NetnsPath,
-				"lostFor", now.Sub(lost[key].since).Round(time.Second), "err", err)
+	for _, r := range Unheld(c.log, scan, c.nsIDs, due) {
+		if _, ok, err := c.forgetIf(r.Key, r.Attachment.NetnsCookie, false); ok {
+			LogLostForgotten(c.log, r, now, err)
 		}
 	}
 }
@@ -873,13 +823,7 @@ func (c *Controller) heldAt(cookie uint64, live *liveNetns) (path string, held b
 
 // sourceLost reports whether the source no longer has the pod an
 // attachment records, or has another pod under its name.
-func (c *Controller) sourceLost(a podcache.Attachment) bool {
-	p := c.pods.Get(a.Namespace, a.Name)
-	if p == nil || p.Spec == nil {
-		return true
-	}
-	return a.UID != "" && p.Spec.UID != "" && a.UID != p.Spec.UID
-}
+func (c *Controller) sourceLost(a podcache.Attachment) bool { return sourceLost(c.pods, a) }
 
 // UnmarkStale removes a mark that no attachment records (it reports false
 // when there is none with that cookie, or when an attachment records it).

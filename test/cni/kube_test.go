@@ -4,9 +4,11 @@ package cnie2e
 
 import (
 	"context"
+	"maps"
 	"net"
 	"net/netip"
 	"net/url"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -211,6 +213,75 @@ func TestKubeNotEnrolledPodReleased(t *testing.T) {
 	n.waitMarked(t, p, false, markBound)
 	n.requireRow(t, p, ips, false, ambient.ReasonNotEnrolled)
 	n.requireNotCaptured(t, p)
+}
+
+// TestKubeNotEnrolledPodsCounted: the pods istio-cni never enrolled are
+// counted where an operator looks, ztdns_capture_pods{reason="not-enrolled"}
+// on the agent's /metrics, at 0 from the start (before, only the log said
+// so: ztdns_cni_events_total counts their ADDs as ambient, decided within
+// capture.EnrollmentGrace). A pod that opts out itself
+// (ztdns.io/dns-capture: "false") shows that reason, annotation-off, in
+// `ztdns pods` and the metric, whether istio-cni enrolled it or not
+// (before, not-enrolled once its grace had passed).
+func TestKubeNotEnrolledPodsCounted(t *testing.T) {
+	t.Parallel()
+	env, n, _ := newKubeNode(t)
+	ctx := context.Background()
+
+	const nsName = "billing"
+	kc := env.Client()
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: nsName,
+		Labels: map[string]string{model.LabelDataplaneMode: ambient.DataplaneModeAmbient}}}
+	if _, err := kc.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	const metrics = "127.0.0.1:15053" // the node namespace's own loopback
+	a := testenv.StartAgent(t, n.Node, n.bin, append(n.agentArgs(), "--metrics", metrics)...)
+	a.WaitReady(t, n.Socket, 30*time.Second)
+	const (
+		notEnrolled = `ztdns_capture_pods{captured="false",reason="not-enrolled"}`
+		optedOut    = `ztdns_capture_pods{captured="false",reason="annotation-off"}`
+		captured    = `ztdns_capture_pods{captured="true",reason="ambient"}`
+	)
+	requireMetrics := func(when string, want map[string]float64) {
+		t.Helper()
+		body := n.Node.HTTPGet(t, "http://"+metrics+"/metrics")
+		for _, series := range slices.Sorted(maps.Keys(want)) {
+			if got := metricValue(body, series); got != want[series] {
+				t.Errorf("%s: %s = %v, want %v", when, series, got, want[series])
+			}
+		}
+	}
+	requireMetrics("no pod yet", map[string]float64{notEnrolled: 0, optedOut: -1, captured: -1})
+
+	quiet, err := kc.CoreV1().Pods(nsName).Create(ctx, &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "quiet", Namespace: nsName, Annotations: map[string]string{model.AnnotationDNSCapture: "false"}},
+		Spec:       corev1.PodSpec{NodeName: kubeNode, Containers: []corev1.Container{{Name: "app", Image: "example"}}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	plain := createAPIPod(t, env, nsName, "plain", nil)
+	n.waitSourceHas(t, nsName, quiet.Name)
+	n.waitSourceHas(t, nsName, plain.Name)
+
+	// The pod that opts out first: its grace ends before the other's, whose
+	// end decides every record again.
+	pq, ipsQuiet := n.addAPIPod(t, quiet)
+	env.SetRunning(ctx, quiet, ipsQuiet[:1]...)
+	pp, ipsPlain := n.addAPIPod(t, plain)
+	env.SetRunning(ctx, plain, ipsPlain[:1]...)
+	n.waitMarked(t, pp, false, capture.EnrollmentGrace+markBound)
+	n.requireRow(t, pp, ipsPlain, false, ambient.ReasonNotEnrolled)
+	requireMetrics("istio-cni enrolled neither pod", map[string]float64{notEnrolled: 1, optedOut: 1, captured: -1})
+
+	// Decided again once more, after the grace: the decisions that follow
+	// the grace's end are all made by the time the pod is marked.
+	env.SetEnrollment(ctx, nsName, plain.Name, model.RedirectionEnabled)
+	n.waitMarked(t, pp, true, markBound)
+	n.requireRow(t, pp, ipsPlain, true, ambient.ReasonAmbient)
+	n.requireRow(t, pq, ipsQuiet, false, ambient.ReasonAnnotationOff)
+	requireMetrics("istio-cni enrolled the pod that does not opt out", map[string]float64{notEnrolled: 0, optedOut: 1, captured: 1})
 }
 
 // createAPIPod creates the pod namespace/name, with labels, through the

@@ -507,6 +507,40 @@ func TestChartCNINotInstalledAlert(t *testing.T) {
 	}
 }
 
+// TestChartPodsNotEnrolledAlert: ZtdnsPodsNotEnrolled fires, naming the
+// node, while pods there are labelled for the ambient mesh but istio-cni
+// has not enrolled them (ztdns_capture_pods{reason="not-enrolled"}), within
+// 10 minutes; not for pods left alone for other reasons, nor while there
+// are none (the series at 0). (Before, no metric counted them: the ADD was
+// counted as ambient, and the release 5 s later only logged.)
+func TestChartPodsNotEnrolledAlert(t *testing.T) {
+	t.Parallel()
+	const name = "ZtdnsPodsNotEnrolled"
+	c := renderChart(t, "metrics.prometheusRule.enabled=true")
+	e := alertExpr(t, renderedAlerts(t, c), name)
+	if f := renderedAlertFor(t, c)[name]; f > 10*time.Minute {
+		t.Errorf("%s waits %v: pods outside the mesh for that long is istio-cni missing, not a lag", name, f)
+	}
+	for _, tc := range []struct {
+		name   string
+		pods   map[string]float64 // ztdns_capture_pods{captured="false"} by reason
+		firing bool
+	}{
+		{"none", map[string]float64{"not-enrolled": 0}, false},
+		{"left alone by design", map[string]float64{"not-enrolled": 0, "not-ambient": 12, "annotation-off": 2}, false},
+		{"not enrolled", map[string]float64{"not-enrolled": 3, "not-ambient": 12}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var series []rateSeries
+			for reason, v := range tc.pods {
+				s := seriesWith(map[string]string{"node": "n1", "instance": "10.0.0.1:15053", "job": "ztdns", "captured": "false", "reason": reason})
+				series = append(series, s("ztdns_capture_pods", v))
+			}
+			checkFiring(t, name, evalRates(t, e, series), tc.firing)
+		})
+	}
+}
+
 // TestChartCaptureEventAlerts: ZtdnsCaptureBypassed fires, naming the
 // node and the event, when in the last 10 minutes a captured pod's query
 // went to its own nameserver for the node's reasons (the nameservers map

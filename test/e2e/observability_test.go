@@ -240,7 +240,7 @@ func monitoringMetrics(t *testing.T) map[string][]string {
 			}
 		}
 	}
-	wantAlerts := []string{"ZtdnsResolverDown", "ZtdnsServfailRatioHigh", "ZtdnsPodThrottled", "ZtdnsUpstreamFailureRatioHigh", "ZtdnsUpstreamSlow", "ZtdnsFailOpen", "ZtdnsCaptureBroken", "ZtdnsCaptureBypassed", "ZtdnsCaptureSlotsFull", "ZtdnsCaptureSocketsFull", "ZtdnsCaptureMapNearFull", "ZtdnsCNIAddFailing", "ZtdnsCNINotInstalled", "ZtdnsMemoryNearLimit", "ZtdnsMemoryBoundOverLimit", "ZtdnsOpenFileLimitReached", "ZtdnsCPUThrottled", "ZtdnsKubeWatchFailing", "ZtdnsServiceEntriesUnavailable", "ZtdnsVIPsMissing"}
+	wantAlerts := []string{"ZtdnsResolverDown", "ZtdnsServfailRatioHigh", "ZtdnsPodThrottled", "ZtdnsUpstreamFailureRatioHigh", "ZtdnsUpstreamSlow", "ZtdnsFailOpen", "ZtdnsCaptureBroken", "ZtdnsCaptureBypassed", "ZtdnsCaptureSlotsFull", "ZtdnsCaptureSocketsFull", "ZtdnsCaptureMapNearFull", "ZtdnsCNIAddFailing", "ZtdnsPodsNotEnrolled", "ZtdnsCNINotInstalled", "ZtdnsMemoryNearLimit", "ZtdnsMemoryBoundOverLimit", "ZtdnsOpenFileLimitReached", "ZtdnsCPUThrottled", "ZtdnsKubeWatchFailing", "ZtdnsServiceEntriesUnavailable", "ZtdnsVIPsMissing"}
 	if !slices.Equal(alerts, wantAlerts) {
 		t.Errorf("alerts %v, want %v", alerts, wantAlerts)
 	}
