@@ -3,8 +3,11 @@ package agent
 import (
 	"context"
 	"iter"
+	"time"
 
 	"github.com/ztdns/ztdns/pkg/control"
+	"github.com/ztdns/ztdns/pkg/source"
+	"github.com/ztdns/ztdns/pkg/version"
 )
 
 // controlAPI is what the agent does for its control socket (pkg/control
@@ -40,4 +43,112 @@ func (c controlAPI) SetAccessLog(req control.AccessLogRequest) (control.AccessLo
 	st := c.a.accessLogStatus()
 	c.a.log.Info("access log switched", "on", st.On, "sample", st.Sample, "destination", st.Destination)
 	return st, nil
+}
+
+func (a *Agent) accessLogStatus() control.AccessLog {
+	l := a.cfg.AccessLog
+	on, sample := l.Settings()
+	return control.AccessLog{On: on, Sample: sample, Destination: l.Destination(), Dropped: l.Dropped()}
+}
+
+// status is what `ztdns status` shows: the agent's state as it answers
+// the control socket's GET /status.
+func (a *Agent) status() control.Status {
+	tbl := a.server.Table()
+	st := control.Status{Names: tbl.Len(), Pods: len(a.pods.List())}
+	for reason, n := range tbl.HostsWithoutVIP() {
+		if n > 0 {
+			if st.HostsWithoutVIP == nil {
+				st.HostsWithoutVIP = map[string]int{}
+			}
+			st.HostsWithoutVIP[reason] = n
+		}
+	}
+	st.Build = version.Get()
+	st.AccessLog = a.accessLogStatus()
+	if err := a.readiness(); err != nil {
+		st.NotReady = err.Error()
+	} else {
+		st.Ready = true
+		if err := a.sourceFailing(); err != nil {
+			st.SourceFailing = err.Error()
+		}
+	}
+	st.Capture = a.capture != nil
+	if a.capture != nil {
+		// What ztdns_capture_fail_open says; it errs only on a closed
+		// redirector (the agent stopping) or an unreadable clock.
+		st.FailingOpen, _ = a.capture.r.FailingOpen()
+		// Errs before the hand-over attaches this agent's programs, or
+		// once it is closed: nothing to tell then.
+		if at, err := a.capture.r.CheckAttachment(); err == nil {
+			st.CaptureProblems = at.Problems
+		}
+		for _, p := range a.capture.cfg.Nameservers {
+			st.CaptureNameservers = append(st.CaptureNameservers, p.String())
+		}
+	}
+	for _, l := range a.addrs {
+		st.Listen = append(st.Listen, l.String())
+	}
+	for _, u := range a.cfg.Upstreams {
+		st.FallbackUpstreams = append(st.FallbackUpstreams, u.String())
+	}
+	now := time.Now()
+	for _, u := range a.fwd.Asked() {
+		st.AskedUpstreams = append(st.AskedUpstreams, control.AskedUpstream{Address: u.Upstream,
+			Idle: now.Sub(u.Last).Round(time.Millisecond).String(), Results: u.Results})
+	}
+	a.mu.Lock()
+	tableWarnings := a.warnings
+	st.WarningsOmitted = a.warningsOmitted
+	if a.vipsFrom != "" {
+		st.VIPs = string(a.cfg.VIPSource) + ": " + a.vipsFrom
+	}
+	st.DefaultExportTo = a.exportToFrom
+	ipv6Off := a.ipv6Warning()
+	a.mu.Unlock()
+	st.Warnings = a.statusWarnings(ipv6Off, tableWarnings)
+	if a.capture != nil {
+		if err := a.capture.ctl.Unsaved(); err != nil {
+			st.StateUnsaved = err.Error()
+		}
+	}
+	if er, ok := a.cfg.Source.(source.ErrorReporter); ok {
+		for _, err := range er.Errors() {
+			st.SourceErrors = append(st.SourceErrors, err.Error())
+		}
+	}
+	if wr, ok := a.cfg.Source.(source.WarningReporter); ok {
+		for _, err := range wr.Warnings() {
+			st.SourceWarnings = append(st.SourceWarnings, err.Error())
+		}
+	}
+	return st
+}
+
+// statusWarnings lists status's warnings most pressing first, as an
+// operator reads them (`ztdns status` shows the first few): the agent's
+// own, whose cost falls on every pod of the node, before the table's, a
+// few objects each, and the pods istio-cni's DNS rules claim too. ipv6Off
+// (ipv6Warning) and table (the last build's) are read under a.mu.
+func (a *Agent) statusWarnings(ipv6Off string, table []string) []string {
+	var cniInstall string
+	if a.cfg.CNI != nil && !a.handedOver.Load() {
+		_, cniInstall = a.cniInstall.get()
+	}
+	var out []string
+	for _, w := range []string{
+		cniInstall,               // pods that start now go uncaptured
+		a.memory.warning(),       // the kernel may kill the agent: every captured pod fails open
+		a.nofile,                 // the agent may run out of descriptors under load
+		a.selfUpstreamsWarning(), // misses go to fewer upstreams than given
+		ipv6Off,                  // the node's: IPv6 nameservers are not captured
+	} {
+		if w != "" {
+			out = append(out, w)
+		}
+	}
+	out = append(out, table...)
+	return append(out, a.istioRulesWarnings()...)
 }

@@ -178,8 +178,10 @@ const maxHandoffFDs = 253
 // errPeerNotRoot marks a process at the hand-off path that is not (or
 // cannot be shown to be) root: nothing is taken from it, and a fresh start
 // is right. Any other failure of takeOver is a running agent that did not
-// hand its sockets over.
-var errPeerNotRoot = errors.New("refused")
+// hand its sockets over. Its text says what this agent did (the log reads
+// "handoff: took nothing from …: peer pid 12 runs as uid 65534, not
+// root"), not that a running agent refused.
+var errPeerNotRoot = errors.New("took nothing from the process at the hand-off path")
 
 // errRefusedRestart is takeOver's error when the running agent took over
 // from this agent's pod: this agent's container was restarted after its

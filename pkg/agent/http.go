@@ -4,15 +4,11 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"slices"
 	"strings"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
-	"github.com/ztdns/ztdns/pkg/control"
 	"github.com/ztdns/ztdns/pkg/source"
-	"github.com/ztdns/ztdns/pkg/version"
 )
 
 // httpHandler serves /metrics, /healthz (the resolver answers on every
@@ -41,12 +37,6 @@ func (a *Agent) httpHandler() http.Handler {
 		fmt.Fprintln(w, "ok")
 	})
 	return mux
-}
-
-func (a *Agent) accessLogStatus() control.AccessLog {
-	l := a.cfg.AccessLog
-	on, sample := l.Settings()
-	return control.AccessLog{On: on, Sample: sample, Destination: l.Destination(), Dropped: l.Dropped()}
 }
 
 // readiness is nil once the agent serves its first table, until it hands
@@ -89,96 +79,4 @@ func (a *Agent) sourceFailing() error {
 		}
 	}
 	return nil
-}
-
-func (a *Agent) status() control.Status {
-	tbl := a.server.Table()
-	st := control.Status{Names: tbl.Len(), Pods: len(a.pods.List())}
-	for reason, n := range tbl.HostsWithoutVIP() {
-		if n > 0 {
-			if st.HostsWithoutVIP == nil {
-				st.HostsWithoutVIP = map[string]int{}
-			}
-			st.HostsWithoutVIP[reason] = n
-		}
-	}
-	st.Build = version.Get()
-	st.AccessLog = a.accessLogStatus()
-	if err := a.readiness(); err != nil {
-		st.NotReady = err.Error()
-	} else {
-		st.Ready = true
-		if err := a.sourceFailing(); err != nil {
-			st.SourceFailing = err.Error()
-		}
-	}
-	st.Capture = a.capture != nil
-	if a.capture != nil {
-		// What ztdns_capture_fail_open says; it errs only on a closed
-		// redirector (the agent stopping) or an unreadable clock.
-		st.FailingOpen, _ = a.capture.r.FailingOpen()
-		// Errs before the hand-over attaches this agent's programs, or
-		// once it is closed: nothing to tell then.
-		if at, err := a.capture.r.CheckAttachment(); err == nil {
-			st.CaptureProblems = at.Problems
-		}
-		for _, p := range a.capture.cfg.Nameservers {
-			st.CaptureNameservers = append(st.CaptureNameservers, p.String())
-		}
-	}
-	for _, l := range a.addrs {
-		st.Listen = append(st.Listen, l.String())
-	}
-	for _, u := range a.cfg.Upstreams {
-		st.FallbackUpstreams = append(st.FallbackUpstreams, u.String())
-	}
-	now := time.Now()
-	for _, u := range a.fwd.Asked() {
-		st.AskedUpstreams = append(st.AskedUpstreams, control.AskedUpstream{Address: u.Upstream,
-			Idle: now.Sub(u.Last).Round(time.Millisecond).String(), Results: u.Results})
-	}
-	a.mu.Lock()
-	st.Warnings, st.WarningsOmitted = a.warnings, a.warningsOmitted
-	if a.vipsFrom != "" {
-		st.VIPs = string(a.cfg.VIPSource) + ": " + a.vipsFrom
-	}
-	st.DefaultExportTo = a.exportToFrom
-	ipv6Off := a.ipv6Warning()
-	a.mu.Unlock()
-	if ipv6Off != "" { // the node's, first
-		st.Warnings = append([]string{ipv6Off}, st.Warnings...)
-	}
-	if w := a.selfUpstreamsWarning(); w != "" {
-		st.Warnings = append([]string{w}, st.Warnings...)
-	}
-	if a.nofile != "" { // the process's, before
-		st.Warnings = append([]string{a.nofile}, st.Warnings...)
-	}
-	if short := a.memory.warning(); short != "" { // the agent's own, first of all
-		st.Warnings = append([]string{short}, st.Warnings...)
-	}
-	if a.cfg.CNI != nil && !a.handedOver.Load() {
-		if _, w := a.cniInstall.get(); w != "" { // pods on the node uncaptured: first
-			st.Warnings = append([]string{w}, st.Warnings...)
-		}
-	}
-	if w := a.istioRulesWarnings(); len(w) > 0 {
-		st.Warnings = append(slices.Clone(st.Warnings), w...)
-	}
-	if a.capture != nil {
-		if err := a.capture.ctl.Unsaved(); err != nil {
-			st.StateUnsaved = err.Error()
-		}
-	}
-	if er, ok := a.cfg.Source.(source.ErrorReporter); ok {
-		for _, err := range er.Errors() {
-			st.SourceErrors = append(st.SourceErrors, err.Error())
-		}
-	}
-	if wr, ok := a.cfg.Source.(source.WarningReporter); ok {
-		for _, err := range wr.Warnings() {
-			st.SourceWarnings = append(st.SourceWarnings, err.Error())
-		}
-	}
-	return st
 }

@@ -151,6 +151,11 @@ func TestPlantedHandoffSocketRefused(t *testing.T) {
 	if in != nil || err == nil || !strings.Contains(err.Error(), "runs as uid 65534, not root") {
 		t.Fatalf("takeOver from a planted socket = %v, %v; want nothing adopted and a refusal", in, err)
 	}
+	// What the agent logs with "binding fresh ones": that it took nothing,
+	// not that a running agent refused it.
+	if want := "handoff: took nothing from the process at the hand-off path: peer pid "; !strings.HasPrefix(err.Error(), want) {
+		t.Errorf("takeOver's error %q, want it to start %q", err, want)
+	}
 	if !strings.Contains(log.String(), "refusing the sockets offered at the hand-off path") {
 		t.Errorf("the refusal is not logged:\n%s", log.String())
 	}

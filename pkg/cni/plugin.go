@@ -17,6 +17,7 @@ import (
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/cni/pkg/version"
 
 	"github.com/ztdns/ztdns/pkg/control"
@@ -70,30 +71,19 @@ func recovered(cmd string, fn func(*skel.CmdArgs) error) func(*skel.CmdArgs) err
 // is validated before the agent is contacted, so the agent sees a complete
 // request or none.
 func (p *plugin) add(args *skel.CmdArgs) error {
-	conf, prev, err := parseConfig(args.StdinData)
+	in, err := checkArgs(args)
 	if err != nil {
 		return err
 	}
-	if prev == nil {
-		return types.NewError(types.ErrInvalidNetworkConfig,
-			"ztdns must be called as a chained plugin, after the primary network plugin: no prevResult", "")
-	}
-	pod, err := parsePodArgs(args.Args)
-	if err != nil {
-		return err
-	}
-	cookie, err := redirect.NetnsCookie(args.Netns)
-	if err != nil {
-		return types.NewError(types.ErrInvalidNetNS, fmt.Sprintf("ztdns: CNI_NETNS %q is not a usable network namespace", args.Netns), err.Error())
-	}
+	conf, cookie := in.conf, in.cookie
 	req := control.CNIAddRequest{
 		ContainerID:  args.ContainerID,
 		Netns:        args.Netns,
 		IfName:       args.IfName,
-		PodNamespace: pod.namespace,
-		PodName:      pod.name,
-		PodUID:       pod.uid,
-		IPs:          podIPs(prev),
+		PodNamespace: in.pod.namespace,
+		PodName:      in.pod.name,
+		PodUID:       in.pod.uid,
+		IPs:          podIPs(in.prev),
 		NetnsCookie:  cookie,
 	}
 	// The agent refuses what the control API does not allow: say so here,
@@ -122,9 +112,7 @@ func (p *plugin) add(args *skel.CmdArgs) error {
 		log.Info("pod handed to the agent", "captured", resp.Captured, "reason", resp.Reason, "cookie", cookie, "ips", req.IPs)
 		// The agent now knows the container: a DEL recorded for an earlier
 		// life of this ID must not be replayed over it.
-		if err := ForgetPendingDelete(conf.PendingDir, req.ContainerID); err != nil {
-			log.Warn("could not forget a stale pending DEL", "error", err)
-		}
+		forgetPendingDelete(log, conf.PendingDir, req.ContainerID)
 	case agentAway(err) && conf.OnAgentUnreachable == PolicyAllow:
 		log.Warn("ztdns agent unreachable: the pod starts WITHOUT DNS capture until the agent is back and reconciles it (onAgentUnreachable: allow)",
 			"socket", conf.SocketPath, "error", err)
@@ -201,18 +189,14 @@ func (p *plugin) del(args *skel.CmdArgs) error {
 	if err == nil {
 		log.Debug("pod removed from the agent")
 		// An earlier attempt of this DEL may have been recorded.
-		if err := ForgetPendingDelete(conf.PendingDir, req.ContainerID); err != nil {
-			log.Warn("could not forget a pending DEL", "error", err)
-		}
+		forgetPendingDelete(log, conf.PendingDir, req.ContainerID)
 		return nil
 	}
 	if !errors.Is(err, control.ErrUnreachable) && !agentFailed(err) {
 		// The agent's verdict on the request (4xx): a replay would get the
 		// same, and so would an earlier attempt's record.
 		log.Error("the agent refused the DEL; not recording it", "socket", conf.SocketPath, "error", err)
-		if err := ForgetPendingDelete(conf.PendingDir, req.ContainerID); err != nil {
-			log.Warn("could not forget a pending DEL", "error", err)
-		}
+		forgetPendingDelete(log, conf.PendingDir, req.ContainerID)
 		return nil
 	}
 	// Not recording, or failing to, never fails the DEL: that would leave
@@ -242,21 +226,49 @@ func (p *plugin) del(args *skel.CmdArgs) error {
 // changed label is no reason to kill pods. Capture drift is the agent's
 // reconcile's job.
 func (p *plugin) check(args *skel.CmdArgs) error {
-	_, prev, err := parseConfig(args.StdinData)
+	_, err := checkArgs(args)
+	return err
+}
+
+// checkedArgs are the runtime's arguments add and check rely on, checked
+// (checkArgs).
+type checkedArgs struct {
+	conf   *netConf
+	prev   *current.Result // never nil
+	pod    podArgs
+	cookie uint64 // CNI_NETNS's
+}
+
+// checkArgs checks, in this order, a valid config, a prevResult (ztdns is
+// chained after the primary plugin), the pod's identity in CNI_ARGS and a
+// network namespace it can read a cookie from; the first that fails is the
+// error the runtime shows.
+func checkArgs(args *skel.CmdArgs) (checkedArgs, error) {
+	conf, prev, err := parseConfig(args.StdinData)
 	if err != nil {
-		return err
+		return checkedArgs{}, err
 	}
 	if prev == nil {
-		return types.NewError(types.ErrInvalidNetworkConfig,
+		return checkedArgs{}, types.NewError(types.ErrInvalidNetworkConfig,
 			"ztdns must be called as a chained plugin, after the primary network plugin: no prevResult", "")
 	}
-	if _, err := parsePodArgs(args.Args); err != nil {
-		return err
+	pod, err := parsePodArgs(args.Args)
+	if err != nil {
+		return checkedArgs{}, err
 	}
-	if _, err := redirect.NetnsCookie(args.Netns); err != nil {
-		return types.NewError(types.ErrInvalidNetNS, fmt.Sprintf("ztdns: CNI_NETNS %q is not a usable network namespace", args.Netns), err.Error())
+	cookie, err := redirect.NetnsCookie(args.Netns)
+	if err != nil {
+		return checkedArgs{}, types.NewError(types.ErrInvalidNetNS, fmt.Sprintf("ztdns: CNI_NETNS %q is not a usable network namespace", args.Netns), err.Error())
 	}
-	return nil
+	return checkedArgs{conf: conf, prev: prev, pod: pod, cookie: cookie}, nil
+}
+
+// forgetPendingDelete drops the DEL recorded for container, if any,
+// logging a failure to: neither ADD nor DEL fails for it.
+func forgetPendingDelete(log *slog.Logger, dir, container string) {
+	if err := ForgetPendingDelete(dir, container); err != nil {
+		log.Warn("could not forget a pending DEL", "error", err)
+	}
 }
 
 // status reports whether the plugin can take ADDs (CNI 1.1 STATUS): it can

@@ -391,9 +391,11 @@ func writeError(w http.ResponseWriter, code int, err error) error {
 const shutdownTimeout = 2 * time.Second
 
 // Serve serves h on ln until ctx is done, with the server's bounds on time
-// and header size, and returns once the requests it took are answered (or
-// shutdownTimeout has passed): an agent handing over carries out the CNI
-// events it took before its successor acts. It closes ln.
+// and header size: the control API on the socket of Listen or Adopt, and
+// the agent's metrics endpoint on TCP. It returns once the requests it
+// took are answered (or shutdownTimeout has passed): an agent handing over
+// carries out the CNI events it took before its successor acts. It closes
+// ln.
 //
 // On a listener of Listen or Adopt, stopping leaves the connections not
 // yet taken in the socket's backlog, for whoever serves it next (the agent
@@ -405,8 +407,8 @@ const shutdownTimeout = 2 * time.Second
 // connection of a request the server read ends without an answer (EOF):
 // the plugin cannot tell that from an agent that took the request. (The
 // net/http server's own Shutdown would do that: it drops a request it
-// reads on a new connection once it is shutting down.) The agent serves
-// its metrics endpoint with it too, shut down as net/http does.
+// reads on a new connection once it is shutting down.) On any other
+// listener (the metrics endpoint's), it shuts down as net/http does.
 func Serve(ctx context.Context, ln net.Listener, h http.Handler) error {
 	gl, guarded := ln.(*guardedListener)
 	if guarded {

@@ -66,12 +66,13 @@ type Status struct {
 	// 0), the ServiceEntry hosts that istiod's rules give a VIP but the
 	// table has none for, as ztdns_table_hosts_without_vip.
 	HostsWithoutVIP map[string]int `json:"hostsWithoutVIP,omitempty"`
-	// Warnings are objects left out of the name table (at most
-	// MaxStoredWarnings of them; WarningsOmitted counts the rest), captured
-	// pods that istio-cni's DNS rules claim too, IPv6 resolver addresses
-	// left out on a node that refuses IPv6, an open-file limit below the
-	// descriptors the agent's bounds may take, and upstreams left out
-	// because they are the agent's own addresses.
+	// Warnings are, most pressing first: the CNI plugin not installed, a
+	// memory limit below the agent's bound, an open-file limit below the
+	// descriptors the agent's bounds may take, upstreams left out because
+	// they are the agent's own addresses, IPv6 resolver addresses left out
+	// on a node that refuses IPv6; then objects left out of the name table
+	// (at most MaxStoredWarnings of them; WarningsOmitted counts the rest),
+	// and captured pods that istio-cni's DNS rules claim too.
 	Warnings        []string `json:"warnings,omitempty"`
 	WarningsOmitted int      `json:"warningsOmitted,omitempty"`
 	// SourceErrors are inputs the source could not read; their previous
