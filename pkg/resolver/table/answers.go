@@ -379,7 +379,7 @@ func (r *Result) Records(owner string, qtype uint16, ttl uint32, rot uint16) []d
 	return out
 }
 
-// rotate starts rrs at its rot-th record, as appendRotated does.
+// rotate starts rrs at its rot-th record, as appendAddrs does.
 func rotate(rrs []dns.RR, rot uint16) []dns.RR {
 	if len(rrs) < 2 {
 		return rrs
