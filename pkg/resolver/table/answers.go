@@ -3,6 +3,7 @@ package table
 import (
 	"encoding/binary"
 	"net/netip"
+	"slices"
 	"strings"
 
 	"github.com/miekg/dns"
@@ -337,55 +338,83 @@ func (r *Result) Chases(qtype uint16) bool {
 	return r.Entry.Alias != "" && r.srv == nil && r.owners.one == nil && qtype != dns.TypeCNAME
 }
 
-// Records renders the records AppendAnswer would give, owned by owner, for
-// the replies that cannot be a plain copy (CNAME chains).
+// Records returns the answer records AppendAnswer writes, in its order,
+// owned by owner, for the replies that cannot be a plain copy (CNAME
+// chains, search-list expansions): TestRecordsAreAppendAnswers holds the
+// two to the same records.
 func (r *Result) Records(owner string, qtype uint16, ttl uint32, rot uint16) []dns.RR {
 	e := r.Entry
 	hdr := func(t uint16) dns.RR_Header {
 		return dns.RR_Header{Name: owner, Rrtype: t, Class: dns.ClassINET, Ttl: ttl}
 	}
-	anyType := qtype == dns.TypeANY
+	addrs := func(out []dns.RR, as []netip.Addr, rot uint16) []dns.RR {
+		start := len(out)
+		for _, a := range as {
+			if a.Is4() {
+				out = append(out, &dns.A{Hdr: hdr(dns.TypeA), A: a.AsSlice()})
+			} else {
+				out = append(out, &dns.AAAA{Hdr: hdr(dns.TypeAAAA), AAAA: a.AsSlice()})
+			}
+		}
+		rotate(out[start:], rot)
+		return out
+	}
+	name := func(out []dns.RR, rrtype uint16, target string) []dns.RR {
+		if rrtype == dns.TypePTR {
+			return append(out, &dns.PTR{Hdr: hdr(dns.TypePTR), Ptr: target})
+		}
+		return append(out, &dns.CNAME{Hdr: hdr(dns.TypeCNAME), Target: target})
+	}
 	var out []dns.RR
 	switch {
 	case r.srv != nil:
-		if qtype == dns.TypeSRV || anyType {
+		switch qtype {
+		case dns.TypeSRV, dns.TypeANY:
 			for _, s := range r.srv.recordsOf(e) {
 				out = append(out, &dns.SRV{Hdr: hdr(dns.TypeSRV), Priority: 0, Weight: 100, Port: s.Port, Target: s.Target})
 			}
+		case dns.TypeA, dns.TypeAAAA: // as appendSRVAddrs
+			recs := r.srv.records
+			if recs == nil {
+				return addrs(out, r.family(qtype), rot)
+			}
+			cut := int(uint32(rot) % uint32(len(recs)))
+			for i := range recs {
+				if t := r.targetAt(recs, (cut+i)%len(recs)); t != nil {
+					out = addrs(out, t.family(qtype), 0)
+				}
+			}
 		}
 	case r.owners.one != nil:
-		if qtype == dns.TypePTR || anyType {
-			for i := range r.owners.len() {
-				out = append(out, &dns.PTR{Hdr: hdr(dns.TypePTR), Ptr: r.owners.at(i).Name})
+		if qtype == dns.TypePTR || qtype == dns.TypeANY {
+			for _, o := range r.owners.many[min(1, len(r.owners.many)):] { // the first is e, last
+				out = name(out, dns.TypePTR, o.Name)
 			}
+			out = name(out, dns.TypePTR, e.Name)
 		}
-	default:
-		var v4, v6 []dns.RR
-		if anyType || qtype == dns.TypeA {
-			for _, a := range r.family(dns.TypeA) {
-				v4 = append(v4, &dns.A{Hdr: hdr(dns.TypeA), A: a.AsSlice()})
-			}
+	case qtype == dns.TypeANY:
+		out = addrs(out, r.family(dns.TypeA), 0)
+		out = addrs(out, r.family(dns.TypeAAAA), 0)
+		if e.Alias != "" {
+			out = name(out, dns.TypeCNAME, e.Alias)
 		}
-		if anyType || qtype == dns.TypeAAAA {
-			for _, a := range r.family(dns.TypeAAAA) {
-				v6 = append(v6, &dns.AAAA{Hdr: hdr(dns.TypeAAAA), AAAA: a.AsSlice()})
-			}
-		}
-		out = append(rotate(v4, rot), rotate(v6, rot)...)
-		if e.Alias != "" && (anyType || qtype == dns.TypeCNAME) {
-			out = append(out, &dns.CNAME{Hdr: hdr(dns.TypeCNAME), Target: e.Alias})
+	case qtype == dns.TypeA, qtype == dns.TypeAAAA:
+		out = addrs(out, r.family(qtype), rot)
+	case qtype == dns.TypeCNAME:
+		if e.Alias != "" {
+			out = name(out, dns.TypeCNAME, e.Alias)
 		}
 	}
 	return out
 }
 
-// rotate starts rrs at its rot-th record, as appendAddrs does.
-func rotate(rrs []dns.RR, rot uint16) []dns.RR {
+// rotate starts rrs at its rot-th record, as appendAddrs does, in place.
+func rotate(rrs []dns.RR, rot uint16) {
 	if len(rrs) < 2 {
-		return rrs
+		return
 	}
 	cut := dnswire.RotationStart(rot, len(rrs))
-	return append(rrs[cut:], rrs[:cut]...)
+	copy(rrs, append(slices.Clone(rrs[cut:]), rrs[:cut]...))
 }
 
 // ownsPTR reports whether the entry's addresses' reverse names point at it.
