@@ -20,7 +20,7 @@ import (
 	"github.com/containernetworking/cni/pkg/version"
 
 	"github.com/ztdns/ztdns/pkg/control"
-	"github.com/ztdns/ztdns/pkg/redirect"
+	"github.com/ztdns/ztdns/pkg/netns"
 )
 
 // About is what the plugin prints on stderr when run without CNI_COMMAND.
@@ -82,7 +82,7 @@ func (p *plugin) add(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	cookie, err := redirect.NetnsCookie(args.Netns)
+	cookie, err := netns.Cookie(args.Netns)
 	if err != nil {
 		return types.NewError(types.ErrInvalidNetNS, fmt.Sprintf("ztdns: CNI_NETNS %q is not a usable network namespace", args.Netns), err.Error())
 	}
@@ -253,7 +253,7 @@ func (p *plugin) check(args *skel.CmdArgs) error {
 	if _, err := parsePodArgs(args.Args); err != nil {
 		return err
 	}
-	if _, err := redirect.NetnsCookie(args.Netns); err != nil {
+	if _, err := netns.Cookie(args.Netns); err != nil {
 		return types.NewError(types.ErrInvalidNetNS, fmt.Sprintf("ztdns: CNI_NETNS %q is not a usable network namespace", args.Netns), err.Error())
 	}
 	return nil
