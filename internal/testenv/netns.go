@@ -27,7 +27,7 @@ type Netns struct {
 	Name string
 }
 
-// Path is the bind mount of the namespace, for setns and NetnsCookie.
+// Path is the bind mount of the namespace, for setns and netns.Cookie.
 func (n *Netns) Path() string { return filepath.Join("/run/netns", n.Name) }
 
 // NewNetns creates a named network namespace with loopback up, deleted at

@@ -30,6 +30,7 @@ import (
 	"github.com/ztdns/ztdns/pkg/cni"
 	"github.com/ztdns/ztdns/pkg/control"
 	"github.com/ztdns/ztdns/pkg/model"
+	"github.com/ztdns/ztdns/pkg/netns"
 	"github.com/ztdns/ztdns/pkg/podcache"
 	"github.com/ztdns/ztdns/pkg/redirect"
 	"github.com/ztdns/ztdns/pkg/resolver"
@@ -144,7 +145,7 @@ func runPause(t *testing.T, n *testenv.Netns) uint64 {
 // cookieOf is the network namespace's cookie, as the plugin sends it.
 func cookieOf(t *testing.T, n *testenv.Netns) uint64 {
 	t.Helper()
-	cookie, err := redirect.NetnsCookie(n.Path())
+	cookie, err := netns.Cookie(n.Path())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -213,12 +214,12 @@ func TestAddWithALinkLocalAddress(t *testing.T) {
 
 // TestAddOfANamespaceWithManyAddresses: the namespace of an ADD is the
 // runtime's, so more addresses than a scan reads before taking a namespace
-// for no pod's (redirect.MaxNetnsAddrs) do not fail the pod; the agent
+// for no pod's (netns.MaxAddrs) do not fail the pod; the agent
 // reads up to maxAddedNetnsAddrs, and refuses past that.
 func TestAddOfANamespaceWithManyAddresses(t *testing.T) {
 	a, m := cniAgent(t)
 	var addrs []string
-	for i := range redirect.MaxNetnsAddrs + 36 {
+	for i := range netns.MaxAddrs + 36 {
 		addrs = append(addrs, fmt.Sprintf("198.18.%d.%d/32", 100+i/200, 1+i%200))
 	}
 	n := podNetns(t, addrs...)

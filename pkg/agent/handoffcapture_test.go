@@ -21,6 +21,7 @@ import (
 	"github.com/ztdns/ztdns/internal/dnstest"
 	"github.com/ztdns/ztdns/internal/testenv"
 	"github.com/ztdns/ztdns/pkg/control"
+	"github.com/ztdns/ztdns/pkg/netns"
 	"github.com/ztdns/ztdns/pkg/redirect"
 	"github.com/ztdns/ztdns/pkg/source"
 	"github.com/ztdns/ztdns/pkg/source/configdir"
@@ -305,7 +306,7 @@ func TestHandoffWithAnIncompatibleMap(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			n := newCaptureNode(t)
 			old := n.startCapturing(t)
-			cookie, err := redirect.NetnsCookie(old.pod.Path())
+			cookie, err := netns.Cookie(old.pod.Path())
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -12,7 +12,7 @@ import (
 
 	"github.com/ztdns/ztdns/pkg/capture"
 	"github.com/ztdns/ztdns/pkg/control"
-	"github.com/ztdns/ztdns/pkg/redirect"
+	"github.com/ztdns/ztdns/pkg/netns"
 )
 
 // Whom the agent believes. A request on the control socket comes from root
@@ -70,14 +70,14 @@ func (a *Agent) inspectNetns(path string) (netnsSeen, error) {
 		return netnsSeen{}, control.Invalid(fmt.Errorf("%s is not a network namespace", path))
 	}
 	self := fmt.Sprintf("/proc/self/fd/%d", fd)
-	cookie, err := redirect.NetnsCookie(self)
+	cookie, err := netns.Cookie(self)
 	if err != nil {
 		return netnsSeen{}, control.Invalid(fmt.Errorf("%s: %w", path, err))
 	}
 	if slices.Contains(a.hostCookies, cookie) {
 		return netnsSeen{}, control.Refused(fmt.Errorf("%s is the node's own network namespace (cookie %d): the agent never captures it", path, cookie))
 	}
-	addrs, err := redirect.NetnsAddrs(self, maxAddedNetnsAddrs)
+	addrs, err := netns.Addrs(self, maxAddedNetnsAddrs)
 	if err != nil {
 		return netnsSeen{}, fmt.Errorf("%s: %w", path, err)
 	}
@@ -152,7 +152,7 @@ func nodeCookies(procRoot string, log *slog.Logger) []uint64 {
 	// In a test's node namespace PID 1's namespace is another one, and it
 	// may be out of reach.
 	pid1 := filepath.Join(procRoot, "1/ns/net")
-	c, err := redirect.NetnsCookie(pid1)
+	c, err := netns.Cookie(pid1)
 	switch {
 	case err != nil:
 		log.Warn("cannot read the node's network namespace (PID 1's): only the agent's own is refused as the node's to capture add and CNI ADDs",

@@ -14,8 +14,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/ztdns/ztdns/pkg/netns"
 	"github.com/ztdns/ztdns/pkg/podcache"
-	"github.com/ztdns/ztdns/pkg/redirect"
 )
 
 // adoptInterval bounds how often the node's processes are scanned for the
@@ -29,7 +29,7 @@ const AdoptedPrefix = "adopted-"
 // Namespaces is how the controller looks into network namespaces.
 type Namespaces interface {
 	// Cookie returns the cookie of the network namespace at path. An error
-	// that wraps redirect.ErrNoNetns or fs.ErrNotExist says no namespace is
+	// that wraps netns.ErrNotFound or fs.ErrNotExist says no namespace is
 	// there (any more).
 	Cookie(path string) (uint64, error)
 	// Scan lists the network namespaces the node's processes live in, each
@@ -43,7 +43,7 @@ type Namespaces interface {
 	Scan(known map[NsID]bool) (ScanResult, error)
 	// Addrs reads the addresses of a namespace a scan found, if the process
 	// at its path still lives in it. An error that wraps
-	// redirect.ErrTooManyAddrs says it has more than a pod has.
+	// netns.ErrTooManyAddrs says it has more than a pod has.
 	Addrs(n Netns) ([]netip.Addr, error)
 }
 
@@ -64,7 +64,7 @@ type Netns struct {
 	// hostUsers: false.
 	ForeignUserns bool
 	// TooManyAddrs says it has more addresses than a pod has
-	// (redirect.MaxNetnsAddrs), which were not read past that: it is no
+	// (netns.MaxAddrs), which were not read past that: it is no
 	// pod's.
 	TooManyAddrs bool
 }
@@ -98,7 +98,7 @@ type ProcNamespaces struct {
 // Cookie implements Namespaces. A /proc/PID/ns/net path is looked up
 // under Root (NodePath).
 func (p ProcNamespaces) Cookie(path string) (uint64, error) {
-	return redirect.NetnsCookie(p.NodePath(path))
+	return netns.Cookie(p.NodePath(path))
 }
 
 // NodePath maps a runtime's /proc/PID/ns/net path (dockershim and
@@ -121,9 +121,9 @@ func (p ProcNamespaces) Addrs(n Netns) ([]netip.Addr, error) {
 	case err != nil:
 		return nil, err
 	case m.Cookie != n.Cookie:
-		return nil, fmt.Errorf("%s: %w: the process there now lives in another one", n.Path, redirect.ErrNoNetns)
+		return nil, fmt.Errorf("%s: %w: the process there now lives in another one", n.Path, netns.ErrNotFound)
 	case m.TooManyAddrs:
-		return nil, fmt.Errorf("%s: %w: more than %d", n.Path, redirect.ErrTooManyAddrs, redirect.MaxNetnsAddrs)
+		return nil, fmt.Errorf("%s: %w: more than %d", n.Path, netns.ErrTooManyAddrs, netns.MaxAddrs)
 	}
 	return m.Addrs, nil
 }
@@ -247,7 +247,7 @@ func inspect(path string, initial NsID, haveInitial bool) (Netns, error) {
 		return Netns{}, &fs.PathError{Op: "fstat", Path: path, Err: err}
 	}
 	self := "/proc/self/fd/" + strconv.Itoa(fd)
-	cookie, err := redirect.NetnsCookie(self)
+	cookie, err := netns.Cookie(self)
 	if err != nil {
 		return Netns{}, err
 	}
@@ -268,8 +268,8 @@ func inspect(path string, initial NsID, haveInitial bool) (Netns, error) {
 	if n.ForeignUserns {
 		return n, nil
 	}
-	n.Addrs, err = redirect.NetnsAddrs(self, redirect.MaxNetnsAddrs)
-	if errors.Is(err, redirect.ErrTooManyAddrs) {
+	n.Addrs, err = netns.Addrs(self, netns.MaxAddrs)
+	if errors.Is(err, netns.ErrTooManyAddrs) {
 		n.TooManyAddrs = true
 	} else if err != nil {
 		return Netns{}, err
@@ -389,7 +389,7 @@ func (c *Controller) candidates(found []Netns, want []*podcache.Pod) map[netip.A
 		n := foreign[i]
 		addrs, err := c.netns.Addrs(n)
 		switch {
-		case errors.Is(err, redirect.ErrTooManyAddrs):
+		case errors.Is(err, netns.ErrTooManyAddrs):
 			tooMany = append(tooMany, n.Path)
 		case err != nil: // e.g. its process exited since the scan
 			c.log.Debug("cannot read a network namespace's addresses", "netns", n.Path, "err", err)
@@ -401,7 +401,7 @@ func (c *Controller) candidates(found []Netns, want []*podcache.Pod) map[netip.A
 		}
 	}
 	if len(tooMany) > 0 {
-		c.log.Warn("network namespaces with more addresses than a pod has are taken for no pod", "max", redirect.MaxNetnsAddrs, "netns", tooMany)
+		c.log.Warn("network namespaces with more addresses than a pod has are taken for no pod", "max", netns.MaxAddrs, "netns", tooMany)
 	}
 	return byIP
 }

@@ -27,6 +27,7 @@ import (
 
 	"github.com/ztdns/ztdns/pkg/ambient"
 	"github.com/ztdns/ztdns/pkg/model"
+	"github.com/ztdns/ztdns/pkg/netns"
 	"github.com/ztdns/ztdns/pkg/podcache"
 	"github.com/ztdns/ztdns/pkg/redirect"
 )
@@ -606,7 +607,7 @@ func NetnsGone(ns Namespaces, a podcache.Attachment) bool {
 	}
 	cookie, err := ns.Cookie(a.NetnsPath)
 	if err != nil {
-		return errors.Is(err, redirect.ErrNoNetns) || errors.Is(err, fs.ErrNotExist)
+		return errors.Is(err, netns.ErrNotFound) || errors.Is(err, fs.ErrNotExist)
 	}
 	return cookie != a.NetnsCookie
 }

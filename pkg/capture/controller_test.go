@@ -21,6 +21,7 @@ import (
 
 	"github.com/ztdns/ztdns/pkg/ambient"
 	"github.com/ztdns/ztdns/pkg/model"
+	"github.com/ztdns/ztdns/pkg/netns"
 	"github.com/ztdns/ztdns/pkg/podcache"
 	"github.com/ztdns/ztdns/pkg/redirect"
 )
@@ -156,9 +157,9 @@ func (n *fakeNamespaces) Addrs(ns Netns) ([]netip.Addr, error) {
 	cur, ok := n.byPath[ns.Path]
 	switch {
 	case !ok || cur.Cookie != ns.Cookie:
-		return nil, redirect.ErrNoNetns
+		return nil, netns.ErrNotFound
 	case cur.TooManyAddrs:
-		return nil, redirect.ErrTooManyAddrs
+		return nil, netns.ErrTooManyAddrs
 	}
 	return cur.Addrs, nil
 }

@@ -21,7 +21,7 @@ import (
 
 	"github.com/ztdns/ztdns/internal/testenv"
 	"github.com/ztdns/ztdns/pkg/model"
-	"github.com/ztdns/ztdns/pkg/redirect"
+	"github.com/ztdns/ztdns/pkg/netns"
 )
 
 // TestProcNamespacesScan: a scan of the real /proc finds the network
@@ -45,7 +45,7 @@ func TestProcNamespacesScan(t *testing.T) {
 		}
 		t.Cleanup(func() { cancel(); _ = cmd.Wait() })
 	}
-	want, err := redirect.NetnsCookie(n.Path())
+	want, err := netns.Cookie(n.Path())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -78,7 +78,7 @@ func TestProcNamespacesScan(t *testing.T) {
 func TestProcNamespacesCookieSaysWhatIsGone(t *testing.T) {
 	testenv.RequireRoot(t)
 	n := testenv.NewNetns(t, testenv.UniqueName("ztcap-"))
-	want, err := redirect.NetnsCookie(n.Path())
+	want, err := netns.Cookie(n.Path())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -90,8 +90,8 @@ func TestProcNamespacesCookieSaysWhatIsGone(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, path := range []string{file, filepath.Join(t.TempDir(), "missing")} {
-		if _, err := (ProcNamespaces{}).Cookie(path); !errors.Is(err, redirect.ErrNoNetns) {
-			t.Errorf("Cookie(%s) = %v, want an error wrapping ErrNoNetns", path, err)
+		if _, err := (ProcNamespaces{}).Cookie(path); !errors.Is(err, netns.ErrNotFound) {
+			t.Errorf("Cookie(%s) = %v, want an error wrapping ErrNotFound", path, err)
 		}
 	}
 }
@@ -214,7 +214,7 @@ func twoProcessNetns(t *testing.T, addr string) ([]*exec.Cmd, uint64) {
 		procs = append(procs, cmd)
 	}
 	slices.SortFunc(procs, func(a, b *exec.Cmd) int { return a.Process.Pid - b.Process.Pid })
-	cookie, err := redirect.NetnsCookie(n.Path())
+	cookie, err := netns.Cookie(n.Path())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -236,7 +236,7 @@ func newProcFixture(t *testing.T) *fixture {
 // adopted.
 func ownCookie(t *testing.T) []uint64 {
 	t.Helper()
-	c, err := redirect.NetnsCookie("/proc/self/ns/net")
+	c, err := netns.Cookie("/proc/self/ns/net")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -276,7 +276,7 @@ func TestAdoptionPrefersTheNodesUserNamespace(t *testing.T) {
 		path := pathOf(cmd)
 		want := netip.MustParseAddr(ip)
 		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-			if addrs, _ := redirect.NetnsAddrs(path, redirect.MaxNetnsAddrs); slices.Contains(addrs, want) {
+			if addrs, _ := netns.Addrs(path, netns.MaxAddrs); slices.Contains(addrs, want) {
 				return cmd
 			}
 			if time.Now().After(deadline) {
@@ -338,7 +338,7 @@ func startIn(t *testing.T, n *testenv.Netns, batch string) string {
 
 // TestAdoptionSkipsNamespacesWithTooManyAddresses: whoever owns a network
 // namespace decides how many addresses it has. A scan reads no more than
-// redirect.MaxNetnsAddrs of them, and takes a namespace with more for no
+// netns.MaxAddrs of them, and takes a namespace with more for no
 // pod's, naming it in a warning: neither the pod whose IP is among them is
 // adopted, nor does another pod whose IP it added lose its adoption. A
 // scan leaves the addresses of a namespace another user namespace owns
@@ -388,7 +388,7 @@ func TestAdoptionSkipsNamespacesWithTooManyAddresses(t *testing.T) {
 				t.Errorf("scan found %s with ForeignUserns %v, TooManyAddrs %v and %d addresses, want another user namespace's, unread",
 					n.Path, n.ForeignUserns, n.TooManyAddrs, len(n.Addrs))
 			}
-			if _, err := (ProcNamespaces{}).Addrs(n); !errors.Is(err, redirect.ErrTooManyAddrs) {
+			if _, err := (ProcNamespaces{}).Addrs(n); !errors.Is(err, netns.ErrTooManyAddrs) {
 				t.Errorf("Addrs(%s) = %v, want ErrTooManyAddrs", n.Path, err)
 			}
 		}

@@ -57,7 +57,7 @@ func parsePodArgs(cniArgs string) (podArgs, error) {
 // not the pod's, and neither are loopback, link-local, multicast or
 // unspecified ones (a chain with the loopback plugin lists 127.0.0.1/8 and
 // ::1): any pod may have the same, and the agent does not count them among
-// a namespace's addresses (redirect.NetnsAddrs), so it would refuse an ADD
+// a namespace's addresses (netns.Addrs), so it would refuse an ADD
 // that claims one. IPv4 first, each once.
 func podIPs(res *current.Result) []netip.Addr {
 	var ips []netip.Addr

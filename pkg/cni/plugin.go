@@ -21,7 +21,7 @@ import (
 	"github.com/containernetworking/cni/pkg/version"
 
 	"github.com/ztdns/ztdns/pkg/control"
-	"github.com/ztdns/ztdns/pkg/redirect"
+	"github.com/ztdns/ztdns/pkg/netns"
 )
 
 // About is what the plugin prints on stderr when run without CNI_COMMAND.
@@ -256,7 +256,7 @@ func checkArgs(args *skel.CmdArgs) (checkedArgs, error) {
 	if err != nil {
 		return checkedArgs{}, err
 	}
-	cookie, err := redirect.NetnsCookie(args.Netns)
+	cookie, err := netns.Cookie(args.Netns)
 	if err != nil {
 		return checkedArgs{}, types.NewError(types.ErrInvalidNetNS, fmt.Sprintf("ztdns: CNI_NETNS %q is not a usable network namespace", args.Netns), err.Error())
 	}

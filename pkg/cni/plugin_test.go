@@ -28,7 +28,7 @@ import (
 
 	"github.com/ztdns/ztdns/internal/testenv"
 	"github.com/ztdns/ztdns/pkg/control"
-	"github.com/ztdns/ztdns/pkg/redirect"
+	"github.com/ztdns/ztdns/pkg/netns"
 )
 
 // fakeAgent stands in for the node agent at the API level: pkg/control's
@@ -213,7 +213,7 @@ func (e *pluginEnv) plugin() *plugin { return &plugin{stdout: &e.stdout, stderr:
 
 func (e *pluginEnv) cookie(tb testing.TB) uint64 {
 	tb.Helper()
-	c, err := redirect.NetnsCookie(e.netns.Path())
+	c, err := netns.Cookie(e.netns.Path())
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/ztdns/ztdns/internal/dnstest"
 	"github.com/ztdns/ztdns/internal/testenv"
+	"github.com/ztdns/ztdns/pkg/netns"
 )
 
 func TestMain(m *testing.M) {
@@ -190,19 +191,36 @@ func (e *captureEnv) markedPod(tb testing.TB, flags PodFlags, nameservers ...str
 // mark marks a pod's network namespace and returns its cookie.
 func (e *captureEnv) mark(tb testing.TB, p *testenv.Pod, flags PodFlags) uint64 {
 	tb.Helper()
-	cookie, err := NetnsCookie(p.Path())
+	cookie, err := netns.Cookie(p.Path())
 	if err != nil {
 		tb.Fatal(err)
 	}
-	info, err := PodInfoFromNetns(p.Path())
-	if err != nil {
-		tb.Fatal(err)
-	}
+	info := podInfoOf(tb, p.Path())
 	info.Flags = flags
 	if err := e.r.Mark(cookie, info); err != nil {
 		tb.Fatal(err)
 	}
 	return cookie
+}
+
+// podInfoOf is the PodInfo of the network namespace at netnsPath: its
+// first IPv4 and IPv6 address.
+func podInfoOf(tb testing.TB, netnsPath string) PodInfo {
+	tb.Helper()
+	addrs, err := netns.Addrs(netnsPath, netns.MaxAddrs)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	var p PodInfo
+	for _, a := range addrs {
+		switch {
+		case a.Is4() && !p.IPv4.IsValid():
+			p.IPv4 = a
+		case a.Is6() && !p.IPv6.IsValid():
+			p.IPv6 = a
+		}
+	}
+	return p
 }
 
 // slotOf returns the slot whose resolver address a query arrived on.

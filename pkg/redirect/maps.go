@@ -169,7 +169,7 @@ func (r *Redirector) writeConfig() error {
 }
 
 // Mark makes the programs redirect the DNS queries of the network namespace
-// with this cookie (see NetnsCookie). Marking a marked pod updates its info
+// with this cookie (see netns.Cookie). Marking a marked pod updates its info
 // and keeps its counters and learned nameservers.
 //
 // Re-marking a pod with the info it has writes nothing: a write replaces

@@ -19,7 +19,7 @@ import (
 	"github.com/ztdns/ztdns/internal/testenv"
 	"github.com/ztdns/ztdns/pkg/cni"
 	"github.com/ztdns/ztdns/pkg/control"
-	"github.com/ztdns/ztdns/pkg/redirect"
+	"github.com/ztdns/ztdns/pkg/netns"
 )
 
 // The tests here run without an agent: they prove the runtime-facing half
@@ -64,7 +64,7 @@ func requireBridgeResult(tb testing.TB, r *Runtime, p *Pod, res *current.Result,
 	if len(ips) != wantFamilies || !podSubnet4.Contains(ips[0]) || (ipv6 && !podSubnet6.Contains(ips[1])) {
 		tb.Fatalf("IPs = %v, want one from %s (and %s with IPv6)", ips, podSubnet4, podSubnet6)
 	}
-	onEth0, err := redirect.NetnsAddrs(p.Path(), redirect.MaxNetnsAddrs)
+	onEth0, err := netns.Addrs(p.Path(), netns.MaxAddrs)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -76,7 +76,7 @@ func requireBridgeResult(tb testing.TB, r *Runtime, p *Pod, res *current.Result,
 
 func cookieOf(tb testing.TB, p *Pod) uint64 {
 	tb.Helper()
-	c, err := redirect.NetnsCookie(p.Path())
+	c, err := netns.Cookie(p.Path())
 	if err != nil {
 		tb.Fatal(err)
 	}

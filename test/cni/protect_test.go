@@ -18,7 +18,7 @@ import (
 	"github.com/ztdns/ztdns/internal/testenv"
 	"github.com/ztdns/ztdns/pkg/ambient"
 	"github.com/ztdns/ztdns/pkg/control"
-	"github.com/ztdns/ztdns/pkg/redirect"
+	"github.com/ztdns/ztdns/pkg/netns"
 )
 
 // vaultNS holds a ServiceEntry exported to itself only: the name a forged
@@ -52,7 +52,7 @@ func TestForgedAddsRefused(t *testing.T) {
 
 	c := control.NewClient(n.Socket, 10*time.Second)
 	ctx := context.Background()
-	nodeCookie, err := redirect.NetnsCookie(n.Node.Path())
+	nodeCookie, err := netns.Cookie(n.Node.Path())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -40,7 +40,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ztdns/ztdns/internal/netlinkdump"
-	"github.com/ztdns/ztdns/pkg/redirect"
+	"github.com/ztdns/ztdns/pkg/netns"
 )
 
 // ZtunnelDNSPort is where istio-cni's rules send a pod's DNS.
@@ -84,7 +84,7 @@ func Inspect(netnsPath string, cookie uint64) (Finding, error) {
 	// again: the path may lead elsewhere by then.
 	opened := fmt.Sprintf("/proc/self/fd/%d", h.Fd())
 	if cookie != 0 {
-		got, err := redirect.NetnsCookie(opened)
+		got, err := netns.Cookie(opened)
 		if err != nil {
 			return nil, fmt.Errorf("netns %s: %w", netnsPath, err)
 		}

@@ -16,7 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ztdns/ztdns/internal/testenv"
-	"github.com/ztdns/ztdns/pkg/redirect"
+	"github.com/ztdns/ztdns/pkg/netns"
 )
 
 // TestInspect installs istio-cni's in-pod DNS rules with each of its
@@ -109,7 +109,7 @@ func TestInspectChecksTheCookie(t *testing.T) {
 	testenv.RequireRoot(t)
 	n := testenv.NewNetns(t, testenv.UniqueName("ztdns-istiocni-"))
 	testenv.InstallIstioDNSRules(t, n, testenv.IstioNftables)
-	cookie, err := redirect.NetnsCookie(n.Path())
+	cookie, err := netns.Cookie(n.Path())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,6 +3,7 @@ package table
 import (
 	"encoding/binary"
 	"net/netip"
+	"slices"
 	"strings"
 
 	"github.com/miekg/dns"
@@ -337,55 +338,83 @@ func (r *Result) Chases(qtype uint16) bool {
 	return r.Entry.Alias != "" && r.srv == nil && r.owners.one == nil && qtype != dns.TypeCNAME
 }
 
-// Records renders the records AppendAnswer would give, owned by owner, for
-// the replies that cannot be a plain copy (CNAME chains).
+// Records returns the answer records AppendAnswer writes, in its order,
+// owned by owner, for the replies that cannot be a plain copy (CNAME
+// chains, search-list expansions): TestRecordsAreAppendAnswers holds the
+// two to the same records.
 func (r *Result) Records(owner string, qtype uint16, ttl uint32, rot uint16) []dns.RR {
 	e := r.Entry
 	hdr := func(t uint16) dns.RR_Header {
 		return dns.RR_Header{Name: owner, Rrtype: t, Class: dns.ClassINET, Ttl: ttl}
 	}
-	anyType := qtype == dns.TypeANY
+	addrs := func(out []dns.RR, as []netip.Addr, rot uint16) []dns.RR {
+		start := len(out)
+		for _, a := range as {
+			if a.Is4() {
+				out = append(out, &dns.A{Hdr: hdr(dns.TypeA), A: a.AsSlice()})
+			} else {
+				out = append(out, &dns.AAAA{Hdr: hdr(dns.TypeAAAA), AAAA: a.AsSlice()})
+			}
+		}
+		rotate(out[start:], rot)
+		return out
+	}
+	name := func(out []dns.RR, rrtype uint16, target string) []dns.RR {
+		if rrtype == dns.TypePTR {
+			return append(out, &dns.PTR{Hdr: hdr(dns.TypePTR), Ptr: target})
+		}
+		return append(out, &dns.CNAME{Hdr: hdr(dns.TypeCNAME), Target: target})
+	}
 	var out []dns.RR
 	switch {
 	case r.srv != nil:
-		if qtype == dns.TypeSRV || anyType {
+		switch qtype {
+		case dns.TypeSRV, dns.TypeANY:
 			for _, s := range r.srv.recordsOf(e) {
 				out = append(out, &dns.SRV{Hdr: hdr(dns.TypeSRV), Priority: 0, Weight: 100, Port: s.Port, Target: s.Target})
 			}
+		case dns.TypeA, dns.TypeAAAA: // as appendSRVAddrs
+			recs := r.srv.records
+			if recs == nil {
+				return addrs(out, r.family(qtype), rot)
+			}
+			cut := int(uint32(rot) % uint32(len(recs)))
+			for i := range recs {
+				if t := r.targetAt(recs, (cut+i)%len(recs)); t != nil {
+					out = addrs(out, t.family(qtype), 0)
+				}
+			}
 		}
 	case r.owners.one != nil:
-		if qtype == dns.TypePTR || anyType {
-			for i := range r.owners.len() {
-				out = append(out, &dns.PTR{Hdr: hdr(dns.TypePTR), Ptr: r.owners.at(i).Name})
+		if qtype == dns.TypePTR || qtype == dns.TypeANY {
+			for _, o := range r.owners.many[min(1, len(r.owners.many)):] { // the first is e, last
+				out = name(out, dns.TypePTR, o.Name)
 			}
+			out = name(out, dns.TypePTR, e.Name)
 		}
-	default:
-		var v4, v6 []dns.RR
-		if anyType || qtype == dns.TypeA {
-			for _, a := range r.family(dns.TypeA) {
-				v4 = append(v4, &dns.A{Hdr: hdr(dns.TypeA), A: a.AsSlice()})
-			}
+	case qtype == dns.TypeANY:
+		out = addrs(out, r.family(dns.TypeA), 0)
+		out = addrs(out, r.family(dns.TypeAAAA), 0)
+		if e.Alias != "" {
+			out = name(out, dns.TypeCNAME, e.Alias)
 		}
-		if anyType || qtype == dns.TypeAAAA {
-			for _, a := range r.family(dns.TypeAAAA) {
-				v6 = append(v6, &dns.AAAA{Hdr: hdr(dns.TypeAAAA), AAAA: a.AsSlice()})
-			}
-		}
-		out = append(rotate(v4, rot), rotate(v6, rot)...)
-		if e.Alias != "" && (anyType || qtype == dns.TypeCNAME) {
-			out = append(out, &dns.CNAME{Hdr: hdr(dns.TypeCNAME), Target: e.Alias})
+	case qtype == dns.TypeA, qtype == dns.TypeAAAA:
+		out = addrs(out, r.family(qtype), rot)
+	case qtype == dns.TypeCNAME:
+		if e.Alias != "" {
+			out = name(out, dns.TypeCNAME, e.Alias)
 		}
 	}
 	return out
 }
 
-// rotate starts rrs at its rot-th record, as appendRotated does.
-func rotate(rrs []dns.RR, rot uint16) []dns.RR {
+// rotate starts rrs at its rot-th record, as appendAddrs does, in place.
+func rotate(rrs []dns.RR, rot uint16) {
 	if len(rrs) < 2 {
-		return rrs
+		return
 	}
 	cut := dnswire.RotationStart(rot, len(rrs))
-	return append(rrs[cut:], rrs[:cut]...)
+	copy(rrs, append(slices.Clone(rrs[cut:]), rrs[:cut]...))
 }
 
 // ownsPTR reports whether the entry's addresses' reverse names point at it.
@@ -458,89 +487,3 @@ func appendHeader(w []byte, rrtype uint16, ttl uint32, rdlen int) []byte {
 
 // nameLen is the length of fqdn (validated, fully qualified) on the wire.
 func nameLen(fqdn string) int { return len(fqdn) + 1 }
-
-// reverseName returns the in-addr.arpa or ip6.arpa name of an address.
-func reverseName(a netip.Addr) string {
-	name, _ := dns.ReverseAddr(a.String())
-	return name
-}
-
-const (
-	inAddrArpa = ".in-addr.arpa."
-	ip6Arpa    = ".ip6.arpa."
-)
-
-// parseReverse reads the address out of a full reverse name
-// ("4.3.2.1.in-addr.arpa.", 32 nibbles then "ip6.arpa."), without
-// allocating. Partial names (a /24's zone) are not addresses.
-func parseReverse(name string) (netip.Addr, bool) {
-	switch {
-	case strings.HasSuffix(name, inAddrArpa):
-		var b [4]byte
-		rest := name[:len(name)-len(inAddrArpa)]
-		for i := 3; i >= 0; i-- {
-			label := rest
-			if i > 0 {
-				dot := strings.IndexByte(rest, '.')
-				if dot < 0 {
-					return netip.Addr{}, false
-				}
-				label, rest = rest[:dot], rest[dot+1:]
-			}
-			v, ok := octet(label)
-			if !ok {
-				return netip.Addr{}, false
-			}
-			b[i] = v
-		}
-		return netip.AddrFrom4(b), true
-	case strings.HasSuffix(name, ip6Arpa):
-		rest := name[:len(name)-len(ip6Arpa)]
-		if len(rest) != 63 { // 32 nibbles and 31 dots
-			return netip.Addr{}, false
-		}
-		var b [16]byte
-		for i := range 32 {
-			if i > 0 && rest[2*i-1] != '.' {
-				return netip.Addr{}, false
-			}
-			v, ok := nibble(rest[2*i])
-			if !ok {
-				return netip.Addr{}, false
-			}
-			// The first label is the last nibble of the address.
-			pos := 31 - i
-			if pos%2 == 0 {
-				b[pos/2] |= v << 4
-			} else {
-				b[pos/2] |= v
-			}
-		}
-		return netip.AddrFrom16(b), true
-	}
-	return netip.Addr{}, false
-}
-
-func octet(s string) (byte, bool) {
-	if len(s) == 0 || len(s) > 3 || (len(s) > 1 && s[0] == '0') {
-		return 0, false
-	}
-	v := 0
-	for i := 0; i < len(s); i++ {
-		if s[i] < '0' || s[i] > '9' {
-			return 0, false
-		}
-		v = v*10 + int(s[i]-'0')
-	}
-	return byte(v), v <= 255
-}
-
-func nibble(c byte) (byte, bool) {
-	switch {
-	case '0' <= c && c <= '9':
-		return c - '0', true
-	case 'a' <= c && c <= 'f':
-		return c - 'a' + 10, true
-	}
-	return 0, false
-}

@@ -164,3 +164,88 @@ func TestSRVAdditionalBeyondPointers(t *testing.T) {
 		delete(targets, a.Hdr.Name)
 	}
 }
+
+// Records, the slow path's answer (CNAME chains, search-list expansions),
+// gives the records AppendAnswer writes, in the same order: for every kind
+// of name the table answers (a Service's, its SRV names, a headless
+// Service's endpoints, an ExternalName, a ServiceEntry host and wildcard,
+// reverse names of one owner and of several) and every query type.
+func TestRecordsAreAppendAnswers(t *testing.T) {
+	port := []model.Port{{Name: "http", Protocol: "TCP", Port: 80}}
+	tbl, warnings := Build(&model.Snapshot{
+		Services: []model.Service{
+			{Namespace: "ns", Name: "web", ClusterIPs: addrs("10.96.0.10", "fd00:10:96::a"), Ports: port},
+			{Namespace: "ns", Name: "db", Headless: true},
+			{Namespace: "ns", Name: "db2", Headless: true},
+			{Namespace: "ns", Name: "ext", ExternalName: "example.com"},
+		},
+		EndpointSlices: []model.EndpointSlice{
+			{Namespace: "ns", Name: "db-v4", ServiceName: "db", Ports: port, Endpoints: []model.Endpoint{
+				{Addresses: addrs("10.1.0.1"), Hostname: "db-0", Ready: true},
+				{Addresses: addrs("10.1.0.2"), Hostname: "db-1", Ready: true},
+				{Addresses: addrs("10.1.0.3"), Ready: true},
+			}},
+			{Namespace: "ns", Name: "db-v6", ServiceName: "db", Ports: port, Endpoints: []model.Endpoint{
+				{Addresses: addrs("fd00::1"), Hostname: "db-0", Ready: true},
+			}},
+			{Namespace: "ns", Name: "db2", ServiceName: "db2", Ports: port, Endpoints: []model.Endpoint{
+				{Addresses: addrs("10.1.0.1"), Hostname: "other-0", Ready: true},
+			}},
+		},
+		ServiceEntries: []model.ServiceEntry{
+			{Namespace: "ns", Name: "se", Created: t0, Hosts: []string{"api.example.net"}, Resolution: "STATIC",
+				Addresses: addrs("198.51.100.1", "198.51.100.2", "198.51.100.3", "2001:db8::1", "2001:db8::2")},
+			{Namespace: "ns", Name: "wild", Created: t0, Hosts: []string{"*.example.org"}, Resolution: "STATIC",
+				Addresses: addrs("203.0.113.7", "203.0.113.8")},
+		},
+	}, Options{})
+	if len(warnings) > 0 {
+		t.Fatal(warnings)
+	}
+	names := []string{
+		"web.ns.svc.cluster.local.",
+		"_http._tcp.web.ns.svc.cluster.local.",
+		"db.ns.svc.cluster.local.",
+		"db-0.db.ns.svc.cluster.local.",
+		"_http._tcp.db.ns.svc.cluster.local.",
+		"ext.ns.svc.cluster.local.",
+		"api.example.net.",
+		"a.example.org.",
+		reverseName(netip.MustParseAddr("10.96.0.10")),
+		reverseName(netip.MustParseAddr("fd00:10:96::a")),
+		reverseName(netip.MustParseAddr("10.1.0.1")), // db-0 and other-0
+		reverseName(netip.MustParseAddr("fd00::1")),
+	}
+	qtypes := []uint16{dns.TypeA, dns.TypeAAAA, dns.TypeANY, dns.TypeCNAME, dns.TypeSRV, dns.TypePTR, dns.TypeTXT}
+	for _, qname := range names {
+		r := tbl.Resolve(qname, "ns")
+		if r.Entry == nil {
+			t.Fatalf("%s: not in the table", qname)
+		}
+		for _, qtype := range qtypes {
+			for rot := range uint16(3) {
+				q := new(dns.Msg)
+				q.SetQuestion(qname, qtype)
+				head, err := q.Pack()
+				if err != nil {
+					t.Fatal(err)
+				}
+				wire, _ := r.AppendAnswer(head, 0, qtype, rot, dns.MaxMsgSize)
+				m := new(dns.Msg)
+				if err := m.Unpack(wire); err != nil {
+					t.Fatalf("%s %s: %v", qname, dns.TypeToString[qtype], err)
+				}
+				var fast, slow []string
+				for _, rr := range m.Answer {
+					fast = append(fast, rr.String())
+				}
+				for _, rr := range r.Records(qname, qtype, DefaultTTL, rot) {
+					slow = append(slow, rr.String())
+				}
+				if !slices.Equal(fast, slow) {
+					t.Errorf("%s %s rot %d: Records\n\t%q\nAppendAnswer\n\t%q", qname, dns.TypeToString[qtype], rot, slow, fast)
+				}
+			}
+		}
+	}
+}

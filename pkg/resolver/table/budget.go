@@ -28,8 +28,9 @@ const maxListedOverBudget = 10
 // nsBudget keeps each namespace's objects within a budget of names
 // (Options.MaxNamesPerNamespace), so that no tenant can make every node's
 // table outgrow the agent's memory. What an object costs is read from the
-// snapshot (objectCost), before any entry is made: the objects left out
-// are never built, and cost a build a look at their sizes.
+// snapshot (serviceCost, endpointsCost, serviceEntryCost), before any
+// entry is made: the objects left out are never built, and cost a build a
+// look at their sizes.
 //
 // A namespace over its budget keeps its objects oldest first (creation
 // time, then name, then kind), each one that still fits; the others, the

@@ -21,8 +21,8 @@ import (
 // changed, and copies only the shards of the table whose keys changed; the
 // rest are shared with the last table, which never changes. A snapshot that
 // differs from the last one in one object costs about as much as that object,
-// not as the whole cluster (the bound: an update at 10,000 objects
-// visible within 100 ms).
+// not as the whole cluster (README, "The targets": a change reaching the
+// served table within 100 ms at p90).
 //
 // Finding what changed costs little more than a look at each object of a
 // changed kind: a kind whose slice in the snapshot is the last one's is not

@@ -363,7 +363,7 @@ func sortPaced[T any](s []T, p *pacer, cmp func(a, b T) int) ([]T, bool) {
 func compareItems(a, b rowItem) int {
 	var ba, bb [reverseNameMax]byte
 	na, nb := a.rowName(ba[:0]), b.rowName(bb[:0])
-	return cmp.Or(cmp.Compare(isReverseName(na), isReverseName(nb)), compareNames(na, nb))
+	return cmp.Or(cmp.Compare(na.isReverse(), nb.isReverse()), compareNames(na, nb))
 }
 
 // itemNameParts is an item's row name in parts: prefix and name, or a reverse
@@ -399,36 +399,19 @@ func (p itemNameParts) at(i int) byte {
 	return p.name[i-len(p.prefix)]
 }
 
-func isReverseName(p itemNameParts) int {
+// isReverse reports whether the name is a reverse name, as 1 (0 if not).
+func (p itemNameParts) isReverse() int {
+	name := unsafe.String(unsafe.SliceData(p.name), len(p.name))
 	if len(p.name) < len(inAddrArpa) && len(p.prefix) > 0 {
-		return isReverse(string(p.prefix) + string(p.name))
+		name = string(p.prefix) + name
 	}
-	return isReverse(unsafe.String(unsafe.SliceData(p.name), len(p.name)))
+	if isReverse(name) {
+		return 1
+	}
+	return 0
 }
 
 func unsafeBytes(s string) []byte { return unsafe.Slice(unsafe.StringData(s), len(s)) }
-
-// reverseNameMax is the length of the longest reverse name, an IPv6
-// address's: 32 nibbles and their dots, then "ip6.arpa.".
-const reverseNameMax = 64 + len("ip6.arpa.")
-
-// appendReverseName appends a's reverse name, as reverseName spells it.
-func appendReverseName(b []byte, a netip.Addr) []byte {
-	const hex = "0123456789abcdef"
-	if a.Is4() {
-		o := a.As4()
-		for i := 3; i >= 0; i-- {
-			b = strconv.AppendUint(b, uint64(o[i]), 10)
-			b = append(b, '.')
-		}
-		return append(b, inAddrArpa[1:]...)
-	}
-	o := a.As16()
-	for i := 15; i >= 0; i-- {
-		b = append(b, hex[o[i]&0xf], '.', hex[o[i]>>4], '.')
-	}
-	return append(b, ip6Arpa[1:]...)
-}
 
 // appendItemRows appends the rows of it, as Rows lists them for ns.
 func (t *Table) appendItemRows(rows []Row, it rowItem, ns string) []Row {
@@ -541,13 +524,6 @@ func (t *Table) noRecordsReason(e *Entry) string {
 		return "no VIP: --vip-source=none"
 	}
 	return "no VIP: none left to allocate"
-}
-
-func isReverse(name string) int {
-	if strings.HasSuffix(name, inAddrArpa) || strings.HasSuffix(name, ip6Arpa) {
-		return 1
-	}
-	return 0
 }
 
 // rows are e's record sets as the answer for name: e's own name, or one its

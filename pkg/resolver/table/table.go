@@ -4,9 +4,10 @@
 //
 // A Table is immutable once built. A change in the cluster builds a new one
 // that the server swaps in atomically, so a query sees the table before or
-// after an update, never half of it, and the query path takes no lock. Answers
-// are prepared as DNS wire data when the table is built, so answering a known
-// name is a copy.
+// after an update, never half of it, and the query path takes no lock. No
+// answer is prepared when the table is built: answering a known name writes
+// its records straight from the entry's fields (see AppendAnswer), which
+// costs about as much as copying them would.
 //
 // Memory matters (a node agent with 10,000 Services and 10,000 ServiceEntry
 // hosts must stay small), so a name holds only what a query needs: SRV
@@ -239,7 +240,7 @@ type Table struct {
 	// (Builder.VIPsFrom), which says why a host has none.
 	vipsFrom vip.From
 	// vips counts the auto-allocating hosts by what they lack, and those
-	// holding an IPv4 VIP (countVIPs).
+	// holding an IPv4 VIP (vipCounts.count).
 	vips vipCounts
 }
 

@@ -351,33 +351,6 @@ func BenchmarkResolveMiss(b *testing.B) {
 	}
 }
 
-func TestParseReverse(t *testing.T) {
-	for _, a := range []string{"10.96.0.1", "0.0.0.0", "255.255.255.255", "2001:db8::1", "fd00:7a74:646e::53"} {
-		addr := netip.MustParseAddr(a)
-		got, ok := parseReverse(reverseName(addr))
-		if !ok || got != addr {
-			t.Errorf("parseReverse(%s) = %v, %v; want %v", reverseName(addr), got, ok, addr)
-		}
-	}
-	for _, bad := range []string{"0.96.10.in-addr.arpa.", "1.0.96.10.in-addr.arpa", "256.0.96.10.in-addr.arpa.", "01.0.96.10.in-addr.arpa.",
-		"a.0.96.10.in-addr.arpa.", "1.1.0.96.10.in-addr.arpa.", "1.ip6.arpa.", "in-addr.arpa.", ".in-addr.arpa.",
-		"g.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa."} {
-		if a, ok := parseReverse(bad); ok {
-			t.Errorf("parseReverse(%q) = %v, want no address", bad, a)
-		}
-	}
-}
-
-func FuzzParseReverse(f *testing.F) {
-	f.Add("1.0.96.10.in-addr.arpa.")
-	f.Add(reverseName(netip.MustParseAddr("2001:db8::1")))
-	f.Fuzz(func(t *testing.T, name string) {
-		if a, ok := parseReverse(name); ok && reverseName(a) != name {
-			t.Fatalf("parseReverse(%q) = %v, whose reverse name is %q", name, a, reverseName(a))
-		}
-	})
-}
-
 // TestEndpointRecords: a headless Service's endpoint names hold every
 // address, the PTRs of those addresses name the endpoints (in every
 // headless Service that has them), SRV records appear once with each

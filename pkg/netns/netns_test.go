@@ -1,6 +1,6 @@
 //go:build linux
 
-package redirect
+package netns
 
 import (
 	"errors"
@@ -15,18 +15,18 @@ import (
 	"github.com/ztdns/ztdns/internal/testenv"
 )
 
-func TestNetnsCookieAndAddrs(t *testing.T) {
+func TestCookieAndAddrs(t *testing.T) {
 	t.Parallel()
 	node := testenv.NewNode(t)
 	pods := []*testenv.Pod{node.AddPod(t, testenv.PodConfig{}), node.AddPod(t, testenv.PodConfig{})}
 
-	own, err := NetnsCookie("/proc/self/ns/net")
+	own, err := Cookie("/proc/self/ns/net")
 	if err != nil {
 		t.Fatal(err)
 	}
 	seen := map[uint64]string{own: "the test's own namespace"}
 	for _, p := range pods {
-		c, err := NetnsCookie(p.Path())
+		c, err := Cookie(p.Path())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -34,37 +34,30 @@ func TestNetnsCookieAndAddrs(t *testing.T) {
 			t.Errorf("%s has cookie %d, the same as %s", p.Name, c, other)
 		}
 		seen[c] = p.Name
-		if again, err := NetnsCookie(p.Path()); err != nil || again != c {
+		if again, err := Cookie(p.Path()); err != nil || again != c {
 			t.Errorf("second read: %d, %v; want %d", again, err, c)
 		}
 
-		addrs, err := NetnsAddrs(p.Path(), MaxNetnsAddrs)
+		addrs, err := Addrs(p.Path(), MaxAddrs)
 		if err != nil {
 			t.Fatal(err)
 		}
 		if want := []netip.Addr{p.IPv4, p.IPv6}; !slices.Equal(addrs, want) {
-			t.Errorf("NetnsAddrs(%s) = %v, want %v", p.Name, addrs, want)
-		}
-		info, err := PodInfoFromNetns(p.Path())
-		if err != nil {
-			t.Fatal(err)
-		}
-		if want := (PodInfo{IPv4: p.IPv4, IPv6: p.IPv6}); info != want {
-			t.Errorf("PodInfoFromNetns(%s) = %+v, want %+v", p.Name, info, want)
+			t.Errorf("Addrs(%s) = %v, want %v", p.Name, addrs, want)
 		}
 	}
 
-	if _, err := NetnsCookie("/nonexistent/netns"); err == nil {
-		t.Error("NetnsCookie of a missing path succeeded")
+	if _, err := Cookie("/nonexistent/netns"); err == nil {
+		t.Error("Cookie of a missing path succeeded")
 	}
 }
 
-// TestNetnsAddrsStopsPastTheCap: a namespace's owner decides how many
-// addresses it has. Up to MaxNetnsAddrs they are all listed; past it
-// NetnsAddrs says ErrTooManyAddrs, and reading a namespace of hundreds
+// TestAddrsStopsPastTheCap: a namespace's owner decides how many
+// addresses it has. Up to MaxAddrs they are all listed; past it
+// Addrs says ErrTooManyAddrs, and reading a namespace of hundreds
 // allocates about what reading a pod's does (the netlink library's
 // listing allocated 1.35 KB an address: 27 MB for 20,000).
-func TestNetnsAddrsStopsPastTheCap(t *testing.T) {
+func TestAddrsStopsPastTheCap(t *testing.T) {
 	testenv.RequireRoot(t)
 	n := testenv.NewNetns(t, testenv.UniqueName("ztaddr-"))
 	addAddrs := func(from, count int) []netip.Addr {
@@ -89,20 +82,20 @@ func TestNetnsAddrsStopsPastTheCap(t *testing.T) {
 	}
 
 	// lo's own 127.0.0.1 and ::1 count too, but are no pod's.
-	want := addAddrs(1, MaxNetnsAddrs-2)
-	if got, err := NetnsAddrs(n.Path(), MaxNetnsAddrs); err != nil || !slices.Equal(got, want) {
-		t.Fatalf("NetnsAddrs with %d addresses = %v, %v; want them all", MaxNetnsAddrs, got, err)
+	want := addAddrs(1, MaxAddrs-2)
+	if got, err := Addrs(n.Path(), MaxAddrs); err != nil || !slices.Equal(got, want) {
+		t.Fatalf("Addrs with %d addresses = %v, %v; want them all", MaxAddrs, got, err)
 	}
 
-	addAddrs(MaxNetnsAddrs-1, 300)
-	if got, err := NetnsAddrs(n.Path(), MaxNetnsAddrs); !errors.Is(err, ErrTooManyAddrs) {
-		t.Fatalf("NetnsAddrs with %d addresses = %d of them, %v; want ErrTooManyAddrs", MaxNetnsAddrs+300, len(got), err)
+	addAddrs(MaxAddrs-1, 300)
+	if got, err := Addrs(n.Path(), MaxAddrs); !errors.Is(err, ErrTooManyAddrs) {
+		t.Fatalf("Addrs with %d addresses = %d of them, %v; want ErrTooManyAddrs", MaxAddrs+300, len(got), err)
 	}
 	const runs = 10
 	var before, after runtime.MemStats
 	runtime.ReadMemStats(&before)
 	for range runs {
-		if _, err := NetnsAddrs(n.Path(), MaxNetnsAddrs); !errors.Is(err, ErrTooManyAddrs) {
+		if _, err := Addrs(n.Path(), MaxAddrs); !errors.Is(err, ErrTooManyAddrs) {
 			t.Fatal(err)
 		}
 	}
@@ -113,6 +106,6 @@ func TestNetnsAddrsStopsPastTheCap(t *testing.T) {
 	perCall := (after.TotalAlloc - before.TotalAlloc) / runs
 	t.Logf("%d bytes allocated a call", perCall)
 	if perCall > 128<<10 {
-		t.Errorf("NetnsAddrs of a namespace with %d addresses allocated %d bytes a call, want under 128 KiB", MaxNetnsAddrs+300, perCall)
+		t.Errorf("Addrs of a namespace with %d addresses allocated %d bytes a call, want under 128 KiB", MaxAddrs+300, perCall)
 	}
 }

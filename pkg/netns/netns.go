@@ -1,6 +1,10 @@
 //go:build linux
 
-package redirect
+// Package netns reads what ztdns needs of a network namespace given by its
+// path: its cookie, the key the eBPF programs know a pod's sockets by, and
+// its pod addresses. It needs no BPF: the CNI plugin, which records a pod
+// by its namespace, links it without the eBPF loader (pkg/redirect).
+package netns
 
 import (
 	"encoding/binary"
@@ -17,20 +21,21 @@ import (
 	"github.com/ztdns/ztdns/pkg/model"
 )
 
-// ErrNoNetns is in NetnsCookie's error when nothing is at the path, or
+// ErrNotFound is in Cookie's error when nothing is at the path, or
 // something that is not a network namespace: a namespace that was there is
 // gone (a runtime unmounts and removes its bind mount; a process's ns/net
 // goes with the process).
-var ErrNoNetns = errors.New("no network namespace there")
+var ErrNotFound = errors.New("no network namespace there")
 
-// NetnsCookie returns the cookie of the network namespace at netnsPath (a
+// Cookie returns the cookie of the network namespace at netnsPath (a
 // bind mount such as /run/netns/NAME or /proc/PID/ns/net): the value
-// bpf_get_netns_cookie returns for sockets in it, and the key Mark takes.
+// bpf_get_netns_cookie returns for sockets in it, and the key
+// redirect.Redirector.Mark takes.
 //
 // The kernel exposes it only through a socket (SO_NETNS_COOKIE, Linux 5.14),
 // so one is opened inside the namespace, on a locked OS thread that is
 // switched back (or discarded) afterwards.
-func NetnsCookie(netnsPath string) (uint64, error) {
+func Cookie(netnsPath string) (uint64, error) {
 	var cookie uint64
 	err := ns.WithNetNSPath(netnsPath, func(ns.NetNS) error {
 		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
@@ -47,7 +52,7 @@ func NetnsCookie(netnsPath string) (uint64, error) {
 	var notExist ns.NSPathNotExistErr
 	var notNS ns.NSPathNotNSErr
 	if errors.As(err, &notExist) || errors.As(err, &notNS) {
-		return 0, fmt.Errorf("netns cookie of %s: %w: %w", netnsPath, ErrNoNetns, err)
+		return 0, fmt.Errorf("netns cookie of %s: %w: %w", netnsPath, ErrNotFound, err)
 	}
 	if err != nil {
 		return 0, fmt.Errorf("netns cookie of %s: %w", netnsPath, err)
@@ -55,13 +60,13 @@ func NetnsCookie(netnsPath string) (uint64, error) {
 	return cookie, nil
 }
 
-// MaxNetnsAddrs bounds the addresses read from a network namespace found
-// by a scan. A pod has a handful; whoever owns a namespace (a pod with
+// MaxAddrs bounds the addresses read from a network namespace found by a
+// scan. A pod has a handful; whoever owns a namespace (a pod with
 // CAP_NET_ADMIN, any user with unshare -Urn) may give it as many as they
 // like, and a namespace holding more is no pod's.
-const MaxNetnsAddrs = 64
+const MaxAddrs = 64
 
-// ErrTooManyAddrs is in NetnsAddrs's error when the namespace has more
+// ErrTooManyAddrs is in Addrs's error when the namespace has more
 // addresses than it was asked to read.
 var ErrTooManyAddrs = errors.New("too many addresses")
 
@@ -69,14 +74,14 @@ var ErrTooManyAddrs = errors.New("too many addresses")
 // the reader's buffer, up to 32 KiB.
 const netlinkRecvSize = 32 << 10
 
-// NetnsAddrs lists the unicast addresses of the interfaces in the network
+// Addrs lists the unicast addresses of the interfaces in the network
 // namespace at netnsPath, without loopback and link-local ones: the pod IPs
-// to record with Mark. IPv4 addresses come first. It reads the kernel's
+// to record with redirect.Redirector.Mark. IPv4 addresses come first. It reads the kernel's
 // dump itself and stops past max addresses of any kind (ErrTooManyAddrs):
 // a netlink library reads a dump whole into memory (1.35 KB an address),
 // and never stopping would read all of a namespace made to hold tens of
 // thousands.
-func NetnsAddrs(netnsPath string, max int) ([]netip.Addr, error) {
+func Addrs(netnsPath string, max int) ([]netip.Addr, error) {
 	fd, err := netlinkdump.Socket(netnsPath, unix.NETLINK_ROUTE)
 	if err != nil {
 		return nil, fmt.Errorf("netlink in %s: %w", netnsPath, err)
@@ -170,23 +175,4 @@ func ifaddrIP(data []byte) (netip.Addr, bool) {
 		return local, true
 	}
 	return address, address.IsValid()
-}
-
-// PodInfoFromNetns fills a PodInfo with the first IPv4 and IPv6 address of
-// the network namespace at netnsPath.
-func PodInfoFromNetns(netnsPath string) (PodInfo, error) {
-	addrs, err := NetnsAddrs(netnsPath, MaxNetnsAddrs)
-	if err != nil {
-		return PodInfo{}, err
-	}
-	var p PodInfo
-	for _, a := range addrs {
-		switch {
-		case a.Is4() && !p.IPv4.IsValid():
-			p.IPv4 = a
-		case a.Is6() && !p.IPv6.IsValid():
-			p.IPv6 = a
-		}
-	}
-	return p, nil
 }
