@@ -252,9 +252,10 @@ func (c *Controller) Decide(att podcache.Attachment) (bool, string) {
 // EnrollmentGrace is how long a sandbox a CNI ADD announced is decided as
 // if istio-cni had enrolled its pod when the source does not say so yet
 // (Config.RequireEnrollment). istio-cni annotates the pod
-// (ambient.istio.io/redirection) during its own CNI ADD, before ztdns's,
-// but the agent's watch may deliver the pod without the annotation first,
-// or deliver the pod only after the ADD: refusing then would release an
+// (ambient.istio.io/redirection) during its own CNI ADD, before ztdns's
+// (cni.Install keeps ztdns's entry after istio-cni's), but the agent's
+// watch may deliver the pod without the annotation first, or deliver the
+// pod only after the ADD: refusing then would release an
 // enrolled pod for as long as the watch lags. After the grace a pod still
 // without it is released (ambient.ReasonNotEnrolled), and captured again
 // whenever the annotation comes.
