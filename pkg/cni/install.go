@@ -48,6 +48,63 @@ type InstallConfig struct {
 	// while there is no configuration to chain into, or why it cannot be
 	// changed (a .conf beside a .conflist ztdns did not write, say).
 	OnInstalled func(error)
+	// OnChain, when set, is called after each of KeepInstalled's Installs
+	// that succeeded with the chain the runtime now runs (see Chain).
+	OnChain func(Chain)
+}
+
+// Chain is what the agent needs to know of the network configuration a
+// runtime uses, the one that holds ztdns's entry.
+type Chain struct {
+	// File is its path.
+	File string
+	// IstioCNI says it holds an istio-cni entry with ambient on
+	// ("ambient_enabled": true, as istio-cni's installer writes it with its
+	// ambient.enabled): istio-cni's ADD then runs for every new sandbox of
+	// the node, and enrolls an ambient pod's (its annotation
+	// ambient.istio.io/redirection). Without one, istio-cni has set up no
+	// sandbox made since on this node, whatever a pod's annotation says.
+	IstioCNI bool
+}
+
+// ReadChain reads the Chain of the network configuration a runtime uses
+// in dir (see Install), ztdns's entry in it or not. A single-plugin .conf
+// has no istio-cni entry.
+func ReadChain(dir string) (Chain, error) {
+	path, err := primaryConfFile(dir)
+	if err != nil {
+		return Chain{}, err
+	}
+	if !strings.HasSuffix(path, ".conflist") {
+		return Chain{File: path}, nil
+	}
+	return chainOf(path)
+}
+
+// chainOf reads the Chain of the conflist at path.
+func chainOf(path string) (Chain, error) {
+	c := Chain{File: path}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return c, err
+	}
+	list, err := parsePluginList(data)
+	if err != nil {
+		return c, err
+	}
+	for i, typ := range list.types {
+		if typ != istioCNIType {
+			continue
+		}
+		var entry struct {
+			AmbientEnabled bool `json:"ambient_enabled"`
+		}
+		s := list.entries[i]
+		if json.Unmarshal(data[s.start:s.end], &entry) == nil && entry.AmbientEnabled {
+			c.IstioCNI = true
+		}
+	}
+	return c, nil
 }
 
 // ErrNoNetworkConfig means ConfDir holds no valid network configuration yet:

@@ -351,3 +351,30 @@ func TestUpsertEntryAfterIstioCNI(t *testing.T) {
 		})
 	}
 }
+
+// TestReadChain: the chain of the file a runtime uses holds istio-cni when
+// it has an istio-cni entry with ambient on; an entry of istio-cni with
+// ambient off (its sidecar-only mode) enrolls no pod, so it does not count.
+func TestReadChain(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name, file, content string
+		want                bool
+	}{
+		{"istio-cni, ambient on", "10-a.conflist", `{"cniVersion": "1.0.0", "name": "a", "plugins": [{"type": "ptp"}, ` + istioCNIEntry + `]}`, true},
+		{"istio-cni, ambient off", "10-a.conflist", `{"cniVersion": "1.0.0", "name": "a", "plugins": [{"type": "ptp"}, {"type": "istio-cni", "ambient_enabled": false}]}`, false},
+		{"no istio-cni", "10-a.conflist", runtimeConflist, false},
+		{"a single plugin", "10-a.conf", runtimeConf, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			e := newInstallEnv(t, Config{})
+			path := e.write(t, tc.file, tc.content)
+			e.write(t, "20-b.conflist", `{"cniVersion": "1.0.0", "name": "b", "plugins": [`+istioCNIEntry+`]}`) // not the runtime's
+			got, err := ReadChain(e.cfg.ConfDir)
+			if err != nil || got != (Chain{File: path, IstioCNI: tc.want}) {
+				t.Errorf("ReadChain = %+v, %v; want %s, IstioCNI %t", got, err, path, tc.want)
+			}
+		})
+	}
+}
