@@ -208,6 +208,9 @@ type Agent struct {
 	lostRecords capture.LostRecords
 	// now is the clock of dropLostRecords; nil: time.Now (tests move it).
 	now func() time.Time
+	// istioChain follows istio-cni in the node's CNI chain, when that
+	// applies (watchIstioChain).
+	istioChain istioChain
 	// tableUpdates spaces the INFO lines of table builds
 	// (logTableUpdate); apply's to use.
 	tableUpdates ratelog.Limiter
@@ -569,6 +572,7 @@ func (a *Agent) run(ctx context.Context) error {
 		}
 	}
 	if a.capture != nil {
+		a.watchIstioChain() // before deciding anything
 		a.reconcileCapture(ctx, in != nil)
 	}
 	// A handed-over agent leaves the plugin to its successor, which installs

@@ -133,13 +133,15 @@ func (a *Agent) status() control.Status {
 // few objects each, and the pods istio-cni's DNS rules claim too. ipv6Off
 // (ipv6Warning) and table (the last build's) are read under a.mu.
 func (a *Agent) statusWarnings(ipv6Off string, table []string) []string {
-	var cniInstall string
+	var cniInstall, istioChain string
 	if a.cfg.CNI != nil && !a.handedOver.Load() {
 		_, cniInstall = a.cniInstall.get()
+		istioChain = a.istioChain.warning()
 	}
 	var out []string
 	for _, w := range []string{
 		cniInstall,               // pods that start now go uncaptured
+		istioChain,               // the node's ambient pods go uncaptured
 		a.memory.warning(),       // the kernel may kill the agent: every captured pod fails open
 		a.nofile,                 // the agent may run out of descriptors under load
 		a.selfUpstreamsWarning(), // misses go to fewer upstreams than given

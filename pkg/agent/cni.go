@@ -485,7 +485,9 @@ func (a *Agent) installCNI(ctx context.Context) error {
 	cfg := cni.InstallConfig{BinDir: a.cfg.CNI.BinDir, ConfDir: a.cfg.CNI.ConfDir, Binary: self, PluginConf: entry, Logger: a.log,
 		OnRepair:    metricCNIConfigRepairs.Inc,
 		OnContested: func(on bool) { metricCNIConfigContested.Set(boolValue(on)) },
-		OnInstalled: a.cniInstall.set}
+		OnInstalled: a.cniInstall.set,
+		OnChain:     a.istioChain.onChain()}
+	defer a.istioChain.stop()
 	return cni.KeepInstalled(ctx, cfg, cniInstallInterval)
 }
 

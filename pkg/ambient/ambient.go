@@ -55,6 +55,9 @@
 // routes nothing for such a pod, and istiod gives it no HBONE, so the VIPs
 // ztdns would answer with would lead nowhere. (pkg/capture gives a new pod
 // a grace: its watch may deliver the pod before istio-cni's annotation.)
+// Where the agent installs ztdns into the node's CNI chain and finds no
+// istio-cni there (Policy.NoIstioCNI), no pod is taken for enrolled: the
+// annotation belongs to the pod and outlives the sandbox istio-cni set up.
 //
 // Then a pod the source has not seen, where the source watches every pod of
 // the node (a Kubernetes API server), is left alone until the watch
@@ -122,7 +125,8 @@ const (
 	ReasonGateway = "gateway"
 	// ReasonNotEnrolled: the labels put the pod in the mesh, but istio-cni
 	// has not enrolled it (Policy.RequireEnrollment): no
-	// ambient.istio.io/redirection "enabled" or "pending".
+	// ambient.istio.io/redirection "enabled" or "pending", or istio-cni is
+	// not in the node's CNI chain (Policy.NoIstioCNI).
 	ReasonNotEnrolled = "not-enrolled"
 )
 
@@ -155,6 +159,15 @@ type Policy struct {
 	// Until then the pod reaches nothing through the mesh whatever the
 	// answer; releasing it would only make its answers change twice.
 	RequireEnrollment bool
+	// NoIstioCNI says istio-cni is not in the node's CNI chain (no
+	// istio-cni entry with ambient on in the file the runtime uses, as the
+	// agent installing ztdns's entry finds it): istio-cni then set up no
+	// sandbox of the node, and an annotation a pod carries was written for
+	// another sandbox (one made before istio-cni left, or on another node:
+	// a node rebooted after Istio was removed, a StatefulSet pod made
+	// again, a pod copied with its annotations), so with RequireEnrollment
+	// no pod is enrolled: ReasonNotEnrolled.
+	NoIstioCNI bool
 }
 
 // Decide reports whether the DNS of pod, in the namespace named namespace
@@ -173,12 +186,13 @@ func (p Policy) Decide(namespace string, pod *model.Pod, ns *model.Namespace) (c
 	case pod == nil && p.PodsWatched:
 		return false, ReasonPodUnknown
 	}
-	return decide(pod, ns, p.DNSCaptureDefault, p.RequireEnrollment && p.PodsWatched)
+	return decide(pod, ns, p.DNSCaptureDefault, p.RequireEnrollment && p.PodsWatched, p.NoIstioCNI)
 }
 
 // decide applies Istio's enrollment rules and ztdns's annotations to pod, in
 // namespace ns. dnsCaptureDefault is the node-wide switch;
-// requireEnrollment leaves alone a pod istio-cni has not enrolled.
+// requireEnrollment leaves alone a pod istio-cni has not enrolled, every
+// pod with noIstioCNI.
 //
 // pod is nil when the source names no such pod (Policy.Decide settles that
 // first when the source watches the node's pods): the decision then rests
@@ -194,7 +208,7 @@ func (p Policy) Decide(namespace string, pod *model.Pod, ns *model.Namespace) (c
 // host network, gateway, sidecar, dataplane-mode=none, enrollment by the
 // labels, the pod's opt-out (ztdns's annotation false, or, without it,
 // Istio's), istio-cni's enrollment, ztdns's annotation true, the default.
-func decide(pod *model.Pod, ns *model.Namespace, dnsCaptureDefault, requireEnrollment bool) (capture bool, reason string) {
+func decide(pod *model.Pod, ns *model.Namespace, dnsCaptureDefault, requireEnrollment, noIstioCNI bool) (capture bool, reason string) {
 	var podLabels, podAnnotations map[string]string
 	if pod != nil {
 		podLabels, podAnnotations = pod.Labels, pod.Annotations
@@ -236,7 +250,7 @@ func decide(pod *model.Pod, ns *model.Namespace, dnsCaptureDefault, requireEnrol
 			return false, ReasonIstioAnnotationOff
 		}
 	}
-	if requireEnrollment && pod != nil && !pod.Enrollment.Redirected() {
+	if requireEnrollment && pod != nil && (noIstioCNI || !pod.Enrollment.Redirected()) {
 		return false, ReasonNotEnrolled
 	}
 	if annotated {

@@ -141,6 +141,8 @@ func TestDecideExcludedNamespacesAndPodsWatched(t *testing.T) {
 	watched := Policy{DNSCaptureDefault: true, ExcludeNamespaces: []string{"kube-system"}, PodsWatched: true}
 	enrolling := watched
 	enrolling.RequireEnrollment = true
+	noIstioCNI := enrolling
+	noIstioCNI.NoIstioCNI = true
 	web := func(e model.Enrollment, labels, annotations map[string]string) *model.Pod {
 		return &model.Pod{Namespace: "shop", Name: "web", Enrollment: e, Labels: labels, Annotations: annotations}
 	}
@@ -190,6 +192,13 @@ func TestDecideExcludedNamespacesAndPodsWatched(t *testing.T) {
 		{"required without pods watched: manifests need no annotation", Policy{DNSCaptureDefault: true, RequireEnrollment: true}, "shop",
 			web(model.EnrollmentAbsent, nil, nil), ambientNS, true, ReasonAmbient},
 		{"pod unseen, enrollment required", enrolling, "shop", nil, ambientNS, false, ReasonPodUnknown},
+
+		// istio-cni not in the node's CNI chain: an annotation is another sandbox's.
+		{"no istio-cni, enrolled", noIstioCNI, "shop", web(model.EnrollmentEnabled, nil, nil), ambientNS, false, ReasonNotEnrolled},
+		{"no istio-cni, pending", noIstioCNI, "shop", web(model.EnrollmentPending, nil, nil), ambientNS, false, ReasonNotEnrolled},
+		{"no istio-cni, outside the mesh", noIstioCNI, "shop", web(model.EnrollmentEnabled, nil, nil), &model.Namespace{Name: "shop"}, false, ReasonNotAmbient},
+		{"no istio-cni, enrollment not required", func() Policy { p := watched; p.NoIstioCNI = true; return p }(), "shop",
+			web(model.EnrollmentAbsent, nil, nil), ambientNS, true, ReasonAmbient},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -133,6 +133,8 @@ type Controller struct {
 	saveErr atomic.Pointer[error]
 
 	namespaces atomic.Pointer[map[string]*model.Namespace]
+	// noIstioCNI is ambient.Policy.NoIstioCNI (SetNoIstioCNI).
+	noIstioCNI atomic.Bool
 	// restored is set once Restore has read the previous agent's record:
 	// until then Redecide does nothing (see Redecide).
 	restored  atomic.Bool
@@ -253,9 +255,10 @@ func (c *Controller) Decide(att podcache.Attachment) (bool, string) {
 // EnrollmentGrace is how long a sandbox a CNI ADD announced is decided as
 // if istio-cni had enrolled its pod when the source does not say so yet
 // (Config.RequireEnrollment). istio-cni annotates the pod
-// (ambient.istio.io/redirection) during its own CNI ADD, before ztdns's,
-// but the agent's watch may deliver the pod without the annotation first,
-// or deliver the pod only after the ADD: refusing then would release an
+// (ambient.istio.io/redirection) during its own CNI ADD, before ztdns's
+// (cni.Install keeps ztdns's entry after istio-cni's), but the agent's
+// watch may deliver the pod without the annotation first, or deliver the
+// pod only after the ADD: refusing then would release an
 // enrolled pod for as long as the watch lags. After the grace a pod still
 // without it is released (ambient.ReasonNotEnrolled), and captured again
 // whenever the annotation comes.
@@ -319,7 +322,7 @@ func (c *Controller) graceEnded() {
 		if !ok || !a.Captured {
 			continue
 		}
-		if p := c.pods.Get(a.Namespace, a.Name); p == nil || p.Spec == nil || !p.Spec.Enrollment.Redirected() {
+		if p := c.pods.Get(a.Namespace, a.Name); p == nil || p.Spec == nil || !p.Spec.Enrollment.Redirected() || c.noIstioCNI.Load() {
 			c.Redecide()
 			return
 		}
@@ -348,7 +351,17 @@ func (c *Controller) Unrecorded(p *podcache.Pod) string {
 // policy is the node-wide part of Istio's ambient rules.
 func (c *Controller) policy() ambient.Policy {
 	return ambient.Policy{DNSCaptureDefault: c.cfg.DNSCaptureDefault, ExcludeNamespaces: c.cfg.ExcludeNamespaces, PodsWatched: c.cfg.PodsWatched,
-		RequireEnrollment: c.cfg.RequireEnrollment}
+		RequireEnrollment: c.cfg.RequireEnrollment, NoIstioCNI: c.noIstioCNI.Load()}
+}
+
+// SetNoIstioCNI says whether istio-cni is missing from the node's CNI
+// chain (ambient.Policy.NoIstioCNI; only with Config.RequireEnrollment),
+// and decides again (Redecide) when that changed. A sandbox still in its
+// EnrollmentGrace is decided as before.
+func (c *Controller) SetNoIstioCNI(missing bool) {
+	if c.noIstioCNI.Swap(missing) != missing {
+		c.Redecide()
+	}
 }
 
 // Apply records an attachment and marks or unmarks its netns to match
@@ -907,6 +920,9 @@ func (c *Controller) Redecide() {
 		}
 		switch {
 		case !applied:
+		case reason == ambient.ReasonNotEnrolled && c.noIstioCNI.Load():
+			c.log.Warn("pod is in the ambient mesh by its labels, but istio-cni is not in the node's CNI chain, so it set up none of its sandboxes; not capturing its DNS",
+				"pod", att.Namespace+"/"+att.Name, "captured", captured, "reason", reason)
 		case reason == ambient.ReasonNotEnrolled:
 			// A partial Istio failure to see: kube-dns answers it now.
 			c.log.Warn("pod is in the ambient mesh by its labels, but istio-cni has not enrolled it (no ambient.istio.io/redirection: enabled or pending); not capturing its DNS",

@@ -102,17 +102,24 @@ func (l *pluginList) index(typ string) int {
 	return -1
 }
 
-// upsertEntry returns data with entry as the entry of its type: an existing
-// one is replaced where it stands (so two installers that each want to be
-// last never move each other around forever), a missing one is appended as
-// the last plugin. It reports whether anything changed: an entry equal to
-// entry, formatting aside, is left as it is.
-func upsertEntry(data, entry []byte, typ string) ([]byte, bool, error) {
+// upsertEntry returns data with entry as the entry of its type, placed
+// after the first entry of type after when there is one (istio-cni's, for
+// ztdns: see Install): an existing entry that is after it, or anywhere when
+// there is none, is replaced where it stands (so two installers that each
+// want to be last never move each other around forever); one before it is
+// taken out and put back right after it; a missing one goes right after
+// it, or last. It reports whether anything changed: an entry equal to
+// entry, formatting aside, in its place is left as it is.
+func upsertEntry(data, entry []byte, typ, after string) ([]byte, bool, error) {
 	list, err := parsePluginList(data)
 	if err != nil {
 		return nil, false, err
 	}
-	if i := list.index(typ); i >= 0 {
+	i, a := list.index(typ), -1
+	if after != "" {
+		a = list.index(after)
+	}
+	if i >= 0 && i > a {
 		old := list.entries[i]
 		if jsonEqual(data[old.start:old.end], entry) {
 			return data, false, nil
@@ -123,27 +130,58 @@ func upsertEntry(data, entry []byte, typ string) ([]byte, bool, error) {
 		}
 		return splice(data, old, rendered), true, nil
 	}
+	if i >= 0 { // before after's: out, and back in after it
+		if data, _, err = removeEntries(data, typ); err != nil {
+			return nil, false, err
+		}
+		if list, err = parsePluginList(data); err != nil {
+			return nil, false, err
+		}
+		a = list.index(after)
+	}
+	if a < 0 {
+		a = len(list.entries) - 1
+	}
+	data, err = insertAfter(data, list, a, entry)
+	return data, err == nil, err
+}
 
+// entryBefore reports whether data's plugins hold an entry of type typ
+// before the first one of type after.
+func entryBefore(data []byte, typ, after string) bool {
+	list, err := parsePluginList(data)
+	if err != nil {
+		return false
+	}
+	i, a := list.index(typ), list.index(after)
+	return i >= 0 && a >= 0 && i < a
+}
+
+// insertAfter returns data with entry inserted after list's entry k
+// (list is data's), or as the only one when the list is empty (k -1).
+func insertAfter(data []byte, list *pluginList, k int, entry []byte) ([]byte, error) {
 	n := len(list.entries)
 	if n == 0 {
 		rendered, err := renderEntry(entry, data, span{}, "")
 		if err != nil {
-			return nil, false, err
+			return nil, err
 		}
-		return splice(data, span{list.open, list.close}, rendered), true, nil
+		return splice(data, span{list.open, list.close}, rendered), nil
 	}
-	// Separate the new entry from the last one the way the last is
-	// separated from the one before it (or from the '[').
-	last := list.entries[n-1]
+	// Separate the new entry from entry k the way entry k is separated
+	// from the one before it (the next one, when it is the first; the
+	// '[' when it is the only one).
+	prev := list.entries[k]
 	sep := "," + string(data[list.open:list.entries[0].start])
 	if n >= 2 {
-		sep = string(data[list.entries[n-2].end:last.start])
+		j := max(k, 1)
+		sep = string(data[list.entries[j-1].end:list.entries[j].start])
 	}
-	rendered, err := renderEntry(entry, data, last, afterLastNewline(sep))
+	rendered, err := renderEntry(entry, data, prev, afterLastNewline(sep))
 	if err != nil {
-		return nil, false, err
+		return nil, err
 	}
-	return splice(data, span{last.end, last.end}, append([]byte(sep), rendered...)), true, nil
+	return splice(data, span{prev.end, prev.end}, append([]byte(sep), rendered...)), nil
 }
 
 // removeEntries returns data without any entry of type typ, and whether

@@ -48,6 +48,63 @@ type InstallConfig struct {
 	// while there is no configuration to chain into, or why it cannot be
 	// changed (a .conf beside a .conflist ztdns did not write, say).
 	OnInstalled func(error)
+	// OnChain, when set, is called after each of KeepInstalled's Installs
+	// that succeeded with the chain the runtime now runs (see Chain).
+	OnChain func(Chain)
+}
+
+// Chain is what the agent needs to know of the network configuration a
+// runtime uses, the one that holds ztdns's entry.
+type Chain struct {
+	// File is its path.
+	File string
+	// IstioCNI says it holds an istio-cni entry with ambient on
+	// ("ambient_enabled": true, as istio-cni's installer writes it with its
+	// ambient.enabled): istio-cni's ADD then runs for every new sandbox of
+	// the node, and enrolls an ambient pod's (its annotation
+	// ambient.istio.io/redirection). Without one, istio-cni has set up no
+	// sandbox made since on this node, whatever a pod's annotation says.
+	IstioCNI bool
+}
+
+// ReadChain reads the Chain of the network configuration a runtime uses
+// in dir (see Install), ztdns's entry in it or not. A single-plugin .conf
+// has no istio-cni entry.
+func ReadChain(dir string) (Chain, error) {
+	path, err := primaryConfFile(dir)
+	if err != nil {
+		return Chain{}, err
+	}
+	if !strings.HasSuffix(path, ".conflist") {
+		return Chain{File: path}, nil
+	}
+	return chainOf(path)
+}
+
+// chainOf reads the Chain of the conflist at path.
+func chainOf(path string) (Chain, error) {
+	c := Chain{File: path}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return c, err
+	}
+	list, err := parsePluginList(data)
+	if err != nil {
+		return c, err
+	}
+	for i, typ := range list.types {
+		if typ != istioCNIType {
+			continue
+		}
+		var entry struct {
+			AmbientEnabled bool `json:"ambient_enabled"`
+		}
+		s := list.entries[i]
+		if json.Unmarshal(data[s.start:s.end], &entry) == nil && entry.AmbientEnabled {
+			c.IstioCNI = true
+		}
+	}
+	return c, nil
 }
 
 // ErrNoNetworkConfig means ConfDir holds no valid network configuration yet:
@@ -62,7 +119,17 @@ var confExtensions = []string{".conf", ".conflist", ".json"}
 // Install copies Binary to BinDir/ztdns and adds PluginConf as the last
 // plugin of the primary network configuration in ConfDir — the file a
 // runtime uses: the first, in lexical order, of the valid .conf, .conflist
-// and .json files, as kubelet, containerd and istio-cni choose it. A
+// and .json files, as kubelet, containerd and istio-cni choose it — or,
+// when that holds istio-cni's entry, after it. istio-cni's ADD annotates
+// the pod (ambient.istio.io/redirection) that the agent's decision reads,
+// so it runs first. istio-cni's installer takes its entry out and appends
+// it last at every start of its pod (insertCNIConfig in istio's
+// cni/pkg/install), so an entry of ztdns's found before istio-cni's is
+// moved right after it; one already after it stays where it stands. The
+// two never rewrite each other: istio-cni's check of the file
+// (checkValidCNIConfig) asks only that its entry be there, and, with
+// istioOwnedCNIConfig, every plugin type of the configuration it copies,
+// wherever they stand. A
 // single-plugin .conf (or .json) is turned into a .conflist holding the
 // original plugin followed by ztdns, with the same name and cniVersion,
 // replacing a .conflist of that name, and the original file is removed
@@ -100,6 +167,8 @@ type installResult struct {
 	source string // the configuration istio-cni's copy (entry) is made from
 	// conflist is the conflist that holds the entry, written or not.
 	conflist string
+	// moved says the entry was written by moving it after istio-cni's.
+	moved bool
 }
 
 // wrote reports whether the Install wrote anything.
@@ -112,6 +181,9 @@ func (r installResult) log(log *slog.Logger, level slog.Level) {
 		log.Log(ctx, level, "installed the CNI plugin binary", "path", r.binary)
 	}
 	switch {
+	case r.moved:
+		log.Log(ctx, level, "moved ztdns after istio-cni in the primary CNI network configuration: istio-cni's ADD, "+
+			"which enrolls the pod, runs before ztdns's", "file", r.entry)
 	case r.entry != "":
 		log.Log(ctx, level, "added ztdns to the primary CNI network configuration", "file", r.entry)
 	case r.conflist != "":
@@ -150,13 +222,13 @@ func install(cfg InstallConfig, bin *binCache) (installResult, error) {
 		r.binary = dst
 	}
 
-	path, changed, err := insertEntry(primary, cfg.PluginConf)
+	path, changed, moved, err := insertEntry(primary, cfg.PluginConf)
 	if err != nil {
 		return r, fmt.Errorf("%s: %w", primary, err)
 	}
 	r.conflist = path
 	if changed {
-		r.entry = path
+		r.entry, r.moved = path, moved
 	}
 
 	// istio-cni's own copy (istioOwnedCNIConfig) is written again from
@@ -169,7 +241,7 @@ func install(cfg InstallConfig, bin *binCache) (installResult, error) {
 		}
 		return r, nil
 	}
-	source, changed, err = insertEntry(source, cfg.PluginConf)
+	source, changed, _, err = insertEntry(source, cfg.PluginConf)
 	switch {
 	case err != nil:
 		// The runtime's configuration holds ztdns: not a reason to fail.
@@ -385,24 +457,25 @@ func validNetworkConfig(path string) error {
 	return err
 }
 
-// insertEntry puts entry into the network configuration at path and returns
-// the path of the conflist that now holds it and whether anything was
-// written.
-func insertEntry(path string, entry []byte) (string, bool, error) {
+// insertEntry puts entry into the network configuration at path, after
+// istio-cni's entry when it holds one (see Install), and returns the path of
+// the conflist that now holds it, whether anything was written, and whether
+// that was moving the entry from before istio-cni's to after it.
+func insertEntry(path string, entry []byte) (string, bool, bool, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return "", false, err
+		return "", false, false, err
 	}
 	info, err := os.Stat(path)
 	if err != nil {
-		return "", false, err
+		return "", false, false, err
 	}
 	if strings.HasSuffix(path, ".conflist") {
-		updated, changed, err := upsertEntry(data, entry, PluginType)
+		updated, changed, err := upsertEntry(data, entry, PluginType, istioCNIType)
 		if err != nil || !changed {
-			return path, false, err
+			return path, false, false, err
 		}
-		return path, true, writeFileAtomic(path, updated, info.Mode().Perm())
+		return path, true, entryBefore(data, PluginType, istioCNIType), writeFileAtomic(path, updated, info.Mode().Perm())
 	}
 
 	// A .conflist of the same name may be there: the one an earlier
@@ -413,19 +486,19 @@ func insertEntry(path string, entry []byte) (string, bool, error) {
 	// Any other .conflist is someone else's, and stays.
 	list := strings.TrimSuffix(path, filepath.Ext(path)) + ".conflist"
 	if err := ztdnsWrote(list); err != nil {
-		return "", false, err
+		return "", false, false, err
 	}
 	converted, err := confToConflist(data, entry)
 	if err != nil {
-		return "", false, err
+		return "", false, false, err
 	}
 	if err := writeFileAtomic(list, converted, info.Mode().Perm()); err != nil {
-		return "", false, err
+		return "", false, false, err
 	}
 	if err := os.Remove(path); err != nil {
-		return "", false, fmt.Errorf("remove the converted original: %w", err)
+		return "", false, false, fmt.Errorf("remove the converted original: %w", err)
 	}
-	return list, true, nil
+	return list, true, false, nil
 }
 
 // ztdnsWrote returns nil when there is no file at list or it is a

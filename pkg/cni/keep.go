@@ -168,12 +168,27 @@ func (k *keeper) install() {
 		k.log.Info("the CNI plugin is installed", "file", r.conflist, "notInstalledFor", end.Sub(k.failSince).Round(time.Millisecond))
 		k.waiting, k.failing = false, ""
 	}
+	k.tellChain(r.conflist)
 	if !k.installed {
 		k.installed = true
 		r.log(k.log, slog.LevelInfo)
 		return
 	}
 	k.track(r, end)
+}
+
+// tellChain tells cfg.OnChain the chain of the conflist at path.
+func (k *keeper) tellChain(path string) {
+	f := k.cfg.OnChain
+	if f == nil {
+		return
+	}
+	c, err := chainOf(path)
+	if err != nil { // removed or rewritten since: the next look tells
+		k.log.Debug("cannot read the CNI network configuration just installed into", "file", path, "err", err)
+		return
+	}
+	f(c)
 }
 
 // failed logs a failed Install: the wait for a network configuration

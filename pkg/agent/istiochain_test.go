@@ -1,0 +1,80 @@
+package agent
+
+import (
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ztdns/ztdns/pkg/cni"
+)
+
+// TestIstioChainCountsALossAfterTheGrace: the installer's first look at the
+// node's CNI chain is told to the capture decision at once, as is
+// istio-cni coming back; istio-cni gone only once it has stayed gone for
+// the grace, so a primary plugin writing its configuration again, which
+// drops istio-cni's entry until istio-cni's installer puts it back, does not
+// release the pods istio-cni enrolled. Status warns while it is gone.
+func TestIstioChainCountsALossAfterTheGrace(t *testing.T) {
+	t.Parallel()
+	with, without := cni.Chain{File: "/etc/cni/net.d/10-a.conflist", IstioCNI: true}, cni.Chain{File: "/etc/cni/net.d/10-a.conflist"}
+	newChain := func(grace time.Duration) (*istioChain, func() []bool) {
+		var mu sync.Mutex
+		var told []bool
+		s := &istioChain{}
+		s.start(func(missing bool) {
+			mu.Lock()
+			defer mu.Unlock()
+			told = append(told, missing)
+		}, slog.New(slog.DiscardHandler), grace)
+		return s, func() []bool { mu.Lock(); defer mu.Unlock(); return slices.Clone(told) }
+	}
+
+	t.Run("a loss that ends within the grace", func(t *testing.T) {
+		t.Parallel()
+		s, told := newChain(time.Hour)
+		s.observe(with)
+		s.observe(without) // a primary plugin's rewrite
+		s.observe(without)
+		s.observe(with) // istio-cni's installer puts its entry back
+		if got := told(); !slices.Equal(got, []bool{false}) {
+			t.Errorf("told %v, want [false]: only the first look", got)
+		}
+		if w := s.warning(); w != "" {
+			t.Errorf("status warns %q", w)
+		}
+	})
+	t.Run("missing at the first look, then installed", func(t *testing.T) {
+		t.Parallel()
+		s, told := newChain(time.Hour)
+		s.observe(without)
+		if w := s.warning(); !strings.Contains(w, "istio-cni is not in the node's CNI chain ("+without.File+")") {
+			t.Errorf("status warning %q", w)
+		}
+		s.observe(with)
+		if got := told(); !slices.Equal(got, []bool{true, false}) {
+			t.Errorf("told %v, want [true false]", got)
+		}
+		if w := s.warning(); w != "" {
+			t.Errorf("status still warns %q", w)
+		}
+	})
+	t.Run("a loss that lasts", func(t *testing.T) {
+		t.Parallel()
+		s, told := newChain(time.Millisecond)
+		s.observe(with)
+		s.observe(without)
+		deadline := time.Now().Add(10 * time.Second)
+		for !slices.Equal(told(), []bool{false, true}) {
+			if time.Now().After(deadline) {
+				t.Fatalf("told %v, want [false true]", told())
+			}
+			time.Sleep(time.Millisecond)
+		}
+		if w := s.warning(); w == "" {
+			t.Errorf("status does not warn")
+		}
+	})
+}
