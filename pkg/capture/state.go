@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/ztdns/ztdns/pkg/podcache"
-	"github.com/ztdns/ztdns/pkg/redirect"
 )
 
 // StateFile is the name of the record of attachments in Config.StateDir.
@@ -272,43 +271,6 @@ func (c *Controller) RepairMarks() {
 		}
 	}
 }
-
-// SweepNameservers forgets the nameservers learned for network namespaces
-// no longer marked, once they are idle (redirect.SweepNameservers): Unmark
-// leaves them for sockets connected while the pod was captured.
-func (c *Controller) SweepNameservers() {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if err := c.sweepLocked(); err != nil {
-		c.log.Warn("forgetting the nameservers of unmarked network namespaces failed", "err", err)
-	}
-}
-
-// sweepLocked is SweepNameservers for callers holding mu (which keeps Mark
-// from racing the sweep).
-func (c *Controller) sweepLocked() error {
-	if c.fenced.Load() {
-		return nil // the successor's marks are not this agent's to judge
-	}
-	s, ok := c.marker.(nameserverSweeper)
-	if !ok {
-		return nil
-	}
-	n, err := s.SweepNameservers()
-	if n > 0 {
-		c.log.Info("forgot the nameservers of unmarked network namespaces", "slots", n)
-	}
-	return err
-}
-
-// nameserverSweeper is what *redirect.Redirector does beyond a Marker:
-// forget the nameservers learned for network namespaces no longer marked,
-// which Unmark can leave behind (see SweepNameservers).
-type nameserverSweeper interface {
-	SweepNameservers() (int, error)
-}
-
-var _ nameserverSweeper = (*redirect.Redirector)(nil)
 
 // saveOrRetry writes the record of attachments. A write that fails never
 // fails the pod it was written for (the mark is what captures it, and a

@@ -115,3 +115,10 @@ func sourceLost(pods *podcache.Cache, a podcache.Attachment) bool {
 	}
 	return a.UID != "" && p.Spec.UID != "" && a.UID != p.Spec.UID
 }
+
+// lostRecord is since when the source has lost the pod of a record of the
+// network namespace with that cookie.
+type lostRecord struct {
+	cookie uint64
+	since  time.Time
+}
