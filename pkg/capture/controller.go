@@ -139,8 +139,10 @@ type Controller struct {
 	adoptedAt time.Time
 	// missing are the wanted pods (key/UID) the last scan did not find,
 	// each logged once; guarded by decideMu.
-	missing   map[string]bool
-	checkedAt time.Time // when dropGone last looked; guarded by decideMu
+	missing map[string]bool
+	// checkedAt is when dropDeadRecords last looked at every record;
+	// guarded by decideMu.
+	checkedAt time.Time
 	// pass counts Redecide's passes, and scan is the last scan of the
 	// node's processes (scanNode); guarded by decideMu.
 	pass uint64
@@ -149,12 +151,12 @@ type Controller struct {
 	// namespaces by cookie, as scans found them: a scan does not look
 	// into them again. Guarded by decideMu.
 	nsIDs map[uint64]NsID
-	// lost is since when the source has lost the pod of each record
-	// (dropLost); guarded by decideMu.
-	lost LostRecords
+	// unknown is since when the pod of each record has been unknown to
+	// the source (dropOrphanedRecords); guarded by decideMu.
+	unknown UnknownSince
 	// deleted are the pods whose sandbox a CNI DEL released, by
 	// namespace/name, that adoption does not look for while the source
-	// still lists them (rememberDeleted); guarded by mu.
+	// still lists them (rememberDeletedLocked); guarded by mu.
 	deleted map[string]deletedPod
 	// repairFailures is how many marks RepairMarks's last pass failed to
 	// repair; guarded by mu.
@@ -393,7 +395,7 @@ func (c *Controller) reapply(a podcache.Attachment) (bool, error) {
 
 // Forget unmarks and forgets the attachment with that key: a CNI DEL's.
 // Adoption does not look for its pod while the source still lists it
-// (rememberDeleted).
+// (rememberDeletedLocked).
 func (c *Controller) Forget(key string) (podcache.Attachment, bool, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -451,7 +453,7 @@ func (c *Controller) recentlyDeleted() map[string]deletedPod {
 // its queries still reach the resolver: the record tells the resolver
 // whose they are, and that they are no longer captured, so it forwards
 // them to the pod's own nameserver instead of answering from the table. A
-// record whose namespace is gone is forgotten. It returns the record as it
+// record whose namespace is dead is forgotten. It returns the record as it
 // was.
 func (c *Controller) Release(key string) (podcache.Attachment, bool, error) {
 	c.mu.Lock()
@@ -463,7 +465,7 @@ func (c *Controller) Release(key string) (podcache.Attachment, bool, error) {
 	if !ok {
 		return a, false, nil
 	}
-	if c.netnsGone(a) {
+	if c.netnsDead(a) {
 		return c.forgetLocked(key)
 	}
 	released := a
@@ -543,10 +545,10 @@ func (c *Controller) capturedElsewhere(cookie uint64) bool {
 // AdoptedPrefix and its cookie, as no runtime told it the sandbox's ID).
 // netnsPath is the DEL's CNI_NETNS, empty when the runtime removed it
 // already. An adopted record is released when it is that namespace, or
-// when its own namespace is gone; one still alive that the DEL does not
+// when it is dead (recordDead); one still alive that the DEL does not
 // name is left: the DEL may be a repeated one for an older sandbox of the
 // same pod. (An adopted record's path is a process's: when that process
-// is gone but another holds the namespace, the record follows it; see
+// exits but another holds the namespace, the record follows it; see
 // moveAdopted.) It returns the records it released.
 func (c *Controller) ForgetAdopted(namespace, name, netnsPath string) ([]podcache.Attachment, error) {
 	var delCookie uint64
@@ -564,7 +566,7 @@ func (c *Controller) ForgetAdopted(namespace, name, netnsPath string) ([]podcach
 		if !strings.HasPrefix(key, AdoptedPrefix) || a.Namespace != namespace || a.Name != name {
 			continue
 		}
-		if a.NetnsCookie != delCookie && !c.netnsLost(key, a, &live) {
+		if a.NetnsCookie != delCookie && !c.recordDead(key, a, &live) {
 			continue
 		}
 		a, ok, err := c.forgetIf(key, a.NetnsCookie, true)
@@ -593,13 +595,13 @@ func (c *Controller) namespaceOf(name string) *model.Namespace {
 	return nil
 }
 
-// Redecide forgets recorded pods whose network namespace is gone
-// (dropGone), re-applies the rules to every other recorded pod, marking and
-// unmarking those whose decision changed (how a namespace label or a pod
-// annotation added at run time takes effect, without a restart), then
-// adopts running pods that should be captured and that no CNI event
-// announced. It does nothing before the source's first snapshot
-// (SetNamespaces) and before Restore.
+// Redecide forgets the records whose network namespace is dead
+// (dropDeadRecords) or orphaned (dropOrphanedRecords), re-applies the rules
+// to every other recorded pod, marking and unmarking those whose decision
+// changed (how a namespace label or a pod annotation added at run time
+// takes effect, without a restart), then adopts running pods that should
+// be captured and that no CNI event announced. It does nothing before the
+// source's first snapshot (SetNamespaces) and before Restore.
 func (c *Controller) Redecide() {
 	// Before the source's first snapshot every namespace looks unlabelled:
 	// deciding then would unmark every restored pod until it arrives.
@@ -620,7 +622,8 @@ func (c *Controller) Redecide() {
 		return
 	}
 	c.pass++
-	c.dropGone()
+	c.dropDeadRecords()
+	c.dropOrphanedRecords()
 	for _, att := range c.pods.Attachments() {
 		captured, reason := c.Decide(att)
 		if captured == att.Captured && reason == att.Reason {

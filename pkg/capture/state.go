@@ -32,7 +32,7 @@ type record struct {
 const stateRetryEvery = 5 * time.Second
 
 // Restore reads the attachments a previous agent recorded, drops those
-// whose network namespace is gone (netnsGone; an adopted record follows
+// whose network namespace is dead (netnsDead; an adopted record follows
 // another process of its namespace: follow), and makes the pods map agree:
 // marks nobody recorded are removed, recorded captured pods that lost their
 // mark get it back. Redecide does nothing until it has run.
@@ -52,7 +52,7 @@ func (c *Controller) Restore() error {
 	recorded := map[uint64]bool{}
 	for _, a := range c.thisBoot(saved) {
 		recorded[a.NetnsCookie] = true
-		if c.netnsGone(a) {
+		if c.netnsDead(a) {
 			moved, keep := c.follow(a.Key(), a, &live)
 			if !keep {
 				c.log.Info("pod's network namespace is gone; forgetting it", "pod", a.Namespace+"/"+a.Name, "netns", a.NetnsPath)

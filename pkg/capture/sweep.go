@@ -1,3 +1,11 @@
+// The sweep: what the controller forgets without an event telling it to,
+// at each Redecide and housekeeping. A record is dead when its network
+// namespace no longer exists (recordDead), and orphaned when its pod has
+// been unknown to the source for a while and its namespace lives on with no
+// process in it (orphans.go); both are forgotten with their marks. So are
+// marks no record holds (UnmarkStale) and the nameservers learned for
+// namespaces no longer marked (SweepNameservers).
+
 package capture
 
 import (
@@ -12,15 +20,17 @@ import (
 	"github.com/ztdns/ztdns/pkg/redirect"
 )
 
-func (c *Controller) netnsGone(a podcache.Attachment) bool { return NetnsGone(c.netns, a) }
+func (c *Controller) netnsDead(a podcache.Attachment) bool { return NetnsDead(c.netns, a) }
 
-// NetnsGone reports whether the network namespace an attachment records is
-// known to be gone, looking through ns: nothing is at its path any more, or
+// NetnsDead reports whether the network namespace an attachment records is
+// known to be dead, looking through ns: nothing is at its path any more, or
 // another namespace is (a process's ns/net whose PID was reused). An error
 // that says neither (the agent may not open it, say) is no proof: the
-// record stays. Exported for an agent without capture, which keeps records
-// but no controller.
-func NetnsGone(ns Namespaces, a podcache.Attachment) bool {
+// record stays. An adopted record's path is one process's ns/net: for it,
+// this says only that the process left, and the namespace may live on in
+// another (recordDead). Exported for an agent without capture, which keeps
+// records, none adopted, but no controller.
+func NetnsDead(ns Namespaces, a podcache.Attachment) bool {
 	if a.NetnsPath == "" {
 		return false
 	}
@@ -31,24 +41,22 @@ func NetnsGone(ns Namespaces, a podcache.Attachment) bool {
 	return cookie != a.NetnsCookie
 }
 
-// netnsLost reports whether the record with that key is to be forgotten for
-// its network namespace: gone from its path (netnsGone), and, for an
-// adopted record, held by no other process either (moveAdopted, which
-// moves the record to one that holds it).
-func (c *Controller) netnsLost(key string, a podcache.Attachment, live *liveNetns) bool {
-	return c.netnsGone(a) && !c.moveAdopted(key, a, live)
+// recordDead reports whether the record with that key is dead, to be
+// forgotten: its network namespace is (netnsDead) and, for an adopted
+// record, no other process holds it either (moveAdopted, which moves the
+// record to one that does).
+func (c *Controller) recordDead(key string, a podcache.Attachment, live *liveNetns) bool {
+	return c.netnsDead(a) && !c.moveAdopted(key, a, live)
 }
 
-// dropGone forgets the records whose network namespace is gone, so that no
+// dropDeadRecords forgets the dead records (recordDead), so that no
 // record, mark or claim on an IP outlives its pod for want of a DEL (an
 // adopted pod's DEL may never name it; a DEL may be lost while no agent
 // runs). Each look enters the namespace, so it looks at every record at
 // most every adoptInterval, as adoption scans do, and at once at those
-// whose pod the source no longer has, or has with another UID (by the time
-// the API server forgets a pod, its sandbox is gone). Then it forgets
-// those whose namespace lives on with no process in it (dropLost).
-// Callers hold decideMu.
-func (c *Controller) dropGone() {
+// whose pod is unknown to the source (by the time the API server forgets a
+// pod, its sandbox is torn down). Callers hold decideMu.
+func (c *Controller) dropDeadRecords() {
 	now := c.cfg.Now()
 	all := c.checkedAt.IsZero() || now.Sub(c.checkedAt) >= adoptInterval
 	if all {
@@ -56,7 +64,7 @@ func (c *Controller) dropGone() {
 	}
 	var live liveNetns
 	for key, a := range c.pods.Attachments() {
-		if !all && !c.sourceLost(a) || !c.netnsLost(key, a, &live) {
+		if !all && !c.unknownToSource(a) || !c.recordDead(key, a, &live) {
 			continue
 		}
 		if _, ok, err := c.forgetIf(key, a.NetnsCookie, false); ok {
@@ -64,20 +72,21 @@ func (c *Controller) dropGone() {
 				"netns", a.NetnsPath, "err", err)
 		}
 	}
-	c.dropLost(now)
 }
 
-// dropLost forgets the records of pods the source has lost for
-// sourceLostGrace whose network namespace lives on with no process in it
-// (LostRecords). That no process holds the namespace is read from one
-// scan of the node's processes, the adoption scan's when it is recent
-// (scanNode): a scan that failed, or could not open every process's
-// namespace, proves nothing and forgets nothing. Callers hold decideMu.
-func (c *Controller) dropLost(now time.Time) {
+// dropOrphanedRecords forgets the orphaned records: those whose pod has
+// been unknown to the source for unknownToSourceGrace (UnknownSince) and
+// whose network namespace lives on with no process in it (Orphaned). That
+// no process holds the namespace is read from one scan of the node's
+// processes, the adoption scan's when it is recent (scanNode): a scan that
+// failed, or could not open every process's namespace, proves nothing and
+// forgets nothing. Callers hold decideMu.
+func (c *Controller) dropOrphanedRecords() {
 	if !c.cfg.PodsWatched || c.cfg.NodeName == "" {
 		return
 	}
-	due := c.lost.Due(c.pods, c.pods.Attachments(), now)
+	now := c.cfg.Now()
+	due := c.unknown.Due(c.pods, c.pods.Attachments(), now)
 	if len(due) == 0 {
 		return
 	}
@@ -85,9 +94,9 @@ func (c *Controller) dropLost(now time.Time) {
 	if !ok {
 		return
 	}
-	for _, r := range Unheld(c.log, scan, c.nsIDs, due) {
+	for _, r := range Orphaned(c.log, scan, c.nsIDs, due) {
 		if _, ok, err := c.forgetIf(r.Key, r.Attachment.NetnsCookie, false); ok {
-			LogLostForgotten(c.log, r, now, err)
+			LogOrphanForgotten(c.log, r, now, err)
 		}
 	}
 }
@@ -141,30 +150,29 @@ type nodeScan struct {
 	at   time.Time
 }
 
-// ForgetGoneClaims forgets the records other than a's that claim one of
-// a's IPs and whose network namespace is gone (for an adopted record: that
-// no process holds any more), with their marks: a sandbox's record whose
+// ForgetDeadClaims forgets the dead records (recordDead) other than a's
+// that claim one of a's IPs, with their marks: a sandbox's record whose
 // DEL is late, or was never heard, must not keep an IP the runtime gave
 // another pod. The newer record owns the IP either way (podcache's
 // AttachOrder); this makes the old one go at once rather than at the next
-// full look (dropGone), when it was the old pod's last claim. A record
-// whose namespace lives stays (two sandboxes may claim one IP while one of
-// them is torn down).
-func (c *Controller) ForgetGoneClaims(a podcache.Attachment) {
+// full look (dropDeadRecords), when it was the old pod's last claim. A
+// record whose namespace lives stays (two sandboxes may claim one IP while
+// one of them is torn down).
+func (c *Controller) ForgetDeadClaims(a podcache.Attachment) {
 	var live liveNetns
-	gone := func(key string, b podcache.Attachment) bool { return c.netnsLost(key, b, &live) }
-	for key, b := range c.pods.GoneClaims(a, gone) {
+	dead := func(key string, b podcache.Attachment) bool { return c.recordDead(key, b, &live) }
+	for key, b := range c.pods.DeadClaims(a, dead) {
 		if _, ok, err := c.forgetIf(key, b.NetnsCookie, false); ok {
 			LogForgottenClaim(c.log, b, a, err)
 		}
 	}
 }
 
-// LogForgottenClaim logs that gone's record was forgotten for by's claim on
-// one of its IPs (ForgetGoneClaims, and an agent without capture); err is
+// LogForgottenClaim logs that dead's record was forgotten for by's claim on
+// one of its IPs (ForgetDeadClaims, and an agent without capture); err is
 // the unmark's, if any.
-func LogForgottenClaim(log *slog.Logger, gone, by podcache.Attachment, err error) {
-	args := []any{"pod", gone.Namespace + "/" + gone.Name, "container", gone.ContainerID, "netns", gone.NetnsPath, "ips", gone.IPs,
+func LogForgottenClaim(log *slog.Logger, dead, by podcache.Attachment, err error) {
+	args := []any{"pod", dead.Namespace + "/" + dead.Name, "container", dead.ContainerID, "netns", dead.NetnsPath, "ips", dead.IPs,
 		"by", by.Namespace + "/" + by.Name}
 	if err != nil {
 		args = append(args, "err", err)
@@ -180,8 +188,8 @@ type liveNetns struct {
 	err     error // the scan's
 }
 
-// moveAdopted keeps an adopted record whose path is gone (netnsGone) when
-// another process still holds its network namespace (follow), and records
+// moveAdopted keeps an adopted record whose process left its network
+// namespace (netnsDead) when another process still holds it (follow), and records
 // the path of that process. It reports whether the record stays: false for
 // records that are not adopted, and when no process holds the namespace;
 // true, without a move, when the scan failed.
@@ -203,8 +211,8 @@ func (c *Controller) moveAdopted(key string, a podcache.Attachment, live *liveNe
 	return true
 }
 
-// follow decides for a record whose path is gone (netnsGone) whether it
-// stays: an adopted record names a process's ns/net, and that process (the
+// follow decides for a record whose path no longer leads to its network
+// namespace (netnsDead) whether it stays: an adopted record names a process's ns/net, and that process (the
 // lowest PID when it was adopted, or a record an older agent made from
 // another PID) can exit while the pod runs on. The record stays while a
 // live process holds its namespace, found by a fresh scan (live keeps it for
@@ -249,9 +257,9 @@ func (c *Controller) heldAt(cookie uint64, live *liveNetns) (path string, held b
 	return path, held
 }
 
-// sourceLost reports whether the source no longer has the pod an
-// attachment records, or has another pod under its name.
-func (c *Controller) sourceLost(a podcache.Attachment) bool { return sourceLost(c.pods, a) }
+// unknownToSource reports whether the pod an attachment records is unknown
+// to the source: it no longer has it, or has another pod under its name.
+func (c *Controller) unknownToSource(a podcache.Attachment) bool { return unknownToSource(c.pods, a) }
 
 // UnmarkStale removes a mark that no attachment records (it reports false
 // when there is none with that cookie, or when an attachment records it).

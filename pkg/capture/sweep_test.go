@@ -135,10 +135,10 @@ func TestUnmarkStale(t *testing.T) {
 	}
 }
 
-// TestRedecideDropsPodsWhoseNetnsIsGone: a record whose network namespace
-// is gone is dropped when decisions are made again, whether or not a DEL
+// TestRedecideDropsDeadRecords: a record whose network namespace is dead
+// is dropped when decisions are made again, whether or not a DEL
 // ever names it, and so is its claim on its IP and its pod's name.
-func TestRedecideDropsPodsWhoseNetnsIsGone(t *testing.T) {
+func TestRedecideDropsDeadRecords(t *testing.T) {
 	f := newFixture(t, true)
 	other := model.Namespace{Name: "other"}
 	f.netns.add("/host/proc/100/ns/net", 100, "10.0.0.2")
@@ -189,11 +189,11 @@ func TestRedecideDropsPodsWhoseNetnsIsGone(t *testing.T) {
 	}
 }
 
-// TestRedecideDropsAPodGoneFromTheSourceAtOnce: the source's word that a
-// pod is gone, or is another pod now, has the pod's namespace looked at on
+// TestRedecideLooksAtOnceAtAPodUnknownToTheSource: the source's word that
+// a pod is gone, or is another pod now, has the pod's namespace looked at on
 // the next decision, not adoptInterval later; pods the source still has
 // wait for the next full look.
-func TestRedecideDropsAPodGoneFromTheSourceAtOnce(t *testing.T) {
+func TestRedecideLooksAtOnceAtAPodUnknownToTheSource(t *testing.T) {
 	f := newFixture(t, true)
 	for i := range 3 {
 		f.netns.add(fmt.Sprintf("/host/proc/%d/ns/net", 100*(i+1)), uint64(100*(i+1)), fmt.Sprintf("10.0.0.%d", 2+i))
@@ -218,14 +218,14 @@ func TestRedecideDropsAPodGoneFromTheSourceAtOnce(t *testing.T) {
 	}
 }
 
-// TestRecordOfAPodTheSourceLostIsForgotten: a sandbox whose DEL never
-// comes (the runtime crashed) and whose network namespace stays mounted is
+// TestOrphanedRecordIsForgotten: a sandbox whose DEL never comes (the
+// runtime crashed) and whose network namespace stays mounted is
 // forgotten, and its namespace unmarked, once the source (which watches
-// the node's pods) has been without its pod for sourceLostGrace and no
-// process is in its namespace; one whose namespace a process still holds
+// the node's pods) has been without its pod for unknownToSourceGrace and
+// no process is in its namespace; one whose namespace a process still holds
 // is kept, and so is every record while a scan cannot open every
 // process's namespace.
-func TestRecordOfAPodTheSourceLostIsForgotten(t *testing.T) {
+func TestOrphanedRecordIsForgotten(t *testing.T) {
 	f := newFixture(t, true)
 	f.ctl.cfg.PodsWatched = true
 	var log strings.Builder
@@ -249,9 +249,9 @@ func TestRecordOfAPodTheSourceLostIsForgotten(t *testing.T) {
 	// on. The source has lost both.
 	f.netns.mountOnly = map[string]bool{lost.NetnsPath: true}
 	f.source([]model.Namespace{ambientNS})
-	for elapsed := time.Duration(0); elapsed < sourceLostGrace; elapsed += adoptInterval {
+	for elapsed := time.Duration(0); elapsed < unknownToSourceGrace; elapsed += adoptInterval {
 		if got, want := recorded(), []string{lost.Key(), kept.Key()}; !slices.Equal(got, want) {
-			t.Fatalf("record %q %v after the source lost the pods, want %q until sourceLostGrace", got, elapsed, want)
+			t.Fatalf("record %q %v after the source lost the pods, want %q until unknownToSourceGrace", got, elapsed, want)
 		}
 		f.now = f.now.Add(adoptInterval)
 		f.ctl.Redecide()
