@@ -1,3 +1,10 @@
+// Adoption: the pods of this node the rules capture that no CNI event
+// announced (they ran before ztdns was installed, or their ADD was lost)
+// are found running by their IPs, in the network namespaces a scan of the
+// node's processes lists, and recorded. These decisions see namespaces
+// only through Namespaces (procns.go reads them from /proc), so they are
+// tested without a kernel.
+
 package capture
 
 import (

@@ -1,3 +1,9 @@
+// ProcNamespaces: Namespaces as the kernel has them, through a proc
+// filesystem: each process's ns/net is stat'ed, opened, and looked into
+// (its cookie, owning user namespace and addresses). The package's only
+// code that looks into namespaces itself; the rest goes through
+// Namespaces.
+
 package capture
 
 import (

@@ -1,3 +1,7 @@
+// The record of attachments on disk, which tells a restarted agent whose
+// marks are in the pods map (Restore, save), and keeping the marks in line
+// with the records (MarkRecorded, RepairMarks).
+
 package capture
 
 import (
