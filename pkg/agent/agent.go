@@ -203,10 +203,11 @@ type Agent struct {
 	failedAdds ratelog.Limiter
 	// cniInstall is how the CNI installer's last look went (installCNI).
 	cniInstall cniInstallState
-	// lostRecords is since when the source has lost the pods of records,
-	// without capture (dropLostRecords); housekeeping's alone.
-	lostRecords capture.LostRecords
-	// now is the clock of dropLostRecords; nil: time.Now (tests move it).
+	// unknownSince is since when the pods of records have been unknown to
+	// the source, without capture (dropOrphanedRecords); housekeeping's
+	// alone.
+	unknownSince capture.UnknownSince
+	// now is the clock of dropOrphanedRecords; nil: time.Now (tests move it).
 	now func() time.Time
 	// istioChain follows istio-cni in the node's CNI chain, when that
 	// applies (watchIstioChain).

@@ -185,7 +185,7 @@ func (a *Agent) addSandbox(req control.CNIAddRequest) (control.CNIAddResponse, e
 		NetnsPath: req.Netns, NetnsCookie: req.NetnsCookie, IPs: req.IPs,
 	}
 	att.Captured, att.Reason = a.decide(att)
-	a.forgetGoneClaims(att)
+	a.forgetDeadClaims(att)
 	if a.capture == nil {
 		a.pods.Attach(att) // still tells the resolver who is asking
 		return control.CNIAddResponse{Captured: false, Reason: att.Reason}, nil
@@ -318,9 +318,9 @@ func (a *Agent) replayAdd(dir string, ad control.CNIAddRequest) {
 }
 
 // housekeepingInterval is how often a serving agent looks again at what no
-// event tells it: CNI events recorded while no agent answered, network
-// namespaces gone without a DEL (capture's Redecide, or dropGoneRecords
-// without capture), the addresses of namespaces captured by hand
+// event tells it: CNI events recorded while no agent answered, records
+// whose network namespace died without a DEL (capture's Redecide, or
+// dropDeadRecords without capture), the addresses of namespaces captured by hand
 // (readdressByHand), marks the pods map lost or no record holds
 // (RepairMarks), and nameserver slots an unmark left behind.
 var housekeepingInterval = 30 * time.Second
@@ -348,7 +348,7 @@ func (a *Agent) keepHouse(ctx context.Context) {
 func (a *Agent) housekeep() {
 	a.replayPending()
 	if a.capture == nil {
-		a.dropGoneRecords()
+		a.dropDeadRecords()
 		return
 	}
 	a.capture.ctl.Redecide()
@@ -357,35 +357,37 @@ func (a *Agent) housekeep() {
 	a.capture.ctl.SweepNameservers()
 }
 
-// dropGoneRecords forgets, without capture (whose Redecide does it), the
-// ADDs' records whose network namespace is gone: a lost DEL would leave the
-// record claiming its IP, and the pod given that IP next would be answered
-// as the dead pod (its namespace's names) for as long as the agent runs.
-// Then those whose pod the source has lost and whose namespace lives on
-// with no process in it (dropLostRecords). The namespaces are looked at
+// dropDeadRecords forgets, without capture (whose Redecide does it), the
+// ADDs' records whose network namespace is dead (capture.NetnsDead): a
+// lost DEL would leave the record claiming its IP, and the pod given that
+// IP next would be answered as the dead pod (its namespace's names) for as
+// long as the agent runs. Then the orphaned records, whose pod is unknown
+// to the source and whose namespace lives on with no process in it
+// (dropOrphanedRecords). The namespaces are looked at
 // outside cniMu, so no ADD waits for them; a record an event replaced
 // meanwhile is left.
-func (a *Agent) dropGoneRecords() {
+func (a *Agent) dropDeadRecords() {
 	ns := capture.ProcNamespaces{Root: a.cfg.ProcRoot}
 	for key, att := range a.pods.Attachments() {
-		if !capture.NetnsGone(ns, att) {
+		if !capture.NetnsDead(ns, att) {
 			continue
 		}
 		if a.forgetRecord(key, att) {
 			a.log.Info("pod's network namespace is gone; forgetting it", "pod", att.Namespace+"/"+att.Name, "container", att.ContainerID, "netns", att.NetnsPath)
 		}
 	}
-	a.dropLostRecords(ns)
+	a.dropOrphanedRecords(ns)
 }
 
-// dropLostRecords forgets, without capture, the records whose pod the
-// source has lost for 5 minutes and whose network namespace lives on with
-// no process in it, as capture's Redecide does (capture.LostRecords): a
+// dropOrphanedRecords forgets, without capture, the orphaned records,
+// whose pod has been unknown to the source for 5 minutes and whose network
+// namespace lives on with no process in it, as capture's Redecide does
+// (capture.UnknownSince, capture.Orphaned): a
 // sandbox whose DEL never came and whose namespace stayed mounted would
 // otherwise keep its record, and its claim on an IP, until the agent
 // restarts. Only where the source watches the node's pods; the node's
 // processes are scanned only when a record is due.
-func (a *Agent) dropLostRecords(ns capture.ProcNamespaces) {
+func (a *Agent) dropOrphanedRecords(ns capture.ProcNamespaces) {
 	if _, watched := a.cfg.Source.(source.PodWatcher); !watched || a.cfg.NodeName == "" {
 		return
 	}
@@ -393,7 +395,7 @@ func (a *Agent) dropLostRecords(ns capture.ProcNamespaces) {
 	if a.now != nil {
 		now = a.now()
 	}
-	due := a.lostRecords.Due(a.pods, a.pods.Attachments(), now)
+	due := a.unknownSince.Due(a.pods, a.pods.Attachments(), now)
 	if len(due) == 0 {
 		return
 	}
@@ -402,9 +404,9 @@ func (a *Agent) dropLostRecords(ns capture.ProcNamespaces) {
 		a.log.Error("scanning the node's processes for the network namespaces of pods the source lost failed", "err", err)
 		return
 	}
-	for _, r := range capture.Unheld(a.log, scan, nil, due) {
+	for _, r := range capture.Orphaned(a.log, scan, nil, due) {
 		if a.forgetRecord(r.Key, r.Attachment) {
-			capture.LogLostForgotten(a.log, r, now, nil)
+			capture.LogOrphanForgotten(a.log, r, now, nil)
 		}
 	}
 }
@@ -422,21 +424,21 @@ func (a *Agent) forgetRecord(key string, att podcache.Attachment) bool {
 	return true
 }
 
-// forgetGoneClaims forgets, for an ADD about to be recorded, the other
-// records that claim one of its IPs and whose network namespace is gone:
+// forgetDeadClaims forgets, for an ADD about to be recorded, the other
+// records that claim one of its IPs and whose network namespace is dead:
 // the old pod's DEL is late (saved to pending/ while no agent answered),
 // or never comes for a pod the source keeps (a completed Job's). The new
 // record owns the IP anyway, being the newest (podcache's AttachOrder);
 // this forgets the dead one now rather than at the next housekeeping.
 // Callers hold cniMu.
-func (a *Agent) forgetGoneClaims(att podcache.Attachment) {
+func (a *Agent) forgetDeadClaims(att podcache.Attachment) {
 	if a.capture != nil {
-		a.capture.ctl.ForgetGoneClaims(att) // it logs what it forgets
+		a.capture.ctl.ForgetDeadClaims(att) // it logs what it forgets
 		return
 	}
 	ns := capture.ProcNamespaces{Root: a.cfg.ProcRoot}
-	gone := func(_ string, b podcache.Attachment) bool { return capture.NetnsGone(ns, b) }
-	for key, b := range a.pods.GoneClaims(att, gone) {
+	dead := func(_ string, b podcache.Attachment) bool { return capture.NetnsDead(ns, b) }
+	for key, b := range a.pods.DeadClaims(att, dead) {
 		a.pods.Detach(key)
 		capture.LogForgottenClaim(a.log, b, att, nil)
 	}

@@ -618,7 +618,7 @@ func TestGoneNetnsRecordDroppedWithoutCapture(t *testing.T) {
 	}
 }
 
-// TestLostRecordDroppedWithoutCapture: with --capture=false, and a source
+// TestOrphanedRecordDroppedWithoutCapture: with --capture=false, and a source
 // that watches the node's pods, the record of a pod the source lost whose
 // network namespace lives on with no process in it (a DEL lost, the
 // sandbox's namespace left mounted) is forgotten once the source has gone
@@ -626,7 +626,7 @@ func TestGoneNetnsRecordDroppedWithoutCapture(t *testing.T) {
 // pods` no longer lists it, nor ztdns_capture_pods counts it. (Before, it
 // stayed until the agent restarted.) A record whose pod the source still
 // has stays, and so does one whose namespace a process still holds.
-func TestLostRecordDroppedWithoutCapture(t *testing.T) {
+func TestOrphanedRecordDroppedWithoutCapture(t *testing.T) {
 	testenv.RequireRoot(t)
 	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 	// The node's processes, as the agent sees them through --proc-root:

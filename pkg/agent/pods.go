@@ -57,7 +57,7 @@ func (a *Agent) captureNetns(req control.CaptureRequest) (control.PodRow, error)
 		case att.Namespace == req.Namespace && att.Name == req.Name && att.ContainerID != "": // adopted
 			return control.PodRow{}, control.Refused(fmt.Errorf("%s/%s is already the name of network namespace %s, %s: capture add needs another --name",
 				req.Namespace, req.Name, att.NetnsPath, recordedBy(att)))
-		case att.Namespace == req.Namespace && att.Name == req.Name && att.NetnsCookie != ns.cookie && (!att.Captured || capture.NetnsGone(nodeNS, att)):
+		case att.Namespace == req.Namespace && att.Name == req.Name && att.NetnsCookie != ns.cookie && (!att.Captured || capture.NetnsDead(nodeNS, att)):
 			released = append(released, key)
 		case att.Namespace == req.Namespace && att.Name == req.Name && att.NetnsCookie != ns.cookie:
 			// Another namespace marked by hand under this name: merged by

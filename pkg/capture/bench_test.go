@@ -65,7 +65,7 @@ func (n *denseNode) sandbox(i int) podcache.Attachment {
 
 // add is what the agent's CNI ADD asks of the controller.
 func (n *denseNode) add(a podcache.Attachment) {
-	n.ctl.ForgetGoneClaims(a)
+	n.ctl.ForgetDeadClaims(a)
 	a.Captured, a.Reason = n.ctl.Decide(a)
 	if err := n.ctl.Apply(a); err != nil {
 		n.tb.Fatal(err)

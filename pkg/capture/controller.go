@@ -14,7 +14,6 @@ package capture
 
 import (
 	"errors"
-	"io/fs"
 	"log/slog"
 	"maps"
 	"net/netip"
@@ -27,7 +26,6 @@ import (
 
 	"github.com/ztdns/ztdns/pkg/ambient"
 	"github.com/ztdns/ztdns/pkg/model"
-	"github.com/ztdns/ztdns/pkg/netns"
 	"github.com/ztdns/ztdns/pkg/podcache"
 	"github.com/ztdns/ztdns/pkg/redirect"
 )
@@ -143,8 +141,10 @@ type Controller struct {
 	adoptedAt time.Time
 	// missing are the wanted pods (key/UID) the last scan did not find,
 	// each logged once; guarded by decideMu.
-	missing   map[string]bool
-	checkedAt time.Time // when dropGone last looked; guarded by decideMu
+	missing map[string]bool
+	// checkedAt is when dropDeadRecords last looked at every record;
+	// guarded by decideMu.
+	checkedAt time.Time
 	// pass counts Redecide's passes, and scan is the last scan of the
 	// node's processes (scanNode); guarded by decideMu.
 	pass uint64
@@ -153,12 +153,12 @@ type Controller struct {
 	// namespaces by cookie, as scans found them: a scan does not look
 	// into them again. Guarded by decideMu.
 	nsIDs map[uint64]NsID
-	// lost is since when the source has lost the pod of each record
-	// (dropLost); guarded by decideMu.
-	lost LostRecords
+	// unknown is since when the pod of each record has been unknown to
+	// the source (dropOrphanedRecords); guarded by decideMu.
+	unknown UnknownSince
 	// deleted are the pods whose sandbox a CNI DEL released, by
 	// namespace/name, that adoption does not look for while the source
-	// still lists them (rememberDeleted); guarded by mu.
+	// still lists them (rememberDeletedLocked); guarded by mu.
 	deleted map[string]deletedPod
 	// repairFailures is how many marks RepairMarks's last pass failed to
 	// repair; guarded by mu.
@@ -174,21 +174,6 @@ type Controller struct {
 	// when none is due.
 	graceTimer  *time.Timer
 	graceClosed bool
-}
-
-// nodeScan is a scan of the node's processes and when it was made.
-type nodeScan struct {
-	res  ScanResult
-	ok   bool
-	pass uint64
-	at   time.Time
-}
-
-// lostRecord is since when the source has lost the pod of a record of the
-// network namespace with that cookie.
-type lostRecord struct {
-	cookie uint64
-	since  time.Time
 }
 
 // deletedPod is a pod whose sandbox a CNI DEL released.
@@ -423,7 +408,7 @@ func (c *Controller) reapply(a podcache.Attachment) (bool, error) {
 
 // Forget unmarks and forgets the attachment with that key: a CNI DEL's.
 // Adoption does not look for its pod while the source still lists it
-// (rememberDeleted).
+// (rememberDeletedLocked).
 func (c *Controller) Forget(key string) (podcache.Attachment, bool, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -481,7 +466,7 @@ func (c *Controller) recentlyDeleted() map[string]deletedPod {
 // its queries still reach the resolver: the record tells the resolver
 // whose they are, and that they are no longer captured, so it forwards
 // them to the pod's own nameserver instead of answering from the table. A
-// record whose namespace is gone is forgotten. It returns the record as it
+// record whose namespace is dead is forgotten. It returns the record as it
 // was.
 func (c *Controller) Release(key string) (podcache.Attachment, bool, error) {
 	c.mu.Lock()
@@ -493,7 +478,7 @@ func (c *Controller) Release(key string) (podcache.Attachment, bool, error) {
 	if !ok {
 		return a, false, nil
 	}
-	if c.netnsGone(a) {
+	if c.netnsDead(a) {
 		return c.forgetLocked(key)
 	}
 	released := a
@@ -573,10 +558,10 @@ func (c *Controller) capturedElsewhere(cookie uint64) bool {
 // AdoptedPrefix and its cookie, as no runtime told it the sandbox's ID).
 // netnsPath is the DEL's CNI_NETNS, empty when the runtime removed it
 // already. An adopted record is released when it is that namespace, or
-// when its own namespace is gone; one still alive that the DEL does not
+// when it is dead (recordDead); one still alive that the DEL does not
 // name is left: the DEL may be a repeated one for an older sandbox of the
 // same pod. (An adopted record's path is a process's: when that process
-// is gone but another holds the namespace, the record follows it; see
+// exits but another holds the namespace, the record follows it; see
 // moveAdopted.) It returns the records it released.
 func (c *Controller) ForgetAdopted(namespace, name, netnsPath string) ([]podcache.Attachment, error) {
 	var delCookie uint64
@@ -594,7 +579,7 @@ func (c *Controller) ForgetAdopted(namespace, name, netnsPath string) ([]podcach
 		if !strings.HasPrefix(key, AdoptedPrefix) || a.Namespace != namespace || a.Name != name {
 			continue
 		}
-		if a.NetnsCookie != delCookie && !c.netnsLost(key, a, &live) {
+		if a.NetnsCookie != delCookie && !c.recordDead(key, a, &live) {
 			continue
 		}
 		a, ok, err := c.forgetIf(key, a.NetnsCookie, true)
@@ -604,262 +589,6 @@ func (c *Controller) ForgetAdopted(namespace, name, netnsPath string) ([]podcach
 		errs = append(errs, err) // ErrFenced forgets nothing
 	}
 	return released, errors.Join(errs...)
-}
-
-func (c *Controller) netnsGone(a podcache.Attachment) bool { return NetnsGone(c.netns, a) }
-
-// NetnsGone reports whether the network namespace an attachment records is
-// known to be gone, looking through ns: nothing is at its path any more, or
-// another namespace is (a process's ns/net whose PID was reused). An error
-// that says neither (the agent may not open it, say) is no proof: the
-// record stays. Exported for an agent without capture, which keeps records
-// but no controller.
-func NetnsGone(ns Namespaces, a podcache.Attachment) bool {
-	if a.NetnsPath == "" {
-		return false
-	}
-	cookie, err := ns.Cookie(a.NetnsPath)
-	if err != nil {
-		return errors.Is(err, netns.ErrNotFound) || errors.Is(err, fs.ErrNotExist)
-	}
-	return cookie != a.NetnsCookie
-}
-
-// netnsLost reports whether the record with that key is to be forgotten for
-// its network namespace: gone from its path (netnsGone), and, for an
-// adopted record, held by no other process either (moveAdopted, which
-// moves the record to one that holds it).
-func (c *Controller) netnsLost(key string, a podcache.Attachment, live *liveNetns) bool {
-	return c.netnsGone(a) && !c.moveAdopted(key, a, live)
-}
-
-// dropGone forgets the records whose network namespace is gone, so that no
-// record, mark or claim on an IP outlives its pod for want of a DEL (an
-// adopted pod's DEL may never name it; a DEL may be lost while no agent
-// runs). Each look enters the namespace, so it looks at every record at
-// most every adoptInterval, as adoption scans do, and at once at those
-// whose pod the source no longer has, or has with another UID (by the time
-// the API server forgets a pod, its sandbox is gone). Then it forgets
-// those whose namespace lives on with no process in it (dropLost).
-// Callers hold decideMu.
-func (c *Controller) dropGone() {
-	now := c.cfg.Now()
-	all := c.checkedAt.IsZero() || now.Sub(c.checkedAt) >= adoptInterval
-	if all {
-		c.checkedAt = now
-	}
-	var live liveNetns
-	for key, a := range c.pods.Attachments() {
-		if !all && !c.sourceLost(a) || !c.netnsLost(key, a, &live) {
-			continue
-		}
-		if _, ok, err := c.forgetIf(key, a.NetnsCookie, false); ok {
-			c.log.Info("pod's network namespace is gone; forgetting it", "pod", a.Namespace+"/"+a.Name, "container", a.ContainerID,
-				"netns", a.NetnsPath, "err", err)
-		}
-	}
-	c.dropLost(now)
-}
-
-// dropLost forgets the records of pods the source has lost for
-// sourceLostGrace whose network namespace lives on with no process in it
-// (LostRecords). That no process holds the namespace is read from one
-// scan of the node's processes, the adoption scan's when it is recent
-// (scanNode): a scan that failed, or could not open every process's
-// namespace, proves nothing and forgets nothing. Callers hold decideMu.
-func (c *Controller) dropLost(now time.Time) {
-	if !c.cfg.PodsWatched || c.cfg.NodeName == "" {
-		return
-	}
-	due := c.lost.Due(c.pods, c.pods.Attachments(), now)
-	if len(due) == 0 {
-		return
-	}
-	scan, ok := c.scanNode(adoptInterval)
-	if !ok {
-		return
-	}
-	for _, r := range Unheld(c.log, scan, c.nsIDs, due) {
-		if _, ok, err := c.forgetIf(r.Key, r.Attachment.NetnsCookie, false); ok {
-			LogLostForgotten(c.log, r, now, err)
-		}
-	}
-}
-
-// scanNode scans the node's processes, or returns the scan made in this
-// pass of Redecide, or within maxAge (0: this pass only). It looks into no
-// network namespace known to be a record's or the node's (nsIDs) and
-// learns those of the ones it looks into: on a dense node those are most
-// of them, each about half a millisecond to look into. ok is false when
-// the scan failed (logged). Callers hold decideMu.
-func (c *Controller) scanNode(maxAge time.Duration) (ScanResult, bool) {
-	now := c.cfg.Now()
-	if c.scan.ok && (c.scan.pass == c.pass || maxAge > 0 && now.Sub(c.scan.at) < maxAge) {
-		return c.scan.res, true
-	}
-	recorded := map[uint64]bool{}
-	for _, a := range c.pods.Attachments() {
-		recorded[a.NetnsCookie] = true
-	}
-	for _, cookie := range c.cfg.HostCookies {
-		recorded[cookie] = true
-	}
-	known := map[NsID]bool{}
-	for cookie, id := range c.nsIDs {
-		if recorded[cookie] {
-			known[id] = true
-		} else {
-			delete(c.nsIDs, cookie)
-		}
-	}
-	res, err := c.netns.Scan(known)
-	if err != nil {
-		c.log.Error("scanning the node's processes for running pods failed", "err", err)
-		c.scan = nodeScan{}
-		return res, false
-	}
-	for _, n := range res.Found {
-		if recorded[n.Cookie] {
-			c.nsIDs[n.Cookie] = n.ID
-		}
-	}
-	c.scan = nodeScan{res: res, ok: true, pass: c.pass, at: now}
-	return res, true
-}
-
-// ForgetGoneClaims forgets the records other than a's that claim one of
-// a's IPs and whose network namespace is gone (for an adopted record: that
-// no process holds any more), with their marks: a sandbox's record whose
-// DEL is late, or was never heard, must not keep an IP the runtime gave
-// another pod. The newer record owns the IP either way (podcache's
-// AttachOrder); this makes the old one go at once rather than at the next
-// full look (dropGone), when it was the old pod's last claim. A record
-// whose namespace lives stays (two sandboxes may claim one IP while one of
-// them is torn down).
-func (c *Controller) ForgetGoneClaims(a podcache.Attachment) {
-	var live liveNetns
-	gone := func(key string, b podcache.Attachment) bool { return c.netnsLost(key, b, &live) }
-	for key, b := range c.pods.GoneClaims(a, gone) {
-		if _, ok, err := c.forgetIf(key, b.NetnsCookie, false); ok {
-			LogForgottenClaim(c.log, b, a, err)
-		}
-	}
-}
-
-// LogForgottenClaim logs that gone's record was forgotten for by's claim on
-// one of its IPs (ForgetGoneClaims, and an agent without capture); err is
-// the unmark's, if any.
-func LogForgottenClaim(log *slog.Logger, gone, by podcache.Attachment, err error) {
-	args := []any{"pod", gone.Namespace + "/" + gone.Name, "container", gone.ContainerID, "netns", gone.NetnsPath, "ips", gone.IPs,
-		"by", by.Namespace + "/" + by.Name}
-	if err != nil {
-		args = append(args, "err", err)
-	}
-	log.Info("pod's network namespace is gone, and a new pod claims its IP; forgetting it", args...)
-}
-
-// liveNetns is where a scan found each network namespace: one scan at
-// most, and only when a record asks for it.
-type liveNetns struct {
-	scanned bool
-	paths   map[uint64]string
-	err     error // the scan's
-}
-
-// moveAdopted keeps an adopted record whose path is gone (netnsGone) when
-// another process still holds its network namespace (follow), and records
-// the path of that process. It reports whether the record stays: false for
-// records that are not adopted, and when no process holds the namespace;
-// true, without a move, when the scan failed.
-func (c *Controller) moveAdopted(key string, a podcache.Attachment, live *liveNetns) bool {
-	moved, keep := c.follow(key, a, live)
-	if !keep || moved.NetnsPath == a.NetnsPath {
-		return keep
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	cur, ok := c.pods.Attachment(key)
-	if !ok || cur.NetnsCookie != a.NetnsCookie || c.fenced.Load() {
-		return true // forgotten or replaced meanwhile: nothing to move
-	}
-	cur.NetnsPath = moved.NetnsPath
-	c.pods.Attach(cur)
-	c.saveOrRetry()
-	c.logFollowing(cur)
-	return true
-}
-
-// follow decides for a record whose path is gone (netnsGone) whether it
-// stays: an adopted record names a process's ns/net, and that process (the
-// lowest PID when it was adopted, or a record an older agent made from
-// another PID) can exit while the pod runs on. The record stays while a
-// live process holds its namespace, found by a fresh scan (live keeps it for
-// the rest of the pass), and is returned naming that process; a failed scan
-// keeps it as it is. Records that are not adopted do not stay. It takes no
-// lock: Restore calls it holding mu, moveAdopted without.
-func (c *Controller) follow(key string, a podcache.Attachment, live *liveNetns) (podcache.Attachment, bool) {
-	if !strings.HasPrefix(key, AdoptedPrefix) {
-		return a, false
-	}
-	path, held := c.heldAt(a.NetnsCookie, live)
-	if held && path != "" {
-		a.NetnsPath = path
-	}
-	return a, held
-}
-
-func (c *Controller) logFollowing(a podcache.Attachment) {
-	c.log.Info("adopted pod's process is gone; following another process of its network namespace", "pod", a.Namespace+"/"+a.Name, "netns", a.NetnsPath)
-}
-
-// heldAt returns where a live process holds the network namespace with
-// that cookie, by a scan made once per pass (live). held is false when no
-// process holds it; a failed scan is no proof of that: held, at no path.
-func (c *Controller) heldAt(cookie uint64, live *liveNetns) (path string, held bool) {
-	if !live.scanned {
-		live.scanned = true
-		scan, err := c.netns.Scan(nil)
-		if err != nil {
-			c.log.Error("scanning the node's processes for adopted pods' network namespaces failed", "err", err)
-			live.err = err
-		}
-		live.paths = map[uint64]string{}
-		for _, n := range scan.Found {
-			live.paths[n.Cookie] = n.Path
-		}
-	}
-	if live.err != nil {
-		return "", true
-	}
-	path, held = live.paths[cookie]
-	return path, held
-}
-
-// sourceLost reports whether the source no longer has the pod an
-// attachment records, or has another pod under its name.
-func (c *Controller) sourceLost(a podcache.Attachment) bool { return sourceLost(c.pods, a) }
-
-// UnmarkStale removes a mark that no attachment records (it reports false
-// when there is none with that cookie, or when an attachment records it).
-func (c *Controller) UnmarkStale(cookie uint64) (bool, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.fenced.Load() {
-		return false, ErrFenced
-	}
-	if p := c.pods.ByCookie(cookie); p != nil && p.Attachment != nil {
-		return false, nil
-	}
-	marked, err := c.marker.Pods()
-	if err != nil {
-		return false, err
-	}
-	for _, m := range marked {
-		if m.NetnsCookie == cookie {
-			return true, c.marker.Unmark(cookie)
-		}
-	}
-	return false, nil
 }
 
 // SetNamespaces keeps the source's namespaces for decisions. Until the
@@ -879,13 +608,13 @@ func (c *Controller) namespaceOf(name string) *model.Namespace {
 	return nil
 }
 
-// Redecide forgets recorded pods whose network namespace is gone
-// (dropGone), re-applies the rules to every other recorded pod, marking and
-// unmarking those whose decision changed (how a namespace label or a pod
-// annotation added at run time takes effect, without a restart), then
-// adopts running pods that should be captured and that no CNI event
-// announced. It does nothing before the source's first snapshot
-// (SetNamespaces) and before Restore.
+// Redecide forgets the records whose network namespace is dead
+// (dropDeadRecords) or orphaned (dropOrphanedRecords), re-applies the rules
+// to every other recorded pod, marking and unmarking those whose decision
+// changed (how a namespace label or a pod annotation added at run time
+// takes effect, without a restart), then adopts running pods that should
+// be captured and that no CNI event announced. It does nothing before the
+// source's first snapshot (SetNamespaces) and before Restore.
 func (c *Controller) Redecide() {
 	// Before the source's first snapshot every namespace looks unlabelled:
 	// deciding then would unmark every restored pod until it arrives.
@@ -906,7 +635,8 @@ func (c *Controller) Redecide() {
 		return
 	}
 	c.pass++
-	c.dropGone()
+	c.dropDeadRecords()
+	c.dropOrphanedRecords()
 	for _, att := range c.pods.Attachments() {
 		captured, reason := c.Decide(att)
 		if captured == att.Captured && reason == att.Reason {

@@ -961,25 +961,6 @@ func TestNoAdoptionWithoutANodeName(t *testing.T) {
 	}
 }
 
-func TestUnmarkStale(t *testing.T) {
-	f := newFixture(t, true)
-	f.source([]model.Namespace{ambientNS})
-	f.attach(t, cniAttachment("web", 10, "10.0.0.2"))
-	f.marker.Mark(30, redirect.PodInfo{})
-	if removed, err := f.ctl.UnmarkStale(10); removed || err != nil {
-		t.Errorf("UnmarkStale of a recorded pod = %v, %v; want left alone", removed, err)
-	}
-	if removed, err := f.ctl.UnmarkStale(30); !removed || err != nil {
-		t.Errorf("UnmarkStale of a stale mark = %v, %v; want removed", removed, err)
-	}
-	if removed, err := f.ctl.UnmarkStale(31); removed || err != nil {
-		t.Errorf("UnmarkStale of an unknown cookie = %v, %v; want nothing", removed, err)
-	}
-	if got := f.marker.marked(); !slices.Equal(got, []uint64{10}) {
-		t.Errorf("marks %v, want the recorded pod's alone", got)
-	}
-}
-
 // TestDelReleasesAnAdoptedPod: the runtime's DEL of a pod the controller
 // adopted names a container ID the controller never heard of; the pod's
 // namespace and name, and its network namespace, find the adopted record.
@@ -1024,89 +1005,6 @@ func TestDelReleasesAnAdoptedPod(t *testing.T) {
 	}
 	if got := f.marker.marked(); len(got) != 0 {
 		t.Errorf("marks %v, want none", got)
-	}
-}
-
-// TestRedecideDropsPodsWhoseNetnsIsGone: a record whose network namespace
-// is gone is dropped when decisions are made again, whether or not a DEL
-// ever names it, and so is its claim on its IP and its pod's name.
-func TestRedecideDropsPodsWhoseNetnsIsGone(t *testing.T) {
-	f := newFixture(t, true)
-	other := model.Namespace{Name: "other"}
-	f.netns.add("/host/proc/100/ns/net", 100, "10.0.0.2")
-	f.netns.add("/host/proc/200/ns/net", 200, "10.0.0.3")
-	f.source([]model.Namespace{ambientNS, other}, pod("web-0", "10.0.0.2", nil), pod("api", "10.0.0.3", nil))
-	kept := f.attach(t, cniAttachment("kept", 10, "10.0.0.4"))
-	lost := f.attach(t, cniAttachment("lost", 11, "10.0.0.5"))
-	if got := f.marker.marked(); !slices.Equal(got, []uint64{10, 11, 100, 200}) {
-		t.Fatalf("marks %v, want two adopted and two added pods", got)
-	}
-
-	// What happened with no DEL the controller could match: web-0's
-	// processes are gone and the StatefulSet made it again, in another
-	// sandbox with another IP; api's PID now runs in another namespace;
-	// lost's sandbox went while no agent heard its DEL; and a pod of
-	// another namespace got web-0's old IP.
-	delete(f.netns.byPath, "/host/proc/100/ns/net")
-	f.netns.add("/host/proc/200/ns/net", 999)
-	delete(f.netns.byPath, lost.NetnsPath)
-	web := f.attach(t, cniAttachment("web-0", 30, "10.0.0.9"))
-	reused := cniAttachment("reused", 31, "10.0.0.2")
-	reused.Namespace = other.Name
-	f.attach(t, reused)
-
-	f.now = f.now.Add(adoptInterval)
-	web0 := pod("web-0", "10.0.0.9", nil)
-	web0.UID = "uid-web-0-again"
-	f.source([]model.Namespace{ambientNS, other}, web0)
-
-	if got := f.marker.marked(); !slices.Equal(got, []uint64{10, 30}) {
-		t.Errorf("marks %v, want kept's and web-0's new sandbox's", got)
-	}
-	var keys []string
-	for _, a := range f.savedRecord(t) {
-		keys = append(keys, a.Key())
-	}
-	if want := []string{kept.Key(), "ctr-reused", web.Key()}; !slices.Equal(keys, want) {
-		t.Errorf("record %q, want %q", keys, want)
-	}
-	if p := f.pods.Get("shop", "web-0"); p.Attachment == nil || p.Attachment.NetnsCookie != 30 {
-		t.Errorf("web-0's attachment %+v, want its live sandbox (cookie 30)", p.Attachment)
-	}
-	if p := f.pods.ByCookie(30); p == nil || p.Key() != "shop/web-0" {
-		t.Errorf("cookie 30 is %v's, want shop/web-0's", p)
-	}
-	if p := f.pods.Lookup(netip.MustParseAddr("10.0.0.2")); p == nil || p.Namespace != other.Name {
-		t.Errorf("10.0.0.2, web-0's old IP, is %v's, want the pod of %q that has it now", p, other.Name)
-	}
-}
-
-// TestRedecideDropsAPodGoneFromTheSourceAtOnce: the source's word that a
-// pod is gone, or is another pod now, has the pod's namespace looked at on
-// the next decision, not adoptInterval later; pods the source still has
-// wait for the next full look.
-func TestRedecideDropsAPodGoneFromTheSourceAtOnce(t *testing.T) {
-	f := newFixture(t, true)
-	for i := range 3 {
-		f.netns.add(fmt.Sprintf("/host/proc/%d/ns/net", 100*(i+1)), uint64(100*(i+1)), fmt.Sprintf("10.0.0.%d", 2+i))
-	}
-	f.source([]model.Namespace{ambientNS}, pod("web", "10.0.0.2", nil), pod("db-0", "10.0.0.3", nil), pod("api", "10.0.0.4", nil))
-	if got := f.marker.marked(); !slices.Equal(got, []uint64{100, 200, 300}) {
-		t.Fatalf("marks %v, want the three running pods adopted", got)
-	}
-	// All three sandboxes go; web is deleted, db-0 made again (a new UID,
-	// not running yet), api's object has not changed yet.
-	f.netns.byPath = map[string]Netns{}
-	db := pod("db-0", "10.0.0.3", nil)
-	db.UID = "uid-db-0-again"
-	f.source([]model.Namespace{ambientNS}, db, pod("api", "10.0.0.4", nil))
-	if got := f.marker.marked(); !slices.Equal(got, []uint64{300}) {
-		t.Errorf("marks %v, want api's alone until the next full look", got)
-	}
-	f.now = f.now.Add(adoptInterval)
-	f.ctl.Redecide()
-	if got := f.marker.marked(); len(got) != 0 {
-		t.Errorf("marks %v after adoptInterval, want none", got)
 	}
 }
 
@@ -1583,66 +1481,5 @@ func TestDeletedPodIsNotLookedFor(t *testing.T) {
 	f.source([]model.Namespace{ambientNS}, again, pods[19])
 	if n := f.netns.scans - scans; n != 1 {
 		t.Errorf("%d scans for a pod made again under a deleted one's name, want one", n)
-	}
-}
-
-// TestRecordOfAPodTheSourceLostIsForgotten: a sandbox whose DEL never
-// comes (the runtime crashed) and whose network namespace stays mounted is
-// forgotten, and its namespace unmarked, once the source (which watches
-// the node's pods) has been without its pod for sourceLostGrace and no
-// process is in its namespace; one whose namespace a process still holds
-// is kept, and so is every record while a scan cannot open every
-// process's namespace.
-func TestRecordOfAPodTheSourceLostIsForgotten(t *testing.T) {
-	f := newFixture(t, true)
-	f.ctl.cfg.PodsWatched = true
-	var log strings.Builder
-	f.ctl.log = slog.New(slog.NewTextHandler(&log, nil))
-	f.source([]model.Namespace{ambientNS})
-	lost := f.attach(t, cniAttachment("p100", 100, "10.0.0.2"))
-	kept := f.attach(t, cniAttachment("p200", 200, "10.0.0.3"))
-	f.source([]model.Namespace{ambientNS}, pod("p100", "10.0.0.2", nil), pod("p200", "10.0.0.3", nil))
-	if got := f.marker.marked(); !slices.Equal(got, []uint64{100, 200}) {
-		t.Fatalf("marks %v, want both pods'", got)
-	}
-	recorded := func() []string {
-		var keys []string
-		for _, a := range f.savedRecord(t) {
-			keys = append(keys, a.Key())
-		}
-		return keys
-	}
-
-	// p100's processes are gone, its namespace still mounted; p200's run
-	// on. The source has lost both.
-	f.netns.mountOnly = map[string]bool{lost.NetnsPath: true}
-	f.source([]model.Namespace{ambientNS})
-	for elapsed := time.Duration(0); elapsed < sourceLostGrace; elapsed += adoptInterval {
-		if got, want := recorded(), []string{lost.Key(), kept.Key()}; !slices.Equal(got, want) {
-			t.Fatalf("record %q %v after the source lost the pods, want %q until sourceLostGrace", got, elapsed, want)
-		}
-		f.now = f.now.Add(adoptInterval)
-		f.ctl.Redecide()
-	}
-	if got, want := recorded(), []string{kept.Key()}; !slices.Equal(got, want) {
-		t.Errorf("record %q, want %q (p100's namespace holds no process)", got, want)
-	}
-	if p := f.pods.ByCookie(100); p != nil {
-		t.Errorf("cookie 100 is still %s's", p.Key())
-	}
-	if got := f.marker.marked(); slices.Contains(got, 100) {
-		t.Errorf("marks %v, want p100's namespace (100) unmarked", got)
-	}
-	if !strings.Contains(log.String(), "no process is in its network namespace") || !strings.Contains(log.String(), "pod=shop/p100") {
-		t.Errorf("the log does not say p100 was forgotten:\n%s", log.String())
-	}
-
-	// A scan that cannot open every process's namespace proves nothing.
-	f.netns.denied = 1
-	f.netns.mountOnly[kept.NetnsPath] = true
-	f.now = f.now.Add(adoptInterval)
-	f.ctl.Redecide()
-	if got, want := recorded(), []string{kept.Key()}; !slices.Equal(got, want) {
-		t.Errorf("record %q after a scan that could not open every namespace, want %q", got, want)
 	}
 }

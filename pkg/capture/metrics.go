@@ -1,3 +1,5 @@
+// The controller's Prometheus collectors.
+
 package capture
 
 import "github.com/prometheus/client_golang/prometheus"

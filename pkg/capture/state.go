@@ -1,3 +1,7 @@
+// The record of attachments on disk, which tells a restarted agent whose
+// marks are in the pods map (Restore, save), and keeping the marks in line
+// with the records (MarkRecorded, RepairMarks).
+
 package capture
 
 import (
@@ -11,7 +15,6 @@ import (
 	"time"
 
 	"github.com/ztdns/ztdns/pkg/podcache"
-	"github.com/ztdns/ztdns/pkg/redirect"
 )
 
 // StateFile is the name of the record of attachments in Config.StateDir.
@@ -33,7 +36,7 @@ type record struct {
 const stateRetryEvery = 5 * time.Second
 
 // Restore reads the attachments a previous agent recorded, drops those
-// whose network namespace is gone (netnsGone; an adopted record follows
+// whose network namespace is dead (netnsDead; an adopted record follows
 // another process of its namespace: follow), and makes the pods map agree:
 // marks nobody recorded are removed, recorded captured pods that lost their
 // mark get it back. Redecide does nothing until it has run.
@@ -53,7 +56,7 @@ func (c *Controller) Restore() error {
 	recorded := map[uint64]bool{}
 	for _, a := range c.thisBoot(saved) {
 		recorded[a.NetnsCookie] = true
-		if c.netnsGone(a) {
+		if c.netnsDead(a) {
 			moved, keep := c.follow(a.Key(), a, &live)
 			if !keep {
 				c.log.Info("pod's network namespace is gone; forgetting it", "pod", a.Namespace+"/"+a.Name, "netns", a.NetnsPath)
@@ -272,43 +275,6 @@ func (c *Controller) RepairMarks() {
 		}
 	}
 }
-
-// SweepNameservers forgets the nameservers learned for network namespaces
-// no longer marked, once they are idle (redirect.SweepNameservers): Unmark
-// leaves them for sockets connected while the pod was captured.
-func (c *Controller) SweepNameservers() {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if err := c.sweepLocked(); err != nil {
-		c.log.Warn("forgetting the nameservers of unmarked network namespaces failed", "err", err)
-	}
-}
-
-// sweepLocked is SweepNameservers for callers holding mu (which keeps Mark
-// from racing the sweep).
-func (c *Controller) sweepLocked() error {
-	if c.fenced.Load() {
-		return nil // the successor's marks are not this agent's to judge
-	}
-	s, ok := c.marker.(nameserverSweeper)
-	if !ok {
-		return nil
-	}
-	n, err := s.SweepNameservers()
-	if n > 0 {
-		c.log.Info("forgot the nameservers of unmarked network namespaces", "slots", n)
-	}
-	return err
-}
-
-// nameserverSweeper is what *redirect.Redirector does beyond a Marker:
-// forget the nameservers learned for network namespaces no longer marked,
-// which Unmark can leave behind (see SweepNameservers).
-type nameserverSweeper interface {
-	SweepNameservers() (int, error)
-}
-
-var _ nameserverSweeper = (*redirect.Redirector)(nil)
 
 // saveOrRetry writes the record of attachments. A write that fails never
 // fails the pod it was written for (the mark is what captures it, and a

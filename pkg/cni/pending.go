@@ -46,7 +46,7 @@ const (
 // (about: concurrent plugins may each take the last place). Past it the
 // plugin logs and drops the event, at a small cost. A dropped DEL leaves the
 // pod's record and mark to the agent, which forgets every record whose
-// network namespace is gone on its own (capture's dropGone: at once for a
+// network namespace is gone on its own (capture's dropDeadRecords: at once for a
 // pod its source no longer has, else at the first redecision, on a snapshot
 // or housekeeping's every 30 s, once 30 s have passed since the last full
 // look: within about a minute). A dropped ADD leaves an

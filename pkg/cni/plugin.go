@@ -202,7 +202,7 @@ func (p *plugin) del(args *skel.CmdArgs) error {
 	// Not recording, or failing to, never fails the DEL: that would leave
 	// the pod stuck in teardown for a stale mark on a namespace that is
 	// going away. Once it is gone, the agent drops the pod's record and
-	// mark when it next makes its decisions again (capture's dropGone), DEL
+	// mark when it next makes its decisions again (capture's dropDeadRecords), DEL
 	// or none.
 	switch rerr := recordForAgent(conf.SocketPath, conf.PendingDir, pendingDelDir, req.ContainerID, req, p.maxPending); {
 	case rerr == nil:

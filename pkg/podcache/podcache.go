@@ -157,7 +157,7 @@ type Cache struct {
 	// lastOrder is the highest AttachOrder given or restored.
 	lastOrder uint64
 	// What an attach or a detach looks up instead of going over every
-	// pod or record (see update, GoneClaims); rebuild makes them again
+	// pod or record (see update, DeadClaims); rebuild makes them again
 	// (reindex).
 	//
 	// recordsOf is the keys of each pod's records, by pod key.
@@ -250,12 +250,12 @@ func (c *Cache) AttachmentsOldestFirst() []Attachment {
 	return out
 }
 
-// GoneClaims returns, by key, the runtime records other than a's that
-// claim one of a's IPs and for which gone (called without the cache's
+// DeadClaims returns, by key, the runtime records other than a's that
+// claim one of a's IPs and for which dead (called without the cache's
 // lock held) reports true: a sandbox's record whose DEL is late, or was
-// never heard, whose namespace is gone, and which is to go when a new
+// never heard, whose namespace is dead, and which is to go when a new
 // pod claims its IP.
-func (c *Cache) GoneClaims(a Attachment, gone func(key string, b Attachment) bool) map[string]Attachment {
+func (c *Cache) DeadClaims(a Attachment, dead func(key string, b Attachment) bool) map[string]Attachment {
 	claims := map[string]Attachment{}
 	c.mu.Lock()
 	for _, ip := range a.IPs {
@@ -266,7 +266,7 @@ func (c *Cache) GoneClaims(a Attachment, gone func(key string, b Attachment) boo
 		}
 	}
 	c.mu.Unlock()
-	maps.DeleteFunc(claims, func(key string, b Attachment) bool { return !gone(key, b) })
+	maps.DeleteFunc(claims, func(key string, b Attachment) bool { return !dead(key, b) })
 	return claims
 }
 
