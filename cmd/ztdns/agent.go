@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -17,6 +18,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"k8s.io/klog/v2"
 
 	"github.com/ztdns/ztdns/pkg/accesslog"
@@ -72,317 +74,34 @@ directory of YAML manifests (--config-dir).`,
 		Args: cobra.NoArgs,
 	}
 	fs := cmd.Flags()
-	kubeconfig := fs.String("kubeconfig", "", "watch the Kubernetes API server with this kubeconfig `PATH` (in-cluster config when empty and running in a pod)")
-	configDir := fs.String("config-dir", "", "read Services, ServiceEntries, Namespaces, Pods and EndpointSlices from the YAML manifests in `DIR` and watch it (standalone mode)")
-	configMaxFileBytes := fs.Int64("config-max-file-bytes", configdir.DefaultMaxFileBytes, "--config-dir: skip a file larger than this many `BYTES` (0: the default)")
-	configMaxObjectsPerFile := fs.Int("config-max-objects-per-file", configdir.DefaultMaxObjectsPerFile, "--config-dir: refuse a file with more objects than `N` (0: the default)")
-	configMaxObjects := fs.Int("config-max-objects", configdir.DefaultMaxObjects, "--config-dir: serve at most `N` objects from the whole directory (0: the default)")
-	configMaxFiles := fs.Int("config-max-files", configdir.DefaultMaxFiles, "--config-dir: read at most `N` manifest files; the rest are skipped and reported (0: the default)")
-	listen := addrPortList(defaultListen, 53)
-	fs.Var(listen, "listen", "resolver `ADDR`ess(es), UDP and TCP on each; repeatable or comma-separated. 10.0.0.5:53 or [2001:db8::5]:53, port 53 when left out; brackets are taken around an IPv4 address too, so [$(HOST_IP)]:53 serves nodes of either family. An IPv6 address without brackets is all address, and one whose last group could be a port (2001:db8::5:53) is refused: write [2001:db8::5]:53 or [2001:db8::5:53]")
-	upstream := addrPortList(nil, 53)
-	fs.Var(upstream, "upstream", "nameserver `ADDR`(s) for names the table does not know, when the pod's own is unknown; repeatable, written as --listen's (default: the nameservers in --resolv-conf)")
-	resolvConf := fs.String("resolv-conf", "/etc/resolv.conf", "the node's resolv.conf: default upstreams and search domains")
-	domain := fs.String("cluster-domain", "cluster.local", "the cluster's DNS domain")
-	ttl := fs.Duration("ttl", 30*time.Second, "TTL of local answers: whole seconds, 1s to 24h")
-	fwdTimeout := fs.Duration("forward-timeout", 2*time.Second, "bound on one forwarded query across all upstreams (0: the default)")
-	maxNamesPerNS := fs.Int("max-names-per-namespace", table.DefaultMaxNamesPerNamespace, "names one namespace's Services, headless endpoints and ServiceEntries may make in the name table (0: no bound); past it the namespace's newest objects that do not fit are left out, with a table warning (see README, Limits and protections)")
-	cacheSize := fs.Int("cache-size", 10000, "entries in the cache of upstream answers (0 disables it); once it is full, a pod over its share (an eighth) replaces only its own answers, and other pods' misses take back what it holds past its share")
-	vipSource := fs.String("vip-source", string(vip.SourceAuto), "where auto-allocated ServiceEntry VIPs come from: auto (istiod's status.addresses when istiod allocates, else ztdns's allocator), istiod (status.addresses only), ztdns (its own allocator only) or none (no VIP: hosts without spec.addresses are forwarded, for istiod with PILOT_ENABLE_IP_AUTOALLOCATE off); see README")
-	defaultExportTo := fs.String("default-service-export-to", "", "exportTo of a ServiceEntry that gives none: comma-separated, \".\" (its own namespace), \"*\" (every namespace), \"~\" (none) or namespace names; Services are seen from every namespace whatever it says. Not given: Istio's MeshConfig defaultServiceExportTo, which the agent reads from istiod's istio ConfigMap in --istio-namespace (istio-REVISION with --istio-revision) and follows as it changes (with --config-dir, or when the mesh config gives none: \"*\", Istio's default); given, it wins over the mesh config")
-	istioNamespace := fs.String("istio-namespace", "istio-system", "istiod's `NAMESPACE`, where the agent reads its VIP allocator lock (--vip-source=auto) and its mesh config (--default-service-export-to)")
-	istioRevision := fs.String("istio-revision", "", "istiod's `REVISION`, whose mesh config the agent follows: the ConfigMap istio-REVISION in --istio-namespace, as istiod reads it (empty or default: istio); ServiceEntries labelled istio.io/rev with another revision (empty: default), which that istiod ignores, are forwarded")
-	cacheBytes := &byteSize{n: forward.DefaultCacheBytes}
-	fs.Var(cacheBytes, "cache-bytes", "bytes the cache of upstream answers may hold, e.g. 4Mi; once it is full, a pod over its share (an eighth) replaces only its own answers, and other pods' misses take back what it holds past its share")
-	podQPS := fs.Float64("pod-qps", resolver.DefaultPodQPS, "queries a second one pod (or one address that is no known pod) may send; over it, UDP queries are dropped and TCP ones REFUSED (0: no limit)")
-	podBurst := fs.Int("pod-qps-burst", 0, "queries one pod may send at once above --pod-qps (default: twice --pod-qps)")
-	podForwarding := fs.Int("pod-max-forwarding", resolver.DefaultPodForwarding, "forwarded queries one pod may have in flight; more get SERVFAIL at once (0: no limit)")
-	podTCP := fs.Int("pod-max-tcp", resolver.DefaultPodTCPConns, "TCP connections one pod may have open; more are closed at once (0: no limit)")
-	maxForwarding := fs.Int("max-forwarding", resolver.DefaultMaxInflight, "forwarded queries in flight from all pods together; more get SERVFAIL at once (0: the default)")
-	maxTCP := fs.Int("max-tcp", resolver.DefaultTCPMaxConns, "open TCP connections from all pods together (0: the default)")
-	udpSockets := fs.Int("udp-sockets", agent.DefaultSocketsPerAddr, "SO_REUSEPORT UDP sockets on each resolver address, each read by a goroutine of its own: more answer more queries a second at full speed, at more CPU per query")
-	tcpIdle := fs.Duration("tcp-idle-timeout", resolver.DefaultTCPIdleTimeout, "close a TCP connection idle this long (a tenth of it with half of --max-tcp open, a hundredth with three quarters; 0: the default)")
-	inflightBytes := &byteSize{n: resolver.DefaultInflightBytes}
-	fs.Var(inflightBytes, "inflight-bytes", fmt.Sprintf("bytes of upstream replies held at once, read or waiting to be written, e.g. 8Mi, at least %v (one reply of the largest size); a reply that does not fit is refused: its query gets SERVFAIL, or, for a lookup of its own (a CNAME's target), an answer without it",
-		&byteSize{n: resolver.MinInflightBytes}))
-	podInflightBytes := &byteSize{zero: true}
-	fs.Var(podInflightBytes, "pod-inflight-bytes", fmt.Sprintf("bytes of upstream replies one pod may hold at once, e.g. 512Ki, at least %v (one reply of the largest size); a reply that does not fit is refused, as for --inflight-bytes (default: a sixteenth of --inflight-bytes, and room for two of the largest replies, %v, when --inflight-bytes has it; 0: no limit of its own, only its fair share)",
-		&byteSize{n: resolver.MinPodInflightBytes}, &byteSize{n: 2 * resolver.MinPodInflightBytes}))
-	autopath := fs.Bool("autopath", false, "answer search-list expansions of unknown names in one round trip (see README)")
-	metrics := fs.String("metrics", "", "serve /metrics, /healthz and /readyz on `ADDR`: the node's IP or 127.0.0.1 with a port, e.g. 127.0.0.1:15053 or [2001:db8::5]:15053; brackets are taken around an IPv4 address too, so [$(HOST_IP)]:15053 serves nodes of either family (without brackets, an IPv6 address ends at the last colon); empty disables")
-	capture := fs.Bool("capture", true, "capture marked pods' DNS with eBPF; false only serves on --listen")
-	cgroup := fs.String("cgroup", "", "cgroup v2 `DIR` the capture programs attach to (default: the cgroup2 root, every pod on the node)")
-	bpffs := fs.String("bpffs", redirect.DefaultBPFFS, "`DIR` on a bpf filesystem where maps and links are pinned")
-	mountBPFFS := fs.Bool("mount-bpffs", true, "mount a bpf filesystem at the parent of --bpffs when it is on none; false fails instead (in a container, where a mount of its own would vanish with it, and the pins with it)")
-	procRoot := fs.String("proc-root", "/proc", "the node's proc filesystem `DIR`, where running pods' network namespaces are found: the node's /proc mounted into the agent's container (e.g. /host/proc) when it runs without hostPID")
-	iface := fs.String("interface", redirect.DefaultInterface, "interface that carries the resolver's addresses")
-	capturePort := fs.Uint("capture-port", redirect.DefaultPort, "`PORT` of the resolver's slot addresses, where captured queries go; not 53, so that istio-cni's in-pod DNS rules never take them (see README)")
-	captureNameservers := prefixList()
-	fs.Var(captureNameservers, "capture-nameservers", fmt.Sprintf("capture only queries to these nameserver `CIDR`s (a bare address is /32 or /128; a CIDR must be masked: 10.96.0.0/16, not 10.96.0.10/16), at most %d, repeatable or comma-separated: e.g. the cluster DNS Service IP and NodeLocal DNSCache's address; a pod's queries to any other nameserver are left alone, under its own NetworkPolicy (default: every destination on port 53, forwarded from the node to what the pod addressed)",
-		redirect.MaxCaptureNameservers))
-	socketsPerPod := fs.Int("capture-sockets-per-pod", redirect.DefaultSocketsPerPod, fmt.Sprintf("`N` sockets of one pod that may be redirected at once: each keeps a record of what it addressed (about %d bytes) in the kernel, charged to the agent's memory, until it is closed; a query on a further open socket of the pod goes to its own nameserver, around ztdns (ztdns_capture_events_total{event=\"skipped_sockets_full\"})", redirect.SocketRecordBytes))
-	stale := fs.Duration("heartbeat-stale", redirect.DefaultStaleAfter, fmt.Sprintf("stop redirecting (fail open) when the agent has been silent this long; at least %s, twice its heartbeat", 2*agent.HeartbeatEvery))
-	dnsCaptureDefault := fs.Bool("dns-capture-default", true, "capture every ambient pod's DNS (values.cni.ambient.dnsCapture); when false only pods annotated ztdns.io/dns-capture: \"true\" (see README)")
-	excludeNamespaces := fs.StringSlice("exclude-namespaces", []string{"kube-system"}, "`NAMESPACES`, comma-separated, whose pods are never captured, whatever their labels: istio-cni's excludeNamespaces, whose pods Istio never enrolls (empty: none)")
-	requireEnrollment := fs.Bool("require-istio-enrollment", true, "with --kubeconfig, capture a pod its labels put in the ambient mesh only once istio-cni has enrolled it (annotation ambient.istio.io/redirection: enabled or pending; a new pod gets "+capturectl.EnrollmentGrace.String()+" to get it), and with --cni-install none while the node's CNI chain holds no istio-cni entry; false captures it on its labels alone, for clusters without istio-cni; ignored with --config-dir, whose manifests need not carry the annotation (see README)")
-	nodeName := fs.String("node-name", os.Getenv("NODE_NAME"), "this node's name: the pods the agent watches and adopts (default $NODE_NAME)")
-	podUID := fs.String("pod-uid", os.Getenv("POD_UID"), "the UID of the agent's pod: a hand-over refuses the pod it took over from, whose container restarted (default $POD_UID; empty outside Kubernetes)")
-	generation := fs.String("pod-template-generation", os.Getenv("POD_TEMPLATE_GENERATION"), "the pod-template-generation label of the agent's pod, `N`: a hand-over refuses an agent of a lower one, an older release's (default $POD_TEMPLATE_GENERATION; empty outside Kubernetes: no order)")
-	memoryLimit := fs.String("memory-limit", os.Getenv("MEMORY_LIMIT"), "the agent's memory limit in `BYTES` (e.g. 402653184 or 384Mi) when none can be read from its cgroup: its container's limit, which the chart gives from the downward API; a resize in place does not change it (default $MEMORY_LIMIT; empty: none)")
-	cniInstall := fs.Bool("cni-install", false, "install the chained CNI plugin into --cni-conf-dir and keep it there")
-	cniBinDir := fs.String("cni-bin-dir", "/opt/cni/bin", "the container runtime's CNI plugin `DIR`")
-	cniConfDir := fs.String("cni-conf-dir", "/etc/cni/net.d", "the container runtime's CNI configuration `DIR`")
-	cniPolicy := fs.String("cni-on-agent-unreachable", cni.DefaultOnAgentUnreachable, "what the plugin does when the agent cannot be reached: allow (start the pod uncaptured) or fail")
-	stateDir := fs.String("state-dir", "", "`DIR` keeping the record of captured pods across restarts, where nothing removes it while the agent is stopped (not a systemd RuntimeDirectory=; deploy/systemd/ztdns.service gives /var/lib/ztdns); default: the --socket directory")
-	socket := fs.String("socket", control.DefaultSocket, "control socket `PATH` for ztdns table, pods, capture and the CNI plugin")
-	socketGroup := fs.String("socket-group", "", "`GROUP` (name or gid) whose members may also connect to --socket, to read only (status, table, pods); default: root only")
-	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
-	logFormat := fs.String("log-format", "text", "text or json")
-	accessLog := fs.String("access-log", "", "write one line per query (--log-format) to `DEST`: stderr or a file's path; off when empty (ztdns log on|off switches it at run time, to DEST or stderr)")
-	accessLogSample := fs.Int("access-log-sample", 1, "with --access-log: one query in `N` gets a line")
-	maxNamespaces := fs.Int("metrics-max-namespaces", resolver.DefaultMaxNamespaceSeries, "namespaces with a series of their own in ztdns_dns_namespace_requests_total; the rest count as _other")
-	maxUpstreams := fs.Int("metrics-max-upstreams", forward.DefaultMaxUpstreamSeries, "nameservers pods ask, first come (a label given back after 10 minutes unasked), with series of their own in ztdns_forward_upstream_*; the rest count as other (--upstream and single addresses of --capture-nameservers always have their own)")
+	f := addAgentFlags(fs)
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		if _, set := os.LookupEnv("GOGC"); !set {
 			debug.SetGCPercent(defaultGCPercent)
 		}
-		log, err := newLogger(*logLevel, *logFormat)
+		log, err := newLogger(f.logLevel, f.logFormat)
 		if err != nil {
 			return usageError{err}
 		}
-		// Negative bounds are refused rather than read as 0 (the default),
-		// or, for --cache-size and --max-names-per-namespace, as 0 (no cache,
-		// no bound).
-		for _, f := range []struct {
-			name string
-			n    int64
-		}{
-			{"config-max-file-bytes", *configMaxFileBytes}, {"config-max-objects-per-file", int64(*configMaxObjectsPerFile)},
-			{"config-max-objects", int64(*configMaxObjects)}, {"config-max-files", int64(*configMaxFiles)},
-			{"forward-timeout", int64(*fwdTimeout)}, {"tcp-idle-timeout", int64(*tcpIdle)},
-			{"max-forwarding", int64(*maxForwarding)}, {"max-tcp", int64(*maxTCP)}, {"cache-size", int64(*cacheSize)},
-			{"pod-max-forwarding", int64(*podForwarding)}, {"pod-max-tcp", int64(*podTCP)}, {"pod-qps-burst", int64(*podBurst)},
-			{"max-names-per-namespace", int64(*maxNamesPerNS)},
-		} {
-			if f.n < 0 {
-				return usagef("--%s %s: want 0 or more", f.name, fs.Lookup(f.name).Value)
-			}
+		if err := f.check(fs); err != nil {
+			return err
 		}
-		var memLimit int64
-		if *memoryLimit != "" {
-			b := &byteSize{}
-			if err := b.Set(*memoryLimit); err != nil {
-				return usagef("--memory-limit: %v, or empty", err)
-			}
-			memLimit = b.n
-		}
-		var podGeneration uint64
-		if *generation != "" {
-			if podGeneration, err = strconv.ParseUint(*generation, 10, 64); err != nil || podGeneration == 0 {
-				return usagef("--pod-template-generation %q: want the pod's pod-template-generation label, a number from 1, or empty", *generation)
-			}
-		}
-		if *podQPS < 0 {
-			return usagef("--pod-qps %v: want 0 or more", *podQPS)
-		}
-		// Nothing would sample: refused rather than ignored.
-		if fs.Changed("access-log-sample") && *accessLog == "" {
-			return usagef("--access-log-sample without --access-log: the log is off (ztdns log on --sample N sets it at run time)")
-		}
-		if *accessLogSample < 1 || *accessLogSample > accesslog.MaxSample {
-			return usagef("--access-log-sample %d: want 1 to %d", *accessLogSample, accesslog.MaxSample)
-		}
-		if *maxNamespaces < 1 || *maxUpstreams < 1 {
-			return usagef("--metrics-max-namespaces and --metrics-max-upstreams: want at least 1")
-		}
-		if *udpSockets < 1 || *udpSockets > agent.MaxSocketsPerAddr {
-			return usagef("--udp-sockets %d: want 1 to %d", *udpSockets, agent.MaxSocketsPerAddr)
-		}
-		// Checked with --capture=false too: a bad value is refused where
-		// it is written, not when capture is next turned on.
-		if *capturePort == 0 || *capturePort > 65535 {
-			return usagef("--capture-port %d: want 1-65535", *capturePort)
-		}
-		// istio-cni's in-pod DNS rules take port 53 before the programs see
-		// it: captured queries would go to ztunnel's proxy instead.
-		if *capturePort == 53 {
-			return usagef("--capture-port 53: want another port, which istio-cni's in-pod DNS rules leave alone")
-		}
-		// The TTL goes on the wire in whole seconds; past a day, a
-		// Service's new address would take that long to reach pods.
-		if *ttl < time.Second || *ttl > maxTTL || *ttl%time.Second != 0 {
-			return usagef("--ttl %s: want whole seconds from 1s to %s", *ttl, maxTTL)
-		}
-		// The agent beats every HeartbeatEvery: a bound within a beat or
-		// two of it would fail pods open at every late one.
-		if *stale < 2*agent.HeartbeatEvery {
-			return usagef("--heartbeat-stale %s: want at least %s, twice the agent's heartbeat", *stale, 2*agent.HeartbeatEvery)
-		}
-		if err := redirect.ValidateCaptureNameservers(captureNameservers.vals); err != nil {
-			return usagef("--capture-nameservers: %w", err)
-		}
-		if *socketsPerPod < 1 || *socketsPerPod > redirect.MaxSocketsPerPod {
-			return usagef("--capture-sockets-per-pod %d: want 1 to %d", *socketsPerPod, redirect.MaxSocketsPerPod)
-		}
-		// Nothing would apply the list: refused rather than ignored, so
-		// that nobody believes capture is limited to it.
-		if !*capture && len(captureNameservers.vals) > 0 {
-			return usagef("--capture-nameservers with --capture=false: no queries are captured, so there is nothing to limit")
-		}
-		// agent.Run refuses them too; here they are usage errors in the
-		// flags' own terms. --inflight-bytes takes no 0 (byteSize.Set).
-		if inflightBytes.n < resolver.MinInflightBytes {
-			return usagef("--inflight-bytes %s: want at least %s, one reply of the largest size",
-				inflightBytes, &byteSize{n: resolver.MinInflightBytes})
-		}
-		if n := podInflightBytes.n; n != 0 && n < resolver.MinPodInflightBytes {
-			return usagef("--pod-inflight-bytes %s: want 0 (no limit of its own) or at least %s, one reply of the largest size",
-				podInflightBytes, &byteSize{n: resolver.MinPodInflightBytes})
-		}
-		if err := control.CheckNoDotDot(*socket); err != nil {
-			return usagef("--socket %w", err)
-		}
-		if err := control.CheckNoDotDot(*stateDir); err != nil {
-			return usagef("--state-dir %w", err)
-		}
-		// The plugin checks its conflist entry at every ADD and fails the
-		// pod when it is wrong, under "allow" too: refused here, before
-		// anything is installed.
-		if p := *cniPolicy; p != cni.PolicyAllow && p != cni.PolicyFail {
-			return usagef("--cni-on-agent-unreachable %q: want %s or %s", p, cni.PolicyAllow, cni.PolicyFail)
-		}
-		cniPlugin := cni.Config{SocketPath: *socket, OnAgentUnreachable: *cniPolicy}
-		if *cniInstall {
-			if !filepath.IsAbs(*socket) {
-				return usagef("--socket %q with --cni-install: want an absolute path, which the CNI plugin is given", *socket)
-			}
-			if err := cniPlugin.Validate(); err != nil {
-				return usagef("--cni-install: the CNI plugin would refuse its configuration: %w", err)
-			}
-		}
-		al, closeAccessLog, err := openAccessLog(*accessLog, *accessLogSample, *logFormat)
+		al, closeAccessLog, err := openAccessLog(f.accessLog, f.accessLogSample, f.logFormat)
 		if err != nil {
 			return err
 		}
 		defer closeAccessLog()
-		vips, err := vip.ParseSource(*vipSource)
+		src, err := f.source(fs, log)
 		if err != nil {
-			return usagef("--vip-source: %w", err)
-		}
-		// Not given: the source's, Istio's mesh config (or "*").
-		var exportTo []string
-		if fs.Changed("default-service-export-to") {
-			if exportTo, err = table.ParseExportTo(*defaultExportTo); err != nil {
-				return usagef("--default-service-export-to: %w", err)
-			}
-		}
-		gid, err := groupID(*socketGroup)
-		if err != nil {
-			return usageError{err}
-		}
-		if err := checkMetricsAddr(*metrics); err != nil {
-			return usagef("--metrics %q: %w", *metrics, err)
-		}
-		var src source.Source
-		switch {
-		case *configDir != "" && *kubeconfig != "":
-			return usagef("give --config-dir or --kubeconfig, not both")
-		case *configDir != "":
-			cd := configdir.New(*configDir, configdir.WithLogger(log), configdir.WithLimits(configdir.Limits{
-				FileBytes: *configMaxFileBytes, ObjectsPerFile: *configMaxObjectsPerFile, Objects: *configMaxObjects, Files: *configMaxFiles}))
-			// Before anything is bound or attached: an agent that started
-			// on it would have nothing to answer from. A failure, not a
-			// usage error (status 2, which the systemd unit does not
-			// restart): the directory may yet come (a config tool, a
-			// mount), and a restart then serves it. One that goes later
-			// is waited for, its last manifests served.
-			if err := cd.Check(); err != nil {
-				return fmt.Errorf("--config-dir %q: %w", *configDir, err)
-			}
-			src = cd
-		default:
-			rc, err := kube.RESTConfig(*kubeconfig)
-			if err != nil && !fs.Changed("kubeconfig") {
-				// Nothing on the command line says where names come from.
-				return usagef("no source: give --config-dir, or --kubeconfig, or run in a pod: %w", err)
-			}
-			if err != nil {
-				return fmt.Errorf("no source: give --config-dir, or --kubeconfig, or run in a pod: %w", err)
-			}
-			// client-go logs through klog: route it into the same structured log.
-			klog.SetSlogLogger(log)
-			src = kube.New(rc, kube.WithLogger(log), kube.WithNodeName(*nodeName), kube.WithIstioNamespace(*istioNamespace),
-				kube.WithIstioRevision(*istioRevision))
-		}
-		node, err := resolvconf.ReadFile(*resolvConf)
-		if err != nil && !errors.Is(err, os.ErrNotExist) {
 			return err
 		}
-		upstreams := upstream.vals
-		if len(upstreams) == 0 {
-			for _, ns := range node.Nameservers {
-				upstreams = append(upstreams, netip.AddrPortFrom(ns, 53))
-			}
-		}
-		if len(upstreams) == 0 {
-			return fmt.Errorf("no upstream: give --upstream or list a nameserver in %s", *resolvConf)
-		}
-		var cniCfg *agent.CNIConfig
-		if *cniInstall {
-			cniCfg = &agent.CNIConfig{BinDir: *cniBinDir, ConfDir: *cniConfDir, Plugin: cniPlugin}
-		}
-		var captureCfg *agent.CaptureConfig
-		if *capture {
-			captureCfg = &agent.CaptureConfig{BPFFS: *bpffs, RequireBPFFS: !*mountBPFFS, Cgroup: *cgroup, Interface: *iface, StaleAfter: *stale, StateDir: *stateDir, Port: uint16(*capturePort),
-				Nameservers: captureNameservers.vals, SocketsPerPod: *socketsPerPod}
+		node, upstreams, err := f.nameservers()
+		if err != nil {
+			return err
 		}
 		ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 		defer stop()
-		err = agent.Run(ctx, agent.Config{
-			Capture:              captureCfg,
-			DNSCaptureDefault:    *dnsCaptureDefault,
-			ExcludeNamespaces:    namespaceList(*excludeNamespaces),
-			IgnoreEnrollment:     !*requireEnrollment,
-			NodeName:             *nodeName,
-			PodUID:               *podUID,
-			Generation:           podGeneration,
-			MemoryLimit:          memLimit,
-			ProcRoot:             *procRoot,
-			CNI:                  cniCfg,
-			Source:               src,
-			Listen:               listen.vals,
-			Upstreams:            upstreams,
-			SocketsPerAddr:       *udpSockets,
-			ClusterDomain:        *domain,
-			TTL:                  *ttl,
-			ForwardTimeout:       *fwdTimeout,
-			CacheSize:            offFlag(*cacheSize),
-			Autopath:             *autopath,
-			VIPSource:            vips,
-			DefaultExportTo:      exportTo,
-			MaxNamesPerNamespace: offFlag(*maxNamesPerNS),
-			NodeSearch:           node.Search,
-			MetricsAddr:          *metrics,
-			Socket:               *socket,
-			SocketGroup:          gid,
-			Logger:               log,
-			CacheBytes:           cacheBytes.n,
-			Limits: quota.Limits{
-				QPS:        offFlag(*podQPS),
-				Burst:      *podBurst,
-				Forwarding: offFlag(*podForwarding),
-				TCPConns:   offFlag(*podTCP),
-			},
-			MaxForwarding:    *maxForwarding,
-			TCPMaxConns:      *maxTCP,
-			TCPIdleTimeout:   *tcpIdle,
-			InflightBytes:    inflightBytes.n,
-			PodInflightBytes: podInflightBytesFlag(podInflightBytes, fs.Changed("pod-inflight-bytes")),
-
-			AccessLog:          al,
-			MaxNamespaceSeries: *maxNamespaces,
-			MaxUpstreamSeries:  *maxUpstreams,
-		})
+		err = agent.Run(ctx, f.config(src, node, upstreams, al, log))
 		if errors.Is(err, syscall.EADDRINUSE) {
 			// Another process serves where --listen or --metrics says: the
 			// agent refused to serve beside it, and did nothing.
@@ -391,6 +110,402 @@ directory of YAML manifests (--config-dir).`,
 		return err
 	}
 	return cmd
+}
+
+// agentFlags are `ztdns agent`'s flags (addAgentFlags), and what check
+// makes of those that need parsing.
+type agentFlags struct {
+	kubeconfig              string
+	configDir               string
+	configMaxFileBytes      int64
+	configMaxObjectsPerFile int
+	configMaxObjects        int
+	configMaxFiles          int
+	listen                  *listFlag[netip.AddrPort]
+	upstream                *listFlag[netip.AddrPort]
+	resolvConf              string
+	domain                  string
+	ttl                     time.Duration
+	fwdTimeout              time.Duration
+	maxNamesPerNS           int
+	cacheSize               int
+	vipSource               string
+	defaultExportTo         string
+	istioNamespace          string
+	istioRevision           string
+	cacheBytes              *byteSize
+	podQPS                  float64
+	podBurst                int
+	podForwarding           int
+	podTCP                  int
+	maxForwarding           int
+	maxTCP                  int
+	udpSockets              int
+	tcpIdle                 time.Duration
+	inflightBytes           *byteSize
+	podInflightBytes        *byteSize
+	autopath                bool
+	metrics                 string
+	capture                 bool
+	cgroup                  string
+	bpffs                   string
+	mountBPFFS              bool
+	procRoot                string
+	iface                   string
+	capturePort             uint
+	captureNameservers      *listFlag[netip.Prefix]
+	socketsPerPod           int
+	stale                   time.Duration
+	dnsCaptureDefault       bool
+	excludeNamespaces       []string
+	requireEnrollment       bool
+	nodeName                string
+	podUID                  string
+	generation              string
+	memoryLimit             string
+	cniInstall              bool
+	cniBinDir               string
+	cniConfDir              string
+	cniPolicy               string
+	stateDir                string
+	socket                  string
+	socketGroup             string
+	logLevel                string
+	logFormat               string
+	accessLog               string
+	accessLogSample         int
+	maxNamespaces           int
+	maxUpstreams            int
+
+	// Set by check.
+	memLimit      int64
+	podGeneration uint64
+	podInflight   int64 // agent.Config.PodInflightBytes
+	vips          vip.Source
+	exportTo      []string // nil: the source's, Istio's mesh config (or "*")
+	socketGID     int
+	cniPlugin     cni.Config
+}
+
+// addAgentFlags declares `ztdns agent`'s flags on fs, their values in the
+// agentFlags it returns.
+func addAgentFlags(fs *pflag.FlagSet) *agentFlags {
+	f := &agentFlags{}
+	fs.StringVar(&f.kubeconfig, "kubeconfig", "", "watch the Kubernetes API server with this kubeconfig `PATH` (in-cluster config when empty and running in a pod)")
+	fs.StringVar(&f.configDir, "config-dir", "", "read Services, ServiceEntries, Namespaces, Pods and EndpointSlices from the YAML manifests in `DIR` and watch it (standalone mode)")
+	fs.Int64Var(&f.configMaxFileBytes, "config-max-file-bytes", configdir.DefaultMaxFileBytes, "--config-dir: skip a file larger than this many `BYTES` (0: the default)")
+	fs.IntVar(&f.configMaxObjectsPerFile, "config-max-objects-per-file", configdir.DefaultMaxObjectsPerFile, "--config-dir: refuse a file with more objects than `N` (0: the default)")
+	fs.IntVar(&f.configMaxObjects, "config-max-objects", configdir.DefaultMaxObjects, "--config-dir: serve at most `N` objects from the whole directory (0: the default)")
+	fs.IntVar(&f.configMaxFiles, "config-max-files", configdir.DefaultMaxFiles, "--config-dir: read at most `N` manifest files; the rest are skipped and reported (0: the default)")
+	f.listen = addrPortList(defaultListen, 53)
+	fs.Var(f.listen, "listen", "resolver `ADDR`ess(es), UDP and TCP on each; repeatable or comma-separated. 10.0.0.5:53 or [2001:db8::5]:53, port 53 when left out; brackets are taken around an IPv4 address too, so [$(HOST_IP)]:53 serves nodes of either family. An IPv6 address without brackets is all address, and one whose last group could be a port (2001:db8::5:53) is refused: write [2001:db8::5]:53 or [2001:db8::5:53]")
+	f.upstream = addrPortList(nil, 53)
+	fs.Var(f.upstream, "upstream", "nameserver `ADDR`(s) for names the table does not know, when the pod's own is unknown; repeatable, written as --listen's (default: the nameservers in --resolv-conf)")
+	fs.StringVar(&f.resolvConf, "resolv-conf", "/etc/resolv.conf", "the node's resolv.conf: default upstreams and search domains")
+	fs.StringVar(&f.domain, "cluster-domain", "cluster.local", "the cluster's DNS domain")
+	fs.DurationVar(&f.ttl, "ttl", 30*time.Second, "TTL of local answers: whole seconds, 1s to 24h")
+	fs.DurationVar(&f.fwdTimeout, "forward-timeout", 2*time.Second, "bound on one forwarded query across all upstreams (0: the default)")
+	fs.IntVar(&f.maxNamesPerNS, "max-names-per-namespace", table.DefaultMaxNamesPerNamespace, "names one namespace's Services, headless endpoints and ServiceEntries may make in the name table (0: no bound); past it the namespace's newest objects that do not fit are left out, with a table warning (see README, Limits and protections)")
+	fs.IntVar(&f.cacheSize, "cache-size", 10000, "entries in the cache of upstream answers (0 disables it); once it is full, a pod over its share (an eighth) replaces only its own answers, and other pods' misses take back what it holds past its share")
+	fs.StringVar(&f.vipSource, "vip-source", string(vip.SourceAuto), "where auto-allocated ServiceEntry VIPs come from: auto (istiod's status.addresses when istiod allocates, else ztdns's allocator), istiod (status.addresses only), ztdns (its own allocator only) or none (no VIP: hosts without spec.addresses are forwarded, for istiod with PILOT_ENABLE_IP_AUTOALLOCATE off); see README")
+	fs.StringVar(&f.defaultExportTo, "default-service-export-to", "", "exportTo of a ServiceEntry that gives none: comma-separated, \".\" (its own namespace), \"*\" (every namespace), \"~\" (none) or namespace names; Services are seen from every namespace whatever it says. Not given: Istio's MeshConfig defaultServiceExportTo, which the agent reads from istiod's istio ConfigMap in --istio-namespace (istio-REVISION with --istio-revision) and follows as it changes (with --config-dir, or when the mesh config gives none: \"*\", Istio's default); given, it wins over the mesh config")
+	fs.StringVar(&f.istioNamespace, "istio-namespace", "istio-system", "istiod's `NAMESPACE`, where the agent reads its VIP allocator lock (--vip-source=auto) and its mesh config (--default-service-export-to)")
+	fs.StringVar(&f.istioRevision, "istio-revision", "", "istiod's `REVISION`, whose mesh config the agent follows: the ConfigMap istio-REVISION in --istio-namespace, as istiod reads it (empty or default: istio); ServiceEntries labelled istio.io/rev with another revision (empty: default), which that istiod ignores, are forwarded")
+	f.cacheBytes = &byteSize{n: forward.DefaultCacheBytes}
+	fs.Var(f.cacheBytes, "cache-bytes", "bytes the cache of upstream answers may hold, e.g. 4Mi; once it is full, a pod over its share (an eighth) replaces only its own answers, and other pods' misses take back what it holds past its share")
+	fs.Float64Var(&f.podQPS, "pod-qps", resolver.DefaultPodQPS, "queries a second one pod (or one address that is no known pod) may send; over it, UDP queries are dropped and TCP ones REFUSED (0: no limit)")
+	fs.IntVar(&f.podBurst, "pod-qps-burst", 0, "queries one pod may send at once above --pod-qps (default: twice --pod-qps)")
+	fs.IntVar(&f.podForwarding, "pod-max-forwarding", resolver.DefaultPodForwarding, "forwarded queries one pod may have in flight; more get SERVFAIL at once (0: no limit)")
+	fs.IntVar(&f.podTCP, "pod-max-tcp", resolver.DefaultPodTCPConns, "TCP connections one pod may have open; more are closed at once (0: no limit)")
+	fs.IntVar(&f.maxForwarding, "max-forwarding", resolver.DefaultMaxInflight, "forwarded queries in flight from all pods together; more get SERVFAIL at once (0: the default)")
+	fs.IntVar(&f.maxTCP, "max-tcp", resolver.DefaultTCPMaxConns, "open TCP connections from all pods together (0: the default)")
+	fs.IntVar(&f.udpSockets, "udp-sockets", agent.DefaultSocketsPerAddr, "SO_REUSEPORT UDP sockets on each resolver address, each read by a goroutine of its own: more answer more queries a second at full speed, at more CPU per query")
+	fs.DurationVar(&f.tcpIdle, "tcp-idle-timeout", resolver.DefaultTCPIdleTimeout, "close a TCP connection idle this long (a tenth of it with half of --max-tcp open, a hundredth with three quarters; 0: the default)")
+	f.inflightBytes = &byteSize{n: resolver.DefaultInflightBytes}
+	fs.Var(f.inflightBytes, "inflight-bytes", fmt.Sprintf("bytes of upstream replies held at once, read or waiting to be written, e.g. 8Mi, at least %v (one reply of the largest size); a reply that does not fit is refused: its query gets SERVFAIL, or, for a lookup of its own (a CNAME's target), an answer without it",
+		&byteSize{n: resolver.MinInflightBytes}))
+	f.podInflightBytes = &byteSize{zero: true}
+	fs.Var(f.podInflightBytes, "pod-inflight-bytes", fmt.Sprintf("bytes of upstream replies one pod may hold at once, e.g. 512Ki, at least %v (one reply of the largest size); a reply that does not fit is refused, as for --inflight-bytes (default: a sixteenth of --inflight-bytes, and room for two of the largest replies, %v, when --inflight-bytes has it; 0: no limit of its own, only its fair share)",
+		&byteSize{n: resolver.MinPodInflightBytes}, &byteSize{n: 2 * resolver.MinPodInflightBytes}))
+	fs.BoolVar(&f.autopath, "autopath", false, "answer search-list expansions of unknown names in one round trip (see README)")
+	fs.StringVar(&f.metrics, "metrics", "", "serve /metrics, /healthz and /readyz on `ADDR`: the node's IP or 127.0.0.1 with a port, e.g. 127.0.0.1:15053 or [2001:db8::5]:15053; brackets are taken around an IPv4 address too, so [$(HOST_IP)]:15053 serves nodes of either family (without brackets, an IPv6 address ends at the last colon); empty disables")
+	fs.BoolVar(&f.capture, "capture", true, "capture marked pods' DNS with eBPF; false only serves on --listen")
+	fs.StringVar(&f.cgroup, "cgroup", "", "cgroup v2 `DIR` the capture programs attach to (default: the cgroup2 root, every pod on the node)")
+	fs.StringVar(&f.bpffs, "bpffs", redirect.DefaultBPFFS, "`DIR` on a bpf filesystem where maps and links are pinned")
+	fs.BoolVar(&f.mountBPFFS, "mount-bpffs", true, "mount a bpf filesystem at the parent of --bpffs when it is on none; false fails instead (in a container, where a mount of its own would vanish with it, and the pins with it)")
+	fs.StringVar(&f.procRoot, "proc-root", "/proc", "the node's proc filesystem `DIR`, where running pods' network namespaces are found: the node's /proc mounted into the agent's container (e.g. /host/proc) when it runs without hostPID")
+	fs.StringVar(&f.iface, "interface", redirect.DefaultInterface, "interface that carries the resolver's addresses")
+	fs.UintVar(&f.capturePort, "capture-port", redirect.DefaultPort, "`PORT` of the resolver's slot addresses, where captured queries go; not 53, so that istio-cni's in-pod DNS rules never take them (see README)")
+	f.captureNameservers = prefixList()
+	fs.Var(f.captureNameservers, "capture-nameservers", fmt.Sprintf("capture only queries to these nameserver `CIDR`s (a bare address is /32 or /128; a CIDR must be masked: 10.96.0.0/16, not 10.96.0.10/16), at most %d, repeatable or comma-separated: e.g. the cluster DNS Service IP and NodeLocal DNSCache's address; a pod's queries to any other nameserver are left alone, under its own NetworkPolicy (default: every destination on port 53, forwarded from the node to what the pod addressed)",
+		redirect.MaxCaptureNameservers))
+	fs.IntVar(&f.socketsPerPod, "capture-sockets-per-pod", redirect.DefaultSocketsPerPod, fmt.Sprintf("`N` sockets of one pod that may be redirected at once: each keeps a record of what it addressed (about %d bytes) in the kernel, charged to the agent's memory, until it is closed; a query on a further open socket of the pod goes to its own nameserver, around ztdns (ztdns_capture_events_total{event=\"skipped_sockets_full\"})", redirect.SocketRecordBytes))
+	fs.DurationVar(&f.stale, "heartbeat-stale", redirect.DefaultStaleAfter, fmt.Sprintf("stop redirecting (fail open) when the agent has been silent this long; at least %s, twice its heartbeat", 2*agent.HeartbeatEvery))
+	fs.BoolVar(&f.dnsCaptureDefault, "dns-capture-default", true, "capture every ambient pod's DNS (values.cni.ambient.dnsCapture); when false only pods annotated ztdns.io/dns-capture: \"true\" (see README)")
+	fs.StringSliceVar(&f.excludeNamespaces, "exclude-namespaces", []string{"kube-system"}, "`NAMESPACES`, comma-separated, whose pods are never captured, whatever their labels: istio-cni's excludeNamespaces, whose pods Istio never enrolls (empty: none)")
+	fs.BoolVar(&f.requireEnrollment, "require-istio-enrollment", true, "with --kubeconfig, capture a pod its labels put in the ambient mesh only once istio-cni has enrolled it (annotation ambient.istio.io/redirection: enabled or pending; a new pod gets "+capturectl.EnrollmentGrace.String()+" to get it), and with --cni-install none while the node's CNI chain holds no istio-cni entry; false captures it on its labels alone, for clusters without istio-cni; ignored with --config-dir, whose manifests need not carry the annotation (see README)")
+	fs.StringVar(&f.nodeName, "node-name", os.Getenv("NODE_NAME"), "this node's name: the pods the agent watches and adopts (default $NODE_NAME)")
+	fs.StringVar(&f.podUID, "pod-uid", os.Getenv("POD_UID"), "the UID of the agent's pod: a hand-over refuses the pod it took over from, whose container restarted (default $POD_UID; empty outside Kubernetes)")
+	fs.StringVar(&f.generation, "pod-template-generation", os.Getenv("POD_TEMPLATE_GENERATION"), "the pod-template-generation label of the agent's pod, `N`: a hand-over refuses an agent of a lower one, an older release's (default $POD_TEMPLATE_GENERATION; empty outside Kubernetes: no order)")
+	fs.StringVar(&f.memoryLimit, "memory-limit", os.Getenv("MEMORY_LIMIT"), "the agent's memory limit in `BYTES` (e.g. 402653184 or 384Mi) when none can be read from its cgroup: its container's limit, which the chart gives from the downward API; a resize in place does not change it (default $MEMORY_LIMIT; empty: none)")
+	fs.BoolVar(&f.cniInstall, "cni-install", false, "install the chained CNI plugin into --cni-conf-dir and keep it there")
+	fs.StringVar(&f.cniBinDir, "cni-bin-dir", "/opt/cni/bin", "the container runtime's CNI plugin `DIR`")
+	fs.StringVar(&f.cniConfDir, "cni-conf-dir", "/etc/cni/net.d", "the container runtime's CNI configuration `DIR`")
+	fs.StringVar(&f.cniPolicy, "cni-on-agent-unreachable", cni.DefaultOnAgentUnreachable, "what the plugin does when the agent cannot be reached: allow (start the pod uncaptured) or fail")
+	fs.StringVar(&f.stateDir, "state-dir", "", "`DIR` keeping the record of captured pods across restarts, where nothing removes it while the agent is stopped (not a systemd RuntimeDirectory=; deploy/systemd/ztdns.service gives /var/lib/ztdns); default: the --socket directory")
+	fs.StringVar(&f.socket, "socket", control.DefaultSocket, "control socket `PATH` for ztdns table, pods, capture and the CNI plugin")
+	fs.StringVar(&f.socketGroup, "socket-group", "", "`GROUP` (name or gid) whose members may also connect to --socket, to read only (status, table, pods); default: root only")
+	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&f.logFormat, "log-format", "text", "text or json")
+	fs.StringVar(&f.accessLog, "access-log", "", "write one line per query (--log-format) to `DEST`: stderr or a file's path; off when empty (ztdns log on|off switches it at run time, to DEST or stderr)")
+	fs.IntVar(&f.accessLogSample, "access-log-sample", 1, "with --access-log: one query in `N` gets a line")
+	fs.IntVar(&f.maxNamespaces, "metrics-max-namespaces", resolver.DefaultMaxNamespaceSeries, "namespaces with a series of their own in ztdns_dns_namespace_requests_total; the rest count as _other")
+	fs.IntVar(&f.maxUpstreams, "metrics-max-upstreams", forward.DefaultMaxUpstreamSeries, "nameservers pods ask, first come (a label given back after 10 minutes unasked), with series of their own in ztdns_forward_upstream_*; the rest count as other (--upstream and single addresses of --capture-nameservers always have their own)")
+	return f
+}
+
+// check refuses flags that are wrong in themselves or together, as usage
+// errors, before anything is opened, and parses those that need it.
+func (f *agentFlags) check(fs *pflag.FlagSet) error {
+	var err error
+	// Negative bounds are refused rather than read as 0 (the default),
+	// or, for --cache-size and --max-names-per-namespace, as 0 (no cache,
+	// no bound).
+	for _, b := range []struct {
+		name string
+		n    int64
+	}{
+		{"config-max-file-bytes", f.configMaxFileBytes}, {"config-max-objects-per-file", int64(f.configMaxObjectsPerFile)},
+		{"config-max-objects", int64(f.configMaxObjects)}, {"config-max-files", int64(f.configMaxFiles)},
+		{"forward-timeout", int64(f.fwdTimeout)}, {"tcp-idle-timeout", int64(f.tcpIdle)},
+		{"max-forwarding", int64(f.maxForwarding)}, {"max-tcp", int64(f.maxTCP)}, {"cache-size", int64(f.cacheSize)},
+		{"pod-max-forwarding", int64(f.podForwarding)}, {"pod-max-tcp", int64(f.podTCP)}, {"pod-qps-burst", int64(f.podBurst)},
+		{"max-names-per-namespace", int64(f.maxNamesPerNS)},
+	} {
+		if b.n < 0 {
+			return usagef("--%s %s: want 0 or more", b.name, fs.Lookup(b.name).Value)
+		}
+	}
+	if f.memoryLimit != "" {
+		b := &byteSize{}
+		if err := b.Set(f.memoryLimit); err != nil {
+			return usagef("--memory-limit: %v, or empty", err)
+		}
+		f.memLimit = b.n
+	}
+	if f.generation != "" {
+		if f.podGeneration, err = strconv.ParseUint(f.generation, 10, 64); err != nil || f.podGeneration == 0 {
+			return usagef("--pod-template-generation %q: want the pod's pod-template-generation label, a number from 1, or empty", f.generation)
+		}
+	}
+	if f.podQPS < 0 {
+		return usagef("--pod-qps %v: want 0 or more", f.podQPS)
+	}
+	// Nothing would sample: refused rather than ignored.
+	if fs.Changed("access-log-sample") && f.accessLog == "" {
+		return usagef("--access-log-sample without --access-log: the log is off (ztdns log on --sample N sets it at run time)")
+	}
+	if f.accessLogSample < 1 || f.accessLogSample > accesslog.MaxSample {
+		return usagef("--access-log-sample %d: want 1 to %d", f.accessLogSample, accesslog.MaxSample)
+	}
+	if f.maxNamespaces < 1 || f.maxUpstreams < 1 {
+		return usagef("--metrics-max-namespaces and --metrics-max-upstreams: want at least 1")
+	}
+	if f.udpSockets < 1 || f.udpSockets > agent.MaxSocketsPerAddr {
+		return usagef("--udp-sockets %d: want 1 to %d", f.udpSockets, agent.MaxSocketsPerAddr)
+	}
+	// Checked with --capture=false too: a bad value is refused where
+	// it is written, not when capture is next turned on.
+	if f.capturePort == 0 || f.capturePort > 65535 {
+		return usagef("--capture-port %d: want 1-65535", f.capturePort)
+	}
+	// istio-cni's in-pod DNS rules take port 53 before the programs see
+	// it: captured queries would go to ztunnel's proxy instead.
+	if f.capturePort == 53 {
+		return usagef("--capture-port 53: want another port, which istio-cni's in-pod DNS rules leave alone")
+	}
+	// The TTL goes on the wire in whole seconds; past a day, a
+	// Service's new address would take that long to reach pods.
+	if f.ttl < time.Second || f.ttl > maxTTL || f.ttl%time.Second != 0 {
+		return usagef("--ttl %s: want whole seconds from 1s to %s", f.ttl, maxTTL)
+	}
+	// The agent beats every HeartbeatEvery: a bound within a beat or
+	// two of it would fail pods open at every late one.
+	if f.stale < 2*agent.HeartbeatEvery {
+		return usagef("--heartbeat-stale %s: want at least %s, twice the agent's heartbeat", f.stale, 2*agent.HeartbeatEvery)
+	}
+	if err := redirect.ValidateCaptureNameservers(f.captureNameservers.vals); err != nil {
+		return usagef("--capture-nameservers: %w", err)
+	}
+	if f.socketsPerPod < 1 || f.socketsPerPod > redirect.MaxSocketsPerPod {
+		return usagef("--capture-sockets-per-pod %d: want 1 to %d", f.socketsPerPod, redirect.MaxSocketsPerPod)
+	}
+	// Nothing would apply the list: refused rather than ignored, so
+	// that nobody believes capture is limited to it.
+	if !f.capture && len(f.captureNameservers.vals) > 0 {
+		return usagef("--capture-nameservers with --capture=false: no queries are captured, so there is nothing to limit")
+	}
+	// agent.Run refuses them too; here they are usage errors in the
+	// flags' own terms. --inflight-bytes takes no 0 (byteSize.Set).
+	if f.inflightBytes.n < resolver.MinInflightBytes {
+		return usagef("--inflight-bytes %s: want at least %s, one reply of the largest size",
+			f.inflightBytes, &byteSize{n: resolver.MinInflightBytes})
+	}
+	if n := f.podInflightBytes.n; n != 0 && n < resolver.MinPodInflightBytes {
+		return usagef("--pod-inflight-bytes %s: want 0 (no limit of its own) or at least %s, one reply of the largest size",
+			f.podInflightBytes, &byteSize{n: resolver.MinPodInflightBytes})
+	}
+	if err := control.CheckNoDotDot(f.socket); err != nil {
+		return usagef("--socket %w", err)
+	}
+	if err := control.CheckNoDotDot(f.stateDir); err != nil {
+		return usagef("--state-dir %w", err)
+	}
+	// The plugin checks its conflist entry at every ADD and fails the
+	// pod when it is wrong, under "allow" too: refused here, before
+	// anything is installed.
+	if p := f.cniPolicy; p != cni.PolicyAllow && p != cni.PolicyFail {
+		return usagef("--cni-on-agent-unreachable %q: want %s or %s", p, cni.PolicyAllow, cni.PolicyFail)
+	}
+	f.cniPlugin = cni.Config{SocketPath: f.socket, OnAgentUnreachable: f.cniPolicy}
+	if f.cniInstall {
+		if !filepath.IsAbs(f.socket) {
+			return usagef("--socket %q with --cni-install: want an absolute path, which the CNI plugin is given", f.socket)
+		}
+		if err := f.cniPlugin.Validate(); err != nil {
+			return usagef("--cni-install: the CNI plugin would refuse its configuration: %w", err)
+		}
+	}
+	if f.vips, err = vip.ParseSource(f.vipSource); err != nil {
+		return usagef("--vip-source: %w", err)
+	}
+	// Not given: the source's, Istio's mesh config (or "*").
+	if fs.Changed("default-service-export-to") {
+		if f.exportTo, err = table.ParseExportTo(f.defaultExportTo); err != nil {
+			return usagef("--default-service-export-to: %w", err)
+		}
+	}
+	if f.socketGID, err = groupID(f.socketGroup); err != nil {
+		return usageError{err}
+	}
+	if err := checkMetricsAddr(f.metrics); err != nil {
+		return usagef("--metrics %q: %w", f.metrics, err)
+	}
+	f.podInflight = podInflightBytesFlag(f.podInflightBytes, fs.Changed("pod-inflight-bytes"))
+	return nil
+}
+
+// source is where names come from: the manifests in --config-dir, checked
+// now, or the Kubernetes API server.
+func (f *agentFlags) source(fs *pflag.FlagSet, log *slog.Logger) (source.Source, error) {
+	switch {
+	case f.configDir != "" && f.kubeconfig != "":
+		return nil, usagef("give --config-dir or --kubeconfig, not both")
+	case f.configDir != "":
+		cd := configdir.New(f.configDir, configdir.WithLogger(log), configdir.WithLimits(configdir.Limits{
+			FileBytes: f.configMaxFileBytes, ObjectsPerFile: f.configMaxObjectsPerFile, Objects: f.configMaxObjects, Files: f.configMaxFiles}))
+		// Before anything is bound or attached: an agent that started
+		// on it would have nothing to answer from. A failure, not a
+		// usage error (status 2, which the systemd unit does not
+		// restart): the directory may yet come (a config tool, a
+		// mount), and a restart then serves it. One that goes later
+		// is waited for, its last manifests served.
+		if err := cd.Check(); err != nil {
+			return nil, fmt.Errorf("--config-dir %q: %w", f.configDir, err)
+		}
+		return cd, nil
+	default:
+		rc, err := kube.RESTConfig(f.kubeconfig)
+		if err != nil && !fs.Changed("kubeconfig") {
+			// Nothing on the command line says where names come from.
+			return nil, usagef("no source: give --config-dir, or --kubeconfig, or run in a pod: %w", err)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("no source: give --config-dir, or --kubeconfig, or run in a pod: %w", err)
+		}
+		// client-go logs through klog: route it into the same structured log.
+		klog.SetSlogLogger(log)
+		return kube.New(rc, kube.WithLogger(log), kube.WithNodeName(f.nodeName), kube.WithIstioNamespace(f.istioNamespace),
+			kube.WithIstioRevision(f.istioRevision)), nil
+	}
+}
+
+// nameservers reads --resolv-conf (none is no error) and the upstreams:
+// --upstream, else its nameservers.
+func (f *agentFlags) nameservers() (node resolvconf.Config, upstreams []netip.AddrPort, err error) {
+	node, err = resolvconf.ReadFile(f.resolvConf)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return resolvconf.Config{}, nil, err
+	}
+	upstreams = f.upstream.vals
+	if len(upstreams) == 0 {
+		for _, ns := range node.Nameservers {
+			upstreams = append(upstreams, netip.AddrPortFrom(ns, 53))
+		}
+	}
+	if len(upstreams) == 0 {
+		return resolvconf.Config{}, nil, fmt.Errorf("no upstream: give --upstream or list a nameserver in %s", f.resolvConf)
+	}
+	return node, upstreams, nil
+}
+
+// config is the agent's configuration: the flags checked (check), with
+// src, the node's resolv.conf, upstreams and the access log.
+func (f *agentFlags) config(src source.Source, node resolvconf.Config, upstreams []netip.AddrPort, al *accesslog.Log, log *slog.Logger) agent.Config {
+	var cniCfg *agent.CNIConfig
+	if f.cniInstall {
+		cniCfg = &agent.CNIConfig{BinDir: f.cniBinDir, ConfDir: f.cniConfDir, Plugin: f.cniPlugin}
+	}
+	var captureCfg *agent.CaptureConfig
+	if f.capture {
+		captureCfg = &agent.CaptureConfig{BPFFS: f.bpffs, RequireBPFFS: !f.mountBPFFS, Cgroup: f.cgroup, Interface: f.iface, StaleAfter: f.stale, StateDir: f.stateDir, Port: uint16(f.capturePort),
+			Nameservers: f.captureNameservers.vals, SocketsPerPod: f.socketsPerPod}
+	}
+	return agent.Config{
+		Capture:              captureCfg,
+		DNSCaptureDefault:    f.dnsCaptureDefault,
+		ExcludeNamespaces:    namespaceList(f.excludeNamespaces),
+		IgnoreEnrollment:     !f.requireEnrollment,
+		NodeName:             f.nodeName,
+		PodUID:               f.podUID,
+		Generation:           f.podGeneration,
+		MemoryLimit:          f.memLimit,
+		ProcRoot:             f.procRoot,
+		CNI:                  cniCfg,
+		Source:               src,
+		Listen:               f.listen.vals,
+		Upstreams:            upstreams,
+		SocketsPerAddr:       f.udpSockets,
+		ClusterDomain:        f.domain,
+		TTL:                  f.ttl,
+		ForwardTimeout:       f.fwdTimeout,
+		CacheSize:            offFlag(f.cacheSize),
+		Autopath:             f.autopath,
+		VIPSource:            f.vips,
+		DefaultExportTo:      f.exportTo,
+		MaxNamesPerNamespace: offFlag(f.maxNamesPerNS),
+		NodeSearch:           node.Search,
+		MetricsAddr:          f.metrics,
+		Socket:               f.socket,
+		SocketGroup:          f.socketGID,
+		Logger:               log,
+		CacheBytes:           f.cacheBytes.n,
+		Limits: quota.Limits{
+			QPS:        offFlag(f.podQPS),
+			Burst:      f.podBurst,
+			Forwarding: offFlag(f.podForwarding),
+			TCPConns:   offFlag(f.podTCP),
+		},
+		MaxForwarding:    f.maxForwarding,
+		TCPMaxConns:      f.maxTCP,
+		TCPIdleTimeout:   f.tcpIdle,
+		InflightBytes:    f.inflightBytes.n,
+		PodInflightBytes: f.podInflight,
+
+		AccessLog:          al,
+		MaxNamespaceSeries: f.maxNamespaces,
+		MaxUpstreamSeries:  f.maxUpstreams,
+	}
 }
 
 // namespaceList is --exclude-namespaces without blanks and empty entries.

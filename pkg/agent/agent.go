@@ -1476,16 +1476,25 @@ func exportToStatus(exportTo []string, flag bool, meshFrom string) string {
 }
 
 // noteMeshExportTo says once that --default-service-export-to overrides
-// Istio's mesh config, the first time the source delivers one whose
-// defaultServiceExportTo differs: the two then scope ServiceEntries apart,
-// istiod by the mesh config, ztdns by the flag.
+// Istio's mesh config, the first time the source delivers a snapshot whose
+// mesh config differs: the two then scope ServiceEntries apart, istiod by
+// the mesh config, ztdns by the flag. A mesh config that is absent or gives
+// no defaultServiceExportTo is Istio's default "*" to istiod, and differs
+// from any other flag value.
 func (a *Agent) noteMeshExportTo(s *model.Snapshot) {
-	if a.meshIgnored || a.cfg.DefaultExportTo == nil || s.DefaultExportToFrom == "" ||
-		slices.Equal(a.cfg.DefaultExportTo, s.DefaultExportTo) {
+	if a.meshIgnored || a.cfg.DefaultExportTo == nil || s.MeshConfig == "" {
+		return
+	}
+	mesh := s.DefaultExportTo
+	if mesh == nil {
+		mesh = []string{"*"} // Istio's default, as istiod has it
+	}
+	if slices.Equal(a.cfg.DefaultExportTo, mesh) {
 		return
 	}
 	a.meshIgnored = true
-	a.log.Warn("--default-service-export-to differs from Istio's mesh config and wins: istiod scopes ServiceEntries without exportTo by the mesh config, ztdns by the flag; "+
+	a.log.Warn("--default-service-export-to differs from Istio's mesh config and wins: istiod scopes ServiceEntries without exportTo by the mesh config "+
+		`(Istio's default "*" when it gives none), ztdns by the flag; `+
 		"leave the flag out (chart: resolver.defaultServiceExportTo empty) to follow the mesh config",
-		"flag", a.cfg.DefaultExportTo, "meshConfig", s.DefaultExportToFrom, "defaultServiceExportTo", s.DefaultExportTo)
+		"flag", a.cfg.DefaultExportTo, "meshConfig", s.MeshConfig, "defaultServiceExportTo", mesh)
 }

@@ -15,6 +15,7 @@ import (
 	networkingv1 "istio.io/api/networking/v1"
 	istionetv1 "istio.io/client-go/pkg/apis/networking/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/ztdns/ztdns/internal/agenttest"
@@ -103,6 +104,7 @@ func TestDefaultServiceExportToFollowsMeshConfig(t *testing.T) {
 		}
 	}
 	const fromMesh = " (mesh config " + istioNS + "/" + kube.MeshConfigMap + ")"
+	const differs = "--default-service-export-to differs from Istio's mesh config and wins"
 
 	t.Run("follows the mesh config", func(t *testing.T) {
 		a, logs := start(t, nil)
@@ -182,9 +184,51 @@ func TestDefaultServiceExportToFollowsMeshConfig(t *testing.T) {
 			t.Error(err)
 		}
 		login(t, a, "192.0.2.66", "192.0.2.66")
-		const differs = "--default-service-export-to differs from Istio's mesh config and wins"
 		if n := strings.Count(logs.String(), differs); n != 1 {
 			t.Errorf("%q logged %d times, want once:\n%s", differs, n, logs)
 		}
 	})
+
+	// A mesh config that gives an empty list, null or no
+	// defaultServiceExportTo, or none at all, is Istio's default "*" to
+	// istiod: a flag of "." scopes ServiceEntries apart from istiod all the
+	// same, and the agent says so once; a flag of "*" agrees, and nothing is
+	// said. Before: the agent said nothing unless the mesh config gave a
+	// value.
+	for _, c := range []struct{ name, mesh string }{
+		{"the flag differs from an empty list", "defaultServiceExportTo: []\n"},
+		{"the flag differs from null", "defaultServiceExportTo: null\n"},
+		{"the flag differs from none given", "enablePrometheusMerge: true\n"},
+		{"the flag differs from no mesh config", ""},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			if c.mesh != "" {
+				setMesh(c.mesh)
+			} else if err := cms.Delete(ctx, kube.MeshConfigMap, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+				t.Fatal(err)
+			}
+			t.Run(`"."`, func(t *testing.T) {
+				a, logs := start(t, []string{"."})
+				if err := exportToIs(a, `"." (--default-service-export-to)`)(); err != nil {
+					t.Error(err)
+				}
+				login(t, a, "192.0.2.66", forwarded)
+				// The first table, which Start waits for, has the mesh config.
+				const attrs = "flag=[.] meshConfig=" + istioNS + "/" + kube.MeshConfigMap + " defaultServiceExportTo=[*]"
+				if n := strings.Count(logs.String(), differs); n != 1 || !strings.Contains(logs.String(), attrs) {
+					t.Errorf("%q logged %d times, want once, with %s:\n%s", differs, n, attrs, logs)
+				}
+			})
+			t.Run(`"*"`, func(t *testing.T) {
+				a, logs := start(t, []string{"*"})
+				if err := exportToIs(a, `"*" (--default-service-export-to)`)(); err != nil {
+					t.Error(err)
+				}
+				login(t, a, "192.0.2.66", "192.0.2.66")
+				if strings.Contains(logs.String(), differs) {
+					t.Errorf("the flag \"*\", istiod's value, said to differ:\n%s", logs)
+				}
+			})
+		})
+	}
 }

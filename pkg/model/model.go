@@ -288,6 +288,13 @@ type Snapshot struct {
 	// DefaultExportToFrom names the mesh config DefaultExportTo was read
 	// from ("istio-system/istio"); empty when it is nil.
 	DefaultExportToFrom string
+	// MeshConfig names the mesh config the source follows
+	// ("istio-system/istio") once it has learnt istiod's
+	// defaultServiceExportTo from it: DefaultExportTo, and nil (every
+	// namespace) when the ConfigMap is absent or gives none. Empty when the
+	// source reads no mesh config (standalone mode) or has read none yet
+	// (RBAC refusing it, or YAML that does not parse, from the start).
+	MeshConfig string
 	// IstiodIgnores are the ServiceEntries the source left out of
 	// ServiceEntries because istiod ignores them (another revision's, or
 	// of a namespace its discoverySelectors do not select), by why: their
