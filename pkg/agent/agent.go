@@ -30,6 +30,7 @@ import (
 	"github.com/ztdns/ztdns/pkg/accesslog"
 	"github.com/ztdns/ztdns/pkg/capture"
 	"github.com/ztdns/ztdns/pkg/control"
+	"github.com/ztdns/ztdns/pkg/handoff"
 	"github.com/ztdns/ztdns/pkg/model"
 	"github.com/ztdns/ztdns/pkg/podcache"
 	"github.com/ztdns/ztdns/pkg/redirect"
@@ -105,7 +106,7 @@ type Config struct {
 	// downward API): what a hand-over knows the agent by. A container
 	// restarted in the same pod keeps it and a new pod has another, so an
 	// agent can refuse to hand its sockets back to the pod it took them
-	// from (see handoff.go). Empty outside Kubernetes: an identity of this
+	// from (see package handoff). Empty outside Kubernetes: an identity of this
 	// process, so a restarted agent is not refused.
 	PodUID string
 	// Generation is the pod-template-generation label of the agent's pod
@@ -113,7 +114,7 @@ type Config struct {
 	// DaemonSet controller raises it with every change of the pod
 	// template, a `helm rollback` included. An agent refuses to hand over
 	// to one of a lower generation: an older release's pod, its container
-	// restarted (see handoff.go). 0 outside Kubernetes: no order, as
+	// restarted (see package handoff). 0 outside Kubernetes: no order, as
 	// before.
 	Generation uint64
 	// MemoryLimit is the agent's container's memory limit in bytes, from
@@ -170,6 +171,10 @@ type Config struct {
 	// upstreams with metrics series of their own (0: the defaults).
 	MaxNamespaceSeries int
 	MaxUpstreamSeries  int
+
+	// handoffTimeouts bound the waits of a hand-over (zero: the defaults;
+	// tests shorten them).
+	handoffTimeouts handoff.Timeouts
 }
 
 // Agent is a running ztdns agent.
@@ -186,7 +191,7 @@ type Agent struct {
 	ready      atomic.Bool
 	firstTable chan struct{} // closed when the first table is served
 	handedOver atomic.Bool
-	// id is this agent's identity in a hand-over (agentIdentity), and
+	// id is this agent's identity in a hand-over (handoff.Identity), and
 	// predecessor that of the agent it took over from, to which it never
 	// hands over (empty: none, or one from before identities).
 	id, predecessor string
@@ -294,7 +299,7 @@ func newAgent(cfg Config) (*Agent, error) {
 		return nil, fmt.Errorf("InflightBytes %d: want 0 (the default) or at least %d, one reply of the largest size",
 			n, resolver.MinInflightBytes)
 	}
-	if err := validPodUID(cfg.PodUID); err != nil {
+	if err := handoff.ValidPodUID(cfg.PodUID); err != nil {
 		return nil, err
 	}
 	if n := cfg.PodInflightBytes; n > 0 && n < resolver.MinPodInflightBytes {
@@ -338,7 +343,7 @@ func newAgent(cfg Config) (*Agent, error) {
 			return nil, err
 		}
 	}
-	a := &Agent{cfg: cfg, log: cfg.Logger, reg: cfg.Registry, pods: podcache.New(cfg.ClusterDomain), firstTable: make(chan struct{}), id: agentIdentity(cfg.PodUID),
+	a := &Agent{cfg: cfg, log: cfg.Logger, reg: cfg.Registry, pods: podcache.New(cfg.ClusterDomain), firstTable: make(chan struct{}), id: handoff.Identity(cfg.PodUID),
 		builder: table.NewBuilder(table.Options{Domain: cfg.ClusterDomain, TTL: uint32(cfg.TTL / time.Second), VIPSource: cfg.VIPSource,
 			DefaultExportTo:      cfg.DefaultExportTo,
 			MaxNamesPerNamespace: cmp.Or(cfg.MaxNamesPerNamespace, table.DefaultMaxNamesPerNamespace)}),
@@ -437,9 +442,9 @@ func (a *Agent) run(ctx context.Context) error {
 		return err
 	}
 	// Take over a running agent's sockets, if there is one, before binding:
-	// a restart then loses no query (see handoff.go).
-	in, err := takeOver(a.cfg.Socket, a.id, a.cfg.Generation, a.log)
-	if errors.Is(err, errRefusedOlder) {
+	// a restart then loses no query (see package handoff).
+	in, err := handoff.TakeOver(a.cfg.Socket, a.id, a.cfg.Generation, a.cfg.handoffTimeouts, a.log)
+	if errors.Is(err, handoff.ErrRefusedOlder) {
 		// An older release's pod, its container restarted after the newer
 		// one's agent started (with or without a hand-over): taking the
 		// node would leave the newer agent idle, and the node without a
@@ -447,9 +452,9 @@ func (a *Agent) run(ctx context.Context) error {
 		a.server.Close()
 		a.fwd.Close()
 		return fmt.Errorf("the agent serving the node (at %s) is of a later pod template generation, a newer release's, and keeps serving: "+
-			"this agent, an older release's, serves nothing and exits; the rollout deletes its pod: %w", handoffPath(a.cfg.Socket), err)
+			"this agent, an older release's, serves nothing and exits; the rollout deletes its pod: %w", handoff.Path(a.cfg.Socket), err)
 	}
-	if errors.Is(err, errRefusedRestart) {
+	if errors.Is(err, handoff.ErrRefusedRestart) {
 		// This agent's pod handed the node over, and its container was
 		// restarted (OOM-killed, its liveness probe) before the pod was
 		// deleted: serving, or starting capture afresh, would take the node
@@ -457,32 +462,32 @@ func (a *Agent) run(ctx context.Context) error {
 		a.server.Close()
 		a.fwd.Close()
 		return fmt.Errorf("this agent's pod handed the node over, and the agent that took it (at %s) keeps serving: "+
-			"this agent, its container restarted since, serves nothing and exits; the rollout deletes its pod: %w", handoffPath(a.cfg.Socket), err)
+			"this agent, its container restarted since, serves nothing and exits; the rollout deletes its pod: %w", handoff.Path(a.cfg.Socket), err)
 	}
-	if err != nil && !errors.Is(err, errPeerNotRoot) {
+	if err != nil && !errors.Is(err, handoff.ErrPeerNotRoot) {
 		// It serves on: a second agent with fresh sockets beside it would
 		// split the queries between two tables, and both mark and beat.
 		a.server.Close()
 		a.fwd.Close()
 		return fmt.Errorf("a running agent answered at %s, but taking its sockets over failed; stop it or retry: %w",
-			handoffPath(a.cfg.Socket), err)
+			handoff.Path(a.cfg.Socket), err)
 	}
 	if err != nil {
 		a.log.Warn("could not take over the running agent's sockets; binding fresh ones", "err", err)
 	}
 	if in != nil {
-		a.predecessor = in.from
+		a.predecessor = in.From
 		// Held open while this agent runs, for its predecessor to watch
-		// (see handoff.go); the process's end closes it too.
-		defer in.conn.Close()
+		// (see package handoff); the process's end closes it too.
+		defer in.Conn.Close()
 	} else if a.cfg.PodUID != "" {
 		// Restarted in a pod whose agent took over before: it refuses the
-		// same agent (see handoff.go).
-		a.predecessor = recordedPredecessor(a.cfg.Socket, a.id, a.log)
+		// same agent (see package handoff).
+		a.predecessor = handoff.RecordedPredecessor(a.cfg.Socket, a.id, a.log)
 	}
 	// abort undoes a start that failed half-way.
 	abort := func(err error) error {
-		in.abandon()
+		in.Abandon()
 		if a.metrics != nil {
 			a.metrics.Close() // its server, if it runs, closes it too
 		}
@@ -526,12 +531,12 @@ func (a *Agent) run(ctx context.Context) error {
 	if in != nil {
 		// The predecessor keeps serving until this agent has a table: a
 		// fresh agent would forward every name until its first sync. The
-		// wait ends at in.syncBy, counted from the takeover, not from
+		// wait ends at in.SyncBy, counted from the takeover, not from
 		// here: starting capture may have taken a while, and the
 		// predecessor's patience runs from when it sent the sockets.
 		select {
 		case <-a.firstTable:
-		case <-time.After(time.Until(in.syncBy)):
+		case <-time.After(time.Until(in.SyncBy)):
 			// Taking over without a table would answer names from an
 			// empty one and never beat (capture fails open on the whole
 			// node), with the predecessor drained for good: it serves on
@@ -559,11 +564,11 @@ func (a *Agent) run(ctx context.Context) error {
 		// Before "serving": from then on the predecessor is idle, and a
 		// restart of this agent must still refuse it.
 		if a.cfg.PodUID != "" {
-			if err := recordPredecessor(a.cfg.Socket, a.id, in.from); err != nil {
+			if err := handoff.RecordPredecessor(a.cfg.Socket, a.id, in.From); err != nil {
 				a.log.Warn("could not record whom this agent takes over from: restarted, it would not refuse that agent", "err", err)
 			}
 		}
-		if err := in.release(); err != nil {
+		if err := in.Release(); err != nil {
 			a.log.Warn("the previous agent did not confirm the handoff", "err", err)
 		} else {
 			a.log.Info("took over the resolver's sockets from the previous agent")
@@ -603,14 +608,15 @@ func (a *Agent) run(ctx context.Context) error {
 	if a.capture != nil {
 		g.spawn("istio rules", func() error { a.keepIstioRulesFresh(ctx); return nil })
 	}
-	hs, err := listenHandoff(a.cfg.Socket)
+	hs, err := handoff.Listen(a.cfg.Socket)
 	if err != nil {
 		ctl.Close()
 		return abort(err)
 	}
 	go func() { <-ctx.Done(); hs.Close() }()
 	g.spawn("handoff", func() error {
-		to, err := offerSockets(ctx, hs, a.log, identities{self: a.id, predecessor: a.predecessor, generation: a.cfg.Generation}, a.handoffSockets, a.successorAsking, func(takesControl bool) {
+		ids := handoff.Identities{Self: a.id, Predecessor: a.predecessor, Generation: a.cfg.Generation}
+		to, err := handoff.Offer(ctx, hs, a.log, ids, a.cfg.handoffTimeouts, a.handoffSockets, a.successorAsking, func(takesControl bool) {
 			a.log.Info("handing the resolver's sockets to a new agent; this one stops serving")
 			// The control socket first, while this agent still acts on
 			// what it is asked: it stops accepting, and answers a request
@@ -648,10 +654,10 @@ func (a *Agent) run(ctx context.Context) error {
 			hs.Close()
 		})
 		switch {
-		case to != nil && to.conn != nil:
+		case to != nil && to.Held():
 			// Idle from here until this pod is deleted, unless the
 			// successor goes first (a rollback deletes its pod).
-			return watchSuccessor(ctx, to, a.cfg.Socket, a.log)
+			return handoff.WatchSuccessor(ctx, to, a.cfg.Socket, a.log)
 		case to != nil, ctx.Err() != nil:
 			return nil
 		}
@@ -708,7 +714,7 @@ func (a *Agent) noTableInTime() error {
 		}
 	}
 	return fmt.Errorf("no name table %s after asking the running agent for its sockets: it keeps serving, and this agent gives the hand-over up; "+
-		"check the source (access to the API server; RBAC: list and watch on every resource it watches): %s", handoffSyncWait, why)
+		"check the source (access to the API server; RBAC: list and watch on every resource it watches): %s", a.cfg.handoffTimeouts.OrDefaults().SyncWait, why)
 }
 
 // successorAsking is told when a successor asks for the sockets and when
@@ -972,13 +978,13 @@ func (a *Agent) reconcileCapture(ctx context.Context, tookOver bool) {
 
 // listen opens the resolver's sockets, SocketsPerAddr UDP sockets and one
 // TCP listener on every address, reusing those a predecessor handed over.
-func (a *Agent) listen(spawn func(string, func() error), in *inherited) error {
+func (a *Agent) listen(spawn func(string, func() error), in *handoff.Inherited) error {
 	if in == nil {
-		in = &inherited{}
+		in = &handoff.Inherited{}
 	}
 	for _, addr := range a.addrs {
-		udp := in.udp[addr]
-		delete(in.udp, addr)
+		udp := in.UDP[addr]
+		delete(in.UDP, addr)
 		for len(udp) < a.cfg.SocketsPerAddr {
 			c, err := resolver.ListenUDP(addr)
 			if err != nil {
@@ -990,8 +996,8 @@ func (a *Agent) listen(spawn func(string, func() error), in *inherited) error {
 			a.udp = append(a.udp, c)
 			spawn("udp "+addr.String(), func() error { return a.server.ServeUDP(c) })
 		}
-		ln := in.tcp[addr]
-		delete(in.tcp, addr)
+		ln := in.TCP[addr]
+		delete(in.TCP, addr)
 		if ln == nil {
 			var err error
 			if ln, err = resolver.ListenTCP(addr); err != nil {
@@ -1005,19 +1011,19 @@ func (a *Agent) listen(spawn func(string, func() error), in *inherited) error {
 		// Addresses this agent no longer listens on: the programs send pods
 		// there until finishTakeover, and the predecessor stops reading
 		// when it drains.
-		for addr, cs := range in.udp {
+		for addr, cs := range in.UDP {
 			for _, c := range cs {
 				a.retired = append(a.retired, c)
 				spawn("udp "+addr.String()+" (previous)", unlessSet(&a.retiredDone, func() error { return a.server.ServeUDP(c) }))
 			}
 		}
-		for addr, ln := range in.tcp {
+		for addr, ln := range in.TCP {
 			a.retired = append(a.retired, ln)
 			spawn("tcp "+addr.String()+" (previous)", unlessSet(&a.retiredDone, func() error { return a.server.ServeTCP(ln) }))
 		}
-		in.udp, in.tcp = nil, nil
+		in.UDP, in.TCP = nil, nil
 	}
-	in.closeSockets() // addresses this agent no longer listens on
+	in.CloseSockets() // addresses this agent no longer listens on
 	return nil
 }
 
@@ -1028,9 +1034,9 @@ func (a *Agent) listen(spawn func(string, func() error), in *inherited) error {
 // The sockets of a predecessor that hands them over are not another's: it
 // serves there until this agent takes over, and a new UDP socket (a larger
 // --udp-sockets) joins theirs. The error wraps EADDRINUSE.
-func (a *Agent) checkNotServed(in *inherited) error {
+func (a *Agent) checkNotServed(in *handoff.Inherited) error {
 	for _, addr := range a.addrs {
-		if in.covers(addr) {
+		if in.Covers(addr) {
 			continue
 		}
 		if err := resolver.CheckNotServed(addr); err != nil {
@@ -1070,10 +1076,10 @@ func (a *Agent) finishTakeover() error {
 // in that socket's backlog, at the path that never went missing. Else, or
 // if that listener cannot be served (it is no longer at the path), it binds
 // the path.
-func (a *Agent) listenControl(in *inherited, access control.Access) (net.Listener, error) {
-	if in != nil && in.control != nil {
-		ln := in.control
-		in.control = nil
+func (a *Agent) listenControl(in *handoff.Inherited, access control.Access) (net.Listener, error) {
+	if in != nil && in.Control != nil {
+		ln := in.Control
+		in.Control = nil
 		ctl, err := control.Adopt(a.cfg.Socket, ln, access)
 		if err == nil {
 			return ctl, nil
@@ -1089,16 +1095,16 @@ func (a *Agent) listenControl(in *inherited, access control.Access) (net.Listene
 // (the port changed in an upgrade) would answer this pod's probes on the
 // old port only, and its liveness probe would restart it, taking the old
 // listener again each time.
-func (a *Agent) listenMetrics(in *inherited) error {
+func (a *Agent) listenMetrics(in *handoff.Inherited) error {
 	addr := BracketIPv6HostPort(a.cfg.MetricsAddr)
-	if in != nil && in.metrics != nil {
-		if sameTCPAddr(in.metrics.Addr(), addr) {
-			a.metrics, in.metrics = in.metrics, nil
+	if in != nil && in.Metrics != nil {
+		if sameTCPAddr(in.Metrics.Addr(), addr) {
+			a.metrics, in.Metrics = in.Metrics, nil
 			return nil
 		}
-		a.log.Info("not adopting the previous agent's metrics listener: its address differs", "previous", in.metrics.Addr(), "metrics", addr)
-		in.metrics.Close() // this agent's copy; the predecessor keeps its own
-		in.metrics = nil
+		a.log.Info("not adopting the previous agent's metrics listener: its address differs", "previous", in.Metrics.Addr(), "metrics", addr)
+		in.Metrics.Close() // this agent's copy; the predecessor keeps its own
+		in.Metrics = nil
 	}
 	ln, err := net.Listen("tcp", addr)
 	if errors.Is(err, syscall.EADDRINUSE) {
@@ -1153,43 +1159,43 @@ func BracketIPv6HostPort(s string) string {
 }
 
 // handoffSockets lists this agent's sockets for a successor.
-func (a *Agent) handoffSockets() ([]socketDesc, []*os.File, error) {
-	var descs []socketDesc
+func (a *Agent) handoffSockets() ([]handoff.SocketDesc, []*os.File, error) {
+	var descs []handoff.SocketDesc
 	var files []*os.File
 	add := func(network string, c syscall.Conn, addr net.Addr) error {
-		f, err := fileOf(c)
+		f, err := handoff.FileOf(c)
 		if err != nil {
 			return err
 		}
-		descs = append(descs, socketDesc{Network: network, Addr: addrPortString(addr)})
+		descs = append(descs, handoff.SocketDesc{Network: network, Addr: addrPortString(addr)})
 		files = append(files, f)
 		return nil
 	}
 	for _, c := range a.udp {
 		if err := add("udp", c, c.LocalAddr()); err != nil {
-			closeAll(files)
+			handoff.CloseAll(files)
 			return nil, nil, err
 		}
 	}
 	for _, l := range a.tcp {
 		if err := add("tcp", l, l.Addr()); err != nil {
-			closeAll(files)
+			handoff.CloseAll(files)
 			return nil, nil, err
 		}
 	}
 	if a.metrics != nil {
 		if err := add("metrics", a.metrics, a.metrics.Addr()); err != nil {
-			closeAll(files)
+			handoff.CloseAll(files)
 			return nil, nil, err
 		}
 	}
 	if a.ctl != nil {
 		f, err := control.ListenerFile(a.ctl)
 		if err != nil {
-			closeAll(files)
+			handoff.CloseAll(files)
 			return nil, nil, err
 		}
-		descs = append(descs, socketDesc{Network: "control", Addr: a.cfg.Socket})
+		descs = append(descs, handoff.SocketDesc{Network: "control", Addr: a.cfg.Socket})
 		files = append(files, f)
 	}
 	return descs, files, nil

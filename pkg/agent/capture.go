@@ -234,7 +234,7 @@ func (c *dataplane) startBeating() {
 // Stopping the heartbeat would not do: a handed-over agent beats on while
 // it drains, and its successor goes on without "released" when that does
 // not come (the old agent stopped mid-way closes the connection; a drain
-// longer than handoffTimeout), attaching while the old one still checks:
+// longer than handoff.Timeouts.Step), attaching while the old one still checks:
 // between its detaching a link from a previous cgroup and attaching anew,
 // or unpinning a replaced map and pinning its own, the old agent would
 // see its own link detached, or the pin gone, and put back its own.

@@ -1,14 +1,11 @@
 package agent
 
 import (
-	"bufio"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/netip"
 	"os"
@@ -19,14 +16,13 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
-	"unsafe"
 
 	"github.com/miekg/dns"
-	"golang.org/x/sys/unix"
 
 	"github.com/ztdns/ztdns/internal/dnstest"
 	"github.com/ztdns/ztdns/internal/testenv"
 	"github.com/ztdns/ztdns/pkg/control"
+	"github.com/ztdns/ztdns/pkg/handoff"
 	"github.com/ztdns/ztdns/pkg/model"
 	"github.com/ztdns/ztdns/pkg/resolver/quota"
 	"github.com/ztdns/ztdns/pkg/source"
@@ -297,20 +293,10 @@ func waitServedBy(t *testing.T, socket string, ta *testAgent, upstream netip.Add
 	})
 }
 
-// shortenHandoffTimeout sets handoffTimeout to d until the test's agents
-// have stopped.
-func shortenHandoffTimeout(t *testing.T, d time.Duration) {
-	old := handoffTimeout
-	handoffTimeout = d
-	t.Cleanup(func() { handoffTimeout = old }) // runs after the agents' stops
-}
-
-// shortenHandoffSyncWait sets handoffSyncWait to d until the test's agents
-// have stopped.
-func shortenHandoffSyncWait(t *testing.T, d time.Duration) {
-	old := handoffSyncWait
-	handoffSyncWait = d
-	t.Cleanup(func() { handoffSyncWait = old }) // runs after the agents' stops
+// handoffTimeouts gives an agent these hand-over timeouts: both ends of a
+// hand-over must have the same.
+func handoffTimeouts(t handoff.Timeouts) func(*Config) {
+	return func(c *Config) { c.handoffTimeouts = t }
 }
 
 // failingSource is a source that never delivers (its gate stays shut) and
@@ -352,21 +338,21 @@ func wantGaveUpError(t *testing.T, err error) {
 }
 
 // TestSuccessorWithoutATableGivesUp: a successor with no table
-// handoffSyncWait after asking for the sockets (its source may not list a
-// resource, or cannot reach the API server) gives the hand-over up and
-// exits with an error naming what its source reports; the running agent
-// serves on, answers its names, and is ready again, restart after
+// handoff.Timeouts.SyncWait after asking for the sockets (its source may
+// not list a resource, or cannot reach the API server) gives the hand-over
+// up and exits with an error naming what its source reports; the running
+// agent serves on, answers its names, and is ready again, restart after
 // restart. (Before: the successor took over with an empty table, forwarded
 // every name, and was never ready; the old agent had drained for good.)
 func TestSuccessorWithoutATableGivesUp(t *testing.T) {
-	shortenHandoffSyncWait(t, time.Second)
+	short := handoffTimeouts(handoff.Timeouts{SyncWait: time.Second})
 	dir, socket, listen, up := handoffSetup(t)
 	metrics := testenv.FreePort(t).String()
-	old := startTestAgent(t, dir, socket, listen, up, metrics)
+	old := startTestAgent(t, dir, socket, listen, up, metrics, short)
 	upNew := netip.MustParseAddrPort("127.0.0.1:9")
 	for restart := range 2 { // the kubelet restarts the successor
 		src := neverSyncs(dir)
-		succ := runTestAgent(t, dir, socket, listen, upNew, metrics, func(c *Config) { c.Source = src })
+		succ := runTestAgent(t, dir, socket, listen, upNew, metrics, short, func(c *Config) { c.Source = src })
 		<-src.started
 		err := succ.exited(t, "the successor without a table is still running: it took over")
 		t.Logf("start %d: %v", restart+1, err)
@@ -384,7 +370,7 @@ func TestSuccessorWithoutATableGivesUp(t *testing.T) {
 		wantProbe(t, metrics, "/healthz", http.StatusOK, fmt.Sprintf("start %d: after the successor gave up", restart+1))
 	}
 	// Once its source delivers, a successor takes over as ever.
-	succ := runTestAgent(t, dir, socket, listen, upNew, metrics)
+	succ := runTestAgent(t, dir, socket, listen, upNew, metrics, short)
 	waitServedBy(t, socket, succ, upNew)
 	old.stop()
 	if err := askAddress("udp", listen); err != nil {
@@ -393,25 +379,26 @@ func TestSuccessorWithoutATableGivesUp(t *testing.T) {
 }
 
 // TestHandoffWaitsForASlowFirstTable: a successor whose first table comes
-// later than handoffTimeout, but within handoffSyncWait, still takes over,
+// later than handoff.Timeouts.Step, but within SyncWait, still takes over,
 // and serves once its predecessor is gone. (Before: its "serving" came
 // after the exchange's deadline, the old agent had given up and kept its
 // control socket, and the successor exited with an error: a rollout on a
 // cluster slow to sync crash-looped.)
 func TestHandoffWaitsForASlowFirstTable(t *testing.T) {
-	shortenHandoffTimeout(t, 300*time.Millisecond)
+	step := 300 * time.Millisecond
+	short := handoffTimeouts(handoff.Timeouts{Step: step})
 	dir, socket, listen, up := handoffSetup(t)
-	old := startTestAgent(t, dir, socket, listen, up, "")
+	old := startTestAgent(t, dir, socket, listen, up, "", short)
 	src := gated(configdir.New(dir))
 	upNew := netip.MustParseAddrPort("127.0.0.1:9") // names the successor in its status
-	succ := runTestAgent(t, dir, socket, listen, upNew, "", func(c *Config) { c.Source = src })
+	succ := runTestAgent(t, dir, socket, listen, upNew, "", short, func(c *Config) { c.Source = src })
 	<-src.started
 	// The first table comes after the exchange's deadline. Letting time
 	// pass is the point here, not a stand-in for an event: the deadline
 	// was set on the successor's end of the exchange before src.started,
 	// and nothing can be observed when a socket's deadline passes with no
 	// I/O on it. Sleeping longer than needed only makes the test slower.
-	time.Sleep(3 * handoffTimeout)
+	time.Sleep(3 * step)
 	close(src.open)
 	waitServedBy(t, socket, succ, upNew)
 	old.stop()
@@ -465,89 +452,6 @@ func TestRestartAfterADeadSuccessor(t *testing.T) {
 			t.Fatalf("TCP query %d: %v", i, err)
 		}
 	}
-}
-
-// TestTakeOverClosesWhatItRefuses: a hand-over that fails part-way (a
-// socket described as something it cannot adopt, ahead of good ones)
-// leaves no received descriptor open in the successor.
-func TestTakeOverClosesWhatItRefuses(t *testing.T) {
-	socket := filepath.Join(t.TempDir(), "ztdns.sock")
-	ln, err := listenHandoff(socket)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	var (
-		descs []socketDesc
-		conns []*net.UDPConn
-	)
-	for i := range 3 {
-		c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		conns = append(conns, c)
-		descs = append(descs, socketDesc{Network: "udp", Addr: c.LocalAddr().String()})
-		if i == 0 {
-			descs[i].Network = "sctp"
-		}
-	}
-	sockets := func() ([]socketDesc, []*os.File, error) { // offerOnce closes the files
-		var files []*os.File
-		for _, c := range conns {
-			f, err := c.File()
-			if err != nil {
-				closeAll(files)
-				return nil, nil, err
-			}
-			files = append(files, f)
-		}
-		return descs, files, nil
-	}
-	before := openFDs(t)
-	offered := offerInBackground(t, ln, sockets, "a failed takeover")
-	in, err := takeOver(socket, agentIdentity(""), 0, slog.New(slog.DiscardHandler))
-	if err == nil || in != nil {
-		t.Fatalf("takeOver = %v, %v; want an error", in, err)
-	}
-	<-offered
-	if after := openFDs(t); after != before {
-		t.Errorf("%d descriptors open after a failed takeover, %d before", after, before)
-	}
-}
-
-// TestParseRightsClosesOnError: descriptors the kernel installed in a
-// control message that does not parse are closed.
-func TestParseRightsClosesOnError(t *testing.T) {
-	fds := make([]int, 2)
-	for i := range fds {
-		var err error
-		if fds[i], err = unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0); err != nil {
-			t.Fatal(err)
-		}
-	}
-	defer unix.Close(fds[1])
-	bad := unix.UnixRights(fds[1])
-	(*unix.Cmsghdr)(unsafe.Pointer(&bad[0])).SetLen(len(bad) + 64) // longer than what follows
-	if files, err := parseRights(append(unix.UnixRights(fds[0]), bad...)); err == nil {
-		closeAll(files)
-		t.Fatal("parseRights accepted a malformed message")
-	}
-	if _, err := unix.FcntlInt(uintptr(fds[0]), unix.F_GETFD, 0); err != unix.EBADF {
-		unix.Close(fds[0])
-		t.Errorf("the descriptor of the well-formed message is still open (F_GETFD: %v)", err)
-	}
-}
-
-// openFDs counts the process's open descriptors.
-func openFDs(t *testing.T) int {
-	t.Helper()
-	ents, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return len(ents)
 }
 
 // probe GETs path on the metrics address, as the kubelet does: the status
@@ -633,78 +537,6 @@ func TestProbesDuringHandoff(t *testing.T) {
 	}
 }
 
-// TestTakeOverSetsTheSyncDeadline: the successor's wait for its first
-// table ends handoffSyncWait after it asked for the sockets, whatever it
-// does before it starts waiting (loading the capture programs), so before
-// the old agent, whose wait for "serving" starts once it has sent them and
-// lasts handoffTimeout longer, gives up. (Before: the successor waited
-// handoffSyncWait from when it began to wait; capture that took longer
-// than handoffTimeout to start had the old agent give up first, and the
-// successor fail at "released".)
-func TestTakeOverSetsTheSyncDeadline(t *testing.T) {
-	socket, ln, sockets := handoffWithOneSocket(t)
-	offered := offerInBackground(t, ln, sockets, "an abandoned takeover")
-	before := time.Now()
-	in, err := takeOver(socket, agentIdentity(""), 0, slog.New(slog.DiscardHandler))
-	after := time.Now()
-	if err != nil || in == nil {
-		t.Fatalf("takeOver = %v, %v", in, err)
-	}
-	in.abandon()
-	<-offered
-	if in.syncBy.Before(before.Add(handoffSyncWait)) || in.syncBy.After(after.Add(handoffSyncWait)) {
-		t.Errorf("the wait for a table ends at %v, want handoffSyncWait after asking, between %v and %v",
-			in.syncBy, before.Add(handoffSyncWait), after.Add(handoffSyncWait))
-	}
-}
-
-// handoffWithOneSocket listens at the hand-off path of a control socket
-// in a temporary directory, as a running agent does, and returns that
-// socket's path, the listener and a sockets function offering one UDP
-// socket on 127.0.0.1 (offerOnce closes the files it returns). Both are
-// closed when the test ends.
-func handoffWithOneSocket(t *testing.T) (socket string, ln *net.UnixListener, sockets func() ([]socketDesc, []*os.File, error)) {
-	t.Helper()
-	socket = filepath.Join(t.TempDir(), "ztdns.sock")
-	ln, err := listenHandoff(socket)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return socket, ln, func() ([]socketDesc, []*os.File, error) {
-		f, err := c.File()
-		if err != nil {
-			return nil, nil, err
-		}
-		return []socketDesc{{Network: "udp", Addr: c.LocalAddr().String()}}, []*os.File{f}, nil
-	}
-}
-
-// offerInBackground runs one exchange of a predecessor on ln, with these
-// sockets, in a goroutine, and closes the channel it returns when the
-// exchange is over. The predecessor must never stop: the exchange is one
-// that does not complete (why says which).
-func offerInBackground(t *testing.T, ln *net.UnixListener, sockets func() ([]socketDesc, []*os.File, error), why string) <-chan struct{} {
-	t.Helper()
-	offered := make(chan struct{})
-	go func() {
-		defer close(offered)
-		c, err := ln.AcceptUnix()
-		if err != nil {
-			t.Error(err)
-			return
-		}
-		defer c.Close()
-		offerOnce(c, identities{}, sockets, func(bool) {}, func(bool) { t.Error("stopped for " + why) })
-	}()
-	return offered
-}
-
 // TestHandoffWithANewMetricsPort: an upgrade that changes --metrics' port
 // leaves the predecessor's listener alone: the successor answers its probes
 // on the new port, and the old port is the old agent's until it stops.
@@ -737,7 +569,7 @@ func TestHandoffOfMoreSocketsThanOneMessageCarries(t *testing.T) {
 	dir, socket, listen, up := handoffSetup(t)
 	addrs := []netip.AddrPort{listen, testenv.FreePort(t), testenv.FreePort(t), testenv.FreePort(t)}
 	many := func(c *Config) { c.Listen, c.SocketsPerAddr = addrs, MaxSocketsPerAddr }
-	if n := len(addrs) * (MaxSocketsPerAddr + 1); n <= maxHandoffFDs {
+	if n := len(addrs) * (MaxSocketsPerAddr + 1); n <= handoff.MaxFDsPerMessage {
 		t.Fatalf("%d sockets fit in one message: the test proves nothing", n)
 	}
 	old := startTestAgent(t, dir, socket, listen, up, "", many)
@@ -765,15 +597,21 @@ func TestFailedHandoffFromALiveAgentStops(t *testing.T) {
 	if err := control.PrepareDir(socket, control.Access{}); err != nil {
 		t.Fatal(err)
 	}
-	ln, err := listenHandoff(socket)
+	ln, err := handoff.Listen(socket)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	sockets := func() ([]socketDesc, []*os.File, error) { return nil, nil, fmt.Errorf("cannot list them") }
-	offered := offerInBackground(t, ln, sockets, "a failed hand-over")
+	sockets := func() ([]handoff.SocketDesc, []*os.File, error) { return nil, nil, fmt.Errorf("cannot list them") }
+	offered := make(chan struct{})
+	go func() { // a running agent that fails to list its sockets, and serves on
+		defer close(offered)
+		handoff.Offer(t.Context(), ln, slog.New(slog.DiscardHandler), handoff.Identities{}, handoff.Timeouts{}, sockets,
+			func(bool) {}, func(bool) { t.Error("stopped for a failed hand-over") })
+	}()
 	ta := runTestAgent(t, dir, socket, listen, up, "")
 	err2 := ta.exited(t, "the new agent is still running")
+	ln.Close()
 	<-offered
 	if err2 == nil || !strings.Contains(err2.Error(), "taking its sockets over failed") {
 		t.Errorf("Run = %v, want an error saying the hand-over failed", err2)
@@ -786,14 +624,14 @@ func TestFailedHandoffFromALiveAgentStops(t *testing.T) {
 // takeOverAndDie is a successor killed right after the hand-over, before
 // it listens at the hand-off path itself: it takes the sockets, has the
 // running agent release them, and dies with its copies.
-func takeOverAndDie(t *testing.T, socket string) {
+func takeOverAndDie(t *testing.T, socket string, timeouts handoff.Timeouts) {
 	t.Helper()
-	in, err := takeOver(socket, agentIdentity(""), 0, slog.New(slog.DiscardHandler))
+	in, err := handoff.TakeOver(socket, handoff.Identity(""), 0, timeouts, slog.New(slog.DiscardHandler))
 	if err != nil || in == nil {
-		t.Fatalf("takeOver = %v, %v", in, err)
+		t.Fatalf("TakeOver = %v, %v", in, err)
 	}
-	defer in.abandon() // dies: every descriptor it holds closes
-	if err := in.release(); err != nil {
+	defer in.Abandon() // dies: every descriptor it holds closes
+	if err := in.Release(); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -805,13 +643,13 @@ func takeOverAndDie(t *testing.T, socket string) {
 // hand-off listener open but accepted nothing; every restart's request for
 // the sockets timed out and it exited, and the node had no agent.)
 func TestRestartAfterASuccessorDiedBeforeListening(t *testing.T) {
-	shortenHandoffTimeout(t, 2*time.Second)
+	timeouts := handoff.Timeouts{Step: 2 * time.Second}
 	dir, socket, listen, up := handoffSetup(t)
 	metrics := testenv.FreePort(t).String()
-	startTestAgent(t, dir, socket, listen, up, metrics) // stays up, handed over
-	takeOverAndDie(t, socket)
+	startTestAgent(t, dir, socket, listen, up, metrics, handoffTimeouts(timeouts)) // stays up, handed over
+	takeOverAndDie(t, socket, timeouts)
 	upNew := netip.MustParseAddrPort("127.0.0.1:9")
-	succ := runTestAgent(t, dir, socket, listen, upNew, metrics)
+	succ := runTestAgent(t, dir, socket, listen, upNew, metrics, handoffTimeouts(timeouts))
 	waitServedBy(t, socket, succ, upNew)
 	for i := range 16 {
 		if err := askAddress("udp", listen); err != nil {
@@ -878,7 +716,7 @@ func TestRestartedPredecessorIsRefused(t *testing.T) {
 	// The old pod's container restarts: the same pod, so the same UID.
 	upRestarted := whoUpstream(t, "192.0.2.3")
 	restarted := runTestAgent(t, dir, socket, listen, upRestarted, metrics, inPod("0d1f0000-0000-4000-8000-000000000001"))
-	wantRefused(t, socket, restarted, upRestarted, errRefusedRestart)
+	wantRefused(t, socket, restarted, upRestarted, handoff.ErrRefusedRestart)
 	// The new agent logs once the exchange is over, which may be after the
 	// restarted agent has read the refusal and returned.
 	testenv.Eventually(t, 10*time.Second, "the new agent logs the refusal", func() bool {
@@ -905,9 +743,10 @@ func TestRestartedPredecessorIsRefused(t *testing.T) {
 }
 
 // wantRefused waits for restarted, an old pod's agent restarted after a
-// newer one took the node, to exit, refused (why: errRefusedRestart, or
-// errRefusedOlder), with an error saying why; the test fails at once if
-// the agent on socket forwards to upRestarted (restarted took the node).
+// newer one took the node, to exit, refused (why:
+// handoff.ErrRefusedRestart, or handoff.ErrRefusedOlder), with an error
+// saying why; the test fails at once if the agent on socket forwards to
+// upRestarted (restarted took the node).
 func wantRefused(t *testing.T, socket string, restarted *testAgent, upRestarted netip.AddrPort, why error) {
 	t.Helper()
 	var err error
@@ -924,7 +763,7 @@ func wantRefused(t *testing.T, socket string, restarted *testAgent, upRestarted 
 		}
 		return errors.New("the restarted old agent is still running")
 	})
-	said := map[error]string{errRefusedRestart: "handed the node over", errRefusedOlder: "later pod template generation"}[why]
+	said := map[error]string{handoff.ErrRefusedRestart: "handed the node over", handoff.ErrRefusedOlder: "later pod template generation"}[why]
 	if !errors.Is(err, why) || !strings.Contains(err.Error(), said) || !strings.Contains(err.Error(), "serves nothing") {
 		t.Errorf("the restarted old agent: Run = %v; want an error saying %q", err, said)
 	}
@@ -951,7 +790,7 @@ func TestRestartedSuccessorRefusesItsPredecessor(t *testing.T) {
 	waitServedBy(t, socket, b, upB)
 
 	b.stopChecked(t, "B") // its container is restarted
-	if err := a.exited(t, "A is still idle a minute after B stopped"); !errors.Is(err, errSuccessorGone) {
+	if err := a.exited(t, "A is still idle a minute after B stopped"); !errors.Is(err, handoff.ErrSuccessorGone) {
 		t.Fatalf("A: Run = %v; want it to exit, its successor gone", err)
 	}
 
@@ -962,7 +801,7 @@ func TestRestartedSuccessorRefusesItsPredecessor(t *testing.T) {
 	// Then A's.
 	upA2 := whoUpstream(t, "192.0.2.4")
 	a2 := runTestAgent(t, dir, socket, listen, upA2, metrics, inPod(podA))
-	wantRefused(t, socket, a2, upA2, errRefusedRestart)
+	wantRefused(t, socket, a2, upA2, handoff.ErrRefusedRestart)
 	waitServedBy(t, socket, b2, upB2)
 	wantProbe(t, metrics, "/readyz", http.StatusOK, "after the refusal")
 	for _, network := range []string{"udp", "tcp"} {
@@ -1011,7 +850,7 @@ func TestFreshSuccessorRefusesTheOldPodsRestart(t *testing.T) {
 	// A's container restarts: the same pod, so the same UID and generation.
 	upA2 := whoUpstream(t, "192.0.2.4")
 	a2 := runTestAgent(t, dir, socket, listen, upA2, metrics, inPod(podA), ofGeneration(1))
-	wantRefused(t, socket, a2, upA2, errRefusedOlder)
+	wantRefused(t, socket, a2, upA2, handoff.ErrRefusedOlder)
 	testenv.Eventually(t, 10*time.Second, "B logs the refusal", func() bool {
 		return logB.Contains("refused the resolver's sockets to an agent of an older pod template generation")
 	})
@@ -1029,316 +868,5 @@ func TestFreshSuccessorRefusesTheOldPodsRestart(t *testing.T) {
 	waitServedBy(t, socket, c, upC)
 	if got := answeredBy(t, "udp", listen); got != "192.0.2.5" {
 		t.Errorf("after the rollback: who.test. answered %s, want 192.0.2.5", got)
-	}
-}
-
-// TestHandoffWithOlderAgents: a running agent from before generations
-// ignores "takeover2 ID generation=N" and closes the connection, one from
-// before the control socket's hand-over ignores "takeover ID" too, and
-// one from before identities "sockets ID" as well: a new agent asks again
-// as each understands, and takes the sockets over (from the latter two
-// without the control socket and without holding the connection). And a successor from
-// before either, asking as it does, is sent what it can read: without the
-// control socket's listener, which it could not adopt (and would fail the
-// hand-over on), and for a bare "sockets", the bare list.
-func TestHandoffWithOlderAgents(t *testing.T) {
-	for _, tc := range []struct {
-		name       string
-		generation uint64   // the new agent's
-		ignored    []string // the greetings it closes the connection on
-		held       bool     // answered "takeover": the connection is held
-	}{
-		{"running agent from before generations", 2, []string{"takeover2 pod/new generation=2\n"}, true},
-		{"running agent from before the control socket's hand-over", 2, []string{"takeover2 pod/new generation=2\n", "takeover pod/new\n"}, false},
-		{"running agent from before identities", 0, []string{"takeover pod/new\n", "sockets pod/new\n"}, false},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			socket, ln, sockets := handoffWithOneSocket(t)
-			greetings := make(chan string, len(tc.ignored))
-			exchanges := make(chan (<-chan struct{}), 1)
-			go func() { // the old agent ignores what it does not know, as it did
-				defer close(exchanges)
-				for i := range tc.ignored {
-					c, err := ln.AcceptUnix()
-					if err != nil {
-						t.Error(err)
-						return
-					}
-					line, _ := bufio.NewReader(c).ReadString('\n')
-					greetings <- line
-					if i == len(tc.ignored)-1 {
-						// The next connection, not this one (whichever
-						// accepts first takes it), is answered as it was.
-						exchanges <- offerInBackground(t, ln, sockets, "an abandoned takeover")
-					}
-					c.Close()
-				}
-			}()
-			in, err := takeOver(socket, "pod/new", tc.generation, slog.New(slog.DiscardHandler))
-			if err != nil || in == nil {
-				t.Fatalf("takeOver = %v, %v", in, err)
-			}
-			for _, want := range tc.ignored {
-				if got := <-greetings; got != want {
-					t.Errorf("asked with %q, want %q", got, want)
-				}
-			}
-			offered, ok := <-exchanges
-			if !ok {
-				t.FailNow() // the old agent failed to accept (reported)
-			}
-			if len(in.udp) != 1 || in.from != "" || in.control != nil || in.held != tc.held {
-				t.Errorf("adopted %d UDP addresses from %q, a control socket: %v, holding the connection: %v; want one, from an agent without identity, no control socket, holding it: %v",
-					len(in.udp), in.from, in.control != nil, in.held, tc.held)
-			}
-			in.abandon()
-			<-offered
-		})
-	}
-	for _, tc := range []struct {
-		name, greeting string
-	}{
-		{"successor from before the control socket's hand-over", "sockets pod/old\n"},
-		{"successor from before identities", "sockets\n"},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			socket, ln, sockets := handoffWithOneSocket(t)
-			ctl, err := net.ListenUnix("unix", &net.UnixAddr{Name: filepath.Join(t.TempDir(), "control.sock"), Net: "unix"})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer ctl.Close()
-			withControl := func() ([]socketDesc, []*os.File, error) {
-				descs, files, err := sockets()
-				if err != nil {
-					return nil, nil, err
-				}
-				f, err := ctl.File()
-				if err != nil {
-					closeAll(files)
-					return nil, nil, err
-				}
-				return append(descs, socketDesc{Network: "control", Addr: ctl.Addr().String()}), append(files, f), nil
-			}
-			offered := offerInBackground(t, ln, withControl, "an abandoned takeover")
-			conn, err := net.Dial("unix", handoffPath(socket))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer conn.Close()
-			payload, files, err := greet(conn.(*net.UnixConn), tc.greeting)
-			if err != nil {
-				t.Fatal(err)
-			}
-			closeAll(files)
-			var descs []socketDesc
-			if tc.greeting == "sockets\n" {
-				err = json.Unmarshal(payload, &descs)
-			} else {
-				var reply offerReply
-				err = json.Unmarshal(payload, &reply)
-				descs = reply.Sockets
-			}
-			if err != nil || len(descs) != 1 || descs[0].Network != "udp" || len(files) != 1 {
-				t.Errorf("asking with %q got %q with %d sockets (%v); want the UDP socket alone", tc.greeting, payload, len(files), err)
-			}
-			conn.Close()
-			<-offered
-		})
-	}
-}
-
-// TestHandoffByGeneration: a running agent of pod template generation 2
-// refuses a successor that tells a lower one, saying so and sending no
-// socket, and hands over to one of the same or a higher generation, and
-// to one that tells none (a release from before generations, as a
-// rollback to it brings; or outside Kubernetes); one without a generation
-// refuses no generation. A greeting whose generation does not parse is no
-// greeting, and fields it does not know are ignored.
-func TestHandoffByGeneration(t *testing.T) {
-	for _, tc := range []struct {
-		name     string
-		running  uint64 // the running agent's generation
-		greeting string
-		want     string // "refused", "offered" or "ignored"
-	}{
-		{"lower generation", 2, "takeover2 pod/old generation=1\n", "refused"},
-		{"same generation", 2, "takeover2 pod/same generation=2\n", "offered"},
-		{"higher generation", 2, "takeover2 pod/rollback generation=3\n", "offered"},
-		{"a later agent's field", 2, "takeover2 pod/later generation=3 colour=blue\n", "offered"},
-		{"no generation told", 2, "takeover pod/before\n", "offered"},
-		{"running agent without a generation", 0, "takeover2 pod/old generation=1\n", "offered"},
-		{"generation 0", 2, "takeover2 pod/old generation=0\n", "ignored"},
-		{"generation not a number", 2, "takeover2 pod/old generation=one\n", "ignored"},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			socket, ln, sockets := handoffWithOneSocket(t)
-			result := make(chan error, 1)
-			go func() {
-				c, err := ln.AcceptUnix()
-				if err != nil {
-					result <- err
-					return
-				}
-				defer c.Close()
-				ids := identities{self: "pod/running", generation: tc.running}
-				_, err = offerOnce(c, ids, sockets, func(bool) {}, func(bool) { t.Error("stopped: the exchange never completes") })
-				result <- err
-			}()
-			conn, err := net.Dial("unix", handoffPath(socket))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer conn.Close()
-			payload, files, err := greet(conn.(*net.UnixConn), tc.greeting)
-			closeAll(files)
-			var reply offerReply
-			got := "ignored" // closed without a word
-			if err == nil {
-				if err := json.Unmarshal(payload, &reply); err != nil {
-					t.Fatalf("answer %q: %v", payload, err)
-				}
-				got = "offered"
-				if reply.Refused != "" {
-					got = "refused"
-				}
-			}
-			conn.Close()
-			offerErr := <-result
-			if got != tc.want {
-				t.Fatalf("%q to an agent of generation %d: %s (answer %q, offerOnce: %v), want %s", tc.greeting, tc.running, got, payload, offerErr, tc.want)
-			}
-			switch got {
-			case "refused":
-				if len(files) != 0 || reply.Generation != tc.running || !strings.Contains(reply.Refused, "generation 1, below pod/running's 2") {
-					t.Errorf("refused with %d sockets, generation %d, %q; want none, %d, and why", len(files), reply.Generation, reply.Refused, tc.running)
-				}
-				var older *olderSuccessor
-				if !errors.As(offerErr, &older) || !errors.Is(offerErr, errRefusedOlder) || older.generation != 1 {
-					t.Errorf("offerOnce: %v; want the successor's generation refused", offerErr)
-				}
-			case "offered":
-				if len(files) != 1 || reply.Generation != tc.running {
-					t.Errorf("offered %d sockets, telling generation %d; want 1 and %d", len(files), reply.Generation, tc.running)
-				}
-			}
-		})
-	}
-}
-
-// askSockets asks the agent at the other end of c for its sockets as a
-// successor from before identities does ("sockets\n"), and returns the
-// list it answers and the descriptors that came with it.
-func askSockets(c *net.UnixConn) ([]byte, []*os.File, error) { return greet(c, "sockets\n") }
-
-// greet asks the agent at the other end of c for its sockets with greeting,
-// and returns its answer and the descriptors that came with it.
-func greet(c *net.UnixConn, greeting string) ([]byte, []*os.File, error) {
-	if _, err := c.Write([]byte(greeting)); err != nil {
-		return nil, nil, err
-	}
-	c.SetReadDeadline(time.Now().Add(10 * time.Second))
-	buf, oob := make([]byte, 64<<10), make([]byte, unix.CmsgSpace(maxHandoffFDs*4))
-	n, oobn, _, _, err := c.ReadMsgUnix(buf, oob)
-	if err != nil { // nothing came (n is -1)
-		return nil, nil, err
-	}
-	files, err := parseRights(oob[:oobn])
-	return buf[:n], files, err
-}
-
-// TestValidPodUID: a pod UID goes on the hand-over's line as "pod/UID",
-// at most maxIdentityLen bytes; none (outside Kubernetes) is fine.
-func TestValidPodUID(t *testing.T) {
-	for _, tc := range []struct {
-		name, uid string
-		ok        bool
-	}{
-		{"none", "", true},
-		{"a pod's UID", "0d1f0000-0000-4000-8000-000000000001", true},
-		{"longest", strings.Repeat("a", maxIdentityLen-len("pod/")), true},
-		{"a byte too long", strings.Repeat("a", maxIdentityLen-len("pod/")+1), false},
-		{"a space", "0d1f0000 0000", false},
-		{"a control character", "0d1f\n", false},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			if err := validPodUID(tc.uid); (err == nil) != tc.ok {
-				t.Errorf("validPodUID(%q) = %v, want ok %v", tc.uid, err, tc.ok)
-			}
-		})
-	}
-}
-
-// TestTakeoverRecord: the record of whom an agent took over from names
-// the predecessor to the agent that wrote it (its pod's restarted agent),
-// and nobody to another agent; a later take-over replaces it. A record
-// that is not a small regular file of the agent's JSON counts as none,
-// and is logged.
-func TestTakeoverRecord(t *testing.T) {
-	socket := filepath.Join(t.TempDir(), "ztdns.sock")
-	path := predecessorPath(socket)
-	nolog := slog.New(slog.DiscardHandler)
-	if got := recordedPredecessor(socket, "pod/b", nolog); got != "" {
-		t.Errorf("with no record: predecessor %q, want none", got)
-	}
-	if err := recordPredecessor(socket, "pod/b", "pod/a"); err != nil {
-		t.Fatal(err)
-	}
-	if fi, err := os.Lstat(path); err != nil || fi.Mode() != 0o600 {
-		t.Errorf("the record: %v %v, want a regular file, mode 0600", fi, err)
-	}
-	if _, err := os.Lstat(path + ".tmp"); !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("the temporary file is left: %v", err)
-	}
-	for _, tc := range []struct{ self, want string }{{"pod/b", "pod/a"}, {"pod/a", ""}, {"pod/c", ""}} {
-		if got := recordedPredecessor(socket, tc.self, nolog); got != tc.want {
-			t.Errorf("B took over from A; read by %s: predecessor %q, want %q", tc.self, got, tc.want)
-		}
-	}
-	if err := recordPredecessor(socket, "pod/c", "pod/b"); err != nil {
-		t.Fatal(err)
-	}
-	for _, tc := range []struct{ self, want string }{{"pod/b", ""}, {"pod/c", "pod/b"}} {
-		if got := recordedPredecessor(socket, tc.self, nolog); got != tc.want {
-			t.Errorf("C took over from B; read by %s: predecessor %q, want %q", tc.self, got, tc.want)
-		}
-	}
-
-	valid := `{"agent":"pod/b","predecessor":"pod/a"}`
-	for _, tc := range []struct {
-		name  string
-		plant func(path string) error
-	}{
-		{"not JSON", func(p string) error { return os.WriteFile(p, []byte("pod/b took over from pod/a\n"), 0o600) }},
-		{"too long", func(p string) error {
-			return os.WriteFile(p, []byte(valid+strings.Repeat(" ", maxTakeoverRecord)), 0o600)
-		}},
-		{"no agent", func(p string) error { return os.WriteFile(p, []byte(`{"predecessor":"pod/a"}`), 0o600) }},
-		{"a space in the predecessor", func(p string) error {
-			return os.WriteFile(p, []byte(`{"agent":"pod/b","predecessor":"pod/a pod/x"}`), 0o600)
-		}},
-		{"a directory", func(p string) error { return os.Mkdir(p, 0o700) }},
-		{"a FIFO", func(p string) error { return unix.Mkfifo(p, 0o600) }},
-		{"a symbolic link", func(p string) error {
-			target := filepath.Join(t.TempDir(), "record")
-			if err := os.WriteFile(target, []byte(valid), 0o600); err != nil {
-				return err
-			}
-			return os.Symlink(target, p)
-		}},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			socket := filepath.Join(t.TempDir(), "ztdns.sock")
-			if err := tc.plant(predecessorPath(socket)); err != nil {
-				t.Fatal(err)
-			}
-			var log testenv.Log
-			if got := recordedPredecessor(socket, "pod/b", slog.New(slog.NewTextHandler(&log, nil))); got != "" {
-				t.Errorf("predecessor %q, want none", got)
-			}
-			if !log.Contains("ignoring the unreadable record") {
-				t.Errorf("nothing logged: %q", log.String())
-			}
-		})
 	}
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/ztdns/ztdns/internal/dnstest"
 	"github.com/ztdns/ztdns/internal/testenv"
 	"github.com/ztdns/ztdns/pkg/control"
+	"github.com/ztdns/ztdns/pkg/handoff"
 	"github.com/ztdns/ztdns/pkg/netns"
 	"github.com/ztdns/ztdns/pkg/redirect"
 	"github.com/ztdns/ztdns/pkg/source"
@@ -261,7 +262,7 @@ func TestCaptureRestartAfterASuccessorDiedBeforeListening(t *testing.T) {
 	n := newCaptureNode(t)
 	old := n.startCapturing(t)
 
-	takeOverAndDie(t, old.socket)
+	takeOverAndDie(t, old.socket, handoff.Timeouts{})
 	upNew := netip.MustParseAddrPort("127.0.0.1:9")
 	_, succTA := n.start(t, configdir.New(old.dir), old.socket, old.listen, upNew)
 	waitServedBy(t, old.socket, succTA, upNew)
@@ -378,12 +379,12 @@ func TestHandoffWithAnIncompatibleMap(t *testing.T) {
 // beating as it drained, and once the heartbeat was stale every pod on the
 // node failed open.)
 func TestCaptureSurvivesASuccessorWithoutATable(t *testing.T) {
-	shortenHandoffSyncWait(t, 2*time.Second)
+	short := handoffTimeouts(handoff.Timeouts{SyncWait: 2 * time.Second})
 	n := newCaptureNode(t)
-	old := n.startCapturing(t)
+	old := n.startCapturing(t, short)
 
 	src := neverSyncs(old.dir)
-	_, succTA := n.start(t, src, old.socket, old.listen, netip.MustParseAddrPort("127.0.0.1:9"))
+	_, succTA := n.start(t, src, old.socket, old.listen, netip.MustParseAddrPort("127.0.0.1:9"), short)
 	<-src.started
 	// Watch the heartbeat as the programs judge it until the successor has
 	// been gone for twice the staleness bound.

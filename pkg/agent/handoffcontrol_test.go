@@ -19,6 +19,7 @@ import (
 	"github.com/ztdns/ztdns/internal/dnstest"
 	"github.com/ztdns/ztdns/internal/testenv"
 	"github.com/ztdns/ztdns/pkg/control"
+	"github.com/ztdns/ztdns/pkg/handoff"
 	"github.com/ztdns/ztdns/pkg/source/configdir"
 )
 
@@ -107,7 +108,7 @@ func TestHandedOverAgentRestartsWhenItsSuccessorStops(t *testing.T) {
 	succTA.stopChecked(t, "the new agent") // the rollback deletes the new pod
 	err := old.ta.exited(t, "the old agent is still idle a minute after its successor stopped: the node has no resolver")
 	t.Logf("the old agent: %v", err)
-	if !errors.Is(err, errSuccessorGone) || !strings.Contains(err.Error(), "exits for a fresh start") {
+	if !errors.Is(err, handoff.ErrSuccessorGone) || !strings.Contains(err.Error(), "exits for a fresh start") {
 		t.Errorf("the old agent: Run = %v; want an error saying its successor stopped", err)
 	}
 

@@ -16,7 +16,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -24,6 +23,7 @@ import (
 
 	"github.com/ztdns/ztdns/internal/testenv"
 	"github.com/ztdns/ztdns/pkg/control"
+	"github.com/ztdns/ztdns/pkg/handoff"
 	"github.com/ztdns/ztdns/pkg/model"
 )
 
@@ -39,8 +39,6 @@ func TestMain(m *testing.M) {
 	case "":
 	case "plant-handoff":
 		os.Exit(plantHandoff(os.Getenv(helperPathEnv)))
-	case "take-handoff":
-		os.Exit(takeHandoff(os.Getenv(helperPathEnv)))
 	default:
 		fmt.Fprintf(os.Stderr, "unknown %s\n", helperEnv)
 		os.Exit(2)
@@ -78,23 +76,10 @@ func plantHandoff(path string) int {
 		return 1
 	}
 	f, _ := pc.(*net.UDPConn).File()
-	payload, _ := json.Marshal([]socketDesc{{Network: "udp", Addr: pc.LocalAddr().String()}})
+	payload, _ := json.Marshal([]handoff.SocketDesc{{Network: "udp", Addr: pc.LocalAddr().String()}})
 	if _, _, err := c.WriteMsgUnix(payload, unix.UnixRights(int(f.Fd())), nil); err == nil {
 		fmt.Println("sent a socket")
 	}
-	return 0
-}
-
-// takeHandoff plays a process that is not root asking a running agent for
-// its sockets; it reports how many descriptors it was sent.
-func takeHandoff(path string) int {
-	c, err := net.Dial("unix", path)
-	if err != nil {
-		fmt.Println("dial:", err)
-		return 1
-	}
-	_, files, err := askSockets(c.(*net.UnixConn))
-	fmt.Printf("received %d descriptors (%v)\n", len(files), err)
 	return 0
 }
 
@@ -142,19 +127,19 @@ func TestPlantedHandoffSocketRefused(t *testing.T) {
 	dir := sharedDir(t)
 	socket := filepath.Join(dir, "ztdns.sock")
 
-	planter, out, _ := helper(t, "plant-handoff", handoffPath(socket))
+	planter, out, _ := helper(t, "plant-handoff", handoff.Path(socket))
 	if line, err := out.ReadString('\n'); line != "listening\n" {
 		t.Fatalf("the planter did not start: %q %v", line, err)
 	}
 	var log bytes.Buffer
-	in, err := takeOver(socket, agentIdentity(""), 0, slog.New(slog.NewTextHandler(&log, nil)))
+	in, err := handoff.TakeOver(socket, handoff.Identity(""), 0, handoff.Timeouts{}, slog.New(slog.NewTextHandler(&log, nil)))
 	if in != nil || err == nil || !strings.Contains(err.Error(), "runs as uid 65534, not root") {
-		t.Fatalf("takeOver from a planted socket = %v, %v; want nothing adopted and a refusal", in, err)
+		t.Fatalf("TakeOver from a planted socket = %v, %v; want nothing adopted and a refusal", in, err)
 	}
 	// What the agent logs with "binding fresh ones": that it took nothing,
 	// not that a running agent refused it.
 	if want := "handoff: took nothing from the process at the hand-off path: peer pid "; !strings.HasPrefix(err.Error(), want) {
-		t.Errorf("takeOver's error %q, want it to start %q", err, want)
+		t.Errorf("TakeOver's error %q, want it to start %q", err, want)
 	}
 	if !strings.Contains(log.String(), "refusing the sockets offered at the hand-off path") {
 		t.Errorf("the refusal is not logged:\n%s", log.String())
@@ -166,8 +151,8 @@ func TestPlantedHandoffSocketRefused(t *testing.T) {
 	}
 
 	// The agent itself never gets that far: the directory is refused.
-	os.Remove(handoffPath(socket))
-	planter, out, _ = helper(t, "plant-handoff", handoffPath(socket))
+	os.Remove(handoff.Path(socket))
+	planter, out, _ = helper(t, "plant-handoff", handoff.Path(socket))
 	if line, err := out.ReadString('\n'); line != "listening\n" {
 		t.Fatalf("the planter did not start: %q %v", line, err)
 	}
@@ -181,49 +166,6 @@ func TestPlantedHandoffSocketRefused(t *testing.T) {
 	planter.Wait()
 	if bytes.Contains(rest, []byte("connected")) {
 		t.Errorf("the agent connected to the planted socket: %q", rest)
-	}
-}
-
-// TestHandoffRefusesSuccessorNotRoot: a process that is not root connects
-// to a running agent's hand-off socket (whose mode someone loosened) and
-// asks for the sockets: it is sent none, and the agent keeps serving.
-func TestHandoffRefusesSuccessorNotRoot(t *testing.T) {
-	testenv.RequireRoot(t)
-	dir, err := os.MkdirTemp("", "zthandoff-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	os.Chmod(dir, 0o755)
-	socket := filepath.Join(dir, "ztdns.sock")
-	ln, err := listenHandoff(socket)
-	if err != nil {
-		t.Fatal(err)
-	}
-	os.Chmod(handoffPath(socket), 0o666) // the mistake
-	var asked, stopped atomic.Bool
-	var log testenv.Log
-	done := make(chan error, 1)
-	go func() {
-		_, err := offerSockets(t.Context(), ln, slog.New(slog.NewTextHandler(&log, nil)), identities{}, func() ([]socketDesc, []*os.File, error) {
-			asked.Store(true)
-			return nil, nil, nil
-		}, func(bool) { asked.Store(true) }, func(bool) { stopped.Store(true) })
-		done <- err
-	}()
-	taker, out, _ := helper(t, "take-handoff", handoffPath(socket))
-	got, _ := io.ReadAll(out)
-	taker.Wait()
-	if !strings.HasPrefix(string(got), "received 0 descriptors") {
-		t.Errorf("the successor that is not root got %q", got)
-	}
-	ln.Close()
-	<-done
-	if asked.Load() || stopped.Load() {
-		t.Errorf("the agent listed its sockets (%v) or stopped serving (%v) for a caller that is not root", asked.Load(), stopped.Load())
-	}
-	if !strings.Contains(log.String(), "refusing a hand-off to a process that is not root") || !strings.Contains(log.String(), "uid 65534") {
-		t.Errorf("the refusal is not logged:\n%s", log.String())
 	}
 }
 
@@ -275,57 +217,5 @@ func TestStopsWhateverTheSourceDoes(t *testing.T) {
 	}
 	if !strings.Contains(log.String(), "did not stop in time") || !strings.Contains(log.String(), "source") {
 		t.Errorf("the log does not name the part left behind:\n%s", log.String())
-	}
-}
-
-// TestHandoffEndedByStop: an agent stopped while a successor holds its
-// sockets but has not said "serving" ends the exchange at once, and keeps
-// what it has (it never ran stop). (Before: the exchange waited out its
-// deadline, handoffSyncWait and more, and the agent's stop gave up on it.)
-func TestHandoffEndedByStop(t *testing.T) {
-	testenv.RequireRoot(t)
-	socket := filepath.Join(t.TempDir(), "ztdns.sock")
-	ln, err := listenHandoff(socket)
-	if err != nil {
-		t.Fatal(err)
-	}
-	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer udp.Close()
-	ctx, cancel := context.WithCancel(t.Context())
-	defer cancel()
-	context.AfterFunc(ctx, func() { ln.Close() }) // as the agent does
-	var stopped atomic.Bool
-	done := make(chan error, 1)
-	go func() {
-		_, err := offerSockets(ctx, ln, slog.New(slog.DiscardHandler), identities{}, func() ([]socketDesc, []*os.File, error) {
-			f, err := udp.File()
-			return []socketDesc{{Network: "udp", Addr: udp.LocalAddr().String()}}, []*os.File{f}, err
-		}, func(bool) {}, func(bool) { stopped.Store(true) })
-		done <- err
-	}()
-
-	// A successor that takes the sockets and then never says "serving".
-	c, err := net.Dial("unix", handoffPath(socket))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	_, files, err := askSockets(c.(*net.UnixConn))
-	closeAll(files)
-	if err != nil || len(files) != 1 {
-		t.Fatalf("received %d sockets: %v", len(files), err)
-	}
-
-	cancel()
-	select {
-	case <-done:
-	case <-time.After(10 * time.Second): // the exchange's own deadline is handoffSyncWait+handoffTimeout
-		t.Fatal("the stopped agent is still waiting for its successor's \"serving\"")
-	}
-	if stopped.Load() {
-		t.Error("the agent stopped serving without a successor that serves")
 	}
 }
