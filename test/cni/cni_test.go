@@ -4,9 +4,11 @@ package cnie2e
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -64,14 +66,46 @@ func requireBridgeResult(tb testing.TB, r *Runtime, p *Pod, res *current.Result,
 	if len(ips) != wantFamilies || !podSubnet4.Contains(ips[0]) || (ipv6 && !podSubnet6.Contains(ips[1])) {
 		tb.Fatalf("IPs = %v, want one from %s (and %s with IPv6)", ips, podSubnet4, podSubnet6)
 	}
-	onEth0, err := netns.Addrs(p.Path(), netns.MaxAddrs)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	if !slices.Equal(onEth0, ips) {
-		tb.Fatalf("the result says %v, the pod has %v", ips, onEth0)
+	if onEth0 := eth0Addrs(tb, p); !slices.Equal(onEth0, ips) {
+		tb.Fatalf("the result says %v, the pod's eth0 has %v", ips, onEth0)
 	}
 	return ips
+}
+
+// eth0Addrs is what `ip addr` shows on the pod's eth0: its addresses of
+// global scope, IPv4 first (the order of a CNI result).
+func eth0Addrs(tb testing.TB, p *Pod) []netip.Addr {
+	tb.Helper()
+	out, err := exec.Command("ip", "-j", "-n", p.Netns.Name, "addr", "show", "dev", "eth0").Output()
+	if err != nil {
+		tb.Fatalf("ip -n %s addr show dev eth0: %v", p.Netns.Name, err)
+	}
+	var links []struct {
+		AddrInfo []struct {
+			Family string `json:"family"`
+			Local  string `json:"local"`
+			Scope  string `json:"scope"`
+		} `json:"addr_info"`
+	}
+	if err := json.Unmarshal(out, &links); err != nil || len(links) != 1 {
+		tb.Fatalf("ip -j -n %s addr show dev eth0: %v, %d links:\n%s", p.Netns.Name, err, len(links), out)
+	}
+	var v4, v6 []netip.Addr
+	for _, a := range links[0].AddrInfo {
+		if a.Scope != "global" {
+			continue
+		}
+		addr, err := netip.ParseAddr(a.Local)
+		if err != nil {
+			tb.Fatalf("ip -j -n %s addr show dev eth0: %v", p.Netns.Name, err)
+		}
+		if a.Family == "inet" {
+			v4 = append(v4, addr)
+		} else {
+			v6 = append(v6, addr)
+		}
+	}
+	return append(v4, v6...)
 }
 
 func cookieOf(tb testing.TB, p *Pod) uint64 {

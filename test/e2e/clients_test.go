@@ -99,9 +99,10 @@ type serviceEntryHost struct {
 	v4, v6 netip.Addr // v6 may be invalid: no AAAA (NODATA)
 }
 
-// serviceEntryHosts returns address.internal (its spec address) and
-// auto.internal (its auto-allocated VIPs, read from `ztdns table` and
-// checked against Istio's allocation ranges).
+// serviceEntryHosts returns address.internal (its spec address, IPv4 only)
+// and auto.internal (its auto-allocated VIPs, one IPv4 and one IPv6 as
+// istiod allocates them, read from `ztdns table` and checked against
+// Istio's allocation ranges).
 func (c *cluster) serviceEntryHosts(t *testing.T) []serviceEntryHost {
 	t.Helper()
 	var rows []struct {
@@ -115,23 +116,26 @@ func (c *cluster) serviceEntryHosts(t *testing.T) []serviceEntryHost {
 	}
 	auto := serviceEntryHost{name: autoHost}
 	for _, r := range rows {
-		if r.Name != autoHost+"." || len(r.Values) != 1 {
+		if r.Name != autoHost+"." {
 			continue
+		}
+		if len(r.Values) != 1 {
+			t.Fatalf("table row %+v: want one VIP", r)
 		}
 		a, err := netip.ParseAddr(r.Values[0])
 		switch {
 		case err != nil:
 			t.Fatalf("table row %+v: %v", r, err)
-		case r.Type == "A" && autoVIPs4.Contains(a):
+		case r.Type == "A" && autoVIPs4.Contains(a) && !auto.v4.IsValid():
 			auto.v4 = a
-		case r.Type == "AAAA" && autoVIPs6.Contains(a):
+		case r.Type == "AAAA" && autoVIPs6.Contains(a) && !auto.v6.IsValid():
 			auto.v6 = a
 		default:
-			t.Fatalf("table row %+v: not an auto-allocated VIP (%s, %s)", r, autoVIPs4, autoVIPs6)
+			t.Fatalf("table row %+v: not an auto-allocated VIP (%s, %s), or a second of its family", r, autoVIPs4, autoVIPs6)
 		}
 	}
-	if !auto.v4.IsValid() {
-		t.Fatalf("ztdns table has no IPv4 VIP for %s:\n%s", autoHost, out)
+	if !auto.v4.IsValid() || !auto.v6.IsValid() {
+		t.Fatalf("ztdns table has for %s IPv4 VIP %v, IPv6 VIP %v; want one of each, in %s and %s:\n%s", autoHost, auto.v4, auto.v6, autoVIPs4, autoVIPs6, out)
 	}
 	return []serviceEntryHost{{name: addressHost, v4: addressVIP}, auto}
 }

@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/prometheus/promql/parser"
 	"sigs.k8s.io/yaml"
 
+	"github.com/ztdns/ztdns/internal/dnstest"
 	"github.com/ztdns/ztdns/internal/testenv"
 )
 
@@ -63,8 +64,10 @@ var cpuControllerOnly = []string{"ztdns_cpu_periods_total", "ztdns_cpu_throttled
 // name its own nameserver answers, and checks:
 //   - the access log: a line for the table answer, the upstream's and the
 //     cache's, with the pod, namespace, name, type, rcode and upstream;
-//   - `ztdns log off` stops the lines, `ztdns log on --sample 2` writes one
-//     query in two, `ztdns status` says which;
+//   - `ztdns log off` stops the lines (a name asked while off has none),
+//     `ztdns log on --sample 2` writes one query in two, `ztdns status`
+//     says which; a last name asked with every query logged again marks
+//     the end: the lines before its own are all there will be;
 //   - /metrics: the counts of those queries by source and namespace and
 //     upstream, the capture maps and fail-open;
 //   - every expression of the dashboard and of the alerts parses as PromQL
@@ -73,7 +76,14 @@ func TestObservability(t *testing.T) {
 	t.Parallel()
 	used := monitoringMetrics(t) // before anything starts: a broken expression fails at once
 	c := newCluster(t)
-	c.serve(t, podNameserver1, ownMarker)
+	// The pod's nameserver answers markedNames (c.serve) and two names of
+	// this test's own: one asked while the log is off, and the last.
+	offHost, lastHost := testenv.UniqueName("off-")+".example", testenv.UniqueName("last-")+".example"
+	var zone []string
+	for _, name := range append(slices.Clone(markedNames), offHost, lastHost) {
+		zone = append(zone, fmt.Sprintf("%s. 300 IN A %s", name, ownMarker))
+	}
+	c.node.ServeNameserver(t, netip.MustParseAddr(podNameserver1), dnstest.ZoneOf(t, zone...))
 	accessLog := filepath.Join(t.TempDir(), "access.log")
 	a := testenv.StartAgent(t, c.node, c.bin, append(c.agentArgs(), "--metrics", metricsAddr, "--access-log", accessLog)...)
 	c.waitReady(t, a)
@@ -104,28 +114,41 @@ func TestObservability(t *testing.T) {
 	if got := accessLogStatus(t, c); got != "off (to "+accessLog+" when on)" {
 		t.Errorf("ztdns status: access log %q after ztdns log off", got)
 	}
-	dig(addressHost, addressVIP)
+	dig(offHost, ownMarker)
 	if out := c.ztdns(t, "log", "on", "--sample", "2", "--socket", c.socket); out != "access log on: one query in 2, to "+accessLog+"\n" {
 		t.Errorf("ztdns log on --sample 2 printed %q", out)
 	}
 	for range 4 {
 		dig(addressHost, addressVIP)
 	}
-	if got := len(waitLines(t, accessLog, 5)); got != 5 {
-		t.Errorf("%d access log lines, want 3, none while off, and 2 for 4 queries at one in 2", got)
+	// Every query logged again, the last name's line comes after any line
+	// of the queries before it.
+	c.ztdns(t, "log", "on", "--sample", "1", "--socket", c.socket)
+	dig(lastHost, ownMarker)
+	lines = linesThrough(t, accessLog, lastHost)
+	if len(lines) != 6 {
+		t.Errorf("%d access log lines, want 3, none while off, 2 for 4 queries at one in 2, and the last name's:\n%s", len(lines), strings.Join(lines, "\n"))
+	}
+	for i, l := range lines {
+		if strings.Contains(l, " name="+offHost+". ") {
+			t.Errorf("access log line %d is of %s, asked while the log was off:\n%s", i, offHost, l)
+		}
+		if i >= 3 && i < len(lines)-1 && !strings.Contains(l, " name="+addressHost+". ") {
+			t.Errorf("access log line %d, of the queries at one in 2, is not of %s:\n%s", i, addressHost, l)
+		}
 	}
 
 	wantValues := map[string]float64{
-		`ztdns_dns_requests_total{proto="udp",rcode="NOERROR",source="table",type="A"}`:    6,
-		`ztdns_dns_requests_total{proto="udp",rcode="NOERROR",source="upstream",type="A"}`: 1,
+		`ztdns_dns_requests_total{proto="udp",rcode="NOERROR",source="table",type="A"}`:    5,
+		`ztdns_dns_requests_total{proto="udp",rcode="NOERROR",source="upstream",type="A"}`: 3,
 		`ztdns_dns_requests_total{proto="udp",rcode="NOERROR",source="cache",type="A"}`:    1,
-		`ztdns_dns_namespace_requests_total{client_namespace="default"}`:                   8,
-		`ztdns_forward_upstream_queries_total{result="ok",to="` + podNameserver1 + `:53"}`: 1,
-		`ztdns_dns_request_duration_seconds_count{source="table"}`:                         6,
+		`ztdns_dns_namespace_requests_total{client_namespace="default"}`:                   9,
+		`ztdns_forward_upstream_queries_total{result="ok",to="` + podNameserver1 + `:53"}`: 3,
+		`ztdns_dns_request_duration_seconds_count{source="table"}`:                         5,
 		`ztdns_capture_map_entries{map="pods"}`:                                            1,
 		`ztdns_capture_map_capacity{map="pods"}`:                                           16384,
 		`ztdns_capture_fail_open{}`:                                                        0,
-		`ztdns_access_log_lines_total{}`:                                                   5,
+		`ztdns_access_log_lines_total{}`:                                                   6,
 		`ztdns_access_log_enabled{}`:                                                       1,
 	}
 	// The UDP loop adds a batch's counts after writing its answers: the
@@ -247,23 +270,41 @@ func monitoringMetrics(t *testing.T) map[string][]string {
 	return used
 }
 
-// waitLines waits until the access log file has n lines (and a moment
-// more, for any line that should not be there) and returns its lines.
+// readLines returns the lines of the access log file.
+func readLines(path string) []string {
+	b, _ := os.ReadFile(path)
+	if len(b) == 0 {
+		return nil
+	}
+	return strings.Split(strings.TrimSuffix(string(b), "\n"), "\n")
+}
+
+// waitLines waits until the access log file has n lines and returns them,
+// failing the test if it has more. Lines that come later are caught by the
+// count once linesThrough has seen a name asked last.
 func waitLines(t *testing.T, path string, n int) []string {
 	t.Helper()
-	read := func() []string {
-		b, _ := os.ReadFile(path)
-		return strings.Split(strings.TrimSuffix(string(b), "\n"), "\n")
-	}
-	deadline := time.Now().Add(10 * time.Second)
-	for len(read()) < n && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond)
-	}
-	time.Sleep(200 * time.Millisecond)
-	lines := read()
+	var lines []string
+	testenv.Eventually(t, 10*time.Second, fmt.Sprintf("%d lines in %s", n, path), func() bool {
+		lines = readLines(path)
+		return len(lines) >= n
+	})
 	if len(lines) != n {
 		t.Fatalf("%s has %d lines, want %d:\n%s", path, len(lines), n, strings.Join(lines, "\n"))
 	}
+	return lines
+}
+
+// linesThrough waits until the access log file has a line of name, asked
+// last, and returns its lines: the log writes its lines in the order the
+// queries were answered, so every line of a query before name's is there.
+func linesThrough(t *testing.T, path, name string) []string {
+	t.Helper()
+	var lines []string
+	testenv.Eventually(t, 10*time.Second, fmt.Sprintf("a line of %s in %s", name, path), func() bool {
+		lines = readLines(path)
+		return slices.ContainsFunc(lines, func(l string) bool { return strings.Contains(l, " name="+name+". ") })
+	})
 	return lines
 }
 

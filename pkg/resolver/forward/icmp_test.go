@@ -271,7 +271,7 @@ type icmpForger struct {
 func rawICMPSocket(t *testing.T, n *testenv.Netns, from netip.Addr) *icmpForger {
 	t.Helper()
 	s := &icmpForger{fd: -1, from: from}
-	if err := n.Do(func() error {
+	err := n.Do(func() error {
 		var err error
 		if from.Is4() {
 			s.fd, err = unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_ICMP)
@@ -286,10 +286,14 @@ func rawICMPSocket(t *testing.T, n *testenv.Netns, from netip.Addr) *icmpForger 
 			}
 		}
 		return err
-	}); err != nil {
+	})
+	// Closed at cleanup as soon as it is open, the Bind failing too.
+	if s.fd >= 0 {
+		t.Cleanup(func() { unix.Close(s.fd) })
+	}
+	if err != nil {
 		t.Fatalf("raw ICMP socket in %s: %v", n.Name, err)
 	}
-	t.Cleanup(func() { unix.Close(s.fd) })
 	return s
 }
 

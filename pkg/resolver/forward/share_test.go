@@ -159,16 +159,42 @@ func checkPodB(t *testing.T, m *dns.Msg) {
 	}
 }
 
+// forwardFrom forwards req over UDP to up for src, within 10 s, and fails
+// the test unless it gets a reply. Only the test's goroutine may call it: a
+// goroutine calls goForward.
 func forwardFrom(t *testing.T, f *Forwarder, src *quota.Source, req []byte, up netip.AddrPort) *dns.Msg {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(quota.WithSource(context.Background(), src), 10*time.Second)
-	defer cancel()
-	b, err := f.Forward(ctx, req, false, []netip.AddrPort{up})
-	if err != nil {
-		t.Errorf("Forward: %v", err)
-		return nil
+	return (<-goForward(f, src, req, up)).msg(t)
+}
+
+// forwarded is what Forward returned.
+type forwarded struct {
+	b   []byte
+	err error
+}
+
+// goForward forwards req over UDP to up for src, within 10 s, in a
+// goroutine of its own, which hands the result over and touches no
+// testing.T: a failure is reported by the test's goroutine, never left
+// waiting for a result that will not come.
+func goForward(f *Forwarder, src *quota.Source, req []byte, up netip.AddrPort) <-chan forwarded {
+	out := make(chan forwarded, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(quota.WithSource(context.Background(), src), 10*time.Second)
+		defer cancel()
+		b, err := f.Forward(ctx, req, false, []netip.AddrPort{up})
+		out <- forwarded{b, err}
+	}()
+	return out
+}
+
+// msg is the reply, unpacked; a failed Forward fails the test.
+func (r forwarded) msg(t *testing.T) *dns.Msg {
+	t.Helper()
+	if r.err != nil {
+		t.Fatalf("Forward: %v", r.err)
 	}
-	return dnstest.Unpack(t, b)
+	return dnstest.Unpack(t, r.b)
 }
 
 // TestPodsShareOnlyWhatTheKeySays: pods that use the same nameserver share
@@ -201,33 +227,28 @@ func TestPodsShareOnlyWhatTheKeySays(t *testing.T) {
 				qa := query(t, "www.example.com.", dns.TypeA, append([]func(*dns.Msg){withID(0xA0A0)}, tc.opts...)...)
 				qb := query(t, "www.example.com.", dns.TypeA, withEDNS(false), withID(0xB0B0))
 
-				var a *dns.Msg
-				done := make(chan struct{})
-				go func() {
-					defer close(done)
-					a = forwardFrom(t, f, &podA, qa, up.addr)
-				}()
+				a := goForward(f, &podA, qa, up.addr)
+				var ra forwarded
 				if !concurrent {
-					<-done
+					ra = <-a
 					checkPodB(t, forwardFrom(t, f, &podB, qb, up.addr))
 				} else {
 					testenv.Eventually(t, 30*time.Second, "A's exchange in flight", func() bool { return up.n.Load() == 1 })
-					b := make(chan *dns.Msg, 1)
-					go func() { b <- forwardFrom(t, f, &podB, qb, up.addr) }()
+					b := goForward(f, &podB, qb, up.addr)
 					if tc.shared {
 						testenv.Eventually(t, 30*time.Second, "B waiting on A's exchange", func() bool { return joined(f) == 1 })
 					} else {
 						testenv.Eventually(t, 30*time.Second, "B's own exchange in flight", func() bool { return up.n.Load() == 2 })
 					}
 					close(hold)
-					checkPodB(t, <-b)
+					checkPodB(t, (<-b).msg(t))
 					if n := up.n.Load(); tc.shared && n != 1 {
 						t.Errorf("the upstream got %d queries, want 1: B shares A's exchange", n)
 					}
+					ra = <-a
 				}
-				<-done
-				if a == nil || a.Id != 0xA0A0 {
-					t.Fatalf("pod A got %v", a)
+				if m := ra.msg(t); m.Id != 0xA0A0 {
+					t.Fatalf("pod A got %v", m)
 				}
 			})
 		}

@@ -193,21 +193,42 @@ func TestNoDiscoveryPollingWithoutTheCRD(t *testing.T) {
 
 // TestNoDiscoveryStormWhileAPIServerDown: an agent that starts while the
 // API server is down asks it about ServiceEntries with growing pauses, as
-// client-go's reflectors do for everything else. (Before: a discovery GET
-// every second until the API server answered, 20 in the window.)
+// client-go's reflectors do for everything else, and keeps asking: once
+// the API server is back, it syncs and says the CRD is not installed.
+// (Before: a discovery GET every second until the API server answered, 20
+// in the window.)
 func TestNoDiscoveryStormWhileAPIServerDown(t *testing.T) {
 	env := kubetest.Start(t, kubetest.WithoutCRDs())
 	env.Stop()
 	cfg := rest.CopyConfig(env.Config)
 	var reqs requestLog
 	cfg.Wrap(reqs.wrap)
-	runSource(t, cfg)
+	rec := runSource(t, cfg)
 	time.Sleep(quietWindow)
 	// Backoff from 0.8 s doubling (with up to as much again of jitter):
-	// at most six tries in 20 s.
-	t.Logf("requests about ServiceEntries in %v with the API server down: %d", quietWindow, reqs.count(askingAboutServiceEntries))
-	if n := reqs.count(askingAboutServiceEntries); n > 6 {
+	// at most six tries in 20 s, and at least the first and a retry
+	// (the second comes 1.6 s after the first at the latest).
+	n := reqs.count(askingAboutServiceEntries)
+	t.Logf("requests about ServiceEntries in %v with the API server down: %d", quietWindow, n)
+	if n > 6 {
 		t.Errorf("%d requests about ServiceEntries in %v with the API server down, want at most 6", n, quietWindow)
+	}
+	if n < 2 {
+		t.Errorf("%d requests about ServiceEntries in %v with the API server down, want a try and a retry at least", n, quietWindow)
+	}
+
+	// The API server back: the source's retries reach it.
+	env.Restart()
+	rec.waitFor(t, "the first sync once the API server is back", func(s *model.Snapshot) error {
+		if find(s.Services, serviceKey, metav1.NamespaceDefault, "kubernetes") == nil {
+			return fmt.Errorf("service default/kubernetes missing")
+		}
+		return nil
+	})
+	rec.waitHealth(t, "healthy once the API server is back", func(err error) bool { return err == nil })
+	wantNote(t, rec.src, []string{"serviceentries.networking.istio.io", "not installed"})
+	if got := reqs.count(askingAboutServiceEntries); got <= n {
+		t.Errorf("%d requests about ServiceEntries in all, %d before the API server was back: none since", got, n)
 	}
 }
 
