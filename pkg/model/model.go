@@ -47,7 +47,9 @@ const (
 type Port struct {
 	Name     string
 	Protocol string // "TCP", "UDP" or "SCTP" (upper case, as in the API)
-	Port     uint16
+	// Port is 1-65535: a port without a number (an EndpointSlice's "all
+	// ports") or outside the range is left out of the object.
+	Port uint16
 }
 
 // Service is the part of a v1 Service that DNS needs.

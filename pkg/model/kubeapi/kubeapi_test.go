@@ -71,7 +71,7 @@ func TestDecodeAndReduce(t *testing.T) {
 			  "targetRef": {"kind": "Pod", "name": "db-0"}},
 			  {"addresses": ["10.1.0.2"], "conditions": {"ready": false}},
 			  {"addresses": ["10.1.0.3"], "conditions": {}}],
-			"ports": [{"name": "pg", "protocol": "TCP", "port": 5432}, {"port": 9000}]}`,
+			"ports": [{"name": "pg", "protocol": "TCP", "port": 5432}, {"port": 9000}, {"name": "any", "protocol": "TCP"}]}`,
 		want: model.EndpointSlice{Namespace: "shop", Name: "db-x1", ServiceName: "db",
 			Endpoints: []model.Endpoint{
 				{Addresses: []netip.Addr{netip.MustParseAddr("10.1.0.1")}, Hostname: "db-0", Ready: true},
@@ -249,11 +249,12 @@ func TestReduceErrors(t *testing.T) {
 	}
 }
 
-// TestPortsPastTheRangeAreLeftOut: a port number outside 0-65535 (the API
+// TestPortsPastTheRangeAreLeftOut: a port number outside 1-65535 (the API
 // server does not check an EndpointSlice's, nor a ServiceEntry's under a
 // CRD without its rules and no webhook) is left out of a watched object,
 // the rest of it kept: before, it was served wrapped around (70000 as 4464,
-// -1 as 65535).
+// -1 as 65535), or as 0. So is an EndpointSlice port without a number
+// (every port): it was an SRV record of port 0.
 func TestPortsPastTheRangeAreLeftOut(t *testing.T) {
 	http := model.Port{Name: "http", Protocol: "TCP", Port: 80}
 	tests := []struct {
@@ -264,10 +265,10 @@ func TestPortsPastTheRangeAreLeftOut(t *testing.T) {
 				"ports": [{"name": "big", "port": 70000}, {"name": "http", "port": 80}, {"name": "neg", "port": -1}]}}`},
 		{name: "EndpointSlice",
 			doc: `{"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "metadata": {"name": "s", "namespace": "n"}, "addressType": "IPv4",
-				"ports": [{"name": "big", "port": 70000}, {"name": "http", "port": 80}, {"name": "neg", "port": -1}]}`},
+				"ports": [{"name": "big", "port": 70000}, {"name": "http", "port": 80}, {"name": "neg", "port": -1}, {"name": "zero", "port": 0}, {"name": "any"}]}`},
 		{name: "ServiceEntry",
 			doc: `{"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry", "metadata": {"name": "se", "namespace": "n"}, "spec": {"hosts": ["a.example"],
-				"ports": [{"name": "big", "number": 70000, "protocol": "TCP"}, {"name": "http", "number": 80, "protocol": "tcp"}]}}`},
+				"ports": [{"name": "big", "number": 70000, "protocol": "TCP"}, {"name": "http", "number": 80, "protocol": "tcp"}, {"name": "zero", "number": 0, "protocol": "TCP"}]}}`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -97,13 +97,17 @@ func (s *EndpointSlice) Model() (model.EndpointSlice, error) {
 		if p.Protocol != nil {
 			port.Protocol = protocolOf(*p.Protocol)
 		}
-		if p.Port != nil {
-			n, ok := portNumber(int64(*p.Port))
-			if !ok {
-				continue
-			}
-			port.Port = n
+		if p.Port == nil {
+			// No number: the endpoints take traffic on every port (the
+			// API's "all ports"), which no SRV record can name. CoreDNS
+			// leaves it out of its SRV answers too (port -1).
+			continue
 		}
+		n, ok := portNumber(int64(*p.Port))
+		if !ok {
+			continue
+		}
+		port.Port = n
 		out.Ports = append(out.Ports, port)
 	}
 	out.Ports = sharedPorts(out.Ports)
@@ -376,10 +380,10 @@ func addrOf(s string) (netip.Addr, string) {
 // refuses a Service or ServiceEntry port outside 1-65535, but not an
 // EndpointSlice's (nor a ServiceEntry's under a CRD without its CEL rules
 // and no webhook): such a port is left out, the rest of the object kept,
-// rather than served wrapped around (70000 as 4464). Manifests refuse them
-// (package typed).
+// rather than served wrapped around (70000 as 4464) or as port 0, which no
+// client can dial. Manifests refuse them (package typed).
 func portNumber(n int64) (uint16, bool) {
-	if n < 0 || n > 65535 {
+	if n < 1 || n > 65535 {
 		return 0, false
 	}
 	return uint16(n), true

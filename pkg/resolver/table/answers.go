@@ -42,6 +42,9 @@ import (
 // section processing could not fit, and a client that gets TC drops the
 // reply and asks again over TCP, for an answer it already has whole.
 func (r *Result) AppendAnswer(out []byte, hdr int, qtype uint16, rot uint16, room int) (_ []byte, truncated bool) {
+	if own, ok := r.ownSRV(qtype); ok {
+		return own.AppendAnswer(out, hdr, qtype, rot, room)
+	}
 	e := r.Entry
 	ttl := e.src.ttl
 	start := len(out) // where the answer section starts
@@ -75,6 +78,11 @@ func (r *Result) AppendAnswer(out []byte, hdr int, qtype uint16, rot uint16, roo
 		if e.Alias != "" {
 			w.nameRR(dns.TypeCNAME, ttl, e.Alias)
 		}
+		if set := e.ownSRV(); set != nil {
+			for _, s := range set.recordsOf(e) {
+				w.srv(ttl, s)
+			}
+		}
 	case qtype == dns.TypeA, qtype == dns.TypeAAAA:
 		w.addrs(r.family(qtype), ttl, rot)
 	case qtype == dns.TypeCNAME:
@@ -94,6 +102,23 @@ func (r *Result) AppendAnswer(out []byte, hdr int, qtype uint16, rot uint16, roo
 		out = r.appendSRVExtra(out, hdr, start-hdr, w.end, ttl)
 	}
 	return out, w.cut
+}
+
+// ownSRV is r answering SRV at an endpoint's own name: r with the set of
+// the name's own records (Entry.ownSRV), which it answers as it answers
+// one of the Service's SRV names, the targets' addresses added; false for
+// any other query.
+func (r *Result) ownSRV(qtype uint16) (Result, bool) {
+	if qtype != dns.TypeSRV || r.srv != nil || r.owners.one != nil {
+		return Result{}, false
+	}
+	set := r.Entry.ownSRV()
+	if set == nil {
+		return Result{}, false
+	}
+	own := *r
+	own.srv = set
+	return own, true
 }
 
 // answer is the answer section being written: records are appended to out
@@ -343,6 +368,9 @@ func (r *Result) Chases(qtype uint16) bool {
 // chains, search-list expansions): TestRecordsAreAppendAnswers holds the
 // two to the same records.
 func (r *Result) Records(owner string, qtype uint16, ttl uint32, rot uint16) []dns.RR {
+	if own, ok := r.ownSRV(qtype); ok {
+		return own.Records(owner, qtype, ttl, rot)
+	}
 	e := r.Entry
 	hdr := func(t uint16) dns.RR_Header {
 		return dns.RR_Header{Name: owner, Rrtype: t, Class: dns.ClassINET, Ttl: ttl}
@@ -370,9 +398,7 @@ func (r *Result) Records(owner string, qtype uint16, ttl uint32, rot uint16) []d
 	case r.srv != nil:
 		switch qtype {
 		case dns.TypeSRV, dns.TypeANY:
-			for _, s := range r.srv.recordsOf(e) {
-				out = append(out, &dns.SRV{Hdr: hdr(dns.TypeSRV), Priority: 0, Weight: 100, Port: s.Port, Target: s.Target})
-			}
+			out = srvRRs(out, r.srv, e, hdr(dns.TypeSRV))
 		case dns.TypeA, dns.TypeAAAA: // as appendSRVAddrs
 			recs := r.srv.records
 			if recs == nil {
@@ -398,12 +424,23 @@ func (r *Result) Records(owner string, qtype uint16, ttl uint32, rot uint16) []d
 		if e.Alias != "" {
 			out = name(out, dns.TypeCNAME, e.Alias)
 		}
+		if set := e.ownSRV(); set != nil {
+			out = srvRRs(out, set, e, hdr(dns.TypeSRV))
+		}
 	case qtype == dns.TypeA, qtype == dns.TypeAAAA:
 		out = addrs(out, r.family(qtype), rot)
 	case qtype == dns.TypeCNAME:
 		if e.Alias != "" {
 			out = name(out, dns.TypeCNAME, e.Alias)
 		}
+	}
+	return out
+}
+
+// srvRRs appends the records of set, held by e, with header h.
+func srvRRs(out []dns.RR, set *srvSet, e *Entry, h dns.RR_Header) []dns.RR {
+	for _, s := range set.recordsOf(e) {
+		out = append(out, &dns.SRV{Hdr: h, Priority: 0, Weight: 100, Port: s.Port, Target: s.Target})
 	}
 	return out
 }

@@ -249,3 +249,66 @@ func TestRecordsAreAppendAnswers(t *testing.T) {
 		}
 	}
 }
+
+// SRV at a headless Service's endpoint name answers as kube-dns does: a
+// record per port of the slices that list the endpoint, named or not, each
+// pointing at the name, with its addresses in the additional section; a
+// slice port without a number (every port) makes none. Before, NODATA.
+func TestSRVAtAnEndpointsName(t *testing.T) {
+	tbl, warnings := Build(&model.Snapshot{
+		Services: []model.Service{{Namespace: "ns", Name: "db", Headless: true}},
+		EndpointSlices: []model.EndpointSlice{
+			{Namespace: "ns", Name: "db-v4", ServiceName: "db", Ports: []model.Port{
+				{Name: "pg", Protocol: "TCP", Port: 5432}, {Protocol: "UDP", Port: 9000}}, Endpoints: []model.Endpoint{
+				{Addresses: addrs("10.1.0.1"), Hostname: "db-0", Ready: true},
+				{Addresses: addrs("10.1.0.2"), Hostname: "db-1", Ready: true},
+			}},
+			{Namespace: "ns", Name: "db-v6", ServiceName: "db", Ports: []model.Port{{Name: "pg", Protocol: "TCP", Port: 6432}},
+				Endpoints: []model.Endpoint{{Addresses: addrs("fd00::1"), Hostname: "db-0", Ready: true}}},
+		},
+	}, Options{})
+	if len(warnings) > 0 {
+		t.Fatal(warnings)
+	}
+	for qname, want := range map[string][2][]string{
+		"db-0.db.ns.svc.cluster.local.": {{
+			"db-0.db.ns.svc.cluster.local. 30 IN SRV 0 100 5432 db-0.db.ns.svc.cluster.local.",
+			"db-0.db.ns.svc.cluster.local. 30 IN SRV 0 100 6432 db-0.db.ns.svc.cluster.local.",
+			"db-0.db.ns.svc.cluster.local. 30 IN SRV 0 100 9000 db-0.db.ns.svc.cluster.local.",
+		}, {
+			"db-0.db.ns.svc.cluster.local. 30 IN A 10.1.0.1",
+			"db-0.db.ns.svc.cluster.local. 30 IN AAAA fd00::1",
+		}},
+		"db-1.db.ns.svc.cluster.local.": {{
+			"db-1.db.ns.svc.cluster.local. 30 IN SRV 0 100 5432 db-1.db.ns.svc.cluster.local.",
+			"db-1.db.ns.svc.cluster.local. 30 IN SRV 0 100 9000 db-1.db.ns.svc.cluster.local.",
+		}, {
+			"db-1.db.ns.svc.cluster.local. 30 IN A 10.1.0.2",
+		}},
+	} {
+		_, m, truncated := answerIn(t, tbl, qname, dns.TypeSRV, dns.MaxMsgSize)
+		text := func(rrs []dns.RR) []string {
+			var out []string
+			for _, rr := range rrs {
+				out = append(out, strings.ReplaceAll(rr.String(), "\t", " "))
+			}
+			slices.Sort(out)
+			return out
+		}
+		if got := text(m.Answer); truncated || !slices.Equal(got, want[0]) {
+			t.Errorf("%s SRV: %q (truncated %v), want %q", qname, got, truncated, want[0])
+		}
+		if got := text(m.Extra); !slices.Equal(got, want[1]) {
+			t.Errorf("%s SRV: additional %q, want %q", qname, got, want[1])
+		}
+	}
+	// ANY holds them too.
+	if _, m, _ := answerIn(t, tbl, "db-1.db.ns.svc.cluster.local.", dns.TypeANY, dns.MaxMsgSize); len(m.Answer) != 3 {
+		t.Errorf("db-1 ANY: %v, want its address and 2 SRV records", m.Answer)
+	}
+	// The Service's name still has none (README: SRV at a Service's bare
+	// name).
+	if _, m, _ := answerIn(t, tbl, "db.ns.svc.cluster.local.", dns.TypeSRV, dns.MaxMsgSize); len(m.Answer) != 0 {
+		t.Errorf("db SRV: %v, want NODATA", m.Answer)
+	}
+}

@@ -210,7 +210,9 @@ func (t *Table) rowIndex(ns string, p *pacer) *rowIndex {
 	x := &rowIndex{names: make([]string, 0, t.size), ptrs: make([]addrKey, 0, addrs)}
 	srvItems := func(e *Entry) {
 		for _, set := range e.srv {
-			x.srvs = append(x.srvs, srvItem{prefix: set.prefix, name: e.Name})
+			if set.prefix != "" { // the name's own set is one of its rows
+				x.srvs = append(x.srvs, srvItem{prefix: set.prefix, name: e.Name})
+			}
 		}
 	}
 	for i := range t.names {
@@ -455,6 +457,9 @@ func (t *Table) appendEntryRows(rows []Row, e *Entry, name, prefix string) []Row
 		rows = e.appendRecordRows(rows, name)
 		if e.forward {
 			rows[n].Reason = t.noRecordsReason(e)
+		}
+		if set := e.ownSRV(); set != nil && name == e.Name {
+			rows = append(rows, e.srvRow(*set, e.Origin().String()))
 		}
 		return rows
 	}

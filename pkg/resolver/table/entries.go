@@ -156,21 +156,25 @@ func serviceEntries(n names, src *source, svc *model.Service, eps []*model.Endpo
 // kube-dns names them) that holds all of its addresses, whichever slices
 // list them (a dual-stack pod's hostname is in an IPv4 and an IPv6 slice),
 // and that its addresses' PTR records name; SRV records point at those
-// names, with each slice's own port numbers. Without a ready endpoint the
-// name does not exist (NXDOMAIN): it is left to the cluster's nameserver,
-// and still claimed (Entry.forward), so that another namespace's
-// ServiceEntry naming it does not answer: ztunnel picks the Service, and
-// answers nothing.
+// names, with each slice's own port numbers. An endpoint's name has SRV
+// records of its own, as kube-dns gives them: one per port of the slices
+// that list it, named or not, each pointing at the name itself. Without a
+// ready endpoint the name does not exist (NXDOMAIN): it is left to the
+// cluster's nameserver, and still claimed (Entry.forward), so that another
+// namespace's ServiceEntry naming it does not answer: ztunnel picks the
+// Service, and answers nothing.
 func headlessEntries(n names, out *entrySet, e *Entry, svc *model.Service, eps []*model.EndpointSlice) {
 	e.addrSource = addrEndpoints
 	byName := map[string]*Entry{} // nil for a name that is not valid
 	var srv srvRecords
-	// One object cannot make the table hold more than maxSRVRecords SRV
-	// records: endpoints times named ports multiply. k counts the records
-	// the endpoints ask for (each ready address times its slice's named
-	// ports), all of them: past the bound, those built so far are dropped
-	// and no more are built.
+	// One object cannot make the table hold more than twice maxSRVRecords
+	// SRV records: endpoints times ports multiply. k counts each ready
+	// address times its slice's ports, all of them (each makes a record at
+	// the endpoint's name, and a named one another at the port's name):
+	// past the bound, those built so far are dropped and no more are
+	// built.
 	k, srvOK := 0, true
+	own := map[*Entry][]uint16{} // the ports of each endpoint name's own SRV records
 	endpoint := func(label string) *Entry {
 		name := label + "." + e.Name
 		ee, seen := byName[name]
@@ -187,19 +191,13 @@ func headlessEntries(n names, out *entrySet, e *Entry, svc *model.Service, eps [
 	var sets []int // of the slice's ports (setOf), once it has a record
 	for _, es := range eps {
 		sets = sets[:0]
-		named := 0
-		for _, p := range es.Ports {
-			if p.Name != "" {
-				named++
-			}
-		}
 		for _, ep := range es.Endpoints {
 			if !ep.Ready && !svc.PublishNotReady {
 				continue
 			}
 			for _, a := range ep.Addresses {
-				if k += named; k > maxSRVRecords && srvOK {
-					srvOK, srv = false, srvRecords{}
+				if k += len(es.Ports); k > maxSRVRecords && srvOK {
+					srvOK, srv, own = false, srvRecords{}, nil
 				}
 				e.Addrs = append(e.Addrs, a) // repeats go below
 				label := ep.Hostname
@@ -224,12 +222,15 @@ func headlessEntries(n names, out *entrySet, e *Entry, svc *model.Service, eps [
 					if sets[j] >= 0 {
 						srv.add(sets[j], SRV{Port: p.Port, Target: ee.Name})
 					}
+					if !slices.Contains(own[ee], p.Port) {
+						own[ee] = append(own[ee], p.Port)
+					}
 				}
 			}
 		}
 	}
 	if !srvOK {
-		out.warn("%s: %d SRV records (endpoint addresses × named ports) exceed %d: its SRV names are left to the cluster's nameserver",
+		out.warn("%s: %d SRV records (endpoint addresses × ports) exceed %d: its SRV names are left to the cluster's nameserver",
 			originOf(e.src), k, maxSRVRecords)
 	}
 	if len(e.Addrs) == 0 {
@@ -237,10 +238,12 @@ func headlessEntries(n names, out *entrySet, e *Entry, svc *model.Service, eps [
 		out.add(e, false)
 		return
 	}
+	onePort := map[uint16][]srvSet{} // the sets of one port, which endpoints share
 	for _, name := range slices.Sorted(maps.Keys(byName)) {
 		if ee := byName[name]; ee != nil {
 			slices.SortFunc(ee.Addrs, netip.Addr.Compare)
 			ee.Addrs = compacted(ee.Addrs)
+			ee.srv = ownSRV(ee.Name, own[ee], onePort)
 			out.add(ee, true)
 		}
 	}
@@ -250,10 +253,35 @@ func headlessEntries(n names, out *entrySet, e *Entry, svc *model.Service, eps [
 	out.add(e, false) // its addresses' PTRs name the endpoints
 }
 
-// maxSRVRecords bounds the SRV records one headless Service may have (the
-// records of all its named ports, before repeats are removed): 20,000
-// endpoints with 4 named ports each fit; an object that multiplies
-// thousands of endpoints by thousands of ports does not.
+// ownSRV returns the SRV record set at an endpoint's own name: one record
+// per port, pointing at the name (none when ports is empty). The set of a
+// single port keeps only its number, in a list that the endpoints with that
+// port share (onePort).
+func ownSRV(name string, ports []uint16, onePort map[uint16][]srvSet) []srvSet {
+	if len(ports) == 0 {
+		return nil
+	}
+	slices.Sort(ports) // each port once already
+	if len(ports) == 1 {
+		set, ok := onePort[ports[0]]
+		if !ok {
+			set = []srvSet{{port: ports[0]}}
+			onePort[ports[0]] = set
+		}
+		return set
+	}
+	records := make([]SRV, len(ports))
+	for i, p := range ports {
+		records[i] = SRV{Port: p, Target: name}
+	}
+	return []srvSet{{records: records}}
+}
+
+// maxSRVRecords bounds the ready endpoint addresses times ports of one
+// headless Service, half the SRV records it may have (before repeats are
+// removed: one at the endpoint's name, and for a named port one at the
+// port's name): 20,000 endpoints with 4 ports each fit; an object that
+// multiplies thousands of endpoints by thousands of ports does not.
 const maxSRVRecords = 100_000
 
 // srvRecords collects the SRV record sets of one name, deduplicated (RFC

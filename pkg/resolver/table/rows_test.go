@@ -127,6 +127,15 @@ func rowsText(rows []Row) string {
 	return strings.Join(slices.Sorted(maps.Keys(origins)), "+") + ": " + strings.Join(parts, "; ")
 }
 
+// srvText is set's answer, as rowsText writes it.
+func srvText(set *srvSet, e *Entry) string {
+	var vals []string
+	for _, s := range set.recordsOf(e) {
+		vals = append(vals, fmt.Sprintf("0 100 %d %s", s.Port, s.Target))
+	}
+	return "SRV " + strings.Join(vals, ",")
+}
+
 // answerText is what Resolve gives, as rowsText writes it.
 func answerText(r Result) string {
 	e := r.Entry
@@ -142,12 +151,11 @@ func answerText(r Result) string {
 		}
 		parts = append(parts, "PTR "+strings.Join(names, ","))
 	case r.srv != nil:
-		var vals []string
-		for _, s := range r.srv.recordsOf(e) {
-			vals = append(vals, fmt.Sprintf("0 100 %d %s", s.Port, s.Target))
-		}
-		parts = append(parts, "SRV "+strings.Join(vals, ","))
+		parts = append(parts, srvText(r.srv, e))
 	default:
+		if set := e.ownSRV(); set != nil { // an endpoint's name
+			parts = append(parts, srvText(set, e))
+		}
 		var v4, v6 []string
 		for _, a := range e.Addrs {
 			if a.Is4() {

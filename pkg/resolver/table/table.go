@@ -106,7 +106,9 @@ type Entry struct {
 	Addrs []netip.Addr
 	// Alias is the CNAME target of an ExternalName Service (fqdn), or "".
 	Alias string
-	// srv are the SRV record sets of the name's named ports.
+	// srv are the SRV record sets of the name's named ports, sorted by
+	// prefix; an endpoint's name has one with prefix "": the records at
+	// the name itself (ownSRV).
 	srv []srvSet
 	// n4 is how many of Addrs are IPv4.
 	n4 uint32
@@ -157,13 +159,23 @@ var addrSources = [...]string{
 // AddrSource says where Addrs came from (one of the From* constants).
 func (e *Entry) AddrSource() string { return addrSources[e.addrSource] }
 
-// srvSet is the answer to _port._proto.<entry name>.
+// srvSet is the answer to _port._proto.<entry name>, or with prefix "" to
+// SRV at the entry's name.
 type srvSet struct {
-	prefix string // "_http._tcp."
+	prefix string // "_http._tcp.", or ""
 	// records are the set's records; nil when it is one record that points
 	// at the entry's own name (a Service's port, the usual case), on port.
 	records []SRV
 	port    uint16
+}
+
+// ownSRV returns the set of SRV records at e's own name, nil when it has
+// none (sorted by prefix, it comes first).
+func (e *Entry) ownSRV() *srvSet {
+	if len(e.srv) > 0 && e.srv[0].prefix == "" {
+		return &e.srv[0]
+	}
+	return nil
 }
 
 // recordsOf returns the set's records, e being the entry that holds it.
