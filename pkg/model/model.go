@@ -293,6 +293,11 @@ type Snapshot struct {
 	// of a namespace its discoverySelectors do not select), by why: their
 	// hosts are forwarded. The table shows each as a warning.
 	IstiodIgnores []LeftOut
+	// IstiodUnselected are the namespaces istiod's discoverySelectors do
+	// not select, sorted; nil when it sees every namespace (no selectors,
+	// or no istiod). istiod sends ztunnel no Service of theirs: such a
+	// Service answers its name only where no ServiceEntry names it.
+	IstiodUnselected []string
 }
 
 // LeftOut are objects a source left out of a snapshot for one reason.

@@ -20,14 +20,16 @@ import (
 // mode: a Kubernetes Service before ServiceEntries (then the oldest first).
 // With choose's own-namespace rule, a pod gets the object ztunnel routes:
 // its own namespace's (so the seed's tcp-echo.external-1 ServiceEntry in the
-// client's namespace still wins), else the Service. An ExternalName Service
-// comes last and is no own-namespace choice: istiod sends ztunnel none
-// (serviceServiceBuilder drops them), so a ServiceEntry naming it is what
-// ztunnel routes, from every namespace.
+// client's namespace still wins), else the Service. A Service istiod sends
+// ztunnel nothing of comes last and is no own-namespace choice, so a
+// ServiceEntry naming it is what ztunnel routes, from every namespace: an
+// ExternalName Service (serviceServiceBuilder drops them), or one of a
+// namespace istiod's discoverySelectors do not select (its Services pass
+// the same filter as its ServiceEntries). Alone, it answers as kube-dns.
 const (
 	rankService = iota
 	rankServiceEntry
-	rankExternalName
+	rankUnsent
 )
 
 // names says under which suffixes objects live and how answers are made.
@@ -98,11 +100,12 @@ func v4First(addrs []netip.Addr) ([]netip.Addr, uint32) {
 	return out, uint32(n4)
 }
 
-// serviceSource is what a Service's entries share.
-func serviceSource(n names, svc *model.Service) source {
+// serviceSource is what a Service's entries share; unselected says that
+// istiod's discoverySelectors do not select its namespace.
+func serviceSource(n names, svc *model.Service, unselected bool) source {
 	rank := uint8(rankService)
-	if svc.ExternalName != "" {
-		rank = rankExternalName
+	if svc.ExternalName != "" || unselected {
+		rank = rankUnsent
 	}
 	return source{namespace: svc.Namespace, name: svc.Name, ttl: n.ttl, kind: kindService, rank: rank}
 }
@@ -806,9 +809,12 @@ func originOf(src *source) Origin {
 }
 
 // compareOwners orders the entries that hold one address: endpoint names
-// first (see Table.ptrOwners), then as compareEntries.
+// first, then Services (see Table.ptrOwners: a Service istiod does not see
+// still owns its ClusterIP's PTR, as kube-dns answers it), then as
+// compareEntries.
 func compareOwners(a, c *Entry) int {
-	return cmp.Or(-cmp.Compare(boolInt(a.isEndpoint()), boolInt(c.isEndpoint())), compareEntries(a, c))
+	return cmp.Or(-cmp.Compare(boolInt(a.isEndpoint()), boolInt(c.isEndpoint())),
+		cmp.Compare(a.src.kind, c.src.kind), compareEntries(a, c))
 }
 
 func boolInt(b bool) int {

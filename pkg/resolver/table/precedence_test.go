@@ -159,3 +159,61 @@ func TestParseExportTo(t *testing.T) {
 		}
 	}
 }
+
+// A Service of a namespace istiod's discoverySelectors do not select
+// (Snapshot.IstiodUnselected): istiod sees no Service there, so it sends
+// ztunnel the ServiceEntry naming its host alone, and a pod of any
+// namespace, the Service's own included, gets the ServiceEntry's address;
+// a wildcard covering the name wins too. Alone, the Service answers its
+// ClusterIP, as kube-dns does, and its ClusterIP's PTR stays its own. The
+// same Builder follows the namespace as it is selected and dropped.
+func TestUnselectedServiceYieldsToServiceEntry(t *testing.T) {
+	snap := &model.Snapshot{
+		Services: []model.Service{
+			{Namespace: "legacy", Name: "db", ClusterIPs: addrs("10.96.0.40")},
+			{Namespace: "legacy", Name: "web", ClusterIPs: addrs("10.96.0.41")},
+			{Namespace: "legacy", Name: "cache", ClusterIPs: addrs("10.96.0.42")},
+		},
+		ServiceEntries: []model.ServiceEntry{
+			{Namespace: "team-a", Name: "db-se", Created: t0, Hosts: []string{"db.legacy.svc.cluster.local"},
+				Addresses: addrs("10.96.0.40", "198.51.100.80"), Resolution: "STATIC"},
+			{Namespace: "team-a", Name: "legacy-wild", Created: t0, Hosts: []string{"*.legacy.svc.cluster.local"},
+				Addresses: addrs("198.51.100.81"), Resolution: "STATIC", ExportTo: []string{"team-b"}},
+		},
+	}
+	b := NewBuilder(Options{})
+	check := func(step string, unselected bool) {
+		t.Helper()
+		tbl, warnings := b.Build(snap)
+		if len(warnings) > 0 {
+			t.Fatalf("%s: %v", step, warnings)
+		}
+		for _, ns := range []string{"legacy", "team-a", "team-b", ""} {
+			want := addrs("10.96.0.40")
+			if unselected || ns == "team-a" { // team-a's own ServiceEntry wins there
+				want = addrs("10.96.0.40", "198.51.100.80")
+			}
+			if e := tbl.Resolve("db.legacy.svc.cluster.local.", ns).Entry; e == nil || !slices.Equal(e.Addrs, want) {
+				t.Errorf("%s: db from %q: %+v, want %v", step, ns, e, want)
+			}
+			want = addrs("10.96.0.42")
+			if unselected && ns == "team-b" {
+				want = addrs("198.51.100.81") // the wildcard team-b sees
+			}
+			if e := tbl.Resolve("cache.legacy.svc.cluster.local.", ns).Entry; e == nil || !slices.Equal(e.Addrs, want) {
+				t.Errorf("%s: cache from %q: %+v, want %v", step, ns, e, want)
+			}
+			if e := tbl.Resolve("40.0.96.10.in-addr.arpa.", ns).Entry; e == nil || e.Name != "db.legacy.svc.cluster.local." || e.Origin().Kind != KindService {
+				t.Errorf("%s: PTR of db's ClusterIP from %q: %+v, want the Service", step, ns, e)
+			}
+		}
+		if e := tbl.Resolve("web.legacy.svc.cluster.local.", "team-a").Entry; e == nil || !slices.Equal(e.Addrs, addrs("10.96.0.41")) {
+			t.Errorf("%s: web (no ServiceEntry names it): %+v, want its ClusterIP", step, e)
+		}
+	}
+	check("selected", false)
+	snap.IstiodUnselected = []string{"legacy"}
+	check("unselected", true)
+	snap.IstiodUnselected = nil
+	check("selected again", false)
+}
