@@ -682,10 +682,10 @@ func coversExport(x, e *Entry) bool {
 // object for the name.
 func hiddenWarning(e, by *Entry) error {
 	host := strings.TrimSuffix(e.Name, ".")
-	older := "the older " + originOf(by.src).String()
 	if !by.src.created().Before(e.src.created()) {
-		older = originOf(by.src).String() + ", as old and first by name,"
+		return tiedWarning(e, by, host)
 	}
+	older := "the older " + originOf(by.src).String()
 	served := "(as istiod sends ztunnel)"
 	if !coversExport(by, e) {
 		served = "(as istiod sends ztunnel, whatever their exportTo: pods outside " + originOf(by.src).String() + "'s exportTo get neither)"
@@ -696,6 +696,26 @@ func hiddenWarning(e, by *Entry) error {
 	}
 	return fmt.Errorf("%s: host %q is not answered: %s names it in namespace %s too, and one object per namespace and host is served %s; remove the host from one of them",
 		originOf(e.src), host, older, by.src.namespace, served)
+}
+
+// tiedWarning says why e, as old as by (creationTimestamp counts whole
+// seconds: `kubectl apply -f dir/`, Helm and Argo CD create many objects
+// in one), may answer otherwise than ztunnel routes. istiod keeps the
+// first of them it iterates unless another is strictly older
+// (selectWorkloadServices' isBetter), in the order of a Go map: one at
+// random, which may change whenever it recomputes or restarts, and which
+// nothing ztdns can read tells (no condition marks the one it keeps
+// unless a waypoint is bound). ztdns keeps the first by name, the same on
+// every node.
+func tiedWarning(e, by *Entry, host string) error {
+	ours := originOf(by.src).String() + ", first by name"
+	if by.passed || by.forward {
+		ours += ", which has no address"
+	}
+	return fmt.Errorf("%s: host %q may not be answered as ztunnel routes it: %s names it in namespace %s too and was created in the same second "+
+		"(creationTimestamp counts whole seconds); istiod sends ztunnel one object per namespace and host, picks one of those as old at random, "+
+		"and may pick another whenever it recomputes or restarts, where ztdns answers %s; delete one of them, or recreate one so that the other is older",
+		originOf(e.src), host, originOf(by.src), by.src.namespace, ours)
 }
 
 // exportSet turns spec.exportTo into the namespaces that see an entry; nil

@@ -217,3 +217,45 @@ func TestUnselectedServiceYieldsToServiceEntry(t *testing.T) {
 	snap.IstiodUnselected = nil
 	check("selected again", false)
 }
+
+// Two ServiceEntries of one namespace naming one host, created in the same
+// second (creationTimestamp counts whole seconds: `kubectl apply -f dir/`,
+// Helm, Argo CD): istiod sends ztunnel one of them, picked at random (the
+// order of a Go map), and may change it; ztdns answers the first by name,
+// the same on every node, and warns of the other that its answer may not
+// be what ztunnel routes, and what to do. Before: the warning said the
+// first by name was served "as istiod sends ztunnel".
+func TestTiedServiceEntriesWarn(t *testing.T) {
+	se := func(name string, addr ...string) model.ServiceEntry {
+		s := model.ServiceEntry{Namespace: "shop", Name: name, Created: t0, Hosts: []string{"api.example.com"}, Resolution: "STATIC",
+			Addresses: addrs(addr...)}
+		if len(addr) == 0 {
+			s.Resolution = "NONE"
+		}
+		return s
+	}
+	const tied = `host "api.example.com" may not be answered as ztunnel routes it: ServiceEntry shop/a names it in namespace shop too and was created in the same second ` +
+		`(creationTimestamp counts whole seconds); istiod sends ztunnel one object per namespace and host, picks one of those as old at random, ` +
+		`and may pick another whenever it recomputes or restarts, where ztdns answers ServiceEntry shop/a, first by name`
+	const fix = `; delete one of them, or recreate one so that the other is older`
+	cases := []struct {
+		name string
+		ses  []model.ServiceEntry
+		want string
+	}{
+		{"both with addresses", []model.ServiceEntry{se("b", "198.51.100.2"), se("a", "198.51.100.1")},
+			"ServiceEntry shop/b: " + tied + fix},
+		{"the first by name without", []model.ServiceEntry{se("b", "198.51.100.2"), se("a")},
+			"ServiceEntry shop/b: " + tied + ", which has no address" + fix},
+	}
+	for _, c := range cases {
+		tbl, warnings := Build(&model.Snapshot{ServiceEntries: c.ses}, Options{})
+		if len(warnings) != 1 || warnings[0].Error() != c.want {
+			t.Errorf("%s: warnings %q, want %q", c.name, warnings, c.want)
+		}
+		want := "shop/a"
+		if e := tbl.Resolve("api.example.com.", "other").Entry; e != nil && e.Origin().Namespace+"/"+e.Origin().Name != want {
+			t.Errorf("%s: api.example.com answered by %s, want %s (first by name) or forwarded", c.name, e.Origin(), want)
+		}
+	}
+}
