@@ -117,6 +117,10 @@ type ServiceEntry struct {
 	Created time.Time
 	// Hosts are lower-cased, without a trailing dot; may start with "*.".
 	Hosts []string
+	// Folded[i] says that Hosts[i] was written otherwise (upper case, a
+	// trailing dot): istiod keeps a host as written, and ztunnel matches
+	// the name asked exactly. Nil when every host was written as it is.
+	Folded []bool
 	// Addresses are spec.addresses that are single IPs.
 	Addresses []netip.Addr
 	// CIDRs are spec.addresses that are ranges: routing configuration, not

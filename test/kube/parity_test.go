@@ -127,3 +127,59 @@ func addrStrings(s kubetest.AmbientService) []string {
 	}
 	return out
 }
+
+// TestHostWrittenAsAskedWins runs a real istiod with ambient mode on
+// against ServiceEntries whose hosts differ only by case or a trailing
+// dot: istiod keeps each host as written and sends ztunnel all of them,
+// and ztunnel matches the name a pod asks exactly, so api.case.example
+// is the lower-case entry's, though the upper-case one is older and of
+// the same namespace; dot.case.example is the one written without the
+// dot, though the older one with it is of the asker's namespace. Before:
+// ztdns folded the hosts, and the older entry answered its VIP, one
+// ztunnel has no service for under that name.
+func TestHostWrittenAsAskedWins(t *testing.T) {
+	c := newCluster(t)
+	istiod := c.env.StartIstiod(kubetest.WithAmbient())
+	up := markerUpstream(t)
+	a := startAgent(t, c, up.Addr)
+
+	dnsSE := func(host string) seSpec {
+		return seSpec{hosts: []string{host}, resolution: networkingv1alpha3.ServiceEntry_DNS, ports: httpPort()}
+	}
+	type object struct{ ns, name, host string }
+	older := []object{{"team-a", "api-upper", "API.case.example"}, {"team-b", "dot-dotted", "dot.case.example."}}
+	newer := []object{{"team-a", "api-lower", "api.case.example"}, {"team-a", "dot-plain", "dot.case.example"}}
+	for _, o := range older {
+		c.serviceEntry(t, o.ns, o.name, nil, dnsSE(o.host))
+	}
+	time.Sleep(1100 * time.Millisecond) // creationTimestamp has second resolution
+	for _, o := range newer {
+		c.serviceEntry(t, o.ns, o.name, nil, dnsSE(o.host))
+	}
+
+	// istiod sends ztunnel all four, each under its host as written.
+	vips := map[string]string{} // ns/name → its IPv4 VIP
+	agenttest.Eventually(t, 30*time.Second, func() error {
+		ambient, err := istiod.Ambientz(context.Background())
+		if err != nil {
+			return err
+		}
+		for _, o := range append(older, newer...) {
+			i := slices.IndexFunc(ambient, func(s kubetest.AmbientService) bool { return s.Namespace == o.ns && s.Name == o.name })
+			if i < 0 || len(family(addrStrings(ambient[i]), true)) == 0 {
+				return fmt.Errorf("ambientz lists no %s/%s with an IPv4 VIP", o.ns, o.name)
+			}
+			if got := ambient[i].Hostname; got != o.host {
+				return fmt.Errorf("ambientz lists %s/%s as %q, want %q as written", o.ns, o.name, got, o.host)
+			}
+			vips[o.ns+"/"+o.name] = family(addrStrings(ambient[i]), true)[0]
+		}
+		return nil
+	})
+
+	waitSeen(t, a, "default", "ServiceEntry team-a/api-lower", "ServiceEntry team-a/dot-plain")
+	for _, p := range []netip.Addr{curlIP, teamAIP, teamBIP} {
+		expect(t, a, p, "api.case.example", dns.TypeA, vips["team-a/api-lower"])
+		expect(t, a, p, "dot.case.example", dns.TypeA, vips["team-a/dot-plain"])
+	}
+}

@@ -559,6 +559,7 @@ func serviceEntryEntries(n names, src *source, se *model.ServiceEntry, own []hos
 	var spec []netip.Addr
 	var spec4 uint32
 	var ptrHost *Entry // the first host by name that owns spec's PTRs
+	var folded *source // src, for the hosts written otherwise (se.Folded)
 	if len(se.Addresses) > 0 {
 		spec, spec4 = v4First(uniqueAddrs(se.Addresses))
 	}
@@ -570,6 +571,13 @@ func serviceEntryEntries(n names, src *source, se *model.ServiceEntry, own []hos
 			continue
 		}
 		e := &Entry{Name: name, src: src}
+		if i < len(se.Folded) && se.Folded[i] {
+			if folded == nil {
+				folded = new(source)
+				*folded, folded.folded = *src, true
+			}
+			e.src = folded
+		}
 		switch {
 		case len(se.Addresses) > 0:
 			e.addrSource, e.Addrs, e.n4 = addrSpec, spec, spec4
@@ -623,7 +631,8 @@ func vipless(n names, e *Entry) *Entry {
 // (in compareEntries order) that no pod gets: istiod keeps one object per
 // namespace and host, its Service, else its oldest ServiceEntry with or
 // without an address, whatever their exportTo (servedOf), so a newer
-// ServiceEntry there with addresses never answers. One warning per object
+// ServiceEntry there with addresses never answers; nor does a host
+// written otherwise than asked (shadowsFolded). One warning per object
 // and name; none for one hidden by a Service.
 func hiddenEntries(list []*Entry) []objWarning {
 	if len(list) < 2 {
@@ -631,7 +640,14 @@ func hiddenEntries(list []*Entry) []objWarning {
 	}
 	first := map[string]*Entry{} // per namespace, its first entry
 	var out []objWarning
+	shadow := shadowsFolded(list)
 	for j, e := range list {
+		if shadow && e.src.folded {
+			if (j == 0 || list[j-1].src != e.src) && !e.passed && !e.forward && seenBySome(e) && !asAskedToo(list, e) {
+				out = append(out, objWarning{key: e.src.objKey(), err: foldedWarning(e, list[0])})
+			}
+			continue
+		}
 		by, ok := first[e.src.namespace]
 		if !ok {
 			first[e.src.namespace] = e
@@ -645,6 +661,33 @@ func hiddenEntries(list []*Entry) []objWarning {
 		}
 	}
 	return out
+}
+
+// shadowsFolded reports whether list, one name's entries in
+// compareEntries order, starts with one that ztunnel finds by the name a
+// pod asks: a Service, or a ServiceEntry host written in lower case
+// without a trailing dot. Its folded entries then never answer: istiod
+// sends ztunnel each host as written, and ztunnel matches the name asked
+// exactly, so `API.example.com` never answers `api.example.com` while
+// another object names it so, whatever their namespaces or ages. Without
+// such an entry, the folded ones answer as any other (a pod's own
+// namespace first, then the oldest).
+func shadowsFolded(list []*Entry) bool {
+	return len(list) > 1 && !list[0].src.folded && list[0].src.rank != rankUnsent
+}
+
+// asAskedToo reports whether e's object also names e's host as asked.
+func asAskedToo(list []*Entry, e *Entry) bool {
+	return slices.ContainsFunc(list, func(x *Entry) bool { return !x.src.folded && x.src.objKey() == e.src.objKey() })
+}
+
+// foldedWarning says why e, a host written otherwise than asked, never
+// answers: by names it as asked.
+func foldedWarning(e, by *Entry) error {
+	return fmt.Errorf("%s: host %q is not answered: it is written in upper case or with a trailing dot, and %s names it as pods ask for it "+
+		"(lower case, no trailing dot); istiod sends ztunnel each as written, and ztunnel matches the name asked exactly; "+
+		"write the host in lower case without a trailing dot, or remove it from one of them",
+		originOf(e.src), strings.TrimSuffix(e.Name, "."), originOf(by.src))
 }
 
 // exportToOf is e's exportSet: nil when every namespace sees it.
@@ -807,10 +850,14 @@ func isLabel(s string) bool {
 	return true
 }
 
-// compareEntries orders the entries of one key: rank, then age, then
+// compareEntries orders the entries of one key: rank, then a host written
+// as a pod asks for it before one written otherwise (folded: istiod sends
+// ztunnel both, each under its own hostname, and ztunnel matches the name
+// asked exactly, lower case without a trailing dot), then age, then
 // object, then name (one object's entries sharing an address).
 func compareEntries(a, c *Entry) int {
-	return cmp.Or(cmp.Compare(a.src.rank, c.src.rank), a.src.created().Compare(c.src.created()),
+	return cmp.Or(cmp.Compare(a.src.rank, c.src.rank), cmp.Compare(boolInt(a.src.folded), boolInt(c.src.folded)),
+		a.src.created().Compare(c.src.created()),
 		cmp.Compare(a.src.namespace, c.src.namespace), cmp.Compare(a.src.name, c.src.name),
 		cmp.Compare(a.Name, c.Name))
 }

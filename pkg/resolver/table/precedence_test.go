@@ -4,6 +4,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/ztdns/ztdns/pkg/model"
 )
@@ -257,5 +258,78 @@ func TestTiedServiceEntriesWarn(t *testing.T) {
 		if e := tbl.Resolve("api.example.com.", "other").Entry; e != nil && e.Origin().Namespace+"/"+e.Origin().Name != want {
 			t.Errorf("%s: api.example.com answered by %s, want %s (first by name) or forwarded", c.name, e.Origin(), want)
 		}
+	}
+}
+
+// Hosts that differ only by case or a trailing dot: istiod sends ztunnel
+// each as written, and ztunnel matches the name a pod asks exactly, so
+// the object naming it as asked (lower case, no trailing dot) answers,
+// from every namespace, whatever the ages and namespaces of those written
+// otherwise; each of those gets a warning. Alone, a host written otherwise
+// answers as any other.
+func TestHostWrittenAsAskedWins(t *testing.T) {
+	se := func(ns, name string, created time.Time, addr string, folded ...bool) model.ServiceEntry {
+		hosts := make([]string, len(folded))
+		for i := range hosts {
+			hosts[i] = "api.example.com"
+		}
+		return model.ServiceEntry{Namespace: ns, Name: name, Created: created, Hosts: hosts, Folded: folded,
+			Resolution: "STATIC", Addresses: addrs(addr)}
+	}
+	upper := se("a", "upper", t0, "198.51.100.1", true)
+	lower := se("a", "lower", t0.Add(time.Hour), "198.51.100.2", false)
+	otherNS := se("b", "upper", t0, "198.51.100.3", true)
+	both := se("c", "both", t0, "198.51.100.4", true, false)
+	const warned = `ServiceEntry a/upper: host "api.example.com" is not answered: it is written in upper case or with a trailing dot, and ServiceEntry a/lower names it as pods ask for it`
+	cases := []struct {
+		name string
+		ses  []model.ServiceEntry
+		want map[string]string // asker's namespace → the answer
+		warn []string
+	}{
+		{"older of one namespace", []model.ServiceEntry{upper, lower},
+			map[string]string{"a": "198.51.100.2", "b": "198.51.100.2", "": "198.51.100.2"}, []string{warned}},
+		{"older of the asker's namespace", []model.ServiceEntry{otherNS, lower},
+			map[string]string{"a": "198.51.100.2", "b": "198.51.100.2"}, []string{`ServiceEntry b/upper: host "api.example.com" is not answered`}},
+		{"alone", []model.ServiceEntry{upper}, map[string]string{"a": "198.51.100.1", "b": "198.51.100.1"}, nil},
+		{"one object, both ways", []model.ServiceEntry{both}, map[string]string{"c": "198.51.100.4", "b": "198.51.100.4"}, nil},
+	}
+	for _, c := range cases {
+		tbl, warnings := Build(&model.Snapshot{ServiceEntries: c.ses}, Options{})
+		if len(warnings) != len(c.warn) {
+			t.Errorf("%s: warnings %q, want %d", c.name, warnings, len(c.warn))
+		}
+		for i, w := range c.warn {
+			if i < len(warnings) && !strings.HasPrefix(warnings[i].Error(), w) {
+				t.Errorf("%s: warning %q, want %q", c.name, warnings[i], w)
+			}
+		}
+		for ns, want := range c.want {
+			if e := tbl.Resolve("api.example.com.", ns).Entry; e == nil || !slices.Equal(e.Addrs, addrs(want)) {
+				t.Errorf("%s: api.example.com from %q: %+v, want %s", c.name, ns, e, want)
+			}
+		}
+	}
+
+	// A Service's name, which a ServiceEntry of its namespace writes in
+	// upper case: the Service answers there too.
+	tbl, _ := Build(&model.Snapshot{
+		Services:       []model.Service{{Namespace: "shop", Name: "db", ClusterIPs: addrs("10.96.0.50")}},
+		ServiceEntries: []model.ServiceEntry{{Namespace: "shop", Name: "db", Created: t0, Hosts: []string{"db.shop.svc.cluster.local"}, Folded: []bool{true}, Resolution: "STATIC", Addresses: addrs("198.51.100.5")}},
+	}, Options{})
+	if e := tbl.Resolve("db.shop.svc.cluster.local.", "shop").Entry; e == nil || !slices.Equal(e.Addrs, addrs("10.96.0.50")) {
+		t.Errorf("db from shop: %+v, want the Service's 10.96.0.50", e)
+	}
+
+	// Rewritten as asked, the entry answers: the builder sees the change.
+	b := NewBuilder(Options{})
+	snap := &model.Snapshot{ServiceEntries: []model.ServiceEntry{upper, lower}}
+	b.Build(snap)
+	fixed := upper
+	fixed.Folded = nil
+	snap = &model.Snapshot{ServiceEntries: []model.ServiceEntry{fixed, lower}}
+	tbl, warnings := b.Build(snap)
+	if e := tbl.Resolve("api.example.com.", "b").Entry; e == nil || !slices.Equal(e.Addrs, addrs("198.51.100.1")) || len(warnings) != 1 {
+		t.Errorf("rewritten: %+v, warnings %q; want the older a/upper's 198.51.100.1, a/lower hidden", e, warnings)
 	}
 }

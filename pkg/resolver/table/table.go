@@ -68,6 +68,10 @@ type source struct {
 	ttl  uint32 // of every record
 	kind uint8  // index into kinds
 	rank uint8  // lower wins when objects claim the same name
+	// folded marks the entries of a ServiceEntry's hosts written otherwise
+	// than a pod asks for them (upper case, a trailing dot: Folded): they
+	// share a copy of the object's source. See compareEntries.
+	folded bool
 }
 
 // seSource is what only a ServiceEntry's entries share.
@@ -319,19 +323,25 @@ func (s *shard[K]) serve(k K) {
 // name, its Service, else its oldest ServiceEntry, whatever their exportTo
 // (selectWorkloadServices), so a newer ServiceEntry there never reaches
 // ztunnel, from any namespace. A Service istiod sends ztunnel nothing of
-// (rankUnsent) is no namespace's object and stays. Nil when list loses none.
+// (rankUnsent) is no namespace's object and stays. Hosts written otherwise
+// than asked go too, when another object's is written as asked
+// (shadowsFolded). Nil when list loses none.
 func servedOf(list []*Entry) []*Entry {
 	var seen nsSet
 	var out []*Entry
+	shadow := shadowsFolded(list)
 	for i, e := range list {
-		if e.src.rank != rankUnsent {
-			if seen.has(e.src.namespace) {
-				if out == nil {
-					out = append(make([]*Entry, 0, len(list)-1), list[:i]...)
-				}
-				continue
+		drop := shadow && e.src.folded
+		if !drop && e.src.rank != rankUnsent {
+			if drop = seen.has(e.src.namespace); !drop {
+				seen.add(e.src.namespace)
 			}
-			seen.add(e.src.namespace)
+		}
+		if drop {
+			if out == nil {
+				out = append(make([]*Entry, 0, len(list)-1), list[:i]...)
+			}
+			continue
 		}
 		if out != nil {
 			out = append(out, e)
