@@ -3,6 +3,7 @@ package kubetest
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -60,6 +61,23 @@ type IstiodOption func(*Istiod)
 // that it builds what it sends ztunnel, which Ambientz returns.
 func WithAmbient() IstiodOption {
 	return func(i *Istiod) { i.environ = append(i.environ, "PILOT_ENABLE_AMBIENT=true") }
+}
+
+// WithMeshConfig adds yaml, fields of Istio's MeshConfig
+// ("discoverySelectors:\n- matchLabels: {mesh: \"on\"}\n"), to the mesh
+// config istiod reads (a file: an agent reads it from the `istio`
+// ConfigMap, which the test writes too).
+func WithMeshConfig(yaml string) IstiodOption {
+	return func(i *Istiod) {
+		f, err := os.OpenFile(filepath.Join(i.dir, "mesh.yaml"), os.O_APPEND|os.O_WRONLY, 0)
+		if err == nil {
+			_, err = f.WriteString(yaml)
+			err = errors.Join(err, f.Close())
+		}
+		if err != nil {
+			i.env.tb.Fatalf("kubetest: istiod mesh config: %v", err)
+		}
+	}
 }
 
 // StartIstiod installs every Istio CRD (from the istio.io/istio snapshot

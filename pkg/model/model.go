@@ -119,6 +119,10 @@ type ServiceEntry struct {
 	Created time.Time
 	// Hosts are lower-cased, without a trailing dot; may start with "*.".
 	Hosts []string
+	// Folded[i] says that Hosts[i] was written otherwise (upper case, a
+	// trailing dot): istiod keeps a host as written, and ztunnel matches
+	// the name asked exactly. Nil when every host was written as it is.
+	Folded []bool
 	// Addresses are spec.addresses that are single IPs.
 	Addresses []netip.Addr
 	// CIDRs are spec.addresses that are ranges: routing configuration, not
@@ -302,6 +306,11 @@ type Snapshot struct {
 	// of a namespace its discoverySelectors do not select), by why: their
 	// hosts are forwarded. The table shows each as a warning.
 	IstiodIgnores []LeftOut
+	// IstiodUnselected are the namespaces istiod's discoverySelectors do
+	// not select, sorted; nil when it sees every namespace (no selectors,
+	// or no istiod). istiod sends ztunnel no Service of theirs: such a
+	// Service answers its name only where no ServiceEntry names it.
+	IstiodUnselected []string
 }
 
 // LeftOut are objects a source left out of a snapshot for one reason.

@@ -141,6 +141,7 @@ func TestDecodeAndReduce(t *testing.T) {
 			"status": {"addresses": [{"value": "240.240.0.1", "host": "Api.Example.com"}], "conditions": [{"type": "Reconciled", "status": "True"}]}}`,
 		want: model.ServiceEntry{Namespace: "mesh", Name: "ext", Created: created,
 			Hosts:            []string{"api.example.com", "*.wild.example"},
+			Folded:           []bool{true, false}, // written API.Example.COM.: a pod asks for the lower-case name
 			Addresses:        []netip.Addr{netip.MustParseAddr("198.51.100.1"), netip.MustParseAddr("198.51.100.2")},
 			CIDRs:            []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")},
 			HasSpecAddresses: true,

@@ -183,6 +183,12 @@ func (se *ServiceEntry) ModelSkipping() (out model.ServiceEntry, skipped, err er
 			}
 			continue
 		}
+		if h != written && out.Folded == nil {
+			out.Folded = make([]bool, len(out.Hosts), len(spec.Hosts))
+		}
+		if out.Folded != nil {
+			out.Folded = append(out.Folded, h != written)
+		}
 		out.Hosts = append(out.Hosts, h)
 	}
 	if len(out.Hosts) == 0 && len(errs) == 0 {

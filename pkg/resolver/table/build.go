@@ -52,6 +52,9 @@ type Builder struct {
 	slicesFrom   []model.EndpointSlice
 	sesFrom      []model.ServiceEntry
 	walks        uint32 // numbers walks (walker.id)
+	// unselected is the last snapshot's IstiodUnselected: a Service of
+	// one of them ranks rankUnsent.
+	unselected []string
 	// vipSource and vipsFrom say where VIPs come from (vipsFrom: as
 	// decided for the last build).
 	vipSource vip.Source
@@ -510,7 +513,11 @@ func (b *Builder) forget(key objKey, entries []*Entry, built uint32) {
 
 func (b *Builder) buildServices(s *model.Snapshot) {
 	slicesKept := sameSlice(s.EndpointSlices, b.slicesFrom)
-	if b.gen > 1 && slicesKept && sameSlice(s.Services, b.servicesFrom) {
+	// Namespaces that istiod's discoverySelectors select or drop rebuild
+	// their Services (rank).
+	unselectedKept := slices.Equal(s.IstiodUnselected, b.unselected)
+	b.unselected = s.IstiodUnselected
+	if b.gen > 1 && slicesKept && unselectedKept && sameSlice(s.Services, b.servicesFrom) {
 		return // the states point into these very slices already
 	}
 	// The headless Services' EndpointSlices, found when first needed: with
@@ -541,7 +548,8 @@ func (b *Builder) buildServices(s *model.Snapshot) {
 		default:
 			mine = slicesOf(key)
 		}
-		if st != nil && equalService(st.svc, svc) && equalSlices(st.endpointSlices(), mine) {
+		src := serviceSource(b.n, svc, isUnselected(s.IstiodUnselected, svc.Namespace))
+		if st != nil && st.rank == src.rank && equalService(st.svc, svc) && equalSlices(st.endpointSlices(), mine) {
 			// Point at the new snapshot, so the old one can be collected.
 			st.svc = svc
 			if !slicesKept {
@@ -552,7 +560,7 @@ func (b *Builder) buildServices(s *model.Snapshot) {
 		if st != nil {
 			b.forget(key, st.entries, st.built)
 		}
-		st = &serviceState{source: serviceSource(b.n, svc), svc: svc, slices: slicesRef(mine)}
+		st = &serviceState{source: src, svc: svc, slices: slicesRef(mine)}
 		st.entries = b.made(key, serviceEntries(b.n, &st.source, svc, mine))
 		w.put(key, i, st)
 	}
@@ -560,6 +568,15 @@ func (b *Builder) buildServices(s *model.Snapshot) {
 		b.forget(st.objKey(), st.entries, st.built)
 	}
 	b.servicesFrom, b.slicesFrom = s.Services, s.EndpointSlices
+}
+
+// isUnselected reports whether ns is in unselected (sorted).
+func isUnselected(unselected []string, ns string) bool {
+	if len(unselected) == 0 {
+		return false
+	}
+	_, found := slices.BinarySearch(unselected, ns)
+	return found
 }
 
 func (b *Builder) buildServiceEntries(s *model.Snapshot) {
@@ -1021,7 +1038,7 @@ func equalSlice(a, b *model.EndpointSlice) bool {
 
 func equalServiceEntry(a, b *model.ServiceEntry) bool {
 	return a.Namespace == b.Namespace && a.Name == b.Name && a.Created.Equal(b.Created) && a.Resolution == b.Resolution &&
-		a.AutoAllocate == b.AutoAllocate && a.HasSpecAddresses == b.HasSpecAddresses && slices.Equal(a.Hosts, b.Hosts) && slices.Equal(a.Addresses, b.Addresses) &&
+		a.AutoAllocate == b.AutoAllocate && a.HasSpecAddresses == b.HasSpecAddresses && slices.Equal(a.Hosts, b.Hosts) && slices.Equal(a.Folded, b.Folded) && slices.Equal(a.Addresses, b.Addresses) &&
 		slices.Equal(a.CIDRs, b.CIDRs) && slices.Equal(a.StatusAddresses, b.StatusAddresses) &&
 		slices.Equal(a.ExportTo, b.ExportTo) && slices.Equal(a.Ports, b.Ports)
 }

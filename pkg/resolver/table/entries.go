@@ -20,14 +20,16 @@ import (
 // mode: a Kubernetes Service before ServiceEntries (then the oldest first).
 // With choose's own-namespace rule, a pod gets the object ztunnel routes:
 // its own namespace's (so the seed's tcp-echo.external-1 ServiceEntry in the
-// client's namespace still wins), else the Service. An ExternalName Service
-// comes last and is no own-namespace choice: istiod sends ztunnel none
-// (serviceServiceBuilder drops them), so a ServiceEntry naming it is what
-// ztunnel routes, from every namespace.
+// client's namespace still wins), else the Service. A Service istiod sends
+// ztunnel nothing of comes last and is no own-namespace choice, so a
+// ServiceEntry naming it is what ztunnel routes, from every namespace: an
+// ExternalName Service (serviceServiceBuilder drops them), or one of a
+// namespace istiod's discoverySelectors do not select (its Services pass
+// the same filter as its ServiceEntries). Alone, it answers as kube-dns.
 const (
 	rankService = iota
 	rankServiceEntry
-	rankExternalName
+	rankUnsent
 )
 
 // names says under which suffixes objects live and how answers are made.
@@ -98,11 +100,12 @@ func v4First(addrs []netip.Addr) ([]netip.Addr, uint32) {
 	return out, uint32(n4)
 }
 
-// serviceSource is what a Service's entries share.
-func serviceSource(n names, svc *model.Service) source {
+// serviceSource is what a Service's entries share; unselected says that
+// istiod's discoverySelectors do not select its namespace.
+func serviceSource(n names, svc *model.Service, unselected bool) source {
 	rank := uint8(rankService)
-	if svc.ExternalName != "" {
-		rank = rankExternalName
+	if svc.ExternalName != "" || unselected {
+		rank = rankUnsent
 	}
 	return source{namespace: svc.Namespace, name: svc.Name, ttl: n.ttl, kind: kindService, rank: rank}
 }
@@ -584,6 +587,7 @@ func serviceEntryEntries(n names, src *source, se *model.ServiceEntry, own []hos
 	var spec []netip.Addr
 	var spec4 uint32
 	var ptrHost *Entry // the first host by name that owns spec's PTRs
+	var folded *source // src, for the hosts written otherwise (se.Folded)
 	if len(se.Addresses) > 0 {
 		spec, spec4 = v4First(uniqueAddrs(se.Addresses))
 	}
@@ -595,6 +599,13 @@ func serviceEntryEntries(n names, src *source, se *model.ServiceEntry, own []hos
 			continue
 		}
 		e := &Entry{Name: name, src: src}
+		if i < len(se.Folded) && se.Folded[i] {
+			if folded == nil {
+				folded = new(source)
+				*folded, folded.folded = *src, true
+			}
+			e.src = folded
+		}
 		switch {
 		case len(se.Addresses) > 0:
 			e.addrSource, e.Addrs, e.n4 = addrSpec, spec, spec4
@@ -648,7 +659,8 @@ func vipless(n names, e *Entry) *Entry {
 // (in compareEntries order) that no pod gets: istiod keeps one object per
 // namespace and host, its Service, else its oldest ServiceEntry with or
 // without an address, whatever their exportTo (servedOf), so a newer
-// ServiceEntry there with addresses never answers. One warning per object
+// ServiceEntry there with addresses never answers; nor does a host
+// written otherwise than asked (shadowsFolded). One warning per object
 // and name; none for one hidden by a Service.
 func hiddenEntries(list []*Entry) []objWarning {
 	if len(list) < 2 {
@@ -656,7 +668,14 @@ func hiddenEntries(list []*Entry) []objWarning {
 	}
 	first := map[string]*Entry{} // per namespace, its first entry
 	var out []objWarning
+	shadow := shadowsFolded(list)
 	for j, e := range list {
+		if shadow && e.src.folded {
+			if (j == 0 || list[j-1].src != e.src) && !e.passed && !e.forward && seenBySome(e) && !asAskedToo(list, e) {
+				out = append(out, objWarning{key: e.src.objKey(), err: foldedWarning(e, list[0])})
+			}
+			continue
+		}
 		by, ok := first[e.src.namespace]
 		if !ok {
 			first[e.src.namespace] = e
@@ -670,6 +689,33 @@ func hiddenEntries(list []*Entry) []objWarning {
 		}
 	}
 	return out
+}
+
+// shadowsFolded reports whether list, one name's entries in
+// compareEntries order, starts with one that ztunnel finds by the name a
+// pod asks: a Service, or a ServiceEntry host written in lower case
+// without a trailing dot. Its folded entries then never answer: istiod
+// sends ztunnel each host as written, and ztunnel matches the name asked
+// exactly, so `API.example.com` never answers `api.example.com` while
+// another object names it so, whatever their namespaces or ages. Without
+// such an entry, the folded ones answer as any other (a pod's own
+// namespace first, then the oldest).
+func shadowsFolded(list []*Entry) bool {
+	return len(list) > 1 && !list[0].src.folded && list[0].src.rank != rankUnsent
+}
+
+// asAskedToo reports whether e's object also names e's host as asked.
+func asAskedToo(list []*Entry, e *Entry) bool {
+	return slices.ContainsFunc(list, func(x *Entry) bool { return !x.src.folded && x.src.objKey() == e.src.objKey() })
+}
+
+// foldedWarning says why e, a host written otherwise than asked, never
+// answers: by names it as asked.
+func foldedWarning(e, by *Entry) error {
+	return fmt.Errorf("%s: host %q is not answered: it is written in upper case or with a trailing dot, and %s names it as pods ask for it "+
+		"(lower case, no trailing dot); istiod sends ztunnel each as written, and ztunnel matches the name asked exactly; "+
+		"write the host in lower case without a trailing dot, or remove it from one of them",
+		originOf(e.src), strings.TrimSuffix(e.Name, "."), originOf(by.src))
 }
 
 // exportToOf is e's exportSet: nil when every namespace sees it.
@@ -707,10 +753,10 @@ func coversExport(x, e *Entry) bool {
 // object for the name.
 func hiddenWarning(e, by *Entry) error {
 	host := strings.TrimSuffix(e.Name, ".")
-	older := "the older " + originOf(by.src).String()
 	if !by.src.created().Before(e.src.created()) {
-		older = originOf(by.src).String() + ", as old and first by name,"
+		return tiedWarning(e, by, host)
 	}
+	older := "the older " + originOf(by.src).String()
 	served := "(as istiod sends ztunnel)"
 	if !coversExport(by, e) {
 		served = "(as istiod sends ztunnel, whatever their exportTo: pods outside " + originOf(by.src).String() + "'s exportTo get neither)"
@@ -721,6 +767,26 @@ func hiddenWarning(e, by *Entry) error {
 	}
 	return fmt.Errorf("%s: host %q is not answered: %s names it in namespace %s too, and one object per namespace and host is served %s; remove the host from one of them",
 		originOf(e.src), host, older, by.src.namespace, served)
+}
+
+// tiedWarning says why e, as old as by (creationTimestamp counts whole
+// seconds: `kubectl apply -f dir/`, Helm and Argo CD create many objects
+// in one), may answer otherwise than ztunnel routes. istiod keeps the
+// first of them it iterates unless another is strictly older
+// (selectWorkloadServices' isBetter), in the order of a Go map: one at
+// random, which may change whenever it recomputes or restarts, and which
+// nothing ztdns can read tells (no condition marks the one it keeps
+// unless a waypoint is bound). ztdns keeps the first by name, the same on
+// every node.
+func tiedWarning(e, by *Entry, host string) error {
+	ours := originOf(by.src).String() + ", first by name"
+	if by.passed || by.forward {
+		ours += ", which has no address"
+	}
+	return fmt.Errorf("%s: host %q may not be answered as ztunnel routes it: %s names it in namespace %s too and was created in the same second "+
+		"(creationTimestamp counts whole seconds); istiod sends ztunnel one object per namespace and host, picks one of those as old at random, "+
+		"and may pick another whenever it recomputes or restarts, where ztdns answers %s; delete one of them, or recreate one so that the other is older",
+		originOf(e.src), host, originOf(by.src), by.src.namespace, ours)
 }
 
 // exportSet turns spec.exportTo into the namespaces that see an entry; nil
@@ -812,10 +878,14 @@ func isLabel(s string) bool {
 	return true
 }
 
-// compareEntries orders the entries of one key: rank, then age, then
+// compareEntries orders the entries of one key: rank, then a host written
+// as a pod asks for it before one written otherwise (folded: istiod sends
+// ztunnel both, each under its own hostname, and ztunnel matches the name
+// asked exactly, lower case without a trailing dot), then age, then
 // object, then name (one object's entries sharing an address).
 func compareEntries(a, c *Entry) int {
-	return cmp.Or(cmp.Compare(a.src.rank, c.src.rank), a.src.created().Compare(c.src.created()),
+	return cmp.Or(cmp.Compare(a.src.rank, c.src.rank), cmp.Compare(boolInt(a.src.folded), boolInt(c.src.folded)),
+		a.src.created().Compare(c.src.created()),
 		cmp.Compare(a.src.namespace, c.src.namespace), cmp.Compare(a.src.name, c.src.name),
 		cmp.Compare(a.Name, c.Name))
 }
@@ -834,9 +904,12 @@ func originOf(src *source) Origin {
 }
 
 // compareOwners orders the entries that hold one address: endpoint names
-// first (see Table.ptrOwners), then as compareEntries.
+// first, then Services (see Table.ptrOwners: a Service istiod does not see
+// still owns its ClusterIP's PTR, as kube-dns answers it), then as
+// compareEntries.
 func compareOwners(a, c *Entry) int {
-	return cmp.Or(-cmp.Compare(boolInt(a.isEndpoint()), boolInt(c.isEndpoint())), compareEntries(a, c))
+	return cmp.Or(-cmp.Compare(boolInt(a.isEndpoint()), boolInt(c.isEndpoint())),
+		cmp.Compare(a.src.kind, c.src.kind), compareEntries(a, c))
 }
 
 func boolInt(b bool) int {

@@ -200,7 +200,7 @@ func TestHiddenServiceEntryWarns(t *testing.T) {
 		{"older without an address", []model.ServiceEntry{old("api.example.com"), newer("api.example.com")}, []string{noAddress}},
 		{"older opted out, newer auto-allocated", []model.ServiceEntry{optedOut, autoNew}, []string{noAddress}},
 		{"older with an address", []model.ServiceEntry{withVIP, newer("api.example.com")}, []string{withAddress}},
-		{"as old", []model.ServiceEntry{same, withVIP}, []string{`ServiceEntry a/new, as old and first by name, names it in namespace a too`}},
+		{"as old", []model.ServiceEntry{same, withVIP}, []string{`ServiceEntry a/new names it in namespace a too and was created in the same second`}},
 		{"under .svc", []model.ServiceEntry{old("legacy.shop.svc.cluster.local"), newer("legacy.shop.svc.cluster.local")},
 			[]string{`ServiceEntry a/new: host "legacy.shop.svc.cluster.local" is not answered: the older ServiceEntry a/old names it in namespace a without an address`}},
 		{"wildcard", []model.ServiceEntry{old("*.example.com"), newer("*.example.com")},

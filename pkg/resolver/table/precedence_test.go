@@ -4,6 +4,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/ztdns/ztdns/pkg/model"
 )
@@ -157,5 +158,178 @@ func TestParseExportTo(t *testing.T) {
 		if got, err := ParseExportTo(in); err == nil {
 			t.Errorf("ParseExportTo(%q) = %q, want an error", in, got)
 		}
+	}
+}
+
+// A Service of a namespace istiod's discoverySelectors do not select
+// (Snapshot.IstiodUnselected): istiod sees no Service there, so it sends
+// ztunnel the ServiceEntry naming its host alone, and a pod of any
+// namespace, the Service's own included, gets the ServiceEntry's address;
+// a wildcard covering the name wins too. Alone, the Service answers its
+// ClusterIP, as kube-dns does, and its ClusterIP's PTR stays its own. The
+// same Builder follows the namespace as it is selected and dropped.
+func TestUnselectedServiceYieldsToServiceEntry(t *testing.T) {
+	snap := &model.Snapshot{
+		Services: []model.Service{
+			{Namespace: "legacy", Name: "db", ClusterIPs: addrs("10.96.0.40")},
+			{Namespace: "legacy", Name: "web", ClusterIPs: addrs("10.96.0.41")},
+			{Namespace: "legacy", Name: "cache", ClusterIPs: addrs("10.96.0.42")},
+		},
+		ServiceEntries: []model.ServiceEntry{
+			{Namespace: "team-a", Name: "db-se", Created: t0, Hosts: []string{"db.legacy.svc.cluster.local"},
+				Addresses: addrs("10.96.0.40", "198.51.100.80"), Resolution: "STATIC"},
+			{Namespace: "team-a", Name: "legacy-wild", Created: t0, Hosts: []string{"*.legacy.svc.cluster.local"},
+				Addresses: addrs("198.51.100.81"), Resolution: "STATIC", ExportTo: []string{"team-b"}},
+		},
+	}
+	b := NewBuilder(Options{})
+	check := func(step string, unselected bool) {
+		t.Helper()
+		tbl, warnings := b.Build(snap)
+		if len(warnings) > 0 {
+			t.Fatalf("%s: %v", step, warnings)
+		}
+		for _, ns := range []string{"legacy", "team-a", "team-b", ""} {
+			want := addrs("10.96.0.40")
+			if unselected || ns == "team-a" { // team-a's own ServiceEntry wins there
+				want = addrs("10.96.0.40", "198.51.100.80")
+			}
+			if e := tbl.Resolve("db.legacy.svc.cluster.local.", ns).Entry; e == nil || !slices.Equal(e.Addrs, want) {
+				t.Errorf("%s: db from %q: %+v, want %v", step, ns, e, want)
+			}
+			want = addrs("10.96.0.42")
+			if unselected && ns == "team-b" {
+				want = addrs("198.51.100.81") // the wildcard team-b sees
+			}
+			if e := tbl.Resolve("cache.legacy.svc.cluster.local.", ns).Entry; e == nil || !slices.Equal(e.Addrs, want) {
+				t.Errorf("%s: cache from %q: %+v, want %v", step, ns, e, want)
+			}
+			if e := tbl.Resolve("40.0.96.10.in-addr.arpa.", ns).Entry; e == nil || e.Name != "db.legacy.svc.cluster.local." || e.Origin().Kind != KindService {
+				t.Errorf("%s: PTR of db's ClusterIP from %q: %+v, want the Service", step, ns, e)
+			}
+		}
+		if e := tbl.Resolve("web.legacy.svc.cluster.local.", "team-a").Entry; e == nil || !slices.Equal(e.Addrs, addrs("10.96.0.41")) {
+			t.Errorf("%s: web (no ServiceEntry names it): %+v, want its ClusterIP", step, e)
+		}
+	}
+	check("selected", false)
+	snap.IstiodUnselected = []string{"legacy"}
+	check("unselected", true)
+	snap.IstiodUnselected = nil
+	check("selected again", false)
+}
+
+// Two ServiceEntries of one namespace naming one host, created in the same
+// second (creationTimestamp counts whole seconds: `kubectl apply -f dir/`,
+// Helm, Argo CD): istiod sends ztunnel one of them, picked at random (the
+// order of a Go map), and may change it; ztdns answers the first by name,
+// the same on every node, and warns of the other that its answer may not
+// be what ztunnel routes, and what to do. Before: the warning said the
+// first by name was served "as istiod sends ztunnel".
+func TestTiedServiceEntriesWarn(t *testing.T) {
+	se := func(name string, addr ...string) model.ServiceEntry {
+		s := model.ServiceEntry{Namespace: "shop", Name: name, Created: t0, Hosts: []string{"api.example.com"}, Resolution: "STATIC",
+			Addresses: addrs(addr...)}
+		if len(addr) == 0 {
+			s.Resolution = "NONE"
+		}
+		return s
+	}
+	const tied = `host "api.example.com" may not be answered as ztunnel routes it: ServiceEntry shop/a names it in namespace shop too and was created in the same second ` +
+		`(creationTimestamp counts whole seconds); istiod sends ztunnel one object per namespace and host, picks one of those as old at random, ` +
+		`and may pick another whenever it recomputes or restarts, where ztdns answers ServiceEntry shop/a, first by name`
+	const fix = `; delete one of them, or recreate one so that the other is older`
+	cases := []struct {
+		name string
+		ses  []model.ServiceEntry
+		want string
+	}{
+		{"both with addresses", []model.ServiceEntry{se("b", "198.51.100.2"), se("a", "198.51.100.1")},
+			"ServiceEntry shop/b: " + tied + fix},
+		{"the first by name without", []model.ServiceEntry{se("b", "198.51.100.2"), se("a")},
+			"ServiceEntry shop/b: " + tied + ", which has no address" + fix},
+	}
+	for _, c := range cases {
+		tbl, warnings := Build(&model.Snapshot{ServiceEntries: c.ses}, Options{})
+		if len(warnings) != 1 || warnings[0].Error() != c.want {
+			t.Errorf("%s: warnings %q, want %q", c.name, warnings, c.want)
+		}
+		want := "shop/a"
+		if e := tbl.Resolve("api.example.com.", "other").Entry; e != nil && e.Origin().Namespace+"/"+e.Origin().Name != want {
+			t.Errorf("%s: api.example.com answered by %s, want %s (first by name) or forwarded", c.name, e.Origin(), want)
+		}
+	}
+}
+
+// Hosts that differ only by case or a trailing dot: istiod sends ztunnel
+// each as written, and ztunnel matches the name a pod asks exactly, so
+// the object naming it as asked (lower case, no trailing dot) answers,
+// from every namespace, whatever the ages and namespaces of those written
+// otherwise; each of those gets a warning. Alone, a host written otherwise
+// answers as any other.
+func TestHostWrittenAsAskedWins(t *testing.T) {
+	se := func(ns, name string, created time.Time, addr string, folded ...bool) model.ServiceEntry {
+		hosts := make([]string, len(folded))
+		for i := range hosts {
+			hosts[i] = "api.example.com"
+		}
+		return model.ServiceEntry{Namespace: ns, Name: name, Created: created, Hosts: hosts, Folded: folded,
+			Resolution: "STATIC", Addresses: addrs(addr)}
+	}
+	upper := se("a", "upper", t0, "198.51.100.1", true)
+	lower := se("a", "lower", t0.Add(time.Hour), "198.51.100.2", false)
+	otherNS := se("b", "upper", t0, "198.51.100.3", true)
+	both := se("c", "both", t0, "198.51.100.4", true, false)
+	const warned = `ServiceEntry a/upper: host "api.example.com" is not answered: it is written in upper case or with a trailing dot, and ServiceEntry a/lower names it as pods ask for it`
+	cases := []struct {
+		name string
+		ses  []model.ServiceEntry
+		want map[string]string // asker's namespace → the answer
+		warn []string
+	}{
+		{"older of one namespace", []model.ServiceEntry{upper, lower},
+			map[string]string{"a": "198.51.100.2", "b": "198.51.100.2", "": "198.51.100.2"}, []string{warned}},
+		{"older of the asker's namespace", []model.ServiceEntry{otherNS, lower},
+			map[string]string{"a": "198.51.100.2", "b": "198.51.100.2"}, []string{`ServiceEntry b/upper: host "api.example.com" is not answered`}},
+		{"alone", []model.ServiceEntry{upper}, map[string]string{"a": "198.51.100.1", "b": "198.51.100.1"}, nil},
+		{"one object, both ways", []model.ServiceEntry{both}, map[string]string{"c": "198.51.100.4", "b": "198.51.100.4"}, nil},
+	}
+	for _, c := range cases {
+		tbl, warnings := Build(&model.Snapshot{ServiceEntries: c.ses}, Options{})
+		if len(warnings) != len(c.warn) {
+			t.Errorf("%s: warnings %q, want %d", c.name, warnings, len(c.warn))
+		}
+		for i, w := range c.warn {
+			if i < len(warnings) && !strings.HasPrefix(warnings[i].Error(), w) {
+				t.Errorf("%s: warning %q, want %q", c.name, warnings[i], w)
+			}
+		}
+		for ns, want := range c.want {
+			if e := tbl.Resolve("api.example.com.", ns).Entry; e == nil || !slices.Equal(e.Addrs, addrs(want)) {
+				t.Errorf("%s: api.example.com from %q: %+v, want %s", c.name, ns, e, want)
+			}
+		}
+	}
+
+	// A Service's name, which a ServiceEntry of its namespace writes in
+	// upper case: the Service answers there too.
+	tbl, _ := Build(&model.Snapshot{
+		Services:       []model.Service{{Namespace: "shop", Name: "db", ClusterIPs: addrs("10.96.0.50")}},
+		ServiceEntries: []model.ServiceEntry{{Namespace: "shop", Name: "db", Created: t0, Hosts: []string{"db.shop.svc.cluster.local"}, Folded: []bool{true}, Resolution: "STATIC", Addresses: addrs("198.51.100.5")}},
+	}, Options{})
+	if e := tbl.Resolve("db.shop.svc.cluster.local.", "shop").Entry; e == nil || !slices.Equal(e.Addrs, addrs("10.96.0.50")) {
+		t.Errorf("db from shop: %+v, want the Service's 10.96.0.50", e)
+	}
+
+	// Rewritten as asked, the entry answers: the builder sees the change.
+	b := NewBuilder(Options{})
+	snap := &model.Snapshot{ServiceEntries: []model.ServiceEntry{upper, lower}}
+	b.Build(snap)
+	fixed := upper
+	fixed.Folded = nil
+	snap = &model.Snapshot{ServiceEntries: []model.ServiceEntry{fixed, lower}}
+	tbl, warnings := b.Build(snap)
+	if e := tbl.Resolve("api.example.com.", "b").Entry; e == nil || !slices.Equal(e.Addrs, addrs("198.51.100.1")) || len(warnings) != 1 {
+		t.Errorf("rewritten: %+v, warnings %q; want the older a/upper's 198.51.100.1, a/lower hidden", e, warnings)
 	}
 }

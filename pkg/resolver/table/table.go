@@ -69,6 +69,10 @@ type source struct {
 	ttl  uint32 // of every record
 	kind uint8  // index into kinds
 	rank uint8  // lower wins when objects claim the same name
+	// folded marks the entries of a ServiceEntry's hosts written otherwise
+	// than a pod asks for them (upper case, a trailing dot: Folded): they
+	// share a copy of the object's source. See compareEntries.
+	folded bool
 }
 
 // seSource is what only a ServiceEntry's entries share.
@@ -331,20 +335,26 @@ func (s *shard[K]) serve(k K) {
 // those istiod does not serve: of each namespace it keeps one object per
 // name, its Service, else its oldest ServiceEntry, whatever their exportTo
 // (selectWorkloadServices), so a newer ServiceEntry there never reaches
-// ztunnel, from any namespace. An ExternalName Service is no namespace's
-// object (istiod sends ztunnel none) and stays. Nil when list loses none.
+// ztunnel, from any namespace. A Service istiod sends ztunnel nothing of
+// (rankUnsent) is no namespace's object and stays. Hosts written otherwise
+// than asked go too, when another object's is written as asked
+// (shadowsFolded). Nil when list loses none.
 func servedOf(list []*Entry) []*Entry {
 	var seen nsSet
 	var out []*Entry
+	shadow := shadowsFolded(list)
 	for i, e := range list {
-		if e.src.rank != rankExternalName {
-			if seen.has(e.src.namespace) {
-				if out == nil {
-					out = append(make([]*Entry, 0, len(list)-1), list[:i]...)
-				}
-				continue
+		drop := shadow && e.src.folded
+		if !drop && e.src.rank != rankUnsent {
+			if drop = seen.has(e.src.namespace); !drop {
+				seen.add(e.src.namespace)
 			}
-			seen.add(e.src.namespace)
+		}
+		if drop {
+			if out == nil {
+				out = append(make([]*Entry, 0, len(list)-1), list[:i]...)
+			}
+			continue
 		}
 		if out != nil {
 			out = append(out, e)
@@ -617,12 +627,13 @@ func (t *Table) exactChoice(name, ns string) *Entry {
 	return t.yieldExternal(choose(t.lookup(name), ns), name, ns)
 }
 
-// yieldExternal is e, choose's entry for name itself, but an ExternalName
-// Service yields to a wildcard covering its name (istiod sends ztunnel no
-// ExternalName Service, so ztunnel finds the wildcard). Small enough to
+// yieldExternal is e, choose's entry for name itself, but a Service istiod
+// sends ztunnel nothing of (rankUnsent: an ExternalName one, or one of a
+// namespace it does not select) yields to a wildcard covering its name
+// (ztunnel finds the wildcard). Small enough to
 // inline: the usual entry costs resolve no call here.
 func (t *Table) yieldExternal(e *Entry, name, ns string) *Entry {
-	if e != nil && e.src.rank == rankExternalName {
+	if e != nil && e.src.rank == rankUnsent {
 		return t.wildcardOr(e, name, ns)
 	}
 	return e
@@ -649,7 +660,7 @@ func (t *Table) pick(entries bucket, ns string) *Entry {
 // choose is the entry that decides one key for a pod in ns, as ztunnel
 // chooses: one from the asker's own namespace first, else the first visible
 // in build order (the Service, else the oldest ServiceEntry: istiod's
-// canonical one, else an ExternalName Service). entries are the objects
+// canonical one, else a Service it does not send, rankUnsent). entries are the objects
 // istiod serves, one per namespace (shard.get), and exportTo applies to
 // those: a namespace whose object the asker cannot see gives it nothing,
 // as one whose object is passed over (Entry.passed). One held without
@@ -688,7 +699,7 @@ func pickIndex(entries []*Entry, ns string) int {
 		switch {
 		case e.passed || !e.VisibleFrom(ns):
 			ownOut = ownOut || own
-		case own && e.src.rank != rankExternalName:
+		case own && e.src.rank != rankUnsent:
 			return i
 		case first < 0:
 			first = i

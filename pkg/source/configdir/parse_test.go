@@ -47,6 +47,7 @@ status:
 	wantServiceEntry := model.ServiceEntry{
 		Namespace: "shop", Name: "ext", Created: created,
 		Hosts:            []string{"api.example.com", "*.wild.example"},
+		Folded:           []bool{true, false}, // written API.Example.com.
 		Addresses:        addrs("198.51.100.7", "2001:db8::7"),
 		CIDRs:            []netip.Prefix{netip.MustParsePrefix("203.0.113.0/24")},
 		HasSpecAddresses: true,

@@ -38,7 +38,11 @@ import (
 // ServiceEntries are left out: istiod does not see a Service or Pod of a
 // namespace it does not select either, but Istio's DNS proxy forwards
 // such a Service's name to the cluster's nameserver, which answers its
-// ClusterIPs, as ztdns does. Revision labels are not read on Services.
+// ClusterIPs, as ztdns does. Such a Service only yields its name to a
+// ServiceEntry naming it (the snapshot's IstiodUnselected): istiod sends
+// ztunnel the ServiceEntry alone for that host (its Services pass the
+// same filter: multicluster's defaultFilter), and ztunnel routes it.
+// Revision labels are not read on Services.
 //
 // With no istiod (WithIstioNamespace empty) nothing is left out.
 
@@ -90,6 +94,7 @@ func (r *run) leaveOutIgnored() {
 		ig.kept = append(ig.kept, ig.all[next:]...)
 	}
 	ig.from, ig.leftOut = ig.all, leftOut
+	r.last.IstiodUnselected = r.unselectedNamespaces(r.last.IstiodUnselected)
 	r.last.ServiceEntries = ig.kept
 	r.last.IstiodAllocates = ig.lock || status
 	r.last.IstiodIgnores = nil
@@ -103,6 +108,26 @@ func (r *run) leaveOutIgnored() {
 			Why: fmt.Sprintf("in namespaces the discoverySelectors of mesh config %s (%s) do not select, %s",
 				r.src.meshConfigWhere(), selectorsString(r.selectors), routes)})
 	}
+}
+
+// unselectedNamespaces lists the namespaces the discoverySelectors in
+// force do not select: nil with no istiod or no selectors. last, the list
+// before, is kept when it did not change, so that the table builder finds
+// nothing to do.
+func (r *run) unselectedNamespaces(last []string) []string {
+	if r.src.istioNamespace == "" || r.selectors == nil {
+		return nil
+	}
+	var out []string
+	for _, ns := range r.last.Namespaces { // sorted by name
+		if !r.selected(ns.Name) {
+			out = append(out, ns.Name)
+		}
+	}
+	if slices.Equal(out, last) {
+		return last
+	}
+	return out
 }
 
 // selected reports whether the discoverySelectors in force select the

@@ -63,8 +63,14 @@ func TestLeaveOutIgnored(t *testing.T) {
 	if len(r.last.IstiodIgnores) != 2 || !slices.Equal(r.last.IstiodIgnores[1].Keys, []string{"lab/a", "unknown/b"}) {
 		t.Errorf("ignored %+v, want lab/a and unknown/b outside the selectors", r.last.IstiodIgnores)
 	}
+	// Its Services yield their names to ServiceEntries: the namespaces
+	// known and not selected are told.
+	unselected := r.last.IstiodUnselected
+	if !slices.Equal(unselected, []string{"lab"}) {
+		t.Errorf("unselected namespaces %q, want lab", unselected)
+	}
 	r.leaveOutIgnored()
-	if !sameSlice(first, r.last.ServiceEntries) {
+	if !sameSlice(first, r.last.ServiceEntries) || !sameSlice(unselected, r.last.IstiodUnselected) {
 		t.Error("the same decision made a new slice")
 	}
 
@@ -72,15 +78,16 @@ func TestLeaveOutIgnored(t *testing.T) {
 	r.selectors = nil
 	r.ignored.all = slices.Clone(all[3:5])
 	r.leaveOutIgnored()
-	if !sameSlice(r.ignored.all, r.last.ServiceEntries) || r.last.IstiodIgnores != nil || r.last.IstiodAllocates {
+	if !sameSlice(r.ignored.all, r.last.ServiceEntries) || r.last.IstiodIgnores != nil || r.last.IstiodAllocates || r.last.IstiodUnselected != nil {
 		t.Errorf("nothing left out: kept %q, ignored %+v, istiod allocates %v; want the store's slice, none, false",
 			keys(r.last.ServiceEntries), r.last.IstiodIgnores, r.last.IstiodAllocates)
 	}
 
 	// Without istiod, nothing is left out.
 	r = newRun("")
+	r.selectors = []labels.Selector{labels.SelectorFromSet(labels.Set{"team": "shop"})}
 	r.leaveOutIgnored()
-	if !sameSlice(all, r.last.ServiceEntries) || r.last.IstiodIgnores != nil {
+	if !sameSlice(all, r.last.ServiceEntries) || r.last.IstiodIgnores != nil || r.last.IstiodUnselected != nil {
 		t.Errorf("without istiod: kept %q, ignored %+v; want every entry", keys(r.last.ServiceEntries), r.last.IstiodIgnores)
 	}
 }
