@@ -280,7 +280,8 @@ func (c *Controller) inEnrollmentGrace(att podcache.Attachment) bool {
 
 // graceEnded forgets the graces that ended, waits for the next one to end,
 // and decides again (Redecide) if a sandbox whose grace ended is captured
-// while its pod is not enrolled.
+// while the rules, without the grace, leave it alone (its pod not
+// enrolled, or istio-cni not in the chain).
 func (c *Controller) graceEnded() {
 	c.graceMu.Lock()
 	now := c.cfg.Now()
@@ -307,7 +308,7 @@ func (c *Controller) graceEnded() {
 		if !ok || !a.Captured {
 			continue
 		}
-		if p := c.pods.Get(a.Namespace, a.Name); p == nil || p.Spec == nil || !p.Spec.Enrollment.Redirected() || c.noIstioCNI.Load() {
+		if captured, _ := c.Decide(a); !captured {
 			c.Redecide()
 			return
 		}

@@ -70,11 +70,11 @@ func (l *UnknownSince) Due(pods *podcache.Cache, atts map[string]podcache.Attach
 }
 
 // Orphaned returns the records of due that are orphaned, their network
-// namespace held by no process, by one scan of the node's processes: none is among those it
-// found (by cookie) or, of the recorded namespaces it did not look into
-// (ids: their NsIDs by cookie, nil for a scan that looked into every
-// one), among those it listed by NsID. A scan that could not open every
-// process's namespace proves nothing: it returns none.
+// namespace held by no process, by one scan of the node's processes: none is
+// among those it found (by cookie) or, of the recorded namespaces it did not
+// look into (ids: their NsIDs by cookie, nil for a scan that looked into
+// every one), among those it listed by NsID. A scan that could not open
+// every process's namespace proves nothing: it returns none.
 func Orphaned(log *slog.Logger, scan ScanResult, ids map[uint64]NsID, due []UnknownRecord) []UnknownRecord {
 	if scan.Denied > 0 {
 		log.Debug("not forgetting pods the source lost: the network namespaces of some processes cannot be opened", "processes", scan.Denied)

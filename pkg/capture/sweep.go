@@ -189,10 +189,10 @@ type liveNetns struct {
 }
 
 // moveAdopted keeps an adopted record whose process left its network
-// namespace (netnsDead) when another process still holds it (follow), and records
-// the path of that process. It reports whether the record stays: false for
-// records that are not adopted, and when no process holds the namespace;
-// true, without a move, when the scan failed.
+// namespace (netnsDead) when another process still holds it (follow), and
+// records the path of that process. It reports whether the record stays:
+// false for records that are not adopted, and when no process holds the
+// namespace; true, without a move, when the scan failed.
 func (c *Controller) moveAdopted(key string, a podcache.Attachment, live *liveNetns) bool {
 	moved, keep := c.follow(key, a, live)
 	if !keep || moved.NetnsPath == a.NetnsPath {
@@ -212,13 +212,14 @@ func (c *Controller) moveAdopted(key string, a podcache.Attachment, live *liveNe
 }
 
 // follow decides for a record whose path no longer leads to its network
-// namespace (netnsDead) whether it stays: an adopted record names a process's ns/net, and that process (the
-// lowest PID when it was adopted, or a record an older agent made from
-// another PID) can exit while the pod runs on. The record stays while a
-// live process holds its namespace, found by a fresh scan (live keeps it for
-// the rest of the pass), and is returned naming that process; a failed scan
-// keeps it as it is. Records that are not adopted do not stay. It takes no
-// lock: Restore calls it holding mu, moveAdopted without.
+// namespace (netnsDead) whether it stays: an adopted record names a
+// process's ns/net, and that process (the lowest PID when it was adopted, or
+// a record an older agent made from another PID) can exit while the pod runs
+// on. The record stays while a live process holds its namespace, found by a
+// fresh scan (live keeps it for the rest of the pass), and is returned
+// naming that process; a failed scan keeps it as it is. Records that are not
+// adopted do not stay. It takes no lock: Restore calls it holding mu,
+// moveAdopted without.
 func (c *Controller) follow(key string, a podcache.Attachment, live *liveNetns) (podcache.Attachment, bool) {
 	if !strings.HasPrefix(key, AdoptedPrefix) {
 		return a, false

@@ -108,12 +108,13 @@ func (l *pluginList) index(typ string) int {
 // there is none, is replaced where it stands (so two installers that each
 // want to be last never move each other around forever); one before it is
 // taken out and put back right after it; a missing one goes right after
-// it, or last. It reports whether anything changed: an entry equal to
-// entry, formatting aside, in its place is left as it is.
-func upsertEntry(data, entry []byte, typ, after string) ([]byte, bool, error) {
+// it, or last. It reports whether anything changed (an entry equal to
+// entry, formatting aside, in its place is left as it is) and whether that
+// was moving an entry from before after's.
+func upsertEntry(data, entry []byte, typ, after string) (updated []byte, changed, moved bool, err error) {
 	list, err := parsePluginList(data)
 	if err != nil {
-		return nil, false, err
+		return nil, false, false, err
 	}
 	i, a := list.index(typ), -1
 	if after != "" {
@@ -122,39 +123,31 @@ func upsertEntry(data, entry []byte, typ, after string) ([]byte, bool, error) {
 	if i >= 0 && i > a {
 		old := list.entries[i]
 		if jsonEqual(data[old.start:old.end], entry) {
-			return data, false, nil
+			return data, false, false, nil
 		}
 		rendered, err := renderEntry(entry, data, old, lineIndent(data, old.start))
 		if err != nil {
-			return nil, false, err
+			return nil, false, false, err
 		}
-		return splice(data, old, rendered), true, nil
+		return splice(data, old, rendered), true, false, nil
 	}
-	if i >= 0 { // before after's: out, and back in after it
+	moved = i >= 0
+	if moved { // before after's: out, and back in after it
 		if data, _, err = removeEntries(data, typ); err != nil {
-			return nil, false, err
+			return nil, false, false, err
 		}
 		if list, err = parsePluginList(data); err != nil {
-			return nil, false, err
+			return nil, false, false, err
 		}
 		a = list.index(after)
 	}
 	if a < 0 {
 		a = len(list.entries) - 1
 	}
-	data, err = insertAfter(data, list, a, entry)
-	return data, err == nil, err
-}
-
-// entryBefore reports whether data's plugins hold an entry of type typ
-// before the first one of type after.
-func entryBefore(data []byte, typ, after string) bool {
-	list, err := parsePluginList(data)
-	if err != nil {
-		return false
+	if data, err = insertAfter(data, list, a, entry); err != nil {
+		return nil, false, false, err
 	}
-	i, a := list.index(typ), list.index(after)
-	return i >= 0 && a >= 0 && i < a
+	return data, true, moved, nil
 }
 
 // insertAfter returns data with entry inserted after list's entry k

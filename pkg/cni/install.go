@@ -471,11 +471,11 @@ func insertEntry(path string, entry []byte) (string, bool, bool, error) {
 		return "", false, false, err
 	}
 	if strings.HasSuffix(path, ".conflist") {
-		updated, changed, err := upsertEntry(data, entry, PluginType, istioCNIType)
+		updated, changed, moved, err := upsertEntry(data, entry, PluginType, istioCNIType)
 		if err != nil || !changed {
 			return path, false, false, err
 		}
-		return path, true, entryBefore(data, PluginType, istioCNIType), writeFileAtomic(path, updated, info.Mode().Perm())
+		return path, true, moved, writeFileAtomic(path, updated, info.Mode().Perm())
 	}
 
 	// A .conflist of the same name may be there: the one an earlier

@@ -585,11 +585,11 @@ func TestConflistEditsKeepFormatting(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			got, changed, err := upsertEntry([]byte(tt.in), entry, PluginType, istioCNIType)
+			got, changed, _, err := upsertEntry([]byte(tt.in), entry, PluginType, istioCNIType)
 			if err != nil || !changed || string(got) != tt.want {
 				t.Fatalf("upsertEntry = %t, %v:\n%s\nwant:\n%s", changed, err, got, tt.want)
 			}
-			again, changed, err := upsertEntry(got, entry, PluginType, istioCNIType)
+			again, changed, _, err := upsertEntry(got, entry, PluginType, istioCNIType)
 			if err != nil || changed || !bytes.Equal(again, got) {
 				t.Errorf("second upsertEntry = %t, %v", changed, err)
 			}

@@ -300,16 +300,19 @@ func TestUpsertEntryAfterIstioCNI(t *testing.T) {
 	entry := []byte(`{"type":"ztdns","socketPath":"/run/z.sock"}`)
 	tests := []struct {
 		name, in, want string
+		moved          bool // the entry was before istio-cni's
 	}{
 		{
-			name: "before istio-cni",
-			in:   `{"plugins": [{"type":"ptp"}, {"type":"ztdns","socketPath":"/run/z.sock"}, {"type":"istio-cni"}]}`,
-			want: `{"plugins": [{"type":"ptp"}, {"type":"istio-cni"}, {"type":"ztdns","socketPath":"/run/z.sock"}]}`,
+			name:  "before istio-cni",
+			in:    `{"plugins": [{"type":"ptp"}, {"type":"ztdns","socketPath":"/run/z.sock"}, {"type":"istio-cni"}]}`,
+			want:  `{"plugins": [{"type":"ptp"}, {"type":"istio-cni"}, {"type":"ztdns","socketPath":"/run/z.sock"}]}`,
+			moved: true,
 		},
 		{
-			name: "an older entry before istio-cni",
-			in:   "{\"plugins\": [\n  {\"type\": \"ztdns\", \"timeout\": \"1s\"},\n  {\"type\": \"ptp\"},\n  {\"type\": \"istio-cni\"}\n]}\n",
-			want: "{\"plugins\": [\n  {\"type\": \"ptp\"},\n  {\"type\": \"istio-cni\"},\n  {\"type\":\"ztdns\",\"socketPath\":\"/run/z.sock\"}\n]}\n",
+			name:  "an older entry before istio-cni",
+			in:    "{\"plugins\": [\n  {\"type\": \"ztdns\", \"timeout\": \"1s\"},\n  {\"type\": \"ptp\"},\n  {\"type\": \"istio-cni\"}\n]}\n",
+			want:  "{\"plugins\": [\n  {\"type\": \"ptp\"},\n  {\"type\": \"istio-cni\"},\n  {\"type\":\"ztdns\",\"socketPath\":\"/run/z.sock\"}\n]}\n",
+			moved: true,
 		},
 		{
 			name: "right after istio-cni",
@@ -340,13 +343,13 @@ func TestUpsertEntryAfterIstioCNI(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			got, changed, err := upsertEntry([]byte(tt.in), entry, PluginType, istioCNIType)
-			if err != nil || changed != (tt.in != tt.want) || string(got) != tt.want {
-				t.Fatalf("upsertEntry = %t, %v:\n%s\nwant:\n%s", changed, err, got, tt.want)
+			got, changed, moved, err := upsertEntry([]byte(tt.in), entry, PluginType, istioCNIType)
+			if err != nil || changed != (tt.in != tt.want) || moved != tt.moved || string(got) != tt.want {
+				t.Fatalf("upsertEntry = %t, moved %t, %v:\n%s\nwant:\n%s (moved %t)", changed, moved, err, got, tt.want, tt.moved)
 			}
-			again, changed, err := upsertEntry(got, entry, PluginType, istioCNIType)
-			if err != nil || changed || !bytes.Equal(again, got) {
-				t.Errorf("second upsertEntry = %t, %v:\n%s", changed, err, again)
+			again, changed, moved, err := upsertEntry(got, entry, PluginType, istioCNIType)
+			if err != nil || changed || moved || !bytes.Equal(again, got) {
+				t.Errorf("second upsertEntry = %t, moved %t, %v:\n%s", changed, moved, err, again)
 			}
 		})
 	}

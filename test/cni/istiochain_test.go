@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/ztdns/ztdns/pkg/ambient"
@@ -40,11 +39,7 @@ func TestKubeEnrolledPodWithoutIstioCNIInTheChain(t *testing.T) {
 
 	const nsName, podName = "ledger", "ledger-0"
 	kc := env.Client()
-	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: nsName,
-		Labels: map[string]string{model.LabelDataplaneMode: ambient.DataplaneModeAmbient}}}
-	if _, err := kc.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	createAmbientNamespace(t, env, nsName)
 	createAddressEntry(t, env)
 	pod := createAPIPod(t, env, nsName, podName, nil)
 	env.SetEnrollment(ctx, nsName, podName, model.RedirectionEnabled) // copied with the pod

@@ -113,12 +113,7 @@ func TestKubeUnseenPodLeftAloneUntilTheWatchDeliversIt(t *testing.T) {
 	ctx := context.Background()
 
 	const nsName = "shop"
-	kc := env.Client()
-	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: nsName,
-		Labels: map[string]string{model.LabelDataplaneMode: ambient.DataplaneModeAmbient}}}
-	if _, err := kc.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	createAmbientNamespace(t, env, nsName)
 	createAddressEntry(t, env)
 	n.startAgent(t) // its first table has the namespace and the ServiceEntry
 
@@ -182,12 +177,7 @@ func TestKubeNotEnrolledPodReleased(t *testing.T) {
 	ctx := context.Background()
 
 	const nsName, podName = "billing", "billing-0"
-	kc := env.Client()
-	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: nsName,
-		Labels: map[string]string{model.LabelDataplaneMode: ambient.DataplaneModeAmbient}}}
-	if _, err := kc.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	createAmbientNamespace(t, env, nsName)
 	createAddressEntry(t, env)
 	pod := createAPIPod(t, env, nsName, podName, nil)
 	n.startAgent(t)
@@ -230,11 +220,7 @@ func TestKubeNotEnrolledPodsCounted(t *testing.T) {
 
 	const nsName = "billing"
 	kc := env.Client()
-	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: nsName,
-		Labels: map[string]string{model.LabelDataplaneMode: ambient.DataplaneModeAmbient}}}
-	if _, err := kc.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	createAmbientNamespace(t, env, nsName)
 	const metrics = "127.0.0.1:15053" // the node namespace's own loopback
 	a := testenv.StartAgent(t, n.Node, n.bin, append(n.agentArgs(), "--metrics", metrics)...)
 	a.WaitReady(t, n.Socket, 30*time.Second)
@@ -282,6 +268,17 @@ func TestKubeNotEnrolledPodsCounted(t *testing.T) {
 	n.requireRow(t, pp, ipsPlain, true, ambient.ReasonAmbient)
 	n.requireRow(t, pq, ipsQuiet, false, ambient.ReasonAnnotationOff)
 	requireMetrics("istio-cni enrolled the pod that does not opt out", map[string]float64{notEnrolled: 0, optedOut: 1, captured: 1})
+}
+
+// createAmbientNamespace creates the namespace name, labelled for the
+// ambient mesh (istio.io/dataplane-mode=ambient), through the API.
+func createAmbientNamespace(t *testing.T, env *kubetest.Env, name string) {
+	t.Helper()
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name,
+		Labels: map[string]string{model.LabelDataplaneMode: ambient.DataplaneModeAmbient}}}
+	if _, err := env.Client().CoreV1().Namespaces().Create(context.Background(), ns, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // createAPIPod creates the pod namespace/name, with labels, through the
