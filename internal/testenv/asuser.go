@@ -3,6 +3,7 @@
 package testenv
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"io"
@@ -42,6 +43,29 @@ func AsUser(tb testing.TB, ctx context.Context, cred syscall.Credential, bin str
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &cred}
 	cmd.WaitDelay = 2 * time.Second
 	return cmd
+}
+
+// StartAsUser starts the test binary as cred with env added (which names
+// the helper the package's TestMain then runs), killed when the test ends
+// or the test binary dies (StartOrphanProof). It returns the process, to
+// wait for, and its stdout; its stderr is the test binary's.
+func StartAsUser(tb testing.TB, cred syscall.Credential, env ...string) (*exec.Cmd, *bufio.Reader) {
+	tb.Helper()
+	cmd := AsUser(tb, tb.Context(), cred, os.Args[0])
+	cmd.Env = append(os.Environ(), env...)
+	cmd.Stderr = os.Stderr
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		tb.Fatalf("testenv: %v", err)
+	}
+	if err := StartOrphanProof(cmd); err != nil {
+		tb.Fatalf("testenv: starting the test binary as uid %d: %v", cred.Uid, err)
+	}
+	tb.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+	})
+	return cmd, bufio.NewReader(stdout)
 }
 
 func copyFile(src, dst string, mode os.FileMode) error {

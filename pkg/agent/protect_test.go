@@ -13,7 +13,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -83,25 +82,6 @@ func plantHandoff(path string) int {
 	return 0
 }
 
-// helper starts the test binary as helper name, as uid 65534 with group 0,
-// killed when the test ends or the test binary dies.
-func helper(t *testing.T, name, path string) (*exec.Cmd, *bufio.Reader, *bytes.Buffer) {
-	t.Helper()
-	cmd := testenv.AsUser(t, t.Context(), testenv.Nobody, os.Args[0])
-	cmd.Env = append(os.Environ(), helperEnv+"="+name, helperPathEnv+"="+path)
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	if err := testenv.StartOrphanProof(cmd); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	return cmd, bufio.NewReader(stdout), &stderr
-}
-
 // sharedDir is a directory under /tmp any user can write in: where an
 // attacker can plant a socket.
 func sharedDir(t *testing.T) string {
@@ -127,7 +107,7 @@ func TestPlantedHandoffSocketRefused(t *testing.T) {
 	dir := sharedDir(t)
 	socket := filepath.Join(dir, "ztdns.sock")
 
-	planter, out, _ := helper(t, "plant-handoff", handoff.Path(socket))
+	planter, out := testenv.StartAsUser(t, testenv.Nobody, helperEnv+"=plant-handoff", helperPathEnv+"="+handoff.Path(socket))
 	if line, err := out.ReadString('\n'); line != "listening\n" {
 		t.Fatalf("the planter did not start: %q %v", line, err)
 	}
@@ -152,7 +132,7 @@ func TestPlantedHandoffSocketRefused(t *testing.T) {
 
 	// The agent itself never gets that far: the directory is refused.
 	os.Remove(handoff.Path(socket))
-	planter, out, _ = helper(t, "plant-handoff", handoff.Path(socket))
+	planter, out = testenv.StartAsUser(t, testenv.Nobody, helperEnv+"=plant-handoff", helperPathEnv+"="+handoff.Path(socket))
 	if line, err := out.ReadString('\n'); line != "listening\n" {
 		t.Fatalf("the planter did not start: %q %v", line, err)
 	}

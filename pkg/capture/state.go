@@ -38,8 +38,8 @@ const stateRetryEvery = 5 * time.Second
 // Restore reads the attachments a previous agent recorded, drops those
 // whose network namespace is dead (netnsDead; an adopted record follows
 // another process of its namespace: follow), and makes the pods map agree:
-// marks nobody recorded are removed, recorded captured pods that lost their
-// mark get it back. Redecide does nothing until it has run.
+// marks nobody recorded are removed, recorded captured pods whose mark is
+// missing get it back. Redecide does nothing until it has run.
 func (c *Controller) Restore() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -136,7 +136,7 @@ func (c *Controller) keepAside() {
 // mark of none of them nor of an attachment is one whose record was lost.
 // Callers hold mu.
 func (c *Controller) reconcileLocked(recorded map[uint64]bool) error {
-	stale, lost, err := c.markDriftLocked()
+	stale, missing, err := c.markDriftLocked()
 	if err != nil {
 		return err
 	}
@@ -160,9 +160,9 @@ func (c *Controller) reconcileLocked(recorded map[uint64]bool) error {
 			"pods of the source and the runtime are marked again as they are found, network namespaces captured by hand are not: capture add them again, and keep --state-dir where it survives the agent's stops",
 			"marks", unrecorded, "stateDir", c.cfg.StateDir)
 	}
-	for _, a := range lost {
-		c.log.Info("restoring a lost mark", "pod", a.Namespace+"/"+a.Name, "netnsCookie", a.NetnsCookie)
-		errs = append(errs, c.restoreLostMark(a))
+	for _, a := range missing {
+		c.log.Info("restoring a missing mark", "pod", a.Namespace+"/"+a.Name, "netnsCookie", a.NetnsCookie)
+		errs = append(errs, c.restoreMissingMark(a))
 	}
 	// Once the marks are right: the learned nameservers of what is no
 	// longer marked go too.
@@ -171,12 +171,12 @@ func (c *Controller) reconcileLocked(recorded map[uint64]bool) error {
 }
 
 // markDriftLocked compares the pods map with the attachments: stale are
-// the marks of network namespaces no attachment captures, lost the
+// the marks of network namespaces no attachment captures, missing the
 // captured attachments (the newest of each namespace) whose namespace has
 // no mark, by cookie. Callers hold mu, under which an attachment is stored
 // in the same step as its mark (applyLocked): a CNI ADD's mark is never
 // seen without its record.
-func (c *Controller) markDriftLocked() (stale []uint64, lost []podcache.Attachment, err error) {
+func (c *Controller) markDriftLocked() (stale []uint64, missing []podcache.Attachment, err error) {
 	marked, err := c.marker.Pods()
 	if err != nil {
 		return nil, nil, err
@@ -192,13 +192,13 @@ func (c *Controller) markDriftLocked() (stale []uint64, lost []podcache.Attachme
 	slices.Sort(stale)
 	for _, cookie := range slices.Sorted(maps.Keys(want)) {
 		if !have[cookie] {
-			lost = append(lost, want[cookie])
+			missing = append(missing, want[cookie])
 		}
 	}
-	return stale, lost, nil
+	return stale, missing, nil
 }
 
-// removeStaleMark and restoreLostMark repair one mark, counting it in
+// removeStaleMark and restoreMissingMark repair one mark, counting it in
 // ztdns_capture_mark_repairs_total. Callers hold mu.
 func (c *Controller) removeStaleMark(cookie uint64) error {
 	if err := c.marker.Unmark(cookie); err != nil {
@@ -208,7 +208,7 @@ func (c *Controller) removeStaleMark(cookie uint64) error {
 	return nil
 }
 
-func (c *Controller) restoreLostMark(a podcache.Attachment) error {
+func (c *Controller) restoreMissingMark(a podcache.Attachment) error {
 	if err := c.setMark(a); err != nil {
 		return err
 	}
@@ -237,7 +237,7 @@ func (c *Controller) RepairMarks() {
 	if c.fenced.Load() || !c.restored.Load() {
 		return
 	}
-	stale, lost, err := c.markDriftLocked()
+	stale, missing, err := c.markDriftLocked()
 	if err != nil {
 		c.log.Warn("cannot read the pods map to check the marks of captured pods", "err", err)
 		return
@@ -252,8 +252,8 @@ func (c *Controller) RepairMarks() {
 		removed = append(removed, cookie)
 	}
 	var restored []string
-	for _, a := range lost {
-		if err := c.restoreLostMark(a); err != nil {
+	for _, a := range missing {
+		if err := c.restoreMissingMark(a); err != nil {
 			errs = append(errs, err)
 			continue
 		}

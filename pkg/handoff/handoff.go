@@ -823,9 +823,9 @@ func WatchSuccessor(ctx context.Context, to *Successor, controlSocket string, lo
 	return err
 }
 
-// served reports whether an agent listens at the hand-off path
-// path. A listener whose process is exiting may still take the connection,
-// and reset it as it closes: only one that holds it open, waiting for a
+// served reports whether an agent listens at the hand-off path path. A
+// listener whose process is exiting may still take the connection, and
+// reset it as it closes: only one that holds it open, waiting for a
 // greeting, serves.
 func served(path string) bool {
 	c, err := net.DialTimeout("unix", path, time.Second)
@@ -838,8 +838,8 @@ func served(path string) bool {
 	return errors.Is(err, os.ErrDeadlineExceeded)
 }
 
-// servedWait is how long served waits for a connection it
-// made to be reset.
+// servedWait is how long served waits for a connection it made to be
+// reset.
 const servedWait = 200 * time.Millisecond
 
 // requireRoot checks that the process at the other end of c is root.

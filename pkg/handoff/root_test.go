@@ -3,14 +3,11 @@
 package handoff
 
 import (
-	"bufio"
-	"bytes"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
@@ -78,7 +75,7 @@ func TestHandoffRefusesSuccessorNotRoot(t *testing.T) {
 		}, func(bool) { asked.Store(true) }, func(bool) { stopped.Store(true) })
 		done <- err
 	}()
-	taker, out, _ := helper(t, "take-handoff", Path(socket))
+	taker, out := testenv.StartAsUser(t, testenv.Nobody, helperEnv+"=take-handoff", helperPathEnv+"="+Path(socket))
 	got, _ := io.ReadAll(out)
 	taker.Wait()
 	if !strings.HasPrefix(string(got), "received 0 descriptors") {
@@ -92,23 +89,4 @@ func TestHandoffRefusesSuccessorNotRoot(t *testing.T) {
 	if !strings.Contains(log.String(), "refusing a hand-off to a process that is not root") || !strings.Contains(log.String(), "uid 65534") {
 		t.Errorf("the refusal is not logged:\n%s", log.String())
 	}
-}
-
-// helper starts the test binary as helper name, as uid 65534 with group 0,
-// killed when the test ends or the test binary dies.
-func helper(t *testing.T, name, path string) (*exec.Cmd, *bufio.Reader, *bytes.Buffer) {
-	t.Helper()
-	cmd := testenv.AsUser(t, t.Context(), testenv.Nobody, os.Args[0])
-	cmd.Env = append(os.Environ(), helperEnv+"="+name, helperPathEnv+"="+path)
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	if err := testenv.StartOrphanProof(cmd); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	return cmd, bufio.NewReader(stdout), &stderr
 }

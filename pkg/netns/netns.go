@@ -76,11 +76,11 @@ const netlinkRecvSize = 32 << 10
 
 // Addrs lists the unicast addresses of the interfaces in the network
 // namespace at netnsPath, without loopback and link-local ones: the pod IPs
-// to record with redirect.Redirector.Mark. IPv4 addresses come first. It reads the kernel's
-// dump itself and stops past max addresses of any kind (ErrTooManyAddrs):
-// a netlink library reads a dump whole into memory (1.35 KB an address),
-// and never stopping would read all of a namespace made to hold tens of
-// thousands.
+// to record with redirect.Redirector.Mark. IPv4 addresses come first. It
+// reads the kernel's dump itself and stops past max addresses of any kind
+// (ErrTooManyAddrs): a netlink library reads a dump whole into memory
+// (1.35 KB an address), and never stopping would read all of a namespace
+// made to hold tens of thousands.
 func Addrs(netnsPath string, max int) ([]netip.Addr, error) {
 	fd, err := netlinkdump.Socket(netnsPath, unix.NETLINK_ROUTE)
 	if err != nil {

@@ -77,12 +77,15 @@ func kernelRateSourcesMax() (uint32, error) {
 	return uint32(kernelRateSources + lruLocalFree*cpus), nil
 }
 
+// maxPods is how many pods capture can mark: bpf/ztdns.h's ZTDNS_MAX_PODS
+// (TestMaxPodsMatchesTheHeader).
+const maxPods = 16384
+
 // kernelRatePodAddrs bounds the pod addresses with their pod's key: two
-// (IPv4 and IPv6) for each of the 16,384 pods capture can mark
-// (ZTDNS_MAX_PODS). The map is not preallocated: it takes memory for the
-// pods there are. An address past it keeps a key of its own. A variable:
-// tests fill a smaller map.
-var kernelRatePodAddrs = 2 * 16384
+// (IPv4 and IPv6) for each pod capture can mark. The map is not
+// preallocated: it takes memory for the pods there are. An address past it
+// keeps a key of its own. A variable: tests fill a smaller map.
+var kernelRatePodAddrs = 2 * maxPods
 
 // podKeyPrefix starts every pod key: 100::/64 (RFC 6666, discard only) is
 // no source a datagram comes from, so no address's own key is a pod's. A

@@ -319,6 +319,14 @@ func TestKernelRateRemovedPod(t *testing.T) {
 	}
 }
 
+// TestMaxPodsMatchesTheHeader: the kernel's rate filter has room for the
+// pods capture can mark. Reads the header; needs no kernel.
+func TestMaxPodsMatchesTheHeader(t *testing.T) {
+	if got, want := int64(maxPods), testenv.HeaderDefines(t, "../../bpf/ztdns.h")["ZTDNS_MAX_PODS"]; got != want {
+		t.Errorf("maxPods is %d, bpf/ztdns.h's ZTDNS_MAX_PODS %d", got, want)
+	}
+}
+
 // TestKernelRatePodMapFull: pod addresses past the room of the kernel's
 // pod map keep keys of their own (said once in the log), and get their
 // pod's key when room is made; an address that moves to another pod gets

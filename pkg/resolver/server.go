@@ -4,11 +4,11 @@
 //
 // Answering a known name is the hot path and allocates nothing: the query is
 // parsed in place, the table lookup is a map read on an immutable table, and
-// the reply is the client's own header and question followed by answer bytes
-// prepared when the table was built. UDP is read and written in batches
-// (recvmmsg/sendmmsg). Everything else (forwarding, CNAME chains, autopath,
-// errors that need a full message) takes the slow path, built on miekg/dns,
-// in its own goroutine so a slow upstream never stalls a socket.
+// the reply is the client's own header and question followed by the answer
+// records, written straight from the table's entry. UDP is read and written
+// in batches (recvmmsg/sendmmsg). Everything else (forwarding, CNAME chains,
+// autopath, errors that need a full message) takes the slow path, built on
+// miekg/dns, in its own goroutine so a slow upstream never stalls a socket.
 package resolver
 
 import (
