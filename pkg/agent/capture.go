@@ -1,6 +1,13 @@
+// Capture in the agent: the dataplane (the programs, their heartbeat, the
+// resolver's slot addresses and the capture controller), started or taken
+// over at start (startCapture) and reconciled once the agent serves
+// (reconcileCapture).
+
 package agent
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -13,6 +20,7 @@ import (
 	"github.com/ztdns/ztdns/pkg/control"
 	"github.com/ztdns/ztdns/pkg/podcache"
 	"github.com/ztdns/ztdns/pkg/redirect"
+	"github.com/ztdns/ztdns/pkg/source"
 )
 
 // CaptureConfig turns on DNS capture with eBPF.
@@ -352,4 +360,83 @@ func forwardable(ns netip.AddrPort, resolvers map[netip.Addr]bool, listed []neti
 func (c *dataplane) close() error {
 	c.ctl.Close()
 	return c.r.Close()
+}
+
+// startCapture loads (or takes over) the programs: link.Update swaps them in
+// place, so capture never pauses across a restart. Without a predecessor
+// nobody serves yet (a first start, or the last agent died with its
+// heartbeat still fresh): pods then use their own nameservers until this
+// agent serves its first table.
+//
+// With a predecessor, its programs stay attached, with its maps and config,
+// and the interface keeps its addresses, until finishTakeover: pods are sent
+// where it serves until this agent serves too, and a start that fails or
+// stops before the hand-over leaves the predecessor marking pods in the maps
+// its programs read, even when this agent's maps have another layout.
+func (a *Agent) startCapture(predecessor bool) error {
+	if a.slot6[0].IsValid() {
+		a.ipv6.netns, _ = ownNetnsCookie()
+		if why := redirect.IPv6Off(a.resolverInterface()); why != "" {
+			if err := a.dropIPv6(why); err != nil {
+				return err
+			}
+		} else {
+			for _, ap := range a.addrs {
+				if ap.Addr().Is6() {
+					a.ipv6.kept = append(a.ipv6.kept, ap.String())
+				}
+			}
+		}
+	}
+	_, podsWatched := a.cfg.Source.(source.PodWatcher)
+	ctl := capture.Config{NodeName: a.cfg.NodeName, DNSCaptureDefault: a.cfg.DNSCaptureDefault,
+		ExcludeNamespaces: a.cfg.ExcludeNamespaces, PodsWatched: podsWatched, RequireEnrollment: podsWatched && !a.cfg.IgnoreEnrollment,
+		HostCookies: a.hostCookies}
+	c, err := newDataplane(*a.cfg.Capture, ctl, capture.ProcNamespaces{Root: a.cfg.ProcRoot}, a.log, a.pods, a.cfg.Socket, a.slot4, a.slot6,
+		predecessor)
+	if err != nil {
+		return err
+	}
+	if !predecessor {
+		c.r.StopHeartbeat()
+	}
+	c.onCheck = a.checkIPv6
+	if len(a.hostCookies) == 0 {
+		c.close()
+		return errors.New("cannot read the node's own network namespace cookie (SO_NETNS_COOKIE)")
+	}
+	a.capture = c
+	return nil
+}
+
+// reconcileCapture makes the marks right once this agent serves (and, after
+// a handoff, its predecessor has written its last record), and turns capture
+// on as soon as a table is served. After a takeover (tookOver) the beat
+// starts first: the predecessor stopped beating when it released the
+// sockets, and the marks it left are right until reconciled, whereas
+// reconciling (a scan of /proc) could outlast the staleness bound and fail
+// every pod open mid-upgrade. A fresh start reconciles first: marks left
+// by a dead agent may be stale.
+func (a *Agent) reconcileCapture(ctx context.Context, tookOver bool) {
+	beat := func() {
+		go func() {
+			select {
+			case <-a.firstTable:
+				a.capture.startBeating()
+			case <-ctx.Done():
+			}
+		}()
+	}
+	if tookOver {
+		beat()
+	}
+	if err := a.capture.ctl.Restore(); err != nil {
+		a.log.Error("reconciling marked pods failed", "err", err)
+	}
+	a.replayPending()
+	a.capture.ctl.Redecide()
+	a.readdressByHand() // given an address while no agent ran
+	if !tookOver {
+		beat()
+	}
 }
