@@ -23,7 +23,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/ztdns/ztdns/internal/ratelog"
-	"github.com/ztdns/ztdns/pkg/accesslog"
 	"github.com/ztdns/ztdns/pkg/capture"
 	"github.com/ztdns/ztdns/pkg/control"
 	"github.com/ztdns/ztdns/pkg/handoff"
@@ -33,7 +32,6 @@ import (
 	"github.com/ztdns/ztdns/pkg/resolver/forward"
 	"github.com/ztdns/ztdns/pkg/resolver/quota"
 	"github.com/ztdns/ztdns/pkg/resolver/table"
-	"github.com/ztdns/ztdns/pkg/resolver/vip"
 	"github.com/ztdns/ztdns/pkg/source"
 	"github.com/ztdns/ztdns/pkg/version"
 )
@@ -150,59 +148,15 @@ func Run(ctx context.Context, cfg Config) error {
 }
 
 func newAgent(cfg Config) (*Agent, error) {
-	if cfg.Source == nil {
-		return nil, errors.New("no source: give --config-dir or --kubeconfig")
-	}
-	if len(cfg.Listen) == 0 {
-		return nil, errors.New("no --listen address")
-	}
-	if n := cfg.InflightBytes; n != 0 && n < resolver.MinInflightBytes { // negative too: it would be no bound at all
-		return nil, fmt.Errorf("InflightBytes %d: want 0 (the default) or at least %d, one reply of the largest size",
-			n, resolver.MinInflightBytes)
-	}
-	if err := handoff.ValidPodUID(cfg.PodUID); err != nil {
+	if err := cfg.check(); err != nil {
 		return nil, err
 	}
-	if n := cfg.PodInflightBytes; n > 0 && n < resolver.MinPodInflightBytes {
-		return nil, fmt.Errorf("PodInflightBytes %d: want 0 (the default), negative (no bound of its own) or at least %d, one reply of the largest size",
-			n, resolver.MinPodInflightBytes)
-	}
-	// Load checks it too, but only after the resolver's interface is set up.
-	if c := cfg.Capture; c != nil {
-		if err := redirect.ValidateCaptureNameservers(c.Nameservers); err != nil {
-			return nil, fmt.Errorf("capture nameservers: %w", err)
-		}
-	}
-	if cfg.Logger == nil {
-		cfg.Logger = slog.Default()
-	}
-	if cfg.ClusterDomain == "" {
-		cfg.ClusterDomain = table.DefaultDomain
-	}
-	if cfg.TTL <= 0 {
-		cfg.TTL = table.DefaultTTL * time.Second
-	}
-	if cfg.SocketsPerAddr <= 0 {
-		cfg.SocketsPerAddr = DefaultSocketsPerAddr
-	}
-	cfg.SocketsPerAddr = min(cfg.SocketsPerAddr, MaxSocketsPerAddr)
 	// Metrics nobody can read (no --metrics, no registry of the caller's)
 	// are not counted.
 	noMetrics := cfg.MetricsAddr == "" && cfg.Registry == nil
-	if cfg.Registry == nil {
-		cfg.Registry = prometheus.NewRegistry()
-	}
-	if cfg.VIPSource == "" {
-		cfg.VIPSource = vip.SourceAuto
-	}
-	if cfg.ProcRoot == "" {
-		cfg.ProcRoot = "/proc"
-	}
-	if cfg.AccessLog == nil {
-		var err error
-		if cfg.AccessLog, err = accesslog.New(os.Stderr, "stderr", "text", 0); err != nil {
-			return nil, err
-		}
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
 	}
 	a := &Agent{cfg: cfg, log: cfg.Logger, reg: cfg.Registry, pods: podcache.New(cfg.ClusterDomain), firstTable: make(chan struct{}), id: handoff.Identity(cfg.PodUID),
 		builder: table.NewBuilder(table.Options{Domain: cfg.ClusterDomain, TTL: uint32(cfg.TTL / time.Second), VIPSource: cfg.VIPSource,
@@ -210,7 +164,6 @@ func newAgent(cfg Config) (*Agent, error) {
 			MaxNamesPerNamespace: cmp.Or(cfg.MaxNamesPerNamespace, table.DefaultMaxNamesPerNamespace)}),
 		addrs: slices.Clone(cfg.Listen), hostCookies: nodeCookies(cfg.ProcRoot, cfg.Logger), tableUpdates: ratelog.Limiter{Interval: tableLogEvery}}
 	if cfg.Capture != nil {
-		var err error
 		port := cfg.Capture.Port
 		if port == 0 {
 			port = redirect.DefaultPort
@@ -286,65 +239,17 @@ func (a *Agent) run(ctx context.Context) error {
 		a.log.Warn(a.nofile)
 	}
 
-	// The socket directory is checked before anything in it is trusted: the
-	// hand-off socket a predecessor offers lives there too.
 	access := control.Access{Group: a.cfg.SocketGroup, Logger: a.log}
-	if err := control.PrepareDir(a.cfg.Socket, access); err != nil {
-		a.server.Close()
-		a.fwd.Close()
-		return err
-	}
-	// At every start: the CNI plugin records what this agent misses while
-	// it restarts only when it finds the marker, which only an uninstall
-	// removes.
-	if err := control.MarkInstalled(a.cfg.Socket); err != nil {
-		a.server.Close()
-		a.fwd.Close()
-		return err
-	}
-	// Take over a running agent's sockets, if there is one, before binding:
-	// a restart then loses no query (see package handoff).
-	in, err := handoff.TakeOver(a.cfg.Socket, a.id, a.cfg.Generation, a.cfg.handoffTimeouts, a.log)
-	if errors.Is(err, handoff.ErrRefusedOlder) {
-		// An older release's pod, its container restarted after the newer
-		// one's agent started (with or without a hand-over): taking the
-		// node would leave the newer agent idle, and the node without a
-		// resolver once the rollout deleted this pod.
-		a.server.Close()
-		a.fwd.Close()
-		return fmt.Errorf("the agent serving the node (at %s) is of a later pod template generation, a newer release's, and keeps serving: "+
-			"this agent, an older release's, serves nothing and exits; the rollout deletes its pod: %w", handoff.Path(a.cfg.Socket), err)
-	}
-	if errors.Is(err, handoff.ErrRefusedRestart) {
-		// This agent's pod handed the node over, and its container was
-		// restarted (OOM-killed, its liveness probe) before the pod was
-		// deleted: serving, or starting capture afresh, would take the node
-		// from the new agent, or fail its pods open.
-		a.server.Close()
-		a.fwd.Close()
-		return fmt.Errorf("this agent's pod handed the node over, and the agent that took it (at %s) keeps serving: "+
-			"this agent, its container restarted since, serves nothing and exits; the rollout deletes its pod: %w", handoff.Path(a.cfg.Socket), err)
-	}
-	if err != nil && !errors.Is(err, handoff.ErrPeerNotRoot) {
-		// It serves on: a second agent with fresh sockets beside it would
-		// split the queries between two tables, and both mark and beat.
-		a.server.Close()
-		a.fwd.Close()
-		return fmt.Errorf("a running agent answered at %s, but taking its sockets over failed; stop it or retry: %w",
-			handoff.Path(a.cfg.Socket), err)
-	}
+	in, err := a.takeOverRunning(access)
 	if err != nil {
-		a.log.Warn("could not take over the running agent's sockets; binding fresh ones", "err", err)
+		a.server.Close()
+		a.fwd.Close()
+		return err
 	}
 	if in != nil {
-		a.predecessor = in.From
 		// Held open while this agent runs, for its predecessor to watch
 		// (see package handoff); the process's end closes it too.
 		defer in.Conn.Close()
-	} else if a.cfg.PodUID != "" {
-		// Restarted in a pod whose agent took over before: it refuses the
-		// same agent (see package handoff).
-		a.predecessor = handoff.RecordedPredecessor(a.cfg.Socket, a.id, a.log)
 	}
 	// abort undoes a start that failed half-way.
 	abort := func(err error) error {
@@ -475,45 +380,16 @@ func (a *Agent) run(ctx context.Context) error {
 		return abort(err)
 	}
 	go func() { <-ctx.Done(); hs.Close() }()
+	stop := handOverStops{
+		control: func() { stopControl(); <-controlStopped },
+		metrics: stopMetrics,
+		cni:     stopCNI,
+		offer:   hs,
+	}
 	g.spawn("handoff", func() error {
 		ids := handoff.Identities{Self: a.id, Predecessor: a.predecessor, Generation: a.cfg.Generation}
-		to, err := handoff.Offer(ctx, hs, a.log, ids, a.cfg.handoffTimeouts, a.handoffSockets, a.successorAsking, func(takesControl bool) {
-			a.log.Info("handing the resolver's sockets to a new agent; this one stops serving")
-			// The control socket first, while this agent still acts on
-			// what it is asked: it stops accepting, and answers a request
-			// on every connection it took, however late the request
-			// comes (a CNI ADD is carried out, not answered "handed
-			// over"), for 2 s at most; one that comes later is left
-			// unread, which its caller sees reset and sends again (see
-			// control.Serve). A successor that took the socket accepts
-			// what waits in its backlog, and what comes next, once it
-			// serves; one that did not binds the path after "released".
-			if takesControl {
-				control.KeepPathOnClose(ctl)
-			}
-			stopControl()
-			<-controlStopped
-			a.handedOver.Store(true)
-			a.ready.Store(false)
-			a.fenceCapture() // before "released": the successor marks pods next
-			stopMetrics()    // the successor answers probes and scrapes on the same socket
-			stopCNI()        // the successor installs its plugin from "released" on
-			a.server.Drain()
-			// Beating on while draining: the successor starts only after
-			// "released", and a drain as long as the staleness bound would
-			// fail every pod open in between. Fenced, this agent marks
-			// nothing meanwhile.
-			if a.capture != nil {
-				a.capture.stopBeating(false) // the successor beats now
-			}
-			// Before "released" too: a successor that dies before it
-			// listens at the hand-off path leaves this listener there,
-			// which would take the next agent's request and never answer
-			// it. Closed, it refuses, and that agent starts afresh on
-			// sockets nobody else holds.
-			a.closeHandedOver()
-			hs.Close()
-		})
+		to, err := handoff.Offer(ctx, hs, a.log, ids, a.cfg.handoffTimeouts, a.handoffSockets, a.successorAsking,
+			func(takesControl bool) { a.handOver(takesControl, stop) })
 		switch {
 		case to != nil && to.Held():
 			// Idle from here until this pod is deleted, unless the
@@ -546,8 +422,15 @@ func (a *Agent) run(ctx context.Context) error {
 	})
 
 	<-ctx.Done()
+	return a.shutdown(g, context.Cause(ctx))
+}
+
+// shutdown stops a started agent for cause, ctx's: with no successor
+// (none took the sockets), capture fails open first and queries already
+// sent here are answered; then the resolver closes and the parts get
+// stopTimeout to return. A cancelled context is no failure.
+func (a *Agent) shutdown(g *group, cause error) error {
 	a.ready.Store(false)
-	err = context.Cause(ctx)
 	if a.capture != nil && !a.handedOver.Load() {
 		// Stopping with no successor: fail open first, then keep answering
 		// what was already sent here before the sockets close.
@@ -557,11 +440,11 @@ func (a *Agent) run(ctx context.Context) error {
 	a.server.Close()
 	a.fwd.Close()
 	g.waitStopped(a.log, a.stopTimeout())
-	if errors.Is(err, context.Canceled) {
+	if errors.Is(cause, context.Canceled) {
 		a.log.Info("agent stopped")
 		return nil
 	}
-	return err
+	return cause
 }
 
 // noTableInTime is the error of a successor that gives the hand-over up

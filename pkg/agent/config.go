@@ -3,15 +3,21 @@
 package agent
 
 import (
+	"errors"
+	"fmt"
 	"log/slog"
 	"net/netip"
+	"os"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/ztdns/ztdns/pkg/accesslog"
 	"github.com/ztdns/ztdns/pkg/handoff"
+	"github.com/ztdns/ztdns/pkg/redirect"
+	"github.com/ztdns/ztdns/pkg/resolver"
 	"github.com/ztdns/ztdns/pkg/resolver/quota"
+	"github.com/ztdns/ztdns/pkg/resolver/table"
 	"github.com/ztdns/ztdns/pkg/resolver/vip"
 	"github.com/ztdns/ztdns/pkg/source"
 )
@@ -148,4 +154,67 @@ type Config struct {
 	// handoffTimeouts bound the waits of a hand-over (zero: the defaults;
 	// tests shorten them).
 	handoffTimeouts handoff.Timeouts
+}
+
+// check refuses a Config the agent cannot run with, before anything is set
+// up.
+func (c Config) check() error {
+	if c.Source == nil {
+		return errors.New("no source: give --config-dir or --kubeconfig")
+	}
+	if len(c.Listen) == 0 {
+		return errors.New("no --listen address")
+	}
+	if n := c.InflightBytes; n != 0 && n < resolver.MinInflightBytes { // negative too: it would be no bound at all
+		return fmt.Errorf("InflightBytes %d: want 0 (the default) or at least %d, one reply of the largest size",
+			n, resolver.MinInflightBytes)
+	}
+	if err := handoff.ValidPodUID(c.PodUID); err != nil {
+		return err
+	}
+	if n := c.PodInflightBytes; n > 0 && n < resolver.MinPodInflightBytes {
+		return fmt.Errorf("PodInflightBytes %d: want 0 (the default), negative (no bound of its own) or at least %d, one reply of the largest size",
+			n, resolver.MinPodInflightBytes)
+	}
+	// Load checks it too, but only after the resolver's interface is set up.
+	if c.Capture != nil {
+		if err := redirect.ValidateCaptureNameservers(c.Capture.Nameservers); err != nil {
+			return fmt.Errorf("capture nameservers: %w", err)
+		}
+	}
+	return nil
+}
+
+// withDefaults is c with a default in each field left unset, and
+// SocketsPerAddr at most MaxSocketsPerAddr.
+func (c Config) withDefaults() (Config, error) {
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.ClusterDomain == "" {
+		c.ClusterDomain = table.DefaultDomain
+	}
+	if c.TTL <= 0 {
+		c.TTL = table.DefaultTTL * time.Second
+	}
+	if c.SocketsPerAddr <= 0 {
+		c.SocketsPerAddr = DefaultSocketsPerAddr
+	}
+	c.SocketsPerAddr = min(c.SocketsPerAddr, MaxSocketsPerAddr)
+	if c.Registry == nil {
+		c.Registry = prometheus.NewRegistry()
+	}
+	if c.VIPSource == "" {
+		c.VIPSource = vip.SourceAuto
+	}
+	if c.ProcRoot == "" {
+		c.ProcRoot = "/proc"
+	}
+	if c.AccessLog == nil {
+		var err error
+		if c.AccessLog, err = accesslog.New(os.Stderr, "stderr", "text", 0); err != nil {
+			return c, err
+		}
+	}
+	return c, nil
 }
