@@ -91,10 +91,10 @@ type Agent struct {
 	// --default-service-export-to overrides a mesh config that differs.
 	meshIgnored bool
 	// The resolver's sockets, kept to hand them to a successor.
-	udp     []*net.UDPConn
-	tcp     []*net.TCPListener
-	metrics *net.TCPListener
-	ctl     net.Listener // the control socket's
+	udp       []*net.UDPConn
+	tcp       []*net.TCPListener
+	metrics   *net.TCPListener
+	controlLn net.Listener // the control socket's
 	// retired are the sockets taken over on addresses this agent does not
 	// listen on (a changed --listen or --capture-port): served until the
 	// programs point at this agent's own (finishTakeover), then closed.
@@ -120,7 +120,7 @@ type Agent struct {
 		dropped []string // the IPv6 addresses dropIPv6 left out
 		kept    []string // or those it served on
 	}
-	capture    *dataplane // nil without capture
+	dataplane  *dataplane // nil without capture
 	istioRules istioRules // istio-cni's DNS rules in captured pods
 	// hostCookies are the node's own netns cookies (the agent's and PID
 	// 1's): never marked.
@@ -280,7 +280,7 @@ func (a *Agent) run(ctx context.Context) error {
 		if err := a.startCapture(in != nil); err != nil {
 			return abort(fmt.Errorf("capture: %w", err))
 		}
-		defer a.capture.close()
+		defer a.dataplane.close()
 	}
 	// Once the addresses are settled (dropIPv6) and before the source
 	// builds the first table, which then builds under the limit.
@@ -343,7 +343,7 @@ func (a *Agent) run(ctx context.Context) error {
 			return abort(err)
 		}
 	}
-	if a.capture != nil {
+	if a.dataplane != nil {
 		a.watchIstioChain() // before deciding anything
 		a.reconcileCapture(ctx, in != nil)
 	}
@@ -358,25 +358,25 @@ func (a *Agent) run(ctx context.Context) error {
 		g.spawn("cni install", func() error { defer close(installing); return a.installCNI(cniCtx) })
 		stopCNI = func() { cancelCNI(); <-installing }
 	}
-	ctl, err := a.listenControl(in, access)
+	controlLn, err := a.listenControl(in, access)
 	if err != nil {
 		return abort(err)
 	}
-	a.ctl = ctl
-	ctlCtx, stopControl := context.WithCancel(ctx)
+	a.controlLn = controlLn
+	controlCtx, stopControl := context.WithCancel(ctx)
 	defer stopControl()
 	controlStopped := make(chan struct{})
 	g.spawn("control socket", unlessSet(&a.handedOver, func() error {
 		defer close(controlStopped)
-		return control.Serve(ctlCtx, ctl, control.NewHandler(controlAPI{a}, a.log))
+		return control.Serve(controlCtx, controlLn, control.NewHandler(controlAPI{a}, a.log))
 	}))
 	g.spawn("housekeeping", func() error { a.keepHouse(ctx); return nil })
-	if a.capture != nil {
+	if a.dataplane != nil {
 		g.spawn("istio rules", func() error { a.keepIstioRulesFresh(ctx); return nil })
 	}
 	hs, err := handoff.Listen(a.cfg.Socket)
 	if err != nil {
-		ctl.Close()
+		controlLn.Close()
 		return abort(err)
 	}
 	go func() { <-ctx.Done(); hs.Close() }()
@@ -401,7 +401,7 @@ func (a *Agent) run(ctx context.Context) error {
 		return err
 	})
 
-	a.log.Info("agent started", "listen", a.addrs, "capture", a.capture != nil, "upstreams", a.cfg.Upstreams, "domain", a.cfg.ClusterDomain,
+	a.log.Info("agent started", "listen", a.addrs, "capture", a.dataplane != nil, "upstreams", a.cfg.Upstreams, "domain", a.cfg.ClusterDomain,
 		"autopath", a.cfg.Autopath, "socket", a.cfg.Socket, "metrics", a.cfg.MetricsAddr,
 		"version", version.Get().Version, "revision", version.Get().Revision)
 
@@ -431,10 +431,10 @@ func (a *Agent) run(ctx context.Context) error {
 // stopTimeout to return. A cancelled context is no failure.
 func (a *Agent) shutdown(g *group, cause error) error {
 	a.ready.Store(false)
-	if a.capture != nil && !a.handedOver.Load() {
+	if a.dataplane != nil && !a.handedOver.Load() {
 		// Stopping with no successor: fail open first, then keep answering
 		// what was already sent here before the sockets close.
-		a.capture.stopBeating(true)
+		a.dataplane.stopBeating(true)
 		time.Sleep(stopGrace)
 	}
 	a.server.Close()

@@ -78,11 +78,11 @@ const stopGrace = 200 * time.Millisecond
 // resolver's slot addresses, and the capture controller that marks pods in
 // it (pkg/capture).
 type dataplane struct {
-	cfg  CaptureConfig
-	log  *slog.Logger
-	r    *redirect.Redirector
-	ctl  *capture.Controller
-	pods *podcache.Cache
+	cfg        CaptureConfig
+	log        *slog.Logger
+	r          *redirect.Redirector
+	controller *capture.Controller
+	pods       *podcache.Cache
 	// slots maps each resolver address to its slot: a query that arrived on
 	// slot i is forwarded to what the pod addressed through slot i.
 	slots     map[netip.AddrPort]int
@@ -113,10 +113,10 @@ type dataplane struct {
 }
 
 // newDataplane makes the resolver's interface, loads (or takes over) the
-// programs and puts a capture controller, configured by ctl, on them.
+// programs and puts a capture controller, configured by controllerCfg, on them.
 // takingOver keeps the running agent's interface addresses, programs, maps
 // and config (its addresses and port) until takeOverConfig.
-func newDataplane(cfg CaptureConfig, ctl capture.Config, namespaces capture.Namespaces, log *slog.Logger, pods *podcache.Cache, socket string,
+func newDataplane(cfg CaptureConfig, controllerCfg capture.Config, namespaces capture.Namespaces, log *slog.Logger, pods *podcache.Cache, socket string,
 	r4, r6 [redirect.Slots]netip.AddrPort, takingOver bool) (*dataplane, error) {
 	if cfg.StateDir == "" {
 		cfg.StateDir = filepath.Dir(socket) // checked with the socket's
@@ -162,8 +162,8 @@ func newDataplane(cfg CaptureConfig, ctl capture.Config, namespaces capture.Name
 	if err != nil {
 		return nil, err
 	}
-	ctl.StateDir, ctl.Logger = cfg.StateDir, log
-	c.ctl = capture.New(ctl, pods, c.r, namespaces)
+	controllerCfg.StateDir, controllerCfg.Logger = cfg.StateDir, log
+	c.controller = capture.New(controllerCfg, pods, c.r, namespaces)
 	return c, nil
 }
 
@@ -176,7 +176,7 @@ func newDataplane(cfg CaptureConfig, ctl capture.Config, namespaces capture.Name
 // pods) comes after; meanwhile every pod it lacked would go uncaptured.
 func (c *dataplane) takeOverConfig() error {
 	if c.r.ReplacingPods() {
-		n, err := c.ctl.MarkRecorded()
+		n, err := c.controller.MarkRecorded()
 		if err != nil {
 			c.log.Warn("could not mark every recorded pod in the new pods map before switching to it: those go uncaptured until reconciled",
 				"marked", n, "err", err)
@@ -358,7 +358,7 @@ func forwardable(ns netip.AddrPort, resolvers map[netip.Addr]bool, listed []neti
 // close releases this process's hold on the programs; the pins and marks
 // stay.
 func (c *dataplane) close() error {
-	c.ctl.Close()
+	c.controller.Close()
 	return c.r.Close()
 }
 
@@ -389,10 +389,10 @@ func (a *Agent) startCapture(predecessor bool) error {
 		}
 	}
 	_, podsWatched := a.cfg.Source.(source.PodWatcher)
-	ctl := capture.Config{NodeName: a.cfg.NodeName, DNSCaptureDefault: a.cfg.DNSCaptureDefault,
+	controllerCfg := capture.Config{NodeName: a.cfg.NodeName, DNSCaptureDefault: a.cfg.DNSCaptureDefault,
 		ExcludeNamespaces: a.cfg.ExcludeNamespaces, PodsWatched: podsWatched, RequireEnrollment: podsWatched && !a.cfg.IgnoreEnrollment,
 		HostCookies: a.hostCookies}
-	c, err := newDataplane(*a.cfg.Capture, ctl, capture.ProcNamespaces{Root: a.cfg.ProcRoot}, a.log, a.pods, a.cfg.Socket, a.slot4, a.slot6,
+	c, err := newDataplane(*a.cfg.Capture, controllerCfg, capture.ProcNamespaces{Root: a.cfg.ProcRoot}, a.log, a.pods, a.cfg.Socket, a.slot4, a.slot6,
 		predecessor)
 	if err != nil {
 		return err
@@ -405,7 +405,7 @@ func (a *Agent) startCapture(predecessor bool) error {
 		c.close()
 		return errors.New("cannot read the node's own network namespace cookie (SO_NETNS_COOKIE)")
 	}
-	a.capture = c
+	a.dataplane = c
 	return nil
 }
 
@@ -422,7 +422,7 @@ func (a *Agent) reconcileCapture(ctx context.Context, tookOver bool) {
 		go func() {
 			select {
 			case <-a.firstTable:
-				a.capture.startBeating()
+				a.dataplane.startBeating()
 			case <-ctx.Done():
 			}
 		}()
@@ -430,11 +430,11 @@ func (a *Agent) reconcileCapture(ctx context.Context, tookOver bool) {
 	if tookOver {
 		beat()
 	}
-	if err := a.capture.ctl.Restore(); err != nil {
+	if err := a.dataplane.controller.Restore(); err != nil {
 		a.log.Error("reconciling marked pods failed", "err", err)
 	}
 	a.replayPending()
-	a.capture.ctl.Redecide()
+	a.dataplane.controller.Redecide()
 	a.readdressByHand() // given an address while no agent ran
 	if !tookOver {
 		beat()

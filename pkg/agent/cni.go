@@ -146,7 +146,7 @@ func (a *Agent) addSandbox(req control.CNIAddRequest) (control.CNIAddResponse, e
 		return control.CNIAddResponse{}, control.Invalid(err)
 	}
 	if err := a.verifyAdd(req); err != nil {
-		if a.capture == nil {
+		if a.dataplane == nil {
 			// Nothing to honour, so no reason to fail the pod; but an
 			// unverified claim is not recorded either (an agent without
 			// capture may lack the privilege to look into namespaces).
@@ -171,11 +171,11 @@ func (a *Agent) addSandbox(req control.CNIAddRequest) (control.CNIAddResponse, e
 	}
 	att.Captured, att.Reason = a.decide(att)
 	a.forgetDeadClaims(att)
-	if a.capture == nil {
+	if a.dataplane == nil {
 		a.pods.Attach(att) // still tells the resolver who is asking
 		return control.CNIAddResponse{Captured: false, Reason: att.Reason}, nil
 	}
-	if err := a.capture.ctl.Apply(att); err != nil {
+	if err := a.dataplane.controller.Apply(att); err != nil {
 		return control.CNIAddResponse{}, fmt.Errorf("marking %s/%s: %w", req.PodNamespace, req.PodName, err)
 	}
 	a.log.Info("CNI ADD", "pod", req.PodNamespace+"/"+req.PodName, "container", req.ContainerID,
@@ -204,18 +204,18 @@ func (a *Agent) cniDelLocked(req control.CNIDelRequest) error {
 		return control.Invalid(err)
 	}
 	a.waitingAdds.deleted(req.ContainerID)
-	if a.capture == nil {
+	if a.dataplane == nil {
 		a.pods.Detach(req.ContainerID)
 		metricCNIEvents.WithLabelValues("del", "ok").Inc()
 		return nil
 	}
-	att, ok, err := a.capture.ctl.Forget(req.ContainerID)
+	att, ok, err := a.dataplane.controller.Forget(req.ContainerID)
 	if ok {
 		a.log.Info("CNI DEL", "pod", att.Namespace+"/"+att.Name, "container", req.ContainerID)
 	}
 	if !ok && err == nil && req.PodName != "" {
 		var released []podcache.Attachment
-		released, err = a.capture.ctl.ForgetAdopted(req.PodNamespace, req.PodName, req.Netns)
+		released, err = a.dataplane.controller.ForgetAdopted(req.PodNamespace, req.PodName, req.Netns)
 		for _, att := range released {
 			a.log.Info("CNI DEL of an adopted pod", "pod", att.Namespace+"/"+att.Name, "container", req.ContainerID, "adopted", att.ContainerID)
 		}
@@ -231,10 +231,10 @@ func (a *Agent) cniDelLocked(req control.CNIDelRequest) error {
 // decide is the capture decision for an attachment: the controller's, or
 // none without capture.
 func (a *Agent) decide(att podcache.Attachment) (bool, string) {
-	if a.capture == nil {
+	if a.dataplane == nil {
 		return false, capture.ReasonCaptureOff
 	}
-	return a.capture.ctl.Decide(att)
+	return a.dataplane.controller.Decide(att)
 }
 
 // replayPending applies the CNI events the plugin recorded while no agent
@@ -310,8 +310,8 @@ func (a *Agent) replayAdd(dir string, ad control.CNIAddRequest) {
 // this forgets the dead one now rather than at the next housekeeping.
 // Callers hold cniMu.
 func (a *Agent) forgetDeadClaims(att podcache.Attachment) {
-	if a.capture != nil {
-		a.capture.ctl.ForgetDeadClaims(att) // it logs what it forgets
+	if a.dataplane != nil {
+		a.dataplane.controller.ForgetDeadClaims(att) // it logs what it forgets
 		return
 	}
 	ns := capture.ProcNamespaces{Root: a.cfg.ProcRoot}
@@ -333,9 +333,9 @@ func (a *Agent) forgetDeadClaims(att podcache.Attachment) {
 func (a *Agent) fenceCapture() {
 	a.cniMu.Lock()
 	defer a.cniMu.Unlock()
-	if a.capture != nil {
-		a.capture.ctl.Fence()
-		a.capture.fence()
+	if a.dataplane != nil {
+		a.dataplane.controller.Fence()
+		a.dataplane.fence()
 	}
 }
 

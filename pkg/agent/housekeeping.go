@@ -44,14 +44,14 @@ func (a *Agent) keepHouse(ctx context.Context) {
 // housekeep is one of keepHouse's looks.
 func (a *Agent) housekeep() {
 	a.replayPending()
-	if a.capture == nil {
+	if a.dataplane == nil {
 		a.dropDeadRecords()
 		return
 	}
-	a.capture.ctl.Redecide()
+	a.dataplane.controller.Redecide()
 	a.readdressByHand()
-	a.capture.ctl.RepairMarks()
-	a.capture.ctl.SweepNameservers()
+	a.dataplane.controller.RepairMarks()
+	a.dataplane.controller.SweepNameservers()
 }
 
 // dropDeadRecords forgets, without capture (whose Redecide does it), the

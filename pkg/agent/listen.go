@@ -49,7 +49,7 @@ func (a *Agent) listen(spawn func(string, func() error), in *handoff.Inherited) 
 		a.tcp = append(a.tcp, ln)
 		spawn("tcp "+addr.String(), func() error { return a.server.ServeTCP(ln) })
 	}
-	if a.capture != nil {
+	if a.dataplane != nil {
 		// Addresses this agent no longer listens on: the programs send pods
 		// there until finishTakeover, and the predecessor stops reading
 		// when it drains.
@@ -97,9 +97,9 @@ func (a *Agent) listenControl(in *handoff.Inherited, access control.Access) (net
 	if in != nil && in.Control != nil {
 		ln := in.Control
 		in.Control = nil
-		ctl, err := control.Adopt(a.cfg.Socket, ln, access)
+		adopted, err := control.Adopt(a.cfg.Socket, ln, access)
 		if err == nil {
-			return ctl, nil
+			return adopted, nil
 		}
 		a.log.Warn("not serving the control socket the previous agent handed over; binding its path afresh", "err", err)
 		ln.Close() // this agent's copy, the last: the path is free to bind

@@ -23,9 +23,9 @@ func (a *Agent) apply(s *model.Snapshot) {
 	tbl, warnings := a.builder.Build(s)
 	a.server.SetTable(tbl)
 	a.pods.SetSourcePods(s.Pods)
-	if a.capture != nil && !a.handedOver.Load() { // else the successor's to do
-		a.capture.ctl.SetNamespaces(s.Namespaces)
-		a.capture.ctl.Redecide() // labels and annotations may have changed
+	if a.dataplane != nil && !a.handedOver.Load() { // else the successor's to do
+		a.dataplane.controller.SetNamespaces(s.Namespaces)
+		a.dataplane.controller.Redecide() // labels and annotations may have changed
 	}
 	took := time.Since(start)
 	metricTableBuild.Observe(took.Seconds())

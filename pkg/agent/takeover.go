@@ -83,10 +83,10 @@ func (a *Agent) takeOverRunning(access control.Access) (*handoff.Inherited, erro
 // programs at this agent's addresses and port, and then lets go of those
 // it served for the predecessor.
 func (a *Agent) finishTakeover() error {
-	if a.capture == nil {
+	if a.dataplane == nil {
 		return nil
 	}
-	if err := a.capture.takeOverConfig(); err != nil {
+	if err := a.dataplane.takeOverConfig(); err != nil {
 		return fmt.Errorf("capture: pointing the programs at this agent's addresses: %w", err)
 	}
 	if a.programsSwitched != nil {
@@ -100,7 +100,7 @@ func (a *Agent) finishTakeover() error {
 		}
 		a.retired = nil
 	}
-	a.capture.dropOtherAddrs()
+	a.dataplane.dropOtherAddrs()
 	return nil
 }
 
@@ -135,8 +135,8 @@ func (a *Agent) handoffSockets() ([]handoff.SocketDesc, []*os.File, error) {
 			return nil, nil, err
 		}
 	}
-	if a.ctl != nil {
-		f, err := control.ListenerFile(a.ctl)
+	if a.controlLn != nil {
+		f, err := control.ListenerFile(a.controlLn)
 		if err != nil {
 			handoff.CloseAll(files)
 			return nil, nil, err
@@ -200,7 +200,7 @@ func (a *Agent) handOver(takesControl bool, stop handOverStops) {
 	// what waits in its backlog, and what comes next, once it
 	// serves; one that did not binds the path after "released".
 	if takesControl {
-		control.KeepPathOnClose(a.ctl)
+		control.KeepPathOnClose(a.controlLn)
 	}
 	stop.control()
 	a.handedOver.Store(true)
@@ -213,8 +213,8 @@ func (a *Agent) handOver(takesControl bool, stop handOverStops) {
 	// "released", and a drain as long as the staleness bound would
 	// fail every pod open in between. Fenced, this agent marks
 	// nothing meanwhile.
-	if a.capture != nil {
-		a.capture.stopBeating(false) // the successor beats now
+	if a.dataplane != nil {
+		a.dataplane.stopBeating(false) // the successor beats now
 	}
 	// Before "released" too: a successor that dies before it
 	// listens at the hand-off path leaves this listener there,

@@ -16,8 +16,8 @@ import (
 // addressed when capture learned it (own), the configured upstreams
 // otherwise.
 func (a *Agent) upstreamsFor(client, local netip.AddrPort) ([]netip.AddrPort, bool) {
-	if a.capture != nil {
-		if ns, ok := a.capture.upstream(client, local); ok {
+	if a.dataplane != nil {
+		if ns, ok := a.dataplane.upstream(client, local); ok {
 			return []netip.AddrPort{ns}, true
 		}
 	}
@@ -115,10 +115,10 @@ func pluralIs(n int) string {
 // captureSlot is the resolver's CaptureSlot: whether local is a resolver
 // slot the programs send pods' queries to.
 func (a *Agent) captureSlot(local netip.AddrPort) bool {
-	if a.capture == nil {
+	if a.dataplane == nil {
 		return false
 	}
-	_, ok := a.capture.slots[local]
+	_, ok := a.dataplane.slots[local]
 	return ok
 }
 
