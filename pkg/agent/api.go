@@ -74,17 +74,17 @@ func (a *Agent) status() control.Status {
 			st.SourceFailing = err.Error()
 		}
 	}
-	st.Capture = a.capture != nil
-	if a.capture != nil {
+	st.Capture = a.dataplane != nil
+	if a.dataplane != nil {
 		// What ztdns_capture_fail_open says; it errs only on a closed
 		// redirector (the agent stopping) or an unreadable clock.
-		st.FailingOpen, _ = a.capture.r.FailingOpen()
+		st.FailingOpen, _ = a.dataplane.r.FailingOpen()
 		// Errs before the hand-over attaches this agent's programs, or
 		// once it is closed: nothing to tell then.
-		if at, err := a.capture.r.CheckAttachment(); err == nil {
+		if at, err := a.dataplane.r.CheckAttachment(); err == nil {
 			st.CaptureProblems = at.Problems
 		}
-		for _, p := range a.capture.cfg.Nameservers {
+		for _, p := range a.dataplane.cfg.Nameservers {
 			st.CaptureNameservers = append(st.CaptureNameservers, p.String())
 		}
 	}
@@ -109,8 +109,8 @@ func (a *Agent) status() control.Status {
 	ipv6Off := a.ipv6Warning()
 	a.mu.Unlock()
 	st.Warnings = a.statusWarnings(ipv6Off, tableWarnings)
-	if a.capture != nil {
-		if err := a.capture.ctl.Unsaved(); err != nil {
+	if a.dataplane != nil {
+		if err := a.dataplane.controller.Unsaved(); err != nil {
 			st.StateUnsaved = err.Error()
 		}
 	}

@@ -57,7 +57,7 @@ func TestDetachedCaptureShowsAndIsRepaired(t *testing.T) {
 	repairs := metricValue(t, c.a.reg, "ztdns_capture_repairs_total", nil)
 
 	// What the agent does every attachmentCheckEvery while it beats.
-	c.a.capture.keepAttached()
+	c.a.dataplane.keepAttached()
 	if st := c.status(t); len(st.CaptureProblems) > 0 {
 		t.Errorf("status after the repair lists problems: %q", st.CaptureProblems)
 	}

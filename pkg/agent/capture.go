@@ -1,6 +1,13 @@
+// Capture in the agent: the dataplane (the programs, their heartbeat, the
+// resolver's slot addresses and the capture controller), started or taken
+// over at start (startCapture) and reconciled once the agent serves
+// (reconcileCapture).
+
 package agent
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -13,6 +20,7 @@ import (
 	"github.com/ztdns/ztdns/pkg/control"
 	"github.com/ztdns/ztdns/pkg/podcache"
 	"github.com/ztdns/ztdns/pkg/redirect"
+	"github.com/ztdns/ztdns/pkg/source"
 )
 
 // CaptureConfig turns on DNS capture with eBPF.
@@ -70,11 +78,11 @@ const stopGrace = 200 * time.Millisecond
 // resolver's slot addresses, and the capture controller that marks pods in
 // it (pkg/capture).
 type dataplane struct {
-	cfg  CaptureConfig
-	log  *slog.Logger
-	r    *redirect.Redirector
-	ctl  *capture.Controller
-	pods *podcache.Cache
+	cfg        CaptureConfig
+	log        *slog.Logger
+	r          *redirect.Redirector
+	controller *capture.Controller
+	pods       *podcache.Cache
 	// slots maps each resolver address to its slot: a query that arrived on
 	// slot i is forwarded to what the pod addressed through slot i.
 	slots     map[netip.AddrPort]int
@@ -105,10 +113,10 @@ type dataplane struct {
 }
 
 // newDataplane makes the resolver's interface, loads (or takes over) the
-// programs and puts a capture controller, configured by ctl, on them.
+// programs and puts a capture controller, configured by controllerCfg, on them.
 // takingOver keeps the running agent's interface addresses, programs, maps
 // and config (its addresses and port) until takeOverConfig.
-func newDataplane(cfg CaptureConfig, ctl capture.Config, namespaces capture.Namespaces, log *slog.Logger, pods *podcache.Cache, socket string,
+func newDataplane(cfg CaptureConfig, controllerCfg capture.Config, namespaces capture.Namespaces, log *slog.Logger, pods *podcache.Cache, socket string,
 	r4, r6 [redirect.Slots]netip.AddrPort, takingOver bool) (*dataplane, error) {
 	if cfg.StateDir == "" {
 		cfg.StateDir = filepath.Dir(socket) // checked with the socket's
@@ -154,8 +162,8 @@ func newDataplane(cfg CaptureConfig, ctl capture.Config, namespaces capture.Name
 	if err != nil {
 		return nil, err
 	}
-	ctl.StateDir, ctl.Logger = cfg.StateDir, log
-	c.ctl = capture.New(ctl, pods, c.r, namespaces)
+	controllerCfg.StateDir, controllerCfg.Logger = cfg.StateDir, log
+	c.controller = capture.New(controllerCfg, pods, c.r, namespaces)
 	return c, nil
 }
 
@@ -168,7 +176,7 @@ func newDataplane(cfg CaptureConfig, ctl capture.Config, namespaces capture.Name
 // pods) comes after; meanwhile every pod it lacked would go uncaptured.
 func (c *dataplane) takeOverConfig() error {
 	if c.r.ReplacingPods() {
-		n, err := c.ctl.MarkRecorded()
+		n, err := c.controller.MarkRecorded()
 		if err != nil {
 			c.log.Warn("could not mark every recorded pod in the new pods map before switching to it: those go uncaptured until reconciled",
 				"marked", n, "err", err)
@@ -350,6 +358,85 @@ func forwardable(ns netip.AddrPort, resolvers map[netip.Addr]bool, listed []neti
 // close releases this process's hold on the programs; the pins and marks
 // stay.
 func (c *dataplane) close() error {
-	c.ctl.Close()
+	c.controller.Close()
 	return c.r.Close()
+}
+
+// startCapture loads (or takes over) the programs: link.Update swaps them in
+// place, so capture never pauses across a restart. Without a predecessor
+// nobody serves yet (a first start, or the last agent died with its
+// heartbeat still fresh): pods then use their own nameservers until this
+// agent serves its first table.
+//
+// With a predecessor, its programs stay attached, with its maps and config,
+// and the interface keeps its addresses, until finishTakeover: pods are sent
+// where it serves until this agent serves too, and a start that fails or
+// stops before the hand-over leaves the predecessor marking pods in the maps
+// its programs read, even when this agent's maps have another layout.
+func (a *Agent) startCapture(predecessor bool) error {
+	if a.slot6[0].IsValid() {
+		a.ipv6.netns, _ = ownNetnsCookie()
+		if why := redirect.IPv6Off(a.resolverInterface()); why != "" {
+			if err := a.dropIPv6(why); err != nil {
+				return err
+			}
+		} else {
+			for _, ap := range a.addrs {
+				if ap.Addr().Is6() {
+					a.ipv6.kept = append(a.ipv6.kept, ap.String())
+				}
+			}
+		}
+	}
+	_, podsWatched := a.cfg.Source.(source.PodWatcher)
+	controllerCfg := capture.Config{NodeName: a.cfg.NodeName, DNSCaptureDefault: a.cfg.DNSCaptureDefault,
+		ExcludeNamespaces: a.cfg.ExcludeNamespaces, PodsWatched: podsWatched, RequireEnrollment: podsWatched && !a.cfg.IgnoreEnrollment,
+		HostCookies: a.hostCookies}
+	c, err := newDataplane(*a.cfg.Capture, controllerCfg, capture.ProcNamespaces{Root: a.cfg.ProcRoot}, a.log, a.pods, a.cfg.Socket, a.slot4, a.slot6,
+		predecessor)
+	if err != nil {
+		return err
+	}
+	if !predecessor {
+		c.r.StopHeartbeat()
+	}
+	c.onCheck = a.checkIPv6
+	if len(a.hostCookies) == 0 {
+		c.close()
+		return errors.New("cannot read the node's own network namespace cookie (SO_NETNS_COOKIE)")
+	}
+	a.dataplane = c
+	return nil
+}
+
+// reconcileCapture makes the marks right once this agent serves (and, after
+// a handoff, its predecessor has written its last record), and turns capture
+// on as soon as a table is served. After a takeover (tookOver) the beat
+// starts first: the predecessor stopped beating when it released the
+// sockets, and the marks it left are right until reconciled, whereas
+// reconciling (a scan of /proc) could outlast the staleness bound and fail
+// every pod open mid-upgrade. A fresh start reconciles first: marks left
+// by a dead agent may be stale.
+func (a *Agent) reconcileCapture(ctx context.Context, tookOver bool) {
+	beat := func() {
+		go func() {
+			select {
+			case <-a.firstTable:
+				a.dataplane.startBeating()
+			case <-ctx.Done():
+			}
+		}()
+	}
+	if tookOver {
+		beat()
+	}
+	if err := a.dataplane.controller.Restore(); err != nil {
+		a.log.Error("reconciling marked pods failed", "err", err)
+	}
+	a.replayPending()
+	a.dataplane.controller.Redecide()
+	a.readdressByHand() // given an address while no agent ran
+	if !tookOver {
+		beat()
+	}
 }

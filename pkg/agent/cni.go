@@ -1,39 +1,24 @@
+// CNI events: the plugin's ADDs and DELs, checked against the network
+// namespace and the source, recorded (and marked, with capture); those the
+// plugin recorded while no agent answered, replayed; and the fence a
+// handed-over agent puts on capture.
+
 package agent
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
-	"os"
 	"path/filepath"
 	"slices"
 	"sync"
-	"time"
 
 	"github.com/ztdns/ztdns/pkg/capture"
 	"github.com/ztdns/ztdns/pkg/cni"
 	"github.com/ztdns/ztdns/pkg/control"
 	"github.com/ztdns/ztdns/pkg/podcache"
-	"github.com/ztdns/ztdns/pkg/source"
 )
-
-// CNIConfig installs the chained plugin into the node's CNI configuration.
-type CNIConfig struct {
-	// BinDir and ConfDir are the runtime's (mounted from the host).
-	BinDir  string
-	ConfDir string
-	// Plugin is the plugin's conflist entry.
-	Plugin cni.Config
-}
-
-// cniInstallInterval is how often the installer looks again, besides
-// whenever a file in the conf dir changes (cni.KeepInstalled, which looks
-// at most once a second): for the primary plugin's configuration to
-// appear, and for it to be rewritten without our entry (primary plugins
-// regenerate their conflist). A variable: tests shorten it.
-var cniInstallInterval = 5 * time.Second
 
 // cniAdd records a new sandbox, decides whether its DNS is captured and
 // marks it. A repeated ADD changes nothing. What the request says is checked
@@ -161,7 +146,7 @@ func (a *Agent) addSandbox(req control.CNIAddRequest) (control.CNIAddResponse, e
 		return control.CNIAddResponse{}, control.Invalid(err)
 	}
 	if err := a.verifyAdd(req); err != nil {
-		if a.capture == nil {
+		if a.dataplane == nil {
 			// Nothing to honour, so no reason to fail the pod; but an
 			// unverified claim is not recorded either (an agent without
 			// capture may lack the privilege to look into namespaces).
@@ -186,11 +171,11 @@ func (a *Agent) addSandbox(req control.CNIAddRequest) (control.CNIAddResponse, e
 	}
 	att.Captured, att.Reason = a.decide(att)
 	a.forgetDeadClaims(att)
-	if a.capture == nil {
+	if a.dataplane == nil {
 		a.pods.Attach(att) // still tells the resolver who is asking
 		return control.CNIAddResponse{Captured: false, Reason: att.Reason}, nil
 	}
-	if err := a.capture.ctl.Apply(att); err != nil {
+	if err := a.dataplane.controller.Apply(att); err != nil {
 		return control.CNIAddResponse{}, fmt.Errorf("marking %s/%s: %w", req.PodNamespace, req.PodName, err)
 	}
 	a.log.Info("CNI ADD", "pod", req.PodNamespace+"/"+req.PodName, "container", req.ContainerID,
@@ -219,18 +204,18 @@ func (a *Agent) cniDelLocked(req control.CNIDelRequest) error {
 		return control.Invalid(err)
 	}
 	a.waitingAdds.deleted(req.ContainerID)
-	if a.capture == nil {
+	if a.dataplane == nil {
 		a.pods.Detach(req.ContainerID)
 		metricCNIEvents.WithLabelValues("del", "ok").Inc()
 		return nil
 	}
-	att, ok, err := a.capture.ctl.Forget(req.ContainerID)
+	att, ok, err := a.dataplane.controller.Forget(req.ContainerID)
 	if ok {
 		a.log.Info("CNI DEL", "pod", att.Namespace+"/"+att.Name, "container", req.ContainerID)
 	}
 	if !ok && err == nil && req.PodName != "" {
 		var released []podcache.Attachment
-		released, err = a.capture.ctl.ForgetAdopted(req.PodNamespace, req.PodName, req.Netns)
+		released, err = a.dataplane.controller.ForgetAdopted(req.PodNamespace, req.PodName, req.Netns)
 		for _, att := range released {
 			a.log.Info("CNI DEL of an adopted pod", "pod", att.Namespace+"/"+att.Name, "container", req.ContainerID, "adopted", att.ContainerID)
 		}
@@ -246,10 +231,10 @@ func (a *Agent) cniDelLocked(req control.CNIDelRequest) error {
 // decide is the capture decision for an attachment: the controller's, or
 // none without capture.
 func (a *Agent) decide(att podcache.Attachment) (bool, string) {
-	if a.capture == nil {
+	if a.dataplane == nil {
 		return false, capture.ReasonCaptureOff
 	}
-	return a.capture.ctl.Decide(att)
+	return a.dataplane.controller.Decide(att)
 }
 
 // replayPending applies the CNI events the plugin recorded while no agent
@@ -317,113 +302,6 @@ func (a *Agent) replayAdd(dir string, ad control.CNIAddRequest) {
 	cni.ForgetPendingAdd(dir, ad.ContainerID)
 }
 
-// housekeepingInterval is how often a serving agent looks again at what no
-// event tells it: CNI events recorded while no agent answered, records
-// whose network namespace died without a DEL (capture's Redecide, or
-// dropDeadRecords without capture), the addresses of namespaces captured by hand
-// (readdressByHand), marks the pods map lost or no record holds
-// (RepairMarks), and nameserver slots an unmark left behind.
-var housekeepingInterval = 30 * time.Second
-
-// keepHouse runs the looks of housekeepingInterval until ctx ends or the
-// agent hands over to a successor (which then does them).
-func (a *Agent) keepHouse(ctx context.Context) {
-	a.replayPending() // what was recorded until the control socket listened
-	t := time.NewTicker(housekeepingInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		if a.handedOver.Load() {
-			return
-		}
-		a.housekeep()
-	}
-}
-
-// housekeep is one of keepHouse's looks.
-func (a *Agent) housekeep() {
-	a.replayPending()
-	if a.capture == nil {
-		a.dropDeadRecords()
-		return
-	}
-	a.capture.ctl.Redecide()
-	a.readdressByHand()
-	a.capture.ctl.RepairMarks()
-	a.capture.ctl.SweepNameservers()
-}
-
-// dropDeadRecords forgets, without capture (whose Redecide does it), the
-// ADDs' records whose network namespace is dead (capture.NetnsDead): a
-// lost DEL would leave the record claiming its IP, and the pod given that
-// IP next would be answered as the dead pod (its namespace's names) for as
-// long as the agent runs. Then the orphaned records, whose pod is unknown
-// to the source and whose namespace lives on with no process in it
-// (dropOrphanedRecords). The namespaces are looked at
-// outside cniMu, so no ADD waits for them; a record an event replaced
-// meanwhile is left.
-func (a *Agent) dropDeadRecords() {
-	ns := capture.ProcNamespaces{Root: a.cfg.ProcRoot}
-	for key, att := range a.pods.Attachments() {
-		if !capture.NetnsDead(ns, att) {
-			continue
-		}
-		if a.forgetRecord(key, att) {
-			a.log.Info("pod's network namespace is gone; forgetting it", "pod", att.Namespace+"/"+att.Name, "container", att.ContainerID, "netns", att.NetnsPath)
-		}
-	}
-	a.dropOrphanedRecords(ns)
-}
-
-// dropOrphanedRecords forgets, without capture, the orphaned records,
-// whose pod has been unknown to the source for 5 minutes and whose network
-// namespace lives on with no process in it, as capture's Redecide does
-// (capture.UnknownSince, capture.Orphaned): a
-// sandbox whose DEL never came and whose namespace stayed mounted would
-// otherwise keep its record, and its claim on an IP, until the agent
-// restarts. Only where the source watches the node's pods; the node's
-// processes are scanned only when a record is due.
-func (a *Agent) dropOrphanedRecords(ns capture.ProcNamespaces) {
-	if _, watched := a.cfg.Source.(source.PodWatcher); !watched || a.cfg.NodeName == "" {
-		return
-	}
-	now := time.Now()
-	if a.now != nil {
-		now = a.now()
-	}
-	due := a.unknownSince.Due(a.pods, a.pods.Attachments(), now)
-	if len(due) == 0 {
-		return
-	}
-	scan, err := ns.Scan(nil)
-	if err != nil {
-		a.log.Error("scanning the node's processes for the network namespaces of pods the source lost failed", "err", err)
-		return
-	}
-	for _, r := range capture.Orphaned(a.log, scan, nil, due) {
-		if a.forgetRecord(r.Key, r.Attachment) {
-			capture.LogOrphanForgotten(a.log, r, now, nil)
-		}
-	}
-}
-
-// forgetRecord forgets, without capture, the record with that key if it
-// still records att's network namespace, and reports whether it did.
-func (a *Agent) forgetRecord(key string, att podcache.Attachment) bool {
-	a.cniMu.Lock()
-	defer a.cniMu.Unlock()
-	cur, ok := a.pods.Attachment(key)
-	if !ok || cur.NetnsCookie != att.NetnsCookie || cur.NetnsPath != att.NetnsPath {
-		return false
-	}
-	a.pods.Detach(key)
-	return true
-}
-
 // forgetDeadClaims forgets, for an ADD about to be recorded, the other
 // records that claim one of its IPs and whose network namespace is dead:
 // the old pod's DEL is late (saved to pending/ while no agent answered),
@@ -432,8 +310,8 @@ func (a *Agent) forgetRecord(key string, att podcache.Attachment) bool {
 // this forgets the dead one now rather than at the next housekeeping.
 // Callers hold cniMu.
 func (a *Agent) forgetDeadClaims(att podcache.Attachment) {
-	if a.capture != nil {
-		a.capture.ctl.ForgetDeadClaims(att) // it logs what it forgets
+	if a.dataplane != nil {
+		a.dataplane.controller.ForgetDeadClaims(att) // it logs what it forgets
 		return
 	}
 	ns := capture.ProcNamespaces{Root: a.cfg.ProcRoot}
@@ -455,9 +333,9 @@ func (a *Agent) forgetDeadClaims(att podcache.Attachment) {
 func (a *Agent) fenceCapture() {
 	a.cniMu.Lock()
 	defer a.cniMu.Unlock()
-	if a.capture != nil {
-		a.capture.ctl.Fence()
-		a.capture.fence()
+	if a.dataplane != nil {
+		a.dataplane.controller.Fence()
+		a.dataplane.fence()
 	}
 }
 
@@ -466,61 +344,4 @@ func (a *Agent) pendingDir() string {
 		return a.cfg.CNI.Plugin.PendingDir
 	}
 	return filepath.Join(filepath.Dir(a.cfg.Socket), "pending")
-}
-
-// installCNI puts the plugin into the node's CNI configuration and keeps it
-// there until ctx ends: when the agent stops, or hands over to a successor,
-// which keeps its own there.
-func (a *Agent) installCNI(ctx context.Context) error {
-	self, err := os.Executable()
-	if err != nil {
-		return err
-	}
-	plugin := a.cfg.CNI.Plugin
-	if plugin.SocketPath == "" {
-		plugin.SocketPath = a.cfg.Socket
-	}
-	entry, err := plugin.Entry()
-	if err != nil {
-		return err
-	}
-	cfg := cni.InstallConfig{BinDir: a.cfg.CNI.BinDir, ConfDir: a.cfg.CNI.ConfDir, Binary: self, PluginConf: entry, Logger: a.log,
-		OnRepair:    metricCNIConfigRepairs.Inc,
-		OnContested: func(on bool) { metricCNIConfigContested.Set(boolValue(on)) },
-		OnInstalled: a.cniInstall.set,
-		OnChain:     a.istioChain.onChain()}
-	defer a.istioChain.stop()
-	return cni.KeepInstalled(ctx, cfg, cniInstallInterval)
-}
-
-// cniInstallState is how the CNI installer's last look went: what
-// ztdns_cni_config_installed and status's warning say.
-type cniInstallState struct {
-	mu        sync.Mutex
-	looked    bool  // the installer has looked once
-	err       error // why the plugin is not installed; nil once it is
-	installed bool
-}
-
-func (s *cniInstallState) set(err error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.looked, s.err, s.installed = true, err, err == nil
-}
-
-// get reports whether the plugin is installed, and the status warning
-// saying why not ("" when it is).
-func (s *cniInstallState) get() (bool, string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.installed {
-		return true, ""
-	}
-	why := "its first look is under way"
-	if s.looked {
-		why = s.err.Error()
-	}
-	return false, "the CNI plugin is not installed, so pods that start now are captured only when the agent's scan " +
-		"finds them (within about 30 s; a pod that ends sooner, a short Job, never); trying again on every change " +
-		"in the conf dir and every 5 s: " + why
 }

@@ -104,7 +104,7 @@ func cniAgent(t *testing.T) (*Agent, *marks) {
 	if err := ctl.Restore(); err != nil { // as reconcileCapture does
 		t.Fatal(err)
 	}
-	a.capture = &dataplane{ctl: ctl, pods: a.pods}
+	a.dataplane = &dataplane{controller: ctl, pods: a.pods}
 	return a, m
 }
 
@@ -112,8 +112,8 @@ func cniAgent(t *testing.T) (*Agent, *marks) {
 // "shop", as apply does.
 func feedSource(a *Agent, pods ...model.Pod) {
 	a.pods.SetSourcePods(pods)
-	a.capture.ctl.SetNamespaces([]model.Namespace{{Name: "shop", Labels: map[string]string{model.LabelDataplaneMode: ambient.DataplaneModeAmbient}}})
-	a.capture.ctl.Redecide()
+	a.dataplane.controller.SetNamespaces([]model.Namespace{{Name: "shop", Labels: map[string]string{model.LabelDataplaneMode: ambient.DataplaneModeAmbient}}})
+	a.dataplane.controller.Redecide()
 }
 
 // podNetns makes a pod's network namespace with these addresses.

@@ -27,7 +27,7 @@ func TestFailingOpenShows(t *testing.T) {
 	}
 
 	// Up, serving, but beating no more: what a stuck agent leaves.
-	c.a.capture.stopBeating(true)
+	c.a.dataplane.stopBeating(true)
 	// The pod's own nameserver does not exist here: the query, let out,
 	// dies on the node.
 	if err := n.askFromPod(t, c.pod); err == nil {

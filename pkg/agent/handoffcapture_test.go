@@ -103,7 +103,7 @@ func TestHandoffKeepsCaptureFresh(t *testing.T) {
 	old, oldTA := n.start(t, configdir.New(dir), socket, listen, up, forwardLong)
 	waitServedBy(t, socket, oldTA, up)
 	testenv.EventuallyNil(t, 10*time.Second, func() error {
-		if open, err := old.capture.r.FailingOpen(); err != nil || open {
+		if open, err := old.dataplane.r.FailingOpen(); err != nil || open {
 			return fmt.Errorf("the old agent's capture is failing open (%v)", err)
 		}
 		return nil
@@ -136,7 +136,7 @@ func TestHandoffKeepsCaptureFresh(t *testing.T) {
 	start := time.Now()
 	var servedAt time.Time
 	for servedAt.IsZero() || time.Since(servedAt) < 2*slow {
-		if open, err := succ.capture.r.FailingOpen(); err != nil {
+		if open, err := succ.dataplane.r.FailingOpen(); err != nil {
 			t.Fatal(err)
 		} else if open {
 			failedOpen = append(failedOpen, time.Since(start))
@@ -324,7 +324,7 @@ func TestHandoffWithAnIncompatibleMap(t *testing.T) {
 			}
 			attached := make(chan marks, 1)
 			succ.programsSwitched = func() {
-				pods, err := succ.capture.r.Pods()
+				pods, err := succ.dataplane.r.Pods()
 				attached <- marks{pods, err}
 			}
 			succTA := n.run(t, succ)
@@ -393,7 +393,7 @@ func TestCaptureSurvivesASuccessorWithoutATable(t *testing.T) {
 	var goneAt time.Time
 	deadline := time.Now().Add(time.Minute)
 	for goneAt.IsZero() || time.Since(goneAt) < 2*redirect.DefaultStaleAfter {
-		if open, err := old.a.capture.r.FailingOpen(); err != nil {
+		if open, err := old.a.dataplane.r.FailingOpen(); err != nil {
 			t.Fatal(err)
 		} else if open {
 			failedOpen++

@@ -43,10 +43,10 @@ type istioChain struct {
 // agent decides anything.
 func (a *Agent) watchIstioChain() {
 	_, podsWatched := a.cfg.Source.(source.PodWatcher)
-	if a.cfg.CNI == nil || a.capture == nil || !podsWatched || a.cfg.IgnoreEnrollment {
+	if a.cfg.CNI == nil || a.dataplane == nil || !podsWatched || a.cfg.IgnoreEnrollment {
 		return
 	}
-	a.istioChain.start(a.capture.ctl.SetNoIstioCNI, a.log, capture.EnrollmentGrace)
+	a.istioChain.start(a.dataplane.controller.SetNoIstioCNI, a.log, capture.EnrollmentGrace)
 	if c, err := cni.ReadChain(a.cfg.CNI.ConfDir); err == nil {
 		a.istioChain.observe(c)
 	} // no configuration: no pod starts until there is one, and the installer's look tells

@@ -219,7 +219,7 @@ func (a *Agent) keepIstioRulesFresh(ctx context.Context) {
 // istio-cni's DNS rules, and "namespace/name" of those whose rules could
 // not be read (nothing found, but unknown), as last looked at (refresh).
 func (a *Agent) doublyCaptured() (pods, unknown []string) {
-	if a.capture == nil {
+	if a.dataplane == nil {
 		return nil, nil
 	}
 	a.istioRules.mu.Lock()
@@ -289,7 +289,7 @@ func (c istioRulesCollector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c istioRulesCollector) Collect(ch chan<- prometheus.Metric) {
-	if c.a.capture == nil {
+	if c.a.dataplane == nil {
 		return
 	}
 	doubly, unknown := c.a.doublyCaptured()

@@ -223,7 +223,7 @@ func (c captureCollector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c captureCollector) Collect(ch chan<- prometheus.Metric) {
-	cp := c.a.capture
+	cp := c.a.dataplane
 	if cp == nil {
 		return
 	}

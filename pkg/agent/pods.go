@@ -20,7 +20,7 @@ var errNoCapture = control.Invalid(errors.New("this agent runs with --capture=fa
 // and records what it finds there; the node's own namespace and one the
 // container runtime recorded for a pod are refused.
 func (a *Agent) captureNetns(req control.CaptureRequest) (control.PodRow, error) {
-	if a.capture == nil {
+	if a.dataplane == nil {
 		return control.PodRow{}, errNoCapture
 	}
 	// What it checks against the records, CNI events change.
@@ -70,7 +70,7 @@ func (a *Agent) captureNetns(req control.CaptureRequest) (control.PodRow, error)
 	// key: Apply replaces its record and keeps its mark and nameserver
 	// slots, which an unmark would drop.
 	for _, key := range released {
-		old, ok, err := a.capture.ctl.Forget(key)
+		old, ok, err := a.dataplane.controller.Forget(key)
 		if err != nil {
 			return control.PodRow{}, err
 		}
@@ -81,7 +81,7 @@ func (a *Agent) captureNetns(req control.CaptureRequest) (control.PodRow, error)
 	}
 	att := podcache.Attachment{Namespace: req.Namespace, Name: req.Name, NetnsPath: req.Netns, NetnsCookie: ns.cookie, IPs: ns.addrs,
 		Captured: true, Reason: capture.ReasonByHand}
-	if err := a.capture.ctl.Apply(att); err != nil {
+	if err := a.dataplane.controller.Apply(att); err != nil {
 		return control.PodRow{}, err
 	}
 	a.log.Info("captured a network namespace", "netns", req.Netns, "pod", req.Namespace+"/"+req.Name, "netnsCookie", ns.cookie, "ips", ns.addrs)
@@ -105,7 +105,7 @@ func (a *Agent) captureNetns(req control.CaptureRequest) (control.PodRow, error)
 // another at the path, is left to housekeeping's Redecide, which forgets
 // its record.
 func (a *Agent) readdressByHand() {
-	if a.capture == nil {
+	if a.dataplane == nil {
 		return
 	}
 	for key, att := range a.pods.Attachments() {
@@ -116,7 +116,7 @@ func (a *Agent) readdressByHand() {
 		if err != nil || ns.cookie != att.NetnsCookie || slices.Equal(ns.addrs, att.IPs) {
 			continue
 		}
-		old, changed, err := a.capture.ctl.Readdress(key, att.NetnsCookie, ns.addrs)
+		old, changed, err := a.dataplane.controller.Readdress(key, att.NetnsCookie, ns.addrs)
 		switch {
 		case errors.Is(err, capture.ErrFenced): // handed over: the successor reads them
 			return
@@ -136,7 +136,7 @@ func (a *Agent) readdressByHand() {
 // forgotten. A pod the container runtime recorded is released by its DEL,
 // not by hand.
 func (a *Agent) releaseNetns(req control.CaptureRequest) error {
-	if a.capture == nil {
+	if a.dataplane == nil {
 		return errNoCapture
 	}
 	a.cniMu.Lock()
@@ -150,7 +150,7 @@ func (a *Agent) releaseNetns(req control.CaptureRequest) error {
 			if !att.Captured {
 				return control.Invalid(fmt.Errorf("%s is not captured: released already", req.Netns))
 			}
-			_, _, err := a.capture.ctl.Release(key)
+			_, _, err := a.dataplane.controller.Release(key)
 			a.log.Info("released a network namespace", "netns", req.Netns, "pod", att.Namespace+"/"+att.Name)
 			return err
 		}
@@ -173,7 +173,7 @@ func (a *Agent) releaseNetns(req control.CaptureRequest) error {
 		return control.Refused(fmt.Errorf("%s is pod %s's (recorded at %s): release it there", req.Netns, p.Key(), p.Attachment.NetnsPath))
 	}
 	// A stale mark nobody records.
-	if removed, err := a.capture.ctl.UnmarkStale(ns.cookie); removed || err != nil {
+	if removed, err := a.dataplane.controller.UnmarkStale(ns.cookie); removed || err != nil {
 		return err
 	}
 	return control.Invalid(fmt.Errorf("%s is not captured", req.Netns))
@@ -200,8 +200,8 @@ func recordedBy(att podcache.Attachment) string {
 // podRows joins the registry with the pods map.
 func (a *Agent) podRows() ([]control.PodRow, error) {
 	marks := map[uint64]redirect.MarkedPod{}
-	if a.capture != nil && a.capture.r != nil {
-		marked, err := a.capture.r.Pods()
+	if a.dataplane != nil && a.dataplane.r != nil {
+		marked, err := a.dataplane.r.Pods()
 		if err != nil {
 			return nil, err
 		}
@@ -247,8 +247,8 @@ func (a *Agent) podDecision(p *podcache.Pod) (captured bool, reason string) {
 	if att := p.Attachment; att != nil {
 		return att.Captured, att.Reason
 	}
-	if a.capture != nil {
-		return false, a.capture.ctl.Unrecorded(p)
+	if a.dataplane != nil {
+		return false, a.dataplane.controller.Unrecorded(p)
 	}
 	return false, ""
 }

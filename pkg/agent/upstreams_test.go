@@ -45,7 +45,7 @@ func TestUpstreamsForFallback(t *testing.T) {
 		{"for a client that is no pod", &dataplane{slots: map[netip.AddrPort]int{slot: 0}, pods: pods}, slot},
 		{"for a pod whose sandbox is not known", &dataplane{slots: map[netip.AddrPort]int{slot: 0}, pods: unattached}, slot},
 	} {
-		a := &Agent{cfg: Config{Upstreams: configured}, capture: tc.capture}
+		a := &Agent{cfg: Config{Upstreams: configured}, dataplane: tc.capture}
 		addrs, own := a.upstreamsFor(client, tc.local)
 		if !slices.Equal(addrs, configured) || own {
 			t.Errorf("%s: %v, own %v; want the configured %v, not own", tc.what, addrs, own, configured)

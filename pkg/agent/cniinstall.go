@@ -1,0 +1,87 @@
+// The CNI installer: it keeps the chained plugin in the node's CNI
+// configuration while the agent serves, and how its last look went is what
+// ztdns_cni_config_installed and status say.
+
+package agent
+
+import (
+	"context"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/ztdns/ztdns/pkg/cni"
+)
+
+// CNIConfig installs the chained plugin into the node's CNI configuration.
+type CNIConfig struct {
+	// BinDir and ConfDir are the runtime's (mounted from the host).
+	BinDir  string
+	ConfDir string
+	// Plugin is the plugin's conflist entry.
+	Plugin cni.Config
+}
+
+// cniInstallInterval is how often the installer looks again, besides
+// whenever a file in the conf dir changes (cni.KeepInstalled, which looks
+// at most once a second): for the primary plugin's configuration to
+// appear, and for it to be rewritten without our entry (primary plugins
+// regenerate their conflist). A variable: tests shorten it.
+var cniInstallInterval = 5 * time.Second
+
+// installCNI puts the plugin into the node's CNI configuration and keeps it
+// there until ctx ends: when the agent stops, or hands over to a successor,
+// which keeps its own there.
+func (a *Agent) installCNI(ctx context.Context) error {
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	plugin := a.cfg.CNI.Plugin
+	if plugin.SocketPath == "" {
+		plugin.SocketPath = a.cfg.Socket
+	}
+	entry, err := plugin.Entry()
+	if err != nil {
+		return err
+	}
+	cfg := cni.InstallConfig{BinDir: a.cfg.CNI.BinDir, ConfDir: a.cfg.CNI.ConfDir, Binary: self, PluginConf: entry, Logger: a.log,
+		OnRepair:    metricCNIConfigRepairs.Inc,
+		OnContested: func(on bool) { metricCNIConfigContested.Set(boolValue(on)) },
+		OnInstalled: a.cniInstall.set,
+		OnChain:     a.istioChain.onChain()}
+	defer a.istioChain.stop()
+	return cni.KeepInstalled(ctx, cfg, cniInstallInterval)
+}
+
+// cniInstallState is how the CNI installer's last look went: what
+// ztdns_cni_config_installed and status's warning say.
+type cniInstallState struct {
+	mu        sync.Mutex
+	looked    bool  // the installer has looked once
+	err       error // why the plugin is not installed; nil once it is
+	installed bool
+}
+
+func (s *cniInstallState) set(err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.looked, s.err, s.installed = true, err, err == nil
+}
+
+// get reports whether the plugin is installed, and the status warning
+// saying why not ("" when it is).
+func (s *cniInstallState) get() (bool, string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.installed {
+		return true, ""
+	}
+	why := "its first look is under way"
+	if s.looked {
+		why = s.err.Error()
+	}
+	return false, "the CNI plugin is not installed, so pods that start now are captured only when the agent's scan " +
+		"finds them (within about 30 s; a pod that ends sooner, a short Job, never); trying again on every change " +
+		"in the conf dir and every 5 s: " + why
+}
