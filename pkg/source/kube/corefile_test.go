@@ -2,9 +2,18 @@ package kube
 
 import (
 	"cmp"
+	"fmt"
+	"log/slog"
 	"slices"
 	"strings"
 	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/ztdns/ztdns/internal/kubetest"
+	"github.com/ztdns/ztdns/pkg/model"
 )
 
 // kubeadmCorefile is the Corefile kubeadm writes (cmd/kubeadm/app/phases/
@@ -137,5 +146,63 @@ cluster.local:53 {
 				t.Errorf("unfollowed:\n %s\nwant notes starting\n %s", strings.Join(c.unfollowed, "\n "), strings.Join(tc.unfollowed, "\n "))
 			}
 		})
+	}
+}
+
+// TestKubeDNSCorefileForbidden: a ClusterRole without the rule for
+// kube-dns's ConfigMap (a chart from before it) is no failure: the source
+// syncs, stays healthy, delivers no kube-dns TTL, says "not read" in
+// Errors() and once in its log (at info), and follows the Corefile once
+// the rule is there.
+func TestKubeDNSCorefileForbidden(t *testing.T) {
+	env := kubetest.Start(t)
+	kube := env.Client()
+	const ns, account = "ztdns-old", "ztdns"
+	createNamespace(t, kube, ns)
+	if _, err := kube.CoreV1().ConfigMaps(KubeDNSNamespace).Create(t.Context(), &corev1.ConfigMap{
+		ObjectMeta: metav1.ObjectMeta{Name: KubeDNSConfigMap},
+		Data:       map[string]string{CorefileKey: strings.Replace(kubeadmCorefile, "ttl 30", "ttl 5\n       ignore empty_service", 1)},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	isKubeDNS := func(r PolicyRule) bool { return slices.Contains(r.ResourceNames, KubeDNSConfigMap) }
+	cfg := grant(t, env, "ztdns-old", ns, account, slices.DeleteFunc(PolicyRules(), isKubeDNS))
+	logs := newLogWatcher()
+	rec := runSource(t, cfg, WithNodeName("node-a"), WithLogger(slog.New(logs)), withForbiddenRetry(500*time.Millisecond))
+	const note = "kube-dns's Corefile kube-system/coredns not read (RBAC)"
+	hasNote := func() bool {
+		return slices.ContainsFunc(rec.src.Errors(), func(err error) bool { return strings.HasPrefix(err.Error(), note) })
+	}
+	rec.waitFor(t, "the first sync without kube-dns's Corefile", func(s *model.Snapshot) error {
+		if s.KubeDNSTTL != 0 || s.KubeDNSFrom != "" {
+			return fmt.Errorf("kube-dns TTL %d from %q, but the Corefile cannot be read", s.KubeDNSTTL, s.KubeDNSFrom)
+		}
+		if find(s.Services, serviceKey, metav1.NamespaceDefault, "kubernetes") == nil {
+			return fmt.Errorf("service default/kubernetes missing")
+		}
+		return nil
+	})
+	rec.waitHealth(t, "healthy without kube-dns's Corefile", func(err error) bool { return err == nil })
+	if !hasNote() {
+		t.Errorf("Errors() %v lack %q", rec.src.Errors(), note)
+	}
+	const msg = "cannot read kube-dns's Corefile (RBAC): local answers keep --ttl's default, and kube-dns's settings are not checked"
+	logs.waitFor(t, 1, msg)
+
+	grant(t, env, "ztdns-kube-dns", ns, account, slices.DeleteFunc(PolicyRules(), func(r PolicyRule) bool { return !isKubeDNS(r) }))
+	rec.waitFor(t, "kube-dns's TTL once the Corefile may be read", func(s *model.Snapshot) error {
+		if s.KubeDNSTTL != 5 || s.KubeDNSFrom != "kube-system/coredns" {
+			return fmt.Errorf("kube-dns TTL %d from %q, want 5 from kube-system/coredns", s.KubeDNSTTL, s.KubeDNSFrom)
+		}
+		return nil
+	})
+	if n := logs.count(msg); n != 1 {
+		t.Errorf("%q logged %d times, want once", msg, n)
+	}
+	if hasNote() {
+		t.Errorf("Errors() %v still say the Corefile may not be read", rec.src.Errors())
+	}
+	if w := rec.src.Warnings(); len(w) != 1 || !strings.HasPrefix(w[0].Error(), "kube-dns's Corefile kube-system/coredns: kubernetes ignore empty_service: ") {
+		t.Errorf("Warnings() = %v, want ignore empty_service named", w)
 	}
 }
