@@ -52,7 +52,10 @@ type Config struct {
 	// Upstreams get the misses when the pod's own nameserver is not known.
 	Upstreams     []netip.AddrPort
 	ClusterDomain string
-	TTL           time.Duration
+	// TTL is that of local answers. 0: the one kube-dns gives, as the
+	// source reads it from kube-dns's Corefile (model.Snapshot.KubeDNSTTL),
+	// followed as it changes; table.DefaultTTL without one.
+	TTL time.Duration
 	// ForwardTimeout bounds one forwarded query.
 	ForwardTimeout time.Duration
 	// CacheSize bounds the cache of upstream answers (entries): 0 means the
@@ -187,6 +190,10 @@ type Agent struct {
 	reg    *prometheus.Registry
 	// builder turns snapshots into tables incrementally; only apply uses it.
 	builder *table.Builder
+	// builderTTL is the builder's TTL; ttlGiven says it was given
+	// (Config.TTL), not followed from kube-dns (followKubeDNSTTL).
+	builderTTL uint32
+	ttlGiven   bool
 
 	ready      atomic.Bool
 	firstTable chan struct{} // closed when the first table is served
@@ -318,7 +325,9 @@ func newAgent(cfg Config) (*Agent, error) {
 	if cfg.ClusterDomain == "" {
 		cfg.ClusterDomain = table.DefaultDomain
 	}
-	if cfg.TTL <= 0 {
+	// Not given: kube-dns's, as the source reads it (followKubeDNSTTL).
+	ttlGiven := cfg.TTL > 0
+	if !ttlGiven {
 		cfg.TTL = table.DefaultTTL * time.Second
 	}
 	if cfg.SocketsPerAddr <= 0 {
@@ -344,9 +353,7 @@ func newAgent(cfg Config) (*Agent, error) {
 		}
 	}
 	a := &Agent{cfg: cfg, log: cfg.Logger, reg: cfg.Registry, pods: podcache.New(cfg.ClusterDomain), firstTable: make(chan struct{}), id: handoff.Identity(cfg.PodUID),
-		builder: table.NewBuilder(table.Options{Domain: cfg.ClusterDomain, TTL: uint32(cfg.TTL / time.Second), VIPSource: cfg.VIPSource,
-			DefaultExportTo:      cfg.DefaultExportTo,
-			MaxNamesPerNamespace: cmp.Or(cfg.MaxNamesPerNamespace, table.DefaultMaxNamesPerNamespace)}),
+		builder: newBuilder(cfg, uint32(cfg.TTL/time.Second)), builderTTL: uint32(cfg.TTL / time.Second), ttlGiven: ttlGiven,
 		addrs: slices.Clone(cfg.Listen), hostCookies: nodeCookies(cfg.ProcRoot, cfg.Logger), tableUpdates: ratelog.Limiter{Interval: tableLogEvery}}
 	if cfg.Capture != nil {
 		var err error
@@ -1231,6 +1238,7 @@ func addrPortString(a net.Addr) string {
 // the source's pods for the registry.
 func (a *Agent) apply(s *model.Snapshot) {
 	start := time.Now()
+	a.followKubeDNSTTL(s)
 	tbl, warnings := a.builder.Build(s)
 	a.server.SetTable(tbl)
 	a.pods.SetSourcePods(s.Pods)
