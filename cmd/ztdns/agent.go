@@ -182,7 +182,8 @@ type agentFlags struct {
 	podGeneration uint64
 	podInflight   int64 // agent.Config.PodInflightBytes
 	vips          vip.Source
-	exportTo      []string // nil: the source's, Istio's mesh config (or "*")
+	exportTo      []string      // nil: the source's, Istio's mesh config (or "*")
+	givenTTL      time.Duration // 0: kube-dns's, as the source reads it (agent.Config.TTL)
 	socketGID     int
 	cniPlugin     cni.Config
 }
@@ -203,7 +204,7 @@ func addAgentFlags(fs *pflag.FlagSet) *agentFlags {
 	fs.Var(f.upstream, "upstream", "nameserver `ADDR`(s) for names the table does not know, when the pod's own is unknown; repeatable, written as --listen's (default: the nameservers in --resolv-conf)")
 	fs.StringVar(&f.resolvConf, "resolv-conf", "/etc/resolv.conf", "the node's resolv.conf: default upstreams and search domains")
 	fs.StringVar(&f.domain, "cluster-domain", "cluster.local", "the cluster's DNS domain")
-	fs.DurationVar(&f.ttl, "ttl", 30*time.Second, "TTL of local answers: whole seconds, 1s to 24h")
+	fs.DurationVar(&f.ttl, "ttl", 30*time.Second, "TTL of local answers: whole seconds, 1s to 24h. Not given: kube-dns's, the ttl of the kubernetes plugin in its Corefile (ConfigMap coredns in kube-system; 5s without a ttl line, 1s for ttl 0), followed as it changes; 30s without one")
 	fs.DurationVar(&f.fwdTimeout, "forward-timeout", 2*time.Second, "bound on one forwarded query across all upstreams (0: the default)")
 	fs.IntVar(&f.maxNamesPerNS, "max-names-per-namespace", table.DefaultMaxNamesPerNamespace, "names one namespace's Services, headless endpoints and ServiceEntries may make in the name table (0: no bound); past it the namespace's newest objects that do not fit are left out, with a table warning (see README, Limits and protections)")
 	fs.IntVar(&f.cacheSize, "cache-size", 10000, "entries in the cache of upstream answers (0 disables it); once it is full, a pod over its share (an eighth) replaces only its own answers, and other pods' misses take back what it holds past its share")
@@ -379,6 +380,9 @@ func (f *agentFlags) check(fs *pflag.FlagSet) error {
 	if f.vips, err = vip.ParseSource(f.vipSource); err != nil {
 		return usagef("--vip-source: %w", err)
 	}
+	if fs.Changed("ttl") {
+		f.givenTTL = f.ttl
+	}
 	// Not given: the source's, Istio's mesh config (or "*").
 	if fs.Changed("default-service-export-to") {
 		if f.exportTo, err = table.ParseExportTo(f.defaultExportTo); err != nil {
@@ -426,7 +430,7 @@ func (f *agentFlags) source(fs *pflag.FlagSet, log *slog.Logger) (source.Source,
 		// client-go logs through klog: route it into the same structured log.
 		klog.SetSlogLogger(log)
 		return kube.New(rc, kube.WithLogger(log), kube.WithNodeName(f.nodeName), kube.WithIstioNamespace(f.istioNamespace),
-			kube.WithIstioRevision(f.istioRevision)), nil
+			kube.WithIstioRevision(f.istioRevision), kube.WithClusterDomain(f.domain)), nil
 	}
 }
 
@@ -477,7 +481,7 @@ func (f *agentFlags) config(src source.Source, node resolvconf.Config, upstreams
 		Upstreams:            upstreams,
 		SocketsPerAddr:       f.udpSockets,
 		ClusterDomain:        f.domain,
-		TTL:                  f.ttl,
+		TTL:                  f.givenTTL,
 		ForwardTimeout:       f.fwdTimeout,
 		CacheSize:            offFlag(f.cacheSize),
 		Autopath:             f.autopath,

@@ -39,26 +39,33 @@ const CoreDNSTTL = 30
 // under CI=true and is skipped outside CI.
 func (e *Env) StartCoreDNS(upstream netip.AddrPort) netip.AddrPort {
 	e.tb.Helper()
+	return e.StartCoreDNSWith(upstream, fmt.Sprintf("pods disabled\n\t\tttl %d", CoreDNSTTL))
+}
+
+// StartCoreDNSWith is StartCoreDNS with the kubernetes plugin told
+// options (lines of its block, the kubeconfig aside), as a cluster's
+// kube-dns Corefile may tell it.
+func (e *Env) StartCoreDNSWith(upstream netip.AddrPort, options string) netip.AddrPort {
+	e.tb.Helper()
 	dir, err := cachedBuild(e.tb, corednsScript, "coredns", "about 2 minutes", corednsBuildBudget)
 	requireBuilt(e.tb, err)
 	// CoreDNS binds the port for UDP and TCP: both must be free.
 	addr := testenv.FreePort(e.tb)
-	corefile := filepath.Join(e.dir, "Corefile")
+	corefile := filepath.Join(e.dir, fmt.Sprintf("Corefile-%d", addr.Port()))
 	config := fmt.Sprintf(`.:%d {
 	bind 127.0.0.1
 	errors
 	kubernetes %s in-addr.arpa ip6.arpa {
 		kubeconfig %s
-		pods disabled
-		ttl %d
+		%s
 	}
 	forward . %s
 }
-`, addr.Port(), ClusterDomain, e.Kubeconfig, CoreDNSTTL, upstream)
+`, addr.Port(), ClusterDomain, e.Kubeconfig, options, upstream)
 	if err := os.WriteFile(corefile, []byte(config), 0o644); err != nil {
 		e.tb.Fatalf("kubetest: write Corefile: %v", err)
 	}
-	p, err := startProcess("coredns", filepath.Join(dir, "coredns"), []string{"-conf", corefile}, filepath.Join(e.dir, "coredns.log"))
+	p, err := startProcess("coredns", filepath.Join(dir, "coredns"), []string{"-conf", corefile}, filepath.Join(e.dir, fmt.Sprintf("coredns-%d.log", addr.Port())))
 	if err != nil {
 		e.tb.Fatalf("kubetest: %v", err)
 	}

@@ -46,6 +46,10 @@ type Agent struct {
 	reg    *prometheus.Registry
 	// builder turns snapshots into tables incrementally; only apply uses it.
 	builder *table.Builder
+	// builderTTL is the builder's TTL; ttlGiven says it was given
+	// (Config.TTL), not followed from kube-dns (followKubeDNSTTL).
+	builderTTL uint32
+	ttlGiven   bool
 
 	ready      atomic.Bool
 	firstTable chan struct{} // closed when the first table is served
@@ -154,14 +158,14 @@ func newAgent(cfg Config) (*Agent, error) {
 	// Metrics nobody can read (no --metrics, no registry of the caller's)
 	// are not counted.
 	noMetrics := cfg.MetricsAddr == "" && cfg.Registry == nil
+	// Not given: kube-dns's, as the source reads it (followKubeDNSTTL).
+	ttlGiven := cfg.TTL > 0
 	cfg, err := cfg.withDefaults()
 	if err != nil {
 		return nil, err
 	}
 	a := &Agent{cfg: cfg, log: cfg.Logger, reg: cfg.Registry, pods: podcache.New(cfg.ClusterDomain), firstTable: make(chan struct{}), id: handoff.Identity(cfg.PodUID),
-		builder: table.NewBuilder(table.Options{Domain: cfg.ClusterDomain, TTL: uint32(cfg.TTL / time.Second), VIPSource: cfg.VIPSource,
-			DefaultExportTo:      cfg.DefaultExportTo,
-			MaxNamesPerNamespace: cmp.Or(cfg.MaxNamesPerNamespace, table.DefaultMaxNamesPerNamespace)}),
+		builder: newBuilder(cfg, uint32(cfg.TTL/time.Second)), builderTTL: uint32(cfg.TTL / time.Second), ttlGiven: ttlGiven,
 		addrs: slices.Clone(cfg.Listen), hostCookies: nodeCookies(cfg.ProcRoot, cfg.Logger), tableUpdates: ratelog.Limiter{Interval: tableLogEvery}}
 	if cfg.Capture != nil {
 		port := cfg.Capture.Port

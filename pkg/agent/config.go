@@ -31,7 +31,10 @@ type Config struct {
 	// Upstreams get the misses when the pod's own nameserver is not known.
 	Upstreams     []netip.AddrPort
 	ClusterDomain string
-	TTL           time.Duration
+	// TTL is that of local answers. 0: the one kube-dns gives, as the
+	// source reads it from kube-dns's Corefile (model.Snapshot.KubeDNSTTL),
+	// followed as it changes; table.DefaultTTL without one.
+	TTL time.Duration
 	// ForwardTimeout bounds one forwarded query.
 	ForwardTimeout time.Duration
 	// CacheSize bounds the cache of upstream answers (entries): 0 means the

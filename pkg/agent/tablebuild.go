@@ -20,6 +20,7 @@ import (
 // the source's pods for the registry.
 func (a *Agent) apply(s *model.Snapshot) {
 	start := time.Now()
+	a.followKubeDNSTTL(s)
 	tbl, warnings := a.builder.Build(s)
 	a.server.SetTable(tbl)
 	a.pods.SetSourcePods(s.Pods)

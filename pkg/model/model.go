@@ -301,6 +301,14 @@ type Snapshot struct {
 	// source reads no mesh config (standalone mode) or has read none yet
 	// (RBAC refusing it, or YAML that does not parse, from the start).
 	MeshConfig string
+	// KubeDNSTTL is the TTL kube-dns's kubernetes plugin answers the
+	// cluster domain's names with, as the source read it from kube-dns's
+	// Corefile (1 for its ttl 0); 0 when the source reads none. The agent
+	// gives local answers this TTL unless told one (--ttl).
+	KubeDNSTTL uint32
+	// KubeDNSFrom names the ConfigMap KubeDNSTTL was read from
+	// ("kube-system/coredns"); empty when it is 0.
+	KubeDNSFrom string
 	// IstiodIgnores are the ServiceEntries the source left out of
 	// ServiceEntries because istiod ignores them (another revision's, or
 	// of a namespace its discoverySelectors do not select), by why: their

@@ -79,6 +79,7 @@ type Source struct {
 	istioNamespace string
 	meshConfigMap  string // MeshConfigMapName of istiod's revision
 	istioRevision  string // istiod's revision (WithIstioRevision)
+	clusterDomain  string // whose server block of kube-dns's Corefile is read
 	// forbiddenRetry is how often what RBAC refuses, and the source can run
 	// without, is asked for again.
 	forbiddenRetry time.Duration
@@ -93,6 +94,10 @@ type Source struct {
 	// meshNote says why the mesh config is not followed, if it is not
 	// (followMeshConfig).
 	meshNote string
+	// kubeDNSNotes say why the source follows nothing of kube-dns's
+	// Corefile, kubeDNSWarnings what of it the source does not follow
+	// (followKubeDNS).
+	kubeDNSNotes, kubeDNSWarnings []string
 }
 
 var (
@@ -123,6 +128,7 @@ func New(cfg *rest.Config, opts ...Option) *Source {
 		istioNamespace: DefaultIstioNamespace,
 		meshConfigMap:  MeshConfigMap,
 		istioRevision:  DefaultIstioRevision,
+		clusterDomain:  DefaultClusterDomain,
 		forbiddenRetry: 2 * time.Minute,
 		metrics:        newMetrics(),
 	}
@@ -149,16 +155,22 @@ func (s *Source) Healthy() error { return s.health.err() }
 // be converted, then the watches that are currently failing, then what the
 // source runs without though nothing fails: ServiceEntries, when their CRD
 // is not installed, does not serve networking.istio.io/v1, or RBAC refuses
-// them; Istio's mesh config, when RBAC refuses it or it does not parse.
+// them; Istio's mesh config, when RBAC refuses it or it does not parse;
+// kube-dns's Corefile, when RBAC refuses it, it does not parse, or it has
+// no kubernetes plugin for the cluster domain (kubedns.go).
 func (s *Source) Errors() []error {
 	s.mu.Lock()
 	errs := slices.Clone(s.objErrs)
 	note := s.meshNote
+	kubeDNS := s.kubeDNSNotes
 	s.mu.Unlock()
 	errs = append(errs, s.health.errors()...)
 	errs = append(errs, s.health.notes()...)
 	if note != "" {
 		errs = append(errs, errors.New(note))
+	}
+	for _, n := range kubeDNS {
+		errs = append(errs, errors.New(n))
 	}
 	return errs
 }
@@ -184,7 +196,7 @@ func (s *Source) Run(ctx context.Context, deliver func(*model.Snapshot)) error {
 	}()
 
 	r := newRun(s, c)
-	kinds := []kind{kindNamespaces, kindServices, kindEndpointSlices, kindOtherEndpointSlices, kindPods, kindServiceEntryCRD}
+	kinds := []kind{kindNamespaces, kindServices, kindEndpointSlices, kindOtherEndpointSlices, kindPods, kindServiceEntryCRD, kindKubeDNS}
 	if s.istioNamespace != "" {
 		kinds = append(kinds, kindIstiodAllocator, kindMeshConfig)
 	}

@@ -13,14 +13,16 @@ type PolicyRule struct {
 // PolicyRules are the API permissions the source needs, and all it uses:
 // list and watch on what it watches; of ConfigMaps only istiod's VIP
 // allocator lock and its mesh config, by name (in any namespace: istiod's
-// is a flag); of CustomResourceDefinitions only Istio's ServiceEntry CRD,
+// is a flag), and kube-dns's Corefile (coredns, in kube-system); of
+// CustomResourceDefinitions only Istio's ServiceEntry CRD,
 // by name (the API server authorizes a list or watch with the field
 // selector metadata.name=NAME as one on resourceName NAME). The Helm
 // chart's ClusterRole grants exactly these. Without the CRD's rule the
 // source asks the discovery API, open to every authenticated user (the
 // built-in system:discovery role), every few minutes instead; without
 // ServiceEntries' it runs without them; without the mesh config's it keeps
-// the exportTo default it last read. The mesh config is that of istiod
+// the exportTo default it last read; without kube-dns's it follows none
+// of kube-dns's settings and says so. The mesh config is that of istiod
 // without a revision; PolicyRulesFor names another's.
 func PolicyRules() []PolicyRule { return PolicyRulesFor("") }
 
@@ -34,6 +36,7 @@ func PolicyRulesFor(revision string) []PolicyRule {
 		{APIGroups: []string{"networking.istio.io"}, Resources: []string{"serviceentries"}, Verbs: read},
 		{APIGroups: []string{""}, Resources: []string{"configmaps"}, ResourceNames: []string{IstiodAllocatorLock}, Verbs: read},
 		{APIGroups: []string{""}, Resources: []string{"configmaps"}, ResourceNames: []string{MeshConfigMapName(revision)}, Verbs: read},
+		{APIGroups: []string{""}, Resources: []string{"configmaps"}, ResourceNames: []string{KubeDNSConfigMap}, Verbs: read},
 		{APIGroups: []string{"apiextensions.k8s.io"}, Resources: []string{"customresourcedefinitions"}, ResourceNames: []string{ServiceEntryCRD}, Verbs: read},
 	}
 }

@@ -35,11 +35,13 @@ const (
 	kindServiceEntryCRD
 	// kindMeshConfig is Istio's mesh config ConfigMap (meshconfig.go).
 	kindMeshConfig
+	// kindKubeDNS is kube-dns's Corefile ConfigMap (kubedns.go).
+	kindKubeDNS
 	numKinds
 )
 
 // kindNames are the resources' names, as in logs and metrics.
-var kindNames = [numKinds]string{"namespaces", "services", "endpointslices", "endpointslices-other", "serviceentries", "pods", "istiod-allocator", "serviceentry-crd", "mesh-config"}
+var kindNames = [numKinds]string{"namespaces", "services", "endpointslices", "endpointslices-other", "serviceentries", "pods", "istiod-allocator", "serviceentry-crd", "mesh-config", "kube-dns-corefile"}
 
 func (k kind) String() string { return kindNames[k] }
 
@@ -75,6 +77,10 @@ type run struct {
 	// logged of it, owned by Run's goroutine.
 	meshRefused atomic.Bool
 	meshState   string
+	// kubeDNSRefused and kubeDNSState are the same for kube-dns's
+	// Corefile (kubeDNSForbidden, followKubeDNS).
+	kubeDNSRefused atomic.Bool
+	kubeDNSState   string
 	// selectors are the mesh config's discoverySelectors in force, nil
 	// when none (followMeshConfig). Owned by Run's goroutine.
 	selectors []labels.Selector

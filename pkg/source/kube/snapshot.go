@@ -85,6 +85,10 @@ func (r *run) snapshot() (*model.Snapshot, time.Time) {
 			var cms []meshConfig
 			cms, r.errs[k] = collect(storeOf[meshConfig](st))
 			r.followMeshConfig(cms)
+		case kindKubeDNS:
+			var cms []corefile
+			cms, r.errs[k] = collect(storeOf[corefile](st))
+			r.followKubeDNS(cms)
 		}
 	}
 	if slicesChanged {

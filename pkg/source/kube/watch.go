@@ -89,6 +89,8 @@ func (r *run) endpointFor(k kind) endpoint {
 		return r.istiodConfigMap(r.src.meshConfigMap)
 	case kindServiceEntryCRD:
 		return c.crdEndpoint()
+	case kindKubeDNS:
+		return configMapEndpoint(c, KubeDNSNamespace, KubeDNSConfigMap)
 	}
 	panic(fmt.Sprintf("kube: no endpoint for kind %d", k))
 }
@@ -96,7 +98,12 @@ func (r *run) endpointFor(k kind) endpoint {
 // istiodConfigMap is the endpoint of one ConfigMap in istiod's namespace,
 // by name: the only ConfigMaps PolicyRules grants, each by its name.
 func (r *run) istiodConfigMap(name string) endpoint {
-	return endpoint{client: r.clients.core, namespace: r.src.istioNamespace, resource: "configmaps",
+	return configMapEndpoint(r.clients, r.src.istioNamespace, name)
+}
+
+// configMapEndpoint is the endpoint of the ConfigMap ns/name alone.
+func configMapEndpoint(c *clients, ns, name string) endpoint {
+	return endpoint{client: c.core, namespace: ns, resource: "configmaps",
 		fieldSelector: fields.OneTermEqualSelector("metadata.name", name).String(), example: &kubeapi.ConfigMap{},
 		newList: func() runtime.Object { return &kubeapi.ConfigMapList{} }}
 }
@@ -134,6 +141,8 @@ func (r *run) newStore(k kind) objectStore {
 			func(l *allocatorLock) objKey { return objKey{l.namespace, l.name} }, r.changed)
 	case kindMeshConfig:
 		return newStore(k, r.log, meshConfigOf, func(m *meshConfig) objKey { return objKey{m.namespace, m.name} }, r.changed)
+	case kindKubeDNS:
+		return newStore(k, r.log, corefileOf(r.src.clusterDomain), func(c *corefile) objKey { return objKey{c.namespace, c.name} }, r.changed)
 	case kindServiceEntryCRD:
 		// Not part of snapshots: a change only wakes Run to follow it.
 		return newStore(k, r.log, crdStateOf, func(c *crdState) objKey { return objKey{name: c.name} }, func(kind) { r.crdChanged() })
@@ -164,6 +173,8 @@ func (r *run) listWatch(k kind, e endpoint) *cache.ListWatch {
 		list, watchFn = r.tolerateForbidden(k, e, r.lockForbidden(), list, watchFn)
 	case kindMeshConfig:
 		list, watchFn = r.tolerateForbidden(k, e, r.meshConfigForbidden(), list, watchFn)
+	case kindKubeDNS:
+		list, watchFn = r.tolerateForbidden(k, e, r.kubeDNSForbidden(), list, watchFn)
 	case kindServiceEntries:
 		// As without the CRD: snapshots without ServiceEntries, and a
 		// note in Errors() and the metric.

@@ -1,0 +1,208 @@
+package kube
+
+import (
+	"cmp"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/ztdns/ztdns/internal/kubetest"
+	"github.com/ztdns/ztdns/pkg/model"
+)
+
+// kubeadmCorefile is the Corefile kubeadm writes (cmd/kubeadm/app/phases/
+// addons/dns/manifests.go), as kind has it too.
+const kubeadmCorefile = `.:53 {
+    errors
+    health {
+       lameduck 5s
+    }
+    ready
+    kubernetes cluster.local in-addr.arpa ip6.arpa {
+       pods insecure
+       fallthrough in-addr.arpa ip6.arpa
+       ttl 30
+    }
+    prometheus :9153
+    forward . /etc/resolv.conf {
+       max_concurrent 1000
+    }
+    cache 30 {
+       disable success cluster.local
+       disable denial cluster.local
+    }
+    loop
+    reload
+    loadbalance
+}
+`
+
+// eksCorefile is EKS's: no ttl line, CoreDNS's 5.
+const eksCorefile = `.:53 {
+    errors
+    health {
+        lameduck 5s
+      }
+    ready
+    kubernetes cluster.local in-addr.arpa ip6.arpa {
+      pods insecure
+      fallthrough in-addr.arpa ip6.arpa
+    }
+    prometheus :9153
+    forward . /etc/resolv.conf
+    cache 30
+    loop
+    reload
+    loadbalance
+}
+`
+
+// TestKubeDNSConfigOf reads what matters of Corefiles: the TTL of the
+// kubernetes plugin serving the cluster domain, and the settings ztdns
+// does not follow.
+func TestKubeDNSConfigOf(t *testing.T) {
+	for _, tc := range []struct {
+		name, corefile, domain string
+		served                 bool
+		ttl                    uint32
+		unfollowed             []string // each note's start
+		err                    string
+	}{
+		{name: "kubeadm", corefile: kubeadmCorefile, served: true, ttl: 30},
+		{name: "EKS, no ttl line", corefile: eksCorefile, served: true, ttl: 5},
+		{name: "ttl 0", corefile: strings.Replace(kubeadmCorefile, "ttl 30", "ttl 0", 1), served: true, ttl: 0},
+		{name: "ttl out of range", corefile: strings.Replace(kubeadmCorefile, "ttl 30", "ttl 3601", 1), err: `kubernetes: ttl "3601": want 0 to 3600`},
+		{name: "another domain", corefile: kubeadmCorefile, domain: "corp.example", served: false, ttl: 5},
+		{
+			name: "options ztdns does not follow",
+			corefile: `# a comment
+.:53 {
+    rewrite name regex (.*)\.cluster\.local {1}.svc.cluster.local
+    kubernetes cluster.local in-addr.arpa ip6.arpa {
+       endpoint_pod_names
+       ignore empty_service
+       namespaces default team-a
+       pods verified
+       ttl 10 # seconds
+    }
+    template IN A example.org {
+       answer "{{ .Name }} 60 IN A 127.0.0.1"
+    }
+    forward . 10.0.0.10
+}`,
+			served: true, ttl: 10,
+			unfollowed: []string{"rewrite:", "kubernetes endpoint_pod_names:", "kubernetes ignore empty_service:", "kubernetes namespaces default team-a:"},
+		},
+		{
+			name: "the cluster domain's own server block wins over .",
+			corefile: `(snip) {
+    log
+}
+cluster.local:53 {
+    kubernetes {
+        ttl 7
+    }
+}
+.:53 {
+    kubernetes cluster.local {
+        ttl 60
+    }
+    template ANY ANY
+}
+.:5353 {
+    kubernetes cluster.local
+}`,
+			served: true, ttl: 7,
+		},
+		{name: "unclosed", corefile: ".:53 {\n kubernetes cluster.local {\n ttl 5\n}\n", err: "a block is not closed: } missing"},
+		{name: "unterminated quote", corefile: ".:53 {\n template IN A \"x\n}\n", err: "line 2: unterminated quote"},
+		{name: "too large", corefile: strings.Repeat("#", maxCorefileBytes+1), err: "Corefile of 65537 bytes: ztdns reads at most 65536"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			blocks, err := parseCorefile(tc.corefile)
+			var c kubeDNSConfig
+			if err == nil {
+				c, err = kubeDNSConfigOf(blocks, cmp.Or(tc.domain, "cluster.local"))
+			}
+			if tc.err != "" {
+				if err == nil || err.Error() != tc.err {
+					t.Fatalf("error %v, want %q", err, tc.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.served != tc.served || c.ttl != tc.ttl {
+				t.Errorf("served %v, ttl %d; want %v, %d", c.served, c.ttl, tc.served, tc.ttl)
+			}
+			if len(c.unfollowed) != len(tc.unfollowed) || !slices.EqualFunc(c.unfollowed, tc.unfollowed, strings.HasPrefix) {
+				t.Errorf("unfollowed:\n %s\nwant notes starting\n %s", strings.Join(c.unfollowed, "\n "), strings.Join(tc.unfollowed, "\n "))
+			}
+		})
+	}
+}
+
+// TestKubeDNSCorefileForbidden: a ClusterRole without the rule for
+// kube-dns's ConfigMap (a chart from before it) is no failure: the source
+// syncs, stays healthy, delivers no kube-dns TTL, says "not read" in
+// Errors() and once in its log (at info), and follows the Corefile once
+// the rule is there.
+func TestKubeDNSCorefileForbidden(t *testing.T) {
+	env := kubetest.Start(t)
+	kube := env.Client()
+	const ns, account = "ztdns-old", "ztdns"
+	createNamespace(t, kube, ns)
+	if _, err := kube.CoreV1().ConfigMaps(KubeDNSNamespace).Create(t.Context(), &corev1.ConfigMap{
+		ObjectMeta: metav1.ObjectMeta{Name: KubeDNSConfigMap},
+		Data:       map[string]string{CorefileKey: strings.Replace(kubeadmCorefile, "ttl 30", "ttl 5\n       ignore empty_service", 1)},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	isKubeDNS := func(r PolicyRule) bool { return slices.Contains(r.ResourceNames, KubeDNSConfigMap) }
+	cfg := grant(t, env, "ztdns-old", ns, account, slices.DeleteFunc(PolicyRules(), isKubeDNS))
+	logs := newLogWatcher()
+	rec := runSource(t, cfg, WithNodeName("node-a"), WithLogger(slog.New(logs)), withForbiddenRetry(500*time.Millisecond))
+	const note = "kube-dns's Corefile kube-system/coredns not read (RBAC)"
+	hasNote := func() bool {
+		return slices.ContainsFunc(rec.src.Errors(), func(err error) bool { return strings.HasPrefix(err.Error(), note) })
+	}
+	rec.waitFor(t, "the first sync without kube-dns's Corefile", func(s *model.Snapshot) error {
+		if s.KubeDNSTTL != 0 || s.KubeDNSFrom != "" {
+			return fmt.Errorf("kube-dns TTL %d from %q, but the Corefile cannot be read", s.KubeDNSTTL, s.KubeDNSFrom)
+		}
+		if find(s.Services, serviceKey, metav1.NamespaceDefault, "kubernetes") == nil {
+			return fmt.Errorf("service default/kubernetes missing")
+		}
+		return nil
+	})
+	rec.waitHealth(t, "healthy without kube-dns's Corefile", func(err error) bool { return err == nil })
+	if !hasNote() {
+		t.Errorf("Errors() %v lack %q", rec.src.Errors(), note)
+	}
+	const msg = "cannot read kube-dns's Corefile (RBAC): local answers keep --ttl's default, and kube-dns's settings are not checked"
+	logs.waitFor(t, 1, msg)
+
+	grant(t, env, "ztdns-kube-dns", ns, account, slices.DeleteFunc(PolicyRules(), func(r PolicyRule) bool { return !isKubeDNS(r) }))
+	rec.waitFor(t, "kube-dns's TTL once the Corefile may be read", func(s *model.Snapshot) error {
+		if s.KubeDNSTTL != 5 || s.KubeDNSFrom != "kube-system/coredns" {
+			return fmt.Errorf("kube-dns TTL %d from %q, want 5 from kube-system/coredns", s.KubeDNSTTL, s.KubeDNSFrom)
+		}
+		return nil
+	})
+	if n := logs.count(msg); n != 1 {
+		t.Errorf("%q logged %d times, want once", msg, n)
+	}
+	if hasNote() {
+		t.Errorf("Errors() %v still say the Corefile may not be read", rec.src.Errors())
+	}
+	if w := rec.src.Warnings(); len(w) != 1 || !strings.HasPrefix(w[0].Error(), "kube-dns's Corefile kube-system/coredns: kubernetes ignore empty_service: ") {
+		t.Errorf("Warnings() = %v, want ignore empty_service named", w)
+	}
+}
