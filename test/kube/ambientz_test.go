@@ -317,10 +317,7 @@ func (c *cluster) checkEveryAmbientHost(t *testing.T, a *agenttest.Agent, ambien
 // addresses of that family (NODATA without one), an allocated IPv6 VIP not
 // to an IPv4-only pod; forwarded when none is left for the pod.
 func wantAddrs(s ambientService, qtype uint16, v4Only bool) []string {
-	var all []string
-	for _, ip := range s.Addresses {
-		all = append(all, ip.String())
-	}
+	all := addrStrings(s.AmbientService)
 	if s.allocated && v4Only {
 		all = family(all, true)
 	}

@@ -105,20 +105,6 @@ func (c *cluster) meshConfigMap(t *testing.T, mesh string) {
 	}
 }
 
-// clusterIPService creates a Service with one port and returns its
-// ClusterIP.
-func (c *cluster) clusterIPService(t *testing.T, ns, name string) string {
-	t.Helper()
-	svc, err := c.env.Client().CoreV1().Services(ns).Create(c.ctx, &corev1.Service{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
-		Spec:       corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "http", Port: 80}}},
-	}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return svc.Spec.ClusterIP
-}
-
 // addrStrings is s's addresses as text.
 func addrStrings(s kubetest.AmbientService) []string {
 	var out []string
