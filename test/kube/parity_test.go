@@ -10,12 +10,10 @@ import (
 
 	"github.com/miekg/dns"
 	networkingv1alpha3 "istio.io/api/networking/v1alpha3"
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/ztdns/ztdns/internal/agenttest"
 	"github.com/ztdns/ztdns/internal/kubetest"
-	"github.com/ztdns/ztdns/pkg/source/kube"
 )
 
 // meshSelectors are the discoverySelectors of TestUnselectedServiceYieldsToServiceEntry:
@@ -38,7 +36,6 @@ func TestUnselectedServiceYieldsToServiceEntry(t *testing.T) {
 	}
 	c.namespace(t, "legacy", nil)
 	istiod := c.env.StartIstiod(kubetest.WithAmbient(), kubetest.WithMeshConfig(meshSelectors))
-	c.meshConfigMap(t, meshSelectors)
 	up := markerUpstream(t)
 	a := startAgent(t, c, up.Addr)
 
@@ -90,17 +87,6 @@ func (c *cluster) label(t *testing.T, ns string, labels map[string]string) {
 	}
 	n.Labels = labels
 	if _, err := api.Update(c.ctx, n, metav1.UpdateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// meshConfigMap writes istiod's mesh config where an agent reads it (the
-// `istio` ConfigMap of istio-system), as the Istio chart does.
-func (c *cluster) meshConfigMap(t *testing.T, mesh string) {
-	t.Helper()
-	cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: kube.MeshConfigMap, Namespace: kubetest.IstioNamespace},
-		Data: map[string]string{kube.MeshConfigKey: mesh}}
-	if _, err := c.env.Client().CoreV1().ConfigMaps(kubetest.IstioNamespace).Create(c.ctx, cm, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 }
