@@ -46,9 +46,6 @@ func TestAnswersAreWhatIstiodSendsZtunnel(t *testing.T) {
 	a := startAgent(t, c, up.Addr)
 
 	const productpage = "productpage.team-a.svc.cluster.local."
-	dnsSE := func(host string, exportTo ...string) seSpec {
-		return seSpec{hosts: []string{host}, resolution: networkingv1alpha3.ServiceEntry_DNS, ports: httpPort(), exportTo: exportTo}
-	}
 	older := []ambientObject{
 		// An older entry exported to nobody, a newer one exported
 		// everywhere: istiod sends the older alone.

@@ -110,6 +110,12 @@ func (c *cluster) serviceEntry(t *testing.T, ns, name string, labels map[string]
 	return se
 }
 
+// dnsSE is a ServiceEntry of host with resolution DNS and port 80, seen
+// from the namespaces exportTo lists (none: the default).
+func dnsSE(host string, exportTo ...string) seSpec {
+	return seSpec{hosts: []string{host}, resolution: networkingv1alpha3.ServiceEntry_DNS, ports: httpPort(), exportTo: exportTo}
+}
+
 func httpPort() []*networkingv1alpha3.ServicePort {
 	return []*networkingv1alpha3.ServicePort{{Name: "http", Number: 80, Protocol: "HTTP"}}
 }
@@ -204,8 +210,7 @@ func TestSeedWalkthroughThroughTheAPI(t *testing.T) {
 		hosts: []string{"address.internal"}, addresses: []string{"198.51.100.1"}, ports: httpPort()})
 	expect(t, a, curlIP, "address.internal", dns.TypeA, "198.51.100.1")
 
-	auto := c.serviceEntry(t, "default", "external-auto", nil, seSpec{
-		hosts: []string{"auto.internal"}, ports: httpPort(), resolution: networkingv1alpha3.ServiceEntry_DNS})
+	auto := c.serviceEntry(t, "default", "external-auto", nil, dnsSE("auto.internal"))
 	allocated := expectVIP(t, a, curlIP, "auto.internal")
 
 	// Two TCP services on one port, two VIPs (ztdns's own allocator: no

@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
-	networkingv1alpha3 "istio.io/api/networking/v1alpha3"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/ztdns/ztdns/internal/agenttest"
@@ -42,8 +41,7 @@ func TestUnselectedServiceYieldsToServiceEntry(t *testing.T) {
 	db := c.clusterIPService(t, "legacy", "db")
 	web := c.clusterIPService(t, "legacy", "web")
 	const host = "db.legacy.svc.cluster.local"
-	c.serviceEntry(t, "team-a", "db-se", nil, seSpec{hosts: []string{host}, ports: httpPort(),
-		resolution: networkingv1alpha3.ServiceEntry_DNS})
+	c.serviceEntry(t, "team-a", "db-se", nil, dnsSE(host))
 
 	// istiod sends ztunnel the ServiceEntry, with its VIP, and nothing of
 	// legacy.
@@ -115,9 +113,6 @@ func TestHostWrittenAsAskedWins(t *testing.T) {
 	up := markerUpstream(t)
 	a := startAgent(t, c, up.Addr)
 
-	dnsSE := func(host string) seSpec {
-		return seSpec{hosts: []string{host}, resolution: networkingv1alpha3.ServiceEntry_DNS, ports: httpPort()}
-	}
 	type object struct{ ns, name, host string }
 	older := []object{{"team-a", "api-upper", "API.case.example"}, {"team-b", "dot-dotted", "dot.case.example."}}
 	newer := []object{{"team-a", "api-lower", "api.case.example"}, {"team-a", "dot-plain", "dot.case.example"}}
