@@ -65,14 +65,19 @@ func WithAmbient() IstiodOption {
 
 // WithMeshConfig adds yaml, fields of Istio's MeshConfig
 // ("discoverySelectors:\n- matchLabels: {mesh: \"on\"}\n"), to the mesh
-// config istiod reads (a file: an agent reads it from the `istio`
-// ConfigMap, which the test writes too).
+// config istiod reads (a file), and writes them where an agent reads
+// them: the `istio` ConfigMap of istio-system, key `mesh`, as the Istio
+// chart does.
 func WithMeshConfig(yaml string) IstiodOption {
 	return func(i *Istiod) {
 		f, err := os.OpenFile(filepath.Join(i.dir, "mesh.yaml"), os.O_APPEND|os.O_WRONLY, 0)
 		if err == nil {
 			_, err = f.WriteString(yaml)
 			err = errors.Join(err, f.Close())
+		}
+		if err == nil {
+			cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "istio", Namespace: IstioNamespace}, Data: map[string]string{"mesh": yaml}}
+			_, err = i.env.Client().CoreV1().ConfigMaps(IstioNamespace).Create(context.Background(), cm, metav1.CreateOptions{})
 		}
 		if err != nil {
 			i.env.tb.Fatalf("kubetest: istiod mesh config: %v", err)

@@ -46,9 +46,6 @@ func TestAnswersAreWhatIstiodSendsZtunnel(t *testing.T) {
 	a := startAgent(t, c, up.Addr)
 
 	const productpage = "productpage.team-a.svc.cluster.local."
-	dnsSE := func(host string, exportTo ...string) seSpec {
-		return seSpec{hosts: []string{host}, resolution: networkingv1alpha3.ServiceEntry_DNS, ports: httpPort(), exportTo: exportTo}
-	}
 	older := []ambientObject{
 		// An older entry exported to nobody, a newer one exported
 		// everywhere: istiod sends the older alone.
@@ -317,10 +314,7 @@ func (c *cluster) checkEveryAmbientHost(t *testing.T, a *agenttest.Agent, ambien
 // addresses of that family (NODATA without one), an allocated IPv6 VIP not
 // to an IPv4-only pod; forwarded when none is left for the pod.
 func wantAddrs(s ambientService, qtype uint16, v4Only bool) []string {
-	var all []string
-	for _, ip := range s.Addresses {
-		all = append(all, ip.String())
-	}
+	all := addrStrings(s.AmbientService)
 	if s.allocated && v4Only {
 		all = family(all, true)
 	}

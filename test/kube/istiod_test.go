@@ -167,8 +167,7 @@ func TestIstiodVIPs(t *testing.T) {
 		// istiod's allocator takes events in order, one at a time: once it
 		// has allocated an entry created after the update, it has handled
 		// the update.
-		after := seShape{name: "after-opt-in", spec: seSpec{hosts: []string{"after.example"},
-			resolution: networkingv1alpha3.ServiceEntry_DNS, ports: httpPort()},
+		after := seShape{name: "after-opt-in", spec: dnsSE("after.example"),
 			queries: map[string]string{"after.example": "after.example"}, allocated: true}
 		c.serviceEntry(t, "default", after.name, nil, after.spec)
 		c.waitStatus(t, []seShape{after})
@@ -198,8 +197,7 @@ func TestIstiodVIPs(t *testing.T) {
 
 	t.Run("istiod down, then restarted", func(t *testing.T) {
 		istiod.Stop()
-		c.serviceEntry(t, "default", "while-down", nil, seSpec{hosts: []string{"later.example"},
-			resolution: networkingv1alpha3.ServiceEntry_DNS, ports: httpPort()})
+		c.serviceEntry(t, "default", "while-down", nil, dnsSE("later.example"))
 		// No VIP istiod did not write: the new host is forwarded, and every
 		// other answer stays. It was forwarded too before the agents had the
 		// entry: ask once they do.

@@ -76,6 +76,20 @@ func (c *cluster) pod(t *testing.T, ns, name string, ip netip.Addr, more ...neti
 	c.env.RunningPod(c.ctx, ns, name, node, append([]netip.Addr{ip}, more...)...)
 }
 
+// clusterIPService creates a Service with one port and returns its
+// ClusterIP.
+func (c *cluster) clusterIPService(t *testing.T, ns, name string) string {
+	t.Helper()
+	svc, err := c.env.Client().CoreV1().Services(ns).Create(c.ctx, &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
+		Spec:       corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "http", Port: 80}}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return svc.Spec.ClusterIP
+}
+
 // seSpec is the part of a ServiceEntry spec the tests vary. (The generated
 // spec type holds a mutex and must not be copied.)
 type seSpec struct {
@@ -94,6 +108,12 @@ func (c *cluster) serviceEntry(t *testing.T, ns, name string, labels map[string]
 		t.Fatal(err)
 	}
 	return se
+}
+
+// dnsSE is a ServiceEntry of host with resolution DNS and port 80, seen
+// from the namespaces exportTo lists (none: the default).
+func dnsSE(host string, exportTo ...string) seSpec {
+	return seSpec{hosts: []string{host}, resolution: networkingv1alpha3.ServiceEntry_DNS, ports: httpPort(), exportTo: exportTo}
 }
 
 func httpPort() []*networkingv1alpha3.ServicePort {
@@ -190,8 +210,7 @@ func TestSeedWalkthroughThroughTheAPI(t *testing.T) {
 		hosts: []string{"address.internal"}, addresses: []string{"198.51.100.1"}, ports: httpPort()})
 	expect(t, a, curlIP, "address.internal", dns.TypeA, "198.51.100.1")
 
-	auto := c.serviceEntry(t, "default", "external-auto", nil, seSpec{
-		hosts: []string{"auto.internal"}, ports: httpPort(), resolution: networkingv1alpha3.ServiceEntry_DNS})
+	auto := c.serviceEntry(t, "default", "external-auto", nil, dnsSE("auto.internal"))
 	allocated := expectVIP(t, a, curlIP, "auto.internal")
 
 	// Two TCP services on one port, two VIPs (ztdns's own allocator: no
@@ -243,14 +262,7 @@ func TestExportToAndServices(t *testing.T) {
 	expect(t, a, teamAIP, "private.internal", dns.TypeA, "198.51.100.20")
 	expect(t, a, teamBIP, "private.internal", dns.TypeA, forwarded4) // the agent has it: team-a got it
 
-	svc, err := c.env.Client().CoreV1().Services("team-a").Create(c.ctx, &corev1.Service{
-		ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: "team-a"},
-		Spec:       corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "http", Port: 80}}},
-	}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ip := svc.Spec.ClusterIP
+	ip := c.clusterIPService(t, "team-a", "web")
 	expect(t, a, teamAIP, "web", dns.TypeA, ip)                          // short name in its own namespace
 	expect(t, a, teamBIP, "web.team-a.svc.cluster.local", dns.TypeA, ip) // fqdn from elsewhere
 	expect(t, a, teamBIP, "web", dns.TypeA, forwarded4)                  // not team-b's

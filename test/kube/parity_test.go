@@ -9,13 +9,10 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
-	networkingv1alpha3 "istio.io/api/networking/v1alpha3"
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/ztdns/ztdns/internal/agenttest"
 	"github.com/ztdns/ztdns/internal/kubetest"
-	"github.com/ztdns/ztdns/pkg/source/kube"
 )
 
 // meshSelectors are the discoverySelectors of TestUnselectedServiceYieldsToServiceEntry:
@@ -38,15 +35,13 @@ func TestUnselectedServiceYieldsToServiceEntry(t *testing.T) {
 	}
 	c.namespace(t, "legacy", nil)
 	istiod := c.env.StartIstiod(kubetest.WithAmbient(), kubetest.WithMeshConfig(meshSelectors))
-	c.meshConfigMap(t, meshSelectors)
 	up := markerUpstream(t)
 	a := startAgent(t, c, up.Addr)
 
 	db := c.clusterIPService(t, "legacy", "db")
 	web := c.clusterIPService(t, "legacy", "web")
 	const host = "db.legacy.svc.cluster.local"
-	c.serviceEntry(t, "team-a", "db-se", nil, seSpec{hosts: []string{host}, ports: httpPort(),
-		resolution: networkingv1alpha3.ServiceEntry_DNS})
+	c.serviceEntry(t, "team-a", "db-se", nil, dnsSE(host))
 
 	// istiod sends ztunnel the ServiceEntry, with its VIP, and nothing of
 	// legacy.
@@ -94,31 +89,6 @@ func (c *cluster) label(t *testing.T, ns string, labels map[string]string) {
 	}
 }
 
-// meshConfigMap writes istiod's mesh config where an agent reads it (the
-// `istio` ConfigMap of istio-system), as the Istio chart does.
-func (c *cluster) meshConfigMap(t *testing.T, mesh string) {
-	t.Helper()
-	cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: kube.MeshConfigMap, Namespace: kubetest.IstioNamespace},
-		Data: map[string]string{kube.MeshConfigKey: mesh}}
-	if _, err := c.env.Client().CoreV1().ConfigMaps(kubetest.IstioNamespace).Create(c.ctx, cm, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// clusterIPService creates a Service with one port and returns its
-// ClusterIP.
-func (c *cluster) clusterIPService(t *testing.T, ns, name string) string {
-	t.Helper()
-	svc, err := c.env.Client().CoreV1().Services(ns).Create(c.ctx, &corev1.Service{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
-		Spec:       corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "http", Port: 80}}},
-	}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return svc.Spec.ClusterIP
-}
-
 // addrStrings is s's addresses as text.
 func addrStrings(s kubetest.AmbientService) []string {
 	var out []string
@@ -143,9 +113,6 @@ func TestHostWrittenAsAskedWins(t *testing.T) {
 	up := markerUpstream(t)
 	a := startAgent(t, c, up.Addr)
 
-	dnsSE := func(host string) seSpec {
-		return seSpec{hosts: []string{host}, resolution: networkingv1alpha3.ServiceEntry_DNS, ports: httpPort()}
-	}
 	type object struct{ ns, name, host string }
 	older := []object{{"team-a", "api-upper", "API.case.example"}, {"team-b", "dot-dotted", "dot.case.example."}}
 	newer := []object{{"team-a", "api-lower", "api.case.example"}, {"team-a", "dot-plain", "dot.case.example"}}

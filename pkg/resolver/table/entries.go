@@ -246,7 +246,7 @@ func headlessEntries(n names, out *entrySet, e *Entry, svc *model.Service, eps [
 		if ee := byName[name]; ee != nil {
 			slices.SortFunc(ee.Addrs, netip.Addr.Compare)
 			ee.Addrs = compacted(ee.Addrs)
-			ee.srv = ownSRV(ee.Name, own[ee], onePort)
+			ee.srv = ownSRVSets(ee.Name, own[ee], onePort)
 			out.add(ee, true)
 		}
 	}
@@ -256,11 +256,11 @@ func headlessEntries(n names, out *entrySet, e *Entry, svc *model.Service, eps [
 	out.add(e, false) // its addresses' PTRs name the endpoints
 }
 
-// ownSRV returns the SRV record set at an endpoint's own name: one record
+// ownSRVSets returns the SRV record set at an endpoint's own name: one record
 // per port, pointing at the name (none when ports is empty). The set of a
 // single port keeps only its number, in a list that the endpoints with that
 // port share (onePort).
-func ownSRV(name string, ports []uint16, onePort map[uint16][]srvSet) []srvSet {
+func ownSRVSets(name string, ports []uint16, onePort map[uint16][]srvSet) []srvSet {
 	if len(ports) == 0 {
 		return nil
 	}

@@ -112,8 +112,9 @@ func (r *run) leaveOutIgnored() {
 
 // unselectedNamespaces lists the namespaces the discoverySelectors in
 // force do not select: nil with no istiod or no selectors. last, the list
-// before, is kept when it did not change, so that the table builder finds
-// nothing to do.
+// before, is kept when it did not change, as the kept ServiceEntries are:
+// a snapshot's slice is new only when what it holds changed (the table
+// builder compares this one by value all the same).
 func (r *run) unselectedNamespaces(last []string) []string {
 	if r.src.istioNamespace == "" || r.selectors == nil {
 		return nil
