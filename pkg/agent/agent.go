@@ -362,8 +362,19 @@ func (a *Agent) run(ctx context.Context) error {
 		g.spawn("cni install", func() error { defer close(installing); return a.installCNI(cniCtx) })
 		stopCNI = func() { cancelCNI(); <-installing }
 	}
+	// The hand-off path before the control socket: an agent that answers
+	// status (ready) must also hand over when asked. Another agent starting
+	// in between (a rollback in the middle of a rollout) would otherwise
+	// find this one serving, no hand-off listener, and, binding fresh
+	// sockets, be refused. The path is this agent's to take: a predecessor
+	// closed its listener there before "released".
+	hs, err := handoff.Listen(a.cfg.Socket)
+	if err != nil {
+		return abort(err)
+	}
 	controlLn, err := a.listenControl(in, access)
 	if err != nil {
+		hs.Close()
 		return abort(err)
 	}
 	a.controlLn = controlLn
@@ -377,11 +388,6 @@ func (a *Agent) run(ctx context.Context) error {
 	g.spawn("housekeeping", func() error { a.keepHouse(ctx); return nil })
 	if a.dataplane != nil {
 		g.spawn("istio rules", func() error { a.keepIstioRulesFresh(ctx); return nil })
-	}
-	hs, err := handoff.Listen(a.cfg.Socket)
-	if err != nil {
-		controlLn.Close()
-		return abort(err)
 	}
 	go func() { <-ctx.Done(); hs.Close() }()
 	stop := handOverStops{

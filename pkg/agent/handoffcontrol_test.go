@@ -8,13 +8,17 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/miekg/dns"
+	"golang.org/x/sys/unix"
 
 	"github.com/ztdns/ztdns/internal/dnstest"
 	"github.com/ztdns/ztdns/internal/testenv"
@@ -151,6 +155,54 @@ func TestHandedOverAgentStaysIdleWhileALaterOneServes(t *testing.T) {
 	}
 	c.stopChecked(t, "C")
 	a.stopChecked(t, "A")
+}
+
+// TestAgentServesControlOnlyOnceItCanHandOver: an agent that cannot open
+// its hand-off path exits saying so without ever having bound its control
+// socket: one that answers status there (ready) can also be asked for its
+// sockets. (Before: the control socket was served first and the hand-off
+// path opened after; another agent starting in between, a rollback in the
+// middle of a rollout, found this one answering, no hand-off listener, and
+// bound fresh sockets, refused beside this one: it exited and the kubelet
+// restarted it.) The inotify watch sees the order whatever the timing.
+func TestAgentServesControlOnlyOnceItCanHandOver(t *testing.T) {
+	dir, socket, listen, up := handoffSetup(t)
+	// A directory with an entry at the hand-off path: Listen cannot replace it.
+	if err := os.MkdirAll(filepath.Join(handoff.Path(socket), "in-the-way"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	in, err := unix.InotifyInit1(unix.IN_NONBLOCK | unix.IN_CLOEXEC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(in) })
+	if _, err := unix.InotifyAddWatch(in, filepath.Dir(socket), unix.IN_CREATE); err != nil {
+		t.Fatal(err)
+	}
+
+	err = runTestAgent(t, dir, socket, listen, up, "").exited(t, "the agent runs with no hand-off listener")
+	t.Logf("Run: %v", err)
+	if err == nil || !strings.Contains(err.Error(), "handoff") && !strings.Contains(err.Error(), handoff.Path(socket)) {
+		t.Errorf("Run = %v; want an error about the hand-off path", err)
+	}
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := unix.Read(in, buf)
+		if errors.Is(err, unix.EAGAIN) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		for off := 0; off+unix.SizeofInotifyEvent <= n; {
+			ev := (*unix.InotifyEvent)(unsafe.Pointer(&buf[off]))
+			name := strings.TrimRight(string(buf[off+unix.SizeofInotifyEvent:off+unix.SizeofInotifyEvent+int(ev.Len)]), "\x00")
+			if name == filepath.Base(socket) {
+				t.Errorf("the agent bound its control socket %s before it failed to open its hand-off path", socket)
+			}
+			off += unix.SizeofInotifyEvent + int(ev.Len)
+		}
+	}
 }
 
 // socketPoller runs tries, each in a loop of its own every few
