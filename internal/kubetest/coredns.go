@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/miekg/dns"
@@ -22,6 +23,36 @@ const corednsBuildBudget = 6 * time.Minute
 
 // ClusterDomain is the cluster domain CoreDNS serves (the agent's default).
 const ClusterDomain = "cluster.local"
+
+// KubeadmCorefile is the kube-dns Corefile kubeadm writes (cmd/kubeadm/
+// app/phases/addons/dns/manifests.go), as kind has it too, with the
+// kubernetes plugin told options (kubeadm's own: "ttl 30").
+func KubeadmCorefile(options ...string) string {
+	return `.:53 {
+    errors
+    health {
+       lameduck 5s
+    }
+    ready
+    kubernetes cluster.local in-addr.arpa ip6.arpa {
+       pods insecure
+       fallthrough in-addr.arpa ip6.arpa
+       ` + strings.Join(options, "\n       ") + `
+    }
+    prometheus :9153
+    forward . /etc/resolv.conf {
+       max_concurrent 1000
+    }
+    cache 30 {
+       disable success cluster.local
+       disable denial cluster.local
+    }
+    loop
+    reload
+    loadbalance
+}
+`
+}
 
 // CoreDNSTTL is the TTL CoreDNS answers with: the agent's default, so that
 // answers compare record for record.

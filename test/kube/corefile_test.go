@@ -14,34 +14,11 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/ztdns/ztdns/internal/agenttest"
+	"github.com/ztdns/ztdns/internal/kubetest"
 	"github.com/ztdns/ztdns/pkg/agent"
 	"github.com/ztdns/ztdns/pkg/control"
 	"github.com/ztdns/ztdns/pkg/source/kube"
 )
-
-// kubeDNSCorefile is a kube-dns Corefile as kubeadm writes it, with the
-// kubernetes plugin told options.
-func kubeDNSCorefile(options ...string) string {
-	return `.:53 {
-    errors
-    health {
-       lameduck 5s
-    }
-    ready
-    kubernetes cluster.local in-addr.arpa ip6.arpa {
-       pods insecure
-       fallthrough in-addr.arpa ip6.arpa
-       ` + strings.Join(options, "\n       ") + `
-    }
-    prometheus :9153
-    forward . /etc/resolv.conf
-    cache 30
-    loop
-    reload
-    loadbalance
-}
-`
-}
 
 // TestFollowsKubeDNSCorefile: where ztdns answers a cluster name itself,
 // an ambient pod gets the TTL the cluster's kube-dns gives it (the ttl of
@@ -70,7 +47,7 @@ func TestFollowsKubeDNSCorefile(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	setCorefile(kubeDNSCorefile("ttl 5"))
+	setCorefile(kubetest.KubeadmCorefile("ttl 5"))
 	// A ClusterIP Service without endpoints: kube-dns's `ignore
 	// empty_service` would make it NXDOMAIN.
 	svc, err := c.env.Client().CoreV1().Services("team-a").Create(c.ctx, &corev1.Service{
@@ -124,14 +101,14 @@ func TestFollowsKubeDNSCorefile(t *testing.T) {
 
 	// status names each option it does not follow, and the TTL stays.
 	const where = "kube-dns's Corefile kube-system/coredns: "
-	setCorefile(kubeDNSCorefile("ttl 5", "endpoint_pod_names", "ignore empty_service"))
+	setCorefile(kubetest.KubeadmCorefile("ttl 5", "endpoint_pod_names", "ignore empty_service"))
 	waitStatus(t, a, func(st control.Status) error {
 		return hasAll(st.SourceWarnings, where+"kubernetes endpoint_pod_names: ", where+"kubernetes ignore empty_service: ")
 	})
 	answersWith(a, 5)
 
 	// ttl 0 (do not cache): the smallest TTL ztdns gives, with a warning.
-	setCorefile(kubeDNSCorefile("ttl 0"))
+	setCorefile(kubetest.KubeadmCorefile("ttl 0"))
 	answersWith(a, 1)
 	waitStatus(t, a, func(st control.Status) error {
 		if err := hasAll(st.SourceWarnings, where+"kubernetes ttl 0: "); err != nil {
@@ -151,7 +128,7 @@ func TestFollowsKubeDNSCorefile(t *testing.T) {
 	})
 
 	// No ConfigMap (kube-dns that is not CoreDNS): the default, quietly.
-	setCorefile(kubeDNSCorefile("ttl 5"))
+	setCorefile(kubetest.KubeadmCorefile("ttl 5"))
 	answersWith(a, 5)
 	if err := cms.Delete(c.ctx, kube.KubeDNSConfigMap, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)

@@ -16,32 +16,8 @@ import (
 	"github.com/ztdns/ztdns/pkg/model"
 )
 
-// kubeadmCorefile is the Corefile kubeadm writes (cmd/kubeadm/app/phases/
-// addons/dns/manifests.go), as kind has it too.
-const kubeadmCorefile = `.:53 {
-    errors
-    health {
-       lameduck 5s
-    }
-    ready
-    kubernetes cluster.local in-addr.arpa ip6.arpa {
-       pods insecure
-       fallthrough in-addr.arpa ip6.arpa
-       ttl 30
-    }
-    prometheus :9153
-    forward . /etc/resolv.conf {
-       max_concurrent 1000
-    }
-    cache 30 {
-       disable success cluster.local
-       disable denial cluster.local
-    }
-    loop
-    reload
-    loadbalance
-}
-`
+// kubeadmCorefile is the Corefile kubeadm writes, as kind has it too.
+var kubeadmCorefile = kubetest.KubeadmCorefile("ttl 30")
 
 // eksCorefile is EKS's: no ttl line, CoreDNS's 5.
 const eksCorefile = `.:53 {
@@ -76,8 +52,8 @@ func TestKubeDNSConfigOf(t *testing.T) {
 	}{
 		{name: "kubeadm", corefile: kubeadmCorefile, served: true, ttl: 30},
 		{name: "EKS, no ttl line", corefile: eksCorefile, served: true, ttl: 5},
-		{name: "ttl 0", corefile: strings.Replace(kubeadmCorefile, "ttl 30", "ttl 0", 1), served: true, ttl: 0},
-		{name: "ttl out of range", corefile: strings.Replace(kubeadmCorefile, "ttl 30", "ttl 3601", 1), err: `kubernetes: ttl "3601": want 0 to 3600`},
+		{name: "ttl 0", corefile: kubetest.KubeadmCorefile("ttl 0"), served: true, ttl: 0},
+		{name: "ttl out of range", corefile: kubetest.KubeadmCorefile("ttl 3601"), err: `kubernetes: ttl "3601": want 0 to 3600`},
 		{name: "another domain", corefile: kubeadmCorefile, domain: "corp.example", served: false, ttl: 5},
 		{
 			name: "options ztdns does not follow",
@@ -161,7 +137,7 @@ func TestKubeDNSCorefileForbidden(t *testing.T) {
 	createNamespace(t, kube, ns)
 	if _, err := kube.CoreV1().ConfigMaps(KubeDNSNamespace).Create(t.Context(), &corev1.ConfigMap{
 		ObjectMeta: metav1.ObjectMeta{Name: KubeDNSConfigMap},
-		Data:       map[string]string{CorefileKey: strings.Replace(kubeadmCorefile, "ttl 30", "ttl 5\n       ignore empty_service", 1)},
+		Data:       map[string]string{CorefileKey: kubetest.KubeadmCorefile("ttl 5", "ignore empty_service")},
 	}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}

@@ -21,6 +21,9 @@ const (
 	CorefileKey      = "Corefile"
 )
 
+// kubeDNSWhere names kube-dns's ConfigMap in Errors() and Warnings().
+const kubeDNSWhere = KubeDNSNamespace + "/" + KubeDNSConfigMap
+
 // DefaultClusterDomain is the cluster domain unless WithClusterDomain
 // says otherwise.
 const DefaultClusterDomain = "cluster.local"
@@ -66,8 +69,6 @@ func corefileOf(domain string) func(kubeapi.Object) (corefile, error) {
 	}
 }
 
-func (s *Source) kubeDNSWhere() string { return KubeDNSNamespace + "/" + KubeDNSConfigMap }
-
 // kubeDNSForbidden is told whether kube-dns's ConfigMap may be read.
 // Refused, the source follows nothing of it, as when it is absent, and
 // says so in Errors() and once in its log (at info: a chart may leave the
@@ -98,7 +99,7 @@ func (r *run) kubeDNSForbidden() func(error) {
 // into Warnings(), and why it follows none of it into Errors(). Each
 // change of state is logged once.
 func (r *run) followKubeDNS(cms []corefile) {
-	where := r.src.kubeDNSWhere()
+	where := kubeDNSWhere
 	domain := r.src.clusterDomain
 	var state string
 	// notes say why the Corefile is not followed (Errors), warnings what
