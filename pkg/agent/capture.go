@@ -20,7 +20,6 @@ import (
 	"github.com/ztdns/ztdns/pkg/control"
 	"github.com/ztdns/ztdns/pkg/podcache"
 	"github.com/ztdns/ztdns/pkg/redirect"
-	"github.com/ztdns/ztdns/pkg/source"
 )
 
 // CaptureConfig turns on DNS capture with eBPF.
@@ -388,7 +387,7 @@ func (a *Agent) startCapture(predecessor bool) error {
 			}
 		}
 	}
-	_, podsWatched := a.cfg.Source.(source.PodWatcher)
+	podsWatched := a.cfg.watchesPods()
 	controllerCfg := capture.Config{NodeName: a.cfg.NodeName, DNSCaptureDefault: a.cfg.DNSCaptureDefault,
 		ExcludeNamespaces: a.cfg.ExcludeNamespaces, PodsWatched: podsWatched, RequireEnrollment: podsWatched && !a.cfg.IgnoreEnrollment,
 		HostCookies: a.hostCookies}

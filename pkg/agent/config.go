@@ -159,6 +159,14 @@ type Config struct {
 	handoffTimeouts handoff.Timeouts
 }
 
+// watchesPods says whether the source watches the node's pods (a
+// source.PodWatcher): only then does capture require enrollment, follow
+// istio-cni's chain, or drop records of pods the source no longer knows.
+func (c Config) watchesPods() bool {
+	_, ok := c.Source.(source.PodWatcher)
+	return ok
+}
+
 // check refuses a Config the agent cannot run with, before anything is set
 // up.
 func (c Config) check() error {

@@ -11,7 +11,6 @@ import (
 
 	"github.com/ztdns/ztdns/pkg/capture"
 	"github.com/ztdns/ztdns/pkg/podcache"
-	"github.com/ztdns/ztdns/pkg/source"
 )
 
 // housekeepingInterval is how often a serving agent looks again at what no
@@ -85,7 +84,7 @@ func (a *Agent) dropDeadRecords() {
 // restarts. Only where the source watches the node's pods; the node's
 // processes are scanned only when a record is due.
 func (a *Agent) dropOrphanedRecords(ns capture.ProcNamespaces) {
-	if _, watched := a.cfg.Source.(source.PodWatcher); !watched || a.cfg.NodeName == "" {
+	if !a.cfg.watchesPods() || a.cfg.NodeName == "" {
 		return
 	}
 	now := time.Now()

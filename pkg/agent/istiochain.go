@@ -7,7 +7,6 @@ import (
 
 	"github.com/ztdns/ztdns/pkg/capture"
 	"github.com/ztdns/ztdns/pkg/cni"
-	"github.com/ztdns/ztdns/pkg/source"
 )
 
 // istioChain follows whether istio-cni is in the node's CNI chain, as the
@@ -42,8 +41,7 @@ type istioChain struct {
 // requires istio-cni's enrollment), with a first look now, before the
 // agent decides anything.
 func (a *Agent) watchIstioChain() {
-	_, podsWatched := a.cfg.Source.(source.PodWatcher)
-	if a.cfg.CNI == nil || a.dataplane == nil || !podsWatched || a.cfg.IgnoreEnrollment {
+	if a.cfg.CNI == nil || a.dataplane == nil || !a.cfg.watchesPods() || a.cfg.IgnoreEnrollment {
 		return
 	}
 	a.istioChain.start(a.dataplane.controller.SetNoIstioCNI, a.log, capture.EnrollmentGrace)

@@ -80,17 +80,7 @@ func TestIstiodIgnoredServiceEntriesAreForwarded(t *testing.T) {
 	create("shop", "canary-vip", "canary-vip.example", "canary", "", "240.240.0.7")
 	create("lab", "lab", "lab.example", "", "192.0.2.4", "")
 	env.RunningPod(ctx, "shop", "app", node, client)
-	cms := kc.CoreV1().ConfigMaps(istioNS)
-	setMesh := func(mesh string) {
-		t.Helper()
-		cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: kube.MeshConfigMap, Namespace: istioNS},
-			Data: map[string]string{kube.MeshConfigKey: mesh}}
-		if _, err := cms.Update(ctx, cm, metav1.UpdateOptions{}); err != nil {
-			if _, err := cms.Create(ctx, cm, metav1.CreateOptions{}); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
+	setMesh := meshConfigSetter(t, kc, nil)
 	setMesh("enablePrometheusMerge: true\n")
 
 	start := func(t *testing.T, opts ...kube.Option) *agenttest.Agent {

@@ -5,6 +5,7 @@ package agent_test
 import (
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -17,6 +18,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/ztdns/ztdns/internal/agenttest"
 	"github.com/ztdns/ztdns/internal/kubetest"
@@ -24,6 +26,24 @@ import (
 	"github.com/ztdns/ztdns/pkg/agent"
 	"github.com/ztdns/ztdns/pkg/source/kube"
 )
+
+// meshConfigSetter returns what writes mesh as Istio's mesh config (the
+// `mesh` key of the `istio` ConfigMap in istiod's namespace, extra's keys
+// beside it), creating the ConfigMap when there is none.
+func meshConfigSetter(t *testing.T, kc kubernetes.Interface, extra map[string]string) func(mesh string) {
+	cms := kc.CoreV1().ConfigMaps(kube.DefaultIstioNamespace)
+	return func(mesh string) {
+		t.Helper()
+		data := map[string]string{kube.MeshConfigKey: mesh}
+		maps.Copy(data, extra)
+		cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: kube.MeshConfigMap, Namespace: kube.DefaultIstioNamespace}, Data: data}
+		if _, err := cms.Update(t.Context(), cm, metav1.UpdateOptions{}); err != nil {
+			if _, err := cms.Create(t.Context(), cm, metav1.CreateOptions{}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+}
 
 // TestDefaultServiceExportToFollowsMeshConfig: in Kubernetes mode, without
 // --default-service-export-to, a ServiceEntry without exportTo is scoped by
@@ -60,16 +80,7 @@ func TestDefaultServiceExportToFollowsMeshConfig(t *testing.T) {
 		env.RunningPod(ctx, ns, "app", node, ip)
 	}
 	cms := kc.CoreV1().ConfigMaps(istioNS)
-	setMesh := func(mesh string) {
-		t.Helper()
-		cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: kube.MeshConfigMap, Namespace: istioNS},
-			Data: map[string]string{kube.MeshConfigKey: mesh, "meshNetworks": "networks: {}"}}
-		if _, err := cms.Update(ctx, cm, metav1.UpdateOptions{}); err != nil {
-			if _, err := cms.Create(ctx, cm, metav1.CreateOptions{}); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
+	setMesh := meshConfigSetter(t, kc, map[string]string{"meshNetworks": "networks: {}"})
 	// As the Istio chart writes it, with fields ztdns does not read.
 	setMesh("defaultConfig:\n  discoveryAddress: istiod.istio-system.svc:15012\ndefaultServiceExportTo:\n- \".\"\nenablePrometheusMerge: true\n")
 

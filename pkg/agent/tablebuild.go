@@ -51,7 +51,7 @@ func (a *Agent) apply(s *model.Snapshot) {
 	a.mu.Lock()
 	lastMsgs, lastOmitted := a.warnings, a.warningsOmitted
 	a.warnings, a.warningsOmitted = msgs, omitted
-	a.exportToFrom = exportToStatus(a.builder.DefaultExportTo(), a.cfg.DefaultExportTo != nil, s.DefaultExportToFrom)
+	a.exportToFrom = exportToStatus(a.builder.DefaultExportTo(), a.cfg.DefaultExportTo != nil, s.DefaultExportToFrom())
 	switch a.builder.VIPsFrom() {
 	case vip.FromStatus:
 		a.vipsFrom = "istiod's status.addresses"

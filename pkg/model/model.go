@@ -291,9 +291,6 @@ type Snapshot struct {
 	// namespace. An explicit table.Options.DefaultExportTo (the agent's
 	// --default-service-export-to) wins over it.
 	DefaultExportTo []string
-	// DefaultExportToFrom names the mesh config DefaultExportTo was read
-	// from ("istio-system/istio"); empty when it is nil.
-	DefaultExportToFrom string
 	// MeshConfig names the mesh config the source follows
 	// ("istio-system/istio") once it has learnt istiod's
 	// defaultServiceExportTo from it: DefaultExportTo, and nil (every
@@ -319,6 +316,15 @@ type Snapshot struct {
 	// or no istiod). istiod sends ztunnel no Service of theirs: such a
 	// Service answers its name only where no ServiceEntry names it.
 	IstiodUnselected []string
+}
+
+// DefaultExportToFrom names the mesh config DefaultExportTo was read from
+// ("istio-system/istio"): MeshConfig; empty when DefaultExportTo is nil.
+func (s Snapshot) DefaultExportToFrom() string {
+	if s.DefaultExportTo == nil {
+		return ""
+	}
+	return s.MeshConfig
 }
 
 // LeftOut are objects a source left out of a snapshot for one reason.

@@ -196,7 +196,7 @@ func (r *run) followMeshConfig(cms []meshConfig) {
 			where, keeping(), r.src.forbiddenRetry)
 	case len(cms) == 0:
 		state = "absent"
-		r.last.DefaultExportTo, r.last.DefaultExportToFrom, r.last.MeshConfig = nil, "", where
+		r.last.DefaultExportTo, r.last.MeshConfig = nil, where
 		r.selectors = nil
 		if r.meshState != state {
 			r.log.Warn("Istio's mesh config is absent: ServiceEntries without exportTo are seen from every namespace, Istio's default, as istiod has it; "+
@@ -213,10 +213,7 @@ func (r *run) followMeshConfig(cms []meshConfig) {
 	default:
 		m := &cms[0].mesh
 		state = "ok"
-		r.last.DefaultExportTo, r.last.DefaultExportToFrom, r.last.MeshConfig = m.exportTo, "", where
-		if m.exportTo != nil {
-			r.last.DefaultExportToFrom = where
-		}
+		r.last.DefaultExportTo, r.last.MeshConfig = m.exportTo, where
 		if m.selectorsInvalid != "" {
 			state = "selectors invalid: " + m.selectorsInvalid
 			kept := "none, every namespace"

@@ -134,8 +134,8 @@ func TestMeshConfigForbidden(t *testing.T) {
 	}
 	rec.waitFor(t, "the first sync without the mesh config", func(s *model.Snapshot) error {
 		// MeshConfig empty: istiod's value is unknown, not Istio's default.
-		if s.DefaultExportTo != nil || s.DefaultExportToFrom != "" || s.MeshConfig != "" {
-			return fmt.Errorf("default exportTo %q from %q, mesh config %q, but the mesh config cannot be read", s.DefaultExportTo, s.DefaultExportToFrom, s.MeshConfig)
+		if s.DefaultExportTo != nil || s.DefaultExportToFrom() != "" || s.MeshConfig != "" {
+			return fmt.Errorf("default exportTo %q from %q, mesh config %q, but the mesh config cannot be read", s.DefaultExportTo, s.DefaultExportToFrom(), s.MeshConfig)
 		}
 		if find(s.Services, serviceKey, metav1.NamespaceDefault, "kubernetes") == nil {
 			return fmt.Errorf("service default/kubernetes missing")
@@ -153,8 +153,8 @@ func TestMeshConfigForbidden(t *testing.T) {
 	// Asked again meanwhile (every 500 ms): still said once.
 	grant(t, env, "ztdns-mesh", ns, account, slices.DeleteFunc(PolicyRules(), func(r PolicyRule) bool { return !isMesh(r) }))
 	rec.waitFor(t, "the mesh config once it may be read", func(s *model.Snapshot) error {
-		if !slices.Equal(s.DefaultExportTo, []string{"."}) || s.DefaultExportToFrom != "istio-system/istio" || s.MeshConfig != "istio-system/istio" {
-			return fmt.Errorf("default exportTo %q from %q, mesh config %q, want \".\" from istio-system/istio", s.DefaultExportTo, s.DefaultExportToFrom, s.MeshConfig)
+		if !slices.Equal(s.DefaultExportTo, []string{"."}) || s.DefaultExportToFrom() != "istio-system/istio" || s.MeshConfig != "istio-system/istio" {
+			return fmt.Errorf("default exportTo %q from %q, mesh config %q, want \".\" from istio-system/istio", s.DefaultExportTo, s.DefaultExportToFrom(), s.MeshConfig)
 		}
 		return nil
 	})
@@ -182,8 +182,8 @@ func TestMeshConfigOfRevision(t *testing.T) {
 	// The API server may apply the binding after the source's first list.
 	rec := runSource(t, cfg, WithNodeName("node-a"), WithIstioRevision("canary"), withForbiddenRetry(time.Second))
 	rec.waitFor(t, "the canary's mesh config", func(s *model.Snapshot) error {
-		if !slices.Equal(s.DefaultExportTo, []string{"tenant"}) || s.DefaultExportToFrom != "istio-system/istio-canary" {
-			return fmt.Errorf("default exportTo %q from %q, want \"tenant\" from istio-system/istio-canary", s.DefaultExportTo, s.DefaultExportToFrom)
+		if !slices.Equal(s.DefaultExportTo, []string{"tenant"}) || s.DefaultExportToFrom() != "istio-system/istio-canary" {
+			return fmt.Errorf("default exportTo %q from %q, want \"tenant\" from istio-system/istio-canary", s.DefaultExportTo, s.DefaultExportToFrom())
 		}
 		return nil
 	})
