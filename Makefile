@@ -36,7 +36,8 @@ FUZZ ?= .
 # The image's tag (default: the chart's appVersion).
 IMAGE_TAG ?=
 # make bench: BENCH picks benchmarks of test/bench (a -bench pattern:
-# Resolver, Capture, Footprint, Scale, or e.g. Resolver/load=max),
+# Resolver, Metrics, Capture, Footprint, Scale, Forward, or e.g.
+# Resolver/load=max),
 # BENCH_ROUNDS the rounds of the comparisons (servers side by side, in
 # turning order), BENCH_COUNT repeats of each measurement in a row,
 # BENCH_FLAGS their settings (e.g. '-duration 10s -rates max,1000'; go test

@@ -4,7 +4,8 @@
 // The last part of a benchmark's name is its column (server=ztdns,
 // server=unbound; way=redirect, way=direct), the rest its table
 // (Resolver/load=max); the last column is the base the others are divided
-// by. Every metric is a row. With several rounds (a round=N part, or
+// by, except in a benchmark with a subject (Forward: ztdns), whose column
+// is divided by each of the others. Every metric is a row. With several rounds (a round=N part, or
 // -count), a cell is the median with its 95% confidence interval, as
 // benchstat computes it (golang.org/x/perf/benchmath), and a ratio is the
 // median of the ratios of the rounds: a server is compared with its peer in
@@ -180,6 +181,34 @@ var unitOrder = []string{
 	"api-write-p50-ms", "peer-watch-p50-ms", "peer-watch-p90-ms", "agent-added-p50-ms", "agent-added-p90-ms",
 }
 
+// subjects are the benchmarks that compare one column with each of
+// several peers: their tables show the subject's ratio to each.
+var subjects = map[string]string{"Forward": "ztdns"}
+
+// pair is one ratio column: num's values over den's.
+type pair struct{ num, den string }
+
+func (p pair) String() string { return p.num + "/" + p.den }
+
+// pairs are t's ratio columns: each column over the last, or the
+// subject's over each other.
+func (t *table) pairs() []pair {
+	var out []pair
+	if subject := subjects[t.bench]; slices.Contains(t.columns, subject) {
+		for _, c := range t.columns {
+			if c != subject {
+				out = append(out, pair{subject, c})
+			}
+		}
+		return out
+	}
+	base := t.columns[len(t.columns)-1]
+	for _, c := range t.columns[:len(t.columns)-1] {
+		out = append(out, pair{c, base})
+	}
+	return out
+}
+
 func (t *table) print(w io.Writer) {
 	slices.SortStableFunc(t.units, func(a, b string) int { return rank(a) - rank(b) })
 	rounds := 0
@@ -194,15 +223,13 @@ func (t *table) print(w io.Writer) {
 	}
 	fmt.Fprintln(w, title)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	base := t.columns[len(t.columns)-1]
+	pairs := t.pairs()
 	header := []string{""}
 	for _, c := range t.columns {
 		header = append(header, orValue(c))
 	}
-	if len(t.columns) > 1 {
-		for _, c := range t.columns[:len(t.columns)-1] {
-			header = append(header, c+"/"+base)
-		}
+	for _, p := range pairs {
+		header = append(header, p.String())
 	}
 	header = append(header, "target")
 	fmt.Fprintln(tw, strings.Join(header, "\t")+"\t")
@@ -211,16 +238,14 @@ func (t *table) print(w io.Writer) {
 		for _, c := range t.columns {
 			row = append(row, cell(t.values[c][u]))
 		}
-		ratios := map[string]benchmath.Summary{}
-		if len(t.columns) > 1 {
-			for _, c := range t.columns[:len(t.columns)-1] {
-				r, ok := ratio(t.values[c][u], t.values[base][u])
-				if ok {
-					ratios[c] = r
-					row = append(row, ratioCell(r))
-				} else {
-					row = append(row, "")
-				}
+		ratios := map[pair]benchmath.Summary{}
+		for _, p := range pairs {
+			r, ok := ratio(t.values[p.num][u], t.values[p.den][u])
+			if ok {
+				ratios[p] = r
+				row = append(row, ratioCell(r))
+			} else {
+				row = append(row, "")
 			}
 		}
 		row = append(row, verdicts(t, u, ratios))

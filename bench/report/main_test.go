@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -120,6 +121,64 @@ func TestNumber(t *testing.T) {
 	} {
 		if got := number(v); got != want {
 			t.Errorf("number(%v) = %q, want %q", v, got, want)
+		}
+	}
+}
+
+// TestSubjectOverEachPeer: a Forward table divides ztdns by each of its
+// peers, whatever order the columns came in, where another table divides
+// every column by the last.
+func TestSubjectOverEachPeer(t *testing.T) {
+	const in = `BenchmarkForward/cache=hot/load=max/round=1/server=ztdns-2    1  0 ns/op  30000 qps  20 cpu-us/query
+BenchmarkForward/cache=hot/load=max/round=1/server=unbound-2  1  0 ns/op  20000 qps  10 cpu-us/query
+BenchmarkForward/cache=hot/load=max/round=1/server=coredns-2  1  0 ns/op  15000 qps  40 cpu-us/query
+BenchmarkForward/cache=hot/load=max/round=2/server=coredns-2  1  0 ns/op  15000 qps  40 cpu-us/query
+BenchmarkForward/cache=hot/load=max/round=2/server=unbound-2  1  0 ns/op  20000 qps  10 cpu-us/query
+BenchmarkForward/cache=hot/load=max/round=2/server=ztdns-2    1  0 ns/op  30000 qps  20 cpu-us/query
+BenchmarkResolver/load=max/server=ztdns-2          1  0 ns/op  100 qps
+BenchmarkResolver/load=max/server=ztdns-beside-2   1  0 ns/op  50 qps
+BenchmarkResolver/load=max/server=unbound-2        1  0 ns/op  200 qps
+`
+	var rs results
+	if err := rs.read(strings.NewReader(in), "subject"); err != nil {
+		t.Fatal(err)
+	}
+	var out strings.Builder
+	rs.print(&out)
+	got := out.String()
+	t.Log("\n" + got)
+	for table, want := range map[string][]string{
+		"Forward":  {"ztdns/unbound", "ztdns/coredns"},
+		"Resolver": {"ztdns/unbound", "ztdns-beside/unbound", "≥ 1: NOT met"},
+	} {
+		var tbl string
+		for _, part := range strings.Split(got, "\n\n") {
+			if strings.HasPrefix(part, table) {
+				tbl = part
+			}
+		}
+		for _, w := range want {
+			if !strings.Contains(tbl, w) {
+				t.Errorf("%s: no %q in\n%s", table, w, tbl)
+			}
+		}
+	}
+	for _, tc := range []struct {
+		p    pair
+		unit string
+		want float64
+	}{
+		{pair{"ztdns", "unbound"}, "cpu-us/query", 2},
+		{pair{"ztdns", "coredns"}, "cpu-us/query", 0.5},
+		{pair{"ztdns", "unbound"}, "qps", 1.5},
+		{pair{"ztdns", "coredns"}, "qps", 2},
+	} {
+		tbl := rs.tables[0]
+		if !slices.Contains(tbl.pairs(), tc.p) {
+			t.Errorf("Forward's ratios %v have no %v", tbl.pairs(), tc.p)
+		}
+		if r, ok := ratio(tbl.values[tc.p.num][tc.unit], tbl.values[tc.p.den][tc.unit]); !ok || r.Center != tc.want {
+			t.Errorf("%v %s: %v (%v), want %v", tc.p, tc.unit, r.Center, ok, tc.want)
 		}
 	}
 }

@@ -35,14 +35,14 @@ var targets = []target{
 }
 
 // verdicts says whether t's row of unit meets its targets.
-func verdicts(t *table, unit string, ratios map[string]benchmath.Summary) string {
+func verdicts(t *table, unit string, ratios map[pair]benchmath.Summary) string {
 	var out []string
 	for _, g := range targets {
 		if g.bench != t.bench || g.group != t.group || g.unit != unit {
 			continue
 		}
 		if g.ratio != "" {
-			r, ok := ratios[g.ratio]
+			r, ok := ratios[pair{g.ratio, t.columns[len(t.columns)-1]}]
 			if !ok {
 				continue
 			}

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"testing"
 	"time"
 
 	"github.com/miekg/dns"
@@ -58,6 +59,17 @@ func KubeadmCorefile(options ...string) string {
 // answers compare record for record.
 const CoreDNSTTL = 30
 
+// CoreDNSBinary returns the CoreDNS binary scripts/build-coredns.sh
+// caches; when it is missing it is built first if the test's deadline
+// leaves time, otherwise the test fails under CI=true and is skipped
+// outside CI.
+func CoreDNSBinary(tb testing.TB) string {
+	tb.Helper()
+	dir, err := cachedBuild(tb, corednsScript, "coredns", "about 2 minutes", corednsBuildBudget)
+	requireBuilt(tb, err)
+	return filepath.Join(dir, "coredns")
+}
+
 // StartCoreDNS runs CoreDNS, whose kubernetes plugin is the reference
 // implementation of the Kubernetes DNS specification, against the Env's API
 // server, as a cluster's kube-dns: it serves the cluster domain and the
@@ -78,8 +90,7 @@ func (e *Env) StartCoreDNS(upstream netip.AddrPort) netip.AddrPort {
 // kube-dns Corefile may tell it.
 func (e *Env) StartCoreDNSWith(upstream netip.AddrPort, options string) netip.AddrPort {
 	e.tb.Helper()
-	dir, err := cachedBuild(e.tb, corednsScript, "coredns", "about 2 minutes", corednsBuildBudget)
-	requireBuilt(e.tb, err)
+	bin := CoreDNSBinary(e.tb)
 	// CoreDNS binds the port for UDP and TCP: both must be free.
 	addr := testenv.FreePort(e.tb)
 	corefile := filepath.Join(e.dir, fmt.Sprintf("Corefile-%d", addr.Port()))
@@ -96,7 +107,7 @@ func (e *Env) StartCoreDNSWith(upstream netip.AddrPort, options string) netip.Ad
 	if err := os.WriteFile(corefile, []byte(config), 0o644); err != nil {
 		e.tb.Fatalf("kubetest: write Corefile: %v", err)
 	}
-	p, err := startProcess("coredns", filepath.Join(dir, "coredns"), []string{"-conf", corefile}, filepath.Join(e.dir, fmt.Sprintf("coredns-%d.log", addr.Port())))
+	p, err := startProcess("coredns", bin, []string{"-conf", corefile}, filepath.Join(e.dir, fmt.Sprintf("coredns-%d.log", addr.Port())))
 	if err != nil {
 		e.tb.Fatalf("kubetest: %v", err)
 	}

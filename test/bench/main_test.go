@@ -22,6 +22,10 @@
 //     adds another build of ztdns, to compare a change).
 //   - Metrics: the agent with its metrics on (scraped) vs. off, at full
 //     speed: what counting every query costs.
+//   - Forward: names ztdns does not hold, forwarded to an upstream on
+//     loopback by ztdns, unbound and CoreDNS (forward and cache), each
+//     with its cache: cached names at full speed and at a fixed rate, and
+//     unique names (every query a miss) at a fixed rate.
 //   - Capture (root): dnsperf in a pod through the eBPF redirect vs. straight
 //     to the resolver vs. an iptables DNAT in the pod.
 //   - Footprint: RSS, heap and idle CPU of an agent with an empty table and
@@ -33,7 +37,8 @@
 //
 // Helpers for benchmarks in this package: generate writes a cluster
 // (manifests, unbound zone, dnsperf queries) once per test binary;
-// startAgent and startUnbound start servers on loopback and wait for them;
+// startAgent and startUnbound start servers on loopback and wait for them
+// (startForwarders: the Forward benchmark's, and their upstream);
 // newCaptureNode is a node namespace with capture on, its pods and marks;
 // startCluster is a real API server loaded with a cluster; runDnsperf and
 // measureLoad run a load and read what the server spent on it (sampleProc:
@@ -41,9 +46,9 @@
 // query.
 //
 // What a benchmark needs and does not find (root, dnsperf, unbound, the
-// cached kube-apiserver) skips it with the reason, and fails it when
-// CI=true, as in the tests. TestSmoke runs one tiny scenario in `make test`
-// so that the harness cannot rot.
+// cached kube-apiserver or CoreDNS) skips it with the reason, and fails it when
+// CI=true, as in the tests. TestSmoke (Resolver's) and TestSmokeForward
+// run tiny scenarios in `make test` so that the harness cannot rot.
 package bench
 
 import (
@@ -61,21 +66,24 @@ import (
 // Settings. They follow -args on the go test command line (BENCH_FLAGS in
 // `make bench`).
 var (
-	flagDuration    = flag.Duration("duration", 20*time.Second, "measured dnsperf load per server, load and round")
-	flagWarmup      = flag.Duration("warmup", 2*time.Second, "unmeasured dnsperf load before each measured one")
-	flagRates       = flag.String("rates", "max,10000,1000", "Resolver: dnsperf loads, comma-separated queries/s (max: as fast as answers come)")
-	flagCaptureRate = flag.String("capture-rates", "max,10000", "Capture: dnsperf loads, as -rates")
-	flagRounds      = flag.Int("rounds", 1, "Resolver, Capture: rounds, each measuring every server or way once, in turning order")
-	flagClients     = flag.Int("clients", 8, "dnsperf -c: source sockets")
-	flagOutstanding = flag.Int("outstanding", 200, "dnsperf -q: queries in flight")
-	flagIdle        = flag.Duration("idle", 30*time.Second, "Footprint: how long an idle agent's CPU is measured")
-	flagSettle      = flag.Duration("settle", 3*time.Second, "Footprint: pause after loading before memory is read")
-	flagProfile     = flag.String("profile", "", "Resolver: profile ztdns during each measured run: perf (perf record and perf stat, root) or go (pprof, via bench/agentprof)")
-	flagProfileDir  = flag.String("profile-dir", "", "where -profile writes (default: a directory it names in the log)")
-	flagPin         = flag.String("pin", "", "Resolver: where servers run beside dnsperf, which runs on CPU 0: apart (every server on the last CPU), together (every server on CPU 0 too), or unset (wherever the kernel puts them)")
-	flagBeside      = flag.String("beside", "", "Resolver: also measure the ztdns binary `BIN` (a build of another revision) as server=ztdns-beside, to compare a change in the same run")
-	flagScale       = flag.String("scale", "100000,50000,3", "Scale: Services, ServiceEntries, endpoints per Service")
-	flagProbes      = flag.Int("probes", 40, "Scale: changes timed from the API write to the agent's answer")
+	flagDuration        = flag.Duration("duration", 20*time.Second, "measured dnsperf load per server, load and round")
+	flagWarmup          = flag.Duration("warmup", 2*time.Second, "unmeasured dnsperf load before each measured one")
+	flagRates           = flag.String("rates", "max,10000,1000", "Resolver: dnsperf loads, comma-separated queries/s (max: as fast as answers come)")
+	flagCaptureRate     = flag.String("capture-rates", "max,10000", "Capture: dnsperf loads, as -rates")
+	flagRounds          = flag.Int("rounds", 1, "Resolver, Capture, Forward: rounds, each measuring every server or way once, in turning order")
+	flagClients         = flag.Int("clients", 8, "dnsperf -c: source sockets")
+	flagOutstanding     = flag.Int("outstanding", 200, "dnsperf -q: queries in flight")
+	flagIdle            = flag.Duration("idle", 30*time.Second, "Footprint: how long an idle agent's CPU is measured")
+	flagSettle          = flag.Duration("settle", 3*time.Second, "Footprint: pause after loading before memory is read")
+	flagProfile         = flag.String("profile", "", "Resolver, Forward: profile the servers during each measured run: perf (perf record and perf stat, root) or go (pprof of ztdns, via bench/agentprof; Resolver only)")
+	flagProfileDir      = flag.String("profile-dir", "", "where -profile writes (default: a directory it names in the log)")
+	flagPin             = flag.String("pin", "", "Resolver, Forward: where servers run beside dnsperf, which runs on CPU 0: apart (every server on the last CPU), together (every server on CPU 0 too), or unset (wherever the kernel puts them)")
+	flagBeside          = flag.String("beside", "", "Resolver: also measure the ztdns binary `BIN` (a build of another revision) as server=ztdns-beside, to compare a change in the same run")
+	flagForwardNames    = flag.Int("forward-names", 10_000, "Forward: names the hot load asks over and over")
+	flagForwardRates    = flag.String("forward-rates", "max,10000", "Forward: the hot load's rates, as -rates")
+	flagForwardMissRate = flag.Int("forward-miss-rate", 5000, "Forward: the miss-heavy load's rate, queries/s of names each asked once")
+	flagScale           = flag.String("scale", "100000,50000,3", "Scale: Services, ServiceEntries, endpoints per Service")
+	flagProbes          = flag.Int("probes", 40, "Scale: changes timed from the API write to the agent's answer")
 )
 
 func TestMain(m *testing.M) {

@@ -66,3 +66,38 @@ func TestSmoke(t *testing.T) {
 		t.Error("the agent's /metrics has no heap in use")
 	}
 }
+
+// TestSmokeForward runs the Forward comparison's machinery at a tiny size
+// (200 hot names, one second at 500 queries/s of each load against each
+// forwarder, no warm-up): the upstream serves both zones and counts its
+// queries, every forwarder answers the hot names and caches them, and
+// asks the upstream for each unique name of the miss load. It asserts no
+// timing.
+func TestSmokeForward(t *testing.T) {
+	f := startForwarders(t, 200)
+	for _, s := range f.servers {
+		for _, load := range []struct {
+			name    string
+			queries queryFile
+		}{{"hot", f.hot}, {"miss", f.miss}} {
+			l := dnsperfLoad{server: s.srv.addr.Addr().String(), port: int(s.srv.addr.Port()), rate: 500, duration: time.Second}
+			var done func()
+			l.queries, done = load.queries(t, l)
+			before := f.upstream.queries(t)
+			r := measureLoad(t, s.srv.pid(), l, local, 0)
+			upstream := f.upstream.queries(t) - before
+			done()
+			t.Logf("%s, %s names: %d of %d answered, server CPU %v, RSS %.1f MB, %d upstream queries",
+				s.name, load.name, r.completed, r.sent, r.server.cpu, float64(r.after.rss)/mib, upstream)
+			if r.completed < r.sent*9/10 || r.server.cpu <= 0 || r.after.rss <= 0 {
+				t.Errorf("%s, %s names: the run's figures are not all there: %+v", s.name, load.name, r)
+			}
+			switch {
+			case load.name == "hot" && upstream != 0:
+				t.Errorf("%s asked the upstream %d times for cached names", s.name, upstream)
+			case load.name == "miss" && upstream < r.completed:
+				t.Errorf("%s asked the upstream %d times for %d unique names answered", s.name, upstream, r.completed)
+			}
+		}
+	}
+}
