@@ -118,30 +118,37 @@ type ServiceEntry struct {
 	// with it.
 	Created time.Time
 	// Hosts are lower-cased, without a trailing dot; may start with "*.".
+	// Those written as a pod asks for them come first, then the Folded
+	// written otherwise, each part in the order of spec.hosts.
 	Hosts []string
-	// Folded[i] says that Hosts[i] was written otherwise (upper case, a
-	// trailing dot): istiod keeps a host as written, and ztunnel matches
-	// the name asked exactly. Nil when every host was written as it is.
-	Folded []bool
+	// Folded counts the hosts at the end of Hosts that were written
+	// otherwise (upper case, a trailing dot; HostFolded): istiod keeps a
+	// host as written, and ztunnel matches the name asked exactly. 0 when
+	// every host was written as it is, nearly always. A count rather than
+	// a flag per host, so that it shares one word with the two bools
+	// after it, a word their padding took anyway: the source and the
+	// snapshot hold every ServiceEntry, and a []bool cost each 24 bytes.
+	Folded uint32
+	// HasSpecAddresses is true when spec.addresses lists anything, even
+	// values that parse as neither address nor range: istiod allocates no
+	// VIP then.
+	HasSpecAddresses bool
+	// AutoAllocate is false when the label
+	// networking.istio.io/enable-autoallocate-ip is "false" (any case, as
+	// istiod compares it).
+	AutoAllocate bool
 	// Addresses are spec.addresses that are single IPs.
 	Addresses []netip.Addr
 	// CIDRs are spec.addresses that are ranges: routing configuration, not
 	// DNS answers, but they still mean the entry has addresses and gets no
 	// VIP.
 	CIDRs []netip.Prefix
-	// HasSpecAddresses is true when spec.addresses lists anything, even
-	// values that parse as neither: istiod allocates no VIP then.
-	HasSpecAddresses bool
 	// StatusAddresses are status.addresses, written by istiod's allocator.
 	StatusAddresses []HostAddress
 	Resolution      string
 	// ExportTo is spec.exportTo as written; empty means the mesh's default
 	// (table.Options.DefaultExportTo: everywhere unless set).
 	ExportTo []string
-	// AutoAllocate is false when the label
-	// networking.istio.io/enable-autoallocate-ip is "false" (any case, as
-	// istiod compares it).
-	AutoAllocate bool
 	// Revision is the label istio.io/rev, nil when absent: istiod of
 	// another revision ignores the entry (see package kube).
 	Revision *string
@@ -150,6 +157,10 @@ type ServiceEntry struct {
 
 // Key returns "namespace/name".
 func (s *ServiceEntry) Key() string { return s.Namespace + "/" + s.Name }
+
+// HostFolded reports whether Hosts[i] was written otherwise than a pod
+// asks for it (Folded).
+func (s *ServiceEntry) HostFolded(i int) bool { return i >= len(s.Hosts)-int(s.Folded) }
 
 // Namespace is a v1 Namespace's name and labels, all of them (Istio's
 // discoverySelectors select namespaces by any label).

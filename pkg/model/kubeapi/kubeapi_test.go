@@ -140,8 +140,8 @@ func TestDecodeAndReduce(t *testing.T) {
 			  "location": "MESH_EXTERNAL", "resolution": "DNS_ROUND_ROBIN", "exportTo": ["."], "endpoints": [{"address": "203.0.113.1"}]},
 			"status": {"addresses": [{"value": "240.240.0.1", "host": "Api.Example.com"}], "conditions": [{"type": "Reconciled", "status": "True"}]}}`,
 		want: model.ServiceEntry{Namespace: "mesh", Name: "ext", Created: created,
-			Hosts:            []string{"api.example.com", "*.wild.example"},
-			Folded:           []bool{true, false}, // written API.Example.COM.: a pod asks for the lower-case name
+			Hosts:            []string{"*.wild.example", "api.example.com"},
+			Folded:           1, // written API.Example.COM.: a pod asks for the lower-case name; last
 			Addresses:        []netip.Addr{netip.MustParseAddr("198.51.100.1"), netip.MustParseAddr("198.51.100.2")},
 			CIDRs:            []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")},
 			HasSpecAddresses: true,
@@ -155,6 +155,12 @@ func TestDecodeAndReduce(t *testing.T) {
 		doc: `{"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry", "metadata": {"name": "plain", "namespace": "mesh"},
 			"spec": {"hosts": ["plain.example"]}}`,
 		want: model.ServiceEntry{Namespace: "mesh", Name: "plain", Hosts: []string{"plain.example"}, Resolution: model.ResolutionNone, AutoAllocate: true},
+	}, {
+		name: "ServiceEntry with hosts written both ways",
+		doc: `{"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry", "metadata": {"name": "mixed", "namespace": "mesh"},
+			"spec": {"hosts": ["B.example", "a.example", "c.example.", "b.example", "*.Wild.example"]}}`,
+		want: model.ServiceEntry{Namespace: "mesh", Name: "mixed", Hosts: []string{"a.example", "b.example", "b.example", "c.example", "*.wild.example"},
+			Folded: 3, Resolution: model.ResolutionNone, AutoAllocate: true},
 	}}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -171,6 +171,7 @@ func (se *ServiceEntry) ModelSkipping() (out model.ServiceEntry, skipped, err er
 	} else {
 		errs = append(errs, fmt.Errorf("serviceentry %s: resolution %q is none of %s", out.Key(), out.Resolution, strings.Join(resolutions, ", ")))
 	}
+	var folded []string // hosts written otherwise than asked
 	for _, written := range spec.Hosts {
 		h := strings.ToLower(strings.TrimSuffix(written, "."))
 		if h == "" {
@@ -183,13 +184,14 @@ func (se *ServiceEntry) ModelSkipping() (out model.ServiceEntry, skipped, err er
 			}
 			continue
 		}
-		if h != written && out.Folded == nil {
-			out.Folded = make([]bool, len(out.Hosts), len(spec.Hosts))
-		}
-		if out.Folded != nil {
-			out.Folded = append(out.Folded, h != written)
+		if h != written {
+			folded = append(folded, h) // after the others (model.ServiceEntry.Folded)
+			continue
 		}
 		out.Hosts = append(out.Hosts, h)
+	}
+	if len(folded) > 0 {
+		out.Hosts, out.Folded = append(out.Hosts, folded...), uint32(len(folded))
 	}
 	if len(out.Hosts) == 0 && len(errs) == 0 {
 		errs = append(errs, fmt.Errorf("serviceentry %s: spec.hosts is empty", out.Key()))

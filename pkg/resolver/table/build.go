@@ -1038,7 +1038,7 @@ func equalSlice(a, b *model.EndpointSlice) bool {
 
 func equalServiceEntry(a, b *model.ServiceEntry) bool {
 	return a.Namespace == b.Namespace && a.Name == b.Name && a.Created.Equal(b.Created) && a.Resolution == b.Resolution &&
-		a.AutoAllocate == b.AutoAllocate && a.HasSpecAddresses == b.HasSpecAddresses && slices.Equal(a.Hosts, b.Hosts) && slices.Equal(a.Folded, b.Folded) && slices.Equal(a.Addresses, b.Addresses) &&
+		a.AutoAllocate == b.AutoAllocate && a.HasSpecAddresses == b.HasSpecAddresses && slices.Equal(a.Hosts, b.Hosts) && a.Folded == b.Folded && slices.Equal(a.Addresses, b.Addresses) &&
 		slices.Equal(a.CIDRs, b.CIDRs) && slices.Equal(a.StatusAddresses, b.StatusAddresses) &&
 		slices.Equal(a.ExportTo, b.ExportTo) && slices.Equal(a.Ports, b.Ports)
 }

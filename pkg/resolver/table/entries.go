@@ -586,8 +586,8 @@ func serviceEntryEntries(n names, src *source, se *model.ServiceEntry, own []hos
 	var out entrySet
 	var spec []netip.Addr
 	var spec4 uint32
-	var ptrHost *Entry // the first host by name that owns spec's PTRs
-	var folded *source // src, for the hosts written otherwise (se.Folded)
+	var ptrHost *Entry // the first host by name that owns spec's PTRs (written as asked, of one name written both ways: those come first)
+	var folded *source // src, for the hosts written otherwise (se.HostFolded)
 	if len(se.Addresses) > 0 {
 		spec, spec4 = v4First(uniqueAddrs(se.Addresses))
 	}
@@ -599,7 +599,7 @@ func serviceEntryEntries(n names, src *source, se *model.ServiceEntry, own []hos
 			continue
 		}
 		e := &Entry{Name: name, src: src}
-		if i < len(se.Folded) && se.Folded[i] {
+		if se.HostFolded(i) {
 			if folded == nil {
 				folded = new(source)
 				*folded, folded.folded = *src, true

@@ -273,18 +273,16 @@ func TestTiedServiceEntriesWarn(t *testing.T) {
 // otherwise; each of those gets a warning. Alone, a host written otherwise
 // answers as any other.
 func TestHostWrittenAsAskedWins(t *testing.T) {
-	se := func(ns, name string, created time.Time, addr string, folded ...bool) model.ServiceEntry {
-		hosts := make([]string, len(folded))
-		for i := range hosts {
-			hosts[i] = "api.example.com"
-		}
-		return model.ServiceEntry{Namespace: ns, Name: name, Created: created, Hosts: hosts, Folded: folded,
-			Resolution: "STATIC", Addresses: addrs(addr)}
+	// se names api.example.com asked times as a pod asks for it, then
+	// folded times written otherwise.
+	se := func(ns, name string, created time.Time, addr string, asked, folded int) model.ServiceEntry {
+		return model.ServiceEntry{Namespace: ns, Name: name, Created: created, Hosts: slices.Repeat([]string{"api.example.com"}, asked+folded),
+			Folded: uint32(folded), Resolution: "STATIC", Addresses: addrs(addr)}
 	}
-	upper := se("a", "upper", t0, "198.51.100.1", true)
-	lower := se("a", "lower", t0.Add(time.Hour), "198.51.100.2", false)
-	otherNS := se("b", "upper", t0, "198.51.100.3", true)
-	both := se("c", "both", t0, "198.51.100.4", true, false)
+	upper := se("a", "upper", t0, "198.51.100.1", 0, 1)
+	lower := se("a", "lower", t0.Add(time.Hour), "198.51.100.2", 1, 0)
+	otherNS := se("b", "upper", t0, "198.51.100.3", 0, 1)
+	both := se("c", "both", t0, "198.51.100.4", 1, 1)
 	const warned = `ServiceEntry a/upper: host "api.example.com" is not answered: it is written in upper case or with a trailing dot, and ServiceEntry a/lower names it as pods ask for it`
 	cases := []struct {
 		name string
@@ -320,7 +318,7 @@ func TestHostWrittenAsAskedWins(t *testing.T) {
 	// upper case: the Service answers there too.
 	tbl, _ := Build(&model.Snapshot{
 		Services:       []model.Service{{Namespace: "shop", Name: "db", ClusterIPs: addrs("10.96.0.50")}},
-		ServiceEntries: []model.ServiceEntry{{Namespace: "shop", Name: "db", Created: t0, Hosts: []string{"db.shop.svc.cluster.local"}, Folded: []bool{true}, Resolution: "STATIC", Addresses: addrs("198.51.100.5")}},
+		ServiceEntries: []model.ServiceEntry{{Namespace: "shop", Name: "db", Created: t0, Hosts: []string{"db.shop.svc.cluster.local"}, Folded: 1, Resolution: "STATIC", Addresses: addrs("198.51.100.5")}},
 	}, Options{})
 	if e := tbl.Resolve("db.shop.svc.cluster.local.", "shop").Entry; e == nil || !slices.Equal(e.Addrs, addrs("10.96.0.50")) {
 		t.Errorf("db from shop: %+v, want the Service's 10.96.0.50", e)
@@ -331,7 +329,7 @@ func TestHostWrittenAsAskedWins(t *testing.T) {
 	snap := &model.Snapshot{ServiceEntries: []model.ServiceEntry{upper, lower}}
 	b.Build(snap)
 	fixed := upper
-	fixed.Folded = nil
+	fixed.Folded = 0
 	snap = &model.Snapshot{ServiceEntries: []model.ServiceEntry{fixed, lower}}
 	tbl, warnings := b.Build(snap)
 	if e := tbl.Resolve("api.example.com.", "b").Entry; e == nil || !slices.Equal(e.Addrs, addrs("198.51.100.1")) || len(warnings) != 1 {

@@ -46,8 +46,8 @@ status:
 	}
 	wantServiceEntry := model.ServiceEntry{
 		Namespace: "shop", Name: "ext", Created: created,
-		Hosts:            []string{"api.example.com", "*.wild.example"},
-		Folded:           []bool{true, false}, // written API.Example.com.
+		Hosts:            []string{"*.wild.example", "api.example.com"},
+		Folded:           1, // written API.Example.com.: last
 		Addresses:        addrs("198.51.100.7", "2001:db8::7"),
 		CIDRs:            []netip.Prefix{netip.MustParsePrefix("203.0.113.0/24")},
 		HasSpecAddresses: true,

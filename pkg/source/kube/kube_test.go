@@ -282,7 +282,7 @@ func testServiceEntries(t *testing.T, kube kubernetes.Interface, istio istioclie
 		return &model.ServiceEntry{
 			Namespace: ns, Name: "auto", Created: created,
 			Hosts:           []string{"auto.example.com"},
-			Folded:          []bool{true}, // written Auto.Example.COM
+			Folded:          1, // written Auto.Example.COM
 			Resolution:      model.ResolutionDNS,
 			AutoAllocate:    !optedOut,
 			StatusAddresses: status,
