@@ -9,6 +9,16 @@
  *
  * Byte order: addresses are stored as the bytes on the wire (network order),
  * ports in host order, so that bpftool shows 53 rather than 13568.
+ *
+ * Changing a layout: an agent reuses a pinned map only when its BTF gives
+ * key and value the layout written here (pkg/redirect/pinned.go): the same
+ * members in the same order, by name, offset and size. A pad member may be
+ * given a name and a meaning whose zero is what older programs did (they
+ * always wrote it zero), as endpoint.flags and nameserver.flags were: such a
+ * map is kept. Any other change (a member moved, renamed, resized or added)
+ * replaces the map at the upgrade, and at a rollback to a release that checks
+ * this, and what it held is lost. A change of ZTDNS_MAX_PODS alone replaces
+ * pods, nameservers and pod_sockets with their entries copied.
  */
 #ifndef ZTDNS_H
 #define ZTDNS_H

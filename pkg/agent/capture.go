@@ -167,12 +167,16 @@ func newDataplane(cfg CaptureConfig, controllerCfg capture.Config, namespaces ca
 }
 
 // takeOverConfig points the programs at this agent's resolver addresses and
-// port, and swaps in its programs (and maps of a changed layout), once it
-// serves them and the agent it took over from has stopped. A pods map of a
-// changed layout is given the marks the previous agent recorded first: the
-// programs read it from the moment they are attached, and reconcileCapture
-// (Restore, which checks each pod's network namespace, a while with many
-// pods) comes after; meanwhile every pod it lacked would go uncaptured.
+// port, and swaps in its programs (and maps of a changed layout or
+// capacity), once it serves them and the agent it took over from has
+// stopped. A pods map of a changed layout is given the marks the previous
+// agent recorded first: the programs read it from the moment they are
+// attached, and reconcileCapture (Restore, which checks each pod's network
+// namespace, a while with many pods) comes after; meanwhile every pod it
+// lacked would go uncaptured. Maps of a changed capacity alone are given
+// the pinned ones' entries by ApplyConfig (marks, learned nameservers,
+// socket counts), and until then the resolver reads the nameservers the
+// running programs learn.
 func (c *dataplane) takeOverConfig() error {
 	if c.r.ReplacingPods() {
 		n, err := c.controller.MarkRecorded()

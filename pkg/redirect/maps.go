@@ -470,7 +470,7 @@ func (r *Redirector) ConfirmNameserver(cookie uint64, slot int, server netip.Add
 	}
 	val.Flags &^= nsUnconfirmed
 	key := ztdnsNameserverKey{NetnsCookie: cookie, Slot: uint32(slot)}
-	if err := r.objs.Nameservers.Update(&key, &val, ebpf.UpdateExist); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+	if err := r.nameservers.Load().Update(&key, &val, ebpf.UpdateExist); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("confirm netns cookie %d slot %d: %w", cookie, slot, err)
 	}
 	return nil
@@ -482,7 +482,7 @@ func (r *Redirector) nameserver(cookie uint64, slot int) (ztdnsNameserver, error
 		return ns, fmt.Errorf("slot %d out of range", slot)
 	}
 	key := ztdnsNameserverKey{NetnsCookie: cookie, Slot: uint32(slot)}
-	return ns, r.objs.Nameservers.Lookup(&key, &ns)
+	return ns, r.nameservers.Load().Lookup(&key, &ns)
 }
 
 // Pods lists the marked pods, ordered by netns cookie.

@@ -45,9 +45,17 @@ type Redirector struct {
 
 	// unattached is set by a Load with KeepConfig until ApplyConfig has
 	// attached the programs; replaced names the maps it loaded unpinned in
-	// place of pinned ones of another layout.
+	// place of pinned ones of another layout or capacity.
 	unattached bool
 	replaced   []string
+	// previous holds, by name, the pinned maps replaced for their capacity
+	// alone: ApplyConfig copies their entries (copyPrevious). Kept open
+	// until Close: the resolver may still be reading nameservers from one.
+	previous map[string]*ebpf.Map
+	// nameservers is the map the resolver's lookups read (nameserver):
+	// until ApplyConfig attaches the programs, the pinned one the running
+	// programs learn in when it was replaced for its capacity alone.
+	nameservers atomic.Pointer[ebpf.Map]
 
 	// mu guards closed and the heartbeat mapping against Close, and links,
 	// cgroupID and mapIDs against CheckAttachment and RepairAttachment.
@@ -119,7 +127,8 @@ func (r *Redirector) setup() error {
 
 // ApplyConfig, after a Load with KeepConfig, writes this Redirector's
 // config for the programs, pins the maps it loaded in place of pinned ones
-// of another layout, attaches its programs and forgets the nameservers its
+// of another layout or capacity (given the entries of those of another
+// capacity alone), attaches its programs and forgets the nameservers its
 // capture list leaves out. (Load without KeepConfig does all this.)
 func (r *Redirector) ApplyConfig() error {
 	// The config first: a config map loaded afresh holds none until then.
@@ -127,12 +136,21 @@ func (r *Redirector) ApplyConfig() error {
 		return err
 	}
 	if r.unattached {
+		// Before the programs that read them are attached: they find
+		// every mark, slot and count from their first query on.
+		r.copyPrevious(resizedMaps...)
 		if err := r.pinReplaced(); err != nil {
 			return err
 		}
 		if err := r.attachAll(); err != nil {
 			return err
 		}
+		// What the old programs learned while they were swapped out.
+		// (pods: they add no entries; pod_sockets: a count attachAll
+		// forgot must stay forgotten, and one made meanwhile misses a
+		// socket, which the pod may hold over the cap.)
+		r.copyPrevious(ztdnsMapNameservers)
+		r.nameservers.Store(r.objs.Nameservers)
 		r.unattached = false
 	}
 	// After attachAll: until then the previous programs, which may have
@@ -144,44 +162,78 @@ func (r *Redirector) ApplyConfig() error {
 // map this Load (with KeepConfig) made in place of a pinned one of another
 // layout. It holds no mark until written one: Mark writes to it, and the
 // programs ApplyConfig attaches read it from their first query on, so a
-// caller taking over writes the marks it knows before ApplyConfig.
+// caller taking over writes the marks it knows before ApplyConfig. (One
+// made in place of a pinned one of another capacity alone is given its
+// entries by ApplyConfig.)
 func (r *Redirector) ReplacingPods() bool {
-	return slices.Contains(r.replaced, ztdnsMapPods)
+	return slices.Contains(r.replaced, ztdnsMapPods) && r.previous[ztdnsMapPods] == nil
 }
 
-// loadObjects loads programs and maps, reusing pinned maps. A pinned map
-// whose layout no longer matches (an upgrade changed ztdns.h) is replaced:
-// marks in it are lost and the agent writes them again (a pods map, with
-// KeepConfig, before ApplyConfig: ReplacingPods). With KeepConfig its pin
-// stays until ApplyConfig: the running programs, and the agent marking
-// pods for them, still use it.
-func (r *Redirector) loadObjects() error {
+// loadObjects loads programs and maps, reusing pinned maps of this
+// release's layout and capacity (pinned.go). A pinned map of another
+// layout (an upgrade or a rollback changed ztdns.h) is replaced: marks in
+// it are lost and the agent writes them again (a pods map, with
+// KeepConfig, before ApplyConfig: ReplacingPods). One of another capacity
+// alone (ZTDNS_MAX_PODS) is replaced too, and its entries copied by
+// ApplyConfig; until then the resolver reads nameservers from it. With
+// KeepConfig a replaced map's pin stays until ApplyConfig: the running
+// programs, and the agent marking pods for them, still use it.
+func (r *Redirector) loadObjects() (err error) {
 	spec, err := loadZtdns()
 	if err != nil {
 		return err
 	}
-	opts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: r.cfg.BPFFS}}
-	err = spec.LoadAndAssign(&r.objs, opts)
-	if errors.Is(err, ebpf.ErrMapIncompatible) {
-		replace, rerr := r.incompatiblePins(spec)
-		if rerr != nil {
-			return errors.Join(err, rerr)
+	changes, err := r.pinnedChanges(spec)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			r.closePrevious()
 		}
-		for _, name := range replace {
-			if r.cfg.KeepConfig {
-				spec.Maps[name].Pinning = ebpf.PinNone // pinned by ApplyConfig
-			} else if rerr := r.removePin(name); rerr != nil {
-				return errors.Join(err, rerr)
+	}()
+	for _, name := range sortedNames(changes) {
+		ch, pin := changes[name], pinPath(r.cfg.BPFFS, name)
+		if ch.resized {
+			m, err := ebpf.LoadPinnedMap(pin, nil)
+			if err != nil {
+				return fmt.Errorf("open pinned map %s: %w", pin, err)
 			}
+			if r.previous == nil {
+				r.previous = map[string]*ebpf.Map{}
+			}
+			r.previous[name] = m
+			r.log.Warn("replacing pinned map: capacity changed, entries copied", "pin", pin, "change", ch.reason)
+		} else {
+			r.log.Warn("replacing pinned map: layout changed, entries lost", "pin", pin, "change", ch.reason)
 		}
-		if err = spec.LoadAndAssign(&r.objs, opts); err == nil && r.cfg.KeepConfig {
-			r.replaced = replace
+		if r.cfg.KeepConfig {
+			spec.Maps[name].Pinning = ebpf.PinNone // pinned by ApplyConfig
+			r.replaced = append(r.replaced, name)
+		} else if err := r.removePin(name); err != nil {
+			return err
 		}
 	}
-	if err != nil {
+	opts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: r.cfg.BPFFS}}
+	if err := spec.LoadAndAssign(&r.objs, opts); err != nil {
 		return fmt.Errorf("load ztdns programs: %w", err)
 	}
+	if ns := r.previous[ztdnsMapNameservers]; ns != nil {
+		r.nameservers.Store(ns)
+	} else {
+		r.nameservers.Store(r.objs.Nameservers)
+	}
 	return nil
+}
+
+// closePrevious closes the pinned maps replaced for their capacity.
+func (r *Redirector) closePrevious() error {
+	var errs []error
+	for _, m := range r.previous {
+		errs = append(errs, m.Close())
+	}
+	r.previous = nil
+	return errors.Join(errs...)
 }
 
 // mapNamed is the loaded map of that name.
@@ -194,7 +246,7 @@ func (r *Redirector) mapNamed(name string) *ebpf.Map {
 }
 
 // pinReplaced pins the maps a Load with KeepConfig loaded in place of
-// pinned ones of another layout, replacing those pins.
+// pinned ones of another layout or capacity, replacing those pins.
 func (r *Redirector) pinReplaced() error {
 	for len(r.replaced) > 0 {
 		name := r.replaced[0]
@@ -210,58 +262,11 @@ func (r *Redirector) pinReplaced() error {
 	return nil
 }
 
-// incompatiblePins names the pinned maps to replace: those whose layout no
-// longer matches spec. config and config_index are replaced together: the
-// programs read them as one, config_index naming an entry of config. A
-// replaced map's pin goes, but the programs attached until attachAll keep
-// the map they were loaded with; a partner kept would be shared by old and
-// new programs, each reading it with its own other half. Kept config_index
-// with a new config: writeConfig switches the index to an entry of the new
-// config, and the old programs read that entry of their old config, never
-// written (all zeros: no resolver, so capture is off and replies of
-// redirected queries are not restored), until attachAll swaps them, or for
-// good if it fails. Replaced as a pair, the old programs go on reading their
-// old pair untouched.
-//
-// The other maps are read on their own and may be replaced alone: a new
-// counters map only misses what the old programs count before attachAll,
-// and the heartbeat is meant to be shared (old programs stay fresh).
-func (r *Redirector) incompatiblePins(spec *ebpf.CollectionSpec) ([]string, error) {
-	replace := map[string]bool{} // by name, for the maps pinned
-	for name, ms := range spec.Maps {
-		pin := pinPath(r.cfg.BPFFS, name)
-		m, err := ebpf.LoadPinnedMap(pin, nil)
-		if errors.Is(err, os.ErrNotExist) {
-			continue
-		}
-		if err != nil {
-			return nil, fmt.Errorf("open pinned map %s: %w", pin, err)
-		}
-		replace[name] = ms.Compatible(m) != nil
-		m.Close()
-	}
-	if replace[ztdnsMapConfig] || replace[ztdnsMapConfigIndex] {
-		for _, name := range []string{ztdnsMapConfig, ztdnsMapConfigIndex} {
-			if _, pinned := replace[name]; pinned {
-				replace[name] = true
-			}
-		}
-	}
-	var names []string
-	for name, incompatible := range replace {
-		if incompatible {
-			names = append(names, name)
-		}
-	}
-	return names, nil
-}
-
-// removePin removes the pin of a map of another layout, to replace it.
+// removePin removes the pin of a map of another layout or capacity, to
+// replace it.
 func (r *Redirector) removePin(name string) error {
-	pin := pinPath(r.cfg.BPFFS, name)
-	r.log.Warn("replacing pinned map with an incompatible layout (or read with one)", "pin", pin)
-	if err := os.Remove(pin); err != nil {
-		return fmt.Errorf("remove incompatible map pin: %w", err)
+	if err := os.Remove(pinPath(r.cfg.BPFFS, name)); err != nil {
+		return fmt.Errorf("remove the pin of a map to replace: %w", err)
 	}
 	return nil
 }
@@ -343,7 +348,7 @@ func (r *Redirector) Close() error {
 		errs = append(errs, l.link.Close())
 	}
 	r.links = nil
-	errs = append(errs, r.objs.Close())
+	errs = append(errs, r.objs.Close(), r.closePrevious())
 	return errors.Join(errs...)
 }
 
