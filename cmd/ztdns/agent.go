@@ -125,7 +125,7 @@ type agentFlags struct {
 	upstream                *listFlag[netip.AddrPort]
 	resolvConf              string
 	domain                  string
-	ttl                     time.Duration
+	ttl                     time.Duration // 0: not given, kube-dns's (agent.Config.TTL)
 	fwdTimeout              time.Duration
 	maxNamesPerNS           int
 	cacheSize               int
@@ -182,8 +182,7 @@ type agentFlags struct {
 	podGeneration uint64
 	podInflight   int64 // agent.Config.PodInflightBytes
 	vips          vip.Source
-	exportTo      []string      // nil: the source's, Istio's mesh config (or "*")
-	givenTTL      time.Duration // 0: kube-dns's, as the source reads it (agent.Config.TTL)
+	exportTo      []string // nil: the source's, Istio's mesh config (or "*")
 	socketGID     int
 	cniPlugin     cni.Config
 }
@@ -204,7 +203,9 @@ func addAgentFlags(fs *pflag.FlagSet) *agentFlags {
 	fs.Var(f.upstream, "upstream", "nameserver `ADDR`(s) for names the table does not know, when the pod's own is unknown; repeatable, written as --listen's (default: the nameservers in --resolv-conf)")
 	fs.StringVar(&f.resolvConf, "resolv-conf", "/etc/resolv.conf", "the node's resolv.conf: default upstreams and search domains")
 	fs.StringVar(&f.domain, "cluster-domain", "cluster.local", "the cluster's DNS domain")
-	fs.DurationVar(&f.ttl, "ttl", 30*time.Second, "TTL of local answers: whole seconds, 1s to 24h. Not given: kube-dns's, the ttl of the kubernetes plugin in its Corefile (ConfigMap coredns in kube-system; 5s without a ttl line, 1s for ttl 0), followed as it changes; 30s without one")
+	// No default: without the flag the TTL is kube-dns's, which the help
+	// says, not a value of the flag's.
+	fs.DurationVar(&f.ttl, "ttl", 0, "TTL of local answers: whole seconds, 1s to 24h. Not given: kube-dns's, the ttl of the kubernetes plugin in its Corefile (ConfigMap coredns in kube-system; 5s without a ttl line, 1s for ttl 0), followed as it changes; 30s without one")
 	fs.DurationVar(&f.fwdTimeout, "forward-timeout", 2*time.Second, "bound on one forwarded query across all upstreams (0: the default)")
 	fs.IntVar(&f.maxNamesPerNS, "max-names-per-namespace", table.DefaultMaxNamesPerNamespace, "names one namespace's Services, headless endpoints and ServiceEntries may make in the name table (0: no bound); past it the namespace's newest objects that do not fit are left out, with a table warning (see README, Limits and protections)")
 	fs.IntVar(&f.cacheSize, "cache-size", 10000, "entries in the cache of upstream answers (0 disables it); once it is full, a pod over its share (an eighth) replaces only its own answers, and other pods' misses take back what it holds past its share")
@@ -327,7 +328,7 @@ func (f *agentFlags) check(fs *pflag.FlagSet) error {
 	}
 	// The TTL goes on the wire in whole seconds; past a day, a
 	// Service's new address would take that long to reach pods.
-	if f.ttl < time.Second || f.ttl > maxTTL || f.ttl%time.Second != 0 {
+	if fs.Changed("ttl") && (f.ttl < time.Second || f.ttl > maxTTL || f.ttl%time.Second != 0) {
 		return usagef("--ttl %s: want whole seconds from 1s to %s", f.ttl, maxTTL)
 	}
 	// The agent beats every HeartbeatEvery: a bound within a beat or
@@ -379,9 +380,6 @@ func (f *agentFlags) check(fs *pflag.FlagSet) error {
 	}
 	if f.vips, err = vip.ParseSource(f.vipSource); err != nil {
 		return usagef("--vip-source: %w", err)
-	}
-	if fs.Changed("ttl") {
-		f.givenTTL = f.ttl
 	}
 	// Not given: the source's, Istio's mesh config (or "*").
 	if fs.Changed("default-service-export-to") {
@@ -481,7 +479,7 @@ func (f *agentFlags) config(src source.Source, node resolvconf.Config, upstreams
 		Upstreams:            upstreams,
 		SocketsPerAddr:       f.udpSockets,
 		ClusterDomain:        f.domain,
-		TTL:                  f.givenTTL,
+		TTL:                  f.ttl,
 		ForwardTimeout:       f.fwdTimeout,
 		CacheSize:            offFlag(f.cacheSize),
 		Autopath:             f.autopath,

@@ -29,6 +29,7 @@ import (
 	"github.com/ztdns/ztdns/pkg/accesslog"
 	"github.com/ztdns/ztdns/pkg/agent"
 	"github.com/ztdns/ztdns/pkg/control"
+	"github.com/ztdns/ztdns/pkg/resolvconf"
 	"github.com/ztdns/ztdns/pkg/source/configdir"
 	"github.com/ztdns/ztdns/pkg/version"
 )
@@ -205,6 +206,42 @@ func TestCacheFlagsSayWhatTheShareDoes(t *testing.T) {
 		if strings.Contains(usage, "at most an eighth") || !strings.Contains(usage, "replaces only its own answers") ||
 			!strings.Contains(usage, "take back what it holds past its share") {
 			t.Errorf("--%s: %q, want what the cache does with a pod over its eighth", name, usage)
+		}
+	}
+}
+
+// TestTTLHelpSaysKubeDNS: `ztdns agent -h` gives --ttl no default of
+// its own, for without the flag local answers take kube-dns's TTL, 30s
+// only without one; the agent is then told no TTL (agent.Config.TTL 0),
+// and a given one is passed on. Before, the help printed "(default 30s)".
+func TestTTLHelpSaysKubeDNS(t *testing.T) {
+	r := ztdns(t, "agent", "-h")
+	var line string
+	for l := range strings.Lines(r.stdout) {
+		if strings.Contains(l, "--ttl ") {
+			line = l
+		}
+	}
+	if !strings.Contains(line, "Not given: kube-dns's") || strings.Contains(line, "(default") {
+		t.Errorf("--ttl's help %q, want kube-dns's TTL when not given and no default of its own", line)
+	}
+	for _, c := range []struct {
+		args []string
+		want time.Duration
+	}{
+		{nil, 0},
+		{[]string{"--ttl", "10s"}, 10 * time.Second},
+	} {
+		fs := pflag.NewFlagSet("agent", pflag.ContinueOnError)
+		f := addAgentFlags(fs)
+		if err := fs.Parse(c.args); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.check(fs); err != nil {
+			t.Fatalf("%q: %v", c.args, err)
+		}
+		if got := f.config(nil, resolvconf.Config{}, nil, nil, nil).TTL; got != c.want {
+			t.Errorf("%q: agent told TTL %s, want %s", c.args, got, c.want)
 		}
 	}
 }

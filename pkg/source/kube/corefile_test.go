@@ -3,11 +3,9 @@ package kube
 import (
 	"cmp"
 	"fmt"
-	"log/slog"
 	"slices"
 	"strings"
 	"testing"
-	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -132,52 +130,30 @@ cluster.local:53 {
 // the rule is there.
 func TestKubeDNSCorefileForbidden(t *testing.T) {
 	env := kubetest.Start(t)
-	kube := env.Client()
-	const ns, account = "ztdns-old", "ztdns"
-	createNamespace(t, kube, ns)
-	if _, err := kube.CoreV1().ConfigMaps(KubeDNSNamespace).Create(t.Context(), &corev1.ConfigMap{
+	if _, err := env.Client().CoreV1().ConfigMaps(KubeDNSNamespace).Create(t.Context(), &corev1.ConfigMap{
 		ObjectMeta: metav1.ObjectMeta{Name: KubeDNSConfigMap},
 		Data:       map[string]string{CorefileKey: kubetest.KubeadmCorefile("ttl 5", "ignore empty_service")},
 	}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	isKubeDNS := func(r PolicyRule) bool { return slices.Contains(r.ResourceNames, KubeDNSConfigMap) }
-	cfg := grant(t, env, "ztdns-old", ns, account, slices.DeleteFunc(PolicyRules(), isKubeDNS))
-	logs := newLogWatcher()
-	rec := runSource(t, cfg, WithNodeName("node-a"), WithLogger(slog.New(logs)), withForbiddenRetry(500*time.Millisecond))
-	const note = "kube-dns's Corefile kube-system/coredns not read (RBAC)"
-	hasNote := func() bool {
-		return slices.ContainsFunc(rec.src.Errors(), func(err error) bool { return strings.HasPrefix(err.Error(), note) })
-	}
-	rec.waitFor(t, "the first sync without kube-dns's Corefile", func(s *model.Snapshot) error {
-		if s.KubeDNSTTL != 0 || s.KubeDNSFrom != "" {
-			return fmt.Errorf("kube-dns TTL %d from %q, but the Corefile cannot be read", s.KubeDNSTTL, s.KubeDNSFrom)
-		}
-		if find(s.Services, serviceKey, metav1.NamespaceDefault, "kubernetes") == nil {
-			return fmt.Errorf("service default/kubernetes missing")
-		}
-		return nil
+	rec := testForbiddenConfigMap(t, env, forbiddenConfigMap{
+		what:   "kube-dns's Corefile",
+		rule:   func(r PolicyRule) bool { return slices.Contains(r.ResourceNames, KubeDNSConfigMap) },
+		note:   "kube-dns's Corefile kube-system/coredns not read (RBAC)",
+		logged: "cannot read kube-dns's Corefile (RBAC): local answers keep --ttl's default, and kube-dns's settings are not checked",
+		refused: func(s *model.Snapshot) error {
+			if s.KubeDNSTTL != 0 || s.KubeDNSFrom != "" {
+				return fmt.Errorf("kube-dns TTL %d from %q, but the Corefile cannot be read", s.KubeDNSTTL, s.KubeDNSFrom)
+			}
+			return nil
+		},
+		followed: func(s *model.Snapshot) error {
+			if s.KubeDNSTTL != 5 || s.KubeDNSFrom != "kube-system/coredns" {
+				return fmt.Errorf("kube-dns TTL %d from %q, want 5 from kube-system/coredns", s.KubeDNSTTL, s.KubeDNSFrom)
+			}
+			return nil
+		},
 	})
-	rec.waitHealth(t, "healthy without kube-dns's Corefile", func(err error) bool { return err == nil })
-	if !hasNote() {
-		t.Errorf("Errors() %v lack %q", rec.src.Errors(), note)
-	}
-	const msg = "cannot read kube-dns's Corefile (RBAC): local answers keep --ttl's default, and kube-dns's settings are not checked"
-	logs.waitFor(t, 1, msg)
-
-	grant(t, env, "ztdns-kube-dns", ns, account, slices.DeleteFunc(PolicyRules(), func(r PolicyRule) bool { return !isKubeDNS(r) }))
-	rec.waitFor(t, "kube-dns's TTL once the Corefile may be read", func(s *model.Snapshot) error {
-		if s.KubeDNSTTL != 5 || s.KubeDNSFrom != "kube-system/coredns" {
-			return fmt.Errorf("kube-dns TTL %d from %q, want 5 from kube-system/coredns", s.KubeDNSTTL, s.KubeDNSFrom)
-		}
-		return nil
-	})
-	if n := logs.count(msg); n != 1 {
-		t.Errorf("%q logged %d times, want once", msg, n)
-	}
-	if hasNote() {
-		t.Errorf("Errors() %v still say the Corefile may not be read", rec.src.Errors())
-	}
 	if w := rec.src.Warnings(); len(w) != 1 || !strings.HasPrefix(w[0].Error(), "kube-dns's Corefile kube-system/coredns: kubernetes ignore empty_service: ") {
 		t.Errorf("Warnings() = %v, want ignore empty_service named", w)
 	}

@@ -3,6 +3,7 @@ package kube
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"reflect"
 	"slices"
@@ -681,6 +682,66 @@ func grant(t *testing.T, env *kubetest.Env, name, ns, account string, rules []Po
 	cfg := rest.CopyConfig(env.Config)
 	cfg.Impersonate = rest.ImpersonationConfig{UserName: "system:serviceaccount:" + ns + ":" + account}
 	return cfg
+}
+
+// forbiddenConfigMap is a ConfigMap the source reads by name and runs
+// without while RBAC refuses it (a ClusterRole from before it was read, or
+// a binding the API server has not applied yet): what testForbiddenConfigMap
+// checks of it.
+type forbiddenConfigMap struct {
+	// what names it in the steps: "kube-dns's Corefile".
+	what string
+	// rule tells the rules that let the source read it.
+	rule func(PolicyRule) bool
+	// note starts what Errors() says while it is refused; "": nothing.
+	note string
+	// logged is what the log says of it, once.
+	logged string
+	// refused checks a snapshot while it is refused, followed one once it
+	// may be read.
+	refused, followed func(*model.Snapshot) error
+}
+
+// testForbiddenConfigMap runs the source as a ServiceAccount whose
+// ClusterRole lacks c.rule, the ConfigMap created beforehand: it syncs
+// without what the ConfigMap says, stays healthy, says so in Errors() and
+// in its log; once the rule is granted, it follows the ConfigMap without a
+// restart, and Errors() no longer say so, the log still once. It returns
+// the recorder, for what else a test checks of the source.
+func testForbiddenConfigMap(t *testing.T, env *kubetest.Env, c forbiddenConfigMap) *recorder {
+	t.Helper()
+	const ns, account = "ztdns-old", "ztdns"
+	createNamespace(t, env.Client(), ns)
+	cfg := grant(t, env, "ztdns-old", ns, account, slices.DeleteFunc(PolicyRules(), c.rule))
+	logs := newLogWatcher()
+	rec := runSource(t, cfg, WithNodeName("node-a"), WithLogger(slog.New(logs)), withForbiddenRetry(500*time.Millisecond))
+	hasNote := func() bool {
+		return slices.ContainsFunc(rec.src.Errors(), func(err error) bool { return strings.HasPrefix(err.Error(), c.note) })
+	}
+	rec.waitFor(t, "the first sync without "+c.what, func(s *model.Snapshot) error {
+		if err := c.refused(s); err != nil {
+			return err
+		}
+		if find(s.Services, serviceKey, metav1.NamespaceDefault, "kubernetes") == nil {
+			return fmt.Errorf("service default/kubernetes missing")
+		}
+		return nil
+	})
+	rec.waitHealth(t, "healthy without "+c.what, func(err error) bool { return err == nil })
+	if c.note != "" && !hasNote() {
+		t.Errorf("Errors() %v lack %q", rec.src.Errors(), c.note)
+	}
+	logs.waitFor(t, 1, c.logged)
+
+	grant(t, env, "ztdns-granted", ns, account, slices.DeleteFunc(PolicyRules(), func(r PolicyRule) bool { return !c.rule(r) }))
+	rec.waitFor(t, c.what+" once it may be read", c.followed)
+	if n := logs.count(c.logged); n != 1 {
+		t.Errorf("%q logged %d times, want once", c.logged, n)
+	}
+	if c.note != "" && hasNote() {
+		t.Errorf("Errors() %v still say %s may not be read", rec.src.Errors(), c.what)
+	}
+	return rec
 }
 
 // rbacRules are rules as the RBAC API takes them.

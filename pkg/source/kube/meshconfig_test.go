@@ -2,13 +2,10 @@ package kube
 
 import (
 	"fmt"
-	"log/slog"
 	"slices"
-	"strings"
 	"testing"
 	"time"
 
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 
 	"github.com/ztdns/ztdns/internal/kubetest"
@@ -119,51 +116,29 @@ func TestParseDiscoverySelectors(t *testing.T) {
 // it follows the mesh config without a restart.
 func TestMeshConfigForbidden(t *testing.T) {
 	env := kubetest.Start(t)
-	kube := env.Client()
-	const ns, account = "ztdns-old", "ztdns"
-	createNamespace(t, kube, ns)
-	createNamespace(t, kube, DefaultIstioNamespace)
-	createIstiodConfigMap(t, kube, MeshConfigMap, map[string]string{MeshConfigKey: `defaultServiceExportTo: ["."]`})
-	isMesh := func(r PolicyRule) bool { return slices.Contains(r.ResourceNames, MeshConfigMap) }
-	cfg := grant(t, env, "ztdns-old", ns, account, slices.DeleteFunc(PolicyRules(), isMesh))
-	logs := newLogWatcher()
-	rec := runSource(t, cfg, WithNodeName("node-a"), WithLogger(slog.New(logs)), withForbiddenRetry(500*time.Millisecond))
-	const note = "mesh config istio-system/istio may not be read (RBAC)"
-	hasNote := func() bool {
-		return slices.ContainsFunc(rec.src.Errors(), func(err error) bool { return strings.HasPrefix(err.Error(), note) })
-	}
-	rec.waitFor(t, "the first sync without the mesh config", func(s *model.Snapshot) error {
-		// MeshConfig empty: istiod's value is unknown, not Istio's default.
-		if s.DefaultExportTo != nil || s.DefaultExportToFrom() != "" || s.MeshConfig != "" {
-			return fmt.Errorf("default exportTo %q from %q, mesh config %q, but the mesh config cannot be read", s.DefaultExportTo, s.DefaultExportToFrom(), s.MeshConfig)
-		}
-		if find(s.Services, serviceKey, metav1.NamespaceDefault, "kubernetes") == nil {
-			return fmt.Errorf("service default/kubernetes missing")
-		}
-		return nil
+	createNamespace(t, env.Client(), DefaultIstioNamespace)
+	createIstiodConfigMap(t, env.Client(), MeshConfigMap, map[string]string{MeshConfigKey: `defaultServiceExportTo: ["."]`})
+	testForbiddenConfigMap(t, env, forbiddenConfigMap{
+		what: "the mesh config",
+		rule: func(r PolicyRule) bool { return slices.Contains(r.ResourceNames, MeshConfigMap) },
+		note: "mesh config istio-system/istio may not be read (RBAC)",
+		logged: "cannot read Istio's mesh config: its defaultServiceExportTo is not followed; " +
+			"ServiceEntries without exportTo keep the last value read, or Istio's default \"*\" (every namespace); " +
+			"give --default-service-export-to, or let the agent read the ConfigMap",
+		refused: func(s *model.Snapshot) error {
+			// MeshConfig empty: istiod's value is unknown, not Istio's default.
+			if s.DefaultExportTo != nil || s.DefaultExportToFrom() != "" || s.MeshConfig != "" {
+				return fmt.Errorf("default exportTo %q from %q, mesh config %q, but the mesh config cannot be read", s.DefaultExportTo, s.DefaultExportToFrom(), s.MeshConfig)
+			}
+			return nil
+		},
+		followed: func(s *model.Snapshot) error {
+			if !slices.Equal(s.DefaultExportTo, []string{"."}) || s.DefaultExportToFrom() != "istio-system/istio" || s.MeshConfig != "istio-system/istio" {
+				return fmt.Errorf("default exportTo %q from %q, mesh config %q, want \".\" from istio-system/istio", s.DefaultExportTo, s.DefaultExportToFrom(), s.MeshConfig)
+			}
+			return nil
+		},
 	})
-	rec.waitHealth(t, "healthy without the mesh config", func(err error) bool { return err == nil })
-	if !hasNote() {
-		t.Errorf("Errors() %v lack %q", rec.src.Errors(), note)
-	}
-	const msg = "cannot read Istio's mesh config: its defaultServiceExportTo is not followed; " +
-		"ServiceEntries without exportTo keep the last value read, or Istio's default \"*\" (every namespace); " +
-		"give --default-service-export-to, or let the agent read the ConfigMap"
-	logs.waitFor(t, 1, msg)
-	// Asked again meanwhile (every 500 ms): still said once.
-	grant(t, env, "ztdns-mesh", ns, account, slices.DeleteFunc(PolicyRules(), func(r PolicyRule) bool { return !isMesh(r) }))
-	rec.waitFor(t, "the mesh config once it may be read", func(s *model.Snapshot) error {
-		if !slices.Equal(s.DefaultExportTo, []string{"."}) || s.DefaultExportToFrom() != "istio-system/istio" || s.MeshConfig != "istio-system/istio" {
-			return fmt.Errorf("default exportTo %q from %q, mesh config %q, want \".\" from istio-system/istio", s.DefaultExportTo, s.DefaultExportToFrom(), s.MeshConfig)
-		}
-		return nil
-	})
-	if n := logs.count(msg); n != 1 {
-		t.Errorf("%q logged %d times, want once", msg, n)
-	}
-	if hasNote() {
-		t.Errorf("Errors() %v still say the mesh config may not be read", rec.src.Errors())
-	}
 }
 
 // TestMeshConfigOfRevision: the source of istiod's revision "canary" reads

@@ -3,11 +3,9 @@ package kube
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"net/netip"
 	"slices"
 	"testing"
-	"time"
 
 	networkingv1alpha3 "istio.io/api/networking/v1alpha3"
 	istionetworkingv1 "istio.io/client-go/pkg/apis/networking/v1"
@@ -124,37 +122,23 @@ func TestListThenWatch(t *testing.T) {
 // it sees the lock without a restart.
 func TestAllocatorLockForbidden(t *testing.T) {
 	env := kubetest.Start(t)
-	kube := env.Client()
-	const ns, account = "ztdns-old", "ztdns"
-	createNamespace(t, kube, ns)
-	createNamespace(t, kube, DefaultIstioNamespace)
-	createIstiodConfigMap(t, kube, IstiodAllocatorLock, nil)
-	rules := slices.DeleteFunc(PolicyRules(), func(r PolicyRule) bool { return slices.Contains(r.Resources, "configmaps") })
-	cfg := grant(t, env, "ztdns-old", ns, account, rules)
-	logs := newLogWatcher()
-	rec := runSource(t, cfg, WithNodeName("node-a"), WithLogger(slog.New(logs)), withForbiddenRetry(500*time.Millisecond))
-	rec.waitFor(t, "the first sync without the lock", func(s *model.Snapshot) error {
-		if s.IstiodAllocates {
-			return fmt.Errorf("IstiodAllocates is true, but the lock cannot be read")
-		}
-		if find(s.Services, serviceKey, metav1.NamespaceDefault, "kubernetes") == nil {
-			return fmt.Errorf("service default/kubernetes missing")
-		}
-		return nil
-	})
-	rec.waitHealth(t, "healthy without the lock", func(err error) bool { return err == nil })
-	const msg = "cannot read istiod's VIP allocator lock; --vip-source=auto then sees istiod allocate only from status.addresses"
-	logs.waitFor(t, 1, msg)
-	if n := logs.count(msg); n != 1 {
-		t.Errorf("%q logged %d times, want once", msg, n)
-	}
-
-	lock := slices.DeleteFunc(PolicyRules(), func(r PolicyRule) bool { return !slices.Contains(r.Resources, "configmaps") })
-	grant(t, env, "ztdns-lock", ns, account, lock)
-	rec.waitFor(t, "the lock once it may be read", func(s *model.Snapshot) error {
-		if !s.IstiodAllocates {
-			return fmt.Errorf("IstiodAllocates is false, though the lock may be read now")
-		}
-		return nil
+	createNamespace(t, env.Client(), DefaultIstioNamespace)
+	createIstiodConfigMap(t, env.Client(), IstiodAllocatorLock, nil)
+	testForbiddenConfigMap(t, env, forbiddenConfigMap{
+		what:   "the lock",
+		rule:   func(r PolicyRule) bool { return slices.Contains(r.Resources, "configmaps") },
+		logged: "cannot read istiod's VIP allocator lock; --vip-source=auto then sees istiod allocate only from status.addresses",
+		refused: func(s *model.Snapshot) error {
+			if s.IstiodAllocates {
+				return fmt.Errorf("IstiodAllocates is true, but the lock cannot be read")
+			}
+			return nil
+		},
+		followed: func(s *model.Snapshot) error {
+			if !s.IstiodAllocates {
+				return fmt.Errorf("IstiodAllocates is false, though the lock may be read now")
+			}
+			return nil
+		},
 	})
 }
