@@ -232,7 +232,7 @@ func addAgentFlags(fs *pflag.FlagSet) *agentFlags {
 	fs.BoolVar(&f.autopath, "autopath", false, "answer search-list expansions of unknown names in one round trip (see README)")
 	fs.StringVar(&f.metrics, "metrics", "", "serve /metrics, /healthz and /readyz on `ADDR`: the node's IP or 127.0.0.1 with a port, e.g. 127.0.0.1:15053 or [2001:db8::5]:15053; brackets are taken around an IPv4 address too, so [$(HOST_IP)]:15053 serves nodes of either family (without brackets, an IPv6 address ends at the last colon); empty disables")
 	fs.BoolVar(&f.capture, "capture", true, "capture marked pods' DNS with eBPF; false only serves on --listen")
-	fs.StringVar(&f.cgroup, "cgroup", "", "cgroup v2 `DIR` the capture programs attach to (default: the cgroup2 root, every pod on the node)")
+	fs.StringVar(&f.cgroup, "cgroup", "", "cgroup v2 `DIR` the capture programs attach to (default: the pods' cgroup, kubepods.slice or kubepods under the cgroup2 root, so they run before Cilium's socket LB there; else the cgroup2 root)")
 	fs.StringVar(&f.bpffs, "bpffs", redirect.DefaultBPFFS, "`DIR` on a bpf filesystem where maps and links are pinned")
 	fs.BoolVar(&f.mountBPFFS, "mount-bpffs", true, "mount a bpf filesystem at the parent of --bpffs when it is on none; false fails instead (in a container, where a mount of its own would vanish with it, and the pins with it)")
 	fs.StringVar(&f.procRoot, "proc-root", "/proc", "the node's proc filesystem `DIR`, where running pods' network namespaces are found: the node's /proc mounted into the agent's container (e.g. /host/proc) when it runs without hostPID")

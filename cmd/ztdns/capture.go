@@ -159,7 +159,7 @@ their primary plugin's DEL too (see deploy/README.md, Uninstall).`,
 		Args: cobra.NoArgs,
 	}
 	bpffs := cmd.Flags().String("bpffs", redirect.DefaultBPFFS, "`DIR` where the agent pinned maps and links")
-	cgroup := cmd.Flags().String("cgroup", "", "cgroup v2 `DIR` the programs were attached to (default: the cgroup2 root)")
+	cgroup := cmd.Flags().String("cgroup", "", "cgroup v2 `DIR` the programs were attached to (default: the pods' cgroup, kubepods.slice or kubepods, and the cgroup2 root)")
 	iface := cmd.Flags().String("interface", redirect.DefaultInterface, "the resolver's interface `NAME`")
 	cniBinDir := cmd.Flags().String("cni-bin-dir", "", "the CNI plugin's `DIR`, with --cni-conf-dir: the binary there is left in place, and named in the log")
 	cniConfDir := cmd.Flags().String("cni-conf-dir", "", "also remove the plugin's entry from the CNI configuration in this `DIR`")
@@ -167,15 +167,6 @@ their primary plugin's DEL too (see deploy/README.md, Uninstall).`,
 		var cniErr error
 		if *cniConfDir != "" {
 			cniErr = cni.Uninstall(cni.InstallConfig{BinDir: *cniBinDir, ConfDir: *cniConfDir})
-		}
-		if *cgroup == "" {
-			mounts, err := redirect.Cgroup2Mounts()
-			if err != nil {
-				return err
-			}
-			if len(mounts) > 0 {
-				*cgroup = mounts[0]
-			}
 		}
 		return errors.Join(cniErr, redirect.Uninstall(*bpffs, *cgroup), redirect.RemoveInterface(*iface))
 	}

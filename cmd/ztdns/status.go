@@ -87,6 +87,9 @@ func statusTable(w io.Writer, st control.Status, wide bool) {
 	if st.FailingOpen {
 		line("Failing open", "yes: the agent's heartbeat is stale; captured pods' queries go to their own nameservers, around ztdns")
 	}
+	if st.CaptureCgroup != "" {
+		line("Capture cgroup", st.CaptureCgroup)
+	}
 	list("Capture broken", st.CaptureProblems)
 	if len(st.CaptureNameservers) > 0 {
 		line("Capture only", strings.Join(st.CaptureNameservers, ", "))

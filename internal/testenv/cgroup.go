@@ -60,6 +60,20 @@ func NewCgroup(tb testing.TB) *Cgroup {
 	return &Cgroup{Path: path, dir: dir}
 }
 
+// NewChildCgroup creates the cgroup name under parent (a test's own
+// cgroup standing for the cgroup2 root, say). It is removed at cleanup,
+// before parent, its processes killed.
+func NewChildCgroup(tb testing.TB, parent *Cgroup, name string) *Cgroup {
+	tb.Helper()
+	path := makeCgroup(tb, filepath.Join(parent.Path, name))
+	dir, err := os.Open(path)
+	if err != nil {
+		tb.Fatalf("testenv: open cgroup: %v", err)
+	}
+	tb.Cleanup(func() { dir.Close() })
+	return &Cgroup{Path: path, dir: dir}
+}
+
 // makeCgroup creates the cgroup at path (recorded for the sweep); at
 // cleanup every process still in it is killed and it is removed.
 func makeCgroup(tb testing.TB, path string) string {

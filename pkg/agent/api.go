@@ -84,6 +84,8 @@ func (a *Agent) status() control.Status {
 		if at, err := a.dataplane.r.CheckAttachment(); err == nil {
 			st.CaptureProblems = at.Problems
 		}
+		cg, why := a.dataplane.r.Cgroup()
+		st.CaptureCgroup = cg + " (" + why + ")"
 		for _, p := range a.dataplane.cfg.Nameservers {
 			st.CaptureNameservers = append(st.CaptureNameservers, p.String())
 		}

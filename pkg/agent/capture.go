@@ -31,7 +31,8 @@ type CaptureConfig struct {
 	// vanish with it, and the pinned links with it.
 	RequireBPFFS bool
 	// Cgroup is the cgroup v2 directory the programs attach to; empty means
-	// the cgroup2 root, i.e. every pod on the node.
+	// the pods' cgroup (kubepods.slice or kubepods under the cgroup2 root)
+	// where there is one, else the cgroup2 root (redirect.Config.CgroupPath).
 	Cgroup string
 	// Interface carries the resolver's addresses (redirect.DefaultInterface).
 	Interface string
@@ -161,6 +162,8 @@ func newDataplane(cfg CaptureConfig, controllerCfg capture.Config, namespaces ca
 	if err != nil {
 		return nil, err
 	}
+	cg, why := c.r.Cgroup()
+	log.Info("capture programs attach to cgroup", "cgroup", cg, "why", why)
 	controllerCfg.StateDir, controllerCfg.Logger = cfg.StateDir, log
 	c.controller = capture.New(controllerCfg, pods, c.r, namespaces)
 	return c, nil

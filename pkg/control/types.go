@@ -41,6 +41,9 @@ type Status struct {
 	// program, a pin gone or holding something else. The agent puts back
 	// what it can within seconds (ztdns_capture_repairs_total counts it).
 	CaptureProblems []string `json:"captureProblems,omitempty"`
+	// CaptureCgroup is the cgroup the capture programs attach to, and why
+	// that one (the pods', the cgroup2 root, or --cgroup's).
+	CaptureCgroup string `json:"captureCgroup,omitempty"`
 	// CaptureNameservers are the only nameservers captured
 	// (--capture-nameservers); empty: every destination.
 	CaptureNameservers []string `json:"captureNameservers,omitempty"`

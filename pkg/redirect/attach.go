@@ -54,6 +54,21 @@ func cgroupID(path string) (uint64, error) {
 }
 
 // attachAll attaches every hook's program to the configured cgroup.
+//
+// Links a previous agent pinned on another cgroup (it had another --cgroup,
+// or attached at the cgroup2 root, the default before the pods' cgroup)
+// are moved without a moment where no program captures: every hook is
+// attached to the new cgroup first, then the old links are detached, in
+// detach order, and the new ones pinned in their place. Meanwhile a pod's
+// socket runs both programs, harmlessly: the one on the pods' cgroup (a
+// descendant of the root, so it runs first: cgroup.go) redirects a query
+// to the resolver's address on --capture-port (10053), where the other
+// finds no destination on port 53; it restores a reply's source to the
+// nameserver's address, where the other finds no resolver address. The
+// other way round (a rollback to the root, or a --cgroup above the old
+// one), the old program, on the descendant, runs first and the same holds.
+// An agent dying before the move is done leaves the old links pinned, and
+// the new ones, held only by its descriptors, go with it.
 func (r *Redirector) attachAll() error {
 	cgID, err := cgroupID(r.cfg.CgroupPath)
 	if err != nil {
@@ -65,9 +80,6 @@ func (r *Redirector) attachAll() error {
 			return err
 		}
 	}
-	if err := r.leavePreviousCgroup(cgID); err != nil {
-		return err
-	}
 	mapIDs, err := r.loadedMapIDs()
 	if err != nil {
 		return err
@@ -75,124 +87,186 @@ func (r *Redirector) attachAll() error {
 	r.mu.Lock()
 	r.cgroupID, r.mapIDs = cgID, mapIDs
 	r.mu.Unlock()
+	var moves []*move
+	defer func() {
+		for _, m := range moves {
+			m.old.Close()
+		}
+	}()
 	for _, h := range hooks {
-		al, err := r.attachHook(h)
+		al, m, err := r.attachHook(h)
 		if err != nil {
 			return err
 		}
 		r.mu.Lock() // CheckAttachment may look meanwhile (a scrape)
 		r.links = append(r.links, al)
 		r.mu.Unlock()
-	}
-	return nil
-}
-
-// attachHook attaches h (attach) and notes which link and program that is.
-// A sock_release attached anew (none was attached, or only a defunct link)
-// makes the pinned socket counts untrustworthy: forgetAllSocketCounts.
-func (r *Redirector) attachHook(h hook) (attachedLink, error) {
-	l, created, err := r.attach(h)
-	if err != nil {
-		return attachedLink{}, fmt.Errorf("attach %s to %s: %w", h.name, r.cfg.CgroupPath, err)
-	}
-	info, err := l.Info()
-	if err != nil {
-		return attachedLink{}, errors.Join(fmt.Errorf("attach %s: link info: %w", h.name, err), l.Close())
-	}
-	if created && h.attach == ebpf.AttachCgroupInetSockRelease {
-		if err := r.forgetAllSocketCounts(); err != nil {
-			return attachedLink{}, errors.Join(fmt.Errorf("attach %s: %w", h.name, err), l.Close())
+		if m != nil {
+			moves = append(moves, m)
 		}
 	}
-	return attachedLink{hook: h, link: l, id: info.ID, program: info.Program}, nil
-}
-
-// leavePreviousCgroup detaches, in detach order, the pinned links that
-// attach the programs to a cgroup other than cgID (the agent was configured
-// with another one); attach then replaces them with links on cgID. Left to
-// attach, one hook at a time in attach order, the old cgroup would lose its
-// restoring hooks while connect and sendmsg still redirect there.
-func (r *Redirector) leavePreviousCgroup(cgID uint64) error {
-	for _, h := range detachOrder() {
-		pin := linkPinPath(r.cfg.BPFFS, h.name)
-		err := withOwnedPinnedLink(pin, func(l link.Link, info *link.Info) error {
-			cg := info.Cgroup()
-			if cg == nil || cg.CgroupId == 0 || cg.CgroupId == cgID {
-				return nil
-			}
-			if err := l.Detach(); err != nil {
-				return fmt.Errorf("detach link %s from its previous cgroup: %w", pin, err)
-			}
-			r.log.Info("detached from previous cgroup", "program", h.name, "cgroup_id", cg.CgroupId)
-			return nil
-		})
-		if err != nil {
+	slices.SortStableFunc(moves, func(a, b *move) int { return cmp.Compare(detachRank(a.hook.attach), detachRank(b.hook.attach)) })
+	for _, m := range moves {
+		if err := r.finishMove(m); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
+// move is a hook's link a previous agent pinned on another cgroup, left
+// attached while the new one (not pinned yet) is attached beside it.
+type move struct {
+	hook      hook
+	old, new  link.Link
+	oldCgroup uint64
+}
+
+// finishMove detaches m's old link and pins the new one in its place.
+func (r *Redirector) finishMove(m *move) error {
+	pin := linkPinPath(r.cfg.BPFFS, m.hook.name)
+	if err := m.old.Detach(); err != nil && !errors.Is(err, unix.ENOLINK) {
+		return fmt.Errorf("detach link %s from its previous cgroup: %w", pin, err)
+	}
+	if err := m.old.Unpin(); err != nil {
+		return fmt.Errorf("unpin link %s: %w", pin, err)
+	}
+	if err := m.new.Pin(pin); err != nil {
+		return fmt.Errorf("pin link %s: %w", pin, err)
+	}
+	r.log.Info("moved from previous cgroup", "program", m.hook.name, "previous_cgroup_id", m.oldCgroup, "cgroup", r.cfg.CgroupPath, "pin", pin)
+	return nil
+}
+
+// attachHook attaches h (attach) and notes which link and program that is.
+// A sock_release attached anew (none was attached, or only a defunct link)
+// makes the pinned socket counts untrustworthy: forgetAllSocketCounts. One
+// moved from another cgroup does not: the old one ran until the new one
+// did (a socket closing while both run is taken off twice, at most down
+// to 0).
+func (r *Redirector) attachHook(h hook) (attachedLink, *move, error) {
+	l, created, m, err := r.attach(h)
+	if err != nil {
+		return attachedLink{}, nil, fmt.Errorf("attach %s to %s: %w", h.name, r.cfg.CgroupPath, err)
+	}
+	fail := func(err error) (attachedLink, *move, error) {
+		errs := []error{fmt.Errorf("attach %s: %w", h.name, err), l.Close()}
+		if m != nil {
+			errs = append(errs, m.old.Close())
+		}
+		return attachedLink{}, nil, errors.Join(errs...)
+	}
+	info, err := l.Info()
+	if err != nil {
+		return fail(fmt.Errorf("link info: %w", err))
+	}
+	if created && h.attach == ebpf.AttachCgroupInetSockRelease {
+		if err := r.forgetAllSocketCounts(); err != nil {
+			return fail(err)
+		}
+	}
+	return attachedLink{hook: h, link: l, id: info.ID, program: info.Program}, m, nil
+}
+
 // attach updates the pinned link of hook h to the newly loaded program, or
-// creates and pins a link when there is none (or only a defunct one: a link
-// on another cgroup, leavePreviousCgroup has detached, which makes it one).
-// created: the link is a new one, so the hook ran no ztdns program of this
-// cgroup until now.
-func (r *Redirector) attach(h hook) (l link.Link, created bool, err error) {
+// creates and pins a link when there is none (or only a defunct one). A
+// pinned link of ztdns's on another cgroup is left attached and pinned: a
+// new link is attached, not pinned, and m holds both until finishMove.
+// created: the link is a new one, and no ztdns program ran on the hook
+// until now.
+func (r *Redirector) attach(h hook) (l link.Link, created bool, m *move, err error) {
 	prog := h.program(&r.objs.ztdnsPrograms)
 	pin := linkPinPath(r.cfg.BPFFS, h.name)
+	cgID, err := cgroupID(r.cfg.CgroupPath)
+	if err != nil {
+		return nil, false, nil, err
+	}
 
-	l, err = link.LoadPinnedLink(pin, nil)
+	pinned, err := link.LoadPinnedLink(pin, nil)
 	switch {
 	case errors.Is(err, os.ErrNotExist):
 		// First start.
 	case err != nil:
-		return nil, false, fmt.Errorf("open pinned link %s: %w", pin, err)
+		return nil, false, nil, fmt.Errorf("open pinned link %s: %w", pin, err)
 	default:
-		updated, err := r.updatePinned(l, h, pin, prog)
+		if other := elsewhere(pinned, cgID); other != 0 {
+			nl, err := r.newLink(h, prog)
+			if err != nil {
+				pinned.Close()
+				return nil, false, nil, err
+			}
+			r.log.Info("attached beside the previous cgroup's link", "program", h.name, "cgroup", r.cfg.CgroupPath, "previous_cgroup_id", other)
+			return nl, false, &move{hook: h, old: pinned, new: nl, oldCgroup: other}, nil
+		}
+		updated, err := r.updatePinned(pinned, h, pin, prog)
 		if err != nil || updated {
 			if err != nil {
-				l.Close()
-				return nil, false, err
+				pinned.Close()
+				return nil, false, nil, err
 			}
-			return l, false, nil
+			return pinned, false, nil, nil
 		}
-		l.Close()
+		pinned.Close()
 	}
 
+	nl, err := r.newLink(h, prog)
+	if err != nil {
+		return nil, false, nil, err
+	}
+	if err := nl.Pin(pin); err != nil {
+		return nil, false, nil, errors.Join(fmt.Errorf("pin link: %w", err), nl.Close())
+	}
+	r.log.Info("attached", "program", h.name, "cgroup", r.cfg.CgroupPath, "pin", pin)
+	return nl, true, nil, nil
+}
+
+// elsewhere is the cgroup l (a pinned link of ztdns's: checkPinnedLink)
+// attaches to when that is not cgID; 0 when it is, or when l is defunct.
+func elsewhere(l link.Link, cgID uint64) uint64 {
+	info, err := l.Info()
+	if err != nil || info.Cgroup() == nil {
+		return 0
+	}
+	if cg := info.Cgroup().CgroupId; cg != cgID {
+		return cg
+	}
+	return 0
+}
+
+// newLink attaches prog to the configured cgroup through a new bpf_link,
+// not pinned.
+func (r *Redirector) newLink(h hook, prog *ebpf.Program) (link.Link, error) {
 	cg, err := os.Open(r.cfg.CgroupPath)
 	if err != nil {
-		return nil, false, fmt.Errorf("open cgroup: %w", err)
+		return nil, fmt.Errorf("open cgroup: %w", err)
 	}
 	defer cg.Close()
-	nl, err := link.AttachRawLink(link.RawLinkOptions{
+	raw, err := link.AttachRawLink(link.RawLinkOptions{
 		Target:  int(cg.Fd()),
 		Program: prog,
 		Attach:  h.attach,
 	})
 	if err != nil {
-		return nil, false, fmt.Errorf("create bpf_link (cgroup links need Linux 5.7+): %w", err)
+		return nil, fmt.Errorf("create bpf_link (cgroup links need Linux 5.7+): %w", err)
 	}
-	if err := nl.Pin(pin); err != nil {
-		return nil, false, errors.Join(fmt.Errorf("pin link: %w", err), nl.Close())
-	}
-	// Reopen through the pin: that yields the cgroup link type, whose Info
-	// reports the cgroup (a raw link's does not).
-	typed, err := link.LoadPinnedLink(pin, nil)
+	defer raw.Close()
+	// Reopen by id: that yields the cgroup link type, whose Info reports
+	// the cgroup (a raw link's does not).
+	info, err := raw.Info()
 	if err != nil {
-		return nil, false, errors.Join(fmt.Errorf("reopen pinned link: %w", err), nl.Close())
+		return nil, fmt.Errorf("link info: %w", err)
 	}
-	if err := nl.Close(); err != nil {
-		return nil, false, errors.Join(fmt.Errorf("close link: %w", err), typed.Close())
+	typed, err := link.NewFromID(info.ID)
+	if err != nil {
+		return nil, fmt.Errorf("reopen link %d: %w", info.ID, err)
 	}
-	r.log.Info("attached", "program", h.name, "cgroup", r.cfg.CgroupPath, "pin", pin)
-	return typed, true, nil
+	return typed, nil
 }
 
-// updatePinned swaps prog into the pinned link l. It reports false when the
-// link is defunct (its cgroup is gone, or leavePreviousCgroup detached it
-// from a cgroup the agent no longer uses: a detached link reports cgroup id
-// 0): the link has then been unpinned and the caller creates a new one.
+// updatePinned swaps prog into the pinned link l, attached to the
+// configured cgroup. It reports false when the link is defunct (its cgroup
+// is gone, or it was detached: a detached link reports cgroup id 0): the
+// link has then been unpinned and the caller creates a new one.
 func (r *Redirector) updatePinned(l link.Link, h hook, pin string, prog *ebpf.Program) (bool, error) {
 	info, err := ownedLinkInfo(l)
 	if err != nil {
@@ -312,9 +386,15 @@ func (r *Redirector) Links() ([]Link, error) {
 // under bpffs, any other link still attaching a ztdns program to cgroupPath
 // (one held open by a running agent), the map pins, and the pin directories
 // if that leaves them empty. Pins and programs ztdns did not create are left
-// alone. Empty bpffs or cgroupPath mean the defaults of Config.
+// alone. Empty bpffs or cgroupPath mean the defaults of Config; the
+// default cgroup also covers the cgroup2 root, where agents before the
+// pods' cgroup was the default attached.
 func Uninstall(bpffs, cgroupPath string) error {
-	cfg, err := Config{BPFFS: bpffs, CgroupPath: cgroupPath}.withDefaults()
+	return uninstall(Config{BPFFS: bpffs, CgroupPath: cgroupPath})
+}
+
+func uninstall(c Config) error {
+	cfg, err := c.withDefaults()
 	if err != nil {
 		return err
 	}
@@ -323,6 +403,9 @@ func Uninstall(bpffs, cgroupPath string) error {
 		errs = append(errs, removePinnedLink(linkPinPath(cfg.BPFFS, h.name)))
 	}
 	errs = append(errs, detachCgroupLinks(cfg.CgroupPath))
+	if c.CgroupPath == "" && cfg.CgroupRoot != cfg.CgroupPath {
+		errs = append(errs, detachCgroupLinks(cfg.CgroupRoot))
+	}
 	for _, name := range mapNames {
 		errs = append(errs, removeMapPin(pinPath(cfg.BPFFS, name)))
 	}

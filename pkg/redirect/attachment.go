@@ -132,7 +132,11 @@ func (r *Redirector) inspectLink(i int, al attachedLink, repair bool) (ok bool, 
 		if !pinOurs { // someone else's pin: not ours to replace
 			return false, problem + "; not re-attached: " + pinProblem, ""
 		}
-		nl, err := r.attachHook(al.hook)
+		nl, m, err := r.attachHook(al.hook)
+		if err == nil && m != nil { // the pin is ours (pinOurs): never, but as attachAll would
+			err = r.finishMove(m)
+			m.old.Close()
+		}
 		if err != nil {
 			return false, problem + "; re-attaching failed: " + err.Error(), ""
 		}

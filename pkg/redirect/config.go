@@ -87,9 +87,16 @@ type Config struct {
 	// own would vanish with it, and every pin in it).
 	BPFFS        string
 	RequireBPFFS bool
-	// CgroupPath is the cgroup v2 directory to attach to (default: the
-	// first cgroup2 mount in /proc/mounts, i.e. the whole node).
+	// CgroupPath is the cgroup v2 directory to attach to. Default: the
+	// pods' cgroup (kubepods.slice or kubepods) under CgroupRoot when it
+	// has one, else CgroupRoot itself (cgroup.go says why).
 	CgroupPath string
+	// CgroupRoot is the cgroup2 hierarchy's root, where the default
+	// CgroupPath is looked for (default: the first cgroup2 mount in
+	// /proc/mounts, i.e. the whole node).
+	CgroupRoot string
+	// cgroupWhy says why CgroupPath is that one (withDefaults).
+	cgroupWhy string
 	// Resolver4 and Resolver6 are the resolver's addresses: a query to the
 	// nameserver in slot i goes to Resolver4[i] (IPv4 and IPv4-mapped
 	// nameservers) or Resolver6[i] (IPv6 nameservers). A family left all
@@ -139,15 +146,18 @@ func (c Config) withDefaults() (Config, error) {
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
-	if c.CgroupPath == "" {
-		mounts, err := Cgroup2Mounts()
+	switch {
+	case c.CgroupPath != "":
+		c.cgroupWhy = "given (--cgroup)"
+	case c.CgroupRoot != "":
+		c.CgroupPath, c.cgroupWhy = chooseCgroup(c.CgroupRoot)
+	default:
+		root, err := cgroup2Root()
 		if err != nil {
 			return c, err
 		}
-		if len(mounts) == 0 {
-			return c, errors.New("no cgroup2 filesystem is mounted (none in /proc/mounts), and ztdns attaches to cgroup v2")
-		}
-		c.CgroupPath = mounts[0]
+		c.CgroupRoot = root
+		c.CgroupPath, c.cgroupWhy = chooseCgroup(root)
 	}
 	return c, nil
 }
