@@ -1,14 +1,17 @@
-# ztdns: the five targets the README promises.
+# ztdns: the targets, each described in the README ("The two commands" and
+# the paragraphs after them).
 #   make build     the ztdns binary into bin/
 #   make generate  rebuild the BPF objects and their Go bindings (needs clang)
 #   make helpers   build the test helpers into their cache (before the first make test)
 #   make test      every test (as root: the data-path tests load BPF programs)
 #   make demo      the DNS Proxying walkthrough, live (as root)
+#   make demo-standalone  the same without root or eBPF, on 127.0.0.1:5353
 #   make bench     ztdns vs. its peers, side by side, as ratios
 #   make bench-wire  the hand-written DNS wire format vs. miekg/dns, dnsmessage
 #   make fuzz      every fuzz target for FUZZTIME each (default 10m)
 #   make image     the container image for amd64 and arm64, as an OCI layout
 #                  in bin/image (and bin/image.tar); IMAGE_TAG names it
+#   make clean     remove bin/
 
 GO        ?= go
 # Go where the README's set-up installs it, when PATH lacks it (sudo's

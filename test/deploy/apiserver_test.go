@@ -37,6 +37,9 @@ func TestChartOnAPIServer(t *testing.T) {
 	env := kubetest.Start(t)
 	ctx := t.Context()
 	admin := env.Client()
+	// Before the chart's objects are there: helm would refuse to install
+	// over them, even in a dry run.
+	notes := renderNotes(t, []string{"--kubeconfig", env.Kubeconfig})
 	applyChart(t, ctx, admin, c)
 
 	// What the DaemonSet controller would create on a node: admission
@@ -88,6 +91,7 @@ func TestChartOnAPIServer(t *testing.T) {
 	})
 
 	t.Run("finds the agent on a pod's node", func(t *testing.T) { checkDebugLookup(t, admin, c) })
+	t.Run("NOTES find the agent on a pod's node", func(t *testing.T) { checkNotesFindTheNodesAgent(t, notes, admin, c) })
 
 	cfg := rest.CopyConfig(env.Config)
 	cfg.Impersonate = rest.ImpersonationConfig{

@@ -997,6 +997,14 @@ func TestChartRejectsBadValues(t *testing.T) {
 		{"unknown log format", "logFormat=xml", "/logFormat"},
 		{"relative netns dir", "cni.netnsDir=run/netns", "/cni/netnsDir"},
 		{"misspelt SELinux field", "seLinuxOptions.typ=spc_t", "/seLinuxOptions"},
+		// The agent refuses a domain it cannot serve names under: one
+		// empty label, or a character no DNS name of a cluster has.
+		{"cluster domain with an empty label", "clusterDomain=cluster..local", "/clusterDomain"},
+		{"cluster domain with a leading dot", "clusterDomain=.cluster.local", "/clusterDomain"},
+		{"cluster domain with a trailing dot", "clusterDomain=cluster.local.", "/clusterDomain"},
+		{"cluster domain with an underscore", "clusterDomain=cluster_local", "/clusterDomain"},
+		{"cluster domain with a space", "clusterDomain=cluster local", "/clusterDomain"},
+		{"empty cluster domain", "clusterDomain=", "/clusterDomain"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -1111,6 +1119,7 @@ func TestChartLint(t *testing.T) {
 		{"DNS capture switch off", []string{"cni.ambient.dnsCapture=false"}},
 		{"ServiceMonitor on", []string{"metrics.serviceMonitor.enabled=true"}},
 		{"cleanup mode", []string{"mode=cleanup"}},
+		{"another cluster domain", []string{"clusterDomain=Cluster-1.example"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -3,6 +3,7 @@
 package deploy
 
 import (
+	"fmt"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
@@ -24,16 +26,23 @@ import (
 	"github.com/ztdns/ztdns/pkg/source/configdir"
 )
 
-// debugCommand is deploy/README.md's one command that shows a pod's view
-// from a workstation, taken apart.
+// debugCommand is the one command of deploy/README.md's Debug section, and
+// of the chart's NOTES, that shows a pod's view from a workstation, taken
+// apart.
 type debugCommand struct {
 	agentNamespace, agentSelector string // kubectl -n NS get pod -l SELECTOR
 	podNamespace, podName         string // kubectl -n NS get pod NAME -o jsonpath='{.spec.nodeName}'
 	inContainer                   []string
 }
 
-var debugCommandRE = regexp.MustCompile(`^kubectl -n (\S+) exec \$\(kubectl -n (\S+) get pod -l (\S+) --field-selector spec\.nodeName=\$\(kubectl -n (\S+) get pod (\S+) -o jsonpath='\{\.spec\.nodeName\}'\) ` +
+var debugCommandRE = regexp.MustCompile(`^\s*kubectl -n (\S+) exec \$\(kubectl -n (\S+) get pod -l (\S+) --field-selector spec\.nodeName=\$\(kubectl -n (\S+) get pod (\S+) -o jsonpath='\{\.spec\.nodeName\}'\) ` +
 	`--sort-by=\.metadata\.creationTimestamp -o jsonpath='\{\.items\[-1:\]\.metadata\.name\}'\) -- (.+)$`)
+
+// wrongAgentRE is what finds another agent than the one on the node:
+// `kubectl exec ds/NAME` execs in any node's pod, and `-o name` in a
+// command substitution hands `kubectl exec` every agent pod on the node,
+// two during a rollout, where it fails.
+var wrongAgentRE = regexp.MustCompile(`exec ds/|-o name\)`)
 
 // readDebugCommand finds the command in deploy/README.md.
 func readDebugCommand(t *testing.T) debugCommand {
@@ -42,31 +51,94 @@ func readDebugCommand(t *testing.T) debugCommand {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, line := range strings.Split(string(b), "\n") {
+	return parseDebugCommand(t, "deploy/README.md", string(b))
+}
+
+// parseDebugCommand finds the command in text, from where.
+func parseDebugCommand(t *testing.T, where, text string) debugCommand {
+	t.Helper()
+	for _, line := range strings.Split(text, "\n") {
 		if m := debugCommandRE.FindStringSubmatch(line); m != nil {
 			if m[1] != m[2] {
-				t.Fatalf("the command execs in %s into a pod it looks up in %s", m[1], m[2])
+				t.Fatalf("%s: the command execs in %s into a pod it looks up in %s", where, m[1], m[2])
 			}
 			return debugCommand{agentNamespace: m[2], agentSelector: m[3], podNamespace: m[4], podName: m[5], inContainer: strings.Fields(m[6])}
 		}
 	}
-	t.Fatalf("deploy/README.md has no line matching %s", debugCommandRE)
+	t.Fatalf("%s has no line matching %s", where, debugCommandRE)
 	return debugCommand{}
 }
 
-// checkDebugLookup runs the command's two look-ups against a real API
-// server where the chart's agent runs on two nodes, twice on the pod's as
-// in a rollout (maxSurge): the agent found is one name, the newest on the
-// pod's node. (Before: `-o name` gave both of a rollout's pods, and
-// `kubectl exec` took the second for the command to run.) Called by
-// TestChartOnAPIServer with its server.
-func checkDebugLookup(t *testing.T, admin kubernetes.Interface, c *chart) {
-	cmd := readDebugCommand(t)
-	if cmd.agentNamespace != namespace {
-		t.Errorf("the command looks for the agent in %s, the chart installs into %s", cmd.agentNamespace, namespace)
+// TestDocsExecTheNodesAgent: no command of deploy/README.md or README.md
+// (their sh blocks) reaches the agent through the DaemonSet, which picks
+// any node's, or through `-o name`, which fails during a rollout. The
+// chart's NOTES are rendered and checked in TestChartOnAPIServer (helm
+// prints them only for an install).
+func TestDocsExecTheNodesAgent(t *testing.T) {
+	for _, doc := range []string{"deploy/README.md", "README.md"} {
+		b, err := os.ReadFile(filepath.Join(repoRoot(t), doc))
+		if err != nil {
+			t.Fatal(err)
+		}
+		blocks := regexp.MustCompile("(?s)```sh\n(.*?)```").FindAllStringSubmatch(string(b), -1)
+		if len(blocks) == 0 {
+			t.Fatalf("%s has no sh block", doc)
+		}
+		for _, block := range blocks {
+			checkExecsTheNodesAgent(t, doc, strings.Split(block[1], "\n"))
+		}
 	}
-	if want := selectorOf(c.daemonSet.Spec.Template.Labels, "app.kubernetes.io/name"); cmd.agentSelector != want {
-		t.Errorf("the command selects %s, the chart's pods are labelled %s", cmd.agentSelector, want)
+}
+
+// checkExecsTheNodesAgent fails on each of lines that would find another
+// agent than the node's.
+func checkExecsTheNodesAgent(t *testing.T, where string, lines []string) {
+	t.Helper()
+	for _, line := range lines {
+		if wrongAgentRE.MatchString(line) {
+			t.Errorf("%s: %q finds another agent than the node's (%s): find it as the Debug command does, by the node, the newest", where, strings.TrimSpace(line), wrongAgentRE.FindString(line))
+		}
+	}
+}
+
+// checkNotesFindTheNodesAgent: the NOTES `helm install` prints reach the
+// agent as deploy/README.md's Debug command does, and the look-up they give
+// finds the node's newest agent. Called by TestChartOnAPIServer with its
+// server and the NOTES rendered for it.
+func checkNotesFindTheNodesAgent(t *testing.T, notes string, admin kubernetes.Interface, c *chart) {
+	checkExecsTheNodesAgent(t, "NOTES.txt", commandLines(notes))
+	cmd := parseDebugCommand(t, "NOTES.txt", notes)
+	if cmd.podNamespace != "NS" || cmd.podName != "POD" {
+		t.Fatalf("NOTES.txt: the command looks up pod %s/%s, want the placeholders NS/POD", cmd.podNamespace, cmd.podName)
+	}
+	cmd.podNamespace, cmd.podName = "notes-ns", "notes-pod" // what a user puts in
+	checkLookup(t, "NOTES.txt", cmd, admin, c)
+}
+
+// checkDebugLookup checks deploy/README.md's command (checkLookup).
+// Called by TestChartOnAPIServer with its server.
+func checkDebugLookup(t *testing.T, admin kubernetes.Interface, c *chart) {
+	checkLookup(t, "deploy/README.md", readDebugCommand(t), admin, c)
+}
+
+// checkLookup runs the command's two look-ups against a real API server
+// where the chart's agent runs on two nodes, twice on the pod's as in a
+// rollout (maxSurge): the agent found is one name, the newest on the pod's
+// node. (Before: `-o name` gave both of a rollout's pods, and `kubectl
+// exec` took the second for the command to run.)
+func checkLookup(t *testing.T, where string, cmd debugCommand, admin kubernetes.Interface, c *chart) {
+	if cmd.agentNamespace != namespace {
+		t.Errorf("%s: the command looks for the agent in %s, the chart installs into %s", where, cmd.agentNamespace, namespace)
+	}
+	labels := c.daemonSet.Spec.Template.Labels
+	terms := strings.Split(cmd.agentSelector, ",")
+	if !slices.Contains(terms, selectorOf(labels, "app.kubernetes.io/name")) {
+		t.Errorf("%s: the command selects %s, the chart's pods are labelled %s", where, cmd.agentSelector, selectorOf(labels, "app.kubernetes.io/name"))
+	}
+	for _, term := range terms {
+		if k, v, _ := strings.Cut(term, "="); labels[k] != v {
+			t.Errorf("%s: the command selects %s, the chart's pods are labelled %s=%s", where, term, k, labels[k])
+		}
 	}
 	ctx := t.Context()
 	const otherNode = "node-b"
@@ -79,7 +151,7 @@ func checkDebugLookup(t *testing.T, admin kubernetes.Interface, c *chart) {
 		newest = p.Name
 		time.Sleep(time.Second) // creationTimestamp has whole seconds
 	}
-	if _, err := admin.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: cmd.podNamespace}}, metav1.CreateOptions{}); err != nil {
+	if _, err := admin.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: cmd.podNamespace}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 		t.Fatal(err)
 	}
 	workload := &corev1.Pod{
@@ -95,7 +167,7 @@ func checkDebugLookup(t *testing.T, admin kubernetes.Interface, c *chart) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// kubectl -n NS get pod -l SELECTOR --field-selector spec.nodeName=NODE -o name
+	// kubectl -n NS get pod -l SELECTOR --field-selector spec.nodeName=NODE
 	agents, err := admin.CoreV1().Pods(cmd.agentNamespace).List(ctx, metav1.ListOptions{
 		LabelSelector: cmd.agentSelector, FieldSelector: "spec.nodeName=" + p.Spec.NodeName,
 	})
@@ -106,7 +178,7 @@ func checkDebugLookup(t *testing.T, admin kubernetes.Interface, c *chart) {
 	var got []string
 	for _, a := range agents.Items {
 		if a.Spec.NodeName != otherNode {
-			t.Errorf("the look-up found %s on %s, want only pods on %s", a.Name, a.Spec.NodeName, otherNode)
+			t.Errorf("%s: the look-up found %s on %s, want only pods on %s", where, a.Name, a.Spec.NodeName, otherNode)
 		}
 	}
 	slices.SortStableFunc(agents.Items, func(a, b corev1.Pod) int { return a.CreationTimestamp.Compare(b.CreationTimestamp.Time) })
@@ -114,7 +186,7 @@ func checkDebugLookup(t *testing.T, admin kubernetes.Interface, c *chart) {
 		got = append(got, a.Name)
 	}
 	if !slices.Equal(got, []string{newest}) {
-		t.Errorf("the look-up found %q, want the newest agent pod on %s alone, %s", got, otherNode, newest)
+		t.Errorf("%s: the look-up found %q, want the newest agent pod on %s alone, %s", where, got, otherNode, newest)
 	}
 }
 
@@ -200,6 +272,19 @@ func TestDebugGuideNamesRealCommands(t *testing.T) {
 	for _, want := range []string{"status", "pods", "table", "log on"} {
 		if !checked[want] {
 			t.Errorf("the Debug section never names `ztdns %s`", want)
+		}
+	}
+
+	// `ztdns pods` prints its yes-or-no columns as Go prints a bool
+	// (cmd/ztdns/capture.go: fmt.Sprint(r.Captured)): the guide quotes
+	// them as an operator sees them.
+	columns := regexp.MustCompile("`(CAPTURED|MARKED|REDIRECTED|RESTORED)` `([^`]*)`").FindAllStringSubmatch(debug, -1)
+	if len(columns) == 0 {
+		t.Error("the Debug section quotes no value of `ztdns pods`'s CAPTURED or MARKED column")
+	}
+	for _, m := range columns {
+		if m[2] != fmt.Sprint(true) && m[2] != fmt.Sprint(false) {
+			t.Errorf("the Debug section quotes `%s` `%s`: `ztdns pods` prints %s %v or %v", m[1], m[2], m[1], true, false)
 		}
 	}
 

@@ -59,6 +59,27 @@ var cniInstallOnly = []string{"ztdns_cni_config_installed"}
 // two of them.
 var cpuControllerOnly = []string{"ztdns_cpu_periods_total", "ztdns_cpu_throttled_periods_total", "ztdns_cpu_throttled_seconds_total"}
 
+// TestREADMENamesObservabilityExemptions: README.md's account of
+// TestObservability names every metric the test lets the dashboard and
+// alerts use without finding it in its agent's scrape. (Before, it named
+// ztdns_kube_watch_failing alone.)
+func TestREADMENamesObservabilityExemptions(t *testing.T) {
+	b, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, text, ok := strings.Cut(string(b), "`test/e2e` (`TestObservability`, as root)")
+	if !ok {
+		t.Fatal("README.md says nothing of `test/e2e` (`TestObservability`, as root)")
+	}
+	text, _, _ = strings.Cut(text, "\n\n")
+	for _, name := range slices.Concat(synthesized, apiSourceOnly, eventOnly, cniInstallOnly, cpuControllerOnly) {
+		if !strings.Contains(text, "`"+name+"`") {
+			t.Errorf("README.md's account of TestObservability does not name %s, which the test does not look for in its scrape", name)
+		}
+	}
+}
+
 // TestObservability runs an agent with capture on, its metrics endpoint and
 // an access log file, has a captured pod ask a table name and (twice) a
 // name its own nameserver answers, and checks:

@@ -1,0 +1,241 @@
+package main
+
+import (
+	"fmt"
+	"maps"
+	"os"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spf13/pflag"
+)
+
+// notInFlagTable are agent flags README.md's table of `ztdns agent`'s flags
+// leaves out on purpose, each with the reason. None: `ztdns agent -h` and
+// the table name the same flags.
+var notInFlagTable = []string{}
+
+// TestREADMEAgentFlagTable: README.md's table of `ztdns agent`'s flags
+// names every flag the agent has (but notInFlagTable), and no other, and a
+// default the table gives is the flag's: the same value, read as the flag
+// reads it (a duration, a number written with thousands separators or in
+// MiB), `$VAR` for one taken from the environment, "off" or "none" for an
+// empty one; a default told in words is the flag's when the flag has none
+// of its own (the agent works it out) or the words quote it. (Before: eight
+// flags, --kubeconfig and --config-dir among them, had no row.)
+func TestREADMEAgentFlagTable(t *testing.T) {
+	rows := agentFlagTable(t)
+	// Flags whose default is the environment's are built with a value
+	// there that only the environment gives.
+	for _, def := range rows {
+		if v, ok := envDefault(def); ok {
+			t.Setenv(v, "from-$"+v)
+		}
+	}
+	fs := pflag.NewFlagSet("agent", pflag.ContinueOnError)
+	addAgentFlags(fs)
+
+	fs.VisitAll(func(f *pflag.Flag) {
+		_, listed := rows[f.Name]
+		switch {
+		case slices.Contains(notInFlagTable, f.Name):
+			if listed {
+				t.Errorf("README.md's flag table has --%s, which notInFlagTable says it leaves out", f.Name)
+			}
+		case !listed:
+			t.Errorf("README.md's flag table has no row for --%s (default %q): %s", f.Name, f.DefValue, f.Usage)
+		}
+	})
+	for _, name := range slices.Sorted(maps.Keys(rows)) {
+		def := rows[name]
+		f := fs.Lookup(name)
+		if f == nil {
+			t.Errorf("README.md's flag table has --%s, which `ztdns agent` does not take", name)
+			continue
+		}
+		if def == "" {
+			continue // a row of several flags that gives no defaults
+		}
+		if err := sameDefault(f, def); err != nil {
+			t.Errorf("README.md's flag table gives --%s the default %q: %v", name, def, err)
+		}
+	}
+}
+
+// agentFlagTable returns README.md's rows of `ztdns agent`'s flags: each
+// flag's name and the default the table gives it ("" when its row gives
+// none).
+func agentFlagTable(t *testing.T) map[string]string {
+	t.Helper()
+	b, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, table, ok := strings.Cut(string(b), "\nFlags of `ztdns agent` (`ztdns agent -h` for all):\n\n| flag | default | |\n| --- | --- | --- |\n")
+	if !ok {
+		t.Fatal("README.md has no table of `ztdns agent`'s flags")
+	}
+	table, _, _ = strings.Cut(table, "\n\n")
+	flagRE := regexp.MustCompile("`--([a-z0-9-]+)[^`]*`")
+	rows := map[string]string{}
+	for _, line := range strings.Split(table, "\n") {
+		// | flag | default | what |, with \| inside a cell
+		cells := strings.Split(strings.ReplaceAll(line, `\|`, "\x00"), "|")
+		if len(cells) < 5 || cells[0] != "" {
+			t.Fatalf("README.md: a flag row of fewer than three cells: %q", line)
+		}
+		var names []string
+		for _, m := range flagRE.FindAllStringSubmatch(cells[1], -1) {
+			names = append(names, m[1])
+		}
+		if len(names) == 0 {
+			t.Errorf("README.md: a flag row that names no flag: %q", line)
+			continue
+		}
+		defaults := []string{strings.TrimSpace(cells[2])}
+		if len(names) > 1 {
+			if defaults[0] == "" {
+				defaults = make([]string, len(names))
+			} else if defaults = strings.Split(defaults[0], ", "); len(defaults) != len(names) {
+				t.Errorf("README.md: the row of %v gives %d defaults: %q", names, len(defaults), cells[2])
+				continue
+			}
+		}
+		for i, name := range names {
+			if _, dup := rows[name]; dup {
+				t.Errorf("README.md: two rows for --%s", name)
+			}
+			rows[name] = defaults[i]
+		}
+	}
+	if len(rows) < 40 {
+		t.Fatalf("README.md's flag table: only %d flags read", len(rows))
+	}
+	return rows
+}
+
+var (
+	codeRE    = regexp.MustCompile("`([^`]*)`")
+	envRE     = regexp.MustCompile("^`\\$([A-Z_]+)`$")
+	numberRE  = regexp.MustCompile(`^([0-9][0-9,]*(?:\.[0-9]+)?)(?: (KiB|MiB|GiB))?$`)
+	unitBytes = map[string]float64{"": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}
+)
+
+// envDefault returns VAR of a default written `$VAR`.
+func envDefault(def string) (string, bool) {
+	m := envRE.FindStringSubmatch(def)
+	if m == nil {
+		return "", false
+	}
+	return m[1], true
+}
+
+// sameDefault says whether the table's default def is f's, and how not.
+func sameDefault(f *pflag.Flag, def string) error {
+	if v, ok := envDefault(def); ok {
+		if f.DefValue != "from-$"+v {
+			return fmt.Errorf("the flag's default is %q, not $%s's", f.DefValue, v)
+		}
+		return nil
+	}
+	if def == "off" || def == "none" {
+		if !isZero(f.DefValue) {
+			return fmt.Errorf("the flag's default is %q, not empty", f.DefValue)
+		}
+		return nil
+	}
+	if m := codeRE.FindStringSubmatch(def); m != nil && m[0] == def { // one value, as written
+		return sameValue(f, m[1])
+	}
+	if numberRE.MatchString(def) { // 8 MiB, 25,000
+		return sameValue(f, def)
+	}
+	// Told in words: the agent works it out when the flag has no value
+	// of its own; a value it has is quoted among the words.
+	if isZero(f.DefValue) {
+		return nil
+	}
+	for _, m := range codeRE.FindAllStringSubmatch(def, -1) {
+		if sameValue(f, m[1]) == nil {
+			return nil
+		}
+	}
+	return fmt.Errorf("the flag's default, %q, is not among the words", f.DefValue)
+}
+
+// sameValue says whether v, as the table writes a value, is f's default.
+func sameValue(f *pflag.Flag, v string) error {
+	got, want := v, f.DefValue
+	switch f.Value.Type() {
+	case "duration":
+		g, err1 := time.ParseDuration(got)
+		w, err2 := time.ParseDuration(want)
+		if err1 != nil || err2 != nil || g != w {
+			return fmt.Errorf("the flag's default is %s", want)
+		}
+		return nil
+	case "int", "int64", "uint", "float64":
+		m := numberRE.FindStringSubmatch(got)
+		if m == nil {
+			return fmt.Errorf("not a number; the flag's default is %s", want)
+		}
+		g, err1 := strconv.ParseFloat(strings.ReplaceAll(m[1], ",", ""), 64)
+		w, err2 := strconv.ParseFloat(want, 64)
+		if err1 != nil || err2 != nil || g*unitBytes[m[2]] != w {
+			return fmt.Errorf("the flag's default is %s", want)
+		}
+		return nil
+	case "stringSlice":
+		want = strings.TrimSuffix(strings.TrimPrefix(want, "["), "]")
+	}
+	if got != want {
+		return fmt.Errorf("the flag's default is %q", want)
+	}
+	return nil
+}
+
+// isZero says whether a flag's default is no value: empty, 0, false.
+func isZero(def string) bool {
+	return slices.Contains([]string{"", "[]", "0", "0s", "false"}, def)
+}
+
+// TestMakefileTargetsDocumented: every target of the Makefile is in its
+// header's list and in README.md, as `make TARGET`. (Before: the header
+// called its nine targets five, and left out demo-standalone and clean,
+// which README.md never named either.)
+func TestMakefileTargetsDocumented(t *testing.T) {
+	mk, err := os.ReadFile("../../Makefile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	header, _, _ := strings.Cut(string(mk), "\n\n")
+	var targets []string
+	for _, m := range regexp.MustCompile(`(?m)^([a-z][a-z-]*):([^=]|$)`).FindAllStringSubmatch(string(mk), -1) {
+		if !slices.Contains(targets, m[1]) {
+			targets = append(targets, m[1])
+		}
+	}
+	if len(targets) < 5 {
+		t.Fatalf("the Makefile's targets: only %q", targets)
+	}
+	for _, target := range targets {
+		named := regexp.MustCompile(`(?m)(^|\x60)make ` + regexp.QuoteMeta(target) + `([^a-z-]|$)`)
+		if !regexp.MustCompile(`(?m)^#   make ` + regexp.QuoteMeta(target) + ` `).MatchString(header) {
+			t.Errorf("the Makefile's header does not list `make %s`", target)
+		}
+		if !named.Match(readme) {
+			t.Errorf("README.md never names `make %s`", target)
+		}
+	}
+	if regexp.MustCompile(`(?i)\b(two|three|four|five|six|seven|eight|nine|ten) targets\b`).MatchString(header) {
+		t.Errorf("the Makefile's header counts its targets: %q", header)
+	}
+}
