@@ -16,6 +16,8 @@ cd "$(dirname "$0")/.."
 BIN=$(realpath "${BIN:-bin/ztdns}")
 # shellcheck source=scripts/lib/unbound.sh
 source scripts/lib/unbound.sh
+# shellcheck source=scripts/lib/check.sh
+source scripts/lib/check.sh
 
 [ "$(id -u)" = 0 ] || { echo "make demo needs root (network namespaces, cgroups, eBPF); try: sudo make demo" >&2; exit 1; }
 for cmd in ip nsenter dig getent curl unbound; do
@@ -72,6 +74,11 @@ seed_curl() {
   printf '\033[36m%s$ curl -sS -v %s\033[0m\n' "${pod#ztdns-demo-}" "$host" | sed "s/-$id\\$/\$/"
   inpod "$pod" curl -sS -v --connect-timeout 1 "http://$host" 2>&1 | grep -E 'Trying|resolve' | head -2 || true
 }
+# resolved POD HOST: the addresses HOST resolves to in the pod, as the demo
+# checks them; nothing when it does not resolve.
+resolved() {
+  inpod "$1" getent ahostsv4 "$2" | awk '{print $1}' | sort -u | paste -sd' '
+}
 
 say "Setting up: a node namespace, two pod namespaces, a cgroup, a private bpffs"
 mkdir -p "$CG" "$work/bpffs" "$work/manifests"
@@ -106,7 +113,7 @@ cp examples/*.yaml "$work/manifests/"
 nsenter --net="/run/netns/$NODE" "$BIN" agent --config-dir "$work/manifests" --cgroup "$CG" --bpffs "$work/bpffs/ztdns" \
   --socket "$SOCK" --upstream 10.96.0.10 --log-level warn &
 agent_pid=$!
-for _ in $(seq 100); do "$BIN" pods --socket "$SOCK" >/dev/null 2>&1 && break; sleep 0.1; done
+wait_ready "$BIN" "$SOCK" "$agent_pid"
 "$BIN" capture add --socket "$SOCK" --netns "/run/netns/$CURL" --namespace default --name curl
 
 say "The curl pod is captured; the other pod is not:"
@@ -115,29 +122,40 @@ say "The curl pod is captured; the other pod is not:"
 say "DNS capture in action: a ServiceEntry with an address"
 seed_curl "$CURL" address.internal
 show "$CURL" getent hosts address.internal
+expect "address.internal in the curl pod" "$(resolved "$CURL" address.internal)" '198\.51\.100\.1'
 
 say "Address auto-allocation: a ServiceEntry without addresses gets a VIP from 240.240.0.0/16"
 seed_curl "$CURL" auto.internal
 show "$CURL" dig +short auto.internal
+expect "auto.internal in the curl pod" "$(resolved "$CURL" auto.internal)" "$VIP"
 
 say "Without capture, the cluster's nameserver knows none of this:"
 seed_curl "$OTHER" address.internal
 show "$OTHER" getent hosts address.internal
 show "$OTHER" dig +short auto.internal
+expect "address.internal in the other pod" "$(resolved "$OTHER" address.internal)" ''
 
 say "The opt-out label networking.istio.io/enable-autoallocate-ip: \"false\" on external-auto:"
 cp examples/optout/external-auto.yaml "$work/manifests/external-auto.yaml"
-sleep 0.5
+# The agent sees the file change within a second or so.
+for _ in $(seq 100); do [ -z "$(resolved "$CURL" auto.internal)" ] && break; sleep 0.1; done
 seed_curl "$CURL" auto.internal
+expect "auto.internal in the curl pod once it opted out" "$(resolved "$CURL" auto.internal)" ''
 
 say "External TCP services without VIPs: two tcp-echo ServiceEntries on port 9000 get distinct VIPs"
 show "$CURL" dig +short tcp-echo.external-1.svc.cluster.local
 show "$CURL" dig +short +tcp tcp-echo.external-2.svc.cluster.local
+echo1=$(resolved "$CURL" tcp-echo.external-1.svc.cluster.local)
+echo2=$(resolved "$CURL" tcp-echo.external-2.svc.cluster.local)
+expect "tcp-echo.external-1.svc.cluster.local in the curl pod" "$echo1" "$VIP"
+expect "tcp-echo.external-2.svc.cluster.local in the curl pod" "$echo2" "$VIP"
+[ "$echo1" != "$echo2" ] || fail "the two tcp-echo hosts share the VIP $echo1"
 printf '\033[36mnode$ ztdns table --namespace default | grep tcp-echo\033[0m\n'
 "$BIN" table --socket "$SOCK" --namespace default | grep -E '^tcp-echo' || true
 
 say "Names ztdns does not know go to the nameserver the pod asked:"
 show "$CURL" getent hosts example.com
+expect "example.com in the curl pod" "$(resolved "$CURL" example.com)" '203\.0\.113\.10'
 
 say "Counters, and what bpftool sees:"
 "$BIN" pods --socket "$SOCK" | grep -E 'NAMESPACE|curl'

@@ -19,6 +19,7 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
+	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/klog/v2"
 
 	"github.com/ztdns/ztdns/pkg/accesslog"
@@ -303,6 +304,14 @@ func (f *agentFlags) check(fs *pflag.FlagSet) error {
 	if f.podQPS < 0 {
 		return usagef("--pod-qps %v: want 0 or more", f.podQPS)
 	}
+	// A domain no Service name can be made under would leave every
+	// Service out of the table, each with a warning, while the agent
+	// reports ready: refused here instead.
+	domain, err := checkClusterDomain(f.domain)
+	if err != nil {
+		return usagef("--cluster-domain %q: %w", f.domain, err)
+	}
+	f.domain = domain
 	// Nothing would sample: refused rather than ignored.
 	if fs.Changed("access-log-sample") && f.accessLog == "" {
 		return usagef("--access-log-sample without --access-log: the log is off (ztdns log on --sample N sets it at run time)")
@@ -584,6 +593,26 @@ func checkMetricsAddr(s string) error {
 		return fmt.Errorf("port %q: want a number up to 65535", port)
 	}
 	return nil
+}
+
+// checkClusterDomain checks --cluster-domain as kube-dns checks its
+// --domain: DNS labels of lower-case letters, digits and '-' (RFC 1123, as
+// Kubernetes names are), a trailing dot allowed; a single label (local)
+// is one. It returns the domain without the trailing dot.
+func checkClusterDomain(domain string) (string, error) {
+	d := strings.TrimSuffix(domain, ".")
+	for label := range strings.SplitSeq(d, ".") {
+		switch {
+		case label == "" && d == "":
+			return "", errors.New("want the cluster's DNS domain, e.g. cluster.local")
+		case label == "":
+			return "", errors.New("an empty label: two dots in a row, or a dot first")
+		case len(validation.IsDNS1123Label(label)) > 0:
+			return "", fmt.Errorf("label %q: want lower-case letters, digits and '-', a letter or digit first and last, at most %d characters (RFC 1123, as kube-dns takes its --domain)",
+				label, validation.DNS1123LabelMaxLength)
+		}
+	}
+	return d, nil
 }
 
 // groupID resolves --socket-group to a gid; empty is 0 (root only). Group 0

@@ -1,6 +1,9 @@
+//go:build linux
+
 package main
 
 import (
+	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
@@ -111,6 +114,53 @@ func TestAddrPortFlag(t *testing.T) {
 			}
 			if got := l.String(); got != tt.want {
 				t.Errorf("Set(%q) read %s, want %s", tt.in, got, tt.want)
+			}
+		})
+	}
+}
+
+// TestClusterDomainFlag: --cluster-domain takes what kube-dns takes as its
+// --domain, lower-case RFC 1123 labels, a single one too, with or without
+// a trailing dot, which the agent drops; anything else is refused at
+// start, exit status 2, naming the flag and why. (Before: cluster..local
+// was taken, and the agent reported ready with every Service left out, a
+// warning each.)
+func TestClusterDomainFlag(t *testing.T) {
+	for _, tc := range []struct{ value, want string }{
+		{"cluster.local", "cluster.local"},
+		{"cluster.local.", "cluster.local"},
+		{"local", "local"},
+		{"corp-1.example", "corp-1.example"},
+		{"123.example", "123.example"},
+		{strings.Repeat("a", 63) + ".local", strings.Repeat("a", 63) + ".local"},
+	} {
+		if got, err := checkClusterDomain(tc.value); err != nil || got != tc.want {
+			t.Errorf("--cluster-domain %q: %q, %v; want %q", tc.value, got, err, tc.want)
+		}
+	}
+
+	dir := t.TempDir()
+	const emptyLabel = "an empty label: two dots in a row, or a dot first"
+	badLabel := func(label string) string {
+		return fmt.Sprintf("label %q: want lower-case letters, digits and '-', a letter or digit first and last, at most 63 characters (RFC 1123, as kube-dns takes its --domain)", label)
+	}
+	for _, tc := range []struct{ value, why string }{
+		{"cluster..local", emptyLabel},
+		{".cluster.local", emptyLabel},
+		{"cluster.local..", emptyLabel},
+		{"", "want the cluster's DNS domain, e.g. cluster.local"},
+		{".", "want the cluster's DNS domain, e.g. cluster.local"},
+		{"Cluster.Local", badLabel("Cluster")},
+		{"cluster.local-", badLabel("local-")},
+		{"my_cluster.local", badLabel("my_cluster")},
+		{strings.Repeat("a", 64) + ".local", badLabel(strings.Repeat("a", 64))},
+	} {
+		t.Run(tc.value, func(t *testing.T) {
+			r := ztdns(t, "agent", "--config-dir", dir, "--cluster-domain", tc.value)
+			want := fmt.Sprintf("ztdns agent: --cluster-domain %q: %s", tc.value, tc.why)
+			lines := strings.Split(strings.TrimSuffix(r.stderr, "\n"), "\n")
+			if r.code != exitUsage || r.stdout != "" || len(lines) != 2 || lines[0] != want || !strings.HasPrefix(lines[1], "Run 'ztdns agent --help'") {
+				t.Errorf("want exit status 2, nothing on stdout, and on stderr %q and where the usage is; got %v", want, r)
 			}
 		})
 	}

@@ -22,7 +22,8 @@ without a ready endpoint, or a ServiceEntry host without a VIP ("no VIP:
 istiod has not allocated one" with --vip-source=istiod and no
 status.addresses yet, resolution NONE, auto-allocation off, ...). Such a host
 that a wildcard covers is listed with the wildcard's answer, and the REASON
-it has none of its own.`,
+it has none of its own. Before the agent has its first table (ztdns status:
+Ready: no) it prints nothing and fails, saying why.`,
 		Example: `  ztdns table -n default
   ztdns table -n default -o wide    # every value, not the first few
   ztdns table -o yaml               # the view of a client that is no known pod`,

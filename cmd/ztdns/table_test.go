@@ -1,3 +1,5 @@
+//go:build linux
+
 package main
 
 import (
@@ -6,13 +8,22 @@ import (
 	"fmt"
 	"io"
 	"iter"
+	"net/netip"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ztdns/ztdns/internal/agenttest"
+	"github.com/ztdns/ztdns/internal/dnstest"
+	"github.com/ztdns/ztdns/internal/kubetest"
 	"github.com/ztdns/ztdns/internal/testenv"
+	"github.com/ztdns/ztdns/pkg/agent"
 	"github.com/ztdns/ztdns/pkg/control"
+	"github.com/ztdns/ztdns/pkg/source/kube"
 )
 
 // gatedTable is an agent whose table is rows: it makes the first of them,
@@ -24,7 +35,7 @@ type gatedTable struct {
 	gate        chan struct{}
 }
 
-func (g *gatedTable) Table(context.Context, string) iter.Seq[control.TableRow] {
+func (g *gatedTable) Table(context.Context, string) (iter.Seq[control.TableRow], error) {
 	return func(yield func(control.TableRow) bool) {
 		for i, r := range g.rows {
 			if i == g.first {
@@ -34,7 +45,7 @@ func (g *gatedTable) Table(context.Context, string) iter.Seq[control.TableRow] {
 				return
 			}
 		}
-	}
+	}, nil
 }
 
 // TestTablePrintedAsItComes: `ztdns table` prints the rows the agent has
@@ -122,5 +133,43 @@ func TestTablePrintedAsItComes(t *testing.T) {
 		if at := strings.Index(l, " A "); (i+1 < streamBlock && at+1 != typeAt) || at+1 < typeAt {
 			t.Fatalf("line %d's TYPE at %d, the header's at %d:\n%s\n%s", i+1, at+1, typeAt, printed[0], l)
 		}
+	}
+}
+
+// TestTableBeforeTheFirstTable: `ztdns table` asked before the agent has
+// its first table (its API server not answering yet) fails, exit 1, with
+// why on stderr, and prints nothing, in every format; once the source has
+// synced it lists the cluster's names. (Before: the header alone, or [],
+// and exit 0, as if the cluster had no names, while `ztdns status` said
+// "Ready: no".)
+func TestTableBeforeTheFirstTable(t *testing.T) {
+	env := kubetest.Start(t)
+	env.Stop()
+	up := dnstest.Start(t, "127.0.0.1:0", dnstest.Zone{})
+	a := agenttest.Run(t, agent.Config{Source: kube.New(env.Config, kube.WithNodeName("node-a")),
+		Upstreams: []netip.AddrPort{up.Addr}, Registry: prometheus.NewRegistry()})
+	if st, err := a.Status(); err != nil || st.Ready {
+		t.Fatalf("status %+v, %v: want an agent not ready, its API server down", st, err)
+	}
+	const notReady = "ztdns table: no table yet, the agent is not ready: waiting for the first full sync of the source"
+	for _, format := range []string{"table", "json", "yaml"} {
+		r := ztdns(t, "table", "--socket", a.Socket, "-n", "default", "-o", format)
+		if r.code != exitFailure || r.stdout != "" || !strings.HasPrefix(r.stderr, notReady) || strings.Count(r.stderr, "\n") != 1 {
+			t.Errorf("ztdns table -o %s before the first table: %v; want exit %d, nothing printed and one line on stderr, %q…",
+				format, r, exitFailure, notReady)
+		}
+	}
+
+	env.Restart()
+	agenttest.Eventually(t, time.Minute, func() error {
+		st, err := a.Status()
+		if err == nil && !st.Ready {
+			err = fmt.Errorf("not ready: %s", st.NotReady)
+		}
+		return err
+	})
+	out := ok(t, "table", "--socket", a.Socket, "-n", "default")
+	if !regexp.MustCompile(`(?m)^kubernetes\.default\.svc\.cluster\.local\.\s+A\s+10\.`).MatchString(out) {
+		t.Errorf("ztdns table once ready lacks the kubernetes Service's A record:\n%s", out)
 	}
 }

@@ -28,6 +28,8 @@ type Agent struct {
 	Addr netip.AddrPort
 	// Socket is its control socket.
 	Socket string
+	// done receives what agent.Run returned; whoever takes it puts it back.
+	done chan error
 }
 
 // Start runs an agent with cfg until the test ends. Listen, Socket and
@@ -35,32 +37,9 @@ type Agent struct {
 // within 30 seconds or returns an error.
 func Start(tb testing.TB, cfg agent.Config) *Agent {
 	tb.Helper()
-	if len(cfg.Listen) == 0 {
-		cfg.Listen = []netip.AddrPort{testenv.FreePort(tb)}
-	}
-	if cfg.Socket == "" {
-		cfg.Socket = filepath.Join(tb.TempDir(), "ztdns.sock")
-	}
-	if cfg.Logger == nil {
-		cfg.Logger = slog.New(slog.NewTextHandler(testWriter{tb}, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	}
-	a := &Agent{Addr: cfg.Listen[0], Socket: cfg.Socket}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- agent.Run(ctx, cfg) }()
-	tb.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			tb.Errorf("agent: %v", err)
-		}
-	})
+	a := Run(tb, cfg)
 	Eventually(tb, 30*time.Second, func() error {
-		select {
-		case err := <-done:
-			done <- err
-			tb.Fatalf("agent stopped: %v", err)
-		default:
-		}
+		a.failIfStopped(tb)
 		st, err := a.Status()
 		if err != nil {
 			return err
@@ -71,6 +50,48 @@ func Start(tb testing.TB, cfg agent.Config) *Agent {
 		return nil
 	})
 	return a
+}
+
+// Run is Start without waiting for the agent to be ready: it returns once
+// the control socket answers, which it does before the first table (a
+// source that has not synced yet). The test fails if the agent returns.
+func Run(tb testing.TB, cfg agent.Config) *Agent {
+	tb.Helper()
+	if len(cfg.Listen) == 0 {
+		cfg.Listen = []netip.AddrPort{testenv.FreePort(tb)}
+	}
+	if cfg.Socket == "" {
+		cfg.Socket = filepath.Join(tb.TempDir(), "ztdns.sock")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.NewTextHandler(testWriter{tb}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	}
+	a := &Agent{Addr: cfg.Listen[0], Socket: cfg.Socket, done: make(chan error, 1)}
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() { a.done <- agent.Run(ctx, cfg) }()
+	tb.Cleanup(func() {
+		cancel()
+		if err := <-a.done; err != nil {
+			tb.Errorf("agent: %v", err)
+		}
+	})
+	Eventually(tb, 30*time.Second, func() error {
+		a.failIfStopped(tb)
+		_, err := a.Status()
+		return err
+	})
+	return a
+}
+
+// failIfStopped fails the test at once if the agent has returned.
+func (a *Agent) failIfStopped(tb testing.TB) {
+	tb.Helper()
+	select {
+	case err := <-a.done:
+		a.done <- err
+		tb.Fatalf("agent stopped: %v", err)
+	default:
+	}
 }
 
 // Status asks the agent for its status.

@@ -164,9 +164,16 @@ func newAgent(cfg Config) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Without capture nothing is captured that the host-namespace guard
+	// would keep the node's namespace from: a cookie it cannot read (PID
+	// 1's, run unprivileged) is no warning then.
+	cookiesLevel := slog.LevelWarn
+	if cfg.Capture == nil {
+		cookiesLevel = slog.LevelDebug
+	}
 	a := &Agent{cfg: cfg, log: cfg.Logger, reg: cfg.Registry, pods: podcache.New(cfg.ClusterDomain), firstTable: make(chan struct{}), id: handoff.Identity(cfg.PodUID),
 		builder: newBuilder(cfg, uint32(cfg.TTL/time.Second)), builderTTL: uint32(cfg.TTL / time.Second), ttlGiven: ttlGiven,
-		addrs: slices.Clone(cfg.Listen), hostCookies: nodeCookies(cfg.ProcRoot, cfg.Logger), tableUpdates: ratelog.Limiter{Interval: tableLogEvery}}
+		addrs: slices.Clone(cfg.Listen), hostCookies: nodeCookiesLogged(cfg.ProcRoot, cfg.Logger, cookiesLevel), tableUpdates: ratelog.Limiter{Interval: tableLogEvery}}
 	if cfg.Capture != nil {
 		port := cfg.Capture.Port
 		if port == 0 {

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"iter"
 	"time"
 
@@ -18,8 +19,20 @@ var _ control.API = controlAPI{}
 
 func (c controlAPI) Status() control.Status { return c.a.status() }
 
-func (c controlAPI) Table(ctx context.Context, namespace string) iter.Seq[control.TableRow] {
-	return c.a.server.Table().AllRows(ctx, namespace)
+// Table is refused until the first table is served: before it the
+// resolver's table is an empty one, which would list no names, as if the
+// cluster had none.
+func (c controlAPI) Table(ctx context.Context, namespace string) (iter.Seq[control.TableRow], error) {
+	select {
+	case <-c.a.firstTable:
+	default:
+		why := "waiting for the first full sync of the source"
+		if err := c.a.readiness(); err != nil {
+			why = err.Error()
+		}
+		return nil, control.Unavailable(errors.New("no table yet, the agent is not ready: " + why))
+	}
+	return c.a.server.Table().AllRows(ctx, namespace), nil
 }
 
 func (c controlAPI) Pods() ([]control.PodRow, error) { return c.a.podRows() }

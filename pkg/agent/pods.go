@@ -242,15 +242,16 @@ func (a *Agent) podRows() ([]control.PodRow, error) {
 // podDecision is p's capture decision as `ztdns pods` shows it (and
 // ztdns_capture_pods counts it): its record's; for a pod no record holds,
 // not captured, with the rules' reason for leaving it alone
-// (capture.Controller.Unrecorded), or none ("").
+// (capture.Controller.Unrecorded), or none (""); with capture off,
+// capture-off, as a record made then says (decide).
 func (a *Agent) podDecision(p *podcache.Pod) (captured bool, reason string) {
 	if att := p.Attachment; att != nil {
 		return att.Captured, att.Reason
 	}
-	if a.dataplane != nil {
-		return false, a.dataplane.controller.Unrecorded(p)
+	if a.dataplane == nil {
+		return false, capture.ReasonCaptureOff
 	}
-	return false, ""
+	return false, a.dataplane.controller.Unrecorded(p)
 }
 
 // fillMarked fills in what the pods map holds of a marked namespace: one

@@ -17,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/ztdns/ztdns/internal/testenv"
 	"github.com/ztdns/ztdns/pkg/ambient"
 	"github.com/ztdns/ztdns/pkg/capture"
@@ -416,5 +418,40 @@ func TestPodsJSONKeepsNameserverSlots(t *testing.T) {
 	}
 	if !reflect.DeepEqual(got.Nameservers, want) {
 		t.Errorf("nameservers %s, want %v", b, want)
+	}
+}
+
+// TestPodsWithCaptureOffSayCaptureOff: with --capture=false, `ztdns pods`
+// lists every pod of the source as not captured, REASON capture-off, and
+// ztdns_capture_pods counts them so, as deploy/README.md says. (Before: an
+// empty REASON, and no series for them.)
+func TestPodsWithCaptureOffSayCaptureOff(t *testing.T) {
+	dir, socket, listen, up := handoffSetup(t)
+	pods, err := os.ReadFile("../../examples/pods.yaml") // default/curl and external-1/tcp-echo
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "pods.yaml"), pods, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	startTestAgent(t, dir, socket, listen, up, "", func(c *Config) { c.Registry = reg })
+
+	rows, err := control.NewClient(socket, 5*time.Second).Pods(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, r := range rows {
+		got = append(got, fmt.Sprintf("%s/%s captured=%v reason=%q", r.Namespace, r.Name, r.Captured, r.Reason))
+	}
+	slices.Sort(got)
+	want := []string{`default/curl captured=false reason="capture-off"`, `external-1/tcp-echo captured=false reason="capture-off"`}
+	if !slices.Equal(got, want) {
+		t.Errorf("ztdns pods lists %q, want %q", got, want)
+	}
+	captureOff := map[string]string{"captured": "false", "reason": capture.ReasonCaptureOff}
+	if n := metricValue(t, reg, "ztdns_capture_pods", captureOff); n != 2 {
+		t.Errorf("ztdns_capture_pods%v = %v, want 2", captureOff, n)
 	}
 }

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -139,15 +140,23 @@ func ownNetnsCookie() (uint64, error) {
 
 // nodeCookies returns the cookies of the agent's own network namespace and
 // of the node's PID 1 (under procRoot, the node's /proc): namespaces never
-// captured. One it cannot read is logged, once: the guard then knows only
-// the other (a container without the node's /proc, or without the
-// capability to open PID 1's namespace, knows only its own).
+// captured. One it cannot read is logged, once, as a warning: the guard
+// then knows only the other (a container without the node's /proc, or
+// without the capability to open PID 1's namespace, knows only its own).
 func nodeCookies(procRoot string, log *slog.Logger) []uint64 {
+	return nodeCookiesLogged(procRoot, log, slog.LevelWarn)
+}
+
+// nodeCookiesLogged is nodeCookies logging at level: an agent without
+// capture captures nothing the guard would keep the node's namespace
+// from, and has nothing to warn about (newAgent).
+func nodeCookiesLogged(procRoot string, log *slog.Logger, level slog.Level) []uint64 {
+	ctx := context.Background()
 	var cookies []uint64
 	if c, err := ownNetnsCookie(); err == nil {
 		cookies = append(cookies, c)
 	} else {
-		log.Warn("cannot read the agent's own network namespace: it is not refused as the node's to capture add and CNI ADDs", "err", err)
+		log.Log(ctx, level, "cannot read the agent's own network namespace: it is not refused as the node's to capture add and CNI ADDs", "err", err)
 	}
 	// In a test's node namespace PID 1's namespace is another one, and it
 	// may be out of reach.
@@ -155,7 +164,7 @@ func nodeCookies(procRoot string, log *slog.Logger) []uint64 {
 	c, err := netns.Cookie(pid1)
 	switch {
 	case err != nil:
-		log.Warn("cannot read the node's network namespace (PID 1's): only the agent's own is refused as the node's to capture add and CNI ADDs",
+		log.Log(ctx, level, "cannot read the node's network namespace (PID 1's): only the agent's own is refused as the node's to capture add and CNI ADDs",
 			"path", pid1, "err", err)
 	case !slices.Contains(cookies, c):
 		cookies = append(cookies, c)

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/ztdns/ztdns/internal/testenv"
 	"github.com/ztdns/ztdns/pkg/control"
+	"github.com/ztdns/ztdns/pkg/source/configdir"
 )
 
 // TestInspectNetnsOpensNothingElse: a path that is no network namespace (a
@@ -81,5 +83,43 @@ func TestNodeCookiesWarnsWithoutPID1(t *testing.T) {
 	logged.Reset()
 	if got, want := nodeCookies(fake, slog.New(slog.NewTextHandler(&logged, nil))), []uint64{own, cookieOf(t, node)}; !slices.Equal(got, want) || logged.Len() > 0 {
 		t.Errorf("with PID 1 in a namespace of its own: cookies %v, logged %q; want %v and nothing logged", got, logged.String(), want)
+	}
+}
+
+// TestNoPID1WarningWithoutCapture: an agent with --capture=false that
+// cannot read PID 1's network namespace (run unprivileged, as the
+// standalone demo is) does not warn about it: it captures nothing the
+// host-namespace guard would keep from the node's namespace. It says so
+// at debug level; with capture on it warns, as before. (Before: the
+// warning at every start, capture or not.)
+func TestNoPID1WarningWithoutCapture(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		capture *CaptureConfig
+		level   string
+	}{
+		{"capture off", nil, "level=DEBUG"},
+		{"capture on", &CaptureConfig{}, "level=WARN"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var logged bytes.Buffer
+			procRoot := t.TempDir() // no PID 1 in it
+			a, err := newAgent(Config{Source: configdir.New(t.TempDir()), Capture: tc.capture, ProcRoot: procRoot,
+				Listen: []netip.AddrPort{netip.MustParseAddrPort("169.254.20.53:53")}, Upstreams: []netip.AddrPort{testenv.DeadAddr(t)},
+				Logger: slog.New(slog.NewTextHandler(&logged, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { a.server.Close(); a.fwd.Close() })
+			var pid1 []string
+			for l := range strings.Lines(logged.String()) {
+				if strings.Contains(l, "PID 1's") {
+					pid1 = append(pid1, l)
+				}
+			}
+			if len(pid1) != 1 || !strings.Contains(pid1[0], tc.level) || !strings.Contains(pid1[0], filepath.Join(procRoot, "1/ns/net")) {
+				t.Errorf("logged %q about PID 1's network namespace, want one line at %s naming %s", pid1, tc.level, filepath.Join(procRoot, "1/ns/net"))
+			}
+		})
 	}
 }

@@ -137,8 +137,8 @@ func (a *fakeAgent) CNIDel(req control.CNIDelRequest) error {
 
 // The plugin uses only the CNI routes.
 func (a *fakeAgent) Status() control.Status { return control.Status{} }
-func (a *fakeAgent) Table(context.Context, string) iter.Seq[control.TableRow] {
-	return slices.Values([]control.TableRow(nil))
+func (a *fakeAgent) Table(context.Context, string) (iter.Seq[control.TableRow], error) {
+	return slices.Values([]control.TableRow(nil)), nil
 }
 func (a *fakeAgent) Pods() ([]control.PodRow, error)         { return nil, nil }
 func (a *fakeAgent) CaptureDel(control.CaptureRequest) error { return nil }

@@ -25,7 +25,9 @@ type Error struct {
 	// network namespace), 413 for one too large, 429 for a table asked for
 	// while another's answer is written (ask again), 500 when the agent failed,
 	// 503 when it handed over to a successor while the request waited,
-	// having done nothing of it (sent again, it reaches the successor).
+	// having done nothing of it (sent again, it reaches the successor), or
+	// for a table asked for before the agent has one (ask again once it is
+	// ready).
 	Code    int
 	Message string
 }

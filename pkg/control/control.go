@@ -53,7 +53,8 @@ var (
 	// RouteStatus answers a Status.
 	RouteStatus = Route{Name: "status", Method: http.MethodGet, Path: "/v1/status"}
 	// RouteTable answers the []TableRow a pod in the namespace given by the
-	// "namespace" query parameter can resolve.
+	// "namespace" query parameter can resolve; 503 before the agent's first
+	// table.
 	RouteTable = Route{Name: "table", Method: http.MethodGet, Path: "/v1/table"}
 	// RoutePods answers a []PodRow.
 	RoutePods = Route{Name: "pods", Method: http.MethodGet, Path: "/v1/pods"}

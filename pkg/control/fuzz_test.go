@@ -24,9 +24,9 @@ type recordingAPI struct {
 }
 
 func (a *recordingAPI) Status() Status { a.got = "status"; return Status{} }
-func (a *recordingAPI) Table(_ context.Context, ns string) iter.Seq[TableRow] {
+func (a *recordingAPI) Table(_ context.Context, ns string) (iter.Seq[TableRow], error) {
 	a.got = "table " + ns
-	return slices.Values([]TableRow(nil))
+	return slices.Values([]TableRow(nil)), nil
 }
 func (a *recordingAPI) Pods() ([]PodRow, error)           { a.got = "pods"; return nil, nil }
 func (a *recordingAPI) CaptureDel(r CaptureRequest) error { a.got = r; return nil }

@@ -75,7 +75,9 @@ type API interface {
 	// Table yields the rows one at a time, in order; the server stops
 	// pulling them when the caller goes away, and ctx, the request's, is
 	// done then too: rows made before the first (an index) stop with it.
-	Table(ctx context.Context, namespace string) iter.Seq[TableRow]
+	// Before the agent has a table to show it errs, Unavailable, rather
+	// than yield none: an empty answer would read as a table without names.
+	Table(ctx context.Context, namespace string) (iter.Seq[TableRow], error)
 	Pods() ([]PodRow, error)
 	CaptureAdd(CaptureRequest) (PodRow, error)
 	CaptureDel(CaptureRequest) error
@@ -100,10 +102,12 @@ func Invalid(err error) error { return &statusError{http.StatusBadRequest, err} 
 // caller that may not, or claims that do not match what the agent sees.
 func Refused(err error) error { return &statusError{http.StatusForbidden, err} }
 
-// Unavailable marks err as a request this agent can no longer carry out but
-// another will (503): it handed over to a successor mid-request, and did
-// nothing of it. Only that is answered 503: a caller may send the request
-// again, and the socket's next server (the successor) takes it.
+// Unavailable marks err as a request this agent cannot carry out now but
+// it or another will (503), having done nothing of it: it handed over to a
+// successor mid-request (the socket's next server, the successor, takes it
+// sent again), or it was asked for its table before it had one (asked
+// again once it is ready, it answers). Only those are answered 503: a
+// caller may send the request again.
 func Unavailable(err error) error { return &statusError{http.StatusServiceUnavailable, err} }
 
 // StatusOf is the HTTP status err is answered with: that of Invalid,
@@ -132,7 +136,11 @@ func NewHandler(api API, log *slog.Logger) http.Handler {
 				return nil, Invalid(err)
 			}
 		}
-		return rowStream[TableRow]{rows: api.Table(r.Context(), ns), slot: h.tableSlot}, nil
+		rows, err := api.Table(r.Context(), ns)
+		if err != nil {
+			return nil, err
+		}
+		return rowStream[TableRow]{rows: rows, slot: h.tableSlot}, nil
 	})
 	h.handle(mux, RoutePods, func(*http.Request) (any, error) { return api.Pods() })
 	h.handle(mux, RouteCaptureAdd, func(r *http.Request) (any, error) {

@@ -78,14 +78,14 @@ func (r *recorder) Status() control.Status {
 func (r *recorder) Pods() ([]control.PodRow, error)         { r.record("pods"); return nil, nil }
 func (r *recorder) CaptureDel(control.CaptureRequest) error { r.record("capture del"); return nil }
 func (r *recorder) CNIDel(control.CNIDelRequest) error      { r.record("cni del"); return nil }
-func (r *recorder) Table(ctx context.Context, ns string) iter.Seq[control.TableRow] {
+func (r *recorder) Table(ctx context.Context, ns string) (iter.Seq[control.TableRow], error) {
 	r.record("table")
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.rows != nil {
-		return r.rows(ctx, ns)
+		return r.rows(ctx, ns), nil
 	}
-	return slices.Values(r.table)
+	return slices.Values(r.table), nil
 }
 func (r *recorder) CaptureAdd(req control.CaptureRequest) (control.PodRow, error) {
 	r.record("capture add")
