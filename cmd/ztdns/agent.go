@@ -203,7 +203,7 @@ func addAgentFlags(fs *pflag.FlagSet) *agentFlags {
 	f.upstream = addrPortList(nil, 53)
 	fs.Var(f.upstream, "upstream", "nameserver `ADDR`(s) for names the table does not know, when the pod's own is unknown; repeatable, written as --listen's (default: the nameservers in --resolv-conf)")
 	fs.StringVar(&f.resolvConf, "resolv-conf", "/etc/resolv.conf", "the node's resolv.conf: default upstreams and search domains")
-	fs.StringVar(&f.domain, "cluster-domain", "cluster.local", "the cluster's DNS domain")
+	fs.StringVar(&f.domain, "cluster-domain", "cluster.local", "the cluster's DNS domain: lower-case RFC 1123 labels, a trailing dot dropped")
 	// No default: without the flag the TTL is kube-dns's, which the help
 	// says, not a value of the flag's.
 	fs.DurationVar(&f.ttl, "ttl", 0, "TTL of local answers: whole seconds, 1s to 24h. Not given: kube-dns's, the ttl of the kubernetes plugin in its Corefile (ConfigMap coredns in kube-system; 5s without a ttl line, 1s for ttl 0), followed as it changes; 30s without one")

@@ -1001,7 +1001,8 @@ func TestChartRejectsBadValues(t *testing.T) {
 		// empty label, or a character no DNS name of a cluster has.
 		{"cluster domain with an empty label", "clusterDomain=cluster..local", "/clusterDomain"},
 		{"cluster domain with a leading dot", "clusterDomain=.cluster.local", "/clusterDomain"},
-		{"cluster domain with a trailing dot", "clusterDomain=cluster.local.", "/clusterDomain"},
+		{"cluster domain in upper case", "clusterDomain=Cluster.local", "/clusterDomain"},
+		{"cluster domain with a label ending in a hyphen", "clusterDomain=cluster-.local", "/clusterDomain"},
 		{"cluster domain with an underscore", "clusterDomain=cluster_local", "/clusterDomain"},
 		{"cluster domain with a space", "clusterDomain=cluster local", "/clusterDomain"},
 		{"empty cluster domain", "clusterDomain=", "/clusterDomain"},
@@ -1119,7 +1120,7 @@ func TestChartLint(t *testing.T) {
 		{"DNS capture switch off", []string{"cni.ambient.dnsCapture=false"}},
 		{"ServiceMonitor on", []string{"metrics.serviceMonitor.enabled=true"}},
 		{"cleanup mode", []string{"mode=cleanup"}},
-		{"another cluster domain", []string{"clusterDomain=Cluster-1.example"}},
+		{"another cluster domain", []string{"clusterDomain=cluster-1.example."}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
