@@ -51,13 +51,7 @@ func Cgroup2Root(tb testing.TB) string {
 func NewCgroup(tb testing.TB) *Cgroup {
 	tb.Helper()
 	RequireRoot(tb)
-	path := makeCgroup(tb, filepath.Join(Cgroup2Root(tb), UniqueName("ztdns-test-")))
-	dir, err := os.Open(path)
-	if err != nil {
-		tb.Fatalf("testenv: open cgroup: %v", err)
-	}
-	tb.Cleanup(func() { dir.Close() }) // before makeCgroup's removal
-	return &Cgroup{Path: path, dir: dir}
+	return newCgroupAt(tb, filepath.Join(Cgroup2Root(tb), UniqueName("ztdns-test-")))
 }
 
 // NewChildCgroup creates the cgroup name under parent (a test's own
@@ -65,12 +59,18 @@ func NewCgroup(tb testing.TB) *Cgroup {
 // before parent, its processes killed.
 func NewChildCgroup(tb testing.TB, parent *Cgroup, name string) *Cgroup {
 	tb.Helper()
-	path := makeCgroup(tb, filepath.Join(parent.Path, name))
+	return newCgroupAt(tb, filepath.Join(parent.Path, name))
+}
+
+// newCgroupAt creates the cgroup at path (makeCgroup) and opens it.
+func newCgroupAt(tb testing.TB, path string) *Cgroup {
+	tb.Helper()
+	path = makeCgroup(tb, path)
 	dir, err := os.Open(path)
 	if err != nil {
 		tb.Fatalf("testenv: open cgroup: %v", err)
 	}
-	tb.Cleanup(func() { dir.Close() })
+	tb.Cleanup(func() { dir.Close() }) // before makeCgroup's removal
 	return &Cgroup{Path: path, dir: dir}
 }
 

@@ -319,14 +319,3 @@ func copyEntries(from, to *ebpf.Map) (copied, dropped int, err error) {
 	}
 	return copied, dropped, nil
 }
-
-// sortedNames are the keys of changes in order, for logs that read the
-// same each time.
-func sortedNames(changes map[string]pinChange) []string {
-	var names []string
-	for name := range changes {
-		names = append(names, name)
-	}
-	slices.Sort(names)
-	return names
-}

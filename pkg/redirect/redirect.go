@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"os"
 	"slices"
@@ -192,7 +193,7 @@ func (r *Redirector) loadObjects() (err error) {
 			r.closePrevious()
 		}
 	}()
-	for _, name := range sortedNames(changes) {
+	for _, name := range slices.Sorted(maps.Keys(changes)) { // logs that read the same each time
 		ch, pin := changes[name], pinPath(r.cfg.BPFFS, name)
 		if ch.resized {
 			m, err := ebpf.LoadPinnedMap(pin, nil)

@@ -237,10 +237,8 @@ type forwardUpstream struct {
 // hot names and missZone, and waits until it answers.
 func startForwardUpstream(tb testing.TB, names int) *forwardUpstream {
 	tb.Helper()
-	bin := testenv.LookPath(tb, "unbound")
 	u := &forwardUpstream{control: testenv.LookPath(tb, "unbound-control")}
 	dir := tb.TempDir()
-	addr := testenv.FreePort(tb)
 	var zone strings.Builder
 	fmt.Fprintf(&zone, "local-zone: %q static\nlocal-zone: %q redirect\nlocal-data: \"%s %d IN A %s\"\n",
 		"example.", missZone, missZone, forwardTTL, missAddr)
@@ -251,33 +249,7 @@ func startForwardUpstream(tb testing.TB, names int) *forwardUpstream {
 	if err := os.WriteFile(zoneFile, []byte(zone.String()), 0o644); err != nil {
 		tb.Fatal(err)
 	}
-	u.conf = filepath.Join(dir, "unbound.conf")
-	err := os.WriteFile(u.conf, fmt.Appendf(nil, `server:
-  interface: %s
-  port: %d
-  num-threads: 1
-  do-ip6: no
-  username: ""
-  chroot: ""
-  directory: %q
-  pidfile: ""
-  use-syslog: no
-  logfile: ""
-  verbosity: 0
-  do-daemonize: no
-  # Answer only from local data; never recurse anywhere.
-  local-zone: "." static
-  include: %q
-remote-control:
-  control-enable: yes
-  control-interface: %q
-  control-use-cert: no
-`, addr.Addr(), addr.Port(), dir, zoneFile, filepath.Join(dir, "control.sock")), 0o644)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	u.dnsServer = &dnsServer{proc: testenv.StartLocal(tb, bin, "-d", "-c", u.conf), addr: addr}
-	waitAnswers(tb, u.dnsServer, hotName(0), "first."+missZone)
+	u.dnsServer, u.conf = startUnboundIn(tb, dir, unboundLocal(zoneFile, filepath.Join(dir, "control.sock")), hotName(0), "first."+missZone)
 	return u
 }
 
@@ -307,24 +279,7 @@ func (u *forwardUpstream) queries(tb testing.TB) int64 {
 // sending every query to upstream, and waits until it answers.
 func startUnboundForwarder(tb testing.TB, upstream netip.AddrPort) *dnsServer {
 	tb.Helper()
-	bin := testenv.LookPath(tb, "unbound")
-	dir := tb.TempDir()
-	addr := testenv.FreePort(tb)
-	conf := filepath.Join(dir, "unbound.conf")
-	err := os.WriteFile(conf, fmt.Appendf(nil, `server:
-  interface: %s
-  port: %d
-  num-threads: 1
-  do-ip6: no
-  username: ""
-  chroot: ""
-  directory: %q
-  pidfile: ""
-  use-syslog: no
-  logfile: ""
-  verbosity: 0
-  do-daemonize: no
-  # The upstream is on loopback; no DNSSEC validation (neither of the
+	s, _ := startUnboundIn(tb, tb.TempDir(), fmt.Sprintf(`  # The upstream is on loopback; no DNSSEC validation (neither of the
   # others validates); caches for %d answers and more.
   do-not-query-localhost: no
   module-config: "iterator"
@@ -335,12 +290,7 @@ forward-zone:
   forward-addr: %s@%d
 remote-control:
   control-enable: no
-`, addr.Addr(), addr.Port(), dir, forwardCacheEntries, upstream.Addr(), upstream.Port()), 0o644)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	s := &dnsServer{proc: testenv.StartLocal(tb, bin, "-d", "-c", conf), addr: addr}
-	waitAnswers(tb, s, "first."+missZone)
+`, forwardCacheEntries, upstream.Addr(), upstream.Port()), "first."+missZone)
 	return s
 }
 

@@ -143,10 +143,34 @@ func (s *dnsServer) metric(tb testing.TB, name string) float64 {
 // until it answers names.
 func startUnbound(tb testing.TB, zone string, names ...string) *dnsServer {
 	tb.Helper()
+	s, _ := startUnboundIn(tb, tb.TempDir(), unboundLocal(zone, ""), names...)
+	return s
+}
+
+// unboundLocal is the configuration, after startUnboundIn's, of an unbound
+// that answers only from the local-data in zone and never recurses
+// anywhere, with its remote-control on the socket control ("": none).
+func unboundLocal(zone, control string) string {
+	remote := "  control-enable: no\n"
+	if control != "" {
+		remote = fmt.Sprintf("  control-enable: yes\n  control-interface: %q\n  control-use-cert: no\n", control)
+	}
+	return fmt.Sprintf(`  # Answer only from local data; never recurse anywhere.
+  local-zone: "." static
+  include: %q
+remote-control:
+%s`, zone, remote)
+}
+
+// startUnboundIn runs unbound in dir, one thread, on a free loopback port,
+// with the server options every benchmark's unbound has followed by more
+// (server options of its own, then its other sections), and waits until
+// it answers names. conf is its configuration file.
+func startUnboundIn(tb testing.TB, dir, more string, names ...string) (s *dnsServer, conf string) {
+	tb.Helper()
 	bin := testenv.LookPath(tb, "unbound")
-	dir := tb.TempDir()
 	addr := testenv.FreePort(tb)
-	conf := filepath.Join(dir, "unbound.conf")
+	conf = filepath.Join(dir, "unbound.conf")
 	err := os.WriteFile(conf, fmt.Appendf(nil, `server:
   interface: %s
   port: %d
@@ -160,18 +184,13 @@ func startUnbound(tb testing.TB, zone string, names ...string) *dnsServer {
   logfile: ""
   verbosity: 0
   do-daemonize: no
-  # Answer only from local data; never recurse anywhere.
-  local-zone: "." static
-  include: %q
-remote-control:
-  control-enable: no
-`, addr.Addr(), addr.Port(), dir, zone), 0o644)
+%s`, addr.Addr(), addr.Port(), dir, more), 0o644)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	s := &dnsServer{proc: testenv.StartLocal(tb, bin, "-d", "-c", conf), addr: addr}
+	s = &dnsServer{proc: testenv.StartLocal(tb, bin, "-d", "-c", conf), addr: addr}
 	waitAnswers(tb, s, names...)
-	return s
+	return s, conf
 }
 
 // startUpstream runs a test DNS server on loopback that answers NXDOMAIN to
