@@ -35,7 +35,8 @@ import (
 // it made, and the source they share), each kind's states in snapshot order,
 // the endpoint names of crowded addresses beyond those the table keeps
 // (moreOwners) and, for their capacity, the list of entries that came and
-// went in the last build; nothing else outlives a build.
+// went in the last build; nothing else outlives a build, and none of it
+// outlives a deleted object.
 //
 // The builder keeps pointers into the snapshots it is given, so a source
 // must not change a snapshot after delivering it. A Builder is not safe for
@@ -121,8 +122,8 @@ func (s *source) objKey() objKey { return objKey{s.namespace, s.name} }
 // order lists the states in the order of the last snapshot that changed
 // the kind, so that the next build finds an object that kept its place by
 // its position, without hashing its key (see walker); nil after a snapshot
-// that held an object twice. spare is the order before, kept for its
-// capacity.
+// that held an object twice. spare is the order before, emptied and kept
+// for its capacity while that is not far above the kind's count.
 type states[S state] struct {
 	byHash map[uint64]S
 	clash  map[objKey]S
@@ -215,8 +216,7 @@ type walker[S state] struct {
 // walk starts a walk over a snapshot of n objects of the kind of m.
 func walk[S state](b *Builder, m *states[S], n int) *walker[S] {
 	b.walks++
-	order := slices.Grow(m.spare[:0], n)[:n]
-	clear(order)
+	order := slices.Grow(m.spare[:0], n)[:n] // empty: see finish and abandon
 	return &walker[S]{m: m, id: b.walks, built: b.gen, last: m.order, order: order}
 }
 
@@ -284,21 +284,37 @@ func (w *walker[S]) unseen() []S {
 
 // finish ends the walk: the states of objects gone from the snapshot leave
 // (and are returned), and this snapshot's order is kept for the next walk.
+// The last order becomes the spare, emptied to its capacity: past this
+// snapshot's count it names states of objects gone, each of which holds the
+// snapshot array it was last built from. A spare far larger than this
+// snapshot (a cluster that shrank) goes.
 func (w *walker[S]) finish() []S {
 	gone := w.unseen()
 	for _, st := range gone {
 		w.m.delete(st.objKey())
 	}
-	w.m.spare, w.m.order = w.last, w.order
+	spare := w.last[:cap(w.last)]
+	clear(spare)
+	if len(spare) > keptOrder(len(w.order)) {
+		spare = nil
+	}
+	w.m.spare, w.m.order = spare, w.order
 	if w.dup {
 		w.m.order = nil // positions that name a replaced state
 	}
 	return gone
 }
 
+// keptOrder bounds the capacity of the spare order kept after a walk over
+// n objects: room for the cluster to grow, not for its largest size.
+func keptOrder(n int) int { return 2*n + 64 }
+
 // abandon ends a walk that changed no state but their marks, and reports
-// false.
-func (w *walker[S]) abandon() bool { return false }
+// false. Its order, the spare, is emptied again.
+func (w *walker[S]) abandon() bool {
+	clear(w.order)
+	return false
+}
 
 // sameSlice reports whether a and b are the same slice of the same array.
 func sameSlice[T any](a, b []T) bool {
