@@ -71,3 +71,37 @@ func TestBuilderForgetsDeletedObjects(t *testing.T) {
 		}
 	}
 }
+
+// TestBuilderMemoryShrinksWithCluster: after a cluster of 10,000
+// namespaces (40,000 objects) shrinks to 10, the builder and its table take
+// about what they took before it grew. (Before: the maps copied from one
+// table to the next, the states' index and the walk's spare order kept
+// their largest size, 4 MB and more here.)
+func TestBuilderMemoryShrinksWithCluster(t *testing.T) {
+	const slack = 1 << 20 // well under what was kept, well over what the runtime's own figures vary by
+	heap := func() uint64 {
+		runtime.GC()
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		return ms.HeapAlloc
+	}
+	bld := NewBuilder(Options{})
+	small := namespaces(10)
+	bld.Build(small)
+	before := heap()
+	for round := range 2 {
+		bld.Build(namespaces(10_000))
+		tbl, _ := bld.Build(small)
+		after := heap()
+		if tbl.Len() == 0 {
+			t.Fatalf("round %d: an empty table", round)
+		}
+		t.Logf("round %d: heap after GC %d B before the cluster grew, %d B after it shrank", round, before, after)
+		if after > before+slack {
+			t.Errorf("round %d: after the cluster shrank back to 10 namespaces the heap holds %.1f MB more than before it grew; want at most %.1f MB more",
+				round, float64(after-before)/(1<<20), float64(slack)/(1<<20))
+		}
+		runtime.KeepAlive(tbl)
+	}
+	runtime.KeepAlive(bld)
+}
