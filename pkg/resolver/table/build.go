@@ -35,7 +35,11 @@ import (
 // it made, and the source they share), each kind's states in snapshot order,
 // the endpoint names of crowded addresses beyond those the table keeps
 // (moreOwners) and, for their capacity, the list of entries that came and
-// went in the last build; nothing else outlives a build.
+// went in the last build; nothing else outlives a build. None of it
+// outlives a deleted object, and what it keeps shrinks with the cluster:
+// after a build with far fewer objects, its maps and those of the table
+// are made anew at their size (a Go map keeps the room of its largest
+// size), so memory follows the cluster now, not the largest one seen.
 //
 // The builder keeps pointers into the snapshots it is given, so a source
 // must not change a snapshot after delivering it. A Builder is not safe for
@@ -85,6 +89,12 @@ type Builder struct {
 	// budget leaves out the objects of a namespace past its budget of
 	// names before anything is built from them.
 	budget nsBudget
+	// room is, for each shard of the last table, the most keys its maps
+	// have held (see shard.clone).
+	room struct {
+		names, reverse [numShards]shardRoom
+		wildcards      shardRoom
+	}
 }
 
 // maxPTROwners bounds the endpoint names the table keeps for one address:
@@ -121,14 +131,17 @@ func (s *source) objKey() objKey { return objKey{s.namespace, s.name} }
 // order lists the states in the order of the last snapshot that changed
 // the kind, so that the next build finds an object that kept its place by
 // its position, without hashing its key (see walker); nil after a snapshot
-// that held an object twice. spare is the order before, kept for its
-// capacity.
+// that held an object twice. spare is the order before, emptied and kept
+// for its capacity while that is not far above the kind's count.
 type states[S state] struct {
 	byHash map[uint64]S
 	clash  map[objKey]S
 	// hash is hashKey; a field so that a test can make keys clash.
 	hash         func(objKey) uint64
 	order, spare []S
+	// most is the most states byHash has held since it was made: a map
+	// keeps the room of its largest size (see forget).
+	most int
 }
 
 // state is what states hold.
@@ -173,6 +186,31 @@ func (m states[S]) delete(k objKey) {
 
 func (m states[S]) len() int { return len(m.byHash) + len(m.clash) }
 
+// forget deletes the states gone. A map never gives back the room of its
+// largest size: when fewer than a quarter of the states it has held at
+// most are left (a cluster that shrank), the index is copied into maps of
+// its size, which costs less than the deletions did.
+func (m *states[S]) forget(gone []S) {
+	m.most = max(m.most, len(m.byHash))
+	for _, st := range gone {
+		m.delete(st.objKey())
+	}
+	if len(m.byHash) >= m.most/4 {
+		return
+	}
+	m.byHash, m.clash = copyMap(m.byHash), copyMap(m.clash)
+	m.most = len(m.byHash)
+}
+
+// copyMap copies m into a map of its size (maps.Clone copies its room).
+func copyMap[K comparable, V any](m map[K]V) map[K]V {
+	c := make(map[K]V, len(m))
+	for k, v := range m {
+		c[k] = v
+	}
+	return c
+}
+
 // all yields every state with its key; deleting while iterating is safe.
 func (m states[S]) all() iter.Seq2[objKey, S] {
 	return func(yield func(objKey, S) bool) {
@@ -215,8 +253,7 @@ type walker[S state] struct {
 // walk starts a walk over a snapshot of n objects of the kind of m.
 func walk[S state](b *Builder, m *states[S], n int) *walker[S] {
 	b.walks++
-	order := slices.Grow(m.spare[:0], n)[:n]
-	clear(order)
+	order := slices.Grow(m.spare[:0], n)[:n] // empty: see finish and abandon
 	return &walker[S]{m: m, id: b.walks, built: b.gen, last: m.order, order: order}
 }
 
@@ -284,21 +321,35 @@ func (w *walker[S]) unseen() []S {
 
 // finish ends the walk: the states of objects gone from the snapshot leave
 // (and are returned), and this snapshot's order is kept for the next walk.
+// The last order becomes the spare, emptied to its capacity: past this
+// snapshot's count it names states of objects gone, each of which holds the
+// snapshot array it was last built from. A spare far larger than this
+// snapshot (a cluster that shrank) goes.
 func (w *walker[S]) finish() []S {
 	gone := w.unseen()
-	for _, st := range gone {
-		w.m.delete(st.objKey())
+	w.m.forget(gone)
+	spare := w.last[:cap(w.last)]
+	clear(spare)
+	if len(spare) > keptOrder(len(w.order)) {
+		spare = nil
 	}
-	w.m.spare, w.m.order = w.last, w.order
+	w.m.spare, w.m.order = spare, w.order
 	if w.dup {
 		w.m.order = nil // positions that name a replaced state
 	}
 	return gone
 }
 
+// keptOrder bounds the capacity of the spare order kept after a walk over
+// n objects: room for the cluster to grow, not for its largest size.
+func keptOrder(n int) int { return 2*n + 64 }
+
 // abandon ends a walk that changed no state but their marks, and reports
-// false.
-func (w *walker[S]) abandon() bool { return false }
+// false. Its order, the spare, is emptied again.
+func (w *walker[S]) abandon() bool {
+	clear(w.order)
+	return false
+}
 
 // sameSlice reports whether a and b are the same slice of the same array.
 func sameSlice[T any](a, b []T) bool {
@@ -787,14 +838,14 @@ func (b *Builder) assemble() *Table {
 		if isWildcard(e.Name) {
 			if !wildcards {
 				wildcards = true
-				t.wildcards = t.wildcards.clone()
+				t.wildcards = t.wildcards.clone(&b.room.wildcards)
 			}
 			return &t.wildcards, e.Name[2:]
 		}
 		i := shardOf(e.Name)
 		if !names[i] {
 			names[i] = true
-			t.names[i] = t.names[i].clone()
+			t.names[i] = t.names[i].clone(&b.room.names[i])
 		}
 		return &t.names[i], e.Name
 	}
@@ -803,7 +854,7 @@ func (b *Builder) assemble() *Table {
 		i := shardOfAddr(k)
 		if !addrs[i] {
 			addrs[i] = true
-			t.reverse[i] = t.reverse[i].clone()
+			t.reverse[i] = t.reverse[i].clone(&b.room.reverse[i])
 		}
 		return &t.reverse[i], k
 	}
@@ -843,16 +894,61 @@ func (b *Builder) assemble() *Table {
 	t.size += nameEdits.apply(gone, compareEntries, 0, nil)
 	b.checkHidden(t, &nameEdits)
 	addrEdits.apply(gone, compareOwners, maxPTROwners, b.moreOwners)
+	for i := range numShards {
+		if names[i] {
+			t.names[i].fit(&b.room.names[i])
+		}
+		if addrs[i] {
+			t.reverse[i].fit(&b.room.reverse[i])
+		}
+	}
+	if wildcards {
+		t.wildcards.fit(&b.room.wildcards)
+	}
 	return t
 }
 
-// clone returns a copy of s to change: the last table keeps s.
-func (s shard[K]) clone() shard[K] {
+// clone returns a copy of s to change: the last table keeps s. The copy
+// has the room of s's maps, which room records.
+func (s shard[K]) clone(room *shardRoom) shard[K] {
+	s.hold(room)
 	c := shard[K]{one: maps.Clone(s.one), many: maps.Clone(s.many), served: maps.Clone(s.served)}
 	if c.one == nil {
 		c.one = map[K]*Entry{}
 	}
 	return c
+}
+
+// shardRoom is the most keys each map of a shard has held, through the
+// copies it was cloned from: a clone has the room of its original, and a
+// map never gives back room.
+type shardRoom struct{ one, many, served int }
+
+// hold records the keys s's maps hold now.
+func (s *shard[K]) hold(r *shardRoom) {
+	r.one, r.many, r.served = max(r.one, len(s.one)), max(r.many, len(s.many)), max(r.served, len(s.served))
+}
+
+// fit ends a build's changes to the copy s (clone): a map left with fewer
+// than a quarter of the keys it has held at most (a cluster that shrank)
+// is copied into a map of its size, not kept with the room of its largest.
+func (s *shard[K]) fit(room *shardRoom) {
+	s.hold(room)
+	s.one, room.one = fitMap(s.one, room.one)
+	s.many, room.many = fitMap(s.many, room.many)
+	s.served, room.served = fitMap(s.served, room.served)
+}
+
+// fitMap returns m, or a copy of its size when it has room for more than
+// four times its keys (most), and the keys the map returned has room for.
+func fitMap[K comparable, V any](m map[K]V, most int) (map[K]V, int) {
+	switch {
+	case len(m) >= most/4:
+		return m, most
+	case len(m) == 0:
+		return nil, 0
+	}
+	return copyMap(m), len(m)
 }
 
 // edits are one build's changes to the keys of a table's shards that
