@@ -3,10 +3,12 @@ package main
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 
 	"github.com/spf13/cobra"
 
+	"github.com/ztdns/ztdns/pkg/capture"
 	"github.com/ztdns/ztdns/pkg/cni"
 	"github.com/ztdns/ztdns/pkg/control"
 	"github.com/ztdns/ztdns/pkg/redirect"
@@ -163,12 +165,25 @@ their primary plugin's DEL too (see deploy/README.md, Uninstall).`,
 	iface := cmd.Flags().String("interface", redirect.DefaultInterface, "the resolver's interface `NAME`")
 	cniBinDir := cmd.Flags().String("cni-bin-dir", "", "the CNI plugin's `DIR`, with --cni-conf-dir: the binary there is left in place, and named in the log")
 	cniConfDir := cmd.Flags().String("cni-conf-dir", "", "also remove the plugin's entry from the CNI configuration in this `DIR`")
-	cmd.RunE = func(*cobra.Command, []string) error {
+	procRoot := cmd.Flags().String("proc-root", "/proc", "the node's proc filesystem `DIR`, where the marked pods' network namespaces are found (their sockets kept connected to the resolver are aborted)")
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		var cniErr error
 		if *cniConfDir != "" {
 			cniErr = cni.Uninstall(cni.InstallConfig{BinDir: *cniBinDir, ConfDir: *cniConfDir})
 		}
-		return errors.Join(cniErr, redirect.Uninstall(*bpffs, *cgroup), redirect.RemoveInterface(*iface))
+		// The marked pods and the resolver's addresses, read before the
+		// pins and the interface go; their kept sockets are aborted once
+		// nothing redirects, so the sockets their clients open instead
+		// reach the pods' own nameservers.
+		log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil))
+		marked, markedErr := redirect.PinnedMarks(*bpffs)
+		resolvers, addrsErr := redirect.InterfaceAddrs(*iface)
+		if err := errors.Join(markedErr, addrsErr); err != nil {
+			log.Warn("cannot tell which sockets pods connected to the resolver while captured", "err", err)
+		}
+		err := redirect.Uninstall(*bpffs, *cgroup)
+		capture.ProcNamespaces{Root: *procRoot}.AbortKeptSockets(log, marked, resolvers)
+		return errors.Join(cniErr, err, redirect.RemoveInterface(*iface))
 	}
 	return cmd
 }

@@ -450,9 +450,13 @@ func (a *Agent) shutdown(g *group, cause error) error {
 	a.ready.Store(false)
 	if a.dataplane != nil && !a.handedOver.Load() {
 		// Stopping with no successor: fail open first, then keep answering
-		// what was already sent here before the sockets close.
+		// what was already sent here before the sockets close, then let go
+		// of the sockets pods connected to the resolver while captured.
 		a.dataplane.stopBeating(true)
 		time.Sleep(stopGrace)
+		if !a.handedOver.Load() {
+			a.abortKeptSockets()
+		}
 	}
 	a.server.Close()
 	a.fwd.Close()

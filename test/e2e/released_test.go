@@ -71,6 +71,10 @@ func TestReleasedPodKeptSocket(t *testing.T) {
 // startKept). For each name it reads on stdin it writes an A query on that
 // socket, reads the reply with recvfrom, as c-ares does, and prints the
 // reply's source and its first address, or the outcome ("timeout", ...).
+// For the line keptWait it sends nothing and waits on the socket, as
+// c-ares waits on its open sockets, for up to keptWaitFor. A socket that
+// reports an error (not a timeout) is closed and a new one connected, as
+// c-ares does.
 func keptSocket() int {
 	conf, err := dns.ClientConfigFromFile("/etc/resolv.conf")
 	if err != nil || len(conf.Servers) == 0 {
@@ -87,22 +91,37 @@ func keptSocket() int {
 		fmt.Fprintln(os.Stderr, err)
 		return 2
 	}
-	defer conn.Close()
+	defer func() { conn.Close() }()
+	// failed prints err and connects a new socket.
+	failed := func(err error) error {
+		fmt.Println("- error:" + strings.ReplaceAll(err.Error(), " ", "_"))
+		conn.Close()
+		conn, err = net.DialUDP("udp", nil, server)
+		return err
+	}
 	fmt.Println("ready")
 	in := bufio.NewScanner(os.Stdin)
 	buf := make([]byte, 4096)
 	for in.Scan() {
-		q := new(dns.Msg).SetQuestion(dns.Fqdn(in.Text()), dns.TypeA)
-		wire, err := q.Pack()
-		if err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			return 2
+		wait := 3 * time.Second
+		if in.Text() == keptWait {
+			wait = keptWaitFor
+		} else {
+			q := new(dns.Msg).SetQuestion(dns.Fqdn(in.Text()), dns.TypeA)
+			wire, err := q.Pack()
+			if err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				return 2
+			}
+			if _, err := conn.Write(wire); err != nil {
+				if err := failed(err); err != nil {
+					fmt.Fprintln(os.Stderr, err)
+					return 2
+				}
+				continue
+			}
 		}
-		if _, err := conn.Write(wire); err != nil {
-			fmt.Println("- error:" + strings.ReplaceAll(err.Error(), " ", "_"))
-			continue
-		}
-		conn.SetReadDeadline(time.Now().Add(3 * time.Second))
+		conn.SetReadDeadline(time.Now().Add(wait))
 		n, from, err := conn.ReadFromUDPAddrPort(buf)
 		var nerr net.Error
 		switch {
@@ -110,7 +129,10 @@ func keptSocket() int {
 			fmt.Println("- timeout")
 			continue
 		case err != nil:
-			fmt.Println("- error:" + strings.ReplaceAll(err.Error(), " ", "_"))
+			if err := failed(err); err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				return 2
+			}
 			continue
 		}
 		answer := "unparsable"
@@ -121,6 +143,13 @@ func keptSocket() int {
 	}
 	return 0
 }
+
+// keptWait has a keptSocket client wait on its socket, without sending,
+// for up to keptWaitFor: a bound for a loaded machine, not a measure.
+const (
+	keptWait    = "-wait"
+	keptWaitFor = 30 * time.Second
+)
 
 // startKept starts a keptSocket client in the pod and the test cgroup,
 // waits until its socket is connected, and checks at cleanup that it
