@@ -608,8 +608,10 @@ func checkInitContainers(t *testing.T, pod corev1.PodSpec, want podWant) {
 // capabilities and mounts that takes.
 func checkUninstallContainer(t *testing.T, pod corev1.PodSpec, c corev1.Container, cni bool) {
 	t.Helper()
-	want := []string{"ztdns", "uninstall", "--bpffs=/sys/fs/bpf/ztdns"}
-	mounts := map[string]mount{"/sys/fs/bpf": bpffsMount, "/sys/fs/cgroup": cgroupMount}
+	// The node's /proc: the marked pods' namespaces, whose sockets kept
+	// connected to the resolver it aborts.
+	want := []string{"ztdns", "uninstall", "--bpffs=/sys/fs/bpf/ztdns", "--proc-root=/host/proc"}
+	mounts := map[string]mount{"/sys/fs/bpf": bpffsMount, "/sys/fs/cgroup": cgroupMount, "/host/proc": procMount}
 	if cni {
 		want = append(want, "--cni-bin-dir=/host/opt/cni/bin", "--cni-conf-dir=/host/etc/cni/net.d")
 		mounts["/host/opt/cni/bin"] = cniBinMount

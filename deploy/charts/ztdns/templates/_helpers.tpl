@@ -75,6 +75,7 @@ plugin's CNI entry. Arguments: "root" (the chart's context), "name", "cni".
     - ztdns
     - uninstall
     - --bpffs={{ include "ztdns.bpffs" $root }}
+    - --proc-root={{ include "ztdns.procMount" $root }}
     {{- if .cni }}
     - --cni-bin-dir={{ include "ztdns.cniBinMount" $root }}
     - --cni-conf-dir={{ include "ztdns.cniConfMount" $root }}
@@ -102,6 +103,12 @@ plugin's CNI entry. Arguments: "root" (the chart's context), "name", "cni".
       mountPropagation: HostToContainer
     - name: cgroup
       mountPath: /sys/fs/cgroup
+      readOnly: true
+    # The node's /proc: the marked pods' network namespaces, whose sockets
+    # kept connected to the resolver are aborted (their clients reopen and
+    # reach their own nameservers).
+    - name: host-proc
+      mountPath: {{ include "ztdns.procMount" $root }}
       readOnly: true
     {{- if .cni }}
     - name: cni-bin-dir
