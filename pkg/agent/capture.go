@@ -249,11 +249,11 @@ func (c *dataplane) startBeating() {
 // it drains, and its successor goes on without "released" when that does
 // not come (the old agent stopped mid-way closes the connection; a drain
 // longer than handoff.Timeouts.Step), attaching while the old one still checks:
-// between its detaching a link on a previous cgroup and pinning its new
-// one in its place (redirect's attachAll), or unpinning a replaced map and
-// pinning its own, the old agent would see its own link detached, or the
-// pin gone, and put back its own: the successor's pin then fails, and its
-// hand-over with it.
+// between its unpinning a replaced map, or a defunct link, and pinning its
+// own in its place, the old agent would see the pin gone and put back its
+// own: the successor's pin then fails, and its hand-over with it. (Links
+// it moves from a previous cgroup leave no pin gone: redirect's finishMove
+// renames the new one's pin over the old one's.)
 func (c *dataplane) keepAttached() {
 	c.attachMu.Lock()
 	defer c.attachMu.Unlock()

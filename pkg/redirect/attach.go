@@ -43,6 +43,12 @@ func pinPath(bpffs, name string) string { return filepath.Join(bpffs, name) }
 
 func linkPinPath(bpffs, name string) string { return filepath.Join(bpffs, linksDir, name) }
 
+// movingPinPath is where finishMove pins a hook's new link before renaming
+// it over the old one's pin: beside it, on the same bpffs (rename(2)
+// does not cross filesystems), and without a dot, which bpffs reserves in
+// names.
+func movingPinPath(bpffs, name string) string { return linkPinPath(bpffs, name+"-moving") }
+
 // cgroupID returns the id the kernel reports for a cgroup in link info: the
 // inode number of its cgroupfs directory.
 func cgroupID(path string) (uint64, error) {
@@ -58,8 +64,14 @@ func cgroupID(path string) (uint64, error) {
 // Links a previous agent pinned on another cgroup (it had another --cgroup,
 // or attached at the cgroup2 root, the default before the pods' cgroup)
 // are moved without a moment where no program captures: every hook is
-// attached to the new cgroup first, then the old links are detached, in
-// detach order, and the new ones pinned in their place. Meanwhile a pod's
+// attached to the new cgroup first, then, in detach order, each new link
+// takes the old one's pin and the old one is detached (finishMove). At
+// every step each hook has a link attached and pinned or held: an agent
+// dying at any step leaves the old links pinned (and the new ones, held
+// only by its descriptors, go with it), or the new ones pinned in their
+// place (and the old ones go), or, between, a new one pinned at a
+// temporary path too, which the next agent removes first
+// (removeMovingPins). Meanwhile a pod's
 // socket runs both programs, harmlessly: the one on the pods' cgroup (a
 // descendant of the root, so it runs first: cgroup.go) redirects a query
 // to the resolver's address on --capture-port (10053), where the other
@@ -67,8 +79,6 @@ func cgroupID(path string) (uint64, error) {
 // nameserver's address, where the other finds no resolver address. The
 // other way round (a rollback to the root, or a --cgroup above the old
 // one), the old program, on the descendant, runs first and the same holds.
-// An agent dying before the move is done leaves the old links pinned, and
-// the new ones, held only by its descriptors, go with it.
 func (r *Redirector) attachAll() error {
 	cgID, err := cgroupID(r.cfg.CgroupPath)
 	if err != nil {
@@ -79,6 +89,9 @@ func (r *Redirector) attachAll() error {
 		if err := checkPinnedLink(linkPinPath(r.cfg.BPFFS, h.name)); err != nil {
 			return err
 		}
+	}
+	if err := removeMovingPins(r.cfg.BPFFS); err != nil {
+		return err
 	}
 	mapIDs, err := r.loadedMapIDs()
 	if err != nil {
@@ -94,7 +107,7 @@ func (r *Redirector) attachAll() error {
 		}
 	}()
 	for _, h := range hooks {
-		al, m, err := r.attachHook(h)
+		al, m, err := r.attachHook(h, 0)
 		if err != nil {
 			return err
 		}
@@ -122,30 +135,88 @@ type move struct {
 	oldCgroup uint64
 }
 
-// finishMove detaches m's old link and pins the new one in its place.
+// finishMove puts m's new link in the place of the old one, in three
+// steps, each leaving the hook a link attached and pinned:
+//  1. the new link is pinned at a temporary path beside the old one's pin;
+//  2. that pin is renamed over the old one's: bpffs directories rename
+//     (simple_rename, on every kernel with bpf_link), and a rename(2) onto
+//     an existing name replaces it in one step, so the path holds the old
+//     link, then the new one, never nothing. The old link, unpinned by
+//     that, is held by this agent's descriptor alone;
+//  3. the old link is detached (closing the descriptor would do, but not
+//     while another process, a previous agent handing over, holds it).
+//
+// The new link is pinned through a handle of its own: m.new, kept in
+// r.links, never believes it is pinned at the temporary path. m.old is not
+// unpinned: its pin holds the new link now.
 func (r *Redirector) finishMove(m *move) error {
-	pin := linkPinPath(r.cfg.BPFFS, m.hook.name)
+	pin, tmp := linkPinPath(r.cfg.BPFFS, m.hook.name), movingPinPath(r.cfg.BPFFS, m.hook.name)
+	info, err := m.new.Info()
+	if err != nil {
+		return fmt.Errorf("link info: %w", err)
+	}
+	if err := pinAgain(tmp, func() (interface{ Pin(string) error }, func() error, error) {
+		l, err := link.NewFromID(info.ID)
+		if err != nil {
+			return nil, nil, err
+		}
+		return l, l.Close, nil
+	}); err != nil {
+		return fmt.Errorf("pin link %d at %s: %w", info.ID, tmp, err)
+	}
+	if err := r.moveStep(m.hook, 1); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, pin); err != nil {
+		return errors.Join(fmt.Errorf("put link %d in the place of the previous cgroup's at %s: %w", info.ID, pin, err), os.Remove(tmp))
+	}
+	if err := r.moveStep(m.hook, 2); err != nil {
+		return err
+	}
 	if err := m.old.Detach(); err != nil && !errors.Is(err, unix.ENOLINK) {
-		return fmt.Errorf("detach link %s from its previous cgroup: %w", pin, err)
+		return fmt.Errorf("detach the link %s held from its previous cgroup: %w", pin, err)
 	}
-	if err := m.old.Unpin(); err != nil {
-		return fmt.Errorf("unpin link %s: %w", pin, err)
-	}
-	if err := m.new.Pin(pin); err != nil {
-		return fmt.Errorf("pin link %s: %w", pin, err)
+	if err := r.moveStep(m.hook, 3); err != nil {
+		return err
 	}
 	r.log.Info("moved from previous cgroup", "program", m.hook.name, "previous_cgroup_id", m.oldCgroup, "cgroup", r.cfg.CgroupPath, "pin", pin)
 	return nil
 }
 
-// attachHook attaches h (attach) and notes which link and program that is.
+func (r *Redirector) moveStep(h hook, step int) error {
+	if r.cfg.afterMoveStep == nil {
+		return nil
+	}
+	return r.cfg.afterMoveStep(h.name, step)
+}
+
+// removeMovingPins removes the links an agent that died moving its links
+// (finishMove) left pinned at a temporary path: each is a new link beside
+// the old one, which is still pinned in its place and attached.
+func removeMovingPins(bpffs string) error {
+	var errs []error
+	for _, h := range hooks {
+		tmp := movingPinPath(bpffs, h.name)
+		if _, err := os.Lstat(tmp); err != nil {
+			if !errors.Is(err, os.ErrNotExist) {
+				errs = append(errs, err)
+			}
+			continue
+		}
+		errs = append(errs, removePinnedLink(tmp))
+	}
+	return errors.Join(errs...)
+}
+
+// attachHook attaches h (attach, repairing: see there) and notes which
+// link and program that is.
 // A sock_release attached anew (none was attached, or only a defunct link)
 // makes the pinned socket counts untrustworthy: forgetAllSocketCounts. One
 // moved from another cgroup does not: the old one ran until the new one
 // did (a socket closing while both run is taken off twice, at most down
 // to 0).
-func (r *Redirector) attachHook(h hook) (attachedLink, *move, error) {
-	l, created, m, err := r.attach(h)
+func (r *Redirector) attachHook(h hook, repairing link.ID) (attachedLink, *move, error) {
+	l, created, m, err := r.attach(h, repairing)
 	if err != nil {
 		return attachedLink{}, nil, fmt.Errorf("attach %s to %s: %w", h.name, r.cfg.CgroupPath, err)
 	}
@@ -174,7 +245,12 @@ func (r *Redirector) attachHook(h hook) (attachedLink, *move, error) {
 // new link is attached, not pinned, and m holds both until finishMove.
 // created: the link is a new one, and no ztdns program ran on the hook
 // until now.
-func (r *Redirector) attach(h hook) (l link.Link, created bool, m *move, err error) {
+//
+// repairing, when not 0, is the link of this Redirector's that was found
+// detached (RepairAttachment): the pin must hold it, or nothing. Any other
+// link found there, and one on another cgroup, is another agent's, come
+// since: attach then fails before it attaches anything, leaving it be.
+func (r *Redirector) attach(h hook, repairing link.ID) (l link.Link, created bool, m *move, err error) {
 	prog := h.program(&r.objs.ztdnsPrograms)
 	pin := linkPinPath(r.cfg.BPFFS, h.name)
 	cgID, err := cgroupID(r.cfg.CgroupPath)
@@ -189,6 +265,12 @@ func (r *Redirector) attach(h hook) (l link.Link, created bool, m *move, err err
 	case err != nil:
 		return nil, false, nil, fmt.Errorf("open pinned link %s: %w", pin, err)
 	default:
+		if repairing != 0 {
+			if err := checkRepairing(pinned, repairing, cgID); err != nil {
+				pinned.Close()
+				return nil, false, nil, fmt.Errorf("pin %s: %w", pin, err)
+			}
+		}
 		if other := elsewhere(pinned, cgID); other != 0 {
 			nl, err := r.newLink(h, prog)
 			if err != nil {
@@ -218,6 +300,23 @@ func (r *Redirector) attach(h hook) (l link.Link, created bool, m *move, err err
 	}
 	r.log.Info("attached", "program", h.name, "cgroup", r.cfg.CgroupPath, "pin", pin)
 	return nl, true, nil, nil
+}
+
+// checkRepairing fails unless l, found pinned where a repair of link own
+// looks, is own, and not attached to a cgroup other than cgID: a repair
+// never moves a link (finishMove), it replaces its own detached one.
+func checkRepairing(l link.Link, own link.ID, cgID uint64) error {
+	info, err := l.Info()
+	if err != nil {
+		return fmt.Errorf("link info: %w", err)
+	}
+	if info.ID != own {
+		return fmt.Errorf("holds link %d, not the detached link %d: another agent's, left alone", info.ID, own)
+	}
+	if other := elsewhere(l, cgID); other != 0 {
+		return fmt.Errorf("holds link %d, attached to cgroup %d: left alone", info.ID, other)
+	}
+	return nil
 }
 
 // elsewhere is the cgroup l (a pinned link of ztdns's: checkPinnedLink)
@@ -398,7 +497,9 @@ func uninstall(c Config) error {
 	if err != nil {
 		return err
 	}
-	var errs []error
+	// The links an agent that died moving them left at a temporary path
+	// first: beside each, the link it was moving from is still in place.
+	errs := []error{removeMovingPins(cfg.BPFFS)}
 	for _, h := range detachOrder() {
 		errs = append(errs, removePinnedLink(linkPinPath(cfg.BPFFS, h.name)))
 	}

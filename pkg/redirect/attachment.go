@@ -132,11 +132,13 @@ func (r *Redirector) inspectLink(i int, al attachedLink, repair bool) (ok bool, 
 		if !pinOurs { // someone else's pin: not ours to replace
 			return false, problem + "; not re-attached: " + pinProblem, ""
 		}
-		nl, m, err := r.attachHook(al.hook)
-		if err == nil && m != nil { // the pin is ours (pinOurs): never, but as attachAll would
-			err = r.finishMove(m)
-			m.old.Close()
+		if r.cfg.beforeReattach != nil {
+			r.cfg.beforeReattach(al.hook.name)
 		}
+		// Another agent may pin its link meanwhile (one taking over while
+		// this one still checks): attachHook then leaves it be, and
+		// attaches nothing (attach, repairing).
+		nl, _, err := r.attachHook(al.hook, al.id)
 		if err != nil {
 			return false, problem + "; re-attaching failed: " + err.Error(), ""
 		}

@@ -130,6 +130,13 @@ type Config struct {
 	KeepConfig bool
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
+
+	// Seams for tests (nil otherwise). afterMoveStep runs after each step
+	// (1, 2, 3) of finishMove for a hook; an error stops the move there,
+	// as an agent dying would. beforeReattach runs when RepairAttachment
+	// has found a hook's link detached and is about to attach a new one.
+	afterMoveStep  func(hook string, step int) error
+	beforeReattach func(hook string)
 }
 
 // withDefaults fills the zero fields.
