@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
+
+	"github.com/ztdns/ztdns/internal/testenv"
 )
 
 // notInFlagTable are agent flags README.md's table of `ztdns agent`'s flags
@@ -71,37 +73,27 @@ func TestREADMEAgentFlagTable(t *testing.T) {
 // none).
 func agentFlagTable(t *testing.T) map[string]string {
 	t.Helper()
-	b, err := os.ReadFile("../../README.md")
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, table, ok := strings.Cut(string(b), "\nFlags of `ztdns agent` (`ztdns agent -h` for all):\n\n| flag | default | |\n| --- | --- | --- |\n")
-	if !ok {
-		t.Fatal("README.md has no table of `ztdns agent`'s flags")
-	}
-	table, _, _ = strings.Cut(table, "\n\n")
 	flagRE := regexp.MustCompile("`--([a-z0-9-]+)[^`]*`")
 	rows := map[string]string{}
-	for _, line := range strings.Split(table, "\n") {
-		// | flag | default | what |, with \| inside a cell
-		cells := strings.Split(strings.ReplaceAll(line, `\|`, "\x00"), "|")
-		if len(cells) < 5 || cells[0] != "" {
-			t.Fatalf("README.md: a flag row of fewer than three cells: %q", line)
+	// | flag | default | what |
+	for _, cells := range testenv.MarkdownTable(t, "../../README.md", "Flags of `ztdns agent` (`ztdns agent -h` for all):\n\n| flag | default | |") {
+		if len(cells) < 3 {
+			t.Fatalf("README.md: a flag row of fewer than three cells: %q", cells)
 		}
 		var names []string
-		for _, m := range flagRE.FindAllStringSubmatch(cells[1], -1) {
+		for _, m := range flagRE.FindAllStringSubmatch(cells[0], -1) {
 			names = append(names, m[1])
 		}
 		if len(names) == 0 {
-			t.Errorf("README.md: a flag row that names no flag: %q", line)
+			t.Errorf("README.md: a flag row that names no flag: %q", cells)
 			continue
 		}
-		defaults := []string{strings.TrimSpace(cells[2])}
+		defaults := []string{cells[1]}
 		if len(names) > 1 {
 			if defaults[0] == "" {
 				defaults = make([]string, len(names))
 			} else if defaults = strings.Split(defaults[0], ", "); len(defaults) != len(names) {
-				t.Errorf("README.md: the row of %v gives %d defaults: %q", names, len(defaults), cells[2])
+				t.Errorf("README.md: the row of %v gives %d defaults: %q", names, len(defaults), cells[1])
 				continue
 			}
 		}

@@ -24,7 +24,7 @@ const module = "github.com/ztdns/ztdns"
 // and pkg/resolver/forward, with NewNetns and NewNode, were missing.)
 func TestREADMEListsPackagesNeedingRoot(t *testing.T) {
 	root := filepath.Join("..", "..")
-	helpers := rootHelpers(t, root)
+	helpers, methods := rootHelpers(t, root)
 	if !helpers["testenv.NewNetns"] || !helpers["testenv.NewCPUCgroup"] {
 		t.Fatalf("found the root-needing helpers %v, without NewNetns or NewCPUCgroup", slices.Sorted(maps.Keys(helpers)))
 	}
@@ -48,7 +48,7 @@ func TestREADMEListsPackagesNeedingRoot(t *testing.T) {
 		}
 		f := parseFile(t, path)
 		pkg := "internal/" + f.Name.Name // its own helpers, called unqualified
-		if callsAny(f, importsOf(f), pkg, helpers) {
+		if callsAny(f, importsOf(f), pkg, helpers, methods) {
 			derived = append(derived, dir)
 		}
 		return nil
@@ -65,10 +65,11 @@ func TestREADMEListsPackagesNeedingRoot(t *testing.T) {
 }
 
 // rootHelpers returns the functions and methods of the packages under
-// internal/ that call RequireRoot, or call one that does, as "pkg.Name".
-// A method is known by its name alone: a call x.Name() in its package, or
-// a test's, is taken for it.
-func rootHelpers(t *testing.T, root string) map[string]bool {
+// internal/ that call RequireRoot, or call one that does, as "pkg.Name",
+// and the names of all their methods, as "pkg.Name". A method is known by
+// its name alone: a call x.Name() in its package, or a test's, is taken
+// for it.
+func rootHelpers(t *testing.T, root string) (helpers, methods map[string]bool) {
 	t.Helper()
 	type fn struct {
 		key     string // pkg.Name
@@ -77,6 +78,7 @@ func rootHelpers(t *testing.T, root string) map[string]bool {
 		body    *ast.BlockStmt
 	}
 	var fns []fn
+	methods = map[string]bool{}
 	dirs, err := filepath.Glob(filepath.Join(root, "internal", "*"))
 	if err != nil {
 		t.Fatal(err)
@@ -90,28 +92,36 @@ func rootHelpers(t *testing.T, root string) map[string]bool {
 			f := parseFile(t, path)
 			imports := importsOf(f)
 			for _, d := range f.Decls {
-				if fd, ok := d.(*ast.FuncDecl); ok && fd.Body != nil {
-					fns = append(fns, fn{f.Name.Name + "." + fd.Name.Name, "internal/" + f.Name.Name, imports, fd.Body})
+				fd, ok := d.(*ast.FuncDecl)
+				if !ok {
+					continue
+				}
+				key := f.Name.Name + "." + fd.Name.Name
+				if fd.Recv != nil {
+					methods[key] = true
+				}
+				if fd.Body != nil {
+					fns = append(fns, fn{key, "internal/" + f.Name.Name, imports, fd.Body})
 				}
 			}
 		}
 	}
-	helpers := map[string]bool{"testenv.RequireRoot": true}
+	helpers = map[string]bool{"testenv.RequireRoot": true}
 	for changed := true; changed; {
 		changed = false
 		for _, f := range fns {
-			if !helpers[f.key] && calls(f.body, f.imports, f.pkg, helpers) {
+			if !helpers[f.key] && calls(f.body, f.imports, f.pkg, helpers, methods) {
 				helpers[f.key], changed = true, true
 			}
 		}
 	}
-	return helpers
+	return helpers, methods
 }
 
-// callsAny says whether a test file calls one of helpers.
-func callsAny(f *ast.File, imports map[string]string, pkg string, helpers map[string]bool) bool {
+// callsAny says whether a test file calls one of helpers (calls).
+func callsAny(f *ast.File, imports map[string]string, pkg string, helpers, methods map[string]bool) bool {
 	for _, d := range f.Decls {
-		if fd, ok := d.(*ast.FuncDecl); ok && fd.Body != nil && calls(fd.Body, imports, pkg, helpers) {
+		if fd, ok := d.(*ast.FuncDecl); ok && fd.Body != nil && calls(fd.Body, imports, pkg, helpers, methods) {
 			return true
 		}
 	}
@@ -121,8 +131,9 @@ func callsAny(f *ast.File, imports map[string]string, pkg string, helpers map[st
 // calls says whether body, in package pkg ("internal/NAME" for the
 // packages under internal/), calls one of helpers: Name() of its own
 // package, p.Name() of an imported package under internal/, or x.Name()
-// for a method of its own package or of one it imports.
-func calls(body *ast.BlockStmt, imports map[string]string, pkg string, helpers map[string]bool) bool {
+// for a method (one of methods, "pkg.Name") of its own package or of one
+// it imports.
+func calls(body *ast.BlockStmt, imports map[string]string, pkg string, helpers, methods map[string]bool) bool {
 	own := strings.TrimPrefix(pkg, "internal/")
 	found := false
 	ast.Inspect(body, func(n ast.Node) bool {
@@ -142,12 +153,12 @@ func calls(body *ast.BlockStmt, imports map[string]string, pkg string, helpers m
 			}
 			// A method: of the package's own types, or an imported
 			// helper package's.
-			if helpers[own+"."+fun.Sel.Name] && isMethodOf(own, fun.Sel.Name) {
+			if key := own + "." + fun.Sel.Name; helpers[key] && methods[key] {
 				found = true
 				break
 			}
 			for _, path := range imports {
-				if p := filepath.Base(path); strings.HasPrefix(path, module+"/internal/") && helpers[p+"."+fun.Sel.Name] && isMethodOf(p, fun.Sel.Name) {
+				if key := filepath.Base(path) + "." + fun.Sel.Name; strings.HasPrefix(path, module+"/internal/") && helpers[key] && methods[key] {
 					found = true
 				}
 			}
@@ -155,35 +166,6 @@ func calls(body *ast.BlockStmt, imports map[string]string, pkg string, helpers m
 		return !found
 	})
 	return found
-}
-
-// methods are the names of the methods of the packages under internal/,
-// by package, filled by isMethodOf.
-var methods = map[string]map[string]bool{}
-
-// isMethodOf says whether package internal/pkg has a method called name.
-func isMethodOf(pkg, name string) bool {
-	if m, ok := methods[pkg]; ok {
-		return m[name]
-	}
-	m := map[string]bool{}
-	files, _ := filepath.Glob(filepath.Join("..", pkg, "*.go"))
-	for _, path := range files {
-		if strings.HasSuffix(path, "_test.go") {
-			continue
-		}
-		f, err := parser.ParseFile(token.NewFileSet(), path, nil, parser.SkipObjectResolution)
-		if err != nil {
-			continue
-		}
-		for _, d := range f.Decls {
-			if fd, ok := d.(*ast.FuncDecl); ok && fd.Recv != nil {
-				m[fd.Name.Name] = true
-			}
-		}
-	}
-	methods[pkg] = m
-	return m[name]
 }
 
 // importsOf maps a file's names of its imports to their paths.

@@ -13,7 +13,6 @@ import (
 	networkingv1 "istio.io/api/networking/v1"
 	istionetv1 "istio.io/client-go/pkg/apis/networking/v1"
 	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/ztdns/ztdns/internal/agenttest"
@@ -38,27 +37,12 @@ func TestKubeDNSTTLChangeKeepsVIPs(t *testing.T) {
 	ctx := t.Context()
 	const node, ns = "node-a", "shop"
 	client := netip.MustParseAddr("127.0.0.3")
-	for _, name := range []string{ns, kube.KubeDNSNamespace} {
-		if _, err := kc.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
-			t.Fatal(err)
-		}
+	if _, err := kc.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
 	}
 	// Dual-stack: a pod of one family gets only its family's VIPs.
 	env.RunningPod(ctx, ns, "app", node, client, netip.MustParseAddr("fd00::3"))
-	cms := kc.CoreV1().ConfigMaps(kube.KubeDNSNamespace)
-	setTTL := func(ttl uint32) {
-		t.Helper()
-		cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: kube.KubeDNSConfigMap, Namespace: kube.KubeDNSNamespace},
-			Data: map[string]string{kube.CorefileKey: kubetest.KubeadmCorefile(fmt.Sprintf("ttl %d", ttl))}}
-		_, err := cms.Update(ctx, cm, metav1.UpdateOptions{})
-		if apierrors.IsNotFound(err) {
-			_, err = cms.Create(ctx, cm, metav1.CreateOptions{})
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
-	setTTL(5)
+	env.SetKubeDNSCorefile(ctx, kubetest.KubeadmCorefile("ttl 5"))
 
 	// The two api hosts have one home slot (FNV-1a of the name, modulo
 	// vip.Slots: 64383); catalog has its own.
@@ -154,7 +138,7 @@ func TestKubeDNSTTLChangeKeepsVIPs(t *testing.T) {
 	}
 
 	// kube-dns's TTL changes: the same VIPs, with the new TTL.
-	setTTL(7)
+	env.SetKubeDNSCorefile(ctx, kubetest.KubeadmCorefile("ttl 7"))
 	after := waitVIPs(7, anyVIPs, catalog, api, api2)
 	for _, h := range []string{catalog, api, api2} {
 		if !slices.Equal(after[h], before[h]) {

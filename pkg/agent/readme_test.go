@@ -134,25 +134,15 @@ func registeredMetrics(t *testing.T, src source.Source) map[string][]string {
 // (ending before a "_") and the suffix.
 func readmeMetrics(t *testing.T, header string, registered map[string][]string) map[string][]string {
 	t.Helper()
-	b, err := os.ReadFile("../../README.md")
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, table, ok := strings.Cut(string(b), "\n"+header)
-	if !ok {
-		t.Fatalf("the README has no metrics table (%s)", header)
-	}
-	table, _, _ = strings.Cut(table, "\n\n")
 	code := regexp.MustCompile("`([^`]*)`")
 	named := regexp.MustCompile(`^(\w+)(?:\{([\w,]*)\})?$`)
 	out := map[string][]string{}
-	for _, row := range strings.Split(table, "\n")[2:] { // after the header's rule
-		// | name | labels | counts | …, a \| inside a cell escaped
-		cells := strings.Split(strings.ReplaceAll(row, `\|`, ""), "|")
-		if len(cells) < 4 || strings.TrimSpace(cells[0]) != "" {
+	// | name | labels | counts | …
+	for _, cells := range testenv.MarkdownTable(t, "../../README.md", header) {
+		row := strings.Join(cells, " | ")
+		if len(cells) < 3 {
 			t.Fatalf("README metrics table row %q: fewer than 3 cells", row)
 		}
-		cells = cells[1:]
 		var rowLabels []string
 		for _, m := range code.FindAllStringSubmatch(cells[1], -1) {
 			rowLabels = append(rowLabels, m[1])

@@ -80,7 +80,7 @@ func TestDocsExecTheNodesAgent(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		blocks := regexp.MustCompile("(?s)```sh\n(.*?)```").FindAllStringSubmatch(string(b), -1)
+		blocks := shBlockRE.FindAllStringSubmatch(string(b), -1)
 		if len(blocks) == 0 {
 			t.Fatalf("%s has no sh block", doc)
 		}

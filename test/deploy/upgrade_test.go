@@ -120,6 +120,9 @@ func commandLines(text string) []string {
 	return cmds
 }
 
+// shBlockRE is a ```sh block of markdown; its one group, the commands.
+var shBlockRE = regexp.MustCompile("(?s)```sh\n(.*?)```")
+
 // shBlock returns the first ```sh block after heading in markdown.
 func shBlock(t *testing.T, markdown, heading string) string {
 	t.Helper()
@@ -127,7 +130,7 @@ func shBlock(t *testing.T, markdown, heading string) string {
 	if !ok {
 		t.Fatalf("deploy/README.md has no %q", heading)
 	}
-	m := regexp.MustCompile("(?s)```sh\n(.*?)```").FindStringSubmatch(rest)
+	m := shBlockRE.FindStringSubmatch(rest)
 	if m == nil {
 		t.Fatalf("deploy/README.md has no sh block under %q", heading)
 	}

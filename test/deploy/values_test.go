@@ -13,6 +13,8 @@ import (
 	"testing"
 
 	"sigs.k8s.io/yaml"
+
+	"github.com/ztdns/ztdns/internal/testenv"
 )
 
 // TestValuesTable: deploy/README.md's table of values, under Install, names
@@ -66,24 +68,14 @@ func TestValuesTable(t *testing.T) {
 // the row's comma-separated defaults (a list's items: every one).
 func valuesTable(t *testing.T) map[string]string {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(repoRoot(t), "deploy/README.md"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, table, ok := strings.Cut(string(b), "\n| value | default | |\n| --- | --- | --- |\n")
-	if !ok {
-		t.Fatal("deploy/README.md has no table of values (| value | default | |)")
-	}
-	table, _, _ = strings.Cut(table, "\n\n")
 	code := regexp.MustCompile("`([^`]*)`")
 	rows := map[string]string{}
-	for _, line := range strings.Split(table, "\n") {
-		cells := strings.Split(line, " | ")
+	for _, cells := range testenv.MarkdownTable(t, filepath.Join(repoRoot(t), "deploy/README.md"), "| value | default | |") {
 		if len(cells) < 2 {
-			t.Fatalf("deploy/README.md: a values row with no default: %q", line)
+			t.Fatalf("deploy/README.md: a values row with no default: %q", cells)
 		}
 		var names, defaults []string
-		for _, m := range code.FindAllStringSubmatch(strings.TrimPrefix(cells[0], "| "), -1) {
+		for _, m := range code.FindAllStringSubmatch(cells[0], -1) {
 			names = append(names, m[1])
 		}
 		for _, m := range code.FindAllStringSubmatch(cells[1], -1) {

@@ -10,7 +10,6 @@ import (
 
 	"github.com/miekg/dns"
 	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/ztdns/ztdns/internal/agenttest"
@@ -31,23 +30,7 @@ import (
 // the TTL ztdns must match.
 func TestFollowsKubeDNSCorefile(t *testing.T) {
 	c := newCluster(t)
-	cms := c.env.Client().CoreV1().ConfigMaps(kube.KubeDNSNamespace)
-	if _, err := c.env.Client().CoreV1().Namespaces().Create(c.ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: kube.KubeDNSNamespace}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
-		t.Fatal(err)
-	}
-	setCorefile := func(corefile string) {
-		t.Helper()
-		cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: kube.KubeDNSConfigMap, Namespace: kube.KubeDNSNamespace},
-			Data: map[string]string{kube.CorefileKey: corefile}}
-		_, err := cms.Update(c.ctx, cm, metav1.UpdateOptions{})
-		if apierrors.IsNotFound(err) {
-			_, err = cms.Create(c.ctx, cm, metav1.CreateOptions{})
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
-	setCorefile(kubetest.KubeadmCorefile("ttl 5"))
+	c.env.SetKubeDNSCorefile(c.ctx, kubetest.KubeadmCorefile("ttl 5"))
 	// A ClusterIP Service without endpoints: kube-dns's `ignore
 	// empty_service` would make it NXDOMAIN.
 	svc, err := c.env.Client().CoreV1().Services("team-a").Create(c.ctx, &corev1.Service{
@@ -101,14 +84,14 @@ func TestFollowsKubeDNSCorefile(t *testing.T) {
 
 	// status names each option it does not follow, and the TTL stays.
 	const where = "kube-dns's Corefile kube-system/coredns: "
-	setCorefile(kubetest.KubeadmCorefile("ttl 5", "endpoint_pod_names", "ignore empty_service"))
+	c.env.SetKubeDNSCorefile(c.ctx, kubetest.KubeadmCorefile("ttl 5", "endpoint_pod_names", "ignore empty_service"))
 	waitStatus(t, a, func(st control.Status) error {
 		return hasAll(st.SourceWarnings, where+"kubernetes endpoint_pod_names: ", where+"kubernetes ignore empty_service: ")
 	})
 	answersWith(a, 5)
 
 	// ttl 0 (do not cache): the smallest TTL ztdns gives, with a warning.
-	setCorefile(kubetest.KubeadmCorefile("ttl 0"))
+	c.env.SetKubeDNSCorefile(c.ctx, kubetest.KubeadmCorefile("ttl 0"))
 	answersWith(a, 1)
 	waitStatus(t, a, func(st control.Status) error {
 		if err := hasAll(st.SourceWarnings, where+"kubernetes ttl 0: "); err != nil {
@@ -121,16 +104,16 @@ func TestFollowsKubeDNSCorefile(t *testing.T) {
 	})
 
 	// A Corefile that does not parse: the default TTL, and status says why.
-	setCorefile(".:53 {\n    kubernetes cluster.local {\n        ttl 5\n")
+	c.env.SetKubeDNSCorefile(c.ctx, ".:53 {\n    kubernetes cluster.local {\n        ttl 5\n")
 	answersWith(a, 30)
 	waitStatus(t, a, func(st control.Status) error {
 		return hasAll(st.SourceErrors, "kube-dns's Corefile kube-system/coredns does not parse")
 	})
 
 	// No ConfigMap (kube-dns that is not CoreDNS): the default, quietly.
-	setCorefile(kubetest.KubeadmCorefile("ttl 5"))
+	c.env.SetKubeDNSCorefile(c.ctx, kubetest.KubeadmCorefile("ttl 5"))
 	answersWith(a, 5)
-	if err := cms.Delete(c.ctx, kube.KubeDNSConfigMap, metav1.DeleteOptions{}); err != nil {
+	if err := c.env.Client().CoreV1().ConfigMaps(kube.KubeDNSNamespace).Delete(c.ctx, kube.KubeDNSConfigMap, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	answersWith(a, 30)

@@ -7,9 +7,6 @@ import (
 	"strings"
 	"testing"
 
-	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-
 	"github.com/ztdns/ztdns/internal/kubetest"
 	"github.com/ztdns/ztdns/pkg/model"
 )
@@ -130,12 +127,7 @@ cluster.local:53 {
 // the rule is there.
 func TestKubeDNSCorefileForbidden(t *testing.T) {
 	env := kubetest.Start(t)
-	if _, err := env.Client().CoreV1().ConfigMaps(KubeDNSNamespace).Create(t.Context(), &corev1.ConfigMap{
-		ObjectMeta: metav1.ObjectMeta{Name: KubeDNSConfigMap},
-		Data:       map[string]string{CorefileKey: kubetest.KubeadmCorefile("ttl 5", "ignore empty_service")},
-	}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	env.SetKubeDNSCorefile(t.Context(), kubetest.KubeadmCorefile("ttl 5", "ignore empty_service"))
 	rec := testForbiddenConfigMap(t, env, forbiddenConfigMap{
 		what:   "kube-dns's Corefile",
 		rule:   func(r PolicyRule) bool { return slices.Contains(r.ResourceNames, KubeDNSConfigMap) },
