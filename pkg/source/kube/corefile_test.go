@@ -132,7 +132,7 @@ func TestKubeDNSCorefileForbidden(t *testing.T) {
 		what:   "kube-dns's Corefile",
 		rule:   func(r PolicyRule) bool { return slices.Contains(r.ResourceNames, KubeDNSConfigMap) },
 		note:   "kube-dns's Corefile kube-system/coredns not read (RBAC)",
-		logged: "cannot read kube-dns's Corefile (RBAC): local answers keep ztdns's default TTL (30 s), and kube-dns's settings are not checked",
+		logged: "cannot read kube-dns's Corefile (RBAC): local answers keep the TTL of --ttl (30 s without it), and kube-dns's settings are not checked",
 		refused: func(s *model.Snapshot) error {
 			if s.KubeDNSTTL != 0 || s.KubeDNSFrom != "" {
 				return fmt.Errorf("kube-dns TTL %d from %q, but the Corefile cannot be read", s.KubeDNSTTL, s.KubeDNSFrom)
