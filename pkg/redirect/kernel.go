@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 
 	"github.com/cilium/ebpf"
@@ -164,6 +165,12 @@ const MinKernel = "5.14"
 // brought the feature: an operator upgrading to that one would meet the
 // next missing feature.
 func checkKernel() error {
+	// Not a kernel feature, but as missing: the programs are compiled
+	// little-endian only (gen.go), and other architectures build with
+	// ztdns_stub.go.
+	if _, err := loadZtdns(); errors.Is(err, errBigEndian) {
+		return err
+	}
 	// First: the agent and the CNI plugin read every pod's cookie with it
 	// (pkg/netns), and the newest feature of all.
 	if err := CheckNetnsCookie(); err != nil {
@@ -195,6 +202,10 @@ func checkKernel() error {
 	}
 	return nil
 }
+
+// errBigEndian is loadZtdns's error on an architecture the programs are
+// not compiled for (ztdns_stub.go).
+var errBigEndian = fmt.Errorf("capture needs a little-endian architecture (amd64, arm64, ppc64le, …), not %s: run the agent with --capture=false here", runtime.GOARCH)
 
 // lacks is checkKernel's error for a feature this kernel does not have.
 func lacks(what string, err error) error {
