@@ -25,7 +25,8 @@ const (
 
 // RunHelper makes the test binary act as a client when GoLookup,
 // ControlCallAsUser, StalledReadersAsUser, ConnectFloodAsUser or StartFlood started it (or as
-// a server, when ListenAsUser did); call it
+// a server, when ListenAsUser did; or as the wrapper WithoutNetnsCookie
+// names); call it
 // first in TestMain. It returns when the binary runs as tests.
 func RunHelper() {
 	switch os.Getenv(helperEnv) {
@@ -43,6 +44,8 @@ func RunHelper() {
 		os.Exit(flood())
 	case "connect-flood":
 		os.Exit(connectFlood())
+	case "without-netns-cookie":
+		os.Exit(withoutNetnsCookie(os.Args[1:]))
 	default:
 		fmt.Fprintf(os.Stderr, "unknown %s=%q\n", helperEnv, os.Getenv(helperEnv))
 		os.Exit(2)

@@ -382,6 +382,14 @@ func (c *dataplane) close() error {
 // stops before the hand-over leaves the predecessor marking pods in the maps
 // its programs read, even when this agent's maps have another layout.
 func (a *Agent) startCapture(predecessor bool) error {
+	// Before anything is made: the node's cookies keep it from being
+	// captured, and a kernel that cannot read them is named.
+	if len(a.hostCookies) == 0 {
+		if err := redirect.CheckNetnsCookie(); err != nil {
+			return err
+		}
+		return errors.New("cannot read the node's own network namespace cookie (SO_NETNS_COOKIE)")
+	}
 	if a.slot6[0].IsValid() {
 		a.ipv6.netns, _ = ownNetnsCookie()
 		if why := redirect.IPv6Off(a.resolverInterface()); why != "" {
@@ -409,10 +417,6 @@ func (a *Agent) startCapture(predecessor bool) error {
 		c.r.StopHeartbeat()
 	}
 	c.onCheck = a.checkIPv6
-	if len(a.hostCookies) == 0 {
-		c.close()
-		return errors.New("cannot read the node's own network namespace cookie (SO_NETNS_COOKIE)")
-	}
 	a.dataplane = c
 	return nil
 }

@@ -6,11 +6,15 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"os"
 	"sync"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/ztdns/ztdns/pkg/cni"
+	"github.com/ztdns/ztdns/pkg/redirect"
 )
 
 // CNIConfig installs the chained plugin into the node's CNI configuration.
@@ -33,6 +37,19 @@ var cniInstallInterval = 5 * time.Second
 // there until ctx ends: when the agent stops, or hands over to a successor,
 // which keeps its own there.
 func (a *Agent) installCNI(ctx context.Context) error {
+	// A kernel that cannot read a network namespace's cookie gets no
+	// plugin: it could capture no pod, and would fail every ADD under
+	// onAgentUnreachable "fail". An entry an earlier agent installed is
+	// taken out, as `ztdns uninstall` does.
+	if err := redirect.CheckNetnsCookie(); errors.Is(err, unix.ENOPROTOOPT) {
+		a.log.Warn("not installing the CNI plugin: no pod on this node can be captured", "err", err)
+		if err := cni.Uninstall(cni.InstallConfig{ConfDir: a.cfg.CNI.ConfDir, Logger: a.log}); err != nil {
+			a.log.Warn("could not take an earlier agent's CNI plugin out of the chain", "err", err)
+		}
+		a.cniInstall.refuse(err)
+		<-ctx.Done()
+		return nil
+	}
 	self, err := os.Executable()
 	if err != nil {
 		return err
@@ -61,6 +78,14 @@ type cniInstallState struct {
 	looked    bool  // the installer has looked once
 	err       error // why the plugin is not installed; nil once it is
 	installed bool
+	refused   error // why it never will be (installCNI)
+}
+
+// refuse records that the plugin is not installed, ever, and why.
+func (s *cniInstallState) refuse(why error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.looked, s.err, s.installed, s.refused = true, why, false, why
 }
 
 func (s *cniInstallState) set(err error) {
@@ -76,6 +101,9 @@ func (s *cniInstallState) get() (bool, string) {
 	defer s.mu.Unlock()
 	if s.installed {
 		return true, ""
+	}
+	if s.refused != nil {
+		return false, "the CNI plugin is not installed, and no pod on this node is captured: " + s.refused.Error()
 	}
 	why := "its first look is under way"
 	if s.looked {

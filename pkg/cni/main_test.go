@@ -14,6 +14,7 @@ import (
 
 	"github.com/containernetworking/cni/pkg/types"
 
+	"github.com/ztdns/ztdns/internal/testenv"
 	"github.com/ztdns/ztdns/pkg/control"
 )
 
@@ -23,6 +24,7 @@ import (
 const asPluginEnv = "ZTDNS_TEST_RUN_AS_CNI_PLUGIN"
 
 func TestMain(m *testing.M) {
+	testenv.RunHelper() // the wrapper testenv.WithoutNetnsCookie names
 	if os.Getenv(asPluginEnv) == "1" {
 		PluginMain()
 		os.Exit(0)
@@ -34,7 +36,15 @@ func TestMain(m *testing.M) {
 // env (CNI_* variables of the test process itself are dropped) and stdin.
 func execPlugin(tb testing.TB, env map[string]string, stdin []byte) (stdout, stderr string, exitCode int) {
 	tb.Helper()
-	cmd := exec.Command(os.Args[0])
+	return execPluginIn(tb, nil, env, stdin)
+}
+
+// execPluginIn is execPlugin behind a wrapper command line, which must
+// exec the command after its own arguments.
+func execPluginIn(tb testing.TB, wrapper []string, env map[string]string, stdin []byte) (stdout, stderr string, exitCode int) {
+	tb.Helper()
+	line := append(slices.Clone(wrapper), os.Args[0])
+	cmd := exec.Command(line[0], line[1:]...)
 	for _, kv := range os.Environ() {
 		if !strings.HasPrefix(kv, "CNI_") {
 			cmd.Env = append(cmd.Env, kv)
@@ -154,6 +164,69 @@ func TestBinaryErrors(t *testing.T) {
 			}
 			if cniErr.Code != tt.code || !strings.Contains(cniErr.Error(), tt.want) {
 				t.Errorf("error = code %d %q, want code %d containing %q", cniErr.Code, cniErr.Error(), tt.code, tt.want)
+			}
+		})
+	}
+}
+
+// TestBinaryOnAKernelWithoutNetnsCookies: on a kernel before Linux 5.14,
+// where getsockopt(SO_NETNS_COOKIE) fails with ENOPROTOOPT (a seccomp
+// filter makes it so for the plugin, testenv.WithoutNetnsCookie), a pod
+// still starts under onAgentUnreachable "allow" (the default): ADD and
+// CHECK succeed, ADD prints prevResult through, the log says why the pod
+// is not captured, and the agent is not asked. Under "fail" ADD fails
+// with a message naming the kernel's lack. Before, every ADD failed
+// whatever the policy: "CNI_NETNS … is not a usable network namespace",
+// and no pod on the node could start.
+func TestBinaryOnAKernelWithoutNetnsCookies(t *testing.T) {
+	t.Parallel()
+	wrapper := testenv.WithoutNetnsCookie(t)
+	for _, policy := range []string{"", PolicyAllow, PolicyFail} {
+		name := policy
+		if name == "" {
+			name = "default"
+		}
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			e := newPluginEnv(t)
+			agent := startFakeAgent(t, e.socket, nil)
+			fields := map[string]any{}
+			if policy != "" {
+				fields["onAgentUnreachable"] = policy
+			}
+			stdin := e.args(t, "1.0.0", fields).StdinData
+
+			out, errOut, code := execPluginIn(t, wrapper, e.cniEnv("ADD"), stdin)
+			if policy == PolicyFail {
+				var cniErr types.Error
+				if code != 1 || json.Unmarshal([]byte(out), &cniErr) != nil {
+					t.Fatalf("ADD exit %d, stdout %q, stderr %q; want exit 1 and a JSON error", code, out, errOut)
+				}
+				want := "this kernel cannot read a network namespace's cookie (SO_NETNS_COOKIE, Linux 5.14+)"
+				if cniErr.Code != types.ErrInternal || !strings.Contains(cniErr.Msg, want) || !strings.Contains(cniErr.Msg, "onAgentUnreachable: fail") ||
+					!strings.Contains(cniErr.Details, "protocol not available") {
+					t.Errorf("ADD error = code %d %q (%q), want code %d saying %q", cniErr.Code, cniErr.Msg, cniErr.Details, types.ErrInternal, want)
+				}
+			} else {
+				if code != 0 {
+					t.Fatalf("ADD exit %d, stdout %q, stderr %q; want the pod to start", code, out, errOut)
+				}
+				requirePrevResult(t, "1.0.0", stdin, []byte(out))
+				for _, want := range []string{"level=WARN", "SO_NETNS_COOKIE, Linux 5.14+", "WITHOUT DNS capture", "protocol not available"} {
+					if !strings.Contains(errOut, want) {
+						t.Errorf("the log does not say %q: %s", want, errOut)
+					}
+				}
+				check := e.cniEnv("CHECK")
+				if out, errOut, code := execPluginIn(t, wrapper, check, stdin); code != 0 {
+					t.Errorf("CHECK exit %d, stdout %q, stderr %q; want success", code, out, errOut)
+				}
+			}
+			if adds, _ := agent.requests(); len(adds) != 0 {
+				t.Errorf("the agent was asked to capture a pod it cannot: %+v", adds)
+			}
+			if pending, err := PendingAdds(e.pending); err != nil || len(pending) != 0 {
+				t.Errorf("pending ADDs = %+v, %v; want none", pending, err)
 			}
 		})
 	}

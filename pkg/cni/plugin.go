@@ -76,6 +76,20 @@ func (p *plugin) add(args *skel.CmdArgs) error {
 		return err
 	}
 	conf, cookie := in.conf, in.cookie
+	if in.noCookie != nil {
+		// Under "allow" (checkArgs failed the ADD under "fail"): no agent
+		// on this node can capture the pod, so none is asked.
+		var result bytes.Buffer
+		if err := printResult(&result, conf); err != nil {
+			return err
+		}
+		log, closeLog := p.logger(conf)
+		defer closeLog()
+		log.Warn(noCookieWhy+": the pod starts WITHOUT DNS capture (onAgentUnreachable: allow)",
+			"cmd", "ADD", "container", args.ContainerID, "pod", in.pod.namespace+"/"+in.pod.name, "error", in.noCookie)
+		_, err = p.stdout.Write(result.Bytes())
+		return err
+	}
 	req := control.CNIAddRequest{
 		ContainerID:  args.ContainerID,
 		Netns:        args.Netns,
@@ -221,7 +235,8 @@ func (p *plugin) del(args *skel.CmdArgs) error {
 
 // check verifies what the plugin itself relies on: a valid config, a
 // prevResult, the pod's identity in CNI_ARGS and a network namespace it can
-// read a cookie from. It does not ask the agent: a failed CHECK makes the
+// read a cookie from (on a kernel that cannot read one, only under "fail").
+// It does not ask the agent: a failed CHECK makes the
 // runtime tear the pod down and recreate it, and an agent restart or a
 // changed label is no reason to kill pods. Capture drift is the agent's
 // reconcile's job.
@@ -237,12 +252,26 @@ type checkedArgs struct {
 	prev   *current.Result // never nil
 	pod    podArgs
 	cookie uint64 // CNI_NETNS's
+	// noCookie is why no cookie could be read on this kernel (see
+	// noCookieWhy), under onAgentUnreachable "allow": the pod starts
+	// uncaptured. Nil otherwise.
+	noCookie error
 }
+
+// noCookieWhy is what the plugin says when the kernel cannot read a
+// network namespace's cookie: getsockopt(SO_NETNS_COOKIE) fails with
+// ENOPROTOOPT before Linux 5.14. No agent can capture a pod there, and
+// the agent does not install the plugin on such a node (its status says
+// why); a plugin left in the chain (installed by hand, or before a kernel
+// downgrade) must not keep every pod on the node from starting.
+const noCookieWhy = "this kernel cannot read a network namespace's cookie (SO_NETNS_COOKIE, Linux 5.14+), which ztdns captures a pod by"
 
 // checkArgs checks, in this order, a valid config, a prevResult (ztdns is
 // chained after the primary plugin), the pod's identity in CNI_ARGS and a
 // network namespace it can read a cookie from; the first that fails is the
-// error the runtime shows.
+// error the runtime shows. A kernel that cannot read any namespace's cookie
+// fails it only under onAgentUnreachable "fail"; under "allow" the result
+// says so (noCookie).
 func checkArgs(args *skel.CmdArgs) (checkedArgs, error) {
 	conf, prev, err := parseConfig(args.StdinData)
 	if err != nil {
@@ -257,7 +286,13 @@ func checkArgs(args *skel.CmdArgs) (checkedArgs, error) {
 		return checkedArgs{}, err
 	}
 	cookie, err := netns.Cookie(args.Netns)
-	if err != nil {
+	switch {
+	case errors.Is(err, syscall.ENOPROTOOPT) && conf.OnAgentUnreachable == PolicyAllow:
+		return checkedArgs{conf: conf, prev: prev, pod: pod, noCookie: err}, nil
+	case errors.Is(err, syscall.ENOPROTOOPT):
+		return checkedArgs{}, types.NewError(types.ErrInternal,
+			"ztdns: "+noCookieWhy+": the pod is refused (onAgentUnreachable: fail; allow starts it without DNS capture)", err.Error())
+	case err != nil:
 		return checkedArgs{}, types.NewError(types.ErrInvalidNetNS, fmt.Sprintf("ztdns: CNI_NETNS %q is not a usable network namespace", args.Netns), err.Error())
 	}
 	return checkedArgs{conf: conf, prev: prev, pod: pod, cookie: cookie}, nil

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 
 	"github.com/cilium/ebpf"
@@ -23,7 +24,6 @@ type hook struct {
 	name    string // pin name under <bpffs>/links, and the C function name
 	typ     ebpf.ProgramType
 	attach  ebpf.AttachType
-	since   string // first Linux release with this attach type
 	program func(*ztdnsPrograms) *ebpf.Program
 }
 
@@ -34,15 +34,15 @@ type hook struct {
 // before its source can be set back. They are detached in the reverse order
 // (detachOrder).
 var hooks = []hook{
-	{ztdnsProgZtdnsSockRelease, ebpf.CGroupSock, ebpf.AttachCgroupInetSockRelease, "5.9", func(p *ztdnsPrograms) *ebpf.Program { return p.ZtdnsSockRelease }},
-	{ztdnsProgZtdnsRecvmsg4, ebpf.CGroupSockAddr, ebpf.AttachCGroupUDP4Recvmsg, "5.2", func(p *ztdnsPrograms) *ebpf.Program { return p.ZtdnsRecvmsg4 }},
-	{ztdnsProgZtdnsRecvmsg6, ebpf.CGroupSockAddr, ebpf.AttachCGroupUDP6Recvmsg, "5.2", func(p *ztdnsPrograms) *ebpf.Program { return p.ZtdnsRecvmsg6 }},
-	{ztdnsProgZtdnsGetpeername4, ebpf.CGroupSockAddr, ebpf.AttachCgroupInet4GetPeername, "5.8", func(p *ztdnsPrograms) *ebpf.Program { return p.ZtdnsGetpeername4 }},
-	{ztdnsProgZtdnsGetpeername6, ebpf.CGroupSockAddr, ebpf.AttachCgroupInet6GetPeername, "5.8", func(p *ztdnsPrograms) *ebpf.Program { return p.ZtdnsGetpeername6 }},
-	{ztdnsProgZtdnsConnect4, ebpf.CGroupSockAddr, ebpf.AttachCGroupInet4Connect, "4.17", func(p *ztdnsPrograms) *ebpf.Program { return p.ZtdnsConnect4 }},
-	{ztdnsProgZtdnsConnect6, ebpf.CGroupSockAddr, ebpf.AttachCGroupInet6Connect, "4.17", func(p *ztdnsPrograms) *ebpf.Program { return p.ZtdnsConnect6 }},
-	{ztdnsProgZtdnsSendmsg4, ebpf.CGroupSockAddr, ebpf.AttachCGroupUDP4Sendmsg, "4.18", func(p *ztdnsPrograms) *ebpf.Program { return p.ZtdnsSendmsg4 }},
-	{ztdnsProgZtdnsSendmsg6, ebpf.CGroupSockAddr, ebpf.AttachCGroupUDP6Sendmsg, "4.18", func(p *ztdnsPrograms) *ebpf.Program { return p.ZtdnsSendmsg6 }},
+	{ztdnsProgZtdnsSockRelease, ebpf.CGroupSock, ebpf.AttachCgroupInetSockRelease, func(p *ztdnsPrograms) *ebpf.Program { return p.ZtdnsSockRelease }},
+	{ztdnsProgZtdnsRecvmsg4, ebpf.CGroupSockAddr, ebpf.AttachCGroupUDP4Recvmsg, func(p *ztdnsPrograms) *ebpf.Program { return p.ZtdnsRecvmsg4 }},
+	{ztdnsProgZtdnsRecvmsg6, ebpf.CGroupSockAddr, ebpf.AttachCGroupUDP6Recvmsg, func(p *ztdnsPrograms) *ebpf.Program { return p.ZtdnsRecvmsg6 }},
+	{ztdnsProgZtdnsGetpeername4, ebpf.CGroupSockAddr, ebpf.AttachCgroupInet4GetPeername, func(p *ztdnsPrograms) *ebpf.Program { return p.ZtdnsGetpeername4 }},
+	{ztdnsProgZtdnsGetpeername6, ebpf.CGroupSockAddr, ebpf.AttachCgroupInet6GetPeername, func(p *ztdnsPrograms) *ebpf.Program { return p.ZtdnsGetpeername6 }},
+	{ztdnsProgZtdnsConnect4, ebpf.CGroupSockAddr, ebpf.AttachCGroupInet4Connect, func(p *ztdnsPrograms) *ebpf.Program { return p.ZtdnsConnect4 }},
+	{ztdnsProgZtdnsConnect6, ebpf.CGroupSockAddr, ebpf.AttachCGroupInet6Connect, func(p *ztdnsPrograms) *ebpf.Program { return p.ZtdnsConnect6 }},
+	{ztdnsProgZtdnsSendmsg4, ebpf.CGroupSockAddr, ebpf.AttachCGroupUDP4Sendmsg, func(p *ztdnsPrograms) *ebpf.Program { return p.ZtdnsSendmsg4 }},
+	{ztdnsProgZtdnsSendmsg6, ebpf.CGroupSockAddr, ebpf.AttachCGroupUDP6Sendmsg, func(p *ztdnsPrograms) *ebpf.Program { return p.ZtdnsSendmsg6 }},
 }
 
 // Cgroup2Mounts returns the mount points of cgroup2 filesystems listed in
@@ -154,33 +154,76 @@ func MountBPFFS(dir string) (bool, error) {
 	return true, nil
 }
 
-// checkKernel probes, before anything is loaded, every kernel feature the
-// programs need, so that a missing one is reported by name instead of as a
-// verifier log.
+// MinKernel is the oldest Linux release capture runs on: the newest of the
+// features checkKernel probes, SO_NETNS_COOKIE, came in 5.14.
+const MinKernel = "5.14"
+
+// checkKernel probes, before anything is loaded or made, every kernel
+// feature capture needs, so that a missing one is reported by name instead
+// of as a verifier log, or as a failure after the resolver's interface and
+// the links are in place. Each error names MinKernel, not the release that
+// brought the feature: an operator upgrading to that one would meet the
+// next missing feature.
 func checkKernel() error {
-	if err := features.HaveProgramType(ebpf.CGroupSockAddr); err != nil {
-		return fmt.Errorf("kernel lacks cgroup sock_addr programs (Linux 4.17+): %w", err)
+	// Not a kernel feature, but as missing: the programs are compiled
+	// little-endian only (gen.go), and other architectures build with
+	// ztdns_stub.go.
+	if _, err := loadZtdns(); errors.Is(err, errBigEndian) {
+		return err
 	}
-	for _, h := range hooks {
+	// First: the agent and the CNI plugin read every pod's cookie with it
+	// (pkg/netns), and the newest feature of all.
+	if err := CheckNetnsCookie(); err != nil {
+		return err
+	}
+	if err := features.HaveProgramType(ebpf.CGroupSockAddr); err != nil { // 4.17
+		return lacks("cgroup sock_addr programs", err)
+	}
+	for _, h := range hooks { // 4.17 (connect) to 5.9 (sock_release)
 		if err := probeAttachType(h.typ, h.attach); err != nil {
-			return fmt.Errorf("kernel lacks the cgroup/%s hook (Linux %s+): %w", strings.TrimPrefix(h.name, "ztdns_"), h.since, err)
+			return lacks("the cgroup/"+strings.TrimPrefix(h.name, "ztdns_")+" hook", err)
 		}
 	}
-	if err := features.HaveProgramHelper(ebpf.CGroupSockAddr, asm.FnGetNetnsCookie); err != nil {
-		return fmt.Errorf("kernel lacks bpf_get_netns_cookie in cgroup sock_addr programs (Linux 5.8+): %w", err)
+	if err := features.HaveProgramHelper(ebpf.CGroupSockAddr, asm.FnGetNetnsCookie); err != nil { // 5.7
+		return lacks("bpf_get_netns_cookie in cgroup sock_addr programs", err)
 	}
-	if err := features.HaveMapType(ebpf.SkStorage); err != nil {
-		return fmt.Errorf("kernel lacks socket storage maps (Linux 5.2+): %w", err)
+	if err := features.HaveMapType(ebpf.SkStorage); err != nil { // 5.2
+		return lacks("socket storage maps", err)
 	}
 	if err := features.HaveProgramHelper(ebpf.CGroupSockAddr, asm.FnSkStorageGet); err != nil {
-		return fmt.Errorf("kernel lacks bpf_sk_storage_get in cgroup sock_addr programs (Linux 5.3+): %w", err)
+		return lacks("bpf_sk_storage_get in cgroup sock_addr programs", err)
 	}
 	// sock_release takes a closed socket off its pod's count.
 	if err := features.HaveProgramHelper(ebpf.CGroupSock, asm.FnSkStorageGet); err != nil {
-		return fmt.Errorf("kernel lacks bpf_sk_storage_get in cgroup sock programs (Linux 5.11+): %w", err)
+		return lacks("bpf_sk_storage_get in cgroup sock programs", err)
 	}
-	if err := features.HaveProgramHelper(ebpf.CGroupSock, asm.FnGetNetnsCookie); err != nil {
-		return fmt.Errorf("kernel lacks bpf_get_netns_cookie in cgroup sock programs (Linux 5.8+): %w", err)
+	if err := features.HaveProgramHelper(ebpf.CGroupSock, asm.FnGetNetnsCookie); err != nil { // 5.7
+		return lacks("bpf_get_netns_cookie in cgroup sock programs", err)
+	}
+	return nil
+}
+
+// errBigEndian is loadZtdns's error on an architecture the programs are
+// not compiled for (ztdns_stub.go).
+var errBigEndian = fmt.Errorf("capture needs a little-endian architecture (amd64, arm64, ppc64le, …), not %s: run the agent with --capture=false here", runtime.GOARCH)
+
+// lacks is checkKernel's error for a feature this kernel does not have.
+func lacks(what string, err error) error {
+	return fmt.Errorf("capture needs Linux %s+ (this kernel lacks %s): %w", MinKernel, what, err)
+}
+
+// CheckNetnsCookie checks that this kernel can read a network namespace's
+// cookie, by reading the calling thread's: getsockopt(SO_NETNS_COOKIE)
+// fails with ENOPROTOOPT (in the error) before Linux 5.14. Capture and the
+// CNI plugin know every pod by it.
+func CheckNetnsCookie() error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("reading a network namespace's cookie: socket: %w", err)
+	}
+	defer unix.Close(fd)
+	if _, err := unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_NETNS_COOKIE); err != nil {
+		return lacks("SO_NETNS_COOKIE, to read a network namespace's cookie", err)
 	}
 	return nil
 }
