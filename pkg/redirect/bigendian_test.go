@@ -56,26 +56,22 @@ func TestBigEndianStubMatchesGenerated(t *testing.T) {
 	}
 }
 
-// TestBuildsOnBigEndianArchitectures: the ztdns binary (and every package)
-// builds for s390x and ppc64, which bpf2go's little-endian object leaves
-// out; capture there fails at start (errBigEndian).
-// Before, `GOARCH=s390x go build ./cmd/ztdns` failed: undefined:
-// ztdnsPrograms.
+// TestBuildsOnBigEndianArchitectures: the ztdns binary builds for s390x,
+// which bpf2go's little-endian object leaves out (ppc64, the other
+// big-endian target, takes the same stub); capture there fails at start
+// (errBigEndian). Before, `GOARCH=s390x go build ./cmd/ztdns` failed:
+// undefined: ztdnsPrograms. One architecture and the one binary keep a
+// cold build cache's cost to a few minutes of make test.
 func TestBuildsOnBigEndianArchitectures(t *testing.T) {
 	t.Parallel()
 	root, err := filepath.Abs("../..")
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, arch := range []string{"s390x", "ppc64"} {
-		t.Run(arch, func(t *testing.T) {
-			t.Parallel()
-			cmd := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "./...")
-			cmd.Dir = root
-			cmd.Env = append(os.Environ(), "GOOS=linux", "GOARCH="+arch, "CGO_ENABLED=0")
-			if out, err := cmd.CombinedOutput(); err != nil {
-				t.Errorf("GOARCH=%s go build ./...: %v\n%s", arch, err, out)
-			}
-		})
+	cmd := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-o", os.DevNull, "./cmd/ztdns")
+	cmd.Dir = root
+	cmd.Env = append(os.Environ(), "GOOS=linux", "GOARCH=s390x", "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Errorf("GOARCH=s390x go build ./cmd/ztdns: %v\n%s", err, out)
 	}
 }
