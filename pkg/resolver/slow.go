@@ -15,6 +15,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"unsafe"
 
 	"github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus"
@@ -283,7 +284,9 @@ func (q *slowQuery) answer(ctx context.Context) []byte {
 		ns = pod.Namespace
 	}
 	tbl := s.table.Load()
-	res := tbl.Resolve(string(r.Name), ns)
+	// r.Name is the query's own (parseOwnName), never changed, and Resolve
+	// keeps no reference to it: no copy into a string.
+	res := tbl.Resolve(unsafe.String(unsafe.SliceData(r.Name), len(r.Name)), ns)
 	res.Restrict(q.families)
 	if res.Forwards(r.Type) {
 		return q.forward(ctx)
