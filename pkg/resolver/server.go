@@ -8,7 +8,10 @@
 // records, written straight from the table's entry. UDP is read and written
 // in batches (recvmmsg/sendmmsg). Everything else (forwarding, CNAME chains,
 // autopath, errors that need a full message) takes the slow path, built on
-// miekg/dns, in its own goroutine so a slow upstream never stalls a socket.
+// miekg/dns: what the table or the forwarder's cache answers on the
+// socket's goroutine (over UDP, written in its batch), what needs an
+// upstream in a goroutine of its own, so a slow upstream never stalls a
+// socket.
 package resolver
 
 import (
