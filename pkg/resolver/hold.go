@@ -74,29 +74,33 @@ func (s *Server) giveBack(sc *scratch) {
 // bytes were refused as they were read was counted then; an upstream's
 // own SERVFAIL is no refusal.
 func (q *slowQuery) finishing(done func(reply []byte, release func())) func(reply []byte) {
-	return func(reply []byte) {
-		var release func()
-		if q.tcp && reply != nil {
-			counted := &q.refusals
-			if isServFail(reply) {
-				counted = nil
-			}
-			budget, source, n := q.s.opts.Budget, q.source, len(reply)
-			if limit := q.s.holdReply(source, n, counted); limit == "" {
-				release = func() { budget.Give(source, n) }
-			} else {
-				reply = dnswire.AppendErrorReply(nil, q.msg, &q.r, dnswire.RcodeServFail) // q.r: parsed, the reply not nil
-				q.limitedBy(limit)
-			}
+	return func(reply []byte) { done(q.conclude(reply)) }
+}
+
+// conclude is finishing's work on reply: it returns what is to be sent
+// and what gives its hold back (nil: nothing held). Over UDP nothing is
+// held, and reply is what is sent.
+func (q *slowQuery) conclude(reply []byte) (out []byte, release func()) {
+	if q.tcp && reply != nil {
+		counted := &q.refusals
+		if isServFail(reply) {
+			counted = nil
 		}
-		if len(reply) >= dnswire.HeaderLen {
-			if q.cut && dnswire.HeaderFlags(reply)&dnswire.FlagTC != 0 { // not a SERVFAIL in its place
-				metricTruncated[protoOf(q.tcp)].Inc()
-			}
-			q.finish(reply)
+		budget, source, n := q.s.opts.Budget, q.source, len(reply)
+		if limit := q.s.holdReply(source, n, counted); limit == "" {
+			release = func() { budget.Give(source, n) }
+		} else {
+			reply = dnswire.AppendErrorReply(nil, q.msg, &q.r, dnswire.RcodeServFail) // q.r: parsed, the reply not nil
+			q.limitedBy(limit)
 		}
-		done(reply, release)
 	}
+	if len(reply) >= dnswire.HeaderLen {
+		if q.cut && dnswire.HeaderFlags(reply)&dnswire.FlagTC != 0 { // not a SERVFAIL in its place
+			metricTruncated[protoOf(q.tcp)].Inc()
+		}
+		q.finish(reply)
+	}
+	return reply, release
 }
 
 // refusals is what was counted of one query's refusals for its source,

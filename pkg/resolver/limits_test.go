@@ -980,3 +980,72 @@ func TestStalledRepliesHoldOnlyWhatArrived(t *testing.T) {
 	}
 	ls.askVictim(t, 2)
 }
+
+// TestCachedAnswersTakeNoForwardingSlot: with every forwarding slot of the
+// server held by queries stuck on a silent upstream, a forwarded name the
+// cache holds fresh is still answered, over UDP and TCP, and so is an
+// ExternalName whose target the cache holds (the CNAME and the target's
+// address): the cache's answers are given on the goroutine that read the
+// query, taking no slot. They count, and are logged, as answered by the
+// cache. A name the cache does not hold still gets SERVFAIL at once: the
+// bound is on upstream work. Before, every forwarded name got SERVFAIL
+// (overload), cached or not.
+func TestCachedAnswersTakeNoForwardingSlot(t *testing.T) {
+	const slots = 8
+	silent := startSilentUpstream(t)
+	up := dnstest.Start(t, "127.0.0.1:0", dnstest.ZoneOf(t,
+		"who.example. 300 IN A 203.0.113.7",
+		"out.example. 300 IN A 203.0.113.8",
+	)).Addr
+	al, log := startAccessLog(t)
+	ls := startLimitsServer(t, Options{Limits: quota.Limits{QPS: -1, Forwarding: -1}, MaxInflight: slots, AccessLog: al}, silent.addr, up)
+	tbl, _ := table.Build(&model.Snapshot{ServiceEntries: []model.ServiceEntry{
+		{Namespace: "default", Name: "a", Hosts: []string{"address.internal"}, Addresses: []netip.Addr{netip.MustParseAddr("198.51.100.1")}},
+	}, Services: []model.Service{
+		{Namespace: "default", Name: "out", ExternalName: "out.example"},
+	}}, table.Options{})
+	ls.SetTable(tbl)
+	const external = "out.default.svc.cluster.local."
+	for _, name := range []string{"who.example.", external} { // into the cache
+		if r := ls.ask(t, victimIP, "udp", name); r == nil || r.Rcode != dns.RcodeSuccess || len(r.Answer) == 0 {
+			t.Fatalf("%s before the slots were taken: %v, want an answer", name, r)
+		}
+	}
+
+	for i := range slots {
+		src := netip.AddrFrom4([4]byte{127, 0, 1, byte(1 + i)})
+		startUDPFlood(t, src, ls.addr).send(t, [][]byte{packQuery(t, fmt.Sprintf("n%d.stuck.example.", i), dns.TypeA)}, 1, 0)
+	}
+	testenv.Eventually(t, 30*time.Second, "every slot taken", func() bool { return ls.forwarding.Used() == slots })
+	overload := testutil.ToFloat64(metricQueries.overload)
+	lines := len(accessLines(t, log, 3)) // startLimitsServer's query, and the two above
+	for _, proto := range []string{"udp", "tcp"} {
+		for name, want := range map[string]string{"who.example.": "203.0.113.7", external: "203.0.113.8"} {
+			r := ls.ask(t, victimIP, proto, name)
+			if r == nil {
+				continue
+			}
+			if r.Rcode != dns.RcodeSuccess || len(r.Answer) == 0 || !strings.Contains(r.Answer[len(r.Answer)-1].String(), want) {
+				t.Errorf("%s query for %s, cached, with every forwarding slot taken: %s %v, want %s", proto, name, dns.RcodeToString[r.Rcode], r.Answer, want)
+			}
+		}
+		if r := ls.ask(t, victimIP, proto, "new.example."); r != nil && r.Rcode != dns.RcodeServerFailure {
+			t.Errorf("%s query for a name not cached with every slot taken: %s, want SERVFAIL", proto, dns.RcodeToString[r.Rcode])
+		}
+	}
+	if got := testutil.ToFloat64(metricQueries.overload) - overload; got != 2 {
+		t.Errorf("%v queries refused for the node's bound, want 2: the names not cached", got)
+	}
+	if ls.forwarding.Used() != slots {
+		t.Errorf("%d slots taken, want the %d stuck", ls.forwarding.Used(), slots)
+	}
+	for _, l := range accessLines(t, log, lines+6)[lines:] {
+		want := "cache"
+		if l.Name == "new.example." {
+			want = "none"
+		}
+		if l.Answered != want || (want == "cache" && l.Upstream != up.String()) {
+			t.Errorf("logged %s over %s: answered=%s upstream=%s, want answered=%s", l.Name, l.Proto, l.Answered, l.Upstream, want)
+		}
+	}
+}

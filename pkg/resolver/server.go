@@ -8,7 +8,10 @@
 // records, written straight from the table's entry. UDP is read and written
 // in batches (recvmmsg/sendmmsg). Everything else (forwarding, CNAME chains,
 // autopath, errors that need a full message) takes the slow path, built on
-// miekg/dns, in its own goroutine so a slow upstream never stalls a socket.
+// miekg/dns: what the table or the forwarder's cache answers on the
+// socket's goroutine (over UDP, written in its batch), what needs an
+// upstream in a goroutine of its own, so a slow upstream never stalls a
+// socket.
 package resolver
 
 import (
@@ -39,6 +42,11 @@ type Forwarder interface {
 	// ForwardFrom returns the reply to relay for req, with req's ID, and
 	// where it came from. The reply is the caller's to change.
 	ForwardFrom(ctx context.Context, req []byte, tcp bool, upstreams []netip.AddrPort) ([]byte, forward.Origin, error)
+	// AppendCached appends to dst the reply ForwardFrom would give req
+	// from its cache, for a query from src, when the cache holds a fresh
+	// one (ok), without asking an upstream or waiting: the slow path asks
+	// it first, on the goroutine that read the query.
+	AppendCached(dst, req []byte, upstreams []netip.AddrPort, src *quota.Source) (out []byte, from forward.Origin, ok bool)
 }
 
 // DefaultPodInflightBytes is the bytes of replies in flight one source may

@@ -3,9 +3,9 @@ package resolver
 // The slow path: a query the fast path hands over (a CNAME chain, a
 // search-list alias, autopath, an error that needs a whole message, a
 // forward) is answered here, with miekg/dns. Server.slow is its entry: it
-// answers what the table can on the caller's goroutine, and runs a query
-// that needs an upstream in a goroutine of its own, within the bounds on
-// forwarded work.
+// answers what the table and the forwarder's cache can on the caller's
+// goroutine, and runs a query that needs an upstream in a goroutine of its
+// own, within the bounds on forwarded work.
 
 import (
 	"bytes"
@@ -15,6 +15,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"unsafe"
 
 	"github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus"
@@ -40,10 +41,22 @@ type slowQuery struct {
 	// conn is the TCP connection's upstreams (nil over UDP, whose
 	// datagrams each say where they were sent).
 	conn *connUpstreams
-	// offline answers only what needs no upstream: asking one instead sets
-	// needsUpstream, and the reply is to be thrown away (slow then runs the
-	// query again, online, within the bounds on forwarded work).
+	// offline answers only what needs no upstream (the table's, and the
+	// forwarder's cache's): asking one instead sets needsUpstream, and the
+	// reply is to be thrown away (slow then runs the query again, online,
+	// within the bounds on forwarded work).
 	offline, needsUpstream bool
+	// out is where a reply from the forwarder's cache is appended offline:
+	// over UDP the socket's batch's buffer, which the reply goes out from
+	// with the table's answers; nil, a buffer of its own.
+	out []byte
+	// ups are the query's upstreams once looked up (upsKnown), the
+	// offline pass's kept for the online one; cachedLookups the replies
+	// the offline pass's lookups (chase, autopath) got from the cache,
+	// which the online pass reuses rather than ask the cache again.
+	ups           []netip.AddrPort
+	upsKnown      bool
+	cachedLookups []cachedLookup
 	// cut: the reply was cut, with TC, to the records that fit the
 	// client's UDP buffer or a TCP message; counted truncated once it goes out so
 	// (finishing), not as it is built: it may be refused or ended yet.
@@ -81,10 +94,12 @@ type slowQuery struct {
 // send, and what gives back the reply's hold (nil without one), which done
 // calls once the reply is sent or dropped.
 //
-// What the table answers (search-list aliases, CNAME chains, errors) is
-// answered here, on the caller's goroutine: local answers never wait behind
-// forwarded work. A query that needs an upstream runs in its own goroutine,
-// within two bounds: its source's forwarded queries in flight, and
+// What the table answers (search-list aliases, CNAME chains, errors), and
+// what the forwarder's cache holds fresh (a forwarded name, a CNAME's
+// target, autopath's candidates), is answered here, on the caller's
+// goroutine: such answers never wait behind forwarded work, and take no
+// forwarding slot. A query that needs an upstream runs in its own
+// goroutine, within two bounds: its source's forwarded queries in flight, and
 // MaxInflight for all sources. Over either, the client gets SERVFAIL at
 // once instead of a place in a queue. Past half of MaxInflight, a source
 // holding more than its fair share of it gets the same (quota.Pool); one
@@ -92,20 +107,39 @@ type slowQuery struct {
 // source over its share (startForward). The forwarder learns the source
 // from the context, and charges the reply bytes it reads to it.
 func (s *Server) slow(msg []byte, src, local netip.AddrPort, tc *tcpConn, done func(reply []byte, release func())) {
-	q := &slowQuery{s: s, msg: msg, src: src, local: local, offline: true, start: s.clock(), from: sourceNone}
-	if tc != nil {
-		q.tcp, q.conn, q.source = true, &tc.up, tc.source
-	}
+	q := s.newSlowQuery(msg, src, local, tc)
 	finish := q.finishing(done)
 	if reply := q.answer(s.ctx); !q.needsUpstream {
 		finish(reply)
 		return
 	}
-	source := q.source
-	if source == nil {
-		_, source = s.sourceOf(src.Addr(), s.clock())
-		q.source = source
+	q.forwardOnline(finish)
+}
+
+// newSlowQuery starts the slow path's work on a query: offline.
+func (s *Server) newSlowQuery(msg []byte, src, local netip.AddrPort, tc *tcpConn) *slowQuery {
+	q := &slowQuery{s: s, msg: msg, src: src, local: local, offline: true, start: s.clock(), from: sourceNone}
+	if tc != nil {
+		q.tcp, q.conn, q.source = true, &tc.up, tc.source
 	}
+	return q
+}
+
+// askingSource is the source the query counts against: its TCP
+// connection's, or over UDP the one its address finds, looked up once.
+func (q *slowQuery) askingSource() *quota.Source {
+	if q.source == nil {
+		_, q.source = q.s.sourceOf(q.src.Addr(), q.s.clock())
+	}
+	return q.source
+}
+
+// forwardOnline runs a query the offline pass found needs an upstream in
+// a goroutine of its own, within the bounds on forwarded work (slow), and
+// hands its reply to finish.
+func (q *slowQuery) forwardOnline(finish func(reply []byte)) {
+	s, msg := q.s, q.msg
+	source := q.askingSource()
 	fw := &q.slot
 	fw.source = source
 	switch s.startForward(fw) {
@@ -126,7 +160,8 @@ func (s *Server) slow(msg []byte, src, local netip.AddrPort, tc *tcpConn, done f
 		ctx, cancel := context.WithTimeout(quota.WithSource(s.ctx, source), slowPathTimeout)
 		var reply []byte
 		if s.forwards.arm(fw, cancel) {
-			q.offline, q.needsUpstream, q.from = false, false, sourceNone
+			q.offline, q.needsUpstream, q.out = false, false, nil
+			q.from, q.upstream, q.result = sourceNone, netip.AddrPort{}, ""
 			reply = q.answer(ctx)
 		}
 		cancel()
@@ -249,7 +284,9 @@ func (q *slowQuery) answer(ctx context.Context) []byte {
 		ns = pod.Namespace
 	}
 	tbl := s.table.Load()
-	res := tbl.Resolve(string(r.Name), ns)
+	// r.Name is the query's own (parseOwnName), never changed, and Resolve
+	// keeps no reference to it: no copy into a string.
+	res := tbl.Resolve(unsafe.String(unsafe.SliceData(r.Name), len(r.Name)), ns)
 	res.Restrict(q.families)
 	if res.Forwards(r.Type) {
 		return q.forward(ctx)
@@ -462,26 +499,43 @@ func (q *slowQuery) other(ctx context.Context) []byte {
 	return q.forward(ctx)
 }
 
-// forward relays the query to the pod's upstreams.
+// forward relays the query to the pod's upstreams. Offline, it answers
+// only what the forwarder's cache holds fresh (appended to q.out), as
+// ForwardFrom would answer it from there; anything else needs an
+// upstream, as does a query a lookup of which needed one already
+// (autopath falling back to forwarding: online, the lookup may answer).
 func (q *slowQuery) forward(ctx context.Context) []byte {
-	if q.offline {
-		q.needsUpstream = true
-		return nil
-	}
-	metricQueries.forwarded.Inc()
 	s, msg, r := q.s, q.msg, &q.r
 	upstreams := q.upstreams()
+	noUpstream := len(upstreams) == 0 || s.opts.Forwarder == nil
+	var (
+		out  []byte
+		from forward.Origin
+	)
+	if q.offline {
+		ok := false
+		if !q.needsUpstream && !noUpstream {
+			out, from, ok = s.opts.Forwarder.AppendCached(q.out, msg, upstreams, q.askingSource())
+		}
+		if !ok {
+			q.needsUpstream = true
+			return nil
+		}
+	}
+	metricQueries.forwarded.Inc()
 	// The forward's reply is the whole answer: an autopath candidate's
 	// lookup answered before it is not where this reply came from.
 	q.from, q.upstream, q.result, q.limit = sourceNone, netip.AddrPort{}, "", ""
-	if len(upstreams) == 0 || s.opts.Forwarder == nil {
-		q.result = forward.FailureNoUpstream
-		return dnswire.AppendErrorReply(nil, msg, r, dnswire.RcodeServFail)
-	}
-	out, from, err := s.opts.Forwarder.ForwardFrom(ctx, msg, q.tcp, upstreams)
-	if err != nil {
-		s.logs.forwardFailed.Log(s.log, slog.LevelDebug, "forward failed", "client", q.src, "err", err)
-		return dnswire.AppendErrorReply(nil, msg, r, dnswire.RcodeServFail)
+	if !q.offline {
+		if noUpstream {
+			q.result = forward.FailureNoUpstream
+			return dnswire.AppendErrorReply(nil, msg, r, dnswire.RcodeServFail)
+		}
+		var err error
+		if out, from, err = s.opts.Forwarder.ForwardFrom(ctx, msg, q.tcp, upstreams); err != nil {
+			s.logs.forwardFailed.Log(s.log, slog.LevelDebug, "forward failed", "client", q.src, "err", err)
+			return dnswire.AppendErrorReply(nil, msg, r, dnswire.RcodeServFail)
+		}
 	}
 	q.answeredBy(from) // a SERVFAIL for the source's bytes: from "none", counted
 	if !q.tcp && len(out) > r.UDPLimit() && r.End > 0 {
@@ -491,13 +545,17 @@ func (q *slowQuery) forward(ctx context.Context) []byte {
 }
 
 // upstreams are where the query's misses go: its TCP connection's, or
-// those of the address the datagram was sent to.
+// those of the address the datagram was sent to; looked up once a query.
 func (q *slowQuery) upstreams() []netip.AddrPort {
-	if q.conn != nil {
-		return q.conn.get(q.s, q.src, q.local)
+	if !q.upsKnown {
+		q.upsKnown = true
+		if q.conn != nil {
+			q.ups = q.conn.get(q.s, q.src, q.local)
+		} else {
+			q.ups, _ = q.s.upstreams(q.src, q.local)
+		}
 	}
-	addrs, _ := q.s.upstreams(q.src, q.local)
-	return addrs
+	return q.ups
 }
 
 func (s *Server) upstreams(src, local netip.AddrPort) ([]netip.AddrPort, bool) {
@@ -507,11 +565,22 @@ func (s *Server) upstreams(src, local netip.AddrPort) ([]netip.AddrPort, bool) {
 	return s.opts.Upstreams(src, local)
 }
 
+// cachedLookup is the reply the offline pass's lookup of name got from
+// the forwarder's cache.
+type cachedLookup struct {
+	name  string
+	tcp   bool
+	reply []byte
+	from  forward.Origin
+}
+
 // lookupUpstream asks the pod's upstreams one question of its own.
+// Offline, it answers only from the forwarder's cache, and keeps the reply
+// for the online pass, should another lookup need an upstream: a hit is
+// counted once, where it was made.
 func (q *slowQuery) lookupUpstream(ctx context.Context, name string, tcp bool) (*dns.Msg, error) {
-	if q.offline {
-		q.needsUpstream = true
-		return nil, errNeedsUpstream
+	if q.offline && q.needsUpstream {
+		return nil, errNeedsUpstream // a lookup before needed one: the answer is the online pass's
 	}
 	s, r := q.s, &q.r
 	m := new(dns.Msg)
@@ -528,10 +597,26 @@ func (q *slowQuery) lookupUpstream(ctx context.Context, name string, tcp bool) (
 	}
 	upstreams := q.upstreams()
 	if len(upstreams) == 0 || s.opts.Forwarder == nil {
+		if q.offline {
+			q.needsUpstream = true
+			return nil, errNeedsUpstream
+		}
 		return nil, errNoUpstream
 	}
-	out, from, err := s.opts.Forwarder.ForwardFrom(ctx, wire, tcp, upstreams)
-	if err != nil {
+	var (
+		out  []byte
+		from forward.Origin
+	)
+	if i := slices.IndexFunc(q.cachedLookups, func(l cachedLookup) bool { return l.name == name && l.tcp == tcp }); i >= 0 {
+		out, from = q.cachedLookups[i].reply, q.cachedLookups[i].from
+	} else if q.offline {
+		ok := false
+		if out, from, ok = s.opts.Forwarder.AppendCached(nil, wire, upstreams, q.askingSource()); !ok {
+			q.needsUpstream = true
+			return nil, errNeedsUpstream
+		}
+		q.cachedLookups = append(q.cachedLookups, cachedLookup{name: name, tcp: tcp, reply: out, from: from})
+	} else if out, from, err = s.opts.Forwarder.ForwardFrom(ctx, wire, tcp, upstreams); err != nil {
 		return nil, err
 	}
 	q.answeredBy(from)

@@ -43,8 +43,8 @@ func countsSince(before, now map[string]float64) map[string]float64 {
 	return out
 }
 
-// TestUnsentRepliesCounted: a pod pipelines forwarded queries (cache hits,
-// 8 KB answers) on one connection and reads nothing. Its replies fill what
+// TestUnsentRepliesCounted: a pod pipelines forwarded queries (to a local
+// upstream, 8 KB answers) on one connection and reads nothing. Its replies fill what
 // the kernel takes for it, then wait; 2 s after one was ready the
 // connection is closed. The close is counted once, as write_timeout, and
 // the replies counted answered (forwarded) that were never written are
@@ -55,7 +55,7 @@ func countsSince(before, now map[string]float64) map[string]float64 {
 func TestUnsentRepliesCounted(t *testing.T) {
 	const answer = 8000
 	log := &testenv.Log{}
-	ls, _ := cachedBigAnswerWith(t, answer, Options{Logger: slog.New(slog.NewTextHandler(log, nil))})
+	ls, _ := bigAnswerWith(t, answer, Options{Logger: slog.New(slog.NewTextHandler(log, nil))})
 	testenv.Eventually(t, 30*time.Second, "the first answer's connection closed", func() bool { return ls.tcpOpen.Used() == 0 })
 	before := tcpCloseCounts(t)
 	forwarded := testutil.ToFloat64(metricQueries.forwarded)

@@ -18,11 +18,12 @@ import (
 
 	"github.com/ztdns/ztdns/internal/dnstest"
 	"github.com/ztdns/ztdns/internal/testenv"
+	"github.com/ztdns/ztdns/pkg/resolver/forward"
 	"github.com/ztdns/ztdns/pkg/resolver/quota"
 )
 
 // TestPipelinedRepliesToASlowReaderAreBounded: a pod pipelines forwarded
-// queries (cache hits, answered at once) on one TCP connection with a
+// queries (to a local upstream, answered at once) on one TCP connection with a
 // small receive buffer, and reads its replies a little at a time, fast
 // enough for each write to end within tcpWriteTimeout, not for its
 // replies' turns. The connection holds at most maxTCPPending of them
@@ -35,7 +36,7 @@ import (
 // sent, and the connection was never closed.
 func TestPipelinedRepliesToASlowReaderAreBounded(t *testing.T) {
 	const answer, queries = 8000, 3000
-	ls, b := cachedBigAnswer(t, answer)
+	ls, b := bigAnswer(t, answer)
 	q := packQuery(t, "big.example.", dns.TypeTXT)
 	ls.victimForwarded(t, "before the flood") // its upstream's connections are up
 	testenv.Eventually(t, 30*time.Second, "the first answers' bytes given back", func() bool { return b.Used() == 0 })
@@ -100,7 +101,7 @@ func TestRepliesQueuedOnAResetConnectionAreGivenBack(t *testing.T) {
 	tcpWriteTimeout = 10 * time.Minute
 	t.Cleanup(func() { tcpWriteTimeout = old })
 	const answer = 8000
-	ls, b := cachedBigAnswer(t, answer)
+	ls, b := bigAnswer(t, answer)
 	testenv.Eventually(t, 30*time.Second, "the first answer's bytes given back", func() bool { return b.Used() == 0 })
 	goroutines := runtime.NumGoroutine()
 	c, err := (&net.Dialer{LocalAddr: &net.TCPAddr{IP: flooderIP.AsSlice()}}).Dial("tcp4", ls.addr.String())
@@ -154,7 +155,7 @@ func pipeline(c net.Conn, q []byte, n int) {
 // kernel take megabytes for each such connection, charged to the agent.
 func TestUnreadRepliesHeldByTheKernelAreBounded(t *testing.T) {
 	const answer = 8000
-	ls, b := cachedBigAnswer(t, answer)
+	ls, b := bigAnswer(t, answer)
 	c := slowTCPClient(t, ls.addr)
 	pipeline(c, packQuery(t, "big.example.", dns.TypeTXT), 3000)
 	// Once maxTCPPending replies wait, one of them being written, the
@@ -301,27 +302,31 @@ func tcpQueuesIf(t *testing.T, local, remote netip.AddrPort) (send, recv int, ok
 	return 0, 0, false
 }
 
-// cachedBigAnswer starts a server whose flooder pod may forward without
+// bigAnswer starts a server whose flooder pod may forward without
 // limits, against a budget with room for every reply (so only a
-// connection's own bounds hold replies back), and has big.example's TXT
-// answer of size bytes cached.
-func cachedBigAnswer(t *testing.T, size int) (*limitsServer, *quota.Budget) {
+// connection's own bounds hold replies back), and whose flooder's
+// upstream answers big.example's TXT with size bytes, every time: the
+// forwarder caches nothing. A reply from the cache is answered on the
+// connection's reader, which writes it as it writes a table answer;
+// these tests need the replies of the slow path's goroutines, which
+// queue for the connection's writer.
+func bigAnswer(t *testing.T, size int) (*limitsServer, *quota.Budget) {
 	t.Helper()
-	return cachedBigAnswerWith(t, size, Options{})
+	return bigAnswerWith(t, size, Options{})
 }
 
-// cachedBigAnswerWith is cachedBigAnswer with opts (their limits and
+// bigAnswerWith is bigAnswer with opts (their limits and
 // budget replaced).
-func cachedBigAnswerWith(t *testing.T, size int, opts Options) (*limitsServer, *quota.Budget) {
+func bigAnswerWith(t *testing.T, size int, opts Options) (*limitsServer, *quota.Budget) {
 	t.Helper()
 	up := dnstest.Start(t, "127.0.0.1:0", dnstest.LargeTXT(size)).Addr
 	b := quota.NewBudget(64<<20, 0)
 	opts.Limits, opts.Budget = quota.Limits{QPS: -1, Forwarding: -1}, b
-	ls := startLimitsServer(t, opts, up, liveUpstream(t))
+	ls := startLimitsServer(t, opts, up, liveUpstream(t), forward.WithCacheSize(0))
 	m := new(dns.Msg)
 	m.SetQuestion("big.example.", dns.TypeTXT)
 	if r, err := ls.tryExchange(flooderIP, "tcp", m); err != nil || txtBytes(r) != size {
-		t.Fatalf("first answer (now cached): %v %v", r, err)
+		t.Fatalf("first answer: %v %v", r, err)
 	}
 	return ls, b
 }

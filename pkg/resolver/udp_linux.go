@@ -7,6 +7,7 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"slices"
 	"syscall"
 	"unsafe"
 
@@ -171,10 +172,15 @@ func (s *Server) answerUDP(conn *net.UDPConn, rc syscall.RawConn, local netip.Ad
 		if !ok {
 			continue
 		}
-		reply, slow := s.answerFast(msg, src, false, b.outBuf[queued][:0], &b.sc, now)
+		out := b.outBuf[queued][:0]
+		reply, slow := s.answerFast(msg, src, false, out, &b.sc, now)
 		if slow {
-			s.slowUDP(conn, append([]byte(nil), msg...), src, local)
-			continue
+			if reply = s.slowUDP(conn, msg, src, local, out); reply != nil && !sameStart(reply, out) {
+				// A reply of its own (the slow path's table answers, a
+				// cut one): into the batch's buffer, which stays the
+				// socket's.
+				reply = append(out, reply...)
+			}
 		}
 		if reply == nil {
 			continue
@@ -196,16 +202,34 @@ func (s *Server) answerUDP(conn *net.UDPConn, rc syscall.RawConn, local netip.Ad
 	}
 }
 
-// slowUDP runs the slow path and writes its reply from the same socket.
-func (s *Server) slowUDP(conn *net.UDPConn, msg []byte, src, local netip.AddrPort) {
-	s.slow(msg, src, local, nil, func(reply []byte, _ func()) { // no hold: nothing to release
+// slowUDP runs the slow path on msg, the batch's. What it answers on the
+// socket's goroutine (from the table, or from the forwarder's cache, then
+// appended to out) it returns, for the batch to write with the table's
+// answers; nil: nothing to send now. A query that needs an upstream gets
+// a copy of msg, and its goroutine writes its reply from the same socket.
+func (s *Server) slowUDP(conn *net.UDPConn, msg []byte, src, local netip.AddrPort, out []byte) []byte {
+	q := s.newSlowQuery(msg, src, local, nil)
+	q.out = out
+	if reply := q.answer(s.ctx); !q.needsUpstream {
+		reply, _ = q.conclude(reply) // no hold over UDP: nothing to release
+		return reply
+	}
+	q.msg, q.out = slices.Clone(msg), nil // the batch's are the next batch's
+	q.forwardOnline(q.finishing(func(reply []byte, _ func()) {
 		if reply == nil {
 			return
 		}
 		if _, err := conn.WriteToUDPAddrPort(reply, src); err != nil {
 			s.log.Debug("writing UDP reply failed", "client", src, "err", err)
 		}
-	})
+	}))
+	return nil
+}
+
+// sameStart reports whether a and b start at the same byte: a was
+// appended to b[:0] in place.
+func sameStart(a, b []byte) bool {
+	return len(a) > 0 && cap(b) > 0 && &a[0] == &b[:1][0]
 }
 
 // read fills the batch with the datagrams the socket holds, as many as

@@ -1,17 +1,20 @@
 package forward
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"math/rand/v2"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/ztdns/ztdns/internal/dnstest"
 	"github.com/ztdns/ztdns/internal/testenv"
@@ -553,4 +556,111 @@ func TestCacheSourcesConcurrently(t *testing.T) {
 	}
 	wg.Wait()
 	checkCache(t, f.cache)
+}
+
+// TestAppendCachedIsForwardFromsCachedReply: what AppendCached answers
+// from the cache is, byte for byte, what ForwardFrom answers the same query
+// from it, after the prefix it was appended to: TTLs aged, sets rotated by
+// the ID, the client's ID, RD and question spelling, AD as fitted to the
+// client, a negative answer too; and where the reply came from. A query the
+// cache does not answer (not cached, RD=0, another opcode) gets nothing,
+// asks no upstream and leaves dst as it was. Hits count as ForwardFrom's,
+// misses not (ForwardFrom, asked next, counts them).
+func TestAppendCachedIsForwardFromsCachedReply(t *testing.T) {
+	clock := newFakeClock()
+	u := startUpstream(t, func(u *testUpstream, w dns.ResponseWriter, req *dns.Msg) {
+		if strings.HasPrefix(req.Question[0].Name, "nx.") {
+			m := new(dns.Msg)
+			m.SetRcode(req, dns.RcodeNameError)
+			m.AuthenticatedData = true
+			m.Ns = append(m.Ns, testSOA(600, 300))
+			_ = w.WriteMsg(m)
+			return
+		}
+		m := new(dns.Msg)
+		m.SetReply(req)
+		m.RecursionAvailable, m.AuthenticatedData = true, true
+		for _, a := range fourAddrs {
+			m.Answer = append(m.Answer, &dns.A{Hdr: dns.RR_Header{Name: req.Question[0].Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 300}, A: net.ParseIP(a)})
+		}
+		if o := req.IsEdns0(); o != nil {
+			m.SetEdns0(1232, o.Do())
+		}
+		_ = w.WriteMsg(m)
+	})
+	f := newForwarder(t, WithNow(clock.Now))
+	ups := []netip.AddrPort{u.addr}
+	src := new(quota.Source)
+	ctx := quota.WithSource(context.Background(), src)
+	withAD := func(m *dns.Msg) { m.AuthenticatedData = true }
+	cases := map[string][]func(*dns.Msg){
+		"plain":    nil,
+		"edns":     {withEDNS(false)},
+		"do":       {withEDNS(true)},
+		"cd":       {withCD},
+		"ad":       {withAD},
+		"edns-ad":  {withEDNS(false), withAD},
+		"nxdomain": nil,
+	}
+	prefix := []byte("batch")
+	for name, opts := range cases {
+		qname := "Mixed-" + name + ".Example.com." // a key of each case's own
+		if name == "nxdomain" {
+			qname = "nx.Example.com."
+		}
+		fill := query(t, strings.ToLower(qname), dns.TypeA, opts...)
+		if _, ok := f.fromCacheOnly(prefix, fill, ups, src); ok {
+			t.Fatalf("%s: answered from an empty cache", name)
+		}
+		if _, _, err := f.ForwardFrom(ctx, fill, false, ups); err != nil {
+			t.Fatal(err)
+		}
+		for _, advance := range []time.Duration{0, 100 * time.Second} {
+			clock.Advance(advance)
+			for id := range 6 {
+				req := query(t, qname, dns.TypeA, append(slices.Clone(opts), withID(uint16(id)))...)
+				hits := testutil.ToFloat64(cacheHits)
+				got, from, ok := f.AppendCached(slices.Clone(prefix), req, ups, src)
+				if !ok || !bytes.Equal(got[:len(prefix)], prefix) {
+					t.Fatalf("%s, ID %d, %v later: AppendCached answered %v, %q; want a reply after %q", name, id, advance, ok, got, prefix)
+				}
+				if d := testutil.ToFloat64(cacheHits) - hits; d != 1 {
+					t.Errorf("%s: AppendCached's hit counted %v times, want once", name, d)
+				}
+				want, wantFrom, err := f.ForwardFrom(ctx, req, false, ups)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !bytes.Equal(got[len(prefix):], want) || from != wantFrom || !wantFrom.Cached {
+					t.Errorf("%s, ID %d, %v later: AppendCached gave\n%x from %+v, ForwardFrom\n%x from %+v", name, id, advance, got[len(prefix):], from, want, wantFrom)
+				}
+			}
+		}
+	}
+	if n := u.queries.Load(); n != int64(len(cases)) {
+		t.Errorf("the upstream was asked %d times, want %d: once to fill each", n, len(cases))
+	}
+
+	for name, req := range map[string][]byte{
+		"not cached": query(t, "other.example.com.", dns.TypeA),
+		"RD=0":       query(t, "mixed.example.com.", dns.TypeA, func(m *dns.Msg) { m.RecursionDesired = false }),
+		"NOTIFY":     query(t, "mixed.example.com.", dns.TypeA, withOpcode(dns.OpcodeNotify)),
+	} {
+		misses := testutil.ToFloat64(cacheMisses)
+		if out, ok := f.fromCacheOnly(prefix, req, ups, src); ok || len(out) != len(prefix) || &out[0] != &prefix[0] {
+			t.Errorf("%s: AppendCached answered %v, %q; want nothing, dst as it was", name, ok, out)
+		}
+		if d := testutil.ToFloat64(cacheMisses) - misses; d != 0 {
+			t.Errorf("%s: AppendCached counted %v misses, want none", name, d)
+		}
+	}
+	if n := u.queries.Load(); n != int64(len(cases)) {
+		t.Errorf("the upstream was asked %d times, want %d: AppendCached asks none", n, len(cases))
+	}
+}
+
+// fromCacheOnly is AppendCached without the origin.
+func (f *Forwarder) fromCacheOnly(dst, req []byte, ups []netip.AddrPort, src *quota.Source) ([]byte, bool) {
+	out, _, ok := f.AppendCached(dst, req, ups, src)
+	return out, ok
 }

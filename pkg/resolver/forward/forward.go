@@ -214,10 +214,8 @@ func (f *Forwarder) ForwardFrom(ctx context.Context, req []byte, tcp bool, upstr
 	key := appendKey(keyBuf[:0], req, r, upstreams)
 	src := quota.SourceFrom(ctx)
 	if f.cache != nil {
-		now := f.now()
-		if e := f.cache.get(key, now, src); e != nil {
-			cacheHits.Inc()
-			return fromCache(req, r, e, now), Origin{Cached: true, Upstream: e.from}, nil
+		if out, from, ok := f.fromCache(nil, req, r, key, src); ok {
+			return out, from, nil
 		}
 		cacheMisses.Inc()
 	}
@@ -264,6 +262,47 @@ func (f *Forwarder) ForwardFrom(ctx context.Context, req []byte, tcp bool, upstr
 			return servfail(req, r), Origin{Failure: ctxFailure(ctx)}, nil
 		}
 	}
+}
+
+// AppendCached appends to dst the reply ForwardFrom would give req from
+// the cache, byte for byte, when the cache holds a fresh one: its TTLs
+// aged, its answer's sets rotated by req's ID, req's ID, RD bit and
+// question, AD as ForwardFrom fits it. src is the asking source, as
+// ForwardFrom learns it from its context (quota.WithSource): a hit from
+// another source than the one the entry is charged to shares it, as a
+// hit through ForwardFrom does. It asks no upstream, starts nothing and
+// waits for nothing, so the resolver answers a hit on the goroutine that
+// read the query. ok is false, and dst returned as it was, when the
+// cache holds no fresh reply or req is not one the cache answers (one
+// that ForwardFrom relays as it came: RD=0, other opcodes, …); a hit is
+// counted as ForwardFrom counts it, a miss is not: ForwardFrom, asked
+// next, counts it.
+func (f *Forwarder) AppendCached(dst, req []byte, upstreams []netip.AddrPort, src *quota.Source) (out []byte, from Origin, ok bool) {
+	if f.cache == nil {
+		return dst, Origin{}, false
+	}
+	var r dnswire.Query
+	if err := dnswire.ParseQuery(req, &r, nil); err != nil {
+		return dst, Origin{}, false
+	}
+	req = req[:r.Len]
+	if r.Opcode() != dnswire.OpcodeQuery || !shareable(&r) {
+		return dst, Origin{}, false
+	}
+	var keyBuf [512]byte
+	return f.fromCache(dst, req, r, appendKey(keyBuf[:0], req, r, upstreams), src)
+}
+
+// fromCache appends to dst the cached reply to req under key, for a
+// query from src, when the cache holds a fresh one, and counts the hit.
+func (f *Forwarder) fromCache(dst, req []byte, r dnswire.Query, key []byte, src *quota.Source) ([]byte, Origin, bool) {
+	now := f.now()
+	e := f.cache.get(key, now, src)
+	if e == nil {
+		return dst, Origin{}, false
+	}
+	cacheHits.Inc()
+	return appendFromCache(dst, req, r, e, now), Origin{Cached: true, Upstream: e.from}, true
 }
 
 // joinFlight returns the flight for flightKey, and whether the caller
@@ -548,18 +587,20 @@ func (f *Forwarder) finish(req []byte, r dnswire.Query, reply []byte, shared, ro
 	return personalise(out, req, r, shared)
 }
 
-// fromCache copies a cached reply, ages its TTLs by the time spent in the
-// cache, rotates its answer's sets by the client's ID and gives it the
-// client's ID and question. Without the rotation every client would get
+// appendFromCache appends to dst a copy of a cached reply, its TTLs aged
+// by the time spent in the cache, its answer's sets rotated by the
+// client's ID, with the client's ID and question. Without the rotation every client would get
 // the order the upstream gave the first for the whole TTL, where a
 // kube-dns with loadbalance shuffles each reply: clients that take the
 // first address (Go's Dial, most HTTP clients, musl) would all pick the
 // same backend.
-func fromCache(req []byte, r dnswire.Query, e *entry, now time.Time) []byte {
-	out := slices.Clone(e.msg)
-	dnswire.AgeTTLs(out, e.ttlOffsets, uint32(now.Sub(e.stored)/time.Second))
-	dnswire.RotateAnswers(out, r.ID)
-	return personalise(out, req, r, true)
+func appendFromCache(dst, req []byte, r dnswire.Query, e *entry, now time.Time) []byte {
+	out := append(dst, e.msg...)
+	reply := out[len(dst):]
+	dnswire.AgeTTLs(reply, e.ttlOffsets, uint32(now.Sub(e.stored)/time.Second))
+	dnswire.RotateAnswers(reply, r.ID)
+	personalise(reply, req, r, true)
+	return out
 }
 
 // personalise writes the client's ID, RD bit and question into out. The
