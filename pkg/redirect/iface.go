@@ -302,6 +302,20 @@ func syncAddrs(l netlink.Link, addrs []netip.Prefix, keep bool) error {
 	return nil
 }
 
+// HasInterface reports whether the interface name exists in the current
+// network namespace.
+func HasInterface(name string) (bool, error) {
+	_, err := netlink.LinkByName(name)
+	var notFound netlink.LinkNotFoundError
+	if errors.As(err, &notFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("look up interface %s: %w", name, err)
+	}
+	return true, nil
+}
+
 // RemoveInterface deletes the interface if ztdns created it. A missing
 // interface is not an error.
 func RemoveInterface(name string) error {
