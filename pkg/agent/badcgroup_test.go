@@ -47,3 +47,37 @@ func TestCaptureThatCannotAttachLeavesNoInterface(t *testing.T) {
 		return nil
 	})
 }
+
+// TestCaptureThatCannotLoadLeavesNoInterface: an agent whose programs
+// cannot be loaded after its resolver interface was made (here
+// --mount-bpffs=false and --bpffs on no bpf filesystem) fails at start
+// and takes away the interface it made (before: ztdns0 with its six
+// addresses stayed, on every crash-loop restart).
+func TestCaptureThatCannotLoadLeavesNoInterface(t *testing.T) {
+	testenv.RequireRoot(t)
+	node := testenv.NewNode(t)
+	dir, socket, _, up := handoffSetup(t)
+	a, err := newAgent(Config{
+		Source:    configdir.New(dir),
+		Listen:    []netip.AddrPort{netip.MustParseAddrPort("169.254.20.53:53")},
+		Upstreams: []netip.AddrPort{up},
+		Socket:    socket,
+		Logger:    slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+		Capture:   &CaptureConfig{BPFFS: filepath.Join(t.TempDir(), "ztdns"), RequireBPFFS: true, Cgroup: testenv.NewCgroup(t).Path},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	err = node.Do(func() error { return a.run(ctx) })
+	if err == nil || !strings.Contains(err.Error(), "no bpf filesystem") {
+		t.Fatalf("run = %v, want the bpffs refused", err)
+	}
+	_ = node.Do(func() error {
+		if _, lerr := netlink.LinkByName(redirect.DefaultInterface); lerr == nil {
+			t.Errorf("%s exists after a start that failed to load the programs", redirect.DefaultInterface)
+		}
+		return nil
+	})
+}

@@ -150,6 +150,10 @@ func newDataplane(cfg CaptureConfig, controllerCfg capture.Config, namespaces ca
 	if takingOver {
 		ensure = redirect.AddInterfaceAddrs
 	}
+	existed, err := redirect.HasInterface(cfg.Interface)
+	if err != nil {
+		return nil, fmt.Errorf("resolver interface: %w", err)
+	}
 	kind, err := ensure(log, cfg.Interface, prefixes)
 	if err != nil {
 		return nil, fmt.Errorf("resolver interface: %w", err)
@@ -160,6 +164,13 @@ func newDataplane(cfg CaptureConfig, controllerCfg capture.Config, namespaces ca
 		CaptureNameservers: cfg.Nameservers, SocketsPerPod: cfg.SocketsPerPod, KeepConfig: takingOver,
 	})
 	if err != nil {
+		// An interface this start made goes again: with no heartbeat
+		// written by this start, no program sends pods to it. One that
+		// was there (a predecessor's, or one an agent that died left)
+		// stays.
+		if !existed {
+			err = errors.Join(err, redirect.RemoveInterface(cfg.Interface))
+		}
 		return nil, err
 	}
 	cg, why := c.r.Cgroup()

@@ -79,16 +79,14 @@ func (p *plugin) add(args *skel.CmdArgs) error {
 	if in.noCookie != nil {
 		// Under "allow" (checkArgs failed the ADD under "fail"): no agent
 		// on this node can capture the pod, so none is asked.
-		var result bytes.Buffer
-		if err := printResult(&result, conf); err != nil {
+		if err := printResult(p.stdout, conf); err != nil {
 			return err
 		}
 		log, closeLog := p.logger(conf)
 		defer closeLog()
 		log.Warn(noCookieWhy+": the pod starts WITHOUT DNS capture (onAgentUnreachable: allow)",
 			"cmd", "ADD", "container", args.ContainerID, "pod", in.pod.namespace+"/"+in.pod.name, "error", in.noCookie)
-		_, err = p.stdout.Write(result.Bytes())
-		return err
+		return nil
 	}
 	req := control.CNIAddRequest{
 		ContainerID:  args.ContainerID,

@@ -108,17 +108,16 @@ func ensureInterface(log *slog.Logger, name string, addrs []netip.Prefix, keep b
 	if log == nil {
 		log = slog.Default()
 	}
-	l, err := netlink.LinkByName(name)
-	var notFound netlink.LinkNotFoundError
+	l, err := findInterface(name)
 	switch {
-	case errors.As(err, &notFound):
+	case err != nil:
+		return "", err
+	case l == nil:
 		l, err = createInterface(name)
 		if err != nil {
 			return "", err
 		}
 		log.Info("created resolver interface", "name", name, "kind", l.Type())
-	case err != nil:
-		return "", fmt.Errorf("look up interface %s: %w", name, err)
 	case l.Attrs().Alias != ifaceAlias:
 		return "", fmt.Errorf("interface %s exists and was not created by ztdns", name)
 	}
@@ -302,16 +301,33 @@ func syncAddrs(l netlink.Link, addrs []netip.Prefix, keep bool) error {
 	return nil
 }
 
-// RemoveInterface deletes the interface if ztdns created it. A missing
-// interface is not an error.
-func RemoveInterface(name string) error {
+// HasInterface reports whether the interface name exists in the current
+// network namespace.
+func HasInterface(name string) (bool, error) {
+	l, err := findInterface(name)
+	return l != nil, err
+}
+
+// findInterface returns the interface name of the current network
+// namespace, nil when there is none.
+func findInterface(name string) (netlink.Link, error) {
 	l, err := netlink.LinkByName(name)
 	var notFound netlink.LinkNotFoundError
 	if errors.As(err, &notFound) {
-		return nil
+		return nil, nil
 	}
 	if err != nil {
-		return fmt.Errorf("look up interface %s: %w", name, err)
+		return nil, fmt.Errorf("look up interface %s: %w", name, err)
+	}
+	return l, nil
+}
+
+// RemoveInterface deletes the interface if ztdns created it. A missing
+// interface is not an error.
+func RemoveInterface(name string) error {
+	l, err := findInterface(name)
+	if l == nil {
+		return err
 	}
 	if l.Attrs().Alias != ifaceAlias {
 		return fmt.Errorf("interface %s was not created by ztdns: leaving it", name)

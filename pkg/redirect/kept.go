@@ -54,13 +54,9 @@ func PinnedMarks(bpffs string) ([]uint64, error) {
 // if ztdns created it, but an IPv6 link-local one (no pod reaches the
 // node's on its own link); none when it is missing.
 func InterfaceAddrs(name string) ([]netip.Addr, error) {
-	l, err := netlink.LinkByName(name)
-	var notFound netlink.LinkNotFoundError
-	if errors.As(err, &notFound) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("look up interface %s: %w", name, err)
+	l, err := findInterface(name)
+	if l == nil {
+		return nil, err
 	}
 	if l.Attrs().Alias != ifaceAlias {
 		return nil, fmt.Errorf("interface %s was not created by ztdns", name)
