@@ -1,7 +1,9 @@
 package resolver
 
 import (
+	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
 	"slices"
@@ -15,6 +17,7 @@ import (
 	"github.com/ztdns/ztdns/internal/dnstest"
 	"github.com/ztdns/ztdns/internal/testenv"
 	"github.com/ztdns/ztdns/pkg/model"
+	"github.com/ztdns/ztdns/pkg/resolver/forward"
 	"github.com/ztdns/ztdns/pkg/resolver/quota"
 	"github.com/ztdns/ztdns/pkg/resolver/table"
 )
@@ -534,5 +537,56 @@ func TestExternalNameLoop(t *testing.T) {
 				t.Errorf("%s %s %s: authority %q, want the SOA of cluster.local.", proto, c.name, dns.TypeToString[c.qtype], ns)
 			}
 		}
+	}
+}
+
+// TestAutopathCachedCandidateCountedOnce: a search-list expansion whose
+// first candidate the forwarder's cache holds (NXDOMAIN) and whose next
+// candidate it does not is answered in two passes, the cache's offline on
+// the socket's goroutine, the rest online: the cached candidate is counted
+// one cache hit, not two, the others one miss each, and the query one
+// request and one access log line. Asked again, every lookup is a hit,
+// answered offline: three hits, no miss, one request, one line.
+func TestAutopathCachedCandidateCountedOnce(t *testing.T) {
+	al, log := startAccessLog(t)
+	ss := startSlowServer(t, Options{Autopath: true, NodeSearch: []string{"node.example"}, AccessLog: al}, &model.Snapshot{})
+	if r := ss.askType(t, "udp", "db.corp.internal.", dns.TypeA); r.Rcode != dns.RcodeNameError { // into the cache
+		t.Fatalf("db.corp.internal.: %s, want NXDOMAIN", dns.RcodeToString[r.Rcode])
+	}
+	lines := len(accessLines(t, log, 2)) // startLimitsServer's query, and the one above
+	const (
+		hits     = "ztdns_forward_cache_hits_total{}"
+		misses   = "ztdns_forward_cache_misses_total{}"
+		requests = `ztdns_dns_requests_total{proto="udp",rcode="NXDOMAIN",source="%s",type="A"}`
+	)
+	counts := func() map[string]float64 {
+		out := scrape(t, ss.Collector(), "ztdns_dns_requests_total")
+		for _, c := range forward.Collectors() {
+			maps.Copy(out, scrape(t, c, "ztdns_forward_cache_hits_total", "ztdns_forward_cache_misses_total"))
+		}
+		return out
+	}
+	for _, tc := range []struct {
+		from                string
+		hits, misses, total float64
+	}{
+		{"upstream", 1, 2, 1}, // corp.internal's candidate from the cache; node.example's and the bare name's asked
+		{"cache", 3, 0, 1},
+	} {
+		before := counts()
+		r := ss.askType(t, "udp", "db.ns1.svc.cluster.local.", dns.TypeA)
+		if r.Rcode != dns.RcodeNameError {
+			t.Fatalf("db.ns1.svc.cluster.local., every candidate gone: %s, want NXDOMAIN", dns.RcodeToString[r.Rcode])
+		}
+		after := counts()
+		req := fmt.Sprintf(requests, tc.from)
+		if h, m, n := after[hits]-before[hits], after[misses]-before[misses], after[req]-before[req]; h != tc.hits || m != tc.misses || n != tc.total {
+			t.Errorf("answered from %s: %v cache hits, %v misses, %v requests; want %v, %v, %v", tc.from, h, m, n, tc.hits, tc.misses, tc.total)
+		}
+		got := accessLines(t, log, lines+1)
+		if l := got[len(got)-1]; len(got) != lines+1 || l.Name != "db.ns1.svc.cluster.local." || l.Answered != tc.from {
+			t.Errorf("access log: %d lines, the last %+v; want one more, answered by %s", len(got)-lines, l, tc.from)
+		}
+		lines = len(got)
 	}
 }

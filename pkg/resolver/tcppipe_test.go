@@ -330,3 +330,44 @@ func bigAnswerWith(t *testing.T, size int, opts Options) (*limitsServer, *quota.
 	}
 	return ls, b
 }
+
+// TestCachedRepliesToAClientReadingNothingHoldOnlyItsConnection: a pod
+// pipelines queries for an 8 KB answer the cache holds on one connection
+// and reads nothing. The answers come from the cache on the connection's
+// reader, which writes them itself: it stops reading once the kernel's
+// send queue is full, and starts no goroutine and takes no forwarding
+// slot. The kernel holds at most tcpSendBuffer's worth for the
+// connection, the write's deadline closes it, every byte of the budget
+// is given back, and another pod is answered meanwhile.
+func TestCachedRepliesToAClientReadingNothingHoldOnlyItsConnection(t *testing.T) {
+	const answer = 8000
+	up := dnstest.Start(t, "127.0.0.1:0", dnstest.LargeTXT(answer)).Addr
+	b := quota.NewBudget(64<<20, 0)
+	ls := startLimitsServer(t, Options{Limits: quota.Limits{QPS: -1, Forwarding: -1}, Budget: b}, up, liveUpstream(t))
+	q := new(dns.Msg)
+	q.SetQuestion("big.example.", dns.TypeTXT)
+	if r, err := ls.tryExchange(flooderIP, "tcp", q); err != nil || txtBytes(r) != answer { // into the cache
+		t.Fatalf("first answer: %v %v", r, err)
+	}
+	ls.victimForwarded(t, "before the flood")
+	testenv.Eventually(t, 30*time.Second, "the first answers' bytes given back", func() bool { return b.Used() == 0 })
+	goroutines := runtime.NumGoroutine()
+
+	c := slowTCPClient(t, ls.addr)
+	pipeline(c, packQuery(t, "big.example.", dns.TypeTXT), 3000)
+	testenv.Eventually(t, 30*time.Second, "a reply waiting to be written", func() bool { return b.Used() >= answer })
+	queued, _ := tcpQueues(t, ls.addr, addrPortOf(c.LocalAddr()))
+	if queued == 0 || queued > 2*tcpSendBuffer {
+		t.Errorf("the kernel holds %d bytes of cached replies for a client that reads nothing, want some, at most %d", queued, 2*tcpSendBuffer)
+	}
+	if g := runtime.NumGoroutine(); g > goroutines+8 {
+		t.Errorf("%d goroutines with the connection's reader writing (%d before it), want a few more at most", g, goroutines)
+	}
+	if n := ls.forwarding.Used(); n != 0 {
+		t.Errorf("%d forwarding slots taken by cached answers, want none", n)
+	}
+	ls.victimForwarded(t, "with the flooder's reply waiting")
+	testenv.Eventually(t, 30*time.Second, "the connection closed for a reply that waited too long", func() bool { return ls.usage(flooderIP).TCPConns == 0 })
+	testenv.Eventually(t, 30*time.Second, "every byte given back", func() bool { return b.Used() == 0 })
+	ls.victimForwarded(t, "after the connection closed")
+}
