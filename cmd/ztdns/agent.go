@@ -601,10 +601,11 @@ func checkMetricsAddr(s string) error {
 // is one. It returns the domain without the trailing dot.
 func checkClusterDomain(domain string) (string, error) {
 	d := strings.TrimSuffix(domain, ".")
+	if d == "" {
+		return "", errors.New("want the cluster's DNS domain, e.g. cluster.local")
+	}
 	for label := range strings.SplitSeq(d, ".") {
 		switch {
-		case label == "" && d == "":
-			return "", errors.New("want the cluster's DNS domain, e.g. cluster.local")
 		case label == "":
 			return "", errors.New("an empty label: two dots in a row, or a dot first")
 		case len(validation.IsDNS1123Label(label)) > 0:

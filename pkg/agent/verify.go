@@ -140,17 +140,11 @@ func ownNetnsCookie() (uint64, error) {
 
 // nodeCookies returns the cookies of the agent's own network namespace and
 // of the node's PID 1 (under procRoot, the node's /proc): namespaces never
-// captured. One it cannot read is logged, once, as a warning: the guard
-// then knows only the other (a container without the node's /proc, or
-// without the capability to open PID 1's namespace, knows only its own).
-func nodeCookies(procRoot string, log *slog.Logger) []uint64 {
-	return nodeCookiesLogged(procRoot, log, slog.LevelWarn)
-}
-
-// nodeCookiesLogged is nodeCookies logging at level: an agent without
-// capture captures nothing the guard would keep the node's namespace
-// from, and has nothing to warn about (newAgent).
-func nodeCookiesLogged(procRoot string, log *slog.Logger, level slog.Level) []uint64 {
+// captured. One it cannot read is logged, once, at level (a warning but
+// without capture, see newAgent): the guard then knows only the other (a
+// container without the node's /proc, or without the capability to open
+// PID 1's namespace, knows only its own).
+func nodeCookies(procRoot string, log *slog.Logger, level slog.Level) []uint64 {
 	ctx := context.Background()
 	var cookies []uint64
 	if c, err := ownNetnsCookie(); err == nil {

@@ -64,7 +64,7 @@ func TestNodeCookiesWarnsWithoutPID1(t *testing.T) {
 	}
 	var logged bytes.Buffer
 	fake := t.TempDir() // a proc root without PID 1
-	if got := nodeCookies(fake, slog.New(slog.NewTextHandler(&logged, nil))); !slices.Equal(got, []uint64{own}) {
+	if got := nodeCookies(fake, slog.New(slog.NewTextHandler(&logged, nil)), slog.LevelWarn); !slices.Equal(got, []uint64{own}) {
 		t.Errorf("without PID 1 the node's cookies are %v, want the agent's own alone (%d)", got, own)
 	}
 	if out := logged.String(); strings.Count(out, "level=WARN") != 1 ||
@@ -81,7 +81,7 @@ func TestNodeCookiesWarnsWithoutPID1(t *testing.T) {
 		t.Fatal(err)
 	}
 	logged.Reset()
-	if got, want := nodeCookies(fake, slog.New(slog.NewTextHandler(&logged, nil))), []uint64{own, cookieOf(t, node)}; !slices.Equal(got, want) || logged.Len() > 0 {
+	if got, want := nodeCookies(fake, slog.New(slog.NewTextHandler(&logged, nil)), slog.LevelWarn), []uint64{own, cookieOf(t, node)}; !slices.Equal(got, want) || logged.Len() > 0 {
 		t.Errorf("with PID 1 in a namespace of its own: cookies %v, logged %q; want %v and nothing logged", got, logged.String(), want)
 	}
 }

@@ -69,6 +69,10 @@ func corefileOf(domain string) func(kubeapi.Object) (corefile, error) {
 	}
 }
 
+// ownTTL is the TTL of local answers when kube-dns's is not followed, as
+// the messages below say it.
+const ownTTL = "the TTL of --ttl (30 s without it)"
+
 // kubeDNSForbidden is told whether kube-dns's ConfigMap may be read.
 // Refused, the source follows nothing of it, as when it is absent, and
 // says so in Errors() and once in its log (at info: a chart may leave the
@@ -84,7 +88,7 @@ func (r *run) kubeDNSForbidden() func(error) {
 			return
 		}
 		once.Do(func() {
-			r.log.Info("cannot read kube-dns's Corefile (RBAC): local answers keep the TTL of --ttl (30 s without it), and kube-dns's settings are not checked",
+			r.log.Info("cannot read kube-dns's Corefile (RBAC): local answers keep "+ownTTL+", and kube-dns's settings are not checked",
 				"namespace", KubeDNSNamespace, "configMap", KubeDNSConfigMap, "err", err)
 		})
 		if !was {
@@ -109,26 +113,26 @@ func (r *run) followKubeDNS(cms []corefile) {
 	switch {
 	case r.kubeDNSRefused.Load():
 		state = "forbidden"
-		notes = []string{fmt.Sprintf("kube-dns's Corefile %s not read (RBAC): its settings are not checked, and local answers have the TTL of --ttl (30 s without it); asking again every %v",
+		notes = []string{fmt.Sprintf("kube-dns's Corefile %s not read (RBAC): its settings are not checked, and local answers have "+ownTTL+"; asking again every %v",
 			where, r.src.forbiddenRetry)}
 	case len(cms) == 0 || cms[0].missing:
 		state = "absent"
 		if r.kubeDNSState != state {
-			r.log.Info("kube-dns's Corefile is absent (kube-dns is not CoreDNS, or keeps it elsewhere): local answers have the TTL of --ttl (30 s without it)",
+			r.log.Info("kube-dns's Corefile is absent (kube-dns is not CoreDNS, or keeps it elsewhere): local answers have "+ownTTL,
 				"namespace", KubeDNSNamespace, "configMap", KubeDNSConfigMap, "key", CorefileKey)
 		}
 	case cms[0].invalid != "":
 		state = "invalid: " + cms[0].invalid
-		notes = []string{fmt.Sprintf("kube-dns's Corefile %s does not parse (%s): its settings are not checked, and local answers have the TTL of --ttl (30 s without it)", where, cms[0].invalid)}
+		notes = []string{fmt.Sprintf("kube-dns's Corefile %s does not parse (%s): its settings are not checked, and local answers have "+ownTTL, where, cms[0].invalid)}
 		if r.kubeDNSState != state {
-			r.log.Warn("kube-dns's Corefile does not parse: its settings are not checked, and local answers have the TTL of --ttl (30 s without it)",
+			r.log.Warn("kube-dns's Corefile does not parse: its settings are not checked, and local answers have "+ownTTL,
 				"namespace", KubeDNSNamespace, "configMap", KubeDNSConfigMap, "err", cms[0].invalid)
 		}
 	case !cms[0].cfg.served:
 		state = "unserved"
-		notes = []string{fmt.Sprintf("kube-dns's Corefile %s has no kubernetes plugin serving %s on port 53: is --cluster-domain the cluster's? Local answers have the TTL of --ttl (30 s without it)", where, domain)}
+		notes = []string{fmt.Sprintf("kube-dns's Corefile %s has no kubernetes plugin serving %s on port 53: is --cluster-domain the cluster's? Local answers have "+ownTTL, where, domain)}
 		if r.kubeDNSState != state {
-			r.log.Warn("kube-dns's Corefile has no kubernetes plugin serving the cluster domain: local answers have the TTL of --ttl (30 s without it)",
+			r.log.Warn("kube-dns's Corefile has no kubernetes plugin serving the cluster domain: local answers have "+ownTTL,
 				"namespace", KubeDNSNamespace, "configMap", KubeDNSConfigMap, "clusterDomain", domain)
 		}
 	default:
