@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/netip"
 	"runtime"
@@ -1046,6 +1047,95 @@ func TestCachedAnswersTakeNoForwardingSlot(t *testing.T) {
 		}
 		if l.Answered != want || (want == "cache" && l.Upstream != up.String()) {
 			t.Errorf("logged %s over %s: answered=%s upstream=%s, want answered=%s", l.Name, l.Proto, l.Answered, l.Upstream, want)
+		}
+	}
+}
+
+// TestOfflineCacheLookupsBounded: the lookups of the cache one query makes
+// on the goroutine that read it are bounded (maxOfflineLookups). With every
+// forwarding slot held by queries stuck on a silent nameserver, an autopath
+// query whose answer the cache holds at the bound's last lookup is answered
+// (no slot), and one from the same pod, whose search list is longer, whose
+// answer is the candidate after it, every candidate cached, gets SERVFAIL
+// for the node's bound: past the bound it needed a slot, as a miss does
+// (before: answered on the reading goroutine, however long the pod made
+// its search list).
+func TestOfflineCacheLookupsBounded(t *testing.T) {
+	const slots = 8
+	silent := startSilentUpstream(t)
+	var domains []string
+	for i := range maxOfflineLookups + 2 {
+		domains = append(domains, fmt.Sprintf("d%d.example", i+1))
+	}
+	// The candidate each query's walk stops at: the bound's last lookup,
+	// and the one after it.
+	within, past := "within."+domains[maxOfflineLookups-1]+".", "past."+domains[maxOfflineLookups]+"."
+	up := dnstest.Start(t, "127.0.0.1:0", dnstest.ZoneOf(t,
+		within+" 300 IN A 203.0.113.1",
+		past+" 300 IN A 203.0.113.2",
+	)).Addr
+	al, log := startAccessLog(t)
+	ls := startLimitsServer(t, Options{Limits: quota.Limits{QPS: -1, Forwarding: -1}, MaxInflight: slots, Autopath: true, AccessLog: al}, silent.addr, up)
+	ls.pods.SetSourcePods([]model.Pod{{Namespace: "default", Name: "victim", IPs: []netip.Addr{victimIP}, DNSSearches: domains}})
+	targets := map[string]string{"within.default.svc.cluster.local.": within, "past.default.svc.cluster.local.": past}
+	answered := func(r *dns.Msg, target string) bool {
+		return r.Rcode == dns.RcodeSuccess && len(r.Answer) == 2 &&
+			r.Answer[0].(*dns.CNAME).Target == target && r.Answer[1].Header().Rrtype == dns.TypeA
+	}
+	for name, target := range targets { // every candidate into the cache
+		if r := ls.ask(t, victimIP, "udp", name); r == nil || !answered(r, target) {
+			t.Fatalf("%s before the slots were taken: %v, want a CNAME to %s and its address", name, r, target)
+		}
+	}
+	// Past the bound, the online pass reuses what the offline pass found:
+	// each candidate is one hit of the cache.
+	const hits, misses = "ztdns_forward_cache_hits_total{}", "ztdns_forward_cache_misses_total{}"
+	cacheCounts := func() map[string]float64 {
+		out := map[string]float64{}
+		for _, c := range forward.Collectors() {
+			maps.Copy(out, scrape(t, c, "ztdns_forward_cache_hits_total", "ztdns_forward_cache_misses_total"))
+		}
+		return out
+	}
+	before := cacheCounts()
+	if r := ls.ask(t, victimIP, "udp", "past.default.svc.cluster.local."); r == nil || !answered(r, past) {
+		t.Fatalf("past.default.svc.cluster.local., cached: %v, want a CNAME to %s and its address", r, past)
+	}
+	if after := cacheCounts(); after[hits]-before[hits] != maxOfflineLookups+1 || after[misses] != before[misses] {
+		t.Errorf("a walk of %d cached candidates: %v cache hits, %v misses; want %d, 0",
+			maxOfflineLookups+1, after[hits]-before[hits], after[misses]-before[misses], maxOfflineLookups+1)
+	}
+
+	for i := range slots {
+		src := netip.AddrFrom4([4]byte{127, 0, 1, byte(1 + i)})
+		startUDPFlood(t, src, ls.addr).send(t, [][]byte{packQuery(t, fmt.Sprintf("n%d.stuck.example.", i), dns.TypeA)}, 1, 0)
+	}
+	testenv.Eventually(t, 30*time.Second, "every slot taken", func() bool { return ls.forwarding.Used() == slots })
+	overload := testutil.ToFloat64(metricQueries.overload)
+	lines := len(accessLines(t, log, 4)) // startLimitsServer's query, and the three above
+	for _, proto := range []string{"udp", "tcp"} {
+		if r := ls.ask(t, victimIP, proto, "within.default.svc.cluster.local."); r != nil && !answered(r, within) {
+			t.Errorf("%s autopath query answered at the %dth cached lookup, with every slot taken: %s %v, want a CNAME to %s and its address",
+				proto, maxOfflineLookups, dns.RcodeToString[r.Rcode], r.Answer, within)
+		}
+		if r := ls.ask(t, victimIP, proto, "past.default.svc.cluster.local."); r != nil && r.Rcode != dns.RcodeServerFailure {
+			t.Errorf("%s autopath query answered at the %dth cached lookup, with every slot taken: %s %v, want SERVFAIL (it needs a slot)",
+				proto, maxOfflineLookups+1, dns.RcodeToString[r.Rcode], r.Answer)
+		}
+	}
+	if got := testutil.ToFloat64(metricQueries.overload) - overload; got != 2 {
+		t.Errorf("%v queries refused for the node's bound, want 2: those past the bound on lookups", got)
+	}
+	if ls.forwarding.Used() != slots {
+		t.Errorf("%d slots taken, want the %d stuck", ls.forwarding.Used(), slots)
+	}
+	for _, l := range accessLines(t, log, lines+4)[lines:] {
+		want, limit := "cache", ""
+		if strings.HasPrefix(l.Name, "past.") {
+			want, limit = "none", limitNode
+		}
+		if l.Answered != want || l.Limit != limit {
+			t.Errorf("logged %s over %s: answered=%s limit=%s, want answered=%s limit=%s", l.Name, l.Proto, l.Answered, l.Limit, want, limit)
 		}
 	}
 }

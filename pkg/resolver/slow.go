@@ -31,6 +31,20 @@ import (
 // point at another local name, which may point further).
 const maxChain = 8
 
+// maxOfflineLookups bounds the lookups of the forwarder's cache that the
+// offline pass makes for one query (a CNAME's target, autopath's
+// candidates, together), on the goroutine that read it: each is a message
+// packed, looked up and unpacked, 3–5 µs, and a pod sets its own search
+// list (up to 32 domains) and can fill the cache with its candidates
+// itself. Past it the query needs an upstream, as a miss does: it goes
+// online, with a forwarding slot and a goroutine of its own, and reuses
+// what the offline pass found. 8 covers a pod's usual search list with
+// room: kubelet's three cluster domains are looked up in the table, not
+// the cache, then come the pod's own domains and the node's (one to three
+// on the clouds' nodes), and the bare name; a chase asks one name (two
+// when a truncated reply is asked again over TCP).
+const maxOfflineLookups = 8
+
 // slowQuery is one query on the slow path.
 type slowQuery struct {
 	s          *Server
@@ -53,10 +67,14 @@ type slowQuery struct {
 	// ups are the query's upstreams once looked up (upsKnown), the
 	// offline pass's kept for the online one; cachedLookups the replies
 	// the offline pass's lookups (chase, autopath) got from the cache,
-	// which the online pass reuses rather than ask the cache again.
-	ups           []netip.AddrPort
-	upsKnown      bool
-	cachedLookups []cachedLookup
+	// which the online pass reuses rather than ask the cache again;
+	// offlineLookups how many lookups the offline pass made, at most
+	// maxOfflineLookups (a name asked again counts again: its reply is
+	// unpacked again).
+	ups            []netip.AddrPort
+	upsKnown       bool
+	cachedLookups  []cachedLookup
+	offlineLookups int
 	// cut: the reply was cut, with TC, to the records that fit the
 	// client's UDP buffer or a TCP message; counted truncated once it goes out so
 	// (finishing), not as it is built: it may be refused or ended yet.
@@ -96,9 +114,10 @@ type slowQuery struct {
 //
 // What the table answers (search-list aliases, CNAME chains, errors), and
 // what the forwarder's cache holds fresh (a forwarded name, a CNAME's
-// target, autopath's candidates), is answered here, on the caller's
-// goroutine: such answers never wait behind forwarded work, and take no
-// forwarding slot. A query that needs an upstream runs in its own
+// target, autopath's candidates, within maxOfflineLookups of them), is
+// answered here, on the caller's goroutine: such answers never wait behind
+// forwarded work, and take no forwarding slot. A query that needs an
+// upstream, or more lookups of the cache, runs in its own
 // goroutine, within two bounds: its source's forwarded queries in flight, and
 // MaxInflight for all sources. Over either, the client gets SERVFAIL at
 // once instead of a place in a queue. Past half of MaxInflight, a source
@@ -577,10 +596,17 @@ type cachedLookup struct {
 // lookupUpstream asks the pod's upstreams one question of its own.
 // Offline, it answers only from the forwarder's cache, and keeps the reply
 // for the online pass, should another lookup need an upstream: a hit is
-// counted once, where it was made.
+// counted once, where it was made. Past maxOfflineLookups, a lookup needs
+// an upstream whatever the cache holds.
 func (q *slowQuery) lookupUpstream(ctx context.Context, name string, tcp bool) (*dns.Msg, error) {
-	if q.offline && q.needsUpstream {
-		return nil, errNeedsUpstream // a lookup before needed one: the answer is the online pass's
+	if q.offline {
+		if q.offlineLookups == maxOfflineLookups {
+			q.needsUpstream = true
+		}
+		if q.needsUpstream {
+			return nil, errNeedsUpstream // a lookup before needed one, or made the last allowed: the answer is the online pass's
+		}
+		q.offlineLookups++
 	}
 	s, r := q.s, &q.r
 	m := new(dns.Msg)
