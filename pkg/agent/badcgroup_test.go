@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"context"
 	"log/slog"
 	"net/netip"
 	"os"
@@ -21,31 +20,9 @@ import (
 // resolver interface (before: ztdns0 with its six addresses stayed).
 func TestCaptureThatCannotAttachLeavesNoInterface(t *testing.T) {
 	testenv.RequireRoot(t)
-	node := testenv.NewNode(t)
-	dir, socket, _, up := handoffSetup(t)
-	a, err := newAgent(Config{
-		Source:    configdir.New(dir),
-		Listen:    []netip.AddrPort{netip.MustParseAddrPort("169.254.20.53:53")},
-		Upstreams: []netip.AddrPort{up},
-		Socket:    socket,
-		Logger:    slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
-		Capture:   &CaptureConfig{BPFFS: filepath.Join(testenv.NewBPFFS(t), "ztdns"), Cgroup: filepath.Join(t.TempDir(), "no-cgroup")},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	err = node.Do(func() error { return a.run(ctx) })
-	if err == nil || !strings.Contains(err.Error(), "no-cgroup") {
-		t.Fatalf("run = %v, want the cgroup refused", err)
-	}
-	_ = node.Do(func() error {
-		if _, lerr := netlink.LinkByName(redirect.DefaultInterface); lerr == nil {
-			t.Errorf("%s exists after a start that failed on the cgroup", redirect.DefaultInterface)
-		}
-		return nil
-	})
+	assertFailedStartLeavesNoInterface(t,
+		&CaptureConfig{BPFFS: filepath.Join(testenv.NewBPFFS(t), "ztdns"), Cgroup: filepath.Join(t.TempDir(), "no-cgroup")},
+		"no-cgroup")
 }
 
 // TestCaptureThatCannotLoadLeavesNoInterface: an agent whose programs
@@ -55,6 +32,16 @@ func TestCaptureThatCannotAttachLeavesNoInterface(t *testing.T) {
 // addresses stayed, on every crash-loop restart).
 func TestCaptureThatCannotLoadLeavesNoInterface(t *testing.T) {
 	testenv.RequireRoot(t)
+	assertFailedStartLeavesNoInterface(t,
+		&CaptureConfig{BPFFS: filepath.Join(t.TempDir(), "ztdns"), RequireBPFFS: true, Cgroup: testenv.NewCgroup(t).Path},
+		"no bpf filesystem")
+}
+
+// assertFailedStartLeavesNoInterface runs an agent with capture in a
+// fresh node, wants its start to fail with an error that says want, and
+// the node to have no resolver interface after it.
+func assertFailedStartLeavesNoInterface(t *testing.T, capture *CaptureConfig, want string) {
+	t.Helper()
 	node := testenv.NewNode(t)
 	dir, socket, _, up := handoffSetup(t)
 	a, err := newAgent(Config{
@@ -63,20 +50,18 @@ func TestCaptureThatCannotLoadLeavesNoInterface(t *testing.T) {
 		Upstreams: []netip.AddrPort{up},
 		Socket:    socket,
 		Logger:    slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
-		Capture:   &CaptureConfig{BPFFS: filepath.Join(t.TempDir(), "ztdns"), RequireBPFFS: true, Cgroup: testenv.NewCgroup(t).Path},
+		Capture:   capture,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	err = node.Do(func() error { return a.run(ctx) })
-	if err == nil || !strings.Contains(err.Error(), "no bpf filesystem") {
-		t.Fatalf("run = %v, want the bpffs refused", err)
+	err = node.Do(func() error { return a.run(t.Context()) })
+	if err == nil || !strings.Contains(err.Error(), want) {
+		t.Fatalf("run = %v, want an error that says %q", err, want)
 	}
 	_ = node.Do(func() error {
 		if _, lerr := netlink.LinkByName(redirect.DefaultInterface); lerr == nil {
-			t.Errorf("%s exists after a start that failed to load the programs", redirect.DefaultInterface)
+			t.Errorf("%s exists after a start that failed (%s)", redirect.DefaultInterface, want)
 		}
 		return nil
 	})
