@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"maps"
 	"net"
 	"net/netip"
 	"runtime"
@@ -183,6 +182,19 @@ func packQuery(t testing.TB, name string, qtype uint16) []byte {
 	return b
 }
 
+// holdForwardingSlots takes n slots of the server's forwarding bound, all
+// of them when n is its MaxInflight: one query from each of n sources (none
+// over its fair share) for a name of ls's flooder upstream, a silent one
+// in the tests that call it, so each stays in flight.
+func (ls *limitsServer) holdForwardingSlots(t *testing.T, n int) {
+	t.Helper()
+	for i := range n {
+		src := netip.AddrFrom4([4]byte{127, 0, 1, byte(1 + i)})
+		startUDPFlood(t, src, ls.addr).send(t, [][]byte{packQuery(t, fmt.Sprintf("n%d.stuck.example.", i), dns.TypeA)}, 1, 0)
+	}
+	testenv.Eventually(t, 30*time.Second, fmt.Sprintf("%d forwarding slots taken", n), func() bool { return ls.forwarding.Used() == int64(n) })
+}
+
 // ask sends one query from the source address over proto and returns the
 // reply, failing the test when none comes.
 func (ls *limitsServer) ask(t *testing.T, from netip.Addr, proto, name string) *dns.Msg {
@@ -352,13 +364,8 @@ func TestLocalAnswersDoNotWaitForForwarding(t *testing.T) {
 	silent := startSilentUpstream(t)
 	ls := startLimitsServer(t, Options{Limits: quota.Limits{QPS: -1, Forwarding: -1}, MaxInflight: slots}, silent.addr, silent.addr)
 
-	// One query from each of slots sources: none over its fair share, and
-	// the server's slots all taken.
-	for i := range slots {
-		src := netip.AddrFrom4([4]byte{127, 0, 1, byte(1 + i)})
-		startUDPFlood(t, src, ls.addr).send(t, [][]byte{packQuery(t, fmt.Sprintf("n%d.stuck.example.", i), dns.TypeA)}, 1, 0)
-	}
-	testenv.Eventually(t, 30*time.Second, "every slot taken", func() bool { return ls.forwarding.Used() == slots })
+	// The server's slots all taken.
+	ls.holdForwardingSlots(t, slots)
 	f := startUDPFlood(t, flooderIP, ls.addr)
 	var queries [][]byte
 	for i := range 10 {
@@ -1013,11 +1020,7 @@ func TestCachedAnswersTakeNoForwardingSlot(t *testing.T) {
 		}
 	}
 
-	for i := range slots {
-		src := netip.AddrFrom4([4]byte{127, 0, 1, byte(1 + i)})
-		startUDPFlood(t, src, ls.addr).send(t, [][]byte{packQuery(t, fmt.Sprintf("n%d.stuck.example.", i), dns.TypeA)}, 1, 0)
-	}
-	testenv.Eventually(t, 30*time.Second, "every slot taken", func() bool { return ls.forwarding.Used() == slots })
+	ls.holdForwardingSlots(t, slots)
 	overload := testutil.ToFloat64(metricQueries.overload)
 	lines := len(accessLines(t, log, 3)) // startLimitsServer's query, and the two above
 	for _, proto := range []string{"udp", "tcp"} {
@@ -1089,14 +1092,8 @@ func TestOfflineCacheLookupsBounded(t *testing.T) {
 	}
 	// Past the bound, the online pass reuses what the offline pass found:
 	// each candidate is one hit of the cache.
-	const hits, misses = "ztdns_forward_cache_hits_total{}", "ztdns_forward_cache_misses_total{}"
-	cacheCounts := func() map[string]float64 {
-		out := map[string]float64{}
-		for _, c := range forward.Collectors() {
-			maps.Copy(out, scrape(t, c, "ztdns_forward_cache_hits_total", "ztdns_forward_cache_misses_total"))
-		}
-		return out
-	}
+	const hits, misses = cacheHitsSeries, cacheMissesSeries
+	cacheCounts := func() map[string]float64 { return addForwardCache(t, map[string]float64{}) }
 	before := cacheCounts()
 	if r := ls.ask(t, victimIP, "udp", "past.default.svc.cluster.local."); r == nil || !answered(r, past) {
 		t.Fatalf("past.default.svc.cluster.local., cached: %v, want a CNAME to %s and its address", r, past)
@@ -1106,11 +1103,7 @@ func TestOfflineCacheLookupsBounded(t *testing.T) {
 			maxOfflineLookups+1, after[hits]-before[hits], after[misses]-before[misses], maxOfflineLookups+1)
 	}
 
-	for i := range slots {
-		src := netip.AddrFrom4([4]byte{127, 0, 1, byte(1 + i)})
-		startUDPFlood(t, src, ls.addr).send(t, [][]byte{packQuery(t, fmt.Sprintf("n%d.stuck.example.", i), dns.TypeA)}, 1, 0)
-	}
-	testenv.Eventually(t, 30*time.Second, "every slot taken", func() bool { return ls.forwarding.Used() == slots })
+	ls.holdForwardingSlots(t, slots)
 	overload := testutil.ToFloat64(metricQueries.overload)
 	lines := len(accessLines(t, log, 4)) // startLimitsServer's query, and the three above
 	for _, proto := range []string{"udp", "tcp"} {

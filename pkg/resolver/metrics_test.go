@@ -444,6 +444,23 @@ func scrape(t *testing.T, c prometheus.Collector, names ...string) map[string]fl
 	return out
 }
 
+// The forwarder's cache hits and misses, as addForwardCache keys them.
+const (
+	cacheHitsSeries   = "ztdns_forward_cache_hits_total{}"
+	cacheMissesSeries = "ztdns_forward_cache_misses_total{}"
+)
+
+// addForwardCache adds the forwarder's cache hits and misses
+// (cacheHitsSeries, cacheMissesSeries) to out, another scrape's series,
+// and returns it.
+func addForwardCache(t *testing.T, out map[string]float64) map[string]float64 {
+	t.Helper()
+	for _, c := range forward.Collectors() {
+		maps.Copy(out, scrape(t, c, "ztdns_forward_cache_hits_total", "ztdns_forward_cache_misses_total"))
+	}
+	return out
+}
+
 func seriesText(series map[string]float64) string {
 	var lines []string
 	for k, v := range series {

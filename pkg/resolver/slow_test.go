@@ -3,7 +3,6 @@ package resolver
 import (
 	"fmt"
 	"log/slog"
-	"maps"
 	"net"
 	"net/netip"
 	"slices"
@@ -17,7 +16,6 @@ import (
 	"github.com/ztdns/ztdns/internal/dnstest"
 	"github.com/ztdns/ztdns/internal/testenv"
 	"github.com/ztdns/ztdns/pkg/model"
-	"github.com/ztdns/ztdns/pkg/resolver/forward"
 	"github.com/ztdns/ztdns/pkg/resolver/quota"
 	"github.com/ztdns/ztdns/pkg/resolver/table"
 )
@@ -555,16 +553,12 @@ func TestAutopathCachedCandidateCountedOnce(t *testing.T) {
 	}
 	lines := len(accessLines(t, log, 2)) // startLimitsServer's query, and the one above
 	const (
-		hits     = "ztdns_forward_cache_hits_total{}"
-		misses   = "ztdns_forward_cache_misses_total{}"
+		hits     = cacheHitsSeries
+		misses   = cacheMissesSeries
 		requests = `ztdns_dns_requests_total{proto="udp",rcode="NXDOMAIN",source="%s",type="A"}`
 	)
 	counts := func() map[string]float64 {
-		out := scrape(t, ss.Collector(), "ztdns_dns_requests_total")
-		for _, c := range forward.Collectors() {
-			maps.Copy(out, scrape(t, c, "ztdns_forward_cache_hits_total", "ztdns_forward_cache_misses_total"))
-		}
-		return out
+		return addForwardCache(t, scrape(t, ss.Collector(), "ztdns_dns_requests_total"))
 	}
 	for _, tc := range []struct {
 		from                string
