@@ -5,9 +5,10 @@
 // Nothing here allocates on the query path.
 //
 // Every read is bounds-checked against the message. Compression pointers
-// are stepped over, never followed, so no input can make a reader loop or
+// are stepped over, not followed, so no input can make a reader loop or
 // read past the message; a name that must be read (the question's) may not
-// be compressed at all.
+// be compressed at all. The one exception, readName, follows at most
+// maxPointers of them per name.
 package dnswire
 
 import (
@@ -72,8 +73,10 @@ const ExtRcodeBadVers = 1
 
 // Record types only this package reads.
 const (
-	typeSOA = 6
-	typeOPT = 41
+	typeCNAME = 5
+	typeSOA   = 6
+	typeOPT   = 41
+	typeANY   = 255
 )
 
 // EDNS options (RFC 8914).
@@ -95,6 +98,8 @@ var (
 	errTwoOPT    = errors.New("more than one OPT record")
 	errMsgLen    = errors.New("message longer than 65535 octets")
 	errSOALength = errors.New("SOA data is not two names and five numbers")
+	errPointers  = errors.New("name behind too many compression pointers")
+	errCNAME     = errors.New("CNAME data is not one name")
 )
 
 // Header is the fixed part of a message.
@@ -163,6 +168,59 @@ func skipName(msg []byte, off int) (int, error) {
 			return off + 2, nil
 		default: // 0x40 and 0x80 are obsolete or unassigned label types
 			return 0, errLabel
+		}
+	}
+}
+
+// maxPointers bounds the compression pointers readName follows in one
+// name, as miekg/dns does: enough for a name of one-octet labels each
+// behind a pointer of its own, and what keeps a pointer loop from looping.
+const maxPointers = (maxNameLen+1)/2 - 2
+
+// readName reads the name at off into buf, uncompressed and lower-cased
+// (ASCII), following compression pointers; end is where it ends at off
+// (past its first pointer). A name longer than maxNameLen octets, or
+// behind more than maxPointers pointers, is an error.
+func readName(msg []byte, off int, buf *[maxNameLen]byte) (name []byte, end int, err error) {
+	n, pointers := 0, 0
+	for {
+		if off >= len(msg) {
+			return nil, 0, errShort
+		}
+		c := int(msg[off])
+		switch c & 0xC0 {
+		case 0x00:
+			if c != 0 && n+1+c >= maxNameLen { // the root label still to come
+				return nil, 0, errNameLen
+			}
+			if off+1+c > len(msg) {
+				return nil, 0, errShort
+			}
+			buf[n] = byte(c)
+			for i, b := range msg[off+1 : off+1+c] {
+				buf[n+1+i] = lowerASCII(b)
+			}
+			n += 1 + c
+			off += 1 + c
+			if c == 0 {
+				if pointers == 0 {
+					end = off
+				}
+				return buf[:n], end, nil
+			}
+		case 0xC0:
+			if off+2 > len(msg) {
+				return nil, 0, errShort
+			}
+			if pointers == 0 {
+				end = off + 2
+			}
+			if pointers++; pointers > maxPointers {
+				return nil, 0, errPointers
+			}
+			off = int(binary.BigEndian.Uint16(msg[off:]) &^ 0xC000)
+		default: // 0x40 and 0x80 are obsolete or unassigned label types
+			return nil, 0, errLabel
 		}
 	}
 }

@@ -92,9 +92,12 @@ func FuzzParseQuery(f *testing.F) {
 }
 
 // FuzzScanReply feeds arbitrary upstream replies to the scanner a cache
-// relies on: it must never panic, and every TTL offset it returns must lie
+// relies on: it must never panic, every TTL offset it returns must lie
 // inside the message and past the header, so that ageing a cached copy can
-// neither over-read nor touch anything but TTL fields.
+// neither over-read nor touch anything but TTL fields, and whether the
+// answer answers the question (the end of its CNAME chain holds the asked
+// type: a cache keeps the reply for its TTLs or as no data) must agree
+// with the same walk over what miekg/dns reads (answeredMiekg).
 // Seeds: testdata/fuzz/FuzzScanReply.
 func FuzzScanReply(f *testing.F) {
 	for _, msg := range sampleReplies(f) {
@@ -104,6 +107,11 @@ func FuzzScanReply(f *testing.F) {
 		s, err := ScanReply(msg)
 		if err != nil {
 			return
+		}
+		if m := new(dns.Msg); m.Unpack(msg) == nil && len(m.Question) == int(s.QDCount) && len(m.Answer) == int(s.ANCount) {
+			if want := answeredMiekg(m); s.Answered != want {
+				t.Fatalf("%x: Answered = %v, but miekg/dns reads %v, answered %v", msg, s.Answered, m, want)
+			}
 		}
 		for _, o := range s.TTLOffsets {
 			if int(o) < HeaderLen || int(o)+4 > len(msg) {

@@ -13,6 +13,14 @@ type Reply struct {
 	TTLOffsets []uint16
 	// MinAnswerTTL is the smallest TTL in the answer section (0 if empty).
 	MinAnswerTTL uint32
+	// Answered reports that the answer section answers the question: it
+	// holds a record of the question's type owned by the end of the CNAME
+	// chain that starts at the question's name (the name itself without
+	// a CNAME). For an ANY or CNAME question any answer record does. A
+	// NOERROR reply with answers but not Answered is "no data" after a
+	// CNAME chain (RFC 2308 2.2). A DNAME is not followed: servers put the
+	// CNAME they synthesise from it in the answer (RFC 6672 3.1).
+	Answered bool
 	// SOA reports an SOA in the authority section, NegTTL the negative
 	// caching TTL RFC 2308 5 derives from the first: min(its TTL, its
 	// MINIMUM).
@@ -34,6 +42,7 @@ func ScanReply(msg []byte) (Reply, error) {
 	}
 	s.Header = h
 	off := HeaderLen
+	var qtype uint16
 	for range int(h.QDCount) {
 		if off, err = skipName(msg, off); err != nil {
 			return s, fmt.Errorf("question: %w", err)
@@ -41,7 +50,9 @@ func ScanReply(msg []byte) (Reply, error) {
 		if off += 4; off > len(msg) {
 			return s, errShort
 		}
+		qtype = binary.BigEndian.Uint16(msg[off-4:])
 	}
+	answerOff := off
 	answers := int(h.ANCount)
 	authorityEnd := answers + int(h.NSCount)
 	records := authorityEnd + int(h.ARCount)
@@ -71,7 +82,71 @@ func ScanReply(msg []byte) (Reply, error) {
 			s.SOA, s.NegTTL = true, min(ttl, minimum)
 		}
 	}
+	switch {
+	case h.QDCount != 1 || answers == 0:
+	case qtype == typeANY || qtype == typeCNAME:
+		s.Answered = true
+	default:
+		if s.Answered, err = answersType(msg, answerOff, answers, qtype); err != nil {
+			return s, fmt.Errorf("answer: %w", err)
+		}
+	}
 	return s, nil
+}
+
+// maxCNAMEChain bounds the CNAME records answersType follows, and so the
+// passes it makes over the answer: the work a hostile reply can cause. A
+// longer chain, or a loop, counts as not answering: cached as no data, if
+// at all, for no longer than its TTLs and its SOA's allow.
+const maxCNAMEChain = 16
+
+// answersType reports whether the count answer records at off (all read
+// before by ScanReply) hold one of type qtype owned by the end of the
+// CNAME chain that starts at the question's name. The chain may come in
+// any order: a pass over the answer follows the links it meets, so a
+// chain in order (as servers send it) takes one, and another pass is
+// made only when the last one moved the chain on.
+func answersType(msg []byte, off, count int, qtype uint16) (bool, error) {
+	var nameBuf, ownerBuf [maxNameLen]byte
+	name, _, err := readName(msg, HeaderLen, &nameBuf)
+	if err != nil {
+		return false, err
+	}
+	links := 0
+	for moved := true; moved; {
+		moved = false
+		for o, i := off, 0; i < count; i++ {
+			rr, err := readRR(msg, o)
+			if err != nil {
+				return false, err
+			}
+			owner, _, err := readName(msg, o, &ownerBuf)
+			if err != nil {
+				return false, err
+			}
+			o = rr.End
+			switch {
+			case string(owner) != string(name):
+			case rr.Type == qtype:
+				return true, nil
+			case rr.Type == typeCNAME:
+				if links++; links > maxCNAMEChain {
+					return false, nil
+				}
+				// The target may be compressed (RFC 1035 4.1.4), by a
+				// pointer to before the record's end.
+				var end int
+				if name, end, err = readName(msg[:rr.End], rr.RdataOff, &nameBuf); err != nil {
+					return false, err
+				}
+				if end != rr.End {
+					return false, errCNAME
+				}
+				moved = true
+			}
+		}
+	}
+	return false, nil
 }
 
 // soaMinimum reads the MINIMUM field: two names, then five 32-bit fields.

@@ -405,14 +405,17 @@ func (o *owner) pushFront(e *entry) {
 // cacheLifetime says how long a reply may be served from the cache, and
 // whether it may be cached at all: RFC 2308 for negative answers (only with
 // an SOA), the smallest answer TTL for positive ones, never for truncated or
-// failed replies. maxTTL caps the result.
+// failed replies. maxTTL caps the result. A NOERROR reply whose answer is a
+// CNAME chain that ends without a record of the asked type is negative, no
+// data (RFC 2308 2.2): the record may appear at the chain's end long
+// before the chain's own TTLs run out.
 func cacheLifetime(s dnswire.Reply, maxTTL time.Duration) (time.Duration, bool) {
 	if s.Opcode() != dnswire.OpcodeQuery || s.Flags&dnswire.FlagQR == 0 || s.Flags&dnswire.FlagTC != 0 || s.QDCount != 1 {
 		return 0, false
 	}
 	var ttl uint32
 	switch rc := s.Rcode(); {
-	case rc == dnswire.RcodeSuccess && s.ANCount > 0:
+	case rc == dnswire.RcodeSuccess && s.Answered:
 		ttl = s.MinAnswerTTL
 	case rc == dnswire.RcodeSuccess || rc == dnswire.RcodeNXDomain:
 		// NODATA or NXDOMAIN, possibly after a CNAME chain whose TTLs also bound it.

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -265,6 +266,12 @@ func TestCacheLifetime(t *testing.T) {
 		{"NXDOMAIN after CNAME: CNAME TTL bounds it", reply(dns.RcodeNameError, []uint32{5}, testSOA(600, 60), nil), 5 * time.Second, true},
 		{"NODATA: SOA", reply(dns.RcodeSuccess, nil, testSOA(600, 45), nil), 45 * time.Second, true},
 		{"NODATA without SOA", reply(dns.RcodeSuccess, nil, nil, nil), 0, false},
+		{"CNAME, no data: SOA minimum", reply(dns.RcodeSuccess, nil, testSOA(10, 5), cnameTo(dns.TypeAAAA, 3600)), 5 * time.Second, true},
+		{"CNAME, no data: CNAME TTL when smaller", reply(dns.RcodeSuccess, nil, testSOA(600, 60), cnameTo(dns.TypeAAAA, 30)), 30 * time.Second, true},
+		{"CNAME, no data without SOA", reply(dns.RcodeSuccess, nil, nil, cnameTo(dns.TypeAAAA, 3600)), 0, false},
+		{"CNAME, then the asked type: answer TTLs", reply(dns.RcodeSuccess, nil, testSOA(10, 5), cnameTo(dns.TypeAAAA, 3600, "2001:db8::1")), 60 * time.Second, true},
+		{"CNAME question: positive", reply(dns.RcodeSuccess, nil, testSOA(10, 5), cnameTo(dns.TypeCNAME, 3600)), time.Hour, true},
+		{"ANY question: positive", reply(dns.RcodeSuccess, nil, testSOA(10, 5), cnameTo(dns.TypeANY, 3600)), time.Hour, true},
 		{"NXDOMAIN without SOA", reply(dns.RcodeNameError, nil, nil, nil), 0, false},
 		{"SERVFAIL", reply(dns.RcodeServerFailure, nil, testSOA(600, 60), nil), 0, false},
 		{"REFUSED", reply(dns.RcodeRefused, []uint32{60}, nil, nil), 0, false},
@@ -280,6 +287,81 @@ func TestCacheLifetime(t *testing.T) {
 			}
 		})
 	}
+}
+
+// cnameTo asks qtype and answers with a CNAME of TTL ttl to
+// edge.cdn.test., then an AAAA of TTL 60 there for each address.
+func cnameTo(qtype uint16, ttl uint32, addrs ...string) func(*dns.Msg) {
+	return func(m *dns.Msg) {
+		m.Question[0].Qtype = qtype
+		m.Answer = append(m.Answer, &dns.CNAME{Hdr: dns.RR_Header{Name: m.Question[0].Name, Rrtype: dns.TypeCNAME, Class: dns.ClassINET, Ttl: ttl}, Target: "edge.cdn.test."})
+		for _, a := range addrs {
+			m.Answer = append(m.Answer, &dns.AAAA{Hdr: dns.RR_Header{Name: "edge.cdn.test.", Rrtype: dns.TypeAAAA, Class: dns.ClassINET, Ttl: 60}, AAAA: net.ParseIP(a)})
+		}
+	}
+}
+
+// TestCNAMEToNoDataKeptForTheSOAMinimum: an AAAA question answered by a
+// CNAME (TTL 3600) to a name without an AAAA, and an SOA (TTL 10, MINIMUM
+// 5) in authority, is no data (RFC 2308 2.2): kept for 5 s, not for the
+// CNAME's hour. When the AAAA appears at the CDN's edge, a query 6 s later
+// asks the upstream again and gets it, through ForwardFrom as through
+// AppendCached (the resolver's answers from the cache, asking nobody),
+// which has nothing to give by then.
+func TestCNAMEToNoDataKeptForTheSOAMinimum(t *testing.T) {
+	t.Parallel()
+	var published atomic.Bool
+	up := startUpstream(t, func(u *testUpstream, w dns.ResponseWriter, req *dns.Msg) {
+		m := new(dns.Msg)
+		m.SetReply(req)
+		m.RecursionAvailable = true
+		m.Answer = append(m.Answer, &dns.CNAME{Hdr: dns.RR_Header{Name: req.Question[0].Name, Rrtype: dns.TypeCNAME, Class: dns.ClassINET, Ttl: 3600}, Target: "edge.cdn.test."})
+		if published.Load() {
+			m.Answer = append(m.Answer, &dns.AAAA{Hdr: dns.RR_Header{Name: "edge.cdn.test.", Rrtype: dns.TypeAAAA, Class: dns.ClassINET, Ttl: 300}, AAAA: net.ParseIP("2001:db8::1")})
+		} else {
+			m.Ns = append(m.Ns, testSOA(10, 5))
+		}
+		_ = w.WriteMsg(m)
+	})
+	clock := newFakeClock()
+	f := newForwarder(t, WithNow(clock.Now))
+	ups := []netip.AddrPort{up.addr}
+	src := new(quota.Source)
+	ctx := quota.WithSource(t.Context(), src)
+	req := query(t, "app.example.com.", dns.TypeAAAA)
+	ask := func(step string, wantUpstream bool, wantAAAA string) {
+		t.Helper()
+		before := up.queries.Load()
+		b, _, err := f.ForwardFrom(ctx, req, false, ups)
+		if err != nil {
+			t.Fatalf("%s: ForwardFrom: %v", step, err)
+		}
+		m := dnstest.Unpack(t, b)
+		if asked := up.queries.Load() > before; asked != wantUpstream {
+			t.Errorf("%s: upstream asked = %v, want %v", step, asked, wantUpstream)
+		}
+		var aaaa string
+		for _, rr := range m.Answer {
+			if a, ok := rr.(*dns.AAAA); ok {
+				aaaa = a.AAAA.String()
+			}
+		}
+		if m.Rcode != dns.RcodeSuccess || aaaa != wantAAAA {
+			t.Errorf("%s: %s with AAAA %q, want NOERROR with %q:\n%v", step, dns.RcodeToString[m.Rcode], aaaa, wantAAAA, m)
+		}
+	}
+	ask("first query", true, "")
+	published.Store(true) // the record appears at the edge
+	clock.Advance(4 * time.Second)
+	if _, ok := f.fromCacheOnly(nil, req, ups, src); !ok {
+		t.Error("4 s later: AppendCached has no reply; want the cached no data")
+	}
+	ask("4 s later", false, "")
+	clock.Advance(2 * time.Second)
+	if out, ok := f.fromCacheOnly(nil, req, ups, src); ok {
+		t.Errorf("6 s later: AppendCached answered from the cache, past the SOA minimum:\n%v", dnstest.Unpack(t, out))
+	}
+	ask("6 s later", true, "2001:db8::1")
 }
 
 func BenchmarkForwardCacheHit(b *testing.B) {

@@ -187,8 +187,9 @@ func (f *Forwarder) Close() error {
 // what else a client put in its query (EDNS options, its UDP size), which
 // would shape an answer others get. A query the key cannot stand for
 // (shareable: RD=0, records besides an OPT, zone transfers), and other
-// opcodes, are forwarded as they are, and neither cached nor shared. The
-// error is only for a req that cannot be parsed.
+// opcodes, are forwarded as they are but for a COOKIE option
+// (relayedQuery), and neither cached nor shared. The error is only for a
+// req that cannot be parsed.
 func (f *Forwarder) Forward(ctx context.Context, req []byte, tcp bool, upstreams []netip.AddrPort) ([]byte, error) {
 	reply, _, err := f.ForwardFrom(ctx, req, tcp, upstreams)
 	return reply, err
@@ -205,7 +206,7 @@ func (f *Forwarder) ForwardFrom(ctx context.Context, req []byte, tcp bool, upstr
 		ctx, cancel := context.WithTimeout(ctx, f.timeout)
 		defer cancel()
 		defer context.AfterFunc(f.base, cancel)()
-		a := f.resolve(ctx, slices.Clone(req), r, tcp, upstreams, nil) // req keeps its ID: finish writes it
+		a := f.resolve(ctx, relayedQuery(req, &r), r, tcp, upstreams, nil)
 		defer f.budget.Give(quota.SourceFrom(ctx), len(a.reply))
 		return f.finish(req, r, a.reply, false, false), a.origin(), nil
 	}
@@ -303,6 +304,23 @@ func (f *Forwarder) fromCache(dst, req []byte, r dnswire.Query, key []byte, src 
 	}
 	cacheHits.Inc()
 	return appendFromCache(dst, req, r, e, now), Origin{Cached: true, Upstream: e.from}, true
+}
+
+// relayedQuery is what goes upstream for req, a query forwarded as it
+// came: a copy (req keeps its ID: finish writes it), without its COOKIE
+// option (RFC 7873). A client's cookie is between it and the server it
+// asked, ztdns: the upstream's server cookie, echoed back, would be the
+// only one the client gets from that address, as the queries ztdns asks
+// itself carry none, and a client that saw one may take later replies
+// without one as spoofed (BIND's resolver retries them over TCP, "missing
+// expected cookie"). A signed query (TSIG, SIG(0): a record besides the
+// OPT in the additional section) keeps it: the signature covers it.
+func relayedQuery(req []byte, r *dnswire.Query) []byte {
+	q := slices.Clone(req)
+	if r.EDNS && r.ARCount == 1 {
+		q = dnswire.RemoveOption(q, dnswire.OptionCookie)
+	}
+	return q
 }
 
 // joinFlight returns the flight for flightKey, and whether the caller

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -325,6 +326,39 @@ func TestSharedExchangeAsksOnlyTheKey(t *testing.T) {
 		m := forwardFrom(t, f, &pod, query(t, "ad.example.", dns.TypeA, tc.opts...), ad.addr)
 		if m.AuthenticatedData != tc.wantAD {
 			t.Errorf("%s: AD=%v, want %v", tc.name, m.AuthenticatedData, tc.wantAD)
+		}
+	}
+}
+
+// TestRelayedQueryLosesItsCookie: a query forwarded as it came (RD=0)
+// reaches the upstream without the client's COOKIE, its other options
+// kept, so the reply carries no server cookie of the upstream's, as no
+// reply to a query ztdns asks itself does: a client that saw one from
+// ztdns's address could take every later reply without one as spoofed.
+func TestRelayedQueryLosesItsCookie(t *testing.T) {
+	t.Parallel()
+	up := startPickyUpstream(t, nil)
+	f := newForwarder(t)
+	var pod quota.Source
+	noRD := func(m *dns.Msg) { m.RecursionDesired = false }
+	m := forwardFrom(t, f, &pod, query(t, "www.example.com.", dns.TypeA, withOption(podACookie), withOption(podASubnet), noRD), up.addr)
+	got := up.received()
+	var options []uint16 // the codes of those the upstream got
+	if len(got) == 1 && got[0].IsEdns0() != nil {
+		for _, e := range got[0].IsEdns0().Option {
+			options = append(options, e.Option())
+		}
+	}
+	if len(got) != 1 || got[0].RecursionDesired || !slices.Equal(options, []uint16{dns.EDNS0SUBNET}) {
+		t.Errorf("the upstream got\n%v\nwant the client's query with RD=0 and its client subnet, without its cookie", got)
+	}
+	o := m.IsEdns0()
+	if o == nil || m.Rcode != dns.RcodeSuccess || firstA(m) != subnetAddr {
+		t.Fatalf("the client got\n%v\nwant NOERROR with an OPT record and %s", m, subnetAddr)
+	}
+	for _, e := range o.Option {
+		if e.Option() == dns.EDNS0COOKIE {
+			t.Errorf("the client got a cookie: %s", e)
 		}
 	}
 }
