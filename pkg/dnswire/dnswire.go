@@ -89,12 +89,15 @@ const (
 	EDENoReachableAuthority = 22
 )
 
+// ErrQDCount: a query without exactly one question, the rest of which
+// parsed (ParseQuery).
+var ErrQDCount = errors.New("question count is not 1")
+
 var (
 	errShort     = errors.New("message truncated")
 	errLabel     = errors.New("bad label type")
 	errPointer   = errors.New("compression pointer in question")
 	errNameLen   = errors.New("name longer than 255 octets")
-	errQDCount   = errors.New("question count is not 1")
 	errRdata     = errors.New("record data runs past the message")
 	errTwoOPT    = errors.New("more than one OPT record")
 	errMsgLen    = errors.New("message longer than 65535 octets")

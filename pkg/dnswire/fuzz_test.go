@@ -22,6 +22,7 @@ func FuzzParseQuery(f *testing.F) {
 		newMsg(`a\.b\000.example.`, dns.TypeTXT),
 		newMsg(longName(maxNameLen), dns.TypeA, withEDNS(false)),
 		newMsg(".", dns.TypeNS, withEDNS(false), withEDNS(true)), // two OPT records
+		newMsg(".", dns.TypeNS, withEDNS(true), func(m *dns.Msg) { m.Question = nil }),
 	} {
 		f.Add(pack(f, m))
 	}
@@ -35,8 +36,11 @@ func FuzzParseQuery(f *testing.F) {
 		}
 		if len(msg) >= HeaderLen {
 			reply := AppendErrorReply(nil, msg, &q, RcodeFormErr)
-			if m := dnstest.Unpack(t, reply); m.Id != q.ID || !m.Response {
-				t.Fatalf("error reply %x does not answer %x", reply, msg)
+			if m := dnstest.Unpack(t, reply); m.Id != q.ID || !m.Response || (m.IsEdns0() != nil) != q.EDNS {
+				t.Fatalf("error reply %x does not answer %x (EDNS %v)", reply, msg, q.EDNS)
+			}
+			if err == nil && q.QDCount != 1 {
+				t.Fatalf("%x has %d questions and parsed", msg, q.QDCount)
 			}
 		}
 		if err != nil {
