@@ -7,8 +7,9 @@
 // Every read is bounds-checked against the message. Compression pointers
 // are stepped over, not followed, so no input can make a reader loop or
 // read past the message; a name that must be read (the question's) may not
-// be compressed at all. The one exception, readName, follows at most
-// maxPointers of them per name.
+// be compressed at all. The one exception, readName (for a CNAME's target,
+// and to compare two owners when a cut keeps whole RRsets), follows at
+// most maxPointers of them per name.
 package dnswire
 
 import (
@@ -88,12 +89,15 @@ const (
 	EDENoReachableAuthority = 22
 )
 
+// ErrQDCount: a query without exactly one question, the rest of which
+// parsed (ParseQuery).
+var ErrQDCount = errors.New("question count is not 1")
+
 var (
 	errShort     = errors.New("message truncated")
 	errLabel     = errors.New("bad label type")
 	errPointer   = errors.New("compression pointer in question")
 	errNameLen   = errors.New("name longer than 255 octets")
-	errQDCount   = errors.New("question count is not 1")
 	errRdata     = errors.New("record data runs past the message")
 	errTwoOPT    = errors.New("more than one OPT record")
 	errMsgLen    = errors.New("message longer than 65535 octets")
@@ -304,4 +308,22 @@ func AppendLower(dst, b []byte) []byte {
 		dst = append(dst, lowerASCII(c))
 	}
 	return dst
+}
+
+// sameSet reports whether the records at a and b are of one RRset: the same
+// owner (sameName), type and class.
+func sameSet(msg []byte, a, b int) bool {
+	fa, _, errA := skipRR(msg, a)
+	fb, _, errB := skipRR(msg, b)
+	return errA == nil && errB == nil && string(msg[fa:fa+4]) == string(msg[fb:fb+4]) && sameName(msg, a, b)
+}
+
+// sameName reports whether the names at a and b are the same, ignoring
+// ASCII case (RFC 4343), whichever way each is compressed; a name that
+// does not read (readName) is no name: false.
+func sameName(msg []byte, a, b int) bool {
+	var bufA, bufB [maxNameLen]byte
+	x, _, errA := readName(msg, a, &bufA)
+	y, _, errB := readName(msg, b, &bufB)
+	return errA == nil && errB == nil && string(x) == string(y)
 }

@@ -8,8 +8,12 @@ var errNoRoom = errors.New("the question and OPT record alone exceed the limit")
 
 // Fit is how a reply is cut to a size (PlanFit), found without changing it.
 type Fit struct {
-	// Dropped reports records left out: Apply sets TC.
+	// Dropped reports records left out.
 	Dropped bool
+	// Truncated reports an answer or authority record left out: Apply
+	// sets TC. Additional records left out set no TC (RFC 2181 9), nor do
+	// RRSIGs among them (RFC 4035 3.1.1): the answer is whole.
+	Truncated bool
 
 	keep           int // the kept records end here
 	an, ns, ar     uint16
@@ -24,8 +28,11 @@ type Fit struct {
 // Kept records stay where they are, so their compression pointers, which
 // point to earlier names (RFC 1035 4.1.4), stay valid; so additional
 // records after the OPT are left out, as moving them would break theirs.
-// It fails on a malformed message and when the header, question and OPT
-// alone exceed limit.
+// Where the cut falls in the additional section, it keeps whole RRsets, as
+// BIND and unbound do: the records of the set the first one left out
+// belongs to are left out with it, since without TC a client would take
+// the part for the whole (RFC 2181 5). It fails on a malformed message
+// and when the header, question and OPT alone exceed limit.
 func PlanFit(msg []byte, limit int) (Fit, error) {
 	f := Fit{optOff: -1}
 	h, err := ReadHeader(msg)
@@ -45,8 +52,12 @@ func PlanFit(msg []byte, limit int) (Fit, error) {
 	answers := int(h.ANCount)
 	authorityEnd := answers + int(h.NSCount)
 	records := authorityEnd + int(h.ARCount)
+	additional := -1 // where the additional section starts
 	// First the OPT record, whose room comes first, and the owners.
 	for i := range records {
+		if i == authorityEnd {
+			additional = off
+		}
 		fixed, end, err := skipRR(msg, off)
 		if err != nil {
 			return f, err
@@ -68,9 +79,17 @@ func PlanFit(msg []byte, limit int) (Fit, error) {
 	}
 	f.keep = questionEnd
 	off = questionEnd
+	left := -1 // the first record left out, the OPT record aside
 	for i := range records {
 		_, end, _ := skipRR(msg, off) // read above
-		if off == f.optOff || end+optLen > limit {
+		if off == f.optOff {
+			if i+1 < records {
+				left = end
+			}
+			break
+		}
+		if end+optLen > limit {
+			left = off
 			break
 		}
 		switch {
@@ -83,9 +102,28 @@ func PlanFit(msg []byte, limit int) (Fit, error) {
 		}
 		f.keep, off = end, end
 	}
+	if left >= 0 && f.ar > 0 {
+		f.keep, f.ar = wholeSets(msg, additional, f.ar, left)
+	}
 	f.Dropped = f.Kept() < records
+	f.Truncated = f.an < h.ANCount || f.ns < h.NSCount
 	f.size = f.keep + optLen
 	return f, nil
+}
+
+// wholeSets is where the n records starting at off end, and how many
+// they are, once those at the end that are of the RRset of the record at
+// left (the first left out, after them) are left out too.
+func wholeSets(msg []byte, off int, n uint16, left int) (end int, kept uint16) {
+	end = off
+	for i := range n {
+		_, next, _ := skipRR(msg, off) // read by PlanFit
+		if !sameSet(msg, off, left) {
+			end, kept = next, i+1
+		}
+		off = next
+	}
+	return end, kept
 }
 
 // Kept is the number of records the cut keeps, the OPT record included.
@@ -98,8 +136,9 @@ func (f Fit) Kept() int {
 }
 
 // Apply cuts msg, the message f was planned for, in place: the kept
-// records, then the OPT record, with the counts set and TC when records
-// were left out. It returns the cut message, a prefix of msg.
+// records, then the OPT record, with the counts set and TC when an answer
+// or authority record was left out (Truncated). It returns the cut
+// message, a prefix of msg.
 func (f Fit) Apply(msg []byte) []byte {
 	ar := f.ar
 	if f.optOff >= 0 {
@@ -109,7 +148,7 @@ func (f Fit) Apply(msg []byte) []byte {
 	SetANCount(msg, f.an)
 	SetNSCount(msg, f.ns)
 	SetARCount(msg, ar)
-	if f.Dropped {
+	if f.Truncated {
 		msg[2] |= FlagTC >> 8
 	}
 	return msg[:f.size]

@@ -3,9 +3,12 @@ package dnswire
 import (
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/miekg/dns"
+
+	"github.com/ztdns/ztdns/internal/dnstest"
 )
 
 // bigReply is a compressed reply to big.example. A: n addresses, two NS
@@ -36,7 +39,8 @@ func bigReply(tb testing.TB, n, opt int) []byte {
 // TestFitReplyKeepsWhatTruncateKeeps: a reply cut on the wire parses, keeps
 // the ID, flags and question, the OPT record with its options, and as many
 // records of each section as miekg's Msg.Truncate keeps (CoreDNS's forward
-// plugin cuts with it), with TC.
+// plugin cuts with it), with TC when an answer or authority record is
+// left out (RFC 2181 9), where Truncate sets it for any record.
 func TestFitReplyKeepsWhatTruncateKeeps(t *testing.T) {
 	for _, tc := range []struct {
 		n, opt, limit int
@@ -66,8 +70,9 @@ func TestFitReplyKeepsWhatTruncateKeeps(t *testing.T) {
 			if err := got.Unpack(cut); err != nil {
 				t.Fatalf("the cut reply does not parse: %v", err)
 			}
-			if len(cut) > tc.limit || !got.Truncated || !f.Dropped {
-				t.Errorf("%d bytes, TC %v, dropped %v; want at most %d, TC", len(cut), got.Truncated, f.Dropped, tc.limit)
+			wantTC := len(want.Answer) < tc.n || len(want.Ns) < 2
+			if len(cut) > tc.limit || got.Truncated != wantTC || f.Truncated != wantTC || !f.Dropped {
+				t.Errorf("%d bytes, TC %v (planned %v), dropped %v; want at most %d, TC %v", len(cut), got.Truncated, f.Truncated, f.Dropped, tc.limit, wantTC)
 			}
 			if got.Id != 0xBEEF || !got.Response || !got.Authoritative || !got.RecursionDesired || !got.RecursionAvailable ||
 				len(got.Question) != 1 || got.Question[0] != want.Question[0] {
@@ -89,8 +94,8 @@ func TestFitReplyKeepsWhatTruncateKeeps(t *testing.T) {
 }
 
 // TestFitReplyOPTFirst: additional records after the OPT record are left
-// out, as moving them would break their compression pointers; what is kept
-// parses.
+// out, as moving them would break their compression pointers, without TC
+// (they are additional records); what is kept parses.
 func TestFitReplyOPTFirst(t *testing.T) {
 	msg := bigReply(t, 60, 0)
 	f, err := PlanFit(msg, 1232)
@@ -101,8 +106,131 @@ func TestFitReplyOPTFirst(t *testing.T) {
 	if err := got.Unpack(f.Apply(msg)); err != nil {
 		t.Fatalf("the cut reply does not parse: %v", err)
 	}
-	if len(got.Answer) != 60 || len(got.Ns) != 2 || len(got.Extra) != 1 || got.IsEdns0() == nil || !got.Truncated {
-		t.Errorf("%d/%d/%d records, OPT %v, TC %v; want 60/2/1 (the OPT), TC", len(got.Answer), len(got.Ns), len(got.Extra), got.IsEdns0() != nil, got.Truncated)
+	if len(got.Answer) != 60 || len(got.Ns) != 2 || len(got.Extra) != 1 || got.IsEdns0() == nil || got.Truncated || !f.Dropped {
+		t.Errorf("%d/%d/%d records, OPT %v, TC %v, dropped %v; want 60/2/1 (the OPT), no TC, dropped", len(got.Answer), len(got.Ns), len(got.Extra), got.IsEdns0() != nil, got.Truncated, f.Dropped)
+	}
+}
+
+// srvReply is a reply to _http._tcp.db.example. SRV: 8 records, each
+// target's two AAAA records in the additional section, with RRSIGs of
+// the answer and of each target's set when signed, then an OPT record with
+// DO set (RFC 3225) when signed.
+func srvReply(tb testing.TB, compress, signed bool) []byte {
+	tb.Helper()
+	const sig = "RRSIG %s 13 3 60 20300101000000 20200101000000 12345 example. dGVzdHNpZ25hdHVyZXRlc3RzaWduYXR1cmU="
+	m := newMsg("_http._tcp.db.example.", dns.TypeSRV)
+	m.Response = true
+	for i := range 8 {
+		m.Answer = append(m.Answer, dnstest.RRs(tb, fmt.Sprintf("_http._tcp.db.example. 60 IN SRV 0 100 80 db-%d.example.", i))...)
+		m.Extra = append(m.Extra, dnstest.RRs(tb,
+			fmt.Sprintf("DB-%d.example. 60 IN AAAA 2001:db8::%d:1", i, i), // spelled otherwise: the same owner
+			fmt.Sprintf("db-%d.example. 60 IN AAAA 2001:db8::%d:2", i, i))...)
+		if signed {
+			m.Extra = append(m.Extra, dnstest.RRs(tb, fmt.Sprintf("db-%d.example. 60 IN "+sig, i, "AAAA"))...)
+		}
+	}
+	if signed {
+		m.Answer = append(m.Answer, dnstest.RRs(tb, "_http._tcp.db.example. 60 IN "+fmt.Sprintf(sig, "SRV"))...)
+		m.SetEdns0(4096, true)
+	}
+	m.Compress = compress
+	return pack(tb, m)
+}
+
+// TestFitReplyAdditionalLeftOutSetsNoTC: an SRV reply whose answers fit
+// and whose additional records do not all keeps every answer, without TC
+// (RFC 2181 9: TC is not set for what additional section processing could
+// not fit, and a client given TC throws the answer away), and of the
+// additional section whole RRsets only, an owner spelled in another case
+// or compressed otherwise still the same (RFC 2181 5: without TC, part of
+// a set would pass for the whole). Signed (DO), the RRSIGs that do not fit
+// in the additional section are left out without TC (RFC 4035 3.1.1: MUST
+// NOT set TC solely for them); the answer's own are answers. Where an
+// answer does not fit, TC.
+func TestFitReplyAdditionalLeftOutSetsNoTC(t *testing.T) {
+	for _, tc := range []struct {
+		compress, signed bool
+		limit            int
+		tc               bool
+		unsigned         int // sets kept whose RRSIG is left out
+	}{
+		{true, false, 512, false, 0}, {false, false, 560, false, 0},
+		{true, true, 450, false, 1}, {true, true, 700, false, 1}, {false, true, 1232, false, 0},
+		{false, false, 300, true, 0}, {true, true, 300, true, 0},
+	} {
+		t.Run(fmt.Sprintf("compressed %v, signed %v, %d bytes", tc.compress, tc.signed, tc.limit), func(t *testing.T) {
+			msg := srvReply(t, tc.compress, tc.signed)
+			answers := 8
+			if tc.signed {
+				answers = 9
+			}
+			f, err := PlanFit(msg, tc.limit)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cut := f.Apply(slices.Clone(msg))
+			got := new(dns.Msg)
+			if err := got.Unpack(cut); err != nil {
+				t.Fatalf("the cut reply does not parse: %v", err)
+			}
+			sets, sigs := map[string]int{}, 0
+			for _, rr := range got.Extra {
+				switch rr.Header().Rrtype {
+				case dns.TypeAAAA:
+					sets[strings.ToLower(rr.Header().Name)]++
+				case dns.TypeRRSIG:
+					sigs++
+				}
+			}
+			if tc.signed && len(sets)-sigs != tc.unsigned {
+				t.Errorf("%d sets, %d of their RRSIGs; want %d without", len(sets), sigs, tc.unsigned)
+			}
+			t.Logf("%d bytes, %d answers, %d additional, sets %v", len(cut), len(got.Answer), len(got.Extra), sets)
+			if len(cut) > tc.limit || !f.Dropped || got.Truncated != tc.tc || f.Truncated != tc.tc ||
+				(len(got.Answer) == answers) == tc.tc || (got.IsEdns0() != nil) != tc.signed {
+				t.Errorf("%d bytes, TC %v, %d answers, OPT %v; want at most %d, TC %v, all %d answers unless TC, the OPT record if signed",
+					len(cut), got.Truncated, len(got.Answer), got.IsEdns0() != nil, tc.limit, tc.tc, answers)
+			}
+			for name, n := range sets {
+				if n != 2 {
+					t.Errorf("%d of %s's 2 addresses: a set cut in two", n, name)
+				}
+			}
+			if !tc.tc && len(sets) == 0 {
+				t.Error("no address kept: the test cuts nothing in the additional section")
+			}
+		})
+	}
+}
+
+// TestSameName: names compare equal ignoring case, written out or
+// compressed; a pointer to itself or around a loop reads as no name, and
+// the walk ends.
+func TestSameName(t *testing.T) {
+	// 12 octets of header, then names from offset 12.
+	msg := make([]byte, HeaderLen)
+	a := len(msg)
+	msg = append(msg, 3, 'w', 'w', 'w', 7, 'e', 'x', 'a', 'm', 'p', 'l', 'e', 0) // www.example.
+	b := len(msg)
+	msg = append(msg, 3, 'W', 'W', 'W', 0xC0, byte(a+4)) // WWW + pointer to example.
+	c := len(msg)
+	msg = append(msg, 0xC0, byte(b)) // pointer to b
+	d := len(msg)
+	msg = append(msg, 3, 'w', 'w', 'x', 0xC0, byte(a+4))
+	loop := len(msg)
+	msg = append(msg, 1, 'a', 0xC0, byte(loop)) // a.a.a.… back to itself
+	self := len(msg)
+	msg = append(msg, 0xC0, byte(self))
+	for _, tc := range []struct {
+		x, y int
+		want bool
+	}{
+		{a, b, true}, {a, c, true}, {b, c, true}, {a, d, false}, {a, a + 4, false},
+		{loop, loop, false}, {loop, a, false}, {self, self, false}, {a, len(msg), false},
+	} {
+		if got := sameName(msg, tc.x, tc.y); got != tc.want {
+			t.Errorf("sameName(%d, %d) = %v, want %v", tc.x, tc.y, got, tc.want)
+		}
 	}
 }
 
@@ -141,19 +269,21 @@ func TestFitReplyRejects(t *testing.T) {
 	}
 }
 
-// TestFitReplyAllocatesNothing: the cut is a walk over the wire.
+// TestFitReplyAllocatesNothing: the cut is a walk over the wire, also
+// where it keeps whole RRsets of the additional section.
 func TestFitReplyAllocatesNothing(t *testing.T) {
-	msg := bigReply(t, 250, 2)
-	buf := make([]byte, len(msg))
-	if n := testing.AllocsPerRun(100, func() {
-		copy(buf, msg)
-		f, err := PlanFit(buf, 1232)
-		if err != nil {
-			t.Fatal(err)
+	for _, msg := range [][]byte{bigReply(t, 250, 2), srvReply(t, true, false)} {
+		buf := make([]byte, len(msg))
+		if n := testing.AllocsPerRun(100, func() {
+			copy(buf, msg)
+			f, err := PlanFit(buf, 512)
+			if err != nil {
+				t.Fatal(err)
+			}
+			f.Apply(buf)
+		}); n != 0 {
+			t.Errorf("%v allocations a cut, want 0", n)
 		}
-		f.Apply(buf)
-	}); n != 0 {
-		t.Errorf("%v allocations a cut, want 0", n)
 	}
 }
 

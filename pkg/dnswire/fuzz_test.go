@@ -22,6 +22,7 @@ func FuzzParseQuery(f *testing.F) {
 		newMsg(`a\.b\000.example.`, dns.TypeTXT),
 		newMsg(longName(maxNameLen), dns.TypeA, withEDNS(false)),
 		newMsg(".", dns.TypeNS, withEDNS(false), withEDNS(true)), // two OPT records
+		newMsg(".", dns.TypeNS, withEDNS(true), func(m *dns.Msg) { m.Question = nil }),
 	} {
 		f.Add(pack(f, m))
 	}
@@ -35,8 +36,11 @@ func FuzzParseQuery(f *testing.F) {
 		}
 		if len(msg) >= HeaderLen {
 			reply := AppendErrorReply(nil, msg, &q, RcodeFormErr)
-			if m := dnstest.Unpack(t, reply); m.Id != q.ID || !m.Response {
-				t.Fatalf("error reply %x does not answer %x", reply, msg)
+			if m := dnstest.Unpack(t, reply); m.Id != q.ID || !m.Response || (m.IsEdns0() != nil) != q.EDNS {
+				t.Fatalf("error reply %x does not answer %x (EDNS %v)", reply, msg, q.EDNS)
+			}
+			if err == nil && q.QDCount != 1 {
+				t.Fatalf("%x has %d questions and parsed", msg, q.QDCount)
 			}
 		}
 		if err != nil {
@@ -135,21 +139,42 @@ func FuzzScanReply(f *testing.F) {
 }
 
 // FuzzPlanFit checks the cut the resolver applies to forwarded replies
-// over a client's UDP buffer: it never panics, and a reply it cuts is
-// within the limit. Seeds: the replies FuzzScanReply starts from.
+// over a client's UDP buffer: it never panics, a reply it cuts is within
+// the limit, with TC when it left out an answer or authority record and
+// only then (or when the reply had it). Seeds: the replies FuzzScanReply
+// starts from, and SRV replies with glue (srvReply).
 func FuzzPlanFit(f *testing.F) {
 	for _, msg := range sampleReplies(f) {
 		f.Add(msg, uint16(512))
+	}
+	for _, signed := range []bool{false, true} {
+		f.Add(srvReply(f, true, signed), uint16(512))
 	}
 	f.Fuzz(func(t *testing.T, msg []byte, limit uint16) {
 		fit, err := PlanFit(msg, int(limit))
 		if err != nil {
 			return
 		}
-		if out := fit.Apply(slices.Clone(msg)); len(out) > int(limit) || len(out) < HeaderLen {
+		out := fit.Apply(slices.Clone(msg))
+		if len(out) > int(limit) || len(out) < HeaderLen {
 			t.Fatalf("cut to %d octets, limit %d", len(out), limit)
 		}
+		was, cut := mustHeader(t, msg), mustHeader(t, out)
+		answersCut := cut.ANCount < was.ANCount || cut.NSCount < was.NSCount
+		if fit.Truncated != answersCut || cut.Flags&FlagTC != 0 != (answersCut || was.Flags&FlagTC != 0) {
+			t.Fatalf("TC %v (planned %v), %d/%d of %d/%d answers and authority kept, TC before %v",
+				cut.Flags&FlagTC != 0, fit.Truncated, cut.ANCount, cut.NSCount, was.ANCount, was.NSCount, was.Flags&FlagTC != 0)
+		}
 	})
+}
+
+func mustHeader(t *testing.T, msg []byte) Header {
+	t.Helper()
+	h, err := ReadHeader(msg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h
 }
 
 // FuzzRotateAnswers checks the rotation of forwarded answers served again:

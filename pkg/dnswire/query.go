@@ -134,20 +134,34 @@ type Query struct {
 //
 // On an error q holds what was read before it: the header when msg has
 // one, the question when it parsed (End > 0), which is what an error reply
-// echoes.
+// echoes. A message without exactly one question fails with ErrQDCount,
+// but its questions are stepped over and its OPT record read, when the
+// rest parses, so that the FORMERR has one for an EDNS client (RFC 6891
+// 6.1.1), and BADVERS can answer an EDNS version it does not know.
 func ParseQuery(msg []byte, q *Query, name *NameBuf) error {
 	*q = Query{}
 	if len(msg) < HeaderLen {
 		return errShort
 	}
 	q.Header.read(msg)
-	if q.QDCount != 1 {
-		return errQDCount
+	off, skip := HeaderLen, int(q.QDCount)
+	if q.QDCount == 1 {
+		if err := readQuestion(msg, &q.Question, name); err != nil {
+			return err
+		}
+		off, skip = q.End, 0
 	}
-	if err := readQuestion(msg, &q.Question, name); err != nil {
-		return err
+	// Questions not read are stepped over: each takes 5 octets at least,
+	// so however many the count says, the walk ends with the message.
+	for range skip {
+		var err error
+		if off, err = skipName(msg, off); err != nil {
+			return err
+		}
+		if off += 4; off > len(msg) {
+			return errShort
+		}
 	}
-	off := q.End
 	for range int(q.ANCount) + int(q.NSCount) {
 		_, end, err := skipRR(msg, off)
 		if err != nil {
@@ -172,6 +186,9 @@ func ParseQuery(msg []byte, q *Query, name *NameBuf) error {
 			q.DO = msg[fixed+6]&0x80 != 0
 		}
 		off = end
+	}
+	if q.QDCount != 1 {
+		return ErrQDCount
 	}
 	q.Len = off
 	return nil

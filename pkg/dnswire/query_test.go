@@ -8,6 +8,8 @@ import (
 	"testing"
 
 	"github.com/miekg/dns"
+
+	"github.com/ztdns/ztdns/internal/dnstest"
 )
 
 func TestParseQuery(t *testing.T) {
@@ -188,6 +190,55 @@ func TestParseQueryRejectsMalformed(t *testing.T) {
 		if err := ParseQuery(short, &q, nil); err == nil || !reflect.DeepEqual(q, Query{}) {
 			t.Errorf("%d octets: error %v, query %+v; want an error and nothing", len(short), err, q)
 		}
+	}
+}
+
+// TestParseQueryWithoutOneQuestion: a query with no question or two fails
+// with ErrQDCount, but its OPT record is read, so that the FORMERR has one
+// for an EDNS client (RFC 6891 6.1.1) and an EDNS version other than 0
+// gets BADVERS; no question is echoed. A count of questions the message
+// cannot hold fails at its end, whatever the count.
+func TestParseQueryWithoutOneQuestion(t *testing.T) {
+	t.Parallel()
+	noQuestion := func(m *dns.Msg) { m.Question = nil }
+	twoQuestions := func(m *dns.Msg) { m.Question = append(m.Question, m.Question[0]) }
+	version1 := func(m *dns.Msg) { m.IsEdns0().SetVersion(1) }
+	hostile := pack(t, newMsg("a.", dns.TypeA, noQuestion, withEDNS(true)))
+	hostile[5] = 0xFF // 255 questions, none there: the OPT record read as ones
+	for _, tc := range []struct {
+		name    string
+		msg     []byte
+		err     error
+		edns    bool
+		version uint8
+	}{
+		{"no question, EDNS", pack(t, newMsg("a.", dns.TypeA, noQuestion, withEDNS(true))), ErrQDCount, true, 0},
+		{"no question, EDNS version 1", pack(t, newMsg("a.", dns.TypeA, noQuestion, withEDNS(false), version1)), ErrQDCount, true, 1},
+		{"two questions, EDNS", pack(t, newMsg("a.example.", dns.TypeA, twoQuestions, withEDNS(true))), ErrQDCount, true, 0},
+		{"no question, no EDNS", pack(t, newMsg("a.", dns.TypeA, noQuestion)), ErrQDCount, false, 0},
+		{"more questions than the message holds", hostile, errShort, false, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var q Query
+			err := ParseQuery(tc.msg, &q, new(NameBuf))
+			if err != tc.err || q.ID != 0xBEEF || q.End != 0 || q.Len != 0 || q.EDNS != tc.edns || q.EDNSVersion != tc.version || tc.edns && (q.UDPSize != 1232 || q.DO != (tc.version == 0)) {
+				t.Fatalf("%v, ID %#x, question end %d, length %d, EDNS %v version %d size %d DO %v; want %v, 0xbeef, 0, 0, EDNS %v version %d",
+					err, q.ID, q.End, q.Len, q.EDNS, q.EDNSVersion, q.UDPSize, q.DO, tc.err, tc.edns, tc.version)
+			}
+			opts := 0
+			if tc.edns {
+				opts = 1
+			}
+			for rcode, reply := range map[int][]byte{dns.RcodeFormatError: AppendErrorReply(nil, tc.msg, &q, RcodeFormErr), dns.RcodeBadVers: AppendBadVers(nil, tc.msg, &q)} {
+				m := dnstest.Unpack(t, reply)
+				if !tc.edns && rcode == dns.RcodeBadVers {
+					rcode = dns.RcodeSuccess // BADVERS needs the OPT record to carry it
+				}
+				if m.Id != 0xBEEF || m.Rcode != rcode || len(m.Question) != 0 || (m.IsEdns0() != nil) != tc.edns || len(m.Extra) != opts {
+					t.Errorf("reply %v: want %s, no question, an OPT record %v and nothing else", m, dns.RcodeToString[rcode], tc.edns)
+				}
+			}
+		})
 	}
 }
 

@@ -75,19 +75,26 @@ func AppendEDE(out []byte, opt int, infoCode uint16) []byte {
 // the given rcode. The question is echoed when it parsed, and an EDNS
 // client gets an OPT record.
 func AppendErrorReply(out, msg []byte, q *Query, rcode int) []byte {
-	return appendEmptyReply(out, msg, q, rcode, false)
+	return appendEmptyReply(out, msg, q, rcode, 0, false)
+}
+
+// AppendBadVers appends BADVERS (RFC 6891 6.1.3) to q, the query msg, of
+// an EDNS version other than 0: no records, the question when it parsed,
+// and our OPT record, version 0, carrying the extended rcode.
+func AppendBadVers(out, msg []byte, q *Query) []byte {
+	return appendEmptyReply(out, msg, q, RcodeSuccess, ExtRcodeBadVers, false)
 }
 
 // AppendTruncated appends an authoritative empty reply to q, the query msg,
 // with TC set: the client asks again over TCP (RFC 7766 5).
 func AppendTruncated(out, msg []byte, q *Query) []byte {
-	return appendEmptyReply(out, msg, q, RcodeSuccess, true)
+	return appendEmptyReply(out, msg, q, RcodeSuccess, 0, true)
 }
 
 // appendEmptyReply appends a reply to q with no records: the question when
-// it parsed, and an OPT record for an EDNS client. A truncated one is
-// authoritative (AA) and has TC set.
-func appendEmptyReply(out, msg []byte, q *Query, rcode int, truncated bool) []byte {
+// it parsed, and an OPT record with extRcode for an EDNS client. A
+// truncated one is authoritative (AA) and has TC set.
+func appendEmptyReply(out, msg []byte, q *Query, rcode int, extRcode uint8, truncated bool) []byte {
 	var qd, ar uint16
 	if q.End > HeaderLen {
 		qd = 1
@@ -104,7 +111,7 @@ func appendEmptyReply(out, msg []byte, q *Query, rcode int, truncated bool) []by
 		out = append(out, msg[HeaderLen:q.End]...)
 	}
 	if q.EDNS {
-		out = AppendOPT(out, q, 0)
+		out = AppendOPT(out, q, extRcode)
 	}
 	return out
 }

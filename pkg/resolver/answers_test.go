@@ -379,6 +379,125 @@ func TestForwardedReplyCutOnTheWire(t *testing.T) {
 	}
 }
 
+// withGlue answers as z does, adding to an SRV answer its targets'
+// addresses from z in the additional section, all of them, as BIND and
+// unbound answer ztdns's 1,232 bytes; compressed, or, with onlyWhenItMust,
+// as CoreDNS writes every reply (compressingWhenItMust).
+type withGlue struct {
+	z              dnstest.Zone
+	onlyWhenItMust bool
+}
+
+func (g withGlue) Reply(req *dns.Msg, local netip.AddrPort) *dns.Msg {
+	m := g.z.Reply(req, local)
+	var glue []dns.RR
+	for _, rr := range m.Answer {
+		if srv, ok := rr.(*dns.SRV); ok {
+			glue = append(glue, g.z[srv.Target]...)
+		}
+	}
+	m.Extra = append(glue, m.Extra...) // before the OPT record
+	if g.onlyWhenItMust {
+		m.Truncate(dns.MaxMsgSize)
+	} else {
+		m.Compress = true
+	}
+	return m
+}
+
+// srvZone is n SRV records at _http._tcp.db.example., each target with two
+// IPv6 addresses.
+func srvZone(t *testing.T, n int) dnstest.Zone {
+	var zone []string
+	for i := range n {
+		zone = append(zone, fmt.Sprintf("_http._tcp.db.example. 60 IN SRV 0 100 80 db-%d.example.", i),
+			fmt.Sprintf("db-%d.example. 60 IN AAAA 2001:db8::%d:1", i, i),
+			fmt.Sprintf("db-%d.example. 60 IN AAAA 2001:db8::%d:2", i, i))
+	}
+	return dnstest.ZoneOf(t, zone...)
+}
+
+// TestForwardedGlueLeftOutSetsNoTC: a forwarded SRV answer of 8 records
+// with their targets' 16 addresses in the additional section (some 700
+// bytes, as BIND and unbound send it to ztdns's 1,232), asked by a client
+// whose EDNS buffer is 512 bytes, keeps all 8 SRV records, the OPT record
+// and whole sets of the addresses that fit, without TC, as BIND and
+// unbound answer the client: additional records left out set no TC
+// (RFC 2181 9), and a set cut in two without TC would pass for whole. Not
+// counted truncated. So asked fresh, and from the cache after a TCP query
+// took the whole reply, from an upstream that compresses (the cut on the
+// wire) and one that compresses only when it must (the compressed cut).
+// Before: TC set, and glibc, Go and c-ares threw the answer away and
+// asked again over TCP.
+func TestForwardedGlueLeftOutSetsNoTC(t *testing.T) {
+	for _, onlyWhenItMust := range []bool{false, true} {
+		for _, first := range []string{"udp", "tcp"} {
+			t.Run(fmt.Sprintf("compressing only when it must %v, %s first", onlyWhenItMust, first), func(t *testing.T) {
+				ss := startSlowServerWith(t, Options{}, &model.Snapshot{}, withGlue{srvZone(t, 8), onlyWhenItMust})
+				query := new(dns.Msg)
+				query.SetQuestion("_http._tcp.db.example.", dns.TypeSRV)
+				query.SetEdns0(512, false)
+				if first == "tcp" {
+					m, _, err := (&dns.Client{Net: "tcp", Timeout: 5 * time.Second}).Exchange(query, ss.addr.String())
+					if err != nil {
+						t.Fatal(err)
+					}
+					if m.Truncated || len(m.Answer) != 8 || len(m.Extra) != 16+1 {
+						t.Fatalf("TCP: TC %v, %d answers, %d additional; want all 8 and 16 with the OPT record", m.Truncated, len(m.Answer), len(m.Extra))
+					}
+				}
+				truncated := truncatedCounts()
+				m, size := exchangeUDP(t, query, ss.addr.String())
+				addrs := map[string]int{}
+				for _, rr := range m.Extra {
+					if rr.Header().Rrtype == dns.TypeAAAA {
+						addrs[rr.Header().Name]++
+					}
+				}
+				n := 0
+				for name, k := range addrs {
+					if n += k; k != 2 {
+						t.Errorf("%d of %s's 2 addresses: a set cut in two", k, name)
+					}
+				}
+				t.Logf("%d answers, %d addresses in %d bytes", len(m.Answer), n, size)
+				if m.Rcode != dns.RcodeSuccess || m.Truncated || len(m.Answer) != 8 || n == 0 || n == 16 || m.IsEdns0() == nil || size > 512 {
+					t.Errorf("%s, TC %v, %d answers, %d addresses, OPT %v in %d bytes; want NOERROR, no TC, all 8 answers, the addresses that fit and the OPT record in 512",
+						dns.RcodeToString[m.Rcode], m.Truncated, len(m.Answer), n, m.IsEdns0() != nil, size)
+				}
+				if got := truncatedCounts().minus(truncated); got != (protoCounts{}) {
+					t.Errorf("ztdns_resolver_truncated_total rose by %v over UDP and %v over TCP, want 0", got.udp, got.tcp)
+				}
+			})
+		}
+	}
+}
+
+// TestForwardedAnswersLeftOutSetTC: a forwarded SRV answer whose records
+// do not all fit the client's 512 bytes keeps those that fit and the OPT
+// record, with TC, counted truncated, fresh and from the cache alike.
+func TestForwardedAnswersLeftOutSetTC(t *testing.T) {
+	for _, onlyWhenItMust := range []bool{false, true} {
+		t.Run(fmt.Sprintf("compressing only when it must %v", onlyWhenItMust), func(t *testing.T) {
+			ss := startSlowServerWith(t, Options{}, &model.Snapshot{}, withGlue{srvZone(t, 30), onlyWhenItMust})
+			query := new(dns.Msg)
+			query.SetQuestion("_http._tcp.db.example.", dns.TypeSRV)
+			query.SetEdns0(512, false)
+			for _, from := range []string{"upstream", "cache"} {
+				truncated := truncatedCounts()
+				m, size := exchangeUDP(t, query, ss.addr.String())
+				if m.Rcode != dns.RcodeSuccess || !m.Truncated || len(m.Answer) == 0 || len(m.Answer) >= 30 || m.IsEdns0() == nil || size > 512 {
+					t.Errorf("%s: %s, TC %v, %d answers, OPT %v in %d bytes; want NOERROR, TC, the answers that fit and the OPT record in 512",
+						from, dns.RcodeToString[m.Rcode], m.Truncated, len(m.Answer), m.IsEdns0() != nil, size)
+				}
+				if got := truncatedCounts().minus(truncated); got != (protoCounts{udp: 1}) {
+					t.Errorf("%s: ztdns_resolver_truncated_total rose by %v over UDP and %v over TCP, want 1 and 0", from, got.udp, got.tcp)
+				}
+			}
+		})
+	}
+}
+
 // compressingWhenItMust answers as r does, compressing only a reply that
 // does not fit a TCP message otherwise: as CoreDNS writes every reply
 // (miekg's Msg.Truncate turns compression off for one that fits).
@@ -492,8 +611,8 @@ func TestCompressedFitKeepsTheReplysHeader(t *testing.T) {
 		t.Fatalf("the wire cut: dropped %v, %v", f.Dropped, err)
 	}
 	onTheWire := dnstest.Unpack(t, f.Apply(slices.Clone(uncompressed)))
-	out := compressedFit(uncompressed, limit, f.Kept())
-	if out == nil || len(out) > limit {
+	out, tc := compressedFit(uncompressed, limit, f.Kept())
+	if out == nil || len(out) > limit || !tc {
 		t.Fatalf("compressed cut of %d bytes, want one within %d", len(out), limit)
 	}
 	got := dnstest.Unpack(t, out)
@@ -514,7 +633,7 @@ func TestCompressedFitKeepsTheReplysHeader(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if out := compressedFit(compressed, limit, f.Kept()); out != nil {
+	if out, _ := compressedFit(compressed, limit, f.Kept()); out != nil {
 		t.Errorf("a compressed reply decoded and cut again (%d bytes): the wire cut keeps as much", len(out))
 	}
 	// 25 addresses: over 700 bytes uncompressed, under 512 compressed:
@@ -527,8 +646,9 @@ func TestCompressedFitKeepsTheReplysHeader(t *testing.T) {
 	if f, err = dnswire.PlanFit(slices.Clone(uncompressed), limit); err != nil || !f.Dropped {
 		t.Fatalf("25 addresses uncompressed: dropped %v, %v; want records dropped", f.Dropped, err)
 	}
-	if got := dnstest.Unpack(t, compressedFit(uncompressed, limit, f.Kept())); got.Truncated || len(got.Answer) != 25 {
-		t.Errorf("25 addresses: TC %v, %d records; want all, no TC", got.Truncated, len(got.Answer))
+	out, tc = compressedFit(uncompressed, limit, f.Kept())
+	if got := dnstest.Unpack(t, out); tc || got.Truncated || len(got.Answer) != 25 {
+		t.Errorf("25 addresses: TC %v (reported %v), %d records; want all, no TC", got.Truncated, tc, len(got.Answer))
 	}
 }
 
@@ -563,7 +683,7 @@ func TestCompressedFitDecodesWhatFits(t *testing.T) {
 		if err != nil || !f.Dropped {
 			t.Fatalf("the wire cut: dropped %v, %v", f.Dropped, err)
 		}
-		out := compressedFit(reply, limit, f.Kept())
+		out, _ := compressedFit(reply, limit, f.Kept())
 		if want := decodedFit(reply, limit, f.Kept()); out == nil || !bytes.Equal(out, want) {
 			t.Errorf("EDNS %v: cut to %x\nwant, as when every record is decoded, %x", edns, out, want)
 		}
@@ -583,13 +703,8 @@ func decodedFit(reply []byte, limit, kept int) []byte {
 	if m.Unpack(reply) != nil {
 		return nil
 	}
-	m.Truncate(limit)
-	if len(m.Answer)+len(m.Ns)+len(m.Extra) <= kept {
-		return nil
-	}
-	m.Compress = true
-	out, err := m.Pack()
-	if err != nil || len(out) > limit {
+	out, err := truncateAndPack(m, limit, kept)
+	if err != nil {
 		return nil
 	}
 	return out

@@ -2,12 +2,16 @@ package resolver
 
 import (
 	"net/netip"
+	"os/exec"
+	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 
 	"github.com/miekg/dns"
 
 	"github.com/ztdns/ztdns/internal/dnstest"
+	"github.com/ztdns/ztdns/internal/testenv"
 	"github.com/ztdns/ztdns/pkg/model"
 )
 
@@ -78,5 +82,58 @@ func TestOtherOpcodes(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// TestFormErrKeepsTheOPT: a query with no question or two, asked with
+// EDNS, gets FORMERR with an OPT record (RFC 6891 6.1.1: a reply to an
+// EDNS query has one), as unbound answers it, over UDP and TCP; of an EDNS
+// version other than 0, BADVERS, as BIND answers; without EDNS, FORMERR
+// without one. And what dig +header-only (a query with no question and a
+// cookie) prints: the FORMERR, without "EDNS query returned status
+// FORMERR - retry with '+noedns'". Before: 12 octets, no OPT record, and
+// dig's warning.
+func TestFormErrKeepsTheOPT(t *testing.T) {
+	ss := startSlowServer(t, Options{}, &model.Snapshot{}, "example.com. 30 IN A 192.0.2.1")
+	q := dns.Question{Name: "example.com.", Qtype: dns.TypeA, Qclass: dns.ClassINET}
+	for _, tc := range []struct {
+		name      string
+		questions []dns.Question
+		edns      int // -1: none
+		rcode     int
+	}{
+		{"no question, EDNS", nil, 0, dns.RcodeFormatError},
+		{"two questions, EDNS", []dns.Question{q, q}, 0, dns.RcodeFormatError},
+		{"no question, EDNS version 1", nil, 1, dns.RcodeBadVers},
+		{"no question, without EDNS", nil, -1, dns.RcodeFormatError},
+	} {
+		for _, proto := range []string{"udp", "tcp"} {
+			t.Run(tc.name+" over "+proto, func(t *testing.T) {
+				m := new(dns.Msg)
+				m.Id, m.RecursionDesired, m.Question = 0x4242, true, tc.questions
+				if tc.edns >= 0 {
+					m.SetEdns0(1232, true)
+					m.IsEdns0().SetVersion(uint8(tc.edns))
+				}
+				r, err := ss.tryExchange(victimIP, proto, m)
+				if err != nil {
+					t.Fatal(err)
+				}
+				want := dns.RcodeToString[tc.rcode]
+				if tc.rcode == dns.RcodeBadVers {
+					want = "BADVERS" // also BADSIG's number
+				}
+				opt := r.IsEdns0()
+				if r.Id != 0x4242 || r.Rcode != tc.rcode || len(r.Question) != 0 || (opt != nil) != (tc.edns >= 0) || len(r.Extra) != min(tc.edns+1, 1) ||
+					opt != nil && (opt.Version() != 0 || !opt.Do()) {
+					t.Errorf("%v\nwant %s for ID 0x4242, no question, and an OPT record (version 0, DO) %v, nothing else", r, want, tc.edns >= 0)
+				}
+			})
+		}
+	}
+	testenv.LookPath(t, "dig")
+	out, err := exec.Command("dig", "+header-only", "+cookie", "+time=2", "+tries=1", "-p", strconv.Itoa(int(ss.addr.Port())), "@"+ss.addr.Addr().String()).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "status: FORMERR") || !strings.Contains(string(out), "OPT PSEUDOSECTION") || strings.Contains(string(out), "WARNING") {
+		t.Errorf("dig +header-only: %v\n%s\nwant FORMERR with an OPT record and no warning", err, out)
 	}
 }

@@ -586,12 +586,12 @@ func (s *Server) answerFast(msg []byte, src netip.AddrPort, tcp bool, out []byte
 	case verdictFormErr:
 		metricQueries.formerr.Inc()
 		return s.answered(sc, dnswire.AppendErrorReply(out, msg, &r, dnswire.RcodeFormErr), hdr, &r, tcp, pod, src, now, ""), false
-	case verdictOther:
+	case verdictOther, verdictBadVers:
 		return nil, true
 	}
 	// Zone transfers are refused by the slow path, which refuses those of
 	// forwarded names too.
-	if r.EDNSVersion != 0 || !r.Plain || (r.Class != dns.ClassINET && r.Class != dns.ClassANY) ||
+	if !r.Plain || (r.Class != dns.ClassINET && r.Class != dns.ClassANY) ||
 		r.Type == dns.TypeAXFR || r.Type == dns.TypeIXFR {
 		return nil, true
 	}

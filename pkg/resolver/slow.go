@@ -273,13 +273,10 @@ func (q *slowQuery) answer(ctx context.Context) []byte {
 		return dnswire.AppendErrorReply(nil, msg, r, dnswire.RcodeFormErr)
 	case verdictOther:
 		return q.other(ctx)
-	}
-	if r.EDNSVersion != 0 {
+	case verdictBadVers:
 		metricQueries.formerr.Inc()
 		q.badVers = true
-		out := dnswire.AppendHeader(nil, r, 0, false, 1, 0, 1)
-		out = append(out, msg[dnswire.HeaderLen:r.End]...)
-		return dnswire.AppendOPT(out, r, dnswire.ExtRcodeBadVers)
+		return dnswire.AppendBadVers(nil, msg, r)
 	}
 	// Zone transfers are refused, of the table's names and of forwarded
 	// ones alike: a transfer is many messages, and a forward relays one.

@@ -2,11 +2,13 @@ package resolver
 
 // Truncation of the slow path's replies: a reply, forwarded or made here,
 // is cut to the whole records that fit the client's UDP buffer or a TCP
-// message, with TC, as CoreDNS cuts it, before it is held, counted and
-// sent.
+// message, as CoreDNS cuts it, with TC when an answer or authority record
+// is left out (RFC 2181 9), before it is held, counted and sent.
 
 import (
 	"log/slog"
+	"slices"
+	"strings"
 
 	"github.com/miekg/dns"
 
@@ -24,8 +26,10 @@ func replyRoom(r *request, tcp bool) int {
 }
 
 // fitUDP cuts a forwarded reply larger than the client's UDP buffer to the
-// whole records that fit, with TC, as CoreDNS's forward plugin does
-// (request.Scrub). The cut is planned on the wire, without decoding the
+// whole records that fit, as CoreDNS's forward plugin does
+// (request.Scrub), with TC when an answer or authority record is left out:
+// additional records left out set none (RFC 2181 9), as BIND and unbound
+// cut them. The cut is planned on the wire, without decoding the
 // reply; where it drops records, the reply is decoded and cut compressed
 // (compressedFit), as CoreDNS's is, and that is sent if it keeps more.
 // CoreDNS compresses only a reply that does not fit otherwise, so what it
@@ -39,9 +43,10 @@ func (q *slowQuery) fitUDP(reply []byte) []byte {
 	if err != nil {
 		return q.truncated()
 	}
-	q.cut = f.Dropped
+	q.cut = f.Truncated
 	if f.Dropped {
-		if out := compressedFit(reply, limit, f.Kept()); out != nil {
+		if out, tc := compressedFit(reply, limit, f.Kept()); out != nil {
+			q.cut = tc
 			return out
 		}
 	}
@@ -49,44 +54,55 @@ func (q *slowQuery) fitUDP(reply []byte) []byte {
 }
 
 // compressedFit is reply cut to limit as miekg's Msg.Truncate cuts it
-// (CoreDNS's server, for every reply), its names compressed, with TC: the
-// ID, flags, question (as the client spelled it) and OPT record (its
-// options, an extended error among them) are the reply's. It is nil when
-// the reply does not decode or pack within limit, or when the cut keeps no
-// more records than kept, those that fit as the reply came (one that was
-// compressed already): that cut is cheaper and changes nothing.
+// (CoreDNS's server, for every reply), its names compressed, with TC when
+// an answer or authority record is left out (truncateAndPack), which tc
+// reports (TC the reply came with aside): the ID, flags, question (as the client spelled it) and OPT
+// record (its options, an extended error among them) are the reply's. It
+// is nil when the reply does not decode or pack within limit, or when the
+// cut keeps no more records than kept, those that fit as the reply came
+// (one that was compressed already): that cut is cheaper and changes
+// nothing.
 //
-// Only the records that can fit are decoded (mostFit): a cached reply of
-// 64 KB, cut again for each UDP query of a pod, costs what one of limit
-// octets does.
-func compressedFit(reply []byte, limit, kept int) []byte {
-	first, dropped, err := dnswire.FirstRecords(reply, mostFit(limit))
+// Only the records that can fit are decoded (mostFit), and the first
+// that cannot, so that the cut knows its section and its RRset: a cached
+// reply of 64 KB, cut again for each UDP query of a pod, costs what one
+// of limit octets does.
+func compressedFit(reply []byte, limit, kept int) (out []byte, tc bool) {
+	first, _, err := dnswire.FirstRecords(reply, mostFit(limit)+1)
 	m := new(dns.Msg)
 	if err != nil || m.Unpack(first) != nil {
-		return nil
+		return nil, false
 	}
-	// The records left out would have been cut: Truncate, which sees
-	// only those decoded, may find them all fit.
-	m.Truncated = m.Truncated || dropped
-	out, err := truncateAndPack(m, limit, kept)
-	if err != nil {
-		return nil
+	out, err = truncateAndPack(m, limit, kept)
+	if out == nil || err != nil {
+		return nil, false
 	}
-	return out
+	was, _ := dnswire.ReadHeader(reply) // both parsed
+	cut, _ := dnswire.ReadHeader(out)
+	return out, cut.ANCount < was.ANCount || cut.NSCount < was.NSCount
 }
 
 // errTooLarge: a reply packs larger than its limit, even cut.
 const errTooLarge = constError("the reply packs larger than its limit")
 
-// truncateAndPack cuts m to the whole records that fit in size, with TC
-// when it leaves some out (miekg's Msg.Truncate, as CoreDNS's server cuts
-// every reply), and packs it with its names compressed: after Truncate,
-// which turns compression off for a reply that fits without it, as
-// compressed it only gets smaller. It is nil, not packed, when the cut
-// keeps no more than noBetter records (the OPT record counted), and fails
-// with errTooLarge when the reply still packs larger than size.
+// truncateAndPack cuts m to the whole records that fit in size (miekg's
+// Msg.Truncate, as CoreDNS's server cuts every reply), and packs it with
+// its names compressed: after Truncate, which turns compression off for a
+// reply that fits without it, as compressed it only gets smaller. TC is
+// set when an answer or authority record is left out, and kept when m had
+// it; Truncate sets it for any record, but additional records left out
+// set none (RFC 2181 9), nor do RRSIGs among them (RFC 4035 3.1.1), and a
+// client given TC throws the answer away and asks again over TCP. Cut in
+// the additional section, it keeps whole RRsets (wholeExtra). It is nil,
+// not packed, when the cut keeps no more than noBetter records (the OPT
+// record counted), and fails with errTooLarge when the reply still packs
+// larger than size.
 func truncateAndPack(m *dns.Msg, size, noBetter int) ([]byte, error) {
+	tc, an, ns := m.Truncated, len(m.Answer), len(m.Ns)
+	extra := slices.DeleteFunc(slices.Clone(m.Extra), isOPT) // Truncate moves the OPT record last
 	m.Truncate(size)
+	m.Truncated = tc || len(m.Answer) < an || len(m.Ns) < ns
+	wholeExtra(m, extra)
 	if len(m.Answer)+len(m.Ns)+len(m.Extra) <= noBetter {
 		return nil, nil
 	}
@@ -96,6 +112,36 @@ func truncateAndPack(m *dns.Msg, size, noBetter int) ([]byte, error) {
 		return nil, errTooLarge
 	}
 	return out, err
+}
+
+func isOPT(rr dns.RR) bool { return rr.Header().Rrtype == dns.TypeOPT }
+
+// wholeExtra leaves out of m's additional section, cut from extra (its
+// records before the cut, the OPT record aside), the records at its end
+// that are of the RRset of the first left out, as BIND and unbound do:
+// without TC, a client would take the part for the whole (RFC 2181 5).
+func wholeExtra(m *dns.Msg, extra []dns.RR) {
+	var opt dns.RR
+	kept := m.Extra
+	if n := len(kept); n > 0 && isOPT(kept[n-1]) {
+		opt, kept = kept[n-1], kept[:n-1]
+	}
+	k := len(kept)
+	if k == 0 || k >= len(extra) {
+		return
+	}
+	left := extra[k].Header()
+	for k > 0 {
+		h := kept[k-1].Header()
+		if h.Rrtype != left.Rrtype || h.Class != left.Class || !strings.EqualFold(h.Name, left.Name) {
+			break
+		}
+		k--
+	}
+	m.Extra = kept[:k]
+	if opt != nil {
+		m.Extra = append(m.Extra, opt)
+	}
 }
 
 // minPackedRR is the fewest octets a record takes packed, compressed or
@@ -114,7 +160,8 @@ func mostFit(limit int) int {
 
 // pack serialises a slow-path reply, truncating like the fast path: to the
 // records that fit in the client's UDP buffer or in a TCP message, with TC
-// (miekg's Msg.Truncate, as CoreDNS's server does), before it is packed,
+// when an answer or authority record is left out (truncateAndPack, miekg's
+// Msg.Truncate as CoreDNS's server cuts), before it is packed,
 // so that what is held, counted and sent is the reply the client gets. A reply
 // that does not pack is a SERVFAIL, logged at Debug as a failed forward
 // is: what it holds comes from the query and the upstream's answer to
@@ -122,7 +169,7 @@ func mostFit(limit int) int {
 // SERVFAIL still counts in ztdns_dns_requests_total.
 func (q *slowQuery) pack(reply *dns.Msg) []byte {
 	out, err := truncateAndPack(reply, replyRoom(&q.r, q.tcp), -1)
-	q.cut = reply.Truncated // set when records were dropped: replyTo's never has it
+	q.cut = reply.Truncated // set when answers were dropped: replyTo's never has it
 	switch {
 	case err == errTooLarge && !q.tcp:
 		return q.truncated()

@@ -26,6 +26,10 @@ const (
 	// verdictOther: a well-formed header with an opcode other than QUERY;
 	// forwarded as it is.
 	verdictOther
+	// verdictBadVers: a query of an EDNS version other than 0 that parsed
+	// but for its question count, which may be anything: BADVERS
+	// (RFC 6891 6.1.3), as BIND reads the OPT record first.
+	verdictBadVers
 )
 
 // parse reads msg into r (its question name into buf) and judges it.
@@ -36,8 +40,10 @@ func parse(msg []byte, r *request, buf *nameBuf) verdict {
 		return verdictDrop
 	case r.Opcode() != dnswire.OpcodeQuery:
 		return verdictOther
-	case err != nil:
+	case err != nil && (err != dnswire.ErrQDCount || r.EDNSVersion == 0):
 		return verdictFormErr
+	case r.EDNSVersion != 0:
+		return verdictBadVers
 	}
 	return verdictOK
 }
