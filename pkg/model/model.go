@@ -39,6 +39,15 @@ const (
 	AnnotationAmbientRedirection = "ambient.istio.io/redirection"
 	// LabelServiceName links an EndpointSlice to its Service.
 	LabelServiceName = "kubernetes.io/service-name"
+	// LabelApp is the label Istio's ztunnel chart gives its DaemonSet's
+	// pods, ZtunnelApp (its selector); of a pod it is kept with that value
+	// only, with the pod's AnnotationIstioRev.
+	LabelApp   = "app"
+	ZtunnelApp = "ztunnel"
+	// AnnotationIstioRev is the revision the ztunnel chart gives its pods
+	// when it has one (`revision`): the istiod that ztunnel connects to is
+	// then istiod-REVISION. Kept on ztunnel pods only.
+	AnnotationIstioRev = "istio.io/rev"
 	// SidecarContainer is the name of Istio's injected proxy container.
 	SidecarContainer = "istio-proxy"
 )

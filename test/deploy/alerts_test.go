@@ -473,6 +473,55 @@ func TestChartCNIAddAlert(t *testing.T) {
 	}
 }
 
+// TestChartIstioRevisionMismatchAlert: ZtdnsIstioRevisionMismatch fires,
+// naming the node, while the node's ztunnel follows istiod of another
+// revision than the agent's --istio-revision
+// (ztdns_kube_ztunnel_revision_mismatch is 1), and its description says
+// where both are read and what to set; not while they agree, nor on an
+// agent with no API source (no such series). It waits long enough for an
+// upgrade's two rollouts to pass, not so long that a forgotten flag goes
+// unreported for hours. (Before, nothing noticed: with ztunnel upgraded
+// to 1-28 and the flag at 1-27, 1-28's ServiceEntries were forwarded
+// though ztunnel routed their VIPs.)
+func TestChartIstioRevisionMismatchAlert(t *testing.T) {
+	t.Parallel()
+	const name = "ZtdnsIstioRevisionMismatch"
+	c := renderChart(t, "metrics.prometheusRule.enabled=true")
+	e := alertExpr(t, renderedAlerts(t, c), name)
+	if f := renderedAlertFor(t, c)[name]; f < 5*time.Minute || f > 30*time.Minute {
+		t.Errorf("%s waits %v: an upgrade's rollouts want a few minutes, a forgotten flag a page within 30", name, f)
+	}
+	for r, rule := range alertRules(t, c) {
+		if r != name {
+			continue
+		}
+		desc, _ := lookup(rule, "annotations", "description").(string)
+		for _, want := range []string{"--istio-revision", "istio.io/rev", "resolver.istioRevision", "ztdns status"} {
+			if !strings.Contains(desc, want) {
+				t.Errorf("%s's description does not say %q: %s", name, want, desc)
+			}
+		}
+	}
+	for _, tc := range []struct {
+		name     string
+		mismatch []float64 // the gauge: none without an API source
+		firing   bool
+	}{
+		{"the same revision", []float64{0}, false},
+		{"no API source", nil, false},
+		{"ztunnel of another revision", []float64{1}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := seriesWith(map[string]string{"node": "n1", "instance": "10.0.0.1:15053", "job": "ztdns"})
+			var series []rateSeries
+			for _, v := range tc.mismatch {
+				series = append(series, s("ztdns_kube_ztunnel_revision_mismatch", v))
+			}
+			checkFiring(t, name, evalRates(t, e, series), tc.firing)
+		})
+	}
+}
+
 // TestChartCNINotInstalledAlert: ZtdnsCNINotInstalled fires, naming the
 // node, while the agent's CNI plugin is out of the node's CNI
 // configuration (the agent serves, and new pods there start uncaptured),

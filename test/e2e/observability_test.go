@@ -37,7 +37,7 @@ var synthesized = []string{"up"}
 // apiSourceOnly are metrics of the Kubernetes API source, which this test's
 // agent (--config-dir) does not run; test/deploy's TestChartKubeWatchAlert
 // evaluates the alert that uses them.
-var apiSourceOnly = []string{"ztdns_kube_watch_failing", "ztdns_kube_snapshots_total", "ztdns_kube_snapshot_delay_seconds_bucket", "ztdns_kube_objects_left_out", "ztdns_kube_serviceentries_unavailable"}
+var apiSourceOnly = []string{"ztdns_kube_watch_failing", "ztdns_kube_snapshots_total", "ztdns_kube_snapshot_delay_seconds_bucket", "ztdns_kube_objects_left_out", "ztdns_kube_serviceentries_unavailable", "ztdns_kube_ztunnel_revision_mismatch"}
 
 // eventOnly are metrics with a series only once an event this test does
 // not make has happened: a CNI event (its pod is captured by hand), a query

@@ -47,6 +47,7 @@ type Labels struct {
 	EnableAutoallocate *string `json:"networking.istio.io/enable-autoallocate-ip,omitempty"`
 	IstioRev           *string `json:"istio.io/rev,omitempty"`
 	ServiceName        *string `json:"kubernetes.io/service-name,omitempty"`
+	App                *string `json:"app,omitempty"`
 }
 
 // Annotations are the annotations ztdns reads, nil when absent.
@@ -60,6 +61,9 @@ type Annotations struct {
 	// AmbientRedirection is istio-cni's enrollment record
 	// (model.AnnotationAmbientRedirection).
 	AmbientRedirection *string `json:"ambient.istio.io/redirection,omitempty"`
+	// IstioRev is a pod's istio.io/rev (model.AnnotationIstioRev), read
+	// on ztunnel's pods.
+	IstioRev *string `json:"istio.io/rev,omitempty"`
 	// InitialEventsEnd marks the bookmark that ends a watch's initial
 	// events (metav1.InitialEventsAnnotationKey), which client-go's
 	// reflector reads to know it has every object.

@@ -127,6 +127,21 @@ func TestDecodeAndReduce(t *testing.T) {
 			"annotations": {"ambient.istio.io/redirection": "pending"}}, "spec": {"containers": [{"name": "app"}]}}`,
 		want: model.Pod{Namespace: "shop", Name: "web", Enrollment: model.EnrollmentPending},
 	}, {
+		// Istio's ztunnel chart with a revision: the label app and the
+		// revision are kept on its pods, and on no other pod.
+		name: "Pod of ztunnel",
+		doc: `{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "ztunnel-x7k2p", "namespace": "istio-system",
+			"labels": {"app": "ztunnel", "istio.io/dataplane-mode": "none"}, "annotations": {"istio.io/rev": "1-28"}},
+			"spec": {"containers": [{"name": "istio-proxy"}]}}`,
+		want: model.Pod{Namespace: "istio-system", Name: "ztunnel-x7k2p", HasSidecar: true,
+			Labels:      map[string]string{model.LabelDataplaneMode: "none", model.LabelApp: model.ZtunnelApp},
+			Annotations: map[string]string{model.AnnotationIstioRev: "1-28"}},
+	}, {
+		name: "Pod of another app with a revision",
+		doc: `{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web", "namespace": "shop",
+			"labels": {"app": "web"}, "annotations": {"istio.io/rev": "1-28"}}, "spec": {"containers": [{"name": "app"}]}}`,
+		want: model.Pod{Namespace: "shop", Name: "web"},
+	}, {
 		name: "Pod with another enrollment value",
 		doc: `{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web", "namespace": "shop",
 			"annotations": {"ambient.istio.io/redirection": "Enabled"}}, "spec": {"containers": [{"name": "app"}]}}`,
@@ -431,7 +446,7 @@ func TestClientGoReadsMetadata(t *testing.T) {
 // the fields name, exactly, and no other.
 func TestMetaOfMaps(t *testing.T) {
 	keys := func(v any) (exact, other map[string]string) {
-		exact, other = map[string]string{"app": "x"}, map[string]string{"app": "x"}
+		exact, other = map[string]string{"unread": "x"}, map[string]string{"unread": "x"}
 		typ := reflect.TypeOf(v)
 		for i := range typ.NumField() {
 			key, _, _ := strings.Cut(typ.Field(i).Tag.Get("json"), ",")
@@ -492,11 +507,11 @@ func TestTagsAreTheModelsKeys(t *testing.T) {
 		return keys
 	}
 	want := func(keys ...string) []string { slices.Sort(keys); return keys }
-	if got, w := tags(Labels{}), want(model.LabelDataplaneMode, model.LabelGatewayManaged, model.LabelEnableAutoallocate, model.LabelIstioRev, model.LabelServiceName); !slices.Equal(got, w) {
+	if got, w := tags(Labels{}), want(model.LabelDataplaneMode, model.LabelGatewayManaged, model.LabelEnableAutoallocate, model.LabelIstioRev, model.LabelServiceName, model.LabelApp); !slices.Equal(got, w) {
 		t.Errorf("label tags %q, model's keys %q", got, w)
 	}
 	if got, w := tags(Annotations{}), want(model.AnnotationDNSCapture, model.AnnotationIstioDNSCapture, model.AnnotationSidecarStatus,
-		model.AnnotationAmbientRedirection); !slices.Equal(got, w) {
+		model.AnnotationAmbientRedirection, model.AnnotationIstioRev); !slices.Equal(got, w) {
 		t.Errorf("annotation tags %q, model's keys %q", got, w)
 	}
 }

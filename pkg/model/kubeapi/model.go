@@ -318,6 +318,13 @@ func (p *Pod) Model() (model.Pod, error) {
 		HasSidecar: p.Annotations.SidecarStatus != nil,
 		Enrollment: model.EnrollmentOf(p.Annotations.AmbientRedirection),
 	}
+	if app := p.Labels.App; app != nil && *app == model.ZtunnelApp {
+		// Istio's ztunnel: its revision says which istiod it follows.
+		out.Labels = keepAlso(out.Labels, model.LabelApp, model.ZtunnelApp)
+		if rev := p.Annotations.IstioRev; rev != nil {
+			out.Annotations = keepAlso(out.Annotations, model.AnnotationIstioRev, *rev)
+		}
+	}
 	for _, c := range p.Spec.Containers {
 		out.HasSidecar = out.HasSidecar || c.Name == model.SidecarContainer
 	}
@@ -463,6 +470,15 @@ type kv struct {
 }
 
 // keep makes the map of the present ones; nil when none is.
+// keepAlso adds key to m, made when nil.
+func keepAlso(m map[string]string, key, value string) map[string]string {
+	if m == nil {
+		m = make(map[string]string, 1)
+	}
+	m[key] = value
+	return m
+}
+
 func keep(pairs ...kv) map[string]string {
 	var out map[string]string
 	for _, p := range pairs {

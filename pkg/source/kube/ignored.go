@@ -25,7 +25,11 @@ import (
 //     istiod's revision is its REVISION, which the Istio chart sets to
 //     `default` unless told otherwise: --istio-revision, empty for
 //     "default". (An istiod run without REVISION at all takes every
-//     revision's: ztdns cannot tell that one apart.)
+//     revision's: ztdns cannot tell that one apart.) Several istiods of
+//     different revisions may run side by side (a canary upgrade); the
+//     one that counts is the one the node's ztunnel connects to, whose
+//     entries ztunnel routes: the flag must name its revision, and the
+//     source warns while it does not (ztunnel.go).
 //   - the mesh config's discoverySelectors (pkg/kube/namespace
 //     discoveryNamespacesFilter, the client's ObjectFilter): none, every
 //     namespace; else an object is seen only in a namespace whose labels

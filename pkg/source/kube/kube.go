@@ -98,6 +98,9 @@ type Source struct {
 	// Corefile, kubeDNSWarnings what of it the source does not follow
 	// (followKubeDNS).
 	kubeDNSNotes, kubeDNSWarnings []string
+	// ztunnelWarnings say which ztunnel pods follow another istiod than
+	// istioRevision (followZtunnel).
+	ztunnelWarnings []string
 }
 
 var (

@@ -167,13 +167,17 @@ func (r *run) followKubeDNS(cms []corefile) {
 
 var _ source.WarningReporter = (*Source)(nil)
 
-// Warnings lists what kube-dns's Corefile says for the cluster domain that
-// ztdns does not follow for the names it answers itself, each with what
-// ambient pods get instead.
+// Warnings lists the ztunnel pods that follow another istiod than the
+// source's (ztunnel.go), then what kube-dns's Corefile says for the
+// cluster domain that ztdns does not follow for the names it answers
+// itself, each with what ambient pods get instead.
 func (s *Source) Warnings() []error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var out []error
+	for _, w := range s.ztunnelWarnings {
+		out = append(out, errors.New(w))
+	}
 	for _, w := range s.kubeDNSWarnings {
 		out = append(out, errors.New(w))
 	}

@@ -18,6 +18,9 @@ type metrics struct {
 	// serviceEntriesUnavailable is 1 for the reason ServiceEntries are
 	// missing from the snapshots, if they are.
 	serviceEntriesUnavailable *prometheus.GaugeVec
+	// ztunnelRevisionMismatch is 1 while a ztunnel pod the source watches
+	// follows another istiod than --istio-revision (ztunnel.go).
+	ztunnelRevisionMismatch prometheus.Gauge
 }
 
 func newMetrics() *metrics {
@@ -43,6 +46,10 @@ func newMetrics() *metrics {
 			Name: "ztdns_kube_serviceentries_unavailable",
 			Help: "1 for why ServiceEntries are left out of the name table (not-installed: no ServiceEntry CRD; v1-not-served: the CRD does not serve networking.istio.io/v1; forbidden: RBAC refuses them), 0 for the others; all 0 while they are watched.",
 		}, []string{"reason"}),
+		ztunnelRevisionMismatch: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "ztdns_kube_ztunnel_revision_mismatch",
+			Help: "1 while the node's ztunnel follows istiod of another revision than --istio-revision (its pod's istio.io/rev annotation, default without one): ServiceEntries of ztunnel's revision are forwarded, those of the flag's answered with VIPs ztunnel does not route; `ztdns status` names both. 0 otherwise, also with no ztunnel pod on the node.",
+		}),
 	}
 	for _, r := range seReasons {
 		m.serviceEntriesUnavailable.WithLabelValues(r).Set(0)
@@ -52,5 +59,5 @@ func newMetrics() *metrics {
 
 // Collectors returns the source's metrics, for the agent to register.
 func (s *Source) Collectors() []prometheus.Collector {
-	return []prometheus.Collector{s.metrics.watchFailing, s.metrics.snapshots, s.metrics.delay, s.metrics.leftOut, s.metrics.serviceEntriesUnavailable}
+	return []prometheus.Collector{s.metrics.watchFailing, s.metrics.snapshots, s.metrics.delay, s.metrics.leftOut, s.metrics.serviceEntriesUnavailable, s.metrics.ztunnelRevisionMismatch}
 }

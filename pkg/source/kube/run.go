@@ -87,6 +87,9 @@ type run struct {
 	// ignored is what leaveOutIgnored last decided. Owned by Run's
 	// goroutine.
 	ignored ignored
+	// ztunnelState is what followZtunnel last logged. Owned by Run's
+	// goroutine.
+	ztunnelState string
 
 	mu      sync.Mutex
 	pending [numKinds]bool // kinds changed since the last snapshot

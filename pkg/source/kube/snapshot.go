@@ -91,6 +91,9 @@ func (r *run) snapshot() (*model.Snapshot, time.Time) {
 			r.followKubeDNS(cms)
 		}
 	}
+	if pending[kindPods] {
+		r.followZtunnel()
+	}
 	if slicesChanged {
 		r.last.EndpointSlices = r.endpointSlices()
 	}
