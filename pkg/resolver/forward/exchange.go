@@ -226,7 +226,7 @@ func readReply(r io.Reader, n int, budget *quota.Budget, src *quota.Source, end 
 
 // interruptOnDone makes blocked I/O on conn return as soon as ctx ends (the
 // deadline or a cancel when another upstream won). Call the result to stop.
-func interruptOnDone(ctx context.Context, conn net.Conn) (stop func()) {
+func interruptOnDone(ctx context.Context, conn deadliner) (stop func()) {
 	if dl, ok := ctx.Deadline(); ok {
 		_ = conn.SetDeadline(dl)
 	}
@@ -235,7 +235,11 @@ func interruptOnDone(ctx context.Context, conn net.Conn) (stop func()) {
 }
 
 // interrupt makes blocked I/O on conn return at once.
-func interrupt(conn net.Conn) { _ = conn.SetDeadline(time.Unix(1, 0)) }
+func interrupt(conn deadliner) { _ = conn.SetDeadline(time.Unix(1, 0)) }
+
+// deadliner is an exchange's socket: a net.Conn over TCP, an os.File over
+// UDP (dialUDP).
+type deadliner interface{ SetDeadline(time.Time) error }
 
 // ctxErrOr prefers the context's error, so an I/O error caused by the
 // deadline or a cancel is reported as such.

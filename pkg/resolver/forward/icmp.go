@@ -5,8 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/netip"
+	"os"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -108,7 +108,7 @@ func (s *udpSocket) recv(buf []byte, peek bool) (int, error) {
 // a receive does, and sends nothing: an ICMP error's, which the error
 // queue keeps for the reader to judge, is no reason to send nothing, and
 // b is sent again, once.
-func writeUDP(conn *net.UDPConn, b []byte) error {
+func writeUDP(conn *os.File, b []byte) error {
 	_, err := conn.Write(b)
 	if errno, ok := errors.AsType[syscall.Errno](err); ok && icmpErrno(errno) {
 		_, err = conn.Write(b)
