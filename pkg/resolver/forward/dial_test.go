@@ -35,7 +35,9 @@ const missSyscalls = 14
 // net.FileConn's, which made a net.UDPConn of the socket by duplicating
 // it (fcntl), asking the kernel what the duplicate was (fcntl, getsockopt,
 // getsockname, getpeername), registering it with the netpoller, and
-// taking the first one out of it and closing it.
+// taking the first one out of it and closing it; and 1 unix.Recvfrom's,
+// which asks the socket its protocol (getsockopt) to make the address it
+// returns, for the size of the reply.
 func TestMissSystemCalls(t *testing.T) {
 	testenv.RequireRoot(t)
 	up := startUpstream(t, answerA(300, "198.51.100.1"))

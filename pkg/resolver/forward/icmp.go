@@ -73,7 +73,7 @@ func (s *udpSocket) recv(buf []byte, peek bool) (int, error) {
 	err := s.rc.Read(func(fd uintptr) bool {
 		for {
 			if peek {
-				n, _, rerr = unix.Recvfrom(int(fd), nil, unix.MSG_PEEK|unix.MSG_TRUNC|unix.MSG_DONTWAIT)
+				n, rerr = peekSize(int(fd))
 			} else {
 				n, rerr = unix.Read(int(fd), buf)
 			}
@@ -102,6 +102,18 @@ func (s *udpSocket) recv(buf []byte, peek bool) (int, error) {
 		return 0, err
 	}
 	return n, rerr
+}
+
+// peekSize is the size of the datagram queued first on fd, which stays
+// queued: recvfrom with MSG_PEEK|MSG_TRUNC and no buffer (Linux returns the
+// real length), nor an address, which unix.Recvfrom would make (asking
+// the socket its protocol: a system call more).
+func peekSize(fd int) (int, error) {
+	n, _, errno := unix.Syscall6(unix.SYS_RECVFROM, uintptr(fd), 0, 0, unix.MSG_PEEK|unix.MSG_TRUNC|unix.MSG_DONTWAIT, 0, 0)
+	if errno != 0 {
+		return 0, errno
+	}
+	return int(n), nil
 }
 
 // writeUDP sends b on conn. A send returns the socket's pending error, as
