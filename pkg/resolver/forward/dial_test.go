@@ -37,7 +37,9 @@ const missSyscalls = 14
 // getsockname, getpeername), registering it with the netpoller, and
 // taking the first one out of it and closing it; and 1 unix.Recvfrom's,
 // which asks the socket its protocol (getsockopt) to make the address it
-// returns, for the size of the reply.
+// returns, for the size of the reply; and 1 a read tried before the
+// query could have been answered, then the wait (the wait now starts
+// before the query leaves, and the first read is the reply's).
 func TestMissSystemCalls(t *testing.T) {
 	testenv.RequireRoot(t)
 	up := startUpstream(t, answerA(300, "198.51.100.1"))

@@ -91,8 +91,16 @@ func exchangeUDP(ctx context.Context, upstream netip.AddrPort, query []byte, q d
 	// the socket is closed.
 	rs.sent(conn, upstream, query)
 	defer rs.done(conn)
-	if err := writeUDP(conn, query); err != nil {
-		return nil, ctxErrOr(ctx, fmt.Errorf("send udp %s: %w", upstream, err))
+	// The query leaves where the wait for its reply begins. One that did
+	// not leave (the socket's buffer full, EAGAIN, or the send refused) is
+	// written again by writeUDP, which waits for room and says why not.
+	sendErr, err := s.sendAndWait(query)
+	if sendErr != nil {
+		if err := writeUDP(conn, query); err != nil {
+			return nil, ctxErrOr(ctx, fmt.Errorf("send udp %s: %w", upstream, err))
+		}
+	} else if err != nil {
+		return nil, ctxErrOr(ctx, fmt.Errorf("read udp %s: %w", upstream, err))
 	}
 	src := quota.SourceFrom(ctx)
 	for {

@@ -104,6 +104,25 @@ func (s *udpSocket) recv(buf []byte, peek bool) (int, error) {
 	return n, rerr
 }
 
+// sendAndWait sends the query b on the socket and waits until something
+// arrives on it (a datagram, an error), without reading it. The wait is
+// armed before b leaves, so nothing that comes after can be missed, and no
+// read is tried first: the reply cannot have come yet (recv, which reads
+// before it waits, would find nothing). A failed send returns its error,
+// from unix.Write, before any wait.
+func (s *udpSocket) sendAndWait(b []byte) (sendErr, err error) {
+	sent := false
+	err = s.rc.Read(func(fd uintptr) bool {
+		if sent {
+			return true // woken: something to read
+		}
+		sent = true
+		_, sendErr = unix.Write(int(fd), b)
+		return sendErr != nil
+	})
+	return sendErr, err
+}
+
 // peekSize is the size of the datagram queued first on fd, which stays
 // queued: recvfrom with MSG_PEEK|MSG_TRUNC and no buffer (Linux returns the
 // real length), nor an address, which unix.Recvfrom would make (asking
