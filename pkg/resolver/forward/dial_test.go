@@ -25,7 +25,7 @@ import (
 // before the wait, the size, the datagram) and the thread's sleep while
 // it waits, with room for a signal's return or a random number now and
 // then. README's "Forwarded names" counts the agent's per query.
-const missSyscalls = 14
+const missSyscalls = 13
 
 // TestMissSystemCalls counts the system calls of forwarded queries that
 // miss the cache, each a name asked once, with a kernel counter of the

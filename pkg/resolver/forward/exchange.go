@@ -234,10 +234,9 @@ func readReply(r io.Reader, n int, budget *quota.Budget, src *quota.Source, end 
 
 // interruptOnDone makes blocked I/O on conn return as soon as ctx ends (the
 // deadline or a cancel when another upstream won). Call the result to stop.
+// The deadline is ctx's timer's alone: conn gets none of its own, which
+// would be a second timer for every exchange, set and deleted.
 func interruptOnDone(ctx context.Context, conn deadliner) (stop func()) {
-	if dl, ok := ctx.Deadline(); ok {
-		_ = conn.SetDeadline(dl)
-	}
 	s := context.AfterFunc(ctx, func() { interrupt(conn) })
 	return func() { s() }
 }
