@@ -91,8 +91,16 @@ func exchangeUDP(ctx context.Context, upstream netip.AddrPort, query []byte, q d
 	// the socket is closed.
 	rs.sent(conn, upstream, query)
 	defer rs.done(conn)
-	if err := writeUDP(conn, query); err != nil {
-		return nil, ctxErrOr(ctx, fmt.Errorf("send udp %s: %w", upstream, err))
+	// The query leaves where the wait for its reply begins. One that did
+	// not leave (the socket's buffer full, EAGAIN, or the send refused) is
+	// written again by writeUDP, which waits for room and says why not.
+	sendErr, err := s.sendAndWait(query)
+	if sendErr != nil {
+		if err := writeUDP(conn, query); err != nil {
+			return nil, ctxErrOr(ctx, fmt.Errorf("send udp %s: %w", upstream, err))
+		}
+	} else if err != nil {
+		return nil, ctxErrOr(ctx, fmt.Errorf("read udp %s: %w", upstream, err))
 	}
 	src := quota.SourceFrom(ctx)
 	for {
@@ -226,16 +234,19 @@ func readReply(r io.Reader, n int, budget *quota.Budget, src *quota.Source, end 
 
 // interruptOnDone makes blocked I/O on conn return as soon as ctx ends (the
 // deadline or a cancel when another upstream won). Call the result to stop.
-func interruptOnDone(ctx context.Context, conn net.Conn) (stop func()) {
-	if dl, ok := ctx.Deadline(); ok {
-		_ = conn.SetDeadline(dl)
-	}
+// The deadline is ctx's timer's alone: conn gets none of its own, which
+// would be a second timer for every exchange, set and deleted.
+func interruptOnDone(ctx context.Context, conn deadliner) (stop func()) {
 	s := context.AfterFunc(ctx, func() { interrupt(conn) })
 	return func() { s() }
 }
 
 // interrupt makes blocked I/O on conn return at once.
-func interrupt(conn net.Conn) { _ = conn.SetDeadline(time.Unix(1, 0)) }
+func interrupt(conn deadliner) { _ = conn.SetDeadline(time.Unix(1, 0)) }
+
+// deadliner is an exchange's socket: a net.Conn over TCP, an os.File over
+// UDP (dialUDP).
+type deadliner interface{ SetDeadline(time.Time) error }
 
 // ctxErrOr prefers the context's error, so an I/O error caused by the
 // deadline or a cancel is reported as such.

@@ -5,8 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/netip"
+	"os"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -73,7 +73,7 @@ func (s *udpSocket) recv(buf []byte, peek bool) (int, error) {
 	err := s.rc.Read(func(fd uintptr) bool {
 		for {
 			if peek {
-				n, _, rerr = unix.Recvfrom(int(fd), nil, unix.MSG_PEEK|unix.MSG_TRUNC|unix.MSG_DONTWAIT)
+				n, rerr = peekSize(int(fd))
 			} else {
 				n, rerr = unix.Read(int(fd), buf)
 			}
@@ -104,11 +104,42 @@ func (s *udpSocket) recv(buf []byte, peek bool) (int, error) {
 	return n, rerr
 }
 
+// sendAndWait sends the query b on the socket and waits until something
+// arrives on it (a datagram, an error), without reading it. The wait is
+// armed before b leaves, so nothing that comes after can be missed, and no
+// read is tried first: the reply cannot have come yet (recv, which reads
+// before it waits, would find nothing). A failed send returns its error,
+// from unix.Write, before any wait.
+func (s *udpSocket) sendAndWait(b []byte) (sendErr, err error) {
+	sent := false
+	err = s.rc.Read(func(fd uintptr) bool {
+		if sent {
+			return true // woken: something to read
+		}
+		sent = true
+		_, sendErr = unix.Write(int(fd), b)
+		return sendErr != nil
+	})
+	return sendErr, err
+}
+
+// peekSize is the size of the datagram queued first on fd, which stays
+// queued: recvfrom with MSG_PEEK|MSG_TRUNC and no buffer (Linux returns the
+// real length), nor an address, which unix.Recvfrom would make (asking
+// the socket its protocol: a system call more).
+func peekSize(fd int) (int, error) {
+	n, _, errno := unix.Syscall6(unix.SYS_RECVFROM, uintptr(fd), 0, 0, unix.MSG_PEEK|unix.MSG_TRUNC|unix.MSG_DONTWAIT, 0, 0)
+	if errno != 0 {
+		return 0, errno
+	}
+	return int(n), nil
+}
+
 // writeUDP sends b on conn. A send returns the socket's pending error, as
 // a receive does, and sends nothing: an ICMP error's, which the error
 // queue keeps for the reader to judge, is no reason to send nothing, and
 // b is sent again, once.
-func writeUDP(conn *net.UDPConn, b []byte) error {
+func writeUDP(conn *os.File, b []byte) error {
 	_, err := conn.Write(b)
 	if errno, ok := errors.AsType[syscall.Errno](err); ok && icmpErrno(errno) {
 		_, err = conn.Write(b)

@@ -1,8 +1,8 @@
 package forward
 
 import (
-	"net"
 	"net/netip"
+	"os"
 	"sync"
 	"time"
 )
@@ -39,7 +39,7 @@ type resender struct {
 
 // waiter is an exchange waiting for its upstream's reply on conn.
 type waiter struct {
-	conn     *net.UDPConn
+	conn     *os.File
 	upstream netip.AddrPort
 }
 
@@ -51,7 +51,7 @@ func (r *resender) init(now func() time.Time, m *upstreamMetrics) {
 
 // sent records that query went to upstream on conn, which waits for the
 // reply until done is called with it.
-func (r *resender) sent(conn *net.UDPConn, upstream netip.AddrPort, query []byte) {
+func (r *resender) sent(conn *os.File, upstream netip.AddrPort, query []byte) {
 	if r == nil {
 		return
 	}
@@ -63,7 +63,7 @@ func (r *resender) sent(conn *net.UDPConn, upstream netip.AddrPort, query []byte
 }
 
 // done forgets conn: its exchange ended.
-func (r *resender) done(conn *net.UDPConn) {
+func (r *resender) done(conn *os.File) {
 	if r == nil {
 		return
 	}
