@@ -169,13 +169,17 @@ var _ source.WarningReporter = (*Source)(nil)
 
 // Warnings lists what kube-dns's Corefile says for the cluster domain that
 // ztdns does not follow for the names it answers itself, each with what
-// ambient pods get instead.
+// ambient pods get instead; then that istiod's mesh config is absent, if
+// it is (warnMeshConfigAbsent).
 func (s *Source) Warnings() []error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var out []error
 	for _, w := range s.kubeDNSWarnings {
 		out = append(out, errors.New(w))
+	}
+	if s.meshWarning != "" {
+		out = append(out, errors.New(s.meshWarning))
 	}
 	return out
 }

@@ -18,6 +18,9 @@ type metrics struct {
 	// serviceEntriesUnavailable is 1 for the reason ServiceEntries are
 	// missing from the snapshots, if they are.
 	serviceEntriesUnavailable *prometheus.GaugeVec
+	// meshConfigAbsent is 1 while istiod's mesh config ConfigMap is
+	// absent (meshconfig.go), by its namespace/name.
+	meshConfigAbsent *prometheus.GaugeVec
 }
 
 func newMetrics() *metrics {
@@ -43,6 +46,10 @@ func newMetrics() *metrics {
 			Name: "ztdns_kube_serviceentries_unavailable",
 			Help: "1 for why ServiceEntries are left out of the name table (not-installed: no ServiceEntry CRD; v1-not-served: the CRD does not serve networking.istio.io/v1; forbidden: RBAC refuses them), 0 for the others; all 0 while they are watched.",
 		}, []string{"reason"}),
+		meshConfigAbsent: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "ztdns_kube_mesh_config_absent",
+			Help: "1 while the mesh config ConfigMap of istiod's revision (--istio-revision), configmap namespace/name, is absent: every istiod the Istio chart installs has one, so --istio-revision names no istiod's revision, and Istio's defaults are followed; 0 while it is there (or RBAC refuses it). No series without --istio-namespace.",
+		}, []string{"configmap"}),
 	}
 	for _, r := range seReasons {
 		m.serviceEntriesUnavailable.WithLabelValues(r).Set(0)
@@ -52,5 +59,5 @@ func newMetrics() *metrics {
 
 // Collectors returns the source's metrics, for the agent to register.
 func (s *Source) Collectors() []prometheus.Collector {
-	return []prometheus.Collector{s.metrics.watchFailing, s.metrics.snapshots, s.metrics.delay, s.metrics.leftOut, s.metrics.serviceEntriesUnavailable}
+	return []prometheus.Collector{s.metrics.watchFailing, s.metrics.snapshots, s.metrics.delay, s.metrics.leftOut, s.metrics.serviceEntriesUnavailable, s.metrics.meshConfigAbsent}
 }
