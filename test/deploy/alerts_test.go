@@ -387,6 +387,57 @@ func TestChartServiceEntriesUnavailableAlert(t *testing.T) {
 	}
 }
 
+// TestChartMeshConfigAbsentAlert: ZtdnsMeshConfigAbsent fires, naming the
+// node and the ConfigMap, while the mesh config ConfigMap of the agent's
+// revision is absent (resolver.istioRevision names no istiod's revision);
+// not while it is there, nor on an agent with no istiod (no such series);
+// and only after 5 to 15 minutes, past an install or upgrade in progress.
+// Its description says what to do. (Before, an absent ConfigMap was one
+// log line: the agents answered the wrong revision's ServiceEntries with
+// Istio's defaults, and no alert fired.)
+func TestChartMeshConfigAbsentAlert(t *testing.T) {
+	t.Parallel()
+	const name = "ZtdnsMeshConfigAbsent"
+	c := renderChart(t, "metrics.prometheusRule.enabled=true")
+	e := alertExpr(t, renderedAlerts(t, c), name)
+	if f := renderedAlertFor(t, c)[name]; f < 5*time.Minute || f > 15*time.Minute {
+		t.Errorf("%s waits %v: an install or upgrade in progress lacks the ConfigMap for minutes; a misconfiguration wants a page within 15", name, f)
+	}
+	for r, rule := range alertRules(t, c) {
+		if r != name {
+			continue
+		}
+		desc, _ := lookup(rule, "annotations", "description").(string)
+		for _, want := range []string{"resolver.istioRevision", "istio-REVISION", "revision tag", "ztdns status"} {
+			if !strings.Contains(desc, want) {
+				t.Errorf("%s's description does not say %q: %s", name, want, desc)
+			}
+		}
+	}
+	for _, tc := range []struct {
+		name   string
+		absent map[string]float64 // the gauge by ConfigMap
+		firing string             // the ConfigMap it fires for, "" none
+	}{
+		{"the mesh config there", map[string]float64{"istio-system/istio-1-27": 0}, ""},
+		{"no istiod", nil, ""},
+		{"the revision's mesh config absent", map[string]float64{"istio-system/istio-1-27": 1}, "istio-system/istio-1-27"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := seriesWith(map[string]string{"node": "n1", "instance": "10.0.0.1:15053", "job": "ztdns"})
+			var series []rateSeries
+			for cm, v := range tc.absent {
+				series = append(series, s("ztdns_kube_mesh_config_absent", v, "configmap", cm))
+			}
+			v := evalRates(t, e, series)
+			checkFiring(t, name, v, tc.firing != "")
+			if len(v) == 1 && (v[0].labels["configmap"] != tc.firing || v[0].labels["node"] != "n1") {
+				t.Errorf("%s fires for %v, want configmap %q on n1", name, v[0].labels, tc.firing)
+			}
+		})
+	}
+}
+
 // TestChartVIPsMissingAlert: ZtdnsVIPsMissing fires, naming the node and
 // the reason, while ServiceEntry hosts that should have a VIP have none
 // because istiod has not written it, istiod wrote IPv6 alone (its IPv4

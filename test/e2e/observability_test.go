@@ -37,7 +37,7 @@ var synthesized = []string{"up"}
 // apiSourceOnly are metrics of the Kubernetes API source, which this test's
 // agent (--config-dir) does not run; test/deploy's TestChartKubeWatchAlert
 // evaluates the alert that uses them.
-var apiSourceOnly = []string{"ztdns_kube_watch_failing", "ztdns_kube_snapshots_total", "ztdns_kube_snapshot_delay_seconds_bucket", "ztdns_kube_objects_left_out", "ztdns_kube_serviceentries_unavailable", "ztdns_kube_ztunnel_revision_mismatch"}
+var apiSourceOnly = []string{"ztdns_kube_watch_failing", "ztdns_kube_snapshots_total", "ztdns_kube_snapshot_delay_seconds_bucket", "ztdns_kube_objects_left_out", "ztdns_kube_serviceentries_unavailable", "ztdns_kube_ztunnel_revision_mismatch", "ztdns_kube_mesh_config_absent"}
 
 // eventOnly are metrics with a series only once an event this test does
 // not make has happened: a CNI event (its pod is captured by hand), a query
@@ -284,7 +284,7 @@ func monitoringMetrics(t *testing.T) map[string][]string {
 			}
 		}
 	}
-	wantAlerts := []string{"ZtdnsResolverDown", "ZtdnsServfailRatioHigh", "ZtdnsPodThrottled", "ZtdnsUpstreamFailureRatioHigh", "ZtdnsUpstreamSlow", "ZtdnsFailOpen", "ZtdnsCaptureBroken", "ZtdnsCaptureBypassed", "ZtdnsCaptureSlotsFull", "ZtdnsCaptureSocketsFull", "ZtdnsCaptureMapNearFull", "ZtdnsCNIAddFailing", "ZtdnsPodsNotEnrolled", "ZtdnsCNINotInstalled", "ZtdnsMemoryNearLimit", "ZtdnsMemoryBoundOverLimit", "ZtdnsOpenFileLimitReached", "ZtdnsCPUThrottled", "ZtdnsKubeWatchFailing", "ZtdnsServiceEntriesUnavailable", "ZtdnsVIPsMissing"}
+	wantAlerts := []string{"ZtdnsResolverDown", "ZtdnsServfailRatioHigh", "ZtdnsPodThrottled", "ZtdnsUpstreamFailureRatioHigh", "ZtdnsUpstreamSlow", "ZtdnsFailOpen", "ZtdnsCaptureBroken", "ZtdnsCaptureBypassed", "ZtdnsCaptureSlotsFull", "ZtdnsCaptureSocketsFull", "ZtdnsCaptureMapNearFull", "ZtdnsCNIAddFailing", "ZtdnsPodsNotEnrolled", "ZtdnsCNINotInstalled", "ZtdnsMemoryNearLimit", "ZtdnsMemoryBoundOverLimit", "ZtdnsOpenFileLimitReached", "ZtdnsCPUThrottled", "ZtdnsKubeWatchFailing", "ZtdnsServiceEntriesUnavailable", "ZtdnsMeshConfigAbsent", "ZtdnsVIPsMissing"}
 	if !slices.Equal(alerts, wantAlerts) {
 		t.Errorf("alerts %v, want %v", alerts, wantAlerts)
 	}

@@ -146,7 +146,14 @@ func TestKubeDNSCorefileForbidden(t *testing.T) {
 			return nil
 		},
 	})
-	if w := rec.src.Warnings(); len(w) != 1 || !strings.HasPrefix(w[0].Error(), "kube-dns's Corefile kube-system/coredns: kubernetes ignore empty_service: ") {
-		t.Errorf("Warnings() = %v, want ignore empty_service named", w)
+	// The cluster has no istiod's mesh config, which Warnings() says too.
+	var w []string
+	for _, e := range rec.src.Warnings() {
+		if strings.HasPrefix(e.Error(), "kube-dns's") {
+			w = append(w, e.Error())
+		}
+	}
+	if len(w) != 1 || !strings.HasPrefix(w[0], "kube-dns's Corefile kube-system/coredns: kubernetes ignore empty_service: ") {
+		t.Errorf("Warnings() about kube-dns = %q, want ignore empty_service named", w)
 	}
 }

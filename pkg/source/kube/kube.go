@@ -94,6 +94,9 @@ type Source struct {
 	// meshNote says why the mesh config is not followed, if it is not
 	// (followMeshConfig).
 	meshNote string
+	// meshWarning says that the mesh config is absent, if it is
+	// (warnMeshConfigAbsent).
+	meshWarning string
 	// kubeDNSNotes say why the source follows nothing of kube-dns's
 	// Corefile, kubeDNSWarnings what of it the source does not follow
 	// (followKubeDNS).

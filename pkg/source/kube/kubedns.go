@@ -170,7 +170,8 @@ var _ source.WarningReporter = (*Source)(nil)
 // Warnings lists the ztunnel pods that follow another istiod than the
 // source's (ztunnel.go), then what kube-dns's Corefile says for the
 // cluster domain that ztdns does not follow for the names it answers
-// itself, each with what ambient pods get instead.
+// itself, each with what ambient pods get instead; then that istiod's
+// mesh config is absent, if it is (warnMeshConfigAbsent).
 func (s *Source) Warnings() []error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -180,6 +181,9 @@ func (s *Source) Warnings() []error {
 	}
 	for _, w := range s.kubeDNSWarnings {
 		out = append(out, errors.New(w))
+	}
+	if s.meshWarning != "" {
+		out = append(out, errors.New(s.meshWarning))
 	}
 	return out
 }

@@ -3,6 +3,7 @@ package kube
 import (
 	"cmp"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -11,6 +12,7 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	"sigs.k8s.io/yaml"
 
+	"github.com/ztdns/ztdns/pkg/model"
 	"github.com/ztdns/ztdns/pkg/model/kubeapi"
 )
 
@@ -18,8 +20,10 @@ import (
 // the key that holds it (pilot/pkg/bootstrap getMeshConfigMapName and
 // pkg/config/mesh/kubemesh): MeshConfigMap, or MeshConfigMap-REVISION for
 // istiod of a revision (MeshConfigMapName). The Istio chart's
-// istio-discovery writes it, and istiod also mounts it as its mesh config
-// file.
+// istio-discovery writes it for every istiod (its value configMap, true by
+// default) and mounts no mesh config file, so istiod watches the
+// ConfigMap (getConfigurationSources reads a file only where one is
+// mounted).
 const (
 	MeshConfigMap = "istio"
 	MeshConfigKey = "mesh"
@@ -171,11 +175,13 @@ func (r *run) meshConfigForbidden() func(error) {
 // ConfigMap, or none) into the next snapshot, and its discoverySelectors
 // into r.selectors, as istiod does with a single mesh config source
 // (pkg/config/mesh/meshwatcher NewCollection): absent, or without a `mesh`
-// key, Istio's defaults apply (no selectors: every namespace); one that
-// does not parse leaves the last good values in force (the defaults, when
-// none was read). Refused by RBAC, the source cannot tell: it keeps the
-// last values. Each change of state is logged once; what is wrong stays in
-// Errors().
+// key, Istio's defaults apply (no selectors: every namespace), also when
+// the ConfigMap is deleted after it was read (istiod's kubemesh
+// TestNewConfigMapWatcher: deleted, DefaultMeshConfig); one that does not
+// parse leaves the last good values in force (the defaults, when none was
+// read). Refused by RBAC, the source cannot tell: it keeps the last
+// values. Each change of state is logged once; what is wrong stays in
+// Errors(), an absent ConfigMap in Warnings() (warnMeshConfigAbsent).
 func (r *run) followMeshConfig(cms []meshConfig) {
 	where := r.src.meshConfigWhere()
 	keeping := func() string {
@@ -199,9 +205,10 @@ func (r *run) followMeshConfig(cms []meshConfig) {
 		r.last.DefaultExportTo, r.last.MeshConfig = nil, where
 		r.selectors = nil
 		if r.meshState != state {
-			r.log.Warn("Istio's mesh config is absent: ServiceEntries without exportTo are seen from every namespace, Istio's default, as istiod has it; "+
-				"istiod of a revision reads istio-REVISION: give --istio-revision",
-				"namespace", r.src.istioNamespace, "configMap", r.src.meshConfigMap)
+			r.log.Warn("Istio's mesh config is absent: Istio's defaults apply, as istiod has them without it "+
+				"(ServiceEntries without exportTo seen from every namespace, no discoverySelectors); "+
+				"every istiod the Istio chart installs has this ConfigMap: is --istio-revision istiod's revision?",
+				"namespace", r.src.istioNamespace, "configMap", r.src.meshConfigMap, "revision", r.src.istioRevision)
 		}
 	case cms[0].invalid != "":
 		state = "invalid: " + cms[0].invalid
@@ -237,6 +244,67 @@ func (r *run) followMeshConfig(cms []meshConfig) {
 	r.src.mu.Lock()
 	r.src.meshNote = note
 	r.src.mu.Unlock()
+	absent := 0.0
+	if state == "absent" {
+		absent = 1
+	}
+	r.src.metrics.meshConfigAbsent.WithLabelValues(where).Set(absent)
+}
+
+// RevisionTagService is the Service the Istio chart (revisionTags) and
+// `istioctl tag set` make for revision tag TAG in istiod's namespace,
+// labelled istio.io/tag: TAG; the tag's MutatingWebhookConfiguration is
+// istio-revision-tag-TAG. ztdns reads Services anyway, so it tells a tag
+// by this one without further RBAC.
+func RevisionTagService(tag string) string { return "istiod-revision-tag-" + tag }
+
+// warnMeshConfigAbsent puts into Warnings() that the mesh config ConfigMap
+// is absent, while it is (followMeshConfig's state "absent"), with what
+// ztdns follows instead and what to do: every istiod the Istio chart
+// installs has it, so its absence almost always means that
+// --istio-revision names no istiod's revision (the default's with an
+// istiod of a revision only, a revision removed, or a revision tag, which
+// the warning says when the tag's Service is there). Called after
+// followMeshConfig and whenever Services change, since a tag's Service may
+// come later.
+func (r *run) warnMeshConfigAbsent() {
+	var warning string
+	if r.meshState == "absent" {
+		warning = meshConfigAbsentWarning(r.src.meshConfigWhere(), r.src.istioNamespace, r.src.istioRevision, r.hasService(r.src.istioNamespace, RevisionTagService(r.src.istioRevision)))
+	}
+	r.src.mu.Lock()
+	r.src.meshWarning = warning
+	r.src.mu.Unlock()
+}
+
+// meshConfigAbsentWarning says that mesh config where, of istiod of
+// revision in namespace, is absent; tag, that revision is a revision tag.
+func meshConfigAbsentWarning(where, namespace, revision string, tag bool) string {
+	var why string
+	switch {
+	case tag:
+		why = fmt.Sprintf("%q (--istio-revision) is a revision tag (Service %s/%s), not a revision: istiod reads the mesh config of its revision "+
+			"and ignores ServiceEntries labelled istio.io/rev with a tag; give --istio-revision (chart resolver.istioRevision) the revision the tag points to, "+
+			"the istio.io/rev label of that Service", revision, namespace, RevisionTagService(revision))
+	case revision == DefaultIstioRevision:
+		why = fmt.Sprintf("istiod without a revision reads it, and the Istio chart writes it for every istiod (istio-REVISION for a revision); "+
+			"if istiod has a revision, give it: --istio-revision (chart resolver.istioRevision); the ConfigMaps istio-REVISION in %s name them", namespace)
+	default:
+		why = fmt.Sprintf("the Istio chart writes it for every istiod, so no istiod of revision %q (--istio-revision) seems installed (removed in an upgrade?); "+
+			"give --istio-revision (chart resolver.istioRevision) the revision of the istiod that serves ztunnel: the ConfigMaps istio-REVISION in %s name them", revision, namespace)
+	}
+	return fmt.Sprintf("mesh config %s is absent: %s. Meanwhile ztdns follows Istio's defaults, as istiod does without it "+
+		"(ServiceEntries without exportTo seen from every namespace, no discoverySelectors), and forwards ServiceEntries labelled istio.io/rev other than %q",
+		where, why, revision)
+}
+
+// hasService reports whether the last snapshot's Services hold
+// namespace/name.
+func (r *run) hasService(namespace, name string) bool {
+	_, ok := slices.BinarySearchFunc(r.last.Services, objKey{namespace, name}, func(s model.Service, k objKey) int {
+		return objKey{s.Namespace, s.Name}.compare(k)
+	})
+	return ok
 }
 
 // selectorsString shows discoverySelectors: each selector in Kubernetes'

@@ -3,9 +3,12 @@ package kube
 import (
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 
 	"github.com/ztdns/ztdns/internal/kubetest"
@@ -167,4 +170,106 @@ func TestMeshConfigOfRevision(t *testing.T) {
 			t.Errorf("MeshConfigMapName(%q) = %q, want %q", rev, got, want)
 		}
 	}
+}
+
+// TestMeshConfigAbsentIsWarned: the source of revision "1-27" follows its
+// mesh config, istio-1-27; once that ConfigMap is deleted (the revision
+// removed while ztdns still names it) it follows Istio's defaults, as
+// istiod does when its ConfigMap is deleted, and says so under Warnings()
+// (ztdns status: Source warnings), naming the ConfigMap, the revision and
+// the fix, with ztdns_kube_mesh_config_absent 1; both go once the
+// ConfigMap is back. A revision tag given as the revision ("prod", whose
+// Service istiod-revision-tag-prod the Istio chart makes) is named a tag,
+// with only the RBAC the chart grants. (Before, an absent ConfigMap was
+// one log line: Source warnings and errors were empty, and status showed
+// ExportTo "*" (Istio's default) as if all were well.)
+func TestMeshConfigAbsentIsWarned(t *testing.T) {
+	env := kubetest.Start(t)
+	kube := env.Client()
+	createNamespace(t, kube, DefaultIstioNamespace)
+	const where = "istio-system/istio-1-27"
+	createIstiodConfigMap(t, kube, "istio-1-27", map[string]string{MeshConfigKey: `defaultServiceExportTo: ["."]`})
+	rec := runSource(t, env.Config, WithIstioRevision("1-27"))
+	meshWarnings := func() []string {
+		var out []string
+		for _, w := range rec.src.Warnings() {
+			if strings.Contains(w.Error(), "mesh config") {
+				out = append(out, w.Error())
+			}
+		}
+		return out
+	}
+	wantAbsent := func(want float64) {
+		t.Helper()
+		if got, ok := gauge(t, rec.src, "ztdns_kube_mesh_config_absent", "configmap", where); !ok || got != want {
+			t.Errorf("ztdns_kube_mesh_config_absent{configmap=%q} = %v (present %v), want %v", where, got, ok, want)
+		}
+	}
+	exportTo := func(want ...string) func(*model.Snapshot) error {
+		return func(s *model.Snapshot) error {
+			if !slices.Equal(s.DefaultExportTo, want) || s.MeshConfig != where {
+				return fmt.Errorf("default exportTo %q, mesh config %q; want %q from %s", s.DefaultExportTo, s.MeshConfig, want, where)
+			}
+			return nil
+		}
+	}
+	rec.waitFor(t, "the revision's mesh config", exportTo("."))
+	if w := meshWarnings(); len(w) > 0 {
+		t.Errorf("Warnings() = %q while the mesh config is there", w)
+	}
+	wantAbsent(0)
+
+	if err := kube.CoreV1().ConfigMaps(DefaultIstioNamespace).Delete(t.Context(), "istio-1-27", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	rec.waitFor(t, "Istio's defaults", exportTo())
+	w := meshWarnings()
+	if len(w) != 1 {
+		t.Fatalf("Warnings() about the mesh config = %q, want one saying it is absent", w)
+	}
+	for _, part := range []string{
+		"mesh config istio-system/istio-1-27 is absent: ",
+		`no istiod of revision "1-27" (--istio-revision) seems installed`,
+		"give --istio-revision (chart resolver.istioRevision) the revision of the istiod that serves ztunnel",
+		"ztdns follows Istio's defaults",
+	} {
+		if !strings.Contains(w[0], part) {
+			t.Errorf("warning %q does not say %q", w[0], part)
+		}
+	}
+	if errs := rec.src.Errors(); len(errs) > 0 {
+		t.Errorf("Errors() = %v: an absent mesh config is Istio's defaults, no error", errs)
+	}
+	wantAbsent(1)
+
+	createIstiodConfigMap(t, kube, "istio-1-27", map[string]string{MeshConfigKey: `defaultServiceExportTo: ["."]`})
+	rec.waitFor(t, "the mesh config back", exportTo("."))
+	if w := meshWarnings(); len(w) > 0 {
+		t.Errorf("Warnings() = %q with the mesh config back", w)
+	}
+	wantAbsent(0)
+
+	t.Run("a revision tag", func(t *testing.T) {
+		if _, err := kube.CoreV1().Services(DefaultIstioNamespace).Create(t.Context(), &corev1.Service{
+			ObjectMeta: metav1.ObjectMeta{Name: "istiod-revision-tag-prod", Labels: map[string]string{"istio.io/tag": "prod", "istio.io/rev": "1-27"}},
+			Spec:       corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "grpc-xds", Port: 15010}}},
+		}, metav1.CreateOptions{}); err != nil {
+			t.Fatalf("create the tag's Service: %v", err)
+		}
+		const ns, account = "ztdns-system", "ztdns"
+		createNamespace(t, kube, ns)
+		cfg := grant(t, env, "ztdns", ns, account, PolicyRulesFor("prod"))
+		// The API server may apply the binding after the source's first list.
+		tagged := runSource(t, cfg, WithIstioRevision("prod"), withForbiddenRetry(time.Second))
+		var got []error
+		tagged.waitFor(t, "the tag named", func(*model.Snapshot) error {
+			got = tagged.src.Warnings()
+			for _, w := range got {
+				if strings.HasPrefix(w.Error(), "mesh config istio-system/istio-prod is absent: \"prod\" (--istio-revision) is a revision tag (Service istio-system/istiod-revision-tag-prod), not a revision") {
+					return nil
+				}
+			}
+			return fmt.Errorf("Warnings() = %q", got)
+		})
+	})
 }

@@ -21,6 +21,9 @@ type metrics struct {
 	// ztunnelRevisionMismatch is 1 while a ztunnel pod the source watches
 	// follows another istiod than --istio-revision (ztunnel.go).
 	ztunnelRevisionMismatch prometheus.Gauge
+	// meshConfigAbsent is 1 while istiod's mesh config ConfigMap is
+	// absent (meshconfig.go), by its namespace/name.
+	meshConfigAbsent *prometheus.GaugeVec
 }
 
 func newMetrics() *metrics {
@@ -50,6 +53,10 @@ func newMetrics() *metrics {
 			Name: "ztdns_kube_ztunnel_revision_mismatch",
 			Help: "1 while the node's ztunnel follows istiod of another revision than --istio-revision (its pod's istio.io/rev annotation, default without one): ServiceEntries of ztunnel's revision are forwarded, those of the flag's answered with VIPs ztunnel does not route; `ztdns status` names both. 0 otherwise, also with no ztunnel pod on the node.",
 		}),
+		meshConfigAbsent: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "ztdns_kube_mesh_config_absent",
+			Help: "1 while the mesh config ConfigMap of istiod's revision (--istio-revision), configmap namespace/name, is absent: every istiod the Istio chart installs has one, so --istio-revision names no istiod's revision, and Istio's defaults are followed; 0 while it is there (or RBAC refuses it). No series without --istio-namespace.",
+		}, []string{"configmap"}),
 	}
 	for _, r := range seReasons {
 		m.serviceEntriesUnavailable.WithLabelValues(r).Set(0)
@@ -59,5 +66,5 @@ func newMetrics() *metrics {
 
 // Collectors returns the source's metrics, for the agent to register.
 func (s *Source) Collectors() []prometheus.Collector {
-	return []prometheus.Collector{s.metrics.watchFailing, s.metrics.snapshots, s.metrics.delay, s.metrics.leftOut, s.metrics.serviceEntriesUnavailable, s.metrics.ztunnelRevisionMismatch}
+	return []prometheus.Collector{s.metrics.watchFailing, s.metrics.snapshots, s.metrics.delay, s.metrics.leftOut, s.metrics.serviceEntriesUnavailable, s.metrics.ztunnelRevisionMismatch, s.metrics.meshConfigAbsent}
 }

@@ -97,6 +97,9 @@ func (r *run) snapshot() (*model.Snapshot, time.Time) {
 	if slicesChanged {
 		r.last.EndpointSlices = r.endpointSlices()
 	}
+	if pending[kindMeshConfig] || pending[kindServices] {
+		r.warnMeshConfigAbsent()
+	}
 	if pending[kindServiceEntries] || pending[kindNamespaces] || pending[kindMeshConfig] || pending[kindIstiodAllocator] {
 		r.leaveOutIgnored()
 	}
