@@ -29,6 +29,12 @@ func TestZtunnelRevisionMismatch(t *testing.T) {
 	kc := env.Client()
 	const node = "node-a"
 	createNamespace(t, kc, DefaultIstioNamespace)
+	// Both revisions' istiods, and the default's, are installed: their
+	// mesh config ConfigMaps are there (TestMeshConfigAbsentIsWarned is
+	// about one missing).
+	for _, rev := range []string{"1-27", "1-28", ""} {
+		createIstiodConfigMap(t, kc, MeshConfigMapName(rev), map[string]string{MeshConfigKey: ""})
+	}
 	ztunnel := func(name, node, rev string) {
 		t.Helper()
 		p := &corev1.Pod{
