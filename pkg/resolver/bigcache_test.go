@@ -13,7 +13,10 @@ import (
 	"github.com/ztdns/ztdns/internal/dnstest"
 	"github.com/ztdns/ztdns/pkg/dnswire"
 	"github.com/ztdns/ztdns/pkg/model"
+	"github.com/ztdns/ztdns/pkg/podcache"
+	"github.com/ztdns/ztdns/pkg/resolver/forward"
 	"github.com/ztdns/ztdns/pkg/resolver/quota"
+	"github.com/ztdns/ztdns/pkg/resolver/table"
 )
 
 // bigRecords is how many records a pod's nameserver puts in its large
@@ -211,5 +214,55 @@ func TestOfflineCacheReadsBoundedInBytes(t *testing.T) {
 	}
 	if got := testutil.ToFloat64(metricQueries.overload) - overload; got != 1 {
 		t.Errorf("%v queries refused for the node's bound, want 1: the one past the bytes", got)
+	}
+}
+
+// BenchmarkLargeCachedReply answers, as the UDP loop does, on the socket's
+// goroutine (the offline pass), queries the forwarder's cache answers from
+// replies of one record and of bigRecords (59 KB, a pod's nameserver's,
+// cached from TCP): the name asked, an ExternalName chased to it, autopath
+// finding it as a candidate; the client asks with a buffer of 1,232
+// octets. README's limits table quotes it.
+func BenchmarkLargeCachedReply(b *testing.B) {
+	up := dnstest.Start(b, "127.0.0.1:0", bigAnswers{}).Addr
+	fwd := forward.New()
+	b.Cleanup(func() { fwd.Close() })
+	ups := []netip.AddrPort{up}
+	pods := podcache.New("cluster.local")
+	pods.SetSourcePods([]model.Pod{{Namespace: "ns1", Name: "client", IPs: []netip.Addr{victimIP}, DNSSearches: []string{"corp.internal"}}})
+	s := fuzzServerWith(b, Options{Limits: rateInKernel, Forwarder: fwd, Pods: pods, Autopath: true,
+		Upstreams: func(netip.AddrPort, netip.AddrPort) ([]netip.AddrPort, bool) { return ups, false }})
+	tbl, _ := table.Build(&model.Snapshot{Services: []model.Service{
+		{Namespace: "ns1", Name: "out", ExternalName: "big.example"},
+		{Namespace: "ns1", Name: "small", ExternalName: "small.example"},
+	}}, table.Options{})
+	s.SetTable(tbl)
+	// The names the queries below ask the cache, asked as the lookups ask
+	// them (EDNS, no DO), over TCP.
+	for _, name := range []string{"small.example.", "big.example.", "little.corp.internal.", "big.corp.internal."} {
+		q, _ := ednsQuery(name, dnswire.EDNSUDPSize).Pack()
+		if _, from, err := fwd.ForwardFrom(b.Context(), q, true, ups); err != nil || from.Failure != "" {
+			b.Fatalf("filling the cache with %s: %v, %+v", name, err, from)
+		}
+	}
+	src, local := netip.AddrPortFrom(victimIP, 5000), netip.MustParseAddrPort("127.0.0.1:53")
+	for _, bc := range []struct{ name, qname string }{
+		{"hit/small", "small.example."},
+		{"hit/59KB", "big.example."},
+		{"ExternalName/small", "small.ns1.svc.cluster.local."},
+		{"ExternalName/59KB", "out.ns1.svc.cluster.local."},
+		{"autopath/small", "little.ns1.svc.cluster.local."},
+		{"autopath/59KB", "big.ns1.svc.cluster.local."},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			q, _ := ednsQuery(bc.qname, 1232).Pack()
+			out := make([]byte, 0, 4096+512) // as a batch's
+			b.ReportAllocs()
+			for b.Loop() {
+				if reply := s.slowUDP(nil, q, src, local, out); reply == nil || dnswire.HeaderRcode(reply) != dnswire.RcodeSuccess {
+					b.Fatalf("not answered from the cache: %x", reply)
+				}
+			}
+		})
 	}
 }

@@ -58,7 +58,7 @@ func TestAppendCachedFirstIsTheFirstRecordsOfAppendCached(t *testing.T) {
 	ups := []netip.AddrPort{u.addr}
 	src := new(quota.Source)
 	ctx := quota.WithSource(context.Background(), src)
-	const n = 112 // a cut to 1,232 octets keeps at most 111
+	const n = 111 // a cut to 1,232 octets keeps at most 110 (the resolver's mostFit)
 	for _, edns := range []bool{false, true} {
 		var opts []func(*dns.Msg)
 		if edns {
