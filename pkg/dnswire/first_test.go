@@ -206,3 +206,39 @@ func TestFirstAnswers(t *testing.T) {
 		t.Error("a reply cut short: no error")
 	}
 }
+
+// FuzzAppendFirst checks the reads of a reply's first records on hostile
+// replies (a pod's nameserver's): they never panic, and keep no more
+// records than asked. (A name that points forward, past what they keep,
+// no longer reads: RFC 1035 4.1.4 has pointers lead to a prior name, and
+// PlanFit's cut drops such targets alike.) Seeds: the replies
+// FuzzScanReply starts from and firstSamples.
+func FuzzAppendFirst(f *testing.F) {
+	for _, msg := range sampleReplies(f) {
+		f.Add(msg, uint16(1), uint16(1))
+	}
+	for _, msg := range firstSamples(f) {
+		f.Add(msg, uint16(3), uint16(45))
+	}
+	f.Fuzz(func(t *testing.T, msg []byte, id, n uint16) {
+		if first, err := FirstAnswers(msg, int(n)); err == nil {
+			if h, _ := ReadHeader(first); int(h.ANCount)+int(h.NSCount) > int(n) || h.ARCount > 1 {
+				t.Fatalf("FirstAnswers(%x, %d) = %x: %d answer and authority records, %d additional", msg, n, first, int(h.ANCount)+int(h.NSCount), h.ARCount)
+			}
+		}
+		s, err := ScanReply(msg)
+		if err != nil {
+			return
+		}
+		out, ok := AppendFirst(nil, msg, PlanRotation(msg), id, int(n), s.TTLOffsets, 7)
+		if !ok {
+			return
+		}
+		if h, _ := ReadHeader(out); int(h.ANCount)+int(h.NSCount)+int(h.ARCount) > int(n)+1 {
+			t.Fatalf("AppendFirst(%x, %d) = %x: %d records", msg, n, out, int(h.ANCount)+int(h.NSCount)+int(h.ARCount))
+		}
+		if _, err := ScanReply(out); err != nil {
+			t.Fatalf("AppendFirst(%x, %d) = %x, which does not walk: %v", msg, n, out, err)
+		}
+	})
+}
