@@ -91,17 +91,23 @@ func TestAppendCachedFirstIsTheFirstRecordsOfAppendCached(t *testing.T) {
 
 	req := query(t, "big0.example.", dns.TypeA)
 	dst := make([]byte, 0, 4096+512) // as the UDP loop's batch buffer
+	// The fewest of three rounds: the counts are the process's, and
+	// another test's goroutines may still be ending.
 	const hits = 200
-	var before, after runtime.MemStats
-	runtime.GC()
-	runtime.ReadMemStats(&before)
-	for range hits {
-		if _, _, ok := f.AppendCachedFirst(dst, req, ups, src, n); !ok {
-			t.Fatal("not a hit")
+	least := uint64(1 << 62)
+	for range 3 {
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		for range hits {
+			if _, _, ok := f.AppendCachedFirst(dst, req, ups, src, n); !ok {
+				t.Fatal("not a hit")
+			}
 		}
+		runtime.ReadMemStats(&after)
+		least = min(least, (after.TotalAlloc-before.TotalAlloc)/hits)
 	}
-	runtime.ReadMemStats(&after)
-	if per := (after.TotalAlloc - before.TotalAlloc) / hits; per > 8<<10 {
-		t.Errorf("%d bytes allocated a hit on a reply of 54 KB, want under 8 KiB", per)
+	if least > 8<<10 {
+		t.Errorf("%d bytes allocated a hit on a reply of 54 KB, want under 8 KiB", least)
 	}
 }
