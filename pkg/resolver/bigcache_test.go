@@ -1,9 +1,12 @@
 package resolver
 
 import (
+	"bytes"
+	"fmt"
 	"net"
 	"net/netip"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 
@@ -171,6 +174,63 @@ func TestLargeCachedRepliesCostWhatTheReplyHolds(t *testing.T) {
 				t.Errorf("%s: answer %d is %v, want 10.%d.%d.1", tc.what, i, a.A, (first+i)%bigRecords/200, (first+i)%bigRecords%200)
 			}
 		}
+	}
+}
+
+// TestFitUDPOfTheFirstRecordsIsTheCutOfTheWhole: what the offline pass
+// hands fitUDP of a large cached reply, its first records (firstRecords:
+// one more than the cut can keep, AppendCachedFirst), is cut to the same
+// reply, TC and all, as the whole reply is, for a client's buffer of 512,
+// 1,232 and 4,096 octets: answers cut, authority cut, additional sets
+// kept or dropped whole.
+func TestFitUDPOfTheFirstRecordsIsTheCutOfTheWhole(t *testing.T) {
+	q := ednsQuery("big.example.", 1232)
+	many := bigAnswers{}.Reply(q, netip.AddrPort{})
+	glue := func(n int) []dns.RR {
+		rrs := make([]dns.RR, n)
+		for i := range rrs {
+			rrs[i] = &dns.A{Hdr: dns.RR_Header{Name: fmt.Sprintf("ns%d.example.", i%3), Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 300}, A: net.IPv4(10, 9, byte(i/200), byte(i%200))}
+		}
+		slices.SortStableFunc(rrs, func(a, b dns.RR) int { return strings.Compare(a.Header().Name, b.Header().Name) })
+		return rrs
+	}
+	replies := map[string]*dns.Msg{"answers": many}
+	for name, sections := range map[string][2]int{"a few answers, much glue": {30, 1500}, "some answers, glue": {60, 60}} {
+		m := many.Copy()
+		m.Answer = m.Answer[:sections[0]]
+		m.Ns = []dns.RR{dnstest.SOA}
+		m.Extra = append(glue(sections[1]), m.Extra...)
+		replies[name] = m
+	}
+	cuts := 0
+	for name, m := range replies {
+		for _, compress := range []bool{false, true} {
+			m.Compress = compress
+			whole, err := m.Pack()
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, limit := range []uint16{512, 1232, 4096} {
+				sq := &slowQuery{msg: whole}
+				sq.r.EDNS, sq.r.UDPSize = true, limit
+				first, dropped, err := dnswire.FirstRecords(whole, sq.firstRecords())
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !dropped {
+					continue // served whole (AppendCachedFirst)
+				}
+				cuts++
+				want := sq.fitUDP(slices.Clone(whole))
+				wantTC := sq.cut
+				if got := sq.fitUDP(first); !bytes.Equal(got, want) || sq.cut != wantTC {
+					t.Errorf("%s, compressed %v, buffer %d: the first records cut to\n%x (TC %v), the whole to\n%x (TC %v)", name, compress, limit, got, sq.cut, want, wantTC)
+				}
+			}
+		}
+	}
+	if cuts < 12 {
+		t.Errorf("%d replies left records out, want 12 at least", cuts)
 	}
 }
 
