@@ -30,28 +30,42 @@ func RotationStart(id uint16, n int) int { return int(uint32(id) % uint32(n)) }
 // run into it (safeToMove). That is a superset of the pointers a decoder
 // follows, so at worst it leaves a run alone that could have moved.
 func RotateAnswers(msg []byte, id uint16) {
+	runs, n := answerRuns(msg)
+	for _, r := range runs[:n] {
+		rotateRun(msg, r.start, r.end, RotationStart(id, r.n))
+	}
+}
+
+// answerRun is a run of records RotateAnswers rotates: the n records of
+// msg[start:end].
+type answerRun struct{ start, end, n int }
+
+// answerRuns finds the runs of msg's answer section that RotateAnswers
+// rotates, the first maxRotatedRuns: none when msg does not walk to its
+// last record. Rotating one changes no octet outside it, so they are the
+// same whether found before the rotation of those before them or after.
+func answerRuns(msg []byte) (runs [maxRotatedRuns]answerRun, count int) {
 	h, err := ReadHeader(msg)
 	if err != nil || h.ANCount < 2 {
-		return
+		return runs, 0
 	}
 	off := HeaderLen
 	for range int(h.QDCount) {
 		if off, err = skipName(msg, off); err != nil {
-			return
+			return runs, 0
 		}
 		if off += 4; off > len(msg) {
-			return
+			return runs, 0
 		}
 	}
 	answers := off
 	for range int(h.ANCount) + int(h.NSCount) + int(h.ARCount) {
 		if _, off, err = skipRR(msg, off); err != nil {
-			return
+			return runs, 0
 		}
 	}
 	off = answers
-	runs := 0
-	for i := 0; i < int(h.ANCount) && runs < maxRotatedRuns; {
+	for i := 0; i < int(h.ANCount) && count < maxRotatedRuns; {
 		start := off
 		fixed, end, _ := skipRR(msg, off) // walked above
 		n := 1
@@ -64,12 +78,13 @@ func RotateAnswers(msg []byte, id uint16) {
 			end = e
 		}
 		if n >= 2 && int(msg[fixed])<<8|int(msg[fixed+1]) != typeRRSIG {
-			runs++
-			rotateRun(msg, start, end, RotationStart(id, n))
+			runs[count] = answerRun{start, end, n}
+			count++
 		}
 		i += n
 		off = end
 	}
+	return runs, count
 }
 
 // rotateRun moves the records of msg[start:end] so that its cut-th starts

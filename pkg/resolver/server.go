@@ -42,11 +42,14 @@ type Forwarder interface {
 	// ForwardFrom returns the reply to relay for req, with req's ID, and
 	// where it came from. The reply is the caller's to change.
 	ForwardFrom(ctx context.Context, req []byte, tcp bool, upstreams []netip.AddrPort) ([]byte, forward.Origin, error)
-	// AppendCached appends to dst the reply ForwardFrom would give req
-	// from its cache, for a query from src, when the cache holds a fresh
-	// one (ok), without asking an upstream or waiting: the slow path asks
-	// it first, on the goroutine that read the query.
-	AppendCached(dst, req []byte, upstreams []netip.AddrPort, src *quota.Source) (out []byte, from forward.Origin, ok bool)
+	// AppendCachedFirst appends to dst the reply ForwardFrom would give
+	// req from its cache, for a query from src, when the cache holds a
+	// fresh one (ok), without asking an upstream or waiting: the slow path
+	// asks it first, on the goroutine that read the query. Of a reply with
+	// more than n records besides its OPT record, only the first n are
+	// appended, with the OPT and the counts set (the slow path reads no
+	// more of it: firstRecords).
+	AppendCachedFirst(dst, req []byte, upstreams []netip.AddrPort, src *quota.Source, n int) (out []byte, from forward.Origin, ok bool)
 }
 
 // DefaultPodInflightBytes is the bytes of replies in flight one source may

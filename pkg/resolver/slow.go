@@ -34,16 +34,26 @@ const maxChain = 8
 // maxOfflineLookups bounds the lookups of the forwarder's cache that the
 // offline pass makes for one query (a CNAME's target, autopath's
 // candidates, together), on the goroutine that read it: each is a message
-// packed, looked up and unpacked, 3–5 µs, and a pod sets its own search
-// list (up to 32 domains) and can fill the cache with its candidates
-// itself. Past it the query needs an upstream, as a miss does: it goes
-// online, with a forwarding slot and a goroutine of its own, and reuses
-// what the offline pass found. 8 covers a pod's usual search list with
-// room: kubelet's three cluster domains are looked up in the table, not
-// the cache, then come the pod's own domains and the node's (one to three
-// on the clouds' nodes), and the bare name; a chase asks one name (two
-// when a truncated reply is asked again over TCP).
+// packed, looked up and decoded, and a pod sets its own search list (up
+// to 32 domains) and can fill the cache with its candidates itself. Past
+// it the query needs an upstream, as a miss does: it goes online, with a
+// forwarding slot and a goroutine of its own, and reuses what the offline
+// pass found. 8 covers a pod's usual search list with room: kubelet's
+// three cluster domains are looked up in the table, not the cache, then
+// come the pod's own domains and the node's (one to three on the clouds'
+// nodes), and the bare name; a chase asks one name (two when a truncated
+// reply is asked again over TCP).
 const maxOfflineLookups = 8
+
+// maxOfflineBytes bounds the bytes of cached replies the offline pass
+// reads for one query, as maxOfflineLookups bounds their number: a pod
+// can fill the cache with replies of 64 KB to its own names (its own
+// nameserver's, which the cache keys by). No read starts past it: the
+// query goes online as a 9th lookup does. A read copies only the records
+// the reply can hold (firstRecords), so at most one read goes past it,
+// by what that is; a candidate's NXDOMAIN or a small answer takes a few
+// hundred bytes, and the usual search list stays far below.
+const maxOfflineBytes = 16 << 10
 
 // slowQuery is one query on the slow path.
 type slowQuery struct {
@@ -70,11 +80,13 @@ type slowQuery struct {
 	// which the online pass reuses rather than ask the cache again;
 	// offlineLookups how many lookups the offline pass made, at most
 	// maxOfflineLookups (a name asked again counts again: its reply is
-	// unpacked again).
+	// unpacked again); offlineBytes the bytes of cached replies it read,
+	// past maxOfflineBytes by at most one read.
 	ups            []netip.AddrPort
 	upsKnown       bool
 	cachedLookups  []cachedLookup
 	offlineLookups int
+	offlineBytes   int
 	// cut: the reply was cut, with TC, to the records that fit the
 	// client's UDP buffer or a TCP message; counted truncated once it goes out so
 	// (finishing), not as it is built: it may be refused or ended yet.
@@ -390,7 +402,7 @@ func (q *slowQuery) chase(ctx context.Context, reply *dns.Msg, res table.Result,
 		}
 		// The target lives outside: resolve it so clients that do not chase
 		// CNAMEs themselves (glibc's stub among them) get addresses.
-		up, err := q.lookupUpstream(ctx, owner, q.tcp)
+		up, err := q.lookupUpstream(ctx, owner, q.tcp, false)
 		if err == nil && (up.Rcode == dns.RcodeSuccess || up.Rcode == dns.RcodeNameError) {
 			reply.Answer = append(reply.Answer, up.Answer...)
 			if len(up.Answer) == 0 {
@@ -462,7 +474,7 @@ func (q *slowQuery) autopath(ctx context.Context, pod *podcache.Pod, tbl *table.
 			}
 			continue
 		}
-		up, err := q.lookupUpstream(ctx, cand, q.tcp)
+		up, err := q.lookupUpstream(ctx, cand, q.tcp, true) // gone, it is passed over
 		switch {
 		case err != nil || up.Rcode != dns.RcodeSuccess && up.Rcode != dns.RcodeNameError:
 			// A failed lookup (SERVFAIL, refused for the pod's bytes, a
@@ -473,7 +485,7 @@ func (q *slowQuery) autopath(ctx context.Context, pod *podcache.Pod, tbl *table.
 			return answerWith(cand, up)
 		}
 	}
-	up, err := q.lookupUpstream(ctx, base, q.tcp)
+	up, err := q.lookupUpstream(ctx, base, q.tcp, false)
 	switch {
 	case err != nil:
 		return nil
@@ -517,9 +529,12 @@ func (q *slowQuery) other(ctx context.Context) []byte {
 
 // forward relays the query to the pod's upstreams. Offline, it answers
 // only what the forwarder's cache holds fresh (appended to q.out), as
-// ForwardFrom would answer it from there; anything else needs an
-// upstream, as does a query a lookup of which needed one already
-// (autopath falling back to forwarding: online, the lookup may answer).
+// ForwardFrom would answer it from there, of a large reply only the
+// records a UDP client's buffer can take (firstRecords), which fitUDP
+// cuts as it would cut the whole; anything else needs an upstream, as
+// does a query a lookup of which needed one already, or whose lookups
+// read maxOfflineBytes (autopath falling back to forwarding: online, the
+// lookup may answer).
 func (q *slowQuery) forward(ctx context.Context) []byte {
 	s, msg, r := q.s, q.msg, &q.r
 	upstreams := q.upstreams()
@@ -530,8 +545,8 @@ func (q *slowQuery) forward(ctx context.Context) []byte {
 	)
 	if q.offline {
 		ok := false
-		if !q.needsUpstream && !noUpstream {
-			out, from, ok = s.opts.Forwarder.AppendCached(q.out, msg, upstreams, q.askingSource())
+		if !q.needsUpstream && !noUpstream && q.offlineBytes < maxOfflineBytes {
+			out, from, ok = s.opts.Forwarder.AppendCachedFirst(q.out, msg, upstreams, q.askingSource(), q.firstRecords())
 		}
 		if !ok {
 			q.needsUpstream = true
@@ -593,11 +608,16 @@ type cachedLookup struct {
 // lookupUpstream asks the pod's upstreams one question of its own.
 // Offline, it answers only from the forwarder's cache, and keeps the reply
 // for the online pass, should another lookup need an upstream: a hit is
-// counted once, where it was made. Past maxOfflineLookups, a lookup needs
-// an upstream whatever the cache holds.
-func (q *slowQuery) lookupUpstream(ctx context.Context, name string, tcp bool) (*dns.Msg, error) {
+// counted once, where it was made. Past maxOfflineLookups, or once the
+// lookups read maxOfflineBytes, a lookup needs an upstream whatever the
+// cache holds. Its callers carry only the reply's answer and authority
+// records (and its header) into a reply of the query's, which holds at
+// most firstRecords: only those are copied from the cache and decoded;
+// none of an NXDOMAIN when the caller reads only its rcode (nxRcodeOnly:
+// an autopath candidate, passed over when gone).
+func (q *slowQuery) lookupUpstream(ctx context.Context, name string, tcp, nxRcodeOnly bool) (*dns.Msg, error) {
 	if q.offline {
-		if q.offlineLookups == maxOfflineLookups {
+		if q.offlineLookups == maxOfflineLookups || q.offlineBytes >= maxOfflineBytes {
 			q.needsUpstream = true
 		}
 		if q.needsUpstream {
@@ -634,24 +654,41 @@ func (q *slowQuery) lookupUpstream(ctx context.Context, name string, tcp bool) (
 		out, from = q.cachedLookups[i].reply, q.cachedLookups[i].from
 	} else if q.offline {
 		ok := false
-		if out, from, ok = s.opts.Forwarder.AppendCached(nil, wire, upstreams, q.askingSource()); !ok {
+		if out, from, ok = s.opts.Forwarder.AppendCachedFirst(nil, wire, upstreams, q.askingSource(), q.firstRecords()); !ok {
 			q.needsUpstream = true
 			return nil, errNeedsUpstream
 		}
+		q.offlineBytes += len(out)
 		q.cachedLookups = append(q.cachedLookups, cachedLookup{name: name, tcp: tcp, reply: out, from: from})
 	} else if out, from, err = s.opts.Forwarder.ForwardFrom(ctx, wire, tcp, upstreams); err != nil {
 		return nil, err
 	}
 	q.answeredBy(from)
+	n := q.firstRecords()
+	if nxRcodeOnly && dnswire.HeaderRcode(out) == dnswire.RcodeNXDomain {
+		n = 0 // the OPT record stays: Unpack reads the whole rcode
+	}
+	first, err := dnswire.FirstAnswers(out, n)
+	if err != nil {
+		return nil, err
+	}
 	resp := new(dns.Msg)
-	if err := resp.Unpack(out); err != nil {
+	if err := resp.Unpack(first); err != nil {
 		return nil, err
 	}
 	if resp.Truncated && !tcp {
-		return q.lookupUpstream(ctx, name, true)
+		return q.lookupUpstream(ctx, name, true, nxRcodeOnly)
 	}
 	return resp, nil
 }
+
+// firstRecords is how many records of a reply from the forwarder (its
+// own, or one a lookup carries into it) the query reads: one more than
+// the most that the cut of its reply to the client's UDP buffer or a TCP
+// message keeps (mostFit), so that the cut of those drops a record, and
+// sets TC, where the cut of the whole would, and keeps the same records.
+// Whatever follows them is neither copied nor decoded.
+func (q *slowQuery) firstRecords() int { return mostFit(replyRoom(&q.r, q.tcp)) + 1 }
 
 type constError string
 

@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ztdns/ztdns/pkg/dnswire"
@@ -140,6 +141,9 @@ type entry struct {
 	stored     time.Time
 	expires    time.Time
 	from       netip.AddrPort // the upstream that sent msg
+	// rotation is msg's RotationPlan, found by the first hit that keeps
+	// only its first records (appendFromCache).
+	rotation   atomic.Pointer[dnswire.RotationPlan]
 	prev, next *entry
 	// owner is the source charged for the entry, nil once another source
 	// used it; oprev and onext link it in the owner's list.

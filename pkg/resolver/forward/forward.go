@@ -215,7 +215,7 @@ func (f *Forwarder) ForwardFrom(ctx context.Context, req []byte, tcp bool, upstr
 	key := appendKey(keyBuf[:0], req, r, upstreams)
 	src := quota.SourceFrom(ctx)
 	if f.cache != nil {
-		if out, from, ok := f.fromCache(nil, req, r, key, src); ok {
+		if out, from, ok := f.fromCache(nil, req, r, key, src, allRecords); ok {
 			return out, from, nil
 		}
 		cacheMisses.Inc()
@@ -279,6 +279,21 @@ func (f *Forwarder) ForwardFrom(ctx context.Context, req []byte, tcp bool, upstr
 // counted as ForwardFrom counts it, a miss is not: ForwardFrom, asked
 // next, counts it.
 func (f *Forwarder) AppendCached(dst, req []byte, upstreams []netip.AddrPort, src *quota.Source) (out []byte, from Origin, ok bool) {
+	return f.AppendCachedFirst(dst, req, upstreams, src, allRecords)
+}
+
+// AppendCachedFirst is AppendCached for a caller that reads at most the
+// first n records of the reply besides its OPT record: the resolver,
+// cutting it to a client's UDP buffer, or building a reply of its own
+// from it that can hold no more. Of a cached reply with more, only those
+// are copied and aged, and appended with the OPT record after them, the
+// counts set to say so, TC as it came (dnswire.AppendFirst): what
+// FirstRecords(n) reads of AppendCached's reply, but that the answer's
+// sets are moved only as the stored reply lets them (a reply whose aged
+// TTLs read as a pointer into a set keeps it in place in AppendCached's).
+// A hit on a 64 KB reply then costs what one of n records does. A reply
+// with no more records is AppendCached's, byte for byte.
+func (f *Forwarder) AppendCachedFirst(dst, req []byte, upstreams []netip.AddrPort, src *quota.Source, n int) (out []byte, from Origin, ok bool) {
 	if f.cache == nil {
 		return dst, Origin{}, false
 	}
@@ -291,19 +306,24 @@ func (f *Forwarder) AppendCached(dst, req []byte, upstreams []netip.AddrPort, sr
 		return dst, Origin{}, false
 	}
 	var keyBuf [512]byte
-	return f.fromCache(dst, req, r, appendKey(keyBuf[:0], req, r, upstreams), src)
+	return f.fromCache(dst, req, r, appendKey(keyBuf[:0], req, r, upstreams), src, n)
 }
 
-// fromCache appends to dst the cached reply to req under key, for a
-// query from src, when the cache holds a fresh one, and counts the hit.
-func (f *Forwarder) fromCache(dst, req []byte, r dnswire.Query, key []byte, src *quota.Source) ([]byte, Origin, bool) {
+// allRecords, as AppendCachedFirst's n: the whole reply, however many
+// records it has (at most three sections of 65,535).
+const allRecords = 3 * 0xFFFF
+
+// fromCache appends to dst the cached reply to req under key (its first n
+// records, AppendCachedFirst), for a query from src, when the cache holds
+// a fresh one, and counts the hit.
+func (f *Forwarder) fromCache(dst, req []byte, r dnswire.Query, key []byte, src *quota.Source, n int) ([]byte, Origin, bool) {
 	now := f.now()
 	e := f.cache.get(key, now, src)
 	if e == nil {
 		return dst, Origin{}, false
 	}
 	cacheHits.Inc()
-	return appendFromCache(dst, req, r, e, now), Origin{Cached: true, Upstream: e.from}, true
+	return appendFromCache(dst, req, r, e, now, n), Origin{Cached: true, Upstream: e.from}, true
 }
 
 // relayedQuery is what goes upstream for req, a query forwarded as it
@@ -611,11 +631,25 @@ func (f *Forwarder) finish(req []byte, r dnswire.Query, reply []byte, shared, ro
 // the order the upstream gave the first for the whole TTL, where a
 // kube-dns with loadbalance shuffles each reply: clients that take the
 // first address (Go's Dial, most HTTP clients, musl) would all pick the
-// same backend.
-func appendFromCache(dst, req []byte, r dnswire.Query, e *entry, now time.Time) []byte {
+// same backend. Of a reply with more than n records besides the OPT, only
+// the first n, as rotated, are copied and aged (AppendCachedFirst); the
+// entry's rotation plan is found by the first such hit and kept.
+func appendFromCache(dst, req []byte, r dnswire.Query, e *entry, now time.Time, n int) []byte {
+	elapsed := uint32(now.Sub(e.stored) / time.Second)
+	if h, _ := dnswire.ReadHeader(e.msg); int(h.ANCount)+int(h.NSCount)+int(h.ARCount) > n {
+		p := e.rotation.Load()
+		if p == nil {
+			p = dnswire.PlanRotation(e.msg)
+			e.rotation.Store(p) // hits racing to plan it find the same
+		}
+		if out, ok := dnswire.AppendFirst(dst, e.msg, p, r.ID, n, e.ttlOffsets, elapsed); ok {
+			personalise(out[len(dst):], req, r, true)
+			return out
+		}
+	}
 	out := append(dst, e.msg...)
 	reply := out[len(dst):]
-	dnswire.AgeTTLs(reply, e.ttlOffsets, uint32(now.Sub(e.stored)/time.Second))
+	dnswire.AgeTTLs(reply, e.ttlOffsets, elapsed)
 	dnswire.RotateAnswers(reply, r.ID)
 	personalise(reply, req, r, true)
 	return out

@@ -1,0 +1,230 @@
+package dnswire
+
+import (
+	"encoding/binary"
+	"slices"
+)
+
+// What a reader that keeps only a message's first records needs of it, read
+// without copying the rest: a cached reply of 64 KB served to a client whose
+// buffer takes a few hundred records costs what a reply of those does.
+
+// RotationPlan is what RotateAnswers does to a message, whatever the ID:
+// the runs it rotates, and which of them it may move (safeToMove) in the
+// message as planned. A message's plan is found once (PlanRotation), and
+// AppendFirst rotates by it.
+type RotationPlan struct {
+	runs    [maxRotatedRuns]answerRun
+	movable [maxRotatedRuns]bool
+	count   int
+	// optOff and optEnd delimit the OPT record of the additional section,
+	// optOff < 0 if none.
+	optOff, optEnd int
+}
+
+// PlanRotation plans RotateAnswers on msg.
+func PlanRotation(msg []byte) *RotationPlan {
+	p := &RotationPlan{optOff: -1}
+	p.runs, p.count = answerRuns(msg)
+	for i, r := range p.runs[:p.count] {
+		p.movable[i] = safeToMove(msg, r.start, r.end)
+	}
+	h, err := ReadHeader(msg)
+	if err != nil {
+		return p
+	}
+	off := HeaderLen
+	for range int(h.QDCount) {
+		if off, err = skipName(msg, off); err != nil {
+			return p
+		}
+		off += 4
+	}
+	authorityEnd := int(h.ANCount) + int(h.NSCount)
+	for i := range authorityEnd + int(h.ARCount) {
+		fixed, end, err := skipRR(msg, off)
+		if err != nil {
+			return p
+		}
+		if i >= authorityEnd && isOPT(msg, off, fixed) && p.optOff < 0 {
+			p.optOff, p.optEnd = off, end
+		}
+		off = end
+	}
+	return p
+}
+
+// AppendFirst appends to dst what FirstRecords(n) reads of msg once
+// RotateAnswers(msg, id) has rotated it and AgeTTLs lowered its TTLs (at
+// ttlOffsets, ScanReply's, by elapsed), copying only what it keeps: the
+// header and question, the first n records besides the OPT record, in the
+// order the rotation leaves them, and the OPT record (where it was when
+// among them, else after them), with the counts set and TC as it was.
+// p is msg's plan (PlanRotation). A run is moved when the plan found it
+// movable: in msg as planned, not as aged, whose TTLs' octets may read as
+// a pointer into a run (and so leave a whole message's run unmoved) or
+// no longer do. ok is false, and dst returned as it was, when msg has no
+// more than n records besides the OPT (nothing to leave out) or does not
+// parse.
+func AppendFirst(dst, msg []byte, p *RotationPlan, id uint16, n int, ttlOffsets []uint16, elapsed uint32) (out []byte, ok bool) {
+	h, err := ReadHeader(msg)
+	records := int(h.ANCount) + int(h.NSCount) + int(h.ARCount)
+	if err != nil || records <= n || records == n+1 && p.optOff >= 0 {
+		return dst, false
+	}
+	off := HeaderLen
+	for range int(h.QDCount) {
+		if off, err = skipName(msg, off); err != nil {
+			return dst, false
+		}
+		if off += 4; off > len(msg) {
+			return dst, false
+		}
+	}
+	out = append(dst, msg[:off]...)
+	answers := int(h.ANCount)
+	authorityEnd := answers + int(h.NSCount)
+	var an, ns, ar uint16
+	kept := 0
+	optIn := false // the OPT record is among those kept, where it was
+	// appendRR appends the record at start, aged, and returns where it ends.
+	appendRR := func(start int) (int, error) {
+		fixed, end, err := skipRR(msg, start)
+		if err != nil {
+			return 0, err
+		}
+		at := len(out) + fixed - start
+		out = append(out, msg[start:end]...)
+		if ttl := fixed + 4; elapsed > 0 && ttl <= 0xFFFF {
+			if _, aged := slices.BinarySearch(ttlOffsets, uint16(ttl)); aged {
+				t := readTTL(out, at+4)
+				binary.BigEndian.PutUint32(out[at+4:], t-min(t, elapsed))
+			}
+		}
+		return end, nil
+	}
+	run := 0
+	for i := 0; i < records && kept < n; {
+		if off == p.optOff {
+			out = append(out, msg[p.optOff:p.optEnd]...)
+			optIn, ar = true, ar+1
+			off, i = p.optEnd, i+1
+			continue
+		}
+		for run < p.count && p.runs[run].start < off {
+			run++
+		}
+		if run < p.count && p.runs[run].start == off {
+			r, movable := p.runs[run], p.movable[run]
+			if cut := RotationStart(id, r.n); cut != 0 && movable {
+				// The run's records from its cut-th, then those before it.
+				mid := r.start
+				for range cut {
+					if _, mid, err = skipRR(msg, mid); err != nil {
+						return dst, false
+					}
+				}
+				for _, part := range [2][2]int{{mid, r.end}, {r.start, mid}} {
+					for o := part[0]; o < part[1] && kept < n; kept++ {
+						if o, err = appendRR(o); err != nil {
+							return dst, false
+						}
+						an++
+					}
+				}
+				off, i = r.end, i+r.n
+				run++
+				continue
+			}
+		}
+		end, err := appendRR(off)
+		if err != nil {
+			return dst, false
+		}
+		switch {
+		case i < answers:
+			an++
+		case i < authorityEnd:
+			ns++
+		default:
+			ar++
+		}
+		kept++
+		off, i = end, i+1
+	}
+	if !optIn && p.optOff >= 0 {
+		out = append(out, msg[p.optOff:p.optEnd]...)
+		ar++
+	}
+	first := out[len(dst):]
+	SetANCount(first, an)
+	SetNSCount(first, ns)
+	SetARCount(first, ar)
+	return out, true
+}
+
+// FirstAnswers is msg with only its first n answer and authority records,
+// and of its additional section only the OPT record: what a reply that
+// carries msg's answer or authority records, cut to at most n records,
+// reads of it. The header (TC, the rcode) and the OPT record, with its
+// extended rcode, are msg's; the records kept stay where they are, so
+// their compression pointers stay valid. It is msg itself when that
+// leaves nothing out, otherwise a new message. It fails on a malformed
+// message.
+func FirstAnswers(msg []byte, n int) ([]byte, error) {
+	h, err := ReadHeader(msg)
+	if err != nil {
+		return nil, err
+	}
+	off := HeaderLen
+	for range int(h.QDCount) {
+		if off, err = skipName(msg, off); err != nil {
+			return nil, err
+		}
+		if off += 4; off > len(msg) {
+			return nil, errShort
+		}
+	}
+	answers := int(h.ANCount)
+	authorityEnd := answers + int(h.NSCount)
+	keep := off // the kept answer and authority records end here
+	var an, ns uint16
+	optOff, optEnd := -1, -1
+	for i := range authorityEnd + int(h.ARCount) {
+		fixed, end, err := skipRR(msg, off)
+		if err != nil {
+			return nil, err
+		}
+		switch {
+		case i >= authorityEnd:
+			if isOPT(msg, off, fixed) {
+				if optOff >= 0 {
+					return nil, errTwoOPT
+				}
+				optOff, optEnd = off, end
+			}
+		case int(an+ns) == n:
+		case i < answers:
+			an, keep = an+1, end
+		default:
+			ns, keep = ns+1, end
+		}
+		off = end
+	}
+	ar := uint16(0)
+	if optOff >= 0 {
+		ar = 1
+	}
+	if int(an+ns) == authorityEnd && (h.ARCount == ar && (optOff < 0 || optOff == keep)) {
+		return msg, nil
+	}
+	first := make([]byte, keep, keep+max(optEnd-optOff, 0))
+	copy(first, msg)
+	if optOff >= 0 {
+		first = append(first, msg[optOff:optEnd]...)
+	}
+	SetANCount(first, an)
+	SetNSCount(first, ns)
+	SetARCount(first, ar)
+	return first, nil
+}

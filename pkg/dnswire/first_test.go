@@ -1,0 +1,244 @@
+package dnswire
+
+import (
+	"bytes"
+	"fmt"
+	"slices"
+	"testing"
+
+	"github.com/miekg/dns"
+)
+
+// firstSamples are large replies to take the first records of, by name:
+// sets to rotate (one, or two of different types after a CNAME), one whose
+// octets read as a pointer into its set (left in place), and OPT records
+// before and after other additional records.
+func firstSamples(tb testing.TB) map[string][]byte {
+	tb.Helper()
+	build := func(compress bool, an []string, opt int, extra ...string) []byte {
+		m := newMsg("big.example.", dns.TypeA, records(tb, answer, an...),
+			records(tb, authority, "example. 3700 IN NS ns1.example.", "example. 3700 IN NS ns2.example."),
+			records(tb, additional, extra...))
+		m.Response, m.RecursionDesired, m.RecursionAvailable = true, true, true
+		if opt >= 0 {
+			o := &dns.OPT{Hdr: dns.RR_Header{Name: ".", Rrtype: dns.TypeOPT}}
+			o.SetUDPSize(1232)
+			m.Extra = slices.Insert(m.Extra, opt, dns.RR(o))
+		}
+		m.Compress = compress
+		return pack(tb, m)
+	}
+	// Addresses whose octets are all below 192: no two octets of the
+	// answer read as a compression pointer, whatever the TTLs are aged to
+	// (3700, 0x0E74, aged by less than 64 s: a TTL's last octet goes from
+	// 0x74 down to 0x35, no pointer's first).
+	set := func(owner, rrtype string, n int) []string {
+		var out []string
+		for i := range n {
+			addr := fmt.Sprintf("10.%d.%d.1", i/150, i%150)
+			if rrtype == "AAAA" {
+				addr = fmt.Sprintf("2001:db8::%x", i+1)
+			}
+			out = append(out, fmt.Sprintf("%s 3700 IN %s %s", owner, rrtype, addr))
+		}
+		return out
+	}
+	glue := []string{"ns1.example. 3700 IN A 10.1.1.1", "ns2.example. 3700 IN A 10.1.1.2"}
+	unsafe := make([]string, 300)
+	for i := range unsafe { // 192.168…: octets that read as pointers into the set
+		unsafe[i] = fmt.Sprintf("big.example. 300 IN A 192.168.%d.%d", i/200, i%200)
+	}
+	return map[string][]byte{
+		"one set":                    build(false, set("big.example.", "A", 300), 2, glue...),
+		"one set, compressed":        build(true, set("big.example.", "A", 300), 2, glue...),
+		"CNAME, two sets":            build(true, slices.Concat([]string{"big.example. 3700 IN CNAME cdn.example."}, set("cdn.example.", "A", 150), set("cdn.example.", "AAAA", 150)), 0, glue...),
+		"OPT first, no glue":         build(false, set("big.example.", "A", 300), 0),
+		"no OPT":                     build(false, set("big.example.", "A", 300), -1, glue...),
+		"a pointer into the set":     build(false, unsafe, 2, glue...),
+		"OPT between glue records":   build(true, set("big.example.", "A", 60), 1, glue...),
+		"few records, all kept here": build(true, set("big.example.", "A", 3), 2, glue...),
+	}
+}
+
+// TestAppendFirstIsFirstRecordsOfTheRotatedReply: what AppendFirst appends
+// of a reply is, byte for byte, FirstRecords of the reply aged and rotated
+// as AppendCached makes it (AgeTTLs, RotateAnswers), for every ID, age and
+// number of records, sets moved or left in place as RotateAnswers moves
+// them; a reply with no more records is left to the caller (ok false, dst
+// as it was).
+func TestAppendFirstIsFirstRecordsOfTheRotatedReply(t *testing.T) {
+	t.Parallel()
+	prefix := []byte("batch")
+	for name, msg := range firstSamples(t) {
+		s, err := ScanReply(msg)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		p := PlanRotation(msg)
+		kept := 0
+		for _, n := range []int{0, 1, 2, 45, 111, 151, 299, 300, 301, 302, 303, 304, 400} {
+			for _, elapsed := range []uint32{0, 7, 63} {
+				for id := range uint16(7) {
+					ref := slices.Clone(msg)
+					AgeTTLs(ref, s.TTLOffsets, elapsed)
+					RotateAnswers(ref, id*97+1)
+					want, dropped, err := FirstRecords(ref, n)
+					if err != nil {
+						t.Fatal(err)
+					}
+					got, ok := AppendFirst(slices.Clone(prefix), msg, p, id*97+1, n, s.TTLOffsets, elapsed)
+					switch {
+					case ok != dropped:
+						t.Fatalf("%s, %d records, ID %d: ok %v; want %v, as FirstRecords drops records", name, n, id*97+1, ok, dropped)
+					case !ok && !bytes.Equal(got, prefix):
+						t.Fatalf("%s, %d records: nothing to leave out, and dst became %q", name, n, got)
+					case ok && (!bytes.HasPrefix(got, prefix) || !bytes.Equal(got[len(prefix):], want)):
+						t.Fatalf("%s, %d records, ID %d, %d s: got\n%x\nwant\n%x", name, n, id*97+1, elapsed, got, want)
+					}
+					if ok {
+						kept++
+					}
+				}
+			}
+		}
+		if name != "few records, all kept here" && kept == 0 {
+			t.Errorf("%s: never cut", name)
+		}
+	}
+	// The sets do move: the first records differ from ID to ID. (Not with
+	// the OPT record: its UDP size, 1232, has an octet 0xD0 that reads,
+	// with the next, as a pointer into the set.)
+	msg := firstSamples(t)["no OPT"]
+	p := PlanRotation(msg)
+	a, _ := AppendFirst(nil, msg, p, 1, 10, nil, 0)
+	b, _ := AppendFirst(nil, msg, p, 2, 10, nil, 0)
+	if bytes.Equal(a, b) {
+		t.Error("IDs 1 and 2 got the same first records: the set was not rotated")
+	}
+}
+
+// TestAppendFirstCopiesOnlyWhatItKeeps: of a reply of 2,000 records,
+// taking the first 111 allocates only those.
+func TestAppendFirstCopiesOnlyWhatItKeeps(t *testing.T) {
+	var an []string
+	for i := range 2000 {
+		an = append(an, fmt.Sprintf("big.example. 3600 IN A 10.%d.%d.1", i/150, i%150))
+	}
+	msg := pack(t, newMsg("big.example.", dns.TypeA, records(t, answer, an...)))
+	s, err := ScanReply(msg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := PlanRotation(msg)
+	dst := make([]byte, 0, 4096)
+	if allocs := testing.AllocsPerRun(100, func() {
+		if _, ok := AppendFirst(dst, msg, p, 7, 111, s.TTLOffsets, 9); !ok {
+			t.Fatal("not cut")
+		}
+	}); allocs != 0 {
+		t.Errorf("%.1f allocations, want none (dst has room)", allocs)
+	}
+	out, _ := AppendFirst(nil, msg, p, 7, 111, s.TTLOffsets, 9)
+	if len(msg) < 50<<10 || len(out) > 4<<10 {
+		t.Errorf("a reply of %d bytes gave %d; want only its first 111 records", len(msg), len(out))
+	}
+}
+
+// TestFirstAnswers: the first n answer and authority records, in their
+// sections, the OPT record and no other additional record, the header and
+// question the reply's (an extended rcode too); a reply with nothing to
+// leave out is itself.
+func TestFirstAnswers(t *testing.T) {
+	t.Parallel()
+	nx := newMsg("gone.example.", dns.TypeA, records(t, authority, testSOA), records(t, additional,
+		"ns1.example. 60 IN A 10.1.1.1", "ns2.example. 60 IN A 10.1.1.2"), withEDNS(true))
+	nx.Response, nx.Rcode = true, dns.RcodeNameError
+	badCookie := newMsg("cookie.example.", dns.TypeA, withEDNS(false))
+	badCookie.Response, badCookie.Rcode = true, dns.RcodeBadCookie // extended: 23
+	small := newMsg("small.example.", dns.TypeA, records(t, answer, "small.example. 60 IN A 10.0.0.1"), withEDNS(false))
+	small.Response = true
+	for name, tc := range map[string]struct {
+		msg         []byte
+		n, an, ns   int
+		sameAsWhole bool
+	}{
+		"answers cut":              {bigReply(t, 60, 2), 10, 10, 0, false},
+		"into the authority":       {bigReply(t, 60, 2), 61, 60, 1, false},
+		"glue left out":            {bigReply(t, 60, 2), 62, 60, 2, false},
+		"glue left out, OPT after": {bigReply(t, 60, 0), 100, 60, 2, false},
+		"NXDOMAIN, rcode only":     {pack(t, nx), 0, 0, 0, false},
+		"NXDOMAIN, SOA":            {pack(t, nx), 1, 0, 1, false},
+		"extended rcode":           {pack(t, badCookie), 0, 0, 0, true},
+		"nothing to leave out":     {pack(t, small), 5, 1, 0, true},
+	} {
+		whole := new(dns.Msg)
+		if err := whole.Unpack(tc.msg); err != nil {
+			t.Fatal(err)
+		}
+		first, err := FirstAnswers(tc.msg, tc.n)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if same := &first[0] == &tc.msg[0]; same != tc.sameAsWhole {
+			t.Errorf("%s: the reply itself %v, want %v", name, same, tc.sameAsWhole)
+		}
+		got := new(dns.Msg)
+		if err := got.Unpack(first); err != nil {
+			t.Fatalf("%s: does not parse: %v", name, err)
+		}
+		wantExtra := 0
+		if whole.IsEdns0() != nil {
+			wantExtra = 1
+		}
+		if got.MsgHdr != whole.MsgHdr || !slices.Equal(got.Question, whole.Question) || len(got.Answer) != tc.an || len(got.Ns) != tc.ns ||
+			len(got.Extra) != wantExtra || wantExtra == 1 && got.IsEdns0().String() != whole.IsEdns0().String() {
+			t.Errorf("%s: %v %v, %d answers, %d authority, %v; want %v %v, %d, %d and the OPT only", name, got.MsgHdr, got.Question,
+				len(got.Answer), len(got.Ns), got.Extra, whole.MsgHdr, whole.Question, tc.an, tc.ns)
+			continue
+		}
+		for i, rr := range slices.Concat(got.Answer, got.Ns) {
+			if want := slices.Concat(whole.Answer, whole.Ns)[i]; rr.String() != want.String() {
+				t.Errorf("%s: record %d: %v, want %v", name, i, rr, want)
+			}
+		}
+	}
+	if _, err := FirstAnswers(bigReply(t, 60, 2)[:200], 10); err == nil {
+		t.Error("a reply cut short: no error")
+	}
+}
+
+// FuzzAppendFirst checks the reads of a reply's first records on hostile
+// replies (a pod's nameserver's): they never panic, and keep no more
+// records than asked. (A name that points forward, past what they keep,
+// no longer reads: RFC 1035 4.1.4 has pointers lead to a prior name, and
+// PlanFit's cut drops such targets alike.) Seeds: the replies
+// FuzzScanReply starts from and firstSamples.
+func FuzzAppendFirst(f *testing.F) {
+	for _, msg := range sampleReplies(f) {
+		f.Add(msg, uint16(1), uint16(1))
+	}
+	for _, msg := range firstSamples(f) {
+		f.Add(msg, uint16(3), uint16(45))
+	}
+	f.Fuzz(func(t *testing.T, msg []byte, id, n uint16) {
+		if first, err := FirstAnswers(msg, int(n)); err == nil {
+			if h, _ := ReadHeader(first); int(h.ANCount)+int(h.NSCount) > int(n) || h.ARCount > 1 {
+				t.Fatalf("FirstAnswers(%x, %d) = %x: %d answer and authority records, %d additional", msg, n, first, int(h.ANCount)+int(h.NSCount), h.ARCount)
+			}
+		}
+		s, err := ScanReply(msg)
+		if err != nil {
+			return
+		}
+		out, ok := AppendFirst(nil, msg, PlanRotation(msg), id, int(n), s.TTLOffsets, 7)
+		if !ok {
+			return
+		}
+		if h, _ := ReadHeader(out); int(h.ANCount)+int(h.NSCount)+int(h.ARCount) > int(n)+1 {
+			t.Fatalf("AppendFirst(%x, %d) = %x: %d records", msg, n, out, int(h.ANCount)+int(h.NSCount)+int(h.ARCount))
+		}
+		if _, err := ScanReply(out); err != nil {
+			t.Fatalf("AppendFirst(%x, %d) = %x, which does not walk: %v", msg, n, out, err)
+		}
+	})
+}

@@ -1,0 +1,334 @@
+package resolver
+
+import (
+	"bytes"
+	"fmt"
+	"net"
+	"net/netip"
+	"runtime"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/ztdns/ztdns/internal/dnstest"
+	"github.com/ztdns/ztdns/pkg/dnswire"
+	"github.com/ztdns/ztdns/pkg/model"
+	"github.com/ztdns/ztdns/pkg/podcache"
+	"github.com/ztdns/ztdns/pkg/resolver/forward"
+	"github.com/ztdns/ztdns/pkg/resolver/quota"
+	"github.com/ztdns/ztdns/pkg/resolver/table"
+)
+
+// bigRecords is how many records a pod's nameserver puts in its large
+// replies: 1,800 A records of big.corp.internal. take 59 KB.
+const bigRecords = 1800
+
+// bigAnswers is a pod's own nameserver filling ztdns's cache with large
+// replies (the cache keys them by the nameserver the pod names): names
+// under big. get bigRecords A records (TTL 300); names under nx. NXDOMAIN,
+// an SOA and bigRecords additional records; names under gone. NXDOMAIN and
+// an SOA; every other name, and every name in d3.example., one address,
+// 203.0.113.1.
+type bigAnswers struct{}
+
+func (bigAnswers) Reply(req *dns.Msg, _ netip.AddrPort) *dns.Msg {
+	m := new(dns.Msg)
+	m.SetReply(req)
+	m.RecursionAvailable = true
+	q := req.Question[0]
+	many := func() []dns.RR {
+		rrs := make([]dns.RR, bigRecords)
+		for i := range rrs {
+			rrs[i] = &dns.A{Hdr: dns.RR_Header{Name: q.Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 300}, A: net.IPv4(10, byte(i/200), byte(i%200), 1)}
+		}
+		return rrs
+	}
+	switch name := strings.ToLower(q.Name); {
+	case strings.HasSuffix(name, ".d3.example."):
+		m.Answer = []dns.RR{&dns.A{Hdr: dns.RR_Header{Name: q.Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 300}, A: net.IPv4(203, 0, 113, 1)}}
+	case strings.HasPrefix(name, "big."):
+		m.Answer = many()
+	case strings.HasPrefix(name, "nx."):
+		m.Rcode = dns.RcodeNameError
+		m.Ns = []dns.RR{dnstest.SOA}
+		m.Extra = many()
+	case strings.HasPrefix(name, "gone."):
+		m.Rcode = dns.RcodeNameError
+		m.Ns = []dns.RR{dnstest.SOA}
+	default:
+		m.Answer = []dns.RR{&dns.A{Hdr: dns.RR_Header{Name: q.Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 300}, A: net.IPv4(203, 0, 113, 1)}}
+	}
+	if o := req.IsEdns0(); o != nil {
+		m.SetEdns0(1232, o.Do())
+	}
+	return m
+}
+
+// ednsQuery is a query for name of type A with EDNS, size its UDP buffer.
+func ednsQuery(name string, size uint16) *dns.Msg {
+	m := new(dns.Msg)
+	m.SetQuestion(name, dns.TypeA)
+	m.SetEdns0(size, false)
+	return m
+}
+
+// bytesPerCall is what one call of fn allocates, on average over n, in the
+// round of three that allocates least: the counts are the process's, and
+// the server's other goroutines may allocate meanwhile.
+func bytesPerCall(n int, fn func()) uint64 {
+	least := uint64(1 << 62)
+	for range 3 {
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		for range n {
+			fn()
+		}
+		runtime.ReadMemStats(&after)
+		least = min(least, (after.TotalAlloc-before.TotalAlloc)/uint64(n))
+	}
+	return least
+}
+
+// TestLargeCachedRepliesCostWhatTheReplyHolds: a pod's nameserver gives
+// 59 KB of A records for a name, cached by a query over TCP; a UDP query
+// answered from it on the socket's goroutine (the offline pass) reads only
+// the records its reply can hold: an ExternalName chased to it, autopath
+// finding it as a candidate, or the name itself, asked with a buffer of
+// 1,232 octets, allocate 24–37 KB (before: the whole reply copied, and
+// for the chase and autopath every record decoded: 403 KB, 435 KB and
+// 73 KB a query), and answer what they did: TC, the CNAME, and as many of
+// the addresses, in the set's order, as fit.
+func TestLargeCachedRepliesCostWhatTheReplyHolds(t *testing.T) {
+	ss := startSlowServerWith(t, Options{Autopath: true, Limits: quota.Limits{QPS: -1}}, &model.Snapshot{
+		Services: []model.Service{{Namespace: "ns1", Name: "out", ExternalName: "big.example"}},
+	}, bigAnswers{})
+	src, local := netip.AddrPortFrom(victimIP, 5000), netip.MustParseAddrPort("127.0.0.1:53")
+	out := make([]byte, 0, 4096+512) // as the UDP loop's batch buffer
+	for _, tc := range []struct {
+		what, name, target string
+		under              uint64 // bytes a query may allocate
+	}{
+		{"an ExternalName to it", "out.ns1.svc.cluster.local.", "big.example.", 64 << 10},
+		{"autopath's candidate", "big.ns1.svc.cluster.local.", "big.corp.internal.", 64 << 10},
+		// What is left is the cut compressed (compressedFit): it decodes
+		// the records a reply of 1,232 octets can keep.
+		{"the name itself", "big.example.", "", 32 << 10},
+	} {
+		if r, err := ss.tryExchange(victimIP, "tcp", ednsQuery(tc.name, 1232)); err != nil || len(r.Answer) < bigRecords {
+			t.Fatalf("%s over TCP, to fill the cache: %v, %d answers", tc.what, err, len(r.Answer))
+		}
+		m := ednsQuery(tc.name, 1232)
+		q, err := m.Pack()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var reply []byte
+		per := bytesPerCall(20, func() {
+			if reply = ss.slowUDP(nil, q, src, local, out); reply == nil {
+				t.Fatalf("%s over UDP: not answered from the cache", tc.what)
+			}
+		})
+		t.Logf("%s over UDP: %d bytes allocated a query", tc.what, per)
+		if per > tc.under {
+			t.Errorf("%s over UDP, answered from the cache: %d bytes allocated a query, want under %d", tc.what, per, tc.under)
+		}
+		r := dnstest.Unpack(t, reply)
+		answers := r.Answer
+		if tc.target != "" {
+			if len(answers) == 0 || answers[0].Header().Rrtype != dns.TypeCNAME || answers[0].(*dns.CNAME).Target != tc.target {
+				t.Fatalf("%s: %v, want a CNAME to %s first", tc.what, answers, tc.target)
+			}
+			answers = answers[1:]
+		}
+		// As many as a cut of the whole answer keeps (miekg's Truncate, as
+		// CoreDNS's and the slow path's reply is cut).
+		owner := tc.target
+		if owner == "" {
+			owner = tc.name
+		}
+		whole := new(dns.Msg)
+		whole.SetReply(m)
+		whole.Answer = append(whole.Answer, r.Answer[:len(r.Answer)-len(answers)]...)
+		whole.Answer = append(whole.Answer, bigAnswers{}.Reply(ednsQuery(owner, 1232), local).Answer...)
+		whole.SetEdns0(dnswire.EDNSUDPSize, false)
+		whole.Truncate(1232)
+		if r.Rcode != dns.RcodeSuccess || !r.Truncated || len(r.Answer) != len(whole.Answer) {
+			t.Errorf("%s: %s, TC %v, %d answers; want NOERROR, TC and %d, as a cut of the whole", tc.what, dns.RcodeToString[r.Rcode], r.Truncated, len(r.Answer), len(whole.Answer))
+		}
+		first := -1
+		for i, rr := range answers { // consecutive records of the set, from wherever it was rotated to
+			a, ok := rr.(*dns.A)
+			if !ok {
+				t.Fatalf("%s: answer %d is %v, want an address", tc.what, i, rr)
+			}
+			v4 := a.A.To4()
+			n := int(v4[1])*200 + int(v4[2])
+			if first < 0 {
+				first = n
+			}
+			if v4[0] != 10 || n != (first+i)%bigRecords {
+				t.Errorf("%s: answer %d is %v, want 10.%d.%d.1", tc.what, i, a.A, (first+i)%bigRecords/200, (first+i)%bigRecords%200)
+			}
+		}
+	}
+}
+
+// TestFitUDPOfTheFirstRecordsIsTheCutOfTheWhole: what the offline pass
+// hands fitUDP of a large cached reply, its first records (firstRecords:
+// one more than the cut can keep, AppendCachedFirst), is cut to the same
+// reply, TC and all, as the whole reply is, for a client's buffer of 512,
+// 1,232 and 4,096 octets: answers cut, authority cut, additional sets
+// kept or dropped whole.
+func TestFitUDPOfTheFirstRecordsIsTheCutOfTheWhole(t *testing.T) {
+	q := ednsQuery("big.example.", 1232)
+	many := bigAnswers{}.Reply(q, netip.AddrPort{})
+	glue := func(n int) []dns.RR {
+		rrs := make([]dns.RR, n)
+		for i := range rrs {
+			rrs[i] = &dns.A{Hdr: dns.RR_Header{Name: fmt.Sprintf("ns%d.example.", i%3), Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 300}, A: net.IPv4(10, 9, byte(i/200), byte(i%200))}
+		}
+		slices.SortStableFunc(rrs, func(a, b dns.RR) int { return strings.Compare(a.Header().Name, b.Header().Name) })
+		return rrs
+	}
+	replies := map[string]*dns.Msg{"answers": many}
+	for name, sections := range map[string][2]int{"a few answers, much glue": {30, 1500}, "some answers, glue": {60, 60}} {
+		m := many.Copy()
+		m.Answer = m.Answer[:sections[0]]
+		m.Ns = []dns.RR{dnstest.SOA}
+		m.Extra = append(glue(sections[1]), m.Extra...)
+		replies[name] = m
+	}
+	cuts := 0
+	for name, m := range replies {
+		for _, compress := range []bool{false, true} {
+			m.Compress = compress
+			whole, err := m.Pack()
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, limit := range []uint16{512, 1232, 4096} {
+				sq := &slowQuery{msg: whole}
+				sq.r.EDNS, sq.r.UDPSize = true, limit
+				first, dropped, err := dnswire.FirstRecords(whole, sq.firstRecords())
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !dropped {
+					continue // served whole (AppendCachedFirst)
+				}
+				cuts++
+				want := sq.fitUDP(slices.Clone(whole))
+				wantTC := sq.cut
+				if got := sq.fitUDP(first); !bytes.Equal(got, want) || sq.cut != wantTC {
+					t.Errorf("%s, compressed %v, buffer %d: the first records cut to\n%x (TC %v), the whole to\n%x (TC %v)", name, compress, limit, got, sq.cut, want, wantTC)
+				}
+			}
+		}
+	}
+	if cuts < 12 {
+		t.Errorf("%d replies left records out, want 12 at least", cuts)
+	}
+}
+
+// TestOfflineCacheReadsBoundedInBytes: the offline pass reads at most
+// maxOfflineBytes of cached replies for one query, as it makes at most
+// maxOfflineLookups lookups: with every forwarding slot held, an autopath
+// query whose third candidate exists, the first two cached NXDOMAINs of
+// 1,800 additional records each (a client with a buffer of 4,096 octets,
+// whose reply can hold 372 of them: 11 KB read a candidate), gets SERVFAIL
+// for the node's bound: past the bytes it needed a slot, as a miss does
+// (before: answered on the socket's goroutine, each candidate's reply read
+// and decoded whole). The same walk over plain NXDOMAINs is answered.
+func TestOfflineCacheReadsBoundedInBytes(t *testing.T) {
+	const slots = 8
+	silent := startSilentUpstream(t)
+	up := dnstest.Start(t, "127.0.0.1:0", bigAnswers{}).Addr
+	ls := startLimitsServer(t, Options{Limits: quota.Limits{QPS: -1, Forwarding: -1}, MaxInflight: slots, Autopath: true}, silent.addr, up)
+	ls.pods.SetSourcePods([]model.Pod{{Namespace: "default", Name: "victim", IPs: []netip.Addr{victimIP}, DNSSearches: []string{"d1.example", "d2.example", "d3.example"}}})
+	// nx.d1.example. and nx.d2.example. are large NXDOMAINs, gone.… small
+	// ones; x.d3.example. exists (bigAnswers answers any other name).
+	names := map[string]string{"large": "nx", "small": "gone"}
+	ask := func(proto, kind string) *dns.Msg {
+		t.Helper()
+		// The walk: …d1.example., …d2.example., then d3.example.'s,
+		// which is the same name for both kinds but for its first label.
+		r, err := ls.tryExchange(victimIP, proto, ednsQuery(names[kind]+".default.svc.cluster.local.", 4096))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	answered := func(r *dns.Msg, kind string) bool {
+		return r.Rcode == dns.RcodeSuccess && len(r.Answer) == 2 && r.Answer[0].(*dns.CNAME).Target == names[kind]+".d3.example."
+	}
+	for kind := range names { // every candidate into the cache, over TCP
+		if r := ask("tcp", kind); !answered(r, kind) {
+			t.Fatalf("%s NXDOMAINs, before the slots were taken: %s %v, want a CNAME to %s.d3.example. and its address", kind, dns.RcodeToString[r.Rcode], r.Answer, names[kind])
+		}
+	}
+	ls.holdForwardingSlots(t, slots)
+	overload := testutil.ToFloat64(metricQueries.overload)
+	if r := ask("udp", "small"); !answered(r, "small") {
+		t.Errorf("small NXDOMAINs, every slot taken: %s %v, want a CNAME to gone.d3.example. and its address, from the cache", dns.RcodeToString[r.Rcode], r.Answer)
+	}
+	if r := ask("udp", "large"); r.Rcode != dns.RcodeServerFailure {
+		t.Errorf("large NXDOMAINs, every slot taken: %s %v, want SERVFAIL (past the bytes the offline pass may read, it needs a slot)", dns.RcodeToString[r.Rcode], r.Answer)
+	}
+	if got := testutil.ToFloat64(metricQueries.overload) - overload; got != 1 {
+		t.Errorf("%v queries refused for the node's bound, want 1: the one past the bytes", got)
+	}
+}
+
+// BenchmarkLargeCachedReply answers, as the UDP loop does, on the socket's
+// goroutine (the offline pass), queries the forwarder's cache answers from
+// replies of one record and of bigRecords (59 KB, a pod's nameserver's,
+// cached from TCP): the name asked, an ExternalName chased to it, autopath
+// finding it as a candidate; the client asks with a buffer of 1,232
+// octets. README's limits table quotes it.
+func BenchmarkLargeCachedReply(b *testing.B) {
+	up := dnstest.Start(b, "127.0.0.1:0", bigAnswers{}).Addr
+	fwd := forward.New()
+	b.Cleanup(func() { fwd.Close() })
+	ups := []netip.AddrPort{up}
+	pods := podcache.New("cluster.local")
+	pods.SetSourcePods([]model.Pod{{Namespace: "ns1", Name: "client", IPs: []netip.Addr{victimIP}, DNSSearches: []string{"corp.internal"}}})
+	s := fuzzServerWith(b, Options{Limits: rateInKernel, Forwarder: fwd, Pods: pods, Autopath: true,
+		Upstreams: func(netip.AddrPort, netip.AddrPort) ([]netip.AddrPort, bool) { return ups, false }})
+	tbl, _ := table.Build(&model.Snapshot{Services: []model.Service{
+		{Namespace: "ns1", Name: "out", ExternalName: "big.example"},
+		{Namespace: "ns1", Name: "small", ExternalName: "small.example"},
+	}}, table.Options{})
+	s.SetTable(tbl)
+	// The names the queries below ask the cache, asked as the lookups ask
+	// them (EDNS, no DO), over TCP.
+	for _, name := range []string{"small.example.", "big.example.", "little.corp.internal.", "big.corp.internal."} {
+		q, _ := ednsQuery(name, dnswire.EDNSUDPSize).Pack()
+		if _, from, err := fwd.ForwardFrom(b.Context(), q, true, ups); err != nil || from.Failure != "" {
+			b.Fatalf("filling the cache with %s: %v, %+v", name, err, from)
+		}
+	}
+	src, local := netip.AddrPortFrom(victimIP, 5000), netip.MustParseAddrPort("127.0.0.1:53")
+	for _, bc := range []struct{ name, qname string }{
+		{"hit/small", "small.example."},
+		{"hit/59KB", "big.example."},
+		{"ExternalName/small", "small.ns1.svc.cluster.local."},
+		{"ExternalName/59KB", "out.ns1.svc.cluster.local."},
+		{"autopath/small", "little.ns1.svc.cluster.local."},
+		{"autopath/59KB", "big.ns1.svc.cluster.local."},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			q, _ := ednsQuery(bc.qname, 1232).Pack()
+			out := make([]byte, 0, 4096+512) // as a batch's
+			b.ReportAllocs()
+			for b.Loop() {
+				if reply := s.slowUDP(nil, q, src, local, out); reply == nil || dnswire.HeaderRcode(reply) != dnswire.RcodeSuccess {
+					b.Fatalf("not answered from the cache: %x", reply)
+				}
+			}
+		})
+	}
+}
