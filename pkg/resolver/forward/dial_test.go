@@ -21,9 +21,9 @@ import (
 // missSyscalls bounds the system calls a forwarded query the cache does
 // not hold makes on the thread that forwards it: its socket's (socket,
 // setsockopt, connect, fcntl, its registration with the netpoller and its
-// removal, close), the query's write, the reply's reads (a first try
-// before the wait, the size, the datagram) and the thread's sleep while
-// it waits, with room for a signal's return or a random number now and
+// removal, close), the query's write (inside the wait, sendAndWait), the
+// reply's reads (its size, the datagram) and the thread's sleep while it
+// waits, with room for a signal's return or a random number now and
 // then. README's "Forwarded names" counts the agent's per query.
 const missSyscalls = 13
 

@@ -8,8 +8,11 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/ztdns/ztdns/pkg/dnswire"
 	"github.com/ztdns/ztdns/pkg/resolver/quota"
@@ -92,14 +95,20 @@ func exchangeUDP(ctx context.Context, upstream netip.AddrPort, query []byte, q d
 	rs.sent(conn, upstream, query)
 	defer rs.done(conn)
 	// The query leaves where the wait for its reply begins. One that did
-	// not leave (the socket's buffer full, EAGAIN, or the send refused) is
-	// written again by writeUDP, which waits for room and says why not.
+	// not leave for want of room (EAGAIN), or for the socket's pending
+	// error (an ICMP error's, about a resend), is written again by
+	// writeUDP, which waits for room; any other error (EPERM: the node
+	// rejects it, a Service without endpoints) ends the exchange, as
+	// writeUDP's would, without a second try.
 	sendErr, err := s.sendAndWait(query)
-	if sendErr != nil {
+	switch {
+	case sendErr == unix.EAGAIN || icmpErrno(sendErr):
 		if err := writeUDP(conn, query); err != nil {
 			return nil, ctxErrOr(ctx, fmt.Errorf("send udp %s: %w", upstream, err))
 		}
-	} else if err != nil {
+	case sendErr != nil:
+		return nil, ctxErrOr(ctx, fmt.Errorf("send udp %s: %w", upstream, os.NewSyscallError("write", sendErr)))
+	case err != nil:
 		return nil, ctxErrOr(ctx, fmt.Errorf("read udp %s: %w", upstream, err))
 	}
 	src := quota.SourceFrom(ctx)

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -189,7 +190,7 @@ func TestRealRefusalServfailsAtOnce(t *testing.T) {
 		}, listed(clusterIP), FailureRefused},
 		{"ClusterIP without endpoints", "ipv4", []string{
 			"add chain ip t out { type filter hook output priority 0 ; }",
-			"add rule ip t out ip daddr " + noEndpoints + " udp dport 53 reject",
+			"add rule ip t out ip daddr " + noEndpoints + " udp dport 53 counter reject",
 		}, listed(noEndpoints), FailureError},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -222,11 +223,31 @@ func TestRealRefusalServfailsAtOnce(t *testing.T) {
 			if m.Rcode != dns.RcodeServerFailure || origin.Failure != tc.want {
 				t.Errorf("%s (failure %q), want SERVFAIL, %s", dns.RcodeToString[m.Rcode], origin.Failure, tc.want)
 			}
+			if tc.want == FailureError {
+				// The refused send is not tried again.
+				if got := nftPackets(t, n); got != "1" {
+					t.Errorf("%s datagrams sent to the rejecting rule, want 1", got)
+				}
+			}
 			if got := icmpIgnored(f, up); got != 0 {
 				t.Errorf("%v ICMP errors ignored, want none", got)
 			}
 		})
 	}
+}
+
+// nftPackets is the packet count of the counter in n's table t.
+func nftPackets(t *testing.T, n *testenv.Netns) string {
+	t.Helper()
+	out, err := n.Output(t, nil, 10*time.Second, "nft", "list", "table", "ip", "t")
+	if err != nil {
+		t.Fatalf("nft list table ip t: %v: %s", err, out)
+	}
+	m := regexp.MustCompile(`counter packets (\d+)`).FindStringSubmatch(out)
+	if m == nil {
+		t.Fatalf("no counter in table t: %s", out)
+	}
+	return m[1]
 }
 
 // deadAddrIn is a UDP port of addr inside n where nothing listens.
