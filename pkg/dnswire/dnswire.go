@@ -176,6 +176,22 @@ func skipName(msg []byte, off int) (int, error) {
 	}
 }
 
+// skipQuestions steps over the n questions starting at off, and returns
+// where they end. Each takes 5 octets at least, so however large n is,
+// the walk ends with the message.
+func skipQuestions(msg []byte, off, n int) (int, error) {
+	for range n {
+		var err error
+		if off, err = skipName(msg, off); err != nil {
+			return 0, err
+		}
+		if off += 4; off > len(msg) {
+			return 0, errShort
+		}
+	}
+	return off, nil
+}
+
 // maxPointers bounds the compression pointers readName follows in one
 // name, as miekg/dns does: enough for a name of one-octet labels each
 // behind a pointer of its own, and what keeps a pointer loop from looping.

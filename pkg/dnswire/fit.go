@@ -39,14 +39,9 @@ func PlanFit(msg []byte, limit int) (Fit, error) {
 	if err != nil {
 		return f, err
 	}
-	off := HeaderLen
-	for range int(h.QDCount) {
-		if off, err = skipName(msg, off); err != nil {
-			return f, err
-		}
-		if off += 4; off > len(msg) {
-			return f, errShort
-		}
+	off, err := skipQuestions(msg, HeaderLen, int(h.QDCount))
+	if err != nil {
+		return f, err
 	}
 	questionEnd := off
 	answers := int(h.ANCount)
@@ -168,14 +163,9 @@ func FirstRecords(msg []byte, n int) (first []byte, dropped bool, err error) {
 	if err != nil {
 		return nil, false, err
 	}
-	off := HeaderLen
-	for range int(h.QDCount) {
-		if off, err = skipName(msg, off); err != nil {
-			return nil, false, err
-		}
-		if off += 4; off > len(msg) {
-			return nil, false, errShort
-		}
+	off, err := skipQuestions(msg, HeaderLen, int(h.QDCount))
+	if err != nil {
+		return nil, false, err
 	}
 	answers := int(h.ANCount)
 	authorityEnd := answers + int(h.NSCount)

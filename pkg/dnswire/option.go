@@ -20,12 +20,9 @@ func RemoveOption(msg []byte, code uint16) []byte {
 	if err != nil || h.ARCount == 0 {
 		return msg
 	}
-	off := HeaderLen
-	for range int(h.QDCount) {
-		if off, err = skipName(msg, off); err != nil || off+4 > len(msg) {
-			return msg
-		}
-		off += 4
+	off, err := skipQuestions(msg, HeaderLen, int(h.QDCount))
+	if err != nil {
+		return msg
 	}
 	for range int(h.ANCount) + int(h.NSCount) + int(h.ARCount) - 1 {
 		if _, off, err = skipRR(msg, off); err != nil {

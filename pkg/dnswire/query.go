@@ -151,16 +151,10 @@ func ParseQuery(msg []byte, q *Query, name *NameBuf) error {
 		}
 		off, skip = q.End, 0
 	}
-	// Questions not read are stepped over: each takes 5 octets at least,
-	// so however many the count says, the walk ends with the message.
-	for range skip {
-		var err error
-		if off, err = skipName(msg, off); err != nil {
-			return err
-		}
-		if off += 4; off > len(msg) {
-			return errShort
-		}
+	// Questions not read are stepped over.
+	off, err := skipQuestions(msg, off, skip)
+	if err != nil {
+		return err
 	}
 	for range int(q.ANCount) + int(q.NSCount) {
 		_, end, err := skipRR(msg, off)

@@ -41,18 +41,15 @@ func ScanReply(msg []byte) (Reply, error) {
 		return s, err
 	}
 	s.Header = h
-	off := HeaderLen
-	var qtype uint16
-	for range int(h.QDCount) {
-		if off, err = skipName(msg, off); err != nil {
-			return s, fmt.Errorf("question: %w", err)
-		}
-		if off += 4; off > len(msg) {
-			return s, errShort
-		}
-		qtype = binary.BigEndian.Uint16(msg[off-4:])
+	off, err := skipQuestions(msg, HeaderLen, int(h.QDCount))
+	if err != nil {
+		return s, fmt.Errorf("question: %w", err)
 	}
 	answerOff := off
+	var qtype uint16 // the question's, read when there is one
+	if h.QDCount == 1 {
+		qtype = binary.BigEndian.Uint16(msg[off-4:])
+	}
 	answers := int(h.ANCount)
 	authorityEnd := answers + int(h.NSCount)
 	records := authorityEnd + int(h.ARCount)
