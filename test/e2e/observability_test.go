@@ -284,7 +284,7 @@ func monitoringMetrics(t *testing.T) map[string][]string {
 			}
 		}
 	}
-	wantAlerts := []string{"ZtdnsResolverDown", "ZtdnsServfailRatioHigh", "ZtdnsPodThrottled", "ZtdnsUpstreamFailureRatioHigh", "ZtdnsUpstreamSlow", "ZtdnsFailOpen", "ZtdnsCaptureBroken", "ZtdnsCaptureBypassed", "ZtdnsCaptureSlotsFull", "ZtdnsCaptureSocketsFull", "ZtdnsCaptureMapNearFull", "ZtdnsCNIAddFailing", "ZtdnsPodsNotEnrolled", "ZtdnsCNINotInstalled", "ZtdnsMemoryNearLimit", "ZtdnsMemoryBoundOverLimit", "ZtdnsOpenFileLimitReached", "ZtdnsCPUThrottled", "ZtdnsKubeWatchFailing", "ZtdnsServiceEntriesUnavailable", "ZtdnsMeshConfigAbsent", "ZtdnsVIPsMissing"}
+	wantAlerts := []string{"ZtdnsResolverDown", "ZtdnsServfailRatioHigh", "ZtdnsPodThrottled", "ZtdnsUpstreamFailureRatioHigh", "ZtdnsUpstreamSlow", "ZtdnsFailOpen", "ZtdnsCaptureBroken", "ZtdnsCaptureBypassed", "ZtdnsCaptureSlotsFull", "ZtdnsCaptureSocketsFull", "ZtdnsCaptureMapNearFull", "ZtdnsCNIAddFailing", "ZtdnsPodsNotEnrolled", "ZtdnsCNINotInstalled", "ZtdnsMemoryNearLimit", "ZtdnsMemoryBoundOverLimit", "ZtdnsOpenFileLimitReached", "ZtdnsCPUThrottled", "ZtdnsKubeWatchFailing", "ZtdnsServiceEntriesUnavailable", "ZtdnsIstioRevisionMismatch", "ZtdnsMeshConfigAbsent", "ZtdnsVIPsMissing"}
 	if !slices.Equal(alerts, wantAlerts) {
 		t.Errorf("alerts %v, want %v", alerts, wantAlerts)
 	}
