@@ -29,6 +29,11 @@ func TestZtunnelRevisionMismatch(t *testing.T) {
 	kc := env.Client()
 	const node = "node-a"
 	createNamespace(t, kc, DefaultIstioNamespace)
+	// Both istiods are installed, and the revisionless one: each agent's
+	// mesh config is there, so the only warning is ztunnel's.
+	for _, cm := range []string{MeshConfigMap, MeshConfigMap + "-1-27", MeshConfigMap + "-1-28"} {
+		createIstiodConfigMap(t, kc, cm, map[string]string{MeshConfigKey: "{}"})
+	}
 	ztunnel := func(name, node, rev string) {
 		t.Helper()
 		p := &corev1.Pod{
