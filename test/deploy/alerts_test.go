@@ -340,17 +340,7 @@ func TestChartServiceEntriesUnavailableAlert(t *testing.T) {
 	if f := renderedAlertFor(t, c)[name]; f < time.Minute || f > 15*time.Minute {
 		t.Errorf("%s waits %v: a CRD being installed serves no version for seconds; an outage of its names wants a page within 15 minutes", name, f)
 	}
-	for r, rule := range alertRules(t, c) {
-		if r != name {
-			continue
-		}
-		desc, _ := lookup(rule, "annotations", "description").(string)
-		for _, want := range []string{"serviceentries", "networking.istio.io", "ClusterRole", "Istio before 1.22", "ztdns status"} {
-			if !strings.Contains(desc, want) {
-				t.Errorf("%s's description does not say %q: %s", name, want, desc)
-			}
-		}
-	}
+	checkDescription(t, c, name, "serviceentries", "networking.istio.io", "ClusterRole", "Istio before 1.22", "ztdns status")
 	unavailable := func(reason string) map[string]float64 {
 		m := map[string]float64{"not-installed": 0, "v1-not-served": 0, "forbidden": 0}
 		if reason != "" {
@@ -403,17 +393,7 @@ func TestChartMeshConfigAbsentAlert(t *testing.T) {
 	if f := renderedAlertFor(t, c)[name]; f < 5*time.Minute || f > 15*time.Minute {
 		t.Errorf("%s waits %v: an install or upgrade in progress lacks the ConfigMap for minutes; a misconfiguration wants a page within 15", name, f)
 	}
-	for r, rule := range alertRules(t, c) {
-		if r != name {
-			continue
-		}
-		desc, _ := lookup(rule, "annotations", "description").(string)
-		for _, want := range []string{"resolver.istioRevision", "istio-REVISION", "revision tag", "ztdns status"} {
-			if !strings.Contains(desc, want) {
-				t.Errorf("%s's description does not say %q: %s", name, want, desc)
-			}
-		}
-	}
+	checkDescription(t, c, name, "resolver.istioRevision", "istio-REVISION", "revision tag", "ztdns status")
 	for _, tc := range []struct {
 		name   string
 		absent map[string]float64 // the gauge by ConfigMap
@@ -542,17 +522,7 @@ func TestChartIstioRevisionMismatchAlert(t *testing.T) {
 	if f := renderedAlertFor(t, c)[name]; f < 5*time.Minute || f > 30*time.Minute {
 		t.Errorf("%s waits %v: an upgrade's rollouts want a few minutes, a forgotten flag a page within 30", name, f)
 	}
-	for r, rule := range alertRules(t, c) {
-		if r != name {
-			continue
-		}
-		desc, _ := lookup(rule, "annotations", "description").(string)
-		for _, want := range []string{"--istio-revision", "istio.io/rev", "resolver.istioRevision", "ztdns status"} {
-			if !strings.Contains(desc, want) {
-				t.Errorf("%s's description does not say %q: %s", name, want, desc)
-			}
-		}
-	}
+	checkDescription(t, c, name, "--istio-revision", "istio.io/rev", "resolver.istioRevision", "ztdns status")
 	for _, tc := range []struct {
 		name     string
 		mismatch []float64 // the gauge: none without an API source
@@ -745,6 +715,23 @@ func checkFiring(t *testing.T, name string, v []rateSeries, firing bool) {
 	}
 	if len(v) > 0 && v[0].labels["node"] != "n1" {
 		t.Errorf("%s fires without the node: %v", name, v[0].labels)
+	}
+}
+
+// checkDescription checks that the description of c's alert name says
+// each of want.
+func checkDescription(t *testing.T, c *chart, name string, want ...string) {
+	t.Helper()
+	for r, rule := range alertRules(t, c) {
+		if r != name {
+			continue
+		}
+		desc, _ := lookup(rule, "annotations", "description").(string)
+		for _, w := range want {
+			if !strings.Contains(desc, w) {
+				t.Errorf("%s's description does not say %q: %s", name, w, desc)
+			}
+		}
 	}
 }
 

@@ -304,6 +304,12 @@ func (n *Namespace) Model() (model.Namespace, error) {
 
 // Model reduces a Pod.
 func (p *Pod) Model() (model.Pod, error) {
+	// Istio's ztunnel keeps its app label and its revision, which says
+	// which istiod it follows; no other pod does.
+	var app, rev *string
+	if p.Labels.App != nil && *p.Labels.App == model.ZtunnelApp {
+		app, rev = p.Labels.App, p.Annotations.IstioRev
+	}
 	out := model.Pod{
 		Namespace:   namespaceOf(&p.ObjectMeta),
 		Name:        p.Name,
@@ -311,19 +317,12 @@ func (p *Pod) Model() (model.Pod, error) {
 		NodeName:    p.Spec.NodeName,
 		HostNetwork: p.Spec.HostNetwork,
 		Labels: keep(kv{model.LabelDataplaneMode, p.Labels.DataplaneMode},
-			kv{model.LabelGatewayManaged, p.Labels.GatewayManaged}),
+			kv{model.LabelGatewayManaged, p.Labels.GatewayManaged}, kv{model.LabelApp, app}),
 		Annotations: keep(kv{model.AnnotationDNSCapture, p.Annotations.DNSCapture},
-			kv{model.AnnotationIstioDNSCapture, p.Annotations.IstioDNSCapture}),
+			kv{model.AnnotationIstioDNSCapture, p.Annotations.IstioDNSCapture}, kv{model.AnnotationIstioRev, rev}),
 		DNSPolicy:  p.Spec.DNSPolicy,
 		HasSidecar: p.Annotations.SidecarStatus != nil,
 		Enrollment: model.EnrollmentOf(p.Annotations.AmbientRedirection),
-	}
-	if app := p.Labels.App; app != nil && *app == model.ZtunnelApp {
-		// Istio's ztunnel: its revision says which istiod it follows.
-		out.Labels = keepAlso(out.Labels, model.LabelApp, model.ZtunnelApp)
-		if rev := p.Annotations.IstioRev; rev != nil {
-			out.Annotations = keepAlso(out.Annotations, model.AnnotationIstioRev, *rev)
-		}
 	}
 	for _, c := range p.Spec.Containers {
 		out.HasSidecar = out.HasSidecar || c.Name == model.SidecarContainer
@@ -470,15 +469,6 @@ type kv struct {
 }
 
 // keep makes the map of the present ones; nil when none is.
-// keepAlso adds key to m, made when nil.
-func keepAlso(m map[string]string, key, value string) map[string]string {
-	if m == nil {
-		m = make(map[string]string, 1)
-	}
-	m[key] = value
-	return m
-}
-
 func keep(pairs ...kv) map[string]string {
 	var out map[string]string
 	for _, p := range pairs {
