@@ -68,17 +68,23 @@ type accessLine struct {
 	Latency                                                                                  int64
 }
 
+// logLines returns the lines written to buf so far: none before the
+// access log's writer, which runs on its own, wrote the first.
+func logLines(buf *testenv.Log) []string {
+	text := strings.TrimSpace(buf.String())
+	if text == "" {
+		return nil
+	}
+	return strings.Split(text, "\n")
+}
+
 // accessLines waits for n lines in buf and returns them.
 func accessLines(t *testing.T, buf *testenv.Log, n int) []accessLine {
 	t.Helper()
 	var lines []accessLine
 	testenv.Eventually(t, 30*time.Second, fmt.Sprintf("%d access log lines", n), func() bool {
 		lines = nil
-		text := strings.TrimSpace(buf.String())
-		if text == "" {
-			return false
-		}
-		for _, l := range strings.Split(text, "\n") {
+		for _, l := range logLines(buf) {
 			var got accessLine
 			if err := json.Unmarshal([]byte(l), &got); err != nil {
 				t.Fatalf("access log line %q: %v", l, err)
@@ -303,7 +309,7 @@ func TestAccessLogEscapesNames(t *testing.T) {
 			var got []string
 			testenv.Eventually(t, 30*time.Second, fmt.Sprintf("%d access log lines", len(want)), func() bool {
 				got = nil
-				for _, l := range strings.Split(strings.TrimSpace(buf.String()), "\n") {
+				for _, l := range logLines(buf) {
 					if i := strings.IndexFunc(l, func(r rune) bool { return r < ' ' || r == 0x7f || r == utf8.RuneError }); i >= 0 {
 						t.Fatalf("access log line %q holds %q", l, l[i:])
 					}

@@ -32,22 +32,52 @@ func testLogger() *slog.Logger {
 
 // logWatcher is a slog handler that passes records on to the test logger
 // and lets a test wait for a message: how it observes what the source did
-// when nothing else shows it (it stopped an informer, say).
+// when nothing else shows it (it stopped an informer, say). A watcher made
+// by about counts only the records of one resource.
 type logWatcher struct {
 	slog.Handler
-	mu   *sync.Mutex
-	msgs *[]string
-	next *chan struct{}
+	mu      *sync.Mutex
+	records *[]logRecord
+	next    *chan struct{}
+	// resource, when set (about), is the only resource whose records
+	// count and waitFor see.
+	resource string
+}
+
+// logRecord is what a logWatcher keeps of a record: its message, and its
+// resource and error attributes ("" when absent).
+type logRecord struct {
+	msg, resource, err string
 }
 
 func newLogWatcher() *logWatcher {
 	next := make(chan struct{})
-	return &logWatcher{Handler: testLogger().Handler(), mu: &sync.Mutex{}, msgs: &[]string{}, next: &next}
+	return &logWatcher{Handler: testLogger().Handler(), mu: &sync.Mutex{}, records: &[]logRecord{}, next: &next}
+}
+
+// about returns a view of w that sees only the records about resource:
+// what a test checks of the watch it breaks, which other watches failing a
+// moment on a loaded machine (an API server's watch cache lagging, say)
+// leave alone.
+func (w *logWatcher) about(resource string) *logWatcher {
+	c := *w
+	c.resource = resource
+	return &c
 }
 
 func (w *logWatcher) Handle(ctx context.Context, r slog.Record) error {
+	rec := logRecord{msg: r.Message}
+	r.Attrs(func(a slog.Attr) bool {
+		switch a.Key {
+		case "resource":
+			rec.resource = a.Value.String()
+		case "error":
+			rec.err = a.Value.String()
+		}
+		return true
+	})
 	w.mu.Lock()
-	*w.msgs = append(*w.msgs, r.Message)
+	*w.records = append(*w.records, rec)
 	close(*w.next)
 	*w.next = make(chan struct{})
 	w.mu.Unlock()
@@ -69,21 +99,24 @@ func (w *logWatcher) WithGroup(name string) slog.Handler {
 	return &c
 }
 
-// count returns how many records had one of msgs as their message.
-func (w *logWatcher) count(msgs ...string) int {
+// matching returns the records w sees with one of msgs as their message.
+func (w *logWatcher) matching(msgs ...string) []logRecord {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	n := 0
-	for _, m := range *w.msgs {
-		if slices.Contains(msgs, m) {
-			n++
+	var out []logRecord
+	for _, r := range *w.records {
+		if slices.Contains(msgs, r.msg) && (w.resource == "" || r.resource == w.resource) {
+			out = append(out, r)
 		}
 	}
-	return n
+	return out
 }
 
-// waitFor waits until n records with one of msgs as their message were
-// logged.
+// count returns how many records w sees had one of msgs as their message.
+func (w *logWatcher) count(msgs ...string) int { return len(w.matching(msgs...)) }
+
+// waitFor waits until w has seen n records with one of msgs as their
+// message.
 func (w *logWatcher) waitFor(tb testing.TB, n int, msgs ...string) {
 	tb.Helper()
 	deadline := time.After(waitTimeout)

@@ -102,7 +102,8 @@ func failingEntry(src *Source, resource string) string {
 
 // stillFailing checks that Services still fail since the same moment after
 // more retries (after): Errors() still says failing, as it did then, the
-// gauge stays 1, and the failure was logged once, its recovery never.
+// gauge stays 1, and the failure was logged once, its recovery never (logs
+// is about Services).
 func stillFailing(t *testing.T, src *Source, logs *logWatcher, failing, after string) {
 	t.Helper()
 	if got := failingEntry(src, "services"); got != failing {
@@ -138,8 +139,9 @@ func TestWatchStreamFailureIsFailure(t *testing.T) {
 			b.watches.Store(true)
 			cfg := rest.CopyConfig(env.Config)
 			cfg.Wrap(b.wrap)
-			logs := newLogWatcher()
-			rec := runSource(t, cfg, WithLogger(slog.New(logs)))
+			all := newLogWatcher()
+			rec := runSource(t, cfg, WithLogger(slog.New(all)))
+			logs := all.about("services")
 			gauge := rec.src.metrics.watchFailing.WithLabelValues("services")
 
 			rec.waitFor(t, "the first sync (lists work)", func(*model.Snapshot) error { return nil })
@@ -176,8 +178,8 @@ func TestWatchStreamFailureIsFailure(t *testing.T) {
 // TestWatchListRefusedIsNoFailure: an API server without the WatchList
 // feature refuses every watch-list request (sendInitialEvents) as invalid,
 // and the reflector lists and watches instead, at its start and at each
-// relist. That is no failure: the source is healthy, logs none, and
-// follows changes.
+// relist. That is no failure: the source is healthy, logs no failure for
+// it, and follows changes.
 func TestWatchListRefusedIsNoFailure(t *testing.T) {
 	env := kubetest.Start(t)
 	var refused atomic.Int64
@@ -214,8 +216,12 @@ func TestWatchListRefusedIsNoFailure(t *testing.T) {
 	if err := rec.src.Healthy(); err != nil {
 		t.Errorf("Healthy() = %v with watch-list refused and lists and watches working", err)
 	}
-	if n := logs.count(logFailing, logFailingUnsynced); n != 0 {
-		t.Errorf("logged a failure %d times for refused watch-list requests, want never", n)
+	// Another watch may fail a moment on a loaded machine (an API server's
+	// watch cache lagging its list): only a failure for the refusal counts.
+	for _, r := range logs.matching(logFailing, logFailingUnsynced) {
+		if strings.Contains(r.err, "sendInitialEvents") {
+			t.Errorf("logged a failure of %s for a refused watch-list request: %s", r.resource, r.err)
+		}
 	}
 }
 
@@ -230,8 +236,9 @@ func TestWatchOpenClearsNoFailure(t *testing.T) {
 	b.lists.Store(true)
 	cfg := rest.CopyConfig(env.Config)
 	cfg.Wrap(b.wrap)
-	logs := newLogWatcher()
-	rec := runSource(t, cfg, WithLogger(slog.New(logs)))
+	all := newLogWatcher()
+	rec := runSource(t, cfg, WithLogger(slog.New(all)))
+	logs := all.about("services")
 
 	logs.waitFor(t, 1, logFailingUnsynced) // lists fail: no first sync
 	failing := failingEntry(rec.src, "services")
