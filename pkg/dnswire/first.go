@@ -33,12 +33,9 @@ func PlanRotation(msg []byte) *RotationPlan {
 	if err != nil {
 		return p
 	}
-	off := HeaderLen
-	for range int(h.QDCount) {
-		if off, err = skipName(msg, off); err != nil {
-			return p
-		}
-		off += 4
+	off, err := skipQuestions(msg, HeaderLen, int(h.QDCount))
+	if err != nil {
+		return p
 	}
 	authorityEnd := int(h.ANCount) + int(h.NSCount)
 	for i := range authorityEnd + int(h.ARCount) {
@@ -72,14 +69,9 @@ func AppendFirst(dst, msg []byte, p *RotationPlan, id uint16, n int, ttlOffsets 
 	if err != nil || records <= n || records == n+1 && p.optOff >= 0 {
 		return dst, false
 	}
-	off := HeaderLen
-	for range int(h.QDCount) {
-		if off, err = skipName(msg, off); err != nil {
-			return dst, false
-		}
-		if off += 4; off > len(msg) {
-			return dst, false
-		}
+	off, err := skipQuestions(msg, HeaderLen, int(h.QDCount))
+	if err != nil {
+		return dst, false
 	}
 	out = append(dst, msg[:off]...)
 	answers := int(h.ANCount)
