@@ -33,12 +33,9 @@ func PlanRotation(msg []byte) *RotationPlan {
 	if err != nil {
 		return p
 	}
-	off := HeaderLen
-	for range int(h.QDCount) {
-		if off, err = skipName(msg, off); err != nil {
-			return p
-		}
-		off += 4
+	off, err := skipQuestions(msg, HeaderLen, int(h.QDCount))
+	if err != nil {
+		return p
 	}
 	authorityEnd := int(h.ANCount) + int(h.NSCount)
 	for i := range authorityEnd + int(h.ARCount) {
@@ -72,14 +69,9 @@ func AppendFirst(dst, msg []byte, p *RotationPlan, id uint16, n int, ttlOffsets 
 	if err != nil || records <= n || records == n+1 && p.optOff >= 0 {
 		return dst, false
 	}
-	off := HeaderLen
-	for range int(h.QDCount) {
-		if off, err = skipName(msg, off); err != nil {
-			return dst, false
-		}
-		if off += 4; off > len(msg) {
-			return dst, false
-		}
+	off, err := skipQuestions(msg, HeaderLen, int(h.QDCount))
+	if err != nil {
+		return dst, false
 	}
 	out = append(dst, msg[:off]...)
 	answers := int(h.ANCount)
@@ -170,61 +162,13 @@ func AppendFirst(dst, msg []byte, p *RotationPlan, id uint16, n int, ttlOffsets 
 // extended rcode, are msg's; the records kept stay where they are, so
 // their compression pointers stay valid. It is msg itself when that
 // leaves nothing out, otherwise a new message. It fails on a malformed
-// message.
+// message. It is FirstRecords of no more records than the answer and
+// authority sections hold.
 func FirstAnswers(msg []byte, n int) ([]byte, error) {
 	h, err := ReadHeader(msg)
 	if err != nil {
 		return nil, err
 	}
-	off := HeaderLen
-	for range int(h.QDCount) {
-		if off, err = skipName(msg, off); err != nil {
-			return nil, err
-		}
-		if off += 4; off > len(msg) {
-			return nil, errShort
-		}
-	}
-	answers := int(h.ANCount)
-	authorityEnd := answers + int(h.NSCount)
-	keep := off // the kept answer and authority records end here
-	var an, ns uint16
-	optOff, optEnd := -1, -1
-	for i := range authorityEnd + int(h.ARCount) {
-		fixed, end, err := skipRR(msg, off)
-		if err != nil {
-			return nil, err
-		}
-		switch {
-		case i >= authorityEnd:
-			if isOPT(msg, off, fixed) {
-				if optOff >= 0 {
-					return nil, errTwoOPT
-				}
-				optOff, optEnd = off, end
-			}
-		case int(an+ns) == n:
-		case i < answers:
-			an, keep = an+1, end
-		default:
-			ns, keep = ns+1, end
-		}
-		off = end
-	}
-	ar := uint16(0)
-	if optOff >= 0 {
-		ar = 1
-	}
-	if int(an+ns) == authorityEnd && (h.ARCount == ar && (optOff < 0 || optOff == keep)) {
-		return msg, nil
-	}
-	first := make([]byte, keep, keep+max(optEnd-optOff, 0))
-	copy(first, msg)
-	if optOff >= 0 {
-		first = append(first, msg[optOff:optEnd]...)
-	}
-	SetANCount(first, an)
-	SetNSCount(first, ns)
-	SetARCount(first, ar)
-	return first, nil
+	first, _, err := FirstRecords(msg, min(n, int(h.ANCount)+int(h.NSCount)))
+	return first, err
 }

@@ -49,14 +49,9 @@ func answerRuns(msg []byte) (runs [maxRotatedRuns]answerRun, count int) {
 	if err != nil || h.ANCount < 2 {
 		return runs, 0
 	}
-	off := HeaderLen
-	for range int(h.QDCount) {
-		if off, err = skipName(msg, off); err != nil {
-			return runs, 0
-		}
-		if off += 4; off > len(msg) {
-			return runs, 0
-		}
+	off, err := skipQuestions(msg, HeaderLen, int(h.QDCount))
+	if err != nil {
+		return runs, 0
 	}
 	answers := off
 	for range int(h.ANCount) + int(h.NSCount) + int(h.ARCount) {
