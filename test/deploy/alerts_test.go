@@ -380,11 +380,14 @@ func TestChartServiceEntriesUnavailableAlert(t *testing.T) {
 // TestChartMeshConfigAbsentAlert: ZtdnsMeshConfigAbsent fires, naming the
 // node and the ConfigMap, while the mesh config ConfigMap of the agent's
 // revision is absent (resolver.istioRevision names no istiod's revision);
-// not while it is there, nor on an agent with no istiod (no such series);
-// and only after 5 to 15 minutes, past an install or upgrade in progress.
-// Its description says what to do. (Before, an absent ConfigMap was one
-// log line: the agents answered the wrong revision's ServiceEntries with
-// Istio's defaults, and no alert fired.)
+// not while it is there, nor in a cluster without Istio (the gauge 0 while
+// the ServiceEntry CRD is not installed, though --istio-namespace keeps
+// istio-system: kube.TestMeshConfigAbsentWithoutIstio), nor on an agent
+// given --istio-namespace= (no such series); and only after 5 to 15
+// minutes, past an install or upgrade in progress. Its description says
+// what to do. (Before, an absent ConfigMap was one log line: the agents
+// answered the wrong revision's ServiceEntries with Istio's defaults, and
+// no alert fired.)
 func TestChartMeshConfigAbsentAlert(t *testing.T) {
 	t.Parallel()
 	const name = "ZtdnsMeshConfigAbsent"
@@ -400,7 +403,8 @@ func TestChartMeshConfigAbsentAlert(t *testing.T) {
 		firing string             // the ConfigMap it fires for, "" none
 	}{
 		{"the mesh config there", map[string]float64{"istio-system/istio-1-27": 0}, ""},
-		{"no istiod", nil, ""},
+		{"no istiod", map[string]float64{"istio-system/istio": 0}, ""},
+		{"no --istio-namespace", nil, ""},
 		{"the revision's mesh config absent", map[string]float64{"istio-system/istio-1-27": 1}, "istio-system/istio-1-27"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -133,6 +133,10 @@ func (r *run) followCRD(ctx context.Context, wg *sync.WaitGroup) {
 			ServiceEntryCRD, serviceEntryGroupVersion, have)
 	}
 	r.health.setServiceEntryCRD(reason, msg)
+	if r.noIstio != !installed {
+		r.noIstio = !installed
+		r.warnMeshConfigAbsent()
+	}
 	switch {
 	case wanted && !watching:
 		r.startServiceEntries(ctx, wg)

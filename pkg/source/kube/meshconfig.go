@@ -204,12 +204,7 @@ func (r *run) followMeshConfig(cms []meshConfig) {
 		state = "absent"
 		r.last.DefaultExportTo, r.last.MeshConfig = nil, where
 		r.selectors = nil
-		if r.meshState != state {
-			r.log.Warn("Istio's mesh config is absent: Istio's defaults apply, as istiod has them without it "+
-				"(ServiceEntries without exportTo seen from every namespace, no discoverySelectors); "+
-				"every istiod the Istio chart installs has this ConfigMap: is --istio-revision istiod's revision?",
-				"namespace", r.src.istioNamespace, "configMap", r.src.meshConfigMap, "revision", r.src.istioRevision)
-		}
+		// Logged by warnMeshConfigAbsent, unless Istio is not installed.
 	case cms[0].invalid != "":
 		state = "invalid: " + cms[0].invalid
 		note = fmt.Sprintf("mesh config %s: %s; ServiceEntries without exportTo keep %s", where, cms[0].invalid, keeping())
@@ -244,11 +239,6 @@ func (r *run) followMeshConfig(cms []meshConfig) {
 	r.src.mu.Lock()
 	r.src.meshNote = note
 	r.src.mu.Unlock()
-	absent := 0.0
-	if state == "absent" {
-		absent = 1
-	}
-	r.src.metrics.meshConfigAbsent.WithLabelValues(where).Set(absent)
 }
 
 // RevisionTagService is the Service the Istio chart (revisionTags) and
@@ -259,22 +249,49 @@ func (r *run) followMeshConfig(cms []meshConfig) {
 func RevisionTagService(tag string) string { return "istiod-revision-tag-" + tag }
 
 // warnMeshConfigAbsent puts into Warnings() that the mesh config ConfigMap
-// is absent, while it is (followMeshConfig's state "absent"), with what
-// ztdns follows instead and what to do: every istiod the Istio chart
-// installs has it, so its absence almost always means that
+// is absent, while it is (followMeshConfig's state "absent") and Istio is
+// installed, with what ztdns follows instead and what to do, logs it when
+// it starts, and sets ztdns_kube_mesh_config_absent: every istiod the
+// Istio chart installs has it, so its absence almost always means that
 // --istio-revision names no istiod's revision (the default's with an
 // istiod of a revision only, a revision removed, or a revision tag, which
-// the warning says when the tag's Service is there). Called after
-// followMeshConfig and whenever Services change, since a tag's Service may
-// come later.
+// the warning says when the tag's Service is there).
+//
+// Without Istio's ServiceEntry CRD (followCRD: reason not-installed) the
+// cluster has no Istio, and no istiod to have a mesh config: the chart's
+// --istio-namespace default names istio-system all the same, and a
+// cluster without Istio does not page (as ztdns_kube_serviceentries_unavailable
+// with reason not-installed does not). The CRD is the sign, not istiod's
+// namespace: Istio's base chart installs it for every istiod, wherever
+// that runs, so with the CRD there and istiod's namespace missing the
+// likelier cause is an --istio-namespace that is not istiod's, which the
+// warning is for. Called after followMeshConfig, whenever Services change,
+// since a tag's Service may come later, and when the CRD comes or goes.
 func (r *run) warnMeshConfigAbsent() {
-	var warning string
-	if r.meshState == "absent" {
-		warning = meshConfigAbsentWarning(r.src.meshConfigWhere(), r.src.istioNamespace, r.src.istioRevision, r.hasService(r.src.istioNamespace, RevisionTagService(r.src.istioRevision)))
+	if r.src.istioNamespace == "" {
+		return // no mesh config read, no metric
 	}
+	where := r.src.meshConfigWhere()
+	absent := r.meshState == "absent" && !r.noIstio
+	var warning string
+	if absent {
+		warning = meshConfigAbsentWarning(where, r.src.istioNamespace, r.src.istioRevision, r.hasService(r.src.istioNamespace, RevisionTagService(r.src.istioRevision)))
+		if !r.meshWarned {
+			r.log.Warn("Istio's mesh config is absent: Istio's defaults apply, as istiod has them without it "+
+				"(ServiceEntries without exportTo seen from every namespace, no discoverySelectors); "+
+				"every istiod the Istio chart installs has this ConfigMap: is --istio-revision istiod's revision?",
+				"namespace", r.src.istioNamespace, "configMap", r.src.meshConfigMap, "revision", r.src.istioRevision)
+		}
+	}
+	r.meshWarned = absent
 	r.src.mu.Lock()
 	r.src.meshWarning = warning
 	r.src.mu.Unlock()
+	gauge := 0.0
+	if absent {
+		gauge = 1
+	}
+	r.src.metrics.meshConfigAbsent.WithLabelValues(where).Set(gauge)
 }
 
 // meshConfigAbsentWarning says that mesh config where, of istiod of

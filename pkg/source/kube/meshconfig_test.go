@@ -1,6 +1,7 @@
 package kube
 
 import (
+	"context"
 	"fmt"
 	"slices"
 	"strings"
@@ -10,6 +11,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/util/wait"
 
 	"github.com/ztdns/ztdns/internal/kubetest"
 	"github.com/ztdns/ztdns/pkg/model"
@@ -272,4 +274,70 @@ func TestMeshConfigAbsentIsWarned(t *testing.T) {
 			return fmt.Errorf("Warnings() = %q", got)
 		})
 	})
+}
+
+// TestMeshConfigAbsentWithoutIstio: in a cluster without Istio (no
+// ServiceEntry CRD, no istio-system, no mesh config), where the chart
+// still gives --istio-namespace=istio-system, the source follows Istio's
+// defaults with no warning under Warnings() and
+// ztdns_kube_mesh_config_absent 0, so ZtdnsMeshConfigAbsent does not fire
+// on every node: a cluster without Istio does not page. Once Istio's CRD
+// is installed and the mesh config is still absent, the warning and the
+// gauge come; with the CRD deleted again, they go. (Before, the gauge was
+// 1 and `ztdns status` warned in every cluster without Istio.)
+func TestMeshConfigAbsentWithoutIstio(t *testing.T) {
+	env := kubetest.Start(t, kubetest.WithoutCRDs())
+	const where = "istio-system/istio"
+	rec := runSource(t, env.Config)
+	// state says what Warnings() says of the mesh config and the gauge,
+	// nil when it is as want (a warning or none, the gauge 1 or 0).
+	state := func(warned bool) error {
+		var w []string
+		for _, e := range rec.src.Warnings() {
+			if strings.Contains(e.Error(), "mesh config") {
+				w = append(w, e.Error())
+			}
+		}
+		g, ok := gauge(t, rec.src, "ztdns_kube_mesh_config_absent", "configmap", where)
+		switch {
+		case !ok:
+			return fmt.Errorf("no series ztdns_kube_mesh_config_absent{configmap=%q}", where)
+		case warned && (len(w) != 1 || !strings.HasPrefix(w[0], "mesh config istio-system/istio is absent: ") || g != 1):
+			return fmt.Errorf("Warnings() about the mesh config %q, gauge %v; want one saying it is absent, 1", w, g)
+		case !warned && (len(w) != 0 || g != 0):
+			return fmt.Errorf("Warnings() about the mesh config %q, gauge %v; want none, 0", w, g)
+		}
+		return nil
+	}
+	waitState := func(what string, warned bool) {
+		t.Helper()
+		var last error
+		if err := wait.PollUntilContextTimeout(t.Context(), 20*time.Millisecond, waitTimeout, true, func(context.Context) (bool, error) {
+			last = state(warned)
+			return last == nil, nil
+		}); err != nil {
+			t.Fatalf("%s: %v", what, last)
+		}
+	}
+
+	rec.waitFor(t, "Istio's defaults", func(s *model.Snapshot) error {
+		if s.DefaultExportTo != nil || s.MeshConfig != where {
+			return fmt.Errorf("default exportTo %q, mesh config %q; want Istio's default from %s", s.DefaultExportTo, s.MeshConfig, where)
+		}
+		return nil
+	})
+	if err := state(false); err != nil {
+		t.Errorf("without Istio: %v", err)
+	}
+	for _, e := range rec.src.Errors() {
+		if strings.Contains(e.Error(), "mesh config") {
+			t.Errorf("Errors() has %q without Istio, want nothing of the mesh config", e)
+		}
+	}
+
+	env.InstallCRDs()
+	waitState("Istio's CRD installed, its mesh config absent", true)
+
+	deleteServiceEntryCRD(t, env)
+	waitState("Istio's CRD deleted", false)
 }

@@ -55,7 +55,7 @@ func newMetrics() *metrics {
 		}),
 		meshConfigAbsent: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "ztdns_kube_mesh_config_absent",
-			Help: "1 while the mesh config ConfigMap of istiod's revision (--istio-revision), configmap namespace/name, is absent: every istiod the Istio chart installs has one, so --istio-revision names no istiod's revision, and Istio's defaults are followed; 0 while it is there (or RBAC refuses it). No series without --istio-namespace.",
+			Help: "1 while the mesh config ConfigMap of istiod's revision (--istio-revision), configmap namespace/name, is absent: every istiod the Istio chart installs has one, so --istio-revision names no istiod's revision, and Istio's defaults are followed; 0 while it is there (or RBAC refuses it), and while Istio's ServiceEntry CRD is not installed: a cluster without Istio has no istiod to follow and does not page. No series without --istio-namespace.",
 		}, []string{"configmap"}),
 	}
 	for _, r := range seReasons {

@@ -77,6 +77,12 @@ type run struct {
 	// logged of it, owned by Run's goroutine.
 	meshRefused atomic.Bool
 	meshState   string
+	// meshWarned is set while Warnings() says the mesh config is absent
+	// (warnMeshConfigAbsent). noIstio is set while Istio's ServiceEntry
+	// CRD is not installed (followCRD): a cluster without Istio. Owned by
+	// Run's goroutine.
+	meshWarned bool
+	noIstio    bool
 	// kubeDNSRefused and kubeDNSState are the same for kube-dns's
 	// Corefile (kubeDNSForbidden, followKubeDNS).
 	kubeDNSRefused atomic.Bool

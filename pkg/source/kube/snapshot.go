@@ -91,8 +91,8 @@ func (r *run) snapshot() (*model.Snapshot, time.Time) {
 			r.followKubeDNS(cms)
 		}
 	}
-	if pending[kindPods] {
-		r.followZtunnel()
+	if pending[kindPods] || pending[kindMeshConfig] {
+		r.followZtunnel() // its warning says whether the mesh config is absent
 	}
 	if slicesChanged {
 		r.last.EndpointSlices = r.endpointSlices()

@@ -65,7 +65,7 @@ func (r *run) followZtunnel() {
 			if rev == r.src.istioRevision {
 				continue
 			}
-			warnings = append(warnings, ztunnelWarning(p, rev, r.src.istioRevision, r.src.meshConfigWhere()))
+			warnings = append(warnings, ztunnelWarning(p, rev, r.src.istioRevision, r.src.meshConfigWhere(), r.meshState == "absent"))
 		}
 	}
 	mismatch := 0.0
@@ -90,7 +90,10 @@ func (r *run) followZtunnel() {
 
 // ztunnelWarning says that ztunnel pod p follows istiod of revision rev
 // while the source follows istiod of flag, what that does, and the fix.
-func ztunnelWarning(p *model.Pod, rev, flag, meshConfig string) string {
+// meshConfig is the flag's mesh config, which the source follows unless
+// it is absent (meshAbsent): Istio's defaults then, as the mesh config's
+// own warning says.
+func ztunnelWarning(p *model.Pod, rev, flag, meshConfig string, meshAbsent bool) string {
 	how := "its istio.io/rev annotation"
 	if _, ok := p.Annotations[model.AnnotationIstioRev]; !ok {
 		how = "no istio.io/rev annotation: it connects to Service istiod, istiod of revision default"
@@ -99,9 +102,13 @@ func ztunnelWarning(p *model.Pod, rev, flag, meshConfig string) string {
 	if p.NodeName != "" {
 		on = " on node " + p.NodeName
 	}
+	followed := fmt.Sprintf("mesh config %s is followed", meshConfig)
+	if meshAbsent {
+		followed = fmt.Sprintf("Istio's defaults are followed (mesh config %s is absent)", meshConfig)
+	}
 	return fmt.Sprintf("ztunnel %s%s follows istiod of revision %q (%s), but --istio-revision is %q: "+
 		"ServiceEntries labelled istio.io/rev=%s are forwarded though ztunnel routes their VIPs, "+
-		"those labelled istio.io/rev=%s are answered with VIPs ztunnel does not route, and mesh config %s is followed; "+
+		"those labelled istio.io/rev=%s are answered with VIPs ztunnel does not route, and %s; "+
 		"set --istio-revision=%s (chart resolver.istioRevision) as ztunnel's upgrade reaches the node",
-		p.Key(), on, rev, how, flag, rev, flag, meshConfig, rev)
+		p.Key(), on, rev, how, flag, rev, flag, followed, rev)
 }

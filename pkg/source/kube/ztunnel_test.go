@@ -74,7 +74,12 @@ func TestZtunnelRevisionMismatch(t *testing.T) {
 				}
 				return nil
 			})
-			warnings := rec.src.Warnings()
+			var warnings []error
+			for _, w := range rec.src.Warnings() {
+				if strings.HasPrefix(w.Error(), "ztunnel ") {
+					warnings = append(warnings, w)
+				}
+			}
 			gauge := testutil.ToFloat64(rec.src.metrics.ztunnelRevisionMismatch)
 			if want[flag] == nil {
 				if len(warnings) != 0 || gauge != 0 {
@@ -106,7 +111,33 @@ func TestZtunnelRevisionMismatch(t *testing.T) {
 	}
 	ztunnel("ztunnel-adef", node, "")
 	check("ztunnel-adef", map[string][]string{
-		"1-27": {`follows istiod of revision "default" (no istio.io/rev annotation`, `--istio-revision is "1-27"`, "set --istio-revision=default"},
+		"1-27": {`follows istiod of revision "default" (no istio.io/rev annotation`, `--istio-revision is "1-27"`, "set --istio-revision=default",
+			"mesh config istio-system/istio-1-27 is followed"},
+		"1-28": {`follows istiod of revision "default"`, `--istio-revision is "1-28"`},
+	})
+
+	// Revision 1-27 removed, its mesh config with it: the agent of 1-27
+	// follows Istio's defaults, and its ztunnel warning says so, as the
+	// mesh config's own warning does. (Before, status showed both "mesh
+	// config istio-system/istio-1-27 is followed" and "... is absent ...
+	// ztdns follows Istio's defaults".)
+	if err := kc.CoreV1().ConfigMaps(DefaultIstioNamespace).Delete(t.Context(), "istio-1-27", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	rec := agents["1-27"]
+	rec.waitFor(t, "Istio's defaults", func(s *model.Snapshot) error {
+		if s.DefaultExportTo != nil || len(rec.src.Warnings()) != 2 {
+			return fmt.Errorf("default exportTo %q, warnings %q; want Istio's default, two warnings", s.DefaultExportTo, rec.src.Warnings())
+		}
+		return nil
+	})
+	for _, w := range rec.src.Warnings() {
+		if strings.Contains(w.Error(), "is followed") && !strings.Contains(w.Error(), "Istio's defaults are followed") {
+			t.Errorf("warning %q says a mesh config is followed, though it is absent", w)
+		}
+	}
+	check("ztunnel-adef", map[string][]string{
+		"1-27": {`follows istiod of revision "default"`, "and Istio's defaults are followed (mesh config istio-system/istio-1-27 is absent)"},
 		"1-28": {`follows istiod of revision "default"`, `--istio-revision is "1-28"`},
 	})
 }
