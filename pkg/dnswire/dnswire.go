@@ -74,8 +74,11 @@ const ExtRcodeBadVers = 1
 
 // Record types only this package reads.
 const (
+	typeA     = 1
 	typeCNAME = 5
 	typeSOA   = 6
+	typeTXT   = 16
+	typeAAAA  = 28
 	typeOPT   = 41
 	typeANY   = 255
 )

@@ -51,22 +51,24 @@ func PlanRotation(msg []byte) *RotationPlan {
 	return p
 }
 
-// AppendFirst appends to dst what FirstRecords(n) reads of msg once
-// RotateAnswers(msg, id) has rotated it and AgeTTLs lowered its TTLs (at
-// ttlOffsets, ScanReply's, by elapsed), copying only what it keeps: the
-// header and question, the first n records besides the OPT record, in the
-// order the rotation leaves them, and the OPT record (where it was when
-// among them, else after them), with the counts set and TC as it was.
-// p is msg's plan (PlanRotation). A run is moved when the plan found it
-// movable: in msg as planned, not as aged, whose TTLs' octets may read as
-// a pointer into a run (and so leave a whole message's run unmoved) or
-// no longer do. ok is false, and dst returned as it was, when msg has no
-// more than n records besides the OPT (nothing to leave out) or does not
-// parse.
-func AppendFirst(dst, msg []byte, p *RotationPlan, id uint16, n int, ttlOffsets []uint16, elapsed uint32) (out []byte, ok bool) {
+// AppendFirst appends to dst what FirstRecordsIn(n, room) reads of msg
+// once RotateAnswers(msg, id) has rotated it and AgeTTLs lowered its TTLs
+// (at ttlOffsets, ScanReply's, by elapsed), copying only what it keeps:
+// the header and question, the first records besides the OPT record, in
+// the order the rotation leaves them, at most n and no more than up to
+// the first at which they take more than room octets packed as small as
+// they can be, and the OPT record (where it was when among them, else
+// after them), with the counts set and TC as it was. What follows them is
+// neither copied nor aged. p is msg's plan (PlanRotation). A run is moved
+// when the plan found it movable: in msg as planned, not as aged, whose
+// TTLs' octets may read as a pointer into a run (and so leave a whole
+// message's run unmoved) or no longer do. ok is false, and dst returned
+// as it was, when that leaves nothing out of msg or msg does not parse.
+func AppendFirst(dst, msg []byte, p *RotationPlan, id uint16, n, room int, ttlOffsets []uint16, elapsed uint32) (out []byte, ok bool) {
 	h, err := ReadHeader(msg)
 	records := int(h.ANCount) + int(h.NSCount) + int(h.ARCount)
-	if err != nil || records <= n || records == n+1 && p.optOff >= 0 {
+	fewer := records <= n || records == n+1 && p.optOff >= 0
+	if err != nil || fewer && len(msg) <= HeaderLen+room { // no record left out
 		return dst, false
 	}
 	off, err := skipQuestions(msg, HeaderLen, int(h.QDCount))
@@ -77,14 +79,16 @@ func AppendFirst(dst, msg []byte, p *RotationPlan, id uint16, n int, ttlOffsets 
 	answers := int(h.ANCount)
 	authorityEnd := answers + int(h.NSCount)
 	var an, ns, ar uint16
-	kept := 0
-	optIn := false // the OPT record is among those kept, where it was
+	kept, used := 0, 0 // used: the kept records' octets at packedAtLeast
+	optIn := false     // the OPT record is among those kept, where it was
+	more := func() bool { return kept < n && used <= room }
 	// appendRR appends the record at start, aged, and returns where it ends.
 	appendRR := func(start int) (int, error) {
 		fixed, end, err := skipRR(msg, start)
 		if err != nil {
 			return 0, err
 		}
+		used += packedAtLeast(msg, start, fixed, end)
 		at := len(out) + fixed - start
 		out = append(out, msg[start:end]...)
 		if ttl := fixed + 4; elapsed > 0 && ttl <= 0xFFFF {
@@ -96,7 +100,7 @@ func AppendFirst(dst, msg []byte, p *RotationPlan, id uint16, n int, ttlOffsets 
 		return end, nil
 	}
 	run := 0
-	for i := 0; i < records && kept < n; {
+	for i := 0; i < records && more(); {
 		if off == p.optOff {
 			out = append(out, msg[p.optOff:p.optEnd]...)
 			optIn, ar = true, ar+1
@@ -117,7 +121,7 @@ func AppendFirst(dst, msg []byte, p *RotationPlan, id uint16, n int, ttlOffsets 
 					}
 				}
 				for _, part := range [2][2]int{{mid, r.end}, {r.start, mid}} {
-					for o := part[0]; o < part[1] && kept < n; kept++ {
+					for o := part[0]; o < part[1] && more(); kept++ {
 						if o, err = appendRR(o); err != nil {
 							return dst, false
 						}
@@ -144,6 +148,12 @@ func AppendFirst(dst, msg []byte, p *RotationPlan, id uint16, n int, ttlOffsets 
 		kept++
 		off, i = end, i+1
 	}
+	if p.optOff >= 0 {
+		records--
+	}
+	if kept == records { // all kept: msg is the reply
+		return dst, false
+	}
 	if !optIn && p.optOff >= 0 {
 		out = append(out, msg[p.optOff:p.optEnd]...)
 		ar++
@@ -155,20 +165,26 @@ func AppendFirst(dst, msg []byte, p *RotationPlan, id uint16, n int, ttlOffsets 
 	return out, true
 }
 
-// FirstAnswers is msg with only its first n answer and authority records,
-// and of its additional section only the OPT record: what a reply that
-// carries msg's answer or authority records, cut to at most n records,
-// reads of it. The header (TC, the rcode) and the OPT record, with its
-// extended rcode, are msg's; the records kept stay where they are, so
+// FirstAnswers is FirstAnswersIn with no bound in octets.
+func FirstAnswers(msg []byte, n int) ([]byte, error) {
+	return FirstAnswersIn(msg, n, AnyRoom)
+}
+
+// FirstAnswersIn is msg with only its first answer and authority records,
+// at most n and no more than FirstRecordsIn(n, room) keeps, and of its
+// additional section only the OPT record: what a reply that carries msg's
+// answer or authority records, cut to at most n records or room octets of
+// them, reads of it. The header (TC, the rcode) and the OPT record, with
+// its extended rcode, are msg's; the records kept stay where they are, so
 // their compression pointers stay valid. It is msg itself when that
 // leaves nothing out, otherwise a new message. It fails on a malformed
-// message. It is FirstRecords of no more records than the answer and
+// message. It is FirstRecordsIn of no more records than the answer and
 // authority sections hold.
-func FirstAnswers(msg []byte, n int) ([]byte, error) {
+func FirstAnswersIn(msg []byte, n, room int) ([]byte, error) {
 	h, err := ReadHeader(msg)
 	if err != nil {
 		return nil, err
 	}
-	first, _, err := FirstRecords(msg, min(n, int(h.ANCount)+int(h.NSCount)))
+	first, _, err := FirstRecordsIn(msg, min(n, int(h.ANCount)+int(h.NSCount)), room)
 	return first, err
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/miekg/dns"
@@ -11,8 +12,9 @@ import (
 
 // firstSamples are large replies to take the first records of, by name:
 // sets to rotate (one, or two of different types after a CNAME), one whose
-// octets read as a pointer into its set (left in place), and OPT records
-// before and after other additional records.
+// octets read as a pointer into its set (left in place), OPT records
+// before and after other additional records, and few huge records (100
+// TXT records of 600 octets).
 func firstSamples(tb testing.TB) map[string][]byte {
 	tb.Helper()
 	build := func(compress bool, an []string, opt int, extra ...string) []byte {
@@ -48,7 +50,12 @@ func firstSamples(tb testing.TB) map[string][]byte {
 	for i := range unsafe { // 192.168…: octets that read as pointers into the set
 		unsafe[i] = fmt.Sprintf("big.example. 300 IN A 192.168.%d.%d", i/200, i%200)
 	}
+	txt := make([]string, 100)
+	for i := range txt { // 600 octets of data: strings of 255, 255 and 87
+		txt[i] = fmt.Sprintf("big.example. 3700 IN TXT %q %q %q", strings.Repeat("a", 255), strings.Repeat("b", 255), fmt.Sprintf("%087d", i))
+	}
 	return map[string][]byte{
+		"huge TXT records":           build(true, txt, 2, glue...),
 		"one set":                    build(false, set("big.example.", "A", 300), 2, glue...),
 		"one set, compressed":        build(true, set("big.example.", "A", 300), 2, glue...),
 		"CNAME, two sets":            build(true, slices.Concat([]string{"big.example. 3700 IN CNAME cdn.example."}, set("cdn.example.", "A", 150), set("cdn.example.", "AAAA", 150)), 0, glue...),
@@ -61,11 +68,11 @@ func firstSamples(tb testing.TB) map[string][]byte {
 }
 
 // TestAppendFirstIsFirstRecordsOfTheRotatedReply: what AppendFirst appends
-// of a reply is, byte for byte, FirstRecords of the reply aged and rotated
-// as AppendCached makes it (AgeTTLs, RotateAnswers), for every ID, age and
-// number of records, sets moved or left in place as RotateAnswers moves
-// them; a reply with no more records is left to the caller (ok false, dst
-// as it was).
+// of a reply is, byte for byte, FirstRecordsIn of the reply aged and
+// rotated as AppendCached makes it (AgeTTLs, RotateAnswers), for every ID,
+// age, number of records and room in octets, sets moved or left in place
+// as RotateAnswers moves them; a reply with no more records is left to
+// the caller (ok false, dst as it was).
 func TestAppendFirstIsFirstRecordsOfTheRotatedReply(t *testing.T) {
 	t.Parallel()
 	prefix := []byte("batch")
@@ -77,26 +84,28 @@ func TestAppendFirstIsFirstRecordsOfTheRotatedReply(t *testing.T) {
 		p := PlanRotation(msg)
 		kept := 0
 		for _, n := range []int{0, 1, 2, 45, 111, 151, 299, 300, 301, 302, 303, 304, 400} {
-			for _, elapsed := range []uint32{0, 7, 63} {
-				for id := range uint16(7) {
-					ref := slices.Clone(msg)
-					AgeTTLs(ref, s.TTLOffsets, elapsed)
-					RotateAnswers(ref, id*97+1)
-					want, dropped, err := FirstRecords(ref, n)
-					if err != nil {
-						t.Fatal(err)
-					}
-					got, ok := AppendFirst(slices.Clone(prefix), msg, p, id*97+1, n, s.TTLOffsets, elapsed)
-					switch {
-					case ok != dropped:
-						t.Fatalf("%s, %d records, ID %d: ok %v; want %v, as FirstRecords drops records", name, n, id*97+1, ok, dropped)
-					case !ok && !bytes.Equal(got, prefix):
-						t.Fatalf("%s, %d records: nothing to leave out, and dst became %q", name, n, got)
-					case ok && (!bytes.HasPrefix(got, prefix) || !bytes.Equal(got[len(prefix):], want)):
-						t.Fatalf("%s, %d records, ID %d, %d s: got\n%x\nwant\n%x", name, n, id*97+1, elapsed, got, want)
-					}
-					if ok {
-						kept++
+			for _, room := range []int{AnyRoom, 0, 611, 612, 1220, 4084} {
+				for _, elapsed := range []uint32{0, 7, 63} {
+					for id := range uint16(7) {
+						ref := slices.Clone(msg)
+						AgeTTLs(ref, s.TTLOffsets, elapsed)
+						RotateAnswers(ref, id*97+1)
+						want, dropped, err := FirstRecordsIn(ref, n, room)
+						if err != nil {
+							t.Fatal(err)
+						}
+						got, ok := AppendFirst(slices.Clone(prefix), msg, p, id*97+1, n, room, s.TTLOffsets, elapsed)
+						switch {
+						case ok != dropped:
+							t.Fatalf("%s, %d records, room %d, ID %d: ok %v; want %v, as FirstRecordsIn drops records", name, n, room, id*97+1, ok, dropped)
+						case !ok && !bytes.Equal(got, prefix):
+							t.Fatalf("%s, %d records, room %d: nothing to leave out, and dst became %q", name, n, room, got)
+						case ok && (!bytes.HasPrefix(got, prefix) || !bytes.Equal(got[len(prefix):], want)):
+							t.Fatalf("%s, %d records, room %d, ID %d, %d s: got\n%x\nwant\n%x", name, n, room, id*97+1, elapsed, got, want)
+						}
+						if ok {
+							kept++
+						}
 					}
 				}
 			}
@@ -110,8 +119,8 @@ func TestAppendFirstIsFirstRecordsOfTheRotatedReply(t *testing.T) {
 	// with the next, as a pointer into the set.)
 	msg := firstSamples(t)["no OPT"]
 	p := PlanRotation(msg)
-	a, _ := AppendFirst(nil, msg, p, 1, 10, nil, 0)
-	b, _ := AppendFirst(nil, msg, p, 2, 10, nil, 0)
+	a, _ := AppendFirst(nil, msg, p, 1, 10, AnyRoom, nil, 0)
+	b, _ := AppendFirst(nil, msg, p, 2, 10, AnyRoom, nil, 0)
 	if bytes.Equal(a, b) {
 		t.Error("IDs 1 and 2 got the same first records: the set was not rotated")
 	}
@@ -132,13 +141,13 @@ func TestAppendFirstCopiesOnlyWhatItKeeps(t *testing.T) {
 	p := PlanRotation(msg)
 	dst := make([]byte, 0, 4096)
 	if allocs := testing.AllocsPerRun(100, func() {
-		if _, ok := AppendFirst(dst, msg, p, 7, 111, s.TTLOffsets, 9); !ok {
+		if _, ok := AppendFirst(dst, msg, p, 7, 111, AnyRoom, s.TTLOffsets, 9); !ok {
 			t.Fatal("not cut")
 		}
 	}); allocs != 0 {
 		t.Errorf("%.1f allocations, want none (dst has room)", allocs)
 	}
-	out, _ := AppendFirst(nil, msg, p, 7, 111, s.TTLOffsets, 9)
+	out, _ := AppendFirst(nil, msg, p, 7, 111, AnyRoom, s.TTLOffsets, 9)
 	if len(msg) < 50<<10 || len(out) > 4<<10 {
 		t.Errorf("a reply of %d bytes gave %d; want only its first 111 records", len(msg), len(out))
 	}
@@ -230,7 +239,7 @@ func FuzzAppendFirst(f *testing.F) {
 		if err != nil {
 			return
 		}
-		out, ok := AppendFirst(nil, msg, PlanRotation(msg), id, int(n), s.TTLOffsets, 7)
+		out, ok := AppendFirst(nil, msg, PlanRotation(msg), id, int(n), AnyRoom, s.TTLOffsets, 7)
 		if !ok {
 			return
 		}

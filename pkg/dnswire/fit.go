@@ -1,6 +1,7 @@
 package dnswire
 
 import (
+	"encoding/binary"
 	"errors"
 )
 
@@ -149,16 +150,30 @@ func (f Fit) Apply(msg []byte) []byte {
 	return msg[:f.size]
 }
 
-// FirstRecords is msg with only its first n records, those other than the
-// OPT record, and the OPT record: what a cut of msg that keeps at most n
-// records reads, as miekg's Msg.Truncate keeps whole records in order, the
-// OPT record aside. It is msg itself when msg has no more than n records
-// besides the OPT; otherwise a new message, dropped true, with the counts
-// set and the OPT record after the n when it came later (its owner is the
-// root, so moving it breaks no pointer); the TC flag is left as it was.
-// Kept records stay where they are, so their compression pointers to
-// earlier names stay valid. It fails on a malformed message.
+// FirstRecords is FirstRecordsIn with no bound in octets: msg with only
+// its first n records besides the OPT record.
 func FirstRecords(msg []byte, n int) (first []byte, dropped bool, err error) {
+	return FirstRecordsIn(msg, n, AnyRoom)
+}
+
+// AnyRoom, as FirstRecordsIn's room, bounds nothing.
+const AnyRoom = 1 << 30
+
+// FirstRecordsIn is msg with only its first records, those other than the
+// OPT record, and the OPT record: at most n of them, and no more than up
+// to the first at which they take more than room octets packed as small
+// as they can be (packedAtLeast): what a cut of msg that keeps at most n
+// records, or room octets of records, reads, as miekg's Msg.Truncate keeps
+// whole records in order, the OPT record aside, and stops at the first
+// that does not fit; the one past the room is kept, so that the cut of
+// the first records leaves it out, and sets TC, as the cut of the whole
+// does. It is msg itself when that leaves nothing out; otherwise a new
+// message, dropped true, with the counts set and the OPT record after the
+// records kept when it came later (its owner is the root, so moving it
+// breaks no pointer); the TC flag is left as it was. Kept records stay
+// where they are, so their compression pointers to earlier names stay
+// valid. It fails on a malformed message.
+func FirstRecordsIn(msg []byte, n, room int) (first []byte, dropped bool, err error) {
 	h, err := ReadHeader(msg)
 	if err != nil {
 		return nil, false, err
@@ -171,7 +186,7 @@ func FirstRecords(msg []byte, n int) (first []byte, dropped bool, err error) {
 	authorityEnd := answers + int(h.NSCount)
 	records := authorityEnd + int(h.ARCount)
 	var an, ns, ar uint16
-	keep, kept := off, 0 // the first records end at keep
+	keep, kept, used := off, 0, 0 // the first records end at keep
 	optOff, optEnd := -1, -1
 	for i := range records {
 		fixed, end, err := skipRR(msg, off)
@@ -188,7 +203,7 @@ func FirstRecords(msg []byte, n int) (first []byte, dropped bool, err error) {
 				ar++
 				keep = end
 			}
-		case kept == n:
+		case kept == n || used > room:
 			dropped = true
 		default:
 			switch {
@@ -200,6 +215,7 @@ func FirstRecords(msg []byte, n int) (first []byte, dropped bool, err error) {
 				ar++
 			}
 			kept++
+			used += packedAtLeast(msg, off, fixed, end)
 			keep = end
 		}
 		off = end
@@ -217,4 +233,32 @@ func FirstRecords(msg []byte, n int) (first []byte, dropped bool, err error) {
 	SetNSCount(first, ns)
 	SetARCount(first, ar)
 	return first, true, nil
+}
+
+// packedAtLeast is the fewest octets the record at off (its fixed part at
+// fixed, see skipRR, ending at end) takes in a message packed anew,
+// compressed or not, as miekg's Pack packs it: its owner a compression
+// pointer, or the root, its fixed part, and its data as it is where it
+// holds no name that packing could compress (A, AAAA, TXT: what a 64 KB
+// reply of few records is made of), else none of it. Packing only makes
+// a record longer than that, so records that take more than a reply's
+// room at packedAtLeast cannot all fit in it.
+func packedAtLeast(msg []byte, off, fixed, end int) int {
+	n := 2 + rrFixedLen
+	if c := msg[off]; c == 0 || c&0xC0 == 0xC0 && pointsToRoot(msg, off) {
+		n = 1 + rrFixedLen
+	}
+	switch binary.BigEndian.Uint16(msg[fixed:]) {
+	case typeA, typeAAAA, typeTXT:
+		n += end - fixed - rrFixedLen
+	}
+	return n
+}
+
+// pointsToRoot reports whether the compression pointer at off may stand
+// for the root: it points to a root label, to another pointer, or past
+// the message.
+func pointsToRoot(msg []byte, off int) bool {
+	to := int(binary.BigEndian.Uint16(msg[off:]) &^ 0xC000)
+	return to >= len(msg) || msg[to] == 0 || msg[to]&0xC0 == 0xC0
 }

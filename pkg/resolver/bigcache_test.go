@@ -26,11 +26,17 @@ import (
 // replies: 1,800 A records of big.corp.internal. take 59 KB.
 const bigRecords = 1800
 
+// bigTXT is how many TXT records, of 600 octets each, a pod's nameserver
+// puts in its large TXT replies: 100 take 62 KB.
+const bigTXT = 100
+
 // bigAnswers is a pod's own nameserver filling ztdns's cache with large
 // replies (the cache keys them by the nameserver the pod names): names
-// under big. get bigRecords A records (TTL 300); names under nx. NXDOMAIN,
-// an SOA and bigRecords additional records; names under gone. NXDOMAIN and
-// an SOA; every other name, and every name in d3.example., one address,
+// under big. get bigRecords A records (TTL 300), or asked for TXT, bigTXT
+// TXT records of 600 octets (three strings, the last the record's number
+// in 87 digits); names under nx. NXDOMAIN, an SOA and 6 additional TXT
+// records of 10,040 octets (one of them past any client's buffer); names
+// under gone. NXDOMAIN and an SOA; every other name, and every name in d3.example., one address,
 // 203.0.113.1.
 type bigAnswers struct{}
 
@@ -49,12 +55,20 @@ func (bigAnswers) Reply(req *dns.Msg, _ netip.AddrPort) *dns.Msg {
 	switch name := strings.ToLower(q.Name); {
 	case strings.HasSuffix(name, ".d3.example."):
 		m.Answer = []dns.RR{&dns.A{Hdr: dns.RR_Header{Name: q.Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 300}, A: net.IPv4(203, 0, 113, 1)}}
+	case strings.HasPrefix(name, "big.") && q.Qtype == dns.TypeTXT:
+		for i := range bigTXT {
+			m.Answer = append(m.Answer, &dns.TXT{Hdr: dns.RR_Header{Name: q.Name, Rrtype: dns.TypeTXT, Class: dns.ClassINET, Ttl: 300},
+				Txt: []string{strings.Repeat("a", 255), strings.Repeat("b", 255), fmt.Sprintf("%087d", i)}})
+		}
 	case strings.HasPrefix(name, "big."):
 		m.Answer = many()
 	case strings.HasPrefix(name, "nx."):
 		m.Rcode = dns.RcodeNameError
 		m.Ns = []dns.RR{dnstest.SOA}
-		m.Extra = many()
+		for range 6 {
+			m.Extra = append(m.Extra, &dns.TXT{Hdr: dns.RR_Header{Name: q.Name, Rrtype: dns.TypeTXT, Class: dns.ClassINET, Ttl: 300},
+				Txt: slices.Repeat([]string{strings.Repeat("x", 250)}, 40)})
+		}
 	case strings.HasPrefix(name, "gone."):
 		m.Rcode = dns.RcodeNameError
 		m.Ns = []dns.RR{dnstest.SOA}
@@ -68,9 +82,13 @@ func (bigAnswers) Reply(req *dns.Msg, _ netip.AddrPort) *dns.Msg {
 }
 
 // ednsQuery is a query for name of type A with EDNS, size its UDP buffer.
-func ednsQuery(name string, size uint16) *dns.Msg {
+func ednsQuery(name string, size uint16) *dns.Msg { return ednsQueryOf(name, dns.TypeA, size) }
+
+// ednsQueryOf is a query for name of type qtype with EDNS, size its UDP
+// buffer.
+func ednsQueryOf(name string, qtype, size uint16) *dns.Msg {
 	m := new(dns.Msg)
-	m.SetQuestion(name, dns.TypeA)
+	m.SetQuestion(name, qtype)
 	m.SetEdns0(size, false)
 	return m
 }
@@ -94,14 +112,17 @@ func bytesPerCall(n int, fn func()) uint64 {
 }
 
 // TestLargeCachedRepliesCostWhatTheReplyHolds: a pod's nameserver gives
-// 59 KB of A records for a name, cached by a query over TCP; a UDP query
-// answered from it on the socket's goroutine (the offline pass) reads only
-// the records its reply can hold: an ExternalName chased to it, autopath
-// finding it as a candidate, or the name itself, asked with a buffer of
-// 1,232 octets, allocate 24–37 KB (before: the whole reply copied, and
-// for the chase and autopath every record decoded: 403 KB, 435 KB and
-// 73 KB a query), and answer what they did: TC, the CNAME, and as many of
-// the addresses, in the set's order, as fit.
+// 59 KB of A records for a name, or 62 KB of TXT records of 600 octets,
+// cached by a query over TCP; a UDP query answered from it on the socket's
+// goroutine (the offline pass) reads only the records its reply can hold:
+// an ExternalName chased to it, autopath finding it as a candidate, or the
+// name itself, asked with a buffer of 1,232 octets, allocate 24–37 KB of
+// the A records (before: the whole reply copied, and for the chase and
+// autopath every record decoded: 403 KB, 435 KB and 73 KB a query), under
+// 32 KiB of the TXT records (before they were bounded in octets as well
+// as in number: 149–154 KB, all 100 read and decoded), and answer what
+// they did: TC, the CNAME, and as many of the records, in the set's order,
+// as fit.
 func TestLargeCachedRepliesCostWhatTheReplyHolds(t *testing.T) {
 	ss := startSlowServerWith(t, Options{Autopath: true, Limits: quota.Limits{QPS: -1}}, &model.Snapshot{
 		Services: []model.Service{{Namespace: "ns1", Name: "out", ExternalName: "big.example"}},
@@ -110,18 +131,26 @@ func TestLargeCachedRepliesCostWhatTheReplyHolds(t *testing.T) {
 	out := make([]byte, 0, 4096+512) // as the UDP loop's batch buffer
 	for _, tc := range []struct {
 		what, name, target string
+		qtype              uint16
 		under              uint64 // bytes a query may allocate
 	}{
-		{"an ExternalName to it", "out.ns1.svc.cluster.local.", "big.example.", 64 << 10},
-		{"autopath's candidate", "big.ns1.svc.cluster.local.", "big.corp.internal.", 64 << 10},
+		{"an ExternalName to it", "out.ns1.svc.cluster.local.", "big.example.", dns.TypeA, 64 << 10},
+		{"autopath's candidate", "big.ns1.svc.cluster.local.", "big.corp.internal.", dns.TypeA, 64 << 10},
 		// What is left is the cut compressed (compressedFit): it decodes
 		// the records a reply of 1,232 octets can keep.
-		{"the name itself", "big.example.", "", 32 << 10},
+		{"the name itself", "big.example.", "", dns.TypeA, 32 << 10},
+		{"TXT, an ExternalName to it", "out.ns1.svc.cluster.local.", "big.example.", dns.TypeTXT, 32 << 10},
+		{"TXT, autopath's candidate", "big.ns1.svc.cluster.local.", "big.corp.internal.", dns.TypeTXT, 32 << 10},
+		{"TXT, the name itself", "big.example.", "", dns.TypeTXT, 32 << 10},
 	} {
-		if r, err := ss.tryExchange(victimIP, "tcp", ednsQuery(tc.name, 1232)); err != nil || len(r.Answer) < bigRecords {
+		records := bigRecords
+		if tc.qtype == dns.TypeTXT {
+			records = bigTXT
+		}
+		if r, err := ss.tryExchange(victimIP, "tcp", ednsQueryOf(tc.name, tc.qtype, 1232)); err != nil || len(r.Answer) < records {
 			t.Fatalf("%s over TCP, to fill the cache: %v, %d answers", tc.what, err, len(r.Answer))
 		}
-		m := ednsQuery(tc.name, 1232)
+		m := ednsQueryOf(tc.name, tc.qtype, 1232)
 		q, err := m.Pack()
 		if err != nil {
 			t.Fatal(err)
@@ -153,36 +182,45 @@ func TestLargeCachedRepliesCostWhatTheReplyHolds(t *testing.T) {
 		whole := new(dns.Msg)
 		whole.SetReply(m)
 		whole.Answer = append(whole.Answer, r.Answer[:len(r.Answer)-len(answers)]...)
-		whole.Answer = append(whole.Answer, bigAnswers{}.Reply(ednsQuery(owner, 1232), local).Answer...)
+		whole.Answer = append(whole.Answer, bigAnswers{}.Reply(ednsQueryOf(owner, tc.qtype, 1232), local).Answer...)
 		whole.SetEdns0(dnswire.EDNSUDPSize, false)
 		whole.Truncate(1232)
-		if r.Rcode != dns.RcodeSuccess || !r.Truncated || len(r.Answer) != len(whole.Answer) {
+		if r.Rcode != dns.RcodeSuccess || !r.Truncated || len(r.Answer) != len(whole.Answer) || len(answers) == 0 {
 			t.Errorf("%s: %s, TC %v, %d answers; want NOERROR, TC and %d, as a cut of the whole", tc.what, dns.RcodeToString[r.Rcode], r.Truncated, len(r.Answer), len(whole.Answer))
 		}
 		first := -1
 		for i, rr := range answers { // consecutive records of the set, from wherever it was rotated to
-			a, ok := rr.(*dns.A)
-			if !ok {
-				t.Fatalf("%s: answer %d is %v, want an address", tc.what, i, rr)
+			n := -1
+			switch rr := rr.(type) {
+			case *dns.A:
+				if v4 := rr.A.To4(); v4[0] == 10 {
+					n = int(v4[1])*200 + int(v4[2])
+				}
+			case *dns.TXT:
+				if len(rr.Txt) == 3 {
+					fmt.Sscan(rr.Txt[2], &n)
+				}
 			}
-			v4 := a.A.To4()
-			n := int(v4[1])*200 + int(v4[2])
+			if n < 0 || rr.Header().Rrtype != tc.qtype {
+				t.Fatalf("%s: answer %d is %v, want one of the set", tc.what, i, rr)
+			}
 			if first < 0 {
 				first = n
 			}
-			if v4[0] != 10 || n != (first+i)%bigRecords {
-				t.Errorf("%s: answer %d is %v, want 10.%d.%d.1", tc.what, i, a.A, (first+i)%bigRecords/200, (first+i)%bigRecords%200)
+			if n != (first+i)%records {
+				t.Errorf("%s: answer %d is record %d of the set, want %d", tc.what, i, n, (first+i)%records)
 			}
 		}
 	}
 }
 
 // TestFitUDPOfTheFirstRecordsIsTheCutOfTheWhole: what the offline pass
-// hands fitUDP of a large cached reply, its first records (firstRecords:
-// one more than the cut can keep, AppendCachedFirst), is cut to the same
-// reply, TC and all, as the whole reply is, for a client's buffer of 512,
-// 1,232 and 4,096 octets: answers cut, authority cut, additional sets
-// kept or dropped whole.
+// hands fitUDP of a large cached reply, its first records (firstRecords,
+// recordRoom: one more than the cut can keep, by number or by octets,
+// AppendCachedFirst), is cut to the same reply, TC and all, as the whole
+// reply is, for a client's buffer of 512, 1,232 and 4,096 octets: answers
+// cut, authority cut, additional sets kept or dropped whole, of small
+// records and of huge TXT records.
 func TestFitUDPOfTheFirstRecordsIsTheCutOfTheWhole(t *testing.T) {
 	q := ednsQuery("big.example.", 1232)
 	many := bigAnswers{}.Reply(q, netip.AddrPort{})
@@ -194,9 +232,17 @@ func TestFitUDPOfTheFirstRecordsIsTheCutOfTheWhole(t *testing.T) {
 		slices.SortStableFunc(rrs, func(a, b dns.RR) int { return strings.Compare(a.Header().Name, b.Header().Name) })
 		return rrs
 	}
-	replies := map[string]*dns.Msg{"answers": many}
+	txt := bigAnswers{}.Reply(ednsQueryOf("big.example.", dns.TypeTXT, 1232), netip.AddrPort{})
+	replies := map[string]*dns.Msg{"answers": many, "huge TXT answers": txt}
 	for name, sections := range map[string][2]int{"a few answers, much glue": {30, 1500}, "some answers, glue": {60, 60}} {
 		m := many.Copy()
+		m.Answer = m.Answer[:sections[0]]
+		m.Ns = []dns.RR{dnstest.SOA}
+		m.Extra = append(glue(sections[1]), m.Extra...)
+		replies[name] = m
+	}
+	for name, sections := range map[string][2]int{"a huge TXT answer, glue": {1, 60}, "huge TXT answers, glue": {5, 60}} {
+		m := txt.Copy()
 		m.Answer = m.Answer[:sections[0]]
 		m.Ns = []dns.RR{dnstest.SOA}
 		m.Extra = append(glue(sections[1]), m.Extra...)
@@ -213,7 +259,7 @@ func TestFitUDPOfTheFirstRecordsIsTheCutOfTheWhole(t *testing.T) {
 			for _, limit := range []uint16{512, 1232, 4096} {
 				sq := &slowQuery{msg: whole}
 				sq.r.EDNS, sq.r.UDPSize = true, limit
-				first, dropped, err := dnswire.FirstRecords(whole, sq.firstRecords())
+				first, dropped, err := dnswire.FirstRecordsIn(whole, sq.firstRecords(), sq.recordRoom())
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -229,20 +275,21 @@ func TestFitUDPOfTheFirstRecordsIsTheCutOfTheWhole(t *testing.T) {
 			}
 		}
 	}
-	if cuts < 12 {
-		t.Errorf("%d replies left records out, want 12 at least", cuts)
+	if cuts < 24 {
+		t.Errorf("%d replies left records out, want 24 at least", cuts)
 	}
 }
 
 // TestOfflineCacheReadsBoundedInBytes: the offline pass reads at most
 // maxOfflineBytes of cached replies for one query, as it makes at most
 // maxOfflineLookups lookups: with every forwarding slot held, an autopath
-// query whose third candidate exists, the first two cached NXDOMAINs of
-// 1,800 additional records each (a client with a buffer of 4,096 octets,
-// whose reply can hold 372 of them: 11 KB read a candidate), gets SERVFAIL
-// for the node's bound: past the bytes it needed a slot, as a miss does
-// (before: answered on the socket's goroutine, each candidate's reply read
-// and decoded whole). The same walk over plain NXDOMAINs is answered.
+// query whose third candidate exists, the first two cached NXDOMAINs with
+// additional TXT records of 10 KB each (a client with a buffer of 4,096
+// octets, whose reply can hold none of them: the first read to learn so,
+// 10 KB a candidate), gets SERVFAIL for the node's bound: past the bytes
+// it needed a slot, as a miss does (before: answered on the socket's
+// goroutine, each candidate's reply read and decoded whole). The same
+// walk over plain NXDOMAINs is answered.
 func TestOfflineCacheReadsBoundedInBytes(t *testing.T) {
 	const slots = 8
 	silent := startSilentUpstream(t)
@@ -285,10 +332,11 @@ func TestOfflineCacheReadsBoundedInBytes(t *testing.T) {
 
 // BenchmarkLargeCachedReply answers, as the UDP loop does, on the socket's
 // goroutine (the offline pass), queries the forwarder's cache answers from
-// replies of one record and of bigRecords (59 KB, a pod's nameserver's,
-// cached from TCP): the name asked, an ExternalName chased to it, autopath
-// finding it as a candidate; the client asks with a buffer of 1,232
-// octets. README's limits table quotes it.
+// replies of one record, of bigRecords addresses (59 KB, a pod's
+// nameserver's, cached from TCP) and of bigTXT TXT records of 600 octets
+// (62 KB): the name asked, an ExternalName chased to it, autopath finding
+// it as a candidate; the client asks with a buffer of 1,232 octets.
+// README's limits table quotes it.
 func BenchmarkLargeCachedReply(b *testing.B) {
 	up := dnstest.Start(b, "127.0.0.1:0", bigAnswers{}).Addr
 	fwd := forward.New()
@@ -306,22 +354,30 @@ func BenchmarkLargeCachedReply(b *testing.B) {
 	// The names the queries below ask the cache, asked as the lookups ask
 	// them (EDNS, no DO), over TCP.
 	for _, name := range []string{"small.example.", "big.example.", "little.corp.internal.", "big.corp.internal."} {
-		q, _ := ednsQuery(name, dnswire.EDNSUDPSize).Pack()
-		if _, from, err := fwd.ForwardFrom(b.Context(), q, true, ups); err != nil || from.Failure != "" {
-			b.Fatalf("filling the cache with %s: %v, %+v", name, err, from)
+		for _, qtype := range []uint16{dns.TypeA, dns.TypeTXT} {
+			q, _ := ednsQueryOf(name, qtype, dnswire.EDNSUDPSize).Pack()
+			if _, from, err := fwd.ForwardFrom(b.Context(), q, true, ups); err != nil || from.Failure != "" {
+				b.Fatalf("filling the cache with %s: %v, %+v", name, err, from)
+			}
 		}
 	}
 	src, local := netip.AddrPortFrom(victimIP, 5000), netip.MustParseAddrPort("127.0.0.1:53")
-	for _, bc := range []struct{ name, qname string }{
-		{"hit/small", "small.example."},
-		{"hit/59KB", "big.example."},
-		{"ExternalName/small", "small.ns1.svc.cluster.local."},
-		{"ExternalName/59KB", "out.ns1.svc.cluster.local."},
-		{"autopath/small", "little.ns1.svc.cluster.local."},
-		{"autopath/59KB", "big.ns1.svc.cluster.local."},
+	for _, bc := range []struct {
+		name, qname string
+		qtype       uint16
+	}{
+		{"hit/small", "small.example.", dns.TypeA},
+		{"hit/59KB", "big.example.", dns.TypeA},
+		{"hit/62KB-TXT", "big.example.", dns.TypeTXT},
+		{"ExternalName/small", "small.ns1.svc.cluster.local.", dns.TypeA},
+		{"ExternalName/59KB", "out.ns1.svc.cluster.local.", dns.TypeA},
+		{"ExternalName/62KB-TXT", "out.ns1.svc.cluster.local.", dns.TypeTXT},
+		{"autopath/small", "little.ns1.svc.cluster.local.", dns.TypeA},
+		{"autopath/59KB", "big.ns1.svc.cluster.local.", dns.TypeA},
+		{"autopath/62KB-TXT", "big.ns1.svc.cluster.local.", dns.TypeTXT},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
-			q, _ := ednsQuery(bc.qname, 1232).Pack()
+			q, _ := ednsQueryOf(bc.qname, bc.qtype, 1232).Pack()
 			out := make([]byte, 0, 4096+512) // as a batch's
 			b.ReportAllocs()
 			for b.Loop() {

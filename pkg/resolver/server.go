@@ -46,10 +46,11 @@ type Forwarder interface {
 	// req from its cache, for a query from src, when the cache holds a
 	// fresh one (ok), without asking an upstream or waiting: the slow path
 	// asks it first, on the goroutine that read the query. Of a reply with
-	// more than n records besides its OPT record, only the first n are
-	// appended, with the OPT and the counts set (the slow path reads no
-	// more of it: firstRecords).
-	AppendCachedFirst(dst, req []byte, upstreams []netip.AddrPort, src *quota.Source, n int) (out []byte, from forward.Origin, ok bool)
+	// more than n records besides its OPT record, or more than room octets
+	// of them packed as small as they can be, only the first are appended,
+	// up to the first past either, with the OPT and the counts set (the
+	// slow path reads no more of it: firstRecords, recordRoom).
+	AppendCachedFirst(dst, req []byte, upstreams []netip.AddrPort, src *quota.Source, n, room int) (out []byte, from forward.Origin, ok bool)
 }
 
 // DefaultPodInflightBytes is the bytes of replies in flight one source may

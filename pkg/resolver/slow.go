@@ -50,8 +50,9 @@ const maxOfflineLookups = 8
 // can fill the cache with replies of 64 KB to its own names (its own
 // nameserver's, which the cache keys by). No read starts past it: the
 // query goes online as a 9th lookup does. A read copies only the records
-// the reply can hold (firstRecords), so at most one read goes past it,
-// by what that is; a candidate's NXDOMAIN or a small answer takes a few
+// the reply can hold (firstRecords, recordRoom: however large they are,
+// no more than one past the reply's room), so at most one read goes past
+// it, by what that is; a candidate's NXDOMAIN or a small answer takes a few
 // hundred bytes, and the usual search list stays far below.
 const maxOfflineBytes = 16 << 10
 
@@ -546,7 +547,7 @@ func (q *slowQuery) forward(ctx context.Context) []byte {
 	if q.offline {
 		ok := false
 		if !q.needsUpstream && !noUpstream && q.offlineBytes < maxOfflineBytes {
-			out, from, ok = s.opts.Forwarder.AppendCachedFirst(q.out, msg, upstreams, q.askingSource(), q.firstRecords())
+			out, from, ok = s.opts.Forwarder.AppendCachedFirst(q.out, msg, upstreams, q.askingSource(), q.firstRecords(), q.recordRoom())
 		}
 		if !ok {
 			q.needsUpstream = true
@@ -654,7 +655,7 @@ func (q *slowQuery) lookupUpstream(ctx context.Context, name string, tcp, nxRcod
 		out, from = q.cachedLookups[i].reply, q.cachedLookups[i].from
 	} else if q.offline {
 		ok := false
-		if out, from, ok = s.opts.Forwarder.AppendCachedFirst(nil, wire, upstreams, q.askingSource(), q.firstRecords()); !ok {
+		if out, from, ok = s.opts.Forwarder.AppendCachedFirst(nil, wire, upstreams, q.askingSource(), q.firstRecords(), q.recordRoom()); !ok {
 			q.needsUpstream = true
 			return nil, errNeedsUpstream
 		}
@@ -668,7 +669,7 @@ func (q *slowQuery) lookupUpstream(ctx context.Context, name string, tcp, nxRcod
 	if nxRcodeOnly && dnswire.HeaderRcode(out) == dnswire.RcodeNXDomain {
 		n = 0 // the OPT record stays: Unpack reads the whole rcode
 	}
-	first, err := dnswire.FirstAnswers(out, n)
+	first, err := dnswire.FirstAnswersIn(out, n, q.recordRoom())
 	if err != nil {
 		return nil, err
 	}
@@ -687,8 +688,16 @@ func (q *slowQuery) lookupUpstream(ctx context.Context, name string, tcp, nxRcod
 // the most that the cut of its reply to the client's UDP buffer or a TCP
 // message keeps (mostFit), so that the cut of those drops a record, and
 // sets TC, where the cut of the whole would, and keeps the same records.
-// Whatever follows them is neither copied nor decoded.
+// Nor does it read past the first record at which those before take more
+// than recordRoom packed as small as they can be: a reply of a few huge
+// records (100 TXT records of 600 octets) is read as far as its first
+// two for a buffer of 1,232 octets. Whatever follows them is neither
+// copied nor decoded.
 func (q *slowQuery) firstRecords() int { return mostFit(replyRoom(&q.r, q.tcp)) + 1 }
+
+// recordRoom is the octets of records the cut of the query's reply can
+// keep (packedRoom): firstRecords's bound in octets.
+func (q *slowQuery) recordRoom() int { return packedRoom(replyRoom(&q.r, q.tcp)) }
 
 type constError string
 

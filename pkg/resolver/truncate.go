@@ -63,12 +63,12 @@ func (q *slowQuery) fitUDP(reply []byte) []byte {
 // (one that was compressed already): that cut is cheaper and changes
 // nothing.
 //
-// Only the records that can fit are decoded (mostFit), and the first
-// that cannot, so that the cut knows its section and its RRset: a cached
-// reply of 64 KB, cut again for each UDP query of a pod, costs what one
-// of limit octets does.
+// Only the records that can fit are decoded (mostFit, packedRoom), and
+// the first that cannot, so that the cut knows its section and its RRset:
+// a cached reply of 64 KB, of many small records or a few huge ones, cut
+// again for each UDP query of a pod, costs what one of limit octets does.
 func compressedFit(reply []byte, limit, kept int) (out []byte, tc bool) {
-	first, _, err := dnswire.FirstRecords(reply, mostFit(limit)+1)
+	first, _, err := dnswire.FirstRecordsIn(reply, mostFit(limit)+1, packedRoom(limit))
 	m := new(dns.Msg)
 	if err != nil || m.Unpack(first) != nil {
 		return nil, false
@@ -151,12 +151,18 @@ const minPackedRR = 1 + 10
 
 // mostFit is the most records, besides the OPT record, that miekg's
 // Msg.Truncate keeps of any reply cut to limit: it keeps whole records in
-// order and at least minPackedRR octets each after the header, within
-// limit or 512 (dns.MinMsgSize), whichever is larger. Decoding the first
-// mostFit records of a reply, the cut is the same as decoding all.
-func mostFit(limit int) int {
-	return (max(limit, dns.MinMsgSize) - dnswire.HeaderLen) / minPackedRR
-}
+// order and at least minPackedRR octets each within packedRoom. Decoding
+// the first mostFit records of a reply, the cut is the same as decoding
+// all.
+func mostFit(limit int) int { return packedRoom(limit) / minPackedRR }
+
+// packedRoom is the most octets of records that miekg's Msg.Truncate
+// keeps of any reply cut to limit: what limit or 512 (dns.MinMsgSize),
+// whichever is larger, leaves after the header. Records that take more
+// than that packed as small as they can be (dnswire.FirstRecordsIn)
+// cannot all be kept: decoding up to the first at which they do, the cut
+// is the same as decoding all.
+func packedRoom(limit int) int { return max(limit, dns.MinMsgSize) - dnswire.HeaderLen }
 
 // pack serialises a slow-path reply, truncating like the fast path: to the
 // records that fit in the client's UDP buffer or in a TCP message, with TC

@@ -5,8 +5,8 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
-	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/ztdns/ztdns/pkg/dnswire"
 	"github.com/ztdns/ztdns/pkg/resolver/quota"
@@ -132,8 +132,8 @@ func sortUpstreamChunks(dst []byte, start int) []byte {
 	return dst[:out]
 }
 
-// entry is one cached reply. msg and ttlOffsets never change once stored,
-// so a hit may read them after the cache lock is released.
+// entry is one cached reply. msg, ttlOffsets and rotation never change
+// once stored, so a hit may read them after the cache lock is released.
 type entry struct {
 	key        string
 	msg        []byte
@@ -141,9 +141,11 @@ type entry struct {
 	stored     time.Time
 	expires    time.Time
 	from       netip.AddrPort // the upstream that sent msg
-	// rotation is msg's RotationPlan, found by the first hit that keeps
-	// only its first records (appendFromCache).
-	rotation   atomic.Pointer[dnswire.RotationPlan]
+	// rotation is msg's RotationPlan, for a hit that keeps only its first
+	// records (appendFromCache): found when the entry is made, for a reply
+	// larger than any client's buffer is small (plannedOver), and counted
+	// in its cost; nil for one no client's cut leaves records out of.
+	rotation   *dnswire.RotationPlan
 	prev, next *entry
 	// owner is the source charged for the entry, nil once another source
 	// used it; oprev and onext link it in the owner's list.
@@ -155,9 +157,26 @@ type entry struct {
 // the struct, its map slot, and the allocator's rounding of three objects.
 const entryOverhead = 256
 
-// cost is the bytes an entry holds, as the cache's byte bound counts them.
+// rotationPlanCost is what an entry's rotation plan holds: one object of
+// the allocator's 128-octet class.
+const rotationPlanCost = int64(unsafe.Sizeof(dnswire.RotationPlan{}))
+
+// plannedOver is the size of a reply past which a hit may keep only its
+// first records, for a client whose buffer takes no more (the resolver's
+// firstRecords): 512 octets, the smallest UDP buffer (RFC 1035 4.2.1,
+// RFC 6891 6.2.5). Within it, a reply has at most 45 records besides the
+// OPT, each of 11 octets at least, and no cut leaves any out.
+const plannedOver = 512
+
+// cost is the bytes an entry holds, as the cache's byte bound counts them:
+// its rotation plan among them, made with it (newEntry), so that the cost
+// is the same when it is stored and when it is removed.
 func (e *entry) cost() int64 {
-	return int64(len(e.key) + cap(e.msg) + 2*cap(e.ttlOffsets) + entryOverhead)
+	c := int64(len(e.key) + cap(e.msg) + 2*cap(e.ttlOffsets) + entryOverhead)
+	if e.rotation != nil {
+		c += rotationPlanCost
+	}
+	return c
 }
 
 // shareDivisor sets a source's share of the cache: an eighth of its bytes
@@ -439,13 +458,19 @@ func cacheLifetime(s dnswire.Reply, maxTTL time.Duration) (time.Duration, bool) 
 
 // newEntry prepares a reply for the cache: it keeps msg, which nobody may
 // change any more (a hit copies it), and the TTL offsets, so a hit can age
-// its copy without parsing it.
+// its copy without parsing it; and for a reply some client's cut may
+// leave records out of (plannedOver), its rotation plan, so a hit that
+// copies only its first records rotates them without walking them all.
 func newEntry(key string, msg []byte, s dnswire.Reply, now time.Time, lifetime time.Duration) *entry {
-	return &entry{
+	e := &entry{
 		key:        key,
 		msg:        msg,
 		ttlOffsets: slices.Clip(s.TTLOffsets),
 		stored:     now,
 		expires:    now.Add(lifetime),
 	}
+	if len(msg) > plannedOver {
+		e.rotation = dnswire.PlanRotation(msg)
+	}
+	return e
 }

@@ -746,3 +746,48 @@ func (f *Forwarder) fromCacheOnly(dst, req []byte, ups []netip.AddrPort, src *qu
 	out, _, ok := f.AppendCached(dst, req, ups, src)
 	return out, ok
 }
+
+// TestCacheCountsTheRotationPlan: an entry that a client's cut may keep
+// only the first records of (a reply of 2,000 addresses) holds its
+// rotation plan from when it is stored, and the cache's bytes count it;
+// a cut hit then rotates by that plan, and makes and keeps nothing more
+// (before: the first cut hit made the plan, 128 bytes the bytes bound
+// never counted, up to an eighth of a cache of such entries). A reply
+// no cut leaves records out of (one address) holds none and is not
+// charged for one.
+func TestCacheCountsTheRotationPlan(t *testing.T) {
+	src := new(quota.Source)
+	ctx := quota.WithSource(context.Background(), src)
+	for _, tc := range []struct {
+		what    string
+		records int
+		plan    bool
+	}{{"2,000 addresses", 2000, true}, {"one address", 1, false}} {
+		t.Run(tc.what, func(t *testing.T) {
+			ups := []netip.AddrPort{startUpstream(t, answerMany(tc.records)).addr}
+			f := newForwarder(t)
+			req := query(t, "big.example.", dns.TypeA)
+			if _, from, err := f.ForwardFrom(ctx, req, true, ups); err != nil || from.Failure != "" {
+				t.Fatalf("filling the cache over TCP: %v, %+v", err, from)
+			}
+			f.cache.mu.Lock()
+			e := f.cache.head.next
+			f.cache.mu.Unlock()
+			plan := e.rotation
+			want := int64(len(e.key)+cap(e.msg)+2*cap(e.ttlOffsets)+entryOverhead) + ownerOverhead
+			if tc.plan {
+				want += rotationPlanCost
+			}
+			if _, bytes := f.CacheUsage(); bytes != want || (plan != nil) != tc.plan {
+				t.Errorf("stored: the cache counts %d bytes, a plan held %v; want %d, %v", bytes, plan != nil, want, tc.plan)
+			}
+			if _, _, ok := f.AppendCachedFirst(nil, req, ups, src, 111, 1232-dnswire.HeaderLen); !ok {
+				t.Fatal("not a hit")
+			}
+			if _, bytes := f.CacheUsage(); bytes != want || e.rotation != plan {
+				t.Errorf("after a hit: the cache counts %d bytes, the plan changed %v; want %d, the plan it was stored with", bytes, e.rotation != plan, want)
+			}
+			checkCache(t, f.cache)
+		})
+	}
+}

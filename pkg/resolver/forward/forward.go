@@ -215,7 +215,7 @@ func (f *Forwarder) ForwardFrom(ctx context.Context, req []byte, tcp bool, upstr
 	key := appendKey(keyBuf[:0], req, r, upstreams)
 	src := quota.SourceFrom(ctx)
 	if f.cache != nil {
-		if out, from, ok := f.fromCache(nil, req, r, key, src, allRecords); ok {
+		if out, from, ok := f.fromCache(nil, req, r, key, src, allRecords, dnswire.AnyRoom); ok {
 			return out, from, nil
 		}
 		cacheMisses.Inc()
@@ -279,21 +279,24 @@ func (f *Forwarder) ForwardFrom(ctx context.Context, req []byte, tcp bool, upstr
 // counted as ForwardFrom counts it, a miss is not: ForwardFrom, asked
 // next, counts it.
 func (f *Forwarder) AppendCached(dst, req []byte, upstreams []netip.AddrPort, src *quota.Source) (out []byte, from Origin, ok bool) {
-	return f.AppendCachedFirst(dst, req, upstreams, src, allRecords)
+	return f.AppendCachedFirst(dst, req, upstreams, src, allRecords, dnswire.AnyRoom)
 }
 
 // AppendCachedFirst is AppendCached for a caller that reads at most the
-// first n records of the reply besides its OPT record: the resolver,
-// cutting it to a client's UDP buffer, or building a reply of its own
-// from it that can hold no more. Of a cached reply with more, only those
-// are copied and aged, and appended with the OPT record after them, the
-// counts set to say so, TC as it came (dnswire.AppendFirst): what
-// FirstRecords(n) reads of AppendCached's reply, but that the answer's
-// sets are moved only as the stored reply lets them (a reply whose aged
-// TTLs read as a pointer into a set keeps it in place in AppendCached's).
-// A hit on a 64 KB reply then costs what one of n records does. A reply
-// with no more records is AppendCached's, byte for byte.
-func (f *Forwarder) AppendCachedFirst(dst, req []byte, upstreams []netip.AddrPort, src *quota.Source, n int) (out []byte, from Origin, ok bool) {
+// first n records of the reply besides its OPT record, and none past the
+// first at which they take more than room octets packed as small as they
+// can be: the resolver, cutting it to a client's UDP buffer, or building
+// a reply of its own from it that can hold no more. Of a cached reply
+// with more, only those are copied and aged, and appended with the OPT
+// record after them, the counts set to say so, TC as it came
+// (dnswire.AppendFirst): what FirstRecordsIn(n, room) reads of
+// AppendCached's reply, but that the answer's sets are moved only as the
+// stored reply lets them (a reply whose aged TTLs read as a pointer into
+// a set keeps it in place in AppendCached's). A hit on a 64 KB reply,
+// of many small records or few huge ones, then costs what one the client
+// can take does. A reply with no more records is AppendCached's, byte for
+// byte.
+func (f *Forwarder) AppendCachedFirst(dst, req []byte, upstreams []netip.AddrPort, src *quota.Source, n, room int) (out []byte, from Origin, ok bool) {
 	if f.cache == nil {
 		return dst, Origin{}, false
 	}
@@ -306,24 +309,24 @@ func (f *Forwarder) AppendCachedFirst(dst, req []byte, upstreams []netip.AddrPor
 		return dst, Origin{}, false
 	}
 	var keyBuf [512]byte
-	return f.fromCache(dst, req, r, appendKey(keyBuf[:0], req, r, upstreams), src, n)
+	return f.fromCache(dst, req, r, appendKey(keyBuf[:0], req, r, upstreams), src, n, room)
 }
 
 // allRecords, as AppendCachedFirst's n: the whole reply, however many
 // records it has (at most three sections of 65,535).
 const allRecords = 3 * 0xFFFF
 
-// fromCache appends to dst the cached reply to req under key (its first n
-// records, AppendCachedFirst), for a query from src, when the cache holds
-// a fresh one, and counts the hit.
-func (f *Forwarder) fromCache(dst, req []byte, r dnswire.Query, key []byte, src *quota.Source, n int) ([]byte, Origin, bool) {
+// fromCache appends to dst the cached reply to req under key (its first
+// records, at most n or room octets of them, AppendCachedFirst), for a
+// query from src, when the cache holds a fresh one, and counts the hit.
+func (f *Forwarder) fromCache(dst, req []byte, r dnswire.Query, key []byte, src *quota.Source, n, room int) ([]byte, Origin, bool) {
 	now := f.now()
 	e := f.cache.get(key, now, src)
 	if e == nil {
 		return dst, Origin{}, false
 	}
 	cacheHits.Inc()
-	return appendFromCache(dst, req, r, e, now, n), Origin{Cached: true, Upstream: e.from}, true
+	return appendFromCache(dst, req, r, e, now, n, room), Origin{Cached: true, Upstream: e.from}, true
 }
 
 // relayedQuery is what goes upstream for req, a query forwarded as it
@@ -631,18 +634,19 @@ func (f *Forwarder) finish(req []byte, r dnswire.Query, reply []byte, shared, ro
 // the order the upstream gave the first for the whole TTL, where a
 // kube-dns with loadbalance shuffles each reply: clients that take the
 // first address (Go's Dial, most HTTP clients, musl) would all pick the
-// same backend. Of a reply with more than n records besides the OPT, only
-// the first n, as rotated, are copied and aged (AppendCachedFirst); the
-// entry's rotation plan is found by the first such hit and kept.
-func appendFromCache(dst, req []byte, r dnswire.Query, e *entry, now time.Time, n int) []byte {
+// same backend. Of a reply with more than n records besides the OPT, or
+// more than room octets of them, only the first, as rotated, are copied
+// and aged (AppendCachedFirst), by the entry's rotation plan (one is
+// made for an entry that has none: a caller that keeps fewer records
+// than any client's buffer takes).
+func appendFromCache(dst, req []byte, r dnswire.Query, e *entry, now time.Time, n, room int) []byte {
 	elapsed := uint32(now.Sub(e.stored) / time.Second)
-	if h, _ := dnswire.ReadHeader(e.msg); int(h.ANCount)+int(h.NSCount)+int(h.ARCount) > n {
-		p := e.rotation.Load()
+	if h, _ := dnswire.ReadHeader(e.msg); int(h.ANCount)+int(h.NSCount)+int(h.ARCount) > n || len(e.msg) > dnswire.HeaderLen+room {
+		p := e.rotation
 		if p == nil {
 			p = dnswire.PlanRotation(e.msg)
-			e.rotation.Store(p) // hits racing to plan it find the same
 		}
-		if out, ok := dnswire.AppendFirst(dst, e.msg, p, r.ID, n, e.ttlOffsets, elapsed); ok {
+		if out, ok := dnswire.AppendFirst(dst, e.msg, p, r.ID, n, room, e.ttlOffsets, elapsed); ok {
 			personalise(out[len(dst):], req, r, true)
 			return out
 		}
