@@ -78,7 +78,7 @@ func AppendFirst(dst, msg []byte, p *RotationPlan, id uint16, n, room int, ttlOf
 	out = append(dst, msg[:off]...)
 	answers := int(h.ANCount)
 	authorityEnd := answers + int(h.NSCount)
-	var an, ns, ar uint16
+	var c counts
 	kept, used := 0, 0 // used: the kept records' octets at packedAtLeast
 	optIn := false     // the OPT record is among those kept, where it was
 	more := func() bool { return kept < n && used <= room }
@@ -103,7 +103,8 @@ func AppendFirst(dst, msg []byte, p *RotationPlan, id uint16, n, room int, ttlOf
 	for i := 0; i < records && more(); {
 		if off == p.optOff {
 			out = append(out, msg[p.optOff:p.optEnd]...)
-			optIn, ar = true, ar+1
+			optIn = true
+			c.ar++
 			off, i = p.optEnd, i+1
 			continue
 		}
@@ -125,7 +126,7 @@ func AppendFirst(dst, msg []byte, p *RotationPlan, id uint16, n, room int, ttlOf
 						if o, err = appendRR(o); err != nil {
 							return dst, false
 						}
-						an++
+						c.an++
 					}
 				}
 				off, i = r.end, i+r.n
@@ -137,14 +138,7 @@ func AppendFirst(dst, msg []byte, p *RotationPlan, id uint16, n, room int, ttlOf
 		if err != nil {
 			return dst, false
 		}
-		switch {
-		case i < answers:
-			an++
-		case i < authorityEnd:
-			ns++
-		default:
-			ar++
-		}
+		c.add(i, answers, authorityEnd)
 		kept++
 		off, i = end, i+1
 	}
@@ -156,12 +150,9 @@ func AppendFirst(dst, msg []byte, p *RotationPlan, id uint16, n, room int, ttlOf
 	}
 	if !optIn && p.optOff >= 0 {
 		out = append(out, msg[p.optOff:p.optEnd]...)
-		ar++
+		c.ar++
 	}
-	first := out[len(dst):]
-	SetANCount(first, an)
-	SetNSCount(first, ns)
-	SetARCount(first, ar)
+	c.set(out[len(dst):])
 	return out, true
 }
 

@@ -17,7 +17,7 @@ type Fit struct {
 	Truncated bool
 
 	keep           int // the kept records end here
-	an, ns, ar     uint16
+	counts             // the kept records, by section
 	optOff, optEnd int // the OPT record, optOff < 0 if none
 	size           int // of the message cut
 }
@@ -88,14 +88,7 @@ func PlanFit(msg []byte, limit int) (Fit, error) {
 			left = off
 			break
 		}
-		switch {
-		case i < answers:
-			f.an++
-		case i < authorityEnd:
-			f.ns++
-		default:
-			f.ar++
-		}
+		f.add(i, answers, authorityEnd)
 		f.keep, off = end, end
 	}
 	if left >= 0 && f.ar > 0 {
@@ -136,14 +129,12 @@ func (f Fit) Kept() int {
 // or authority record was left out (Truncated). It returns the cut
 // message, a prefix of msg.
 func (f Fit) Apply(msg []byte) []byte {
-	ar := f.ar
+	c := f.counts
 	if f.optOff >= 0 {
 		copy(msg[f.keep:], msg[f.optOff:f.optEnd]) // at or after keep: moved down
-		ar++
+		c.ar++
 	}
-	SetANCount(msg, f.an)
-	SetNSCount(msg, f.ns)
-	SetARCount(msg, ar)
+	c.set(msg)
 	if f.Truncated {
 		msg[2] |= FlagTC >> 8
 	}
@@ -185,7 +176,7 @@ func FirstRecordsIn(msg []byte, n, room int) (first []byte, dropped bool, err er
 	answers := int(h.ANCount)
 	authorityEnd := answers + int(h.NSCount)
 	records := authorityEnd + int(h.ARCount)
-	var an, ns, ar uint16
+	var c counts
 	keep, kept, used := off, 0, 0 // the first records end at keep
 	optOff, optEnd := -1, -1
 	for i := range records {
@@ -200,20 +191,13 @@ func FirstRecordsIn(msg []byte, n, room int) (first []byte, dropped bool, err er
 			}
 			optOff, optEnd = off, end
 			if !dropped { // among the first: it stays
-				ar++
+				c.ar++
 				keep = end
 			}
 		case kept == n || used > room:
 			dropped = true
 		default:
-			switch {
-			case i < answers:
-				an++
-			case i < authorityEnd:
-				ns++
-			default:
-				ar++
-			}
+			c.add(i, answers, authorityEnd)
 			kept++
 			used += packedAtLeast(msg, off, fixed, end)
 			keep = end
@@ -227,12 +211,34 @@ func FirstRecordsIn(msg []byte, n, room int) (first []byte, dropped bool, err er
 	copy(first, msg)
 	if optOff >= keep {
 		first = append(first, msg[optOff:optEnd]...)
-		ar++
+		c.ar++
 	}
-	SetANCount(first, an)
-	SetNSCount(first, ns)
-	SetARCount(first, ar)
+	c.set(first)
 	return first, true, nil
+}
+
+// counts are the records a cut keeps of each section, as its header
+// counts them.
+type counts struct{ an, ns, ar uint16 }
+
+// add counts the message's record i in its section: the answers are its
+// first answers records, the authority records end before authorityEnd.
+func (c *counts) add(i, answers, authorityEnd int) {
+	switch {
+	case i < answers:
+		c.an++
+	case i < authorityEnd:
+		c.ns++
+	default:
+		c.ar++
+	}
+}
+
+// set writes c as the counts of the message starting at msg[0].
+func (c counts) set(msg []byte) {
+	SetANCount(msg, c.an)
+	SetNSCount(msg, c.ns)
+	SetARCount(msg, c.ar)
 }
 
 // packedAtLeast is the fewest octets the record at off (its fixed part at

@@ -215,8 +215,8 @@ func TestLargeCachedRepliesCostWhatTheReplyHolds(t *testing.T) {
 }
 
 // TestFitUDPOfTheFirstRecordsIsTheCutOfTheWhole: what the offline pass
-// hands fitUDP of a large cached reply, its first records (firstRecords,
-// recordRoom: one more than the cut can keep, by number or by octets,
+// hands fitUDP of a large cached reply, its first records (firstRecords:
+// one more than the cut can keep, by number or by octets;
 // AppendCachedFirst), is cut to the same reply, TC and all, as the whole
 // reply is, for a client's buffer of 512, 1,232 and 4,096 octets: answers
 // cut, authority cut, additional sets kept or dropped whole, of small
@@ -259,7 +259,8 @@ func TestFitUDPOfTheFirstRecordsIsTheCutOfTheWhole(t *testing.T) {
 			for _, limit := range []uint16{512, 1232, 4096} {
 				sq := &slowQuery{msg: whole}
 				sq.r.EDNS, sq.r.UDPSize = true, limit
-				first, dropped, err := dnswire.FirstRecordsIn(whole, sq.firstRecords(), sq.recordRoom())
+				n, room := sq.firstRecords()
+				first, dropped, err := dnswire.FirstRecordsIn(whole, n, room)
 				if err != nil {
 					t.Fatal(err)
 				}

@@ -49,7 +49,7 @@ type Forwarder interface {
 	// more than n records besides its OPT record, or more than room octets
 	// of them packed as small as they can be, only the first are appended,
 	// up to the first past either, with the OPT and the counts set (the
-	// slow path reads no more of it: firstRecords, recordRoom).
+	// slow path reads no more of it: firstRecords).
 	AppendCachedFirst(dst, req []byte, upstreams []netip.AddrPort, src *quota.Source, n, room int) (out []byte, from forward.Origin, ok bool)
 }
 

@@ -50,10 +50,10 @@ const maxOfflineLookups = 8
 // can fill the cache with replies of 64 KB to its own names (its own
 // nameserver's, which the cache keys by). No read starts past it: the
 // query goes online as a 9th lookup does. A read copies only the records
-// the reply can hold (firstRecords, recordRoom: however large they are,
-// no more than one past the reply's room), so at most one read goes past
-// it, by what that is; a candidate's NXDOMAIN or a small answer takes a few
-// hundred bytes, and the usual search list stays far below.
+// the reply can hold (firstRecords: however large they are, no more than
+// one past the reply's room), so at most one read goes past it, by what
+// that is; a candidate's NXDOMAIN or a small answer takes a few hundred
+// bytes, and the usual search list stays far below.
 const maxOfflineBytes = 16 << 10
 
 // slowQuery is one query on the slow path.
@@ -547,7 +547,8 @@ func (q *slowQuery) forward(ctx context.Context) []byte {
 	if q.offline {
 		ok := false
 		if !q.needsUpstream && !noUpstream && q.offlineBytes < maxOfflineBytes {
-			out, from, ok = s.opts.Forwarder.AppendCachedFirst(q.out, msg, upstreams, q.askingSource(), q.firstRecords(), q.recordRoom())
+			n, room := q.firstRecords()
+			out, from, ok = s.opts.Forwarder.AppendCachedFirst(q.out, msg, upstreams, q.askingSource(), n, room)
 		}
 		if !ok {
 			q.needsUpstream = true
@@ -651,11 +652,12 @@ func (q *slowQuery) lookupUpstream(ctx context.Context, name string, tcp, nxRcod
 		out  []byte
 		from forward.Origin
 	)
+	n, room := q.firstRecords()
 	if i := slices.IndexFunc(q.cachedLookups, func(l cachedLookup) bool { return l.name == name && l.tcp == tcp }); i >= 0 {
 		out, from = q.cachedLookups[i].reply, q.cachedLookups[i].from
 	} else if q.offline {
 		ok := false
-		if out, from, ok = s.opts.Forwarder.AppendCachedFirst(nil, wire, upstreams, q.askingSource(), q.firstRecords(), q.recordRoom()); !ok {
+		if out, from, ok = s.opts.Forwarder.AppendCachedFirst(nil, wire, upstreams, q.askingSource(), n, room); !ok {
 			q.needsUpstream = true
 			return nil, errNeedsUpstream
 		}
@@ -665,11 +667,10 @@ func (q *slowQuery) lookupUpstream(ctx context.Context, name string, tcp, nxRcod
 		return nil, err
 	}
 	q.answeredBy(from)
-	n := q.firstRecords()
 	if nxRcodeOnly && dnswire.HeaderRcode(out) == dnswire.RcodeNXDomain {
 		n = 0 // the OPT record stays: Unpack reads the whole rcode
 	}
-	first, err := dnswire.FirstAnswersIn(out, n, q.recordRoom())
+	first, err := dnswire.FirstAnswersIn(out, n, room)
 	if err != nil {
 		return nil, err
 	}
@@ -683,21 +684,17 @@ func (q *slowQuery) lookupUpstream(ctx context.Context, name string, tcp, nxRcod
 	return resp, nil
 }
 
-// firstRecords is how many records of a reply from the forwarder (its
-// own, or one a lookup carries into it) the query reads: one more than
-// the most that the cut of its reply to the client's UDP buffer or a TCP
-// message keeps (mostFit), so that the cut of those drops a record, and
-// sets TC, where the cut of the whole would, and keeps the same records.
-// Nor does it read past the first record at which those before take more
-// than recordRoom packed as small as they can be: a reply of a few huge
-// records (100 TXT records of 600 octets) is read as far as its first
-// two for a buffer of 1,232 octets. Whatever follows them is neither
-// copied nor decoded.
-func (q *slowQuery) firstRecords() int { return mostFit(replyRoom(&q.r, q.tcp)) + 1 }
-
-// recordRoom is the octets of records the cut of the query's reply can
-// keep (packedRoom): firstRecords's bound in octets.
-func (q *slowQuery) recordRoom() int { return packedRoom(replyRoom(&q.r, q.tcp)) }
+// firstRecords is how much of a reply from the forwarder (its own, or
+// one a lookup carries into it) the query reads: at most n records
+// besides the OPT record, one more than the cut of its reply to the
+// client's UDP buffer or a TCP message keeps, and none past the first at
+// which they take more than room octets packed as small as they can be
+// (firstRead), so that the cut of those drops a record, and sets TC,
+// where the cut of the whole would, and keeps the same records. A reply
+// of a few huge records (100 TXT records of 600 octets) is read as far
+// as its first two for a buffer of 1,232 octets. Whatever follows them is
+// neither copied nor decoded.
+func (q *slowQuery) firstRecords() (n, room int) { return firstRead(replyRoom(&q.r, q.tcp)) }
 
 type constError string
 

@@ -63,12 +63,13 @@ func (q *slowQuery) fitUDP(reply []byte) []byte {
 // (one that was compressed already): that cut is cheaper and changes
 // nothing.
 //
-// Only the records that can fit are decoded (mostFit, packedRoom), and
-// the first that cannot, so that the cut knows its section and its RRset:
-// a cached reply of 64 KB, of many small records or a few huge ones, cut
-// again for each UDP query of a pod, costs what one of limit octets does.
+// Only the records that can fit are decoded (firstRead), and the first
+// that cannot, so that the cut knows its section and its RRset: a cached
+// reply of 64 KB, of many small records or a few huge ones, cut again for
+// each UDP query of a pod, costs what one of limit octets does.
 func compressedFit(reply []byte, limit, kept int) (out []byte, tc bool) {
-	first, _, err := dnswire.FirstRecordsIn(reply, mostFit(limit)+1, packedRoom(limit))
+	n, room := firstRead(limit)
+	first, _, err := dnswire.FirstRecordsIn(reply, n, room)
 	m := new(dns.Msg)
 	if err != nil || m.Unpack(first) != nil {
 		return nil, false
@@ -149,20 +150,19 @@ func wholeExtra(m *dns.Msg, extra []dns.RR) {
 // data length, and no data.
 const minPackedRR = 1 + 10
 
-// mostFit is the most records, besides the OPT record, that miekg's
-// Msg.Truncate keeps of any reply cut to limit: it keeps whole records in
-// order and at least minPackedRR octets each within packedRoom. Decoding
-// the first mostFit records of a reply, the cut is the same as decoding
-// all.
-func mostFit(limit int) int { return packedRoom(limit) / minPackedRR }
-
-// packedRoom is the most octets of records that miekg's Msg.Truncate
-// keeps of any reply cut to limit: what limit or 512 (dns.MinMsgSize),
-// whichever is larger, leaves after the header. Records that take more
-// than that packed as small as they can be (dnswire.FirstRecordsIn)
-// cannot all be kept: decoding up to the first at which they do, the cut
-// is the same as decoding all.
-func packedRoom(limit int) int { return max(limit, dns.MinMsgSize) - dnswire.HeaderLen }
+// firstRead is what of any reply cut to limit the cut reads: its first
+// records besides the OPT record, at most n, and none past the first at
+// which they take more than room octets packed as small as they can be
+// (dnswire.FirstRecordsIn). miekg's Msg.Truncate keeps whole records in
+// order within room, what limit or 512 (dns.MinMsgSize), whichever is
+// larger, leaves after the header, and at least minPackedRR octets each:
+// n is one more than it can keep. Decoding those first records, the cut
+// drops a record, and sets TC, where the cut of the whole does, and keeps
+// the same records.
+func firstRead(limit int) (n, room int) {
+	room = max(limit, dns.MinMsgSize) - dnswire.HeaderLen
+	return room/minPackedRR + 1, room
+}
 
 // pack serialises a slow-path reply, truncating like the fast path: to the
 // records that fit in the client's UDP buffer or in a TCP message, with TC

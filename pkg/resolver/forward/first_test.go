@@ -78,7 +78,7 @@ func TestAppendCachedFirstIsTheFirstRecordsOfAppendCached(t *testing.T) {
 	src := new(quota.Source)
 	ctx := quota.WithSource(context.Background(), src)
 	// A cut to 1,232 octets keeps at most 110 records, of 1,220 octets
-	// (the resolver's mostFit and packedRoom).
+	// (the resolver's firstRead).
 	const n, room = 111, 1232 - dnswire.HeaderLen
 	for _, qtype := range []uint16{dns.TypeA, dns.TypeTXT} {
 		for _, edns := range []bool{false, true} {
