@@ -60,14 +60,14 @@ func TestTakeOverClosesWhatItRefuses(t *testing.T) {
 		}
 		return descs, files, nil
 	}
-	before := openFDs(t)
+	before := testenv.OpenFDs(t, os.Getpid())
 	offered := offerInBackground(t, ln, sockets, "a failed takeover")
 	in, err := TakeOver(socket, Identity(""), 0, Timeouts{}, slog.New(slog.DiscardHandler))
 	if err == nil || in != nil {
 		t.Fatalf("TakeOver = %v, %v; want an error", in, err)
 	}
 	<-offered
-	if after := openFDs(t); after != before {
+	if after := testenv.OpenFDs(t, os.Getpid()); after != before {
 		t.Errorf("%d descriptors open after a failed takeover, %d before", after, before)
 	}
 }
@@ -93,16 +93,6 @@ func TestParseRightsClosesOnError(t *testing.T) {
 		unix.Close(fds[0])
 		t.Errorf("the descriptor of the well-formed message is still open (F_GETFD: %v)", err)
 	}
-}
-
-// openFDs counts the process's open descriptors.
-func openFDs(t *testing.T) int {
-	t.Helper()
-	ents, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return len(ents)
 }
 
 // TestTakeOverSetsTheSyncDeadline: the successor's wait for its first

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -14,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/ztdns/ztdns/internal/dnstest"
+	"github.com/ztdns/ztdns/internal/testenv"
 	"github.com/ztdns/ztdns/pkg/dnswire"
 	"github.com/ztdns/ztdns/pkg/model"
 	"github.com/ztdns/ztdns/pkg/podcache"
@@ -93,24 +93,6 @@ func ednsQueryOf(name string, qtype, size uint16) *dns.Msg {
 	return m
 }
 
-// bytesPerCall is what one call of fn allocates, on average over n, in the
-// round of three that allocates least: the counts are the process's, and
-// the server's other goroutines may allocate meanwhile.
-func bytesPerCall(n int, fn func()) uint64 {
-	least := uint64(1 << 62)
-	for range 3 {
-		var before, after runtime.MemStats
-		runtime.GC()
-		runtime.ReadMemStats(&before)
-		for range n {
-			fn()
-		}
-		runtime.ReadMemStats(&after)
-		least = min(least, (after.TotalAlloc-before.TotalAlloc)/uint64(n))
-	}
-	return least
-}
-
 // TestLargeCachedRepliesCostWhatTheReplyHolds: a pod's nameserver gives
 // 59 KB of A records for a name, or 62 KB of TXT records of 600 octets,
 // cached by a query over TCP; a UDP query answered from it on the socket's
@@ -156,7 +138,7 @@ func TestLargeCachedRepliesCostWhatTheReplyHolds(t *testing.T) {
 			t.Fatal(err)
 		}
 		var reply []byte
-		per := bytesPerCall(20, func() {
+		per := testenv.BytesPerCall(20, func() {
 			if reply = ss.slowUDP(nil, q, src, local, out); reply == nil {
 				t.Fatalf("%s over UDP: not answered from the cache", tc.what)
 			}

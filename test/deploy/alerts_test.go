@@ -360,10 +360,9 @@ func TestChartServiceEntriesUnavailableAlert(t *testing.T) {
 		{"Istio before 1.22", unavailable("v1-not-served"), "v1-not-served"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			s := seriesWith(map[string]string{"node": "n1", "instance": "10.0.0.1:15053", "job": "ztdns"})
 			var series []rateSeries
 			for reason, v := range tc.gauge {
-				series = append(series, s("ztdns_kube_serviceentries_unavailable", v, "reason", reason))
+				series = append(series, onNode("ztdns_kube_serviceentries_unavailable", v, "reason", reason))
 			}
 			v := evalRates(t, e, series)
 			checkFiring(t, name, v, tc.firing != "")
@@ -408,10 +407,9 @@ func TestChartMeshConfigAbsentAlert(t *testing.T) {
 		{"the revision's mesh config absent", map[string]float64{"istio-system/istio-1-27": 1}, "istio-system/istio-1-27"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			s := seriesWith(map[string]string{"node": "n1", "instance": "10.0.0.1:15053", "job": "ztdns"})
 			var series []rateSeries
 			for cm, v := range tc.absent {
-				series = append(series, s("ztdns_kube_mesh_config_absent", v, "configmap", cm))
+				series = append(series, onNode("ztdns_kube_mesh_config_absent", v, "configmap", cm))
 			}
 			v := evalRates(t, e, series)
 			checkFiring(t, name, v, tc.firing != "")
@@ -450,10 +448,9 @@ func TestChartVIPsMissingAlert(t *testing.T) {
 		{"ztdns's allocator exhausted", map[string]float64{"istiod_pending": 0, "istiod_no_ipv4": 0, "pool_exhausted": 1, "vip_source_none": 0}, "pool_exhausted"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			s := seriesWith(map[string]string{"node": "n1", "instance": "10.0.0.1:15053", "job": "ztdns"})
 			var series []rateSeries
 			for reason, v := range tc.without {
-				series = append(series, s("ztdns_table_hosts_without_vip", v, "reason", reason))
+				series = append(series, onNode("ztdns_table_hosts_without_vip", v, "reason", reason))
 			}
 			v := evalRates(t, e, series)
 			var got string
@@ -527,24 +524,11 @@ func TestChartIstioRevisionMismatchAlert(t *testing.T) {
 		t.Errorf("%s waits %v: an upgrade's rollouts want a few minutes, a forgotten flag a page within 30", name, f)
 	}
 	checkDescription(t, c, name, "--istio-revision", "istio.io/rev", "resolver.istioRevision", "ztdns status")
-	for _, tc := range []struct {
-		name     string
-		mismatch []float64 // the gauge: none without an API source
-		firing   bool
-	}{
+	checkGaugeAlert(t, name, e, "ztdns_kube_ztunnel_revision_mismatch", []gaugeCase{
 		{"the same revision", []float64{0}, false},
-		{"no API source", nil, false},
+		{"no API source", nil, false}, // no such series
 		{"ztunnel of another revision", []float64{1}, true},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			s := seriesWith(map[string]string{"node": "n1", "instance": "10.0.0.1:15053", "job": "ztdns"})
-			var series []rateSeries
-			for _, v := range tc.mismatch {
-				series = append(series, s("ztdns_kube_ztunnel_revision_mismatch", v))
-			}
-			checkFiring(t, name, evalRates(t, e, series), tc.firing)
-		})
-	}
+	})
 }
 
 // TestChartCNINotInstalledAlert: ZtdnsCNINotInstalled fires, naming the
@@ -561,24 +545,11 @@ func TestChartCNINotInstalledAlert(t *testing.T) {
 	if f := renderedAlertFor(t, c)[name]; f > 5*time.Minute {
 		t.Errorf("%s waits %v: every pod started meanwhile is uncaptured for up to 30 s, a short Job for good", name, f)
 	}
-	for _, tc := range []struct {
-		name      string
-		installed []float64 // the gauge: none without --cni-install
-		firing    bool
-	}{
+	checkGaugeAlert(t, name, e, "ztdns_cni_config_installed", []gaugeCase{
 		{"installed", []float64{1}, false},
-		{"no --cni-install", nil, false},
+		{"no --cni-install", nil, false}, // no such series
 		{"not installed", []float64{0}, true},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			s := seriesWith(map[string]string{"node": "n1", "instance": "10.0.0.1:15053", "job": "ztdns"})
-			var series []rateSeries
-			for _, v := range tc.installed {
-				series = append(series, s("ztdns_cni_config_installed", v))
-			}
-			checkFiring(t, name, evalRates(t, e, series), tc.firing)
-		})
-	}
+	})
 }
 
 // TestChartPodsNotEnrolledAlert: ZtdnsPodsNotEnrolled fires, naming the
@@ -607,8 +578,7 @@ func TestChartPodsNotEnrolledAlert(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			var series []rateSeries
 			for reason, v := range tc.pods {
-				s := seriesWith(map[string]string{"node": "n1", "instance": "10.0.0.1:15053", "job": "ztdns", "captured": "false", "reason": reason})
-				series = append(series, s("ztdns_capture_pods", v))
+				series = append(series, onNode("ztdns_capture_pods", v, "captured", "false", "reason", reason))
 			}
 			checkFiring(t, name, evalRates(t, e, series), tc.firing)
 		})
@@ -685,6 +655,33 @@ func TestChartCaptureEventAlerts(t *testing.T) {
 type rateSeries struct {
 	labels map[string]string
 	rate   float64
+}
+
+// onNode makes an agent's series on node n1, as seriesWith.
+var onNode = seriesWith(map[string]string{"node": "n1", "instance": "10.0.0.1:15053", "job": "ztdns"})
+
+// gaugeCase is a case of checkGaugeAlert: the gauge's value, none for no
+// such series, and whether the alert fires.
+type gaugeCase struct {
+	name   string
+	gauge  []float64
+	firing bool
+}
+
+// checkGaugeAlert checks, case by case, whether alert name (its
+// expression e) fires over the gauge metric of an agent on node n1, and
+// names the node when it does.
+func checkGaugeAlert(t *testing.T, name string, e parser.Expr, metric string, cases []gaugeCase) {
+	t.Helper()
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			var series []rateSeries
+			for _, v := range tc.gauge {
+				series = append(series, onNode(metric, v))
+			}
+			checkFiring(t, name, evalRates(t, e, series), tc.firing)
+		})
+	}
 }
 
 // seriesWith makes series with the labels of base: the series name, at

@@ -37,11 +37,10 @@ func TestChartCPUThrottledAlert(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			var series []rateSeries
 			if !tc.noSeries {
-				s := seriesWith(map[string]string{"node": "n1", "instance": "10.0.0.1:15053", "job": "ztdns"})
 				series = []rateSeries{
-					s("ztdns_cpu_periods_total", tc.periods),
-					s("ztdns_cpu_throttled_periods_total", tc.throttled),
-					s("ztdns_cpu_throttled_seconds_total", tc.throttled*0.09),
+					onNode("ztdns_cpu_periods_total", tc.periods),
+					onNode("ztdns_cpu_throttled_periods_total", tc.throttled),
+					onNode("ztdns_cpu_throttled_seconds_total", tc.throttled*0.09),
 				}
 			}
 			v := evalRates(t, e, series)

@@ -57,22 +57,21 @@ func TestChartOpenFileLimitAlert(t *testing.T) {
 		{name: "both", accept: map[[2]string]float64{{acceptretry.DNS, acceptretry.ReasonDescriptors}: 1}, ok: 40, noSocket: 10, firing: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			s := seriesWith(map[string]string{"node": "n1", "instance": "10.0.0.1:15053", "job": "ztdns"})
 			var series []rateSeries
 			// Each listener's descriptors series is exported from the
 			// start, at 0; the other reasons' from their first error.
 			for _, listener := range []string{acceptretry.DNS, acceptretry.Control, acceptretry.Handoff} {
-				series = append(series, s("ztdns_accept_errors_total", tc.accept[[2]string{listener, acceptretry.ReasonDescriptors}],
+				series = append(series, onNode("ztdns_accept_errors_total", tc.accept[[2]string{listener, acceptretry.ReasonDescriptors}],
 					"listener", listener, "reason", acceptretry.ReasonDescriptors))
 			}
 			for k, rate := range tc.accept {
 				if k[1] != acceptretry.ReasonDescriptors {
-					series = append(series, s("ztdns_accept_errors_total", rate, "listener", k[0], "reason", k[1]))
+					series = append(series, onNode("ztdns_accept_errors_total", rate, "listener", k[0], "reason", k[1]))
 				}
 			}
-			series = append(series, s("ztdns_forward_upstream_queries_total", tc.ok, "to", "10.96.0.10:53", "result", "ok"))
+			series = append(series, onNode("ztdns_forward_upstream_queries_total", tc.ok, "to", "10.96.0.10:53", "result", "ok"))
 			if tc.noSocket > 0 { // a cell made by its first event
-				series = append(series, s("ztdns_forward_upstream_queries_total", tc.noSocket, "to", "10.96.0.10:53", "result", "no_socket"))
+				series = append(series, onNode("ztdns_forward_upstream_queries_total", tc.noSocket, "to", "10.96.0.10:53", "result", "no_socket"))
 			}
 			v := evalRates(t, e, series)
 			if len(v) > 1 {
@@ -111,11 +110,10 @@ func TestChartMemoryBoundAlert(t *testing.T) {
 		{name: "names past what the chart's limit holds", bound: 450 * mib, limit: 384 * mib, firing: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			s := seriesWith(map[string]string{"node": "n1", "instance": "10.0.0.1:15053", "job": "ztdns"})
 			series := []rateSeries{
-				s("ztdns_memory_bound_bytes", tc.bound),
-				s("ztdns_memory_limit_bytes", tc.limit),
-				s("process_resident_memory_bytes", 30*mib),
+				onNode("ztdns_memory_bound_bytes", tc.bound),
+				onNode("ztdns_memory_limit_bytes", tc.limit),
+				onNode("process_resident_memory_bytes", 30*mib),
 			}
 			v := evalRates(t, e, series)
 			checkFiring(t, name, v, tc.firing)

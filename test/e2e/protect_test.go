@@ -91,12 +91,12 @@ func TestControlSocketTrustsNoOne(t *testing.T) {
 	})
 
 	t.Run("2000 half-sent requests", func(t *testing.T) {
-		fds := openFDs(t, a.Pid())
+		fds := testenv.OpenFDs(t, a.Pid())
 		conns := testenv.HalfSentRequests(t, c.socket, control.RouteCNIAdd, 2000)
 		if out, err := c.ztdnsOutput("status", "--socket", c.socket, "-o", "json"); err != nil || !strings.Contains(out, `"ready": true`) {
 			t.Errorf("ztdns status behind 2000 half-sent requests: %v\n%s", err, out)
 		}
-		if held := openFDs(t, a.Pid()) - fds; held > control.MaxConns+8 {
+		if held := testenv.OpenFDs(t, a.Pid()) - fds; held > control.MaxConns+8 {
 			t.Errorf("the agent holds %d more descriptors, want at most about %d", held, control.MaxConns)
 		}
 		testenv.RequireClosedByPeer(t, conns, control.ReadTimeout+10*time.Second)
@@ -229,14 +229,4 @@ func threadsIn(t *testing.T, pid int, fn string) []int {
 		t.Fatalf("no thread of %d to look at", pid)
 	}
 	return in
-}
-
-// openFDs counts a process's open descriptors.
-func openFDs(t *testing.T, pid int) int {
-	t.Helper()
-	entries, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return len(entries)
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/miekg/dns"
 
 	"github.com/ztdns/ztdns/internal/dnstest"
+	"github.com/ztdns/ztdns/internal/testenv"
 	"github.com/ztdns/ztdns/pkg/resolver/quota"
 )
 
@@ -51,7 +52,7 @@ func TestNoSocketLeftOpenAfterFailures(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			defer debug.SetGCPercent(debug.SetGCPercent(-1))
-			before := openFDs(t)
+			before := testenv.OpenFDs(t, os.Getpid())
 			const n = 20
 			for range n {
 				ctx, cancel := context.WithTimeout(context.Background(), guard)
@@ -61,7 +62,7 @@ func TestNoSocketLeftOpenAfterFailures(t *testing.T) {
 					t.Fatalf("Forward to %v: an answer, want a failure", tc.up)
 				}
 			}
-			if after := openFDs(t); after > before {
+			if after := testenv.OpenFDs(t, os.Getpid()); after > before {
 				t.Errorf("%d descriptors open after %d failed queries, %d before", after, n, before)
 			}
 		})
@@ -79,14 +80,4 @@ func deadLoopbackPort(t *testing.T) netip.AddrPort {
 	addr := netip.MustParseAddrPort(pc.LocalAddr().String())
 	pc.Close()
 	return addr
-}
-
-// openFDs counts the process's open descriptors.
-func openFDs(t *testing.T) int {
-	t.Helper()
-	fds, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return len(fds)
 }

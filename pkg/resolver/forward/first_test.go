@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -14,6 +13,7 @@ import (
 
 	"github.com/miekg/dns"
 
+	"github.com/ztdns/ztdns/internal/testenv"
 	"github.com/ztdns/ztdns/pkg/dnswire"
 	"github.com/ztdns/ztdns/pkg/resolver/quota"
 )
@@ -115,24 +115,13 @@ func TestAppendCachedFirstIsTheFirstRecordsOfAppendCached(t *testing.T) {
 	dst := make([]byte, 0, 4096+512) // as the UDP loop's batch buffer
 	for _, qtype := range []uint16{dns.TypeA, dns.TypeTXT} {
 		req := query(t, "big0.example.", qtype)
-		// The fewest of three rounds: the counts are the process's, and
-		// another test's goroutines may still be ending.
-		const hits = 200
-		least := uint64(1 << 62)
-		for range 3 {
-			var before, after runtime.MemStats
-			runtime.GC()
-			runtime.ReadMemStats(&before)
-			for range hits {
-				if _, _, ok := f.AppendCachedFirst(dst, req, ups, src, n, room); !ok {
-					t.Fatal("not a hit")
-				}
+		per := testenv.BytesPerCall(200, func() {
+			if _, _, ok := f.AppendCachedFirst(dst, req, ups, src, n, room); !ok {
+				t.Fatal("not a hit")
 			}
-			runtime.ReadMemStats(&after)
-			least = min(least, (after.TotalAlloc-before.TotalAlloc)/hits)
-		}
-		if least > 8<<10 {
-			t.Errorf("%s: %d bytes allocated a hit on a reply of over 50 KB, want under 8 KiB", dns.TypeToString[qtype], least)
+		})
+		if per > 8<<10 {
+			t.Errorf("%s: %d bytes allocated a hit on a reply of over 50 KB, want under 8 KiB", dns.TypeToString[qtype], per)
 		}
 	}
 }
