@@ -75,12 +75,26 @@ const ExtRcodeBadVers = 1
 // Record types only this package reads.
 const (
 	typeA     = 1
+	typeNS    = 2
+	typeMD    = 3
+	typeMF    = 4
 	typeCNAME = 5
 	typeSOA   = 6
+	typeMB    = 7
+	typeMG    = 8
+	typeMR    = 9
+	typePTR   = 12
+	typeMINFO = 14
+	typeMX    = 15
 	typeTXT   = 16
 	typeAAAA  = 28
 	typeOPT   = 41
 	typeANY   = 255
+	// typeStandIn is the type of the record a read of a reply's first
+	// records puts in place of one too large to copy (appendStandIn): the
+	// first of the private use range (RFC 6895 3.1), which no server
+	// sends and which readers decode as unknown (RFC 3597).
+	typeStandIn = 0xFF00
 )
 
 // EDNS options (RFC 8914).

@@ -16,17 +16,23 @@ import (
 type RotationPlan struct {
 	runs    [maxRotatedRuns]answerRun
 	movable [maxRotatedRuns]bool
-	count   int
+	count   uint8
 	// optOff and optEnd delimit the OPT record of the additional section,
 	// optOff < 0 if none.
 	optOff, optEnd int
+	// packed is what the records besides that OPT record take at
+	// packedAtLeast: when it is within a read's room, and the read keeps
+	// as many records, it leaves none out, and AppendFirst knows so
+	// without walking them.
+	packed int
 }
 
 // PlanRotation plans RotateAnswers on msg.
 func PlanRotation(msg []byte) *RotationPlan {
-	p := &RotationPlan{optOff: -1}
-	p.runs, p.count = answerRuns(msg)
-	for i, r := range p.runs[:p.count] {
+	p := &RotationPlan{optOff: -1, packed: AnyRoom + 1} // until it walks
+	runs, count := answerRuns(msg)
+	p.runs, p.count = runs, uint8(count)
+	for i, r := range p.runs[:count] {
 		p.movable[i] = safeToMove(msg, r.start, r.end)
 	}
 	h, err := ReadHeader(msg)
@@ -38,6 +44,7 @@ func PlanRotation(msg []byte) *RotationPlan {
 		return p
 	}
 	authorityEnd := int(h.ANCount) + int(h.NSCount)
+	packed := 0
 	for i := range authorityEnd + int(h.ARCount) {
 		fixed, end, err := skipRR(msg, off)
 		if err != nil {
@@ -45,9 +52,12 @@ func PlanRotation(msg []byte) *RotationPlan {
 		}
 		if i >= authorityEnd && isOPT(msg, off, fixed) && p.optOff < 0 {
 			p.optOff, p.optEnd = off, end
+		} else {
+			packed += packedAtLeast(msg, off, fixed, end)
 		}
 		off = end
 	}
+	p.packed = packed
 	return p
 }
 
@@ -62,13 +72,15 @@ func PlanRotation(msg []byte) *RotationPlan {
 // neither copied nor aged. p is msg's plan (PlanRotation). A run is moved
 // when the plan found it movable: in msg as planned, not as aged, whose
 // TTLs' octets may read as a pointer into a run (and so leave a whole
-// message's run unmoved) or no longer do. ok is false, and dst returned
-// as it was, when that leaves nothing out of msg or msg does not parse.
+// message's run unmoved) or no longer do. A record too large to read is
+// left out, or stood in for, as FirstRecordsIn does. ok is false, and dst
+// returned as it was, when that leaves nothing out of msg (found without
+// a walk when the plan's records fit in the room) or msg does not parse.
 func AppendFirst(dst, msg []byte, p *RotationPlan, id uint16, n, room int, ttlOffsets []uint16, elapsed uint32) (out []byte, ok bool) {
 	h, err := ReadHeader(msg)
 	records := int(h.ANCount) + int(h.NSCount) + int(h.ARCount)
 	fewer := records <= n || records == n+1 && p.optOff >= 0
-	if err != nil || fewer && len(msg) <= HeaderLen+room { // no record left out
+	if err != nil || fewer && (len(msg) <= HeaderLen+room || p.packed <= room) { // no record left out
 		return dst, false
 	}
 	off, err := skipQuestions(msg, HeaderLen, int(h.QDCount))
@@ -81,14 +93,23 @@ func AppendFirst(dst, msg []byte, p *RotationPlan, id uint16, n, room int, ttlOf
 	var c counts
 	kept, used := 0, 0 // used: the kept records' octets at packedAtLeast
 	optIn := false     // the OPT record is among those kept, where it was
+	stoodIn := false   // a stand-in took a record's place
 	more := func() bool { return kept < n && used <= room }
-	// appendRR appends the record at start, aged, and returns where it ends.
+	// appendRR appends the record at start, aged, or in the answer or
+	// authority section its stand-in, and returns where it ends.
 	appendRR := func(start int) (int, error) {
 		fixed, end, err := skipRR(msg, start)
 		if err != nil {
 			return 0, err
 		}
-		used += packedAtLeast(msg, start, fixed, end)
+		p := packedAtLeast(msg, start, fixed, end)
+		if tooLargeToRead(start, end, p, used, room) {
+			out = appendStandIn(out, binary.BigEndian.Uint16(msg[fixed+2:]), used, room)
+			used += p
+			stoodIn = true
+			return end, nil
+		}
+		used += p
 		at := len(out) + fixed - start
 		out = append(out, msg[start:end]...)
 		if ttl := fixed + 4; elapsed > 0 && ttl <= 0xFFFF {
@@ -100,7 +121,11 @@ func AppendFirst(dst, msg []byte, p *RotationPlan, id uint16, n, room int, ttlOf
 		return end, nil
 	}
 	run := 0
+	additional := -1 // where the additional section starts
 	for i := 0; i < records && more(); {
+		if i == authorityEnd {
+			additional = off
+		}
 		if off == p.optOff {
 			out = append(out, msg[p.optOff:p.optEnd]...)
 			optIn = true
@@ -108,10 +133,10 @@ func AppendFirst(dst, msg []byte, p *RotationPlan, id uint16, n, room int, ttlOf
 			off, i = p.optEnd, i+1
 			continue
 		}
-		for run < p.count && p.runs[run].start < off {
+		for run < int(p.count) && p.runs[run].start < off {
 			run++
 		}
-		if run < p.count && p.runs[run].start == off {
+		if run < int(p.count) && p.runs[run].start == off {
 			r, movable := p.runs[run], p.movable[run]
 			if cut := RotationStart(id, r.n); cut != 0 && movable {
 				// The run's records from its cut-th, then those before it.
@@ -134,6 +159,21 @@ func AppendFirst(dst, msg []byte, p *RotationPlan, id uint16, n, room int, ttlOf
 				continue
 			}
 		}
+		if i >= authorityEnd {
+			fixed, end, err := skipRR(msg, off)
+			if err != nil {
+				return dst, false
+			}
+			if tooLargeToRead(off, end, packedAtLeast(msg, off, fixed, end), used, room) {
+				// Left out with its set's records before it, as
+				// FirstRecordsIn leaves it out: the additional records
+				// kept are where they were in msg.
+				var keep int
+				keep, c.ar = wholeSets(msg, additional, c.ar, off)
+				out = out[:len(dst)+keep]
+				break
+			}
+		}
 		end, err := appendRR(off)
 		if err != nil {
 			return dst, false
@@ -145,7 +185,7 @@ func AppendFirst(dst, msg []byte, p *RotationPlan, id uint16, n, room int, ttlOf
 	if p.optOff >= 0 {
 		records--
 	}
-	if kept == records { // all kept: msg is the reply
+	if kept == records && !stoodIn { // all kept: msg is the reply
 		return dst, false
 	}
 	if !optIn && p.optOff >= 0 {

@@ -3,6 +3,7 @@ package dnswire
 import (
 	"bytes"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"testing"
@@ -76,7 +77,9 @@ func firstSamples(tb testing.TB) map[string][]byte {
 func TestAppendFirstIsFirstRecordsOfTheRotatedReply(t *testing.T) {
 	t.Parallel()
 	prefix := []byte("batch")
-	for name, msg := range firstSamples(t) {
+	samples := firstSamples(t)
+	maps.Copy(samples, hugeRecordReplies(t))
+	for name, msg := range samples {
 		s, err := ScanReply(msg)
 		if err != nil {
 			t.Fatalf("%s: %v", name, err)
@@ -224,12 +227,16 @@ func TestFirstAnswers(t *testing.T) {
 // FuzzScanReply starts from and firstSamples.
 func FuzzAppendFirst(f *testing.F) {
 	for _, msg := range sampleReplies(f) {
-		f.Add(msg, uint16(1), uint16(1))
+		f.Add(msg, uint16(1), uint16(1), uint16(0xFFFF))
 	}
 	for _, msg := range firstSamples(f) {
-		f.Add(msg, uint16(3), uint16(45))
+		f.Add(msg, uint16(3), uint16(45), uint16(0xFFFF))
 	}
-	f.Fuzz(func(t *testing.T, msg []byte, id, n uint16) {
+	f.Add(twoOPTReply(f), uint16(3), uint16(1), uint16(500))
+	for _, msg := range hugeRecordReplies(f) {
+		f.Add(msg, uint16(3), uint16(112), uint16(1220))
+	}
+	f.Fuzz(func(t *testing.T, msg []byte, id, n, room uint16) {
 		if first, err := FirstAnswers(msg, int(n)); err == nil {
 			if h, _ := ReadHeader(first); int(h.ANCount)+int(h.NSCount) > int(n) || h.ARCount > 1 {
 				t.Fatalf("FirstAnswers(%x, %d) = %x: %d answer and authority records, %d additional", msg, n, first, int(h.ANCount)+int(h.NSCount), h.ARCount)
@@ -239,9 +246,26 @@ func FuzzAppendFirst(f *testing.F) {
 		if err != nil {
 			return
 		}
-		out, ok := AppendFirst(nil, msg, PlanRotation(msg), id, int(n), AnyRoom, s.TTLOffsets, 7)
+		out, ok := AppendFirst(nil, msg, PlanRotation(msg), id, int(n), int(room), s.TTLOffsets, 7)
 		if !ok {
 			return
+		}
+		// No record larger than the room is copied (but the OPT record):
+		// only records that fit in it, packed as small as they can be, an
+		// owner and two names of their data that packing may compress
+		// aside, and the one past the room, or its stand-in, no larger
+		// than the room and an octet.
+		h, _ := ReadHeader(out)
+		off, _ := skipQuestions(out, HeaderLen, int(h.QDCount))
+		for range int(h.ANCount) + int(h.NSCount) + int(h.ARCount) {
+			fixed, end, err := skipRR(out, off)
+			if err != nil {
+				t.Fatalf("AppendFirst(%x, %d, %d) = %x: %v", msg, n, room, out, err)
+			}
+			if !isOPT(out, off, fixed) && end-off > int(room)+1+3*maxNameLen {
+				t.Fatalf("AppendFirst(%x, %d, %d) = %x: a record of %d octets", msg, n, room, out, end-off)
+			}
+			off = end
 		}
 		if h, _ := ReadHeader(out); int(h.ANCount)+int(h.NSCount)+int(h.ARCount) > int(n)+1 {
 			t.Fatalf("AppendFirst(%x, %d) = %x: %d records", msg, n, out, int(h.ANCount)+int(h.NSCount)+int(h.ARCount))
@@ -250,4 +274,34 @@ func FuzzAppendFirst(f *testing.F) {
 			t.Fatalf("AppendFirst(%x, %d) = %x, which does not walk: %v", msg, n, out, err)
 		}
 	})
+}
+
+// TestAppendFirstLeavesAReplyThatFitsUnwalked: a reply larger than the
+// room whose records all fit in it packed as small as they can be (30
+// addresses under an uncompressed owner, 0.9 KB, for a buffer of 512
+// octets) is left to the caller, which copies it whole, without being
+// copied first: its plan knows what its records take (before: copied
+// record by record, then thrown away, each query).
+func TestAppendFirstLeavesAReplyThatFitsUnwalked(t *testing.T) {
+	var an []string
+	for i := range 30 {
+		an = append(an, fmt.Sprintf("medium.example. 60 IN A 10.0.0.%d", i))
+	}
+	msg := pack(t, newMsg("medium.example.", dns.TypeA, records(t, answer, an...)))
+	n, room := firstReadOf(512)
+	if len(msg) <= HeaderLen+room {
+		t.Fatalf("%d octets: fits the room as it is", len(msg))
+	}
+	s, err := ScanReply(msg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := PlanRotation(msg)
+	if allocs := testing.AllocsPerRun(100, func() {
+		if _, ok := AppendFirst(nil, msg, p, 7, n, room, s.TTLOffsets, 9); ok {
+			t.Fatal("a record left out")
+		}
+	}); allocs != 0 {
+		t.Errorf("%.1f allocations, want none: the reply copied to be thrown away", allocs)
+	}
 }

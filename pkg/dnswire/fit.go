@@ -164,6 +164,15 @@ const AnyRoom = 1 << 30
 // breaks no pointer); the TC flag is left as it was. Kept records stay
 // where they are, so their compression pointers to earlier names stay
 // valid. It fails on a malformed message.
+//
+// The one past the room is not copied when it is larger than the room
+// itself (tooLargeToRead): a hostile nameserver's single record of 64 KB
+// costs what the room does. In the answer or authority section a stand-in
+// takes its place (appendStandIn), which no cut to the room keeps either,
+// so that the cut still drops a record there and sets TC; in the
+// additional section, where a record left out sets no TC, it is left out
+// with the records of its RRset before it (wholeSets), as the cut of the
+// whole leaves them out.
 func FirstRecordsIn(msg []byte, n, room int) (first []byte, dropped bool, err error) {
 	h, err := ReadHeader(msg)
 	if err != nil {
@@ -179,12 +188,18 @@ func FirstRecordsIn(msg []byte, n, room int) (first []byte, dropped bool, err er
 	var c counts
 	keep, kept, used := off, 0, 0 // the first records end at keep
 	optOff, optEnd := -1, -1
+	additional := -1     // where the additional section starts
+	standIn := -1        // the used octets before the record a stand-in replaces
+	var standInClass int // its class
 	for i := range records {
+		if i == authorityEnd {
+			additional = off
+		}
 		fixed, end, err := skipRR(msg, off)
 		if err != nil {
 			return nil, false, err
 		}
-		switch {
+		switch p := packedAtLeast(msg, off, fixed, end); {
 		case i >= authorityEnd && isOPT(msg, off, fixed):
 			if optOff >= 0 {
 				return nil, false, errTwoOPT
@@ -194,12 +209,22 @@ func FirstRecordsIn(msg []byte, n, room int) (first []byte, dropped bool, err er
 				c.ar++
 				keep = end
 			}
-		case kept == n || used > room:
+		case dropped || kept == n || used > room:
 			dropped = true
+		case tooLargeToRead(off, end, p, used, room):
+			dropped = true
+			if i >= authorityEnd {
+				keep, c.ar = wholeSets(msg, additional, c.ar, off)
+				break
+			}
+			c.add(i, answers, authorityEnd)
+			kept++
+			standIn, standInClass = used, int(binary.BigEndian.Uint16(msg[fixed+2:]))
+			used += p
 		default:
 			c.add(i, answers, authorityEnd)
 			kept++
-			used += packedAtLeast(msg, off, fixed, end)
+			used += p
 			keep = end
 		}
 		off = end
@@ -207,14 +232,53 @@ func FirstRecordsIn(msg []byte, n, room int) (first []byte, dropped bool, err er
 	if !dropped {
 		return msg, false, nil
 	}
-	first = make([]byte, keep, keep+max(optEnd-optOff, 0))
+	size := keep + max(optEnd-optOff, 0)
+	if standIn >= 0 {
+		size += standInLen(standIn, room)
+	}
+	first = make([]byte, keep, size)
 	copy(first, msg)
+	if standIn >= 0 {
+		first = appendStandIn(first, uint16(standInClass), standIn, room)
+	}
 	if optOff >= keep {
 		first = append(first, msg[optOff:optEnd]...)
 		c.ar++
 	}
 	c.set(first)
 	return first, true, nil
+}
+
+// tooLargeToRead reports whether a read of a reply's first records within
+// room leaves the record from off to end, of p octets at packedAtLeast,
+// uncopied: one that cannot fit in what used leaves of the room, and is
+// larger than the room itself.
+func tooLargeToRead(off, end, p, used, room int) bool {
+	return used+p > room && end-off > room
+}
+
+// standInLen is the length of the stand-in appendStandIn appends.
+func standInLen(used, room int) int {
+	return minRRLen + max(1, room-used+1-minRRLen)
+}
+
+// appendStandIn appends to dst the record that takes the place of one
+// too large to read (tooLargeToRead) in the answer or authority section,
+// after records of used octets at packedAtLeast: of the root, type
+// typeStandIn, class class, TTL 0, and data of zeros, so that it takes
+// more than what used leaves of room packed as small as it can be (its
+// data is packed as it is). No cut to the room keeps it, nor anything
+// after it: the cut drops a record there, as it drops the one it stands
+// for, and sets TC. It takes what used leaves of the room and an octet,
+// at most room+1 octets, where the record took more than room.
+func appendStandIn(dst []byte, class uint16, used, room int) []byte {
+	data := standInLen(used, room) - minRRLen
+	dst = append(dst, 0) // the root
+	dst = binary.BigEndian.AppendUint16(dst, typeStandIn)
+	dst = binary.BigEndian.AppendUint16(dst, class)
+	dst = binary.BigEndian.AppendUint32(dst, 0)
+	dst = binary.BigEndian.AppendUint16(dst, uint16(data))
+	return append(dst, make([]byte, data)...)
 }
 
 // counts are the records a cut keeps of each section, as its header
@@ -244,21 +308,31 @@ func (c counts) set(msg []byte) {
 // packedAtLeast is the fewest octets the record at off (its fixed part at
 // fixed, see skipRR, ending at end) takes in a message packed anew,
 // compressed or not, as miekg's Pack packs it: its owner a compression
-// pointer, or the root, its fixed part, and its data as it is where it
-// holds no name that packing could compress (A, AAAA, TXT: what a 64 KB
-// reply of few records is made of), else none of it. Packing only makes
-// a record longer than that, so records that take more than a reply's
-// room at packedAtLeast cannot all fit in it.
+// pointer, or the root, its fixed part, and its data as it is, but for
+// the names in the data of the types whose names packing compresses
+// (RFC 1035's: CNAME, MX, NS, PTR, SOA, …), which take 1 octet at least,
+// the root. Packing only makes a record longer than that, so records that
+// take more than a reply's room at packedAtLeast cannot all fit in it;
+// the data of other types is packed as it came (RFC 3597 4 has their
+// names uncompressed), unless it came with names compressed against the
+// rules or not in canonical form: the cut of such a reply may drop a
+// record, and set TC, a record early.
 func packedAtLeast(msg []byte, off, fixed, end int) int {
 	n := 2 + rrFixedLen
 	if c := msg[off]; c == 0 || c&0xC0 == 0xC0 && pointsToRoot(msg, off) {
 		n = 1 + rrFixedLen
 	}
 	switch binary.BigEndian.Uint16(msg[fixed:]) {
-	case typeA, typeAAAA, typeTXT:
-		n += end - fixed - rrFixedLen
+	case typeNS, typeMD, typeMF, typeCNAME, typeMB, typeMG, typeMR, typePTR:
+		return n + 1
+	case typeMINFO:
+		return n + 2
+	case typeMX:
+		return n + 2 + 1 // the preference, the exchange
+	case typeSOA:
+		return n + 2 + 20 // two names, five numbers
 	}
-	return n
+	return n + end - fixed - rrFixedLen
 }
 
 // pointsToRoot reports whether the compression pointer at off may stand

@@ -1,6 +1,8 @@
 package dnswire
 
 import (
+	"bytes"
+	"encoding/base64"
 	"fmt"
 	"slices"
 	"strings"
@@ -334,5 +336,162 @@ func TestFirstRecords(t *testing.T) {
 	}
 	if _, _, err := FirstRecords(msg[:len(msg)-3], 10); err == nil {
 		t.Error("a reply cut short: no error")
+	}
+}
+
+// hugeRecordReplies are replies a hostile nameserver (a pod's own) sends,
+// by name: a record of 60,000 octets, larger than any client's buffer,
+// among the answers (TXT, or of a type no reader knows), in the authority
+// section, and in the additional section after records of its set; and
+// 100 records of 600 octets or so of types other than A, AAAA and TXT,
+// whose data a cut's read counted as nothing.
+func hugeRecordReplies(tb testing.TB) map[string][]byte {
+	tb.Helper()
+	hugeTXT := func(owner string) string { // 235 strings of 255 octets
+		return owner + " 60 IN TXT " + strings.Repeat(`"`+strings.Repeat("h", 255)+`" `, 235)
+	}
+	opaque := func(owner string, size int) string { // octets below 0xC0: no pointer
+		return fmt.Sprintf(`%s 60 IN TYPE65400 \# %d %s`, owner, size, strings.Repeat("5a", size))
+	}
+	many := func(line func(i int) string) []string {
+		var out []string
+		for i := range 100 {
+			out = append(out, line(i))
+		}
+		return out
+	}
+	addrs := []string{"big.example. 60 IN A 10.0.0.1", "big.example. 60 IN A 10.0.0.2", "big.example. 60 IN A 10.0.0.3"}
+	glue := []string{"ns1.example. 60 IN A 10.1.1.1", "ns2.example. 60 IN A 10.1.1.2"}
+	small := func(owner string) string { return owner + ` 60 IN TXT "small"` }
+	msgs := map[string]*dns.Msg{
+		"a huge TXT answer": newMsg("big.example.", dns.TypeTXT, records(tb, answer, small("big.example."), small("big.example."),
+			hugeTXT("big.example."), small("big.example.")), records(tb, additional, glue...)),
+		"a huge answer of an unknown type": newMsg("big.example.", dns.TypeA, records(tb, answer,
+			slices.Concat(addrs, []string{opaque("big.example.", 60000)}, addrs)...)),
+		"a huge authority record": newMsg("big.example.", dns.TypeA, records(tb, authority, testSOA, hugeTXT("example.com.")),
+			records(tb, additional, glue...)),
+		"a huge additional record after its set": newMsg("big.example.", dns.TypeA, records(tb, answer, addrs...),
+			records(tb, additional, small("ns1.example."), small("ns1.example."), hugeTXT("ns1.example."), glue[1])),
+		"OPENPGPKEY records of 600 octets": newMsg("big.example.", dns.TypeOPENPGPKEY, records(tb, answer, many(func(i int) string {
+			return "big.example. 60 IN OPENPGPKEY " + base64.StdEncoding.EncodeToString([]byte(fmt.Sprintf("%0600d", i)))
+		})...)),
+		"SRV records of long targets": newMsg("_x._tcp.big.example.", dns.TypeSRV, records(tb, answer, many(func(i int) string {
+			return fmt.Sprintf("_x._tcp.big.example. 60 IN SRV 0 0 80 %s.%03d.example.", strings.Repeat("t", 60)+"."+strings.Repeat("u", 60)+"."+strings.Repeat("v", 60), i)
+		})...)),
+		"records of 600 octets of an unknown type": newMsg("big.example.", dns.TypeA, records(tb, answer, many(func(int) string {
+			return opaque("big.example.", 600)
+		})...)),
+	}
+	out := map[string][]byte{}
+	for name, m := range msgs {
+		m.Response = true
+		m.SetEdns0(1232, false)
+		m.Compress = true
+		out[name] = pack(tb, m)
+	}
+	return out
+}
+
+// firstReadOf is the resolver's firstRead for a client's buffer of limit
+// octets: the records, and the octets of them, a cut to it reads.
+func firstReadOf(limit int) (n, room int) {
+	room = max(limit, minUDPSize) - HeaderLen
+	return room/minRRLen + 1, room
+}
+
+// TestFirstRecordsReadWhatTheRoomHolds: what FirstRecordsIn reads of a
+// hostile nameserver's reply, for a client's buffer of 512, 1,232 and
+// 4,096 octets, is at most about two buffers' worth, whatever the records'
+// types and sizes (before: a record of 60,000 octets read whole, as the
+// one past the room, and 100 records of 600 octets of types other than A,
+// AAAA and TXT read as records of none: all of them), and the cut of it to
+// the buffer (PlanFit) is the cut of the whole, TC and all.
+func TestFirstRecordsReadWhatTheRoomHolds(t *testing.T) {
+	t.Parallel()
+	for name, msg := range hugeRecordReplies(t) {
+		for _, limit := range []int{512, 1232, 4096} {
+			n, room := firstReadOf(limit)
+			first, dropped, err := FirstRecordsIn(msg, n, room)
+			if err != nil || !dropped {
+				t.Fatalf("%s, buffer %d: dropped %v, %v", name, limit, dropped, err)
+			}
+			if len(first) > 2*limit+512 {
+				t.Errorf("%s, buffer %d: %d octets read of %d", name, limit, len(first), len(msg))
+			}
+			if _, err := ScanReply(first); err != nil {
+				t.Fatalf("%s, buffer %d: %x does not walk: %v", name, limit, first, err)
+			}
+			got, err := PlanFit(first, limit)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want, err := PlanFit(msg, limit)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if cut, wholeCut := got.Apply(slices.Clone(first)), want.Apply(slices.Clone(msg)); !bytes.Equal(cut, wholeCut) || got.Truncated != want.Truncated {
+				t.Errorf("%s, buffer %d: the first records cut to\n%x (TC %v), the whole to\n%x (TC %v)", name, limit, cut, got.Truncated, wholeCut, want.Truncated)
+			}
+		}
+	}
+}
+
+// TestPackedAtLeastIsWhatPackingLeaves: packedAtLeast is at most what a
+// record takes packed by miekg/dns, compressed, after one with the same
+// names (the most compression can save), for every type; and all of that
+// where the type's data holds no name packing compresses (before: the data
+// of every type but A, AAAA and TXT counted as nothing, so that a reply of
+// such records was read as far as 111 of them, whatever their size, for a
+// buffer of 1,232 octets).
+func TestPackedAtLeastIsWhatPackingLeaves(t *testing.T) {
+	t.Parallel()
+	compressed := map[uint16]bool{dns.TypeNS: true, dns.TypeMD: true, dns.TypeMF: true, dns.TypeCNAME: true, dns.TypeMB: true,
+		dns.TypeMG: true, dns.TypeMR: true, dns.TypePTR: true, dns.TypeMINFO: true, dns.TypeMX: true, dns.TypeSOA: true}
+	for _, line := range []string{
+		"x.example. 60 IN A 10.0.0.1",
+		"x.example. 60 IN AAAA 2001:db8::1",
+		`x.example. 60 IN TXT "a" "bc"`,
+		"x.example. 60 IN CNAME target.example.",
+		"x.example. 60 IN NS ns1.x.example.",
+		"x.example. 60 IN PTR host.x.example.",
+		"x.example. 60 IN MX 10 mail.x.example.",
+		"x.example. 60 IN MINFO r.x.example. e.x.example.",
+		testSOA,
+		"x.example. 60 IN SRV 0 0 80 target.example.",
+		`x.example. 60 IN NAPTR 100 10 "u" "E2U+sip" "!^.*$!sip:info@example.com!" .`,
+		`x.example. 60 IN CAA 0 issue "ca.example.net"`,
+		"x.example. 60 IN DNSKEY 257 3 13 mdsswUyr3DPW132mOi8V9xESWE8jTo0dxCjjnopKl+GqJxpVXckHAeF+KkxLbxILfDLUT0rAK9iUzy1L53eKGQ==",
+		"x.example. 60 IN DS 12345 13 2 aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+		"x.example. 60 IN TLSA 3 1 1 aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+		`x.example. 60 IN HTTPS 1 . alpn="h2,h3"`,
+		"x.example. 60 IN SVCB 1 svc.example. port=8443",
+		"x.example. 60 IN NSEC next.example. A AAAA RRSIG NSEC",
+		"x.example. 60 IN RRSIG A 13 2 60 20300101000000 20200101000000 12345 example. aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+		`x.example. 60 IN HINFO "cpu" "os"`,
+		"x.example. 60 IN DNAME y.example.",
+		"x.example. 60 IN RP m.x.example. t.x.example.",
+		`x.example. 60 IN TYPE65400 \# 4 01020304`,
+	} {
+		rr := dnstest.RRs(t, line)[0]
+		packed := func(compress bool, rrs ...dns.RR) []byte {
+			m := newMsg(rr.Header().Name, rr.Header().Rrtype, func(m *dns.Msg) { m.Answer = rrs })
+			m.Compress = compress
+			return pack(t, m)
+		}
+		one := packed(true, rr)
+		least := len(packed(true, rr, dns.Copy(rr))) - len(one) // the second, after the first
+		wire := packed(false, rr)
+		var q Question
+		if err := readQuestion(wire, &q, nil); err != nil {
+			t.Fatal(err)
+		}
+		fixed, end, err := skipRR(wire, q.End)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := packedAtLeast(wire, q.End, fixed, end)
+		if p > least || !compressed[rr.Header().Rrtype] && p != least {
+			t.Errorf("%s: packedAtLeast %d, packed after one like it %d", line, p, least)
+		}
 	}
 }

@@ -107,6 +107,10 @@ func FuzzScanReply(f *testing.F) {
 	for _, msg := range sampleReplies(f) {
 		f.Add(msg)
 	}
+	f.Add(twoOPTReply(f))
+	for _, msg := range hugeRecordReplies(f) {
+		f.Add(msg)
+	}
 	f.Fuzz(func(t *testing.T, msg []byte) {
 		s, err := ScanReply(msg)
 		if err != nil {
@@ -149,6 +153,10 @@ func FuzzPlanFit(f *testing.F) {
 	}
 	for _, signed := range []bool{false, true} {
 		f.Add(srvReply(f, true, signed), uint16(512))
+	}
+	f.Add(twoOPTReply(f), uint16(512))
+	for _, msg := range hugeRecordReplies(f) {
+		f.Add(msg, uint16(1232))
 	}
 	f.Fuzz(func(t *testing.T, msg []byte, limit uint16) {
 		fit, err := PlanFit(msg, int(limit))

@@ -29,7 +29,8 @@ type Reply struct {
 }
 
 // ScanReply walks every record of a reply. It rejects anything malformed,
-// and a message longer than 64 KiB (TTL offsets are 16-bit). TTLOffsets is
+// a reply with more than one OPT record among them (RFC 6891 6.1.1), and a
+// message longer than 64 KiB (TTL offsets are 16-bit). TTLOffsets is
 // a new slice, sized for the records the message can hold.
 func ScanReply(msg []byte) (Reply, error) {
 	var s Reply
@@ -55,10 +56,17 @@ func ScanReply(msg []byte) (Reply, error) {
 	records := authorityEnd + int(h.ARCount)
 	// The counts are the sender's word; the bytes bound what they can be.
 	s.TTLOffsets = make([]uint16, 0, min(records, (len(msg)-off)/minRRLen))
+	opt := false // an OPT record in the additional section
 	for i := range records {
 		rr, err := readRR(msg, off)
 		if err != nil {
 			return s, fmt.Errorf("record %d: %w", i, err)
+		}
+		if i >= authorityEnd && isOPT(msg, off, rr.TTLOff-4) {
+			if opt {
+				return s, fmt.Errorf("record %d: %w", i, errTwoOPT)
+			}
+			opt = true
 		}
 		off = rr.End
 		if rr.Type == typeOPT {

@@ -305,6 +305,9 @@ func TestScanReplyRejectsMalformed(t *testing.T) {
 		{"SOA rdata too short", withRdlen(10)},
 		{"bad label type", append(slices.Clone(good[:HeaderLen]), 0x40, 0)},
 		{"too long", make([]byte, 0x10000)},
+		// RFC 6891 6.1.1: malformed, so not cached (before: cached, and
+		// served again with both).
+		{"two OPT records", twoOPTReply(t)},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -313,4 +316,10 @@ func TestScanReplyRejectsMalformed(t *testing.T) {
 			}
 		})
 	}
+}
+
+// twoOPTReply is an answer with two OPT records in its additional section.
+func twoOPTReply(tb testing.TB) []byte {
+	return pack(tb, newMsg("www.example.com.", dns.TypeA, func(m *dns.Msg) { m.Response = true },
+		records(tb, answer, "www.example.com. 60 IN A 198.51.100.1"), withEDNS(false), withEDNS(true)))
 }

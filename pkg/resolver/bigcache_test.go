@@ -36,8 +36,10 @@ const bigTXT = 100
 // TXT records of 600 octets (three strings, the last the record's number
 // in 87 digits); names under nx. NXDOMAIN, an SOA and 6 additional TXT
 // records of 10,040 octets (one of them past any client's buffer); names
-// under gone. NXDOMAIN and an SOA; every other name, and every name in d3.example., one address,
-// 203.0.113.1.
+// under full. NXDOMAIN, an SOA and 60 additional TXT records of 100
+// octets (a client's buffer of 4,096 octets full of them); names under
+// gone. NXDOMAIN and an SOA; every other name, and every name in
+// found.example., one address, 203.0.113.1.
 type bigAnswers struct{}
 
 func (bigAnswers) Reply(req *dns.Msg, _ netip.AddrPort) *dns.Msg {
@@ -53,7 +55,7 @@ func (bigAnswers) Reply(req *dns.Msg, _ netip.AddrPort) *dns.Msg {
 		return rrs
 	}
 	switch name := strings.ToLower(q.Name); {
-	case strings.HasSuffix(name, ".d3.example."):
+	case strings.HasSuffix(name, ".found.example."):
 		m.Answer = []dns.RR{&dns.A{Hdr: dns.RR_Header{Name: q.Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 300}, A: net.IPv4(203, 0, 113, 1)}}
 	case strings.HasPrefix(name, "big.") && q.Qtype == dns.TypeTXT:
 		for i := range bigTXT {
@@ -68,6 +70,13 @@ func (bigAnswers) Reply(req *dns.Msg, _ netip.AddrPort) *dns.Msg {
 		for range 6 {
 			m.Extra = append(m.Extra, &dns.TXT{Hdr: dns.RR_Header{Name: q.Name, Rrtype: dns.TypeTXT, Class: dns.ClassINET, Ttl: 300},
 				Txt: slices.Repeat([]string{strings.Repeat("x", 250)}, 40)})
+		}
+	case strings.HasPrefix(name, "full."):
+		m.Rcode = dns.RcodeNameError
+		m.Ns = []dns.RR{dnstest.SOA}
+		for i := range 60 {
+			m.Extra = append(m.Extra, &dns.TXT{Hdr: dns.RR_Header{Name: q.Name, Rrtype: dns.TypeTXT, Class: dns.ClassINET, Ttl: 300},
+				Txt: []string{fmt.Sprintf("%099d", i)}})
 		}
 	case strings.HasPrefix(name, "gone."):
 		m.Rcode = dns.RcodeNameError
@@ -230,6 +239,25 @@ func TestFitUDPOfTheFirstRecordsIsTheCutOfTheWhole(t *testing.T) {
 		m.Extra = append(glue(sections[1]), m.Extra...)
 		replies[name] = m
 	}
+	// A hostile nameserver's: a record of 60,000 octets among the
+	// answers, or in the additional section after records of its set
+	// (read as far as it, and not copied: a stand-in in its place, or left
+	// out with its set), and 100 records of 600 octets of a type no
+	// reader knows.
+	hostile := newHostileAnswers()
+	huge := hostile.Reply(ednsQuery("huge.example.", 1232), netip.AddrPort{})
+	huge.Ns = []dns.RR{dnstest.SOA}
+	huge.Extra = append(glue(3), huge.Extra...)
+	replies["a huge answer, glue"] = huge
+	hugeGlue := many.Copy()
+	hugeGlue.Answer = hugeGlue.Answer[:3]
+	set := func(data ...string) dns.RR {
+		return &dns.TXT{Hdr: dns.RR_Header{Name: "ns1.example.", Rrtype: dns.TypeTXT, Class: dns.ClassINET, Ttl: 300}, Txt: data}
+	}
+	hugeGlue.Extra = append([]dns.RR{set("a"), set("b"), set(slices.Repeat([]string{strings.Repeat("h", 255)}, 235)...)}, hugeGlue.Extra...)
+	hugeGlue.Extra = append(glue(2), hugeGlue.Extra...)
+	replies["a huge additional record after its set"] = hugeGlue
+	replies["records of an unknown type"] = hostile.Reply(ednsQueryOf("opaque.example.", typeOpaque, 1232), netip.AddrPort{})
 	cuts := 0
 	for name, m := range replies {
 		for _, compress := range []bool{false, true} {
@@ -258,34 +286,38 @@ func TestFitUDPOfTheFirstRecordsIsTheCutOfTheWhole(t *testing.T) {
 			}
 		}
 	}
-	if cuts < 24 {
-		t.Errorf("%d replies left records out, want 24 at least", cuts)
+	if cuts < 40 {
+		t.Errorf("%d replies left records out, want 40 at least", cuts)
 	}
 }
 
 // TestOfflineCacheReadsBoundedInBytes: the offline pass reads at most
 // maxOfflineBytes of cached replies for one query, as it makes at most
 // maxOfflineLookups lookups: with every forwarding slot held, an autopath
-// query whose third candidate exists, the first two cached NXDOMAINs with
-// additional TXT records of 10 KB each (a client with a buffer of 4,096
-// octets, whose reply can hold none of them: the first read to learn so,
-// 10 KB a candidate), gets SERVFAIL for the node's bound: past the bytes
-// it needed a slot, as a miss does (before: answered on the socket's
+// query whose fifth candidate exists, the first four cached NXDOMAINs
+// with 60 additional TXT records of 100 octets each (a client with a
+// buffer of 4,096 octets, whose reply they fill: 4.2–4.8 KB read a
+// candidate), gets SERVFAIL for the node's bound: past the bytes it
+// needed a slot, as a miss does (before: answered on the socket's
 // goroutine, each candidate's reply read and decoded whole). The same
-// walk over plain NXDOMAINs is answered.
+// walk over plain NXDOMAINs is answered, and so is one over NXDOMAINs
+// with additional TXT records of 10 KB each, larger than the client's
+// buffer: none is read (before: each read whole as the one past the
+// buffer, 10 KB a candidate, and the walk was past the bytes at the third
+// candidate: SERVFAIL).
 func TestOfflineCacheReadsBoundedInBytes(t *testing.T) {
 	const slots = 8
 	silent := startSilentUpstream(t)
 	up := dnstest.Start(t, "127.0.0.1:0", bigAnswers{}).Addr
 	ls := startLimitsServer(t, Options{Limits: quota.Limits{QPS: -1, Forwarding: -1}, MaxInflight: slots, Autopath: true}, silent.addr, up)
-	ls.pods.SetSourcePods([]model.Pod{{Namespace: "default", Name: "victim", IPs: []netip.Addr{victimIP}, DNSSearches: []string{"d1.example", "d2.example", "d3.example"}}})
-	// nx.d1.example. and nx.d2.example. are large NXDOMAINs, gone.… small
-	// ones; x.d3.example. exists (bigAnswers answers any other name).
-	names := map[string]string{"large": "nx", "small": "gone"}
+	ls.pods.SetSourcePods([]model.Pod{{Namespace: "default", Name: "victim", IPs: []netip.Addr{victimIP},
+		DNSSearches: []string{"d1.example", "d2.example", "d3.example", "d4.example", "found.example"}}})
+	// Under d1.example. to d4.example. every name of each kind is an
+	// NXDOMAIN; under found.example. each exists (bigAnswers answers any
+	// other name).
+	names := map[string]string{"filling the buffer": "full", "past the buffer": "nx", "plain": "gone"}
 	ask := func(proto, kind string) *dns.Msg {
 		t.Helper()
-		// The walk: …d1.example., …d2.example., then d3.example.'s,
-		// which is the same name for both kinds but for its first label.
 		r, err := ls.tryExchange(victimIP, proto, ednsQuery(names[kind]+".default.svc.cluster.local.", 4096))
 		if err != nil {
 			t.Fatal(err)
@@ -293,20 +325,22 @@ func TestOfflineCacheReadsBoundedInBytes(t *testing.T) {
 		return r
 	}
 	answered := func(r *dns.Msg, kind string) bool {
-		return r.Rcode == dns.RcodeSuccess && len(r.Answer) == 2 && r.Answer[0].(*dns.CNAME).Target == names[kind]+".d3.example."
+		return r.Rcode == dns.RcodeSuccess && len(r.Answer) == 2 && r.Answer[0].(*dns.CNAME).Target == names[kind]+".found.example."
 	}
 	for kind := range names { // every candidate into the cache, over TCP
 		if r := ask("tcp", kind); !answered(r, kind) {
-			t.Fatalf("%s NXDOMAINs, before the slots were taken: %s %v, want a CNAME to %s.d3.example. and its address", kind, dns.RcodeToString[r.Rcode], r.Answer, names[kind])
+			t.Fatalf("NXDOMAINs with records %s, before the slots were taken: %s %v, want a CNAME to %s.found.example. and its address", kind, dns.RcodeToString[r.Rcode], r.Answer, names[kind])
 		}
 	}
 	ls.holdForwardingSlots(t, slots)
 	overload := testutil.ToFloat64(metricQueries.overload)
-	if r := ask("udp", "small"); !answered(r, "small") {
-		t.Errorf("small NXDOMAINs, every slot taken: %s %v, want a CNAME to gone.d3.example. and its address, from the cache", dns.RcodeToString[r.Rcode], r.Answer)
+	for _, kind := range []string{"plain", "past the buffer"} {
+		if r := ask("udp", kind); !answered(r, kind) {
+			t.Errorf("NXDOMAINs, records %s, every slot taken: %s %v, want a CNAME to %s.found.example. and its address, from the cache", kind, dns.RcodeToString[r.Rcode], r.Answer, names[kind])
+		}
 	}
-	if r := ask("udp", "large"); r.Rcode != dns.RcodeServerFailure {
-		t.Errorf("large NXDOMAINs, every slot taken: %s %v, want SERVFAIL (past the bytes the offline pass may read, it needs a slot)", dns.RcodeToString[r.Rcode], r.Answer)
+	if r := ask("udp", "filling the buffer"); r.Rcode != dns.RcodeServerFailure {
+		t.Errorf("NXDOMAINs with records filling the buffer, every slot taken: %s %v, want SERVFAIL (past the bytes the offline pass may read, it needs a slot)", dns.RcodeToString[r.Rcode], r.Answer)
 	}
 	if got := testutil.ToFloat64(metricQueries.overload) - overload; got != 1 {
 		t.Errorf("%v queries refused for the node's bound, want 1: the one past the bytes", got)
