@@ -54,6 +54,15 @@ var (
 		Name: "ztdns_capture_repairs_total",
 		Help: "Capture links re-attached and pins made again by the agent after something else detached or removed them.",
 	})
+	// metricNameserverFallbacks counts captured pods' misses not forwarded
+	// to the nameserver the pod addressed, which is the agent itself or
+	// another pod of the node (forwardable), by reason.
+	metricNameserverFallbacks = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "ztdns_capture_nameserver_fallbacks_total",
+		Help: "Captured pods' misses sent to the configured upstreams instead of the nameserver the pod addressed, by reason: " +
+			"agent (the agent's own address: forwarded there, the miss would come back as the node's own query) or " +
+			"node-pod (another pod of this node: forwarded from the node, the query would pass that pod's ingress policy and Istio's).",
+	}, []string{"reason"})
 	// metricTableWarnings is the number of warnings of the last build.
 	metricTableWarnings = prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "ztdns_table_warnings",
@@ -105,7 +114,7 @@ func (a *Agent) registerMetrics() error {
 		metricTableHostsWithoutVIP.WithLabelValues(r)
 	}
 	cs := []prometheus.Collector{
-		metricTableBuild, metricTableNames, metricTableWarnings, metricTableHostsWithoutVIP, metricTableAllocatedIPv4VIPs, metricTableNamespacesOverBudget, metricTableObjectsOverBudget, metricCNIEvents, metricCNIConfigRepairs, metricCNIConfigContested, metricCaptureRepairs, captureCollector{a}, podsCollector{a}, istioRulesCollector{a}, cniInstalledCollector{a},
+		metricTableBuild, metricTableNames, metricTableWarnings, metricTableHostsWithoutVIP, metricTableAllocatedIPv4VIPs, metricTableNamespacesOverBudget, metricTableObjectsOverBudget, metricCNIEvents, metricCNIConfigRepairs, metricCNIConfigContested, metricCaptureRepairs, metricNameserverFallbacks, captureCollector{a}, podsCollector{a}, istioRulesCollector{a}, cniInstalledCollector{a},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	}
 	cs = append(cs, resolver.Collectors()...)
