@@ -1,9 +1,13 @@
 package agent
 
 import (
+	"bytes"
+	"log/slog"
 	"net/netip"
 	"strings"
 	"testing"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/ztdns/ztdns/pkg/model"
 	"github.com/ztdns/ztdns/pkg/podcache"
@@ -222,5 +226,36 @@ func TestCaptureNameserversRefusedByNewAgent(t *testing.T) {
 		if !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: newAgent: %v, want %q", tc.what, err, tc.want)
 		}
+	}
+}
+
+// TestRefusedNameserverLoggedOnce: a pod's nameserver that is not
+// forwarded to (the agent's own address, a pod of the node) is logged the
+// first time only, not for each query, and at most maxRefusedLogged of
+// them; every query is counted.
+func TestRefusedNameserverLoggedOnce(t *testing.T) {
+	var log bytes.Buffer
+	c := &dataplane{log: slog.New(slog.NewTextHandler(&log, nil))}
+	p := &podcache.Pod{Namespace: "a", Name: "asker"}
+	before := testutil.ToFloat64(metricNameserverFallbacks.WithLabelValues("agent"))
+	self := netip.MustParseAddrPort("10.0.0.5:53")
+	for range 3 {
+		c.refused(self, p, refusedAgent)
+	}
+	c.refused(netip.MustParseAddrPort("127.0.0.1:53"), p, refusedLocal) // never redirected: not logged
+	if n := strings.Count(log.String(), "nameserver=10.0.0.5:53"); n != 1 {
+		t.Errorf("3 refusals of 10.0.0.5:53 logged %d times, want once:\n%s", n, log.String())
+	}
+	if strings.Contains(log.String(), "127.0.0.1") {
+		t.Errorf("a pod-local nameserver logged:\n%s", log.String())
+	}
+	if got := testutil.ToFloat64(metricNameserverFallbacks.WithLabelValues("agent")) - before; got != 3 {
+		t.Errorf("ztdns_capture_nameserver_fallbacks_total{reason=\"agent\"} rose by %v, want 3", got)
+	}
+	for i := range 2 * maxRefusedLogged {
+		c.refused(netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 244, byte(i >> 8), byte(i)}), 53), p, refusedNodePod)
+	}
+	if n := strings.Count(log.String(), "is not forwarded to"); n != maxRefusedLogged {
+		t.Errorf("%d nameservers refused logged %d times, want %d", 2*maxRefusedLogged+1, n, maxRefusedLogged)
 	}
 }
