@@ -114,7 +114,7 @@ func (a *Agent) registerMetrics() error {
 		metricTableHostsWithoutVIP.WithLabelValues(r)
 	}
 	cs := []prometheus.Collector{
-		metricTableBuild, metricTableNames, metricTableWarnings, metricTableHostsWithoutVIP, metricTableAllocatedIPv4VIPs, metricTableNamespacesOverBudget, metricTableObjectsOverBudget, metricCNIEvents, metricCNIConfigRepairs, metricCNIConfigContested, metricCaptureRepairs, metricNameserverFallbacks, captureCollector{a}, podsCollector{a}, istioRulesCollector{a}, cniInstalledCollector{a},
+		metricTableBuild, metricTableNames, metricTableWarnings, metricTableHostsWithoutVIP, metricTableAllocatedIPv4VIPs, metricTableNamespacesOverBudget, metricTableObjectsOverBudget, metricCNIEvents, metricCNIConfigRepairs, metricCNIConfigContested, metricCaptureRepairs, metricNameserverFallbacks, captureCollector{a}, podsCollector{a}, istioRulesCollector{a}, cniInstalledCollector{a}, knownUpstreamsCollector{a},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	}
 	cs = append(cs, resolver.Collectors()...)
@@ -159,6 +159,26 @@ func (c cniInstalledCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	installed, _ := c.a.cniInstall.get()
 	ch <- prometheus.MustNewConstMetric(cniInstalledDesc, prometheus.GaugeValue, boolValue(installed))
+}
+
+var knownUpstreamDesc = prometheus.NewDesc("ztdns_forward_upstream_known",
+	"1 for each upstream nameserver the operator named or the agent learned as the cluster's (to, as ztdns_forward_upstream_queries_total labels it): "+
+		"--upstream, single addresses of --capture-nameservers, the kube-system/kube-dns Service on port 53. ZtdnsServfailRatioHigh counts only their failures, "+
+		"not those of nameservers a pod chose itself.",
+	[]string{"to"}, nil)
+
+// knownUpstreamsCollector exports ztdns_forward_upstream_known, read from
+// the forwarder at scrape time.
+type knownUpstreamsCollector struct {
+	a *Agent
+}
+
+func (c knownUpstreamsCollector) Describe(ch chan<- *prometheus.Desc) { ch <- knownUpstreamDesc }
+
+func (c knownUpstreamsCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, to := range c.a.fwd.KnownUpstreams() {
+		ch <- prometheus.MustNewConstMetric(knownUpstreamDesc, prometheus.GaugeValue, 1, to)
+	}
 }
 
 var podsDesc = prometheus.NewDesc("ztdns_capture_pods",

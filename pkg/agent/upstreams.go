@@ -11,6 +11,8 @@ import (
 	"slices"
 	"strings"
 	"sync/atomic"
+
+	"github.com/ztdns/ztdns/pkg/model"
 )
 
 // upstreamsFor is the resolver's UpstreamFunc: the nameserver the pod
@@ -192,4 +194,45 @@ func knownUpstreams(cfg Config) []netip.AddrPort {
 		}
 	}
 	return known
+}
+
+// The cluster DNS Service, as kubelet's --cluster-dns names it in every
+// ClusterFirst pod's resolv.conf.
+const (
+	clusterDNSNamespace = "kube-system"
+	clusterDNSService   = "kube-dns"
+)
+
+// maxClusterDNSKnown bounds the cluster DNS addresses made known upstreams
+// over the agent's life: a known label is never taken back, and the
+// Service's addresses change only when it is made again.
+const maxClusterDNSKnown = 8
+
+// knowClusterDNS makes the cluster DNS Service's addresses in s, on port 53
+// as pods ask them, known upstreams (knownUpstreams): the chart's agent
+// runs with dnsPolicy: Default, so its --upstream is the node's resolver,
+// and the nameserver nearly every pod asks would otherwise compete with
+// the addresses pods choose for the per-nameserver metric labels, and
+// count as a pod's choice in ZtdnsServfailRatioHigh.
+func (a *Agent) knowClusterDNS(s *model.Snapshot) {
+	for i := range s.Services {
+		svc := &s.Services[i]
+		if svc.Namespace != clusterDNSNamespace || svc.Name != clusterDNSService {
+			continue
+		}
+		var add []netip.AddrPort
+		for _, ip := range svc.ClusterIPs {
+			u := netip.AddrPortFrom(ip.Unmap(), 53)
+			if !slices.Contains(a.clusterDNS, u) && len(a.clusterDNS)+len(add) < maxClusterDNSKnown {
+				add = append(add, u)
+			}
+		}
+		if len(add) > 0 {
+			a.clusterDNS = append(a.clusterDNS, add...)
+			a.fwd.KnowUpstreams(add...)
+			a.log.Info("the cluster DNS Service's addresses are known upstreams: their metrics keep labels of their own",
+				"service", svc.Key(), "upstreams", add)
+		}
+		return
+	}
 }
