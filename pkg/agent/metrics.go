@@ -113,6 +113,9 @@ func (a *Agent) registerMetrics() error {
 	for _, r := range table.NoVIPReasons { // each exists from the start, at 0
 		metricTableHostsWithoutVIP.WithLabelValues(r)
 	}
+	for _, r := range []refusal{refusedAgent, refusedNodePod} { // so does each fallback's
+		metricNameserverFallbacks.WithLabelValues(r.reason())
+	}
 	cs := []prometheus.Collector{
 		metricTableBuild, metricTableNames, metricTableWarnings, metricTableHostsWithoutVIP, metricTableAllocatedIPv4VIPs, metricTableNamespacesOverBudget, metricTableObjectsOverBudget, metricCNIEvents, metricCNIConfigRepairs, metricCNIConfigContested, metricCaptureRepairs, metricNameserverFallbacks, captureCollector{a}, podsCollector{a}, istioRulesCollector{a}, cniInstalledCollector{a}, knownUpstreamsCollector{a},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
