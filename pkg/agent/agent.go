@@ -109,7 +109,10 @@ type Agent struct {
 	// selfUpstreams are the upstreams given that are addrs (withoutSelf),
 	// left out of cfg.Upstreams.
 	selfUpstreams []netip.AddrPort
-	slot4, slot6  [redirect.Slots]netip.AddrPort
+	// clusterDNS are the cluster DNS Service's addresses made known
+	// upstreams (knowClusterDNS); apply's alone.
+	clusterDNS   []netip.AddrPort
+	slot4, slot6 [redirect.Slots]netip.AddrPort
 	// ipv6 is what capture started with, for checkIPv6, and what the
 	// status warning (ipv6Warning) of a node that refuses IPv6 says: that
 	// capture serves IPv4 only (dropIPv6), or that the node's IPv6 setting

@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ztdns/ztdns/pkg/capture"
@@ -89,6 +90,13 @@ type dataplane struct {
 	resolvers map[netip.Addr]bool
 	// prefixes are the resolver addresses on cfg.Interface.
 	prefixes []netip.Prefix
+	// own are the agent's own addresses and nodeName its node's, which
+	// a pod's nameserver must not be (forwardable); refusedNameservers
+	// are those of the refusals logged, refusedLogged how many.
+	own                *ownAddrs
+	nodeName           string
+	refusedNameservers sync.Map
+	refusedLogged      atomic.Int32
 
 	// beatMu orders startBeating and stopBeating: a start that comes
 	// after the stop (the first table arriving as the agent stops) does
@@ -242,6 +250,7 @@ func (c *dataplane) startBeating() {
 				}
 			case <-check.C:
 				c.keepAttached()
+				c.own.refresh() // the node's addresses, behind an unspecified --listen one
 				if c.onCheck != nil {
 					c.onCheck()
 				}
@@ -328,7 +337,11 @@ func (c *dataplane) upstream(client, local netip.AddrPort) (netip.AddrPort, bool
 		return netip.AddrPort{}, false
 	}
 	ns, unconfirmed, ok := c.r.ForwardedNameserver(p.Attachment.NetnsCookie, slot)
-	if !ok || !forwardable(ns, c.resolvers, c.r.CaptureNameservers()) {
+	if !ok {
+		return netip.AddrPort{}, false
+	}
+	if why := forwardable(ns, p, c.rules()); why != forwardOK {
+		c.refused(ns, p, why)
 		return netip.AddrPort{}, false
 	}
 	if unconfirmed {
@@ -342,9 +355,106 @@ func (c *dataplane) upstream(client, local netip.AddrPort) (netip.AddrPort, bool
 	return ns, true
 }
 
-// forwardable reports whether a nameserver a pod addressed can take the
-// pod's misses; when not, the resolver falls back to its configured
-// upstreams. Not:
+// rules are what forwardable checks a learned nameserver against now.
+func (c *dataplane) rules() forwardRules {
+	return forwardRules{resolvers: c.resolvers, listed: c.r.CaptureNameservers(), own: c.own, podAt: c.podOnNode}
+}
+
+// podOnNode is the pod of this node that owns address a, or nil: one with
+// a sandbox recorded here (by the CNI plugin, `capture add`, the scan), or
+// one the source places on this node. Pods on the host's network own no
+// address in the registry.
+func (c *dataplane) podOnNode(a netip.Addr) *podcache.Pod {
+	p := c.pods.Lookup(a)
+	if p == nil || p.Attachment == nil && (p.Spec == nil || c.nodeName == "" || p.Spec.NodeName != c.nodeName) {
+		return nil
+	}
+	return p
+}
+
+// maxRefusedLogged bounds the nameservers refused whose first refusal is
+// logged: the rest are counted only.
+const maxRefusedLogged = 64
+
+// refused counts a miss of pod p not forwarded to its nameserver ns, and
+// logs the first of each such nameserver, for the refusals a pod's own
+// configuration explains (the agent's address, a pod of the node): the
+// others are addresses the programs never redirect, or outside the
+// capture list.
+func (c *dataplane) refused(ns netip.AddrPort, p *podcache.Pod, why refusal) {
+	reason := why.reason()
+	if reason == "" {
+		return
+	}
+	metricNameserverFallbacks.WithLabelValues(reason).Inc()
+	if _, seen := c.refusedNameservers.Load(ns); seen || c.refusedLogged.Load() >= maxRefusedLogged {
+		return
+	}
+	if _, seen := c.refusedNameservers.LoadOrStore(ns, struct{}{}); seen {
+		return
+	}
+	c.log.Warn("a captured pod's nameserver is not forwarded to: its misses go to the configured upstreams",
+		"nameserver", ns, "pod", p.Key(), "why", why.String())
+	if c.refusedLogged.Add(1) == maxRefusedLogged {
+		c.log.Warn("nameservers refused after this one are counted only, not logged (ztdns_capture_nameserver_fallbacks_total)", "logged", maxRefusedLogged)
+	}
+}
+
+// refusal says why a nameserver a pod addressed does not take its misses.
+type refusal uint8
+
+const (
+	forwardOK refusal = iota
+	refusedLocal
+	refusedNotListed
+	refusedAgent
+	refusedNodePod
+)
+
+// reason is the refusal's value of ztdns_capture_nameserver_fallbacks_total's
+// reason label; "" for those not counted there.
+func (r refusal) reason() string {
+	switch r {
+	case refusedAgent:
+		return "agent"
+	case refusedNodePod:
+		return "node-pod"
+	}
+	return ""
+}
+
+func (r refusal) String() string {
+	switch r {
+	case forwardOK:
+		return "forwardable"
+	case refusedLocal:
+		return "the pod's own host or link, many hosts, or the resolver itself"
+	case refusedNotListed:
+		return "not in --capture-nameservers"
+	case refusedAgent:
+		return "the agent's own address: forwarded there, the miss would come back to the agent as the node's own query, and take the node's bounds"
+	case refusedNodePod:
+		return "a pod of this node: forwarded from the node, the query would reach it past its ingress NetworkPolicy and Istio's (istio-cni lets the node's TCP into the pod around ztunnel)"
+	}
+	return "unknown"
+}
+
+// forwardRules are what forwardable checks a nameserver against.
+type forwardRules struct {
+	// resolvers are the slot addresses, whatever the port.
+	resolvers map[netip.Addr]bool
+	// listed is the capture list (Redirector.CaptureNameservers); nil: none.
+	listed []netip.Prefix
+	// own are the agent's own addresses; nil: none checked.
+	own *ownAddrs
+	// podAt is the pod of this node that owns an address, or nil; nil:
+	// none checked.
+	podAt func(netip.Addr) *podcache.Pod
+}
+
+// forwardable says whether a nameserver a pod addressed can take the pod's
+// misses (forwardOK), or why not; when not, the resolver falls back to its
+// configured upstreams. Not:
 //   - one of the resolver's own addresses (a pod that names the resolver
 //     itself): forwarding there would loop;
 //   - a loopback or unspecified address (127.0.0.0/8, ::1, 0.0.0.0, ::, or
@@ -368,10 +478,38 @@ func (c *dataplane) upstream(client, local netip.AddrPort) (netip.AddrPort, bool
 //   - with a capture list (CaptureConfig.Nameservers, unmapped as
 //     Redirector.CaptureNameservers gives it), one outside it: a slot
 //     learned before the list was set, which a pod could keep using, must
-//     not reach past its NetworkPolicy either.
-func forwardable(ns netip.AddrPort, resolvers map[netip.Addr]bool, listed []netip.Prefix) bool {
+//     not reach past its NetworkPolicy either;
+//   - the agent itself (isSelf: a --listen address, such as the node's
+//     $(HOST_IP):53 the chart suggests, or a node address behind 0.0.0.0:53):
+//     the miss would come back in from the node's address, counted against
+//     that address's bounds, which the node's processes and host-network
+//     pods share: one pod within its own bound would use up theirs, and
+//     hold two forwarding slots and two cache entries per miss;
+//   - a pod of this node other than the asking one (podAt): the query would
+//     reach it from the node, which most CNIs let past the pod's ingress
+//     NetworkPolicy, and over TCP istio-cni's probe rule lets into the pod
+//     around ztunnel (SNAT to 169.254.7.127 on the node, accepted in the
+//     pod), so its STRICT mTLS and AuthorizationPolicy would not hold. Also
+//     when the capture list names it: the list says which queries ztdns
+//     takes, not that the node may stand in for the pod; to let pods ask
+//     such a server, leave it out of the list, and their queries leave the
+//     pod under its own policy. A pod asking its own address is forwarded.
+func forwardable(ns netip.AddrPort, client *podcache.Pod, r forwardRules) refusal {
 	a := ns.Addr().Unmap()
-	return a.IsValid() && !resolvers[a] && !redirect.PodLocal(a) && redirect.Listed(listed, a)
+	switch {
+	case !a.IsValid() || r.resolvers[a] || redirect.PodLocal(a):
+		return refusedLocal
+	case !redirect.Listed(r.listed, a):
+		return refusedNotListed
+	case r.own != nil && r.own.has(ns):
+		return refusedAgent
+	}
+	if r.podAt != nil {
+		if p := r.podAt(a); p != nil && (client == nil || p.Namespace != client.Namespace || p.Name != client.Name) {
+			return refusedNodePod
+		}
+	}
+	return forwardOK
 }
 
 // close releases this process's hold on the programs; the pins and marks
@@ -428,6 +566,7 @@ func (a *Agent) startCapture(predecessor bool) error {
 		c.r.StopHeartbeat()
 	}
 	c.onCheck = a.checkIPv6
+	c.own, c.nodeName = newOwnAddrs(a.addrs, localAddrs), a.cfg.NodeName
 	a.dataplane = c
 	return nil
 }

@@ -54,6 +54,15 @@ var (
 		Name: "ztdns_capture_repairs_total",
 		Help: "Capture links re-attached and pins made again by the agent after something else detached or removed them.",
 	})
+	// metricNameserverFallbacks counts captured pods' misses not forwarded
+	// to the nameserver the pod addressed, which is the agent itself or
+	// another pod of the node (forwardable), by reason.
+	metricNameserverFallbacks = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "ztdns_capture_nameserver_fallbacks_total",
+		Help: "Captured pods' misses sent to the configured upstreams instead of the nameserver the pod addressed, by reason: " +
+			"agent (the agent's own address: forwarded there, the miss would come back as the node's own query) or " +
+			"node-pod (another pod of this node: forwarded from the node, the query would pass that pod's ingress policy and Istio's).",
+	}, []string{"reason"})
 	// metricTableWarnings is the number of warnings of the last build.
 	metricTableWarnings = prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "ztdns_table_warnings",
@@ -104,8 +113,11 @@ func (a *Agent) registerMetrics() error {
 	for _, r := range table.NoVIPReasons { // each exists from the start, at 0
 		metricTableHostsWithoutVIP.WithLabelValues(r)
 	}
+	for _, r := range []refusal{refusedAgent, refusedNodePod} { // so does each fallback's
+		metricNameserverFallbacks.WithLabelValues(r.reason())
+	}
 	cs := []prometheus.Collector{
-		metricTableBuild, metricTableNames, metricTableWarnings, metricTableHostsWithoutVIP, metricTableAllocatedIPv4VIPs, metricTableNamespacesOverBudget, metricTableObjectsOverBudget, metricCNIEvents, metricCNIConfigRepairs, metricCNIConfigContested, metricCaptureRepairs, captureCollector{a}, podsCollector{a}, istioRulesCollector{a}, cniInstalledCollector{a},
+		metricTableBuild, metricTableNames, metricTableWarnings, metricTableHostsWithoutVIP, metricTableAllocatedIPv4VIPs, metricTableNamespacesOverBudget, metricTableObjectsOverBudget, metricCNIEvents, metricCNIConfigRepairs, metricCNIConfigContested, metricCaptureRepairs, metricNameserverFallbacks, captureCollector{a}, podsCollector{a}, istioRulesCollector{a}, cniInstalledCollector{a}, knownUpstreamsCollector{a},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	}
 	cs = append(cs, resolver.Collectors()...)
@@ -150,6 +162,26 @@ func (c cniInstalledCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	installed, _ := c.a.cniInstall.get()
 	ch <- prometheus.MustNewConstMetric(cniInstalledDesc, prometheus.GaugeValue, boolValue(installed))
+}
+
+var knownUpstreamDesc = prometheus.NewDesc("ztdns_forward_upstream_known",
+	"1 for each upstream nameserver the operator named or the agent learned as the cluster's (to, as ztdns_forward_upstream_queries_total labels it): "+
+		"--upstream, single addresses of --capture-nameservers, the kube-system/kube-dns Service on port 53. ZtdnsServfailRatioHigh counts only their failures, "+
+		"not those of nameservers a pod chose itself.",
+	[]string{"to"}, nil)
+
+// knownUpstreamsCollector exports ztdns_forward_upstream_known, read from
+// the forwarder at scrape time.
+type knownUpstreamsCollector struct {
+	a *Agent
+}
+
+func (c knownUpstreamsCollector) Describe(ch chan<- *prometheus.Desc) { ch <- knownUpstreamDesc }
+
+func (c knownUpstreamsCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, to := range c.a.fwd.KnownUpstreams() {
+		ch <- prometheus.MustNewConstMetric(knownUpstreamDesc, prometheus.GaugeValue, 1, to)
+	}
 }
 
 var podsDesc = prometheus.NewDesc("ztdns_capture_pods",

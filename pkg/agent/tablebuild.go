@@ -21,6 +21,7 @@ import (
 func (a *Agent) apply(s *model.Snapshot) {
 	start := time.Now()
 	a.followKubeDNSTTL(s)
+	a.knowClusterDNS(s)
 	tbl, warnings := a.builder.Build(s)
 	a.server.SetTable(tbl)
 	a.pods.SetSourcePods(s.Pods)

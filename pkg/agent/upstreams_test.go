@@ -172,3 +172,75 @@ func TestWithoutSelf(t *testing.T) {
 		})
 	}
 }
+
+// TestClusterDNSIsAKnownUpstream: the cluster DNS Service
+// (kube-system/kube-dns) of the source's snapshot is a known upstream, on
+// port 53 as pods ask it, beside --upstream: the chart's agent runs with
+// dnsPolicy: Default, so its --upstream is the node's resolver, and the
+// nameserver nearly every pod asks competed with those pods choose for the
+// per-nameserver labels, and its failures counted as a pod's choice. The
+// agent exports the known ones (ztdns_forward_upstream_known), which
+// ZtdnsServfailRatioHigh keeps to. A Service of that name elsewhere is
+// not the cluster DNS; the addresses made known are bounded.
+func TestClusterDNSIsAKnownUpstream(t *testing.T) {
+	upstream := netip.MustParseAddrPort("127.0.0.1:5353")
+	reg := prometheus.NewRegistry()
+	a, err := newAgent(Config{
+		Source:            configdir.New(t.TempDir()),
+		Listen:            []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:0")},
+		Upstreams:         []netip.AddrPort{upstream},
+		MaxUpstreamSeries: 1,
+		Registry:          reg,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		a.server.Close()
+		a.fwd.Close()
+	})
+	known := func() []string {
+		t.Helper()
+		families, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, mf := range families {
+			if mf.GetName() != "ztdns_forward_upstream_known" {
+				continue
+			}
+			for _, m := range mf.GetMetric() {
+				for _, l := range m.GetLabel() {
+					if l.GetName() == "to" && m.GetGauge().GetValue() == 1 {
+						out = append(out, l.GetValue())
+					}
+				}
+			}
+		}
+		slices.Sort(out)
+		return out
+	}
+	if got, want := known(), []string{upstream.String()}; !slices.Equal(got, want) {
+		t.Errorf("before any snapshot, known upstreams %v, want %v", got, want)
+	}
+	dns := func(namespace string, ips ...string) model.Service {
+		s := model.Service{Namespace: namespace, Name: "kube-dns"}
+		for _, ip := range ips {
+			s.ClusterIPs = append(s.ClusterIPs, netip.MustParseAddr(ip))
+		}
+		return s
+	}
+	a.apply(&model.Snapshot{Services: []model.Service{dns("default", "10.96.0.99"), dns("kube-system", "10.96.0.10", "fd00:10:96::a")}})
+	if got, want := known(), []string{"10.96.0.10:53", upstream.String(), "[fd00:10:96::a]:53"}; !slices.Equal(got, want) {
+		t.Errorf("with the cluster DNS Service, known upstreams %v, want %v", got, want)
+	}
+	// Made again, many times over, with new addresses: at most
+	// maxClusterDNSKnown ever.
+	for i := range 2 * maxClusterDNSKnown {
+		a.apply(&model.Snapshot{Services: []model.Service{dns("kube-system", netip.AddrFrom4([4]byte{10, 96, 1, byte(i)}).String())}})
+	}
+	if got := len(known()); got != 1+maxClusterDNSKnown {
+		t.Errorf("after the cluster DNS Service changed address %d times, %d known upstreams, want %d", 2*maxClusterDNSKnown, got, 1+maxClusterDNSKnown)
+	}
+}

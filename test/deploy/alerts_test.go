@@ -33,7 +33,10 @@ import (
 // where the filter is off. (Before, ZtdnsServfailRatioHigh counted every
 // SERVFAIL: one pod throttled as designed set off the node's alert, and no
 // alert said it was one pod; and UDP queries the kernel dropped set off
-// none.)
+// none.) Of failing nameservers, only those the node asks for every pod
+// count (ztdns_forward_upstream_known: the cluster DNS here), not one a
+// pod chose itself. (Before, a pod's own dead nameserver, its timeouts
+// SERVFAILs of source "upstream", set off the node's alert.)
 func TestChartAlertsNodeOrPod(t *testing.T) {
 	t.Parallel()
 	exprs := chartAlerts(t)
@@ -52,7 +55,11 @@ func TestChartAlertsNodeOrPod(t *testing.T) {
 		overload, forwardLimited, rateLimited            float64
 		kernelRateLimited                                float64
 		noKernelFilter                                   bool
-		firing                                           []string
+		// Per second: exchanges that timed out with the cluster DNS (a
+		// known upstream) and with a nameserver one pod chose; replies
+		// refused for the node's budget of bytes.
+		knownTimeouts, chosenTimeouts, noMemory float64
+		firing                                  []string
 	}{
 		{name: "all answered", noerror: 100},
 		{name: "one pod over its forwarded queries or bytes", noerror: 80, servfailNone: 20, forwardLimited: 20, firing: []string{pod}},
@@ -62,7 +69,9 @@ func TestChartAlertsNodeOrPod(t *testing.T) {
 		{name: "all answered, no kernel filter", noerror: 100, noKernelFilter: true},
 		{name: "the node over its bounds", noerror: 80, servfailNone: 20, overload: 20, firing: []string{node}},
 		{name: "replies over the node's budget as they are written", noerror: 100, overload: 20, firing: []string{node}},
-		{name: "the upstreams failing", noerror: 80, servfailUpstream: 20, firing: []string{node}},
+		{name: "the cluster DNS failing", noerror: 80, servfailUpstream: 20, knownTimeouts: 20, firing: []string{node}},
+		{name: "one pod's own nameserver failing", noerror: 80, servfailUpstream: 20, chosenTimeouts: 20},
+		{name: "replies over the node's budget as they are read", noerror: 80, servfailUpstream: 20, noMemory: 20, firing: []string{node}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			agent := map[string]string{"node": "n1", "instance": "10.0.0.1:15053", "job": "ztdns"}
@@ -76,6 +85,11 @@ func TestChartAlertsNodeOrPod(t *testing.T) {
 				s("ztdns_resolver_queries_total", tc.forwardLimited, "outcome", "forward_limited"),
 				s("ztdns_resolver_queries_total", tc.rateLimited, "outcome", "rate_limited"),
 				s("ztdns_resolver_kernel_rate_limited_total", tc.kernelRateLimited),
+				s("ztdns_forward_upstream_queries_total", tc.knownTimeouts, "to", "10.96.0.10:53", "result", "timeout"),
+				s("ztdns_forward_upstream_queries_total", tc.chosenTimeouts, "to", "203.0.113.9:53", "result", "timeout"),
+				s("ztdns_forward_upstream_queries_total", tc.noMemory, "to", "203.0.113.9:53", "result", "no_memory"),
+				// Its value, 1, as a rate: the evaluator's gauges.
+				s("ztdns_forward_upstream_known", 1, "to", "10.96.0.10:53", "pod", "ztdns-abcde"),
 			}
 			// The agent exports a cell of ztdns_dns_requests_total only once
 			// it counts something; the outcomes of
@@ -83,7 +97,7 @@ func TestChartAlertsNodeOrPod(t *testing.T) {
 			// kernel's drops from the start wherever its filter is on.
 			series = slices.DeleteFunc(series, func(s rateSeries) bool {
 				name := s.labels["__name__"]
-				return name == "ztdns_dns_requests_total" && s.rate == 0 ||
+				return (name == "ztdns_dns_requests_total" || name == "ztdns_forward_upstream_queries_total") && s.rate == 0 ||
 					name == "ztdns_resolver_kernel_rate_limited_total" && tc.noKernelFilter
 			})
 			var firing []string
@@ -814,8 +828,34 @@ func evalRates(t *testing.T, e parser.Expr, series []rateSeries) []rateSeries {
 		}
 		return out
 	case *parser.BinaryExpr:
-		if m := e.VectorMatching; m != nil && (m.On || len(m.MatchingLabels) > 0 || len(m.Include) > 0) || e.ReturnBool {
+		// "and on (labels)" matches on those labels alone; other matching
+		// is not evaluated here.
+		m := e.VectorMatching
+		andOn := m != nil && m.On && e.Op == parser.LAND && len(m.Include) == 0
+		if m != nil && !andOn && (m.On || len(m.MatchingLabels) > 0 || len(m.Include) > 0) || e.ReturnBool {
 			t.Fatalf("the test does not evaluate %s", e)
+		}
+		if andOn {
+			on := func(s rateSeries) string {
+				l := map[string]string{}
+				for _, k := range m.MatchingLabels {
+					if v, ok := s.labels[k]; ok {
+						l[k] = v
+					}
+				}
+				return rateSeries{labels: l}.key()
+			}
+			right := map[string]bool{}
+			for _, s := range evalRates(t, e.RHS, series) {
+				right[on(s)] = true
+			}
+			var out []rateSeries
+			for _, s := range evalRates(t, e.LHS, series) {
+				if right[on(s)] {
+					out = append(out, s)
+				}
+			}
+			return out
 		}
 		if n, ok := e.RHS.(*parser.NumberLiteral); ok {
 			var out []rateSeries
