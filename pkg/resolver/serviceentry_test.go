@@ -72,6 +72,57 @@ func TestServiceEntryOtherTypesForwarded(t *testing.T) {
 	}
 }
 
+// TestExternalNameToServiceEntryHost: an ExternalName Service whose target
+// is a ServiceEntry host (one with a VIP of istiod's, one with
+// spec.addresses, one under a wildcard, one under the cluster domain) gets
+// what kube-dns answers it: istiod sends ztunnel no ExternalName Service,
+// so ztunnel forwards its name to kube-dns, which answers the CNAME and
+// the target's own records, from upstream (CoreDNS's backend_lookup), as
+// ztdns does for any target outside the table. A target that is a Service
+// is still the table's. Before: the ServiceEntry's VIP or address, which
+// no nameserver in Istio gives for that name.
+func TestExternalNameToServiceEntryHost(t *testing.T) {
+	ss := startSlowServer(t, Options{}, &model.Snapshot{
+		ServiceEntries: []model.ServiceEntry{
+			{Namespace: "ns1", Name: "api", Hosts: []string{"api.example.com"}, Resolution: "DNS", AutoAllocate: true,
+				StatusAddresses: []model.HostAddress{{Host: "api.example.com", Address: netip.MustParseAddr("240.240.0.5")}}},
+			{Namespace: "ns1", Name: "db", Hosts: []string{"db.example"}, Resolution: "STATIC", Addresses: []netip.Addr{netip.MustParseAddr("198.51.100.5")}},
+			{Namespace: "ns1", Name: "wild", Hosts: []string{"*.wild.example"}, Resolution: "STATIC", Addresses: []netip.Addr{netip.MustParseAddr("198.51.100.6")}},
+			{Namespace: "ns1", Name: "legacy", Hosts: []string{"legacy.ns2.svc.cluster.local"}, Resolution: "STATIC",
+				Addresses: []netip.Addr{netip.MustParseAddr("198.51.100.7")}},
+		},
+		Services: []model.Service{
+			{Namespace: "ns1", Name: "web", ClusterIPs: []netip.Addr{netip.MustParseAddr("10.96.0.20")}},
+			{Namespace: "ns1", Name: "to-api", ExternalName: "api.example.com"},
+			{Namespace: "ns1", Name: "to-db", ExternalName: "db.example"},
+			{Namespace: "ns1", Name: "to-wild", ExternalName: "x.wild.example"},
+			{Namespace: "ns1", Name: "to-legacy", ExternalName: "legacy.ns2.svc.cluster.local"},
+			{Namespace: "ns1", Name: "to-web", ExternalName: "web.ns1.svc.cluster.local"},
+		},
+	},
+		`api.example.com. 60 IN A 203.0.113.50`,
+		`db.example. 60 IN A 203.0.113.51`,
+		`x.wild.example. 60 IN A 203.0.113.52`,
+		`legacy.ns2.svc.cluster.local. 60 IN A 10.96.0.77`,
+	)
+	for _, proto := range []string{"udp", "tcp"} {
+		for _, c := range []struct{ name, target, addr string }{
+			{"to-api", "api.example.com.", "203.0.113.50"},
+			{"to-db", "db.example.", "203.0.113.51"},
+			{"to-wild", "x.wild.example.", "203.0.113.52"},
+			{"to-legacy", "legacy.ns2.svc.cluster.local.", "10.96.0.77"},
+			{"to-web", "web.ns1.svc.cluster.local.", "10.96.0.20"},
+		} {
+			name := c.name + ".ns1.svc.cluster.local."
+			rcode, answer, _ := replyText(ss.askType(t, proto, name, dns.TypeA))
+			want := []string{name + "\t0\tIN\tCNAME\t" + c.target, c.target + "\t0\tIN\tA\t" + c.addr}
+			if rcode != "NOERROR" || !slices.Equal(answer, want) {
+				t.Errorf("%s %s A: %s %q, want %q", proto, name, rcode, answer, want)
+			}
+		}
+	}
+}
+
 // TestZtunnelsChoice: a pod gets the answer ztunnel would give it. A
 // ServiceEntry istiod discards (a newer one in the namespace of an older
 // one without a VIP) does not answer: the host is forwarded. A wildcard

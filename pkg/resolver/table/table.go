@@ -611,6 +611,23 @@ func (t *Table) Find(name, ns string) *Entry {
 	return e
 }
 
+// FindService resolves a fully qualified name as kube-dns does: to a
+// Service's name or a headless Service's endpoint name; nil for any other
+// (a ServiceEntry host, a name under a wildcard) and for a name held
+// without records. The lookup for an ExternalName's target: istiod sends
+// ztunnel no ExternalName Service, so kube-dns answers it and follows the
+// CNAME to its own records or upstream, never to a ServiceEntry's VIP.
+func (t *Table) FindService(name string) *Entry {
+	b := t.lookup(name)
+	for i := range b.len() {
+		if e := b.at(i); e.src.kind == kindService {
+			e, _ = held(e)
+			return e
+		}
+	}
+	return nil
+}
+
 // find is one name ztunnel tries: the name, then the wildcards covering it;
 // claimed as held.
 func (t *Table) find(name, ns string) (*Entry, bool) {
