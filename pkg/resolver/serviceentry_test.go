@@ -9,6 +9,7 @@ import (
 	"github.com/miekg/dns"
 
 	"github.com/ztdns/ztdns/pkg/model"
+	"github.com/ztdns/ztdns/pkg/resolver/table"
 )
 
 // TestServiceEntryOtherTypesForwarded: a ServiceEntry host, a name under a
@@ -118,6 +119,60 @@ func TestExternalNameToServiceEntryHost(t *testing.T) {
 			want := []string{name + "\t0\tIN\tCNAME\t" + c.target, c.target + "\t0\tIN\tA\t" + c.addr}
 			if rcode != "NOERROR" || !slices.Equal(answer, want) {
 				t.Errorf("%s %s A: %s %q, want %q", proto, name, rcode, answer, want)
+			}
+		}
+	}
+}
+
+// TestServiceEntryTTL: a ServiceEntry host's answers, a search-list
+// expansion's CNAME to it and its NODATA's SOA take Istio's TTL, 30 s, as
+// ztunnel and the sidecar's proxy give every record they make (kube-dns
+// never answers these names); a Service's keep the table's, kube-dns's
+// (5 s here, its default), on the fast path and the slow one alike; a
+// table given another ServiceEntry TTL answers with it. Before: every
+// answer took kube-dns's.
+func TestServiceEntryTTL(t *testing.T) {
+	snap := &model.Snapshot{
+		ServiceEntries: []model.ServiceEntry{
+			{Namespace: "ns1", Name: "db", Hosts: []string{"db.example"}, Resolution: "STATIC", Addresses: []netip.Addr{netip.MustParseAddr("198.51.100.5")}},
+		},
+		Services: []model.Service{{Namespace: "ns1", Name: "web", ClusterIPs: []netip.Addr{netip.MustParseAddr("10.96.0.20")}}},
+	}
+	ss := startSlowServer(t, Options{}, snap)
+	for _, c := range []struct {
+		opts      table.Options
+		seTTL     uint32
+		name      string
+		qtype     uint16
+		svc       bool // a Service's answer: kube-dns's TTL
+		authority bool // NODATA: the SOA's TTLs too
+	}{
+		{table.Options{TTL: 5}, 30, "web.ns1.svc.cluster.local.", dns.TypeA, true, false},
+		{table.Options{TTL: 5}, 30, "web.ns1.svc.cluster.local.", dns.TypeTXT, true, true},
+		{table.Options{TTL: 5}, 30, "db.example.", dns.TypeA, false, false},
+		{table.Options{TTL: 5}, 30, "db.example.", dns.TypeAAAA, false, true},
+		{table.Options{TTL: 5}, 30, "db.example.ns1.svc.cluster.local.", dns.TypeA, false, false}, // the slow path: CNAME, A
+		{table.Options{TTL: 5}, 30, "db.example.ns1.svc.cluster.local.", dns.TypeAAAA, false, true},
+		{table.Options{TTL: 5, ServiceEntryTTL: 60}, 60, "db.example.", dns.TypeA, false, false},
+		{table.Options{TTL: 5, ServiceEntryTTL: 60}, 60, "web.ns1.svc.cluster.local.", dns.TypeA, true, false},
+	} {
+		tbl, _ := table.Build(snap, c.opts)
+		ss.SetTable(tbl)
+		want := c.seTTL
+		if c.svc {
+			want = 5
+		}
+		for _, proto := range []string{"udp", "tcp"} {
+			r := ss.askType(t, proto, c.name, c.qtype)
+			if r.Rcode != dns.RcodeSuccess || len(r.Answer) == 0 && !c.authority || len(r.Ns) > 0 != c.authority {
+				t.Fatalf("%s %s %s: %v", proto, c.name, dns.TypeToString[c.qtype], r)
+			}
+			for _, rr := range append(r.Answer, r.Ns...) {
+				soa, isSOA := rr.(*dns.SOA)
+				if rr.Header().Ttl != want || isSOA && soa.Minttl != want {
+					t.Errorf("%s %s %s, TTLs %d and ServiceEntries' %d: %s, want TTL %d", proto, c.name, dns.TypeToString[c.qtype],
+						c.opts.TTL, c.opts.ServiceEntryTTL, rr, want)
+				}
 			}
 		}
 	}

@@ -342,7 +342,7 @@ func (q *slowQuery) answer(ctx context.Context) []byte {
 		// the fast path lets through ('(', '@', '"', …): cut at the same
 		// label, not at the same length.
 		alias := leadingLabels(owner, strings.Count(res.Alias, "."))
-		reply.Answer = append(reply.Answer, cname(owner, alias, tbl.TTL()))
+		reply.Answer = append(reply.Answer, cname(owner, alias, res.Entry.TTL()))
 		owner = alias
 	}
 	q.chase(ctx, reply, res, owner, tbl)
@@ -382,9 +382,9 @@ func (q *slowQuery) chase(ctx context.Context, reply *dns.Msg, res table.Result,
 	for i := range maxChain {
 		seen[i] = res.Entry
 		if !res.Chases(q.r.Type) {
-			rrs := res.Records(owner, q.r.Type, tbl.TTL(), q.r.ID)
+			rrs := res.Records(owner, q.r.Type, res.Entry.TTL(), q.r.ID)
 			if len(rrs) == 0 {
-				reply.Ns = append(reply.Ns, tbl.SOA(owner))
+				reply.Ns = append(reply.Ns, tbl.SOA(owner, res.Entry.TTL()))
 			}
 			reply.Answer = append(reply.Answer, rrs...)
 			return
@@ -396,7 +396,7 @@ func (q *slowQuery) chase(ctx context.Context, reply *dns.Msg, res table.Result,
 		if next.Entry != nil {
 			if slices.Contains(seen[:i+1], next.Entry) {
 				reply.Answer = reply.Answer[:start]
-				reply.Ns = append(reply.Ns, tbl.SOA(first))
+				reply.Ns = append(reply.Ns, tbl.SOA(first, tbl.TTL()))
 				return
 			}
 			res = next

@@ -212,8 +212,14 @@ func (e *Entry) VisibleFrom(ns string) bool {
 type Options struct {
 	// Domain is the cluster domain, e.g. "cluster.local".
 	Domain string
-	// TTL of every local answer, in seconds.
+	// TTL of the answers made for Services (cluster names: kube-dns's),
+	// in seconds.
 	TTL uint32
+	// ServiceEntryTTL is that of a ServiceEntry host's answers and of its
+	// NODATA's SOA, in seconds: Istio's DNS proxies give every record they
+	// make 30 s (ztunnel's DEFAULT_TTL_SECONDS, the sidecar's defaultTTLInSeconds),
+	// and kube-dns never answers these names. 0: DefaultServiceEntryTTL.
+	ServiceEntryTTL uint32
 	// VIPSource says where auto-allocated VIPs come from (default auto).
 	VIPSource vip.Source
 	// DefaultExportTo is the exportTo of a ServiceEntry that gives none, as
@@ -229,8 +235,9 @@ type Options struct {
 
 // Defaults for Options.
 const (
-	DefaultDomain = "cluster.local"
-	DefaultTTL    = 30
+	DefaultDomain          = "cluster.local"
+	DefaultTTL             = 30
+	DefaultServiceEntryTTL = 30
 )
 
 // Table maps names and addresses to entries. The zero value is an empty
@@ -404,8 +411,13 @@ func (t *Table) lookup(name string) bucket {
 // Domain returns the cluster domain as a fully qualified name.
 func (t *Table) Domain() string { return t.domain }
 
-// TTL returns the TTL of local answers, in seconds.
+// TTL returns the TTL of the answers made for Services, in seconds (a
+// ServiceEntry host's: Entry.TTL).
 func (t *Table) TTL() uint32 { return t.ttl }
+
+// TTL returns the TTL of the entry's records and of its NODATA's SOA, in
+// seconds: its object's kind's (Options.TTL, Options.ServiceEntryTTL).
+func (e *Entry) TTL() uint32 { return e.src.ttl }
 
 // Len returns the number of distinct names (exact and wildcard, those held
 // without records included; reverse and SRV names not counted).
