@@ -459,7 +459,7 @@ func (e *Entry) ownsPTR() bool { return e.ptr && len(e.Addrs) > 0 }
 
 // isEndpoint reports whether the entry is a headless Service's endpoint
 // name (the Service's own name answers the same addresses but owns no PTR).
-func (e *Entry) isEndpoint() bool { return e.addrSource == addrEndpoints && e.ownsPTR() }
+func (e *Entry) isEndpoint() bool { return e.addrSource == addrEndpointName }
 
 // The SOA of a zone the table answers in, as CoreDNS's kubernetes plugin
 // writes it: "ns.dns.<zone> hostmaster.<zone> serial 7200 1800 86400 ttl".

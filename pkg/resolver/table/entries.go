@@ -184,7 +184,7 @@ func headlessEntries(n names, out *entrySet, e *Entry, svc *model.Service, eps [
 		ee, seen := byName[name]
 		if !seen {
 			if validName(name) {
-				ee = &Entry{Name: name, src: e.src, addrSource: addrEndpoints}
+				ee = &Entry{Name: name, src: e.src, addrSource: addrEndpointName}
 			} else {
 				out.warn("%s: endpoint name %q is not a valid DNS name", originOf(e.src), name)
 			}

@@ -140,6 +140,10 @@ const (
 	addrNone addrSource = iota // no addresses (an ExternalName alias)
 	addrClusterIP
 	addrEndpoints
+	// addrEndpointName: a headless Service's endpoint name's, from
+	// endpoints too; a value of its own, so that yieldExternal tells one
+	// in a compare.
+	addrEndpointName
 	addrSpec
 	addrStatus
 	addrAllocated
@@ -151,13 +155,14 @@ const (
 
 // addrSources are the From* constants by addrSource.
 var addrSources = [...]string{
-	addrNone:      "",
-	addrClusterIP: FromClusterIP,
-	addrEndpoints: FromEndpoints,
-	addrSpec:      FromSpec,
-	addrStatus:    FromStatus,
-	addrAllocated: FromAllocated,
-	addrNoVIP:     "",
+	addrNone:         "",
+	addrClusterIP:    FromClusterIP,
+	addrEndpoints:    FromEndpoints,
+	addrEndpointName: FromEndpoints,
+	addrSpec:         FromSpec,
+	addrStatus:       FromStatus,
+	addrAllocated:    FromAllocated,
+	addrNoVIP:        "",
 }
 
 // AddrSource says where Addrs came from (one of the From* constants).
@@ -656,13 +661,14 @@ func (t *Table) exactChoice(name, ns string) *Entry {
 	return t.yieldExternal(choose(t.lookup(name), ns), name, ns)
 }
 
-// yieldExternal is e, choose's entry for name itself, but a Service istiod
-// sends ztunnel nothing of (rankUnsent: an ExternalName one, or one of a
-// namespace it does not select) yields to a wildcard covering its name
-// (ztunnel finds the wildcard). Small enough to
-// inline: the usual entry costs resolve no call here.
+// yieldExternal is e, choose's entry for name itself, but a name ztunnel
+// has no record of yields to a wildcard covering it (ztunnel finds the
+// wildcard): a Service istiod sends it nothing of (rankUnsent: an
+// ExternalName one, or one of a namespace it does not select), and a
+// headless Service's endpoint name (its DNS has no pod records). Small
+// enough to inline: the usual entry costs resolve no call here.
 func (t *Table) yieldExternal(e *Entry, name, ns string) *Entry {
-	if e != nil && e.src.rank == rankUnsent {
+	if e != nil && (e.src.rank == rankUnsent || e.addrSource == addrEndpointName) {
 		return t.wildcardOr(e, name, ns)
 	}
 	return e
