@@ -127,6 +127,7 @@ type agentFlags struct {
 	resolvConf              string
 	domain                  string
 	ttl                     time.Duration // 0: not given, kube-dns's (agent.Config.TTL)
+	serviceEntryTTL         time.Duration
 	fwdTimeout              time.Duration
 	maxNamesPerNS           int
 	cacheSize               int
@@ -206,7 +207,8 @@ func addAgentFlags(fs *pflag.FlagSet) *agentFlags {
 	fs.StringVar(&f.domain, "cluster-domain", "cluster.local", "the cluster's DNS domain: lower-case RFC 1123 labels, a trailing dot dropped")
 	// No default: without the flag the TTL is kube-dns's, which the help
 	// says, not a value of the flag's.
-	fs.DurationVar(&f.ttl, "ttl", 0, "TTL of local answers: whole seconds, 1s to 24h. Not given: kube-dns's, the ttl of the kubernetes plugin in its Corefile (ConfigMap coredns in kube-system; 5s without a ttl line, 1s for ttl 0), followed as it changes; 30s without one")
+	fs.DurationVar(&f.serviceEntryTTL, "service-entry-ttl", table.DefaultServiceEntryTTL*time.Second, "TTL of the answers for ServiceEntry hosts (and of their NODATA's SOA): whole seconds, 1s to 24h; Istio's DNS proxies, ztunnel and the sidecar's, give 30s, and kube-dns does not answer these names")
+	fs.DurationVar(&f.ttl, "ttl", 0, "TTL of the answers for Services (cluster names; ServiceEntry hosts: --service-entry-ttl): whole seconds, 1s to 24h. Not given: kube-dns's, the ttl of the kubernetes plugin in its Corefile (ConfigMap coredns in kube-system; 5s without a ttl line, 1s for ttl 0), followed as it changes; 30s without one")
 	fs.DurationVar(&f.fwdTimeout, "forward-timeout", 2*time.Second, "bound on one forwarded query across all upstreams (0: the default)")
 	fs.IntVar(&f.maxNamesPerNS, "max-names-per-namespace", table.DefaultMaxNamesPerNamespace, "names one namespace's Services, headless endpoints and ServiceEntries may make in the name table (0: no bound); past it the namespace's newest objects that do not fit are left out, with a table warning (see README, Limits and protections)")
 	fs.IntVar(&f.cacheSize, "cache-size", 10000, "entries in the cache of upstream answers (0 disables it); once it is full, a pod over its share (an eighth) replaces only its own answers, and other pods' misses take back what it holds past its share")
@@ -339,6 +341,9 @@ func (f *agentFlags) check(fs *pflag.FlagSet) error {
 	// Service's new address would take that long to reach pods.
 	if fs.Changed("ttl") && (f.ttl < time.Second || f.ttl > maxTTL || f.ttl%time.Second != 0) {
 		return usagef("--ttl %s: want whole seconds from 1s to %s", f.ttl, maxTTL)
+	}
+	if f.serviceEntryTTL < time.Second || f.serviceEntryTTL > maxTTL || f.serviceEntryTTL%time.Second != 0 {
+		return usagef("--service-entry-ttl %s: want whole seconds from 1s to %s", f.serviceEntryTTL, maxTTL)
 	}
 	// The agent beats every HeartbeatEvery: a bound within a beat or
 	// two of it would fail pods open at every late one.
@@ -489,6 +494,7 @@ func (f *agentFlags) config(src source.Source, node resolvconf.Config, upstreams
 		SocketsPerAddr:       f.udpSockets,
 		ClusterDomain:        f.domain,
 		TTL:                  f.ttl,
+		ServiceEntryTTL:      f.serviceEntryTTL,
 		ForwardTimeout:       f.fwdTimeout,
 		CacheSize:            offFlag(f.cacheSize),
 		Autopath:             f.autopath,

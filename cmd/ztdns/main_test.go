@@ -313,6 +313,8 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"agent", "--config-dir", dir, "--ttl", "1500ms"}, "ztdns agent: --ttl 1.5s: want whole seconds from 1s to 24h0m0s"},
 		{[]string{"agent", "--config-dir", dir, "--ttl", "-5s"}, "ztdns agent: --ttl -5s: want whole seconds from 1s to 24h0m0s"},
 		{[]string{"agent", "--config-dir", dir, "--ttl", "200000h"}, "ztdns agent: --ttl 200000h0m0s: want whole seconds from 1s to 24h0m0s"},
+		{[]string{"agent", "--config-dir", dir, "--service-entry-ttl", "0"}, "ztdns agent: --service-entry-ttl 0s: want whole seconds from 1s to 24h0m0s"},
+		{[]string{"agent", "--config-dir", dir, "--service-entry-ttl", "1500ms"}, "ztdns agent: --service-entry-ttl 1.5s: want whole seconds from 1s to 24h0m0s"},
 		{[]string{"agent", "--config-dir", dir, "--capture-nameservers", "10.96.0.10,cluster-dns"},
 			`ztdns agent: invalid argument "10.96.0.10,cluster-dns" for "--capture-nameservers" flag: "cluster-dns" is not an address or CIDR`},
 		{[]string{"agent", "--config-dir", dir, "--capture-nameservers", "10.96.0.0/33"},

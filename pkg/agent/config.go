@@ -35,6 +35,9 @@ type Config struct {
 	// source reads it from kube-dns's Corefile (model.Snapshot.KubeDNSTTL),
 	// followed as it changes; table.DefaultTTL without one.
 	TTL time.Duration
+	// ServiceEntryTTL is that of a ServiceEntry host's answers: Istio's
+	// DNS proxies' (table.DefaultServiceEntryTTL) when 0.
+	ServiceEntryTTL time.Duration
 	// ForwardTimeout bounds one forwarded query.
 	ForwardTimeout time.Duration
 	// CacheSize bounds the cache of upstream answers (entries): 0 means the
@@ -207,6 +210,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.TTL <= 0 {
 		c.TTL = table.DefaultTTL * time.Second
+	}
+	if c.ServiceEntryTTL <= 0 {
+		c.ServiceEntryTTL = table.DefaultServiceEntryTTL * time.Second
 	}
 	if c.SocketsPerAddr <= 0 {
 		c.SocketsPerAddr = DefaultSocketsPerAddr

@@ -2,14 +2,16 @@ package agent
 
 import (
 	"cmp"
+	"time"
 
 	"github.com/ztdns/ztdns/pkg/model"
 	"github.com/ztdns/ztdns/pkg/resolver/table"
 )
 
-// newBuilder is the table builder for cfg, whose local answers have ttl.
+// newBuilder is the table builder for cfg, whose answers for Services have
+// ttl.
 func newBuilder(cfg Config, ttl uint32) *table.Builder {
-	return table.NewBuilder(table.Options{Domain: cfg.ClusterDomain, TTL: ttl, VIPSource: cfg.VIPSource,
+	return table.NewBuilder(table.Options{Domain: cfg.ClusterDomain, TTL: ttl, ServiceEntryTTL: uint32(cfg.ServiceEntryTTL / time.Second), VIPSource: cfg.VIPSource,
 		DefaultExportTo:      cfg.DefaultExportTo,
 		MaxNamesPerNamespace: cmp.Or(cfg.MaxNamesPerNamespace, table.DefaultMaxNamesPerNamespace)})
 }

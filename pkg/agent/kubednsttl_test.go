@@ -18,6 +18,7 @@ import (
 	"github.com/ztdns/ztdns/internal/agenttest"
 	"github.com/ztdns/ztdns/internal/kubetest"
 	"github.com/ztdns/ztdns/pkg/agent"
+	"github.com/ztdns/ztdns/pkg/resolver/table"
 	"github.com/ztdns/ztdns/pkg/resolver/vip"
 	"github.com/ztdns/ztdns/pkg/source/kube"
 )
@@ -25,7 +26,8 @@ import (
 // TestKubeDNSTTLChangeKeepsVIPs: a change of the ttl in kube-dns's
 // Corefile, which the agent follows without --ttl by building a new
 // table builder, moves no VIP of ztdns's allocator: every host answers
-// the VIPs it had, now with the new TTL. The allocator decides from the
+// the VIPs it had (with Istio's TTL, 30 s, which kube-dns's leaves alone),
+// and a Service answers with the new TTL. The allocator decides from the
 // snapshot alone, oldest ServiceEntry first, so a builder that starts
 // afresh must land every host where the old one, after its history of
 // builds, had it. The hosts collide (one home slot) and the older entry
@@ -43,6 +45,11 @@ func TestKubeDNSTTLChangeKeepsVIPs(t *testing.T) {
 	// Dual-stack: a pod of one family gets only its family's VIPs.
 	env.RunningPod(ctx, ns, "app", node, client, netip.MustParseAddr("fd00::3"))
 	env.SetKubeDNSCorefile(ctx, kubetest.KubeadmCorefile("ttl 5"))
+	// A Service's TTL is kube-dns's: it shows which builder answers.
+	if _, err := kc.CoreV1().Services(ns).Create(ctx, &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: ns},
+		Spec: corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "http", Port: 80}}}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
 
 	// The two api hosts have one home slot (FNV-1a of the name, modulo
 	// vip.Slots: 64383); catalog has its own.
@@ -118,8 +125,17 @@ func TestKubeDNSTTLChangeKeepsVIPs(t *testing.T) {
 		})
 		return got
 	}
+	serviceTTL := func(ttl uint32) error {
+		m := a.Query(t, "udp", client, "web."+ns+".svc.cluster.local", dns.TypeA, false)
+		if len(m.Answer) != 1 || m.Answer[0].Header().Ttl != ttl {
+			return fmt.Errorf("web A: %v, want one ClusterIP with TTL %d", m.Answer, ttl)
+		}
+		return nil
+	}
 	anyVIPs := func(map[string][]string) error { return nil }
-	first := waitVIPs(5, anyVIPs, catalog, api)
+	const seTTL = table.DefaultServiceEntryTTL
+	agenttest.Eventually(t, 30*time.Second, func() error { return serviceTTL(5) })
+	first := waitVIPs(seTTL, anyVIPs, catalog, api)
 
 	// zeta, the older, gains the other api host: it takes the slot, and
 	// alpha's host, younger, moves.
@@ -127,7 +143,7 @@ func TestKubeDNSTTLChangeKeepsVIPs(t *testing.T) {
 	if _, err := ses.Update(ctx, zeta, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	before := waitVIPs(5, func(got map[string][]string) error {
+	before := waitVIPs(seTTL, func(got map[string][]string) error {
 		if slices.Equal(got[api], first[api]) {
 			return fmt.Errorf("%s still answers %v: %s, of the older ServiceEntry, has not taken its slot", api, first[api], api2)
 		}
@@ -137,9 +153,10 @@ func TestKubeDNSTTLChangeKeepsVIPs(t *testing.T) {
 		t.Fatalf("%s moved from %v to %v when another entry gained a host", catalog, first[catalog], before[catalog])
 	}
 
-	// kube-dns's TTL changes: the same VIPs, with the new TTL.
+	// kube-dns's TTL changes: the Service's with it, the same VIPs.
 	env.SetKubeDNSCorefile(ctx, kubetest.KubeadmCorefile("ttl 7"))
-	after := waitVIPs(7, anyVIPs, catalog, api, api2)
+	agenttest.Eventually(t, 30*time.Second, func() error { return serviceTTL(7) })
+	after := waitVIPs(seTTL, anyVIPs, catalog, api, api2)
 	for _, h := range []string{catalog, api, api2} {
 		if !slices.Equal(after[h], before[h]) {
 			t.Errorf("%s answers %v after kube-dns's TTL changed, %v before", h, after[h], before[h])

@@ -113,6 +113,9 @@ const (
 
 // HostAddress is an address istiod assigned to one host (status.addresses).
 type HostAddress struct {
+	// Host is as istiod wrote it: the host as spec.hosts spells it, which
+	// it allocates for and ztunnel matches exactly (API.example.com and
+	// api.example.com get a VIP each).
 	Host    string
 	Address netip.Addr
 }
@@ -126,9 +129,12 @@ type ServiceEntry struct {
 	// an older ServiceEntry keeps its address when a newer one collides
 	// with it.
 	Created time.Time
-	// Hosts are lower-cased, without a trailing dot; may start with "*.".
-	// Those written as a pod asks for them come first, then the Folded
-	// written otherwise, each part in the order of spec.hosts.
+	// Hosts may start with "*.". Those written as a pod asks for them
+	// (lower case, no trailing dot) come first, then the Folded written
+	// otherwise, each part in the order of spec.hosts. Those are kept as
+	// written: istiod gives each spelling a VIP of its own, and its
+	// status.addresses name the spelling (HostAddress.Host); the name a
+	// pod asks is the host lower-cased without the dot (dns.CanonicalName).
 	Hosts []string
 	// Folded counts the hosts at the end of Hosts that were written
 	// otherwise (upper case, a trailing dot; HostFolded): istiod keeps a

@@ -55,6 +55,7 @@ func TestAutoVIPsOfThePodsFamily(t *testing.T) {
 		},
 	},
 		`v4vip.internal. 60 IN A 203.0.113.66`,
+		`auto.internal. 60 IN A 203.0.113.67`,
 	)
 	v6only, v4only := netip.IPv6Loopback(), netip.MustParseAddr("127.0.0.21")
 	dual, unknown := netip.MustParseAddr("127.0.0.22"), netip.MustParseAddr("127.0.0.23")
@@ -79,7 +80,8 @@ func TestAutoVIPsOfThePodsFamily(t *testing.T) {
 			{v6only, "auto.internal.ns1.svc.cluster.local.", dns.TypeA, []string{"auto.internal.ns1.svc.cluster.local.\t0\tIN\tCNAME\tauto.internal."}, soa},
 			{v6only, "auto.internal.ns1.svc.cluster.local.", dns.TypeAAAA, []string{
 				"auto.internal.\t0\tIN\tAAAA\t2001:2::5", "auto.internal.ns1.svc.cluster.local.\t0\tIN\tCNAME\tauto.internal."}, ""},
-			{v6only, "ext.ns1.svc.cluster.local.", dns.TypeA, []string{"ext.ns1.svc.cluster.local.\t0\tIN\tCNAME\tauto.internal."}, soa},
+			// An ExternalName to the host: kube-dns's answer, the host's real address from upstream.
+			{v6only, "ext.ns1.svc.cluster.local.", dns.TypeA, []string{"auto.internal.\t0\tIN\tA\t203.0.113.67", "ext.ns1.svc.cluster.local.\t0\tIN\tCNAME\tauto.internal."}, ""},
 			{v6only, "v4vip.internal.", dns.TypeA, []string{"v4vip.internal.\t0\tIN\tA\t203.0.113.66"}, ""}, // forwarded
 			{v6only, "fixed.internal.", dns.TypeA, []string{"fixed.internal.\t0\tIN\tA\t198.51.100.7"}, ""},
 			{v6only, "web.ns1.svc.cluster.local.", dns.TypeA, []string{"web.ns1.svc.cluster.local.\t0\tIN\tA\t10.96.0.20"}, ""},

@@ -9,6 +9,7 @@ import (
 	"github.com/miekg/dns"
 
 	"github.com/ztdns/ztdns/pkg/model"
+	"github.com/ztdns/ztdns/pkg/resolver/table"
 )
 
 // TestServiceEntryOtherTypesForwarded: a ServiceEntry host, a name under a
@@ -67,6 +68,111 @@ func TestServiceEntryOtherTypesForwarded(t *testing.T) {
 			tableSOA := len(r.Ns) == 1 && r.Ns[0].Header().Rrtype == dns.TypeSOA && r.Ns[0].(*dns.SOA).Ns != "ns.test."
 			if len(answer) == 0 && tableSOA != c.soa {
 				t.Errorf("%s %s %s: authority %q; want the table's SOA: %v", proto, c.name, dns.TypeToString[c.qtype], ns, c.soa)
+			}
+		}
+	}
+}
+
+// TestExternalNameToServiceEntryHost: an ExternalName Service whose target
+// is a ServiceEntry host (one with a VIP of istiod's, one with
+// spec.addresses, one under a wildcard, one under the cluster domain) gets
+// what kube-dns answers it: istiod sends ztunnel no ExternalName Service,
+// so ztunnel forwards its name to kube-dns, which answers the CNAME and
+// the target's own records, from upstream (CoreDNS's backend_lookup), as
+// ztdns does for any target outside the table. A target that is a Service
+// is still the table's. Before: the ServiceEntry's VIP or address, which
+// no nameserver in Istio gives for that name.
+func TestExternalNameToServiceEntryHost(t *testing.T) {
+	ss := startSlowServer(t, Options{}, &model.Snapshot{
+		ServiceEntries: []model.ServiceEntry{
+			{Namespace: "ns1", Name: "api", Hosts: []string{"api.example.com"}, Resolution: "DNS", AutoAllocate: true,
+				StatusAddresses: []model.HostAddress{{Host: "api.example.com", Address: netip.MustParseAddr("240.240.0.5")}}},
+			{Namespace: "ns1", Name: "db", Hosts: []string{"db.example"}, Resolution: "STATIC", Addresses: []netip.Addr{netip.MustParseAddr("198.51.100.5")}},
+			{Namespace: "ns1", Name: "wild", Hosts: []string{"*.wild.example"}, Resolution: "STATIC", Addresses: []netip.Addr{netip.MustParseAddr("198.51.100.6")}},
+			{Namespace: "ns1", Name: "legacy", Hosts: []string{"legacy.ns2.svc.cluster.local"}, Resolution: "STATIC",
+				Addresses: []netip.Addr{netip.MustParseAddr("198.51.100.7")}},
+		},
+		Services: []model.Service{
+			{Namespace: "ns1", Name: "web", ClusterIPs: []netip.Addr{netip.MustParseAddr("10.96.0.20")}},
+			{Namespace: "ns1", Name: "to-api", ExternalName: "api.example.com"},
+			{Namespace: "ns1", Name: "to-db", ExternalName: "db.example"},
+			{Namespace: "ns1", Name: "to-wild", ExternalName: "x.wild.example"},
+			{Namespace: "ns1", Name: "to-legacy", ExternalName: "legacy.ns2.svc.cluster.local"},
+			{Namespace: "ns1", Name: "to-web", ExternalName: "web.ns1.svc.cluster.local"},
+		},
+	},
+		`api.example.com. 60 IN A 203.0.113.50`,
+		`db.example. 60 IN A 203.0.113.51`,
+		`x.wild.example. 60 IN A 203.0.113.52`,
+		`legacy.ns2.svc.cluster.local. 60 IN A 10.96.0.77`,
+	)
+	for _, proto := range []string{"udp", "tcp"} {
+		for _, c := range []struct{ name, target, addr string }{
+			{"to-api", "api.example.com.", "203.0.113.50"},
+			{"to-db", "db.example.", "203.0.113.51"},
+			{"to-wild", "x.wild.example.", "203.0.113.52"},
+			{"to-legacy", "legacy.ns2.svc.cluster.local.", "10.96.0.77"},
+			{"to-web", "web.ns1.svc.cluster.local.", "10.96.0.20"},
+		} {
+			name := c.name + ".ns1.svc.cluster.local."
+			rcode, answer, _ := replyText(ss.askType(t, proto, name, dns.TypeA))
+			want := []string{name + "\t0\tIN\tCNAME\t" + c.target, c.target + "\t0\tIN\tA\t" + c.addr}
+			if rcode != "NOERROR" || !slices.Equal(answer, want) {
+				t.Errorf("%s %s A: %s %q, want %q", proto, name, rcode, answer, want)
+			}
+		}
+	}
+}
+
+// TestServiceEntryTTL: a ServiceEntry host's answers, a search-list
+// expansion's CNAME to it and its NODATA's SOA take Istio's TTL, 30 s, as
+// ztunnel and the sidecar's proxy give every record they make (kube-dns
+// never answers these names); a Service's keep the table's, kube-dns's
+// (5 s here, its default), on the fast path and the slow one alike; a
+// table given another ServiceEntry TTL answers with it. Before: every
+// answer took kube-dns's.
+func TestServiceEntryTTL(t *testing.T) {
+	snap := &model.Snapshot{
+		ServiceEntries: []model.ServiceEntry{
+			{Namespace: "ns1", Name: "db", Hosts: []string{"db.example"}, Resolution: "STATIC", Addresses: []netip.Addr{netip.MustParseAddr("198.51.100.5")}},
+		},
+		Services: []model.Service{{Namespace: "ns1", Name: "web", ClusterIPs: []netip.Addr{netip.MustParseAddr("10.96.0.20")}}},
+	}
+	ss := startSlowServer(t, Options{}, snap)
+	for _, c := range []struct {
+		opts      table.Options
+		seTTL     uint32
+		name      string
+		qtype     uint16
+		svc       bool // a Service's answer: kube-dns's TTL
+		authority bool // NODATA: the SOA's TTLs too
+	}{
+		{table.Options{TTL: 5}, 30, "web.ns1.svc.cluster.local.", dns.TypeA, true, false},
+		{table.Options{TTL: 5}, 30, "web.ns1.svc.cluster.local.", dns.TypeTXT, true, true},
+		{table.Options{TTL: 5}, 30, "db.example.", dns.TypeA, false, false},
+		{table.Options{TTL: 5}, 30, "db.example.", dns.TypeAAAA, false, true},
+		{table.Options{TTL: 5}, 30, "db.example.ns1.svc.cluster.local.", dns.TypeA, false, false}, // the slow path: CNAME, A
+		{table.Options{TTL: 5}, 30, "db.example.ns1.svc.cluster.local.", dns.TypeAAAA, false, true},
+		{table.Options{TTL: 5, ServiceEntryTTL: 60}, 60, "db.example.", dns.TypeA, false, false},
+		{table.Options{TTL: 5, ServiceEntryTTL: 60}, 60, "web.ns1.svc.cluster.local.", dns.TypeA, true, false},
+	} {
+		tbl, _ := table.Build(snap, c.opts)
+		ss.SetTable(tbl)
+		want := c.seTTL
+		if c.svc {
+			want = 5
+		}
+		for _, proto := range []string{"udp", "tcp"} {
+			r := ss.askType(t, proto, c.name, c.qtype)
+			if r.Rcode != dns.RcodeSuccess || len(r.Answer) == 0 && !c.authority || len(r.Ns) > 0 != c.authority {
+				t.Fatalf("%s %s %s: %v", proto, c.name, dns.TypeToString[c.qtype], r)
+			}
+			for _, rr := range append(r.Answer, r.Ns...) {
+				soa, isSOA := rr.(*dns.SOA)
+				if rr.Header().Ttl != want || isSOA && soa.Minttl != want {
+					t.Errorf("%s %s %s, TTLs %d and ServiceEntries' %d: %s, want TTL %d", proto, c.name, dns.TypeToString[c.qtype],
+						c.opts.TTL, c.opts.ServiceEntryTTL, rr, want)
+				}
 			}
 		}
 	}

@@ -342,10 +342,10 @@ func (q *slowQuery) answer(ctx context.Context) []byte {
 		// the fast path lets through ('(', '@', '"', …): cut at the same
 		// label, not at the same length.
 		alias := leadingLabels(owner, strings.Count(res.Alias, "."))
-		reply.Answer = append(reply.Answer, cname(owner, alias, tbl.TTL()))
+		reply.Answer = append(reply.Answer, cname(owner, alias, res.Entry.TTL()))
 		owner = alias
 	}
-	q.chase(ctx, reply, res, owner, tbl, ns)
+	q.chase(ctx, reply, res, owner, tbl)
 	return q.localReply(reply, metricQueries.local)
 }
 
@@ -366,23 +366,25 @@ func (q *slowQuery) localReply(reply *dns.Msg, outcome prometheus.Counter) []byt
 }
 
 // chase appends the records res answers for the question type, following
-// an ExternalName alias through the table and, for a name the table does not
-// know, upstream. The reply stays authoritative, as CoreDNS's is: ztdns owns
-// the name asked, the CNAME's owner. When the last name has no records of
+// an ExternalName alias as kube-dns does, which answers it in Istio (istiod
+// sends ztunnel no ExternalName Service): through the table's Services
+// and, for any other name (a ServiceEntry host's included), upstream. The
+// reply stays authoritative, as CoreDNS's is: ztdns owns the name asked,
+// the CNAME's owner. When the last name has no records of
 // the type, the authority section gets its zone's SOA (RFC 2308 2.2): the
 // table's for a local name, the upstream's for one resolved there. A chain
 // that comes back to a name of its own (an ExternalName naming itself,
 // a → b → a) answers nothing but that SOA, as CoreDNS drops a loop's
 // CNAMEs: NODATA, not the same CNAMEs over and over.
-func (q *slowQuery) chase(ctx context.Context, reply *dns.Msg, res table.Result, owner string, tbl *table.Table, ns string) {
+func (q *slowQuery) chase(ctx context.Context, reply *dns.Msg, res table.Result, owner string, tbl *table.Table) {
 	start, first := len(reply.Answer), owner
 	var seen [maxChain]*table.Entry
 	for i := range maxChain {
 		seen[i] = res.Entry
 		if !res.Chases(q.r.Type) {
-			rrs := res.Records(owner, q.r.Type, tbl.TTL(), q.r.ID)
+			rrs := res.Records(owner, q.r.Type, res.Entry.TTL(), q.r.ID)
 			if len(rrs) == 0 {
-				reply.Ns = append(reply.Ns, tbl.SOA(owner))
+				reply.Ns = append(reply.Ns, tbl.SOA(owner, res.Entry.TTL()))
 			}
 			reply.Answer = append(reply.Answer, rrs...)
 			return
@@ -390,12 +392,11 @@ func (q *slowQuery) chase(ctx context.Context, reply *dns.Msg, res table.Result,
 		alias := res.Entry.Alias
 		reply.Answer = append(reply.Answer, cname(owner, alias, tbl.TTL()))
 		owner = alias
-		next := table.Result{Entry: tbl.Find(alias, ns)}
-		next.Restrict(q.families)
-		if next.Entry != nil && !next.Entry.ForwardsType(q.r.Type) {
+		next := table.Result{Entry: tbl.FindService(alias)}
+		if next.Entry != nil {
 			if slices.Contains(seen[:i+1], next.Entry) {
 				reply.Answer = reply.Answer[:start]
-				reply.Ns = append(reply.Ns, tbl.SOA(first))
+				reply.Ns = append(reply.Ns, tbl.SOA(first, tbl.TTL()))
 				return
 			}
 			res = next
@@ -470,7 +471,7 @@ func (q *slowQuery) autopath(ctx context.Context, pod *podcache.Pod, tbl *table.
 				}
 				reply := replyTo(req, r)
 				reply.Answer = append(reply.Answer, cname(owner, cand, tbl.TTL()))
-				q.chase(ctx, reply, res, cand, tbl, pod.Namespace)
+				q.chase(ctx, reply, res, cand, tbl)
 				return q.localReply(reply, metricQueries.autopath)
 			}
 			continue

@@ -155,12 +155,12 @@ func TestDecodeAndReduce(t *testing.T) {
 			  "location": "MESH_EXTERNAL", "resolution": "DNS_ROUND_ROBIN", "exportTo": ["."], "endpoints": [{"address": "203.0.113.1"}]},
 			"status": {"addresses": [{"value": "240.240.0.1", "host": "Api.Example.com"}], "conditions": [{"type": "Reconciled", "status": "True"}]}}`,
 		want: model.ServiceEntry{Namespace: "mesh", Name: "ext", Created: created,
-			Hosts:            []string{"*.wild.example", "api.example.com"},
-			Folded:           1, // written API.Example.COM.: a pod asks for the lower-case name; last
+			Hosts:            []string{"*.wild.example", "API.Example.COM."},
+			Folded:           1, // written otherwise than a pod asks for it: last, as written
 			Addresses:        []netip.Addr{netip.MustParseAddr("198.51.100.1"), netip.MustParseAddr("198.51.100.2")},
 			CIDRs:            []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")},
 			HasSpecAddresses: true,
-			StatusAddresses:  []model.HostAddress{{Host: "api.example.com", Address: netip.MustParseAddr("240.240.0.1")}},
+			StatusAddresses:  []model.HostAddress{{Host: "Api.Example.com", Address: netip.MustParseAddr("240.240.0.1")}}, // as istiod wrote it
 			Resolution:       model.ResolutionDNSRoundRobin,
 			ExportTo:         []string{"."},
 			Revision:         new("canary"),
@@ -174,7 +174,7 @@ func TestDecodeAndReduce(t *testing.T) {
 		name: "ServiceEntry with hosts written both ways",
 		doc: `{"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry", "metadata": {"name": "mixed", "namespace": "mesh"},
 			"spec": {"hosts": ["B.example", "a.example", "c.example.", "b.example", "*.Wild.example"]}}`,
-		want: model.ServiceEntry{Namespace: "mesh", Name: "mixed", Hosts: []string{"a.example", "b.example", "b.example", "c.example", "*.wild.example"},
+		want: model.ServiceEntry{Namespace: "mesh", Name: "mixed", Hosts: []string{"a.example", "b.example", "B.example", "c.example.", "*.Wild.example"},
 			Folded: 3, Resolution: model.ResolutionNone, AutoAllocate: true},
 	}}
 	for _, tt := range tests {

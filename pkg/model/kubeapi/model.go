@@ -185,7 +185,9 @@ func (se *ServiceEntry) ModelSkipping() (out model.ServiceEntry, skipped, err er
 			continue
 		}
 		if h != written {
-			folded = append(folded, h) // after the others (model.ServiceEntry.Folded)
+			// As written, after the others (model.ServiceEntry.Folded):
+			// status.addresses name the spelling.
+			folded = append(folded, written)
 			continue
 		}
 		out.Hosts = append(out.Hosts, h)
@@ -278,10 +280,9 @@ func statusAddresses(raw json.RawMessage) (out []model.HostAddress, skipped stri
 			skip("[%d] value %q is not an IP address%s", i, a.Value, why)
 			continue
 		}
-		out = append(out, model.HostAddress{
-			Host:    strings.ToLower(strings.TrimSuffix(a.Host, ".")),
-			Address: ip,
-		})
+		// The host as istiod wrote it, the spelling of spec.hosts it
+		// allocated for: matched exactly, as istiod and ztunnel match it.
+		out = append(out, model.HostAddress{Host: a.Host, Address: ip})
 	}
 	if n == 0 {
 		return out, ""

@@ -106,8 +106,8 @@ func TestFromServiceEntry(t *testing.T) {
 		t.Fatal(err, skipped)
 	}
 	wantAddrs := []netip.Addr{netip.MustParseAddr("198.51.100.1"), netip.MustParseAddr("198.51.100.2"), netip.MustParseAddr("2001:db8::1")}
-	// Auto.Internal. is written otherwise than asked: last (model.ServiceEntry.Folded).
-	if !slices.Equal(got.Hosts, []string{"*.wild.example", "auto.internal"}) || got.Folded != 1 || !slices.Equal(got.Addresses, wantAddrs) ||
+	// Auto.Internal. is written otherwise than asked: last, as written (model.ServiceEntry.Folded).
+	if !slices.Equal(got.Hosts, []string{"*.wild.example", "Auto.Internal."}) || got.Folded != 1 || !slices.Equal(got.Addresses, wantAddrs) ||
 		!slices.Equal(got.CIDRs, []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}) || got.AutoAllocate || got.Resolution != model.ResolutionDNS ||
 		!slices.Equal(got.ExportTo, []string{"."}) || len(got.StatusAddresses) != 1 || got.StatusAddresses[0].Address != netip.MustParseAddr("240.240.0.1") {
 		t.Errorf("got %+v", got)

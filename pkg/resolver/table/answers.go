@@ -96,7 +96,7 @@ func (r *Result) AppendAnswer(out []byte, hdr int, qtype uint16, rot uint16, roo
 	case w.cut:
 		out[hdr+2] |= dnswire.FlagTC >> 8
 	case w.n == 0 && r.t != nil:
-		out = r.t.appendSOA(out, r.t.zoneStart(r.qname))
+		out = r.t.appendSOA(out, r.t.zoneStart(r.qname), ttl)
 		dnswire.SetNSCount(out[hdr:], 1)
 	case qtype == dns.TypeSRV && r.srv != nil:
 		out = r.appendSRVExtra(out, hdr, start-hdr, w.end, ttl)
@@ -459,7 +459,7 @@ func (e *Entry) ownsPTR() bool { return e.ptr && len(e.Addrs) > 0 }
 
 // isEndpoint reports whether the entry is a headless Service's endpoint
 // name (the Service's own name answers the same addresses but owns no PTR).
-func (e *Entry) isEndpoint() bool { return e.addrSource == addrEndpoints && e.ownsPTR() }
+func (e *Entry) isEndpoint() bool { return e.addrSource == addrEndpointName }
 
 // The SOA of a zone the table answers in, as CoreDNS's kubernetes plugin
 // writes it: "ns.dns.<zone> hostmaster.<zone> serial 7200 1800 86400 ttl".
@@ -472,31 +472,33 @@ const (
 )
 
 // appendSOA appends the SOA record of the zone that starts zone bytes into
-// the question name: the owner and the zone in both names are compression
-// pointers into the question (a presentation-form offset is the wire
-// offset of the same label).
-func (t *Table) appendSOA(out []byte, zone int) []byte {
+// the question name, for a negative answer of TTL ttl (the entry's: a
+// ServiceEntry host's is Istio's, not kube-dns's): the owner and the zone
+// in both names are compression pointers into the question (a
+// presentation-form offset is the wire offset of the same label).
+func (t *Table) appendSOA(out []byte, zone int, ttl uint32) []byte {
 	ptr := dnswire.Pointer(dnswire.HeaderLen + zone)
-	out = dnswire.AppendRRHeader(out, ptr, dns.TypeSOA, dns.ClassINET, min(t.ttl, soaMaxTTL), 9+13+20)
+	out = dnswire.AppendRRHeader(out, ptr, dns.TypeSOA, dns.ClassINET, min(ttl, soaMaxTTL), 9+13+20)
 	out = append(out, 2, 'n', 's', 3, 'd', 'n', 's')
 	out = binary.BigEndian.AppendUint16(out, ptr)
 	out = append(out, 10, 'h', 'o', 's', 't', 'm', 'a', 's', 't', 'e', 'r')
 	out = binary.BigEndian.AppendUint16(out, ptr)
-	for _, v := range [...]uint32{t.serial, soaRefresh, soaRetry, soaExpire, t.ttl} {
+	for _, v := range [...]uint32{t.serial, soaRefresh, soaRetry, soaExpire, ttl} {
 		out = binary.BigEndian.AppendUint32(out, v)
 	}
 	return out
 }
 
 // SOA returns the SOA record for the authority section of a negative answer
-// about name (a name this table answers, spelled as the client spelled it).
-func (t *Table) SOA(name string) dns.RR {
+// about name (a name this table answers, spelled as the client spelled it),
+// of TTL ttl (its entry's, Entry.TTL).
+func (t *Table) SOA(name string, ttl uint32) dns.RR {
 	name = dns.Fqdn(name)
 	zone := name[t.zoneStart(strings.ToLower(name)):]
 	return &dns.SOA{
-		Hdr: dns.RR_Header{Name: zone, Rrtype: dns.TypeSOA, Class: dns.ClassINET, Ttl: min(t.ttl, soaMaxTTL)},
+		Hdr: dns.RR_Header{Name: zone, Rrtype: dns.TypeSOA, Class: dns.ClassINET, Ttl: min(ttl, soaMaxTTL)},
 		Ns:  "ns.dns." + zone, Mbox: "hostmaster." + zone,
-		Serial: t.serial, Refresh: soaRefresh, Retry: soaRetry, Expire: soaExpire, Minttl: t.ttl,
+		Serial: t.serial, Refresh: soaRefresh, Retry: soaRetry, Expire: soaExpire, Minttl: ttl,
 	}
 }
 

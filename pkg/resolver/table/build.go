@@ -403,9 +403,12 @@ func NewBuilder(opts Options) *Builder {
 	if opts.TTL == 0 {
 		opts.TTL = DefaultTTL
 	}
+	if opts.ServiceEntryTTL == 0 {
+		opts.ServiceEntryTTL = DefaultServiceEntryTTL
+	}
 	domain := dns.CanonicalName(opts.Domain)
 	return &Builder{
-		n:          names{svcDomain: ".svc." + domain, ttl: opts.TTL, defaultExportTo: opts.DefaultExportTo, prefixes: map[string]string{}},
+		n:          names{svcDomain: ".svc." + domain, ttl: opts.TTL, seTTL: opts.ServiceEntryTTL, defaultExportTo: opts.DefaultExportTo, prefixes: map[string]string{}},
 		domain:     domain,
 		exportTo:   opts.DefaultExportTo,
 		vipSource:  opts.VIPSource,

@@ -35,7 +35,8 @@ const (
 // names says under which suffixes objects live and how answers are made.
 type names struct {
 	svcDomain string // ".svc.cluster.local."
-	ttl       uint32
+	ttl       uint32 // of a Service's records
+	seTTL     uint32 // of a ServiceEntry's
 	// defaultExportTo is the exportTo of a ServiceEntry without one, as
 	// the last build decided it (Builder.defaultExportTo).
 	defaultExportTo []string
@@ -183,7 +184,7 @@ func headlessEntries(n names, out *entrySet, e *Entry, svc *model.Service, eps [
 		ee, seen := byName[name]
 		if !seen {
 			if validName(name) {
-				ee = &Entry{Name: name, src: e.src, addrSource: addrEndpoints}
+				ee = &Entry{Name: name, src: e.src, addrSource: addrEndpointName}
 			} else {
 				out.warn("%s: endpoint name %q is not a valid DNS name", originOf(e.src), name)
 			}
@@ -547,7 +548,7 @@ func serviceEntrySource(n names, se *model.ServiceEntry, ext *seSource) source {
 	}
 	*ext = seSource{exportTo: exportSet(se.Namespace, exportTo), created: se.Created,
 		noVIP: noVIPOf(se), dynamicDNS: se.Resolution == model.ResolutionDynamicDNS}
-	return source{namespace: se.Namespace, name: se.Name, se: ext, ttl: n.ttl, kind: kindServiceEntry, rank: rankServiceEntry}
+	return source{namespace: se.Namespace, name: se.Name, se: ext, ttl: n.seTTL, kind: kindServiceEntry, rank: rankServiceEntry}
 }
 
 // noVIPOf says why se's hosts get no VIP whatever the allocator does, as

@@ -322,6 +322,35 @@ func TestWildcardCoversExternalName(t *testing.T) {
 	}
 }
 
+// ztunnel's DNS has no pod records: a headless Service's endpoint name
+// (web-0.web.ns1.svc.cluster.local) is no name of its own, and a wildcard
+// ServiceEntry covering it answers, wherever the wildcard is visible; the
+// Service's own name, which ztunnel has, stays the Service's. Where no
+// wildcard is visible the endpoint's address answers, as kube-dns's; its
+// PTR still names the endpoint. Before: the endpoint's address everywhere.
+func TestWildcardCoversEndpointName(t *testing.T) {
+	snap := &model.Snapshot{
+		Services: []model.Service{{Namespace: "ns1", Name: "web", Headless: true}},
+		EndpointSlices: []model.EndpointSlice{{Namespace: "ns1", Name: "web-x", ServiceName: "web",
+			Endpoints: []model.Endpoint{{Hostname: "web-0", Ready: true, Addresses: addrs("10.1.0.10")}, {Ready: true, Addresses: addrs("10.1.0.11")}}}},
+		ServiceEntries: []model.ServiceEntry{{Namespace: "ns2", Name: "wild", Created: t0, Hosts: []string{"*.web.ns1.svc.cluster.local"},
+			Addresses: addrs("198.51.100.9"), Resolution: "STATIC"}},
+	}
+	tbl, _ := Build(snap, Options{})
+	wild := addrs("198.51.100.9")
+	resolvesTo(t, tbl, "web-0.web.ns1.svc.cluster.local.", wild, "ns1", "ns2", "other", "")
+	resolvesTo(t, tbl, "10-1-0-11.web.ns1.svc.cluster.local.", wild, "ns1", "ns2")
+	resolvesTo(t, tbl, "web.ns1.svc.cluster.local.", addrs("10.1.0.10", "10.1.0.11"), "ns1", "ns2")
+	if got := ptrOf(t, tbl, "10.0.1.10.in-addr.arpa.", "ns1"); !slices.Equal(got, []string{"web-0.web.ns1.svc.cluster.local."}) {
+		t.Errorf("PTR of 10.1.0.10: %q, want the endpoint's name", got)
+	}
+
+	snap.ServiceEntries[0].ExportTo = []string{"."}
+	tbl, _ = Build(snap, Options{})
+	resolvesTo(t, tbl, "web-0.web.ns1.svc.cluster.local.", wild, "ns2")
+	resolvesTo(t, tbl, "web-0.web.ns1.svc.cluster.local.", addrs("10.1.0.10"), "ns1", "other")
+}
+
 // ztunnel tries the name asked and the wildcards covering it before it
 // reads the name as a Kubernetes short form, and then tries the full
 // cluster name and the wildcards covering that: one answer however the

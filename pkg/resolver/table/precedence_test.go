@@ -1,13 +1,17 @@
 package table
 
 import (
+	"encoding/json"
 	"net/netip"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/miekg/dns"
+
 	"github.com/ztdns/ztdns/pkg/model"
+	"github.com/ztdns/ztdns/pkg/model/kubeapi"
 )
 
 // An ExternalName Service and a ServiceEntry naming it: istiod sends
@@ -335,4 +339,64 @@ func TestHostWrittenAsAskedWins(t *testing.T) {
 	if e := tbl.Resolve("api.example.com.", "b").Entry; e == nil || !slices.Equal(e.Addrs, addrs("198.51.100.1")) || len(warnings) != 1 {
 		t.Errorf("rewritten: %+v, warnings %q; want the older a/upper's 198.51.100.1, a/lower hidden", e, warnings)
 	}
+}
+
+// TestStatusVIPOfEachSpelling: istiod's allocator gives each spelling of a
+// host in spec.hosts a VIP of its own, status.addresses naming the
+// spelling, and ztunnel matches the name a pod asks exactly: one
+// ServiceEntry with hosts API.corp.example and api.corp.example answers
+// `A api.corp.example` with the VIP of the host so written, not both. A
+// host written otherwise answers, alone, with its own spelling's VIP, and
+// with none when status names only another spelling (istiod has not
+// allocated for it). The objects are read as the API server serves them.
+// Before: status hosts were lower-cased, and every spelling's VIP answered.
+func TestStatusVIPOfEachSpelling(t *testing.T) {
+	se := func(hosts, status string) model.ServiceEntry {
+		t.Helper()
+		var obj kubeapi.ServiceEntry
+		doc := `{"metadata": {"name": "api", "namespace": "corp"}, "spec": {"hosts": ` + hosts + `, "resolution": "DNS"},
+			"status": {"addresses": ` + status + `}}`
+		if err := json.Unmarshal([]byte(doc), &obj); err != nil {
+			t.Fatal(err)
+		}
+		m, err := obj.Model()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	for _, c := range []struct {
+		name, hosts, status string
+		want                []netip.Addr // nil: forwarded
+	}{
+		{"both ways", `["API.corp.example", "api.corp.example"]`,
+			`[{"host": "API.corp.example", "value": "240.240.0.1"}, {"host": "api.corp.example", "value": "240.240.0.2"}]`, addrs("240.240.0.2")},
+		{"a trailing dot too", `["api.corp.example.", "api.corp.example"]`,
+			`[{"host": "api.corp.example.", "value": "240.240.0.1"}, {"host": "api.corp.example", "value": "240.240.0.2"}]`, addrs("240.240.0.2")},
+		{"alone", `["API.corp.example"]`, `[{"host": "API.corp.example", "value": "240.240.0.1"}]`, addrs("240.240.0.1")},
+		{"another spelling's status", `["API.corp.example"]`, `[{"host": "api.corp.example", "value": "240.240.0.2"}]`, nil},
+	} {
+		tbl, _ := Build(&model.Snapshot{ServiceEntries: []model.ServiceEntry{se(c.hosts, c.status)}}, Options{})
+		for _, ns := range []string{"corp", "other"} {
+			r := tbl.Resolve("api.corp.example.", ns)
+			if r.Entry == nil {
+				if c.want != nil {
+					t.Errorf("%s: api.corp.example from %s forwarded, want %s", c.name, ns, c.want)
+				}
+				continue
+			}
+			if got := answerOf(t, r, "api.corp.example.", dns.TypeA); !slices.Equal(got, addrText(c.want)) {
+				t.Errorf("%s: A api.corp.example from %s: %q, want %q", c.name, ns, got, addrText(c.want))
+			}
+		}
+	}
+}
+
+// addrText is the A records' values answerOf gives for addrs.
+func addrText(addrs []netip.Addr) []string {
+	var out []string
+	for _, a := range addrs {
+		out = append(out, a.String())
+	}
+	return out
 }

@@ -140,6 +140,10 @@ const (
 	addrNone addrSource = iota // no addresses (an ExternalName alias)
 	addrClusterIP
 	addrEndpoints
+	// addrEndpointName: a headless Service's endpoint name's, from
+	// endpoints too; a value of its own, so that yieldExternal tells one
+	// in a compare.
+	addrEndpointName
 	addrSpec
 	addrStatus
 	addrAllocated
@@ -151,13 +155,14 @@ const (
 
 // addrSources are the From* constants by addrSource.
 var addrSources = [...]string{
-	addrNone:      "",
-	addrClusterIP: FromClusterIP,
-	addrEndpoints: FromEndpoints,
-	addrSpec:      FromSpec,
-	addrStatus:    FromStatus,
-	addrAllocated: FromAllocated,
-	addrNoVIP:     "",
+	addrNone:         "",
+	addrClusterIP:    FromClusterIP,
+	addrEndpoints:    FromEndpoints,
+	addrEndpointName: FromEndpoints,
+	addrSpec:         FromSpec,
+	addrStatus:       FromStatus,
+	addrAllocated:    FromAllocated,
+	addrNoVIP:        "",
 }
 
 // AddrSource says where Addrs came from (one of the From* constants).
@@ -212,8 +217,14 @@ func (e *Entry) VisibleFrom(ns string) bool {
 type Options struct {
 	// Domain is the cluster domain, e.g. "cluster.local".
 	Domain string
-	// TTL of every local answer, in seconds.
+	// TTL of the answers made for Services (cluster names: kube-dns's),
+	// in seconds.
 	TTL uint32
+	// ServiceEntryTTL is that of a ServiceEntry host's answers and of its
+	// NODATA's SOA, in seconds: Istio's DNS proxies give every record they
+	// make 30 s (ztunnel's DEFAULT_TTL_SECONDS, the sidecar's defaultTTLInSeconds),
+	// and kube-dns never answers these names. 0: DefaultServiceEntryTTL.
+	ServiceEntryTTL uint32
 	// VIPSource says where auto-allocated VIPs come from (default auto).
 	VIPSource vip.Source
 	// DefaultExportTo is the exportTo of a ServiceEntry that gives none, as
@@ -229,8 +240,9 @@ type Options struct {
 
 // Defaults for Options.
 const (
-	DefaultDomain = "cluster.local"
-	DefaultTTL    = 30
+	DefaultDomain          = "cluster.local"
+	DefaultTTL             = 30
+	DefaultServiceEntryTTL = 30
 )
 
 // Table maps names and addresses to entries. The zero value is an empty
@@ -404,8 +416,13 @@ func (t *Table) lookup(name string) bucket {
 // Domain returns the cluster domain as a fully qualified name.
 func (t *Table) Domain() string { return t.domain }
 
-// TTL returns the TTL of local answers, in seconds.
+// TTL returns the TTL of the answers made for Services, in seconds (a
+// ServiceEntry host's: Entry.TTL).
 func (t *Table) TTL() uint32 { return t.ttl }
+
+// TTL returns the TTL of the entry's records and of its NODATA's SOA, in
+// seconds: its object's kind's (Options.TTL, Options.ServiceEntryTTL).
+func (e *Entry) TTL() uint32 { return e.src.ttl }
 
 // Len returns the number of distinct names (exact and wildcard, those held
 // without records included; reverse and SRV names not counted).
@@ -611,6 +628,23 @@ func (t *Table) Find(name, ns string) *Entry {
 	return e
 }
 
+// FindService resolves a fully qualified name as kube-dns does: to a
+// Service's name or a headless Service's endpoint name; nil for any other
+// (a ServiceEntry host, a name under a wildcard) and for a name held
+// without records. The lookup for an ExternalName's target: istiod sends
+// ztunnel no ExternalName Service, so kube-dns answers it and follows the
+// CNAME to its own records or upstream, never to a ServiceEntry's VIP.
+func (t *Table) FindService(name string) *Entry {
+	b := t.lookup(name)
+	for i := range b.len() {
+		if e := b.at(i); e.src.kind == kindService {
+			e, _ = held(e)
+			return e
+		}
+	}
+	return nil
+}
+
 // find is one name ztunnel tries: the name, then the wildcards covering it;
 // claimed as held.
 func (t *Table) find(name, ns string) (*Entry, bool) {
@@ -627,13 +661,14 @@ func (t *Table) exactChoice(name, ns string) *Entry {
 	return t.yieldExternal(choose(t.lookup(name), ns), name, ns)
 }
 
-// yieldExternal is e, choose's entry for name itself, but a Service istiod
-// sends ztunnel nothing of (rankUnsent: an ExternalName one, or one of a
-// namespace it does not select) yields to a wildcard covering its name
-// (ztunnel finds the wildcard). Small enough to
-// inline: the usual entry costs resolve no call here.
+// yieldExternal is e, choose's entry for name itself, but a name ztunnel
+// has no record of yields to a wildcard covering it (ztunnel finds the
+// wildcard): a Service istiod sends it nothing of (rankUnsent: an
+// ExternalName one, or one of a namespace it does not select), and a
+// headless Service's endpoint name (its DNS has no pod records). Small
+// enough to inline: the usual entry costs resolve no call here.
 func (t *Table) yieldExternal(e *Entry, name, ns string) *Entry {
-	if e != nil && e.src.rank == rankUnsent {
+	if e != nil && (e.src.rank == rankUnsent || e.addrSource == addrEndpointName) {
 		return t.wildcardOr(e, name, ns)
 	}
 	return e

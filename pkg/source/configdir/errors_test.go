@@ -811,19 +811,19 @@ spec:
 	if len(got.Services) == 1 && !slices.Equal(got.Services[0].Ports, []model.Port{{Name: "top", Protocol: "TCP", Port: 65535}}) {
 		t.Errorf("ports %+v", got.Services[0].Ports)
 	}
-	// The table leaves out "*foo.example" and "*." (read as "*", as a
+	// The table leaves out "*foo.example" and "*." (named as written, as a
 	// watch reads it), each with a warning.
 	_, warnings := table.Build(got, table.Options{Domain: table.DefaultDomain, TTL: table.DefaultTTL})
 	var hosts []string
 	for _, w := range warnings {
-		for _, h := range []string{"*foo.example", "*"} {
+		for _, h := range []string{"*foo.example", "*."} {
 			if strings.HasSuffix(w.Error(), ": host "+strconv.Quote(h)+" is not a valid DNS name") {
 				hosts = append(hosts, h)
 			}
 		}
 	}
-	if slices.Sort(hosts); !slices.Equal(hosts, []string{"*", "*foo.example"}) {
-		t.Errorf("table warnings %v, want one for each of \"*foo.example\" and \"*\"", warnings)
+	if slices.Sort(hosts); !slices.Equal(hosts, []string{"*.", "*foo.example"}) {
+		t.Errorf("table warnings %v, want one for each of \"*foo.example\" and \"*.\"", warnings)
 	}
 }
 

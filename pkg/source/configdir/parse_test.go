@@ -46,8 +46,8 @@ status:
 	}
 	wantServiceEntry := model.ServiceEntry{
 		Namespace: "shop", Name: "ext", Created: created,
-		Hosts:            []string{"*.wild.example", "api.example.com"},
-		Folded:           1, // written API.Example.com.: last
+		Hosts:            []string{"*.wild.example", "API.Example.com."},
+		Folded:           1, // written otherwise than asked: last, as written
 		Addresses:        addrs("198.51.100.7", "2001:db8::7"),
 		CIDRs:            []netip.Prefix{netip.MustParsePrefix("203.0.113.0/24")},
 		HasSpecAddresses: true,
