@@ -137,6 +137,12 @@ func (p *udpPoller) collect() {
 				}
 			}
 			p.mu.Unlock()
+			if int(n) < len(events) {
+				// Every event was taken: the set's next one wakes the
+				// collector through the netpoller, which keeps an edge
+				// that comes before it waits.
+				return false
+			}
 		}
 	})
 }
