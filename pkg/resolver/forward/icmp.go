@@ -53,8 +53,8 @@ import (
 // had no room for.
 
 // udpSocket reads the datagrams of an exchange's connected socket, reading
-// its error queue on every error (see above). Its waits are for a token
-// of its poller's (udpPoller), or for ctx to end.
+// its error queue on every error (see above). Its waits are its poller's
+// (udpPoller), until ctx ends.
 type udpSocket struct {
 	fd       int
 	w        *udpWait
@@ -65,14 +65,7 @@ type udpSocket struct {
 }
 
 // wait waits until the socket has something new, or ctx ends (its error).
-func (s *udpSocket) wait() error {
-	select {
-	case <-s.w.ready:
-		return nil
-	case <-s.ctx.Done():
-		return s.ctx.Err()
-	}
-}
+func (s *udpSocket) wait() error { return s.poller.wait(s.ctx, s.w) }
 
 // recv receives the datagram queued first on the socket into buf, or with
 // peek returns its size without reading it (MSG_PEEK|MSG_TRUNC with no
