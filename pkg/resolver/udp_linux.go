@@ -5,8 +5,10 @@ package resolver
 import (
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"slices"
 	"syscall"
 	"unsafe"
@@ -219,10 +221,58 @@ func (s *Server) slowUDP(conn *net.UDPConn, msg []byte, src, local netip.AddrPor
 		if reply == nil {
 			return
 		}
-		if _, err := conn.WriteToUDPAddrPort(reply, src); err != nil {
+		if err := writeForwardedReply(conn, local, reply, src); err != nil {
 			s.log.Debug("writing UDP reply failed", "client", src, "err", err)
 		}
 	}))
+	return nil
+}
+
+// writeForwardedReply sends reply to client from conn (bound to local)
+// as conn.WriteToUDPAddrPort would, with a raw sendto: the call through
+// syscall.Syscall wakes the runtime's sysmon thread when it sleeps, as it
+// does between two forwarded queries at modest rates (the forwarder's
+// exchanges make only raw calls for the same reason), a wake-up and a
+// sleep more for each. An AF_INET socket reports a 4-octet local address;
+// on an AF_INET6 one an IPv4 client is v4-mapped.
+func writeForwardedReply(conn *net.UDPConn, local netip.AddrPort, reply []byte, client netip.AddrPort) error {
+	if len(reply) == 0 {
+		return nil
+	}
+	rc, err := conn.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var sa [sockaddrLen]byte
+	var saLen int
+	if local.Addr().Is4() {
+		if !client.Addr().Is4() {
+			return fmt.Errorf("IPv6 client %s on IPv4 socket %s", client, local)
+		}
+		binary.NativeEndian.PutUint16(sa[0:], unix.AF_INET)
+		binary.BigEndian.PutUint16(sa[2:], client.Port())
+		a := client.Addr().As4()
+		copy(sa[4:8], a[:])
+		saLen = unix.SizeofSockaddrInet4
+	} else {
+		binary.NativeEndian.PutUint16(sa[0:], unix.AF_INET6)
+		binary.BigEndian.PutUint16(sa[2:], client.Port())
+		a := client.Addr().As16() // an IPv4 client v4-mapped
+		copy(sa[8:24], a[:])
+		saLen = unix.SizeofSockaddrInet6
+	}
+	var errno syscall.Errno
+	err = rc.Write(func(fd uintptr) bool {
+		_, _, errno = unix.RawSyscall6(unix.SYS_SENDTO, fd, uintptr(unsafe.Pointer(&reply[0])), uintptr(len(reply)),
+			unix.MSG_DONTWAIT, uintptr(unsafe.Pointer(&sa[0])), uintptr(saLen))
+		return errno != unix.EAGAIN && errno != unix.EINTR
+	})
+	if err != nil {
+		return err
+	}
+	if errno != 0 {
+		return os.NewSyscallError("sendto", errno)
+	}
 	return nil
 }
 

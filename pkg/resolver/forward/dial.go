@@ -31,39 +31,37 @@ var errNotUnicast = errors.New("not a unicast address")
 // stack of every goroutine waiting on its exchange from 8 to 16 KiB
 // (resolver.TestMemoryPerConnectionAndForward: 22 KB per forwarded query
 // waiting, against 13.7 KB).
-// It is an os.File, not a net.UDPConn: os.NewFile puts the non-blocking
-// descriptor itself in the netpoller (its deadlines and SyscallConn's
-// waits work as a net.Conn's), where net.FileConn would duplicate it,
-// ask the kernel what the duplicate is (fcntl, getsockopt, getsockname,
-// getpeername), register it, and take the first one out of the netpoller
-// and close it: 8 system calls more for every exchange.
-func dialUDP(upstream netip.AddrPort) (*os.File, error) {
+// It is a descriptor of its own, in no netpoller: the Forwarder's
+// udpPoller waits for it, and every call on it is raw (rawsys.go). Before,
+// an os.File (os.NewFile put it in the netpoller: an fcntl, and an
+// epoll_ctl to add it and one to remove it), and before that a
+// net.UDPConn (net.FileConn: 8 system calls more for every exchange).
+// The caller closes it (rawClose).
+func dialUDP(upstream netip.AddrPort) (int, error) {
 	if upstream.Addr().IsMulticast() {
-		return nil, errNotUnicast
+		return -1, errNotUnicast
 	}
 	family, sa, err := sockaddr(upstream)
 	if err != nil {
-		return nil, err
+		return -1, err
 	}
 	fd, err := unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
-		return nil, os.NewSyscallError("socket", err)
+		return -1, os.NewSyscallError("socket", err)
 	}
 	level, opt := unix.IPPROTO_IP, unix.IP_RECVERR
 	if family == unix.AF_INET6 {
 		level, opt = unix.IPPROTO_IPV6, unix.IPV6_RECVERR
 	}
-	if err := unix.SetsockoptInt(fd, level, opt, 1); err != nil {
-		unix.Close(fd)
-		return nil, os.NewSyscallError("setsockopt IP_RECVERR", err)
+	if err := rawSetsockoptInt(fd, level, opt, 1); err != nil {
+		rawClose(fd)
+		return -1, os.NewSyscallError("setsockopt IP_RECVERR", err)
 	}
-	if err := unix.Connect(fd, sa); err != nil {
-		unix.Close(fd)
-		return nil, os.NewSyscallError("connect", err)
+	if err := rawConnect(fd, sa); err != nil {
+		rawClose(fd)
+		return -1, os.NewSyscallError("connect", err)
 	}
-	// The name is in the errors of the file's own methods, which exchangeUDP
-	// wraps with the upstream.
-	return os.NewFile(uintptr(fd), "udp"), nil
+	return fd, nil
 }
 
 // sockaddr is upstream as a socket address, with its family.

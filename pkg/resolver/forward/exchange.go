@@ -37,6 +37,10 @@ var (
 // upstream; the client gets SERVFAIL, and the agent serves on.
 var errNoSocket = errors.New("no socket for the exchange")
 
+// errNoPoller reports a UDP exchange whose Forwarder could not make its
+// epoll set (udpPoller), for want of a descriptor or memory as well.
+var errNoPoller = fmt.Errorf("no epoll set for UDP exchanges: %w", errNoSocket)
+
 // dialError is the error of an exchange's failed dial: errNoSocket when
 // no socket could be opened.
 func dialError(ctx context.Context, proto string, upstream netip.AddrPort, err error) error {
@@ -62,12 +66,12 @@ func refused(v quota.Verdict) error {
 // are taken from budget, for the source ctx carries (quota.WithSource), and
 // stay taken when it is returned. Over UDP, rs (nil: none) may send the
 // query again on the exchange's socket while it waits, and icmp is told of
-// the ICMP errors the exchange ignored.
-func exchange(ctx context.Context, upstream netip.AddrPort, query []byte, q dnswire.Question, tcp bool, budget *quota.Budget, rs *resender, icmp *icmpLog) ([]byte, error) {
+// the ICMP errors the exchange ignored; p waits for its socket.
+func exchange(ctx context.Context, upstream netip.AddrPort, query []byte, q dnswire.Question, tcp bool, budget *quota.Budget, rs *resender, icmp *icmpLog, p *udpPoller) ([]byte, error) {
 	if tcp {
 		return exchangeTCP(ctx, upstream, query, q, budget)
 	}
-	return exchangeUDP(ctx, upstream, query, q, budget, rs, icmp)
+	return exchangeUDP(ctx, upstream, query, q, budget, rs, icmp, p)
 }
 
 // exchangeUDP reads from a connected socket of its own, so packets from other
@@ -78,37 +82,40 @@ func exchange(ctx context.Context, upstream netip.AddrPort, query []byte, q dnsw
 // slow upstream costs no 64 KiB, and a big reply only what it is. The
 // socket is rs's to send the query on again until the exchange ends: the
 // reply to either datagram, which carry the same ID, is the one.
-func exchangeUDP(ctx context.Context, upstream netip.AddrPort, query []byte, q dnswire.Question, budget *quota.Budget, rs *resender, icmp *icmpLog) ([]byte, error) {
-	conn, err := dialUDP(upstream) // IP_RECVERR set: an ICMP error about the query is queued
+func exchangeUDP(ctx context.Context, upstream netip.AddrPort, query []byte, q dnswire.Question, budget *quota.Budget, rs *resender, icmp *icmpLog, p *udpPoller) ([]byte, error) {
+	fd, err := dialUDP(upstream) // IP_RECVERR set: an ICMP error about the query is queued
 	if err != nil {
 		return nil, dialError(ctx, "udp", upstream, err)
 	}
-	defer conn.Close()
-	defer interruptOnDone(ctx, conn)()
-	rc, err := conn.SyscallConn()
+	defer rawClose(fd) // which takes it out of p's set
+	w, err := p.add(fd)
 	if err != nil {
-		return nil, err
+		return nil, dialError(ctx, "udp", upstream, err)
 	}
-	s := udpSocket{rc: rc, upstream: upstream, icmp: icmp}
+	defer p.remove(w)
+	s := udpSocket{fd: fd, w: w, poller: p, ctx: ctx, upstream: upstream, icmp: icmp}
 	// Known to rs before the upstream can get the query; forgotten before
 	// the socket is closed.
-	rs.sent(conn, upstream, query)
-	defer rs.done(conn)
-	// The query leaves where the wait for its reply begins. One that did
-	// not leave for want of room (EAGAIN), or for the socket's pending
-	// error (an ICMP error's, about a resend), is written again by
-	// writeUDP, which waits for room; any other error (EPERM: the node
-	// rejects it, a Service without endpoints) ends the exchange, as
-	// writeUDP's would, without a second try.
-	sendErr, err := s.sendAndWait(query)
+	rs.sent(fd, upstream, query)
+	defer rs.done(fd)
+	// The query leaves once the socket is in p's set, so nothing that
+	// comes after can be missed. One that did not leave for want of room
+	// (EAGAIN), or for the socket's pending error (an ICMP error's, about
+	// a resend), is written again by s.write, which waits for room; any
+	// other error (EPERM: the node rejects it, a Service without
+	// endpoints) ends the exchange, as s.write's would, without a second
+	// try. No read is tried before the first wait: the reply cannot have
+	// come yet.
+	_, sendErr := rawWrite(fd, query)
 	switch {
 	case sendErr == unix.EAGAIN || icmpErrno(sendErr):
-		if err := writeUDP(conn, query); err != nil {
+		if err := s.write(query); err != nil {
 			return nil, ctxErrOr(ctx, fmt.Errorf("send udp %s: %w", upstream, err))
 		}
 	case sendErr != nil:
 		return nil, ctxErrOr(ctx, fmt.Errorf("send udp %s: %w", upstream, os.NewSyscallError("write", sendErr)))
-	case err != nil:
+	}
+	if err := s.wait(); err != nil {
 		return nil, ctxErrOr(ctx, fmt.Errorf("read udp %s: %w", upstream, err))
 	}
 	src := quota.SourceFrom(ctx)
@@ -253,8 +260,7 @@ func interruptOnDone(ctx context.Context, conn deadliner) (stop func()) {
 // interrupt makes blocked I/O on conn return at once.
 func interrupt(conn deadliner) { _ = conn.SetDeadline(time.Unix(1, 0)) }
 
-// deadliner is an exchange's socket: a net.Conn over TCP, an os.File over
-// UDP (dialUDP).
+// deadliner is a TCP exchange's connection.
 type deadliner interface{ SetDeadline(time.Time) error }
 
 // ctxErrOr prefers the context's error, so an I/O error caused by the

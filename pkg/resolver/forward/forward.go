@@ -46,7 +46,8 @@ type Forwarder struct {
 	maxUpstreamSeries int
 	knownUpstreams    []netip.AddrPort
 	upstreams         *upstreamMetrics
-	icmp              icmpLog // the ICMP errors UDP exchanges ignored
+	icmp              icmpLog    // the ICMP errors UDP exchanges ignored
+	udp               *udpPoller // waits for the UDP exchanges' sockets
 
 	cache *cache // nil when caching is disabled
 
@@ -152,6 +153,7 @@ func New(opts ...Option) *Forwarder {
 	f.upstreams = newUpstreamMetrics(f.maxUpstreamSeries, f.knownUpstreams, f.now)
 	f.icmp.metrics, f.icmp.log = f.upstreams, f.log
 	f.base, f.stop = context.WithCancel(context.Background())
+	f.udp = newUDPPoller()
 	return f
 }
 
@@ -172,6 +174,7 @@ func (f *Forwarder) Close() error {
 	f.mu.Unlock()
 	f.stop()
 	f.wg.Wait()
+	f.udp.close()
 	return nil
 }
 
@@ -528,7 +531,7 @@ func (f *Forwarder) ask(ctx context.Context, upstream netip.AddrPort, query []by
 		proto = "tcp"
 	}
 	start := time.Now()
-	reply, err := exchange(ctx, upstream, query, q, tcp, f.budget, rs, &f.icmp)
+	reply, err := exchange(ctx, upstream, query, q, tcp, f.budget, rs, &f.icmp, f.udp)
 	if err != nil {
 		result := resultError
 		switch {

@@ -1,8 +1,8 @@
 package forward
 
 import (
+	"context"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -53,74 +53,82 @@ import (
 // had no room for.
 
 // udpSocket reads the datagrams of an exchange's connected socket, reading
-// its error queue on every error (see above).
+// its error queue on every error (see above). Its waits are its poller's
+// (udpPoller), until ctx ends.
 type udpSocket struct {
-	rc       syscall.RawConn
+	fd       int
+	w        *udpWait
+	poller   *udpPoller
+	ctx      context.Context
 	upstream netip.AddrPort
 	icmp     *icmpLog
 }
 
+// wait waits until the socket has something new, or ctx ends (its error).
+func (s *udpSocket) wait() error { return s.poller.wait(s.ctx, s.w) }
+
 // recv receives the datagram queued first on the socket into buf, or with
 // peek returns its size without reading it (MSG_PEEK|MSG_TRUNC with no
-// buffer: Linux returns the real length). It waits in the netpoller while
-// nothing is queued, and reads on past ICMP errors to ignore. An ICMP error
-// that ends the exchange is returned as its errno (syscall.ECONNREFUSED
-// for a port unreachable), wrapped.
+// buffer: Linux returns the real length). It waits while nothing is
+// queued, and reads on past ICMP errors to ignore. An ICMP error that
+// ends the exchange is returned as its errno (syscall.ECONNREFUSED for a
+// port unreachable), wrapped.
 func (s *udpSocket) recv(buf []byte, peek bool) (int, error) {
-	var n int
-	var rerr error
-	first := true
-	err := s.rc.Read(func(fd uintptr) bool {
-		for {
-			if peek {
-				n, rerr = peekSize(int(fd))
-			} else {
-				n, rerr = unix.Read(int(fd), buf)
-			}
-			again := errors.Is(rerr, unix.EAGAIN)
-			if rerr == nil || again && first {
-				first = false
-				return !again
-			}
-			if !again && !icmpErrno(rerr) {
-				return true // not an ICMP error's: the exchange ends with it
-			}
-			// An ICMP error pending, or woken with nothing to read: perhaps
-			// by an ICMP error whose pending error a resend's write took
-			// (a send returns it as a receive does). The queue says.
-			if ends := s.readErrorQueue(int(fd)); ends != nil {
-				rerr = ends
-				return true
-			}
-			if again {
-				return false
-			}
-			// Only errors to ignore: read on.
+	for {
+		var n int
+		var err error
+		if peek {
+			n, err = peekSize(s.fd)
+		} else {
+			n, err = rawRead(s.fd, buf)
 		}
-	})
-	if err != nil {
-		return 0, err
+		again := err == unix.EAGAIN
+		if err == nil {
+			return n, nil
+		}
+		if !again && !icmpErrno(err) {
+			return 0, err // not an ICMP error's: the exchange ends with it
+		}
+		// An ICMP error pending, or nothing to read: perhaps after an ICMP
+		// error whose pending error a resend's write took (a send returns
+		// it as a receive does). The queue says.
+		if ends := s.readErrorQueue(s.fd); ends != nil {
+			return 0, ends
+		}
+		if again {
+			if err := s.wait(); err != nil {
+				return 0, err
+			}
+		}
+		// Only errors to ignore, or woken: read on.
 	}
-	return n, rerr
 }
 
-// sendAndWait sends the query b on the socket and waits until something
-// arrives on it (a datagram, an error), without reading it. The wait is
-// armed before b leaves, so nothing that comes after can be missed, and no
-// read is tried first: the reply cannot have come yet (recv, which reads
-// before it waits, would find nothing). A failed send returns its error,
-// from unix.Write, before any wait.
-func (s *udpSocket) sendAndWait(b []byte) (sendErr, err error) {
-	sent := false
-	err = s.rc.Read(func(fd uintptr) bool {
-		if sent {
-			return true // woken: something to read
+// write sends b on the socket, waiting for room while there is none. A
+// send returns the socket's pending error, as a receive does, and sends
+// nothing: an ICMP error's, which the error queue keeps for the reader
+// to judge, is no reason to send nothing, and b is sent again, once.
+func (s *udpSocket) write(b []byte) error {
+	askedRoom := false
+	for {
+		err := sendUDP(s.fd, b)
+		if err != unix.EAGAIN {
+			if err != nil {
+				err = os.NewSyscallError("write", err)
+			}
+			return err
 		}
-		sent = true
-		_, sendErr = unix.Write(int(fd), b)
-		return sendErr != nil
-	})
-	return sendErr, err
+		if !askedRoom {
+			askedRoom = true
+			if err := s.poller.wantRoom(s.fd, s.w); err != nil {
+				return os.NewSyscallError("epoll_ctl", err)
+			}
+			continue // room may have come before it was asked for
+		}
+		if err := s.wait(); err != nil {
+			return err
+		}
+	}
 }
 
 // peekSize is the size of the datagram queued first on fd, which stays
@@ -128,21 +136,20 @@ func (s *udpSocket) sendAndWait(b []byte) (sendErr, err error) {
 // real length), nor an address, which unix.Recvfrom would make (asking
 // the socket its protocol: a system call more).
 func peekSize(fd int) (int, error) {
-	n, _, errno := unix.Syscall6(unix.SYS_RECVFROM, uintptr(fd), 0, 0, unix.MSG_PEEK|unix.MSG_TRUNC|unix.MSG_DONTWAIT, 0, 0)
+	n, _, errno := unix.RawSyscall6(unix.SYS_RECVFROM, uintptr(fd), 0, 0, unix.MSG_PEEK|unix.MSG_TRUNC|unix.MSG_DONTWAIT, 0, 0)
 	if errno != 0 {
 		return 0, errno
 	}
 	return int(n), nil
 }
 
-// writeUDP sends b on conn. A send returns the socket's pending error, as
-// a receive does, and sends nothing: an ICMP error's, which the error
-// queue keeps for the reader to judge, is no reason to send nothing, and
-// b is sent again, once.
-func writeUDP(conn *os.File, b []byte) error {
-	_, err := conn.Write(b)
-	if errno, ok := errors.AsType[syscall.Errno](err); ok && icmpErrno(errno) {
-		_, err = conn.Write(b)
+// sendUDP sends b on fd without waiting. A send returns the socket's
+// pending error, as a receive does, and sends nothing: an ICMP error's is
+// no reason to send nothing, and b is sent again, once.
+func sendUDP(fd int, b []byte) error {
+	_, err := rawWrite(fd, b)
+	if icmpErrno(err) {
+		_, err = rawWrite(fd, b)
 	}
 	return err
 }

@@ -2,7 +2,6 @@ package forward
 
 import (
 	"net/netip"
-	"os"
 	"sync"
 	"time"
 )
@@ -37,9 +36,13 @@ type resender struct {
 	last    time.Time // when the query last went out
 }
 
-// waiter is an exchange waiting for its upstream's reply on conn.
+// waiter is an exchange waiting for its upstream's reply on its socket
+// fd, which stays open while it is among the resender's waiting: the
+// resender writes to it under its lock, and the exchange forgets it
+// (done) before it closes it, so a resend never reaches a descriptor
+// number the agent reused since.
 type waiter struct {
-	conn     *os.File
+	fd       int
 	upstream netip.AddrPort
 }
 
@@ -49,28 +52,28 @@ func (r *resender) init(now func() time.Time, m *upstreamMetrics) {
 	r.waiting = r.one[:0]
 }
 
-// sent records that query went to upstream on conn, which waits for the
+// sent records that query goes to upstream on fd, which waits for the
 // reply until done is called with it.
-func (r *resender) sent(conn *os.File, upstream netip.AddrPort, query []byte) {
+func (r *resender) sent(fd int, upstream netip.AddrPort, query []byte) {
 	if r == nil {
 		return
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.query = query
-	r.waiting = append(r.waiting, waiter{conn, upstream})
+	r.waiting = append(r.waiting, waiter{fd, upstream})
 	r.last = r.now()
 }
 
-// done forgets conn: its exchange ended.
-func (r *resender) done(conn *os.File) {
+// done forgets fd: its exchange ended, and closes it next.
+func (r *resender) done(fd int) {
 	if r == nil {
 		return
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for i, w := range r.waiting {
-		if w.conn == conn {
+		if w.fd == fd {
 			r.waiting = append(r.waiting[:i], r.waiting[i+1:]...)
 			return
 		}
@@ -90,12 +93,12 @@ func (r *resender) resend(reason string) {
 		return
 	}
 	r.last = now
-	query, waiting := r.query, append([]waiter(nil), r.waiting...)
-	r.mu.Unlock()
-	// A socket whose exchange ends meanwhile is closed: the write fails,
-	// and nothing is counted.
-	for _, w := range waiting {
-		if err := writeUDP(w.conn, query); err == nil {
+	defer r.mu.Unlock()
+	// Under the lock, which holds every socket waiting open; no write
+	// waits (a socket with no room sends nothing, and nothing is
+	// counted).
+	for _, w := range r.waiting {
+		if err := sendUDP(w.fd, r.query); err == nil {
 			r.metrics.resent(w.upstream, reason)
 		}
 	}
