@@ -7,9 +7,10 @@
 // Every read is bounds-checked against the message. Compression pointers
 // are stepped over, not followed, so no input can make a reader loop or
 // read past the message; a name that must be read (the question's) may not
-// be compressed at all. The one exception, readName (for a CNAME's target,
-// and to compare two owners when a cut keeps whole RRsets), follows at
-// most maxPointers of them per name.
+// be compressed at all. The exceptions, readName (for a CNAME's target,
+// and to compare two owners when a cut keeps whole RRsets) and checkName
+// (a reply is cached or cut only when every pointer leads back to a prior
+// name), follow at most maxPointers of them per name.
 package dnswire
 
 import (

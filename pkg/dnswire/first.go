@@ -72,10 +72,13 @@ func PlanRotation(msg []byte) *RotationPlan {
 // neither copied nor aged. p is msg's plan (PlanRotation). A run is moved
 // when the plan found it movable: in msg as planned, not as aged, whose
 // TTLs' octets may read as a pointer into a run (and so leave a whole
-// message's run unmoved) or no longer do. A record too large to read is
-// left out, or stood in for, as FirstRecordsIn does. ok is false, and dst
-// returned as it was, when that leaves nothing out of msg (found without
-// a walk when the plan's records fit in the room) or msg does not parse.
+// message's run unmoved) or no longer do. msg is a reply ScanReply
+// accepted (ttlOffsets are its): its names lead back only, to prior names
+// and through no TTL (checkName), so those kept read as they did, aged. A
+// record too large to read is left out, or stood in for, as
+// FirstRecordsIn does. ok is false, and dst returned as it was, when that
+// leaves nothing out of msg (found without a walk when the plan's records
+// fit in the room) or msg does not parse.
 func AppendFirst(dst, msg []byte, p *RotationPlan, id uint16, n, room int, ttlOffsets []uint16, elapsed uint32) (out []byte, ok bool) {
 	h, err := ReadHeader(msg)
 	records := int(h.ANCount) + int(h.NSCount) + int(h.ARCount)

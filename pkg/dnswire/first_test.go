@@ -220,11 +220,12 @@ func TestFirstAnswers(t *testing.T) {
 }
 
 // FuzzAppendFirst checks the reads of a reply's first records on hostile
-// replies (a pod's nameserver's): they never panic, and keep no more
-// records than asked. (A name that points forward, past what they keep,
-// no longer reads: RFC 1035 4.1.4 has pointers lead to a prior name, and
-// PlanFit's cut drops such targets alike.) Seeds: the replies
-// FuzzScanReply starts from and firstSamples.
+// replies (a pod's nameserver's): they never panic, keep no more records
+// than asked, and what they keep walks, and reads in miekg/dns when the
+// whole did (a name a pointer leads past the records kept, or into the
+// header, would not: such replies are refused, checkName). Seeds: the
+// replies FuzzScanReply starts from and firstSamples; testdata has the
+// fuzzer's finds.
 func FuzzAppendFirst(f *testing.F) {
 	for _, msg := range sampleReplies(f) {
 		f.Add(msg, uint16(1), uint16(1), uint16(0xFFFF))
@@ -237,9 +238,13 @@ func FuzzAppendFirst(f *testing.F) {
 		f.Add(msg, uint16(3), uint16(112), uint16(1220))
 	}
 	f.Fuzz(func(t *testing.T, msg []byte, id, n, room uint16) {
+		whole := new(dns.Msg).Unpack(msg) == nil
 		if first, err := FirstAnswers(msg, int(n)); err == nil {
 			if h, _ := ReadHeader(first); int(h.ANCount)+int(h.NSCount) > int(n) || h.ARCount > 1 {
 				t.Fatalf("FirstAnswers(%x, %d) = %x: %d answer and authority records, %d additional", msg, n, first, int(h.ANCount)+int(h.NSCount), h.ARCount)
+			}
+			if err := new(dns.Msg).Unpack(first); whole && err != nil {
+				t.Fatalf("FirstAnswers(%x, %d) = %x, which miekg/dns does not read: %v", msg, n, first, err)
 			}
 		}
 		s, err := ScanReply(msg)
@@ -272,6 +277,9 @@ func FuzzAppendFirst(f *testing.F) {
 		}
 		if _, err := ScanReply(out); err != nil {
 			t.Fatalf("AppendFirst(%x, %d) = %x, which does not walk: %v", msg, n, out, err)
+		}
+		if err := new(dns.Msg).Unpack(out); whole && err != nil {
+			t.Fatalf("AppendFirst(%x, %d) = %x, which miekg/dns does not read: %v", msg, n, out, err)
 		}
 	})
 }

@@ -32,15 +32,17 @@ type Fit struct {
 // Where the cut falls in the additional section, it keeps whole RRsets, as
 // BIND and unbound do: the records of the set the first one left out
 // belongs to are left out with it, since without TC a client would take
-// the part for the whole (RFC 2181 5). It fails on a malformed message
-// and when the header, question and OPT alone exceed limit.
+// the part for the whole (RFC 2181 5). It fails on a malformed message,
+// on one with a compression pointer that does not lead back to a prior
+// name (checkName: a name the cut keeps might not read), and when the
+// header, question and OPT alone exceed limit.
 func PlanFit(msg []byte, limit int) (Fit, error) {
 	f := Fit{optOff: -1}
 	h, err := ReadHeader(msg)
 	if err != nil {
 		return f, err
 	}
-	off, err := skipQuestions(msg, HeaderLen, int(h.QDCount))
+	off, err := checkQuestions(msg, HeaderLen, int(h.QDCount))
 	if err != nil {
 		return f, err
 	}
@@ -55,6 +57,9 @@ func PlanFit(msg []byte, limit int) (Fit, error) {
 			additional = off
 		}
 		fixed, end, err := skipRR(msg, off)
+		if err == nil {
+			err = checkNames(msg, off, fixed, end, nil)
+		}
 		if err != nil {
 			return f, err
 		}
@@ -163,7 +168,8 @@ const AnyRoom = 1 << 30
 // records kept when it came later (its owner is the root, so moving it
 // breaks no pointer); the TC flag is left as it was. Kept records stay
 // where they are, so their compression pointers to earlier names stay
-// valid. It fails on a malformed message.
+// valid. It fails on a malformed message, and on one with a compression
+// pointer that does not lead back to a prior name (checkName).
 //
 // The one past the room is not copied when it is larger than the room
 // itself (tooLargeToRead): a hostile nameserver's single record of 64 KB
@@ -178,7 +184,7 @@ func FirstRecordsIn(msg []byte, n, room int) (first []byte, dropped bool, err er
 	if err != nil {
 		return nil, false, err
 	}
-	off, err := skipQuestions(msg, HeaderLen, int(h.QDCount))
+	off, err := checkQuestions(msg, HeaderLen, int(h.QDCount))
 	if err != nil {
 		return nil, false, err
 	}
@@ -196,6 +202,9 @@ func FirstRecordsIn(msg []byte, n, room int) (first []byte, dropped bool, err er
 			additional = off
 		}
 		fixed, end, err := skipRR(msg, off)
+		if err == nil {
+			err = checkNames(msg, off, fixed, end, nil)
+		}
 		if err != nil {
 			return nil, false, err
 		}

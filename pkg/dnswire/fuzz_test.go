@@ -145,7 +145,8 @@ func FuzzScanReply(f *testing.F) {
 // FuzzPlanFit checks the cut the resolver applies to forwarded replies
 // over a client's UDP buffer: it never panics, a reply it cuts is within
 // the limit, with TC when it left out an answer or authority record and
-// only then (or when the reply had it). Seeds: the replies FuzzScanReply
+// only then (or when the reply had it), and reads in miekg/dns when the
+// whole did. Seeds: the replies FuzzScanReply
 // starts from, and SRV replies with glue (srvReply).
 func FuzzPlanFit(f *testing.F) {
 	for _, msg := range sampleReplies(f) {
@@ -166,6 +167,9 @@ func FuzzPlanFit(f *testing.F) {
 		out := fit.Apply(slices.Clone(msg))
 		if len(out) > int(limit) || len(out) < HeaderLen {
 			t.Fatalf("cut to %d octets, limit %d", len(out), limit)
+		}
+		if err := new(dns.Msg).Unpack(out); err != nil && new(dns.Msg).Unpack(msg) == nil {
+			t.Fatalf("%x cut to %d: %x, which miekg/dns does not read: %v", msg, limit, out, err)
 		}
 		was, cut := mustHeader(t, msg), mustHeader(t, out)
 		answersCut := cut.ANCount < was.ANCount || cut.NSCount < was.NSCount

@@ -29,8 +29,11 @@ type Reply struct {
 }
 
 // ScanReply walks every record of a reply. It rejects anything malformed,
-// a reply with more than one OPT record among them (RFC 6891 6.1.1), and a
-// message longer than 64 KiB (TTL offsets are 16-bit). TTLOffsets is
+// a reply with more than one OPT record among them (RFC 6891 6.1.1), a
+// compression pointer, in a name or in the names of record data, that
+// does not lead back to a prior name, or leads through a TTL (checkName:
+// a cut, or ageing, would change what it reads), and a message longer
+// than 64 KiB (TTL offsets are 16-bit). TTLOffsets is
 // a new slice, sized for the records the message can hold.
 func ScanReply(msg []byte) (Reply, error) {
 	var s Reply
@@ -42,7 +45,7 @@ func ScanReply(msg []byte) (Reply, error) {
 		return s, err
 	}
 	s.Header = h
-	off, err := skipQuestions(msg, HeaderLen, int(h.QDCount))
+	off, err := checkQuestions(msg, HeaderLen, int(h.QDCount))
 	if err != nil {
 		return s, fmt.Errorf("question: %w", err)
 	}
@@ -68,11 +71,17 @@ func ScanReply(msg []byte) (Reply, error) {
 			}
 			opt = true
 		}
+		if rr.Type != typeOPT {
+			s.TTLOffsets = append(s.TTLOffsets, uint16(rr.TTLOff))
+		}
+		// With its own TTL among those its names may not lead through.
+		if err := checkNames(msg, off, rr.TTLOff-4, rr.End, s.TTLOffsets); err != nil {
+			return s, fmt.Errorf("record %d: %w", i, err)
+		}
 		off = rr.End
 		if rr.Type == typeOPT {
 			continue
 		}
-		s.TTLOffsets = append(s.TTLOffsets, uint16(rr.TTLOff))
 		ttl := readTTL(msg, rr.TTLOff)
 		switch {
 		case i < answers:
