@@ -134,6 +134,7 @@ type agentFlags struct {
 	vipSource               string
 	defaultExportTo         string
 	istioNamespace          string
+	ztunnelNamespace        string
 	istioRevision           string
 	cacheBytes              *byteSize
 	podQPS                  float64
@@ -215,6 +216,7 @@ func addAgentFlags(fs *pflag.FlagSet) *agentFlags {
 	fs.StringVar(&f.vipSource, "vip-source", string(vip.SourceAuto), "where auto-allocated ServiceEntry VIPs come from: auto (istiod's status.addresses when istiod allocates, else ztdns's allocator), istiod (status.addresses only), ztdns (its own allocator only) or none (no VIP: hosts without spec.addresses are forwarded, for istiod with PILOT_ENABLE_IP_AUTOALLOCATE off); see README")
 	fs.StringVar(&f.defaultExportTo, "default-service-export-to", "", "exportTo of a ServiceEntry that gives none: comma-separated, \".\" (its own namespace), \"*\" (every namespace), \"~\" (none) or namespace names; Services are seen from every namespace whatever it says. Not given: Istio's MeshConfig defaultServiceExportTo, which the agent reads from istiod's istio ConfigMap in --istio-namespace (istio-REVISION with --istio-revision) and follows as it changes (with --config-dir, or when the mesh config gives none: \"*\", Istio's default); given, it wins over the mesh config")
 	fs.StringVar(&f.istioNamespace, "istio-namespace", "istio-system", "istiod's `NAMESPACE`, where the agent reads its VIP allocator lock (--vip-source=auto) and its mesh config (--default-service-export-to)")
+	fs.StringVar(&f.ztunnelNamespace, "ztunnel-namespace", "", "Istio's ztunnel's `NAMESPACE`, where the agent looks for the node's ztunnel pod (label app=ztunnel) to compare its revision with --istio-revision (default: --istio-namespace, as Istio's trustedZtunnelNamespace; kube-system for Istio on OpenShift)")
 	fs.StringVar(&f.istioRevision, "istio-revision", "", "the Istio `REVISION` of the node's ztunnel: that of the istiod it connects to, whose mesh config the agent follows (the ConfigMap istio-REVISION in --istio-namespace, as istiod reads it; empty or default: istio), and whose ServiceEntries it answers: those labelled istio.io/rev with another revision (empty: default), which that istiod ignores and ztunnel does not route, are forwarded. It must move with ztunnel in an upgrade; ztdns status warns while the node's ztunnel runs another (its pod's istio.io/rev annotation, default without one)")
 	f.cacheBytes = &byteSize{n: forward.DefaultCacheBytes}
 	fs.Var(f.cacheBytes, "cache-bytes", "bytes the cache of upstream answers may hold, e.g. 4Mi; once it is full, a pod over its share (an eighth) replaces only its own answers, and other pods' misses take back what it holds past its share")
@@ -392,6 +394,19 @@ func (f *agentFlags) check(fs *pflag.FlagSet) error {
 			return usagef("--cni-install: the CNI plugin would refuse its configuration: %w", err)
 		}
 	}
+	// A name no namespace can have finds no istiod or ztunnel, which
+	// would show only as an absent mesh config, or not at all.
+	if err := checkNamespace(f.istioNamespace); err != nil {
+		return usagef("--istio-namespace %q: %w", f.istioNamespace, err)
+	}
+	if err := checkNamespace(f.ztunnelNamespace); err != nil {
+		return usagef("--ztunnel-namespace %q: %w", f.ztunnelNamespace, err)
+	}
+	// Nothing would compare ztunnel's revision: refused rather than
+	// ignored.
+	if f.istioNamespace == "" && f.ztunnelNamespace != "" {
+		return usagef("--ztunnel-namespace with --istio-namespace empty: without istiod there is no revision to compare ztunnel's with")
+	}
 	if f.vips, err = vip.ParseSource(f.vipSource); err != nil {
 		return usagef("--vip-source: %w", err)
 	}
@@ -442,7 +457,7 @@ func (f *agentFlags) source(fs *pflag.FlagSet, log *slog.Logger) (source.Source,
 		// client-go logs through klog: route it into the same structured log.
 		klog.SetSlogLogger(log)
 		return kube.New(rc, kube.WithLogger(log), kube.WithNodeName(f.nodeName), kube.WithIstioNamespace(f.istioNamespace),
-			kube.WithIstioRevision(f.istioRevision), kube.WithClusterDomain(f.domain)), nil
+			kube.WithZtunnelNamespace(f.ztunnelNamespace), kube.WithIstioRevision(f.istioRevision), kube.WithClusterDomain(f.domain)), nil
 	}
 }
 
@@ -523,6 +538,15 @@ func (f *agentFlags) config(src source.Source, node resolvconf.Config, upstreams
 		MaxNamespaceSeries: f.maxNamespaces,
 		MaxUpstreamSeries:  f.maxUpstreams,
 	}
+}
+
+// checkNamespace refuses a name no namespace can have; empty is the
+// flag's "none" or "default", and passes.
+func checkNamespace(name string) error {
+	if msgs := validation.IsDNS1123Label(name); name != "" && len(msgs) > 0 {
+		return fmt.Errorf("not a namespace name: %s", strings.Join(msgs, "; "))
+	}
+	return nil
 }
 
 // namespaceList is --exclude-namespaces without blanks and empty entries.

@@ -371,6 +371,24 @@ func TestChartAgent(t *testing.T) {
 			}),
 		},
 		{
+			// As Istio's trustedZtunnelNamespace, which its OpenShift
+			// profile sets: the agent looks for the node's ztunnel there.
+			name:  "ztunnel in kube-system, istiod in istio-system",
+			sets:  []string{"resolver.ztunnelNamespace=kube-system"},
+			kinds: defaultKinds,
+			pod: defaultPod().change(func(w *podWant) {
+				w.args = w.args.with("--ztunnel-namespace=kube-system")
+			}),
+		},
+		{
+			// An upgrade with --reuse-values from a chart without the
+			// value: istiod's namespace, the agent's default.
+			name:  "ztunnel namespace absent: istiod's",
+			sets:  []string{"resolver.ztunnelNamespace=null"},
+			kinds: defaultKinds,
+			pod:   defaultPod(),
+		},
+		{
 			// For istiod with PILOT_ENABLE_IP_AUTOALLOCATE=false.
 			name:  "no VIPs",
 			sets:  []string{"resolver.vipSource=none"},
@@ -970,6 +988,7 @@ func TestChartRejectsBadValues(t *testing.T) {
 		{"no resolver address", "resolver.listen=null", "/resolver"},
 		{"misspelt value", "capture.enable=false", "/capture"},
 		{"an Istio revision that names no ConfigMap", "resolver.istioRevision=Canary_1", "/resolver/istioRevision"},
+		{"a ztunnel namespace no namespace can have", "resolver.ztunnelNamespace=Kube_System", "/resolver/ztunnelNamespace"},
 		{"capture port 53: istio-cni's in-pod rules would take the queries", "capture.port=53", "/capture/port"},
 		{"a capture nameserver by name: the agent takes addresses only", "capture.nameservers={kube-dns.kube-system}", "/capture/nameservers/0"},
 		{"two capture nameservers in one item", `capture.nameservers[0]=10.96.0.10\,169.254.20.10`, "/capture/nameservers/0"},

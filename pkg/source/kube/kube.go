@@ -77,9 +77,12 @@ type Source struct {
 	debounce       time.Duration
 	maxDelay       time.Duration
 	istioNamespace string
-	meshConfigMap  string // MeshConfigMapName of istiod's revision
-	istioRevision  string // istiod's revision (WithIstioRevision)
-	clusterDomain  string // whose server block of kube-dns's Corefile is read
+	// ztunnelNamespace is where the node's ztunnel runs (WithZtunnelNamespace);
+	// empty: istioNamespace.
+	ztunnelNamespace string
+	meshConfigMap    string // MeshConfigMapName of istiod's revision
+	istioRevision    string // istiod's revision (WithIstioRevision)
+	clusterDomain    string // whose server block of kube-dns's Corefile is read
 	// forbiddenRetry is how often what RBAC refuses, and the source can run
 	// without, is asked for again.
 	forbiddenRetry time.Duration

@@ -51,7 +51,7 @@ func newMetrics() *metrics {
 		}, []string{"reason"}),
 		ztunnelRevisionMismatch: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "ztdns_kube_ztunnel_revision_mismatch",
-			Help: "1 while the node's ztunnel follows istiod of another revision than --istio-revision (its pod's istio.io/rev annotation, default without one): ServiceEntries of ztunnel's revision are forwarded, those of the flag's answered with VIPs ztunnel does not route; `ztdns status` names both. 0 otherwise, also with no ztunnel pod on the node.",
+			Help: "1 while the node's ztunnel follows istiod of another revision than --istio-revision (its pod's istio.io/rev annotation, default without one): ServiceEntries of ztunnel's revision are forwarded, those of the flag's answered with VIPs ztunnel does not route; `ztdns status` names both. 0 otherwise, also with no ztunnel pod on the node in --ztunnel-namespace (default: --istio-namespace).",
 		}),
 		meshConfigAbsent: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "ztdns_kube_mesh_config_absent",

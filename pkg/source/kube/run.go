@@ -93,9 +93,10 @@ type run struct {
 	// ignored is what leaveOutIgnored last decided. Owned by Run's
 	// goroutine.
 	ignored ignored
-	// ztunnelState is what followZtunnel last logged. Owned by Run's
-	// goroutine.
-	ztunnelState string
+	// ztunnelState is what followZtunnel last logged, ztunnelMismatch
+	// whether that held a revision mismatch. Owned by Run's goroutine.
+	ztunnelState    string
+	ztunnelMismatch bool
 
 	mu      sync.Mutex
 	pending [numKinds]bool // kinds changed since the last snapshot

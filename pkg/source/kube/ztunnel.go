@@ -36,52 +36,93 @@ import (
 // says so (Warnings, ztdns_kube_ztunnel_revision_mismatch) until the
 // flag moves.
 
+// Istio installs ztunnel in istiod's namespace unless told otherwise:
+// istiod's chart trusts ztunnel there (CA_TRUSTED_NODE_ACCOUNTS
+// NS/ztunnel) unless trustedZtunnelNamespace names another. On OpenShift,
+// which lets privileged pods run in kube-system, ztunnel runs there while
+// istiod stays in istio-system: istioctl's openshift-ambient profile
+// installs it there, and the charts' platform: openshift sets
+// trustedZtunnelNamespace: kube-system. istio-cni, likewise, takes a pod
+// for ztunnel by one namespace and the label app=ztunnel (cni/pkg/util
+// IsZtunnelPod).
+
+// WithZtunnelNamespace sets the namespace of Istio's ztunnel, where the
+// source looks for the node's ztunnel pod (label app=ztunnel) to compare
+// its revision with istiod's. Empty (the default): istiod's namespace
+// (WithIstioNamespace), as Istio's trustedZtunnelNamespace. Without
+// istiod's namespace nothing is compared, whatever this says: with no
+// istiod there is no revision to follow (ignored.go).
+func WithZtunnelNamespace(ns string) Option { return func(s *Source) { s.ztunnelNamespace = ns } }
+
+// ztunnelNamespaceOrIstiod is where the source looks for ztunnel pods.
+func (s *Source) ztunnelNamespaceOrIstiod() string {
+	return cmp.Or(s.ztunnelNamespace, s.istioNamespace)
+}
+
 // ztunnelRevision is the Istio revision of ztunnel pod p: its
 // AnnotationIstioRev, DefaultIstioRevision without one.
 func ztunnelRevision(p *model.Pod) string {
 	return cmp.Or(p.Annotations[model.AnnotationIstioRev], DefaultIstioRevision)
 }
 
-// isZtunnel reports whether p is a pod of Istio's ztunnel in istiod's
-// namespace ns.
-func isZtunnel(p *model.Pod, ns string) bool {
-	return p.Namespace == ns && p.Labels[model.LabelApp] == model.ZtunnelApp
-}
+// isZtunnelApp reports whether p carries the label of Istio's ztunnel
+// pods, in whatever namespace.
+func isZtunnelApp(p *model.Pod) bool { return p.Labels[model.LabelApp] == model.ZtunnelApp }
 
 // followZtunnel compares the revision of the ztunnel pods the source
-// watches (the node's, with a node name) with istiod's, --istio-revision,
-// and says of each that differs, in Warnings and the metric. Pods starting
-// count: a DaemonSet's new pod is the node's ztunnel to be. Logged when
-// what it says changes. Nothing without istiod's namespace.
+// watches (the node's, with a node name) in ztunnel's namespace with
+// istiod's, --istio-revision, and says of each that differs, in Warnings
+// and the metric. Pods starting count: a DaemonSet's new pod is the node's
+// ztunnel to be. With none there, a pod labelled app=ztunnel in another
+// namespace is most likely ztunnel installed elsewhere than the flag says
+// (Istio on OpenShift): that is said too, without the metric, as
+// its revision is not compared. Logged when what it says changes. Nothing
+// without istiod's namespace.
 func (r *run) followZtunnel() {
-	var warnings []string
-	if ns := r.src.istioNamespace; ns != "" {
+	var mismatches, elsewhere []string
+	if r.src.istioNamespace != "" {
+		ns := r.src.ztunnelNamespaceOrIstiod()
+		found := false
+		var others []*model.Pod
 		for i := range r.last.Pods {
 			p := &r.last.Pods[i]
-			if !isZtunnel(p, ns) {
+			if !isZtunnelApp(p) {
 				continue
 			}
+			if p.Namespace != ns {
+				others = append(others, p)
+				continue
+			}
+			found = true
 			rev := ztunnelRevision(p)
 			if rev == r.src.istioRevision {
 				continue
 			}
-			warnings = append(warnings, ztunnelWarning(p, rev, r.src.istioRevision, r.src.meshConfigWhere(), r.meshState == "absent"))
+			mismatches = append(mismatches, ztunnelWarning(p, rev, r.src.istioRevision, r.src.meshConfigWhere(), r.meshState == "absent"))
+		}
+		// One line however many: any pod may carry the label.
+		if !found && len(others) > 0 {
+			elsewhere = append(elsewhere, ztunnelElsewhereWarning(others[0], len(others)-1, ns, r.src.ztunnelNamespace == ""))
 		}
 	}
 	mismatch := 0.0
-	if len(warnings) > 0 {
+	if len(mismatches) > 0 {
 		mismatch = 1
 	}
 	r.src.metrics.ztunnelRevisionMismatch.Set(mismatch)
+	warnings := append(mismatches, elsewhere...)
 	state := strings.Join(warnings, "\n")
 	if state != r.ztunnelState {
-		for _, w := range warnings {
+		for _, w := range mismatches {
 			r.log.Warn("the node's ztunnel follows another istiod than --istio-revision", "detail", w)
 		}
-		if len(warnings) == 0 && r.ztunnelState != "" {
+		for _, w := range elsewhere {
+			r.log.Warn("no ztunnel pod on the node in ztunnel's namespace, but one outside it", "detail", w)
+		}
+		if len(mismatches) == 0 && r.ztunnelMismatch {
 			r.log.Info("the node's ztunnel follows istiod of --istio-revision", "revision", r.src.istioRevision)
 		}
-		r.ztunnelState = state
+		r.ztunnelState, r.ztunnelMismatch = state, len(mismatches) > 0
 	}
 	r.src.mu.Lock()
 	r.src.ztunnelWarnings = warnings
@@ -111,4 +152,27 @@ func ztunnelWarning(p *model.Pod, rev, flag, meshConfig string, meshAbsent bool)
 		"those labelled istio.io/rev=%s are answered with VIPs ztunnel does not route, and %s; "+
 		"set --istio-revision=%s (chart resolver.istioRevision) as ztunnel's upgrade reaches the node",
 		p.Key(), on, rev, how, flag, rev, flag, followed, rev)
+}
+
+// ztunnelElsewhereWarning says that pod p, labelled app=ztunnel, and more
+// others are not in ztunnel's namespace ns, where no ztunnel pod is, so
+// that no revision is compared; defaulted, ns is istiod's namespace (no
+// --ztunnel-namespace).
+func ztunnelElsewhereWarning(p *model.Pod, more int, ns string, defaulted bool) string {
+	on := ""
+	if p.NodeName != "" {
+		on = " on node " + p.NodeName
+	}
+	also := ""
+	if more > 0 {
+		also = fmt.Sprintf(" (and %d more pods so labelled)", more)
+	}
+	flag := "--ztunnel-namespace"
+	if defaulted {
+		flag = "--ztunnel-namespace not given: --istio-namespace"
+	}
+	return fmt.Sprintf("ztunnel %s%s (label app=ztunnel)%s is not in ztunnel's namespace %q (%s), which holds no ztunnel pod: "+
+		"no ztunnel's revision is compared with --istio-revision; if it is the node's ztunnel (Istio on OpenShift runs it in kube-system), "+
+		"set --ztunnel-namespace=%s (chart resolver.ztunnelNamespace)",
+		p.Key(), on, also, ns, flag, p.Namespace)
 }

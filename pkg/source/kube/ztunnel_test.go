@@ -7,7 +7,9 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/ztdns/ztdns/internal/kubetest"
 	"github.com/ztdns/ztdns/pkg/model"
@@ -35,22 +37,8 @@ func TestZtunnelRevisionMismatch(t *testing.T) {
 	for _, rev := range []string{"1-27", "1-28", ""} {
 		createIstiodConfigMap(t, kc, MeshConfigMapName(rev), map[string]string{MeshConfigKey: ""})
 	}
-	ztunnel := func(name, node, rev string) {
-		t.Helper()
-		p := &corev1.Pod{
-			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: DefaultIstioNamespace,
-				Labels: map[string]string{"app": "ztunnel", "istio.io/dataplane-mode": "none"}},
-			Spec: corev1.PodSpec{NodeName: node, Containers: []corev1.Container{{Name: "istio-proxy", Image: "ztunnel"}}},
-		}
-		if rev != "" {
-			p.Annotations = map[string]string{"istio.io/rev": rev}
-		}
-		if _, err := kc.CoreV1().Pods(DefaultIstioNamespace).Create(t.Context(), p, metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	ztunnel("ztunnel-a128", node, "1-28")
-	ztunnel("ztunnel-b127", "node-b", "1-27") // another node's: not watched
+	createZtunnelPod(t, kc, DefaultIstioNamespace, "ztunnel-a128", node, "1-28")
+	createZtunnelPod(t, kc, DefaultIstioNamespace, "ztunnel-b127", "node-b", "1-27") // another node's: not watched
 
 	agents := map[string]*recorder{} // by --istio-revision
 	for _, rev := range []string{"1-27", "1-28", ""} {
@@ -74,13 +62,7 @@ func TestZtunnelRevisionMismatch(t *testing.T) {
 				}
 				return nil
 			})
-			var warnings []error
-			for _, w := range rec.src.Warnings() {
-				if strings.HasPrefix(w.Error(), "ztunnel ") {
-					warnings = append(warnings, w)
-				}
-			}
-			gauge := testutil.ToFloat64(rec.src.metrics.ztunnelRevisionMismatch)
+			warnings, gauge := ztunnelWarnings(rec)
 			if want[flag] == nil {
 				if len(warnings) != 0 || gauge != 0 {
 					t.Errorf("--istio-revision=%q, ztunnel %s: warnings %q, gauge %v; want none, 0", flag, name, warnings, gauge)
@@ -109,7 +91,7 @@ func TestZtunnelRevisionMismatch(t *testing.T) {
 	if err := kc.CoreV1().Pods(DefaultIstioNamespace).Delete(t.Context(), "ztunnel-a128", metav1.DeleteOptions{GracePeriodSeconds: new(int64)}); err != nil {
 		t.Fatal(err)
 	}
-	ztunnel("ztunnel-adef", node, "")
+	createZtunnelPod(t, kc, DefaultIstioNamespace, "ztunnel-adef", node, "")
 	check("ztunnel-adef", map[string][]string{
 		"1-27": {`follows istiod of revision "default" (no istio.io/rev annotation`, `--istio-revision is "1-27"`, "set --istio-revision=default",
 			"mesh config istio-system/istio-1-27 is followed"},
@@ -140,4 +122,96 @@ func TestZtunnelRevisionMismatch(t *testing.T) {
 		"1-27": {`follows istiod of revision "default"`, "and Istio's defaults are followed (mesh config istio-system/istio-1-27 is absent)"},
 		"1-28": {`follows istiod of revision "default"`, `--istio-revision is "1-28"`},
 	})
+}
+
+// TestZtunnelInAnotherNamespace: Istio on OpenShift runs ztunnel in
+// kube-system (istioctl's openshift-ambient profile; the charts'
+// trustedZtunnelNamespace) while istiod stays in istio-system. The node's ztunnel, upgraded to revision 1-28 there, is
+// compared with --istio-revision=1-27 given --ztunnel-namespace=kube-system:
+// `ztdns status` names the pod and both revisions, and
+// ztdns_kube_ztunnel_revision_mismatch is 1; back at 1-27, nothing. An
+// agent without the flag looks in istiod's namespace, as Istio does
+// without trustedZtunnelNamespace: it compares nothing (gauge 0), but says
+// that a pod labelled app=ztunnel is on the node outside it, and which
+// flag to set. (Before, nothing was said at all: the alert could never
+// fire on OpenShift.)
+func TestZtunnelInAnotherNamespace(t *testing.T) {
+	env := kubetest.Start(t)
+	kc := env.Client()
+	const node, ztunnelNS = "node-a", "kube-system"
+	createNamespace(t, kc, DefaultIstioNamespace)
+	// The API server may have made kube-system already.
+	if _, err := kc.CoreV1().Namespaces().Create(t.Context(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ztunnelNS}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
+	createIstiodConfigMap(t, kc, MeshConfigMapName("1-27"), map[string]string{MeshConfigKey: ""})
+	createZtunnelPod(t, kc, ztunnelNS, "ztunnel-k128", node, "1-28")
+
+	flagged := runSource(t, env.Config, WithNodeName(node), WithIstioRevision("1-27"), WithZtunnelNamespace(ztunnelNS))
+	unflagged := runSource(t, env.Config, WithNodeName(node), WithIstioRevision("1-27"))
+	// check waits until rec's snapshot holds ztunnel pod name, then wants
+	// gauge and as many ztunnel warnings as texts, the first holding them.
+	check := func(rec *recorder, agent, name string, gauge float64, texts ...string) {
+		t.Helper()
+		rec.waitFor(t, "ztunnel pod "+name, func(s *model.Snapshot) error {
+			for _, p := range s.Pods {
+				if p.Namespace == ztunnelNS && p.Name == name {
+					return nil
+				}
+			}
+			return fmt.Errorf("no pod %s/%s", ztunnelNS, name)
+		})
+		warnings, g := ztunnelWarnings(rec)
+		if g != gauge || len(warnings) != min(len(texts), 1) {
+			t.Fatalf("%s, ztunnel %s: warnings %q, gauge %v; want %d warning(s), gauge %v", agent, name, warnings, g, min(len(texts), 1), gauge)
+		}
+		for _, s := range texts {
+			if !strings.Contains(warnings[0].Error(), s) {
+				t.Errorf("%s, ztunnel %s: warning %q does not say %q", agent, name, warnings[0], s)
+			}
+		}
+	}
+	check(flagged, "--ztunnel-namespace=kube-system", "ztunnel-k128", 1,
+		`ztunnel kube-system/ztunnel-k128 on node node-a follows istiod of revision "1-28" (its istio.io/rev annotation), but --istio-revision is "1-27"`,
+		"mesh config istio-system/istio-1-27 is followed", "set --istio-revision=1-28")
+	check(unflagged, "no --ztunnel-namespace", "ztunnel-k128", 0,
+		`ztunnel kube-system/ztunnel-k128 on node node-a (label app=ztunnel) is not in ztunnel's namespace "istio-system" (--ztunnel-namespace not given: --istio-namespace)`,
+		"set --ztunnel-namespace=kube-system (chart resolver.ztunnelNamespace)")
+
+	// ztunnel rolled back to 1-27: the flagged agent says nothing.
+	if err := kc.CoreV1().Pods(ztunnelNS).Delete(t.Context(), "ztunnel-k128", metav1.DeleteOptions{GracePeriodSeconds: new(int64)}); err != nil {
+		t.Fatal(err)
+	}
+	createZtunnelPod(t, kc, ztunnelNS, "ztunnel-k127", node, "1-27")
+	check(flagged, "--ztunnel-namespace=kube-system", "ztunnel-k127", 0)
+}
+
+// createZtunnelPod creates ztunnel pod ns/name on node as Istio's ztunnel
+// chart makes it: labelled app=ztunnel, out of the mesh, annotated
+// istio.io/rev with its revision rev when it has one.
+func createZtunnelPod(tb testing.TB, kc kubernetes.Interface, ns, name, node, rev string) {
+	tb.Helper()
+	p := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns,
+			Labels: map[string]string{"app": "ztunnel", "istio.io/dataplane-mode": "none"}},
+		Spec: corev1.PodSpec{NodeName: node, Containers: []corev1.Container{{Name: "istio-proxy", Image: "ztunnel"}}},
+	}
+	if rev != "" {
+		p.Annotations = map[string]string{"istio.io/rev": rev}
+	}
+	if _, err := kc.CoreV1().Pods(ns).Create(tb.Context(), p, metav1.CreateOptions{}); err != nil {
+		tb.Fatal(err)
+	}
+}
+
+// ztunnelWarnings returns rec's source's warnings about ztunnel pods, and
+// its ztdns_kube_ztunnel_revision_mismatch.
+func ztunnelWarnings(rec *recorder) ([]error, float64) {
+	var warnings []error
+	for _, w := range rec.src.Warnings() {
+		if strings.HasPrefix(w.Error(), "ztunnel ") {
+			warnings = append(warnings, w)
+		}
+	}
+	return warnings, testutil.ToFloat64(rec.src.metrics.ztunnelRevisionMismatch)
 }
