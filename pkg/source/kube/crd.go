@@ -39,7 +39,8 @@ const (
 	// serviceEntryGroupVersion and serviceEntryResource are the ServiceEntry
 	// API ztdns watches. Istio serves networking.istio.io/v1 since 1.22; the
 	// older versions carry the same spec and status.
-	serviceEntryGroupVersion = "networking.istio.io/v1"
+	serviceEntryGroupVersion = serviceEntryGroup + "/" + serviceEntryVersion
+	serviceEntryGroup        = "networking.istio.io"
 	serviceEntryVersion      = "v1"
 	serviceEntryResource     = "serviceentries"
 	// ServiceEntryCRD is the name of Istio's ServiceEntry CRD, the one
@@ -147,23 +148,48 @@ func (r *run) followCRD(ctx context.Context, wg *sync.WaitGroup) {
 	}
 }
 
-// serviceEntriesServed asks the discovery API whether ServiceEntries are
-// served (networking.istio.io/v1), for when the CRD may not be read. An
-// error means no answer (the API server is unreachable, say), not
-// "absent".
-func (r *run) serviceEntriesServed(ctx context.Context) (bool, error) {
+// servedVersions asks the discovery API which versions of Istio's
+// networking group serve ServiceEntries, for when the CRD may not be read:
+// v1 alone when it does (one request), else those of the group's other
+// versions that do (Istio before 1.22), so that a CRD without v1 reads as
+// that, not as no Istio. None: no CRD. An error means no answer (the API
+// server is unreachable, say), not "absent".
+func (r *run) servedVersions(ctx context.Context) ([]string, error) {
 	ctx, cancel := context.WithTimeout(ctx, discoveryTimeout)
 	defer cancel()
-	raw, err := r.clients.core.Get().AbsPath("/apis/" + serviceEntryGroupVersion).Do(ctx).Raw()
-	if apierrors.IsNotFound(err) {
-		return false, nil
+	served, err := r.servesServiceEntries(ctx, serviceEntryVersion)
+	switch {
+	case err != nil:
+		return nil, err
+	case served:
+		return []string{serviceEntryVersion}, nil
 	}
-	if err != nil {
-		return false, fmt.Errorf("discovery of %s: %w", serviceEntryGroupVersion, err)
+	var group metav1.APIGroup
+	if found, err := r.discover(ctx, "/apis/"+serviceEntryGroup, &group); err != nil || !found {
+		return nil, err
 	}
+	var out []string
+	for _, v := range group.Versions {
+		if v.Version == serviceEntryVersion {
+			continue
+		}
+		served, err := r.servesServiceEntries(ctx, v.Version)
+		if err != nil {
+			return nil, err
+		}
+		if served {
+			out = append(out, v.Version)
+		}
+	}
+	return out, nil
+}
+
+// servesServiceEntries reports whether version of Istio's networking group
+// serves ServiceEntries, as discovery says.
+func (r *run) servesServiceEntries(ctx context.Context, version string) (bool, error) {
 	var list metav1.APIResourceList
-	if err := json.Unmarshal(raw, &list); err != nil {
-		return false, fmt.Errorf("discovery of %s: %w", serviceEntryGroupVersion, err)
+	if found, err := r.discover(ctx, "/apis/"+serviceEntryGroup+"/"+version, &list); err != nil || !found {
+		return false, err
 	}
 	for _, res := range list.APIResources {
 		if res.Name == serviceEntryResource {
@@ -173,16 +199,33 @@ func (r *run) serviceEntriesServed(ctx context.Context) (bool, error) {
 	return false, nil
 }
 
-// discoveredCRD is the CRD as discovery shows it: serving v1, or absent
-// (nil). Discovery shows no other version of it, so a CRD without v1 reads
-// as absent here.
+// discover reads the discovery document at path into out; found is false
+// when the API server serves none there.
+func (r *run) discover(ctx context.Context, path string, out any) (found bool, err error) {
+	raw, err := r.clients.core.Get().AbsPath(path).Do(ctx).Raw()
+	if apierrors.IsNotFound(err) {
+		return false, nil
+	}
+	if err == nil {
+		err = json.Unmarshal(raw, out)
+	}
+	if err != nil {
+		return false, fmt.Errorf("discovery of %s: %w", strings.TrimPrefix(path, "/apis/"), err)
+	}
+	return true, nil
+}
+
+// discoveredCRD is the CRD as discovery shows it: serving the versions
+// that serve ServiceEntries (servedVersions), or absent (nil).
 func (r *run) discoveredCRD(ctx context.Context) (*kubeapi.CustomResourceDefinition, error) {
-	served, err := r.serviceEntriesServed(ctx)
-	if err != nil || !served {
+	served, err := r.servedVersions(ctx)
+	if err != nil || len(served) == 0 {
 		return nil, err
 	}
 	c := &kubeapi.CustomResourceDefinition{ObjectMeta: kubeapi.ObjectMeta{Name: ServiceEntryCRD}}
-	c.Spec.Versions = []kubeapi.CRDVersion{{Name: serviceEntryVersion, Served: true}}
+	for _, v := range served {
+		c.Spec.Versions = append(c.Spec.Versions, kubeapi.CRDVersion{Name: v, Served: true})
+	}
 	c.Status.Conditions = []kubeapi.CRDCondition{{Type: "Established", Status: "True"}}
 	return c, nil
 }

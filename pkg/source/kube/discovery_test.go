@@ -258,6 +258,8 @@ func TestServiceEntriesForbidden(t *testing.T) {
 	})
 	wantNote(t, rec.src, []string{"forbidden to", "serviceentries.networking.istio.io (RBAC)"})
 	wantUnavailable(t, rec.src, reasonForbidden)
+	// Refused ServiceEntries are no sign of a cluster without Istio.
+	waitMeshConfigAbsent(t, rec.src, "istio-system/istio", "ServiceEntries refused, the mesh config absent", true)
 
 	se := slices.DeleteFunc(PolicyRules(), func(r PolicyRule) bool { return !slices.Contains(r.Resources, "serviceentries") })
 	grant(t, env, "ztdns-se", ns, account, se)
@@ -295,6 +297,44 @@ func TestCRDForbiddenFallsBackToDiscovery(t *testing.T) {
 	crd := slices.DeleteFunc(PolicyRules(), func(r PolicyRule) bool { return !slices.Contains(r.Resources, "customresourcedefinitions") })
 	grant(t, env, "ztdns-crd", ns, account, crd)
 	rec.waitHealth(t, "watching the CRD once it may", func(err error) bool { return err == nil && len(rec.src.Errors()) == 0 })
+}
+
+// TestCRDForbiddenIsNoSignOfNoIstio: with the CRD refused, the source
+// asks discovery, and a CRD that does not serve networking.istio.io/v1
+// (Istio before 1.22) is said to be that, as when the CRD may be read:
+// v1-not-served, which pages, naming the versions served; and Istio is
+// there, so the mesh config's absence is warned of too. Once v1 is
+// served, ServiceEntries come. (Before: discovery of v1 alone, and a CRD
+// without it read as not installed, which does not page, and as a cluster
+// without Istio: no warning, ztdns_kube_mesh_config_absent 0, and every
+// ServiceEntry forwarded with nothing said.)
+func TestCRDForbiddenIsNoSignOfNoIstio(t *testing.T) {
+	env := kubetest.Start(t)
+	const ns, account, where = "ztdns-stale", "ztdns", "istio-system/istio"
+	createNamespace(t, env.Client(), ns)
+	createServiceEntry(t, env, "mesh", "ext")
+	setServed(t, env, "v1", false)
+	rules := slices.DeleteFunc(PolicyRules(), func(r PolicyRule) bool { return slices.Contains(r.Resources, "customresourcedefinitions") })
+	cfg := grant(t, env, "ztdns-stale", ns, account, rules)
+	rec := runSource(t, cfg, withForbiddenRetry(500*time.Millisecond))
+	rec.waitFor(t, "the first sync", func(*model.Snapshot) error { return nil })
+	waitMeshConfigAbsent(t, rec.src, where, "the CRD refused, without v1, the mesh config absent", true)
+	rec.waitHealth(t, "reporting v1 not served", func(error) bool {
+		return slices.ContainsFunc(rec.src.Errors(), func(err error) bool { return strings.Contains(err.Error(), "v1beta1") })
+	})
+	wantNote(t, rec.src, []string{"serviceentries.networking.istio.io", "does not serve networking.istio.io/v1", "v1alpha3, v1beta1"}, "not installed")
+	wantNote(t, rec.src, []string{"the CRD may not be watched", "forbidden to", "customresourcedefinitions.apiextensions.k8s.io"})
+	wantUnavailable(t, rec.src, reasonNotServed)
+
+	setServed(t, env, "v1", true)
+	rec.waitFor(t, "the ServiceEntry once v1 is served", func(s *model.Snapshot) error {
+		if find(s.ServiceEntries, serviceEntryKey, "mesh", "ext") == nil {
+			return fmt.Errorf("serviceentry mesh/ext missing")
+		}
+		return nil
+	})
+	wantUnavailable(t, rec.src, "")
+	waitMeshConfigAbsent(t, rec.src, where, "the CRD refused, with v1, the mesh config absent", true)
 }
 
 // TestForbiddenResourceIsNamed: a ClusterRole without Services keeps the

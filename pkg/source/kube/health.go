@@ -10,6 +10,7 @@ import (
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/watch"
 )
 
@@ -36,6 +37,10 @@ type health struct {
 	mu      sync.Mutex
 	synced  bool
 	failing map[string]failure // by resource
+	// behind holds, by resource, when the API server first answered that
+	// it has not reached the resource version asked for, since the last
+	// watch that worked (see observe).
+	behind map[string]time.Time
 
 	// Why ServiceEntries are missing from the snapshots, if they are: the
 	// CRD's reason and message (followCRD), else seForbidden, RBAC's
@@ -50,7 +55,7 @@ type health struct {
 }
 
 func newHealth(log *slog.Logger, m *metrics) *health {
-	return &health{log: log, metrics: m, failing: make(map[string]failure)}
+	return &health{log: log, metrics: m, failing: make(map[string]failure), behind: make(map[string]time.Time)}
 }
 
 // observe records a failure (err) or a watch that works (nil) of
@@ -58,6 +63,13 @@ func newHealth(log *slog.Logger, m *metrics) *health {
 // ignored: they belong to a watch that was stopped on purpose (see forget),
 // and checking under the lock keeps a late call from marking a stopped
 // watch failing.
+//
+// An API server whose watch cache has not reached the resource version
+// asked for (another API server behind the same address served the last
+// one) answers "too large resource version", and client-go's reflector
+// asks again at once from the newest version, which works: that first
+// answer is no failure. A second one before a watch works is: the API
+// server stays behind, and the resource fails since the first.
 func (h *health) observe(ctx context.Context, resource string, err error) {
 	if expected(err) {
 		return
@@ -68,13 +80,26 @@ func (h *health) observe(ctx context.Context, resource string, err error) {
 		return
 	}
 	f, wasFailing := h.failing[resource]
+	since := time.Now()
+	switch {
+	case err == nil:
+		delete(h.behind, resource)
+	case tooLargeResourceVersion(err) && !wasFailing:
+		first, again := h.behind[resource]
+		if !again {
+			h.behind[resource] = since
+			h.log.Debug("API server behind the resource version asked for; client-go asks again from the newest", "resource", resource, "error", err)
+			return
+		}
+		since = first
+	}
 	switch {
 	case err == nil && wasFailing:
 		delete(h.failing, resource)
 		h.metrics.watchFailing.WithLabelValues(resource).Set(0)
 		h.log.Info("watch recovered", "resource", resource, "failedFor", time.Since(f.since).Round(time.Millisecond))
 	case err != nil && !wasFailing:
-		h.failing[resource] = failure{since: time.Now(), err: err}
+		h.failing[resource] = failure{since: since, err: err}
 		h.metrics.watchFailing.WithLabelValues(resource).Set(1)
 		msg := "watch failing; serving the last state while client-go retries"
 		if !h.synced {
@@ -93,6 +118,7 @@ func (h *health) forget(resource string) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	delete(h.failing, resource)
+	delete(h.behind, resource)
 	h.metrics.watchFailing.WithLabelValues(resource).Set(0)
 }
 
@@ -211,6 +237,15 @@ func expected(err error) bool {
 	return errors.Is(err, context.Canceled) || apierrors.IsResourceExpired(err) || apierrors.IsGone(err)
 }
 
+// tooLargeResourceVersion reports whether err is an API server's answer
+// that its watch cache has not reached the resource version asked for
+// within 3 s (504, cause ResourceVersionTooLarge), after which client-go's
+// reflector lists or watches again from the newest version at once
+// (reflector.go isTooLargeResourceVersionError).
+func tooLargeResourceVersion(err error) bool {
+	return apierrors.HasStatusCause(err, metav1.CauseTypeResourceVersionTooLarge)
+}
+
 // setUnsynced records that the source stopped.
 func (h *health) setUnsynced() {
 	h.mu.Lock()
@@ -232,8 +267,12 @@ var errShortWatch = fmt.Errorf("watch stream closed within %v, with no event", m
 // streams, or a server that ends every watch with an error event, answers
 // too. So the watch works once its stream has stayed open minWatchOpen
 // (a quiet resource's stream may carry nothing for minutes), and fails at
-// an error event or when the stream closes sooner with no event. One that
-// ends sooner after events is neither: the reflector watches again at once.
+// an error event or when the stream closes within minWatchOpen of the
+// request with no event. One that ends sooner after events is neither: the
+// reflector watches again at once. The second counts from the answer, not
+// the request: an API server that takes seconds to answer (waiting for its
+// watch cache) may send an error event right behind it, and that event,
+// not the clock, says how the stream fared.
 type judgedWatch struct {
 	in   watch.Interface
 	out  chan watch.Event
@@ -241,12 +280,12 @@ type judgedWatch struct {
 	once sync.Once
 }
 
-// judgeWatch wraps in, whose request was sent at start: report gets nil
-// once the stream has stayed open minWatchOpen, and its error when it
-// fails, after which nothing.
-func judgeWatch(in watch.Interface, start time.Time, report func(error)) watch.Interface {
+// judgeWatch wraps in, whose request was sent at start and answered at
+// answered: report gets nil once the stream has stayed open minWatchOpen,
+// and its error when it fails, after which nothing.
+func judgeWatch(in watch.Interface, start, answered time.Time, report func(error)) watch.Interface {
 	w := &judgedWatch{in: in, out: make(chan watch.Event), stop: make(chan struct{})}
-	go w.run(start, report)
+	go w.run(start, answered, report)
 	return w
 }
 
@@ -257,9 +296,9 @@ func (w *judgedWatch) Stop() {
 	w.in.Stop()
 }
 
-func (w *judgedWatch) run(start time.Time, report func(error)) {
+func (w *judgedWatch) run(start, answered time.Time, report func(error)) {
 	defer close(w.out)
-	timer := time.NewTimer(time.Until(start.Add(minWatchOpen)))
+	timer := time.NewTimer(time.Until(answered.Add(minWatchOpen)))
 	defer timer.Stop()
 	opened := timer.C // nil once the stream worked or failed
 	gotEvent, failed := false, false
@@ -273,7 +312,7 @@ func (w *judgedWatch) run(start time.Time, report func(error)) {
 				select {
 				case <-w.stop: // stopped by the reflector
 				default:
-					if opened != nil && !gotEvent {
+					if opened != nil && !gotEvent && time.Since(start) < minWatchOpen {
 						report(errShortWatch)
 					}
 				}

@@ -261,8 +261,10 @@ func RevisionTagService(tag string) string { return "istiod-revision-tag-" + tag
 // cluster has no Istio, and no istiod to have a mesh config: the chart's
 // --istio-namespace default names istio-system all the same, and a
 // cluster without Istio does not page (as ztdns_kube_serviceentries_unavailable
-// with reason not-installed does not). The CRD is the sign, not istiod's
-// namespace: Istio's base chart installs it for every istiod, wherever
+// with reason not-installed does not). RBAC refusing the CRD is no such
+// sign: discovery then says which versions serve ServiceEntries
+// (servedVersions), not-installed only when none does. The CRD is the
+// sign, not istiod's namespace: Istio's base chart installs it for every istiod, wherever
 // that runs, so with the CRD there and istiod's namespace missing the
 // likelier cause is an --istio-namespace that is not istiod's, which the
 // warning is for. Called after followMeshConfig, whenever Services change,

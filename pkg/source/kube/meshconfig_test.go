@@ -289,35 +289,10 @@ func TestMeshConfigAbsentWithoutIstio(t *testing.T) {
 	env := kubetest.Start(t, kubetest.WithoutCRDs())
 	const where = "istio-system/istio"
 	rec := runSource(t, env.Config)
-	// state says what Warnings() says of the mesh config and the gauge,
-	// nil when it is as want (a warning or none, the gauge 1 or 0).
-	state := func(warned bool) error {
-		var w []string
-		for _, e := range rec.src.Warnings() {
-			if strings.Contains(e.Error(), "mesh config") {
-				w = append(w, e.Error())
-			}
-		}
-		g, ok := gauge(t, rec.src, "ztdns_kube_mesh_config_absent", "configmap", where)
-		switch {
-		case !ok:
-			return fmt.Errorf("no series ztdns_kube_mesh_config_absent{configmap=%q}", where)
-		case warned && (len(w) != 1 || !strings.HasPrefix(w[0], "mesh config istio-system/istio is absent: ") || g != 1):
-			return fmt.Errorf("Warnings() about the mesh config %q, gauge %v; want one saying it is absent, 1", w, g)
-		case !warned && (len(w) != 0 || g != 0):
-			return fmt.Errorf("Warnings() about the mesh config %q, gauge %v; want none, 0", w, g)
-		}
-		return nil
-	}
+	state := func(warned bool) error { return meshConfigAbsentState(t, rec.src, where, warned) }
 	waitState := func(what string, warned bool) {
 		t.Helper()
-		var last error
-		if err := wait.PollUntilContextTimeout(t.Context(), 20*time.Millisecond, waitTimeout, true, func(context.Context) (bool, error) {
-			last = state(warned)
-			return last == nil, nil
-		}); err != nil {
-			t.Fatalf("%s: %v", what, last)
-		}
+		waitMeshConfigAbsent(t, rec.src, where, what, warned)
 	}
 
 	rec.waitFor(t, "Istio's defaults", func(s *model.Snapshot) error {
@@ -340,4 +315,38 @@ func TestMeshConfigAbsentWithoutIstio(t *testing.T) {
 
 	deleteServiceEntryCRD(t, env)
 	waitState("Istio's CRD deleted", false)
+}
+
+// meshConfigAbsentState says what Warnings() says of the mesh config where
+// and ztdns_kube_mesh_config_absent, nil when it is as want: a warning
+// that it is absent and the gauge 1 (warned), or neither.
+func meshConfigAbsentState(tb testing.TB, src *Source, where string, warned bool) error {
+	var w []string
+	for _, e := range src.Warnings() {
+		if strings.Contains(e.Error(), "mesh config") {
+			w = append(w, e.Error())
+		}
+	}
+	g, ok := gauge(tb, src, "ztdns_kube_mesh_config_absent", "configmap", where)
+	switch {
+	case !ok:
+		return fmt.Errorf("no series ztdns_kube_mesh_config_absent{configmap=%q}", where)
+	case warned && (len(w) != 1 || !strings.HasPrefix(w[0], "mesh config "+where+" is absent: ") || g != 1):
+		return fmt.Errorf("Warnings() about the mesh config %q, gauge %v; want one saying it is absent, 1", w, g)
+	case !warned && (len(w) != 0 || g != 0):
+		return fmt.Errorf("Warnings() about the mesh config %q, gauge %v; want none, 0", w, g)
+	}
+	return nil
+}
+
+// waitMeshConfigAbsent waits until meshConfigAbsentState is nil.
+func waitMeshConfigAbsent(tb testing.TB, src *Source, where, what string, warned bool) {
+	tb.Helper()
+	var last error
+	if err := wait.PollUntilContextTimeout(tb.Context(), 20*time.Millisecond, waitTimeout, true, func(context.Context) (bool, error) {
+		last = meshConfigAbsentState(tb, src, where, warned)
+		return last == nil, nil
+	}); err != nil {
+		tb.Fatalf("%s: %v", what, last)
+	}
 }

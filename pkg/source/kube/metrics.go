@@ -30,7 +30,7 @@ func newMetrics() *metrics {
 	m := &metrics{
 		watchFailing: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "ztdns_kube_watch_failing",
-			Help: "1 from a failed list or watch call to the API server for the resource, or a watch stream that ended in an error or within 1 s with no event, until a watch of it stays open 1 s; the last state is served meanwhile.",
+			Help: "1 from a failed list or watch call to the API server for the resource, or a watch stream that ended in an error or within 1 s with no event, until a watch of it stays open 1 s; the last state is served meanwhile. One answer \"too large resource version\", which client-go retries at once, is none; a second before a watch works is, since the first.",
 		}, []string{"resource"}),
 		snapshots: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "ztdns_kube_snapshots_total",

@@ -166,7 +166,7 @@ func (r *run) listWatch(k kind, e endpoint) *cache.ListWatch {
 		if err != nil {
 			return nil, refusal("watch", e, err)
 		}
-		return judgeWatch(w, start, func(err error) { observe(ctx, err) }), nil
+		return judgeWatch(w, start, time.Now(), func(err error) { observe(ctx, err) }), nil
 	}
 	switch k {
 	case kindIstiodAllocator:

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -290,9 +291,13 @@ type judged struct {
 	events  []watch.EventType
 }
 
-func judge(start time.Time) *judged {
+func judge(start time.Time) *judged { return judgeAnswered(start, start) }
+
+// judgeAnswered is judge of a watch whose request was sent at start and
+// answered at answered.
+func judgeAnswered(start, answered time.Time) *judged {
 	j := &judged{server: watch.NewFake(), reports: make(chan error, 10), done: make(chan struct{})}
-	j.w = judgeWatch(j.server, start, func(err error) { j.reports <- err })
+	j.w = judgeWatch(j.server, start, answered, func(err error) { j.reports <- err })
 	go func() {
 		defer close(j.done)
 		for ev := range j.w.ResultChan() {
@@ -382,6 +387,23 @@ func TestJudgeWatch(t *testing.T) {
 			t.Errorf("reports %v, want the event's internal error", got)
 		}
 	})
+	// An API server waiting for its watch cache answers seconds after the
+	// request, and may send an error right behind its answer.
+	t.Run("error event right after a slow answer", func(t *testing.T) {
+		j := judgeAnswered(aSecondAgo, notYet)
+		j.server.Error(internal)
+		j.server.Stop()
+		if got := j.end(t); len(got) != 1 || !apierrors.IsInternalError(got[0]) {
+			t.Errorf("reports %v, want the event's internal error alone", got)
+		}
+	})
+	t.Run("closed soon after a slow answer", func(t *testing.T) {
+		j := judgeAnswered(aSecondAgo, notYet)
+		j.server.Stop()
+		if got := j.end(t); len(got) != 0 {
+			t.Errorf("reports %v, want none: the reflector watches again at once", got)
+		}
+	})
 	t.Run("events then closed", func(t *testing.T) {
 		j := judge(notYet)
 		j.server.Add(&kubeapi.Service{})
@@ -401,4 +423,155 @@ func TestJudgeWatch(t *testing.T) {
 			t.Errorf("reports %v, want none", got)
 		}
 	})
+}
+
+// farAhead is a resource version no test API server reaches.
+const farAhead = "1000000000000"
+
+// aheadOfServer makes the source's watch of ServiceEntries ask the real
+// API server for resource versions it has not reached, as a client does
+// whose last answers came from another API server further ahead behind
+// the same address (a lagging one's watch cache, say): the API server
+// waits 3 s and answers "too large resource version". The reflector asks
+// from its last version only when it starts over, after a watch ended in
+// an error; the one it takes in its stride, and so does the source, is
+// 410, a version compacted away. So every watch asks the API server to
+// end it after a few seconds (timeoutSeconds), and once armed the next
+// plain watch asks from resource version 1, older than anything the
+// ServiceEntries' watch cache holds (it started with the CRD), and the
+// API server answers 410; the watch-lists after it ask from farAhead.
+type aheadOfServer struct {
+	mu     sync.Mutex
+	expire bool // the next plain watch asks from resource version 1
+	ahead  int  // how many watch-lists to ask from farAhead; -1 all
+	// expired and tooLarge count the API server's answers 410 (reason
+	// Expired) and "too large resource version" (a status with cause
+	// ResourceVersionTooLarge).
+	expired, tooLarge atomic.Int64
+}
+
+// serviceEntriesPath is where the source lists and watches ServiceEntries.
+const serviceEntriesPath = "/apis/" + serviceEntryGroupVersion + "/" + serviceEntryResource
+
+// arm sets off the next plain watch's 410, and asks n watch-lists after it
+// (-1: all) from farAhead; arm(0) passes the watches on as they are, but
+// for their timeout.
+func (a *aheadOfServer) arm(n int) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.expire, a.ahead = n != 0, n
+}
+
+func (a *aheadOfServer) wrap(rt http.RoundTripper) http.RoundTripper {
+	return roundTripFunc(func(r *http.Request) (*http.Response, error) {
+		q := r.URL.Query()
+		if r.URL.Path != serviceEntriesPath || q.Get("watch") != "true" {
+			return rt.RoundTrip(r)
+		}
+		q.Set("timeoutSeconds", "5")
+		watchList := q.Get("sendInitialEvents") == "true"
+		a.mu.Lock()
+		switch {
+		case !watchList && a.expire && q.Get("resourceVersion") != "":
+			a.expire = false
+			q.Set("resourceVersion", "1")
+		case watchList && !a.expire && a.ahead != 0:
+			a.ahead = max(a.ahead-1, -1)
+			q.Set("resourceVersion", farAhead)
+		}
+		a.mu.Unlock()
+		r = r.Clone(r.Context())
+		r.URL.RawQuery = q.Encode()
+		resp, err := rt.RoundTrip(r)
+		if err == nil {
+			resp.Body = &sniffer{ReadCloser: resp.Body, counts: map[string]*atomic.Int64{
+				`"reason":"Expired"`: &a.expired,
+				`"reason":"` + string(metav1.CauseTypeResourceVersionTooLarge) + `"`: &a.tooLarge,
+			}}
+		}
+		return resp, err
+	})
+}
+
+// sniffer counts in counts the watch streams it passes on that hold each
+// key, once a stream.
+type sniffer struct {
+	io.ReadCloser
+	counts map[string]*atomic.Int64
+	tail   []byte // the end of what was read, for a key split between reads
+}
+
+func (s *sniffer) Read(p []byte) (int, error) {
+	n, err := s.ReadCloser.Read(p)
+	s.tail = append(s.tail, p[:n]...)
+	for key, count := range s.counts {
+		if strings.Contains(string(s.tail), key) {
+			count.Add(1)
+			delete(s.counts, key)
+		}
+	}
+	s.tail = s.tail[max(0, len(s.tail)-64):]
+	return n, err
+}
+
+// TestTooLargeResourceVersionIsNoFailure: an API server that has not
+// reached the resource version a watch of ServiceEntries asks for (the
+// agent's last answers came from another API server, further ahead)
+// answers "too large resource version", and client-go asks again from the
+// newest, which works. That is no failure: nothing logged, Healthy nil,
+// the gauge 0, and the ServiceEntry made next arrives. An API server that
+// stays behind, answering so every time, is one: failing from its first
+// such answer, saying why, until it catches up. (Before: each such answer
+// was logged as a failure, with /readyz's body and `ztdns status` saying
+// the source failed, and ztdns_kube_watch_failing 1, until the next watch
+// had stayed open a second.)
+func TestTooLargeResourceVersionIsNoFailure(t *testing.T) {
+	env := kubetest.Start(t)
+	var ahead aheadOfServer
+	cfg := rest.CopyConfig(env.Config)
+	cfg.Wrap(ahead.wrap)
+	all := newLogWatcher()
+	rec := runSource(t, cfg, WithLogger(slog.New(all)))
+	resource := kindServiceEntries.String()
+	logs := all.about(resource)
+	gauge := rec.src.metrics.watchFailing.WithLabelValues(resource)
+	rec.waitFor(t, "the first sync", func(*model.Snapshot) error { return nil })
+	rec.waitHealth(t, "healthy", func(err error) bool { return err == nil })
+
+	ahead.arm(1)
+	waitCount(t, "answers 410", &ahead.expired, 1)
+	waitCount(t, `answers "too large resource version"`, &ahead.tooLarge, 1)
+	createServiceEntry(t, env, "mesh", "after")
+	rec.waitFor(t, "the ServiceEntry made after the answer", func(s *model.Snapshot) error {
+		if find(s.ServiceEntries, serviceEntryKey, "mesh", "after") == nil {
+			return errors.New("serviceentry mesh/after missing")
+		}
+		return nil
+	})
+	for _, r := range logs.matching(logFailing, logFailingUnsynced) {
+		t.Errorf("logged a failure of %s for one answer client-go retries at once: %s", resource, r.err)
+	}
+	if err := rec.src.Healthy(); err != nil {
+		t.Errorf("Healthy() = %v after one answer client-go retries at once", err)
+	}
+	if v := testutil.ToFloat64(gauge); v != 0 {
+		t.Errorf("ztdns_kube_watch_failing{resource=%s} = %v, want 0", resource, v)
+	}
+
+	// Behind for good: every watch-list is answered so.
+	n := ahead.tooLarge.Load()
+	ahead.arm(-1)
+	logs.waitFor(t, 1, logFailing)
+	if got := ahead.tooLarge.Load() - n; got < 2 {
+		t.Errorf("failing after %d answers \"too large resource version\", want the second", got)
+	}
+	if failing := failingEntry(rec.src, resource); !strings.Contains(failing, "Too large resource version") {
+		t.Errorf("Errors() says %q, want the API server's answer", failing)
+	}
+	if v := testutil.ToFloat64(gauge); v != 1 {
+		t.Errorf("ztdns_kube_watch_failing{resource=%s} = %v with the API server behind, want 1", resource, v)
+	}
+	ahead.arm(0)
+	rec.waitHealth(t, "healthy once the API server caught up", func(err error) bool { return err == nil })
+	logs.waitFor(t, 1, logRecovered)
 }
