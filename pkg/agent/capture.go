@@ -357,16 +357,16 @@ func (c *dataplane) upstream(client, local netip.AddrPort) (netip.AddrPort, bool
 
 // rules are what forwardable checks a learned nameserver against now.
 func (c *dataplane) rules() forwardRules {
-	return forwardRules{resolvers: c.resolvers, listed: c.r.CaptureNameservers(), own: c.own, podAt: c.podOnNode}
+	return forwardRules{resolvers: c.resolvers, listed: c.r.CaptureNameservers(), own: c.own, pods: c.pods, nodeName: c.nodeName}
 }
 
-// podOnNode is the pod of this node that owns address a, or nil: one with
-// a sandbox recorded here (by the CNI plugin, `capture add`, the scan), or
-// one the source places on this node. Pods on the host's network own no
-// address in the registry.
-func (c *dataplane) podOnNode(a netip.Addr) *podcache.Pod {
-	p := c.pods.Lookup(a)
-	if p == nil || p.Attachment == nil && (p.Spec == nil || c.nodeName == "" || p.Spec.NodeName != c.nodeName) {
+// podOnNode is the pod of this node (nodeName) that owns address a in
+// pods, or nil: one with a sandbox recorded here (by the CNI plugin,
+// `capture add`, the scan), or one the source places on this node. Pods
+// on the host's network own no address in the registry.
+func podOnNode(pods *podcache.Cache, nodeName string, a netip.Addr) *podcache.Pod {
+	p := pods.Lookup(a)
+	if p == nil || p.Attachment == nil && (p.Spec == nil || nodeName == "" || p.Spec.NodeName != nodeName) {
 		return nil
 	}
 	return p
@@ -447,9 +447,11 @@ type forwardRules struct {
 	listed []netip.Prefix
 	// own are the agent's own addresses; nil: none checked.
 	own *ownAddrs
-	// podAt is the pod of this node that owns an address, or nil; nil:
-	// none checked.
-	podAt func(netip.Addr) *podcache.Pod
+	// pods are the pods whose addresses are checked (podOnNode), those of
+	// node nodeName; nil: none. Not a lookup function: one made for each
+	// miss would be an allocation each.
+	pods     *podcache.Cache
+	nodeName string
 }
 
 // forwardable says whether a nameserver a pod addressed can take the pod's
@@ -485,15 +487,16 @@ type forwardRules struct {
 //     that address's bounds, which the node's processes and host-network
 //     pods share: one pod within its own bound would use up theirs, and
 //     hold two forwarding slots and two cache entries per miss;
-//   - a pod of this node other than the asking one (podAt): the query would
-//     reach it from the node, which most CNIs let past the pod's ingress
-//     NetworkPolicy, and over TCP istio-cni's probe rule lets into the pod
-//     around ztunnel (SNAT to 169.254.7.127 on the node, accepted in the
-//     pod), so its STRICT mTLS and AuthorizationPolicy would not hold. Also
-//     when the capture list names it: the list says which queries ztdns
-//     takes, not that the node may stand in for the pod; to let pods ask
-//     such a server, leave it out of the list, and their queries leave the
-//     pod under its own policy. A pod asking its own address is forwarded.
+//   - a pod of this node other than the asking one (podOnNode): the query
+//     would reach it from the node, which most CNIs let past the pod's
+//     ingress NetworkPolicy, and over TCP istio-cni's probe rule lets
+//     into the pod around ztunnel (SNAT to 169.254.7.127 on the node,
+//     accepted in the pod), so its STRICT mTLS and AuthorizationPolicy
+//     would not hold. Also when the capture list names it: the list says
+//     which queries ztdns takes, not that the node may stand in for the
+//     pod; to let pods ask such a server, leave it out of the list, and
+//     their queries leave the pod under its own policy. A pod asking its
+//     own address is forwarded.
 func forwardable(ns netip.AddrPort, client *podcache.Pod, r forwardRules) refusal {
 	a := ns.Addr().Unmap()
 	switch {
@@ -504,8 +507,8 @@ func forwardable(ns netip.AddrPort, client *podcache.Pod, r forwardRules) refusa
 	case r.own != nil && r.own.has(ns):
 		return refusedAgent
 	}
-	if r.podAt != nil {
-		if p := r.podAt(a); p != nil && (client == nil || p.Namespace != client.Namespace || p.Name != client.Name) {
+	if r.pods != nil {
+		if p := podOnNode(r.pods, r.nodeName, a); p != nil && (client == nil || p.Namespace != client.Namespace || p.Name != client.Name) {
 			return refusedNodePod
 		}
 	}

@@ -147,7 +147,6 @@ func TestForwardableNeitherTheAgentNorANodePod(t *testing.T) {
 	pods.Attach(podcache.Attachment{ContainerID: "ctr-client", Namespace: "a", Name: "client", NetnsCookie: 7, IPs: []netip.Addr{netip.MustParseAddr("10.244.1.7")}})
 	pods.Attach(podcache.Attachment{ContainerID: "ctr-dns", Namespace: "b", Name: "dns", NetnsCookie: 8, IPs: []netip.Addr{netip.MustParseAddr("10.244.1.9"), netip.MustParseAddr("fd00:10:244:1::9")}})
 	client := pods.Lookup(netip.MustParseAddr("10.244.1.7"))
-	onNode := (&dataplane{pods: pods, nodeName: "n1"}).podOnNode
 	hostIP := listen("169.254.20.53:53", "10.0.0.5:53")
 	wildcard4 := listen("169.254.20.53:53", "0.0.0.0:53")
 	wildcard6 := listen("169.254.20.53:53", "[::]:53")
@@ -177,7 +176,7 @@ func TestForwardableNeitherTheAgentNorANodePod(t *testing.T) {
 		{"10.244.2.5:53", nil, nil, forwardOK}, // another node's pod: its ztunnel takes the query
 		{"10.244.1.11:53", nil, nil, forwardOK},
 	} {
-		r := forwardRules{resolvers: resolvers, listed: redirect.UnmapCaptureNameservers(tt.listed), own: tt.own, podAt: onNode}
+		r := forwardRules{resolvers: resolvers, listed: redirect.UnmapCaptureNameservers(tt.listed), own: tt.own, pods: pods, nodeName: "n1"}
 		if got := forwardable(netip.MustParseAddrPort(tt.ns), client, r); got != tt.want {
 			var listening []netip.AddrPort
 			if tt.own != nil {
@@ -257,5 +256,28 @@ func TestRefusedNameserverLoggedOnce(t *testing.T) {
 	}
 	if n := strings.Count(log.String(), "is not forwarded to"); n != maxRefusedLogged {
 		t.Errorf("%d nameservers refused logged %d times, want %d", 2*maxRefusedLogged+1, n, maxRefusedLogged)
+	}
+}
+
+// TestForwardableAllocatesNothing: the check every miss of a captured pod
+// goes through (forwardable, on the rules upstream builds for it: the
+// agent's addresses behind 0.0.0.0:53, the pods of the node) allocates
+// nothing. Before: the pod lookup was a method value the rules held, which
+// escaped, one allocation per miss.
+func TestForwardableAllocatesNothing(t *testing.T) {
+	pods := podcache.New("cluster.local")
+	pods.Attach(podcache.Attachment{ContainerID: "ctr-client", Namespace: "a", Name: "client", NetnsCookie: 7, IPs: []netip.Addr{netip.MustParseAddr("10.244.1.7")}})
+	pods.Attach(podcache.Attachment{ContainerID: "ctr-dns", Namespace: "b", Name: "dns", NetnsCookie: 8, IPs: []netip.Addr{netip.MustParseAddr("10.244.1.9")}})
+	c := &dataplane{r: &redirect.Redirector{}, pods: pods, nodeName: "n1",
+		resolvers: map[netip.Addr]bool{netip.MustParseAddr("169.254.20.53"): true},
+		own: newOwnAddrs([]netip.AddrPort{netip.MustParseAddrPort("0.0.0.0:53")}, func() []netip.Addr {
+			return []netip.Addr{netip.MustParseAddr("10.0.0.5")}
+		})}
+	client := pods.Lookup(netip.MustParseAddr("10.244.1.7"))
+	for _, ns := range []string{"10.96.0.10:53", "10.0.0.5:53", "10.244.1.9:53"} {
+		ap := netip.MustParseAddrPort(ns)
+		if n := testing.AllocsPerRun(100, func() { forwardable(ap, client, c.rules()) }); n != 0 {
+			t.Errorf("forwardable(%s): %v allocations, want none", ns, n)
+		}
 	}
 }

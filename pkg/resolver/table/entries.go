@@ -25,7 +25,9 @@ import (
 // ServiceEntry naming it is what ztunnel routes, from every namespace: an
 // ExternalName Service (serviceServiceBuilder drops them), or one of a
 // namespace istiod's discoverySelectors do not select (its Services pass
-// the same filter as its ServiceEntries). Alone, it answers as kube-dns.
+// the same filter as its ServiceEntries). So does a headless Service's
+// endpoint name (Entry.rank): ztunnel's DNS has no pod records. Alone, it
+// answers as kube-dns.
 const (
 	rankService = iota
 	rankServiceEntry
@@ -702,7 +704,7 @@ func hiddenEntries(list []*Entry) []objWarning {
 // such an entry, the folded ones answer as any other (a pod's own
 // namespace first, then the oldest).
 func shadowsFolded(list []*Entry) bool {
-	return len(list) > 1 && !list[0].src.folded && list[0].src.rank != rankUnsent
+	return len(list) > 1 && !list[0].src.folded && list[0].rank() != rankUnsent
 }
 
 // asAskedToo reports whether e's object also names e's host as asked.
@@ -885,7 +887,7 @@ func isLabel(s string) bool {
 // asked exactly, lower case without a trailing dot), then age, then
 // object, then name (one object's entries sharing an address).
 func compareEntries(a, c *Entry) int {
-	return cmp.Or(cmp.Compare(a.src.rank, c.src.rank), cmp.Compare(boolInt(a.src.folded), boolInt(c.src.folded)),
+	return cmp.Or(cmp.Compare(a.rank(), c.rank()), cmp.Compare(boolInt(a.src.folded), boolInt(c.src.folded)),
 		a.src.created().Compare(c.src.created()),
 		cmp.Compare(a.src.namespace, c.src.namespace), cmp.Compare(a.src.name, c.src.name),
 		cmp.Compare(a.Name, c.Name))

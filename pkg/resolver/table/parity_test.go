@@ -351,6 +351,49 @@ func TestWildcardCoversEndpointName(t *testing.T) {
 	resolvesTo(t, tbl, "web-0.web.ns1.svc.cluster.local.", addrs("10.1.0.10"), "ns1", "other")
 }
 
+// A ServiceEntry whose host is a headless Service's endpoint name exactly
+// answers it as a wildcard covering it does (TestWildcardCoversEndpointName):
+// ztunnel has no record of the endpoint name, so the ServiceEntry's address
+// answers wherever it is visible, one in the Service's own namespace
+// included, which istiod sends ztunnel as that namespace's object for the
+// host (the Service's own name is another). Before: the endpoint's address
+// answered everywhere but in another namespace's ServiceEntry's own, and a
+// ServiceEntry of the Service's namespace never answered.
+func TestServiceEntryNamingEndpointName(t *testing.T) {
+	const endpoint = "web-0.web.ns1.svc.cluster.local."
+	for _, seNS := range []string{"ns1", "ns2"} {
+		t.Run("ServiceEntry in "+seNS, func(t *testing.T) {
+			snap := &model.Snapshot{
+				Services: []model.Service{{Namespace: "ns1", Name: "web", Headless: true}},
+				EndpointSlices: []model.EndpointSlice{{Namespace: "ns1", Name: "web-x", ServiceName: "web",
+					Endpoints: []model.Endpoint{{Hostname: "web-0", Ready: true, Addresses: addrs("10.1.0.10")}}}},
+				ServiceEntries: []model.ServiceEntry{{Namespace: seNS, Name: "exact", Created: t0, Hosts: []string{strings.TrimSuffix(endpoint, ".")},
+					Addresses: addrs("198.51.100.9"), Resolution: "STATIC"}},
+			}
+			tbl, warnings := Build(snap, Options{})
+			if len(warnings) > 0 {
+				t.Errorf("warnings %q", warnings)
+			}
+			resolvesTo(t, tbl, endpoint, addrs("198.51.100.9"), "ns1", "ns2", "other", "")
+			resolvesTo(t, tbl, "web.ns1.svc.cluster.local.", addrs("10.1.0.10"), "ns1", "ns2", "other")
+			if got := ptrOf(t, tbl, "10.0.1.10.in-addr.arpa.", "ns1"); !slices.Equal(got, []string{endpoint}) {
+				t.Errorf("PTR of 10.1.0.10: %q, want the endpoint's name", got)
+			}
+
+			snap.ServiceEntries[0].ExportTo = []string{"."}
+			tbl, _ = Build(snap, Options{})
+			var elsewhere []string
+			for _, ns := range []string{"ns1", "ns2", "other"} {
+				if ns != seNS {
+					elsewhere = append(elsewhere, ns)
+				}
+			}
+			resolvesTo(t, tbl, endpoint, addrs("198.51.100.9"), seNS)
+			resolvesTo(t, tbl, endpoint, addrs("10.1.0.10"), elsewhere...)
+		})
+	}
+}
+
 // ztunnel tries the name asked and the wildcards covering it before it
 // reads the name as a Kubernetes short form, and then tries the full
 // cluster name and the wildcards covering that: one answer however the

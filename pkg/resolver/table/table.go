@@ -347,8 +347,9 @@ func (s *shard[K]) serve(k K) {
 // those istiod does not serve: of each namespace it keeps one object per
 // name, its Service, else its oldest ServiceEntry, whatever their exportTo
 // (selectWorkloadServices), so a newer ServiceEntry there never reaches
-// ztunnel, from any namespace. A Service istiod sends ztunnel nothing of
-// (rankUnsent) is no namespace's object and stays. Hosts written otherwise
+// ztunnel, from any namespace. A name istiod sends ztunnel nothing of
+// (rankUnsent: a Service it does not send, an endpoint name) is no
+// namespace's object and stays. Hosts written otherwise
 // than asked go too, when another object's is written as asked
 // (shadowsFolded). Nil when list loses none.
 func servedOf(list []*Entry) []*Entry {
@@ -357,7 +358,7 @@ func servedOf(list []*Entry) []*Entry {
 	shadow := shadowsFolded(list)
 	for i, e := range list {
 		drop := shadow && e.src.folded
-		if !drop && e.src.rank != rankUnsent {
+		if !drop && e.rank() != rankUnsent {
 			if drop = seen.has(e.src.namespace); !drop {
 				seen.add(e.src.namespace)
 			}
@@ -419,6 +420,19 @@ func (t *Table) Domain() string { return t.domain }
 // TTL returns the TTL of the answers made for Services, in seconds (a
 // ServiceEntry host's: Entry.TTL).
 func (t *Table) TTL() uint32 { return t.ttl }
+
+// rank is e's place among the objects that claim its name (see the
+// rank constants): its object's, but a headless Service's endpoint name
+// ranks as a Service istiod sends ztunnel nothing of, for ztunnel's DNS
+// has no pod records: a ServiceEntry naming it, exactly or by a wildcard,
+// answers wherever it is visible, as ztunnel answers it, and one of the
+// Service's namespace is that namespace's object for the name (servedOf).
+func (e *Entry) rank() uint8 {
+	if e.addrSource == addrEndpointName {
+		return rankUnsent
+	}
+	return e.src.rank
+}
 
 // TTL returns the TTL of the entry's records and of its NODATA's SOA, in
 // seconds: its object's kind's (Options.TTL, Options.ServiceEntryTTL).
@@ -662,11 +676,11 @@ func (t *Table) exactChoice(name, ns string) *Entry {
 }
 
 // yieldExternal is e, choose's entry for name itself, but a name ztunnel
-// has no record of yields to a wildcard covering it (ztunnel finds the
-// wildcard): a Service istiod sends it nothing of (rankUnsent: an
-// ExternalName one, or one of a namespace it does not select), and a
-// headless Service's endpoint name (its DNS has no pod records). Small
-// enough to inline: the usual entry costs resolve no call here.
+// has no record of (Entry.rank rankUnsent: an ExternalName Service, one of
+// a namespace istiod does not select, a headless Service's endpoint name)
+// yields to a wildcard covering it (ztunnel finds the wildcard). Small
+// enough to inline, with the rank spelled out (a call to Entry.rank would
+// not): the usual entry costs resolve no call here.
 func (t *Table) yieldExternal(e *Entry, name, ns string) *Entry {
 	if e != nil && (e.src.rank == rankUnsent || e.addrSource == addrEndpointName) {
 		return t.wildcardOr(e, name, ns)
@@ -734,7 +748,7 @@ func pickIndex(entries []*Entry, ns string) int {
 		switch {
 		case e.passed || !e.VisibleFrom(ns):
 			ownOut = ownOut || own
-		case own && e.src.rank != rankUnsent:
+		case own && e.rank() != rankUnsent:
 			return i
 		case first < 0:
 			first = i
