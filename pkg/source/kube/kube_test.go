@@ -282,8 +282,8 @@ func testServiceEntries(t *testing.T, kube kubernetes.Interface, istio istioclie
 	auto := func(optedOut bool, status ...model.HostAddress) *model.ServiceEntry {
 		return &model.ServiceEntry{
 			Namespace: ns, Name: "auto", Created: created,
-			Hosts:           []string{"auto.example.com"},
-			Folded:          1, // written Auto.Example.COM
+			Hosts:           []string{"Auto.Example.COM"}, // kept as written: istiod keys its VIPs by the spelling
+			Folded:          1,
 			Resolution:      model.ResolutionDNS,
 			AutoAllocate:    !optedOut,
 			StatusAddresses: status,
@@ -291,8 +291,8 @@ func testServiceEntries(t *testing.T, kube kubernetes.Interface, istio istioclie
 		}
 	}
 	allocated := []model.HostAddress{
-		{Host: "auto.example.com", Address: netip.MustParseAddr("240.240.0.7")},
-		{Host: "auto.example.com", Address: netip.MustParseAddr("2001:2::7")},
+		{Host: "Auto.Example.COM", Address: netip.MustParseAddr("240.240.0.7")},
+		{Host: "Auto.Example.COM", Address: netip.MustParseAddr("2001:2::7")},
 	}
 
 	runSteps(t, rec, []step{{
@@ -319,8 +319,8 @@ func testServiceEntries(t *testing.T, kube kubernetes.Interface, istio istioclie
 				return err
 			}
 			se.Status.Addresses = []*networkingv1alpha3.ServiceEntryAddress{
-				{Value: "240.240.0.7", Host: "auto.example.com"},
-				{Value: "2001:2::7", Host: "auto.example.com"},
+				{Value: "240.240.0.7", Host: "Auto.Example.COM"}, // as istiod writes it: the spec's spelling
+				{Value: "2001:2::7", Host: "Auto.Example.COM"},
 			}
 			_, err = ses.UpdateStatus(ctx, se, metav1.UpdateOptions{})
 			return err
