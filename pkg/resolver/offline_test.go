@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -28,9 +29,12 @@ const typeOpaque = 65400
 // three addresses, a record of typeOpaque of 60,000 octets (larger than
 // any client's buffer), and three more; names under opaque. asked for
 // typeOpaque 100 records of 600 octets of it (the record's number, then
-// filler); names under twoopt. one address and, for an EDNS query, two
-// OPT records (RFC 6891 6.1.1: malformed); asked counts the queries for
-// names under twoopt. and once. (one address).
+// filler); names under padded. an NSEC record whose type bitmap comes
+// padded (paddedNSEC), the record of 60,000 octets and three addresses,
+// and under paddedns. NODATA with an SOA, that NSEC record and the record
+// of 60,000 octets as authority; names under twoopt. one address and,
+// for an EDNS query, two OPT records (RFC 6891 6.1.1: malformed); asked
+// counts the queries for names under twoopt. and once. (one address).
 type hostileAnswers struct{ asked map[string]*atomic.Int64 }
 
 func newHostileAnswers() hostileAnswers {
@@ -65,6 +69,10 @@ func (h hostileAnswers) Reply(req *dns.Msg, _ netip.AddrPort) *dns.Msg {
 	switch {
 	case strings.HasPrefix(name, "huge."):
 		m.Answer = append(append(addrs(1), opaque(0, 60000)), addrs(4)...)
+	case strings.HasPrefix(name, "padded."):
+		m.Answer = append([]dns.RR{paddedNSEC(q.Name), opaque(0, 60000)}, addrs(1)...)
+	case strings.HasPrefix(name, "paddedns."):
+		m.Ns = []dns.RR{dnstest.SOA, paddedNSEC(q.Name), opaque(0, 60000)}
 	case strings.HasPrefix(name, "opaque.") && q.Qtype == typeOpaque:
 		for i := range 100 {
 			m.Answer = append(m.Answer, opaque(i, 600))
@@ -79,6 +87,74 @@ func (h hostileAnswers) Reply(req *dns.Msg, _ netip.AddrPort) *dns.Msg {
 		}
 	}
 	return m
+}
+
+// paddedNSEC is an NSEC record of owner, next name the root, whose type
+// bitmap (A) comes with 29 more windows of no type: 1,021 octets of data
+// as it came, which miekg/dns reads and packs again in 4.
+func paddedNSEC(owner string) dns.RR {
+	data := append([]byte{0, 0, 32, 0x40}, make([]byte, 31)...)
+	for w := range byte(29) {
+		data = append(append(data, w+1, 32), make([]byte, 32)...)
+	}
+	return &dns.RFC3597{Hdr: dns.RR_Header{Name: owner, Rrtype: dns.TypeNSEC, Class: dns.ClassINET, Ttl: 300}, Rdata: hex.EncodeToString(data)}
+}
+
+// TestStandInNeverReachesAClient: a record too large for a client's
+// buffer, read among a reply's first records, is stood in for by a record
+// of a type of its own, which every cut to the buffer drops, with TC, as
+// it drops the record: the client never sees it, however the records
+// before it pack. A pod's nameserver answers with an NSEC record whose
+// type bitmap comes padded (1,021 octets as it came, 4 decoded and packed
+// again), then a record of 60,000 octets, in the answer or authority
+// section; asked with a buffer of 1,232 octets over UDP, forwarded, then
+// from the cache, the name itself, an ExternalName chased to it and
+// autopath finding it as a candidate: each reply has TC and no stand-in
+// (before: the stand-in, sized to what the NSEC record left of the buffer
+// as it came, fit once that was packed again, and reached the client as a
+// record of type 65280, without TC).
+func TestStandInNeverReachesAClient(t *testing.T) {
+	ss := startSlowServerWith(t, Options{Autopath: true, Limits: quota.Limits{QPS: -1}}, &model.Snapshot{
+		Services: []model.Service{
+			{Namespace: "ns1", Name: "paddedout", ExternalName: "padded.example"},
+			{Namespace: "ns1", Name: "paddednsout", ExternalName: "paddedns.example"},
+		},
+	}, newHostileAnswers())
+	src, local := netip.AddrPortFrom(victimIP, 5000), netip.MustParseAddrPort("127.0.0.1:53")
+	for _, name := range []string{
+		"padded.example.", "paddedout.ns1.svc.cluster.local.", "padded.ns1.svc.cluster.local.",
+		"paddedns.example.", "paddednsout.ns1.svc.cluster.local.", "paddedns.ns1.svc.cluster.local.",
+	} {
+		m := ednsQuery(name, 1232)
+		q, err := m.Pack()
+		if err != nil {
+			t.Fatal(err)
+		}
+		check := func(how string, r *dns.Msg) {
+			t.Helper()
+			for _, rr := range slices.Concat(r.Answer, r.Ns, r.Extra) {
+				if rr.Header().Rrtype == 0xFF00 {
+					t.Errorf("%s, %s: a stand-in reached the client: %v", name, how, rr)
+				}
+			}
+			if r.Rcode != dns.RcodeSuccess || !r.Truncated {
+				t.Errorf("%s, %s: %s, TC %v; want NOERROR and TC (the record of 60,000 octets left out)", name, how, dns.RcodeToString[r.Rcode], r.Truncated)
+			}
+		}
+		r, err := ss.tryExchange(victimIP, "udp", m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		check("forwarded over UDP", r)
+		if _, err := ss.tryExchange(victimIP, "tcp", ednsQuery(name, 1232)); err != nil {
+			t.Fatal(err)
+		}
+		reply := ss.slowUDP(nil, q, src, local, nil)
+		if reply == nil {
+			t.Fatalf("%s over UDP: not answered from the cache", name)
+		}
+		check("from the cache", dnstest.Unpack(t, reply))
+	}
 }
 
 // TestOfflineReadsOfHostileRecordsCostWhatTheReplyHolds: a pod's
