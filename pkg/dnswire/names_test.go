@@ -225,3 +225,45 @@ func TestDataNamesAreWhereMiekgReadsThem(t *testing.T) {
 		}
 	}
 }
+
+// TestDataEndingBeforeItsNameHoldsNone: a record whose data ends where a
+// name would start (an MX record of a preference alone, an SRV record
+// without its target, a NAPTR record of an order and a preference), which
+// miekg/dns reads, its fields up to there, scans and is cut as it came,
+// as a reply CoreDNS reads (before: refused as if a name in it led
+// nowhere, so a client over UDP got an empty reply with TC for it).
+func TestDataEndingBeforeItsNameHoldsNone(t *testing.T) {
+	for _, tc := range []struct {
+		rrtype uint16
+		data   []byte
+	}{
+		{dns.TypeMX, []byte{0, 10}},
+		{dns.TypeSRV, []byte{0, 1, 0, 1, 0, 53}},
+		{dns.TypeNAPTR, []byte{0, 100, 0, 10}},
+		{dns.TypeSOA, []byte("\x02ab\x00")},
+	} {
+		name := dns.TypeToString[tc.rrtype]
+		msg := hostileReply(t, 2, func(start int) []byte {
+			rr := func(rrtype uint16, data []byte) []byte {
+				out := binary.BigEndian.AppendUint16(nil, pointer(HeaderLen))
+				out = binary.BigEndian.AppendUint16(out, rrtype)
+				out = binary.BigEndian.AppendUint16(out, dns.ClassINET)
+				out = binary.BigEndian.AppendUint32(out, 60)
+				out = binary.BigEndian.AppendUint16(out, uint16(len(data)))
+				return append(out, data...)
+			}
+			return append(rr(tc.rrtype, tc.data), rr(dns.TypeA, []byte{10, 0, 0, 1})...)
+		})
+		if err := new(dns.Msg).Unpack(msg); err != nil {
+			t.Errorf("%s: miekg/dns does not read %x: %v", name, msg, err)
+			continue
+		}
+		if _, err := ScanReply(msg); err != nil {
+			t.Errorf("%s: ScanReply(%x): %v", name, msg, err)
+		}
+		f, err := PlanFit(msg, len(msg)-1)
+		if err != nil || f.Kept() != 1 {
+			t.Errorf("%s: PlanFit(%x) to one octet less: %d kept, %v; want the first record kept", name, msg, f.Kept(), err)
+		}
+	}
+}

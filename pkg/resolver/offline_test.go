@@ -32,7 +32,9 @@ const typeOpaque = 65400
 // filler); names under padded. an NSEC record whose type bitmap comes
 // padded (paddedNSEC), the record of 60,000 octets and three addresses,
 // and under paddedns. NODATA with an SOA, that NSEC record and the record
-// of 60,000 octets as authority; names under twoopt. one address and,
+// of 60,000 octets as authority; names under noexchange. an MX record
+// with a preference and no exchange (malformed), then 99 MX records;
+// names under twoopt. one address and,
 // for an EDNS query, two OPT records (RFC 6891 6.1.1: malformed); asked
 // counts the queries for names under twoopt. and once. (one address).
 type hostileAnswers struct{ asked map[string]*atomic.Int64 }
@@ -73,6 +75,11 @@ func (h hostileAnswers) Reply(req *dns.Msg, _ netip.AddrPort) *dns.Msg {
 		m.Answer = append([]dns.RR{paddedNSEC(q.Name), opaque(0, 60000)}, addrs(1)...)
 	case strings.HasPrefix(name, "paddedns."):
 		m.Ns = []dns.RR{dnstest.SOA, paddedNSEC(q.Name), opaque(0, 60000)}
+	case strings.HasPrefix(name, "noexchange."):
+		m.Answer = []dns.RR{&dns.RFC3597{Hdr: hdr(dns.TypeMX), Rdata: "000a"}}
+		for i := range 99 {
+			m.Answer = append(m.Answer, &dns.MX{Hdr: hdr(dns.TypeMX), Preference: 10, Mx: fmt.Sprintf("mx%02d.example.", i)})
+		}
 	case strings.HasPrefix(name, "opaque.") && q.Qtype == typeOpaque:
 		for i := range 100 {
 			m.Answer = append(m.Answer, opaque(i, 600))
@@ -232,6 +239,32 @@ func TestOfflineReadsOfHostileRecordsCostWhatTheReplyHolds(t *testing.T) {
 			if h := rr.Header(); h.Rrtype != dns.TypeCNAME && h.Rrtype != tc.qtype {
 				t.Errorf("%s: answer %d is %v, want one of the name's", tc.what, i, rr)
 			}
+		}
+	}
+}
+
+// TestRecordWithoutItsDataNameIsCut: a reply larger than the client's UDP
+// buffer whose first record is an MX record with a preference and no
+// exchange (malformed, but miekg/dns, and so CoreDNS, reads it: a
+// record's data may end at any field) is cut to the records that fit,
+// with TC, forwarded and from the cache, and given whole over TCP
+// (before: the cut refused it, as if a compression pointer in it led
+// nowhere, and the client got an empty reply with TC).
+func TestRecordWithoutItsDataNameIsCut(t *testing.T) {
+	ss := startSlowServerWith(t, Options{Limits: quota.Limits{QPS: -1}}, &model.Snapshot{}, newHostileAnswers())
+	for _, proto := range []string{"udp", "tcp", "udp"} {
+		r, err := ss.tryExchange(victimIP, proto, ednsQueryOf("noexchange.example.", dns.TypeMX, 1232))
+		if err != nil {
+			t.Fatal(err)
+		}
+		first := len(r.Answer) > 0 && r.Answer[0].(*dns.MX).Preference == 10 && strings.Trim(r.Answer[0].(*dns.MX).Mx, ".") == ""
+		switch cut := len(r.Answer) < 100; {
+		case r.Rcode != dns.RcodeSuccess || !first:
+			t.Errorf("over %s: %s, %d answers, the first %v; want NOERROR, the MX record with no exchange first", proto, dns.RcodeToString[r.Rcode], len(r.Answer), r.Answer)
+		case proto == "udp" && (!r.Truncated || !cut || len(r.Answer) < 40):
+			t.Errorf("over UDP: TC %v, %d answers; want TC and the 40 or more records that fit", r.Truncated, len(r.Answer))
+		case proto == "tcp" && (r.Truncated || cut):
+			t.Errorf("over TCP: TC %v, %d answers; want all 100", r.Truncated, len(r.Answer))
 		}
 	}
 }
