@@ -66,11 +66,13 @@ const (
 // another pointer) before the pointer itself, and those labels may hold
 // no TTL field at ttls (sorted; nil: none checked). So the name is read
 // from octets before it that no cut drops or changes. It follows at most
-// maxPointers, as readName does.
+// maxPointers, and reads no more than maxNameLen octets, as readName does
+// (and miekg/dns): so a name costs at most some 250 steps, however its
+// pointers chain labels.
 func checkName(msg []byte, off, end int, ttls []uint16) (next int, err error) {
 	next = -1
 	led := -1 // where the labels the last pointer led to start
-	for pointers := 0; ; {
+	for pointers, n := 0, 0; ; {
 		if off >= end {
 			if led >= 0 {
 				return 0, errForward
@@ -88,6 +90,9 @@ func checkName(msg []byte, off, end int, ttls []uint16) (next int, err error) {
 					next = off + 1
 				}
 				return next, nil
+			}
+			if n += 1 + c; n >= maxNameLen { // the root label still to come
+				return 0, errNameLen
 			}
 			off += 1 + c
 		case 0xC0:
