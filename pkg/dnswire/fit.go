@@ -322,8 +322,11 @@ func (c counts) set(msg []byte) {
 // pointer, or the root, its fixed part, and its data as it is, but for
 // the names in the data of the types whose names packing compresses
 // (RFC 1035's: CNAME, MX, NS, PTR, SOA, …), which take 1 octet at least,
-// the root. Packing only makes a record longer than that, so records that
-// take more than a reply's room at packedAtLeast cannot all fit in it;
+// the root, unless the data holds less (malformed: a name missing, which
+// miekg reads as empty and packs as the root). Packing only makes a
+// record longer than that, and the record as it came is no shorter, so
+// records that take more than a reply's room at packedAtLeast cannot all
+// fit in it, as they came or packed anew;
 // the data of other types is packed as it came (RFC 3597 4 has their
 // names uncompressed), unless it came with names compressed against the
 // rules or not in canonical form: the cut of such a reply may drop a
@@ -333,17 +336,18 @@ func packedAtLeast(msg []byte, off, fixed, end int) int {
 	if c := msg[off]; c == 0 || c&0xC0 == 0xC0 && pointsToRoot(msg, off) {
 		n = 1 + rrFixedLen
 	}
+	data := end - fixed - rrFixedLen
 	switch binary.BigEndian.Uint16(msg[fixed:]) {
 	case typeNS, typeMD, typeMF, typeCNAME, typeMB, typeMG, typeMR, typePTR:
-		return n + 1
+		return n + min(data, 1)
 	case typeMINFO:
-		return n + 2
+		return n + min(data, 2)
 	case typeMX:
-		return n + 2 + 1 // the preference, the exchange
+		return n + min(data, 2+1) // the preference, the exchange
 	case typeSOA:
-		return n + 2 + 20 // two names, five numbers
+		return n + min(data, 2+20) // two names, five numbers
 	}
-	return n + end - fixed - rrFixedLen
+	return n + data
 }
 
 // pointsToRoot reports whether the compression pointer at off may stand

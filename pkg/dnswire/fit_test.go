@@ -534,3 +534,35 @@ func hasStandIn(m *dns.Msg) bool {
 	}
 	return false
 }
+
+// TestPackedAtLeastIsNoMoreThanTheRecord: of records whose data is
+// missing its name (malformed: an NS record of no data, an MX record of a
+// preference alone, an SOA record cut short), packedAtLeast is no more
+// than the record takes as it came (before: a name counted 1 octet
+// however little the data held, so that a read of a reply of 101 NS
+// records of no data stopped at 94, which fit the client's buffer as they
+// came: cut without TC).
+func TestPackedAtLeastIsNoMoreThanTheRecord(t *testing.T) {
+	for _, tc := range []struct {
+		rrtype uint16
+		data   []byte
+	}{
+		{dns.TypeNS, nil},
+		{dns.TypeCNAME, nil},
+		{dns.TypePTR, nil},
+		{dns.TypeMINFO, []byte{0}},
+		{dns.TypeMX, []byte{0, 10}},
+		{dns.TypeSOA, []byte{0, 0}},
+	} {
+		msg := pack(t, newMsg("x.example.", tc.rrtype))
+		start := len(msg)
+		msg = appendRR(msg, uint16(pointer(HeaderLen)), tc.rrtype, dns.ClassINET, 60, tc.data)
+		fixed, end, err := skipRR(msg, start)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p := packedAtLeast(msg, start, fixed, end); p > end-start {
+			t.Errorf("%s of %d octets of data: packedAtLeast %d, the record as it came %d", dns.TypeToString[tc.rrtype], len(tc.data), p, end-start)
+		}
+	}
+}

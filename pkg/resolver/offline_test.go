@@ -34,7 +34,9 @@ const typeOpaque = 65400
 // and under paddedns. NODATA with an SOA, that NSEC record and the record
 // of 60,000 octets as authority; names under noexchange. an MX record
 // with a preference and no exchange (malformed), then 99 MX records;
-// names under twoopt. one address and,
+// names under emptyns. 101 NS records of no data (malformed: 12 octets
+// each under a pointer, where a name would take one more); names under
+// twoopt. one address and,
 // for an EDNS query, two OPT records (RFC 6891 6.1.1: malformed); asked
 // counts the queries for names under twoopt. and once. (one address).
 type hostileAnswers struct{ asked map[string]*atomic.Int64 }
@@ -80,6 +82,11 @@ func (h hostileAnswers) Reply(req *dns.Msg, _ netip.AddrPort) *dns.Msg {
 		for i := range 99 {
 			m.Answer = append(m.Answer, &dns.MX{Hdr: hdr(dns.TypeMX), Preference: 10, Mx: fmt.Sprintf("mx%02d.example.", i)})
 		}
+	case strings.HasPrefix(name, "emptyns."):
+		for range 101 {
+			m.Answer = append(m.Answer, &dns.RFC3597{Hdr: hdr(dns.TypeNS)})
+		}
+		m.Compress = true
 	case strings.HasPrefix(name, "opaque.") && q.Qtype == typeOpaque:
 		for i := range 100 {
 			m.Answer = append(m.Answer, opaque(i, 600))
@@ -265,6 +272,30 @@ func TestRecordWithoutItsDataNameIsCut(t *testing.T) {
 			t.Errorf("over UDP: TC %v, %d answers; want TC and the 40 or more records that fit", r.Truncated, len(r.Answer))
 		case proto == "tcp" && (r.Truncated || cut):
 			t.Errorf("over TCP: TC %v, %d answers; want all 100", r.Truncated, len(r.Answer))
+		}
+	}
+}
+
+// TestRecordsOfNoDataAreCutWithTC: a reply of 101 NS records of no data
+// under compressed owners (1,256 octets), asked with a buffer of 1,232,
+// is cut to the 99 that fit, with TC, forwarded and from the cache
+// (before: from the cache, the read of its first records counted each at
+// least one octet of data, as a name takes, and stopped at 94 records,
+// which fit: the client got 94 and no TC, a part of the answer taken for
+// the whole).
+func TestRecordsOfNoDataAreCutWithTC(t *testing.T) {
+	ss := startSlowServerWith(t, Options{Limits: quota.Limits{QPS: -1}}, &model.Snapshot{}, newHostileAnswers())
+	for _, proto := range []string{"udp", "tcp", "udp"} {
+		r, err := ss.tryExchange(victimIP, proto, ednsQueryOf("emptyns.example.", dns.TypeNS, 1232))
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, tc := 99, true
+		if proto == "tcp" {
+			want, tc = 101, false
+		}
+		if r.Rcode != dns.RcodeSuccess || len(r.Answer) != want || r.Truncated != tc {
+			t.Errorf("over %s: %s, %d answers, TC %v; want %d, TC %v", proto, dns.RcodeToString[r.Rcode], len(r.Answer), r.Truncated, want, tc)
 		}
 	}
 }
