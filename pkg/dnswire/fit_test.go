@@ -3,7 +3,6 @@ package dnswire
 import (
 	"bytes"
 	"encoding/base64"
-	"encoding/hex"
 	"fmt"
 	"slices"
 	"strings"
@@ -369,7 +368,7 @@ func hugeRecordReplies(tb testing.TB) map[string][]byte {
 		"a huge TXT answer": newMsg("big.example.", dns.TypeTXT, records(tb, answer, small("big.example."), small("big.example."),
 			hugeTXT("big.example."), small("big.example.")), records(tb, additional, glue...)),
 		"a huge answer after a padded NSEC": newMsg("big.example.", dns.TypeA, func(m *dns.Msg) {
-			m.Answer = []dns.RR{paddedNSEC("big.example.")}
+			m.Answer = []dns.RR{dnstest.PaddedNSEC("big.example.", 60, 29)}
 		}, records(tb, answer, hugeTXT("big.example."), addrs[0])),
 		"a huge answer of an unknown type": newMsg("big.example.", dns.TypeA, records(tb, answer,
 			slices.Concat(addrs, []string{opaque("big.example.", 60000)}, addrs)...)),
@@ -395,18 +394,6 @@ func hugeRecordReplies(tb testing.TB) map[string][]byte {
 		out[name] = pack(tb, m)
 	}
 	return out
-}
-
-// paddedNSEC is an NSEC record of owner, next name the root, whose type
-// bitmap (A) comes with 29 more windows of no type, as no server sends
-// it: 1,021 octets of data as it came, which miekg/dns reads, and packs
-// again in 4.
-func paddedNSEC(owner string) dns.RR {
-	data := append([]byte{0, 0, 32, 0x40}, make([]byte, 31)...)
-	for w := range byte(29) {
-		data = append(append(data, w+1, 32), make([]byte, 32)...)
-	}
-	return &dns.RFC3597{Hdr: dns.RR_Header{Name: owner, Rrtype: dns.TypeNSEC, Class: dns.ClassINET, Ttl: 60}, Rdata: hex.EncodeToString(data)}
 }
 
 // firstReadOf is the resolver's firstRead for a client's buffer of limit

@@ -138,7 +138,7 @@ func FuzzAnswer(f *testing.F) {
 // which 2 fit (TC); an address, its NS and 2 TXT records of the NS's name
 // in the additional section, both left out (a set is kept whole; no TC).
 // And one whose records shrink decoded: an NSEC record of a padded type
-// bitmap (paddedNSEC's, 11 windows: 375 octets, packed again in 4) before
+// bitmap (dnstest.PaddedNSEC, 375 octets, packed again in 4) before
 // a TXT record larger than the room, which the read of the first records
 // stands in for (its stand-in must not fit however the NSEC record packs).
 // They are as small as that allows: the fuzzer minimizes each input that
@@ -181,8 +181,7 @@ func FuzzCompressedFit(f *testing.F) {
 	padded := new(dns.Msg)
 	padded.SetQuestion("big.example.", dns.TypeA)
 	padded.Response = true
-	nsec := paddedNSEC("big.example.").(*dns.RFC3597)
-	nsec.Rdata = nsec.Rdata[:2*375]
+	nsec := dnstest.PaddedNSEC("big.example.", 60, 10)
 	larger := txt("big.example.", 0, 250)
 	larger.(*dns.TXT).Txt = append(larger.(*dns.TXT).Txt, strings.Repeat("z", 250)) // 514 octets
 	padded.Answer = []dns.RR{nsec, larger, a("big.example.", 0)}
