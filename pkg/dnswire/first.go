@@ -107,7 +107,7 @@ func AppendFirst(dst, msg []byte, p *RotationPlan, id uint16, n, room int, ttlOf
 		}
 		p := packedAtLeast(msg, start, fixed, end)
 		if tooLargeToRead(start, end, p, used, room) {
-			out = appendStandIn(out, binary.BigEndian.Uint16(msg[fixed+2:]), used, room)
+			out = appendStandIn(out, binary.BigEndian.Uint16(msg[fixed+2:]), room)
 			used += p
 			stoodIn = true
 			return end, nil

@@ -223,7 +223,8 @@ func TestFirstAnswers(t *testing.T) {
 // replies (a pod's nameserver's): they never panic, keep no more records
 // than asked, and what they keep walks, and reads in miekg/dns when the
 // whole did (a name a pointer leads past the records kept, or into the
-// header, would not: such replies are refused, checkName). Seeds: the
+// header, would not: such replies are refused, checkName), and cut to
+// the room as miekg cuts, keeps no stand-in (appendStandIn). Seeds: the
 // replies FuzzScanReply starts from and firstSamples; testdata has the
 // fuzzer's finds.
 func FuzzAppendFirst(f *testing.F) {
@@ -278,8 +279,18 @@ func FuzzAppendFirst(f *testing.F) {
 		if _, err := ScanReply(out); err != nil {
 			t.Fatalf("AppendFirst(%x, %d) = %x, which does not walk: %v", msg, n, out, err)
 		}
-		if err := new(dns.Msg).Unpack(out); whole && err != nil {
-			t.Fatalf("AppendFirst(%x, %d) = %x, which miekg/dns does not read: %v", msg, n, out, err)
+		m := new(dns.Msg)
+		unpacked := m.Unpack(out)
+		if whole && unpacked != nil {
+			t.Fatalf("AppendFirst(%x, %d) = %x, which miekg/dns does not read: %v", msg, n, out, unpacked)
+		}
+		// Cut to the room as the resolver cuts a decoded reply (its room
+		// is what a buffer of 512 octets or more leaves), no stand-in
+		// stays, however the records before it pack again.
+		if wm := new(dns.Msg); unpacked == nil && room >= 512-HeaderLen && wm.Unpack(msg) == nil && !hasStandIn(wm) {
+			if m.Truncate(HeaderLen + int(room)); hasStandIn(m) {
+				t.Fatalf("AppendFirst(%x, %d, %d) = %x, which cut to the room keeps a stand-in: %v", msg, n, room, out, m)
+			}
 		}
 	})
 }

@@ -194,9 +194,8 @@ func FirstRecordsIn(msg []byte, n, room int) (first []byte, dropped bool, err er
 	var c counts
 	keep, kept, used := off, 0, 0 // the first records end at keep
 	optOff, optEnd := -1, -1
-	additional := -1     // where the additional section starts
-	standIn := -1        // the used octets before the record a stand-in replaces
-	var standInClass int // its class
+	additional := -1   // where the additional section starts
+	standInClass := -1 // the class of the record a stand-in replaces, if any
 	for i := range records {
 		if i == authorityEnd {
 			additional = off
@@ -228,7 +227,7 @@ func FirstRecordsIn(msg []byte, n, room int) (first []byte, dropped bool, err er
 			}
 			c.add(i, answers, authorityEnd)
 			kept++
-			standIn, standInClass = used, int(binary.BigEndian.Uint16(msg[fixed+2:]))
+			standInClass = int(binary.BigEndian.Uint16(msg[fixed+2:]))
 			used += p
 		default:
 			c.add(i, answers, authorityEnd)
@@ -242,13 +241,13 @@ func FirstRecordsIn(msg []byte, n, room int) (first []byte, dropped bool, err er
 		return msg, false, nil
 	}
 	size := keep + max(optEnd-optOff, 0)
-	if standIn >= 0 {
-		size += standInLen(standIn, room)
+	if standInClass >= 0 {
+		size += standInLen(room)
 	}
 	first = make([]byte, keep, size)
 	copy(first, msg)
-	if standIn >= 0 {
-		first = appendStandIn(first, uint16(standInClass), standIn, room)
+	if standInClass >= 0 {
+		first = appendStandIn(first, uint16(standInClass), room)
 	}
 	if optOff >= keep {
 		first = append(first, msg[optOff:optEnd]...)
@@ -266,22 +265,25 @@ func tooLargeToRead(off, end, p, used, room int) bool {
 	return used+p > room && end-off > room
 }
 
-// standInLen is the length of the stand-in appendStandIn appends.
-func standInLen(used, room int) int {
-	return minRRLen + max(1, room-used+1-minRRLen)
+// standInLen is the length of the stand-in appendStandIn appends: room
+// and an octet (its data at most 65,535 octets).
+func standInLen(room int) int {
+	return minRRLen + min(max(1, room+1-minRRLen), 0xFFFF)
 }
 
 // appendStandIn appends to dst the record that takes the place of one
-// too large to read (tooLargeToRead) in the answer or authority section,
-// after records of used octets at packedAtLeast: of the root, type
-// typeStandIn, class class, TTL 0, and data of zeros, so that it takes
-// more than what used leaves of room packed as small as it can be (its
-// data is packed as it is). No cut to the room keeps it, nor anything
-// after it: the cut drops a record there, as it drops the one it stands
-// for, and sets TC. It takes what used leaves of the room and an octet,
-// at most room+1 octets, where the record took more than room.
-func appendStandIn(dst []byte, class uint16, used, room int) []byte {
-	data := standInLen(used, room) - minRRLen
+// too large to read (tooLargeToRead) in the answer or authority section:
+// of the root, type typeStandIn, class class, TTL 0, and data of zeros,
+// room+1 octets (standInLen), no more than the record it stands for,
+// which took more than room. So it takes more than the room alone,
+// packed as small as it can be (its data is packed as it is): no cut to
+// the room keeps it, nor anything after it, however the records before
+// it pack (decoded and packed again, those whose data came padded, an
+// NSEC record's type bitmap with empty windows, take less than
+// packedAtLeast counts them), and a client never sees it: the cut drops
+// a record there, as it drops the one it stands for, and sets TC.
+func appendStandIn(dst []byte, class uint16, room int) []byte {
+	data := standInLen(room) - minRRLen
 	dst = append(dst, 0) // the root
 	dst = binary.BigEndian.AppendUint16(dst, typeStandIn)
 	dst = binary.BigEndian.AppendUint16(dst, class)
@@ -320,8 +322,11 @@ func (c counts) set(msg []byte) {
 // pointer, or the root, its fixed part, and its data as it is, but for
 // the names in the data of the types whose names packing compresses
 // (RFC 1035's: CNAME, MX, NS, PTR, SOA, …), which take 1 octet at least,
-// the root. Packing only makes a record longer than that, so records that
-// take more than a reply's room at packedAtLeast cannot all fit in it;
+// the root, unless the data holds less (malformed: a name missing, which
+// miekg reads as empty and packs as the root). Packing only makes a
+// record longer than that, and the record as it came is no shorter, so
+// records that take more than a reply's room at packedAtLeast cannot all
+// fit in it, as they came or packed anew;
 // the data of other types is packed as it came (RFC 3597 4 has their
 // names uncompressed), unless it came with names compressed against the
 // rules or not in canonical form: the cut of such a reply may drop a
@@ -331,17 +336,18 @@ func packedAtLeast(msg []byte, off, fixed, end int) int {
 	if c := msg[off]; c == 0 || c&0xC0 == 0xC0 && pointsToRoot(msg, off) {
 		n = 1 + rrFixedLen
 	}
+	data := end - fixed - rrFixedLen
 	switch binary.BigEndian.Uint16(msg[fixed:]) {
 	case typeNS, typeMD, typeMF, typeCNAME, typeMB, typeMG, typeMR, typePTR:
-		return n + 1
+		return n + min(data, 1)
 	case typeMINFO:
-		return n + 2
+		return n + min(data, 2)
 	case typeMX:
-		return n + 2 + 1 // the preference, the exchange
+		return n + min(data, 2+1) // the preference, the exchange
 	case typeSOA:
-		return n + 2 + 20 // two names, five numbers
+		return n + min(data, 2+20) // two names, five numbers
 	}
-	return n + end - fixed - rrFixedLen
+	return n + data
 }
 
 // pointsToRoot reports whether the compression pointer at off may stand

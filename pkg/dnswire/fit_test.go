@@ -341,10 +341,11 @@ func TestFirstRecords(t *testing.T) {
 
 // hugeRecordReplies are replies a hostile nameserver (a pod's own) sends,
 // by name: a record of 60,000 octets, larger than any client's buffer,
-// among the answers (TXT, or of a type no reader knows), in the authority
-// section, and in the additional section after records of its set; and
-// 100 records of 600 octets or so of types other than A, AAAA and TXT,
-// whose data a cut's read counted as nothing.
+// among the answers (TXT, or of a type no reader knows, or after an NSEC
+// record whose type bitmap comes padded, which packs again in a few
+// octets), in the authority section, and in the additional section after
+// records of its set; and 100 records of 600 octets or so of types other
+// than A, AAAA and TXT, whose data a cut's read counted as nothing.
 func hugeRecordReplies(tb testing.TB) map[string][]byte {
 	tb.Helper()
 	hugeTXT := func(owner string) string { // 235 strings of 255 octets
@@ -366,6 +367,9 @@ func hugeRecordReplies(tb testing.TB) map[string][]byte {
 	msgs := map[string]*dns.Msg{
 		"a huge TXT answer": newMsg("big.example.", dns.TypeTXT, records(tb, answer, small("big.example."), small("big.example."),
 			hugeTXT("big.example."), small("big.example.")), records(tb, additional, glue...)),
+		"a huge answer after a padded NSEC": newMsg("big.example.", dns.TypeA, func(m *dns.Msg) {
+			m.Answer = []dns.RR{dnstest.PaddedNSEC("big.example.", 60, 29)}
+		}, records(tb, answer, hugeTXT("big.example."), addrs[0])),
 		"a huge answer of an unknown type": newMsg("big.example.", dns.TypeA, records(tb, answer,
 			slices.Concat(addrs, []string{opaque("big.example.", 60000)}, addrs)...)),
 		"a huge authority record": newMsg("big.example.", dns.TypeA, records(tb, authority, testSOA, hugeTXT("example.com.")),
@@ -405,7 +409,12 @@ func firstReadOf(limit int) (n, room int) {
 // types and sizes (before: a record of 60,000 octets read whole, as the
 // one past the room, and 100 records of 600 octets of types other than A,
 // AAAA and TXT read as records of none: all of them), and the cut of it to
-// the buffer (PlanFit) is the cut of the whole, TC and all.
+// the buffer (PlanFit) is the cut of the whole, TC and all; decoded and
+// cut as miekg cuts (Truncate, the resolver's compressedFit and slow
+// path's replies), it keeps no stand-in, and has TC where that cut has
+// it (before: after the
+// padded NSEC record, which packs again smaller than it came, the
+// stand-in fit, and was kept without TC).
 func TestFirstRecordsReadWhatTheRoomHolds(t *testing.T) {
 	t.Parallel()
 	for name, msg := range hugeRecordReplies(t) {
@@ -431,6 +440,13 @@ func TestFirstRecordsReadWhatTheRoomHolds(t *testing.T) {
 			}
 			if cut, wholeCut := got.Apply(slices.Clone(first)), want.Apply(slices.Clone(msg)); !bytes.Equal(cut, wholeCut) || got.Truncated != want.Truncated {
 				t.Errorf("%s, buffer %d: the first records cut to\n%x (TC %v), the whole to\n%x (TC %v)", name, limit, cut, got.Truncated, wholeCut, want.Truncated)
+			}
+			m := new(dns.Msg)
+			if err := m.Unpack(first); err != nil {
+				t.Fatalf("%s, buffer %d: %x does not decode: %v", name, limit, first, err)
+			}
+			if m.Truncate(limit); hasStandIn(m) || m.Truncated != want.Truncated {
+				t.Errorf("%s, buffer %d: decoded and cut: TC %v, answer %v, authority %v; want TC %v and no stand-in", name, limit, m.Truncated, m.Answer, m.Ns, want.Truncated)
 			}
 		}
 	}
@@ -492,6 +508,48 @@ func TestPackedAtLeastIsWhatPackingLeaves(t *testing.T) {
 		p := packedAtLeast(wire, q.End, fixed, end)
 		if p > least || !compressed[rr.Header().Rrtype] && p != least {
 			t.Errorf("%s: packedAtLeast %d, packed after one like it %d", line, p, least)
+		}
+	}
+}
+
+// hasStandIn reports whether m holds a record of typeStandIn.
+func hasStandIn(m *dns.Msg) bool {
+	for _, rr := range slices.Concat(m.Answer, m.Ns, m.Extra) {
+		if rr.Header().Rrtype == typeStandIn {
+			return true
+		}
+	}
+	return false
+}
+
+// TestPackedAtLeastIsNoMoreThanTheRecord: of records whose data is
+// missing its name (malformed: an NS record of no data, an MX record of a
+// preference alone, an SOA record cut short), packedAtLeast is no more
+// than the record takes as it came (before: a name counted 1 octet
+// however little the data held, so that a read of a reply of 101 NS
+// records of no data stopped at 94, which fit the client's buffer as they
+// came: cut without TC).
+func TestPackedAtLeastIsNoMoreThanTheRecord(t *testing.T) {
+	for _, tc := range []struct {
+		rrtype uint16
+		data   []byte
+	}{
+		{dns.TypeNS, nil},
+		{dns.TypeCNAME, nil},
+		{dns.TypePTR, nil},
+		{dns.TypeMINFO, []byte{0}},
+		{dns.TypeMX, []byte{0, 10}},
+		{dns.TypeSOA, []byte{0, 0}},
+	} {
+		msg := pack(t, newMsg("x.example.", tc.rrtype))
+		start := len(msg)
+		msg = appendRR(msg, uint16(pointer(HeaderLen)), tc.rrtype, dns.ClassINET, 60, tc.data)
+		fixed, end, err := skipRR(msg, start)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p := packedAtLeast(msg, start, fixed, end); p > end-start {
+			t.Errorf("%s of %d octets of data: packedAtLeast %d, the record as it came %d", dns.TypeToString[tc.rrtype], len(tc.data), p, end-start)
 		}
 	}
 }

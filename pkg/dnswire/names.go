@@ -66,11 +66,13 @@ const (
 // another pointer) before the pointer itself, and those labels may hold
 // no TTL field at ttls (sorted; nil: none checked). So the name is read
 // from octets before it that no cut drops or changes. It follows at most
-// maxPointers, as readName does.
+// maxPointers, and reads no more than maxNameLen octets, as readName does
+// (and miekg/dns): so a name costs at most some 250 steps, however its
+// pointers chain labels.
 func checkName(msg []byte, off, end int, ttls []uint16) (next int, err error) {
 	next = -1
 	led := -1 // where the labels the last pointer led to start
-	for pointers := 0; ; {
+	for pointers, n := 0, 0; ; {
 		if off >= end {
 			if led >= 0 {
 				return 0, errForward
@@ -88,6 +90,9 @@ func checkName(msg []byte, off, end int, ttls []uint16) (next int, err error) {
 					next = off + 1
 				}
 				return next, nil
+			}
+			if n += 1 + c; n >= maxNameLen { // the root label still to come
+				return 0, errNameLen
 			}
 			off += 1 + c
 		case 0xC0:
@@ -149,12 +154,12 @@ func checkNames(msg []byte, off, fixed, end int, ttls []uint16) error {
 
 // checkDataNames checks the names in the data msg[off:end] of a record
 // of type rrtype (checkName): those of the types whose names miekg/dns
-// decodes, where it decodes them. Each must end inside the data. Data of
-// no octets holds none (miekg reads none).
+// decodes, where it decodes them. Each that starts inside the data must
+// end inside it. Data that ends before a name holds no more (an MX record
+// of a preference alone): miekg reads a record's fields up to where its
+// data ends, or fails on one cut inside a field; either way it reads no
+// name there, and a cut that keeps the record whole changes none.
 func checkDataNames(msg []byte, rrtype uint16, off, end int, ttls []uint16) error {
-	if off == end {
-		return nil
-	}
 	names := 1 // -1: names up to the end of the data
 	switch rrtype {
 	case typeNS, typeMD, typeMF, typeCNAME, typeMB, typeMG, typeMR, typePTR,
@@ -173,13 +178,13 @@ func checkDataNames(msg []byte, rrtype uint16, off, end int, ttls []uint16) erro
 		off += 4 // order, preference; then flags, services and regexp
 		for range 3 {
 			if off >= end {
-				return errRdata
+				return nil
 			}
 			off += 1 + int(msg[off])
 		}
 	case typeHIP: // HIT and key lengths, algorithm, HIT, key, servers
 		if off+4 > end {
-			return errRdata
+			return nil
 		}
 		off += 4 + int(msg[off]) + int(binary.BigEndian.Uint16(msg[off+2:]))
 		names = -1
@@ -196,10 +201,7 @@ func checkDataNames(msg []byte, rrtype uint16, off, end int, ttls []uint16) erro
 	default:
 		return nil
 	}
-	if off > end {
-		return errRdata
-	}
-	for i := 0; i != names && (names > 0 || off < end); i++ {
+	for i := 0; i != names && off < end; i++ {
 		var err error
 		if off, err = checkName(msg, off, end, ttls); err != nil {
 			return err

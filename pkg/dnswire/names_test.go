@@ -225,3 +225,120 @@ func TestDataNamesAreWhereMiekgReadsThem(t *testing.T) {
 		}
 	}
 }
+
+// TestDataEndingBeforeItsNameHoldsNone: a record whose data ends where a
+// name would start (an MX record of a preference alone, an SRV record
+// without its target, a NAPTR record of an order and a preference), which
+// miekg/dns reads, its fields up to there, scans and is cut as it came,
+// as a reply CoreDNS reads (before: refused as if a name in it led
+// nowhere, so a client over UDP got an empty reply with TC for it).
+func TestDataEndingBeforeItsNameHoldsNone(t *testing.T) {
+	for _, tc := range []struct {
+		rrtype uint16
+		data   []byte
+	}{
+		{dns.TypeMX, []byte{0, 10}},
+		{dns.TypeSRV, []byte{0, 1, 0, 1, 0, 53}},
+		{dns.TypeNAPTR, []byte{0, 100, 0, 10}},
+		{dns.TypeSOA, []byte("\x02ab\x00")},
+	} {
+		name := dns.TypeToString[tc.rrtype]
+		msg := hostileReply(t, 2, func(start int) []byte {
+			rr := func(rrtype uint16, data []byte) []byte {
+				out := binary.BigEndian.AppendUint16(nil, pointer(HeaderLen))
+				out = binary.BigEndian.AppendUint16(out, rrtype)
+				out = binary.BigEndian.AppendUint16(out, dns.ClassINET)
+				out = binary.BigEndian.AppendUint32(out, 60)
+				out = binary.BigEndian.AppendUint16(out, uint16(len(data)))
+				return append(out, data...)
+			}
+			return append(rr(tc.rrtype, tc.data), rr(dns.TypeA, []byte{10, 0, 0, 1})...)
+		})
+		if err := new(dns.Msg).Unpack(msg); err != nil {
+			t.Errorf("%s: miekg/dns does not read %x: %v", name, msg, err)
+			continue
+		}
+		if _, err := ScanReply(msg); err != nil {
+			t.Errorf("%s: ScanReply(%x): %v", name, msg, err)
+		}
+		f, err := PlanFit(msg, len(msg)-1)
+		if err != nil || f.Kept() != 1 {
+			t.Errorf("%s: PlanFit(%x) to one octet less: %d kept, %v; want the first record kept", name, msg, f.Kept(), err)
+		}
+	}
+}
+
+// chainedLabels is data of runs of labels one-octet labels, each
+// run but the first ending in a pointer to the one before, at off in the
+// message: a name that points to the last run reads as all of them. It
+// returns the data and where the last run starts.
+func chainedLabels(off, runs, labels int) (data []byte, last int) {
+	last = -1
+	for range runs {
+		run := off + len(data)
+		for range labels {
+			data = append(data, 1, 'x')
+		}
+		if last < 0 {
+			data = append(data, 0)
+		} else {
+			data = binary.BigEndian.AppendUint16(data, pointer(last))
+		}
+		last = run
+	}
+	return data, last
+}
+
+// TestNameLongerThanANameIsRefused: a name that pointers make longer
+// than 255 octets, which miekg/dns refuses to read, is refused by
+// ScanReply and the cuts as readName refuses it: one owning an additional
+// record, and one owning the 2,900 other records of a 64 KB reply, which
+// chains 127 runs of 120 labels (before: accepted, that one followed to
+// its end, 15,000 labels for each record: 43 ms for PlanFit on a shared
+// 2-core machine).
+func TestNameLongerThanANameIsRefused(t *testing.T) {
+	for _, tc := range []struct {
+		name         string
+		runs, labels int
+		fill         bool // the long name owns answers up to 64 KB; else one additional record
+	}{
+		{"two runs, 300 octets", 2, 75, false},
+		{"127 runs of 120 labels", 127, 120, true},
+	} {
+		rr := func(owner uint16, data []byte) []byte {
+			out := binary.BigEndian.AppendUint16(nil, owner)
+			out = binary.BigEndian.AppendUint16(out, 65400)
+			out = binary.BigEndian.AppendUint16(out, dns.ClassINET)
+			out = binary.BigEndian.AppendUint32(out, 60)
+			out = binary.BigEndian.AppendUint16(out, uint16(len(data)))
+			return append(out, data...)
+		}
+		owned := 0
+		msg := hostileReply(t, 1, func(start int) []byte {
+			data, last := chainedLabels(start+2+rrFixedLen, tc.runs, tc.labels)
+			out := rr(pointer(HeaderLen), data)
+			for owned == 0 || tc.fill && start+len(out)+minRRLen+1 < 0xFFFF {
+				out = append(out, rr(pointer(last), nil)...)
+				owned++
+			}
+			return out
+		})
+		if tc.fill {
+			SetANCount(msg, uint16(1+owned))
+		} else {
+			SetARCount(msg, 1)
+		}
+		if err := new(dns.Msg).Unpack(msg); err == nil {
+			t.Errorf("%s: miekg/dns reads it", tc.name)
+		}
+		if _, err := ScanReply(msg); !errors.Is(err, errNameLen) {
+			t.Errorf("%s: ScanReply: %v, want %v", tc.name, err, errNameLen)
+		}
+		if _, err := PlanFit(msg, 512); !errors.Is(err, errNameLen) {
+			t.Errorf("%s: PlanFit: %v, want %v", tc.name, err, errNameLen)
+		}
+		if _, _, err := FirstRecordsIn(msg, 50, 500); !errors.Is(err, errNameLen) {
+			t.Errorf("%s: FirstRecordsIn: %v, want %v", tc.name, err, errNameLen)
+		}
+	}
+}

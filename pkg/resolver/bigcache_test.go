@@ -102,6 +102,32 @@ func ednsQueryOf(name string, qtype, size uint16) *dns.Msg {
 	return m
 }
 
+// cachedUDPAnswer fills the forwarder's cache with the reply to name, of
+// type qtype, asked over TCP (answers records at least), then asks for it
+// over UDP with a buffer of 1,232 octets, answered from the cache on the
+// socket's goroutine (the offline pass) into a batch buffer, as the UDP
+// loop asks: the reply, and the bytes a query allocates.
+func (ss *slowServer) cachedUDPAnswer(t *testing.T, what, name string, qtype uint16, answers int) (*dns.Msg, uint64) {
+	t.Helper()
+	if r, err := ss.tryExchange(victimIP, "tcp", ednsQueryOf(name, qtype, 1232)); err != nil || len(r.Answer) < answers {
+		t.Fatalf("%s over TCP, to fill the cache: %v, %v", what, err, r)
+	}
+	q, err := ednsQueryOf(name, qtype, 1232).Pack()
+	if err != nil {
+		t.Fatal(err)
+	}
+	src, local := netip.AddrPortFrom(victimIP, 5000), netip.MustParseAddrPort("127.0.0.1:53")
+	out := make([]byte, 0, 4096+512) // as the UDP loop's batch buffer
+	var reply []byte
+	per := testenv.BytesPerCall(20, func() {
+		if reply = ss.slowUDP(nil, q, src, local, out); reply == nil {
+			t.Fatalf("%s over UDP: not answered from the cache", what)
+		}
+	})
+	t.Logf("%s over UDP: %d bytes allocated a query", what, per)
+	return dnstest.Unpack(t, reply), per
+}
+
 // TestLargeCachedRepliesCostWhatTheReplyHolds: a pod's nameserver gives
 // 59 KB of A records for a name, or 62 KB of TXT records of 600 octets,
 // cached by a query over TCP; a UDP query answered from it on the socket's
@@ -118,8 +144,6 @@ func TestLargeCachedRepliesCostWhatTheReplyHolds(t *testing.T) {
 	ss := startSlowServerWith(t, Options{Autopath: true, Limits: quota.Limits{QPS: -1}}, &model.Snapshot{
 		Services: []model.Service{{Namespace: "ns1", Name: "out", ExternalName: "big.example"}},
 	}, bigAnswers{})
-	src, local := netip.AddrPortFrom(victimIP, 5000), netip.MustParseAddrPort("127.0.0.1:53")
-	out := make([]byte, 0, 4096+512) // as the UDP loop's batch buffer
 	for _, tc := range []struct {
 		what, name, target string
 		qtype              uint16
@@ -138,25 +162,10 @@ func TestLargeCachedRepliesCostWhatTheReplyHolds(t *testing.T) {
 		if tc.qtype == dns.TypeTXT {
 			records = bigTXT
 		}
-		if r, err := ss.tryExchange(victimIP, "tcp", ednsQueryOf(tc.name, tc.qtype, 1232)); err != nil || len(r.Answer) < records {
-			t.Fatalf("%s over TCP, to fill the cache: %v, %d answers", tc.what, err, len(r.Answer))
-		}
-		m := ednsQueryOf(tc.name, tc.qtype, 1232)
-		q, err := m.Pack()
-		if err != nil {
-			t.Fatal(err)
-		}
-		var reply []byte
-		per := testenv.BytesPerCall(20, func() {
-			if reply = ss.slowUDP(nil, q, src, local, out); reply == nil {
-				t.Fatalf("%s over UDP: not answered from the cache", tc.what)
-			}
-		})
-		t.Logf("%s over UDP: %d bytes allocated a query", tc.what, per)
+		r, per := ss.cachedUDPAnswer(t, tc.what, tc.name, tc.qtype, records)
 		if per > tc.under {
 			t.Errorf("%s over UDP, answered from the cache: %d bytes allocated a query, want under %d", tc.what, per, tc.under)
 		}
-		r := dnstest.Unpack(t, reply)
 		answers := r.Answer
 		if tc.target != "" {
 			if len(answers) == 0 || answers[0].Header().Rrtype != dns.TypeCNAME || answers[0].(*dns.CNAME).Target != tc.target {
@@ -171,9 +180,9 @@ func TestLargeCachedRepliesCostWhatTheReplyHolds(t *testing.T) {
 			owner = tc.name
 		}
 		whole := new(dns.Msg)
-		whole.SetReply(m)
+		whole.SetReply(ednsQueryOf(tc.name, tc.qtype, 1232))
 		whole.Answer = append(whole.Answer, r.Answer[:len(r.Answer)-len(answers)]...)
-		whole.Answer = append(whole.Answer, bigAnswers{}.Reply(ednsQueryOf(owner, tc.qtype, 1232), local).Answer...)
+		whole.Answer = append(whole.Answer, bigAnswers{}.Reply(ednsQueryOf(owner, tc.qtype, 1232), netip.AddrPort{}).Answer...)
 		whole.SetEdns0(dnswire.EDNSUDPSize, false)
 		whole.Truncate(1232)
 		if r.Rcode != dns.RcodeSuccess || !r.Truncated || len(r.Answer) != len(whole.Answer) || len(answers) == 0 {

@@ -137,6 +137,10 @@ func FuzzAnswer(f *testing.F) {
 // addresses uncompressed, which all fit compressed; 3 TXT records, of
 // which 2 fit (TC); an address, its NS and 2 TXT records of the NS's name
 // in the additional section, both left out (a set is kept whole; no TC).
+// And one whose records shrink decoded: an NSEC record of a padded type
+// bitmap (dnstest.PaddedNSEC, 375 octets, packed again in 4) before
+// a TXT record larger than the room, which the read of the first records
+// stands in for (its stand-in must not fit however the NSEC record packs).
 // They are as small as that allows: the fuzzer minimizes each input that
 // finds new coverage, for up to a minute, by tries that grow with the
 // square of its length, and with seeds of 60 addresses (1.7 KB) its
@@ -174,6 +178,15 @@ func FuzzCompressedFit(f *testing.F) {
 			f.Add(b, uint16(512))
 		}
 	}
+	padded := new(dns.Msg)
+	padded.SetQuestion("big.example.", dns.TypeA)
+	padded.Response = true
+	nsec := dnstest.PaddedNSEC("big.example.", 60, 10)
+	larger := txt("big.example.", 0, 250)
+	larger.(*dns.TXT).Txt = append(larger.(*dns.TXT).Txt, strings.Repeat("z", 250)) // 514 octets
+	padded.Answer = []dns.RR{nsec, larger, a("big.example.", 0)}
+	b, _ := padded.Pack()
+	f.Add(b, uint16(512))
 	f.Fuzz(func(t *testing.T, msg []byte, limit uint16) {
 		fit, err := dnswire.PlanFit(msg, int(limit))
 		if err != nil || !fit.Dropped {

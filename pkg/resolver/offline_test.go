@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -12,7 +13,6 @@ import (
 	"github.com/miekg/dns"
 
 	"github.com/ztdns/ztdns/internal/dnstest"
-	"github.com/ztdns/ztdns/internal/testenv"
 	"github.com/ztdns/ztdns/pkg/dnswire"
 	"github.com/ztdns/ztdns/pkg/model"
 	"github.com/ztdns/ztdns/pkg/resolver/quota"
@@ -28,9 +28,16 @@ const typeOpaque = 65400
 // three addresses, a record of typeOpaque of 60,000 octets (larger than
 // any client's buffer), and three more; names under opaque. asked for
 // typeOpaque 100 records of 600 octets of it (the record's number, then
-// filler); names under twoopt. one address and, for an EDNS query, two
-// OPT records (RFC 6891 6.1.1: malformed); asked counts the queries for
-// names under twoopt. and once. (one address).
+// filler); names under padded. an NSEC record whose type bitmap comes
+// padded with 29 empty windows (dnstest.PaddedNSEC), the record of 60,000
+// octets and three addresses, and under paddedns. NODATA with an SOA,
+// that NSEC record and the record of 60,000 octets as authority; names
+// under noexchange. an MX record with a preference and no exchange
+// (malformed), then 99 MX records; names under emptyns. 101 NS records of
+// no data (malformed: 12 octets each under a pointer, where a name would
+// take one more); names under twoopt. one address and, for an EDNS query,
+// two OPT records (RFC 6891 6.1.1: malformed); asked counts the queries
+// for names under twoopt. and once. (one address).
 type hostileAnswers struct{ asked map[string]*atomic.Int64 }
 
 func newHostileAnswers() hostileAnswers {
@@ -65,6 +72,20 @@ func (h hostileAnswers) Reply(req *dns.Msg, _ netip.AddrPort) *dns.Msg {
 	switch {
 	case strings.HasPrefix(name, "huge."):
 		m.Answer = append(append(addrs(1), opaque(0, 60000)), addrs(4)...)
+	case strings.HasPrefix(name, "padded."):
+		m.Answer = append([]dns.RR{dnstest.PaddedNSEC(q.Name, 300, 29), opaque(0, 60000)}, addrs(1)...)
+	case strings.HasPrefix(name, "paddedns."):
+		m.Ns = []dns.RR{dnstest.SOA, dnstest.PaddedNSEC(q.Name, 300, 29), opaque(0, 60000)}
+	case strings.HasPrefix(name, "noexchange."):
+		m.Answer = []dns.RR{&dns.RFC3597{Hdr: hdr(dns.TypeMX), Rdata: "000a"}}
+		for i := range 99 {
+			m.Answer = append(m.Answer, &dns.MX{Hdr: hdr(dns.TypeMX), Preference: 10, Mx: fmt.Sprintf("mx%02d.example.", i)})
+		}
+	case strings.HasPrefix(name, "emptyns."):
+		for range 101 {
+			m.Answer = append(m.Answer, &dns.RFC3597{Hdr: hdr(dns.TypeNS)})
+		}
+		m.Compress = true
 	case strings.HasPrefix(name, "opaque.") && q.Qtype == typeOpaque:
 		for i := range 100 {
 			m.Answer = append(m.Answer, opaque(i, 600))
@@ -79,6 +100,51 @@ func (h hostileAnswers) Reply(req *dns.Msg, _ netip.AddrPort) *dns.Msg {
 		}
 	}
 	return m
+}
+
+// TestStandInNeverReachesAClient: a record too large for a client's
+// buffer, read among a reply's first records, is stood in for by a record
+// of a type of its own, which every cut to the buffer drops, with TC, as
+// it drops the record: the client never sees it, however the records
+// before it pack. A pod's nameserver answers with an NSEC record whose
+// type bitmap comes padded (1,021 octets as it came, 4 decoded and packed
+// again), then a record of 60,000 octets, in the answer or authority
+// section; asked with a buffer of 1,232 octets over UDP, forwarded, then
+// from the cache, the name itself, an ExternalName chased to it and
+// autopath finding it as a candidate: each reply has TC and no stand-in
+// (before: the stand-in, sized to what the NSEC record left of the buffer
+// as it came, fit once that was packed again, and reached the client as a
+// record of type 65280, without TC).
+func TestStandInNeverReachesAClient(t *testing.T) {
+	ss := startSlowServerWith(t, Options{Autopath: true, Limits: quota.Limits{QPS: -1}}, &model.Snapshot{
+		Services: []model.Service{
+			{Namespace: "ns1", Name: "paddedout", ExternalName: "padded.example"},
+			{Namespace: "ns1", Name: "paddednsout", ExternalName: "paddedns.example"},
+		},
+	}, newHostileAnswers())
+	for _, name := range []string{
+		"padded.example.", "paddedout.ns1.svc.cluster.local.", "padded.ns1.svc.cluster.local.",
+		"paddedns.example.", "paddednsout.ns1.svc.cluster.local.", "paddedns.ns1.svc.cluster.local.",
+	} {
+		check := func(how string, r *dns.Msg) {
+			t.Helper()
+			for _, rr := range slices.Concat(r.Answer, r.Ns, r.Extra) {
+				if rr.Header().Rrtype == 0xFF00 {
+					t.Errorf("%s, %s: a stand-in reached the client: %v", name, how, rr)
+				}
+			}
+			if r.Rcode != dns.RcodeSuccess || !r.Truncated {
+				t.Errorf("%s, %s: %s, TC %v; want NOERROR and TC (the record of 60,000 octets left out)", name, how, dns.RcodeToString[r.Rcode], r.Truncated)
+			}
+		}
+		r, err := ss.tryExchange(victimIP, "udp", ednsQuery(name, 1232))
+		if err != nil {
+			t.Fatal(err)
+		}
+		check("forwarded over UDP", r)
+		r, _ = ss.cachedUDPAnswer(t, name, name, dns.TypeA, 0)
+		check("from the cache", r)
+	}
 }
 
 // TestOfflineReadsOfHostileRecordsCostWhatTheReplyHolds: a pod's
@@ -100,8 +166,6 @@ func TestOfflineReadsOfHostileRecordsCostWhatTheReplyHolds(t *testing.T) {
 			{Namespace: "ns1", Name: "opaqueout", ExternalName: "opaque.example"},
 		},
 	}, up)
-	src, local := netip.AddrPortFrom(victimIP, 5000), netip.MustParseAddrPort("127.0.0.1:53")
-	out := make([]byte, 0, 4096+512) // as the UDP loop's batch buffer
 	for _, tc := range []struct {
 		what, name, target string
 		qtype              uint16
@@ -113,25 +177,10 @@ func TestOfflineReadsOfHostileRecordsCostWhatTheReplyHolds(t *testing.T) {
 		{"an unknown type, an ExternalName to it", "opaqueout.ns1.svc.cluster.local.", "opaque.example.", typeOpaque},
 		{"an unknown type, autopath's candidate", "opaque.ns1.svc.cluster.local.", "opaque.corp.internal.", typeOpaque},
 	} {
-		if r, err := ss.tryExchange(victimIP, "tcp", ednsQueryOf(tc.name, tc.qtype, 1232)); err != nil || len(r.Answer) < 7 {
-			t.Fatalf("%s over TCP, to fill the cache: %v, %v", tc.what, err, r)
-		}
-		m := ednsQueryOf(tc.name, tc.qtype, 1232)
-		q, err := m.Pack()
-		if err != nil {
-			t.Fatal(err)
-		}
-		var reply []byte
-		per := testenv.BytesPerCall(20, func() {
-			if reply = ss.slowUDP(nil, q, src, local, out); reply == nil {
-				t.Fatalf("%s over UDP: not answered from the cache", tc.what)
-			}
-		})
-		t.Logf("%s over UDP: %d bytes allocated a query", tc.what, per)
+		r, per := ss.cachedUDPAnswer(t, tc.what, tc.name, tc.qtype, 7)
 		if per > 16<<10 {
 			t.Errorf("%s over UDP, answered from the cache: %d bytes allocated a query, want under 16 KiB", tc.what, per)
 		}
-		r := dnstest.Unpack(t, reply)
 		owner := tc.target
 		if owner == "" {
 			owner = tc.name
@@ -139,14 +188,14 @@ func TestOfflineReadsOfHostileRecordsCostWhatTheReplyHolds(t *testing.T) {
 		// As many as a cut of the whole answer keeps (miekg's Truncate, as
 		// CoreDNS's and the slow path's reply is cut).
 		whole := new(dns.Msg)
-		whole.SetReply(m)
+		whole.SetReply(ednsQueryOf(tc.name, tc.qtype, 1232))
 		if tc.target != "" {
 			if len(r.Answer) == 0 || r.Answer[0].Header().Rrtype != dns.TypeCNAME || r.Answer[0].(*dns.CNAME).Target != tc.target {
 				t.Fatalf("%s: %v, want a CNAME to %s first", tc.what, r.Answer, tc.target)
 			}
 			whole.Answer = r.Answer[:1]
 		}
-		whole.Answer = append(whole.Answer, up.Reply(ednsQueryOf(owner, tc.qtype, 1232), local).Answer...)
+		whole.Answer = append(whole.Answer, up.Reply(ednsQueryOf(owner, tc.qtype, 1232), netip.AddrPort{}).Answer...)
 		whole.SetEdns0(dnswire.EDNSUDPSize, false)
 		whole.Truncate(1232)
 		if r.Rcode != dns.RcodeSuccess || !r.Truncated || len(r.Answer) != len(whole.Answer) {
@@ -155,6 +204,43 @@ func TestOfflineReadsOfHostileRecordsCostWhatTheReplyHolds(t *testing.T) {
 		for i, rr := range r.Answer {
 			if h := rr.Header(); h.Rrtype != dns.TypeCNAME && h.Rrtype != tc.qtype {
 				t.Errorf("%s: answer %d is %v, want one of the name's", tc.what, i, rr)
+			}
+		}
+	}
+}
+
+// TestMalformedRecordsAreCut: replies larger than the client's UDP buffer
+// (1,232 octets) with malformed records that miekg/dns, and so CoreDNS,
+// reads (a record's data may end at any field) are cut to the records
+// that fit, with TC, forwarded and from the cache, and given whole over
+// TCP: an MX record of a preference alone, then 99 MX records (before:
+// the cut refused the reply, as if a compression pointer in it led
+// nowhere, and the client got an empty reply with TC), and 101 NS
+// records of no data under compressed owners, 12 octets each (before:
+// from the cache, the read of its first records counted each at least
+// one octet of data, as a name takes, and stopped at 94, which fit: the
+// client got 94 and no TC, a part of the answer taken for the whole).
+func TestMalformedRecordsAreCut(t *testing.T) {
+	ss := startSlowServerWith(t, Options{Limits: quota.Limits{QPS: -1}}, &model.Snapshot{}, newHostileAnswers())
+	for _, tc := range []struct {
+		name       string
+		qtype      uint16
+		whole, fit int // the answers, and those that fit
+	}{
+		{"noexchange.example.", dns.TypeMX, 100, 56}, // 21 octets each, cut compressed
+		{"emptyns.example.", dns.TypeNS, 101, 99},
+	} {
+		for _, proto := range []string{"udp", "tcp", "udp"} {
+			r, err := ss.tryExchange(victimIP, proto, ednsQueryOf(tc.name, tc.qtype, 1232))
+			if err != nil {
+				t.Fatal(err)
+			}
+			want, truncated := tc.fit, true
+			if proto == "tcp" {
+				want, truncated = tc.whole, false
+			}
+			if r.Rcode != dns.RcodeSuccess || len(r.Answer) != want || r.Truncated != truncated {
+				t.Errorf("%s over %s: %s, %d answers, TC %v; want %d, TC %v", tc.name, proto, dns.RcodeToString[r.Rcode], len(r.Answer), r.Truncated, want, truncated)
 			}
 		}
 	}
