@@ -172,7 +172,10 @@ func (p *udpPoller) wait(ctx context.Context, w *udpWait) error {
 // exchange, until one is w's (own) or ctx ends (its error), or the set is
 // closed. ctx's end is an expired read deadline on ep: ep has no other
 // reader meanwhile. One set by a leader before, whose context ended as it
-// stopped leading, ends a wait early: it is cleared, and the wait goes on.
+// stopped leading, ends a wait early: it is cleared, and the wait goes on
+// unless ctx ended, which is asked only once it is cleared: ctx's own
+// deadline, set just before, is cleared too, and ctx's end (told before
+// the deadline is set) is then seen.
 func (p *udpPoller) leadFor(ctx context.Context, w *udpWait) (own bool, err error) {
 	select {
 	case <-w.ready: // a token from the leader before
@@ -194,14 +197,22 @@ func (p *udpPoller) leadFor(ctx context.Context, w *udpWait) (own bool, err erro
 			return true, nil
 		case !errors.Is(err, os.ErrDeadlineExceeded):
 			return own, err
-		case ctx.Err() != nil:
-			return own, ctx.Err()
+		}
+		if clearingDeadline != nil {
+			clearingDeadline()
 		}
 		if err := p.ep.SetReadDeadline(time.Time{}); err != nil {
 			return own, err
 		}
+		if err := ctx.Err(); err != nil {
+			return own, err
+		}
 	}
 }
+
+// clearingDeadline, set by a test, runs as a leader is about to clear a
+// read deadline that ended its wait.
+var clearingDeadline func()
 
 // drain takes every event the set holds and hands each to its exchange;
 // it reports whether one was for the exchange id, which it does not hand.

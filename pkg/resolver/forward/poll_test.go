@@ -2,6 +2,7 @@ package forward
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"strings"
@@ -80,5 +81,50 @@ func TestConcurrentExchangesAllAnswered(t *testing.T) {
 		for err := range errs {
 			t.Fatalf("burst %d: %v", b, err)
 		}
+	}
+}
+
+// TestLeaderEndsWithItsContext has a lone exchange lead the set with a
+// read deadline left on it by an earlier leader, whose context ended as
+// it stopped leading, and ends the exchange's context just as the leader
+// is about to clear that deadline, its context's own deadline set by
+// then: the wait ends with its context. A leader that asked whether its
+// context ended before it cleared the deadline would clear its
+// context's too, and wait on for an event that never comes (its
+// upstream silent): its client would get no answer, and Close would
+// wait for it for ever.
+func TestLeaderEndsWithItsContext(t *testing.T) {
+	p := newUDPPoller()
+	t.Cleanup(p.close)
+	fd, err := dialUDP(silentUpstream(t).addr) // nothing comes on it
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rawClose(fd) })
+	w, err := p.add(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.remove(w) })
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	clearingDeadline = func() {
+		clearingDeadline = nil // the next deadline is the context's own
+		cancel()
+		// Its context.AfterFunc sets the deadline in a goroutine of its
+		// own: let it run.
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Cleanup(func() { clearingDeadline = nil })
+	_ = p.ep.SetReadDeadline(time.Unix(1, 0)) // an earlier leader's
+	done := make(chan error, 1)
+	go func() { done <- p.wait(ctx, w) }()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("wait: %v, want its context's end", err)
+		}
+	case <-time.After(guard):
+		t.Fatalf("wait: still waiting %v after its context ended", guard)
 	}
 }
