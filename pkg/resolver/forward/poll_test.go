@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+	"golang.org/x/sys/unix"
 
 	"github.com/ztdns/ztdns/internal/dnstest"
 )
@@ -126,5 +127,86 @@ func TestLeaderEndsWithItsContext(t *testing.T) {
 		}
 	case <-time.After(guard):
 		t.Fatalf("wait: still waiting %v after its context ended", guard)
+	}
+}
+
+// TestForwardsOnceDescriptorsAreBack makes a Forwarder while the agent is
+// out of descriptors, so it has no epoll set: its UDP exchanges fail at
+// once, SERVFAIL counted as no_socket, while none can be made, and are
+// answered once descriptors are back. An agent that never tried again
+// would SERVFAIL every forwarded UDP query until restarted.
+func TestForwardsOnceDescriptorsAreBack(t *testing.T) {
+	up := startUpstream(t, answerA(300, "198.51.100.1"))
+	var limit unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &limit); err != nil {
+		t.Fatal(err)
+	}
+	restore := func() {
+		if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &limit); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Cleanup(restore)
+	// The lowest descriptor number free: the next one opened takes it.
+	free, err := unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	unix.Close(free)
+	// At most n more descriptors: n above the lowest free, the next n opened
+	// if none is closed meanwhile, fewer where some above are taken.
+	openAtMost := func(n int) {
+		t.Helper()
+		if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &unix.Rlimit{Cur: uint64(free + n), Max: limit.Max}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	openAtMost(0)
+	f := newForwarder(t, WithCacheSize(0))
+	ask := func() (*dns.Msg, Origin) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), guard)
+		defer cancel()
+		out, from, err := f.ForwardFrom(ctx, query(t, "www.example.com.", dns.TypeA), false, []netip.AddrPort{up.addr})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return dnstest.Unpack(t, out), from
+	}
+	openAtMost(1) // the exchange's socket, and no set
+	if m, from := ask(); m.Rcode != dns.RcodeServerFailure || from.Failure != FailureNoSocket {
+		t.Fatalf("with no descriptor for the set: %s (%q), want SERVFAIL (%q)", dns.RcodeToString[m.Rcode], from.Failure, FailureNoSocket)
+	}
+	restore() // descriptors back
+	if m, from := ask(); m.Rcode != dns.RcodeSuccess || firstA(m) != "198.51.100.1" {
+		t.Fatalf("with descriptors back: %s (%q), want the upstream's answer", dns.RcodeToString[m.Rcode], from.Failure)
+	}
+}
+
+// TestSetClosedAsTheLastExchangeLeaves closes the poller while an
+// exchange is still in its set, as Forwarder.Close may (it does not wait
+// for a query relayed as it came): the set stays open for it, for a
+// descriptor number the exchange still uses could otherwise be another's
+// by then, and is closed as it leaves.
+func TestSetClosedAsTheLastExchangeLeaves(t *testing.T) {
+	p := newUDPPoller()
+	fd, err := dialUDP(silentUpstream(t).addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rawClose(fd) })
+	w, err := p.add(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.close()
+	if err := p.wantRoom(fd, w); err != nil {
+		t.Fatalf("the set closed under its exchange: %v", err)
+	}
+	p.remove(w)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.ep != nil {
+		t.Error("the set is still open after its last exchange left")
 	}
 }
