@@ -4,7 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
+	"net"
 	"net/netip"
+	"os"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -15,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ztdns/ztdns/internal/dnstest"
+	"github.com/ztdns/ztdns/internal/testenv"
 )
 
 // TestConcurrentExchangesAllAnswered forwards bursts of queries at once,
@@ -209,4 +214,110 @@ func TestSetClosedAsTheLastExchangeLeaves(t *testing.T) {
 	if p.ep != nil {
 		t.Error("the set is still open after its last exchange left")
 	}
+}
+
+// TestManyExchangesEndRight runs rounds of concurrent UDP exchanges, each
+// a name of its own, whose upstream answers after a random pause (some
+// after a datagram with another ID first, so replies come in no order)
+// or never, and whose clients cancel at a random moment, give up at a
+// random deadline, or wait: every query is answered with its own name's
+// address or fails (SERVFAIL), one whose client waits and whose upstream
+// answers is answered, one never answered fails; and once the Forwarder
+// is closed, no goroutine and no descriptor of theirs is left.
+func TestManyExchangesEndRight(t *testing.T) {
+	addrOf := func(i int) string { return fmt.Sprintf("10.1.%d.%d", i>>8, i&0xFF) }
+	indexOf := func(name string) int {
+		var i int
+		_, _ = fmt.Sscanf(name, "s%d.", &i)
+		return i
+	}
+	dropped := func(i int) bool { return i%5 == 0 }
+	up := rawUDPUpstream(t, func(pc net.PacketConn, from net.Addr, q []byte) {
+		req := new(dns.Msg)
+		if req.Unpack(q) != nil || len(req.Question) != 1 {
+			return
+		}
+		i := indexOf(req.Question[0].Name)
+		if dropped(i) {
+			return
+		}
+		time.AfterFunc(time.Duration(rand.N(15000))*time.Microsecond, func() {
+			if i%7 == 0 { // a datagram that is no reply first
+				stray := new(dns.Msg)
+				stray.SetReply(req)
+				stray.Id++
+				if b, err := stray.Pack(); err == nil {
+					_, _ = pc.WriteTo(b, from)
+				}
+			}
+			m := new(dns.Msg)
+			m.SetReply(req)
+			rr, _ := dns.NewRR(req.Question[0].Name + " 30 IN A " + addrOf(i))
+			m.Answer = append(m.Answer, rr)
+			if b, err := m.Pack(); err == nil {
+				_, _ = pc.WriteTo(b, from)
+			}
+		})
+	})
+	goroutines, fds := runtime.NumGoroutine(), testenv.OpenFDs(t, os.Getpid())
+	// No timeout of the Forwarder's own: the clients' contexts end the
+	// exchanges, or their answers.
+	f := New(WithCacheSize(0), WithTimeout(4*guard))
+	const rounds, size = 4, 200
+	for r := range rounds {
+		var wg sync.WaitGroup
+		errs := make(chan error, size)
+		for k := range size {
+			i := r*size + k
+			wg.Go(func() {
+				ctx, cancel := context.WithTimeout(context.Background(), guard)
+				defer cancel()
+				mode := i % 3
+				if dropped(i) && mode == 0 {
+					mode = 2 // a client that waits for an answer that never comes would wait for ever
+				}
+				switch mode {
+				case 1:
+					time.AfterFunc(time.Duration(rand.N(20000))*time.Microsecond, cancel)
+				case 2:
+					var stop context.CancelFunc
+					ctx, stop = context.WithTimeout(ctx, time.Duration(1+rand.N(30000))*time.Microsecond)
+					defer stop()
+				}
+				name := fmt.Sprintf("s%d.example.", i)
+				out, err := f.Forward(ctx, query(t, name, dns.TypeA), false, []netip.AddrPort{up})
+				if err != nil {
+					errs <- fmt.Errorf("%s: %w", name, err)
+					return
+				}
+				m := new(dns.Msg)
+				if err := m.Unpack(out); err != nil {
+					errs <- fmt.Errorf("%s: %w", name, err)
+					return
+				}
+				answered := m.Rcode == dns.RcodeSuccess && len(m.Answer) == 1 && firstA(m) == addrOf(i) && m.Question[0].Name == name
+				switch {
+				case !answered && m.Rcode != dns.RcodeServerFailure:
+					errs <- fmt.Errorf("%s: %v, want its address or SERVFAIL", name, m)
+				case mode == 0 && !answered:
+					errs <- fmt.Errorf("%s, its client waiting: %v, want %s", name, m, addrOf(i))
+				case dropped(i) && answered:
+					errs <- fmt.Errorf("%s, never answered upstream: answered %v", name, m)
+				}
+			})
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Errorf("round %d: %v", r, err)
+		}
+		if t.Failed() {
+			break
+		}
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, guard, "the exchanges' goroutines end", func() bool { return runtime.NumGoroutine() <= goroutines })
+	testenv.Eventually(t, guard, "the exchanges' descriptors are closed", func() bool { return testenv.OpenFDs(t, os.Getpid()) <= fds })
 }
