@@ -25,9 +25,9 @@ func RotationStart(id uint16, n int) int { return int(uint32(id) % uint32(n)) }
 // Moving records moves the octets inside the run, and a compression
 // pointer anywhere in the message could lead into them (a later record's
 // owner pointing at one of the run's owners, say). The rule: a run is
-// moved only when no two octets anywhere in the message read as a pointer
-// into it, and none reads as a pointer to a name before it whose labels
-// run into it (safeToMove). That is a superset of the pointers a decoder
+// moved only when no two octets anywhere past the header read as a
+// pointer into it, and none reads as a pointer to a name before it whose
+// labels run into it (safeToMove). That is a superset of the pointers a decoder
 // follows, so at worst it leaves a run alone that could have moved.
 func RotateAnswers(msg []byte, id uint16) {
 	runs, n := answerRuns(msg)
@@ -98,13 +98,15 @@ func rotateRun(msg []byte, start, end, cut int) {
 }
 
 // safeToMove reports whether no compression pointer can lead into
-// msg[start:end]: no two octets, at any offset, read as a pointer into it,
+// msg[start:end]: no two octets, at any offset past the header (which
+// holds no name: its ID, an upstream's random one, would read as such a
+// pointer in one reply of some hundreds), read as a pointer into it,
 // nor as a pointer to a name before it whose labels (not following
 // pointers: those are octet pairs checked in turn) reach it. A name that
 // starts more than maxNameLen octets before the run cannot reach it and
 // still be a name.
 func safeToMove(msg []byte, start, end int) bool {
-	for i := 0; i+1 < len(msg); i++ {
+	for i := HeaderLen; i+1 < len(msg); i++ {
 		if msg[i]&0xC0 != 0xC0 {
 			continue
 		}

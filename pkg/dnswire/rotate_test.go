@@ -26,6 +26,17 @@ func rotationSamples(tb testing.TB) map[string][]byte {
 			"cdn.example.net. 30 IN RRSIG AAAA 13 3 30 20260101000000 20250101000000 1 example.net. AAAA",
 			"cdn.example.net. 30 IN RRSIG A 13 3 30 20260101000000 20250101000000 1 example.net. AAAA"))),
 	}
+	// The same, its ID (an upstream's, random) reading as a pointer into
+	// the set: no decoder reads a pointer in the header, which holds no
+	// name. Left alone, one reply in some hundreds would be served in
+	// the upstream's order to every client asking while it is cached.
+	idPointer := slices.Clone(out["four A"])
+	answers, err := skipQuestions(idPointer, HeaderLen, 1)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	binary.BigEndian.PutUint16(idPointer, Pointer(answers+2))
+	out["four A, its ID a pointer into them"] = idPointer
 	// Two A records whose data reads as a name ("a" and a pointer to the
 	// question's), and a TXT record owned by the first one's data: moving
 	// the records would rename the TXT record.
@@ -63,6 +74,7 @@ func TestRotateAnswers(t *testing.T) {
 		want []string
 	}{
 		{"four A", []string{"10.0.0.11", "10.0.0.12", "10.0.0.13", "10.0.0.14", "10.0.0.11"}},
+		{"four A, its ID a pointer into them", []string{"10.0.0.11", "10.0.0.12", "10.0.0.13", "10.0.0.14"}},
 		{"CNAME, three AAAA, RRSIGs, OPT", []string{"2001:db8::1", "2001:db8::2", "2001:db8::3", "2001:db8::1"}},
 		{"a pointer into the set", []string{"1.97.192.12", "1.97.192.12"}}, // "\x01a" and a pointer: left as it is
 	}

@@ -38,7 +38,8 @@ var (
 var errNoSocket = errors.New("no socket for the exchange")
 
 // errNoPoller reports a UDP exchange whose Forwarder could not make its
-// epoll set (udpPoller), for want of a descriptor or memory as well.
+// epoll set (udpPoller), for want of a descriptor or memory as well; the
+// next exchange tries again.
 var errNoPoller = fmt.Errorf("no epoll set for UDP exchanges: %w", errNoSocket)
 
 // dialError is the error of an exchange's failed dial: errNoSocket when

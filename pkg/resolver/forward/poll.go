@@ -3,6 +3,7 @@ package forward
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"sync"
@@ -34,40 +35,54 @@ import (
 // raw (rawsys.go), and its socket is added to the set once (EPOLLET: no
 // call to re-arm it) and leaves it as it is closed.
 type udpPoller struct {
-	epfd int             // -1: none could be made, every UDP exchange fails
+	// The set, made by newUDPPoller or, when it could not be (out of
+	// descriptors), by the first exchange that finds none. Set under mu,
+	// never changed while an exchange is in the set: an exchange reads
+	// them without mu once add put it there.
+	epfd int             // -1: none
 	ep   *os.File        // epfd, non-blocking, in the netpoller; nil with none
 	rc   syscall.RawConn // ep's
 
-	mu        sync.Mutex
+	mu sync.Mutex
+	// closed: the set is closed as the last exchange in it leaves (an
+	// exchange Forwarder.Close does not wait for, a query relayed as it
+	// came, may still use epfd: closed under it, its number could be
+	// another descriptor's).
 	closed    bool
 	leading   bool // an exchange waits on ep
 	followers int  // exchanges waiting for their token or to lead
 	next      uint64
-	waiting   map[uint64]chan struct{} // the exchanges' tokens, by their id
+	waiting   map[uint64]chan struct{} // the exchanges' tokens, by their id: those in the set
 	// lead passes the lead to a follower, as the leader stops waiting.
 	lead   chan struct{}
 	events [64]unix.EpollEvent // the leader's
 }
 
-// newUDPPoller makes the epoll set.
+// newUDPPoller makes the epoll set, or leaves it to the first exchange.
 func newUDPPoller() *udpPoller {
 	p := &udpPoller{epfd: -1, waiting: make(map[uint64]chan struct{}), lead: make(chan struct{}, 1)}
+	_ = p.open()
+	return p
+}
+
+// open makes the epoll set; p.mu held, or p not yet shared.
+func (p *udpPoller) open() error {
 	fd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	if err != nil {
-		return p
+		return os.NewSyscallError("epoll_create1", err)
 	}
 	if err := unix.SetNonblock(fd, true); err != nil {
 		unix.Close(fd)
-		return p
+		return os.NewSyscallError("fcntl", err)
 	}
 	ep := os.NewFile(uintptr(fd), "epoll")
 	rc, err := ep.SyscallConn()
 	if err != nil {
 		ep.Close()
-		return p
+		return err
 	}
 	p.epfd, p.ep, p.rc = fd, ep, rc
-	return p
+	return nil
 }
 
 // udpWait is an exchange's place in the set: ready gets a token when its
@@ -78,16 +93,21 @@ type udpWait struct {
 	ready chan struct{}
 }
 
-// add puts fd in the set, to be woken on ready from now on.
+// add puts fd in the set, to be woken on ready from now on. With no set
+// yet, it makes it: an agent that was out of descriptors as its
+// Forwarder was made forwards over UDP once it has some again.
 func (p *udpPoller) add(fd int) (*udpWait, error) {
-	if p.ep == nil {
-		return nil, errNoPoller
-	}
 	w := &udpWait{ready: make(chan struct{}, 1)}
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()
 		return nil, net.ErrClosed
+	}
+	if p.ep == nil {
+		if err := p.open(); err != nil {
+			p.mu.Unlock()
+			return nil, fmt.Errorf("%w: %w", errNoPoller, err)
+		}
 	}
 	p.next++
 	w.id = p.next
@@ -117,8 +137,9 @@ func (p *udpPoller) ctl(op, fd int, w *udpWait, events uint32) error {
 // of the set.
 func (p *udpPoller) remove(w *udpWait) {
 	p.mu.Lock()
+	defer p.mu.Unlock()
 	delete(p.waiting, w.id)
-	p.mu.Unlock()
+	p.closeIfDone()
 }
 
 // wait waits until w's socket has something new (or, asked for,
@@ -172,7 +193,10 @@ func (p *udpPoller) wait(ctx context.Context, w *udpWait) error {
 // exchange, until one is w's (own) or ctx ends (its error), or the set is
 // closed. ctx's end is an expired read deadline on ep: ep has no other
 // reader meanwhile. One set by a leader before, whose context ended as it
-// stopped leading, ends a wait early: it is cleared, and the wait goes on.
+// stopped leading, ends a wait early: it is cleared, and the wait goes on
+// unless ctx ended, which is asked only once it is cleared: ctx's own
+// deadline, set just before, is cleared too, and ctx's end (told before
+// the deadline is set) is then seen.
 func (p *udpPoller) leadFor(ctx context.Context, w *udpWait) (own bool, err error) {
 	select {
 	case <-w.ready: // a token from the leader before
@@ -182,7 +206,8 @@ func (p *udpPoller) leadFor(ctx context.Context, w *udpWait) (own bool, err erro
 	if err := ctx.Err(); err != nil {
 		return false, err
 	}
-	stop := context.AfterFunc(ctx, func() { _ = p.ep.SetReadDeadline(time.Unix(1, 0)) })
+	ep := p.ep // the AfterFunc may run once w left, when the set is closed
+	stop := context.AfterFunc(ctx, func() { _ = ep.SetReadDeadline(time.Unix(1, 0)) })
 	defer stop()
 	for {
 		err := p.rc.Read(func(fd uintptr) bool {
@@ -194,14 +219,22 @@ func (p *udpPoller) leadFor(ctx context.Context, w *udpWait) (own bool, err erro
 			return true, nil
 		case !errors.Is(err, os.ErrDeadlineExceeded):
 			return own, err
-		case ctx.Err() != nil:
-			return own, ctx.Err()
+		}
+		if clearingDeadline != nil {
+			clearingDeadline()
 		}
 		if err := p.ep.SetReadDeadline(time.Time{}); err != nil {
 			return own, err
 		}
+		if err := ctx.Err(); err != nil {
+			return own, err
+		}
 	}
 }
+
+// clearingDeadline, set by a test, runs as a leader is about to clear a
+// read deadline that ended its wait.
+var clearingDeadline func()
 
 // drain takes every event the set holds and hands each to its exchange;
 // it reports whether one was for the exchange id, which it does not hand.
@@ -240,12 +273,20 @@ func (p *udpPoller) drain(fd uintptr, id uint64) (own bool) {
 	}
 }
 
-// close closes the set, once no exchange runs (Forwarder.Close).
+// close closes the set once no exchange is in it (Forwarder.Close), and
+// refuses new ones.
 func (p *udpPoller) close() {
 	p.mu.Lock()
+	defer p.mu.Unlock()
 	p.closed = true
-	p.mu.Unlock()
-	if p.ep != nil {
+	p.closeIfDone()
+}
+
+// closeIfDone closes the set if it is closed and no exchange is in it;
+// p.mu held.
+func (p *udpPoller) closeIfDone() {
+	if p.closed && len(p.waiting) == 0 && p.ep != nil {
 		p.ep.Close()
+		p.epfd, p.ep, p.rc = -1, nil, nil
 	}
 }

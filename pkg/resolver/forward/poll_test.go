@@ -2,8 +2,13 @@ package forward
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"math/rand/v2"
+	"net"
 	"net/netip"
+	"os"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -11,8 +16,10 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+	"golang.org/x/sys/unix"
 
 	"github.com/ztdns/ztdns/internal/dnstest"
+	"github.com/ztdns/ztdns/internal/testenv"
 )
 
 // TestConcurrentExchangesAllAnswered forwards bursts of queries at once,
@@ -81,4 +88,236 @@ func TestConcurrentExchangesAllAnswered(t *testing.T) {
 			t.Fatalf("burst %d: %v", b, err)
 		}
 	}
+}
+
+// TestLeaderEndsWithItsContext has a lone exchange lead the set with a
+// read deadline left on it by an earlier leader, whose context ended as
+// it stopped leading, and ends the exchange's context just as the leader
+// is about to clear that deadline, its context's own deadline set by
+// then: the wait ends with its context. A leader that asked whether its
+// context ended before it cleared the deadline would clear its
+// context's too, and wait on for an event that never comes (its
+// upstream silent): its client would get no answer, and Close would
+// wait for it for ever.
+func TestLeaderEndsWithItsContext(t *testing.T) {
+	p := newUDPPoller()
+	t.Cleanup(p.close)
+	fd, err := dialUDP(silentUpstream(t).addr) // nothing comes on it
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rawClose(fd) })
+	w, err := p.add(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.remove(w) })
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	clearingDeadline = func() {
+		clearingDeadline = nil // the next deadline is the context's own
+		cancel()
+		// Its context.AfterFunc sets the deadline in a goroutine of its
+		// own: let it run.
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Cleanup(func() { clearingDeadline = nil })
+	_ = p.ep.SetReadDeadline(time.Unix(1, 0)) // an earlier leader's
+	done := make(chan error, 1)
+	go func() { done <- p.wait(ctx, w) }()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("wait: %v, want its context's end", err)
+		}
+	case <-time.After(guard):
+		t.Fatalf("wait: still waiting %v after its context ended", guard)
+	}
+}
+
+// TestForwardsOnceDescriptorsAreBack makes a Forwarder while the agent is
+// out of descriptors, so it has no epoll set: its UDP exchanges fail at
+// once, SERVFAIL counted as no_socket, while none can be made, and are
+// answered once descriptors are back. An agent that never tried again
+// would SERVFAIL every forwarded UDP query until restarted.
+func TestForwardsOnceDescriptorsAreBack(t *testing.T) {
+	up := startUpstream(t, answerA(300, "198.51.100.1"))
+	var limit unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &limit); err != nil {
+		t.Fatal(err)
+	}
+	restore := func() {
+		if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &limit); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Cleanup(restore)
+	// The lowest descriptor number free: the next one opened takes it.
+	free, err := unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	unix.Close(free)
+	// At most n more descriptors: n above the lowest free, the next n opened
+	// if none is closed meanwhile, fewer where some above are taken.
+	openAtMost := func(n int) {
+		t.Helper()
+		if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &unix.Rlimit{Cur: uint64(free + n), Max: limit.Max}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	openAtMost(0)
+	f := newForwarder(t, WithCacheSize(0))
+	ask := func() (*dns.Msg, Origin) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), guard)
+		defer cancel()
+		out, from, err := f.ForwardFrom(ctx, query(t, "www.example.com.", dns.TypeA), false, []netip.AddrPort{up.addr})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return dnstest.Unpack(t, out), from
+	}
+	openAtMost(1) // the exchange's socket, and no set
+	if m, from := ask(); m.Rcode != dns.RcodeServerFailure || from.Failure != FailureNoSocket {
+		t.Fatalf("with no descriptor for the set: %s (%q), want SERVFAIL (%q)", dns.RcodeToString[m.Rcode], from.Failure, FailureNoSocket)
+	}
+	restore() // descriptors back
+	if m, from := ask(); m.Rcode != dns.RcodeSuccess || firstA(m) != "198.51.100.1" {
+		t.Fatalf("with descriptors back: %s (%q), want the upstream's answer", dns.RcodeToString[m.Rcode], from.Failure)
+	}
+}
+
+// TestSetClosedAsTheLastExchangeLeaves closes the poller while an
+// exchange is still in its set, as Forwarder.Close may (it does not wait
+// for a query relayed as it came): the set stays open for it, for a
+// descriptor number the exchange still uses could otherwise be another's
+// by then, and is closed as it leaves.
+func TestSetClosedAsTheLastExchangeLeaves(t *testing.T) {
+	p := newUDPPoller()
+	fd, err := dialUDP(silentUpstream(t).addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rawClose(fd) })
+	w, err := p.add(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.close()
+	if err := p.wantRoom(fd, w); err != nil {
+		t.Fatalf("the set closed under its exchange: %v", err)
+	}
+	p.remove(w)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.ep != nil {
+		t.Error("the set is still open after its last exchange left")
+	}
+}
+
+// TestManyExchangesEndRight runs rounds of concurrent UDP exchanges, each
+// a name of its own, whose upstream answers after a random pause (some
+// after a datagram with another ID first, so replies come in no order)
+// or never, and whose clients cancel at a random moment, give up at a
+// random deadline, or wait: every query is answered with its own name's
+// address or fails (SERVFAIL), one whose client waits and whose upstream
+// answers is answered, one never answered fails; and once the Forwarder
+// is closed, no goroutine and no descriptor of theirs is left.
+func TestManyExchangesEndRight(t *testing.T) {
+	addrOf := func(i int) string { return fmt.Sprintf("10.1.%d.%d", i>>8, i&0xFF) }
+	indexOf := func(name string) int {
+		var i int
+		_, _ = fmt.Sscanf(name, "s%d.", &i)
+		return i
+	}
+	dropped := func(i int) bool { return i%5 == 0 }
+	up := rawUDPUpstream(t, func(pc net.PacketConn, from net.Addr, q []byte) {
+		req := new(dns.Msg)
+		if req.Unpack(q) != nil || len(req.Question) != 1 {
+			return
+		}
+		i := indexOf(req.Question[0].Name)
+		if dropped(i) {
+			return
+		}
+		time.AfterFunc(time.Duration(rand.N(15000))*time.Microsecond, func() {
+			if i%7 == 0 { // a datagram that is no reply first
+				stray := new(dns.Msg)
+				stray.SetReply(req)
+				stray.Id++
+				if b, err := stray.Pack(); err == nil {
+					_, _ = pc.WriteTo(b, from)
+				}
+			}
+			m := new(dns.Msg)
+			m.SetReply(req)
+			rr, _ := dns.NewRR(req.Question[0].Name + " 30 IN A " + addrOf(i))
+			m.Answer = append(m.Answer, rr)
+			if b, err := m.Pack(); err == nil {
+				_, _ = pc.WriteTo(b, from)
+			}
+		})
+	})
+	goroutines, fds := runtime.NumGoroutine(), testenv.OpenFDs(t, os.Getpid())
+	// No timeout of the Forwarder's own: the clients' contexts end the
+	// exchanges, or their answers.
+	f := New(WithCacheSize(0), WithTimeout(4*guard))
+	const rounds, size = 4, 200
+	for r := range rounds {
+		var wg sync.WaitGroup
+		errs := make(chan error, size)
+		for k := range size {
+			i := r*size + k
+			wg.Go(func() {
+				ctx, cancel := context.WithTimeout(context.Background(), guard)
+				defer cancel()
+				mode := i % 3
+				if dropped(i) && mode == 0 {
+					mode = 2 // a client that waits for an answer that never comes would wait for ever
+				}
+				switch mode {
+				case 1:
+					time.AfterFunc(time.Duration(rand.N(20000))*time.Microsecond, cancel)
+				case 2:
+					var stop context.CancelFunc
+					ctx, stop = context.WithTimeout(ctx, time.Duration(1+rand.N(30000))*time.Microsecond)
+					defer stop()
+				}
+				name := fmt.Sprintf("s%d.example.", i)
+				out, err := f.Forward(ctx, query(t, name, dns.TypeA), false, []netip.AddrPort{up})
+				if err != nil {
+					errs <- fmt.Errorf("%s: %w", name, err)
+					return
+				}
+				m := new(dns.Msg)
+				if err := m.Unpack(out); err != nil {
+					errs <- fmt.Errorf("%s: %w", name, err)
+					return
+				}
+				answered := m.Rcode == dns.RcodeSuccess && len(m.Answer) == 1 && firstA(m) == addrOf(i) && m.Question[0].Name == name
+				switch {
+				case !answered && m.Rcode != dns.RcodeServerFailure:
+					errs <- fmt.Errorf("%s: %v, want its address or SERVFAIL", name, m)
+				case mode == 0 && !answered:
+					errs <- fmt.Errorf("%s, its client waiting: %v, want %s", name, m, addrOf(i))
+				case dropped(i) && answered:
+					errs <- fmt.Errorf("%s, never answered upstream: answered %v", name, m)
+				}
+			})
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Errorf("round %d: %v", r, err)
+		}
+		if t.Failed() {
+			break
+		}
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, guard, "the exchanges' goroutines end", func() bool { return runtime.NumGoroutine() <= goroutines })
+	testenv.Eventually(t, guard, "the exchanges' descriptors are closed", func() bool { return testenv.OpenFDs(t, os.Getpid()) <= fds })
 }

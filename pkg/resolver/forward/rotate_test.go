@@ -65,7 +65,9 @@ func TestSharedAnswerRotates(t *testing.T) {
 		}
 		answerA(300, fourAddrs...)(u, w, req)
 	})
-	f := newForwarder(t, WithCacheSize(0)) // the waiters' copies only
+	// The waiters' copies only; the exchange outlasts the joins however
+	// slow the machine (the default timeout, 2 s, might not).
+	f := newForwarder(t, WithCacheSize(0), WithTimeout(4*guard))
 	lead := startForward(context.Background(), f, query(t, "lb.example.com.", dns.TypeA, withID(0xFFFF)), false, []netip.AddrPort{u.addr})
 	testenv.Eventually(t, guard, "the leader asks", func() bool { return u.queries.Load() == 1 })
 	var waiters []<-chan forwardResult
