@@ -57,8 +57,8 @@ func newLogWatcher() *logWatcher {
 
 // about returns a view of w that sees only the records about resource:
 // what a test checks of the watch it breaks, which other watches failing a
-// moment on a loaded machine (an API server's watch cache lagging, say)
-// leave alone.
+// moment on a loaded machine (an API server's watch cache behind for two
+// answers in a row, say) leave alone.
 func (w *logWatcher) about(resource string) *logWatcher {
 	c := *w
 	c.resource = resource

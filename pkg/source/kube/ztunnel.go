@@ -3,7 +3,10 @@ package kube
 import (
 	"cmp"
 	"fmt"
+	"slices"
 	"strings"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/ztdns/ztdns/pkg/model"
 )
@@ -76,10 +79,11 @@ func isZtunnelApp(p *model.Pod) bool { return p.Labels[model.LabelApp] == model.
 // ztunnel to be. With none there, a pod labelled app=ztunnel in another
 // namespace is most likely ztunnel installed elsewhere than the flag says
 // (Istio on OpenShift): that is said too, without the metric, as
-// its revision is not compared. Logged when what it says changes. Nothing
-// without istiod's namespace.
+// its revision is not compared. Logged when what it says changes (of the
+// pods elsewhere, the one it names). Nothing without istiod's namespace.
 func (r *run) followZtunnel() {
 	var mismatches, elsewhere []string
+	elsewhereKey := "" // the pod elsewhere names
 	if r.src.istioNamespace != "" {
 		ns := r.src.ztunnelNamespaceOrIstiod()
 		found := false
@@ -100,9 +104,17 @@ func (r *run) followZtunnel() {
 			}
 			mismatches = append(mismatches, ztunnelWarning(p, rev, r.src.istioRevision, r.src.meshConfigWhere(), r.meshState == "absent"))
 		}
-		// One line however many: any pod may carry the label.
+		// One line however many: any pod may carry the label. It names a
+		// pod in kube-system if there is one, where Istio on OpenShift
+		// runs ztunnel and tenants make no pods, so that a tenant's pod
+		// sorting first does not stand in for the node's ztunnel.
 		if !found && len(others) > 0 {
-			elsewhere = append(elsewhere, ztunnelElsewhereWarning(others[0], len(others)-1, ns, r.src.ztunnelNamespace == ""))
+			named := others[0]
+			if i := slices.IndexFunc(others, func(p *model.Pod) bool { return p.Namespace == metav1.NamespaceSystem }); i >= 0 {
+				named = others[i]
+			}
+			elsewhere = append(elsewhere, ztunnelElsewhereWarning(named, len(others)-1, ns, r.src.ztunnelNamespace == ""))
+			elsewhereKey = named.Key()
 		}
 	}
 	mismatch := 0.0
@@ -110,8 +122,10 @@ func (r *run) followZtunnel() {
 		mismatch = 1
 	}
 	r.src.metrics.ztunnelRevisionMismatch.Set(mismatch)
+	// What is logged changes with the pod named, not with how many more
+	// are labelled: tenants' pods come and go at will.
+	state := strings.Join(append(slices.Clone(mismatches), elsewhereKey), "\n")
 	warnings := append(mismatches, elsewhere...)
-	state := strings.Join(warnings, "\n")
 	if state != r.ztunnelState {
 		for _, w := range mismatches {
 			r.log.Warn("the node's ztunnel follows another istiod than --istio-revision", "detail", w)

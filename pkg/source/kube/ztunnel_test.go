@@ -1,7 +1,9 @@
 package kube
 
 import (
+	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"testing"
 
@@ -133,7 +135,8 @@ func TestZtunnelRevisionMismatch(t *testing.T) {
 // agent without the flag looks in istiod's namespace, as Istio does
 // without trustedZtunnelNamespace: it compares nothing (gauge 0), but says
 // that a pod labelled app=ztunnel is on the node outside it, and which
-// flag to set. (Before, nothing was said at all: the alert could never
+// flag to set, naming the pod in kube-system, not a tenant's labelled
+// app=ztunnel too. (Before, nothing was said at all: the alert could never
 // fire on OpenShift.)
 func TestZtunnelInAnotherNamespace(t *testing.T) {
 	env := kubetest.Start(t)
@@ -148,7 +151,8 @@ func TestZtunnelInAnotherNamespace(t *testing.T) {
 	createZtunnelPod(t, kc, ztunnelNS, "ztunnel-k128", node, "1-28")
 
 	flagged := runSource(t, env.Config, WithNodeName(node), WithIstioRevision("1-27"), WithZtunnelNamespace(ztunnelNS))
-	unflagged := runSource(t, env.Config, WithNodeName(node), WithIstioRevision("1-27"))
+	logs := newLogWatcher()
+	unflagged := runSource(t, env.Config, WithNodeName(node), WithIstioRevision("1-27"), WithLogger(slog.New(logs)))
 	// check waits until rec's snapshot holds ztunnel pod name, then wants
 	// gauge and as many ztunnel warnings as texts, the first holding them.
 	check := func(rec *recorder, agent, name string, gauge float64, texts ...string) {
@@ -178,6 +182,23 @@ func TestZtunnelInAnotherNamespace(t *testing.T) {
 		`ztunnel kube-system/ztunnel-k128 on node node-a (label app=ztunnel) is not in ztunnel's namespace "istio-system" (--ztunnel-namespace not given: --istio-namespace)`,
 		"set --ztunnel-namespace=kube-system (chart resolver.ztunnelNamespace)")
 
+	// A tenant's pod labelled app=ztunnel, in a namespace that sorts before
+	// kube-system, neither takes the warning's place nor logs it again.
+	createZtunnelPod(t, kc, metav1.NamespaceDefault, "ztunnel-lookalike", node, "")
+	unflagged.waitFor(t, "the tenant's pod", func(s *model.Snapshot) error {
+		if find(s.Pods, podKey, metav1.NamespaceDefault, "ztunnel-lookalike") == nil {
+			return errors.New("pod default/ztunnel-lookalike missing")
+		}
+		return nil
+	})
+	warnings, _ := ztunnelWarnings(unflagged)
+	if want := "ztunnel kube-system/ztunnel-k128 on node node-a (label app=ztunnel) (and 1 more pods so labelled)"; len(warnings) != 1 || !strings.HasPrefix(warnings[0].Error(), want) {
+		t.Errorf("with a tenant's pod labelled app=ztunnel: warnings %q, want one starting %q", warnings, want)
+	}
+	if n := logs.count(logZtunnelElsewhere); n != 1 {
+		t.Errorf("logged %q %d times, want once: the pod it names did not change", logZtunnelElsewhere, n)
+	}
+
 	// ztunnel rolled back to 1-27: the flagged agent says nothing.
 	if err := kc.CoreV1().Pods(ztunnelNS).Delete(t.Context(), "ztunnel-k128", metav1.DeleteOptions{GracePeriodSeconds: new(int64)}); err != nil {
 		t.Fatal(err)
@@ -185,6 +206,10 @@ func TestZtunnelInAnotherNamespace(t *testing.T) {
 	createZtunnelPod(t, kc, ztunnelNS, "ztunnel-k127", node, "1-27")
 	check(flagged, "--ztunnel-namespace=kube-system", "ztunnel-k127", 0)
 }
+
+// logZtunnelElsewhere is what the log says when the node has ztunnel pods
+// only outside ztunnel's namespace.
+const logZtunnelElsewhere = "no ztunnel pod on the node in ztunnel's namespace, but one outside it"
 
 // createZtunnelPod creates ztunnel pod ns/name on node as Istio's ztunnel
 // chart makes it: labelled app=ztunnel, out of the mesh, annotated
