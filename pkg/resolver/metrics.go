@@ -10,6 +10,7 @@ import (
 
 	"github.com/ztdns/ztdns/pkg/dnswire"
 	"github.com/ztdns/ztdns/pkg/podcache"
+	"github.com/ztdns/ztdns/pkg/resolver/forward"
 )
 
 var (
@@ -193,6 +194,49 @@ const (
 	nSources       = 4
 )
 
+// servfailCause is whose failure a SERVFAIL answer to a forwarded query
+// is, the cause label of ztdns_resolver_forward_servfails_total
+// (causeLabels spells them).
+type servfailCause uint8
+
+const (
+	// causeNode: the node's. The upstream that failed (or answered
+	// SERVFAIL) is a known one, which the node asks for every pod
+	// (forward.Forwarder.Knows: --upstream, the cluster DNS Service), or
+	// the node's own budget refused the exchange (its replies' bytes, its
+	// sockets), whichever nameserver it was with.
+	causeNode servfailCause = iota
+	// causePod: the upstream is one the pod chose itself (its dnsConfig,
+	// a dig @), whose failures are that pod's.
+	causePod
+	nCauses = 2
+)
+
+var causeLabels = [nCauses]string{"node", "pod"}
+
+// servfailCause says whose failure the query's SERVFAIL answer, relayed
+// from or made for its forward, is. The upstream is the forward's Origin's:
+// of several raced, the one whose SERVFAIL was relayed, else the first
+// given (the forwarder's choice); a forward that ended before any
+// exchange named none, and the first of the query's upstreams stands for
+// it. Asked only of SERVFAIL answers: the forwarder's lookup takes a lock.
+func (q *slowQuery) servfailCause() servfailCause {
+	switch q.result {
+	case forward.FailureNoMemory, forward.FailureNoSocket:
+		return causeNode
+	}
+	u := q.upstream
+	if !u.IsValid() {
+		if ups := q.upstreams(); len(ups) > 0 {
+			u = ups[0]
+		}
+	}
+	if f := q.s.opts.Forwarder; f != nil && f.Knows(u) {
+		return causeNode
+	}
+	return causePod
+}
+
 // protoOf is the index of a query's protocol in protoLabels.
 func protoOf(tcp bool) int {
 	if tcp {
@@ -244,6 +288,10 @@ type requestMetrics struct {
 	requests   [nCells]atomic.Uint64
 	durations  [nSources]durations
 	namespaces namespaceCounts
+	// servfails counts SERVFAIL answers to forwards by servfailCause,
+	// on the slow path (finish) as they are written: the fast path never
+	// touches it.
+	servfails [nCauses]atomic.Uint64
 }
 
 // Namespace labels that no Kubernetes namespace can take (a namespace name
@@ -457,12 +505,20 @@ var (
 			"taken when one asks and given up when the node has no pod of it left (it starts again at 0 if it comes back); "+
 			"the rest count as \"_other\", and sources that are no known pod (the node, host-network pods) as \"_unknown\".",
 		[]string{"client_namespace"}, nil)
+	servfailsDesc = prometheus.NewDesc("ztdns_resolver_forward_servfails_total",
+		"Forwarded queries answered SERVFAIL for want of an upstream's answer, or with an upstream's own SERVFAIL "+
+			"(in ztdns_dns_requests_total, rcode SERVFAIL of source upstream): once per answer, however many upstreams it asked, "+
+			"by whose failure it is (cause): node (the upstream is a known one, ztdns_forward_upstream_known, which the node asks for every pod; "+
+			"or the node's own budget refused the exchange, result no_memory or no_socket) or pod (a nameserver the pod chose itself). "+
+			"Answered by another upstream, a query counts nothing here, however many of those it raced failed.",
+		[]string{"cause"}, nil)
 )
 
 func (m *requestMetrics) describe(ch chan<- *prometheus.Desc) {
 	ch <- requestsDesc
 	ch <- durationDesc
 	ch <- namespaceDesc
+	ch <- servfailsDesc
 }
 
 func (m *requestMetrics) collect(ch chan<- prometheus.Metric) {
@@ -509,5 +565,10 @@ func (m *requestMetrics) collect(ch chan<- prometheus.Metric) {
 	nc.mu.Unlock()
 	for _, s := range ns {
 		ch <- prometheus.MustNewConstMetric(namespaceDesc, prometheus.CounterValue, float64(s.v), s.name)
+	}
+	// Both causes from the start, at 0: the alert's rate sees the first
+	// failure, which a series born with it would not.
+	for c, label := range causeLabels {
+		ch <- prometheus.MustNewConstMetric(servfailsDesc, prometheus.CounterValue, float64(m.servfails[c].Load()), label)
 	}
 }

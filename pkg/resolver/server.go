@@ -51,6 +51,9 @@ type Forwarder interface {
 	// up to the first past either, with the OPT and the counts set (the
 	// slow path reads no more of it: firstRecords).
 	AppendCachedFirst(dst, req []byte, upstreams []netip.AddrPort, src *quota.Source, n, room int) (out []byte, from forward.Origin, ok bool)
+	// Knows reports whether u is a known upstream, one the node asks for
+	// every pod: a SERVFAIL from it is the node's failure, not a pod's.
+	Knows(u netip.AddrPort) bool
 }
 
 // DefaultPodInflightBytes is the bytes of replies in flight one source may

@@ -228,6 +228,9 @@ func (q *slowQuery) finish(reply []byte) {
 		cell := requestCell(q.r.Type, rcode, q.tcp, q.from)
 		s.countAnswer(cell, s.metrics.namespaces.slotOf(q.pod))
 		s.metrics.durations[q.from].observe(took, 1)
+		if rcode == dnswire.RcodeServFail && (q.from == sourceUpstream || q.from == sourceCache) {
+			s.metrics.servfails[q.servfailCause()].Add(1)
+		}
 	}
 	if s.opts.AccessLog.Sampled() {
 		s.logAccess(&q.r, q.src, q.tcp, q.pod, rcode, q.from, q.upstream, q.result, q.limit, took)

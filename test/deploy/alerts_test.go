@@ -35,8 +35,14 @@ import (
 // alert said it was one pod; and UDP queries the kernel dropped set off
 // none.) Of failing nameservers, only those the node asks for every pod
 // count (ztdns_forward_upstream_known: the cluster DNS here), not one a
-// pod chose itself. (Before, a pod's own dead nameserver, its timeouts
-// SERVFAILs of source "upstream", set off the node's alert.)
+// pod chose itself: the resolver counts its SERVFAIL answers by whose
+// nameserver failed (ztdns_resolver_forward_servfails_total cause node or
+// pod). (Earlier, a pod's own dead nameserver, its timeouts SERVFAILs
+// of source "upstream", set off the node's alert.) And answers, not
+// exchanges: a node resolv.conf's refusing second nameserver, raced by
+// every query another answers, fails an exchange per query and no
+// answer; a query failing on three nameservers is one answer. (Before,
+// the rule counted the known nameservers' failed exchanges: both fired.)
 func TestChartAlertsNodeOrPod(t *testing.T) {
 	t.Parallel()
 	exprs := chartAlerts(t)
@@ -55,10 +61,14 @@ func TestChartAlertsNodeOrPod(t *testing.T) {
 		overload, forwardLimited, rateLimited            float64
 		kernelRateLimited                                float64
 		noKernelFilter                                   bool
-		// Per second: exchanges that timed out with the cluster DNS (a
-		// known upstream) and with a nameserver one pod chose; replies
-		// refused for the node's budget of bytes.
-		knownTimeouts, chosenTimeouts, noMemory float64
+		// Per second: SERVFAIL answers to forwards by whose failure it
+		// is (node: a known nameserver's, or the node's budget; pod: a
+		// nameserver the pod chose); and exchanges that failed with the
+		// known nameservers (the cluster DNS, the node's second
+		// nameserver) and with a nameserver one pod chose; replies refused
+		// for the node's budget of bytes.
+		servfailsNode, servfailsPod             float64
+		knownFailures, chosenFailures, noMemory float64
 		firing                                  []string
 	}{
 		{name: "all answered", noerror: 100},
@@ -69,9 +79,11 @@ func TestChartAlertsNodeOrPod(t *testing.T) {
 		{name: "all answered, no kernel filter", noerror: 100, noKernelFilter: true},
 		{name: "the node over its bounds", noerror: 80, servfailNone: 20, overload: 20, firing: []string{node}},
 		{name: "replies over the node's budget as they are written", noerror: 100, overload: 20, firing: []string{node}},
-		{name: "the cluster DNS failing", noerror: 80, servfailUpstream: 20, knownTimeouts: 20, firing: []string{node}},
-		{name: "one pod's own nameserver failing", noerror: 80, servfailUpstream: 20, chosenTimeouts: 20},
-		{name: "replies over the node's budget as they are read", noerror: 80, servfailUpstream: 20, noMemory: 20, firing: []string{node}},
+		{name: "the cluster DNS failing", noerror: 80, servfailUpstream: 20, servfailsNode: 20, knownFailures: 20, firing: []string{node}},
+		{name: "one pod's own nameserver failing", noerror: 80, servfailUpstream: 20, servfailsPod: 20, chosenFailures: 20},
+		{name: "replies over the node's budget as they are read", noerror: 80, servfailUpstream: 20, servfailsNode: 20, noMemory: 20, firing: []string{node}},
+		{name: "the node's refusing second nameserver, raced by every query", noerror: 100, knownFailures: 100},
+		{name: "a few queries failing on three known nameservers each", noerror: 97, servfailUpstream: 3, servfailsNode: 3, knownFailures: 9},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			agent := map[string]string{"node": "n1", "instance": "10.0.0.1:15053", "job": "ztdns"}
@@ -85,16 +97,19 @@ func TestChartAlertsNodeOrPod(t *testing.T) {
 				s("ztdns_resolver_queries_total", tc.forwardLimited, "outcome", "forward_limited"),
 				s("ztdns_resolver_queries_total", tc.rateLimited, "outcome", "rate_limited"),
 				s("ztdns_resolver_kernel_rate_limited_total", tc.kernelRateLimited),
-				s("ztdns_forward_upstream_queries_total", tc.knownTimeouts, "to", "10.96.0.10:53", "result", "timeout"),
-				s("ztdns_forward_upstream_queries_total", tc.chosenTimeouts, "to", "203.0.113.9:53", "result", "timeout"),
+				s("ztdns_resolver_forward_servfails_total", tc.servfailsNode, "cause", "node"),
+				s("ztdns_resolver_forward_servfails_total", tc.servfailsPod, "cause", "pod"),
+				s("ztdns_forward_upstream_queries_total", tc.knownFailures, "to", "10.96.0.10:53", "result", "error"),
+				s("ztdns_forward_upstream_queries_total", tc.chosenFailures, "to", "203.0.113.9:53", "result", "timeout"),
 				s("ztdns_forward_upstream_queries_total", tc.noMemory, "to", "203.0.113.9:53", "result", "no_memory"),
 				// Its value, 1, as a rate: the evaluator's gauges.
 				s("ztdns_forward_upstream_known", 1, "to", "10.96.0.10:53", "pod", "ztdns-abcde"),
 			}
 			// The agent exports a cell of ztdns_dns_requests_total only once
 			// it counts something; the outcomes of
-			// ztdns_resolver_queries_total exist from the start, and the
-			// kernel's drops from the start wherever its filter is on.
+			// ztdns_resolver_queries_total and the causes of
+			// ztdns_resolver_forward_servfails_total exist from the start,
+			// and the kernel's drops from the start wherever its filter is on.
 			series = slices.DeleteFunc(series, func(s rateSeries) bool {
 				name := s.labels["__name__"]
 				return (name == "ztdns_dns_requests_total" || name == "ztdns_forward_upstream_queries_total") && s.rate == 0 ||

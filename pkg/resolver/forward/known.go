@@ -16,6 +16,12 @@ func (f *Forwarder) KnowUpstreams(us ...netip.AddrPort) { f.upstreams.know(us) }
 // KnownUpstreams returns the "to" labels of the known upstreams, sorted.
 func (f *Forwarder) KnownUpstreams() []string { return f.upstreams.known() }
 
+// Knows reports whether u is a known upstream (WithKnownUpstreams,
+// KnowUpstreams): a nameserver the node asks for every pod, not one a pod
+// chose. The resolver asks it of the upstream of each SERVFAIL it relays
+// or makes for a forward, to say whose failure that answer is.
+func (f *Forwarder) Knows(u netip.AddrPort) bool { return f.upstreams.knows(u) }
+
 func (m *upstreamMetrics) know(us []netip.AddrPort) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -45,4 +51,16 @@ func (m *upstreamMetrics) known() []string {
 	m.mu.Unlock()
 	slices.SortFunc(out, strings.Compare)
 	return out
+}
+
+func (m *upstreamMetrics) knows(u netip.AddrPort) bool {
+	u, ok := canonicalUpstream(u)
+	if !ok {
+		return false
+	}
+	m.mu.Lock()
+	l := m.labels[u]
+	known := l != nil && l.known
+	m.mu.Unlock()
+	return known
 }
