@@ -346,3 +346,38 @@ func BenchmarkCacheHit(b *testing.B) {
 		)
 	}
 }
+
+// BenchmarkHostileNames is what checking the names of a reply costs at
+// its worst: 64 KB of names each behind as many pointers as a name may
+// take (hostileNames), which a hostile upstream can send for any query a
+// pod makes of it, read by ScanReply (a reply that may be cached) and
+// PlanFit (one cut to a client's UDP buffer); and an ordinary large
+// reply: 1,800 addresses of one name, which every owner points to.
+func BenchmarkHostileNames(b *testing.B) {
+	msgs := hostileNames(b)
+	many := newMsg("web.default.svc.cluster.local.", dns.TypeA, withEDNS(false), func(m *dns.Msg) { m.Response, m.Compress = true, true })
+	for i := range 1800 {
+		many.Answer = append(many.Answer, &dns.A{Hdr: dns.RR_Header{Name: "web.default.svc.cluster.local.", Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 30},
+			A: netip.AddrFrom4([4]byte{10, 244, byte(i / 250), byte(1 + i%250)}).AsSlice()})
+	}
+	msgs["1800 addresses"] = pack(b, many)
+	for _, name := range []string{"deepest", "every run", "every label", "1800 addresses"} {
+		msg := msgs[name]
+		b.Run("msg="+name+"/op=ScanReply", func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := ScanReply(msg); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		b.Run("msg="+name+"/op=PlanFit", func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := PlanFit(msg, 1232); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}

@@ -42,7 +42,8 @@ func PlanFit(msg []byte, limit int) (Fit, error) {
 	if err != nil {
 		return f, err
 	}
-	off, err := checkQuestions(msg, HeaderLen, int(h.QDCount))
+	names := newNameCheck(msg)
+	off, err := names.checkQuestions(HeaderLen, int(h.QDCount))
 	if err != nil {
 		return f, err
 	}
@@ -58,7 +59,7 @@ func PlanFit(msg []byte, limit int) (Fit, error) {
 		}
 		fixed, end, err := skipRR(msg, off)
 		if err == nil {
-			err = checkNames(msg, off, fixed, end, nil)
+			err = names.checkNames(off, fixed, end, nil)
 		}
 		if err != nil {
 			return f, err
@@ -184,7 +185,8 @@ func FirstRecordsIn(msg []byte, n, room int) (first []byte, dropped bool, err er
 	if err != nil {
 		return nil, false, err
 	}
-	off, err := checkQuestions(msg, HeaderLen, int(h.QDCount))
+	names := newNameCheck(msg)
+	off, err := names.checkQuestions(HeaderLen, int(h.QDCount))
 	if err != nil {
 		return nil, false, err
 	}
@@ -202,7 +204,7 @@ func FirstRecordsIn(msg []byte, n, room int) (first []byte, dropped bool, err er
 		}
 		fixed, end, err := skipRR(msg, off)
 		if err == nil {
-			err = checkNames(msg, off, fixed, end, nil)
+			err = names.checkNames(off, fixed, end, nil)
 		}
 		if err != nil {
 			return nil, false, err

@@ -45,7 +45,8 @@ func ScanReply(msg []byte) (Reply, error) {
 		return s, err
 	}
 	s.Header = h
-	off, err := checkQuestions(msg, HeaderLen, int(h.QDCount))
+	names := newNameCheck(msg)
+	off, err := names.checkQuestions(HeaderLen, int(h.QDCount))
 	if err != nil {
 		return s, fmt.Errorf("question: %w", err)
 	}
@@ -75,7 +76,7 @@ func ScanReply(msg []byte) (Reply, error) {
 			s.TTLOffsets = append(s.TTLOffsets, uint16(rr.TTLOff))
 		}
 		// With its own TTL among those its names may not lead through.
-		if err := checkNames(msg, off, rr.TTLOff-4, rr.End, s.TTLOffsets); err != nil {
+		if err := names.checkNames(off, rr.TTLOff-4, rr.End, s.TTLOffsets); err != nil {
 			return s, fmt.Errorf("record %d: %w", i, err)
 		}
 		off = rr.End
