@@ -72,7 +72,10 @@ func (s *Server) giveBack(sc *scratch) {
 // holdReply says. A reply that was a SERVFAIL already is counted for
 // neither: the hold changes nothing the client gets. One made as its
 // bytes were refused as they were read was counted then; an upstream's
-// own SERVFAIL is no refusal.
+// own SERVFAIL is no refusal, and stays its upstream's (the log names the
+// limit too): whose failure it is still counts
+// (ztdns_resolver_forward_servfails_total), most of all with the node's
+// budget spent.
 func (q *slowQuery) finishing(done func(reply []byte, release func())) func(reply []byte) {
 	return func(reply []byte) { done(q.conclude(reply)) }
 }
@@ -91,7 +94,11 @@ func (q *slowQuery) conclude(reply []byte) (out []byte, release func()) {
 			release = func() { budget.Give(source, n) }
 		} else {
 			reply = dnswire.AppendErrorReply(nil, q.msg, &q.r, dnswire.RcodeServFail) // q.r: parsed, the reply not nil
-			q.limitedBy(limit)
+			if counted == nil {
+				q.limit = limit
+			} else {
+				q.limitedBy(limit)
+			}
 		}
 	}
 	if len(reply) >= dnswire.HeaderLen {

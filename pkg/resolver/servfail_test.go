@@ -15,6 +15,7 @@ import (
 	"github.com/ztdns/ztdns/pkg/model"
 	"github.com/ztdns/ztdns/pkg/podcache"
 	"github.com/ztdns/ztdns/pkg/resolver/forward"
+	"github.com/ztdns/ztdns/pkg/resolver/quota"
 )
 
 // TestForwardServfailsCountAnswersByWhoseNameserver: the node's SERVFAIL
@@ -147,4 +148,36 @@ func refusedExchanges(f *forward.Forwarder, u netip.AddrPort) int64 {
 		}
 	}
 	return 0
+}
+
+// TestForwardServfailsCountedWithTheBudgetSpent: with the node's budget of
+// replies in flight spent, a forward to a known upstream gets SERVFAIL
+// (its reply refused: no_memory), the node's failure over UDP and TCP
+// alike. Over TCP the SERVFAIL's own hold is refused too; the client gets
+// a SERVFAIL either way, and it stays the node's: it counts, as over UDP
+// (it was counted as a limit of the resolver's, and not at all, where the
+// alert most needs it).
+func TestForwardServfailsCountedWithTheBudgetSpent(t *testing.T) {
+	known := dnstest.Start(t, "127.0.0.1:0", respondFunc(func(req *dns.Msg, _ netip.AddrPort) *dns.Msg {
+		return new(dns.Msg).SetRcode(req, dns.RcodeServerFailure)
+	})).Addr
+	const budget = 4096
+	b := quota.NewBudget(budget, 0)
+	ls := startLimitsServer(t, Options{Limits: quota.Limits{QPS: -1}, Budget: b}, known, known,
+		forward.WithCacheSize(0), forward.WithKnownUpstreams(known))
+	useUpBytes(t, b, nil, budget) // work of no source: nothing to take back
+
+	want := map[string]float64{
+		`ztdns_resolver_forward_servfails_total{cause="node"}`: 0,
+		`ztdns_resolver_forward_servfails_total{cause="pod"}`:  0,
+	}
+	for _, proto := range []string{"udp", "tcp"} {
+		if r := ls.ask(t, victimIP, proto, proto+".example."); r == nil || r.Rcode != dns.RcodeServerFailure {
+			t.Fatalf("%s query with the budget spent: %v, want SERVFAIL", proto, r)
+		}
+		want[`ztdns_resolver_forward_servfails_total{cause="node"}`]++
+		if got := scrape(t, ls.Collector(), "ztdns_resolver_forward_servfails_total"); !maps.Equal(got, want) {
+			t.Errorf("after a %s SERVFAIL with the budget spent, counted\n%s\nwant\n%s", proto, seriesText(got), seriesText(want))
+		}
+	}
 }
