@@ -116,35 +116,65 @@ func ScanReply(msg []byte) (Reply, error) {
 const maxCNAMEChain = 16
 
 // answersType reports whether the count answer records at off (all read
-// before by ScanReply) hold one of type qtype owned by the end of the
-// CNAME chain that starts at the question's name. The chain may come in
-// any order: a pass over the answer follows the links it meets, so a
-// chain in order (as servers send it) takes one, and another pass is
-// made only when the last one moved the chain on.
+// and their names checked before by ScanReply) hold one of type qtype
+// owned by the end of the CNAME chain that starts at the question's name.
+// The chain may come in any order: a pass over the answer follows the
+// links it meets, so a chain in order (as servers send it) takes one, and
+// another pass is made only when the last one moved the chain on.
 func answersType(msg []byte, off, count int, qtype uint16) (bool, error) {
+	var w answerWork
+	return answersTypeWork(msg, off, count, qtype, &w)
+}
+
+// answerWork is what answersType did: the steps of its name hashes, the
+// records it stepped over, and the owners it read whole.
+type answerWork struct {
+	hashes              nameHashes
+	records, ownersRead int
+}
+
+// answersTypeWork is answersType, counting its work in w. An owner is
+// compared with the name by their hashes (nameHashes: a few steps per
+// octet of the reply, however its names chain, over all the passes), and
+// read whole only when those match: the name's owner (a link, of at most
+// maxCNAMEChain, or the answer) or a collision of keyed 64-bit hashes.
+// Before, every owner was read on every pass: 17 passes over a 64 KB
+// answer of owners behind 125 pointers each, 142 ms.
+func answersTypeWork(msg []byte, off, count int, qtype uint16, w *answerWork) (bool, error) {
 	var nameBuf, ownerBuf [maxNameLen]byte
 	name, _, err := readName(msg, HeaderLen, &nameBuf)
 	if err != nil {
 		return false, err
 	}
+	w.hashes = newNameHashes(msg)
+	nameHash := flatHash(name)
 	links := 0
 	for moved := true; moved; {
 		moved = false
 		for o, i := off, 0; i < count; i++ {
+			w.records++
 			rr, err := readRR(msg, o)
 			if err != nil {
 				return false, err
 			}
-			owner, _, err := readName(msg, o, &ownerBuf)
+			at := o
+			o = rr.End
+			if rr.Type != qtype && rr.Type != typeCNAME {
+				continue // its owner does not matter
+			}
+			if h, ok := w.hashes.hash(at); ok && h != nameHash {
+				continue
+			}
+			w.ownersRead++
+			owner, _, err := readName(msg, at, &ownerBuf)
 			if err != nil {
 				return false, err
 			}
-			o = rr.End
 			switch {
 			case string(owner) != string(name):
 			case rr.Type == qtype:
 				return true, nil
-			case rr.Type == typeCNAME:
+			default: // a CNAME
 				if links++; links > maxCNAMEChain {
 					return false, nil
 				}
@@ -157,6 +187,7 @@ func answersType(msg []byte, off, count int, qtype uint16) (bool, error) {
 				if end != rr.End {
 					return false, errCNAME
 				}
+				nameHash = flatHash(name)
 				moved = true
 			}
 		}
