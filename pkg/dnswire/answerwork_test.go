@@ -2,11 +2,14 @@ package dnswire
 
 import (
 	"encoding/binary"
+	"fmt"
 	"math/rand/v2"
 	"slices"
 	"testing"
 
 	"github.com/miekg/dns"
+
+	"github.com/ztdns/ztdns/internal/dnstest"
 )
 
 // hostileChain is a 64 KB reply to a.example. A whose answer is records
@@ -55,7 +58,7 @@ func hostileChain(tb testing.TB) []byte {
 // as is followed and in reverse order, takes a few steps per octet, and
 // reads no owner but those of the chain's records and the answer's:
 // a hostile upstream buys little CPU with it. (Before, every owner was
-// read on each of 17 passes: some 83,000 owners, 142 ms for ScanReply,
+// read on each of 17 passes: some 69,000 owners, 58-217 ms for ScanReply,
 // BenchmarkHostileAnswer.) The reply reads answered, as miekg/dns reads it.
 func TestAnswersTypeWorkIsLinear(t *testing.T) {
 	const perOctet = 3
@@ -75,18 +78,22 @@ func TestAnswersTypeWorkIsLinear(t *testing.T) {
 		t.Error("ScanReply: not answered")
 	}
 	answerOff := HeaderLen + 11 + 4
-	var w answerWork
+	w := answerWork{readLimit: answerOwnersRead}
 	if ok, err := answersTypeWork(msg, answerOff, int(s.ANCount), dns.TypeA, &w); !ok || err != nil {
 		t.Fatalf("answersType: %v, %v", ok, err)
 	}
-	t.Logf("%d octets, %d records: %d hash steps, %d records stepped over, %d owners read", len(msg), s.ANCount, w.hashes.steps, w.records, w.ownersRead)
+	if w.hashes == nil {
+		t.Fatal("no owner compared by hashes")
+	}
+	t.Logf("%d octets, %d records: %d owners read, %d hash steps", len(msg), s.ANCount, w.ownersRead, w.hashes.steps)
 	if w.hashes.steps > perOctet*len(msg) {
 		t.Errorf("%d hash steps for %d octets, more than %d per octet", w.hashes.steps, len(msg), perOctet)
 	}
-	// The chain's links and the answer; a collision of keyed 64-bit hashes
-	// would add one, once in some 10^14 runs.
-	if w.ownersRead > maxCNAMEChain+1 {
-		t.Errorf("%d owners read whole, more than the chain's %d and the answer", w.ownersRead, maxCNAMEChain)
+	// Those read before comparing hashes, the chain's links and the
+	// answer; a collision of keyed 64-bit hashes would add one, once in
+	// some 10^14 runs.
+	if limit := answerOwnersRead + maxCNAMEChain + 1; w.ownersRead > limit {
+		t.Errorf("%d owners read whole, more than %d", w.ownersRead, limit)
 	}
 }
 
@@ -149,10 +156,14 @@ func answeredAsBefore(tb testing.TB, msg []byte) {
 	if qtype == typeANY || qtype == typeCNAME {
 		return
 	}
-	got, gotErr := answersType(msg, off, int(s.ANCount), qtype)
 	want, wantErr := answersTypeBefore(msg, off, int(s.ANCount), qtype)
-	if got != want || gotErr != wantErr {
-		tb.Fatalf("%x: answered %v, %v; before, %v, %v", msg, got, gotErr, want, wantErr)
+	// As answersType does, and comparing every owner by hashes.
+	for _, limit := range []int{answerOwnersRead, 0} {
+		w := answerWork{readLimit: limit}
+		got, gotErr := answersTypeWork(msg, off, int(s.ANCount), qtype, &w)
+		if got != want || gotErr != wantErr {
+			tb.Fatalf("%x (owners read before hashes: %d): answered %v, %v; before, %v, %v", msg, limit, got, gotErr, want, wantErr)
+		}
 	}
 }
 
@@ -176,6 +187,33 @@ func TestAnswersTypeAsBefore(t *testing.T) {
 	for _, msg := range sampleReplies(t) {
 		answeredAsBefore(t, msg)
 	}
+}
+
+// FuzzAnswersType: whether a reply answers its question is found as
+// before, error for error, on any reply ScanReply accepts, comparing
+// owners by hashes or not. Seeds: the sample replies, and short ones of
+// CNAME chains in reverse order whose names differ in case.
+func FuzzAnswersType(f *testing.F) {
+	for _, msg := range sampleReplies(f) {
+		f.Add(msg)
+	}
+	for _, n := range []int{1, 3} {
+		m := newMsg("A.example.", dns.TypeA, func(m *dns.Msg) { m.Response = true })
+		m.Answer = append(m.Answer, dnstest.RRs(f, fmt.Sprintf("C%d.Example. 60 IN A 192.0.2.1", n), "c0.example. 60 IN TXT x")...)
+		for i := n; i >= 0; i-- {
+			owner := "a.EXAMPLE."
+			if i > 0 {
+				owner = fmt.Sprintf("c%d.example.", i-1)
+			}
+			m.Answer = append(m.Answer, dnstest.RRs(f, fmt.Sprintf("%s 60 IN CNAME C%d.example.", owner, i))...)
+		}
+		f.Add(pack(f, m))
+		m.Compress = true
+		f.Add(pack(f, m))
+	}
+	f.Fuzz(func(t *testing.T, msg []byte) {
+		answeredAsBefore(t, msg)
+	})
 }
 
 // BenchmarkHostileAnswer is what ScanReply costs on the reply whose

@@ -64,6 +64,17 @@ func (h *nameHashes) hash(off int) (sum uint64, ok bool) {
 		h.all = make([]uint64, len(h.msg))
 		copy(h.all, h.near[:])
 	}
+	// Known, as an owner is on a pass after the first: without the walk's
+	// array to clear.
+	if e := h.entry(off); e != nil && *e != 0 {
+		h.steps++
+		return *e, true
+	}
+	return h.walk(off)
+}
+
+// walk hashes the name at off, walking it up to what is known.
+func (h *nameHashes) walk(off int) (sum uint64, ok bool) {
 	msg := h.msg
 	var walked [maxNameLen]uint16 // the labels and pointers walked, to hash from the root back
 	n, end := 0, len(msg)
