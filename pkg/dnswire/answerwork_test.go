@@ -104,6 +104,26 @@ func TestAnswersTypeWorkIsLinear(t *testing.T) {
 	}
 }
 
+// TestOrdinaryAnswerAllocatesNoHashes: a reply whose answer answers in
+// fewer owners read than answerOwnersRead, here 20 addresses after their
+// CNAME chain in reverse order (three passes), costs ScanReply its TTL
+// offsets and nothing else: the hashes are for replies past them.
+func TestOrdinaryAnswerAllocatesNoHashes(t *testing.T) {
+	lines := []string{"a.example. 60 IN CNAME c0.example.", "c0.example. 60 IN CNAME c1.example."}
+	for i := range 20 {
+		lines = append(lines, fmt.Sprintf("c1.example. 60 IN A 192.0.2.%d", i+1))
+	}
+	slices.Reverse(lines)
+	msg := pack(t, newMsg("a.example.", dns.TypeA, func(m *dns.Msg) { m.Response, m.Compress = true, true }, records(t, answer, lines...)))
+	if allocs := testing.AllocsPerRun(100, func() {
+		if s, err := ScanReply(msg); err != nil || !s.Answered {
+			t.Fatal(s.Answered, err)
+		}
+	}); allocs != 1 {
+		t.Errorf("%.1f allocations, want 1 (the TTL offsets)", allocs)
+	}
+}
+
 // answersTypeBefore is answersType as it was before it compared hashes:
 // every owner read on every pass. The rule answersType must keep.
 func answersTypeBefore(msg []byte, off, count int, qtype uint16) (bool, error) {
