@@ -15,7 +15,7 @@ var nameSeed = maphash.MakeSeed()
 // hash is made from its first label and the hash of its rest, so what a
 // pointer leads to is hashed once and remembered, as nameCheck remembers
 // what it checked: the hash of every label and pointer walked in the
-// first nearMemo octets always (on the stack), everywhere once the walks
+// first nearMemo octets always (in nameHashes), everywhere once the walks
 // have taken more than budget steps (a table of an entry per octet: an
 // ordinary reply allocates nothing). So however the names chain, and
 // however often a name is hashed, the work is some steps per octet.
