@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"slices"
 	"testing"
+	"unsafe"
 
 	"github.com/miekg/dns"
 
@@ -89,11 +90,37 @@ func TestAnswersTypeWorkIsLinear(t *testing.T) {
 	if w.hashes.steps > perOctet*len(msg) {
 		t.Errorf("%d hash steps for %d octets, more than %d per octet", w.hashes.steps, len(msg), perOctet)
 	}
+	// What is remembered, on top of the names check's table: 4 octets
+	// per octet of the reply.
+	if size := int(unsafe.Sizeof(w.hashes.all[0])) * cap(w.hashes.all); size > 4*len(msg) {
+		t.Errorf("%d octets of hashes for a %d-octet reply, more than 4 per octet", size, len(msg))
+	}
 	// Those read before comparing hashes, the chain's links and the
-	// answer; a collision of keyed 64-bit hashes would add one, once in
-	// some 10^14 runs.
+	// answer; a collision of keyed 32-bit hashes would add one, once in
+	// some 10^7 runs (the filler's one name and the chain's 17, against
+	// 17 names).
 	if limit := answerOwnersRead + maxCNAMEChain + 1; w.ownersRead > limit {
 		t.Errorf("%d owners read whole, more than %d", w.ownersRead, limit)
+	}
+}
+
+// TestOrdinaryAnswerAllocatesNoHashes: a reply whose answer answers in
+// fewer owners read than answerOwnersRead, here 20 addresses after their
+// CNAME chain in reverse order (three passes), costs ScanReply its TTL
+// offsets and nothing else: the hashes are for replies past them.
+func TestOrdinaryAnswerAllocatesNoHashes(t *testing.T) {
+	lines := []string{"a.example. 60 IN CNAME c0.example.", "c0.example. 60 IN CNAME c1.example."}
+	for i := range 20 {
+		lines = append(lines, fmt.Sprintf("c1.example. 60 IN A 192.0.2.%d", i+1))
+	}
+	slices.Reverse(lines)
+	msg := pack(t, newMsg("a.example.", dns.TypeA, func(m *dns.Msg) { m.Response, m.Compress = true, true }, records(t, answer, lines...)))
+	if allocs := testing.AllocsPerRun(100, func() {
+		if s, err := ScanReply(msg); err != nil || !s.Answered {
+			t.Fatal(s.Answered, err)
+		}
+	}); allocs != 1 {
+		t.Errorf("%.1f allocations, want 1 (the TTL offsets)", allocs)
 	}
 }
 

@@ -15,23 +15,29 @@ var nameSeed = maphash.MakeSeed()
 // hash is made from its first label and the hash of its rest, so what a
 // pointer leads to is hashed once and remembered, as nameCheck remembers
 // what it checked: the hash of every label and pointer walked in the
-// first nearMemo octets always (on the stack), everywhere once the walks
+// first nearMemo octets always (in nameHashes), everywhere once the walks
 // have taken more than budget steps (a table of an entry per octet: an
 // ordinary reply allocates nothing). So however the names chain, and
 // however often a name is hashed, the work is some steps per octet.
+//
+// A hash is 32 bits, so that the table of a 64 KB reply is 256 KB, not
+// 512: hashes that match only make answersType read the owner whole, and
+// keyed ones match by chance once in 2^31 comparisons: an owner read
+// whole more in some 20,000 hostile 64 KB replies (17 passes over some
+// 6,000 owners).
 type nameHashes struct {
 	msg []byte
 	// steps counts the labels and pointers walked and the hashes made.
 	steps, budget int
-	near          [nearMemo]uint64 // 0: not known
-	all           []uint64         // past budget: an entry for every octet of msg
+	near          [nearMemo]uint32 // 0: not known
+	all           []uint32         // past budget: an entry for every octet of msg
 }
 
 func newNameHashes(msg []byte) nameHashes {
 	return nameHashes{msg: msg, budget: len(msg) + nearMemo}
 }
 
-func (h *nameHashes) entry(x int) *uint64 {
+func (h *nameHashes) entry(x int) *uint32 {
 	switch {
 	case h.all != nil:
 		return &h.all[x]
@@ -46,22 +52,22 @@ const rootHash = 1
 
 // labelHash is the hash of a name whose first label is label (its length
 // octet and octets) and whose rest has the hash rest. Never 0.
-func labelHash(label []byte, rest uint64) uint64 {
-	var buf [1 + 63 + 8]byte
+func labelHash(label []byte, rest uint32) uint32 {
+	var buf [1 + 63 + 4]byte
 	for i, c := range label {
 		buf[i] = lowerASCII(c)
 	}
 	n := len(label)
-	binary.LittleEndian.PutUint64(buf[n:], rest)
-	return maphash.Bytes(nameSeed, buf[:n+8]) | 1
+	binary.LittleEndian.PutUint32(buf[n:], rest)
+	return uint32(maphash.Bytes(nameSeed, buf[:n+4])) | 1
 }
 
 // hash returns the hash of the name at off, which ScanReply has checked
 // (checkName): it leads back, ends, and is within the bounds of a name.
 // ok is false if it does not, and then the caller reads it instead.
-func (h *nameHashes) hash(off int) (sum uint64, ok bool) {
+func (h *nameHashes) hash(off int) (sum uint32, ok bool) {
 	if h.all == nil && h.steps > h.budget {
-		h.all = make([]uint64, len(h.msg))
+		h.all = make([]uint32, len(h.msg))
 		copy(h.all, h.near[:])
 	}
 	// Known, as an owner is on a pass after the first: without the walk's
@@ -74,7 +80,7 @@ func (h *nameHashes) hash(off int) (sum uint64, ok bool) {
 }
 
 // walk hashes the name at off, walking it up to what is known.
-func (h *nameHashes) walk(off int) (sum uint64, ok bool) {
+func (h *nameHashes) walk(off int) (sum uint32, ok bool) {
 	msg := h.msg
 	var walked [maxNameLen]uint16 // the labels and pointers walked, to hash from the root back
 	n, end := 0, len(msg)
@@ -125,13 +131,13 @@ func (h *nameHashes) walk(off int) (sum uint64, ok bool) {
 
 // flatHash returns the hash of name, in wire form without pointers (as
 // readName returns it), as nameHashes.hash makes it.
-func flatHash(name []byte) uint64 {
+func flatHash(name []byte) uint32 {
 	var starts [maxNameLen / 2]uint8
 	n := 0
 	for x := 0; x < len(name) && name[x] != 0 && n < len(starts); x += 1 + int(name[x]) {
 		starts[n], n = uint8(x), n+1
 	}
-	sum := uint64(rootHash)
+	sum := uint32(rootHash)
 	for n > 0 {
 		n--
 		x := int(starts[n])

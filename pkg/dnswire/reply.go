@@ -145,7 +145,7 @@ type answerWork struct {
 // (nameHashes: a few steps per octet of the reply, however its names
 // chain, over all the passes), and read whole only when those match: the
 // name's owner (a link, of at most maxCNAMEChain, or the answer) or a
-// collision of keyed 64-bit hashes. (Before, every owner was read on
+// collision of keyed hashes. (Before, every owner was read on
 // every pass: 17 passes over a 64 KB answer of owners behind 126
 // pointers each, 58-217 ms for ScanReply; now 1.6-1.8 ms.)
 func answersTypeWork(msg []byte, off, count int, qtype uint16, w *answerWork) (bool, error) {
@@ -154,7 +154,7 @@ func answersTypeWork(msg []byte, off, count int, qtype uint16, w *answerWork) (b
 	if err != nil {
 		return false, err
 	}
-	var nameHash uint64 // once there are hashes
+	var nameHash uint32 // once there are hashes
 	links := 0
 	for moved := true; moved; {
 		moved = false
