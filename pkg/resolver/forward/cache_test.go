@@ -180,6 +180,9 @@ func TestCacheIsPerUpstreamSet(t *testing.T) {
 	}
 	// {A, B} is a third set; listed in either order, with a repeat, it is the same set.
 	ask(a.addr, b.addr)
+	// Both are asked; the first good reply returns before the other's
+	// query may have reached it.
+	testenv.Eventually(t, guard, "both upstreams get the query", func() bool { return a.queries.Load() == 2 && b.queries.Load() == 2 })
 	total := a.queries.Load() + b.queries.Load()
 	ask(b.addr, a.addr)
 	ask(b.addr, a.addr, b.addr)
