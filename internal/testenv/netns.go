@@ -209,6 +209,14 @@ func (n *Node) AddPod(tb testing.TB, cfg PodConfig) *Pod {
 	// The veth is created in the node namespace with its peer directly in
 	// the pod: nothing touches the machine's own namespace.
 	run(tb, "ip", "-n", n.Name, "link", "add", p.HostVeth, "type", "veth", "peer", "name", "eth0", "netns", pod.Name)
+	// Deleted before the namespace, not with it: `ip netns delete` only
+	// unmounts it, and the kernel destroys a namespace, veths and all,
+	// later (at once if nothing else holds it, after an RCU grace period).
+	// Until then the node kept this veth, its gateway address and its
+	// route to the subnet, which podSubnet hands to the node's next pod:
+	// replies to that pod followed the old route into the dying
+	// namespace. The pair's deletion is synchronous.
+	tb.Cleanup(func() { deleteLink(tb, n.Name, p.HostVeth) })
 	n.AddAddr(tb, gw4+"/24", p.HostVeth)
 	n.AddAddr(tb, gw6+"/64", p.HostVeth)
 	run(tb, "ip", "-n", n.Name, "link", "set", p.HostVeth, "up")
@@ -219,6 +227,16 @@ func (n *Node) AddPod(tb testing.TB, cfg PodConfig) *Pod {
 	run(tb, "ip", "-n", pod.Name, "route", "add", "default", "via", gw4)
 	run(tb, "ip", "-n", pod.Name, "-6", "route", "add", "default", "via", gw6)
 	return p
+}
+
+// deleteLink deletes the interface dev of the namespace ns, if it still
+// has one: a test may have deleted it itself.
+func deleteLink(tb testing.TB, ns, dev string) {
+	tb.Helper()
+	out, err := exec.Command("ip", "-n", ns, "link", "delete", "dev", dev).CombinedOutput()
+	if err != nil && !strings.Contains(string(out), "Cannot find device") {
+		tb.Errorf("cleanup: ip -n %s link delete dev %s: %v\n%s", ns, dev, err, out)
+	}
 }
 
 // WriteResolvConf writes /etc/netns/NAME/resolv.conf, which `ip netns
