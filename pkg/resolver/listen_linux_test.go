@@ -126,7 +126,7 @@ func TestCheckNotServed(t *testing.T) {
 	})
 }
 
-// timeWait reports whether /proc/self/net/tcp lists a connection in
+// timeWait reports whether the kernel lists a TCP connection in
 // TIME_WAIT from addr (an IPv4 address).
 func timeWait(t *testing.T, addr netip.AddrPort) bool {
 	t.Helper()
