@@ -103,9 +103,7 @@ func (s *Server) newUDPBatch(conn *net.UDPConn, rc syscall.RawConn, local netip.
 			// One reply, as at modest rates: sendto takes the buffer
 			// and address as they are, where sendmmsg first copies in
 			// and checks a header and its iovec.
-			_, _, e := unix.RawSyscall6(unix.SYS_SENDTO, fd, uintptr(unsafe.Pointer(&b.outBuf[i][0])), uintptr(len(b.outBuf[i])),
-				unix.MSG_DONTWAIT, uintptr(unsafe.Pointer(&b.outName[i][0])), uintptr(b.out[i].hdr.Namelen))
-			b.ioN, b.ioErr = 1, e
+			b.ioN, b.ioErr = 1, sendto(fd, b.outBuf[i], b.outName[i][:b.out[i].hdr.Namelen])
 		} else {
 			r, _, e := unix.RawSyscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&b.out[i])), uintptr(b.ioTo-i), unix.MSG_DONTWAIT, 0, 0)
 			b.ioN, b.ioErr = int(r), e
@@ -263,8 +261,7 @@ func writeForwardedReply(conn *net.UDPConn, local netip.AddrPort, reply []byte, 
 	}
 	var errno syscall.Errno
 	err = rc.Write(func(fd uintptr) bool {
-		_, _, errno = unix.RawSyscall6(unix.SYS_SENDTO, fd, uintptr(unsafe.Pointer(&reply[0])), uintptr(len(reply)),
-			unix.MSG_DONTWAIT, uintptr(unsafe.Pointer(&sa[0])), uintptr(saLen))
+		errno = sendto(fd, reply, sa[:saLen])
 		return errno != unix.EAGAIN && errno != unix.EINTR
 	})
 	if err != nil {
@@ -274,6 +271,16 @@ func writeForwardedReply(conn *net.UDPConn, local netip.AddrPort, reply []byte, 
 		return os.NewSyscallError("sendto", errno)
 	}
 	return nil
+}
+
+// sendto sends the datagram b (not empty) from fd to the sockaddr name,
+// raw and without blocking, as the batch's writes do (udpBatch): a lone
+// reply, where sendmmsg would first copy in and check a header and its
+// iovec.
+func sendto(fd uintptr, b, name []byte) syscall.Errno {
+	_, _, e := unix.RawSyscall6(unix.SYS_SENDTO, fd, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)),
+		unix.MSG_DONTWAIT, uintptr(unsafe.Pointer(&name[0])), uintptr(len(name)))
+	return e
 }
 
 // sameStart reports whether a and b start at the same byte: a was
