@@ -234,18 +234,19 @@ func TestFitUDPOfTheFirstRecordsIsTheCutOfTheWhole(t *testing.T) {
 	}
 	txt := bigAnswers{}.Reply(ednsQueryOf("big.example.", dns.TypeTXT, 1232), netip.AddrPort{})
 	replies := map[string]*dns.Msg{"answers": many, "huge TXT answers": txt}
-	for name, sections := range map[string][2]int{"a few answers, much glue": {30, 1500}, "some answers, glue": {60, 60}} {
-		m := many.Copy()
-		m.Answer = m.Answer[:sections[0]]
+	for name, c := range map[string]struct {
+		from           *dns.Msg
+		answers, glued int
+	}{
+		"a few answers, much glue": {many, 30, 1500},
+		"some answers, glue":       {many, 60, 60},
+		"a huge TXT answer, glue":  {txt, 1, 60},
+		"huge TXT answers, glue":   {txt, 5, 60},
+	} {
+		m := c.from.Copy()
+		m.Answer = m.Answer[:c.answers]
 		m.Ns = []dns.RR{dnstest.SOA}
-		m.Extra = append(glue(sections[1]), m.Extra...)
-		replies[name] = m
-	}
-	for name, sections := range map[string][2]int{"a huge TXT answer, glue": {1, 60}, "huge TXT answers, glue": {5, 60}} {
-		m := txt.Copy()
-		m.Answer = m.Answer[:sections[0]]
-		m.Ns = []dns.RR{dnstest.SOA}
-		m.Extra = append(glue(sections[1]), m.Extra...)
+		m.Extra = append(glue(c.glued), m.Extra...)
 		replies[name] = m
 	}
 	// A hostile nameserver's: a record of 60,000 octets among the

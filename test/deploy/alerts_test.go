@@ -172,6 +172,19 @@ func alertRules(t *testing.T, c *chart) iter.Seq2[string, map[string]any] {
 	}
 }
 
+// waitingAlert renders the chart with its PrometheusRule and returns the
+// alert's expression, having checked that the alert waits between atLeast
+// and atMost before it fires (why says what the bounds stand for).
+func waitingAlert(t *testing.T, name string, atLeast, atMost time.Duration, why string) (*chart, parser.Expr) {
+	t.Helper()
+	c := renderChart(t, "metrics.prometheusRule.enabled=true")
+	e := alertExpr(t, renderedAlerts(t, c), name)
+	if f := renderedAlertFor(t, c)[name]; f < atLeast || f > atMost {
+		t.Errorf("%s waits %v: %s", name, f, why)
+	}
+	return c, e
+}
+
 // renderedAlertFor is every alert's "for" in c's PrometheusRule (0 where
 // it has none).
 func renderedAlertFor(t *testing.T, c *chart) map[string]time.Duration {
@@ -364,11 +377,7 @@ func TestChartKubeWatchAlert(t *testing.T) {
 func TestChartServiceEntriesUnavailableAlert(t *testing.T) {
 	t.Parallel()
 	const name = "ZtdnsServiceEntriesUnavailable"
-	c := renderChart(t, "metrics.prometheusRule.enabled=true")
-	e := alertExpr(t, renderedAlerts(t, c), name)
-	if f := renderedAlertFor(t, c)[name]; f < time.Minute || f > 15*time.Minute {
-		t.Errorf("%s waits %v: a CRD being installed serves no version for seconds; an outage of its names wants a page within 15 minutes", name, f)
-	}
+	c, e := waitingAlert(t, name, time.Minute, 15*time.Minute, "a CRD being installed serves no version for seconds; an outage of its names wants a page within 15 minutes")
 	checkDescription(t, c, name, "serviceentries", "networking.istio.io", "ClusterRole", "Istio before 1.22", "ztdns status")
 	unavailable := func(reason string) map[string]float64 {
 		m := map[string]float64{"not-installed": 0, "v1-not-served": 0, "forbidden": 0}
@@ -419,11 +428,7 @@ func TestChartServiceEntriesUnavailableAlert(t *testing.T) {
 func TestChartMeshConfigAbsentAlert(t *testing.T) {
 	t.Parallel()
 	const name = "ZtdnsMeshConfigAbsent"
-	c := renderChart(t, "metrics.prometheusRule.enabled=true")
-	e := alertExpr(t, renderedAlerts(t, c), name)
-	if f := renderedAlertFor(t, c)[name]; f < 5*time.Minute || f > 15*time.Minute {
-		t.Errorf("%s waits %v: an install or upgrade in progress lacks the ConfigMap for minutes; a misconfiguration wants a page within 15", name, f)
-	}
+	c, e := waitingAlert(t, name, 5*time.Minute, 15*time.Minute, "an install or upgrade in progress lacks the ConfigMap for minutes; a misconfiguration wants a page within 15")
 	checkDescription(t, c, name, "resolver.istioRevision", "istio-REVISION", "revision tag", "ztdns status")
 	for _, tc := range []struct {
 		name   string
@@ -460,11 +465,7 @@ func TestChartMeshConfigAbsentAlert(t *testing.T) {
 func TestChartVIPsMissingAlert(t *testing.T) {
 	t.Parallel()
 	const name = "ZtdnsVIPsMissing"
-	c := renderChart(t, "metrics.prometheusRule.enabled=true")
-	e := alertExpr(t, renderedAlerts(t, c), name)
-	if f := renderedAlertFor(t, c)[name]; f < 10*time.Minute || f > 15*time.Minute {
-		t.Errorf("%s waits %v: istiod writes VIPs within milliseconds, so 10 to 15 minutes tell a lag from a failure", name, f)
-	}
+	_, e := waitingAlert(t, name, 10*time.Minute, 15*time.Minute, "istiod writes VIPs within milliseconds, so 10 to 15 minutes tell a lag from a failure")
 	for _, tc := range []struct {
 		name    string
 		without map[string]float64 // the gauge by reason
@@ -547,11 +548,7 @@ func TestChartCNIAddAlert(t *testing.T) {
 func TestChartIstioRevisionMismatchAlert(t *testing.T) {
 	t.Parallel()
 	const name = "ZtdnsIstioRevisionMismatch"
-	c := renderChart(t, "metrics.prometheusRule.enabled=true")
-	e := alertExpr(t, renderedAlerts(t, c), name)
-	if f := renderedAlertFor(t, c)[name]; f < 5*time.Minute || f > 30*time.Minute {
-		t.Errorf("%s waits %v: an upgrade's rollouts want a few minutes, a forgotten flag a page within 30", name, f)
-	}
+	c, e := waitingAlert(t, name, 5*time.Minute, 30*time.Minute, "an upgrade's rollouts want a few minutes, a forgotten flag a page within 30")
 	checkDescription(t, c, name, "--istio-revision", "istio.io/rev", "resolver.istioRevision", "ztdns status")
 	checkGaugeAlert(t, name, e, "ztdns_kube_ztunnel_revision_mismatch", []gaugeCase{
 		{"the same revision", []float64{0}, false},
@@ -569,11 +566,7 @@ func TestChartIstioRevisionMismatchAlert(t *testing.T) {
 func TestChartCNINotInstalledAlert(t *testing.T) {
 	t.Parallel()
 	const name = "ZtdnsCNINotInstalled"
-	c := renderChart(t, "metrics.prometheusRule.enabled=true")
-	e := alertExpr(t, renderedAlerts(t, c), name)
-	if f := renderedAlertFor(t, c)[name]; f > 5*time.Minute {
-		t.Errorf("%s waits %v: every pod started meanwhile is uncaptured for up to 30 s, a short Job for good", name, f)
-	}
+	_, e := waitingAlert(t, name, 0, 5*time.Minute, "every pod started meanwhile is uncaptured for up to 30 s, a short Job for good")
 	checkGaugeAlert(t, name, e, "ztdns_cni_config_installed", []gaugeCase{
 		{"installed", []float64{1}, false},
 		{"no --cni-install", nil, false}, // no such series
@@ -590,11 +583,7 @@ func TestChartCNINotInstalledAlert(t *testing.T) {
 func TestChartPodsNotEnrolledAlert(t *testing.T) {
 	t.Parallel()
 	const name = "ZtdnsPodsNotEnrolled"
-	c := renderChart(t, "metrics.prometheusRule.enabled=true")
-	e := alertExpr(t, renderedAlerts(t, c), name)
-	if f := renderedAlertFor(t, c)[name]; f > 10*time.Minute {
-		t.Errorf("%s waits %v: pods outside the mesh for that long is istio-cni missing, not a lag", name, f)
-	}
+	_, e := waitingAlert(t, name, 0, 10*time.Minute, "pods outside the mesh for that long is istio-cni missing, not a lag")
 	for _, tc := range []struct {
 		name   string
 		pods   map[string]float64 // ztdns_capture_pods{captured="false"} by reason

@@ -102,15 +102,7 @@ func TestConcurrentExchangesAllAnswered(t *testing.T) {
 func TestLeaderEndsWithItsContext(t *testing.T) {
 	p := newUDPPoller()
 	t.Cleanup(p.close)
-	fd, err := dialUDP(silentUpstream(t).addr) // nothing comes on it
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { rawClose(fd) })
-	w, err := p.add(fd)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, w := addSilent(t, p) // nothing comes on it
 	t.Cleanup(func() { p.remove(w) })
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -188,13 +180,10 @@ func TestForwardsOnceDescriptorsAreBack(t *testing.T) {
 	}
 }
 
-// TestSetClosedAsTheLastExchangeLeaves closes the poller while an
-// exchange is still in its set, as Forwarder.Close may (it does not wait
-// for a query relayed as it came): the set stays open for it, for a
-// descriptor number the exchange still uses could otherwise be another's
-// by then, and is closed as it leaves.
-func TestSetClosedAsTheLastExchangeLeaves(t *testing.T) {
-	p := newUDPPoller()
+// addSilent adds to p a socket connected to an upstream that never
+// answers (nothing comes on it), closed when the test ends.
+func addSilent(t *testing.T, p *udpPoller) (int, *udpWait) {
+	t.Helper()
 	fd, err := dialUDP(silentUpstream(t).addr)
 	if err != nil {
 		t.Fatal(err)
@@ -204,6 +193,17 @@ func TestSetClosedAsTheLastExchangeLeaves(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return fd, w
+}
+
+// TestSetClosedAsTheLastExchangeLeaves closes the poller while an
+// exchange is still in its set, as Forwarder.Close may (it does not wait
+// for a query relayed as it came): the set stays open for it, for a
+// descriptor number the exchange still uses could otherwise be another's
+// by then, and is closed as it leaves.
+func TestSetClosedAsTheLastExchangeLeaves(t *testing.T) {
+	p := newUDPPoller()
+	fd, w := addSilent(t, p)
 	p.close()
 	if err := p.wantRoom(fd, w); err != nil {
 		t.Fatalf("the set closed under its exchange: %v", err)
