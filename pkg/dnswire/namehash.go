@@ -27,24 +27,13 @@ var nameSeed = maphash.MakeSeed()
 // 6,000 owners).
 type nameHashes struct {
 	msg []byte
-	// steps counts the labels and pointers walked and the hashes made.
-	steps, budget int
-	near          [nearMemo]uint32 // 0: not known
-	all           []uint32         // past budget: an entry for every octet of msg
+	// steps counts the labels and pointers walked and the hashes made;
+	// an entry is the hash of the name from its octet.
+	memo[uint32]
 }
 
 func newNameHashes(msg []byte) nameHashes {
-	return nameHashes{msg: msg, budget: len(msg) + nearMemo}
-}
-
-func (h *nameHashes) entry(x int) *uint32 {
-	switch {
-	case h.all != nil:
-		return &h.all[x]
-	case x < nearMemo:
-		return &h.near[x]
-	}
-	return nil
+	return nameHashes{msg: msg, memo: newMemo[uint32](len(msg))}
 }
 
 // rootHash is the hash of the root name; any but 0.
@@ -66,10 +55,7 @@ func labelHash(label []byte, rest uint32) uint32 {
 // (checkName): it leads back, ends, and is within the bounds of a name.
 // ok is false if it does not, and then the caller reads it instead.
 func (h *nameHashes) hash(off int) (sum uint32, ok bool) {
-	if h.all == nil && h.steps > h.budget {
-		h.all = make([]uint32, len(h.msg))
-		copy(h.all, h.near[:])
-	}
+	h.grow(len(h.msg))
 	// Known, as an owner is on a pass after the first: without the walk's
 	// array to clear.
 	if e := h.entry(off); e != nil && *e != 0 {

@@ -71,44 +71,25 @@ const (
 // in a table of an entry per octet: an ordinary reply allocates nothing.
 type nameCheck struct {
 	msg []byte
-	// steps counts the labels, pointers and roots stepped over (twice
-	// when remembered) and the searches of the TTLs: the work done.
-	steps, budget int
 	// resumed counts the walks that met a name known before whose rest
 	// does not fit (too long, behind too many pointers, past the bound)
 	// and went on without what is known, to the error the walk makes.
 	resumed int
-	// An entry per octet, 0 where nothing is known; else, for a label,
-	// the distance to the root or pointer that ends its run (a label's
-	// length octet is no pointer's first), and for a pointer the label
-	// octets and the pointers, its own included, of the rest of the name
-	// from it (length<<7 | pointers). Each stands for a walk that
-	// succeeded from there: it leads back, to labels that end before
-	// the pointer leading to them, through no TTL.
-	near [nearMemo]uint16
-	all  []uint16 // past budget: an entry for every octet of msg
+	// steps counts the labels, pointers and roots stepped over (twice
+	// when remembered) and the searches of the TTLs: the work done.
+	//
+	// An entry, for a label, is the distance to the root or pointer that
+	// ends its run (a label's length octet is no pointer's first), and for
+	// a pointer the label octets and the pointers, its own included, of
+	// the rest of the name from it (length<<7 | pointers). Each stands for
+	// a walk that succeeded from there: it leads back, to labels that end
+	// before the pointer leading to them, through no TTL.
+	memo[uint16]
 }
-
-// nearMemo is how many of a message's first octets nameCheck always
-// remembers: where the question's name, and the names of the first
-// records, which most names point to, are.
-const nearMemo = 256
 
 // newNameCheck starts the check of msg's names.
 func newNameCheck(msg []byte) nameCheck {
-	return nameCheck{msg: msg, budget: len(msg) + nearMemo}
-}
-
-// entry is where what is known of the octet at x is kept; nil where
-// nothing is.
-func (c *nameCheck) entry(x int) *uint16 {
-	switch {
-	case c.all != nil:
-		return &c.all[x]
-	case x < nearMemo:
-		return &c.near[x]
-	}
-	return nil
+	return nameCheck{msg: msg, memo: newMemo[uint16](len(msg))}
 }
 
 // known reports what is known of the rest of a name at x: its label
@@ -174,10 +155,7 @@ func (c *nameCheck) rememberPointers(x, n, pointers, count, total, all int) {
 // ttls only grow (ScanReply), by TTLs after the names checked before, so
 // what was found to hold no TTL still holds none.
 func (c *nameCheck) checkName(off, end int, ttls []uint16) (next int, err error) {
-	if c.all == nil && c.steps > c.budget {
-		c.all = make([]uint16, len(c.msg))
-		copy(c.all, c.near[:])
-	}
+	c.grow(len(c.msg))
 	msg := c.msg
 	next = -1
 	led := -1 // where the labels the last pointer led to start

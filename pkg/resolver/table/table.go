@@ -427,6 +427,7 @@ func (t *Table) TTL() uint32 { return t.ttl }
 // has no pod records: a ServiceEntry naming it, exactly or by a wildcard,
 // answers wherever it is visible, as ztunnel answers it, and one of the
 // Service's namespace is that namespace's object for the name (servedOf).
+// yieldExternal spells this test out, to inline: a change here goes there.
 func (e *Entry) rank() uint8 {
 	if e.addrSource == addrEndpointName {
 		return rankUnsent
