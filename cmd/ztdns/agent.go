@@ -402,6 +402,13 @@ func (f *agentFlags) check(fs *pflag.FlagSet) error {
 	if err := checkNamespace(f.ztunnelNamespace); err != nil {
 		return usagef("--ztunnel-namespace %q: %w", f.ztunnelNamespace, err)
 	}
+	// A misspelt entry excludes nothing: the pods of the namespace meant
+	// would be captured although Istio never enrolls them.
+	for _, n := range namespaceList(f.excludeNamespaces) {
+		if err := checkNamespace(n); err != nil {
+			return usagef("--exclude-namespaces %q: %w", n, err)
+		}
+	}
 	// Nothing would compare ztunnel's revision: refused rather than
 	// ignored.
 	if f.istioNamespace == "" && f.ztunnelNamespace != "" {

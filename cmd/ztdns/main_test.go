@@ -285,6 +285,8 @@ func TestUsageErrors(t *testing.T) {
 			`ztdns agent: --ztunnel-namespace "Kube_System": not a namespace name: a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')`},
 		{[]string{"agent", "--config-dir", dir, "--istio-namespace", "istio-system/"},
 			`ztdns agent: --istio-namespace "istio-system/": not a namespace name: a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')`},
+		{[]string{"agent", "--config-dir", dir, "--exclude-namespaces", "kube-system,Istio_System"},
+			`ztdns agent: --exclude-namespaces "Istio_System": not a namespace name: a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')`},
 		{[]string{"agent", "--config-dir", dir, "--istio-namespace=", "--ztunnel-namespace", "kube-system"},
 			"ztdns agent: --ztunnel-namespace with --istio-namespace empty: without istiod there is no revision to compare ztunnel's with"},
 		{[]string{"agent", "--config-dir", dir, "--max-tcp", "-1"}, "ztdns agent: --max-tcp -1: want 0 or more"},

@@ -371,6 +371,24 @@ func TestChartAgent(t *testing.T) {
 			}),
 		},
 		{
+			// Istio's charts installed into another namespace: the agent
+			// reads the mesh config and the VIP allocator there.
+			name:  "istiod outside istio-system",
+			sets:  []string{"resolver.istioNamespace=mesh"},
+			kinds: defaultKinds,
+			pod: defaultPod().change(func(w *podWant) {
+				w.args = w.args.with("--istio-namespace=mesh")
+			}),
+		},
+		{
+			// An upgrade with --reuse-values from a chart without the
+			// value: istio-system, the agent's default.
+			name:  "istiod namespace absent: istio-system",
+			sets:  []string{"resolver.istioNamespace=null"},
+			kinds: defaultKinds,
+			pod:   defaultPod(),
+		},
+		{
 			// As Istio's trustedZtunnelNamespace, which its OpenShift
 			// profile sets: the agent looks for the node's ztunnel there.
 			name:  "ztunnel in kube-system, istiod in istio-system",
@@ -989,6 +1007,7 @@ func TestChartRejectsBadValues(t *testing.T) {
 		{"misspelt value", "capture.enable=false", "/capture"},
 		{"an Istio revision that names no ConfigMap", "resolver.istioRevision=Canary_1", "/resolver/istioRevision"},
 		{"a ztunnel namespace no namespace can have", "resolver.ztunnelNamespace=Kube_System", "/resolver/ztunnelNamespace"},
+		{"an istiod namespace no namespace can have", "resolver.istioNamespace=Istio_System", "/resolver/istioNamespace"},
 		{"capture port 53: istio-cni's in-pod rules would take the queries", "capture.port=53", "/capture/port"},
 		{"a capture nameserver by name: the agent takes addresses only", "capture.nameservers={kube-dns.kube-system}", "/capture/nameservers/0"},
 		{"two capture nameservers in one item", `capture.nameservers[0]=10.96.0.10\,169.254.20.10`, "/capture/nameservers/0"},

@@ -83,7 +83,7 @@ func TestAgentAcceptsChartFlags(t *testing.T) {
 		{"cni.install=false"},
 		{"upstreams={203.0.113.53}"},
 		{"bpf.mountFS=true"},
-		{"resolver.istioRevision=1-28", "resolver.ztunnelNamespace=kube-system"},
+		{"resolver.istioRevision=1-28", "resolver.ztunnelNamespace=kube-system", "resolver.istioNamespace=mesh"},
 		{"mode=cleanup"},
 	}
 	passed := map[string]map[string]bool{} // subcommand → flags
