@@ -39,7 +39,7 @@ FUZZ ?= .
 # The image's tag (default: the chart's appVersion).
 IMAGE_TAG ?=
 # make bench: BENCH picks benchmarks of test/bench (a -bench pattern:
-# Resolver, Metrics, Capture, Footprint, Scale, Forward, or e.g.
+# Resolver, Metrics, Capture, Footprint, Scale, Forward, Flood, or e.g.
 # Resolver/load=max),
 # BENCH_ROUNDS the rounds of the comparisons (servers side by side, in
 # turning order), BENCH_COUNT repeats of each measurement in a row,

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode"
 
 	"github.com/spf13/pflag"
 
@@ -27,8 +28,12 @@ var notInFlagTable = []string{}
 // reads it (a duration, a number written with thousands separators or in
 // MiB), `$VAR` for one taken from the environment, "off" or "none" for an
 // empty one; a default told in words is the flag's when the flag has none
-// of its own (the agent works it out) or the words quote it. (Before: eight
-// flags, --kubeconfig and --config-dir among them, had no row.)
+// of its own (the agent works it out) or the words quote it, and, when the
+// flag's help tells it "(default: ...)", the words start as the help's do
+// and quote nothing the help does not name. (Before: eight flags,
+// --kubeconfig and --config-dir among them, had no row; --cgroup's row
+// said "the cgroup2 root", the fallback, while its help said the pods'
+// cgroup.)
 func TestREADMEAgentFlagTable(t *testing.T) {
 	rows := agentFlagTable(t)
 	// Flags whose default is the environment's are built with a value
@@ -147,7 +152,13 @@ func sameDefault(f *pflag.Flag, def string) error {
 		return sameValue(f, def)
 	}
 	// Told in words: the agent works it out when the flag has no value
-	// of its own; a value it has is quoted among the words.
+	// of its own, as the help says; a value it has is quoted among the
+	// words.
+	if help, ok := helpDefault(f.Usage); ok {
+		if err := sameWords(def, help); err != nil {
+			return err
+		}
+	}
 	if isZero(f.DefValue) {
 		return nil
 	}
@@ -157,6 +168,52 @@ func sameDefault(f *pflag.Flag, def string) error {
 		}
 	}
 	return fmt.Errorf("the flag's default, %q, is not among the words", f.DefValue)
+}
+
+// helpDefault returns the text of "(default: ...)" in a flag's help, the
+// default the agent works out when the flag has no value of its own.
+func helpDefault(usage string) (string, bool) {
+	_, rest, ok := strings.Cut(usage, "(default: ")
+	if !ok {
+		return "", false
+	}
+	depth := 0
+	for i, r := range rest {
+		switch r {
+		case '(':
+			depth++
+		case ')':
+			if depth == 0 {
+				return rest[:i], true
+			}
+			depth--
+		}
+	}
+	return rest, true
+}
+
+// sameWords says whether the table's default in words, def, tells the
+// help's: its first clause is the help's, or the help's begins with it,
+// so the table cannot lead with a fallback; and every value it quotes is
+// named in the help.
+func sameWords(def, help string) error {
+	plain := func(s string) string { return strings.ToLower(strings.ReplaceAll(s, "`", "")) }
+	firstClause := func(s string) string {
+		if i := strings.IndexAny(s, ",;:("); i >= 0 {
+			s = s[:i]
+		}
+		return strings.TrimPrefix(strings.TrimSpace(s), "the ")
+	}
+	d, h := firstClause(plain(def)), firstClause(plain(help))
+	if d == "" || (d != h && !strings.HasPrefix(h, d+" ")) {
+		return fmt.Errorf("the flag's help says the default is %q: the row should start so", help)
+	}
+	for _, m := range codeRE.FindAllStringSubmatch(def, -1) {
+		if !strings.Contains(plain(help), strings.ToLower(m[1])) {
+			return fmt.Errorf("the row quotes %q, which the flag's help does not name in its default, %q", m[1], help)
+		}
+	}
+	return nil
 }
 
 // sameValue says whether v, as the table writes a value, is f's default.
@@ -193,6 +250,81 @@ func sameValue(f *pflag.Flag, v string) error {
 // isZero says whether a flag's default is no value: empty, 0, false.
 func isZero(def string) bool {
 	return slices.Contains([]string{"", "[]", "0", "0s", "false"}, def)
+}
+
+// quickStartLines is how far into README.md a reader finds the way to
+// install, verify and debug on a cluster.
+const quickStartLines = 150
+
+// TestREADMEQuickStartLinksDeployGuide: README.md's first quickStartLines
+// lines link deploy/README.md's Requirements, Install, Verify, Debug and
+// "A pod cannot resolve a name", and every link into deploy/README.md
+// names a heading it has, so a section renamed or moved out of the top
+// fails here. (Before: the first link to the install was at line 2553.)
+func TestREADMEQuickStartLinksDeployGuide(t *testing.T) {
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	guide, err := os.ReadFile("../../deploy/README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	anchors := markdownAnchors(string(guide))
+	lines := strings.SplitAfter(string(readme), "\n")
+	top := strings.Join(lines[:min(quickStartLines, len(lines))], "")
+	for _, anchor := range []string{"requirements", "install", "verify", "debug", "a-pod-cannot-resolve-a-name"} {
+		if !strings.Contains(top, "](deploy/README.md#"+anchor+")") {
+			t.Errorf("README.md's first %d lines do not link deploy/README.md#%s", quickStartLines, anchor)
+		}
+	}
+	links := regexp.MustCompile(`\]\(deploy/README\.md#([^)]*)\)`).FindAllStringSubmatch(string(readme), -1)
+	for _, m := range links {
+		if !anchors[m[1]] {
+			t.Errorf("README.md links deploy/README.md#%s, which names no heading there", m[1])
+		}
+	}
+	if len(links) < 5 {
+		t.Fatalf("README.md: only %d links into deploy/README.md read", len(links))
+	}
+}
+
+// markdownAnchors returns the anchors GitHub gives the headings of a
+// Markdown document: lower case, spaces as hyphens, punctuation but
+// hyphens and underscores dropped, and -1, -2, ... after a repeated one.
+func markdownAnchors(doc string) map[string]bool {
+	anchors := map[string]bool{}
+	seen := map[string]int{}
+	inCode := false
+	for line := range strings.Lines(doc) {
+		line = strings.TrimRight(line, "\n")
+		if strings.HasPrefix(line, "```") {
+			inCode = !inCode
+			continue
+		}
+		title, ok := strings.CutPrefix(strings.TrimLeft(line, "#"), " ")
+		if inCode || !ok || !strings.HasPrefix(line, "#") {
+			continue
+		}
+		var b strings.Builder
+		for _, r := range strings.ToLower(strings.TrimSpace(title)) {
+			switch {
+			case r == ' ':
+				b.WriteRune('-')
+			case r == '-' || r == '_' || unicode.IsLetter(r) || unicode.IsDigit(r):
+				b.WriteRune(r)
+			}
+		}
+		anchor := b.String()
+		if n := seen[anchor]; n > 0 {
+			seen[anchor]++
+			anchor = fmt.Sprintf("%s-%d", anchor, n)
+		} else {
+			seen[anchor] = 1
+		}
+		anchors[anchor] = true
+	}
+	return anchors
 }
 
 // TestMakefileTargetsDocumented: every target of the Makefile is in its
