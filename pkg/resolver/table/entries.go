@@ -44,13 +44,53 @@ type names struct {
 	defaultExportTo []string
 	// prefixes interns SRV prefixes ("_http._tcp."): most Services share a
 	// handful. At most maxInternedPrefixes: it lives as long as the
-	// builder, and port names are the objects' choice.
+	// builder, and port names are the objects' choice. mores interns the
+	// more of entries (moreOf), as bounded.
 	prefixes map[string]string
+	mores    map[string]*more
 }
 
-// maxInternedPrefixes bounds names.prefixes; a prefix past it is its own
-// string, as it would be without interning.
+// maxInternedPrefixes bounds names.prefixes, and names.mores; a prefix
+// past it is its own string, as it would be without interning, and the
+// SRV sets of an entry its own more.
 const maxInternedPrefixes = 4096
+
+// maxInternedSets bounds the SRV sets of an interned more: the ports of
+// the usual Service, not those of one with hundreds.
+const maxInternedSets = 4
+
+// moreOf returns the more of an entry with the SRV sets srv (no alias):
+// none without any; one shared by every entry with the same sets when
+// these name no records of their own (a Service's ports, an endpoint's
+// single port: nearly all, and nearly all alike), so that the usual
+// Service costs no allocation here and its lookup no miss; otherwise
+// one of its own.
+func (n names) moreOf(srv []srvSet) *more {
+	if len(srv) == 0 {
+		return none
+	}
+	if n.mores == nil || len(srv) > maxInternedSets {
+		return &more{srv: srv}
+	}
+	// Each set as its prefix's length, the prefix and the port: no two
+	// lists of sets make one key.
+	var buf [4 * (1 + 255 + 2)]byte
+	key := buf[:0]
+	for _, set := range srv {
+		if set.records != nil {
+			return &more{srv: srv}
+		}
+		key = append(append(append(key, byte(len(set.prefix))), set.prefix...), byte(set.port>>8), byte(set.port))
+	}
+	if m, ok := n.mores[string(key)]; ok {
+		return m
+	}
+	m := &more{srv: srv}
+	if len(n.mores) < maxInternedPrefixes {
+		n.mores[string(key)] = m
+	}
+	return m
+}
 
 // entrySet collects what one object contributes to the table.
 type entrySet struct {
@@ -122,7 +162,7 @@ func serviceEntries(n names, src *source, svc *model.Service, eps []*model.Endpo
 		out.warn("%s: %q is not a valid DNS name", originOf(src), fqdn)
 		return out
 	}
-	e := &Entry{Name: fqdn, src: src}
+	e := newEntry(src, fqdn)
 	switch {
 	case svc.ExternalName != "":
 		if net.ParseIP(svc.ExternalName) != nil {
@@ -136,7 +176,7 @@ func serviceEntries(n names, src *source, svc *model.Service, eps []*model.Endpo
 			out.warn("%s: externalName %q is not a valid DNS name", originOf(src), svc.ExternalName)
 			return out
 		}
-		e.Alias = alias
+		e.more = &more{Alias: alias}
 		out.add(e, false)
 	case svc.Headless:
 		headlessEntries(n, &out, e, svc, eps)
@@ -150,7 +190,7 @@ func serviceEntries(n names, src *source, svc *model.Service, eps []*model.Endpo
 				srv.add(i, SRV{Port: p.Port, Target: fqdn})
 			}
 		}
-		e.srv = srv.sets(fqdn)
+		e.more = n.moreOf(srv.sets(fqdn))
 		out.add(e, true)
 	}
 	return out
@@ -186,7 +226,8 @@ func headlessEntries(n names, out *entrySet, e *Entry, svc *model.Service, eps [
 		ee, seen := byName[name]
 		if !seen {
 			if validName(name) {
-				ee = &Entry{Name: name, src: e.src, addrSource: addrEndpointName}
+				ee = newEntry(e.src, name)
+				ee.addrSource = addrEndpointName
 			} else {
 				out.warn("%s: endpoint name %q is not a valid DNS name", originOf(e.src), name)
 			}
@@ -249,13 +290,13 @@ func headlessEntries(n names, out *entrySet, e *Entry, svc *model.Service, eps [
 		if ee := byName[name]; ee != nil {
 			slices.SortFunc(ee.Addrs, netip.Addr.Compare)
 			ee.Addrs = compacted(ee.Addrs)
-			ee.srv = ownSRVSets(ee.Name, own[ee], onePort)
+			ee.more = n.moreOf(ownSRVSets(ee.Name, own[ee], onePort))
 			out.add(ee, true)
 		}
 	}
 	slices.SortFunc(e.Addrs, netip.Addr.Compare)
 	e.Addrs = compacted(e.Addrs)
-	e.srv = srv.sets(e.Name)
+	e.more = n.moreOf(srv.sets(e.Name))
 	out.add(e, false) // its addresses' PTRs name the endpoints
 }
 
@@ -601,13 +642,13 @@ func serviceEntryEntries(n names, src *source, se *model.ServiceEntry, own []hos
 			out.warn("%s: host %q is not a valid DNS name", originOf(src), h)
 			continue
 		}
-		e := &Entry{Name: name, src: src}
+		e := newEntry(src, name)
 		if se.HostFolded(i) {
 			if folded == nil {
 				folded = new(source)
 				*folded, folded.folded = *src, true
 			}
-			e.src = folded
+			e.setSource(folded)
 		}
 		switch {
 		case len(se.Addresses) > 0:
