@@ -86,6 +86,23 @@ func coldLookups(b *testing.B, tbl *table.Table, names []string, size int) {
 	b.ReportMetric(float64(spent[len(spent)/2].Nanoseconds()), "ns/lookup")
 }
 
+// TestHeapPerName: the builder and the table it built for the Resolver
+// cluster hold at most 460 bytes a name (475 before entries were packed
+// with their names and addresses, 448 after): packing must not cost the
+// node memory.
+func TestHeapPerName(t *testing.T) {
+	s := workload.Snapshot(resolverCluster)
+	before := heapAlloc()
+	bld := table.NewBuilder(table.Options{Domain: workload.Domain})
+	tbl, _ := bld.Build(s)
+	perName := float64(heapAlloc()-before) / float64(tbl.Len())
+	runtime.KeepAlive(bld)
+	if perName > 460 {
+		t.Errorf("%.1f bytes a name, want at most 460", perName)
+	}
+	t.Logf("%.1f bytes a name", perName)
+}
+
 // heapAlloc is the live heap after a collection.
 func heapAlloc() int64 {
 	runtime.GC()

@@ -159,13 +159,6 @@ type more struct {
 // written.
 var none = &more{}
 
-// newEntry returns an entry of src's object called name.
-func newEntry(src *source, name string) *Entry {
-	e := &Entry{Name: name, more: none}
-	e.setSource(src)
-	return e
-}
-
 // setSource makes src e's source, and copies what queries read of it.
 func (e *Entry) setSource(src *source) {
 	e.src, e.ttl, e.kind, e.unsent = src, src.ttl, src.kind, src.rank == rankUnsent
