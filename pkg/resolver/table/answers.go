@@ -46,7 +46,7 @@ func (r *Result) AppendAnswer(out []byte, hdr int, qtype uint16, rot uint16, roo
 		return own.AppendAnswer(out, hdr, qtype, rot, room)
 	}
 	e := r.Entry
-	ttl := e.src.ttl
+	ttl := e.ttl
 	start := len(out) // where the answer section starts
 	w := answer{out: out, end: hdr + room}
 	switch {
@@ -354,7 +354,7 @@ func (r *Result) Forwards(qtype uint16) bool {
 // ForwardsType reports whether a query of type qtype at e's name is
 // forwarded (see Result.Forwards).
 func (e *Entry) ForwardsType(qtype uint16) bool {
-	return e.src.kind == kindServiceEntry && qtype != dns.TypeA && qtype != dns.TypeAAAA
+	return e.kind == kindServiceEntry && qtype != dns.TypeA && qtype != dns.TypeAAAA
 }
 
 // Chases reports whether answering qtype means following the entry's

@@ -408,7 +408,7 @@ func NewBuilder(opts Options) *Builder {
 	}
 	domain := dns.CanonicalName(opts.Domain)
 	return &Builder{
-		n:          names{svcDomain: ".svc." + domain, ttl: opts.TTL, seTTL: opts.ServiceEntryTTL, defaultExportTo: opts.DefaultExportTo, prefixes: map[string]string{}},
+		n:          names{svcDomain: ".svc." + domain, ttl: opts.TTL, seTTL: opts.ServiceEntryTTL, defaultExportTo: opts.DefaultExportTo, prefixes: map[string]string{}, mores: map[string]*more{}},
 		domain:     domain,
 		exportTo:   opts.DefaultExportTo,
 		vipSource:  opts.VIPSource,

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"time"
+	"unsafe"
 
 	"github.com/miekg/dns"
 
@@ -44,13 +45,53 @@ type names struct {
 	defaultExportTo []string
 	// prefixes interns SRV prefixes ("_http._tcp."): most Services share a
 	// handful. At most maxInternedPrefixes: it lives as long as the
-	// builder, and port names are the objects' choice.
+	// builder, and port names are the objects' choice. mores interns the
+	// more of entries (moreOf), as bounded.
 	prefixes map[string]string
+	mores    map[string]*more
 }
 
-// maxInternedPrefixes bounds names.prefixes; a prefix past it is its own
-// string, as it would be without interning.
+// maxInternedPrefixes bounds names.prefixes, and names.mores; a prefix
+// past it is its own string, as it would be without interning, and the
+// SRV sets of an entry its own more.
 const maxInternedPrefixes = 4096
+
+// maxInternedSets bounds the SRV sets of an interned more: the ports of
+// the usual Service, not those of one with hundreds.
+const maxInternedSets = 4
+
+// moreOf returns the more of an entry with the SRV sets srv (no alias):
+// none without any; one shared by every entry with the same sets when
+// these name no records of their own (a Service's ports, an endpoint's
+// single port: nearly all, and nearly all alike), so that the usual
+// Service costs no allocation here and its lookup no miss; otherwise
+// one of its own.
+func (n names) moreOf(srv []srvSet) *more {
+	if len(srv) == 0 {
+		return none
+	}
+	if n.mores == nil || len(srv) > maxInternedSets {
+		return &more{srv: srv}
+	}
+	// Each set as its prefix's length, the prefix and the port: no two
+	// lists of sets make one key.
+	var buf [4 * (1 + 255 + 2)]byte
+	key := buf[:0]
+	for _, set := range srv {
+		if set.records != nil {
+			return &more{srv: srv}
+		}
+		key = append(append(append(key, byte(len(set.prefix))), set.prefix...), byte(set.port>>8), byte(set.port))
+	}
+	if m, ok := n.mores[string(key)]; ok {
+		return m
+	}
+	m := &more{srv: srv}
+	if len(n.mores) < maxInternedPrefixes {
+		n.mores[string(key)] = m
+	}
+	return m
+}
 
 // entrySet collects what one object contributes to the table.
 type entrySet struct {
@@ -117,12 +158,16 @@ func serviceSource(n names, svc *model.Service, unselected bool) source {
 // one) puts in the table; src is its serviceSource.
 func serviceEntries(n names, src *source, svc *model.Service, eps []*model.EndpointSlice) entrySet {
 	var out entrySet
-	fqdn := svc.Name + "." + svc.Namespace + n.svcDomain
-	if !validName(fqdn) {
-		out.warn("%s: %q is not a valid DNS name", originOf(src), fqdn)
+	var ips []netip.Addr // only a ClusterIP Service answers its own
+	var n4 uint32
+	if svc.ExternalName == "" && !svc.Headless {
+		ips, n4 = v4First(uniqueAddrs(svc.ClusterIPs))
+	}
+	e := pack(src, ips, n4, svc.Name, ".", svc.Namespace, n.svcDomain)
+	if !validName(e.Name) {
+		out.warn("%s: %q is not a valid DNS name", originOf(src), e.Name)
 		return out
 	}
-	e := &Entry{Name: fqdn, src: src}
 	switch {
 	case svc.ExternalName != "":
 		if net.ParseIP(svc.ExternalName) != nil {
@@ -136,22 +181,21 @@ func serviceEntries(n names, src *source, svc *model.Service, eps []*model.Endpo
 			out.warn("%s: externalName %q is not a valid DNS name", originOf(src), svc.ExternalName)
 			return out
 		}
-		e.Alias = alias
+		e.more = &more{Alias: alias}
 		out.add(e, false)
 	case svc.Headless:
 		headlessEntries(n, &out, e, svc, eps)
 	default:
 		e.addrSource = addrClusterIP
-		e.Addrs = uniqueAddrs(svc.ClusterIPs)
 		var srv srvRecords
 		srv.expect(len(svc.Ports))
 		for _, p := range svc.Ports {
 			if i := srv.setOf(n, p); i >= 0 {
-				srv.add(i, SRV{Port: p.Port, Target: fqdn})
+				srv.add(i, SRV{Port: p.Port, Target: e.Name})
 			}
 		}
-		e.srv = srv.sets(fqdn)
-		out.add(e, true)
+		e.more = n.moreOf(srv.sets(e.Name))
+		out.keep(e, true)
 	}
 	return out
 }
@@ -182,15 +226,19 @@ func headlessEntries(n names, out *entrySet, e *Entry, svc *model.Service, eps [
 	k, srvOK := 0, true
 	own := map[*Entry][]uint16{} // the ports of each endpoint name's own SRV records
 	endpoint := func(label string) *Entry {
-		name := label + "." + e.Name
-		ee, seen := byName[name]
+		var buf [256]byte
+		b := append(append(append(buf[:0], label...), '.'), e.Name...)
+		ee, seen := byName[string(b)]
 		if !seen {
-			if validName(name) {
-				ee = &Entry{Name: name, src: e.src, addrSource: addrEndpointName}
+			if name := unsafe.String(unsafe.SliceData(b), len(b)); validName(name) { // b: pack copies it
+				ee = pack(e.src, nil, 0, name)
+				ee.addrSource = addrEndpointName
+				byName[ee.Name] = ee
 			} else {
-				out.warn("%s: endpoint name %q is not a valid DNS name", originOf(e.src), name)
+				bad := string(b) // kept by the warning and byName
+				out.warn("%s: endpoint name %q is not a valid DNS name", originOf(e.src), bad)
+				byName[bad] = nil
 			}
-			byName[name] = ee
 		}
 		return ee
 	}
@@ -249,13 +297,13 @@ func headlessEntries(n names, out *entrySet, e *Entry, svc *model.Service, eps [
 		if ee := byName[name]; ee != nil {
 			slices.SortFunc(ee.Addrs, netip.Addr.Compare)
 			ee.Addrs = compacted(ee.Addrs)
-			ee.srv = ownSRVSets(ee.Name, own[ee], onePort)
+			ee.more = n.moreOf(ownSRVSets(ee.Name, own[ee], onePort))
 			out.add(ee, true)
 		}
 	}
 	slices.SortFunc(e.Addrs, netip.Addr.Compare)
 	e.Addrs = compacted(e.Addrs)
-	e.srv = srv.sets(e.Name)
+	e.more = n.moreOf(srv.sets(e.Name))
 	out.add(e, false) // its addresses' PTRs name the endpoints
 }
 
@@ -360,6 +408,16 @@ func (r *srvRecords) setOf(n names, p model.Port) int {
 // add puts rec in the set at position i (setOf's); repeats go in sets.
 func (r *srvRecords) add(i int, rec SRV) {
 	r.list[i].records = append(r.list[i].records, rec)
+}
+
+// appendCanonical appends host as dns.CanonicalName writes it: lower case,
+// fully qualified.
+func appendCanonical(b []byte, host string) []byte {
+	b = appendLower(b, host)
+	if !dns.IsFqdn(host) {
+		b = append(b, '.')
+	}
+	return b
 }
 
 // appendLower appends s in lower case, as strings.ToLower has it.
@@ -596,48 +654,57 @@ func serviceEntryEntries(n names, src *source, se *model.ServiceEntry, own []hos
 	}
 	checkExportTo(&out, src, se.ExportTo)
 	for i, h := range se.Hosts {
-		name := dns.CanonicalName(h)
+		var buf [256]byte
+		b := appendCanonical(buf[:0], h)
+		name := unsafe.String(unsafe.SliceData(b), len(b)) // on this frame: pack copies it
 		if !validName(strings.TrimPrefix(name, "*.")) {
 			out.warn("%s: host %q is not a valid DNS name", originOf(src), h)
 			continue
 		}
-		e := &Entry{Name: name, src: src}
+		hostSrc := src
 		if se.HostFolded(i) {
 			if folded == nil {
 				folded = new(source)
 				*folded, folded.folded = *src, true
 			}
-			e.src = folded
+			hostSrc = folded
 		}
+		var addrs []netip.Addr
+		var n4 uint32
+		addrFrom := addrNone
 		switch {
 		case len(se.Addresses) > 0:
-			e.addrSource, e.Addrs, e.n4 = addrSpec, spec, spec4
-			if !isWildcard(name) && (ptrHost == nil || name < ptrHost.Name) {
-				ptrHost = e
-			}
-			out.keep(e, false)
-			continue
+			addrFrom, addrs, n4 = addrSpec, spec, spec4
 		case se.HasSpecAddresses || len(se.CIDRs) > 0:
 			// Ranges route traffic but answer no query.
 		case vip.Eligible(se) && vip.HostEligible(se, h):
-			var r hostAddrs
-			if i < len(own) {
-				r = own[i]
-			}
-			if r.addrSource != addrNone {
-				e.addrSource, e.Addrs = r.addrSource, r.addrs
-				out.add(e, !isWildcard(name))
-				continue
-			}
-			e.addrSource = addrNoVIP
-			// With istiod allocating, a host it has not written yet
-			// has no VIP in ztunnel either, until it does; with none,
-			// no host has one.
-			if from == vip.FromAllocator {
+			addrFrom = addrNoVIP
+			if i < len(own) && own[i].addrSource != addrNone {
+				addrFrom = own[i].addrSource
+				addrs, n4 = v4First(own[i].addrs)
+			} else if from == vip.FromAllocator {
+				// With istiod allocating, a host it has not written
+				// yet has no VIP in ztunnel either, until it does;
+				// with none, no host has one.
 				out.warn("%s: no VIP left for host %q", originOf(src), h)
 			}
 		}
-		out.keep(vipless(n, e), false)
+		e := pack(hostSrc, addrs, n4, name)
+		e.addrSource = addrFrom
+		switch {
+		case addrFrom == addrSpec:
+			if !isWildcard(e.Name) && (ptrHost == nil || e.Name < ptrHost.Name) {
+				ptrHost = e
+			}
+			out.keep(e, false)
+		case e.autoVIPs():
+			// The state keeps the entry's copy: the builder holds no
+			// other (resolvedOf's is dropped).
+			own[i].addrs = e.Addrs
+			out.keep(e, !isWildcard(e.Name))
+		default:
+			out.keep(vipless(n, e), false)
+		}
 	}
 	if ptrHost != nil {
 		ptrHost.ptr = true

@@ -101,21 +101,29 @@ const (
 // Entry is what one object says about one name. Its answers are written
 // from these fields when a query asks (as fast as copying prepared bytes,
 // and no bytes to keep per entry).
+//
+// What the common query reads (choose, yieldExternal, held, Restrict, the
+// fast path's checks and an A or AAAA answer) is in the entry itself, its
+// object's too (ttl, kind, everywhere, unsent): between two queries the
+// table is out of the caches, and each pointer followed is a miss (see
+// BenchmarkColdLookup), src and its seSource two more. 72 bytes (a test
+// holds it there): with its name and addresses it fills size classes
+// (pack).
 type Entry struct {
-	// Name is the canonical owner name: lower case, fully qualified.
-	Name string
-	src  *source
 	// Addrs are the A and AAAA answers, IPv4 first, and the addresses whose
 	// reverse names point back here.
 	Addrs []netip.Addr
-	// Alias is the CNAME target of an ExternalName Service (fqdn), or "".
-	Alias string
-	// srv are the SRV record sets of the name's named ports, sorted by
-	// prefix; an endpoint's name has one with prefix "": the records at
-	// the name itself (ownSRV).
-	srv []srvSet
+	// more holds Alias and srv, which few entries have: those without
+	// share one (none), so reading them costs no miss.
+	*more
+	// Name is the canonical owner name: lower case, fully qualified.
+	Name string
+	src  *source
 	// n4 is how many of Addrs are IPv4.
 	n4 uint32
+	// ttl, kind: src's.
+	ttl  uint32
+	kind uint8
 	// addrSource says where Addrs came from.
 	addrSource addrSource
 	// ptr says whether the reverse names of Addrs point here.
@@ -130,6 +138,31 @@ type Entry struct {
 	// there never reach ztunnel), and ztunnel passes over it, to other
 	// namespaces' objects and to wildcards.
 	passed bool
+	// everywhere: every namespace sees it (no exportTo in src: VisibleFrom).
+	everywhere bool
+	// unsent: src ranks rankUnsent (yieldExternal).
+	unsent bool
+}
+
+// more is what few entries have. Entries that have the same SRV sets and
+// no alias share one (names.moreOf).
+type more struct {
+	// Alias is the CNAME target of an ExternalName Service (fqdn), or "".
+	Alias string
+	// srv are the SRV record sets of the name's named ports, sorted by
+	// prefix; an endpoint's name has one with prefix "": the records at
+	// the name itself (ownSRV).
+	srv []srvSet
+}
+
+// none is the more of every entry without an alias or SRV records. Never
+// written.
+var none = &more{}
+
+// setSource makes src e's source, and copies what queries read of it.
+func (e *Entry) setSource(src *source) {
+	e.src, e.ttl, e.kind, e.unsent = src, src.ttl, src.kind, src.rank == rankUnsent
+	e.everywhere = src.se == nil || src.se.exportTo == nil
 }
 
 // addrSource says where an entry's addresses came from: one value per
@@ -149,7 +182,7 @@ const (
 	addrAllocated
 	// addrNoVIP: none, although istiod's rules give the host a VIP
 	// (Table.HostsWithoutVIP). A value of its own rather than a field
-	// keeps Entry at 96 bytes: a field would cost 8 bytes a name.
+	// keeps Entry small (see Entry).
 	addrNoVIP
 )
 
@@ -202,7 +235,7 @@ func (e *Entry) Origin() Origin { return originOf(e.src) }
 // empty namespace is an asker that is not a known pod: it sees only what is
 // exported everywhere.
 func (e *Entry) VisibleFrom(ns string) bool {
-	if e.src.se == nil || e.src.se.exportTo == nil {
+	if e.everywhere {
 		return true
 	}
 	for _, n := range e.src.se.exportTo {
@@ -437,7 +470,7 @@ func (e *Entry) rank() uint8 {
 
 // TTL returns the TTL of the entry's records and of its NODATA's SOA, in
 // seconds: its object's kind's (Options.TTL, Options.ServiceEntryTTL).
-func (e *Entry) TTL() uint32 { return e.src.ttl }
+func (e *Entry) TTL() uint32 { return e.ttl }
 
 // Len returns the number of distinct names (exact and wildcard, those held
 // without records included; reverse and SRV names not counted).
@@ -680,10 +713,11 @@ func (t *Table) exactChoice(name, ns string) *Entry {
 // has no record of (Entry.rank rankUnsent: an ExternalName Service, one of
 // a namespace istiod does not select, a headless Service's endpoint name)
 // yields to a wildcard covering it (ztunnel finds the wildcard). Small
-// enough to inline, with the rank spelled out (a call to Entry.rank would
-// not): the usual entry costs resolve no call here.
+// enough to inline, with the rank spelled out from the entry's own copy
+// (a call to Entry.rank would not inline, and it reads src: a miss): the
+// usual entry costs resolve no call here.
 func (t *Table) yieldExternal(e *Entry, name, ns string) *Entry {
-	if e != nil && (e.src.rank == rankUnsent || e.addrSource == addrEndpointName) {
+	if e != nil && (e.unsent || e.addrSource == addrEndpointName) {
 		return t.wildcardOr(e, name, ns)
 	}
 	return e
