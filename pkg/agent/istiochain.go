@@ -121,7 +121,8 @@ func (s *istioChain) apply(missing bool) {
 	switch {
 	case missing:
 		s.log.Warn("istio-cni is not in the node's CNI chain, so it set up none of the sandboxes made since: "+
-			"pods the labels put in the ambient mesh are not captured (not-enrolled), whatever their ambient.istio.io/redirection says", "file", s.file)
+			"pods the labels put in the ambient mesh whose sandbox is made since are not captured (not-enrolled), whatever their ambient.istio.io/redirection says; "+
+			"those it enrolled before stay captured", "file", s.file)
 	case !first:
 		s.log.Info("istio-cni is in the node's CNI chain again: pods are captured as istio-cni enrolls them", "file", s.file)
 	}
@@ -135,6 +136,6 @@ func (s *istioChain) warning() string {
 		return ""
 	}
 	return "istio-cni is not in the node's CNI chain (" + s.file + "), so it set up none of the sandboxes made since: " +
-		"pods the labels put in the ambient mesh are not captured (not-enrolled), whatever their ambient.istio.io/redirection says, " +
-		"until it is (--require-istio-enrollment=false captures them on their labels alone)"
+		"pods the labels put in the ambient mesh whose sandbox was made since are not captured (not-enrolled), whatever their ambient.istio.io/redirection says, " +
+		"until it is (--require-istio-enrollment=false captures them on their labels alone); those it enrolled before stay captured"
 }

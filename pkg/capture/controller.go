@@ -131,8 +131,10 @@ type Controller struct {
 	saveErr atomic.Pointer[error]
 
 	namespaces atomic.Pointer[map[string]*model.Namespace]
-	// noIstioCNI is ambient.Policy.NoIstioCNI (SetNoIstioCNI).
+	// noIstioCNI says istio-cni is missing from the node's CNI chain
+	// (SetNoIstioCNI), and chainTold that SetNoIstioCNI was called.
 	noIstioCNI atomic.Bool
+	chainTold  atomic.Bool
 	// restored is set once Restore has read the previous agent's record:
 	// until then Redecide does nothing (see Redecide).
 	restored  atomic.Bool
@@ -174,6 +176,11 @@ type Controller struct {
 	// when none is due.
 	graceTimer  *time.Timer
 	graceClosed bool
+	// addedWithoutIstioCNI are the records (by key) of sandboxes a CNI ADD
+	// announced while istio-cni was missing from the chain, kept in the
+	// record on disk (see decideWithoutIstioCNI). Guarded by graceMu, and
+	// changed holding mu too, so that save writes it as it is.
+	addedWithoutIstioCNI map[string]bool
 }
 
 // deletedPod is a pod whose sandbox a CNI DEL released.
@@ -195,7 +202,7 @@ func New(cfg Config, pods *podcache.Cache, m Marker, ns Namespaces) *Controller 
 		cfg.BootID = BootID()
 	}
 	return &Controller{cfg: cfg, log: cfg.Logger, pods: pods, marker: m, netns: ns,
-		nsIDs: map[uint64]NsID{}, deleted: map[string]deletedPod{}, added: map[string]time.Time{}}
+		nsIDs: map[uint64]NsID{}, deleted: map[string]deletedPod{}, added: map[string]time.Time{}, addedWithoutIstioCNI: map[string]bool{}}
 }
 
 // BootID returns the kernel's boot ID, a random UUID made at each boot, or
@@ -214,27 +221,67 @@ func BootID() string {
 // pods in an excluded namespace (Config.ExcludeNamespaces) never are. A
 // sandbox a CNI ADD announced less than EnrollmentGrace ago that istio-cni
 // has not enrolled (yet, as the source has it) is decided as if it had.
+// istio-cni missing from the node's CNI chain (SetNoIstioCNI) counts only
+// for sandboxes announced since (decideWithoutIstioCNI).
 func (c *Controller) Decide(att podcache.Attachment) (bool, string) {
+	captured, reason, _ := c.decide(att)
+	return captured, reason
+}
+
+// decide is Decide, also saying whether istio-cni missing from the chain
+// counted (ambient.Policy.NoIstioCNI).
+func (c *Controller) decide(att podcache.Attachment) (captured bool, reason string, noIstioCNI bool) {
 	switch {
 	case att.ContainerID == "" && att.Reason == ReasonReleased:
-		return false, ReasonReleased
+		return false, ReasonReleased, false
 	case att.ContainerID == "":
-		return true, ReasonByHand
+		return true, ReasonByHand, false
 	case slices.Contains(c.cfg.HostCookies, att.NetnsCookie):
-		return false, ReasonHostNetns
+		return false, ReasonHostNetns, false
 	}
 	var spec *model.Pod
 	if p := c.pods.Get(att.Namespace, att.Name); p != nil {
 		spec = p.Spec
 	}
 	policy, ns := c.policy(), c.namespaceOf(att.Namespace)
+	policy.NoIstioCNI = c.decideWithoutIstioCNI(att)
 	inGrace := c.inEnrollmentGrace(att)
-	captured, reason := policy.Decide(att.Namespace, spec, ns)
+	captured, reason = policy.Decide(att.Namespace, spec, ns)
 	if reason == ambient.ReasonNotEnrolled && inGrace {
 		policy.RequireEnrollment = false
 		captured, reason = policy.Decide(att.Namespace, spec, ns)
 	}
-	return captured, reason
+	return captured, reason, policy.NoIstioCNI
+}
+
+// decideWithoutIstioCNI reports whether att is decided as a sandbox
+// istio-cni did not set up (ambient.Policy.NoIstioCNI): istio-cni is
+// missing from the node's CNI chain and a CNI ADD announced att's sandbox
+// since it went (a new sandbox, or one addedWithoutIstioCNI records).
+// istio-cni leaving the chain (uninstalled, its DaemonSet moved off the
+// node pool, a shutdown it does not take for an upgrade) removes only its
+// entry: the pods it enrolled before keep their in-pod rules and their
+// annotation, and ztunnel keeps serving them, so they keep their
+// annotation's decision. So do records restored, adopted or made by hand,
+// whose sandboxes were there before.
+func (c *Controller) decideWithoutIstioCNI(att podcache.Attachment) bool {
+	if !c.noIstioCNI.Load() || !announcedByADD(att) {
+		return false
+	}
+	key := att.Key()
+	c.graceMu.Lock()
+	defer c.graceMu.Unlock()
+	if c.addedWithoutIstioCNI[key] {
+		return true
+	}
+	cur, recorded := c.pods.Attachment(key)
+	return !recorded || cur.NetnsCookie != att.NetnsCookie // this ADD's
+}
+
+// announcedByADD reports whether a CNI ADD made the record a, rather than
+// adoption or `ztdns capture add`.
+func announcedByADD(a podcache.Attachment) bool {
+	return a.ContainerID != "" && !strings.HasPrefix(a.ContainerID, AdoptedPrefix)
 }
 
 // EnrollmentGrace is how long a sandbox a CNI ADD announced is decided as
@@ -334,19 +381,47 @@ func (c *Controller) Unrecorded(p *podcache.Pod) string {
 	return ""
 }
 
-// policy is the node-wide part of Istio's ambient rules.
+// policy is the node-wide part of Istio's ambient rules. It takes
+// istio-cni for in the chain: Decide says when not (decideWithoutIstioCNI),
+// and a pod no record holds is adopted on its annotation.
 func (c *Controller) policy() ambient.Policy {
 	return ambient.Policy{DNSCaptureDefault: c.cfg.DNSCaptureDefault, ExcludeNamespaces: c.cfg.ExcludeNamespaces, PodsWatched: c.cfg.PodsWatched,
-		RequireEnrollment: c.cfg.RequireEnrollment, NoIstioCNI: c.noIstioCNI.Load()}
+		RequireEnrollment: c.cfg.RequireEnrollment}
 }
 
 // SetNoIstioCNI says whether istio-cni is missing from the node's CNI
-// chain (ambient.Policy.NoIstioCNI; only with Config.RequireEnrollment),
-// and decides again (Redecide) when that changed. A sandbox still in its
-// EnrollmentGrace is decided as before.
+// chain (only with Config.RequireEnrollment), and decides again
+// (Redecide) when that changed. While it is, the sandboxes CNI ADDs
+// announce are recorded as set up without istio-cni, and are not taken for
+// enrolled once their EnrollmentGrace ends (ambient.Policy.NoIstioCNI);
+// the others keep their decision (decideWithoutIstioCNI). istio-cni back
+// forgets which were: it enrolls the running pods it finds, and leaving
+// again is a new moment.
 func (c *Controller) SetNoIstioCNI(missing bool) {
-	if c.noIstioCNI.Swap(missing) != missing {
+	c.chainTold.Store(true)
+	changed := c.noIstioCNI.Swap(missing) != missing
+	if !missing {
+		// After the swap: an ADD applied from now on is not recorded as
+		// one without istio-cni, and one applied before is forgotten here.
+		c.forgetAddsWithoutIstioCNI()
+	}
+	if changed {
 		c.Redecide()
+	}
+}
+
+// forgetAddsWithoutIstioCNI forgets which records' sandboxes were set up
+// while istio-cni was missing from the chain, on disk too.
+func (c *Controller) forgetAddsWithoutIstioCNI() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.graceMu.Lock()
+	n := len(c.addedWithoutIstioCNI)
+	clear(c.addedWithoutIstioCNI)
+	c.graceMu.Unlock()
+	// Before Restore the record on disk is the previous agent's, unread.
+	if n > 0 && !c.fenced.Load() && c.restored.Load() {
+		c.saveOrRetry()
 	}
 }
 
@@ -367,7 +442,18 @@ func (c *Controller) applyLocked(a podcache.Attachment) error {
 		return err
 	}
 	prev, replaced := c.pods.Attachment(a.Key())
-	if a.ContainerID != "" && !strings.HasPrefix(a.ContainerID, AdoptedPrefix) {
+	if announcedByADD(a) && (!replaced || prev.NetnsCookie != a.NetnsCookie) {
+		// A new sandbox: set up with istio-cni or without, as the chain
+		// is now. A record replaced for the same one keeps what it says.
+		c.graceMu.Lock()
+		if c.noIstioCNI.Load() {
+			c.addedWithoutIstioCNI[a.Key()] = true
+		} else {
+			delete(c.addedWithoutIstioCNI, a.Key())
+		}
+		c.graceMu.Unlock()
+	}
+	if announcedByADD(a) {
 		delete(c.deleted, a.Namespace+"/"+a.Name) // its sandbox is back
 		// A CNI ADD (a replayed one, say) of a sandbox adopted before it:
 		// the ADD's record is the one its DEL names, and two records of one
@@ -639,7 +725,7 @@ func (c *Controller) Redecide() {
 	c.dropDeadRecords()
 	c.dropOrphanedRecords()
 	for _, att := range c.pods.Attachments() {
-		captured, reason := c.Decide(att)
+		captured, reason, noIstioCNI := c.decide(att)
 		if captured == att.Captured && reason == att.Reason {
 			continue
 		}
@@ -651,8 +737,8 @@ func (c *Controller) Redecide() {
 		}
 		switch {
 		case !applied:
-		case reason == ambient.ReasonNotEnrolled && c.noIstioCNI.Load():
-			c.log.Warn("pod is in the ambient mesh by its labels, but istio-cni is not in the node's CNI chain, so it set up none of its sandboxes; not capturing its DNS",
+		case reason == ambient.ReasonNotEnrolled && noIstioCNI:
+			c.log.Warn("pod is in the ambient mesh by its labels, but its sandbox was made while istio-cni was not in the node's CNI chain, so istio-cni did not set it up; not capturing its DNS",
 				"pod", att.Namespace+"/"+att.Name, "captured", captured, "reason", reason)
 		case reason == ambient.ReasonNotEnrolled:
 			// A partial Istio failure to see: kube-dns answers it now.

@@ -924,6 +924,91 @@ func TestEnrollmentRequired(t *testing.T) {
 	}
 }
 
+// TestIstioCNILeavingTheChain: istio-cni's entry leaving the node's CNI
+// chain (SetNoIstioCNI(true)) releases only the sandboxes CNI ADDs
+// announced since, once their EnrollmentGrace ends: a pod it enrolled
+// before stays captured, as ztunnel keeps serving it, and so does a
+// running pod adopted then. A restarted agent, istio-cni still missing,
+// decides both alike from its record; one that finds istio-cni back
+// captures both on their annotation, and istio-cni leaving again releases
+// neither. (Before: every enrolled pod of the node was released.)
+func TestIstioCNILeavingTheChain(t *testing.T) {
+	enrolled := func(name, ip string) model.Pod {
+		p := pod(name, ip, nil)
+		p.Enrollment = model.EnrollmentEnabled
+		return p
+	}
+	// "after" carries the annotation of another sandbox (a pod copied, a
+	// StatefulSet pod made again): istio-cni set up none of its own.
+	pods := []model.Pod{enrolled("before", "10.0.0.2"), enrolled("after", "10.0.0.3"), enrolled("running", "10.0.0.4")}
+	watched := func(f *fixture) *fixture {
+		f.ctl.cfg.PodsWatched, f.ctl.cfg.RequireEnrollment = true, true
+		return f
+	}
+	want := func(f *fixture, name string, captured bool, reason string) {
+		t.Helper()
+		if p := f.pods.Get("shop", name); p == nil || p.Attachment == nil || p.Attachment.Captured != captured || p.Attachment.Reason != reason {
+			var att *podcache.Attachment
+			if p != nil {
+				att = p.Attachment
+			}
+			t.Errorf("%s: attachment %+v, want captured=%v, %q", name, att, captured, reason)
+		}
+	}
+
+	f := watched(newFixture(t, true))
+	f.source([]model.Namespace{ambientNS}, pods[:2]...)
+	f.attach(t, cniAttachment("before", 10, "10.0.0.2"))
+	want(f, "before", true, ambient.ReasonAmbient)
+
+	f.ctl.SetNoIstioCNI(true)
+	want(f, "before", true, ambient.ReasonAmbient)
+	if att := f.attach(t, cniAttachment("after", 11, "10.0.0.3")); !att.Captured {
+		t.Errorf("ADD of after within its grace: %+v, want captured", att)
+	}
+	// A pod running since before ztdns: adopted on its annotation.
+	f.netns.add("/proc/99/ns/net", 12, "10.0.0.4")
+	f.now = f.now.Add(EnrollmentGrace + time.Second)
+	f.source([]model.Namespace{ambientNS}, pods...)
+	want(f, "before", true, ambient.ReasonAmbient)
+	want(f, "after", false, ambient.ReasonNotEnrolled)
+	want(f, "running", true, ambient.ReasonAmbient)
+	if got := f.marker.marked(); !slices.Equal(got, []uint64{10, 12}) {
+		t.Errorf("marks %v, want before's and running's (10, 12)", got)
+	}
+	f.ctl.Close()
+
+	// Restarted while istio-cni is still missing: the first look at the
+	// chain comes before the record is read, as in the agent.
+	g := watched(f.restart(t))
+	g.ctl.SetNoIstioCNI(true)
+	if err := g.ctl.Restore(); err != nil {
+		t.Fatal(err)
+	}
+	g.source([]model.Namespace{ambientNS}, pods...)
+	want(g, "before", true, ambient.ReasonAmbient)
+	want(g, "after", false, ambient.ReasonNotEnrolled)
+	want(g, "running", true, ambient.ReasonAmbient)
+	g.ctl.Close()
+
+	// Restarted once istio-cni is back: it enrolled the running pods, and
+	// its leaving again is a new moment.
+	h := watched(g.restart(t))
+	h.ctl.SetNoIstioCNI(false)
+	if err := h.ctl.Restore(); err != nil {
+		t.Fatal(err)
+	}
+	h.source([]model.Namespace{ambientNS}, pods...)
+	want(h, "after", true, ambient.ReasonAmbient)
+	h.ctl.SetNoIstioCNI(true)
+	want(h, "before", true, ambient.ReasonAmbient)
+	want(h, "after", true, ambient.ReasonAmbient)
+	want(h, "running", true, ambient.ReasonAmbient)
+	if got := h.marker.marked(); !slices.Equal(got, []uint64{10, 11, 12}) {
+		t.Errorf("marks %v, want all three (10, 11, 12)", got)
+	}
+}
+
 // TestAddInANamespaceNotYetKnown: a CNI ADD for a pod whose namespace the
 // source has not seen yet (the ADD usually comes first) is not captured,
 // as in a namespace without the label, but says why (namespace-unknown);

@@ -26,9 +26,15 @@ const StateFile = "attachments.json"
 // name, by chance, namespaces of this boot: those of pods that started as
 // early as the recorded ones did. An older agent's record has no boot ID and
 // is taken for this boot's; an older agent reading this one ignores it.
+//
+// AddedWithoutIstioCNI says a CNI ADD announced the sandbox while istio-cni
+// was missing from the node's CNI chain (Controller.addedWithoutIstioCNI):
+// a restarted agent must not take it for one istio-cni set up. An older
+// agent ignores the field.
 type record struct {
 	podcache.Attachment
-	BootID string `json:"bootID,omitempty"`
+	BootID               string `json:"bootID,omitempty"`
+	AddedWithoutIstioCNI bool   `json:"addedWithoutIstioCNI,omitempty"`
 }
 
 // stateRetryEvery is how often a record that could not be written is tried
@@ -54,7 +60,11 @@ func (c *Controller) Restore() error {
 	}
 	var live liveNetns
 	recorded := map[uint64]bool{}
-	for _, a := range c.thisBoot(saved) {
+	// istio-cni in the chain at the first look: whatever left it before is
+	// over (see SetNoIstioCNI).
+	istioCNIBack := c.chainTold.Load() && !c.noIstioCNI.Load()
+	for _, r := range c.thisBoot(saved) {
+		a := r.Attachment
 		recorded[a.NetnsCookie] = true
 		if c.netnsDead(a) {
 			moved, keep := c.follow(a.Key(), a, &live)
@@ -68,6 +78,11 @@ func (c *Controller) Restore() error {
 			a = moved
 		}
 		c.pods.Attach(a)
+		if r.AddedWithoutIstioCNI && announcedByADD(a) && !istioCNIBack {
+			c.graceMu.Lock()
+			c.addedWithoutIstioCNI[a.Key()] = true
+			c.graceMu.Unlock()
+		}
 	}
 	err = c.reconcileLocked(recorded)
 	c.saveOrRetry()
@@ -93,7 +108,10 @@ func (c *Controller) MarkRecorded() (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	saved := c.thisBoot(recorded)
+	var saved []podcache.Attachment
+	for _, r := range c.thisBoot(recorded) {
+		saved = append(saved, r.Attachment)
+	}
 	slices.SortFunc(saved, func(a, b podcache.Attachment) int { return podcache.OldestFirst(&a, &b) })
 	var errs []error
 	marked := 0
@@ -346,16 +364,16 @@ func (c *Controller) load() ([]record, error) {
 	return out, nil
 }
 
-// thisBoot returns the attachments recorded in this boot (or by an agent
-// that recorded no boot), and logs those it leaves out.
-func (c *Controller) thisBoot(saved []record) []podcache.Attachment {
-	out := make([]podcache.Attachment, 0, len(saved))
+// thisBoot returns the records of this boot (or of an agent that recorded
+// no boot), and logs those it leaves out.
+func (c *Controller) thisBoot(saved []record) []record {
+	out := make([]record, 0, len(saved))
 	for _, r := range saved {
 		if r.BootID != "" && c.cfg.BootID != "" && r.BootID != c.cfg.BootID {
 			c.log.Info("pod was recorded before the node restarted; forgetting it", "pod", r.Namespace+"/"+r.Name, "netns", r.NetnsPath)
 			continue
 		}
-		out = append(out, r.Attachment)
+		out = append(out, r)
 	}
 	return out
 }
@@ -379,11 +397,13 @@ func (c *Controller) save() error {
 		if err != nil {
 			return
 		}
-		if e != nil && e.a.Equal(&a) {
+		// Read without graceMu: its writers hold mu, as save's callers do.
+		late := c.addedWithoutIstioCNI[key]
+		if e != nil && e.a.Equal(&a) && e.late == late {
 			e.save = c.saves
 			return
 		}
-		j, jerr := json.Marshal(record{Attachment: a, BootID: c.cfg.BootID})
+		j, jerr := json.Marshal(record{Attachment: a, BootID: c.cfg.BootID, AddedWithoutIstioCNI: late})
 		if err = jerr; err != nil {
 			return
 		}
@@ -391,7 +411,7 @@ func (c *Controller) save() error {
 			added = append(added, key)
 		}
 		a.IPs = slices.Clone(a.IPs)
-		c.encoded[key] = &encodedRecord{a: a, json: j, save: c.saves}
+		c.encoded[key] = &encodedRecord{a: a, late: late, json: j, save: c.saves}
 	})
 	if err != nil {
 		// Records encoded before the failure are in encoded but not in
@@ -405,6 +425,10 @@ func (c *Controller) save() error {
 		maps.DeleteFunc(c.encoded, func(_ string, e *encodedRecord) bool { return e.save != c.saves })
 		c.keys = slices.DeleteFunc(c.keys, func(k string) bool { return c.encoded[k] == nil })
 	}
+	// A forgotten record's sandbox is forgotten there too.
+	c.graceMu.Lock()
+	maps.DeleteFunc(c.addedWithoutIstioCNI, func(k string, _ bool) bool { return c.encoded[k] == nil })
+	c.graceMu.Unlock()
 	for _, key := range added {
 		i, _ := slices.BinarySearch(c.keys, key)
 		c.keys = slices.Insert(c.keys, i, key)
@@ -432,6 +456,7 @@ func (c *Controller) save() error {
 // encodedRecord is a record as save last encoded it.
 type encodedRecord struct {
 	a    podcache.Attachment
+	late bool // AddedWithoutIstioCNI
 	json []byte
 	save uint64 // the last save that found the record
 }

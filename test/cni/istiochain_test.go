@@ -5,6 +5,7 @@ package cnie2e
 import (
 	"context"
 	"encoding/json"
+	"net/netip"
 	"os"
 	"os/exec"
 	"slices"
@@ -14,6 +15,7 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/ztdns/ztdns/internal/kubetest"
 	"github.com/ztdns/ztdns/pkg/ambient"
 	"github.com/ztdns/ztdns/pkg/capture"
 	"github.com/ztdns/ztdns/pkg/control"
@@ -30,28 +32,27 @@ import (
 // passed, `ztdns pods` says not-enrolled, `ztdns status` says why, and the
 // pod's own nameserver answers (before, it was captured for its life, and
 // answered with VIPs nothing routes). istio-cni's installer adding its
-// entry captures it; istio-cni uninstalled releases it again.
+// entry captures it: istio-cni enrolls the running pods it finds.
+//
+// istio-cni then leaves the chain again (uninstalled: its Cleanup removes
+// its entry and nothing else) while the pod is captured. Istio leaves the
+// pods it enrolled in the mesh (their in-pod rules and annotation stay,
+// ztunnel keeps serving them), so the pod stays captured, and answered
+// with the VIPs ztunnel routes; a pod whose sandbox is made after is
+// released once its grace has passed. An agent restarted then keeps both
+// decisions. (Before: the captured pod was released too, and its hosts
+// with only a VIP answered NXDOMAIN by its own nameserver.)
 func TestKubeEnrolledPodWithoutIstioCNIInTheChain(t *testing.T) {
 	t.Parallel()
 	env, n, _ := newKubeNode(t)
 	n.sourceArgs = append(n.sourceArgs, "--cni-install", "--cni-bin-dir", n.BinDir, "--cni-conf-dir", n.ConfDir)
-	ctx := context.Background()
 
-	const nsName, podName = "ledger", "ledger-0"
-	kc := env.Client()
+	const nsName = "ledger"
 	createAmbientNamespace(t, env, nsName)
 	createAddressEntry(t, env)
-	pod := createAPIPod(t, env, nsName, podName, nil)
-	env.SetEnrollment(ctx, nsName, podName, model.RedirectionEnabled) // copied with the pod
-	pod, err := kc.CoreV1().Pods(nsName).Get(ctx, podName, metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	n.startAgent(t)
-	n.waitSourceHas(t, nsName, podName)
+	agent := n.startAgent(t)
 
-	p, ips := n.addAPIPod(t, pod)
-	env.SetRunning(t.Context(), pod, ips[:1]...)
+	p, ips := n.addCopiedPod(t, env, nsName, "ledger-0")
 	took := n.waitMarked(t, p, false, capture.EnrollmentGrace+markBound)
 	t.Logf("the pod was released %v after the first look at its mark", took.Round(time.Millisecond))
 	n.requireRow(t, p, ips, false, ambient.ReasonNotEnrolled)
@@ -74,9 +75,56 @@ func TestKubeEnrolledPodWithoutIstioCNIInTheChain(t *testing.T) {
 	}
 
 	n.istioCNIEntry(t, false) // istio-cni uninstalled (its Cleanup)
-	n.waitMarked(t, p, false, capture.EnrollmentGrace+markBound)
-	n.requireRow(t, p, ips, false, ambient.ReasonNotEnrolled)
-	n.requireNotCaptured(t, p)
+	// The warning comes once the agent has decided again without it.
+	n.waitStatusWarning(t, "istio-cni is not in the node's CNI chain", capture.EnrollmentGrace+markBound)
+	n.requireRow(t, p, ips, true, ambient.ReasonAmbient)
+	n.requireCaptured(t, p)
+
+	q, qIPs := n.addCopiedPod(t, env, nsName, "ledger-1")
+	n.waitMarked(t, q, false, capture.EnrollmentGrace+markBound)
+	n.requireRow(t, q, qIPs, false, ambient.ReasonNotEnrolled)
+	n.requireNotCaptured(t, q)
+	n.requireCaptured(t, p)
+
+	// Ready, the restarted agent has read its record and decided again.
+	agent.Stop(t, 10*time.Second)
+	n.startAgent(t)
+	n.requireRow(t, p, ips, true, ambient.ReasonAmbient)
+	n.requireRow(t, q, qIPs, false, ambient.ReasonNotEnrolled)
+	n.requireCaptured(t, p)
+	n.requireNotCaptured(t, q)
+}
+
+// addCopiedPod creates the pod namespace/name through the API with
+// ambient.istio.io/redirection: enabled, as a pod copied with its
+// annotations carries it, waits for the agent's source to have it, runs
+// its CNI ADD and reports it running; it returns the pod and its IPs.
+func (n *capturingNode) addCopiedPod(t *testing.T, env *kubetest.Env, namespace, name string) (*Pod, []netip.Addr) {
+	t.Helper()
+	ctx := t.Context()
+	createAPIPod(t, env, namespace, name, nil)
+	env.SetEnrollment(ctx, namespace, name, model.RedirectionEnabled)
+	pod, err := env.Client().CoreV1().Pods(namespace).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.waitSourceHas(t, namespace, name)
+	p, ips := n.addAPIPod(t, pod)
+	env.SetRunning(ctx, pod, ips[:1]...)
+	return p, ips
+}
+
+// waitStatusWarning polls `ztdns status` until it has a warning that
+// contains substr; it fails the test after within.
+func (n *capturingNode) waitStatusWarning(t *testing.T, substr string, within time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for n.statusWarning(t, substr) == "" {
+		if time.Now().After(deadline) {
+			t.Fatalf("ztdns status has no warning with %q after %v", substr, within)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 // istioCNIEntry adds istio-cni's entry to the runtime's conflist, last, as
