@@ -85,7 +85,11 @@ func statusTable(w io.Writer, st control.Status, wide bool) {
 	line("Pods", fmt.Sprint(st.Pods))
 	line("Capture", onOff(st.Capture))
 	if st.FailingOpen {
-		line("Failing open", "yes: the agent's heartbeat is stale; captured pods' queries go to their own nameservers, around ztdns")
+		why := "the agent's heartbeat is stale"
+		if st.ResolverStalled != "" {
+			why = st.ResolverStalled
+		}
+		line("Failing open", "yes: "+why+"; captured pods' queries go to their own nameservers, around ztdns")
 	}
 	if st.CaptureCgroup != "" {
 		line("Capture cgroup", st.CaptureCgroup)

@@ -36,6 +36,12 @@ func TestStatusShowsFailingOpen(t *testing.T) {
 	if strings.Contains(beating.String(), "Failing open") {
 		t.Errorf("status of an agent that beats warns of failing open:\n%s", beating.String())
 	}
+	var stalled strings.Builder
+	why := "the resolver has read no query waiting on udp 169.254.20.53:10053 for 4s: the agent holds its heartbeat back until it reads again"
+	statusTable(&stalled, control.Status{Ready: true, Capture: true, FailingOpen: true, ResolverStalled: why}, false)
+	if want := "Failing open:\tyes: " + why + "; captured pods' queries go to their own nameservers, around ztdns\n"; !strings.Contains(stalled.String(), want) {
+		t.Errorf("status lacks %q:\n%s", want, stalled.String())
+	}
 }
 
 // TestStatusShowsSourceFailing: `ztdns status` of a ready agent whose

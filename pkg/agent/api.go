@@ -92,6 +92,7 @@ func (a *Agent) status() control.Status {
 		// What ztdns_capture_fail_open says; it errs only on a closed
 		// redirector (the agent stopping) or an unreadable clock.
 		st.FailingOpen, _ = a.dataplane.r.FailingOpen()
+		st.ResolverStalled = a.dataplane.stallReason()
 		// Errs before the hand-over attaches this agent's programs, or
 		// once it is closed: nothing to tell then.
 		if at, err := a.dataplane.r.CheckAttachment(); err == nil {

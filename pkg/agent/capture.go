@@ -6,6 +6,7 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -13,14 +14,18 @@ import (
 	"net/netip"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/ztdns/ztdns/pkg/capture"
 	"github.com/ztdns/ztdns/pkg/control"
 	"github.com/ztdns/ztdns/pkg/podcache"
 	"github.com/ztdns/ztdns/pkg/redirect"
+	"github.com/ztdns/ztdns/pkg/resolver"
 )
 
 // CaptureConfig turns on DNS capture with eBPF.
@@ -62,6 +67,23 @@ type CaptureConfig struct {
 // default staleness bound, so one late beat never fails pods open. A bound
 // at or near it fails pods open at every late beat.
 const HeartbeatEvery = time.Second
+
+// stallAfter is how long queries may wait unread on one of the resolver's
+// sockets before the agent holds its heartbeat back (holdBeat), for the
+// staleness bound stale: a third of it, at most a beat. Stalled is asked
+// at each beat and sees queries waiting first, so the beat after is the
+// first held back, and captured pods fail open within stale and a beat of
+// queries first waiting unread.
+func stallAfter(stale time.Duration) time.Duration {
+	return min(HeartbeatEvery, cmp.Or(stale, redirect.DefaultStaleAfter)/3)
+}
+
+// metricResolverStalls counts the times holdBeat held the heartbeat back.
+var metricResolverStalls = prometheus.NewCounter(prometheus.CounterOpts{
+	Name: "ztdns_resolver_stalls_total",
+	Help: "Times the resolver stopped reading one of its sockets, queries waiting there unread for a second, and the agent held its heartbeat back " +
+		"until it read again: captured pods failed open to their own nameservers meanwhile.",
+})
 
 // attachmentCheckEvery is how often a beating agent checks that the
 // programs are still attached and pinned as it left them, and puts back
@@ -118,6 +140,21 @@ type dataplane struct {
 	// keepAttached: the agent reads again there whether the node takes
 	// IPv6 (Agent.checkIPv6).
 	onCheck func()
+
+	// stalled is the resolver's Server.Stalled: the beat is held back
+	// while it names a socket (holdBeat). stalls is what it named last,
+	// for the status, under stallMu.
+	stalled func(now time.Time, after time.Duration) []resolver.Stall
+	stallMu sync.Mutex
+	stalls  []resolver.Stall
+
+	// hang, set by tests alone, runs first in upstream, on the
+	// resolver's goroutine that read the query: blocking there hangs a
+	// socket's answer path, as a deadlock would. A query that comes
+	// through then goes to the fallback upstreams (which the tests run),
+	// never to the pod's own nameserver, which the agent's forwarder in
+	// a test would ask from the machine's own namespace.
+	hang atomic.Pointer[func()]
 }
 
 // newDataplane makes the resolver's interface, loads (or takes over) the
@@ -245,6 +282,9 @@ func (c *dataplane) startBeating() {
 			case <-c.stopBeat:
 				return
 			case <-t.C:
+				if c.holdBeat(time.Now()) {
+					continue
+				}
 				if err := c.r.Heartbeat(); err != nil {
 					c.log.Error("heartbeat failed: pods fail open once it is stale", "err", err)
 				}
@@ -257,6 +297,62 @@ func (c *dataplane) startBeating() {
 			}
 		}
 	}()
+}
+
+// holdBeat reports whether the beat is to be held back: the resolver has
+// stopped reading one of its sockets (Server.Stalled), a deadlock in its
+// answer path, say, with the process alive. Beating on, the agent would
+// keep every captured pod's queries going to a resolver that never
+// answers until the liveness probe restarts it (20-35 s); held back, the
+// heartbeat goes stale and the pods reach their own nameservers within
+// seconds. A busy socket, however flooded, is read, so a pod cannot
+// switch capture off this way. It logs and counts when this starts, and
+// logs when it ends, the resolver reading again.
+func (c *dataplane) holdBeat(now time.Time) bool {
+	if c.stalled == nil {
+		return false
+	}
+	stalls := c.stalled(now, stallAfter(c.cfg.StaleAfter))
+	c.stallMu.Lock()
+	was := len(c.stalls) > 0
+	c.stalls = stalls
+	c.stallMu.Unlock()
+	switch {
+	case len(stalls) > 0 && !was:
+		metricResolverStalls.Inc()
+		c.log.Error("the resolver reads no more queries on some of its sockets: heartbeat held back, so captured pods fail open to their own nameservers until it reads again "+
+			"(/healthz fails meanwhile, and the liveness probe restarts the agent if it stays so)", "stalled", stallNames(stalls))
+	case len(stalls) == 0 && was:
+		c.log.Warn("the resolver reads again: heartbeat resumed, captured pods' queries come back to it")
+	}
+	return len(stalls) > 0
+}
+
+// stallReason says why the beat is held back, for the status; "" when it
+// is not.
+func (c *dataplane) stallReason() string {
+	c.stallMu.Lock()
+	defer c.stallMu.Unlock()
+	if len(c.stalls) == 0 {
+		return ""
+	}
+	since := c.stalls[0].Since
+	for _, st := range c.stalls[1:] {
+		if st.Since.Before(since) {
+			since = st.Since
+		}
+	}
+	return fmt.Sprintf("the resolver has read no query waiting on %s for %s: the agent holds its heartbeat back until it reads again",
+		strings.Join(stallNames(c.stalls), ", "), time.Since(since).Round(time.Second))
+}
+
+// stallNames names the sockets of stalls, as "udp 169.254.20.53:53".
+func stallNames(stalls []resolver.Stall) []string {
+	names := make([]string, len(stalls))
+	for i, st := range stalls {
+		names[i] = st.Network + " " + st.Local.String()
+	}
+	return names
 }
 
 // keepAttached puts back what was undone behind the agent's back (a link
@@ -328,6 +424,10 @@ func (c *dataplane) stopBeating(failOpen bool) {
 // the resolver address local, when the programs learned it and the
 // resolver may forward to it (forwardable).
 func (c *dataplane) upstream(client, local netip.AddrPort) (netip.AddrPort, bool) {
+	if hang := c.hang.Load(); hang != nil {
+		(*hang)()
+		return netip.AddrPort{}, false
+	}
 	slot, ok := c.slots[local]
 	if !ok {
 		return netip.AddrPort{}, false
@@ -569,6 +669,7 @@ func (a *Agent) startCapture(predecessor bool) error {
 		c.r.StopHeartbeat()
 	}
 	c.onCheck = a.checkIPv6
+	c.stalled = a.server.Stalled
 	c.own, c.nodeName = newOwnAddrs(a.addrs, localAddrs), a.cfg.NodeName
 	a.dataplane = c
 	return nil

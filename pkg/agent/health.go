@@ -22,7 +22,10 @@ const healthQueryTimeout = 2 * time.Second
 // address. The question is one the resolver answers itself whatever its
 // table and upstreams hold: EDNS version 1, answered BADVERS (RFC 6891
 // 6.1.3). A slow upstream must not get the agent restarted; a resolver that
-// stopped reading, lost its addresses or deadlocked must.
+// stopped reading, lost its addresses or deadlocked must. The restart takes
+// the probe's failures, tens of seconds: meanwhile a resolver that stopped
+// reading has the heartbeat held back (dataplane.holdBeat), so captured
+// pods fail open within seconds instead of waiting on it.
 func (a *Agent) resolverAnswers(ctx context.Context) error {
 	probes := a.healthProbes()
 	errs := make([]error, len(probes))

@@ -117,7 +117,7 @@ func (a *Agent) registerMetrics() error {
 		metricNameserverFallbacks.WithLabelValues(r.reason())
 	}
 	cs := []prometheus.Collector{
-		metricTableBuild, metricTableNames, metricTableWarnings, metricTableHostsWithoutVIP, metricTableAllocatedIPv4VIPs, metricTableNamespacesOverBudget, metricTableObjectsOverBudget, metricCNIEvents, metricCNIConfigRepairs, metricCNIConfigContested, metricCaptureRepairs, metricNameserverFallbacks, captureCollector{a}, podsCollector{a}, istioRulesCollector{a}, cniInstalledCollector{a}, knownUpstreamsCollector{a},
+		metricTableBuild, metricTableNames, metricTableWarnings, metricTableHostsWithoutVIP, metricTableAllocatedIPv4VIPs, metricTableNamespacesOverBudget, metricTableObjectsOverBudget, metricCNIEvents, metricCNIConfigRepairs, metricCNIConfigContested, metricCaptureRepairs, metricNameserverFallbacks, metricResolverStalls, captureCollector{a}, podsCollector{a}, istioRulesCollector{a}, cniInstalledCollector{a}, knownUpstreamsCollector{a},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	}
 	cs = append(cs, resolver.Collectors()...)

@@ -35,6 +35,10 @@ type Status struct {
 	// queries go to their own nameservers, around the resolver, because
 	// the agent's heartbeat is stale (starting, stopping, or stuck).
 	FailingOpen bool `json:"failingOpen"`
+	// ResolverStalled says why the agent holds its heartbeat back, while
+	// it does: the resolver reads no more queries on some of its
+	// sockets, and captured pods fail open until it reads again.
+	ResolverStalled string `json:"resolverStalled,omitempty"`
 	// CaptureProblems says what is not as the agent attached and pinned
 	// it: a program's link detached from the cgroup (its queries go
 	// around the resolver, though pods stay marked) or running another

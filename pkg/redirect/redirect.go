@@ -205,8 +205,11 @@ func (r *Redirector) loadObjects() (err error) {
 			}
 			r.previous[name] = m
 			r.log.Warn("replacing pinned map: capacity changed, entries copied", "pin", pin, "change", ch.reason)
+		} else if lost := layoutLoss[name]; lost != "" {
+			r.log.Warn("replacing pinned map: layout changed, entries lost", "pin", pin, "change", ch.reason, "lost", lost)
 		} else {
-			r.log.Warn("replacing pinned map: layout changed, entries lost", "pin", pin, "change", ch.reason)
+			r.log.Info("replacing pinned map: layout changed; the agent writes it afresh, nothing is lost", "pin", pin, "change", ch.reason,
+				"written", rewritten[name])
 		}
 		if r.cfg.KeepConfig {
 			spec.Maps[name].Pinning = ebpf.PinNone // pinned by ApplyConfig
@@ -225,6 +228,28 @@ func (r *Redirector) loadObjects() (err error) {
 		r.nameservers.Store(r.objs.Nameservers)
 	}
 	return nil
+}
+
+// layoutLoss says, of each map whose entries a Load that replaces it for
+// its layout loses, what they held and what losing them does. The others
+// hold state the agent writes in full (rewritten): nothing is lost there.
+var layoutLoss = map[string]string{
+	ztdnsMapPods: "the pods' marks and their counters (ztdns pods): the agent marks its recorded pods again before the new programs redirect " +
+		"(taking over, before it switches to them; at a fresh start before its first beat); the counters start again from zero",
+	ztdnsMapNameservers: "the nameservers pods addressed, learned again at their next query through a hook: " +
+		"until then, the misses of a socket connected before (kept, as c-ares keeps one) go to the fallback upstreams",
+	ztdnsMapSockets: "the records of the sockets redirected so far: replies on them no longer come back as from the nameserver the pod addressed " +
+		"(clients that check drop them), and their pod's count (--capture-sockets-per-pod) keeps them after they close",
+	ztdnsMapPodSockets: "the pods' counts of sockets redirected at once, which start again from zero: " +
+		"a pod may hold the sockets open now over --capture-sockets-per-pod until they close",
+	ztdnsMapCounters: "the programs' counters (ztdns_capture_events_total), which start again from zero",
+}
+
+// rewritten says, of each map the agent writes in full, when it does.
+var rewritten = map[string]string{
+	ztdnsMapConfig:      "as it starts capturing: the resolver's addresses, the staleness bound, the capture list and the socket bound",
+	ztdnsMapConfigIndex: "with config",
+	ztdnsMapHeartbeat:   "at its next beat (until then captured pods reach their own nameservers, as at every start)",
 }
 
 // closePrevious closes the pinned maps replaced for their capacity.

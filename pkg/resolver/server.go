@@ -235,6 +235,12 @@ type Server struct {
 	tcp      map[*tcpConn]struct{}
 	closed   bool
 	draining bool
+	// progress are the serving loops' words on their progress
+	// (watchLoop), under stallMu, which Stalled holds as it looks at
+	// them: not mu, so that whatever holds mu never holds the heartbeat
+	// up.
+	stallMu  sync.Mutex
+	progress map[*loopProgress]struct{}
 }
 
 // New returns a server answering from an empty table until SetTable.
@@ -407,12 +413,17 @@ func (s *Server) ServeTCP(ln *net.TCPListener) error {
 		s.log.Warn("cannot bound the TCP connections' buffers", "listen", ln.Addr(), "err", err)
 	}
 	local := addrPortOf(ln.Addr())
+	var progress loopProgress
+	if rc, err := ln.SyscallConn(); err == nil {
+		defer s.watchLoop(&progress, "tcp", local, rc)()
+	}
 	// Out of descriptors (past the open-file limit), say: the connections
 	// wait in the backlog meanwhile, and the agent serves on.
 	backoff := acceptretry.New(acceptretry.DNS)
 	log := s.log.With("listen", ln.Addr())
 	for {
 		c, err := ln.AcceptTCP()
+		progress.reads.Add(1)
 		if err != nil {
 			if s.stopping() {
 				return nil
@@ -421,7 +432,12 @@ func (s *Server) ServeTCP(ln *net.TCPListener) error {
 			if errors.As(err, &ne) && ne.Timeout() {
 				continue
 			}
-			if backoff.Wait(log, err) {
+			// Waiting on purpose, with connections in the backlog: not
+			// stalled.
+			progress.pausing.Store(true)
+			retry := backoff.Wait(log, err)
+			progress.pausing.Store(false)
+			if retry {
 				continue
 			}
 			return err

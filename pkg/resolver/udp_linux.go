@@ -63,6 +63,8 @@ type udpBatch struct {
 	ioN, ioFrom, ioTo int
 	ioErr             syscall.Errno // of the last write
 	readErr           syscall.Errno // what ended the serving RawConn.Read
+
+	progress loopProgress // counts the batches read (Server.Stalled)
 }
 
 func (s *Server) newUDPBatch(conn *net.UDPConn, rc syscall.RawConn, local netip.AddrPort) *udpBatch {
@@ -75,6 +77,7 @@ func (s *Server) newUDPBatch(conn *net.UDPConn, rc syscall.RawConn, local netip.
 		n, e := b.read(fd)
 		switch e {
 		case 0:
+			b.progress.reads.Add(1)
 		case unix.EAGAIN, unix.EINTR:
 			return false // wait in the netpoller
 		default:
@@ -143,6 +146,7 @@ func (s *Server) serveUDPBatches(conn *net.UDPConn, local netip.AddrPort, kernel
 	b := s.newUDPBatch(conn, rc, local)
 	b.sc.kernelRated = kernelRated
 	b.sc.captureSlot = s.captureSlot(local)
+	defer s.watchLoop(&b.progress, "udp", local, rc)()
 	for {
 		b.readErr = 0
 		err := rc.Read(b.serveFn)
