@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"slices"
+	"strconv"
 	"syscall"
 	"unsafe"
 
@@ -235,8 +236,7 @@ func (s *Server) slowUDP(conn *net.UDPConn, msg []byte, src, local netip.AddrPor
 // syscall.Syscall wakes the runtime's sysmon thread when it sleeps, as it
 // does between two forwarded queries at modest rates (the forwarder's
 // exchanges make only raw calls for the same reason), a wake-up and a
-// sleep more for each. An AF_INET socket reports a 4-octet local address;
-// on an AF_INET6 one an IPv4 client is v4-mapped.
+// sleep more for each.
 func writeForwardedReply(conn *net.UDPConn, local netip.AddrPort, reply []byte, client netip.AddrPort) error {
 	if len(reply) == 0 {
 		return nil
@@ -246,22 +246,9 @@ func writeForwardedReply(conn *net.UDPConn, local netip.AddrPort, reply []byte, 
 		return err
 	}
 	var sa [sockaddrLen]byte
-	var saLen int
-	if local.Addr().Is4() {
-		if !client.Addr().Is4() {
-			return fmt.Errorf("IPv6 client %s on IPv4 socket %s", client, local)
-		}
-		binary.NativeEndian.PutUint16(sa[0:], unix.AF_INET)
-		binary.BigEndian.PutUint16(sa[2:], client.Port())
-		a := client.Addr().As4()
-		copy(sa[4:8], a[:])
-		saLen = unix.SizeofSockaddrInet4
-	} else {
-		binary.NativeEndian.PutUint16(sa[0:], unix.AF_INET6)
-		binary.BigEndian.PutUint16(sa[2:], client.Port())
-		a := client.Addr().As16() // an IPv4 client v4-mapped
-		copy(sa[8:24], a[:])
-		saLen = unix.SizeofSockaddrInet6
+	saLen, err := putSockaddr(&sa, client, local.Addr().Is4())
+	if err != nil {
+		return fmt.Errorf("socket %s: %w", local, err)
 	}
 	var errno syscall.Errno
 	err = rc.Write(func(fd uintptr) bool {
@@ -330,6 +317,13 @@ func (b *udpBatch) write(rc syscall.RawConn, n int) error {
 }
 
 // parseSockaddr reads a sockaddr_in or sockaddr_in6 as the kernel wrote it.
+// The scope id of a sockaddr_in6, which the kernel sets for a link-local
+// client (the interface the datagram came in on), becomes the address's
+// zone, its decimal index: a reply to fe80::… needs it (putSockaddr), or
+// the kernel sends it out of whichever interface has the first
+// link-local route. It also keeps the same link-local address on two
+// links two sources: the zone is the receiving interface's, which no
+// sender chooses.
 func parseSockaddr(b []byte) (netip.AddrPort, bool) {
 	if len(b) < 2 {
 		return netip.AddrPort{}, false
@@ -344,7 +338,40 @@ func parseSockaddr(b []byte) (netip.AddrPort, bool) {
 		if len(b) < unix.SizeofSockaddrInet6 {
 			return netip.AddrPort{}, false
 		}
-		return netip.AddrPortFrom(netip.AddrFrom16([16]byte(b[8:24])).Unmap(), binary.BigEndian.Uint16(b[2:])), true
+		a := netip.AddrFrom16([16]byte(b[8:24])).Unmap()
+		if scope := binary.NativeEndian.Uint32(b[24:28]); scope != 0 && a.Is6() {
+			a = a.WithZone(strconv.FormatUint(uint64(scope), 10))
+		}
+		return netip.AddrPortFrom(a, binary.BigEndian.Uint16(b[2:])), true
 	}
 	return netip.AddrPort{}, false
+}
+
+// putSockaddr writes client into sa as parseSockaddr read it: a
+// sockaddr_in for an AF_INET socket (inet4), else a sockaddr_in6, an IPv4
+// client v4-mapped, a zone (parseSockaddr's interface index) its scope id.
+// It returns the sockaddr's length.
+func putSockaddr(sa *[sockaddrLen]byte, client netip.AddrPort, inet4 bool) (int, error) {
+	*sa = [sockaddrLen]byte{}
+	binary.BigEndian.PutUint16(sa[2:], client.Port())
+	if inet4 {
+		if !client.Addr().Is4() {
+			return 0, fmt.Errorf("IPv6 client %s on an IPv4 socket", client)
+		}
+		binary.NativeEndian.PutUint16(sa[0:], unix.AF_INET)
+		a := client.Addr().As4()
+		copy(sa[4:8], a[:])
+		return unix.SizeofSockaddrInet4, nil
+	}
+	binary.NativeEndian.PutUint16(sa[0:], unix.AF_INET6)
+	a := client.Addr().As16() // an IPv4 client v4-mapped
+	copy(sa[8:24], a[:])
+	if zone := client.Addr().Zone(); zone != "" {
+		scope, err := strconv.ParseUint(zone, 10, 32)
+		if err != nil {
+			return 0, fmt.Errorf("client %s: zone is not an interface index", client)
+		}
+		binary.NativeEndian.PutUint32(sa[24:28], uint32(scope))
+	}
+	return unix.SizeofSockaddrInet6, nil
 }
