@@ -243,10 +243,16 @@ func (a *Agent) doublyCaptured() (pods, unknown []string) {
 }
 
 // doubleCaptureWarning is the status warning for doublyCaptured pods.
+// istio-cni writes a pod's rules when it enrolls the pod and, with its
+// reconcileIptablesOnStartup (the default), again for every enrolled pod
+// at each start of its agent: either change below reaches running pods
+// then, or at their own restart.
 func doubleCaptureWarning(pods []string) string {
 	return fmt.Sprintf("%d captured pod(s) also carry istio-cni's DNS capture rules: %s. ztdns answers them (its redirect "+
 		"does not match those rules), but Istio's DNS capture is on for them: set values.cni.ambient.dnsCapture=false "+
-		"on Istio, or annotate them ambient.istio.io/dns-capture: \"false\" with ztdns.io/dns-capture: \"true\" (see README)",
+		"on Istio, or annotate them ambient.istio.io/dns-capture: \"false\" with ztdns.io/dns-capture: \"true\"; "+
+		"istio-cni rewrites running pods' rules when its agent on their node starts again (an upgrade that changes "+
+		"dnsCapture restarts it) or the pod does (see README)",
 		len(pods), strings.Join(pods, ", "))
 }
 
