@@ -34,17 +34,25 @@ type istioChain struct {
 	gone    *time.Timer
 	gen     uint64 // ends a gone timer that fired late
 	stopped bool
+
+	// excludes compares istio-cni's excluded namespaces with the agent's,
+	// whether or not the chain is followed for the decision.
+	excludes istioExcludes
 }
 
-// watchIstioChain starts following the node's CNI chain for the capture
-// decision when it applies (the agent installs the plugin, captures, and
-// requires istio-cni's enrollment), with a first look now, before the
-// agent decides anything.
+// watchIstioChain starts following the node's CNI chain where the agent
+// installs the plugin and captures: for the capture decision when it
+// requires istio-cni's enrollment, and to compare istio-cni's excluded
+// namespaces with its own (istioExcludes); with a first look now, before
+// the agent decides anything.
 func (a *Agent) watchIstioChain() {
-	if a.cfg.CNI == nil || a.dataplane == nil || !a.cfg.watchesPods() || a.cfg.IgnoreEnrollment {
+	if a.cfg.CNI == nil || a.dataplane == nil {
 		return
 	}
-	a.istioChain.start(a.dataplane.controller.SetNoIstioCNI, a.log, capture.EnrollmentGrace)
+	a.istioChain.excludes.start(a.cfg.ExcludeNamespaces, a.log)
+	if a.cfg.watchesPods() && !a.cfg.IgnoreEnrollment {
+		a.istioChain.start(a.dataplane.controller.SetNoIstioCNI, a.log, capture.EnrollmentGrace)
+	}
 	if c, err := cni.ReadChain(a.cfg.CNI.ConfDir); err == nil {
 		a.istioChain.observe(c)
 	} // no configuration: no pod starts until there is one, and the installer's look tells
@@ -57,11 +65,12 @@ func (s *istioChain) start(set func(missing bool), log *slog.Logger, grace time.
 }
 
 // onChain is the CNI installer's cni.InstallConfig.OnChain: nil when s
-// follows nothing.
+// follows nothing and compares nothing.
 func (s *istioChain) onChain() func(cni.Chain) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.set == nil {
+	following := s.set != nil
+	s.mu.Unlock()
+	if !following && !s.excludes.comparing() {
 		return nil
 	}
 	return s.observe
@@ -81,6 +90,7 @@ func (s *istioChain) stop() {
 
 // observe takes a look at the chain.
 func (s *istioChain) observe(c cni.Chain) {
+	s.excludes.observe(c)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.set == nil || s.stopped {

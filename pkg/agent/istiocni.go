@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/ztdns/ztdns/pkg/ambient/istiocni"
+	"github.com/ztdns/ztdns/pkg/cni"
 	"github.com/ztdns/ztdns/pkg/podcache"
 )
 
@@ -242,10 +243,16 @@ func (a *Agent) doublyCaptured() (pods, unknown []string) {
 }
 
 // doubleCaptureWarning is the status warning for doublyCaptured pods.
+// istio-cni writes a pod's rules when it enrolls the pod and, with its
+// reconcileIptablesOnStartup (the default), again for every enrolled pod
+// at each start of its agent: either change below reaches running pods
+// then, or at their own restart.
 func doubleCaptureWarning(pods []string) string {
 	return fmt.Sprintf("%d captured pod(s) also carry istio-cni's DNS capture rules: %s. ztdns answers them (its redirect "+
 		"does not match those rules), but Istio's DNS capture is on for them: set values.cni.ambient.dnsCapture=false "+
-		"on Istio, or annotate them ambient.istio.io/dns-capture: \"false\" with ztdns.io/dns-capture: \"true\" (see README)",
+		"on Istio, or annotate them ambient.istio.io/dns-capture: \"false\" with ztdns.io/dns-capture: \"true\"; "+
+		"istio-cni rewrites running pods' rules when its agent on their node starts again (an upgrade that changes "+
+		"dnsCapture restarts it) or the pod does (see README)",
 		len(pods), strings.Join(pods, ", "))
 }
 
@@ -258,6 +265,9 @@ func (a *Agent) istioRulesWarnings() []string {
 	}
 	if len(unknown) > 0 {
 		out = append(out, istioRulesUnknownWarning(unknown))
+	}
+	if w := a.istioChain.excludes.warning(); w != "" {
+		out = append(out, w)
 	}
 	return out
 }
@@ -286,13 +296,136 @@ type istioRulesCollector struct {
 func (c istioRulesCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- doubleCaptureDesc
 	ch <- istioRulesUnknownDesc
+	ch <- istioExcludesDifferDesc
 }
 
 func (c istioRulesCollector) Collect(ch chan<- prometheus.Metric) {
 	if c.a.dataplane == nil {
 		return
 	}
+	ch <- prometheus.MustNewConstMetric(istioExcludesDifferDesc, prometheus.GaugeValue, boolValue(c.a.istioChain.excludes.differs()))
 	doubly, unknown := c.a.doublyCaptured()
 	ch <- prometheus.MustNewConstMetric(doubleCaptureDesc, prometheus.GaugeValue, float64(len(doubly)))
 	ch <- prometheus.MustNewConstMetric(istioRulesUnknownDesc, prometheus.GaugeValue, float64(len(unknown)))
 }
+
+// istioExcludes compares the namespaces istio-cni's entry in the node's
+// CNI chain excludes (cni.Chain.IstioExcludeNamespaces, istio-cni's
+// excludeNamespaces) with the agent's --exclude-namespaces, which should
+// mirror them. They are compared, not followed: where enrollment is
+// required, a pod of a namespace only istio-cni excludes is left alone
+// anyway (istio-cni never enrolls it: not-enrolled), and one of a
+// namespace only ztdns excludes is merely not captured; the names are
+// reported so that the operator makes them agree (without
+// --require-istio-enrollment, the first would be captured and answered
+// with VIPs ztunnel routes nothing for). Its zero value compares nothing
+// (start).
+type istioExcludes struct {
+	mu      sync.Mutex
+	log     *slog.Logger
+	own     []string // --exclude-namespaces, sorted
+	started bool
+
+	file   string
+	theirs []string // istio-cni's, sorted, when they differ from own
+	cut    bool     // istio-cni's entry named more than cni.MaxIstioExcludeNamespaces
+	differ bool
+}
+
+// start sets the agent's own list and the log.
+func (e *istioExcludes) start(own []string, log *slog.Logger) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.own = sortedNames(own)
+	e.log, e.started = log, true
+}
+
+// observe takes a look at the chain: a change of whether the lists differ,
+// or of istio-cni's list while they do, is logged once.
+func (e *istioExcludes) observe(c cni.Chain) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if !e.started {
+		return
+	}
+	var theirs []string
+	differ := c.IstioCNI && c.IstioExcludeNamespacesKnown
+	if differ {
+		theirs = sortedNames(c.IstioExcludeNamespaces)
+		differ = !slices.Equal(theirs, e.own)
+	}
+	if differ == e.differ && slices.Equal(theirs, e.theirs) {
+		return
+	}
+	was := e.differ
+	e.file, e.differ, e.cut = c.File, differ, c.IstioExcludeNamespacesCut
+	if !differ {
+		theirs = nil
+	}
+	e.theirs = theirs
+	switch {
+	case differ:
+		e.log.Warn("istio-cni excludes other namespaces than --exclude-namespaces: "+e.advice(),
+			"file", c.File, "istio_cni", namesOrNone(theirs, e.cut), "exclude_namespaces", namesOrNone(e.own, false))
+	case was:
+		e.log.Info("istio-cni excludes the namespaces --exclude-namespaces names again", "file", c.File)
+	}
+}
+
+// advice says what a difference means and what to do.
+func (e *istioExcludes) advice() string {
+	return "istio-cni enrolls no pod of the namespaces it excludes, whose pods ztdns then leaves alone as not-enrolled " +
+		"(captured on their labels with --require-istio-enrollment=false), and ztdns captures no pod of those it excludes; " +
+		"make --exclude-namespaces (the chart's cni.excludeNamespaces) equal to istio-cni's excludeNamespaces"
+}
+
+// warning is status's warning while the lists differ, "" otherwise.
+func (e *istioExcludes) warning() string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if !e.differ {
+		return ""
+	}
+	return fmt.Sprintf("istio-cni's entry in the node's CNI chain (%s) excludes the namespaces %s, --exclude-namespaces %s: %s",
+		e.file, namesOrNone(e.theirs, e.cut), namesOrNone(e.own, false), e.advice())
+}
+
+// comparing reports whether start was called.
+func (e *istioExcludes) comparing() bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.started
+}
+
+// differs reports whether the lists differ, for the gauge.
+func (e *istioExcludes) differs() bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.differ
+}
+
+// sortedNames is names sorted, each once, without empty ones.
+func sortedNames(names []string) []string {
+	out := slices.DeleteFunc(slices.Clone(names), func(n string) bool { return n == "" })
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
+// namesOrNone lists names for a message: "[]" for none, the first ten and
+// how many more, "…" when the list was cut.
+func namesOrNone(names []string, cut bool) string {
+	const most = 10
+	shown := names[:min(len(names), most)]
+	s := "[" + strings.Join(shown, " ")
+	if len(names) > most {
+		s += fmt.Sprintf(" and %d more", len(names)-most)
+	}
+	if cut {
+		s += " …"
+	}
+	return s + "]"
+}
+
+var istioExcludesDifferDesc = prometheus.NewDesc("ztdns_cni_istio_exclude_namespaces_differ",
+	"1 while istio-cni's entry in the node's CNI chain excludes other namespaces than --exclude-namespaces (see ztdns status), 0 otherwise.",
+	nil, nil)

@@ -4,20 +4,35 @@
 //
 // Istio enrolls a pod when its namespace or the pod itself carries
 // istio.io/dataplane-mode=ambient, unless the pod says
-// istio.io/dataplane-mode=none (the default of istio-cni's
-// ambient.enablementSelectors: a pod label "ambient", or a namespace label
-// "ambient" with a pod label NotIn ["none"]; custom selectors are not
-// read, see README's Known limits). Host-network pods and pods with a sidecar are never
-// enrolled: istio-cni takes a pod for a sidecar pod when it carries the
-// injector's sidecar.istio.io/status annotation, whatever its value, which
-// proxyless gRPC pods carry too without an istio-proxy container; ztdns
-// also counts a pod running an istio-proxy container (model.Pod.HasSidecar).
-// Waypoints and gateways are proxies that resolve names for others;
-// capturing their DNS loops it back through ztdns, so a pod labelled
-// gateway.istio.io/managed (any value: istiod sets "istio.io-mesh-controller"
-// on waypoints and "istio.io-gateway-controller" on gateways) is left alone
-// even when someone removed the dataplane-mode=none label Istio's templates
-// put on them.
+// istio.io/dataplane-mode=none: the default of istio-cni's
+// ambient.enablementSelectors (a pod label "ambient", or a namespace label
+// "ambient" with a pod label NotIn ["none"]), which ztdns applies itself.
+// Where the source watches every pod of the node and istio-cni's
+// enrollment is required (Policy.RequireEnrollment), istio-cni's
+// ambient.istio.io/redirection "enabled" or "pending" is the enrollment
+// itself: it is the result of whatever selectors istio-cni runs with,
+// custom ones included, so a pod it carries is enrolled whatever its
+// labels and its namespace's say (the exclusions below still apply).
+// Host-network pods and pods with a sidecar are never enrolled: istio-cni
+// takes a pod for a sidecar pod when it carries the injector's
+// sidecar.istio.io/status annotation, whatever its value, which proxyless
+// gRPC pods carry too without an istio-proxy container; ztdns also counts
+// a pod running an istio-proxy container (model.Pod.HasSidecar), except an
+// ingress gateway's, whose istio-proxy is the gateway itself.
+//
+// Gateways istiod deploys (gateway.istio.io/managed) follow Istio's rules
+// as istio-cni applies them: an ingress gateway of a Gateway API Gateway
+// (the value "istio.io-gateway-controller", Istio's kube-gateway and
+// agentgateway templates) is an ordinary pod to istio-cni. istiod labels
+// it istio.io/dataplane-mode=none unless the Gateway sets that label
+// itself, so it is enrolled, and captured, only when its Gateway puts it
+// in the mesh. Waypoints and east-west gateways (every other value:
+// istio.io-mesh-controller, istio.io-agentgateway-waypoint-controller,
+// istio.io-eastwest-controller) are made by Istio's waypoint templates,
+// which label them dataplane-mode=none; ztdns leaves them alone even when
+// that label is gone (ReasonGateway), as it did every managed pod before:
+// they resolve names for other pods' traffic, which they send on outside
+// ztunnel's capture, so a VIP only ztunnel routes would lead nowhere.
 //
 // For an enrolled pod, two annotations override the node-wide default
 // (--dns-capture-default), parsed as Istio parses its own (strconv.ParseBool;
@@ -47,11 +62,12 @@
 // the whole cluster's external DNS, from funnelling through one node's
 // ztdns under per-pod limits.
 //
-// Where the source watches every pod of the node, a pod the labels put in
-// the mesh is left alone unless istio-cni enrolled it
-// (ambient.istio.io/redirection "enabled" or "pending";
-// Policy.RequireEnrollment): istio-cni may not run on the node, may have
-// failed for good, or Istio may be gone with the labels left. ztunnel
+// Where the source watches every pod of the node, a pod is left alone
+// unless istio-cni enrolled it (ambient.istio.io/redirection "enabled" or
+// "pending"; Policy.RequireEnrollment), whatever its labels say: istio-cni
+// may not run on the node, may have failed for good, may run with
+// selectors that leave the pod out, or Istio may be gone with the labels
+// left. ztunnel
 // routes nothing for such a pod, and istiod gives it no HBONE, so the VIPs
 // ztdns would answer with would lead nowhere. (pkg/capture gives a new pod
 // a grace: its watch may deliver the pod before istio-cni's annotation.)
@@ -81,6 +97,12 @@ const (
 	DataplaneModeAmbient = "ambient"
 	// DataplaneModeNone keeps a pod out even when its namespace is enrolled.
 	DataplaneModeNone = "none"
+	// GatewayControllerIngress is the gateway.istio.io/managed of the
+	// ingress gateways istiod deploys for Gateway API Gateways (Istio's
+	// constants.ManagedGatewayControllerLabel): pods Istio enrolls by its
+	// rules like any other. Every other value is a waypoint's or an
+	// east-west gateway's.
+	GatewayControllerIngress = "istio.io-gateway-controller"
 )
 
 // Reasons Decide gives. They are short and stable: the agent shows them in
@@ -121,7 +143,9 @@ const (
 	// ReasonSidecar: Istio injected the pod (sidecar.istio.io/status, which
 	// keeps it out of ambient) or it runs an istio-proxy container.
 	ReasonSidecar = "sidecar"
-	// ReasonGateway: the pod is a waypoint or gateway (gateway.istio.io/managed).
+	// ReasonGateway: the pod is a waypoint or an east-west gateway
+	// (gateway.istio.io/managed, any value but an ingress gateway's
+	// GatewayControllerIngress).
 	ReasonGateway = "gateway"
 	// ReasonNotEnrolled: the labels put the pod in the mesh, but istio-cni
 	// has not enrolled it (Policy.RequireEnrollment): no
@@ -151,6 +175,14 @@ type Policy struct {
 	// pending): ReasonNotEnrolled. Only with PodsWatched (a pod the source
 	// has not seen is ReasonPodUnknown already); a directory of manifests
 	// need not carry istio-cni's annotation.
+	//
+	// And it makes istio-cni's enrollment enough: a pod enabled or pending
+	// is in the mesh whatever its labels and its namespace's say, as
+	// istio-cni may run with enablementSelectors of its own (a pod label
+	// mesh=on, say) that ztdns does not read; its annotation is their
+	// result. The rules that keep a pod out whatever enrolled it still
+	// apply: an excluded namespace, host network, a sidecar, a waypoint,
+	// dataplane-mode=none and the pod's opt-outs.
 	//
 	// "pending" counts as enrolled: istio-cni writes it once its in-pod
 	// rules are in place, the pod's traffic (and its DNS, with Istio's DNS
@@ -205,31 +237,40 @@ func (p Policy) Decide(namespace string, pod *model.Pod, ns *model.Namespace) (c
 //
 // The rules apply in order and the first that settles the question gives
 // the reason (after Policy.Decide's excluded namespaces and unseen pods):
-// host network, gateway, sidecar, dataplane-mode=none, enrollment by the
-// labels, the pod's opt-out (ztdns's annotation false, or, without it,
-// Istio's), istio-cni's enrollment, ztdns's annotation true, the default.
+// host network, waypoint, sidecar, dataplane-mode=none, enrollment by the
+// labels (or, with requireEnrollment, by istio-cni's annotation), the
+// pod's opt-out (ztdns's annotation false, or, without it, Istio's),
+// istio-cni's enrollment, ztdns's annotation true, the default.
 func decide(pod *model.Pod, ns *model.Namespace, dnsCaptureDefault, requireEnrollment, noIstioCNI bool) (capture bool, reason string) {
 	var podLabels, podAnnotations map[string]string
 	if pod != nil {
 		podLabels, podAnnotations = pod.Labels, pod.Annotations
-		// The gateway label before the sidecar: waypoints and gateways run
-		// an istio-proxy container, and are gateways, not sidecar pods.
-		_, gateway := podLabels[model.LabelGatewayManaged]
+		// The gateway label before the sidecar: gateways run an istio-proxy
+		// container, which is the gateway, not a sidecar. istio-cni looks
+		// only at the injector's annotation, which Istio's gateway
+		// templates do not get.
+		controller, gateway := podLabels[model.LabelGatewayManaged]
 		switch {
 		case pod.HostNetwork:
 			return false, ReasonHostNetwork
-		case gateway:
+		case gateway && controller != GatewayControllerIngress:
 			return false, ReasonGateway
-		case pod.HasSidecar:
+		case pod.HasSidecar && !gateway:
 			return false, ReasonSidecar
 		}
 	}
 
+	// With requireEnrollment, istio-cni's annotation enrolls the pod as its
+	// selectors, whichever they are, decided.
+	enrolled := requireEnrollment && pod != nil && !noIstioCNI && pod.Enrollment.Redirected()
 	switch podLabels[model.LabelDataplaneMode] {
 	case DataplaneModeNone:
 		return false, ReasonDataplaneNone
 	case DataplaneModeAmbient:
 	default:
+		if enrolled {
+			break
+		}
 		if ns == nil {
 			return false, ReasonNamespaceUnknown
 		}

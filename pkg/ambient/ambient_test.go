@@ -65,16 +65,25 @@ func TestDecide(t *testing.T) {
 		{"sidecar with pod label ambient", &model.Pod{HasSidecar: true, Labels: l(mode, "ambient")}, plainNS, true, false, ReasonSidecar},
 		{"host network wins over sidecar", &model.Pod{HostNetwork: true, HasSidecar: true}, ambientNS, true, false, ReasonHostNetwork},
 		{"waypoint", pod(l(gw, "istio.io-mesh-controller"), nil), ambientNS, true, false, ReasonGateway},
-		{"gateway", pod(l(gw, "istio.io-gateway-controller"), nil), ambientNS, true, false, ReasonGateway},
+		{"agentgateway waypoint", pod(l(gw, "istio.io-agentgateway-waypoint-controller"), nil), ambientNS, true, false, ReasonGateway},
+		{"east-west gateway", pod(l(gw, "istio.io-eastwest-controller"), nil), ambientNS, true, false, ReasonGateway},
 		{"managed label with empty value", pod(l(gw, ""), nil), ambientNS, true, false, ReasonGateway},
 		{"waypoint labelled ambient with annotation true", pod(l(gw, "istio.io-mesh-controller", mode, "ambient"), l(dns, "true")), ambientNS, true, false, ReasonGateway},
 		{"waypoint as Istio labels it", pod(l(gw, "istio.io-mesh-controller", mode, "none"), nil), ambientNS, true, false, ReasonGateway},
-		// As Istio's kube-gateway template makes the pod: the label, and an
-		// istio-proxy container (HasSidecar) without the injector's status.
-		{"gateway from Istio's template, with its istio-proxy container", &model.Pod{Namespace: "shop", Name: "gw",
-			Labels: l(gw, "istio.io-gateway-controller"), HasSidecar: true}, ambientNS, true, false, ReasonGateway},
 		{"waypoint with its istio-proxy container", &model.Pod{Namespace: "shop", Name: "waypoint",
 			Labels: l(gw, "istio.io-mesh-controller", mode, "none"), HasSidecar: true}, ambientNS, true, false, ReasonGateway},
+		// An ingress gateway of a Gateway API Gateway is an ordinary pod to
+		// istio-cni: its istio-proxy container (HasSidecar) is the gateway,
+		// and istiod's dataplane-mode=none keeps it out unless its Gateway
+		// labels it otherwise.
+		{"ingress gateway as istiod labels it", &model.Pod{Namespace: "shop", Name: "gw",
+			Labels: l(gw, "istio.io-gateway-controller", mode, "none"), HasSidecar: true}, ambientNS, true, false, ReasonDataplaneNone},
+		{"ingress gateway its Gateway puts in the mesh", &model.Pod{Namespace: "shop", Name: "gw",
+			Labels: l(gw, "istio.io-gateway-controller", mode, "ambient"), HasSidecar: true}, plainNS, true, true, ReasonAmbient},
+		{"ingress gateway without istiod's label in an ambient namespace", pod(l(gw, "istio.io-gateway-controller"), nil), ambientNS, true, true, ReasonAmbient},
+		{"ingress gateway outside the mesh", pod(l(gw, "istio.io-gateway-controller"), nil), plainNS, true, false, ReasonNotAmbient},
+		{"ingress gateway opted out", pod(l(gw, "istio.io-gateway-controller", mode, "ambient"), l(dns, "false")), plainNS, true, false, ReasonAnnotationOff},
+		{"ingress gateway on the host network", &model.Pod{HostNetwork: true, Labels: l(gw, "istio.io-gateway-controller", mode, "ambient")}, plainNS, true, false, ReasonHostNetwork},
 
 		// The annotation, for enrolled pods.
 		{"annotation false", pod(nil, l(dns, "false")), ambientNS, true, false, ReasonAnnotationOff},
@@ -135,6 +144,7 @@ func TestDecideExcludedNamespacesAndPodsWatched(t *testing.T) {
 	)
 	ambientKS := &model.Namespace{Name: "kube-system", Labels: map[string]string{mode: "ambient"}}
 	ambientNS := &model.Namespace{Name: "shop", Labels: map[string]string{mode: "ambient"}}
+	plainNS := &model.Namespace{Name: "shop"}
 	coredns := &model.Pod{Namespace: "kube-system", Name: "coredns", Labels: map[string]string{mode: "ambient"},
 		Annotations: map[string]string{dns: "true"}}
 	kubeSystem := Policy{DNSCaptureDefault: true, ExcludeNamespaces: []string{"kube-system"}}
@@ -199,6 +209,30 @@ func TestDecideExcludedNamespacesAndPodsWatched(t *testing.T) {
 		{"no istio-cni, outside the mesh", noIstioCNI, "shop", web(model.EnrollmentEnabled, nil, nil), &model.Namespace{Name: "shop"}, false, ReasonNotAmbient},
 		{"no istio-cni, enrollment not required", func() Policy { p := watched; p.NoIstioCNI = true; return p }(), "shop",
 			web(model.EnrollmentAbsent, nil, nil), ambientNS, true, ReasonAmbient},
+
+		// istio-cni's enrollment is enough: its enablementSelectors may be
+		// custom (a pod label mesh=on, which ztdns does not keep), and its
+		// annotation is their result.
+		{"enrolled by custom selectors, neither labelled ambient", enrolling, "shop", web(model.EnrollmentEnabled, nil, nil), plainNS, true, ReasonAmbient},
+		{"enrolled partly by custom selectors", enrolling, "shop", web(model.EnrollmentPending, nil, nil), plainNS, true, ReasonAmbient},
+		{"enrolled, namespace unseen", enrolling, "shop", web(model.EnrollmentEnabled, nil, nil), nil, true, ReasonAmbient},
+		{"enrolled, namespace labelled none", enrolling, "shop", web(model.EnrollmentEnabled, nil, nil), &model.Namespace{Name: "shop", Labels: map[string]string{mode: "none"}}, true, ReasonAmbient},
+		{"enrolled by custom selectors, default off", func() Policy { p := enrolling; p.DNSCaptureDefault = false; return p }(), "shop",
+			web(model.EnrollmentEnabled, nil, nil), plainNS, false, ReasonDefaultOff},
+		{"enrolled by custom selectors, annotated true, default off", func() Policy { p := enrolling; p.DNSCaptureDefault = false; return p }(), "shop",
+			web(model.EnrollmentEnabled, nil, map[string]string{dns: "true"}), plainNS, true, ReasonAnnotationOn},
+		{"enrolled by custom selectors, annotated false", enrolling, "shop", web(model.EnrollmentEnabled, nil, map[string]string{dns: "false"}), plainNS, false, ReasonAnnotationOff},
+		{"enrolled by custom selectors, Istio's annotation false", enrolling, "shop", web(model.EnrollmentEnabled, nil, map[string]string{istioDNS: "false"}), plainNS, false, ReasonIstioAnnotationOff},
+		{"enrolled by custom selectors, labelled none", enrolling, "shop", web(model.EnrollmentEnabled, map[string]string{mode: "none"}, nil), plainNS, false, ReasonDataplaneNone},
+		{"enrolled, host network", enrolling, "shop", &model.Pod{Namespace: "shop", Name: "web", Enrollment: model.EnrollmentEnabled, HostNetwork: true}, plainNS, false, ReasonHostNetwork},
+		{"enrolled, sidecar", enrolling, "shop", &model.Pod{Namespace: "shop", Name: "web", Enrollment: model.EnrollmentEnabled, HasSidecar: true}, plainNS, false, ReasonSidecar},
+		{"enrolled, waypoint", enrolling, "shop", web(model.EnrollmentEnabled, map[string]string{model.LabelGatewayManaged: "istio.io-mesh-controller"}, nil), plainNS, false, ReasonGateway},
+		{"enrolled in an excluded namespace", enrolling, "kube-system", &model.Pod{Namespace: "kube-system", Name: "coredns", Enrollment: model.EnrollmentEnabled},
+			&model.Namespace{Name: "kube-system"}, false, ReasonExcludedNamespace},
+		{"another enrollment value, neither labelled", enrolling, "shop", web(model.EnrollmentOther, nil, nil), plainNS, false, ReasonNotAmbient},
+		{"enrolled, no istio-cni in the chain: the labels decide", noIstioCNI, "shop", web(model.EnrollmentEnabled, nil, nil), plainNS, false, ReasonNotAmbient},
+		{"enrolled, enrollment not required: the labels decide", watched, "shop", web(model.EnrollmentEnabled, nil, nil), plainNS, false, ReasonNotAmbient},
+		{"enrolled, manifests: the labels decide", Policy{DNSCaptureDefault: true, RequireEnrollment: true}, "shop", web(model.EnrollmentEnabled, nil, nil), plainNS, false, ReasonNotAmbient},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -269,34 +303,67 @@ func TestDecideInjectedPod(t *testing.T) {
 	}
 }
 
-// TestDecideGatewayPod: a pod made by Istio's kube-gateway template (a
-// Gateway's deployment; waypoints' is alike) carries
-// gateway.istio.io/managed and runs an istio-proxy container, without the
-// injector's annotation. It is a gateway, and `ztdns pods` says so, not
-// sidecar (before, the container was looked at first).
-func TestDecideGatewayPod(t *testing.T) {
+// TestDecideGatewayPods: pods as Istio's templates make them, read from the
+// API server as the agent reads them. Each runs an istio-proxy container,
+// without the injector's annotation. An ingress gateway of a Gateway API
+// Gateway (kube-gateway template) is decided as istio-cni decides it:
+// istiod labels it istio.io/dataplane-mode=none, unless its Gateway sets
+// that label; a Gateway labelled ambient puts it in the mesh, istio-cni
+// enrolls it, and ztdns captures it (before, every gateway.istio.io/managed
+// pod was left alone, reason gateway, while Istio's own DNS capture took
+// it). A waypoint (waypoint template) stays reason gateway, also if its
+// dataplane-mode=none label is gone; none of them is a sidecar pod.
+func TestDecideGatewayPods(t *testing.T) {
 	t.Parallel()
 	ambientNS := &model.Namespace{Name: "shop", Labels: map[string]string{model.LabelDataplaneMode: "ambient"}}
-	doc := []byte(`{"apiVersion": "v1", "kind": "Pod",
-		"metadata": {"name": "ingress-istio-5d9c7", "namespace": "shop",
-			"annotations": {"istio.io/rev": "default", "prometheus.io/path": "/stats/prometheus", "prometheus.io/port": "15020", "prometheus.io/scrape": "true"},
-			"labels": {"sidecar.istio.io/inject": "false", "service.istio.io/canonical-name": "ingress-istio",
-				"service.istio.io/canonical-revision": "latest", "gateway.networking.k8s.io/gateway-name": "ingress",
-				"gateway.networking.k8s.io/gateway-class-name": "istio", "gateway.istio.io/managed": "istio.io-gateway-controller"}},
-		"spec": {"serviceAccountName": "ingress-istio", "containers": [{"name": "istio-proxy", "image": "docker.io/istio/proxyv2"}]}}`)
-	var watched kubeapi.Pod
-	if err := json.Unmarshal(doc, &watched); err != nil {
-		t.Fatal(err)
+	podDoc := func(name, controller, mode, redirection string) []byte {
+		labels := map[string]string{"sidecar.istio.io/inject": "false", "service.istio.io/canonical-name": name,
+			"service.istio.io/canonical-revision": "latest", "gateway.networking.k8s.io/gateway-name": name,
+			"gateway.istio.io/managed": controller}
+		if mode != "" {
+			labels["istio.io/dataplane-mode"] = mode
+		}
+		annotations := map[string]string{"istio.io/rev": "default", "prometheus.io/path": "/stats/prometheus",
+			"prometheus.io/port": "15020", "prometheus.io/scrape": "true"}
+		if redirection != "" {
+			annotations["ambient.istio.io/redirection"] = redirection
+		}
+		doc, err := json.Marshal(map[string]any{"apiVersion": "v1", "kind": "Pod",
+			"metadata": map[string]any{"name": name + "-5d9c7", "namespace": "shop", "labels": labels, "annotations": annotations},
+			"spec": map[string]any{"serviceAccountName": name,
+				"containers": []any{map[string]any{"name": "istio-proxy", "image": "docker.io/istio/proxyv2"}}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return doc
 	}
-	pod, err := watched.Model()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !pod.HasSidecar {
-		t.Fatalf("the gateway pod's istio-proxy container was not seen: %+v", pod)
-	}
-	p := Policy{DNSCaptureDefault: true, PodsWatched: true}
-	if gotCap, gotReason := p.Decide("shop", &pod, ambientNS); gotCap || gotReason != ReasonGateway {
-		t.Errorf("Decide = (%t, %q), want (false, %q)", gotCap, gotReason, ReasonGateway)
+	const ingress, waypoint = "istio.io-gateway-controller", "istio.io-mesh-controller"
+	for _, tt := range []struct {
+		name                         string
+		controller, mode, redirected string
+		wantCap                      bool
+		wantReason                   string
+	}{
+		{"ingress gateway as istiod labels it", ingress, "none", "", false, ReasonDataplaneNone},
+		{"ingress gateway its Gateway labels ambient, enrolled", ingress, "ambient", "enabled", true, ReasonAmbient},
+		{"ingress gateway its Gateway labels ambient, not enrolled", ingress, "ambient", "", false, ReasonNotEnrolled},
+		{"waypoint as Istio labels it", waypoint, "none", "", false, ReasonGateway},
+		{"waypoint without its none label, enrolled", waypoint, "", "enabled", false, ReasonGateway},
+	} {
+		var watched kubeapi.Pod
+		if err := json.Unmarshal(podDoc(tt.name, tt.controller, tt.mode, tt.redirected), &watched); err != nil {
+			t.Fatal(err)
+		}
+		pod, err := watched.Model()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !pod.HasSidecar {
+			t.Fatalf("%s: the pod's istio-proxy container was not seen: %+v", tt.name, pod)
+		}
+		p := Policy{DNSCaptureDefault: true, PodsWatched: true, RequireEnrollment: true}
+		if gotCap, gotReason := p.Decide("shop", &pod, ambientNS); gotCap != tt.wantCap || gotReason != tt.wantReason {
+			t.Errorf("%s: Decide = (%t, %q), want (%t, %q)", tt.name, gotCap, gotReason, tt.wantCap, tt.wantReason)
+		}
 	}
 }

@@ -65,7 +65,26 @@ type Chain struct {
 	// ambient.istio.io/redirection). Without one, istio-cni has set up no
 	// sandbox made since on this node, whatever a pod's annotation says.
 	IstioCNI bool
+	// IstioExcludeNamespaces are the namespaces that entry excludes
+	// ("exclude_namespaces", istio-cni's excludeNamespaces as its
+	// installer writes them): istio-cni's ADD enrolls no pod of theirs.
+	// At most MaxIstioExcludeNamespaces of them, in the entry's order;
+	// nil, with IstioExcludeNamespacesKnown false, when the entry has no
+	// such list (an istio-cni from before it had one) or no entry counts.
+	IstioExcludeNamespaces []string
+	// IstioExcludeNamespacesKnown says the entry has the list (empty: no
+	// namespace excluded).
+	IstioExcludeNamespacesKnown bool
+	// IstioExcludeNamespacesCut says the entry named more than
+	// MaxIstioExcludeNamespaces namespaces (or one not a string), and
+	// IstioExcludeNamespaces holds the first of them only.
+	IstioExcludeNamespacesCut bool
 }
+
+// MaxIstioExcludeNamespaces bounds Chain.IstioExcludeNamespaces: the file
+// is the node's, but a list past it is no configuration anyone means, and
+// the agent compares and reports it.
+const MaxIstioExcludeNamespaces = 256
 
 // ReadChain reads the Chain of the network configuration a runtime uses
 // in dir (see Install), ztdns's entry in it or not. A single-plugin .conf
@@ -93,18 +112,46 @@ func chainOf(path string) (Chain, error) {
 		return c, err
 	}
 	for i, typ := range list.types {
-		if typ != istioCNIType {
+		if typ != istioCNIType || c.IstioCNI {
 			continue
 		}
 		var entry struct {
-			AmbientEnabled bool `json:"ambient_enabled"`
+			AmbientEnabled    bool            `json:"ambient_enabled"`
+			ExcludeNamespaces json.RawMessage `json:"exclude_namespaces"`
 		}
 		s := list.entries[i]
-		if json.Unmarshal(data[s.start:s.end], &entry) == nil && entry.AmbientEnabled {
-			c.IstioCNI = true
+		if json.Unmarshal(data[s.start:s.end], &entry) != nil || !entry.AmbientEnabled {
+			continue
 		}
+		c.IstioCNI = true
+		c.IstioExcludeNamespaces, c.IstioExcludeNamespacesKnown, c.IstioExcludeNamespacesCut = excludeNamespacesOf(entry.ExcludeNamespaces)
 	}
 	return c, nil
+}
+
+// excludeNamespacesOf reads istio-cni's exclude_namespaces, a list of
+// names (istio-cni's Go type: []string; null, as its installer writes an
+// empty list, excludes none). Names past MaxIstioExcludeNamespaces, and a
+// list holding anything else, are cut.
+func excludeNamespacesOf(raw json.RawMessage) (names []string, known, cut bool) {
+	if len(raw) == 0 {
+		return nil, false, false
+	}
+	if string(raw) == "null" {
+		return nil, true, false
+	}
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('[') {
+		return nil, false, false
+	}
+	for dec.More() {
+		var name string
+		if len(names) == MaxIstioExcludeNamespaces || dec.Decode(&name) != nil {
+			return names, true, true
+		}
+		names = append(names, name)
+	}
+	return names, true, false
 }
 
 // ErrNoNetworkConfig means ConfDir holds no valid network configuration yet:

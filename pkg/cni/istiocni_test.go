@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"sort"
 	"strings"
@@ -358,16 +359,40 @@ func TestUpsertEntryAfterIstioCNI(t *testing.T) {
 // TestReadChain: the chain of the file a runtime uses holds istio-cni when
 // it has an istio-cni entry with ambient on; an entry of istio-cni with
 // ambient off (its sidecar-only mode) enrolls no pod, so it does not count.
+// The namespaces that entry excludes are read as its installer writes them
+// (null for none), at most MaxIstioExcludeNamespaces of them.
 func TestReadChain(t *testing.T) {
 	t.Parallel()
+	many := make([]string, MaxIstioExcludeNamespaces+1)
+	for i := range many {
+		many[i] = fmt.Sprintf("ns-%d", i)
+	}
+	manyJSON, err := json.Marshal(many)
+	if err != nil {
+		t.Fatal(err)
+	}
+	istioWith := func(exclude string) string {
+		return `{"cniVersion": "1.0.0", "name": "a", "plugins": [{"type": "ptp"}, {"name": "istio-cni", "type": "istio-cni", ` +
+			`"ambient_enabled": true` + exclude + `}]}`
+	}
 	for _, tc := range []struct {
 		name, file, content string
-		want                bool
+		want                Chain
 	}{
-		{"istio-cni, ambient on", "10-a.conflist", `{"cniVersion": "1.0.0", "name": "a", "plugins": [{"type": "ptp"}, ` + istioCNIEntry + `]}`, true},
-		{"istio-cni, ambient off", "10-a.conflist", `{"cniVersion": "1.0.0", "name": "a", "plugins": [{"type": "ptp"}, {"type": "istio-cni", "ambient_enabled": false}]}`, false},
-		{"no istio-cni", "10-a.conflist", runtimeConflist, false},
-		{"a single plugin", "10-a.conf", runtimeConf, false},
+		{"istio-cni, ambient on", "10-a.conflist", `{"cniVersion": "1.0.0", "name": "a", "plugins": [{"type": "ptp"}, ` + istioCNIEntry + `]}`,
+			Chain{IstioCNI: true, IstioExcludeNamespaces: []string{"kube-system"}, IstioExcludeNamespacesKnown: true}},
+		{"istio-cni, ambient off", "10-a.conflist", `{"cniVersion": "1.0.0", "name": "a", "plugins": [{"type": "ptp"}, {"type": "istio-cni", "ambient_enabled": false, "exclude_namespaces": ["a"]}]}`, Chain{}},
+		{"no istio-cni", "10-a.conflist", runtimeConflist, Chain{}},
+		{"a single plugin", "10-a.conf", runtimeConf, Chain{}},
+		{"istio-cni excluding none", "10-a.conflist", istioWith(`, "exclude_namespaces": null`), Chain{IstioCNI: true, IstioExcludeNamespacesKnown: true}},
+		{"istio-cni excluding two", "10-a.conflist", istioWith(`, "exclude_namespaces": ["kube-system", "monitoring"]`),
+			Chain{IstioCNI: true, IstioExcludeNamespaces: []string{"kube-system", "monitoring"}, IstioExcludeNamespacesKnown: true}},
+		{"istio-cni without the list", "10-a.conflist", istioWith(``), Chain{IstioCNI: true}},
+		{"istio-cni with a list of something else", "10-a.conflist", istioWith(`, "exclude_namespaces": "kube-system"`), Chain{IstioCNI: true}},
+		{"istio-cni with a number in its list", "10-a.conflist", istioWith(`, "exclude_namespaces": ["a", 1, "b"]`),
+			Chain{IstioCNI: true, IstioExcludeNamespaces: []string{"a"}, IstioExcludeNamespacesKnown: true, IstioExcludeNamespacesCut: true}},
+		{"istio-cni excluding too many", "10-a.conflist", istioWith(`, "exclude_namespaces": ` + string(manyJSON)),
+			Chain{IstioCNI: true, IstioExcludeNamespaces: many[:MaxIstioExcludeNamespaces], IstioExcludeNamespacesKnown: true, IstioExcludeNamespacesCut: true}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -375,8 +400,9 @@ func TestReadChain(t *testing.T) {
 			path := e.write(t, tc.file, tc.content)
 			e.write(t, "20-b.conflist", `{"cniVersion": "1.0.0", "name": "b", "plugins": [`+istioCNIEntry+`]}`) // not the runtime's
 			got, err := ReadChain(e.cfg.ConfDir)
-			if err != nil || got != (Chain{File: path, IstioCNI: tc.want}) {
-				t.Errorf("ReadChain = %+v, %v; want %s, IstioCNI %t", got, err, path, tc.want)
+			tc.want.File = path
+			if err != nil || !reflect.DeepEqual(got, tc.want) {
+				t.Errorf("ReadChain = %+v, %v; want %+v", got, err, tc.want)
 			}
 		})
 	}
