@@ -71,9 +71,12 @@
 // routes nothing for such a pod, and istiod gives it no HBONE, so the VIPs
 // ztdns would answer with would lead nowhere. (pkg/capture gives a new pod
 // a grace: its watch may deliver the pod before istio-cni's annotation.)
-// Where the agent installs ztdns into the node's CNI chain and finds no
-// istio-cni there (Policy.NoIstioCNI), no pod is taken for enrolled: the
-// annotation belongs to the pod and outlives the sandbox istio-cni set up.
+// Where the agent installs ztdns into the node's CNI chain and a pod's
+// sandbox was set up while istio-cni was not there (Policy.NoIstioCNI,
+// which pkg/capture sets per sandbox), that pod is not taken for enrolled:
+// the annotation belongs to the pod and outlives the sandbox istio-cni set
+// up. Pods set up before istio-cni left stay enrolled, as Istio leaves
+// them.
 //
 // Then a pod the source has not seen, where the source watches every pod of
 // the node (a Kubernetes API server), is left alone until the watch
@@ -191,10 +194,11 @@ type Policy struct {
 	// Until then the pod reaches nothing through the mesh whatever the
 	// answer; releasing it would only make its answers change twice.
 	RequireEnrollment bool
-	// NoIstioCNI says istio-cni is not in the node's CNI chain (no
-	// istio-cni entry with ambient on in the file the runtime uses, as the
-	// agent installing ztdns's entry finds it): istio-cni then set up no
-	// sandbox of the node, and an annotation a pod carries was written for
+	// NoIstioCNI says the pod's sandbox was set up while istio-cni was not
+	// in the node's CNI chain (no istio-cni entry with ambient on in the
+	// file the runtime uses, as the agent installing ztdns's entry finds
+	// it; pkg/capture decides it per sandbox): istio-cni set up nothing for
+	// it, and an annotation the pod carries was written for
 	// another sandbox (one made before istio-cni left, or on another node:
 	// a node rebooted after Istio was removed, a StatefulSet pod made
 	// again, a pod copied with its annotations), so with RequireEnrollment
