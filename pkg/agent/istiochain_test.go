@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"log/slog"
 	"slices"
 	"strings"
@@ -75,6 +76,36 @@ func TestIstioChainCountsALossAfterTheGrace(t *testing.T) {
 		}
 		if w := s.warning(); w == "" {
 			t.Errorf("status does not warn")
+		}
+	})
+}
+
+// TestIstioExcludesCompared: the namespaces istio-cni's chain entry
+// excludes are compared with --exclude-namespaces. A list cut at
+// cni.MaxIstioExcludeNamespaces differs even when what was read equals
+// --exclude-namespaces (istio-cni excludes more than was read).
+func TestIstioExcludesCompared(t *testing.T) {
+	t.Parallel()
+	const file = "/etc/cni/net.d/10-a.conflist"
+	newExcludes := func(own ...string) (*istioExcludes, *bytes.Buffer) {
+		var log bytes.Buffer
+		e := &istioExcludes{}
+		e.start(own, slog.New(slog.NewTextHandler(&log, nil)))
+		return e, &log
+	}
+	chain := func(cut bool, names ...string) cni.Chain {
+		return cni.Chain{File: file, IstioCNI: true, IstioExcludeNamespaces: names, IstioExcludeNamespacesKnown: true, IstioExcludeNamespacesCut: cut}
+	}
+
+	t.Run("a cut list", func(t *testing.T) {
+		t.Parallel()
+		e, _ := newExcludes("kube-system")
+		e.observe(chain(true, "kube-system"))
+		if !e.differs() {
+			t.Errorf("a list cut after kube-system compared equal to --exclude-namespaces [kube-system]")
+		}
+		if w := e.warning(); !strings.Contains(w, "excludes the namespaces [kube-system …]") {
+			t.Errorf("status warning %q does not show the list as cut", w)
 		}
 	})
 }

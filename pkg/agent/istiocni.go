@@ -349,10 +349,13 @@ func (e *istioExcludes) observe(c cni.Chain) {
 		return
 	}
 	var theirs []string
-	differ := c.IstioCNI && c.IstioExcludeNamespacesKnown
+	known := c.IstioCNI && c.IstioExcludeNamespacesKnown
+	differ := known
 	if differ {
 		theirs = sortedNames(c.IstioExcludeNamespaces)
-		differ = !slices.Equal(theirs, e.own)
+		// A cut list names more than was read: equal to own up to the
+		// cut is no proof that it is own.
+		differ = c.IstioExcludeNamespacesCut || !slices.Equal(theirs, e.own)
 	}
 	if differ == e.differ && slices.Equal(theirs, e.theirs) {
 		return
