@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"log/slog"
 	"slices"
 	"strings"
@@ -75,6 +76,56 @@ func TestIstioChainCountsALossAfterTheGrace(t *testing.T) {
 		}
 		if w := s.warning(); w == "" {
 			t.Errorf("status does not warn")
+		}
+	})
+}
+
+// TestIstioExcludesCompared: the namespaces istio-cni's chain entry
+// excludes are compared with --exclude-namespaces. A list cut at
+// cni.MaxIstioExcludeNamespaces differs even when what was read equals
+// --exclude-namespaces (istio-cni excludes more than was read). istio-cni's
+// entry gone after a difference (a primary plugin rewriting the file drops
+// it) ends the warning without saying the lists agree.
+func TestIstioExcludesCompared(t *testing.T) {
+	t.Parallel()
+	const file = "/etc/cni/net.d/10-a.conflist"
+	newExcludes := func(own ...string) (*istioExcludes, *bytes.Buffer) {
+		var log bytes.Buffer
+		e := &istioExcludes{}
+		e.start(own, slog.New(slog.NewTextHandler(&log, nil)))
+		return e, &log
+	}
+	chain := func(cut bool, names ...string) cni.Chain {
+		return cni.Chain{File: file, IstioCNI: true, IstioExcludeNamespaces: names, IstioExcludeNamespacesKnown: true, IstioExcludeNamespacesCut: cut}
+	}
+
+	t.Run("a cut list", func(t *testing.T) {
+		t.Parallel()
+		e, _ := newExcludes("kube-system")
+		e.observe(chain(true, "kube-system"))
+		if !e.differs() {
+			t.Errorf("a list cut after kube-system compared equal to --exclude-namespaces [kube-system]")
+		}
+		if w := e.warning(); !strings.Contains(w, "excludes the namespaces [kube-system …]") {
+			t.Errorf("status warning %q does not show the list as cut", w)
+		}
+	})
+	t.Run("the entry gone after a difference", func(t *testing.T) {
+		t.Parallel()
+		e, log := newExcludes("kube-system")
+		e.observe(chain(false, "kube-system", "monitoring"))
+		if !e.differs() {
+			t.Fatal("lists [kube-system monitoring] and [kube-system] compared equal")
+		}
+		e.observe(cni.Chain{File: file})
+		if e.differs() || e.warning() != "" {
+			t.Errorf("still differs (%v) or warns (%q) with istio-cni's entry gone", e.differs(), e.warning())
+		}
+		if strings.Contains(log.String(), "again") {
+			t.Errorf("istio-cni's entry gone was logged as the lists agreeing:\n%s", log)
+		}
+		if !strings.Contains(log.String(), "nothing to compare --exclude-namespaces with") {
+			t.Errorf("istio-cni's entry gone not logged:\n%s", log)
 		}
 	})
 }

@@ -349,10 +349,13 @@ func (e *istioExcludes) observe(c cni.Chain) {
 		return
 	}
 	var theirs []string
-	differ := c.IstioCNI && c.IstioExcludeNamespacesKnown
+	known := c.IstioCNI && c.IstioExcludeNamespacesKnown
+	differ := known
 	if differ {
 		theirs = sortedNames(c.IstioExcludeNamespaces)
-		differ = !slices.Equal(theirs, e.own)
+		// A cut list names more than was read: equal to own up to the
+		// cut is no proof that it is own.
+		differ = c.IstioExcludeNamespacesCut || !slices.Equal(theirs, e.own)
 	}
 	if differ == e.differ && slices.Equal(theirs, e.theirs) {
 		return
@@ -367,6 +370,10 @@ func (e *istioExcludes) observe(c cni.Chain) {
 	case differ:
 		e.log.Warn("istio-cni excludes other namespaces than --exclude-namespaces: "+e.advice(),
 			"file", c.File, "istio_cni", namesOrNone(theirs, e.cut), "exclude_namespaces", namesOrNone(e.own, false))
+	case was && !known:
+		// Not agreement: istio-cni's entry is gone (a primary plugin
+		// rewriting the file drops it for a moment) or has no list.
+		e.log.Info("istio-cni's entry in the node's CNI chain is gone or carries no exclude_namespaces: nothing to compare --exclude-namespaces with", "file", c.File)
 	case was:
 		e.log.Info("istio-cni excludes the namespaces --exclude-namespaces names again", "file", c.File)
 	}

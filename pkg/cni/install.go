@@ -76,8 +76,9 @@ type Chain struct {
 	// namespace excluded).
 	IstioExcludeNamespacesKnown bool
 	// IstioExcludeNamespacesCut says the entry named more than
-	// MaxIstioExcludeNamespaces namespaces (or one not a string), and
-	// IstioExcludeNamespaces holds the first of them only.
+	// MaxIstioExcludeNamespaces namespaces (or one not a string, or longer
+	// than a namespace name), and IstioExcludeNamespaces holds the first of
+	// them only.
 	IstioExcludeNamespacesCut bool
 }
 
@@ -85,6 +86,9 @@ type Chain struct {
 // is the node's, but a list past it is no configuration anyone means, and
 // the agent compares and reports it.
 const MaxIstioExcludeNamespaces = 256
+
+// maxNamespaceName is the longest namespace name (a DNS-1123 label).
+const maxNamespaceName = 63
 
 // ReadChain reads the Chain of the network configuration a runtime uses
 // in dir (see Install), ztdns's entry in it or not. A single-plugin .conf
@@ -132,7 +136,9 @@ func chainOf(path string) (Chain, error) {
 // excludeNamespacesOf reads istio-cni's exclude_namespaces, a list of
 // names (istio-cni's Go type: []string; null, as its installer writes an
 // empty list, excludes none). Names past MaxIstioExcludeNamespaces, and a
-// list holding anything else, are cut.
+// list holding anything else or a name longer than any namespace's, are
+// cut: the agent shows the names, which must not carry a broken file's
+// megabytes.
 func excludeNamespacesOf(raw json.RawMessage) (names []string, known, cut bool) {
 	if len(raw) == 0 {
 		return nil, false, false
@@ -146,7 +152,7 @@ func excludeNamespacesOf(raw json.RawMessage) (names []string, known, cut bool) 
 	}
 	for dec.More() {
 		var name string
-		if len(names) == MaxIstioExcludeNamespaces || dec.Decode(&name) != nil {
+		if len(names) == MaxIstioExcludeNamespaces || dec.Decode(&name) != nil || len(name) > maxNamespaceName {
 			return names, true, true
 		}
 		names = append(names, name)

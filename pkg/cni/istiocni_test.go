@@ -360,7 +360,8 @@ func TestUpsertEntryAfterIstioCNI(t *testing.T) {
 // it has an istio-cni entry with ambient on; an entry of istio-cni with
 // ambient off (its sidecar-only mode) enrolls no pod, so it does not count.
 // The namespaces that entry excludes are read as its installer writes them
-// (null for none), at most MaxIstioExcludeNamespaces of them.
+// (null for none), at most MaxIstioExcludeNamespaces of them, none longer
+// than a namespace name.
 func TestReadChain(t *testing.T) {
 	t.Parallel()
 	many := make([]string, MaxIstioExcludeNamespaces+1)
@@ -390,6 +391,8 @@ func TestReadChain(t *testing.T) {
 		{"istio-cni without the list", "10-a.conflist", istioWith(``), Chain{IstioCNI: true}},
 		{"istio-cni with a list of something else", "10-a.conflist", istioWith(`, "exclude_namespaces": "kube-system"`), Chain{IstioCNI: true}},
 		{"istio-cni with a number in its list", "10-a.conflist", istioWith(`, "exclude_namespaces": ["a", 1, "b"]`),
+			Chain{IstioCNI: true, IstioExcludeNamespaces: []string{"a"}, IstioExcludeNamespacesKnown: true, IstioExcludeNamespacesCut: true}},
+		{"istio-cni with a name no namespace has", "10-a.conflist", istioWith(`, "exclude_namespaces": ["a", "` + strings.Repeat("x", 64) + `", "b"]`),
 			Chain{IstioCNI: true, IstioExcludeNamespaces: []string{"a"}, IstioExcludeNamespacesKnown: true, IstioExcludeNamespacesCut: true}},
 		{"istio-cni excluding too many", "10-a.conflist", istioWith(`, "exclude_namespaces": ` + string(manyJSON)),
 			Chain{IstioCNI: true, IstioExcludeNamespaces: many[:MaxIstioExcludeNamespaces], IstioExcludeNamespacesKnown: true, IstioExcludeNamespacesCut: true}},
