@@ -53,11 +53,14 @@ func (h holding) Reply(req *dns.Msg, local netip.AddrPort) *dns.Msg {
 // a link of its own, as the node's end of each veth has the same one: the
 // query's interface is all that tells them apart. Each is a source of its
 // own: a pod holding its only forwarding slot gets SERVFAIL for its next
-// forwarded query, and the other pod, same address, still gets its answer.
+// forwarded query, and the other pod, same address, still gets its answer;
+// over TCP, the first pod is the same source as over UDP, refused too.
 // Before: a forwarded reply (and the limits' SERVFAIL) was sent without
 // the client's interface (sin6_scope_id 0), so the kernel sent it out of
 // the first interface with a link-local route, the first pod's, and the
-// second pod never got it; and both pods were one source.
+// second pod never got it; and both pods were one source. And a TCP
+// client's zone was its interface's name (fe80::2%veth…), a UDP one's its
+// index (fe80::2%7): the same client on the same link was two sources.
 func TestLinkLocalClientAnswered(t *testing.T) {
 	node := testenv.NewNode(t)
 	pods := []*testenv.Pod{node.AddPod(t, testenv.PodConfig{}), node.AddPod(t, testenv.PodConfig{})}
@@ -86,14 +89,19 @@ func TestLinkLocalClientAnswered(t *testing.T) {
 	}}, table.Options{})
 	s.SetTable(tbl)
 	var conn *net.UDPConn
+	var ln *net.TCPListener
 	if err := node.Do(func() (err error) {
-		conn, err = ListenUDP(netip.MustParseAddrPort("[::]:0"))
+		if conn, err = ListenUDP(netip.MustParseAddrPort("[::]:0")); err != nil {
+			return err
+		}
+		ln, err = ListenTCP(netip.AddrPortFrom(netip.IPv6Unspecified(), addrPortOf(conn.LocalAddr()).Port()))
 		return err
 	}); err != nil {
 		t.Fatal(err)
 	}
 	port := addrPortOf(conn.LocalAddr()).Port()
 	go s.ServeUDP(conn)
+	go s.ServeTCP(ln)
 	t.Cleanup(func() {
 		s.Close()
 		fwd.Close()
@@ -131,6 +139,16 @@ func TestLinkLocalClientAnswered(t *testing.T) {
 	if r := askOn(t, second, "other.example."); r == nil || r.Rcode != dns.RcodeSuccess || len(r.Answer) == 0 {
 		t.Errorf("pod 2, same link-local address on another link, while pod 1 holds its slot: %v, want its answer", r)
 	}
+	tcp := linkLocalTCPClient(t, pods[0], port)
+	q := new(dns.Msg)
+	q.SetQuestion("refused-tcp.example.", dns.TypeA)
+	tcp.SetDeadline(time.Now().Add(10 * time.Second))
+	if err := tcp.WriteMsg(q); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := tcp.ReadMsg(); err != nil || r.Rcode != dns.RcodeServerFailure {
+		t.Errorf("pod 1 over TCP, its slot held over UDP: %v (%v), want SERVFAIL: the same source", r, err)
+	}
 }
 
 // linkLocalClient is a UDP socket in p bound to podLinkLocal on its eth0,
@@ -157,6 +175,28 @@ func linkLocalClient(t *testing.T, p *testenv.Pod, port uint16) *net.UDPConn {
 	}
 	t.Cleanup(func() { c.Close() })
 	return c
+}
+
+// linkLocalTCPClient is a DNS connection over TCP from p, as
+// linkLocalClient's socket.
+func linkLocalTCPClient(t *testing.T, p *testenv.Pod, port uint16) *dns.Conn {
+	t.Helper()
+	var c net.Conn
+	err := p.Do(func() error {
+		ifi, err := net.InterfaceByName("eth0")
+		if err != nil {
+			return err
+		}
+		zone := strconv.Itoa(ifi.Index)
+		d := net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(podLinkLocal.WithZone(zone), 0))}
+		c, err = d.Dial("tcp6", netip.AddrPortFrom(nodeLinkLocal.WithZone(zone), port).String())
+		return err
+	})
+	if err != nil {
+		t.Fatalf("a link-local TCP client in %s: %v", p.Name, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return &dns.Conn{Conn: c}
 }
 
 func sendQuery(c *net.UDPConn, m *dns.Msg) error {

@@ -33,7 +33,7 @@ const (
 // their connections while the server was quieter would keep the others
 // out for good.
 func (s *Server) admitConn(c *net.TCPConn, local netip.AddrPort) bool {
-	src := addrPortOf(c.RemoteAddr())
+	src := tcpPeer(c)
 	_, source := s.sourceOf(src.Addr(), s.clock())
 	v := source.OpenConn(s.opts.Limits.TCPConns, s.tcpOpen)
 	if v == quota.OverPool && s.makeRoom(source) {

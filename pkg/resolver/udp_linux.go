@@ -347,6 +347,35 @@ func parseSockaddr(b []byte) (netip.AddrPort, bool) {
 	return netip.AddrPort{}, false
 }
 
+// tcpPeer is c's remote address as parseSockaddr reads a UDP client's.
+// net spells a link-local address's zone with its interface's name
+// (fe80::2%veth1), parseSockaddr with the index (fe80::2%7), and the
+// zone is part of the per-source key: the same client on the same link
+// must be one source over TCP and UDP. Only a zoned (link-local) address
+// costs the getpeername; should it fail, net's spelling stays.
+func tcpPeer(c *net.TCPConn) netip.AddrPort {
+	src := addrPortOf(c.RemoteAddr())
+	if src.Addr().Zone() == "" {
+		return src
+	}
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return src
+	}
+	var sa [sockaddrLen]byte
+	n := uint32(len(sa))
+	var errno syscall.Errno
+	if err := rc.Control(func(fd uintptr) {
+		_, _, errno = unix.RawSyscall(unix.SYS_GETPEERNAME, fd, uintptr(unsafe.Pointer(&sa[0])), uintptr(unsafe.Pointer(&n)))
+	}); err != nil || errno != 0 {
+		return src
+	}
+	if peer, ok := parseSockaddr(sa[:min(int(n), len(sa))]); ok {
+		return peer
+	}
+	return src
+}
+
 // putSockaddr writes client into sa as parseSockaddr read it: a
 // sockaddr_in for an AF_INET socket (inet4), else a sockaddr_in6, an IPv4
 // client v4-mapped, a zone (parseSockaddr's interface index) its scope id.
