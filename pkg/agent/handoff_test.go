@@ -48,7 +48,7 @@ type testAgent struct {
 func startTestAgent(t *testing.T, dir, socket string, listen netip.AddrPort, upstream netip.AddrPort, metrics string, extra ...func(*Config)) *testAgent {
 	t.Helper()
 	ta := runTestAgent(t, dir, socket, listen, upstream, metrics, extra...)
-	waitReady(t, socket)
+	waitReadyWhileRunning(t, socket, ta)
 	return ta
 }
 
@@ -111,12 +111,28 @@ func (ta *testAgent) exited(t *testing.T, stillRunning string) error {
 
 func waitReady(t *testing.T, socket string) {
 	t.Helper()
+	waitReadyWhileRunning(t, socket, nil)
+}
+
+// waitReadyWhileRunning is waitReady, failing at once with what Run
+// returned if ta (nil: not watched) exits first: an agent that refused to
+// start is not one slow to get ready.
+func waitReadyWhileRunning(t *testing.T, socket string, ta *testAgent) {
+	t.Helper()
 	c := control.NewClient(socket, time.Second)
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		st, err := c.Status(context.Background())
 		if err == nil && st.Ready {
 			return
+		}
+		if ta != nil {
+			select {
+			case exit := <-ta.done:
+				ta.done <- exit
+				t.Fatalf("agent exited before it was ready: %v (last status: %v %+v)", exit, err, st)
+			default:
+			}
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("agent not ready within 10s: %v %+v", err, st)
