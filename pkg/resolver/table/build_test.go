@@ -28,9 +28,19 @@ func incrementalMatchesFresh(t *testing.T, opts Options) {
 	bld := NewBuilder(opts)
 	namespaces := []string{"", "default", "team-a", "team-b", "other"}
 	over := 0
+	// The last table, and its rows: the next build shares its shards and
+	// entries (assemble), and must change neither.
+	var last *Table
+	var lastRows map[string][]Row
 	for step := range 1000 {
 		s = mutate(rng, s, step)
 		inc, incWarn := bld.Build(s)
+		for ns, rows := range lastRows {
+			if got := last.Rows(ns); !reflect.DeepEqual(got, rows) {
+				t.Fatalf("step %d, namespace %q: building the next table changed the last one\n now %v\n was %v", step, ns, got, rows)
+			}
+		}
+		last, lastRows = inc, map[string][]Row{}
 		fresh, freshWarn := Build(s, opts)
 		if !slices.EqualFunc(incWarn, freshWarn, func(a, b error) bool { return a.Error() == b.Error() }) {
 			t.Fatalf("step %d: warnings differ\n inc %v\nfresh %v", step, incWarn, freshWarn)
@@ -39,9 +49,11 @@ func incrementalMatchesFresh(t *testing.T, opts Options) {
 			t.Fatalf("step %d: %d names incrementally, %d fresh", step, inc.Len(), fresh.Len())
 		}
 		for _, ns := range namespaces {
-			if a, b := inc.Rows(ns), fresh.Rows(ns); !reflect.DeepEqual(a, b) {
+			a, b := inc.Rows(ns), fresh.Rows(ns)
+			if !reflect.DeepEqual(a, b) {
 				t.Fatalf("step %d, namespace %q: incremental table differs from a fresh build\n inc %v\nfresh %v", step, ns, a, b)
 			}
+			lastRows[ns] = a
 		}
 		if n, _ := bld.OverBudget(); n > 0 {
 			over++

@@ -637,12 +637,14 @@ func noVIPOf(se *model.ServiceEntry) string {
 // there: it gets an entry without records (vipless), so that a newer
 // ServiceEntry of its namespace, which ztunnel never sees, does not answer.
 //
-// spec.addresses are shared by all its hosts, made once. Their reverse
-// names point at one host only, the first by name: a PTR answer for a
-// ServiceEntry's address names one host (Table.ptrOwners), the one that
-// comes first among those visible to the asker, and every host of one
-// entry is visible to the same pods. So an entry's hosts times its
-// addresses cost no more than the hosts plus the addresses.
+// spec.addresses are made once: more than two are shared by all its
+// hosts; one or two are copied into each host's own allocation (pack), at
+// most 48 bytes a host. Their reverse names point at one host only, the
+// first by name: a PTR answer for a ServiceEntry's address names one host
+// (Table.ptrOwners), the one that comes first among those visible to the
+// asker, and every host of one entry is visible to the same pods. So an
+// entry's hosts times its addresses cost no more than the hosts plus the
+// addresses.
 func serviceEntryEntries(n names, src *source, se *model.ServiceEntry, own []hostAddrs, from vip.From) entrySet {
 	var out entrySet
 	var spec []netip.Addr

