@@ -70,12 +70,16 @@ const HeartbeatEvery = time.Second
 
 // stallAfter is how long queries may wait unread on one of the resolver's
 // sockets before the agent holds its heartbeat back (holdBeat), for the
-// staleness bound stale: a third of it, at most a beat. Stalled is asked
-// at each beat and sees queries waiting first, so the beat after is the
-// first held back, and captured pods fail open within stale and a beat of
-// queries first waiting unread.
+// staleness bound stale: a third of it, at most half a beat. Stalled is
+// asked at each beat and sees queries waiting first, so the beat after is
+// the first held back, and captured pods fail open within stale and a beat
+// of queries first waiting unread. Half a beat, not a whole one: beats are
+// timed by when their goroutine runs, and one that runs late followed by
+// one on time are less than a beat apart (by a few ms at rest, hundreds on
+// a loaded node), which a whole beat would let through, holding back only
+// the beat after that. Stalled still wants no read between two beats.
 func stallAfter(stale time.Duration) time.Duration {
-	return min(HeartbeatEvery, cmp.Or(stale, redirect.DefaultStaleAfter)/3)
+	return min(HeartbeatEvery/2, cmp.Or(stale, redirect.DefaultStaleAfter)/3)
 }
 
 // metricResolverStalls counts the times holdBeat held the heartbeat back.

@@ -5,16 +5,24 @@ package agent
 import (
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"golang.org/x/sys/unix"
 
 	"github.com/ztdns/ztdns/internal/dnstest"
 	"github.com/ztdns/ztdns/internal/testenv"
+	"github.com/ztdns/ztdns/pkg/podcache"
+	"github.com/ztdns/ztdns/pkg/redirect"
+	"github.com/ztdns/ztdns/pkg/resolver"
+	"github.com/ztdns/ztdns/pkg/resolver/quota"
 )
 
 // TestHungResolverFailsOpen: a resolver that stops reading a socket (its
@@ -100,3 +108,93 @@ func TestHungResolverFailsOpen(t *testing.T) {
 		}
 	}
 }
+
+// TestStallHeldAtTheBeatAfter: once a beat has seen queries waiting
+// unread on a resolver socket whose loop hangs, the next beat is held back
+// even when it runs early against the one before: beats are timed by when
+// their goroutine runs, and one that ran late (by 280 ms on a loaded test
+// machine) followed by one on time are 720 ms apart. (Before: a stall
+// counted only from a whole beat on at the default --heartbeat-stale, so
+// about every other time, the jitter of two beats at rest, and always
+// after a late one, the heartbeat was held back a beat later than the
+// README's bound, --heartbeat-stale and a beat.) The beats' times are the
+// test's: nothing here waits on the clock.
+func TestStallHeldAtTheBeatAfter(t *testing.T) {
+	pods := &hangingPods{entered: make(chan struct{}, 1), release: make(chan struct{})}
+	s := resolver.New(resolver.Options{Pods: pods, Limits: quota.Limits{QPS: -1}, Logger: slog.New(slog.DiscardHandler)})
+	t.Cleanup(func() { s.Close() })
+	conn, err := resolver.ListenUDP(netip.MustParseAddrPort("127.0.0.1:0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	go s.ServeUDP(conn)
+	t.Cleanup(pods.unhang) // before the server closes: its loop must end
+	client, err := net.DialUDP("udp4", nil, conn.LocalAddr().(*net.UDPAddr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { client.Close() })
+
+	c := &dataplane{cfg: CaptureConfig{StaleAfter: redirect.DefaultStaleAfter}, log: slog.New(slog.DiscardHandler), stalled: s.Stalled}
+	pods.hanging.Store(true)
+	q := new(dns.Msg).SetQuestion("address.internal.", dns.TypeA)
+	wire, err := q.Pack()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.Write(wire); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-pods.entered:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the query never reached the resolver's loop")
+	}
+	if _, err := client.Write(wire); err != nil { // waits unread behind the hung one
+		t.Fatal(err)
+	}
+	rc, err := conn.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 10*time.Second, "the second query queued in the socket", func() bool {
+		queued := 0
+		rc.Control(func(fd uintptr) { queued, _ = unix.IoctlGetInt(int(fd), unix.SIOCINQ) })
+		return queued > 0
+	})
+	late := time.Now()
+	if c.holdBeat(late) {
+		t.Fatal("the beat that first sees a query waiting is held back")
+	}
+	if !c.holdBeat(late.Add(720 * time.Millisecond)) {
+		t.Error("the beat after, 720 ms on, is not held back with the query still waiting unread")
+	}
+	pods.unhang()
+}
+
+// hangingPods finds no pod; its Lookup, which the resolver's loop calls
+// for every query, hangs while hanging is set, until unhang: a deadlock
+// in the answer path.
+type hangingPods struct {
+	hanging     atomic.Bool
+	entered     chan struct{}
+	release     chan struct{}
+	releaseOnce sync.Once
+}
+
+func (p *hangingPods) Lookup(netip.Addr) *podcache.Pod {
+	if p.hanging.Load() {
+		select {
+		case p.entered <- struct{}{}:
+		default:
+		}
+		<-p.release
+	}
+	return nil
+}
+
+func (p *hangingPods) Owners() map[netip.Addr]*podcache.Pod { return nil }
+func (p *hangingPods) List() []*podcache.Pod                { return nil }
+func (p *hangingPods) OnChange(func()) (stop func())        { return func() {} }
+func (p *hangingPods) unhang()                              { p.releaseOnce.Do(func() { close(p.release) }) }

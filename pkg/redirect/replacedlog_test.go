@@ -93,3 +93,32 @@ func replacedLines(log string) map[string]string {
 	}
 	return lines
 }
+
+// TestEveryMapSaysWhatReplacingItLoses: each of the programs' maps is
+// either lost when replaced (layoutLoss) or written afresh by the agent
+// (rewritten), not both: a map added to ztdns.h and to neither would be
+// logged at an upgrade as losing nothing, however much it held.
+func TestEveryMapSaysWhatReplacingItLoses(t *testing.T) {
+	spec, err := loadZtdns()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name := range spec.Maps {
+		if strings.HasPrefix(name, ".") { // the programs' global data, never pinned
+			continue
+		}
+		if lost, written := layoutLoss[name] != "", rewritten[name] != ""; lost == written {
+			t.Errorf("map %s: in layoutLoss %v, in rewritten %v; want it in one of them", name, lost, written)
+		}
+	}
+	for name := range layoutLoss {
+		if spec.Maps[name] == nil {
+			t.Errorf("layoutLoss names %s, no map of the programs", name)
+		}
+	}
+	for name := range rewritten {
+		if spec.Maps[name] == nil {
+			t.Errorf("rewritten names %s, no map of the programs", name)
+		}
+	}
+}
