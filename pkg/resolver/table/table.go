@@ -415,16 +415,6 @@ type bucket struct {
 	many []*Entry // nil unless several; many[0] == one
 }
 
-func bucketOf(list []*Entry) bucket {
-	switch len(list) {
-	case 0:
-		return bucket{}
-	case 1:
-		return bucket{one: list[0]}
-	}
-	return bucket{one: list[0], many: list}
-}
-
 func (b bucket) len() int {
 	if b.many != nil {
 		return len(b.many)
