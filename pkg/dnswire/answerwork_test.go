@@ -125,7 +125,10 @@ func TestOrdinaryAnswerAllocatesNoHashes(t *testing.T) {
 }
 
 // answersTypeBefore is answersType as it was before it compared hashes:
-// every owner read on every pass. The rule answersType must keep.
+// every owner read on every pass. The rule answersType must keep. A copy
+// on purpose, not shared with reply.go: the reference TestAnswersTypeAsBefore
+// and FuzzAnswersType hold answersTypeWork to (a shared helper would
+// compare the code with itself).
 func answersTypeBefore(msg []byte, off, count int, qtype uint16) (bool, error) {
 	var nameBuf, ownerBuf [maxNameLen]byte
 	name, _, err := readName(msg, HeaderLen, &nameBuf)

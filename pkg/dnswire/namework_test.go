@@ -11,7 +11,10 @@ import (
 
 // checkNameBefore is checkName as it was before it remembered what it
 // found, each name walked to its end: the rule nameCheck must keep. It
-// counts its steps as nameCheck counts them in steps.
+// counts its steps as nameCheck counts them in steps. A copy on purpose,
+// not shared with names.go: the reference the equivalence tests and
+// FuzzNameCheck hold nameCheck to, and the work count it is measured
+// against (a shared helper would compare the code with itself).
 func checkNameBefore(msg []byte, off, end int, ttls []uint16, steps *int) (next int, err error) {
 	next = -1
 	led := -1 // where the labels the last pointer led to start
@@ -70,7 +73,8 @@ func checkNameBefore(msg []byte, off, end int, ttls []uint16, steps *int) (next 
 
 // walkNames checks every name of msg with check, in the order ScanReply
 // (withTTLs: each record's names with its TTL and those before among
-// ttls) or PlanFit (none) does, and returns the first error.
+// ttls) or PlanFit (none) does, and returns the first error. Its own
+// walk, so that both checks see the same names in the same order.
 func walkNames(msg []byte, withTTLs bool, check func(off, end int, ttls []uint16) (int, error)) error {
 	h, err := ReadHeader(msg)
 	if err != nil {

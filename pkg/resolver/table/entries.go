@@ -756,7 +756,7 @@ func hiddenEntries(list []*Entry) []objWarning {
 		if j > 0 && list[j-1].src == e.src {
 			continue // a host the object lists twice: warned of once
 		}
-		if e.src.kind == kindServiceEntry && by.src.kind == kindServiceEntry && !e.passed && !e.forward && seenBySome(e) {
+		if e.kind == kindServiceEntry && by.kind == kindServiceEntry && !e.passed && !e.forward && seenBySome(e) {
 			out = append(out, objWarning{key: e.src.objKey(), err: hiddenWarning(e, by)})
 		}
 	}
@@ -981,7 +981,7 @@ func originOf(src *source) Origin {
 // compareEntries.
 func compareOwners(a, c *Entry) int {
 	return cmp.Or(-cmp.Compare(boolInt(a.isEndpoint()), boolInt(c.isEndpoint())),
-		cmp.Compare(a.src.kind, c.src.kind), compareEntries(a, c))
+		cmp.Compare(a.kind, c.kind), compareEntries(a, c))
 }
 
 func boolInt(b bool) int {

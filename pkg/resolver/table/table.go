@@ -121,7 +121,7 @@ type Entry struct {
 	src  *source
 	// n4 is how many of Addrs are IPv4.
 	n4 uint32
-	// ttl, kind: src's.
+	// ttl, kind: src's (setSource), read from here rather than src.
 	ttl  uint32
 	kind uint8
 	// addrSource says where Addrs came from.
@@ -415,16 +415,6 @@ type bucket struct {
 	many []*Entry // nil unless several; many[0] == one
 }
 
-func bucketOf(list []*Entry) bucket {
-	switch len(list) {
-	case 0:
-		return bucket{}
-	case 1:
-		return bucket{one: list[0]}
-	}
-	return bucket{one: list[0], many: list}
-}
-
 func (b bucket) len() int {
 	if b.many != nil {
 		return len(b.many)
@@ -617,7 +607,7 @@ func (t *Table) ptrOwners(entries bucket, ns string) bucket {
 	if n := leadingEndpoints(entries.many); n > 1 {
 		return bucket{one: entries.many[0], many: entries.many[:n]}
 	}
-	if entries.one != nil && (entries.one.isEndpoint() || entries.one.src.kind == kindService) {
+	if entries.one != nil && (entries.one.isEndpoint() || entries.one.kind == kindService) {
 		// The only endpoint (many[0] is one), or a Service's ClusterIP:
 		// kube-dns answers it, and Istio forwards PTR queries there, from
 		// every namespace, whatever ServiceEntry also lists the address.
@@ -685,7 +675,7 @@ func (t *Table) Find(name, ns string) *Entry {
 func (t *Table) FindService(name string) *Entry {
 	b := t.lookup(name)
 	for i := range b.len() {
-		if e := b.at(i); e.src.kind == kindService {
+		if e := b.at(i); e.kind == kindService {
 			e, _ = held(e)
 			return e
 		}
