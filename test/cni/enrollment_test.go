@@ -4,9 +4,6 @@ package cnie2e
 
 import (
 	"context"
-	"encoding/json"
-	"os"
-	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -112,7 +109,7 @@ func TestIstioCNIExcludeNamespacesCompared(t *testing.T) {
 	t.Parallel()
 	n := newCapturingNode(t, NodeOptions{})
 	n.sourceArgs = append(n.sourceArgs, "--cni-install", "--cni-bin-dir", n.BinDir, "--cni-conf-dir", n.ConfDir)
-	n.istioCNIEntryExcluding(t, "kube-system", "monitoring")
+	n.istioCNIEntry(t, true, "kube-system", "monitoring")
 	const metrics = "127.0.0.1:15053" // the node namespace's own loopback
 	a := testenv.StartAgent(t, n.Node, n.bin, append(n.agentArgs(), "--metrics", metrics)...)
 	a.WaitReady(t, n.Socket, 30*time.Second)
@@ -129,7 +126,7 @@ func TestIstioCNIExcludeNamespacesCompared(t *testing.T) {
 		t.Errorf("%s = %v while the lists differ, want 1", gauge, got)
 	}
 
-	n.istioCNIEntryExcluding(t, "kube-system") // istio-cni's installer, its excludeNamespaces changed
+	n.istioCNIEntry(t, true, "kube-system") // istio-cni's installer, its excludeNamespaces changed
 	deadline := time.Now().Add(30 * time.Second)
 	for n.statusWarning(t, warning) != "" {
 		if time.Now().After(deadline) {
@@ -142,33 +139,5 @@ func TestIstioCNIExcludeNamespacesCompared(t *testing.T) {
 	}
 	if got := strings.Count(a.Log(), "istio-cni excludes other namespaces than --exclude-namespaces"); got != 1 {
 		t.Errorf("logged the difference %d times, want once:\n%s", got, a.Log())
-	}
-}
-
-// istioCNIEntryExcluding puts istio-cni's entry, excluding namespaces, last
-// in the runtime's conflist, as its installer does (see istioCNIEntry).
-func (n *capturingNode) istioCNIEntryExcluding(t *testing.T, namespaces ...string) {
-	t.Helper()
-	var conf map[string]any
-	data, err := os.ReadFile(n.ConfFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := json.Unmarshal(data, &conf); err != nil {
-		t.Fatal(err)
-	}
-	plugins := slices.DeleteFunc(conf["plugins"].([]any), func(p any) bool { return p.(map[string]any)["type"] == "istio-cni" })
-	conf["plugins"] = append(plugins, map[string]any{"name": "istio-cni", "type": "istio-cni", "ambient_enabled": true,
-		"cni_agent_run_dir": "/var/run/istio-cni", "exclude_namespaces": namespaces, "pod_namespace": "istio-system"})
-	out, err := json.MarshalIndent(conf, "", "  ")
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmp := n.ConfFile + ".tmp"
-	if err := os.WriteFile(tmp, append(out, '\n'), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(tmp, n.ConfFile); err != nil {
-		t.Fatal(err)
 	}
 }

@@ -63,7 +63,7 @@ func TestKubeEnrolledPodWithoutIstioCNIInTheChain(t *testing.T) {
 
 	// istio-cni's installer appends its entry; the agent puts ztdns's
 	// after it.
-	n.istioCNIEntry(t, true)
+	n.istioCNIEntry(t, true, "kube-system")
 	n.waitMarked(t, p, true, markBound)
 	n.requireRow(t, p, ips, true, ambient.ReasonAmbient)
 	n.requireCaptured(t, p)
@@ -127,10 +127,11 @@ func (n *capturingNode) waitStatusWarning(t *testing.T, substr string, within ti
 	}
 }
 
-// istioCNIEntry adds istio-cni's entry to the runtime's conflist, last, as
-// its installer does (insertCNIConfig: the file read, re-marshalled,
-// written by rename), or removes it, as its Cleanup does.
-func (n *capturingNode) istioCNIEntry(t *testing.T, add bool) {
+// istioCNIEntry adds istio-cni's entry, excluding the namespaces excluded
+// (its excludeNamespaces), to the runtime's conflist, last, replacing any
+// it had, as its installer does (insertCNIConfig: the file read,
+// re-marshalled, written by rename), or removes it, as its Cleanup does.
+func (n *capturingNode) istioCNIEntry(t *testing.T, add bool, excluded ...string) {
 	t.Helper()
 	var conf map[string]any
 	data, err := os.ReadFile(n.ConfFile)
@@ -143,7 +144,7 @@ func (n *capturingNode) istioCNIEntry(t *testing.T, add bool) {
 	plugins := slices.DeleteFunc(conf["plugins"].([]any), func(p any) bool { return p.(map[string]any)["type"] == "istio-cni" })
 	if add {
 		plugins = append(plugins, map[string]any{"name": "istio-cni", "type": "istio-cni", "ambient_enabled": true,
-			"cni_agent_run_dir": "/var/run/istio-cni", "exclude_namespaces": []string{"kube-system"}, "pod_namespace": "istio-system"})
+			"cni_agent_run_dir": "/var/run/istio-cni", "exclude_namespaces": excluded, "pod_namespace": "istio-system"})
 	}
 	conf["plugins"] = plugins
 	out, err := json.MarshalIndent(conf, "", "  ")
