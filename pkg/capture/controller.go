@@ -442,18 +442,19 @@ func (c *Controller) applyLocked(a podcache.Attachment) error {
 		return err
 	}
 	prev, replaced := c.pods.Attachment(a.Key())
-	if announcedByADD(a) && (!replaced || prev.NetnsCookie != a.NetnsCookie) {
-		// A new sandbox: set up with istio-cni or without, as the chain
-		// is now. A record replaced for the same one keeps what it says.
-		c.graceMu.Lock()
-		if c.noIstioCNI.Load() {
-			c.addedWithoutIstioCNI[a.Key()] = true
-		} else {
-			delete(c.addedWithoutIstioCNI, a.Key())
-		}
-		c.graceMu.Unlock()
-	}
 	if announcedByADD(a) {
+		if !replaced || prev.NetnsCookie != a.NetnsCookie {
+			// A new sandbox: set up with istio-cni or without, as the
+			// chain is now. A record replaced for the same one keeps what
+			// it says.
+			c.graceMu.Lock()
+			if c.noIstioCNI.Load() {
+				c.addedWithoutIstioCNI[a.Key()] = true
+			} else {
+				delete(c.addedWithoutIstioCNI, a.Key())
+			}
+			c.graceMu.Unlock()
+		}
 		delete(c.deleted, a.Namespace+"/"+a.Name) // its sandbox is back
 		// A CNI ADD (a replayed one, say) of a sandbox adopted before it:
 		// the ADD's record is the one its DEL names, and two records of one
