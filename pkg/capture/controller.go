@@ -304,7 +304,7 @@ const EnrollmentGrace = 5 * time.Second
 // and istio-cni has had its time. When the grace ends the controller
 // decides again (graceEnded).
 func (c *Controller) inEnrollmentGrace(att podcache.Attachment) bool {
-	if !c.cfg.RequireEnrollment || !c.cfg.PodsWatched || att.ContainerID == "" || strings.HasPrefix(att.ContainerID, AdoptedPrefix) {
+	if !c.cfg.RequireEnrollment || !c.cfg.PodsWatched || !announcedByADD(att) {
 		return false
 	}
 	key := att.Key()
