@@ -550,7 +550,10 @@ func (f *agentFlags) config(src source.Source, node resolvconf.Config, upstreams
 // checkNamespace refuses a name no namespace can have; empty is the
 // flag's "none" or "default", and passes.
 func checkNamespace(name string) error {
-	if msgs := validation.IsDNS1123Label(name); name != "" && len(msgs) > 0 {
+	if name == "" {
+		return nil
+	}
+	if msgs := validation.IsDNS1123Label(name); len(msgs) > 0 {
 		return fmt.Errorf("not a namespace name: %s", strings.Join(msgs, "; "))
 	}
 	return nil

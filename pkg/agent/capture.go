@@ -340,12 +340,7 @@ func (c *dataplane) stallReason() string {
 	if len(c.stalls) == 0 {
 		return ""
 	}
-	since := c.stalls[0].Since
-	for _, st := range c.stalls[1:] {
-		if st.Since.Before(since) {
-			since = st.Since
-		}
-	}
+	since := slices.MinFunc(c.stalls, func(a, b resolver.Stall) int { return a.Since.Compare(b.Since) }).Since
 	return fmt.Sprintf("the resolver has read no query waiting on %s for %s: the agent holds its heartbeat back until it reads again",
 		strings.Join(stallNames(c.stalls), ", "), time.Since(since).Round(time.Second))
 }

@@ -9,7 +9,6 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -19,7 +18,6 @@ import (
 
 	"github.com/ztdns/ztdns/internal/dnstest"
 	"github.com/ztdns/ztdns/internal/testenv"
-	"github.com/ztdns/ztdns/pkg/podcache"
 	"github.com/ztdns/ztdns/pkg/redirect"
 	"github.com/ztdns/ztdns/pkg/resolver"
 	"github.com/ztdns/ztdns/pkg/resolver/quota"
@@ -120,7 +118,7 @@ func TestHungResolverFailsOpen(t *testing.T) {
 // README's bound, --heartbeat-stale and a beat.) The beats' times are the
 // test's: nothing here waits on the clock.
 func TestStallHeldAtTheBeatAfter(t *testing.T) {
-	pods := &hangingPods{entered: make(chan struct{}, 1), release: make(chan struct{})}
+	pods := dnstest.NewHangingPods()
 	s := resolver.New(resolver.Options{Pods: pods, Limits: quota.Limits{QPS: -1}, Logger: slog.New(slog.DiscardHandler)})
 	t.Cleanup(func() { s.Close() })
 	conn, err := resolver.ListenUDP(netip.MustParseAddrPort("127.0.0.1:0"))
@@ -129,7 +127,7 @@ func TestStallHeldAtTheBeatAfter(t *testing.T) {
 	}
 	t.Cleanup(func() { conn.Close() })
 	go s.ServeUDP(conn)
-	t.Cleanup(pods.unhang) // before the server closes: its loop must end
+	t.Cleanup(pods.Unhang) // before the server closes: its loop must end
 	client, err := net.DialUDP("udp4", nil, conn.LocalAddr().(*net.UDPAddr))
 	if err != nil {
 		t.Fatal(err)
@@ -137,7 +135,7 @@ func TestStallHeldAtTheBeatAfter(t *testing.T) {
 	t.Cleanup(func() { client.Close() })
 
 	c := &dataplane{cfg: CaptureConfig{StaleAfter: redirect.DefaultStaleAfter}, log: slog.New(slog.DiscardHandler), stalled: s.Stalled}
-	pods.hanging.Store(true)
+	pods.Hanging.Store(true)
 	q := new(dns.Msg).SetQuestion("address.internal.", dns.TypeA)
 	wire, err := q.Pack()
 	if err != nil {
@@ -146,11 +144,7 @@ func TestStallHeldAtTheBeatAfter(t *testing.T) {
 	if _, err := client.Write(wire); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case <-pods.entered:
-	case <-time.After(10 * time.Second):
-		t.Fatal("the query never reached the resolver's loop")
-	}
+	pods.WaitHung(t, "the query")
 	if _, err := client.Write(wire); err != nil { // waits unread behind the hung one
 		t.Fatal(err)
 	}
@@ -170,31 +164,5 @@ func TestStallHeldAtTheBeatAfter(t *testing.T) {
 	if !c.holdBeat(late.Add(720 * time.Millisecond)) {
 		t.Error("the beat after, 720 ms on, is not held back with the query still waiting unread")
 	}
-	pods.unhang()
+	pods.Unhang()
 }
-
-// hangingPods finds no pod; its Lookup, which the resolver's loop calls
-// for every query, hangs while hanging is set, until unhang: a deadlock
-// in the answer path.
-type hangingPods struct {
-	hanging     atomic.Bool
-	entered     chan struct{}
-	release     chan struct{}
-	releaseOnce sync.Once
-}
-
-func (p *hangingPods) Lookup(netip.Addr) *podcache.Pod {
-	if p.hanging.Load() {
-		select {
-		case p.entered <- struct{}{}:
-		default:
-		}
-		<-p.release
-	}
-	return nil
-}
-
-func (p *hangingPods) Owners() map[netip.Addr]*podcache.Pod { return nil }
-func (p *hangingPods) List() []*podcache.Pod                { return nil }
-func (p *hangingPods) OnChange(func()) (stop func())        { return func() {} }
-func (p *hangingPods) unhang()                              { p.releaseOnce.Do(func() { close(p.release) }) }

@@ -304,7 +304,7 @@ const EnrollmentGrace = 5 * time.Second
 // and istio-cni has had its time. When the grace ends the controller
 // decides again (graceEnded).
 func (c *Controller) inEnrollmentGrace(att podcache.Attachment) bool {
-	if !c.cfg.RequireEnrollment || !c.cfg.PodsWatched || att.ContainerID == "" || strings.HasPrefix(att.ContainerID, AdoptedPrefix) {
+	if !c.cfg.RequireEnrollment || !c.cfg.PodsWatched || !announcedByADD(att) {
 		return false
 	}
 	key := att.Key()
@@ -442,18 +442,19 @@ func (c *Controller) applyLocked(a podcache.Attachment) error {
 		return err
 	}
 	prev, replaced := c.pods.Attachment(a.Key())
-	if announcedByADD(a) && (!replaced || prev.NetnsCookie != a.NetnsCookie) {
-		// A new sandbox: set up with istio-cni or without, as the chain
-		// is now. A record replaced for the same one keeps what it says.
-		c.graceMu.Lock()
-		if c.noIstioCNI.Load() {
-			c.addedWithoutIstioCNI[a.Key()] = true
-		} else {
-			delete(c.addedWithoutIstioCNI, a.Key())
-		}
-		c.graceMu.Unlock()
-	}
 	if announcedByADD(a) {
+		if !replaced || prev.NetnsCookie != a.NetnsCookie {
+			// A new sandbox: set up with istio-cni or without, as the
+			// chain is now. A record replaced for the same one keeps what
+			// it says.
+			c.graceMu.Lock()
+			if c.noIstioCNI.Load() {
+				c.addedWithoutIstioCNI[a.Key()] = true
+			} else {
+				delete(c.addedWithoutIstioCNI, a.Key())
+			}
+			c.graceMu.Unlock()
+		}
 		delete(c.deleted, a.Namespace+"/"+a.Name) // its sandbox is back
 		// A CNI ADD (a replayed one, say) of a sandbox adopted before it:
 		// the ADD's record is the one its DEL names, and two records of one

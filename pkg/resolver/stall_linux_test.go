@@ -8,14 +8,13 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/miekg/dns"
 
+	"github.com/ztdns/ztdns/internal/dnstest"
 	"github.com/ztdns/ztdns/internal/testenv"
-	"github.com/ztdns/ztdns/pkg/podcache"
 )
 
 // BenchmarkUDPLoop answers table queries through a socket's real loop
@@ -60,44 +59,6 @@ func BenchmarkUDPLoop(b *testing.B) {
 	}
 }
 
-// hangingPods finds no pod, and its Lookup, which the loops call for
-// every query and connection, hangs from hang until release: a deadlock
-// in the answer path, as a test makes one.
-type hangingPods struct {
-	noPods
-	hanging     atomic.Bool
-	entered     chan struct{} // one send per Lookup that hangs
-	releaseOnce sync.Once
-	release     chan struct{}
-}
-
-func newHangingPods() *hangingPods {
-	return &hangingPods{entered: make(chan struct{}, 16), release: make(chan struct{})}
-}
-
-func (p *hangingPods) Lookup(netip.Addr) *podcache.Pod {
-	if p.hanging.Load() {
-		select {
-		case p.entered <- struct{}{}:
-		default:
-		}
-		<-p.release
-	}
-	return nil
-}
-
-func (p *hangingPods) unhang() { p.releaseOnce.Do(func() { close(p.release) }) }
-
-// waitHung waits until a loop hangs in Lookup.
-func (p *hangingPods) waitHung(t *testing.T, what string) {
-	t.Helper()
-	select {
-	case <-p.entered:
-	case <-time.After(10 * time.Second):
-		t.Fatalf("%s: no loop hangs after 10s", what)
-	}
-}
-
 // TestStalledNamesTheSocketsNotRead: a UDP socket whose loop hangs in the
 // answer path, with a query waiting behind the one it hangs on, and a TCP
 // listener whose accept loop hangs, with a connection waiting, are
@@ -106,7 +67,7 @@ func (p *hangingPods) waitHung(t *testing.T, what string) {
 // read again, nothing is, and the queries that waited are answered.
 // (Stalled's clock is the caller's: no sleeping for the bound.)
 func TestStalledNamesTheSocketsNotRead(t *testing.T) {
-	pods := newHangingPods()
+	pods := dnstest.NewHangingPods()
 	s := fuzzServerWith(t, Options{Limits: rateInKernel, Pods: pods})
 	t.Cleanup(func() { s.Close() })
 	idle, err := ListenUDP(netip.MustParseAddrPort("127.0.0.1:0"))
@@ -124,7 +85,7 @@ func TestStalledNamesTheSocketsNotRead(t *testing.T) {
 	}
 	t.Cleanup(func() { ln.Close() })
 	go s.ServeTCP(ln)
-	t.Cleanup(pods.unhang) // before the server closes: its loops must end
+	t.Cleanup(pods.Unhang) // before the server closes: its loops must end
 	testenv.Eventually(t, 10*time.Second, "the three loops watched", func() bool {
 		s.stallMu.Lock()
 		defer s.stallMu.Unlock()
@@ -145,12 +106,12 @@ func TestStalledNamesTheSocketsNotRead(t *testing.T) {
 
 	// Hang both loops: each is in Lookup with a query, a connection,
 	// waiting behind.
-	pods.hanging.Store(true)
+	pods.Hanging.Store(true)
 	q := query("address.internal.", dns.TypeA, false)
 	if _, err := client.Write(q); err != nil {
 		t.Fatal(err)
 	}
-	pods.waitHung(t, "a query")
+	pods.WaitHung(t, "a query")
 	if _, err := client.Write(q); err != nil {
 		t.Fatal(err)
 	}
@@ -161,7 +122,7 @@ func TestStalledNamesTheSocketsNotRead(t *testing.T) {
 		}
 		t.Cleanup(func() { c.Close() })
 		if i == 0 {
-			pods.waitHung(t, "a connection")
+			pods.WaitHung(t, "a connection")
 		}
 	}
 	udpLocal, tcpLocal := addrPortOf(conn.LocalAddr()), addrPortOf(ln.Addr())
@@ -184,7 +145,7 @@ func TestStalledNamesTheSocketsNotRead(t *testing.T) {
 		t.Errorf("stalled %v, want %v", got, want)
 	}
 
-	pods.unhang()
+	pods.Unhang()
 	client.SetReadDeadline(time.Now().Add(10 * time.Second))
 	buf := make([]byte, 1500)
 	for i := range 2 {
