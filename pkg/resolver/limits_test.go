@@ -82,18 +82,23 @@ func startLimitsServer(t *testing.T, opts Options, flooderUp, victimUp netip.Add
 	s.SetTable(tbl)
 
 	udp, tcp := listenPair(t, "127.0.0.1:0")
-	addr := addrPortOf(udp.LocalAddr())
+	serveUntilCleanup(t, s, fwd, udp, tcp)
+	ls := &limitsServer{Server: s, addr: addrPortOf(udp.LocalAddr()), pods: pods, fwd: fwd}
+	// One answer, from an address of its own, says the server reads: its
+	// socket has its filter (KernelRate) before the test sends anything.
+	ls.ask(t, netip.MustParseAddr("127.0.0.1"), "udp", tableName)
+	return ls
+}
+
+// serveUntilCleanup serves s on udp and tcp until the test ends, then
+// closes s and its forwarder fwd.
+func serveUntilCleanup(t *testing.T, s *Server, fwd *forward.Forwarder, udp *net.UDPConn, tcp *net.TCPListener) {
 	go s.ServeUDP(udp)
 	go s.ServeTCP(tcp)
 	t.Cleanup(func() {
 		s.Close()
 		fwd.Close()
 	})
-	ls := &limitsServer{Server: s, addr: addr, pods: pods, fwd: fwd}
-	// One answer, from an address of its own, says the server reads: its
-	// socket has its filter (KernelRate) before the test sends anything.
-	ls.ask(t, netip.MustParseAddr("127.0.0.1"), "udp", tableName)
-	return ls
 }
 
 // listenPair opens UDP and TCP on one free port of addr, a loopback

@@ -100,12 +100,7 @@ func TestLinkLocalClientAnswered(t *testing.T) {
 		t.Fatal(err)
 	}
 	port := addrPortOf(conn.LocalAddr()).Port()
-	go s.ServeUDP(conn)
-	go s.ServeTCP(ln)
-	t.Cleanup(func() {
-		s.Close()
-		fwd.Close()
-	})
+	serveUntilCleanup(t, s, fwd, conn, ln)
 
 	clients := make([]*net.UDPConn, len(pods))
 	for i, p := range pods {
