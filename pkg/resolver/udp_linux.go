@@ -105,9 +105,7 @@ func (s *Server) newUDPBatch(conn *net.UDPConn, rc syscall.RawConn, local netip.
 	}
 	b.writeFn = func(fd uintptr) bool {
 		if i := b.ioFrom; b.ioTo-i == 1 {
-			// One reply, as at modest rates: sendto takes the buffer
-			// and address as they are, where sendmmsg first copies in
-			// and checks a header and its iovec.
+			// One reply, as at modest rates: sendto's doc says why.
 			b.ioN, b.ioErr = 1, sendto(fd, b.outBuf[i], b.outName[i][:b.out[i].hdr.Namelen])
 		} else {
 			r, _, e := unix.RawSyscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&b.out[i])), uintptr(b.ioTo-i), unix.MSG_DONTWAIT, 0, 0)
@@ -270,9 +268,9 @@ func writeForwardedReply(conn *net.UDPConn, local netip.AddrPort, reply []byte, 
 }
 
 // sendto sends the datagram b (not empty) from fd to the sockaddr name,
-// raw and without blocking, as the batch's writes do (udpBatch): a lone
-// reply, where sendmmsg would first copy in and check a header and its
-// iovec.
+// raw and without blocking: a lone reply (the batch's of one,
+// writeForwardedReply's). sendto takes the buffer and address as they
+// are, where sendmmsg first copies in and checks a header and its iovec.
 func sendto(fd uintptr, b, name []byte) syscall.Errno {
 	_, _, e := unix.RawSyscall6(unix.SYS_SENDTO, fd, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)),
 		unix.MSG_DONTWAIT, uintptr(unsafe.Pointer(&name[0])), uintptr(len(name)))
