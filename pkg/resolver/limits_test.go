@@ -74,26 +74,37 @@ func startLimitsServer(t *testing.T, opts Options, flooderUp, victimUp netip.Add
 		return []netip.AddrPort{flooderUp}, true // the flooder's, and every other source's
 	}
 	s := New(opts)
-	tbl, _ := table.Build(&model.Snapshot{ServiceEntries: []model.ServiceEntry{
-		{Namespace: "default", Name: "a", Hosts: []string{"address.internal"}, Addresses: []netip.Addr{netip.MustParseAddr("198.51.100.1")}},
-	}, Services: []model.Service{
-		{Namespace: "default", Name: "web", ClusterIPs: []netip.Addr{netip.MustParseAddr("10.96.0.20")}},
-	}}, table.Options{})
-	s.SetTable(tbl)
+	s.SetTable(limitsTable())
 
 	udp, tcp := listenPair(t, "127.0.0.1:0")
-	addr := addrPortOf(udp.LocalAddr())
+	serveUntilCleanup(t, s, fwd, udp, tcp)
+	ls := &limitsServer{Server: s, addr: addrPortOf(udp.LocalAddr()), pods: pods, fwd: fwd}
+	// One answer, from an address of its own, says the server reads: its
+	// socket has its filter (KernelRate) before the test sends anything.
+	ls.ask(t, netip.MustParseAddr("127.0.0.1"), "udp", tableName)
+	return ls
+}
+
+// limitsTable answers tableName (a ServiceEntry host) and serviceName,
+// and the Services more.
+func limitsTable(more ...model.Service) *table.Table {
+	tbl, _ := table.Build(&model.Snapshot{ServiceEntries: []model.ServiceEntry{
+		{Namespace: "default", Name: "a", Hosts: []string{"address.internal"}, Addresses: []netip.Addr{netip.MustParseAddr("198.51.100.1")}},
+	}, Services: append([]model.Service{
+		{Namespace: "default", Name: "web", ClusterIPs: []netip.Addr{netip.MustParseAddr("10.96.0.20")}},
+	}, more...)}, table.Options{})
+	return tbl
+}
+
+// serveUntilCleanup serves s on udp and tcp until the test ends, then
+// closes s and its forwarder fwd.
+func serveUntilCleanup(t *testing.T, s *Server, fwd *forward.Forwarder, udp *net.UDPConn, tcp *net.TCPListener) {
 	go s.ServeUDP(udp)
 	go s.ServeTCP(tcp)
 	t.Cleanup(func() {
 		s.Close()
 		fwd.Close()
 	})
-	ls := &limitsServer{Server: s, addr: addr, pods: pods, fwd: fwd}
-	// One answer, from an address of its own, says the server reads: its
-	// socket has its filter (KernelRate) before the test sends anything.
-	ls.ask(t, netip.MustParseAddr("127.0.0.1"), "udp", tableName)
-	return ls
 }
 
 // listenPair opens UDP and TCP on one free port of addr, a loopback

@@ -19,7 +19,6 @@ import (
 	"github.com/ztdns/ztdns/pkg/podcache"
 	"github.com/ztdns/ztdns/pkg/resolver/forward"
 	"github.com/ztdns/ztdns/pkg/resolver/quota"
-	"github.com/ztdns/ztdns/pkg/resolver/table"
 )
 
 // The link-local addresses of the link-local test: the node's on every
@@ -81,13 +80,7 @@ func TestLinkLocalClientAnswered(t *testing.T) {
 			return []netip.AddrPort{upstream.Addr}, true
 		},
 	})
-	tbl, _ := table.Build(&model.Snapshot{ServiceEntries: []model.ServiceEntry{
-		{Namespace: "default", Name: "a", Hosts: []string{"address.internal"}, Addresses: []netip.Addr{netip.MustParseAddr("198.51.100.1")}},
-	}, Services: []model.Service{
-		{Namespace: "default", Name: "web", ClusterIPs: []netip.Addr{netip.MustParseAddr("10.96.0.20")}},
-		{Namespace: "default", Name: "ext", ExternalName: "web.default.svc.cluster.local"},
-	}}, table.Options{})
-	s.SetTable(tbl)
+	s.SetTable(limitsTable(model.Service{Namespace: "default", Name: "ext", ExternalName: "web.default.svc.cluster.local"}))
 	var conn *net.UDPConn
 	var ln *net.TCPListener
 	if err := node.Do(func() (err error) {
@@ -100,12 +93,7 @@ func TestLinkLocalClientAnswered(t *testing.T) {
 		t.Fatal(err)
 	}
 	port := addrPortOf(conn.LocalAddr()).Port()
-	go s.ServeUDP(conn)
-	go s.ServeTCP(ln)
-	t.Cleanup(func() {
-		s.Close()
-		fwd.Close()
-	})
+	serveUntilCleanup(t, s, fwd, conn, ln)
 
 	clients := make([]*net.UDPConn, len(pods))
 	for i, p := range pods {

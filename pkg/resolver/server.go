@@ -270,12 +270,13 @@ func New(opts Options) *Server {
 	l.TCPConns = orDefault(l.TCPConns, DefaultPodTCPConns)
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Server{
-		opts:    opts,
-		log:     opts.Logger,
-		rate:    quota.NewRate(l.QPS, l.Burst),
-		unknown: quota.NewTable(orDefault(opts.UnknownSources, DefaultUnknownSources)),
-		epoch:   opts.Now(),
-		tcp:     map[*tcpConn]struct{}{},
+		opts:     opts,
+		log:      opts.Logger,
+		rate:     quota.NewRate(l.QPS, l.Burst),
+		unknown:  quota.NewTable(orDefault(opts.UnknownSources, DefaultUnknownSources)),
+		epoch:    opts.Now(),
+		tcp:      map[*tcpConn]struct{}{},
+		progress: map[*loopProgress]struct{}{},
 
 		forwarding: quota.NewPool(int64(opts.MaxInflight)),
 		tcpOpen:    quota.NewPool(int64(opts.TCPMaxConns)),

@@ -75,13 +75,8 @@ func TestForwardServfailsCountAnswersByWhoseNameserver(t *testing.T) {
 		},
 	})
 	udp, tcp := listenPair(t, "127.0.0.1:0")
+	serveUntilCleanup(t, s, fwd, udp, tcp)
 	ls := &limitsServer{Server: s, addr: addrPortOf(udp.LocalAddr()), pods: pods, fwd: fwd}
-	go s.ServeUDP(udp)
-	go s.ServeTCP(tcp)
-	t.Cleanup(func() {
-		s.Close()
-		fwd.Close()
-	})
 
 	counted := func() map[string]float64 {
 		t.Helper()

@@ -55,9 +55,6 @@ func (s *Server) watchLoop(p *loopProgress, network string, local netip.AddrPort
 	p.network, p.local, p.rc = network, local, rc
 	s.stallMu.Lock()
 	defer s.stallMu.Unlock()
-	if s.progress == nil {
-		s.progress = map[*loopProgress]struct{}{}
-	}
 	s.progress[p] = struct{}{}
 	return func() {
 		s.stallMu.Lock()

@@ -3,7 +3,6 @@
 package resolver
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -15,6 +14,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ztdns/ztdns/internal/sockaddr"
 )
 
 // batchSize is how many datagrams one recvmmsg/sendmmsg moves at most.
@@ -38,7 +39,7 @@ type mmsghdr struct {
 }
 
 // sockaddrLen fits a sockaddr_in6, and so a sockaddr_in.
-const sockaddrLen = unix.SizeofSockaddrInet6
+const sockaddrLen = sockaddr.Len
 
 // udpBatch holds the buffers of one socket's read/answer/write cycle, for
 // as many datagrams as its reads have needed so far (see firstBatchSize):
@@ -104,9 +105,7 @@ func (s *Server) newUDPBatch(conn *net.UDPConn, rc syscall.RawConn, local netip.
 	}
 	b.writeFn = func(fd uintptr) bool {
 		if i := b.ioFrom; b.ioTo-i == 1 {
-			// One reply, as at modest rates: sendto takes the buffer
-			// and address as they are, where sendmmsg first copies in
-			// and checks a header and its iovec.
+			// One reply, as at modest rates: sendto's doc says why.
 			b.ioN, b.ioErr = 1, sendto(fd, b.outBuf[i], b.outName[i][:b.out[i].hdr.Namelen])
 		} else {
 			r, _, e := unix.RawSyscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&b.out[i])), uintptr(b.ioTo-i), unix.MSG_DONTWAIT, 0, 0)
@@ -173,9 +172,13 @@ func (s *Server) answerUDP(conn *net.UDPConn, rc syscall.RawConn, local netip.Ad
 			metricQueries.drop.Inc()
 			continue
 		}
-		src, ok := parseSockaddr(b.inName[i][:b.in[i].hdr.Namelen])
+		// parseSockaddr, spelled out: one call per datagram, not two.
+		src, scope, ok := sockaddr.Parse(b.inName[i][:b.in[i].hdr.Namelen])
 		if !ok {
 			continue
+		}
+		if scope != 0 {
+			src = withScope(src, scope)
 		}
 		out := b.outBuf[queued][:0]
 		reply, slow := s.answerFast(msg, src, false, out, &b.sc, now)
@@ -265,9 +268,9 @@ func writeForwardedReply(conn *net.UDPConn, local netip.AddrPort, reply []byte, 
 }
 
 // sendto sends the datagram b (not empty) from fd to the sockaddr name,
-// raw and without blocking, as the batch's writes do (udpBatch): a lone
-// reply, where sendmmsg would first copy in and check a header and its
-// iovec.
+// raw and without blocking: a lone reply (the batch's of one,
+// writeForwardedReply's). sendto takes the buffer and address as they
+// are, where sendmmsg first copies in and checks a header and its iovec.
 func sendto(fd uintptr, b, name []byte) syscall.Errno {
 	_, _, e := unix.RawSyscall6(unix.SYS_SENDTO, fd, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)),
 		unix.MSG_DONTWAIT, uintptr(unsafe.Pointer(&name[0])), uintptr(len(name)))
@@ -325,26 +328,20 @@ func (b *udpBatch) write(rc syscall.RawConn, n int) error {
 // links two sources: the zone is the receiving interface's, which no
 // sender chooses.
 func parseSockaddr(b []byte) (netip.AddrPort, bool) {
-	if len(b) < 2 {
-		return netip.AddrPort{}, false
+	ap, scope, ok := sockaddr.Parse(b)
+	if scope != 0 {
+		ap = withScope(ap, scope)
 	}
-	switch binary.NativeEndian.Uint16(b) {
-	case unix.AF_INET:
-		if len(b) < unix.SizeofSockaddrInet4 {
-			return netip.AddrPort{}, false
-		}
-		return netip.AddrPortFrom(netip.AddrFrom4([4]byte(b[4:8])), binary.BigEndian.Uint16(b[2:])), true
-	case unix.AF_INET6:
-		if len(b) < unix.SizeofSockaddrInet6 {
-			return netip.AddrPort{}, false
-		}
-		a := netip.AddrFrom16([16]byte(b[8:24])).Unmap()
-		if scope := binary.NativeEndian.Uint32(b[24:28]); scope != 0 && a.Is6() {
-			a = a.WithZone(strconv.FormatUint(uint64(scope), 10))
-		}
-		return netip.AddrPortFrom(a, binary.BigEndian.Uint16(b[2:])), true
+	return ap, ok
+}
+
+// withScope is ap zoned with the interface index scope, a sockaddr_in6's
+// (parseSockaddr); an IPv4 client, v4-mapped and unmapped, has no zone.
+func withScope(ap netip.AddrPort, scope uint32) netip.AddrPort {
+	if !ap.Addr().Is6() {
+		return ap
 	}
-	return netip.AddrPort{}, false
+	return netip.AddrPortFrom(ap.Addr().WithZone(strconv.FormatUint(uint64(scope), 10)), ap.Port())
 }
 
 // tcpPeer is c's remote address as parseSockaddr reads a UDP client's.
@@ -381,26 +378,16 @@ func tcpPeer(c *net.TCPConn) netip.AddrPort {
 // client v4-mapped, a zone (parseSockaddr's interface index) its scope id.
 // It returns the sockaddr's length.
 func putSockaddr(sa *[sockaddrLen]byte, client netip.AddrPort, inet4 bool) (int, error) {
-	*sa = [sockaddrLen]byte{}
-	binary.BigEndian.PutUint16(sa[2:], client.Port())
-	if inet4 {
-		if !client.Addr().Is4() {
-			return 0, fmt.Errorf("IPv6 client %s on an IPv4 socket", client)
-		}
-		binary.NativeEndian.PutUint16(sa[0:], unix.AF_INET)
-		a := client.Addr().As4()
-		copy(sa[4:8], a[:])
-		return unix.SizeofSockaddrInet4, nil
-	}
-	binary.NativeEndian.PutUint16(sa[0:], unix.AF_INET6)
-	a := client.Addr().As16() // an IPv4 client v4-mapped
-	copy(sa[8:24], a[:])
-	if zone := client.Addr().Zone(); zone != "" {
-		scope, err := strconv.ParseUint(zone, 10, 32)
-		if err != nil {
+	var scope uint64
+	if zone := client.Addr().Zone(); zone != "" && !inet4 { // zoned: IPv6, refused by Put when inet4
+		var err error
+		if scope, err = strconv.ParseUint(zone, 10, 32); err != nil {
 			return 0, fmt.Errorf("client %s: zone is not an interface index", client)
 		}
-		binary.NativeEndian.PutUint32(sa[24:28], uint32(scope))
 	}
-	return unix.SizeofSockaddrInet6, nil
+	n := sockaddr.Put(sa, client, inet4, uint32(scope))
+	if n == 0 {
+		return 0, fmt.Errorf("IPv6 client %s on an IPv4 socket", client)
+	}
+	return n, nil
 }

@@ -9,6 +9,8 @@ import (
 	"strconv"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ztdns/ztdns/internal/sockaddr"
 )
 
 // errNotUnicast reports an upstream address that names many hosts: a
@@ -41,7 +43,8 @@ func dialUDP(upstream netip.AddrPort) (int, error) {
 	if upstream.Addr().IsMulticast() {
 		return -1, errNotUnicast
 	}
-	family, sa, err := sockaddr(upstream)
+	var sa [sockaddr.Len]byte
+	family, n, err := putSockaddr(&sa, upstream)
 	if err != nil {
 		return -1, err
 	}
@@ -57,30 +60,32 @@ func dialUDP(upstream netip.AddrPort) (int, error) {
 		rawClose(fd)
 		return -1, os.NewSyscallError("setsockopt IP_RECVERR", err)
 	}
-	if err := rawConnect(fd, sa); err != nil {
+	if err := rawConnect(fd, sa[:n]); err != nil {
 		rawClose(fd)
 		return -1, os.NewSyscallError("connect", err)
 	}
 	return fd, nil
 }
 
-// sockaddr is upstream as a socket address, with its family.
-func sockaddr(upstream netip.AddrPort) (int, unix.Sockaddr, error) {
+// putSockaddr writes upstream into sa as a socket address, its zone (an
+// interface's name or index) the scope id, and returns its family and
+// length.
+func putSockaddr(sa *[sockaddr.Len]byte, upstream netip.AddrPort) (family, n int, err error) {
 	if upstream.Addr().Is4() {
-		return unix.AF_INET, &unix.SockaddrInet4{Port: int(upstream.Port()), Addr: upstream.Addr().As4()}, nil
+		return unix.AF_INET, sockaddr.Put(sa, upstream, true, 0), nil
 	}
-	sa := &unix.SockaddrInet6{Port: int(upstream.Port()), Addr: upstream.Addr().As16()}
+	var scope uint32
 	if zone := upstream.Addr().Zone(); zone != "" {
 		ifi, err := net.InterfaceByName(zone)
 		if err != nil {
 			n, nerr := strconv.Atoi(zone)
 			if nerr != nil {
-				return 0, nil, fmt.Errorf("zone of %s: %w", upstream, err)
+				return 0, 0, fmt.Errorf("zone of %s: %w", upstream, err)
 			}
-			sa.ZoneId = uint32(n)
+			scope = uint32(n)
 		} else {
-			sa.ZoneId = uint32(ifi.Index)
+			scope = uint32(ifi.Index)
 		}
 	}
-	return unix.AF_INET6, sa, nil
+	return unix.AF_INET6, sockaddr.Put(sa, upstream, false, scope), nil
 }

@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ztdns/ztdns/internal/ratelog"
+	"github.com/ztdns/ztdns/internal/sockaddr"
 )
 
 // ICMP errors on a forwarding UDP socket.
@@ -222,16 +223,8 @@ func icmpError(oob []byte) (ee unix.SockExtendedErr, offender netip.Addr, ok boo
 		if ee.Origin != unix.SO_EE_ORIGIN_ICMP && ee.Origin != unix.SO_EE_ORIGIN_ICMP6 {
 			continue
 		}
-		sa := d[eeLen:]
-		switch binary.NativeEndian.Uint16(sa) {
-		case unix.AF_INET:
-			if len(sa) >= unix.SizeofSockaddrInet4 {
-				return ee, netip.AddrFrom4([4]byte(sa[4:8])), true
-			}
-		case unix.AF_INET6:
-			if len(sa) >= unix.SizeofSockaddrInet6 {
-				return ee, netip.AddrFrom16([16]byte(sa[8:24])).Unmap(), true
-			}
+		if from, _, ok := sockaddr.Parse(d[eeLen:]); ok {
+			return ee, from.Addr(), true
 		}
 	}
 	return ee, offender, false

@@ -1,7 +1,6 @@
 package forward
 
 import (
-	"encoding/binary"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -28,21 +27,10 @@ func rawSetsockoptInt(fd, level, opt, value int) error {
 	return rawErr(errno)
 }
 
-// rawConnect connects fd to sa, an *unix.SockaddrInet4 or *unix.SockaddrInet6.
-func rawConnect(fd int, sa unix.Sockaddr) error {
-	var errno unix.Errno
-	switch sa := sa.(type) {
-	case *unix.SockaddrInet4:
-		raw := unix.RawSockaddrInet4{Family: unix.AF_INET, Addr: sa.Addr}
-		binary.BigEndian.PutUint16((*[2]byte)(unsafe.Pointer(&raw.Port))[:], uint16(sa.Port))
-		_, _, errno = unix.RawSyscall(unix.SYS_CONNECT, uintptr(fd), uintptr(unsafe.Pointer(&raw)), unix.SizeofSockaddrInet4)
-	case *unix.SockaddrInet6:
-		raw := unix.RawSockaddrInet6{Family: unix.AF_INET6, Addr: sa.Addr, Scope_id: sa.ZoneId}
-		binary.BigEndian.PutUint16((*[2]byte)(unsafe.Pointer(&raw.Port))[:], uint16(sa.Port))
-		_, _, errno = unix.RawSyscall(unix.SYS_CONNECT, uintptr(fd), uintptr(unsafe.Pointer(&raw)), unix.SizeofSockaddrInet6)
-	default:
-		errno = unix.EAFNOSUPPORT
-	}
+// rawConnect connects fd to sa, a sockaddr_in or sockaddr_in6
+// (putSockaddr).
+func rawConnect(fd int, sa []byte) error {
+	_, _, errno := unix.RawSyscall(unix.SYS_CONNECT, uintptr(fd), uintptr(unsafe.Pointer(&sa[0])), uintptr(len(sa)))
 	return rawErr(errno)
 }
 
