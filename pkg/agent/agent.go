@@ -299,7 +299,7 @@ func (a *Agent) run(ctx context.Context) error {
 	// Once the addresses are settled (dropIPv6) and before the source
 	// builds the first table, which then builds under the limit.
 	a.memory.check()
-	g.spawn("memory", func() error { returnMemoryAfterBursts(ctx, a.log, a.memory.check); return nil })
+	g.spawn("memory", func() error { returnMemoryAfterBursts(ctx, a.log, a.firstTable, a.memory.check); return nil })
 	g.spawn("access log", func() error { a.cfg.AccessLog.Run(ctx); return nil })
 	g.spawn("source", func() error {
 		err := a.cfg.Source.Run(ctx, a.apply)

@@ -41,9 +41,13 @@ const (
 // agent collects on its own and is left alone; a quiet one that did not
 // grow costs nothing. After a burst, memory goes back within two checks.
 //
+// Loading the first table is a burst every agent has, and the moment it
+// ends is known: when loaded closes, memory goes back at once (not two
+// checks later, in the middle of what is the agent's first quiet minute).
+//
 // Each check first runs limit (memoryLimiter.check): the Go runtime's
 // memory limit follows the cgroup's.
-func returnMemoryAfterBursts(ctx context.Context, log *slog.Logger, limit func()) {
+func returnMemoryAfterBursts(ctx context.Context, log *slog.Logger, loaded <-chan struct{}, limit func()) {
 	samples := []metrics.Sample{
 		{Name: "/gc/cycles/total:gc-cycles"},
 		{Name: "/memory/classes/total:bytes"},
@@ -56,20 +60,27 @@ func returnMemoryAfterBursts(ctx context.Context, log *slog.Logger, limit func()
 	lastCycles, floor := read()
 	tick := time.NewTicker(memoryCheckEvery)
 	defer tick.Stop()
+	giveBack := func(why string) {
+		_, before := read()
+		debug.FreeOSMemory()
+		lastCycles, floor = read()
+		log.Debug("returned memory to the OS "+why, "heldBefore", before, "heldAfter", floor)
+	}
 	for {
 		select {
 		case <-ctx.Done():
 			return
+		case <-loaded:
+			loaded = nil // once
+			giveBack("after loading the first table")
+			continue
 		case <-tick.C:
 		}
 		limit()
 		cycles, held := read()
 		if cycles == lastCycles && held > floor+memorySlack {
-			debug.FreeOSMemory()
-			before := held
-			cycles, held = read()
-			floor = held
-			log.Debug("returned memory to the OS after a burst", "heldBefore", before, "heldAfter", held)
+			giveBack("after a burst")
+			continue
 		}
 		floor = min(floor, held)
 		lastCycles = cycles
