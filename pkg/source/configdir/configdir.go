@@ -33,9 +33,11 @@
 // on the way, and its target's) are watched too, for events about those
 // names, and again after every scan, so a repointed link moves the watch;
 // for a dangling link, the nearest directory on its way that exists is
-// watched, for the missing name to appear. Past maxLinkDirs such
-// directories, or where a watch cannot be added, the directory is also
-// scanned every DefaultPollInterval.
+// watched, for the missing name to appear. The directory's own path is
+// followed the same way (a symlink re-pointed at another release, the
+// directory removed and made again). Past maxLinkDirs such directories,
+// or where a watch cannot be added, the directory is also scanned every
+// DefaultPollInterval; otherwise nothing runs until an event comes.
 // Where inotify is not available the directory is polled.
 package configdir
 
@@ -63,7 +65,8 @@ const (
 	// one change, short enough that nobody waits for it.
 	DefaultDebounce = 50 * time.Millisecond
 	// DefaultPollInterval is how often the directory is checked when inotify
-	// is not available.
+	// is not available, or cannot watch all of what the directory's path and
+	// its symlinked manifests resolve through.
 	DefaultPollInterval = time.Second
 	// maxDebounceRounds bounds how long a steady stream of events (a slow
 	// copy) can hold back a scan, in debounce periods.
@@ -143,8 +146,13 @@ type Source struct {
 	debounce     time.Duration
 	pollInterval time.Duration // 0: inotify, falling back to polling
 	// startNotify starts an inotify watch; a field so a test can make it fail.
-	startNotify func(dir string, log *slog.Logger, known func() []string) (watcher, error)
-	limits      Limits
+	startNotify func(dir string, log *slog.Logger, known func() []string, recheckEvery time.Duration) (watcher, error)
+	// recheckEvery is how often an inotify-watched directory is scanned
+	// while something it resolves through cannot be watched
+	// (DefaultPollInterval; longer in tests that show nothing else is
+	// needed).
+	recheckEvery time.Duration
+	limits       Limits
 	// settle is how long a file must be left unwritten before it is read
 	// (DefaultSettle; 0 in tests about parsing).
 	settle time.Duration
@@ -204,7 +212,7 @@ func WithPolling(interval time.Duration) Option {
 // New returns a source for the manifests in dir. Nothing is read until Run.
 func New(dir string, opts ...Option) *Source {
 	s := &Source{dir: dir, log: slog.Default(), debounce: DefaultDebounce, startNotify: startNotify,
-		settle: DefaultSettle, clock: clock.System{}}
+		recheckEvery: DefaultPollInterval, settle: DefaultSettle, clock: clock.System{}}
 	for _, o := range opts {
 		o(s)
 	}
@@ -322,7 +330,7 @@ func (s *Source) startWatching(known func() []string) watcher {
 	if s.pollInterval > 0 {
 		return startPolling(s.dir, s.pollInterval, s.limits.Files, known)
 	}
-	w, err := s.startNotify(s.dir, s.log, known)
+	w, err := s.startNotify(s.dir, s.log, known, s.recheckEvery)
 	if err != nil {
 		s.log.Warn("cannot watch the config dir with inotify; polling it instead",
 			"interval", DefaultPollInterval, "error", err)
@@ -363,12 +371,13 @@ func (s *Source) follow(ctx context.Context, w watcher, st *state, deliver func(
 			if ctx.Err() != nil {
 				return nil
 			}
+			// After a failed scan too: what the path resolves through
+			// now (a symlink re-pointed at a release not there yet) is
+			// watched, and signals when it leads to a directory again.
+			w.rearm()
 			if s.setUnreadable(err); err != nil {
-				// The watcher signals again when the path leads to a
-				// directory again (it compares it every second).
 				continue
 			}
-			w.rearm()
 			s.record(st)
 			if changed {
 				snap := st.snapshot()

@@ -136,6 +136,11 @@ func loadFiles(tb testing.TB, files map[string]string) (dir string, snap *model.
 // about what a file says, not about when it is read.
 func withoutSettle() Option { return func(s *Source) { s.settle = 0 } }
 
+// withoutRechecks keeps an inotify-watched directory from being scanned on
+// a timer even when something it resolves through cannot be watched: for
+// tests that show events alone are followed.
+func withoutRechecks() Option { return func(s *Source) { s.recheckEvery = time.Hour } }
+
 // running is a Source running in the background for the length of a test.
 type running struct {
 	src   *Source

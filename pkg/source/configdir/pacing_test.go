@@ -40,7 +40,7 @@ func startClocked(t *testing.T, dir string, clk *clock.Fake, setup func(s *Sourc
 	c := &clocked{clock: clk, watcher: &fakeWatcher{ch: make(chan struct{}, 1)}}
 	s := New(dir, append([]Option{WithLogger(log)}, opts...)...)
 	s.clock = clk
-	s.startNotify = func(string, *slog.Logger, func() []string) (watcher, error) { return c.watcher, nil }
+	s.startNotify = func(string, *slog.Logger, func() []string, time.Duration) (watcher, error) { return c.watcher, nil }
 	setup(s)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)

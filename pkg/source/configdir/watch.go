@@ -59,9 +59,12 @@ type notifyWatcher struct {
 	links map[string]map[string]bool
 	// unwatched: some of those could not be watched (past maxLinkDirs, or
 	// not there to watch): the directory is then also scanned every
-	// DefaultPollInterval.
-	unwatched atomic.Bool
-	warned    bool // about maxLinkDirs, once
+	// recheckEvery (DefaultPollInterval), and only then: while everything
+	// is watched, an idle agent's watcher does not wake.
+	unwatched    atomic.Bool
+	recheckEvery time.Duration
+	recheck      *time.Ticker // running while unwatched
+	warned       bool         // about maxLinkDirs, once
 }
 
 // Bounds on following symlinked manifests: the symlinks followed to
@@ -72,13 +75,17 @@ const (
 	maxLinkDirs = 128
 )
 
-func startNotify(dir string, log *slog.Logger, known func() []string) (watcher, error) {
+// startNotify watches dir with inotify; recheckEvery is how often it is
+// scanned while some of what it resolves through cannot be watched.
+func startNotify(dir string, log *slog.Logger, known func() []string, recheckEvery time.Duration) (watcher, error) {
 	fw, err := fsnotify.NewWatcher()
 	if err != nil {
 		return nil, err
 	}
 	w := &notifyWatcher{dir: dir, log: log, fw: fw, ch: make(chan struct{}, 1), done: make(chan struct{}),
-		known: known, links: map[string]map[string]bool{}}
+		known: known, links: map[string]map[string]bool{}, recheckEvery: recheckEvery,
+		recheck: time.NewTicker(recheckEvery)}
+	w.recheck.Stop() // until something cannot be watched
 	if err := w.add(); err != nil {
 		fw.Close()
 		return nil, err
@@ -101,17 +108,11 @@ func (w *notifyWatcher) add() error {
 
 func (w *notifyWatcher) run() {
 	defer close(w.done)
-	tick := time.NewTicker(DefaultPollInterval)
-	defer tick.Stop()
+	defer w.recheck.Stop()
 	for {
 		select {
-		case <-tick.C:
-			// A symlinked directory re-pointed (ln -s new tmp; mv -T tmp
-			// dir) sends no event: the watch is on the old target, and
-			// the link's own directory is not watched.
-			if w.unwatched.Load() || w.replaced() {
-				signal(w.ch)
-			}
+		case <-w.recheck.C:
+			signal(w.ch)
 		case ev, ok := <-w.fw.Events:
 			if !ok {
 				return
@@ -135,13 +136,6 @@ func (w *notifyWatcher) run() {
 }
 
 func (w *notifyWatcher) changes() <-chan struct{} { return w.ch }
-
-// replaced reports whether the path now leads to another directory than
-// the one watched (or to none).
-func (w *notifyWatcher) replaced() bool {
-	id, err := identify(w.dir)
-	return err != nil || id != *w.watched.Load()
-}
 
 // matters reports whether ev can change what a scan reads: in a
 // directory watched for links only, an event about a name a manifest
@@ -190,34 +184,42 @@ func (w *notifyWatcher) rearm() {
 	signal(w.ch) // changes between the last scan and the new watch
 }
 
-// followLinks watches the directories the last scan's symlinked manifests
-// resolve through, and only those: at most maxLinkDirs of them; past it,
-// or where one is not there to watch, the directory is scanned every
-// DefaultPollInterval as well.
+// followLinks watches the directories that the path itself and the last
+// scan's symlinked manifests resolve through, and only those: the path's
+// own (a symlink re-pointed, the directory removed or made again: no event
+// reaches the watch on the directory for those), and at most maxLinkDirs
+// for manifests; past that, or where one is not there to watch, the
+// directory is scanned every recheckEvery as well.
 func (w *notifyWatcher) followLinks() {
-	self, err := filepath.EvalSymlinks(w.dir)
-	if err != nil {
-		return // gone: watched again once it is back (rearm)
-	}
 	want := map[string]map[string]bool{}
-	over := false
-	for _, name := range w.known() {
+	watch := func(l link) {
+		if want[l.dir] == nil {
+			want[l.dir] = map[string]bool{}
+		}
+		want[l.dir][l.name] = true
+	}
+	for _, l := range resolvesThrough(w.dir) {
+		watch(l)
+	}
+	pathDirs, over := len(want), false
+	self, err := filepath.EvalSymlinks(w.dir)
+	var known []string
+	if err == nil { // else gone: its manifests' links are followed once it is back (rearm)
+		known = w.known()
+	}
+	for _, name := range known {
 		path := filepath.Join(self, name)
 		if fi, err := os.Lstat(path); err != nil || fi.Mode()&fs.ModeSymlink == 0 {
 			continue // in the directory itself, which is watched
 		}
 		for _, l := range resolvesThrough(path) {
-			if l.dir == self {
-				continue
+			switch {
+			case l.dir == self:
+			case want[l.dir] == nil && len(want)-pathDirs >= maxLinkDirs:
+				over = true
+			default:
+				watch(l)
 			}
-			if want[l.dir] == nil {
-				if len(want) >= maxLinkDirs {
-					over = true
-					continue
-				}
-				want[l.dir] = map[string]bool{}
-			}
-			want[l.dir][l.name] = true
 		}
 	}
 	w.mu.Lock()
@@ -242,9 +244,15 @@ func (w *notifyWatcher) followLinks() {
 	if over && !w.warned {
 		w.warned = true
 		w.log.Warn("symlinked manifests resolve through more directories than are watched; scanning every interval as well",
-			"directories", maxLinkDirs, "interval", DefaultPollInterval)
+			"directories", maxLinkDirs, "interval", w.recheckEvery)
 	}
-	w.unwatched.Store(unwatched)
+	if w.unwatched.Swap(unwatched) != unwatched {
+		if unwatched {
+			w.recheck.Reset(w.recheckEvery)
+		} else {
+			w.recheck.Stop()
+		}
+	}
 	if added {
 		signal(w.ch) // changes between the last scan and the new watches
 	}

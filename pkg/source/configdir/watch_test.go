@@ -46,9 +46,10 @@ func replaceFile(tb testing.TB, path, content string) {
 	}
 }
 
-// watchModes runs a test with inotify and with polling.
+// watchModes runs a test with inotify (events only, no scans on a timer)
+// and with polling.
 func watchModes(t *testing.T, test func(t *testing.T, opts ...Option)) {
-	t.Run("inotify", func(t *testing.T) { test(t) })
+	t.Run("inotify", func(t *testing.T) { test(t, withoutRechecks()) })
 	t.Run("polling", func(t *testing.T) { test(t, WithPolling(20*time.Millisecond)) })
 }
 
@@ -400,7 +401,7 @@ func TestFallsBackToPolling(t *testing.T) {
 	writeFiles(t, dir, map[string]string{"a.yaml": namespaceYAML("a")})
 	log, logs := testLogger(t)
 	s := New(dir, WithLogger(log))
-	s.startNotify = func(string, *slog.Logger, func() []string) (watcher, error) {
+	s.startNotify = func(string, *slog.Logger, func() []string, time.Duration) (watcher, error) {
 		return nil, errors.New("inotify_init1: too many open files")
 	}
 	r := &running{src: s}
@@ -575,7 +576,8 @@ func TestWatchSymlinkTargets(t *testing.T) {
 }
 
 // TestLinkWatchesBounded: symlinked manifests pointing into more than
-// maxLinkDirs directories get that many watches, and the directory is
+// maxLinkDirs directories get that many watches (besides the config dir's
+// parent, watched for the directory's own name), and the directory is
 // scanned every DefaultPollInterval as well, so an edit in a directory
 // not watched is still seen; links gone, their watches go too.
 func TestLinkWatchesBounded(t *testing.T) {
@@ -593,7 +595,7 @@ func TestLinkWatchesBounded(t *testing.T) {
 	log, _ := testLogger(t)
 	var mu sync.Mutex
 	known := slices.Clone(files)
-	wt, err := startNotify(dir, log, func() []string { mu.Lock(); defer mu.Unlock(); return known })
+	wt, err := startNotify(dir, log, func() []string { mu.Lock(); defer mu.Unlock(); return known }, DefaultPollInterval)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -603,11 +605,11 @@ func TestLinkWatchesBounded(t *testing.T) {
 	w.mu.Lock()
 	watched := len(w.links)
 	w.mu.Unlock()
-	if watched != maxLinkDirs || !w.unwatched.Load() {
-		t.Errorf("%d directories watched, unwatched %v; want %d and true", watched, w.unwatched.Load(), maxLinkDirs)
+	if watched != maxLinkDirs+1 || !w.unwatched.Load() {
+		t.Errorf("%d directories watched, unwatched %v; want %d and true", watched, w.unwatched.Load(), maxLinkDirs+1)
 	}
-	if got := len(w.fw.WatchList()); got != maxLinkDirs+1 {
-		t.Errorf("%d inotify watches, want %d: the config dir and the link directories", got, maxLinkDirs+1)
+	if got := len(w.fw.WatchList()); got != maxLinkDirs+2 {
+		t.Errorf("%d inotify watches, want %d: the config dir, its parent and the link directories", got, maxLinkDirs+2)
 	}
 	// The last directories by name are the ones past the bound. The
 	// source's watcher counts the scans it is rearmed after: the first
@@ -616,8 +618,8 @@ func TestLinkWatchesBounded(t *testing.T) {
 	// directory not watched) can only be seen by the interval's scans.
 	s := New(dir, WithLogger(log))
 	sw := &scanCountingWatcher{}
-	s.startNotify = func(d string, l *slog.Logger, k func() []string) (watcher, error) {
-		w, err := startNotify(d, l, k)
+	s.startNotify = func(d string, l *slog.Logger, k func() []string, every time.Duration) (watcher, error) {
+		w, err := startNotify(d, l, k, every)
 		if err != nil {
 			return nil, err
 		}
@@ -640,16 +642,16 @@ func TestLinkWatchesBounded(t *testing.T) {
 	w.mu.Lock()
 	watched = len(w.links)
 	w.mu.Unlock()
-	if watched != 1 || w.unwatched.Load() {
-		t.Errorf("%d directories watched, unwatched %v; want 1 and false", watched, w.unwatched.Load())
+	if watched != 2 || w.unwatched.Load() {
+		t.Errorf("%d directories watched, unwatched %v; want 2 and false", watched, w.unwatched.Load())
 	}
 	// The watches themselves go, not only their bookkeeping.
 	kept, err := filepath.EvalSymlinks(filepath.Join(targets, "d000"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got, want := slices.Sorted(slices.Values(w.fw.WatchList())), slices.Sorted(slices.Values([]string{dir, kept})); !slices.Equal(got, want) {
-		t.Errorf("inotify watches %q, want %q: the config dir and the remaining link's directory", got, want)
+	if got, want := slices.Sorted(slices.Values(w.fw.WatchList())), slices.Sorted(slices.Values([]string{dir, filepath.Dir(dir), kept})); !slices.Equal(got, want) {
+		t.Errorf("inotify watches %q, want %q: the config dir, its parent and the remaining link's directory", got, want)
 	}
 }
 
@@ -662,7 +664,7 @@ func TestChmodIsAChange(t *testing.T) {
 	path := filepath.Join(dir, "a.yaml")
 	writeFile(t, path, namespaceYAML("a"))
 	log, _ := testLogger(t)
-	w, err := startNotify(dir, log, func() []string { return nil })
+	w, err := startNotify(dir, log, func() []string { return nil }, DefaultPollInterval)
 	if err != nil {
 		t.Fatal(err)
 	}
