@@ -299,7 +299,6 @@ func (a *Agent) run(ctx context.Context) error {
 	// Once the addresses are settled (dropIPv6) and before the source
 	// builds the first table, which then builds under the limit.
 	a.memory.check()
-	g.spawn("memory", func() error { returnMemoryAfterBursts(ctx, a.log, a.firstTable, a.memory.check); return nil })
 	g.spawn("access log", func() error { a.cfg.AccessLog.Run(ctx); return nil })
 	g.spawn("source", func() error {
 		err := a.cfg.Source.Run(ctx, a.apply)
@@ -425,19 +424,17 @@ func (a *Agent) run(ctx context.Context) error {
 		"autopath", a.cfg.Autopath, "socket", a.cfg.Socket, "metrics", a.cfg.MetricsAddr,
 		"version", version.Get().Version, "revision", version.Get().Revision)
 
-	// Started, and once it serves a table, done with the binary's pages
-	// only starting used.
-	g.spawn("start pages", func() error {
-		select {
-		case <-a.firstTable:
-		case <-ctx.Done():
-			return nil
-		}
-		if mapped, err := dropStartupPages(); err != nil {
-			a.log.Debug("keeping the binary's pages mapped", "err", err)
-		} else {
-			a.log.Debug("dropped the binary's pages mapped at start", "bytes", mapped)
-		}
+	// Started: once it serves a table, done with what loading it left
+	// and with the binary's pages only starting used, in that order (the
+	// collection reads type data from the binary's pages).
+	g.spawn("memory", func() error {
+		returnMemoryAfterBursts(ctx, a.log, a.firstTable, a.memory.check, func() {
+			if mapped, err := dropStartupPages(); err != nil {
+				a.log.Debug("keeping the binary's pages mapped", "err", err)
+			} else {
+				a.log.Debug("dropped the binary's pages mapped at start", "bytes", mapped)
+			}
+		})
 		return nil
 	})
 

@@ -43,11 +43,12 @@ const (
 //
 // Loading the first table is a burst every agent has, and the moment it
 // ends is known: when loaded closes, memory goes back at once (not two
-// checks later, in the middle of what is the agent's first quiet minute).
+// checks later, in the middle of what is the agent's first quiet minute),
+// and then afterLoad runs.
 //
 // Each check first runs limit (memoryLimiter.check): the Go runtime's
 // memory limit follows the cgroup's.
-func returnMemoryAfterBursts(ctx context.Context, log *slog.Logger, loaded <-chan struct{}, limit func()) {
+func returnMemoryAfterBursts(ctx context.Context, log *slog.Logger, loaded <-chan struct{}, limit, afterLoad func()) {
 	samples := []metrics.Sample{
 		{Name: "/gc/cycles/total:gc-cycles"},
 		{Name: "/memory/classes/total:bytes"},
@@ -73,6 +74,7 @@ func returnMemoryAfterBursts(ctx context.Context, log *slog.Logger, loaded <-cha
 		case <-loaded:
 			loaded = nil // once
 			giveBack("after loading the first table")
+			afterLoad()
 			continue
 		case <-tick.C:
 		}

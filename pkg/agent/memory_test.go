@@ -14,7 +14,8 @@ import (
 // Loading the first table leaves the builder's garbage behind: it goes
 // back to the OS as soon as the table is served, not at the second memory
 // check 40 s later (in the middle of what the operator sees as the agent's
-// first quiet minute, and what `make bench`'s footprint measures as idle).
+// first quiet minute, and what `make bench`'s footprint measures as idle),
+// and the binary's pages only starting used are dropped after that.
 func TestMemoryGoesBackOnceTheFirstTableIsServed(t *testing.T) {
 	released := func() uint64 {
 		s := []metrics.Sample{{Name: "/memory/classes/heap/released:bytes"}}
@@ -33,23 +34,34 @@ func TestMemoryGoesBackOnceTheFirstTableIsServed(t *testing.T) {
 	before := released()
 
 	var log testenv.Log
+	const want = "returned memory to the OS after loading the first table"
+	// Then the binary's pages are dropped: after the collection, which
+	// would map them again.
+	afterLoad := make(chan bool, 1)
 	loaded := make(chan struct{})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		returnMemoryAfterBursts(ctx, slog.New(slog.NewTextHandler(&log, &slog.HandlerOptions{Level: slog.LevelDebug})), loaded, func() {})
+		returnMemoryAfterBursts(ctx, slog.New(slog.NewTextHandler(&log, &slog.HandlerOptions{Level: slog.LevelDebug})), loaded, func() {}, func() { afterLoad <- log.Contains(want) })
 	}()
 	t.Cleanup(func() { cancel(); <-done })
 
 	close(loaded)
-	const want = "returned memory to the OS after loading the first table"
 	deadline := time.Now().Add(memoryCheckEvery / 2) // well before the first check
 	for !log.Contains(want) {
 		if time.Now().After(deadline) {
 			t.Fatalf("no %q in %v after the first table; log:\n%s", want, memoryCheckEvery/2, log.String())
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+	select {
+	case after := <-afterLoad:
+		if !after {
+			t.Errorf("afterLoad ran before the memory went back")
+		}
+	case <-time.After(memoryCheckEvery / 2):
+		t.Errorf("afterLoad did not run after the first table")
 	}
 	if got := released() - before; got < garbage/2 {
 		t.Fatalf("%d MiB went back to the OS after %d MiB of garbage, want at least half", got>>20, garbage>>20)
