@@ -90,6 +90,14 @@ func startNotify(dir string, log *slog.Logger, known func() []string, recheckEve
 		fw.Close()
 		return nil, err
 	}
+	// The path's own links, before the first scan: watches added then
+	// leave no change unseen, so there is nothing to signal, and the
+	// first scan's rearm (which would) finds them there.
+	w.followLinks()
+	select {
+	case <-w.ch:
+	default:
+	}
 	go w.run()
 	return w, nil
 }

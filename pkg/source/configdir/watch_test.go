@@ -743,3 +743,29 @@ func TestNewEntryKeepsExistingVIPs(t *testing.T) {
 		t.Errorf("zz-db's VIP moved from %v to %v when it was edited", want, got)
 	}
 }
+
+// TestStartAsksForOneScan: the watches on what the directory's own path
+// resolves through are in place before the first scan, so its rearm adds
+// none and asks for no second scan (one of a large directory costs the
+// start a second pass over every file, and its garbage).
+func TestStartAsksForOneScan(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "manifests")
+	writeFiles(t, dir, map[string]string{"a.yaml": namespaceYAML("a")})
+	log, _ := testLogger(t)
+	wt, err := startNotify(dir, log, func() []string { return []string{"a.yaml"} }, DefaultPollInterval)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer wt.close()
+	w := wt.(*notifyWatcher)
+	w.rearm() // as after the first scan
+	if n := len(w.ch); n != 0 {
+		t.Errorf("the first scan's rearm asks for another scan")
+	}
+	w.mu.Lock()
+	names := w.links[filepath.Dir(dir)]
+	w.mu.Unlock()
+	if !names["manifests"] {
+		t.Errorf("the parent is watched for %v, want the directory's own name", names)
+	}
+}
