@@ -346,11 +346,12 @@ func (r *Redirector) StopHeartbeat() {
 
 // monotonicNow reads CLOCK_MONOTONIC in ns, the clock bpf_ktime_get_ns
 // reads. (A time namespace would offset it for this process only; the agent
-// runs in the node's.)
+// runs in the node's.) A raw system call: it never blocks, and an ordinary
+// one (unix.ClockGettime) wakes the runtime's sysmon thread every beat.
 func monotonicNow() (uint64, error) {
 	var ts unix.Timespec
-	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
-		return 0, fmt.Errorf("read monotonic clock: %w", err)
+	if _, _, e := unix.RawSyscall(unix.SYS_CLOCK_GETTIME, unix.CLOCK_MONOTONIC, uintptr(unsafe.Pointer(&ts)), 0); e != 0 {
+		return 0, fmt.Errorf("read monotonic clock: %w", e)
 	}
 	return uint64(ts.Nano()), nil
 }

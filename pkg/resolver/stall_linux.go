@@ -104,15 +104,25 @@ func queriesWait(p *loopProgress) bool {
 	waiting := false
 	p.rc.Control(func(fd uintptr) {
 		if p.network == "tcp" {
-			info, err := unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO)
-			waiting = err == nil && info.Unacked > 0
+			var info unix.TCPInfo
+			waiting = getsockopt(fd, unix.IPPROTO_TCP, unix.TCP_INFO, unsafe.Pointer(&info), unsafe.Sizeof(info)) &&
+				info.Unacked > 0
 			return
 		}
 		var mem [unix.SK_MEMINFO_VARS]uint32
-		size := uint32(unsafe.Sizeof(mem))
-		_, _, e := unix.Syscall6(unix.SYS_GETSOCKOPT, fd, unix.SOL_SOCKET, unix.SO_MEMINFO,
-			uintptr(unsafe.Pointer(&mem[0])), uintptr(unsafe.Pointer(&size)), 0)
-		waiting = e == 0 && mem[unix.SK_MEMINFO_RMEM_ALLOC] > 0
+		waiting = getsockopt(fd, unix.SOL_SOCKET, unix.SO_MEMINFO, unsafe.Pointer(&mem[0]), unsafe.Sizeof(mem)) &&
+			mem[unix.SK_MEMINFO_RMEM_ALLOC] > 0
 	})
 	return waiting
+}
+
+// getsockopt reads a socket option into the size bytes at val, reporting
+// whether it could. A raw system call, as the UDP loop's (see
+// recvmmsg): it never blocks, and an ordinary one wakes the runtime's
+// sysmon thread, asleep while the agent idles, which then polls for a
+// while: about 15 wake-ups a second for a check that runs every second.
+func getsockopt(fd uintptr, level, opt int, val unsafe.Pointer, size uintptr) bool {
+	n := uint32(size)
+	_, _, e := unix.RawSyscall6(unix.SYS_GETSOCKOPT, fd, uintptr(level), uintptr(opt), uintptr(val), uintptr(unsafe.Pointer(&n)), 0)
+	return e == 0
 }
