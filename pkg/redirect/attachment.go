@@ -7,9 +7,12 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
+	"unsafe"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
 )
 
 // Attachment is what CheckAttachment found: whether the programs still
@@ -216,32 +219,53 @@ func pinAgain(pin string, open func() (interface{ Pin(string) error }, func() er
 
 // pinnedLinkID is the id of the link pinned at pin, 0 when there is none.
 func pinnedLinkID(pin string) (link.ID, error) {
-	l, err := link.LoadPinnedLink(pin, nil)
-	if errors.Is(err, os.ErrNotExist) {
-		return 0, nil
-	}
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	info, err := l.Info()
-	if err != nil {
-		return 0, err
-	}
-	return info.ID, nil
+	id, err := pinnedID(pin)
+	return link.ID(id), err
 }
 
 // pinnedMapID is the id of the map pinned at pin, 0 when there is none.
 func pinnedMapID(pin string) (ebpf.MapID, error) {
-	m, err := ebpf.LoadPinnedMap(pin, nil)
-	if errors.Is(err, os.ErrNotExist) {
-		return 0, nil
-	}
+	id, err := pinnedID(pin)
+	return ebpf.MapID(id), err
+}
+
+// pinnedID is the id of the map or link pinned at pin, 0 when there is
+// none: BPF_OBJ_GET, and the head of the object's info, whose type and id
+// lead both struct bpf_map_info and struct bpf_link_info (the kernel fills
+// as much as it is given). By hand, as the attachment check asks this of
+// every pin every few seconds: cilium/ebpf's LoadPinnedMap and
+// LoadPinnedLink also read the object's /proc fdinfo and link, about a
+// dozen more system calls a pin.
+func pinnedID(pin string) (uint32, error) {
+	path, err := unix.BytePtrFromString(pin)
 	if err != nil {
 		return 0, err
 	}
-	defer m.Close()
-	return mapID(m)
+	get := struct {
+		Pathname         uint64
+		BPFFD, FileFlags uint32 // flags 0: read-write, which links require
+		PathFD, _        int32
+	}{Pathname: uint64(uintptr(unsafe.Pointer(path)))}
+	fd, _, errno := unix.Syscall(unix.SYS_BPF, unix.BPF_OBJ_GET, uintptr(unsafe.Pointer(&get)), unsafe.Sizeof(get))
+	runtime.KeepAlive(path)
+	switch {
+	case errno == unix.ENOENT:
+		return 0, nil
+	case errno != 0:
+		return 0, &os.PathError{Op: "bpf obj get", Path: pin, Err: errno}
+	}
+	defer unix.Close(int(fd))
+	var head struct{ Type, ID uint32 }
+	info := struct {
+		FD, InfoLen uint32
+		Info        uint64
+	}{uint32(fd), uint32(unsafe.Sizeof(head)), uint64(uintptr(unsafe.Pointer(&head)))}
+	_, _, errno = unix.Syscall(unix.SYS_BPF, unix.BPF_OBJ_GET_INFO_BY_FD, uintptr(unsafe.Pointer(&info)), unsafe.Sizeof(info))
+	runtime.KeepAlive(&head)
+	if errno != 0 {
+		return 0, fmt.Errorf("%s: object info: %w", pin, errno)
+	}
+	return head.ID, nil
 }
 
 func mapID(m *ebpf.Map) (ebpf.MapID, error) {
