@@ -78,6 +78,11 @@ const (
 // startNotify watches dir with inotify; recheckEvery is how often it is
 // scanned while some of what it resolves through cannot be watched.
 func startNotify(dir string, log *slog.Logger, known func() []string, recheckEvery time.Duration) (watcher, error) {
+	// Absolute, as what it resolves through is followed from the root.
+	dir, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, err
+	}
 	fw, err := fsnotify.NewWatcher()
 	if err != nil {
 		return nil, err

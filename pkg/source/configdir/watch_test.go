@@ -227,29 +227,40 @@ func TestDirectoryReplaced(t *testing.T) {
 // old release kept) is followed, and then changes in the new target are.
 func TestSymlinkedDirectoryRepointed(t *testing.T) {
 	watchModes(t, func(t *testing.T, opts ...Option) {
-		parent := t.TempDir()
-		writeFiles(t, filepath.Join(parent, "rel1"), map[string]string{"a.yaml": namespaceYAML("old")})
-		writeFiles(t, filepath.Join(parent, "rel2"), map[string]string{"a.yaml": namespaceYAML("new")})
-		current := filepath.Join(parent, "current")
-		if err := os.Symlink("rel1", current); err != nil {
-			t.Fatal(err)
-		}
-		// Waits for eventual content only: a read of b.yaml halfway
-		// through its write is read again.
-		r := startSource(t, current, append(opts, withoutSettle())...)
-		r.waitFor(t, "the first release's objects", hasNames("namespace old"))
-
-		tmp := filepath.Join(parent, "current.tmp")
-		if err := os.Symlink("rel2", tmp); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Rename(tmp, current); err != nil {
-			t.Fatal(err)
-		}
-		r.waitFor(t, "the second release's objects", hasNames("namespace new"))
-		writeFile(t, filepath.Join(parent, "rel2", "b.yaml"), namespaceYAML("later"))
-		r.waitFor(t, "a change in the second release", hasNames("namespace new", "namespace later"))
+		testSymlinkedDirectoryRepointed(t, false, opts)
 	})
+	// A --config-dir given relative to the agent's working directory.
+	t.Run("relative", func(t *testing.T) { testSymlinkedDirectoryRepointed(t, true, []Option{withoutRechecks()}) })
+}
+
+func testSymlinkedDirectoryRepointed(t *testing.T, relative bool, opts []Option) {
+	parent := t.TempDir()
+	writeFiles(t, filepath.Join(parent, "rel1"), map[string]string{"a.yaml": namespaceYAML("old")})
+	writeFiles(t, filepath.Join(parent, "rel2"), map[string]string{"a.yaml": namespaceYAML("new")})
+	current := filepath.Join(parent, "current")
+	if err := os.Symlink("rel1", current); err != nil {
+		t.Fatal(err)
+	}
+	dir := current
+	if relative {
+		t.Chdir(parent)
+		dir = "current"
+	}
+	// Waits for eventual content only: a read of b.yaml halfway
+	// through its write is read again.
+	r := startSource(t, dir, append(opts, withoutSettle())...)
+	r.waitFor(t, "the first release's objects", hasNames("namespace old"))
+
+	tmp := filepath.Join(parent, "current.tmp")
+	if err := os.Symlink("rel2", tmp); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, current); err != nil {
+		t.Fatal(err)
+	}
+	r.waitFor(t, "the second release's objects", hasNames("namespace new"))
+	writeFile(t, filepath.Join(parent, "rel2", "b.yaml"), namespaceYAML("later"))
+	r.waitFor(t, "a change in the second release", hasNames("namespace new", "namespace later"))
 }
 
 // TestDirectoryGoneKeepsServing: a --config-dir that goes for a moment (a
