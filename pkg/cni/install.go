@@ -207,7 +207,7 @@ var confExtensions = []string{".conf", ".conflist", ".json"}
 func Install(cfg InstallConfig) error {
 	r, err := install(cfg, nil)
 	r.log(cfg.logger(), slog.LevelInfo)
-	if err == nil { // else the error names them
+	if !errors.Is(err, ErrNoNetworkConfig) { // else the error names them
 		r.logRefused(cfg.logger())
 	}
 	if err != nil {
@@ -395,7 +395,9 @@ func confTypes(path string) ([]string, error) {
 // rest of each file stays byte for byte as it was; a .conf that Install
 // turned into a .conflist stays a (now equivalent) .conflist. Removing what
 // is not there is not an error, so Uninstall is idempotent. Files in ConfDir
-// that are not valid JSON conflists are left alone.
+// that are not valid JSON conflists are left alone; those it does not read
+// (see readRegularFile) too, named in its error: it cannot tell whether they
+// hold ztdns.
 //
 // It leaves the plugin binary, BinDir/ztdns (BinDir may be empty): pods
 // created while ztdns was in the chain are torn down with the configuration

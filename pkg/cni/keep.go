@@ -162,13 +162,13 @@ func (k *keeper) install() {
 	}
 	// Refused files are logged when they change, not at every look; while
 	// there is no configuration, the error names them.
-	var refused string
-	if err := errors.Join(r.refused...); err != nil {
-		refused = err.Error()
-	}
-	if refused != k.refused {
-		k.refused = refused
-		if !errors.Is(err, ErrNoNetworkConfig) {
+	if !errors.Is(err, ErrNoNetworkConfig) {
+		var refused string
+		if err := errors.Join(r.refused...); err != nil {
+			refused = err.Error()
+		}
+		if refused != k.refused {
+			k.refused = refused
 			r.logRefused(k.log)
 		}
 	}

@@ -176,24 +176,30 @@ func TestInstallRefusesAConflistBesideTheConf(t *testing.T) {
 }
 
 // TestKeepInstalledWarnsOfARefusedFileOnce: the installer looks at every
-// change and every interval; a refused file before the runtime's
-// configuration is warned of when it comes, not at every look, and the
-// plugin stays installed.
+// change and every interval; a refused file alone is named in the wait for
+// a configuration, and once the runtime's comes after it, warned of once,
+// not at every look, and the plugin stays installed.
 func TestKeepInstalledWarnsOfARefusedFileOnce(t *testing.T) {
 	t.Parallel()
 	e := newInstallEnv(t, Config{})
-	primary := e.write(t, "10-containerd-net.conflist", runtimeConflist)
-	if err := syscall.Mkfifo(filepath.Join(e.cfg.ConfDir, "00-bad.conflist"), 0o644); err != nil {
+	bad := filepath.Join(e.cfg.ConfDir, "00-bad.conflist")
+	if err := syscall.Mkfifo(bad, 0o644); err != nil {
 		t.Fatal(err)
 	}
 	logs := e.logTo()
 	var errs []error
 	e.cfg.OnInstalled = func(err error) { errs = append(errs, err) }
 	k := newKeeper(e.cfg, time.Hour, clock.NewFake(time.Now()))
+	k.install()
+	want := "refused " + bad + ": a FIFO, not a regular file"
+	if got := logLines(logs, slog.LevelInfo, "waiting for the primary network plugin"); len(got) != 1 || !strings.Contains(got[0], want) {
+		t.Errorf("the wait for a configuration: %q, want it to say %q", got, want)
+	}
+	primary := e.write(t, "10-containerd-net.conflist", runtimeConflist)
 	for range 3 {
 		k.install()
 	}
-	if slices.ContainsFunc(errs, func(err error) bool { return err != nil }) || len(errs) != 3 {
+	if errs = errs[1:]; slices.ContainsFunc(errs, func(err error) bool { return err != nil }) || len(errs) != 3 {
 		t.Errorf("OnInstalled told %v, want 3 successes", errs)
 	}
 	if !hasZtdns(primary) {
