@@ -13,6 +13,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"syscall"
 
 	"github.com/containernetworking/cni/libcni"
 )
@@ -94,7 +95,7 @@ const maxNamespaceName = 63
 // in dir (see Install), ztdns's entry in it or not. A single-plugin .conf
 // has no istio-cni entry.
 func ReadChain(dir string) (Chain, error) {
-	path, err := primaryConfFile(dir)
+	path, _, err := primaryConfFile(dir)
 	if err != nil {
 		return Chain{}, err
 	}
@@ -107,7 +108,7 @@ func ReadChain(dir string) (Chain, error) {
 // chainOf reads the Chain of the conflist at path.
 func chainOf(path string) (Chain, error) {
 	c := Chain{File: path}
-	data, err := os.ReadFile(path)
+	data, err := readConfFile(path)
 	if err != nil {
 		return c, err
 	}
@@ -206,6 +207,9 @@ var confExtensions = []string{".conf", ".conflist", ".json"}
 func Install(cfg InstallConfig) error {
 	r, err := install(cfg, nil)
 	r.log(cfg.logger(), slog.LevelInfo)
+	if !errors.Is(err, ErrNoNetworkConfig) { // else the error names them
+		r.logRefused(cfg.logger())
+	}
 	if err != nil {
 		return fmt.Errorf("cni install: %w", err)
 	}
@@ -222,6 +226,9 @@ type installResult struct {
 	conflist string
 	// moved says the entry was written by moving it after istio-cni's.
 	moved bool
+	// refused are the network configurations before the primary one that
+	// were refused unread (see primaryConfFile).
+	refused []error
 }
 
 // wrote reports whether the Install wrote anything.
@@ -247,6 +254,15 @@ func (r installResult) log(log *slog.Logger, level slog.Level) {
 	}
 }
 
+// logRefused warns of the files refused before the primary
+// configuration.
+func (r installResult) logRefused(log *slog.Logger) {
+	for _, err := range r.refused {
+		log.Warn("skipped a CNI network configuration the installer does not read (not a regular file, or too large): "+
+			"ztdns chains into the next valid one, and a runtime that uses this one runs its pods without ztdns", "err", err)
+	}
+}
+
 // install is Install, which bin, when not nil, spares reading the binary
 // and the installed one when they are as they were the last time (see
 // binCache). Nothing is logged of what it wrote: that is returned.
@@ -261,7 +277,8 @@ func install(cfg InstallConfig, bin *binCache) (installResult, error) {
 	removeStaleTemp(cfg.ConfDir, ".*.conflist.*.tmp")
 	removeStaleTemp(cfg.BinDir, "."+PluginType+".*.tmp")
 
-	primary, err := primaryConfFile(cfg.ConfDir)
+	primary, refused, err := primaryConfFile(cfg.ConfDir)
+	r.refused = refused
 	if err != nil {
 		return r, err
 	}
@@ -356,7 +373,7 @@ func istioCopySource(dir, path string) (string, error) {
 // confTypes returns the plugin types of the network configuration at
 // path, in order: a conflist's entries, or a single-plugin config's type.
 func confTypes(path string) ([]string, error) {
-	data, err := os.ReadFile(path)
+	data, err := readConfFile(path)
 	if err != nil {
 		return nil, err
 	}
@@ -378,7 +395,9 @@ func confTypes(path string) ([]string, error) {
 // rest of each file stays byte for byte as it was; a .conf that Install
 // turned into a .conflist stays a (now equivalent) .conflist. Removing what
 // is not there is not an error, so Uninstall is idempotent. Files in ConfDir
-// that are not valid JSON conflists are left alone.
+// that are not valid JSON conflists are left alone; those it does not read
+// (see readRegularFile) too, named in its error: it cannot tell whether they
+// hold ztdns.
 //
 // It leaves the plugin binary, BinDir/ztdns (BinDir may be empty): pods
 // created while ztdns was in the chain are torn down with the configuration
@@ -467,42 +486,42 @@ func (cfg *InstallConfig) logger() *slog.Logger {
 }
 
 // primaryConfFile returns the network configuration file a runtime would
-// use: the first valid one in lexical order.
-func primaryConfFile(dir string) (string, error) {
+// use: the first valid one in lexical order. refused are the files before
+// it that were not read at all (see readRegularFile): unlike a file that
+// does not parse, which a runtime skips too, one of them may be what the
+// runtime uses (a conflist over maxConfFileBytes), so the installer says so.
+func primaryConfFile(dir string) (path string, refused []error, err error) {
 	files, err := libcni.ConfFiles(dir, confExtensions)
 	if err != nil {
-		return "", err
+		return "", nil, err
 	}
 	sort.Strings(files)
 	var skipped []string
 	for _, f := range files {
 		if err := validNetworkConfig(f); err != nil {
 			skipped = append(skipped, fmt.Sprintf("%s (%v)", filepath.Base(f), err))
+			if refusedErr := (*refusedFileError)(nil); errors.As(err, &refusedErr) {
+				refused = append(refused, err)
+			}
 			continue
 		}
-		return f, nil
+		return f, refused, nil
 	}
 	msg := fmt.Sprintf("%s holds no network configuration: the primary network plugin writes one when it starts, and ztdns chains after it", dir)
 	if len(skipped) > 0 {
 		msg += "; skipped " + strings.Join(skipped, ", ")
 	}
-	return "", fmt.Errorf("%w: %s", ErrNoNetworkConfig, msg)
+	return "", refused, fmt.Errorf("%w: %s", ErrNoNetworkConfig, msg)
 }
 
 // validNetworkConfig applies a runtime's test: a conflist that libcni loads
 // with at least one plugin, or a single-plugin config with a type.
 func validNetworkConfig(path string) error {
 	if strings.HasSuffix(path, ".conflist") {
-		list, err := libcni.ConfListFromFile(path)
-		if err != nil {
-			return err
-		}
-		if len(list.Plugins) == 0 {
-			return errors.New("no plugins")
-		}
-		return nil
+		_, err := loadConfList(path)
+		return err
 	}
-	data, err := os.ReadFile(path)
+	data, err := readConfFile(path)
 	if err != nil {
 		return err
 	}
@@ -510,12 +529,50 @@ func validNetworkConfig(path string) error {
 	return err
 }
 
+// loadConfList is libcni.ConfListFromFile, as a runtime loads a conflist,
+// with every file read through readConfFile: the conflist, and, unless it
+// sets loadOnlyInlinedPlugins, the plugin configurations in the directory
+// named after its network (<dir>/<name>/*.conf), which libcni appends to
+// its plugins. An error of either fails the whole list, as in libcni.
+func loadConfList(path string) (*libcni.NetworkConfigList, error) {
+	data, err := readConfFile(path)
+	if err != nil {
+		return nil, err
+	}
+	list, err := libcni.NetworkConfFromBytes(data)
+	if err != nil {
+		return nil, err
+	}
+	if !list.LoadOnlyInlinedPlugins {
+		pluginDir := filepath.Join(filepath.Dir(path), list.Name)
+		files, err := libcni.ConfFiles(pluginDir, []string{".conf"})
+		if err != nil {
+			return nil, fmt.Errorf("failed to read plugin config files in %s: %w", pluginDir, err)
+		}
+		for _, f := range files {
+			data, err := readConfFile(f)
+			if err != nil {
+				return nil, err
+			}
+			plugin, err := libcni.NetworkPluginConfFromBytes(data)
+			if err != nil {
+				return nil, err
+			}
+			list.Plugins = append(list.Plugins, plugin)
+		}
+	}
+	if len(list.Plugins) == 0 {
+		return nil, errors.New("no plugins")
+	}
+	return list, nil
+}
+
 // insertEntry puts entry into the network configuration at path, after
 // istio-cni's entry when it holds one (see Install), and returns the path of
 // the conflist that now holds it, whether anything was written, and whether
 // that was moving the entry from before istio-cni's to after it.
 func insertEntry(path string, entry []byte) (string, bool, bool, error) {
-	data, err := os.ReadFile(path)
+	data, err := readConfFile(path)
 	if err != nil {
 		return "", false, false, err
 	}
@@ -558,7 +615,7 @@ func insertEntry(path string, entry []byte) (string, bool, bool, error) {
 // conflist holding the ztdns entry, which Install made; otherwise an error
 // saying why the .conf cannot become it.
 func ztdnsWrote(list string) error {
-	data, err := os.ReadFile(list)
+	data, err := readConfFile(list)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil
 	}
@@ -574,7 +631,7 @@ func ztdnsWrote(list string) error {
 
 // removeEntryFromFile removes the ztdns entries of the conflist at path.
 func removeEntryFromFile(path string) (bool, error) {
-	data, err := os.ReadFile(path)
+	data, err := readConfFile(path)
 	if err != nil {
 		return false, err
 	}
@@ -655,8 +712,10 @@ func sameContent(a, b string) (same bool, stamps [2]fileStamp, err error) {
 		return false, stamps, err
 	}
 	defer fa.Close()
-	fb, err := os.Open(b)
-	if errors.Is(err, os.ErrNotExist) {
+	// O_NONBLOCK: a FIFO at b must not block the open; it is no binary,
+	// and the copy renamed over it replaces it.
+	fb, err := os.OpenFile(b, os.O_RDONLY|syscall.O_NONBLOCK|syscall.O_CLOEXEC, 0)
+	if errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ENXIO) { // ENXIO: a socket
 		return false, stamps, nil
 	}
 	if err != nil {
@@ -671,7 +730,7 @@ func sameContent(a, b string) (same bool, stamps [2]fileStamp, err error) {
 	if err != nil {
 		return false, stamps, err
 	}
-	if sa.Size() != sb.Size() || sb.Mode().Perm()&0o111 == 0 {
+	if !sb.Mode().IsRegular() || sa.Size() != sb.Size() || sb.Mode().Perm()&0o111 == 0 {
 		return false, stamps, nil
 	}
 	stamps = [2]fileStamp{stampOf(sa), stampOf(sb)}

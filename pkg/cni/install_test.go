@@ -466,7 +466,7 @@ func TestInstallConvertsAConfWrittenAgain(t *testing.T) {
 	if got := readFile(t, list); !strings.Contains(got, "10.23.0.0/16") {
 		t.Errorf("the conflist is not the rewritten .conf's:\n%s", got)
 	}
-	primary, err := primaryConfFile(e.cfg.ConfDir)
+	primary, _, err := primaryConfFile(e.cfg.ConfDir)
 	if err != nil || primary != list {
 		t.Errorf("the runtime would use %q (%v), want %s", primary, err, list)
 	}
@@ -709,7 +709,7 @@ func TestIstioOwnedConfigKeepsZtdns(t *testing.T) {
 			if err := os.Remove(owned); err != nil {
 				t.Fatal(err)
 			}
-			primary, err := primaryConfFile(dir)
+			primary, _, err := primaryConfFile(dir)
 			if err != nil {
 				t.Fatal(err)
 			}

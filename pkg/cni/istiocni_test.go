@@ -240,7 +240,7 @@ func TestInstallPutsZtdnsAfterIstioCNI(t *testing.T) {
 			// The file the runtime uses ends with istio-cni, then ztdns.
 			wantOrder := func(t *testing.T, when string) {
 				t.Helper()
-				runtime, err := primaryConfFile(dir)
+				runtime, _, err := primaryConfFile(dir)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -285,7 +285,7 @@ func istioPath(tb testing.TB, dir, owned string) string {
 	if owned != "" {
 		return filepath.Join(dir, owned)
 	}
-	path, err := primaryConfFile(dir)
+	path, _, err := primaryConfFile(dir)
 	if err != nil {
 		tb.Fatal(err)
 	}

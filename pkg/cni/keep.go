@@ -83,6 +83,7 @@ type keeper struct {
 	waiting   bool      // for a network configuration, logged
 	failing   string    // the last failure's message, logged; "" while installed or waiting
 	failSince time.Time // the first failed look since the plugin was in (or since start)
+	refused   string    // the files refused unread at the last look, logged; "" for none
 	readyAt   time.Time // when the next Install may start
 	// repairs are the times of the last contestedRepairs repairs, oldest
 	// first; contested is set while they come as fast as a contest's.
@@ -158,6 +159,18 @@ func (k *keeper) install() {
 	k.readyAt = end.Add(max(end.Sub(start), minInstallGap))
 	if f := k.cfg.OnInstalled; f != nil {
 		f(err)
+	}
+	// Refused files are logged when they change, not at every look; while
+	// there is no configuration, the error names them.
+	if !errors.Is(err, ErrNoNetworkConfig) {
+		var refused string
+		if err := errors.Join(r.refused...); err != nil {
+			refused = err.Error()
+		}
+		if refused != k.refused {
+			k.refused = refused
+			r.logRefused(k.log)
+		}
 	}
 	if err != nil {
 		r.log(k.log, slog.LevelInfo) // the binary, maybe

@@ -221,9 +221,13 @@ func readPending(dir, kind string, fn func(containerID string, data []byte) erro
 			continue // a temporary file, or not ours
 		}
 		path := filepath.Join(dir, kind, e.Name())
-		data, err := os.ReadFile(path)
+		data, err := readPendingRecord(path)
 		if errors.Is(err, os.ErrNotExist) {
 			continue // forgotten meanwhile
+		}
+		if refused := (*refusedFileError)(nil); errors.As(err, &refused) {
+			errs = append(errs, fmt.Errorf("pending %s: %w", kind, err)) // it names the path
+			continue
 		}
 		if err == nil {
 			err = fn(id, data)
@@ -233,6 +237,18 @@ func readPending(dir, kind string, fn func(containerID string, data []byte) erro
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// maxPendingRecordBytes bounds a pending record: the plugin writes the
+// request it would have sent, and the agent takes none larger over its
+// socket (the newline the plugin adds aside).
+const maxPendingRecordBytes = control.MaxRequestBytes + 1
+
+// readPendingRecord reads the record at path (see readRegularFile). The
+// plugin writes each as a regular file, so a symbolic link is none of its
+// records, and is not followed.
+func readPendingRecord(path string) ([]byte, error) {
+	return readRegularFile(path, maxPendingRecordBytes, false)
 }
 
 // writeFileAtomic writes data to path through a temporary file in the same
