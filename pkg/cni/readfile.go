@@ -1,13 +1,11 @@
 package cni
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
-	"os"
-	"syscall"
+
+	"github.com/ztdns/ztdns/internal/regularfile"
 )
 
 // maxConfFileBytes bounds a file the agent reads from the CNI conf dir.
@@ -18,7 +16,7 @@ import (
 const maxConfFileBytes = 1 << 20
 
 // refusedFileError says why a file was not read: it is not a regular
-// file, or it is larger than the bound.
+// file, it is larger than the bound, or it is a symbolic link not followed.
 type refusedFileError struct {
 	path string
 	why  string
@@ -33,85 +31,34 @@ func readConfFile(path string) ([]byte, error) {
 	return readRegularFile(path, maxConfFileBytes, true)
 }
 
-// readRegularFile reads the regular file at path, of at most limit bytes.
-// Anything else in the dir may be another installer's or a broken tool's:
-// a FIFO would block the open, and then the read, until someone writes to
-// it, and a device such as /dev/zero never ends. So what is not a regular
-// file is refused without being opened, and, since the path may be
-// replaced between the look and the open, opened with O_NONBLOCK (a FIFO's
-// open returns at once) and refused again on what was opened before
-// anything is read. A file larger than limit is refused too, and one that
-// grows past it while read. With follow false, a symbolic link is refused
-// (O_NOFOLLOW). The error is a *refusedFileError naming path and why.
+// readRegularFile reads the regular file at path, of at most limit bytes
+// (regularfile.Read): a FIFO, a device or a file grown past limit in the
+// dir may be another installer's or a broken tool's, and would block the
+// agent or exhaust its memory. With follow false, a symbolic link is
+// refused (regularfile.ReadNoFollow). A refusal is a *refusedFileError
+// naming path and why.
 func readRegularFile(path string, limit int64, follow bool) ([]byte, error) {
-	stat, flags := os.Stat, os.O_RDONLY|syscall.O_NONBLOCK|syscall.O_CLOEXEC
+	read := regularfile.Read
 	if !follow {
-		stat, flags = os.Lstat, flags|syscall.O_NOFOLLOW
+		read = regularfile.ReadNoFollow
 	}
-	fi, err := stat(path)
-	if err != nil {
-		return nil, err
-	}
-	if err := checkRegular(path, fi, limit); err != nil {
-		return nil, err
-	}
-	f, err := os.OpenFile(path, flags, 0)
-	if errors.Is(err, syscall.ELOOP) && !follow {
-		return nil, &refusedFileError{path, "a symbolic link, not followed"}
-	}
-	if errors.Is(err, syscall.ENXIO) { // a socket, replaced since the look
+	data, err := read(path, limit)
+	var (
+		notRegular *regularfile.NotRegularError
+		tooLarge   *regularfile.TooLargeError
+		symlink    *regularfile.SymlinkError
+	)
+	switch {
+	case errors.As(err, &notRegular) && notRegular.Mode == fs.ModeIrregular:
 		return nil, &refusedFileError{path, "not a regular file"}
-	}
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	if fi, err = f.Stat(); err != nil {
-		return nil, err
-	}
-	if err := checkRegular(path, fi, limit); err != nil {
-		return nil, err
-	}
-	var buf bytes.Buffer
-	buf.Grow(int(fi.Size()) + bytes.MinRead)
-	// One byte past the limit tells a file that grew while read.
-	if _, err := buf.ReadFrom(io.LimitReader(f, limit+1)); err != nil {
-		return nil, fmt.Errorf("read %s: %w", path, err)
-	}
-	if int64(buf.Len()) > limit {
+	case errors.As(err, &notRegular):
+		return nil, &refusedFileError{path, notRegular.Kind() + ", not a regular file"}
+	case errors.As(err, &tooLarge) && tooLarge.Grew:
 		return nil, &refusedFileError{path, fmt.Sprintf("more than the limit of %d bytes (it grew while read)", limit)}
+	case errors.As(err, &tooLarge):
+		return nil, &refusedFileError{path, fmt.Sprintf("%d bytes, more than the limit of %d", tooLarge.Size, limit)}
+	case errors.As(err, &symlink):
+		return nil, &refusedFileError{path, "a symbolic link, not followed, not a regular file"}
 	}
-	return buf.Bytes(), nil
-}
-
-// checkRegular refuses fi unless it is a regular file of at most limit
-// bytes.
-func checkRegular(path string, fi fs.FileInfo, limit int64) error {
-	if !fi.Mode().IsRegular() {
-		return &refusedFileError{path, fileKind(fi.Mode()) + ", not a regular file"}
-	}
-	if fi.Size() > limit {
-		return &refusedFileError{path, fmt.Sprintf("%d bytes, more than the limit of %d", fi.Size(), limit)}
-	}
-	return nil
-}
-
-// fileKind names what a file that is not a regular one is.
-func fileKind(m fs.FileMode) string {
-	switch t := m.Type(); {
-	case t&fs.ModeNamedPipe != 0:
-		return "a FIFO"
-	case t&fs.ModeSocket != 0:
-		return "a socket"
-	case t&fs.ModeCharDevice != 0:
-		return "a character device"
-	case t&fs.ModeDevice != 0:
-		return "a block device"
-	case t&fs.ModeDir != 0:
-		return "a directory"
-	case t&fs.ModeSymlink != 0:
-		return "a symbolic link, not followed"
-	default:
-		return fmt.Sprintf("of type %s", t)
-	}
+	return data, err
 }

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -23,6 +24,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ztdns/ztdns/internal/acceptretry"
+	"github.com/ztdns/ztdns/internal/regularfile"
 	"github.com/ztdns/ztdns/pkg/control"
 )
 
@@ -215,24 +217,22 @@ func RecordedPredecessor(controlSocket, self string, log *slog.Logger) string {
 	return rec.Predecessor
 }
 
-// readRecord reads the regular file at path, up to maxTakeoverRecord bytes.
+// readRecord reads the regular file at path, up to maxTakeoverRecord bytes
+// (regularfile.ReadNoFollow): a FIFO planted there must not hang the start.
 func readRecord(path string) ([]byte, error) {
-	// O_NONBLOCK: a FIFO planted there must not hang the start.
-	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK, 0)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("not a regular file (mode %s)", fi.Mode())
-	}
-	b, err := io.ReadAll(io.LimitReader(f, maxTakeoverRecord+1))
-	if err == nil && len(b) > maxTakeoverRecord {
-		err = fmt.Errorf("longer than %d bytes", maxTakeoverRecord)
+	b, err := regularfile.ReadNoFollow(path, maxTakeoverRecord)
+	var (
+		notRegular *regularfile.NotRegularError
+		tooLarge   *regularfile.TooLargeError
+		symlink    *regularfile.SymlinkError
+	)
+	switch {
+	case errors.As(err, &notRegular):
+		return nil, fmt.Errorf("not a regular file (mode %s)", notRegular.Mode)
+	case errors.As(err, &tooLarge):
+		return nil, fmt.Errorf("longer than %d bytes", maxTakeoverRecord)
+	case errors.As(err, &symlink): // as the open with O_NOFOLLOW says
+		return nil, &fs.PathError{Op: "open", Path: path, Err: syscall.ELOOP}
 	}
 	return b, err
 }

@@ -1,7 +1,6 @@
 package configdir
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -14,9 +13,9 @@ import (
 	"slices"
 	"strings"
 	"sync/atomic"
-	"syscall"
 	"time"
 
+	"github.com/ztdns/ztdns/internal/regularfile"
 	"github.com/ztdns/ztdns/pkg/model"
 )
 
@@ -610,42 +609,21 @@ func isManifestName(name string) bool {
 }
 
 // readManifest reads a regular file (following symlinks, as ConfigMap volumes
-// need) of at most limit bytes. Anything else is refused before it is
-// opened: opening a FIFO would block until someone writes to it, and a
-// device may never end.
+// need) of at most limit bytes (regularfile.Read): opening a FIFO would block
+// until someone writes to it, and a device may never end.
 func readManifest(path string, limit int64) ([]byte, error) {
-	fi, err := os.Stat(path)
-	if err != nil {
-		return nil, err
-	}
-	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("not a regular file (%s): skipped", fi.Mode().Type())
-	}
-	if fi.Size() > limit {
-		return nil, fmt.Errorf("file is %d bytes, more than the limit of %d (--config-max-file-bytes)", fi.Size(), limit)
-	}
-	// O_NONBLOCK, and the type checked again on the open file: the path may
-	// have been replaced by a FIFO since the check above.
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	if fi, err = f.Stat(); err != nil {
-		return nil, err
-	}
-	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("not a regular file (%s): skipped", fi.Mode().Type())
-	}
-	var buf bytes.Buffer
-	buf.Grow(int(min(fi.Size(), limit)) + bytes.MinRead)
-	// The file may grow while being read; read one byte past the limit to
-	// notice.
-	if _, err := buf.ReadFrom(io.LimitReader(f, limit+1)); err != nil {
-		return nil, err
-	}
-	if int64(buf.Len()) > limit {
+	data, err := regularfile.Read(path, limit)
+	var (
+		notRegular *regularfile.NotRegularError
+		tooLarge   *regularfile.TooLargeError
+	)
+	switch {
+	case errors.As(err, &notRegular):
+		return nil, fmt.Errorf("not a regular file (%s): skipped", notRegular.Mode.Type())
+	case errors.As(err, &tooLarge) && tooLarge.Grew:
 		return nil, fmt.Errorf("file is more than the limit of %d bytes (--config-max-file-bytes)", limit)
+	case errors.As(err, &tooLarge):
+		return nil, fmt.Errorf("file is %d bytes, more than the limit of %d (--config-max-file-bytes)", tooLarge.Size, limit)
 	}
-	return buf.Bytes(), nil
+	return data, err
 }
