@@ -129,6 +129,8 @@ type Agent struct {
 	}
 	dataplane  *dataplane // nil without capture
 	istioRules istioRules // istio-cni's DNS rules in captured pods
+	// links finds the pod behind a link-local client's interface.
+	links *linkOwners
 	// hostCookies are the node's own netns cookies (the agent's and PID
 	// 1's): never marked.
 	hostCookies []uint64
@@ -217,11 +219,13 @@ func newAgent(cfg Config) (*Agent, error) {
 	fwdOpts = append(fwdOpts, forward.WithCacheBytes(cfg.CacheBytes), forward.WithBudget(budget), forward.WithMaxUpstreamSeries(cfg.MaxUpstreamSeries),
 		forward.WithKnownUpstreams(knownUpstreams(a.cfg)...))
 	a.fwd = forward.New(fwdOpts...)
+	a.links = newLinkOwners(a.pods, capture.ProcNamespaces{Root: cfg.ProcRoot}, cfg.Logger)
 	a.server = resolver.New(resolver.Options{
 		Pods:        a.pods,
 		Forwarder:   a.fwd,
 		Upstreams:   a.upstreamsFor,
 		CaptureSlot: a.captureSlot,
+		LinkOwner:   a.links.owner,
 		Autopath:    cfg.Autopath,
 		NodeSearch:  cfg.NodeSearch,
 		Logger:      cfg.Logger,
@@ -395,6 +399,12 @@ func (a *Agent) run(ctx context.Context) error {
 		return control.Serve(controlCtx, controlLn, control.NewHandler(controlAPI{a}, a.log))
 	}))
 	g.spawn("housekeeping", func() error { a.keepHouse(ctx); return nil })
+	// Opened here, in the agent's network namespace (the resolver's).
+	if err := a.links.open(); err != nil {
+		a.log.Warn("cannot tell which pod is behind which interface: a pod asking from its link-local address counts as a source of its own", "err", err)
+	} else {
+		g.spawn("link owners", func() error { a.links.run(ctx); return nil })
+	}
 	if a.dataplane != nil {
 		g.spawn("istio rules", func() error { a.keepIstioRulesFresh(ctx); return nil })
 	}

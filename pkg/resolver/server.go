@@ -20,6 +20,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -147,6 +148,14 @@ type Options struct {
 	// cannot reach. Asked once per socket or connection, and on the slow
 	// path for such a pod's queries.
 	CaptureSlot func(local netip.AddrPort) bool
+	// LinkOwner finds the pod behind the server's interface ifindex: the
+	// one whose network namespace is at the link's other end (the node's
+	// end of its veth); nil for none. A link-local client (fe80::…, its
+	// zone the interface its query came in on) no pod owns by address
+	// counts against that pod's limits: a pod asking from its link-local
+	// address too would otherwise have a second share of every per-source
+	// bound. Asked only for a zoned address; nil: none is a pod's.
+	LinkOwner func(ifindex uint32) *podcache.Pod
 	// Autopath answers a search-list expansion of an unknown name in one
 	// round trip (CoreDNS's autopath). Off by default: see the README.
 	Autopath bool
@@ -318,13 +327,36 @@ func orDefault[T int | int64 | float64](v, def T) T {
 func (s *Server) clock() int64 { return int64(s.opts.Now().Sub(s.epoch)) }
 
 // sourceOf finds who is asking: the pod that owns ip, if any, and the quota
-// the query counts against (the pod's, or ip's entry among unknown sources).
+// the query counts against (the pod's; for a link-local ip, the pod's
+// behind its interface; or ip's entry among unknown sources).
 func (s *Server) sourceOf(ip netip.Addr, now int64) (*podcache.Pod, *quota.Source) {
 	p := s.opts.Pods.Lookup(ip)
 	if p != nil && p.Quota != nil {
 		return p, p.Quota
 	}
+	if q := s.linkQuota(ip); q != nil {
+		return p, q
+	}
 	return p, s.unknown.Get(ip, now)
+}
+
+// linkQuota is the quota of the pod behind a link-local client's
+// interface (Options.LinkOwner), nil for an address without a zone or a
+// link no pod is behind. Its zone is the interface's index, as
+// parseSockaddr spells it.
+func (s *Server) linkQuota(ip netip.Addr) *quota.Source {
+	zone := ip.Zone()
+	if zone == "" || s.opts.LinkOwner == nil {
+		return nil
+	}
+	ifindex, err := strconv.ParseUint(zone, 10, 32)
+	if err != nil {
+		return nil
+	}
+	if p := s.opts.LinkOwner(uint32(ifindex)); p != nil {
+		return p.Quota
+	}
+	return nil
 }
 
 // chargeRate charges msg to its source's rate, where the resolver applies
