@@ -1,8 +1,12 @@
 package testenv
 
 import (
+	"math/rand/v2"
 	"net"
 	"net/netip"
+	"os"
+	"strconv"
+	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -13,13 +17,47 @@ import (
 // FreePort returns a loopback address whose UDP and TCP ports were both
 // free. Another process may still take it before the caller binds it, so a
 // caller that can bind port 0 itself should.
+//
+// The port is picked at random below the kernel's ephemeral range
+// (net.ipv4.ip_local_port_range), where the kernel never hands out a port
+// by itself: a client socket or a port-0 bind anywhere on the machine
+// (another package's tests run at the same time) cannot be given it
+// before the caller binds it, and an agent under test refuses a port
+// another socket serves on. Above the fixed ports some tests use
+// (15053, 19153).
 func FreePort(tb testing.TB) netip.AddrPort {
 	tb.Helper()
+	const first = 20000
+	if low := ephemeralLow(); low > first+1000 {
+		for range 100 {
+			addr := netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), uint16(first+rand.IntN(low-first)))
+			if pc, ln, err := dnstest.ListenPair(addr); err == nil {
+				pc.Close()
+				ln.Close()
+				return addr
+			}
+		}
+	}
 	pc, ln := ListenPair(tb)
 	addr := pc.LocalAddr().(*net.UDPAddr).AddrPort()
 	pc.Close()
 	ln.Close()
 	return addr
+}
+
+// ephemeralLow is the first port of the kernel's ephemeral range, 0 when
+// it cannot be read.
+func ephemeralLow() int {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(b))
+	if len(f) != 2 {
+		return 0
+	}
+	low, _ := strconv.Atoi(f[0])
+	return low
 }
 
 // ListenPair opens UDP and TCP sockets on one free loopback port, both
