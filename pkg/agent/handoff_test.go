@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -884,5 +885,30 @@ func TestFreshSuccessorRefusesTheOldPodsRestart(t *testing.T) {
 	waitServedBy(t, socket, c, upC)
 	if got := answeredBy(t, "udp", listen); got != "192.0.2.5" {
 		t.Errorf("after the rollback: who.test. answered %s, want 192.0.2.5", got)
+	}
+}
+
+// TestStoppedAsItStartsLeavesNoSocket: an agent stopped as it starts, its
+// resolver closed before the goroutines serving its sockets began, leaves
+// none of them bound once Run returns: an agent started next on the
+// address finds it free. (Before: the resolver closed only the sockets it
+// had begun to serve, and the others stayed bound until the garbage
+// collector closed them; a fresh agent after a dead successor, on a busy
+// machine, refused to start beside its own predecessor's socket.) One
+// processor, and a context ended before Run, make the serving goroutines
+// start only once Run waits.
+func TestStoppedAsItStartsLeavesNoSocket(t *testing.T) {
+	dir, socket, listen, up := handoffSetup(t)
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	cfg := Config{Source: configdir.New(dir, configdir.WithLogger(log)), Listen: []netip.AddrPort{listen}, Upstreams: []netip.AddrPort{up}, Socket: socket, Logger: log}
+	if err := Run(ctx, cfg); err != nil {
+		t.Fatalf("Run with its context ended: %v", err)
+	}
+	udp, tcp := testenv.SocketStates(t, "udp", listen), testenv.SocketStates(t, "tcp", listen)
+	if len(udp) != 0 || len(tcp) != 0 {
+		t.Errorf("sockets on %s once Run returned: UDP %q, TCP %q; want none", listen, udp, tcp)
 	}
 }
