@@ -53,7 +53,11 @@ func TestSocketStatesOfEachKind(t *testing.T) {
 	if got := SocketStates(t, "tcp", lnAddr); strings.Join(got, ",") != "0A" {
 		t.Errorf("TCP listener on %s: states %q, want [0A]", lnAddr, got)
 	}
+	// connect() alone may pick a local port that TIME_WAIT sockets of
+	// other connections (another destination) still hold, which the dump
+	// of the port lists too; bind() picks one no socket holds.
 	client := socket(t, unix.SOCK_STREAM)
+	bindLoopback(t, client, 0)
 	if err := unix.Connect(client, &unix.SockaddrInet4{Addr: lnAddr.Addr().As4(), Port: int(lnAddr.Port())}); err != nil {
 		t.Fatal(err)
 	}

@@ -276,7 +276,7 @@ func (a *Agent) run(ctx context.Context) error {
 			a.metrics.Close() // its server, if it runs, closes it too
 		}
 		cancel(err)
-		a.server.Close()
+		a.closeServer()
 		a.fwd.Close()
 		g.waitStopped(a.log, a.stopTimeout())
 		return err
@@ -468,7 +468,7 @@ func (a *Agent) shutdown(g *group, cause error) error {
 			a.abortKeptSockets()
 		}
 	}
-	a.server.Close()
+	a.closeServer()
 	a.fwd.Close()
 	g.waitStopped(a.log, a.stopTimeout())
 	if errors.Is(cause, context.Canceled) {
@@ -476,6 +476,25 @@ func (a *Agent) shutdown(g *group, cause error) error {
 		return nil
 	}
 	return cause
+}
+
+// closeServer closes the resolver, and then the sockets this agent gave
+// it. The resolver's Close closes those it serves, but not one whose
+// ServeUDP or ServeTCP had not yet begun (an agent stopped just after it
+// started, on a busy machine): that one would stay bound until the
+// garbage collector closed it, and an agent started on the address
+// meanwhile would find it served and refuse to start.
+func (a *Agent) closeServer() {
+	a.server.Close()
+	for _, c := range a.udp {
+		c.Close()
+	}
+	for _, l := range a.tcp {
+		l.Close()
+	}
+	for _, c := range a.retired {
+		c.Close()
+	}
 }
 
 // noTableInTime is the error of a successor that gives the hand-over up

@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -257,14 +259,55 @@ func (g *gatedSource) Run(ctx context.Context, deliver func(*model.Snapshot)) er
 }
 
 // handoffSetup gives a directory serving address.internal, a socket path,
-// a free port to listen on and an upstream.
+// a free port to listen on (unpickedPort) and an upstream.
 func handoffSetup(t *testing.T) (dir, socket string, listen, upstream netip.AddrPort) {
 	t.Helper()
 	dir = t.TempDir()
 	if err := os.WriteFile(filepath.Join(dir, "se.yaml"), []byte(manifest), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	return dir, filepath.Join(t.TempDir(), "ztdns.sock"), testenv.FreePort(t), dnstest.Start(t, "127.0.0.1:0", dnstest.Zone{}).Addr
+	return dir, filepath.Join(t.TempDir(), "ztdns.sock"), unpickedPort(t), dnstest.Start(t, "127.0.0.1:0", dnstest.Zone{}).Addr
+}
+
+// unpickedPort returns a loopback address whose port is free for UDP and
+// TCP and outside the ephemeral range, which bind(0) and connect() never
+// pick: no client socket of another test or process takes it while no
+// agent holds it, before the first binds it or between one's stop and the
+// next one's start, as the agent's own address is never taken on a node.
+// (testenv.FreePort's port is an ephemeral one: a client socket of another
+// test bound on it then, or a TCP client's TIME_WAIT, which blocks a
+// listener's bind for a minute, makes the next agent refuse to start.)
+// Ports below 20000 are left to the fixed ones of tests and helpers (15053,
+// Istio's 150xx).
+func unpickedPort(t *testing.T) netip.AddrPort {
+	t.Helper()
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var low, high int
+	if _, err := fmt.Sscan(string(b), &low, &high); err != nil {
+		t.Fatalf("ip_local_port_range %q: %v", b, err)
+	}
+	const floor, ceiling = 20000, 1<<16 - 1
+	below, above := max(low-floor, 0), max(ceiling-high, 0)
+	if below+above == 0 {
+		t.Fatalf("no port in %d-%d outside the ephemeral range %d-%d", floor, ceiling, low, high)
+	}
+	for range 50 {
+		port := floor + rand.IntN(below+above)
+		if port >= low {
+			port = high + 1 + port - floor - below
+		}
+		addr := netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), uint16(port))
+		if pc, ln, err := dnstest.ListenPair(addr); err == nil {
+			pc.Close()
+			ln.Close()
+			return addr
+		}
+	}
+	t.Fatalf("no free port outside the ephemeral range %d-%d in 50 tries", low, high)
+	return netip.AddrPort{}
 }
 
 // askAddress asks for address.internal over network ("udp" or "tcp"),
@@ -884,5 +927,30 @@ func TestFreshSuccessorRefusesTheOldPodsRestart(t *testing.T) {
 	waitServedBy(t, socket, c, upC)
 	if got := answeredBy(t, "udp", listen); got != "192.0.2.5" {
 		t.Errorf("after the rollback: who.test. answered %s, want 192.0.2.5", got)
+	}
+}
+
+// TestStoppedAsItStartsLeavesNoSocket: an agent stopped as it starts, its
+// resolver closed before the goroutines serving its sockets began, leaves
+// none of them bound once Run returns: an agent started next on the
+// address finds it free. (Before: the resolver closed only the sockets it
+// had begun to serve, and the others stayed bound until the garbage
+// collector closed them; a fresh agent after a dead successor, on a busy
+// machine, refused to start beside its own predecessor's socket.) One
+// processor, and a context ended before Run, make the serving goroutines
+// start only once Run waits.
+func TestStoppedAsItStartsLeavesNoSocket(t *testing.T) {
+	dir, socket, listen, up := handoffSetup(t)
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	cfg := Config{Source: configdir.New(dir, configdir.WithLogger(log)), Listen: []netip.AddrPort{listen}, Upstreams: []netip.AddrPort{up}, Socket: socket, Logger: log}
+	if err := Run(ctx, cfg); err != nil {
+		t.Fatalf("Run with its context ended: %v", err)
+	}
+	udp, tcp := testenv.SocketStates(t, "udp", listen), testenv.SocketStates(t, "tcp", listen)
+	if len(udp) != 0 || len(tcp) != 0 {
+		t.Errorf("sockets on %s once Run returned: UDP %q, TCP %q; want none", listen, udp, tcp)
 	}
 }

@@ -3,6 +3,7 @@
 package resolver
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -83,12 +84,23 @@ func TestLinkLocalClientAnswered(t *testing.T) {
 	s.SetTable(limitsTable(model.Service{Namespace: "default", Name: "ext", ExternalName: "web.default.svc.cluster.local"}))
 	var conn *net.UDPConn
 	var ln *net.TCPListener
-	if err := node.Do(func() (err error) {
-		if conn, err = ListenUDP(netip.MustParseAddrPort("[::]:0")); err != nil {
-			return err
+	// As listenPair, in the node's namespace (Do runs fn on a goroutine
+	// of its own: no t.Fatal there): the TCP port may be taken when the
+	// UDP one was free.
+	if err := node.Do(func() error {
+		for range 20 {
+			udp, err := ListenUDP(netip.MustParseAddrPort("[::]:0"))
+			if err != nil {
+				return err
+			}
+			tcp, err := ListenTCP(netip.AddrPortFrom(netip.IPv6Unspecified(), addrPortOf(udp.LocalAddr()).Port()))
+			if err == nil {
+				conn, ln = udp, tcp
+				return nil
+			}
+			udp.Close()
 		}
-		ln, err = ListenTCP(netip.AddrPortFrom(netip.IPv6Unspecified(), addrPortOf(conn.LocalAddr()).Port()))
-		return err
+		return errors.New("no port of [::] free for both UDP and TCP")
 	}); err != nil {
 		t.Fatal(err)
 	}

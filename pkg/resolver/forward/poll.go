@@ -207,7 +207,12 @@ func (p *udpPoller) leadFor(ctx context.Context, w *udpWait) (own bool, err erro
 		return false, err
 	}
 	ep := p.ep // the AfterFunc may run once w left, when the set is closed
-	stop := context.AfterFunc(ctx, func() { _ = ep.SetReadDeadline(time.Unix(1, 0)) })
+	stop := context.AfterFunc(ctx, func() {
+		_ = ep.SetReadDeadline(time.Unix(1, 0))
+		if ctxDeadlineSet != nil {
+			ctxDeadlineSet()
+		}
+	})
 	defer stop()
 	for {
 		err := p.rc.Read(func(fd uintptr) bool {
@@ -232,9 +237,10 @@ func (p *udpPoller) leadFor(ctx context.Context, w *udpWait) (own bool, err erro
 	}
 }
 
-// clearingDeadline, set by a test, runs as a leader is about to clear a
-// read deadline that ended its wait.
-var clearingDeadline func()
+// Set by a test: clearingDeadline runs as a leader is about to clear a
+// read deadline that ended its wait, ctxDeadlineSet once a context's end
+// has set the deadline.
+var clearingDeadline, ctxDeadlineSet func()
 
 // drain takes every event the set holds and hands each to its exchange;
 // it reports whether one was for the exchange id, which it does not hand.

@@ -106,14 +106,16 @@ func TestLeaderEndsWithItsContext(t *testing.T) {
 	t.Cleanup(func() { p.remove(w) })
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	// The context's context.AfterFunc sets the deadline in a goroutine of
+	// its own: the leader goes on once it did, however late it runs.
+	deadlineSet := make(chan struct{})
+	ctxDeadlineSet = func() { close(deadlineSet) }
 	clearingDeadline = func() {
 		clearingDeadline = nil // the next deadline is the context's own
 		cancel()
-		// Its context.AfterFunc sets the deadline in a goroutine of its
-		// own: let it run.
-		time.Sleep(50 * time.Millisecond)
+		<-deadlineSet
 	}
-	t.Cleanup(func() { clearingDeadline = nil })
+	t.Cleanup(func() { clearingDeadline, ctxDeadlineSet = nil, nil })
 	_ = p.ep.SetReadDeadline(time.Unix(1, 0)) // an earlier leader's
 	done := make(chan error, 1)
 	go func() { done <- p.wait(ctx, w) }()
