@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math/rand/v2"
 	"net/http"
 	"net/netip"
 	"os"
@@ -259,55 +258,14 @@ func (g *gatedSource) Run(ctx context.Context, deliver func(*model.Snapshot)) er
 }
 
 // handoffSetup gives a directory serving address.internal, a socket path,
-// a free port to listen on (unpickedPort) and an upstream.
+// a free port to listen on and an upstream.
 func handoffSetup(t *testing.T) (dir, socket string, listen, upstream netip.AddrPort) {
 	t.Helper()
 	dir = t.TempDir()
 	if err := os.WriteFile(filepath.Join(dir, "se.yaml"), []byte(manifest), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	return dir, filepath.Join(t.TempDir(), "ztdns.sock"), unpickedPort(t), dnstest.Start(t, "127.0.0.1:0", dnstest.Zone{}).Addr
-}
-
-// unpickedPort returns a loopback address whose port is free for UDP and
-// TCP and outside the ephemeral range, which bind(0) and connect() never
-// pick: no client socket of another test or process takes it while no
-// agent holds it, before the first binds it or between one's stop and the
-// next one's start, as the agent's own address is never taken on a node.
-// (testenv.FreePort's port is an ephemeral one: a client socket of another
-// test bound on it then, or a TCP client's TIME_WAIT, which blocks a
-// listener's bind for a minute, makes the next agent refuse to start.)
-// Ports below 20000 are left to the fixed ones of tests and helpers (15053,
-// Istio's 150xx).
-func unpickedPort(t *testing.T) netip.AddrPort {
-	t.Helper()
-	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var low, high int
-	if _, err := fmt.Sscan(string(b), &low, &high); err != nil {
-		t.Fatalf("ip_local_port_range %q: %v", b, err)
-	}
-	const floor, ceiling = 20000, 1<<16 - 1
-	below, above := max(low-floor, 0), max(ceiling-high, 0)
-	if below+above == 0 {
-		t.Fatalf("no port in %d-%d outside the ephemeral range %d-%d", floor, ceiling, low, high)
-	}
-	for range 50 {
-		port := floor + rand.IntN(below+above)
-		if port >= low {
-			port = high + 1 + port - floor - below
-		}
-		addr := netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), uint16(port))
-		if pc, ln, err := dnstest.ListenPair(addr); err == nil {
-			pc.Close()
-			ln.Close()
-			return addr
-		}
-	}
-	t.Fatalf("no free port outside the ephemeral range %d-%d in 50 tries", low, high)
-	return netip.AddrPort{}
+	return dir, filepath.Join(t.TempDir(), "ztdns.sock"), testenv.FreePort(t), dnstest.Start(t, "127.0.0.1:0", dnstest.Zone{}).Addr
 }
 
 // askAddress asks for address.internal over network ("udp" or "tcp"),
