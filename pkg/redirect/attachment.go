@@ -256,16 +256,26 @@ func pinnedID(pin string) (uint32, error) {
 	}
 	defer unix.Close(int(fd))
 	var head struct{ Type, ID uint32 }
-	info := struct {
-		FD, InfoLen uint32
-		Info        uint64
-	}{uint32(fd), uint32(unsafe.Sizeof(head)), uint64(uintptr(unsafe.Pointer(&head)))}
-	_, _, errno = unix.Syscall(unix.SYS_BPF, unix.BPF_OBJ_GET_INFO_BY_FD, uintptr(unsafe.Pointer(&info)), unsafe.Sizeof(info))
-	runtime.KeepAlive(&head)
-	if errno != 0 {
-		return 0, fmt.Errorf("%s: object info: %w", pin, errno)
+	if err := objectInfo(int(fd), unsafe.Pointer(&head), unsafe.Sizeof(head)); err != nil {
+		return 0, fmt.Errorf("%s: object info: %w", pin, err)
 	}
 	return head.ID, nil
+}
+
+// objectInfo fills the size bytes at info with the head of the bpf
+// object's info (BPF_OBJ_GET_INFO_BY_FD): the kernel fills as much of its
+// struct as it is given, so a caller passes only the fields it reads.
+func objectInfo(fd int, info unsafe.Pointer, size uintptr) error {
+	attr := struct {
+		FD, InfoLen uint32
+		Info        uint64
+	}{uint32(fd), uint32(size), uint64(uintptr(info))}
+	_, _, errno := unix.Syscall(unix.SYS_BPF, unix.BPF_OBJ_GET_INFO_BY_FD, uintptr(unsafe.Pointer(&attr)), unsafe.Sizeof(attr))
+	runtime.KeepAlive(info)
+	if errno != 0 {
+		return errno
+	}
+	return nil
 }
 
 func mapID(m *ebpf.Map) (ebpf.MapID, error) {

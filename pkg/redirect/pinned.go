@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"runtime"
 	"slices"
 	"strings"
 	"unsafe"
@@ -144,14 +143,8 @@ type mapInfo struct {
 // with, both nil when it has no BTF.
 func mapTypes(m *ebpf.Map) (key, value btf.Type, err error) {
 	var info mapInfo
-	attr := struct {
-		FD, InfoLen uint32
-		Info        uint64
-	}{uint32(m.FD()), uint32(unsafe.Sizeof(info)), uint64(uintptr(unsafe.Pointer(&info)))}
-	_, _, errno := unix.Syscall(unix.SYS_BPF, unix.BPF_OBJ_GET_INFO_BY_FD, uintptr(unsafe.Pointer(&attr)), unsafe.Sizeof(attr))
-	runtime.KeepAlive(&info)
-	if errno != 0 {
-		return nil, nil, fmt.Errorf("map info: %w", errno)
+	if err := objectInfo(m.FD(), unsafe.Pointer(&info), unsafe.Sizeof(info)); err != nil {
+		return nil, nil, fmt.Errorf("map info: %w", err)
 	}
 	if info.BTFID == 0 {
 		return nil, nil, nil

@@ -27,7 +27,8 @@ type watcher interface {
 	// changes receives a value after changes. Bursts coalesce into one value.
 	changes() <-chan struct{}
 	// rearm makes sure the directory now at the path is the one watched, after
-	// it was replaced (renamed away, a new one moved in).
+	// it was replaced (renamed away, a new one moved in), and that what the
+	// path and the last scan's symlinked manifests resolve through is.
 	rearm()
 	close()
 }
@@ -156,12 +157,12 @@ func (w *notifyWatcher) changes() <-chan struct{} { return w.ch }
 // watched: followLinks watches it again if it is back); any other event
 // (in the directory, or the directory's own).
 func (w *notifyWatcher) matters(ev fsnotify.Event) bool {
-	if ev.Name == filepath.Clean(w.dir) {
+	if ev.Name == w.dir { // absolute, so clean (startNotify)
 		if ev.Has(fsnotify.Remove) || ev.Has(fsnotify.Rename) {
 			// The watch is gone with it, or on it elsewhere. A directory
 			// made again at the path may get the removed one's inode
-			// number: forget it, so that replaced tells any directory
-			// there, and rearm watches it.
+			// number: forget it, so that rearm tells any directory there
+			// from it, and watches it.
 			w.watched.Store(&fileID{})
 		}
 		return true
