@@ -98,5 +98,19 @@ func RetryOnce(dump func(attempt int) (interrupted bool, err error)) error {
 	}
 }
 
+// Attrs calls f with the type and value of each attribute (struct rtattr,
+// struct nlattr) of a message's payload data, past its fixed header of hdr
+// octets, until the first malformed one.
+func Attrs(data []byte, hdr int, f func(typ uint16, v []byte)) {
+	for b := data[min(Align(hdr), len(data)):]; len(b) >= unix.SizeofRtAttr; {
+		n := int(binary.NativeEndian.Uint16(b[0:]))
+		if n < unix.SizeofRtAttr || n > len(b) {
+			return
+		}
+		f(binary.NativeEndian.Uint16(b[2:])&^unix.NLA_F_NESTED, b[unix.SizeofRtAttr:n])
+		b = b[min(Align(n), len(b)):]
+	}
+}
+
 // Align rounds a netlink message or attribute length up to NLMSG_ALIGNTO.
 func Align(n int) int { return (n + unix.NLMSG_ALIGNTO - 1) &^ (unix.NLMSG_ALIGNTO - 1) }

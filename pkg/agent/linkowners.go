@@ -242,7 +242,7 @@ func (l *linkOwners) getNsid(fd int) (int32, error) {
 			return 0, errors.New("RTM_GETNSID: no answer")
 		case unix.RTM_NEWNSID:
 			nsid := int32(-1)
-			attrs(data, 4, func(typ uint16, v []byte) {
+			netlinkdump.Attrs(data, 4, func(typ uint16, v []byte) {
 				if typ == unix.NETNSA_NSID && len(v) >= 4 {
 					nsid = int32(binary.NativeEndian.Uint32(v))
 				}
@@ -286,7 +286,7 @@ func (l *linkOwners) dumpLinks() (map[uint32]int32, error) {
 				return nil
 			}
 			ifindex := binary.NativeEndian.Uint32(data[4:])
-			attrs(data, unix.SizeofIfInfomsg, func(typ uint16, v []byte) {
+			netlinkdump.Attrs(data, unix.SizeofIfInfomsg, func(typ uint16, v []byte) {
 				if typ == unix.IFLA_LINK_NETNSID && len(v) >= 4 {
 					links[ifindex] = int32(binary.NativeEndian.Uint32(v))
 				}
@@ -298,17 +298,4 @@ func (l *linkOwners) dumpLinks() (map[uint32]int32, error) {
 		return nil, fmt.Errorf("list the links: %w", err)
 	}
 	return links, nil
-}
-
-// attrs calls f with each route attribute of a netlink message's payload,
-// past its fixed header of hdr octets.
-func attrs(data []byte, hdr int, f func(typ uint16, v []byte)) {
-	for b := data[min(netlinkdump.Align(hdr), len(data)):]; len(b) >= unix.SizeofRtAttr; {
-		n := int(binary.NativeEndian.Uint16(b[0:]))
-		if n < unix.SizeofRtAttr || n > len(b) {
-			return
-		}
-		f(binary.NativeEndian.Uint16(b[2:])&^unix.NLA_F_NESTED, b[unix.SizeofRtAttr:n])
-		b = b[min(netlinkdump.Align(n), len(b)):]
-	}
 }

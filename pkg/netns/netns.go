@@ -157,20 +157,14 @@ func ifaddrIP(data []byte) (netip.Addr, bool) {
 		return netip.Addr{}, false
 	}
 	var address, local netip.Addr
-	for b := data[netlinkdump.Align(unix.SizeofIfAddrmsg):]; len(b) >= unix.SizeofRtAttr; {
-		l := int(binary.NativeEndian.Uint16(b[0:]))
-		if l < unix.SizeofRtAttr || l > len(b) {
-			break
-		}
-		v := b[unix.SizeofRtAttr:l]
-		switch binary.NativeEndian.Uint16(b[2:]) {
+	netlinkdump.Attrs(data, unix.SizeofIfAddrmsg, func(typ uint16, v []byte) {
+		switch typ {
 		case unix.IFA_ADDRESS:
 			address, _ = netip.AddrFromSlice(v)
 		case unix.IFA_LOCAL:
 			local, _ = netip.AddrFromSlice(v)
 		}
-		b = b[min(netlinkdump.Align(l), len(b)):]
-	}
+	})
 	if local.IsValid() {
 		return local, true
 	}
