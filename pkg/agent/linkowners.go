@@ -178,20 +178,13 @@ func (l *linkOwners) refresh() error {
 }
 
 // nsidOf returns the node's id of the network namespace at path, which
-// must be the one with that cookie (a record's); -1 when it has none. It
-// looks at the path as inspectNetns does: nothing but a namespace is
-// opened for real.
+// must be the one with that cookie (a record's); -1 when it has none.
 func (l *linkOwners) nsidOf(path string, cookie uint64) (int32, error) {
-	pfd, err := unix.Open(l.procs.NodePath(path), unix.O_PATH|unix.O_CLOEXEC, 0)
+	pfd, self, err := lookAtNetns(l.procs, path)
 	if err != nil {
 		return 0, err
 	}
 	defer unix.Close(pfd)
-	var fs unix.Statfs_t
-	if err := unix.Fstatfs(pfd, &fs); err != nil || fs.Type != unix.NSFS_MAGIC {
-		return 0, fmt.Errorf("%s is not a network namespace", path)
-	}
-	self := fmt.Sprintf("/proc/self/fd/%d", pfd)
 	if c, err := netns.Cookie(self); err != nil || c != cookie {
 		return 0, fmt.Errorf("%s is not the namespace of cookie %d", path, cookie)
 	}
