@@ -9,6 +9,7 @@ package netlinkdump
 import (
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"syscall"
 
 	"github.com/containernetworking/plugins/pkg/ns"
@@ -28,11 +29,41 @@ func Socket(netnsPath string, proto int) (int, error) {
 	return fd, err
 }
 
+// Request sends on the netlink socket fd a request of type typ (flags
+// besides NLM_F_REQUEST: unix.NLM_F_DUMP for a dump) and sequence seq,
+// body its payload past the message header.
+func Request(fd int, typ, flags uint16, seq uint32, body []byte) error {
+	req := make([]byte, unix.NLMSG_HDRLEN+len(body))
+	binary.NativeEndian.PutUint32(req[0:], uint32(len(req)))
+	binary.NativeEndian.PutUint16(req[4:], typ)
+	binary.NativeEndian.PutUint16(req[6:], unix.NLM_F_REQUEST|flags)
+	binary.NativeEndian.PutUint32(req[8:], seq)
+	copy(req[unix.NLMSG_HDRLEN:], body)
+	return unix.Sendto(fd, req, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK})
+}
+
+// Receiver is a recv for Read: one datagram from the netlink socket fd
+// into buf, whose size bounds the dump's memory. A datagram larger than
+// buf is an error, not a message cut short.
+func Receiver(fd int, buf []byte) func() ([]byte, error) {
+	return func() ([]byte, error) {
+		n, _, err := unix.Recvfrom(fd, buf, unix.MSG_TRUNC)
+		if err != nil {
+			return nil, fmt.Errorf("receive netlink answer: %w", err)
+		}
+		if n > len(buf) {
+			return nil, fmt.Errorf("netlink answer of %d bytes, more than %d", n, len(buf))
+		}
+		return buf[:n], nil
+	}
+}
+
 // ErrInterrupted is RetryOnce's error when the dumped objects changed
 // during both dumps.
 var ErrInterrupted = errors.New("changed during the listing, twice")
 
-// Read reads the answer to the dump request of sequence seq, one datagram
+// Read reads the answer to the dump request (or the request with
+// NLM_F_ACK, whose acknowledgement ends it) of sequence seq, one datagram
 // from each call of recv, and calls visit with each of its messages but
 // the final NLMSG_DONE; a message of another sequence (the answer to an
 // earlier request) is passed over. data is the message's payload, valid
@@ -95,6 +126,20 @@ func RetryOnce(dump func(attempt int) (interrupted bool, err error)) error {
 		if attempt > 0 {
 			return ErrInterrupted
 		}
+	}
+}
+
+// Attrs calls f with the type and value of each attribute (struct rtattr,
+// struct nlattr) of a message's payload data, past its fixed header of hdr
+// octets, until the first malformed one.
+func Attrs(data []byte, hdr int, f func(typ uint16, v []byte)) {
+	for b := data[min(Align(hdr), len(data)):]; len(b) >= unix.SizeofRtAttr; {
+		n := int(binary.NativeEndian.Uint16(b[0:]))
+		if n < unix.SizeofRtAttr || n > len(b) {
+			return
+		}
+		f(binary.NativeEndian.Uint16(b[2:])&^unix.NLA_F_NESTED, b[unix.SizeofRtAttr:n])
+		b = b[min(Align(n), len(b)):]
 	}
 }
 

@@ -181,3 +181,35 @@ func TestRetryOnce(t *testing.T) {
 		})
 	}
 }
+
+// attr is one route attribute of type typ and value v, padded.
+func attr(typ uint16, v []byte) []byte {
+	a := make([]byte, unix.SizeofRtAttr, Align(unix.SizeofRtAttr+len(v)))
+	binary.NativeEndian.PutUint16(a[0:], uint16(unix.SizeofRtAttr+len(v)))
+	binary.NativeEndian.PutUint16(a[2:], typ)
+	a = append(a, v...)
+	return a[:cap(a)]
+}
+
+// Attrs visits the attributes past the fixed header (padded), without
+// the nested flag in their type, and stops at one whose length runs past
+// the message or is shorter than its own header.
+func TestAttrs(t *testing.T) {
+	hdr := []byte{1, 2, 3} // padded to 4
+	for _, tt := range []struct {
+		name string
+		tail []byte
+	}{
+		{"past the end", []byte{0xff, 0, 9, 0}},
+		{"shorter than its header", []byte{2, 0, 9, 0}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			data := slices.Concat(hdr, []byte{0}, attr(1, []byte("one")), attr(2|unix.NLA_F_NESTED, []byte("nested")), tt.tail, attr(3, []byte("after")))
+			var got []seen
+			Attrs(data, len(hdr), func(typ uint16, v []byte) { got = append(got, seen{typ: typ, data: string(v)}) })
+			if want := []seen{{typ: 1, data: "one"}, {typ: 2, data: "nested"}}; !slices.Equal(got, want) {
+				t.Errorf("Attrs visited %v, want %v", got, want)
+			}
+		})
+	}
+}

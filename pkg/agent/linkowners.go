@@ -178,20 +178,13 @@ func (l *linkOwners) refresh() error {
 }
 
 // nsidOf returns the node's id of the network namespace at path, which
-// must be the one with that cookie (a record's); -1 when it has none. It
-// looks at the path as inspectNetns does: nothing but a namespace is
-// opened for real.
+// must be the one with that cookie (a record's); -1 when it has none.
 func (l *linkOwners) nsidOf(path string, cookie uint64) (int32, error) {
-	pfd, err := unix.Open(l.procs.NodePath(path), unix.O_PATH|unix.O_CLOEXEC, 0)
+	pfd, self, err := lookAtNetns(l.procs, path)
 	if err != nil {
 		return 0, err
 	}
 	defer unix.Close(pfd)
-	var fs unix.Statfs_t
-	if err := unix.Fstatfs(pfd, &fs); err != nil || fs.Type != unix.NSFS_MAGIC {
-		return 0, fmt.Errorf("%s is not a network namespace", path)
-	}
-	self := fmt.Sprintf("/proc/self/fd/%d", pfd)
 	if c, err := netns.Cookie(self); err != nil || c != cookie {
 		return 0, fmt.Errorf("%s is not the namespace of cookie %d", path, cookie)
 	}
@@ -205,51 +198,40 @@ func (l *linkOwners) nsidOf(path string, cookie uint64) (int32, error) {
 
 // getNsid asks the node's id of the namespace open at fd (RTM_GETNSID).
 func (l *linkOwners) getNsid(fd int) (int32, error) {
-	const reqLen = unix.SizeofNlMsghdr + 4 + unix.SizeofRtAttr + 4 // rtgenmsg padded, NETNSA_FD
-	var req [reqLen]byte
-	binary.NativeEndian.PutUint32(req[0:], reqLen)
-	binary.NativeEndian.PutUint16(req[4:], unix.RTM_GETNSID)
-	binary.NativeEndian.PutUint16(req[6:], unix.NLM_F_REQUEST)
+	// struct rtgenmsg, padded, then the NETNSA_FD attribute.
+	var body [4 + unix.SizeofRtAttr + 4]byte
+	body[0] = unix.AF_UNSPEC
+	binary.NativeEndian.PutUint16(body[4:], unix.SizeofRtAttr+4)
+	binary.NativeEndian.PutUint16(body[6:], unix.NETNSA_FD)
+	binary.NativeEndian.PutUint32(body[8:], uint32(fd))
 	l.seq++
 	seq := l.seq
-	binary.NativeEndian.PutUint32(req[8:], seq)
-	req[unix.SizeofNlMsghdr] = unix.AF_UNSPEC
-	attr := req[unix.SizeofNlMsghdr+4:]
-	binary.NativeEndian.PutUint16(attr[0:], unix.SizeofRtAttr+4)
-	binary.NativeEndian.PutUint16(attr[2:], unix.NETNSA_FD)
-	binary.NativeEndian.PutUint32(attr[4:], uint32(fd))
-	if err := unix.Sendto(l.fd, req[:], 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+	// NLM_F_ACK: the answer, then an acknowledgement, ends as a dump's
+	// does (netlinkdump.Read).
+	if err := netlinkdump.Request(l.fd, unix.RTM_GETNSID, unix.NLM_F_ACK, seq, body[:]); err != nil {
 		return 0, fmt.Errorf("send RTM_GETNSID: %w", err)
 	}
 	var buf [256]byte
-	for {
-		n, _, err := unix.Recvfrom(l.fd, buf[:], 0)
-		if err != nil {
-			return 0, fmt.Errorf("receive RTM_GETNSID's answer: %w", err)
+	nsid, answered := int32(-1), false
+	_, err := netlinkdump.Read(netlinkdump.Receiver(l.fd, buf[:]), seq, func(typ, _ uint16, data []byte) error {
+		if typ != unix.RTM_NEWNSID {
+			return nil
 		}
-		b := buf[:n]
-		if len(b) < unix.NLMSG_HDRLEN || binary.NativeEndian.Uint32(b[8:]) != seq {
-			continue // an earlier request's, given up
-		}
-		data := b[unix.NLMSG_HDRLEN:min(int(binary.NativeEndian.Uint32(b[0:])), len(b))]
-		switch binary.NativeEndian.Uint16(b[4:]) {
-		case unix.NLMSG_ERROR:
-			if len(data) >= 4 {
-				if e := -int32(binary.NativeEndian.Uint32(data)); e != 0 {
-					return 0, fmt.Errorf("RTM_GETNSID: %w", unix.Errno(e))
-				}
+		answered = true
+		netlinkdump.Attrs(data, 4, func(typ uint16, v []byte) {
+			if typ == unix.NETNSA_NSID && len(v) >= 4 {
+				nsid = int32(binary.NativeEndian.Uint32(v))
 			}
-			return 0, errors.New("RTM_GETNSID: no answer")
-		case unix.RTM_NEWNSID:
-			nsid := int32(-1)
-			attrs(data, 4, func(typ uint16, v []byte) {
-				if typ == unix.NETNSA_NSID && len(v) >= 4 {
-					nsid = int32(binary.NativeEndian.Uint32(v))
-				}
-			})
-			return nsid, nil
-		}
+		})
+		return nil
+	})
+	switch {
+	case err != nil:
+		return 0, fmt.Errorf("RTM_GETNSID: %w", err)
+	case !answered:
+		return 0, errors.New("RTM_GETNSID: no answer")
 	}
+	return nsid, nil
 }
 
 // dumpLinks lists the agent's interfaces whose other end is in another
@@ -261,32 +243,18 @@ func (l *linkOwners) dumpLinks() (map[uint32]int32, error) {
 	err := netlinkdump.RetryOnce(func(int) (bool, error) {
 		l.seq++
 		seq := l.seq
-		const reqLen = unix.SizeofNlMsghdr + unix.SizeofIfInfomsg
-		var req [reqLen]byte
-		binary.NativeEndian.PutUint32(req[0:], reqLen)
-		binary.NativeEndian.PutUint16(req[4:], unix.RTM_GETLINK)
-		binary.NativeEndian.PutUint16(req[6:], unix.NLM_F_REQUEST|unix.NLM_F_DUMP)
-		binary.NativeEndian.PutUint32(req[8:], seq)
-		if err := unix.Sendto(l.fd, req[:], 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		var ifinfomsg [unix.SizeofIfInfomsg]byte
+		if err := netlinkdump.Request(l.fd, unix.RTM_GETLINK, unix.NLM_F_DUMP, seq, ifinfomsg[:]); err != nil {
 			return false, fmt.Errorf("send RTM_GETLINK: %w", err)
 		}
-		recv := func() ([]byte, error) {
-			n, _, err := unix.Recvfrom(l.fd, buf, unix.MSG_TRUNC)
-			if err != nil {
-				return nil, fmt.Errorf("receive the links: %w", err)
-			}
-			if n > len(buf) {
-				return nil, fmt.Errorf("netlink answer of %d bytes, more than %d", n, len(buf))
-			}
-			return buf[:n], nil
-		}
+		recv := netlinkdump.Receiver(l.fd, buf)
 		links = map[uint32]int32{}
 		return netlinkdump.Read(recv, seq, func(typ, _ uint16, data []byte) error {
 			if typ != unix.RTM_NEWLINK || len(data) < unix.SizeofIfInfomsg {
 				return nil
 			}
 			ifindex := binary.NativeEndian.Uint32(data[4:])
-			attrs(data, unix.SizeofIfInfomsg, func(typ uint16, v []byte) {
+			netlinkdump.Attrs(data, unix.SizeofIfInfomsg, func(typ uint16, v []byte) {
 				if typ == unix.IFLA_LINK_NETNSID && len(v) >= 4 {
 					links[ifindex] = int32(binary.NativeEndian.Uint32(v))
 				}
@@ -298,17 +266,4 @@ func (l *linkOwners) dumpLinks() (map[uint32]int32, error) {
 		return nil, fmt.Errorf("list the links: %w", err)
 	}
 	return links, nil
-}
-
-// attrs calls f with each route attribute of a netlink message's payload,
-// past its fixed header of hdr octets.
-func attrs(data []byte, hdr int, f func(typ uint16, v []byte)) {
-	for b := data[min(netlinkdump.Align(hdr), len(data)):]; len(b) >= unix.SizeofRtAttr; {
-		n := int(binary.NativeEndian.Uint16(b[0:]))
-		if n < unix.SizeofRtAttr || n > len(b) {
-			return
-		}
-		f(binary.NativeEndian.Uint16(b[2:])&^unix.NLA_F_NESTED, b[unix.SizeofRtAttr:n])
-		b = b[min(netlinkdump.Align(n), len(b)):]
-	}
 }

@@ -57,20 +57,11 @@ type netnsSeen struct {
 // the two reads. A path that is missing or not a namespace is Invalid; the
 // node's own namespace is Refused.
 func (a *Agent) inspectNetns(path string) (netnsSeen, error) {
-	// O_PATH opens nothing: a device, a FIFO or a file on a stuck FUSE
-	// mount at the path is never really opened, only looked at, and what
-	// is no network namespace goes no further. The namespace is reopened
-	// for real through /proc/self/fd.
-	fd, err := unix.Open(capture.ProcNamespaces{Root: a.cfg.ProcRoot}.NodePath(path), unix.O_PATH|unix.O_CLOEXEC, 0)
+	fd, self, err := lookAtNetns(capture.ProcNamespaces{Root: a.cfg.ProcRoot}, path)
 	if err != nil {
-		return netnsSeen{}, control.Invalid(fmt.Errorf("network namespace %s: %w", path, &os.PathError{Op: "open", Path: path, Err: err}))
+		return netnsSeen{}, control.Invalid(err)
 	}
 	defer unix.Close(fd)
-	var fs unix.Statfs_t
-	if err := unix.Fstatfs(fd, &fs); err != nil || fs.Type != unix.NSFS_MAGIC {
-		return netnsSeen{}, control.Invalid(fmt.Errorf("%s is not a network namespace", path))
-	}
-	self := fmt.Sprintf("/proc/self/fd/%d", fd)
 	cookie, err := netns.Cookie(self)
 	if err != nil {
 		return netnsSeen{}, control.Invalid(fmt.Errorf("%s: %w", path, err))
@@ -83,6 +74,24 @@ func (a *Agent) inspectNetns(path string) (netnsSeen, error) {
 		return netnsSeen{}, fmt.Errorf("%s: %w", path, err)
 	}
 	return netnsSeen{cookie: cookie, addrs: addrs}, nil
+}
+
+// lookAtNetns opens the path of a network namespace, as seen from the
+// node (procs), and checks that it is one. O_PATH opens nothing: a device,
+// a FIFO or a file on a stuck FUSE mount at the path is never really
+// opened, only looked at, and what is no network namespace goes no
+// further. The caller closes fd; self reopens the namespace for real.
+func lookAtNetns(procs capture.ProcNamespaces, path string) (fd int, self string, err error) {
+	fd, err = unix.Open(procs.NodePath(path), unix.O_PATH|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return -1, "", fmt.Errorf("network namespace %s: %w", path, &os.PathError{Op: "open", Path: path, Err: err})
+	}
+	var fs unix.Statfs_t
+	if err := unix.Fstatfs(fd, &fs); err != nil || fs.Type != unix.NSFS_MAGIC {
+		unix.Close(fd)
+		return -1, "", fmt.Errorf("%s is not a network namespace", path)
+	}
+	return fd, fmt.Sprintf("/proc/self/fd/%d", fd), nil
 }
 
 // verifyAdd checks a CNI ADD against the namespace it names and against the

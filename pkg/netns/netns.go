@@ -7,7 +7,6 @@
 package netns
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -110,26 +109,11 @@ func Addrs(netnsPath string, max int) ([]netip.Addr, error) {
 // reads its answer one datagram at a time into buf, keeping pod addresses,
 // until NLMSG_DONE, an error, or an address past max.
 func dumpAddrs(fd int, seq uint32, buf []byte, max int) (addrs []netip.Addr, interrupted bool, err error) {
-	const reqLen = unix.SizeofNlMsghdr + unix.SizeofIfAddrmsg
-	var req [reqLen]byte
-	binary.NativeEndian.PutUint32(req[0:], reqLen)
-	binary.NativeEndian.PutUint16(req[4:], unix.RTM_GETADDR)
-	binary.NativeEndian.PutUint16(req[6:], unix.NLM_F_REQUEST|unix.NLM_F_DUMP)
-	binary.NativeEndian.PutUint32(req[8:], seq)
-	req[unix.SizeofNlMsghdr] = unix.AF_UNSPEC // ifa_family: all
-	if err := unix.Sendto(fd, req[:], 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+	var ifaddrmsg [unix.SizeofIfAddrmsg]byte // ifa_family AF_UNSPEC: all
+	if err := netlinkdump.Request(fd, unix.RTM_GETADDR, unix.NLM_F_DUMP, seq, ifaddrmsg[:]); err != nil {
 		return nil, false, fmt.Errorf("send netlink request: %w", err)
 	}
-	recv := func() ([]byte, error) {
-		n, _, err := unix.Recvfrom(fd, buf, unix.MSG_TRUNC)
-		if err != nil {
-			return nil, fmt.Errorf("receive netlink answer: %w", err)
-		}
-		if n > len(buf) {
-			return nil, fmt.Errorf("netlink answer of %d bytes, more than %d", n, len(buf))
-		}
-		return buf[:n], nil
-	}
+	recv := netlinkdump.Receiver(fd, buf)
 	seen := 0
 	interrupted, err = netlinkdump.Read(recv, seq, func(typ, _ uint16, data []byte) error {
 		if typ != unix.RTM_NEWADDR {
@@ -157,20 +141,14 @@ func ifaddrIP(data []byte) (netip.Addr, bool) {
 		return netip.Addr{}, false
 	}
 	var address, local netip.Addr
-	for b := data[netlinkdump.Align(unix.SizeofIfAddrmsg):]; len(b) >= unix.SizeofRtAttr; {
-		l := int(binary.NativeEndian.Uint16(b[0:]))
-		if l < unix.SizeofRtAttr || l > len(b) {
-			break
-		}
-		v := b[unix.SizeofRtAttr:l]
-		switch binary.NativeEndian.Uint16(b[2:]) {
+	netlinkdump.Attrs(data, unix.SizeofIfAddrmsg, func(typ uint16, v []byte) {
+		switch typ {
 		case unix.IFA_ADDRESS:
 			address, _ = netip.AddrFromSlice(v)
 		case unix.IFA_LOCAL:
 			local, _ = netip.AddrFromSlice(v)
 		}
-		b = b[min(netlinkdump.Align(l), len(b)):]
-	}
+	})
 	if local.IsValid() {
 		return local, true
 	}

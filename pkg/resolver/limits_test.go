@@ -112,21 +112,33 @@ func serveUntilCleanup(t *testing.T, s *Server, fwd *forward.Forwarder, udp *net
 func listenPair(t *testing.T, addr string) (*net.UDPConn, *net.TCPListener) {
 	t.Helper()
 	ap := netip.MustParseAddrPort(addr)
+	udp, tcp, err := bindPair(ap)
+	if err != nil && !errors.Is(err, errNoPairPort) && ap.Addr().Is6() {
+		testenv.Unavailable(t, "no IPv6 loopback: %v", err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return udp, tcp
+}
+
+var errNoPairPort = errors.New("no port free for both UDP and TCP")
+
+// bindPair binds ap's address for UDP and for TCP on one port, any; its
+// error is ListenUDP's, or errNoPairPort. It does not call t.Fatal: a
+// test binding in another namespace calls it on a goroutine of its own.
+func bindPair(ap netip.AddrPort) (*net.UDPConn, *net.TCPListener, error) {
 	for range 20 { // the TCP port may be taken when the UDP one was free
 		udp, err := ListenUDP(ap)
 		if err != nil {
-			if ap.Addr().Is6() {
-				testenv.Unavailable(t, "no IPv6 loopback: %v", err)
-			}
-			t.Fatal(err)
+			return nil, nil, err
 		}
 		if tcp, err := ListenTCP(addrPortOf(udp.LocalAddr())); err == nil {
-			return udp, tcp
+			return udp, tcp, nil
 		}
 		udp.Close()
 	}
-	t.Fatalf("no port of %s free for both UDP and TCP", ap.Addr())
-	return nil, nil
+	return nil, nil, fmt.Errorf("%s: %w", ap.Addr(), errNoPairPort)
 }
 
 // usage is what the resolver counts for the pod at ip.

@@ -3,7 +3,6 @@
 package resolver
 
 import (
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -84,23 +83,10 @@ func TestLinkLocalClientAnswered(t *testing.T) {
 	s.SetTable(limitsTable(model.Service{Namespace: "default", Name: "ext", ExternalName: "web.default.svc.cluster.local"}))
 	var conn *net.UDPConn
 	var ln *net.TCPListener
-	// As listenPair, in the node's namespace (Do runs fn on a goroutine
-	// of its own: no t.Fatal there): the TCP port may be taken when the
-	// UDP one was free.
-	if err := node.Do(func() error {
-		for range 20 {
-			udp, err := ListenUDP(netip.MustParseAddrPort("[::]:0"))
-			if err != nil {
-				return err
-			}
-			tcp, err := ListenTCP(netip.AddrPortFrom(netip.IPv6Unspecified(), addrPortOf(udp.LocalAddr()).Port()))
-			if err == nil {
-				conn, ln = udp, tcp
-				return nil
-			}
-			udp.Close()
-		}
-		return errors.New("no port of [::] free for both UDP and TCP")
+	// In the node's namespace: Do runs fn on a goroutine of its own.
+	if err := node.Do(func() (err error) {
+		conn, ln, err = bindPair(netip.MustParseAddrPort("[::]:0"))
+		return err
 	}); err != nil {
 		t.Fatal(err)
 	}
