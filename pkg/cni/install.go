@@ -396,7 +396,7 @@ func confTypes(path string) ([]string, error) {
 // turned into a .conflist stays a (now equivalent) .conflist. Removing what
 // is not there is not an error, so Uninstall is idempotent. Files in ConfDir
 // that are not valid JSON conflists are left alone; those it does not read
-// (see readRegularFile) too, named in its error: it cannot tell whether they
+// (see asRefused) too, named in its error: it cannot tell whether they
 // hold ztdns.
 //
 // It leaves the plugin binary, BinDir/ztdns (BinDir may be empty): pods
@@ -487,7 +487,7 @@ func (cfg *InstallConfig) logger() *slog.Logger {
 
 // primaryConfFile returns the network configuration file a runtime would
 // use: the first valid one in lexical order. refused are the files before
-// it that were not read at all (see readRegularFile): unlike a file that
+// it that were not read at all (see asRefused): unlike a file that
 // does not parse, which a runtime skips too, one of them may be what the
 // runtime uses (a conflist over maxConfFileBytes), so the installer says so.
 func primaryConfFile(dir string) (path string, refused []error, err error) {

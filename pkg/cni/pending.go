@@ -12,6 +12,7 @@ import (
 
 	"github.com/containernetworking/cni/pkg/utils"
 
+	"github.com/ztdns/ztdns/internal/regularfile"
 	"github.com/ztdns/ztdns/pkg/control"
 )
 
@@ -244,11 +245,11 @@ func readPending(dir, kind string, fn func(containerID string, data []byte) erro
 // socket (the newline the plugin adds aside).
 const maxPendingRecordBytes = control.MaxRequestBytes + 1
 
-// readPendingRecord reads the record at path (see readRegularFile). The
-// plugin writes each as a regular file, so a symbolic link is none of its
+// readPendingRecord reads the record at path (see asRefused). The plugin
+// writes each as a regular file, so a symbolic link is none of its
 // records, and is not followed.
 func readPendingRecord(path string) ([]byte, error) {
-	return readRegularFile(path, maxPendingRecordBytes, false)
+	return asRefused(regularfile.ReadNoFollow(path, maxPendingRecordBytes))
 }
 
 // writeFileAtomic writes data to path through a temporary file in the same
