@@ -10,7 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -190,7 +189,8 @@ func RecordPredecessor(controlSocket, self, predecessor string) error {
 // is logged.
 func RecordedPredecessor(controlSocket, self string, log *slog.Logger) string {
 	path := predecessorPath(controlSocket)
-	b, err := readRecord(path)
+	// ReadNoFollow: a FIFO planted there must not hang the start.
+	b, err := regularfile.ReadNoFollow(path, maxTakeoverRecord)
 	if errors.Is(err, os.ErrNotExist) {
 		return ""
 	}
@@ -215,26 +215,6 @@ func RecordedPredecessor(controlSocket, self string, log *slog.Logger) string {
 		log.Info("this pod's agent took over from another before this restart: it is refused the node", "predecessor", rec.Predecessor, "path", path)
 	}
 	return rec.Predecessor
-}
-
-// readRecord reads the regular file at path, up to maxTakeoverRecord bytes
-// (regularfile.ReadNoFollow): a FIFO planted there must not hang the start.
-func readRecord(path string) ([]byte, error) {
-	b, err := regularfile.ReadNoFollow(path, maxTakeoverRecord)
-	var (
-		notRegular *regularfile.NotRegularError
-		tooLarge   *regularfile.TooLargeError
-		symlink    *regularfile.SymlinkError
-	)
-	switch {
-	case errors.As(err, &notRegular):
-		return nil, fmt.Errorf("not a regular file (mode %s)", notRegular.Mode)
-	case errors.As(err, &tooLarge):
-		return nil, fmt.Errorf("longer than %d bytes", maxTakeoverRecord)
-	case errors.As(err, &symlink): // as the open with O_NOFOLLOW says
-		return nil, &fs.PathError{Op: "open", Path: path, Err: syscall.ELOOP}
-	}
-	return b, err
 }
 
 // offerReply is a running agent's answer to a successor that said who it
