@@ -62,33 +62,21 @@ func SocketStates(tb testing.TB, proto string, local netip.AddrPort) []string {
 // any state, and returns the states of those bound to local, and how many
 // datagrams carried sockets of the port.
 func dumpStates(fd int, seq uint32, protocol uint8, local netip.AddrPort) (states []string, datagrams int, err error) {
-	// struct nlmsghdr, then struct inet_diag_req_v2 (linux/inet_diag.h):
+	// struct inet_diag_req_v2 (linux/inet_diag.h), after the header:
 	// family, protocol, ext, pad, states, then inet_diag_sockid, whose
 	// source port filters the dump.
-	var req [unix.NLMSG_HDRLEN + 56]byte
-	binary.NativeEndian.PutUint32(req[0:], uint32(len(req)))
-	binary.NativeEndian.PutUint16(req[4:], unix.SOCK_DIAG_BY_FAMILY)
-	binary.NativeEndian.PutUint16(req[6:], unix.NLM_F_REQUEST|unix.NLM_F_DUMP)
-	binary.NativeEndian.PutUint32(req[8:], seq)
-	r := req[unix.NLMSG_HDRLEN:]
+	var r [56]byte
 	r[0], r[1] = unix.AF_INET, protocol
 	binary.NativeEndian.PutUint32(r[4:], ^uint32(0))
 	binary.BigEndian.PutUint16(r[8:], local.Port())
-	if err := unix.Sendto(fd, req[:], 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+	if err := netlinkdump.Request(fd, unix.SOCK_DIAG_BY_FAMILY, unix.NLM_F_DUMP, seq, r[:]); err != nil {
 		return nil, 0, err
 	}
-	buf := make([]byte, 64<<10)
+	receive := netlinkdump.Receiver(fd, make([]byte, 64<<10))
 	carried := false
 	recv := func() ([]byte, error) {
 		carried = false
-		n, _, err := unix.Recvfrom(fd, buf, unix.MSG_TRUNC)
-		if err != nil {
-			return nil, err
-		}
-		if n > len(buf) {
-			return nil, fmt.Errorf("netlink datagram of %d bytes, more than %d", n, len(buf))
-		}
-		return buf[:n], nil
+		return receive()
 	}
 	want := local.Addr().As4()
 	_, err = netlinkdump.Read(recv, seq, func(typ, _ uint16, data []byte) error {

@@ -148,30 +148,14 @@ type diag struct {
 // request sends one inet_diag_req_v2 message of type typ with flags.
 func (d *diag) request(typ, flags uint16, family, protocol uint8, states uint32, id []byte) (uint32, error) {
 	d.seq++
-	var req [unix.NLMSG_HDRLEN + sizeofReq]byte
-	binary.NativeEndian.PutUint32(req[0:], uint32(len(req)))
-	binary.NativeEndian.PutUint16(req[4:], typ)
-	binary.NativeEndian.PutUint16(req[6:], unix.NLM_F_REQUEST|flags)
-	binary.NativeEndian.PutUint32(req[8:], d.seq)
-	r := req[unix.NLMSG_HDRLEN:]
+	var r [sizeofReq]byte
 	r[0], r[1] = family, protocol
 	binary.NativeEndian.PutUint32(r[4:], states)
 	copy(r[8:], id)
-	if err := unix.Sendto(d.fd, req[:], 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+	if err := netlinkdump.Request(d.fd, typ, flags, d.seq, r[:]); err != nil {
 		return 0, fmt.Errorf("send netlink request: %w", err)
 	}
 	return d.seq, nil
-}
-
-func (d *diag) recv() ([]byte, error) {
-	n, _, err := unix.Recvfrom(d.fd, d.buf, unix.MSG_TRUNC)
-	if err != nil {
-		return nil, fmt.Errorf("receive netlink answer: %w", err)
-	}
-	if n > len(d.buf) {
-		return nil, fmt.Errorf("netlink answer of %d bytes, more than %d", n, len(d.buf))
-	}
-	return d.buf[:n], nil
 }
 
 // matching dumps the sockets of family and protocol in states and returns
@@ -184,7 +168,7 @@ func (d *diag) matching(family, protocol uint8, states uint32, want map[netip.Ad
 		return nil, err
 	}
 	var ids [][]byte
-	_, err = netlinkdump.Read(d.recv, seq, func(typ, _ uint16, data []byte) error {
+	_, err = netlinkdump.Read(netlinkdump.Receiver(d.fd, d.buf), seq, func(typ, _ uint16, data []byte) error {
 		if typ != unix.SOCK_DIAG_BY_FAMILY || len(data) < sizeofMsgMin || data[0] != family || len(ids) >= max {
 			return nil
 		}
@@ -221,6 +205,6 @@ func (d *diag) destroy(family, protocol uint8, id []byte) error {
 	if err != nil {
 		return err
 	}
-	_, err = netlinkdump.Read(d.recv, seq, func(uint16, uint16, []byte) error { return nil })
+	_, err = netlinkdump.Read(netlinkdump.Receiver(d.fd, d.buf), seq, func(uint16, uint16, []byte) error { return nil })
 	return err
 }
