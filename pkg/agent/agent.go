@@ -225,7 +225,7 @@ func newAgent(cfg Config) (*Agent, error) {
 		Forwarder:   a.fwd,
 		Upstreams:   a.upstreamsFor,
 		CaptureSlot: a.captureSlot,
-		LinkOwner:   a.links.owner,
+		Links:       a.links,
 		Autopath:    cfg.Autopath,
 		NodeSearch:  cfg.NodeSearch,
 		Logger:      cfg.Logger,

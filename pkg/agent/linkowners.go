@@ -11,6 +11,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -37,6 +39,10 @@ type linkOwners struct {
 	// finds its pod).
 	byLink atomic.Pointer[map[uint32]uint64]
 	wake   chan struct{}
+	// onChange are called after each look that changed byLink
+	// (OnChange), under mu.
+	mu       sync.Mutex
+	onChange map[*func()]struct{}
 
 	// The looks' alone (refresh). fd is a netlink socket in the agent's
 	// own network namespace, where the resolver's interfaces are; seq its
@@ -50,12 +56,12 @@ type linkOwners struct {
 }
 
 func newLinkOwners(pods *podcache.Cache, procs capture.ProcNamespaces, log *slog.Logger) *linkOwners {
-	return &linkOwners{pods: pods, procs: procs, log: log, wake: make(chan struct{}, 1), fd: -1, nsids: map[uint64]int32{}}
+	return &linkOwners{pods: pods, procs: procs, log: log, wake: make(chan struct{}, 1), fd: -1, nsids: map[uint64]int32{}, onChange: map[*func()]struct{}{}}
 }
 
-// owner is the pod behind the interface ifindex, nil for none
-// (resolver.Options.LinkOwner).
-func (l *linkOwners) owner(ifindex uint32) *podcache.Pod {
+// Owner is the pod behind the interface ifindex, nil for none
+// (resolver.Links).
+func (l *linkOwners) Owner(ifindex uint32) *podcache.Pod {
 	m := l.byLink.Load()
 	if m == nil {
 		return nil
@@ -65,6 +71,38 @@ func (l *linkOwners) owner(ifindex uint32) *podcache.Pod {
 		return nil
 	}
 	return l.pods.ByCookie(cookie)
+}
+
+// Owners is every interface with a pod behind it, with the pod
+// (resolver.Links): the kernel's rate filter charges the link-local
+// sources of each to its pod.
+func (l *linkOwners) Owners() map[uint32]*podcache.Pod {
+	m := l.byLink.Load()
+	if m == nil {
+		return nil
+	}
+	owners := make(map[uint32]*podcache.Pod, len(*m))
+	for ifindex, cookie := range *m {
+		if p := l.pods.ByCookie(cookie); p != nil {
+			owners[ifindex] = p
+		}
+	}
+	return owners
+}
+
+// OnChange calls f after each look that changed which interface is whose
+// (a change of the pods' records is the pod cache's own OnChange), until
+// stop (resolver.Links).
+func (l *linkOwners) OnChange(f func()) (stop func()) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	key := &f
+	l.onChange[key] = struct{}{}
+	return func() {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		delete(l.onChange, key)
+	}
 }
 
 // open opens the netlink socket in the calling thread's network namespace,
@@ -173,8 +211,19 @@ func (l *linkOwners) refresh() error {
 		}
 	}
 	l.links = links
-	l.byLink.Store(&owners)
+	if old := l.byLink.Swap(&owners); old == nil || !maps.Equal(*old, owners) {
+		l.changed()
+	}
 	return nil
+}
+
+// changed calls the OnChange functions.
+func (l *linkOwners) changed() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for f := range l.onChange {
+		(*f)()
+	}
 }
 
 // nsidOf returns the node's id of the network namespace at path, which

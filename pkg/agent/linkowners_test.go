@@ -3,22 +3,32 @@
 package agent
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/miekg/dns"
 	"golang.org/x/sys/unix"
 
+	"github.com/ztdns/ztdns/internal/dnstest"
 	"github.com/ztdns/ztdns/internal/testenv"
 	"github.com/ztdns/ztdns/pkg/capture"
+	"github.com/ztdns/ztdns/pkg/control"
 	"github.com/ztdns/ztdns/pkg/netns"
 	"github.com/ztdns/ztdns/pkg/podcache"
+	"github.com/ztdns/ztdns/pkg/resolver/quota"
+	"github.com/ztdns/ztdns/pkg/source/configdir"
 )
 
 // processNetns is the network namespace of a process of its own (as an
@@ -87,10 +97,24 @@ func TestLinkOwnersForgetADeadNamespace(t *testing.T) {
 		if err := l.refresh(); err != nil {
 			t.Fatal(err)
 		}
-		if p := l.owner(ifindex); p != nil {
+		p := l.Owner(ifindex)
+		if q := l.Owners()[ifindex]; q != p {
+			t.Errorf("Owners has %v behind interface %d, Owner %v", q, ifindex, p)
+		}
+		if p != nil {
 			return p.Key()
 		}
 		return "nobody"
+	}
+	// The resolver syncs the kernel's filter on each change it is told of:
+	// once for each change, not for each look.
+	var changes atomic.Int32
+	defer l.OnChange(func() { changes.Add(1) })()
+	changed := func(step string, want bool) {
+		t.Helper()
+		if got := changes.Swap(0) > 0; got != want {
+			t.Errorf("%s: told of a change: %v, want %v", step, got, want)
+		}
 	}
 
 	pathA, endA := processNetns(t, node, "vethA")
@@ -99,6 +123,9 @@ func TestLinkOwnersForgetADeadNamespace(t *testing.T) {
 	if got := ownerOf(a); got != "shop/a" {
 		t.Fatalf("behind vethA: %s, want shop/a", got)
 	}
+	changed("vethA's pod found", true)
+	ownerOf(a)
+	changed("a look that found nothing new", false)
 	nsid := l.links[a]
 	endA()
 	testenv.EventuallyNil(t, 30*time.Second, func() error {
@@ -117,8 +144,138 @@ func TestLinkOwnersForgetADeadNamespace(t *testing.T) {
 	if l.links[b] != nsid {
 		t.Fatalf("the node gave the new namespace id %d, not the dead one's (%d): nothing tested", l.links[b], nsid)
 	}
+	changed("vethA gone", true)
 	record("b", pathB)
 	if got := ownerOf(b); got != "shop/b" {
 		t.Errorf("behind vethB, once recorded: %s, want shop/b", got)
+	}
+	changed("vethB's pod found", true)
+}
+
+// replies counts the replies c reads until it is closed.
+func replies(c *dns.Conn) func() int {
+	var n atomic.Int64
+	go func() {
+		for {
+			if _, err := c.ReadMsg(); err != nil {
+				return
+			}
+			n.Add(1)
+		}
+	}()
+	return func() int { return int(n.Load()) }
+}
+
+// TestLinkLocalClientIsItsPodInTheKernel: the query rate of UDP, applied
+// in the kernel, is one for a pod whether it asks from its pod IP or from
+// its link-local addresses (fe80::…, through its veth): its burst spent
+// from its pod IP, nothing more is answered from fe80::2 or fe80::3, and
+// those drops are the pod's. The agent tells the kernel's filter which pod
+// is behind which interface as it learns it. Before, each link-local
+// address the pod took had a burst and a rate of its own in the kernel.
+func TestLinkLocalClientIsItsPodInTheKernel(t *testing.T) {
+	node := testenv.NewNode(t)
+	pod := node.AddPod(t, testenv.PodConfig{})
+	nodeLL := netip.MustParseAddr("fe80::1")
+	podLL := []netip.Addr{netip.MustParseAddr("fe80::2"), netip.MustParseAddr("fe80::3")}
+	node.AddAddr(t, nodeLL.String()+"/64", pod.HostVeth)
+	for _, a := range podLL {
+		pod.AddAddr(t, a.String()+"/64", "eth0")
+	}
+
+	done := make(chan struct{})
+	upstream := dnstest.Start(t, "127.0.0.1:0", holdingUpstream{done: done})
+	t.Cleanup(func() { close(done) })
+	socket := filepath.Join(t.TempDir(), "ztdns.sock")
+	const port, burst = 53, 10
+	a, err := newAgent(Config{
+		Source:    configdir.New(t.TempDir()),
+		Listen:    []netip.AddrPort{netip.AddrPortFrom(netip.IPv6Unspecified(), port)},
+		Upstreams: []netip.AddrPort{upstream.Addr},
+		Socket:    socket,
+		Limits:    quota.Limits{QPS: 0.01, Burst: burst}, // no new token while the test runs
+		Logger:    slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	stopped := make(chan error, 1)
+	go func() { stopped <- node.Do(func() error { return a.run(ctx) }) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-stopped; err != nil {
+			t.Errorf("agent: %v", err)
+		}
+	})
+	client := control.NewClient(socket, 2*time.Second)
+	testenv.EventuallyNil(t, 30*time.Second, func() error {
+		select {
+		case err := <-stopped:
+			stopped <- err
+			t.Fatalf("agent stopped: %v", err)
+		default:
+		}
+		st, err := client.Status(context.Background())
+		if err == nil && !st.Ready {
+			err = errors.New("not ready: " + st.NotReady)
+		}
+		return err
+	})
+	cookie, err := netns.Cookie(pod.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	add := control.CNIAddRequest{ContainerID: "c0ffee12", Netns: pod.Path(), IfName: "eth0", PodNamespace: "shop", PodName: "web-0",
+		IPs: []netip.Addr{pod.IPv4, pod.IPv6}, NetnsCookie: cookie}
+	if _, err := client.CNIAdd(context.Background(), add); err != nil {
+		t.Fatal(err)
+	}
+	var hostVeth *net.Interface
+	if err := node.Do(func() (err error) {
+		hostVeth, err = net.InterfaceByName(pod.HostVeth)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 30*time.Second, "the agent finds the pod behind its veth", func() bool {
+		return a.links.Owner(uint32(hostVeth.Index)) != nil
+	})
+	// The look that found it tells the resolver (its filter's map) after
+	// publishing it, holding what OnChange takes: once OnChange returns,
+	// the kernel knows.
+	a.links.OnChange(func() {})()
+	known := a.pods.Lookup(pod.IPv6)
+
+	// send sends n queries on c and waits until each is answered or
+	// dropped as the pod's; it returns how many were answered.
+	send := func(c *dns.Conn, n int) int {
+		t.Helper()
+		answered := replies(c)
+		dropped := func() int { return int(a.server.PodUsage(known).RateLimited) }
+		before := dropped()
+		for i := range n {
+			q := new(dns.Msg)
+			q.SetQuestion(fmt.Sprintf("q%d.example.", i), dns.TypeA)
+			if err := c.WriteMsg(q); err != nil {
+				t.Fatal(err)
+			}
+		}
+		testenv.Eventually(t, 30*time.Second, "every query answered or dropped as the pod's", func() bool {
+			return answered()+dropped()-before >= n
+		})
+		return answered()
+	}
+	podIP := dialIn(t, pod, "udp6", netip.AddrPortFrom(pod.IPv6, 0), netip.AddrPortFrom(pod.Gateway6(), port))
+	if n := send(podIP, burst+5); n != burst {
+		t.Fatalf("%d of %d answered from the pod IP, want its burst of %d", n, burst+5, burst)
+	}
+	for _, ll := range podLL {
+		if n := send(linkLocalDial(t, pod, "udp6", ll, nodeLL, port), 5); n != 0 {
+			t.Errorf("%d of 5 answered from the pod's %s after it spent its burst from its pod IP, want none: one rate", n, ll)
+		}
+	}
+	if got := a.server.PodUsage(known).RateLimited; got != 15 {
+		t.Errorf("the pod's rate-limited count is %d, want the 15 the kernel dropped", got)
 	}
 }

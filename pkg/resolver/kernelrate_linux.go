@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strconv"
 	"sync"
 
 	"github.com/cilium/ebpf"
@@ -33,23 +34,27 @@ import (
 //
 // The rate is the resolver's (GCRA, quota.Rate), kept per key in an LRU
 // map: a known pod's key for each of its addresses (so a dual-stack pod
-// has one rate, as over TCP), the source address itself for any other
-// source. Concurrent updates from several CPUs are not atomic: a source
+// has one rate, as over TCP) and for the link it is behind (so its
+// link-local addresses are the pod too), the source address itself for
+// any other source, and for a link-local one its link's key (so a client
+// on a link gets one rate however many fe80:: addresses it takes).
+// Concurrent updates from several CPUs are not atomic: a source
 // sending from several CPUs at once may get a little more than its rate,
 // one query for each update lost to another CPU's (the resolver does not
 // check again on a socket the filter is on).
 type kernelRate struct {
 	sources      *ebpf.Map
 	dropped      *ebpf.Map // one entry: every datagram the filter dropped
-	podAddrs     *ebpf.Map // a known pod's address -> the pod's key
+	podAddrs     *ebpf.Map // a known pod's address or link key -> the pod's key
 	prog4, prog6 *ebpf.Program
 	log          *slog.Logger
 
-	mu      sync.Mutex                 // serialises followPods; guards the fields below
-	addrs   map[netip.Addr][16]byte    // what podAddrs holds
-	keys    map[*quota.Source][16]byte // each known pod's key, by its quota: the pod's identity while it is known
-	lastKey uint64                     // keys are never reused
-	left    int                        // addresses podAddrs had no room for
+	mu      sync.Mutex                     // serialises followPods; guards the fields below
+	addrs   map[netip.Addr][16]byte        // what podAddrs holds (a link as its key, linkKey)
+	keys    map[*quota.Source][16]byte     // each known pod's key, by its quota: the pod's identity while it is known
+	links   map[*quota.Source][]netip.Addr // the link keys of each pod's links (podDrops)
+	lastKey uint64                         // keys are never reused
+	left    int                            // addresses podAddrs had no room for
 }
 
 // kernelRateSources bounds the keys the kernel remembers (the least
@@ -81,11 +86,12 @@ func kernelRateSourcesMax() (uint32, error) {
 // (TestMaxPodsMatchesTheHeader).
 const maxPods = 16384
 
-// kernelRatePodAddrs bounds the pod addresses with their pod's key: two
-// (IPv4 and IPv6) for each pod capture can mark. The map is not
-// preallocated: it takes memory for the pods there are. An address past it
-// keeps a key of its own. A variable: tests fill a smaller map.
-var kernelRatePodAddrs = 2 * maxPods
+// kernelRatePodAddrs bounds the pod addresses and links with their pod's
+// key: three (IPv4, IPv6 and its veth) for each pod capture can mark. The
+// map is not preallocated: it takes memory for the pods there are. An
+// address or link past it keeps a key of its own. A variable: tests fill a
+// smaller map.
+var kernelRatePodAddrs = 3 * maxPods
 
 // podKeyPrefix starts every pod key: 100::/64 (RFC 6666, discard only) is
 // no source a datagram comes from, so no address's own key is a pod's. A
@@ -97,6 +103,19 @@ func podKey(n uint64) [16]byte {
 	copy(k[:], podKeyPrefix[:])
 	binary.BigEndian.PutUint64(k[8:], n)
 	return k
+}
+
+// linkKey is the key the filter charges a link-local source (fe80::/10)
+// to: fe80:0:IFINDEX:: (the interface index in bytes 4 to 7, big-endian;
+// index 7 is fe80:0:0:7::), the link it came in on, whatever its address.
+// The filter looks it up in podAddrs as it does an address, so the link a
+// pod is behind has the pod's key. No source's own key is one: every
+// fe80::/10 source is charged to its link's.
+func linkKey(ifindex uint32) netip.Addr {
+	var k [16]byte
+	k[0], k[1] = 0xfe, 0x80
+	binary.BigEndian.PutUint32(k[4:], ifindex)
+	return netip.AddrFrom16(k)
 }
 
 // kernelSource is the value of the sources map: the theoretical arrival
@@ -161,9 +180,30 @@ func newKernelRate(r quota.Rate, log *slog.Logger) (*kernelRate, error) {
 	return k, nil
 }
 
-// loadRateFilter loads the socket filter for IPv4 or IPv6 sockets. In C:
+// isLinkLocal6 reports whether ip is in fe80::/10, the sources the IPv6
+// filter charges to their link (IPv4's 169.254.0.0/16 are not: each
+// address is a source of its own there).
+func isLinkLocal6(ip netip.Addr) bool { return ip.Is6() && ip.IsLinkLocalUnicast() }
+
+// skbIngressIfindex is offsetof(struct __sk_buff, ingress_ifindex): the
+// interface the datagram was received on (skb->skb_iif). For a pod's
+// datagram that is the node's end of its veth, whose transmit hands it to
+// the node's stack as received there; the resolver's zone of a link-local
+// client is the same index (inet6_iif: IP6CB(skb)->iif, set from that
+// device as the datagram enters IPv6, or skb_iif under a VRF). Not
+// __sk_buff.ifindex: that is skb->dev, the device the datagram is on now,
+// which a VRF replaces with itself while skb_iif changes with it, and
+// which the kernel may have cleared (then 0).
+const skbIngressIfindex = 36
+
+// loadRateFilter loads the socket filter for IPv4 or IPv6 sockets. A key
+// (of sources and pod_addrs, 16 bytes) is a source address (IPv4 as
+// ::ffff:a.b.c.d), a link, fe80:0:IFINDEX:: (linkKey), or a pod, 100::N
+// (podKey). In C:
 //
 //	key = source address (16 bytes, IPv4 as ::ffff:a.b.c.d)
+//	if (v6 && key in fe80::/10)
+//		key = fe80:0:IFINDEX:: (linkKey: skb->ingress_ifindex, big-endian)
 //	pod = pod_addrs[key]
 //	if (pod) key = *pod (the pod's key: one rate for all its addresses)
 //	now = bpf_ktime_get_ns()
@@ -204,9 +244,29 @@ func loadRateFilter(sources, dropped, podAddrs *ebpf.Map, interval, tolerance in
 		asm.Mov.Imm(asm.R5, 1),
 		asm.FnSkbLoadBytesRelative.Call(),
 		asm.JNE.Imm(asm.R0, 0, "keep"),
-		// A known pod's address: key = pod_addrs[key], copied to the stack
-		// (the agent may replace the value meanwhile).
-		asm.LoadMapPtr(asm.R1, podAddrs.FD()),
+	)
+	if v6 {
+		insns = append(insns,
+			// fe80::/10, a link-local source: key = its link's (linkKey),
+			// or one client would have a rate for each address it takes.
+			asm.LoadMem(asm.R1, asm.RFP, keyAt, asm.Byte),
+			asm.JNE.Imm(asm.R1, 0xfe, "pods"),
+			asm.LoadMem(asm.R1, asm.RFP, keyAt+1, asm.Byte),
+			asm.And.Imm(asm.R1, 0xc0),
+			asm.JNE.Imm(asm.R1, 0x80, "pods"),
+			asm.StoreImm(asm.RFP, keyAt+1, 0x80, asm.Byte),
+			asm.StoreImm(asm.RFP, keyAt+2, 0, asm.Half),
+			asm.LoadMem(asm.R1, asm.R6, skbIngressIfindex, asm.Word),
+			asm.HostTo(asm.BE, asm.R1, asm.Word),
+			asm.StoreMem(asm.RFP, keyAt+4, asm.R1, asm.Word),
+			asm.Mov.Imm(asm.R1, 0),
+			asm.StoreMem(asm.RFP, keyAt+8, asm.R1, asm.DWord),
+		)
+	}
+	insns = append(insns,
+		// A known pod's address or link: key = pod_addrs[key], copied to
+		// the stack (the agent may replace the value meanwhile).
+		asm.LoadMapPtr(asm.R1, podAddrs.FD()).WithSymbol("pods"),
 		asm.Mov.Reg(asm.R2, asm.RFP),
 		asm.Add.Imm(asm.R2, keyAt),
 		asm.FnMapLookupElem.Call(),
@@ -286,25 +346,29 @@ func (k *kernelRate) attach(conn *net.UDPConn) error {
 	return setsockoptInt(conn, unix.SOL_SOCKET, unix.SO_ATTACH_BPF, prog.FD())
 }
 
-// followPods syncs podAddrs with the pod registry's owners as they are
-// now: read under mu, so that of two syncs at once (the first at start-up,
-// a change's) the one that runs last has the newest view.
-func (k *kernelRate) followPods(owners func() map[netip.Addr]*podcache.Pod) {
+// followPods syncs podAddrs with the pod registry's owners and the pods
+// behind the node's links as they are now: read under mu, so that of two
+// syncs at once (the first at start-up, a change's) the one that runs last
+// has the newest view.
+func (k *kernelRate) followPods(owners func() map[netip.Addr]*podcache.Pod, links func() map[uint32]*podcache.Pod) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	k.sync(owners())
+	k.sync(owners(), links())
 }
 
-// sync, with mu held, makes podAddrs give each address of owners its
-// pod's key, and forgets the addresses no pod owns any longer: they keep
-// their own key again. A pod keeps its key while it is known: while the
-// registry keeps its quota.Source (by namespace/name). A pod known again
-// later gets a key never used before, with a full burst, and an address
-// that moves to another pod that pod's.
-func (k *kernelRate) sync(owners map[netip.Addr]*podcache.Pod) {
+// sync, with mu held, makes podAddrs give each address of owners, and the
+// link key of each interface of links, its pod's key, and forgets the
+// addresses and links no pod owns any longer: they keep their own key
+// again. A pod keeps its key while it is known: while the registry keeps
+// its quota.Source (by namespace/name). A pod known again later gets a key
+// never used before, with a full burst, and an address or link that moves
+// to another pod that pod's. A link-local address among owners is left
+// out: the filter charges such a source to its link, never looks its
+// address up.
+func (k *kernelRate) sync(owners map[netip.Addr]*podcache.Pod, links map[uint32]*podcache.Pod) {
 	keys := make(map[*quota.Source][16]byte, len(k.keys))
-	want := make(map[netip.Addr][16]byte, len(owners))
-	for ip, p := range owners {
+	want := make(map[netip.Addr][16]byte, len(owners)+len(links))
+	keyOf := func(p *podcache.Pod) [16]byte {
 		key, ok := keys[p.Quota]
 		if !ok {
 			if key, ok = k.keys[p.Quota]; !ok {
@@ -313,8 +377,20 @@ func (k *kernelRate) sync(owners map[netip.Addr]*podcache.Pod) {
 			}
 			keys[p.Quota] = key
 		}
-		want[ip.Unmap()] = key
+		return key
 	}
+	for ip, p := range owners {
+		if ip = ip.Unmap(); !isLinkLocal6(ip) {
+			want[ip] = keyOf(p)
+		}
+	}
+	podLinks := make(map[*quota.Source][]netip.Addr, len(links))
+	for ifindex, p := range links {
+		ip := linkKey(ifindex)
+		want[ip] = keyOf(p)
+		podLinks[p.Quota] = append(podLinks[p.Quota], ip)
+	}
+	k.links = podLinks
 	k.keys = keys
 	var errs []error
 	// Deletions first: they make room for the new addresses.
@@ -358,9 +434,13 @@ func (k *kernelRate) sync(owners map[netip.Addr]*podcache.Pod) {
 }
 
 // keyOf is the key src's datagrams are charged to, and whether it is a
-// pod's. Callers hold mu.
+// pod's: a link-local src's is its link's, the interface its zone names
+// (a link key, linkKey). Callers hold mu.
 func (k *kernelRate) keyOf(src netip.Addr) ([16]byte, bool) {
-	src = src.Unmap()
+	if src = src.Unmap(); isLinkLocal6(src) {
+		ifindex, _ := strconv.ParseUint(src.Zone(), 10, 32)
+		src = linkKey(uint32(ifindex))
+	}
 	if key, ok := k.addrs[src]; ok {
 		return key, true
 	}
@@ -377,13 +457,14 @@ func (k *kernelRate) dropsOf(key [16]byte) uint64 {
 }
 
 // podDrops is how many of p's datagrams the filter dropped: those charged
-// to its key, and to each of its addresses that has none (another pod's
-// key is not p's), each key once.
+// to its key, and to each of its addresses and links that has none
+// (another pod's key is not p's), each key once.
 func (k *kernelRate) podDrops(p *podcache.Pod) uint64 {
 	k.mu.Lock()
 	own, known := k.keys[p.Quota]
-	keys := make([][16]byte, 0, len(p.IPs))
-	for _, ip := range p.IPs {
+	links := k.links[p.Quota]
+	keys := make([][16]byte, 0, len(p.IPs)+len(links))
+	for _, ip := range append(slices.Clip(p.IPs), links...) {
 		key, pods := k.keyOf(ip)
 		if (!pods || known && key == own) && !slices.Contains(keys, key) {
 			keys = append(keys, key)

@@ -6,9 +6,13 @@ import (
 	"bytes"
 	"errors"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
+	"slices"
+	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -20,6 +24,7 @@ import (
 	"github.com/ztdns/ztdns/internal/testenv"
 	"github.com/ztdns/ztdns/pkg/model"
 	"github.com/ztdns/ztdns/pkg/podcache"
+	"github.com/ztdns/ztdns/pkg/resolver/forward"
 	"github.com/ztdns/ztdns/pkg/resolver/quota"
 	"github.com/ztdns/ztdns/pkg/resolver/table"
 )
@@ -354,7 +359,7 @@ func TestKernelRatePodMapFull(t *testing.T) {
 		return got
 	}
 	follow := func(owners map[netip.Addr]*podcache.Pod) {
-		k.followPods(func() map[netip.Addr]*podcache.Pod { return owners })
+		k.followPods(func() map[netip.Addr]*podcache.Pod { return owners }, func() map[uint32]*podcache.Pod { return nil })
 	}
 
 	follow(map[netip.Addr]*podcache.Pod{ip1: a, ip2: a, ip3: b})
@@ -456,5 +461,174 @@ func TestKernelRateDropsNeverDecrease(t *testing.T) {
 	send("seen again", each, each-burst)
 	if got := metric(); got != float64(want) {
 		t.Errorf("src seen again: ztdns_resolver_kernel_rate_limited_total = %v, want %d", got, want)
+	}
+}
+
+// links is a Links whose owners the test sets, telling the server as the
+// agent's link owners do.
+type links struct {
+	mu       sync.Mutex
+	owners   map[uint32]*podcache.Pod
+	onChange []func()
+}
+
+func (l *links) Owner(ifindex uint32) *podcache.Pod { return l.Owners()[ifindex] }
+
+func (l *links) Owners() map[uint32]*podcache.Pod {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return maps.Clone(l.owners)
+}
+
+func (l *links) OnChange(f func()) (stop func()) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.onChange = append(l.onChange, f)
+	return func() {}
+}
+
+func (l *links) set(owners map[uint32]*podcache.Pod) {
+	l.mu.Lock()
+	l.owners = owners
+	fs := slices.Clone(l.onChange)
+	l.mu.Unlock()
+	for _, f := range fs {
+		f()
+	}
+}
+
+// floodIn is startUDPFlood from p's network namespace: from a link-local
+// address, its zone p's interface's index.
+func floodIn(t *testing.T, p *testenv.Pod, from, to netip.AddrPort) *udpFlood {
+	t.Helper()
+	var conn *net.UDPConn
+	if err := p.Do(func() (err error) {
+		conn, err = net.DialUDP("udp6", net.UDPAddrFromAddrPort(from), net.UDPAddrFromAddrPort(to))
+		return err
+	}); err != nil {
+		t.Fatalf("a client in %s from %s: %v", p.Name, from, err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	f := &udpFlood{conn: conn, rcodes: map[int]int{}, got: make(chan struct{}, 1)}
+	go func() {
+		buf := make([]byte, 65535)
+		for {
+			n, err := conn.Read(buf)
+			if err != nil {
+				return
+			}
+			m := new(dns.Msg)
+			if m.Unpack(buf[:n]) != nil {
+				continue
+			}
+			f.mu.Lock()
+			f.rcodes[m.Rcode]++
+			f.replies++
+			f.mu.Unlock()
+		}
+	}()
+	return f
+}
+
+// TestKernelRateLinkLocalIsItsLink: in the kernel, a pod asking from its
+// link-local addresses (fe80::…, through its veth to the node's) and its
+// pod IP has one rate: its burst spent from fe80::2, nothing more is
+// answered from its pod IP or from fe80::3, and every drop counts as the
+// pod's. On a link no pod is behind, two link-local addresses share one
+// rate: the link's. Before, the filter knew a link-local source by its
+// address alone: each fe80:: address a pod took was a burst and a rate
+// more.
+func TestKernelRateLinkLocalIsItsLink(t *testing.T) {
+	node := testenv.NewNode(t)
+	pod := node.AddPod(t, testenv.PodConfig{})
+	other := node.AddPod(t, testenv.PodConfig{}) // behind a link no pod is known behind
+	nodeLL := netip.MustParseAddr("fe80::1")
+	podLL := []netip.Addr{netip.MustParseAddr("fe80::2"), netip.MustParseAddr("fe80::3")}
+	for _, p := range []*testenv.Pod{pod, other} {
+		node.AddAddr(t, nodeLL.String()+"/64", p.HostVeth)
+		for _, a := range podLL {
+			p.AddAddr(t, a.String()+"/64", "eth0")
+		}
+	}
+	index := func(ns interface{ Do(func() error) error }, dev string) string {
+		t.Helper()
+		var ifi *net.Interface
+		if err := ns.Do(func() (err error) {
+			ifi, err = net.InterfaceByName(dev)
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return strconv.Itoa(ifi.Index)
+	}
+
+	const burst = 10
+	pods := podcache.New("cluster.local")
+	pods.SetSourcePods([]model.Pod{{Namespace: "shop", Name: "web", IPs: []netip.Addr{pod.IPv4, pod.IPv6}}})
+	known := pods.Lookup(pod.IPv6)
+	owners := &links{}
+	fwd := forward.New()
+	s := New(Options{Limits: quota.Limits{QPS: 0.01, Burst: burst}, KernelRate: true, Pods: pods, Links: owners, Forwarder: fwd}) // no new token while the test runs
+	if s.kernel == nil {
+		s.Close()
+		fwd.Close()
+		testenv.Unavailable(t, "the resolver could not load its socket filter (see the log)")
+	}
+	s.SetTable(limitsTable())
+	var conn *net.UDPConn
+	var ln *net.TCPListener
+	if err := node.Do(func() (err error) {
+		conn, ln, err = bindPair(netip.MustParseAddrPort("[::]:0"))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	port := addrPortOf(conn.LocalAddr()).Port()
+	serveUntilCleanup(t, s, fwd, conn, ln)
+	// The link's owner told as the agent finds it, after the server began.
+	hostVeth, _ := strconv.ParseUint(index(node, pod.HostVeth), 10, 32)
+	owners.set(map[uint32]*podcache.Pod{uint32(hostVeth): known})
+
+	linkLocal := func(p *testenv.Pod, from netip.Addr) *udpFlood {
+		zone := index(p, "eth0")
+		return floodIn(t, p, netip.AddrPortFrom(from.WithZone(zone), 0), netip.AddrPortFrom(nodeLL.WithZone(zone), port))
+	}
+	podIP := floodIn(t, pod, netip.AddrPortFrom(pod.IPv6, 0), netip.AddrPortFrom(pod.Gateway6(), port))
+	podLL2, podLL3 := linkLocal(pod, podLL[0]), linkLocal(pod, podLL[1])
+	otherLL2, otherLL3 := linkLocal(other, podLL[0]), linkLocal(other, podLL[1])
+	// One answer says the socket has its filter, from a source the test
+	// asks nothing more of.
+	otherIP := floodIn(t, other, netip.AddrPortFrom(other.IPv6, 0), netip.AddrPortFrom(other.Gateway6(), port))
+	if n := sendAll(t, otherIP, 1, func() int { return 0 }); n != 1 {
+		t.Fatalf("the server does not answer")
+	}
+
+	// Every drop of the filter, whatever key it charged.
+	dropped := func() int { return int(s.kernel.totalDrops()) }
+	if n := sendAll(t, podLL2, burst+5, dropped); n != burst {
+		t.Fatalf("%d of %d answered from the pod's fe80::2, want its burst of %d", n, burst+5, burst)
+	}
+	if n := sendAll(t, podIP, 5, dropped); n != 0 {
+		t.Errorf("%d of 5 answered from the pod IP after the pod spent its burst from fe80::2, want none: one rate", n)
+	}
+	if n := sendAll(t, podLL3, 5, dropped); n != 0 {
+		t.Errorf("%d of 5 answered from the pod's fe80::3 after it spent its burst from fe80::2, want none: one rate", n)
+	}
+	if got := s.PodUsage(known).RateLimited; got != 15 {
+		t.Errorf("the pod's rate-limited count is %d, want the 15 the kernel dropped", got)
+	}
+
+	// The other link: nobody's, one key for both its addresses.
+	if n := sendAll(t, otherLL2, burst+5, dropped); n != burst {
+		t.Fatalf("%d of %d answered from fe80::2 on a link no pod is behind, want the burst of %d", n, burst+5, burst)
+	}
+	if n := sendAll(t, otherLL3, 5, dropped); n != 0 {
+		t.Errorf("%d of 5 answered from fe80::3 on the same link after fe80::2 spent its burst, want none: the link's one rate", n)
+	}
+	if got := s.kernel.drops(podLL[1].WithZone(index(node, other.HostVeth))); got != 10 {
+		t.Errorf("the other link's key has %d drops, want the 10 of its two addresses", got)
+	}
+	if got := s.PodUsage(known).RateLimited; got != 15 {
+		t.Errorf("the pod's rate-limited count is %d after another link's drops, want its own 15", got)
 	}
 }

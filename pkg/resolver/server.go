@@ -85,6 +85,19 @@ type Pods interface {
 	OnChange(f func()) (stop func())
 }
 
+// Links finds the pods behind the server's interfaces: the one whose
+// network namespace is at a link's other end (the node's end of its veth).
+type Links interface {
+	// Owner is the pod behind interface ifindex, nil for none.
+	Owner(ifindex uint32) *podcache.Pod
+	// Owners is every interface Owner finds a pod for, with the pod; the
+	// kernel's rate filter charges a link-local source there to its pod.
+	Owners() map[uint32]*podcache.Pod
+	// OnChange calls f after each change of the interfaces' owners, until
+	// stop (a change of the pods themselves is Pods.OnChange's).
+	OnChange(f func()) (stop func())
+}
+
 // UpstreamFunc picks where a miss goes: the nameserver the pod addressed when
 // capture knows it (own), the configured upstreams otherwise. local is the
 // resolver address the query arrived on. A TCP connection keeps an own
@@ -148,14 +161,13 @@ type Options struct {
 	// cannot reach. Asked once per socket or connection, and on the slow
 	// path for such a pod's queries.
 	CaptureSlot func(local netip.AddrPort) bool
-	// LinkOwner finds the pod behind the server's interface ifindex: the
-	// one whose network namespace is at the link's other end (the node's
-	// end of its veth); nil for none. A link-local client (fe80::…, its
-	// zone the interface its query came in on) no pod owns by address
-	// counts against that pod's limits: a pod asking from its link-local
+	// Links finds the pod behind each of the server's interfaces. A
+	// link-local client (fe80::…, its zone the interface its query came
+	// in on) no pod owns by address counts against that pod's limits, in
+	// the kernel's rate filter too: a pod asking from its link-local
 	// address too would otherwise have a second share of every per-source
 	// bound. Asked only for a zoned address; nil: none is a pod's.
-	LinkOwner func(ifindex uint32) *podcache.Pod
+	Links Links
 	// Autopath answers a search-list expansion of an unknown name in one
 	// round trip (CoreDNS's autopath). Off by default: see the README.
 	Autopath bool
@@ -269,6 +281,9 @@ func New(opts Options) *Server {
 	if opts.Pods == nil {
 		opts.Pods = noPods{}
 	}
+	if opts.Links == nil {
+		opts.Links = noLinks{}
+	}
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
@@ -303,8 +318,8 @@ func New(opts Options) *Server {
 			s.log.Info("cannot apply the query rate in the kernel; the resolver drops queries over it itself", "err", err)
 		} else {
 			s.attachRate = s.kernel.attach
-			follow := func() { s.kernel.followPods(opts.Pods.Owners) }
-			s.stopPods = append(s.stopPods, opts.Pods.OnChange(follow))
+			follow := func() { s.kernel.followPods(opts.Pods.Owners, opts.Links.Owners) }
+			s.stopPods = append(s.stopPods, opts.Pods.OnChange(follow), opts.Links.OnChange(follow))
 			follow()
 		}
 	}
@@ -341,19 +356,19 @@ func (s *Server) sourceOf(ip netip.Addr, now int64) (*podcache.Pod, *quota.Sourc
 }
 
 // linkQuota is the quota of the pod behind a link-local client's
-// interface (Options.LinkOwner), nil for an address without a zone or a
+// interface (Options.Links), nil for an address without a zone or a
 // link no pod is behind. Its zone is the interface's index, as
 // parseSockaddr spells it.
 func (s *Server) linkQuota(ip netip.Addr) *quota.Source {
 	zone := ip.Zone()
-	if zone == "" || s.opts.LinkOwner == nil {
+	if zone == "" {
 		return nil
 	}
 	ifindex, err := strconv.ParseUint(zone, 10, 32)
 	if err != nil {
 		return nil
 	}
-	if p := s.opts.LinkOwner(uint32(ifindex)); p != nil {
+	if p := s.opts.Links.Owner(uint32(ifindex)); p != nil {
 		return p.Quota
 	}
 	return nil
@@ -406,6 +421,12 @@ func (noPods) Lookup(netip.Addr) *podcache.Pod      { return nil }
 func (noPods) Owners() map[netip.Addr]*podcache.Pod { return nil }
 func (noPods) List() []*podcache.Pod                { return nil }
 func (noPods) OnChange(func()) (stop func())        { return func() {} }
+
+type noLinks struct{}
+
+func (noLinks) Owner(uint32) *podcache.Pod       { return nil }
+func (noLinks) Owners() map[uint32]*podcache.Pod { return nil }
+func (noLinks) OnChange(func()) (stop func())    { return func() {} }
 
 // SetTable swaps in a new table; queries already running finish on the old.
 func (s *Server) SetTable(t *table.Table) { s.table.Store(t) }
