@@ -149,7 +149,12 @@ type PodConfig struct {
 	// file is written even when empty, so no client in the pod ever sees
 	// the machine's own resolv.conf.
 	Nameservers []string
-	// Options become an `options` line, e.g. "timeout:1", "attempts:1".
+	// Search becomes a `search` line, as kubelet writes a ClusterFirst
+	// pod's ("ns.svc.cluster.local", "svc.cluster.local", "cluster.local"),
+	// so its stub resolver walks them before (or after) the name asked.
+	Search []string
+	// Options become an `options` line, e.g. "timeout:1", "attempts:1",
+	// "ndots:5".
 	Options []string
 }
 
@@ -240,8 +245,8 @@ func deleteLink(tb testing.TB, ns, dev string) {
 }
 
 // WriteResolvConf writes /etc/netns/NAME/resolv.conf, which `ip netns
-// exec NAME` (Command) binds over /etc/resolv.conf, with cfg's nameservers
-// and options; it is removed at cleanup. It is recorded in the ledger
+// exec NAME` (Command) binds over /etc/resolv.conf, with cfg's nameservers,
+// search domains and options; it is removed at cleanup. It is recorded in the ledger
 // first, as the namespace NAME is (callers write it before they make the
 // namespace), so the next test run removes it if this process is killed.
 func WriteResolvConf(tb testing.TB, name string, cfg PodConfig) {
@@ -263,6 +268,9 @@ func WriteResolvConf(tb testing.TB, name string, cfg PodConfig) {
 	b.WriteString("# written by internal/testenv\n")
 	for _, ns := range cfg.Nameservers {
 		fmt.Fprintf(&b, "nameserver %s\n", ns)
+	}
+	if len(cfg.Search) > 0 {
+		fmt.Fprintf(&b, "search %s\n", strings.Join(cfg.Search, " "))
 	}
 	if len(cfg.Options) > 0 {
 		fmt.Fprintf(&b, "options %s\n", strings.Join(cfg.Options, " "))
