@@ -21,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/ztdns/ztdns/pkg/dnswire"
+	"github.com/ztdns/ztdns/pkg/model"
 	"github.com/ztdns/ztdns/pkg/podcache"
 	"github.com/ztdns/ztdns/pkg/resolver/forward"
 	"github.com/ztdns/ztdns/pkg/resolver/quota"
@@ -427,14 +428,17 @@ func (q *slowQuery) chase(ctx context.Context, reply *dns.Msg, res table.Result,
 // has caches deny every type below an NXDOMAIN). It returns nil to fall back
 // to forwarding the query as it is, as it does when a lookup fails.
 func (q *slowQuery) autopath(ctx context.Context, pod *podcache.Pod, tbl *table.Table) []byte {
-	if len(pod.Search) == 0 {
+	r := &q.r
+	search := searchList(pod, tbl.Domain(), q.s.opts.NodeSearch)
+	if len(search) == 0 {
 		return nil
 	}
-	r := &q.r
-	search := append(append([]string(nil), pod.Search...), q.s.opts.NodeSearch...)
 	qname := string(r.Name)
 	first := dns.CanonicalName(search[0])
-	if len(qname) <= len(first)+1 || !strings.HasSuffix(qname, "."+first) {
+	// Only the table can say the first expansion does not exist: a list
+	// that starts with a node's domain (dnsPolicy Default) is the pod's
+	// resolver's to walk.
+	if len(qname) <= len(first)+1 || !strings.HasSuffix(qname, "."+first) || !dns.IsSubDomain(tbl.Domain(), first) {
 		return nil
 	}
 	req := new(dns.Msg)
@@ -507,6 +511,17 @@ func (q *slowQuery) autopath(ctx context.Context, pod *podcache.Pod, tbl *table.
 		return q.pack(reply)
 	}
 	return nil
+}
+
+// searchList is the pod's search list as kubelet writes it, the node's
+// domains where its dnsPolicy puts them; a pod only the runtime knows so
+// far is taken for a ClusterFirst one.
+func searchList(pod *podcache.Pod, domain string, node []string) []string {
+	spec := pod.Spec
+	if spec == nil {
+		spec = &model.Pod{Namespace: pod.Namespace}
+	}
+	return spec.SearchList(strings.TrimSuffix(domain, "."), node)
 }
 
 // other answers a query of another opcode than QUERY. NOTIFY and UPDATE
