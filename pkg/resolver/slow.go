@@ -426,7 +426,8 @@ func (q *slowQuery) chase(ctx context.Context, reply *dns.Msg, res table.Result,
 // not: as CoreDNS does, only NXDOMAIN moves on to the next candidate, so that
 // one name is not NXDOMAIN for one type and a CNAME for another (RFC 8020
 // has caches deny every type below an NXDOMAIN). It returns nil to fall back
-// to forwarding the query as it is, as it does when a lookup fails.
+// to forwarding the query as it is, as it does when a lookup fails and when
+// no candidate exists.
 func (q *slowQuery) autopath(ctx context.Context, pod *podcache.Pod, tbl *table.Table) []byte {
 	r := &q.r
 	search := searchList(pod, tbl.Domain(), q.s.opts.NodeSearch)
@@ -495,21 +496,16 @@ func (q *slowQuery) autopath(ctx context.Context, pod *podcache.Pod, tbl *table.
 		}
 	}
 	up, err := q.lookupUpstream(ctx, base, q.tcp, false)
-	switch {
-	case err != nil:
-		return nil
-	case up.Rcode == dns.RcodeSuccess:
+	if err == nil && up.Rcode == dns.RcodeSuccess {
 		return answerWith(base, up)
-	case up.Rcode == dns.RcodeNameError:
-		// Every candidate is gone: so is the expansion the client asked for.
-		reply := replyTo(req, r)
-		reply.Rcode = dns.RcodeNameError
-		reply.Authoritative = false
-		reply.AuthenticatedData = up.AuthenticatedData
-		reply.Ns = up.Ns
-		metricQueries.autopath.Inc()
-		return q.pack(reply)
 	}
+	// Every candidate is gone (or the bare name's lookup failed): the
+	// query goes upstream as it is, as CoreDNS's autopath then writes the
+	// reply to the name asked. Its denial is the cluster zone's, with
+	// kube-dns's SOA and negative TTL, not the bare name's zone's copied
+	// onto a name of another (a cache would keep a Service created
+	// meanwhile denied for that zone's TTL), nor that zone's AD on a
+	// denial of ztdns's own; and a name kube-dns knows is answered.
 	return nil
 }
 

@@ -179,6 +179,64 @@ func TestAutopathWalksKubeletsSearchOrder(t *testing.T) {
 	}
 }
 
+// kubeDNSDenies answers names under cluster.local. as kube-dns answers
+// names it does not have: NXDOMAIN with its SOA (its TTL kubeDNSNegTTL),
+// without AD; and the others as Responder does.
+type kubeDNSDenies struct{ dnstest.Responder }
+
+const kubeDNSNegTTL = 5
+
+func (k kubeDNSDenies) Reply(req *dns.Msg, local netip.AddrPort) *dns.Msg {
+	if len(req.Question) != 1 || !dns.IsSubDomain("cluster.local.", dns.CanonicalName(req.Question[0].Name)) {
+		return k.Responder.Reply(req, local)
+	}
+	m := new(dns.Msg)
+	m.SetReply(req)
+	m.Authoritative = true
+	m.Rcode = dns.RcodeNameError
+	if opt := req.IsEdns0(); opt != nil {
+		m.SetEdns0(opt.UDPSize(), opt.Do())
+	}
+	m.Ns = []dns.RR{&dns.SOA{
+		Hdr: dns.RR_Header{Name: "cluster.local.", Rrtype: dns.TypeSOA, Class: dns.ClassINET, Ttl: kubeDNSNegTTL},
+		Ns:  "ns.dns.cluster.local.", Mbox: "hostmaster.cluster.local.",
+		Serial: 1, Refresh: 7200, Retry: 1800, Expire: 86400, Minttl: kubeDNSNegTTL,
+	}}
+	return m
+}
+
+// TestAutopathNXDOMAINIsTheClusterZones: when no candidate exists, the
+// query is forwarded as it is, as CoreDNS's autopath then answers the name
+// asked: a client asking with DO gets the cluster zone's denial, kube-dns's
+// SOA and negative TTL, without the AD of the validated zones it does not
+// belong to. Before: the bare name's NXDOMAIN copied, its zone's SOA
+// (test., 300 s, which a cache would keep a Service created meanwhile
+// denied for) and its AD.
+func TestAutopathNXDOMAINIsTheClusterZones(t *testing.T) {
+	ss := startSlowServerWith(t, Options{Autopath: true, NodeSearch: []string{"node.example"}}, &model.Snapshot{},
+		kubeDNSDenies{validating{dnstest.ZoneOf(t, "other.example. 300 IN A 198.51.100.230")}})
+	for _, proto := range []string{"udp", "tcp"} {
+		m := new(dns.Msg)
+		m.SetQuestion("nope.example.net.ns1.svc.cluster.local.", dns.TypeA)
+		m.SetEdns0(1232, true)
+		r, err := ss.tryExchange(victimIP, proto, m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		soa, _ := func() (*dns.SOA, bool) {
+			if len(r.Ns) != 1 {
+				return nil, false
+			}
+			s, ok := r.Ns[0].(*dns.SOA)
+			return s, ok
+		}()
+		if r.Rcode != dns.RcodeNameError || soa == nil || soa.Hdr.Name != "cluster.local." || soa.Hdr.Ttl > kubeDNSNegTTL || r.AuthenticatedData {
+			t.Errorf("%s: %s, authority %v, AD %v; want NXDOMAIN, cluster.local.'s SOA of TTL at most %d, no AD",
+				proto, dns.RcodeToString[r.Rcode], r.Ns, r.AuthenticatedData, kubeDNSNegTTL)
+		}
+	}
+}
+
 // validating answers as a validating resolver does: its replies have AD
 // set.
 type validating struct{ dnstest.Responder }
@@ -598,9 +656,10 @@ func TestExternalNameLoop(t *testing.T) {
 // first candidate the forwarder's cache holds (NXDOMAIN) and whose next
 // candidate it does not is answered in two passes, the cache's offline on
 // the socket's goroutine, the rest online: the cached candidate is counted
-// one cache hit, not two, the others one miss each, and the query one
-// request and one access log line. Asked again, every lookup is a hit,
-// answered offline: three hits, no miss, one request, one line.
+// one cache hit, not two, the others and the query itself (forwarded, every
+// candidate gone) one miss each, and the query one request and one access
+// log line. Asked again, every lookup is a hit, answered offline: four
+// hits, no miss, one request, one line.
 func TestAutopathCachedCandidateCountedOnce(t *testing.T) {
 	al, log := startAccessLog(t)
 	ss := startSlowServer(t, Options{Autopath: true, NodeSearch: []string{"node.example"}, AccessLog: al}, &model.Snapshot{})
@@ -620,8 +679,8 @@ func TestAutopathCachedCandidateCountedOnce(t *testing.T) {
 		from                string
 		hits, misses, total float64
 	}{
-		{"upstream", 1, 2, 1}, // node.example's candidate from the cache; corp.internal's and the bare name's asked
-		{"cache", 3, 0, 1},
+		{"upstream", 1, 3, 1}, // node.example's candidate from the cache; corp.internal's, the bare name's and the query asked
+		{"cache", 4, 0, 1},
 	} {
 		before := counts()
 		r := ss.askType(t, "udp", "db.ns1.svc.cluster.local.", dns.TypeA)
