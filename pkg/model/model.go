@@ -7,6 +7,8 @@ package model
 
 import (
 	"net/netip"
+	"slices"
+	"strings"
 	"time"
 )
 
@@ -276,24 +278,77 @@ type Pod struct {
 // Key returns "namespace/name".
 func (p *Pod) Key() string { return p.Namespace + "/" + p.Name }
 
-// SearchList returns the DNS search domains kubelet writes into the pod's
-// resolv.conf for the given cluster domain, or nil when the policy leaves it
-// to the node (Default) and the pod adds none.
-func (p *Pod) SearchList(clusterDomain string) []string {
+// SearchList returns the search line kubelet writes into the pod's
+// resolv.conf (pkg/kubelet/network/dns GetPodDNS), given the cluster domain
+// and the node's own search domains (its resolv.conf's): for ClusterFirst
+// (and ClusterFirstWithHostNet; a hostNetwork pod's ClusterFirst is
+// Default) the cluster's three domains then the node's, for Default the
+// node's, for None none; then spec.dnsConfig.searches. Duplicates are left
+// out, and the list is cut to kubelet's limits: 32 domains, none longer
+// than 253 characters, 2048 characters in all. A resolver tries the
+// domains in this order, and autopath must too.
+func (p *Pod) SearchList(clusterDomain string, node []string) []string {
 	var search []string
-	switch p.DNSPolicy {
-	case DNSNone, DNSDefault:
-	case DNSClusterFirstWithHostNet:
-		search = clusterSearch(p.Namespace, clusterDomain)
-	default: // ClusterFirst, also for empty (the API default)
-		if !p.HostNetwork {
-			search = clusterSearch(p.Namespace, clusterDomain)
+	add := func(domains []string) {
+		for _, d := range domains {
+			if len(search) == maxSearchPaths {
+				return
+			}
+			if !slices.Contains(search, d) {
+				search = append(search, d)
+			}
 		}
 	}
-	return append(search, p.DNSSearches...)
+	host := make([]string, 0, len(node))
+	for _, d := range node {
+		host = append(host, strings.TrimSuffix(d, ".")) // as kubelet reads its resolv.conf
+	}
+	switch p.DNSPolicy {
+	case DNSNone:
+	case DNSDefault:
+		add(host)
+	case DNSClusterFirstWithHostNet:
+		add(clusterSearch(p.Namespace, clusterDomain))
+		add(host)
+	default: // ClusterFirst, also for empty (the API default)
+		if !p.HostNetwork {
+			add(clusterSearch(p.Namespace, clusterDomain))
+		}
+		add(host)
+	}
+	add(p.DNSSearches)
+	return fitSearchLimits(search)
+}
+
+// Kubelet's limits on a pod's search line (k8s.io/kubernetes
+// pkg/apis/core/validation: MaxDNSSearchPaths, MaxDNSSearchListChars, and
+// a domain no longer than a DNS-1123 subdomain).
+const (
+	maxSearchPaths     = 32
+	maxSearchListChars = 2048
+	maxSearchDomainLen = 253
+)
+
+// fitSearchLimits cuts search as kubelet's formDNSSearchFitsLimits does:
+// past maxSearchPaths (SearchList stops there already), then the domains
+// too long, then from the end until the line fits maxSearchListChars.
+func fitSearchLimits(search []string) []string {
+	search = slices.DeleteFunc(search, func(d string) bool { return len(d) > maxSearchDomainLen })
+	line := len(search) - 1 // the spaces between
+	for _, d := range search {
+		line += len(d)
+	}
+	for len(search) > 0 && line > maxSearchListChars {
+		line -= len(search[len(search)-1]) + 1
+		search = search[:len(search)-1]
+	}
+	return search
 }
 
 func clusterSearch(ns, domain string) []string {
+	if domain == "" {
+		return nil // kubelet without a cluster domain gives the node's alone
+	}
 	return []string{ns + ".svc." + domain, "svc." + domain, domain}
 }
 

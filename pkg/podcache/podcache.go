@@ -76,7 +76,9 @@ type Pod struct {
 	Name      string
 	UID       string
 	IPs       []netip.Addr
-	// Search is the DNS search list kubelet gives the pod.
+	// Search is the DNS search list kubelet gives the pod on a node
+	// without search domains of its own (the cache does not know the
+	// node's: autopath builds the whole list, model.Pod.SearchList).
 	Search []string
 	// Spec is the pod as the source reported it; nil when only the runtime
 	// knows it so far.
@@ -420,9 +422,9 @@ func (c *Cache) rebuild() {
 		quotas[k] = p.Quota
 		p.families = familiesOf(p.IPs)
 		if p.Spec != nil {
-			p.Search = p.Spec.SearchList(c.domain)
+			p.Search = p.Spec.SearchList(c.domain, nil)
 		} else {
-			p.Search = (&model.Pod{Namespace: p.Namespace}).SearchList(c.domain)
+			p.Search = (&model.Pod{Namespace: p.Namespace}).SearchList(c.domain, nil)
 		}
 		idx.all = append(idx.all, p)
 	}
@@ -649,9 +651,9 @@ func (c *Cache) pod(k string) *Pod {
 	}
 	p.families = familiesOf(p.IPs)
 	if p.Spec != nil {
-		p.Search = p.Spec.SearchList(c.domain)
+		p.Search = p.Spec.SearchList(c.domain, nil)
 	} else {
-		p.Search = (&model.Pod{Namespace: p.Namespace}).SearchList(c.domain)
+		p.Search = (&model.Pod{Namespace: p.Namespace}).SearchList(c.domain, nil)
 	}
 	return p
 }

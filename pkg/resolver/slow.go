@@ -21,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/ztdns/ztdns/pkg/dnswire"
+	"github.com/ztdns/ztdns/pkg/model"
 	"github.com/ztdns/ztdns/pkg/podcache"
 	"github.com/ztdns/ztdns/pkg/resolver/forward"
 	"github.com/ztdns/ztdns/pkg/resolver/quota"
@@ -425,16 +426,20 @@ func (q *slowQuery) chase(ctx context.Context, reply *dns.Msg, res table.Result,
 // not: as CoreDNS does, only NXDOMAIN moves on to the next candidate, so that
 // one name is not NXDOMAIN for one type and a CNAME for another (RFC 8020
 // has caches deny every type below an NXDOMAIN). It returns nil to fall back
-// to forwarding the query as it is, as it does when a lookup fails.
+// to forwarding the query as it is, as it does when a lookup fails and when
+// no candidate exists.
 func (q *slowQuery) autopath(ctx context.Context, pod *podcache.Pod, tbl *table.Table) []byte {
-	if len(pod.Search) == 0 {
+	r := &q.r
+	search := searchList(pod, tbl.Domain(), q.s.opts.NodeSearch)
+	if len(search) == 0 {
 		return nil
 	}
-	r := &q.r
-	search := append(append([]string(nil), pod.Search...), q.s.opts.NodeSearch...)
 	qname := string(r.Name)
 	first := dns.CanonicalName(search[0])
-	if len(qname) <= len(first)+1 || !strings.HasSuffix(qname, "."+first) {
+	// Only the table can say the first expansion does not exist: a list
+	// that starts with a node's domain (dnsPolicy Default) is the pod's
+	// resolver's to walk.
+	if len(qname) <= len(first)+1 || !strings.HasSuffix(qname, "."+first) || !dns.IsSubDomain(tbl.Domain(), first) {
 		return nil
 	}
 	req := new(dns.Msg)
@@ -491,22 +496,28 @@ func (q *slowQuery) autopath(ctx context.Context, pod *podcache.Pod, tbl *table.
 		}
 	}
 	up, err := q.lookupUpstream(ctx, base, q.tcp, false)
-	switch {
-	case err != nil:
-		return nil
-	case up.Rcode == dns.RcodeSuccess:
+	if err == nil && up.Rcode == dns.RcodeSuccess {
 		return answerWith(base, up)
-	case up.Rcode == dns.RcodeNameError:
-		// Every candidate is gone: so is the expansion the client asked for.
-		reply := replyTo(req, r)
-		reply.Rcode = dns.RcodeNameError
-		reply.Authoritative = false
-		reply.AuthenticatedData = up.AuthenticatedData
-		reply.Ns = up.Ns
-		metricQueries.autopath.Inc()
-		return q.pack(reply)
 	}
+	// Every candidate is gone (or the bare name's lookup failed): the
+	// query goes upstream as it is, as CoreDNS's autopath then writes the
+	// reply to the name asked. Its denial is the cluster zone's, with
+	// kube-dns's SOA and negative TTL, not the bare name's zone's copied
+	// onto a name of another (a cache would keep a Service created
+	// meanwhile denied for that zone's TTL), nor that zone's AD on a
+	// denial of ztdns's own; and a name kube-dns knows is answered.
 	return nil
+}
+
+// searchList is the pod's search list as kubelet writes it, the node's
+// domains where its dnsPolicy puts them; a pod only the runtime knows so
+// far is taken for a ClusterFirst one.
+func searchList(pod *podcache.Pod, domain string, node []string) []string {
+	spec := pod.Spec
+	if spec == nil {
+		spec = &model.Pod{Namespace: pod.Namespace}
+	}
+	return spec.SearchList(strings.TrimSuffix(domain, "."), node)
 }
 
 // other answers a query of another opcode than QUERY. NOTIFY and UPDATE

@@ -125,6 +125,118 @@ func TestAutopathNODATA(t *testing.T) {
 	}
 }
 
+// TestAutopathWalksKubeletsSearchOrder: autopath tries the candidates in
+// the order of the search line kubelet writes into the pod's resolv.conf,
+// which its resolver would try: for ClusterFirst the cluster's domains,
+// the node's, then spec.dnsConfig.searches; for None dnsConfig.searches
+// alone; for Default, which starts with the node's, none (autopath knows
+// only that names under the cluster domain do not exist). Before: the pod's own domains came before the node's, and the
+// node's were added to a None pod's list: a name under both a node domain
+// and the pod's was answered with the pod's (x.corp.internal), the one its
+// resolver would not have reached, and a None pod got a name under a node
+// domain it does not have (y.node.example).
+func TestAutopathWalksKubeletsSearchOrder(t *testing.T) {
+	ss := startSlowServer(t, Options{Autopath: true, NodeSearch: []string{"node.example."}}, &model.Snapshot{},
+		"x.node.example. 300 IN A 198.51.100.220",
+		"x.corp.internal. 300 IN A 198.51.100.221",
+		"y.node.example. 300 IN A 198.51.100.222",
+		"y. 300 IN A 198.51.100.223")
+	for _, tc := range []struct {
+		pod    model.Pod
+		name   string
+		answer []string
+	}{
+		{
+			model.Pod{DNSSearches: []string{"corp.internal"}}, // ClusterFirst
+			"x.ns1.svc.cluster.local.", []string{
+				"x.ns1.svc.cluster.local.\t0\tIN\tCNAME\tx.node.example.",
+				"x.node.example.\t0\tIN\tA\t198.51.100.220",
+			},
+		},
+		{
+			model.Pod{DNSPolicy: model.DNSNone, DNSSearches: []string{"ns1.svc.cluster.local", "corp.internal"}},
+			"y.ns1.svc.cluster.local.", []string{
+				"y.ns1.svc.cluster.local.\t0\tIN\tCNAME\ty.",
+				"y.\t0\tIN\tA\t198.51.100.223",
+			},
+		},
+		{
+			// The list starts with the node's domain: only an upstream
+			// knows whether the name asked exists, not autopath.
+			model.Pod{DNSPolicy: model.DNSDefault, DNSSearches: []string{"corp.internal"}},
+			"x.node.example.", []string{"x.node.example.\t0\tIN\tA\t198.51.100.220"},
+		},
+	} {
+		pod := tc.pod
+		pod.Namespace, pod.Name, pod.IPs = "ns1", "client", []netip.Addr{victimIP}
+		ss.pods.SetSourcePods([]model.Pod{pod})
+		for _, proto := range []string{"udp", "tcp"} {
+			rcode, answer, _ := replyText(ss.askType(t, proto, tc.name, dns.TypeA))
+			if rcode != "NOERROR" || !slices.Equal(answer, tc.answer) {
+				t.Errorf("dnsPolicy %q, %s %s: %s %q, want NOERROR %q", tc.pod.DNSPolicy, proto, tc.name, rcode, answer, tc.answer)
+			}
+		}
+	}
+}
+
+// kubeDNSDenies answers names under cluster.local. as kube-dns answers
+// names it does not have: NXDOMAIN with its SOA (its TTL kubeDNSNegTTL),
+// without AD; and the others as Responder does.
+type kubeDNSDenies struct{ dnstest.Responder }
+
+const kubeDNSNegTTL = 5
+
+func (k kubeDNSDenies) Reply(req *dns.Msg, local netip.AddrPort) *dns.Msg {
+	if len(req.Question) != 1 || !dns.IsSubDomain("cluster.local.", dns.CanonicalName(req.Question[0].Name)) {
+		return k.Responder.Reply(req, local)
+	}
+	m := new(dns.Msg)
+	m.SetReply(req)
+	m.Authoritative = true
+	m.Rcode = dns.RcodeNameError
+	if opt := req.IsEdns0(); opt != nil {
+		m.SetEdns0(opt.UDPSize(), opt.Do())
+	}
+	m.Ns = []dns.RR{&dns.SOA{
+		Hdr: dns.RR_Header{Name: "cluster.local.", Rrtype: dns.TypeSOA, Class: dns.ClassINET, Ttl: kubeDNSNegTTL},
+		Ns:  "ns.dns.cluster.local.", Mbox: "hostmaster.cluster.local.",
+		Serial: 1, Refresh: 7200, Retry: 1800, Expire: 86400, Minttl: kubeDNSNegTTL,
+	}}
+	return m
+}
+
+// TestAutopathNXDOMAINIsTheClusterZones: when no candidate exists, the
+// query is forwarded as it is, as CoreDNS's autopath then answers the name
+// asked: a client asking with DO gets the cluster zone's denial, kube-dns's
+// SOA and negative TTL, without the AD of the validated zones it does not
+// belong to. Before: the bare name's NXDOMAIN copied, its zone's SOA
+// (test., 300 s, which a cache would keep a Service created meanwhile
+// denied for) and its AD.
+func TestAutopathNXDOMAINIsTheClusterZones(t *testing.T) {
+	ss := startSlowServerWith(t, Options{Autopath: true, NodeSearch: []string{"node.example"}}, &model.Snapshot{},
+		kubeDNSDenies{validating{dnstest.ZoneOf(t, "other.example. 300 IN A 198.51.100.230")}})
+	for _, proto := range []string{"udp", "tcp"} {
+		m := new(dns.Msg)
+		m.SetQuestion("nope.example.net.ns1.svc.cluster.local.", dns.TypeA)
+		m.SetEdns0(1232, true)
+		r, err := ss.tryExchange(victimIP, proto, m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		soa, _ := func() (*dns.SOA, bool) {
+			if len(r.Ns) != 1 {
+				return nil, false
+			}
+			s, ok := r.Ns[0].(*dns.SOA)
+			return s, ok
+		}()
+		if r.Rcode != dns.RcodeNameError || soa == nil || soa.Hdr.Name != "cluster.local." || soa.Hdr.Ttl > kubeDNSNegTTL || r.AuthenticatedData {
+			t.Errorf("%s: %s, authority %v, AD %v; want NXDOMAIN, cluster.local.'s SOA of TTL at most %d, no AD",
+				proto, dns.RcodeToString[r.Rcode], r.Ns, r.AuthenticatedData, kubeDNSNegTTL)
+		}
+	}
+}
+
 // validating answers as a validating resolver does: its replies have AD
 // set.
 type validating struct{ dnstest.Responder }
@@ -316,9 +428,11 @@ func TestRefusedForwardAfterACachedCandidateIsFromNone(t *testing.T) {
 	const perSource = 16 << 10
 	b := quota.NewBudget(64<<10, perSource)
 	ss := startSlowServer(t, Options{Autopath: true, NodeSearch: []string{"node.example"}, Limits: quota.Limits{QPS: -1}, Budget: b}, &model.Snapshot{})
-	// corp.internal's candidate, NXDOMAIN, now in the cache.
-	if r := ss.askType(t, "udp", "db.corp.internal.", dns.TypeA); r.Rcode != dns.RcodeNameError {
-		t.Fatalf("db.corp.internal. with the pod's bytes free: %s, want NXDOMAIN", dns.RcodeToString[r.Rcode])
+	// node.example's candidate (the first outside the cluster domain, as
+	// kubelet puts the node's domains before the pod's own), NXDOMAIN, now
+	// in the cache.
+	if r := ss.askType(t, "udp", "db.node.example.", dns.TypeA); r.Rcode != dns.RcodeNameError {
+		t.Fatalf("db.node.example. with the pod's bytes free: %s, want NXDOMAIN", dns.RcodeToString[r.Rcode])
 	}
 	pod := ss.pods.Lookup(victimIP).Quota
 	useUpBytes(t, b, pod, perSource) // no upstream reply of the pod's fits now
@@ -327,7 +441,7 @@ func TestRefusedForwardAfterACachedCandidateIsFromNone(t *testing.T) {
 	requests := scrape(t, ss.Collector(), "ztdns_dns_requests_total")
 	r := ss.askType(t, "udp", "db.ns1.svc.cluster.local.", dns.TypeA)
 	if r.Rcode != dns.RcodeServerFailure {
-		t.Fatalf("node.example's candidate and the forward refused for the pod's bytes: %s, want SERVFAIL", dns.RcodeToString[r.Rcode])
+		t.Fatalf("corp.internal's candidate and the forward refused for the pod's bytes: %s, want SERVFAIL", dns.RcodeToString[r.Rcode])
 	}
 	const none = `ztdns_dns_requests_total{proto="udp",rcode="SERVFAIL",source="none",type="A"}`
 	after := scrape(t, ss.Collector(), "ztdns_dns_requests_total")
@@ -542,14 +656,15 @@ func TestExternalNameLoop(t *testing.T) {
 // first candidate the forwarder's cache holds (NXDOMAIN) and whose next
 // candidate it does not is answered in two passes, the cache's offline on
 // the socket's goroutine, the rest online: the cached candidate is counted
-// one cache hit, not two, the others one miss each, and the query one
-// request and one access log line. Asked again, every lookup is a hit,
-// answered offline: three hits, no miss, one request, one line.
+// one cache hit, not two, the others and the query itself (forwarded, every
+// candidate gone) one miss each, and the query one request and one access
+// log line. Asked again, every lookup is a hit, answered offline: four
+// hits, no miss, one request, one line.
 func TestAutopathCachedCandidateCountedOnce(t *testing.T) {
 	al, log := startAccessLog(t)
 	ss := startSlowServer(t, Options{Autopath: true, NodeSearch: []string{"node.example"}, AccessLog: al}, &model.Snapshot{})
-	if r := ss.askType(t, "udp", "db.corp.internal.", dns.TypeA); r.Rcode != dns.RcodeNameError { // into the cache
-		t.Fatalf("db.corp.internal.: %s, want NXDOMAIN", dns.RcodeToString[r.Rcode])
+	if r := ss.askType(t, "udp", "db.node.example.", dns.TypeA); r.Rcode != dns.RcodeNameError { // into the cache
+		t.Fatalf("db.node.example.: %s, want NXDOMAIN", dns.RcodeToString[r.Rcode])
 	}
 	lines := len(accessLines(t, log, 2)) // startLimitsServer's query, and the one above
 	const (
@@ -564,8 +679,8 @@ func TestAutopathCachedCandidateCountedOnce(t *testing.T) {
 		from                string
 		hits, misses, total float64
 	}{
-		{"upstream", 1, 2, 1}, // corp.internal's candidate from the cache; node.example's and the bare name's asked
-		{"cache", 3, 0, 1},
+		{"upstream", 1, 3, 1}, // node.example's candidate from the cache; corp.internal's, the bare name's and the query asked
+		{"cache", 4, 0, 1},
 	} {
 		before := counts()
 		r := ss.askType(t, "udp", "db.ns1.svc.cluster.local.", dns.TypeA)

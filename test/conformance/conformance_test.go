@@ -337,8 +337,29 @@ func askedOver(up *dnstest.Server, proto, name string) bool {
 	return false
 }
 
+// kubeDNSAndValidated answers as a pod's nameserver in front of kube-dns
+// and a validating resolver: names under cluster.local. it does not have
+// NXDOMAIN with kube-dns's SOA (TTL 5) and no AD, the others as the zone
+// does, with AD.
+type kubeDNSAndValidated struct{ zone dnstest.Zone }
+
+func (k kubeDNSAndValidated) Reply(req *dns.Msg, local netip.AddrPort) *dns.Msg {
+	m := k.zone.Reply(req, local)
+	if len(req.Question) != 1 || !dns.IsSubDomain("cluster.local.", dns.CanonicalName(req.Question[0].Name)) {
+		m.AuthenticatedData = true
+		return m
+	}
+	m.Answer, m.Rcode = nil, dns.RcodeNameError
+	m.Ns = []dns.RR{&dns.SOA{
+		Hdr: dns.RR_Header{Name: "cluster.local.", Rrtype: dns.TypeSOA, Class: dns.ClassINET, Ttl: 5},
+		Ns:  "ns.dns.cluster.local.", Mbox: "hostmaster.cluster.local.",
+		Serial: 1, Refresh: 7200, Retry: 1800, Expire: 86400, Minttl: 5,
+	}}
+	return m
+}
+
 func TestAutopath(t *testing.T) {
-	up := upstream(t)
+	up := dnstest.Start(t, "127.0.0.1:0", kubeDNSAndValidated{dnstest.ZoneOf(t, "example.com. 120 IN A 203.0.113.10")})
 	r := startAgent(t, agentOpts{upstreams: []netip.AddrPort{up.Addr}, autopath: true}, manifests)
 	for _, proto := range protocols {
 		// A pod in default with ndots:5 asks for example.com first as
@@ -348,10 +369,17 @@ func TestAutopath(t *testing.T) {
 		if got := rrText(resp.Answer); resp.Rcode != dns.RcodeSuccess || !slices.Equal(got, want) {
 			t.Errorf("%s: %s %q, want %q", proto, dns.RcodeToString[resp.Rcode], got, want)
 		}
-		// A name that exists nowhere: NXDOMAIN for the expansion.
-		resp = r.query(t, proto, fromDefault, "nope.example.net.default.svc.cluster.local.", dns.TypeA, false)
-		if resp.Rcode != dns.RcodeNameError {
-			t.Errorf("%s: rcode %s, want NXDOMAIN", proto, dns.RcodeToString[resp.Rcode])
+		// A name that exists nowhere: NXDOMAIN for the expansion, the
+		// cluster zone's (kube-dns's SOA and TTL, no AD from the zones
+		// of the other candidates), for a client asking with DO too.
+		m := new(dns.Msg)
+		m.SetQuestion("nope.example.net.default.svc.cluster.local.", dns.TypeA)
+		m.SetEdns0(1232, true)
+		resp = r.exchange(t, proto, fromDefault, m)
+		if resp.Rcode != dns.RcodeNameError || len(resp.Ns) != 1 || resp.Ns[0].Header().Name != "cluster.local." ||
+			resp.Ns[0].Header().Rrtype != dns.TypeSOA || resp.Ns[0].Header().Ttl > 5 || resp.AuthenticatedData {
+			t.Errorf("%s: %s, authority %v, AD %v; want NXDOMAIN, cluster.local.'s SOA of TTL at most 5, no AD",
+				proto, dns.RcodeToString[resp.Rcode], resp.Ns, resp.AuthenticatedData)
 		}
 		// Not a pod: no search list known, plain forwarding.
 		resp = r.query(t, proto, fromUnknown, "example.com.default.svc.cluster.local.", dns.TypeA, false)

@@ -141,7 +141,7 @@ func TestFromPod(t *testing.T) {
 	if !got.HasSidecar || got.Enrollment != model.EnrollmentPending || got.NodeName != "node-1" || len(got.IPs) != 2 || got.DNSNameservers[0] != netip.MustParseAddr("203.0.113.53") {
 		t.Errorf("got %+v", got)
 	}
-	if s := got.SearchList("cluster.local"); !slices.Equal(s, []string{"n.svc.cluster.local", "svc.cluster.local", "cluster.local", "corp.example"}) {
+	if s := got.SearchList("cluster.local", nil); !slices.Equal(s, []string{"n.svc.cluster.local", "svc.cluster.local", "cluster.local", "corp.example"}) {
 		t.Errorf("search list %v", s)
 	}
 	for _, phase := range []corev1.PodPhase{corev1.PodSucceeded, corev1.PodFailed, corev1.PodUnknown} {
@@ -152,11 +152,11 @@ func TestFromPod(t *testing.T) {
 		}
 	}
 	got.HostNetwork = true
-	if s := got.SearchList("cluster.local"); !slices.Equal(s, []string{"corp.example"}) {
+	if s := got.SearchList("cluster.local", nil); !slices.Equal(s, []string{"corp.example"}) {
 		t.Errorf("hostNetwork ClusterFirst search %v: the node's list applies", s)
 	}
 	got.DNSPolicy = model.DNSClusterFirstWithHostNet
-	if s := got.SearchList("cluster.local"); len(s) != 4 {
+	if s := got.SearchList("cluster.local", nil); len(s) != 4 {
 		t.Errorf("ClusterFirstWithHostNet search %v", s)
 	}
 }

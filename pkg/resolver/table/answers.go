@@ -346,9 +346,28 @@ func appendSRV(out []byte, ttl uint32, s SRV) []byte {
 // its A and AAAA records here. Its other records (TXT, MX, SRV, CAA, …)
 // are the real name's, upstream: Istio's proxy and ztunnel forward every
 // other type, ANY included. A reverse name (PTR) of its address is the
-// table's own.
+// table's own. So is a Service's name reached through a short form ("web.",
+// "web.ns.", and their search-list expansions): its A and AAAA records are
+// the table's, as ztunnel answers them, and its other types forwarded, as
+// ztunnel forwards them and as kube-dns, which has no such name, forwards
+// it. The Service's full name keeps kube-dns's NODATA with the cluster
+// zone's SOA, not a denial in a zone named after the short form.
 func (r *Result) Forwards(qtype uint16) bool {
-	return r.Entry != nil && r.owners.one == nil && r.Entry.ForwardsType(qtype)
+	if r.Entry == nil || r.owners.one != nil || qtype == dns.TypeA || qtype == dns.TypeAAAA {
+		return false
+	}
+	return r.Entry.ForwardsType(qtype) || r.viaShortForm()
+}
+
+// viaShortForm reports whether r's name is another than its entry's own
+// (Resolve's qname, or the alias of a search-list expansion), an SRV name
+// aside: reached through a short form (a wildcard's names are
+// ServiceEntries', which ForwardsType forwards already).
+func (r *Result) viaShortForm() bool {
+	if r.srv != nil {
+		return false
+	}
+	return r.Alias != "" || r.qname != "" && r.qname != r.Entry.Name
 }
 
 // ForwardsType reports whether a query of type qtype at e's name is
