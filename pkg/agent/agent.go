@@ -176,7 +176,7 @@ func newAgent(cfg Config) (*Agent, error) {
 	if cfg.Capture == nil {
 		cookiesLevel = slog.LevelDebug
 	}
-	a := &Agent{cfg: cfg, log: cfg.Logger, reg: cfg.Registry, pods: podcache.New(cfg.ClusterDomain), firstTable: make(chan struct{}), id: handoff.Identity(cfg.PodUID),
+	a := &Agent{cfg: cfg, log: cfg.Logger, reg: cfg.Registry, pods: podcache.New(), firstTable: make(chan struct{}), id: handoff.Identity(cfg.PodUID),
 		builder: newBuilder(cfg, uint32(cfg.TTL/time.Second)), builderTTL: uint32(cfg.TTL / time.Second), ttlGiven: ttlGiven,
 		addrs: slices.Clone(cfg.Listen), hostCookies: nodeCookies(cfg.ProcRoot, cfg.Logger, cookiesLevel), tableUpdates: ratelog.Limiter{Interval: tableLogEvery}}
 	if cfg.Capture != nil {

@@ -137,7 +137,7 @@ func TestForwardableNeitherTheAgentNorANodePod(t *testing.T) {
 		}
 		return newOwnAddrs(aps, func() []netip.Addr { return node })
 	}
-	pods := podcache.New("cluster.local")
+	pods := podcache.New()
 	pods.SetSourcePods([]model.Pod{
 		{Namespace: "a", Name: "client", NodeName: "n1", IPs: []netip.Addr{netip.MustParseAddr("10.244.1.7")}},
 		{Namespace: "a", Name: "source-only", NodeName: "n1", IPs: []netip.Addr{netip.MustParseAddr("10.244.1.10")}},
@@ -265,7 +265,7 @@ func TestRefusedNameserverLoggedOnce(t *testing.T) {
 // nothing. Before: the pod lookup was a method value the rules held, which
 // escaped, one allocation per miss.
 func TestForwardableAllocatesNothing(t *testing.T) {
-	pods := podcache.New("cluster.local")
+	pods := podcache.New()
 	pods.Attach(podcache.Attachment{ContainerID: "ctr-client", Namespace: "a", Name: "client", NetnsCookie: 7, IPs: []netip.Addr{netip.MustParseAddr("10.244.1.7")}})
 	pods.Attach(podcache.Attachment{ContainerID: "ctr-dns", Namespace: "b", Name: "dns", NetnsCookie: 8, IPs: []netip.Addr{netip.MustParseAddr("10.244.1.9")}})
 	c := &dataplane{r: &redirect.Redirector{}, pods: pods, nodeName: "n1",

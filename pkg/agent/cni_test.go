@@ -95,7 +95,7 @@ const testNode = "node-a"
 func cniAgent(t *testing.T) (*Agent, *marks) {
 	t.Helper()
 	testenv.RequireRoot(t)
-	a := &Agent{cfg: Config{NodeName: testNode, ProcRoot: "/proc"}, log: slog.New(slog.DiscardHandler), pods: podcache.New("cluster.local"),
+	a := &Agent{cfg: Config{NodeName: testNode, ProcRoot: "/proc"}, log: slog.New(slog.DiscardHandler), pods: podcache.New(),
 		hostCookies: nodeCookies("/proc", slog.New(slog.DiscardHandler), slog.LevelWarn)}
 	m := &marks{m: map[uint64]redirect.PodInfo{}}
 	ctl := capture.New(capture.Config{StateDir: t.TempDir(), NodeName: testNode, DNSCaptureDefault: true, HostCookies: a.hostCookies, Logger: a.log},
@@ -376,7 +376,7 @@ func TestPendingReplayedWhileServing(t *testing.T) {
 // does not capture still takes the events recorded for it, so the directory
 // does not grow by a file per pod deleted in every restart's gap.
 func TestPendingReplayedWithoutCapture(t *testing.T) {
-	a := &Agent{cfg: Config{Socket: filepath.Join(t.TempDir(), "ztdns.sock")}, log: slog.New(slog.DiscardHandler), pods: podcache.New("cluster.local")}
+	a := &Agent{cfg: Config{Socket: filepath.Join(t.TempDir(), "ztdns.sock")}, log: slog.New(slog.DiscardHandler), pods: podcache.New()}
 	dir := a.pendingDir()
 	recordPending(t, dir, "del", "c0ffee03", control.CNIDelRequest{ContainerID: "c0ffee03"})
 	a.keepHouse(canceled(t))
@@ -390,7 +390,7 @@ func TestPendingReplayedWithoutCapture(t *testing.T) {
 // forgotten, as a refused ADD is, instead of being replayed and logged
 // every 30 s for ever and holding one of the pending places.
 func TestRefusedPendingDeleteIsForgotten(t *testing.T) {
-	a := &Agent{cfg: Config{Socket: filepath.Join(t.TempDir(), "ztdns.sock")}, log: slog.New(slog.DiscardHandler), pods: podcache.New("cluster.local")}
+	a := &Agent{cfg: Config{Socket: filepath.Join(t.TempDir(), "ztdns.sock")}, log: slog.New(slog.DiscardHandler), pods: podcache.New()}
 	dir := a.pendingDir()
 	recordPending(t, dir, "del", "c0ffee0b", control.CNIDelRequest{ContainerID: "c0ffee0b", Netns: "netns/relative"})
 	a.keepHouse(canceled(t))
@@ -579,7 +579,7 @@ func TestAddWithAnIPv4MappedAddress(t *testing.T) {
 func TestGoneNetnsRecordDroppedWithoutCapture(t *testing.T) {
 	testenv.RequireRoot(t)
 	a := &Agent{cfg: Config{NodeName: testNode, ProcRoot: "/proc", Socket: filepath.Join(t.TempDir(), "ztdns.sock")},
-		log: slog.New(slog.DiscardHandler), pods: podcache.New("cluster.local"), hostCookies: nodeCookies("/proc", slog.New(slog.DiscardHandler), slog.LevelWarn)}
+		log: slog.New(slog.DiscardHandler), pods: podcache.New(), hostCookies: nodeCookies("/proc", slog.New(slog.DiscardHandler), slog.LevelWarn)}
 	add := func(n *testenv.Netns, namespace, name, id string, ip netip.Addr) {
 		t.Helper()
 		cookie := cookieOf(t, n)
@@ -644,7 +644,7 @@ func TestOrphanedRecordDroppedWithoutCapture(t *testing.T) {
 	process("1", "/proc/self/ns/net")
 	a := &Agent{cfg: Config{NodeName: testNode, ProcRoot: procRoot, Socket: filepath.Join(t.TempDir(), "ztdns.sock"),
 		Source: kube.New(&rest.Config{Host: "https://203.0.113.1"})}, // never run: it watches the node's pods
-		log: slog.New(slog.DiscardHandler), pods: podcache.New("cluster.local"), hostCookies: nodeCookies("/proc", slog.New(slog.DiscardHandler), slog.LevelWarn),
+		log: slog.New(slog.DiscardHandler), pods: podcache.New(), hostCookies: nodeCookies("/proc", slog.New(slog.DiscardHandler), slog.LevelWarn),
 		now:    func() time.Time { return now },
 		server: &resolver.Server{}} // the pods' rows ask it for their usage
 	reg := prometheus.NewRegistry()

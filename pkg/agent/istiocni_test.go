@@ -165,7 +165,7 @@ func TestScrapesLookAtNoPod(t *testing.T) {
 // longer captured are forgotten.
 func TestIstioRulesRefreshIsBounded(t *testing.T) {
 	const pods = 1000
-	c := podcache.New("cluster.local")
+	c := podcache.New()
 	for i := range pods {
 		c.Attach(podcache.Attachment{ContainerID: fmt.Sprintf("ctr-%d", i), Namespace: "shop", Name: fmt.Sprintf("pod-%d", i),
 			NetnsPath: fmt.Sprintf("/var/run/netns/pod-%d", i), NetnsCookie: uint64(i + 1), Captured: true})

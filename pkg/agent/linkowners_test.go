@@ -67,7 +67,7 @@ func processNetns(t *testing.T, node *testenv.Node, dev string) (path string, en
 // shows it, the new namespace's interface was the dead pod's.)
 func TestLinkOwnersForgetADeadNamespace(t *testing.T) {
 	node := testenv.NewNode(t)
-	pods := podcache.New("cluster.local")
+	pods := podcache.New()
 	l := newLinkOwners(pods, capture.ProcNamespaces{}, slog.New(slog.NewTextHandler(os.Stderr, nil)))
 	if err := node.Do(l.open); err != nil {
 		t.Fatal(err)

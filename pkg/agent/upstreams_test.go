@@ -27,13 +27,13 @@ func TestUpstreamsForFallback(t *testing.T) {
 	configured := []netip.AddrPort{netip.MustParseAddrPort("198.51.100.53:53"), netip.MustParseAddrPort("[2001:db8::53]:53")}
 	client := netip.MustParseAddrPort("10.244.1.7:40000")
 	slot := netip.MustParseAddrPort("169.254.20.53:53")
-	pods := podcache.New("cluster.local")
+	pods := podcache.New()
 	pods.SetSourcePods([]model.Pod{{Namespace: "ns1", Name: "other", IPs: []netip.Addr{netip.MustParseAddr("10.244.1.8")}}})
-	unattached := podcache.New("cluster.local") // the client's pod, no sandbox known: no netns cookie
+	unattached := podcache.New() // the client's pod, no sandbox known: no netns cookie
 	unattached.SetSourcePods([]model.Pod{{Namespace: "ns1", Name: "client", IPs: []netip.Addr{client.Addr()}}})
 	// The client's pod with its sandbox known: on a slot it would be looked
 	// up in the redirector (nil here), so only the slot check answers.
-	attached := podcache.New("cluster.local")
+	attached := podcache.New()
 	attached.Attach(podcache.Attachment{ContainerID: "ctr-client", Namespace: "ns1", Name: "client", NetnsCookie: 7, IPs: []netip.Addr{client.Addr()}})
 	for _, tc := range []struct {
 		what    string

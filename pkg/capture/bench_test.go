@@ -39,7 +39,7 @@ func tmpfsDir(tb testing.TB) string {
 
 func newDenseNode(tb testing.TB, records int) *denseNode {
 	tb.Helper()
-	n := &denseNode{tb: tb, pods: podcache.New("cluster.local"), netns: &fakeNamespaces{byPath: map[string]Netns{}}, dir: tmpfsDir(tb)}
+	n := &denseNode{tb: tb, pods: podcache.New(), netns: &fakeNamespaces{byPath: map[string]Netns{}}, dir: tmpfsDir(tb)}
 	n.ctl = New(Config{StateDir: n.dir, NodeName: node, DNSCaptureDefault: true, HostCookies: []uint64{hostCookie},
 		Logger: slog.New(slog.DiscardHandler), Now: time.Now}, n.pods, newFakeMarker(), n.netns)
 	tb.Cleanup(n.ctl.Close)

@@ -202,7 +202,7 @@ func newFixture(t *testing.T, dnsCaptureDefault bool) *fixture {
 func newFixtureOver(t *testing.T, dnsCaptureDefault bool, hostCookies []uint64, ns Namespaces) *fixture {
 	t.Helper()
 	f := &fixture{
-		pods:   podcache.New("cluster.local"),
+		pods:   podcache.New(),
 		marker: newFakeMarker(),
 		dir:    t.TempDir(),
 		now:    time.Unix(1_700_000_000, 0),
@@ -263,7 +263,7 @@ func (f *fixture) attach(t *testing.T, a podcache.Attachment) podcache.Attachmen
 // (restarted has).
 func (f *fixture) restart(t *testing.T) *fixture {
 	t.Helper()
-	g := &fixture{pods: podcache.New("cluster.local"), marker: f.marker, netns: f.netns, dir: f.dir, now: f.now}
+	g := &fixture{pods: podcache.New(), marker: f.marker, netns: f.netns, dir: f.dir, now: f.now}
 	cfg := f.ctl.cfg
 	cfg.Now = func() time.Time { return g.now }
 	g.ctl = New(cfg, g.pods, g.marker, f.ctl.netns)
@@ -575,7 +575,7 @@ func TestMarkRecorded(t *testing.T) {
 	record := f.savedRecord(t)
 	delete(f.netns.byPath, "/var/run/netns/gone") // gone's sandbox went since
 
-	g := &fixture{pods: podcache.New("cluster.local"), marker: newFakeMarker(), netns: f.netns, dir: f.dir, now: f.now}
+	g := &fixture{pods: podcache.New(), marker: newFakeMarker(), netns: f.netns, dir: f.dir, now: f.now}
 	g.ctl = New(f.ctl.cfg, g.pods, g.marker, f.netns)
 	t.Cleanup(g.ctl.Close)
 	n, err := g.ctl.MarkRecorded()
@@ -1432,7 +1432,7 @@ func TestRestoreForgetsRecordsOfAnotherBoot(t *testing.T) {
 	f.netns.add("/host/proc/999/ns/net", 12, "10.0.0.9")
 	f.netns.add("/var/run/netns/api-old", 13, "10.0.0.8")
 	f.marker = newFakeMarker()
-	g := &fixture{pods: podcache.New("cluster.local"), marker: f.marker, netns: f.netns, dir: f.dir, now: f.now}
+	g := &fixture{pods: podcache.New(), marker: f.marker, netns: f.netns, dir: f.dir, now: f.now}
 	cfg := f.ctl.cfg
 	cfg.BootID = "another-boot"
 	g.ctl = New(cfg, g.pods, g.marker, g.netns)

@@ -47,7 +47,7 @@ func TestRestoreSweepsNameservers(t *testing.T) {
 
 	m := &sweepingMarker{fakeMarker: f.marker}
 	ctl := New(Config{StateDir: f.dir, NodeName: node, DNSCaptureDefault: true, HostCookies: []uint64{hostCookie},
-		Logger: slog.New(slog.DiscardHandler)}, podcache.New("cluster.local"), m, f.netns)
+		Logger: slog.New(slog.DiscardHandler)}, podcache.New(), m, f.netns)
 	t.Cleanup(ctl.Close)
 	if err := ctl.Restore(); err != nil {
 		t.Fatal(err)

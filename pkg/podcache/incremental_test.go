@@ -22,7 +22,7 @@ import (
 func TestAttachAndDetachAgreeWithRebuild(t *testing.T) {
 	for seed := range uint64(150) {
 		rng := rand.New(rand.NewPCG(seed, 7))
-		c := New("cluster.local")
+		c := New()
 		for step := range 150 {
 			op := randomOp(rng, c)
 			op.do(c)
@@ -157,14 +157,13 @@ func samePod(p, q *Pod) error {
 	type view struct {
 		Namespace, Name, UID string
 		IPs                  []netip.Addr
-		Search               []string
 		Spec                 *model.Pod
 		Attachment           *Attachment
 		Uncaptured           bool
 		Families             uint8
 	}
 	v := func(p *Pod) view {
-		return view{p.Namespace, p.Name, p.UID, p.IPs, p.Search, p.Spec, p.Attachment, p.uncaptured, p.families}
+		return view{p.Namespace, p.Name, p.UID, p.IPs, p.Spec, p.Attachment, p.uncaptured, p.families}
 	}
 	if got, want := v(p), v(q); !reflect.DeepEqual(got, want) {
 		return fmt.Errorf("pod %s = %+v, want %+v", p.Key(), got, want)
@@ -204,7 +203,7 @@ func sameOwners[K comparable](got, want *index, g, w map[K]*Pod) error {
 func TestAttachWorkDoesNotGrowWithThePods(t *testing.T) {
 	allocs := map[int]float64{}
 	for _, n := range []int{10, 1000} {
-		c := New("cluster.local")
+		c := New()
 		var pods []model.Pod
 		ip := func(i int) netip.Addr { return netip.AddrFrom4([4]byte{10, 1, byte(i >> 8), byte(i)}) }
 		for i := range n {

@@ -76,10 +76,6 @@ type Pod struct {
 	Name      string
 	UID       string
 	IPs       []netip.Addr
-	// Search is the DNS search list kubelet gives the pod on a node
-	// without search domains of its own (the cache does not know the
-	// node's: autopath builds the whole list, model.Pod.SearchList).
-	Search []string
 	// Spec is the pod as the source reported it; nil when only the runtime
 	// knows it so far.
 	Spec *model.Pod
@@ -149,8 +145,6 @@ type index struct {
 
 // Cache is the registry. Create it with New.
 type Cache struct {
-	domain string
-
 	mu          sync.Mutex // serialises writers
 	fromSource  map[string]model.Pod
 	attachments map[string]Attachment
@@ -176,10 +170,9 @@ type Cache struct {
 	view atomic.Pointer[index]
 }
 
-// New returns an empty cache for the given cluster domain (used to derive
-// pods' search lists).
-func New(clusterDomain string) *Cache {
-	c := &Cache{domain: clusterDomain, fromSource: map[string]model.Pod{}, attachments: map[string]Attachment{}, quotas: map[string]*quota.Source{},
+// New returns an empty cache.
+func New() *Cache {
+	c := &Cache{fromSource: map[string]model.Pod{}, attachments: map[string]Attachment{}, quotas: map[string]*quota.Source{},
 		watchers: map[*func()]struct{}{}, recordsOf: map[string]map[string]struct{}{}, claims: map[netip.Addr]map[string]struct{}{},
 		inNetns: map[uint64]map[string]struct{}{}, recordsAt: map[netip.Addr]map[string]struct{}{}}
 	c.view.Store(&index{})
@@ -421,11 +414,6 @@ func (c *Cache) rebuild() {
 		}
 		quotas[k] = p.Quota
 		p.families = familiesOf(p.IPs)
-		if p.Spec != nil {
-			p.Search = p.Spec.SearchList(c.domain, nil)
-		} else {
-			p.Search = (&model.Pod{Namespace: p.Namespace}).SearchList(c.domain, nil)
-		}
 		idx.all = append(idx.all, p)
 	}
 	slices.SortFunc(idx.all, func(a, b *Pod) int { return strings.Compare(a.Key(), b.Key()) })
@@ -650,11 +638,6 @@ func (c *Cache) pod(k string) *Pod {
 		c.quotas[k] = p.Quota
 	}
 	p.families = familiesOf(p.IPs)
-	if p.Spec != nil {
-		p.Search = p.Spec.SearchList(c.domain, nil)
-	} else {
-		p.Search = (&model.Pod{Namespace: p.Namespace}).SearchList(c.domain, nil)
-	}
 	return p
 }
 

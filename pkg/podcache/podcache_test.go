@@ -16,15 +16,11 @@ var (
 )
 
 func TestSourceOnly(t *testing.T) {
-	c := New("cluster.local")
+	c := New()
 	c.SetSourcePods([]model.Pod{{Namespace: "default", Name: "curl", IPs: []netip.Addr{ip2}}})
 	p := c.Lookup(ip2)
 	if p == nil || p.Key() != "default/curl" {
 		t.Fatalf("Lookup(%v) = %+v", ip2, p)
-	}
-	want := []string{"default.svc.cluster.local", "svc.cluster.local", "cluster.local"}
-	if !slices.Equal(p.Search, want) {
-		t.Errorf("search = %v, want %v", p.Search, want)
 	}
 	if c.Lookup(netip.MustParseAddr("::ffff:10.0.0.2")) != p {
 		t.Error("a v4-mapped source address should find the same pod")
@@ -32,9 +28,9 @@ func TestSourceOnly(t *testing.T) {
 }
 
 func TestAttachmentMergesWithSource(t *testing.T) {
-	c := New("cluster.local")
+	c := New()
 	c.Attach(Attachment{ContainerID: "c1", Namespace: "default", Name: "curl", NetnsCookie: 42, IPs: []netip.Addr{ip3}, Captured: true})
-	if p := c.ByCookie(42); p == nil || p.Spec != nil || p.Search[0] != "default.svc.cluster.local" {
+	if p := c.ByCookie(42); p == nil || p.Spec != nil {
 		t.Fatalf("runtime-only pod = %+v", p)
 	}
 	c.SetSourcePods([]model.Pod{{Namespace: "default", Name: "curl", UID: "u1", IPs: []netip.Addr{ip2},
@@ -46,8 +42,8 @@ func TestAttachmentMergesWithSource(t *testing.T) {
 	if c.Lookup(ip2) != nil {
 		t.Error("the runtime's IPs replace the source's stale ones")
 	}
-	if p.Search[len(p.Search)-1] != "corp.example" {
-		t.Errorf("search = %v, want dnsConfig searches appended", p.Search)
+	if !slices.Equal(p.Spec.DNSSearches, []string{"corp.example"}) {
+		t.Errorf("spec = %+v, want the source's dnsConfig searches", p.Spec)
 	}
 	if a, ok := c.Detach("c1"); !ok || a.NetnsCookie != 42 {
 		t.Fatalf("Detach = %+v, %v", a, ok)
@@ -58,7 +54,7 @@ func TestAttachmentMergesWithSource(t *testing.T) {
 }
 
 func TestIPReusedByNewPod(t *testing.T) {
-	c := New("cluster.local")
+	c := New()
 	c.SetSourcePods([]model.Pod{{Namespace: "a", Name: "old", IPs: []netip.Addr{ip2}}})
 	c.Attach(Attachment{ContainerID: "new", Namespace: "b", Name: "new", IPs: []netip.Addr{ip2}})
 	if p := c.Lookup(ip2); p == nil || p.Key() != "b/new" {
@@ -72,7 +68,7 @@ func TestIPReusedByNewPod(t *testing.T) {
 // Pods on the host's network share the node's IP: whichever of them sorted
 // last used to own it. None does; the rest of the registry is unchanged.
 func TestHostNetworkPodsAreNotIndexedByIP(t *testing.T) {
-	c := New("cluster.local")
+	c := New()
 	node := netip.MustParseAddr("198.51.100.10")
 	c.SetSourcePods([]model.Pod{
 		{Namespace: "kube-system", Name: "kube-proxy", IPs: []netip.Addr{node}, HostNetwork: true},
@@ -98,7 +94,7 @@ func TestHostNetworkPodsAreNotIndexedByIP(t *testing.T) {
 
 // Readers never block on writers: run with -race.
 func TestConcurrentReadWrite(t *testing.T) {
-	c := New("cluster.local")
+	c := New()
 	var wg sync.WaitGroup
 	stop := make(chan struct{})
 	wg.Add(1)
@@ -123,7 +119,7 @@ func TestConcurrentReadWrite(t *testing.T) {
 }
 
 func BenchmarkLookup(b *testing.B) {
-	c := New("cluster.local")
+	c := New()
 	var pods []model.Pod
 	for i := range 250 {
 		pods = append(pods, model.Pod{Namespace: "n", Name: string(rune('a'+i%26)) + string(rune(i)), IPs: []netip.Addr{netip.AddrFrom4([4]byte{10, 0, 1, byte(i)})}})
@@ -143,7 +139,7 @@ func BenchmarkLookup(b *testing.B) {
 // TestOnChange: a watcher is called after every change and finds the new
 // owners of each address; after stop it is not called again.
 func TestOnChange(t *testing.T) {
-	c := New("cluster.local")
+	c := New()
 	var seen []map[netip.Addr]*Pod
 	stop := c.OnChange(func() { seen = append(seen, c.Owners()) })
 	c.SetSourcePods([]model.Pod{{Namespace: "default", Name: "a", IPs: []netip.Addr{ip2, ip3}}})
@@ -173,7 +169,7 @@ func TestOnChange(t *testing.T) {
 // before the old DEL) both hold their network namespaces: ByCookie finds
 // the pod through either, not only through the record the pod shows.
 func TestByCookieFindsEveryRecord(t *testing.T) {
-	c := New("cluster.local")
+	c := New()
 	c.Attach(Attachment{ContainerID: "aaa", Namespace: "prod", Name: "web", NetnsCookie: 7, IPs: []netip.Addr{ip2}})
 	c.Attach(Attachment{ContainerID: "bbb", Namespace: "prod", Name: "web", NetnsCookie: 8, IPs: []netip.Addr{ip3}})
 	for _, cookie := range []uint64{7, 8} {
@@ -186,7 +182,7 @@ func TestByCookieFindsEveryRecord(t *testing.T) {
 // TestUncaptured: a pod is uncaptured when the runtime's record says so;
 // one the source alone knows, and no pod, are not.
 func TestUncaptured(t *testing.T) {
-	c := New("cluster.local")
+	c := New()
 	c.SetSourcePods([]model.Pod{{Namespace: "default", Name: "source-only", IPs: []netip.Addr{ip2}}})
 	c.Attach(Attachment{ContainerID: "c1", Namespace: "default", Name: "captured", IPs: []netip.Addr{ip3}, Captured: true})
 	c.Attach(Attachment{ContainerID: "c2", Namespace: "default", Name: "released", Reason: "released"})
@@ -217,7 +213,7 @@ func TestUncaptured(t *testing.T) {
 // own, whichever pod's name sorts last. (Before: the record of
 // team-z/job-1, sorting after team-b/web, kept the IP.)
 func TestNewestRecordOwnsAReusedIP(t *testing.T) {
-	c := New("cluster.local")
+	c := New()
 	c.Attach(Attachment{ContainerID: "c-old", Namespace: "team-z", Name: "job-1", NetnsCookie: 7, IPs: []netip.Addr{ip2}})
 	c.Attach(Attachment{ContainerID: "c-new", Namespace: "team-b", Name: "web", NetnsCookie: 8, IPs: []netip.Addr{ip2}})
 	if p := c.Lookup(ip2); p == nil || p.Key() != "team-b/web" {
@@ -244,7 +240,7 @@ func TestNewestRecordOwnsAReusedIP(t *testing.T) {
 // sorted after 0000-new, so the pod showed the old IP and the new
 // sandbox's IP was nobody's: a client outside every namespace.)
 func TestNewestSandboxIsThePods(t *testing.T) {
-	c := New("cluster.local")
+	c := New()
 	ip9 := netip.MustParseAddr("10.0.0.9")
 	c.Attach(Attachment{ContainerID: "ffff-old", Namespace: "prod", Name: "web", NetnsCookie: 7, IPs: []netip.Addr{ip2}, Captured: true})
 	c.Attach(Attachment{ContainerID: "0000-new", Namespace: "prod", Name: "web", NetnsCookie: 8, IPs: []netip.Addr{ip9}, Reason: "released"})
@@ -264,7 +260,7 @@ func TestNewestSandboxIsThePods(t *testing.T) {
 // restarted agent reads them from disk, in any order) keep it, and a
 // record attached after them is newer than all.
 func TestAttachOrderComesBack(t *testing.T) {
-	c := New("cluster.local")
+	c := New()
 	c.Attach(Attachment{ContainerID: "c-new", Namespace: "team-b", Name: "web", NetnsCookie: 8, IPs: []netip.Addr{ip2}, AttachOrder: 41})
 	c.Attach(Attachment{ContainerID: "c-old", Namespace: "team-z", Name: "job-1", NetnsCookie: 7, IPs: []netip.Addr{ip2}, AttachOrder: 40})
 	if p := c.Lookup(ip2); p == nil || p.Key() != "team-b/web" {
@@ -282,7 +278,7 @@ func TestAttachOrderComesBack(t *testing.T) {
 // TestFamilies: a pod's families are those of its addresses, the runtime's
 // when it has a record (the live sandbox's), and follow a rebuild.
 func TestFamilies(t *testing.T) {
-	c := New("cluster.local")
+	c := New()
 	v6, mapped := netip.MustParseAddr("fd00::7"), netip.MustParseAddr("::ffff:10.0.0.8")
 	c.SetSourcePods([]model.Pod{
 		{Namespace: "default", Name: "v4", IPs: []netip.Addr{ip2}},

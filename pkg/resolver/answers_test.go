@@ -241,7 +241,7 @@ func headlessTable(t *testing.T, n int) *table.Table {
 // It counts in ztdns_resolver_truncated_total{proto="tcp"} (before: not
 // at all).
 func TestSlowAnswerOverAMessage(t *testing.T) {
-	pods := podcache.New("cluster.local")
+	pods := podcache.New()
 	pods.SetSourcePods([]model.Pod{{Namespace: "default", Name: "client", IPs: []netip.Addr{victimIP}}})
 	b := quota.NewBudget(DefaultInflightBytes, MinPodInflightBytes)
 	addr := bigHeadlessServer(t, Options{Pods: pods, Budget: b})
@@ -282,7 +282,7 @@ func TestSlowAnswerOverAMessage(t *testing.T) {
 // address, not 40 (before: miekg's Truncate, finding it fits, turned
 // compression off).
 func TestSlowAnswerCompressed(t *testing.T) {
-	pods := podcache.New("cluster.local")
+	pods := podcache.New()
 	pods.SetSourcePods([]model.Pod{{Namespace: "default", Name: "client", IPs: []netip.Addr{victimIP}}})
 	addr := headlessServer(t, Options{Pods: pods}, 1000)
 	query := new(dns.Msg)
@@ -720,7 +720,7 @@ func decodedFit(reply []byte, limit, kept int) []byte {
 // Before: it was held outside every bound (a client that reads nothing
 // kept it up to tcpWriteTimeout), and answered whatever the pod held.
 func TestLargeTableAnswerHoldsThePodsBytes(t *testing.T) {
-	pods := podcache.New("cluster.local")
+	pods := podcache.New()
 	pods.SetSourcePods([]model.Pod{{Namespace: "default", Name: "client", IPs: []netip.Addr{victimIP}}})
 	b := quota.NewBudget(DefaultInflightBytes, MinPodInflightBytes)
 	al, log := startAccessLog(t)
@@ -770,7 +770,7 @@ func TestLargeTableAnswerHoldsThePodsBytes(t *testing.T) {
 // SERVFAIL, without TC: ztdns_resolver_truncated_total, replies sent with
 // TC, does not count it. Before: it counted every cut answer, sent or not.
 func TestTruncatedReplyRefusedNotCounted(t *testing.T) {
-	pods := podcache.New("cluster.local")
+	pods := podcache.New()
 	pods.SetSourcePods([]model.Pod{{Namespace: "default", Name: "client", IPs: []netip.Addr{victimIP}}})
 	b := quota.NewBudget(DefaultInflightBytes, MinPodInflightBytes)
 	addr := bigHeadlessServer(t, Options{Pods: pods, Budget: b})

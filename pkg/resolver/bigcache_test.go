@@ -369,7 +369,7 @@ func BenchmarkLargeCachedReply(b *testing.B) {
 	fwd := forward.New()
 	b.Cleanup(func() { fwd.Close() })
 	ups := []netip.AddrPort{up}
-	pods := podcache.New("cluster.local")
+	pods := podcache.New()
 	pods.SetSourcePods([]model.Pod{{Namespace: "ns1", Name: "client", IPs: []netip.Addr{victimIP}, DNSSearches: []string{"corp.internal"}}})
 	s := fuzzServerWith(b, Options{Limits: rateInKernel, Forwarder: fwd, Pods: pods, Autopath: true,
 		Upstreams: func(netip.AddrPort, netip.AddrPort) ([]netip.AddrPort, bool) { return ups, false }})

@@ -259,7 +259,7 @@ func TestReleasedPodOnCaptureSlotIsForwarded(t *testing.T) {
 	const vip, marker = "198.51.100.1", "203.0.113.7"
 	up := dnstest.Start(t, "127.0.0.1:0", dnstest.ZoneOf(t, "address.internal. 300 IN A "+marker)).Addr
 	captured, released, unrecorded := netip.MustParseAddr("127.0.0.2"), netip.MustParseAddr("127.0.0.3"), netip.MustParseAddr("127.0.0.4")
-	pods := podcache.New("cluster.local")
+	pods := podcache.New()
 	pods.SetSourcePods([]model.Pod{{Namespace: "default", Name: "unrecorded", IPs: []netip.Addr{unrecorded}}})
 	pods.Attach(podcache.Attachment{Namespace: "default", Name: "captured", NetnsCookie: 1, IPs: []netip.Addr{captured}, Captured: true})
 	pods.Attach(podcache.Attachment{Namespace: "default", Name: "released", NetnsCookie: 2, IPs: []netip.Addr{released}, Reason: "released"})

@@ -259,7 +259,7 @@ func TestFastPathAllocatesNothing(t *testing.T) {
 	// A pod whose addresses are all IPv6: the family filter keeps its
 	// queries on the fast path, its own family's VIP and NODATA with the
 	// SOA for the other.
-	v6 := podcache.New("cluster.local")
+	v6 := podcache.New()
 	v6.SetSourcePods([]model.Pod{{Namespace: "default", Name: "v6", IPs: []netip.Addr{netip.MustParseAddr("fd00::2")}}})
 	for _, c := range []struct {
 		name    string
@@ -323,7 +323,7 @@ func benchmarkFastPath(b *testing.B, limits quota.Limits) {
 // (captureSlot) or not: what capture costs the fast path beyond the pod
 // lookup is the check for a released pod (Options.CaptureSlot).
 func BenchmarkFastPathCapturedPod(b *testing.B) {
-	pods := podcache.New("cluster.local")
+	pods := podcache.New()
 	pods.Attach(podcache.Attachment{Namespace: "default", Name: "client", NetnsCookie: 1,
 		IPs: []netip.Addr{netip.MustParseAddr("127.0.0.2")}, Captured: true})
 	for _, slot := range []bool{false, true} {

@@ -563,7 +563,7 @@ func TestKernelRateLinkLocalIsItsLink(t *testing.T) {
 	}
 
 	const burst = 10
-	pods := podcache.New("cluster.local")
+	pods := podcache.New()
 	pods.SetSourcePods([]model.Pod{{Namespace: "shop", Name: "web", IPs: []netip.Addr{pod.IPv4, pod.IPv6}}})
 	known := pods.Lookup(pod.IPv6)
 	owners := &links{}

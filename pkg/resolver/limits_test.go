@@ -59,7 +59,7 @@ type limitsServer struct {
 // a query sent to a silent one stays in flight for the whole test.
 func startLimitsServer(t *testing.T, opts Options, flooderUp, victimUp netip.AddrPort, fwdOpts ...forward.Option) *limitsServer {
 	t.Helper()
-	pods := podcache.New("cluster.local")
+	pods := podcache.New()
 	pods.SetSourcePods([]model.Pod{
 		{Namespace: "flood", Name: "flooder", IPs: []netip.Addr{flooderIP}},
 		{Namespace: "default", Name: "victim", IPs: []netip.Addr{victimIP}},

@@ -74,7 +74,7 @@ func TestLinkLocalClientAnswered(t *testing.T) {
 	fwd := forward.New(forward.WithTimeout(30 * time.Second))
 	s := New(Options{
 		Limits:    quota.Limits{QPS: -1, Forwarding: 1},
-		Pods:      podcache.New("cluster.local"),
+		Pods:      podcache.New(),
 		Forwarder: fwd,
 		Upstreams: func(netip.AddrPort, netip.AddrPort) ([]netip.AddrPort, bool) {
 			return []netip.AddrPort{upstream.Addr}, true

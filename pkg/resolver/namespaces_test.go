@@ -109,7 +109,7 @@ func TestNamespaceSlotFreedForOther(t *testing.T) {
 // no data race). Once the churn ends and the registry changes once more,
 // the series name only namespaces that have pods.
 func TestNamespaceSeriesChurn(t *testing.T) {
-	pods := podcache.New("cluster.local")
+	pods := podcache.New()
 	s := New(Options{Pods: pods, MaxNamespaceSeries: 4})
 	t.Cleanup(func() { s.Close() })
 	ip := func(i int) netip.Addr { return netip.AddrFrom4([4]byte{198, 51, 100, byte(i)}) }

@@ -61,7 +61,7 @@ func TestForwardServfailsCountAnswersByWhoseNameserver(t *testing.T) {
 		nodeRefused: {refusing},
 		nodeFailed:  {servfailing},
 	}
-	pods := podcache.New("cluster.local")
+	pods := podcache.New()
 	var sourcePods []model.Pod
 	for ip := range upstreams {
 		sourcePods = append(sourcePods, model.Pod{Namespace: "default", Name: ip.String(), IPs: []netip.Addr{ip}})
