@@ -3,6 +3,7 @@ package kube
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -43,16 +44,23 @@ type allocatorLock struct{ namespace, name string }
 // API server has not applied yet when the agent starts) the source runs as
 // if istiod did not allocate, says so once, relies on status.addresses
 // alone, and asks again every forbiddenRetry (see tolerateForbidden).
-func (r *run) lockForbidden() func(error) {
-	var once sync.Once
-	return func(err error) {
-		if err == nil {
-			return
+// Refused after it was read (kept), the source keeps what it read.
+func (r *run) lockForbidden() func(err error, kept bool) {
+	var once, onceKept sync.Once
+	return func(err error, kept bool) {
+		switch {
+		case err == nil:
+		case kept:
+			onceKept.Do(func() {
+				r.log.Warn("no longer allowed to read istiod's VIP allocator lock; keeping whether it was there, as last read, while client-go retries",
+					"namespace", r.src.istioNamespace, "configMap", IstiodAllocatorLock, "err", err)
+			})
+		default:
+			once.Do(func() {
+				r.log.Warn("cannot read istiod's VIP allocator lock; --vip-source=auto then sees istiod allocate only from status.addresses",
+					"namespace", r.src.istioNamespace, "configMap", IstiodAllocatorLock, "err", err)
+			})
 		}
-		once.Do(func() {
-			r.log.Warn("cannot read istiod's VIP allocator lock; --vip-source=auto then sees istiod allocate only from status.addresses",
-				"namespace", r.src.istioNamespace, "configMap", IstiodAllocatorLock, "err", err)
-		})
 	}
 }
 
@@ -76,26 +84,52 @@ func refusedBy(forbidden func(error)) func(ctx context.Context, err error) bool 
 }
 
 // tolerateForbidden wraps the list and watch of a resource the source can
-// run without (istiod's lock, ServiceEntries). Refused by RBAC, the list
-// is empty (newList), the watch a stand-in that ends after forbiddenRetry
-// (with jitter, so that a DaemonSet's agents do not ask together), and
-// forbidden is told the error; a call that is not refused tells it nil.
-// The reflector then watches again: with the permission granted since,
-// the API server's watch starts with every object there is.
-func (r *run) tolerateForbidden(k kind, e endpoint, forbidden func(error),
+// run without (istiod's lock, ServiceEntries, istiod's mesh config,
+// kube-dns's Corefile). Refused by RBAC before any call of it was allowed
+// (a ClusterRole from before the rule, a binding not applied yet, a
+// cluster without Istio's RBAC), the list is empty (newList), the watch a
+// stand-in that ends after forbiddenRetry (with jitter, so that a
+// DaemonSet's agents do not ask together), and forbidden is told the
+// error; a call that is not refused tells it nil. The reflector then
+// watches again: with the permission granted since, the API server's
+// watch starts with every object there is.
+//
+// Refused after a call was allowed (the binding deleted, a ClusterRole
+// re-created, the 403s of an API server whose RBAC cache is still
+// filling), the refusal is an ordinary error: an empty list would wipe
+// what the store holds from every node's table (every mesh-only host
+// NXDOMAIN, while ztunnel, whose istiod keeps its cache, still routes
+// them), and a stand-in would count as a watch that works. The reflector
+// backs off and lists again, the store keeps what it read, health marks
+// the watch failing, and forbidden is told the error with kept set.
+func (r *run) tolerateForbidden(k kind, e endpoint, forbidden func(err error, kept bool),
 	list func(context.Context, metav1.ListOptions) (runtime.Object, error),
 	watchFn func(context.Context, metav1.ListOptions) (watch.Interface, error),
 ) (func(context.Context, metav1.ListOptions) (runtime.Object, error), func(context.Context, metav1.ListOptions) (watch.Interface, error)) {
-	refused := refusedBy(forbidden)
+	// allowed is set once a list or watch of k was not refused: the store
+	// holds what the API server sent from then on.
+	var allowed atomic.Bool
+	refused := refusedBy(func(err error) { forbidden(err, err != nil && allowed.Load()) })
+	// standsIn reports whether the call's outcome (err) is to be stood
+	// in for: refused before any call was allowed.
+	standsIn := func(ctx context.Context, err error) bool {
+		if refused(ctx, err) {
+			return !allowed.Load()
+		}
+		if err == nil && ctx.Err() == nil {
+			allowed.Store(true)
+		}
+		return false
+	}
 	return func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
 			l, err := list(ctx, o)
-			if refused(ctx, err) {
+			if standsIn(ctx, err) {
 				return e.newList(), nil
 			}
 			return l, err
 		}, func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
 			w, err := watchFn(ctx, o)
-			if refused(ctx, err) {
+			if standsIn(ctx, err) {
 				// Running without the resource is no failure: this
 				// stand-in is the watch that works.
 				r.health.observe(ctx, k.String(), nil)

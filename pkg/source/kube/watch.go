@@ -177,7 +177,8 @@ func (r *run) listWatch(k kind, e endpoint) *cache.ListWatch {
 		list, watchFn = r.tolerateForbidden(k, e, r.kubeDNSForbidden(), list, watchFn)
 	case kindServiceEntries:
 		// As without the CRD: snapshots without ServiceEntries, and a
-		// note in Errors() and the metric.
+		// note in Errors() and the metric; refused after they were
+		// read, those read before.
 		list, watchFn = r.tolerateForbidden(k, e, r.health.setServiceEntriesForbidden, list, watchFn)
 	case kindServiceEntryCRD:
 		list, watchFn = r.crdFromDiscovery(list, watchFn)
@@ -268,7 +269,7 @@ func (r *run) stopServiceEntries(deleted bool) {
 	r.stopServiceEntryWatch = nil
 	r.stores[kindServiceEntries] = nil
 	r.health.forget(kindServiceEntries.String())
-	r.health.setServiceEntriesForbidden(nil)
+	r.health.setServiceEntriesForbidden(nil, false)
 	r.changed(kindServiceEntries)
 	if deleted {
 		r.log.Info("ServiceEntry CRD deleted; running without ServiceEntries until it is back")
