@@ -45,9 +45,13 @@ type health struct {
 	// Why ServiceEntries are missing from the snapshots, if they are: the
 	// CRD's reason and message (followCRD), else seForbidden, RBAC's
 	// refusal of them. seReason is what the metric and the log say now.
+	// seKept is set while the refusal came after ServiceEntries were
+	// read: the snapshots keep those.
 	seCRDReason, seCRDMsg string
 	seForbidden           error
+	seKept                bool
 	seReason, seMsg       string
+	seLoggedKept          bool // whether seMsg says they are kept
 	// crdForbidden is RBAC's refusal of the CRD, which discovery stands in
 	// for every crdRetry.
 	crdForbidden error
@@ -139,11 +143,12 @@ func (h *health) setServiceEntryCRD(reason, msg string) {
 }
 
 // setServiceEntriesForbidden records RBAC's refusal of ServiceEntries
-// (err), or that they may be read (nil).
-func (h *health) setServiceEntriesForbidden(err error) {
+// (err), after they were read (kept: the snapshots keep those), or that
+// they may be read (nil).
+func (h *health) setServiceEntriesForbidden(err error, kept bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	h.seForbidden = err
+	h.seForbidden, h.seKept = err, kept
 	h.updateServiceEntries()
 }
 
@@ -151,13 +156,18 @@ func (h *health) setServiceEntriesForbidden(err error) {
 // ServiceEntries are missing. Called with h.mu held.
 func (h *health) updateServiceEntries() {
 	reason, msg := h.seCRDReason, h.seCRDMsg
+	kept := false
 	if reason == "" && h.seForbidden != nil {
-		reason = seForbidden
+		reason, kept = seForbidden, h.seKept
 		msg = fmt.Sprintf("ServiceEntries: %v; running without ServiceEntries, asking again every few minutes", h.seForbidden)
+		if kept {
+			msg = fmt.Sprintf("ServiceEntries: %v; serving those read before, while the watch retries", h.seForbidden)
+		}
 	}
-	if reason == h.seReason && (reason != seNotServed || msg == h.seMsg) {
+	if reason == h.seReason && (reason != seNotServed || msg == h.seMsg) && (reason != seForbidden || kept == h.seLoggedKept) {
 		return // a refusal's message may say list or watch: the first one stays
 	}
+	h.seLoggedKept = kept
 	h.seReason, h.seMsg = reason, msg
 	for _, r := range seReasons {
 		v := 0.0
@@ -166,8 +176,10 @@ func (h *health) updateServiceEntries() {
 		}
 		h.metrics.serviceEntriesUnavailable.WithLabelValues(r).Set(v)
 	}
-	switch reason {
-	case "", seNotInstalled: // the log of followCRD and startServiceEntries says it
+	switch {
+	case reason == "", reason == seNotInstalled: // the log of followCRD and startServiceEntries says it
+	case kept:
+		h.log.Warn("ServiceEntries refused after they were read; serving those read before", "reason", reason, "detail", msg)
 	default:
 		h.log.Warn("running without ServiceEntries", "reason", reason, "detail", msg)
 	}

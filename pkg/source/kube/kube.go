@@ -86,8 +86,11 @@ type Source struct {
 	// forbiddenRetry is how often what RBAC refuses, and the source can run
 	// without, is asked for again.
 	forbiddenRetry time.Duration
-	metrics        *metrics
-	health         *health
+	// lockCheck is how often istiod's allocator lock, once seen, is
+	// checked (lockWatch).
+	lockCheck time.Duration
+	metrics   *metrics
+	health    *health
 	// crdFollows counts followCRD's runs on a synced CRD store, so that
 	// tests can check it runs when the CRD changes, not on every change.
 	crdFollows atomic.Int64
@@ -139,6 +142,7 @@ func New(cfg *rest.Config, opts ...Option) *Source {
 		istioRevision:  DefaultIstioRevision,
 		clusterDomain:  DefaultClusterDomain,
 		forbiddenRetry: 2 * time.Minute,
+		lockCheck:      defaultLockCheck,
 		metrics:        newMetrics(),
 	}
 	for _, o := range opts {

@@ -615,7 +615,9 @@ func testLeastPrivilege(t *testing.T, env *kubetest.Env) {
 	cfg := grant(t, env, "ztdns", ns, account, PolicyRules())
 	// The API server may apply the binding after the source's first list
 	// of the lock: it asks again soon.
-	rec := runSource(t, cfg, WithNodeName("node-a"), withForbiddenRetry(time.Second))
+	// The lock, once seen, is checked every lockCheck: its deletion below
+	// is seen at the next check.
+	rec := runSource(t, cfg, WithNodeName("node-a"), withForbiddenRetry(time.Second), withLockCheck(500*time.Millisecond))
 	rec.waitFor(t, "the first sync as the ServiceAccount", func(s *model.Snapshot) error {
 		if find(s.Services, serviceKey, metav1.NamespaceDefault, "kubernetes") == nil {
 			return fmt.Errorf("service default/kubernetes missing")

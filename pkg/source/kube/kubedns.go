@@ -77,9 +77,9 @@ const ownTTL = "the TTL of --ttl (30 s without it)"
 // Refused, the source follows nothing of it, as when it is absent, and
 // says so in Errors() and once in its log (at info: a chart may leave the
 // permission out on purpose); it asks again every forbiddenRetry.
-func (r *run) kubeDNSForbidden() func(error) {
+func (r *run) kubeDNSForbidden() func(err error, kept bool) {
 	var once sync.Once
-	return func(err error) {
+	return func(err error, _ bool) {
 		was := r.kubeDNSRefused.Swap(err != nil)
 		if err == nil {
 			if was {

@@ -149,9 +149,9 @@ func (s *Source) meshConfigWhere() string { return s.istioNamespace + "/" + s.me
 // none, the source says so once and in Errors(), and asks again every
 // forbiddenRetry (see tolerateForbidden). Permission granted again, it
 // reads the mesh config afresh, also when it is absent.
-func (r *run) meshConfigForbidden() func(error) {
+func (r *run) meshConfigForbidden() func(err error, kept bool) {
 	var once sync.Once
-	return func(err error) {
+	return func(err error, _ bool) { // the last values are kept either way
 		was := r.meshRefused.Swap(err != nil)
 		if err == nil {
 			if was {

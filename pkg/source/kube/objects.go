@@ -178,6 +178,23 @@ func (s *store[T]) Replace(list []any, _ string) error {
 // replay it to.
 func (s *store[T]) Resync() error { return nil }
 
+// size is how many objects the store holds.
+func (s *store[T]) size() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := len(s.base)
+	for k, v := range s.changes {
+		_, inBase := slices.BinarySearchFunc(s.base, k, func(v T, k objKey) int { return s.keyOf(&v).compare(k) })
+		switch {
+		case v != nil && !inBase:
+			n++
+		case v == nil && inBase:
+			n--
+		}
+	}
+	return n
+}
+
 // hasSynced reports whether the first complete list is in.
 func (s *store[T]) hasSynced() bool {
 	s.mu.Lock()

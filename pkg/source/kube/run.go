@@ -49,6 +49,7 @@ func (k kind) String() string { return kindNames[k] }
 type objectStore interface {
 	cache.ReflectorStore
 	hasSynced() bool
+	size() int
 }
 
 // run is the state of one Source.Run.

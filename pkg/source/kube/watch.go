@@ -150,11 +150,11 @@ func (r *run) newStore(k kind) objectStore {
 	panic(fmt.Sprintf("kube: no store for kind %d", k))
 }
 
-// listWatch is k's list and watch calls at e, each reporting to health. A
-// list that works clears no failure: the reflector lists exactly when its
-// watches fail, so only a watch that works (see judgeWatch) does. A call
-// refused by RBAC names what was refused.
-func (r *run) listWatch(k kind, e endpoint) *cache.ListWatch {
+// listWatch is k's list and watch calls at e, filling st, each reporting
+// to health. A list that works clears no failure: the reflector lists
+// exactly when its watches fail, so only a watch that works (see
+// judgeWatch) does. A call refused by RBAC names what was refused.
+func (r *run) listWatch(k kind, e endpoint, st objectStore) *cache.ListWatch {
 	observe := func(ctx context.Context, err error) { r.health.observe(ctx, k.String(), err) }
 	list := func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
 		out, err := r.clients.list(ctx, e, o)
@@ -170,15 +170,16 @@ func (r *run) listWatch(k kind, e endpoint) *cache.ListWatch {
 	}
 	switch k {
 	case kindIstiodAllocator:
-		list, watchFn = r.tolerateForbidden(k, e, r.lockForbidden(), list, watchFn)
+		list, watchFn = r.tolerateForbidden(k, e, st, r.lockForbidden(), list, watchFn)
 	case kindMeshConfig:
-		list, watchFn = r.tolerateForbidden(k, e, r.meshConfigForbidden(), list, watchFn)
+		list, watchFn = r.tolerateForbidden(k, e, st, r.meshConfigForbidden(), list, watchFn)
 	case kindKubeDNS:
-		list, watchFn = r.tolerateForbidden(k, e, r.kubeDNSForbidden(), list, watchFn)
+		list, watchFn = r.tolerateForbidden(k, e, st, r.kubeDNSForbidden(), list, watchFn)
 	case kindServiceEntries:
 		// As without the CRD: snapshots without ServiceEntries, and a
-		// note in Errors() and the metric.
-		list, watchFn = r.tolerateForbidden(k, e, r.health.setServiceEntriesForbidden, list, watchFn)
+		// note in Errors() and the metric; refused once some were
+		// read, those.
+		list, watchFn = r.tolerateForbidden(k, e, st, r.health.setServiceEntriesForbidden, list, watchFn)
 	case kindServiceEntryCRD:
 		list, watchFn = r.crdFromDiscovery(list, watchFn)
 	}
@@ -241,7 +242,11 @@ func (r *run) start(ctx context.Context, wg *sync.WaitGroup, k kind) {
 	logger := logr.FromSlogHandler(debugOnly{r.log.With("resource", k.String()).Handler()})
 	ctx = klog.NewContext(ctx, logger)
 	e := r.endpointFor(k)
-	refl := cache.NewReflectorWithOptions(r.listWatch(k, e), e.example, st, cache.ReflectorOptions{
+	lw := r.listWatch(k, e, st)
+	if k == kindIstiodAllocator {
+		lw.WatchFuncWithContext = r.lockWatch(st, lw.ListWithContextFunc, lw.WatchFuncWithContext)
+	}
+	refl := cache.NewReflectorWithOptions(lw, e.example, st, cache.ReflectorOptions{
 		Name: k.String(), TypeDescription: k.String(), Logger: &logger,
 	})
 	r.stores[k] = st
@@ -268,7 +273,7 @@ func (r *run) stopServiceEntries(deleted bool) {
 	r.stopServiceEntryWatch = nil
 	r.stores[kindServiceEntries] = nil
 	r.health.forget(kindServiceEntries.String())
-	r.health.setServiceEntriesForbidden(nil)
+	r.health.setServiceEntriesForbidden(nil, false)
 	r.changed(kindServiceEntries)
 	if deleted {
 		r.log.Info("ServiceEntry CRD deleted; running without ServiceEntries until it is back")
