@@ -140,7 +140,8 @@ func usagef(format string, args ...any) error {
 }
 
 // markFailures wraps the RunE of c and its subcommands so that their errors,
-// unless they are usage errors, are failures.
+// unless they are usage errors, are failures; a call the control socket's
+// permissions kept this user from says so (socketDenied).
 func markFailures(c *cobra.Command) {
 	if runE := c.RunE; runE != nil {
 		c.RunE = func(cmd *cobra.Command, args []string) error {
@@ -148,7 +149,7 @@ func markFailures(c *cobra.Command) {
 			if err == nil || errors.As(err, new(usageError)) {
 				return err
 			}
-			return failure{err}
+			return failure{socketDenied(cmd, err)}
 		}
 	}
 	for _, sub := range c.Commands() {

@@ -60,13 +60,16 @@ type guardedListener struct {
 	// caller sees reset.
 	refusing atomic.Bool
 
-	mu        sync.Mutex
-	conns     []*peerConn // admitted connections, oldest first
-	queue     []*peerConn // root's waiting for room, oldest first
-	closed    bool
-	stopped   bool // acceptLoop has stopped (see emptied)
-	emptyOnce sync.Once
-	stats     listenerStats
+	mu    sync.Mutex
+	conns []*peerConn // admitted connections, oldest first
+	queue []*peerConn // root's waiting for room, oldest first
+	// turnedDown are the refused callers' connections being answered
+	// (turnDown), at most maxRefusedAnswers.
+	turnedDown map[*net.UnixConn]bool
+	closed     bool
+	stopped    bool // acceptLoop has stopped (see emptied)
+	emptyOnce  sync.Once
+	stats      listenerStats
 	// pruned is when a full queue was last looked through for callers
 	// that hung up (pruneQueue).
 	pruned time.Time
@@ -83,6 +86,7 @@ func newGuardedListener(ln *net.UnixListener, access Access) *guardedListener {
 		UnixListener: ln,
 		access:       access,
 		ready:        make(chan *peerConn, MaxConns),
+		turnedDown:   map[*net.UnixConn]bool{},
 		done:         make(chan struct{}),
 		emptied:      make(chan struct{}),
 	}
@@ -99,6 +103,9 @@ func (l *guardedListener) Close() error {
 	queue := l.queue
 	l.queue = nil
 	l.checkEmptied()
+	for c := range l.turnedDown {
+		c.Close() // its goroutine ends at once
+	}
 	l.mu.Unlock()
 	for _, pc := range queue {
 		pc.UnixConn.Close()
@@ -214,8 +221,8 @@ func (l *guardedListener) abandon() {
 }
 
 // acceptLoop accepts connections until the listener closes: it checks
-// each one's peer and admits, queues, or closes it (arrive), never
-// waiting for room.
+// each one's peer and admits, queues, or closes it (arrive), or refuses it
+// with a 403 (turnDown), never waiting for room.
 func (l *guardedListener) acceptLoop() {
 	backoff := acceptretry.New(acceptretry.Control)
 	for {
@@ -236,7 +243,7 @@ func (l *guardedListener) acceptLoop() {
 		if err != nil || !l.access.allowed(peer) {
 			metricRefused.Inc()
 			l.refused.Log(l.access.log(), slog.LevelWarn, "control socket: refused a caller that is not root", "uid", peer.UID, "gid", peer.GID, "pid", peer.PID, "err", err)
-			c.Close()
+			l.turnDown(c, peer, err)
 			continue
 		}
 		l.arrive(&peerConn{UnixConn: c, peer: peer, l: l})

@@ -13,10 +13,10 @@ var (
 		Name: "ztdns_control_requests_total",
 		Help: "Requests on the control socket by route and outcome: the HTTP status of an answer written out (400 invalid, 403 refused, 413 too large, 429 a table asked for while another is written), or aborted for one that did not reach its caller in full.",
 	}, []string{"route", "code"})
-	// metricRefused counts connections from callers that may not connect.
+	// metricRefused counts connections from callers that may not call.
 	metricRefused = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "ztdns_control_refused_connections_total",
-		Help: "Connections to the control socket closed unserved because the caller (SO_PEERCRED) is neither root nor in the socket group.",
+		Help: "Connections to the control socket refused because the caller (SO_PEERCRED) is neither root nor of the socket group by its primary group: its request answered 403, saying why (closed unserved when 4 are being answered already).",
 	})
 )
 

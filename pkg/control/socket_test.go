@@ -395,7 +395,9 @@ func chmod(t testing.TB, path string, m os.FileMode) {
 
 // TestUnprivilegedCallerRefused runs a client as uid 65534 with group 0:
 // the socket's mode keeps it out, and when an operator loosens the mode by
-// mistake, SO_PEERCRED still does. Nothing reaches the agent.
+// mistake, SO_PEERCRED still does, with a 403 saying why (before: the
+// connection closed unserved, which the caller read as a reset, as from an
+// agent that died). Nothing reaches the agent.
 func TestUnprivilegedCallerRefused(t *testing.T) {
 	s := serve(t, control.Access{})
 	before := value(t, "ztdns_control_refused_connections_total")
@@ -408,9 +410,9 @@ func TestUnprivilegedCallerRefused(t *testing.T) {
 	chmod(t, filepath.Dir(s.socket), 0o755)
 	chmod(t, s.socket, 0o666)
 	for _, op := range []string{testenv.CallStatus, testenv.CallCaptureAdd} {
-		if out, ok := testenv.ControlCallAsUser(t, testenv.Nobody, s.socket, op, "/run/netns/x"); ok || !strings.Contains(out, "agent not reachable") ||
-			strings.Contains(out, "permission denied") {
-			t.Errorf("%s as uid 65534 gid 0 with the socket 0666: ok=%v %q, want the connection closed unserved", op, ok, out)
+		want := "the control socket is root's: uid 65534 may not call; run as root\n"
+		if out, ok := testenv.ControlCallAsUser(t, testenv.Nobody, s.socket, op, "/run/netns/x"); ok || out != want {
+			t.Errorf("%s as uid 65534 gid 0 with the socket 0666: ok=%v %q, want refused: %q", op, ok, out, want)
 		}
 	}
 	if calls := s.api.seen(); len(calls) != 0 {
@@ -443,6 +445,16 @@ func TestSocketGroupMayOnlyRead(t *testing.T) {
 	// Group 0 is not the socket group: the caller of the issue stays out.
 	if out, ok := testenv.ControlCallAsUser(t, testenv.Nobody, s.socket, testenv.CallStatus, ""); ok {
 		t.Errorf("status as uid 65534 gid 0: %q, want refused", out)
+	}
+	// A supplementary member: the socket's mode lets it connect, and
+	// SO_PEERCRED tells only its primary group. Told so, with a 403, not
+	// reset as from an agent that died.
+	supplementary := syscall.Credential{Uid: 65534, Gid: 0, Groups: []uint32{group}}
+	want := "the control socket is root's and group 65533's: uid 65534, of primary group 0, may not call. " +
+		"The agent sees a caller's primary group only (SO_PEERCRED), not its supplementary ones: " +
+		"run as root, or with 65533 as primary group (sg 65533 -c 'ztdns status')\n"
+	if out, ok := testenv.ControlCallAsUser(t, supplementary, s.socket, testenv.CallStatus, ""); ok || out != want {
+		t.Errorf("status as uid 65534 of supplementary group %d: ok=%v %q, want refused: %q", group, ok, out, want)
 	}
 	if calls := s.api.seen(); len(calls) != 1 || calls[0] != "status" {
 		t.Errorf("the agent was called %q, want the member's status alone", calls)

@@ -18,6 +18,8 @@ import (
 	"github.com/cilium/ebpf/features"
 	"golang.org/x/sys/cpu"
 	"golang.org/x/sys/unix"
+
+	"github.com/ztdns/ztdns/internal/rootowned"
 )
 
 // hook is one cgroup attach point and the program ztdns runs there.
@@ -98,7 +100,19 @@ func checkCgroup(path string) error {
 // nearest existing ancestor of pinDir is not on bpffs (these machines boot
 // with /sys/fs/bpf empty), it mounts bpffs at pinDir's parent, the way
 // Cilium's agent mounts /sys/fs/bpf; without mount, it fails instead.
+//
+// pinDir and its links directory must be root's and writable by nobody
+// else, and so must every directory on the way to them (a sticky one, like
+// a bpffs mounted with its default mode 1777, may be writable by all):
+// whoever could write there could remove or swap root's pins (the
+// heartbeat: capture fails open; the links: CheckAttachment finds them
+// gone) or plant what Load then trips on. They are checked as the control
+// socket's directory is (internal/rootowned), and created 0700 when
+// missing. So is anything at the path of a pin that is not one.
 func ensureBPFFS(log *slog.Logger, pinDir string, mount bool) error {
+	if err := rootowned.CheckNoDotDot(pinDir); err != nil {
+		return fmt.Errorf("bpffs pin directory: %w", err)
+	}
 	existing := pinDir
 	for {
 		if _, err := os.Stat(existing); err == nil {
@@ -121,8 +135,9 @@ func ensureBPFFS(log *slog.Logger, pinDir string, mount bool) error {
 	}
 	if st.Type != unix.BPF_FS_MAGIC {
 		root := filepath.Dir(pinDir)
-		if err := os.MkdirAll(root, 0o755); err != nil {
-			return fmt.Errorf("bpffs: create mount point: %w", err)
+		// Checked before anything is mounted there.
+		if _, _, err := rootowned.Resolve(root, 0o755); err != nil {
+			return fmt.Errorf("bpffs mount point %s: %w", root, pinDirAdvice(err))
 		}
 		mounted, err := MountBPFFS(root)
 		if err != nil {
@@ -132,15 +147,65 @@ func ensureBPFFS(log *slog.Logger, pinDir string, mount bool) error {
 			log.Info("mounted bpffs", "path", root)
 		}
 	}
-	if err := os.MkdirAll(filepath.Join(pinDir, linksDir), 0o700); err != nil {
-		return fmt.Errorf("bpffs: create pin directory: %w", err)
+	for _, dir := range []string{pinDir, filepath.Join(pinDir, linksDir)} {
+		if _, _, err := rootowned.Dir(dir, 0o700); err != nil {
+			return fmt.Errorf("bpffs pin directory %s: %w", dir, pinDirAdvice(err))
+		}
+	}
+	return checkPinKinds(pinDir)
+}
+
+// pinDirAdvice adds to a refusal of rootowned's what the operator can do.
+func pinDirAdvice(err error) error {
+	return fmt.Errorf("%w; refusing to pin capture's maps and links under it: remove it if another user made it "+
+		"(the agent makes what is missing, root's and 0700), make it root's and writable by root alone, or give --bpffs another directory", err)
+}
+
+// checkPinKinds refuses anything at the path of one of ztdns's pins that is
+// not a pinned object (which bpffs shows as a regular file): a directory,
+// a symbolic link. Opened as a map or link, the kernel refuses it with
+// "permission denied", which tells nothing.
+func checkPinKinds(pinDir string) error {
+	var paths []string
+	for _, name := range mapNames {
+		paths = append(paths, pinPath(pinDir, name))
+	}
+	for _, h := range hooks {
+		paths = append(paths, linkPinPath(pinDir, h.name), movingPinPath(pinDir, h.name))
+	}
+	for _, p := range paths {
+		fi, err := os.Lstat(p)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("bpffs: %w", err)
+		}
+		if !fi.Mode().IsRegular() {
+			return fmt.Errorf("bpffs: %s is %s where ztdns pins a map or link of its own: remove it (it is not one of ztdns's), or give --bpffs another directory",
+				p, fileKind(fi.Mode()))
+		}
 	}
 	return nil
 }
 
+// fileKind names what a file of mode is, for an error.
+func fileKind(mode os.FileMode) string {
+	switch {
+	case mode.IsDir():
+		return "a directory"
+	case mode&os.ModeSymlink != 0:
+		return "a symbolic link"
+	default:
+		return "a " + mode.Type().String() + " file"
+	}
+}
+
 // MountBPFFS mounts a bpf filesystem at dir, as `mount -t bpf bpf DIR`
 // (and Cilium's agent at /sys/fs/bpf) do, unless dir is on one already. It
-// reports whether it mounted one.
+// reports whether it mounted one. Its root is mode 0700, as systemd mounts
+// /sys/fs/bpf, not bpffs's default 1777: in a root anyone can write in,
+// another user could make the directory the agent is to pin in first.
 func MountBPFFS(dir string) (bool, error) {
 	var st unix.Statfs_t
 	if err := unix.Statfs(dir, &st); err != nil {
@@ -149,8 +214,8 @@ func MountBPFFS(dir string) (bool, error) {
 	if st.Type == unix.BPF_FS_MAGIC {
 		return false, nil
 	}
-	if err := unix.Mount("bpf", dir, "bpf", 0, ""); err != nil {
-		return false, fmt.Errorf("mount -t bpf bpf %s: %w", dir, err)
+	if err := unix.Mount("bpf", dir, "bpf", 0, "mode=0700"); err != nil {
+		return false, fmt.Errorf("mount -t bpf -o mode=0700 bpf %s: %w", dir, err)
 	}
 	return true, nil
 }
