@@ -196,13 +196,18 @@ func isLinkLocal6(ip netip.Addr) bool { return ip.Is6() && ip.IsLinkLocalUnicast
 // which the kernel may have cleared (then 0).
 const skbIngressIfindex = 36
 
+// loopbackIfindex is the loopback's interface index in every network
+// namespace (LOOPBACK_IFINDEX).
+const loopbackIfindex = 1
+
 // loadRateFilter loads the socket filter for IPv4 or IPv6 sockets. A key
 // (of sources and pod_addrs, 16 bytes) is a source address (IPv4 as
 // ::ffff:a.b.c.d), a link, fe80:0:IFINDEX:: (linkKey), or a pod, 100::N
 // (podKey). In C:
 //
 //	key = source address (16 bytes, IPv4 as ::ffff:a.b.c.d)
-//	if (udp source port < 1024 && source address == destination address)
+//	if (skb->ingress_ifindex == 1 (lo) && udp source port < 1024 &&
+//	    source address == destination address)
 //		keep (the node's own health probe: isNodeProbe)
 //	if (v6 && key in fe80::/10)
 //		key = fe80:0:IFINDEX:: (linkKey: skb->ingress_ifindex, big-endian)
@@ -251,9 +256,15 @@ func loadRateFilter(sources, dropped, podAddrs *ebpf.Map, interval, tolerance in
 		asm.FnSkbLoadBytesRelative.Call(),
 		asm.JNE.Imm(asm.R0, 0, "keep"),
 		// The node's own health probe (isNodeProbe): from a privileged
-		// port, from the address it was sent to. The datagram starts at
-		// its UDP header here (udp_queue_rcv_one_skb filters it so):
+		// port, from the address it was sent to, through the loopback (a
+		// datagram from the node to itself comes in there). Not from
+		// another link: a pod can send IPv6 from the node's address (the
+		// node takes it; IPv4 it drops as martian), and from a privileged
+		// port of its own network namespace. The datagram starts at its
+		// UDP header here (udp_queue_rcv_one_skb filters it so):
 		// bpf_skb_load_bytes(skb, 0, fp+portAt, 2).
+		asm.LoadMem(asm.R1, asm.R6, skbIngressIfindex, asm.Word),
+		asm.JNE.Imm(asm.R1, loopbackIfindex, afterProbe),
 		asm.Mov.Reg(asm.R1, asm.R6),
 		asm.Mov.Imm(asm.R2, 0),
 		asm.Mov.Reg(asm.R3, asm.RFP),

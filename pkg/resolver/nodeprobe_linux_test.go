@@ -3,6 +3,7 @@
 package resolver
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+	"golang.org/x/sys/unix"
 
 	"github.com/ztdns/ztdns/internal/testenv"
 	"github.com/ztdns/ztdns/pkg/podcache"
@@ -182,4 +184,119 @@ func fromPort(t *testing.T, privileged bool, dial func(port uint16) (net.Conn, e
 	}
 	t.Fatal("no free privileged port")
 	return nil
+}
+
+// TestNodeProbeNotFromAPod: a pod sending IPv6 from the node's address
+// (which the node takes; IPv4 it would drop as martian) and from a
+// privileged port of its own namespace is held to that address's rate in
+// the kernel as any source is: the exemption is the node's own datagrams',
+// which come in through the loopback. The node's own, from the same
+// address and a privileged port, are all answered.
+func TestNodeProbeNotFromAPod(t *testing.T) {
+	node := testenv.NewNode(t)
+	pod := node.AddPod(t, testenv.PodConfig{})
+	const burst, sent = 5, 30
+	fwd := forward.New()
+	s := New(Options{Limits: quota.Limits{QPS: 0.01, Burst: burst}, KernelRate: true, Pods: podcache.New(), Forwarder: fwd}) // no new token while the test runs
+	if s.kernel == nil {
+		s.Close()
+		fwd.Close()
+		testenv.Unavailable(t, "the resolver could not load its socket filter (see the log)")
+	}
+	s.SetTable(limitsTable())
+	nodeAddr := pod.Gateway6() // the node's, on the pod's veth
+	var (
+		conn *net.UDPConn
+		ln   *net.TCPListener
+	)
+	if err := node.Do(func() (err error) {
+		conn, ln, err = bindPair(netip.AddrPortFrom(nodeAddr, 0))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	addr := addrPortOf(conn.LocalAddr())
+	serveUntilCleanup(t, s, fwd, conn, ln)
+	q := packQuery(t, tableName, dns.TypeA)
+
+	// The pod reaches the node over IPv6 (its link's neighbour discovery
+	// done), asking from its own address: the spoofed datagrams below
+	// are not lost on the way.
+	var direct *net.UDPConn
+	if err := pod.Do(func() (err error) {
+		direct, err = net.DialUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(pod.IPv6, 0)), net.UDPAddrFromAddrPort(addr))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer direct.Close()
+	testenv.Eventually(t, 30*time.Second, "the pod's own query is answered", func() bool {
+		direct.Write(q)
+		direct.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+		_, err := direct.Read(make([]byte, 512))
+		return err == nil
+	})
+
+	// The pod's, from the node's address (IPV6_FREEBIND: not one of its
+	// own) and port 700.
+	var spoofed net.PacketConn
+	if err := pod.Do(func() (err error) {
+		lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+			var serr error
+			if err := c.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_IPV6, unix.IPV6_FREEBIND, 1) }); err != nil {
+				return err
+			}
+			return serr
+		}}
+		spoofed, err = lc.ListenPacket(context.Background(), "udp6", netip.AddrPortFrom(nodeAddr, 700).String())
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer spoofed.Close()
+	for range sent {
+		if _, err := spoofed.WriteTo(q, net.UDPAddrFromAddrPort(addr)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	testenv.Eventually(t, 30*time.Second, "the kernel drops the pod's datagrams past the burst", func() bool {
+		return s.kernel.drops(nodeAddr) >= sent-burst
+	})
+
+	// The node's own, through the loopback.
+	before := s.kernel.drops(nodeAddr)
+	var own *net.UDPConn
+	if err := node.Do(func() error {
+		for range 100 {
+			c, err := net.DialUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(nodeAddr, uint16(600+rand.N(424)))), net.UDPAddrFromAddrPort(addr))
+			if errors.Is(err, syscall.EADDRINUSE) {
+				continue
+			}
+			own = c
+			return err
+		}
+		return errors.New("no free privileged port")
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer own.Close()
+	var answered atomic.Int64
+	go func() {
+		buf := make([]byte, 65535)
+		for {
+			if _, err := own.Read(buf); err != nil {
+				return
+			}
+			answered.Add(1)
+		}
+	}()
+	for range sent {
+		if _, err := own.Write(q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	testenv.Eventually(t, 30*time.Second, "the node's own queries are answered", func() bool { return answered.Load() == sent })
+	if d := s.kernel.drops(nodeAddr) - before; d != 0 {
+		t.Errorf("the kernel dropped %d of the node's own queries", d)
+	}
 }
