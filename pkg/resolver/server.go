@@ -413,12 +413,14 @@ const privilegedPorts = 1024
 // and from a privileged port. No per-source bound applies to it: every
 // process on the node that sends to the resolver's address sends from it
 // too, and one of them holding its TCP connections or flooding its rate
-// would fail the liveness probe and get the agent restarted. A pod cannot
-// send from a node-local address (the kernel drops an IPv4 datagram that
-// comes from one as martian; see README "Limits and protections" for
-// IPv6), and a process on the node cannot send from a privileged port
-// unless it is root. dst unspecified (a wildcard socket, which does not
-// know where its datagram was sent) is no probe's.
+// would fail the liveness probe and get the agent restarted. A process on
+// the node cannot send from a privileged port unless it is root, and a pod
+// cannot send IPv4 from a node-local address (the node drops it as
+// martian). IPv6 from one the node takes: the kernel's filter (loadRateFilter)
+// also wants the datagram to come in through the loopback; the resolver
+// cannot tell (see README "Limits and protections"). dst unspecified (a
+// wildcard socket, which does not know where its datagram was sent) is no
+// probe's.
 func isNodeProbe(src netip.AddrPort, dst netip.Addr) bool {
 	return src.Port() < privilegedPorts && dst.IsValid() && !dst.IsUnspecified() &&
 		src.Addr().WithZone("").Unmap() == dst.WithZone("").Unmap()
