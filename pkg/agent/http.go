@@ -12,14 +12,15 @@ import (
 )
 
 // httpHandler serves /metrics, /healthz (the resolver answers on every
-// address, see resolverAnswers) and /readyz (the first table is built and
+// address, see resolverAnswers; one round at a time, healthRounds) and /readyz (the first table is built and
 // being served; 200 also while the source fails since, with a body that
 // says so).
 func (a *Agent) httpHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{}))
+	var rounds healthRounds
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
-		if err := a.resolverAnswers(r.Context()); err != nil {
+		if err := rounds.do(r.Context(), a.resolverAnswers); err != nil {
 			http.Error(w, "the resolver does not answer: "+err.Error(), http.StatusServiceUnavailable)
 			return
 		}

@@ -196,12 +196,19 @@ func isLinkLocal6(ip netip.Addr) bool { return ip.Is6() && ip.IsLinkLocalUnicast
 // which the kernel may have cleared (then 0).
 const skbIngressIfindex = 36
 
+// loopbackIfindex is the loopback's interface index in every network
+// namespace (LOOPBACK_IFINDEX).
+const loopbackIfindex = 1
+
 // loadRateFilter loads the socket filter for IPv4 or IPv6 sockets. A key
 // (of sources and pod_addrs, 16 bytes) is a source address (IPv4 as
 // ::ffff:a.b.c.d), a link, fe80:0:IFINDEX:: (linkKey), or a pod, 100::N
 // (podKey). In C:
 //
 //	key = source address (16 bytes, IPv4 as ::ffff:a.b.c.d)
+//	if (skb->ingress_ifindex == 1 (lo) && udp source port < 1024 &&
+//	    source address == destination address)
+//		keep (the node's own health probe: isNodeProbe)
 //	if (v6 && key in fe80::/10)
 //		key = fe80:0:IFINDEX:: (linkKey: skb->ingress_ifindex, big-endian)
 //	pod = pod_addrs[key]
@@ -220,10 +227,14 @@ func loadRateFilter(sources, dropped, podAddrs *ebpf.Map, interval, tolerance in
 		keyAt     = -16 // the key on the stack: fp-16 .. fp-1
 		valueAt   = -32 // a new value: fp-32 .. fp-17
 		droppedAt = -40 // dropped's key, 0: fp-40 .. fp-37
+		portAt    = -48 // the UDP source port: fp-48 .. fp-47
+		dstAt     = -64 // the destination address: fp-64 .. fp-65+srcLen
 	)
-	srcOff, srcLen, loadTo := int32(12), int32(4), int32(keyAt+12) // IPv4 header: saddr at 12
+	srcOff, srcLen, loadTo, dstOff := int32(12), int32(4), int32(keyAt+12), int32(16) // IPv4 header: saddr at 12, daddr at 16
+	afterProbe := "pods"
 	if v6 {
-		srcOff, srcLen, loadTo = 8, 16, keyAt // IPv6 header: saddr at 8
+		srcOff, srcLen, loadTo, dstOff = 8, 16, keyAt, 24 // IPv6 header: saddr at 8, daddr at 24
+		afterProbe = "linklocal"
 	}
 	insns := asm.Instructions{
 		asm.Mov.Reg(asm.R6, asm.R1), // r6 = skb
@@ -244,12 +255,58 @@ func loadRateFilter(sources, dropped, podAddrs *ebpf.Map, interval, tolerance in
 		asm.Mov.Imm(asm.R5, 1),
 		asm.FnSkbLoadBytesRelative.Call(),
 		asm.JNE.Imm(asm.R0, 0, "keep"),
+		// The node's own health probe (isNodeProbe): from a privileged
+		// port, from the address it was sent to, through the loopback (a
+		// datagram from the node to itself comes in there). Not from
+		// another link: a pod can send IPv6 from the node's address (the
+		// node takes it; IPv4 it drops as martian), and from a privileged
+		// port of its own network namespace. The datagram starts at its
+		// UDP header here (udp_queue_rcv_one_skb filters it so):
+		// bpf_skb_load_bytes(skb, 0, fp+portAt, 2).
+		asm.LoadMem(asm.R1, asm.R6, skbIngressIfindex, asm.Word),
+		asm.JNE.Imm(asm.R1, loopbackIfindex, afterProbe),
+		asm.Mov.Reg(asm.R1, asm.R6),
+		asm.Mov.Imm(asm.R2, 0),
+		asm.Mov.Reg(asm.R3, asm.RFP),
+		asm.Add.Imm(asm.R3, portAt),
+		asm.Mov.Imm(asm.R4, 2),
+		asm.FnSkbLoadBytes.Call(),
+		asm.JNE.Imm(asm.R0, 0, afterProbe),
+		asm.LoadMem(asm.R1, asm.RFP, portAt, asm.Half),
+		asm.HostTo(asm.BE, asm.R1, asm.Half),
+		asm.JGE.Imm(asm.R1, privilegedPorts, afterProbe),
+		// bpf_skb_load_bytes_relative(skb, dstOff, fp+dstAt, srcLen, BPF_HDR_START_NET)
+		asm.Mov.Reg(asm.R1, asm.R6),
+		asm.Mov.Imm(asm.R2, dstOff),
+		asm.Mov.Reg(asm.R3, asm.RFP),
+		asm.Add.Imm(asm.R3, dstAt),
+		asm.Mov.Imm(asm.R4, srcLen),
+		asm.Mov.Imm(asm.R5, 1),
+		asm.FnSkbLoadBytesRelative.Call(),
+		asm.JNE.Imm(asm.R0, 0, afterProbe),
 	)
+	if v6 {
+		insns = append(insns,
+			asm.LoadMem(asm.R1, asm.RFP, keyAt, asm.DWord),
+			asm.LoadMem(asm.R2, asm.RFP, dstAt, asm.DWord),
+			asm.JNE.Reg(asm.R1, asm.R2, afterProbe),
+			asm.LoadMem(asm.R1, asm.RFP, keyAt+8, asm.DWord),
+			asm.LoadMem(asm.R2, asm.RFP, dstAt+8, asm.DWord),
+			asm.JNE.Reg(asm.R1, asm.R2, afterProbe),
+		)
+	} else {
+		insns = append(insns,
+			asm.LoadMem(asm.R1, asm.RFP, keyAt+12, asm.Word),
+			asm.LoadMem(asm.R2, asm.RFP, dstAt, asm.Word),
+			asm.JNE.Reg(asm.R1, asm.R2, afterProbe),
+		)
+	}
+	insns = append(insns, asm.Ja.Label("keep"))
 	if v6 {
 		insns = append(insns,
 			// fe80::/10, a link-local source: key = its link's (linkKey),
 			// or one client would have a rate for each address it takes.
-			asm.LoadMem(asm.R1, asm.RFP, keyAt, asm.Byte),
+			asm.LoadMem(asm.R1, asm.RFP, keyAt, asm.Byte).WithSymbol("linklocal"),
 			asm.JNE.Imm(asm.R1, 0xfe, "pods"),
 			asm.LoadMem(asm.R1, asm.RFP, keyAt+1, asm.Byte),
 			asm.And.Imm(asm.R1, 0xc0),

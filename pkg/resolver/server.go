@@ -235,7 +235,10 @@ type Server struct {
 	forwards   forwardList
 	tcpOpen    *quota.Pool
 	tcpLevel   atomic.Int32
-	metrics    requestMetrics
+	// nodeProbe is the source of the node's own health probe (isNodeProbe):
+	// its TCP connections and queries, held to no per-source bound.
+	nodeProbe quota.Source
+	metrics   requestMetrics
 	// tcpCloseLog logs TCP connections closed for what their client did,
 	// or with replies lost, sparingly: a client may repeat it at will.
 	tcpCloseLog ratelog.Limiter
@@ -379,6 +382,10 @@ func (s *Server) linkQuota(ip netip.Addr) *quota.Source {
 // that asks. over reports the source past its rate; refused is then what
 // to send (nil: nothing), parsed into r. The source charged is kept in sc.
 func (s *Server) chargeRate(msg []byte, r *request, src netip.AddrPort, tcp bool, out []byte, sc *scratch, now int64) (pod *podcache.Pod, refused []byte, over bool) {
+	if sc.conn == &s.nodeProbe || !tcp && isNodeProbe(src, sc.local) {
+		sc.charged = &s.nodeProbe // never charged: pauseForRate waits for nothing
+		return s.opts.Pods.Lookup(src.Addr()), nil, false
+	}
 	if !s.rateHere(sc) {
 		return s.opts.Pods.Lookup(src.Addr()), nil, false
 	}
@@ -395,6 +402,28 @@ func (s *Server) chargeRate(msg []byte, r *request, src netip.AddrPort, tcp bool
 		return pod, nil, true
 	}
 	return pod, s.answered(sc, dnswire.AppendErrorReply(out, msg, r, dnswire.RcodeRefused), len(out), r, tcp, pod, src, now, ""), true
+}
+
+// privilegedPorts: a source port below it takes CAP_NET_BIND_SERVICE
+// (net.ipv4.ip_unprivileged_port_start, 1024 by default, for IPv6 too).
+const privilegedPorts = 1024
+
+// isNodeProbe reports whether a query from src to dst is the node's own
+// health probe (the agent's /healthz): sent from the very address it asks,
+// and from a privileged port. No per-source bound applies to it: every
+// process on the node that sends to the resolver's address sends from it
+// too, and one of them holding its TCP connections or flooding its rate
+// would fail the liveness probe and get the agent restarted. A process on
+// the node cannot send from a privileged port unless it is root, and a pod
+// cannot send IPv4 from a node-local address (the node drops it as
+// martian). IPv6 from one the node takes: the kernel's filter (loadRateFilter)
+// also wants the datagram to come in through the loopback; the resolver
+// cannot tell (see README "Limits and protections"). dst unspecified (a
+// wildcard socket, which does not know where its datagram was sent) is no
+// probe's.
+func isNodeProbe(src netip.AddrPort, dst netip.Addr) bool {
+	return src.Port() < privilegedPorts && dst.IsValid() && !dst.IsUnspecified() &&
+		src.Addr().WithZone("").Unmap() == dst.WithZone("").Unmap()
 }
 
 // rateHere reports whether the resolver applies the query rate itself to
@@ -621,6 +650,9 @@ type scratch struct {
 	// kernelRated: the kernel's filter applies the query rate to this UDP
 	// socket, and the resolver does not again.
 	kernelRated bool
+	// local is the address a UDP socket is bound to, where its queries
+	// were sent (unspecified for a wildcard socket): isNodeProbe's dst.
+	local netip.Addr
 	// charged is the source chargeRate charged last: the one a TCP reader
 	// waits on before its next query (pauseForRate).
 	charged *quota.Source

@@ -32,12 +32,26 @@ const (
 // query now and then is never idle, and without this, sources that took
 // their connections while the server was quieter would keep the others
 // out for good.
+//
+// The node's own health probe (isNodeProbe: from the address it asks, from
+// a privileged port) has a source of its own, with no bound of its own: a
+// process on the node holding that address's connections must not keep
+// it out. It still takes its place in the pool, and makes room as any
+// source within its share does.
 func (s *Server) admitConn(c *net.TCPConn, local netip.AddrPort) bool {
 	src := tcpPeer(c)
-	_, source := s.sourceOf(src.Addr(), s.clock())
-	v := source.OpenConn(s.opts.Limits.TCPConns, s.tcpOpen)
+	var (
+		source *quota.Source
+		bound  = s.opts.Limits.TCPConns
+	)
+	if isNodeProbe(src, addrPortOf(c.LocalAddr()).Addr()) { // the connection's own address: local may be a wildcard
+		source, bound = &s.nodeProbe, 0
+	} else {
+		_, source = s.sourceOf(src.Addr(), s.clock())
+	}
+	v := source.OpenConn(bound, s.tcpOpen)
 	if v == quota.OverPool && s.makeRoom(source) {
-		v = source.OpenConn(s.opts.Limits.TCPConns, s.tcpOpen)
+		v = source.OpenConn(bound, s.tcpOpen)
 	}
 	switch v {
 	case quota.OverSource:

@@ -145,6 +145,7 @@ func (s *Server) serveUDPBatches(conn *net.UDPConn, local netip.AddrPort, kernel
 	}
 	b := s.newUDPBatch(conn, rc, local)
 	b.sc.kernelRated = kernelRated
+	b.sc.local = local.Addr()
 	b.sc.captureSlot = s.captureSlot(local)
 	defer s.watchLoop(&b.progress, "udp", local, rc)()
 	for {
