@@ -498,10 +498,16 @@ func (k *kernelRate) keyOf(src netip.Addr) ([16]byte, bool) {
 		ifindex, _ := strconv.ParseUint(src.Zone(), 10, 32)
 		src = linkKey(uint32(ifindex))
 	}
-	if key, ok := k.addrs[src]; ok {
+	return k.keyAt(src)
+}
+
+// keyAt is the key the filter charges for ip, an address or a link key as
+// podAddrs has them: its pod's, or its own. Callers hold mu.
+func (k *kernelRate) keyAt(ip netip.Addr) ([16]byte, bool) {
+	if key, ok := k.addrs[ip]; ok {
 		return key, true
 	}
-	return src.As16(), false
+	return ip.As16(), false
 }
 
 // dropsOf is how many datagrams charged to key the filter dropped.
@@ -521,11 +527,16 @@ func (k *kernelRate) podDrops(p *podcache.Pod) uint64 {
 	own, known := k.keys[p.Quota]
 	links := k.links[p.Quota]
 	keys := make([][16]byte, 0, len(p.IPs)+len(links))
-	for _, ip := range append(slices.Clip(p.IPs), links...) {
-		key, pods := k.keyOf(ip)
+	add := func(key [16]byte, pods bool) {
 		if (!pods || known && key == own) && !slices.Contains(keys, key) {
 			keys = append(keys, key)
 		}
+	}
+	for _, ip := range p.IPs {
+		add(k.keyOf(ip))
+	}
+	for _, link := range links {
+		add(k.keyAt(link)) // a link key already: keyOf would take it for a link-local address without a zone
 	}
 	k.mu.Unlock()
 	var total uint64
