@@ -560,26 +560,7 @@ func floodIn(t *testing.T, p *testenv.Pod, from, to netip.AddrPort) *udpFlood {
 	}); err != nil {
 		t.Fatalf("a client in %s from %s: %v", p.Name, from, err)
 	}
-	t.Cleanup(func() { conn.Close() })
-	f := &udpFlood{conn: conn, rcodes: map[int]int{}, got: make(chan struct{}, 1)}
-	go func() {
-		buf := make([]byte, 65535)
-		for {
-			n, err := conn.Read(buf)
-			if err != nil {
-				return
-			}
-			m := new(dns.Msg)
-			if m.Unpack(buf[:n]) != nil {
-				continue
-			}
-			f.mu.Lock()
-			f.rcodes[m.Rcode]++
-			f.replies++
-			f.mu.Unlock()
-		}
-	}()
-	return f
+	return newUDPFlood(t, conn)
 }
 
 // TestKernelRateLinkLocalIsItsLink: in the kernel, a pod asking from its
@@ -627,16 +608,7 @@ func TestKernelRateLinkLocalIsItsLink(t *testing.T) {
 		testenv.Unavailable(t, "the resolver could not load its socket filter (see the log)")
 	}
 	s.SetTable(limitsTable())
-	var conn *net.UDPConn
-	var ln *net.TCPListener
-	if err := node.Do(func() (err error) {
-		conn, ln, err = bindPair(netip.MustParseAddrPort("[::]:0"))
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	port := addrPortOf(conn.LocalAddr()).Port()
-	serveUntilCleanup(t, s, fwd, conn, ln)
+	port := serveInNode(t, node, s, fwd, netip.MustParseAddrPort("[::]:0")).Port()
 	// The link's owner told as the agent finds it, after the server began.
 	hostVeth, _ := strconv.ParseUint(index(node, pod.HostVeth), 10, 32)
 	owners.set(map[uint32]*podcache.Pod{uint32(hostVeth): known})
