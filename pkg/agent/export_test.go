@@ -16,3 +16,6 @@ func HoldHealthRounds(tb testing.TB, n int) {
 		}
 	}
 }
+
+// MetricValue is metricValue, for the external tests.
+var MetricValue = metricValue

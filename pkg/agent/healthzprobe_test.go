@@ -65,7 +65,7 @@ func TestHealthzWhileTheAddressIsHeld(t *testing.T) {
 	testenv.RequireRoot(t) // the kernel's rate filter, as in a node's agent
 	const qps = 50
 	a, reg, url := startHealthzAgent(t, quota.Limits{QPS: qps, Burst: qps})
-	if got := metricSum(t, reg, "ztdns_resolver_kernel_rate_limited_total", nil); got != 0 {
+	if got := agent.MetricValue(t, reg, "ztdns_resolver_kernel_rate_limited_total", nil); got != 0 {
 		t.Fatalf("ztdns_resolver_kernel_rate_limited_total = %v before the flood", got)
 	}
 	server := a.Addr.String()
@@ -84,7 +84,7 @@ func TestHealthzWhileTheAddressIsHeld(t *testing.T) {
 		defer c.Close()
 	}
 	rejected := func() float64 {
-		return metricSum(t, reg, "ztdns_resolver_tcp_rejected_total", map[string]string{"limit": "source"})
+		return agent.MetricValue(t, reg, "ztdns_resolver_tcp_rejected_total", map[string]string{"limit": "source"})
 	}
 	testenv.Eventually(t, 30*time.Second, "the connections past the source's bound are refused", func() bool { return rejected() >= 8 })
 
@@ -118,7 +118,7 @@ func TestHealthzWhileTheAddressIsHeld(t *testing.T) {
 			}
 		}
 	}()
-	drops := func() float64 { return metricSum(t, reg, "ztdns_resolver_kernel_rate_limited_total", nil) }
+	drops := func() float64 { return agent.MetricValue(t, reg, "ztdns_resolver_kernel_rate_limited_total", nil) }
 	testenv.Eventually(t, 30*time.Second, "the kernel drops the flood over its rate", func() bool { return drops() > 500 })
 
 	for i := range 5 {
@@ -152,7 +152,7 @@ func TestHealthzRequestsShareARound(t *testing.T) {
 	agent.HoldHealthRounds(t, requests)
 	_, reg, url := startHealthzAgent(t, quota.Limits{})
 	probes := func() float64 {
-		return metricSum(t, reg, "ztdns_dns_requests_total", map[string]string{"rcode": "BADVERS"})
+		return agent.MetricValue(t, reg, "ztdns_dns_requests_total", map[string]string{"rcode": "BADVERS"})
 	}
 	before := probes()
 
@@ -179,33 +179,4 @@ func TestHealthzRequestsShareARound(t *testing.T) {
 	if got := probes() - before; got != round {
 		t.Errorf("%d concurrent /healthz sent %v queries, want one round's %d", requests, got, round)
 	}
-}
-
-// metricSum is the sum of name's series whose labels include want.
-func metricSum(t *testing.T, reg *prometheus.Registry, name string, want map[string]string) float64 {
-	t.Helper()
-	families, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var sum float64
-	for _, f := range families {
-		if f.GetName() != name {
-			continue
-		}
-	series:
-		for _, m := range f.GetMetric() {
-			labels := map[string]string{}
-			for _, l := range m.GetLabel() {
-				labels[l.GetName()] = l.GetValue()
-			}
-			for k, v := range want {
-				if labels[k] != v {
-					continue series
-				}
-			}
-			sum += m.GetCounter().GetValue() + m.GetGauge().GetValue()
-		}
-	}
-	return sum
 }

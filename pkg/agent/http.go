@@ -12,9 +12,9 @@ import (
 )
 
 // httpHandler serves /metrics, /healthz (the resolver answers on every
-// address, see resolverAnswers; one round at a time, healthRounds) and /readyz (the first table is built and
-// being served; 200 also while the source fails since, with a body that
-// says so).
+// address, see resolverAnswers; one round at a time, healthRounds) and
+// /readyz (the first table is built and being served; 200 also while the
+// source fails since, with a body that says so).
 func (a *Agent) httpHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{}))

@@ -80,38 +80,8 @@ func TestLinkLocalClientIsItsPod(t *testing.T) {
 		ForwardTimeout: 30 * time.Second,
 		Logger:         slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	stopped := make(chan error, 1)
-	go func() { stopped <- node.Do(func() error { return Run(ctx, cfg) }) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-stopped; err != nil {
-			t.Errorf("agent: %v", err)
-		}
-	})
-	client := control.NewClient(socket, 2*time.Second)
-	testenv.EventuallyNil(t, 30*time.Second, func() error {
-		select {
-		case err := <-stopped:
-			stopped <- err
-			t.Fatalf("agent stopped: %v", err)
-		default:
-		}
-		st, err := client.Status(context.Background())
-		if err == nil && !st.Ready {
-			err = errors.New("not ready: " + st.NotReady)
-		}
-		return err
-	})
-	cookie, err := netns.Cookie(pod.Path())
-	if err != nil {
-		t.Fatal(err)
-	}
-	add := control.CNIAddRequest{ContainerID: "c0ffee11", Netns: pod.Path(), IfName: "eth0", PodNamespace: "shop", PodName: "web-0",
-		IPs: []netip.Addr{pod.IPv4, pod.IPv6}, NetnsCookie: cookie}
-	if _, err := client.CNIAdd(context.Background(), add); err != nil {
-		t.Fatal(err)
-	}
+	_, client := runInNode(t, node, cfg)
+	add := addWeb0(t, client, pod, "c0ffee11")
 
 	podIP := dialIn(t, pod, "udp6", netip.AddrPortFrom(pod.IPv6, 0), netip.AddrPortFrom(pod.Gateway6(), port))
 	podLinkLocal := linkLocalDial(t, pod, "udp6", podLL, nodeLL, port)
@@ -157,6 +127,57 @@ func TestLinkLocalClientIsItsPod(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// runInNode runs an agent with cfg in node's network namespace (its
+// goroutines stay in the test's) until the test ends; it returns the agent
+// and a client of its control socket once it is ready.
+func runInNode(t *testing.T, node *testenv.Node, cfg Config) (*Agent, *control.Client) {
+	t.Helper()
+	a, err := newAgent(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	stopped := make(chan error, 1)
+	go func() { stopped <- node.Do(func() error { return a.run(ctx) }) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-stopped; err != nil {
+			t.Errorf("agent: %v", err)
+		}
+	})
+	client := control.NewClient(cfg.Socket, 2*time.Second)
+	testenv.EventuallyNil(t, 30*time.Second, func() error {
+		select {
+		case err := <-stopped:
+			stopped <- err
+			t.Fatalf("agent stopped: %v", err)
+		default:
+		}
+		st, err := client.Status(context.Background())
+		if err == nil && !st.Ready {
+			err = errors.New("not ready: " + st.NotReady)
+		}
+		return err
+	})
+	return a, client
+}
+
+// addWeb0 records pod as shop/web-0, with its two addresses, by the CNI
+// ADD containerID, and returns the request.
+func addWeb0(t *testing.T, client *control.Client, pod *testenv.Pod, containerID string) control.CNIAddRequest {
+	t.Helper()
+	cookie, err := netns.Cookie(pod.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	add := control.CNIAddRequest{ContainerID: containerID, Netns: pod.Path(), IfName: "eth0", PodNamespace: "shop", PodName: "web-0",
+		IPs: []netip.Addr{pod.IPv4, pod.IPv6}, NetnsCookie: cookie}
+	if _, err := client.CNIAdd(context.Background(), add); err != nil {
+		t.Fatal(err)
+	}
+	return add
 }
 
 // dialIn is a DNS connection from p's namespace to server over network,

@@ -3,8 +3,6 @@
 package agent
 
 import (
-	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -24,7 +22,6 @@ import (
 	"github.com/ztdns/ztdns/internal/dnstest"
 	"github.com/ztdns/ztdns/internal/testenv"
 	"github.com/ztdns/ztdns/pkg/capture"
-	"github.com/ztdns/ztdns/pkg/control"
 	"github.com/ztdns/ztdns/pkg/netns"
 	"github.com/ztdns/ztdns/pkg/podcache"
 	"github.com/ztdns/ztdns/pkg/resolver/quota"
@@ -188,7 +185,7 @@ func TestLinkLocalClientIsItsPodInTheKernel(t *testing.T) {
 	t.Cleanup(func() { close(done) })
 	socket := filepath.Join(t.TempDir(), "ztdns.sock")
 	const port, burst = 53, 10
-	a, err := newAgent(Config{
+	a, client := runInNode(t, node, Config{
 		Source:    configdir.New(t.TempDir()),
 		Listen:    []netip.AddrPort{netip.AddrPortFrom(netip.IPv6Unspecified(), port)},
 		Upstreams: []netip.AddrPort{upstream.Addr},
@@ -196,41 +193,7 @@ func TestLinkLocalClientIsItsPodInTheKernel(t *testing.T) {
 		Limits:    quota.Limits{QPS: 0.01, Burst: burst}, // no new token while the test runs
 		Logger:    slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	stopped := make(chan error, 1)
-	go func() { stopped <- node.Do(func() error { return a.run(ctx) }) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-stopped; err != nil {
-			t.Errorf("agent: %v", err)
-		}
-	})
-	client := control.NewClient(socket, 2*time.Second)
-	testenv.EventuallyNil(t, 30*time.Second, func() error {
-		select {
-		case err := <-stopped:
-			stopped <- err
-			t.Fatalf("agent stopped: %v", err)
-		default:
-		}
-		st, err := client.Status(context.Background())
-		if err == nil && !st.Ready {
-			err = errors.New("not ready: " + st.NotReady)
-		}
-		return err
-	})
-	cookie, err := netns.Cookie(pod.Path())
-	if err != nil {
-		t.Fatal(err)
-	}
-	add := control.CNIAddRequest{ContainerID: "c0ffee12", Netns: pod.Path(), IfName: "eth0", PodNamespace: "shop", PodName: "web-0",
-		IPs: []netip.Addr{pod.IPv4, pod.IPv6}, NetnsCookie: cookie}
-	if _, err := client.CNIAdd(context.Background(), add); err != nil {
-		t.Fatal(err)
-	}
+	addWeb0(t, client, pod, "c0ffee12")
 	var hostVeth *net.Interface
 	if err := node.Do(func() (err error) {
 		hostVeth, err = net.InterfaceByName(pod.HostVeth)

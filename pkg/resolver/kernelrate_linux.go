@@ -245,15 +245,8 @@ func loadRateFilter(sources, dropped, podAddrs *ebpf.Map, interval, tolerance in
 	if !v6 {
 		insns = append(insns, asm.StoreImm(asm.RFP, keyAt+10, 0xffff, asm.Half)) // ::ffff:
 	}
+	insns = append(insns, loadNet(srcOff, loadTo, srcLen)...) // the source address into the key
 	insns = append(insns,
-		// bpf_skb_load_bytes_relative(skb, srcOff, fp+loadTo, srcLen, BPF_HDR_START_NET)
-		asm.Mov.Reg(asm.R1, asm.R6),
-		asm.Mov.Imm(asm.R2, srcOff),
-		asm.Mov.Reg(asm.R3, asm.RFP),
-		asm.Add.Imm(asm.R3, loadTo),
-		asm.Mov.Imm(asm.R4, srcLen),
-		asm.Mov.Imm(asm.R5, 1),
-		asm.FnSkbLoadBytesRelative.Call(),
 		asm.JNE.Imm(asm.R0, 0, "keep"),
 		// The node's own health probe (isNodeProbe): from a privileged
 		// port, from the address it was sent to, through the loopback (a
@@ -275,16 +268,9 @@ func loadRateFilter(sources, dropped, podAddrs *ebpf.Map, interval, tolerance in
 		asm.LoadMem(asm.R1, asm.RFP, portAt, asm.Half),
 		asm.HostTo(asm.BE, asm.R1, asm.Half),
 		asm.JGE.Imm(asm.R1, privilegedPorts, afterProbe),
-		// bpf_skb_load_bytes_relative(skb, dstOff, fp+dstAt, srcLen, BPF_HDR_START_NET)
-		asm.Mov.Reg(asm.R1, asm.R6),
-		asm.Mov.Imm(asm.R2, dstOff),
-		asm.Mov.Reg(asm.R3, asm.RFP),
-		asm.Add.Imm(asm.R3, dstAt),
-		asm.Mov.Imm(asm.R4, srcLen),
-		asm.Mov.Imm(asm.R5, 1),
-		asm.FnSkbLoadBytesRelative.Call(),
-		asm.JNE.Imm(asm.R0, 0, afterProbe),
 	)
+	insns = append(insns, loadNet(dstOff, dstAt, srcLen)...) // the destination address
+	insns = append(insns, asm.JNE.Imm(asm.R0, 0, afterProbe))
 	if v6 {
 		insns = append(insns,
 			asm.LoadMem(asm.R1, asm.RFP, keyAt, asm.DWord),
@@ -393,6 +379,21 @@ func loadRateFilter(sources, dropped, podAddrs *ebpf.Map, interval, tolerance in
 	})
 }
 
+// loadNet is bpf_skb_load_bytes_relative(skb, off, fp+to, n,
+// BPF_HDR_START_NET), skb in r6: n bytes of the network header from off
+// onto the stack; r0 is 0 once loaded.
+func loadNet(off, to, n int32) asm.Instructions {
+	return asm.Instructions{
+		asm.Mov.Reg(asm.R1, asm.R6),
+		asm.Mov.Imm(asm.R2, off),
+		asm.Mov.Reg(asm.R3, asm.RFP),
+		asm.Add.Imm(asm.R3, to),
+		asm.Mov.Imm(asm.R4, n),
+		asm.Mov.Imm(asm.R5, 1), // BPF_HDR_START_NET
+		asm.FnSkbLoadBytesRelative.Call(),
+	}
+}
+
 // attach puts the filter on a resolver socket (also one inherited from a
 // predecessor, whose filter it replaces).
 func (k *kernelRate) attach(conn *net.UDPConn) error {
@@ -498,10 +499,16 @@ func (k *kernelRate) keyOf(src netip.Addr) ([16]byte, bool) {
 		ifindex, _ := strconv.ParseUint(src.Zone(), 10, 32)
 		src = linkKey(uint32(ifindex))
 	}
-	if key, ok := k.addrs[src]; ok {
+	return k.keyAt(src)
+}
+
+// keyAt is the key the filter charges for ip, an address or a link key as
+// podAddrs has them: its pod's, or its own. Callers hold mu.
+func (k *kernelRate) keyAt(ip netip.Addr) ([16]byte, bool) {
+	if key, ok := k.addrs[ip]; ok {
 		return key, true
 	}
-	return src.As16(), false
+	return ip.As16(), false
 }
 
 // dropsOf is how many datagrams charged to key the filter dropped.
@@ -521,11 +528,16 @@ func (k *kernelRate) podDrops(p *podcache.Pod) uint64 {
 	own, known := k.keys[p.Quota]
 	links := k.links[p.Quota]
 	keys := make([][16]byte, 0, len(p.IPs)+len(links))
-	for _, ip := range append(slices.Clip(p.IPs), links...) {
-		key, pods := k.keyOf(ip)
+	add := func(key [16]byte, pods bool) {
 		if (!pods || known && key == own) && !slices.Contains(keys, key) {
 			keys = append(keys, key)
 		}
+	}
+	for _, ip := range p.IPs {
+		add(k.keyOf(ip))
+	}
+	for _, link := range links {
+		add(k.keyAt(link)) // a link key already: keyOf would take it for a link-local address without a zone
 	}
 	k.mu.Unlock()
 	var total uint64

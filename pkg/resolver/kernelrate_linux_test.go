@@ -5,6 +5,7 @@ package resolver
 import (
 	"bytes"
 	"errors"
+	"io"
 	"log/slog"
 	"maps"
 	"net"
@@ -393,6 +394,57 @@ func TestKernelRatePodMapFull(t *testing.T) {
 	}
 }
 
+// TestKernelRatePodDropsOfItsLink: the drops the filter charged through a
+// pod's link count as the pod's, whether the link has the pod's key or,
+// the pod map full, a key of its own (its link key, as the filter charges
+// it). Before, the link's key was looked up as a link-local address
+// without a zone: the drops on either key were not the pod's.
+func TestKernelRatePodDropsOfItsLink(t *testing.T) {
+	testenv.RequireRoot(t)
+	defer func(n int) { kernelRatePodAddrs = n }(kernelRatePodAddrs)
+	kernelRatePodAddrs = 1
+	k, err := newKernelRate(quota.NewRate(10, 10), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		testenv.Unavailable(t, "cannot load the socket filter: %v", err)
+	}
+	defer k.Close()
+	a := &podcache.Pod{Namespace: "default", Name: "a", Quota: new(quota.Source)} // known by its link alone
+	b := &podcache.Pod{Namespace: "default", Name: "b", Quota: new(quota.Source)}
+	ip := netip.MustParseAddr("10.0.0.2")
+	const ifindex = 7
+	follow := func(owners map[netip.Addr]*podcache.Pod, links map[uint32]*podcache.Pod) {
+		k.followPods(func() map[netip.Addr]*podcache.Pod { return owners }, func() map[uint32]*podcache.Pod { return links })
+	}
+	charge := func(key [16]byte, drops uint64) {
+		t.Helper()
+		if err := k.sources.Put(key, kernelSource{Drops: drops}); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	follow(nil, map[uint32]*podcache.Pod{ifindex: a})
+	k.mu.Lock()
+	own := k.keys[a.Quota]
+	k.mu.Unlock()
+	charge(own, 3)
+	if got := k.podDrops(a); got != 3 {
+		t.Errorf("a pod known by its link, 3 drops on its key: podDrops = %d", got)
+	}
+
+	// The map's one room taken by b's address first: a's link keeps its
+	// own key.
+	follow(map[netip.Addr]*podcache.Pod{ip: b}, nil)
+	follow(map[netip.Addr]*podcache.Pod{ip: b}, map[uint32]*podcache.Pod{ifindex: a})
+	if err := k.podAddrs.Lookup(linkKey(ifindex).As16(), new([16]byte)); !errors.Is(err, ebpf.ErrKeyNotExist) {
+		t.Fatalf("the link is in the pod map (lookup: %v): nothing tested", err)
+	}
+	charge(own, 0)
+	charge(linkKey(ifindex).As16(), 4)
+	if got := k.podDrops(a); got != 4 {
+		t.Errorf("a pod's link with no room in the map, 4 drops on the link's key: podDrops = %d", got)
+	}
+}
+
 // drops is how many datagrams charged to src's key (its pod's, if it has
 // one) the filter dropped.
 func (k *kernelRate) drops(src netip.Addr) uint64 {
@@ -508,26 +560,7 @@ func floodIn(t *testing.T, p *testenv.Pod, from, to netip.AddrPort) *udpFlood {
 	}); err != nil {
 		t.Fatalf("a client in %s from %s: %v", p.Name, from, err)
 	}
-	t.Cleanup(func() { conn.Close() })
-	f := &udpFlood{conn: conn, rcodes: map[int]int{}, got: make(chan struct{}, 1)}
-	go func() {
-		buf := make([]byte, 65535)
-		for {
-			n, err := conn.Read(buf)
-			if err != nil {
-				return
-			}
-			m := new(dns.Msg)
-			if m.Unpack(buf[:n]) != nil {
-				continue
-			}
-			f.mu.Lock()
-			f.rcodes[m.Rcode]++
-			f.replies++
-			f.mu.Unlock()
-		}
-	}()
-	return f
+	return newUDPFlood(t, conn)
 }
 
 // TestKernelRateLinkLocalIsItsLink: in the kernel, a pod asking from its
@@ -575,16 +608,7 @@ func TestKernelRateLinkLocalIsItsLink(t *testing.T) {
 		testenv.Unavailable(t, "the resolver could not load its socket filter (see the log)")
 	}
 	s.SetTable(limitsTable())
-	var conn *net.UDPConn
-	var ln *net.TCPListener
-	if err := node.Do(func() (err error) {
-		conn, ln, err = bindPair(netip.MustParseAddrPort("[::]:0"))
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	port := addrPortOf(conn.LocalAddr()).Port()
-	serveUntilCleanup(t, s, fwd, conn, ln)
+	port := serveInNode(t, node, s, fwd, netip.MustParseAddrPort("[::]:0")).Port()
 	// The link's owner told as the agent finds it, after the server began.
 	hostVeth, _ := strconv.ParseUint(index(node, pod.HostVeth), 10, 32)
 	owners.set(map[uint32]*podcache.Pod{uint32(hostVeth): known})

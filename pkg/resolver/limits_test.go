@@ -282,6 +282,11 @@ func startUDPFlood(t *testing.T, from netip.Addr, to netip.AddrPort) *udpFlood {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return newUDPFlood(t, conn)
+}
+
+// newUDPFlood counts the replies conn reads, closed when the test ends.
+func newUDPFlood(t *testing.T, conn *net.UDPConn) *udpFlood {
 	t.Cleanup(func() { conn.Close() })
 	f := &udpFlood{conn: conn, rcodes: map[int]int{}, got: make(chan struct{}, 1)}
 	go func() {

@@ -81,17 +81,7 @@ func TestLinkLocalClientAnswered(t *testing.T) {
 		},
 	})
 	s.SetTable(limitsTable(model.Service{Namespace: "default", Name: "ext", ExternalName: "web.default.svc.cluster.local"}))
-	var conn *net.UDPConn
-	var ln *net.TCPListener
-	// In the node's namespace: Do runs fn on a goroutine of its own.
-	if err := node.Do(func() (err error) {
-		conn, ln, err = bindPair(netip.MustParseAddrPort("[::]:0"))
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	port := addrPortOf(conn.LocalAddr()).Port()
-	serveUntilCleanup(t, s, fwd, conn, ln)
+	port := serveInNode(t, node, s, fwd, netip.MustParseAddrPort("[::]:0")).Port()
 
 	clients := make([]*net.UDPConn, len(pods))
 	for i, p := range pods {
@@ -135,6 +125,23 @@ func TestLinkLocalClientAnswered(t *testing.T) {
 	if r, err := tcp.ReadMsg(); err != nil || r.Rcode != dns.RcodeServerFailure {
 		t.Errorf("pod 1 over TCP, its slot held over UDP: %v (%v), want SERVFAIL: the same source", r, err)
 	}
+}
+
+// serveInNode serves s on listen (port 0: any free one for both UDP and
+// TCP) in node's network namespace until the test ends, and returns where.
+func serveInNode(t *testing.T, node *testenv.Node, s *Server, fwd *forward.Forwarder, listen netip.AddrPort) netip.AddrPort {
+	t.Helper()
+	var conn *net.UDPConn
+	var ln *net.TCPListener
+	// In the node's namespace: Do runs fn on a goroutine of its own.
+	if err := node.Do(func() (err error) {
+		conn, ln, err = bindPair(listen)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	serveUntilCleanup(t, s, fwd, conn, ln)
+	return addrPortOf(conn.LocalAddr())
 }
 
 // linkLocalClient is a UDP socket in p bound to podLinkLocal on its eth0,

@@ -113,6 +113,13 @@ func udpBurst(t *testing.T, from netip.Addr, privileged bool, to netip.AddrPort,
 	conn := fromPort(t, privileged, func(port uint16) (net.Conn, error) {
 		return net.DialUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(from, port)), net.UDPAddrFromAddrPort(to))
 	})
+	return burstOn(t, conn, n)
+}
+
+// burstOn sends n queries at once on conn, counting the replies until the
+// test ends (conn closed then).
+func burstOn(t *testing.T, conn net.Conn, n int) *atomic.Int64 {
+	t.Helper()
 	t.Cleanup(func() { conn.Close() })
 	var answered atomic.Int64
 	go func() {
@@ -205,18 +212,7 @@ func TestNodeProbeNotFromAPod(t *testing.T) {
 	}
 	s.SetTable(limitsTable())
 	nodeAddr := pod.Gateway6() // the node's, on the pod's veth
-	var (
-		conn *net.UDPConn
-		ln   *net.TCPListener
-	)
-	if err := node.Do(func() (err error) {
-		conn, ln, err = bindPair(netip.AddrPortFrom(nodeAddr, 0))
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	addr := addrPortOf(conn.LocalAddr())
-	serveUntilCleanup(t, s, fwd, conn, ln)
+	addr := serveInNode(t, node, s, fwd, netip.AddrPortFrom(nodeAddr, 0))
 	q := packQuery(t, tableName, dns.TypeA)
 
 	// The pod reaches the node over IPv6 (its link's neighbour discovery
@@ -265,36 +261,17 @@ func TestNodeProbeNotFromAPod(t *testing.T) {
 
 	// The node's own, through the loopback.
 	before := s.kernel.drops(nodeAddr)
-	var own *net.UDPConn
-	if err := node.Do(func() error {
-		for range 100 {
-			c, err := net.DialUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(nodeAddr, uint16(600+rand.N(424)))), net.UDPAddrFromAddrPort(addr))
-			if errors.Is(err, syscall.EADDRINUSE) {
-				continue
+	own := fromPort(t, true, func(port uint16) (c net.Conn, err error) {
+		err = node.Do(func() error {
+			uc, err := net.DialUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(nodeAddr, port)), net.UDPAddrFromAddrPort(addr))
+			if err == nil {
+				c = uc
 			}
-			own = c
 			return err
-		}
-		return errors.New("no free privileged port")
-	}); err != nil {
-		t.Fatal(err)
-	}
-	defer own.Close()
-	var answered atomic.Int64
-	go func() {
-		buf := make([]byte, 65535)
-		for {
-			if _, err := own.Read(buf); err != nil {
-				return
-			}
-			answered.Add(1)
-		}
-	}()
-	for range sent {
-		if _, err := own.Write(q); err != nil {
-			t.Fatal(err)
-		}
-	}
+		})
+		return c, err
+	})
+	answered := burstOn(t, own, sent)
 	testenv.Eventually(t, 30*time.Second, "the node's own queries are answered", func() bool { return answered.Load() == sent })
 	if d := s.kernel.drops(nodeAddr) - before; d != 0 {
 		t.Errorf("the kernel dropped %d of the node's own queries", d)
