@@ -22,6 +22,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/klog/v2"
 
+	"github.com/ztdns/ztdns/internal/rootowned"
 	"github.com/ztdns/ztdns/pkg/accesslog"
 	"github.com/ztdns/ztdns/pkg/agent"
 	capturectl "github.com/ztdns/ztdns/pkg/capture"
@@ -373,10 +374,10 @@ func (f *agentFlags) check(fs *pflag.FlagSet) error {
 		return usagef("--pod-inflight-bytes %s: want 0 (no limit of its own) or at least %s, one reply of the largest size",
 			f.podInflightBytes, &byteSize{n: resolver.MinPodInflightBytes})
 	}
-	if err := control.CheckNoDotDot(f.socket); err != nil {
+	if err := rootowned.CheckNoDotDot(f.socket); err != nil {
 		return usagef("--socket %w", err)
 	}
-	if err := control.CheckNoDotDot(f.stateDir); err != nil {
+	if err := rootowned.CheckNoDotDot(f.stateDir); err != nil {
 		return usagef("--state-dir %w", err)
 	}
 	// The plugin checks its conflist entry at every ADD and fails the

@@ -4,9 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/user"
 	"path/filepath"
-	"strconv"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -50,11 +48,7 @@ func socketGroup(path string) string {
 		if !ok || st.Gid == 0 || fi.Mode().Perm()&p.bits == 0 {
 			return ""
 		}
-		gid := strconv.Itoa(int(st.Gid))
-		if g, err := user.LookupGroupId(gid); err == nil {
-			return g.Name
-		}
-		return gid
+		return control.GroupName(int(st.Gid))
 	}
 	return ""
 }

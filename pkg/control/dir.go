@@ -100,7 +100,7 @@ func MarkInstalled(socket string) error {
 // directory shared with other files keeps its mode (the socket's own mode
 // and the peer check still hold) and is reported.
 func PrepareDir(socket string, access Access) error {
-	if err := CheckNoDotDot(socket); err != nil {
+	if err := rootowned.CheckNoDotDot(socket); err != nil {
 		return fmt.Errorf("control socket: %w", err)
 	}
 	dir := filepath.Dir(socket)
@@ -134,14 +134,11 @@ func PrepareDir(socket string, access Access) error {
 	return nil
 }
 
-// CheckNoDotDot refuses a path with a ".." component (rootowned.CheckNoDotDot).
-func CheckNoDotDot(path string) error { return rootowned.CheckNoDotDot(path) }
-
 // PrepareStateDir makes dir (created 0750 when missing) a directory only
 // root can write in, by PrepareDir's rules for the socket's: the agent acts
 // on what it reads back from there (which pods it captured).
 func PrepareStateDir(dir string) error {
-	if err := CheckNoDotDot(dir); err != nil {
+	if err := rootowned.CheckNoDotDot(dir); err != nil {
 		return fmt.Errorf("state directory: %w", err)
 	}
 	if _, _, err := rootowned.Dir(dir, 0o750); err != nil {

@@ -33,14 +33,15 @@ func (a Access) refusal(p Peer, err error) string {
 	if a.Group <= 0 {
 		return fmt.Sprintf("the control socket is root's: uid %d may not call; run as root", p.UID)
 	}
-	g := groupName(a.Group)
+	g := GroupName(a.Group)
 	return fmt.Sprintf("the control socket is root's and group %s's: uid %d, of primary group %d, may not call. "+
 		"The agent sees a caller's primary group only (SO_PEERCRED), not its supplementary ones: "+
 		"run as root, or with %s as primary group (sg %s -c 'ztdns status')", g, p.UID, p.GID, g, g)
 }
 
-// groupName names gid as the refusal does: its name, or the number.
-func groupName(gid int) string {
+// GroupName names gid as the refusal does, and the CLI when the socket's
+// mode keeps it out: its name, or the number.
+func GroupName(gid int) string {
 	if g, err := user.LookupGroupId(strconv.Itoa(gid)); err == nil {
 		return g.Name
 	}

@@ -430,6 +430,12 @@ func (q *slowQuery) chase(ctx context.Context, reply *dns.Msg, res table.Result,
 // no candidate exists.
 func (q *slowQuery) autopath(ctx context.Context, pod *podcache.Pod, tbl *table.Table) []byte {
 	r := &q.r
+	// The first search domain must be under the cluster domain (below), and
+	// the name asked under it: a name outside the cluster domain, most of
+	// what is forwarded, is let go before a search list is built for it.
+	if d := tbl.Domain(); d != "" && !strictlyUnder(unsafe.String(unsafe.SliceData(r.Name), len(r.Name)), d) {
+		return nil
+	}
 	search := searchList(pod, tbl.Domain(), q.s.opts.NodeSearch)
 	if len(search) == 0 {
 		return nil
@@ -507,6 +513,12 @@ func (q *slowQuery) autopath(ctx context.Context, pod *podcache.Pod, tbl *table.
 	// meanwhile denied for that zone's TTL), nor that zone's AD on a
 	// denial of ztdns's own; and a name kube-dns knows is answered.
 	return nil
+}
+
+// strictlyUnder reports whether name is a name below zone (both fully
+// qualified and lower case), without allocating.
+func strictlyUnder(name, zone string) bool {
+	return len(name) > len(zone) && strings.HasSuffix(name, zone) && name[len(name)-len(zone)-1] == '.'
 }
 
 // searchList is the pod's search list as kubelet writes it, the node's

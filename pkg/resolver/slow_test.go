@@ -179,31 +179,8 @@ func TestAutopathWalksKubeletsSearchOrder(t *testing.T) {
 	}
 }
 
-// kubeDNSDenies answers names under cluster.local. as kube-dns answers
-// names it does not have: NXDOMAIN with its SOA (its TTL kubeDNSNegTTL),
-// without AD; and the others as Responder does.
-type kubeDNSDenies struct{ dnstest.Responder }
-
+// kubeDNSNegTTL is the negative TTL of the kube-dns upstream's denials.
 const kubeDNSNegTTL = 5
-
-func (k kubeDNSDenies) Reply(req *dns.Msg, local netip.AddrPort) *dns.Msg {
-	if len(req.Question) != 1 || !dns.IsSubDomain("cluster.local.", dns.CanonicalName(req.Question[0].Name)) {
-		return k.Responder.Reply(req, local)
-	}
-	m := new(dns.Msg)
-	m.SetReply(req)
-	m.Authoritative = true
-	m.Rcode = dns.RcodeNameError
-	if opt := req.IsEdns0(); opt != nil {
-		m.SetEdns0(opt.UDPSize(), opt.Do())
-	}
-	m.Ns = []dns.RR{&dns.SOA{
-		Hdr: dns.RR_Header{Name: "cluster.local.", Rrtype: dns.TypeSOA, Class: dns.ClassINET, Ttl: kubeDNSNegTTL},
-		Ns:  "ns.dns.cluster.local.", Mbox: "hostmaster.cluster.local.",
-		Serial: 1, Refresh: 7200, Retry: 1800, Expire: 86400, Minttl: kubeDNSNegTTL,
-	}}
-	return m
-}
 
 // TestAutopathNXDOMAINIsTheClusterZones: when no candidate exists, the
 // query is forwarded as it is, as CoreDNS's autopath then answers the name
@@ -214,7 +191,7 @@ func (k kubeDNSDenies) Reply(req *dns.Msg, local netip.AddrPort) *dns.Msg {
 // denied for) and its AD.
 func TestAutopathNXDOMAINIsTheClusterZones(t *testing.T) {
 	ss := startSlowServerWith(t, Options{Autopath: true, NodeSearch: []string{"node.example"}}, &model.Snapshot{},
-		kubeDNSDenies{validating{dnstest.ZoneOf(t, "other.example. 300 IN A 198.51.100.230")}})
+		dnstest.KubeDNS(kubeDNSNegTTL, dnstest.Validating(dnstest.ZoneOf(t, "other.example. 300 IN A 198.51.100.230"))))
 	for _, proto := range []string{"udp", "tcp"} {
 		m := new(dns.Msg)
 		m.SetQuestion("nope.example.net.ns1.svc.cluster.local.", dns.TypeA)
@@ -223,13 +200,10 @@ func TestAutopathNXDOMAINIsTheClusterZones(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		soa, _ := func() (*dns.SOA, bool) {
-			if len(r.Ns) != 1 {
-				return nil, false
-			}
-			s, ok := r.Ns[0].(*dns.SOA)
-			return s, ok
-		}()
+		var soa *dns.SOA
+		if len(r.Ns) == 1 {
+			soa, _ = r.Ns[0].(*dns.SOA)
+		}
 		if r.Rcode != dns.RcodeNameError || soa == nil || soa.Hdr.Name != "cluster.local." || soa.Hdr.Ttl > kubeDNSNegTTL || r.AuthenticatedData {
 			t.Errorf("%s: %s, authority %v, AD %v; want NXDOMAIN, cluster.local.'s SOA of TTL at most %d, no AD",
 				proto, dns.RcodeToString[r.Rcode], r.Ns, r.AuthenticatedData, kubeDNSNegTTL)
@@ -237,23 +211,13 @@ func TestAutopathNXDOMAINIsTheClusterZones(t *testing.T) {
 	}
 }
 
-// validating answers as a validating resolver does: its replies have AD
-// set.
-type validating struct{ dnstest.Responder }
-
-func (v validating) Reply(req *dns.Msg, local netip.AddrPort) *dns.Msg {
-	m := v.Responder.Reply(req, local)
-	m.AuthenticatedData = true
-	return m
-}
-
 // TestAutopathKeepsAD: autopath's answer is built on its upstream's, and
 // keeps its AD as a forwarded reply does: for a client that asked with DO
 // or AD, not for one that asked with neither (RFC 6840 5.8). Before, it
 // never had AD.
 func TestAutopathKeepsAD(t *testing.T) {
-	ss := startSlowServerWith(t, Options{Autopath: true}, &model.Snapshot{}, validating{dnstest.ZoneOf(t,
-		"db.corp.internal. 300 IN A 198.51.100.210")})
+	ss := startSlowServerWith(t, Options{Autopath: true}, &model.Snapshot{}, dnstest.Validating(dnstest.ZoneOf(t,
+		"db.corp.internal. 300 IN A 198.51.100.210")))
 	for _, tc := range []struct {
 		client       string
 		do, ad, want bool

@@ -337,29 +337,10 @@ func askedOver(up *dnstest.Server, proto, name string) bool {
 	return false
 }
 
-// kubeDNSAndValidated answers as a pod's nameserver in front of kube-dns
-// and a validating resolver: names under cluster.local. it does not have
-// NXDOMAIN with kube-dns's SOA (TTL 5) and no AD, the others as the zone
-// does, with AD.
-type kubeDNSAndValidated struct{ zone dnstest.Zone }
-
-func (k kubeDNSAndValidated) Reply(req *dns.Msg, local netip.AddrPort) *dns.Msg {
-	m := k.zone.Reply(req, local)
-	if len(req.Question) != 1 || !dns.IsSubDomain("cluster.local.", dns.CanonicalName(req.Question[0].Name)) {
-		m.AuthenticatedData = true
-		return m
-	}
-	m.Answer, m.Rcode = nil, dns.RcodeNameError
-	m.Ns = []dns.RR{&dns.SOA{
-		Hdr: dns.RR_Header{Name: "cluster.local.", Rrtype: dns.TypeSOA, Class: dns.ClassINET, Ttl: 5},
-		Ns:  "ns.dns.cluster.local.", Mbox: "hostmaster.cluster.local.",
-		Serial: 1, Refresh: 7200, Retry: 1800, Expire: 86400, Minttl: 5,
-	}}
-	return m
-}
-
 func TestAutopath(t *testing.T) {
-	up := dnstest.Start(t, "127.0.0.1:0", kubeDNSAndValidated{dnstest.ZoneOf(t, "example.com. 120 IN A 203.0.113.10")})
+	// The pod's nameserver: kube-dns, denying names under cluster.local.
+	// (TTL 5, no AD), in front of a validating resolver.
+	up := dnstest.Start(t, "127.0.0.1:0", dnstest.KubeDNS(5, dnstest.Validating(dnstest.ZoneOf(t, "example.com. 120 IN A 203.0.113.10"))))
 	r := startAgent(t, agentOpts{upstreams: []netip.AddrPort{up.Addr}, autopath: true}, manifests)
 	for _, proto := range protocols {
 		// A pod in default with ndots:5 asks for example.com first as

@@ -11,8 +11,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/miekg/dns"
-
 	"github.com/ztdns/ztdns/internal/dnstest"
 	"github.com/ztdns/ztdns/internal/testenv"
 )
@@ -51,7 +49,7 @@ func TestSearchListResolvesThroughCapture(t *testing.T) {
 	c := newCluster(t)
 	testenv.LookPath(t, "getent")
 	musl := testenv.BuildMuslGetaddrinfo(t)
-	standIn := c.node.ServeNameserver(t, netip.MustParseAddr(kubeDNS), kubeDNSStandIn(externalMarker4, externalMarker6))
+	standIn := c.node.ServeNameserver(t, netip.MustParseAddr(kubeDNS), dnstest.KubeDNS(30, dnstest.Marker(externalMarker4, externalMarker6)))
 	accessLog := filepath.Join(t.TempDir(), "access.log")
 	a := testenv.StartAgent(t, c.node, c.bin, append(c.agentArgs(), "--access-log", accessLog)...)
 	c.waitReady(t, a)
@@ -139,33 +137,6 @@ func candidates(name string) []string {
 	}
 	return append(names, name+".")
 }
-
-// kubeDNSStandIn answers as kube-dns does for a cluster without these
-// names: NXDOMAIN with the cluster domain's SOA for every name under
-// cluster.local, and a4 or a6 (dnstest.Marker) for every other name, as if
-// forwarded upstream.
-func kubeDNSStandIn(a4, a6 netip.Addr) dnstest.Responder {
-	soa, err := dns.NewRR("cluster.local. 30 IN SOA ns.dns.cluster.local. hostmaster.cluster.local. 1 7200 1800 86400 30")
-	if err != nil {
-		panic(err)
-	}
-	marker := dnstest.Marker(a4, a6)
-	return responderFunc(func(req *dns.Msg, local netip.AddrPort) *dns.Msg {
-		if len(req.Question) != 1 || !dns.IsSubDomain("cluster.local.", dns.CanonicalName(req.Question[0].Name)) {
-			return marker.Reply(req, local)
-		}
-		m := new(dns.Msg)
-		m.SetReply(req)
-		m.Authoritative = true
-		m.Rcode = dns.RcodeNameError
-		m.Ns = []dns.RR{soa}
-		return m
-	})
-}
-
-type responderFunc func(req *dns.Msg, local netip.AddrPort) *dns.Msg
-
-func (f responderFunc) Reply(req *dns.Msg, local netip.AddrPort) *dns.Msg { return f(req, local) }
 
 // captureIn marks the pod with `ztdns capture add` as pod name in
 // namespace, whose Services' short forms it then resolves.
