@@ -124,10 +124,14 @@ func (r *run) tolerateForbidden(k kind, e endpoint, st objectStore, forbidden fu
 	watchFn func(context.Context, metav1.ListOptions) (watch.Interface, error),
 ) (func(context.Context, metav1.ListOptions) (runtime.Object, error), func(context.Context, metav1.ListOptions) (watch.Interface, error)) {
 	// standsIn reports whether the call's outcome (err) is to be stood
-	// in for: refused while the store holds nothing.
+	// in for: refused while the store holds nothing. The store is asked
+	// only about a refusal.
 	standsIn := func(ctx context.Context, err error) bool {
-		kept := st.size() > 0
-		refused := refusedBy(func(err error) { forbidden(err, err != nil && kept) })
+		kept := false
+		refused := refusedBy(func(err error) {
+			kept = err != nil && st.size() > 0
+			forbidden(err, kept)
+		})
 		return refused(ctx, err) && !kept
 	}
 	return func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
