@@ -164,7 +164,8 @@ func (h *health) updateServiceEntries() {
 			msg = fmt.Sprintf("ServiceEntries: %v; serving those read before, while the watch retries", h.seForbidden)
 		}
 	}
-	if reason == h.seReason && (reason != seNotServed || msg == h.seMsg) && (reason != seForbidden || kept == h.seLoggedKept) {
+	// kept is only ever set with seForbidden.
+	if reason == h.seReason && (reason != seNotServed || msg == h.seMsg) && kept == h.seLoggedKept {
 		return // a refusal's message may say list or watch: the first one stays
 	}
 	h.seLoggedKept = kept

@@ -124,10 +124,14 @@ func (r *run) tolerateForbidden(k kind, e endpoint, st objectStore, forbidden fu
 	watchFn func(context.Context, metav1.ListOptions) (watch.Interface, error),
 ) (func(context.Context, metav1.ListOptions) (runtime.Object, error), func(context.Context, metav1.ListOptions) (watch.Interface, error)) {
 	// standsIn reports whether the call's outcome (err) is to be stood
-	// in for: refused while the store holds nothing.
+	// in for: refused while the store holds nothing. The store is asked
+	// only about a refusal.
 	standsIn := func(ctx context.Context, err error) bool {
-		kept := st.size() > 0
-		refused := refusedBy(func(err error) { forbidden(err, err != nil && kept) })
+		kept := false
+		refused := refusedBy(func(err error) {
+			kept = err != nil && st.size() > 0
+			forbidden(err, kept)
+		})
 		return refused(ctx, err) && !kept
 	}
 	return func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
@@ -214,42 +218,78 @@ func (w *standInWatch) run(ctx context.Context, initial []watch.Event, retry tim
 }
 
 // lockWatch wraps the watch of istiod's allocator lock (watchFn; list is
-// its list, st its store). istiod renews its lock every 7.5 s (RetryPeriod,
-// a quarter of its 30 s lease; pilot/pkg/leaderelection), each renewal an
-// update of the ConfigMap that a watch sends every node's agent, though the
-// source reads only that the lock exists: some 670 watch events a second at
-// 5,000 nodes, from idle agents. So the lock is watched only until it is
-// seen; from then a list of it by name every lockCheck (with jitter) checks
-// that it is still there. A check that finds it gone tells the store so
-// (a Deleted event at the list's resource version) and ends, and the
-// reflector watches again, until the lock is back. A check that fails ends
-// with the failure as an error event: the reflector lists again, which
-// says whether the lock is there.
-func (r *run) lockWatch(st objectStore, list func(context.Context, metav1.ListOptions) (runtime.Object, error),
+// its list, st its store, e its endpoint). istiod renews its lock every
+// 7.5 s (RetryPeriod, a quarter of its 30 s lease;
+// pilot/pkg/leaderelection), each renewal an update of the ConfigMap that
+// a watch sends every node's agent, though the source reads only that the
+// lock exists: some 670 watch events a second at 5,000 nodes, from idle
+// agents. So the lock is watched only until it is seen; from then the
+// watch is a stand-in that after lockCheck (with jitter) lists the lock by
+// name (checkLock) and ends, and the reflector, watching again, gets the
+// next. A check that finds the lock gone tells the store so (a Deleted
+// event at the list's resource version), and the reflector's next watch is
+// the API server's, until the lock is back. A check that fails ends with
+// the failure as an error event: the reflector lists again, which says
+// whether the lock is there.
+func (r *run) lockWatch(e endpoint, st objectStore, list func(context.Context, metav1.ListOptions) (runtime.Object, error),
 	watchFn func(context.Context, metav1.ListOptions) (watch.Interface, error),
 ) func(context.Context, metav1.ListOptions) (watch.Interface, error) {
+	example := e.example.(kubeapi.Object)
+	// checks is the watch once the lock is seen. It works, as did the
+	// watch that saw the lock.
+	checks := func(ctx context.Context) watch.Interface {
+		r.health.observe(ctx, kindIstiodAllocator.String(), nil)
+		return standIn(ctx, metav1.ListOptions{}, example, nil, r.src.lockCheck, r.checkLock(example, list))
+	}
 	return func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
-		w := &lockWatcher{r: r, list: list, out: make(chan watch.Event), stop: make(chan struct{})}
 		if !initialEvents(o) && st.size() > 0 {
-			go w.run(ctx, nil, false)
-			return w, nil
+			return checks(ctx), nil
 		}
 		in, err := watchFn(ctx, o)
 		if err != nil {
 			return nil, err
 		}
-		w.in = in
-		go w.run(ctx, in, initialEvents(o))
+		w := &lockWatcher{out: make(chan watch.Event), stop: make(chan struct{})}
+		go w.run(ctx, in, initialEvents(o), checks)
 		return w, nil
 	}
 }
 
-// lockWatcher is the watch lockWatch hands the reflector: the API
-// server's watch (in) until the lock is seen, then the checks.
+// checkLock returns the end of a lock check's stand-in: it lists the lock
+// and says what the list found. There, a bookmark at the list's resource
+// version (an event, so that the reflector watches again at once rather
+// than backing off from a watch that brought none, however short
+// lockCheck is); gone, its deletion; failed, the failure. A list that
+// works is a watch that works; one that fails reported itself to health.
+func (r *run) checkLock(example kubeapi.Object, list func(context.Context, metav1.ListOptions) (runtime.Object, error)) func(context.Context) []watch.Event {
+	return func(ctx context.Context) []watch.Event {
+		obj, err := list(ctx, metav1.ListOptions{})
+		switch {
+		case ctx.Err() != nil:
+			return nil
+		case err != nil:
+			return []watch.Event{{Type: watch.Error, Object: statusOf(err)}}
+		}
+		r.health.observe(ctx, kindIstiodAllocator.String(), nil)
+		l, ok := obj.(*kubeapi.ConfigMapList)
+		if !ok {
+			return nil
+		}
+		at := example.DeepCopyObject().(kubeapi.Object)
+		at.Meta().ResourceVersion = l.ResourceVersion
+		if len(l.Items) > 0 {
+			return []watch.Event{{Type: watch.Bookmark, Object: at}}
+		}
+		at.Meta().Namespace, at.Meta().Name = r.src.istioNamespace, IstiodAllocatorLock
+		return []watch.Event{{Type: watch.Deleted, Object: at}}
+	}
+}
+
+// lockWatcher is the watch lockWatch hands the reflector when the lock is
+// not held: the API server's until the lock is seen, then the checks. It
+// does not end when the lock is seen: the reflector goes on with the watch
+// whose initial events (client-go's WatchList) it asked for.
 type lockWatcher struct {
-	r    *run
-	list func(context.Context, metav1.ListOptions) (runtime.Object, error)
-	in   watch.Interface // nil when the lock was held from the start
 	out  chan watch.Event
 	stop chan struct{}
 	once sync.Once
@@ -257,61 +297,50 @@ type lockWatcher struct {
 
 func (w *lockWatcher) ResultChan() <-chan watch.Event { return w.out }
 
-func (w *lockWatcher) Stop() {
-	w.once.Do(func() { close(w.stop) })
-	if w.in != nil {
-		w.in.Stop()
-	}
-}
+func (w *lockWatcher) Stop() { w.once.Do(func() { close(w.stop) }) }
 
-func (w *lockWatcher) run(ctx context.Context, in watch.Interface, initial bool) {
+// run passes on in's events until the lock is seen (past the initial
+// events, when in sends them), then those of checks.
+func (w *lockWatcher) run(ctx context.Context, in watch.Interface, initial bool, checks func(context.Context) watch.Interface) {
 	defer close(w.out)
-	if in != nil {
-		seen := w.follow(ctx, in, initial)
-		in.Stop()
-		if !seen {
-			return
-		}
-	}
-	w.check(ctx)
-}
-
-// send passes ev on; false when the watch was stopped meanwhile.
-func (w *lockWatcher) send(ctx context.Context, ev watch.Event) bool {
-	select {
-	case w.out <- ev:
-		return true
-	case <-w.stop:
-	case <-ctx.Done():
-	}
-	return false
-}
-
-// follow passes in's events on until the lock is seen (past the initial
-// events, when in sends them), and reports whether it was; false when in
-// ended first, or the watch was stopped.
-func (w *lockWatcher) follow(ctx context.Context, in watch.Interface, initial bool) bool {
 	present, pastInitial := false, !initial
+	seen := w.pass(ctx, in, func(ev watch.Event) bool {
+		switch ev.Type {
+		case watch.Added, watch.Modified:
+			present = true
+		case watch.Deleted:
+			present = false
+		case watch.Bookmark:
+			if o, ok := ev.Object.(kubeapi.Object); ok && o.Meta().Annotations.InitialEventsEnd != nil {
+				pastInitial = true
+			}
+		}
+		return present && pastInitial
+	})
+	if seen {
+		w.pass(ctx, checks(ctx), func(watch.Event) bool { return false })
+	}
+}
+
+// pass passes on from's events, and stops from, once last says an event
+// was its last (true), or from ended or the watch was stopped (false).
+func (w *lockWatcher) pass(ctx context.Context, from watch.Interface, last func(watch.Event) bool) bool {
+	defer from.Stop()
 	for {
 		select {
-		case ev, ok := <-in.ResultChan():
+		case ev, ok := <-from.ResultChan():
 			if !ok {
 				return false
 			}
-			switch ev.Type {
-			case watch.Added, watch.Modified:
-				present = true
-			case watch.Deleted:
-				present = false
-			case watch.Bookmark:
-				if o, ok := ev.Object.(kubeapi.Object); ok && o.Meta().Annotations.InitialEventsEnd != nil {
-					pastInitial = true
-				}
-			}
-			if !w.send(ctx, ev) {
+			done := last(ev)
+			select {
+			case w.out <- ev:
+			case <-w.stop:
+				return false
+			case <-ctx.Done():
 				return false
 			}
-			if present && pastInitial {
+			if done {
 				return true
 			}
 		case <-w.stop:
@@ -319,45 +348,6 @@ func (w *lockWatcher) follow(ctx context.Context, in watch.Interface, initial bo
 		case <-ctx.Done():
 			return false
 		}
-	}
-}
-
-// check lists the lock every lockCheck, with jitter, until it is gone, a
-// list fails, or the watch is stopped. A list that works is a watch that
-// works, as is the one the reflector made just before, or the watch that
-// saw the lock.
-func (w *lockWatcher) check(ctx context.Context) {
-	k := kindIstiodAllocator.String()
-	w.r.health.observe(ctx, k, nil)
-	for {
-		t := time.NewTimer(wait.Jitter(w.r.src.lockCheck, 0.5))
-		select {
-		case <-t.C:
-		case <-w.stop:
-			t.Stop()
-			return
-		case <-ctx.Done():
-			t.Stop()
-			return
-		}
-		obj, err := w.list(ctx, metav1.ListOptions{})
-		if ctx.Err() != nil {
-			return
-		}
-		if err != nil {
-			// The list reported its failure to health.
-			w.send(ctx, watch.Event{Type: watch.Error, Object: statusOf(err)})
-			return
-		}
-		w.r.health.observe(ctx, k, nil)
-		l, ok := obj.(*kubeapi.ConfigMapList)
-		if !ok || len(l.Items) > 0 {
-			continue
-		}
-		gone := &kubeapi.ConfigMap{}
-		gone.Namespace, gone.Name, gone.ResourceVersion = w.r.src.istioNamespace, IstiodAllocatorLock, l.ResourceVersion
-		w.send(ctx, watch.Event{Type: watch.Deleted, Object: gone})
-		return
 	}
 }
 

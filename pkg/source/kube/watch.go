@@ -244,7 +244,7 @@ func (r *run) start(ctx context.Context, wg *sync.WaitGroup, k kind) {
 	e := r.endpointFor(k)
 	lw := r.listWatch(k, e, st)
 	if k == kindIstiodAllocator {
-		lw.WatchFuncWithContext = r.lockWatch(st, lw.ListWithContextFunc, lw.WatchFuncWithContext)
+		lw.WatchFuncWithContext = r.lockWatch(e, st, lw.ListWithContextFunc, lw.WatchFuncWithContext)
 	}
 	refl := cache.NewReflectorWithOptions(lw, e.example, st, cache.ReflectorOptions{
 		Name: k.String(), TypeDescription: k.String(), Logger: &logger,
