@@ -79,6 +79,23 @@ func (n *Netns) Do(fn func() error) error {
 	return ns.WithNetNSPath(n.Path(), func(ns.NetNS) error { return fn() })
 }
 
+// Ifindex is the index of the interface dev in the namespace (a link-local
+// address's zone there), asked from a thread in it.
+func (n *Netns) Ifindex(tb testing.TB, dev string) uint32 {
+	tb.Helper()
+	var index int
+	if err := n.Do(func() error {
+		ifi, err := net.InterfaceByName(dev)
+		if err == nil {
+			index = ifi.Index
+		}
+		return err
+	}); err != nil {
+		tb.Fatalf("interface %s in %s: %v", dev, n.Name, err)
+	}
+	return uint32(index)
+}
+
 // WriteSysctl sets the sysctl name (dotted, as `sysctl -w` takes it:
 // "net.ipv6.conf.lo.disable_ipv6"; no interface name with a dot) to value
 // in the namespace, as `sysctl -w` run there does, without procps:

@@ -210,16 +210,7 @@ func dialIn(t *testing.T, p *testenv.Pod, network string, local, server netip.Ad
 // of interface names is the process's, whatever namespace a thread is in.
 func linkLocalDial(t *testing.T, p *testenv.Pod, network string, from, to netip.Addr, port uint16) *dns.Conn {
 	t.Helper()
-	var zone string
-	if err := p.Do(func() error {
-		ifi, err := net.InterfaceByName("eth0")
-		if err == nil {
-			zone = strconv.Itoa(ifi.Index)
-		}
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
+	zone := strconv.Itoa(int(p.Ifindex(t, "eth0")))
 	return dialIn(t, p, network, netip.AddrPortFrom(from.WithZone(zone), 0), netip.AddrPortFrom(to.WithZone(zone), port))
 }
 

@@ -5,7 +5,6 @@ package agent
 import (
 	"fmt"
 	"log/slog"
-	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -70,17 +69,6 @@ func TestLinkOwnersForgetADeadNamespace(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { unix.Close(l.fd) })
-	ifindex := func(dev string) uint32 {
-		t.Helper()
-		var ifi *net.Interface
-		if err := node.Do(func() (err error) {
-			ifi, err = net.InterfaceByName(dev)
-			return err
-		}); err != nil {
-			t.Fatal(err)
-		}
-		return uint32(ifi.Index)
-	}
 	record := func(name, path string) {
 		t.Helper()
 		cookie, err := netns.Cookie(path)
@@ -116,7 +104,7 @@ func TestLinkOwnersForgetADeadNamespace(t *testing.T) {
 
 	pathA, endA := processNetns(t, node, "vethA")
 	record("a", pathA)
-	a := ifindex("vethA")
+	a := node.Ifindex(t, "vethA")
 	if got := ownerOf(a); got != "shop/a" {
 		t.Fatalf("behind vethA: %s, want shop/a", got)
 	}
@@ -134,7 +122,7 @@ func TestLinkOwnersForgetADeadNamespace(t *testing.T) {
 	})
 
 	pathB, _ := processNetns(t, node, "vethB")
-	b := ifindex("vethB")
+	b := node.Ifindex(t, "vethB")
 	if got := ownerOf(b); got != "nobody" {
 		t.Errorf("behind vethB, a namespace no record names: %s, want nobody", got)
 	}
@@ -194,15 +182,9 @@ func TestLinkLocalClientIsItsPodInTheKernel(t *testing.T) {
 		Logger:    slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
 	})
 	addWeb0(t, client, pod, "c0ffee12")
-	var hostVeth *net.Interface
-	if err := node.Do(func() (err error) {
-		hostVeth, err = net.InterfaceByName(pod.HostVeth)
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
+	hostVeth := node.Ifindex(t, pod.HostVeth)
 	testenv.Eventually(t, 30*time.Second, "the agent finds the pod behind its veth", func() bool {
-		return a.links.Owner(uint32(hostVeth.Index)) != nil
+		return a.links.Owner(hostVeth) != nil
 	})
 	// The look that found it tells the resolver (its filter's map) after
 	// publishing it, holding what OnChange takes: once OnChange returns,

@@ -583,17 +583,6 @@ func TestKernelRateLinkLocalIsItsLink(t *testing.T) {
 			p.AddAddr(t, a.String()+"/64", "eth0")
 		}
 	}
-	index := func(ns interface{ Do(func() error) error }, dev string) string {
-		t.Helper()
-		var ifi *net.Interface
-		if err := ns.Do(func() (err error) {
-			ifi, err = net.InterfaceByName(dev)
-			return err
-		}); err != nil {
-			t.Fatal(err)
-		}
-		return strconv.Itoa(ifi.Index)
-	}
 
 	const burst = 10
 	pods := podcache.New()
@@ -610,11 +599,11 @@ func TestKernelRateLinkLocalIsItsLink(t *testing.T) {
 	s.SetTable(limitsTable())
 	port := serveInNode(t, node, s, fwd, netip.MustParseAddrPort("[::]:0")).Port()
 	// The link's owner told as the agent finds it, after the server began.
-	hostVeth, _ := strconv.ParseUint(index(node, pod.HostVeth), 10, 32)
-	owners.set(map[uint32]*podcache.Pod{uint32(hostVeth): known})
+	hostVeth := node.Ifindex(t, pod.HostVeth)
+	owners.set(map[uint32]*podcache.Pod{hostVeth: known})
 
 	linkLocal := func(p *testenv.Pod, from netip.Addr) *udpFlood {
-		zone := index(p, "eth0")
+		zone := strconv.Itoa(int(p.Ifindex(t, "eth0")))
 		return floodIn(t, p, netip.AddrPortFrom(from.WithZone(zone), 0), netip.AddrPortFrom(nodeLL.WithZone(zone), port))
 	}
 	podIP := floodIn(t, pod, netip.AddrPortFrom(pod.IPv6, 0), netip.AddrPortFrom(pod.Gateway6(), port))
@@ -649,7 +638,7 @@ func TestKernelRateLinkLocalIsItsLink(t *testing.T) {
 	if n := sendAll(t, otherLL3, 5, dropped); n != 0 {
 		t.Errorf("%d of 5 answered from fe80::3 on the same link after fe80::2 spent its burst, want none: the link's one rate", n)
 	}
-	if got := s.kernel.drops(podLL[1].WithZone(index(node, other.HostVeth))); got != 10 {
+	if got := s.kernel.drops(podLL[1].WithZone(strconv.Itoa(int(node.Ifindex(t, other.HostVeth))))); got != 10 {
 		t.Errorf("the other link's key has %d drops, want the 10 of its two addresses", got)
 	}
 	if got := s.PodUsage(known).RateLimited; got != 15 {

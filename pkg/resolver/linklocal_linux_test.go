@@ -152,12 +152,8 @@ func serveInNode(t *testing.T, node *testenv.Node, s *Server, fwd *forward.Forwa
 func linkLocalClient(t *testing.T, p *testenv.Pod, port uint16) *net.UDPConn {
 	t.Helper()
 	var c *net.UDPConn
-	err := p.Do(func() error {
-		ifi, err := net.InterfaceByName("eth0")
-		if err != nil {
-			return err
-		}
-		zone := strconv.Itoa(ifi.Index)
+	zone := strconv.Itoa(int(p.Ifindex(t, "eth0")))
+	err := p.Do(func() (err error) {
 		c, err = net.DialUDP("udp6",
 			net.UDPAddrFromAddrPort(netip.AddrPortFrom(podLinkLocal.WithZone(zone), 0)),
 			net.UDPAddrFromAddrPort(netip.AddrPortFrom(nodeLinkLocal.WithZone(zone), port)))
@@ -175,12 +171,8 @@ func linkLocalClient(t *testing.T, p *testenv.Pod, port uint16) *net.UDPConn {
 func linkLocalTCPClient(t *testing.T, p *testenv.Pod, port uint16) *dns.Conn {
 	t.Helper()
 	var c net.Conn
-	err := p.Do(func() error {
-		ifi, err := net.InterfaceByName("eth0")
-		if err != nil {
-			return err
-		}
-		zone := strconv.Itoa(ifi.Index)
+	zone := strconv.Itoa(int(p.Ifindex(t, "eth0")))
+	err := p.Do(func() (err error) {
 		d := net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(podLinkLocal.WithZone(zone), 0))}
 		c, err = d.Dial("tcp6", netip.AddrPortFrom(nodeLinkLocal.WithZone(zone), port).String())
 		return err
