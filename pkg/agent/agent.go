@@ -51,9 +51,13 @@ type Agent struct {
 	builderTTL uint32
 	ttlGiven   bool
 
-	ready      atomic.Bool
-	firstTable chan struct{} // closed when the first table is served
+	ready      atomic.Bool   // the first table is served: set once, never cleared
+	firstTable chan struct{} // closed when ready is set
 	handedOver atomic.Bool
+	// stopping: shutdown has begun. The source may still deliver a
+	// snapshot meanwhile: /readyz says not ready from here on whatever
+	// it brings.
+	stopping atomic.Bool
 	// id is this agent's identity in a hand-over (handoff.Identity), and
 	// predecessor that of the agent it took over from, to which it never
 	// hands over (empty: none, or one from before identities).
@@ -457,7 +461,7 @@ func (a *Agent) run(ctx context.Context) error {
 // sent here are answered; then the resolver closes and the parts get
 // stopTimeout to return. A cancelled context is no failure.
 func (a *Agent) shutdown(g *group, cause error) error {
-	a.ready.Store(false)
+	a.stopping.Store(true)
 	if a.dataplane != nil && !a.handedOver.Load() {
 		// Stopping with no successor: fail open first, then keep answering
 		// what was already sent here before the sockets close, then let go

@@ -50,6 +50,9 @@ func (a *Agent) readiness() error {
 	if a.handedOver.Load() {
 		return errors.New("handed the resolver over to a newer agent")
 	}
+	if a.stopping.Load() {
+		return errors.New("stopping")
+	}
 	if a.successor.Load() {
 		return errors.New("a newer agent is taking the resolver over: serving until it has its table")
 	}

@@ -203,11 +203,10 @@ func (a *Agent) handOver(takesControl bool, stop handOverStops) {
 		control.KeepPathOnClose(a.controlLn)
 	}
 	stop.control()
-	a.handedOver.Store(true)
-	a.ready.Store(false)
-	a.fenceCapture() // before "released": the successor marks pods next
-	stop.metrics()   // the successor answers probes and scrapes on the same socket
-	stop.cni()       // the successor installs its plugin from "released" on
+	a.handedOver.Store(true) // readiness says so from here on
+	a.fenceCapture()         // before "released": the successor marks pods next
+	stop.metrics()           // the successor answers probes and scrapes on the same socket
+	stop.cni()               // the successor installs its plugin from "released" on
 	a.server.Drain()
 	// Beating on while draining: the successor starts only after
 	// "released", and a drain as long as the staleness bound would
